@@ -1,0 +1,144 @@
+// The CPU backend: a 64-byte-aligned arena, kernels bound to it once at prepare time, and steps run inline on the
+// calling thread (OpenMP and oneDNN parallelize inside kernels).
+#include <fmt/ranges.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "engine/backend/backend.h"
+#include "engine/backend/cpu/cpu_kernel.h"
+#include "engine/ir/op_schema.h"
+
+namespace trainer::engine {
+
+namespace {
+
+class HostBuffer final : public DeviceBuffer {
+ public:
+  explicit HostBuffer(size_t bytes) : bytes_(bytes) {
+    size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    ptr_ = std::aligned_alloc(64, rounded);
+    if (!ptr_) throw RuntimeError(fmt::format("cannot allocate a {} byte arena", bytes));
+    std::memset(ptr_, 0, rounded);
+  }
+  ~HostBuffer() override { std::free(ptr_); }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  void* data() const override { return ptr_; }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_;
+};
+
+class CpuExecutable final : public Executable {
+ public:
+  CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after)
+      : kernels_(std::move(kernels)), buckets_after_(std::move(buckets_after)) {}
+
+  void run(const StepContext& ctx) override {
+    for (size_t s = 0; s < kernels_.size(); ++s) {
+      kernels_[s]->run(ctx);
+      if (hook_)
+        for (int b : buckets_after_[s]) hook_(b);
+    }
+  }
+  void set_bucket_ready_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
+
+ private:
+  std::vector<cpu::KernelPtr> kernels_;
+  std::vector<std::vector<int>> buckets_after_;  // per step: buckets complete after it
+  std::function<void(int)> hook_;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const CpuOptions& o) {
+    threads_ = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    omp_set_num_threads(threads_);
+  }
+  std::string name() const override { return "cpu"; }
+  std::string description() const override { return fmt::format("CPU, {} threads", threads_); }
+  size_t alignment() const override { return 64; }
+  bool supports(const Graph&, const Node& n) const override {
+    return cpu::KernelRegistry::global().find(n.op) != nullptr;
+  }
+  std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
+
+  std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
+    TRAINER_ASSERT(arena.bytes() >= p.arena_bytes(), "arena of {} bytes for a plan of {}", arena.bytes(),
+                   p.arena_bytes());
+    omp_set_num_threads(threads_);
+    const Graph& g = *p.graph;
+    auto* base = static_cast<std::byte*>(arena.data());
+    auto ptr = [&](ValueId v) -> void* {
+      if (v == kNoValue) return nullptr;
+      const Slot& s = p.slots[v];
+      TRAINER_ASSERT(s.assigned, "value '{}' has no buffer", g.value(v).name);
+      return base + s.offset;
+    };
+    std::vector<cpu::KernelPtr> kernels;
+    std::vector<std::string> unsupported;
+    for (NodeId id : p.steps)
+      if (!cpu::KernelRegistry::global().find(g.node(id).op)) unsupported.push_back(g.node(id).op);
+    if (!unsupported.empty())
+      throw InputError("", fmt::format("the CPU backend has no kernel for: {}", fmt::join(unsupported, ", ")), "");
+    for (NodeId id : p.steps) {
+      const Node& n = g.node(id);
+      cpu::KernelArgs args{g, n, {}, {}};
+      for (ValueId v : n.inputs) args.inputs.push_back(ptr(v));
+      for (ValueId v : n.outputs) args.outputs.push_back(ptr(v));
+      kernels.push_back((*cpu::KernelRegistry::global().find(n.op))(args));
+      TRAINER_ASSERT(kernels.back() != nullptr, "kernel factory for {} returned nothing", n.op);
+    }
+    std::vector<std::vector<int>> after(p.steps.size());
+    for (size_t b = 0; b < p.buckets.size(); ++b) {
+      int s = std::max(p.buckets[b].ready_after_step, 0);
+      if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
+    }
+    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after));
+  }
+
+  void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) override {
+    std::memcpy(static_cast<std::byte*>(dst.data()) + offset, src, bytes);
+  }
+  void copy_to_host(void* dst, const DeviceBuffer& src, size_t offset, size_t bytes) override {
+    std::memcpy(dst, static_cast<const std::byte*>(src.data()) + offset, bytes);
+  }
+  void synchronize() override {}
+
+ private:
+  int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) { return std::make_unique<CpuBackend>(options); }
+
+namespace cpu {
+
+const KernelRegistry& KernelRegistry::global() {
+  static const KernelRegistry r = [] {
+    KernelRegistry k;
+    register_all_cpu_kernels(k);
+    return k;
+  }();
+  return r;
+}
+
+void KernelRegistry::add(const std::string& op, KernelFactory f) {
+  TRAINER_ASSERT(!map_.count(op), "CPU kernel for {} registered twice", op);
+  map_.emplace(op, std::move(f));
+}
+
+const KernelFactory* KernelRegistry::find(const std::string& op) const {
+  auto it = map_.find(op);
+  return it == map_.end() ? nullptr : &it->second;
+}
+
+}  // namespace cpu
+
+}  // namespace trainer::engine

@@ -1,0 +1,74 @@
+// oneDNN engine/stream singletons, descriptors, and allocation-free primitive execution.
+#include "engine/backend/cpu/dnnl_util.h"
+
+#include "engine/util/error.h"
+
+namespace trainer::engine::cpu {
+
+dnnl::engine& dnnl_cpu_engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+dnnl::stream& dnnl_cpu_stream() {
+  static dnnl::stream s(dnnl_cpu_engine());
+  return s;
+}
+
+dnnl::primitive_attr dnnl_attr() {
+  dnnl::primitive_attr a;
+  a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return a;
+}
+
+dnnl::memory::data_type dnnl_type(DType t) {
+  switch (t) {
+    case DType::f32: return dnnl::memory::data_type::f32;
+    case DType::bf16: return dnnl::memory::data_type::bf16;
+    case DType::f16: return dnnl::memory::data_type::f16;
+    case DType::i32: return dnnl::memory::data_type::s32;
+    case DType::u8: return dnnl::memory::data_type::u8;
+    default: throw InternalError(fmt::format("oneDNN has no {} type", dtype_name(t)));
+  }
+}
+
+dnnl::memory::desc dnnl_plain_md(const std::vector<int64_t>& dims, DType t) {
+  std::vector<int64_t> strides(dims.size());
+  int64_t acc = 1;
+  for (int i = static_cast<int>(dims.size()) - 1; i >= 0; --i) {
+    strides[i] = acc;
+    acc *= dims[i];
+  }
+  return dnnl_strided_md(dims, strides, t);
+}
+
+dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides, DType t) {
+  return dnnl::memory::desc(dnnl::memory::dims(dims.begin(), dims.end()), dnnl_type(t),
+                            dnnl::memory::dims(strides.begin(), strides.end()));
+}
+
+dnnl::memory dnnl_mem(const dnnl::memory::desc& md, const void* ptr) {
+  return dnnl::memory(md, dnnl_cpu_engine(), const_cast<void*>(ptr));
+}
+
+DnnlCall::DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base& pd,
+                   std::vector<std::pair<int, dnnl::memory>> args)
+    : prim_(prim), mems_(std::move(args)) {
+  dnnl::memory::desc sd = pd.scratchpad_desc();
+  if (sd.get_size() > 0) {
+    scratch_ = std::make_shared<std::vector<std::byte>>(sd.get_size() + 64);
+    auto p = reinterpret_cast<uintptr_t>(scratch_->data());
+    void* aligned = reinterpret_cast<void*>((p + 63) / 64 * 64);
+    mems_.emplace_back(DNNL_ARG_SCRATCHPAD, dnnl::memory(sd, dnnl_cpu_engine(), aligned));
+  }
+  for (auto& [arg, mem] : mems_) args_.push_back(dnnl_exec_arg_t{arg, mem.get()});
+}
+
+void DnnlCall::operator()() const {
+  dnnl_status_t st = dnnl_primitive_execute(prim_.get(), dnnl_cpu_stream().get(), static_cast<int>(args_.size()),
+                                            args_.data());
+  if (st != dnnl_success) throw RuntimeError(fmt::format("oneDNN primitive failed with status {}", static_cast<int>(st)));
+  dnnl_stream_wait(dnnl_cpu_stream().get());
+}
+
+}  // namespace trainer::engine::cpu

@@ -1,0 +1,47 @@
+// oneDNN plumbing for CPU kernels: one engine and stream per process, user-managed scratchpads, and a call object that
+// executes a primitive through the C API with a fixed argument array, so a step allocates nothing.
+#pragma once
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "engine/ir/dtype.h"
+#include "engine/ir/shape.h"
+
+namespace trainer::engine::cpu {
+
+dnnl::engine& dnnl_cpu_engine();
+dnnl::stream& dnnl_cpu_stream();
+
+// A primitive attribute that makes the caller own the scratchpad (DnnlCall allocates it once).
+dnnl::primitive_attr dnnl_attr();
+
+dnnl::memory::data_type dnnl_type(DType t);
+// A plain row-major memory descriptor for `dims` (tag abcd...), or with explicit strides.
+dnnl::memory::desc dnnl_plain_md(const std::vector<int64_t>& dims, DType t);
+dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides, DType t);
+
+// A prepared primitive execution. Memory objects wrap arena pointers and are bound once.
+class DnnlCall {
+ public:
+  DnnlCall() = default;
+  // `args` pairs DNNL_ARG_* with memory objects. If pd has a scratchpad, it is allocated here and bound.
+  DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base& pd,
+           std::vector<std::pair<int, dnnl::memory>> args);
+  void operator()() const;  // runs and waits; allocates nothing
+  explicit operator bool() const { return static_cast<bool>(prim_); }
+
+ private:
+  dnnl::primitive prim_;
+  std::vector<std::pair<int, dnnl::memory>> mems_;
+  std::vector<dnnl_exec_arg_t> args_;
+  std::shared_ptr<std::vector<std::byte>> scratch_;
+};
+
+// Wraps an arena pointer (const is cast away: oneDNN takes void* for sources too).
+dnnl::memory dnnl_mem(const dnnl::memory::desc& md, const void* ptr);
+
+}  // namespace trainer::engine::cpu

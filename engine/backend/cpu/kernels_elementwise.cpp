@@ -1,0 +1,206 @@
+// CPU kernels of the elementwise ops: the shared functors in engine/kernels applied over contiguous or broadcast
+// operands, in parallel over fixed partitions.
+#include <cstring>
+
+#include "engine/backend/cpu/broadcast.h"
+#include "engine/backend/cpu/cpu_kernel.h"
+#include "engine/backend/cpu/parallel.h"
+#include "engine/kernels/functors.h"
+
+namespace trainer::engine::cpu {
+
+namespace k = trainer::engine::kernels;
+
+namespace {
+
+template <class Op>
+KernelFactory binary(Op op = {}) {
+  return [op](const KernelArgs& a) -> KernelPtr {
+    KernelPtr kp;
+    dispatch_numeric(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+      const T* x = a.in_ptr<T>(0);
+      const T* y = a.in_ptr<T>(1);
+      T* z = a.out_ptr<T>(0);
+      const Shape& sx = a.in(0).shape;
+      const Shape& sy = a.in(1).shape;
+      const Shape& so = a.out(0).shape;
+      int64_t n = so.numel();
+      if (sx == so && sy == so) {
+        kp = make_kernel([=](const StepContext&) { parallel_for(n, [&](int64_t i) { z[i] = op(x[i], y[i]); }); });
+      } else if (sx == so && sy.numel() == 1) {
+        kp = make_kernel([=](const StepContext&) {
+          T b = y[0];
+          parallel_for(n, [&](int64_t i) { z[i] = op(x[i], b); });
+        });
+      } else {
+        auto br = std::make_shared<BroadcastRows<2>>(so, std::array<const Shape*, 2>{&sx, &sy});
+        kp = make_kernel([=](const StepContext&) {
+          int64_t inner = br->inner(), s0 = br->inner_stride(0), s1 = br->inner_stride(1);
+          parallel_for(br->rows(), [&](int64_t r) {
+            std::array<int64_t, 2> off;
+            br->offsets(r, &off);
+            const T* px = x + off[0];
+            const T* py = y + off[1];
+            T* pz = z + r * inner;
+            for (int64_t i = 0; i < inner; ++i) pz[i] = op(px[i * s0], py[i * s1]);
+          }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(br->inner(), 1)));
+        });
+      }
+    });
+    return kp;
+  };
+}
+
+template <class Op>
+KernelFactory unary(Op op = {}) {
+  return [op](const KernelArgs& a) -> KernelPtr {
+    KernelPtr kp;
+    dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+      const T* x = a.in_ptr<T>(0);
+      T* y = a.out_ptr<T>(0);
+      int64_t n = a.in(0).shape.numel();
+      kp = make_kernel([=](const StepContext&) { parallel_for(n, [&](int64_t i) { y[i] = op(x[i]); }); });
+    });
+    return kp;
+  };
+}
+
+// Neg also applies to integers.
+template <class Op>
+KernelFactory unary_numeric(Op op = {}) {
+  return [op](const KernelArgs& a) -> KernelPtr {
+    KernelPtr kp;
+    dispatch_numeric(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+      const T* x = a.in_ptr<T>(0);
+      T* y = a.out_ptr<T>(0);
+      int64_t n = a.in(0).shape.numel();
+      kp = make_kernel([=](const StepContext&) { parallel_for(n, [&](int64_t i) { y[i] = op(x[i]); }); });
+    });
+    return kp;
+  };
+}
+
+// (dy, x-or-y) -> dx.
+template <class Op, class Make>
+KernelFactory grad_binary(Make make) {
+  return [make](const KernelArgs& a) -> KernelPtr {
+    Op op = make(a);
+    KernelPtr kp;
+    dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+      const T* dy = a.in_ptr<T>(0);
+      const T* x = a.in_ptr<T>(1);
+      T* dx = a.out_ptr<T>(0);
+      int64_t n = a.in(0).shape.numel();
+      kp = make_kernel([=](const StepContext&) { parallel_for(n, [&](int64_t i) { dx[i] = op(dy[i], x[i]); }); });
+    });
+    return kp;
+  };
+}
+
+KernelPtr identity(const KernelArgs& a) {
+  const void* x = a.inputs[0];
+  void* y = a.outputs[0];
+  size_t bytes = a.in(0).nbytes();
+  return make_kernel([=](const StepContext&) {
+    if (x != y) std::memcpy(y, x, bytes);
+  });
+}
+
+// Loads element i of any dtype as double, and stores a double into any dtype: Cast is rare in a training step and
+// never hot on the CPU, so one generic loop serves every pair of types.
+double load(DType t, const void* p, int64_t i) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(p)[i];
+    case DType::f64: return static_cast<const double*>(p)[i];
+    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::i32: return static_cast<const int32_t*>(p)[i];
+    case DType::i64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::u8: return static_cast<const uint8_t*>(p)[i];
+    case DType::boolean: return static_cast<const uint8_t*>(p)[i] != 0;
+  }
+  return 0;
+}
+
+void store(DType t, void* p, int64_t i, double v) {
+  switch (t) {
+    case DType::f32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case DType::f64: static_cast<double*>(p)[i] = v; break;
+    case DType::bf16: static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v)); break;
+    case DType::f16: static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v)); break;
+    case DType::i32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
+    case DType::i64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case DType::u8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    case DType::boolean: static_cast<uint8_t*>(p)[i] = v != 0; break;
+  }
+}
+
+KernelPtr cast(const KernelArgs& a) {
+  DType from = a.in(0).dtype, to = a.out(0).dtype;
+  const void* x = a.inputs[0];
+  void* y = a.outputs[0];
+  int64_t n = a.in(0).shape.numel();
+  if (from == to) return identity(a);
+  if (from == DType::i64 && to == DType::i64) return identity(a);
+  return make_kernel([=](const StepContext&) {
+    if (to == DType::i64 && from == DType::i64) return;
+    parallel_for(n, [&](int64_t i) {
+      if (to == DType::i64 && from == DType::i32) static_cast<int64_t*>(y)[i] = static_cast<const int32_t*>(x)[i];
+      else store(to, y, i, load(from, x, i));
+    });
+  });
+}
+
+KernelPtr where(const KernelArgs& a) {
+  KernelPtr kp;
+  dispatch_numeric(a.in(1).dtype, "Where", [&]<class T>() {
+    const uint8_t* c = a.in_ptr<uint8_t>(0);
+    const T* x = a.in_ptr<T>(1);
+    const T* y = a.in_ptr<T>(2);
+    T* z = a.out_ptr<T>(0);
+    auto br = std::make_shared<BroadcastRows<3>>(a.out(0).shape,
+                                                 std::array<const Shape*, 3>{&a.in(0).shape, &a.in(1).shape, &a.in(2).shape});
+    kp = make_kernel([=](const StepContext&) {
+      int64_t inner = br->inner(), s0 = br->inner_stride(0), s1 = br->inner_stride(1), s2 = br->inner_stride(2);
+      parallel_for(br->rows(), [&](int64_t r) {
+        std::array<int64_t, 3> off;
+        br->offsets(r, &off);
+        T* pz = z + r * inner;
+        for (int64_t i = 0; i < inner; ++i)
+          pz[i] = c[off[0] + i * s0] ? x[off[1] + i * s1] : y[off[2] + i * s2];
+      }, 64);
+    });
+  });
+  return kp;
+}
+
+}  // namespace
+
+void register_elementwise_cpu_kernels(KernelRegistry& r) {
+  r.add("Add", binary<k::AddOp>());
+  r.add("Sub", binary<k::SubOp>());
+  r.add("Mul", binary<k::MulOp>());
+  r.add("Div", binary<k::DivOp>());
+  r.add("Pow", binary<k::PowOp>());
+  r.add("Neg", unary_numeric<k::NegOp>());
+  r.add("Exp", unary<k::ExpOp>());
+  r.add("Log", unary<k::LogOp>());
+  r.add("Sqrt", unary<k::SqrtOp>());
+  r.add("Relu", unary<k::ReluOp>());
+  r.add("Sigmoid", unary<k::SigmoidOp>());
+  r.add("Tanh", unary<k::TanhOp>());
+  r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
+  r.add("Gelu", [](const KernelArgs& a) { return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a); });
+  r.add("ReluGrad", grad_binary<k::ReluGradFromY>([](const KernelArgs&) { return k::ReluGradFromY{}; }));
+  r.add("SigmoidGrad", grad_binary<k::SigmoidGradFromY>([](const KernelArgs&) { return k::SigmoidGradFromY{}; }));
+  r.add("TanhGrad", grad_binary<k::TanhGradFromY>([](const KernelArgs&) { return k::TanhGradFromY{}; }));
+  r.add("LeakyReluGrad", grad_binary<k::LeakyReluGradFromX>(
+                             [](const KernelArgs& a) { return k::LeakyReluGradFromX{a.attrs().f("alpha")}; }));
+  r.add("GeluGrad", grad_binary<k::GeluGradFromX>(
+                        [](const KernelArgs& a) { return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"}; }));
+  r.add("Identity", identity);
+  r.add("Cast", cast);
+  r.add("Where", where);
+}
+
+}  // namespace trainer::engine::cpu

@@ -1,0 +1,21 @@
+// Fusion rewrites on the IR, applied before autodiff: bias + activation into one GEMM, and softmax followed by a
+// cross-entropy on probabilities into one stable log-softmax cross-entropy.
+#pragma once
+
+#include "engine/ir/graph.h"
+
+namespace trainer::engine {
+
+struct FusionReport {
+  int gemm_bias_activation = 0;
+  int softmax_cross_entropy = 0;
+};
+
+struct FusionOptions {
+  bool gemm_bias_activation = true;
+  bool softmax_cross_entropy = true;
+};
+
+FusionReport fuse(Graph& g, const FusionOptions& options = {});
+
+}  // namespace trainer::engine

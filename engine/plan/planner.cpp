@@ -1,0 +1,259 @@
+// The planner: schedules live nodes (an update of persistent state runs after every other reader of that state),
+// computes each buffer's lifetime, merges views and safe in-place outputs into their input's buffer, and places
+// buffers in one arena with a greedy best-fit by size over lifetimes. Then packs gradients into buckets.
+#include <algorithm>
+#include <numeric>
+#include <queue>
+
+#include "engine/ir/op_schema.h"
+#include "engine/plan/program.h"
+
+namespace trainer::engine {
+
+namespace {
+
+size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+std::vector<NodeId> schedule(const Graph& g) {
+  int nn = g.num_nodes();
+  std::vector<std::vector<NodeId>> succ(nn);
+  std::vector<int> pending(nn, 0);
+  auto edge = [&](NodeId from, NodeId to) {
+    if (from < 0 || from == to || g.node(from).dead) return;
+    succ[from].push_back(to);
+    ++pending[to];
+  };
+  for (NodeId id = 0; id < nn; ++id) {
+    const Node& n = g.node(id);
+    if (n.dead) continue;
+    for (ValueId v : n.inputs)
+      if (v != kNoValue) edge(g.value(v).producer, id);
+  }
+  // The writer of a persistent value's next state waits for every other reader of the old state.
+  for (auto [next, state] : g.updates()) {
+    NodeId writer = g.value(next).producer;
+    TRAINER_ASSERT(writer >= 0, "update '{}' has no producer", g.value(next).name);
+    for (NodeId reader : g.value(state).consumers)
+      if (reader != writer) edge(reader, writer);
+  }
+  std::priority_queue<NodeId, std::vector<NodeId>, std::greater<>> ready;
+  size_t live = 0;
+  for (NodeId id = 0; id < nn; ++id) {
+    if (g.node(id).dead) continue;
+    ++live;
+    if (pending[id] == 0) ready.push(id);
+  }
+  std::vector<NodeId> order;
+  while (!ready.empty()) {
+    NodeId id = ready.top();
+    ready.pop();
+    order.push_back(id);
+    for (NodeId s : succ[id])
+      if (--pending[s] == 0) ready.push(s);
+  }
+  if (order.size() != live)
+    throw InputError("", "the graph cannot be scheduled: it has a cycle, or a state update that must both precede and "
+                         "follow another node", "");
+  return order;
+}
+
+uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h;
+}
+uint64_t fnv1a(uint64_t h, const std::string& s) { return fnv1a(h, s.data(), s.size() + 1); }
+
+uint64_t signature_of(const Graph& g, const std::vector<NodeId>& order) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto hash_value = [&](ValueId v) {
+    if (v == kNoValue) { h = fnv1a(h, "-"); return; }
+    const Value& val = g.value(v);
+    uint8_t d = static_cast<uint8_t>(val.dtype), k = static_cast<uint8_t>(val.kind);
+    h = fnv1a(h, &d, 1);
+    h = fnv1a(h, &k, 1);
+    h = fnv1a(h, val.shape.dims().data(), val.shape.dims().size() * sizeof(int64_t));
+  };
+  for (NodeId id : order) {
+    const Node& n = g.node(id);
+    h = fnv1a(h, n.op);
+    for (const auto& [k, v] : n.attrs.all()) {
+      h = fnv1a(h, k);
+      std::visit([&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, std::string>) h = fnv1a(h, x);
+        else if constexpr (std::is_same_v<T, Tensor>) h = fnv1a(h, x.raw(), x.nbytes());
+        else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, float>) h = fnv1a(h, &x, sizeof x);
+        else h = fnv1a(h, x.data(), x.size() * sizeof(x[0]));
+      }, v);
+    }
+    for (ValueId v : n.inputs) hash_value(v);
+    for (ValueId v : n.outputs) hash_value(v);
+  }
+  return h;
+}
+
+struct UnionFind {
+  std::vector<ValueId> p;
+  explicit UnionFind(int n) : p(n) { std::iota(p.begin(), p.end(), 0); }
+  ValueId find(ValueId x) { return p[x] == x ? x : p[x] = find(p[x]); }
+  void unite(ValueId child, ValueId root) { p[find(child)] = find(root); }
+};
+
+}  // namespace
+
+Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt) {
+  const Graph& g = *graph;
+  Program prog;
+  prog.graph = graph;
+  prog.alignment = opt.alignment;
+  prog.steps = schedule(g);
+  const int nv = g.num_values();
+  const int end = static_cast<int>(prog.steps.size());
+  prog.first_step.assign(nv, -1);
+  prog.last_step.assign(nv, -2);  // -2: unused
+  std::vector<char> used(nv, 0);
+  for (int s = 0; s < end; ++s) {
+    const Node& n = g.node(prog.steps[s]);
+    for (ValueId v : n.inputs)
+      if (v != kNoValue) { prog.last_step[v] = std::max(prog.last_step[v], s); used[v] = 1; }
+    for (ValueId v : n.outputs)
+      if (v != kNoValue) { prog.first_step[v] = s; prog.last_step[v] = std::max(prog.last_step[v], s); used[v] = 1; }
+  }
+  for (ValueId v : g.outputs()) { prog.last_step[v] = end; used[v] = 1; }
+  for (ValueId v : g.inputs()) used[v] = 1;  // fed every step even when unused
+  for (ValueId v = 0; v < nv; ++v) {
+    const Value& val = g.value(v);
+    if (val.persistent()) { used[v] = 1; prog.first_step[v] = -1; prog.last_step[v] = end; }
+    if (val.kind == ValueKind::input) { prog.first_step[v] = -1; prog.last_step[v] = std::max(prog.last_step[v], -1); }
+  }
+
+  // Buffer sharing: update results share their state's buffer; views and safe in-place outputs share their input's.
+  UnionFind uf(nv);
+  for (auto [next, state] : g.updates()) uf.unite(next, state);
+  auto is_persistent_group = [&](ValueId v) { return g.value(uf.find(v)).persistent(); };
+  std::vector<int> group_last(nv), group_first(nv);
+  for (ValueId v = 0; v < nv; ++v) { group_last[v] = prog.last_step[v]; group_first[v] = prog.first_step[v]; }
+  auto glast = [&](ValueId v) { return group_last[uf.find(v)]; };
+  auto merge = [&](ValueId child, ValueId root) {
+    ValueId rc = uf.find(child), rr = uf.find(root);
+    uf.unite(rc, rr);
+    ValueId r = uf.find(rr);
+    group_last[r] = std::max(group_last[rc], group_last[rr]);
+    group_first[r] = std::min(group_first[rc], group_first[rr]);
+  };
+  if (opt.reuse_memory) {
+    for (int s = 0; s < end; ++s) {
+      const Node& n = g.node(prog.steps[s]);
+      auto try_share = [&](std::pair<int, int> pr, bool view) {
+        auto [oi, ii] = pr;
+        if (oi >= static_cast<int>(n.outputs.size()) || ii >= static_cast<int>(n.inputs.size())) return;
+        ValueId out = n.outputs[oi], in = n.inputs[ii];
+        if (out == kNoValue || in == kNoValue) return;
+        if (uf.find(out) != out) return;  // already bound (an update result)
+        const Value& vi = g.value(in);
+        if (vi.kind != ValueKind::intermediate || is_persistent_group(in)) return;
+        if (g.value(out).nbytes() != vi.nbytes()) return;
+        // A graph output must keep its own bytes when the other is overwritten later; views are read-only, so only
+        // in-place writes need the input to die here.
+        if (!view) {
+          if (!opt.inplace || glast(in) != s) return;
+          for (size_t k = 0; k < n.inputs.size(); ++k)
+            if (static_cast<int>(k) != ii && n.inputs[k] != kNoValue && uf.find(n.inputs[k]) == uf.find(in)) return;
+          for (ValueId o : g.outputs())
+            if (uf.find(o) == uf.find(in)) return;
+        } else {
+          // A view's input must not be overwritten in place while the view lives; in-place writers check that the
+          // whole group dies with them, which covers this.
+        }
+        merge(out, in);
+      };
+      if (n.schema->view_pair()) try_share(*n.schema->view_pair(), true);
+      if (n.schema->inplace_pair()) try_share(*n.schema->inplace_pair(), false);
+    }
+  }
+  prog.alias_root.resize(nv);
+  for (ValueId v = 0; v < nv; ++v) prog.alias_root[v] = uf.find(v);
+
+  // Persistent region: one buffer per persistent group, in value order.
+  prog.slots.assign(nv, Slot{});
+  size_t off = 0;
+  for (ValueId v = 0; v < nv; ++v) {
+    if (!used[v] || uf.find(v) != v || !g.value(v).persistent()) continue;
+    size_t b = g.value(v).nbytes();
+    prog.slots[v] = Slot{off, b, true};
+    off += align_up(std::max<size_t>(b, 1), opt.alignment);
+  }
+  prog.persistent_bytes = off;
+
+  // Transient region: greedy best-fit by size over lifetime intervals.
+  struct Buf { ValueId root; size_t bytes; int first, last; };
+  std::vector<Buf> bufs;
+  size_t naive = prog.persistent_bytes;
+  for (ValueId v = 0; v < nv; ++v) {
+    if (!used[v]) continue;
+    if (!g.value(v).persistent()) naive += align_up(std::max<size_t>(g.value(v).nbytes(), 1), opt.alignment);
+    if (uf.find(v) != v || g.value(v).persistent()) continue;
+    bufs.push_back({v, align_up(std::max<size_t>(g.value(v).nbytes(), 1), opt.alignment), group_first[v],
+                    group_last[v]});
+  }
+  prog.naive_bytes = naive;
+  std::stable_sort(bufs.begin(), bufs.end(), [](const Buf& a, const Buf& b) { return a.bytes > b.bytes; });
+  struct Placed { size_t off, bytes; int first, last; };
+  std::vector<Placed> placed;
+  size_t peak = 0;
+  size_t running = 0;
+  for (const Buf& b : bufs) {
+    size_t at = 0;
+    if (opt.reuse_memory) {
+      // Collect conflicting intervals sorted by offset and take the lowest gap that fits.
+      std::vector<std::pair<size_t, size_t>> busy;
+      for (const Placed& p : placed)
+        if (!(p.last < b.first || b.last < p.first)) busy.emplace_back(p.off, p.off + p.bytes);
+      std::sort(busy.begin(), busy.end());
+      size_t best = SIZE_MAX, best_gap = SIZE_MAX, cursor = 0;
+      for (auto [s, e] : busy) {
+        if (s > cursor && s - cursor >= b.bytes && s - cursor < best_gap) { best = cursor; best_gap = s - cursor; }
+        cursor = std::max(cursor, e);
+      }
+      at = best != SIZE_MAX ? best : cursor;
+    } else {
+      at = running;
+      running += b.bytes;
+    }
+    placed.push_back({at, b.bytes, b.first, b.last});
+    prog.slots[b.root] = Slot{prog.persistent_bytes + at, g.value(b.root).nbytes(), true};
+    peak = std::max(peak, at + b.bytes);
+  }
+  prog.transient_bytes = peak;
+  for (ValueId v = 0; v < nv; ++v) {
+    if (!used[v] || uf.find(v) == v) continue;
+    Slot s = prog.slots[uf.find(v)];
+    s.bytes = g.value(v).nbytes();
+    prog.slots[v] = s;
+  }
+
+  // Gradient buckets, in the order backward produces the gradients.
+  std::vector<int> pos(g.num_nodes(), -1);
+  for (int s = 0; s < end; ++s) pos[prog.steps[s]] = s;
+  std::vector<ValueId> grads = opt.gradients;
+  auto ready_at = [&](ValueId v) { NodeId p = g.value(v).producer; return p >= 0 ? pos[p] : -1; };
+  std::stable_sort(grads.begin(), grads.end(), [&](ValueId a, ValueId b) { return ready_at(a) < ready_at(b); });
+  for (ValueId v : grads) {
+    if (prog.buckets.empty() || prog.buckets.back().bytes >= opt.bucket_bytes) prog.buckets.emplace_back();
+    GradBucket& b = prog.buckets.back();
+    b.grads.push_back(v);
+    b.bytes += g.value(v).nbytes();
+    b.ready_after_step = std::max(b.ready_after_step, ready_at(v));
+  }
+  for (GradBucket& b : prog.buckets) {
+    b.needed_by_step = end;
+    for (ValueId v : b.grads)
+      for (NodeId c : g.value(v).consumers)
+        if (pos[c] >= 0) b.needed_by_step = std::min(b.needed_by_step, pos[c]);
+  }
+  prog.signature = signature_of(g, prog.steps);
+  return prog;
+}
+
+}  // namespace trainer::engine

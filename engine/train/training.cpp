@@ -1,0 +1,2 @@
+// Training graph assembly.
+#include "engine/train/training.h"

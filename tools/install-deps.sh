@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything trainer needs to build and test: Debian packages, then the PyPI cross-check tools.
+# Idempotent: when everything is present it only checks and returns.
+set -euo pipefail
+
+debs=(
+  build-essential cmake ninja-build ccache pkg-config python3 python3-pip
+  libonnx-dev libprotobuf-dev protobuf-compiler libcli11-dev libfmt-dev doctest-dev
+  libtomlplusplus-dev libdnnl-dev libopenblas-dev zlib1g-dev libopenmpi-dev openmpi-bin
+  dataset-fashion-mnist libonnx-testdata
+)
+
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Cross-check tools for the tests (onnx checker, onnxruntime, numpy). Prefer the interpreter CMake will find.
+py=${PYTHON:-python3}
+if ! "$py" -c "import numpy, onnx, onnxruntime" >/dev/null 2>&1; then
+  echo "install-deps: installing numpy onnx onnxruntime from PyPI" >&2
+  "$py" -m pip install -q --disable-pip-version-check numpy onnx onnxruntime 2>/dev/null ||
+    "$py" -m pip install -q --disable-pip-version-check --break-system-packages numpy onnx onnxruntime
+fi
+echo "install-deps: ok" >&2
