@@ -158,6 +158,19 @@ void Graph::erase_node(NodeId n) {
     if (v != kNoValue) values_[v].producer = -1;
 }
 
+void Graph::move_output(NodeId n, int i, ValueId target) {
+  Node& node = nodes_[n];
+  ValueId old = node.outputs.at(i);
+  TRAINER_ASSERT(values_[target].producer < 0 || nodes_[values_[target].producer].dead,
+                 "'{}' still has a live producer", values_[target].name);
+  TRAINER_ASSERT(values_[old].shape == values_[target].shape && values_[old].dtype == values_[target].dtype,
+                 "move_output: '{}' and '{}' differ", values_[old].name, values_[target].name);
+  TRAINER_ASSERT(values_[old].consumers.empty(), "move_output: '{}' is already used", values_[old].name);
+  values_[old].producer = -1;
+  node.outputs[i] = target;
+  values_[target].producer = n;
+}
+
 void Graph::validate() const {
   for (NodeId id = 0; id < num_nodes(); ++id) {
     const Node& n = nodes_[id];

@@ -101,6 +101,9 @@ class Graph {
   // Rewrites: route every use of `from` to `to`, and remove a node.
   void replace_uses(ValueId from, ValueId to);
   void erase_node(NodeId n);
+  // Makes node n produce the existing value `target` as its output i (instead of the value it was created with),
+  // so a rewrite keeps the ids and names that callers and exports hold. Target's old producer must be erased.
+  void move_output(NodeId n, int i, ValueId target);
   // Re-runs validation and shape inference on every live node and checks names and the graph's acyclicity.
   void validate() const;
   // Live nodes in a topological order (inputs before consumers), stable with respect to insertion order.

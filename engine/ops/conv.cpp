@@ -1,9 +1,346 @@
-// Op family 'conv': schemas, shape inference, gradient rules and examples.
+// Op family 'conv': Conv, MaxPool, AveragePool and GlobalAveragePool over 1-D and 2-D NCHW data, with private
+// gradient ops (ConvGradInput, ConvGradWeight, MaxPoolGrad, AveragePoolGrad, GlobalAveragePoolGrad) that carry the
+// forward window resolved into explicit pads, so backward kernels never redo auto_pad or ceil_mode logic.
 #include "engine/ir/op_schema.h"
+#include "engine/ops/conv_geometry.h"
 #include "engine/ops/op_helpers.h"
 
 namespace trainer::engine::ops {
 
-void register_conv_ops(OpRegistry& r) {}
+namespace {
+
+const char* kGradOpReason = "a gradient op: training needs first derivatives only";
+
+std::vector<int64_t> spatial_of(const Shape& s) { return std::vector<int64_t>(s.dims().begin() + 2, s.dims().end()); }
+
+void expect_spatial_rank(InferContext& c, int i) {
+  if (c.rank(i) != 3 && c.rank(i) != 4)
+    c.fail("{} supports 1-D and 2-D data (NCW or NCHW, rank 3 or 4), got rank {}", c.node().op, c.rank(i));
+}
+
+WindowGeometry window(InferContext& c, const Shape& x, const std::vector<int64_t>& kernel, bool ceil_mode) {
+  WindowGeometry g;
+  std::string err = resolve_window(c.attrs(), spatial_of(x), kernel, ceil_mode, &g);
+  if (!err.empty()) c.fail("{}", err);
+  return g;
+}
+
+// The resolved window as attributes of a gradient op: explicit pads, no auto_pad.
+Attributes window_attrs(const WindowGeometry& g) {
+  return {{"kernel_shape", g.kernel}, {"strides", g.stride}, {"dilations", g.dilation}, {"pads", g.onnx_pads()}};
+}
+
+// The common window attributes of every op here (auto_pad only on the ONNX ops).
+OpSchema& window_schema(OpSchema& s, bool with_auto_pad) {
+  if (with_auto_pad) s.attr("auto_pad", std::string("NOTSET"));
+  return s.attr_optional("dilations", AttrType::ints)
+      .attr_optional("pads", AttrType::ints)
+      .attr_optional("strides", AttrType::ints);
+}
+
+Shape out_shape(int64_t n, int64_t c, const WindowGeometry& g) {
+  std::vector<int64_t> d = {n, c};
+  d.insert(d.end(), g.out.begin(), g.out.end());
+  return Shape(d);
+}
+
+// ---- Conv ----
+
+void infer_conv(InferContext& c) {
+  c.expect_float(0);
+  c.expect_same_dtype(0, 1);
+  expect_spatial_rank(c, 0);
+  c.expect_rank(1, c.rank(0));
+  const Shape& x = c.shape(0);
+  const Shape& w = c.shape(1);
+  int64_t group = c.attrs().i("group");
+  if (group < 1 || x[1] % group != 0 || w[0] % group != 0)
+    c.fail("group {} must divide the input channels ({}) and the output channels ({})", group, x[1], w[0]);
+  if (w[1] * group != x[1])
+    c.fail("W has {} input channels per group, X has {} channels in {} groups", w[1], x[1], group);
+  std::vector<int64_t> kernel = spatial_of(w);
+  if (c.attrs().has("kernel_shape") && c.attrs().ints("kernel_shape") != kernel)
+    c.fail("kernel_shape does not match W's spatial dims {}", w.str());
+  if (c.has_input(2)) {
+    c.expect_same_dtype(0, 2);
+    if (c.shape(2) != Shape{w[0]}) c.fail("B must have shape [{}]", w[0]);
+  }
+  c.set_output(0, c.dtype(0), out_shape(x[0], w[0], window(c, x, kernel, false)));
+}
+
+void conv_grad(GradContext& c) {
+  const Shape& x = c.shape(c.input(0));
+  const Shape& w = c.shape(c.input(1));
+  WindowGeometry geo;
+  std::string err = resolve_window(c.attrs(), spatial_of(x), spatial_of(w), false, &geo);
+  TRAINER_ASSERT(err.empty(), "{}", err);
+  Attributes a = window_attrs(geo);
+  a.set("group", c.attrs().i("group"));
+  ValueId dy = c.dy();
+  if (c.needs_grad(0)) {
+    Attributes ai = a;
+    ai.set("input_shape", x.dims());
+    c.set_grad(0, c.op("ConvGradInput", {dy, c.input(1)}, ai));
+  }
+  bool bias = c.input(2) != kNoValue && c.needs_grad(2);
+  if (c.needs_grad(1) || bias) {
+    std::vector<ValueId> d = c.op_multi("ConvGradWeight", {dy, c.input(0)}, a, bias ? 2 : 1);
+    c.set_grad(1, d[0]);
+    if (bias) c.set_grad(2, d[1]);
+  }
+}
+
+// ConvGradInput(dy, W) -> dx of shape input_shape.
+void infer_conv_grad_input(InferContext& c) {
+  c.expect_same_dtype(0, 1);
+  expect_spatial_rank(c, 0);
+  Shape x(c.attrs().ints("input_shape"));
+  const Shape& w = c.shape(1);
+  if (x.rank() != c.rank(0) || w.rank() != c.rank(0)) c.fail("input_shape, dy and W must have the same rank");
+  WindowGeometry g = window(c, x, spatial_of(w), false);
+  if (out_shape(x[0], w[0], g) != c.shape(0)) c.fail("dy does not match the convolution of {}", x.str());
+  if (w[1] * c.attrs().i("group") != x[1]) c.fail("W does not match input_shape and group");
+  c.set_output(0, c.dtype(0), x);
+}
+
+// ConvGradWeight(dy, x) -> dW [, dB].
+void infer_conv_grad_weight(InferContext& c) {
+  c.expect_same_dtype(0, 1);
+  expect_spatial_rank(c, 0);
+  c.expect_rank(1, c.rank(0));
+  const Shape& x = c.shape(1);
+  const Shape& dy = c.shape(0);
+  int64_t group = c.attrs().i("group");
+  const std::vector<int64_t>& kernel = c.attrs().ints("kernel_shape");
+  if (group < 1 || x[1] % group != 0 || dy[1] % group != 0) c.fail("group {} does not divide the channels", group);
+  WindowGeometry g = window(c, x, kernel, false);
+  if (out_shape(x[0], dy[1], g) != dy) c.fail("dy does not match the convolution of {}", x.str());
+  std::vector<int64_t> wd = {dy[1], x[1] / group};
+  wd.insert(wd.end(), kernel.begin(), kernel.end());
+  c.set_output(0, c.dtype(0), Shape(wd));
+  if (c.has_output(1)) c.set_output(1, c.dtype(0), Shape{dy[1]});
+}
+
+OpExample conv_example(std::string label, Shape x, Shape w, bool bias, Attributes attrs, uint64_t seed) {
+  std::vector<Tensor> in = {random_tensor(x, -1, 1, seed), random_tensor(w, -1, 1, seed + 1)};
+  if (bias) in.push_back(random_tensor(Shape{w[0]}, -1, 1, seed + 2));
+  return example(std::move(label), std::move(in), std::move(attrs));
+}
+
+std::vector<OpExample> conv_examples() {
+  using V = std::vector<int64_t>;
+  return {
+      conv_example("3x3, pads 1, bias", {2, 3, 5, 5}, {4, 3, 3, 3}, true, {{"pads", V{1, 1, 1, 1}}}, 101),
+      conv_example("strides 2, asymmetric pads", {2, 3, 5, 5}, {2, 3, 3, 2}, false,
+                   {{"strides", V{2, 2}}, {"pads", V{0, 1, 1, 0}}}, 104),
+      conv_example("dilations 2, bias", {2, 3, 5, 5}, {2, 3, 2, 2}, true, {{"dilations", V{2, 2}}}, 107),
+      conv_example("depthwise, group 3", {2, 3, 5, 5}, {3, 1, 3, 3}, true, {{"group", int64_t{3}}, {"pads", V{1, 1, 1, 1}}},
+                   110),
+      conv_example("group 2, strides 1x2", {2, 4, 5, 5}, {4, 2, 3, 3}, true,
+                   {{"group", int64_t{2}}, {"strides", V{1, 2}}, {"kernel_shape", V{3, 3}}}, 113),
+      conv_example("SAME_UPPER, strides 2", {2, 3, 5, 5}, {2, 3, 2, 2}, false,
+                   {{"auto_pad", std::string("SAME_UPPER")}, {"strides", V{2, 2}}}, 116),
+      conv_example("SAME_LOWER", {2, 3, 5, 5}, {2, 3, 2, 2}, true, {{"auto_pad", std::string("SAME_LOWER")}}, 119),
+      conv_example("VALID, strides 2x1", {2, 3, 5, 5}, {2, 3, 3, 3}, false,
+                   {{"auto_pad", std::string("VALID")}, {"strides", V{2, 1}}}, 122),
+      conv_example("1-D, strides 2, pads", {2, 3, 7}, {2, 3, 3}, true, {{"strides", V{2}}, {"pads", V{1, 1}}}, 125),
+  };
+}
+
+// ---- Pooling ----
+
+void infer_pool(InferContext& c, bool ceil) {
+  c.expect_float(0);
+  expect_spatial_rank(c, 0);
+  if (c.has_output(1)) c.fail("the Indices output of MaxPool is not supported");
+  const Shape& x = c.shape(0);
+  WindowGeometry g = window(c, x, c.attrs().ints("kernel_shape"), ceil && c.attrs().i("ceil_mode") != 0);
+  c.set_output(0, c.dtype(0), out_shape(x[0], x[1], g));
+}
+
+// The ceil_mode a gradient op gets: auto_pad's output size never uses it (resolve_window ignores it there).
+int64_t grad_ceil_mode(const Attributes& a) {
+  return a.s("auto_pad") == "NOTSET" ? a.i("ceil_mode") : int64_t{0};
+}
+
+Attributes pool_grad_attrs(GradContext& c) {
+  const Shape& x = c.shape(c.input(0));
+  WindowGeometry geo;
+  std::string err = resolve_window(c.attrs(), spatial_of(x), c.attrs().ints("kernel_shape"),
+                                   c.attrs().i("ceil_mode") != 0, &geo);
+  TRAINER_ASSERT(err.empty(), "{}", err);
+  Attributes a = window_attrs(geo);
+  a.set("ceil_mode", grad_ceil_mode(c.attrs()));
+  return a;
+}
+
+// Pool gradient ops: output shaped like the forward input (given as x or as input_shape).
+void infer_pool_grad(InferContext& c, const Shape& x) {
+  if (x.rank() != c.rank(0)) c.fail("dy and the input must have the same rank");
+  WindowGeometry g = window(c, x, c.attrs().ints("kernel_shape"), c.attrs().i("ceil_mode") != 0);
+  if (out_shape(x[0], x[1], g) != c.shape(0)) c.fail("dy does not match the pooling of {}", x.str());
+  c.set_output(0, c.dtype(0), x);
+}
+
+OpExample pool_example(std::string label, Shape x, Attributes attrs, uint64_t seed) {
+  return example(std::move(label), {random_tensor(x, -1, 1, seed)}, std::move(attrs));
+}
+
+std::vector<OpExample> pool_examples(bool average) {
+  using V = std::vector<int64_t>;
+  std::vector<OpExample> e = {
+      pool_example("2x2, strides 2", {2, 3, 5, 5}, {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}}, 201),
+      pool_example("3x3, strides 2, pads 1", {2, 3, 5, 5},
+                   {{"kernel_shape", V{3, 3}}, {"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}}}, 202),
+      pool_example("ceil_mode", {2, 3, 5, 5}, {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}, {"ceil_mode", int64_t{1}}},
+                   203),
+      pool_example("dilations 2, asymmetric pads", {2, 3, 5, 5},
+                   {{"kernel_shape", V{2, 2}}, {"dilations", V{2, 2}}, {"pads", V{1, 0, 0, 1}}}, 204),
+      pool_example("SAME_UPPER, strides 2", {2, 3, 5, 5},
+                   {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}, {"auto_pad", std::string("SAME_UPPER")}}, 205),
+      pool_example("SAME_LOWER", {2, 3, 5, 5}, {{"kernel_shape", V{3, 2}}, {"auto_pad", std::string("SAME_LOWER")}},
+                   206),
+      pool_example("1-D", {2, 3, 7}, {{"kernel_shape", V{3}}, {"strides", V{2}}}, 207),
+  };
+  if (average) {
+    e.push_back(pool_example("count_include_pad", {2, 3, 5, 5},
+                             {{"kernel_shape", V{3, 3}}, {"pads", V{1, 1, 1, 1}}, {"count_include_pad", int64_t{1}}},
+                             208));
+    // The last window overhangs the explicit padding: the divisor counts only the padded extent.
+    e.push_back(pool_example("ceil_mode, count_include_pad", {2, 3, 6, 6},
+                             {{"kernel_shape", V{3, 3}}, {"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}},
+                              {"ceil_mode", int64_t{1}}, {"count_include_pad", int64_t{1}}},
+                             209));
+  }
+  return e;
+}
+
+}  // namespace
+
+void register_conv_ops(OpRegistry& r) {
+  {
+    OpSchema s("Conv");
+    s.since(11)
+        .doc("N-channel 1-D or 2-D convolution (cross-correlation) over NCHW data with OIHW weights.")
+        .inputs(2, 3)
+        .attr("group", int64_t{1})
+        .attr_optional("kernel_shape", AttrType::ints);
+    window_schema(s, true).infer(infer_conv).grad(conv_grad).examples(conv_examples);
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("ConvGradInput", kPrivateDomain);
+    s.doc("Gradient of Conv with respect to its input: (dy, W) -> dx.")
+        .inputs(2, 2)
+        .attr("group", int64_t{1})
+        .attr_optional("kernel_shape", AttrType::ints)
+        .attr_required("input_shape", AttrType::ints);
+    window_schema(s, false).infer(infer_conv_grad_input).non_differentiable(kGradOpReason);
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("ConvGradWeight", kPrivateDomain);
+    s.doc("Gradient of Conv with respect to its weights and, as optional output 1, its bias: (dy, x) -> dW [, dB].")
+        .inputs(2, 2)
+        .outputs(1, 2)
+        .attr("group", int64_t{1})
+        .attr_required("kernel_shape", AttrType::ints);
+    window_schema(s, false).infer(infer_conv_grad_weight).non_differentiable(kGradOpReason);
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("MaxPool");
+    s.since(12)
+        .doc("Max pooling over 1-D or 2-D windows. The optional Indices output is not supported.")
+        .inputs(1, 1)
+        .outputs(1, 2)
+        .attr("ceil_mode", int64_t{0})
+        .attr_required("kernel_shape", AttrType::ints)
+        .attr("storage_order", int64_t{0});
+    window_schema(s, true)
+        .infer([](InferContext& c) { infer_pool(c, true); })
+        .grad([](GradContext& c) { c.set_grad(0, c.op("MaxPoolGrad", {c.dy(), c.input(0)}, pool_grad_attrs(c))); })
+        .examples([] { return pool_examples(false); });
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("MaxPoolGrad", kPrivateDomain);
+    s.doc("Gradient of MaxPool: (dy, x) -> dx; each dy goes to the first maximum of its window.")
+        .inputs(2, 2)
+        .attr("ceil_mode", int64_t{0})
+        .attr_required("kernel_shape", AttrType::ints);
+    window_schema(s, false)
+        .infer([](InferContext& c) {
+          c.expect_same_dtype(0, 1);
+          infer_pool_grad(c, c.shape(1));
+        })
+        .non_differentiable(kGradOpReason);
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("AveragePool");
+    s.since(19)
+        .doc("Average pooling over 1-D or 2-D windows; count_include_pad counts the padding in the divisor.")
+        .inputs(1, 1)
+        .attr("ceil_mode", int64_t{0})
+        .attr("count_include_pad", int64_t{0})
+        .attr_required("kernel_shape", AttrType::ints);
+    window_schema(s, true)
+        .infer([](InferContext& c) { infer_pool(c, true); })
+        .grad([](GradContext& c) {
+          Attributes a = pool_grad_attrs(c);
+          a.set("count_include_pad", c.attrs().i("count_include_pad"));
+          a.set("input_shape", c.shape(c.input(0)).dims());
+          c.set_grad(0, c.op("AveragePoolGrad", {c.dy()}, a));
+        })
+        .examples([] { return pool_examples(true); });
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("AveragePoolGrad", kPrivateDomain);
+    s.doc("Gradient of AveragePool: dy -> dx of shape input_shape.")
+        .inputs(1, 1)
+        .attr("ceil_mode", int64_t{0})
+        .attr("count_include_pad", int64_t{0})
+        .attr_required("kernel_shape", AttrType::ints)
+        .attr_required("input_shape", AttrType::ints);
+    window_schema(s, false)
+        .infer([](InferContext& c) { infer_pool_grad(c, Shape(c.attrs().ints("input_shape"))); })
+        .non_differentiable(kGradOpReason);
+    r.add(std::move(s));
+  }
+  r.add(OpSchema("GlobalAveragePool")
+            .doc("Mean over every spatial dim: [N, C, ...] -> [N, C, 1, ...].")
+            .inputs(1, 1)
+            .infer([](InferContext& c) {
+              c.expect_float(0);
+              if (c.rank(0) < 3) c.fail("input must have rank 3 or more (N, C, spatial...)");
+              std::vector<int64_t> d = c.shape(0).dims();
+              for (size_t i = 2; i < d.size(); ++i) d[i] = 1;
+              c.set_output(0, c.dtype(0), Shape(d));
+            })
+            .grad([](GradContext& c) {
+              c.set_grad(0, c.op("GlobalAveragePoolGrad", {c.dy()},
+                                 {{"input_shape", c.shape(c.input(0)).dims()}}));
+            })
+            .examples([] {
+              return std::vector<OpExample>{
+                  pool_example("2-D", {2, 3, 5, 5}, {}, 301),
+                  pool_example("1-D", {2, 3, 4}, {}, 302),
+              };
+            }));
+  r.add(OpSchema("GlobalAveragePoolGrad", kPrivateDomain)
+            .doc("Gradient of GlobalAveragePool: dy [N, C, 1, ...] -> dx of shape input_shape.")
+            .inputs(1, 1)
+            .attr_required("input_shape", AttrType::ints)
+            .infer([](InferContext& c) {
+              Shape x(c.attrs().ints("input_shape"));
+              if (x.rank() != c.rank(0) || x.rank() < 3 || x[0] != c.shape(0)[0] || x[1] != c.shape(0)[1] ||
+                  c.shape(0).numel() != x[0] * x[1])
+                c.fail("dy does not match input_shape {}", x.str());
+              c.set_output(0, c.dtype(0), x);
+            })
+            .non_differentiable(kGradOpReason));
+}
 
 }  // namespace trainer::engine::ops

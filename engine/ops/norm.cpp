@@ -1,9 +1,285 @@
-// Op family 'norm': schemas, shape inference, gradient rules and examples.
+// Op family 'norm': BatchNormalization, LayerNormalization and Dropout, with their gradient rules. Each gradient is
+// one private op (BatchNormalizationGrad, LayerNormalizationGrad, DropoutGrad) that recomputes what it needs from
+// the forward inputs, so the forward pass saves nothing extra and stays ONNX-shaped.
 #include "engine/ir/op_schema.h"
+#include "engine/ops/norm_dropout.h"
 #include "engine/ops/op_helpers.h"
 
 namespace trainer::engine::ops {
 
-void register_norm_ops(OpRegistry& r) {}
+namespace {
+
+const char* kGradOpReason = "a gradient op: training needs first derivatives only";
+
+// ---- BatchNormalization ----
+
+void infer_batch_norm(InferContext& c) {
+  c.expect_float(0);
+  if (c.rank(0) < 2) c.fail("X must be N x C x ..., got rank {}", c.rank(0));
+  int64_t channels = c.shape(0)[1];
+  const char* names[] = {"X", "scale", "B", "input_mean", "input_var"};
+  for (int i = 1; i < 5; ++i) {
+    c.expect_same_dtype(0, i);
+    if (c.shape(i) != Shape{channels}) c.fail("{} must have shape [{}] (the channels of X)", names[i], channels);
+  }
+  if (c.attrs().f("epsilon") < 0) c.fail("epsilon must not be negative");
+  c.set_output(0, c.dtype(0), c.shape(0));
+  for (int i = 1; i < c.num_outputs(); ++i) c.set_output(i, c.dtype(0), Shape{channels});
+}
+
+// (dY, X, scale, input_mean, input_var, [d running_mean], [d running_var]) -> dX, dscale, dB, [dmean, dvar].
+void infer_batch_norm_grad(InferContext& c) {
+  int64_t channels = c.shape(1)[1];
+  if (c.shape(0) != c.shape(1)) c.fail("dY and X must have the same shape");
+  for (int i = 2; i < c.num_inputs(); ++i)
+    if (c.has_input(i) && c.shape(i) != Shape{channels}) c.fail("input {} must have shape [{}]", i, channels);
+  c.set_output(0, c.dtype(1), c.shape(1));
+  for (int i = 1; i < c.num_outputs(); ++i) c.set_output(i, c.dtype(1), Shape{channels});
+}
+
+void grad_batch_norm(GradContext& c) {
+  bool want_stats = c.needs_grad(3) || c.needs_grad(4);
+  Attributes a{{"epsilon", c.attrs().f("epsilon")},
+               {"momentum", c.attrs().f("momentum")},
+               {"training_mode", c.attrs().i("training_mode")}};
+  std::vector<ValueId> in{c.grad_output_or_zeros(0), c.input(0), c.input(1), c.input(3), c.input(4),
+                          c.grad_output(1), c.grad_output(2)};
+  std::vector<ValueId> g = c.op_multi("BatchNormalizationGrad", in, a, want_stats ? 5 : 3);
+  for (int i = 0; i < static_cast<int>(g.size()); ++i) c.set_grad(i, g[i]);
+}
+
+std::vector<OpExample> batch_norm_examples() {
+  auto make = [](std::string label, Shape x, bool training, int num_outputs, uint64_t seed) {
+    int64_t ch = x[1];
+    OpExample e = example(std::move(label),
+                          {random_tensor(x, -2, 2, seed), random_tensor({ch}, 0.5, 1.5, seed + 1),
+                           random_tensor({ch}, -0.5, 0.5, seed + 2), random_tensor({ch}, -0.5, 0.5, seed + 3),
+                           random_tensor({ch}, 0.5, 1.5, seed + 4)});
+    if (training) e.attrs.set("training_mode", int64_t{1});
+    e.num_outputs = num_outputs;
+    return e;
+  };
+  std::vector<OpExample> out;
+  out.push_back(make("inference NCHW", {2, 3, 2, 2}, false, 1, 41));
+  out.push_back(make("inference NC", {4, 3}, false, 1, 42));
+  out.back().attrs.set("epsilon", 1e-2f);
+  out.push_back(make("training NCHW with running stats", {2, 3, 2, 3}, true, 3, 43));
+  out.push_back(make("training NC", {5, 2}, true, 1, 44));
+  out.push_back(make("training NCL momentum", {2, 2, 3}, true, 3, 45));
+  out.back().attrs.set("momentum", 0.7f);
+  out.back().attrs.set("epsilon", 1e-3f);
+  return out;
+}
+
+// ---- LayerNormalization ----
+
+// Splits X at `axis` into rows (the leading dims) and the normalized inner block.
+int layer_norm_axis(InferContext& c) {
+  int axis = normalize_axis(c.attrs().i("axis"), c.rank(0));
+  if (axis < 0) c.fail("axis {} is out of range for rank {}", c.attrs().i("axis"), c.rank(0));
+  return axis;
+}
+
+// Scale and B must hold one value per normalized element: the normalized shape, possibly with leading 1s.
+void check_layer_norm_param(InferContext& c, int i, int axis, const char* name) {
+  c.expect_same_dtype(0, i);
+  const Shape& x = c.shape(0);
+  const Shape& p = c.shape(i);
+  int inner_rank = x.rank() - axis;
+  bool ok = p.rank() >= inner_rank || p.numel() == 1;
+  for (int k = 0; ok && k < p.rank(); ++k) {
+    int xd = x.rank() - p.rank() + k;
+    int64_t want = xd >= axis ? x[xd] : 1;
+    if (p[k] != want) ok = false;
+  }
+  int64_t inner = 1;
+  for (int k = axis; k < x.rank(); ++k) inner *= x[k];
+  if (!ok || p.numel() != inner)
+    c.fail("{} must have the normalized shape of X from axis {} on, got {}", name, axis, p.str());
+}
+
+DType layer_norm_stat_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
+
+void infer_layer_norm(InferContext& c) {
+  c.expect_float(0);
+  int axis = layer_norm_axis(c);
+  check_layer_norm_param(c, 1, axis, "Scale");
+  if (c.has_input(2)) check_layer_norm_param(c, 2, axis, "B");
+  c.set_output(0, c.dtype(0), c.shape(0));
+  Shape stat = c.shape(0);
+  for (int k = axis; k < stat.rank(); ++k) stat[k] = 1;
+  for (int i = 1; i < c.num_outputs(); ++i) c.set_output(i, layer_norm_stat_dtype(c.dtype(0)), stat);
+}
+
+// (dY, X, Scale, [d Mean], [d InvStdDev]) -> dX, dScale, [dB].
+void infer_layer_norm_grad(InferContext& c) {
+  int axis = normalize_axis(c.attrs().i("axis"), c.rank(1));
+  if (axis < 0) c.fail("axis is out of range");
+  if (c.shape(0) != c.shape(1)) c.fail("dY and X must have the same shape");
+  c.set_output(0, c.dtype(1), c.shape(1));
+  c.set_output(1, c.dtype(2), c.shape(2));
+  if (c.num_outputs() > 2) c.set_output(2, c.dtype(2), c.shape(2));
+}
+
+void grad_layer_norm(GradContext& c) {
+  bool want_bias = c.input(2) != kNoValue && c.needs_grad(2);
+  Attributes a{{"axis", c.attrs().i("axis")}, {"epsilon", c.attrs().f("epsilon")}};
+  std::vector<ValueId> g = c.op_multi("LayerNormalizationGrad",
+                                      {c.grad_output_or_zeros(0), c.input(0), c.input(1), c.grad_output(1),
+                                       c.grad_output(2)},
+                                      a, want_bias ? 3 : 2);
+  c.set_grad(0, g[0]);
+  c.set_grad(1, g[1]);
+  if (want_bias) c.set_grad(2, g[2]);
+}
+
+std::vector<OpExample> layer_norm_examples() {
+  std::vector<OpExample> out;
+  out.push_back(example("last axis", {random_tensor({3, 4}, -2, 2, 51), random_tensor({4}, 0.5, 1.5, 52),
+                                      random_tensor({4}, -0.5, 0.5, 53)}));
+  OpExample stats = example("axis 1 with Mean and InvStdDev",
+                            {random_tensor({2, 3, 2}, -2, 2, 54), random_tensor({3, 2}, 0.5, 1.5, 55),
+                             random_tensor({3, 2}, -0.5, 0.5, 56)},
+                            {{"axis", int64_t{1}}, {"epsilon", 1e-3f}});
+  stats.num_outputs = 3;
+  out.push_back(stats);
+  OpExample no_bias = example("no bias, negative axis", {random_tensor({2, 2, 3}, -2, 2, 57),
+                                                          random_tensor({2, 3}, 0.5, 1.5, 58), Tensor()},
+                              {{"axis", int64_t{-2}}});
+  no_bias.absent[2] = true;
+  out.push_back(no_bias);
+  return out;
+}
+
+// ---- Dropout ----
+
+void infer_dropout(InferContext& c) {
+  c.expect_float(0);
+  if (c.has_input(1)) {
+    c.expect_float(1);
+    if (c.shape(1).numel() != 1) c.fail("ratio must be a scalar, got {}", c.shape(1).str());
+    if (const Tensor* r = c.constant(1)) {
+      double v = r->get_f64(0);
+      if (!(v >= 0 && v < 1)) c.fail("ratio must be in [0, 1), got {}", v);
+    }
+  }
+  if (c.has_input(2)) {
+    if (c.dtype(2) != DType::boolean) c.fail("training_mode must be bool, got {}", dtype_name(c.dtype(2)));
+    if (c.shape(2).numel() != 1) c.fail("training_mode must be a scalar, got {}", c.shape(2).str());
+  }
+  c.set_output(0, c.dtype(0), c.shape(0));
+  if (c.num_outputs() > 1) c.set_output(1, DType::boolean, c.shape(0));
+}
+
+// Training mode is off when the input is absent or a constant false: then Dropout is the identity.
+bool dropout_surely_inference(GradContext& c) {
+  ValueId tm = c.input(2);
+  if (tm == kNoValue) return true;
+  const Tensor* t = c.graph().initializer(tm);
+  return t && c.graph().value(tm).kind == ValueKind::constant && t->get_f64(0) == 0;
+}
+
+void grad_dropout(GradContext& c) {
+  if (dropout_surely_inference(c)) {
+    c.set_grad(0, c.dy());
+    return;
+  }
+  // DropoutGrad regenerates the forward mask from the same (seed, stream, step), so no mask tensor stays alive
+  // between forward and backward. The stream is the forward node's, passed explicitly.
+  Attributes a{{"stream", static_cast<int64_t>(dropout_stream(c.node().name))}};
+  if (c.attrs().has("seed")) a.set("seed", c.attrs().i("seed"));
+  c.set_grad(0, c.op("DropoutGrad", {c.dy(), c.input(1), c.input(2)}, a));
+}
+
+std::vector<OpExample> dropout_examples() {
+  std::vector<OpExample> out;
+  OpExample inference = example("inference", {random_tensor({3, 4}, -1, 1, 61)});
+  inference.num_outputs = 2;
+  out.push_back(inference);
+  OpExample train = example("training ratio 0.3",
+                            {random_tensor({4, 5}, -1, 1, 62), Tensor::scalar<float>(0.3f), Tensor::scalar<bool>(true)});
+  train.constant = {false, true, true};
+  train.num_outputs = 2;
+  out.push_back(train);
+  OpExample seeded = example("training default ratio, seed attribute",
+                             {random_tensor({2, 3, 3}, -1, 1, 63), Tensor(), Tensor::scalar<bool>(true)},
+                             {{"seed", int64_t{5}}});
+  seeded.absent[1] = true;
+  seeded.constant[2] = true;
+  out.push_back(seeded);
+  OpExample off = example("training_mode false", {random_tensor({5}, -1, 1, 64), Tensor::scalar<double>(0.5),
+                                                  Tensor::scalar<bool>(false)});
+  off.constant = {false, true, true};
+  out.push_back(off);
+  return out;
+}
+
+}  // namespace
+
+void register_norm_ops(OpRegistry& r) {
+  r.add(OpSchema("BatchNormalization")
+            .since(15)
+            .doc("Per-channel normalization of N x C x ...; training_mode=1 uses batch statistics and updates the "
+                 "running ones (outputs 1 and 2, biased variance, as ONNX specifies)")
+            .inputs(5, 5)
+            .outputs(1, 3)
+            .attr("epsilon", 1e-5f)
+            .attr("momentum", 0.9f)
+            .attr("training_mode", int64_t{0})
+            .infer(infer_batch_norm)
+            .grad(grad_batch_norm)
+            .examples(batch_norm_examples));
+  r.add(OpSchema("BatchNormalizationGrad", kPrivateDomain)
+            .doc("dX, dscale, dB (and d input_mean, d input_var) of BatchNormalization, in one pass per channel")
+            .inputs(5, 7)
+            .outputs(3, 5)
+            .attr("epsilon", 1e-5f)
+            .attr("momentum", 0.9f)
+            .attr("training_mode", int64_t{0})
+            .infer(infer_batch_norm_grad)
+            .non_differentiable(kGradOpReason));
+
+  r.add(OpSchema("LayerNormalization")
+            .since(17)
+            .doc("Normalizes over the dims from `axis` on; optional outputs Mean and InvStdDev (f64 for f64 inputs, "
+                 "else f32)")
+            .inputs(2, 3)
+            .outputs(1, 3)
+            .attr("axis", int64_t{-1})
+            .attr("epsilon", 1e-5f)
+            .attr("stash_type", int64_t{1})
+            .infer(infer_layer_norm)
+            .grad(grad_layer_norm)
+            .examples(layer_norm_examples));
+  r.add(OpSchema("LayerNormalizationGrad", kPrivateDomain)
+            .doc("dX, dScale and dB of LayerNormalization; recomputes the row statistics")
+            .inputs(3, 5)
+            .outputs(2, 3)
+            .attr("axis", int64_t{-1})
+            .attr("epsilon", 1e-5f)
+            .infer(infer_layer_norm_grad)
+            .non_differentiable(kGradOpReason));
+
+  r.add(OpSchema("Dropout")
+            .since(13)
+            .doc("Keeps each element with probability 1 - ratio and scales it by 1 / (1 - ratio) when training; the "
+                 "mask comes from Philox keyed by (step seed ^ seed attribute, hash of the node name, step, element)")
+            .inputs(1, 3)
+            .outputs(1, 2)
+            .attr_optional("seed", AttrType::i)
+            .no_grad_inputs({1, 2})
+            .inplace(0, 0)
+            .infer(infer_dropout)
+            .grad(grad_dropout)
+            .examples(dropout_examples));
+  r.add(OpSchema("DropoutGrad", kPrivateDomain)
+            .doc("(dy, [ratio], [training_mode]) -> dx: regenerates the forward node's mask from its stream")
+            .inputs(1, 3)
+            .attr_optional("seed", AttrType::i)
+            .attr_required("stream", AttrType::i)
+            .inplace(0, 0)
+            .infer(infer_dropout)
+            .non_differentiable(kGradOpReason));
+}
 
 }  // namespace trainer::engine::ops

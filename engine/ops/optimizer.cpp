@@ -1,9 +1,214 @@
-// Op family 'optimizer': schemas, shape inference, gradient rules and examples.
+// Optimizer update ops: ONNX's training-domain Adam, Momentum and Adagrad (variadic over tensors), and
+// private single-tensor updates for what ONNX lacks (AdamW's decoupled decay, Keras's RMSprop, stateless
+// SGD). Every op takes (R, T, X..., G..., S1..., Sk...) and returns (X_new..., S1_new..., Sk_new...): R is
+// the learning rate (float scalar), T the int64 update count. Training graphs bind each output onto its
+// input's buffer.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 
 namespace trainer::engine::ops {
 
-void register_optimizer_ops(OpRegistry& r) {}
+namespace {
+
+const char* kUpdateReason = "an optimizer update";
+
+// Checks the (R, T, X..., G..., S1..., Sk...) layout with `slots` state tensors per X and sets the outputs
+// (X_new..., S1_new..., Sk_new...). Returns the number of updated tensors.
+int infer_update(InferContext& c, int slots) {
+  int per = 2 + slots;
+  int nin = c.num_inputs();
+  if (nin < 2 + per || (nin - 2) % per != 0)
+    c.fail("expects R, T and then {} tensors per updated value (X, G and {} state), got {} inputs", per,
+           slots, nin);
+  int n = (nin - 2) / per;
+  if (c.num_outputs() != (1 + slots) * n)
+    c.fail("updates {} tensors, so it has {} outputs, not {}", n, (1 + slots) * n, c.num_outputs());
+  if (!c.has_input(0) || !c.has_input(1)) c.fail("R and T are required");
+  if (!is_float(c.dtype(0)) || c.shape(0).numel() != 1)
+    c.fail("R (the learning rate) must be a float scalar, got {} {}", dtype_name(c.dtype(0)),
+           c.shape(0).str());
+  if (c.dtype(1) != DType::i64 || c.shape(1).numel() != 1)
+    c.fail("T (the update count) must be an int64 scalar, got {} {}", dtype_name(c.dtype(1)),
+           c.shape(1).str());
+  DType t = c.dtype(2);
+  if (t != DType::f32 && t != DType::f64) c.fail("updated tensors must be f32 or f64, got {}", dtype_name(t));
+  for (int j = 0; j < n; ++j) {
+    int x = 2 + j;
+    for (int k = 1; k < per; ++k) {
+      int i = 2 + k * n + j;
+      if (!c.has_input(i)) c.fail("input {} is missing", i);
+      if (c.dtype(i) != t || c.shape(i) != c.shape(x))
+        c.fail("input {} ({} {}) must match X {} ({} {})", i, dtype_name(c.dtype(i)), c.shape(i).str(), j,
+               dtype_name(c.dtype(x)), c.shape(x).str());
+    }
+    for (int k = 0; k <= slots; ++k) c.set_output(k * n + j, t, c.shape(x));
+  }
+  return n;
+}
+
+OpSchema update_op(const char* name, const char* domain, int slots) {
+  OpSchema s(name, domain);
+  s.inputs(2 + (2 + slots), -1)
+      .outputs(1 + slots, -1)
+      .non_differentiable(kUpdateReason)
+      .infer([slots](InferContext& c) { infer_update(c, slots); });
+  return s;
+}
+
+Tensor lr(double v) {
+  return Tensor::scalar<float>(static_cast<float>(v));
+}
+Tensor step(int64_t t) {
+  return Tensor::scalar<int64_t>(t);
+}
+
+// One updated tensor of shape `s` with `slots` state tensors; second moments stay positive.
+std::vector<Tensor> update_inputs(double r, int64_t t, const std::vector<Shape>& shapes, int slots,
+                                  bool positive_state, uint64_t seed) {
+  std::vector<Tensor> in{lr(r), step(t)};
+  for (int k = 0; k < 2 + slots; ++k)
+    for (const Shape& s : shapes) {
+      bool pos = positive_state && k >= 2;
+      in.push_back(random_tensor(s, pos ? 0.01 : -1, 1, seed++));
+    }
+  return in;
+}
+
+OpExample forward_example(std::string label, std::vector<Tensor> inputs, Attributes attrs, int num_outputs) {
+  OpExample e = example(std::move(label), std::move(inputs), std::move(attrs));
+  e.num_outputs = num_outputs;
+  e.grad_check = false;  // non-differentiable: only the forward run is checked
+  return e;
+}
+
+}  // namespace
+
+void register_optimizer_ops(OpRegistry& r) {
+  // ONNX Adam: G' = G + norm_coefficient*X; V = alpha*V + (1-alpha)*G'; H = beta*H + (1-beta)*G'^2;
+  // R' = T > 0 ? R*sqrt(1-beta^T)/(1-alpha^T) : R; X = (1-norm_coefficient_post)*(X -
+  // R'*V/(sqrt(H)+epsilon)). With a 1-based T this is Keras's Adam (epsilon outside the square root).
+  r.add(update_op("Adam", kTrainingDomain, 2)
+            .doc("Adam update of X with first moment V and second moment H (ONNX training domain)")
+            .attr("alpha", 0.9f)
+            .attr("beta", 0.999f)
+            .attr("epsilon", 1e-6f)
+            .attr("norm_coefficient", 0.0f)
+            .attr("norm_coefficient_post", 0.0f)
+            .examples([] {
+              return std::vector<OpExample>{
+                  forward_example("one tensor", update_inputs(0.01, 3, {{2, 3}}, 2, true, 1),
+                                  {{"norm_coefficient", 0.01f}, {"norm_coefficient_post", 0.001f}}, 3),
+                  forward_example("two tensors, first step", update_inputs(0.1, 0, {{4}, {}}, 2, true, 11),
+                                  {{"alpha", 0.8f}, {"beta", 0.9f}, {"epsilon", 1e-7f}}, 6),
+              };
+            }));
+
+  // ONNX Momentum: G' = G + norm_coefficient*X; V = alpha*V + (T > 0 ? beta : 1)*G';
+  // standard: X = X - R*V; nesterov: X = X - R*(G' + alpha*V).
+  r.add(update_op("Momentum", kTrainingDomain, 1)
+            .doc("SGD with momentum (standard or Nesterov) of X with velocity V (ONNX training domain)")
+            .attr_required("alpha", AttrType::f)
+            .attr_required("beta", AttrType::f)
+            .attr_required("mode", AttrType::s)
+            .attr_required("norm_coefficient", AttrType::f)
+            .infer([](InferContext& c) {
+              const std::string& mode = c.attrs().s("mode");
+              if (mode != "standard" && mode != "nesterov")
+                c.fail("mode must be 'standard' or 'nesterov', got '{}'", mode);
+              infer_update(c, 1);
+            })
+            .examples([] {
+              Attributes std_attrs{{"alpha", 0.9f},
+                                   {"beta", 0.5f},
+                                   {"mode", std::string("standard")},
+                                   {"norm_coefficient", 0.01f}};
+              Attributes nesterov{{"alpha", 0.9f},
+                                  {"beta", 1.0f},
+                                  {"mode", std::string("nesterov")},
+                                  {"norm_coefficient", 0.0f}};
+              return std::vector<OpExample>{
+                  forward_example("standard", update_inputs(0.1, 2, {{3, 2}}, 1, false, 21), std_attrs, 2),
+                  forward_example("nesterov, two tensors", update_inputs(0.1, 1, {{3}, {2, 2}}, 1, false, 31),
+                                  nesterov, 4),
+              };
+            }));
+
+  // ONNX Adagrad: R' = R/(1 + T*decay_factor); G' = G + norm_coefficient*X; H = H + G'^2;
+  // X = X - R'*G'/(sqrt(H)+epsilon).
+  r.add(update_op("Adagrad", kTrainingDomain, 1)
+            .doc("Adagrad update of X with accumulated squared gradient H (ONNX training domain)")
+            .attr("decay_factor", 0.0f)
+            .attr("epsilon", 1e-6f)
+            .attr("norm_coefficient", 0.0f)
+            .examples([] {
+              return std::vector<OpExample>{
+                  forward_example("one tensor", update_inputs(0.1, 5, {{5}}, 1, true, 41),
+                                  {{"decay_factor", 0.1f}, {"norm_coefficient", 0.001f}}, 2),
+                  forward_example("two tensors", update_inputs(0.1, 0, {{2}, {1, 3}}, 1, true, 51), {}, 4),
+              };
+            }));
+
+  // Keras's AdamW, one tensor: X = X - R*weight_decay*X (decoupled decay, scaled by the learning rate), then
+  // M = beta1*M + (1-beta1)*G; V = beta2*V + (1-beta2)*G^2; R' = R*sqrt(1-beta2^T)/(1-beta1^T) (R when T <=
+  // 0); X = X - R'*M/(sqrt(V)+epsilon). ONNX Adam's norm_coefficient_post decays after the step and ignores
+  // R, which is not AdamW. Inputs R, T, X, G, M, V; outputs X_new, M_new, V_new.
+  r.add(update_op("AdamWUpdate", kPrivateDomain, 2)
+            .doc("AdamW: Adam with decoupled weight decay, one tensor (Keras semantics)")
+            .inputs(6, 6)
+            .outputs(3, 3)
+            .attr("beta1", 0.9f)
+            .attr("beta2", 0.999f)
+            .attr("epsilon", 1e-7f)
+            .attr("weight_decay", 0.004f)
+            .examples([] {
+              return std::vector<OpExample>{
+                  forward_example("decay", update_inputs(0.01, 4, {{2, 3}}, 2, true, 61),
+                                  {{"weight_decay", 0.1f}}, 3),
+              };
+            }));
+
+  // Keras's RMSprop, one tensor: G' = G + norm_coefficient*X (L2); V = rho*V + (1-rho)*G'^2;
+  // D = R*G'/sqrt(V + epsilon) (epsilon inside the root, as Keras); with MOM: MOM = momentum*MOM + D, X = X -
+  // MOM; without: X = X - D. T is unused and kept for the common update layout. Inputs R, T, X, G, V[, MOM];
+  // outputs X_new, V_new[, MOM_new].
+  r.add(OpSchema("RMSpropUpdate", kPrivateDomain)
+            .doc("RMSprop with optional momentum, one tensor (Keras semantics)")
+            .inputs(5, 6)
+            .outputs(2, 3)
+            .attr("rho", 0.9f)
+            .attr("epsilon", 1e-7f)
+            .attr("momentum", 0.0f)
+            .attr("norm_coefficient", 0.0f)
+            .non_differentiable(kUpdateReason)
+            .infer([](InferContext& c) {
+              bool mom = c.has_input(5);
+              if (c.num_inputs() == 6 && !mom) c.fail("an absent MOM input is written by leaving it out");
+              if (!mom && c.attrs().f("momentum") != 0.0f)
+                c.fail("momentum {} needs the MOM input", c.attrs().f("momentum"));
+              infer_update(c, mom ? 2 : 1);
+            })
+            .examples([] {
+              return std::vector<OpExample>{
+                  forward_example("plain", update_inputs(0.01, 1, {{3, 2}}, 1, true, 71), {{"rho", 0.8f}}, 2),
+                  forward_example("momentum", update_inputs(0.01, 2, {{4}}, 2, true, 81),
+                                  {{"momentum", 0.9f}, {"norm_coefficient", 0.01f}}, 3),
+              };
+            }));
+
+  // Stateless SGD, one tensor: X = X - R*(G + norm_coefficient*X). ONNX's Momentum with alpha = 0 computes
+  // the same but needs a velocity buffer the size of X; plain SGD should cost one read of X and G and one
+  // write. T is unused and kept for the common update layout. Inputs R, T, X, G; output X_new.
+  r.add(update_op("SGDUpdate", kPrivateDomain, 0)
+            .doc("Plain SGD step with optional L2 term, one tensor")
+            .inputs(4, 4)
+            .outputs(1, 1)
+            .attr("norm_coefficient", 0.0f)
+            .examples([] {
+              return std::vector<OpExample>{
+                  forward_example("l2", update_inputs(0.1, 1, {{2, 2}}, 0, false, 91),
+                                  {{"norm_coefficient", 0.01f}}, 1),
+              };
+            }));
+}
 
 }  // namespace trainer::engine::ops

@@ -1,13 +1,104 @@
-// Optimizer graph construction.
+// Optimizer graph construction: state values, one update node per parameter, and the in-place bindings.
 #include "engine/optim/optimizer.h"
 
 #include "engine/ir/op_schema.h"
 
 namespace trainer::engine {
 
-std::vector<OptimizerState> add_optimizer(Graph& g, const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,
+namespace {
+
+void check_range(const char* name, float v, float lo, float hi, bool hi_open) {
+  if (v < lo || v > hi || (hi_open && v == hi))
+    throw InputError(
+        "optimizer",
+        fmt::format("{} = {} is out of range: it must be in [{}, {}{}", name, v, lo, hi, hi_open ? ")" : "]"),
+        "Keras's defaults are beta1 0.9, beta2 0.999, rho 0.9, epsilon 1e-7");
+}
+
+void validate(const OptimizerConfig& c) {
+  if (c.kind != "sgd" && c.kind != "adam" && c.kind != "adamw" && c.kind != "rmsprop")
+    throw InputError("optimizer", fmt::format("unknown optimizer '{}'", c.kind),
+                     "use sgd, adam, adamw or rmsprop");
+  check_range("momentum", c.momentum, 0, 1, false);
+  check_range("beta1", c.beta1, 0, 1, true);
+  check_range("beta2", c.beta2, 0, 1, true);
+  check_range("rho", c.rho, 0, 1, true);
+  check_range("epsilon", c.epsilon, 0, 1, false);
+  check_range("weight_decay", c.weight_decay, 0, 1, false);
+}
+
+}  // namespace
+
+std::vector<OptimizerState> add_optimizer(Graph& g,
+                                          const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,
                                           ValueId lr, ValueId step, const OptimizerConfig& config) {
-  throw InternalError("add_optimizer: not built yet");
+  validate(config);
+  std::vector<OptimizerState> states;
+  states.reserve(params_and_grads.size());
+  for (auto [param, grad] : params_and_grads) {
+    const Value& p = g.value(param);
+    TRAINER_ASSERT(p.kind == ValueKind::parameter, "'{}' is not a parameter", p.name);
+    std::string name = p.name;
+    DType dtype = p.dtype;
+    Shape shape = p.shape;
+    OptimizerState st{param, grad, {}, -1};
+    auto slot = [&](const char* suffix) {
+      st.slots.push_back(g.add_state(name + "/" + suffix, Tensor(dtype, shape)));  // Tensor() is zero-filled
+      return st.slots.back();
+    };
+
+    std::string op;
+    std::vector<ValueId> inputs{lr, step, param, grad};
+    Attributes attrs;
+    const std::string& kind = config.kind;
+    if (kind == "sgd" && config.momentum == 0) {
+      op = "SGDUpdate";
+      attrs = {{"norm_coefficient", config.weight_decay}};
+    } else if (kind == "sgd") {
+      // Keras's velocity v = m*v - lr*g is -lr times Momentum's V (see the Momentum kernel): equal updates
+      // under a constant learning rate.
+      op = "Momentum";
+      inputs.push_back(slot("momentum"));
+      attrs = {{"alpha", config.momentum},
+               {"beta", 1.0f},
+               {"mode", std::string(config.nesterov ? "nesterov" : "standard")},
+               {"norm_coefficient", config.weight_decay}};
+    } else if (kind == "adam") {
+      // With the 1-based step as T, ONNX Adam's bias correction and epsilon placement are Keras's.
+      op = "Adam";
+      inputs.push_back(slot("adam_m"));
+      inputs.push_back(slot("adam_v"));
+      attrs = {{"alpha", config.beta1},
+               {"beta", config.beta2},
+               {"epsilon", config.epsilon},
+               {"norm_coefficient", config.weight_decay}};
+    } else if (kind == "adamw") {
+      op = "AdamWUpdate";
+      inputs.push_back(slot("adam_m"));
+      inputs.push_back(slot("adam_v"));
+      attrs = {{"beta1", config.beta1},
+               {"beta2", config.beta2},
+               {"epsilon", config.epsilon},
+               {"weight_decay", config.weight_decay}};
+    } else {  // rmsprop
+      op = "RMSpropUpdate";
+      inputs.push_back(slot("rms_v"));
+      if (config.momentum != 0) inputs.push_back(slot("rms_momentum"));
+      attrs = {{"rho", config.rho},
+               {"epsilon", config.epsilon},
+               {"momentum", config.momentum},
+               {"norm_coefficient", config.weight_decay}};
+    }
+
+    int num_outputs = static_cast<int>(inputs.size()) - 3;  // X_new and one per state
+    st.update =
+        g.add_node(op, std::move(inputs), std::move(attrs), num_outputs, g.unique_name(name + "/update"));
+    std::vector<ValueId> outs = g.node(st.update).outputs;
+    g.bind_update(outs[0], param);
+    for (size_t k = 0; k < st.slots.size(); ++k) g.bind_update(outs[k + 1], st.slots[k]);
+    states.push_back(std::move(st));
+  }
+  return states;
 }
 
 }  // namespace trainer::engine

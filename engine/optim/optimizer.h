@@ -1,5 +1,5 @@
-// Optimizers as graph rewrites: each trainable parameter gets its state values and one update node whose result is
-// bound back onto the parameter, so the update is part of the step's Program.
+// Optimizers as graph rewrites: each trainable parameter gets its state values and one update node whose
+// result is bound back onto the parameter, so the update is part of the step's Program.
 #pragma once
 
 #include <string>
@@ -10,6 +10,11 @@
 
 namespace trainer::engine {
 
+// Keras's optimizers and defaults. weight_decay by kind:
+//   sgd, adam, rmsprop: L2, weight_decay*param added to the gradient (ONNX's norm_coefficient), so it also
+//   feeds
+//     the moments; for plain SGD this equals Keras's decoupled decay.
+//   adamw: decoupled, param -= lr*weight_decay*param before the Adam step, as Keras's AdamW.
 struct OptimizerConfig {
   std::string kind = "adam";  // sgd | adam | adamw | rmsprop
   float beta1 = 0.9f;         // adam, adamw
@@ -18,18 +23,25 @@ struct OptimizerConfig {
   float momentum = 0.0f;      // sgd, rmsprop
   bool nesterov = false;      // sgd
   float rho = 0.9f;           // rmsprop
-  float weight_decay = 0.0f;  // adamw: decoupled; sgd: L2 added to the gradient
+  float weight_decay = 0.0f;  // see above
 };
 
 struct OptimizerState {
   ValueId param = kNoValue;
   ValueId grad = kNoValue;
-  std::vector<ValueId> slots;  // optimizer state values (momentum, second moment, ...)
+  std::vector<ValueId>
+      slots;           // optimizer state values (momentum, second moment, ...), named "<param>/<slot>"
+  NodeId update = -1;  // the update node
 };
 
-// Adds update nodes for every (param, grad) pair. `lr` is an f32 scalar input; `step` an i64 scalar input holding the
-// 1-based iteration number. Returns the states in parameter order.
-std::vector<OptimizerState> add_optimizer(Graph& g, const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,
+// Adds update nodes for every (param, grad) pair. `lr` is an f32 scalar input; `step` an i64 scalar input
+// holding the 1-based iteration number. Returns the states in parameter order. State values are named after
+// their parameter:
+//   sgd with momentum: "<param>/momentum"; adam, adamw: "<param>/adam_m", "<param>/adam_v";
+//   rmsprop: "<param>/rms_v" and, with momentum, "<param>/rms_momentum". Plain SGD has none.
+// Throws InputError for an unknown kind or an out-of-range hyperparameter.
+std::vector<OptimizerState> add_optimizer(Graph& g,
+                                          const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,
                                           ValueId lr, ValueId step, const OptimizerConfig& config);
 
 }  // namespace trainer::engine

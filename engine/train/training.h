@@ -1,4 +1,60 @@
-// Training graph assembly and a single-device training session through the C++ API.
+// Training through the C++ API: a forward graph and its loss become one training graph (forward, loss, backward,
+// optimizer update), planned once and run step after step on one device.
 #pragma once
 
-namespace trainer::engine {}
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/backend/backend.h"
+#include "engine/optim/optimizer.h"
+#include "engine/plan/fusion.h"
+#include "engine/train/session.h"
+
+namespace trainer::engine {
+
+struct TrainingOptions {
+  OptimizerConfig optimizer;
+  FusionOptions fusion;
+  bool fuse = true;
+  size_t bucket_bytes = 25u << 20;  // gradient bucket size for reductions
+};
+
+struct TrainingGraph {
+  std::shared_ptr<Graph> graph;
+  ValueId loss = kNoValue;
+  ValueId learning_rate = kNoValue;  // f32 scalar input, fed every step (schedules live on the host)
+  ValueId iteration = kNoValue;      // i64 scalar input: the 1-based step number (Adam's bias correction)
+  std::vector<OptimizerState> parameters;
+  std::vector<ValueId> gradients;    // per parameter, in parameter order
+  FusionReport fusion;
+};
+
+// Fuses, differentiates `loss` with respect to every trainable parameter, and appends the optimizer update.
+// Extra values to keep readable after a step (metrics, predictions) are marked as graph outputs by the caller.
+TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOptions& options);
+
+// One device, one Program: feed a batch, step, read the loss. Steps allocate nothing.
+class Trainer {
+ public:
+  Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const TrainingOptions& options = {});
+
+  const TrainingGraph& training_graph() const { return tg_; }
+  Session& session() { return *session_; }
+  // Fed inputs by value id (the forward graph's ids are kept by build_training_graph).
+  void feed(ValueId input, const Tensor& t) { session_->write(input, t); }
+  void feed(ValueId input, const void* bytes, size_t n) { session_->write(input, bytes, n); }
+  // Runs one step with learning rate `lr`; returns the loss.
+  float step(float lr);
+  uint64_t steps_done() const { return step_; }
+  Tensor read(ValueId v) const { return session_->read(v); }
+  Tensor parameter(const std::string& name) const;
+
+ private:
+  TrainingGraph tg_;
+  std::unique_ptr<Session> session_;
+  uint64_t seed_;
+  uint64_t step_ = 0;
+};
+
+}  // namespace trainer::engine

@@ -1,8 +1,338 @@
-// CPU kernels of op family 'reduce'.
+// CPU kernels of op family 'reduce': ReduceSum/Mean/Max, ReduceMaxGrad, Softmax, LogSoftmax and their gradients.
+// A reduction is first simplified (size-1 dims dropped, adjacent dims of the same kind merged) so the common cases
+// become a contiguous run per output or a sum of rows; every output element is produced by one thread in a fixed
+// order, so results do not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
 #include "engine/backend/cpu/cpu_kernel.h"
+#include "engine/backend/cpu/parallel.h"
+#include "engine/ops/reduce_axes.h"
 
 namespace trainer::engine::cpu {
 
-void register_reduce_cpu_kernels(KernelRegistry& r) {}
+namespace {
+
+constexpr int kMaxDims = 32;
+
+// A reduction over a row-major input, simplified. Kept dims index the outputs (row-major); reduced dims are walked
+// in increasing memory order, the innermost reduced dim as one contiguous run when it is the input's last dim.
+struct ReduceGeom {
+  enum Kind { kCopy, kContiguous, kRows, kGeneral } kind = kCopy;
+  int64_t out_count = 1, red_count = 1;
+  int64_t rows_a = 1, rows_b = 1, rows_c = 1;  // kRows: out[a, c] = reduce over b of x[a, b, c]
+  int nk = 0, nr = 0;
+  int64_t kdim[kMaxDims], kstr[kMaxDims], rdim[kMaxDims], rstr[kMaxDims];
+  int64_t run = 1;  // length of the contiguous innermost reduced run (1 when the last dim is kept)
+
+  ReduceGeom(const Shape& in, const std::vector<int>& axes) {
+    std::vector<int64_t> dims;
+    std::vector<bool> red;
+    for (int d = 0; d < in.rank(); ++d) {
+      if (in[d] == 1) continue;
+      bool r = std::find(axes.begin(), axes.end(), d) != axes.end();
+      if (!red.empty() && red.back() == r) {
+        dims.back() *= in[d];
+      } else {
+        dims.push_back(in[d]);
+        red.push_back(r);
+      }
+    }
+    int n = static_cast<int>(dims.size());
+    TRAINER_ASSERT(n <= kMaxDims, "rank {} is too high for a reduction", n);
+    std::vector<int64_t> stride(n);
+    int64_t acc = 1;
+    for (int d = n - 1; d >= 0; --d) {
+      stride[d] = acc;
+      acc *= dims[d];
+    }
+    int nred = 0;
+    for (int d = 0; d < n; ++d) {
+      if (red[d]) {
+        red_count *= dims[d];
+        ++nred;
+        if (d == n - 1) {
+          run = dims[d];
+        } else {
+          rdim[nr] = dims[d];
+          rstr[nr++] = stride[d];
+        }
+      } else {
+        out_count *= dims[d];
+        kdim[nk] = dims[d];
+        kstr[nk++] = stride[d];
+      }
+    }
+    if (nred == 0) {
+      kind = kCopy;
+    } else if (nred == 1 && red[n - 1]) {
+      kind = kContiguous;
+    } else if (nred == 1) {
+      kind = kRows;
+      int rd = static_cast<int>(std::find(red.begin(), red.end(), true) - red.begin());
+      for (int d = 0; d < rd; ++d) rows_a *= dims[d];
+      rows_b = dims[rd];
+      for (int d = rd + 1; d < n; ++d) rows_c *= dims[d];
+    } else {
+      kind = kGeneral;
+    }
+  }
+
+  int64_t base(int64_t o) const {
+    int64_t off = 0;
+    for (int d = nk - 1; d >= 0; --d) {
+      off += (o % kdim[d]) * kstr[d];
+      o /= kdim[d];
+    }
+    return off;
+  }
+  // Calls f(offset) for the start of every contiguous run (length `run`) of output o's group, in memory order.
+  template <class F> void for_each_run(int64_t o, F&& f) const {
+    int64_t idx[kMaxDims] = {};
+    int64_t off = base(o);
+    int64_t runs = red_count / run;
+    for (int64_t k = 0; k < runs; ++k) {
+      f(off);
+      for (int d = nr - 1; d >= 0; --d) {
+        off += rstr[d];
+        if (++idx[d] < rdim[d]) break;
+        off -= rstr[d] * rdim[d];
+        idx[d] = 0;
+      }
+    }
+  }
+};
+
+template <class T> struct SumOp {
+  static T init() { return T(0); }
+  static T combine(T a, T b) { return a + b; }
+  static T finish(T a, int64_t) { return a; }
+};
+template <class T> struct MeanOp {
+  static T init() { return T(0); }
+  static T combine(T a, T b) { return a + b; }
+  static T finish(T a, int64_t count) { return count ? a / static_cast<T>(count) : std::numeric_limits<T>::quiet_NaN(); }
+};
+// NaN inputs are not propagated: a comparison with NaN is false, so NaN never replaces a number.
+template <class T> struct MaxOp {
+  static T init() {
+    if constexpr (std::numeric_limits<T>::has_infinity) return -std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::lowest();
+  }
+  static T combine(T a, T b) { return b > a ? b : a; }
+  static T finish(T a, int64_t) { return a; }
+};
+
+// Eight independent partials (combined in a fixed tree) let the compiler vectorize and bound the rounding error.
+template <class T, class Op> T reduce_run(const T* x, int64_t n, T acc) {
+  constexpr int L = 8;
+  if (n >= 2 * L) {
+    T p[L];
+    for (int k = 0; k < L; ++k) p[k] = Op::init();
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+      for (int k = 0; k < L; ++k) p[k] = Op::combine(p[k], x[i + k]);
+    for (; i < n; ++i) p[0] = Op::combine(p[0], x[i]);
+    for (int w = L / 2; w > 0; w /= 2)
+      for (int k = 0; k < w; ++k) p[k] = Op::combine(p[k], p[k + w]);
+    return Op::combine(acc, p[0]);
+  }
+  for (int64_t i = 0; i < n; ++i) acc = Op::combine(acc, x[i]);
+  return acc;
+}
+
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(work_per_item, 1));
+}
+
+template <template <class> class OpT>
+KernelPtr reduce_kernel(const KernelArgs& a, bool floats_only) {
+  const Tensor* axes_t = a.has_input(1) ? a.graph.initializer(a.node.inputs[1]) : nullptr;
+  ops::ReduceAxes ax = ops::resolve_reduce_axes(a.in(0).shape, a.attrs(), axes_t, a.has_input(1));
+  TRAINER_ASSERT(ax.error.empty(), "{}", ax.error);
+  if (ax.identity) ax.axes.clear();  // no reduced axis: a copy
+  auto g = std::make_shared<ReduceGeom>(a.in(0).shape, ax.axes);
+  bool empty_input = a.in(0).shape.numel() == 0;
+  KernelPtr kp;
+  auto body = [&]<class T>() {
+    using Op = OpT<T>;
+    const T* x = a.in_ptr<T>(0);
+    T* y = a.out_ptr<T>(0);
+    int64_t nout = a.out(0).shape.numel();
+    if (empty_input) {
+      // Reducing nothing gives the identity (0 for sums, -inf for max, NaN for a mean).
+      kp = make_kernel([=](const StepContext&) {
+        for (int64_t i = 0; i < nout; ++i) y[i] = Op::finish(Op::init(), 0);
+      });
+      return;
+    }
+    switch (g->kind) {
+      case ReduceGeom::kCopy:
+        kp = make_kernel([=](const StepContext&) { std::memcpy(y, x, nout * sizeof(T)); });
+        break;
+      case ReduceGeom::kContiguous:
+        kp = make_kernel([=](const StepContext&) {
+          int64_t r = g->red_count;
+          parallel_for(g->out_count, [&](int64_t o) { y[o] = Op::finish(reduce_run<T, Op>(x + o * r, r, Op::init()), r); },
+                       grain_for(r));
+        });
+        break;
+      case ReduceGeom::kRows:
+        kp = make_kernel([=](const StepContext&) {
+          // Work items are (a, block of c); each accumulates rows b into its own output slice.
+          constexpr int64_t kCols = 512;
+          int64_t A = g->rows_a, B = g->rows_b, C = g->rows_c, blocks = (C + kCols - 1) / kCols;
+          parallel_for(A * blocks, [&](int64_t t) {
+            int64_t ia = t / blocks, c0 = (t % blocks) * kCols, c1 = std::min(c0 + kCols, C);
+            T* out = y + ia * C;
+            const T* in = x + ia * B * C;
+            for (int64_t c = c0; c < c1; ++c) out[c] = Op::init();
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t c = c0; c < c1; ++c) out[c] = Op::combine(out[c], in[b * C + c]);
+            for (int64_t c = c0; c < c1; ++c) out[c] = Op::finish(out[c], B);
+          }, grain_for(B * std::min(C, kCols)));
+        });
+        break;
+      case ReduceGeom::kGeneral:
+        kp = make_kernel([=](const StepContext&) {
+          parallel_for(g->out_count, [&](int64_t o) {
+            T acc = Op::init();
+            g->for_each_run(o, [&](int64_t off) { acc = reduce_run<T, Op>(x + off, g->run, acc); });
+            y[o] = Op::finish(acc, g->red_count);
+          }, grain_for(g->red_count));
+        });
+        break;
+    }
+  };
+  if (floats_only) dispatch_float(a.in(0).dtype, a.node.op.c_str(), body);
+  else dispatch_numeric(a.in(0).dtype, a.node.op.c_str(), body);
+  return kp;
+}
+
+// dx = dy at the first maximum of each group (memory order), zero elsewhere.
+KernelPtr reduce_max_grad(const KernelArgs& a) {
+  std::vector<int> axes;
+  for (int64_t v : a.attrs().ints("axes")) axes.push_back(normalize_axis(v, a.in(0).shape.rank()));
+  auto g = std::make_shared<ReduceGeom>(a.in(0).shape, axes);
+  int64_t n = a.in(0).shape.numel();
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "ReduceMaxGrad", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    const T* dy = a.in_ptr<T>(1);
+    T* dx = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      if (n == 0) return;
+      parallel_for(n, [&](int64_t i) { dx[i] = T(0); });
+      parallel_for(g->out_count, [&](int64_t o) {
+        int64_t best = -1;
+        T m = MaxOp<T>::init();
+        g->for_each_run(o, [&](int64_t off) {
+          for (int64_t i = 0; i < g->run; ++i)
+            if (best < 0 || x[off + i] > m) {
+              m = x[off + i];
+              best = off + i;
+            }
+        });
+        dx[best] = dy[o];
+      }, grain_for(g->red_count));
+    });
+  });
+  return kp;
+}
+
+// Softmax-family ops work on lines along one axis: [outer, n, inner], line (o, i) starts at o * n * inner + i with
+// stride inner.
+struct AxisGeom {
+  int64_t outer = 1, n = 1, inner = 1;
+  AxisGeom(const Shape& s, int64_t axis_attr) {
+    int axis = normalize_axis(axis_attr, s.rank());
+    for (int d = 0; d < axis; ++d) outer *= s[d];
+    n = s.rank() ? s[axis] : 1;
+    for (int d = axis + 1; d < s.rank(); ++d) inner *= s[d];
+  }
+  int64_t lines() const { return outer * inner; }
+  int64_t start(int64_t line) const { return (line / inner) * n * inner + line % inner; }
+};
+
+template <class T, bool kLog> void softmax_line(const T* x, T* y, int64_t n, int64_t s) {
+  T m = x[0];
+  for (int64_t i = 1; i < n; ++i) m = x[i * s] > m ? x[i * s] : m;
+  T sum = 0;
+  if constexpr (kLog) {
+    for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i * s] - m);
+    T lse = m + std::log(sum);
+    for (int64_t i = 0; i < n; ++i) y[i * s] = x[i * s] - lse;
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      T e = std::exp(x[i * s] - m);
+      y[i * s] = e;
+      sum += e;
+    }
+    T inv = T(1) / sum;
+    for (int64_t i = 0; i < n; ++i) y[i * s] *= inv;
+  }
+}
+
+template <bool kLog> KernelPtr softmax(const KernelArgs& a) {
+  AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    T* y = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      if (g.n == 0) return;
+      parallel_for(g.lines(), [&](int64_t l) {
+        int64_t s = g.start(l);
+        softmax_line<T, kLog>(x + s, y + s, g.n, g.inner);
+      }, grain_for(3 * g.n));
+    });
+  });
+  return kp;
+}
+
+// (dy, y) -> dx. Softmax: y * (dy - sum(dy * y)); LogSoftmax: dy - exp(y) * sum(dy). dx may alias dy: each element
+// of dy is read before its dx is written.
+template <bool kLog> KernelPtr softmax_grad(const KernelArgs& a) {
+  AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    const T* y = a.in_ptr<T>(1);
+    T* dx = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      int64_t n = g.n, st = g.inner;
+      parallel_for(g.lines(), [&](int64_t l) {
+        int64_t s = g.start(l);
+        const T* pdy = dy + s;
+        const T* py = y + s;
+        T* pdx = dx + s;
+        T acc = 0;
+        if constexpr (kLog) {
+          for (int64_t i = 0; i < n; ++i) acc += pdy[i * st];
+          for (int64_t i = 0; i < n; ++i) pdx[i * st] = pdy[i * st] - std::exp(py[i * st]) * acc;
+        } else {
+          for (int64_t i = 0; i < n; ++i) acc += pdy[i * st] * py[i * st];
+          for (int64_t i = 0; i < n; ++i) pdx[i * st] = py[i * st] * (pdy[i * st] - acc);
+        }
+      }, grain_for(3 * g.n));
+    });
+  });
+  return kp;
+}
+
+}  // namespace
+
+void register_reduce_cpu_kernels(KernelRegistry& r) {
+  r.add("ReduceSum", [](const KernelArgs& a) { return reduce_kernel<SumOp>(a, false); });
+  r.add("ReduceMean", [](const KernelArgs& a) { return reduce_kernel<MeanOp>(a, true); });
+  r.add("ReduceMax", [](const KernelArgs& a) { return reduce_kernel<MaxOp>(a, false); });
+  r.add("ReduceMaxGrad", reduce_max_grad);
+  r.add("Softmax", softmax<false>);
+  r.add("LogSoftmax", softmax<true>);
+  r.add("SoftmaxGrad", softmax_grad<false>);
+  r.add("LogSoftmaxGrad", softmax_grad<true>);
+}
 
 }  // namespace trainer::engine::cpu

@@ -1,0 +1,96 @@
+// Sliding-window geometry shared by Conv, the pooling ops, their gradient ops and their kernels: ONNX's kernel,
+// strides, dilations, pads, auto_pad and ceil_mode resolved into explicit per-dimension numbers and output sizes.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/ir/attribute.h"
+
+namespace trainer::engine::ops {
+
+struct WindowGeometry {
+  int spatial = 0;  // number of spatial dims
+  std::vector<int64_t> in, kernel, stride, dilation, pad_begin, pad_end, out;
+
+  // Extent of one window in input elements.
+  int64_t span(int i) const { return dilation[i] * (kernel[i] - 1) + 1; }
+  // The end padding the last window actually reaches (more than pad_end under ceil_mode, never less).
+  int64_t reach_end(int i) const {
+    int64_t need = (out[i] - 1) * stride[i] + span(i) - in[i] - pad_begin[i];
+    return need > pad_end[i] ? need : pad_end[i];
+  }
+  // Pads in ONNX order: every begin, then every end.
+  std::vector<int64_t> onnx_pads() const {
+    std::vector<int64_t> p = pad_begin;
+    p.insert(p.end(), pad_end.begin(), pad_end.end());
+    return p;
+  }
+};
+
+// Resolves the window of an op from its attributes (auto_pad, pads, strides, dilations; ceil_mode when `ceil_mode`
+// is true). `in` and `kernel` are the spatial input and kernel sizes. Returns an error message, empty on success.
+inline std::string resolve_window(const Attributes& a, const std::vector<int64_t>& in,
+                                  const std::vector<int64_t>& kernel, bool ceil_mode, WindowGeometry* g) {
+  const int n = static_cast<int>(in.size());
+  if (static_cast<int>(kernel.size()) != n)
+    return fmt::format("kernel has {} spatial dims, the input {}", kernel.size(), n);
+  g->spatial = n;
+  g->in = in;
+  g->kernel = kernel;
+  g->stride = a.ints_or("strides", std::vector<int64_t>(n, 1));
+  g->dilation = a.ints_or("dilations", std::vector<int64_t>(n, 1));
+  if (static_cast<int>(g->stride.size()) != n) return fmt::format("strides has {} values, expected {}", g->stride.size(), n);
+  if (static_cast<int>(g->dilation.size()) != n)
+    return fmt::format("dilations has {} values, expected {}", g->dilation.size(), n);
+  for (int i = 0; i < n; ++i) {
+    if (g->stride[i] < 1) return fmt::format("strides must be positive, got {}", g->stride[i]);
+    if (g->dilation[i] < 1) return fmt::format("dilations must be positive, got {}", g->dilation[i]);
+    if (kernel[i] < 1) return fmt::format("kernel sizes must be positive, got {}", kernel[i]);
+  }
+  std::string auto_pad = a.has("auto_pad") ? a.s("auto_pad") : "NOTSET";
+  g->pad_begin.assign(n, 0);
+  g->pad_end.assign(n, 0);
+  g->out.assign(n, 0);
+  if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+    for (int i = 0; i < n; ++i) {
+      g->out[i] = (in[i] + g->stride[i] - 1) / g->stride[i];
+      int64_t total = (g->out[i] - 1) * g->stride[i] + g->span(i) - in[i];
+      if (total < 0) total = 0;
+      int64_t small = total / 2;
+      g->pad_begin[i] = auto_pad == "SAME_UPPER" ? small : total - small;
+      g->pad_end[i] = total - g->pad_begin[i];
+    }
+    return {};
+  }
+  if (auto_pad == "VALID") {
+    ceil_mode = false;
+  } else if (auto_pad == "NOTSET") {
+    if (a.has("pads")) {
+      const std::vector<int64_t>& p = a.ints("pads");
+      if (static_cast<int>(p.size()) != 2 * n) return fmt::format("pads has {} values, expected {}", p.size(), 2 * n);
+      for (int i = 0; i < n; ++i) {
+        if (p[i] < 0 || p[n + i] < 0) return "pads must not be negative";
+        g->pad_begin[i] = p[i];
+        g->pad_end[i] = p[n + i];
+      }
+    }
+  } else {
+    return fmt::format("auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got '{}'", auto_pad);
+  }
+  for (int i = 0; i < n; ++i) {
+    int64_t room = in[i] + g->pad_begin[i] + g->pad_end[i] - g->span(i);
+    if (room < 0)
+      return fmt::format("the window ({} elements with dilation) is larger than the padded input ({})", g->span(i),
+                         in[i] + g->pad_begin[i] + g->pad_end[i]);
+    g->out[i] = (ceil_mode ? (room + g->stride[i] - 1) / g->stride[i] : room / g->stride[i]) + 1;
+    // As in PyTorch and ONNX's reference: the last window must start inside the input or its begin padding.
+    if (ceil_mode && (g->out[i] - 1) * g->stride[i] >= in[i] + g->pad_begin[i]) --g->out[i];
+  }
+  return {};
+}
+
+}  // namespace trainer::engine::ops

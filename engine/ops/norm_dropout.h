@@ -1,0 +1,33 @@
+// Dropout's mask rule, shared by the Dropout and DropoutGrad kernels of every backend: the mask is a pure function of
+// (seed, stream, step, element index), so backward regenerates it instead of storing it.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "engine/kernels/hd.h"
+#include "engine/kernels/philox.h"
+
+namespace trainer::engine::ops {
+
+// The Philox stream of a Dropout node: FNV-1a of its name, stable across runs, platforms and processes.
+inline uint64_t dropout_stream(std::string_view node_name) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : node_name) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+// The seed a Dropout node draws with: the step's seed, mixed with the node's own `seed` attribute when it has one.
+inline uint64_t dropout_seed(uint64_t step_seed, bool has_attr, int64_t attr_seed) {
+  return has_attr ? step_seed ^ static_cast<uint64_t>(attr_seed) : step_seed;
+}
+
+// Element i is kept when its uniform number is at least `ratio`: probability 1 - ratio.
+TRAINER_HD bool dropout_keep(uint64_t seed, uint64_t stream, uint64_t step, uint64_t i, float ratio) {
+  return kernels::philox_uniform(seed, stream, step, i) >= ratio;
+}
+
+}  // namespace trainer::engine::ops

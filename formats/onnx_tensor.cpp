@@ -1,0 +1,194 @@
+// TensorProto <-> engine::Tensor. ONNX stores tensor bytes little-endian, either packed in raw_data, in one of the
+// typed repeated fields, or in an external file next to the model.
+#include "formats/onnx_tensor.h"
+
+#include <onnx/onnx_pb.h>
+
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "engine/util/error.h"
+
+namespace trainer::formats {
+
+using engine::DType;
+using engine::Shape;
+using engine::Tensor;
+
+namespace {
+
+// Copies little-endian elements of `elem_bytes` each into host order.
+void copy_little_endian(void* dst, const void* src, size_t nbytes, size_t elem_bytes) {
+  std::memcpy(dst, src, nbytes);
+  if constexpr (std::endian::native == std::endian::big) {
+    auto* p = static_cast<unsigned char*>(dst);
+    for (size_t i = 0; i + elem_bytes <= nbytes; i += elem_bytes) std::reverse(p + i, p + i + elem_bytes);
+  }
+}
+
+std::string tensor_label(const onnx::TensorProto& t) {
+  return t.name().empty() ? std::string("a tensor") : fmt::format("tensor '{}'", t.name());
+}
+
+template <class Repeated>
+void check_count(const Repeated& field, const char* field_name, const Tensor& out, const onnx::TensorProto& t,
+                 const std::string& where) {
+  if (static_cast<int64_t>(field.size()) != out.numel())
+    throw InputError(where,
+                     fmt::format("{} has {} values in {} but its shape {} holds {}", tensor_label(t), field.size(),
+                                 field_name, out.shape().str(), out.numel()),
+                     "the file is corrupt or was written by a broken exporter");
+}
+
+// The bytes of an external-data tensor: `location` relative to the model's folder, optional offset and length.
+std::string read_external(const onnx::TensorProto& t, const std::string& where, const std::string& base_dir) {
+  std::string location;
+  int64_t offset = 0, length = -1;
+  for (const auto& kv : t.external_data()) {
+    try {
+      if (kv.key() == "location") location = kv.value();
+      else if (kv.key() == "offset") offset = std::stoll(kv.value());
+      else if (kv.key() == "length") length = std::stoll(kv.value());
+    } catch (const std::exception&) {
+      throw InputError(where, fmt::format("{} has a malformed external_data '{}': '{}'", tensor_label(t), kv.key(),
+                                          kv.value()));
+    }
+  }
+  if (location.empty())
+    throw InputError(where, fmt::format("{} is stored externally but names no location", tensor_label(t)));
+  std::string path = base_dir.empty() ? location : base_dir + "/" + location;
+  std::ifstream f(path, std::ios::binary);
+  if (!f)
+    throw InputError(where, fmt::format("{} is stored in '{}', which cannot be opened", tensor_label(t), path),
+                     "keep the external data files next to the model");
+  f.seekg(0, std::ios::end);
+  int64_t size = f.tellg();
+  if (length < 0) length = size - offset;
+  if (offset < 0 || offset + length > size)
+    throw InputError(where, fmt::format("{} reads bytes {}..{} of '{}', which has {}", tensor_label(t), offset,
+                                        offset + length, path, size),
+                     "the external data file is truncated");
+  std::string bytes(static_cast<size_t>(length), '\0');
+  f.seekg(offset);
+  f.read(bytes.data(), length);
+  return bytes;
+}
+
+}  // namespace
+
+Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, const std::string& base_dir) {
+  DType dtype;
+  try {
+    dtype = engine::dtype_from_onnx(t.data_type());
+  } catch (const InputError& e) {
+    throw InputError(where, fmt::format("{}: {}", tensor_label(t), e.what()), e.hint());
+  }
+  if (t.has_segment())
+    throw InputError(where, fmt::format("{} is segmented, which is not supported", tensor_label(t)));
+  std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
+  for (int64_t d : dims)
+    if (d < 0) throw InputError(where, fmt::format("{} has a negative dimension {}", tensor_label(t), d));
+  Tensor out(dtype, Shape(dims));
+  size_t elem = engine::dtype_bytes(dtype);
+
+  if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+    std::string bytes = read_external(t, where, base_dir);
+    if (bytes.size() != out.nbytes())
+      throw InputError(where, fmt::format("{} has {} bytes of external data but its shape {} of {} needs {}",
+                                          tensor_label(t), bytes.size(), out.shape().str(),
+                                          engine::dtype_name(dtype), out.nbytes()));
+    copy_little_endian(out.raw(), bytes.data(), bytes.size(), elem);
+    return out;
+  }
+  if (t.has_raw_data()) {
+    const std::string& raw = t.raw_data();
+    if (raw.size() != out.nbytes())
+      throw InputError(where,
+                       fmt::format("{} has {} bytes of raw_data but its shape {} of {} needs {}", tensor_label(t),
+                                   raw.size(), out.shape().str(), engine::dtype_name(dtype), out.nbytes()),
+                       "the file is truncated or corrupt");
+    copy_little_endian(out.raw(), raw.data(), raw.size(), elem);
+    if (dtype == DType::boolean) {
+      auto* p = static_cast<uint8_t*>(out.raw());
+      for (int64_t i = 0; i < out.numel(); ++i) p[i] = p[i] != 0;
+    }
+    return out;
+  }
+  switch (dtype) {
+    case DType::f32: {
+      check_count(t.float_data(), "float_data", out, t, where);
+      std::copy(t.float_data().begin(), t.float_data().end(), out.data<float>());
+      break;
+    }
+    case DType::f64: {
+      check_count(t.double_data(), "double_data", out, t, where);
+      std::copy(t.double_data().begin(), t.double_data().end(), out.data<double>());
+      break;
+    }
+    case DType::i64: {
+      check_count(t.int64_data(), "int64_data", out, t, where);
+      std::copy(t.int64_data().begin(), t.int64_data().end(), out.data<int64_t>());
+      break;
+    }
+    case DType::i32: {
+      check_count(t.int32_data(), "int32_data", out, t, where);
+      std::copy(t.int32_data().begin(), t.int32_data().end(), out.data<int32_t>());
+      break;
+    }
+    case DType::u8:
+    case DType::boolean: {
+      // ONNX widens 8-bit types to int32 in the typed field.
+      check_count(t.int32_data(), "int32_data", out, t, where);
+      auto* p = static_cast<uint8_t*>(out.raw());
+      for (int i = 0; i < t.int32_data_size(); ++i) {
+        int32_t v = t.int32_data(i);
+        p[i] = dtype == DType::boolean ? (v != 0) : static_cast<uint8_t>(v);
+      }
+      break;
+    }
+    case DType::f16:
+    case DType::bf16: {
+      // Half-precision values travel as their 16-bit patterns in int32_data.
+      check_count(t.int32_data(), "int32_data", out, t, where);
+      auto* p = static_cast<uint16_t*>(out.raw());
+      for (int i = 0; i < t.int32_data_size(); ++i) p[i] = static_cast<uint16_t>(t.int32_data(i) & 0xffff);
+      break;
+    }
+  }
+  return out;
+}
+
+void tensor_to_onnx(const Tensor& tensor, const std::string& name, onnx::TensorProto* proto) {
+  proto->Clear();
+  proto->set_name(name);
+  proto->set_data_type(engine::dtype_to_onnx(tensor.dtype()));
+  for (int64_t d : tensor.shape().dims()) proto->add_dims(d);
+  std::string raw(tensor.nbytes(), '\0');
+  copy_little_endian(raw.data(), tensor.raw(), tensor.nbytes(), engine::dtype_bytes(tensor.dtype()));
+  proto->set_raw_data(std::move(raw));
+}
+
+std::string read_file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw InputError(path, "cannot open the file", "check the path and its permissions");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) throw InputError(path, "reading the file failed");
+  return std::move(ss).str();
+}
+
+Tensor parse_onnx_tensor(std::string_view bytes, const std::string& source) {
+  onnx::TensorProto proto;
+  if (bytes.size() > static_cast<size_t>(INT_MAX) || !proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+    throw InputError(source, fmt::format("not a valid serialized ONNX TensorProto ({} bytes)", bytes.size()),
+                     "the file is truncated or corrupt");
+  return tensor_from_onnx(proto, source);
+}
+
+Tensor read_onnx_tensor_file(const std::string& path) { return parse_onnx_tensor(read_file_bytes(path), path); }
+
+}  // namespace trainer::formats

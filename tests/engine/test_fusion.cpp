@@ -1,0 +1,102 @@
+// Fusion rewrites: the patterns are found, the fused graph computes the same loss and gradients as the unfused one,
+// and values held by the caller keep their ids.
+#include <doctest/doctest.h>
+
+#include "engine/autodiff/autodiff.h"
+#include "engine/ops/op_helpers.h"
+#include "engine/plan/fusion.h"
+#include "engine/train/session.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+
+namespace {
+
+struct Mlp {
+  std::shared_ptr<Graph> g;
+  ValueId x, y, probs, loss;
+};
+
+// x -> MatMul+Add+Relu -> MatMul+Add -> Softmax -> Log -> NLL, with the probabilities kept as a graph output.
+Mlp build() {
+  Mlp m;
+  m.g = std::make_shared<Graph>();
+  Graph& g = *m.g;
+  m.x = g.add_input("x", DType::f64, Shape{4, 3});
+  m.y = g.add_input("y", DType::i64, Shape{4});
+  ValueId w1 = g.add_parameter("w1", ops::random_tensor({3, 5}, -1, 1, 1));
+  ValueId b1 = g.add_parameter("b1", ops::random_tensor({5}, -1, 1, 2));
+  ValueId w2 = g.add_parameter("w2", ops::random_tensor({5, 3}, -1, 1, 3));
+  ValueId b2 = g.add_parameter("b2", ops::random_tensor({3}, -1, 1, 4));
+  ValueId h = g.op("Relu", {g.op("Add", {g.op("MatMul", {m.x, w1}), b1})});
+  ValueId logits = g.op("Add", {b2, g.op("MatMul", {h, w2})});
+  m.probs = g.op("Softmax", {logits}, {{"axis", int64_t{1}}});
+  m.loss = g.op("NegativeLogLikelihoodLoss", {g.op("Log", {m.probs}), m.y});
+  g.mark_output(m.probs);
+  return m;
+}
+
+struct Result {
+  double loss;
+  std::vector<Tensor> grads;
+  Tensor probs;
+};
+
+Result run(Mlp& m, bool fused, FusionReport* report) {
+  Graph& g = *m.g;
+  if (fused) *report = fuse(g);
+  auto params = trainable_parameters(g);
+  auto grads = build_backward(g, m.loss, params);
+  g.mark_output(m.loss);
+  for (ValueId p : params) g.mark_output(grads.at(p));
+  auto backend = make_cpu_backend();
+  Session s(m.g, *backend);
+  s.write(m.x, ops::random_tensor({4, 3}, -1, 1, 9));
+  s.write(m.y, Tensor::from<int64_t>({4}, {0, 2, 1, 2}));
+  s.run({});
+  Result r{s.read(m.loss).get_f64(0), {}, s.read(m.probs)};
+  for (ValueId p : params) r.grads.push_back(s.read(grads.at(p)));
+  return r;
+}
+
+int count_op(const Graph& g, const std::string& op) {
+  int n = 0;
+  for (NodeId i = 0; i < g.num_nodes(); ++i) n += !g.node(i).dead && g.node(i).op == op;
+  return n;
+}
+
+}  // namespace
+
+TEST_SUITE("fusion") {
+  TEST_CASE("fusion: bias+activation GEMM and softmax cross-entropy, same numbers") {
+    Mlp plain = build(), fused = build();
+    FusionReport rep;
+    Result a = run(plain, false, nullptr);
+    Result b = run(fused, true, &rep);
+    CHECK(rep.gemm_bias_activation == 2);
+    CHECK(rep.softmax_cross_entropy == 1);
+    CHECK(count_op(*fused.g, "MatMul") == 0);
+    CHECK(count_op(*fused.g, "NegativeLogLikelihoodLoss") == 0);
+    CHECK(count_op(*fused.g, "Softmax") == 1);  // still needed: the probabilities are an output
+    CHECK(count_op(*fused.g, "SoftmaxCrossEntropyLoss") == 1);
+    CHECK(fused.g->value(fused.loss).producer >= 0);  // the caller's loss id is still the loss
+    CHECK(b.loss == doctest::Approx(a.loss).epsilon(1e-12));
+    for (int64_t i = 0; i < a.probs.numel(); ++i) CHECK(b.probs.get_f64(i) == doctest::Approx(a.probs.get_f64(i)));
+    REQUIRE(a.grads.size() == b.grads.size());
+    for (size_t k = 0; k < a.grads.size(); ++k)
+      for (int64_t i = 0; i < a.grads[k].numel(); ++i)
+        CHECK(b.grads[k].get_f64(i) == doctest::Approx(a.grads[k].get_f64(i)).epsilon(1e-9));
+  }
+
+  TEST_CASE("fusion: a MatMul whose result is read elsewhere is left alone") {
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{2, 3});
+    ValueId w = g.add_parameter("w", ops::random_tensor({3, 4}, -1, 1, 1, DType::f32));
+    ValueId b = g.add_parameter("b", ops::random_tensor({4}, -1, 1, 2, DType::f32));
+    ValueId mm = g.op("MatMul", {x, w});
+    g.op("Add", {mm, b});
+    g.mark_output(mm);
+    FusionReport r = fuse(g);
+    CHECK(r.gemm_bias_activation == 0);
+  }
+}

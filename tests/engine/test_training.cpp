@@ -1,0 +1,211 @@
+// End to end through the C++ API: models train to a loss threshold (MLP; MLP with BatchNorm and Dropout evaluated in
+// inference form; LSTM sequence classifier), and training is bitwise deterministic for a fixed seed.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "alloc_counter.h"
+#include "engine/data/synthetic.h"
+#include "engine/train/training.h"
+#include "models/layers.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+
+namespace {
+
+// Rows [start, start + count) of a dataset tensor.
+Tensor rows(const Tensor& t, int64_t start, int64_t count) {
+  std::vector<int64_t> dims = t.shape().dims();
+  int64_t row_bytes = static_cast<int64_t>(t.nbytes()) / dims[0];
+  dims[0] = count;
+  Tensor out(t.dtype(), Shape(dims));
+  std::memcpy(out.raw(), static_cast<const std::byte*>(t.raw()) + start * row_bytes, count * row_bytes);
+  return out;
+}
+
+double accuracy(const Tensor& logits, const Tensor& labels) {
+  int64_t n = logits.shape()[0], c = logits.shape()[1], ok = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = logits.data<float>() + i * c;
+    ok += (std::max_element(r, r + c) - r) == labels.data<int64_t>()[i];
+  }
+  return static_cast<double>(ok) / n;
+}
+
+struct MlpRun {
+  float final_loss = 0;
+  std::vector<Tensor> params;
+  double eval_accuracy = 0;
+};
+
+// Trains a spiral MLP; with `regularized`, a BatchNorm (training mode, running statistics bound as state) and a
+// Dropout sit after the first layer, and accuracy is measured on an inference graph that shares the parameters.
+MlpRun train_mlp(bool regularized, uint64_t seed, int epochs) {
+  const int batch = 50, classes = 3;
+  data::Dataset ds = data::spirals(100, classes, 0.1f, 3);
+  const int64_t n = ds.x.shape()[0];
+  auto build = [&](Graph& g, bool training, int64_t b) {
+    ValueId x = g.add_input("x", DType::f32, Shape{b, 2});
+    models::LayerContext ctx{g, seed};
+    ValueId h = models::dense(ctx, x, 64, "linear", "dense_1");
+    if (regularized) {
+      ValueId gamma = g.add_parameter("bn/gamma", Tensor::from<float>({64}, std::vector<float>(64, 1.0f)));
+      ValueId beta = g.add_parameter("bn/beta", Tensor(DType::f32, Shape{64}));
+      ValueId mean = g.add_state("bn/moving_mean", Tensor(DType::f32, Shape{64}));
+      ValueId var = g.add_state("bn/moving_variance", Tensor::from<float>({64}, std::vector<float>(64, 1.0f)));
+      Attributes a{{"epsilon", 1e-3f}, {"momentum", 0.9f}, {"training_mode", int64_t{training ? 1 : 0}}};
+      NodeId bn = g.add_node("BatchNormalization", {h, gamma, beta, mean, var}, a, training ? 3 : 1, "bn");
+      h = g.node(bn).outputs[0];
+      if (training) {
+        g.bind_update(g.node(bn).outputs[1], mean);
+        g.bind_update(g.node(bn).outputs[2], var);
+      }
+    }
+    h = g.op("Relu", {h});
+    if (regularized && training) {
+      ValueId ratio = g.add_constant("dropout/ratio", Tensor::scalar<float>(0.1f));
+      ValueId mode = g.add_constant("dropout/training", Tensor::scalar<bool>(true));
+      h = g.op("Dropout", {h, ratio, mode});
+    }
+    h = models::dense(ctx, h, 64, "relu", "dense_2");
+    ValueId logits = models::dense(ctx, h, classes, "linear", "dense_3");
+    g.mark_output(logits);
+    return std::pair{x, logits};
+  };
+  Graph g;
+  auto [x, logits] = build(g, true, batch);
+  ValueId y = g.add_input("y", DType::i64, Shape{batch});
+  ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, y});
+  TrainingOptions opt;
+  TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+  auto backend = make_cpu_backend();
+  Trainer tr(std::move(tg), *backend, seed, opt);
+  MlpRun run;
+  for (int e = 0; e < epochs; ++e) {
+    double sum = 0;
+    for (int64_t b = 0; b < n / batch; ++b) {
+      // A fixed stride permutation per epoch mixes the classes in every batch.
+      Tensor bx(DType::f32, Shape{batch, 2}), by(DType::i64, Shape{batch});
+      for (int i = 0; i < batch; ++i) {
+        int64_t k = (b + i * (n / batch) + e * 7) % n;
+        std::memcpy(bx.data<float>() + 2 * i, ds.x.data<float>() + 2 * k, 2 * sizeof(float));
+        by.data<int64_t>()[i] = ds.y.data<int64_t>()[k];
+      }
+      tr.feed(x, bx);
+      tr.feed(y, by);
+      sum += tr.step(0.01f);
+    }
+    run.final_loss = static_cast<float>(sum / (n / batch));
+  }
+  const Graph& tgraph = *tr.training_graph().graph;
+  for (ValueId v = 0; v < tgraph.num_values(); ++v)
+    if (tgraph.value(v).persistent() && tgraph.value(v).kind != ValueKind::constant) run.params.push_back(tr.read(v));
+
+  // Inference graph over the whole dataset, sharing parameters and running statistics by name.
+  auto eg = std::make_shared<Graph>();
+  auto [ex, elogits] = build(*eg, false, n);
+  Session eval(eg, *backend);
+  for (ValueId v = 0; v < eg->num_values(); ++v) {
+    if (!eg->value(v).persistent() || eg->value(v).kind == ValueKind::constant) continue;
+    eval.write(v, tr.parameter(eg->value(v).name));
+  }
+  eval.write(ex, ds.x);
+  eval.run({});
+  run.eval_accuracy = accuracy(eval.read(elogits), ds.y);
+  return run;
+}
+
+}  // namespace
+
+TEST_SUITE("training") {
+  TEST_CASE("training: an MLP learns the spirals") {
+    MlpRun r = train_mlp(false, 11, 60);
+    MESSAGE("MLP final loss " << r.final_loss << ", accuracy " << r.eval_accuracy);
+    CHECK(r.final_loss < 0.15f);
+    CHECK(r.eval_accuracy > 0.95);
+  }
+
+  TEST_CASE("training: with BatchNorm and Dropout, evaluated in inference form") {
+    MlpRun r = train_mlp(true, 11, 60);
+    MESSAGE("MLP+BN+Dropout final loss " << r.final_loss << ", inference accuracy " << r.eval_accuracy);
+    CHECK(r.final_loss < 0.3f);
+    CHECK(r.eval_accuracy > 0.93);
+  }
+
+  TEST_CASE("training: two runs with the same seed are bitwise equal; another seed differs") {
+    MlpRun a = train_mlp(true, 5, 3), b = train_mlp(true, 5, 3), c = train_mlp(true, 6, 3);
+    REQUIRE(a.params.size() == b.params.size());
+    REQUIRE(a.params.size() > 4);
+    bool same = true, differs = false;
+    for (size_t i = 0; i < a.params.size(); ++i) {
+      same &= std::memcmp(a.params[i].raw(), b.params[i].raw(), a.params[i].nbytes()) == 0;
+      differs |= std::memcmp(a.params[i].raw(), c.params[i].raw(), a.params[i].nbytes()) != 0;
+    }
+    CHECK(same);
+    CHECK(differs);
+  }
+
+  TEST_CASE("training: an LSTM classifies sequences by their first value") {
+    const int batch = 32, len = 8, hidden = 16, n = 512;
+    data::Dataset ds = data::first_sign_sequences(n, len, 21);
+    Graph g;
+    // ONNX LSTM with layout = 1 takes [batch, seq, features], as Keras does.
+    ValueId x = g.add_input("x", DType::f32, Shape{batch, len, 1});
+    ValueId y = g.add_input("y", DType::i64, Shape{batch});
+    uint64_t seed = 3;
+    ValueId W = g.add_parameter("lstm/W", models::glorot_uniform({1, 4 * hidden, 1}, 1, 4 * hidden, seed));
+    ValueId R = g.add_parameter("lstm/R", models::glorot_uniform({1, 4 * hidden, hidden}, hidden, 4 * hidden, seed + 1));
+    ValueId B = g.add_parameter("lstm/B", Tensor(DType::f32, Shape{1, 8 * hidden}));
+    NodeId lstm = g.add_node_named("LSTM", {x, W, R, B},
+                                   {{"hidden_size", int64_t{hidden}}, {"layout", int64_t{1}}}, {"", "lstm/h", ""}, "lstm");
+    ValueId h = g.op("Reshape", {g.node(lstm).outputs[1], g.add_constant("shape", Tensor::from<int64_t>({2}, {batch, hidden}))});
+    models::LayerContext ctx{g, seed};
+    ValueId logits = models::dense(ctx, h, 2, "linear", "head");
+    ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, y});
+    TrainingOptions opt;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    auto backend = make_cpu_backend();
+    Trainer tr(std::move(tg), *backend, seed, opt);
+    float last = 0;
+    for (int e = 0; e < 15; ++e) {
+      double sum = 0;
+      for (int b = 0; b < n / batch; ++b) {
+        tr.feed(x, rows(ds.x, b * batch, batch));
+        tr.feed(y, rows(ds.y, b * batch, batch));
+        sum += tr.step(0.01f);
+      }
+      last = static_cast<float>(sum / (n / batch));
+    }
+    MESSAGE("LSTM final loss " << last);
+    CHECK(last < 0.1f);
+  }
+
+  TEST_CASE("training: a training step allocates nothing") {
+    const int batch = 32;
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{batch, 2});
+    ValueId y = g.add_input("y", DType::i64, Shape{batch});
+    models::LayerContext ctx{g, 1};
+    ValueId h = models::dense(ctx, x, 32, "relu", "d1");
+    ValueId logits = models::dense(ctx, h, 3, "linear", "d2");
+    ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, y});
+    TrainingOptions opt;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    auto backend = make_cpu_backend();
+    Trainer tr(std::move(tg), *backend, 1, opt);
+    data::Dataset ds = data::spirals(32, 3, 0.1f, 1);
+    Tensor bx = rows(ds.x, 0, batch), by = rows(ds.y, 0, batch);
+    tr.feed(x, bx);
+    tr.feed(y, by);
+    tr.step(0.01f);  // warm-up
+    test::arm_allocation_counter();
+    for (int i = 0; i < 5; ++i) {
+      tr.feed(x, bx.raw(), bx.nbytes());
+      tr.feed(y, by.raw(), by.nbytes());
+      tr.step(0.01f);
+    }
+    CHECK(test::disarm_allocation_counter() == 0);
+  }
+}
