@@ -220,7 +220,7 @@ const OpSchema& OpRegistry::get(const std::string& name) const {
     if (d < best_d) { best_d = d; best = k; }
   }
   throw InputError("", fmt::format("unknown op '{}'", name),
-                   best_d <= 3 ? fmt::format("did you mean '{}'?", best) : "see docs/ops.md for the supported ops");
+                   best_d <= 3 ? fmt::format("did you mean '{}'?", best) : "`trainer --list-ops` lists the supported ops");
 }
 
 }  // namespace trainer::engine
