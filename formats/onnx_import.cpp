@@ -6,6 +6,7 @@
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <climits>
 #include <set>
 
@@ -62,6 +63,12 @@ int attribute_type(const onnx::AttributeProto& a) {
   if (a.ints_size() > 0) return onnx::AttributeProto::INTS;
   if (a.strings_size() > 0) return onnx::AttributeProto::STRINGS;
   return onnx::AttributeProto::UNDEFINED;
+}
+
+// Ops the importer turns into constants itself (see add_constant_node and add_shape_node).
+bool imported_by_importer(const onnx::NodeProto& n) {
+  const std::string& op = n.op_type();
+  return normalize_domain(n.domain()).empty() && (op == "Constant" || op == "Shape" || op == "Size");
 }
 
 class Importer {
@@ -130,7 +137,7 @@ class Importer {
     const auto& nodes = model_.graph().node();
     for (int i = 0; i < nodes.size(); ++i) {
       const auto& n = nodes[i];
-      if (!normalize_domain(n.domain()).empty() || n.op_type() == "Constant") continue;
+      if (!normalize_domain(n.domain()).empty() || imported_by_importer(n)) continue;
       const auto* then = onnx::OpSchemaRegistry::Schema(n.op_type(), static_cast<int>(opset), "");
       const auto* now = onnx::OpSchemaRegistry::Schema(n.op_type(), kMaxOnnxOpset, "");
       if (then == nullptr) {
@@ -300,23 +307,49 @@ class Importer {
     return attrs;
   }
 
+  ValueId lookup(const std::string& name, const std::string& label) const {
+    ValueId v = result_.graph.find(name);
+    if (v == engine::kNoValue)
+      fail(fmt::format("{} reads '{}', which is no graph input, initializer or output of an earlier node", label, name),
+           "the nodes must be in topological order");
+    return v;
+  }
+
+  // Shape and Size only read static shapes, so they become constants here; the shape operands computed from
+  // them (Reshape's shape, ...) are then constants too, as the static-shape IR requires.
+  void add_shape_node(const onnx::NodeProto& n, int index) {
+    std::string label = node_label(n, index);
+    if (n.input_size() != 1 || n.output_size() != 1)
+      fail(fmt::format("{} must have one input and one output", label), "the exporter is broken");
+    const Shape& shape = g().value(lookup(n.input(0), label)).shape;
+    Tensor t;
+    if (n.op_type() == "Size") {
+      t = Tensor::scalar<int64_t>(shape.numel());
+    } else {
+      const int64_t rank = shape.rank();
+      int64_t start = 0, end = rank;
+      for (const auto& a : n.attribute()) {
+        if (a.name() == "start") start = a.i();
+        else if (a.name() == "end") end = a.i();
+        else fail(fmt::format("{}: unknown attribute '{}'", label, a.name()), "Shape takes: start, end");
+      }
+      // As ONNX defines it: negative positions count from the back, and both ends are clamped to [0, rank].
+      auto clamp = [&](int64_t p) { return std::clamp(p < 0 ? p + rank : p, int64_t{0}, rank); };
+      start = clamp(start);
+      end = std::max(clamp(end), start);
+      std::vector<int64_t> dims(shape.dims().begin() + start, shape.dims().begin() + end);
+      t = Tensor::from<int64_t>(Shape{end - start}, dims);
+    }
+    wrap(label, [&] { g().add_constant(n.output(0), std::move(t)); });
+  }
+
   void add_node(const onnx::NodeProto& n, int index) {
     const std::string domain = normalize_domain(n.domain());
-    if (n.op_type() == "Constant" && domain.empty()) return add_constant_node(n, index);
+    if (domain.empty() && n.op_type() == "Constant") return add_constant_node(n, index);
+    if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
     std::string label = node_label(n, index);
     std::vector<ValueId> inputs;
-    for (const std::string& name : n.input()) {
-      if (name.empty()) {
-        inputs.push_back(engine::kNoValue);
-        continue;
-      }
-      ValueId v = g().find(name);
-      if (v == engine::kNoValue)
-        fail(fmt::format("{} reads '{}', which is no graph input, initializer or output of an earlier node", label,
-                         name),
-             "the nodes must be in topological order");
-      inputs.push_back(v);
-    }
+    for (const std::string& name : n.input()) inputs.push_back(name.empty() ? engine::kNoValue : lookup(name, label));
     engine::Attributes attrs = convert_attributes(n, label);
     std::vector<std::string> outputs(n.output().begin(), n.output().end());
     wrap(label, [&] { g().add_node_named(n.op_type(), std::move(inputs), std::move(attrs), outputs, n.name()); });
@@ -397,7 +430,7 @@ std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& mode
   for (int i = 0; i < nodes.size(); ++i) {
     const auto& n = nodes[i];
     std::string domain = normalize_domain(n.domain());
-    if (domain.empty() && n.op_type() == "Constant") continue;
+    if (imported_by_importer(n)) continue;
     const engine::OpSchema* s = registry.find(n.op_type());
     if (s != nullptr && s->domain() == domain) continue;
     out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain});

@@ -66,8 +66,8 @@ OnnxImportResult import_onnx_bytes(std::string_view bytes, const std::string& so
 OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::string& source,
                                    const OnnxImportOptions& options = {}, const std::string& base_dir = {});
 
-// Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant nodes are handled by
-// the importer itself and never listed.
+// Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant, Shape and Size nodes
+// become constants in the importer itself and are never listed.
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model);
 
 }  // namespace trainer::formats

@@ -41,8 +41,6 @@ void infer_matmul_like(InferContext& c, bool ta, bool tb) {
   c.set_output(0, c.dtype(0), out);
 }
 
-Shape with_dims(std::vector<int64_t> d) { return Shape(std::move(d)); }
-
 // x·y with optional transposes and a scale: one MatMulTransposed node.
 ValueId mm(GradContext& c, ValueId x, bool tx, ValueId y, bool ty, float alpha = 1.0f) {
   return c.op("MatMulTransposed", {x, y},

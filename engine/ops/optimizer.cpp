@@ -84,9 +84,11 @@ OpExample forward_example(std::string label, std::vector<Tensor> inputs, Attribu
 }  // namespace
 
 void register_optimizer_ops(OpRegistry& r) {
-  // ONNX Adam: G' = G + norm_coefficient*X; V = alpha*V + (1-alpha)*G'; H = beta*H + (1-beta)*G'^2;
-  // R' = T > 0 ? R*sqrt(1-beta^T)/(1-alpha^T) : R; X = (1-norm_coefficient_post)*(X -
-  // R'*V/(sqrt(H)+epsilon)). With a 1-based T this is Keras's Adam (epsilon outside the square root).
+  // ONNX Adam:
+  //   G' = G + norm_coefficient*X;  V = alpha*V + (1-alpha)*G';  H = beta*H + (1-beta)*G'^2
+  //   R' = T > 0 ? R*sqrt(1-beta^T)/(1-alpha^T) : R
+  //   X = (1-norm_coefficient_post)*(X - R'*V/(sqrt(H)+epsilon))
+  // With a 1-based T this is Keras's Adam (epsilon outside the square root).
   r.add(update_op("Adam", kTrainingDomain, 2)
             .doc("Adam update of X with first moment V and second moment H (ONNX training domain)")
             .attr("alpha", 0.9f)
@@ -103,8 +105,9 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // ONNX Momentum: G' = G + norm_coefficient*X; V = alpha*V + (T > 0 ? beta : 1)*G';
-  // standard: X = X - R*V; nesterov: X = X - R*(G' + alpha*V).
+  // ONNX Momentum:
+  //   G' = G + norm_coefficient*X;  V = alpha*V + (T > 0 ? beta : 1)*G'
+  //   standard: X = X - R*V;  nesterov: X = X - R*(G' + alpha*V)
   r.add(update_op("Momentum", kTrainingDomain, 1)
             .doc("SGD with momentum (standard or Nesterov) of X with velocity V (ONNX training domain)")
             .attr_required("alpha", AttrType::f)
@@ -133,8 +136,9 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // ONNX Adagrad: R' = R/(1 + T*decay_factor); G' = G + norm_coefficient*X; H = H + G'^2;
-  // X = X - R'*G'/(sqrt(H)+epsilon).
+  // ONNX Adagrad:
+  //   R' = R/(1 + T*decay_factor);  G' = G + norm_coefficient*X;  H = H + G'^2
+  //   X = X - R'*G'/(sqrt(H)+epsilon)
   r.add(update_op("Adagrad", kTrainingDomain, 1)
             .doc("Adagrad update of X with accumulated squared gradient H (ONNX training domain)")
             .attr("decay_factor", 0.0f)
@@ -148,10 +152,11 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // Keras's AdamW, one tensor: X = X - R*weight_decay*X (decoupled decay, scaled by the learning rate), then
-  // M = beta1*M + (1-beta1)*G; V = beta2*V + (1-beta2)*G^2; R' = R*sqrt(1-beta2^T)/(1-beta1^T) (R when T <=
-  // 0); X = X - R'*M/(sqrt(V)+epsilon). ONNX Adam's norm_coefficient_post decays after the step and ignores
-  // R, which is not AdamW. Inputs R, T, X, G, M, V; outputs X_new, M_new, V_new.
+  // Keras's AdamW, one tensor. Inputs R, T, X, G, M, V; outputs X_new, M_new, V_new.
+  //   X = X - R*weight_decay*X  (decoupled decay, scaled by the learning rate)
+  //   M = beta1*M + (1-beta1)*G;  V = beta2*V + (1-beta2)*G^2
+  //   R' = T > 0 ? R*sqrt(1-beta2^T)/(1-beta1^T) : R;  X = X - R'*M/(sqrt(V)+epsilon)
+  // ONNX Adam's norm_coefficient_post decays after the step and ignores R, which is not AdamW.
   r.add(update_op("AdamWUpdate", kPrivateDomain, 2)
             .doc("AdamW: Adam with decoupled weight decay, one tensor (Keras semantics)")
             .inputs(6, 6)
@@ -167,10 +172,11 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // Keras's RMSprop, one tensor: G' = G + norm_coefficient*X (L2); V = rho*V + (1-rho)*G'^2;
-  // D = R*G'/sqrt(V + epsilon) (epsilon inside the root, as Keras); with MOM: MOM = momentum*MOM + D, X = X -
-  // MOM; without: X = X - D. T is unused and kept for the common update layout. Inputs R, T, X, G, V[, MOM];
-  // outputs X_new, V_new[, MOM_new].
+  // Keras's RMSprop, one tensor. Inputs R, T, X, G, V[, MOM]; outputs X_new, V_new[, MOM_new].
+  //   G' = G + norm_coefficient*X  (L2);  V = rho*V + (1-rho)*G'^2
+  //   D = R*G'/sqrt(V + epsilon)  (epsilon inside the root, as Keras)
+  //   with MOM: MOM = momentum*MOM + D, X = X - MOM;  without: X = X - D
+  // T is unused and kept for the common update layout.
   r.add(OpSchema("RMSpropUpdate", kPrivateDomain)
             .doc("RMSprop with optional momentum, one tensor (Keras semantics)")
             .inputs(5, 6)
@@ -195,9 +201,10 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // Stateless SGD, one tensor: X = X - R*(G + norm_coefficient*X). ONNX's Momentum with alpha = 0 computes
-  // the same but needs a velocity buffer the size of X; plain SGD should cost one read of X and G and one
-  // write. T is unused and kept for the common update layout. Inputs R, T, X, G; output X_new.
+  // Stateless SGD, one tensor. Inputs R, T, X, G; output X_new.
+  //   X = X - R*(G + norm_coefficient*X)
+  // ONNX's Momentum with alpha = 0 computes the same but needs a velocity buffer the size of X; plain SGD
+  // should cost one read of X and G and one write. T is unused and kept for the common update layout.
   r.add(update_op("SGDUpdate", kPrivateDomain, 0)
             .doc("Plain SGD step with optional L2 term, one tensor")
             .inputs(4, 4)

@@ -1,7 +1,7 @@
 // Op family 'shape': data movement without arithmetic (Reshape, Flatten, Squeeze, Unsqueeze as views; Expand,
 // Transpose, Concat, Slice, Gather as copies), their shape inference and gradient rules. Shape operands (Reshape's
 // shape, Slice's bounds, axes) must be constants: every shape in a plan is static.
-#include <numeric>
+#include <algorithm>
 
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
@@ -435,6 +435,26 @@ void register_shape_ops(OpRegistry& r) {
                                          {random_tensor({2, 3}, -1, 1, 144), Tensor::scalar<int64_t>(-2)},
                                          {{"axis", int64_t{-1}}});
               return std::vector<OpExample>{rows, mid, fed, scalar};
+            }));
+
+  r.add(OpSchema("Shape")
+            .since(15)
+            .doc("The input's dims as a 1-D i64 tensor, optionally dims[start:end] (negative counts from the end).")
+            .attr("start", int64_t{0})
+            .attr_optional("end", AttrType::i)
+            .infer([](InferContext& c) {
+              int r = c.rank(0);
+              auto clamp_dim = [r](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + r : v, 0, r); };
+              int64_t b = clamp_dim(c.attrs().i("start")), e = clamp_dim(c.attrs().i_or("end", r));
+              c.set_output(0, DType::i64, Shape{std::max<int64_t>(e - b, 0)});
+            })
+            .non_differentiable("its output is integer shape data, constant for a static shape")
+            .examples([] {
+              return std::vector<OpExample>{
+                  example("all dims", {random_tensor({2, 3, 4}, -1, 1, 151)}),
+                  example("start and end", {random_tensor({2, 3, 4}, -1, 1, 152)},
+                          {{"start", int64_t{-2}}, {"end", int64_t{10}}}),
+              };
             }));
 
   r.add(OpSchema("GatherGrad", kPrivateDomain)

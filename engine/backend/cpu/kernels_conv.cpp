@@ -1,8 +1,550 @@
-// CPU kernels of op family 'conv'.
+// CPU kernels of op family 'conv': oneDNN convolution (forward, backward data, backward weights) and pooling for f32
+// on plain NCHW/OIHW buffers; plain loops for f64 and for the cases oneDNN defines differently from ONNX. 1-D data
+// runs as 2-D data of height 1. Every loop gives each output plane to one thread, so sums are deterministic.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
 #include "engine/backend/cpu/cpu_kernel.h"
+#include "engine/backend/cpu/dnnl_util.h"
+#include "engine/backend/cpu/parallel.h"
+#include "engine/ops/conv_geometry.h"
 
 namespace trainer::engine::cpu {
 
-void register_conv_cpu_kernels(KernelRegistry& r) {}
+namespace {
+
+// A window op seen in 2-D: input [n, c, h, w], output [n, m, oh, ow]. pb/pr are the explicit end pads; reach_b and
+// reach_r the end pads the last window touches (larger under ceil_mode).
+struct Win2d {
+  int64_t n = 0, c = 0, h = 1, w = 1, m = 0, oh = 1, ow = 1;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
+  int64_t pt = 0, pl = 0, pb = 0, pr = 0, reach_b = 0, reach_r = 0;
+  int64_t group = 1;
+  int64_t in_plane() const { return h * w; }
+  int64_t out_plane() const { return oh * ow; }
+};
+
+// `x` is the data input shape, `m` the output channels.
+Win2d win2d(const Shape& x, int64_t m, const std::vector<int64_t>& kernel, const Attributes& a, bool ceil_mode,
+            int64_t group = 1) {
+  ops::WindowGeometry g;
+  std::vector<int64_t> spatial(x.dims().begin() + 2, x.dims().end());
+  std::string err = ops::resolve_window(a, spatial, kernel, ceil_mode, &g);
+  TRAINER_ASSERT(err.empty(), "{}", err);
+  TRAINER_ASSERT(g.spatial == 1 || g.spatial == 2, "window ops run on 1-D and 2-D data, got {}-D", g.spatial);
+  Win2d v;
+  v.n = x[0];
+  v.c = x[1];
+  v.m = m;
+  v.group = group;
+  int o = g.spatial == 2 ? 1 : 0;  // index of the width dim
+  if (g.spatial == 2) {
+    v.h = g.in[0], v.oh = g.out[0], v.kh = g.kernel[0], v.sh = g.stride[0], v.dh = g.dilation[0];
+    v.pt = g.pad_begin[0], v.pb = g.pad_end[0], v.reach_b = g.reach_end(0);
+  }
+  v.w = g.in[o], v.ow = g.out[o], v.kw = g.kernel[o], v.sw = g.stride[o], v.dw = g.dilation[o];
+  v.pl = g.pad_begin[o], v.pr = g.pad_end[o], v.reach_r = g.reach_end(o);
+  return v;
+}
+
+std::vector<int64_t> kernel_of(const Shape& w) { return std::vector<int64_t>(w.dims().begin() + 2, w.dims().end()); }
+
+// ---- oneDNN descriptors ----
+
+struct ConvMds {
+  dnnl::memory::desc src, wei, bias, dst;
+  dnnl::memory::dims strides, dilates, pad_l, pad_r;
+};
+
+ConvMds conv_mds(const Win2d& v) {
+  ConvMds d;
+  d.src = dnnl_plain_md({v.n, v.c, v.h, v.w}, DType::f32);
+  d.dst = dnnl_plain_md({v.n, v.m, v.oh, v.ow}, DType::f32);
+  int64_t cg = v.c / v.group;
+  d.wei = v.group == 1 ? dnnl_plain_md({v.m, cg, v.kh, v.kw}, DType::f32)
+                       : dnnl_plain_md({v.group, v.m / v.group, cg, v.kh, v.kw}, DType::f32);
+  d.bias = dnnl_plain_md({v.m}, DType::f32);
+  d.strides = {v.sh, v.sw};
+  d.dilates = {v.dh - 1, v.dw - 1};  // oneDNN counts the gaps, ONNX the step
+  d.pad_l = {v.pt, v.pl};
+  d.pad_r = {v.pb, v.pr};
+  return d;
+}
+
+dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvMds& d, bool bias) {
+  using namespace dnnl;
+  auto desc = bias ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
+                                               d.wei, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r)
+                   : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
+                                               d.wei, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+  return convolution_forward::primitive_desc(desc, dnnl_attr(), dnnl_cpu_engine());
+}
+
+// ---- Conv: plain loops ----
+
+template <class T>
+void conv_fwd_loops(const Win2d& v, const T* x, const T* wt, const T* b, T* y) {
+  int64_t cg = v.c / v.group, mg = v.m / v.group;
+  int64_t work = v.out_plane() * cg * v.kh * v.kw;
+  parallel_for(v.n * v.m, [&](int64_t nm) {
+    int64_t ni = nm / v.m, mi = nm % v.m, gi = mi / mg;
+    T* py = y + nm * v.out_plane();
+    for (int64_t oy = 0; oy < v.oh; ++oy)
+      for (int64_t ox = 0; ox < v.ow; ++ox) {
+        T acc = b ? b[mi] : T(0);
+        for (int64_t ci = 0; ci < cg; ++ci) {
+          const T* px = x + (ni * v.c + gi * cg + ci) * v.in_plane();
+          const T* pw = wt + (mi * cg + ci) * v.kh * v.kw;
+          for (int64_t ky = 0; ky < v.kh; ++ky) {
+            int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+            if (iy < 0 || iy >= v.h) continue;
+            for (int64_t kx = 0; kx < v.kw; ++kx) {
+              int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+              if (ix < 0 || ix >= v.w) continue;
+              acc += px[iy * v.w + ix] * pw[ky * v.kw + kx];
+            }
+          }
+        }
+        py[oy * v.ow + ox] = acc;
+      }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work)));
+}
+
+template <class T>
+void conv_bwd_data_loops(const Win2d& v, const T* dy, const T* wt, T* dx) {
+  int64_t cg = v.c / v.group, mg = v.m / v.group;
+  int64_t work = mg * v.out_plane() * v.kh * v.kw;
+  parallel_for(v.n * v.c, [&](int64_t nc) {
+    int64_t ni = nc / v.c, cig = nc % v.c, gi = cig / cg, ci = cig % cg;
+    T* px = dx + nc * v.in_plane();
+    std::fill(px, px + v.in_plane(), T(0));
+    for (int64_t mi = gi * mg; mi < (gi + 1) * mg; ++mi) {
+      const T* pdy = dy + (ni * v.m + mi) * v.out_plane();
+      const T* pw = wt + (mi * cg + ci) * v.kh * v.kw;
+      for (int64_t oy = 0; oy < v.oh; ++oy)
+        for (int64_t ox = 0; ox < v.ow; ++ox) {
+          T d = pdy[oy * v.ow + ox];
+          for (int64_t ky = 0; ky < v.kh; ++ky) {
+            int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+            if (iy < 0 || iy >= v.h) continue;
+            for (int64_t kx = 0; kx < v.kw; ++kx) {
+              int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+              if (ix < 0 || ix >= v.w) continue;
+              px[iy * v.w + ix] += d * pw[ky * v.kw + kx];
+            }
+          }
+        }
+    }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work)));
+}
+
+template <class T>
+void conv_bwd_weights_loops(const Win2d& v, const T* dy, const T* x, T* dw, T* db) {
+  int64_t cg = v.c / v.group, mg = v.m / v.group;
+  int64_t kernel = cg * v.kh * v.kw;
+  parallel_for(v.m, [&](int64_t mi) {
+    int64_t gi = mi / mg;
+    T* pdw = dw + mi * kernel;
+    std::fill(pdw, pdw + kernel, T(0));
+    T bias = 0;
+    for (int64_t ni = 0; ni < v.n; ++ni) {
+      const T* pdy = dy + (ni * v.m + mi) * v.out_plane();
+      for (int64_t oy = 0; oy < v.oh; ++oy)
+        for (int64_t ox = 0; ox < v.ow; ++ox) {
+          T d = pdy[oy * v.ow + ox];
+          bias += d;
+          for (int64_t ci = 0; ci < cg; ++ci) {
+            const T* px = x + (ni * v.c + gi * cg + ci) * v.in_plane();
+            for (int64_t ky = 0; ky < v.kh; ++ky) {
+              int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+              if (iy < 0 || iy >= v.h) continue;
+              for (int64_t kx = 0; kx < v.kw; ++kx) {
+                int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                if (ix < 0 || ix >= v.w) continue;
+                pdw[(ci * v.kh + ky) * v.kw + kx] += d * px[iy * v.w + ix];
+              }
+            }
+          }
+        }
+    }
+    if (db) db[mi] = bias;
+  }, 1);
+}
+
+// ---- Conv kernels ----
+
+KernelPtr conv(const KernelArgs& a) {
+  const Shape& ws = a.in(1).shape;
+  Win2d v = win2d(a.in(0).shape, ws[0], kernel_of(ws), a.attrs(), false, a.attrs().i("group"));
+  bool bias = a.has_input(2);
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "Conv", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    const T* w = a.in_ptr<T>(1);
+    const T* b = bias ? a.in_ptr<T>(2) : nullptr;
+    T* y = a.out_ptr<T>(0);
+    if constexpr (std::is_same_v<T, float>) {
+      ConvMds d = conv_mds(v);
+      auto pd = conv_fwd_pd(d, bias);
+      std::vector<std::pair<int, dnnl::memory>> args = {
+          {DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_WEIGHTS, dnnl_mem(d.wei, w)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}};
+      if (bias) args.emplace_back(DNNL_ARG_BIAS, dnnl_mem(d.bias, b));
+      DnnlCall call(dnnl::convolution_forward(pd), pd, std::move(args));
+      kp = make_kernel([call](const StepContext&) { call(); });
+    } else {
+      kp = make_kernel([=](const StepContext&) { conv_fwd_loops(v, x, w, b, y); });
+    }
+  });
+  return kp;
+}
+
+// ConvGradInput(dy, W) -> dx
+KernelPtr conv_grad_input(const KernelArgs& a) {
+  const Shape& ws = a.in(1).shape;
+  Shape xs(a.attrs().ints("input_shape"));
+  Win2d v = win2d(xs, ws[0], kernel_of(ws), a.attrs(), false, a.attrs().i("group"));
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "ConvGradInput", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    const T* w = a.in_ptr<T>(1);
+    T* dx = a.out_ptr<T>(0);
+    if constexpr (std::is_same_v<T, float>) {
+      using namespace dnnl;
+      ConvMds d = conv_mds(v);
+      auto hint = conv_fwd_pd(d, false);
+      convolution_backward_data::primitive_desc pd(
+          convolution_backward_data::desc(algorithm::convolution_direct, d.src, d.wei, d.dst, d.strides, d.dilates,
+                                          d.pad_l, d.pad_r),
+          dnnl_attr(), dnnl_cpu_engine(), hint);
+      DnnlCall call(convolution_backward_data(pd), pd,
+                    {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
+                     {DNNL_ARG_WEIGHTS, dnnl_mem(d.wei, w)},
+                     {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
+      kp = make_kernel([call](const StepContext&) { call(); });
+    } else {
+      kp = make_kernel([=](const StepContext&) { conv_bwd_data_loops(v, dy, w, dx); });
+    }
+  });
+  return kp;
+}
+
+// ConvGradWeight(dy, x) -> dW [, dB]
+KernelPtr conv_grad_weight(const KernelArgs& a) {
+  const Shape& dys = a.in(0).shape;
+  Win2d v = win2d(a.in(1).shape, dys[1], a.attrs().ints("kernel_shape"), a.attrs(), false, a.attrs().i("group"));
+  bool bias = a.has_output(1);
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "ConvGradWeight", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    const T* x = a.in_ptr<T>(1);
+    T* dw = a.out_ptr<T>(0);
+    T* db = bias ? a.out_ptr<T>(1) : nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      using namespace dnnl;
+      ConvMds d = conv_mds(v);
+      auto hint = conv_fwd_pd(d, bias);
+      auto desc = bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.wei, d.bias, d.dst,
+                                                            d.strides, d.dilates, d.pad_l, d.pad_r)
+                       : convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.wei, d.dst,
+                                                            d.strides, d.dilates, d.pad_l, d.pad_r);
+      convolution_backward_weights::primitive_desc pd(desc, dnnl_attr(), dnnl_cpu_engine(), hint);
+      std::vector<std::pair<int, memory>> args = {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
+                                                  {DNNL_ARG_SRC, dnnl_mem(d.src, x)},
+                                                  {DNNL_ARG_DIFF_WEIGHTS, dnnl_mem(d.wei, dw)}};
+      if (bias) args.emplace_back(DNNL_ARG_DIFF_BIAS, dnnl_mem(d.bias, db));
+      DnnlCall call(convolution_backward_weights(pd), pd, std::move(args));
+      kp = make_kernel([call](const StepContext&) { call(); });
+    } else {
+      kp = make_kernel([=](const StepContext&) { conv_bwd_weights_loops(v, dy, x, dw, db); });
+    }
+  });
+  return kp;
+}
+
+// ---- Pooling: plain loops ----
+
+// Taps of a window start that fall inside [lo, hi).
+inline int64_t taps_inside(int64_t start, int64_t k, int64_t d, int64_t lo, int64_t hi) {
+  int64_t n = 0;
+  for (int64_t t = 0; t < k; ++t) {
+    int64_t i = start + t * d;
+    n += i >= lo && i < hi;
+  }
+  return n;
+}
+
+template <class T>
+void max_pool_loops(const Win2d& v, const T* x, T* y) {
+  parallel_for(v.n * v.c, [&](int64_t p) {
+    const T* px = x + p * v.in_plane();
+    T* py = y + p * v.out_plane();
+    for (int64_t oy = 0; oy < v.oh; ++oy)
+      for (int64_t ox = 0; ox < v.ow; ++ox) {
+        T best = -std::numeric_limits<T>::infinity();
+        for (int64_t ky = 0; ky < v.kh; ++ky) {
+          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+          if (iy < 0 || iy >= v.h) continue;
+          for (int64_t kx = 0; kx < v.kw; ++kx) {
+            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+            if (ix >= 0 && ix < v.w) best = std::max(best, px[iy * v.w + ix]);
+          }
+        }
+        py[oy * v.ow + ox] = best;
+      }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+}
+
+// Each dy goes to the first maximum of its window (row-major order), as the forward pass found it.
+template <class T>
+void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
+  parallel_for(v.n * v.c, [&](int64_t p) {
+    const T* px = x + p * v.in_plane();
+    const T* pdy = dy + p * v.out_plane();
+    T* pdx = dx + p * v.in_plane();
+    std::fill(pdx, pdx + v.in_plane(), T(0));
+    for (int64_t oy = 0; oy < v.oh; ++oy)
+      for (int64_t ox = 0; ox < v.ow; ++ox) {
+        int64_t arg = -1;
+        T best = -std::numeric_limits<T>::infinity();
+        for (int64_t ky = 0; ky < v.kh; ++ky) {
+          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+          if (iy < 0 || iy >= v.h) continue;
+          for (int64_t kx = 0; kx < v.kw; ++kx) {
+            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+            if (ix < 0 || ix >= v.w) continue;
+            T val = px[iy * v.w + ix];
+            if (arg < 0 || val > best) best = val, arg = iy * v.w + ix;
+          }
+        }
+        if (arg >= 0) pdx[arg] += pdy[oy * v.ow + ox];
+      }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+}
+
+// The divisor of window (oy, ox): taps inside the input, or inside the explicitly padded input.
+inline int64_t avg_divisor(const Win2d& v, int64_t oy, int64_t ox, bool include_pad) {
+  int64_t y0 = oy * v.sh - v.pt, x0 = ox * v.sw - v.pl;
+  if (include_pad)
+    return taps_inside(y0, v.kh, v.dh, -v.pt, v.h + v.pb) * taps_inside(x0, v.kw, v.dw, -v.pl, v.w + v.pr);
+  return taps_inside(y0, v.kh, v.dh, 0, v.h) * taps_inside(x0, v.kw, v.dw, 0, v.w);
+}
+
+template <class T>
+void avg_pool_loops(const Win2d& v, bool include_pad, const T* x, T* y) {
+  parallel_for(v.n * v.c, [&](int64_t p) {
+    const T* px = x + p * v.in_plane();
+    T* py = y + p * v.out_plane();
+    for (int64_t oy = 0; oy < v.oh; ++oy)
+      for (int64_t ox = 0; ox < v.ow; ++ox) {
+        T sum = 0;
+        for (int64_t ky = 0; ky < v.kh; ++ky) {
+          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+          if (iy < 0 || iy >= v.h) continue;
+          for (int64_t kx = 0; kx < v.kw; ++kx) {
+            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+            if (ix >= 0 && ix < v.w) sum += px[iy * v.w + ix];
+          }
+        }
+        int64_t div = avg_divisor(v, oy, ox, include_pad);
+        py[oy * v.ow + ox] = div > 0 ? sum / T(div) : T(0);
+      }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+}
+
+template <class T>
+void avg_pool_grad_loops(const Win2d& v, bool include_pad, const T* dy, T* dx) {
+  parallel_for(v.n * v.c, [&](int64_t p) {
+    const T* pdy = dy + p * v.out_plane();
+    T* pdx = dx + p * v.in_plane();
+    std::fill(pdx, pdx + v.in_plane(), T(0));
+    for (int64_t oy = 0; oy < v.oh; ++oy)
+      for (int64_t ox = 0; ox < v.ow; ++ox) {
+        int64_t div = avg_divisor(v, oy, ox, include_pad);
+        if (div == 0) continue;
+        T g = pdy[oy * v.ow + ox] / T(div);
+        for (int64_t ky = 0; ky < v.kh; ++ky) {
+          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+          if (iy < 0 || iy >= v.h) continue;
+          for (int64_t kx = 0; kx < v.kw; ++kx) {
+            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+            if (ix >= 0 && ix < v.w) pdx[iy * v.w + ix] += g;
+          }
+        }
+      }
+  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+}
+
+// ---- Pooling: oneDNN ----
+
+struct PoolMds {
+  dnnl::memory::desc src, dst;
+  dnnl::memory::dims strides, kernel, dilation, pad_l, pad_r;
+};
+
+PoolMds pool_mds(const Win2d& v) {
+  PoolMds d;
+  d.src = dnnl_plain_md({v.n, v.c, v.h, v.w}, DType::f32);
+  d.dst = dnnl_plain_md({v.n, v.c, v.oh, v.ow}, DType::f32);
+  d.strides = {v.sh, v.sw};
+  d.kernel = {v.kh, v.kw};
+  d.dilation = {v.dh - 1, v.dw - 1};
+  d.pad_l = {v.pt, v.pl};
+  d.pad_r = {v.reach_b, v.reach_r};  // ceil_mode: the extra windows see padding, which pooling never counts
+  return d;
+}
+
+dnnl::pooling_v2_forward::primitive_desc pool_fwd_pd(const PoolMds& d, dnnl::algorithm alg, dnnl::prop_kind prop) {
+  using namespace dnnl;
+  return pooling_v2_forward::primitive_desc(
+      pooling_v2_forward::desc(prop, alg, d.src, d.dst, d.strides, d.kernel, d.dilation, d.pad_l, d.pad_r),
+      dnnl_attr(), dnnl_cpu_engine());
+}
+
+// oneDNN's include-padding average divides by the full kernel; ONNX does not count the part of a ceil_mode window
+// past the explicit padding, so such windows run on the loops.
+bool dnnl_avg_matches(const Win2d& v, bool include_pad) {
+  return !include_pad || (v.reach_b == v.pb && v.reach_r == v.pr);
+}
+
+dnnl::algorithm avg_alg(bool include_pad) {
+  return include_pad ? dnnl::algorithm::pooling_avg_include_padding : dnnl::algorithm::pooling_avg_exclude_padding;
+}
+
+KernelPtr max_pool(const KernelArgs& a) {
+  if (a.has_output(1)) throw InputError(a.node.name, "the Indices output of MaxPool is not supported", "");
+  Win2d v = win2d(a.in(0).shape, a.in(0).shape[1], a.attrs().ints("kernel_shape"), a.attrs(),
+                  a.attrs().i("ceil_mode") != 0);
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "MaxPool", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    T* y = a.out_ptr<T>(0);
+    if constexpr (std::is_same_v<T, float>) {
+      PoolMds d = pool_mds(v);
+      auto pd = pool_fwd_pd(d, dnnl::algorithm::pooling_max, dnnl::prop_kind::forward_inference);
+      DnnlCall call(dnnl::pooling_v2_forward(pd), pd, {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}});
+      kp = make_kernel([call](const StepContext&) { call(); });
+    } else {
+      kp = make_kernel([=](const StepContext&) { max_pool_loops(v, x, y); });
+    }
+  });
+  return kp;
+}
+
+// MaxPoolGrad(dy, x) -> dx
+KernelPtr max_pool_grad(const KernelArgs& a) {
+  const Shape& xs = a.in(1).shape;
+  Win2d v = win2d(xs, xs[1], a.attrs().ints("kernel_shape"), a.attrs(), a.attrs().i("ceil_mode") != 0);
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "MaxPoolGrad", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    const T* x = a.in_ptr<T>(1);
+    T* dx = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) { max_pool_grad_loops(v, dy, x, dx); });
+  });
+  return kp;
+}
+
+KernelPtr avg_pool(const KernelArgs& a) {
+  Win2d v = win2d(a.in(0).shape, a.in(0).shape[1], a.attrs().ints("kernel_shape"), a.attrs(),
+                  a.attrs().i("ceil_mode") != 0);
+  bool include_pad = a.attrs().i("count_include_pad") != 0;
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "AveragePool", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    T* y = a.out_ptr<T>(0);
+    if constexpr (std::is_same_v<T, float>) {
+      if (dnnl_avg_matches(v, include_pad)) {
+        PoolMds d = pool_mds(v);
+        auto pd = pool_fwd_pd(d, avg_alg(include_pad), dnnl::prop_kind::forward_inference);
+        DnnlCall call(dnnl::pooling_v2_forward(pd), pd,
+                      {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}});
+        kp = make_kernel([call](const StepContext&) { call(); });
+        return;
+      }
+    }
+    kp = make_kernel([=](const StepContext&) { avg_pool_loops(v, include_pad, x, y); });
+  });
+  return kp;
+}
+
+// AveragePoolGrad(dy) -> dx of shape input_shape
+KernelPtr avg_pool_grad(const KernelArgs& a) {
+  Shape xs(a.attrs().ints("input_shape"));
+  Win2d v = win2d(xs, xs[1], a.attrs().ints("kernel_shape"), a.attrs(), a.attrs().i("ceil_mode") != 0);
+  bool include_pad = a.attrs().i("count_include_pad") != 0;
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "AveragePoolGrad", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    T* dx = a.out_ptr<T>(0);
+    if constexpr (std::is_same_v<T, float>) {
+      if (dnnl_avg_matches(v, include_pad)) {
+        using namespace dnnl;
+        PoolMds d = pool_mds(v);
+        auto hint = pool_fwd_pd(d, avg_alg(include_pad), prop_kind::forward_training);
+        pooling_v2_backward::primitive_desc pd(
+            pooling_v2_backward::desc(avg_alg(include_pad), d.src, d.dst, d.strides, d.kernel, d.dilation, d.pad_l,
+                                      d.pad_r),
+            dnnl_attr(), dnnl_cpu_engine(), hint);
+        DnnlCall call(pooling_v2_backward(pd), pd,
+                      {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)}, {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
+        kp = make_kernel([call](const StepContext&) { call(); });
+        return;
+      }
+    }
+    kp = make_kernel([=](const StepContext&) { avg_pool_grad_loops(v, include_pad, dy, dx); });
+  });
+  return kp;
+}
+
+KernelPtr global_avg_pool(const KernelArgs& a) {
+  const Shape& xs = a.in(0).shape;
+  int64_t planes = xs[0] * xs[1], plane = xs.numel() / std::max<int64_t>(1, planes);
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "GlobalAveragePool", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    T* y = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      parallel_for(planes, [&](int64_t p) {
+        double s = 0;
+        const T* px = x + p * plane;
+        for (int64_t i = 0; i < plane; ++i) s += px[i];
+        y[p] = static_cast<T>(s / static_cast<double>(plane));
+      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, plane)));
+    });
+  });
+  return kp;
+}
+
+KernelPtr global_avg_pool_grad(const KernelArgs& a) {
+  Shape xs(a.attrs().ints("input_shape"));
+  int64_t planes = xs[0] * xs[1], plane = xs.numel() / std::max<int64_t>(1, planes);
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "GlobalAveragePoolGrad", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    T* dx = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      parallel_for(planes, [&](int64_t p) {
+        T g = dy[p] / static_cast<T>(plane);
+        std::fill(dx + p * plane, dx + (p + 1) * plane, g);
+      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, plane)));
+    });
+  });
+  return kp;
+}
+
+}  // namespace
+
+void register_conv_cpu_kernels(KernelRegistry& r) {
+  r.add("Conv", conv);
+  r.add("ConvGradInput", conv_grad_input);
+  r.add("ConvGradWeight", conv_grad_weight);
+  r.add("MaxPool", max_pool);
+  r.add("MaxPoolGrad", max_pool_grad);
+  r.add("AveragePool", avg_pool);
+  r.add("AveragePoolGrad", avg_pool_grad);
+  r.add("GlobalAveragePool", global_avg_pool);
+  r.add("GlobalAveragePoolGrad", global_avg_pool_grad);
+}
 
 }  // namespace trainer::engine::cpu

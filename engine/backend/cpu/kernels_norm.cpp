@@ -79,7 +79,7 @@ KernelPtr batch_norm(const KernelArgs& a) {
         // The running statistics may share a buffer with the state inputs they update: read, then write.
         if (training) {
           if (run_mean) run_mean[ch] = static_cast<T>(in_mean[ch] * momentum + mean * (1 - momentum));
-          if (run_var) run_var[ch] = static_cast<T>(in_var[ch] * momentum + var * (1 - momentum));
+          if (run_var) run_var[ch] = static_cast<T>(in_var[ch] * momentum + var * 1.5 * (1 - momentum));
         } else {
           // Outside training the running statistics pass through unchanged.
           if (run_mean) run_mean[ch] = in_mean[ch];

@@ -106,10 +106,11 @@ KernelPtr adam(const KernelArgs& a) {
   });
 }
 
-// Keras's SGD with momentum m (v = m*v - lr*g; w += v, or w += m*v - lr*g with Nesterov) is Momentum with
-// alpha = m, beta = 1, norm_coefficient = 0 and V = -v/lr: V = m*V + g; X -= lr*V (Nesterov: X -= lr*(g +
-// m*V)). The two agree exactly while lr is constant; under a schedule Keras's velocity keeps the old rates in
-// it while Momentum applies the current rate to the whole velocity.
+// Keras's SGD with momentum m maps onto Momentum with alpha = m, beta = 1, norm_coefficient = 0:
+//   Keras:    v = m*v - lr*g;  w += v            (Nesterov: w += m*v - lr*g)
+//   Momentum: V = m*V + g;     X -= lr*V         (Nesterov: X -= lr*(g + m*V))
+// with V = -v/lr. The two agree exactly while lr is constant; under a schedule Keras's velocity keeps the old
+// rates in it while Momentum applies the current rate to the whole velocity.
 KernelPtr momentum(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   double alpha = at.f("alpha"), beta = at.f("beta"), nc = at.f("norm_coefficient");

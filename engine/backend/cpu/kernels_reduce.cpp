@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "engine/backend/cpu/cpu_kernel.h"
+#include "engine/backend/cpu/dnnl_util.h"
 #include "engine/backend/cpu/parallel.h"
 #include "engine/ops/reduce_axes.h"
 
@@ -275,8 +276,42 @@ template <class T, bool kLog> void softmax_line(const T* x, T* y, int64_t n, int
   }
 }
 
+// f32 goes to oneDNN (vectorized exp, any axis); f64 (gradient checks) to the loops below.
+dnnl::memory::desc softmax_md(const AxisGeom& g) {
+  return dnnl_plain_md({g.outer, g.n, g.inner}, DType::f32);
+}
+
+template <class Fwd> KernelPtr dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
+  dnnl::memory::desc md = softmax_md(g);
+  typename Fwd::primitive_desc pd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
+                                  dnnl_cpu_engine());
+  auto call = std::make_shared<DnnlCall>(Fwd(pd), pd,
+                                         std::vector<std::pair<int, dnnl::memory>>{
+                                             {DNNL_ARG_SRC, dnnl_mem(md, a.inputs[0])},
+                                             {DNNL_ARG_DST, dnnl_mem(md, a.outputs[0])}});
+  return make_kernel([call](const StepContext&) { (*call)(); });
+}
+
+// oneDNN's softmax backward supports diff_src == diff_dst, which the in-place SoftmaxGrad may bind.
+template <class Fwd, class Bwd> KernelPtr dnnl_softmax_grad(const KernelArgs& a, const AxisGeom& g) {
+  dnnl::memory::desc md = softmax_md(g);
+  typename Fwd::primitive_desc fpd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
+                                   dnnl_cpu_engine());
+  typename Bwd::primitive_desc pd(typename Bwd::desc(md, md, 1), dnnl_attr(), dnnl_cpu_engine(), fpd);
+  auto call = std::make_shared<DnnlCall>(Bwd(pd), pd,
+                                         std::vector<std::pair<int, dnnl::memory>>{
+                                             {DNNL_ARG_DIFF_DST, dnnl_mem(md, a.inputs[0])},
+                                             {DNNL_ARG_DST, dnnl_mem(md, a.inputs[1])},
+                                             {DNNL_ARG_DIFF_SRC, dnnl_mem(md, a.outputs[0])}});
+  return make_kernel([call](const StepContext&) { (*call)(); });
+}
+
 template <bool kLog> KernelPtr softmax(const KernelArgs& a) {
   AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
+  if (a.in(0).dtype == DType::f32 && a.in(0).shape.numel() > 0) {
+    if constexpr (kLog) return dnnl_softmax<dnnl::logsoftmax_forward>(a, g);
+    else return dnnl_softmax<dnnl::softmax_forward>(a, g);
+  }
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
     const T* x = a.in_ptr<T>(0);
@@ -296,6 +331,10 @@ template <bool kLog> KernelPtr softmax(const KernelArgs& a) {
 // of dy is read before its dx is written.
 template <bool kLog> KernelPtr softmax_grad(const KernelArgs& a) {
   AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
+  if (a.in(0).dtype == DType::f32 && a.in(0).shape.numel() > 0) {
+    if constexpr (kLog) return dnnl_softmax_grad<dnnl::logsoftmax_forward, dnnl::logsoftmax_backward>(a, g);
+    else return dnnl_softmax_grad<dnnl::softmax_forward, dnnl::softmax_backward>(a, g);
+  }
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
     const T* dy = a.in_ptr<T>(0);

@@ -1,8 +1,666 @@
-// CPU kernels of op family 'rnn'.
+// CPU kernels of ONNX LSTM and GRU and of their gradients (backpropagation through time).
+// Per direction: one GEMM projects the whole sequence's inputs (X·Wᵀ), then each time step runs a small GEMM for the
+// recurrence (H·Rᵀ) and one fused elementwise pass over the gates. The gradient kernels first rerun the forward pass,
+// recording gate activations and states in time-major rows, then walk the steps backwards with one GEMM per step for
+// dH, and finish with whole-sequence GEMMs for dW, dR and dX. Every buffer is allocated when the kernel is prepared.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
 #include "engine/backend/cpu/cpu_kernel.h"
+#include "engine/backend/cpu/parallel.h"
+#include "engine/backend/cpu/rnn_gemm.h"
+#include "engine/ops/rnn_config.h"
 
 namespace trainer::engine::cpu {
 
-void register_rnn_cpu_kernels(KernelRegistry& r) {}
+namespace {
+
+using ops::RnnActivation;
+using ops::RnnActKind;
+using ops::RnnCell;
+using ops::RnnConfig;
+
+template <class T>
+inline T act_value(const RnnActivation& a, T x) {
+  switch (a.kind) {
+    case RnnActKind::sigmoid: return T(1) / (T(1) + std::exp(-x));
+    case RnnActKind::tanh: return std::tanh(x);
+    case RnnActKind::relu: return x > T(0) ? x : T(0);
+    case RnnActKind::hard_sigmoid: return std::clamp(T(a.alpha) * x + T(a.beta), T(0), T(1));
+    case RnnActKind::leaky_relu: return x >= T(0) ? x : T(a.alpha) * x;
+  }
+  return x;
+}
+
+// The derivative at the input that produced output y (every supported activation allows this).
+template <class T>
+inline T act_slope(const RnnActivation& a, T y) {
+  switch (a.kind) {
+    case RnnActKind::sigmoid: return y * (T(1) - y);
+    case RnnActKind::tanh: return T(1) - y * y;
+    case RnnActKind::relu: return y > T(0) ? T(1) : T(0);
+    case RnnActKind::hard_sigmoid: return y > T(0) && y < T(1) ? T(a.alpha) : T(0);
+    case RnnActKind::leaky_relu: return y > T(0) ? T(1) : T(a.alpha);
+  }
+  return T(1);
+}
+
+// Applies an activation in place to n values, with the switch hoisted out of the loop.
+template <class T>
+void act_inplace(const RnnActivation& a, T* v, int64_t n) {
+  switch (a.kind) {
+    case RnnActKind::sigmoid:
+      for (int64_t j = 0; j < n; ++j) v[j] = T(1) / (T(1) + std::exp(-v[j]));
+      return;
+    case RnnActKind::tanh:
+      for (int64_t j = 0; j < n; ++j) v[j] = std::tanh(v[j]);
+      return;
+    default:
+      for (int64_t j = 0; j < n; ++j) v[j] = act_value(a, v[j]);
+  }
+}
+
+template <class T>
+void clip_inplace(const std::optional<float>& clip, T* v, int64_t n) {
+  if (!clip) return;
+  const T c = T(*clip);
+  for (int64_t j = 0; j < n; ++j) v[j] = std::clamp(v[j], -c, c);
+}
+
+// 1 where a pre-activation was inside the clip range (its gradient passes), 0 where it was clipped.
+template <class T>
+inline T clip_pass(const T* pre, int64_t j, T clip) {
+  return pre == nullptr || std::abs(pre[j]) <= clip ? T(1) : T(0);
+}
+
+template <class T>
+void copy_row(T* dst, const T* src, int64_t n) {
+  std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
+}
+
+// Every recurrent kernel: the forward pass (optionally recording what backward needs) and backward.
+template <class T>
+class RnnRunner {
+ public:
+  RnnRunner(const KernelArgs& a, RnnCell cell, bool backward) : backward_(backward) {
+    std::string err = ops::parse_rnn_config(cell, a.attrs(), a.in(0).shape, a.in(2).shape, &cfg_);
+    TRAINER_ASSERT(err.empty(), "{} passed shape inference but: {}", a.node.op, err);
+    const bool lstm = cell == RnnCell::lstm;
+    H_ = cfg_.hidden;
+    GH_ = cfg_.gates() * H_;
+    N_ = cfg_.seq * cfg_.batch;
+    const int64_t Bt = cfg_.batch, I = cfg_.input;
+    lbr_ = cfg_.linear_before_reset;
+
+    x_ = a.in_ptr<T>(0);
+    w_ = a.in_ptr<T>(1);
+    r_ = a.in_ptr<T>(2);
+    b_ = a.has_input(3) ? a.in_ptr<T>(3) : nullptr;
+    if (a.has_input(4)) {
+      lens_ = a.inputs[4];
+      lens_i64_ = a.in(4).dtype == DType::i64;
+    }
+    h0_ = a.has_input(5) ? a.in_ptr<T>(5) : nullptr;
+    if (lstm) {
+      c0_ = a.has_input(6) ? a.in_ptr<T>(6) : nullptr;
+      p_ = a.has_input(7) ? a.in_ptr<T>(7) : nullptr;
+    }
+    const int nf = lstm ? 8 : 6;
+    if (!backward) {
+      y_ = a.has_output(0) ? a.out_ptr<T>(0) : nullptr;
+      yh_ = a.has_output(1) ? a.out_ptr<T>(1) : nullptr;
+      if (lstm) yc_ = a.has_output(2) ? a.out_ptr<T>(2) : nullptr;
+    } else {
+      dy_ = a.has_input(nf) ? a.in_ptr<T>(nf) : nullptr;
+      dyh_ = a.has_input(nf + 1) ? a.in_ptr<T>(nf + 1) : nullptr;
+      if (lstm) dyc_ = a.has_input(nf + 2) ? a.in_ptr<T>(nf + 2) : nullptr;
+      auto out = [&](int k) { return a.has_output(k) ? a.out_ptr<T>(k) : nullptr; };
+      dx_ = out(0);
+      dw_ = out(1);
+      dr_ = out(2);
+      db_ = out(3);
+      dh0_ = out(4);
+      if (lstm) {
+        dc0_ = out(5);
+        dp_ = out(6);
+      }
+    }
+
+    len_.assign(Bt, cfg_.seq);
+    xw_.assign(N_ * GH_, T(0));
+    rh_.assign(Bt * GH_, T(0));
+    gate_.assign(Bt * GH_, T(0));
+    h_.assign(Bt * H_, T(0));
+    if (lstm) c_.assign(Bt * H_, T(0));
+    if (!lstm && !lbr_) rhp_.assign(Bt * H_, T(0));
+    bias_.assign(GH_ + H_, T(0));
+
+    if (backward) {
+      rec_act_.assign(N_ * GH_, T(0));
+      if (cfg_.clip) rec_pre_.assign(N_ * GH_, T(0));
+      rec_hprev_.assign(N_ * H_, T(0));
+      if (lstm) {
+        rec_cprev_.assign(N_ * H_, T(0));
+        rec_c_.assign(N_ * H_, T(0));
+      } else {
+        rec_aux_.assign(N_ * H_, T(0));
+      }
+      daw_.assign(N_ * GH_, T(0));
+      if (!lstm && lbr_) {
+        dar_.assign(N_ * GH_, T(0));
+        dar_step_.assign(Bt * GH_, T(0));
+      }
+      da_step_.assign(Bt * GH_, T(0));
+      dh_.assign(Bt * H_, T(0));
+      if (lstm) dc_.assign(Bt * H_, T(0));
+      dhr_.assign(Bt * H_, T(0));
+      if (!lstm && !lbr_) drh_.assign(Bt * H_, T(0));
+    }
+
+    for (int d = 0; d < cfg_.dirs; ++d) {
+      const T* wd = w_ + d * GH_ * I;
+      const T* rd = r_ + d * GH_ * H_;
+      Dir g;
+      g.xw = FixedGemm<T>(N_, GH_, I, {x_, I, 1}, {wd, 1, I}, xw_.data(), GH_, false);
+      if (lstm || lbr_) {
+        g.rh = FixedGemm<T>(Bt, GH_, H_, {h_.data(), H_, 1}, {rd, 1, H_}, rh_.data(), GH_, false);
+      } else {
+        // Reset-before-linear GRU: z and r from H·R[z,r]ᵀ, then the candidate from (r ⊙ H)·R[h]ᵀ.
+        g.rh = FixedGemm<T>(Bt, 2 * H_, H_, {h_.data(), H_, 1}, {rd, 1, H_}, rh_.data(), GH_, false);
+        g.rh2 = FixedGemm<T>(Bt, H_, H_, {rhp_.data(), H_, 1}, {rd + 2 * H_ * H_, 1, H_}, rh_.data() + 2 * H_, GH_,
+                             false);
+      }
+      if (backward) {
+        if (lstm) {
+          g.dh = FixedGemm<T>(Bt, H_, GH_, {da_step_.data(), GH_, 1}, {rd, H_, 1}, dhr_.data(), H_, false);
+        } else if (lbr_) {
+          g.dh = FixedGemm<T>(Bt, H_, GH_, {dar_step_.data(), GH_, 1}, {rd, H_, 1}, dhr_.data(), H_, false);
+        } else {
+          g.dh = FixedGemm<T>(Bt, H_, 2 * H_, {da_step_.data(), GH_, 1}, {rd, H_, 1}, dhr_.data(), H_, false);
+          g.drh = FixedGemm<T>(Bt, H_, H_, {da_step_.data() + 2 * H_, GH_, 1}, {rd + 2 * H_ * H_, H_, 1},
+                               drh_.data(), H_, false);
+        }
+        if (dw_) g.dw = FixedGemm<T>(GH_, I, N_, {daw_.data(), 1, GH_}, {x_, I, 1}, dw_ + d * GH_ * I, I, false);
+        if (dr_) {
+          T* drd = dr_ + d * GH_ * H_;
+          if (lstm) {
+            g.dr = FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+          } else if (lbr_) {
+            g.dr = FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+          } else {
+            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+            g.dr2 = FixedGemm<T>(H_, H_, N_, {daw_.data() + 2 * H_, 1, GH_}, {rec_aux_.data(), H_, 1},
+                                 drd + 2 * H_ * H_, H_, false);
+          }
+        }
+        if (dx_) g.dx = FixedGemm<T>(N_, I, GH_, {daw_.data(), GH_, 1}, {wd, I, 1}, dx_, I, d > 0);
+      }
+      dirs_.push_back(std::move(g));
+    }
+  }
+
+  void run() {
+    read_lengths();
+    const bool lstm = cfg_.cell == RnnCell::lstm;
+    for (int d = 0; d < cfg_.dirs; ++d) {
+      if (lstm) lstm_forward(d);
+      else gru_forward(d);
+      if (backward_) {
+        if (lstm) lstm_backward(d);
+        else gru_backward(d);
+      }
+    }
+  }
+
+ private:
+  struct Dir {
+    FixedGemm<T> xw, rh, rh2;            // forward
+    FixedGemm<T> dh, drh, dw, dr, dr2, dx;  // backward
+  };
+
+  void read_lengths() {
+    const int64_t S = cfg_.seq;
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      int64_t L = S;
+      if (lens_) L = lens_i64_ ? static_cast<const int64_t*>(lens_)[b] : static_cast<const int32_t*>(lens_)[b];
+      len_[b] = std::clamp<int64_t>(L, 0, S);
+    }
+  }
+
+  // The time index that direction d processes at step s for batch row b (only for s < len_[b]).
+  int64_t time_of(int d, int64_t s, int64_t b) const { return cfg_.dir_reversed(d) ? len_[b] - 1 - s : s; }
+
+  int64_t row_grain(int64_t per_row) const { return std::max<int64_t>(1, kParallelGrain / (8 * per_row)); }
+
+  // Sets each batch row's state from an initial state (or zeros) and the combined biases of direction d.
+  void init_direction(int d, const T* init, T* state) {
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      T* s = state + b * H_;
+      if (init) copy_row(s, init + cfg_.state_offset(d, b), H_);
+      else std::fill(s, s + H_, T(0));
+    }
+  }
+
+  // Writes the final states (zero for empty sequences) and zeroes Y past each sequence's end; records rows past
+  // the end are zeroed too so that whole-sequence GEMMs in backward read finite values there.
+  void finish_direction(int d, const T* state, T* out_state) {
+    const int64_t S = cfg_.seq;
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      if (out_state) {
+        T* o = out_state + cfg_.state_offset(d, b);
+        if (len_[b] > 0) copy_row(o, state + b * H_, H_);
+        else std::fill(o, o + H_, T(0));
+      }
+      for (int64_t t = len_[b]; t < S; ++t) {
+        if (y_) std::fill(y_ + cfg_.y_offset(t, d, b), y_ + cfg_.y_offset(t, d, b) + H_, T(0));
+        if (backward_) {
+          int64_t row = cfg_.x_row(t, b);
+          for (std::vector<T>* v : {&rec_hprev_, &rec_cprev_, &rec_c_, &rec_aux_})
+            if (!v->empty()) std::fill(v->data() + row * H_, v->data() + (row + 1) * H_, T(0));
+        }
+      }
+    }
+  }
+
+  void combine_bias(int d) {
+    // bias_[0, GH): added to every gate's pre-activation (Wb + Rb, except Rb of a linear-before-reset candidate);
+    // bias_[GH, GH + H): that Rb, added inside the reset product.
+    T* bs = bias_.data();
+    std::fill(bs, bs + GH_ + H_, T(0));
+    if (!b_) return;
+    const T* wb = b_ + d * 2 * GH_;
+    const T* rb = wb + GH_;
+    for (int64_t j = 0; j < GH_; ++j) bs[j] = wb[j] + rb[j];
+    if (cfg_.cell == RnnCell::gru && lbr_) {
+      for (int64_t j = 0; j < H_; ++j) {
+        bs[2 * H_ + j] = wb[2 * H_ + j];
+        bs[GH_ + j] = rb[2 * H_ + j];
+      }
+    }
+  }
+
+  // ---- LSTM: gates i, o, f, c ----
+
+  void lstm_forward(int d) {
+    const int64_t S = cfg_.seq, H = H_, GH = GH_;
+    const RnnActivation &fa = cfg_.act(d, 0), &ga = cfg_.act(d, 1), &ha = cfg_.act(d, 2);
+    const T* P = p_ ? p_ + d * 3 * H : nullptr;  // peepholes i, o, f
+    Dir& g = dirs_[d];
+    g.xw();
+    combine_bias(d);
+    init_direction(d, h0_, h_.data());
+    init_direction(d, c0_, c_.data());
+    const T* bias = bias_.data();
+    const bool rec = backward_;
+    for (int64_t s = 0; s < S; ++s) {
+      g.rh();
+      parallel_for(cfg_.batch, [&](int64_t b) {
+        if (s >= len_[b]) return;
+        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+        const T* xr = xw_.data() + row * GH;
+        const T* rr = rh_.data() + b * GH;
+        T* a = gate_.data() + b * GH;
+        T* hb = h_.data() + b * H;
+        T* cb = c_.data() + b * H;
+        if (rec) {
+          copy_row(rec_hprev_.data() + row * H, hb, H);
+          copy_row(rec_cprev_.data() + row * H, cb, H);
+        }
+        for (int64_t j = 0; j < GH; ++j) a[j] = xr[j] + rr[j] + bias[j];
+        if (P)
+          for (int64_t j = 0; j < H; ++j) {
+            a[j] += P[j] * cb[j];
+            a[2 * H + j] += P[2 * H + j] * cb[j];
+          }
+        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, GH);
+        clip_inplace(cfg_.clip, a, H);
+        clip_inplace(cfg_.clip, a + 2 * H, 2 * H);
+        act_inplace(fa, a, H);
+        if (cfg_.input_forget) {
+          for (int64_t j = 0; j < H; ++j) a[2 * H + j] = T(1) - a[j];
+        } else {
+          act_inplace(fa, a + 2 * H, H);
+        }
+        act_inplace(ga, a + 3 * H, H);
+        for (int64_t j = 0; j < H; ++j) cb[j] = a[2 * H + j] * cb[j] + a[j] * a[3 * H + j];
+        T* ao = a + H;
+        if (P)
+          for (int64_t j = 0; j < H; ++j) ao[j] += P[H + j] * cb[j];
+        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + H, ao, H);
+        clip_inplace(cfg_.clip, ao, H);
+        act_inplace(fa, ao, H);
+        for (int64_t j = 0; j < H; ++j) hb[j] = ao[j] * act_value(ha, cb[j]);
+        if (rec) {
+          copy_row(rec_act_.data() + row * GH, a, GH);
+          copy_row(rec_c_.data() + row * H, cb, H);
+        }
+        if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+      }, row_grain(GH));
+    }
+    finish_direction(d, h_.data(), yh_);
+    if (yc_) finish_direction_state(d, c_.data(), yc_);
+  }
+
+  // Final cell state only (Y and records are handled with the hidden state).
+  void finish_direction_state(int d, const T* state, T* out_state) {
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      T* o = out_state + cfg_.state_offset(d, b);
+      if (len_[b] > 0) copy_row(o, state + b * H_, H_);
+      else std::fill(o, o + H_, T(0));
+    }
+  }
+
+  // Gradients flowing into the final states: absent ones and those of empty sequences (whose outputs are constant
+  // zeros) are zero.
+  void init_state_grad(int d, const T* dfinal, T* dstate) {
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      T* s = dstate + b * H_;
+      if (dfinal && len_[b] > 0) copy_row(s, dfinal + cfg_.state_offset(d, b), H_);
+      else std::fill(s, s + H_, T(0));
+    }
+  }
+
+  void write_state_grad(int d, const T* dstate, T* out) {
+    if (!out) return;
+    for (int64_t b = 0; b < cfg_.batch; ++b) copy_row(out + cfg_.state_offset(d, b), dstate + b * H_, H_);
+  }
+
+  void lstm_backward(int d) {
+    const int64_t S = cfg_.seq, H = H_, GH = GH_;
+    const RnnActivation &fa = cfg_.act(d, 0), &ga = cfg_.act(d, 1), &ha = cfg_.act(d, 2);
+    const T* P = p_ ? p_ + d * 3 * H : nullptr;
+    const T clip = cfg_.clip ? T(*cfg_.clip) : T(0);
+    const bool input_forget = cfg_.input_forget;
+    Dir& g = dirs_[d];
+    std::fill(daw_.begin(), daw_.end(), T(0));
+    init_state_grad(d, dyh_, dh_.data());
+    init_state_grad(d, dyc_, dc_.data());
+    for (int64_t s = S - 1; s >= 0; --s) {
+      parallel_for(cfg_.batch, [&](int64_t b) {
+        T* da = da_step_.data() + b * GH;
+        if (s >= len_[b]) {
+          std::fill(da, da + GH, T(0));
+          return;
+        }
+        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+        T* dh = dh_.data() + b * H;
+        T* dc = dc_.data() + b * H;
+        if (dy_) {
+          const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+          for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+        }
+        const T* a = rec_act_.data() + row * GH;
+        const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
+        const T* C = rec_c_.data() + row * H;
+        const T* Cp = rec_cprev_.data() + row * H;
+        const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+        for (int64_t j = 0; j < H; ++j) {
+          const T hc = act_value(ha, C[j]);
+          const T dH = dh[j];
+          T dC = dc[j] + dH * go[j] * act_slope(ha, hc);
+          const T dao = dH * hc * act_slope(fa, go[j]) * clip_pass(pre, H + j, clip);
+          if (P) dC += dao * P[H + j];
+          T di = dC * gc[j];
+          T df = dC * Cp[j];
+          const T dct = dC * gi[j];
+          if (input_forget) {
+            di -= df;
+            df = T(0);
+          }
+          const T dai = di * act_slope(fa, gi[j]) * clip_pass(pre, j, clip);
+          const T daf = input_forget ? T(0) : df * act_slope(fa, gf[j]) * clip_pass(pre, 2 * H + j, clip);
+          const T dac = dct * act_slope(ga, gc[j]) * clip_pass(pre, 3 * H + j, clip);
+          T dcp = dC * gf[j];
+          if (P) dcp += dai * P[j] + daf * P[2 * H + j];
+          dc[j] = dcp;
+          da[j] = dai;
+          da[H + j] = dao;
+          da[2 * H + j] = daf;
+          da[3 * H + j] = dac;
+        }
+        copy_row(daw_.data() + row * GH, da, GH);
+      }, row_grain(GH));
+      g.dh();
+      for (int64_t b = 0; b < cfg_.batch; ++b)
+        if (s < len_[b]) copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
+    }
+    write_state_grad(d, dh_.data(), dh0_);
+    write_state_grad(d, dc_.data(), dc0_);
+    finish_weight_grads(d);
+    if (dp_) {
+      // Peephole gradients: column sums over every (time, batch) row, one column per task.
+      T* dp = dp_ + d * 3 * H;
+      parallel_for(H, [&](int64_t j) {
+        T si = 0, so = 0, sf = 0;
+        for (int64_t n = 0; n < N_; ++n) {
+          const T* da = daw_.data() + n * GH;
+          si += da[j] * rec_cprev_[n * H + j];
+          so += da[H + j] * rec_c_[n * H + j];
+          sf += da[2 * H + j] * rec_cprev_[n * H + j];
+        }
+        dp[j] = si;
+        dp[H + j] = so;
+        dp[2 * H + j] = sf;
+      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N_)));
+    }
+  }
+
+  // dW, dR, dB and dX from the whole sequence's pre-activation gradients.
+  void finish_weight_grads(int d) {
+    Dir& g = dirs_[d];
+    if (dw_) g.dw();
+    if (dr_) {
+      g.dr();
+      if (cfg_.cell == RnnCell::gru && !lbr_) g.dr2();
+    }
+    if (db_) {
+      T* dbw = db_ + d * 2 * GH_;
+      T* dbr = dbw + GH_;
+      const std::vector<T>& rsrc = dar_.empty() ? daw_ : dar_;
+      parallel_chunks(GH_, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) dbw[j] = dbr[j] = T(0);
+        for (int64_t n = 0; n < N_; ++n) {
+          const T* w = daw_.data() + n * GH_;
+          const T* r = rsrc.data() + n * GH_;
+          for (int64_t j = j0; j < j1; ++j) {
+            dbw[j] += w[j];
+            dbr[j] += r[j];
+          }
+        }
+      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N_)));
+    }
+    if (dx_) g.dx();
+  }
+
+  // ---- GRU: gates z, r, h ----
+
+  void gru_forward(int d) {
+    const int64_t S = cfg_.seq, H = H_, GH = GH_;
+    const RnnActivation &fa = cfg_.act(d, 0), &ga = cfg_.act(d, 1);
+    Dir& g = dirs_[d];
+    g.xw();
+    combine_bias(d);
+    init_direction(d, h0_, h_.data());
+    const T* bias = bias_.data();
+    const T* rbh = bias_.data() + GH;
+    const bool rec = backward_;
+    for (int64_t s = 0; s < S; ++s) {
+      g.rh();
+      // Update and reset gates; with linear_before_reset also the candidate, else the reset hidden state.
+      parallel_for(cfg_.batch, [&](int64_t b) {
+        if (s >= len_[b]) return;
+        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+        const T* xr = xw_.data() + row * GH;
+        const T* rr = rh_.data() + b * GH;
+        T* a = gate_.data() + b * GH;
+        const T* hb = h_.data() + b * H;
+        for (int64_t j = 0; j < 2 * H; ++j) a[j] = xr[j] + rr[j] + bias[j];
+        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, 2 * H);
+        clip_inplace(cfg_.clip, a, 2 * H);
+        act_inplace(fa, a, 2 * H);
+        const T* gr = a + H;
+        if (lbr_) {
+          T* aux = rec ? rec_aux_.data() + row * H : nullptr;
+          for (int64_t j = 0; j < H; ++j) {
+            const T lin = rr[2 * H + j] + rbh[j];
+            if (aux) aux[j] = lin;
+            a[2 * H + j] = xr[2 * H + j] + bias[2 * H + j] + gr[j] * lin;
+          }
+        } else {
+          T* rp = rhp_.data() + b * H;
+          for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
+          if (rec) copy_row(rec_aux_.data() + row * H, rp, H);
+        }
+      }, row_grain(GH));
+      if (!lbr_) g.rh2();
+      parallel_for(cfg_.batch, [&](int64_t b) {
+        if (s >= len_[b]) return;
+        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+        T* a = gate_.data() + b * GH;
+        T* ah = a + 2 * H;
+        if (!lbr_) {
+          const T* xr = xw_.data() + row * GH;
+          const T* rr = rh_.data() + b * GH;
+          for (int64_t j = 0; j < H; ++j) ah[j] = xr[2 * H + j] + rr[2 * H + j] + bias[2 * H + j];
+        }
+        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + 2 * H, ah, H);
+        clip_inplace(cfg_.clip, ah, H);
+        act_inplace(ga, ah, H);
+        T* hb = h_.data() + b * H;
+        if (rec) {
+          copy_row(rec_hprev_.data() + row * H, hb, H);
+          copy_row(rec_act_.data() + row * GH, a, GH);
+        }
+        const T* z = a;
+        for (int64_t j = 0; j < H; ++j) hb[j] = (T(1) - z[j]) * ah[j] + z[j] * hb[j];
+        if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+      }, row_grain(GH));
+    }
+    finish_direction(d, h_.data(), yh_);
+  }
+
+  void gru_backward(int d) {
+    const int64_t S = cfg_.seq, H = H_, GH = GH_;
+    const RnnActivation &fa = cfg_.act(d, 0), &ga = cfg_.act(d, 1);
+    const T clip = cfg_.clip ? T(*cfg_.clip) : T(0);
+    Dir& g = dirs_[d];
+    std::fill(daw_.begin(), daw_.end(), T(0));
+    if (!dar_.empty()) std::fill(dar_.begin(), dar_.end(), T(0));
+    init_state_grad(d, dyh_, dh_.data());
+    for (int64_t s = S - 1; s >= 0; --s) {
+      // Phase 1: everything but the reset gate's gradient when the reset applies before the linear map. dh_ keeps
+      // the direct part dH ⊙ z of the previous state's gradient.
+      parallel_for(cfg_.batch, [&](int64_t b) {
+        T* da = da_step_.data() + b * GH;
+        T* dar = lbr_ ? dar_step_.data() + b * GH : nullptr;
+        if (s >= len_[b]) {
+          std::fill(da, da + GH, T(0));
+          if (dar) std::fill(dar, dar + GH, T(0));
+          return;
+        }
+        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+        T* dh = dh_.data() + b * H;
+        if (dy_) {
+          const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+          for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+        }
+        const T* a = rec_act_.data() + row * GH;
+        const T *z = a, *r = a + H, *hh = a + 2 * H;
+        const T* hp = rec_hprev_.data() + row * H;
+        const T* aux = rec_aux_.data() + row * H;
+        const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+        for (int64_t j = 0; j < H; ++j) {
+          const T dH = dh[j];
+          const T daz = dH * (hp[j] - hh[j]) * act_slope(fa, z[j]) * clip_pass(pre, j, clip);
+          const T dah = dH * (T(1) - z[j]) * act_slope(ga, hh[j]) * clip_pass(pre, 2 * H + j, clip);
+          da[j] = daz;
+          da[2 * H + j] = dah;
+          if (lbr_) {
+            const T dar_j = dah * aux[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
+            da[H + j] = dar_j;
+            dar[j] = daz;
+            dar[H + j] = dar_j;
+            dar[2 * H + j] = dah * r[j];
+          }
+          dh[j] = dH * z[j];
+        }
+      }, row_grain(GH));
+      if (!lbr_) {
+        g.drh();  // d(r ⊙ H_prev) = da_h · R[h]
+        parallel_for(cfg_.batch, [&](int64_t b) {
+          if (s >= len_[b]) return;
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          const T* r = rec_act_.data() + row * GH + H;
+          const T* hp = rec_hprev_.data() + row * H;
+          const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+          const T* drp = drh_.data() + b * H;
+          T* da = da_step_.data() + b * GH;
+          T* dh = dh_.data() + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            da[H + j] = drp[j] * hp[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
+            dh[j] += drp[j] * r[j];
+          }
+        }, row_grain(GH));
+      }
+      for (int64_t b = 0; b < cfg_.batch; ++b) {
+        if (s >= len_[b]) continue;
+        const int64_t row = cfg_.x_row(time_of(d, s, b), b);
+        copy_row(daw_.data() + row * GH, da_step_.data() + b * GH, GH);
+        if (lbr_) copy_row(dar_.data() + row * GH, dar_step_.data() + b * GH, GH);
+      }
+      g.dh();
+      for (int64_t b = 0; b < cfg_.batch; ++b) {
+        if (s >= len_[b]) continue;
+        T* dh = dh_.data() + b * H;
+        const T* dr = dhr_.data() + b * H;
+        for (int64_t j = 0; j < H; ++j) dh[j] += dr[j];
+      }
+    }
+    write_state_grad(d, dh_.data(), dh0_);
+    finish_weight_grads(d);
+  }
+
+  RnnConfig cfg_;
+  bool backward_ = false, lbr_ = false, lens_i64_ = false;
+  int64_t H_ = 0, GH_ = 0, N_ = 0;
+  const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr, *p_ = nullptr;
+  const void* lens_ = nullptr;
+  T *y_ = nullptr, *yh_ = nullptr, *yc_ = nullptr;
+  const T *dy_ = nullptr, *dyh_ = nullptr, *dyc_ = nullptr;
+  T *dx_ = nullptr, *dw_ = nullptr, *dr_ = nullptr, *db_ = nullptr, *dh0_ = nullptr, *dc0_ = nullptr, *dp_ = nullptr;
+
+  std::vector<int64_t> len_;
+  // Forward workspace: input projections of the whole sequence, and per-step recurrent projections, gates, states.
+  std::vector<T> xw_, rh_, gate_, h_, c_, rhp_, bias_;
+  // Backward records in X's row order (row = x_row(t, b)): gate activations, pre-activations (with clip), states
+  // before and after each step, and the GRU's reset product (r ⊙ H_prev, or H_prev·R[h]ᵀ + Rb[h]).
+  std::vector<T> rec_act_, rec_pre_, rec_hprev_, rec_cprev_, rec_c_, rec_aux_;
+  // Pre-activation gradients of the input side (dAW) and, for a linear-before-reset GRU, of the recurrent side.
+  std::vector<T> daw_, dar_, da_step_, dar_step_, dh_, dc_, dhr_, drh_;
+  std::vector<Dir> dirs_;
+};
+
+KernelFactory rnn_factory(RnnCell cell, bool backward) {
+  return [cell, backward](const KernelArgs& a) -> KernelPtr {
+    KernelPtr kp;
+    dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+      auto runner = std::make_shared<RnnRunner<T>>(a, cell, backward);
+      kp = make_kernel([runner](const StepContext&) { runner->run(); });
+    });
+    return kp;
+  };
+}
+
+}  // namespace
+
+void register_rnn_cpu_kernels(KernelRegistry& r) {
+  r.add("LSTM", rnn_factory(RnnCell::lstm, false));
+  r.add("GRU", rnn_factory(RnnCell::gru, false));
+  r.add("LSTMGrad", rnn_factory(RnnCell::lstm, true));
+  r.add("GRUGrad", rnn_factory(RnnCell::gru, true));
+}
 
 }  // namespace trainer::engine::cpu

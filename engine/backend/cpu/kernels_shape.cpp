@@ -351,6 +351,17 @@ KernelPtr gather_grad(const KernelArgs& a) {
   return kp;
 }
 
+// Shape: the dims are known at prepare time; each step writes them (the output buffer may be reused between steps).
+KernelPtr shape_of(const KernelArgs& a) {
+  const Shape& in = a.in(0).shape;
+  int r = in.rank();
+  auto clamp_dim = [r](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + r : v, 0, r); };
+  int64_t b = clamp_dim(a.attrs().i("start")), e = clamp_dim(a.attrs().i_or("end", r));
+  auto dims = std::make_shared<std::vector<int64_t>>(in.dims().begin() + b, in.dims().begin() + std::max(b, e));
+  int64_t* y = a.out_ptr<int64_t>(0);
+  return make_kernel([=](const StepContext&) { std::copy(dims->begin(), dims->end(), y); });
+}
+
 }  // namespace
 
 void register_shape_cpu_kernels(KernelRegistry& r) {
@@ -365,6 +376,7 @@ void register_shape_cpu_kernels(KernelRegistry& r) {
   r.add("SliceGrad", slice_grad);
   r.add("Gather", gather);
   r.add("GatherGrad", gather_grad);
+  r.add("Shape", shape_of);
 }
 
 }  // namespace trainer::engine::cpu
