@@ -24,7 +24,9 @@ using engine::ValueId;
 namespace {
 
 // "" and "ai.onnx" both name the default domain.
-std::string normalize_domain(const std::string& d) { return d == "ai.onnx" ? std::string() : d; }
+std::string normalize_domain(const std::string& d) {
+  return d == "ai.onnx" ? std::string() : d;
+}
 
 std::string node_label(const onnx::NodeProto& n, int index) {
   if (n.name().empty()) return fmt::format("node #{} ({})", index, n.op_type());
@@ -33,21 +35,36 @@ std::string node_label(const onnx::NodeProto& n, int index) {
 
 std::string_view attr_type_name(int type) {
   switch (type) {
-    case onnx::AttributeProto::FLOAT: return "FLOAT";
-    case onnx::AttributeProto::INT: return "INT";
-    case onnx::AttributeProto::STRING: return "STRING";
-    case onnx::AttributeProto::TENSOR: return "TENSOR";
-    case onnx::AttributeProto::GRAPH: return "GRAPH";
-    case onnx::AttributeProto::SPARSE_TENSOR: return "SPARSE_TENSOR";
-    case onnx::AttributeProto::TYPE_PROTO: return "TYPE_PROTO";
-    case onnx::AttributeProto::FLOATS: return "FLOATS";
-    case onnx::AttributeProto::INTS: return "INTS";
-    case onnx::AttributeProto::STRINGS: return "STRINGS";
-    case onnx::AttributeProto::TENSORS: return "TENSORS";
-    case onnx::AttributeProto::GRAPHS: return "GRAPHS";
-    case onnx::AttributeProto::SPARSE_TENSORS: return "SPARSE_TENSORS";
-    case onnx::AttributeProto::TYPE_PROTOS: return "TYPE_PROTOS";
-    default: return "UNDEFINED";
+    case onnx::AttributeProto::FLOAT:
+      return "FLOAT";
+    case onnx::AttributeProto::INT:
+      return "INT";
+    case onnx::AttributeProto::STRING:
+      return "STRING";
+    case onnx::AttributeProto::TENSOR:
+      return "TENSOR";
+    case onnx::AttributeProto::GRAPH:
+      return "GRAPH";
+    case onnx::AttributeProto::SPARSE_TENSOR:
+      return "SPARSE_TENSOR";
+    case onnx::AttributeProto::TYPE_PROTO:
+      return "TYPE_PROTO";
+    case onnx::AttributeProto::FLOATS:
+      return "FLOATS";
+    case onnx::AttributeProto::INTS:
+      return "INTS";
+    case onnx::AttributeProto::STRINGS:
+      return "STRINGS";
+    case onnx::AttributeProto::TENSORS:
+      return "TENSORS";
+    case onnx::AttributeProto::GRAPHS:
+      return "GRAPHS";
+    case onnx::AttributeProto::SPARSE_TENSORS:
+      return "SPARSE_TENSORS";
+    case onnx::AttributeProto::TYPE_PROTOS:
+      return "TYPE_PROTOS";
+    default:
+      return "UNDEFINED";
   }
 }
 
@@ -73,12 +90,14 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 
 class Importer {
  public:
-  Importer(const onnx::ModelProto& model, std::string source, const OnnxImportOptions& options, std::string base_dir)
+  Importer(const onnx::ModelProto& model, std::string source, const OnnxImportOptions& options,
+           std::string base_dir)
       : model_(model), source_(std::move(source)), options_(options), base_dir_(std::move(base_dir)) {}
 
   OnnxImportResult run() {
     if (!model_.has_graph())
-      throw InputError(source_, "the model has no graph", "the file is truncated, or it is not an ONNX model");
+      throw InputError(source_, "the model has no graph",
+                       "the file is truncated, or it is not an ONNX model");
     read_info();
     check_newer_opsets();
     check_supported();
@@ -148,8 +167,8 @@ class Importer {
       }
     }
     if (!changed.empty())
-      fail(fmt::format("the model uses ONNX opset {} (supported: {}..{}), and these ops changed since: {}", opset,
-                       kMinOnnxOpset, kMaxOnnxOpset, fmt::join(changed, "; ")),
+      fail(fmt::format("the model uses ONNX opset {} (supported: {}..{}), and these ops changed since: {}",
+                       opset, kMinOnnxOpset, kMaxOnnxOpset, fmt::join(changed, "; ")),
            "convert the model to a newer opset, e.g. with onnx.version_converter.convert_version(model, 13)");
   }
 
@@ -166,7 +185,7 @@ class Importer {
     fail(fmt::format("{} node{} use{} ops the engine does not implement ({}): {}", bad.size(),
                      bad.size() == 1 ? "" : "s", bad.size() == 1 ? "s" : "", fmt::join(ops, ", "),
                      fmt::join(items, ", ")),
-         "express these ops with supported ones when exporting, or train a model without them");
+         "`trainer --list-ops` lists the supported ops; express these with them when exporting the model");
   }
 
   Tensor read_tensor(const onnx::TensorProto& t, const std::string& where) const {
@@ -177,8 +196,8 @@ class Importer {
     for (const auto& init : model_.graph().initializer()) {
       if (init.name().empty()) fail("an initializer has no name", "the exporter is broken");
       Tensor t = read_tensor(init, fmt::format("{}: initializer '{}'", source_, init.name()));
-      bool trainable = engine::is_float(t.dtype()) &&
-                       (!options_.initializer_is_trainable || options_.initializer_is_trainable(init.name(), t));
+      bool trainable = engine::is_float(t.dtype()) && (!options_.initializer_is_trainable ||
+                                                       options_.initializer_is_trainable(init.name(), t));
       wrap(fmt::format("initializer '{}'", init.name()), [&] {
         if (trainable) {
           g().add_parameter(init.name(), std::move(t), true);
@@ -188,7 +207,8 @@ class Importer {
       });
     }
     if (model_.graph().sparse_initializer_size() > 0)
-      fail(fmt::format("sparse initializer '{}' is not supported", model_.graph().sparse_initializer(0).values().name()),
+      fail(fmt::format("sparse initializer '{}' is not supported",
+                       model_.graph().sparse_initializer(0).values().name()),
            "store the initializer as a dense tensor");
   }
 
@@ -211,7 +231,8 @@ class Importer {
       if (i == 0)
         fail(fmt::format("graph input '{}' has a {} at axis 0", in.name(), what),
              "give a batch size to fix the leading (batch) dimension");
-      fail(fmt::format("graph input '{}' has a {} at axis {}; only the batch dimension may vary", in.name(), what, i),
+      fail(fmt::format("graph input '{}' has a {} at axis {}; only the batch dimension may vary", in.name(),
+                       what, i),
            "fix the input's shape in the model (e.g. with onnx.tools.update_model_dims)");
     }
     return Shape(std::move(dims));
@@ -267,7 +288,8 @@ class Importer {
     } else if (a.name() == "value_float") {
       t = Tensor::scalar<float>(a.f());
     } else if (a.name() == "value_floats") {
-      t = Tensor::from<float>(Shape{a.floats_size()}, std::vector<float>(a.floats().begin(), a.floats().end()));
+      t = Tensor::from<float>(Shape{a.floats_size()},
+                              std::vector<float>(a.floats().begin(), a.floats().end()));
     } else if (a.name() == "value_int") {
       t = Tensor::scalar<int64_t>(a.i());
     } else if (a.name() == "value_ints") {
@@ -286,9 +308,15 @@ class Importer {
         fail(fmt::format("{}: attribute '{}' refers to a function attribute", label, a.name()),
              "only function bodies may use attribute references");
       switch (attribute_type(a)) {
-        case onnx::AttributeProto::INT: attrs.set(a.name(), static_cast<int64_t>(a.i())); break;
-        case onnx::AttributeProto::FLOAT: attrs.set(a.name(), a.f()); break;
-        case onnx::AttributeProto::STRING: attrs.set(a.name(), a.s()); break;
+        case onnx::AttributeProto::INT:
+          attrs.set(a.name(), static_cast<int64_t>(a.i()));
+          break;
+        case onnx::AttributeProto::FLOAT:
+          attrs.set(a.name(), a.f());
+          break;
+        case onnx::AttributeProto::STRING:
+          attrs.set(a.name(), a.s());
+          break;
         case onnx::AttributeProto::INTS:
           attrs.set(a.name(), std::vector<int64_t>(a.ints().begin(), a.ints().end()));
           break;
@@ -296,11 +324,12 @@ class Importer {
           attrs.set(a.name(), std::vector<float>(a.floats().begin(), a.floats().end()));
           break;
         case onnx::AttributeProto::TENSOR:
-          attrs.set(a.name(), read_tensor(a.t(), fmt::format("{}: {} attribute '{}'", source_, label, a.name())));
+          attrs.set(a.name(),
+                    read_tensor(a.t(), fmt::format("{}: {} attribute '{}'", source_, label, a.name())));
           break;
         default:
-          fail(fmt::format("{}: attribute '{}' has type {}, which the engine does not support", label, a.name(),
-                           attr_type_name(attribute_type(a))),
+          fail(fmt::format("{}: attribute '{}' has type {}, which the engine does not support", label,
+                           a.name(), attr_type_name(attribute_type(a))),
                "supported attribute types: INT, FLOAT, STRING, INTS, FLOATS, TENSOR");
       }
     }
@@ -310,7 +339,8 @@ class Importer {
   ValueId lookup(const std::string& name, const std::string& label) const {
     ValueId v = result_.graph.find(name);
     if (v == engine::kNoValue)
-      fail(fmt::format("{} reads '{}', which is no graph input, initializer or output of an earlier node", label, name),
+      fail(fmt::format("{} reads '{}', which is no graph input, initializer or output of an earlier node",
+                       label, name),
            "the nodes must be in topological order");
     return v;
   }
@@ -329,9 +359,12 @@ class Importer {
       const int64_t rank = shape.rank();
       int64_t start = 0, end = rank;
       for (const auto& a : n.attribute()) {
-        if (a.name() == "start") start = a.i();
-        else if (a.name() == "end") end = a.i();
-        else fail(fmt::format("{}: unknown attribute '{}'", label, a.name()), "Shape takes: start, end");
+        if (a.name() == "start")
+          start = a.i();
+        else if (a.name() == "end")
+          end = a.i();
+        else
+          fail(fmt::format("{}: unknown attribute '{}'", label, a.name()), "Shape takes: start, end");
       }
       // As ONNX defines it: negative positions count from the back, and both ends are clamped to [0, rank].
       auto clamp = [&](int64_t p) { return std::clamp(p < 0 ? p + rank : p, int64_t{0}, rank); };
@@ -349,10 +382,12 @@ class Importer {
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
     std::string label = node_label(n, index);
     std::vector<ValueId> inputs;
-    for (const std::string& name : n.input()) inputs.push_back(name.empty() ? engine::kNoValue : lookup(name, label));
+    for (const std::string& name : n.input())
+      inputs.push_back(name.empty() ? engine::kNoValue : lookup(name, label));
     engine::Attributes attrs = convert_attributes(n, label);
     std::vector<std::string> outputs(n.output().begin(), n.output().end());
-    wrap(label, [&] { g().add_node_named(n.op_type(), std::move(inputs), std::move(attrs), outputs, n.name()); });
+    wrap(label,
+         [&] { g().add_node_named(n.op_type(), std::move(inputs), std::move(attrs), outputs, n.name()); });
   }
 
   void add_outputs() {
@@ -375,7 +410,8 @@ class Importer {
       if (!e.where().empty() && msg.rfind(e.where() + ": ", 0) == 0) msg = msg.substr(e.where().size() + 2);
       // Engine messages about a node already name it ("node 'x' (Op): ...").
       if (msg.rfind("node '", 0) != 0) msg = fmt::format("{}: {}", label, msg);
-      fail(std::move(msg), e.hint().empty() ? "check the model against the ONNX operator definitions" : e.hint());
+      fail(std::move(msg),
+           e.hint().empty() ? "check the model against the ONNX operator definitions" : e.hint());
     }
   }
 
@@ -399,9 +435,10 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
                      "save the weights as ONNX external data");
   if (bytes.empty()) throw InputError(source, "the file is empty", "it is not an ONNX model");
   if (!model->ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
-    throw InputError(source, fmt::format("not a valid ONNX model: the protobuf message ({} bytes) does not parse",
-                                         bytes.size()),
-                     "the file is truncated or corrupt, or it is not an ONNX model");
+    throw InputError(
+        source,
+        fmt::format("not a valid ONNX model: the protobuf message ({} bytes) does not parse", bytes.size()),
+        "the file is truncated or corrupt, or it is not an ONNX model");
 }
 
 OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::string& source,

@@ -1,5 +1,5 @@
-// ONNX model import: a ModelProto (from a file or bytes) becomes an engine Graph with its inputs, initializers,
-// constants, nodes and outputs, keeping the model's value and node names.
+// ONNX model import: a ModelProto (from a file or bytes) becomes an engine Graph with its inputs,
+// initializers, constants, nodes and outputs, keeping the model's value and node names.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,8 @@ inline constexpr int kMinOnnxOpset = 11;
 inline constexpr int kMaxOnnxOpset = 21;
 
 struct OnnxImportOptions {
-  // Replaces a symbolic or unknown leading (batch) dimension of the graph inputs. 0: such a dimension is an error.
+  // Replaces a symbolic or unknown leading (batch) dimension of the graph inputs. 0: such a dimension is an
+  // error.
   int64_t batch_size = 0;
   // Decides whether a floating-point initializer becomes a trainable parameter (true) or a constant (false).
   // Unset: every floating-point initializer is trainable. Integer initializers are always constants.
@@ -43,8 +44,8 @@ struct OnnxModelInfo {
 
 struct OnnxImportResult {
   engine::Graph graph;
-  std::vector<engine::ValueId> inputs;   // the fed graph inputs, in the model's order (initializers and baked-in
-                                         // constant_inputs excluded)
+  std::vector<engine::ValueId> inputs;  // the fed graph inputs, in the model's order (initializers and
+                                        // baked-in constant_inputs excluded)
   std::vector<engine::ValueId> outputs;  // the model's outputs, in order; marked as graph outputs
   OnnxModelInfo info;
 };
@@ -56,7 +57,8 @@ struct UnsupportedNode {
   std::string domain;
 };
 
-// Parses serialized ModelProto bytes; `source` names them in errors (a truncated or corrupt file is an InputError).
+// Parses serialized ModelProto bytes; `source` names them in errors (a truncated or corrupt file is an
+// InputError).
 void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model);
 
 OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptions& options = {});
@@ -66,8 +68,8 @@ OnnxImportResult import_onnx_bytes(std::string_view bytes, const std::string& so
 OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::string& source,
                                    const OnnxImportOptions& options = {}, const std::string& base_dir = {});
 
-// Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant, Shape and Size nodes
-// become constants in the importer itself and are never listed.
+// Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant, Shape and Size
+// nodes become constants in the importer itself and are never listed.
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model);
 
 }  // namespace trainer::formats

@@ -1,5 +1,5 @@
-// TensorProto <-> engine::Tensor. ONNX stores tensor bytes little-endian, either packed in raw_data, in one of the
-// typed repeated fields, or in an external file next to the model.
+// TensorProto <-> engine::Tensor. ONNX stores tensor bytes little-endian, either packed in raw_data, in one
+// of the typed repeated fields, or in an external file next to the model.
 #include "formats/onnx_tensor.h"
 
 #include <onnx/onnx_pb.h>
@@ -39,23 +39,27 @@ void check_count(const Repeated& field, const char* field_name, const Tensor& ou
                  const std::string& where) {
   if (static_cast<int64_t>(field.size()) != out.numel())
     throw InputError(where,
-                     fmt::format("{} has {} values in {} but its shape {} holds {}", tensor_label(t), field.size(),
-                                 field_name, out.shape().str(), out.numel()),
+                     fmt::format("{} has {} values in {} but its shape {} holds {}", tensor_label(t),
+                                 field.size(), field_name, out.shape().str(), out.numel()),
                      "the file is corrupt or was written by a broken exporter");
 }
 
-// The bytes of an external-data tensor: `location` relative to the model's folder, optional offset and length.
+// The bytes of an external-data tensor: `location` relative to the model's folder, optional offset and
+// length.
 std::string read_external(const onnx::TensorProto& t, const std::string& where, const std::string& base_dir) {
   std::string location;
   int64_t offset = 0, length = -1;
   for (const auto& kv : t.external_data()) {
     try {
-      if (kv.key() == "location") location = kv.value();
-      else if (kv.key() == "offset") offset = std::stoll(kv.value());
-      else if (kv.key() == "length") length = std::stoll(kv.value());
+      if (kv.key() == "location")
+        location = kv.value();
+      else if (kv.key() == "offset")
+        offset = std::stoll(kv.value());
+      else if (kv.key() == "length")
+        length = std::stoll(kv.value());
     } catch (const std::exception&) {
-      throw InputError(where, fmt::format("{} has a malformed external_data '{}': '{}'", tensor_label(t), kv.key(),
-                                          kv.value()));
+      throw InputError(where, fmt::format("{} has a malformed external_data '{}': '{}'", tensor_label(t),
+                                          kv.key(), kv.value()));
     }
   }
   if (location.empty())
@@ -63,14 +67,16 @@ std::string read_external(const onnx::TensorProto& t, const std::string& where, 
   std::string path = base_dir.empty() ? location : base_dir + "/" + location;
   std::ifstream f(path, std::ios::binary);
   if (!f)
-    throw InputError(where, fmt::format("{} is stored in '{}', which cannot be opened", tensor_label(t), path),
+    throw InputError(where,
+                     fmt::format("{} is stored in '{}', which cannot be opened", tensor_label(t), path),
                      "keep the external data files next to the model");
   f.seekg(0, std::ios::end);
   int64_t size = f.tellg();
   if (length < 0) length = size - offset;
   if (offset < 0 || offset + length > size)
-    throw InputError(where, fmt::format("{} reads bytes {}..{} of '{}', which has {}", tensor_label(t), offset,
-                                        offset + length, path, size),
+    throw InputError(where,
+                     fmt::format("{} reads bytes {}..{} of '{}', which has {}", tensor_label(t), offset,
+                                 offset + length, path, size),
                      "the external data file is truncated");
   std::string bytes(static_cast<size_t>(length), '\0');
   f.seekg(offset);
@@ -107,10 +113,11 @@ Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, co
   if (t.has_raw_data()) {
     const std::string& raw = t.raw_data();
     if (raw.size() != out.nbytes())
-      throw InputError(where,
-                       fmt::format("{} has {} bytes of raw_data but its shape {} of {} needs {}", tensor_label(t),
-                                   raw.size(), out.shape().str(), engine::dtype_name(dtype), out.nbytes()),
-                       "the file is truncated or corrupt");
+      throw InputError(
+          where,
+          fmt::format("{} has {} bytes of raw_data but its shape {} of {} needs {}", tensor_label(t),
+                      raw.size(), out.shape().str(), engine::dtype_name(dtype), out.nbytes()),
+          "the file is truncated or corrupt");
     copy_little_endian(out.raw(), raw.data(), raw.size(), elem);
     if (dtype == DType::boolean) {
       auto* p = static_cast<uint8_t*>(out.raw());
@@ -183,12 +190,15 @@ std::string read_file_bytes(const std::string& path) {
 
 Tensor parse_onnx_tensor(std::string_view bytes, const std::string& source) {
   onnx::TensorProto proto;
-  if (bytes.size() > static_cast<size_t>(INT_MAX) || !proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+  if (bytes.size() > static_cast<size_t>(INT_MAX) ||
+      !proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
     throw InputError(source, fmt::format("not a valid serialized ONNX TensorProto ({} bytes)", bytes.size()),
                      "the file is truncated or corrupt");
   return tensor_from_onnx(proto, source);
 }
 
-Tensor read_onnx_tensor_file(const std::string& path) { return parse_onnx_tensor(read_file_bytes(path), path); }
+Tensor read_onnx_tensor_file(const std::string& path) {
+  return parse_onnx_tensor(read_file_bytes(path), path);
+}
 
 }  // namespace trainer::formats

@@ -1,5 +1,5 @@
-// Conversion between ONNX TensorProto messages and engine host tensors, and reading serialized TensorProto files
-// (the .pb files of ONNX's test data).
+// Conversion between ONNX TensorProto messages and engine host tensors, and reading serialized TensorProto
+// files (the .pb files of ONNX's test data).
 #pragma once
 
 #include <string>

@@ -1,6 +1,6 @@
-// Op family 'loss': ONNX's SoftmaxCrossEntropyLoss and NegativeLogLikelihoodLoss, and the private elementwise losses
-// of the Keras vocabulary (BinaryCrossEntropy, BinaryCrossEntropyWithLogits, MeanSquaredError, MeanAbsoluteError).
-// Each gradient is one private op that writes d(loss)/d(first input) in a single pass.
+// Op family 'loss': ONNX's SoftmaxCrossEntropyLoss and NegativeLogLikelihoodLoss, and the private elementwise
+// losses of the Keras vocabulary (BinaryCrossEntropy, BinaryCrossEntropyWithLogits, MeanSquaredError,
+// MeanAbsoluteError). Each gradient is one private op that writes d(loss)/d(first input) in a single pass.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 
@@ -12,7 +12,8 @@ const char* kGradOpReason = "a gradient op: training needs first derivatives onl
 
 void check_reduction(InferContext& c) {
   const std::string& r = c.attrs().s("reduction");
-  if (r != "mean" && r != "sum" && r != "none") c.fail("reduction must be 'mean', 'sum' or 'none', got '{}'", r);
+  if (r != "mean" && r != "sum" && r != "none")
+    c.fail("reduction must be 'mean', 'sum' or 'none', got '{}'", r);
 }
 
 // A loss output: one value per element (or position) for reduction 'none', else a scalar.
@@ -55,8 +56,8 @@ void infer_nll(InferContext& c) {
 // (dloss, scores, labels, [weights], ...) -> dscores.
 void infer_class_loss_grad(InferContext& c) {
   Shape labels = check_class_inputs(c, 1);
-  if (c.shape(0) != loss_shape(c, labels)) c.fail("dloss has shape {}, the loss {}", c.shape(0).str(),
-                                                   loss_shape(c, labels).str());
+  if (c.shape(0) != loss_shape(c, labels))
+    c.fail("dloss has shape {}, the loss {}", c.shape(0).str(), loss_shape(c, labels).str());
   if (c.has_input(4) && c.shape(4) != c.shape(1)) c.fail("d log_prob must have the shape of the scores");
   c.set_output(0, c.dtype(1), c.shape(1));
 }
@@ -82,7 +83,8 @@ void grad_nll(GradContext& c) {
 OpExample class_example(std::string label, Tensor scores, Tensor labels, Tensor weights, Attributes attrs,
                         int num_outputs = 1) {
   bool has_weights = weights.numel() > 0 && weights.shape().rank() == 1;
-  OpExample e = example(std::move(label), {std::move(scores), std::move(labels), std::move(weights)}, std::move(attrs));
+  OpExample e =
+      example(std::move(label), {std::move(scores), std::move(labels), std::move(weights)}, std::move(attrs));
   e.constant = {false, true, true};
   e.absent[2] = !has_weights;
   e.num_outputs = num_outputs;
@@ -99,10 +101,10 @@ std::vector<OpExample> class_loss_examples(double lo, double hi, bool log_prob) 
   out.push_back(class_example("none with ignore_index", random_tensor({4, 3}, lo, hi, 76),
                               i64_tensor({0, 2, -1, 1}), Tensor(),
                               {{"reduction", std::string("none")}, {"ignore_index", int64_t{-1}}}));
-  out.push_back(class_example("mean NCD1D2 i32 labels, weights and ignore_index",
-                              random_tensor({2, 3, 2, 2}, lo, hi, 77),
-                              Tensor::from<int32_t>({2, 2, 2}, {0, 1, 2, 1, 2, 0, 1, 0}),
-                              random_tensor({3}, 0.5, 2, 78), {{"ignore_index", int64_t{1}}}, log_prob ? 2 : 1));
+  out.push_back(class_example(
+      "mean NCD1D2 i32 labels, weights and ignore_index", random_tensor({2, 3, 2, 2}, lo, hi, 77),
+      Tensor::from<int32_t>({2, 2, 2}, {0, 1, 2, 1, 2, 0, 1, 0}), random_tensor({3}, 0.5, 2, 78),
+      {{"ignore_index", int64_t{1}}}, log_prob ? 2 : 1));
   return out;
 }
 
@@ -111,8 +113,8 @@ std::vector<OpExample> class_loss_examples(double lo, double hi, bool log_prob) 
 void infer_elementwise_loss(InferContext& c) {
   c.expect_float(0);
   c.expect_same_dtype(0, 1);
-  if (c.shape(0) != c.shape(1)) c.fail("prediction {} and target {} must have the same shape", c.shape(0).str(),
-                                       c.shape(1).str());
+  if (c.shape(0) != c.shape(1))
+    c.fail("prediction {} and target {} must have the same shape", c.shape(0).str(), c.shape(1).str());
   check_reduction(c);
   if (c.attrs().has("epsilon") && !(c.attrs().f("epsilon") >= 0 && c.attrs().f("epsilon") < 0.5f))
     c.fail("epsilon must be in [0, 0.5)");
@@ -127,7 +129,8 @@ void infer_elementwise_loss_grad(InferContext& c) {
   c.set_output(0, c.dtype(1), c.shape(1));
 }
 
-// The gradient with respect to the prediction; `symmetric` losses (functions of p - t) also give the target's.
+// The gradient with respect to the prediction; `symmetric` losses (functions of p - t) also give the
+// target's.
 GradFn elementwise_loss_grad(std::string grad_op, bool symmetric) {
   return [grad_op, symmetric](GradContext& c) {
     Attributes a = c.attrs();
@@ -137,10 +140,12 @@ GradFn elementwise_loss_grad(std::string grad_op, bool symmetric) {
   };
 }
 
-std::vector<OpExample> elementwise_loss_examples(double lo, double hi, double t_lo, double t_hi, bool targets_const) {
+std::vector<OpExample> elementwise_loss_examples(double lo, double hi, double t_lo, double t_hi,
+                                                 bool targets_const) {
   auto make = [&](std::string label, Shape s, const char* reduction, uint64_t seed) {
-    OpExample e = example(std::move(label), {random_tensor(s, lo, hi, seed), random_tensor(s, t_lo, t_hi, seed + 1)},
-                          {{"reduction", std::string(reduction)}});
+    OpExample e =
+        example(std::move(label), {random_tensor(s, lo, hi, seed), random_tensor(s, t_lo, t_hi, seed + 1)},
+                {{"reduction", std::string(reduction)}});
     e.constant[1] = targets_const;
     return e;
   };
@@ -182,7 +187,8 @@ OpSchema elementwise_loss_grad_schema(const char* name) {
 void register_loss_ops(OpRegistry& r) {
   r.add(OpSchema("SoftmaxCrossEntropyLoss")
             .since(13)
-            .doc("Cross-entropy of softmax(scores) over axis 1 against class labels, by log-sum-exp; optional class "
+            .doc("Cross-entropy of softmax(scores) over axis 1 against class labels, by log-sum-exp; "
+                 "optional class "
                  "weights, ignore_index and log_prob output")
             .inputs(2, 3)
             .outputs(1, 2)
@@ -193,7 +199,8 @@ void register_loss_ops(OpRegistry& r) {
             .grad(grad_softmax_cross_entropy)
             .examples([] { return class_loss_examples(-2, 2, true); }));
   r.add(OpSchema("SoftmaxCrossEntropyLossGrad", kPrivateDomain)
-            .doc("(dloss, scores, labels, [weights], [d log_prob]) -> dscores = (softmax - onehot) * weight * scale")
+            .doc("(dloss, scores, labels, [weights], [d log_prob]) -> dscores = (softmax - onehot) * weight "
+                 "* scale")
             .inputs(3, 5)
             .attr("reduction", std::string("mean"))
             .attr_optional("ignore_index", AttrType::i)
@@ -223,13 +230,13 @@ void register_loss_ops(OpRegistry& r) {
             .doc("Binary cross-entropy of probabilities, clamped to [epsilon, 1 - epsilon] as Keras does")
             .attr("epsilon", 1e-7f));
   r.add(elementwise_loss_grad_schema("BinaryCrossEntropyGrad").attr("epsilon", 1e-7f));
-  r.add(elementwise_loss("BinaryCrossEntropyWithLogits", "BinaryCrossEntropyWithLogitsGrad", false,
-                         [] { return elementwise_loss_examples(-3, 3, 0, 1, true); })
-            .doc("Binary cross-entropy of logits: max(x, 0) - x t + log(1 + exp(-|x|))"));
+  r.add(elementwise_loss("BinaryCrossEntropyWithLogits", "BinaryCrossEntropyWithLogitsGrad", false, [] {
+          return elementwise_loss_examples(-3, 3, 0, 1, true);
+        }).doc("Binary cross-entropy of logits: max(x, 0) - x t + log(1 + exp(-|x|))"));
   r.add(elementwise_loss_grad_schema("BinaryCrossEntropyWithLogitsGrad"));
-  r.add(elementwise_loss("MeanSquaredError", "MeanSquaredErrorGrad", true,
-                         [] { return elementwise_loss_examples(-1, 1, -1, 1, false); })
-            .doc("(prediction - target)^2, reduced"));
+  r.add(elementwise_loss("MeanSquaredError", "MeanSquaredErrorGrad", true, [] {
+          return elementwise_loss_examples(-1, 1, -1, 1, false);
+        }).doc("(prediction - target)^2, reduced"));
   r.add(elementwise_loss_grad_schema("MeanSquaredErrorGrad"));
   r.add(elementwise_loss("MeanAbsoluteError", "MeanAbsoluteErrorGrad", true, absolute_error_examples)
             .doc("|prediction - target|, reduced"));

@@ -1,5 +1,5 @@
-// Per-element math of the elementwise losses (value and derivative with respect to the prediction), written once for
-// every backend. The reductions (mean, sum, none) are applied by the kernels.
+// Per-element math of the elementwise losses (value and derivative with respect to the prediction), written
+// once for every backend. The reductions (mean, sum, none) are applied by the kernels.
 #pragma once
 
 #include <cmath>

@@ -1,6 +1,6 @@
-// Op family 'norm': BatchNormalization, LayerNormalization and Dropout, with their gradient rules. Each gradient is
-// one private op (BatchNormalizationGrad, LayerNormalizationGrad, DropoutGrad) that recomputes what it needs from
-// the forward inputs, so the forward pass saves nothing extra and stays ONNX-shaped.
+// Op family 'norm': BatchNormalization, LayerNormalization and Dropout, with their gradient rules. Each
+// gradient is one private op (BatchNormalizationGrad, LayerNormalizationGrad, DropoutGrad) that recomputes
+// what it needs from the forward inputs, so the forward pass saves nothing extra and stays ONNX-shaped.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/norm_dropout.h"
 #include "engine/ops/op_helpers.h"
@@ -20,17 +20,21 @@ void infer_batch_norm(InferContext& c) {
   const char* names[] = {"X", "scale", "B", "input_mean", "input_var"};
   for (int i = 1; i < 5; ++i) {
     c.expect_same_dtype(0, i);
-    if (c.shape(i) != Shape{channels}) c.fail("{} must have shape [{}] (the channels of X)", names[i], channels);
+    if (c.shape(i) != Shape{channels})
+      c.fail("{} must have shape [{}] (the channels of X)", names[i], channels);
   }
   if (c.attrs().f("epsilon") < 0) c.fail("epsilon must not be negative");
   c.set_output(0, c.dtype(0), c.shape(0));
   for (int i = 1; i < c.num_outputs(); ++i) c.set_output(i, c.dtype(0), Shape{channels});
 }
 
-// (dY, X, scale, input_mean, input_var, [d running_mean], [d running_var]) -> dX, dscale, dB, [dmean, dvar].
+// (dY, X, scale, [input_mean], [input_var], [d running_mean], [d running_var]) -> dX, dscale, dB, [dmean,
+// dvar]. input_mean and input_var are required in inference mode only.
 void infer_batch_norm_grad(InferContext& c) {
   int64_t channels = c.shape(1)[1];
   if (c.shape(0) != c.shape(1)) c.fail("dY and X must have the same shape");
+  if (c.attrs().i("training_mode") == 0 && (!c.has_input(3) || !c.has_input(4)))
+    c.fail("input_mean and input_var are required outside training mode");
   for (int i = 2; i < c.num_inputs(); ++i)
     if (c.has_input(i) && c.shape(i) != Shape{channels}) c.fail("input {} must have shape [{}]", i, channels);
   c.set_output(0, c.dtype(1), c.shape(1));
@@ -39,11 +43,16 @@ void infer_batch_norm_grad(InferContext& c) {
 
 void grad_batch_norm(GradContext& c) {
   bool want_stats = c.needs_grad(3) || c.needs_grad(4);
+  bool training = c.attrs().i("training_mode") != 0;
   Attributes a{{"epsilon", c.attrs().f("epsilon")},
                {"momentum", c.attrs().f("momentum")},
                {"training_mode", c.attrs().i("training_mode")}};
-  std::vector<ValueId> in{c.grad_output_or_zeros(0), c.input(0), c.input(1), c.input(3), c.input(4),
-                          c.grad_output(1), c.grad_output(2)};
+  // In training mode the statistics come from X, so backward does not read input_mean and input_var: they are
+  // usually state that this very node updates, and a reader after the update would make the step
+  // unschedulable.
+  ValueId mean = training ? kNoValue : c.input(3), var = training ? kNoValue : c.input(4);
+  std::vector<ValueId> in{c.grad_output_or_zeros(0), c.input(0),      c.input(1), mean, var,
+                          c.grad_output(1),          c.grad_output(2)};
   std::vector<ValueId> g = c.op_multi("BatchNormalizationGrad", in, a, want_stats ? 5 : 3);
   for (int i = 0; i < static_cast<int>(g.size()); ++i) c.set_grad(i, g[i]);
 }
@@ -98,7 +107,9 @@ void check_layer_norm_param(InferContext& c, int i, int axis, const char* name) 
     c.fail("{} must have the normalized shape of X from axis {} on, got {}", name, axis, p.str());
 }
 
-DType layer_norm_stat_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
+DType layer_norm_stat_dtype(DType x) {
+  return x == DType::f64 ? DType::f64 : DType::f32;
+}
 
 void infer_layer_norm(InferContext& c) {
   c.expect_float(0);
@@ -124,10 +135,10 @@ void infer_layer_norm_grad(InferContext& c) {
 void grad_layer_norm(GradContext& c) {
   bool want_bias = c.input(2) != kNoValue && c.needs_grad(2);
   Attributes a{{"axis", c.attrs().i("axis")}, {"epsilon", c.attrs().f("epsilon")}};
-  std::vector<ValueId> g = c.op_multi("LayerNormalizationGrad",
-                                      {c.grad_output_or_zeros(0), c.input(0), c.input(1), c.grad_output(1),
-                                       c.grad_output(2)},
-                                      a, want_bias ? 3 : 2);
+  std::vector<ValueId> g =
+      c.op_multi("LayerNormalizationGrad",
+                 {c.grad_output_or_zeros(0), c.input(0), c.input(1), c.grad_output(1), c.grad_output(2)}, a,
+                 want_bias ? 3 : 2);
   c.set_grad(0, g[0]);
   c.set_grad(1, g[1]);
   if (want_bias) c.set_grad(2, g[2]);
@@ -143,9 +154,10 @@ std::vector<OpExample> layer_norm_examples() {
                             {{"axis", int64_t{1}}, {"epsilon", 1e-3f}});
   stats.num_outputs = 3;
   out.push_back(stats);
-  OpExample no_bias = example("no bias, negative axis", {random_tensor({2, 2, 3}, -2, 2, 57),
-                                                          random_tensor({2, 3}, 0.5, 1.5, 58), Tensor()},
-                              {{"axis", int64_t{-2}}});
+  OpExample no_bias =
+      example("no bias, negative axis",
+              {random_tensor({2, 2, 3}, -2, 2, 57), random_tensor({2, 3}, 0.5, 1.5, 58), Tensor()},
+              {{"axis", int64_t{-2}}});
   no_bias.absent[2] = true;
   out.push_back(no_bias);
   return out;
@@ -184,8 +196,8 @@ void grad_dropout(GradContext& c) {
     c.set_grad(0, c.dy());
     return;
   }
-  // DropoutGrad regenerates the forward mask from the same (seed, stream, step), so no mask tensor stays alive
-  // between forward and backward. The stream is the forward node's, passed explicitly.
+  // DropoutGrad regenerates the forward mask from the same (seed, stream, step), so no mask tensor stays
+  // alive between forward and backward. The stream is the forward node's, passed explicitly.
   Attributes a{{"stream", static_cast<int64_t>(dropout_stream(c.node().name))}};
   if (c.attrs().has("seed")) a.set("seed", c.attrs().i("seed"));
   c.set_grad(0, c.op("DropoutGrad", {c.dy(), c.input(1), c.input(2)}, a));
@@ -196,8 +208,8 @@ std::vector<OpExample> dropout_examples() {
   OpExample inference = example("inference", {random_tensor({3, 4}, -1, 1, 61)});
   inference.num_outputs = 2;
   out.push_back(inference);
-  OpExample train = example("training ratio 0.3",
-                            {random_tensor({4, 5}, -1, 1, 62), Tensor::scalar<float>(0.3f), Tensor::scalar<bool>(true)});
+  OpExample train = example("training ratio 0.3", {random_tensor({4, 5}, -1, 1, 62),
+                                                   Tensor::scalar<float>(0.3f), Tensor::scalar<bool>(true)});
   train.constant = {false, true, true};
   train.num_outputs = 2;
   out.push_back(train);
@@ -219,7 +231,8 @@ std::vector<OpExample> dropout_examples() {
 void register_norm_ops(OpRegistry& r) {
   r.add(OpSchema("BatchNormalization")
             .since(15)
-            .doc("Per-channel normalization of N x C x ...; training_mode=1 uses batch statistics and updates the "
+            .doc("Per-channel normalization of N x C x ...; training_mode=1 uses batch statistics and "
+                 "updates the "
                  "running ones (outputs 1 and 2, biased variance, as ONNX specifies)")
             .inputs(5, 5)
             .outputs(1, 3)
@@ -229,19 +242,22 @@ void register_norm_ops(OpRegistry& r) {
             .infer(infer_batch_norm)
             .grad(grad_batch_norm)
             .examples(batch_norm_examples));
-  r.add(OpSchema("BatchNormalizationGrad", kPrivateDomain)
-            .doc("dX, dscale, dB (and d input_mean, d input_var) of BatchNormalization, in one pass per channel")
-            .inputs(5, 7)
-            .outputs(3, 5)
-            .attr("epsilon", 1e-5f)
-            .attr("momentum", 0.9f)
-            .attr("training_mode", int64_t{0})
-            .infer(infer_batch_norm_grad)
-            .non_differentiable(kGradOpReason));
+  r.add(
+      OpSchema("BatchNormalizationGrad", kPrivateDomain)
+          .doc(
+              "dX, dscale, dB (and d input_mean, d input_var) of BatchNormalization, in one pass per channel")
+          .inputs(3, 7)
+          .outputs(3, 5)
+          .attr("epsilon", 1e-5f)
+          .attr("momentum", 0.9f)
+          .attr("training_mode", int64_t{0})
+          .infer(infer_batch_norm_grad)
+          .non_differentiable(kGradOpReason));
 
   r.add(OpSchema("LayerNormalization")
             .since(17)
-            .doc("Normalizes over the dims from `axis` on; optional outputs Mean and InvStdDev (f64 for f64 inputs, "
+            .doc("Normalizes over the dims from `axis` on; optional outputs Mean and InvStdDev (f64 for f64 "
+                 "inputs, "
                  "else f32)")
             .inputs(2, 3)
             .outputs(1, 3)
@@ -262,8 +278,10 @@ void register_norm_ops(OpRegistry& r) {
 
   r.add(OpSchema("Dropout")
             .since(13)
-            .doc("Keeps each element with probability 1 - ratio and scales it by 1 / (1 - ratio) when training; the "
-                 "mask comes from Philox keyed by (step seed ^ seed attribute, hash of the node name, step, element)")
+            .doc("Keeps each element with probability 1 - ratio and scales it by 1 / (1 - ratio) when "
+                 "training; the "
+                 "mask comes from Philox keyed by (step seed ^ seed attribute, hash of the node name, step, "
+                 "element)")
             .inputs(1, 3)
             .outputs(1, 2)
             .attr_optional("seed", AttrType::i)

@@ -1,5 +1,5 @@
-// Dropout's mask rule, shared by the Dropout and DropoutGrad kernels of every backend: the mask is a pure function of
-// (seed, stream, step, element index), so backward regenerates it instead of storing it.
+// Dropout's mask rule, shared by the Dropout and DropoutGrad kernels of every backend: the mask is a pure
+// function of (seed, stream, step, element index), so backward regenerates it instead of storing it.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +20,8 @@ inline uint64_t dropout_stream(std::string_view node_name) {
   return h;
 }
 
-// The seed a Dropout node draws with: the step's seed, mixed with the node's own `seed` attribute when it has one.
+// The seed a Dropout node draws with: the step's seed, mixed with the node's own `seed` attribute when it has
+// one.
 inline uint64_t dropout_seed(uint64_t step_seed, bool has_attr, int64_t attr_seed) {
   return has_attr ? step_seed ^ static_cast<uint64_t>(attr_seed) : step_seed;
 }

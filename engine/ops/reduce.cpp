@@ -1,6 +1,6 @@
-// Op family 'reduce': ReduceSum, ReduceMean, ReduceMax, and Softmax/LogSoftmax (a reduction along one axis), with
-// their gradient rules. Sum and mean gradients broadcast dy back with Reshape + Expand, never a zeros tensor of the
-// input's size; max and softmax gradients are private ops so each is one kernel.
+// Op family 'reduce': ReduceSum, ReduceMean, ReduceMax, and Softmax/LogSoftmax (a reduction along one axis),
+// with their gradient rules. Sum and mean gradients broadcast dy back with Reshape + Expand, never a zeros
+// tensor of the input's size; max and softmax gradients are private ops so each is one kernel.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/reduce_axes.h"
@@ -48,8 +48,9 @@ ValueId broadcast_back(GradContext& c, ValueId g, const ReduceAxes& r) {
 OpSchema reduce_schema(const char* name, int since) {
   OpSchema s(name);
   s.since(since)
-      .doc("Reduces along `axes` (an optional constant i64 input, or the older `axes` attribute); no axes means all "
-           "axes unless noop_with_empty_axes = 1.")
+      .doc(
+          "Reduces along `axes` (a constant i64 input, or the older attribute); no axes means all axes, "
+          "unless noop_with_empty_axes = 1.")
       .inputs(1, 2)
       .attr("keepdims", int64_t{1})
       .attr("noop_with_empty_axes", int64_t{0})
@@ -61,8 +62,8 @@ OpSchema reduce_schema(const char* name, int since) {
 
 std::vector<OpExample> reduce_examples(double lo, double hi) {
   auto with_axes = [&](std::string label, Shape s, std::vector<int64_t> axes, int64_t keep, uint64_t seed) {
-    OpExample e = example(std::move(label), {random_tensor(s, lo, hi, seed), i64_tensor(axes)},
-                          {{"keepdims", keep}});
+    OpExample e =
+        example(std::move(label), {random_tensor(s, lo, hi, seed), i64_tensor(axes)}, {{"keepdims", keep}});
     e.constant[1] = true;
     return e;
   };
@@ -133,8 +134,9 @@ void register_reduce_ops(OpRegistry& r) {
             .examples([] { return reduce_examples(-1, 1); }));
 
   r.add(reduce_schema("ReduceMax", 18)
-            .doc("Maximum along `axes`. Gradient: dy goes to the first position (in row-major order) holding the "
-                 "maximum of each reduced group; tied positions after it get zero, so the result is deterministic.")
+            .doc("Maximum along `axes`. Gradient: dy goes to the first position (in row-major order) "
+                 "holding the maximum of each reduced group; tied positions after it get zero, so the "
+                 "result is deterministic.")
             .grad([](GradContext& c) {
               ReduceAxes ax = axes_of(c);
               if (ax.identity) {
@@ -147,8 +149,8 @@ void register_reduce_ops(OpRegistry& r) {
             .examples([] {
               auto v = reduce_examples(-1, 1);
               // Ties: the first maximum takes the whole gradient (forward-only; a tie is a kink).
-              OpExample tie = example("ties", {Tensor::from<double>({2, 3}, {1, 3, 3, 2, 2, 0.5}),
-                                               i64_tensor({1})});
+              OpExample tie =
+                  example("ties", {Tensor::from<double>({2, 3}, {1, 3, 3, 2, 2, 0.5}), i64_tensor({1})});
               tie.constant[1] = true;
               tie.grad_check = false;
               v.push_back(tie);
@@ -156,8 +158,8 @@ void register_reduce_ops(OpRegistry& r) {
             }));
 
   r.add(OpSchema("ReduceMaxGrad", kPrivateDomain)
-            .doc("(x, dy) -> dx: dy at the first maximum of each group reduced over `axes` (normalized), zero "
-                 "elsewhere.")
+            .doc("(x, dy) -> dx: dy at the first maximum of each group reduced over `axes` (normalized), zero"
+                 " elsewhere.")
             .inputs(2, 2)
             .attr_required("axes", AttrType::ints)
             .infer([](InferContext& c) {
@@ -187,7 +189,8 @@ void register_reduce_ops(OpRegistry& r) {
             .examples(softmax_examples));
   r.add(OpSchema("LogSoftmax")
             .since(13)
-            .doc("x - log(sum(exp(x))) along one axis (opset 13 semantics), computed with the maximum subtracted.")
+            .doc("x - log(sum(exp(x))) along one axis (opset 13 semantics), computed with the maximum "
+                 "subtracted.")
             .attr("axis", int64_t{-1})
             .infer(infer_softmax)
             .grad([](GradContext& c) {

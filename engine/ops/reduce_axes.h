@@ -1,5 +1,6 @@
-// Which axes a Reduce* node reduces: from its optional axes input (opset 13/18) or its older `axes` attribute,
-// normalized and sorted. Shared by shape inference, gradient rules and the kernels, so they cannot disagree.
+// Which axes a Reduce* node reduces: from its optional axes input (opset 13/18) or its older `axes`
+// attribute, normalized and sorted. Shared by shape inference, gradient rules and the kernels, so they cannot
+// disagree.
 #pragma once
 
 #include <fmt/format.h>
@@ -20,7 +21,8 @@ struct ReduceAxes {
   std::string error;      // non-empty when the node is invalid
 };
 
-// `axes_input` is the value of input 1 when it is a constant; `axes_input_present` says whether input 1 exists at all.
+// `axes_input` is the value of input 1 when it is a constant; `axes_input_present` says whether input 1
+// exists at all.
 inline ReduceAxes resolve_reduce_axes(const Shape& in, const Attributes& attrs, const Tensor* axes_input,
                                       bool axes_input_present) {
   ReduceAxes r;
@@ -71,8 +73,10 @@ inline Shape reduced_shape(const Shape& in, const std::vector<int>& axes, bool k
   std::vector<int64_t> d;
   for (int i = 0; i < in.rank(); ++i) {
     bool red = std::find(axes.begin(), axes.end(), i) != axes.end();
-    if (!red) d.push_back(in[i]);
-    else if (keepdims) d.push_back(1);
+    if (!red)
+      d.push_back(in[i]);
+    else if (keepdims)
+      d.push_back(1);
   }
   return Shape(std::move(d));
 }

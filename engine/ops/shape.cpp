@@ -1,6 +1,6 @@
 // Op family 'shape': data movement without arithmetic (Reshape, Flatten, Squeeze, Unsqueeze as views; Expand,
-// Transpose, Concat, Slice, Gather as copies), their shape inference and gradient rules. Shape operands (Reshape's
-// shape, Slice's bounds, axes) must be constants: every shape in a plan is static.
+// Transpose, Concat, Slice, Gather as copies), their shape inference and gradient rules. Shape operands
+// (Reshape's shape, Slice's bounds, axes) must be constants: every shape in a plan is static.
 #include <algorithm>
 
 #include "engine/ir/op_schema.h"
@@ -16,7 +16,8 @@ const char* kGradOpReason = "a gradient op: training needs first derivatives onl
 // The values of a constant 1-D integer input.
 std::vector<int64_t> const_ints(InferContext& c, int i, const char* what) {
   const Tensor& t = c.require_constant(i, what);
-  if (t.dtype() != DType::i64 && t.dtype() != DType::i32) c.fail("{} must be i64, got {}", what, dtype_name(t.dtype()));
+  if (t.dtype() != DType::i64 && t.dtype() != DType::i32)
+    c.fail("{} must be i64, got {}", what, dtype_name(t.dtype()));
   if (t.shape().rank() != 1) c.fail("{} must be 1-D, got shape {}", what, t.shape().str());
   std::vector<int64_t> v(t.numel());
   for (int64_t k = 0; k < t.numel(); ++k) v[k] = t.get_i64(k);
@@ -64,7 +65,8 @@ void infer_reshape(InferContext& c) {
       continue;
     }
     if (v == 0 && !allowzero) {
-      if (static_cast<int>(i) >= in.rank()) c.fail("shape {}: a 0 at position {} has no input dim to copy", Shape(req).str(), i);
+      if (static_cast<int>(i) >= in.rank())
+        c.fail("shape {}: a 0 at position {} has no input dim to copy", Shape(req).str(), i);
       v = in[static_cast<int>(i)];
     } else if (v < 0) {
       c.fail("shape {} has a negative dim {}", Shape(req).str(), v);
@@ -79,7 +81,8 @@ void infer_reshape(InferContext& c) {
   }
   Shape out(std::move(d));
   if (out.numel() != in.numel())
-    c.fail("cannot reshape {} elements to {} (from the requested shape {})", in.numel(), out.str(), Shape(req).str());
+    c.fail("cannot reshape {} elements to {} (from the requested shape {})", in.numel(), out.str(),
+           Shape(req).str());
   c.set_output(0, c.dtype(0), std::move(out));
 }
 
@@ -111,11 +114,13 @@ std::vector<int64_t> perm_of(const Attributes& attrs, int rank) {
 void infer_transpose(InferContext& c) {
   int r = c.rank(0);
   std::vector<int64_t> p = perm_of(c.attrs(), r);
-  if (static_cast<int>(p.size()) != r) c.fail("perm {} has {} entries for rank {}", Shape(p).str(), p.size(), r);
+  if (static_cast<int>(p.size()) != r)
+    c.fail("perm {} has {} entries for rank {}", Shape(p).str(), p.size(), r);
   std::vector<bool> seen(r, false);
   std::vector<int64_t> d(r);
   for (int i = 0; i < r; ++i) {
-    if (p[i] < 0 || p[i] >= r || seen[p[i]]) c.fail("perm {} is not a permutation of 0..{}", Shape(p).str(), r - 1);
+    if (p[i] < 0 || p[i] >= r || seen[p[i]])
+      c.fail("perm {} is not a permutation of 0..{}", Shape(p).str(), r - 1);
     seen[p[i]] = true;
     d[i] = c.shape(0)[static_cast<int>(p[i])];
   }
@@ -133,7 +138,8 @@ void infer_concat(InferContext& c) {
     const Shape& s = c.shape(i);
     if (s.rank() != r) c.fail("input {} has rank {}, input 0 has rank {}", i, s.rank(), r);
     for (int d = 0; d < r; ++d)
-      if (d != axis && s[d] != out[d]) c.fail("input {} differs from input 0 in dim {} (not the axis {})", i, d, axis);
+      if (d != axis && s[d] != out[d])
+        c.fail("input {} differs from input 0 in dim {} (not the axis {})", i, d, axis);
     out[axis] += s[axis];
   }
   c.set_output(0, c.dtype(0), std::move(out));
@@ -203,7 +209,8 @@ void infer_gather(InferContext& c) {
   if (const Tensor* idx = c.constant(1)) {
     for (int64_t k = 0; k < idx->numel(); ++k) {
       int64_t v = idx->get_i64(k);
-      if (v < -in[axis] || v >= in[axis]) c.fail("index {} is out of range for dim {} of size {}", v, axis, in[axis]);
+      if (v < -in[axis] || v >= in[axis])
+        c.fail("index {} is out of range for dim {} of size {}", v, axis, in[axis]);
     }
   }
   std::vector<int64_t> d(in.dims().begin(), in.dims().begin() + axis);
@@ -215,38 +222,45 @@ void infer_gather(InferContext& c) {
 }  // namespace
 
 void register_shape_ops(OpRegistry& r) {
-  r.add(OpSchema("Reshape")
-            .since(14)
-            .doc("Reshapes to a constant shape: 0 copies the input dim (unless allowzero = 1), -1 is inferred.")
-            .inputs(2, 2)
-            .attr("allowzero", int64_t{0})
-            .no_grad_inputs({1})
-            .view(0, 0)
-            .infer(infer_reshape)
-            .grad(grad_reshape_back)
-            .examples([] {
-              return std::vector<OpExample>{
-                  with_const(example("copy and infer", {random_tensor({2, 3, 4}, -1, 1, 61), i64_tensor({0, -1})}),
-                             {1}),
-                  with_const(example("explicit", {random_tensor({6}, -1, 1, 62), i64_tensor({3, 1, 2})}), {1}),
-                  with_const(example("allowzero", {random_tensor({2, 2}, -1, 1, 63), i64_tensor({4})},
-                                     {{"allowzero", int64_t{1}}}),
-                             {1}),
-              };
-            }));
+  r.add(
+      OpSchema("Reshape")
+          .since(14)
+          .doc("Reshapes to a constant shape: 0 copies the input dim (unless allowzero = 1), -1 is "
+               "inferred.")
+          .inputs(2, 2)
+          .attr("allowzero", int64_t{0})
+          .no_grad_inputs({1})
+          .view(0, 0)
+          .infer(infer_reshape)
+          .grad(grad_reshape_back)
+          .examples([] {
+            return std::vector<OpExample>{
+                with_const(
+                    example("copy and infer", {random_tensor({2, 3, 4}, -1, 1, 61), i64_tensor({0, -1})}),
+                    {1}),
+                with_const(example("explicit", {random_tensor({6}, -1, 1, 62), i64_tensor({3, 1, 2})}), {1}),
+                with_const(example("allowzero", {random_tensor({2, 2}, -1, 1, 63), i64_tensor({4})},
+                                   {{"allowzero", int64_t{1}}}),
+                           {1}),
+            };
+          }));
 
   r.add(OpSchema("Expand")
             .since(13)
-            .doc("Broadcasts the input to a constant shape with numpy rules (the result may have a higher rank).")
+            .doc("Broadcasts the input to a constant shape with numpy rules (the result may have a higher "
+                 "rank).")
             .inputs(2, 2)
             .no_grad_inputs({1})
             .infer(infer_expand)
             .grad([](GradContext& c) { c.set_grad(0, c.reduce_to(c.dy(), c.shape(c.input(0)))); })
             .examples([] {
               return std::vector<OpExample>{
-                  with_const(example("row to matrix", {random_tensor({1, 3}, -1, 1, 71), i64_tensor({2, 3})}), {1}),
-                  with_const(example("higher rank", {random_tensor({3, 1}, -1, 1, 72), i64_tensor({2, 1, 4})}), {1}),
-                  with_const(example("shape smaller", {random_tensor({2, 3}, -1, 1, 73), i64_tensor({3})}), {1}),
+                  with_const(example("row to matrix", {random_tensor({1, 3}, -1, 1, 71), i64_tensor({2, 3})}),
+                             {1}),
+                  with_const(
+                      example("higher rank", {random_tensor({3, 1}, -1, 1, 72), i64_tensor({2, 1, 4})}), {1}),
+                  with_const(example("shape smaller", {random_tensor({2, 3}, -1, 1, 73), i64_tensor({3})}),
+                             {1}),
               };
             }));
 
@@ -280,7 +294,8 @@ void register_shape_ops(OpRegistry& r) {
                   example("3-D default", {random_tensor({2, 3, 4}, -1, 1, 92)}),
                   example("NCHW to NHWC", {random_tensor({2, 3, 2, 2}, -1, 1, 93)},
                           {{"perm", std::vector<int64_t>{0, 2, 3, 1}}}),
-                  example("swap leading", {random_tensor({2, 3, 4}, -1, 1, 94)}, {{"perm", std::vector<int64_t>{1, 0, 2}}}),
+                  example("swap leading", {random_tensor({2, 3, 4}, -1, 1, 94)},
+                          {{"perm", std::vector<int64_t>{1, 0, 2}}}),
               };
             }));
 
@@ -311,15 +326,16 @@ void register_shape_ops(OpRegistry& r) {
                           {random_tensor({1, 3}, -1, 1, 103), random_tensor({2, 3}, -1, 1, 104),
                            random_tensor({1, 3}, -1, 1, 105)},
                           {{"axis", int64_t{0}}}),
-                  example("negative axis", {random_tensor({2, 1, 2}, -1, 1, 106), random_tensor({2, 2, 2}, -1, 1, 107)},
+                  example("negative axis",
+                          {random_tensor({2, 1, 2}, -1, 1, 106), random_tensor({2, 2, 2}, -1, 1, 107)},
                           {{"axis", int64_t{-2}}}),
               };
             }));
 
   r.add(OpSchema("Slice")
             .since(13)
-            .doc("Takes start:end:step along the given axes (constant inputs; opset-1 attributes also accepted). "
-                 "Bounds are clamped as in ONNX; negative steps walk backwards.")
+            .doc("Takes start:end:step along the given axes (constant inputs; opset-1 attributes also "
+                 "accepted). Bounds are clamped as in ONNX; negative steps walk backwards.")
             .inputs(1, 5)
             .attr_optional("starts", AttrType::ints)
             .attr_optional("ends", AttrType::ints)
@@ -336,8 +352,9 @@ void register_shape_ops(OpRegistry& r) {
               SliceDims sd;
               std::string err = slice_of_node(c.shape(c.input(0)), c.attrs(), consts, present, &sd);
               TRAINER_ASSERT(err.empty(), "{}", err);
-              c.set_grad(0, c.op("SliceGrad", {c.dy()},
-                                 {{"shape", c.shape(c.input(0)).dims()}, {"starts", sd.start}, {"steps", sd.step}}));
+              c.set_grad(
+                  0, c.op("SliceGrad", {c.dy()},
+                          {{"shape", c.shape(c.input(0)).dims()}, {"starts", sd.start}, {"steps", sd.step}}));
             })
             .examples([] {
               auto sl = [](std::string label, Shape s, std::vector<std::vector<int64_t>> ops, uint64_t seed) {
@@ -375,22 +392,25 @@ void register_shape_ops(OpRegistry& r) {
             })
             .non_differentiable(kGradOpReason));
 
-  r.add(OpSchema("Squeeze")
-            .since(13)
-            .doc("Removes size-1 dims: the given axes (input 1, or the older attribute), or all of them.")
-            .inputs(1, 2)
-            .attr_optional("axes", AttrType::ints)
-            .no_grad_inputs({1})
-            .view(0, 0)
-            .infer(infer_squeeze)
-            .grad(grad_reshape_back)
-            .examples([] {
-              return std::vector<OpExample>{
-                  with_const(example("axes input", {random_tensor({2, 1, 3, 1}, -1, 1, 121), i64_tensor({-1})}), {1}),
-                  example("all ones", {random_tensor({1, 3, 1}, -1, 1, 122)}),
-                  example("attribute", {random_tensor({1, 3}, -1, 1, 123)}, {{"axes", std::vector<int64_t>{0}}}),
-              };
-            }));
+  r.add(
+      OpSchema("Squeeze")
+          .since(13)
+          .doc("Removes size-1 dims: the given axes (input 1, or the older attribute), or all of them.")
+          .inputs(1, 2)
+          .attr_optional("axes", AttrType::ints)
+          .no_grad_inputs({1})
+          .view(0, 0)
+          .infer(infer_squeeze)
+          .grad(grad_reshape_back)
+          .examples([] {
+            return std::vector<OpExample>{
+                with_const(example("axes input", {random_tensor({2, 1, 3, 1}, -1, 1, 121), i64_tensor({-1})}),
+                           {1}),
+                example("all ones", {random_tensor({1, 3, 1}, -1, 1, 122)}),
+                example("attribute", {random_tensor({1, 3}, -1, 1, 123)},
+                        {{"axes", std::vector<int64_t>{0}}}),
+            };
+          }));
 
   r.add(OpSchema("Unsqueeze")
             .since(13)
@@ -403,15 +423,16 @@ void register_shape_ops(OpRegistry& r) {
             .grad(grad_reshape_back)
             .examples([] {
               return std::vector<OpExample>{
-                  with_const(example("axes input", {random_tensor({2, 3}, -1, 1, 131), i64_tensor({0, -1})}), {1}),
+                  with_const(example("axes input", {random_tensor({2, 3}, -1, 1, 131), i64_tensor({0, -1})}),
+                             {1}),
                   example("attribute", {random_tensor({3}, -1, 1, 132)}, {{"axes", std::vector<int64_t>{1}}}),
               };
             }));
 
   r.add(OpSchema("Gather")
             .since(13)
-            .doc("Picks entries along `axis` by index (i64 or i32; negative counts from the end). The gradient "
-                 "scatter-adds dy in index order, so repeated indices sum deterministically.")
+            .doc("Picks entries along `axis` by index (i64 or i32; negative counts from the end). The "
+                 "gradient scatter-adds dy in index order, so repeated indices sum deterministically.")
             .inputs(2, 2)
             .attr("axis", int64_t{0})
             .no_grad_inputs({1})
@@ -422,15 +443,15 @@ void register_shape_ops(OpRegistry& r) {
                                  {{"axis", int64_t{axis}}, {"shape", c.shape(c.input(0)).dims()}}));
             })
             .examples([] {
-              OpExample rows = example("rows with repeats", {random_tensor({4, 3}, -1, 1, 141),
-                                                             i64_tensor({3, 0, 3, -1})});
+              OpExample rows = example("rows with repeats",
+                                       {random_tensor({4, 3}, -1, 1, 141), i64_tensor({3, 0, 3, -1})});
               rows.constant[1] = true;
-              OpExample mid = example("axis 1, 2-D indices, i32",
-                                      {random_tensor({2, 4, 3}, -1, 1, 142),
-                                       Tensor::from<int32_t>({2, 2}, {1, 0, 3, 1})},
-                                      {{"axis", int64_t{1}}});
-              OpExample fed = example("indices fed at run time", {random_tensor({5, 2}, -1, 1, 143),
-                                                                  i64_tensor({4, 1})});
+              OpExample mid =
+                  example("axis 1, 2-D indices, i32",
+                          {random_tensor({2, 4, 3}, -1, 1, 142), Tensor::from<int32_t>({2, 2}, {1, 0, 3, 1})},
+                          {{"axis", int64_t{1}}});
+              OpExample fed =
+                  example("indices fed at run time", {random_tensor({5, 2}, -1, 1, 143), i64_tensor({4, 1})});
               OpExample scalar = example("scalar index on last axis",
                                          {random_tensor({2, 3}, -1, 1, 144), Tensor::scalar<int64_t>(-2)},
                                          {{"axis", int64_t{-1}}});
@@ -439,7 +460,8 @@ void register_shape_ops(OpRegistry& r) {
 
   r.add(OpSchema("Shape")
             .since(15)
-            .doc("The input's dims as a 1-D i64 tensor, optionally dims[start:end] (negative counts from the end).")
+            .doc("The input's dims as a 1-D i64 tensor, optionally dims[start:end] (negative counts from "
+                 "the end).")
             .attr("start", int64_t{0})
             .attr_optional("end", AttrType::i)
             .infer([](InferContext& c) {
@@ -458,8 +480,8 @@ void register_shape_ops(OpRegistry& r) {
             }));
 
   r.add(OpSchema("GatherGrad", kPrivateDomain)
-            .doc("(dy, indices) -> zeros of `shape` with dy added at the gathered positions along `axis`, in index "
-                 "order (deterministic for repeated indices).")
+            .doc("(dy, indices) -> zeros of `shape` with dy added at the gathered positions along `axis`, "
+                 "in index order (deterministic for repeated indices).")
             .inputs(2, 2)
             .attr_required("axis", AttrType::i)
             .attr_required("shape", AttrType::ints)

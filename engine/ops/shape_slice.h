@@ -1,5 +1,6 @@
-// ONNX Slice geometry: starts/ends/axes/steps clamped exactly as ONNX does, resolved to a start, step and count
-// per input dimension. Shared by Slice's shape inference and its kernel, and stored on SliceGrad as attributes.
+// ONNX Slice geometry: starts/ends/axes/steps clamped exactly as ONNX does, resolved to a start, step and
+// count per input dimension. Shared by Slice's shape inference and its kernel, and stored on SliceGrad as
+// attributes.
 #pragma once
 
 #include <fmt/format.h>
@@ -63,9 +64,11 @@ inline std::string slice_geometry(const Shape& in, const std::vector<int64_t>& s
   return "";
 }
 
-// The geometry of a Slice node: inputs 1..4 (starts, ends, axes, steps) are constants (`consts[k]` their values,
-// `present[k]` whether input k+1 is connected); with only the data input, the opset-1 attributes are used.
-inline std::string slice_of_node(const Shape& in, const Attributes& attrs, const std::array<const Tensor*, 4>& consts,
+// The geometry of a Slice node: inputs 1..4 (starts, ends, axes, steps) are constants (`consts[k]` their
+// values, `present[k]` whether input k+1 is connected); with only the data input, the opset-1 attributes are
+// used.
+inline std::string slice_of_node(const Shape& in, const Attributes& attrs,
+                                 const std::array<const Tensor*, 4>& consts,
                                  const std::array<bool, 4>& present, SliceDims* out) {
   std::vector<int64_t> v[4];
   if (!present[0] && !present[1]) {
@@ -80,7 +83,9 @@ inline std::string slice_of_node(const Shape& in, const Attributes& attrs, const
         if (k < 2) return fmt::format("input {} ({}) is missing", k + 1, names[k]);
         continue;
       }
-      if (!consts[k]) return fmt::format("input {} ({}) must be a constant initializer: shapes are static", k + 1, names[k]);
+      if (!consts[k])
+        return fmt::format("input {} ({}) must be a constant initializer: shapes are static", k + 1,
+                           names[k]);
       if (consts[k]->dtype() != DType::i64 && consts[k]->dtype() != DType::i32)
         return fmt::format("input {} ({}) must be i64 or i32", k + 1, names[k]);
       if (consts[k]->shape().rank() != 1) return fmt::format("input {} ({}) must be 1-D", k + 1, names[k]);

@@ -125,7 +125,9 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   for (ValueId v = 0; v < nv; ++v) {
     const Value& val = g.value(v);
     if (val.persistent()) { used[v] = 1; prog.first_step[v] = -1; prog.last_step[v] = end; }
-    if (val.kind == ValueKind::input) { prog.first_step[v] = -1; prog.last_step[v] = std::max(prog.last_step[v], -1); }
+    // Fed inputs keep their bytes for the whole step and across steps until fed again, so a caller may feed once
+    // and run many times (evaluation sweeps, finite differences).
+    if (val.kind == ValueKind::input) { prog.first_step[v] = -1; prog.last_step[v] = end; }
   }
 
   // Buffer sharing: update results share their state's buffer; views and safe in-place outputs share their input's.

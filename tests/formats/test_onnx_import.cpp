@@ -1,5 +1,5 @@
-// ONNX import: models built with the onnx protobuf API, saved, loaded back and run; malformed files and models;
-// TensorProto conversion in both directions.
+// ONNX import: models built with the onnx protobuf API, saved, loaded back and run; malformed files and
+// models; TensorProto conversion in both directions.
 #include <doctest/doctest.h>
 #include <onnx/onnx_pb.h>
 #include <unistd.h>
@@ -31,7 +31,8 @@ onnx::ModelProto make_model(int opset) {
 }
 
 // A dim of -1 becomes the symbolic dimension "N".
-void add_input(onnx::GraphProto* g, const std::string& name, int elem_type, const std::vector<int64_t>& dims) {
+void add_input(onnx::GraphProto* g, const std::string& name, int elem_type,
+               const std::vector<int64_t>& dims) {
   auto* in = g->add_input();
   in->set_name(name);
   auto* tt = in->mutable_type()->mutable_tensor_type();
@@ -39,12 +40,16 @@ void add_input(onnx::GraphProto* g, const std::string& name, int elem_type, cons
   auto* shape = tt->mutable_shape();
   for (int64_t d : dims) {
     auto* dim = shape->add_dim();
-    if (d < 0) dim->set_dim_param("N");
-    else dim->set_dim_value(d);
+    if (d < 0)
+      dim->set_dim_param("N");
+    else
+      dim->set_dim_value(d);
   }
 }
 
-void add_output(onnx::GraphProto* g, const std::string& name) { g->add_output()->set_name(name); }
+void add_output(onnx::GraphProto* g, const std::string& name) {
+  g->add_output()->set_name(name);
+}
 
 onnx::NodeProto* add_node(onnx::GraphProto* g, const std::string& op, std::vector<std::string> inputs,
                           std::vector<std::string> outputs, const std::string& name) {
@@ -57,7 +62,8 @@ onnx::NodeProto* add_node(onnx::GraphProto* g, const std::string& op, std::vecto
 }
 
 std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / fmt::format("trainer_test_{}_{}", getpid(), name)).string();
+  return (std::filesystem::temp_directory_path() / fmt::format("trainer_test_{}_{}", getpid(), name))
+      .string();
 }
 
 void write_file(const std::string& path, const std::string& bytes) {
@@ -94,7 +100,9 @@ onnx::ModelProto small_model() {
   return m;
 }
 
-std::string error_text(const InputError& e) { return std::string(e.what()) + " | hint: " + e.hint(); }
+std::string error_text(const InputError& e) {
+  return std::string(e.what()) + " | hint: " + e.hint();
+}
 
 }  // namespace
 
@@ -440,6 +448,7 @@ TEST_SUITE("onnx_tensor") {
     add_kv("length", "16");
     CHECK(tensor_from_onnx(p, "m.onnx", dir).to_vector<float>() == vals);
     std::remove((dir + "/" + name).c_str());
-    CHECK_THROWS_WITH_AS(tensor_from_onnx(p, "m.onnx", dir), doctest::Contains("cannot be opened"), InputError);
+    CHECK_THROWS_WITH_AS(tensor_from_onnx(p, "m.onnx", dir), doctest::Contains("cannot be opened"),
+                         InputError);
   }
 }

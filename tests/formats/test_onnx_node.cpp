@@ -1,15 +1,15 @@
-// ONNX backend node tests: every test of ONNX's node test data whose ops the engine registers is imported, run on
-// the CPU backend and compared with the reference outputs. Known gaps are listed, with reasons, in
-// tests/onnx_node_exclusions.txt. Environment: TRAINER_ONNX_NODE_DIR (data folder), TRAINER_ONNX_NODE_FILTER (run
-// only tests whose name contains it), TRAINER_ONNX_NODE_VERBOSE=1 (print every result), TRAINER_ONNX_NODE_RECHECK=1
-// (also run excluded tests, to find exclusions that are no longer needed).
+// ONNX backend node tests: every test of ONNX's node test data whose ops the engine registers is imported,
+// run on the CPU backend and compared with the reference outputs. Known gaps are listed, with reasons, in
+// tests/onnx_node_exclusions.txt. Environment: TRAINER_ONNX_NODE_DIR (data folder), TRAINER_ONNX_NODE_FILTER
+// (run only tests whose name contains it), TRAINER_ONNX_NODE_VERBOSE=1 (print every result),
+// TRAINER_ONNX_NODE_RECHECK=1 (also run excluded tests, to find exclusions that are no longer needed).
 #include <doctest/doctest.h>
 #include <onnx/onnx_pb.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -45,8 +45,10 @@ struct Exclusion {
   int line = 0;
 };
 
-// `<test_name>  # reason` per line; blank lines and lines starting with '#' are comments. A reason is required.
-std::map<std::string, Exclusion> read_exclusions(const std::string& path, std::vector<std::string>* problems) {
+// `<test_name>  # reason` per line; blank lines and lines starting with '#' are comments. A reason is
+// required.
+std::map<std::string, Exclusion> read_exclusions(const std::string& path,
+                                                 std::vector<std::string>* problems) {
   std::map<std::string, Exclusion> out;
   std::ifstream f(path);
   if (!f) {
@@ -71,23 +73,47 @@ std::map<std::string, Exclusion> read_exclusions(const std::string& path, std::v
   return out;
 }
 
-// Inputs ONNX passes as tensors but which decide shapes or axes; our static-shape IR needs them as constants, so a
-// test feeding them from its data has them baked in from that data.
+// Inputs ONNX passes as tensors but which decide shapes or axes; our static-shape IR needs them as constants,
+// so a test feeding them from its data has them baked in from that data.
 const std::map<std::string, std::vector<int>>& shape_operands() {
   static const std::map<std::string, std::vector<int>> m = {
-      {"Reshape", {1}},         {"Expand", {1}},          {"Tile", {1}},          {"Slice", {1, 2, 3, 4}},
-      {"Unsqueeze", {1}},       {"Squeeze", {1}},         {"Pad", {1, 2, 3}},     {"TopK", {1}},
-      {"OneHot", {1}},          {"Range", {0, 1, 2}},     {"ConstantOfShape", {0}}, {"Resize", {1, 2, 3}},
-      {"Upsample", {1}},        {"Split", {1}},           {"CumSum", {1}},        {"Dropout", {1, 2}},
-      {"Trilu", {1}},           {"CenterCropPad", {1}},   {"ReduceSum", {1}},     {"ReduceMean", {1}},
-      {"ReduceMax", {1}},       {"ReduceMin", {1}},       {"ReduceProd", {1}},    {"ReduceL1", {1}},
-      {"ReduceL2", {1}},        {"ReduceLogSum", {1}},    {"ReduceLogSumExp", {1}}, {"ReduceSumSquare", {1}},
+      {"Reshape", {1}},
+      {"Expand", {1}},
+      {"Tile", {1}},
+      {"Slice", {1, 2, 3, 4}},
+      {"Unsqueeze", {1}},
+      {"Squeeze", {1}},
+      {"Pad", {1, 2, 3}},
+      {"TopK", {1}},
+      {"OneHot", {1}},
+      {"Range", {0, 1, 2}},
+      {"ConstantOfShape", {0}},
+      {"Resize", {1, 2, 3}},
+      {"Upsample", {1}},
+      {"Split", {1}},
+      {"CumSum", {1}},
+      {"Dropout", {1, 2}},
+      {"Trilu", {1}},
+      {"CenterCropPad", {1}},
+      {"ReduceSum", {1}},
+      {"ReduceMean", {1}},
+      {"ReduceMax", {1}},
+      {"ReduceMin", {1}},
+      {"ReduceProd", {1}},
+      {"ReduceL1", {1}},
+      {"ReduceL2", {1}},
+      {"ReduceLogSum", {1}},
+      {"ReduceLogSumExp", {1}},
+      {"ReduceSumSquare", {1}},
   };
   return m;
 }
 
-// For the crash report: the test running when a signal arrives.
+// For the crash report: the test running when a signal arrives. The handler names it, then hands the signal
+// to the handler it replaced (doctest's, which reports the test case).
 char g_current_case[512] = "";
+constexpr int kFatalSignals[] = {SIGSEGV, SIGFPE, SIGABRT};
+void (*g_previous_handlers[3])(int) = {SIG_DFL, SIG_DFL, SIG_DFL};
 
 void on_fatal_signal(int sig) {
   const char prefix[] = "\nONNX node test crashed in: ";
@@ -95,7 +121,8 @@ void on_fatal_signal(int sig) {
   ignored = write(2, g_current_case, strnlen(g_current_case, sizeof(g_current_case)));
   ignored = write(2, "\n", 1);
   (void)ignored;
-  std::signal(sig, SIG_DFL);
+  for (int i = 0; i < 3; ++i)
+    if (kFatalSignals[i] == sig) std::signal(sig, g_previous_handlers[i]);
   std::raise(sig);
 }
 
@@ -114,7 +141,8 @@ std::vector<fs::path> sorted_entries(const fs::path& dir, const std::string& pre
 // Empty when `got` matches `want`, else what differs.
 std::string compare(const Tensor& got, const Tensor& want, const std::string& name) {
   if (got.dtype() != want.dtype())
-    return fmt::format("output '{}' is {}, expected {}", name, dtype_name(got.dtype()), dtype_name(want.dtype()));
+    return fmt::format("output '{}' is {}, expected {}", name, dtype_name(got.dtype()),
+                       dtype_name(want.dtype()));
   if (got.shape() != want.shape())
     return fmt::format("output '{}' has shape {}, expected {}", name, got.shape().str(), want.shape().str());
   int64_t bad = 0, first = -1;
@@ -126,20 +154,24 @@ std::string compare(const Tensor& got, const Tensor& want, const std::string& na
       ok = got.get_i64(i) == want.get_i64(i);
     } else {
       double g = got.get_f64(i), w = want.get_f64(i);
-      if (std::isnan(w) || std::isnan(g)) ok = std::isnan(w) && std::isnan(g);
-      else if (std::isinf(w) || std::isinf(g)) ok = g == w;
-      else ok = std::abs(g - w) <= kAtol + kRtol * std::abs(w);
+      if (std::isnan(w) || std::isnan(g))
+        ok = std::isnan(w) && std::isnan(g);
+      else if (std::isinf(w) || std::isinf(g))
+        ok = g == w;
+      else
+        ok = std::abs(g - w) <= kAtol + kRtol * std::abs(w);
       if (!ok && std::isfinite(g) && std::isfinite(w)) worst = std::max(worst, std::abs(g - w));
     }
     if (!ok && bad++ == 0) first = i;
   }
   if (bad == 0) return {};
-  return fmt::format("output '{}': {} of {} values differ; first at {}: got {}, expected {}; max abs error {:.3g}", name,
-                     bad, want.numel(), first, got.get_f64(first), want.get_f64(first), worst);
+  return fmt::format(
+      "output '{}': {} of {} values differ; first at {}: got {}, expected {}; max abs error {:.3g}", name,
+      bad, want.numel(), first, got.get_f64(first), want.get_f64(first), worst);
 }
 
-// Reads a test data tensor. ONNX's data stores bfloat16 tensors as uint16, numpy having no bfloat16; the model's
-// declared type tells them apart.
+// Reads a test data tensor. ONNX's data stores bfloat16 tensors as uint16, numpy having no bfloat16; the
+// model's declared type tells them apart.
 Tensor read_test_tensor(const fs::path& path, const onnx::ValueInfoProto& declared) {
   onnx::TensorProto proto;
   std::string bytes = read_file_bytes(path.string());
@@ -174,20 +206,22 @@ std::string run_case(const fs::path& dir, const onnx::ModelProto& model, Backend
     std::vector<fs::path> input_files = sorted_entries(set, "input_");
     std::vector<fs::path> output_files = sorted_entries(set, "output_");
     if (input_files.size() != inputs.size())
-      return fmt::format("{}: {} input files for {} graph inputs", set.filename().string(), input_files.size(),
-                         inputs.size());
+      return fmt::format("{}: {} input files for {} graph inputs", set.filename().string(),
+                         input_files.size(), inputs.size());
     OnnxImportOptions opt;
     std::vector<std::pair<std::string, Tensor>> fed;
     for (size_t i = 0; i < input_files.size(); ++i) {
       const std::string& name = inputs[i]->name();
       Tensor t = read_test_tensor(input_files[i], *inputs[i]);
-      if (to_bake.count(name)) opt.constant_inputs[name] = std::move(t);
-      else fed.emplace_back(name, std::move(t));
+      if (to_bake.count(name))
+        opt.constant_inputs[name] = std::move(t);
+      else
+        fed.emplace_back(name, std::move(t));
     }
     OnnxImportResult r = import_onnx_model(model, (dir / "model.onnx").string(), opt, dir.string());
     if (output_files.size() != r.outputs.size())
-      return fmt::format("{}: {} output files for {} graph outputs", set.filename().string(), output_files.size(),
-                         r.outputs.size());
+      return fmt::format("{}: {} output files for {} graph outputs", set.filename().string(),
+                         output_files.size(), r.outputs.size());
     std::vector<ValueId> outputs = r.outputs;
     auto graph = std::make_shared<const Graph>(std::move(r.graph));
     Session session(graph, cpu);
@@ -214,7 +248,8 @@ TEST_SUITE("onnx_node") {
     const bool verbose = env_or("TRAINER_ONNX_NODE_VERBOSE", "0") != "0";
     const bool recheck = env_or("TRAINER_ONNX_NODE_RECHECK", "0") != "0";
     if (!fs::is_directory(data_dir)) {
-      MESSAGE("ONNX node test data not found at " << data_dir.string() << "; skipped (install libonnx-testdata)");
+      MESSAGE("ONNX node test data not found at " << data_dir.string()
+                                                  << "; skipped (install libonnx-testdata)");
       return;
     }
     const std::string exclusions_path = std::string(TRAINER_SOURCE_DIR) + "/tests/onnx_node_exclusions.txt";
@@ -229,13 +264,12 @@ TEST_SUITE("onnx_node") {
     for (const auto& d : dirs) names.insert(d.filename().string());
     for (const auto& [name, ex] : exclusions)
       if (!names.count(name))
-        problems.push_back(fmt::format("{}:{}: '{}' is not an ONNX node test", exclusions_path, ex.line, name));
+        problems.push_back(
+            fmt::format("{}:{}: '{}' is not an ONNX node test", exclusions_path, ex.line, name));
 
     auto cpu = make_cpu_backend();
     Graph empty;
-    std::signal(SIGSEGV, on_fatal_signal);
-    std::signal(SIGFPE, on_fatal_signal);
-    std::signal(SIGABRT, on_fatal_signal);
+    for (int i = 0; i < 3; ++i) g_previous_handlers[i] = std::signal(kFatalSignals[i], on_fatal_signal);
 
     int total = 0, passed = 0, excluded = 0, skipped_ops = 0, skipped_kernels = 0, stale = 0;
     std::set<std::string> missing_ops, missing_kernels;
@@ -245,7 +279,8 @@ TEST_SUITE("onnx_node") {
       if (!filter.empty() && name.find(filter) == std::string::npos) continue;
       onnx::ModelProto model;
       try {
-        parse_onnx_model(read_file_bytes((dir / "model.onnx").string()), (dir / "model.onnx").string(), &model);
+        parse_onnx_model(read_file_bytes((dir / "model.onnx").string()), (dir / "model.onnx").string(),
+                         &model);
       } catch (const InputError& e) {
         failures.push_back(fmt::format("{}: {}", name, e.what()));
         ++total;
@@ -254,13 +289,15 @@ TEST_SUITE("onnx_node") {
       std::vector<UnsupportedNode> unsupported = find_unsupported_nodes(model);
       if (!unsupported.empty()) {
         ++skipped_ops;
-        for (const auto& u : unsupported) missing_ops.insert(u.domain.empty() ? u.op_type : u.domain + "." + u.op_type);
+        for (const auto& u : unsupported)
+          missing_ops.insert(u.domain.empty() ? u.op_type : u.domain + "." + u.op_type);
         continue;
       }
       // A registered op whose CPU kernel has not landed yet is counted apart from real failures.
       bool kernels = true;
       for (const auto& n : model.graph().node()) {
-        if (n.domain().empty() && (n.op_type() == "Constant" || n.op_type() == "Shape" || n.op_type() == "Size"))
+        if (n.domain().empty() &&
+            (n.op_type() == "Constant" || n.op_type() == "Shape" || n.op_type() == "Size"))
           continue;  // the importer turns these into constants
         Node probe;
         probe.op = n.op_type();
@@ -307,12 +344,11 @@ TEST_SUITE("onnx_node") {
       }
     }
     g_current_case[0] = '\0';
-    std::signal(SIGSEGV, SIG_DFL);
-    std::signal(SIGFPE, SIG_DFL);
-    std::signal(SIGABRT, SIG_DFL);
+    for (int i = 0; i < 3; ++i) std::signal(kFatalSignals[i], g_previous_handlers[i]);
 
     std::string summary = fmt::format(
-        "ONNX node tests: {}/{} passed; {} excluded{}; {} skipped for {} ops the engine lacks; {} skipped for {} "
+        "ONNX node tests: {}/{} passed; {} excluded{}; {} skipped for {} ops the engine lacks; {} skipped "
+        "for {} "
         "ops without a CPU kernel",
         passed, total, excluded, recheck ? fmt::format(" ({} of them pass now)", stale) : "", skipped_ops,
         missing_ops.size(), skipped_kernels, missing_kernels.size());
@@ -320,7 +356,8 @@ TEST_SUITE("onnx_node") {
     if (verbose || filter.empty()) {
       std::cout << "ops the engine lacks: " << fmt::format("{}", fmt::join(missing_ops, " ")) << "\n";
       if (!missing_kernels.empty())
-        std::cout << "ops without a CPU kernel: " << fmt::format("{}", fmt::join(missing_kernels, " ")) << "\n";
+        std::cout << "ops without a CPU kernel: " << fmt::format("{}", fmt::join(missing_kernels, " "))
+                  << "\n";
     }
     MESSAGE(summary);
     for (const auto& p : problems) FAIL_CHECK(p);

@@ -1,6 +1,6 @@
-// CPU kernels of op family 'loss': softmax cross-entropy and NLL over class indices, the elementwise losses, and their
-// gradient ops, for f32 and f64. Reductions sum fixed blocks of positions in parallel and then the block partials in
-// order, so a loss is bit-identical for any thread count.
+// CPU kernels of op family 'loss': softmax cross-entropy and NLL over class indices, the elementwise losses,
+// and their gradient ops, for f32 and f64. Reductions sum fixed blocks of positions in parallel and then the
+// block partials in order, so a loss is bit-identical for any thread count.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -26,17 +26,21 @@ struct Sum2 {
   double a = 0, b = 0;
 };
 
-// Sums f(i, acc) over [0, n) in a fixed number of blocks. The blocks depend on n only, never on the thread count.
-// `cost` is the work per item, to decide whether forking threads pays.
-template <class F> Sum2 blocked_sum(int64_t n, int64_t cost, F&& f) {
+// Sums f(i, acc) over [0, n) in a fixed number of blocks. The blocks depend on n only, never on the thread
+// count. `cost` is the work per item, to decide whether forking threads pays.
+template <class F>
+Sum2 blocked_sum(int64_t n, int64_t cost, F&& f) {
   constexpr int64_t kBlocks = 64;
   std::array<Sum2, kBlocks> part{};
   int64_t nb = std::clamp<int64_t>(n, 1, kBlocks);
-  parallel_for(nb, [&](int64_t b) {
-    Sum2 s;
-    for (int64_t i = n * b / nb, e = n * (b + 1) / nb; i < e; ++i) f(i, s);
-    part[b] = s;
-  }, n * cost >= kParallelGrain ? 1 : nb + 1);
+  parallel_for(
+      nb,
+      [&](int64_t b) {
+        Sum2 s;
+        for (int64_t i = n * b / nb, e = n * (b + 1) / nb; i < e; ++i) f(i, s);
+        part[b] = s;
+      },
+      n * cost >= kParallelGrain ? 1 : nb + 1);
   Sum2 total;
   for (int64_t b = 0; b < nb; ++b) {
     total.a += part[b].a;
@@ -58,7 +62,8 @@ struct ClassLayout {
 };
 
 // Labels of either index type, ignore_index and class weights: the weight of position p (0 when ignored).
-template <class T> struct LabelView {
+template <class T>
+struct LabelView {
   const void* labels = nullptr;
   bool i64 = true;
   bool has_ignore = false;
@@ -70,7 +75,9 @@ template <class T> struct LabelView {
     return i64 ? static_cast<const int64_t*>(labels)[p] : static_cast<const int32_t*>(labels)[p];
   }
   bool ignored(int64_t l) const { return (has_ignore && l == ignore) || l < 0 || l >= classes; }
-  double weight(int64_t l) const { return ignored(l) ? 0.0 : (weights ? static_cast<double>(weights[l]) : 1.0); }
+  double weight(int64_t l) const {
+    return ignored(l) ? 0.0 : (weights ? static_cast<double>(weights[l]) : 1.0);
+  }
 
   // An out-of-range label that is not ignore_index is bad data: name it rather than read out of bounds.
   void validate(const std::string& node, int64_t positions) const {
@@ -84,7 +91,8 @@ template <class T> struct LabelView {
 };
 
 // `first` is the index of the scores input; labels and weights follow it.
-template <class T> LabelView<T> label_view(const KernelArgs& a, int first) {
+template <class T>
+LabelView<T> label_view(const KernelArgs& a, int first) {
   LabelView<T> v;
   v.labels = a.inputs[first + 1];
   v.i64 = a.in(first + 1).dtype == DType::i64;
@@ -96,7 +104,8 @@ template <class T> LabelView<T> label_view(const KernelArgs& a, int first) {
 }
 
 // log(sum(exp(x_k))) over the classes of one position, shifted by the maximum for stability.
-template <class T> double log_sum_exp(const T* x, int64_t c, int64_t stride) {
+template <class T>
+double log_sum_exp(const T* x, int64_t c, int64_t stride) {
   double mx = -std::numeric_limits<double>::infinity();
   for (int64_t k = 0; k < c; ++k) mx = std::max(mx, static_cast<double>(x[k * stride]));
   double s = 0;
@@ -104,8 +113,10 @@ template <class T> double log_sum_exp(const T* x, int64_t c, int64_t stride) {
   return mx + std::log(s);
 }
 
-// Writes a reduced loss: the weighted sum, or its mean over the total weight (0 when every position is ignored).
-template <class T> void store_reduced(T* out, Reduction r, const Sum2& s) {
+// Writes a reduced loss: the weighted sum, or its mean over the total weight (0 when every position is
+// ignored).
+template <class T>
+void store_reduced(T* out, Reduction r, const Sum2& s) {
   out[0] = static_cast<T>(r == Reduction::sum ? s.a : (s.b != 0 ? s.a / s.b : 0.0));
 }
 
@@ -132,10 +143,13 @@ KernelPtr softmax_cross_entropy(const KernelArgs& a) {
         return *w == 0 ? 0.0 : -(xp[label * l.d] - lse) * *w;
       };
       if (red == Reduction::none) {
-        parallel_for(l.positions(), [&](int64_t p) {
-          double w;
-          out[p] = static_cast<T>(position_loss(p, &w));
-        }, std::max<int64_t>(1, kParallelGrain / l.c));
+        parallel_for(
+            l.positions(),
+            [&](int64_t p) {
+              double w;
+              out[p] = static_cast<T>(position_loss(p, &w));
+            },
+            std::max<int64_t>(1, kParallelGrain / l.c));
       } else {
         Sum2 s = blocked_sum(l.positions(), l.c, [&](int64_t p, Sum2& acc) {
           double w;
@@ -149,16 +163,19 @@ KernelPtr softmax_cross_entropy(const KernelArgs& a) {
   return kp;
 }
 
-// The factor each position's gradient is scaled by: dloss per position, dloss, or dloss over the total weight.
-template <class T> struct LossScale {
+// The factor each position's gradient is scaled by: dloss per position, dloss, or dloss over the total
+// weight.
+template <class T>
+struct LossScale {
   const T* dloss;
   Reduction red;
   double shared = 0;  // sum and mean: the one factor of every position
   double at(int64_t p) const { return red == Reduction::none ? static_cast<double>(dloss[p]) : shared; }
 };
 
-template <class T> LossScale<T> loss_scale(const T* dloss, Reduction red, const LabelView<T>& lv, int64_t positions,
-                                           int64_t cost) {
+template <class T>
+LossScale<T> loss_scale(const T* dloss, Reduction red, const LabelView<T>& lv, int64_t positions,
+                        int64_t cost) {
   LossScale<T> s{dloss, red};
   if (red == Reduction::sum) s.shared = dloss[0];
   if (red == Reduction::mean) {
@@ -181,23 +198,26 @@ KernelPtr softmax_cross_entropy_grad(const KernelArgs& a) {
     Reduction red = reduction_of(a);
     kp = make_kernel([=](const StepContext&) {
       LossScale<T> scale = loss_scale(dloss, red, lv, l.positions(), 1);
-      parallel_for(l.positions(), [&](int64_t p) {
-        int64_t b = l.base(p);
-        const T* xp = x + b;
-        double lse = log_sum_exp(xp, l.c, l.d);
-        int64_t label = lv.label(p);
-        double s = lv.weight(label) * scale.at(p);
-        // log_prob = x - lse, so its gradient reaches x as g - softmax * sum(g).
-        double g_sum = 0;
-        if (g_log_prob)
-          for (int64_t k = 0; k < l.c; ++k) g_sum += g_log_prob[b + k * l.d];
-        for (int64_t k = 0; k < l.c; ++k) {
-          double sm = std::exp(xp[k * l.d] - lse);
-          double g = (sm - (k == label ? 1.0 : 0.0)) * s;
-          if (g_log_prob) g += g_log_prob[b + k * l.d] - sm * g_sum;
-          dx[b + k * l.d] = static_cast<T>(g);
-        }
-      }, std::max<int64_t>(1, kParallelGrain / l.c));
+      parallel_for(
+          l.positions(),
+          [&](int64_t p) {
+            int64_t b = l.base(p);
+            const T* xp = x + b;
+            double lse = log_sum_exp(xp, l.c, l.d);
+            int64_t label = lv.label(p);
+            double s = lv.weight(label) * scale.at(p);
+            // log_prob = x - lse, so its gradient reaches x as g - softmax * sum(g).
+            double g_sum = 0;
+            if (g_log_prob)
+              for (int64_t k = 0; k < l.c; ++k) g_sum += g_log_prob[b + k * l.d];
+            for (int64_t k = 0; k < l.c; ++k) {
+              double sm = std::exp(xp[k * l.d] - lse);
+              double g = (sm - (k == label ? 1.0 : 0.0)) * s;
+              if (g_log_prob) g += g_log_prob[b + k * l.d] - sm * g_sum;
+              dx[b + k * l.d] = static_cast<T>(g);
+            }
+          },
+          std::max<int64_t>(1, kParallelGrain / l.c));
     });
   });
   return kp;
@@ -248,13 +268,16 @@ KernelPtr nll_grad(const KernelArgs& a) {
     Reduction red = reduction_of(a);
     kp = make_kernel([=](const StepContext&) {
       LossScale<T> scale = loss_scale(dloss, red, lv, l.positions(), 1);
-      parallel_for(l.positions(), [&](int64_t p) {
-        int64_t b = l.base(p);
-        for (int64_t k = 0; k < l.c; ++k) dx[b + k * l.d] = T(0);
-        int64_t label = lv.label(p);
-        double w = lv.weight(label);
-        if (w != 0) dx[b + label * l.d] = static_cast<T>(-w * scale.at(p));
-      }, std::max<int64_t>(1, kParallelGrain / l.c));
+      parallel_for(
+          l.positions(),
+          [&](int64_t p) {
+            int64_t b = l.base(p);
+            for (int64_t k = 0; k < l.c; ++k) dx[b + k * l.d] = T(0);
+            int64_t label = lv.label(p);
+            double w = lv.weight(label);
+            if (w != 0) dx[b + label * l.d] = static_cast<T>(-w * scale.at(p));
+          },
+          std::max<int64_t>(1, kParallelGrain / l.c));
     });
   });
   return kp;
@@ -262,7 +285,8 @@ KernelPtr nll_grad(const KernelArgs& a) {
 
 // ---- elementwise losses ----
 
-template <class Fn, class Make> KernelFactory elementwise_loss(Make make) {
+template <class Fn, class Make>
+KernelFactory elementwise_loss(Make make) {
   return [make](const KernelArgs& a) -> KernelPtr {
     KernelPtr kp;
     Fn fn = make(a);
@@ -278,7 +302,8 @@ template <class Fn, class Make> KernelFactory elementwise_loss(Make make) {
           return;
         }
         Sum2 s = blocked_sum(n, 1, [&](int64_t i, Sum2& acc) { acc.a += fn.value(p[i], t[i]); });
-        out[0] = static_cast<T>(red == Reduction::sum ? s.a : s.a / static_cast<double>(std::max<int64_t>(n, 1)));
+        out[0] =
+            static_cast<T>(red == Reduction::sum ? s.a : s.a / static_cast<double>(std::max<int64_t>(n, 1)));
       });
     });
     return kp;
@@ -286,7 +311,8 @@ template <class Fn, class Make> KernelFactory elementwise_loss(Make make) {
 }
 
 // Inputs (dloss, prediction, target) -> dprediction.
-template <class Fn, class Make> KernelFactory elementwise_loss_grad(Make make) {
+template <class Fn, class Make>
+KernelFactory elementwise_loss_grad(Make make) {
   return [make](const KernelArgs& a) -> KernelPtr {
     KernelPtr kp;
     Fn fn = make(a);
@@ -310,8 +336,13 @@ template <class Fn, class Make> KernelFactory elementwise_loss_grad(Make make) {
   };
 }
 
-ops::BinaryCrossEntropyFn make_bce(const KernelArgs& a) { return {a.attrs().f("epsilon")}; }
-template <class Fn> Fn make_plain(const KernelArgs&) { return Fn{}; }
+ops::BinaryCrossEntropyFn make_bce(const KernelArgs& a) {
+  return {a.attrs().f("epsilon")};
+}
+template <class Fn>
+Fn make_plain(const KernelArgs&) {
+  return Fn{};
+}
 
 }  // namespace
 
@@ -328,7 +359,8 @@ void register_loss_cpu_kernels(KernelRegistry& r) {
   r.add("MeanSquaredError", elementwise_loss<ops::SquaredErrorFn>(make_plain<ops::SquaredErrorFn>));
   r.add("MeanSquaredErrorGrad", elementwise_loss_grad<ops::SquaredErrorFn>(make_plain<ops::SquaredErrorFn>));
   r.add("MeanAbsoluteError", elementwise_loss<ops::AbsoluteErrorFn>(make_plain<ops::AbsoluteErrorFn>));
-  r.add("MeanAbsoluteErrorGrad", elementwise_loss_grad<ops::AbsoluteErrorFn>(make_plain<ops::AbsoluteErrorFn>));
+  r.add("MeanAbsoluteErrorGrad",
+        elementwise_loss_grad<ops::AbsoluteErrorFn>(make_plain<ops::AbsoluteErrorFn>));
 }
 
 }  // namespace trainer::engine::cpu

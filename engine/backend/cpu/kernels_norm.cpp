@@ -1,7 +1,8 @@
-// CPU kernels of op family 'norm': BatchNormalization, LayerNormalization, Dropout and their gradient ops. These are
-// memory-bound loops, written once for f32 and f64 with double accumulators. Every reduced value (a channel's or a
-// row's statistics, a column of dScale) is computed by one thread in a fixed order, so results do not depend on the
-// thread count.
+// CPU kernels of op family 'norm': BatchNormalization, LayerNormalization, Dropout and their gradient ops.
+// These are memory-bound loops, written once for f32 and f64 with double accumulators. Every reduced value (a
+// channel's or a row's statistics, a column of dScale) is computed by one thread in a fixed order, so results
+// do not depend on the thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -15,35 +16,86 @@ namespace trainer::engine::cpu {
 
 namespace {
 
-// Grain for a loop over `items` that each touch `work` elements: parallel only when the whole loop is big enough.
-int64_t grain_for(int64_t items, int64_t work) { return items * work >= kParallelGrain ? 1 : items + 1; }
+// Grain for a loop over `items` that each touch `work` elements: parallel only when the whole loop is big
+// enough.
+int64_t grain_for(int64_t items, int64_t work) {
+  return items * work >= kParallelGrain ? 1 : items + 1;
+}
+
+// A pair of sums accumulated together.
+struct Sum2 {
+  double a = 0, b = 0;
+  Sum2& operator+=(const Sum2& o) {
+    a += o.a;
+    b += o.b;
+    return *this;
+  }
+};
+
+// Sums f(j) for j in [0, n) into four interleaved accumulators: the adds no longer wait on each other, and
+// the fixed interleaving keeps the result the same run to run.
+template <class V, class F>
+V sum4(int64_t n, F&& f) {
+  V a0{}, a1{}, a2{}, a3{};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    a0 += f(j);
+    a1 += f(j + 1);
+    a2 += f(j + 2);
+    a3 += f(j + 3);
+  }
+  for (; j < n; ++j) a0 += f(j);
+  a0 += a1;
+  a2 += a3;
+  a0 += a2;
+  return a0;
+}
 
 // ---- BatchNormalization ----
 
-// X viewed as [outer, channels, inner]: channel c of sample n is the contiguous run x[(n * C + c) * inner ...].
+// X viewed as [outer, channels, inner]: channel c of sample n is the contiguous run x[(n * C + c) * inner
+// ...].
 struct NcsLayout {
   int64_t n = 1, c = 1, s = 1;
   explicit NcsLayout(const Shape& x) : n(x[0]), c(x[1]) {
     for (int k = 2; k < x.rank(); ++k) s *= x[k];
   }
   int64_t count() const { return n * s; }  // elements per channel
-  template <class F> void for_channel(int64_t ch, F&& f) const {
+  template <class F>
+  void for_channel(int64_t ch, F&& f) const {
     for (int64_t i = 0; i < n; ++i) {
       int64_t base = (i * c + ch) * s;
       for (int64_t k = 0; k < s; ++k) f(base + k);
     }
   }
+  // Sum of f(element) over one channel: along each contiguous run, or across samples when runs are short (N x
+  // C).
+  template <class V, class F>
+  V sum(int64_t ch, F&& f) const {
+    if (s >= 4) {
+      V acc{};
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t base = (i * c + ch) * s;
+        acc += sum4<V>(s, [&](int64_t k) { return f(base + k); });
+      }
+      return acc;
+    }
+    return sum4<V>(n, [&](int64_t i) {
+      V v{};
+      for (int64_t k = 0; k < s; ++k) v += f((i * c + ch) * s + k);
+      return v;
+    });
+  }
 };
 
 // Mean and biased variance of one channel, two passes for accuracy.
-template <class T> void channel_moments(const NcsLayout& l, const T* x, int64_t ch, double* mean, double* var) {
-  double sum = 0;
-  l.for_channel(ch, [&](int64_t j) { sum += x[j]; });
-  double mu = sum / static_cast<double>(l.count());
-  double sq = 0;
-  l.for_channel(ch, [&](int64_t j) {
+template <class T>
+void channel_moments(const NcsLayout& l, const T* x, int64_t ch, double* mean, double* var) {
+  double mu = l.sum<double>(ch, [&](int64_t j) { return static_cast<double>(x[j]); }) /
+              static_cast<double>(l.count());
+  double sq = l.sum<double>(ch, [&](int64_t j) {
     double d = x[j] - mu;
-    sq += d * d;
+    return d * d;
   });
   *mean = mu;
   *var = sq / static_cast<double>(l.count());
@@ -65,34 +117,38 @@ KernelPtr batch_norm(const KernelArgs& a) {
     bool training = a.attrs().i("training_mode") != 0;
     int64_t grain = grain_for(l.c, l.count());
     kp = make_kernel([=](const StepContext&) {
-      parallel_for(l.c, [&](int64_t ch) {
-        double mean, var;
-        if (training) {
-          channel_moments(l, x, ch, &mean, &var);
-        } else {
-          mean = in_mean[ch];
-          var = in_var[ch];
-        }
-        double mul = scale[ch] / std::sqrt(var + eps);
-        double add = bias[ch] - mean * mul;
-        l.for_channel(ch, [&](int64_t j) { y[j] = static_cast<T>(x[j] * mul + add); });
-        // The running statistics may share a buffer with the state inputs they update: read, then write.
-        if (training) {
-          if (run_mean) run_mean[ch] = static_cast<T>(in_mean[ch] * momentum + mean * (1 - momentum));
-          if (run_var) run_var[ch] = static_cast<T>(in_var[ch] * momentum + var * 1.5 * (1 - momentum));
-        } else {
-          // Outside training the running statistics pass through unchanged.
-          if (run_mean) run_mean[ch] = in_mean[ch];
-          if (run_var) run_var[ch] = in_var[ch];
-        }
-      }, grain);
+      parallel_for(
+          l.c,
+          [&](int64_t ch) {
+            double mean, var;
+            if (training) {
+              channel_moments(l, x, ch, &mean, &var);
+            } else {
+              mean = in_mean[ch];
+              var = in_var[ch];
+            }
+            double mul = scale[ch] / std::sqrt(var + eps);
+            double add = bias[ch] - mean * mul;
+            l.for_channel(ch, [&](int64_t j) { y[j] = static_cast<T>(x[j] * mul + add); });
+            // The running statistics may share a buffer with the state inputs they update: read, then write.
+            if (training) {
+              if (run_mean) run_mean[ch] = static_cast<T>(in_mean[ch] * momentum + mean * (1 - momentum));
+              if (run_var) run_var[ch] = static_cast<T>(in_var[ch] * momentum + var * (1 - momentum));
+            } else {
+              // Outside training the running statistics pass through unchanged.
+              if (run_mean) run_mean[ch] = in_mean[ch];
+              if (run_var) run_var[ch] = in_var[ch];
+            }
+          },
+          grain);
     });
   });
   return kp;
 }
 
-// Inputs (dY, X, scale, input_mean, input_var, [g_running_mean], [g_running_var]); outputs dX, dscale, dB,
-// [d input_mean], [d input_var]. In training mode the batch statistics are recomputed from X.
+// Inputs (dY, X, scale, [input_mean], [input_var], [g_running_mean], [g_running_var]); outputs dX, dscale,
+// dB, [d input_mean], [d input_var]. In training mode the batch statistics are recomputed from X and
+// input_mean/var are not read.
 KernelPtr batch_norm_grad(const KernelArgs& a) {
   KernelPtr kp;
   dispatch_float(a.in(1).dtype, "BatchNormalizationGrad", [&]<class T>() {
@@ -100,8 +156,8 @@ KernelPtr batch_norm_grad(const KernelArgs& a) {
     const T* dy = a.in_ptr<T>(0);
     const T* x = a.in_ptr<T>(1);
     const T* scale = a.in_ptr<T>(2);
-    const T* in_mean = a.in_ptr<T>(3);
-    const T* in_var = a.in_ptr<T>(4);
+    const T* in_mean = a.has_input(3) ? a.in_ptr<T>(3) : nullptr;  // absent in training mode
+    const T* in_var = a.has_input(4) ? a.in_ptr<T>(4) : nullptr;
     const T* g_mean = a.has_input(5) ? a.in_ptr<T>(5) : nullptr;
     const T* g_var = a.has_input(6) ? a.in_ptr<T>(6) : nullptr;
     T* dx = a.out_ptr<T>(0);
@@ -113,46 +169,50 @@ KernelPtr batch_norm_grad(const KernelArgs& a) {
     bool training = a.attrs().i("training_mode") != 0;
     int64_t grain = grain_for(l.c, l.count());
     kp = make_kernel([=](const StepContext&) {
-      parallel_for(l.c, [&](int64_t ch) {
-        double mean, var;
-        if (training) {
-          channel_moments(l, x, ch, &mean, &var);
-        } else {
-          mean = in_mean[ch];
-          var = in_var[ch];
-        }
-        double inv_std = 1 / std::sqrt(var + eps);
-        double sum_dy = 0, sum_dy_xhat = 0;
-        l.for_channel(ch, [&](int64_t j) {
-          sum_dy += dy[j];
-          sum_dy_xhat += dy[j] * (x[j] - mean) * inv_std;
-        });
-        dbias[ch] = static_cast<T>(sum_dy);
-        dscale[ch] = static_cast<T>(sum_dy_xhat);
-        double gs = scale[ch];
-        double gm = g_mean ? static_cast<double>(g_mean[ch]) : 0.0;
-        double gv = g_var ? static_cast<double>(g_var[ch]) : 0.0;
-        if (training) {
-          // y depends on x through the batch statistics too; the running statistics add their own terms:
-          // running_mean = m * input_mean + (1 - m) * mean(x), running_var = m * input_var + (1 - m) * var(x).
-          double m = static_cast<double>(l.count());
-          double k = gs * inv_std / m;
-          double c_mean = (1 - momentum) * gm / m;
-          double c_var = (1 - momentum) * gv * 2 / m;
-          l.for_channel(ch, [&](int64_t j) {
-            double xc = x[j] - mean;
-            dx[j] = static_cast<T>(k * (m * dy[j] - sum_dy - xc * inv_std * sum_dy_xhat) + c_mean + c_var * xc);
-          });
-          if (dmean) dmean[ch] = static_cast<T>(momentum * gm);
-          if (dvar) dvar[ch] = static_cast<T>(momentum * gv);
-        } else {
-          double k = gs * inv_std;
-          l.for_channel(ch, [&](int64_t j) { dx[j] = static_cast<T>(dy[j] * k); });
-          // d/d mean = -scale * inv_std * sum(dy); d/d var = -scale/2 * inv_std^3 * sum(dy * (x - mean)).
-          if (dmean) dmean[ch] = static_cast<T>(-k * sum_dy + gm);
-          if (dvar) dvar[ch] = static_cast<T>(-0.5 * gs * inv_std * inv_std * sum_dy_xhat + gv);
-        }
-      }, grain);
+      parallel_for(
+          l.c,
+          [&](int64_t ch) {
+            double mean, var;
+            if (training) {
+              channel_moments(l, x, ch, &mean, &var);
+            } else {
+              mean = in_mean[ch];
+              var = in_var[ch];
+            }
+            double inv_std = 1 / std::sqrt(var + eps);
+            Sum2 sums = l.sum<Sum2>(ch, [&](int64_t j) {
+              return Sum2{static_cast<double>(dy[j]), static_cast<double>(dy[j]) * (x[j] - mean)};
+            });
+            double sum_dy = sums.a, sum_dy_xhat = sums.b * inv_std;
+            dbias[ch] = static_cast<T>(sum_dy);
+            dscale[ch] = static_cast<T>(sum_dy_xhat);
+            double gs = scale[ch];
+            double gm = g_mean ? static_cast<double>(g_mean[ch]) : 0.0;
+            double gv = g_var ? static_cast<double>(g_var[ch]) : 0.0;
+            if (training) {
+              // y depends on x through the batch statistics too; the running statistics add their own terms:
+              // running_mean = m * input_mean + (1 - m) * mean(x), running_var = m * input_var + (1 - m) *
+              // var(x).
+              double m = static_cast<double>(l.count());
+              double k = gs * inv_std / m;
+              double c_mean = (1 - momentum) * gm / m;
+              double c_var = (1 - momentum) * gv * 2 / m;
+              l.for_channel(ch, [&](int64_t j) {
+                double xc = x[j] - mean;
+                dx[j] = static_cast<T>(k * (m * dy[j] - sum_dy - xc * inv_std * sum_dy_xhat) + c_mean +
+                                       c_var * xc);
+              });
+              if (dmean) dmean[ch] = static_cast<T>(momentum * gm);
+              if (dvar) dvar[ch] = static_cast<T>(momentum * gv);
+            } else {
+              double k = gs * inv_std;
+              l.for_channel(ch, [&](int64_t j) { dx[j] = static_cast<T>(dy[j] * k); });
+              // d/d mean = -scale * inv_std * sum(dy); d/d var = -scale/2 * inv_std^3 * sum(dy * (x - mean)).
+              if (dmean) dmean[ch] = static_cast<T>(-k * sum_dy + gm);
+              if (dvar) dvar[ch] = static_cast<T>(-0.5 * gs * inv_std * inv_std * sum_dy_xhat + gv);
+            }
+          },
+          grain);
     });
   });
   return kp;
@@ -169,15 +229,13 @@ struct RowLayout {
   }
 };
 
-template <class T> void row_moments(const T* x, int64_t n, double eps, double* mean, double* inv_std) {
-  double sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += x[j];
-  double mu = sum / static_cast<double>(n);
-  double sq = 0;
-  for (int64_t j = 0; j < n; ++j) {
+template <class T>
+void row_moments(const T* x, int64_t n, double eps, double* mean, double* inv_std) {
+  double mu = sum4<double>(n, [&](int64_t j) { return static_cast<double>(x[j]); }) / static_cast<double>(n);
+  double sq = sum4<double>(n, [&](int64_t j) {
     double d = x[j] - mu;
-    sq += d * d;
-  }
+    return d * d;
+  });
   *mean = mu;
   *inv_std = 1 / std::sqrt(sq / static_cast<double>(n) + eps);
 }
@@ -195,19 +253,22 @@ KernelPtr layer_norm(const KernelArgs& a) {
     T* out_inv = a.has_output(2) ? a.out_ptr<T>(2) : nullptr;
     double eps = a.attrs().f("epsilon");
     kp = make_kernel([=](const StepContext&) {
-      parallel_for(l.rows, [&](int64_t r) {
-        const T* xr = x + r * l.inner;
-        T* yr = y + r * l.inner;
-        double mean, inv_std;
-        row_moments(xr, l.inner, eps, &mean, &inv_std);
-        for (int64_t j = 0; j < l.inner; ++j) {
-          double v = (xr[j] - mean) * inv_std * scale[j];
-          if (bias) v += bias[j];
-          yr[j] = static_cast<T>(v);
-        }
-        if (out_mean) out_mean[r] = static_cast<T>(mean);
-        if (out_inv) out_inv[r] = static_cast<T>(inv_std);
-      }, grain_for(l.rows, l.inner));
+      parallel_for(
+          l.rows,
+          [&](int64_t r) {
+            const T* xr = x + r * l.inner;
+            T* yr = y + r * l.inner;
+            double mean, inv_std;
+            row_moments(xr, l.inner, eps, &mean, &inv_std);
+            for (int64_t j = 0; j < l.inner; ++j) {
+              double v = (xr[j] - mean) * inv_std * scale[j];
+              if (bias) v += bias[j];
+              yr[j] = static_cast<T>(v);
+            }
+            if (out_mean) out_mean[r] = static_cast<T>(mean);
+            if (out_inv) out_inv[r] = static_cast<T>(inv_std);
+          },
+          grain_for(l.rows, l.inner));
     });
   });
   return kp;
@@ -227,46 +288,60 @@ KernelPtr layer_norm_grad(const KernelArgs& a) {
     T* dscale = a.out_ptr<T>(1);
     T* dbias = a.has_output(2) ? a.out_ptr<T>(2) : nullptr;
     double eps = a.attrs().f("epsilon");
-    // Row statistics, kept for the column pass; sized once here.
-    auto stats = std::make_shared<std::vector<double>>(2 * l.rows);
+    // dScale and dB sum over rows. Rows are split into a fixed number of blocks (set by the shape, not the
+    // thread count); each block accumulates contiguous partial sums, which are then added in block order.
+    constexpr int64_t kRowBlocks = 64;
+    int64_t blocks = std::clamp<int64_t>(l.rows, 1, omp_get_max_threads());
+    auto partial = std::make_shared<std::vector<double>>(2 * blocks * l.inner);
     kp = make_kernel([=](const StepContext&) {
-      double* st = stats->data();
+      double* part = partial->data();
       double n = static_cast<double>(l.inner);
-      parallel_for(l.rows, [&](int64_t r) {
-        const T* xr = x + r * l.inner;
-        const T* dyr = dy + r * l.inner;
-        T* dxr = dx + r * l.inner;
-        double mean, inv_std;
-        row_moments(xr, l.inner, eps, &mean, &inv_std);
-        st[2 * r] = mean;
-        st[2 * r + 1] = inv_std;
-        // With g = dy * scale and xhat = (x - mean) * inv_std: dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)).
-        double sum_g = 0, sum_g_xhat = 0;
-        for (int64_t j = 0; j < l.inner; ++j) {
-          double g = static_cast<double>(dyr[j]) * scale[j];
-          sum_g += g;
-          sum_g_xhat += g * (xr[j] - mean) * inv_std;
-        }
-        double mg = sum_g / n, mgx = sum_g_xhat / n;
-        // Gradients flowing into the Mean and InvStdDev outputs: d mean/dx = 1/n, d inv_std/dx = -inv_std^3 (x-mean)/n.
-        double cm = g_mean ? g_mean[r] / n : 0.0;
-        double ci = g_inv ? -static_cast<double>(g_inv[r]) * inv_std * inv_std * inv_std / n : 0.0;
-        for (int64_t j = 0; j < l.inner; ++j) {
-          double xc = xr[j] - mean;
-          double g = static_cast<double>(dyr[j]) * scale[j];
-          dxr[j] = static_cast<T>(inv_std * (g - mg - xc * inv_std * mgx) + cm + ci * xc);
-        }
-      }, grain_for(l.rows, l.inner));
-      parallel_for(l.inner, [&](int64_t j) {
-        double ds = 0, db = 0;
-        for (int64_t r = 0; r < l.rows; ++r) {
-          double d = dy[r * l.inner + j];
-          ds += d * (x[r * l.inner + j] - st[2 * r]) * st[2 * r + 1];
-          db += d;
-        }
-        dscale[j] = static_cast<T>(ds);
-        if (dbias) dbias[j] = static_cast<T>(db);
-      }, grain_for(l.inner, l.rows));
+      parallel_for(
+          blocks,
+          [&](int64_t blk) {
+            double* ps = part + 2 * blk * l.inner;
+            double* pb = ps + l.inner;
+            std::fill(ps, ps + 2 * l.inner, 0.0);
+            for (int64_t r = l.rows * blk / blocks, r_end = l.rows * (blk + 1) / blocks; r < r_end; ++r) {
+              const T* xr = x + r * l.inner;
+              const T* dyr = dy + r * l.inner;
+              T* dxr = dx + r * l.inner;
+              double mean, inv_std;
+              row_moments(xr, l.inner, eps, &mean, &inv_std);
+              // With g = dy * scale and xhat = (x - mean) * inv_std:
+              // dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)).
+              Sum2 sums = sum4<Sum2>(l.inner, [&](int64_t j) {
+                double g = static_cast<double>(dyr[j]) * scale[j];
+                return Sum2{g, g * (xr[j] - mean)};
+              });
+              double mg = sums.a / n, mgx = sums.b * inv_std / n;
+              // Gradients flowing into the Mean and InvStdDev outputs: d mean/dx = 1/n and
+              // d inv_std/dx = -inv_std^3 (x - mean) / n.
+              double cm = g_mean ? g_mean[r] / n : 0.0;
+              double ci = g_inv ? -static_cast<double>(g_inv[r]) * inv_std * inv_std * inv_std / n : 0.0;
+              for (int64_t j = 0; j < l.inner; ++j) {
+                double xc = xr[j] - mean;
+                double d = dyr[j];
+                double g = d * scale[j];
+                dxr[j] = static_cast<T>(inv_std * (g - mg - xc * inv_std * mgx) + cm + ci * xc);
+                ps[j] += d * xc * inv_std;
+                pb[j] += d;
+              }
+            }
+          },
+          grain_for(blocks, l.rows * l.inner / blocks));
+      parallel_for(
+          l.inner,
+          [&](int64_t j) {
+            double ds = 0, db = 0;
+            for (int64_t blk = 0; blk < blocks; ++blk) {
+              ds += part[2 * blk * l.inner + j];
+              db += part[(2 * blk + 1) * l.inner + j];
+            }
+            dscale[j] = static_cast<T>(ds);
+            if (dbias) dbias[j] = static_cast<T>(db);
+          },
+          grain_for(l.inner, blocks));
     });
   });
   return kp;
@@ -306,10 +381,11 @@ DropoutParams dropout_params(const KernelArgs& a, uint64_t stream) {
   return p;
 }
 
-// Applies the mask: out[i] = keep(i) ? in[i] * scale : 0, writing the mask when asked. Four elements share one
-// Philox block, exactly as philox_uniform maps elements to blocks.
+// Applies the mask: out[i] = keep(i) ? in[i] * scale : 0, writing the mask when asked. Four elements share
+// one Philox block, exactly as philox_uniform maps elements to blocks.
 template <class T>
-void apply_dropout(const DropoutParams& p, const StepContext& ctx, const T* in, T* out, uint8_t* mask, int64_t n) {
+void apply_dropout(const DropoutParams& p, const StepContext& ctx, const T* in, T* out, uint8_t* mask,
+                   int64_t n) {
   float ratio = p.read_ratio();
   if (!p.is_training() || ratio <= 0) {
     if (in != out) std::memcpy(out, in, static_cast<size_t>(n) * sizeof(T));
@@ -318,16 +394,22 @@ void apply_dropout(const DropoutParams& p, const StepContext& ctx, const T* in, 
   }
   uint64_t seed = ops::dropout_seed(ctx.seed, p.has_seed, p.seed);
   T scale = ratio < 1 ? static_cast<T>(1.0 / (1.0 - static_cast<double>(ratio))) : T(0);
-  int64_t groups = (n + 3) / 4;
-  parallel_for(groups, [&](int64_t g) {
-    kernels::Philox4x32 b = kernels::philox_block(seed, p.stream, ctx.step, static_cast<uint64_t>(g));
-    int64_t end = std::min<int64_t>(4 * g + 4, n);
-    for (int64_t i = 4 * g; i < end; ++i) {
-      bool keep = kernels::uniform01(b.v[i & 3]) >= ratio;  // the rule of ops::dropout_keep
+  uint64_t stream = p.stream, step = ctx.step;
+  // Elements 4g .. 4g+3 take the four words of block g; the fixed trip count keeps the words in registers.
+  auto group = [&](int64_t g, int count) {
+    kernels::Philox4x32 b = kernels::philox_block(seed, stream, step, static_cast<uint64_t>(g));
+    for (int k = 0; k < 4; ++k) {
+      if (k >= count) break;
+      int64_t i = 4 * g + k;
+      bool keep = kernels::uniform01(b.v[k]) >= ratio;  // the rule of ops::dropout_keep
       out[i] = keep ? in[i] * scale : T(0);
       if (mask) mask[i] = keep;
     }
-  }, kParallelGrain / 16);
+  };
+  int64_t full = n / 4;
+  parallel_for(
+      full, [&](int64_t g) { group(g, 4); }, kParallelGrain / 16);
+  if (n % 4) group(full, static_cast<int>(n % 4));
 }
 
 KernelPtr dropout(const KernelArgs& a) {

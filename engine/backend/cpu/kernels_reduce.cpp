@@ -1,7 +1,7 @@
-// CPU kernels of op family 'reduce': ReduceSum/Mean/Max, ReduceMaxGrad, Softmax, LogSoftmax and their gradients.
-// A reduction is first simplified (size-1 dims dropped, adjacent dims of the same kind merged) so the common cases
-// become a contiguous run per output or a sum of rows; every output element is produced by one thread in a fixed
-// order, so results do not depend on the thread count.
+// CPU kernels of op family 'reduce': ReduceSum/Mean/Max, ReduceMaxGrad, Softmax, LogSoftmax and their
+// gradients. A reduction is first simplified (size-1 dims dropped, adjacent dims of the same kind merged) so
+// the common cases become a contiguous run per output or a sum of rows; every output element is produced by
+// one thread in a fixed order, so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,8 +18,9 @@ namespace {
 
 constexpr int kMaxDims = 32;
 
-// A reduction over a row-major input, simplified. Kept dims index the outputs (row-major); reduced dims are walked
-// in increasing memory order, the innermost reduced dim as one contiguous run when it is the input's last dim.
+// A reduction over a row-major input, simplified. Kept dims index the outputs (row-major); reduced dims are
+// walked in increasing memory order, the innermost reduced dim as one contiguous run when it is the input's
+// last dim.
 struct ReduceGeom {
   enum Kind { kCopy, kContiguous, kRows, kGeneral } kind = kCopy;
   int64_t out_count = 1, red_count = 1;
@@ -89,8 +90,10 @@ struct ReduceGeom {
     }
     return off;
   }
-  // Calls f(offset) for the start of every contiguous run (length `run`) of output o's group, in memory order.
-  template <class F> void for_each_run(int64_t o, F&& f) const {
+  // Calls f(offset) for the start of every contiguous run (length `run`) of output o's group, in memory
+  // order.
+  template <class F>
+  void for_each_run(int64_t o, F&& f) const {
     int64_t idx[kMaxDims] = {};
     int64_t off = base(o);
     int64_t runs = red_count / run;
@@ -106,28 +109,37 @@ struct ReduceGeom {
   }
 };
 
-template <class T> struct SumOp {
+template <class T>
+struct SumOp {
   static T init() { return T(0); }
   static T combine(T a, T b) { return a + b; }
   static T finish(T a, int64_t) { return a; }
 };
-template <class T> struct MeanOp {
+template <class T>
+struct MeanOp {
   static T init() { return T(0); }
   static T combine(T a, T b) { return a + b; }
-  static T finish(T a, int64_t count) { return count ? a / static_cast<T>(count) : std::numeric_limits<T>::quiet_NaN(); }
+  static T finish(T a, int64_t count) {
+    return count ? a / static_cast<T>(count) : std::numeric_limits<T>::quiet_NaN();
+  }
 };
 // NaN inputs are not propagated: a comparison with NaN is false, so NaN never replaces a number.
-template <class T> struct MaxOp {
+template <class T>
+struct MaxOp {
   static T init() {
-    if constexpr (std::numeric_limits<T>::has_infinity) return -std::numeric_limits<T>::infinity();
-    else return std::numeric_limits<T>::lowest();
+    if constexpr (std::numeric_limits<T>::has_infinity)
+      return -std::numeric_limits<T>::infinity();
+    else
+      return std::numeric_limits<T>::lowest();
   }
   static T combine(T a, T b) { return b > a ? b : a; }
   static T finish(T a, int64_t) { return a; }
 };
 
-// Eight independent partials (combined in a fixed tree) let the compiler vectorize and bound the rounding error.
-template <class T, class Op> T reduce_run(const T* x, int64_t n, T acc) {
+// Eight independent partials (combined in a fixed tree) let the compiler vectorize and bound the rounding
+// error.
+template <class T, class Op>
+T reduce_run(const T* x, int64_t n, T acc) {
   constexpr int L = 8;
   if (n >= 2 * L) {
     T p[L];
@@ -176,8 +188,10 @@ KernelPtr reduce_kernel(const KernelArgs& a, bool floats_only) {
       case ReduceGeom::kContiguous:
         kp = make_kernel([=](const StepContext&) {
           int64_t r = g->red_count;
-          parallel_for(g->out_count, [&](int64_t o) { y[o] = Op::finish(reduce_run<T, Op>(x + o * r, r, Op::init()), r); },
-                       grain_for(r));
+          parallel_for(
+              g->out_count,
+              [&](int64_t o) { y[o] = Op::finish(reduce_run<T, Op>(x + o * r, r, Op::init()), r); },
+              grain_for(r));
         });
         break;
       case ReduceGeom::kRows:
@@ -185,30 +199,38 @@ KernelPtr reduce_kernel(const KernelArgs& a, bool floats_only) {
           // Work items are (a, block of c); each accumulates rows b into its own output slice.
           constexpr int64_t kCols = 512;
           int64_t A = g->rows_a, B = g->rows_b, C = g->rows_c, blocks = (C + kCols - 1) / kCols;
-          parallel_for(A * blocks, [&](int64_t t) {
-            int64_t ia = t / blocks, c0 = (t % blocks) * kCols, c1 = std::min(c0 + kCols, C);
-            T* out = y + ia * C;
-            const T* in = x + ia * B * C;
-            for (int64_t c = c0; c < c1; ++c) out[c] = Op::init();
-            for (int64_t b = 0; b < B; ++b)
-              for (int64_t c = c0; c < c1; ++c) out[c] = Op::combine(out[c], in[b * C + c]);
-            for (int64_t c = c0; c < c1; ++c) out[c] = Op::finish(out[c], B);
-          }, grain_for(B * std::min(C, kCols)));
+          parallel_for(
+              A * blocks,
+              [&](int64_t t) {
+                int64_t ia = t / blocks, c0 = (t % blocks) * kCols, c1 = std::min(c0 + kCols, C);
+                T* out = y + ia * C;
+                const T* in = x + ia * B * C;
+                for (int64_t c = c0; c < c1; ++c) out[c] = Op::init();
+                for (int64_t b = 0; b < B; ++b)
+                  for (int64_t c = c0; c < c1; ++c) out[c] = Op::combine(out[c], in[b * C + c]);
+                for (int64_t c = c0; c < c1; ++c) out[c] = Op::finish(out[c], B);
+              },
+              grain_for(B * std::min(C, kCols)));
         });
         break;
       case ReduceGeom::kGeneral:
         kp = make_kernel([=](const StepContext&) {
-          parallel_for(g->out_count, [&](int64_t o) {
-            T acc = Op::init();
-            g->for_each_run(o, [&](int64_t off) { acc = reduce_run<T, Op>(x + off, g->run, acc); });
-            y[o] = Op::finish(acc, g->red_count);
-          }, grain_for(g->red_count));
+          parallel_for(
+              g->out_count,
+              [&](int64_t o) {
+                T acc = Op::init();
+                g->for_each_run(o, [&](int64_t off) { acc = reduce_run<T, Op>(x + off, g->run, acc); });
+                y[o] = Op::finish(acc, g->red_count);
+              },
+              grain_for(g->red_count));
         });
         break;
     }
   };
-  if (floats_only) dispatch_float(a.in(0).dtype, a.node.op.c_str(), body);
-  else dispatch_numeric(a.in(0).dtype, a.node.op.c_str(), body);
+  if (floats_only)
+    dispatch_float(a.in(0).dtype, a.node.op.c_str(), body);
+  else
+    dispatch_numeric(a.in(0).dtype, a.node.op.c_str(), body);
   return kp;
 }
 
@@ -226,26 +248,31 @@ KernelPtr reduce_max_grad(const KernelArgs& a) {
     kp = make_kernel([=](const StepContext&) {
       if (n == 0) return;
       parallel_for(n, [&](int64_t i) { dx[i] = T(0); });
-      parallel_for(g->out_count, [&](int64_t o) {
-        int64_t best = -1;
-        T m = MaxOp<T>::init();
-        g->for_each_run(o, [&](int64_t off) {
-          for (int64_t i = 0; i < g->run; ++i)
-            if (best < 0 || x[off + i] > m) {
-              m = x[off + i];
-              best = off + i;
-            }
-        });
-        dx[best] = dy[o];
-      }, grain_for(g->red_count));
+      parallel_for(
+          g->out_count,
+          [&](int64_t o) {
+            int64_t best = -1;
+            T m = MaxOp<T>::init();
+            g->for_each_run(o, [&](int64_t off) {
+              for (int64_t i = 0; i < g->run; ++i)
+                if (best < 0 || x[off + i] > m) {
+                  m = x[off + i];
+                  best = off + i;
+                }
+            });
+            dx[best] = dy[o];
+          },
+          grain_for(g->red_count));
     });
   });
   return kp;
 }
 
-// Softmax-family ops work on lines along one axis: [outer, n, inner], line (o, i) starts at o * n * inner + i with
-// stride inner.
+// Softmax-family ops work along one axis of [outer, n, inner]. The loops take a block of up to kCols adjacent
+// columns (inner indices) at once, so each pass over the axis reads contiguous memory even when the axis is
+// not the last one (softmax over the channels of NCHW).
 struct AxisGeom {
+  static constexpr int64_t kCols = 64;
   int64_t outer = 1, n = 1, inner = 1;
   AxisGeom(const Shape& s, int64_t axis_attr) {
     int axis = normalize_axis(axis_attr, s.rank());
@@ -253,64 +280,115 @@ struct AxisGeom {
     n = s.rank() ? s[axis] : 1;
     for (int d = axis + 1; d < s.rank(); ++d) inner *= s[d];
   }
-  int64_t lines() const { return outer * inner; }
-  int64_t start(int64_t line) const { return (line / inner) * n * inner + line % inner; }
+  int64_t blocks_per_outer() const { return (inner + kCols - 1) / kCols; }
+  int64_t blocks() const { return outer * blocks_per_outer(); }
+  // Offset of block b's first element and its width.
+  int64_t start(int64_t b) const {
+    return (b / blocks_per_outer()) * n * inner + (b % blocks_per_outer()) * kCols;
+  }
+  int64_t width(int64_t b) const { return std::min(kCols, inner - (b % blocks_per_outer()) * kCols); }
 };
 
-template <class T, bool kLog> void softmax_line(const T* x, T* y, int64_t n, int64_t s) {
-  T m = x[0];
-  for (int64_t i = 1; i < n; ++i) m = x[i * s] > m ? x[i * s] : m;
-  T sum = 0;
+// Element (i, c) of a block is at p[i * stride + c].
+template <class T, bool kLog>
+void softmax_block(const T* x, T* y, int64_t n, int64_t stride, int64_t w) {
+  T m[AxisGeom::kCols], s[AxisGeom::kCols];
+  for (int64_t c = 0; c < w; ++c) {
+    m[c] = x[c];
+    s[c] = 0;
+  }
+  for (int64_t i = 1; i < n; ++i) {
+    const T* r = x + i * stride;
+    for (int64_t c = 0; c < w; ++c) m[c] = r[c] > m[c] ? r[c] : m[c];
+  }
   if constexpr (kLog) {
-    for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i * s] - m);
-    T lse = m + std::log(sum);
-    for (int64_t i = 0; i < n; ++i) y[i * s] = x[i * s] - lse;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < w; ++c) s[c] += std::exp(x[i * stride + c] - m[c]);
+    for (int64_t c = 0; c < w; ++c) s[c] = m[c] + std::log(s[c]);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < w; ++c) y[i * stride + c] = x[i * stride + c] - s[c];
   } else {
-    for (int64_t i = 0; i < n; ++i) {
-      T e = std::exp(x[i * s] - m);
-      y[i * s] = e;
-      sum += e;
-    }
-    T inv = T(1) / sum;
-    for (int64_t i = 0; i < n; ++i) y[i * s] *= inv;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < w; ++c) {
+        T e = std::exp(x[i * stride + c] - m[c]);
+        y[i * stride + c] = e;
+        s[c] += e;
+      }
+    for (int64_t c = 0; c < w; ++c) s[c] = T(1) / s[c];
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < w; ++c) y[i * stride + c] *= s[c];
   }
 }
 
-// f32 goes to oneDNN (vectorized exp, any axis); f64 (gradient checks) to the loops below.
+// Softmax: dx = y * (dy - sum(dy * y)); LogSoftmax: dx = dy - exp(y) * sum(dy). dx may alias dy: each element
+// of dy is read before its dx is written.
+template <class T, bool kLog>
+void softmax_grad_block(const T* dy, const T* y, T* dx, int64_t n, int64_t stride, int64_t w) {
+  T acc[AxisGeom::kCols];
+  for (int64_t c = 0; c < w; ++c) acc[c] = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < w; ++c) {
+      int64_t k = i * stride + c;
+      if constexpr (kLog)
+        acc[c] += dy[k];
+      else
+        acc[c] += dy[k] * y[k];
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < w; ++c) {
+      int64_t k = i * stride + c;
+      if constexpr (kLog)
+        dx[k] = dy[k] - std::exp(y[k]) * acc[c];
+      else
+        dx[k] = y[k] * (dy[k] - acc[c]);
+    }
+}
+
+// f32 along the last axis goes to oneDNN (vectorized exp). oneDNN 2.6 falls back to a slow reference kernel
+// for any other axis, so those, and f64 (gradient checks), take the blocked loops.
+bool use_dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
+  return a.in(0).dtype == DType::f32 && g.inner == 1 && a.in(0).shape.numel() > 0;
+}
+
 dnnl::memory::desc softmax_md(const AxisGeom& g) {
   return dnnl_plain_md({g.outer, g.n, g.inner}, DType::f32);
 }
 
-template <class Fwd> KernelPtr dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
+template <class Fwd>
+KernelPtr dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
   dnnl::memory::desc md = softmax_md(g);
   typename Fwd::primitive_desc pd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
                                   dnnl_cpu_engine());
-  auto call = std::make_shared<DnnlCall>(Fwd(pd), pd,
-                                         std::vector<std::pair<int, dnnl::memory>>{
-                                             {DNNL_ARG_SRC, dnnl_mem(md, a.inputs[0])},
-                                             {DNNL_ARG_DST, dnnl_mem(md, a.outputs[0])}});
+  auto call = std::make_shared<DnnlCall>(
+      Fwd(pd), pd,
+      std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_SRC, dnnl_mem(md, a.inputs[0])},
+                                                {DNNL_ARG_DST, dnnl_mem(md, a.outputs[0])}});
   return make_kernel([call](const StepContext&) { (*call)(); });
 }
 
 // oneDNN's softmax backward supports diff_src == diff_dst, which the in-place SoftmaxGrad may bind.
-template <class Fwd, class Bwd> KernelPtr dnnl_softmax_grad(const KernelArgs& a, const AxisGeom& g) {
+template <class Fwd, class Bwd>
+KernelPtr dnnl_softmax_grad(const KernelArgs& a, const AxisGeom& g) {
   dnnl::memory::desc md = softmax_md(g);
   typename Fwd::primitive_desc fpd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
                                    dnnl_cpu_engine());
   typename Bwd::primitive_desc pd(typename Bwd::desc(md, md, 1), dnnl_attr(), dnnl_cpu_engine(), fpd);
-  auto call = std::make_shared<DnnlCall>(Bwd(pd), pd,
-                                         std::vector<std::pair<int, dnnl::memory>>{
-                                             {DNNL_ARG_DIFF_DST, dnnl_mem(md, a.inputs[0])},
-                                             {DNNL_ARG_DST, dnnl_mem(md, a.inputs[1])},
-                                             {DNNL_ARG_DIFF_SRC, dnnl_mem(md, a.outputs[0])}});
+  auto call = std::make_shared<DnnlCall>(
+      Bwd(pd), pd,
+      std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_DIFF_DST, dnnl_mem(md, a.inputs[0])},
+                                                {DNNL_ARG_DST, dnnl_mem(md, a.inputs[1])},
+                                                {DNNL_ARG_DIFF_SRC, dnnl_mem(md, a.outputs[0])}});
   return make_kernel([call](const StepContext&) { (*call)(); });
 }
 
-template <bool kLog> KernelPtr softmax(const KernelArgs& a) {
+template <bool kLog>
+KernelPtr softmax(const KernelArgs& a) {
   AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
-  if (a.in(0).dtype == DType::f32 && a.in(0).shape.numel() > 0) {
-    if constexpr (kLog) return dnnl_softmax<dnnl::logsoftmax_forward>(a, g);
-    else return dnnl_softmax<dnnl::softmax_forward>(a, g);
+  if (use_dnnl_softmax(a, g)) {
+    if constexpr (kLog)
+      return dnnl_softmax<dnnl::logsoftmax_forward>(a, g);
+    else
+      return dnnl_softmax<dnnl::softmax_forward>(a, g);
   }
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
@@ -318,22 +396,26 @@ template <bool kLog> KernelPtr softmax(const KernelArgs& a) {
     T* y = a.out_ptr<T>(0);
     kp = make_kernel([=](const StepContext&) {
       if (g.n == 0) return;
-      parallel_for(g.lines(), [&](int64_t l) {
-        int64_t s = g.start(l);
-        softmax_line<T, kLog>(x + s, y + s, g.n, g.inner);
-      }, grain_for(3 * g.n));
+      parallel_for(
+          g.blocks(),
+          [&](int64_t b) {
+            int64_t s = g.start(b);
+            softmax_block<T, kLog>(x + s, y + s, g.n, g.inner, g.width(b));
+          },
+          grain_for(3 * g.n * std::min(g.inner, AxisGeom::kCols)));
     });
   });
   return kp;
 }
 
-// (dy, y) -> dx. Softmax: y * (dy - sum(dy * y)); LogSoftmax: dy - exp(y) * sum(dy). dx may alias dy: each element
-// of dy is read before its dx is written.
-template <bool kLog> KernelPtr softmax_grad(const KernelArgs& a) {
+template <bool kLog>
+KernelPtr softmax_grad(const KernelArgs& a) {
   AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
-  if (a.in(0).dtype == DType::f32 && a.in(0).shape.numel() > 0) {
-    if constexpr (kLog) return dnnl_softmax_grad<dnnl::logsoftmax_forward, dnnl::logsoftmax_backward>(a, g);
-    else return dnnl_softmax_grad<dnnl::softmax_forward, dnnl::softmax_backward>(a, g);
+  if (use_dnnl_softmax(a, g)) {
+    if constexpr (kLog)
+      return dnnl_softmax_grad<dnnl::logsoftmax_forward, dnnl::logsoftmax_backward>(a, g);
+    else
+      return dnnl_softmax_grad<dnnl::softmax_forward, dnnl::softmax_backward>(a, g);
   }
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
@@ -341,21 +423,13 @@ template <bool kLog> KernelPtr softmax_grad(const KernelArgs& a) {
     const T* y = a.in_ptr<T>(1);
     T* dx = a.out_ptr<T>(0);
     kp = make_kernel([=](const StepContext&) {
-      int64_t n = g.n, st = g.inner;
-      parallel_for(g.lines(), [&](int64_t l) {
-        int64_t s = g.start(l);
-        const T* pdy = dy + s;
-        const T* py = y + s;
-        T* pdx = dx + s;
-        T acc = 0;
-        if constexpr (kLog) {
-          for (int64_t i = 0; i < n; ++i) acc += pdy[i * st];
-          for (int64_t i = 0; i < n; ++i) pdx[i * st] = pdy[i * st] - std::exp(py[i * st]) * acc;
-        } else {
-          for (int64_t i = 0; i < n; ++i) acc += pdy[i * st] * py[i * st];
-          for (int64_t i = 0; i < n; ++i) pdx[i * st] = py[i * st] * (pdy[i * st] - acc);
-        }
-      }, grain_for(3 * g.n));
+      parallel_for(
+          g.blocks(),
+          [&](int64_t b) {
+            int64_t s = g.start(b);
+            softmax_grad_block<T, kLog>(dy + s, y + s, dx + s, g.n, g.inner, g.width(b));
+          },
+          grain_for(2 * g.n * std::min(g.inner, AxisGeom::kCols)));
     });
   });
   return kp;

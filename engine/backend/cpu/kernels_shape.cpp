@@ -13,20 +13,32 @@ namespace trainer::engine::cpu {
 namespace {
 
 // Calls f.template operator()<U>() with an unsigned integer type of the element size.
-template <class F> void dispatch_bytes(DType t, F&& f) {
+template <class F>
+void dispatch_bytes(DType t, F&& f) {
   switch (dtype_bytes(t)) {
-    case 1: f.template operator()<uint8_t>(); return;
-    case 2: f.template operator()<uint16_t>(); return;
-    case 4: f.template operator()<uint32_t>(); return;
-    case 8: f.template operator()<uint64_t>(); return;
-    default: TRAINER_ASSERT(false, "no element type of {} bytes", dtype_bytes(t));
+    case 1:
+      f.template operator()<uint8_t>();
+      return;
+    case 2:
+      f.template operator()<uint16_t>();
+      return;
+    case 4:
+      f.template operator()<uint32_t>();
+      return;
+    case 8:
+      f.template operator()<uint64_t>();
+      return;
+    default:
+      TRAINER_ASSERT(false, "no element type of {} bytes", dtype_bytes(t));
   }
 }
 
-int64_t row_grain(int64_t inner) { return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(inner, 1)); }
+int64_t row_grain(int64_t inner) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(inner, 1));
+}
 
-// Views (Reshape, Flatten, Squeeze, Unsqueeze): the planner usually gives the output the input's buffer; when it
-// could not (the input is persistent or a graph output), the bytes are copied.
+// Views (Reshape, Flatten, Squeeze, Unsqueeze): the planner usually gives the output the input's buffer; when
+// it could not (the input is persistent or a graph output), the bytes are copied.
 KernelPtr view_copy(const KernelArgs& a) {
   const void* x = a.inputs[0];
   void* y = a.outputs[0];
@@ -38,8 +50,9 @@ KernelPtr view_copy(const KernelArgs& a) {
 
 void parallel_zero(void* p, size_t bytes) {
   auto* b = static_cast<std::byte*>(p);
-  parallel_chunks(static_cast<int64_t>(bytes), [&](int64_t lo, int64_t hi) { std::memset(b + lo, 0, hi - lo); },
-                  int64_t{1} << 20);
+  parallel_chunks(
+      static_cast<int64_t>(bytes), [&](int64_t lo, int64_t hi) { std::memset(b + lo, 0, hi - lo); },
+      int64_t{1} << 20);
 }
 
 // A dense row-major index space (`dims`) mapped to a strided one: element i of the dense side sits at
@@ -78,19 +91,26 @@ std::vector<int64_t> row_major_strides(const std::vector<int64_t>& dims) {
 template <class T, bool kScatter>
 void strided_copy(const StridedMap& m, T* strided, T* dense) {
   int64_t inner = m.inner(), s = m.inner_stride();
-  parallel_for(m.rows(), [&](int64_t r) {
-    T* d = dense + r * inner;
-    T* p = strided + m.offset(r);
-    if (s == 1) {
-      if constexpr (kScatter) std::memcpy(p, d, inner * sizeof(T));
-      else std::memcpy(d, p, inner * sizeof(T));
-    } else {
-      for (int64_t i = 0; i < inner; ++i) {
-        if constexpr (kScatter) p[i * s] = d[i];
-        else d[i] = p[i * s];
-      }
-    }
-  }, row_grain(inner));
+  parallel_for(
+      m.rows(),
+      [&](int64_t r) {
+        T* d = dense + r * inner;
+        T* p = strided + m.offset(r);
+        if (s == 1) {
+          if constexpr (kScatter)
+            std::memcpy(p, d, inner * sizeof(T));
+          else
+            std::memcpy(d, p, inner * sizeof(T));
+        } else {
+          for (int64_t i = 0; i < inner; ++i) {
+            if constexpr (kScatter)
+              p[i * s] = d[i];
+            else
+              d[i] = p[i * s];
+          }
+        }
+      },
+      row_grain(inner));
 }
 
 KernelPtr expand(const KernelArgs& a) {
@@ -101,13 +121,18 @@ KernelPtr expand(const KernelArgs& a) {
     auto br = std::make_shared<BroadcastRows<1>>(a.out(0).shape, std::array<const Shape*, 1>{&a.in(0).shape});
     kp = make_kernel([=](const StepContext&) {
       int64_t inner = br->inner(), s = br->inner_stride(0);
-      parallel_for(br->rows(), [&](int64_t r) {
-        std::array<int64_t, 1> off;
-        br->offsets(r, &off);
-        T* py = y + r * inner;
-        if (s) std::memcpy(py, x + off[0], inner * sizeof(T));
-        else std::fill(py, py + inner, x[off[0]]);
-      }, row_grain(inner));
+      parallel_for(
+          br->rows(),
+          [&](int64_t r) {
+            std::array<int64_t, 1> off;
+            br->offsets(r, &off);
+            T* py = y + r * inner;
+            if (s)
+              std::memcpy(py, x + off[0], inner * sizeof(T));
+            else
+              std::fill(py, py + inner, x[off[0]]);
+          },
+          row_grain(inner));
     });
   });
   return kp;
@@ -127,8 +152,8 @@ KernelPtr transpose(const KernelArgs& a) {
   std::vector<int64_t> perm = a.attrs().ints_or("perm", {});
   if (perm.empty())
     for (int i = in.rank() - 1; i >= 0; --i) perm.push_back(i);
-  // Drop size-1 dims, then merge output dims that are adjacent in the input too: NCHW -> NHWC becomes a batched
-  // 2-D transpose [N, C, HW] -> [N, HW, C].
+  // Drop size-1 dims, then merge output dims that are adjacent in the input too: NCHW -> NHWC becomes a
+  // batched 2-D transpose [N, C, HW] -> [N, HW, C].
   std::vector<int> keep_index(in.rank(), -1);
   std::vector<int64_t> dims;
   for (int d = 0; d < in.rank(); ++d)
@@ -141,8 +166,10 @@ KernelPtr transpose(const KernelArgs& a) {
     if (keep_index[q] >= 0) p.push_back(keep_index[q]);
   std::vector<std::vector<int>> groups;  // in output order, each a run of consecutive input dims
   for (int q : p) {
-    if (!groups.empty() && groups.back().back() + 1 == q) groups.back().push_back(q);
-    else groups.push_back({q});
+    if (!groups.empty() && groups.back().back() + 1 == q)
+      groups.back().push_back(q);
+    else
+      groups.push_back({q});
   }
   // The merged input: groups sorted by their first input dim.
   std::vector<int> order(groups.size());
@@ -168,10 +195,13 @@ KernelPtr transpose(const KernelArgs& a) {
       int64_t B = r == 3 ? mdims[0] : 1, R = mdims[r - 2], C = mdims[r - 1];
       int64_t tr = (R + kTile - 1) / kTile, tc = (C + kTile - 1) / kTile;
       kp = make_kernel([=](const StepContext&) {
-        parallel_for(B * tr * tc, [&](int64_t t) {
-          int64_t b = t / (tr * tc), rem = t % (tr * tc);
-          transpose_tile(x + b * R * C, y + b * R * C, R, C, (rem / tc) * kTile, (rem % tc) * kTile);
-        }, row_grain(kTile * kTile));
+        parallel_for(
+            B * tr * tc,
+            [&](int64_t t) {
+              int64_t b = t / (tr * tc), rem = t % (tr * tc);
+              transpose_tile(x + b * R * C, y + b * R * C, R, C, (rem / tc) * kTile, (rem % tc) * kTile);
+            },
+            row_grain(kTile * kTile));
       });
     } else {
       auto m = std::make_shared<StridedMap>();
@@ -209,11 +239,14 @@ KernelPtr concat(const KernelArgs& a) {
   auto* y = static_cast<std::byte*>(a.outputs[0]);
   int64_t np = static_cast<int64_t>(parts->size());
   return make_kernel([=](const StepContext&) {
-    parallel_for(outer * np, [&](int64_t t) {
-      int64_t o = t / np;
-      const Part& p = (*parts)[t % np];
-      std::memcpy(y + o * row_bytes + p.offset, p.src + o * p.bytes, p.bytes);
-    }, row_grain(row_bytes / static_cast<int64_t>(es) / std::max<int64_t>(np, 1)));
+    parallel_for(
+        outer * np,
+        [&](int64_t t) {
+          int64_t o = t / np;
+          const Part& p = (*parts)[t % np];
+          std::memcpy(y + o * row_bytes + p.offset, p.src + o * p.bytes, p.bytes);
+        },
+        row_grain(row_bytes / static_cast<int64_t>(es) / std::max<int64_t>(np, 1)));
   });
 }
 
@@ -283,14 +316,18 @@ template <class I>
 void check_indices(const I* idx, int64_t k, int64_t n, const std::string* node_name) {
   for (int64_t i = 0; i < k; ++i)
     if (idx[i] < -n || idx[i] >= n)
-      throw InputError(*node_name, fmt::format("index {} (at position {}) is out of range for a dim of size {}",
-                                               static_cast<int64_t>(idx[i]), i, n),
+      throw InputError(*node_name,
+                       fmt::format("index {} (at position {}) is out of range for a dim of size {}",
+                                   static_cast<int64_t>(idx[i]), i, n),
                        "check the indices fed to this node");
 }
 
-template <class F> void dispatch_index(DType t, F&& f) {
-  if (t == DType::i64) f.template operator()<int64_t>();
-  else f.template operator()<int32_t>();
+template <class F>
+void dispatch_index(DType t, F&& f) {
+  if (t == DType::i64)
+    f.template operator()<int64_t>();
+  else
+    f.template operator()<int32_t>();
 }
 
 KernelPtr gather(const KernelArgs& a) {
@@ -305,19 +342,22 @@ KernelPtr gather(const KernelArgs& a) {
       T* y = a.out_ptr<T>(0);
       kp = make_kernel([=](const StepContext&) {
         check_indices(idx, g.k, g.n, name.get());
-        parallel_for(g.outer * g.k, [&](int64_t t) {
-          int64_t o = t / g.k, i = idx[t % g.k];
-          if (i < 0) i += g.n;
-          std::memcpy(y + t * g.inner, x + (o * g.n + i) * g.inner, g.inner * sizeof(T));
-        }, row_grain(g.inner));
+        parallel_for(
+            g.outer * g.k,
+            [&](int64_t t) {
+              int64_t o = t / g.k, i = idx[t % g.k];
+              if (i < 0) i += g.n;
+              std::memcpy(y + t * g.inner, x + (o * g.n + i) * g.inner, g.inner * sizeof(T));
+            },
+            row_grain(g.inner));
       });
     });
   });
   return kp;
 }
 
-// Scatter-add in index order. Work items are (outer index, column block); each owns its output columns across all
-// indices, so repeated indices are summed in the same order whatever the thread count.
+// Scatter-add in index order. Work items are (outer index, column block); each owns its output columns across
+// all indices, so repeated indices are summed in the same order whatever the thread count.
 KernelPtr gather_grad(const KernelArgs& a) {
   Shape data(a.attrs().ints("shape"));
   int axis = normalize_axis(a.attrs().i("axis"), data.rank());
@@ -335,29 +375,34 @@ KernelPtr gather_grad(const KernelArgs& a) {
       kp = make_kernel([=](const StepContext&) {
         check_indices(idx, g.k, g.n, name.get());
         parallel_zero(dx, bytes);
-        parallel_for(g.outer * blocks, [&](int64_t t) {
-          int64_t o = t / blocks, c0 = (t % blocks) * kCols, c1 = std::min(c0 + kCols, g.inner);
-          for (int64_t k = 0; k < g.k; ++k) {
-            int64_t i = idx[k];
-            if (i < 0) i += g.n;
-            T* d = dx + (o * g.n + i) * g.inner;
-            const T* s = dy + (o * g.k + k) * g.inner;
-            for (int64_t c = c0; c < c1; ++c) d[c] += s[c];
-          }
-        }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.k * std::min(kCols, g.inner), 1)));
+        parallel_for(
+            g.outer * blocks,
+            [&](int64_t t) {
+              int64_t o = t / blocks, c0 = (t % blocks) * kCols, c1 = std::min(c0 + kCols, g.inner);
+              for (int64_t k = 0; k < g.k; ++k) {
+                int64_t i = idx[k];
+                if (i < 0) i += g.n;
+                T* d = dx + (o * g.n + i) * g.inner;
+                const T* s = dy + (o * g.k + k) * g.inner;
+                for (int64_t c = c0; c < c1; ++c) d[c] += s[c];
+              }
+            },
+            std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.k * std::min(kCols, g.inner), 1)));
       });
     });
   });
   return kp;
 }
 
-// Shape: the dims are known at prepare time; each step writes them (the output buffer may be reused between steps).
+// Shape: the dims are known at prepare time; each step writes them (the output buffer may be reused between
+// steps).
 KernelPtr shape_of(const KernelArgs& a) {
   const Shape& in = a.in(0).shape;
   int r = in.rank();
   auto clamp_dim = [r](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + r : v, 0, r); };
   int64_t b = clamp_dim(a.attrs().i("start")), e = clamp_dim(a.attrs().i_or("end", r));
-  auto dims = std::make_shared<std::vector<int64_t>>(in.dims().begin() + b, in.dims().begin() + std::max(b, e));
+  auto dims =
+      std::make_shared<std::vector<int64_t>>(in.dims().begin() + b, in.dims().begin() + std::max(b, e));
   int64_t* y = a.out_ptr<int64_t>(0);
   return make_kernel([=](const StepContext&) { std::copy(dims->begin(), dims->end(), y); });
 }
