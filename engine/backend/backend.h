@@ -17,6 +17,9 @@ namespace trainer::engine {
 struct StepContext {
   uint64_t step = 0;
   uint64_t seed = 0;
+  // Index of this replica's first sample in the global batch. Per-element random numbers are keyed by the global
+  // element index (sample_offset * elements per sample + local index), so N replicas draw what one device would.
+  uint64_t sample_offset = 0;
 };
 
 // Device memory: move-only, freed by its destructor.

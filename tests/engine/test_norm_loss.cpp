@@ -364,6 +364,21 @@ TEST_SUITE("norm_loss") {
     check_values(run_op("MeanSquaredError", {In{a}, In{b}}, none({}))[0], {0.25, 9.0, 0.0});
   }
 
+  TEST_CASE("norm_loss: Dropout on replica slices equals Dropout on the whole batch") {
+    // 6 samples of 5 elements: per-sample offsets 0 and 15 are not multiples of 4, so both code paths run.
+    Tensor x = ops::random_tensor({6, 5}, 0.5, 1.5, 4, DType::f32);
+    auto whole = run_dropout(x, 0.5f, {2, 7}, "drop");
+    for (int64_t split : {2, 3, 4}) {
+      Tensor lo(DType::f32, Shape{split, 5}), hi(DType::f32, Shape{6 - split, 5});
+      std::memcpy(lo.raw(), x.raw(), lo.nbytes());
+      std::memcpy(hi.raw(), static_cast<const std::byte*>(x.raw()) + lo.nbytes(), hi.nbytes());
+      auto a = run_dropout(lo, 0.5f, {2, 7, 0}, "drop");
+      auto b = run_dropout(hi, 0.5f, {2, 7, static_cast<uint64_t>(split)}, "drop");
+      CHECK(std::memcmp(a[0].raw(), whole[0].raw(), lo.nbytes()) == 0);
+      CHECK(std::memcmp(b[0].raw(), static_cast<const std::byte*>(whole[0].raw()) + lo.nbytes(), hi.nbytes()) == 0);
+    }
+  }
+
   TEST_CASE("norm_loss: Dropout masks follow philox_uniform and repeat for the same seed and step") {
     const int64_t n = 100003;  // not a multiple of 4: the last Philox block is partly used
     const float ratio = 0.25f;
@@ -447,13 +462,14 @@ TEST_SUITE("norm_loss") {
   }
 
   TEST_CASE("norm_loss: losses and gradients are bitwise equal for any thread count") {
-    // Big enough for the kernels to fork. Returns the loss and its gradients with respect to x and, for the
-    // normalizations, their scale (a sum over the batch), computed with `threads` threads.
+    // Big enough for the kernels to fork; f64, where a changed summation order would show in the last bits.
+    // Returns the loss and its gradients with respect to x and, for the normalizations, their scale (a sum
+    // over the batch), computed with `threads` threads.
     auto run = [](const std::string& op, Shape xs, int threads) {
       auto g = std::make_shared<Graph>();
-      ValueId x = g->add_input("x", DType::f32, xs);
+      ValueId x = g->add_input("x", DType::f64, xs);
       std::vector<ValueId> wrt{x};
-      std::vector<std::pair<ValueId, Tensor>> feeds{{x, ops::random_tensor(xs, -3, 3, 4, DType::f32)}};
+      std::vector<std::pair<ValueId, Tensor>> feeds{{x, ops::random_tensor(xs, -3, 3, 4, DType::f64)}};
       ValueId loss;
       if (op == "SoftmaxCrossEntropyLoss") {
         std::vector<int64_t> ls = xs.dims();
@@ -461,19 +477,19 @@ TEST_SUITE("norm_loss") {
         loss = g->op(op, {x, g->add_constant("y", ops::random_int_tensor(Shape(ls), 0, xs[1], 5))});
       } else {
         int64_t c = op == "BatchNormalization" ? xs[1] : xs[xs.rank() - 1];
-        ValueId sc = g->add_input("s", DType::f32, Shape{c});
+        ValueId sc = g->add_input("s", DType::f64, Shape{c});
         wrt.push_back(sc);
-        feeds.push_back({sc, ops::random_tensor({c}, 0.5, 1.5, 7, DType::f32)});
+        feeds.push_back({sc, ops::random_tensor({c}, 0.5, 1.5, 7, DType::f64)});
         ValueId y;
         if (op == "BatchNormalization") {
-          ValueId zero = g->add_constant("b", Tensor(DType::f32, Shape{c}));
-          ValueId one = g->add_constant("one", Tensor::from<float>({c}, std::vector<float>(c, 1.0f)));
+          ValueId zero = g->add_constant("b", Tensor(DType::f64, Shape{c}));
+          ValueId one = g->add_constant("one", Tensor::from<double>({c}, std::vector<double>(c, 1.0)));
           y = g->node(g->add_node(op, {x, sc, zero, zero, one}, {{"training_mode", int64_t{1}}}, 1))
                   .outputs[0];
         } else {
           y = g->op(op, {x, sc});
         }
-        ValueId w = g->add_constant("w", ops::random_tensor(xs, -1, 1, 6, DType::f32));
+        ValueId w = g->add_constant("w", ops::random_tensor(xs, -1, 1, 6, DType::f64));
         loss = g->op("MeanSquaredError", {y, w});
       }
       auto grads = build_backward(*g, loss, wrt);

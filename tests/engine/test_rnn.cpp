@@ -818,3 +818,89 @@ TEST_SUITE("rnn") {
     CHECK(message("LSTM", {x, w, r}, {{"hidden_size", int64_t{4}}}).find("hidden_size is 4") != std::string::npos);
   }
 }
+#include "engine/data/synthetic.h"
+#include "engine/train/training.h"
+#include "models/layers.h"
+namespace scratchns {
+Tensor rows(const Tensor& t, int64_t start, int64_t count) {
+  std::vector<int64_t> dims = t.shape().dims();
+  int64_t row_bytes = static_cast<int64_t>(t.nbytes()) / dims[0];
+  dims[0] = count;
+  Tensor out(t.dtype(), Shape(dims));
+  std::memcpy(out.raw(), static_cast<const std::byte*>(t.raw()) + start * row_bytes, count * row_bytes);
+  return out;
+}
+}
+using namespace scratchns;
+  TEST_CASE("scratch lstm fb0") {
+    const int batch = 32, len = 8, hidden = 16, n = 512;
+    data::Dataset ds = data::first_sign_sequences(n, len, 21);
+    Graph g;
+    // ONNX LSTM with layout = 1 takes [batch, seq, features], as Keras does.
+    ValueId x = g.add_input("x", DType::f32, Shape{batch, len, 1});
+    ValueId y = g.add_input("y", DType::i64, Shape{batch});
+    uint64_t seed = 3;
+    ValueId W = g.add_parameter("lstm/W", models::glorot_uniform({1, 4 * hidden, 1}, 1, 4 * hidden, seed));
+    ValueId R = g.add_parameter("lstm/R", models::glorot_uniform({1, 4 * hidden, hidden}, hidden, 4 * hidden, seed + 1));
+    ValueId B = g.add_parameter("lstm/B", [&]{ Tensor t(DType::f32, Shape{1, 8 * hidden}); for (int j = 2 * hidden; j < 3 * hidden; ++j) t.set_f64(j, 0); return t; }());
+    NodeId lstm = g.add_node_named("LSTM", {x, W, R, B},
+                                   {{"hidden_size", int64_t{hidden}}, {"layout", int64_t{1}}}, {"", "lstm/h", ""}, "lstm");
+    ValueId h = g.op("Reshape", {g.node(lstm).outputs[1], g.add_constant("shape", Tensor::from<int64_t>({2}, {batch, hidden}))});
+    models::LayerContext ctx{g, seed};
+    ValueId logits = models::dense(ctx, h, 2, "linear", "head");
+    ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, y});
+    TrainingOptions opt;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    auto backend = make_cpu_backend();
+    Trainer tr(std::move(tg), *backend, seed, opt);
+    float last = 0;
+    for (int e = 0; e < 15; ++e) {
+      if (e % 3 == 0) MESSAGE("epoch " << e << " loss " << last);
+      double sum = 0;
+      for (int b = 0; b < n / batch; ++b) {
+        tr.feed(x, rows(ds.x, b * batch, batch));
+        tr.feed(y, rows(ds.y, b * batch, batch));
+        sum += tr.step(0.01f);
+      }
+      last = static_cast<float>(sum / (n / batch));
+    }
+    MESSAGE("LSTM final loss " << last);
+    CHECK(last < 0.1f);
+  }
+
+  TEST_CASE("scratch lstm fb1") {
+    const int batch = 32, len = 8, hidden = 16, n = 512;
+    data::Dataset ds = data::first_sign_sequences(n, len, 21);
+    Graph g;
+    // ONNX LSTM with layout = 1 takes [batch, seq, features], as Keras does.
+    ValueId x = g.add_input("x", DType::f32, Shape{batch, len, 1});
+    ValueId y = g.add_input("y", DType::i64, Shape{batch});
+    uint64_t seed = 3;
+    ValueId W = g.add_parameter("lstm/W", models::glorot_uniform({1, 4 * hidden, 1}, 1, 4 * hidden, seed));
+    ValueId R = g.add_parameter("lstm/R", models::glorot_uniform({1, 4 * hidden, hidden}, hidden, 4 * hidden, seed + 1));
+    ValueId B = g.add_parameter("lstm/B", [&]{ Tensor t(DType::f32, Shape{1, 8 * hidden}); for (int j = 2 * hidden; j < 3 * hidden; ++j) t.set_f64(j, 1); return t; }());
+    NodeId lstm = g.add_node_named("LSTM", {x, W, R, B},
+                                   {{"hidden_size", int64_t{hidden}}, {"layout", int64_t{1}}}, {"", "lstm/h", ""}, "lstm");
+    ValueId h = g.op("Reshape", {g.node(lstm).outputs[1], g.add_constant("shape", Tensor::from<int64_t>({2}, {batch, hidden}))});
+    models::LayerContext ctx{g, seed};
+    ValueId logits = models::dense(ctx, h, 2, "linear", "head");
+    ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, y});
+    TrainingOptions opt;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    auto backend = make_cpu_backend();
+    Trainer tr(std::move(tg), *backend, seed, opt);
+    float last = 0;
+    for (int e = 0; e < 15; ++e) {
+      if (e % 3 == 0) MESSAGE("epoch " << e << " loss " << last);
+      double sum = 0;
+      for (int b = 0; b < n / batch; ++b) {
+        tr.feed(x, rows(ds.x, b * batch, batch));
+        tr.feed(y, rows(ds.y, b * batch, batch));
+        sum += tr.step(0.01f);
+      }
+      last = static_cast<float>(sum / (n / batch));
+    }
+    MESSAGE("LSTM final loss " << last);
+    CHECK(last < 0.1f);
+  }
+

@@ -50,36 +50,91 @@ Win2d win2d(const Shape& x, int64_t m, const std::vector<int64_t>& kernel, const
 
 std::vector<int64_t> kernel_of(const Shape& w) { return std::vector<int64_t>(w.dims().begin() + 2, w.dims().end()); }
 
-// ---- oneDNN descriptors ----
+// ---- oneDNN descriptors and layouts ----
+
+// Which layout a convolution primitive works in. Measured on AVX-512 (batch 64, 3x3): oneDNN's blocked layouts
+// (nChw16c, ...) beat plain NCHW by 1.2-6x for the forward pass everywhere, and for both gradients once there are
+// several input channels; plain NCHW (im2col + GEMM) wins the gradients of first layers, whose one to three input
+// channels would fill a 16-wide channel block with padding.
+enum class Layout { plain, blocked };
 
 struct ConvMds {
-  dnnl::memory::desc src, wei, bias, dst;
+  dnnl::memory::desc src, wei, bias, dst;  // plain: how the arena holds them
   dnnl::memory::dims strides, dilates, pad_l, pad_r;
+  // The descriptors a primitive is created with: the plain ones, or "any" to let oneDNN choose.
+  dnnl::memory::desc src_any, wei_any, dst_any;
 };
 
-ConvMds conv_mds(const Win2d& v) {
+ConvMds conv_mds(const Win2d& v, Layout layout) {
+  using tag = dnnl::memory::format_tag;
   ConvMds d;
   d.src = dnnl_plain_md({v.n, v.c, v.h, v.w}, DType::f32);
   d.dst = dnnl_plain_md({v.n, v.m, v.oh, v.ow}, DType::f32);
   int64_t cg = v.c / v.group;
-  d.wei = v.group == 1 ? dnnl_plain_md({v.m, cg, v.kh, v.kw}, DType::f32)
-                       : dnnl_plain_md({v.group, v.m / v.group, cg, v.kh, v.kw}, DType::f32);
+  std::vector<int64_t> wd = v.group == 1 ? std::vector<int64_t>{v.m, cg, v.kh, v.kw}
+                                         : std::vector<int64_t>{v.group, v.m / v.group, cg, v.kh, v.kw};
+  d.wei = dnnl_plain_md(wd, DType::f32);
   d.bias = dnnl_plain_md({v.m}, DType::f32);
   d.strides = {v.sh, v.sw};
   d.dilates = {v.dh - 1, v.dw - 1};  // oneDNN counts the gaps, ONNX the step
   d.pad_l = {v.pt, v.pl};
   d.pad_r = {v.pb, v.pr};
+  auto any = [](const dnnl::memory::desc& md) {
+    return dnnl::memory::desc(md.dims(), dnnl::memory::data_type::f32, tag::any);
+  };
+  bool blocked = layout == Layout::blocked;
+  d.src_any = blocked ? any(d.src) : d.src;
+  d.wei_any = blocked ? any(d.wei) : d.wei;
+  d.dst_any = blocked ? any(d.dst) : d.dst;
   return d;
 }
 
 dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvMds& d, bool bias) {
   using namespace dnnl;
-  auto desc = bias ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
-                                               d.wei, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r)
-                   : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src,
-                                               d.wei, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+  auto desc = bias ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src_any,
+                                               d.wei_any, d.bias, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
+                   : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src_any,
+                                               d.wei_any, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
   return convolution_forward::primitive_desc(desc, dnnl_attr(), dnnl_cpu_engine());
 }
+
+// A primitive call whose operands may live in layouts other than the arena's: inputs are reordered into buffers
+// owned here before the call and outputs reordered back after it. Buffers and reorders are all made at prepare time.
+class LayoutCall {
+ public:
+  // The memory to bind for an operand the primitive wants as `want`, held in the arena as `plain` at `ptr`.
+  dnnl::memory input(const dnnl::memory::desc& plain, const void* ptr, const dnnl::memory::desc& want) {
+    return bind(plain, ptr, want, true);
+  }
+  dnnl::memory output(const dnnl::memory::desc& plain, void* ptr, const dnnl::memory::desc& want) {
+    return bind(plain, ptr, want, false);
+  }
+  void set_call(DnnlCall call) { call_ = std::move(call); }
+  void operator()() const {
+    for (const DnnlCall& r : before_) r();
+    call_();
+    for (const DnnlCall& r : after_) r();
+  }
+
+ private:
+  dnnl::memory bind(const dnnl::memory::desc& plain, const void* ptr, const dnnl::memory::desc& want, bool in) {
+    dnnl::memory user = dnnl_mem(plain, ptr);
+    if (want == plain) return user;
+    auto buf = std::make_shared<std::vector<std::byte>>(want.get_size() + 64);
+    auto p = reinterpret_cast<uintptr_t>(buf->data());
+    buffers_.push_back(buf);
+    dnnl::memory mine(want, dnnl_cpu_engine(), reinterpret_cast<void*>((p + 63) / 64 * 64));
+    const dnnl::memory& from = in ? user : mine;
+    const dnnl::memory& to = in ? mine : user;
+    dnnl::reorder::primitive_desc pd(dnnl_cpu_engine(), from.get_desc(), dnnl_cpu_engine(), to.get_desc(), dnnl_attr());
+    (in ? before_ : after_).emplace_back(dnnl::reorder(pd), pd,
+                                         std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+    return mine;
+  }
+  std::vector<DnnlCall> before_, after_;
+  DnnlCall call_;
+  std::vector<std::shared_ptr<std::vector<std::byte>>> buffers_;
+};
 
 // ---- Conv: plain loops ----
 
@@ -185,13 +240,15 @@ KernelPtr conv(const KernelArgs& a) {
     const T* b = bias ? a.in_ptr<T>(2) : nullptr;
     T* y = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
-      ConvMds d = conv_mds(v);
+      ConvMds d = conv_mds(v, Layout::blocked);
       auto pd = conv_fwd_pd(d, bias);
-      std::vector<std::pair<int, dnnl::memory>> args = {
-          {DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_WEIGHTS, dnnl_mem(d.wei, w)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}};
+      auto call = std::make_shared<LayoutCall>();
+      std::vector<std::pair<int, dnnl::memory>> args = {{DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
+                                                        {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
+                                                        {DNNL_ARG_DST, call->output(d.dst, y, pd.dst_desc())}};
       if (bias) args.emplace_back(DNNL_ARG_BIAS, dnnl_mem(d.bias, b));
-      DnnlCall call(dnnl::convolution_forward(pd), pd, std::move(args));
-      kp = make_kernel([call](const StepContext&) { call(); });
+      call->set_call(DnnlCall(dnnl::convolution_forward(pd), pd, std::move(args)));
+      kp = make_kernel([call](const StepContext&) { (*call)(); });
     } else {
       kp = make_kernel([=](const StepContext&) { conv_fwd_loops(v, x, w, b, y); });
     }
@@ -211,17 +268,18 @@ KernelPtr conv_grad_input(const KernelArgs& a) {
     T* dx = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
       using namespace dnnl;
-      ConvMds d = conv_mds(v);
+      ConvMds d = conv_mds(v, v.c / v.group >= 8 ? Layout::blocked : Layout::plain);
       auto hint = conv_fwd_pd(d, false);
       convolution_backward_data::primitive_desc pd(
-          convolution_backward_data::desc(algorithm::convolution_direct, d.src, d.wei, d.dst, d.strides, d.dilates,
-                                          d.pad_l, d.pad_r),
+          convolution_backward_data::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.dst_any, d.strides,
+                                          d.dilates, d.pad_l, d.pad_r),
           dnnl_attr(), dnnl_cpu_engine(), hint);
-      DnnlCall call(convolution_backward_data(pd), pd,
-                    {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
-                     {DNNL_ARG_WEIGHTS, dnnl_mem(d.wei, w)},
-                     {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
-      kp = make_kernel([call](const StepContext&) { call(); });
+      auto call = std::make_shared<LayoutCall>();
+      std::vector<std::pair<int, memory>> args = {{DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
+                                                  {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
+                                                  {DNNL_ARG_DIFF_SRC, call->output(d.src, dx, pd.diff_src_desc())}};
+      call->set_call(DnnlCall(convolution_backward_data(pd), pd, std::move(args)));
+      kp = make_kernel([call](const StepContext&) { (*call)(); });
     } else {
       kp = make_kernel([=](const StepContext&) { conv_bwd_data_loops(v, dy, w, dx); });
     }
@@ -242,19 +300,21 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
     T* db = bias ? a.out_ptr<T>(1) : nullptr;
     if constexpr (std::is_same_v<T, float>) {
       using namespace dnnl;
-      ConvMds d = conv_mds(v);
+      ConvMds d = conv_mds(v, v.c / v.group > 1 ? Layout::blocked : Layout::plain);
       auto hint = conv_fwd_pd(d, bias);
-      auto desc = bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.wei, d.bias, d.dst,
-                                                            d.strides, d.dilates, d.pad_l, d.pad_r)
-                       : convolution_backward_weights::desc(algorithm::convolution_direct, d.src, d.wei, d.dst,
-                                                            d.strides, d.dilates, d.pad_l, d.pad_r);
+      auto desc = bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.bias,
+                                                            d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
+                       : convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
+                                                            d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
       convolution_backward_weights::primitive_desc pd(desc, dnnl_attr(), dnnl_cpu_engine(), hint);
-      std::vector<std::pair<int, memory>> args = {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
-                                                  {DNNL_ARG_SRC, dnnl_mem(d.src, x)},
-                                                  {DNNL_ARG_DIFF_WEIGHTS, dnnl_mem(d.wei, dw)}};
+      auto call = std::make_shared<LayoutCall>();
+      std::vector<std::pair<int, memory>> args = {
+          {DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
+          {DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
+          {DNNL_ARG_DIFF_WEIGHTS, call->output(d.wei, dw, pd.diff_weights_desc())}};
       if (bias) args.emplace_back(DNNL_ARG_DIFF_BIAS, dnnl_mem(d.bias, db));
-      DnnlCall call(convolution_backward_weights(pd), pd, std::move(args));
-      kp = make_kernel([call](const StepContext&) { call(); });
+      call->set_call(DnnlCall(convolution_backward_weights(pd), pd, std::move(args)));
+      kp = make_kernel([call](const StepContext&) { (*call)(); });
     } else {
       kp = make_kernel([=](const StepContext&) { conv_bwd_weights_loops(v, dy, x, dw, db); });
     }

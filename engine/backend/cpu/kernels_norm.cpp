@@ -291,7 +291,7 @@ KernelPtr layer_norm_grad(const KernelArgs& a) {
     // dScale and dB sum over rows. Rows are split into a fixed number of blocks (set by the shape, not the
     // thread count); each block accumulates contiguous partial sums, which are then added in block order.
     constexpr int64_t kRowBlocks = 64;
-    int64_t blocks = std::clamp<int64_t>(l.rows, 1, omp_get_max_threads());
+    int64_t blocks = std::clamp<int64_t>(l.rows, 1, kRowBlocks);
     auto partial = std::make_shared<std::vector<double>>(2 * blocks * l.inner);
     kp = make_kernel([=](const StepContext&) {
       double* part = partial->data();
@@ -385,7 +385,7 @@ DropoutParams dropout_params(const KernelArgs& a, uint64_t stream) {
 // one Philox block, exactly as philox_uniform maps elements to blocks.
 template <class T>
 void apply_dropout(const DropoutParams& p, const StepContext& ctx, const T* in, T* out, uint8_t* mask,
-                   int64_t n) {
+                   int64_t n, int64_t per_sample) {
   float ratio = p.read_ratio();
   if (!p.is_training() || ratio <= 0) {
     if (in != out) std::memcpy(out, in, static_cast<size_t>(n) * sizeof(T));
@@ -395,9 +395,19 @@ void apply_dropout(const DropoutParams& p, const StepContext& ctx, const T* in, 
   uint64_t seed = ops::dropout_seed(ctx.seed, p.has_seed, p.seed);
   T scale = ratio < 1 ? static_cast<T>(1.0 / (1.0 - static_cast<double>(ratio))) : T(0);
   uint64_t stream = p.stream, step = ctx.step;
+  // Global element index of local element 0: replicas of a data-parallel run draw the single-device mask.
+  uint64_t base = ctx.sample_offset * static_cast<uint64_t>(per_sample);
+  if (base % 4 != 0) {
+    parallel_for(n, [&](int64_t i) {
+      bool keep = ops::dropout_keep(seed, stream, step, base + static_cast<uint64_t>(i), ratio);
+      out[i] = keep ? in[i] * scale : T(0);
+      if (mask) mask[i] = keep;
+    });
+    return;
+  }
   // Elements 4g .. 4g+3 take the four words of block g; the fixed trip count keeps the words in registers.
   auto group = [&](int64_t g, int count) {
-    kernels::Philox4x32 b = kernels::philox_block(seed, stream, step, static_cast<uint64_t>(g));
+    kernels::Philox4x32 b = kernels::philox_block(seed, stream, step, base / 4 + static_cast<uint64_t>(g));
     for (int k = 0; k < 4; ++k) {
       if (k >= count) break;
       int64_t i = 4 * g + k;
@@ -420,7 +430,8 @@ KernelPtr dropout(const KernelArgs& a) {
     T* y = a.out_ptr<T>(0);
     uint8_t* mask = a.has_output(1) ? a.out_ptr<uint8_t>(1) : nullptr;
     int64_t n = a.in(0).shape.numel();
-    kp = make_kernel([=](const StepContext& ctx) { apply_dropout(p, ctx, x, y, mask, n); });
+    int64_t per_sample = a.in(0).shape.rank() ? n / std::max<int64_t>(a.in(0).shape[0], 1) : n;
+    kp = make_kernel([=](const StepContext& ctx) { apply_dropout(p, ctx, x, y, mask, n, per_sample); });
   });
   return kp;
 }
@@ -432,7 +443,8 @@ KernelPtr dropout_grad(const KernelArgs& a) {
     const T* dy = a.in_ptr<T>(0);
     T* dx = a.out_ptr<T>(0);
     int64_t n = a.in(0).shape.numel();
-    kp = make_kernel([=](const StepContext& ctx) { apply_dropout<T>(p, ctx, dy, dx, nullptr, n); });
+    int64_t per_sample = a.in(0).shape.rank() ? n / std::max<int64_t>(a.in(0).shape[0], 1) : n;
+    kp = make_kernel([=](const StepContext& ctx) { apply_dropout<T>(p, ctx, dy, dx, nullptr, n, per_sample); });
   });
   return kp;
 }

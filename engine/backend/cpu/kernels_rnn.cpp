@@ -414,7 +414,7 @@ class RnnRunner {
           const T daf = input_forget ? T(0) : df * act_slope(fa, gf[j]) * clip_pass(pre, 2 * H + j, clip);
           const T dac = dct * act_slope(ga, gc[j]) * clip_pass(pre, 3 * H + j, clip);
           T dcp = dC * gf[j];
-          if (P) dcp += dai * P[j];
+          if (P) dcp += dai * P[j] + daf * P[2 * H + j];
           dc[j] = dcp;
           da[j] = dai;
           da[H + j] = dao;
