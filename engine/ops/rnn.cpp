@@ -1,6 +1,6 @@
-// Op family 'rnn': ONNX LSTM and GRU (opset 14) and their gradients. Backpropagation through time is one private
-// op per cell (LSTMGrad, GRUGrad) that recomputes the forward gates from the forward inputs, so the ONNX ops keep
-// their ONNX outputs and nothing extra lives in the arena between forward and backward.
+// Op family 'rnn': ONNX LSTM and GRU (opset 14) and their gradients. Backpropagation through time is one
+// private op per cell (LSTMGrad, GRUGrad) that recomputes the forward gates from the forward inputs, so the
+// ONNX ops keep their ONNX outputs and nothing extra lives in the arena between forward and backward.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/rnn_config.h"
@@ -12,8 +12,12 @@ namespace {
 const char* kGradOpReason = "a gradient op: training needs first derivatives only";
 
 // Forward inputs: X, W, R, B, sequence_lens, initial_h, then (LSTM) initial_c, P.
-int num_forward_inputs(RnnCell cell) { return cell == RnnCell::lstm ? 8 : 6; }
-int num_forward_outputs(RnnCell cell) { return cell == RnnCell::lstm ? 3 : 2; }
+int num_forward_inputs(RnnCell cell) {
+  return cell == RnnCell::lstm ? 8 : 6;
+}
+int num_forward_outputs(RnnCell cell) {
+  return cell == RnnCell::lstm ? 3 : 2;
+}
 // Gradient-op output k is the gradient of forward input kGradOf[k]: sequence_lens (4) has none.
 const std::vector<int>& grad_outputs_of(RnnCell cell) {
   static const std::vector<int> lstm = {0, 1, 2, 3, 5, 6, 7}, gru = {0, 1, 2, 3, 5};
@@ -28,11 +32,14 @@ void declare_attrs(OpSchema& s, RnnCell cell) {
       .attr_optional("activation_beta", AttrType::floats)
       .attr_optional("clip", AttrType::f)
       .attr("layout", int64_t{0});
-  if (cell == RnnCell::lstm) s.attr("input_forget", int64_t{0});
-  else s.attr("linear_before_reset", int64_t{0});
+  if (cell == RnnCell::lstm)
+    s.attr("input_forget", int64_t{0});
+  else
+    s.attr("linear_before_reset", int64_t{0});
 }
 
-// Validates the forward inputs (shared by the gradient ops, whose first inputs are the same) and returns the config.
+// Validates the forward inputs (shared by the gradient ops, whose first inputs are the same) and returns the
+// config.
 RnnConfig check_inputs(InferContext& c, RnnCell cell) {
   RnnConfig cfg;
   std::string err = parse_rnn_config(cell, c.attrs(), c.shape(0), c.shape(2), &cfg);
@@ -45,12 +52,14 @@ RnnConfig check_inputs(InferContext& c, RnnCell cell) {
     c.fail("W must be [{}, {}, {}], got {}", cfg.dirs, gh, cfg.input, c.shape(1).str());
   if (c.has_input(3)) {
     c.expect_same_dtype(0, 3);
-    if (c.shape(3) != Shape{cfg.dirs, 2 * gh}) c.fail("B must be [{}, {}], got {}", cfg.dirs, 2 * gh, c.shape(3).str());
+    if (c.shape(3) != Shape{cfg.dirs, 2 * gh})
+      c.fail("B must be [{}, {}], got {}", cfg.dirs, 2 * gh, c.shape(3).str());
   }
   if (c.has_input(4)) {
     if (c.dtype(4) != DType::i32 && c.dtype(4) != DType::i64)
       c.fail("sequence_lens must be int32, got {}", dtype_name(c.dtype(4)));
-    if (c.shape(4) != Shape{cfg.batch}) c.fail("sequence_lens must be [{}], got {}", cfg.batch, c.shape(4).str());
+    if (c.shape(4) != Shape{cfg.batch})
+      c.fail("sequence_lens must be [{}], got {}", cfg.batch, c.shape(4).str());
   }
   const char* state_names[] = {"initial_h", "initial_c"};
   for (int i = 5; i <= (cell == RnnCell::lstm ? 6 : 5); ++i) {
@@ -84,7 +93,8 @@ void infer_grad(InferContext& c, RnnCell cell) {
     if (!c.has_input(i)) continue;
     c.expect_same_dtype(0, i);
     Shape want = k == 0 ? cfg.y_shape() : cfg.state_shape();
-    if (c.shape(i) != want) c.fail("the gradient of forward output {} must be {}, got {}", k, want.str(), c.shape(i).str());
+    if (c.shape(i) != want)
+      c.fail("the gradient of forward output {} must be {}, got {}", k, want.str(), c.shape(i).str());
   }
   DType t = c.dtype(0);
   const int64_t gh = cfg.gates() * cfg.hidden;
@@ -92,20 +102,32 @@ void infer_grad(InferContext& c, RnnCell cell) {
   for (size_t k = 0; k < of.size(); ++k) {
     Shape s;
     switch (of[k]) {
-      case 0: s = c.shape(0); break;
-      case 1: s = Shape{cfg.dirs, gh, cfg.input}; break;
-      case 2: s = Shape{cfg.dirs, gh, cfg.hidden}; break;
-      case 3: s = Shape{cfg.dirs, 2 * gh}; break;
+      case 0:
+        s = c.shape(0);
+        break;
+      case 1:
+        s = Shape{cfg.dirs, gh, cfg.input};
+        break;
+      case 2:
+        s = Shape{cfg.dirs, gh, cfg.hidden};
+        break;
+      case 3:
+        s = Shape{cfg.dirs, 2 * gh};
+        break;
       case 5:
-      case 6: s = cfg.state_shape(); break;
-      case 7: s = Shape{cfg.dirs, 3 * cfg.hidden}; break;
+      case 6:
+        s = cfg.state_shape();
+        break;
+      case 7:
+        s = Shape{cfg.dirs, 3 * cfg.hidden};
+        break;
     }
     c.set_output(static_cast<int>(k), t, s);
   }
 }
 
-// Emits one gradient node whose outputs exist only for the inputs that need a gradient, so the kernel skips the
-// rest (dX of a network's first layer, dB of a node without B).
+// Emits one gradient node whose outputs exist only for the inputs that need a gradient, so the kernel skips
+// the rest (dX of a network's first layer, dB of a node without B).
 void grad_rule(GradContext& c, RnnCell cell, const char* grad_op) {
   Graph& g = c.graph();
   std::vector<ValueId> ins;
@@ -144,10 +166,12 @@ OpExample make_example(RnnCell cell, const ExampleSpec& s, uint64_t seed) {
   const int64_t gh = (cell == RnnCell::lstm ? 4 : 3) * kHid;
   Shape x = s.layout == 0 ? Shape{kSeq, kBatch, kIn} : Shape{kBatch, kSeq, kIn};
   Shape st = s.layout == 0 ? Shape{s.dirs, kBatch, kHid} : Shape{kBatch, s.dirs, kHid};
-  std::vector<Tensor> in = {random_tensor(x, -1, 1, seed), random_tensor({s.dirs, gh, kIn}, -0.7, 0.7, seed + 1),
+  std::vector<Tensor> in = {random_tensor(x, -1, 1, seed),
+                            random_tensor({s.dirs, gh, kIn}, -0.7, 0.7, seed + 1),
                             random_tensor({s.dirs, gh, kHid}, -0.7, 0.7, seed + 2),
                             random_tensor({s.dirs, 2 * gh}, -0.5, 0.5, seed + 3),
-                            Tensor::from<int32_t>({kBatch}, {2, 3}), random_tensor(st, -1, 1, seed + 4)};
+                            Tensor::from<int32_t>({kBatch}, {2, 3}),
+                            random_tensor(st, -1, 1, seed + 4)};
   if (cell == RnnCell::lstm) {
     in.push_back(random_tensor(st, -1, 1, seed + 5));
     in.push_back(random_tensor({s.dirs, 3 * kHid}, -0.5, 0.5, seed + 6));
@@ -189,7 +213,8 @@ std::vector<OpExample> lstm_examples() {
   specs[5].attrs.set("activation_alpha", std::vector<float>{0.3f});
   specs[5].attrs.set("activation_beta", std::vector<float>{0.45f});
   std::vector<OpExample> out;
-  for (size_t i = 0; i < specs.size(); ++i) out.push_back(make_example(RnnCell::lstm, specs[i], 100 + 10 * i));
+  for (size_t i = 0; i < specs.size(); ++i)
+    out.push_back(make_example(RnnCell::lstm, specs[i], 100 + 10 * i));
   return out;
 }
 
@@ -266,16 +291,20 @@ OpSchema grad_schema(const char* name, RnnCell cell) {
 }  // namespace
 
 void register_rnn_ops(OpRegistry& r) {
-  r.add(forward_schema("LSTM", RnnCell::lstm, "LSTMGrad").doc(
-      "ONNX LSTM: gates i, o, f, c; optional peepholes, clip, input_forget, sequence_lens and batch-major layout"));
-  r.add(forward_schema("GRU", RnnCell::gru, "GRUGrad").doc(
-      "ONNX GRU: gates z, r, h; linear_before_reset 0 or 1; optional clip, sequence_lens and batch-major layout"));
-  r.add(grad_schema("LSTMGrad", RnnCell::lstm).doc(
-      "LSTM backpropagation through time: (LSTM inputs, dY, dY_h, dY_c) -> dX, dW, dR, dB, dinitial_h, "
-      "dinitial_c, dP; recomputes the gates"));
-  r.add(grad_schema("GRUGrad", RnnCell::gru).doc(
-      "GRU backpropagation through time: (GRU inputs, dY, dY_h) -> dX, dW, dR, dB, dinitial_h; recomputes the "
-      "gates"));
+  r.add(forward_schema("LSTM", RnnCell::lstm, "LSTMGrad")
+            .doc("ONNX LSTM: gates i, o, f, c; optional peepholes, clip, input_forget, sequence_lens and "
+                 "batch-major layout"));
+  r.add(forward_schema("GRU", RnnCell::gru, "GRUGrad")
+            .doc("ONNX GRU: gates z, r, h; linear_before_reset 0 or 1; optional clip, sequence_lens and "
+                 "batch-major layout"));
+  r.add(grad_schema("LSTMGrad", RnnCell::lstm)
+            .doc("LSTM backpropagation through time: (LSTM inputs, dY, dY_h, dY_c) -> dX, dW, dR, dB, "
+                 "dinitial_h, "
+                 "dinitial_c, dP; recomputes the gates"));
+  r.add(grad_schema("GRUGrad", RnnCell::gru)
+            .doc("GRU backpropagation through time: (GRU inputs, dY, dY_h) -> dX, dW, dR, dB, dinitial_h; "
+                 "recomputes the "
+                 "gates"));
 }
 
 }  // namespace trainer::engine::ops

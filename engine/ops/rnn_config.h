@@ -1,5 +1,5 @@
-// The attributes and shapes of an ONNX LSTM or GRU node (and of their gradient ops), parsed once into one struct
-// that shape inference validates and the kernels read.
+// The attributes and shapes of an ONNX LSTM or GRU node (and of their gradient ops), parsed once into one
+// struct that shape inference validates and the kernels read.
 #pragma once
 
 #include <optional>
@@ -13,8 +13,8 @@ namespace trainer::engine::ops {
 
 enum class RnnCell { lstm, gru };
 
-// The activations ONNX allows in recurrent cells that this engine implements. Each has a derivative that can be
-// computed from its output alone, so the backward pass keeps activations only.
+// The activations ONNX allows in recurrent cells that this engine implements. Each has a derivative that can
+// be computed from its output alone, so the backward pass keeps activations only.
 enum class RnnActKind { sigmoid, tanh, relu, hard_sigmoid, leaky_relu };
 
 struct RnnActivation {
@@ -42,24 +42,34 @@ struct RnnConfig {
 
   // Shapes of the states (initial_h, Y_h, ...) and of Y under the layout.
   Shape state_shape() const { return layout == 0 ? Shape{dirs, batch, hidden} : Shape{batch, dirs, hidden}; }
-  Shape y_shape() const { return layout == 0 ? Shape{seq, dirs, batch, hidden} : Shape{batch, seq, dirs, hidden}; }
+  Shape y_shape() const {
+    return layout == 0 ? Shape{seq, dirs, batch, hidden} : Shape{batch, seq, dirs, hidden};
+  }
   // Element offsets of row (t, b) of X, of Y for direction d, and of a state for direction d.
   int64_t x_row(int64_t t, int64_t b) const { return layout == 0 ? t * batch + b : b * seq + t; }
   int64_t y_offset(int64_t t, int d, int64_t b) const {
     return (layout == 0 ? (t * dirs + d) * batch + b : (b * seq + t) * dirs + d) * hidden;
   }
-  int64_t state_offset(int d, int64_t b) const { return (layout == 0 ? d * batch + b : b * dirs + d) * hidden; }
+  int64_t state_offset(int d, int64_t b) const {
+    return (layout == 0 ? d * batch + b : b * dirs + d) * hidden;
+  }
 };
 
 namespace rnn_detail {
 
 inline bool parse_act(const std::string& name, RnnActKind* k) {
-  if (name == "Sigmoid") *k = RnnActKind::sigmoid;
-  else if (name == "Tanh") *k = RnnActKind::tanh;
-  else if (name == "Relu") *k = RnnActKind::relu;
-  else if (name == "HardSigmoid") *k = RnnActKind::hard_sigmoid;
-  else if (name == "LeakyRelu") *k = RnnActKind::leaky_relu;
-  else return false;
+  if (name == "Sigmoid")
+    *k = RnnActKind::sigmoid;
+  else if (name == "Tanh")
+    *k = RnnActKind::tanh;
+  else if (name == "Relu")
+    *k = RnnActKind::relu;
+  else if (name == "HardSigmoid")
+    *k = RnnActKind::hard_sigmoid;
+  else if (name == "LeakyRelu")
+    *k = RnnActKind::leaky_relu;
+  else
+    return false;
   return true;
 }
 
@@ -82,8 +92,8 @@ inline std::vector<std::string> split_names(const std::string& s) {
 
 // Parses the node's attributes against X [seq, batch, input] (layout 0) or [batch, seq, input] (layout 1) and
 // R [dirs, gates*hidden, hidden]. Returns an error message, or an empty string when the node is valid.
-// `activations` is a string attribute: the ONNX list of names joined with commas (the IR has no list-of-strings
-// attribute type), e.g. "Sigmoid,Tanh,Tanh".
+// `activations` is a string attribute: the ONNX list of names joined with commas (the IR has no
+// list-of-strings attribute type), e.g. "Sigmoid,Tanh,Tanh".
 inline std::string parse_rnn_config(RnnCell cell, const Attributes& a, const Shape& x, const Shape& r,
                                     RnnConfig* out) {
   RnnConfig c;
@@ -99,13 +109,18 @@ inline std::string parse_rnn_config(RnnCell cell, const Attributes& a, const Sha
   if (a.has("hidden_size") && a.i("hidden_size") != c.hidden)
     return fmt::format("hidden_size is {} but R has hidden size {}", a.i("hidden_size"), c.hidden);
   const std::string dir = a.has("direction") ? a.s("direction") : std::string("forward");
-  if (dir == "forward") c.dirs = 1;
-  else if (dir == "reverse") c.dirs = 1, c.reverse = true;
-  else if (dir == "bidirectional") c.dirs = 2;
-  else return fmt::format("direction must be forward, reverse or bidirectional, got '{}'", dir);
+  if (dir == "forward")
+    c.dirs = 1;
+  else if (dir == "reverse")
+    c.dirs = 1, c.reverse = true;
+  else if (dir == "bidirectional")
+    c.dirs = 2;
+  else
+    return fmt::format("direction must be forward, reverse or bidirectional, got '{}'", dir);
   if (r[0] != c.dirs) return fmt::format("direction {} needs {} directions in R, got {}", dir, c.dirs, r[0]);
   if (r[1] != c.gates() * c.hidden)
-    return fmt::format("R must be [{}, {}, {}] ({} gates)", c.dirs, c.gates() * c.hidden, c.hidden, c.gates());
+    return fmt::format("R must be [{}, {}, {}] ({} gates)", c.dirs, c.gates() * c.hidden, c.hidden,
+                       c.gates());
   if (a.has("clip")) {
     float v = a.f("clip");
     if (!(v > 0)) return fmt::format("clip must be positive, got {}", v);
@@ -116,8 +131,8 @@ inline std::string parse_rnn_config(RnnCell cell, const Attributes& a, const Sha
 
   // Activations: defaults per cell; a list of acts_per_dir() names (applied to every direction) or of
   // acts_per_dir() * dirs names. Alphas and betas are consumed in order by the functions that take them.
-  std::vector<std::string> names =
-      cell == RnnCell::lstm ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"} : std::vector<std::string>{"Sigmoid", "Tanh"};
+  std::vector<std::string> names = cell == RnnCell::lstm ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
+                                                         : std::vector<std::string>{"Sigmoid", "Tanh"};
   if (a.has("activations")) {
     std::vector<std::string> given = rnn_detail::split_names(a.s("activations"));
     size_t per = static_cast<size_t>(c.acts_per_dir());
@@ -137,7 +152,8 @@ inline std::string parse_rnn_config(RnnCell cell, const Attributes& a, const Sha
   for (const std::string& n : names) {
     RnnActivation act;
     if (!rnn_detail::parse_act(n, &act.kind))
-      return fmt::format("activation '{}' is not supported; use Sigmoid, Tanh, Relu, HardSigmoid or LeakyRelu", n);
+      return fmt::format(
+          "activation '{}' is not supported; use Sigmoid, Tanh, Relu, HardSigmoid or LeakyRelu", n);
     if (act.kind == RnnActKind::hard_sigmoid) {
       act.alpha = ai < alphas.size() ? alphas[ai++] : 0.2f;
       act.beta = bi < betas.size() ? betas[bi++] : 0.5f;

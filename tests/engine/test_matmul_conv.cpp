@@ -299,6 +299,11 @@ TEST_SUITE("matmul_conv") {
          {{"auto_pad", std::string("SAME_LOWER")}, {"strides", V{2, 2}}}, false},
         {"VALID", {2, 3, 9, 9}, {4, 3, 3, 3}, 1, {3, 3, 2, 1}, {{"auto_pad", std::string("VALID")}, {"strides", V{2, 1}}},
          true},
+        // Enough input channels for oneDNN's blocked layouts in every pass (reorders around the primitives).
+        {"16 channels, strides 2", {2, 16, 9, 9}, {8, 16, 3, 3}, 1, {3, 3, 2, 2, 1, 1, 1, 1, 1, 1},
+         {{"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}}}, true},
+        {"2 groups of 8 channels", {2, 16, 7, 7}, {32, 8, 3, 3}, 2, {3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+         {{"group", int64_t{2}}, {"pads", V{1, 1, 1, 1}}}, true},
         {"MNIST first layer", {64, 1, 28, 28}, {32, 1, 3, 3}, 1, {3, 3}, {}, true},
         {"CIFAR first layer", {16, 3, 32, 32}, {32, 3, 3, 3}, 1, {3, 3, 1, 1, 1, 1, 1, 1, 1, 1}, {{"pads", V{1, 1, 1, 1}}},
          true},

@@ -157,7 +157,10 @@ TEST_SUITE("training") {
     uint64_t seed = 3;
     ValueId W = g.add_parameter("lstm/W", models::glorot_uniform({1, 4 * hidden, 1}, 1, 4 * hidden, seed));
     ValueId R = g.add_parameter("lstm/R", models::glorot_uniform({1, 4 * hidden, hidden}, hidden, 4 * hidden, seed + 1));
-    ValueId B = g.add_parameter("lstm/B", Tensor(DType::f32, Shape{1, 8 * hidden}));
+    // Keras's unit_forget_bias: the forget gate (third block in ONNX's i, o, f, c order) starts at bias 1.
+    Tensor bias(DType::f32, Shape{1, 8 * hidden});
+    for (int i = 2 * hidden; i < 3 * hidden; ++i) bias.data<float>()[i] = 1.0f;
+    ValueId B = g.add_parameter("lstm/B", bias);
     NodeId lstm = g.add_node_named("LSTM", {x, W, R, B},
                                    {{"hidden_size", int64_t{hidden}}, {"layout", int64_t{1}}}, {"", "lstm/h", ""}, "lstm");
     ValueId h = g.op("Reshape", {g.node(lstm).outputs[1], g.add_constant("shape", Tensor::from<int64_t>({2}, {batch, hidden}))});

@@ -1,6 +1,7 @@
 // CPU backend benchmark: GFLOP/s of GEMM and convolution (forward and both gradients) run through the engine
 // (Graph + Session), one JSON line per case on stdout. tools/bench/run.sh compares the GEMMs with numpy.
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -34,7 +35,8 @@ struct Case {
   std::vector<ValueId> inputs;
 };
 
-// Median milliseconds per run of a one-node graph, after warm-up; each repeat runs for at least min_seconds.
+// Milliseconds per run of a one-node graph: the best of `repeats` timings after warm-up, each running for at least
+// min_seconds. The best, not the median: on a shared machine other work only ever adds time.
 double time_ms(const Case& c, Backend& backend, const Options& o) {
   Session sess(c.graph, backend);
   for (ValueId v : c.inputs) {
@@ -55,8 +57,7 @@ double time_ms(const Case& c, Backend& backend, const Options& o) {
     } while (elapsed < o.min_seconds);
     ms.push_back(1e3 * elapsed / static_cast<double>(runs));
   }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  return *std::min_element(ms.begin(), ms.end());
 }
 
 Case gemm_case(int64_t m, int64_t k, int64_t n) {
@@ -137,6 +138,7 @@ Options parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   Options o = parse(argc, argv);
   auto backend = make_cpu_backend(CpuOptions{o.threads});
+  int threads = omp_get_max_threads();  // what the backend set
   fmt::print(stderr, "bench_cpu on {}\n", backend->description());
   std::vector<Case> cases = {gemm_case(64, 784, 1024), gemm_case(64, 1024, 512)};
   for (Case& c : conv_cases(64, 1, 28, 32, 3, 0)) cases.push_back(std::move(c));  // MNIST first layer
@@ -144,8 +146,9 @@ int main(int argc, char** argv) {
   for (const Case& c : cases) {
     double ms = time_ms(c, *backend, o);
     double gflops = c.flops / (ms * 1e-3) / 1e9;
-    fmt::print("{{\"bench\": \"{}\", \"shape\": \"{}\", \"backend\": \"{}\", \"ms\": {:.4f}, \"gflops\": {:.2f}}}\n",
-               c.name, c.shape, backend->name(), ms, gflops);
+    fmt::print("{{\"bench\": \"{}\", \"shape\": \"{}\", \"backend\": \"{}\", \"threads\": {}, \"ms\": {:.4f}, "
+               "\"gflops\": {:.2f}}}\n",
+               c.name, c.shape, backend->name(), threads, ms, gflops);
     std::fflush(stdout);
   }
   return 0;

@@ -2,6 +2,7 @@
 # Runs the CPU backend benchmark and numpy's matmul in one go and compares them: a table on stderr, and on stdout
 # one JSON line per case (GEMM lines gain numpy_gflops and ratio = trainer / numpy).
 # usage: tools/bench/run.sh [path/to/bench_cpu] [extra bench_cpu options...]
+# BENCH_THREADS (default: every core) sets the thread count of both sides.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bench="${1:-$here/../../build/tools/bench/bench_cpu}"
@@ -12,8 +13,10 @@ if [[ ! -x "$bench" ]]; then
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-"$bench" "$@" > "$tmp/trainer.jsonl"
-python3 "$here/numpy_matmul.py" > "$tmp/numpy.jsonl"
+threads="${BENCH_THREADS:-$(nproc)}"
+"$bench" --threads "$threads" "$@" > "$tmp/trainer.jsonl"
+OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" \
+  python3 "$here/numpy_matmul.py" > "$tmp/numpy.jsonl"
 python3 - "$tmp/trainer.jsonl" "$tmp/numpy.jsonl" <<'PY'
 import json, sys
 ours = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

@@ -1,8 +1,9 @@
 // CPU kernels of ONNX LSTM and GRU and of their gradients (backpropagation through time).
-// Per direction: one GEMM projects the whole sequence's inputs (X·Wᵀ), then each time step runs a small GEMM for the
-// recurrence (H·Rᵀ) and one fused elementwise pass over the gates. The gradient kernels first rerun the forward pass,
-// recording gate activations and states in time-major rows, then walk the steps backwards with one GEMM per step for
-// dH, and finish with whole-sequence GEMMs for dW, dR and dX. Every buffer is allocated when the kernel is prepared.
+// Per direction: one GEMM projects the whole sequence's inputs (X·Wᵀ), then each time step runs a small GEMM
+// for the recurrence (H·Rᵀ) and one fused elementwise pass over the gates. The gradient kernels first rerun
+// the forward pass, recording gate activations and states in time-major rows, then walk the steps backwards
+// with one GEMM per step for dH, and finish with whole-sequence GEMMs for dW, dR and dX. Every buffer is
+// allocated when the kernel is prepared.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -26,11 +27,16 @@ using ops::RnnConfig;
 template <class T>
 inline T act_value(const RnnActivation& a, T x) {
   switch (a.kind) {
-    case RnnActKind::sigmoid: return T(1) / (T(1) + std::exp(-x));
-    case RnnActKind::tanh: return std::tanh(x);
-    case RnnActKind::relu: return x > T(0) ? x : T(0);
-    case RnnActKind::hard_sigmoid: return std::clamp(T(a.alpha) * x + T(a.beta), T(0), T(1));
-    case RnnActKind::leaky_relu: return x >= T(0) ? x : T(a.alpha) * x;
+    case RnnActKind::sigmoid:
+      return T(1) / (T(1) + std::exp(-x));
+    case RnnActKind::tanh:
+      return std::tanh(x);
+    case RnnActKind::relu:
+      return x > T(0) ? x : T(0);
+    case RnnActKind::hard_sigmoid:
+      return std::clamp(T(a.alpha) * x + T(a.beta), T(0), T(1));
+    case RnnActKind::leaky_relu:
+      return x >= T(0) ? x : T(a.alpha) * x;
   }
   return x;
 }
@@ -39,11 +45,16 @@ inline T act_value(const RnnActivation& a, T x) {
 template <class T>
 inline T act_slope(const RnnActivation& a, T y) {
   switch (a.kind) {
-    case RnnActKind::sigmoid: return y * (T(1) - y);
-    case RnnActKind::tanh: return T(1) - y * y;
-    case RnnActKind::relu: return y > T(0) ? T(1) : T(0);
-    case RnnActKind::hard_sigmoid: return y > T(0) && y < T(1) ? T(a.alpha) : T(0);
-    case RnnActKind::leaky_relu: return y > T(0) ? T(1) : T(a.alpha);
+    case RnnActKind::sigmoid:
+      return y * (T(1) - y);
+    case RnnActKind::tanh:
+      return T(1) - y * y;
+    case RnnActKind::relu:
+      return y > T(0) ? T(1) : T(0);
+    case RnnActKind::hard_sigmoid:
+      return y > T(0) && y < T(1) ? T(a.alpha) : T(0);
+    case RnnActKind::leaky_relu:
+      return y > T(0) ? T(1) : T(a.alpha);
   }
   return T(1);
 }
@@ -170,8 +181,8 @@ class RnnRunner {
       } else {
         // Reset-before-linear GRU: z and r from H·R[z,r]ᵀ, then the candidate from (r ⊙ H)·R[h]ᵀ.
         g.rh = FixedGemm<T>(Bt, 2 * H_, H_, {h_.data(), H_, 1}, {rd, 1, H_}, rh_.data(), GH_, false);
-        g.rh2 = FixedGemm<T>(Bt, H_, H_, {rhp_.data(), H_, 1}, {rd + 2 * H_ * H_, 1, H_}, rh_.data() + 2 * H_, GH_,
-                             false);
+        g.rh2 = FixedGemm<T>(Bt, H_, H_, {rhp_.data(), H_, 1}, {rd + 2 * H_ * H_, 1, H_}, rh_.data() + 2 * H_,
+                             GH_, false);
       }
       if (backward) {
         if (lstm) {
@@ -183,15 +194,19 @@ class RnnRunner {
           g.drh = FixedGemm<T>(Bt, H_, H_, {da_step_.data() + 2 * H_, GH_, 1}, {rd + 2 * H_ * H_, H_, 1},
                                drh_.data(), H_, false);
         }
-        if (dw_) g.dw = FixedGemm<T>(GH_, I, N_, {daw_.data(), 1, GH_}, {x_, I, 1}, dw_ + d * GH_ * I, I, false);
+        if (dw_)
+          g.dw = FixedGemm<T>(GH_, I, N_, {daw_.data(), 1, GH_}, {x_, I, 1}, dw_ + d * GH_ * I, I, false);
         if (dr_) {
           T* drd = dr_ + d * GH_ * H_;
           if (lstm) {
-            g.dr = FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+            g.dr =
+                FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
           } else if (lbr_) {
-            g.dr = FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+            g.dr =
+                FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
           } else {
-            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_,
+                                false);
             g.dr2 = FixedGemm<T>(H_, H_, N_, {daw_.data() + 2 * H_, 1, GH_}, {rec_aux_.data(), H_, 1},
                                  drd + 2 * H_ * H_, H_, false);
           }
@@ -206,18 +221,22 @@ class RnnRunner {
     read_lengths();
     const bool lstm = cfg_.cell == RnnCell::lstm;
     for (int d = 0; d < cfg_.dirs; ++d) {
-      if (lstm) lstm_forward(d);
-      else gru_forward(d);
+      if (lstm)
+        lstm_forward(d);
+      else
+        gru_forward(d);
       if (backward_) {
-        if (lstm) lstm_backward(d);
-        else gru_backward(d);
+        if (lstm)
+          lstm_backward(d);
+        else
+          gru_backward(d);
       }
     }
   }
 
  private:
   struct Dir {
-    FixedGemm<T> xw, rh, rh2;            // forward
+    FixedGemm<T> xw, rh, rh2;               // forward
     FixedGemm<T> dh, drh, dw, dr, dr2, dx;  // backward
   };
 
@@ -225,7 +244,8 @@ class RnnRunner {
     const int64_t S = cfg_.seq;
     for (int64_t b = 0; b < cfg_.batch; ++b) {
       int64_t L = S;
-      if (lens_) L = lens_i64_ ? static_cast<const int64_t*>(lens_)[b] : static_cast<const int32_t*>(lens_)[b];
+      if (lens_)
+        L = lens_i64_ ? static_cast<const int64_t*>(lens_)[b] : static_cast<const int32_t*>(lens_)[b];
       len_[b] = std::clamp<int64_t>(L, 0, S);
     }
   }
@@ -235,29 +255,37 @@ class RnnRunner {
 
   int64_t row_grain(int64_t per_row) const { return std::max<int64_t>(1, kParallelGrain / (8 * per_row)); }
 
-  // Sets each batch row's state from an initial state (or zeros) and the combined biases of direction d.
-  void init_direction(int d, const T* init, T* state) {
+  // Sets each batch row's state from an initial state, or zeros.
+  void init_state(int d, const T* init, T* state) {
     for (int64_t b = 0; b < cfg_.batch; ++b) {
       T* s = state + b * H_;
-      if (init) copy_row(s, init + cfg_.state_offset(d, b), H_);
-      else std::fill(s, s + H_, T(0));
+      if (init)
+        copy_row(s, init + cfg_.state_offset(d, b), H_);
+      else
+        std::fill(s, s + H_, T(0));
     }
   }
 
-  // Writes the final states (zero for empty sequences) and zeroes Y past each sequence's end; records rows past
-  // the end are zeroed too so that whole-sequence GEMMs in backward read finite values there.
-  void finish_direction(int d, const T* state, T* out_state) {
-    const int64_t S = cfg_.seq;
+  // Writes a final state (Y_h, Y_c): the state after each sequence's last step, zero for empty sequences.
+  void write_final_state(int d, const T* state, T* out) {
+    if (!out) return;
     for (int64_t b = 0; b < cfg_.batch; ++b) {
-      if (out_state) {
-        T* o = out_state + cfg_.state_offset(d, b);
-        if (len_[b] > 0) copy_row(o, state + b * H_, H_);
-        else std::fill(o, o + H_, T(0));
-      }
-      for (int64_t t = len_[b]; t < S; ++t) {
+      T* o = out + cfg_.state_offset(d, b);
+      if (len_[b] > 0)
+        copy_row(o, state + b * H_, H_);
+      else
+        std::fill(o, o + H_, T(0));
+    }
+  }
+
+  // Zeroes Y past each sequence's end. Record rows there are zeroed too: the whole-sequence GEMMs of backward
+  // multiply them by zero gradients, and stale values from an earlier step could be NaN.
+  void clear_past_end(int d) {
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      for (int64_t t = len_[b]; t < cfg_.seq; ++t) {
         if (y_) std::fill(y_ + cfg_.y_offset(t, d, b), y_ + cfg_.y_offset(t, d, b) + H_, T(0));
         if (backward_) {
-          int64_t row = cfg_.x_row(t, b);
+          const int64_t row = cfg_.x_row(t, b);
           for (std::vector<T>* v : {&rec_hprev_, &rec_cprev_, &rec_c_, &rec_aux_})
             if (!v->empty()) std::fill(v->data() + row * H_, v->data() + (row + 1) * H_, T(0));
         }
@@ -266,8 +294,8 @@ class RnnRunner {
   }
 
   void combine_bias(int d) {
-    // bias_[0, GH): added to every gate's pre-activation (Wb + Rb, except Rb of a linear-before-reset candidate);
-    // bias_[GH, GH + H): that Rb, added inside the reset product.
+    // bias_[0, GH): added to every gate's pre-activation (Wb + Rb, except Rb of a linear-before-reset
+    // candidate); bias_[GH, GH + H): that Rb, added inside the reset product.
     T* bs = bias_.data();
     std::fill(bs, bs + GH_ + H_, T(0));
     if (!b_) return;
@@ -291,75 +319,72 @@ class RnnRunner {
     Dir& g = dirs_[d];
     g.xw();
     combine_bias(d);
-    init_direction(d, h0_, h_.data());
-    init_direction(d, c0_, c_.data());
+    init_state(d, h0_, h_.data());
+    init_state(d, c0_, c_.data());
     const T* bias = bias_.data();
     const bool rec = backward_;
     for (int64_t s = 0; s < S; ++s) {
       g.rh();
-      parallel_for(cfg_.batch, [&](int64_t b) {
-        if (s >= len_[b]) return;
-        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-        const T* xr = xw_.data() + row * GH;
-        const T* rr = rh_.data() + b * GH;
-        T* a = gate_.data() + b * GH;
-        T* hb = h_.data() + b * H;
-        T* cb = c_.data() + b * H;
-        if (rec) {
-          copy_row(rec_hprev_.data() + row * H, hb, H);
-          copy_row(rec_cprev_.data() + row * H, cb, H);
-        }
-        for (int64_t j = 0; j < GH; ++j) a[j] = xr[j] + rr[j] + bias[j];
-        if (P)
-          for (int64_t j = 0; j < H; ++j) {
-            a[j] += P[j] * cb[j];
-            a[2 * H + j] += P[2 * H + j] * cb[j];
-          }
-        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, GH);
-        clip_inplace(cfg_.clip, a, H);
-        clip_inplace(cfg_.clip, a + 2 * H, 2 * H);
-        act_inplace(fa, a, H);
-        if (cfg_.input_forget) {
-          for (int64_t j = 0; j < H; ++j) a[2 * H + j] = T(1) - a[j];
-        } else {
-          act_inplace(fa, a + 2 * H, H);
-        }
-        act_inplace(ga, a + 3 * H, H);
-        for (int64_t j = 0; j < H; ++j) cb[j] = a[2 * H + j] * cb[j] + a[j] * a[3 * H + j];
-        T* ao = a + H;
-        if (P)
-          for (int64_t j = 0; j < H; ++j) ao[j] += P[H + j] * cb[j];
-        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + H, ao, H);
-        clip_inplace(cfg_.clip, ao, H);
-        act_inplace(fa, ao, H);
-        for (int64_t j = 0; j < H; ++j) hb[j] = ao[j] * act_value(ha, cb[j]);
-        if (rec) {
-          copy_row(rec_act_.data() + row * GH, a, GH);
-          copy_row(rec_c_.data() + row * H, cb, H);
-        }
-        if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
-      }, row_grain(GH));
+      parallel_for(
+          cfg_.batch,
+          [&](int64_t b) {
+            if (s >= len_[b]) return;
+            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+            const T* xr = xw_.data() + row * GH;
+            const T* rr = rh_.data() + b * GH;
+            T* a = gate_.data() + b * GH;
+            T* hb = h_.data() + b * H;
+            T* cb = c_.data() + b * H;
+            if (rec) {
+              copy_row(rec_hprev_.data() + row * H, hb, H);
+              copy_row(rec_cprev_.data() + row * H, cb, H);
+            }
+            for (int64_t j = 0; j < GH; ++j) a[j] = xr[j] + rr[j] + bias[j];
+            if (P)
+              for (int64_t j = 0; j < H; ++j) {
+                a[j] += P[j] * cb[j];
+                a[2 * H + j] += P[2 * H + j] * cb[j];
+              }
+            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, GH);
+            clip_inplace(cfg_.clip, a, H);
+            clip_inplace(cfg_.clip, a + 2 * H, 2 * H);
+            act_inplace(fa, a, H);
+            if (cfg_.input_forget) {
+              for (int64_t j = 0; j < H; ++j) a[2 * H + j] = T(1) - a[j];
+            } else {
+              act_inplace(fa, a + 2 * H, H);
+            }
+            act_inplace(ga, a + 3 * H, H);
+            for (int64_t j = 0; j < H; ++j) cb[j] = a[2 * H + j] * cb[j] + a[j] * a[3 * H + j];
+            T* ao = a + H;
+            if (P)
+              for (int64_t j = 0; j < H; ++j) ao[j] += P[H + j] * cb[j];
+            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + H, ao, H);
+            clip_inplace(cfg_.clip, ao, H);
+            act_inplace(fa, ao, H);
+            for (int64_t j = 0; j < H; ++j) hb[j] = ao[j] * act_value(ha, cb[j]);
+            if (rec) {
+              copy_row(rec_act_.data() + row * GH, a, GH);
+              copy_row(rec_c_.data() + row * H, cb, H);
+            }
+            if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+          },
+          row_grain(GH));
     }
-    finish_direction(d, h_.data(), yh_);
-    if (yc_) finish_direction_state(d, c_.data(), yc_);
+    write_final_state(d, h_.data(), yh_);
+    write_final_state(d, c_.data(), yc_);
+    clear_past_end(d);
   }
 
-  // Final cell state only (Y and records are handled with the hidden state).
-  void finish_direction_state(int d, const T* state, T* out_state) {
-    for (int64_t b = 0; b < cfg_.batch; ++b) {
-      T* o = out_state + cfg_.state_offset(d, b);
-      if (len_[b] > 0) copy_row(o, state + b * H_, H_);
-      else std::fill(o, o + H_, T(0));
-    }
-  }
-
-  // Gradients flowing into the final states: absent ones and those of empty sequences (whose outputs are constant
-  // zeros) are zero.
+  // Gradients flowing into the final states: absent ones and those of empty sequences (whose outputs are
+  // constant zeros) are zero.
   void init_state_grad(int d, const T* dfinal, T* dstate) {
     for (int64_t b = 0; b < cfg_.batch; ++b) {
       T* s = dstate + b * H_;
-      if (dfinal && len_[b] > 0) copy_row(s, dfinal + cfg_.state_offset(d, b), H_);
-      else std::fill(s, s + H_, T(0));
+      if (dfinal && len_[b] > 0)
+        copy_row(s, dfinal + cfg_.state_offset(d, b), H_);
+      else
+        std::fill(s, s + H_, T(0));
     }
   }
 
@@ -379,50 +404,53 @@ class RnnRunner {
     init_state_grad(d, dyh_, dh_.data());
     init_state_grad(d, dyc_, dc_.data());
     for (int64_t s = S - 1; s >= 0; --s) {
-      parallel_for(cfg_.batch, [&](int64_t b) {
-        T* da = da_step_.data() + b * GH;
-        if (s >= len_[b]) {
-          std::fill(da, da + GH, T(0));
-          return;
-        }
-        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-        T* dh = dh_.data() + b * H;
-        T* dc = dc_.data() + b * H;
-        if (dy_) {
-          const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-          for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-        }
-        const T* a = rec_act_.data() + row * GH;
-        const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
-        const T* C = rec_c_.data() + row * H;
-        const T* Cp = rec_cprev_.data() + row * H;
-        const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
-        for (int64_t j = 0; j < H; ++j) {
-          const T hc = act_value(ha, C[j]);
-          const T dH = dh[j];
-          T dC = dc[j] + dH * go[j] * act_slope(ha, hc);
-          const T dao = dH * hc * act_slope(fa, go[j]) * clip_pass(pre, H + j, clip);
-          if (P) dC += dao * P[H + j];
-          T di = dC * gc[j];
-          T df = dC * Cp[j];
-          const T dct = dC * gi[j];
-          if (input_forget) {
-            di -= df;
-            df = T(0);
-          }
-          const T dai = di * act_slope(fa, gi[j]) * clip_pass(pre, j, clip);
-          const T daf = input_forget ? T(0) : df * act_slope(fa, gf[j]) * clip_pass(pre, 2 * H + j, clip);
-          const T dac = dct * act_slope(ga, gc[j]) * clip_pass(pre, 3 * H + j, clip);
-          T dcp = dC * gf[j];
-          if (P) dcp += dai * P[j] + daf * P[2 * H + j];
-          dc[j] = dcp;
-          da[j] = dai;
-          da[H + j] = dao;
-          da[2 * H + j] = daf;
-          da[3 * H + j] = dac;
-        }
-        copy_row(daw_.data() + row * GH, da, GH);
-      }, row_grain(GH));
+      parallel_for(
+          cfg_.batch,
+          [&](int64_t b) {
+            T* da = da_step_.data() + b * GH;
+            if (s >= len_[b]) {
+              std::fill(da, da + GH, T(0));
+              return;
+            }
+            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+            T* dh = dh_.data() + b * H;
+            T* dc = dc_.data() + b * H;
+            if (dy_) {
+              const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+              for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+            }
+            const T* a = rec_act_.data() + row * GH;
+            const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
+            const T* C = rec_c_.data() + row * H;
+            const T* Cp = rec_cprev_.data() + row * H;
+            const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+            for (int64_t j = 0; j < H; ++j) {
+              const T hc = act_value(ha, C[j]);
+              const T dH = dh[j];
+              T dC = dc[j] + dH * go[j] * act_slope(ha, hc);
+              const T dao = dH * hc * act_slope(fa, go[j]) * clip_pass(pre, H + j, clip);
+              if (P) dC += dao * P[H + j];
+              T di = dC * gc[j];
+              T df = dC * Cp[j];
+              const T dct = dC * gi[j];
+              if (input_forget) {
+                di -= df;
+                df = T(0);
+              }
+              const T dai = di * act_slope(fa, gi[j]) * clip_pass(pre, j, clip);
+              const T daf = input_forget ? T(0) : df * act_slope(fa, gf[j]) * clip_pass(pre, 2 * H + j, clip);
+              const T dac = dct * act_slope(ga, gc[j]) * clip_pass(pre, 3 * H + j, clip);
+              T dcp = dC * gf[j];
+              if (P) dcp += dai * P[j] + daf * P[2 * H + j];
+              dc[j] = dcp;
+              da[j] = dai;
+              da[H + j] = dao;
+              da[2 * H + j] = daf;
+              da[3 * H + j] = dac;
+            }
+            copy_row(daw_.data() + row * GH, da, GH);
+          },
+          row_grain(GH));
       g.dh();
       for (int64_t b = 0; b < cfg_.batch; ++b)
         if (s < len_[b]) copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
@@ -433,18 +461,21 @@ class RnnRunner {
     if (dp_) {
       // Peephole gradients: column sums over every (time, batch) row, one column per task.
       T* dp = dp_ + d * 3 * H;
-      parallel_for(H, [&](int64_t j) {
-        T si = 0, so = 0, sf = 0;
-        for (int64_t n = 0; n < N_; ++n) {
-          const T* da = daw_.data() + n * GH;
-          si += da[j] * rec_cprev_[n * H + j];
-          so += da[H + j] * rec_c_[n * H + j];
-          sf += da[2 * H + j] * rec_cprev_[n * H + j];
-        }
-        dp[j] = si;
-        dp[H + j] = so;
-        dp[2 * H + j] = sf;
-      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N_)));
+      parallel_for(
+          H,
+          [&](int64_t j) {
+            T si = 0, so = 0, sf = 0;
+            for (int64_t n = 0; n < N_; ++n) {
+              const T* da = daw_.data() + n * GH;
+              si += da[j] * rec_cprev_[n * H + j];
+              so += da[H + j] * rec_c_[n * H + j];
+              sf += da[2 * H + j] * rec_cprev_[n * H + j];
+            }
+            dp[j] = si;
+            dp[H + j] = so;
+            dp[2 * H + j] = sf;
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N_)));
     }
   }
 
@@ -460,17 +491,20 @@ class RnnRunner {
       T* dbw = db_ + d * 2 * GH_;
       T* dbr = dbw + GH_;
       const std::vector<T>& rsrc = dar_.empty() ? daw_ : dar_;
-      parallel_chunks(GH_, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) dbw[j] = dbr[j] = T(0);
-        for (int64_t n = 0; n < N_; ++n) {
-          const T* w = daw_.data() + n * GH_;
-          const T* r = rsrc.data() + n * GH_;
-          for (int64_t j = j0; j < j1; ++j) {
-            dbw[j] += w[j];
-            dbr[j] += r[j];
-          }
-        }
-      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N_)));
+      parallel_chunks(
+          GH_,
+          [&](int64_t j0, int64_t j1) {
+            for (int64_t j = j0; j < j1; ++j) dbw[j] = dbr[j] = T(0);
+            for (int64_t n = 0; n < N_; ++n) {
+              const T* w = daw_.data() + n * GH_;
+              const T* r = rsrc.data() + n * GH_;
+              for (int64_t j = j0; j < j1; ++j) {
+                dbw[j] += w[j];
+                dbr[j] += r[j];
+              }
+            }
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, N_)));
     }
     if (dx_) g.dx();
   }
@@ -483,63 +517,70 @@ class RnnRunner {
     Dir& g = dirs_[d];
     g.xw();
     combine_bias(d);
-    init_direction(d, h0_, h_.data());
+    init_state(d, h0_, h_.data());
     const T* bias = bias_.data();
     const T* rbh = bias_.data() + GH;
     const bool rec = backward_;
     for (int64_t s = 0; s < S; ++s) {
       g.rh();
       // Update and reset gates; with linear_before_reset also the candidate, else the reset hidden state.
-      parallel_for(cfg_.batch, [&](int64_t b) {
-        if (s >= len_[b]) return;
-        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-        const T* xr = xw_.data() + row * GH;
-        const T* rr = rh_.data() + b * GH;
-        T* a = gate_.data() + b * GH;
-        const T* hb = h_.data() + b * H;
-        for (int64_t j = 0; j < 2 * H; ++j) a[j] = xr[j] + rr[j] + bias[j];
-        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, 2 * H);
-        clip_inplace(cfg_.clip, a, 2 * H);
-        act_inplace(fa, a, 2 * H);
-        const T* gr = a + H;
-        if (lbr_) {
-          T* aux = rec ? rec_aux_.data() + row * H : nullptr;
-          for (int64_t j = 0; j < H; ++j) {
-            const T lin = rr[2 * H + j] + rbh[j];
-            if (aux) aux[j] = lin;
-            a[2 * H + j] = xr[2 * H + j] + bias[2 * H + j] + gr[j] * lin;
-          }
-        } else {
-          T* rp = rhp_.data() + b * H;
-          for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
-          if (rec) copy_row(rec_aux_.data() + row * H, rp, H);
-        }
-      }, row_grain(GH));
+      parallel_for(
+          cfg_.batch,
+          [&](int64_t b) {
+            if (s >= len_[b]) return;
+            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+            const T* xr = xw_.data() + row * GH;
+            const T* rr = rh_.data() + b * GH;
+            T* a = gate_.data() + b * GH;
+            const T* hb = h_.data() + b * H;
+            for (int64_t j = 0; j < 2 * H; ++j) a[j] = xr[j] + rr[j] + bias[j];
+            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, 2 * H);
+            clip_inplace(cfg_.clip, a, 2 * H);
+            act_inplace(fa, a, 2 * H);
+            const T* gr = a + H;
+            if (lbr_) {
+              T* aux = rec ? rec_aux_.data() + row * H : nullptr;
+              for (int64_t j = 0; j < H; ++j) {
+                const T lin = rr[2 * H + j] + rbh[j];
+                if (aux) aux[j] = lin;
+                a[2 * H + j] = xr[2 * H + j] + bias[2 * H + j] + gr[j] * lin;
+              }
+            } else {
+              T* rp = rhp_.data() + b * H;
+              for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
+              if (rec) copy_row(rec_aux_.data() + row * H, rp, H);
+            }
+          },
+          row_grain(GH));
       if (!lbr_) g.rh2();
-      parallel_for(cfg_.batch, [&](int64_t b) {
-        if (s >= len_[b]) return;
-        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-        T* a = gate_.data() + b * GH;
-        T* ah = a + 2 * H;
-        if (!lbr_) {
-          const T* xr = xw_.data() + row * GH;
-          const T* rr = rh_.data() + b * GH;
-          for (int64_t j = 0; j < H; ++j) ah[j] = xr[2 * H + j] + rr[2 * H + j] + bias[2 * H + j];
-        }
-        if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + 2 * H, ah, H);
-        clip_inplace(cfg_.clip, ah, H);
-        act_inplace(ga, ah, H);
-        T* hb = h_.data() + b * H;
-        if (rec) {
-          copy_row(rec_hprev_.data() + row * H, hb, H);
-          copy_row(rec_act_.data() + row * GH, a, GH);
-        }
-        const T* z = a;
-        for (int64_t j = 0; j < H; ++j) hb[j] = (T(1) - z[j]) * ah[j] + z[j] * hb[j];
-        if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
-      }, row_grain(GH));
+      parallel_for(
+          cfg_.batch,
+          [&](int64_t b) {
+            if (s >= len_[b]) return;
+            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+            T* a = gate_.data() + b * GH;
+            T* ah = a + 2 * H;
+            if (!lbr_) {
+              const T* xr = xw_.data() + row * GH;
+              const T* rr = rh_.data() + b * GH;
+              for (int64_t j = 0; j < H; ++j) ah[j] = xr[2 * H + j] + rr[2 * H + j] + bias[2 * H + j];
+            }
+            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + 2 * H, ah, H);
+            clip_inplace(cfg_.clip, ah, H);
+            act_inplace(ga, ah, H);
+            T* hb = h_.data() + b * H;
+            if (rec) {
+              copy_row(rec_hprev_.data() + row * H, hb, H);
+              copy_row(rec_act_.data() + row * GH, a, GH);
+            }
+            const T* z = a;
+            for (int64_t j = 0; j < H; ++j) hb[j] = (T(1) - z[j]) * ah[j] + z[j] * hb[j];
+            if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+          },
+          row_grain(GH));
     }
-    finish_direction(d, h_.data(), yh_);
+    write_final_state(d, h_.data(), yh_);
+    clear_past_end(d);
   }
 
   void gru_backward(int d) {
@@ -551,59 +592,65 @@ class RnnRunner {
     if (!dar_.empty()) std::fill(dar_.begin(), dar_.end(), T(0));
     init_state_grad(d, dyh_, dh_.data());
     for (int64_t s = S - 1; s >= 0; --s) {
-      // Phase 1: everything but the reset gate's gradient when the reset applies before the linear map. dh_ keeps
-      // the direct part dH ⊙ z of the previous state's gradient.
-      parallel_for(cfg_.batch, [&](int64_t b) {
-        T* da = da_step_.data() + b * GH;
-        T* dar = lbr_ ? dar_step_.data() + b * GH : nullptr;
-        if (s >= len_[b]) {
-          std::fill(da, da + GH, T(0));
-          if (dar) std::fill(dar, dar + GH, T(0));
-          return;
-        }
-        const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-        T* dh = dh_.data() + b * H;
-        if (dy_) {
-          const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-          for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-        }
-        const T* a = rec_act_.data() + row * GH;
-        const T *z = a, *r = a + H, *hh = a + 2 * H;
-        const T* hp = rec_hprev_.data() + row * H;
-        const T* aux = rec_aux_.data() + row * H;
-        const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
-        for (int64_t j = 0; j < H; ++j) {
-          const T dH = dh[j];
-          const T daz = dH * (hp[j] - hh[j]) * act_slope(fa, z[j]) * clip_pass(pre, j, clip);
-          const T dah = dH * (T(1) - z[j]) * act_slope(ga, hh[j]) * clip_pass(pre, 2 * H + j, clip);
-          da[j] = daz;
-          da[2 * H + j] = dah;
-          if (lbr_) {
-            const T dar_j = dah * aux[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
-            da[H + j] = dar_j;
-            dar[j] = daz;
-            dar[H + j] = dar_j;
-            dar[2 * H + j] = dah * r[j];
-          }
-          dh[j] = dH * z[j];
-        }
-      }, row_grain(GH));
+      // Phase 1: everything but the reset gate's gradient when the reset applies before the linear map. dh_
+      // keeps the direct part dH ⊙ z of the previous state's gradient.
+      parallel_for(
+          cfg_.batch,
+          [&](int64_t b) {
+            T* da = da_step_.data() + b * GH;
+            T* dar = lbr_ ? dar_step_.data() + b * GH : nullptr;
+            if (s >= len_[b]) {
+              std::fill(da, da + GH, T(0));
+              if (dar) std::fill(dar, dar + GH, T(0));
+              return;
+            }
+            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+            T* dh = dh_.data() + b * H;
+            if (dy_) {
+              const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+              for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+            }
+            const T* a = rec_act_.data() + row * GH;
+            const T *z = a, *r = a + H, *hh = a + 2 * H;
+            const T* hp = rec_hprev_.data() + row * H;
+            const T* aux = rec_aux_.data() + row * H;
+            const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+            for (int64_t j = 0; j < H; ++j) {
+              const T dH = dh[j];
+              const T daz = dH * (hp[j] - hh[j]) * act_slope(fa, z[j]) * clip_pass(pre, j, clip);
+              const T dah = dH * (T(1) - z[j]) * act_slope(ga, hh[j]) * clip_pass(pre, 2 * H + j, clip);
+              da[j] = daz;
+              da[2 * H + j] = dah;
+              if (lbr_) {
+                const T dar_j = dah * aux[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
+                da[H + j] = dar_j;
+                dar[j] = daz;
+                dar[H + j] = dar_j;
+                dar[2 * H + j] = dah * r[j];
+              }
+              dh[j] = dH * z[j];
+            }
+          },
+          row_grain(GH));
       if (!lbr_) {
         g.drh();  // d(r ⊙ H_prev) = da_h · R[h]
-        parallel_for(cfg_.batch, [&](int64_t b) {
-          if (s >= len_[b]) return;
-          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-          const T* r = rec_act_.data() + row * GH + H;
-          const T* hp = rec_hprev_.data() + row * H;
-          const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
-          const T* drp = drh_.data() + b * H;
-          T* da = da_step_.data() + b * GH;
-          T* dh = dh_.data() + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            da[H + j] = drp[j] * hp[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
-            dh[j] += drp[j] * r[j];
-          }
-        }, row_grain(GH));
+        parallel_for(
+            cfg_.batch,
+            [&](int64_t b) {
+              if (s >= len_[b]) return;
+              const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+              const T* r = rec_act_.data() + row * GH + H;
+              const T* hp = rec_hprev_.data() + row * H;
+              const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+              const T* drp = drh_.data() + b * H;
+              T* da = da_step_.data() + b * GH;
+              T* dh = dh_.data() + b * H;
+              for (int64_t j = 0; j < H; ++j) {
+                da[H + j] = drp[j] * hp[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
+                dh[j] += drp[j] * r[j];
+              }
+            },
+            row_grain(GH));
       }
       for (int64_t b = 0; b < cfg_.batch; ++b) {
         if (s >= len_[b]) continue;
@@ -626,19 +673,23 @@ class RnnRunner {
   RnnConfig cfg_;
   bool backward_ = false, lbr_ = false, lens_i64_ = false;
   int64_t H_ = 0, GH_ = 0, N_ = 0;
-  const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr, *p_ = nullptr;
+  const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr,
+          *p_ = nullptr;
   const void* lens_ = nullptr;
   T *y_ = nullptr, *yh_ = nullptr, *yc_ = nullptr;
   const T *dy_ = nullptr, *dyh_ = nullptr, *dyc_ = nullptr;
-  T *dx_ = nullptr, *dw_ = nullptr, *dr_ = nullptr, *db_ = nullptr, *dh0_ = nullptr, *dc0_ = nullptr, *dp_ = nullptr;
+  T *dx_ = nullptr, *dw_ = nullptr, *dr_ = nullptr, *db_ = nullptr, *dh0_ = nullptr, *dc0_ = nullptr,
+    *dp_ = nullptr;
 
   std::vector<int64_t> len_;
-  // Forward workspace: input projections of the whole sequence, and per-step recurrent projections, gates, states.
+  // Forward workspace: input projections of the whole sequence, and per-step recurrent projections, gates,
+  // states.
   std::vector<T> xw_, rh_, gate_, h_, c_, rhp_, bias_;
-  // Backward records in X's row order (row = x_row(t, b)): gate activations, pre-activations (with clip), states
-  // before and after each step, and the GRU's reset product (r ⊙ H_prev, or H_prev·R[h]ᵀ + Rb[h]).
+  // Backward records in X's row order (row = x_row(t, b)): gate activations, pre-activations (with clip),
+  // states before and after each step, and the GRU's reset product (r ⊙ H_prev, or H_prev·R[h]ᵀ + Rb[h]).
   std::vector<T> rec_act_, rec_pre_, rec_hprev_, rec_cprev_, rec_c_, rec_aux_;
-  // Pre-activation gradients of the input side (dAW) and, for a linear-before-reset GRU, of the recurrent side.
+  // Pre-activation gradients of the input side (dAW) and, for a linear-before-reset GRU, of the recurrent
+  // side.
   std::vector<T> daw_, dar_, da_step_, dar_step_, dh_, dc_, dhr_, drh_;
   std::vector<Dir> dirs_;
 };

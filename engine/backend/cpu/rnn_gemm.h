@@ -1,6 +1,6 @@
-// Matrix products with operands fixed at prepare time, for the recurrent kernels: C (+)= A·B where A and B are
-// given by pointer and row/column strides, so transposed weights cost nothing. f32 runs a oneDNN matmul primitive
-// built once (executed without allocating); f64, used by the gradient checks, runs a plain loop.
+// Matrix products with operands fixed at prepare time, for the recurrent kernels: C (+)= A·B where A and B
+// are given by pointer and row/column strides, so transposed weights cost nothing. f32 runs a oneDNN matmul
+// primitive built once (executed without allocating); f64, used by the gradient checks, runs a plain loop.
 #pragma once
 
 #include <algorithm>
@@ -57,16 +57,19 @@ class FixedGemm {
     } else {
       // One row of C per task: each element is summed by one thread in a fixed order.
       const int64_t work = std::max<int64_t>(1, n_ * k_);
-      parallel_for(m_, [&](int64_t i) {
-        T* crow = c_ + i * ldc_;
-        if (!acc_) std::fill(crow, crow + n_, T(0));
-        const T* arow = a_.p + i * a_.rs;
-        for (int64_t kk = 0; kk < k_; ++kk) {
-          const T av = arow[kk * a_.cs];
-          const T* brow = b_.p + kk * b_.rs;
-          for (int64_t j = 0; j < n_; ++j) crow[j] += av * brow[j * b_.cs];
-        }
-      }, std::max<int64_t>(1, kParallelGrain / work));
+      parallel_for(
+          m_,
+          [&](int64_t i) {
+            T* crow = c_ + i * ldc_;
+            if (!acc_) std::fill(crow, crow + n_, T(0));
+            const T* arow = a_.p + i * a_.rs;
+            for (int64_t kk = 0; kk < k_; ++kk) {
+              const T av = arow[kk * a_.cs];
+              const T* brow = b_.p + kk * b_.rs;
+              for (int64_t j = 0; j < n_; ++j) crow[j] += av * brow[j * b_.cs];
+            }
+          },
+          std::max<int64_t>(1, kParallelGrain / work));
     }
   }
 
