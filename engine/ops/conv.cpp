@@ -289,7 +289,7 @@ void register_conv_ops(OpRegistry& r) {
         .infer([](InferContext& c) { infer_pool(c, true); })
         .grad([](GradContext& c) {
           Attributes a = pool_grad_attrs(c);
-          a.set("count_include_pad", int64_t{0});
+          a.set("count_include_pad", c.attrs().i("count_include_pad"));
           a.set("input_shape", c.shape(c.input(0)).dims());
           c.set_grad(0, c.op("AveragePoolGrad", {c.dy()}, a));
         })

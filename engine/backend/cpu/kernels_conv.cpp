@@ -98,6 +98,14 @@ dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvMds& d, bool bia
   return convolution_forward::primitive_desc(desc, dnnl_attr(), dnnl_cpu_engine());
 }
 
+// Memory for `md` in a 64-byte-aligned buffer that `keep` owns (reorder targets, workspaces): made at prepare time.
+dnnl::memory owned_memory(const dnnl::memory::desc& md, std::vector<std::shared_ptr<std::vector<std::byte>>>* keep) {
+  auto buf = std::make_shared<std::vector<std::byte>>(md.get_size() + 64);
+  auto p = reinterpret_cast<uintptr_t>(buf->data());
+  keep->push_back(buf);
+  return dnnl::memory(md, dnnl_cpu_engine(), reinterpret_cast<void*>((p + 63) / 64 * 64));
+}
+
 // A primitive call whose operands may live in layouts other than the arena's: inputs are reordered into buffers
 // owned here before the call and outputs reordered back after it. Buffers and reorders are all made at prepare time.
 class LayoutCall {
@@ -120,10 +128,7 @@ class LayoutCall {
   dnnl::memory bind(const dnnl::memory::desc& plain, const void* ptr, const dnnl::memory::desc& want, bool in) {
     dnnl::memory user = dnnl_mem(plain, ptr);
     if (want == plain) return user;
-    auto buf = std::make_shared<std::vector<std::byte>>(want.get_size() + 64);
-    auto p = reinterpret_cast<uintptr_t>(buf->data());
-    buffers_.push_back(buf);
-    dnnl::memory mine(want, dnnl_cpu_engine(), reinterpret_cast<void*>((p + 63) / 64 * 64));
+    dnnl::memory mine = owned_memory(want, &buffers_);
     const dnnl::memory& from = in ? user : mine;
     const dnnl::memory& to = in ? mine : user;
     dnnl::reorder::primitive_desc pd(dnnl_cpu_engine(), from.get_desc(), dnnl_cpu_engine(), to.get_desc(), dnnl_attr());
@@ -491,6 +496,14 @@ KernelPtr max_pool(const KernelArgs& a) {
   return kp;
 }
 
+// oneDNN's max-pooling backward needs the forward's workspace (where each maximum was). MaxPool itself runs as
+// inference and keeps none, so the gradient kernel reruns the forward into a workspace and a scratch output of its
+// own: cheaper than the plain loop's search (0.16 + 0.2 ms against 0.84 ms at [64, 32, 26, 26], 2x2).
+struct MaxPoolGradState {
+  DnnlCall forward, backward;
+  std::vector<std::shared_ptr<std::vector<std::byte>>> buffers;
+};
+
 // MaxPoolGrad(dy, x) -> dx
 KernelPtr max_pool_grad(const KernelArgs& a) {
   const Shape& xs = a.in(1).shape;
@@ -500,7 +513,29 @@ KernelPtr max_pool_grad(const KernelArgs& a) {
     const T* dy = a.in_ptr<T>(0);
     const T* x = a.in_ptr<T>(1);
     T* dx = a.out_ptr<T>(0);
-    kp = make_kernel([=](const StepContext&) { max_pool_grad_loops(v, dy, x, dx); });
+    if constexpr (std::is_same_v<T, float>) {
+      using namespace dnnl;
+      PoolMds d = pool_mds(v);
+      auto fwd = pool_fwd_pd(d, algorithm::pooling_max, prop_kind::forward_training);
+      pooling_v2_backward::primitive_desc bwd(
+          pooling_v2_backward::desc(algorithm::pooling_max, d.src, d.dst, d.strides, d.kernel, d.dilation, d.pad_l,
+                                    d.pad_r),
+          dnnl_attr(), dnnl_cpu_engine(), fwd);
+      auto st = std::make_shared<MaxPoolGradState>();
+      memory ws = owned_memory(fwd.workspace_desc(), &st->buffers);
+      memory y = owned_memory(d.dst, &st->buffers);
+      st->forward = DnnlCall(pooling_v2_forward(fwd), fwd,
+                             {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, y}, {DNNL_ARG_WORKSPACE, ws}});
+      st->backward = DnnlCall(pooling_v2_backward(bwd), bwd,
+                              {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)}, {DNNL_ARG_WORKSPACE, ws},
+                               {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
+      kp = make_kernel([st](const StepContext&) {
+        st->forward();
+        st->backward();
+      });
+    } else {
+      kp = make_kernel([=](const StepContext&) { max_pool_grad_loops(v, dy, x, dx); });
+    }
   });
   return kp;
 }
