@@ -1,6 +1,7 @@
 // Op family 'conv': Conv, MaxPool, AveragePool and GlobalAveragePool over 1-D and 2-D NCHW data, with private
-// gradient ops (ConvGradInput, ConvGradWeight, MaxPoolGrad, AveragePoolGrad, GlobalAveragePoolGrad) that carry the
-// forward window resolved into explicit pads, so backward kernels never redo auto_pad or ceil_mode logic.
+// gradient ops (ConvGradInput, ConvGradWeight, MaxPoolGrad, AveragePoolGrad, GlobalAveragePoolGrad) that
+// carry the forward window resolved into explicit pads, so backward kernels never redo auto_pad or ceil_mode
+// logic.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/conv_geometry.h"
 #include "engine/ops/op_helpers.h"
@@ -11,7 +12,9 @@ namespace {
 
 const char* kGradOpReason = "a gradient op: training needs first derivatives only";
 
-std::vector<int64_t> spatial_of(const Shape& s) { return std::vector<int64_t>(s.dims().begin() + 2, s.dims().end()); }
+std::vector<int64_t> spatial_of(const Shape& s) {
+  return std::vector<int64_t>(s.dims().begin() + 2, s.dims().end());
+}
 
 void expect_spatial_rank(InferContext& c, int i) {
   if (c.rank(i) != 3 && c.rank(i) != 4)
@@ -27,7 +30,8 @@ WindowGeometry window(InferContext& c, const Shape& x, const std::vector<int64_t
 
 // The resolved window as attributes of a gradient op: explicit pads, no auto_pad.
 Attributes window_attrs(const WindowGeometry& g) {
-  return {{"kernel_shape", g.kernel}, {"strides", g.stride}, {"dilations", g.dilation}, {"pads", g.onnx_pads()}};
+  return {
+      {"kernel_shape", g.kernel}, {"strides", g.stride}, {"dilations", g.dilation}, {"pads", g.onnx_pads()}};
 }
 
 // The common window attributes of every op here (auto_pad only on the ONNX ops).
@@ -112,7 +116,8 @@ void infer_conv_grad_weight(InferContext& c) {
   const Shape& dy = c.shape(0);
   int64_t group = c.attrs().i("group");
   const std::vector<int64_t>& kernel = c.attrs().ints("kernel_shape");
-  if (group < 1 || x[1] % group != 0 || dy[1] % group != 0) c.fail("group {} does not divide the channels", group);
+  if (group < 1 || x[1] % group != 0 || dy[1] % group != 0)
+    c.fail("group {} does not divide the channels", group);
   WindowGeometry g = window(c, x, kernel, false);
   if (out_shape(x[0], dy[1], g) != dy) c.fail("dy does not match the convolution of {}", x.str());
   std::vector<int64_t> wd = {dy[1], x[1] / group};
@@ -134,16 +139,18 @@ std::vector<OpExample> conv_examples() {
       conv_example("strides 2, asymmetric pads", {2, 3, 5, 5}, {2, 3, 3, 2}, false,
                    {{"strides", V{2, 2}}, {"pads", V{0, 1, 1, 0}}}, 104),
       conv_example("dilations 2, bias", {2, 3, 5, 5}, {2, 3, 2, 2}, true, {{"dilations", V{2, 2}}}, 107),
-      conv_example("depthwise, group 3", {2, 3, 5, 5}, {3, 1, 3, 3}, true, {{"group", int64_t{3}}, {"pads", V{1, 1, 1, 1}}},
-                   110),
+      conv_example("depthwise, group 3", {2, 3, 5, 5}, {3, 1, 3, 3}, true,
+                   {{"group", int64_t{3}}, {"pads", V{1, 1, 1, 1}}}, 110),
       conv_example("group 2, strides 1x2", {2, 4, 5, 5}, {4, 2, 3, 3}, true,
                    {{"group", int64_t{2}}, {"strides", V{1, 2}}, {"kernel_shape", V{3, 3}}}, 113),
       conv_example("SAME_UPPER, strides 2", {2, 3, 5, 5}, {2, 3, 2, 2}, false,
                    {{"auto_pad", std::string("SAME_UPPER")}, {"strides", V{2, 2}}}, 116),
-      conv_example("SAME_LOWER", {2, 3, 5, 5}, {2, 3, 2, 2}, true, {{"auto_pad", std::string("SAME_LOWER")}}, 119),
+      conv_example("SAME_LOWER", {2, 3, 5, 5}, {2, 3, 2, 2}, true, {{"auto_pad", std::string("SAME_LOWER")}},
+                   119),
       conv_example("VALID, strides 2x1", {2, 3, 5, 5}, {2, 3, 3, 3}, false,
                    {{"auto_pad", std::string("VALID")}, {"strides", V{2, 1}}}, 122),
-      conv_example("1-D, strides 2, pads", {2, 3, 7}, {2, 3, 3}, true, {{"strides", V{2}}, {"pads", V{1, 1}}}, 125),
+      conv_example("1-D, strides 2, pads", {2, 3, 7}, {2, 3, 3}, true, {{"strides", V{2}}, {"pads", V{1, 1}}},
+                   125),
   };
 }
 
@@ -192,24 +199,28 @@ std::vector<OpExample> pool_examples(bool average) {
       pool_example("2x2, strides 2", {2, 3, 5, 5}, {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}}, 201),
       pool_example("3x3, strides 2, pads 1", {2, 3, 5, 5},
                    {{"kernel_shape", V{3, 3}}, {"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}}}, 202),
-      pool_example("ceil_mode", {2, 3, 5, 5}, {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}, {"ceil_mode", int64_t{1}}},
-                   203),
+      pool_example("ceil_mode", {2, 3, 5, 5},
+                   {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}, {"ceil_mode", int64_t{1}}}, 203),
       pool_example("dilations 2, asymmetric pads", {2, 3, 5, 5},
                    {{"kernel_shape", V{2, 2}}, {"dilations", V{2, 2}}, {"pads", V{1, 0, 0, 1}}}, 204),
       pool_example("SAME_UPPER, strides 2", {2, 3, 5, 5},
-                   {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}, {"auto_pad", std::string("SAME_UPPER")}}, 205),
-      pool_example("SAME_LOWER", {2, 3, 5, 5}, {{"kernel_shape", V{3, 2}}, {"auto_pad", std::string("SAME_LOWER")}},
-                   206),
+                   {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}, {"auto_pad", std::string("SAME_UPPER")}},
+                   205),
+      pool_example("SAME_LOWER", {2, 3, 5, 5},
+                   {{"kernel_shape", V{3, 2}}, {"auto_pad", std::string("SAME_LOWER")}}, 206),
       pool_example("1-D", {2, 3, 7}, {{"kernel_shape", V{3}}, {"strides", V{2}}}, 207),
   };
   if (average) {
-    e.push_back(pool_example("count_include_pad", {2, 3, 5, 5},
-                             {{"kernel_shape", V{3, 3}}, {"pads", V{1, 1, 1, 1}}, {"count_include_pad", int64_t{1}}},
-                             208));
+    e.push_back(pool_example(
+        "count_include_pad", {2, 3, 5, 5},
+        {{"kernel_shape", V{3, 3}}, {"pads", V{1, 1, 1, 1}}, {"count_include_pad", int64_t{1}}}, 208));
     // The last window overhangs the explicit padding: the divisor counts only the padded extent.
     e.push_back(pool_example("ceil_mode, count_include_pad", {2, 3, 6, 6},
-                             {{"kernel_shape", V{3, 3}}, {"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}},
-                              {"ceil_mode", int64_t{1}}, {"count_include_pad", int64_t{1}}},
+                             {{"kernel_shape", V{3, 3}},
+                              {"strides", V{2, 2}},
+                              {"pads", V{1, 1, 1, 1}},
+                              {"ceil_mode", int64_t{1}},
+                              {"count_include_pad", int64_t{1}}},
                              209));
   }
   return e;
@@ -240,7 +251,9 @@ void register_conv_ops(OpRegistry& r) {
   }
   {
     OpSchema s("ConvGradWeight", kPrivateDomain);
-    s.doc("Gradient of Conv with respect to its weights and, as optional output 1, its bias: (dy, x) -> dW [, dB].")
+    s.doc(
+         "Gradient of Conv with respect to its weights and, as optional output 1, its bias: (dy, x) -> dW [, "
+         "dB].")
         .inputs(2, 2)
         .outputs(1, 2)
         .attr("group", int64_t{1})
@@ -259,7 +272,9 @@ void register_conv_ops(OpRegistry& r) {
         .attr("storage_order", int64_t{0});
     window_schema(s, true)
         .infer([](InferContext& c) { infer_pool(c, true); })
-        .grad([](GradContext& c) { c.set_grad(0, c.op("MaxPoolGrad", {c.dy(), c.input(0)}, pool_grad_attrs(c))); })
+        .grad([](GradContext& c) {
+          c.set_grad(0, c.op("MaxPoolGrad", {c.dy(), c.input(0)}, pool_grad_attrs(c)));
+        })
         .examples([] { return pool_examples(false); });
     r.add(std::move(s));
   }
@@ -320,8 +335,8 @@ void register_conv_ops(OpRegistry& r) {
               c.set_output(0, c.dtype(0), Shape(d));
             })
             .grad([](GradContext& c) {
-              c.set_grad(0, c.op("GlobalAveragePoolGrad", {c.dy()},
-                                 {{"input_shape", c.shape(c.input(0)).dims()}}));
+              c.set_grad(
+                  0, c.op("GlobalAveragePoolGrad", {c.dy()}, {{"input_shape", c.shape(c.input(0)).dims()}}));
             })
             .examples([] {
               return std::vector<OpExample>{

@@ -1,5 +1,6 @@
-// Sliding-window geometry shared by Conv, the pooling ops, their gradient ops and their kernels: ONNX's kernel,
-// strides, dilations, pads, auto_pad and ceil_mode resolved into explicit per-dimension numbers and output sizes.
+// Sliding-window geometry shared by Conv, the pooling ops, their gradient ops and their kernels: ONNX's
+// kernel, strides, dilations, pads, auto_pad and ceil_mode resolved into explicit per-dimension numbers and
+// output sizes.
 #pragma once
 
 #include <fmt/format.h>
@@ -31,8 +32,9 @@ struct WindowGeometry {
   }
 };
 
-// Resolves the window of an op from its attributes (auto_pad, pads, strides, dilations; ceil_mode when `ceil_mode`
-// is true). `in` and `kernel` are the spatial input and kernel sizes. Returns an error message, empty on success.
+// Resolves the window of an op from its attributes (auto_pad, pads, strides, dilations; ceil_mode when
+// `ceil_mode` is true). `in` and `kernel` are the spatial input and kernel sizes. Returns an error message,
+// empty on success.
 inline std::string resolve_window(const Attributes& a, const std::vector<int64_t>& in,
                                   const std::vector<int64_t>& kernel, bool ceil_mode, WindowGeometry* g) {
   const int n = static_cast<int>(in.size());
@@ -43,7 +45,8 @@ inline std::string resolve_window(const Attributes& a, const std::vector<int64_t
   g->kernel = kernel;
   g->stride = a.ints_or("strides", std::vector<int64_t>(n, 1));
   g->dilation = a.ints_or("dilations", std::vector<int64_t>(n, 1));
-  if (static_cast<int>(g->stride.size()) != n) return fmt::format("strides has {} values, expected {}", g->stride.size(), n);
+  if (static_cast<int>(g->stride.size()) != n)
+    return fmt::format("strides has {} values, expected {}", g->stride.size(), n);
   if (static_cast<int>(g->dilation.size()) != n)
     return fmt::format("dilations has {} values, expected {}", g->dilation.size(), n);
   for (int i = 0; i < n; ++i) {
@@ -71,7 +74,8 @@ inline std::string resolve_window(const Attributes& a, const std::vector<int64_t
   } else if (auto_pad == "NOTSET") {
     if (a.has("pads")) {
       const std::vector<int64_t>& p = a.ints("pads");
-      if (static_cast<int>(p.size()) != 2 * n) return fmt::format("pads has {} values, expected {}", p.size(), 2 * n);
+      if (static_cast<int>(p.size()) != 2 * n)
+        return fmt::format("pads has {} values, expected {}", p.size(), 2 * n);
       for (int i = 0; i < n; ++i) {
         if (p[i] < 0 || p[n + i] < 0) return "pads must not be negative";
         g->pad_begin[i] = p[i];
@@ -84,8 +88,8 @@ inline std::string resolve_window(const Attributes& a, const std::vector<int64_t
   for (int i = 0; i < n; ++i) {
     int64_t room = in[i] + g->pad_begin[i] + g->pad_end[i] - g->span(i);
     if (room < 0)
-      return fmt::format("the window ({} elements with dilation) is larger than the padded input ({})", g->span(i),
-                         in[i] + g->pad_begin[i] + g->pad_end[i]);
+      return fmt::format("the window ({} elements with dilation) is larger than the padded input ({})",
+                         g->span(i), in[i] + g->pad_begin[i] + g->pad_end[i]);
     g->out[i] = (ceil_mode ? (room + g->stride[i] - 1) / g->stride[i] : room / g->stride[i]) + 1;
     // As in PyTorch and ONNX's reference: the last window must start inside the input or its begin padding.
     if (ceil_mode && (g->out[i] - 1) * g->stride[i] >= in[i] + g->pad_begin[i]) --g->out[i];

@@ -1,5 +1,6 @@
-// Op family 'matmul': MatMul (numpy semantics), Gemm, the private MatMulTransposed that backward passes use instead
-// of Transpose copies, and FusedGemm, the bias + activation epilogue the planner's fusion rewrites into.
+// Op family 'matmul': MatMul (numpy semantics), Gemm, the private MatMulTransposed that backward passes use
+// instead of Transpose copies, and FusedGemm, the bias + activation epilogue the planner's fusion rewrites
+// into.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 
@@ -9,8 +10,9 @@ namespace {
 
 const char* kGradOpReason = "a gradient op: training needs first derivatives only";
 
-// Output shape of a batched product of a [..., M, K] and b [..., K, N] (each optionally transposed in its last two
-// dims), with numpy broadcasting of the batch dims. 1-D operands are promoted as numpy does (only without transposes).
+// Output shape of a batched product of a [..., M, K] and b [..., K, N] (each optionally transposed in its
+// last two dims), with numpy broadcasting of the batch dims. 1-D operands are promoted as numpy does (only
+// without transposes).
 std::string matmul_shape(Shape a, Shape b, bool ta, bool tb, Shape* out) {
   if (a.rank() == 0 || b.rank() == 0) return "operands must have rank 1 or more";
   bool a_vec = a.rank() == 1, b_vec = b.rank() == 1;
@@ -53,8 +55,8 @@ ValueId reshape(GradContext& c, ValueId x, const Shape& s) {
 }
 
 // Gradients of y = alpha · op_a(a) · op_b(b) for operands of rank >= 2 with batch broadcasting, given dy.
-void matmul_grads(GradContext& c, ValueId a, bool ta, ValueId b, bool tb, ValueId dy, float alpha, ValueId* da,
-                  ValueId* db, bool need_a, bool need_b) {
+void matmul_grads(GradContext& c, ValueId a, bool ta, ValueId b, bool tb, ValueId dy, float alpha,
+                  ValueId* da, ValueId* db, bool need_a, bool need_b) {
   const Shape sa = c.shape(a), sb = c.shape(b), sy = c.shape(dy);
   if (need_a) {
     // d(op_a(a)) = dy · op_b(b)^T; when a is transposed, da = op_b(b) · dy^T.
@@ -125,7 +127,9 @@ void gemm_grad(GradContext& c) {
   }
 }
 
-bool is_gelu(const std::string& act) { return act == "gelu" || act == "gelu_tanh"; }
+bool is_gelu(const std::string& act) {
+  return act == "gelu" || act == "gelu_tanh";
+}
 
 void infer_fused_gemm(InferContext& c) {
   c.expect_float(0);
@@ -147,8 +151,10 @@ void infer_fused_gemm(InferContext& c) {
       c.fail("bias must have shape [{}] or [1, {}]", n, n);
   }
   std::vector<int64_t> d = sa.dims();
-  if (ta) d = {sa[1], n};
-  else d.back() = n;
+  if (ta)
+    d = {sa[1], n};
+  else
+    d.back() = n;
   c.set_output(0, c.dtype(0), Shape(d));
   if (c.has_output(1)) c.set_output(1, c.dtype(0), Shape(d));
 }
@@ -169,7 +175,8 @@ void fused_gemm_grad(GradContext& c) {
         // Without the saved pre-activation, recompute it: one more GEMM. The fusion pass asks for output 1.
         std::vector<ValueId> in = {c.input(0), c.input(1)};
         if (c.input(2) != kNoValue) in.push_back(c.input(2));
-        z = c.op("FusedGemm", in, {{"transA", int64_t{ta}}, {"transB", int64_t{tb}}, {"activation", std::string("none")}});
+        z = c.op("FusedGemm", in,
+                 {{"transA", int64_t{ta}}, {"transB", int64_t{tb}}, {"activation", std::string("none")}});
       }
       dz = c.op("GeluGrad", {dy, z}, {{"approximate", std::string(act == "gelu_tanh" ? "tanh" : "none")}});
     }
@@ -184,13 +191,12 @@ void fused_gemm_grad(GradContext& c) {
   if (c.needs_grad(2)) c.set_grad(2, c.reduce_to(dz, c.shape(c.input(2))));
 }
 
-OpExample fused(std::string label, Shape a, Shape b, bool with_bias, const std::string& act, bool tb, int outputs,
-                uint64_t seed) {
+OpExample fused(std::string label, Shape a, Shape b, bool with_bias, const std::string& act, bool tb,
+                int outputs, uint64_t seed) {
   int64_t n = tb ? b[0] : b[1];
   std::vector<Tensor> in = {random_tensor(a, -1, 1, seed), random_tensor(b, -1, 1, seed + 1)};
   if (with_bias) in.push_back(random_tensor(Shape{n}, -0.5, 0.5, seed + 2));
-  OpExample e = example(std::move(label), std::move(in),
-                        {{"activation", act}, {"transB", int64_t{tb}}});
+  OpExample e = example(std::move(label), std::move(in), {{"activation", act}, {"transB", int64_t{tb}}});
   e.num_outputs = outputs;
   return e;
 }
@@ -244,7 +250,8 @@ void register_matmul_ops(OpRegistry& r) {
             }));
 
   r.add(OpSchema("MatMulTransposed", kPrivateDomain)
-            .doc("alpha * op(A) · op(B) with numpy batch broadcasting; op transposes the last two dims. Backward "
+            .doc("alpha * op(A) · op(B) with numpy batch broadcasting; op transposes the last two dims. "
+                 "Backward "
                  "passes use it so that no Transpose copy is made.")
             .inputs(2, 2)
             .attr("transA", int64_t{0})
@@ -266,8 +273,10 @@ void register_matmul_ops(OpRegistry& r) {
             }));
 
   r.add(OpSchema("FusedGemm", kPrivateDomain)
-            .doc("Y = act(op(A) · op(B) + bias), act one of none, relu, gelu, gelu_tanh; A may carry leading batch "
-                 "dims (folded into rows). Optional output 1 is the pre-activation, which gelu's gradient needs.")
+            .doc("Y = act(op(A) · op(B) + bias), act one of none, relu, gelu, gelu_tanh; A may carry leading "
+                 "batch "
+                 "dims (folded into rows). Optional output 1 is the pre-activation, which gelu's gradient "
+                 "needs.")
             .inputs(2, 3)
             .outputs(1, 2)
             .attr("transA", int64_t{0})

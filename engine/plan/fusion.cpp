@@ -55,7 +55,10 @@ void fuse_gemm(Graph& g, FusionReport& r) {
       if (act != "none") out = an.outputs[0];
     }
     std::string name = g.node(id).name;
-    NodeId f = g.add_node("FusedGemm", {a, b, bias}, {{"activation", act}}, -1, g.unique_name(name + "/fused"));
+    // GELU's gradient needs the pre-activation: the fused node keeps it as a second output rather than having
+    // backward recompute the GEMM.
+    int outputs = act == "gelu" || act == "gelu_tanh" ? 2 : 1;
+    NodeId f = g.add_node("FusedGemm", {a, b, bias}, {{"activation", act}}, outputs, g.unique_name(name + "/fused"));
     std::vector<NodeId> chain = {id, add_id};
     if (act != "none") chain.push_back(act_id);
     take_over(g, chain, f, out);

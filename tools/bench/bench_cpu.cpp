@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -22,7 +21,7 @@ using V = std::vector<int64_t>;
 namespace {
 
 struct Options {
-  int threads = 0;         // 0: every hardware thread
+  int threads = 0;           // 0: every hardware thread
   double min_seconds = 0.3;  // per timing repeat
   int repeats = 5;
 };
@@ -35,8 +34,8 @@ struct Case {
   std::vector<ValueId> inputs;
 };
 
-// Milliseconds per run of a one-node graph: the best of `repeats` timings after warm-up, each running for at least
-// min_seconds. The best, not the median: on a shared machine other work only ever adds time.
+// Milliseconds per run of a one-node graph: the best of `repeats` timings after warm-up, each running for at
+// least min_seconds. The best, not the median: on a shared machine other work only ever adds time.
 double time_ms(const Case& c, Backend& backend, const Options& o) {
   Session sess(c.graph, backend);
   for (ValueId v : c.inputs) {
@@ -89,8 +88,9 @@ std::vector<Case> conv_cases(int64_t n, int64_t ch, int64_t hw, int64_t m, int64
     Case c{"conv_bwd_data", shape, flops, std::make_shared<Graph>(), {}};
     ValueId dy = c.graph->add_input("dy", DType::f32, Shape{n, m, out, out});
     ValueId w = c.graph->add_input("w", DType::f32, Shape{m, ch, k, k});
-    c.graph->mark_output(c.graph->op("ConvGradInput", {dy, w},
-                                     {{"pads", pads}, {"kernel_shape", V{k, k}}, {"input_shape", V{n, ch, hw, hw}}}));
+    c.graph->mark_output(
+        c.graph->op("ConvGradInput", {dy, w},
+                    {{"pads", pads}, {"kernel_shape", V{k, k}}, {"input_shape", V{n, ch, hw, hw}}}));
     c.inputs = {dy, w};
     cases.push_back(c);
   }
@@ -122,10 +122,14 @@ Options parse(int argc, char** argv) {
     if (i + 1 >= argc) usage(fmt::format("{} needs a value", arg));
     std::string val = argv[++i];
     try {
-      if (arg == "--threads") o.threads = std::stoi(val);
-      else if (arg == "--min-seconds") o.min_seconds = std::stod(val);
-      else if (arg == "--repeats") o.repeats = std::max(1, std::stoi(val));
-      else usage(fmt::format("unknown option {}", arg));
+      if (arg == "--threads")
+        o.threads = std::stoi(val);
+      else if (arg == "--min-seconds")
+        o.min_seconds = std::stod(val);
+      else if (arg == "--repeats")
+        o.repeats = std::max(1, std::stoi(val));
+      else
+        usage(fmt::format("unknown option {}", arg));
     } catch (const std::logic_error&) {
       usage(fmt::format("{} takes a number, got '{}'", arg, val));
     }
@@ -135,8 +139,7 @@ Options parse(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  Options o = parse(argc, argv);
+int run_benchmarks(const Options& o) {
   auto backend = make_cpu_backend(CpuOptions{o.threads});
   int threads = omp_get_max_threads();  // what the backend set
   fmt::print(stderr, "bench_cpu on {}\n", backend->description());
@@ -146,10 +149,21 @@ int main(int argc, char** argv) {
   for (const Case& c : cases) {
     double ms = time_ms(c, *backend, o);
     double gflops = c.flops / (ms * 1e-3) / 1e9;
-    fmt::print("{{\"bench\": \"{}\", \"shape\": \"{}\", \"backend\": \"{}\", \"threads\": {}, \"ms\": {:.4f}, "
-               "\"gflops\": {:.2f}}}\n",
-               c.name, c.shape, backend->name(), threads, ms, gflops);
+    fmt::print(
+        "{{\"bench\": \"{}\", \"shape\": \"{}\", \"backend\": \"{}\", \"threads\": {}, \"ms\": {:.4f}, "
+        "\"gflops\": {:.2f}}}\n",
+        c.name, c.shape, backend->name(), threads, ms, gflops);
     std::fflush(stdout);
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  Options o = parse(argc, argv);
+  try {
+    return run_benchmarks(o);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "bench_cpu: {}\n", e.what());
+    return 1;
+  }
 }

@@ -1,6 +1,7 @@
-// CPU kernels of op family 'conv': oneDNN convolution (forward, backward data, backward weights) and pooling for f32
-// on plain NCHW/OIHW buffers; plain loops for f64 and for the cases oneDNN defines differently from ONNX. 1-D data
-// runs as 2-D data of height 1. Every loop gives each output plane to one thread, so sums are deterministic.
+// CPU kernels of op family 'conv': oneDNN convolution (forward, backward data, backward weights) and pooling
+// for f32 on plain NCHW/OIHW buffers; plain loops for f64 and for the cases oneDNN defines differently from
+// ONNX. 1-D data runs as 2-D data of height 1. Every loop gives each output plane to one thread, so sums are
+// deterministic.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -14,8 +15,8 @@ namespace trainer::engine::cpu {
 
 namespace {
 
-// A window op seen in 2-D: input [n, c, h, w], output [n, m, oh, ow]. pb/pr are the explicit end pads; reach_b and
-// reach_r the end pads the last window touches (larger under ceil_mode).
+// A window op seen in 2-D: input [n, c, h, w], output [n, m, oh, ow]. pb/pr are the explicit end pads;
+// reach_b and reach_r the end pads the last window touches (larger under ceil_mode).
 struct Win2d {
   int64_t n = 0, c = 0, h = 1, w = 1, m = 0, oh = 1, ow = 1;
   int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
@@ -26,8 +27,8 @@ struct Win2d {
 };
 
 // `x` is the data input shape, `m` the output channels.
-Win2d win2d(const Shape& x, int64_t m, const std::vector<int64_t>& kernel, const Attributes& a, bool ceil_mode,
-            int64_t group = 1) {
+Win2d win2d(const Shape& x, int64_t m, const std::vector<int64_t>& kernel, const Attributes& a,
+            bool ceil_mode, int64_t group = 1) {
   ops::WindowGeometry g;
   std::vector<int64_t> spatial(x.dims().begin() + 2, x.dims().end());
   std::string err = ops::resolve_window(a, spatial, kernel, ceil_mode, &g);
@@ -40,22 +41,36 @@ Win2d win2d(const Shape& x, int64_t m, const std::vector<int64_t>& kernel, const
   v.group = group;
   int o = g.spatial == 2 ? 1 : 0;  // index of the width dim
   if (g.spatial == 2) {
-    v.h = g.in[0], v.oh = g.out[0], v.kh = g.kernel[0], v.sh = g.stride[0], v.dh = g.dilation[0];
-    v.pt = g.pad_begin[0], v.pb = g.pad_end[0], v.reach_b = g.reach_end(0);
+    v.h = g.in[0];
+    v.oh = g.out[0];
+    v.kh = g.kernel[0];
+    v.sh = g.stride[0];
+    v.dh = g.dilation[0];
+    v.pt = g.pad_begin[0];
+    v.pb = g.pad_end[0];
+    v.reach_b = g.reach_end(0);
   }
-  v.w = g.in[o], v.ow = g.out[o], v.kw = g.kernel[o], v.sw = g.stride[o], v.dw = g.dilation[o];
-  v.pl = g.pad_begin[o], v.pr = g.pad_end[o], v.reach_r = g.reach_end(o);
+  v.w = g.in[o];
+  v.ow = g.out[o];
+  v.kw = g.kernel[o];
+  v.sw = g.stride[o];
+  v.dw = g.dilation[o];
+  v.pl = g.pad_begin[o];
+  v.pr = g.pad_end[o];
+  v.reach_r = g.reach_end(o);
   return v;
 }
 
-std::vector<int64_t> kernel_of(const Shape& w) { return std::vector<int64_t>(w.dims().begin() + 2, w.dims().end()); }
+std::vector<int64_t> kernel_of(const Shape& w) {
+  return std::vector<int64_t>(w.dims().begin() + 2, w.dims().end());
+}
 
 // ---- oneDNN descriptors and layouts ----
 
-// Which layout a convolution primitive works in. Measured on AVX-512 (batch 64, 3x3): oneDNN's blocked layouts
-// (nChw16c, ...) beat plain NCHW by 1.2-6x for the forward pass everywhere, and for both gradients once there are
-// several input channels; plain NCHW (im2col + GEMM) wins the gradients of first layers, whose one to three input
-// channels would fill a 16-wide channel block with padding.
+// Which layout a convolution primitive works in. Measured on the 2-core AVX-512 machines (batch 64, 3x3 kernels,
+// 1 to 32 input channels): oneDNN's blocked layouts (nChw16c, ...), reorders included, beat plain NCHW (im2col +
+// GEMM) 1.3-5x for the forward pass and the weight gradient at every size, and for the input gradient from 8 input
+// channels up; below that (first layers, whose input gradient training never needs) plain NCHW is 2-5x faster.
 enum class Layout { plain, blocked };
 
 struct ConvMds {
@@ -91,23 +106,27 @@ ConvMds conv_mds(const Win2d& v, Layout layout) {
 
 dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvMds& d, bool bias) {
   using namespace dnnl;
-  auto desc = bias ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src_any,
-                                               d.wei_any, d.bias, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
-                   : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src_any,
-                                               d.wei_any, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
+  auto desc =
+      bias ? convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src_any,
+                                       d.wei_any, d.bias, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
+           : convolution_forward::desc(prop_kind::forward_training, algorithm::convolution_direct, d.src_any,
+                                       d.wei_any, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
   return convolution_forward::primitive_desc(desc, dnnl_attr(), dnnl_cpu_engine());
 }
 
-// Memory for `md` in a 64-byte-aligned buffer that `keep` owns (reorder targets, workspaces): made at prepare time.
-dnnl::memory owned_memory(const dnnl::memory::desc& md, std::vector<std::shared_ptr<std::vector<std::byte>>>* keep) {
+// Memory for `md` in a 64-byte-aligned buffer that `keep` owns (reorder targets, workspaces): made at prepare
+// time.
+dnnl::memory owned_memory(const dnnl::memory::desc& md,
+                          std::vector<std::shared_ptr<std::vector<std::byte>>>* keep) {
   auto buf = std::make_shared<std::vector<std::byte>>(md.get_size() + 64);
   auto p = reinterpret_cast<uintptr_t>(buf->data());
   keep->push_back(buf);
   return dnnl::memory(md, dnnl_cpu_engine(), reinterpret_cast<void*>((p + 63) / 64 * 64));
 }
 
-// A primitive call whose operands may live in layouts other than the arena's: inputs are reordered into buffers
-// owned here before the call and outputs reordered back after it. Buffers and reorders are all made at prepare time.
+// A primitive call whose operands may live in layouts other than the arena's: inputs are reordered into
+// buffers owned here before the call and outputs reordered back after it. Buffers and reorders are all made
+// at prepare time.
 class LayoutCall {
  public:
   // The memory to bind for an operand the primitive wants as `want`, held in the arena as `plain` at `ptr`.
@@ -125,15 +144,18 @@ class LayoutCall {
   }
 
  private:
-  dnnl::memory bind(const dnnl::memory::desc& plain, const void* ptr, const dnnl::memory::desc& want, bool in) {
+  dnnl::memory bind(const dnnl::memory::desc& plain, const void* ptr, const dnnl::memory::desc& want,
+                    bool in) {
     dnnl::memory user = dnnl_mem(plain, ptr);
     if (want == plain) return user;
     dnnl::memory mine = owned_memory(want, &buffers_);
     const dnnl::memory& from = in ? user : mine;
     const dnnl::memory& to = in ? mine : user;
-    dnnl::reorder::primitive_desc pd(dnnl_cpu_engine(), from.get_desc(), dnnl_cpu_engine(), to.get_desc(), dnnl_attr());
-    (in ? before_ : after_).emplace_back(dnnl::reorder(pd), pd,
-                                         std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+    dnnl::reorder::primitive_desc pd(dnnl_cpu_engine(), from.get_desc(), dnnl_cpu_engine(), to.get_desc(),
+                                     dnnl_attr());
+    (in ? before_ : after_)
+        .emplace_back(dnnl::reorder(pd), pd,
+                      std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
     return mine;
   }
   std::vector<DnnlCall> before_, after_;
@@ -147,89 +169,98 @@ template <class T>
 void conv_fwd_loops(const Win2d& v, const T* x, const T* wt, const T* b, T* y) {
   int64_t cg = v.c / v.group, mg = v.m / v.group;
   int64_t work = v.out_plane() * cg * v.kh * v.kw;
-  parallel_for(v.n * v.m, [&](int64_t nm) {
-    int64_t ni = nm / v.m, mi = nm % v.m, gi = mi / mg;
-    T* py = y + nm * v.out_plane();
-    for (int64_t oy = 0; oy < v.oh; ++oy)
-      for (int64_t ox = 0; ox < v.ow; ++ox) {
-        T acc = b ? b[mi] : T(0);
-        for (int64_t ci = 0; ci < cg; ++ci) {
-          const T* px = x + (ni * v.c + gi * cg + ci) * v.in_plane();
-          const T* pw = wt + (mi * cg + ci) * v.kh * v.kw;
-          for (int64_t ky = 0; ky < v.kh; ++ky) {
-            int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-            if (iy < 0 || iy >= v.h) continue;
-            for (int64_t kx = 0; kx < v.kw; ++kx) {
-              int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-              if (ix < 0 || ix >= v.w) continue;
-              acc += px[iy * v.w + ix] * pw[ky * v.kw + kx];
+  parallel_for(
+      v.n * v.m,
+      [&](int64_t nm) {
+        int64_t ni = nm / v.m, mi = nm % v.m, gi = mi / mg;
+        T* py = y + nm * v.out_plane();
+        for (int64_t oy = 0; oy < v.oh; ++oy)
+          for (int64_t ox = 0; ox < v.ow; ++ox) {
+            T acc = b ? b[mi] : T(0);
+            for (int64_t ci = 0; ci < cg; ++ci) {
+              const T* px = x + (ni * v.c + gi * cg + ci) * v.in_plane();
+              const T* pw = wt + (mi * cg + ci) * v.kh * v.kw;
+              for (int64_t ky = 0; ky < v.kh; ++ky) {
+                int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+                if (iy < 0 || iy >= v.h) continue;
+                for (int64_t kx = 0; kx < v.kw; ++kx) {
+                  int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                  if (ix < 0 || ix >= v.w) continue;
+                  acc += px[iy * v.w + ix] * pw[ky * v.kw + kx];
+                }
+              }
             }
+            py[oy * v.ow + ox] = acc;
           }
-        }
-        py[oy * v.ow + ox] = acc;
-      }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work)));
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work)));
 }
 
 template <class T>
 void conv_bwd_data_loops(const Win2d& v, const T* dy, const T* wt, T* dx) {
   int64_t cg = v.c / v.group, mg = v.m / v.group;
   int64_t work = mg * v.out_plane() * v.kh * v.kw;
-  parallel_for(v.n * v.c, [&](int64_t nc) {
-    int64_t ni = nc / v.c, cig = nc % v.c, gi = cig / cg, ci = cig % cg;
-    T* px = dx + nc * v.in_plane();
-    std::fill(px, px + v.in_plane(), T(0));
-    for (int64_t mi = gi * mg; mi < (gi + 1) * mg; ++mi) {
-      const T* pdy = dy + (ni * v.m + mi) * v.out_plane();
-      const T* pw = wt + (mi * cg + ci) * v.kh * v.kw;
-      for (int64_t oy = 0; oy < v.oh; ++oy)
-        for (int64_t ox = 0; ox < v.ow; ++ox) {
-          T d = pdy[oy * v.ow + ox];
-          for (int64_t ky = 0; ky < v.kh; ++ky) {
-            int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-            if (iy < 0 || iy >= v.h) continue;
-            for (int64_t kx = 0; kx < v.kw; ++kx) {
-              int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-              if (ix < 0 || ix >= v.w) continue;
-              px[iy * v.w + ix] += d * pw[ky * v.kw + kx];
+  parallel_for(
+      v.n * v.c,
+      [&](int64_t nc) {
+        int64_t ni = nc / v.c, cig = nc % v.c, gi = cig / cg, ci = cig % cg;
+        T* px = dx + nc * v.in_plane();
+        std::fill(px, px + v.in_plane(), T(0));
+        for (int64_t mi = gi * mg; mi < (gi + 1) * mg; ++mi) {
+          const T* pdy = dy + (ni * v.m + mi) * v.out_plane();
+          const T* pw = wt + (mi * cg + ci) * v.kh * v.kw;
+          for (int64_t oy = 0; oy < v.oh; ++oy)
+            for (int64_t ox = 0; ox < v.ow; ++ox) {
+              T d = pdy[oy * v.ow + ox];
+              for (int64_t ky = 0; ky < v.kh; ++ky) {
+                int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+                if (iy < 0 || iy >= v.h) continue;
+                for (int64_t kx = 0; kx < v.kw; ++kx) {
+                  int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                  if (ix < 0 || ix >= v.w) continue;
+                  px[iy * v.w + ix] += d * pw[ky * v.kw + kx];
+                }
+              }
             }
-          }
         }
-    }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work)));
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, work)));
 }
 
 template <class T>
 void conv_bwd_weights_loops(const Win2d& v, const T* dy, const T* x, T* dw, T* db) {
   int64_t cg = v.c / v.group, mg = v.m / v.group;
   int64_t kernel = cg * v.kh * v.kw;
-  parallel_for(v.m, [&](int64_t mi) {
-    int64_t gi = mi / mg;
-    T* pdw = dw + mi * kernel;
-    std::fill(pdw, pdw + kernel, T(0));
-    T bias = 0;
-    for (int64_t ni = 0; ni < v.n; ++ni) {
-      const T* pdy = dy + (ni * v.m + mi) * v.out_plane();
-      for (int64_t oy = 0; oy < v.oh; ++oy)
-        for (int64_t ox = 0; ox < v.ow; ++ox) {
-          T d = pdy[oy * v.ow + ox];
-          bias += d;
-          for (int64_t ci = 0; ci < cg; ++ci) {
-            const T* px = x + (ni * v.c + gi * cg + ci) * v.in_plane();
-            for (int64_t ky = 0; ky < v.kh; ++ky) {
-              int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-              if (iy < 0 || iy >= v.h) continue;
-              for (int64_t kx = 0; kx < v.kw; ++kx) {
-                int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-                if (ix < 0 || ix >= v.w) continue;
-                pdw[(ci * v.kh + ky) * v.kw + kx] += d * px[iy * v.w + ix];
+  parallel_for(
+      v.m,
+      [&](int64_t mi) {
+        int64_t gi = mi / mg;
+        T* pdw = dw + mi * kernel;
+        std::fill(pdw, pdw + kernel, T(0));
+        T bias = 0;
+        for (int64_t ni = 0; ni < v.n; ++ni) {
+          const T* pdy = dy + (ni * v.m + mi) * v.out_plane();
+          for (int64_t oy = 0; oy < v.oh; ++oy)
+            for (int64_t ox = 0; ox < v.ow; ++ox) {
+              T d = pdy[oy * v.ow + ox];
+              bias += d;
+              for (int64_t ci = 0; ci < cg; ++ci) {
+                const T* px = x + (ni * v.c + gi * cg + ci) * v.in_plane();
+                for (int64_t ky = 0; ky < v.kh; ++ky) {
+                  int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+                  if (iy < 0 || iy >= v.h) continue;
+                  for (int64_t kx = 0; kx < v.kw; ++kx) {
+                    int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                    if (ix < 0 || ix >= v.w) continue;
+                    pdw[(ci * v.kh + ky) * v.kw + kx] += d * px[iy * v.w + ix];
+                  }
+                }
               }
             }
-          }
         }
-    }
-    if (db) db[mi] = bias;
-  }, 1);
+        if (db) db[mi] = bias;
+      },
+      1);
 }
 
 // ---- Conv kernels ----
@@ -248,9 +279,10 @@ KernelPtr conv(const KernelArgs& a) {
       ConvMds d = conv_mds(v, Layout::blocked);
       auto pd = conv_fwd_pd(d, bias);
       auto call = std::make_shared<LayoutCall>();
-      std::vector<std::pair<int, dnnl::memory>> args = {{DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
-                                                        {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
-                                                        {DNNL_ARG_DST, call->output(d.dst, y, pd.dst_desc())}};
+      std::vector<std::pair<int, dnnl::memory>> args = {
+          {DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
+          {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
+          {DNNL_ARG_DST, call->output(d.dst, y, pd.dst_desc())}};
       if (bias) args.emplace_back(DNNL_ARG_BIAS, dnnl_mem(d.bias, b));
       call->set_call(DnnlCall(dnnl::convolution_forward(pd), pd, std::move(args)));
       kp = make_kernel([call](const StepContext&) { (*call)(); });
@@ -276,13 +308,14 @@ KernelPtr conv_grad_input(const KernelArgs& a) {
       ConvMds d = conv_mds(v, v.c / v.group >= 8 ? Layout::blocked : Layout::plain);
       auto hint = conv_fwd_pd(d, false);
       convolution_backward_data::primitive_desc pd(
-          convolution_backward_data::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.dst_any, d.strides,
-                                          d.dilates, d.pad_l, d.pad_r),
+          convolution_backward_data::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.dst_any,
+                                          d.strides, d.dilates, d.pad_l, d.pad_r),
           dnnl_attr(), dnnl_cpu_engine(), hint);
       auto call = std::make_shared<LayoutCall>();
-      std::vector<std::pair<int, memory>> args = {{DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
-                                                  {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
-                                                  {DNNL_ARG_DIFF_SRC, call->output(d.src, dx, pd.diff_src_desc())}};
+      std::vector<std::pair<int, memory>> args = {
+          {DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
+          {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
+          {DNNL_ARG_DIFF_SRC, call->output(d.src, dx, pd.diff_src_desc())}};
       call->set_call(DnnlCall(convolution_backward_data(pd), pd, std::move(args)));
       kp = make_kernel([call](const StepContext&) { (*call)(); });
     } else {
@@ -295,7 +328,8 @@ KernelPtr conv_grad_input(const KernelArgs& a) {
 // ConvGradWeight(dy, x) -> dW [, dB]
 KernelPtr conv_grad_weight(const KernelArgs& a) {
   const Shape& dys = a.in(0).shape;
-  Win2d v = win2d(a.in(1).shape, dys[1], a.attrs().ints("kernel_shape"), a.attrs(), false, a.attrs().i("group"));
+  Win2d v =
+      win2d(a.in(1).shape, dys[1], a.attrs().ints("kernel_shape"), a.attrs(), false, a.attrs().i("group"));
   bool bias = a.has_output(1);
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, "ConvGradWeight", [&]<class T>() {
@@ -305,12 +339,13 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
     T* db = bias ? a.out_ptr<T>(1) : nullptr;
     if constexpr (std::is_same_v<T, float>) {
       using namespace dnnl;
-      ConvMds d = conv_mds(v, v.c / v.group > 1 ? Layout::blocked : Layout::plain);
+      ConvMds d = conv_mds(v, Layout::blocked);
       auto hint = conv_fwd_pd(d, bias);
-      auto desc = bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.bias,
-                                                            d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
-                       : convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
-                                                            d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
+      auto desc =
+          bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
+                                                    d.bias, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
+               : convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
+                                                    d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
       convolution_backward_weights::primitive_desc pd(desc, dnnl_attr(), dnnl_cpu_engine(), hint);
       auto call = std::make_shared<LayoutCall>();
       std::vector<std::pair<int, memory>> args = {
@@ -341,50 +376,59 @@ inline int64_t taps_inside(int64_t start, int64_t k, int64_t d, int64_t lo, int6
 
 template <class T>
 void max_pool_loops(const Win2d& v, const T* x, T* y) {
-  parallel_for(v.n * v.c, [&](int64_t p) {
-    const T* px = x + p * v.in_plane();
-    T* py = y + p * v.out_plane();
-    for (int64_t oy = 0; oy < v.oh; ++oy)
-      for (int64_t ox = 0; ox < v.ow; ++ox) {
-        T best = -std::numeric_limits<T>::infinity();
-        for (int64_t ky = 0; ky < v.kh; ++ky) {
-          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-          if (iy < 0 || iy >= v.h) continue;
-          for (int64_t kx = 0; kx < v.kw; ++kx) {
-            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-            if (ix >= 0 && ix < v.w) best = std::max(best, px[iy * v.w + ix]);
+  parallel_for(
+      v.n * v.c,
+      [&](int64_t p) {
+        const T* px = x + p * v.in_plane();
+        T* py = y + p * v.out_plane();
+        for (int64_t oy = 0; oy < v.oh; ++oy)
+          for (int64_t ox = 0; ox < v.ow; ++ox) {
+            T best = -std::numeric_limits<T>::infinity();
+            for (int64_t ky = 0; ky < v.kh; ++ky) {
+              int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+              if (iy < 0 || iy >= v.h) continue;
+              for (int64_t kx = 0; kx < v.kw; ++kx) {
+                int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                if (ix >= 0 && ix < v.w) best = std::max(best, px[iy * v.w + ix]);
+              }
+            }
+            py[oy * v.ow + ox] = best;
           }
-        }
-        py[oy * v.ow + ox] = best;
-      }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
 }
 
 // Each dy goes to the first maximum of its window (row-major order), as the forward pass found it.
 template <class T>
 void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
-  parallel_for(v.n * v.c, [&](int64_t p) {
-    const T* px = x + p * v.in_plane();
-    const T* pdy = dy + p * v.out_plane();
-    T* pdx = dx + p * v.in_plane();
-    std::fill(pdx, pdx + v.in_plane(), T(0));
-    for (int64_t oy = 0; oy < v.oh; ++oy)
-      for (int64_t ox = 0; ox < v.ow; ++ox) {
-        int64_t arg = -1;
-        T best = -std::numeric_limits<T>::infinity();
-        for (int64_t ky = 0; ky < v.kh; ++ky) {
-          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-          if (iy < 0 || iy >= v.h) continue;
-          for (int64_t kx = 0; kx < v.kw; ++kx) {
-            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-            if (ix < 0 || ix >= v.w) continue;
-            T val = px[iy * v.w + ix];
-            if (arg < 0 || val > best) best = val, arg = iy * v.w + ix;
+  parallel_for(
+      v.n * v.c,
+      [&](int64_t p) {
+        const T* px = x + p * v.in_plane();
+        const T* pdy = dy + p * v.out_plane();
+        T* pdx = dx + p * v.in_plane();
+        std::fill(pdx, pdx + v.in_plane(), T(0));
+        for (int64_t oy = 0; oy < v.oh; ++oy)
+          for (int64_t ox = 0; ox < v.ow; ++ox) {
+            int64_t arg = -1;
+            T best = -std::numeric_limits<T>::infinity();
+            for (int64_t ky = 0; ky < v.kh; ++ky) {
+              int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+              if (iy < 0 || iy >= v.h) continue;
+              for (int64_t kx = 0; kx < v.kw; ++kx) {
+                int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                if (ix < 0 || ix >= v.w) continue;
+                T val = px[iy * v.w + ix];
+                if (arg < 0 || val > best) {
+                  best = val;
+                  arg = iy * v.w + ix;
+                }
+              }
+            }
+            if (arg >= 0) pdx[arg] += pdy[oy * v.ow + ox];
           }
-        }
-        if (arg >= 0) pdx[arg] += pdy[oy * v.ow + ox];
-      }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
 }
 
 // The divisor of window (oy, ox): taps inside the input, or inside the explicitly padded input.
@@ -397,47 +441,53 @@ inline int64_t avg_divisor(const Win2d& v, int64_t oy, int64_t ox, bool include_
 
 template <class T>
 void avg_pool_loops(const Win2d& v, bool include_pad, const T* x, T* y) {
-  parallel_for(v.n * v.c, [&](int64_t p) {
-    const T* px = x + p * v.in_plane();
-    T* py = y + p * v.out_plane();
-    for (int64_t oy = 0; oy < v.oh; ++oy)
-      for (int64_t ox = 0; ox < v.ow; ++ox) {
-        T sum = 0;
-        for (int64_t ky = 0; ky < v.kh; ++ky) {
-          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-          if (iy < 0 || iy >= v.h) continue;
-          for (int64_t kx = 0; kx < v.kw; ++kx) {
-            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-            if (ix >= 0 && ix < v.w) sum += px[iy * v.w + ix];
+  parallel_for(
+      v.n * v.c,
+      [&](int64_t p) {
+        const T* px = x + p * v.in_plane();
+        T* py = y + p * v.out_plane();
+        for (int64_t oy = 0; oy < v.oh; ++oy)
+          for (int64_t ox = 0; ox < v.ow; ++ox) {
+            T sum = 0;
+            for (int64_t ky = 0; ky < v.kh; ++ky) {
+              int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+              if (iy < 0 || iy >= v.h) continue;
+              for (int64_t kx = 0; kx < v.kw; ++kx) {
+                int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                if (ix >= 0 && ix < v.w) sum += px[iy * v.w + ix];
+              }
+            }
+            int64_t div = avg_divisor(v, oy, ox, include_pad);
+            py[oy * v.ow + ox] = div > 0 ? sum / T(div) : T(0);
           }
-        }
-        int64_t div = avg_divisor(v, oy, ox, include_pad);
-        py[oy * v.ow + ox] = div > 0 ? sum / T(div) : T(0);
-      }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
 }
 
 template <class T>
 void avg_pool_grad_loops(const Win2d& v, bool include_pad, const T* dy, T* dx) {
-  parallel_for(v.n * v.c, [&](int64_t p) {
-    const T* pdy = dy + p * v.out_plane();
-    T* pdx = dx + p * v.in_plane();
-    std::fill(pdx, pdx + v.in_plane(), T(0));
-    for (int64_t oy = 0; oy < v.oh; ++oy)
-      for (int64_t ox = 0; ox < v.ow; ++ox) {
-        int64_t div = avg_divisor(v, oy, ox, include_pad);
-        if (div == 0) continue;
-        T g = pdy[oy * v.ow + ox] / T(div);
-        for (int64_t ky = 0; ky < v.kh; ++ky) {
-          int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-          if (iy < 0 || iy >= v.h) continue;
-          for (int64_t kx = 0; kx < v.kw; ++kx) {
-            int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-            if (ix >= 0 && ix < v.w) pdx[iy * v.w + ix] += g;
+  parallel_for(
+      v.n * v.c,
+      [&](int64_t p) {
+        const T* pdy = dy + p * v.out_plane();
+        T* pdx = dx + p * v.in_plane();
+        std::fill(pdx, pdx + v.in_plane(), T(0));
+        for (int64_t oy = 0; oy < v.oh; ++oy)
+          for (int64_t ox = 0; ox < v.ow; ++ox) {
+            int64_t div = avg_divisor(v, oy, ox, include_pad);
+            if (div == 0) continue;
+            T g = pdy[oy * v.ow + ox] / T(div);
+            for (int64_t ky = 0; ky < v.kh; ++ky) {
+              int64_t iy = oy * v.sh - v.pt + ky * v.dh;
+              if (iy < 0 || iy >= v.h) continue;
+              for (int64_t kx = 0; kx < v.kw; ++kx) {
+                int64_t ix = ox * v.sw - v.pl + kx * v.dw;
+                if (ix >= 0 && ix < v.w) pdx[iy * v.w + ix] += g;
+              }
+            }
           }
-        }
-      }
-  }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
 }
 
 // ---- Pooling: oneDNN ----
@@ -459,21 +509,23 @@ PoolMds pool_mds(const Win2d& v) {
   return d;
 }
 
-dnnl::pooling_v2_forward::primitive_desc pool_fwd_pd(const PoolMds& d, dnnl::algorithm alg, dnnl::prop_kind prop) {
+dnnl::pooling_v2_forward::primitive_desc pool_fwd_pd(const PoolMds& d, dnnl::algorithm alg,
+                                                     dnnl::prop_kind prop) {
   using namespace dnnl;
   return pooling_v2_forward::primitive_desc(
       pooling_v2_forward::desc(prop, alg, d.src, d.dst, d.strides, d.kernel, d.dilation, d.pad_l, d.pad_r),
       dnnl_attr(), dnnl_cpu_engine());
 }
 
-// oneDNN's include-padding average divides by the full kernel; ONNX does not count the part of a ceil_mode window
-// past the explicit padding, so such windows run on the loops.
+// oneDNN's include-padding average divides by the full kernel; ONNX does not count the part of a ceil_mode
+// window past the explicit padding, so such windows run on the loops.
 bool dnnl_avg_matches(const Win2d& v, bool include_pad) {
   return !include_pad || (v.reach_b == v.pb && v.reach_r == v.pr);
 }
 
 dnnl::algorithm avg_alg(bool include_pad) {
-  return include_pad ? dnnl::algorithm::pooling_avg_include_padding : dnnl::algorithm::pooling_avg_exclude_padding;
+  return include_pad ? dnnl::algorithm::pooling_avg_include_padding
+                     : dnnl::algorithm::pooling_avg_exclude_padding;
 }
 
 KernelPtr max_pool(const KernelArgs& a) {
@@ -487,7 +539,8 @@ KernelPtr max_pool(const KernelArgs& a) {
     if constexpr (std::is_same_v<T, float>) {
       PoolMds d = pool_mds(v);
       auto pd = pool_fwd_pd(d, dnnl::algorithm::pooling_max, dnnl::prop_kind::forward_inference);
-      DnnlCall call(dnnl::pooling_v2_forward(pd), pd, {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}});
+      DnnlCall call(dnnl::pooling_v2_forward(pd), pd,
+                    {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}});
       kp = make_kernel([call](const StepContext&) { call(); });
     } else {
       kp = make_kernel([=](const StepContext&) { max_pool_loops(v, x, y); });
@@ -496,9 +549,10 @@ KernelPtr max_pool(const KernelArgs& a) {
   return kp;
 }
 
-// oneDNN's max-pooling backward needs the forward's workspace (where each maximum was). MaxPool itself runs as
-// inference and keeps none, so the gradient kernel reruns the forward into a workspace and a scratch output of its
-// own: cheaper than the plain loop's search (0.16 + 0.2 ms against 0.84 ms at [64, 32, 26, 26], 2x2).
+// oneDNN's max-pooling backward needs the forward's workspace (where each maximum was). MaxPool itself runs
+// as inference and keeps none, so the gradient kernel reruns the forward into a workspace and a scratch
+// output of its own. That is still about twice as fast as the plain loops' window search (measured at [64,
+// 32, 26, 26], 2x2).
 struct MaxPoolGradState {
   DnnlCall forward, backward;
   std::vector<std::shared_ptr<std::vector<std::byte>>> buffers;
@@ -518,16 +572,18 @@ KernelPtr max_pool_grad(const KernelArgs& a) {
       PoolMds d = pool_mds(v);
       auto fwd = pool_fwd_pd(d, algorithm::pooling_max, prop_kind::forward_training);
       pooling_v2_backward::primitive_desc bwd(
-          pooling_v2_backward::desc(algorithm::pooling_max, d.src, d.dst, d.strides, d.kernel, d.dilation, d.pad_l,
-                                    d.pad_r),
+          pooling_v2_backward::desc(algorithm::pooling_max, d.src, d.dst, d.strides, d.kernel, d.dilation,
+                                    d.pad_l, d.pad_r),
           dnnl_attr(), dnnl_cpu_engine(), fwd);
       auto st = std::make_shared<MaxPoolGradState>();
       memory ws = owned_memory(fwd.workspace_desc(), &st->buffers);
       memory y = owned_memory(d.dst, &st->buffers);
-      st->forward = DnnlCall(pooling_v2_forward(fwd), fwd,
-                             {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, y}, {DNNL_ARG_WORKSPACE, ws}});
+      st->forward =
+          DnnlCall(pooling_v2_forward(fwd), fwd,
+                   {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, y}, {DNNL_ARG_WORKSPACE, ws}});
       st->backward = DnnlCall(pooling_v2_backward(bwd), bwd,
-                              {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)}, {DNNL_ARG_WORKSPACE, ws},
+                              {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
+                               {DNNL_ARG_WORKSPACE, ws},
                                {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
       kp = make_kernel([st](const StepContext&) {
         st->forward();
@@ -578,8 +634,8 @@ KernelPtr avg_pool_grad(const KernelArgs& a) {
         PoolMds d = pool_mds(v);
         auto hint = pool_fwd_pd(d, avg_alg(include_pad), prop_kind::forward_training);
         pooling_v2_backward::primitive_desc pd(
-            pooling_v2_backward::desc(avg_alg(include_pad), d.src, d.dst, d.strides, d.kernel, d.dilation, d.pad_l,
-                                      d.pad_r),
+            pooling_v2_backward::desc(avg_alg(include_pad), d.src, d.dst, d.strides, d.kernel, d.dilation,
+                                      d.pad_l, d.pad_r),
             dnnl_attr(), dnnl_cpu_engine(), hint);
         DnnlCall call(pooling_v2_backward(pd), pd,
                       {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)}, {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
@@ -600,12 +656,15 @@ KernelPtr global_avg_pool(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(0);
     T* y = a.out_ptr<T>(0);
     kp = make_kernel([=](const StepContext&) {
-      parallel_for(planes, [&](int64_t p) {
-        double s = 0;
-        const T* px = x + p * plane;
-        for (int64_t i = 0; i < plane; ++i) s += px[i];
-        y[p] = static_cast<T>(s / static_cast<double>(plane));
-      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, plane)));
+      parallel_for(
+          planes,
+          [&](int64_t p) {
+            double s = 0;
+            const T* px = x + p * plane;
+            for (int64_t i = 0; i < plane; ++i) s += px[i];
+            y[p] = static_cast<T>(s / static_cast<double>(plane));
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, plane)));
     });
   });
   return kp;
@@ -619,10 +678,13 @@ KernelPtr global_avg_pool_grad(const KernelArgs& a) {
     const T* dy = a.in_ptr<T>(0);
     T* dx = a.out_ptr<T>(0);
     kp = make_kernel([=](const StepContext&) {
-      parallel_for(planes, [&](int64_t p) {
-        T g = dy[p] / static_cast<T>(plane);
-        std::fill(dx + p * plane, dx + (p + 1) * plane, g);
-      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, plane)));
+      parallel_for(
+          planes,
+          [&](int64_t p) {
+            T g = dy[p] / static_cast<T>(plane);
+            std::fill(dx + p * plane, dx + (p + 1) * plane, g);
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, plane)));
     });
   });
   return kp;

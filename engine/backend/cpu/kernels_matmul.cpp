@@ -1,6 +1,6 @@
-// CPU kernels of op family 'matmul'. Every op here is one batched product y = act(alpha * op(A)·op(B) + beta * C):
-// f32 runs one oneDNN matmul primitive (transposes as strides, batch broadcasting, bias and activation as
-// post-ops), f64 runs plain loops (it serves the finite-difference gradient checks, not speed).
+// CPU kernels of op family 'matmul'. Every op here is one batched product y = act(alpha * op(A)·op(B) + beta
+// * C): f32 runs one oneDNN matmul primitive (transposes as strides, batch broadcasting, bias and activation
+// as post-ops), f64 runs plain loops (it serves the finite-difference gradient checks, not speed).
 #include <algorithm>
 #include <cstring>
 
@@ -24,21 +24,28 @@ Act parse_act(const std::string& s) {
   return Act::none;
 }
 
-template <class T> T apply_act(Act a, T z) {
+template <class T>
+T apply_act(Act a, T z) {
   switch (a) {
-    case Act::none: return z;
-    case Act::relu: return k::ReluOp{}(z);
-    case Act::gelu: return k::GeluOp{false}(z);
-    case Act::gelu_tanh: return k::GeluOp{true}(z);
+    case Act::none:
+      return z;
+    case Act::relu:
+      return k::ReluOp{}(z);
+    case Act::gelu:
+      return k::GeluOp{false}(z);
+    case Act::gelu_tanh:
+      return k::GeluOp{true}(z);
   }
   return z;
 }
 
-// Where each operand of a batched product lives: op(A) is m x k, op(B) is k x n, y is [batch..., m, n] row-major.
+// Where each operand of a batched product lives: op(A) is m x k, op(B) is k x n, y is [batch..., m, n]
+// row-major.
 struct GemmLayout {
-  std::vector<int64_t> batch;           // y's batch dims
-  std::vector<int64_t> a_dims, b_dims;  // the operands' batch dims, right-aligned to `batch` (1 where broadcast)
-  std::vector<int64_t> a_off, b_off;    // per flat batch index: element offset of its A and B matrix
+  std::vector<int64_t> batch;  // y's batch dims
+  std::vector<int64_t> a_dims,
+      b_dims;  // the operands' batch dims, right-aligned to `batch` (1 where broadcast)
+  std::vector<int64_t> a_off, b_off;  // per flat batch index: element offset of its A and B matrix
   int64_t m = 0, n = 0, kk = 0;
   int64_t a_rs = 0, a_cs = 0;  // element strides of op(A)'s rows (m) and columns (k)
   int64_t b_rs = 0, b_cs = 0;  // element strides of op(B)'s rows (k) and columns (n)
@@ -120,33 +127,41 @@ KernelPtr gemm_loops(const GemmLayout& layout, const Epilogue& e, const T* a, co
     int64_t m = L->m, n = L->n, kk = L->kk;
     int64_t rows = L->batch_count() * m;
     // One output row per iteration: each element is summed by one thread in a fixed order.
-    parallel_for(rows, [&](int64_t r) {
-      int64_t bi = r / m, i = r % m;
-      const T* pa = a + L->a_off[bi] + i * L->a_rs;
-      const T* pb = b + L->b_off[bi];
-      T* py = y + r * n;
-      for (int64_t j = 0; j < n; ++j) {
-        T acc = 0;
-        for (int64_t p = 0; p < kk; ++p) acc += pa[p * L->a_cs] * pb[p * L->b_rs + j * L->b_cs];
-        T v = alpha * acc;
-        if (c) v += beta * c[i * c_rs + j * c_cs];
-        if (z) z[r * n + j] = v;
-        py[j] = apply_act(act, v);
-      }
-    }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n * kk)));
+    parallel_for(
+        rows,
+        [&](int64_t r) {
+          int64_t bi = r / m, i = r % m;
+          const T* pa = a + L->a_off[bi] + i * L->a_rs;
+          const T* pb = b + L->b_off[bi];
+          T* py = y + r * n;
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t p = 0; p < kk; ++p) acc += pa[p * L->a_cs] * pb[p * L->b_rs + j * L->b_cs];
+            T v = alpha * acc;
+            if (c) v += beta * c[i * c_rs + j * c_cs];
+            if (z) z[r * n + j] = v;
+            py[j] = apply_act(act, v);
+          }
+        },
+        std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n * kk)));
   });
 }
 
 dnnl::algorithm dnnl_act(Act a) {
   switch (a) {
-    case Act::relu: return dnnl::algorithm::eltwise_relu;
-    case Act::gelu: return dnnl::algorithm::eltwise_gelu_erf;
-    case Act::gelu_tanh: return dnnl::algorithm::eltwise_gelu_tanh;
-    default: return dnnl::algorithm::undef;
+    case Act::relu:
+      return dnnl::algorithm::eltwise_relu;
+    case Act::gelu:
+      return dnnl::algorithm::eltwise_gelu_erf;
+    case Act::gelu_tanh:
+      return dnnl::algorithm::eltwise_gelu_tanh;
+    default:
+      return dnnl::algorithm::undef;
   }
 }
 
-// State of an f32 GEMM: the matmul, an optional eltwise for y = act(z) when z is kept, and C's broadcast pre-fill.
+// State of an f32 GEMM: the matmul, an optional eltwise for y = act(z) when z is kept, and C's broadcast
+// pre-fill.
 struct DnnlGemm {
   DnnlCall matmul;
   DnnlCall act;
@@ -224,15 +239,17 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
     if (e.act == Act::none) {
       // y = z: a copy through a linear eltwise keeps the run path one primitive call.
       dnnl::eltwise_forward::primitive_desc ep(
-          dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear, flat,
-                                      1.0f, 0.0f),
+          dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear,
+                                      flat, 1.0f, 0.0f),
           dnnl_attr(), dnnl_cpu_engine());
-      st->act = DnnlCall(dnnl::eltwise_forward(ep), ep, {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}});
+      st->act = DnnlCall(dnnl::eltwise_forward(ep), ep,
+                         {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}});
     } else {
       dnnl::eltwise_forward::primitive_desc ep(
           dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl_act(e.act), flat, 0.0f, 0.0f),
           dnnl_attr(), dnnl_cpu_engine());
-      st->act = DnnlCall(dnnl::eltwise_forward(ep), ep, {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}});
+      st->act = DnnlCall(dnnl::eltwise_forward(ep), ep,
+                         {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}});
     }
   }
   return make_kernel([st](const StepContext&) {
@@ -240,9 +257,12 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
       const float* c = st->c;
       float* y = st->y;
       int64_t n = st->n, rs = st->c_rs, cs = st->c_cs;
-      parallel_for(st->m, [&](int64_t i) {
-        for (int64_t j = 0; j < n; ++j) y[i * n + j] = c[i * rs + j * cs];
-      }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n)));
+      parallel_for(
+          st->m,
+          [&](int64_t i) {
+            for (int64_t j = 0; j < n; ++j) y[i * n + j] = c[i * rs + j * cs];
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n)));
     }
     st->matmul();
     if (st->act) st->act();
@@ -273,11 +293,14 @@ KernelPtr matmul(const KernelArgs& a) {
 KernelPtr matmul_transposed(const KernelArgs& a) {
   Epilogue e;
   e.alpha = a.attrs().f("alpha");
-  return gemm_kernel(a, gemm_layout(a.in(0).shape, a.in(1).shape, a.attrs().i("transA") != 0, a.attrs().i("transB") != 0), e);
+  return gemm_kernel(
+      a, gemm_layout(a.in(0).shape, a.in(1).shape, a.attrs().i("transA") != 0, a.attrs().i("transB") != 0),
+      e);
 }
 
 KernelPtr gemm(const KernelArgs& a) {
-  GemmLayout L = gemm_layout(a.in(0).shape, a.in(1).shape, a.attrs().i("transA") != 0, a.attrs().i("transB") != 0);
+  GemmLayout L =
+      gemm_layout(a.in(0).shape, a.in(1).shape, a.attrs().i("transA") != 0, a.attrs().i("transB") != 0);
   Epilogue e;
   e.alpha = a.attrs().f("alpha");
   if (a.has_input(2)) set_c(&e, a.inputs[2], a.in(2).shape, L.m, L.n, a.attrs().f("beta"));
