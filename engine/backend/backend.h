@@ -30,6 +30,15 @@ class DeviceBuffer {
   virtual size_t bytes() const = 0;
 };
 
+// A point in a backend's stream of work. The CPU's events are complete when recorded; a GPU's complete when the
+// work enqueued before them has run. The data-parallel layer orders communication after computation with them.
+class Event {
+ public:
+  virtual ~Event() = default;
+  virtual bool done() const = 0;
+  virtual void synchronize() = 0;  // blocks until done
+};
+
 // A Program bound to an arena, ready to run.
 class Executable {
  public:
@@ -55,6 +64,8 @@ class Backend {
 
   virtual void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const DeviceBuffer& src, size_t offset, size_t bytes) = 0;
+  // An event after everything enqueued so far.
+  virtual std::unique_ptr<Event> record_event() = 0;
   // Waits for everything enqueued.
   virtual void synchronize() = 0;
 };
