@@ -1,7 +1,7 @@
 // trainer's entry point: parses the command line, runs the subcommand, and alone decides the exit code
 // (0 ok, 1 run-time failure, 2 bad input or usage).
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 

@@ -44,8 +44,8 @@ struct OnnxModelInfo {
 
 struct OnnxImportResult {
   engine::Graph graph;
-  std::vector<engine::ValueId> inputs;  // the fed graph inputs, in the model's order (initializers and
-                                        // baked-in constant_inputs excluded)
+  std::vector<engine::ValueId> inputs;   // the fed graph inputs, in the model's order (initializers and
+                                         // baked-in constant_inputs excluded)
   std::vector<engine::ValueId> outputs;  // the model's outputs, in order; marked as graph outputs
   OnnxModelInfo info;
 };

@@ -28,7 +28,8 @@ ValueId activation(Graph& g, ValueId x, const std::string& name) {
   if (name == "tanh") return g.op("Tanh", {x});
   if (name == "gelu") return g.op("Gelu", {x});
   if (name == "softmax") return g.op("Softmax", {x}, {{"axis", int64_t{-1}}});
-  throw InputError("", fmt::format("unknown activation '{}'", name), "use linear, relu, sigmoid, tanh, gelu or softmax");
+  throw InputError("", fmt::format("unknown activation '{}'", name),
+                   "use linear, relu, sigmoid, tanh, gelu or softmax");
 }
 
 ValueId dense(LayerContext& ctx, ValueId x, int64_t units, const std::string& act, const std::string& name) {

@@ -1,5 +1,6 @@
-// Layer builders in Keras's vocabulary that expand to IR subgraphs with Keras's initializers. The full layer library
-// (Conv2D, LSTM, Embedding, ... from a TOML spec) grows here; these are the first, used by samples and tests.
+// Layer builders in Keras's vocabulary that expand to IR subgraphs with Keras's initializers. The full layer
+// library (Conv2D, LSTM, Embedding, ... from a TOML spec) grows here; these are the first, used by samples
+// and tests.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +10,8 @@
 
 namespace trainer::models {
 
-// Seeds each layer's initializers from (model seed, layer name), so adding a layer does not reshuffle the others.
+// Seeds each layer's initializers from (model seed, layer name), so adding a layer does not reshuffle the
+// others.
 struct LayerContext {
   engine::Graph& graph;
   uint64_t seed = 0;

@@ -1,5 +1,6 @@
-// A complete training run through the engine's C++ API: a 3-class spiral problem, an MLP (Dense 64 relu, Dense 64
-// relu, Dense 3) with Adam and softmax cross-entropy, on the CPU. Progress on stderr, one JSON line per epoch on stdout.
+// A complete training run through the engine's C++ API: a 3-class spiral problem, an MLP (Dense 64 relu,
+// Dense 64 relu, Dense 3) with Adam and softmax cross-entropy, on the CPU. Progress on stderr, one JSON line
+// per epoch on stdout.
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -75,9 +76,10 @@ int main() {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     last_loss = static_cast<float>(loss_sum / (n / batch));
     last_acc = static_cast<float>(correct) / n;
-    fmt::print(stderr, "Epoch {}/{} · {:.3f}s · loss {:.4f} · accuracy {:.4f}\n", epoch, epochs, secs, last_loss, last_acc);
-    fmt::print("{{\"epoch\": {}, \"loss\": {:.6f}, \"accuracy\": {:.6f}, \"seconds\": {:.6f}}}\n", epoch, last_loss,
-               last_acc, secs);
+    fmt::print(stderr, "Epoch {}/{} · {:.3f}s · loss {:.4f} · accuracy {:.4f}\n", epoch, epochs, secs,
+               last_loss, last_acc);
+    fmt::print("{{\"epoch\": {}, \"loss\": {:.6f}, \"accuracy\": {:.6f}, \"seconds\": {:.6f}}}\n", epoch,
+               last_loss, last_acc, secs);
   }
   return last_acc > 0.9f ? 0 : 1;
 }

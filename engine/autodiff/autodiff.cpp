@@ -1,5 +1,6 @@
-// Backward graph construction: forward reachability of the differentiated values, backward reachability of the loss,
-// then each node's gradient rule in reverse topological order, with contributions summed at fan-out.
+// Backward graph construction: forward reachability of the differentiated values, backward reachability of
+// the loss, then each node's gradient rule in reverse topological order, with contributions summed at
+// fan-out.
 #include "engine/autodiff/autodiff.h"
 
 #include <unordered_set>
@@ -29,8 +30,9 @@ ValueId sum_all(Graph& g, const std::vector<ValueId>& parts, const std::string& 
 std::unordered_map<ValueId, ValueId> build_backward(Graph& g, ValueId loss, const std::vector<ValueId>& wrt) {
   const Value& lv = g.value(loss);
   if (lv.shape.numel() != 1 || !is_float(lv.dtype))
-    throw InputError(lv.name, fmt::format("the loss '{}' must be a float scalar, got {} {}", lv.name,
-                                          dtype_name(lv.dtype), lv.shape.str()),
+    throw InputError(lv.name,
+                     fmt::format("the loss '{}' must be a float scalar, got {} {}", lv.name,
+                                 dtype_name(lv.dtype), lv.shape.str()),
                      "reduce the loss to one number (mean over the batch)");
   std::vector<NodeId> order = g.topo_order();
   std::vector<char> requires_grad(g.num_values(), 0);
@@ -42,7 +44,8 @@ std::unordered_map<ValueId, ValueId> build_backward(Graph& g, ValueId loss, cons
     if (s.non_differentiable_reason()) continue;
     bool any = false;
     for (size_t i = 0; i < n.inputs.size(); ++i)
-      if (n.inputs[i] != kNoValue && requires_grad[n.inputs[i]] && s.input_has_grad(static_cast<int>(i))) any = true;
+      if (n.inputs[i] != kNoValue && requires_grad[n.inputs[i]] && s.input_has_grad(static_cast<int>(i)))
+        any = true;
     if (!any) continue;
     for (ValueId o : n.outputs)
       if (o != kNoValue && is_float(g.value(o).dtype)) requires_grad[o] = 1;

@@ -1,4 +1,5 @@
-// Synthetic datasets for examples and end-to-end tests: problems a linear model cannot solve, generated from a seed.
+// Synthetic datasets for examples and end-to-end tests: problems a linear model cannot solve, generated from
+// a seed.
 #pragma once
 
 #include <cstdint>
@@ -15,8 +16,8 @@ struct Dataset {
 // `classes` interleaved spiral arms in the plane, `per_class` points each: x [N, 2], y [N].
 Dataset spirals(int per_class, int classes, float noise, uint64_t seed);
 
-// Sequences of `length` values in [-1, 1], x [N, length, 1]; the label is 1 when the FIRST value is positive, so a
-// recurrent model must carry it through every later step.
+// Sequences of `length` values in [-1, 1], x [N, length, 1]; the label is 1 when the FIRST value is positive,
+// so a recurrent model must carry it through every later step.
 Dataset first_sign_sequences(int n, int length, uint64_t seed);
 
 }  // namespace trainer::engine::data

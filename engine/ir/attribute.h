@@ -42,11 +42,13 @@ class Attributes {
   const std::map<std::string, AttrValue>& all() const { return map_; }
 
  private:
-  template <class T> const T& get(const std::string& name) const {
+  template <class T>
+  const T& get(const std::string& name) const {
     auto it = map_.find(name);
     TRAINER_ASSERT(it != map_.end(), "attribute '{}' is not set", name);
     const T* v = std::get_if<T>(&it->second);
-    TRAINER_ASSERT(v != nullptr, "attribute '{}' has type {}", name, attr_type_name(attr_type_of(it->second)));
+    TRAINER_ASSERT(v != nullptr, "attribute '{}' has type {}", name,
+                   attr_type_name(attr_type_of(it->second)));
     return *v;
   }
   std::map<std::string, AttrValue> map_;

@@ -9,7 +9,8 @@
 namespace trainer::engine {
 
 ValueId Graph::new_value(const std::string& name, DType dtype, Shape shape, ValueKind kind) {
-  if (by_name_.count(name)) throw InputError(name, fmt::format("duplicate value name '{}'", name), "names must be unique");
+  if (by_name_.count(name))
+    throw InputError(name, fmt::format("duplicate value name '{}'", name), "names must be unique");
   ValueId id = static_cast<ValueId>(values_.size());
   Value v;
   v.name = name;
@@ -61,13 +62,15 @@ NodeId Graph::add_node(const std::string& op, std::vector<ValueId> inputs, Attri
   if (num_outputs < 0) num_outputs = s.min_outputs();
   std::string node_name = name.empty() ? unique_name(op) : name;
   std::vector<std::string> outs;
-  for (int i = 0; i < num_outputs; ++i) outs.push_back(unique_name(num_outputs == 1 ? node_name : fmt::format("{}:{}", node_name, i)));
+  for (int i = 0; i < num_outputs; ++i)
+    outs.push_back(unique_name(num_outputs == 1 ? node_name : fmt::format("{}:{}", node_name, i)));
   return insert_node(op, std::move(inputs), std::move(attrs), std::move(outs), node_name);
 }
 
 NodeId Graph::add_node_named(const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
                              const std::vector<std::string>& output_names, const std::string& name) {
-  return insert_node(op, std::move(inputs), std::move(attrs), output_names, name.empty() ? unique_name(op) : name);
+  return insert_node(op, std::move(inputs), std::move(attrs), output_names,
+                     name.empty() ? unique_name(op) : name);
 }
 
 NodeId Graph::insert_node(const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
@@ -179,7 +182,8 @@ void Graph::validate() const {
       if (v == kNoValue) continue;
       const Value& val = values_[v];
       if (val.kind == ValueKind::intermediate && (val.producer < 0 || nodes_[val.producer].dead))
-        throw InputError(n.name, fmt::format("node '{}' ({}) reads '{}', which no node produces", n.name, n.op, val.name));
+        throw InputError(
+            n.name, fmt::format("node '{}' ({}) reads '{}', which no node produces", n.name, n.op, val.name));
     }
     Node copy = n;
     for (size_t i = 0; i < copy.outputs.size(); ++i)
@@ -191,8 +195,8 @@ void Graph::validate() const {
       const OutputMeta& meta = metas[i];
       const Value& out = values_[n.outputs[i]];
       if (meta.shape != out.shape || meta.dtype != out.dtype)
-        throw InputError(n.name, fmt::format("node '{}' ({}) output '{}' is {} {} but its inputs give {} {}", n.name, n.op,
-                                             out.name, dtype_name(out.dtype), out.shape.str(),
+        throw InputError(n.name, fmt::format("node '{}' ({}) output '{}' is {} {} but its inputs give {} {}",
+                                             n.name, n.op, out.name, dtype_name(out.dtype), out.shape.str(),
                                              dtype_name(meta.dtype), meta.shape.str()));
     }
   }
@@ -226,7 +230,8 @@ std::vector<NodeId> Graph::topo_order() const {
         if (!nodes_[c].dead && --pending[c] == 0) ready.push(c);
     }
   }
-  if (order.size() != live) throw InputError("", "the graph has a cycle", "every value must be produced before it is used");
+  if (order.size() != live)
+    throw InputError("", "the graph has a cycle", "every value must be produced before it is used");
   return order;
 }
 

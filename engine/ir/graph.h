@@ -64,9 +64,10 @@ class Graph {
   ValueId add_state(const std::string& name, Tensor init);
 
   // Adds a node, fills attribute defaults from the schema, validates it and infers its outputs.
-  // num_outputs < 0 means the schema's minimum. Throws InputError naming the node and the shapes when invalid.
-  NodeId add_node(const std::string& op, std::vector<ValueId> inputs, Attributes attrs = {}, int num_outputs = -1,
-                  const std::string& name = "");
+  // num_outputs < 0 means the schema's minimum. Throws InputError naming the node and the shapes when
+  // invalid.
+  NodeId add_node(const std::string& op, std::vector<ValueId> inputs, Attributes attrs = {},
+                  int num_outputs = -1, const std::string& name = "");
   // As add_node, with explicit output names; an empty name leaves that optional output absent.
   NodeId add_node_named(const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
                         const std::vector<std::string>& output_names, const std::string& name = "");
@@ -101,8 +102,9 @@ class Graph {
   // Rewrites: route every use of `from` to `to`, and remove a node.
   void replace_uses(ValueId from, ValueId to);
   void erase_node(NodeId n);
-  // Makes node n produce the existing value `target` as its output i (instead of the value it was created with),
-  // so a rewrite keeps the ids and names that callers and exports hold. Target's old producer must be erased.
+  // Makes node n produce the existing value `target` as its output i (instead of the value it was created
+  // with), so a rewrite keeps the ids and names that callers and exports hold. Target's old producer must be
+  // erased.
   void move_output(NodeId n, int i, ValueId target);
   // Re-runs validation and shape inference on every live node and checks names and the graph's acyclicity.
   void validate() const;

@@ -1,4 +1,5 @@
-// Schema validation (arity, attributes, defaults), the shape-inference and gradient contexts, and the op registry.
+// Schema validation (arity, attributes, defaults), the shape-inference and gradient contexts, and the op
+// registry.
 #include "engine/ir/op_schema.h"
 
 #include <fmt/ranges.h>
@@ -7,16 +8,24 @@
 
 namespace trainer::engine {
 
-AttrType attr_type_of(const AttrValue& v) { return static_cast<AttrType>(v.index()); }
+AttrType attr_type_of(const AttrValue& v) {
+  return static_cast<AttrType>(v.index());
+}
 
 std::string_view attr_type_name(AttrType t) {
   switch (t) {
-    case AttrType::i: return "int";
-    case AttrType::f: return "float";
-    case AttrType::s: return "string";
-    case AttrType::ints: return "ints";
-    case AttrType::floats: return "floats";
-    case AttrType::t: return "tensor";
+    case AttrType::i:
+      return "int";
+    case AttrType::f:
+      return "float";
+    case AttrType::s:
+      return "string";
+    case AttrType::ints:
+      return "ints";
+    case AttrType::floats:
+      return "floats";
+    case AttrType::t:
+      return "tensor";
   }
   return "?";
 }
@@ -46,7 +55,8 @@ void InferContext::expect_float(int i) const {
 
 void InferContext::expect_same_dtype(int i, int j) const {
   if (dtype(i) != dtype(j))
-    fail("inputs {} and {} must have the same type, got {} and {}", i, j, dtype_name(dtype(i)), dtype_name(dtype(j)));
+    fail("inputs {} and {} must have the same type, got {} and {}", i, j, dtype_name(dtype(i)),
+         dtype_name(dtype(j)));
 }
 
 void InferContext::fail_msg(const std::string& msg) const {
@@ -59,20 +69,25 @@ void InferContext::fail_msg(const std::string& msg) const {
       shapes.push_back(fmt::format("{}: {} {}", val.name, dtype_name(val.dtype), val.shape.str()));
     }
   }
-  throw InputError(n_.name, fmt::format("node '{}' ({}): {}; inputs {}", n_.name, n_.op, msg, fmt::join(shapes, ", ")),
+  throw InputError(n_.name,
+                   fmt::format("node '{}' ({}): {}; inputs {}", n_.name, n_.op, msg, fmt::join(shapes, ", ")),
                    "check the shapes and attributes the model gives this node");
 }
 
 // ---- GradContext ----
 
 GradContext::GradContext(Graph& g, NodeId n, std::vector<ValueId> gy, std::vector<bool> needs)
-    : g_(g), node_(g.node(n)), gy_(std::move(gy)), needs_(std::move(needs)), dx_(node_.inputs.size(), kNoValue) {}
+    : g_(g),
+      node_(g.node(n)),
+      gy_(std::move(gy)),
+      needs_(std::move(needs)),
+      dx_(node_.inputs.size(), kNoValue) {}
 
 void GradContext::set_grad(int i, ValueId grad) {
   if (i >= static_cast<int>(dx_.size()) || !needs_grad(i)) return;
   TRAINER_ASSERT(grad == kNoValue || g_.value(grad).shape == g_.value(node_.inputs[i]).shape,
-                 "gradient of {} input {} has shape {}, the input {}", node_.op, i, g_.value(grad).shape.str(),
-                 g_.value(node_.inputs[i]).shape.str());
+                 "gradient of {} input {} has shape {}, the input {}", node_.op, i,
+                 g_.value(grad).shape.str(), g_.value(node_.inputs[i]).shape.str());
   dx_[i] = grad;
 }
 
@@ -83,12 +98,13 @@ ValueId GradContext::grad_output_or_zeros(int i) {
 }
 
 ValueId GradContext::op(const std::string& op, std::vector<ValueId> inputs, Attributes attrs) {
-  NodeId n = g_.add_node(op, std::move(inputs), std::move(attrs), 1, g_.unique_name(node_.name + "/grad/" + op));
+  NodeId n =
+      g_.add_node(op, std::move(inputs), std::move(attrs), 1, g_.unique_name(node_.name + "/grad/" + op));
   return g_.node(n).outputs[0];
 }
 
-std::vector<ValueId> GradContext::op_multi(const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
-                                           int num_outputs) {
+std::vector<ValueId> GradContext::op_multi(const std::string& op, std::vector<ValueId> inputs,
+                                           Attributes attrs, int num_outputs) {
   NodeId n = g_.add_node(op, std::move(inputs), std::move(attrs), num_outputs,
                          g_.unique_name(node_.name + "/grad/" + op));
   return g_.node(n).outputs;
@@ -140,11 +156,12 @@ void OpSchema::validate_and_infer(const Graph& g, Node& n, std::vector<OutputMet
   };
   int nin = static_cast<int>(n.inputs.size());
   if (nin < min_in_ || (max_in_ >= 0 && nin > max_in_))
-    fail(fmt::format("has {} inputs", nin),
-         max_in_ < 0 ? fmt::format("{} takes at least {}", name_, min_in_)
-                     : fmt::format("{} takes {} to {}", name_, min_in_, max_in_));
+    fail(fmt::format("has {} inputs", nin), max_in_ < 0
+                                                ? fmt::format("{} takes at least {}", name_, min_in_)
+                                                : fmt::format("{} takes {} to {}", name_, min_in_, max_in_));
   for (int i = 0; i < std::min(nin, min_in_); ++i)
-    if (n.inputs[i] == kNoValue) fail(fmt::format("required input {} is missing", i), "connect every required input");
+    if (n.inputs[i] == kNoValue)
+      fail(fmt::format("required input {} is missing", i), "connect every required input");
   int nout = static_cast<int>(n.outputs.size());
   if (nout < min_out_ || (max_out_ >= 0 && nout > max_out_))
     fail(fmt::format("has {} outputs", nout), fmt::format("{} has {} to {}", name_, min_out_, max_out_));
@@ -153,7 +170,8 @@ void OpSchema::validate_and_infer(const Graph& g, Node& n, std::vector<OutputMet
     if (!spec) {
       std::vector<std::string> names;
       for (const AttrSpec& a : attrs_) names.push_back(a.name);
-      fail(fmt::format("unknown attribute '{}'", key), fmt::format("{} takes: {}", name_, fmt::join(names, ", ")));
+      fail(fmt::format("unknown attribute '{}'", key),
+           fmt::format("{} takes: {}", name_, fmt::join(names, ", ")));
     }
     AttrType t = attr_type_of(val);
     if (t != spec->type) {
@@ -162,7 +180,9 @@ void OpSchema::validate_and_infer(const Graph& g, Node& n, std::vector<OutputMet
         n.attrs.set(key, static_cast<float>(std::get<int64_t>(val)));
         continue;
       }
-      fail(fmt::format("attribute '{}' is {}, expected {}", key, attr_type_name(t), attr_type_name(spec->type)), "");
+      fail(fmt::format("attribute '{}' is {}, expected {}", key, attr_type_name(t),
+                       attr_type_name(spec->type)),
+           "");
     }
   }
   for (const AttrSpec& a : attrs_) {
@@ -217,10 +237,14 @@ const OpSchema& OpRegistry::get(const std::string& name) const {
   size_t best_d = SIZE_MAX;
   for (const auto& [k, v] : ops_) {
     size_t d = dist(name, k);
-    if (d < best_d) { best_d = d; best = k; }
+    if (d < best_d) {
+      best_d = d;
+      best = k;
+    }
   }
-  throw InputError("", fmt::format("unknown op '{}'", name),
-                   best_d <= 3 ? fmt::format("did you mean '{}'?", best) : "`trainer --list-ops` lists the supported ops");
+  throw InputError(
+      "", fmt::format("unknown op '{}'", name),
+      best_d <= 3 ? fmt::format("did you mean '{}'?", best) : "`trainer --list-ops` lists the supported ops");
 }
 
 }  // namespace trainer::engine

@@ -1,5 +1,5 @@
-// Op schemas, declared fluently in each op's file: name, domain, arity, attributes with defaults, shape inference,
-// gradient rule and the examples the registry-walking tests run. One OpRegistry lists them all.
+// Op schemas, declared fluently in each op's file: name, domain, arity, attributes with defaults, shape
+// inference, gradient rule and the examples the registry-walking tests run. One OpRegistry lists them all.
 #pragma once
 
 #include <fmt/format.h>
@@ -15,9 +15,9 @@
 
 namespace trainer::engine {
 
-inline constexpr const char* kOnnxDomain = "";                             // ai.onnx
+inline constexpr const char* kOnnxDomain = "";                              // ai.onnx
 inline constexpr const char* kTrainingDomain = "ai.onnx.preview.training";  // ONNX's optimizer ops
-inline constexpr const char* kPrivateDomain = "com.trainer";                // gradients, fused kernels, updates
+inline constexpr const char* kPrivateDomain = "com.trainer";  // gradients, fused kernels, updates
 
 // What shape inference sees of one node.
 struct OutputMeta {
@@ -34,7 +34,8 @@ class InferContext {
   DType dtype(int i) const { return g_.value(n_.inputs[i]).dtype; }
   const Shape& shape(int i) const { return g_.value(n_.inputs[i]).shape; }
   int rank(int i) const { return shape(i).rank(); }
-  // The value of input i when it is an initializer (needed by Reshape's shape, Slice's starts, ...); else nullptr.
+  // The value of input i when it is an initializer (needed by Reshape's shape, Slice's starts, ...); else
+  // nullptr.
   const Tensor* constant(int i) const { return has_input(i) ? g_.initializer(n_.inputs[i]) : nullptr; }
   // Like constant(), but fails with a clear message when the input is not an initializer.
   const Tensor& require_constant(int i, const char* what) const;
@@ -65,15 +66,20 @@ class InferContext {
   std::vector<OutputMeta>& outs_;
 };
 
-// What a gradient rule sees: the forward node, the gradients of its outputs, and a builder for backward nodes.
+// What a gradient rule sees: the forward node, the gradients of its outputs, and a builder for backward
+// nodes.
 class GradContext {
  public:
   GradContext(Graph& g, NodeId n, std::vector<ValueId> grad_outputs, std::vector<bool> needs_grad);
   Graph& graph() { return g_; }
   const Node& node() const { return node_; }
   const Attributes& attrs() const { return node_.attrs; }
-  ValueId input(int i) const { return i < static_cast<int>(node_.inputs.size()) ? node_.inputs[i] : kNoValue; }
-  ValueId output(int i) const { return i < static_cast<int>(node_.outputs.size()) ? node_.outputs[i] : kNoValue; }
+  ValueId input(int i) const {
+    return i < static_cast<int>(node_.inputs.size()) ? node_.inputs[i] : kNoValue;
+  }
+  ValueId output(int i) const {
+    return i < static_cast<int>(node_.outputs.size()) ? node_.outputs[i] : kNoValue;
+  }
   // Gradient flowing into output i, or kNoValue when nothing downstream needs it.
   ValueId grad_output(int i) const { return i < static_cast<int>(gy_.size()) ? gy_[i] : kNoValue; }
   ValueId dy() const { return grad_output(0); }
@@ -89,8 +95,8 @@ class GradContext {
   ValueId op(const std::string& op, std::vector<ValueId> inputs, Attributes attrs = {});
   std::vector<ValueId> op_multi(const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
                                 int num_outputs);
-  ValueId scalar(double v, DType dtype);     // a rank-0 constant
-  ValueId zeros(const Shape& s, DType dtype);  // a constant of zeros
+  ValueId scalar(double v, DType dtype);                // a rank-0 constant
+  ValueId zeros(const Shape& s, DType dtype);           // a constant of zeros
   ValueId constant_i64(const std::vector<int64_t>& v);  // a 1-D i64 constant (shapes, axes)
   // Sums a broadcast gradient back to `target` (the shape of the input that was broadcast).
   ValueId reduce_to(ValueId grad, const Shape& target);
@@ -103,8 +109,8 @@ class GradContext {
   std::vector<ValueId> dx_;
 };
 
-// One test case for an op: inputs (f64 for gradient checks where the op allows), attributes, and which inputs are
-// constants (shape operands, indices). Registry-walking tests build a one-node graph from each example.
+// One test case for an op: inputs (f64 for gradient checks where the op allows), attributes, and which inputs
+// are constants (shape operands, indices). Registry-walking tests build a one-node graph from each example.
 struct OpExample {
   std::string label;
   std::vector<Tensor> inputs;  // an input with dtype bool and shape [-1]... is not used; see absent
@@ -129,31 +135,73 @@ struct AttrSpec {
 
 class OpSchema {
  public:
-  OpSchema(std::string name, std::string domain = kOnnxDomain) : name_(std::move(name)), domain_(std::move(domain)) {}
+  OpSchema(std::string name, std::string domain = kOnnxDomain)
+      : name_(std::move(name)), domain_(std::move(domain)) {}
 
-  OpSchema& doc(std::string d) { doc_ = std::move(d); return *this; }
-  OpSchema& since(int opset) { since_ = opset; return *this; }
-  OpSchema& inputs(int min, int max) { min_in_ = min; max_in_ = max; return *this; }
-  OpSchema& outputs(int min, int max) { min_out_ = min; max_out_ = max; return *this; }
+  OpSchema& doc(std::string d) {
+    doc_ = std::move(d);
+    return *this;
+  }
+  OpSchema& since(int opset) {
+    since_ = opset;
+    return *this;
+  }
+  OpSchema& inputs(int min, int max) {
+    min_in_ = min;
+    max_in_ = max;
+    return *this;
+  }
+  OpSchema& outputs(int min, int max) {
+    min_out_ = min;
+    max_out_ = max;
+    return *this;
+  }
   OpSchema& attr(std::string name, AttrValue default_value) {
     AttrType t = attr_type_of(default_value);
     attrs_.push_back({std::move(name), t, std::move(default_value), false});
     return *this;
   }
-  OpSchema& attr_optional(std::string name, AttrType t) { attrs_.push_back({std::move(name), t, {}, false}); return *this; }
-  OpSchema& attr_required(std::string name, AttrType t) { attrs_.push_back({std::move(name), t, {}, true}); return *this; }
-  OpSchema& infer(InferFn f) { infer_ = std::move(f); return *this; }
-  OpSchema& grad(GradFn f) { grad_ = std::move(f); return *this; }
+  OpSchema& attr_optional(std::string name, AttrType t) {
+    attrs_.push_back({std::move(name), t, {}, false});
+    return *this;
+  }
+  OpSchema& attr_required(std::string name, AttrType t) {
+    attrs_.push_back({std::move(name), t, {}, true});
+    return *this;
+  }
+  OpSchema& infer(InferFn f) {
+    infer_ = std::move(f);
+    return *this;
+  }
+  OpSchema& grad(GradFn f) {
+    grad_ = std::move(f);
+    return *this;
+  }
   // The op has no gradient by nature (integer results, comparisons, gradient or optimizer ops). The reason is
   // listed by the gradient-check test; an op with neither grad() nor this fails that test.
-  OpSchema& non_differentiable(std::string reason) { nondiff_reason_ = std::move(reason); return *this; }
+  OpSchema& non_differentiable(std::string reason) {
+    nondiff_reason_ = std::move(reason);
+    return *this;
+  }
   // Inputs that never receive a gradient (indices, shapes, labels).
-  OpSchema& no_grad_inputs(std::vector<int> idx) { no_grad_inputs_ = std::move(idx); return *this; }
+  OpSchema& no_grad_inputs(std::vector<int> idx) {
+    no_grad_inputs_ = std::move(idx);
+    return *this;
+  }
   // Output `out` may be computed into the buffer of input `in` when that input dies here (elementwise ops).
-  OpSchema& inplace(int out, int in) { inplace_ = {{out, in}}; return *this; }
+  OpSchema& inplace(int out, int in) {
+    inplace_ = {{out, in}};
+    return *this;
+  }
   // Output `out` is a view of input `in`: same bytes, another shape (Reshape, Flatten, ...). No copy is made.
-  OpSchema& view(int out, int in) { view_ = {{out, in}}; return *this; }
-  OpSchema& examples(ExamplesFn f) { examples_ = std::move(f); return *this; }
+  OpSchema& view(int out, int in) {
+    view_ = {{out, in}};
+    return *this;
+  }
+  OpSchema& examples(ExamplesFn f) {
+    examples_ = std::move(f);
+    return *this;
+  }
 
   const std::string& name() const { return name_; }
   const std::string& domain() const { return domain_; }
@@ -174,8 +222,8 @@ class OpSchema {
   const ExamplesFn& examples_fn() const { return examples_; }
   const std::string& documentation() const { return doc_; }
 
-  // Checks arity and attributes, fills defaults, runs shape inference. n.outputs[i] != kNoValue marks the outputs
-  // wanted; their inferred types land in outs. Throws InputError.
+  // Checks arity and attributes, fills defaults, runs shape inference. n.outputs[i] != kNoValue marks the
+  // outputs wanted; their inferred types land in outs. Throws InputError.
   void validate_and_infer(const Graph& g, Node& n, std::vector<OutputMeta>* outs) const;
 
  private:

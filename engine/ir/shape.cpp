@@ -6,7 +6,9 @@
 
 namespace trainer::engine {
 
-std::string Shape::str() const { return fmt::format("[{}]", fmt::join(dims_, ", ")); }
+std::string Shape::str() const {
+  return fmt::format("[{}]", fmt::join(dims_, ", "));
+}
 
 bool broadcast_shapes(const Shape& a, const Shape& b, Shape* out) {
   int r = std::max(a.rank(), b.rank());

@@ -6,7 +6,9 @@
 
 namespace trainer::engine {
 
-float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+float bf16_to_f32(uint16_t h) {
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
 
 uint16_t f32_to_bf16(float f) {
   uint32_t u = std::bit_cast<uint32_t>(f);
@@ -23,7 +25,10 @@ float f16_to_f32(uint16_t h) {
       u = sign;
     } else {  // subnormal: renormalize
       int e = -1;
-      do { ++e; man <<= 1; } while (!(man & 0x400));
+      do {
+        ++e;
+        man <<= 1;
+      } while (!(man & 0x400));
       u = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
     }
   } else if (exp == 31) {
@@ -40,7 +45,7 @@ uint16_t f32_to_f16(float f) {
   if (std::isnan(f)) return static_cast<uint16_t>(sign | 0x7e00);
   float a = std::fabs(f);
   if (a >= 65520.0f) return static_cast<uint16_t>(sign | 0x7c00);
-  if (a < 6.103515625e-05f) {  // subnormal or zero: scale so the integer part holds the mantissa
+  if (a < 6.103515625e-05f) {   // subnormal or zero: scale so the integer part holds the mantissa
     float m = a * 16777216.0f;  // 2^24
     uint32_t r = static_cast<uint32_t>(std::nearbyint(m));
     return static_cast<uint16_t>(sign | r);
@@ -55,14 +60,22 @@ uint16_t f32_to_f16(float f) {
 double Tensor::get_f64(int64_t i) const {
   const std::byte* p = bytes_.data();
   switch (dtype_) {
-    case DType::f32: return reinterpret_cast<const float*>(p)[i];
-    case DType::f64: return reinterpret_cast<const double*>(p)[i];
-    case DType::bf16: return bf16_to_f32(reinterpret_cast<const uint16_t*>(p)[i]);
-    case DType::f16: return f16_to_f32(reinterpret_cast<const uint16_t*>(p)[i]);
-    case DType::i32: return reinterpret_cast<const int32_t*>(p)[i];
-    case DType::i64: return static_cast<double>(reinterpret_cast<const int64_t*>(p)[i]);
-    case DType::u8: return reinterpret_cast<const uint8_t*>(p)[i];
-    case DType::boolean: return reinterpret_cast<const uint8_t*>(p)[i] != 0;
+    case DType::f32:
+      return reinterpret_cast<const float*>(p)[i];
+    case DType::f64:
+      return reinterpret_cast<const double*>(p)[i];
+    case DType::bf16:
+      return bf16_to_f32(reinterpret_cast<const uint16_t*>(p)[i]);
+    case DType::f16:
+      return f16_to_f32(reinterpret_cast<const uint16_t*>(p)[i]);
+    case DType::i32:
+      return reinterpret_cast<const int32_t*>(p)[i];
+    case DType::i64:
+      return static_cast<double>(reinterpret_cast<const int64_t*>(p)[i]);
+    case DType::u8:
+      return reinterpret_cast<const uint8_t*>(p)[i];
+    case DType::boolean:
+      return reinterpret_cast<const uint8_t*>(p)[i] != 0;
   }
   return 0;
 }
@@ -75,20 +88,39 @@ int64_t Tensor::get_i64(int64_t i) const {
 void Tensor::set_f64(int64_t i, double v) {
   std::byte* p = bytes_.data();
   switch (dtype_) {
-    case DType::f32: reinterpret_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case DType::f64: reinterpret_cast<double*>(p)[i] = v; break;
-    case DType::bf16: reinterpret_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v)); break;
-    case DType::f16: reinterpret_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v)); break;
-    case DType::i32: reinterpret_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
-    case DType::i64: reinterpret_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
-    case DType::u8: reinterpret_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
-    case DType::boolean: reinterpret_cast<uint8_t*>(p)[i] = v != 0; break;
+    case DType::f32:
+      reinterpret_cast<float*>(p)[i] = static_cast<float>(v);
+      break;
+    case DType::f64:
+      reinterpret_cast<double*>(p)[i] = v;
+      break;
+    case DType::bf16:
+      reinterpret_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v));
+      break;
+    case DType::f16:
+      reinterpret_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v));
+      break;
+    case DType::i32:
+      reinterpret_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      break;
+    case DType::i64:
+      reinterpret_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      break;
+    case DType::u8:
+      reinterpret_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
+      break;
+    case DType::boolean:
+      reinterpret_cast<uint8_t*>(p)[i] = v != 0;
+      break;
   }
 }
 
 Tensor Tensor::cast(DType to) const {
   Tensor t(to, shape_);
-  if (to == dtype_) { t.bytes_ = bytes_; return t; }
+  if (to == dtype_) {
+    t.bytes_ = bytes_;
+    return t;
+  }
   if (to == DType::i64) {
     for (int64_t i = 0; i < numel(); ++i) reinterpret_cast<int64_t*>(t.bytes_.data())[i] = get_i64(i);
     return t;

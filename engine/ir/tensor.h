@@ -23,14 +23,17 @@ class Tensor {
     TRAINER_ASSERT(static_cast<int64_t>(values.size()) == t.numel(), "{} values for shape {}", values.size(),
                    t.shape().str());
     if constexpr (std::is_same_v<T, bool>) {
-      for (size_t i = 0; i < values.size(); ++i) t.bytes_[i] = std::byte{static_cast<unsigned char>(values[i] ? 1 : 0)};
+      for (size_t i = 0; i < values.size(); ++i)
+        t.bytes_[i] = std::byte{static_cast<unsigned char>(values[i] ? 1 : 0)};
     } else {
       std::memcpy(t.bytes_.data(), values.data(), t.nbytes());
     }
     return t;
   }
   template <class T>
-  static Tensor scalar(T v) { return from<T>(Shape{}, {v}); }
+  static Tensor scalar(T v) {
+    return from<T>(Shape{}, {v});
+  }
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }
@@ -39,15 +42,18 @@ class Tensor {
   void* raw() { return bytes_.data(); }
   const void* raw() const { return bytes_.data(); }
 
-  template <class T> T* data() {
+  template <class T>
+  T* data() {
     TRAINER_ASSERT(dtype_of<T>::value == dtype_, "tensor is {}", dtype_name(dtype_));
     return reinterpret_cast<T*>(bytes_.data());
   }
-  template <class T> const T* data() const {
+  template <class T>
+  const T* data() const {
     TRAINER_ASSERT(dtype_of<T>::value == dtype_, "tensor is {}", dtype_name(dtype_));
     return reinterpret_cast<const T*>(bytes_.data());
   }
-  template <class T> std::vector<T> to_vector() const {
+  template <class T>
+  std::vector<T> to_vector() const {
     const T* p = data<T>();
     return std::vector<T>(p, p + numel());
   }

@@ -36,13 +36,15 @@ TRAINER_HD Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
 // The key is the seed mixed with the stream (one per op instance); the counter is (index, step).
 TRAINER_HD Philox4x32 philox_block(uint64_t seed, uint64_t stream, uint64_t step, uint64_t index) {
   uint64_t key = seed ^ (stream * 0x9E3779B97F4A7C15ull);
-  Philox4x32 ctr{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), static_cast<uint32_t>(step),
-                  static_cast<uint32_t>(step >> 32)}};
+  Philox4x32 ctr{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
+                  static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32)}};
   return philox4x32_10(ctr, static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
 }
 
 // A uniform float in [0, 1) from 24 random bits: exact in float, so every backend rounds the same way.
-TRAINER_HD float uniform01(uint32_t bits) { return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f); }
+TRAINER_HD float uniform01(uint32_t bits) {
+  return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
+}
 
 // The uniform number of element i.
 TRAINER_HD float philox_uniform(uint64_t seed, uint64_t stream, uint64_t step, uint64_t i) {

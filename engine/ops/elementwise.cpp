@@ -1,5 +1,5 @@
-// Elementwise ops: numpy-broadcasting arithmetic, activations, Identity, Cast and Where, with their gradient rules.
-// Activation gradients are private ops (ReluGrad, ...) so each is one fused kernel instead of a chain.
+// Elementwise ops: numpy-broadcasting arithmetic, activations, Identity, Cast and Where, with their gradient
+// rules. Activation gradients are private ops (ReluGrad, ...) so each is one fused kernel instead of a chain.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 
@@ -19,7 +19,8 @@ std::vector<OpExample> binary_examples(double lo_a, double hi_a, double lo_b, do
 }
 
 std::vector<OpExample> unary_examples(double lo, double hi) {
-  return {example("matrix", {random_tensor({3, 5}, lo, hi, 11)}), example("scalar", {random_tensor({}, lo, hi, 12)})};
+  return {example("matrix", {random_tensor({3, 5}, lo, hi, 11)}),
+          example("scalar", {random_tensor({}, lo, hi, 12)})};
 }
 
 OpSchema binary(const char* name, GradFn grad, double lo_a, double hi_a, double lo_b, double hi_b) {
@@ -41,10 +42,11 @@ OpSchema unary(const char* name, GradFn grad, double lo, double hi) {
 // (dy, x-or-y) -> dx, same shapes.
 OpSchema activation_grad(const char* name) {
   OpSchema s(name, kPrivateDomain);
-  s.inputs(2, 2).infer([](InferContext& c) {
-     if (c.shape(0) != c.shape(1)) c.fail("dy and x must have the same shape");
-     infer_like_input0(c);
-   })
+  s.inputs(2, 2)
+      .infer([](InferContext& c) {
+        if (c.shape(0) != c.shape(1)) c.fail("dy and x must have the same shape");
+        infer_like_input0(c);
+      })
       .non_differentiable(kGradOpReason)
       .inplace(0, 0);
   return s;
@@ -53,53 +55,103 @@ OpSchema activation_grad(const char* name) {
 }  // namespace
 
 void register_elementwise_ops(OpRegistry& r) {
-  r.add(binary("Add", [](GradContext& c) {
-    c.set_grad(0, c.reduce_to(c.dy(), c.shape(c.input(0))));
-    c.set_grad(1, c.reduce_to(c.dy(), c.shape(c.input(1))));
-  }, -1, 1, -1, 1));
-  r.add(binary("Sub", [](GradContext& c) {
-    c.set_grad(0, c.reduce_to(c.dy(), c.shape(c.input(0))));
-    if (c.needs_grad(1)) c.set_grad(1, c.reduce_to(c.op("Neg", {c.dy()}), c.shape(c.input(1))));
-  }, -1, 1, -1, 1));
-  r.add(binary("Mul", [](GradContext& c) {
-    if (c.needs_grad(0)) c.set_grad(0, c.reduce_to(c.op("Mul", {c.dy(), c.input(1)}), c.shape(c.input(0))));
-    if (c.needs_grad(1)) c.set_grad(1, c.reduce_to(c.op("Mul", {c.dy(), c.input(0)}), c.shape(c.input(1))));
-  }, -1, 1, -1, 1));
-  r.add(binary("Div", [](GradContext& c) {
-    if (c.needs_grad(0)) c.set_grad(0, c.reduce_to(c.op("Div", {c.dy(), c.input(1)}), c.shape(c.input(0))));
-    if (c.needs_grad(1)) {
-      // d(a/b)/db = -(a/b)/b = -y/b
-      ValueId t = c.op("Mul", {c.dy(), c.op("Div", {c.output(0), c.input(1)})});
-      c.set_grad(1, c.reduce_to(c.op("Neg", {t}), c.shape(c.input(1))));
-    }
-  }, -1, 1, 0.5, 2));
-  r.add(binary("Pow", [](GradContext& c) {
-    DType t = c.dtype(c.input(0));
-    if (c.needs_grad(0)) {
-      ValueId bm1 = c.op("Sub", {c.input(1), c.scalar(1, t)});
-      ValueId d = c.op("Mul", {c.dy(), c.op("Mul", {c.input(1), c.op("Pow", {c.input(0), bm1})})});
-      c.set_grad(0, c.reduce_to(d, c.shape(c.input(0))));
-    }
-    if (c.needs_grad(1)) {
-      ValueId d = c.op("Mul", {c.dy(), c.op("Mul", {c.output(0), c.op("Log", {c.input(0)})})});
-      c.set_grad(1, c.reduce_to(d, c.shape(c.input(1))));
-    }
-  }, 0.5, 2, -1, 2));
+  r.add(binary(
+      "Add",
+      [](GradContext& c) {
+        c.set_grad(0, c.reduce_to(c.dy(), c.shape(c.input(0))));
+        c.set_grad(1, c.reduce_to(c.dy(), c.shape(c.input(1))));
+      },
+      -1, 1, -1, 1));
+  r.add(binary(
+      "Sub",
+      [](GradContext& c) {
+        c.set_grad(0, c.reduce_to(c.dy(), c.shape(c.input(0))));
+        if (c.needs_grad(1)) c.set_grad(1, c.reduce_to(c.op("Neg", {c.dy()}), c.shape(c.input(1))));
+      },
+      -1, 1, -1, 1));
+  r.add(binary(
+      "Mul",
+      [](GradContext& c) {
+        if (c.needs_grad(0))
+          c.set_grad(0, c.reduce_to(c.op("Mul", {c.dy(), c.input(1)}), c.shape(c.input(0))));
+        if (c.needs_grad(1))
+          c.set_grad(1, c.reduce_to(c.op("Mul", {c.dy(), c.input(0)}), c.shape(c.input(1))));
+      },
+      -1, 1, -1, 1));
+  r.add(binary(
+      "Div",
+      [](GradContext& c) {
+        if (c.needs_grad(0))
+          c.set_grad(0, c.reduce_to(c.op("Div", {c.dy(), c.input(1)}), c.shape(c.input(0))));
+        if (c.needs_grad(1)) {
+          // d(a/b)/db = -(a/b)/b = -y/b
+          ValueId t = c.op("Mul", {c.dy(), c.op("Div", {c.output(0), c.input(1)})});
+          c.set_grad(1, c.reduce_to(c.op("Neg", {t}), c.shape(c.input(1))));
+        }
+      },
+      -1, 1, 0.5, 2));
+  r.add(binary(
+      "Pow",
+      [](GradContext& c) {
+        DType t = c.dtype(c.input(0));
+        if (c.needs_grad(0)) {
+          ValueId bm1 = c.op("Sub", {c.input(1), c.scalar(1, t)});
+          ValueId d = c.op("Mul", {c.dy(), c.op("Mul", {c.input(1), c.op("Pow", {c.input(0), bm1})})});
+          c.set_grad(0, c.reduce_to(d, c.shape(c.input(0))));
+        }
+        if (c.needs_grad(1)) {
+          ValueId d = c.op("Mul", {c.dy(), c.op("Mul", {c.output(0), c.op("Log", {c.input(0)})})});
+          c.set_grad(1, c.reduce_to(d, c.shape(c.input(1))));
+        }
+      },
+      0.5, 2, -1, 2));
 
-  r.add(unary("Neg", [](GradContext& c) { c.set_grad(0, c.op("Neg", {c.dy()})); }, -1, 1));
-  r.add(unary("Exp", [](GradContext& c) { c.set_grad(0, c.op("Mul", {c.dy(), c.output(0)})); }, -1, 1));
-  r.add(unary("Log", [](GradContext& c) { c.set_grad(0, c.op("Div", {c.dy(), c.input(0)})); }, 0.5, 2));
-  r.add(unary("Sqrt", [](GradContext& c) {
-    ValueId half = c.scalar(0.5, c.dtype(c.input(0)));
-    c.set_grad(0, c.op("Div", {c.op("Mul", {c.dy(), half}), c.output(0)}));
-  }, 0.5, 2));
-  r.add(unary("Relu", [](GradContext& c) { c.set_grad(0, c.op("ReluGrad", {c.dy(), c.output(0)})); }, -1, 1));
-  r.add(unary("Sigmoid", [](GradContext& c) { c.set_grad(0, c.op("SigmoidGrad", {c.dy(), c.output(0)})); }, -3, 3));
-  r.add(unary("Tanh", [](GradContext& c) { c.set_grad(0, c.op("TanhGrad", {c.dy(), c.output(0)})); }, -2, 2));
+  r.add(unary(
+      "Neg", [](GradContext& c) { c.set_grad(0, c.op("Neg", {c.dy()})); }, -1, 1));
+  r.add(unary(
+      "Exp",
+      [](GradContext& c) {
+        c.set_grad(0, c.op("Mul", {c.dy(), c.output(0)}));
+      },
+      -1, 1));
+  r.add(unary(
+      "Log",
+      [](GradContext& c) {
+        c.set_grad(0, c.op("Div", {c.dy(), c.input(0)}));
+      },
+      0.5, 2));
+  r.add(unary(
+      "Sqrt",
+      [](GradContext& c) {
+        ValueId half = c.scalar(0.5, c.dtype(c.input(0)));
+        c.set_grad(0, c.op("Div", {c.op("Mul", {c.dy(), half}), c.output(0)}));
+      },
+      0.5, 2));
+  r.add(unary(
+      "Relu",
+      [](GradContext& c) {
+        c.set_grad(0, c.op("ReluGrad", {c.dy(), c.output(0)}));
+      },
+      -1, 1));
+  r.add(unary(
+      "Sigmoid",
+      [](GradContext& c) {
+        c.set_grad(0, c.op("SigmoidGrad", {c.dy(), c.output(0)}));
+      },
+      -3, 3));
+  r.add(unary(
+      "Tanh",
+      [](GradContext& c) {
+        c.set_grad(0, c.op("TanhGrad", {c.dy(), c.output(0)}));
+      },
+      -2, 2));
   {
-    OpSchema s = unary("LeakyRelu", [](GradContext& c) {
-      c.set_grad(0, c.op("LeakyReluGrad", {c.dy(), c.input(0)}, {{"alpha", c.attrs().f("alpha")}}));
-    }, -1, 1);
+    OpSchema s = unary(
+        "LeakyRelu",
+        [](GradContext& c) {
+          c.set_grad(0, c.op("LeakyReluGrad", {c.dy(), c.input(0)}, {{"alpha", c.attrs().f("alpha")}}));
+        },
+        -1, 1);
     s.attr("alpha", 0.01f).examples([] {
       auto e = unary_examples(-1, 1);
       e[0].attrs.set("alpha", 0.2f);
@@ -108,21 +160,28 @@ void register_elementwise_ops(OpRegistry& r) {
     r.add(std::move(s));
   }
   {
-    OpSchema s = unary("Gelu", [](GradContext& c) {
-      c.set_grad(0, c.op("GeluGrad", {c.dy(), c.input(0)}, {{"approximate", c.attrs().s("approximate")}}));
-    }, -2, 2);
-    s.since(20).attr("approximate", std::string("none")).infer([](InferContext& c) {
-      const std::string& a = c.attrs().s("approximate");
-      if (a != "none" && a != "tanh") c.fail("approximate must be 'none' or 'tanh', got '{}'", a);
-      infer_like_input0(c);
-    }).examples([] {
-      auto e = unary_examples(-2, 2);
-      OpExample t = e[0];
-      t.label = "tanh";
-      t.attrs.set("approximate", std::string("tanh"));
-      e.push_back(t);
-      return e;
-    });
+    OpSchema s = unary(
+        "Gelu",
+        [](GradContext& c) {
+          c.set_grad(0,
+                     c.op("GeluGrad", {c.dy(), c.input(0)}, {{"approximate", c.attrs().s("approximate")}}));
+        },
+        -2, 2);
+    s.since(20)
+        .attr("approximate", std::string("none"))
+        .infer([](InferContext& c) {
+          const std::string& a = c.attrs().s("approximate");
+          if (a != "none" && a != "tanh") c.fail("approximate must be 'none' or 'tanh', got '{}'", a);
+          infer_like_input0(c);
+        })
+        .examples([] {
+          auto e = unary_examples(-2, 2);
+          OpExample t = e[0];
+          t.label = "tanh";
+          t.attrs.set("approximate", std::string("tanh"));
+          e.push_back(t);
+          return e;
+        });
     r.add(std::move(s));
   }
   r.add(activation_grad("ReluGrad"));
@@ -138,30 +197,35 @@ void register_elementwise_ops(OpRegistry& r) {
             .grad([](GradContext& c) { c.set_grad(0, c.dy()); })
             .examples([] { return unary_examples(-1, 1); }));
 
-  r.add(OpSchema("Cast")
-            .inputs(1, 1)
-            .attr_required("to", AttrType::i)
-            .attr("saturate", int64_t{1})
-            .infer([](InferContext& c) { c.set_output(0, dtype_from_onnx(static_cast<int>(c.attrs().i("to"))), c.shape(0)); })
-            .grad([](GradContext& c) {
-              DType from = c.dtype(c.input(0));
-              if (!is_float(from) || !is_float(c.dtype(c.output(0)))) return;
-              c.set_grad(0, c.op("Cast", {c.dy()}, {{"to", int64_t{dtype_to_onnx(from)}}}));
-            })
-            .examples([] {
-              OpExample same = example("f64 to f64", {random_tensor({2, 3}, -2, 2, 21)}, {{"to", int64_t{11}}});
-              OpExample narrow = example("f64 to f32", {random_tensor({2, 3}, -2, 2, 22)}, {{"to", int64_t{1}}});
-              narrow.grad_check = false;  // rounding to f32 defeats an f64 finite difference
-              OpExample to_int = example("f64 to i64", {random_tensor({4}, -5, 5, 23)}, {{"to", int64_t{7}}});
-              to_int.grad_check = false;
-              return std::vector<OpExample>{same, narrow, to_int};
-            }));
+  r.add(
+      OpSchema("Cast")
+          .inputs(1, 1)
+          .attr_required("to", AttrType::i)
+          .attr("saturate", int64_t{1})
+          .infer([](InferContext& c) {
+            c.set_output(0, dtype_from_onnx(static_cast<int>(c.attrs().i("to"))), c.shape(0));
+          })
+          .grad([](GradContext& c) {
+            DType from = c.dtype(c.input(0));
+            if (!is_float(from) || !is_float(c.dtype(c.output(0)))) return;
+            c.set_grad(0, c.op("Cast", {c.dy()}, {{"to", int64_t{dtype_to_onnx(from)}}}));
+          })
+          .examples([] {
+            OpExample same = example("f64 to f64", {random_tensor({2, 3}, -2, 2, 21)}, {{"to", int64_t{11}}});
+            OpExample narrow =
+                example("f64 to f32", {random_tensor({2, 3}, -2, 2, 22)}, {{"to", int64_t{1}}});
+            narrow.grad_check = false;  // rounding to f32 defeats an f64 finite difference
+            OpExample to_int = example("f64 to i64", {random_tensor({4}, -5, 5, 23)}, {{"to", int64_t{7}}});
+            to_int.grad_check = false;
+            return std::vector<OpExample>{same, narrow, to_int};
+          }));
 
   r.add(OpSchema("Where")
             .inputs(3, 3)
             .no_grad_inputs({0})
             .infer([](InferContext& c) {
-              if (c.dtype(0) != DType::boolean) c.fail("condition must be bool, got {}", dtype_name(c.dtype(0)));
+              if (c.dtype(0) != DType::boolean)
+                c.fail("condition must be bool, got {}", dtype_name(c.dtype(0)));
               c.expect_same_dtype(1, 2);
               Shape s1, s2;
               if (!broadcast_shapes(c.shape(0), c.shape(1), &s1) || !broadcast_shapes(s1, c.shape(2), &s2))
@@ -177,7 +241,8 @@ void register_elementwise_ops(OpRegistry& r) {
             })
             .examples([] {
               Tensor cond = Tensor::from<bool>({2, 3}, {true, false, true, false, false, true});
-              OpExample e = example("broadcast", {cond, random_tensor({2, 3}, -1, 1, 31), random_tensor({3}, -1, 1, 32)});
+              OpExample e = example("broadcast",
+                                    {cond, random_tensor({2, 3}, -1, 1, 31), random_tensor({3}, -1, 1, 32)});
               e.constant[0] = true;
               return std::vector<OpExample>{e};
             }));

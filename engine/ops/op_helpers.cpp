@@ -3,14 +3,18 @@
 
 namespace trainer::engine::ops {
 
-void infer_like_input0(InferContext& c) { c.set_output(0, c.dtype(0), c.shape(0)); }
+void infer_like_input0(InferContext& c) {
+  c.set_output(0, c.dtype(0), c.shape(0));
+}
 
 void infer_broadcast(InferContext& c) {
   Shape out = c.shape(0);
   for (int i = 1; i < c.num_inputs(); ++i) {
-    if (c.dtype(i) != c.dtype(0)) c.fail("input {} is {}, input 0 is {}", i, dtype_name(c.dtype(i)), dtype_name(c.dtype(0)));
+    if (c.dtype(i) != c.dtype(0))
+      c.fail("input {} is {}, input 0 is {}", i, dtype_name(c.dtype(i)), dtype_name(c.dtype(0)));
     Shape next;
-    if (!broadcast_shapes(out, c.shape(i), &next)) c.fail("shapes {} and {} do not broadcast", out.str(), c.shape(i).str());
+    if (!broadcast_shapes(out, c.shape(i), &next))
+      c.fail("shapes {} and {} do not broadcast", out.str(), c.shape(i).str());
     out = next;
   }
   c.set_output(0, c.dtype(0), out);
@@ -38,8 +42,10 @@ Tensor random_int_tensor(const Shape& s, int64_t lo, int64_t hi, uint64_t seed, 
   uint64_t st = seed * 0x2545F4914F6CDD1Dull + 7;
   for (int64_t i = 0; i < t.numel(); ++i) {
     int64_t v = lo + static_cast<int64_t>(splitmix64(st) % static_cast<uint64_t>(hi - lo));
-    if (dtype == DType::i64) t.data<int64_t>()[i] = v;
-    else t.set_f64(i, static_cast<double>(v));
+    if (dtype == DType::i64)
+      t.data<int64_t>()[i] = v;
+    else
+      t.set_f64(i, static_cast<double>(v));
   }
   return t;
 }

@@ -1,4 +1,5 @@
-// The one list of every op family. Adding a family adds one line here; adding an op touches only its family file.
+// The one list of every op family. Adding a family adds one line here; adding an op touches only its family
+// file.
 #include "engine/ir/op_schema.h"
 
 namespace trainer::engine {

@@ -1,5 +1,5 @@
-// Fusion rewrites: each pattern is a chain whose intermediate values have exactly one consumer and are not graph
-// outputs, so removing them changes nothing observable; the chain is replaced by one fused node.
+// Fusion rewrites: each pattern is a chain whose intermediate values have exactly one consumer and are not
+// graph outputs, so removing them changes nothing observable; the chain is replaced by one fused node.
 #include "engine/plan/fusion.h"
 
 #include <algorithm>
@@ -50,15 +50,18 @@ void fuse_gemm(Graph& g, FusionReport& r) {
     ValueId out = z;
     if (act_id >= 0) {
       const Node& an = g.node(act_id);
-      if (an.op == "Relu") act = "relu";
-      else if (an.op == "Gelu") act = an.attrs.s("approximate") == "tanh" ? "gelu_tanh" : "gelu";
+      if (an.op == "Relu")
+        act = "relu";
+      else if (an.op == "Gelu")
+        act = an.attrs.s("approximate") == "tanh" ? "gelu_tanh" : "gelu";
       if (act != "none") out = an.outputs[0];
     }
     std::string name = g.node(id).name;
     // GELU's gradient needs the pre-activation: the fused node keeps it as a second output rather than having
     // backward recompute the GEMM.
     int outputs = act == "gelu" || act == "gelu_tanh" ? 2 : 1;
-    NodeId f = g.add_node("FusedGemm", {a, b, bias}, {{"activation", act}}, outputs, g.unique_name(name + "/fused"));
+    NodeId f =
+        g.add_node("FusedGemm", {a, b, bias}, {{"activation", act}}, outputs, g.unique_name(name + "/fused"));
     std::vector<NodeId> chain = {id, add_id};
     if (act != "none") chain.push_back(act_id);
     take_over(g, chain, f, out);

@@ -1,6 +1,7 @@
-// Fusion rewrites on the IR, applied before autodiff: bias + activation into one GEMM, and softmax followed by a
-// cross-entropy on probabilities into one stable log-softmax cross-entropy. Fused ops carry their own gradients.
-// The fused node takes over the chain's final value, so value ids and names held by callers stay valid.
+// Fusion rewrites on the IR, applied before autodiff: bias + activation into one GEMM, and softmax followed
+// by a cross-entropy on probabilities into one stable log-softmax cross-entropy. Fused ops carry their own
+// gradients. The fused node takes over the chain's final value, so value ids and names held by callers stay
+// valid.
 #pragma once
 
 #include "engine/ir/graph.h"

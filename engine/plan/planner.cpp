@@ -1,6 +1,7 @@
-// The planner: schedules live nodes (an update of persistent state runs after every other reader of that state),
-// computes each buffer's lifetime, merges views and safe in-place outputs into their input's buffer, and places
-// buffers in one arena with a greedy best-fit by size over lifetimes. Then packs gradients into buckets.
+// The planner: schedules live nodes (an update of persistent state runs after every other reader of that
+// state), computes each buffer's lifetime, merges views and safe in-place outputs into their input's buffer,
+// and places buffers in one arena with a greedy best-fit by size over lifetimes. Then packs gradients into
+// buckets.
 #include <algorithm>
 #include <numeric>
 #include <queue>
@@ -12,7 +13,9 @@ namespace trainer::engine {
 
 namespace {
 
-size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+size_t align_up(size_t n, size_t a) {
+  return (n + a - 1) / a * a;
+}
 
 std::vector<NodeId> schedule(const Graph& g) {
   int nn = g.num_nodes();
@@ -52,8 +55,11 @@ std::vector<NodeId> schedule(const Graph& g) {
       if (--pending[s] == 0) ready.push(s);
   }
   if (order.size() != live)
-    throw InputError("", "the graph cannot be scheduled: it has a cycle, or a state update that must both precede and "
-                         "follow another node", "");
+    throw InputError(
+        "",
+        "the graph cannot be scheduled: it has a cycle, or a state update that must both precede and "
+        "follow another node",
+        "");
   return order;
 }
 
@@ -62,12 +68,17 @@ uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
   for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
   return h;
 }
-uint64_t fnv1a(uint64_t h, const std::string& s) { return fnv1a(h, s.data(), s.size() + 1); }
+uint64_t fnv1a(uint64_t h, const std::string& s) {
+  return fnv1a(h, s.data(), s.size() + 1);
+}
 
 uint64_t signature_of(const Graph& g, const std::vector<NodeId>& order) {
   uint64_t h = 0xcbf29ce484222325ull;
   auto hash_value = [&](ValueId v) {
-    if (v == kNoValue) { h = fnv1a(h, "-"); return; }
+    if (v == kNoValue) {
+      h = fnv1a(h, "-");
+      return;
+    }
     const Value& val = g.value(v);
     uint8_t d = static_cast<uint8_t>(val.dtype), k = static_cast<uint8_t>(val.kind);
     h = fnv1a(h, &d, 1);
@@ -79,13 +90,19 @@ uint64_t signature_of(const Graph& g, const std::vector<NodeId>& order) {
     h = fnv1a(h, n.op);
     for (const auto& [k, v] : n.attrs.all()) {
       h = fnv1a(h, k);
-      std::visit([&](const auto& x) {
-        using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, std::string>) h = fnv1a(h, x);
-        else if constexpr (std::is_same_v<T, Tensor>) h = fnv1a(h, x.raw(), x.nbytes());
-        else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, float>) h = fnv1a(h, &x, sizeof x);
-        else h = fnv1a(h, x.data(), x.size() * sizeof(x[0]));
-      }, v);
+      std::visit(
+          [&](const auto& x) {
+            using T = std::decay_t<decltype(x)>;
+            if constexpr (std::is_same_v<T, std::string>)
+              h = fnv1a(h, x);
+            else if constexpr (std::is_same_v<T, Tensor>)
+              h = fnv1a(h, x.raw(), x.nbytes());
+            else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, float>)
+              h = fnv1a(h, &x, sizeof x);
+            else
+              h = fnv1a(h, x.data(), x.size() * sizeof(x[0]));
+          },
+          v);
     }
     for (ValueId v : n.inputs) hash_value(v);
     for (ValueId v : n.outputs) hash_value(v);
@@ -116,26 +133,47 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   for (int s = 0; s < end; ++s) {
     const Node& n = g.node(prog.steps[s]);
     for (ValueId v : n.inputs)
-      if (v != kNoValue) { prog.last_step[v] = std::max(prog.last_step[v], s); used[v] = 1; }
+      if (v != kNoValue) {
+        prog.last_step[v] = std::max(prog.last_step[v], s);
+        used[v] = 1;
+      }
     for (ValueId v : n.outputs)
-      if (v != kNoValue) { prog.first_step[v] = s; prog.last_step[v] = std::max(prog.last_step[v], s); used[v] = 1; }
+      if (v != kNoValue) {
+        prog.first_step[v] = s;
+        prog.last_step[v] = std::max(prog.last_step[v], s);
+        used[v] = 1;
+      }
   }
-  for (ValueId v : g.outputs()) { prog.last_step[v] = end; used[v] = 1; }
+  for (ValueId v : g.outputs()) {
+    prog.last_step[v] = end;
+    used[v] = 1;
+  }
   for (ValueId v : g.inputs()) used[v] = 1;  // fed every step even when unused
   for (ValueId v = 0; v < nv; ++v) {
     const Value& val = g.value(v);
-    if (val.persistent()) { used[v] = 1; prog.first_step[v] = -1; prog.last_step[v] = end; }
-    // Fed inputs keep their bytes for the whole step and across steps until fed again, so a caller may feed once
-    // and run many times (evaluation sweeps, finite differences).
-    if (val.kind == ValueKind::input) { prog.first_step[v] = -1; prog.last_step[v] = end; }
+    if (val.persistent()) {
+      used[v] = 1;
+      prog.first_step[v] = -1;
+      prog.last_step[v] = end;
+    }
+    // Fed inputs keep their bytes for the whole step and across steps until fed again, so a caller may feed
+    // once and run many times (evaluation sweeps, finite differences).
+    if (val.kind == ValueKind::input) {
+      prog.first_step[v] = -1;
+      prog.last_step[v] = end;
+    }
   }
 
-  // Buffer sharing: update results share their state's buffer; views and safe in-place outputs share their input's.
+  // Buffer sharing: update results share their state's buffer; views and safe in-place outputs share their
+  // input's.
   UnionFind uf(nv);
   for (auto [next, state] : g.updates()) uf.unite(next, state);
   auto is_persistent_group = [&](ValueId v) { return g.value(uf.find(v)).persistent(); };
   std::vector<int> group_last(nv), group_first(nv);
-  for (ValueId v = 0; v < nv; ++v) { group_last[v] = prog.last_step[v]; group_first[v] = prog.first_step[v]; }
+  for (ValueId v = 0; v < nv; ++v) {
+    group_last[v] = prog.last_step[v];
+    group_first[v] = prog.first_step[v];
+  }
   auto glast = [&](ValueId v) { return group_last[uf.find(v)]; };
   auto merge = [&](ValueId child, ValueId root) {
     ValueId rc = uf.find(child), rr = uf.find(root);
@@ -156,17 +194,18 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
         const Value& vi = g.value(in);
         if (vi.kind != ValueKind::intermediate || is_persistent_group(in)) return;
         if (g.value(out).nbytes() != vi.nbytes()) return;
-        // A graph output must keep its own bytes when the other is overwritten later; views are read-only, so only
-        // in-place writes need the input to die here.
+        // A graph output must keep its own bytes when the other is overwritten later; views are read-only, so
+        // only in-place writes need the input to die here.
         if (!view) {
           if (!opt.inplace || glast(in) != s) return;
           for (size_t k = 0; k < n.inputs.size(); ++k)
-            if (static_cast<int>(k) != ii && n.inputs[k] != kNoValue && uf.find(n.inputs[k]) == uf.find(in)) return;
+            if (static_cast<int>(k) != ii && n.inputs[k] != kNoValue && uf.find(n.inputs[k]) == uf.find(in))
+              return;
           for (ValueId o : g.outputs())
             if (uf.find(o) == uf.find(in)) return;
         } else {
-          // A view's input must not be overwritten in place while the view lives; in-place writers check that the
-          // whole group dies with them, which covers this.
+          // A view's input must not be overwritten in place while the view lives; in-place writers check that
+          // the whole group dies with them, which covers this.
         }
         merge(out, in);
       };
@@ -189,7 +228,11 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   prog.persistent_bytes = off;
 
   // Transient region: greedy best-fit by size over lifetime intervals.
-  struct Buf { ValueId root; size_t bytes; int first, last; };
+  struct Buf {
+    ValueId root;
+    size_t bytes;
+    int first, last;
+  };
   std::vector<Buf> bufs;
   size_t naive = prog.persistent_bytes;
   for (ValueId v = 0; v < nv; ++v) {
@@ -201,7 +244,10 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   }
   prog.naive_bytes = naive;
   std::stable_sort(bufs.begin(), bufs.end(), [](const Buf& a, const Buf& b) { return a.bytes > b.bytes; });
-  struct Placed { size_t off, bytes; int first, last; };
+  struct Placed {
+    size_t off, bytes;
+    int first, last;
+  };
   std::vector<Placed> placed;
   size_t peak = 0;
   size_t running = 0;
@@ -215,7 +261,10 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
       std::sort(busy.begin(), busy.end());
       size_t best = SIZE_MAX, best_gap = SIZE_MAX, cursor = 0;
       for (auto [s, e] : busy) {
-        if (s > cursor && s - cursor >= b.bytes && s - cursor < best_gap) { best = cursor; best_gap = s - cursor; }
+        if (s > cursor && s - cursor >= b.bytes && s - cursor < best_gap) {
+          best = cursor;
+          best_gap = s - cursor;
+        }
         cursor = std::max(cursor, e);
       }
       at = best != SIZE_MAX ? best : cursor;
@@ -239,8 +288,12 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   std::vector<int> pos(g.num_nodes(), -1);
   for (int s = 0; s < end; ++s) pos[prog.steps[s]] = s;
   std::vector<ValueId> grads = opt.gradients;
-  auto ready_at = [&](ValueId v) { NodeId p = g.value(v).producer; return p >= 0 ? pos[p] : -1; };
-  std::stable_sort(grads.begin(), grads.end(), [&](ValueId a, ValueId b) { return ready_at(a) < ready_at(b); });
+  auto ready_at = [&](ValueId v) {
+    NodeId p = g.value(v).producer;
+    return p >= 0 ? pos[p] : -1;
+  };
+  std::stable_sort(grads.begin(), grads.end(),
+                   [&](ValueId a, ValueId b) { return ready_at(a) < ready_at(b); });
   for (ValueId v : grads) {
     if (prog.buckets.empty() || prog.buckets.back().bytes >= opt.bucket_bytes) prog.buckets.emplace_back();
     GradBucket& b = prog.buckets.back();

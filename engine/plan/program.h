@@ -17,8 +17,9 @@ struct Slot {
   bool assigned = false;
 };
 
-// Gradients that become ready together. Reduction of bucket b may start right after step `ready_after_step` and must
-// finish before step `needed_by_step` (the first reader of any of its gradients, usually an optimizer update).
+// Gradients that become ready together. Reduction of bucket b may start right after step `ready_after_step`
+// and must finish before step `needed_by_step` (the first reader of any of its gradients, usually an
+// optimizer update).
 struct GradBucket {
   std::vector<ValueId> grads;
   size_t bytes = 0;
@@ -28,10 +29,10 @@ struct GradBucket {
 
 struct Program {
   std::shared_ptr<const Graph> graph;
-  std::vector<NodeId> steps;   // execution order
-  std::vector<Slot> slots;     // indexed by ValueId; unassigned for values nothing uses
-  std::vector<int> first_step; // per value: step that writes it (-1: before the step, persistent or fed)
-  std::vector<int> last_step;  // per value: last step that reads it (steps.size(): kept to the end)
+  std::vector<NodeId> steps;    // execution order
+  std::vector<Slot> slots;      // indexed by ValueId; unassigned for values nothing uses
+  std::vector<int> first_step;  // per value: step that writes it (-1: before the step, persistent or fed)
+  std::vector<int> last_step;   // per value: last step that reads it (steps.size(): kept to the end)
   size_t alignment = 64;
   size_t persistent_bytes = 0;  // parameters, constants, optimizer state: the arena's first region
   size_t transient_bytes = 0;   // peak of everything else, after liveness-based reuse
@@ -40,16 +41,16 @@ struct Program {
   std::vector<GradBucket> buckets;
   uint64_t signature = 0;  // hash of ops, attributes, types and shapes: equal plans, equal signatures
 
-  // Two values whose buffers are live at the same step overlap nowhere (unless one is a view or in-place alias of
-  // the other). Used by tests and debug builds.
+  // Two values whose buffers are live at the same step overlap nowhere (unless one is a view or in-place
+  // alias of the other). Used by tests and debug builds.
   bool aliases(ValueId a, ValueId b) const { return alias_root[a] == alias_root[b]; }
   std::vector<ValueId> alias_root;  // values sharing a buffer by view/in-place/update share a root
 };
 
 struct PlanOptions {
-  size_t alignment = 64;         // bytes; CUDA uses 256
-  bool reuse_memory = true;      // false: one buffer per value (for debugging and as the test's naive reference)
-  bool inplace = true;           // let elementwise ops write over an input that dies with them
+  size_t alignment = 64;     // bytes; CUDA uses 256
+  bool reuse_memory = true;  // false: one buffer per value (for debugging and as the test's naive reference)
+  bool inplace = true;       // let elementwise ops write over an input that dies with them
   size_t bucket_bytes = 25u << 20;
   std::vector<ValueId> gradients;  // values to pack into reduction buckets, usually the parameter gradients
 };

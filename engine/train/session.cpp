@@ -5,7 +5,8 @@
 
 namespace trainer::engine {
 
-Session::Session(std::shared_ptr<const Graph> graph, Backend& backend, PlanOptions options) : backend_(backend) {
+Session::Session(std::shared_ptr<const Graph> graph, Backend& backend, PlanOptions options)
+    : backend_(backend) {
   options.alignment = std::max(options.alignment, backend.alignment());
   program_ = plan_program(std::move(graph), options);
   arena_ = backend_.allocate(program_.arena_bytes());
@@ -35,8 +36,9 @@ void Session::write(ValueId v, const void* host, size_t bytes) {
 void Session::write(ValueId v, const Tensor& t) {
   const Value& val = graph().value(v);
   if (t.dtype() != val.dtype || t.shape() != val.shape)
-    throw InputError(val.name, fmt::format("'{}' is {} {}, got {} {}", val.name, dtype_name(val.dtype),
-                                           val.shape.str(), dtype_name(t.dtype()), t.shape().str()),
+    throw InputError(val.name,
+                     fmt::format("'{}' is {} {}, got {} {}", val.name, dtype_name(val.dtype), val.shape.str(),
+                                 dtype_name(t.dtype()), t.shape().str()),
                      "check the shape and type of the data");
   write(v, t.raw(), t.nbytes());
 }
@@ -55,6 +57,8 @@ Tensor Session::read(ValueId v) const {
   return t;
 }
 
-void Session::run(const StepContext& ctx) { exec_->run(ctx); }
+void Session::run(const StepContext& ctx) {
+  exec_->run(ctx);
+}
 
 }  // namespace trainer::engine

@@ -1,5 +1,6 @@
-// A Session runs one graph on one backend: it plans the graph once, allocates the arena, uploads the initializers,
-// binds the kernels, and then runs steps, feeding inputs and fetching values without allocating.
+// A Session runs one graph on one backend: it plans the graph once, allocates the arena, uploads the
+// initializers, binds the kernels, and then runs steps, feeding inputs and fetching values without
+// allocating.
 #pragma once
 
 #include <memory>

@@ -1,5 +1,5 @@
-// Training through the C++ API: a forward graph and its loss become one training graph (forward, loss, backward,
-// optimizer update), planned once and run step after step on one device.
+// Training through the C++ API: a forward graph and its loss become one training graph (forward, loss,
+// backward, optimizer update), planned once and run step after step on one device.
 #pragma once
 
 #include <memory>
@@ -26,12 +26,13 @@ struct TrainingGraph {
   ValueId learning_rate = kNoValue;  // f32 scalar input, fed every step (schedules live on the host)
   ValueId iteration = kNoValue;      // i64 scalar input: the 1-based step number (Adam's bias correction)
   std::vector<OptimizerState> parameters;
-  std::vector<ValueId> gradients;    // per parameter, in parameter order
+  std::vector<ValueId> gradients;  // per parameter, in parameter order
   FusionReport fusion;
 };
 
 // Fuses, differentiates `loss` with respect to every trainable parameter, and appends the optimizer update.
-// Extra values to keep readable after a step (metrics, predictions) are marked as graph outputs by the caller.
+// Extra values to keep readable after a step (metrics, predictions) are marked as graph outputs by the
+// caller.
 TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOptions& options);
 
 // One device, one Program: feed a batch, step, read the loss. Steps allocate nothing.

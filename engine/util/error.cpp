@@ -4,7 +4,8 @@
 namespace trainer {
 
 void assert_failed(const char* expr, const char* file, int line, const std::string& msg) {
-  throw InternalError(fmt::format("internal error: {} ({}:{}){}{}", expr, file, line, msg.empty() ? "" : ": ", msg));
+  throw InternalError(
+      fmt::format("internal error: {} ({}:{}){}{}", expr, file, line, msg.empty() ? "" : ": ", msg));
 }
 
 }  // namespace trainer

@@ -14,7 +14,8 @@ namespace trainer {
 class InputError : public std::runtime_error {
  public:
   InputError(std::string where, std::string what, std::string hint = {})
-      : std::runtime_error(where.empty() ? what : where + ": " + what), where_(std::move(where)),
+      : std::runtime_error(where.empty() ? what : where + ": " + what),
+        where_(std::move(where)),
         hint_(std::move(hint)) {}
   const std::string& where() const { return where_; }
   const std::string& hint() const { return hint_; }
@@ -40,7 +41,7 @@ class InternalError : public std::logic_error {
 
 }  // namespace trainer
 
-#define TRAINER_ASSERT(cond, ...)                                                                      \
-  do {                                                                                                 \
+#define TRAINER_ASSERT(cond, ...)                                                                    \
+  do {                                                                                               \
     if (!(cond)) ::trainer::assert_failed(#cond, __FILE__, __LINE__, ::fmt::format("" __VA_ARGS__)); \
   } while (0)

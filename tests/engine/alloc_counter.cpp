@@ -1,5 +1,6 @@
 // Interposes operator new and the malloc family in the test binary to count allocations: the check behind "a
-// steady-state step allocates nothing". The caller's return address says whether oneDNN's library made the call.
+// steady-state step allocates nothing". The caller's return address says whether oneDNN's library made the
+// call.
 #include "alloc_counter.h"
 
 #include <link.h>
@@ -70,7 +71,9 @@ void* aligned_alloc(size_t align, size_t n) {
   note(__builtin_return_address(0), n);
   return __libc_memalign(align, n);
 }
-void free(void* p) { __libc_free(p); }
+void free(void* p) {
+  __libc_free(p);
+}
 }
 
 void* operator new(size_t n) {
@@ -83,10 +86,18 @@ void* operator new[](size_t n) {
   if (void* p = __libc_malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { __libc_free(p); }
-void operator delete[](void* p) noexcept { __libc_free(p); }
-void operator delete(void* p, size_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, size_t) noexcept { __libc_free(p); }
+void operator delete(void* p) noexcept {
+  __libc_free(p);
+}
+void operator delete[](void* p) noexcept {
+  __libc_free(p);
+}
+void operator delete(void* p, size_t) noexcept {
+  __libc_free(p);
+}
+void operator delete[](void* p, size_t) noexcept {
+  __libc_free(p);
+}
 
 namespace trainer::test {
 

@@ -1,5 +1,5 @@
-// Fusion rewrites: the patterns are found, the fused graph computes the same loss and gradients as the unfused one,
-// and values held by the caller keep their ids.
+// Fusion rewrites: the patterns are found, the fused graph computes the same loss and gradients as the
+// unfused one, and values held by the caller keep their ids.
 #include <doctest/doctest.h>
 
 #include "engine/autodiff/autodiff.h"
@@ -81,7 +81,8 @@ TEST_SUITE("fusion") {
     CHECK(count_op(*fused.g, "SoftmaxCrossEntropyLoss") == 1);
     CHECK(fused.g->value(fused.loss).producer >= 0);  // the caller's loss id is still the loss
     CHECK(b.loss == doctest::Approx(a.loss).epsilon(1e-12));
-    for (int64_t i = 0; i < a.probs.numel(); ++i) CHECK(b.probs.get_f64(i) == doctest::Approx(a.probs.get_f64(i)));
+    for (int64_t i = 0; i < a.probs.numel(); ++i)
+      CHECK(b.probs.get_f64(i) == doctest::Approx(a.probs.get_f64(i)));
     REQUIRE(a.grads.size() == b.grads.size());
     for (size_t k = 0; k < a.grads.size(); ++k)
       for (int64_t i = 0; i < a.grads[k].numel(); ++i)

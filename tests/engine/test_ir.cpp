@@ -31,7 +31,7 @@ TEST_SUITE("ir") {
     CHECK(f16_to_f32(f32_to_f16(0.333251953125f)) == 0.333251953125f);
     CHECK(f16_to_f32(f32_to_f16(65504.0f)) == 65504.0f);
     CHECK(f16_to_f32(f32_to_f16(5.960464477539063e-08f)) == 5.960464477539063e-08f);  // smallest subnormal
-    CHECK(bf16_to_f32(f32_to_bf16(1.00390625f)) == 1.0f);  // tie goes to even
+    CHECK(bf16_to_f32(f32_to_bf16(1.00390625f)) == 1.0f);                             // tie goes to even
   }
 
   TEST_CASE("a malformed node is rejected with its name and shapes") {

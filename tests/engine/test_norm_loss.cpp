@@ -375,7 +375,8 @@ TEST_SUITE("norm_loss") {
       auto a = run_dropout(lo, 0.5f, {2, 7, 0}, "drop");
       auto b = run_dropout(hi, 0.5f, {2, 7, static_cast<uint64_t>(split)}, "drop");
       CHECK(std::memcmp(a[0].raw(), whole[0].raw(), lo.nbytes()) == 0);
-      CHECK(std::memcmp(b[0].raw(), static_cast<const std::byte*>(whole[0].raw()) + lo.nbytes(), hi.nbytes()) == 0);
+      CHECK(std::memcmp(b[0].raw(), static_cast<const std::byte*>(whole[0].raw()) + lo.nbytes(),
+                        hi.nbytes()) == 0);
     }
   }
 

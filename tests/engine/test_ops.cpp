@@ -1,6 +1,6 @@
-// Registry-walking op tests: every registered op is complete (shape inference, a gradient rule or a stated reason
-// for none, a kernel on every backend, examples), runs forward on every backend, and every differentiable input of
-// every example passes an f64 central finite-difference check of its gradient rule.
+// Registry-walking op tests: every registered op is complete (shape inference, a gradient rule or a stated
+// reason for none, a kernel on every backend, examples), runs forward on every backend, and every
+// differentiable input of every example passes an f64 central finite-difference check of its gradient rule.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -28,9 +28,12 @@ Built build_one(const OpSchema& s, const OpExample& e) {
   b.g = std::make_shared<Graph>();
   for (size_t i = 0; i < e.inputs.size(); ++i) {
     std::string name = "in" + std::to_string(i);
-    if (i < e.absent.size() && e.absent[i]) b.inputs.push_back(kNoValue);
-    else if (i < e.constant.size() && e.constant[i]) b.inputs.push_back(b.g->add_constant(name, e.inputs[i]));
-    else b.inputs.push_back(b.g->add_input(name, e.inputs[i].dtype(), e.inputs[i].shape()));
+    if (i < e.absent.size() && e.absent[i])
+      b.inputs.push_back(kNoValue);
+    else if (i < e.constant.size() && e.constant[i])
+      b.inputs.push_back(b.g->add_constant(name, e.inputs[i]));
+    else
+      b.inputs.push_back(b.g->add_input(name, e.inputs[i].dtype(), e.inputs[i].shape()));
   }
   NodeId n = b.g->add_node(s.name(), b.inputs, e.attrs, e.num_outputs, "op");
   b.outputs = b.g->node(n).outputs;
@@ -39,12 +42,16 @@ Built build_one(const OpSchema& s, const OpExample& e) {
 
 void feed(Session& sess, const Built& b, const OpExample& e) {
   for (size_t i = 0; i < b.inputs.size(); ++i)
-    if (b.inputs[i] != kNoValue && b.g->value(b.inputs[i]).kind == ValueKind::input) sess.write(b.inputs[i], e.inputs[i]);
+    if (b.inputs[i] != kNoValue && b.g->value(b.inputs[i]).kind == ValueKind::input)
+      sess.write(b.inputs[i], e.inputs[i]);
 }
 
-std::string case_name(const OpSchema& s, const OpExample& e) { return s.name() + "/" + e.label; }
+std::string case_name(const OpSchema& s, const OpExample& e) {
+  return s.name() + "/" + e.label;
+}
 
-// The gradient check. loss = sum_k sum(out_k * w_k) with fixed random weights w_k, so every output element counts.
+// The gradient check. loss = sum_k sum(out_k * w_k) with fixed random weights w_k, so every output element
+// counts.
 void grad_check(const OpSchema& s, const OpExample& e, Backend& backend) {
   Built b = build_one(s, e);
   Graph& g = *b.g;
@@ -123,7 +130,8 @@ TEST_SUITE("ops") {
       CHECK_MESSAGE((s.has_grad() || s.non_differentiable_reason().has_value()),
                     name << " has neither a gradient rule nor a non-differentiable reason");
       CHECK_MESSAGE(cpu::KernelRegistry::global().find(name) != nullptr, name << " has no CPU kernel");
-      // Private gradient ops are exercised by their forward op's gradient check; every other op brings examples.
+      // Private gradient ops are exercised by their forward op's gradient check; every other op brings
+      // examples.
       bool grad_op = s.is_private() && s.non_differentiable_reason() &&
                      s.non_differentiable_reason()->find("gradient op") != std::string::npos;
       if (!grad_op) CHECK_MESSAGE(static_cast<bool>(s.examples_fn()), name << " has no examples");

@@ -14,14 +14,14 @@ TEST_SUITE("rng") {
     CHECK(z.v[1] == 0xe169c58du);
     CHECK(z.v[2] == 0xbc57ac4cu);
     CHECK(z.v[3] == 0x9b00dbd8u);
-    Philox4x32 f = philox4x32_10(Philox4x32{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}}, 0xffffffffu,
-                                 0xffffffffu);
+    Philox4x32 f = philox4x32_10(Philox4x32{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}},
+                                 0xffffffffu, 0xffffffffu);
     CHECK(f.v[0] == 0x408f276du);
     CHECK(f.v[1] == 0x41c83b0eu);
     CHECK(f.v[2] == 0xa20bc7c6u);
     CHECK(f.v[3] == 0x6d5451fdu);
-    Philox4x32 p = philox4x32_10(Philox4x32{{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}, 0xa4093822u,
-                                 0x299f31d0u);
+    Philox4x32 p = philox4x32_10(Philox4x32{{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}},
+                                 0xa4093822u, 0x299f31d0u);
     CHECK(p.v[0] == 0xd16cfe09u);
     CHECK(p.v[1] == 0x94fdccebu);
     CHECK(p.v[2] == 0x5001e420u);

@@ -1,5 +1,6 @@
-// Memory planner properties: on random graphs no two simultaneously live buffers overlap, the arena never exceeds
-// the naive sum, planned execution equals unplanned execution bitwise, and a planned step allocates nothing.
+// Memory planner properties: on random graphs no two simultaneously live buffers overlap, the arena never
+// exceeds the naive sum, planned execution equals unplanned execution bitwise, and a planned step allocates
+// nothing.
 #include <doctest/doctest.h>
 
 #include <random>
@@ -72,7 +73,8 @@ TEST_SUITE("plan") {
           if (!lifetimes_overlap(p, a, b)) continue;
           bool disjoint = sa.offset + sa.bytes <= sb.offset || sb.offset + sb.bytes <= sa.offset;
           if (!disjoint)
-            FAIL_CHECK("values " << g->value(a).name << " and " << g->value(b).name << " are live together and overlap");
+            FAIL_CHECK("values " << g->value(a).name << " and " << g->value(b).name
+                                 << " are live together and overlap");
         }
       }
       // Execution with reuse and in-place equals one buffer per value, bit for bit.
@@ -97,8 +99,8 @@ TEST_SUITE("plan") {
   TEST_CASE("plan: in-place and views share buffers only where safe") {
     Graph g;
     ValueId x = g.add_input("x", DType::f32, Shape{8});
-    ValueId a = g.op("Relu", {x});   // x is a fed input: not overwritten
-    ValueId b = g.op("Neg", {a});    // a dies here: b may take its buffer
+    ValueId a = g.op("Relu", {x});      // x is a fed input: not overwritten
+    ValueId b = g.op("Neg", {a});       // a dies here: b may take its buffer
     ValueId c = g.op("Identity", {b});  // a view of b
     ValueId d = g.op("Add", {b, c});    // b is read by d and via c: no in-place over b
     g.mark_output(d);

@@ -1,5 +1,6 @@
-// End to end through the C++ API: models train to a loss threshold (MLP; MLP with BatchNorm and Dropout evaluated in
-// inference form; LSTM sequence classifier), and training is bitwise deterministic for a fixed seed.
+// End to end through the C++ API: models train to a loss threshold (MLP; MLP with BatchNorm and Dropout
+// evaluated in inference form; LSTM sequence classifier), and training is bitwise deterministic for a fixed
+// seed.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -40,8 +41,9 @@ struct MlpRun {
   double eval_accuracy = 0;
 };
 
-// Trains a spiral MLP; with `regularized`, a BatchNorm (training mode, running statistics bound as state) and a
-// Dropout sit after the first layer, and accuracy is measured on an inference graph that shares the parameters.
+// Trains a spiral MLP; with `regularized`, a BatchNorm (training mode, running statistics bound as state) and
+// a Dropout sit after the first layer, and accuracy is measured on an inference graph that shares the
+// parameters.
 MlpRun train_mlp(bool regularized, uint64_t seed, int epochs) {
   const int batch = 50, classes = 3;
   data::Dataset ds = data::spirals(100, classes, 0.1f, 3);
@@ -54,7 +56,8 @@ MlpRun train_mlp(bool regularized, uint64_t seed, int epochs) {
       ValueId gamma = g.add_parameter("bn/gamma", Tensor::from<float>({64}, std::vector<float>(64, 1.0f)));
       ValueId beta = g.add_parameter("bn/beta", Tensor(DType::f32, Shape{64}));
       ValueId mean = g.add_state("bn/moving_mean", Tensor(DType::f32, Shape{64}));
-      ValueId var = g.add_state("bn/moving_variance", Tensor::from<float>({64}, std::vector<float>(64, 1.0f)));
+      ValueId var =
+          g.add_state("bn/moving_variance", Tensor::from<float>({64}, std::vector<float>(64, 1.0f)));
       Attributes a{{"epsilon", 1e-3f}, {"momentum", 0.9f}, {"training_mode", int64_t{training ? 1 : 0}}};
       NodeId bn = g.add_node("BatchNormalization", {h, gamma, beta, mean, var}, a, training ? 3 : 1, "bn");
       h = g.node(bn).outputs[0];
@@ -101,7 +104,8 @@ MlpRun train_mlp(bool regularized, uint64_t seed, int epochs) {
   }
   const Graph& tgraph = *tr.training_graph().graph;
   for (ValueId v = 0; v < tgraph.num_values(); ++v)
-    if (tgraph.value(v).persistent() && tgraph.value(v).kind != ValueKind::constant) run.params.push_back(tr.read(v));
+    if (tgraph.value(v).persistent() && tgraph.value(v).kind != ValueKind::constant)
+      run.params.push_back(tr.read(v));
 
   // Inference graph over the whole dataset, sharing parameters and running statistics by name.
   auto eg = std::make_shared<Graph>();
@@ -156,14 +160,17 @@ TEST_SUITE("training") {
     ValueId y = g.add_input("y", DType::i64, Shape{batch});
     uint64_t seed = 3;
     ValueId W = g.add_parameter("lstm/W", models::glorot_uniform({1, 4 * hidden, 1}, 1, 4 * hidden, seed));
-    ValueId R = g.add_parameter("lstm/R", models::glorot_uniform({1, 4 * hidden, hidden}, hidden, 4 * hidden, seed + 1));
+    ValueId R = g.add_parameter(
+        "lstm/R", models::glorot_uniform({1, 4 * hidden, hidden}, hidden, 4 * hidden, seed + 1));
     // Keras's unit_forget_bias: the forget gate (third block in ONNX's i, o, f, c order) starts at bias 1.
     Tensor bias(DType::f32, Shape{1, 8 * hidden});
     for (int i = 2 * hidden; i < 3 * hidden; ++i) bias.data<float>()[i] = 1.0f;
     ValueId B = g.add_parameter("lstm/B", bias);
-    NodeId lstm = g.add_node_named("LSTM", {x, W, R, B},
-                                   {{"hidden_size", int64_t{hidden}}, {"layout", int64_t{1}}}, {"", "lstm/h", ""}, "lstm");
-    ValueId h = g.op("Reshape", {g.node(lstm).outputs[1], g.add_constant("shape", Tensor::from<int64_t>({2}, {batch, hidden}))});
+    NodeId lstm =
+        g.add_node_named("LSTM", {x, W, R, B}, {{"hidden_size", int64_t{hidden}}, {"layout", int64_t{1}}},
+                         {"", "lstm/h", ""}, "lstm");
+    ValueId h = g.op("Reshape", {g.node(lstm).outputs[1],
+                                 g.add_constant("shape", Tensor::from<int64_t>({2}, {batch, hidden}))});
     models::LayerContext ctx{g, seed};
     ValueId logits = models::dense(ctx, h, 2, "linear", "head");
     ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, y});
@@ -210,8 +217,9 @@ TEST_SUITE("training") {
       tr.step(0.01f);
     }
     test::AllocationCounts c = test::disarm_allocation_counts();
-    // trainer's own code allocates nothing. oneDNN 2.6's dnnl_primitive_execute builds a small argument map per call
-    // inside the library; that is all it may do: a handful of small blocks per primitive call, never a buffer.
+    // trainer's own code allocates nothing. oneDNN 2.6's dnnl_primitive_execute builds a small argument map
+    // per call inside the library; that is all it may do: a handful of small blocks per primitive call, never
+    // a buffer.
     MESSAGE("allocations in 5 steps: " << c.total << " total, " << c.in_onednn << " inside oneDNN ("
                                        << c.bytes_in_onednn << " bytes)");
     CHECK(c.outside_onednn() == 0);

@@ -1,5 +1,5 @@
-// Walks an output shape row by row (rows of the last dimension) and gives each input's offset and inner stride,
-// so broadcasting kernels run a tight inner loop instead of a division per element.
+// Walks an output shape row by row (rows of the last dimension) and gives each input's offset and inner
+// stride, so broadcasting kernels run a tight inner loop instead of a division per element.
 #pragma once
 
 #include <array>

@@ -1,5 +1,5 @@
-// The CPU backend: a 64-byte-aligned arena, kernels bound to it once at prepare time, and steps run inline on the
-// calling thread (OpenMP and oneDNN parallelize inside kernels).
+// The CPU backend: a 64-byte-aligned arena, kernels bound to it once at prepare time, and steps run inline on
+// the calling thread (OpenMP and oneDNN parallelize inside kernels).
 #include <fmt/ranges.h>
 #include <omp.h>
 
@@ -64,7 +64,8 @@ class CpuExecutable final : public Executable {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const CpuOptions& o) {
-    threads_ = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads_ =
+        o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     omp_set_num_threads(threads_);
   }
   std::string name() const override { return "cpu"; }
@@ -73,7 +74,9 @@ class CpuBackend final : public Backend {
   bool supports(const Graph&, const Node& n) const override {
     return cpu::KernelRegistry::global().find(n.op) != nullptr;
   }
-  std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
+  std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override {
+    return std::make_unique<HostBuffer>(bytes);
+  }
 
   std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
     TRAINER_ASSERT(arena.bytes() >= p.arena_bytes(), "arena of {} bytes for a plan of {}", arena.bytes(),
@@ -92,7 +95,8 @@ class CpuBackend final : public Backend {
     for (NodeId id : p.steps)
       if (!cpu::KernelRegistry::global().find(g.node(id).op)) unsupported.push_back(g.node(id).op);
     if (!unsupported.empty())
-      throw InputError("", fmt::format("the CPU backend has no kernel for: {}", fmt::join(unsupported, ", ")), "");
+      throw InputError("", fmt::format("the CPU backend has no kernel for: {}", fmt::join(unsupported, ", ")),
+                       "");
     for (NodeId id : p.steps) {
       const Node& n = g.node(id);
       cpu::KernelArgs args{g, n, {}, {}};
@@ -124,7 +128,9 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) { return std::make_unique<CpuBackend>(options); }
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) {
+  return std::make_unique<CpuBackend>(options);
+}
 
 namespace cpu {
 

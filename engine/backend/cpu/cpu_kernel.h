@@ -1,5 +1,5 @@
-// The CPU kernel contract: a factory sees the node and its bound arena pointers once, at prepare time, and returns a
-// kernel whose run() does the math without allocating. Kernel files register factories by op name.
+// The CPU kernel contract: a factory sees the node and its bound arena pointers once, at prepare time, and
+// returns a kernel whose run() does the math without allocating. Kernel files register factories by op name.
 #pragma once
 
 #include <functional>
@@ -25,8 +25,14 @@ struct KernelArgs {
   const Value& in(int i) const { return graph.value(node.inputs[i]); }
   const Value& out(int i) const { return graph.value(node.outputs[i]); }
   const Attributes& attrs() const { return node.attrs; }
-  template <class T> T* in_ptr(int i) const { return static_cast<T*>(inputs[i]); }
-  template <class T> T* out_ptr(int i) const { return static_cast<T*>(outputs[i]); }
+  template <class T>
+  T* in_ptr(int i) const {
+    return static_cast<T*>(inputs[i]);
+  }
+  template <class T>
+  T* out_ptr(int i) const {
+    return static_cast<T*>(outputs[i]);
+  }
 };
 
 class CpuKernel {
@@ -46,7 +52,10 @@ class LambdaKernel final : public CpuKernel {
  private:
   F f_;
 };
-template <class F> KernelPtr make_kernel(F f) { return std::make_unique<LambdaKernel<F>>(std::move(f)); }
+template <class F>
+KernelPtr make_kernel(F f) {
+  return std::make_unique<LambdaKernel<F>>(std::move(f));
+}
 
 using KernelFactory = std::function<KernelPtr(const KernelArgs&)>;
 
@@ -62,24 +71,42 @@ class KernelRegistry {
 };
 
 // Calls f.template operator()<T>() with T = float or double for f32/f64, and throws for other dtypes.
-template <class F> void dispatch_float(DType t, const char* op, F&& f) {
+template <class F>
+void dispatch_float(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::f32: f.template operator()<float>(); return;
-    case DType::f64: f.template operator()<double>(); return;
-    default: throw InputError("", fmt::format("{} on the CPU supports f32 and f64, not {}", op, dtype_name(t)),
-                              "cast the input to float first");
+    case DType::f32:
+      f.template operator()<float>();
+      return;
+    case DType::f64:
+      f.template operator()<double>();
+      return;
+    default:
+      throw InputError("", fmt::format("{} on the CPU supports f32 and f64, not {}", op, dtype_name(t)),
+                       "cast the input to float first");
   }
 }
 
 // As dispatch_float, plus i32, i64 and u8.
-template <class F> void dispatch_numeric(DType t, const char* op, F&& f) {
+template <class F>
+void dispatch_numeric(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::f32: f.template operator()<float>(); return;
-    case DType::f64: f.template operator()<double>(); return;
-    case DType::i32: f.template operator()<int32_t>(); return;
-    case DType::i64: f.template operator()<int64_t>(); return;
-    case DType::u8: f.template operator()<uint8_t>(); return;
-    default: throw InputError("", fmt::format("{} on the CPU does not support {}", op, dtype_name(t)), "");
+    case DType::f32:
+      f.template operator()<float>();
+      return;
+    case DType::f64:
+      f.template operator()<double>();
+      return;
+    case DType::i32:
+      f.template operator()<int32_t>();
+      return;
+    case DType::i64:
+      f.template operator()<int64_t>();
+      return;
+    case DType::u8:
+      f.template operator()<uint8_t>();
+      return;
+    default:
+      throw InputError("", fmt::format("{} on the CPU does not support {}", op, dtype_name(t)), "");
   }
 }
 

@@ -23,12 +23,18 @@ dnnl::primitive_attr dnnl_attr() {
 
 dnnl::memory::data_type dnnl_type(DType t) {
   switch (t) {
-    case DType::f32: return dnnl::memory::data_type::f32;
-    case DType::bf16: return dnnl::memory::data_type::bf16;
-    case DType::f16: return dnnl::memory::data_type::f16;
-    case DType::i32: return dnnl::memory::data_type::s32;
-    case DType::u8: return dnnl::memory::data_type::u8;
-    default: throw InternalError(fmt::format("oneDNN has no {} type", dtype_name(t)));
+    case DType::f32:
+      return dnnl::memory::data_type::f32;
+    case DType::bf16:
+      return dnnl::memory::data_type::bf16;
+    case DType::f16:
+      return dnnl::memory::data_type::f16;
+    case DType::i32:
+      return dnnl::memory::data_type::s32;
+    case DType::u8:
+      return dnnl::memory::data_type::u8;
+    default:
+      throw InternalError(fmt::format("oneDNN has no {} type", dtype_name(t)));
   }
 }
 
@@ -42,7 +48,8 @@ dnnl::memory::desc dnnl_plain_md(const std::vector<int64_t>& dims, DType t) {
   return dnnl_strided_md(dims, strides, t);
 }
 
-dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides, DType t) {
+dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides,
+                                   DType t) {
   return dnnl::memory::desc(dnnl::memory::dims(dims.begin(), dims.end()), dnnl_type(t),
                             dnnl::memory::dims(strides.begin(), strides.end()));
 }
@@ -65,9 +72,10 @@ DnnlCall::DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base&
 }
 
 void DnnlCall::operator()() const {
-  dnnl_status_t st = dnnl_primitive_execute(prim_.get(), dnnl_cpu_stream().get(), static_cast<int>(args_.size()),
-                                            args_.data());
-  if (st != dnnl_success) throw RuntimeError(fmt::format("oneDNN primitive failed with status {}", static_cast<int>(st)));
+  dnnl_status_t st = dnnl_primitive_execute(prim_.get(), dnnl_cpu_stream().get(),
+                                            static_cast<int>(args_.size()), args_.data());
+  if (st != dnnl_success)
+    throw RuntimeError(fmt::format("oneDNN primitive failed with status {}", static_cast<int>(st)));
   dnnl_stream_wait(dnnl_cpu_stream().get());
 }
 

@@ -1,5 +1,6 @@
-// oneDNN plumbing for CPU kernels: one engine and stream per process, user-managed scratchpads, and a call object that
-// executes a primitive through the C API with a fixed argument array, so a step allocates nothing.
+// oneDNN plumbing for CPU kernels: one engine and stream per process, user-managed scratchpads, and a call
+// object that executes a primitive through the C API with a fixed argument array, so a step allocates
+// nothing.
 #pragma once
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -22,7 +23,8 @@ dnnl::primitive_attr dnnl_attr();
 dnnl::memory::data_type dnnl_type(DType t);
 // A plain row-major memory descriptor for `dims` (tag abcd...), or with explicit strides.
 dnnl::memory::desc dnnl_plain_md(const std::vector<int64_t>& dims, DType t);
-dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides, DType t);
+dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides,
+                                   DType t);
 
 // A prepared primitive execution. Memory objects wrap arena pointers and are bound once.
 class DnnlCall {

@@ -67,10 +67,11 @@ std::vector<int64_t> kernel_of(const Shape& w) {
 
 // ---- oneDNN descriptors and layouts ----
 
-// Which layout a convolution primitive works in. Measured on the 2-core AVX-512 machines (batch 64, 3x3 kernels,
-// 1 to 32 input channels): oneDNN's blocked layouts (nChw16c, ...), reorders included, beat plain NCHW (im2col +
-// GEMM) 1.3-5x for the forward pass and the weight gradient at every size, and for the input gradient from 8 input
-// channels up; below that (first layers, whose input gradient training never needs) plain NCHW is 2-5x faster.
+// Which layout a convolution primitive works in. Measured on the 2-core AVX-512 machines (batch 64, 3x3
+// kernels, 1 to 32 input channels): oneDNN's blocked layouts (nChw16c, ...), reorders included, beat plain
+// NCHW (im2col + GEMM) 1.3-5x for the forward pass and the weight gradient at every size, and for the input
+// gradient from 8 input channels up; below that (first layers, whose input gradient training never needs)
+// plain NCHW is 2-5x faster.
 enum class Layout { plain, blocked };
 
 struct ConvMds {

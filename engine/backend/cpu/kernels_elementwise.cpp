@@ -1,5 +1,5 @@
-// CPU kernels of the elementwise ops: the shared functors in engine/kernels applied over contiguous or broadcast
-// operands, in parallel over fixed partitions.
+// CPU kernels of the elementwise ops: the shared functors in engine/kernels applied over contiguous or
+// broadcast operands, in parallel over fixed partitions.
 #include <cstring>
 
 #include "engine/backend/cpu/broadcast.h"
@@ -26,7 +26,8 @@ KernelFactory binary(Op op = {}) {
       const Shape& so = a.out(0).shape;
       int64_t n = so.numel();
       if (sx == so && sy == so) {
-        kp = make_kernel([=](const StepContext&) { parallel_for(n, [&](int64_t i) { z[i] = op(x[i], y[i]); }); });
+        kp = make_kernel(
+            [=](const StepContext&) { parallel_for(n, [&](int64_t i) { z[i] = op(x[i], y[i]); }); });
       } else if (sx == so && sy.numel() == 1) {
         kp = make_kernel([=](const StepContext&) {
           T b = y[0];
@@ -36,14 +37,17 @@ KernelFactory binary(Op op = {}) {
         auto br = std::make_shared<BroadcastRows<2>>(so, std::array<const Shape*, 2>{&sx, &sy});
         kp = make_kernel([=](const StepContext&) {
           int64_t inner = br->inner(), s0 = br->inner_stride(0), s1 = br->inner_stride(1);
-          parallel_for(br->rows(), [&](int64_t r) {
-            std::array<int64_t, 2> off;
-            br->offsets(r, &off);
-            const T* px = x + off[0];
-            const T* py = y + off[1];
-            T* pz = z + r * inner;
-            for (int64_t i = 0; i < inner; ++i) pz[i] = op(px[i * s0], py[i * s1]);
-          }, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(br->inner(), 1)));
+          parallel_for(
+              br->rows(),
+              [&](int64_t r) {
+                std::array<int64_t, 2> off;
+                br->offsets(r, &off);
+                const T* px = x + off[0];
+                const T* py = y + off[1];
+                T* pz = z + r * inner;
+                for (int64_t i = 0; i < inner; ++i) pz[i] = op(px[i * s0], py[i * s1]);
+              },
+              std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(br->inner(), 1)));
         });
       }
     });
@@ -91,7 +95,8 @@ KernelFactory grad_binary(Make make) {
       const T* x = a.in_ptr<T>(1);
       T* dx = a.out_ptr<T>(0);
       int64_t n = a.in(0).shape.numel();
-      kp = make_kernel([=](const StepContext&) { parallel_for(n, [&](int64_t i) { dx[i] = op(dy[i], x[i]); }); });
+      kp = make_kernel(
+          [=](const StepContext&) { parallel_for(n, [&](int64_t i) { dx[i] = op(dy[i], x[i]); }); });
     });
     return kp;
   };
@@ -106,32 +111,56 @@ KernelPtr identity(const KernelArgs& a) {
   });
 }
 
-// Loads element i of any dtype as double, and stores a double into any dtype: Cast is rare in a training step and
-// never hot on the CPU, so one generic loop serves every pair of types.
+// Loads element i of any dtype as double, and stores a double into any dtype: Cast is rare in a training step
+// and never hot on the CPU, so one generic loop serves every pair of types.
 double load(DType t, const void* p, int64_t i) {
   switch (t) {
-    case DType::f32: return static_cast<const float*>(p)[i];
-    case DType::f64: return static_cast<const double*>(p)[i];
-    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::i32: return static_cast<const int32_t*>(p)[i];
-    case DType::i64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::u8: return static_cast<const uint8_t*>(p)[i];
-    case DType::boolean: return static_cast<const uint8_t*>(p)[i] != 0;
+    case DType::f32:
+      return static_cast<const float*>(p)[i];
+    case DType::f64:
+      return static_cast<const double*>(p)[i];
+    case DType::bf16:
+      return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::f16:
+      return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::i32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::i64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::u8:
+      return static_cast<const uint8_t*>(p)[i];
+    case DType::boolean:
+      return static_cast<const uint8_t*>(p)[i] != 0;
   }
   return 0;
 }
 
 void store(DType t, void* p, int64_t i, double v) {
   switch (t) {
-    case DType::f32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case DType::f64: static_cast<double*>(p)[i] = v; break;
-    case DType::bf16: static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v)); break;
-    case DType::f16: static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v)); break;
-    case DType::i32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
-    case DType::i64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
-    case DType::u8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
-    case DType::boolean: static_cast<uint8_t*>(p)[i] = v != 0; break;
+    case DType::f32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      break;
+    case DType::f64:
+      static_cast<double*>(p)[i] = v;
+      break;
+    case DType::bf16:
+      static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v));
+      break;
+    case DType::f16:
+      static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v));
+      break;
+    case DType::i32:
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      break;
+    case DType::i64:
+      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      break;
+    case DType::u8:
+      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
+      break;
+    case DType::boolean:
+      static_cast<uint8_t*>(p)[i] = v != 0;
+      break;
   }
 }
 
@@ -145,8 +174,10 @@ KernelPtr cast(const KernelArgs& a) {
   return make_kernel([=](const StepContext&) {
     if (to == DType::i64 && from == DType::i64) return;
     parallel_for(n, [&](int64_t i) {
-      if (to == DType::i64 && from == DType::i32) static_cast<int64_t*>(y)[i] = static_cast<const int32_t*>(x)[i];
-      else store(to, y, i, load(from, x, i));
+      if (to == DType::i64 && from == DType::i32)
+        static_cast<int64_t*>(y)[i] = static_cast<const int32_t*>(x)[i];
+      else
+        store(to, y, i, load(from, x, i));
     });
   });
 }
@@ -158,17 +189,21 @@ KernelPtr where(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(1);
     const T* y = a.in_ptr<T>(2);
     T* z = a.out_ptr<T>(0);
-    auto br = std::make_shared<BroadcastRows<3>>(a.out(0).shape,
-                                                 std::array<const Shape*, 3>{&a.in(0).shape, &a.in(1).shape, &a.in(2).shape});
+    auto br = std::make_shared<BroadcastRows<3>>(
+        a.out(0).shape, std::array<const Shape*, 3>{&a.in(0).shape, &a.in(1).shape, &a.in(2).shape});
     kp = make_kernel([=](const StepContext&) {
-      int64_t inner = br->inner(), s0 = br->inner_stride(0), s1 = br->inner_stride(1), s2 = br->inner_stride(2);
-      parallel_for(br->rows(), [&](int64_t r) {
-        std::array<int64_t, 3> off;
-        br->offsets(r, &off);
-        T* pz = z + r * inner;
-        for (int64_t i = 0; i < inner; ++i)
-          pz[i] = c[off[0] + i * s0] ? x[off[1] + i * s1] : y[off[2] + i * s2];
-      }, 64);
+      int64_t inner = br->inner(), s0 = br->inner_stride(0), s1 = br->inner_stride(1),
+              s2 = br->inner_stride(2);
+      parallel_for(
+          br->rows(),
+          [&](int64_t r) {
+            std::array<int64_t, 3> off;
+            br->offsets(r, &off);
+            T* pz = z + r * inner;
+            for (int64_t i = 0; i < inner; ++i)
+              pz[i] = c[off[0] + i * s0] ? x[off[1] + i * s1] : y[off[2] + i * s2];
+          },
+          64);
     });
   });
   return kp;
@@ -190,14 +225,18 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Sigmoid", unary<k::SigmoidOp>());
   r.add("Tanh", unary<k::TanhOp>());
   r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
-  r.add("Gelu", [](const KernelArgs& a) { return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a); });
+  r.add("Gelu",
+        [](const KernelArgs& a) { return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a); });
   r.add("ReluGrad", grad_binary<k::ReluGradFromY>([](const KernelArgs&) { return k::ReluGradFromY{}; }));
-  r.add("SigmoidGrad", grad_binary<k::SigmoidGradFromY>([](const KernelArgs&) { return k::SigmoidGradFromY{}; }));
+  r.add("SigmoidGrad",
+        grad_binary<k::SigmoidGradFromY>([](const KernelArgs&) { return k::SigmoidGradFromY{}; }));
   r.add("TanhGrad", grad_binary<k::TanhGradFromY>([](const KernelArgs&) { return k::TanhGradFromY{}; }));
-  r.add("LeakyReluGrad", grad_binary<k::LeakyReluGradFromX>(
-                             [](const KernelArgs& a) { return k::LeakyReluGradFromX{a.attrs().f("alpha")}; }));
-  r.add("GeluGrad", grad_binary<k::GeluGradFromX>(
-                        [](const KernelArgs& a) { return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"}; }));
+  r.add("LeakyReluGrad", grad_binary<k::LeakyReluGradFromX>([](const KernelArgs& a) {
+          return k::LeakyReluGradFromX{a.attrs().f("alpha")};
+        }));
+  r.add("GeluGrad", grad_binary<k::GeluGradFromX>([](const KernelArgs& a) {
+          return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};
+        }));
   r.add("Identity", identity);
   r.add("Cast", cast);
   r.add("Where", where);

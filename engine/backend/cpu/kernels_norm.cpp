@@ -444,7 +444,8 @@ KernelPtr dropout_grad(const KernelArgs& a) {
     T* dx = a.out_ptr<T>(0);
     int64_t n = a.in(0).shape.numel();
     int64_t per_sample = a.in(0).shape.rank() ? n / std::max<int64_t>(a.in(0).shape[0], 1) : n;
-    kp = make_kernel([=](const StepContext& ctx) { apply_dropout<T>(p, ctx, dy, dx, nullptr, n, per_sample); });
+    kp = make_kernel(
+        [=](const StepContext& ctx) { apply_dropout<T>(p, ctx, dy, dx, nullptr, n, per_sample); });
   });
   return kp;
 }
