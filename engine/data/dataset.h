@@ -1,0 +1,83 @@
+// Datasets and the batch loader. A Dataset is random access over samples of one fixed shape (memory-mapped or
+// streamed by its reader in formats/). The BatchLoader gathers shuffled batches on a background thread into
+// preallocated buffers, converting types, scaling, normalizing and laying images out as the model's IR expects.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/ir/dtype.h"
+#include "engine/ir/shape.h"
+
+namespace trainer::engine::data {
+
+// How a stored image sample orders its dimensions. The IR is NCHW; Keras-style HWC data is converted by the loader,
+// once per sample on the loader thread, never by a transpose in the step.
+enum class Layout { plain, hwc, chw };
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual int64_t size() const = 0;
+  virtual const Shape& sample_shape() const = 0;  // as stored, without the batch dimension
+  virtual DType sample_dtype() const = 0;         // u8, i32, i64, f32 or f64
+  virtual Layout layout() const { return Layout::plain; }
+  virtual const Shape& label_shape() const = 0;   // [] for class ids; [k] for one-hot or vector targets
+  virtual DType label_dtype() const = 0;
+  // Raw bytes of sample i / label i, in the stored dtype and layout. Thread-safe.
+  virtual void read_sample(int64_t i, void* out) const = 0;
+  virtual void read_label(int64_t i, void* out) const = 0;
+  // Names the source in messages ("train-images-idx3-ubyte.gz").
+  virtual std::string describe() const = 0;
+};
+
+// Samples [begin, end) of another dataset (validation_split, limit).
+std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t begin, int64_t end);
+
+// What a batch must look like for the model.
+struct BatchFormat {
+  DType x_dtype = DType::f32;     // f32 for features; i32/i64 for token ids (no scaling then)
+  bool to_chw = false;            // convert HWC samples to CHW
+  double scale = 1.0;             // x = (x * scale - mean[c]) / std[c]
+  std::vector<double> mean, std;  // empty, one value, or one per channel
+  DType y_dtype = DType::i64;     // i64 class ids, or f32 targets
+  // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample index.
+  int64_t num_classes = 0;
+};
+
+struct Batch {
+  int64_t size = 0;      // samples in this batch (the last one may be short)
+  const void* x = nullptr;
+  const void* y = nullptr;
+  int64_t first = 0;     // index of the batch's first sample in the epoch's order
+};
+
+// Produces the batches of one epoch after another on a background thread, `prefetch` batches ahead.
+class BatchLoader {
+ public:
+  BatchLoader(std::shared_ptr<const Dataset> dataset, int64_t batch_size, BatchFormat format, bool shuffle,
+              uint64_t seed, int prefetch = 2);
+  ~BatchLoader();
+  BatchLoader(const BatchLoader&) = delete;
+  BatchLoader& operator=(const BatchLoader&) = delete;
+
+  int64_t batches_per_epoch() const;  // ceil(size / batch_size): no sample is dropped
+  Shape x_shape(int64_t batch) const; // [batch, ...] in the model's layout
+  Shape y_shape(int64_t batch) const;
+  // Starts epoch `epoch` (0-based); its order is a pure function of (seed, epoch): a permutation from the
+  // counter-based generator, identical on every machine and after a resume.
+  void start_epoch(int64_t epoch);
+  // The next batch of the epoch, valid until the next call; false at the end of the epoch. Rethrows reader errors.
+  bool next(Batch* out);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The epoch's sample order: a Fisher-Yates permutation driven by Philox keyed by (seed, epoch).
+std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch);
+
+}  // namespace trainer::engine::data

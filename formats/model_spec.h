@@ -1,0 +1,147 @@
+// ModelSpec: what a model description (a TOML file in Keras's vocabulary) says, with the source position of every
+// value so that later stages (the layer library, data readers, the fit loop) report errors at the right place.
+// formats/model_spec_toml.cpp parses and validates the TOML; models/ turns the model section into an IR graph.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace trainer::formats {
+
+inline constexpr int kModelSpecFormatVersion = 1;
+
+// "file:line:col" of a value in the spec, or of a --set override ("--set train.epochs=3").
+struct SourcePos {
+  std::string file;
+  int line = 0;
+  int col = 0;
+  std::string str() const;  // "model.toml:12:5", "model.toml" when the line is unknown
+};
+
+// A layer argument as written: TOML scalars and homogeneous arrays.
+using ArgValue = std::variant<bool, int64_t, double, std::string, std::vector<int64_t>, std::vector<double>,
+                              std::vector<std::string>>;
+
+struct Arg {
+  ArgValue value;
+  SourcePos pos;
+};
+
+// One layer in Keras's vocabulary. The parser checks the table's structure (type, name, inputs); the layer library
+// checks the arguments against each layer's Keras signature, so it reports unknown arguments with a did-you-mean.
+struct LayerSpec {
+  std::string type;                 // Keras class name: "Dense", "Conv2D", "LSTM", ...
+  std::string name;                 // given, or generated Keras-style: "dense", "dense_1", ...
+  std::vector<std::string> inputs;  // graph form: names of the layers (or "input") it takes; empty: the previous layer
+  std::map<std::string, Arg> args;  // every other key of the layer's table
+  SourcePos pos;                    // the layer's table
+};
+
+struct InputSpec {
+  std::vector<int64_t> shape;  // per sample, Keras-style (channels last for images): [28, 28, 1]
+  std::string dtype = "float32";  // float32 | int32 | int64 (token ids for Embedding)
+  SourcePos pos;
+};
+
+struct ModelSection {
+  InputSpec input;
+  std::vector<LayerSpec> layers;
+  SourcePos pos;
+};
+
+// One data source: a reader format and its files. Readers (formats/data_*.cpp) interpret the options.
+struct DataSource {
+  std::string format;            // idx | cifar10 | npy | npz | csv; "" = from the file extension
+  std::vector<std::string> x;    // feature files (globs allowed; resolved relative to the spec's folder)
+  std::vector<std::string> y;    // label files, for formats that keep labels apart (idx, npy); empty otherwise
+  std::string x_key = "x";       // npz array names
+  std::string y_key = "y";
+  bool header = true;            // csv
+  std::string label_column;      // csv: name or 0-based index; "" = last column
+  int64_t limit = 0;             // use only the first N samples (0: all); handy for quick runs
+  SourcePos pos;
+};
+
+struct DataSection {
+  std::optional<DataSource> train;
+  std::optional<DataSource> validation;
+  double validation_split = 0;   // fraction of train held out (the last samples, as Keras does) when no validation
+  std::optional<DataSource> test;
+  // Feature preprocessing, applied by the loader: x = (x * scale - mean) / std.
+  double scale = 1.0;            // e.g. 1/255 for 8-bit images
+  std::vector<double> mean;      // one value, or one per channel
+  std::vector<double> std;
+  bool shuffle = true;
+  SourcePos pos;
+};
+
+struct ScheduleSpec {
+  std::string kind = "constant";  // constant | step | exponential | cosine
+  int64_t step_size = 0;          // step: decay every step_size steps
+  double gamma = 0.1;             // step: factor
+  int64_t decay_steps = 0;        // exponential, cosine
+  double decay_rate = 0.96;       // exponential
+  bool staircase = false;         // exponential
+  double alpha = 0.0;             // cosine: final fraction of the learning rate
+  int64_t warmup_steps = 0;       // linear warmup from 0 (any kind)
+  SourcePos pos;
+};
+
+struct OptimizerSpec {
+  std::string name = "adam";  // sgd | adam | adamw | rmsprop
+  double learning_rate = 0.001;
+  double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7;
+  double momentum = 0.0;
+  bool nesterov = false;
+  double rho = 0.9;
+  double weight_decay = 0.0;
+  double clipnorm = 0.0;  // clip gradients by global norm when > 0
+  ScheduleSpec schedule;
+  SourcePos pos;
+};
+
+struct EarlyStoppingSpec {
+  bool enabled = false;
+  std::string monitor = "val_loss";
+  std::string mode = "auto";  // auto | min | max
+  double min_delta = 0.0;
+  int64_t patience = 0;
+  bool restore_best_weights = false;
+  SourcePos pos;
+};
+
+struct TrainSection {
+  std::string loss;           // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
+  bool from_logits = false;
+  std::vector<std::string> metrics;  // accuracy | top_k_accuracy (with top_k) ; loss is always reported
+  int64_t top_k = 5;
+  int64_t epochs = 1;
+  int64_t batch_size = 32;    // global
+  uint64_t seed = 0;
+  OptimizerSpec optimizer;
+  EarlyStoppingSpec early_stopping;
+  SourcePos pos;
+  SourcePos loss_pos;
+};
+
+struct ModelSpec {
+  int format_version = kModelSpecFormatVersion;
+  std::string path;          // the spec file
+  std::string base_dir;      // its folder: relative data paths resolve here
+  ModelSection model;
+  DataSection data;
+  TrainSection train;
+};
+
+// Parses and validates a spec file; `overrides` are --set KEY=VALUE strings applied as if written in the file.
+// Unknown keys, wrong types, impossible values: InputError with file:line:col and a did-you-mean hint.
+ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from text (tests); `path` names it in errors and sets base_dir.
+ModelSpec parse_model_spec(const std::string& text, const std::string& path,
+                           const std::vector<std::string>& overrides = {});
+
+}  // namespace trainer::formats
