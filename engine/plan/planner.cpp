@@ -216,16 +216,26 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   prog.alias_root.resize(nv);
   for (ValueId v = 0; v < nv; ++v) prog.alias_root[v] = uf.find(v);
 
-  // Persistent region: one buffer per persistent group, in value order.
+  // Persistent region: one buffer per persistent group, in value order, or where a shared layout puts it.
   prog.slots.assign(nv, Slot{});
-  size_t off = 0;
+  PersistentLayout local;
+  PersistentLayout& layout = opt.layout ? *opt.layout : local;
   for (ValueId v = 0; v < nv; ++v) {
     if (!used[v] || uf.find(v) != v || !g.value(v).persistent()) continue;
-    size_t b = g.value(v).nbytes();
-    prog.slots[v] = Slot{off, b, true};
-    off += align_up(std::max<size_t>(b, 1), opt.alignment);
+    const Value& val = g.value(v);
+    size_t b = val.nbytes();
+    std::string key = val.kind == ValueKind::constant ? opt.constant_namespace + "\x1f" + val.name : val.name;
+    auto it = layout.slots.find(key);
+    if (it == layout.slots.end()) {
+      it = layout.slots.emplace(key, Slot{layout.bytes, b, true}).first;
+      layout.bytes += align_up(std::max<size_t>(b, 1), opt.alignment);
+    }
+    TRAINER_ASSERT(it->second.bytes == b, "'{}' is {} bytes here and {} in the shared layout", val.name, b,
+                   it->second.bytes);
+    prog.slots[v] = it->second;
   }
-  prog.persistent_bytes = off;
+  prog.persistent_bytes = layout.bytes;
+  prog.transient_base = std::max(align_up(layout.bytes, opt.alignment), opt.transient_base);
 
   // Transient region: greedy best-fit by size over lifetime intervals.
   struct Buf {
@@ -273,7 +283,7 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
       running += b.bytes;
     }
     placed.push_back({at, b.bytes, b.first, b.last});
-    prog.slots[b.root] = Slot{prog.persistent_bytes + at, g.value(b.root).nbytes(), true};
+    prog.slots[b.root] = Slot{prog.transient_base + at, g.value(b.root).nbytes(), true};
     peak = std::max(peak, at + b.bytes);
   }
   prog.transient_bytes = peak;

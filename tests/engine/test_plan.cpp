@@ -154,3 +154,44 @@ TEST_SUITE("plan") {
     CHECK(test::disarm_allocation_counts().outside_onednn() >= 2);
   }
 }
+
+TEST_SUITE("plan") {
+  TEST_CASE("plan: the plans of one device share parameters and state by name, and not constants") {
+    // Two graphs with the same parameter "w" and state "s", and a constant "c" of one name but different values.
+    auto make = [](float c_value, int64_t batch) {
+      auto g = std::make_shared<Graph>();
+      ValueId x = g->add_input("x", DType::f32, Shape{batch, 2});
+      ValueId w = g->add_parameter("w", Tensor::from<float>({2}, {1, 2}));
+      ValueId s = g->add_state("s", Tensor::from<float>({2}, {0, 0}));
+      ValueId c = g->add_constant("c", Tensor::from<float>({2}, {c_value, c_value}));
+      ValueId y = g->op("Mul", {g->op("Add", {x, c}), w});
+      g->bind_update(g->op("Add", {s, w}), s);  // s += w every step
+      g->mark_output(y);
+      return std::tuple{g, x, y, w, s};
+    };
+    auto [g1, x1, y1, w1, s1] = make(10, 3);
+    auto [g2, x2, y2, w2, s2] = make(100, 1);
+    auto backend = make_cpu_backend();
+    DevicePlans plans(*backend);
+    int a = plans.add(g1), b = plans.add(g2);
+    plans.finalize();
+    Session& sa = plans.session(a);
+    Session& sb = plans.session(b);
+    CHECK(sa.program().slots[w1].offset == sb.program().slots[w2].offset);
+    CHECK(sa.program().slots[s1].offset == sb.program().slots[s2].offset);
+    // Writing the parameter through one plan is seen by the other.
+    sa.write(w1, Tensor::from<float>({2}, {3, 4}));
+    // Transient buffers are shared too: a plan's inputs and outputs are valid until another plan runs.
+    sa.write(x1, Tensor::from<float>({3, 2}, {0, 0, 1, 1, 2, 2}));
+    sa.run({});
+    Tensor ya = sa.read(y1);
+    sb.write(x2, Tensor::from<float>({1, 2}, {1, 2}));
+    sb.run({});
+    Tensor yb = sb.read(y2);
+    CHECK(ya.data<float>()[0] == 30.0f);   // (0 + 10) * 3
+    CHECK(yb.data<float>()[1] == 408.0f);  // (2 + 100) * 4: b's own constant, a's parameter
+    Tensor s = sb.read(s2);
+    CHECK(s.data<float>()[0] == 6.0f);     // both steps updated the one state
+    CHECK(plans.arena_bytes() >= sa.program().arena_bytes());
+  }
+}
