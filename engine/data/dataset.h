@@ -31,6 +31,8 @@ class Dataset {
   virtual void read_label(int64_t i, void* out) const = 0;
   // Names the source in messages ("train-images-idx3-ubyte.gz").
   virtual std::string describe() const = 0;
+  // Where sample i comes from, for messages about it: "data_batch_3.bin: sample 1234" (the file and the index in it).
+  virtual std::string locate(int64_t i) const;
 };
 
 // Samples [begin, end) of another dataset (validation_split, limit).
@@ -41,10 +43,15 @@ struct BatchFormat {
   DType x_dtype = DType::f32;     // f32 for features; i32/i64 for token ids (no scaling then)
   bool to_chw = false;            // convert HWC samples to CHW
   double scale = 1.0;             // x = (x * scale - mean[c]) / std[c]
-  std::vector<double> mean, std;  // empty, one value, or one per channel
+  // Empty, one value, or one per channel. The channel is the first dimension of CHW output and the last one
+  // otherwise (HWC images; CSV features, one value per column).
+  std::vector<double> mean, std;
   DType y_dtype = DType::i64;     // i64 class ids, or f32 targets
   // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample index.
+  // With f32 targets the values must lie in [0, num_classes - 1] (binary labels in [0, 1]).
   int64_t num_classes = 0;
+  // Token ids (integer x_dtype) must lie in [0, num_tokens) when > 0 (an Embedding's input_dim).
+  int64_t num_tokens = 0;
 };
 
 struct Batch {
@@ -64,12 +71,15 @@ class BatchLoader {
   BatchLoader& operator=(const BatchLoader&) = delete;
 
   int64_t batches_per_epoch() const;  // ceil(size / batch_size): no sample is dropped
-  Shape x_shape(int64_t batch) const; // [batch, ...] in the model's layout
+  // [batch, ...] in the model's layout. With to_chw: HWC samples become [batch, C, H, W], CHW ones stay, plain
+  // [H, W] images become [batch, 1, H, W] (same bytes).
+  Shape x_shape(int64_t batch) const;
   Shape y_shape(int64_t batch) const;
   // Starts epoch `epoch` (0-based); its order is a pure function of (seed, epoch): a permutation from the
   // counter-based generator, identical on every machine and after a resume.
   void start_epoch(int64_t epoch);
-  // The next batch of the epoch, valid until the next call; false at the end of the epoch. Rethrows reader errors.
+  // The next batch of the epoch, valid until the next call of next() or start_epoch(); false at the end of the
+  // epoch. Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates nothing.
   bool next(Batch* out);
 
  private:
@@ -79,5 +89,7 @@ class BatchLoader {
 
 // The epoch's sample order: a Fisher-Yates permutation driven by Philox keyed by (seed, epoch).
 std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch);
+// The same into out[0..n), allocating nothing.
+void epoch_permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t* out);
 
 }  // namespace trainer::engine::data

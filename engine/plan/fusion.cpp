@@ -100,10 +100,32 @@ void fuse_softmax_xent(Graph& g, FusionReport& r) {
   }
 }
 
+// Sigmoid(x) -> BinaryCrossEntropy(., t)  ==>  BinaryCrossEntropyWithLogits(x, t): exact where the probability
+// form must clamp (Keras clamps to [1e-7, 1 - 1e-7]).
+void fuse_sigmoid_bce(Graph& g, FusionReport& r) {
+  if (!OpRegistry::global().find("BinaryCrossEntropyWithLogits")) return;
+  for (NodeId id : g.topo_order()) {
+    const Node& sg = g.node(id);
+    if (sg.dead || sg.op != "Sigmoid") continue;
+    ValueId x = sg.inputs[0], p = sg.outputs[0];
+    NodeId bce_id = -1;
+    for (NodeId c : g.value(p).consumers)
+      if (g.node(c).op == "BinaryCrossEntropy" && g.node(c).inputs[0] == p) bce_id = c;
+    if (bce_id < 0) continue;
+    const Node bce = g.node(bce_id);
+    NodeId f = g.add_node("BinaryCrossEntropyWithLogits", {x, bce.inputs[1]},
+                          {{"reduction", bce.attrs.s("reduction")}}, 1, g.unique_name(bce.name + "/fused"));
+    take_over(g, {bce_id}, f, bce.outputs[0]);
+    if (g.value(p).consumers.empty() && !is_graph_output(g, p)) g.erase_node(id);
+    ++r.sigmoid_binary_cross_entropy;
+  }
+}
+
 }  // namespace
 
 FusionReport fuse(Graph& g, const FusionOptions& options) {
   FusionReport r;
+  if (options.softmax_cross_entropy) fuse_sigmoid_bce(g, r);
   if (options.softmax_cross_entropy) fuse_softmax_xent(g, r);
   if (options.gemm_bias_activation) fuse_gemm(g, r);
   return r;

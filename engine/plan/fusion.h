@@ -11,11 +11,12 @@ namespace trainer::engine {
 struct FusionReport {
   int gemm_bias_activation = 0;
   int softmax_cross_entropy = 0;
+  int sigmoid_binary_cross_entropy = 0;
 };
 
 struct FusionOptions {
   bool gemm_bias_activation = true;
-  bool softmax_cross_entropy = true;
+  bool softmax_cross_entropy = true;  // also sigmoid + binary cross-entropy into the logits form
 };
 
 FusionReport fuse(Graph& g, const FusionOptions& options = {});

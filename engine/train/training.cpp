@@ -16,11 +16,21 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   auto grads = build_backward(g, tg.loss, params);
   tg.learning_rate = g.add_input("__learning_rate", DType::f32, Shape{});
   tg.iteration = g.add_input("__iteration", DType::i64, Shape{});
-  std::vector<std::pair<ValueId, ValueId>> pg;
+  std::vector<ValueId> applied;
   for (ValueId p : params) {
-    pg.emplace_back(p, grads.at(p));
     tg.gradients.push_back(grads.at(p));
+    applied.push_back(grads.at(p));
   }
+  if (options.clipnorm > 0 && !params.empty()) {
+    NodeId clip = g.add_node("ClipByGlobalNorm", applied, {{"clipnorm", options.clipnorm}},
+                             static_cast<int>(applied.size()) + 1, "clip_by_global_norm");
+    const std::vector<ValueId>& outs = g.node(clip).outputs;
+    applied.assign(outs.begin(), outs.end() - 1);
+    tg.gradient_norm = outs.back();
+    g.mark_output(tg.gradient_norm);
+  }
+  std::vector<std::pair<ValueId, ValueId>> pg;
+  for (size_t i = 0; i < params.size(); ++i) pg.emplace_back(params[i], applied[i]);
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
   g.mark_output(tg.loss);
   return tg;

@@ -18,6 +18,7 @@ struct TrainingOptions {
   FusionOptions fusion;
   bool fuse = true;
   size_t bucket_bytes = 25u << 20;  // gradient bucket size for reductions
+  float clipnorm = 0;               // > 0: gradients clipped by their global norm before the update
 };
 
 struct TrainingGraph {
@@ -26,7 +27,8 @@ struct TrainingGraph {
   ValueId learning_rate = kNoValue;  // f32 scalar input, fed every step (schedules live on the host)
   ValueId iteration = kNoValue;      // i64 scalar input: the 1-based step number (Adam's bias correction)
   std::vector<OptimizerState> parameters;
-  std::vector<ValueId> gradients;  // per parameter, in parameter order
+  std::vector<ValueId> gradients;  // per parameter, in parameter order (before clipping)
+  ValueId gradient_norm = kNoValue;  // with clipnorm: the global norm before clipping (a graph output)
   FusionReport fusion;
 };
 

@@ -101,3 +101,34 @@ TEST_SUITE("fusion") {
     CHECK(r.gemm_bias_activation == 0);
   }
 }
+
+TEST_SUITE("fusion") {
+  TEST_CASE("fusion: sigmoid + binary cross-entropy becomes the logits form, with the same numbers") {
+    auto build = [] {
+      auto g = std::make_shared<Graph>();
+      ValueId x = g->add_input("x", DType::f64, Shape{5, 1});
+      ValueId t = g->add_input("t", DType::f64, Shape{5, 1});
+      ValueId w = g->add_parameter("w", ops::random_tensor({1}, 0.5, 1.5, 3));
+      ValueId loss = g->op("BinaryCrossEntropy", {g->op("Sigmoid", {g->op("Mul", {x, w})}), t});
+      return std::tuple{g, x, t, w, loss};
+    };
+    double losses[2], grads[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      auto [g, x, t, w, loss] = build();
+      if (fused) CHECK(fuse(*g).sigmoid_binary_cross_entropy == 1);
+      CHECK(count_op(*g, "BinaryCrossEntropy") == 1 - fused);
+      auto gw = build_backward(*g, loss, {w});
+      g->mark_output(loss);
+      g->mark_output(gw.at(w));
+      auto backend = make_cpu_backend();
+      Session s(g, *backend);
+      s.write(x, ops::random_tensor({5, 1}, -3, 3, 4));
+      s.write(t, Tensor::from<double>({5, 1}, {0, 1, 1, 0, 1}));
+      s.run({});
+      losses[fused] = s.read(loss).get_f64(0);
+      grads[fused] = s.read(gw.at(w)).get_f64(0);
+    }
+    CHECK(losses[1] == doctest::Approx(losses[0]).epsilon(1e-12));
+    CHECK(grads[1] == doctest::Approx(grads[0]).epsilon(1e-9));
+  }
+}

@@ -226,3 +226,31 @@ TEST_SUITE("training") {
     CHECK(c.bytes_in_onednn < 5 * 64 * 1024);
   }
 }
+
+TEST_SUITE("training") {
+  TEST_CASE("training: clipping by global norm bounds the SGD step") {
+    // loss = sum(w * x) with x large: the raw gradient is x; clipped, the step has norm lr * clipnorm.
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{4});
+    ValueId w = g.add_parameter("w", Tensor::from<float>({4}, {0, 0, 0, 0}));
+    ValueId loss = g.op("ReduceSum", {g.op("Mul", {w, x})}, {{"keepdims", int64_t{0}}});
+    TrainingOptions opt;
+    opt.optimizer.kind = "sgd";
+    opt.clipnorm = 2.0f;
+    opt.fuse = false;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    REQUIRE(tg.gradient_norm != kNoValue);
+    auto backend = make_cpu_backend();
+    Trainer tr(tg, *backend, 1, opt);
+    tr.feed(x, Tensor::from<float>({4}, {30, 40, 0, 0}));  // |g| = 50
+    tr.step(0.5f);
+    Tensor wt = tr.parameter("w");
+    CHECK(wt.data<float>()[0] == doctest::Approx(-0.5 * 2 * 30 / 50.0));
+    CHECK(wt.data<float>()[1] == doctest::Approx(-0.5 * 2 * 40 / 50.0));
+    CHECK(tr.read(tg.gradient_norm).data<float>()[0] == doctest::Approx(50.0));
+    // A small gradient passes unchanged.
+    tr.feed(x, Tensor::from<float>({4}, {0, 0, 0.3f, 0.4f}));
+    tr.step(1.0f);
+    CHECK(tr.parameter("w").data<float>()[2] == doctest::Approx(-0.3));
+  }
+}

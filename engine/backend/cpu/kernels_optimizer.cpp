@@ -3,7 +3,10 @@
 // rates) are computed once per run from R and T. Each output may share its state input's buffer: every
 // element is read before it is written.
 #include <array>
+#include <algorithm>
 #include <cmath>
+#include <memory>
+#include <vector>
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
@@ -201,9 +204,46 @@ KernelPtr sgd(const KernelArgs& a) {
   });
 }
 
+// The norm is summed in double, tensor by tensor, each tensor in fixed per-thread chunks combined in order, so it
+// is the same for a fixed thread count run after run.
+KernelPtr clip_by_global_norm(const KernelArgs& a) {
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "ClipByGlobalNorm", [&]<class T>() {
+    struct Part {
+      const T* g;
+      T* out;
+      int64_t n;
+    };
+    int k = static_cast<int>(a.node.inputs.size());
+    auto parts = std::make_shared<std::vector<Part>>();
+    for (int i = 0; i < k; ++i) parts->push_back({a.in_ptr<T>(i), a.out_ptr<T>(i), a.in(i).shape.numel()});
+    T* norm_out = a.has_output(k) ? a.out_ptr<T>(k) : nullptr;
+    double clipnorm = a.attrs().f("clipnorm");
+    auto partial = std::make_shared<std::vector<double>>(256, 0.0);
+    kp = make_kernel([=](const StepContext&) {
+      double total = 0;
+      for (const Part& p : *parts) {
+        std::fill(partial->begin(), partial->end(), 0.0);
+        parallel_chunks(p.n, [&](int64_t b, int64_t e) {
+          double s = 0;
+          for (int64_t i = b; i < e; ++i) s += static_cast<double>(p.g[i]) * p.g[i];
+          (*partial)[omp_get_thread_num() % partial->size()] = s;
+        });
+        for (double s : *partial) total += s;
+      }
+      double norm = std::sqrt(total);
+      T scale = static_cast<T>(clipnorm / std::max(norm, clipnorm));
+      for (const Part& p : *parts) parallel_for(p.n, [&](int64_t i) { p.out[i] = p.g[i] * scale; });
+      if (norm_out) *norm_out = static_cast<T>(norm);
+    });
+  });
+  return kp;
+}
+
 }  // namespace
 
 void register_optimizer_cpu_kernels(KernelRegistry& r) {
+  r.add("ClipByGlobalNorm", clip_by_global_norm);
   r.add("Adam", adam);
   r.add("Momentum", momentum);
   r.add("Adagrad", adagrad);
