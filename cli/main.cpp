@@ -1,19 +1,26 @@
-// trainer's entry point: parses the command line, runs the subcommand, and alone decides the exit code
-// (0 ok, 1 run-time failure, 2 bad input or usage).
-#include <fmt/core.h>
+// trainer's entry point: wires the subcommands, runs the one parsed, and alone decides the exit code
+// (0 ok, 1 run-time failure, 2 bad input or usage, 128+signal when interrupted).
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
 
 #include <cstdio>
 
-#include "engine/backend/backend.h"
+#include "cli/common.h"
 #include "engine/ir/op_schema.h"
 #include "engine/util/error.h"
 
 int main(int argc, char** argv) {
+  using namespace trainer;
   CLI::App app{"trainer: train neural networks from a model description"};
   app.set_version_flag("--version", std::string("trainer ") + TRAINER_VERSION);
+  app.require_subcommand(0, 1);
   bool list_ops = false;
   app.add_flag("--list-ops", list_ops, "List the ops the engine implements, one per line: name, domain");
+  std::vector<cli::Command> commands = {cli::add_fit_command(app), cli::add_summary_command(app),
+                                        cli::add_check_command(app)};
+  auto* help = app.add_subcommand("help", "Show the help of a subcommand: trainer help fit");
+  std::string help_topic;
+  help->add_option("SUBCOMMAND", help_topic, "Subcommand");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -22,18 +29,37 @@ int main(int argc, char** argv) {
   }
   try {
     if (list_ops) {
-      for (const auto& [name, schema] : trainer::engine::OpRegistry::global().all())
+      for (const auto& [name, schema] : engine::OpRegistry::global().all())
         fmt::print("{}\t{}\n", name, schema.domain().empty() ? "ai.onnx" : schema.domain());
       return 0;
     }
+    if (help->parsed()) {
+      if (help_topic.empty()) {
+        fmt::print("{}", app.help());
+        return 0;
+      }
+      for (const cli::Command& c : commands)
+        if (c.app->get_name() == help_topic) {
+          fmt::print("{}", c.app->help());
+          return 0;
+        }
+      fmt::print(stderr, "trainer: error: no subcommand '{}'\n  hint: trainer --help lists them\n", help_topic);
+      return 2;
+    }
+    for (const cli::Command& c : commands)
+      if (c.app->parsed()) return c.run();
     fmt::print(stderr, "{}", app.help());
-    return 0;
-  } catch (const trainer::InputError& e) {
+    return 2;
+  } catch (const InputError& e) {
+    std::fflush(stdout);
     fmt::print(stderr, "trainer: error: {}\n", e.what());
     if (!e.hint().empty()) fmt::print(stderr, "  hint: {}\n", e.hint());
     return 2;
-  } catch (const std::exception& e) {
+  } catch (const RuntimeError& e) {
     fmt::print(stderr, "trainer: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "trainer: internal error: {}\n", e.what());
     return 1;
   }
 }

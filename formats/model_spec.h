@@ -1,6 +1,6 @@
 // ModelSpec: what a model description (a TOML file in Keras's vocabulary) says, with the source position of every
 // value so that later stages (the layer library, data readers, the fit loop) report errors at the right place.
-// formats/model_spec_toml.cpp parses and validates the TOML; models/ turns the model section into an IR graph.
+// formats/model_spec.cpp parses and validates the TOML; models/ turns the model section into an IR graph.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,7 @@ struct SourcePos {
   int line = 0;
   int col = 0;
   std::string str() const;  // "model.toml:12:5", "model.toml" when the line is unknown
+  bool operator==(const SourcePos&) const = default;
 };
 
 // A layer argument as written: TOML scalars and homogeneous arrays.
@@ -29,6 +30,7 @@ using ArgValue = std::variant<bool, int64_t, double, std::string, std::vector<in
 struct Arg {
   ArgValue value;
   SourcePos pos;
+  bool operator==(const Arg&) const = default;
 };
 
 // One layer in Keras's vocabulary. The parser checks the table's structure (type, name, inputs); the layer library
@@ -39,18 +41,22 @@ struct LayerSpec {
   std::vector<std::string> inputs;  // graph form: names of the layers (or "input") it takes; empty: the previous layer
   std::map<std::string, Arg> args;  // every other key of the layer's table
   SourcePos pos;                    // the layer's table
+  SourcePos type_pos;               // its `type` value: where an unknown layer type is reported
+  bool operator==(const LayerSpec&) const = default;
 };
 
 struct InputSpec {
   std::vector<int64_t> shape;  // per sample, Keras-style (channels last for images): [28, 28, 1]
   std::string dtype = "float32";  // float32 | int32 | int64 (token ids for Embedding)
   SourcePos pos;
+  bool operator==(const InputSpec&) const = default;
 };
 
 struct ModelSection {
   InputSpec input;
   std::vector<LayerSpec> layers;
   SourcePos pos;
+  bool operator==(const ModelSection&) const = default;
 };
 
 // One data source: a reader format and its files. Readers (formats/data_*.cpp) interpret the options.
@@ -61,11 +67,13 @@ struct DataSource {
   std::string x_key = "x";       // npz array names
   std::string y_key = "y";
   bool header = true;            // csv
-  std::string label_column;      // csv: name or 0-based index; "" = last column
+  std::string label_column;      // csv: a column name, or a 0-based index written as digits; "" = last column
   int64_t limit = 0;             // use only the first N samples (0: all); handy for quick runs
   SourcePos pos;
+  bool operator==(const DataSource&) const = default;
 };
 
+// Without a [data] table (enough for summary and check) every source is empty; with one, train is required.
 struct DataSection {
   std::optional<DataSource> train;
   std::optional<DataSource> validation;
@@ -77,6 +85,7 @@ struct DataSection {
   std::vector<double> std;
   bool shuffle = true;
   SourcePos pos;
+  bool operator==(const DataSection&) const = default;
 };
 
 struct ScheduleSpec {
@@ -89,6 +98,7 @@ struct ScheduleSpec {
   double alpha = 0.0;             // cosine: final fraction of the learning rate
   int64_t warmup_steps = 0;       // linear warmup from 0 (any kind)
   SourcePos pos;
+  bool operator==(const ScheduleSpec&) const = default;
 };
 
 struct OptimizerSpec {
@@ -98,10 +108,11 @@ struct OptimizerSpec {
   double momentum = 0.0;
   bool nesterov = false;
   double rho = 0.9;
-  double weight_decay = 0.0;
+  double weight_decay = 0.0;  // when not given: 0, or Keras's 0.004 for adamw
   double clipnorm = 0.0;  // clip gradients by global norm when > 0
   ScheduleSpec schedule;
   SourcePos pos;
+  bool operator==(const OptimizerSpec&) const = default;
 };
 
 struct EarlyStoppingSpec {
@@ -112,9 +123,11 @@ struct EarlyStoppingSpec {
   int64_t patience = 0;
   bool restore_best_weights = false;
   SourcePos pos;
+  bool operator==(const EarlyStoppingSpec&) const = default;
 };
 
 struct TrainSection {
+  // "" only when the spec has no [train] (enough for summary and check; fit needs a loss).
   std::string loss;           // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
   bool from_logits = false;
   std::vector<std::string> metrics;  // accuracy | top_k_accuracy (with top_k) ; loss is always reported
@@ -126,22 +139,36 @@ struct TrainSection {
   EarlyStoppingSpec early_stopping;
   SourcePos pos;
   SourcePos loss_pos;
+  bool operator==(const TrainSection&) const = default;
 };
 
 struct ModelSpec {
   int format_version = kModelSpecFormatVersion;
-  std::string path;          // the spec file
-  std::string base_dir;      // its folder: relative data paths resolve here
+  std::string path;          // the spec file, as given
+  std::string base_dir;      // its folder, absolute: relative data paths resolve here
   ModelSection model;
   DataSection data;
   TrainSection train;
+  bool operator==(const ModelSpec&) const = default;
 };
 
 // Parses and validates a spec file; `overrides` are --set KEY=VALUE strings applied as if written in the file.
 // Unknown keys, wrong types, impossible values: InputError with file:line:col and a did-you-mean hint.
+// KEY is a dotted path ("train.optimizer.learning_rate", "model.layers.0.units": layers by 0-based index);
+// VALUE is a TOML value, or else taken as a bare string. Overridden values report "--set KEY=VALUE" as their place.
 ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides = {});
 // The same from text (tests); `path` names it in errors and sets base_dir.
 ModelSpec parse_model_spec(const std::string& text, const std::string& path,
                            const std::vector<std::string>& overrides = {});
+
+// The resolved spec as TOML text, every setting spelled out (defaults included, keys that do not apply to the
+// chosen optimizer or schedule left out). Parsing it gives the same settings: checkpoints embed it.
+std::string to_toml(const ModelSpec& spec);
+
+// Equal settings: everything but source positions, path and base_dir.
+bool same_settings(const ModelSpec& a, const ModelSpec& b);
+
+// A data path as the readers open it: absolute paths unchanged, relative ones against spec.base_dir.
+std::string resolve_data_path(const ModelSpec& spec, const std::string& path);
 
 }  // namespace trainer::formats

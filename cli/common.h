@@ -1,0 +1,69 @@
+// Option groups shared by subcommands, and the glue from a ModelSpec to the engine: model factory, fit
+// configuration, datasets and the batch format the model needs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli/output.h"
+#include "engine/backend/backend.h"
+#include "engine/data/dataset.h"
+#include "engine/train/fit.h"
+#include "formats/model_spec.h"
+#include "models/build.h"
+
+namespace trainer::cli {
+
+// A parsed subcommand: its CLI11 app and what runs it (returns the exit code).
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+// SPEC plus overrides. --epochs/--batch-size/--seed are shorthands for --set train.<key>=N.
+struct SpecOptions {
+  std::string path;
+  std::vector<std::string> sets;
+  std::optional<int64_t> epochs, batch_size;
+  std::optional<uint64_t> seed;
+  void add_spec(CLI::App* app);
+  void add_overrides(CLI::App* app, bool training);
+  formats::ModelSpec load() const;
+};
+
+struct OutputOptions {
+  std::string log_format = "auto";
+  bool quiet = false;
+  void add(CLI::App* app);
+  Output make() const;
+};
+
+struct DeviceOptions {
+  std::string device = "cpu";
+  void add(CLI::App* app);
+  std::unique_ptr<engine::Backend> make_backend() const;
+};
+
+// Builds the model of a spec for a batch size and mode (a fresh graph each call).
+models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training);
+engine::ModelFactory model_factory(const formats::ModelSpec& spec);
+engine::FitConfig fit_config(const formats::ModelSpec& spec);
+
+struct SpecData {
+  std::shared_ptr<const engine::data::Dataset> train, validation, test;
+  engine::data::BatchFormat format;
+};
+// Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation split
+// holds out the last samples of train, as Keras does.
+SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
+
+Command add_fit_command(CLI::App& app);
+Command add_summary_command(CLI::App& app);
+Command add_check_command(CLI::App& app);
+
+}  // namespace trainer::cli

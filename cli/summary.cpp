@@ -1,0 +1,83 @@
+// trainer summary: the layer table of a spec's model, its parameters, FLOPs per sample, and the planned memory of a
+// training step at the batch size.
+#include <fmt/ranges.h>
+
+#include "cli/common.h"
+
+namespace trainer::cli {
+
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& s) { return fmt::format("({})", fmt::join(s, ", ")); }
+
+std::string grouped(int64_t n) {
+  std::string s = std::to_string(n), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+Command add_summary_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("summary", "Print the model's layers, parameters, FLOPs and planned memory");
+  auto spec = std::make_shared<SpecOptions>();
+  auto json = std::make_shared<bool>(false);
+  spec->add_spec(cmd);
+  spec->add_overrides(cmd, false);
+  cmd->add_flag("--json", *json, "Print one JSON object instead of the table");
+  auto run = [=]() -> int {
+    formats::ModelSpec s = spec->load();
+    int64_t batch = s.train.batch_size;
+    models::BuiltModel m = build(s, batch, true);
+    auto backend = engine::make_cpu_backend();
+    size_t bytes = engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend);
+    int64_t total = 0, trainable = 0, flops = 0;
+    for (const models::LayerInfo& l : m.layers) {
+      total += l.params;
+      trainable += l.trainable_params;
+      flops += l.flops_per_sample;
+    }
+    if (*json) {
+      std::string layers;
+      for (const models::LayerInfo& l : m.layers) {
+        if (!layers.empty()) layers += ", ";
+        layers += json_object({{"name", json_string(l.name)},
+                               {"type", json_string(l.type)},
+                               {"output_shape", fmt::format("[{}]", fmt::join(l.output_shape, ", "))},
+                               {"params", std::to_string(l.params)},
+                               {"flops_per_sample", std::to_string(l.flops_per_sample)}});
+      }
+      fmt::print("{}\n", json_object({{"layers", "[" + layers + "]"},
+                                      {"total_params", std::to_string(total)},
+                                      {"trainable_params", std::to_string(trainable)},
+                                      {"flops_per_sample", std::to_string(flops)},
+                                      {"batch_size", std::to_string(batch)},
+                                      {"planned_bytes", std::to_string(bytes)}}));
+      return 0;
+    }
+    size_t wn = 5, wt = 4, ws = 12;
+    for (const models::LayerInfo& l : m.layers) {
+      wn = std::max(wn, l.name.size());
+      wt = std::max(wt, l.type.size());
+      ws = std::max(ws, shape_text(l.output_shape).size());
+    }
+    fmt::print("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>14}\n", "Layer", wn, "Type", wt, "Output shape", ws, "Params",
+               "FLOPs/sample");
+    fmt::print("{}\n", std::string(wn + wt + ws + 34, '-'));
+    for (const models::LayerInfo& l : m.layers)
+      fmt::print("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>14}\n", l.name, wn, l.type, wt, shape_text(l.output_shape), ws,
+                 grouped(l.params), grouped(l.flops_per_sample));
+    fmt::print("{}\n", std::string(wn + wt + ws + 34, '-'));
+    fmt::print("Total params: {} ({} trainable, {} non-trainable)\n", grouped(total), grouped(trainable),
+               grouped(total - trainable));
+    fmt::print("FLOPs per sample (forward): {}\n", grouped(flops));
+    fmt::print("Planned memory of a training step at batch {}: {:.2f} MiB per device\n", batch, bytes / 1048576.0);
+    return 0;
+  };
+  return {cmd, run};
+}
+
+}  // namespace trainer::cli

@@ -1,0 +1,388 @@
+// The fit loop: loss and label graphs per loss kind, the device's plans (train and evaluate, full and last partial
+// batch) in one arena, metrics computed on the host from the fetched outputs, schedules, early stopping.
+#include "engine/train/fit.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numbers>
+
+#include "engine/ir/op_schema.h"
+#include "engine/train/session.h"
+#include "engine/train/training.h"
+#include "engine/util/error.h"
+
+namespace trainer::engine {
+
+std::atomic<int> g_stop_signal{0};
+
+double LearningRateSchedule::at(int64_t step) const {
+  if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step + 1) / warmup_steps;
+  int64_t s = step - warmup_steps;
+  if (kind == "step") return step_size > 0 ? base * std::pow(gamma, static_cast<double>(s / step_size)) : base;
+  if (kind == "exponential") {
+    if (decay_steps <= 0) return base;
+    double p = static_cast<double>(s) / decay_steps;
+    if (staircase) p = std::floor(p);
+    return base * std::pow(decay_rate, p);
+  }
+  if (kind == "cosine") {
+    if (decay_steps <= 0) return base;
+    double p = std::min<double>(s, decay_steps) / decay_steps;
+    double c = 0.5 * (1 + std::cos(std::numbers::pi * p));
+    return base * ((1 - alpha) * c + alpha);
+  }
+  return base;
+}
+
+namespace {
+
+struct LossKind {
+  bool sparse = false, categorical = false, binary = false, regression = false;
+};
+
+LossKind loss_kind(const std::string& loss) {
+  LossKind k;
+  if (loss == "sparse_categorical_crossentropy") k.sparse = true;
+  else if (loss == "categorical_crossentropy") k.categorical = true;
+  else if (loss == "binary_crossentropy") k.binary = true;
+  else if (loss == "mse" || loss == "mae") k.regression = true;
+  else throw InputError("train.loss", fmt::format("unknown loss '{}'", loss),
+                        "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, mse or mae");
+  return k;
+}
+
+// A forward model with its labels input and loss; the output stays readable for metrics.
+struct LossGraph {
+  std::shared_ptr<Graph> graph;
+  ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
+};
+
+LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
+  LossGraph lg;
+  lg.graph = std::make_shared<Graph>(std::move(fm.graph));
+  Graph& g = *lg.graph;
+  lg.x = fm.input;
+  lg.output = fm.output;
+  const Value& out = g.value(fm.output);
+  LossKind k = loss_kind(cfg.loss);
+  const Shape& os = out.shape;
+  auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
+  if (k.sparse) {
+    if (os.rank() != 2)
+      throw InputError("train.loss", fmt::format("sparse_categorical_crossentropy needs an output of [batch, classes], "
+                                                 "the model gives {}", os.str()),
+                       "end the model with a Dense layer of one unit per class");
+    lg.y = g.add_input("labels", DType::i64, Shape{batch});
+    if (cfg.from_logits) lg.loss = g.op("SoftmaxCrossEntropyLoss", {fm.output, lg.y});
+    // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable op.
+    else lg.loss = g.op("NegativeLogLikelihoodLoss", {g.op("Log", {fm.output}), lg.y});
+  } else if (k.categorical) {
+    if (os.rank() != 2)
+      throw InputError("train.loss", fmt::format("categorical_crossentropy needs an output of [batch, classes], the "
+                                                 "model gives {}", os.str()), "");
+    lg.y = g.add_input("labels", out.dtype, os);
+    ValueId logp = cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}})
+                                   : g.op("Log", {fm.output});
+    ValueId per = g.op("ReduceSum", {g.op("Mul", {lg.y, logp})}, {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
+    lg.loss = g.op("Neg", {mean_of(per)});
+  } else if (k.binary) {
+    if (os.numel() != batch)
+      throw InputError("train.loss", fmt::format("binary_crossentropy needs one output per sample, the model gives {}",
+                                                 Shape(std::vector<int64_t>(os.dims().begin() + 1, os.dims().end())).str()),
+                       "end the model with Dense(1, activation=\"sigmoid\"), or use sparse_categorical_crossentropy");
+    lg.y = g.add_input("labels", out.dtype, os);
+    lg.loss = g.op(cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy", {fm.output, lg.y});
+  } else {
+    lg.y = g.add_input("labels", out.dtype, os);
+    lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
+  }
+  g.mark_output(lg.output);
+  g.mark_output(lg.loss);
+  return lg;
+}
+
+// Loss and metrics summed over samples; divided by the count at the end, so the last partial batch weighs what it
+// holds.
+struct MetricAccumulator {
+  LossKind kind;
+  const FitConfig* cfg;
+  double loss_sum = 0;
+  double correct = 0, topk = 0;
+  int64_t samples = 0;
+
+  void add(double batch_loss, const float* out, const void* labels, int64_t n, int64_t classes) {
+    loss_sum += batch_loss * n;
+    samples += n;
+    bool acc = has("accuracy"), tk = has("top_k_accuracy");
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = out + i * classes;
+      if (kind.sparse || kind.categorical) {
+        int64_t label = kind.sparse ? static_cast<const int64_t*>(labels)[i]
+                                    : std::max_element(static_cast<const float*>(labels) + i * classes,
+                                                       static_cast<const float*>(labels) + (i + 1) * classes) -
+                                          (static_cast<const float*>(labels) + i * classes);
+        if (acc) correct += (std::max_element(row, row + classes) - row) == label;
+        if (tk) {
+          int64_t better = 0;
+          for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];
+          topk += better < cfg->top_k;
+        }
+      } else if (kind.binary && acc) {
+        float threshold = cfg->from_logits ? 0.0f : 0.5f;
+        float t = static_cast<const float*>(labels)[i];
+        correct += (row[0] > threshold) == (t > 0.5f);
+      }
+    }
+  }
+  bool has(const char* m) const {
+    return std::find(cfg->metrics.begin(), cfg->metrics.end(), m) != cfg->metrics.end();
+  }
+  Logs logs(const std::string& prefix) const {
+    Logs l;
+    double n = std::max<int64_t>(samples, 1);
+    l.emplace_back(prefix + "loss", loss_sum / n);
+    if (has("accuracy") && !kind.regression) l.emplace_back(prefix + "accuracy", correct / n);
+    if (has("top_k_accuracy") && (kind.sparse || kind.categorical))
+      l.emplace_back(prefix + "top_k_accuracy", topk / n);
+    return l;
+  }
+};
+
+// One plan of the device with the values the loop feeds and reads.
+struct Plan {
+  int index = -1;
+  ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue, lr = kNoValue, iteration = kNoValue;
+  int64_t batch = 0;
+};
+
+double read_scalar(Session& s, ValueId v) {
+  const Value& val = s.graph().value(v);
+  if (val.dtype == DType::f64) {
+    double d;
+    s.read(v, &d, sizeof d);
+    return d;
+  }
+  float f;
+  s.read(v, &f, sizeof f);
+  return f;
+}
+
+// The batch sizes a pass over n samples uses: full batches, then the remainder.
+std::vector<int64_t> batch_sizes(int64_t n, int64_t b) {
+  std::vector<int64_t> out;
+  if (n <= 0) return out;
+  out.push_back(std::min(n, b));
+  if (n > b && n % b) out.push_back(n % b);
+  return out;
+}
+
+class Device {
+ public:
+  Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend, int64_t train_samples,
+         const std::vector<int64_t>& eval_samples)
+      : plans_(backend) {
+    TrainingOptions topt;
+    topt.optimizer = cfg.optimizer;
+    topt.clipnorm = cfg.clipnorm;
+    for (int64_t batch : batch_sizes(train_samples, cfg.batch_size)) {
+      LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+      TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
+      tg.graph->mark_output(lg.output);
+      PlanOptions po;
+      po.gradients = tg.gradients;
+      train_[batch] = Plan{plans_.add(tg.graph, po), lg.x, lg.y, lg.output, lg.loss, tg.learning_rate, tg.iteration, batch};
+    }
+    for (int64_t n : eval_samples)
+      for (int64_t batch : batch_sizes(n, cfg.batch_size)) {
+        if (eval_.count(batch)) continue;
+        LossGraph lg = add_loss(factory(batch, false), batch, cfg);
+        eval_[batch] = Plan{plans_.add(lg.graph), lg.x, lg.y, lg.output, lg.loss, kNoValue, kNoValue, batch};
+      }
+    plans_.finalize();
+  }
+
+  DevicePlans& plans() { return plans_; }
+  const Plan& train_plan(int64_t n) const { return train_.at(n); }
+  const Plan& eval_plan(int64_t n) const { return eval_.at(n); }
+  // A plan holding every parameter and state value: a training plan.
+  Session& weights_session() { return plans_.session(train_.begin()->second.index); }
+
+ private:
+  DevicePlans plans_;
+  std::map<int64_t, Plan> train_, eval_;
+};
+
+// Copies of every parameter and state value (early stopping's best weights).
+std::vector<std::pair<ValueId, Tensor>> snapshot(Session& s) {
+  std::vector<std::pair<ValueId, Tensor>> out;
+  const Graph& g = s.graph();
+  for (ValueId v = 0; v < g.num_values(); ++v) {
+    const Value& val = g.value(v);
+    if ((val.kind == ValueKind::parameter || val.kind == ValueKind::state) && s.program().slots[v].assigned)
+      out.emplace_back(v, s.read(v));
+  }
+  return out;
+}
+
+int64_t classes_of(const Graph& g, ValueId output) {
+  const Shape& s = g.value(output).shape;
+  return s.rank() >= 2 ? s.numel() / s[0] : 1;
+}
+
+Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
+                 std::vector<float>& out_buf) {
+  MetricAccumulator acc{loss_kind(cfg.loss), &cfg};
+  loader.start_epoch(0);
+  data::Batch batch;
+  while (loader.next(&batch)) {
+    const Plan& p = dev.eval_plan(batch.size);
+    Session& s = dev.plans().session(p.index);
+    const Graph& g = s.graph();
+    s.write(p.x, batch.x, g.value(p.x).nbytes());
+    s.write(p.y, batch.y, g.value(p.y).nbytes());
+    s.run(StepContext{0, cfg.seed, 0});
+    double loss = read_scalar(s, p.loss);
+    size_t out_bytes = g.value(p.output).nbytes();
+    out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
+    s.read(p.output, out_buf.data(), out_bytes);
+    acc.add(loss, out_buf.data(), batch.y, batch.size, classes_of(g, p.output));
+  }
+  return acc.logs(prefix);
+}
+
+double find_log(const Logs& logs, const std::string& name, bool* found) {
+  for (const auto& [k, v] : logs)
+    if (k == name) {
+      *found = true;
+      return v;
+    }
+  *found = false;
+  return 0;
+}
+
+}  // namespace
+
+FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
+              std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
+              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend, FitObserver& observer) {
+  auto t_start = std::chrono::steady_clock::now();
+  loss_kind(cfg.loss);
+  int64_t n_train = train ? train->size() : 0;
+  int64_t n_val = validation ? validation->size() : 0;
+  Device dev(factory, cfg, backend, n_train, {n_val, test ? test->size() : 0});
+
+  data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
+  std::unique_ptr<data::BatchLoader> val_loader;
+  if (validation) val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
+
+  FitPlanInfo info;
+  info.train_samples = n_train;
+  info.val_samples = n_val;
+  info.steps_per_epoch = train_loader.batches_per_epoch();
+  info.arena_bytes = dev.plans().arena_bytes();
+  info.plans = dev.plans().size();
+  info.device = backend.description();
+  observer.on_train_begin(info);
+
+  FitResult result;
+  LossKind kind = loss_kind(cfg.loss);
+  std::vector<float> out_buf;
+  int64_t global_step = 0;
+  bool have_best = false;
+  double best = 0;
+  int64_t waited = 0;
+  std::vector<std::pair<ValueId, Tensor>> best_weights;
+  for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch) {
+    auto t0 = std::chrono::steady_clock::now();
+    MetricAccumulator acc{kind, &cfg};
+    train_loader.start_epoch(epoch);
+    data::Batch batch;
+    int64_t step_in_epoch = 0;
+    while (train_loader.next(&batch)) {
+      const Plan& p = dev.train_plan(batch.size);
+      Session& s = dev.plans().session(p.index);
+      const Graph& g = s.graph();
+      s.write(p.x, batch.x, g.value(p.x).nbytes());
+      s.write(p.y, batch.y, g.value(p.y).nbytes());
+      float lr = static_cast<float>(cfg.schedule.at(global_step));
+      int64_t iteration = global_step + 1;
+      s.write(p.lr, &lr, sizeof lr);
+      s.write(p.iteration, &iteration, sizeof iteration);
+      s.run(StepContext{static_cast<uint64_t>(global_step), cfg.seed, 0});
+      double loss = read_scalar(s, p.loss);
+      if (!std::isfinite(loss))
+        throw RuntimeError(fmt::format("the loss became {} at epoch {}, step {}", loss, epoch + 1, step_in_epoch + 1));
+      size_t out_bytes = g.value(p.output).nbytes();
+      out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
+      s.read(p.output, out_buf.data(), out_bytes);
+      acc.add(loss, out_buf.data(), batch.y, batch.size, classes_of(g, p.output));
+      ++global_step;
+      ++step_in_epoch;
+      observer.on_batch_end(epoch + 1, step_in_epoch, info.steps_per_epoch, acc.logs(""));
+      if (int sig = g_stop_signal.load()) {
+        result.interrupted_by = sig;
+        break;
+      }
+    }
+    double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (result.interrupted_by) break;
+    EpochReport rep;
+    rep.epoch = epoch + 1;
+    rep.epochs = cfg.epochs;
+    rep.steps = step_in_epoch;
+    rep.logs = acc.logs("");
+    rep.samples_per_s = acc.samples / std::max(train_seconds, 1e-9);
+    if (val_loader) {
+      Logs v = evaluate_on(dev, *val_loader, cfg, "val_", out_buf);
+      rep.logs.insert(rep.logs.end(), v.begin(), v.end());
+    }
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.history.push_back(rep);
+    observer.on_epoch_end(rep);
+    if (cfg.early_stopping.enabled) {
+      const EarlyStopping& es = cfg.early_stopping;
+      bool found;
+      double value = find_log(rep.logs, es.monitor, &found);
+      if (!found)
+        throw InputError("train.early_stopping.monitor",
+                         fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
+                         "monitor loss, val_loss, or a metric the spec lists");
+      bool maximize = es.mode == "max" || (es.mode == "auto" && es.monitor.find("acc") != std::string::npos);
+      bool better = !have_best || (maximize ? value > best + es.min_delta : value < best - es.min_delta);
+      if (better) {
+        have_best = true;
+        best = value;
+        waited = 0;
+        result.best_epoch = epoch + 1;
+        if (es.restore_best_weights) best_weights = snapshot(dev.weights_session());
+      } else if (++waited > es.patience) {
+        result.stopped_early = true;
+        break;
+      }
+    }
+  }
+  if (result.stopped_early && cfg.early_stopping.restore_best_weights)
+    for (const auto& [v, t] : best_weights) dev.weights_session().write(v, t);
+  if (test && !result.interrupted_by) {
+    data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
+    result.test = evaluate_on(dev, test_loader, cfg, "test_", out_buf);
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return result;
+}
+
+size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch, Backend& backend) {
+  LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+  TrainingOptions topt;
+  topt.optimizer = cfg.optimizer;
+  topt.clipnorm = cfg.clipnorm;
+  TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
+  PlanOptions po;
+  po.alignment = backend.alignment();
+  return plan_program(tg.graph, po).arena_bytes();
+}
+
+}  // namespace trainer::engine

@@ -1,0 +1,74 @@
+// Read-only bytes of data files: memory-mapped files, and decompressed data kept in memory or, past a threshold,
+// in an unlinked temporary file that is memory-mapped, so a dataset larger than memory pages in and out.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace trainer::formats {
+
+// Decompressed or parsed data larger than this goes to a temporary file ($TMPDIR, else /tmp) instead of memory.
+inline constexpr int64_t kDefaultSpillBytes = int64_t{256} << 20;
+
+class Bytes {
+ public:
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+  ~Bytes();
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool file_backed() const { return map_ != nullptr; }  // memory-mapped (a data file or a spilled temporary file)
+
+  static std::shared_ptr<const Bytes> from_vector(std::vector<uint8_t> v);
+  // Maps `size` bytes of an open descriptor read-only; the caller keeps ownership of fd.
+  static std::shared_ptr<const Bytes> map_fd(int fd, size_t size, const std::string& name);
+
+ private:
+  Bytes() = default;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  void* map_ = nullptr;
+  std::vector<uint8_t> heap_;
+};
+
+// Maps a file. A missing or unreadable file is an InputError naming it.
+std::shared_ptr<const Bytes> map_file(const std::string& path);
+
+// The file's contents: gzip files (found by their magic bytes) are decompressed once, anything else is mapped.
+std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes);
+
+// Whether the file starts with the gzip magic bytes.
+bool is_gzip(const Bytes& b);
+
+// Inflates a raw deflate stream (a zip member) that must produce exactly `expected` bytes. `name` names it in errors.
+std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, const std::string& name,
+                                         int64_t spill_bytes = kDefaultSpillBytes);
+
+// Collects bytes in memory until they pass `spill_bytes`, then in an unlinked temporary file.
+class SpillWriter {
+ public:
+  explicit SpillWriter(int64_t spill_bytes, std::string name);
+  ~SpillWriter();
+  SpillWriter(const SpillWriter&) = delete;
+  SpillWriter& operator=(const SpillWriter&) = delete;
+  void append(const void* data, size_t n);
+  uint64_t size() const { return size_; }
+  bool spilled() const { return fd_ >= 0; }
+  std::shared_ptr<const Bytes> finish();
+
+ private:
+  void flush();
+  int64_t spill_bytes_;
+  std::string name_;
+  std::vector<uint8_t> buf_;
+  uint64_t size_ = 0;
+  int fd_ = -1;
+};
+
+// "train-images-idx3-ubyte.gz" from "/data/fashion/train-images-idx3-ubyte.gz": files named in messages.
+std::string file_name(const std::string& path);
+
+}  // namespace trainer::formats

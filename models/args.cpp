@@ -1,0 +1,227 @@
+// Layer arguments: signature checks, typed access, did-you-mean hints.
+#include "models/args.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "engine/util/error.h"
+
+namespace trainer::models {
+
+using formats::ArgValue;
+
+namespace {
+
+std::string lower(const std::string& s) {
+  std::string out = s;
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+const char* kind_text(ArgKind k) {
+  switch (k) {
+    case ArgKind::integer: return "an integer";
+    case ArgKind::number: return "a number";
+    case ArgKind::boolean: return "true or false";
+    case ArgKind::string: return "a string";
+    case ArgKind::int_or_pair: return "an integer or a list of two integers";
+    case ArgKind::int_or_ints: return "an integer or a list of integers";
+    case ArgKind::ints: return "a list of integers";
+  }
+  return "";
+}
+
+const char* example_text(ArgKind k) {
+  switch (k) {
+    case ArgKind::integer: return "64";
+    case ArgKind::number: return "0.5";
+    case ArgKind::boolean: return "true";
+    case ArgKind::string: return "\"same\"";
+    case ArgKind::int_or_pair: return "3 or [3, 3]";
+    case ArgKind::int_or_ints: return "-1 or [1, 2]";
+    case ArgKind::ints: return "[7, 7, 64]";
+  }
+  return "";
+}
+
+bool fits(const ArgValue& v, ArgKind k) {
+  switch (k) {
+    case ArgKind::integer: return std::holds_alternative<int64_t>(v);
+    case ArgKind::number: return std::holds_alternative<int64_t>(v) || std::holds_alternative<double>(v);
+    case ArgKind::boolean: return std::holds_alternative<bool>(v);
+    case ArgKind::string: return std::holds_alternative<std::string>(v);
+    case ArgKind::int_or_pair: {
+      if (std::holds_alternative<int64_t>(v)) return true;
+      auto* p = std::get_if<std::vector<int64_t>>(&v);
+      return p && p->size() == 2;
+    }
+    case ArgKind::int_or_ints: {
+      if (std::holds_alternative<int64_t>(v)) return true;
+      auto* p = std::get_if<std::vector<int64_t>>(&v);
+      return p && !p->empty();
+    }
+    case ArgKind::ints: {
+      auto* p = std::get_if<std::vector<int64_t>>(&v);
+      return p && !p->empty();
+    }
+  }
+  return false;
+}
+
+// Keras arguments that trainer knows but does not implement: naming them as such beats "unknown argument".
+bool known_unsupported(const std::string& name) {
+  static const std::vector<std::string> names = {
+      "kernel_regularizer", "bias_regularizer", "activity_regularizer", "recurrent_regularizer",
+      "kernel_constraint",  "bias_constraint",  "recurrent_constraint", "data_format",
+      "dropout",            "recurrent_dropout", "stateful",            "go_backwards",
+      "unroll",             "return_state",     "mask_zero",            "noise_shape",
+      "input_length",       "dtype",            "lora_rank"};
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+}  // namespace
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  const std::string w = lower(word);
+  for (const std::string& c : candidates) {
+    size_t d = edit_distance(w, lower(c));
+    if (d < best_d) best_d = d, best = c;
+  }
+  // A third of the word, at least 2: "unit" -> "units", "Conv2d" -> "Conv2D", but not "foo" -> "rate".
+  size_t limit = std::max<size_t>(2, word.size() / 3);
+  return best_d <= limit ? best : std::string();
+}
+
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string m = closest_match(word, candidates);
+  return m.empty() ? std::string() : fmt::format("did you mean '{}'? ", m);
+}
+
+std::string describe_value(const ArgValue& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, bool>)
+          return x ? "true" : "false";
+        else if constexpr (std::is_same_v<T, std::string>)
+          return fmt::format("\"{}\"", x);
+        else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+          std::vector<std::string> q;
+          for (const std::string& s : x) q.push_back(fmt::format("\"{}\"", s));
+          return fmt::format("[{}]", fmt::join(q, ", "));
+        } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>>)
+          return fmt::format("[{}]", fmt::join(x, ", "));
+        else
+          return fmt::format("{}", x);
+      },
+      v);
+}
+
+LayerArgs::LayerArgs(const formats::LayerSpec& spec, const std::vector<ArgDecl>& decls)
+    : spec_(spec), decls_(decls) {
+  std::vector<std::string> names;
+  for (const ArgDecl& d : decls) names.push_back(d.name);
+  for (const auto& [name, arg] : spec.args) {
+    auto it = std::find_if(decls.begin(), decls.end(), [&](const ArgDecl& d) { return d.name == name; });
+    if (it == decls.end()) {
+      std::string takes = fmt::format("{} takes: {}", spec.type, fmt::join(names, ", "));
+      if (known_unsupported(name))
+        throw InputError(arg.pos.str(),
+                         fmt::format("{}: Keras's argument '{}' is not supported by trainer", subject(), name),
+                         takes);
+      throw InputError(arg.pos.str(), fmt::format("{}: unknown argument '{}'", subject(), name),
+                       did_you_mean(name, names) + takes);
+    }
+    if (!fits(arg.value, it->kind))
+      throw InputError(arg.pos.str(),
+                       fmt::format("{}: argument '{}' must be {}, got {}", subject(), name, kind_text(it->kind),
+                                   describe_value(arg.value)),
+                       fmt::format("for example {} = {}", name, example_text(it->kind)));
+  }
+  for (const ArgDecl& d : decls)
+    if (!d.default_value && !d.optional && !spec.args.count(d.name))
+      throw InputError(spec.pos.str(), fmt::format("{}: the argument '{}' is required", subject(), d.name),
+                       fmt::format("add {} = {} to the layer", d.name, example_text(d.kind)));
+}
+
+std::string LayerArgs::subject() const {
+  return fmt::format("{} layer '{}'", spec_.type, spec_.name);
+}
+
+bool LayerArgs::has(const std::string& name) const {
+  return spec_.args.count(name) != 0;
+}
+
+const ArgValue& LayerArgs::value(const std::string& name) const {
+  auto it = spec_.args.find(name);
+  if (it != spec_.args.end()) return it->second.value;
+  for (const ArgDecl& d : decls_)
+    if (d.name == name) {
+      TRAINER_ASSERT(d.default_value.has_value(), "{}: argument '{}' has no default", spec_.type, name);
+      return *d.default_value;
+    }
+  TRAINER_ASSERT(false, "{} does not declare argument '{}'", spec_.type, name);
+  throw InternalError("unreachable");
+}
+
+const formats::SourcePos& LayerArgs::pos(const std::string& name) const {
+  auto it = spec_.args.find(name);
+  return it != spec_.args.end() ? it->second.pos : spec_.pos;
+}
+
+int64_t LayerArgs::integer(const std::string& name) const {
+  return std::get<int64_t>(value(name));
+}
+
+double LayerArgs::number(const std::string& name) const {
+  const ArgValue& v = value(name);
+  if (auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
+  return std::get<double>(v);
+}
+
+bool LayerArgs::boolean(const std::string& name) const {
+  return std::get<bool>(value(name));
+}
+
+std::string LayerArgs::string(const std::string& name) const {
+  return std::get<std::string>(value(name));
+}
+
+std::vector<int64_t> LayerArgs::pair(const std::string& name) const {
+  const ArgValue& v = value(name);
+  if (auto* i = std::get_if<int64_t>(&v)) return {*i, *i};
+  return std::get<std::vector<int64_t>>(v);
+}
+
+std::vector<int64_t> LayerArgs::ints(const std::string& name) const {
+  const ArgValue& v = value(name);
+  if (auto* i = std::get_if<int64_t>(&v)) return {*i};
+  return std::get<std::vector<int64_t>>(v);
+}
+
+void LayerArgs::fail(const std::string& name, const std::string& what, const std::string& hint) const {
+  throw InputError(pos(name).str(), fmt::format("{}: {}", subject(), what), hint);
+}
+
+void LayerArgs::fail_layer(const std::string& what, const std::string& hint) const {
+  throw InputError(spec_.pos.str(), fmt::format("{}: {}", subject(), what), hint);
+}
+
+}  // namespace trainer::models

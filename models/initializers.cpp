@@ -1,0 +1,206 @@
+// Keras's initializers: variance scaling (glorot, he, lecun; uniform and truncated normal), orthogonal, constant
+// and random ones, each a pure function of (name, shape, fans, seed).
+#include "models/initializers.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <map>
+
+#include "engine/ops/op_helpers.h"
+#include "engine/util/error.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+// A splitmix64 stream: uniform doubles and standard normals (Box-Muller), identical on every platform.
+class Gaussian {
+ public:
+  explicit Gaussian(uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull) {}
+  double uniform() {  // in (0, 1): never 0, so log() below is finite
+    return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  }
+  double normal() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    double r = std::sqrt(-2.0 * std::log(uniform())), a = 2.0 * M_PI * uniform();
+    spare_ = r * std::sin(a);
+    has_spare_ = true;
+    return r * std::cos(a);
+  }
+  // Redrawn until within two standard deviations, as Keras's TruncatedNormal.
+  double truncated_normal() {
+    for (;;) {
+      double z = normal();
+      if (std::abs(z) <= 2.0) return z;
+    }
+  }
+
+ private:
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  uint64_t state_;
+  double spare_ = 0;
+  bool has_spare_ = false;
+};
+
+// The standard deviation of a unit normal truncated at +-2: Keras divides by it so that the truncated
+// distribution has the variance the scaling asks for.
+constexpr double kTruncatedStddev = 0.87962566103423978;
+
+std::string squash(const std::string& s) {
+  std::string out;
+  for (char c : s)
+    if (c != '_') out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+Tensor filled(const Shape& shape, double v, DType dtype) {
+  Tensor t(dtype, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, v);
+  return t;
+}
+
+Tensor normal_tensor(const Shape& shape, double stddev, bool truncated, uint64_t seed, DType dtype) {
+  Tensor t(dtype, shape);
+  Gaussian g(seed);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, stddev * (truncated ? g.truncated_normal() : g.normal()));
+  return t;
+}
+
+}  // namespace
+
+uint64_t layer_seed(uint64_t model_seed, const std::string& name) {
+  uint64_t h = 0xcbf29ce484222325ull ^ model_seed;
+  for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  return h;
+}
+
+const std::vector<std::string>& initializer_names() {
+  static const std::vector<std::string> names = {
+      "glorot_uniform", "glorot_normal",  "he_uniform",    "he_normal",     "lecun_uniform",    "lecun_normal",
+      "orthogonal",     "zeros",          "ones",          "random_uniform", "random_normal", "truncated_normal",
+      "uniform",        "normal"};
+  return names;
+}
+
+std::string canonical_initializer(const std::string& name) {
+  static const std::map<std::string, std::string> by_squashed = [] {
+    std::map<std::string, std::string> m;
+    for (const std::string& n : initializer_names()) m[squash(n)] = n;
+    m["uniform"] = "random_uniform";  // Keras's short aliases
+    m["normal"] = "random_normal";
+    return m;
+  }();
+  auto it = by_squashed.find(squash(name));
+  return it == by_squashed.end() ? std::string() : it->second;
+}
+
+Tensor glorot_uniform(const Shape& shape, int64_t fan_in, int64_t fan_out, uint64_t seed, DType dtype) {
+  double limit = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
+  return ops::random_tensor(shape, -limit, limit, seed, dtype);
+}
+
+Tensor orthogonal(const Shape& shape, int64_t rows, int64_t cols, uint64_t seed, DType dtype) {
+  TRAINER_ASSERT(rows * cols == shape.numel(), "orthogonal: {} x {} for shape {}", rows, cols, shape.str());
+  // Work on the tall orientation m x n (m >= n), column-major; transpose at the end when rows < cols.
+  const bool tall = rows >= cols;
+  const int64_t m = tall ? rows : cols, n = tall ? cols : rows;
+  std::vector<double> a(static_cast<size_t>(m * n));
+  Gaussian g(seed);
+  for (double& v : a) v = g.normal();
+  auto A = [&](int64_t i, int64_t j) -> double& { return a[static_cast<size_t>(j * m + i)]; };
+
+  // Householder QR: reflector k maps A[k:, k] onto alpha e_k; the reflectors are kept to form Q afterwards.
+  std::vector<std::vector<double>> reflectors(static_cast<size_t>(n));
+  std::vector<double> r_diag(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) {
+    double norm = 0;
+    for (int64_t i = k; i < m; ++i) norm += A(i, k) * A(i, k);
+    norm = std::sqrt(norm);
+    double alpha = A(k, k) > 0 ? -norm : norm;
+    std::vector<double>& v = reflectors[static_cast<size_t>(k)];
+    v.assign(static_cast<size_t>(m - k), 0.0);
+    for (int64_t i = k; i < m; ++i) v[static_cast<size_t>(i - k)] = A(i, k);
+    v[0] -= alpha;
+    double vv = 0;
+    for (double x : v) vv += x * x;
+    r_diag[static_cast<size_t>(k)] = alpha;
+    if (vv == 0) continue;  // the column is already alpha e_k
+    for (int64_t j = k; j < n; ++j) {
+      double dot = 0;
+      for (int64_t i = k; i < m; ++i) dot += v[static_cast<size_t>(i - k)] * A(i, j);
+      double f = 2.0 * dot / vv;
+      for (int64_t i = k; i < m; ++i) A(i, j) -= f * v[static_cast<size_t>(i - k)];
+    }
+  }
+  // Q = H_0 H_1 ... H_{n-1} applied to the first n columns of the identity, last reflector first.
+  std::vector<double> q(static_cast<size_t>(m * n), 0.0);
+  auto Q = [&](int64_t i, int64_t j) -> double& { return q[static_cast<size_t>(j * m + i)]; };
+  for (int64_t j = 0; j < n; ++j) Q(j, j) = 1.0;
+  for (int64_t k = n - 1; k >= 0; --k) {
+    const std::vector<double>& v = reflectors[static_cast<size_t>(k)];
+    double vv = 0;
+    for (double x : v) vv += x * x;
+    if (vv == 0) continue;
+    for (int64_t j = 0; j < n; ++j) {
+      double dot = 0;
+      for (int64_t i = k; i < m; ++i) dot += v[static_cast<size_t>(i - k)] * Q(i, j);
+      double f = 2.0 * dot / vv;
+      for (int64_t i = k; i < m; ++i) Q(i, j) -= f * v[static_cast<size_t>(i - k)];
+    }
+  }
+  // Signs from R's diagonal make the result unique for a given Gaussian matrix (uniform over orthogonal
+  // matrices), as Keras does.
+  Tensor t(dtype, shape);
+  for (int64_t j = 0; j < n; ++j) {
+    double s = r_diag[static_cast<size_t>(j)] < 0 ? -1.0 : 1.0;
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t flat = tall ? i * cols + j : j * cols + i;  // row-major rows x cols
+      t.set_f64(flat, s * Q(i, j));
+    }
+  }
+  return t;
+}
+
+Tensor initialize(const std::string& name, const Shape& shape, const WeightFans& fans, uint64_t seed,
+                  DType dtype) {
+  const std::string c = canonical_initializer(name);
+  const double fan_in = static_cast<double>(std::max<int64_t>(fans.fan_in, 1));
+  const double fan_out = static_cast<double>(std::max<int64_t>(fans.fan_out, 1));
+  const double fan_avg = (fan_in + fan_out) / 2;
+  // Variance scaling: variance scale / fan, uniform with limit sqrt(3 variance) or a truncated normal.
+  auto scaled = [&](double scale, double fan, bool uniform) {
+    double variance = scale / fan;
+    if (uniform) {
+      double limit = std::sqrt(3.0 * variance);
+      return ops::random_tensor(shape, -limit, limit, seed, dtype);
+    }
+    return normal_tensor(shape, std::sqrt(variance) / kTruncatedStddev, true, seed, dtype);
+  };
+  if (c == "glorot_uniform") return glorot_uniform(shape, fans.fan_in, fans.fan_out, seed, dtype);
+  if (c == "glorot_normal") return scaled(1.0, fan_avg, false);
+  if (c == "he_uniform") return scaled(2.0, fan_in, true);
+  if (c == "he_normal") return scaled(2.0, fan_in, false);
+  if (c == "lecun_uniform") return scaled(1.0, fan_in, true);
+  if (c == "lecun_normal") return scaled(1.0, fan_in, false);
+  if (c == "orthogonal") return orthogonal(shape, fans.rows, fans.cols, seed, dtype);
+  if (c == "zeros") return filled(shape, 0.0, dtype);
+  if (c == "ones") return filled(shape, 1.0, dtype);
+  if (c == "random_uniform") return ops::random_tensor(shape, -0.05, 0.05, seed, dtype);
+  if (c == "random_normal") return normal_tensor(shape, 0.05, false, seed, dtype);
+  if (c == "truncated_normal") return normal_tensor(shape, 0.05, true, seed, dtype);
+  TRAINER_ASSERT(false, "unknown initializer '{}'", name);
+  return {};
+}
+
+}  // namespace trainer::models

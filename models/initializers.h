@@ -1,0 +1,48 @@
+// Keras's weight initializers by name (glorot_uniform, orthogonal, zeros, ...), deterministic functions of a seed
+// so that a model built twice from one spec and one seed starts from the same weights.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/ir/tensor.h"
+
+namespace trainer::models {
+
+// What an initializer needs to know about the weight beyond its shape. Fans follow Keras's compute_fans for the
+// weight's Keras shape (Dense [in, units]: fan_in = in; Conv2D: kernel area x channels); `rows` x `cols` is the
+// matrix `orthogonal` makes orthonormal (along its shorter side), so it may differ from the IR layout by a
+// transpose or a permutation of rows, which keeps the property.
+struct WeightFans {
+  int64_t fan_in = 1;
+  int64_t fan_out = 1;
+  int64_t rows = 1;
+  int64_t cols = 1;
+};
+
+// The seed of a weight: a hash of the model seed and a name ("dense_1/kernel"), so adding a layer does not
+// reshuffle the others.
+uint64_t layer_seed(uint64_t model_seed, const std::string& name);
+
+// The initializer names accepted in specs (snake_case, as Keras writes them). Keras's class names are accepted
+// too: "GlorotUniform" and "glorot_uniform" are the same initializer.
+const std::vector<std::string>& initializer_names();
+// The canonical snake_case name of `name`, or "" when it is not an initializer.
+std::string canonical_initializer(const std::string& name);
+
+// A weight initialized by `name` (see initializer_names()); an unknown name is an internal error (the layer
+// library validates names first).
+engine::Tensor initialize(const std::string& name, const engine::Shape& shape, const WeightFans& fans,
+                          uint64_t seed, engine::DType dtype = engine::DType::f32);
+
+// glorot_uniform: U(-l, l) with l = sqrt(6 / (fan_in + fan_out)).
+engine::Tensor glorot_uniform(const engine::Shape& shape, int64_t fan_in, int64_t fan_out, uint64_t seed,
+                              engine::DType dtype = engine::DType::f32);
+// orthogonal: the Q factor of the QR decomposition (Householder) of a Gaussian rows x cols matrix, with the
+// signs fixed by R's diagonal, as Keras's Orthogonal(gain=1): orthonormal columns when rows >= cols, else
+// orthonormal rows. The result has `shape`, which must hold rows * cols elements, read row-major.
+engine::Tensor orthogonal(const engine::Shape& shape, int64_t rows, int64_t cols, uint64_t seed,
+                          engine::DType dtype = engine::DType::f32);
+
+}  // namespace trainer::models

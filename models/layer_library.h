@@ -1,0 +1,115 @@
+// The layer library's inside: how a Keras layer is declared (signature, inputs, builder) and the helpers its
+// builder uses to add weights, track the layout of images and apply activations. build.cpp drives it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/ir/graph.h"
+#include "models/args.h"
+#include "models/build.h"
+#include "models/initializers.h"
+
+namespace trainer::models {
+
+// A layer's output as the builder tracks it. A rank-3 image ([H, W, C] in Keras's terms) is held either as
+// [N, C, H, W] (channels_first, what Conv and pooling take) or as [N, H, W, C]; everything else is
+// [N] + shape. Layers convert between the two only where they must (see to_channels_first).
+struct LayerValue {
+  engine::ValueId value = engine::kNoValue;
+  std::vector<int64_t> shape;  // per sample, Keras-style (channels last)
+  bool channels_first = false;
+  // The layer's closing activation ("" when it has none) and, for softmax and sigmoid, the value before it.
+  std::string activation;
+  engine::ValueId pre_activation = engine::kNoValue;
+};
+
+// "(None, 28, 28, 1)": a per-sample shape with the batch, as Keras prints it.
+std::string keras_shape(const std::vector<int64_t>& shape);
+
+class LayerBuilder {
+ public:
+  LayerBuilder(engine::Graph& graph, const BuildOptions& options, const formats::LayerSpec& spec,
+               const LayerArgs& args, LayerInfo& info);
+
+  engine::Graph& graph;
+  const BuildOptions& options;
+  const formats::LayerSpec& spec;
+  const LayerArgs& args;
+  LayerInfo& info;
+
+  const std::string& name() const { return spec.name; }
+  // Weights are named "<layer>/<suffix>" (Keras's names: kernel, bias, gamma, ...) and counted in info.
+  engine::ValueId weight(const std::string& suffix, engine::Tensor init);
+  // A weight initialized by the initializer named in argument `init_arg`, seeded by its own name.
+  engine::ValueId weight(const std::string& suffix, const std::string& init_arg, const engine::Shape& shape,
+                         const WeightFans& fans);
+  // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
+  engine::ValueId state(const std::string& suffix, engine::Tensor init);
+  engine::ValueId constant(const std::string& suffix, engine::Tensor value);
+  // A 1-D int64 constant (Reshape's shape).
+  engine::ValueId shape_constant(const std::string& suffix, const std::vector<int64_t>& dims);
+  uint64_t seed(const std::string& suffix) const;
+  bool trainable() const;
+
+  // Argument helpers that validate values, failing at the argument's position.
+  int64_t positive(const std::string& arg) const;
+  std::vector<int64_t> positive_pair(const std::string& arg) const;
+  std::string choice(const std::string& arg, const std::vector<std::string>& options) const;  // lower case
+  std::string activation_name(const std::string& arg = "activation") const;  // canonical
+  std::string initializer(const std::string& arg) const;                     // canonical
+
+  // The IR shape of a value: [N, C, H, W] or [N] + shape.
+  engine::Shape ir_shape(const LayerValue& x) const;
+  // The IR axis of per-sample Keras axis k (0-based, without the batch).
+  int ir_axis(const LayerValue& x, int k) const;
+  // Layout changes of a rank-3 image. A Reshape when C == 1 or H * W == 1 (the bytes are already in order),
+  // else a Transpose.
+  LayerValue to_channels_first(const LayerValue& x);
+  LayerValue to_channels_last(const LayerValue& x);
+  // Applies activation `name` (canonical) along the channel axis for softmax; records it in the result.
+  LayerValue activate(LayerValue x, const std::string& name);
+  // Reshapes a channels-last value to per-sample `shape` (row-major, as Keras's Reshape).
+  LayerValue reshape(const LayerValue& x, const std::vector<int64_t>& shape);
+  // Adds a node named "<layer>/<Op>"; returns its first output.
+  engine::ValueId op(const std::string& op, std::vector<engine::ValueId> inputs, engine::Attributes attrs = {});
+  engine::NodeId node(const std::string& op, std::vector<engine::ValueId> inputs, engine::Attributes attrs,
+                      int num_outputs);
+
+  [[noreturn]] void fail(const std::string& arg, const std::string& what, const std::string& hint = {}) const {
+    args.fail(arg, what, hint);
+  }
+  [[noreturn]] void fail_layer(const std::string& what, const std::string& hint = {}) const {
+    args.fail_layer(what, hint);
+  }
+
+ private:
+  engine::ValueId counted(engine::ValueId v, bool trainable);
+};
+
+using BuildFn = LayerValue (*)(LayerBuilder& b, const std::vector<LayerValue>& inputs);
+
+struct LayerDef {
+  std::string type;       // Keras class name
+  std::string base_name;  // Keras's generated layer name: "dense", "conv2d", "max_pooling2d", ...
+  std::vector<ArgDecl> args;
+  int min_inputs = 1;
+  int max_inputs = 1;  // -1: any number
+  bool takes_ids = false;  // Embedding: integer token ids in; every other layer takes floats
+  BuildFn build = nullptr;
+};
+
+// Registration, one function per source file.
+void add_core_layers(std::vector<LayerDef>& defs);       // layers_core.cpp
+void add_conv_layers(std::vector<LayerDef>& defs);       // layers_conv.cpp
+void add_recurrent_layers(std::vector<LayerDef>& defs);  // layers_recurrent.cpp
+// Every layer, in the order above; `trainable` is appended to each signature.
+const std::vector<LayerDef>& layer_defs();
+
+// The activations Keras's `activation` arguments accept here; "None" means linear.
+const std::vector<std::string>& activation_names();
+// The IR op (and attributes) of a non-linear activation; false for an unknown name (layers.cpp).
+bool activation_op(const std::string& name, int64_t softmax_axis, std::string* op, engine::Attributes* attrs);
+
+}  // namespace trainer::models
