@@ -130,15 +130,14 @@ std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_by
   return out.finish();
 }
 
-std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, const std::string& name,
-                                         int64_t spill_bytes) {
+std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, uint32_t expected_crc,
+                                         const std::string& name, int64_t spill_bytes) {
   SpillWriter out(spill_bytes, name);
   z_stream z{};
   if (inflateInit2(&z, -15) != Z_OK) throw RuntimeError("zlib: inflateInit2 failed");
   std::vector<uint8_t> block(kWriteBlock);
   size_t in_pos = 0;
   uLong crc = crc32(0, nullptr, 0);
-  (void)crc;
   for (;;) {
     const size_t chunk = std::min<size_t>(size - in_pos, size_t{1} << 30);
     z.next_in = const_cast<Bytef*>(data + in_pos);
@@ -147,7 +146,9 @@ std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint6
     z.avail_out = static_cast<uInt>(block.size());
     int rc = inflate(&z, Z_NO_FLUSH);
     in_pos += chunk - z.avail_in;
-    out.append(block.data(), block.size() - z.avail_out);
+    const size_t produced = block.size() - z.avail_out;
+    crc = crc32(crc, block.data(), static_cast<uInt>(produced));
+    out.append(block.data(), produced);
     if (rc == Z_STREAM_END) break;
     const bool stuck = rc == Z_BUF_ERROR && in_pos >= size;
     if ((rc != Z_OK && rc != Z_BUF_ERROR) || stuck || (in_pos >= size && z.avail_out != 0)) {
@@ -161,6 +162,11 @@ std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint6
   if (out.size() != expected) {
     throw InputError(name, fmt::format("decompresses to {} bytes; the archive's directory says {}", out.size(),
                                        expected));
+  }
+  if (static_cast<uint32_t>(crc) != expected_crc) {
+    throw InputError(name, fmt::format("CRC-32 {:08x} does not match the archive's {:08x}", static_cast<uint32_t>(crc),
+                                       expected_crc),
+                     "the archive is damaged: write it again");
   }
   return out.finish();
 }
@@ -202,6 +208,11 @@ void SpillWriter::flush() {
     off += static_cast<size_t>(w);
   }
   buf_.clear();
+  // The in-memory phase may have grown the buffer to the threshold; writing needs one block.
+  if (buf_.capacity() > 4 * kWriteBlock) {
+    std::vector<uint8_t>().swap(buf_);
+    buf_.reserve(kWriteBlock);
+  }
 }
 
 std::shared_ptr<const Bytes> SpillWriter::finish() {

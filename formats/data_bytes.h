@@ -43,9 +43,10 @@ std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_by
 // Whether the file starts with the gzip magic bytes.
 bool is_gzip(const Bytes& b);
 
-// Inflates a raw deflate stream (a zip member) that must produce exactly `expected` bytes. `name` names it in errors.
-std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, const std::string& name,
-                                         int64_t spill_bytes = kDefaultSpillBytes);
+// Inflates a raw deflate stream (a zip member) that must produce exactly `expected` bytes with CRC-32
+// `expected_crc`. `name` names it in errors.
+std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, uint32_t expected_crc,
+                                         const std::string& name, int64_t spill_bytes = kDefaultSpillBytes);
 
 // Collects bytes in memory until they pass `spill_bytes`, then in an unlinked temporary file.
 class SpillWriter {

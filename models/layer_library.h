@@ -23,6 +23,7 @@ struct LayerValue {
   // The layer's closing activation ("" when it has none) and, for softmax and sigmoid, the value before it.
   std::string activation;
   engine::ValueId pre_activation = engine::kNoValue;
+  std::string from;  // the layer that produced it ("input" for the model's input), for messages
 };
 
 // "(None, 28, 28, 1)": a per-sample shape with the batch, as Keras prints it.

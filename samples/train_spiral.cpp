@@ -18,7 +18,7 @@ using namespace trainer::engine;
 int main() {
   const int classes = 3, per_class = 200, batch = 60, epochs = 40;
   const uint64_t seed = 7;
-  data::Dataset ds = data::spirals(per_class, classes, 0.2f, seed);
+  data::Synthetic ds = data::spirals(per_class, classes, 0.2f, seed);
   const int64_t n = ds.x.shape()[0];
 
   Graph g;

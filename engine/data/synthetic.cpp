@@ -20,9 +20,9 @@ struct Rng {
 
 }  // namespace
 
-Dataset spirals(int per_class, int classes, float noise, uint64_t seed) {
+Synthetic spirals(int per_class, int classes, float noise, uint64_t seed) {
   int n = per_class * classes;
-  Dataset d{Tensor(DType::f32, Shape{n, 2}), Tensor(DType::i64, Shape{n})};
+  Synthetic d{Tensor(DType::f32, Shape{n, 2}), Tensor(DType::i64, Shape{n})};
   float* x = d.x.data<float>();
   int64_t* y = d.y.data<int64_t>();
   Rng rng{seed};
@@ -39,8 +39,8 @@ Dataset spirals(int per_class, int classes, float noise, uint64_t seed) {
   return d;
 }
 
-Dataset first_sign_sequences(int n, int length, uint64_t seed) {
-  Dataset d{Tensor(DType::f32, Shape{n, length, 1}), Tensor(DType::i64, Shape{n})};
+Synthetic first_sign_sequences(int n, int length, uint64_t seed) {
+  Synthetic d{Tensor(DType::f32, Shape{n, length, 1}), Tensor(DType::i64, Shape{n})};
   float* x = d.x.data<float>();
   int64_t* y = d.y.data<int64_t>();
   Rng rng{seed};

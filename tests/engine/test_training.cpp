@@ -46,7 +46,7 @@ struct MlpRun {
 // parameters.
 MlpRun train_mlp(bool regularized, uint64_t seed, int epochs) {
   const int batch = 50, classes = 3;
-  data::Dataset ds = data::spirals(100, classes, 0.1f, 3);
+  data::Synthetic ds = data::spirals(100, classes, 0.1f, 3);
   const int64_t n = ds.x.shape()[0];
   auto build = [&](Graph& g, bool training, int64_t b) {
     ValueId x = g.add_input("x", DType::f32, Shape{b, 2});
@@ -153,7 +153,7 @@ TEST_SUITE("training") {
 
   TEST_CASE("training: an LSTM classifies sequences by their first value") {
     const int batch = 32, len = 8, hidden = 16, n = 512;
-    data::Dataset ds = data::first_sign_sequences(n, len, 21);
+    data::Synthetic ds = data::first_sign_sequences(n, len, 21);
     Graph g;
     // ONNX LSTM with layout = 1 takes [batch, seq, features], as Keras does.
     ValueId x = g.add_input("x", DType::f32, Shape{batch, len, 1});
@@ -205,7 +205,7 @@ TEST_SUITE("training") {
     TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
     auto backend = make_cpu_backend();
     Trainer tr(std::move(tg), *backend, 1, opt);
-    data::Dataset ds = data::spirals(32, 3, 0.1f, 1);
+    data::Synthetic ds = data::spirals(32, 3, 0.1f, 1);
     Tensor bx = rows(ds.x, 0, batch), by = rows(ds.y, 0, batch);
     tr.feed(x, bx);
     tr.feed(y, by);

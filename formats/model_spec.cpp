@@ -1,0 +1,936 @@
+// Reads a model spec: toml++ parses the text, --set overrides are merged into the document, then every table is
+// checked against its schema so that a mistake is reported at its file:line:col with a did-you-mean hint.
+#include "formats/model_spec.h"
+
+#include <fmt/format.h>
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "engine/util/error.h"
+#include "formats/model_spec_text.h"
+
+namespace trainer::formats {
+
+using spec_text::join;
+using spec_text::nearest;
+using spec_text::toml_float;
+using spec_text::toml_key;
+using spec_text::toml_string;
+
+namespace {
+
+using Keys = std::vector<std::string_view>;
+
+constexpr std::string_view kSetPrefix = "--set ";
+
+// The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
+const Keys kRootKeys = {"format_version", "model", "data", "train"};
+const Keys kModelKeys = {"input", "layers"};
+const Keys kInputKeys = {"shape", "dtype"};
+const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
+const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
+const Keys kTrainKeys = {"loss",       "from_logits", "metrics", "top_k",         "epochs",
+                         "batch_size", "seed",        "optimizer", "early_stopping"};
+const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1", "beta_2",       "epsilon", "momentum",
+                             "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
+const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
+                            "decay_rate", "staircase", "alpha", "warmup_steps"};
+const Keys kEarlyStoppingKeys = {"monitor", "mode", "min_delta", "patience", "restore_best_weights"};
+
+// Every table of the schema, to tell a user who put a key in the wrong table where it belongs.
+const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
+    {"the top level", &kRootKeys},
+    {"[model]", &kModelKeys},
+    {"[model.input]", &kInputKeys},
+    {"[data]", &kDataKeys},
+    {"[data.train], [data.validation] and [data.test]", &kSourceKeys},
+    {"[train]", &kTrainKeys},
+    {"[train.optimizer]", &kOptimizerKeys},
+    {"[train.optimizer.schedule]", &kScheduleKeys},
+    {"[train.early_stopping]", &kEarlyStoppingKeys},
+};
+
+const Keys kDtypes = {"float32", "int32", "int64"};
+const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv"};
+const Keys kLosses = {"sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
+                      "mse", "mae", "mean_squared_error", "mean_absolute_error"};
+const Keys kMetrics = {"accuracy", "top_k_accuracy"};
+const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop"};
+const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
+const Keys kModes = {"auto", "min", "max"};
+
+// Which optimizer and schedule keys apply to which kind: a key that does not apply is an error, as an unexpected
+// keyword argument is in Keras, rather than a setting silently ignored.
+const std::map<std::string_view, Keys> kOptimizerArgs = {
+    {"sgd", {"learning_rate", "momentum", "nesterov", "weight_decay", "clipnorm"}},
+    {"adam", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
+    {"adamw", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
+    {"rmsprop", {"learning_rate", "rho", "momentum", "epsilon", "weight_decay", "clipnorm"}},
+};
+const std::map<std::string_view, Keys> kScheduleArgs = {
+    {"constant", {"warmup_steps"}},
+    {"step", {"step_size", "gamma", "warmup_steps"}},
+    {"exponential", {"decay_steps", "decay_rate", "staircase", "warmup_steps"}},
+    {"cosine", {"decay_steps", "alpha", "warmup_steps"}},
+};
+
+bool contains(const Keys& keys, std::string_view k) { return std::find(keys.begin(), keys.end(), k) != keys.end(); }
+
+std::string type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    default: return "nothing";
+  }
+}
+
+// "a string (\"10\")": the type and, for scalars, the value, so the user sees what was read.
+std::string describe(const toml::node& n) {
+  if (auto* s = n.as_string()) {
+    std::string v = s->get();
+    if (v.size() > 40) v = v.substr(0, 37) + "...";
+    return fmt::format("a string ({})", toml_string(v));
+  }
+  if (auto* i = n.as_integer()) return fmt::format("an integer ({})", i->get());
+  if (auto* f = n.as_floating_point()) return fmt::format("a float ({})", toml_float(f->get()));
+  if (auto* b = n.as_boolean()) return fmt::format("a boolean ({})", b->get());
+  return type_name(n);
+}
+
+std::string trim(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return std::string(s.substr(b, e - b));
+}
+
+// Positions: file:line:col from toml++'s source regions; values from --set carry the override as their place.
+class Reader {
+ public:
+  explicit Reader(std::string file) : file_(std::move(file)) {}
+
+  SourcePos region(const toml::source_region& r) const {
+    if (r.path && r.path->starts_with(kSetPrefix)) return SourcePos{*r.path, 0, 0};
+    if (!r.begin) return SourcePos{file_, 0, 0};
+    return SourcePos{file_, static_cast<int>(r.begin.line), static_cast<int>(r.begin.column)};
+  }
+  SourcePos pos(const toml::node& n) const {
+    auto it = synthetic_.find(&n);
+    return it != synthetic_.end() ? it->second : region(n.source());
+  }
+  // A key's own position, or its value's where toml++ has none for the key.
+  SourcePos pos(const toml::key& k, const toml::node& v) const {
+    SourcePos p = region(k.source());
+    return p.line > 0 || from_set(p) ? p : pos(v);
+  }
+  static bool from_set(const SourcePos& p) { return p.line == 0 && p.file.starts_with(kSetPrefix); }
+  SourcePos file() const { return SourcePos{file_, 0, 0}; }
+
+  // Tables made from a shorthand (`input = [28, 28, 1]`) take the position of the value they replace.
+  void set_pos(const toml::node& n, SourcePos p) { synthetic_[&n] = std::move(p); }
+
+  [[noreturn]] void fail(const SourcePos& where, std::string what, std::string hint = {}) const {
+    throw InputError(where.str(), std::move(what), std::move(hint));
+  }
+
+ private:
+  std::string file_;
+  std::map<const toml::node*, SourcePos> synthetic_;
+};
+
+// "did you mean 'x'?", or the list of valid names.
+std::string choice_hint(std::string_view word, const Keys& valid, std::string_view quote = "'") {
+  if (auto n = nearest(word, valid)) return fmt::format("did you mean {}{}{}?", quote, *n, quote);
+  return fmt::format("expected one of: {}", join(valid));
+}
+
+// One TOML table checked against its schema. The constructor rejects unknown keys; the getters check types.
+class Table {
+ public:
+  Table(const Reader& r, const toml::node& node, std::string path, const Keys& keys)
+      : r_(r), node_(node), path_(std::move(path)) {
+    t_ = node.as_table();
+    if (!t_)
+      r_.fail(r_.pos(node), fmt::format("{} must be a table, not {}", path_, describe(node)),
+              fmt::format("write it as a [{}] section", path_));
+    for (auto&& [k, v] : *t_) {
+      if (contains(keys, k.str())) continue;
+      unknown_key(k, v, keys);
+    }
+  }
+
+  const toml::node* find(std::string_view key) const { return t_->get(key); }
+  const toml::table& table() const { return *t_; }
+  SourcePos pos() const { return r_.pos(node_); }
+  SourcePos pos(std::string_view key) const { return r_.pos(*find(key)); }
+  std::string name(std::string_view key) const {
+    return path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key);
+  }
+  std::string label() const { return path_.empty() ? "the top level" : fmt::format("[{}]", path_); }
+
+  [[noreturn]] void fail(std::string_view key, std::string what, std::string hint = {}) const {
+    r_.fail(pos(key), std::move(what), std::move(hint));
+  }
+
+  bool get(std::string_view key, int64_t& out) const {
+    const toml::node* n = find(key);
+    if (!n) return false;
+    if (auto* v = n->as_integer()) {
+      out = v->get();
+      return true;
+    }
+    wrong_type(key, *n, "an integer");
+  }
+  // Integers are accepted where a float is expected ("learning_rate = 1"); infinities and NaN are not.
+  bool get(std::string_view key, double& out) const {
+    const toml::node* n = find(key);
+    if (!n) return false;
+    if (auto* v = n->as_floating_point())
+      out = v->get();
+    else if (auto* i = n->as_integer())
+      out = static_cast<double>(i->get());
+    else
+      wrong_type(key, *n, "a number");
+    if (!std::isfinite(out)) fail(key, fmt::format("{} must be a finite number, not {}", name(key), describe(*n)));
+    return true;
+  }
+  bool get(std::string_view key, bool& out) const {
+    const toml::node* n = find(key);
+    if (!n) return false;
+    if (auto* v = n->as_boolean()) {
+      out = v->get();
+      return true;
+    }
+    wrong_type(key, *n, "a boolean (true or false)");
+  }
+  bool get(std::string_view key, std::string& out) const {
+    const toml::node* n = find(key);
+    if (!n) return false;
+    if (auto* v = n->as_string()) {
+      out = v->get();
+      return true;
+    }
+    wrong_type(key, *n, "a string");
+  }
+  // A string one of `valid`.
+  bool get_choice(std::string_view key, std::string& out, const Keys& valid, std::string_view what) const {
+    if (!get(key, out)) return false;
+    if (!contains(valid, out)) fail(key, fmt::format("unknown {} '{}'", what, out), choice_hint(out, valid));
+    return true;
+  }
+  // A string or an array of strings.
+  bool get_strings(std::string_view key, std::vector<std::string>& out) const {
+    const toml::node* n = find(key);
+    if (!n) return false;
+    out.clear();
+    if (auto* s = n->as_string()) {
+      out.push_back(s->get());
+      return true;
+    }
+    auto* a = n->as_array();
+    if (!a) wrong_type(key, *n, "a string or an array of strings");
+    for (const toml::node& e : *a) {
+      auto* s = e.as_string();
+      if (!s)
+        r_.fail(r_.pos(e), fmt::format("{} must hold strings, not {}", name(key), describe(e)),
+                "quote each entry: [\"a\", \"b\"]");
+      out.push_back(s->get());
+    }
+    return true;
+  }
+  // A number or an array of numbers.
+  bool get_numbers(std::string_view key, std::vector<double>& out) const {
+    const toml::node* n = find(key);
+    if (!n) return false;
+    out.clear();
+    auto number = [&](const toml::node& e) {
+      double v;
+      if (auto* f = e.as_floating_point())
+        v = f->get();
+      else if (auto* i = e.as_integer())
+        v = static_cast<double>(i->get());
+      else
+        r_.fail(r_.pos(e), fmt::format("{} must hold numbers, not {}", name(key), describe(e)));
+      if (!std::isfinite(v)) r_.fail(r_.pos(e), fmt::format("{} must hold finite numbers", name(key)));
+      out.push_back(v);
+    };
+    if (auto* a = n->as_array()) {
+      for (const toml::node& e : *a) number(e);
+    } else if (n->is_number()) {
+      number(*n);
+    } else {
+      wrong_type(key, *n, "a number or an array of numbers");
+    }
+    return true;
+  }
+
+  [[noreturn]] void wrong_type(std::string_view key, const toml::node& n, std::string_view expected) const {
+    std::string hint;
+    if (auto* s = n.as_string()) {
+      // A quoted number or boolean: say how to write it.
+      const std::string v = trim(s->get());
+      auto parsed = toml::parse("v = " + v);
+      bool plain = false;
+      try {
+        plain = parsed.size() == 1 && parsed.get("v") && !parsed.get("v")->is_string() &&
+                !parsed.get("v")->is_table() && !parsed.get("v")->is_array();
+      } catch (...) {
+      }
+      if (plain) hint = fmt::format("write it without quotes: {} = {}", key, v);
+    } else if (auto* f = n.as_floating_point(); f && expected == "an integer" && std::isfinite(f->get()) &&
+                                                 f->get() == std::floor(f->get())) {
+      hint = fmt::format("write it without a decimal point: {} = {}", key, static_cast<int64_t>(f->get()));
+    } else if (expected == "a string" && !n.is_table() && !n.is_array()) {
+      hint = "put the value in quotes";
+    }
+    r_.fail(r_.pos(n), fmt::format("{} must be {}, not {}", name(key), expected, describe(n)), hint);
+  }
+
+ private:
+  [[noreturn]] void unknown_key(const toml::key& k, const toml::node& v, const Keys& keys) const {
+    const SourcePos where = r_.pos(k, v);
+    const std::string key = std::string(k.str());
+    std::string hint;
+    if (auto n = nearest(key, keys)) {
+      hint = fmt::format("did you mean '{}'?", Reader::from_set(where) ? name(*n) : *n);
+    } else {
+      for (const auto& [label, other] : kAllTables)
+        if (other != &keys && contains(*other, key)) hint = fmt::format("'{}' belongs in {}", key, label);
+      if (hint.empty()) hint = fmt::format("{} takes: {}", label(), join(keys));
+    }
+    if (Reader::from_set(where)) r_.fail(where, fmt::format("unknown key '{}'", name(key)), hint);
+    r_.fail(where, fmt::format("unknown key '{}' in {}", key, label()), hint);
+  }
+
+  const Reader& r_;
+  const toml::node& node_;
+  const toml::table* t_ = nullptr;
+  std::string path_;
+};
+
+// --- shorthands and overrides --------------------------------------------------------------------------------
+
+// `model.input = [28, 28, 1]` becomes `{ shape = [28, 28, 1] }` and `train.optimizer = "sgd"` becomes
+// `{ name = "sgd" }`, so that overrides can reach into them and the checks see one form.
+void expand_shorthand(Reader& r, toml::table& doc, std::string_view section, std::string_view key,
+                      std::string_view inner) {
+  toml::table* sec = doc.get_as<toml::table>(section);
+  if (!sec) return;
+  toml::node* v = sec->get(key);
+  if (!v || v->is_table() || !(v->is_array() || v->is_string())) return;
+  const SourcePos p = r.pos(*v);
+  const toml::source_region src = v->source();
+  toml::table t;
+  v->visit([&](auto& n) {
+    if constexpr (!std::is_same_v<std::remove_cvref_t<decltype(n)>, toml::table>)
+      t.insert_or_assign(toml::key(inner, src), std::move(n));
+  });
+  // The moved-from value left its position behind in the shorthand's own map entry only; restore it.
+  if (toml::node* moved = t.get(inner); moved && !r.pos(*moved).line && !Reader::from_set(r.pos(*moved)))
+    r.set_pos(*moved, p);
+  sec->insert_or_assign(std::string(key), std::move(t));
+  r.set_pos(*sec->get(key), p);
+}
+
+void expand_shorthands(Reader& r, toml::table& doc) {
+  expand_shorthand(r, doc, "model", "input", "shape");
+  expand_shorthand(r, doc, "train", "optimizer", "name");
+}
+
+// Merges one --set KEY=VALUE into the document. The value is parsed as TOML with the override text as its
+// source path, so everything it creates reports "--set KEY=VALUE" as its place.
+void apply_override(Reader& r, toml::table& doc, const std::string& text) {
+  const std::string origin = std::string(kSetPrefix) + text;
+  const SourcePos where{origin, 0, 0};
+  const size_t eq = text.find('=');
+  if (eq == std::string::npos)
+    r.fail(where, "--set expects KEY=VALUE", "for example --set train.optimizer.learning_rate=3e-4");
+  const std::string key = trim(std::string_view(text).substr(0, eq));
+  const std::string value = trim(std::string_view(text).substr(eq + 1));
+  std::vector<std::string> segs;
+  for (size_t b = 0;;) {
+    const size_t e = key.find('.', b);
+    segs.push_back(trim(std::string_view(key).substr(b, e == std::string::npos ? e : e - b)));
+    if (segs.back().empty())
+      r.fail(where, fmt::format("--set has an empty part in the key '{}'", key),
+             "write the dotted path of a key, e.g. train.epochs");
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+
+  // VALUE as TOML when it is one TOML value; otherwise the text itself, as a bare string ("mse", "data/x.npy").
+  std::string value_toml = toml_string(value);
+  try {
+    toml::table probe = toml::parse("v = " + value);
+    if (probe.size() == 1 && probe.get("v")) value_toml = value;
+  } catch (const toml::parse_error&) {
+  }
+  std::string line;
+  for (const std::string& s : segs) line += (line.empty() ? "" : ".") + toml_key(s);
+  line += " = " + value_toml;
+  toml::table ovr = toml::parse(line, std::string(origin));
+
+  toml::node* cur = &doc;
+  toml::table* ocur = &ovr;
+  std::string walked;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const std::string& seg = segs[i];
+    auto oit = ocur->find(seg);
+    toml::node& onode = oit->second;
+    const bool last = i + 1 == segs.size();
+    toml::node* next = nullptr;
+    if (toml::table* tbl = cur->as_table()) {
+      next = tbl->get(seg);
+      if (last || !next) {
+        onode.visit([&](auto& n) { tbl->insert_or_assign(toml::key(oit->first), std::move(n)); });
+        return;
+      }
+    } else if (toml::array* arr = cur->as_array()) {
+      size_t idx = 0;
+      auto [p, ec] = std::from_chars(seg.data(), seg.data() + seg.size(), idx);
+      if (ec != std::errc() || p != seg.data() + seg.size() || idx >= arr->size())
+        r.fail(where,
+               arr->empty() ? fmt::format("cannot set '{}': '{}' is an empty array", key, walked)
+                            : fmt::format("cannot set '{}': '{}' is an array and '{}' is not an index from 0 to {}",
+                                          key, walked, seg, arr->size() - 1),
+               fmt::format("for example --set {}.0.{}", walked, last ? "units=64" : segs.back() + "=" + value));
+      if (last) {
+        onode.visit([&](auto& n) { arr->replace(arr->cbegin() + static_cast<ptrdiff_t>(idx), std::move(n)); });
+        return;
+      }
+      next = arr->get(idx);
+    }
+    walked += (walked.empty() ? "" : ".") + seg;
+    if (!next->is_table() && !next->is_array())
+      r.fail(where, fmt::format("cannot set '{}': '{}' is {}, not a table", key, walked, describe(*next)));
+    cur = next;
+    ocur = onode.as_table();
+  }
+}
+
+// --- sections ------------------------------------------------------------------------------------------------
+
+std::vector<int64_t> read_shape(const Reader& r, const toml::node& n, const std::string& what) {
+  auto* a = n.as_array();
+  if (!a)
+    r.fail(r.pos(n), fmt::format("{} must be an array of dimensions, not {}", what, describe(n)),
+           "give the per-sample shape without the batch dimension, e.g. [28, 28, 1]");
+  if (a->empty())
+    r.fail(r.pos(n), fmt::format("{} is empty", what),
+           "give the per-sample shape without the batch dimension, e.g. [28, 28, 1]");
+  std::vector<int64_t> shape;
+  for (const toml::node& e : *a) {
+    auto* i = e.as_integer();
+    if (!i) r.fail(r.pos(e), fmt::format("{} must hold integers, not {}", what, describe(e)));
+    if (i->get() <= 0)
+      r.fail(r.pos(e), fmt::format("{} must hold positive dimensions, not {}", what, i->get()),
+             "the batch dimension is not part of the shape; batch_size sets it");
+    shape.push_back(i->get());
+  }
+  return shape;
+}
+
+InputSpec read_input(const Reader& r, const toml::node& n) {
+  InputSpec in;
+  in.pos = r.pos(n);
+  if (!n.is_table())
+    r.fail(in.pos, fmt::format("model.input must be a shape or a table, not {}", describe(n)),
+           "write input = [28, 28, 1] or input = { shape = [28, 28, 1], dtype = \"float32\" }");
+  Table t(r, n, "model.input", kInputKeys);
+  const toml::node* shape = t.find("shape");
+  if (!shape) r.fail(in.pos, "model.input has no shape", "write input = { shape = [28, 28, 1] }");
+  in.shape = read_shape(r, *shape, "model.input.shape");
+  t.get_choice("dtype", in.dtype, kDtypes, "input dtype");
+  return in;
+}
+
+// Keras's default layer name: the class name in snake_case ("MaxPooling2D" -> "max_pooling2d", "ReLU" -> "re_lu").
+std::string snake_case(const std::string& type) {
+  static const std::regex word("(.)([A-Z][a-z0-9]+)");
+  static const std::regex lower_upper("([a-z])([A-Z])");
+  std::string s = std::regex_replace(std::regex_replace(type, word, "$1_$2"), lower_upper, "$1_$2");
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+ArgValue read_arg(const Reader& r, const toml::node& n, const std::string& what) {
+  if (auto* v = n.as_boolean()) return v->get();
+  if (auto* v = n.as_integer()) return v->get();
+  if (auto* v = n.as_floating_point()) return v->get();
+  if (auto* v = n.as_string()) return v->get();
+  if (auto* a = n.as_array()) {
+    bool ints = true, numbers = true, strings = true;
+    for (const toml::node& e : *a) {
+      ints = ints && e.is_integer();
+      numbers = numbers && e.is_number();
+      strings = strings && e.is_string();
+    }
+    if (ints) {  // also the empty array
+      std::vector<int64_t> out;
+      for (const toml::node& e : *a) out.push_back(e.as_integer()->get());
+      return out;
+    }
+    if (numbers) {
+      std::vector<double> out;
+      for (const toml::node& e : *a) out.push_back(e.value<double>().value());
+      return out;
+    }
+    if (strings) {
+      std::vector<std::string> out;
+      for (const toml::node& e : *a) out.push_back(e.as_string()->get());
+      return out;
+    }
+    r.fail(r.pos(n), fmt::format("{} must be an array of numbers or of strings", what),
+           "layer arguments take scalars and flat arrays of one kind, e.g. kernel_size = [3, 3]");
+  }
+  r.fail(r.pos(n), fmt::format("{} must be a number, a boolean, a string or an array, not {}", what, describe(n)),
+         "layer arguments take scalars and flat arrays, e.g. kernel_initializer = \"he_normal\"");
+}
+
+std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
+  const SourcePos list_pos = r.pos(n);
+  auto* arr = n.as_array();
+  if (!arr)
+    r.fail(list_pos, fmt::format("model.layers must be an array of tables, not {}", describe(n)),
+           "write each layer as its own [[model.layers]] table (double brackets)");
+  if (arr->empty()) r.fail(list_pos, "model.layers is empty", "add one [[model.layers]] table per layer");
+
+  std::vector<LayerSpec> layers;
+  std::vector<std::vector<SourcePos>> input_pos;
+  std::vector<SourcePos> name_pos;
+  std::vector<bool> named;
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const toml::node& e = *arr->get(i);
+    const std::string where = fmt::format("model.layers[{}]", i);
+    auto* t = e.as_table();
+    if (!t)
+      r.fail(r.pos(e), fmt::format("{} must be a table, not {}", where, describe(e)),
+             "write each layer as its own [[model.layers]] table");
+    LayerSpec L;
+    L.pos = r.pos(e);
+    const toml::node* type = t->get("type");
+    if (!type) r.fail(L.pos, fmt::format("{} has no type", where), "give its Keras class, e.g. type = \"Dense\"");
+    if (!type->is_string())
+      r.fail(r.pos(*type), fmt::format("{}.type must be a string, not {}", where, describe(*type)),
+             "give the Keras class in quotes, e.g. type = \"Dense\"");
+    L.type = type->as_string()->get();
+    L.type_pos = r.pos(*type);
+    if (L.type.empty()) r.fail(L.type_pos, fmt::format("{}.type is empty", where), "e.g. type = \"Dense\"");
+
+    SourcePos npos = L.pos;
+    if (const toml::node* name = t->get("name")) {
+      npos = r.pos(*name);
+      if (!name->is_string())
+        r.fail(npos, fmt::format("{}.name must be a string, not {}", where, describe(*name)),
+               "e.g. name = \"block1_conv\"");
+      L.name = name->as_string()->get();
+      // Names become parts of parameter names ("dense/kernel") and of optimizer state ("dense/kernel/adam_m").
+      if (L.name.empty() || std::any_of(L.name.begin(), L.name.end(), [](char c) {
+            return c == '/' || std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c));
+          }))
+        r.fail(npos, fmt::format("{}.name {} is not a valid layer name", where, toml_string(L.name)),
+               "use letters, digits, '_', '-' or '.', without '/' or spaces");
+      if (L.name == "input")
+        r.fail(npos, fmt::format("{}.name 'input' is reserved", where),
+               "'input' stands for the model's input in `inputs`; choose another name");
+    }
+    std::vector<SourcePos> ipos;
+    if (const toml::node* inputs = t->get("inputs")) {
+      auto one = [&](const toml::node& s) {
+        if (!s.is_string())
+          r.fail(r.pos(s), fmt::format("{}.inputs must hold layer names, not {}", where, describe(s)),
+                 "e.g. inputs = [\"conv_a\", \"conv_b\"]");
+        L.inputs.push_back(s.as_string()->get());
+        ipos.push_back(r.pos(s));
+      };
+      if (auto* a = inputs->as_array()) {
+        if (a->empty())
+          r.fail(r.pos(*inputs), fmt::format("{}.inputs is empty", where),
+                 "name the layers it takes, or leave out inputs to take the previous layer");
+        for (const toml::node& s : *a) one(s);
+      } else if (inputs->is_string()) {
+        one(*inputs);
+      } else {
+        r.fail(r.pos(*inputs), fmt::format("{}.inputs must be an array of layer names, not {}", where,
+                                           describe(*inputs)),
+               "e.g. inputs = [\"conv_a\", \"conv_b\"]");
+      }
+    }
+    for (auto&& [k, v] : *t) {
+      const std::string_view key = k.str();
+      if (key == "type" || key == "name" || key == "inputs") continue;
+      L.args.emplace(std::string(key),
+                     Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v)});
+    }
+    named.push_back(!L.name.empty());
+    name_pos.push_back(npos);
+    input_pos.push_back(std::move(ipos));
+    layers.push_back(std::move(L));
+  }
+
+  // Explicit names first: a generated name skips them, so "dense" given to the third layer does not collide.
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!named[i]) continue;
+    auto [it, fresh] = index.emplace(layers[i].name, i);
+    if (!fresh)
+      r.fail(name_pos[i], fmt::format("layer name '{}' is used twice", layers[i].name),
+             fmt::format("model.layers[{}] at {} has it too; names must be unique", it->second,
+                         name_pos[it->second].str()));
+  }
+  std::map<std::string, int> counters;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (named[i]) continue;
+    const std::string base = snake_case(layers[i].type);
+    std::string name;
+    do {
+      const int n = counters[base]++;
+      name = n == 0 ? base : fmt::format("{}_{}", base, n);
+    } while (index.count(name) || name == "input");
+    layers[i].name = name;
+    index.emplace(name, i);
+  }
+
+  // A layer takes the model input or layers defined before it, so the list is already in execution order.
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (size_t j = 0; j < layers[i].inputs.size(); ++j) {
+      const std::string& in = layers[i].inputs[j];
+      if (in == "input") continue;
+      auto it = index.find(in);
+      if (it != index.end() && it->second < i) continue;
+      if (it != index.end())
+        r.fail(input_pos[i][j],
+               it->second == i ? fmt::format("layer '{}' takes itself as input", in)
+                               : fmt::format("layer '{}' takes '{}', which comes later in model.layers",
+                                             layers[i].name, in),
+               "a layer takes the model input or layers listed before it");
+      Keys earlier = {"input"};
+      for (size_t k = 0; k < i; ++k) earlier.push_back(layers[k].name);
+      r.fail(input_pos[i][j], fmt::format("layer '{}' takes '{}', which is not a layer before it", layers[i].name, in),
+             choice_hint(in, earlier));
+    }
+  }
+  return layers;
+}
+
+ModelSection read_model(const Reader& r, const toml::node& n) {
+  Table t(r, n, "model", kModelKeys);
+  ModelSection m;
+  m.pos = t.pos();
+  const toml::node* input = t.find("input");
+  if (!input)
+    r.fail(m.pos, "[model] has no input", "give the per-sample input shape, e.g. input = [28, 28, 1]");
+  m.input = read_input(r, *input);
+  const toml::node* layers = t.find("layers");
+  if (!layers) r.fail(m.pos, "[model] has no layers", "add one [[model.layers]] table per layer");
+  m.layers = read_layers(r, *layers);
+  return m;
+}
+
+DataSource read_source(const Reader& r, const toml::node& n, const std::string& path) {
+  Table t(r, n, path, kSourceKeys);
+  DataSource s;
+  s.pos = t.pos();
+  t.get_choice("format", s.format, kFormats, "data format");
+  if (!t.get_strings("x", s.x))
+    r.fail(s.pos, fmt::format("[{}] has no x", path), "name the feature files, e.g. x = \"train-images-idx3-ubyte.gz\"");
+  if (s.x.empty()) t.fail("x", fmt::format("{}.x is empty", path), "name at least one file");
+  t.get_strings("y", s.y);
+  for (const char* key : {"x", "y"}) {
+    if (!t.find(key)) continue;
+    const auto& files = std::string_view(key) == "x" ? s.x : s.y;
+    for (const std::string& f : files)
+      if (f.empty()) t.fail(key, fmt::format("{} has an empty file name", t.name(key)));
+  }
+  for (const char* key : {"x_key", "y_key"}) {
+    std::string& v = std::string_view(key) == "x_key" ? s.x_key : s.y_key;
+    if (t.get(key, v) && v.empty()) t.fail(key, fmt::format("{} is empty", t.name(key)), "name an array of the .npz");
+  }
+  t.get("header", s.header);
+  if (const toml::node* lc = t.find("label_column")) {
+    if (auto* i = lc->as_integer()) {
+      if (i->get() < 0)
+        t.fail("label_column", fmt::format("{} must be a column name or a 0-based index, not {}",
+                                           t.name("label_column"), i->get()));
+      s.label_column = std::to_string(i->get());
+    } else if (auto* str = lc->as_string()) {
+      s.label_column = str->get();
+      if (s.label_column.empty())
+        t.fail("label_column", fmt::format("{} is empty", t.name("label_column")),
+               "leave it out to take the last column");
+    } else {
+      t.wrong_type("label_column", *lc, "a column name or a 0-based index");
+    }
+  }
+  if (t.get("limit", s.limit) && s.limit < 0)
+    t.fail("limit", fmt::format("{} must be 0 (all samples) or more, not {}", t.name("limit"), s.limit));
+  return s;
+}
+
+DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& model) {
+  Table t(r, n, "data", kDataKeys);
+  DataSection d;
+  d.pos = t.pos();
+  if (const toml::node* s = t.find("train")) d.train = read_source(r, *s, "data.train");
+  if (const toml::node* s = t.find("validation")) d.validation = read_source(r, *s, "data.validation");
+  if (const toml::node* s = t.find("test")) d.test = read_source(r, *s, "data.test");
+  if (!d.train) r.fail(d.pos, "[data] has no [data.train]", "add a [data.train] table with x = \"...\"");
+  if (t.get("validation_split", d.validation_split)) {
+    if (d.validation_split < 0 || d.validation_split >= 1)
+      t.fail("validation_split",
+             fmt::format("data.validation_split must be in [0, 1), not {}", toml_float(d.validation_split)),
+             "it is the fraction of the training samples held out, e.g. 0.1");
+    if (d.validation && d.validation_split > 0)
+      t.fail("validation_split", "data.validation_split and [data.validation] both give a validation set",
+             "keep one of them");
+  }
+  if (t.get("scale", d.scale) && d.scale == 0)
+    t.fail("scale", "data.scale must not be 0", "e.g. scale = 0.00392156862745098 (1/255) for 8-bit images");
+  t.get("shuffle", d.shuffle);
+  // One value for every feature, or one per channel (the last dimension of the input shape).
+  const int64_t channels = model.input.shape.empty() ? 0 : model.input.shape.back();
+  for (const char* key : {"mean", "std"}) {
+    std::vector<double>& v = std::string_view(key) == "mean" ? d.mean : d.std;
+    if (!t.get_numbers(key, v)) continue;
+    if (v.empty()) t.fail(key, fmt::format("data.{} is empty", key), "give one value, or one per channel");
+    if (v.size() > 1 && static_cast<int64_t>(v.size()) != channels)
+      t.fail(key,
+             fmt::format("data.{} has {} values but the input has {} channels (the last dimension of {})", key,
+                         v.size(), channels, fmt::join(model.input.shape, "x")),
+             "give one value, or one per channel");
+    if (std::string_view(key) == "std")
+      for (double s : v)
+        if (s <= 0) t.fail(key, fmt::format("data.std must be positive, not {}", toml_float(s)));
+  }
+  return d;
+}
+
+ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
+  Table t(r, n, "train.optimizer.schedule", kScheduleKeys);
+  ScheduleSpec s;
+  s.pos = t.pos();
+  t.get_choice("kind", s.kind, kSchedules, "schedule kind");
+  const Keys& args = kScheduleArgs.at(s.kind);
+  for (auto&& [k, v] : t.table()) {
+    if (k.str() == "kind" || contains(args, k.str())) continue;
+    r.fail(r.pos(k, v), fmt::format("{} does not apply to the {} schedule", t.name(k.str()), s.kind),
+           fmt::format("the {} schedule takes: {}", s.kind, join(args)));
+  }
+  auto positive = [&](std::string_view key, int64_t& v, bool required) {
+    if (!t.get(key, v)) {
+      if (required)
+        r.fail(s.pos, fmt::format("the {} schedule needs {}", s.kind, key),
+               fmt::format("add {} = <steps> to [train.optimizer.schedule]", key));
+      return;
+    }
+    if (v <= 0) t.fail(key, fmt::format("{} must be positive, not {}", t.name(key), v));
+  };
+  if (s.kind == "step") positive("step_size", s.step_size, true);
+  if (s.kind == "exponential" || s.kind == "cosine") positive("decay_steps", s.decay_steps, true);
+  if (t.get("gamma", s.gamma) && s.gamma <= 0)
+    t.fail("gamma", fmt::format("{} must be positive, not {}", t.name("gamma"), toml_float(s.gamma)));
+  if (t.get("decay_rate", s.decay_rate) && s.decay_rate <= 0)
+    t.fail("decay_rate", fmt::format("{} must be positive, not {}", t.name("decay_rate"), toml_float(s.decay_rate)));
+  t.get("staircase", s.staircase);
+  if (t.get("alpha", s.alpha) && (s.alpha < 0 || s.alpha > 1))
+    t.fail("alpha", fmt::format("{} must be in [0, 1], not {}", t.name("alpha"), toml_float(s.alpha)),
+           "it is the final learning rate as a fraction of the initial one");
+  if (t.get("warmup_steps", s.warmup_steps) && s.warmup_steps < 0)
+    t.fail("warmup_steps", fmt::format("{} must be 0 or more, not {}", t.name("warmup_steps"), s.warmup_steps));
+  return s;
+}
+
+OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
+  Table t(r, n, "train.optimizer", kOptimizerKeys);
+  OptimizerSpec o;
+  o.pos = t.pos();
+  t.get_choice("name", o.name, kOptimizers, "optimizer");
+  const Keys& args = kOptimizerArgs.at(o.name);
+  for (auto&& [k, v] : t.table()) {
+    if (k.str() == "name" || k.str() == "schedule" || contains(args, k.str())) continue;
+    r.fail(r.pos(k, v), fmt::format("{} does not apply to {}", t.name(k.str()), o.name),
+           fmt::format("{} takes: {}", o.name, join(args)));
+  }
+  if (o.name == "adamw") o.weight_decay = 0.004;  // Keras's AdamW default
+  auto check = [&](std::string_view key, double& v, bool ok, std::string_view range) {
+    if (t.get(key, v) && !ok(v))
+      t.fail(key, fmt::format("{} must be {}, not {}", t.name(key), range, toml_float(v)));
+  };
+  (void)check;
+  struct Rule {
+    std::string_view key;
+    double* value;
+    bool (*ok)(double);
+    std::string_view range;
+  };
+  const Rule rules[] = {
+      {"learning_rate", &o.learning_rate, [](double v) { return v > 0; }, "positive"},
+      {"beta_1", &o.beta_1, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)"},
+      {"beta_2", &o.beta_2, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)"},
+      {"epsilon", &o.epsilon, [](double v) { return v > 0; }, "positive"},
+      {"momentum", &o.momentum, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)"},
+      {"rho", &o.rho, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)"},
+      {"weight_decay", &o.weight_decay, [](double v) { return v >= 0; }, "0 or more"},
+      {"clipnorm", &o.clipnorm, [](double v) { return v >= 0; }, "0 (no clipping) or more"},
+  };
+  for (const Rule& rule : rules)
+    if (t.get(rule.key, *rule.value) && !rule.ok(*rule.value))
+      t.fail(rule.key, fmt::format("{} must be {}, not {}", t.name(rule.key), rule.range, toml_float(*rule.value)));
+  t.get("nesterov", o.nesterov);
+  if (const toml::node* s = t.find("schedule")) o.schedule = read_schedule(r, *s);
+  return o;
+}
+
+EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n, const std::vector<std::string>& metrics,
+                                      const DataSection* data) {
+  Table t(r, n, "train.early_stopping", kEarlyStoppingKeys);
+  EarlyStoppingSpec e;
+  e.enabled = true;
+  e.pos = t.pos();
+  std::vector<std::string> names = {"loss"};
+  for (const std::string& m : metrics) names.push_back(m);
+  std::vector<std::string> monitors = names;
+  for (const std::string& m : names) monitors.push_back("val_" + m);
+  if (t.get("monitor", e.monitor)) {
+    if (std::find(monitors.begin(), monitors.end(), e.monitor) == monitors.end())
+      t.fail("monitor", fmt::format("train.early_stopping.monitor '{}' is not a reported quantity", e.monitor),
+             choice_hint(e.monitor, Keys(monitors.begin(), monitors.end())));
+  }
+  const bool has_validation = data && (data->validation || data->validation_split > 0);
+  if (data && e.monitor.starts_with("val_") && !has_validation)
+    r.fail(t.find("monitor") ? t.pos("monitor") : e.pos,
+           fmt::format("early stopping monitors '{}' but [data] has no validation set", e.monitor),
+           fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", e.monitor.substr(4)));
+  t.get_choice("mode", e.mode, kModes, "early-stopping mode");
+  if (t.get("min_delta", e.min_delta) && e.min_delta < 0)
+    t.fail("min_delta", fmt::format("train.early_stopping.min_delta must be 0 or more, not {}", toml_float(e.min_delta)));
+  if (t.get("patience", e.patience) && e.patience < 0)
+    t.fail("patience", fmt::format("train.early_stopping.patience must be 0 or more, not {}", e.patience));
+  t.get("restore_best_weights", e.restore_best_weights);
+  return e;
+}
+
+TrainSection read_train(const Reader& r, const toml::node& n, const DataSection* data) {
+  Table t(r, n, "train", kTrainKeys);
+  TrainSection s;
+  s.pos = t.pos();
+  if (!t.get_choice("loss", s.loss, kLosses, "loss"))
+    r.fail(s.pos, "[train] has no loss", "e.g. loss = \"sparse_categorical_crossentropy\"");
+  s.loss_pos = t.pos("loss");
+  if (s.loss == "mean_squared_error") s.loss = "mse";
+  if (s.loss == "mean_absolute_error") s.loss = "mae";
+  t.get("from_logits", s.from_logits);
+  if (t.get_strings("metrics", s.metrics)) {
+    const toml::node* mn = t.find("metrics");
+    for (size_t i = 0; i < s.metrics.size(); ++i) {
+      const SourcePos mp = mn->is_array() ? r.pos(*mn->as_array()->get(i)) : r.pos(*mn);
+      const std::string& m = s.metrics[i];
+      if (m == "loss")
+        r.fail(mp, "'loss' is not a metric here", "the loss is always reported; leave it out of train.metrics");
+      if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
+      if (std::find(s.metrics.begin(), s.metrics.begin() + static_cast<ptrdiff_t>(i), m) !=
+          s.metrics.begin() + static_cast<ptrdiff_t>(i))
+        r.fail(mp, fmt::format("metric '{}' is listed twice", m));
+    }
+  }
+  if (t.get("top_k", s.top_k)) {
+    if (s.top_k < 1) t.fail("top_k", fmt::format("train.top_k must be 1 or more, not {}", s.top_k));
+    if (!contains(Keys(s.metrics.begin(), s.metrics.end()), "top_k_accuracy"))
+      t.fail("top_k", "train.top_k is set but train.metrics has no top_k_accuracy",
+             "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
+  }
+  if (t.get("epochs", s.epochs) && s.epochs < 1)
+    t.fail("epochs", fmt::format("train.epochs must be 1 or more, not {}", s.epochs));
+  if (t.get("batch_size", s.batch_size) && s.batch_size < 1)
+    t.fail("batch_size", fmt::format("train.batch_size must be 1 or more, not {}", s.batch_size));
+  int64_t seed = 0;
+  if (t.get("seed", seed)) {
+    if (seed < 0) t.fail("seed", fmt::format("train.seed must be 0 or more, not {}", seed));
+    s.seed = static_cast<uint64_t>(seed);
+  }
+  if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
+  if (const toml::node* e = t.find("early_stopping")) s.early_stopping = read_early_stopping(r, *e, s.metrics, data);
+  return s;
+}
+
+std::string base_dir_of(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path abs = fs::absolute(path.empty() ? fs::path(".") / "spec.toml" : fs::path(path), ec);
+  if (ec) return fs::path(path).parent_path().string();
+  return abs.lexically_normal().parent_path().string();
+}
+
+}  // namespace
+
+ModelSpec parse_model_spec(const std::string& text, const std::string& path,
+                           const std::vector<std::string>& overrides) {
+  Reader r(path);
+  toml::table doc;
+  try {
+    doc = toml::parse(text, std::string(path));
+  } catch (const toml::parse_error& e) {
+    r.fail(r.region(e.source()), std::string(e.description()), "the spec is not valid TOML (https://toml.io)");
+  }
+  expand_shorthands(r, doc);
+  for (const std::string& o : overrides) apply_override(r, doc, o);
+  expand_shorthands(r, doc);  // an override may have written a shorthand
+
+  ModelSpec spec;
+  spec.path = path;
+  spec.base_dir = base_dir_of(path);
+
+  // The version first: a newer spec may hold keys that this version does not know.
+  const toml::node* version = doc.get("format_version");
+  if (!version)
+    r.fail(r.file(), "the spec has no format_version",
+           fmt::format("add `format_version = {}` as its first line", kModelSpecFormatVersion));
+  if (!version->is_integer())
+    r.fail(r.pos(*version), fmt::format("format_version must be an integer, not {}", describe(*version)),
+           fmt::format("write format_version = {}", kModelSpecFormatVersion));
+  if (version->as_integer()->get() != kModelSpecFormatVersion)
+    r.fail(r.pos(*version), fmt::format("unsupported format_version {}", version->as_integer()->get()),
+           fmt::format("this trainer reads format_version = {}", kModelSpecFormatVersion));
+
+  Table root(r, doc, "", kRootKeys);
+  const toml::node* model = root.find("model");
+  if (!model) r.fail(r.file(), "the spec has no [model] section", "add [model] with input and [[model.layers]]");
+  spec.model = read_model(r, *model);
+  const toml::node* data = root.find("data");
+  if (data) spec.data = read_data(r, *data, spec.model);
+  if (const toml::node* train = root.find("train")) spec.train = read_train(r, *train, data ? &spec.data : nullptr);
+  return spec;
+}
+
+ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw InputError(path, "is a directory, not a spec file", "give the path of a .toml file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw InputError(path, fmt::format("cannot read the spec: {}", std::strerror(errno)),
+                     "check the path; trainer-model(5) describes the file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_model_spec(ss.str(), path, overrides);
+}
+
+}  // namespace trainer::formats

@@ -1,0 +1,199 @@
+// The helpers every layer builder uses: weights with Keras's names and counts, validated arguments, the image
+// layout (NCHW inside, channels-last in the spec) and activations.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "engine/util/error.h"
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+std::string keras_shape(const std::vector<int64_t>& shape) {
+  std::string s = "(None";
+  for (int64_t d : shape) s += fmt::format(", {}", d);
+  return s + ")";
+}
+
+const std::vector<std::string>& activation_names() {
+  static const std::vector<std::string> names = {"relu", "sigmoid", "tanh",      "softmax",
+                                                 "linear", "gelu",   "leaky_relu"};
+  return names;
+}
+
+const std::vector<LayerDef>& layer_defs() {
+  static const std::vector<LayerDef> defs = [] {
+    std::vector<LayerDef> d;
+    add_core_layers(d);
+    add_conv_layers(d);
+    add_recurrent_layers(d);
+    for (LayerDef& def : d) def.args.push_back({"trainable", ArgKind::boolean, true});
+    return d;
+  }();
+  return defs;
+}
+
+LayerBuilder::LayerBuilder(Graph& g, const BuildOptions& o, const formats::LayerSpec& s, const LayerArgs& a,
+                           LayerInfo& i)
+    : graph(g), options(o), spec(s), args(a), info(i) {}
+
+bool LayerBuilder::trainable() const {
+  return args.boolean("trainable");
+}
+
+uint64_t LayerBuilder::seed(const std::string& suffix) const {
+  return layer_seed(options.seed, name() + "/" + suffix);
+}
+
+ValueId LayerBuilder::counted(ValueId v, bool is_trainable) {
+  int64_t n = graph.value(v).shape.numel();
+  info.params += n;
+  if (is_trainable) info.trainable_params += n;
+  return v;
+}
+
+ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
+  return counted(graph.add_parameter(name() + "/" + suffix, std::move(init), trainable()), trainable());
+}
+
+ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
+                             const WeightFans& fans) {
+  return weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
+}
+
+ValueId LayerBuilder::state(const std::string& suffix, Tensor init) {
+  return counted(graph.add_state(name() + "/" + suffix, std::move(init)), false);
+}
+
+ValueId LayerBuilder::constant(const std::string& suffix, Tensor value) {
+  return graph.add_constant(graph.unique_name(name() + "/" + suffix), std::move(value));
+}
+
+ValueId LayerBuilder::shape_constant(const std::string& suffix, const std::vector<int64_t>& dims) {
+  return constant(suffix, Tensor::from<int64_t>(Shape{static_cast<int64_t>(dims.size())}, dims));
+}
+
+NodeId LayerBuilder::node(const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
+                          int num_outputs) {
+  return graph.add_node(op, std::move(inputs), std::move(attrs), num_outputs,
+                        graph.unique_name(name() + "/" + op));
+}
+
+ValueId LayerBuilder::op(const std::string& op, std::vector<ValueId> inputs, Attributes attrs) {
+  return graph.node(node(op, std::move(inputs), std::move(attrs), 1)).outputs[0];
+}
+
+int64_t LayerBuilder::positive(const std::string& arg) const {
+  int64_t v = args.integer(arg);
+  if (v < 1) fail(arg, fmt::format("{} must be a positive integer, got {}", arg, v));
+  return v;
+}
+
+std::vector<int64_t> LayerBuilder::positive_pair(const std::string& arg) const {
+  std::vector<int64_t> v = args.pair(arg);
+  for (int64_t x : v)
+    if (x < 1) fail(arg, fmt::format("{} must hold positive integers, got [{}]", arg, fmt::join(v, ", ")));
+  return v;
+}
+
+std::string LayerBuilder::choice(const std::string& arg, const std::vector<std::string>& options) const {
+  std::string v = args.string(arg);
+  std::string low = v;
+  for (char& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (std::find(options.begin(), options.end(), low) != options.end()) return low;
+  std::vector<std::string> quoted;
+  for (const std::string& o : options) quoted.push_back(fmt::format("\"{}\"", o));
+  fail(arg, fmt::format("{} must be {}, got \"{}\"", arg, fmt::join(quoted, " or "), v),
+       did_you_mean(v, options));
+}
+
+std::string LayerBuilder::activation_name(const std::string& arg) const {
+  std::string v = args.string(arg);
+  if (v == "None" || v.empty()) return "linear";
+  const auto& names = activation_names();
+  if (std::find(names.begin(), names.end(), v) != names.end()) return v;
+  fail(arg, fmt::format("unknown activation \"{}\"", v),
+       fmt::format("{}activations: {}", did_you_mean(v, names), fmt::join(names, ", ")));
+}
+
+std::string LayerBuilder::initializer(const std::string& arg) const {
+  std::string v = args.string(arg);
+  std::string c = canonical_initializer(v);
+  if (!c.empty()) return c;
+  fail(arg, fmt::format("unknown initializer \"{}\"", v),
+       fmt::format("{}initializers: {}", did_you_mean(v, initializer_names()),
+                   fmt::join(initializer_names(), ", ")));
+}
+
+Shape LayerBuilder::ir_shape(const LayerValue& x) const {
+  std::vector<int64_t> d = {options.batch_size};
+  if (x.channels_first)
+    d.insert(d.end(), {x.shape[2], x.shape[0], x.shape[1]});
+  else
+    d.insert(d.end(), x.shape.begin(), x.shape.end());
+  return Shape(d);
+}
+
+int LayerBuilder::ir_axis(const LayerValue& x, int k) const {
+  if (x.channels_first) return k == 2 ? 1 : k + 2;
+  return k + 1;
+}
+
+LayerValue LayerBuilder::to_channels_first(const LayerValue& x) {
+  if (x.channels_first || x.shape.size() != 3) return x;
+  LayerValue y = x;
+  y.channels_first = true;
+  const int64_t h = x.shape[0], w = x.shape[1], c = x.shape[2];
+  if (c == 1 || h * w == 1)
+    y.value = op("Reshape", {x.value, shape_constant("nchw_shape", {-1, c, h, w})});
+  else
+    y.value = op("Transpose", {x.value}, {{"perm", std::vector<int64_t>{0, 3, 1, 2}}});
+  y.pre_activation = kNoValue;
+  return y;
+}
+
+LayerValue LayerBuilder::to_channels_last(const LayerValue& x) {
+  if (!x.channels_first) return x;
+  LayerValue y = x;
+  y.channels_first = false;
+  const int64_t h = x.shape[0], w = x.shape[1], c = x.shape[2];
+  if (c == 1 || h * w == 1)
+    y.value = op("Reshape", {x.value, shape_constant("nhwc_shape", {-1, h, w, c})});
+  else
+    y.value = op("Transpose", {x.value}, {{"perm", std::vector<int64_t>{0, 2, 3, 1}}});
+  y.pre_activation = kNoValue;
+  return y;
+}
+
+LayerValue LayerBuilder::reshape(const LayerValue& x, const std::vector<int64_t>& shape) {
+  TRAINER_ASSERT(!x.channels_first, "reshape of a channels-first value");
+  LayerValue y;
+  y.shape = shape;
+  if (shape == x.shape) {
+    y.value = x.value;
+    return y;
+  }
+  std::vector<int64_t> dims = {-1};
+  dims.insert(dims.end(), shape.begin(), shape.end());
+  y.value = op("Reshape", {x.value, shape_constant("shape", dims)});
+  return y;
+}
+
+LayerValue LayerBuilder::activate(LayerValue x, const std::string& name) {
+  x.activation = name;
+  x.pre_activation = kNoValue;
+  if (name == "linear") return x;
+  std::string op_name;
+  Attributes attrs;
+  TRAINER_ASSERT(activation_op(name, ir_axis(x, static_cast<int>(x.shape.size()) - 1), &op_name, &attrs),
+                 "activation '{}'", name);
+  if (name == "softmax" || name == "sigmoid") x.pre_activation = x.value;
+  x.value = op(op_name, {x.value}, attrs);
+  return x;
+}
+
+}  // namespace trainer::models

@@ -1,0 +1,199 @@
+// The fit loop through the engine API: partial last batches in training and validation, metrics weighted by
+// samples, schedules, early stopping with restore, a NaN loss, and a stop request.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "engine/data/synthetic.h"
+#include "engine/train/fit.h"
+#include "models/layers.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+
+namespace {
+
+// A dataset over host tensors: x [N, ...] f32, y [N] i64.
+class TensorDataset final : public data::Dataset {
+ public:
+  TensorDataset(Tensor x, Tensor y)
+      : x_(std::move(x)), y_(std::move(y)),
+        sample_(std::vector<int64_t>(x_.shape().dims().begin() + 1, x_.shape().dims().end())) {}
+  int64_t size() const override { return x_.shape()[0]; }
+  const Shape& sample_shape() const override { return sample_; }
+  DType sample_dtype() const override { return x_.dtype(); }
+  const Shape& label_shape() const override { return label_; }
+  DType label_dtype() const override { return y_.dtype(); }
+  void read_sample(int64_t i, void* out) const override {
+    size_t b = x_.nbytes() / size();
+    std::memcpy(out, static_cast<const std::byte*>(x_.raw()) + i * b, b);
+  }
+  void read_label(int64_t i, void* out) const override {
+    size_t b = y_.nbytes() / size();
+    std::memcpy(out, static_cast<const std::byte*>(y_.raw()) + i * b, b);
+  }
+  std::string describe() const override { return "tensors"; }
+
+ private:
+  Tensor x_, y_;
+  Shape sample_, label_;
+};
+
+ModelFactory mlp(int classes, uint64_t seed) {
+  return [=](int64_t batch, bool) {
+    ForwardModel fm;
+    fm.input = fm.graph.add_input("x", DType::f32, Shape{batch, 2});
+    models::LayerContext ctx{fm.graph, seed};
+    ValueId h = models::dense(ctx, fm.input, 32, "relu", "dense");
+    fm.output = models::dense(ctx, h, classes, "softmax", "dense_1");
+    fm.final_activation = "softmax";
+    return fm;
+  };
+}
+
+class Recorder final : public FitObserver {
+ public:
+  std::vector<EpochReport> epochs;
+  int64_t batches = 0;
+  void on_batch_end(int64_t, int64_t, int64_t, const Logs&) override { ++batches; }
+  void on_epoch_end(const EpochReport& r) override { epochs.push_back(r); }
+};
+
+double log_of(const Logs& l, const std::string& k) {
+  for (auto& [n, v] : l)
+    if (n == k) return v;
+  FAIL("no log " << k);
+  return 0;
+}
+
+FitConfig base_config() {
+  FitConfig c;
+  c.loss = "sparse_categorical_crossentropy";
+  c.metrics = {"accuracy"};
+  c.epochs = 25;
+  c.batch_size = 32;  // 250 train samples: 7 full batches and one of 26
+  c.seed = 3;
+  c.schedule.base = 0.01;
+  return c;
+}
+
+}  // namespace
+
+TEST_SUITE("fit") {
+  TEST_CASE("fit: trains with partial last batches and validates every sample") {
+    auto all = data::spirals(100, 3, 0.1f, 5);  // 300 samples
+    auto head = [&](int64_t b, int64_t e, const Tensor& t) {
+      std::vector<int64_t> d = t.shape().dims();
+      int64_t row = static_cast<int64_t>(t.nbytes()) / d[0];
+      d[0] = e - b;
+      Tensor out(t.dtype(), Shape(d));
+      std::memcpy(out.raw(), static_cast<const std::byte*>(t.raw()) + b * row, (e - b) * row);
+      return out;
+    };
+    // Interleave classes so both splits hold all of them.
+    Tensor xs(DType::f32, Shape{300, 2}), ys(DType::i64, Shape{300});
+    for (int i = 0; i < 300; ++i) {
+      int src = (i % 3) * 100 + i / 3;
+      std::memcpy(xs.data<float>() + 2 * i, all.x.data<float>() + 2 * src, 8);
+      ys.data<int64_t>()[i] = all.y.data<int64_t>()[src];
+    }
+    auto train = std::make_shared<TensorDataset>(head(0, 250, xs), head(0, 250, ys));
+    auto val = std::make_shared<TensorDataset>(head(250, 300, xs), head(250, 300, ys));  // 50: 32 + 18
+    FitConfig cfg = base_config();
+    auto backend = make_cpu_backend();
+    Recorder rec;
+    FitResult r = fit(mlp(3, 1), train, val, nullptr, data::BatchFormat{}, cfg, *backend, rec);
+    REQUIRE(r.history.size() == 25);
+    CHECK(rec.batches == 25 * 8);
+    CHECK(r.history[0].steps == 8);
+    double first = log_of(r.history.front().logs, "loss"), last = log_of(r.history.back().logs, "loss");
+    MESSAGE("loss " << first << " -> " << last << ", val_accuracy " << log_of(r.history.back().logs, "val_accuracy"));
+    CHECK(last < first * 0.5);
+    CHECK(log_of(r.history.back().logs, "val_accuracy") > 0.8);
+    // Accuracies are fractions of whole samples: with 50 validation samples, multiples of 1/50.
+    double va = log_of(r.history.back().logs, "val_accuracy") * 50;
+    CHECK(std::fabs(va - std::round(va)) < 1e-9);
+  }
+
+  TEST_CASE("fit: schedules give Keras's values") {
+    LearningRateSchedule s;
+    s.base = 0.1;
+    CHECK(s.at(1000) == doctest::Approx(0.1));
+    s.kind = "step";
+    s.step_size = 10;
+    s.gamma = 0.5;
+    CHECK(s.at(9) == doctest::Approx(0.1));
+    CHECK(s.at(10) == doctest::Approx(0.05));
+    CHECK(s.at(25) == doctest::Approx(0.025));
+    s.kind = "exponential";
+    s.decay_steps = 100;
+    s.decay_rate = 0.5;
+    CHECK(s.at(50) == doctest::Approx(0.1 * std::sqrt(0.5)));
+    s.staircase = true;
+    CHECK(s.at(150) == doctest::Approx(0.05));
+    s.kind = "cosine";
+    s.alpha = 0.1;
+    CHECK(s.at(0) == doctest::Approx(0.1));
+    CHECK(s.at(50) == doctest::Approx(0.1 * (0.9 * 0.5 + 0.1)));
+    CHECK(s.at(100) == doctest::Approx(0.01));
+    CHECK(s.at(500) == doctest::Approx(0.01));
+    s.warmup_steps = 10;
+    CHECK(s.at(0) == doctest::Approx(0.01));
+    CHECK(s.at(9) == doctest::Approx(0.1));
+    CHECK(s.at(10) == doctest::Approx(0.1));  // the cosine starts after the warmup
+  }
+
+  TEST_CASE("fit: early stopping stops and restores the best weights") {
+    auto all = data::spirals(40, 3, 0.1f, 6);
+    auto train = std::make_shared<TensorDataset>(all.x, all.y);
+    FitConfig cfg = base_config();
+    cfg.epochs = 40;
+    cfg.schedule.base = 0.5;  // large enough to make the loss bounce
+    cfg.early_stopping.enabled = true;
+    cfg.early_stopping.monitor = "loss";
+    cfg.early_stopping.patience = 1;
+    cfg.early_stopping.restore_best_weights = true;
+    auto backend = make_cpu_backend();
+    Recorder rec;
+    FitResult r = fit(mlp(3, 2), train, nullptr, nullptr, data::BatchFormat{}, cfg, *backend, rec);
+    CHECK(r.stopped_early);
+    CHECK(r.history.size() < 40);
+    CHECK(r.best_epoch >= 1);
+    CHECK(r.best_epoch <= static_cast<int64_t>(r.history.size()) - 2);
+    double best = log_of(r.history[r.best_epoch - 1].logs, "loss");
+    for (const EpochReport& e : r.history) CHECK(log_of(e.logs, "loss") >= best);
+  }
+
+  TEST_CASE("fit: a NaN loss is a run-time error naming the step") {
+    auto all = data::spirals(20, 3, 0.1f, 7);
+    all.x.data<float>()[5] = std::nanf("");
+    auto train = std::make_shared<TensorDataset>(all.x, all.y);
+    FitConfig cfg = base_config();
+    cfg.shuffle = false;
+    auto backend = make_cpu_backend();
+    Recorder rec;
+    try {
+      fit(mlp(3, 1), train, nullptr, nullptr, data::BatchFormat{}, cfg, *backend, rec);
+      FAIL("expected a run-time error");
+    } catch (const RuntimeError& e) {
+      CHECK(std::string(e.what()).find("epoch 1, step 1") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("fit: a stop request ends the run after the current step") {
+    auto all = data::spirals(40, 3, 0.1f, 8);
+    auto train = std::make_shared<TensorDataset>(all.x, all.y);
+    FitConfig cfg = base_config();
+    auto backend = make_cpu_backend();
+    struct Stopper : FitObserver {
+      void on_batch_end(int64_t, int64_t step, int64_t, const Logs&) override {
+        if (step == 2) g_stop_signal.store(15);
+      }
+    } stopper;
+    FitResult r = fit(mlp(3, 1), train, nullptr, nullptr, data::BatchFormat{}, cfg, *backend, stopper);
+    g_stop_signal.store(0);
+    CHECK(r.interrupted_by == 15);
+    CHECK(r.history.empty());
+  }
+}
