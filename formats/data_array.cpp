@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "engine/util/error.h"
@@ -68,6 +69,41 @@ std::string ArrayDataset::locate(int64_t i) const {
   if (sx.file == sy.file) return fmt::format("{}: sample {}", sx.file, jx);
   if (jx == jy) return fmt::format("{}, {}: sample {}", sx.file, sy.file, jx);
   return fmt::format("{}: sample {} ({}: sample {})", sy.file, jy, sx.file, jx);
+}
+
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+  auto lower = [](std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  const std::string w = lower(word);
+  size_t best = std::string::npos;
+  std::string best_name;
+  for (const auto& cand : candidates) {
+    // Edit distance with adjacent transpositions ("lable" is one edit from "label").
+    const std::string c = lower(cand);
+    const size_t rows = w.size() + 1, cols = c.size() + 1;
+    std::vector<size_t> d(rows * cols);
+    for (size_t i = 0; i < rows; ++i) d[i * cols] = i;
+    for (size_t j = 0; j < cols; ++j) d[j] = j;
+    for (size_t i = 1; i < rows; ++i) {
+      for (size_t j = 1; j < cols; ++j) {
+        size_t v = std::min({d[(i - 1) * cols + j] + 1, d[i * cols + j - 1] + 1,
+                             d[(i - 1) * cols + j - 1] + (w[i - 1] == c[j - 1] ? 0 : 1)});
+        if (i > 1 && j > 1 && w[i - 1] == c[j - 2] && w[i - 2] == c[j - 1]) {
+          v = std::min(v, d[(i - 2) * cols + j - 2] + 1);
+        }
+        d[i * cols + j] = v;
+      }
+    }
+    if (d.back() < best) {
+      best = d.back();
+      best_name = cand;
+    }
+  }
+  // Close means about a third of the word changed at most.
+  if (best_name.empty() || best > std::max<size_t>(1, (w.size() + 2) / 3)) return "";
+  return fmt::format("did you mean '{}'?", best_name);
 }
 
 }  // namespace trainer::formats

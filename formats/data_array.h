@@ -71,4 +71,7 @@ class ArrayDataset final : public engine::data::Dataset {
   std::string name_;
 };
 
+// "did you mean 'label'?" for the candidate nearest to `word` by edit distance, or "" when none is close.
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
+
 }  // namespace trainer::formats

@@ -32,6 +32,10 @@ std::string file_name(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+std::string at_byte(const std::string& file, uint64_t offset) {
+  return fmt::format("{}: byte {}", file, offset);
+}
+
 Bytes::~Bytes() {
   if (map_) munmap(map_, size_);
 }
@@ -80,8 +84,9 @@ bool is_gzip(const Bytes& b) {
   return b.size() >= 2 && b.data()[0] == 0x1f && b.data()[1] == 0x8b;
 }
 
-std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_bytes) {
+std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_bytes, bool* decompressed) {
   auto raw = map_file(path);
+  if (decompressed) *decompressed = is_gzip(*raw);
   if (!is_gzip(*raw)) return raw;
   // Decompress from the mapping with inflate (gzip wrapper, concatenated members allowed).
   const std::string name = file_name(path);

@@ -38,7 +38,9 @@ class Bytes {
 std::shared_ptr<const Bytes> map_file(const std::string& path);
 
 // The file's contents: gzip files (found by their magic bytes) are decompressed once, anything else is mapped.
-std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes);
+// `decompressed`, when given, says which.
+std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes,
+                                       bool* decompressed = nullptr);
 
 // Whether the file starts with the gzip magic bytes.
 bool is_gzip(const Bytes& b);
@@ -71,5 +73,8 @@ class SpillWriter {
 
 // "train-images-idx3-ubyte.gz" from "/data/fashion/train-images-idx3-ubyte.gz": files named in messages.
 std::string file_name(const std::string& path);
+
+// The `where` of a message about a byte of a file: "t10k-images-idx3-ubyte.gz: byte 16".
+std::string at_byte(const std::string& file, uint64_t offset);
 
 }  // namespace trainer::formats

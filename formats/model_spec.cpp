@@ -1,5 +1,5 @@
-// Reads a model spec: toml++ parses the text, --set overrides are merged into the document, then every table is
-// checked against its schema so that a mistake is reported at its file:line:col with a did-you-mean hint.
+// Reads a model spec: toml++ parses the text, --set overrides are merged into the document, then every table
+// is checked against its schema so that a mistake is reported at its file:line:col with a did-you-mean hint.
 #include "formats/model_spec.h"
 
 #include <fmt/format.h>
@@ -10,6 +10,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -40,9 +41,9 @@ const Keys kModelKeys = {"input", "layers"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
-const Keys kTrainKeys = {"loss",       "from_logits", "metrics", "top_k",         "epochs",
+const Keys kTrainKeys = {"loss",       "from_logits", "metrics",   "top_k",         "epochs",
                          "batch_size", "seed",        "optimizer", "early_stopping"};
-const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1", "beta_2",       "epsilon", "momentum",
+const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
                              "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
 const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
                             "decay_rate", "staircase", "alpha", "warmup_steps"};
@@ -63,15 +64,20 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
 
 const Keys kDtypes = {"float32", "int32", "int64"};
 const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv"};
-const Keys kLosses = {"sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
-                      "mse", "mae", "mean_squared_error", "mean_absolute_error"};
+const Keys kLosses = {"sparse_categorical_crossentropy",
+                      "categorical_crossentropy",
+                      "binary_crossentropy",
+                      "mse",
+                      "mae",
+                      "mean_squared_error",
+                      "mean_absolute_error"};
 const Keys kMetrics = {"accuracy", "top_k_accuracy"};
 const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop"};
 const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
 const Keys kModes = {"auto", "min", "max"};
 
-// Which optimizer and schedule keys apply to which kind: a key that does not apply is an error, as an unexpected
-// keyword argument is in Keras, rather than a setting silently ignored.
+// Which optimizer and schedule keys apply to which kind: a key that does not apply is an error, as an
+// unexpected keyword argument is in Keras, rather than a setting silently ignored.
 const std::map<std::string_view, Keys> kOptimizerArgs = {
     {"sgd", {"learning_rate", "momentum", "nesterov", "weight_decay", "clipnorm"}},
     {"adam", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
@@ -85,20 +91,32 @@ const std::map<std::string_view, Keys> kScheduleArgs = {
     {"cosine", {"decay_steps", "alpha", "warmup_steps"}},
 };
 
-bool contains(const Keys& keys, std::string_view k) { return std::find(keys.begin(), keys.end(), k) != keys.end(); }
+bool contains(const Keys& keys, std::string_view k) {
+  return std::find(keys.begin(), keys.end(), k) != keys.end();
+}
 
 std::string type_name(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-    default: return "nothing";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    default:
+      return "nothing";
   }
 }
 
@@ -209,7 +227,8 @@ class Table {
       out = static_cast<double>(i->get());
     else
       wrong_type(key, *n, "a number");
-    if (!std::isfinite(out)) fail(key, fmt::format("{} must be a finite number, not {}", name(key), describe(*n)));
+    if (!std::isfinite(out))
+      fail(key, fmt::format("{} must be a finite number, not {}", name(key), describe(*n)));
     return true;
   }
   bool get(std::string_view key, bool& out) const {
@@ -287,16 +306,16 @@ class Table {
     if (auto* s = n.as_string()) {
       // A quoted number or boolean: say how to write it.
       const std::string v = trim(s->get());
-      auto parsed = toml::parse("v = " + v);
       bool plain = false;
       try {
-        plain = parsed.size() == 1 && parsed.get("v") && !parsed.get("v")->is_string() &&
-                !parsed.get("v")->is_table() && !parsed.get("v")->is_array();
-      } catch (...) {
+        toml::table parsed = toml::parse("v = " + v);
+        const toml::node* p = parsed.get("v");
+        plain = parsed.size() == 1 && p && (p->is_number() || p->is_boolean());
+      } catch (const toml::parse_error&) {
       }
       if (plain) hint = fmt::format("write it without quotes: {} = {}", key, v);
-    } else if (auto* f = n.as_floating_point(); f && expected == "an integer" && std::isfinite(f->get()) &&
-                                                 f->get() == std::floor(f->get())) {
+    } else if (auto* f = n.as_floating_point();
+               f && expected == "an integer" && std::isfinite(f->get()) && f->get() == std::floor(f->get())) {
       hint = fmt::format("write it without a decimal point: {} = {}", key, static_cast<int64_t>(f->get()));
     } else if (expected == "a string" && !n.is_table() && !n.is_array()) {
       hint = "put the value in quotes";
@@ -317,7 +336,7 @@ class Table {
       if (hint.empty()) hint = fmt::format("{} takes: {}", label(), join(keys));
     }
     if (Reader::from_set(where)) r_.fail(where, fmt::format("unknown key '{}'", name(key)), hint);
-    r_.fail(where, fmt::format("unknown key '{}' in {}", key, label()), hint);
+    r_.fail(where, fmt::format("unknown key '{}' {} {}", key, path_.empty() ? "at" : "in", label()), hint);
   }
 
   const Reader& r_;
@@ -326,7 +345,8 @@ class Table {
   std::string path_;
 };
 
-// --- shorthands and overrides --------------------------------------------------------------------------------
+// --- shorthands and overrides
+// --------------------------------------------------------------------------------
 
 // `model.input = [28, 28, 1]` becomes `{ shape = [28, 28, 1] }` and `train.optimizer = "sgd"` becomes
 // `{ name = "sgd" }`, so that overrides can reach into them and the checks see one form.
@@ -337,15 +357,12 @@ void expand_shorthand(Reader& r, toml::table& doc, std::string_view section, std
   toml::node* v = sec->get(key);
   if (!v || v->is_table() || !(v->is_array() || v->is_string())) return;
   const SourcePos p = r.pos(*v);
-  const toml::source_region src = v->source();
+  const toml::source_region src = v->source();  // the shorthand's place becomes the key's
   toml::table t;
   v->visit([&](auto& n) {
     if constexpr (!std::is_same_v<std::remove_cvref_t<decltype(n)>, toml::table>)
       t.insert_or_assign(toml::key(inner, src), std::move(n));
   });
-  // The moved-from value left its position behind in the shorthand's own map entry only; restore it.
-  if (toml::node* moved = t.get(inner); moved && !r.pos(*moved).line && !Reader::from_set(r.pos(*moved)))
-    r.set_pos(*moved, p);
   sec->insert_or_assign(std::string(key), std::move(t));
   r.set_pos(*sec->get(key), p);
 }
@@ -376,7 +393,8 @@ void apply_override(Reader& r, toml::table& doc, const std::string& text) {
     b = e + 1;
   }
 
-  // VALUE as TOML when it is one TOML value; otherwise the text itself, as a bare string ("mse", "data/x.npy").
+  // VALUE as TOML when it is one TOML value; otherwise the text itself, as a bare string ("mse",
+  // "data/x.npy").
   std::string value_toml = toml_string(value);
   try {
     toml::table probe = toml::parse("v = " + value);
@@ -407,13 +425,16 @@ void apply_override(Reader& r, toml::table& doc, const std::string& text) {
       size_t idx = 0;
       auto [p, ec] = std::from_chars(seg.data(), seg.data() + seg.size(), idx);
       if (ec != std::errc() || p != seg.data() + seg.size() || idx >= arr->size())
-        r.fail(where,
-               arr->empty() ? fmt::format("cannot set '{}': '{}' is an empty array", key, walked)
-                            : fmt::format("cannot set '{}': '{}' is an array and '{}' is not an index from 0 to {}",
-                                          key, walked, seg, arr->size() - 1),
-               fmt::format("for example --set {}.0.{}", walked, last ? "units=64" : segs.back() + "=" + value));
+        r.fail(
+            where,
+            arr->empty()
+                ? fmt::format("cannot set '{}': '{}' is an empty array", key, walked)
+                : fmt::format("cannot set '{}': '{}' is an array and '{}' is not an index from 0 to {}", key,
+                              walked, seg, arr->size() - 1),
+            fmt::format("for example --set {}.0.{}", walked, last ? "units=64" : segs.back() + "=" + value));
       if (last) {
-        onode.visit([&](auto& n) { arr->replace(arr->cbegin() + static_cast<ptrdiff_t>(idx), std::move(n)); });
+        onode.visit(
+            [&](auto& n) { arr->replace(arr->cbegin() + static_cast<ptrdiff_t>(idx), std::move(n)); });
         return;
       }
       next = arr->get(idx);
@@ -426,7 +447,8 @@ void apply_override(Reader& r, toml::table& doc, const std::string& text) {
   }
 }
 
-// --- sections ------------------------------------------------------------------------------------------------
+// --- sections
+// ------------------------------------------------------------------------------------------------
 
 std::vector<int64_t> read_shape(const Reader& r, const toml::node& n, const std::string& what) {
   auto* a = n.as_array();
@@ -462,7 +484,8 @@ InputSpec read_input(const Reader& r, const toml::node& n) {
   return in;
 }
 
-// Keras's default layer name: the class name in snake_case ("MaxPooling2D" -> "max_pooling2d", "ReLU" -> "re_lu").
+// Keras's default layer name: the class name in snake_case ("MaxPooling2D" -> "max_pooling2d", "ReLU" ->
+// "re_lu").
 std::string snake_case(const std::string& type) {
   static const std::regex word("(.)([A-Z][a-z0-9]+)");
   static const std::regex lower_upper("([a-z])([A-Z])");
@@ -501,7 +524,8 @@ ArgValue read_arg(const Reader& r, const toml::node& n, const std::string& what)
     r.fail(r.pos(n), fmt::format("{} must be an array of numbers or of strings", what),
            "layer arguments take scalars and flat arrays of one kind, e.g. kernel_size = [3, 3]");
   }
-  r.fail(r.pos(n), fmt::format("{} must be a number, a boolean, a string or an array, not {}", what, describe(n)),
+  r.fail(r.pos(n),
+         fmt::format("{} must be a number, a boolean, a string or an array, not {}", what, describe(n)),
          "layer arguments take scalars and flat arrays, e.g. kernel_initializer = \"he_normal\"");
 }
 
@@ -527,7 +551,8 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
     LayerSpec L;
     L.pos = r.pos(e);
     const toml::node* type = t->get("type");
-    if (!type) r.fail(L.pos, fmt::format("{} has no type", where), "give its Keras class, e.g. type = \"Dense\"");
+    if (!type)
+      r.fail(L.pos, fmt::format("{} has no type", where), "give its Keras class, e.g. type = \"Dense\"");
     if (!type->is_string())
       r.fail(r.pos(*type), fmt::format("{}.type must be a string, not {}", where, describe(*type)),
              "give the Keras class in quotes, e.g. type = \"Dense\"");
@@ -542,9 +567,11 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
         r.fail(npos, fmt::format("{}.name must be a string, not {}", where, describe(*name)),
                "e.g. name = \"block1_conv\"");
       L.name = name->as_string()->get();
-      // Names become parts of parameter names ("dense/kernel") and of optimizer state ("dense/kernel/adam_m").
+      // Names become parts of parameter names ("dense/kernel") and of optimizer state
+      // ("dense/kernel/adam_m").
       if (L.name.empty() || std::any_of(L.name.begin(), L.name.end(), [](char c) {
-            return c == '/' || std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c));
+            return c == '/' || std::isspace(static_cast<unsigned char>(c)) ||
+                   std::iscntrl(static_cast<unsigned char>(c));
           }))
         r.fail(npos, fmt::format("{}.name {} is not a valid layer name", where, toml_string(L.name)),
                "use letters, digits, '_', '-' or '.', without '/' or spaces");
@@ -569,16 +596,15 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
       } else if (inputs->is_string()) {
         one(*inputs);
       } else {
-        r.fail(r.pos(*inputs), fmt::format("{}.inputs must be an array of layer names, not {}", where,
-                                           describe(*inputs)),
+        r.fail(r.pos(*inputs),
+               fmt::format("{}.inputs must be an array of layer names, not {}", where, describe(*inputs)),
                "e.g. inputs = [\"conv_a\", \"conv_b\"]");
       }
     }
     for (auto&& [k, v] : *t) {
       const std::string_view key = k.str();
       if (key == "type" || key == "name" || key == "inputs") continue;
-      L.args.emplace(std::string(key),
-                     Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v)});
+      L.args.emplace(std::string(key), Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v)});
     }
     named.push_back(!L.name.empty());
     name_pos.push_back(npos);
@@ -624,7 +650,8 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
                "a layer takes the model input or layers listed before it");
       Keys earlier = {"input"};
       for (size_t k = 0; k < i; ++k) earlier.push_back(layers[k].name);
-      r.fail(input_pos[i][j], fmt::format("layer '{}' takes '{}', which is not a layer before it", layers[i].name, in),
+      r.fail(input_pos[i][j],
+             fmt::format("layer '{}' takes '{}', which is not a layer before it", layers[i].name, in),
              choice_hint(in, earlier));
     }
   }
@@ -651,7 +678,8 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   s.pos = t.pos();
   t.get_choice("format", s.format, kFormats, "data format");
   if (!t.get_strings("x", s.x))
-    r.fail(s.pos, fmt::format("[{}] has no x", path), "name the feature files, e.g. x = \"train-images-idx3-ubyte.gz\"");
+    r.fail(s.pos, fmt::format("[{}] has no x", path),
+           "name the feature files, e.g. x = \"train-images-idx3-ubyte.gz\"");
   if (s.x.empty()) t.fail("x", fmt::format("{}.x is empty", path), "name at least one file");
   t.get_strings("y", s.y);
   for (const char* key : {"x", "y"}) {
@@ -662,7 +690,8 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   }
   for (const char* key : {"x_key", "y_key"}) {
     std::string& v = std::string_view(key) == "x_key" ? s.x_key : s.y_key;
-    if (t.get(key, v) && v.empty()) t.fail(key, fmt::format("{} is empty", t.name(key)), "name an array of the .npz");
+    if (t.get(key, v) && v.empty())
+      t.fail(key, fmt::format("{} is empty", t.name(key)), "name an array of the .npz");
   }
   t.get("header", s.header);
   if (const toml::node* lc = t.find("label_column")) {
@@ -713,8 +742,8 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
     if (v.empty()) t.fail(key, fmt::format("data.{} is empty", key), "give one value, or one per channel");
     if (v.size() > 1 && static_cast<int64_t>(v.size()) != channels)
       t.fail(key,
-             fmt::format("data.{} has {} values but the input has {} channels (the last dimension of {})", key,
-                         v.size(), channels, fmt::join(model.input.shape, "x")),
+             fmt::format("data.{} has {} values but the input has {} channels (the last dimension of {})",
+                         key, v.size(), channels, fmt::join(model.input.shape, "x")),
              "give one value, or one per channel");
     if (std::string_view(key) == "std")
       for (double s : v)
@@ -748,13 +777,15 @@ ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
   if (t.get("gamma", s.gamma) && s.gamma <= 0)
     t.fail("gamma", fmt::format("{} must be positive, not {}", t.name("gamma"), toml_float(s.gamma)));
   if (t.get("decay_rate", s.decay_rate) && s.decay_rate <= 0)
-    t.fail("decay_rate", fmt::format("{} must be positive, not {}", t.name("decay_rate"), toml_float(s.decay_rate)));
+    t.fail("decay_rate",
+           fmt::format("{} must be positive, not {}", t.name("decay_rate"), toml_float(s.decay_rate)));
   t.get("staircase", s.staircase);
   if (t.get("alpha", s.alpha) && (s.alpha < 0 || s.alpha > 1))
     t.fail("alpha", fmt::format("{} must be in [0, 1], not {}", t.name("alpha"), toml_float(s.alpha)),
            "it is the final learning rate as a fraction of the initial one");
   if (t.get("warmup_steps", s.warmup_steps) && s.warmup_steps < 0)
-    t.fail("warmup_steps", fmt::format("{} must be 0 or more, not {}", t.name("warmup_steps"), s.warmup_steps));
+    t.fail("warmup_steps",
+           fmt::format("{} must be 0 or more, not {}", t.name("warmup_steps"), s.warmup_steps));
   return s;
 }
 
@@ -770,11 +801,6 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
            fmt::format("{} takes: {}", o.name, join(args)));
   }
   if (o.name == "adamw") o.weight_decay = 0.004;  // Keras's AdamW default
-  auto check = [&](std::string_view key, double& v, bool ok, std::string_view range) {
-    if (t.get(key, v) && !ok(v))
-      t.fail(key, fmt::format("{} must be {}, not {}", t.name(key), range, toml_float(v)));
-  };
-  (void)check;
   struct Rule {
     std::string_view key;
     double* value;
@@ -793,14 +819,15 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
   };
   for (const Rule& rule : rules)
     if (t.get(rule.key, *rule.value) && !rule.ok(*rule.value))
-      t.fail(rule.key, fmt::format("{} must be {}, not {}", t.name(rule.key), rule.range, toml_float(*rule.value)));
+      t.fail(rule.key,
+             fmt::format("{} must be {}, not {}", t.name(rule.key), rule.range, toml_float(*rule.value)));
   t.get("nesterov", o.nesterov);
   if (const toml::node* s = t.find("schedule")) o.schedule = read_schedule(r, *s);
   return o;
 }
 
-EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n, const std::vector<std::string>& metrics,
-                                      const DataSection* data) {
+EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n,
+                                      const std::vector<std::string>& metrics, const DataSection* data) {
   Table t(r, n, "train.early_stopping", kEarlyStoppingKeys);
   EarlyStoppingSpec e;
   e.enabled = true;
@@ -810,18 +837,24 @@ EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n, cons
   std::vector<std::string> monitors = names;
   for (const std::string& m : names) monitors.push_back("val_" + m);
   if (t.get("monitor", e.monitor)) {
-    if (std::find(monitors.begin(), monitors.end(), e.monitor) == monitors.end())
-      t.fail("monitor", fmt::format("train.early_stopping.monitor '{}' is not a reported quantity", e.monitor),
-             choice_hint(e.monitor, Keys(monitors.begin(), monitors.end())));
+    if (std::find(monitors.begin(), monitors.end(), e.monitor) == monitors.end()) {
+      const std::string metric = e.monitor.starts_with("val_") ? e.monitor.substr(4) : e.monitor;
+      t.fail("monitor",
+             fmt::format("train.early_stopping.monitor '{}' is not a reported quantity", e.monitor),
+             contains(kMetrics, metric) ? fmt::format("add \"{}\" to train.metrics", metric)
+                                        : choice_hint(e.monitor, Keys(monitors.begin(), monitors.end())));
+    }
   }
   const bool has_validation = data && (data->validation || data->validation_split > 0);
   if (data && e.monitor.starts_with("val_") && !has_validation)
-    r.fail(t.find("monitor") ? t.pos("monitor") : e.pos,
-           fmt::format("early stopping monitors '{}' but [data] has no validation set", e.monitor),
-           fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", e.monitor.substr(4)));
+    r.fail(
+        t.find("monitor") ? t.pos("monitor") : e.pos,
+        fmt::format("early stopping monitors '{}' but [data] has no validation set", e.monitor),
+        fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", e.monitor.substr(4)));
   t.get_choice("mode", e.mode, kModes, "early-stopping mode");
   if (t.get("min_delta", e.min_delta) && e.min_delta < 0)
-    t.fail("min_delta", fmt::format("train.early_stopping.min_delta must be 0 or more, not {}", toml_float(e.min_delta)));
+    t.fail("min_delta",
+           fmt::format("train.early_stopping.min_delta must be 0 or more, not {}", toml_float(e.min_delta)));
   if (t.get("patience", e.patience) && e.patience < 0)
     t.fail("patience", fmt::format("train.early_stopping.patience must be 0 or more, not {}", e.patience));
   t.get("restore_best_weights", e.restore_best_weights);
@@ -844,7 +877,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
       const SourcePos mp = mn->is_array() ? r.pos(*mn->as_array()->get(i)) : r.pos(*mn);
       const std::string& m = s.metrics[i];
       if (m == "loss")
-        r.fail(mp, "'loss' is not a metric here", "the loss is always reported; leave it out of train.metrics");
+        r.fail(mp, "'loss' is not a metric here",
+               "the loss is always reported; leave it out of train.metrics");
       if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
       if (std::find(s.metrics.begin(), s.metrics.begin() + static_cast<ptrdiff_t>(i), m) !=
           s.metrics.begin() + static_cast<ptrdiff_t>(i))
@@ -867,7 +901,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
     s.seed = static_cast<uint64_t>(seed);
   }
   if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
-  if (const toml::node* e = t.find("early_stopping")) s.early_stopping = read_early_stopping(r, *e, s.metrics, data);
+  if (const toml::node* e = t.find("early_stopping"))
+    s.early_stopping = read_early_stopping(r, *e, s.metrics, data);
   return s;
 }
 
@@ -888,7 +923,8 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
   try {
     doc = toml::parse(text, std::string(path));
   } catch (const toml::parse_error& e) {
-    r.fail(r.region(e.source()), std::string(e.description()), "the spec is not valid TOML (https://toml.io)");
+    r.fail(r.region(e.source()), std::string(e.description()),
+           "the spec is not valid TOML (https://toml.io)");
   }
   expand_shorthands(r, doc);
   for (const std::string& o : overrides) apply_override(r, doc, o);
@@ -912,11 +948,13 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
 
   Table root(r, doc, "", kRootKeys);
   const toml::node* model = root.find("model");
-  if (!model) r.fail(r.file(), "the spec has no [model] section", "add [model] with input and [[model.layers]]");
+  if (!model)
+    r.fail(r.file(), "the spec has no [model] section", "add [model] with input and [[model.layers]]");
   spec.model = read_model(r, *model);
   const toml::node* data = root.find("data");
   if (data) spec.data = read_data(r, *data, spec.model);
-  if (const toml::node* train = root.find("train")) spec.train = read_train(r, *train, data ? &spec.data : nullptr);
+  if (const toml::node* train = root.find("train"))
+    spec.train = read_train(r, *train, data ? &spec.data : nullptr);
   return spec;
 }
 

@@ -1,5 +1,5 @@
-// ModelSpec: what a model description (a TOML file in Keras's vocabulary) says, with the source position of every
-// value so that later stages (the layer library, data readers, the fit loop) report errors at the right place.
+// ModelSpec: what a model description (a TOML file in Keras's vocabulary) says, with the source position of
+// every value so that the layer library, the data readers and the fit loop report errors at the right place.
 // formats/model_spec.cpp parses and validates the TOML; models/ turns the model section into an IR graph.
 #pragma once
 
@@ -33,12 +33,13 @@ struct Arg {
   bool operator==(const Arg&) const = default;
 };
 
-// One layer in Keras's vocabulary. The parser checks the table's structure (type, name, inputs); the layer library
-// checks the arguments against each layer's Keras signature, so it reports unknown arguments with a did-you-mean.
+// One layer in Keras's vocabulary. The parser checks the table's structure (type, name, inputs); the layer
+// library checks the arguments against each layer's Keras signature and reports unknown ones.
 struct LayerSpec {
-  std::string type;                 // Keras class name: "Dense", "Conv2D", "LSTM", ...
-  std::string name;                 // given, or generated Keras-style: "dense", "dense_1", ...
-  std::vector<std::string> inputs;  // graph form: names of the layers (or "input") it takes; empty: the previous layer
+  std::string type;  // Keras class name: "Dense", "Conv2D", "LSTM", ...
+  std::string name;  // given, or generated Keras-style: "dense", "dense_1", ...
+  // Graph form: the layers (or "input") it takes, each defined earlier; empty: the previous layer.
+  std::vector<std::string> inputs;
   std::map<std::string, Arg> args;  // every other key of the layer's table
   SourcePos pos;                    // the layer's table
   SourcePos type_pos;               // its `type` value: where an unknown layer type is reported
@@ -46,7 +47,7 @@ struct LayerSpec {
 };
 
 struct InputSpec {
-  std::vector<int64_t> shape;  // per sample, Keras-style (channels last for images): [28, 28, 1]
+  std::vector<int64_t> shape;     // per sample, Keras-style (channels last for images): [28, 28, 1]
   std::string dtype = "float32";  // float32 | int32 | int64 (token ids for Embedding)
   SourcePos pos;
   bool operator==(const InputSpec&) const = default;
@@ -61,14 +62,14 @@ struct ModelSection {
 
 // One data source: a reader format and its files. Readers (formats/data_*.cpp) interpret the options.
 struct DataSource {
-  std::string format;            // idx | cifar10 | npy | npz | csv; "" = from the file extension
-  std::vector<std::string> x;    // feature files (globs allowed; resolved relative to the spec's folder)
-  std::vector<std::string> y;    // label files, for formats that keep labels apart (idx, npy); empty otherwise
-  std::string x_key = "x";       // npz array names
+  std::string format;          // idx | cifar10 | npy | npz | csv; "" = from the file extension
+  std::vector<std::string> x;  // feature files (globs allowed; resolved relative to the spec's folder)
+  std::vector<std::string> y;  // label files, for formats that keep labels apart (idx, npy); empty otherwise
+  std::string x_key = "x";     // npz array names
   std::string y_key = "y";
-  bool header = true;            // csv
-  std::string label_column;      // csv: a column name, or a 0-based index written as digits; "" = last column
-  int64_t limit = 0;             // use only the first N samples (0: all); handy for quick runs
+  bool header = true;        // csv
+  std::string label_column;  // csv: a column name, or a 0-based index written as digits; "" = last column
+  int64_t limit = 0;         // use only the first N samples (0: all); handy for quick runs
   SourcePos pos;
   bool operator==(const DataSource&) const = default;
 };
@@ -77,11 +78,12 @@ struct DataSource {
 struct DataSection {
   std::optional<DataSource> train;
   std::optional<DataSource> validation;
-  double validation_split = 0;   // fraction of train held out (the last samples, as Keras does) when no validation
+  // Fraction of train held out (its last samples, as Keras does) when there is no validation source.
+  double validation_split = 0;
   std::optional<DataSource> test;
   // Feature preprocessing, applied by the loader: x = (x * scale - mean) / std.
-  double scale = 1.0;            // e.g. 1/255 for 8-bit images
-  std::vector<double> mean;      // one value, or one per channel
+  double scale = 1.0;        // e.g. 1/255 for 8-bit images
+  std::vector<double> mean;  // one value, or one per channel
   std::vector<double> std;
   bool shuffle = true;
   SourcePos pos;
@@ -109,7 +111,7 @@ struct OptimizerSpec {
   bool nesterov = false;
   double rho = 0.9;
   double weight_decay = 0.0;  // when not given: 0, or Keras's 0.004 for adamw
-  double clipnorm = 0.0;  // clip gradients by global norm when > 0
+  double clipnorm = 0.0;      // clip gradients by global norm when > 0
   ScheduleSpec schedule;
   SourcePos pos;
   bool operator==(const OptimizerSpec&) const = default;
@@ -127,13 +129,15 @@ struct EarlyStoppingSpec {
 };
 
 struct TrainSection {
-  // "" only when the spec has no [train] (enough for summary and check; fit needs a loss).
-  std::string loss;           // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
+  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae (the reader
+  // maps Keras's mean_squared_error and mean_absolute_error). "" only when the spec has no [train] (enough
+  // for summary and check; fit needs a loss).
+  std::string loss;
   bool from_logits = false;
   std::vector<std::string> metrics;  // accuracy | top_k_accuracy (with top_k) ; loss is always reported
   int64_t top_k = 5;
   int64_t epochs = 1;
-  int64_t batch_size = 32;    // global
+  int64_t batch_size = 32;  // global
   uint64_t seed = 0;
   OptimizerSpec optimizer;
   EarlyStoppingSpec early_stopping;
@@ -144,18 +148,18 @@ struct TrainSection {
 
 struct ModelSpec {
   int format_version = kModelSpecFormatVersion;
-  std::string path;          // the spec file, as given
-  std::string base_dir;      // its folder, absolute: relative data paths resolve here
+  std::string path;      // the spec file, as given
+  std::string base_dir;  // its folder, absolute: relative data paths resolve here
   ModelSection model;
   DataSection data;
   TrainSection train;
   bool operator==(const ModelSpec&) const = default;
 };
 
-// Parses and validates a spec file; `overrides` are --set KEY=VALUE strings applied as if written in the file.
-// Unknown keys, wrong types, impossible values: InputError with file:line:col and a did-you-mean hint.
+// Parses and validates a spec file; `overrides` are --set KEY=VALUE strings applied as if written in the
+// file. Unknown keys, wrong types, impossible values: InputError with file:line:col and a did-you-mean hint.
 // KEY is a dotted path ("train.optimizer.learning_rate", "model.layers.0.units": layers by 0-based index);
-// VALUE is a TOML value, or else taken as a bare string. Overridden values report "--set KEY=VALUE" as their place.
+// VALUE is a TOML value, or else a bare string. Overridden values report "--set KEY=VALUE" as their place.
 ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides = {});
 // The same from text (tests); `path` names it in errors and sets base_dir.
 ModelSpec parse_model_spec(const std::string& text, const std::string& path,

@@ -15,11 +15,21 @@ std::string toml_string(std::string_view s) {
   for (char c : s) {
     const auto u = static_cast<unsigned char>(c);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
       default:
         // Other control characters have no short escape in TOML; bytes >= 0x80 are UTF-8 and pass through.
         if (u < 0x20 || u == 0x7f)
@@ -74,7 +84,8 @@ std::optional<std::string> nearest(std::string_view word, const std::vector<std:
   // A third of the word's length (at least 2) keeps "epoch"->"epochs" and "lerning_rate"->"learning_rate"
   // while "lr" does not turn into "rho".
   const size_t limit = std::max<size_t>(2, word.size() / 3);
-  if (best_d == SIZE_MAX || best_d > limit || best_d >= std::max(word.size(), best.size())) return std::nullopt;
+  if (best_d == SIZE_MAX || best_d > limit || best_d >= std::max(word.size(), best.size()))
+    return std::nullopt;
   return std::string(best);
 }
 

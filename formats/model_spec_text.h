@@ -1,5 +1,5 @@
-// Small text helpers shared by the model-spec reader and writer: TOML spelling of keys, strings and floats, and
-// the nearest-name search behind did-you-mean hints.
+// Small text helpers shared by the model-spec reader and writer: TOML spelling of keys, strings and floats,
+// and the nearest-name search behind did-you-mean hints.
 #pragma once
 
 #include <optional>

@@ -35,36 +35,54 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 const char* kind_text(ArgKind k) {
   switch (k) {
-    case ArgKind::integer: return "an integer";
-    case ArgKind::number: return "a number";
-    case ArgKind::boolean: return "true or false";
-    case ArgKind::string: return "a string";
-    case ArgKind::int_or_pair: return "an integer or a list of two integers";
-    case ArgKind::int_or_ints: return "an integer or a list of integers";
-    case ArgKind::ints: return "a list of integers";
+    case ArgKind::integer:
+      return "an integer";
+    case ArgKind::number:
+      return "a number";
+    case ArgKind::boolean:
+      return "true or false";
+    case ArgKind::string:
+      return "a string";
+    case ArgKind::int_or_pair:
+      return "an integer or a list of two integers";
+    case ArgKind::int_or_ints:
+      return "an integer or a list of integers";
+    case ArgKind::ints:
+      return "a list of integers";
   }
   return "";
 }
 
 const char* example_text(ArgKind k) {
   switch (k) {
-    case ArgKind::integer: return "64";
-    case ArgKind::number: return "0.5";
-    case ArgKind::boolean: return "true";
-    case ArgKind::string: return "\"same\"";
-    case ArgKind::int_or_pair: return "3 or [3, 3]";
-    case ArgKind::int_or_ints: return "-1 or [1, 2]";
-    case ArgKind::ints: return "[7, 7, 64]";
+    case ArgKind::integer:
+      return "64";
+    case ArgKind::number:
+      return "0.5";
+    case ArgKind::boolean:
+      return "true";
+    case ArgKind::string:
+      return "\"same\"";
+    case ArgKind::int_or_pair:
+      return "3 or [3, 3]";
+    case ArgKind::int_or_ints:
+      return "-1 or [1, 2]";
+    case ArgKind::ints:
+      return "[7, 7, 64]";
   }
   return "";
 }
 
 bool fits(const ArgValue& v, ArgKind k) {
   switch (k) {
-    case ArgKind::integer: return std::holds_alternative<int64_t>(v);
-    case ArgKind::number: return std::holds_alternative<int64_t>(v) || std::holds_alternative<double>(v);
-    case ArgKind::boolean: return std::holds_alternative<bool>(v);
-    case ArgKind::string: return std::holds_alternative<std::string>(v);
+    case ArgKind::integer:
+      return std::holds_alternative<int64_t>(v);
+    case ArgKind::number:
+      return std::holds_alternative<int64_t>(v) || std::holds_alternative<double>(v);
+    case ArgKind::boolean:
+      return std::holds_alternative<bool>(v);
+    case ArgKind::string:
+      return std::holds_alternative<std::string>(v);
     case ArgKind::int_or_pair: {
       if (std::holds_alternative<int64_t>(v)) return true;
       auto* p = std::get_if<std::vector<int64_t>>(&v);
@@ -85,12 +103,25 @@ bool fits(const ArgValue& v, ArgKind k) {
 
 // Keras arguments that trainer knows but does not implement: naming them as such beats "unknown argument".
 bool known_unsupported(const std::string& name) {
-  static const std::vector<std::string> names = {
-      "kernel_regularizer", "bias_regularizer", "activity_regularizer", "recurrent_regularizer",
-      "kernel_constraint",  "bias_constraint",  "recurrent_constraint", "data_format",
-      "dropout",            "recurrent_dropout", "stateful",            "go_backwards",
-      "unroll",             "return_state",     "mask_zero",            "noise_shape",
-      "input_length",       "dtype",            "lora_rank"};
+  static const std::vector<std::string> names = {"kernel_regularizer",
+                                                 "bias_regularizer",
+                                                 "activity_regularizer",
+                                                 "recurrent_regularizer",
+                                                 "kernel_constraint",
+                                                 "bias_constraint",
+                                                 "recurrent_constraint",
+                                                 "data_format",
+                                                 "dropout",
+                                                 "recurrent_dropout",
+                                                 "stateful",
+                                                 "go_backwards",
+                                                 "unroll",
+                                                 "return_state",
+                                                 "mask_zero",
+                                                 "noise_shape",
+                                                 "input_length",
+                                                 "dtype",
+                                                 "lora_rank"};
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -114,6 +145,11 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
   return m.empty() ? std::string() : fmt::format("did you mean '{}'? ", m);
 }
 
+std::string did_you_mean_only(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string m = closest_match(word, candidates);
+  return m.empty() ? std::string() : fmt::format("did you mean '{}'?", m);
+}
+
 std::string describe_value(const ArgValue& v) {
   return std::visit(
       [](const auto& x) -> std::string {
@@ -126,7 +162,8 @@ std::string describe_value(const ArgValue& v) {
           std::vector<std::string> q;
           for (const std::string& s : x) q.push_back(fmt::format("\"{}\"", s));
           return fmt::format("[{}]", fmt::join(q, ", "));
-        } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>>)
+        } else if constexpr (std::is_same_v<T, std::vector<int64_t>> ||
+                             std::is_same_v<T, std::vector<double>>)
           return fmt::format("[{}]", fmt::join(x, ", "));
         else
           return fmt::format("{}", x);
@@ -143,16 +180,16 @@ LayerArgs::LayerArgs(const formats::LayerSpec& spec, const std::vector<ArgDecl>&
     if (it == decls.end()) {
       std::string takes = fmt::format("{} takes: {}", spec.type, fmt::join(names, ", "));
       if (known_unsupported(name))
-        throw InputError(arg.pos.str(),
-                         fmt::format("{}: Keras's argument '{}' is not supported by trainer", subject(), name),
-                         takes);
+        throw InputError(
+            arg.pos.str(),
+            fmt::format("{}: Keras's argument '{}' is not supported by trainer", subject(), name), takes);
       throw InputError(arg.pos.str(), fmt::format("{}: unknown argument '{}'", subject(), name),
                        did_you_mean(name, names) + takes);
     }
     if (!fits(arg.value, it->kind))
       throw InputError(arg.pos.str(),
-                       fmt::format("{}: argument '{}' must be {}, got {}", subject(), name, kind_text(it->kind),
-                                   describe_value(arg.value)),
+                       fmt::format("{}: argument '{}' must be {}, got {}", subject(), name,
+                                   kind_text(it->kind), describe_value(arg.value)),
                        fmt::format("for example {} = {}", name, example_text(it->kind)));
   }
   for (const ArgDecl& d : decls)

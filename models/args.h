@@ -1,5 +1,5 @@
-// A layer's arguments checked against its Keras signature: unknown names (with a did-you-mean), wrong types and
-// missing required ones are InputErrors at the argument's position in the spec.
+// A layer's arguments checked against its Keras signature: unknown names (with a did-you-mean), wrong types
+// and missing required ones are InputErrors at the argument's position in the spec.
 #pragma once
 
 #include <cstdint>
@@ -28,11 +28,13 @@ struct ArgDecl {
   bool optional = false;                           // no default, and may be absent (Dropout's seed)
 };
 
-// The closest candidate to `word` by edit distance (case-insensitive), or "" when none is close enough to be a
-// plausible misspelling.
+// The closest candidate to `word` by edit distance (case-insensitive), or "" when none is close enough to be
+// a plausible misspelling.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
-// "did you mean 'x'? " or "", for hints.
+// "did you mean 'x'? " or "", to start a hint that goes on.
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
+// "did you mean 'x'?" or "", a hint by itself.
+std::string did_you_mean_only(const std::string& word, const std::vector<std::string>& candidates);
 
 class LayerArgs {
  public:
@@ -52,7 +54,8 @@ class LayerArgs {
   const formats::SourcePos& pos(const std::string& name) const;
   // "Dense layer 'dense_1'", the subject of every message about this layer.
   std::string subject() const;
-  [[noreturn]] void fail(const std::string& name, const std::string& what, const std::string& hint = {}) const;
+  [[noreturn]] void fail(const std::string& name, const std::string& what,
+                         const std::string& hint = {}) const;
   [[noreturn]] void fail_layer(const std::string& what, const std::string& hint = {}) const;
 
  private:

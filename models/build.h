@@ -1,5 +1,5 @@
-// Builds the IR graph of a ModelSpec's model section: each Keras layer expands to IR ops with Keras's argument
-// names, defaults and initializers, and the table `trainer summary` prints comes with it.
+// Builds the IR graph of a ModelSpec's model section: each Keras layer expands to IR ops with Keras's
+// argument names, defaults and initializers, and the table `trainer summary` prints comes with it.
 #pragma once
 
 #include <cstdint>
@@ -17,13 +17,14 @@ struct LayerInfo {
   std::vector<int64_t> output_shape;  // per sample, Keras-style (channels last), without the batch dimension
   int64_t params = 0;                 // trainable and non-trainable
   int64_t trainable_params = 0;
-  int64_t flops_per_sample = 0;       // forward multiply-adds x 2
+  int64_t flops_per_sample = 0;  // forward multiply-adds x 2
 };
 
 struct BuildOptions {
   int64_t batch_size = 32;
-  bool training = true;  // Dropout active, BatchNorm on batch statistics with running statistics bound as state
-  uint64_t seed = 0;     // initializers: each layer seeded by (seed, layer name)
+  bool training =
+      true;           // Dropout active, BatchNorm on batch statistics with running statistics bound as state
+  uint64_t seed = 0;  // initializers: each layer seeded by (seed, layer name)
 };
 
 struct BuiltModel {
@@ -32,8 +33,8 @@ struct BuiltModel {
   engine::ValueId output = engine::kNoValue;  // the last layer's output (after its activation)
   // When the last layer ends in softmax or sigmoid, the value before it (losses fuse with it); else kNoValue.
   engine::ValueId logits = engine::kNoValue;
-  std::string final_activation;  // "softmax", "sigmoid", "linear", ...
-  bool input_channels_last = false;  // the spec's input is HWC; the IR input is CHW (the loader converts)
+  std::string final_activation;       // "softmax", "sigmoid", "linear", ...
+  bool input_channels_last = false;   // the spec's input is HWC; the IR input is CHW (the loader converts)
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   std::vector<LayerInfo> layers;
 };

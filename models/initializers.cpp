@@ -1,5 +1,5 @@
-// Keras's initializers: variance scaling (glorot, he, lecun; uniform and truncated normal), orthogonal, constant
-// and random ones, each a pure function of (name, shape, fans, seed).
+// Keras's initializers: variance scaling (glorot, he, lecun; uniform and truncated normal), orthogonal,
+// constant and random ones, each a pure function of (name, shape, fans, seed).
 #include "models/initializers.h"
 
 #include <algorithm>
@@ -73,7 +73,8 @@ Tensor filled(const Shape& shape, double v, DType dtype) {
 Tensor normal_tensor(const Shape& shape, double stddev, bool truncated, uint64_t seed, DType dtype) {
   Tensor t(dtype, shape);
   Gaussian g(seed);
-  for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, stddev * (truncated ? g.truncated_normal() : g.normal()));
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.set_f64(i, stddev * (truncated ? g.truncated_normal() : g.normal()));
   return t;
 }
 
@@ -87,9 +88,9 @@ uint64_t layer_seed(uint64_t model_seed, const std::string& name) {
 
 const std::vector<std::string>& initializer_names() {
   static const std::vector<std::string> names = {
-      "glorot_uniform", "glorot_normal",  "he_uniform",    "he_normal",     "lecun_uniform",    "lecun_normal",
-      "orthogonal",     "zeros",          "ones",          "random_uniform", "random_normal", "truncated_normal",
-      "uniform",        "normal"};
+      "glorot_uniform", "glorot_normal",    "he_uniform", "he_normal", "lecun_uniform",
+      "lecun_normal",   "orthogonal",       "zeros",      "ones",      "random_uniform",
+      "random_normal",  "truncated_normal", "uniform",    "normal"};
   return names;
 }
 

@@ -1,5 +1,5 @@
-// Keras's weight initializers by name (glorot_uniform, orthogonal, zeros, ...), deterministic functions of a seed
-// so that a model built twice from one spec and one seed starts from the same weights.
+// Keras's weight initializers by name (glorot_uniform, orthogonal, zeros, ...), deterministic functions of a
+// seed so that a model built twice from one spec and one seed starts from the same weights.
 #pragma once
 
 #include <cstdint>
@@ -10,10 +10,10 @@
 
 namespace trainer::models {
 
-// What an initializer needs to know about the weight beyond its shape. Fans follow Keras's compute_fans for the
-// weight's Keras shape (Dense [in, units]: fan_in = in; Conv2D: kernel area x channels); `rows` x `cols` is the
-// matrix `orthogonal` makes orthonormal (along its shorter side), so it may differ from the IR layout by a
-// transpose or a permutation of rows, which keeps the property.
+// What an initializer needs to know about the weight beyond its shape. Fans follow Keras's compute_fans for
+// the weight's Keras shape (Dense [in, units]: fan_in = in; Conv2D: kernel area x channels); `rows` x `cols`
+// is the matrix `orthogonal` makes orthonormal (along its shorter side), so it may differ from the IR layout
+// by a transpose or a permutation of rows, which keeps the property.
 struct WeightFans {
   int64_t fan_in = 1;
   int64_t fan_out = 1;
@@ -25,8 +25,8 @@ struct WeightFans {
 // reshuffle the others.
 uint64_t layer_seed(uint64_t model_seed, const std::string& name);
 
-// The initializer names accepted in specs (snake_case, as Keras writes them). Keras's class names are accepted
-// too: "GlorotUniform" and "glorot_uniform" are the same initializer.
+// The initializer names accepted in specs (snake_case, as Keras writes them). Keras's class names are
+// accepted too: "GlorotUniform" and "glorot_uniform" are the same initializer.
 const std::vector<std::string>& initializer_names();
 // The canonical snake_case name of `name`, or "" when it is not an initializer.
 std::string canonical_initializer(const std::string& name);

@@ -20,8 +20,8 @@ std::string keras_shape(const std::vector<int64_t>& shape) {
 }
 
 const std::vector<std::string>& activation_names() {
-  static const std::vector<std::string> names = {"relu", "sigmoid", "tanh",      "softmax",
-                                                 "linear", "gelu",   "leaky_relu"};
+  static const std::vector<std::string> names = {"relu",   "sigmoid", "tanh",      "softmax",
+                                                 "linear", "gelu",    "leaky_relu"};
   return names;
 }
 
@@ -108,7 +108,7 @@ std::string LayerBuilder::choice(const std::string& arg, const std::vector<std::
   std::vector<std::string> quoted;
   for (const std::string& o : options) quoted.push_back(fmt::format("\"{}\"", o));
   fail(arg, fmt::format("{} must be {}, got \"{}\"", arg, fmt::join(quoted, " or "), v),
-       did_you_mean(v, options));
+       did_you_mean_only(v, options));
 }
 
 std::string LayerBuilder::activation_name(const std::string& arg) const {
@@ -172,6 +172,7 @@ LayerValue LayerBuilder::to_channels_last(const LayerValue& x) {
 LayerValue LayerBuilder::reshape(const LayerValue& x, const std::vector<int64_t>& shape) {
   TRAINER_ASSERT(!x.channels_first, "reshape of a channels-first value");
   LayerValue y;
+  y.from = x.from;
   y.shape = shape;
   if (shape == x.shape) {
     y.value = x.value;

@@ -58,8 +58,8 @@ class LayerBuilder {
   int64_t positive(const std::string& arg) const;
   std::vector<int64_t> positive_pair(const std::string& arg) const;
   std::string choice(const std::string& arg, const std::vector<std::string>& options) const;  // lower case
-  std::string activation_name(const std::string& arg = "activation") const;  // canonical
-  std::string initializer(const std::string& arg) const;                     // canonical
+  std::string activation_name(const std::string& arg = "activation") const;                   // canonical
+  std::string initializer(const std::string& arg) const;                                      // canonical
 
   // The IR shape of a value: [N, C, H, W] or [N] + shape.
   engine::Shape ir_shape(const LayerValue& x) const;
@@ -74,11 +74,13 @@ class LayerBuilder {
   // Reshapes a channels-last value to per-sample `shape` (row-major, as Keras's Reshape).
   LayerValue reshape(const LayerValue& x, const std::vector<int64_t>& shape);
   // Adds a node named "<layer>/<Op>"; returns its first output.
-  engine::ValueId op(const std::string& op, std::vector<engine::ValueId> inputs, engine::Attributes attrs = {});
+  engine::ValueId op(const std::string& op, std::vector<engine::ValueId> inputs,
+                     engine::Attributes attrs = {});
   engine::NodeId node(const std::string& op, std::vector<engine::ValueId> inputs, engine::Attributes attrs,
                       int num_outputs);
 
-  [[noreturn]] void fail(const std::string& arg, const std::string& what, const std::string& hint = {}) const {
+  [[noreturn]] void fail(const std::string& arg, const std::string& what,
+                         const std::string& hint = {}) const {
     args.fail(arg, what, hint);
   }
   [[noreturn]] void fail_layer(const std::string& what, const std::string& hint = {}) const {
@@ -96,7 +98,7 @@ struct LayerDef {
   std::string base_name;  // Keras's generated layer name: "dense", "conv2d", "max_pooling2d", ...
   std::vector<ArgDecl> args;
   int min_inputs = 1;
-  int max_inputs = 1;  // -1: any number
+  int max_inputs = 1;      // -1: any number
   bool takes_ids = false;  // Embedding: integer token ids in; every other layer takes floats
   BuildFn build = nullptr;
 };

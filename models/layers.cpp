@@ -10,10 +10,14 @@ using namespace trainer::engine;
 
 bool activation_op(const std::string& name, int64_t softmax_axis, std::string* op, Attributes* attrs) {
   *attrs = {};
-  if (name == "relu") *op = "Relu";
-  else if (name == "sigmoid") *op = "Sigmoid";
-  else if (name == "tanh") *op = "Tanh";
-  else if (name == "gelu") *op = "Gelu";  // exact (erf), Keras's default approximate=False
+  if (name == "relu")
+    *op = "Relu";
+  else if (name == "sigmoid")
+    *op = "Sigmoid";
+  else if (name == "tanh")
+    *op = "Tanh";
+  else if (name == "gelu")
+    *op = "Gelu";  // exact (erf), Keras's default approximate=False
   else if (name == "leaky_relu") {
     // Keras 3's leaky_relu activation: negative_slope = 0.2 (ONNX's LeakyRelu defaults to 0.01).
     *op = "LeakyRelu";
@@ -43,7 +47,8 @@ ValueId dense(LayerContext& ctx, ValueId x, int64_t units, const std::string& ac
   int64_t in = s[s.rank() - 1];
   DType t = g.value(x).dtype;
   const std::string kernel = name + "/kernel";
-  ValueId w = g.add_parameter(kernel, glorot_uniform(Shape{in, units}, in, units, layer_seed(ctx.seed, kernel), t));
+  ValueId w =
+      g.add_parameter(kernel, glorot_uniform(Shape{in, units}, in, units, layer_seed(ctx.seed, kernel), t));
   ValueId b = g.add_parameter(name + "/bias", Tensor(t, Shape{units}));
   ValueId y = g.op("Add", {g.op("MatMul", {x, w}), b});
   return activation(g, y, act);

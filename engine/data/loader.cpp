@@ -40,7 +40,6 @@ bool is_supported_sample_dtype(DType t) {
 struct Geometry {
   int64_t channels = 1, positions = 1;
   int64_t src_c = 0, src_p = 1, dst_c = 0, dst_p = 1;
-  bool identity_order() const { return channels == 1 || (src_c == dst_c && src_p == dst_p); }
 };
 
 // Bytes per element of the supported types, and reads of one element as double.
@@ -573,8 +572,12 @@ void BatchLoader::start_epoch(int64_t epoch) {
     std::lock_guard<std::mutex> lk(im.mu);
     im.holding = false;
     // The producer runs ahead into the following epochs; what it made stays valid when the trainer asks for the
-    // epoch that comes next in that sequence. Anything else starts over.
-    const bool in_sequence = im.started && epoch >= im.base_epoch && im.consumed == (epoch - im.base_epoch) * im.bpe;
+    // epoch that comes next in that sequence, or for any epoch at an epoch boundary when every epoch has the same
+    // order (no shuffle: evaluation restarts epoch 0 each time). Anything else starts over.
+    const bool at_boundary = im.bpe == 0 || im.consumed % im.bpe == 0;
+    const bool in_sequence =
+        im.started && at_boundary &&
+        (!im.shuffle || (epoch >= im.base_epoch && im.consumed == (epoch - im.base_epoch) * im.bpe));
     if (!in_sequence) {
       ++im.gen;
       im.gen_now.store(im.gen);

@@ -1,0 +1,370 @@
+// The NPY header parser and the zip central-directory reader behind NPZ archives. Stored members are used in place
+// in the mapped archive; deflated ones are inflated once with zlib.
+#include "formats/data_npy.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <cstring>
+
+#include "engine/util/error.h"
+
+namespace trainer::formats {
+
+namespace {
+
+uint16_t le16(const uint8_t* p) {
+  return static_cast<uint16_t>(p[0] | (p[1] << 8));
+}
+uint32_t le32(const uint8_t* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+uint64_t le64(const uint8_t* p) {
+  return uint64_t{le32(p)} | (uint64_t{le32(p + 4)} << 32);
+}
+
+constexpr const char* kNpyDtypes = "uint8 ('|u1'), bool ('|b1'), int32 ('<i4'), int64 ('<i8'), float32 ('<f4') and "
+                                   "float64 ('<f8')";
+
+// The header is a Python dict literal: {'descr': '<f4', 'fortran_order': False, 'shape': (60000, 28, 28), }
+class HeaderParser {
+ public:
+  HeaderParser(std::string_view text, std::string where) : s_(text), where_(std::move(where)) {}
+
+  void parse(std::string* descr, bool* fortran, std::vector<int64_t>* shape) {
+    bool have_descr = false, have_fortran = false, have_shape = false;
+    expect('{');
+    for (;;) {
+      skip();
+      if (peek() == '}') break;
+      std::string key = string_literal();
+      expect(':');
+      skip();
+      if (key == "descr") {
+        if (peek() == '[') fail("a structured dtype (a list of fields): datasets need plain numeric arrays");
+        *descr = string_literal();
+        have_descr = true;
+      } else if (key == "fortran_order") {
+        *fortran = boolean();
+        have_fortran = true;
+      } else if (key == "shape") {
+        *shape = tuple();
+        have_shape = true;
+      } else {
+        skip_value();
+      }
+      skip();
+      if (peek() == ',') ++i_;
+    }
+    if (!have_descr || !have_fortran || !have_shape) fail("the header lacks 'descr', 'fortran_order' or 'shape'");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw InputError(where_, fmt::format("bad NPY header: {}", what), "write the array with numpy.save");
+  }
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void skip() {
+    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
+  }
+  void expect(char c) {
+    skip();
+    if (peek() != c) fail(fmt::format("expected '{}' at column {} of '{}'", c, i_ + 1, s_));
+    ++i_;
+  }
+  std::string string_literal() {
+    skip();
+    char q = peek();
+    if (q != '\'' && q != '"') fail(fmt::format("expected a quoted string at column {} of '{}'", i_ + 1, s_));
+    size_t end = s_.find(q, i_ + 1);
+    if (end == std::string_view::npos) fail("an unterminated string");
+    std::string out(s_.substr(i_ + 1, end - i_ - 1));
+    i_ = end + 1;
+    return out;
+  }
+  bool boolean() {
+    if (s_.substr(i_, 4) == "True") {
+      i_ += 4;
+      return true;
+    }
+    if (s_.substr(i_, 5) == "False") {
+      i_ += 5;
+      return false;
+    }
+    fail("fortran_order is neither True nor False");
+  }
+  std::vector<int64_t> tuple() {
+    expect('(');
+    std::vector<int64_t> dims;
+    for (;;) {
+      skip();
+      if (peek() == ')') break;
+      if (!std::isdigit(static_cast<unsigned char>(peek()))) fail(fmt::format("a bad shape in '{}'", s_));
+      int64_t v = 0;
+      while (std::isdigit(static_cast<unsigned char>(peek()))) {
+        v = v * 10 + (s_[i_] - '0');
+        if (v > (int64_t{1} << 48)) fail("a dimension too large");
+        ++i_;
+      }
+      if (peek() == 'L') ++i_;  // Python 2 longs
+      dims.push_back(v);
+      skip();
+      if (peek() == ',') ++i_;
+    }
+    ++i_;
+    return dims;
+  }
+  void skip_value() {
+    int depth = 0;
+    while (i_ < s_.size()) {
+      char c = s_[i_];
+      if (c == '\'' || c == '"') {
+        string_literal();
+        continue;
+      }
+      if (c == '(' || c == '[' || c == '{') ++depth;
+      if (c == ')' || c == ']' || c == '}') {
+        if (depth == 0) return;
+        --depth;
+      }
+      if (c == ',' && depth == 0) return;
+      ++i_;
+    }
+  }
+
+  std::string_view s_;
+  size_t i_ = 0;
+  std::string where_;
+};
+
+engine::DType npy_dtype(const std::string& descr, const std::string& where) {
+  const char order = descr.empty() ? '?' : descr[0];
+  const std::string code = (order == '<' || order == '>' || order == '|' || order == '=') ? descr.substr(1) : descr;
+  if (code == "O") {
+    throw InputError(where, "an object array (Python objects, such as ragged lists of token ids)",
+                     "pad the sequences to one length and store integers: "
+                     "keras.utils.pad_sequences(x, maxlen=200).astype('int32')");
+  }
+  engine::DType t;
+  if (code == "u1" || code == "b1") {
+    t = engine::DType::u8;
+  } else if (code == "i4") {
+    t = engine::DType::i32;
+  } else if (code == "i8") {
+    t = engine::DType::i64;
+  } else if (code == "f4") {
+    t = engine::DType::f32;
+  } else if (code == "f8") {
+    t = engine::DType::f64;
+  } else {
+    throw InputError(where, fmt::format("dtype '{}' is not supported; NPY datasets hold {}", descr, kNpyDtypes),
+                     "convert it with numpy, e.g. x.astype('float32')");
+  }
+  if (order == '>' && engine::dtype_bytes(t) > 1) {
+    throw InputError(where, fmt::format("the array is big-endian ('{}')", descr),
+                     fmt::format("convert it with numpy: x.astype('<{}')", code));
+  }
+  return t;
+}
+
+}  // namespace
+
+NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name) {
+  const uint8_t* p = bytes.data() + base;
+  if (size < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0) {
+    throw InputError(at_byte(name, 0), "not an NPY file: it does not start with \"\\x93NUMPY\"",
+                     "write arrays with numpy.save (or numpy.savez for .npz)");
+  }
+  const int major = p[6];
+  uint64_t header_len = 0, start = 0;
+  if (major == 1) {
+    header_len = le16(p + 8);
+    start = 10;
+  } else if (major == 2 || major == 3) {
+    if (size < 12) throw InputError(at_byte(name, size), "the file ends inside the NPY header");
+    header_len = le32(p + 8);
+    start = 12;
+  } else {
+    throw InputError(at_byte(name, 6), fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)",
+                                                   major, static_cast<int>(p[7])));
+  }
+  if (start + header_len > size) {
+    throw InputError(at_byte(name, size),
+                     fmt::format("the file ends inside the NPY header, which needs {} bytes", start + header_len),
+                     "the file is truncated: write it again");
+  }
+  std::string_view text(reinterpret_cast<const char*>(p + start), header_len);
+  std::string descr;
+  bool fortran = false;
+  NpyHeader h;
+  HeaderParser(text, at_byte(name, start)).parse(&descr, &fortran, &h.shape);
+  h.dtype = npy_dtype(descr, name);
+  if (fortran) {
+    throw InputError(name, "the array is in Fortran (column-major) order",
+                     "save a C-ordered copy: numpy.save(path, numpy.ascontiguousarray(x))");
+  }
+  if (h.shape.empty()) {
+    throw InputError(name, "the array is a scalar", "a dataset is an array whose first dimension counts samples");
+  }
+  h.data_offset = start + header_len;
+  uint64_t elems = 1;
+  for (int64_t d : h.shape) elems *= static_cast<uint64_t>(d);
+  const uint64_t need = elems * engine::dtype_bytes(h.dtype);
+  if (size - h.data_offset < need) {
+    throw InputError(at_byte(name, size),
+                     fmt::format("the file ends after {} of its {} data bytes (shape {}, {})", size - h.data_offset,
+                                 need, engine::Shape(h.shape).str(), descr),
+                     "the file is truncated: write it again");
+  }
+  return h;
+}
+
+namespace {
+
+Column npy_column(std::shared_ptr<const Bytes> bytes, uint64_t base, uint64_t size, const std::string& name) {
+  NpyHeader h = parse_npy_header(*bytes, base, size, name);
+  Column col(h.dtype, engine::Shape(std::vector<int64_t>(h.shape.begin() + 1, h.shape.end())));
+  Segment seg;
+  seg.bytes = std::move(bytes);
+  seg.offset = base + h.data_offset;
+  seg.stride = col.record_bytes();
+  seg.count = h.shape[0];
+  seg.file = name;
+  col.add(std::move(seg));
+  return col;
+}
+
+}  // namespace
+
+Column read_npy(const std::string& path, int64_t spill_bytes) {
+  auto bytes = load_file(path, spill_bytes);
+  const uint64_t size = bytes->size();
+  return npy_column(std::move(bytes), 0, size, file_name(path));
+}
+
+ZipArchive::ZipArchive(const std::string& path) : name_(file_name(path)), bytes_(map_file(path)) {
+  const uint8_t* p = bytes_->data();
+  const uint64_t size = bytes_->size();
+  const char* hint = "write the archive with numpy.savez or numpy.savez_compressed";
+  auto damaged = [&](uint64_t at, const std::string& what) {
+    return InputError(at_byte(name_, at), fmt::format("a damaged zip archive: {}", what), hint);
+  };
+  // The end-of-central-directory record closes the file, followed only by an archive comment of up to 64 KiB.
+  if (size < 22) throw InputError(name_, fmt::format("not a zip archive ({} bytes)", size), hint);
+  int64_t eocd = -1;
+  const uint64_t lowest = size >= 22 + 65535 ? size - 22 - 65535 : 0;
+  for (uint64_t at = size - 22 + 1; at-- > lowest;) {
+    if (le32(p + at) == 0x06054b50) {
+      eocd = static_cast<int64_t>(at);
+      break;
+    }
+  }
+  if (eocd < 0) {
+    throw InputError(name_, "not a zip archive: no end-of-central-directory record",
+                     std::memcmp(p, "\x93NUMPY", 6) == 0 ? "this is an .npy file: set format = \"npy\"" : hint);
+  }
+  const uint8_t* e = p + eocd;
+  uint64_t entries = le16(e + 10), cd_size = le32(e + 12), cd_offset = le32(e + 16);
+  if (entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd_offset == 0xFFFFFFFF) {
+    // Zip64: a locator just before the record points at the 64-bit record.
+    if (eocd < 20 || le32(p + eocd - 20) != 0x07064b50) throw damaged(eocd, "a zip64 archive without its locator");
+    const uint64_t at = le64(p + eocd - 20 + 8);
+    if (at + 56 > size || le32(p + at) != 0x06064b50) throw damaged(at, "a bad zip64 end-of-directory record");
+    entries = le64(p + at + 32);
+    cd_size = le64(p + at + 40);
+    cd_offset = le64(p + at + 48);
+  }
+  if (cd_offset + cd_size > size) throw damaged(cd_offset, "the central directory lies past the end of the file");
+  uint64_t at = cd_offset;
+  for (uint64_t k = 0; k < entries; ++k) {
+    if (at + 46 > size || le32(p + at) != 0x02014b50) throw damaged(at, "a bad central directory entry");
+    const uint8_t* c = p + at;
+    Member m;
+    m.flags = le16(c + 8);
+    m.method = le16(c + 10);
+    m.crc = le32(c + 16);
+    m.compressed_size = le32(c + 20);
+    m.size = le32(c + 24);
+    const uint16_t name_len = le16(c + 28), extra_len = le16(c + 30), comment_len = le16(c + 32);
+    m.local_offset = le32(c + 42);
+    if (at + 46 + name_len + extra_len + comment_len > size) throw damaged(at, "a central directory entry overruns");
+    m.name.assign(reinterpret_cast<const char*>(c + 46), name_len);
+    // Zip64 sizes and offset live in extra field 0x0001, in this order, for the fields that hold 0xFFFFFFFF.
+    const uint8_t* x = c + 46 + name_len;
+    const uint8_t* x_end = x + extra_len;
+    while (x + 4 <= x_end) {
+      const uint16_t id = le16(x), len = le16(x + 2);
+      if (x + 4 + len > x_end) break;
+      if (id == 0x0001) {
+        const uint8_t* f = x + 4;
+        const uint8_t* f_end = f + len;
+        if (m.size == 0xFFFFFFFF && f + 8 <= f_end) m.size = le64(f), f += 8;
+        if (m.compressed_size == 0xFFFFFFFF && f + 8 <= f_end) m.compressed_size = le64(f), f += 8;
+        if (m.local_offset == 0xFFFFFFFF && f + 8 <= f_end) m.local_offset = le64(f), f += 8;
+      }
+      x += 4 + len;
+    }
+    members_.push_back(std::move(m));
+    at += 46 + name_len + extra_len + comment_len;
+  }
+}
+
+const ZipArchive::Member* ZipArchive::find(const std::string& member_name) const {
+  for (const auto& m : members_) {
+    if (m.name == member_name) return &m;
+  }
+  return nullptr;
+}
+
+std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset, int64_t spill_bytes) const {
+  const uint8_t* p = bytes_->data();
+  const uint64_t size = bytes_->size();
+  const std::string where = at_byte(name_, m.local_offset);
+  if (m.local_offset + 30 > size || le32(p + m.local_offset) != 0x04034b50) {
+    throw InputError(where, fmt::format("a damaged zip archive: no local header for member '{}'", m.name));
+  }
+  const uint64_t start = m.local_offset + 30 + le16(p + m.local_offset + 26) + le16(p + m.local_offset + 28);
+  if (start + m.compressed_size > size) {
+    throw InputError(at_byte(name_, size), fmt::format("the archive ends inside member '{}'", m.name),
+                     "the file is truncated: write it again");
+  }
+  if (m.flags & 1) throw InputError(name_, fmt::format("member '{}' is encrypted", m.name));
+  const std::string member = fmt::format("{}/{}", name_, m.name);
+  if (m.method == 0) {
+    if (m.compressed_size != m.size) {
+      throw InputError(where, fmt::format("stored member '{}' has {} bytes but says it has {}", m.name,
+                                          m.compressed_size, m.size));
+    }
+    *offset = start;
+    return bytes_;
+  }
+  if (m.method == 8) {
+    *offset = 0;
+    return inflate_raw(p + start, m.compressed_size, m.size, m.crc, member, spill_bytes);
+  }
+  throw InputError(name_, fmt::format("member '{}' uses compression method {}; only stored (0) and deflated (8) are "
+                                      "supported",
+                                      m.name, m.method),
+                   "write the archive with numpy.savez or numpy.savez_compressed");
+}
+
+Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spill_bytes) {
+  const std::string wanted = key.size() > 4 && key.ends_with(".npy") ? key : key + ".npy";
+  const ZipArchive::Member* m = zip.find(wanted);
+  if (!m) {
+    std::vector<std::string> keys;
+    for (const auto& mem : zip.members()) {
+      keys.push_back(mem.name.ends_with(".npy") ? mem.name.substr(0, mem.name.size() - 4) : mem.name);
+    }
+    std::string listed;
+    for (const auto& k : keys) listed += (listed.empty() ? "" : ", ") + k;
+    std::string hint = did_you_mean(key, keys);
+    throw InputError(zip.name(), fmt::format("has no array '{}'; its arrays: {}", key, listed.empty() ? "none" : listed),
+                     hint.empty() ? "set x_key / y_key to the archive's array names" : hint);
+  }
+  uint64_t offset = 0;
+  auto bytes = zip.open(*m, &offset, spill_bytes);
+  return npy_column(std::move(bytes), offset, m->size, fmt::format("{}/{}", zip.name(), m->name));
+}
+
+}  // namespace trainer::formats

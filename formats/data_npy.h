@@ -1,0 +1,53 @@
+// NPY arrays and NPZ archives (zip files of .npy members, stored or deflated) as dataset columns.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats/data_array.h"
+
+namespace trainer::formats {
+
+// A parsed .npy header.
+struct NpyHeader {
+  engine::DType dtype = engine::DType::u8;
+  std::vector<int64_t> shape;
+  uint64_t data_offset = 0;  // from the start of the .npy bytes
+};
+
+// Parses the header of the .npy bytes [base, base + size) of `bytes` (v1, v2 or v3; little-endian u1, b1, i4, i8, f4,
+// f8; C order). Anything else is an InputError naming `name` and the byte offset.
+NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name);
+
+// The array of a .npy file (mapped in place, or decompressed once when gzipped) as a column of its first dimension.
+Column read_npy(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes);
+
+// A zip archive's members, found through its central directory (zip64 included).
+class ZipArchive {
+ public:
+  struct Member {
+    std::string name;
+    uint16_t method = 0;  // 0 stored, 8 deflated
+    uint16_t flags = 0;
+    uint32_t crc = 0;
+    uint64_t compressed_size = 0, size = 0, local_offset = 0;
+  };
+  explicit ZipArchive(const std::string& path);
+  const std::string& name() const { return name_; }
+  const std::vector<Member>& members() const { return members_; }
+  const Member* find(const std::string& member_name) const;
+  // A member's bytes: a view into the mapped archive when stored, its inflated copy when deflated. *offset receives
+  // where the member starts in the returned bytes.
+  std::shared_ptr<const Bytes> open(const Member& m, uint64_t* offset, int64_t spill_bytes) const;
+
+ private:
+  std::string name_;
+  std::shared_ptr<const Bytes> bytes_;
+  std::vector<Member> members_;
+};
+
+// Array `key` of an .npz archive ("x" reads member "x.npy"); a missing key is an InputError listing the keys.
+Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spill_bytes = kDefaultSpillBytes);
+
+}  // namespace trainer::formats

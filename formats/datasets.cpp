@@ -1,0 +1,217 @@
+// Dataset sources: file resolution, format choice, and pairing sample files with label files.
+#include "formats/datasets.h"
+
+#include <dirent.h>
+#include <fmt/format.h>
+#include <glob.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "engine/util/error.h"
+#include "formats/data_array.h"
+#include "formats/data_cifar.h"
+#include "formats/data_csv.h"
+#include "formats/data_idx.h"
+#include "formats/data_npy.h"
+
+namespace trainer::formats {
+
+namespace {
+
+bool has_glob(const std::string& s) {
+  return s.find_first_of("*?[") != std::string::npos;
+}
+
+// Orders names as people count: runs of digits compare by value.
+bool natural_less(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+      size_t i2 = i, j2 = j;
+      while (i2 < a.size() && std::isdigit(static_cast<unsigned char>(a[i2]))) ++i2;
+      while (j2 < b.size() && std::isdigit(static_cast<unsigned char>(b[j2]))) ++j2;
+      std::string_view da(a.data() + i, i2 - i), db(b.data() + j, j2 - j);
+      while (da.size() > 1 && da[0] == '0') da.remove_prefix(1);
+      while (db.size() > 1 && db[0] == '0') db.remove_prefix(1);
+      if (da.size() != db.size()) return da.size() < db.size();
+      if (da != db) return da < db;
+      i = i2;
+      j = j2;
+    } else {
+      if (a[i] != b[j]) return a[i] < b[j];
+      ++i;
+      ++j;
+    }
+  }
+  return a.size() - i < b.size() - j;
+}
+
+std::string where_in_spec(const SourcePos& pos) {
+  return pos.file.empty() ? std::string("data") : pos.str();
+}
+
+std::string directory_of(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+}
+
+// A hint for a missing file: the nearest name in its folder, or what the folder is.
+std::string missing_file_hint(const std::string& path) {
+  const std::string dir = directory_of(path);
+  DIR* d = opendir(dir.c_str());
+  if (!d) return fmt::format("the folder {} does not exist either; relative paths start at the spec's folder", dir);
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  closedir(d);
+  std::string hint = did_you_mean(file_name(path), names);
+  return hint.empty() ? "relative paths start at the spec's folder" : hint;
+}
+
+std::string describe_files(const std::vector<std::string>& files) {
+  if (files.size() == 1) return file_name(files[0]);
+  return fmt::format("{} .. {} ({} files)", file_name(files.front()), file_name(files.back()), files.size());
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace
+
+std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns, const std::string& base_dir,
+                                            const SourcePos& pos) {
+  std::vector<std::string> out;
+  for (const auto& pat : patterns) {
+    const std::string full = pat.starts_with('/') || base_dir.empty() ? pat : base_dir + "/" + pat;
+    if (!has_glob(pat)) {
+      if (!is_regular_file(full)) {
+        struct stat st {};
+        const bool exists = stat(full.c_str(), &st) == 0;
+        throw InputError(where_in_spec(pos),
+                         exists ? fmt::format("data file '{}' is not a regular file ({})", pat, full)
+                                : fmt::format("data file '{}' does not exist (looked for {})", pat, full),
+                         exists ? "name a file, or a glob such as \"data_batch_*.bin\"" : missing_file_hint(full));
+      }
+      out.push_back(full);
+      continue;
+    }
+    glob_t g{};
+    int rc = glob(full.c_str(), 0, nullptr, &g);
+    std::vector<std::string> matches;
+    if (rc == 0) {
+      for (size_t k = 0; k < g.gl_pathc; ++k) {
+        if (is_regular_file(g.gl_pathv[k])) matches.emplace_back(g.gl_pathv[k]);
+      }
+    }
+    globfree(&g);
+    if (matches.empty()) {
+      throw InputError(where_in_spec(pos), fmt::format("no data file matches '{}' (looked for {})", pat, full),
+                       "relative paths start at the spec's folder");
+    }
+    std::sort(matches.begin(), matches.end(), natural_less);
+    out.insert(out.end(), matches.begin(), matches.end());
+  }
+  return out;
+}
+
+std::string data_format_from_name(const std::string& path) {
+  std::string n = file_name(path);
+  for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (n.ends_with(".gz")) n.resize(n.size() - 3);
+  if (n.ends_with(".npy")) return "npy";
+  if (n.ends_with(".npz")) return "npz";
+  if (n.ends_with(".csv")) return "csv";
+  if (n.ends_with(".idx") || n.ends_with("-ubyte") || n.ends_with(".ubyte") || n.find("idx1") != std::string::npos ||
+      n.find("idx3") != std::string::npos) {
+    return "idx";
+  }
+  if (n.ends_with(".bin")) return "cifar10";
+  return "";
+}
+
+std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
+                                                          const DatasetOptions& options) {
+  const std::string where = where_in_spec(src.pos);
+  if (src.x.empty()) throw InputError(where, "the data source names no files", "set x = [\"...\"]");
+  std::string format = src.format;
+  if (!format.empty() &&
+      std::find(std::begin(kDataFormats), std::end(kDataFormats), format) == std::end(kDataFormats)) {
+    std::vector<std::string> known(std::begin(kDataFormats), std::end(kDataFormats));
+    std::string hint = did_you_mean(format, known);
+    throw InputError(where, fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv", format),
+                     hint);
+  }
+  const std::vector<std::string> xs = resolve_data_files(src.x, base_dir, src.pos);
+  const std::vector<std::string> ys = resolve_data_files(src.y, base_dir, src.pos);
+  if (format.empty()) {
+    format = data_format_from_name(xs[0]);
+    if (format.empty()) {
+      throw InputError(where, fmt::format("cannot tell the format of '{}' from its name", file_name(xs[0])),
+                       "set format = \"idx\", \"cifar10\", \"npy\", \"npz\" or \"csv\"");
+    }
+  }
+  const bool labels_inside = format == "cifar10" || format == "csv" || format == "npz";
+  if (labels_inside && !ys.empty()) {
+    throw InputError(where, fmt::format("{} files hold their labels; y names other files", format),
+                     format == "npz" ? "name the label array with y_key" : "remove y");
+  }
+  if (!labels_inside && ys.empty()) {
+    throw InputError(where, fmt::format("{} samples need label files: y is missing", format),
+                     format == "idx" ? "e.g. y = [\"train-labels-idx1-ubyte.gz\"]" : "e.g. y = [\"y_train.npy\"]");
+  }
+
+  Column x, y;
+  engine::data::Layout layout = engine::data::Layout::plain;
+  const int64_t spill = options.spill_bytes;
+  if (format == "idx") {
+    for (const auto& f : xs) x.append(read_idx(f, spill));
+    for (const auto& f : ys) y.append(read_idx(f, spill));
+  } else if (format == "cifar10") {
+    for (const auto& f : xs) read_cifar10(f, &x, &y, spill);
+    layout = engine::data::Layout::chw;
+  } else if (format == "npy") {
+    for (const auto& f : xs) x.append(read_npy(f, spill));
+    for (const auto& f : ys) y.append(read_npy(f, spill));
+  } else if (format == "npz") {
+    for (const auto& f : xs) {
+      ZipArchive zip(f);
+      x.append(read_npz_array(zip, src.x_key, spill));
+      y.append(read_npz_array(zip, src.y_key, spill));
+    }
+  } else {
+    CsvOptions co;
+    co.header = src.header;
+    co.label_column = src.label_column;
+    co.spill_bytes = spill;
+    for (const auto& f : xs) read_csv(f, co, &x, &y);
+  }
+  // Arrays of images follow Keras's convention: [N, H, W, C].
+  if ((format == "npy" || format == "npz") && x.shape().rank() == 3) layout = engine::data::Layout::hwc;
+
+  const std::string x_desc = describe_files(xs);
+  if (x.size() != y.size()) {
+    throw InputError(where,
+                     fmt::format("{} hold{} {} samples, but {} hold{} {} labels", x_desc, xs.size() == 1 ? "s" : "",
+                                 x.size(), ys.empty() ? x_desc : describe_files(ys),
+                                 ys.size() == 1 || (ys.empty() && xs.size() == 1) ? "s" : "", y.size()),
+                     "the sample and label files must match one to one");
+  }
+  if (x.size() == 0) throw InputError(where, fmt::format("{} holds no samples", x_desc));
+  if (y.shape().rank() > 1) {
+    throw InputError(where, fmt::format("labels of shape {} per sample: labels are class ids or vectors",
+                                        y.shape().str()));
+  }
+  if (src.limit < 0) throw InputError(where, fmt::format("limit {} is negative", src.limit));
+  std::shared_ptr<const engine::data::Dataset> ds =
+      std::make_shared<ArrayDataset>(std::move(x), std::move(y), layout, x_desc);
+  if (src.limit > 0 && src.limit < ds->size()) ds = engine::data::subset(ds, 0, src.limit);
+  return ds;
+}
+
+}  // namespace trainer::formats

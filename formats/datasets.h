@@ -1,0 +1,35 @@
+// Opens the dataset a spec's [data] source names: resolves its files (globs, relative to the spec's folder), picks
+// the reader (idx, cifar10, npy, npz, csv) from `format` or the file names, and applies `limit`.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/data/dataset.h"
+#include "formats/data_bytes.h"
+#include "formats/model_spec.h"
+
+namespace trainer::formats {
+
+inline constexpr const char* kDataFormats[] = {"idx", "cifar10", "npy", "npz", "csv"};
+
+struct DatasetOptions {
+  // Decompressed or parsed data past this size goes to an unlinked temporary file that is memory-mapped.
+  int64_t spill_bytes = kDefaultSpillBytes;
+};
+
+// Missing files, unreadable or malformed data, and x/y files that disagree are InputErrors: at the source's
+// position in the spec when the spec is at fault, else at the file and byte offset (or line) of the problem.
+std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
+                                                          const DatasetOptions& options = {});
+
+// The files that `patterns` name, each pattern's matches in natural order ("data_batch_2" before "data_batch_10").
+// A file that does not exist or a glob that matches nothing is an InputError at `pos`.
+std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns, const std::string& base_dir,
+                                            const SourcePos& pos);
+
+// The format a file name implies ("train-images-idx3-ubyte.gz" -> "idx"), or "" when it implies none.
+std::string data_format_from_name(const std::string& path);
+
+}  // namespace trainer::formats

@@ -1,0 +1,195 @@
+// Writes a resolved ModelSpec back as TOML (checkpoints embed it, so a run describes itself), compares specs
+// by their settings, and resolves data paths against the spec's folder.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "formats/model_spec.h"
+#include "formats/model_spec_text.h"
+
+namespace trainer::formats {
+
+using spec_text::toml_float;
+using spec_text::toml_key;
+using spec_text::toml_string;
+
+std::string SourcePos::str() const {
+  if (line <= 0) return file;
+  return fmt::format("{}:{}:{}", file, line, col);
+}
+
+namespace {
+
+std::string value(bool v) {
+  return v ? "true" : "false";
+}
+std::string value(int64_t v) {
+  return std::to_string(v);
+}
+std::string value(uint64_t v) {
+  return std::to_string(v);
+}
+std::string value(double v) {
+  return toml_float(v);
+}
+std::string value(const std::string& v) {
+  return toml_string(v);
+}
+
+template <typename T>
+std::string value(const std::vector<T>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + value(v[i]);
+  return out + "]";
+}
+
+class Writer {
+ public:
+  template <typename T>
+  void kv(std::string_view key, const T& v) {
+    out_ += fmt::format("{} = {}\n", toml_key(key), value(v));
+  }
+  void header(std::string_view h) { out_ += fmt::format("\n{}\n", h); }
+  void raw(std::string_view s) { out_ += s; }
+  std::string str() && { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+void write_source(Writer& w, std::string_view name, const DataSource& s) {
+  w.header(fmt::format("[data.{}]", name));
+  if (!s.format.empty()) w.kv("format", s.format);
+  w.kv("x", s.x);
+  if (!s.y.empty()) w.kv("y", s.y);
+  w.kv("x_key", s.x_key);
+  w.kv("y_key", s.y_key);
+  w.kv("header", s.header);
+  if (!s.label_column.empty()) w.kv("label_column", s.label_column);
+  w.kv("limit", s.limit);
+}
+
+bool has(const std::vector<std::string>& v, std::string_view s) {
+  for (const auto& x : v)
+    if (x == s) return true;
+  return false;
+}
+
+void clear_positions(ModelSpec& s) {
+  s.path.clear();
+  s.base_dir.clear();
+  s.model.pos = s.model.input.pos = {};
+  for (LayerSpec& l : s.model.layers) {
+    l.pos = l.type_pos = {};
+    for (auto& [k, a] : l.args) a.pos = {};
+  }
+  s.data.pos = {};
+  for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})
+    if (*src) (*src)->pos = {};
+  s.train.pos = s.train.loss_pos = {};
+  s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos = {};
+}
+
+}  // namespace
+
+std::string to_toml(const ModelSpec& spec) {
+  Writer w;
+  w.kv("format_version", static_cast<int64_t>(spec.format_version));
+
+  const ModelSection& m = spec.model;
+  w.header("[model]");
+  w.raw(fmt::format("input = {{ shape = {}, dtype = {} }}\n", value(m.input.shape), value(m.input.dtype)));
+  for (const LayerSpec& l : m.layers) {
+    w.header("[[model.layers]]");
+    w.kv("type", l.type);
+    w.kv("name", l.name);
+    if (!l.inputs.empty()) w.kv("inputs", l.inputs);
+    for (const auto& [k, a] : l.args) std::visit([&, &key = k](const auto& v) { w.kv(key, v); }, a.value);
+  }
+
+  // The reader requires [data.train] in a [data] table and a loss in a [train] table, so the sections are
+  // written when they hold those.
+  const DataSection& d = spec.data;
+  if (d.train) {
+    w.header("[data]");
+    w.kv("validation_split", d.validation_split);
+    w.kv("scale", d.scale);
+    if (!d.mean.empty()) w.kv("mean", d.mean);
+    if (!d.std.empty()) w.kv("std", d.std);
+    w.kv("shuffle", d.shuffle);
+    write_source(w, "train", *d.train);
+    if (d.validation) write_source(w, "validation", *d.validation);
+    if (d.test) write_source(w, "test", *d.test);
+  }
+
+  const TrainSection& t = spec.train;
+  if (!t.loss.empty()) {
+    w.header("[train]");
+    w.kv("loss", t.loss);
+    w.kv("from_logits", t.from_logits);
+    w.kv("metrics", t.metrics);
+    if (has(t.metrics, "top_k_accuracy")) w.kv("top_k", t.top_k);
+    w.kv("epochs", t.epochs);
+    w.kv("batch_size", t.batch_size);
+    w.kv("seed", t.seed);
+
+    // Only the keys that apply to the optimizer and the schedule: the reader rejects the others.
+    const OptimizerSpec& o = t.optimizer;
+    w.header("[train.optimizer]");
+    w.kv("name", o.name);
+    w.kv("learning_rate", o.learning_rate);
+    if (o.name == "adam" || o.name == "adamw") {
+      w.kv("beta_1", o.beta_1);
+      w.kv("beta_2", o.beta_2);
+    }
+    if (o.name == "sgd" || o.name == "rmsprop") w.kv("momentum", o.momentum);
+    if (o.name == "sgd") w.kv("nesterov", o.nesterov);
+    if (o.name == "rmsprop") w.kv("rho", o.rho);
+    if (o.name != "sgd") w.kv("epsilon", o.epsilon);
+    w.kv("weight_decay", o.weight_decay);
+    w.kv("clipnorm", o.clipnorm);
+
+    const ScheduleSpec& s = o.schedule;
+    w.header("[train.optimizer.schedule]");
+    w.kv("kind", s.kind);
+    if (s.kind == "step") {
+      w.kv("step_size", s.step_size);
+      w.kv("gamma", s.gamma);
+    }
+    if (s.kind == "exponential" || s.kind == "cosine") w.kv("decay_steps", s.decay_steps);
+    if (s.kind == "exponential") {
+      w.kv("decay_rate", s.decay_rate);
+      w.kv("staircase", s.staircase);
+    }
+    if (s.kind == "cosine") w.kv("alpha", s.alpha);
+    w.kv("warmup_steps", s.warmup_steps);
+
+    const EarlyStoppingSpec& e = t.early_stopping;
+    if (e.enabled) {
+      w.header("[train.early_stopping]");
+      w.kv("monitor", e.monitor);
+      w.kv("mode", e.mode);
+      w.kv("min_delta", e.min_delta);
+      w.kv("patience", e.patience);
+      w.kv("restore_best_weights", e.restore_best_weights);
+    }
+  }
+  return std::move(w).str();
+}
+
+bool same_settings(const ModelSpec& a, const ModelSpec& b) {
+  ModelSpec x = a, y = b;
+  clear_positions(x);
+  clear_positions(y);
+  return x == y;
+}
+
+std::string resolve_data_path(const ModelSpec& spec, const std::string& path) {
+  const std::filesystem::path p(path);
+  if (p.is_absolute() || spec.base_dir.empty()) return path;
+  return (std::filesystem::path(spec.base_dir) / p).lexically_normal().string();
+}
+
+}  // namespace trainer::formats

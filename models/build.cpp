@@ -1,0 +1,191 @@
+// build_model: walks the spec's layers in order (sequentially, or by name in the graph form), checks each
+// against its Keras signature, expands it to IR ops and collects the summary rows.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <map>
+
+#include "engine/util/error.h"
+#include "models/build.h"
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+const char* kInputName = "input";
+
+const LayerDef* find_def(const formats::LayerSpec& spec) {
+  const std::vector<LayerDef>& defs = layer_defs();
+  for (const LayerDef& d : defs)
+    if (d.type == spec.type) return &d;
+  std::vector<std::string> types;
+  for (const LayerDef& d : defs) types.push_back(d.type);
+  throw InputError(spec.pos.str(), fmt::format("unknown layer type '{}'", spec.type),
+                   fmt::format("{}layers: {}", did_you_mean(spec.type, types), fmt::join(types, ", ")));
+}
+
+DType input_dtype(const formats::InputSpec& input) {
+  if (input.dtype == "float32") return DType::f32;
+  if (input.dtype == "int64") return DType::i64;
+  if (input.dtype == "int32") return DType::i32;
+  throw InputError(input.pos.str(), fmt::format("unknown input dtype '{}'", input.dtype),
+                   did_you_mean(input.dtype, {"float32", "int32", "int64"}) +
+                       "use float32 (features, images) or int32/int64 (token ids for an Embedding)");
+}
+
+// NCHW -> NHWC for a model whose last layer leaves an image: its output is channels-last, as its shape says.
+ValueId nhwc(Graph& g, ValueId v, const std::string& prefix) {
+  if (v == kNoValue) return v;
+  NodeId n = g.add_node("Transpose", {v}, {{"perm", std::vector<int64_t>{0, 2, 3, 1}}}, 1,
+                        g.unique_name(prefix + "/Transpose"));
+  return g.node(n).outputs[0];
+}
+
+}  // namespace
+
+BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& options) {
+  TRAINER_ASSERT(options.batch_size >= 1, "batch_size {}", options.batch_size);
+  BuiltModel m;
+  Graph& g = m.graph;
+  const formats::InputSpec& input = model.input;
+  if (input.shape.empty())
+    throw InputError(input.pos.str(), "the model's input shape is empty",
+                     "give the shape of one sample, e.g. input = [28, 28, 1] or input = [784]");
+  for (int64_t d : input.shape)
+    if (d < 1)
+      throw InputError(input.pos.str(), fmt::format("the model's input shape [{}] must hold positive sizes",
+                                                    fmt::join(input.shape, ", ")));
+  if (model.layers.empty())
+    throw InputError(model.pos.str(), "the model has no layers", "add [[model.layers]] tables");
+
+  // The input: a rank-3 float sample is an image, fed as NCHW (the loader transposes each sample).
+  const DType dtype = input_dtype(input);
+  LayerValue in;
+  in.shape = input.shape;
+  in.from = kInputName;
+  in.channels_first = !is_integer(dtype) && input.shape.size() == 3;
+  m.input_channels_last = in.channels_first;
+  std::vector<int64_t> dims = {options.batch_size};
+  if (in.channels_first)
+    dims.insert(dims.end(), {input.shape[2], input.shape[0], input.shape[1]});
+  else
+    dims.insert(dims.end(), input.shape.begin(), input.shape.end());
+  in.value = m.input = g.add_input(kInputName, dtype, Shape(dims));
+
+  std::map<std::string, LayerValue> values = {{kInputName, in}};
+  std::map<std::string, int> uses;
+  std::map<std::string, const formats::LayerSpec*> specs;
+  std::map<std::string, int> generated;
+  std::vector<std::string> all_names;  // every layer's name, to tell "defined later" from "unknown"
+  std::vector<formats::LayerSpec> layers = model.layers;
+  for (formats::LayerSpec& spec : layers) {
+    if (!spec.name.empty()) continue;
+    const LayerDef* def = find_def(spec);
+    // Keras's generated names: dense, dense_1, dense_2, ...
+    for (;;) {
+      int& k = generated[def->base_name];
+      std::string n = k == 0 ? def->base_name : fmt::format("{}_{}", def->base_name, k);
+      ++k;
+      bool taken = std::any_of(model.layers.begin(), model.layers.end(),
+                               [&](const formats::LayerSpec& s) { return s.name == n; });
+      if (!taken) {
+        spec.name = n;
+        break;
+      }
+    }
+  }
+  for (const formats::LayerSpec& spec : layers) all_names.push_back(spec.name);
+
+  std::string previous = kInputName;
+  for (const formats::LayerSpec& spec : layers) {
+    const LayerDef* def = find_def(spec);
+    if (spec.name == kInputName)
+      throw InputError(spec.pos.str(), "a layer cannot be named 'input'", "'input' names the model's input");
+    if (specs.count(spec.name))
+      throw InputError(spec.pos.str(), fmt::format("two layers are named '{}'", spec.name),
+                       fmt::format("the other one is at {}", specs[spec.name]->pos.str()));
+
+    std::vector<std::string> input_names =
+        spec.inputs.empty() ? std::vector<std::string>{previous} : spec.inputs;
+    std::vector<LayerValue> inputs;
+    for (const std::string& name : input_names) {
+      auto it = values.find(name);
+      if (it != values.end()) {
+        inputs.push_back(it->second);
+        continue;
+      }
+      if (name == spec.name)
+        throw InputError(spec.pos.str(), fmt::format("layer '{}' lists itself in its inputs", spec.name));
+      if (std::find(all_names.begin(), all_names.end(), name) != all_names.end())
+        throw InputError(spec.pos.str(),
+                         fmt::format("layer '{}' takes '{}', which is defined after it", spec.name, name),
+                         "list layers after the layers they take as inputs");
+      std::vector<std::string> known;
+      for (const auto& [n, v] : values) known.push_back(n);
+      throw InputError(spec.pos.str(), fmt::format("layer '{}' takes an unknown input '{}'", spec.name, name),
+                       fmt::format("{}known so far: {}", did_you_mean(name, known), fmt::join(known, ", ")));
+    }
+    const int count = static_cast<int>(inputs.size());
+    if (count < def->min_inputs || (def->max_inputs >= 0 && count > def->max_inputs)) {
+      std::string want = def->max_inputs < 0 ? fmt::format("at least {} inputs", def->min_inputs)
+                         : def->min_inputs == def->max_inputs
+                             ? fmt::format("{} input{}", def->min_inputs, def->min_inputs == 1 ? "" : "s")
+                             : fmt::format("{} to {} inputs", def->min_inputs, def->max_inputs);
+      throw InputError(spec.pos.str(),
+                       fmt::format("{} layer '{}' takes {}, got {}", spec.type, spec.name, want, count),
+                       def->min_inputs > 1 ? "name them in the layer: inputs = [\"a\", \"b\"]" : "");
+    }
+    for (const LayerValue& x : inputs) {
+      const bool ids = is_integer(g.value(x.value).dtype);
+      if (def->takes_ids && !ids)
+        throw InputError(spec.pos.str(),
+                         fmt::format("{} layer '{}' takes integer token ids, got float values from '{}'",
+                                     spec.type, spec.name, x.from),
+                         "declare the model's input with dtype = \"int64\"");
+      if (!def->takes_ids && ids)
+        throw InputError(spec.pos.str(),
+                         fmt::format("{} layer '{}' takes float values, got integer token ids from '{}'",
+                                     spec.type, spec.name, x.from),
+                         "start with an Embedding layer, or declare the input with dtype = \"float32\"");
+    }
+
+    LayerArgs args(spec, def->args);
+    LayerInfo info;
+    info.name = spec.name;
+    info.type = spec.type;
+    LayerBuilder builder(g, options, spec, args, info);
+    LayerValue out = def->build(builder, inputs);
+    out.from = spec.name;
+    info.output_shape = out.shape;
+    m.layers.push_back(info);
+    for (const std::string& name : input_names) ++uses[name];
+    values[spec.name] = out;
+    specs[spec.name] = &spec;
+    previous = spec.name;
+  }
+
+  // A layer whose output reaches nothing would be computed every step for nothing: almost surely a mistake.
+  for (const formats::LayerSpec& spec : layers)
+    if (spec.name != previous && uses[spec.name] == 0)
+      throw InputError(spec.pos.str(), fmt::format("the output of layer '{}' is not used", spec.name),
+                       fmt::format("the model's output is its last layer, '{}'; name '{}' in a later layer's "
+                                   "inputs or remove it",
+                                   previous, spec.name));
+
+  LayerValue out = values[previous];
+  if (out.channels_first) {
+    out.value = nhwc(g, out.value, previous);
+    out.pre_activation = nhwc(g, out.pre_activation, previous + "/logits");
+  }
+  m.output = out.value;
+  m.logits = out.pre_activation;
+  m.final_activation = out.activation.empty() ? "linear" : out.activation;
+  m.output_shape = out.shape;
+  return m;
+}
+
+}  // namespace trainer::models

@@ -1,0 +1,310 @@
+// Image and normalization layers: Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+// BatchNormalization and LayerNormalization. Images run as NCHW (ONNX's layout); padding "same" places the
+// odd pixel at the end, as TensorFlow does.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+void require_image(LayerBuilder& b, const LayerValue& x) {
+  if (x.shape.size() != 3)
+    b.fail_layer(fmt::format("needs an image input (None, height, width, channels), got {} from '{}'",
+                             keras_shape(x.shape), x.from),
+                 "declare [model] input = [height, width, channels], or put a Reshape layer before it");
+}
+
+// Output sizes and explicit ONNX pads ([top, left, bottom, right]) of a 2-D window; `fits` is false when a
+// "valid" window is larger than its input.
+struct Window {
+  std::vector<int64_t> out, pads;
+  bool fits = true;
+};
+
+Window window(const LayerValue& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& strides,
+              const std::vector<int64_t>& dilation, bool same) {
+  Window w;
+  w.pads.assign(4, 0);
+  for (int i = 0; i < 2; ++i) {
+    const int64_t in = x.shape[static_cast<size_t>(i)], span = dilation[i] * (kernel[i] - 1) + 1;
+    if (same) {
+      const int64_t out = (in + strides[i] - 1) / strides[i];
+      const int64_t total = std::max<int64_t>((out - 1) * strides[i] + span - in, 0);
+      w.pads[static_cast<size_t>(i)] = total / 2;
+      w.pads[static_cast<size_t>(i + 2)] = total - total / 2;
+      w.out.push_back(out);
+    } else {
+      if (in < span) w.fits = false;
+      w.out.push_back(in < span ? 0 : (in - span) / strides[i] + 1);
+    }
+  }
+  return w;
+}
+
+std::string pair_text(const std::vector<int64_t>& v) {
+  return fmt::format("({}, {})", v[0], v[1]);
+}
+
+LayerValue build_conv2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t filters = b.positive("filters");
+  const std::vector<int64_t> kernel = b.positive_pair("kernel_size");
+  const std::vector<int64_t> strides = b.positive_pair("strides");
+  const std::vector<int64_t> dilation = b.positive_pair("dilation_rate");
+  const bool same = b.choice("padding", {"valid", "same"}) == "same";
+  const int64_t groups = b.positive("groups");
+  const std::string act = b.activation_name();
+  require_image(b, in[0]);
+  const int64_t channels = in[0].shape[2];
+  if (channels % groups != 0 || filters % groups != 0)
+    b.fail("groups", fmt::format("groups = {} must divide the input channels ({}) and filters ({})", groups,
+                                 channels, filters));
+  Window w = window(in[0], kernel, strides, dilation, same);
+  if (!w.fits) {
+    std::string spans =
+        dilation == std::vector<int64_t>{1, 1}
+            ? std::string()
+            : fmt::format(" (with dilation_rate {}: {} x {} pixels)", pair_text(dilation),
+                          dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1);
+    b.fail("kernel_size",
+           fmt::format("kernel_size {}{} is larger than its input {} from '{}'", pair_text(kernel), spans,
+                       keras_shape(in[0].shape), in[0].from),
+           "use a smaller kernel_size, padding = \"same\", or fewer pooling layers before it");
+  }
+  LayerValue x = b.to_channels_first(in[0]);
+  const int64_t per_group = channels / groups, area = kernel[0] * kernel[1];
+  // OIHW, ONNX's layout (Keras keeps HWIO); fans as Keras computes them for its (kh, kw, in/groups, filters).
+  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel[0], kernel[1]},
+                            {area * per_group, area * filters, filters, per_group * area});
+  std::vector<ValueId> inputs = {x.value, weight};
+  if (b.args.boolean("use_bias"))
+    inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
+  Attributes attrs{{"kernel_shape", kernel},
+                   {"strides", strides},
+                   {"dilations", dilation},
+                   {"pads", w.pads},
+                   {"group", groups}};
+  x.value = b.op("Conv", inputs, attrs);
+  x.shape = {w.out[0], w.out[1], filters};
+  b.info.flops_per_sample = 2 * w.out[0] * w.out[1] * filters * per_group * area;
+  return b.activate(x, act);
+}
+
+LayerValue build_pool(LayerBuilder& b, const std::vector<LayerValue>& in, const char* op) {
+  const std::vector<int64_t> pool = b.positive_pair("pool_size");
+  const std::vector<int64_t> strides = b.args.has("strides") ? b.positive_pair("strides") : pool;
+  const bool same = b.choice("padding", {"valid", "same"}) == "same";
+  require_image(b, in[0]);
+  Window w = window(in[0], pool, strides, {1, 1}, same);
+  if (!w.fits)
+    b.fail("pool_size",
+           fmt::format("pool_size {} is larger than its input {} from '{}'", pair_text(pool),
+                       keras_shape(in[0].shape), in[0].from),
+           "use a smaller pool_size, padding = \"same\", or fewer pooling layers before it");
+  LayerValue x = b.to_channels_first(in[0]);
+  Attributes attrs{{"kernel_shape", pool}, {"strides", strides}, {"pads", w.pads}};
+  // As TensorFlow, average pooling divides by the pixels inside the image only.
+  if (std::string(op) == "AveragePool") attrs.set("count_include_pad", int64_t{0});
+  x.value = b.op(op, {x.value}, attrs);
+  x.shape = {w.out[0], w.out[1], x.shape[2]};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_max_pool(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_pool(b, in, "MaxPool");
+}
+
+LayerValue build_average_pool(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_pool(b, in, "AveragePool");
+}
+
+LayerValue build_global_average_pool(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  require_image(b, in[0]);
+  LayerValue x = b.to_channels_first(in[0]);
+  const int64_t channels = x.shape[2];
+  x.value = b.op("GlobalAveragePool", {x.value});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  if (b.args.boolean("keepdims")) {
+    x.shape = {1, 1, channels};
+    return x;
+  }
+  x.value = b.op("Flatten", {x.value}, {{"axis", int64_t{1}}});
+  x.shape = {channels};
+  x.channels_first = false;
+  return x;
+}
+
+// Scale or shift of a normalization: a weight, or a constant when the layer has none (ONNX requires Scale).
+ValueId norm_param(LayerBuilder& b, bool present, const char* suffix, const char* init_arg,
+                   const Shape& shape, double fixed) {
+  const int64_t n = shape.numel();
+  if (present) return b.weight(suffix, init_arg, shape, {n, n, 1, n});
+  Tensor t(DType::f32, shape);
+  for (int64_t i = 0; i < n; ++i) t.set_f64(i, fixed);
+  return b.constant(std::string(suffix) + "_fixed", std::move(t));
+}
+
+void check_epsilon_momentum(LayerBuilder& b, bool has_momentum) {
+  if (!(b.args.number("epsilon") > 0))
+    b.fail("epsilon", fmt::format("epsilon must be positive, got {}", b.args.number("epsilon")));
+  if (has_momentum) {
+    double m = b.args.number("momentum");
+    if (!(m >= 0 && m <= 1)) b.fail("momentum", fmt::format("momentum must be in [0, 1], got {}", m));
+  }
+}
+
+LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int rank = static_cast<int>(in[0].shape.size());
+  const int64_t axis = b.args.integer("axis");
+  if (axis != -1 && axis != rank)
+    b.fail("axis",
+           fmt::format("axis = {} is not supported: the channel axis of {} (axis = -1) is the only one", axis,
+                       keras_shape(in[0].shape)),
+           "images are channels-last in the spec; leave axis at its default, -1");
+  check_epsilon_momentum(b, true);
+  LayerValue x = in[0];
+  const int64_t channels = x.shape.back();
+  const Shape cshape{channels};
+  ValueId gamma = norm_param(b, b.args.boolean("scale"), "gamma", "gamma_initializer", cshape, 1.0);
+  ValueId beta = norm_param(b, b.args.boolean("center"), "beta", "beta_initializer", cshape, 0.0);
+  const WeightFans fans{channels, channels, 1, channels};
+  ValueId mean = b.state("moving_mean", initialize(b.initializer("moving_mean_initializer"), cshape, fans,
+                                                   b.seed("moving_mean")));
+  ValueId var = b.state("moving_variance", initialize(b.initializer("moving_variance_initializer"), cshape,
+                                                      fans, b.seed("moving_variance")));
+  // A frozen BatchNormalization (trainable = false) runs in inference mode, as in Keras.
+  const bool training = b.options.training && b.trainable();
+  // ONNX normalizes axis 1. NCHW images and [N, C] features have their channels there; anything else with the
+  // channels last is viewed as [N * ..., C], which is the same normalization at no cost.
+  const bool direct = x.channels_first || rank == 1;
+  ValueId v = direct ? x.value : b.op("Reshape", {x.value, b.shape_constant("rows_shape", {-1, channels})});
+  Attributes attrs{{"epsilon", static_cast<float>(b.args.number("epsilon"))},
+                   {"momentum", static_cast<float>(b.args.number("momentum"))},
+                   {"training_mode", int64_t{training ? 1 : 0}}};
+  NodeId n = b.node("BatchNormalization", {v, gamma, beta, mean, var}, attrs, training ? 3 : 1);
+  v = b.graph.node(n).outputs[0];
+  if (training) {
+    b.graph.bind_update(b.graph.node(n).outputs[1], mean);
+    b.graph.bind_update(b.graph.node(n).outputs[2], var);
+  }
+  if (!direct) {
+    std::vector<int64_t> back = {-1};
+    back.insert(back.end(), x.shape.begin(), x.shape.end());
+    v = b.op("Reshape", {v, b.shape_constant("shape", back)});
+  }
+  x.value = v;
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_layer_norm(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int rank = static_cast<int>(in[0].shape.size());
+  std::vector<int64_t> axes = b.args.ints("axis");
+  // Keras counts the batch as axis 0. ONNX normalizes a trailing block of axes, so the axes must be one.
+  std::vector<int64_t> per_sample;
+  for (int64_t a : axes) {
+    int64_t k = a < 0 ? a + rank : a - 1;
+    if (k < 0 || k >= rank)
+      b.fail("axis",
+             fmt::format("axis {} is out of range for inputs of shape {}", a, keras_shape(in[0].shape)),
+             a == 0 ? "axis 0 is the batch" : "");
+    per_sample.push_back(k);
+  }
+  std::sort(per_sample.begin(), per_sample.end());
+  per_sample.erase(std::unique(per_sample.begin(), per_sample.end()), per_sample.end());
+  const int64_t first = per_sample.front();
+  for (size_t i = 0; i < per_sample.size(); ++i)
+    if (per_sample[i] != first + static_cast<int64_t>(i) || per_sample.back() != rank - 1)
+      b.fail(
+          "axis",
+          fmt::format("axis = [{}] is not supported: the axes must be the last ones", fmt::join(axes, ", ")),
+          "use axis = -1, or a list that ends with the last axis");
+  check_epsilon_momentum(b, false);
+  LayerValue x = b.to_channels_last(in[0]);
+  std::vector<int64_t> pshape(x.shape.begin() + first, x.shape.end());
+  ValueId gamma = norm_param(b, b.args.boolean("scale"), "gamma", "gamma_initializer", Shape(pshape), 1.0);
+  ValueId beta = b.args.boolean("center")
+                     ? norm_param(b, true, "beta", "beta_initializer", Shape(pshape), 0.0)
+                     : kNoValue;
+  x.value = b.op("LayerNormalization", {x.value, gamma, beta},
+                 {{"axis", first + 1}, {"epsilon", static_cast<float>(b.args.number("epsilon"))}});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+std::vector<ArgDecl> pool_args() {
+  return {{"pool_size", ArgKind::int_or_pair, int64_t{2}},
+          {"strides", ArgKind::int_or_pair, std::nullopt, true},
+          {"padding", ArgKind::string, std::string("valid")}};
+}
+
+}  // namespace
+
+void add_conv_layers(std::vector<LayerDef>& defs) {
+  using S = std::string;
+  defs.push_back({"Conv2D",
+                  "conv2d",
+                  {{"filters", ArgKind::integer, std::nullopt},
+                   {"kernel_size", ArgKind::int_or_pair, std::nullopt},
+                   {"strides", ArgKind::int_or_pair, int64_t{1}},
+                   {"padding", ArgKind::string, S("valid")},
+                   {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
+                   {"groups", ArgKind::integer, int64_t{1}},
+                   {"activation", ArgKind::string, S("None")},
+                   {"use_bias", ArgKind::boolean, true},
+                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
+                   {"bias_initializer", ArgKind::string, S("zeros")}},
+                  1,
+                  1,
+                  false,
+                  build_conv2d});
+  defs.push_back({"MaxPooling2D", "max_pooling2d", pool_args(), 1, 1, false, build_max_pool});
+  defs.push_back({"AveragePooling2D", "average_pooling2d", pool_args(), 1, 1, false, build_average_pool});
+  defs.push_back({"GlobalAveragePooling2D",
+                  "global_average_pooling2d",
+                  {{"keepdims", ArgKind::boolean, false}},
+                  1,
+                  1,
+                  false,
+                  build_global_average_pool});
+  defs.push_back({"BatchNormalization",
+                  "batch_normalization",
+                  {{"axis", ArgKind::integer, int64_t{-1}},
+                   {"momentum", ArgKind::number, 0.99},
+                   {"epsilon", ArgKind::number, 1e-3},
+                   {"center", ArgKind::boolean, true},
+                   {"scale", ArgKind::boolean, true},
+                   {"beta_initializer", ArgKind::string, S("zeros")},
+                   {"gamma_initializer", ArgKind::string, S("ones")},
+                   {"moving_mean_initializer", ArgKind::string, S("zeros")},
+                   {"moving_variance_initializer", ArgKind::string, S("ones")}},
+                  1,
+                  1,
+                  false,
+                  build_batch_norm});
+  defs.push_back({"LayerNormalization",
+                  "layer_normalization",
+                  {{"axis", ArgKind::int_or_ints, int64_t{-1}},
+                   {"epsilon", ArgKind::number, 1e-3},
+                   {"center", ArgKind::boolean, true},
+                   {"scale", ArgKind::boolean, true},
+                   {"beta_initializer", ArgKind::string, S("zeros")},
+                   {"gamma_initializer", ArgKind::string, S("ones")}},
+                  1,
+                  1,
+                  false,
+                  build_layer_norm});
+}
+
+}  // namespace trainer::models

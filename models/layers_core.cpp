@@ -1,0 +1,209 @@
+// Core layers: Dense, Activation, Dropout, Flatten, Reshape, Add, Concatenate and Embedding.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+LayerValue build_dense(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t units = b.positive("units");
+  const std::string act = b.activation_name();
+  // Dense acts on the last axis; for an image that is the channels, so it needs the channels-last layout.
+  LayerValue x = b.to_channels_last(in[0]);
+  const int64_t features = x.shape.back();
+  ValueId w =
+      b.weight("kernel", "kernel_initializer", Shape{features, units}, {features, units, features, units});
+  ValueId y = b.op("MatMul", {x.value, w});
+  if (b.args.boolean("use_bias"))
+    y = b.op("Add", {y, b.weight("bias", "bias_initializer", Shape{units}, {units, units, 1, units})});
+  b.info.flops_per_sample = 2 * numel(x.shape) * units;
+  x.value = y;
+  x.shape.back() = units;
+  return b.activate(x, act);
+}
+
+LayerValue build_activation(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return b.activate(in[0], b.activation_name());
+}
+
+LayerValue build_dropout(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const double rate = b.args.number("rate");
+  if (!(rate >= 0 && rate < 1)) b.fail("rate", fmt::format("rate must be in [0, 1), got {}", rate));
+  LayerValue x = in[0];
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  // Outside training Dropout is the identity and leaves no node behind.
+  if (!b.options.training || rate == 0) return x;
+  Attributes attrs;
+  if (b.args.has("seed")) attrs.set("seed", b.args.integer("seed"));
+  ValueId ratio = b.constant("ratio", Tensor::scalar<float>(static_cast<float>(rate)));
+  ValueId mode = b.constant("training_mode", Tensor::scalar<bool>(true));
+  x.value = b.op("Dropout", {x.value, ratio, mode}, attrs);
+  return x;
+}
+
+// Flatten keeps the IR's order: after convolutions that is C, H, W, where Keras flattens H, W, C. The two
+// differ only in which row of the next Dense kernel meets which feature, so trained models are equivalent.
+LayerValue build_flatten(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = in[0];
+  LayerValue y;
+  y.from = x.from;
+  y.shape = {numel(x.shape)};
+  y.value = x.shape.size() == 1 ? x.value : b.op("Flatten", {x.value}, {{"axis", int64_t{1}}});
+  return y;
+}
+
+LayerValue build_reshape(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  std::vector<int64_t> target = b.args.ints("target_shape");
+  const int64_t total = numel(in[0].shape);
+  int64_t known = 1, unknown_at = -1;
+  for (size_t i = 0; i < target.size(); ++i) {
+    if (target[i] == -1 && unknown_at < 0) {
+      unknown_at = static_cast<int64_t>(i);
+    } else if (target[i] < 1) {
+      b.fail("target_shape", fmt::format("target_shape [{}] must hold positive sizes and at most one -1",
+                                         fmt::join(target, ", ")));
+    } else {
+      known *= target[i];
+    }
+  }
+  if (unknown_at >= 0 && total % known == 0) target[static_cast<size_t>(unknown_at)] = total / known;
+  if (numel(target) != total || (unknown_at >= 0 && total % known != 0))
+    b.fail("target_shape",
+           fmt::format("cannot reshape {} ({} values per sample) to {}", keras_shape(in[0].shape), total,
+                       keras_shape(b.args.ints("target_shape"))),
+           "the product of target_shape must equal the number of values per sample");
+  // Keras reshapes in row-major channels-last order.
+  return b.reshape(b.to_channels_last(in[0]), target);
+}
+
+// Add and Concatenate put every input into the first one's layout.
+std::vector<LayerValue> same_layout(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  std::vector<LayerValue> out;
+  for (const LayerValue& x : in)
+    out.push_back(in[0].channels_first ? b.to_channels_first(x) : b.to_channels_last(x));
+  return out;
+}
+
+LayerValue build_add(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  for (const LayerValue& x : in)
+    if (x.shape != in[0].shape)
+      b.fail_layer(fmt::format("inputs must have one shape; '{}' gives {} and '{}' gives {}", in[0].from,
+                               keras_shape(in[0].shape), x.from, keras_shape(x.shape)));
+  std::vector<LayerValue> xs = same_layout(b, in);
+  LayerValue y = xs[0];
+  for (size_t i = 1; i < xs.size(); ++i) y.value = b.op("Add", {y.value, xs[i].value});
+  y.activation.clear();
+  y.pre_activation = kNoValue;
+  return y;
+}
+
+LayerValue build_concatenate(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int rank = static_cast<int>(in[0].shape.size());
+  // Keras counts the batch as axis 0: axis -1 and axis `rank` are the last per-sample axis.
+  const int64_t axis = b.args.integer("axis");
+  const int64_t with_batch = axis < 0 ? axis + rank + 1 : axis;
+  if (with_batch < 1 || with_batch > rank)
+    b.fail("axis",
+           fmt::format("axis {} is out of range for inputs of shape {}", axis, keras_shape(in[0].shape)),
+           with_batch == 0 ? "axis 0 is the batch" : "");
+  const int k = static_cast<int>(with_batch - 1);
+  std::vector<int64_t> shape = in[0].shape;
+  for (size_t i = 1; i < in.size(); ++i) {
+    bool ok = in[i].shape.size() == in[0].shape.size();
+    for (int d = 0; ok && d < rank; ++d) ok = d == k || in[i].shape[d] == in[0].shape[d];
+    if (!ok)
+      b.fail_layer(fmt::format("inputs must match except along axis {}; '{}' gives {} and '{}' gives {}",
+                               axis, in[0].from, keras_shape(in[0].shape), in[i].from,
+                               keras_shape(in[i].shape)));
+    shape[k] += in[i].shape[k];
+  }
+  std::vector<LayerValue> xs = same_layout(b, in);
+  std::vector<ValueId> values;
+  for (const LayerValue& x : xs) values.push_back(x.value);
+  LayerValue y = xs[0];
+  y.shape = shape;
+  y.value = b.op("Concat", values, {{"axis", int64_t{b.ir_axis(xs[0], k)}}});
+  y.activation.clear();
+  y.pre_activation = kNoValue;
+  return y;
+}
+
+// A Gather of rows of the [input_dim, output_dim] table: token ids [N, T] -> [N, T, output_dim].
+LayerValue build_embedding(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t vocab = b.positive("input_dim");
+  const int64_t dim = b.positive("output_dim");
+  ValueId table =
+      b.weight("embeddings", "embeddings_initializer", Shape{vocab, dim}, {vocab, dim, vocab, dim});
+  LayerValue y;
+  y.from = in[0].from;
+  y.shape = in[0].shape;
+  y.shape.push_back(dim);
+  y.value = b.op("Gather", {table, in[0].value}, {{"axis", int64_t{0}}});
+  return y;
+}
+
+}  // namespace
+
+void add_core_layers(std::vector<LayerDef>& defs) {
+  using V = formats::ArgValue;
+  const V none = std::string("None");
+  defs.push_back({"Dense",
+                  "dense",
+                  {{"units", ArgKind::integer, std::nullopt},
+                   {"activation", ArgKind::string, none},
+                   {"use_bias", ArgKind::boolean, true},
+                   {"kernel_initializer", ArgKind::string, std::string("glorot_uniform")},
+                   {"bias_initializer", ArgKind::string, std::string("zeros")}},
+                  1,
+                  1,
+                  false,
+                  build_dense});
+  defs.push_back({"Activation",
+                  "activation",
+                  {{"activation", ArgKind::string, std::nullopt}},
+                  1,
+                  1,
+                  false,
+                  build_activation});
+  defs.push_back({"Dropout",
+                  "dropout",
+                  {{"rate", ArgKind::number, std::nullopt}, {"seed", ArgKind::integer, std::nullopt, true}},
+                  1,
+                  1,
+                  false,
+                  build_dropout});
+  defs.push_back({"Flatten", "flatten", {}, 1, 1, false, build_flatten});
+  defs.push_back(
+      {"Reshape", "reshape", {{"target_shape", ArgKind::ints, std::nullopt}}, 1, 1, false, build_reshape});
+  defs.push_back({"Add", "add", {}, 2, -1, false, build_add});
+  defs.push_back({"Concatenate",
+                  "concatenate",
+                  {{"axis", ArgKind::integer, int64_t{-1}}},
+                  2,
+                  -1,
+                  false,
+                  build_concatenate});
+  defs.push_back({"Embedding",
+                  "embedding",
+                  {{"input_dim", ArgKind::integer, std::nullopt},
+                   {"output_dim", ArgKind::integer, std::nullopt},
+                   {"embeddings_initializer", ArgKind::string, std::string("uniform")}},
+                  1,
+                  1,
+                  true,
+                  build_embedding});
+}
+
+}  // namespace trainer::models

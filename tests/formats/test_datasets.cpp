@@ -1,0 +1,610 @@
+// Dataset readers on small files written here (IDX raw and gzip, CIFAR-10 batches, NPY of every dtype, NPZ stored
+// and deflated, CSV), their error messages, the real Fashion-MNIST files, and the loader over a real reader.
+#include <doctest/doctest.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "engine/data/dataset.h"
+#include "engine/util/error.h"
+#include "formats/datasets.h"
+
+using namespace trainer;
+using namespace trainer::formats;
+using trainer::engine::DType;
+using trainer::engine::Shape;
+using trainer::engine::data::Dataset;
+using trainer::engine::data::Layout;
+
+namespace {
+
+using Blob = std::vector<uint8_t>;
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string t = (std::filesystem::temp_directory_path() / "trainer-datasets-XXXXXX").string();
+    REQUIRE(mkdtemp(t.data()) != nullptr);
+    path = t;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string write(const std::string& name, const Blob& b) const {
+    std::string p = path + "/" + name;
+    std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<long>(b.size()));
+    return p;
+  }
+  std::string write_text(const std::string& name, const std::string& s) const {
+    return write(name, Blob(s.begin(), s.end()));
+  }
+};
+
+void put_be32(Blob& b, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(v >> s));
+}
+void put_le(Blob& b, uint64_t v, int bytes) {
+  for (int k = 0; k < bytes; ++k) b.push_back(static_cast<uint8_t>(v >> (8 * k)));
+}
+template <class T>
+void put_raw(Blob& b, T v) {
+  uint8_t tmp[sizeof(T)];
+  std::memcpy(tmp, &v, sizeof(T));
+  b.insert(b.end(), tmp, tmp + sizeof(T));
+}
+
+Blob idx(uint8_t type, const std::vector<uint32_t>& dims, const Blob& payload) {
+  Blob b{0, 0, type, static_cast<uint8_t>(dims.size())};
+  for (uint32_t d : dims) put_be32(b, d);
+  b.insert(b.end(), payload.begin(), payload.end());
+  return b;
+}
+
+Blob deflate_bytes(const Blob& in, int window_bits) {
+  z_stream z{};
+  REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  Blob out(deflateBound(&z, in.size()) + 64);
+  z.next_in = const_cast<Bytef*>(in.data());
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = out.data();
+  z.avail_out = static_cast<uInt>(out.size());
+  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+Blob gzip(const Blob& in) {
+  return deflate_bytes(in, 15 + 16);
+}
+
+Blob npy(const std::string& descr, const std::vector<int64_t>& shape, const Blob& data, int version = 1,
+         bool fortran = false) {
+  std::string dict = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") + ", 'shape': (";
+  for (int64_t d : shape) dict += std::to_string(d) + ", ";
+  dict += "), }";
+  const size_t prefix = version == 1 ? 10 : 12;
+  while ((prefix + dict.size() + 1) % 64 != 0) dict += ' ';
+  dict += '\n';
+  Blob b{0x93, 'N', 'U', 'M', 'P', 'Y', static_cast<uint8_t>(version), 0};
+  put_le(b, dict.size(), version == 1 ? 2 : 4);
+  b.insert(b.end(), dict.begin(), dict.end());
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
+}
+
+struct ZipMember {
+  std::string name;
+  Blob data;
+  bool deflated = false;
+};
+
+// A zip archive as numpy.savez writes it: local headers, then the central directory and its end record.
+Blob zip(const std::vector<ZipMember>& members) {
+  Blob b, cd;
+  for (const auto& m : members) {
+    const Blob body = m.deflated ? deflate_bytes(m.data, -15) : m.data;
+    const uint32_t crc = static_cast<uint32_t>(crc32(0, m.data.data(), static_cast<uInt>(m.data.size())));
+    const uint64_t offset = b.size();
+    put_le(b, 0x04034b50, 4);
+    put_le(b, 20, 2);
+    put_le(b, 0, 2);
+    put_le(b, m.deflated ? 8 : 0, 2);
+    put_le(b, 0, 4);
+    put_le(b, crc, 4);
+    put_le(b, body.size(), 4);
+    put_le(b, m.data.size(), 4);
+    put_le(b, m.name.size(), 2);
+    put_le(b, 4, 2);
+    b.insert(b.end(), m.name.begin(), m.name.end());
+    put_le(b, 0xcafe, 2);  // an unknown extra field, which readers skip
+    put_le(b, 0, 2);
+    b.insert(b.end(), body.begin(), body.end());
+    put_le(cd, 0x02014b50, 4);
+    put_le(cd, 20, 2);
+    put_le(cd, 20, 2);
+    put_le(cd, 0, 2);
+    put_le(cd, m.deflated ? 8 : 0, 2);
+    put_le(cd, 0, 4);
+    put_le(cd, crc, 4);
+    put_le(cd, body.size(), 4);
+    put_le(cd, m.data.size(), 4);
+    put_le(cd, m.name.size(), 2);
+    put_le(cd, 0, 2);
+    put_le(cd, 0, 2);
+    put_le(cd, 0, 2);
+    put_le(cd, 0, 2);
+    put_le(cd, 0, 4);
+    put_le(cd, offset, 4);
+    cd.insert(cd.end(), m.name.begin(), m.name.end());
+  }
+  const uint64_t cd_offset = b.size();
+  b.insert(b.end(), cd.begin(), cd.end());
+  put_le(b, 0x06054b50, 4);
+  put_le(b, 0, 4);
+  put_le(b, members.size(), 2);
+  put_le(b, members.size(), 2);
+  put_le(b, cd.size(), 4);
+  put_le(b, cd_offset, 4);
+  put_le(b, 0, 2);
+  return b;
+}
+
+DataSource source(std::vector<std::string> x, std::vector<std::string> y = {}, std::string format = "") {
+  DataSource s;
+  s.x = std::move(x);
+  s.y = std::move(y);
+  s.format = std::move(format);
+  s.pos = SourcePos{"spec.toml", 7, 3};
+  return s;
+}
+
+template <class T>
+std::vector<T> sample(const Dataset& d, int64_t i) {
+  std::vector<T> v(static_cast<size_t>(d.sample_shape().numel()));
+  REQUIRE(engine::dtype_bytes(d.sample_dtype()) == sizeof(T));
+  d.read_sample(i, v.data());
+  return v;
+}
+
+int64_t label(const Dataset& d, int64_t i) {
+  uint8_t buf[8] = {};
+  d.read_label(i, buf);
+  switch (d.label_dtype()) {
+    case DType::u8:
+      return buf[0];
+    case DType::i32: {
+      int32_t v;
+      std::memcpy(&v, buf, 4);
+      return v;
+    }
+    default: {
+      int64_t v;
+      std::memcpy(&v, buf, 8);
+      return v;
+    }
+  }
+}
+
+// The message of the InputError that `f` throws ("" when it throws none).
+template <class F>
+std::string input_error(F&& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return std::string(e.what()) + (e.hint().empty() ? "" : " | hint: " + e.hint());
+  }
+  return "";
+}
+
+// Five 4x3 u8 images, element e of image i = 12 * i + e; labels 4 - i.
+Blob idx_images() {
+  Blob p;
+  for (int i = 0; i < 5; ++i) {
+    for (int e = 0; e < 12; ++e) p.push_back(static_cast<uint8_t>(12 * i + e));
+  }
+  return idx(0x08, {5, 4, 3}, p);
+}
+Blob idx_labels() {
+  return idx(0x08, {5}, Blob{4, 3, 2, 1, 0});
+}
+
+void check_idx_dataset(const Dataset& d) {
+  REQUIRE(d.size() == 5);
+  CHECK(d.sample_shape() == Shape{4, 3});
+  CHECK(d.sample_dtype() == DType::u8);
+  CHECK(d.layout() == Layout::plain);
+  CHECK(d.label_shape() == Shape{});
+  for (int i = 0; i < 5; ++i) {
+    auto s = sample<uint8_t>(d, i);
+    CHECK(s[0] == 12 * i);
+    CHECK(s[11] == 12 * i + 11);
+    CHECK(label(d, i) == 4 - i);
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("datasets") {
+  TEST_CASE("IDX: raw, gzip, and gzip spilled to a temporary file") {
+    TempDir dir;
+    dir.write("train-images-idx3-ubyte", idx_images());
+    dir.write("train-labels-idx1-ubyte", idx_labels());
+    dir.write("train-images-idx3-ubyte.gz", gzip(idx_images()));
+    dir.write("train-labels-idx1-ubyte.gz", gzip(idx_labels()));
+    check_idx_dataset(*open_dataset(source({"train-images-idx3-ubyte"}, {"train-labels-idx1-ubyte"}), dir.path));
+    auto gz = open_dataset(source({"train-images-idx3-ubyte.gz"}, {"train-labels-idx1-ubyte.gz"}), dir.path);
+    check_idx_dataset(*gz);
+    CHECK(gz->describe() == "train-images-idx3-ubyte.gz");
+    // Past the spill threshold the decompressed data lives in an unlinked temporary file.
+    DatasetOptions tiny;
+    tiny.spill_bytes = 16;
+    check_idx_dataset(
+        *open_dataset(source({"train-images-idx3-ubyte.gz"}, {"train-labels-idx1-ubyte.gz"}), dir.path, tiny));
+    // limit keeps the first samples.
+    DataSource lim = source({"train-images-idx3-ubyte.gz"}, {"train-labels-idx1-ubyte.gz"});
+    lim.limit = 2;
+    auto two = open_dataset(lim, dir.path);
+    CHECK(two->size() == 2);
+    CHECK(label(*two, 1) == 3);
+  }
+
+  TEST_CASE("IDX: wider big-endian types convert to host order") {
+    TempDir dir;
+    Blob f;  // two float samples of [2]
+    for (float v : {1.5f, -2.0f, 3.25f, 1e6f}) {
+      uint32_t u;
+      std::memcpy(&u, &v, 4);
+      put_be32(f, u);
+    }
+    dir.write("x.idx", idx(0x0D, {2, 2}, f));
+    Blob s;  // labels as big-endian int16
+    for (int v : {7, -3}) {
+      s.push_back(static_cast<uint8_t>((v >> 8) & 0xff));
+      s.push_back(static_cast<uint8_t>(v & 0xff));
+    }
+    dir.write("y.idx", idx(0x0B, {2}, s));
+    auto d = open_dataset(source({"x.idx"}, {"y.idx"}), dir.path);
+    CHECK(d->sample_dtype() == DType::f32);
+    CHECK(sample<float>(*d, 0) == std::vector<float>{1.5f, -2.0f});
+    CHECK(sample<float>(*d, 1) == std::vector<float>{3.25f, 1e6f});
+    CHECK(d->label_dtype() == DType::i32);
+    CHECK(label(*d, 0) == 7);
+    CHECK(label(*d, 1) == -3);
+  }
+
+  TEST_CASE("IDX errors: bad magic, truncation, a mismatched label count") {
+    TempDir dir;
+    dir.write("y.idx", idx_labels());
+    Blob bad = idx_images();
+    bad[2] = 0x07;
+    dir.write("bad-images-idx3-ubyte", bad);
+    std::string m = input_error([&] { open_dataset(source({"bad-images-idx3-ubyte"}, {"y.idx"}), dir.path); });
+    CHECK(m.find("bad-images-idx3-ubyte: byte 0: bad magic number 0x00000703: not an IDX file") != std::string::npos);
+    CHECK(m.find("0x00000803") != std::string::npos);
+    Blob html{'<', 'h', 't', 'm', 'l', '>'};
+    dir.write("html-idx3-ubyte", html);
+    CHECK(input_error([&] { open_dataset(source({"html-idx3-ubyte"}, {"y.idx"}), dir.path); })
+              .find("bad magic number 0x3c68746d") != std::string::npos);
+
+    Blob cut = idx_images();
+    cut.resize(cut.size() - 7);
+    dir.write("cut-idx3-ubyte", cut);
+    m = input_error([&] { open_dataset(source({"cut-idx3-ubyte"}, {"y.idx"}), dir.path); });
+    CHECK(m.find("cut-idx3-ubyte: byte 69: the file ends after 53 of its 60 data bytes (5 records of shape [4, 3]") !=
+          std::string::npos);
+    CHECK(m.find("truncated") != std::string::npos);
+    dir.write("cut-idx3-ubyte.gz", gzip(cut));
+    m = input_error([&] { open_dataset(source({"cut-idx3-ubyte.gz"}, {"y.idx"}), dir.path); });
+    CHECK(m.find("cut-idx3-ubyte.gz: byte 69: the file ends after 53 of its 60 data bytes (decompressed)") !=
+          std::string::npos);
+    // A gzip stream cut short.
+    Blob gz = gzip(idx_images());
+    gz.resize(gz.size() / 2);
+    dir.write("short-idx3-ubyte.gz", gz);
+    m = input_error([&] { open_dataset(source({"short-idx3-ubyte.gz"}, {"y.idx"}), dir.path); });
+    CHECK(m.find("short-idx3-ubyte.gz: byte") != std::string::npos);
+    CHECK(m.find("the gzip stream ends early") != std::string::npos);
+    // A header that ends early.
+    dir.write("head-idx3-ubyte", Blob{0, 0, 8, 3, 0, 0, 0, 5});
+    CHECK(input_error([&] { open_dataset(source({"head-idx3-ubyte"}, {"y.idx"}), dir.path); })
+              .find("head-idx3-ubyte: byte 8: the file ends inside the header: 3 dimensions need 16 bytes") !=
+          std::string::npos);
+    // Labels for another dataset.
+    dir.write("x-idx3-ubyte", idx_images());
+    dir.write("y3-idx1-ubyte", idx(0x08, {3}, Blob{1, 2, 3}));
+    CHECK(input_error([&] { open_dataset(source({"x-idx3-ubyte"}, {"y3-idx1-ubyte"}), dir.path); }) ==
+          "spec.toml:7:3: x-idx3-ubyte holds 5 samples, but y3-idx1-ubyte holds 3 labels | hint: the sample and "
+          "label files must match one to one");
+  }
+
+  TEST_CASE("missing files and globs that match nothing are errors at the spec's position") {
+    TempDir dir;
+    dir.write("train-images-idx3-ubyte.gz", gzip(idx_images()));
+    std::string m =
+        input_error([&] { open_dataset(source({"train-image-idx3-ubyte.gz"}, {"y.gz"}), dir.path); });
+    CHECK(m.find("spec.toml:7:3: data file 'train-image-idx3-ubyte.gz' does not exist (looked for " + dir.path) == 0);
+    CHECK(m.find("did you mean 'train-images-idx3-ubyte.gz'?") != std::string::npos);
+    CHECK(input_error([&] { open_dataset(source({"data_batch_*.bin"}), dir.path); })
+              .find("spec.toml:7:3: no data file matches 'data_batch_*.bin'") == 0);
+    CHECK(input_error([&] { open_dataset(source({"train-images-idx3-ubyte.gz"}, {}, "idz"), dir.path); })
+              .find("unknown data format 'idz'") != std::string::npos);
+    dir.write("notes.txt", Blob{'a'});
+    CHECK(input_error([&] { open_dataset(source({"notes.txt"}), dir.path); })
+              .find("cannot tell the format of 'notes.txt' from its name") != std::string::npos);
+    CHECK(input_error([&] { open_dataset(source({"train-images-idx3-ubyte.gz"}), dir.path); })
+              .find("idx samples need label files: y is missing") != std::string::npos);
+  }
+
+  TEST_CASE("CIFAR-10 batches: records in place, CHW, globs in natural order") {
+    TempDir dir;
+    auto batch = [](int first, int n) {
+      Blob b;
+      for (int r = 0; r < n; ++r) {
+        b.push_back(static_cast<uint8_t>((first + r) % 10));
+        for (int e = 0; e < 3072; ++e) b.push_back(static_cast<uint8_t>((first + r + e) & 0xff));
+      }
+      return b;
+    };
+    dir.write("data_batch_1.bin", batch(0, 3));
+    dir.write("data_batch_2.bin", batch(3, 2));
+    dir.write("data_batch_10.bin", batch(5, 4));
+    auto d = open_dataset(source({"data_batch_*.bin"}), dir.path);
+    REQUIRE(d->size() == 9);
+    CHECK(d->sample_shape() == Shape{3, 32, 32});
+    CHECK(d->layout() == Layout::chw);
+    CHECK(d->describe() == "data_batch_1.bin .. data_batch_10.bin (3 files)");
+    for (int i = 0; i < 9; ++i) {
+      CHECK(label(*d, i) == i % 10);
+      auto s = sample<uint8_t>(*d, i);
+      CHECK(s[0] == i);
+      CHECK(s[3071] == ((i + 3071) & 0xff));
+    }
+    CHECK(d->locate(6) == "data_batch_10.bin: sample 1");
+
+    Blob bad = batch(0, 2);
+    bad.resize(bad.size() - 100);
+    dir.write("test_batch.bin", bad);
+    std::string m = input_error([&] { open_dataset(source({"test_batch.bin"}), dir.path); });
+    CHECK(m.find("test_batch.bin: the size 6046 bytes is not a multiple of 3073") == 0);
+    CHECK(m.find("1 whole records and 2973 bytes more") != std::string::npos);
+  }
+
+  TEST_CASE("the loader names the file and sample of a label out of range") {
+    TempDir dir;
+    Blob b;
+    for (int r = 0; r < 4; ++r) {
+      b.push_back(r == 2 ? 12 : 1);
+      b.insert(b.end(), 3072, 0);
+    }
+    dir.write("data_batch_1.bin", b);
+    auto d = open_dataset(source({"data_batch_1.bin"}), dir.path);
+    engine::data::BatchFormat f;
+    f.num_classes = 10;
+    engine::data::BatchLoader loader(d, 4, f, true, 1);
+    loader.start_epoch(0);
+    engine::data::Batch batch;
+    CHECK(input_error([&] { loader.next(&batch); }) ==
+          "data_batch_1.bin: sample 2: label 12 is out of range for 10 classes | hint: the model's output has 10 "
+          "classes: labels must lie in [0, 9]");
+  }
+
+  TEST_CASE("NPY: every supported dtype, header versions 1-3, HWC images") {
+    TempDir dir;
+    Blob u8{0, 1, 2, 3, 4, 5}, i32, i64, f32, f64;
+    for (int k = 0; k < 6; ++k) {
+      put_raw<int32_t>(i32, -k);
+      put_raw<int64_t>(i64, int64_t{1} << (40 + k));
+      put_raw<float>(f32, 0.5f * k);
+      put_raw<double>(f64, 0.25 * k);
+    }
+    dir.write("u8.npy", npy("|u1", {3, 2}, u8));
+    dir.write("b1.npy", npy("|b1", {3, 2}, Blob{1, 0, 0, 1, 1, 1}, 2));
+    dir.write("i4.npy", npy("<i4", {3, 2}, i32, 3));
+    dir.write("i8.npy", npy("<i8", {3, 2}, i64));
+    dir.write("f4.npy", npy("<f4", {3, 2}, f32));
+    dir.write("f8.npy", npy("<f8", {3, 2}, f64));
+    Blob y;
+    for (int64_t v : {2, 0, 1}) put_raw<int64_t>(y, v);
+    dir.write("y.npy", npy("<i8", {3}, y));
+
+    auto d = open_dataset(source({"u8.npy"}, {"y.npy"}), dir.path);
+    CHECK(d->sample_shape() == Shape{2});
+    CHECK(sample<uint8_t>(*d, 2) == std::vector<uint8_t>{4, 5});
+    CHECK(label(*d, 0) == 2);
+    CHECK(d->label_dtype() == DType::i64);
+    CHECK(sample<uint8_t>(*open_dataset(source({"b1.npy"}, {"y.npy"}), dir.path), 0) == std::vector<uint8_t>{1, 0});
+    CHECK(sample<int32_t>(*open_dataset(source({"i4.npy"}, {"y.npy"}), dir.path), 1) == std::vector<int32_t>{-2, -3});
+    CHECK(sample<int64_t>(*open_dataset(source({"i8.npy"}, {"y.npy"}), dir.path), 2) ==
+          std::vector<int64_t>{int64_t{1} << 44, int64_t{1} << 45});
+    CHECK(sample<float>(*open_dataset(source({"f4.npy"}, {"y.npy"}), dir.path), 1) == std::vector<float>{1.0f, 1.5f});
+    CHECK(sample<double>(*open_dataset(source({"f8.npy"}, {"y.npy"}), dir.path), 2) == std::vector<double>{1.0, 1.25});
+    // The label file may be any integer dtype: u8 labels from i4.
+    Blob yl;
+    for (int32_t v : {5, 6, 7}) put_raw<int32_t>(yl, v);
+    dir.write("y4.npy", npy("<i4", {3}, yl));
+    CHECK(label(*open_dataset(source({"u8.npy"}, {"y4.npy"}), dir.path), 2) == 7);
+    // Several x and y files concatenate; a gzipped .npy works too.
+    dir.write("u8b.npy.gz", gzip(npy("|u1", {1, 2}, Blob{9, 8})));
+    dir.write("y1.npy", npy("<i8", {1}, Blob{3, 0, 0, 0, 0, 0, 0, 0}));
+    auto cat = open_dataset(source({"u8.npy", "u8b.npy.gz"}, {"y.npy", "y1.npy"}), dir.path);
+    CHECK(cat->size() == 4);
+    CHECK(sample<uint8_t>(*cat, 3) == std::vector<uint8_t>{9, 8});
+    CHECK(label(*cat, 3) == 3);
+    // Rank-3 samples are Keras-style HWC images; one-hot labels keep their vector shape.
+    dir.write("img.npy", npy("|u1", {1, 2, 2, 3}, Blob(12, 7)));
+    Blob onehot;
+    for (float v : {0.f, 1.f, 0.f}) put_raw<float>(onehot, v);
+    dir.write("onehot.npy", npy("<f4", {1, 3}, onehot));
+    auto img = open_dataset(source({"img.npy"}, {"onehot.npy"}), dir.path);
+    CHECK(img->layout() == Layout::hwc);
+    CHECK(img->sample_shape() == Shape{2, 2, 3});
+    CHECK(img->label_shape() == Shape{3});
+    CHECK(img->label_dtype() == DType::f32);
+  }
+
+  TEST_CASE("NPY errors: Fortran order, big-endian, objects, unsupported dtypes, truncation") {
+    TempDir dir;
+    dir.write("y.npy", npy("<i8", {2}, Blob(16, 0)));
+    dir.write("fortran.npy", npy("<f4", {2, 2}, Blob(16, 0), 1, true));
+    std::string m = input_error([&] { open_dataset(source({"fortran.npy"}, {"y.npy"}), dir.path); });
+    CHECK(m.find("fortran.npy: the array is in Fortran (column-major) order") == 0);
+    CHECK(m.find("numpy.ascontiguousarray") != std::string::npos);
+    dir.write("big.npy", npy(">f4", {2, 2}, Blob(16, 0)));
+    CHECK(input_error([&] { open_dataset(source({"big.npy"}, {"y.npy"}), dir.path); })
+              .find("big.npy: the array is big-endian ('>f4')") == 0);
+    dir.write("obj.npy", npy("|O", {2}, Blob(16, 0)));
+    CHECK(input_error([&] { open_dataset(source({"obj.npy"}, {"y.npy"}), dir.path); })
+              .find("pad_sequences") != std::string::npos);
+    dir.write("f2.npy", npy("<f2", {2, 2}, Blob(8, 0)));
+    CHECK(input_error([&] { open_dataset(source({"f2.npy"}, {"y.npy"}), dir.path); })
+              .find("dtype '<f2' is not supported") != std::string::npos);
+    Blob cut = npy("<f4", {2, 2}, Blob(16, 0));
+    cut.resize(cut.size() - 5);
+    dir.write("cut.npy", cut);
+    CHECK(input_error([&] { open_dataset(source({"cut.npy"}, {"y.npy"}), dir.path); }) ==
+          "cut.npy: byte 139: the file ends after 11 of its 16 data bytes (shape [2, 2], <f4) | hint: the file is "
+          "truncated: write it again");
+    dir.write("not.npy", Blob{'h', 'e', 'l', 'l', 'o', ' ', 'w', 'o', 'r', 'l', 'd'});
+    CHECK(input_error([&] { open_dataset(source({"not.npy"}, {"y.npy"}), dir.path); })
+              .find("not.npy: byte 0: not an NPY file") == 0);
+  }
+
+  TEST_CASE("NPZ: stored and deflated members, keys, a missing key") {
+    TempDir dir;
+    Blob x;
+    for (int k = 0; k < 8; ++k) put_raw<float>(x, static_cast<float>(k));
+    Blob y;
+    for (int64_t v : {1, 0, 1, 1}) put_raw<int64_t>(y, v);
+    const Blob xn = npy("<f4", {4, 2}, x), yn = npy("<i8", {4}, y);
+    dir.write("stored.npz", zip({{"x.npy", xn, false}, {"y.npy", yn, false}}));
+    dir.write("deflated.npz", zip({{"x_train.npy", xn, true}, {"y_train.npy", yn, true}}));
+    for (const char* f : {"stored.npz", "deflated.npz"}) {
+      DataSource s = source({f});
+      if (std::string(f) == "deflated.npz") {
+        s.x_key = "x_train";
+        s.y_key = "y_train";
+      }
+      auto d = open_dataset(s, dir.path);
+      REQUIRE(d->size() == 4);
+      CHECK(sample<float>(*d, 3) == std::vector<float>{6.0f, 7.0f});
+      CHECK(label(*d, 1) == 0);
+      CHECK(label(*d, 3) == 1);
+    }
+    DataSource s = source({"deflated.npz"});
+    s.x_key = "x_trian";
+    s.y_key = "y_train";
+    CHECK(input_error([&] { open_dataset(s, dir.path); }) ==
+          "deflated.npz: has no array 'x_trian'; its arrays: x_train, y_train | hint: did you mean 'x_train'?");
+    // A damaged deflated member fails its CRC or its inflation.
+    Blob z = zip({{"x.npy", xn, true}, {"y.npy", yn, false}});
+    z[40] ^= 0x55;
+    dir.write("damaged.npz", z);
+    CHECK(input_error([&] { open_dataset(source({"damaged.npz"}), dir.path); }).find("damaged.npz/x.npy") == 0);
+    dir.write("plain.npz", xn);
+    CHECK(input_error([&] { open_dataset(source({"plain.npz"}), dir.path); })
+              .find("this is an .npy file") != std::string::npos);
+  }
+
+  TEST_CASE("CSV: header, label column by name, index or last; integer or float labels") {
+    TempDir dir;
+    dir.write_text("h.csv", "a,label,\"b, c\"\n1,2,3\r\n4.5,0,-6e-1\n\n7,1, 8 \n");
+    DataSource s = source({"h.csv"});
+    s.label_column = "label";
+    auto d = open_dataset(s, dir.path);
+    REQUIRE(d->size() == 3);
+    CHECK(d->sample_shape() == Shape{2});
+    CHECK(d->sample_dtype() == DType::f32);
+    CHECK(sample<float>(*d, 1) == std::vector<float>{4.5f, -0.6f});
+    CHECK(sample<float>(*d, 2) == std::vector<float>{7.0f, 8.0f});
+    CHECK(d->label_dtype() == DType::i64);
+    CHECK(label(*d, 0) == 2);
+    CHECK(label(*d, 2) == 1);
+    CHECK(d->locate(2) == "h.csv:5: sample 2");
+    s.label_column = "1";
+    CHECK(label(*open_dataset(s, dir.path), 1) == 0);
+    s.label_column = "";  // the last column, fractional: regression targets
+    auto last = open_dataset(s, dir.path);
+    CHECK(last->label_dtype() == DType::f32);
+    CHECK(sample<float>(*last, 0) == std::vector<float>{1.0f, 2.0f});
+    s.label_column = "lable";
+    CHECK(input_error([&] { open_dataset(s, dir.path); }) ==
+          "h.csv:1: no column is named 'lable'; the header has: a, label, b, c | hint: did you mean 'label'?");
+
+    dir.write_text("n.csv", "1,2,0\n3,4,1\n");
+    DataSource nh = source({"n.csv"});
+    nh.header = false;
+    auto d2 = open_dataset(nh, dir.path);
+    CHECK(d2->size() == 2);
+    CHECK(label(*d2, 1) == 1);
+  }
+
+  TEST_CASE("CSV errors: a ragged row names its line, a bad cell its line and column") {
+    TempDir dir;
+    dir.write_text("ragged.csv", "x1,x2,y\n1,2,0\n\n3,4,5,1\n");
+    CHECK(input_error([&] { open_dataset(source({"ragged.csv"}), dir.path); }) ==
+          "ragged.csv:4: the row has 4 fields, but the header on line 1 has 3 | hint: every row needs the same number "
+          "of comma-separated fields");
+    dir.write_text("cell.csv", "x1,x2,y\n1,2,0\n3, abc,1\n");
+    CHECK(input_error([&] { open_dataset(source({"cell.csv"}), dir.path); }) ==
+          "cell.csv:3:4: column 'x2' holds 'abc', not a number");
+    dir.write_text("headerless.csv", "x1,x2,y\n1,2,0\n");
+    DataSource nh = source({"headerless.csv"});
+    nh.header = false;
+    CHECK(input_error([&] { open_dataset(nh, dir.path); }) ==
+          "headerless.csv:1:1: column 0 holds 'x1', not a number | hint: is this row a header? set header = true");
+  }
+
+  TEST_CASE("Fashion-MNIST: the real files") {
+    const std::string dir = "/usr/share/datasets/fashion-mnist";
+    if (!std::filesystem::exists(dir + "/train-images-idx3-ubyte.gz")) {
+      MESSAGE("Fashion-MNIST is not installed (dataset-fashion-mnist): skipped");
+      return;
+    }
+    auto train = open_dataset(source({"train-images-idx3-ubyte.gz"}, {"train-labels-idx1-ubyte.gz"}), dir);
+    auto test = open_dataset(source({"t10k-images-*.gz"}, {"t10k-labels-*.gz"}), dir);
+    REQUIRE(train->size() == 60000);
+    REQUIRE(test->size() == 10000);
+    CHECK(train->sample_shape() == Shape{28, 28});
+    std::vector<int64_t> first, first_test;
+    for (int i = 0; i < 10; ++i) {
+      first.push_back(label(*train, i));
+      first_test.push_back(label(*test, i));
+    }
+    CHECK(first == std::vector<int64_t>{9, 0, 0, 3, 0, 2, 7, 2, 5, 5});
+    CHECK(first_test == std::vector<int64_t>{9, 2, 1, 1, 6, 1, 4, 6, 5, 7});
+    auto px = sample<uint8_t>(*train, 0);
+    int64_t sum = 0;
+    for (uint8_t v : px) sum += v;
+    CHECK(sum == 76247);
+    CHECK(label(*train, 59999) >= 0);
+
+    // An epoch of batches of 64, scaled, through the loader: far faster than a training epoch takes.
+    engine::data::BatchFormat f;
+    f.scale = 1.0 / 255;
+    f.num_classes = 10;
+    f.to_chw = true;
+    engine::data::BatchLoader loader(train, 64, f, true, 1);
+    CHECK(loader.x_shape(64) == Shape{64, 1, 28, 28});
+    for (int epoch = 0; epoch < 2; ++epoch) {
+      auto t0 = std::chrono::steady_clock::now();
+      loader.start_epoch(epoch);
+      engine::data::Batch b;
+      int64_t n = 0, batches = 0;
+      double total = 0;
+      while (loader.next(&b)) {
+        n += b.size;
+        ++batches;
+        total += static_cast<const float*>(b.x)[0];
+      }
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      MESSAGE("Fashion-MNIST epoch " << epoch << " of batches of 64 through the loader: " << s * 1e3 << " ms");
+      CHECK(n == 60000);
+      CHECK(batches == 938);
+      CHECK(s < 5.0);
+    }
+  }
+}

@@ -1,0 +1,585 @@
+// The TOML model-spec reader: a full spec read into ModelSpec, every error class at its exact line:col with
+// its hint, --set overrides, and the round trip through to_toml.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "engine/util/error.h"
+#include "formats/model_spec.h"
+
+using namespace trainer;
+using namespace trainer::formats;
+
+namespace {
+
+// Line numbers are asserted below; keep the text's lines where they are.
+const char* kFullSpec = R"(# A small residual CNN on 28x28 images.
+format_version = 1
+
+[model]
+input = { shape = [28, 28, 1], dtype = "float32" }
+
+[[model.layers]]
+type = "Conv2D"
+filters = 8
+kernel_size = [3, 3]
+padding = "same"
+activation = "relu"
+
+[[model.layers]]
+type = "MaxPooling2D"
+pool_size = 2
+
+[[model.layers]]
+type = "Conv2D"
+filters = 8
+kernel_size = 3
+padding = "same"
+use_bias = false
+
+[[model.layers]]
+type = "Add"
+name = "residual"
+inputs = ["max_pooling2d", "conv2d_1"]
+
+[[model.layers]]
+type = "Flatten"
+
+[[model.layers]]
+type = "Dropout"
+rate = 0.25
+noise_shape = [1, 2.5]
+
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+
+[data]
+validation_split = 0.1
+scale = 0.00392156862745098
+mean = 0.5
+std = [0.25]
+
+[data.train]
+format = "idx"
+x = "images/train-images-idx3-ubyte.gz"
+y = ["images/train-labels-idx1-ubyte.gz"]
+limit = 1000
+
+[data.test]
+format = "csv"
+x = "/data/test.csv"
+header = false
+label_column = 0
+
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy", "top_k_accuracy"]
+top_k = 3
+epochs = 5
+batch_size = 64
+seed = 42
+
+[train.optimizer]
+name = "sgd"
+learning_rate = 0.05
+momentum = 0.9
+nesterov = true
+clipnorm = 1.0
+
+[train.optimizer.schedule]
+kind = "cosine"
+decay_steps = 4000
+alpha = 0.1
+warmup_steps = 100
+
+[train.early_stopping]
+monitor = "val_accuracy"
+patience = 2
+restore_best_weights = true
+)";
+
+// Six lines: a valid spec that error cases extend from line 7 on.
+const std::string kHead =
+    "format_version = 1\n"
+    "[model]\n"
+    "input = [4]\n"
+    "[[model.layers]]\n"
+    "type = \"Dense\"\n"
+    "units = 2\n";
+
+struct Failure {
+  std::string where, what, hint;
+};
+
+Failure failure(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_model_spec(text, "spec.toml", overrides);
+  } catch (const InputError& e) {
+    std::string what = e.what();
+    if (!e.where().empty()) what = what.substr(e.where().size() + 2);  // what() is "where: what"
+    return {e.where(), what, e.hint()};
+  }
+  FAIL("expected an InputError: " << text);
+  return {};
+}
+
+template <typename T>
+T arg(const LayerSpec& l, const std::string& key) {
+  auto it = l.args.find(key);
+  REQUIRE_MESSAGE(it != l.args.end(), key);
+  REQUIRE_MESSAGE(std::holds_alternative<T>(it->second.value), key);
+  return std::get<T>(it->second.value);
+}
+
+}  // namespace
+
+TEST_SUITE("model_spec") {
+  TEST_CASE("a full spec is read into every field with its position") {
+    const ModelSpec s = parse_model_spec(kFullSpec, "specs/cnn.toml");
+    CHECK(s.format_version == 1);
+    CHECK(s.path == "specs/cnn.toml");
+    CHECK(s.base_dir == (std::filesystem::current_path() / "specs").string());
+
+    CHECK(s.model.input.shape == std::vector<int64_t>{28, 28, 1});
+    CHECK(s.model.input.dtype == "float32");
+    CHECK(s.model.input.pos.str() == "specs/cnn.toml:5:9");
+    REQUIRE(s.model.layers.size() == 7);
+    const auto& L = s.model.layers;
+    // Keras-style names: snake_case of the class, numbered per class from the second on.
+    CHECK(L[0].name == "conv2d");
+    CHECK(L[1].name == "max_pooling2d");
+    CHECK(L[2].name == "conv2d_1");
+    CHECK(L[3].name == "residual");
+    CHECK(L[4].name == "flatten");
+    CHECK(L[5].name == "dropout");
+    CHECK(L[6].name == "dense");
+    CHECK(L[0].type == "Conv2D");
+    CHECK(L[0].pos.str() == "specs/cnn.toml:7:1");
+    CHECK(L[0].type_pos.str() == "specs/cnn.toml:8:8");
+    CHECK(arg<int64_t>(L[0], "filters") == 8);
+    CHECK(arg<std::vector<int64_t>>(L[0], "kernel_size") == std::vector<int64_t>{3, 3});
+    CHECK(arg<std::string>(L[0], "padding") == "same");
+    CHECK(L[0].args.at("kernel_size").pos.str() == "specs/cnn.toml:10:15");
+    CHECK(L[0].args.size() == 4);  // type is not an argument
+    CHECK(arg<int64_t>(L[2], "kernel_size") == 3);
+    CHECK(arg<bool>(L[2], "use_bias") == false);
+    CHECK(L[3].inputs == std::vector<std::string>{"max_pooling2d", "conv2d_1"});
+    CHECK(L[3].args.empty());
+    CHECK(arg<double>(L[5], "rate") == 0.25);
+    CHECK(arg<std::vector<double>>(L[5], "noise_shape") == std::vector<double>{1.0, 2.5});  // mixed: floats
+    CHECK(L[6].inputs.empty());
+
+    REQUIRE(s.data.train.has_value());
+    CHECK(s.data.train->format == "idx");
+    CHECK(s.data.train->x == std::vector<std::string>{"images/train-images-idx3-ubyte.gz"});
+    CHECK(s.data.train->y == std::vector<std::string>{"images/train-labels-idx1-ubyte.gz"});
+    CHECK(s.data.train->limit == 1000);
+    CHECK(s.data.train->x_key == "x");
+    CHECK(s.data.train->header);
+    CHECK(s.data.train->pos.str() == "specs/cnn.toml:49:1");
+    CHECK(!s.data.validation.has_value());
+    REQUIRE(s.data.test.has_value());
+    CHECK(s.data.test->header == false);
+    CHECK(s.data.test->label_column == "0");
+    CHECK(s.data.validation_split == 0.1);
+    CHECK(s.data.scale == 0.00392156862745098);
+    CHECK(s.data.mean == std::vector<double>{0.5});
+    CHECK(s.data.std == std::vector<double>{0.25});
+    CHECK(s.data.shuffle);
+
+    CHECK(s.train.loss == "sparse_categorical_crossentropy");
+    CHECK(s.train.loss_pos.str() == "specs/cnn.toml:62:8");
+    CHECK(s.train.metrics == std::vector<std::string>{"accuracy", "top_k_accuracy"});
+    CHECK(s.train.top_k == 3);
+    CHECK(s.train.epochs == 5);
+    CHECK(s.train.batch_size == 64);
+    CHECK(s.train.seed == 42);
+    const OptimizerSpec& o = s.train.optimizer;
+    CHECK(o.name == "sgd");
+    CHECK(o.learning_rate == 0.05);
+    CHECK(o.momentum == 0.9);
+    CHECK(o.nesterov);
+    CHECK(o.clipnorm == 1.0);
+    CHECK(o.weight_decay == 0.0);
+    CHECK(o.schedule.kind == "cosine");
+    CHECK(o.schedule.decay_steps == 4000);
+    CHECK(o.schedule.alpha == 0.1);
+    CHECK(o.schedule.warmup_steps == 100);
+    CHECK(o.schedule.pos.str() == "specs/cnn.toml:76:1");
+    const EarlyStoppingSpec& e = s.train.early_stopping;
+    CHECK(e.enabled);
+    CHECK(e.monitor == "val_accuracy");
+    CHECK(e.mode == "auto");
+    CHECK(e.patience == 2);
+    CHECK(e.restore_best_weights);
+
+    // Relative data paths resolve against the spec's folder; absolute ones stay.
+    CHECK(resolve_data_path(s, s.data.train->x[0]) ==
+          (std::filesystem::current_path() / "specs/images/train-images-idx3-ubyte.gz").string());
+    CHECK(resolve_data_path(s, "/data/test.csv") == "/data/test.csv");
+  }
+
+  TEST_CASE("defaults and shorthands") {
+    const ModelSpec s = parse_model_spec(kHead, "m.toml");
+    CHECK(s.model.input.shape == std::vector<int64_t>{4});
+    CHECK(s.model.input.dtype == "float32");
+    CHECK(s.model.input.pos.str() == "m.toml:3:9");
+    CHECK(!s.data.train.has_value());
+    CHECK(s.train.loss.empty());
+    CHECK(s.train.epochs == 1);
+    CHECK(s.train.batch_size == 32);
+    CHECK(s.train.optimizer.name == "adam");
+    CHECK(s.train.optimizer.learning_rate == 0.001);
+    CHECK(s.train.optimizer.epsilon == 1e-7);
+    CHECK(s.train.optimizer.schedule.kind == "constant");
+    CHECK(!s.train.early_stopping.enabled);
+
+    const ModelSpec t = parse_model_spec(kHead +
+                                             "[train]\n"
+                                             "loss = \"mean_squared_error\"\n"
+                                             "metrics = \"accuracy\"\n"
+                                             "optimizer = \"adamw\"\n"
+                                             "early_stopping = {}\n",
+                                         "m.toml");
+    CHECK(t.train.loss == "mse");
+    CHECK(t.train.metrics == std::vector<std::string>{"accuracy"});
+    CHECK(t.train.optimizer.name == "adamw");
+    CHECK(t.train.optimizer.weight_decay == 0.004);  // Keras's AdamW default
+    CHECK(t.train.optimizer.pos.str() == "m.toml:10:13");
+    CHECK(t.train.early_stopping.enabled);
+    CHECK(t.train.early_stopping.monitor == "val_loss");
+  }
+
+  TEST_CASE("generated layer names skip the names given") {
+    const ModelSpec s = parse_model_spec(
+        "format_version = 1\n[model]\ninput = { shape = [8], dtype = \"int64\" }\n"
+        "[[model.layers]]\ntype = \"Embedding\"\n"
+        "[[model.layers]]\ntype = \"LSTM\"\n"
+        "[[model.layers]]\ntype = \"Dense\"\n"
+        "[[model.layers]]\ntype = \"Dense\"\nname = \"dense_1\"\n"
+        "[[model.layers]]\ntype = \"Dense\"\n"
+        "[[model.layers]]\ntype = \"BatchNormalization\"\n"
+        "[[model.layers]]\ntype = \"GlobalAveragePooling2D\"\n"
+        "[[model.layers]]\ntype = \"ReLU\"\n",
+        "m.toml");
+    CHECK(s.model.input.dtype == "int64");
+    std::vector<std::string> names;
+    for (const auto& l : s.model.layers) names.push_back(l.name);
+    CHECK(names == std::vector<std::string>{"embedding", "lstm", "dense", "dense_1", "dense_2",
+                                            "batch_normalization", "global_average_pooling2d", "re_lu"});
+  }
+
+  TEST_CASE("TOML syntax errors carry toml++'s position and description") {
+    Failure f = failure("format_version = 1\n[model]\ninput = [1, 2\nx = 3\n");
+    CHECK(f.where == "spec.toml:4:1");
+    CHECK(f.what.find("array") != std::string::npos);
+    f = failure("format_version = 1\nformat_version = 2\n");
+    CHECK(f.where == "spec.toml:2:18");
+    CHECK(f.what.find("redefine") != std::string::npos);
+  }
+
+  TEST_CASE("format_version is required and checked") {
+    Failure f = failure("[model]\ninput = [4]\n");
+    CHECK(f.where == "spec.toml");
+    CHECK(f.what == "the spec has no format_version");
+    CHECK(f.hint == "add `format_version = 1` as its first line");
+    f = failure("\nformat_version = 2\n[model]\nfuture_key = 1\n");
+    CHECK(f.where == "spec.toml:2:18");
+    CHECK(f.what == "unsupported format_version 2");
+    CHECK(f.hint == "this trainer reads format_version = 1");
+    f = failure("format_version = \"1\"\n");
+    CHECK(f.where == "spec.toml:1:18");
+    CHECK(f.what == "format_version must be an integer, not a string (\"1\")");
+  }
+
+  TEST_CASE("unknown keys name their place and the nearest key") {
+    Failure f = failure(kHead + "[train]\nloss = \"mse\"\n  epoch = 3\n");
+    CHECK(f.where == "spec.toml:9:3");
+    CHECK(f.what == "unknown key 'epoch' in [train]");
+    CHECK(f.hint == "did you mean 'epochs'?");
+    // A key in the wrong table: where it belongs.
+    f = failure("format_version = 1\nepochs = 3\n[model]\ninput = [4]\n");
+    CHECK(f.where == "spec.toml:2:1");
+    CHECK(f.what == "unknown key 'epochs' at the top level");
+    CHECK(f.hint == "'epochs' belongs in [train]");
+    // Nothing near: the table's keys.
+    f = failure(kHead + "[train]\nloss = \"mse\"\n[train.optimizer]\nzzz = 1\n");
+    CHECK(f.where == "spec.toml:10:1");
+    CHECK(f.what == "unknown key 'zzz' in [train.optimizer]");
+    CHECK(f.hint.starts_with("[train.optimizer] takes: name, learning_rate, beta_1"));
+    f = failure(kHead + "[data]\n[data.train]\nx = \"a.npy\"\nlabels = \"b.npy\"\n");
+    CHECK(f.where == "spec.toml:10:1");
+    CHECK(f.what == "unknown key 'labels' in [data.train]");
+    f = failure("format_version = 1\n[model]\ninput = { shape = [4], dtyp = \"int32\" }\n");
+    CHECK(f.where == "spec.toml:3:24");
+    CHECK(f.what == "unknown key 'dtyp' in [model.input]");
+    CHECK(f.hint == "did you mean 'dtype'?");
+  }
+
+  TEST_CASE("wrong types name the expected type, with a hint") {
+    Failure f = failure(kHead + "[train]\nloss = \"mse\"\nepochs = \"10\"\n");
+    CHECK(f.where == "spec.toml:9:10");
+    CHECK(f.what == "train.epochs must be an integer, not a string (\"10\")");
+    CHECK(f.hint == "write it without quotes: epochs = 10");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nepochs = 5.0\n");
+    CHECK(f.where == "spec.toml:9:10");
+    CHECK(f.what == "train.epochs must be an integer, not a float (5.0)");
+    CHECK(f.hint == "write it without a decimal point: epochs = 5");
+    f = failure(kHead + "[train]\nloss = \"mse\"\n[train.optimizer]\nlearning_rate = \"fast\"\n");
+    CHECK(f.where == "spec.toml:10:17");
+    CHECK(f.what == "train.optimizer.learning_rate must be a number, not a string (\"fast\")");
+    f = failure(kHead + "[data]\nshuffle = 1\n[data.train]\nx = \"a.npy\"\n");
+    CHECK(f.where == "spec.toml:8:11");
+    CHECK(f.what == "data.shuffle must be a boolean (true or false), not an integer (1)");
+    f = failure(kHead + "[data]\n[data.train]\nx = [\"a.npy\", 2]\n");
+    CHECK(f.where == "spec.toml:9:15");
+    CHECK(f.what == "data.train.x must hold strings, not an integer (2)");
+    f = failure(kHead + "[train]\nloss = \"mse\"\noptimizer = 3\n");
+    CHECK(f.where == "spec.toml:9:13");
+    CHECK(f.what == "train.optimizer must be a table, not an integer (3)");
+    f = failure("format_version = 1\n[model]\ninput = [28, 0]\n");
+    CHECK(f.where == "spec.toml:3:14");
+    CHECK(f.what == "model.input.shape must hold positive dimensions, not 0");
+  }
+
+  TEST_CASE("impossible values are errors at the value") {
+    struct Case {
+      std::string text, where, what, hint;
+    };
+    const std::string T = kHead + "[train]\n";  // line 7
+    const Case cases[] = {
+        {T + "loss = \"mse\"\nepochs = 0\n", "spec.toml:9:10", "train.epochs must be 1 or more, not 0", ""},
+        {T + "loss = \"mse\"\nbatch_size = -1\n", "spec.toml:9:14",
+         "train.batch_size must be 1 or more, not -1", ""},
+        {T + "loss = \"mse\"\n[train.optimizer]\nlearning_rate = 0\n", "spec.toml:10:17",
+         "train.optimizer.learning_rate must be positive, not 0.0", ""},
+        {T + "loss = \"mse\"\n[train.optimizer]\nbeta_2 = 1.5\n", "spec.toml:10:10",
+         "train.optimizer.beta_2 must be in [0, 1), not 1.5", ""},
+        {T + "loss = \"sparse_categorical_crossentropi\"\n", "spec.toml:8:8",
+         "unknown loss 'sparse_categorical_crossentropi'", "did you mean 'sparse_categorical_crossentropy'?"},
+        {T + "loss = \"hinge\"\n", "spec.toml:8:8", "unknown loss 'hinge'",
+         "expected one of: sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
+         "mse, "
+         "mae, mean_squared_error, mean_absolute_error"},
+        {T + "loss = \"mse\"\nmetrics = [\"accuracy\", \"acuracy\"]\n", "spec.toml:9:24",
+         "unknown metric 'acuracy'", "did you mean 'accuracy'?"},
+        {T + "loss = \"mse\"\nmetrics = [\"loss\"]\n", "spec.toml:9:12", "'loss' is not a metric here",
+         "the loss is always reported; leave it out of train.metrics"},
+        {T + "loss = \"mse\"\noptimizer = \"adma\"\n", "spec.toml:9:13", "unknown optimizer 'adma'",
+         "did you mean 'adam'?"},
+        {T + "loss = \"mse\"\n[train.optimizer]\nname = \"adam\"\nmomentum = 0.9\n", "spec.toml:11:1",
+         "train.optimizer.momentum does not apply to adam",
+         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm"},
+        {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"cosin\"\n", "spec.toml:10:8",
+         "unknown schedule kind 'cosin'", "did you mean 'cosine'?"},
+        {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"exponential\"\n", "spec.toml:9:1",
+         "the exponential schedule needs decay_steps",
+         "add decay_steps = <steps> to [train.optimizer.schedule]"},
+        {T + "loss = \"mse\"\ntop_k = 3\n", "spec.toml:9:9",
+         "train.top_k is set but train.metrics has no top_k_accuracy",
+         "add \"top_k_accuracy\" to train.metrics, or leave out top_k"},
+        {T + "loss = \"mse\"\n[train.early_stopping]\nmonitor = \"val_los\"\n", "spec.toml:10:11",
+         "train.early_stopping.monitor 'val_los' is not a reported quantity", "did you mean 'val_loss'?"},
+        {T + "loss = \"mse\"\n[train.early_stopping]\nmonitor = \"val_accuracy\"\n", "spec.toml:10:11",
+         "train.early_stopping.monitor 'val_accuracy' is not a reported quantity",
+         "add \"accuracy\" to train.metrics"},
+        {T + "epochs = 3\n", "spec.toml:7:1", "[train] has no loss",
+         "e.g. loss = \"sparse_categorical_crossentropy\""},
+        {kHead + "[data]\nvalidation_split = 1.0\n[data.train]\nx = \"a.npy\"\n", "spec.toml:8:20",
+         "data.validation_split must be in [0, 1), not 1.0",
+         "it is the fraction of the training samples held out, e.g. 0.1"},
+        {kHead + "[data]\nmean = [0.1, 0.2]\n[data.train]\nx = \"a.npy\"\n", "spec.toml:8:8",
+         "data.mean has 2 values but the input has 4 channels (the last dimension of 4)",
+         "give one value, or one per channel"},
+        {kHead + "[data]\n[data.train]\nformat = \"npx\"\nx = \"a.npy\"\n", "spec.toml:9:10",
+         "unknown data format 'npx'", "did you mean 'npy'?"},
+        {kHead + "[data]\n[data.train]\nx = \"a.npy\"\n[data.validation]\nx = \"b.npy\"\n[train]\nloss = "
+                 "\"mse\"\n[train.early_stopping]\n",
+         "", "", ""},  // a validation set: val_loss can be monitored
+        {kHead + "[data]\n[data.train]\nx = \"a.npy\"\n[train]\nloss = \"mse\"\n[train.early_stopping]\n",
+         "spec.toml:12:1", "early stopping monitors 'val_loss' but [data] has no validation set",
+         "add [data.validation] or data.validation_split, or monitor 'loss'"},
+        {kHead + "[data]\ntest = { x = \"t.npy\" }\n", "spec.toml:7:1", "[data] has no [data.train]",
+         "add a [data.train] table with x = \"...\""},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.text);
+      if (c.where.empty()) {
+        CHECK_NOTHROW(parse_model_spec(c.text, "spec.toml"));
+        continue;
+      }
+      const Failure f = failure(c.text);
+      CHECK(f.where == c.where);
+      CHECK(f.what == c.what);
+      if (!c.hint.empty()) CHECK(f.hint == c.hint);
+    }
+  }
+
+  TEST_CASE("layer tables: type, name and inputs are checked, other keys are kept") {
+    const std::string M = "format_version = 1\n[model]\ninput = [4]\n";  // layers from line 4
+    Failure f = failure(M + "[[model.layers]]\nunits = 3\n");
+    CHECK(f.where == "spec.toml:4:1");
+    CHECK(f.what == "model.layers[0] has no type");
+    f = failure(M + "[[model.layers]]\ntype = 3\n");
+    CHECK(f.where == "spec.toml:5:8");
+    CHECK(f.what == "model.layers[0].type must be a string, not an integer (3)");
+    f = failure(M +
+                "[[model.layers]]\ntype = \"Dense\"\nname = \"a\"\n[[model.layers]]\ntype = \"Dense\"\n"
+                "name = \"a\"\n");
+    CHECK(f.where == "spec.toml:9:8");
+    CHECK(f.what == "layer name 'a' is used twice");
+    CHECK(f.hint == "model.layers[0] at spec.toml:6:8 has it too; names must be unique");
+    f = failure(M +
+                "[[model.layers]]\ntype = \"Dense\"\n[[model.layers]]\ntype = \"Add\"\n"
+                "inputs = [\"input\", \"dens\"]\n");
+    CHECK(f.where == "spec.toml:8:20");
+    CHECK(f.what == "layer 'add' takes 'dens', which is not a layer before it");
+    CHECK(f.hint == "did you mean 'dense'?");
+    f = failure(
+        M + "[[model.layers]]\ntype = \"Add\"\ninputs = [\"dense\"]\n[[model.layers]]\ntype = \"Dense\"\n");
+    CHECK(f.where == "spec.toml:6:11");
+    CHECK(f.what == "layer 'add' takes 'dense', which comes later in model.layers");
+    f = failure(M + "[[model.layers]]\ntype = \"Add\"\ninputs = [1]\n");
+    CHECK(f.where == "spec.toml:6:11");
+    CHECK(f.what == "model.layers[0].inputs must hold layer names, not an integer (1)");
+    f = failure(M + "[[model.layers]]\ntype = \"Dense\"\nkernel_initializer = { class_name = \"Ones\" }\n");
+    CHECK(f.where == "spec.toml:6:22");
+    CHECK(f.what ==
+          "model.layers[0].kernel_initializer must be a number, a boolean, a string or an array, not a "
+          "table");
+    f = failure(M + "[model.layers]\ntype = \"Dense\"\n");
+    CHECK(f.where == "spec.toml:4:1");
+    CHECK(f.hint == "write each layer as its own [[model.layers]] table (double brackets)");
+    // Unknown layer arguments are models/'s to judge: they are kept with their position.
+    const ModelSpec s = parse_model_spec(M + "[[model.layers]]\ntype = \"Dense\"\nunitz = 3\n", "spec.toml");
+    CHECK(arg<int64_t>(s.model.layers[0], "unitz") == 3);
+    CHECK(s.model.layers[0].args.at("unitz").pos.str() == "spec.toml:6:9");
+  }
+
+  TEST_CASE("--set overrides existing keys and creates omitted ones") {
+    const ModelSpec s =
+        parse_model_spec(kFullSpec, "m.toml",
+                         {"train.epochs=1", "train.optimizer.learning_rate=3e-4", "data.train.limit=100",
+                          "data.test.limit = 7", "train.loss=mse", "model.layers.6.units=5",
+                          "model.layers.0.kernel_initializer=he_normal", "train.optimizer.weight_decay=1",
+                          "data.train.x=[\"a.npy\", \"b.npy\"]"});
+    CHECK(s.train.epochs == 1);
+    CHECK(s.train.optimizer.learning_rate == 3e-4);
+    CHECK(s.data.train->limit == 100);
+    CHECK(s.data.test->limit == 7);  // created: the file has no data.test.limit
+    CHECK(s.train.loss == "mse");    // a bare string
+    CHECK(s.train.loss_pos.str() == "--set train.loss=mse");
+    CHECK(arg<int64_t>(s.model.layers[6], "units") == 5);
+    CHECK(s.model.layers[6].args.at("units").pos.str() == "--set model.layers.6.units=5");
+    CHECK(arg<std::string>(s.model.layers[0], "kernel_initializer") == "he_normal");
+    CHECK(s.train.optimizer.weight_decay == 1.0);
+    CHECK(s.data.train->x == std::vector<std::string>{"a.npy", "b.npy"});
+    // Untouched values keep their file positions.
+    CHECK(s.train.optimizer.schedule.pos.str() == "m.toml:76:1");
+
+    // A table the file omits is created, positioned at the --set.
+    const ModelSpec t =
+        parse_model_spec(kHead + "[train]\nloss = \"mse\"\n", "m.toml",
+                         {"train.optimizer.schedule.kind=step", "train.optimizer.schedule.step_size=10",
+                          "model.input.dtype=int32"});
+    CHECK(t.train.optimizer.schedule.kind == "step");
+    CHECK(t.train.optimizer.schedule.step_size == 10);
+    CHECK(t.train.optimizer.schedule.pos.str() == "--set train.optimizer.schedule.kind=step");
+    CHECK(t.model.input.dtype == "int32");  // reached through the `input = [4]` shorthand
+    CHECK(t.model.input.shape == std::vector<int64_t>{4});
+  }
+
+  TEST_CASE("--set errors name the override") {
+    Failure f = failure(kHead + "[train]\nloss = \"mse\"\n", {"train.epoch=3"});
+    CHECK(f.where == "--set train.epoch=3");
+    CHECK(f.what == "unknown key 'train.epoch'");
+    CHECK(f.hint == "did you mean 'train.epochs'?");
+    f = failure(kHead + "[train]\nloss = \"mse\"\n", {"train.optimizer.lerning_rate=0.1"});
+    CHECK(f.where == "--set train.optimizer.lerning_rate=0.1");
+    CHECK(f.what == "unknown key 'train.optimizer.lerning_rate'");
+    CHECK(f.hint == "did you mean 'train.optimizer.learning_rate'?");
+    f = failure(kHead + "[train]\nloss = \"mse\"\n", {"trian.epochs=3"});
+    CHECK(f.where == "--set trian.epochs=3");
+    CHECK(f.what == "unknown key 'trian'");
+    CHECK(f.hint == "did you mean 'train'?");
+    // Validated like the file.
+    f = failure(kHead + "[train]\nloss = \"mse\"\n", {"train.epochs=0"});
+    CHECK(f.where == "--set train.epochs=0");
+    CHECK(f.what == "train.epochs must be 1 or more, not 0");
+    f = failure(kHead + "[train]\nloss = \"mse\"\n", {"train.epochs=three"});
+    CHECK(f.where == "--set train.epochs=three");
+    CHECK(f.what == "train.epochs must be an integer, not a string (\"three\")");
+    f = failure(kHead, {"train.epochs"});
+    CHECK(f.where == "--set train.epochs");
+    CHECK(f.what == "--set expects KEY=VALUE");
+    f = failure(kHead, {"model.layers.3.units=4"});
+    CHECK(f.where == "--set model.layers.3.units=4");
+    CHECK(
+        f.what ==
+        "cannot set 'model.layers.3.units': 'model.layers' is an array and '3' is not an index from 0 to 0");
+    f = failure(kHead + "[train]\nloss = \"mse\"\n", {"train.loss.x=1"});
+    CHECK(f.what == "cannot set 'train.loss.x': 'train.loss' is a string (\"mse\"), not a table");
+  }
+
+  TEST_CASE("to_toml reads back as the same settings") {
+    const ModelSpec a = parse_model_spec(kFullSpec, "specs/cnn.toml");
+    const std::string text = to_toml(a);
+    CAPTURE(text);
+    const ModelSpec b = parse_model_spec(text, "specs/cnn.toml");
+    CHECK(same_settings(a, b));
+    CHECK(!(a == b));  // positions differ
+    CHECK(b.model.layers[3].inputs == a.model.layers[3].inputs);
+    CHECK(text.starts_with(
+        "format_version = 1\n\n[model]\ninput = { shape = [28, 28, 1], dtype = \"float32\" }\n"));
+    CHECK(text.find("\n[[model.layers]]\ntype = \"Dropout\"\nname = \"dropout\"\nnoise_shape = [1.0, 2.5]\n"
+                    "rate = 0.25\n") != std::string::npos);
+    CHECK(text.find("scale = 0.00392156862745098\n") != std::string::npos);
+    CHECK(
+        text.find("[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.05\nmomentum = 0.9\nnesterov = true\n"
+                  "weight_decay = 0.0\nclipnorm = 1.0\n") != std::string::npos);
+    // Every setting the reader understands survives, including ones a second spec sets differently.
+    const ModelSpec c =
+        parse_model_spec(kHead +
+                             "[data]\nshuffle = false\n[data.train]\nformat = \"npz\"\nx = \"a.npz\"\n"
+                             "x_key = \"images\"\n[data.validation]\nformat = \"csv\"\nx = \"v.csv\"\n"
+                             "label_column = \"label\"\n"
+                             "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\n"
+                             "[train.optimizer]\nname = \"rmsprop\"\nrho = 0.8\nmomentum = 0.5\n"
+                             "[train.optimizer.schedule]\nkind = \"exponential\"\ndecay_steps = 7\n"
+                             "decay_rate = 0.5\nstaircase = true\n"
+                             "[train.early_stopping]\nmode = \"min\"\nmin_delta = 0.01\n",
+                         "c.toml");
+    const ModelSpec d = parse_model_spec(to_toml(c), "c.toml");
+    CHECK(same_settings(c, d));
+    CHECK(d.data.validation->label_column == "label");
+    CHECK(d.train.optimizer.schedule.staircase);
+    CHECK(!same_settings(a, c));
+    ModelSpec e = b;
+    e.model.layers[0].args["filters"].value = int64_t{9};
+    CHECK(!same_settings(a, e));
+  }
+
+  TEST_CASE("load_model_spec reads a file and resolves data paths against its folder") {
+    const auto dir = std::filesystem::temp_directory_path() / ("model_spec_test_" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir / "sub");
+    { std::ofstream(dir / "sub" / "m.toml") << kHead << "[data]\n[data.train]\nx = \"../data/x.npy\"\n"; }
+    const std::string path = (dir / "sub" / "m.toml").string();
+    const ModelSpec s = load_model_spec(path, {"data.train.limit=10"});
+    CHECK(s.base_dir == (dir / "sub").string());
+    CHECK(s.data.train->x == std::vector<std::string>{"../data/x.npy"});
+    CHECK(resolve_data_path(s, s.data.train->x[0]) == (dir / "data" / "x.npy").string());
+    CHECK(s.data.train->limit == 10);
+    try {
+      load_model_spec((dir / "missing.toml").string());
+      FAIL("expected an InputError");
+    } catch (const InputError& e) {
+      CHECK(e.where() == (dir / "missing.toml").string());
+      CHECK(std::string(e.what()).find("cannot read the spec") != std::string::npos);
+    }
+    std::filesystem::remove_all(dir);
+  }
+}

@@ -1,0 +1,261 @@
+// Bad model sections: each error names the place (file:line:col of the argument, or of the layer's table),
+// the layer, and gives a hint; misspellings get a did-you-mean.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "spec_builder.h"
+
+using namespace trainer;
+using namespace trainer::models;
+using models::testing::build_error;
+using models::testing::Spec;
+using V = formats::ArgValue;
+
+namespace {
+
+bool contains(const std::string& s, const std::string& part) {
+  bool found = s.find(part) != std::string::npos;
+  if (!found) MESSAGE("'" << part << "' is not in: " << s);
+  return found;
+}
+
+std::vector<int64_t> v(std::initializer_list<int64_t> x) {
+  return x;
+}
+
+Spec dense_model(std::vector<std::pair<std::string, V>> args) {
+  Spec s({8});
+  s.add("Dense", {{"units", int64_t{4}}}).add("Dense", std::move(args));
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("errors") {
+  TEST_CASE("errors: an unknown layer type is reported at its table with a did-you-mean") {
+    Spec s({8});
+    s.add("Dense", {{"units", int64_t{4}}}).add("Dens", {{"units", int64_t{2}}});
+    InputError e = build_error(s);
+    CHECK(e.where() == s.layer_at(1));
+    CHECK(e.where() == "model.toml:8:1");
+    CHECK(contains(e.what(), "unknown layer type 'Dens'"));
+    CHECK(contains(e.hint(), "did you mean 'Dense'?"));
+
+    Spec lower({28, 28, 1});
+    lower.add("conv2d", {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}});
+    CHECK(contains(build_error(lower).hint(), "did you mean 'Conv2D'?"));
+
+    Spec far({8});
+    far.add("Transformer");
+    InputError f = build_error(far);
+    CHECK_FALSE(contains(f.hint(), "did you mean"));
+    CHECK(contains(f.hint(), "LSTM"));  // the list of layers
+  }
+
+  TEST_CASE("errors: an unknown argument is reported at the argument with a did-you-mean") {
+    Spec s = dense_model({{"unit", int64_t{2}}});
+    InputError e = build_error(s);
+    CHECK(e.where() == s.arg_at(1, "unit"));
+    CHECK(e.where() == "model.toml:10:8");
+    CHECK(contains(e.what(), "Dense layer 'dense_1'"));
+    CHECK(contains(e.what(), "unknown argument 'unit'"));
+    CHECK(contains(e.hint(), "did you mean 'units'?"));
+
+    Spec reg = dense_model({{"units", int64_t{2}}, {"kernel_regularizer", std::string("l2")}});
+    InputError r = build_error(reg);
+    CHECK(r.where() == reg.arg_at(1, "kernel_regularizer"));
+    CHECK(contains(r.what(), "not supported"));
+  }
+
+  TEST_CASE("errors: a value of the wrong type is reported at the argument") {
+    Spec s = dense_model({{"units", std::string("64")}});
+    InputError e = build_error(s);
+    CHECK(e.where() == s.arg_at(1, "units"));
+    CHECK(contains(e.what(), "argument 'units' must be an integer, got \"64\""));
+
+    Spec f = dense_model({{"units", 2.5}});
+    CHECK(build_error(f).where() == f.arg_at(1, "units"));
+
+    Spec b = dense_model({{"units", int64_t{2}}, {"use_bias", int64_t{1}}});
+    InputError eb = build_error(b);
+    CHECK(eb.where() == b.arg_at(1, "use_bias"));
+    CHECK(contains(eb.what(), "true or false"));
+
+    Spec k({8, 8, 1});
+    k.add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", v({3, 3, 3})}});
+    InputError ek = build_error(k);
+    CHECK(ek.where() == k.arg_at(0, "kernel_size"));
+    CHECK(contains(ek.what(), "an integer or a list of two integers, got [3, 3, 3]"));
+  }
+
+  TEST_CASE("errors: zero units or filters are impossible values at the argument") {
+    Spec s = dense_model({{"units", int64_t{0}}});
+    InputError e = build_error(s);
+    CHECK(e.where() == s.arg_at(1, "units"));
+    CHECK(contains(e.what(), "units must be a positive integer, got 0"));
+
+    Spec c({8, 8, 1});
+    c.add("Conv2D", {{"filters", int64_t{0}}, {"kernel_size", int64_t{3}}});
+    CHECK(build_error(c).where() == c.arg_at(0, "filters"));
+
+    Spec l({4, 4});
+    l.add("LSTM", {{"units", int64_t{-3}}});
+    CHECK(build_error(l).where() == l.arg_at(0, "units"));
+
+    Spec d({4});
+    d.add("Dropout", {{"rate", 1.0}});
+    InputError ed = build_error(d);
+    CHECK(ed.where() == d.arg_at(0, "rate"));
+    CHECK(contains(ed.what(), "[0, 1)"));
+  }
+
+  TEST_CASE("errors: a kernel larger than its input names the layer and both shapes") {
+    Spec s({28, 28, 1});
+    s.add("Conv2D", {{"filters", int64_t{8}}, {"kernel_size", int64_t{3}}})
+        .add("MaxPooling2D", {{"pool_size", int64_t{8}}})
+        .add("Conv2D", {{"filters", int64_t{8}}, {"kernel_size", v({5, 3})}}, "head");
+    InputError e = build_error(s);
+    CHECK(e.where() == s.arg_at(2, "kernel_size"));
+    CHECK(contains(e.what(), "Conv2D layer 'head'"));
+    CHECK(contains(e.what(), "kernel_size (5, 3) is larger than its input (None, 3, 3, 8)"));
+    CHECK(contains(e.hint(), "padding = \"same\""));
+
+    Spec dil({6, 6, 1});
+    dil.add("Conv2D", {{"filters", int64_t{1}}, {"kernel_size", int64_t{3}}, {"dilation_rate", int64_t{3}}});
+    CHECK(contains(build_error(dil).what(), "7 x 7 pixels"));
+
+    Spec pool({3, 3, 2});
+    pool.add("AveragePooling2D", {{"pool_size", int64_t{4}}});
+    InputError ep = build_error(pool);
+    CHECK(ep.where() == pool.arg_at(0, "pool_size"));
+    CHECK(contains(ep.what(), "pool_size (4, 4) is larger than its input (None, 3, 3, 2)"));
+  }
+
+  TEST_CASE("errors: Add of mismatched shapes names both inputs and shapes") {
+    Spec s({8});
+    s.add("Dense", {{"units", int64_t{4}}}, "a", {"input"})
+        .add("Dense", {{"units", int64_t{5}}}, "b", {"input"})
+        .add("Add", {}, "sum", {"a", "b"});
+    InputError e = build_error(s);
+    CHECK(e.where() == s.layer_at(2));
+    CHECK(contains(e.what(), "Add layer 'sum'"));
+    CHECK(contains(e.what(), "'a' gives (None, 4) and 'b' gives (None, 5)"));
+
+    Spec one({8});
+    one.add("Add", {}, "lonely", {"input"});
+    CHECK(contains(build_error(one).what(), "takes at least 2 inputs, got 1"));
+
+    Spec cat({4, 4, 2});
+    cat.add("Conv2D", {{"filters", int64_t{3}}, {"kernel_size", int64_t{2}}}, "c")
+        .add("Concatenate", {}, "j", {"c", "input"});
+    InputError ec = build_error(cat);
+    CHECK(ec.where() == cat.layer_at(1));
+    CHECK(contains(ec.what(), "'c' gives (None, 3, 3, 3) and 'input' gives (None, 4, 4, 2)"));
+  }
+
+  TEST_CASE("errors: unknown, later and duplicate names in the graph form") {
+    Spec s({8});
+    s.add("Dense", {{"units", int64_t{4}}}, "encoder")
+        .add("Dense", {{"units", int64_t{2}}}, "head", {"encodr"});
+    InputError e = build_error(s);
+    CHECK(e.where() == s.layer_at(1));
+    CHECK(contains(e.what(), "layer 'head' takes an unknown input 'encodr'"));
+    CHECK(contains(e.hint(), "did you mean 'encoder'?"));
+
+    Spec later({8});
+    later.add("Dense", {{"units", int64_t{4}}}, "a", {"b"})
+        .add("Dense", {{"units", int64_t{2}}}, "b", {"input"});
+    CHECK(contains(build_error(later).what(), "defined after it"));
+
+    Spec twice({8});
+    twice.add("Dense", {{"units", int64_t{4}}}, "x").add("Dense", {{"units", int64_t{2}}}, "x");
+    InputError et = build_error(twice);
+    CHECK(et.where() == twice.layer_at(1));
+    CHECK(contains(et.hint(), twice.layer_at(0)));
+
+    Spec unused({8});
+    unused.add("Dense", {{"units", int64_t{4}}}, "dead", {"input"})
+        .add("Dense", {{"units", int64_t{2}}}, "out", {"input"});
+    InputError eu = build_error(unused);
+    CHECK(eu.where() == unused.layer_at(0));
+    CHECK(contains(eu.what(), "the output of layer 'dead' is not used"));
+  }
+
+  TEST_CASE("errors: bad choices, activations and initializers get a did-you-mean at the argument") {
+    Spec a = dense_model({{"units", int64_t{2}}, {"activation", std::string("rellu")}});
+    InputError ea = build_error(a);
+    CHECK(ea.where() == a.arg_at(1, "activation"));
+    CHECK(contains(ea.hint(), "did you mean 'relu'?"));
+
+    Spec p({8, 8, 1});
+    p.add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{3}}, {"padding", std::string("smae")}});
+    InputError ep = build_error(p);
+    CHECK(ep.where() == p.arg_at(0, "padding"));
+    CHECK(contains(ep.what(), "padding must be \"valid\" or \"same\""));
+    CHECK(ep.hint() == "did you mean 'same'?");
+
+    Spec i = dense_model({{"units", int64_t{2}}, {"kernel_initializer", std::string("glorot_unifrom")}});
+    InputError ei = build_error(i);
+    CHECK(ei.where() == i.arg_at(1, "kernel_initializer"));
+    CHECK(contains(ei.hint(), "did you mean 'glorot_uniform'?"));
+
+    Spec r({4, 3});
+    r.add("GRU", {{"units", int64_t{2}}, {"activation", std::string("softmax")}});
+    CHECK(build_error(r).where() == r.arg_at(0, "activation"));
+  }
+
+  TEST_CASE("errors: shapes and dtypes a layer cannot take") {
+    Spec missing({8});
+    missing.add("Dense", {{"activation", std::string("relu")}});
+    InputError em = build_error(missing);
+    CHECK(em.where() == missing.layer_at(0));
+    CHECK(contains(em.what(), "the argument 'units' is required"));
+
+    Spec conv({784});
+    conv.add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{3}}});
+    InputError ec = build_error(conv);
+    CHECK(ec.where() == conv.layer_at(0));
+    CHECK(contains(ec.what(), "needs an image input (None, height, width, channels), got (None, 784)"));
+
+    Spec rnn({28, 28, 1});
+    rnn.add("LSTM", {{"units", int64_t{8}}});
+    CHECK(contains(build_error(rnn).what(), "needs a sequence input"));
+
+    Spec ids({10}, "int64");
+    ids.add("Dense", {{"units", int64_t{2}}});
+    CHECK(contains(build_error(ids).hint(), "Embedding"));
+
+    Spec floats({10});
+    floats.add("Embedding", {{"input_dim", int64_t{5}}, {"output_dim", int64_t{2}}});
+    CHECK(contains(build_error(floats).hint(), "dtype = \"int64\""));
+
+    Spec reshape({10});
+    reshape.add("Reshape", {{"target_shape", v({3, -1})}});
+    InputError er = build_error(reshape);
+    CHECK(er.where() == reshape.arg_at(0, "target_shape"));
+    CHECK(contains(er.what(), "cannot reshape (None, 10)"));
+
+    Spec bn({4, 4, 3});
+    bn.add("BatchNormalization", {{"axis", int64_t{1}}});
+    InputError eb = build_error(bn);
+    CHECK(eb.where() == bn.arg_at(0, "axis"));
+    CHECK(contains(eb.what(), "the channel axis of (None, 4, 4, 3) (axis = -1) is the only one"));
+
+    Spec ln({4, 3});
+    ln.add("LayerNormalization", {{"axis", int64_t{1}}});
+    CHECK(build_error(ln).where() == ln.arg_at(0, "axis"));
+
+    Spec groups({4, 4, 3});
+    groups.add("Conv2D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{1}}, {"groups", int64_t{2}}});
+    CHECK(build_error(groups).where() == groups.arg_at(0, "groups"));
+
+    Spec input({28, 0});
+    input.add("Flatten");
+    CHECK(build_error(input).where() == "model.toml:2:9");
+
+    Spec dtype({4}, "float16");
+    dtype.add("Flatten");
+    CHECK(build_error(dtype).where() == "model.toml:2:9");
+  }
+}

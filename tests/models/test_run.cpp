@@ -1,0 +1,277 @@
+// Built models run on the CPU: the sample models go forward and train a few steps, and the layout conversions
+// (channels-last spec, NCHW inside, CHW flatten), recurrent outputs, embeddings and BatchNorm compute what
+// Keras would.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <memory>
+
+#include "engine/backend/backend.h"
+#include "engine/ops/op_helpers.h"
+#include "engine/train/session.h"
+#include "engine/train/training.h"
+#include "spec_builder.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+using namespace trainer::models;
+using models::testing::Spec;
+
+using namespace trainer::models::testing;
+
+namespace {
+
+std::vector<int64_t> v(std::initializer_list<int64_t> x) {
+  return x;
+}
+
+Tensor random_input(const BuiltModel& m, uint64_t seed, int64_t vocab = 0) {
+  const Value& in = m.graph.value(m.input);
+  if (vocab > 0) return ops::random_int_tensor(in.shape, 0, vocab, seed, in.dtype);
+  return ops::random_tensor(in.shape, -1, 1, seed, DType::f32);
+}
+
+// Runs the model forward once on `x`; returns its output.
+Tensor forward(BuiltModel m, const Tensor& x) {
+  m.graph.mark_output(m.output);
+  auto g = std::make_shared<Graph>(std::move(m.graph));
+  auto backend = make_cpu_backend();
+  Session s(g, *backend);
+  s.write(m.input, x);
+  s.run({});
+  return s.read(m.output);
+}
+
+// NHWC sample data -> the NCHW the IR input takes (what the loader does when input_channels_last is set).
+Tensor to_nchw(const Tensor& nhwc) {
+  const Shape& s = nhwc.shape();
+  const int64_t n = s[0], h = s[1], w = s[2], c = s[3];
+  Tensor out(nhwc.dtype(), Shape{n, c, h, w});
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x)
+        for (int64_t k = 0; k < c; ++k)
+          out.set_f64(((b * c + k) * h + y) * w + x, nhwc.get_f64(((b * h + y) * w + x) * c + k));
+  return out;
+}
+
+const Tensor& weight(const BuiltModel& m, const std::string& name) {
+  ValueId id = m.graph.find(name);
+  REQUIRE_MESSAGE(id != kNoValue, name);
+  return *m.graph.initializer(id);
+}
+
+bool all_finite(const Tensor& t) {
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(t.get_f64(i))) return false;
+  return true;
+}
+
+// Trains `spec` for a few Adam steps on one fixed batch: the loss must fall. Returns the first and last
+// losses.
+std::pair<float, float> train_steps(const Spec& spec, int64_t batch, int64_t classes, int64_t vocab,
+                                    int steps, float lr = 1e-3f, std::vector<std::string> watch = {},
+                                    std::vector<Tensor>* watched = nullptr) {
+  BuiltModel m = models::testing::build(spec, true, batch, 3);
+  const Tensor x = random_input(m, 4, vocab);
+  Graph g = std::move(m.graph);
+  ValueId loss;
+  ValueId y;
+  Tensor labels;
+  if (classes == 1) {
+    // Sigmoid head: binary cross-entropy on the logits, as the fit loop fuses it.
+    y = g.add_input("labels", DType::f32, Shape{batch, 1});
+    labels = ops::random_int_tensor(Shape{batch, 1}, 0, 2, 9, DType::f32);
+    loss = g.op("BinaryCrossEntropyWithLogits", {m.logits, y});
+  } else {
+    y = g.add_input("labels", DType::i64, Shape{batch});
+    labels = ops::random_int_tensor(Shape{batch}, 0, classes, 9);
+    loss = g.op("SoftmaxCrossEntropyLoss", {m.logits != kNoValue ? m.logits : m.output, y});
+  }
+  TrainingOptions opt;
+  opt.optimizer.kind = "adam";
+  TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+  auto backend = make_cpu_backend();
+  Trainer tr(std::move(tg), *backend, 5, opt);
+  tr.feed(m.input, x);
+  tr.feed(y, labels);
+  float first = 0, last = 0;
+  for (int i = 0; i < steps; ++i) {
+    last = tr.step(lr);
+    if (i == 0) first = last;
+    CHECK(std::isfinite(last));
+  }
+  if (watched)
+    for (const std::string& name : watch) watched->push_back(tr.parameter(name));
+  return {first, last};
+}
+
+}  // namespace
+
+TEST_SUITE("run") {
+  TEST_CASE("run: the sample models go forward on the CPU") {
+    struct Case {
+      std::string name;
+      Spec spec;
+      int64_t vocab;
+    };
+    std::vector<Case> cases = {{"cifar10 cnn", cifar_cnn(), 0},
+                               {"imdb lstm", imdb_lstm(40), 10000},
+                               {"fashion mlp", fashion_mlp(), 0},
+                               {"fashion cnn", fashion_cnn(), 0},
+                               {"fashion lstm", fashion_lstm(), 0}};
+    for (Case& c : cases) {
+      CAPTURE(c.name);
+      BuiltModel m = models::testing::build(c.spec, false, 3);
+      const std::string act = m.final_activation;
+      std::vector<int64_t> out_shape = m.output_shape;
+      Tensor x = random_input(m, 1, c.vocab);
+      Tensor y = forward(std::move(m), x);
+      std::vector<int64_t> want = {3};
+      want.insert(want.end(), out_shape.begin(), out_shape.end());
+      CHECK(y.shape() == Shape(want));
+      CHECK(all_finite(y));
+      const int64_t k = out_shape.back();
+      for (int64_t b = 0; b < 3; ++b) {
+        double sum = 0;
+        for (int64_t j = 0; j < k; ++j) sum += y.get_f64(b * k + j);
+        if (act == "softmax") CHECK(sum == doctest::Approx(1.0).epsilon(1e-5));
+        if (act == "sigmoid") CHECK((sum > 0 && sum < 1));
+      }
+    }
+  }
+
+  TEST_CASE("run: the sample models train: the loss falls over a few Adam steps") {
+    struct Case {
+      std::string name;
+      Spec spec;
+      int64_t classes, vocab;
+    };
+    std::vector<Case> cases = {{"cifar10 cnn", cifar_cnn(), 10, 0},
+                               {"imdb lstm", imdb_lstm(30), 1, 10000},
+                               {"fashion mlp", fashion_mlp(), 10, 0},
+                               {"fashion cnn", fashion_cnn(), 10, 0},
+                               {"fashion lstm", fashion_lstm(), 10, 0}};
+    for (Case& c : cases) {
+      CAPTURE(c.name);
+      auto [first, last] = train_steps(c.spec, 8, c.classes, c.vocab, 6);
+      CHECK_MESSAGE(last < first, c.name << ": loss " << first << " -> " << last);
+    }
+  }
+
+  TEST_CASE("run: BatchNormalization updates its moving statistics in training; Dropout trains") {
+    Spec s({6, 6, 2});
+    s.add("Conv2D",
+          {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}, {"activation", std::string("relu")}})
+        .add("BatchNormalization", {{"momentum", 0.5}})
+        .add("GlobalAveragePooling2D")
+        .add("Dropout", {{"rate", 0.2}})
+        .add("Dense", {{"units", int64_t{3}}, {"activation", std::string("softmax")}});
+    std::vector<Tensor> after;
+    auto [first, last] =
+        train_steps(s, 8, 3, 0, 20, 1e-2f,
+                    {"batch_normalization/moving_mean", "batch_normalization/moving_variance"}, &after);
+    CHECK(last < first);
+    REQUIRE(after.size() == 2);
+    // Initial statistics are 0 and 1; with momentum 0.5 a few steps move them most of the way to the batch's.
+    bool mean_moved = false, var_moved = false;
+    for (int64_t i = 0; i < 4; ++i) {
+      mean_moved |= std::abs(after[0].get_f64(i)) > 1e-3;
+      var_moved |= std::abs(after[1].get_f64(i) - 1.0) > 1e-3;
+    }
+    CHECK(mean_moved);
+    CHECK(var_moved);
+  }
+
+  TEST_CASE("run: a channels-last image input and a Conv2D output keep Keras's pixel and channel order") {
+    Spec s({3, 2, 3});
+    s.add(
+        "Conv2D",
+        {{"filters", int64_t{2}}, {"kernel_size", int64_t{1}}, {"bias_initializer", std::string("uniform")}});
+    BuiltModel m = models::testing::build(s, false, 2);
+    REQUIRE(m.input_channels_last);
+    Tensor w = weight(m, "conv2d/kernel"), bias = weight(m, "conv2d/bias");  // [2, 3, 1, 1], [2]
+    Tensor nhwc = ops::random_tensor(Shape{2, 3, 2, 3}, -1, 1, 8, DType::f32);
+    Tensor y = forward(std::move(m), to_nchw(nhwc));
+    REQUIRE(y.shape() == Shape{2, 3, 2, 2});  // NHWC, as the output shape (3, 2, 2) says
+    for (int64_t p = 0; p < 2 * 3 * 2; ++p)
+      for (int64_t f = 0; f < 2; ++f) {
+        double want = bias.get_f64(f);
+        for (int64_t c = 0; c < 3; ++c) want += nhwc.get_f64(p * 3 + c) * w.get_f64(f * 3 + c);
+        CHECK(y.get_f64(p * 2 + f) == doctest::Approx(want).epsilon(1e-5));
+      }
+  }
+
+  TEST_CASE("run: Reshape is row-major channels-last as in Keras; Flatten after convolutions is CHW") {
+    Spec s({12});
+    s.add("Reshape", {{"target_shape", v({2, 2, 3})}})
+        .add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{1}}, {"use_bias", false}})
+        .add("Flatten");
+    BuiltModel m = models::testing::build(s, false, 1);
+    Tensor w = weight(m, "conv2d/kernel");
+    Tensor x = ops::random_tensor(Shape{1, 12}, -1, 1, 2, DType::f32);
+    Tensor y = forward(std::move(m), x);
+    REQUIRE(y.shape() == Shape{1, 8});
+    // x is (h, w, c) row-major; the flattened output is (filter, h, w).
+    for (int64_t f = 0; f < 2; ++f)
+      for (int64_t p = 0; p < 4; ++p) {
+        double want = 0;
+        for (int64_t c = 0; c < 3; ++c) want += x.get_f64(p * 3 + c) * w.get_f64(f * 3 + c);
+        CHECK(y.get_f64(f * 4 + p) == doctest::Approx(want).epsilon(1e-5));
+      }
+  }
+
+  TEST_CASE("run: LSTM and GRU: the last step of return_sequences is the output without it") {
+    for (const char* type : {"LSTM", "GRU"}) {
+      CAPTURE(type);
+      auto model = [&](bool sequences) {
+        Spec s({5, 3});
+        s.add(type,
+              {{"units", int64_t{4}},
+               {"return_sequences", sequences},
+               {"bias_initializer", std::string("uniform")}},
+              "rnn");
+        return models::testing::build(s, false, 2);
+      };
+      BuiltModel seq = model(true), last = model(false);
+      Tensor x = random_input(seq, 6);
+      Tensor ys = forward(std::move(seq), x), yl = forward(std::move(last), x);
+      REQUIRE(ys.shape() == Shape{2, 5, 4});
+      REQUIRE(yl.shape() == Shape{2, 4});
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t j = 0; j < 4; ++j)
+          CHECK(ys.get_f64((b * 5 + 4) * 4 + j) == doctest::Approx(yl.get_f64(b * 4 + j)));
+      bool nonzero = false;
+      for (int64_t i = 0; i < yl.numel(); ++i) nonzero |= std::abs(yl.get_f64(i)) > 1e-3;
+      CHECK(nonzero);
+    }
+  }
+
+  TEST_CASE("run: Embedding looks up rows; BatchNormalization in inference uses the moving statistics") {
+    Spec s({4}, "int32");
+    s.add("Embedding", {{"input_dim", int64_t{9}}, {"output_dim", int64_t{3}}});
+    BuiltModel m = models::testing::build(s, false, 2);
+    Tensor table = weight(m, "embedding/embeddings");
+    Tensor ids = Tensor::from<int32_t>(Shape{2, 4}, {0, 8, 3, 3, 5, 1, 7, 2});
+    Tensor y = forward(std::move(m), ids);
+    REQUIRE(y.shape() == Shape{2, 4, 3});
+    for (int64_t i = 0; i < 8; ++i)
+      for (int64_t d = 0; d < 3; ++d) CHECK(y.get_f64(i * 3 + d) == table.get_f64(ids.get_i64(i) * 3 + d));
+
+    Spec bn({2, 3});
+    bn.add("BatchNormalization", {{"epsilon", 0.01}});
+    BuiltModel b = models::testing::build(bn, true, 2);
+    BuiltModel bi = models::testing::build(bn, false, 2);
+    Tensor x = ops::random_tensor(Shape{2, 2, 3}, -2, 2, 3, DType::f32);
+    Tensor yi = forward(std::move(bi), x);
+    for (int64_t i = 0; i < x.numel(); ++i)
+      CHECK(yi.get_f64(i) == doctest::Approx(x.get_f64(i) / std::sqrt(1.01)).epsilon(1e-5));
+    // In training the batch's statistics (over batch and timesteps, per feature) normalize each feature.
+    Tensor yt = forward(std::move(b), x);
+    for (int64_t c = 0; c < 3; ++c) {
+      double mean = 0;
+      for (int64_t r = 0; r < 4; ++r) mean += yt.get_f64(r * 3 + c);
+      CHECK(mean == doctest::Approx(0).epsilon(1e-5).scale(1));
+    }
+  }
+}
