@@ -154,6 +154,15 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const std::string& loss = spec.train.loss;
   f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
   if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty()) f.num_classes = model.output_shape.back();
+  // Token ids feed an Embedding: ids outside its table are bad data, named by sample.
+  if (engine::is_integer(f.x_dtype))
+    for (const formats::LayerSpec& l : spec.model.layers)
+      if (l.type == "Embedding") {
+        auto it = l.args.find("input_dim");
+        if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
+          f.num_tokens = std::get<int64_t>(it->second.value);
+        break;
+      }
   check_samples(*out.train, *ds.train, model, spec, &f);
   if (ds.validation) {
     out.validation = formats::open_dataset(*ds.validation, spec.base_dir);

@@ -65,7 +65,8 @@ std::string ArrayDataset::locate(int64_t i) const {
   int64_t jx = 0, jy = 0;
   const Segment& sx = x_.find(i, &jx);
   const Segment& sy = y_.find(i, &jy);
-  if (!sy.line_of.empty()) return fmt::format("{}:{}: sample {}", sy.file, sy.line_of[static_cast<size_t>(jy)], jy);
+  if (!sy.line_of.empty())
+    return fmt::format("{}:{}: sample {}", sy.file, sy.line_of[static_cast<size_t>(jy)], jy);
   if (sx.file == sy.file) return fmt::format("{}: sample {}", sx.file, jx);
   if (jx == jy) return fmt::format("{}, {}: sample {}", sx.file, sy.file, jx);
   return fmt::format("{}: sample {} ({}: sample {})", sy.file, jy, sx.file, jx);

@@ -18,8 +18,8 @@ struct Segment {
   uint64_t offset = 0;
   uint64_t stride = 0;
   int64_t count = 0;
-  std::string file;                // names the file in messages
-  std::vector<int64_t> line_of;    // text formats: the line of each record (empty otherwise)
+  std::string file;              // names the file in messages
+  std::vector<int64_t> line_of;  // text formats: the line of each record (empty otherwise)
 };
 
 // Records of one dtype and shape, concatenated over segments (data_batch_1.bin, data_batch_2.bin, ...).

@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -51,7 +52,8 @@ std::shared_ptr<const Bytes> Bytes::from_vector(std::vector<uint8_t> v) {
 std::shared_ptr<const Bytes> Bytes::map_fd(int fd, size_t size, const std::string& name) {
   if (size == 0) return from_vector({});
   void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) throw RuntimeError(fmt::format("{}: cannot memory-map {} bytes: {}", name, size, errno_text()));
+  if (p == MAP_FAILED)
+    throw RuntimeError(fmt::format("{}: cannot memory-map {} bytes: {}", name, size, errno_text()));
   std::shared_ptr<Bytes> b(new Bytes());
   b->map_ = p;
   b->data_ = static_cast<const uint8_t*>(p);
@@ -62,8 +64,9 @@ std::shared_ptr<const Bytes> Bytes::map_fd(int fd, size_t size, const std::strin
 std::shared_ptr<const Bytes> map_file(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    throw InputError(path, fmt::format("cannot open the data file: {}", errno_text()),
-                     errno == ENOENT ? "check the path; relative paths are resolved from the spec's folder" : "");
+    throw InputError(
+        path, fmt::format("cannot open the data file: {}", errno_text()),
+        errno == ENOENT ? "check the path; relative paths are resolved from the spec's folder" : "");
   }
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -91,6 +94,11 @@ std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_by
   // Decompress from the mapping with inflate (gzip wrapper, concatenated members allowed).
   const std::string name = file_name(path);
   SpillWriter out(spill_bytes, name);
+  // A gzip file ends with its data's size modulo 2^32: right for all but huge or concatenated files.
+  if (raw->size() >= 18) {
+    const uint8_t* t = raw->data() + raw->size() - 4;
+    out.reserve(uint32_t{t[0]} | (uint32_t{t[1]} << 8) | (uint32_t{t[2]} << 16) | (uint32_t{t[3]} << 24));
+  }
   z_stream z{};
   if (inflateInit2(&z, 15 + 16) != Z_OK) throw RuntimeError("zlib: inflateInit2 failed");
   std::vector<uint8_t> block(kWriteBlock);
@@ -135,9 +143,11 @@ std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_by
   return out.finish();
 }
 
-std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, uint32_t expected_crc,
-                                         const std::string& name, int64_t spill_bytes) {
+std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected,
+                                         uint32_t expected_crc, const std::string& name,
+                                         int64_t spill_bytes) {
   SpillWriter out(spill_bytes, name);
+  out.reserve(expected);
   z_stream z{};
   if (inflateInit2(&z, -15) != Z_OK) throw RuntimeError("zlib: inflateInit2 failed");
   std::vector<uint8_t> block(kWriteBlock);
@@ -165,21 +175,27 @@ std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint6
   }
   inflateEnd(&z);
   if (out.size() != expected) {
-    throw InputError(name, fmt::format("decompresses to {} bytes; the archive's directory says {}", out.size(),
-                                       expected));
+    throw InputError(
+        name, fmt::format("decompresses to {} bytes; the archive's directory says {}", out.size(), expected));
   }
   if (static_cast<uint32_t>(crc) != expected_crc) {
-    throw InputError(name, fmt::format("CRC-32 {:08x} does not match the archive's {:08x}", static_cast<uint32_t>(crc),
-                                       expected_crc),
+    throw InputError(name,
+                     fmt::format("CRC-32 {:08x} does not match the archive's {:08x}",
+                                 static_cast<uint32_t>(crc), expected_crc),
                      "the archive is damaged: write it again");
   }
   return out.finish();
 }
 
-SpillWriter::SpillWriter(int64_t spill_bytes, std::string name) : spill_bytes_(spill_bytes), name_(std::move(name)) {}
+SpillWriter::SpillWriter(int64_t spill_bytes, std::string name)
+    : spill_bytes_(spill_bytes), name_(std::move(name)) {}
 
 SpillWriter::~SpillWriter() {
   if (fd_ >= 0) close(fd_);
+}
+
+void SpillWriter::reserve(uint64_t n) {
+  if (fd_ < 0) buf_.reserve(static_cast<size_t>(std::min<uint64_t>(n, static_cast<uint64_t>(spill_bytes_))));
 }
 
 void SpillWriter::append(const void* data, size_t n) {
@@ -190,8 +206,9 @@ void SpillWriter::append(const void* data, size_t n) {
     std::string tmpl = fmt::format("{}/trainer-data-XXXXXX", dir && *dir ? dir : "/tmp");
     fd_ = mkstemp(tmpl.data());
     if (fd_ < 0) {
-      throw RuntimeError(fmt::format("{}: cannot create a temporary file {}: {} (set TMPDIR to a folder with room)",
-                                     name_, tmpl, errno_text()));
+      throw RuntimeError(
+          fmt::format("{}: cannot create a temporary file {}: {} (set TMPDIR to a folder with room)", name_,
+                      tmpl, errno_text()));
     }
     unlink(tmpl.c_str());
   }
@@ -207,8 +224,8 @@ void SpillWriter::flush() {
     ssize_t w = write(fd_, buf_.data() + off, buf_.size() - off);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
-      throw RuntimeError(fmt::format("{}: cannot write a temporary file: {} (set TMPDIR to a folder with room)", name_,
-                                     errno_text()));
+      throw RuntimeError(fmt::format(
+          "{}: cannot write a temporary file: {} (set TMPDIR to a folder with room)", name_, errno_text()));
     }
     off += static_cast<size_t>(w);
   }

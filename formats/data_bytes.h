@@ -1,5 +1,6 @@
-// Read-only bytes of data files: memory-mapped files, and decompressed data kept in memory or, past a threshold,
-// in an unlinked temporary file that is memory-mapped, so a dataset larger than memory pages in and out.
+// Read-only bytes of data files: memory-mapped files, and decompressed data kept in memory or, past a
+// threshold, in an unlinked temporary file that is memory-mapped, so a dataset larger than memory pages in
+// and out.
 #pragma once
 
 #include <cstddef>
@@ -10,7 +11,8 @@
 
 namespace trainer::formats {
 
-// Decompressed or parsed data larger than this goes to a temporary file ($TMPDIR, else /tmp) instead of memory.
+// Decompressed or parsed data larger than this goes to a temporary file ($TMPDIR, else /tmp) instead of
+// memory.
 inline constexpr int64_t kDefaultSpillBytes = int64_t{256} << 20;
 
 class Bytes {
@@ -20,7 +22,9 @@ class Bytes {
   ~Bytes();
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
-  bool file_backed() const { return map_ != nullptr; }  // memory-mapped (a data file or a spilled temporary file)
+  bool file_backed() const {
+    return map_ != nullptr;
+  }  // memory-mapped (a data file or a spilled temporary file)
 
   static std::shared_ptr<const Bytes> from_vector(std::vector<uint8_t> v);
   // Maps `size` bytes of an open descriptor read-only; the caller keeps ownership of fd.
@@ -37,8 +41,8 @@ class Bytes {
 // Maps a file. A missing or unreadable file is an InputError naming it.
 std::shared_ptr<const Bytes> map_file(const std::string& path);
 
-// The file's contents: gzip files (found by their magic bytes) are decompressed once, anything else is mapped.
-// `decompressed`, when given, says which.
+// The file's contents: gzip files (found by their magic bytes) are decompressed once, anything else is
+// mapped. `decompressed`, when given, says which.
 std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes,
                                        bool* decompressed = nullptr);
 
@@ -47,8 +51,9 @@ bool is_gzip(const Bytes& b);
 
 // Inflates a raw deflate stream (a zip member) that must produce exactly `expected` bytes with CRC-32
 // `expected_crc`. `name` names it in errors.
-std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected, uint32_t expected_crc,
-                                         const std::string& name, int64_t spill_bytes = kDefaultSpillBytes);
+std::shared_ptr<const Bytes> inflate_raw(const uint8_t* data, size_t size, uint64_t expected,
+                                         uint32_t expected_crc, const std::string& name,
+                                         int64_t spill_bytes = kDefaultSpillBytes);
 
 // Collects bytes in memory until they pass `spill_bytes`, then in an unlinked temporary file.
 class SpillWriter {
@@ -58,6 +63,9 @@ class SpillWriter {
   SpillWriter(const SpillWriter&) = delete;
   SpillWriter& operator=(const SpillWriter&) = delete;
   void append(const void* data, size_t n);
+  // Expects about `n` bytes: memory for them up to the spill threshold is taken at once rather than by
+  // doubling.
+  void reserve(uint64_t n);
   uint64_t size() const { return size_; }
   bool spilled() const { return fd_ >= 0; }
   std::shared_ptr<const Bytes> finish();

@@ -153,18 +153,19 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
       resolve_label();
     }
     if (static_cast<int64_t>(cells.size()) != ncols) {
-      throw InputError(fmt::format("{}:{}", name, line_no),
-                       fmt::format("the row has {} fields, but {} {} has {}", cells.size(),
-                                   options.header ? "the header on line" : "the first row, line", first_line, ncols),
-                       "every row needs the same number of comma-separated fields");
+      throw InputError(
+          fmt::format("{}:{}", name, line_no),
+          fmt::format("the row has {} fields, but {} {} has {}", cells.size(),
+                      options.header ? "the header on line" : "the first row, line", first_line, ncols),
+          "every row needs the same number of comma-separated fields");
     }
     row.clear();
     for (int64_t k = 0; k < ncols; ++k) {
       const Cell& c = cells[static_cast<size_t>(k)];
       double v = 0;
       if (!parse_number(c.text, &v)) {
-        std::string field = k < static_cast<int64_t>(names.size()) ? fmt::format("'{}'", names[k])
-                                                                    : fmt::format("{}", k);
+        std::string field =
+            k < static_cast<int64_t>(names.size()) ? fmt::format("'{}'", names[k]) : fmt::format("{}", k);
         throw InputError(fmt::format("{}:{}:{}", name, line_no, c.col),
                          c.text.empty() ? fmt::format("column {} is empty", field)
                                         : fmt::format("column {} holds '{}', not a number", field, c.text),
@@ -198,7 +199,8 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
       std::memcpy(label_bytes.data() + 4 * i, &v, 4);
     }
   }
-  ys.add(Segment{Bytes::from_vector(std::move(label_bytes)), 0, integral ? 8u : 4u, n, name, std::move(lines)});
+  ys.add(
+      Segment{Bytes::from_vector(std::move(label_bytes)), 0, integral ? 8u : 4u, n, name, std::move(lines)});
   x->append(std::move(xs));
   y->append(std::move(ys));
 }

@@ -17,8 +17,8 @@ uint32_t be32(const uint8_t* p) {
 
 struct IdxType {
   uint8_t code;
-  int bytes;             // stored element size
-  engine::DType dtype;   // in memory
+  int bytes;            // stored element size
+  engine::DType dtype;  // in memory
   const char* name;
 };
 
@@ -79,9 +79,11 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
   const uint8_t* p = bytes->data();
   const uint64_t size = bytes->size();
   const char* hint_magic =
-      "IDX files start with 0x00000801 (labels) or 0x00000803 (images); is this the right file, fully downloaded?";
+      "IDX files start with 0x00000801 (labels) or 0x00000803 (images); is this the right file, fully "
+      "downloaded?";
   if (size < 4) {
-    throw InputError(at_byte(name, size), fmt::format("the file ends after {} bytes, inside the IDX magic number", size),
+    throw InputError(at_byte(name, size),
+                     fmt::format("the file ends after {} bytes, inside the IDX magic number", size),
                      hint_magic);
   }
   const uint32_t magic = be32(p);
@@ -91,14 +93,15 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
   }
   const int rank = p[3];
   if (p[0] != 0 || p[1] != 0 || type == nullptr || rank == 0) {
-    throw InputError(at_byte(name, 0), fmt::format("bad magic number 0x{:08x}: not an IDX file", magic), hint_magic);
+    throw InputError(at_byte(name, 0), fmt::format("bad magic number 0x{:08x}: not an IDX file", magic),
+                     hint_magic);
   }
   const uint64_t header = 4 + 4 * static_cast<uint64_t>(rank);
   if (size < header) {
-    throw InputError(at_byte(name, size),
-                     fmt::format("the file ends inside the header{}: {} dimensions need {} bytes", unpacked, rank,
-                                 header),
-                     "the file is truncated: download it again");
+    throw InputError(
+        at_byte(name, size),
+        fmt::format("the file ends inside the header{}: {} dimensions need {} bytes", unpacked, rank, header),
+        "the file is truncated: download it again");
   }
   std::vector<int64_t> dims(static_cast<size_t>(rank));
   uint64_t elems = 1;
@@ -109,16 +112,18 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
   const uint64_t data_bytes = elems * static_cast<uint64_t>(type->bytes);
   engine::Shape record_shape(std::vector<int64_t>(dims.begin() + 1, dims.end()));
   if (size < header + data_bytes) {
-    throw InputError(at_byte(name, size),
-                     fmt::format("the file ends after {} of its {} data bytes{} ({} records of shape {}, {})",
-                                 size - header, data_bytes, unpacked, dims[0], record_shape.str(), type->name),
-                     "the file is truncated: download it again");
+    throw InputError(
+        at_byte(name, size),
+        fmt::format("the file ends after {} of its {} data bytes{} ({} records of shape {}, {})",
+                    size - header, data_bytes, unpacked, dims[0], record_shape.str(), type->name),
+        "the file is truncated: download it again");
   }
   if (size > header + data_bytes) {
-    throw InputError(at_byte(name, header + data_bytes),
-                     fmt::format("{} bytes follow the data{}: the header says {} records of shape {} ({})",
-                                 size - header - data_bytes, unpacked, dims[0], record_shape.str(), type->name),
-                     "the header does not describe this data: the file may be damaged");
+    throw InputError(
+        at_byte(name, header + data_bytes),
+        fmt::format("{} bytes follow the data{}: the header says {} records of shape {} ({})",
+                    size - header - data_bytes, unpacked, dims[0], record_shape.str(), type->name),
+        "the header does not describe this data: the file may be damaged");
   }
   Column col(type->dtype, record_shape);
   Segment seg;

@@ -1,5 +1,5 @@
-// The NPY header parser and the zip central-directory reader behind NPZ archives. Stored members are used in place
-// in the mapped archive; deflated ones are inflated once with zlib.
+// The NPY header parser and the zip central-directory reader behind NPZ archives. Stored members are used in
+// place in the mapped archive; deflated ones are inflated once with zlib.
 #include "formats/data_npy.h"
 
 #include <fmt/format.h>
@@ -23,8 +23,9 @@ uint64_t le64(const uint8_t* p) {
   return uint64_t{le32(p)} | (uint64_t{le32(p + 4)} << 32);
 }
 
-constexpr const char* kNpyDtypes = "uint8 ('|u1'), bool ('|b1'), int32 ('<i4'), int64 ('<i8'), float32 ('<f4') and "
-                                   "float64 ('<f8')";
+constexpr const char* kNpyDtypes =
+    "uint8 ('|u1'), bool ('|b1'), int32 ('<i4'), int64 ('<i8'), float32 ('<f4') and "
+    "float64 ('<f8')";
 
 // The header is a Python dict literal: {'descr': '<f4', 'fortran_order': False, 'shape': (60000, 28, 28), }
 class HeaderParser {
@@ -56,7 +57,8 @@ class HeaderParser {
       skip();
       if (peek() == ',') ++i_;
     }
-    if (!have_descr || !have_fortran || !have_shape) fail("the header lacks 'descr', 'fortran_order' or 'shape'");
+    if (!have_descr || !have_fortran || !have_shape)
+      fail("the header lacks 'descr', 'fortran_order' or 'shape'");
   }
 
  private:
@@ -139,7 +141,8 @@ class HeaderParser {
 
 engine::DType npy_dtype(const std::string& descr, const std::string& where) {
   const char order = descr.empty() ? '?' : descr[0];
-  const std::string code = (order == '<' || order == '>' || order == '|' || order == '=') ? descr.substr(1) : descr;
+  const std::string code =
+      (order == '<' || order == '>' || order == '|' || order == '=') ? descr.substr(1) : descr;
   if (code == "O") {
     throw InputError(where, "an object array (Python objects, such as ragged lists of token ids)",
                      "pad the sequences to one length and store integers: "
@@ -157,7 +160,8 @@ engine::DType npy_dtype(const std::string& descr, const std::string& where) {
   } else if (code == "f8") {
     t = engine::DType::f64;
   } else {
-    throw InputError(where, fmt::format("dtype '{}' is not supported; NPY datasets hold {}", descr, kNpyDtypes),
+    throw InputError(where,
+                     fmt::format("dtype '{}' is not supported; NPY datasets hold {}", descr, kNpyDtypes),
                      "convert it with numpy, e.g. x.astype('float32')");
   }
   if (order == '>' && engine::dtype_bytes(t) > 1) {
@@ -185,13 +189,15 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
     header_len = le32(p + 8);
     start = 12;
   } else {
-    throw InputError(at_byte(name, 6), fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)",
-                                                   major, static_cast<int>(p[7])));
+    throw InputError(at_byte(name, 6),
+                     fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
+                                 static_cast<int>(p[7])));
   }
   if (start + header_len > size) {
-    throw InputError(at_byte(name, size),
-                     fmt::format("the file ends inside the NPY header, which needs {} bytes", start + header_len),
-                     "the file is truncated: write it again");
+    throw InputError(
+        at_byte(name, size),
+        fmt::format("the file ends inside the NPY header, which needs {} bytes", start + header_len),
+        "the file is truncated: write it again");
   }
   std::string_view text(reinterpret_cast<const char*>(p + start), header_len);
   std::string descr;
@@ -204,7 +210,8 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
                      "save a C-ordered copy: numpy.save(path, numpy.ascontiguousarray(x))");
   }
   if (h.shape.empty()) {
-    throw InputError(name, "the array is a scalar", "a dataset is an array whose first dimension counts samples");
+    throw InputError(name, "the array is a scalar",
+                     "a dataset is an array whose first dimension counts samples");
   }
   h.data_offset = start + header_len;
   uint64_t elems = 1;
@@ -212,8 +219,8 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
   const uint64_t need = elems * engine::dtype_bytes(h.dtype);
   if (size - h.data_offset < need) {
     throw InputError(at_byte(name, size),
-                     fmt::format("the file ends after {} of its {} data bytes (shape {}, {})", size - h.data_offset,
-                                 need, engine::Shape(h.shape).str(), descr),
+                     fmt::format("the file ends after {} of its {} data bytes (shape {}, {})",
+                                 size - h.data_offset, need, engine::Shape(h.shape).str(), descr),
                      "the file is truncated: write it again");
   }
   return h;
@@ -260,21 +267,25 @@ ZipArchive::ZipArchive(const std::string& path) : name_(file_name(path)), bytes_
     }
   }
   if (eocd < 0) {
-    throw InputError(name_, "not a zip archive: no end-of-central-directory record",
-                     std::memcmp(p, "\x93NUMPY", 6) == 0 ? "this is an .npy file: set format = \"npy\"" : hint);
+    throw InputError(
+        name_, "not a zip archive: no end-of-central-directory record",
+        std::memcmp(p, "\x93NUMPY", 6) == 0 ? "this is an .npy file: set format = \"npy\"" : hint);
   }
   const uint8_t* e = p + eocd;
   uint64_t entries = le16(e + 10), cd_size = le32(e + 12), cd_offset = le32(e + 16);
   if (entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd_offset == 0xFFFFFFFF) {
     // Zip64: a locator just before the record points at the 64-bit record.
-    if (eocd < 20 || le32(p + eocd - 20) != 0x07064b50) throw damaged(eocd, "a zip64 archive without its locator");
+    if (eocd < 20 || le32(p + eocd - 20) != 0x07064b50)
+      throw damaged(eocd, "a zip64 archive without its locator");
     const uint64_t at = le64(p + eocd - 20 + 8);
-    if (at + 56 > size || le32(p + at) != 0x06064b50) throw damaged(at, "a bad zip64 end-of-directory record");
+    if (at + 56 > size || le32(p + at) != 0x06064b50)
+      throw damaged(at, "a bad zip64 end-of-directory record");
     entries = le64(p + at + 32);
     cd_size = le64(p + at + 40);
     cd_offset = le64(p + at + 48);
   }
-  if (cd_offset + cd_size > size) throw damaged(cd_offset, "the central directory lies past the end of the file");
+  if (cd_offset + cd_size > size)
+    throw damaged(cd_offset, "the central directory lies past the end of the file");
   uint64_t at = cd_offset;
   for (uint64_t k = 0; k < entries; ++k) {
     if (at + 46 > size || le32(p + at) != 0x02014b50) throw damaged(at, "a bad central directory entry");
@@ -287,7 +298,8 @@ ZipArchive::ZipArchive(const std::string& path) : name_(file_name(path)), bytes_
     m.size = le32(c + 24);
     const uint16_t name_len = le16(c + 28), extra_len = le16(c + 30), comment_len = le16(c + 32);
     m.local_offset = le32(c + 42);
-    if (at + 46 + name_len + extra_len + comment_len > size) throw damaged(at, "a central directory entry overruns");
+    if (at + 46 + name_len + extra_len + comment_len > size)
+      throw damaged(at, "a central directory entry overruns");
     m.name.assign(reinterpret_cast<const char*>(c + 46), name_len);
     // Zip64 sizes and offset live in extra field 0x0001, in this order, for the fields that hold 0xFFFFFFFF.
     const uint8_t* x = c + 46 + name_len;
@@ -342,9 +354,10 @@ std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset,
     *offset = 0;
     return inflate_raw(p + start, m.compressed_size, m.size, m.crc, member, spill_bytes);
   }
-  throw InputError(name_, fmt::format("member '{}' uses compression method {}; only stored (0) and deflated (8) are "
-                                      "supported",
-                                      m.name, m.method),
+  throw InputError(name_,
+                   fmt::format("member '{}' uses compression method {}; only stored (0) and deflated (8) are "
+                               "supported",
+                               m.name, m.method),
                    "write the archive with numpy.savez or numpy.savez_compressed");
 }
 
@@ -359,7 +372,8 @@ Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spi
     std::string listed;
     for (const auto& k : keys) listed += (listed.empty() ? "" : ", ") + k;
     std::string hint = did_you_mean(key, keys);
-    throw InputError(zip.name(), fmt::format("has no array '{}'; its arrays: {}", key, listed.empty() ? "none" : listed),
+    throw InputError(zip.name(),
+                     fmt::format("has no array '{}'; its arrays: {}", key, listed.empty() ? "none" : listed),
                      hint.empty() ? "set x_key / y_key to the archive's array names" : hint);
   }
   uint64_t offset = 0;

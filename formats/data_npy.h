@@ -16,11 +16,12 @@ struct NpyHeader {
   uint64_t data_offset = 0;  // from the start of the .npy bytes
 };
 
-// Parses the header of the .npy bytes [base, base + size) of `bytes` (v1, v2 or v3; little-endian u1, b1, i4, i8, f4,
-// f8; C order). Anything else is an InputError naming `name` and the byte offset.
+// Parses the header of the .npy bytes [base, base + size) of `bytes` (v1, v2 or v3; little-endian u1, b1, i4,
+// i8, f4, f8; C order). Anything else is an InputError naming `name` and the byte offset.
 NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name);
 
-// The array of a .npy file (mapped in place, or decompressed once when gzipped) as a column of its first dimension.
+// The array of a .npy file (mapped in place, or decompressed once when gzipped) as a column of its first
+// dimension.
 Column read_npy(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes);
 
 // A zip archive's members, found through its central directory (zip64 included).
@@ -37,8 +38,8 @@ class ZipArchive {
   const std::string& name() const { return name_; }
   const std::vector<Member>& members() const { return members_; }
   const Member* find(const std::string& member_name) const;
-  // A member's bytes: a view into the mapped archive when stored, its inflated copy when deflated. *offset receives
-  // where the member starts in the returned bytes.
+  // A member's bytes: a view into the mapped archive when stored, its inflated copy when deflated. *offset
+  // receives where the member starts in the returned bytes.
   std::shared_ptr<const Bytes> open(const Member& m, uint64_t* offset, int64_t spill_bytes) const;
 
  private:
@@ -48,6 +49,7 @@ class ZipArchive {
 };
 
 // Array `key` of an .npz archive ("x" reads member "x.npy"); a missing key is an InputError listing the keys.
-Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spill_bytes = kDefaultSpillBytes);
+Column read_npz_array(const ZipArchive& zip, const std::string& key,
+                      int64_t spill_bytes = kDefaultSpillBytes);
 
 }  // namespace trainer::formats

@@ -61,7 +61,8 @@ std::string directory_of(const std::string& path) {
 std::string missing_file_hint(const std::string& path) {
   const std::string dir = directory_of(path);
   DIR* d = opendir(dir.c_str());
-  if (!d) return fmt::format("the folder {} does not exist either; relative paths start at the spec's folder", dir);
+  if (!d)
+    return fmt::format("the folder {} does not exist either; relative paths start at the spec's folder", dir);
   std::vector<std::string> names;
   while (dirent* e = readdir(d)) {
     std::string n = e->d_name;
@@ -84,19 +85,21 @@ bool is_regular_file(const std::string& path) {
 
 }  // namespace
 
-std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns, const std::string& base_dir,
-                                            const SourcePos& pos) {
+std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns,
+                                            const std::string& base_dir, const SourcePos& pos) {
   std::vector<std::string> out;
   for (const auto& pat : patterns) {
     const std::string full = pat.starts_with('/') || base_dir.empty() ? pat : base_dir + "/" + pat;
+    const std::string looked = full == pat ? "" : fmt::format(" (looked for {})", full);
     if (!has_glob(pat)) {
       if (!is_regular_file(full)) {
         struct stat st {};
         const bool exists = stat(full.c_str(), &st) == 0;
-        throw InputError(where_in_spec(pos),
-                         exists ? fmt::format("data file '{}' is not a regular file ({})", pat, full)
-                                : fmt::format("data file '{}' does not exist (looked for {})", pat, full),
-                         exists ? "name a file, or a glob such as \"data_batch_*.bin\"" : missing_file_hint(full));
+        throw InputError(
+            where_in_spec(pos),
+            exists ? fmt::format("data file '{}' is not a regular file", pat)
+                   : fmt::format("data file '{}' does not exist{}", pat, looked),
+            exists ? "name a file, or a glob such as \"data_batch_*.bin\"" : missing_file_hint(full));
       }
       out.push_back(full);
       continue;
@@ -111,8 +114,8 @@ std::vector<std::string> resolve_data_files(const std::vector<std::string>& patt
     }
     globfree(&g);
     if (matches.empty()) {
-      throw InputError(where_in_spec(pos), fmt::format("no data file matches '{}' (looked for {})", pat, full),
-                       "relative paths start at the spec's folder");
+      throw InputError(where_in_spec(pos), fmt::format("no data file matches '{}'{}", pat, looked),
+                       looked.empty() ? "" : "relative paths start at the spec's folder");
     }
     std::sort(matches.begin(), matches.end(), natural_less);
     out.insert(out.end(), matches.begin(), matches.end());
@@ -127,8 +130,8 @@ std::string data_format_from_name(const std::string& path) {
   if (n.ends_with(".npy")) return "npy";
   if (n.ends_with(".npz")) return "npz";
   if (n.ends_with(".csv")) return "csv";
-  if (n.ends_with(".idx") || n.ends_with("-ubyte") || n.ends_with(".ubyte") || n.find("idx1") != std::string::npos ||
-      n.find("idx3") != std::string::npos) {
+  if (n.ends_with(".idx") || n.ends_with("-ubyte") || n.ends_with(".ubyte") ||
+      n.find("idx1") != std::string::npos || n.find("idx3") != std::string::npos) {
     return "idx";
   }
   if (n.ends_with(".bin")) return "cifar10";
@@ -144,8 +147,8 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
       std::find(std::begin(kDataFormats), std::end(kDataFormats), format) == std::end(kDataFormats)) {
     std::vector<std::string> known(std::begin(kDataFormats), std::end(kDataFormats));
     std::string hint = did_you_mean(format, known);
-    throw InputError(where, fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv", format),
-                     hint);
+    throw InputError(
+        where, fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv", format), hint);
   }
   const std::vector<std::string> xs = resolve_data_files(src.x, base_dir, src.pos);
   const std::vector<std::string> ys = resolve_data_files(src.y, base_dir, src.pos);
@@ -162,8 +165,9 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                      format == "npz" ? "name the label array with y_key" : "remove y");
   }
   if (!labels_inside && ys.empty()) {
-    throw InputError(where, fmt::format("{} samples need label files: y is missing", format),
-                     format == "idx" ? "e.g. y = [\"train-labels-idx1-ubyte.gz\"]" : "e.g. y = [\"y_train.npy\"]");
+    throw InputError(
+        where, fmt::format("{} samples need label files: y is missing", format),
+        format == "idx" ? "e.g. y = [\"train-labels-idx1-ubyte.gz\"]" : "e.g. y = [\"y_train.npy\"]");
   }
 
   Column x, y;
@@ -196,11 +200,12 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
 
   const std::string x_desc = describe_files(xs);
   if (x.size() != y.size()) {
-    throw InputError(where,
-                     fmt::format("{} hold{} {} samples, but {} hold{} {} labels", x_desc, xs.size() == 1 ? "s" : "",
-                                 x.size(), ys.empty() ? x_desc : describe_files(ys),
-                                 ys.size() == 1 || (ys.empty() && xs.size() == 1) ? "s" : "", y.size()),
-                     "the sample and label files must match one to one");
+    throw InputError(
+        where,
+        fmt::format("{} hold{} {} samples, but {} hold{} {} labels", x_desc, xs.size() == 1 ? "s" : "",
+                    x.size(), ys.empty() ? x_desc : describe_files(ys),
+                    ys.size() == 1 || (ys.empty() && xs.size() == 1) ? "s" : "", y.size()),
+        "the sample and label files must match one to one");
   }
   if (x.size() == 0) throw InputError(where, fmt::format("{} holds no samples", x_desc));
   if (y.shape().rank() > 1) {

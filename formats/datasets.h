@@ -1,5 +1,5 @@
-// Opens the dataset a spec's [data] source names: resolves its files (globs, relative to the spec's folder), picks
-// the reader (idx, cifar10, npy, npz, csv) from `format` or the file names, and applies `limit`.
+// Opens the dataset a spec's [data] source names: resolves its files (globs, relative to the spec's folder),
+// picks the reader (idx, cifar10, npy, npz, csv) from `format` or the file names, and applies `limit`.
 #pragma once
 
 #include <memory>
@@ -24,10 +24,10 @@ struct DatasetOptions {
 std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
                                                           const DatasetOptions& options = {});
 
-// The files that `patterns` name, each pattern's matches in natural order ("data_batch_2" before "data_batch_10").
-// A file that does not exist or a glob that matches nothing is an InputError at `pos`.
-std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns, const std::string& base_dir,
-                                            const SourcePos& pos);
+// The files that `patterns` name, each pattern's matches in natural order ("data_batch_2" before
+// "data_batch_10"). A file that does not exist or a glob that matches nothing is an InputError at `pos`.
+std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns,
+                                            const std::string& base_dir, const SourcePos& pos);
 
 // The format a file name implies ("train-images-idx3-ubyte.gz" -> "idx"), or "" when it implies none.
 std::string data_format_from_name(const std::string& path);

@@ -105,6 +105,11 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     const LayerDef* def = find_def(spec);
     if (spec.name == kInputName)
       throw InputError(spec.pos.str(), "a layer cannot be named 'input'", "'input' names the model's input");
+    // Weights are named "<layer>/kernel", so a '/' in a layer's name could collide with another layer's
+    // weights.
+    if (spec.name.find('/') != std::string::npos)
+      throw InputError(spec.pos.str(), fmt::format("layer name '{}' contains '/'", spec.name),
+                       "use letters, digits, '_' or '-', as Keras does");
     if (specs.count(spec.name))
       throw InputError(spec.pos.str(), fmt::format("two layers are named '{}'", spec.name),
                        fmt::format("the other one is at {}", specs[spec.name]->pos.str()));

@@ -1,5 +1,21 @@
 // Builds the IR graph of a ModelSpec's model section: each Keras layer expands to IR ops with Keras's
 // argument names, defaults and initializers, and the table `trainer summary` prints comes with it.
+//
+// Conventions of the built graph:
+// - The input value is named "input": [batch] + the spec's shape, except for a rank-3 float input
+//   ([H, W, C], Keras's channels-last), which is [batch, C, H, W]; input_channels_last tells the loader to
+//   convert each sample. Conv2D, pooling and BatchNormalization run NCHW. Layouts change only where a layer
+//   needs it: by a Reshape when C or H * W is 1, else by a Transpose.
+// - Flatten after convolutions flattens C, H, W (Keras: H, W, C). This changes only which row of the next
+//   Dense kernel meets which feature; models train the same.
+// - Weights: "<layer>/kernel", "/bias", "/recurrent_kernel", "/embeddings", "/gamma", "/beta"; the state
+//   "/moving_mean", "/moving_variance". Dense kernels are [in, units] as in Keras; Conv2D kernels are OIHW
+//   (ONNX). LSTM and GRU keep ONNX's W [1, gates * units, features] and R [1, gates * units, units] in ONNX's
+//   gate order (LSTM i, o, f, c; GRU z, r, h). LSTM's bias is [1, 4 * units], the input half of ONNX's B (the
+//   recurrent half is a constant zero), so parameter counts are Keras's. GRU's bias is ONNX's whole B
+//   [1, 6 * units] with reset_after (Keras's two biases; linear_before_reset = 1), else [1, 3 * units].
+// - Training and inference graphs of one spec name every weight and state alike: plans share them by name.
+// - No value is marked as a graph output: the caller marks what it reads.
 #pragma once
 
 #include <cstdint>
@@ -17,14 +33,18 @@ struct LayerInfo {
   std::vector<int64_t> output_shape;  // per sample, Keras-style (channels last), without the batch dimension
   int64_t params = 0;                 // trainable and non-trainable
   int64_t trainable_params = 0;
-  int64_t flops_per_sample = 0;  // forward multiply-adds x 2
+  // Forward FLOPs: 2 x the multiply-adds of Dense, Conv2D, LSTM and GRU (their matrix products). Elementwise
+  // work (bias, activations, pooling, normalization) and lookups count 0.
+  int64_t flops_per_sample = 0;
 };
 
 struct BuildOptions {
   int64_t batch_size = 32;
-  bool training =
-      true;           // Dropout active, BatchNorm on batch statistics with running statistics bound as state
-  uint64_t seed = 0;  // initializers: each layer seeded by (seed, layer name)
+  // Dropout active (ONNX Dropout, training_mode true); BatchNorm on batch statistics with its moving
+  // statistics bound as state (Graph::bind_update). Without it, Dropout leaves no node and BatchNorm uses the
+  // moving ones.
+  bool training = true;
+  uint64_t seed = 0;  // initializers: each weight seeded by (seed, "<layer>/<weight>")
 };
 
 struct BuiltModel {
@@ -33,14 +53,15 @@ struct BuiltModel {
   engine::ValueId output = engine::kNoValue;  // the last layer's output (after its activation)
   // When the last layer ends in softmax or sigmoid, the value before it (losses fuse with it); else kNoValue.
   engine::ValueId logits = engine::kNoValue;
-  std::string final_activation;       // "softmax", "sigmoid", "linear", ...
+  std::string final_activation;  // the last layer's activation: "softmax", "sigmoid", "relu", "linear", ...
   bool input_channels_last = false;   // the spec's input is HWC; the IR input is CHW (the loader converts)
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   std::vector<LayerInfo> layers;
 };
 
-// Throws InputError at the layer's position: unknown layer type or argument (with did-you-mean), wrong types,
-// impossible values (zero units), shapes that do not fit (a kernel larger than its input names both shapes).
+// Throws InputError at the argument's position (or the layer's table when no argument is to blame): unknown
+// layer type or argument (with did-you-mean), wrong types, impossible values (zero units), shapes that do not
+// fit (a kernel larger than its input names both shapes), unknown or unused layer names in the graph form.
 BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& options);
 
 }  // namespace trainer::models

@@ -1,6 +1,8 @@
 // Dense and the activations as IR subgraphs, with Keras's default initializers.
 #include "models/layers.h"
 
+#include <map>
+
 #include "engine/util/error.h"
 #include "models/layer_library.h"
 
@@ -9,25 +11,17 @@ namespace trainer::models {
 using namespace trainer::engine;
 
 bool activation_op(const std::string& name, int64_t softmax_axis, std::string* op, Attributes* attrs) {
+  // gelu is the exact (erf) form, Keras's default approximate = False.
+  static const std::map<std::string, std::string> ops = {
+      {"relu", "Relu"}, {"sigmoid", "Sigmoid"},      {"tanh", "Tanh"},
+      {"gelu", "Gelu"}, {"leaky_relu", "LeakyRelu"}, {"softmax", "Softmax"}};
+  auto it = ops.find(name);
+  if (it == ops.end()) return false;
+  *op = it->second;
   *attrs = {};
-  if (name == "relu")
-    *op = "Relu";
-  else if (name == "sigmoid")
-    *op = "Sigmoid";
-  else if (name == "tanh")
-    *op = "Tanh";
-  else if (name == "gelu")
-    *op = "Gelu";  // exact (erf), Keras's default approximate=False
-  else if (name == "leaky_relu") {
-    // Keras 3's leaky_relu activation: negative_slope = 0.2 (ONNX's LeakyRelu defaults to 0.01).
-    *op = "LeakyRelu";
-    attrs->set("alpha", 0.2f);
-  } else if (name == "softmax") {
-    *op = "Softmax";
-    attrs->set("axis", softmax_axis);
-  } else {
-    return false;
-  }
+  // Keras 3's leaky_relu activation has negative_slope = 0.2 (ONNX's LeakyRelu defaults to 0.01).
+  if (name == "leaky_relu") attrs->set("alpha", 0.2f);
+  if (name == "softmax") attrs->set("axis", softmax_axis);
   return true;
 }
 

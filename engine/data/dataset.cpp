@@ -1,5 +1,5 @@
-// Dataset views (subsets) and the epoch permutation: a Fisher-Yates shuffle whose random numbers come from Philox,
-// so an epoch's order depends on (seed, epoch) only, on every platform and after a resume.
+// Dataset views (subsets) and the epoch permutation: a Fisher-Yates shuffle whose random numbers come from
+// Philox, so an epoch's order depends on (seed, epoch) only, on every platform and after a resume.
 #include "engine/data/dataset.h"
 
 #include <fmt/format.h>
@@ -43,20 +43,21 @@ constexpr uint64_t kShuffleStream = 0x53485546464c45ull;  // "SHUFFLE"
 
 std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t begin, int64_t end) {
   TRAINER_ASSERT(base != nullptr);
-  TRAINER_ASSERT(0 <= begin && begin <= end && end <= base->size(), "subset [{}, {}) of {} samples", begin, end,
-                 base->size());
+  TRAINER_ASSERT(0 <= begin && begin <= end && end <= base->size(), "subset [{}, {}) of {} samples", begin,
+                 end, base->size());
   return std::make_shared<SubsetDataset>(std::move(base), begin, end);
 }
 
 void epoch_permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = i;
-  // Position i swaps with j uniform in [0, i]: 64 random bits scaled by (i + 1) with a 128-bit product. The bias is
-  // below n / 2^64, and the arithmetic is exact integer math, hence identical everywhere.
+  // Position i swaps with j uniform in [0, i]: 64 random bits scaled by (i + 1) with a 128-bit product. The
+  // bias is below n / 2^64, and the arithmetic is exact integer math, hence identical everywhere.
   for (int64_t i = n - 1; i > 0; --i) {
     kernels::Philox4x32 r =
         kernels::philox_block(seed, kShuffleStream, static_cast<uint64_t>(epoch), static_cast<uint64_t>(i));
     uint64_t bits = (static_cast<uint64_t>(r.v[0]) << 32) | r.v[1];
-    auto j = static_cast<int64_t>((static_cast<unsigned __int128>(bits) * static_cast<uint64_t>(i + 1)) >> 64);
+    auto j =
+        static_cast<int64_t>((static_cast<unsigned __int128>(bits) * static_cast<uint64_t>(i + 1)) >> 64);
     std::swap(out[i], out[j]);
   }
 }

@@ -1,6 +1,7 @@
 // Datasets and the batch loader. A Dataset is random access over samples of one fixed shape (memory-mapped or
 // streamed by its reader in formats/). The BatchLoader gathers shuffled batches on a background thread into
-// preallocated buffers, converting types, scaling, normalizing and laying images out as the model's IR expects.
+// preallocated buffers, converting types, scaling, normalizing and laying images out as the model's IR
+// expects.
 #pragma once
 
 #include <cstdint>
@@ -13,8 +14,8 @@
 
 namespace trainer::engine::data {
 
-// How a stored image sample orders its dimensions. The IR is NCHW; Keras-style HWC data is converted by the loader,
-// once per sample on the loader thread, never by a transpose in the step.
+// How a stored image sample orders its dimensions. The IR is NCHW; Keras-style HWC data is converted by the
+// loader, once per sample on the loader thread, never by a transpose in the step.
 enum class Layout { plain, hwc, chw };
 
 class Dataset {
@@ -24,14 +25,15 @@ class Dataset {
   virtual const Shape& sample_shape() const = 0;  // as stored, without the batch dimension
   virtual DType sample_dtype() const = 0;         // u8, i32, i64, f32 or f64
   virtual Layout layout() const { return Layout::plain; }
-  virtual const Shape& label_shape() const = 0;   // [] for class ids; [k] for one-hot or vector targets
+  virtual const Shape& label_shape() const = 0;  // [] for class ids; [k] for one-hot or vector targets
   virtual DType label_dtype() const = 0;
   // Raw bytes of sample i / label i, in the stored dtype and layout. Thread-safe.
   virtual void read_sample(int64_t i, void* out) const = 0;
   virtual void read_label(int64_t i, void* out) const = 0;
   // Names the source in messages ("train-images-idx3-ubyte.gz").
   virtual std::string describe() const = 0;
-  // Where sample i comes from, for messages about it: "data_batch_3.bin: sample 1234" (the file and the index in it).
+  // Where sample i comes from, for messages about it: "data_batch_3.bin: sample 1234" (the file and the index
+  // in it).
   virtual std::string locate(int64_t i) const;
 };
 
@@ -40,25 +42,25 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t beg
 
 // What a batch must look like for the model.
 struct BatchFormat {
-  DType x_dtype = DType::f32;     // f32 for features; i32/i64 for token ids (no scaling then)
-  bool to_chw = false;            // convert HWC samples to CHW
-  double scale = 1.0;             // x = (x * scale - mean[c]) / std[c]
+  DType x_dtype = DType::f32;  // f32 for features; i32/i64 for token ids (no scaling then)
+  bool to_chw = false;         // convert HWC samples to CHW
+  double scale = 1.0;          // x = (x * scale - mean[c]) / std[c]
   // Empty, one value, or one per channel. The channel is the first dimension of CHW output and the last one
   // otherwise (HWC images; CSV features, one value per column).
   std::vector<double> mean, std;
-  DType y_dtype = DType::i64;     // i64 class ids, or f32 targets
-  // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample index.
-  // With f32 targets the values must lie in [0, num_classes - 1] (binary labels in [0, 1]).
+  DType y_dtype = DType::i64;  // i64 class ids, or f32 targets
+  // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample
+  // index. With f32 targets the values must lie in [0, num_classes - 1] (binary labels in [0, 1]).
   int64_t num_classes = 0;
   // Token ids (integer x_dtype) must lie in [0, num_tokens) when > 0 (an Embedding's input_dim).
   int64_t num_tokens = 0;
 };
 
 struct Batch {
-  int64_t size = 0;      // samples in this batch (the last one may be short)
+  int64_t size = 0;  // samples in this batch (the last one may be short)
   const void* x = nullptr;
   const void* y = nullptr;
-  int64_t first = 0;     // index of the batch's first sample in the epoch's order
+  int64_t first = 0;  // index of the batch's first sample in the epoch's order
 };
 
 // Produces the batches of one epoch after another on a background thread, `prefetch` batches ahead.
@@ -71,15 +73,16 @@ class BatchLoader {
   BatchLoader& operator=(const BatchLoader&) = delete;
 
   int64_t batches_per_epoch() const;  // ceil(size / batch_size): no sample is dropped
-  // [batch, ...] in the model's layout. With to_chw: HWC samples become [batch, C, H, W], CHW ones stay, plain
-  // [H, W] images become [batch, 1, H, W] (same bytes).
+  // [batch, ...] in the model's layout. With to_chw: HWC samples become [batch, C, H, W], CHW ones stay,
+  // plain [H, W] images become [batch, 1, H, W] (same bytes).
   Shape x_shape(int64_t batch) const;
   Shape y_shape(int64_t batch) const;
   // Starts epoch `epoch` (0-based); its order is a pure function of (seed, epoch): a permutation from the
   // counter-based generator, identical on every machine and after a resume.
   void start_epoch(int64_t epoch);
-  // The next batch of the epoch, valid until the next call of next() or start_epoch(); false at the end of the
-  // epoch. Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates nothing.
+  // The next batch of the epoch, valid until the next call of next() or start_epoch(); false at the end of
+  // the epoch. Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates
+  // nothing.
   bool next(Batch* out);
 
  private:

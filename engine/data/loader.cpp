@@ -1,6 +1,7 @@
-// The batch loader: a producer thread (with helpers for large batches) gathers the samples of each batch in the
-// epoch's order into a ring of preallocated buffers, converting dtype, scaling, normalizing and transposing HWC
-// images to CHW, so the training step only ever sees ready batches and next() allocates nothing.
+// The batch loader: a producer thread (with helpers for large batches) gathers the samples of each batch in
+// the epoch's order into a ring of preallocated buffers, converting dtype, scaling, normalizing and
+// transposing HWC images to CHW, so the training step only ever sees ready batches and next() allocates
+// nothing.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -42,7 +43,7 @@ struct Geometry {
   int64_t src_c = 0, src_p = 1, dst_c = 0, dst_p = 1;
 };
 
-// Bytes per element of the supported types, and reads of one element as double.
+// Element i of a buffer of T, as double.
 template <class T>
 double as_double(const void* p, int64_t i) {
   return static_cast<double>(static_cast<const T*>(p)[i]);
@@ -55,8 +56,6 @@ struct Conversion {
   int64_t sample_elems = 0;
   Geometry geo;
   std::vector<double> alpha, beta;  // per normalization channel: x * alpha + beta
-  std::vector<float> lut_f32;       // u8 sources: the converted value of every byte, per channel
-  std::vector<double> lut_f64;
 };
 
 using XConvert = void (*)(const Conversion&, const void* src, void* dst, int64_t sample);
@@ -134,6 +133,8 @@ struct BatchLoader::Impl {
 
 namespace {
 
+// Computed in double and rounded once, so f32 results are the correctly rounded (x * scale - mean) / std in
+// practice, and the unit-stride loop (every layout but a transpose) vectorizes.
 template <class S, class D>
 void convert_float(const Conversion& im, const void* src_v, void* dst_v, int64_t) {
   const S* src = static_cast<const S*>(src_v);
@@ -142,18 +143,14 @@ void convert_float(const Conversion& im, const void* src_v, void* dst_v, int64_t
   for (int64_t c = 0; c < g.channels; ++c) {
     const S* s = src + c * g.src_c;
     D* d = dst + c * g.dst_c;
-    int64_t nc = im.alpha.size() > 1 ? c : 0;
-    if constexpr (std::is_same_v<S, uint8_t>) {
-      const D* lut;
-      if constexpr (std::is_same_v<D, float>) {
-        lut = im.lut_f32.data() + nc * 256;
-      } else {
-        lut = im.lut_f64.data() + nc * 256;
-      }
-      for (int64_t p = 0; p < g.positions; ++p) d[p * g.dst_p] = lut[s[p * g.src_p]];
+    const size_t nc = im.alpha.size() > 1 ? static_cast<size_t>(c) : 0;
+    const double a = im.alpha[nc], b = im.beta[nc];
+    if (g.src_p == 1 && g.dst_p == 1) {
+      for (int64_t p = 0; p < g.positions; ++p) d[p] = static_cast<D>(static_cast<double>(s[p]) * a + b);
     } else {
-      const D a = static_cast<D>(im.alpha[nc]), b = static_cast<D>(im.beta[nc]);
-      for (int64_t p = 0; p < g.positions; ++p) d[p * g.dst_p] = static_cast<D>(s[p * g.src_p]) * a + b;
+      for (int64_t p = 0; p < g.positions; ++p) {
+        d[p * g.dst_p] = static_cast<D>(static_cast<double>(s[p * g.src_p]) * a + b);
+      }
     }
   }
 }
@@ -177,9 +174,10 @@ void convert_ids(const Conversion& im, const void* src_v, void* dst_v, int64_t s
       }
       const double dv = static_cast<double>(v);
       if (limit > 0 && (dv < 0 || dv >= static_cast<double>(limit))) {
-        throw InputError(im.ds->locate(sample),
-                         fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
-                         fmt::format("the Embedding's input_dim is {}: ids must lie in [0, {}]", limit, limit - 1));
+        throw InputError(
+            im.ds->locate(sample),
+            fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
+            fmt::format("the Embedding's input_dim is {}: ids must lie in [0, {}]", limit, limit - 1));
       }
       dst[c * g.dst_c + p * g.dst_p] = static_cast<D>(v);
     }
@@ -262,11 +260,11 @@ void BatchLoader::Impl::plan() {
   src_label_bytes = static_cast<size_t>(label_elems) * dtype_bytes(label_src_dtype);
   dst_sample_bytes = static_cast<size_t>(sample_elems) * dtype_bytes(format.x_dtype);
   dst_label_bytes = static_cast<size_t>(label_elems) * dtype_bytes(format.y_dtype);
-  TRAINER_ASSERT(format.x_dtype == DType::f32 || format.x_dtype == DType::f64 || format.x_dtype == DType::i32 ||
-                     format.x_dtype == DType::i64,
+  TRAINER_ASSERT(format.x_dtype == DType::f32 || format.x_dtype == DType::f64 ||
+                     format.x_dtype == DType::i32 || format.x_dtype == DType::i64,
                  "batch x dtype {}", dtype_name(format.x_dtype));
-  TRAINER_ASSERT(format.y_dtype == DType::i64 || format.y_dtype == DType::i32 || format.y_dtype == DType::f32 ||
-                     format.y_dtype == DType::f64,
+  TRAINER_ASSERT(format.y_dtype == DType::i64 || format.y_dtype == DType::i32 ||
+                     format.y_dtype == DType::f32 || format.y_dtype == DType::f64,
                  "batch y dtype {}", dtype_name(format.y_dtype));
 
   // The output layout and where the channel sits in it.
@@ -303,7 +301,7 @@ void BatchLoader::Impl::plan() {
 
   // Normalization constants, per channel when mean or std has one value per channel.
   const bool ids = format.x_dtype == DType::i32 || format.x_dtype == DType::i64;
-  size_t norm_channels = std::max<size_t>({1, format.mean.size(), format.std.size()});
+  const size_t norm_channels = ids ? 1 : std::max<size_t>({1, format.mean.size(), format.std.size()});
   if (!ids) {
     for (const auto* v : {&format.mean, &format.std}) {
       if (v->size() > 1 && static_cast<int64_t>(v->size()) != channels) {
@@ -314,7 +312,8 @@ void BatchLoader::Impl::plan() {
       }
     }
     for (double sd : format.std) {
-      if (!(sd > 0)) throw InputError(ds->describe(), fmt::format("data.std holds {}", sd), "std must be > 0");
+      if (!(sd > 0))
+        throw InputError(ds->describe(), fmt::format("data.std holds {}", sd), "std must be > 0");
     }
   }
   cv.alpha.assign(norm_channels, 1.0);
@@ -325,21 +324,8 @@ void BatchLoader::Impl::plan() {
     cv.alpha[c] = format.scale / sd;
     cv.beta[c] = -m / sd;
   }
-  if (src_dtype == DType::u8) {
-    cv.lut_f32.resize(norm_channels * 256);
-    cv.lut_f64.resize(norm_channels * 256);
-    for (size_t c = 0; c < norm_channels; ++c) {
-      double m = format.mean.empty() ? 0.0 : format.mean[format.mean.size() == 1 ? 0 : c];
-      double sd = format.std.empty() ? 1.0 : format.std[format.std.size() == 1 ? 0 : c];
-      for (int v = 0; v < 256; ++v) {
-        double x = (v * format.scale - m) / sd;
-        cv.lut_f64[c * 256 + v] = x;
-        cv.lut_f32[c * 256 + v] = static_cast<float>(x);
-      }
-    }
-  }
-
-  // Element order: a transpose, or per-channel constants in a channel-first or channel-last layout, or one flat run.
+  // Element order: a transpose, or per-channel constants in a channel-first or channel-last layout, or one
+  // flat run.
   const int64_t positions = channels > 0 ? sample_elems / channels : 0;
   if (transpose) {
     cv.geo = Geometry{channels, positions, 1, channels, positions, 1};
@@ -365,13 +351,15 @@ void BatchLoader::Impl::convert_label(const void* src, std::byte* dst, int64_t s
     double v = read_as_double(label_src_dtype, src, e);
     const bool class_ids = format.y_dtype == DType::i64 || format.y_dtype == DType::i32;
     if (class_ids && !(v == std::floor(v))) {
-      throw InputError(ds->locate(sample), fmt::format("label {} is not a class id", v),
-                       "class ids are whole numbers; use categorical_crossentropy or mse for fractional targets");
+      throw InputError(
+          ds->locate(sample), fmt::format("label {} is not a class id", v),
+          "class ids are whole numbers; use categorical_crossentropy or mse for fractional targets");
     }
-    if (k > 0 && (class_ids ? (v < 0 || v >= static_cast<double>(k)) : !(v >= 0 && v <= static_cast<double>(k - 1)))) {
-      throw InputError(ds->locate(sample),
-                       fmt::format("label {} is out of range for {} classes", v, k),
-                       fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));
+    if (k > 0 &&
+        (class_ids ? (v < 0 || v >= static_cast<double>(k)) : !(v >= 0 && v <= static_cast<double>(k - 1)))) {
+      throw InputError(
+          ds->locate(sample), fmt::format("label {} is out of range for {} classes", v, k),
+          fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));
     }
     switch (format.y_dtype) {
       case DType::i64:
@@ -472,7 +460,8 @@ void BatchLoader::Impl::helper_loop(int w) {
 void BatchLoader::Impl::produce_loop() {
   std::unique_lock<std::mutex> lk(mu);
   for (;;) {
-    producer_cv.wait(lk, [&] { return stop || (started && !failed && bpe > 0 && produced - released() < nslots); });
+    producer_cv.wait(
+        lk, [&] { return stop || (started && !failed && bpe > 0 && produced - released() < nslots); });
     if (stop) return;
     const uint64_t g = gen;
     const int64_t seq = produced;
@@ -519,8 +508,8 @@ BatchLoader::BatchLoader(std::shared_ptr<const Dataset> dataset, int64_t batch_s
     s.y = aligned_buffer(static_cast<size_t>(batch_size) * im.dst_label_bytes);
   }
   if (shuffle) im.perm.resize(static_cast<size_t>(im.n));
-  // Gathering is memory-bound and cheap next to a training step; helpers pay off only for large batches, whose
-  // reads may also wait on the disk when a dataset does not fit in memory.
+  // Gathering is memory-bound and cheap next to a training step; helpers pay off only for large batches,
+  // whose reads may also wait on the disk when a dataset does not fit in memory.
   const size_t work_bytes = static_cast<size_t>(batch_size) * (im.src_sample_bytes + im.dst_sample_bytes);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int helpers = std::clamp(static_cast<int>(work_bytes >> 20), 0, std::min(3, cores - 1));
@@ -571,9 +560,9 @@ void BatchLoader::start_epoch(int64_t epoch) {
   {
     std::lock_guard<std::mutex> lk(im.mu);
     im.holding = false;
-    // The producer runs ahead into the following epochs; what it made stays valid when the trainer asks for the
-    // epoch that comes next in that sequence, or for any epoch at an epoch boundary when every epoch has the same
-    // order (no shuffle: evaluation restarts epoch 0 each time). Anything else starts over.
+    // The producer runs ahead into the following epochs; what it made stays valid when the trainer asks for
+    // the epoch that comes next in that sequence, or for any epoch at an epoch boundary when every epoch has
+    // the same order (no shuffle: evaluation restarts epoch 0 each time). Anything else starts over.
     const bool at_boundary = im.bpe == 0 || im.consumed % im.bpe == 0;
     const bool in_sequence =
         im.started && at_boundary &&
@@ -602,7 +591,8 @@ bool BatchLoader::next(Batch* out) {
     im.producer_cv.notify_all();
   }
   if (im.consumed >= im.epoch_end) return false;
-  im.consumer_cv.wait(lk, [&] { return im.produced > im.consumed || (im.failed && im.error_seq == im.consumed); });
+  im.consumer_cv.wait(
+      lk, [&] { return im.produced > im.consumed || (im.failed && im.error_seq == im.consumed); });
   if (im.produced <= im.consumed) std::rethrow_exception(im.error);
   const int64_t seq = im.consumed;
   const int64_t b = seq % im.bpe;

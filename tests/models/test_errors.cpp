@@ -174,6 +174,10 @@ TEST_SUITE("errors") {
     CHECK(et.where() == twice.layer_at(1));
     CHECK(contains(et.hint(), twice.layer_at(0)));
 
+    Spec slash({8});
+    slash.add("Dense", {{"units", int64_t{4}}}, "block/dense");
+    CHECK(build_error(slash).where() == slash.layer_at(0));
+
     Spec unused({8});
     unused.add("Dense", {{"units", int64_t{4}}}, "dead", {"input"})
         .add("Dense", {{"units", int64_t{2}}}, "out", {"input"});
