@@ -129,15 +129,6 @@ std::string LayerBuilder::initializer(const std::string& arg) const {
                    fmt::join(initializer_names(), ", ")));
 }
 
-Shape LayerBuilder::ir_shape(const LayerValue& x) const {
-  std::vector<int64_t> d = {options.batch_size};
-  if (x.channels_first)
-    d.insert(d.end(), {x.shape[2], x.shape[0], x.shape[1]});
-  else
-    d.insert(d.end(), x.shape.begin(), x.shape.end());
-  return Shape(d);
-}
-
 int LayerBuilder::ir_axis(const LayerValue& x, int k) const {
   if (x.channels_first) return k == 2 ? 1 : k + 2;
   return k + 1;

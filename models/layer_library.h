@@ -61,8 +61,6 @@ class LayerBuilder {
   std::string activation_name(const std::string& arg = "activation") const;                   // canonical
   std::string initializer(const std::string& arg) const;                                      // canonical
 
-  // The IR shape of a value: [N, C, H, W] or [N] + shape.
-  engine::Shape ir_shape(const LayerValue& x) const;
   // The IR axis of per-sample Keras axis k (0-based, without the batch).
   int ir_axis(const LayerValue& x, int k) const;
   // Layout changes of a rank-3 image. A Reshape when C == 1 or H * W == 1 (the bytes are already in order),
