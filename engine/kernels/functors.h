@@ -72,10 +72,11 @@ struct SqrtOp {
     return std::sqrt(x);
   }
 };
+// NaN passes through (x < 0 is false for NaN), as in other frameworks: a NaN must reach the loss to be caught.
 struct ReluOp {
   template <class T>
   TRAINER_HD T operator()(T x) const {
-    return x > T(0) ? x : T(0);
+    return x < T(0) ? T(0) : x;
   }
 };
 struct LeakyReluOp {
