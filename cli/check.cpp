@@ -19,7 +19,8 @@ Command add_check_command(CLI::App& app) {
     int64_t params = 0;
     for (const models::LayerInfo& l : m.layers) params += l.params;
     if (!*quiet)
-      fmt::print(stderr, "{}: ok · {} layers · {} parameters · training step planned in {:.2f} MiB at batch {}\n",
+      fmt::print(stderr,
+                 "{}: ok · {} layers · {} parameters · training step planned in {:.2f} MiB at batch {}\n",
                  s.path, m.layers.size(), params, bytes / 1048576.0, s.train.batch_size);
     return 0;
   };

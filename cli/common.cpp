@@ -18,12 +18,14 @@ void SpecOptions::add_spec(CLI::App* app) {
 }
 
 void SpecOptions::add_overrides(CLI::App* app, bool training) {
-  app->add_option("--set", sets, "Override a spec key, validated like the file: --set train.optimizer.learning_rate=3e-4")
+  app->add_option("--set", sets,
+                  "Override a spec key, validated like the file: --set train.optimizer.learning_rate=3e-4")
       ->type_name("KEY=VALUE");
   app->add_option("--batch-size", batch_size, "Global batch size (same as --set train.batch_size=N)")
       ->check(CLI::PositiveNumber);
   if (!training) return;
-  app->add_option("--epochs", epochs, "Epochs to train (same as --set train.epochs=N)")->check(CLI::PositiveNumber);
+  app->add_option("--epochs", epochs, "Epochs to train (same as --set train.epochs=N)")
+      ->check(CLI::PositiveNumber);
   app->add_option("--seed", seed, "Seed of initializers, shuffling and dropout (same as --set train.seed=N)");
 }
 
@@ -37,13 +39,16 @@ formats::ModelSpec SpecOptions::load() const {
 
 void OutputOptions::add(CLI::App* app) {
   app->add_option("--log-format", log_format,
-                  "Metrics on stdout as JSON lines (jsonl) or not (text); auto: JSON lines when stdout is not a terminal")
+                  "Metrics on stdout as JSON lines (jsonl) or not (text); auto: JSON lines when stdout is "
+                  "not a terminal")
       ->check(CLI::IsMember({"auto", "text", "jsonl"}));
   app->add_flag("-q,--quiet", quiet, "Print nothing on stderr but errors");
 }
 
 Output OutputOptions::make() const {
-  LogFormat f = log_format == "jsonl" ? LogFormat::jsonl : log_format == "text" ? LogFormat::text : LogFormat::automatic;
+  LogFormat f = log_format == "jsonl"  ? LogFormat::jsonl
+                : log_format == "text" ? LogFormat::text
+                                       : LogFormat::automatic;
   return Output(f, quiet);
 }
 
@@ -51,7 +56,9 @@ void DeviceOptions::add(CLI::App* app) {
   app->add_option("--device", device, "Device to run on (cpu)")->check(CLI::IsMember({"cpu"}));
 }
 
-std::unique_ptr<engine::Backend> DeviceOptions::make_backend() const { return engine::make_cpu_backend(); }
+std::unique_ptr<engine::Backend> DeviceOptions::make_backend() const {
+  return engine::make_cpu_backend();
+}
 
 models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training) {
   models::BuildOptions o;
@@ -117,24 +124,29 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
 
 namespace {
 
-std::string shape_str(const Shape& s) { return s.str(); }
+std::string shape_str(const Shape& s) {
+  return s.str();
+}
 
 // The dataset's samples must hold exactly the model's input values; images stored HWC become CHW.
-void check_samples(const engine::data::Dataset& d, const formats::DataSource& src, const models::BuiltModel& m,
-                   const formats::ModelSpec& spec, engine::data::BatchFormat* fmt) {
+void check_samples(const engine::data::Dataset& d, const formats::DataSource& src,
+                   const models::BuiltModel& m, const formats::ModelSpec& spec,
+                   engine::data::BatchFormat* fmt) {
   const Shape& s = d.sample_shape();
   const std::vector<int64_t>& want = spec.model.input.shape;
   int64_t want_n = 1;
   for (int64_t v : want) want_n *= v;
   if (s.numel() != want_n)
-    throw InputError(src.pos.str(),
-                     fmt::format("{} holds samples of shape {} ({} values), but the model's input is [{}] ({} values)",
-                                 d.describe(), shape_str(s), s.numel(), fmt::join(want, ", "), want_n),
-                     "set [model] input to the data's sample shape");
+    throw InputError(
+        src.pos.str(),
+        fmt::format("{} holds samples of shape {} ({} values), but the model's input is [{}] ({} values)",
+                    d.describe(), shape_str(s), s.numel(), fmt::join(want, ", "), want_n),
+        "set [model] input to the data's sample shape");
   if (m.input_channels_last && want.size() == 3 && want[2] > 1) {
     // CHW data (CIFAR-10) is already what the IR takes; plain or HWC data of shape [H, W, C] is converted.
     bool chw = d.layout() == engine::data::Layout::chw ||
-               (s.rank() == 3 && s[0] == want[2] && s[1] == want[0] && s[2] == want[1] && d.layout() != engine::data::Layout::hwc);
+               (s.rank() == 3 && s[0] == want[2] && s[1] == want[0] && s[2] == want[1] &&
+                d.layout() != engine::data::Layout::hwc);
     fmt->to_chw = !chw;
   }
 }
@@ -144,7 +156,8 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model) {
   SpecData out;
   const formats::DataSection& ds = spec.data;
-  if (!ds.train) throw InputError(ds.pos.str(), "the spec has no [data.train] source", "add a [data.train] table");
+  if (!ds.train)
+    throw InputError(ds.pos.str(), "the spec has no [data.train] source", "add a [data.train] table");
   out.train = formats::open_dataset(*ds.train, spec.base_dir);
   engine::data::BatchFormat& f = out.format;
   f.x_dtype = model.graph.value(model.input).dtype;
@@ -153,7 +166,8 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   f.std = ds.std;
   const std::string& loss = spec.train.loss;
   f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
-  if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty()) f.num_classes = model.output_shape.back();
+  if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty())
+    f.num_classes = model.output_shape.back();
   // Token ids feed an Embedding: ids outside its table are bad data, named by sample.
   if (engine::is_integer(f.x_dtype))
     for (const formats::LayerSpec& l : spec.model.layers)
@@ -172,8 +186,10 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     int64_t n = out.train->size();
     int64_t held = static_cast<int64_t>(std::floor(n * ds.validation_split));
     if (held < 1 || held >= n)
-      throw InputError(ds.pos.str(), fmt::format("validation_split {} of {} samples leaves {} for validation",
-                                                 ds.validation_split, n, held), "");
+      throw InputError(ds.pos.str(),
+                       fmt::format("validation_split {} of {} samples leaves {} for validation",
+                                   ds.validation_split, n, held),
+                       "");
     out.validation = engine::data::subset(out.train, n - held, n);
     out.train = engine::data::subset(out.train, 0, n - held);
   }
@@ -185,8 +201,9 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   // The label kind must fit the loss.
   const Shape& ls = out.train->label_shape();
   if ((loss == "sparse_categorical_crossentropy" || loss == "binary_crossentropy") && ls.numel() != 1)
-    throw InputError(ds.train->pos.str(), fmt::format("{} needs one label per sample, {} has labels of shape {}", loss,
-                                                      out.train->describe(), ls.str()),
+    throw InputError(ds.train->pos.str(),
+                     fmt::format("{} needs one label per sample, {} has labels of shape {}", loss,
+                                 out.train->describe(), ls.str()),
                      "use categorical_crossentropy for one-hot labels");
   return out;
 }

@@ -58,8 +58,8 @@ struct SpecData {
   std::shared_ptr<const engine::data::Dataset> train, validation, test;
   engine::data::BatchFormat format;
 };
-// Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation split
-// holds out the last samples of train, as Keras does.
+// Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation
+// split holds out the last samples of train, as Keras does.
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
 
 Command add_fit_command(CLI::App& app);

@@ -1,5 +1,5 @@
-// trainer fit: trains the model a spec describes, with progress for people on stderr and metrics for machines on
-// stdout.
+// trainer fit: trains the model a spec describes, with progress for people on stderr and metrics for machines
+// on stdout.
 #include <fmt/chrono.h>
 
 #include <chrono>
@@ -35,7 +35,8 @@ std::vector<std::pair<std::string, std::string>> logs_json(const engine::Logs& l
   return f;
 }
 
-// Writes `text` to `path` crash-safely: a temporary file in the same folder, fsync, rename, fsync of the folder.
+// Writes `text` to `path` crash-safely: a temporary file in the same folder, fsync, rename, fsync of the
+// folder.
 void write_atomically(const std::filesystem::path& path, const std::string& text) {
   std::filesystem::path tmp = path;
   tmp += ".tmp";
@@ -67,9 +68,11 @@ class FitPrinter final : public engine::FitObserver {
   explicit FitPrinter(Output& out) : out_(out) {}
 
   void on_train_begin(const engine::FitPlanInfo& info) override {
-    out_.say("Training on {} samples, validating on {} · {} steps per epoch · {} · {} plans in a {:.1f} MiB arena\n",
-             info.train_samples, info.val_samples, info.steps_per_epoch, info.device, info.plans,
-             info.arena_bytes / 1048576.0);
+    out_.say(
+        "Training on {} samples, validating on {} · {} steps per epoch · {} · {} plans in a {:.1f} MiB "
+        "arena\n",
+        info.train_samples, info.val_samples, info.steps_per_epoch, info.device, info.plans,
+        info.arena_bytes / 1048576.0);
     epoch_start_ = std::chrono::steady_clock::now();
   }
 
@@ -83,14 +86,17 @@ class FitPrinter final : public engine::FitObserver {
     std::string bar(filled, '=');
     if (filled < width) bar += '>' + std::string(width - filled - 1, '.');
     double secs = std::chrono::duration<double>(now - epoch_start_).count();
-    out_.bar(fmt::format("Epoch {} · {}/{} [{}] {:.1f}s{}", epoch, step, steps, bar, secs, logs_text(running)));
+    out_.bar(
+        fmt::format("Epoch {} · {}/{} [{}] {:.1f}s{}", epoch, step, steps, bar, secs, logs_text(running)));
   }
 
   void on_epoch_end(const engine::EpochReport& r) override {
     out_.clear_bar();
-    out_.say("Epoch {}/{} · {}/{} · {:.1f}s{}\n", r.epoch, r.epochs, r.steps, r.steps, r.seconds, logs_text(r.logs));
-    std::vector<std::pair<std::string, std::string>> f = {
-        {"event", json_string("epoch")}, {"epoch", std::to_string(r.epoch)}, {"epochs", std::to_string(r.epochs)}};
+    out_.say("Epoch {}/{} · {}/{} · {:.1f}s{}\n", r.epoch, r.epochs, r.steps, r.steps, r.seconds,
+             logs_text(r.logs));
+    std::vector<std::pair<std::string, std::string>> f = {{"event", json_string("epoch")},
+                                                          {"epoch", std::to_string(r.epoch)},
+                                                          {"epochs", std::to_string(r.epochs)}};
     for (auto& kv : logs_json(r.logs)) f.push_back(kv);
     f.emplace_back("samples_per_s", json_number(r.samples_per_s));
     f.emplace_back("seconds", json_number(r.seconds));
@@ -132,16 +138,18 @@ Command add_fit_command(CLI::App& app) {
     engine::g_stop_signal.store(0);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    engine::FitResult r =
-        engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, *backend, printer);
+    engine::FitResult r = engine::fit(model_factory(s), data.train, data.validation, data.test, data.format,
+                                      cfg, *backend, printer);
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
-    std::vector<std::pair<std::string, std::string>> f = {{"event", json_string("fit_end")},
-                                                          {"epochs_run", std::to_string(r.history.size())},
-                                                          {"seconds", json_number(r.seconds)},
-                                                          {"stopped_early", r.stopped_early ? "true" : "false"}};
+    std::vector<std::pair<std::string, std::string>> f = {
+        {"event", json_string("fit_end")},
+        {"epochs_run", std::to_string(r.history.size())},
+        {"seconds", json_number(r.seconds)},
+        {"stopped_early", r.stopped_early ? "true" : "false"}};
     if (r.stopped_early) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
-    if (r.interrupted_by) f.emplace_back("interrupted_by", json_string(r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM"));
+    if (r.interrupted_by)
+      f.emplace_back("interrupted_by", json_string(r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM"));
     if (!r.history.empty())
       for (auto& kv : logs_json(r.history.back().logs)) f.push_back(kv);
     for (auto& kv : logs_json(r.test)) f.push_back(kv);
@@ -149,14 +157,17 @@ Command add_fit_command(CLI::App& app) {
     out.json_line(end_line);
     if (!output_dir->empty()) {
       std::filesystem::create_directories(*output_dir);
-      write_atomically(std::filesystem::path(*output_dir) / "history.jsonl", printer.history() + end_line + "\n");
+      write_atomically(std::filesystem::path(*output_dir) / "history.jsonl",
+                       printer.history() + end_line + "\n");
     }
     if (r.interrupted_by) {
       out.say("Interrupted by {} after {} epochs.\n", r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM",
               r.history.size());
       return 128 + r.interrupted_by;
     }
-    if (r.stopped_early) out.say("Stopped early after epoch {}; kept the weights of epoch {}.\n", r.history.size(), r.best_epoch);
+    if (r.stopped_early)
+      out.say("Stopped early after epoch {}; kept the weights of epoch {}.\n", r.history.size(),
+              r.best_epoch);
     if (!r.test.empty()) out.say("Test{}\n", logs_text(r.test));
     out.say("Done in {:.1f}s.\n", r.seconds);
     return 0;

@@ -1,7 +1,7 @@
 // trainer's entry point: wires the subcommands, runs the one parsed, and alone decides the exit code
 // (0 ok, 1 run-time failure, 2 bad input or usage, 128+signal when interrupted).
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 
@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
           fmt::print("{}", c.app->help());
           return 0;
         }
-      fmt::print(stderr, "trainer: error: no subcommand '{}'\n  hint: trainer --help lists them\n", help_topic);
+      fmt::print(stderr, "trainer: error: no subcommand '{}'\n  hint: trainer --help lists them\n",
+                 help_topic);
       return 2;
     }
     for (const cli::Command& c : commands)

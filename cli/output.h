@@ -1,5 +1,5 @@
-// The one output layer of the CLI: data for machines on stdout (JSON lines), text for people on stderr (fmt), and a
-// live progress bar only when stderr is a terminal.
+// The one output layer of the CLI: data for machines on stdout (JSON lines), text for people on stderr (fmt),
+// and a live progress bar only when stderr is a terminal.
 #pragma once
 
 #include <fmt/format.h>
@@ -16,12 +16,14 @@ enum class LogFormat { automatic, text, jsonl };
 class Output {
  public:
   Output(LogFormat format, bool quiet);
-  // Metrics go to stdout as JSON lines with --log-format jsonl, or when stdout is not a terminal unless text is asked.
+  // Metrics go to stdout as JSON lines with --log-format jsonl, or when stdout is not a terminal unless text
+  // is asked.
   bool json() const { return json_; }
   bool quiet() const { return quiet_; }
   bool progress_bar() const { return bar_; }
 
-  template <class... Args> void say(fmt::format_string<Args...> f, Args&&... args) {
+  template <class... Args>
+  void say(fmt::format_string<Args...> f, Args&&... args) {
     if (quiet_) return;
     clear_bar();
     fmt::print(stderr, f, std::forward<Args>(args)...);
@@ -36,7 +38,8 @@ class Output {
   bool json_ = false, quiet_ = false, bar_ = false, bar_shown_ = false;
 };
 
-// JSON helpers: a string literal with escapes, and a number that stays valid JSON (NaN and infinities as null).
+// JSON helpers: a string literal with escapes, and a number that stays valid JSON (NaN and infinities as
+// null).
 std::string json_string(const std::string& s);
 std::string json_number(double v);
 // {"k": v, ...} from ordered pairs whose values are already JSON.

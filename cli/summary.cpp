@@ -1,5 +1,5 @@
-// trainer summary: the layer table of a spec's model, its parameters, FLOPs per sample, and the planned memory of a
-// training step at the batch size.
+// trainer summary: the layer table of a spec's model, its parameters, FLOPs per sample, and the planned
+// memory of a training step at the batch size.
 #include <fmt/ranges.h>
 
 #include "cli/common.h"
@@ -8,7 +8,9 @@ namespace trainer::cli {
 
 namespace {
 
-std::string shape_text(const std::vector<int64_t>& s) { return fmt::format("({})", fmt::join(s, ", ")); }
+std::string shape_text(const std::vector<int64_t>& s) {
+  return fmt::format("({})", fmt::join(s, ", "));
+}
 
 std::string grouped(int64_t n) {
   std::string s = std::to_string(n), out;
@@ -64,17 +66,18 @@ Command add_summary_command(CLI::App& app) {
       wt = std::max(wt, l.type.size());
       ws = std::max(ws, shape_text(l.output_shape).size());
     }
-    fmt::print("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>14}\n", "Layer", wn, "Type", wt, "Output shape", ws, "Params",
-               "FLOPs/sample");
+    fmt::print("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>14}\n", "Layer", wn, "Type", wt, "Output shape", ws,
+               "Params", "FLOPs/sample");
     fmt::print("{}\n", std::string(wn + wt + ws + 34, '-'));
     for (const models::LayerInfo& l : m.layers)
-      fmt::print("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>14}\n", l.name, wn, l.type, wt, shape_text(l.output_shape), ws,
-                 grouped(l.params), grouped(l.flops_per_sample));
+      fmt::print("{:<{}}  {:<{}}  {:<{}}  {:>12}  {:>14}\n", l.name, wn, l.type, wt,
+                 shape_text(l.output_shape), ws, grouped(l.params), grouped(l.flops_per_sample));
     fmt::print("{}\n", std::string(wn + wt + ws + 34, '-'));
     fmt::print("Total params: {} ({} trainable, {} non-trainable)\n", grouped(total), grouped(trainable),
                grouped(total - trainable));
     fmt::print("FLOPs per sample (forward): {}\n", grouped(flops));
-    fmt::print("Planned memory of a training step at batch {}: {:.2f} MiB per device\n", batch, bytes / 1048576.0);
+    fmt::print("Planned memory of a training step at batch {}: {:.2f} MiB per device\n", batch,
+               bytes / 1048576.0);
     return 0;
   };
   return {cmd, run};

@@ -1,5 +1,5 @@
-// Synthetic datasets (host tensors) for examples and end-to-end tests: problems a linear model cannot solve, generated from
-// a seed.
+// Synthetic datasets (host tensors) for examples and end-to-end tests: problems a linear model cannot solve,
+// generated from a seed.
 #pragma once
 
 #include <cstdint>

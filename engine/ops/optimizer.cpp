@@ -220,32 +220,36 @@ void register_optimizer_ops(OpRegistry& r) {
   // Clipping by global norm, all gradients at once (Keras's global_clipnorm):
   //   n = sqrt(sum over every G of sum(G^2));  G_i' = G_i * clipnorm / max(n, clipnorm)
   // Inputs G_1..G_k; outputs G_1'..G_k'; output k (optional extra) is n, for logging.
-  r.add(OpSchema("ClipByGlobalNorm", kPrivateDomain)
-            .doc("Scales every gradient so that their joint L2 norm is at most clipnorm")
-            .inputs(1, -1)
-            .outputs(1, -1)
-            .attr_required("clipnorm", AttrType::f)
-            .non_differentiable(kUpdateReason)
-            .infer([](InferContext& c) {
-              if (c.attrs().f("clipnorm") <= 0) c.fail("clipnorm must be positive, got {}", c.attrs().f("clipnorm"));
-              int k = c.num_inputs();
-              if (c.num_outputs() != k && c.num_outputs() != k + 1)
-                c.fail("{} gradients need {} outputs (or {} with the norm), got {}", k, k, k + 1, c.num_outputs());
-              for (int i = 0; i < k; ++i) {
-                c.expect_float(i);
-                c.expect_same_dtype(i, 0);
-                c.set_output(i, c.dtype(i), c.shape(i));
-              }
-              if (c.num_outputs() == k + 1) c.set_output(k, c.dtype(0), Shape{});
-            })
-            .examples([] {
-              OpExample big = example("clipped", {random_tensor({3, 2}, -4, 4, 95), random_tensor({5}, -4, 4, 96)},
-                                      {{"clipnorm", 1.0f}});
-              big.num_outputs = 3;
-              OpExample small = example("unclipped", {random_tensor({4}, -0.1, 0.1, 97)}, {{"clipnorm", 5.0f}});
-              small.num_outputs = 1;
-              return std::vector<OpExample>{big, small};
-            }));
+  r.add(
+      OpSchema("ClipByGlobalNorm", kPrivateDomain)
+          .doc("Scales every gradient so that their joint L2 norm is at most clipnorm")
+          .inputs(1, -1)
+          .outputs(1, -1)
+          .attr_required("clipnorm", AttrType::f)
+          .non_differentiable(kUpdateReason)
+          .infer([](InferContext& c) {
+            if (c.attrs().f("clipnorm") <= 0)
+              c.fail("clipnorm must be positive, got {}", c.attrs().f("clipnorm"));
+            int k = c.num_inputs();
+            if (c.num_outputs() != k && c.num_outputs() != k + 1)
+              c.fail("{} gradients need {} outputs (or {} with the norm), got {}", k, k, k + 1,
+                     c.num_outputs());
+            for (int i = 0; i < k; ++i) {
+              c.expect_float(i);
+              c.expect_same_dtype(i, 0);
+              c.set_output(i, c.dtype(i), c.shape(i));
+            }
+            if (c.num_outputs() == k + 1) c.set_output(k, c.dtype(0), Shape{});
+          })
+          .examples([] {
+            OpExample big =
+                example("clipped", {random_tensor({3, 2}, -4, 4, 95), random_tensor({5}, -4, 4, 96)},
+                        {{"clipnorm", 1.0f}});
+            big.num_outputs = 3;
+            OpExample small = example("unclipped", {random_tensor({4}, -0.1, 0.1, 97)}, {{"clipnorm", 5.0f}});
+            small.num_outputs = 1;
+            return std::vector<OpExample>{big, small};
+          }));
 }
 
 }  // namespace trainer::engine::ops

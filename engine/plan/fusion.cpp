@@ -100,8 +100,8 @@ void fuse_softmax_xent(Graph& g, FusionReport& r) {
   }
 }
 
-// Sigmoid(x) -> BinaryCrossEntropy(., t)  ==>  BinaryCrossEntropyWithLogits(x, t): exact where the probability
-// form must clamp (Keras clamps to [1e-7, 1 - 1e-7]).
+// Sigmoid(x) -> BinaryCrossEntropy(., t)  ==>  BinaryCrossEntropyWithLogits(x, t): exact where the
+// probability form must clamp (Keras clamps to [1e-7, 1 - 1e-7]).
 void fuse_sigmoid_bce(Graph& g, FusionReport& r) {
   if (!OpRegistry::global().find("BinaryCrossEntropyWithLogits")) return;
   for (NodeId id : g.topo_order()) {

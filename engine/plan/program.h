@@ -39,7 +39,8 @@ struct Program {
   size_t persistent_bytes = 0;  // parameters, constants, optimizer state: the arena's first region
   size_t transient_bytes = 0;   // peak of everything else, after liveness-based reuse
   size_t naive_bytes = 0;       // what one buffer per value would take
-  size_t transient_base = 0;    // where the transient region starts (persistent_bytes unless a layout is shared)
+  size_t transient_base =
+      0;  // where the transient region starts (persistent_bytes unless a layout is shared)
   size_t arena_bytes() const { return transient_base + transient_bytes; }
   std::vector<GradBucket> buckets;
   uint64_t signature = 0;  // hash of ops, attributes, types and shapes: equal plans, equal signatures
@@ -50,9 +51,10 @@ struct Program {
   std::vector<ValueId> alias_root;  // values sharing a buffer by view/in-place/update share a root
 };
 
-// Where persistent values live when several plans of one device share an arena (training steps for the full and
-// the last partial batch, evaluation, prediction): parameters and state by name, so every plan sees the same
-// weights; constants under their plan's own namespace, since two plans may hold different constants of one name.
+// Where persistent values live when several plans of one device share an arena (training steps for the full
+// and the last partial batch, evaluation, prediction): parameters and state by name, so every plan sees the
+// same weights; constants under their plan's own namespace, since two plans may hold different constants of
+// one name.
 struct PersistentLayout {
   std::unordered_map<std::string, Slot> slots;
   size_t bytes = 0;  // end of the persistent region
@@ -64,8 +66,8 @@ struct PlanOptions {
   bool inplace = true;       // let elementwise ops write over an input that dies with them
   size_t bucket_bytes = 25u << 20;
   std::vector<ValueId> gradients;  // values to pack into reduction buckets, usually the parameter gradients
-  // Shared persistent placement (see PersistentLayout); values it lacks are appended to it. The transient region then
-  // starts at max(transient_base, layout->bytes).
+  // Shared persistent placement (see PersistentLayout); values it lacks are appended to it. The transient
+  // region then starts at max(transient_base, layout->bytes).
   PersistentLayout* layout = nullptr;
   std::string constant_namespace;
   size_t transient_base = 0;

@@ -1,5 +1,6 @@
-// The fit loop: loss and label graphs per loss kind, the device's plans (train and evaluate, full and last partial
-// batch) in one arena, metrics computed on the host from the fetched outputs, schedules, early stopping.
+// The fit loop: loss and label graphs per loss kind, the device's plans (train and evaluate, full and last
+// partial batch) in one arena, metrics computed on the host from the fetched outputs, schedules, early
+// stopping.
 #include "engine/train/fit.h"
 
 #include <algorithm>
@@ -21,7 +22,8 @@ std::atomic<int> g_stop_signal{0};
 double LearningRateSchedule::at(int64_t step) const {
   if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step + 1) / warmup_steps;
   int64_t s = step - warmup_steps;
-  if (kind == "step") return step_size > 0 ? base * std::pow(gamma, static_cast<double>(s / step_size)) : base;
+  if (kind == "step")
+    return step_size > 0 ? base * std::pow(gamma, static_cast<double>(s / step_size)) : base;
   if (kind == "exponential") {
     if (decay_steps <= 0) return base;
     double p = static_cast<double>(s) / decay_steps;
@@ -45,12 +47,18 @@ struct LossKind {
 
 LossKind loss_kind(const std::string& loss) {
   LossKind k;
-  if (loss == "sparse_categorical_crossentropy") k.sparse = true;
-  else if (loss == "categorical_crossentropy") k.categorical = true;
-  else if (loss == "binary_crossentropy") k.binary = true;
-  else if (loss == "mse" || loss == "mae") k.regression = true;
-  else throw InputError("train.loss", fmt::format("unknown loss '{}'", loss),
-                        "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, mse or mae");
+  if (loss == "sparse_categorical_crossentropy")
+    k.sparse = true;
+  else if (loss == "categorical_crossentropy")
+    k.categorical = true;
+  else if (loss == "binary_crossentropy")
+    k.binary = true;
+  else if (loss == "mse" || loss == "mae")
+    k.regression = true;
+  else
+    throw InputError(
+        "train.loss", fmt::format("unknown loss '{}'", loss),
+        "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, mse or mae");
   return k;
 }
 
@@ -72,29 +80,40 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
   auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
   if (k.sparse) {
     if (os.rank() != 2)
-      throw InputError("train.loss", fmt::format("sparse_categorical_crossentropy needs an output of [batch, classes], "
-                                                 "the model gives {}", os.str()),
+      throw InputError("train.loss",
+                       fmt::format("sparse_categorical_crossentropy needs an output of [batch, classes], "
+                                   "the model gives {}",
+                                   os.str()),
                        "end the model with a Dense layer of one unit per class");
     lg.y = g.add_input("labels", DType::i64, Shape{batch});
     if (cfg.from_logits) lg.loss = g.op("SoftmaxCrossEntropyLoss", {fm.output, lg.y});
-    // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable op.
-    else lg.loss = g.op("NegativeLogLikelihoodLoss", {g.op("Log", {fm.output}), lg.y});
+    // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable
+    // op.
+    else
+      lg.loss = g.op("NegativeLogLikelihoodLoss", {g.op("Log", {fm.output}), lg.y});
   } else if (k.categorical) {
     if (os.rank() != 2)
-      throw InputError("train.loss", fmt::format("categorical_crossentropy needs an output of [batch, classes], the "
-                                                 "model gives {}", os.str()), "");
+      throw InputError("train.loss",
+                       fmt::format("categorical_crossentropy needs an output of [batch, classes], the "
+                                   "model gives {}",
+                                   os.str()),
+                       "");
     lg.y = g.add_input("labels", out.dtype, os);
-    ValueId logp = cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}})
-                                   : g.op("Log", {fm.output});
-    ValueId per = g.op("ReduceSum", {g.op("Mul", {lg.y, logp})}, {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
+    ValueId logp =
+        cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}}) : g.op("Log", {fm.output});
+    ValueId per = g.op("ReduceSum", {g.op("Mul", {lg.y, logp})},
+                       {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
     lg.loss = g.op("Neg", {mean_of(per)});
   } else if (k.binary) {
     if (os.numel() != batch)
-      throw InputError("train.loss", fmt::format("binary_crossentropy needs one output per sample, the model gives {}",
-                                                 Shape(std::vector<int64_t>(os.dims().begin() + 1, os.dims().end())).str()),
-                       "end the model with Dense(1, activation=\"sigmoid\"), or use sparse_categorical_crossentropy");
+      throw InputError(
+          "train.loss",
+          fmt::format("binary_crossentropy needs one output per sample, the model gives {}",
+                      Shape(std::vector<int64_t>(os.dims().begin() + 1, os.dims().end())).str()),
+          "end the model with Dense(1, activation=\"sigmoid\"), or use sparse_categorical_crossentropy");
     lg.y = g.add_input("labels", out.dtype, os);
-    lg.loss = g.op(cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy", {fm.output, lg.y});
+    lg.loss =
+        g.op(cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy", {fm.output, lg.y});
   } else {
     lg.y = g.add_input("labels", out.dtype, os);
     lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
@@ -104,8 +123,8 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
   return lg;
 }
 
-// Loss and metrics summed over samples; divided by the count at the end, so the last partial batch weighs what it
-// holds.
+// Loss and metrics summed over samples; divided by the count at the end, so the last partial batch weighs
+// what it holds.
 struct MetricAccumulator {
   LossKind kind;
   const FitConfig* cfg;
@@ -120,10 +139,11 @@ struct MetricAccumulator {
     for (int64_t i = 0; i < n; ++i) {
       const float* row = out + i * classes;
       if (kind.sparse || kind.categorical) {
-        int64_t label = kind.sparse ? static_cast<const int64_t*>(labels)[i]
-                                    : std::max_element(static_cast<const float*>(labels) + i * classes,
-                                                       static_cast<const float*>(labels) + (i + 1) * classes) -
-                                          (static_cast<const float*>(labels) + i * classes);
+        int64_t label = kind.sparse
+                            ? static_cast<const int64_t*>(labels)[i]
+                            : std::max_element(static_cast<const float*>(labels) + i * classes,
+                                               static_cast<const float*>(labels) + (i + 1) * classes) -
+                                  (static_cast<const float*>(labels) + i * classes);
         if (acc) correct += (std::max_element(row, row + classes) - row) == label;
         if (tk) {
           int64_t better = 0;
@@ -193,7 +213,8 @@ class Device {
       tg.graph->mark_output(lg.output);
       PlanOptions po;
       po.gradients = tg.gradients;
-      train_[batch] = Plan{plans_.add(tg.graph, po), lg.x, lg.y, lg.output, lg.loss, tg.learning_rate, tg.iteration, batch};
+      train_[batch] = Plan{plans_.add(tg.graph, po), lg.x,         lg.y, lg.output, lg.loss,
+                           tg.learning_rate,         tg.iteration, batch};
     }
     for (int64_t n : eval_samples)
       for (int64_t batch : batch_sizes(n, cfg.batch_size)) {
@@ -267,7 +288,8 @@ double find_log(const Logs& logs, const std::string& name, bool* found) {
 
 FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
-              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend, FitObserver& observer) {
+              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend,
+              FitObserver& observer) {
   auto t_start = std::chrono::steady_clock::now();
   loss_kind(cfg.loss);
   int64_t n_train = train ? train->size() : 0;
@@ -276,7 +298,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
 
   data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
   std::unique_ptr<data::BatchLoader> val_loader;
-  if (validation) val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
+  if (validation)
+    val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
 
   FitPlanInfo info;
   info.train_samples = n_train;
@@ -314,7 +337,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       s.run(StepContext{static_cast<uint64_t>(global_step), cfg.seed, 0});
       double loss = read_scalar(s, p.loss);
       if (!std::isfinite(loss))
-        throw RuntimeError(fmt::format("the loss became {} at epoch {}, step {}", loss, epoch + 1, step_in_epoch + 1));
+        throw RuntimeError(
+            fmt::format("the loss became {} at epoch {}, step {}", loss, epoch + 1, step_in_epoch + 1));
       size_t out_bytes = g.value(p.output).nbytes();
       out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
       s.read(p.output, out_buf.data(), out_bytes);
@@ -347,9 +371,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       bool found;
       double value = find_log(rep.logs, es.monitor, &found);
       if (!found)
-        throw InputError("train.early_stopping.monitor",
-                         fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
-                         "monitor loss, val_loss, or a metric the spec lists");
+        throw InputError(
+            "train.early_stopping.monitor",
+            fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
+            "monitor loss, val_loss, or a metric the spec lists");
       bool maximize = es.mode == "max" || (es.mode == "auto" && es.monitor.find("acc") != std::string::npos);
       bool better = !have_best || (maximize ? value > best + es.min_delta : value < best - es.min_delta);
       if (better) {
@@ -374,7 +399,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   return result;
 }
 
-size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch, Backend& backend) {
+size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
+                              Backend& backend) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
   TrainingOptions topt;
   topt.optimizer = cfg.optimizer;

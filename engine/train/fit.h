@@ -1,7 +1,8 @@
-// The training loop behind `trainer fit`: a model factory (one forward graph per batch size and mode), datasets, and
-// a configuration in Keras's terms become a set of plans sharing one arena (training for the full and the last
-// partial batch, evaluation likewise), run epoch by epoch with validation, metrics, schedules, clipping and early
-// stopping. It knows nothing of TOML or the command line: cli/ translates a ModelSpec into a FitConfig.
+// The training loop behind `trainer fit`: a model factory (one forward graph per batch size and mode),
+// datasets, and a configuration in Keras's terms become a set of plans sharing one arena (training for the
+// full and the last partial batch, evaluation likewise), run epoch by epoch with validation, metrics,
+// schedules, clipping and early stopping. It knows nothing of TOML or the command line: cli/ translates a
+// ModelSpec into a FitConfig.
 #pragma once
 
 #include <atomic>
@@ -41,7 +42,8 @@ struct EarlyStopping {
 };
 
 struct FitConfig {
-  std::string loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
+  std::string
+      loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
   bool from_logits = false;
   std::vector<std::string> metrics;  // accuracy, top_k_accuracy
   int64_t top_k = 5;
@@ -55,8 +57,8 @@ struct FitConfig {
   EarlyStopping early_stopping;
 };
 
-// The forward model for one batch size and mode. Parameter and state names must not depend on either, so that all
-// plans share them.
+// The forward model for one batch size and mode. Parameter and state names must not depend on either, so that
+// all plans share them.
 struct ForwardModel {
   Graph graph;
   ValueId input = kNoValue;
@@ -94,22 +96,24 @@ class FitObserver {
 struct FitResult {
   std::vector<EpochReport> history;
   bool stopped_early = false;
-  int64_t best_epoch = 0;    // with early stopping: the epoch whose weights were kept
-  int interrupted_by = 0;    // a signal number when a stop was requested, else 0
+  int64_t best_epoch = 0;  // with early stopping: the epoch whose weights were kept
+  int interrupted_by = 0;  // a signal number when a stop was requested, else 0
   double seconds = 0;
-  Logs test;                 // loss and metrics on the test data, when given (prefixed "test_")
+  Logs test;  // loss and metrics on the test data, when given (prefixed "test_")
 };
 
 // Requests a stop after the current step (set from a signal handler with the signal's number).
 extern std::atomic<int> g_stop_signal;
 
-// Trains. The batch loaders are built here from the datasets and `format`. Errors in the data are InputError; a
-// NaN or infinite loss is RuntimeError naming the epoch and step.
+// Trains. The batch loaders are built here from the datasets and `format`. Errors in the data are InputError;
+// a NaN or infinite loss is RuntimeError naming the epoch and step.
 FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
-              const data::BatchFormat& format, const FitConfig& config, Backend& backend, FitObserver& observer);
+              const data::BatchFormat& format, const FitConfig& config, Backend& backend,
+              FitObserver& observer);
 
 // Peak arena bytes of the training plan for one batch size (trainer summary).
-size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch, Backend& backend);
+size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
+                              Backend& backend);
 
 }  // namespace trainer::engine

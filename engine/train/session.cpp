@@ -7,7 +7,8 @@
 
 namespace trainer::engine {
 
-Session::Session(std::shared_ptr<const Graph> graph, Backend& backend, PlanOptions options) : backend_(backend) {
+Session::Session(std::shared_ptr<const Graph> graph, Backend& backend, PlanOptions options)
+    : backend_(backend) {
   options.alignment = std::max(options.alignment, backend.alignment());
   program_ = plan_program(std::move(graph), options);
   arena_ = backend_.allocate(program_.arena_bytes());
@@ -18,13 +19,15 @@ Session::Session(std::shared_ptr<const Graph> graph, Backend& backend, PlanOptio
 Session::Session(Program program, Backend& backend, std::shared_ptr<DeviceBuffer> arena,
                  std::unordered_set<size_t>* uploaded)
     : backend_(backend), program_(std::move(program)), arena_(std::move(arena)) {
-  TRAINER_ASSERT(arena_->bytes() >= program_.arena_bytes(), "arena of {} bytes for a plan of {}", arena_->bytes(),
-                 program_.arena_bytes());
+  TRAINER_ASSERT(arena_->bytes() >= program_.arena_bytes(), "arena of {} bytes for a plan of {}",
+                 arena_->bytes(), program_.arena_bytes());
   upload_initializers(uploaded);
   exec_ = backend_.prepare(program_, *arena_);
 }
 
-void Session::reset_initializers() { upload_initializers(nullptr); }
+void Session::reset_initializers() {
+  upload_initializers(nullptr);
+}
 
 void Session::upload_initializers(std::unordered_set<size_t>* uploaded) {
   const Graph& g = *program_.graph;
@@ -71,7 +74,9 @@ Tensor Session::read(ValueId v) const {
   return t;
 }
 
-void Session::run(const StepContext& ctx) { exec_->run(ctx); }
+void Session::run(const StepContext& ctx) {
+  exec_->run(ctx);
+}
 
 int DevicePlans::add(std::shared_ptr<const Graph> graph, PlanOptions options) {
   TRAINER_ASSERT(!arena_, "DevicePlans::add after finalize");
@@ -80,8 +85,8 @@ int DevicePlans::add(std::shared_ptr<const Graph> graph, PlanOptions options) {
 }
 
 void DevicePlans::finalize() {
-  // Pass 1 grows the shared layout with every graph's persistent values; pass 2 plans each graph again with the
-  // final layout, so every transient region starts after all persistent values.
+  // Pass 1 grows the shared layout with every graph's persistent values; pass 2 plans each graph again with
+  // the final layout, so every transient region starts after all persistent values.
   auto plan_all = [&] {
     std::vector<Program> programs;
     for (size_t i = 0; i < graphs_.size(); ++i) {

@@ -1,5 +1,5 @@
-// A Session runs one planned graph on one backend: it binds the kernels to an arena (its own, or one shared with
-// the device's other plans), and then runs steps, feeding inputs and fetching values without allocating.
+// A Session runs one planned graph on one backend: it binds the kernels to an arena (its own, or one shared
+// with the device's other plans), and then runs steps, feeding inputs and fetching values without allocating.
 #pragma once
 
 #include <memory>
@@ -15,8 +15,9 @@ class Session {
  public:
   // Plans the graph, allocates its own arena and uploads every initializer.
   Session(std::shared_ptr<const Graph> graph, Backend& backend, PlanOptions options = {});
-  // Binds an already planned program to an arena it may share with other sessions. Initializers are uploaded except
-  // those whose arena offset is in `uploaded` (another session already wrote them); the offsets written are added.
+  // Binds an already planned program to an arena it may share with other sessions. Initializers are uploaded
+  // except those whose arena offset is in `uploaded` (another session already wrote them); the offsets
+  // written are added.
   Session(Program program, Backend& backend, std::shared_ptr<DeviceBuffer> arena,
           std::unordered_set<size_t>* uploaded);
 
@@ -44,17 +45,17 @@ class Session {
   std::unique_ptr<Executable> exec_;
 };
 
-// Every plan one device runs shares one arena. Parameters and optimizer state live once, by name, in its persistent
-// region, so the training plans for the full and the last partial batch, evaluation and prediction all see the
-// same weights; the transient region is shared too, because the plans never run at the same time: a plan's fed
-// inputs and outputs are valid until another plan of the device runs.
+// Every plan one device runs shares one arena. Parameters and optimizer state live once, by name, in its
+// persistent region, so the training plans for the full and the last partial batch, evaluation and prediction
+// all see the same weights; the transient region is shared too, because the plans never run at the same time:
+// a plan's fed inputs and outputs are valid until another plan of the device runs.
 class DevicePlans {
  public:
   explicit DevicePlans(Backend& backend) : backend_(backend) {}
   // Adds a graph to plan; returns its index. All graphs are added before finalize().
   int add(std::shared_ptr<const Graph> graph, PlanOptions options = {});
-  // Plans every graph against one persistent layout, allocates the arena, uploads initializers (the first graph
-  // holding a persistent value uploads it) and prepares the executables.
+  // Plans every graph against one persistent layout, allocates the arena, uploads initializers (the first
+  // graph holding a persistent value uploads it) and prepares the executables.
   void finalize();
   Session& session(int i) { return *sessions_.at(i); }
   int size() const { return static_cast<int>(graphs_.size()); }

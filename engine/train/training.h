@@ -27,7 +27,7 @@ struct TrainingGraph {
   ValueId learning_rate = kNoValue;  // f32 scalar input, fed every step (schedules live on the host)
   ValueId iteration = kNoValue;      // i64 scalar input: the 1-based step number (Adam's bias correction)
   std::vector<OptimizerState> parameters;
-  std::vector<ValueId> gradients;  // per parameter, in parameter order (before clipping)
+  std::vector<ValueId> gradients;    // per parameter, in parameter order (before clipping)
   ValueId gradient_norm = kNoValue;  // with clipnorm: the global norm before clipping (a graph output)
   FusionReport fusion;
 };

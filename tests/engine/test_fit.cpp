@@ -18,7 +18,8 @@ namespace {
 class TensorDataset final : public data::Dataset {
  public:
   TensorDataset(Tensor x, Tensor y)
-      : x_(std::move(x)), y_(std::move(y)),
+      : x_(std::move(x)),
+        y_(std::move(y)),
         sample_(std::vector<int64_t>(x_.shape().dims().begin() + 1, x_.shape().dims().end())) {}
   int64_t size() const override { return x_.shape()[0]; }
   const Shape& sample_shape() const override { return sample_; }
@@ -109,7 +110,8 @@ TEST_SUITE("fit") {
     CHECK(rec.batches == 60 * 8);
     CHECK(r.history[0].steps == 8);
     double first = log_of(r.history.front().logs, "loss"), last = log_of(r.history.back().logs, "loss");
-    MESSAGE("loss " << first << " -> " << last << ", val_accuracy " << log_of(r.history.back().logs, "val_accuracy"));
+    MESSAGE("loss " << first << " -> " << last << ", val_accuracy "
+                    << log_of(r.history.back().logs, "val_accuracy"));
     CHECK(last < first * 0.5);
     CHECK(log_of(r.history.back().logs, "val_accuracy") > 0.8);
     // Accuracies are fractions of whole samples: with 50 validation samples, multiples of 1/50.

@@ -157,7 +157,8 @@ TEST_SUITE("plan") {
 
 TEST_SUITE("plan") {
   TEST_CASE("plan: the plans of one device share parameters and state by name, and not constants") {
-    // Two graphs with the same parameter "w" and state "s", and a constant "c" of one name but different values.
+    // Two graphs with the same parameter "w" and state "s", and a constant "c" of one name but different
+    // values.
     auto make = [](float c_value, int64_t batch) {
       auto g = std::make_shared<Graph>();
       ValueId x = g->add_input("x", DType::f32, Shape{batch, 2});
@@ -191,7 +192,7 @@ TEST_SUITE("plan") {
     CHECK(ya.data<float>()[0] == 30.0f);   // (0 + 10) * 3
     CHECK(yb.data<float>()[1] == 408.0f);  // (2 + 100) * 4: b's own constant, a's parameter
     Tensor s = sb.read(s2);
-    CHECK(s.data<float>()[0] == 6.0f);     // both steps updated the one state
+    CHECK(s.data<float>()[0] == 6.0f);  // both steps updated the one state
     CHECK(plans.arena_bytes() >= sa.program().arena_bytes());
   }
 }

@@ -2,8 +2,8 @@
 // element and a per-op step function updates them in registers; step scalars (bias corrections, decayed
 // rates) are computed once per run from R and T. Each output may share its state input's buffer: every
 // element is read before it is written.
-#include <array>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -204,8 +204,8 @@ KernelPtr sgd(const KernelArgs& a) {
   });
 }
 
-// The norm is summed in double, tensor by tensor, each tensor in fixed per-thread chunks combined in order, so it
-// is the same for a fixed thread count run after run.
+// The norm is summed in double, tensor by tensor, each tensor in fixed per-thread chunks combined in order,
+// so it is the same for a fixed thread count run after run.
 KernelPtr clip_by_global_norm(const KernelArgs& a) {
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, "ClipByGlobalNorm", [&]<class T>() {

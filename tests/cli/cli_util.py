@@ -1,0 +1,98 @@
+"""Shared helpers of the command-line tests: each test script runs the `trainer` binary as a user would.
+
+Every script is invoked by CTest as `python3 SCRIPT TRAINER [DATA_DIR]`: TRAINER is the binary under test,
+DATA_DIR holds the generated CIFAR-10 and IMDB files (tools/make-test-data.py, run by the cli.data fixture).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLES = os.path.join(ROOT, "samples")
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+TRAINER = None
+DATA_DIR = None
+
+# Every sample spec of the repository, relative to samples/.
+SAMPLE_SPECS = ["fashion_mnist/mlp.toml", "fashion_mnist/cnn.toml", "fashion_mnist/lstm.toml", "cifar10/cnn.toml",
+                "imdb/lstm.toml"]
+
+
+def main():
+    """Takes TRAINER [DATA_DIR] off the command line, then runs the script's unittest cases."""
+    global TRAINER, DATA_DIR
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: {sys.argv[0]} TRAINER [DATA_DIR] [unittest arguments]")
+    TRAINER = os.path.abspath(sys.argv[1])
+    rest = sys.argv[2:]
+    if rest and not rest[0].startswith("-"):
+        DATA_DIR = os.path.abspath(rest.pop(0))
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+
+
+def sample(name):
+    return os.path.join(SAMPLES, name)
+
+
+def run(args, timeout=120, **kw):
+    """Runs trainer with `args`; stdout and stderr are pipes, so stdout is not a terminal (JSON lines by default)."""
+    return subprocess.run([TRAINER] + list(args), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def have_fashion():
+    return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in
+               ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz"))
+
+
+skip_without_fashion = unittest.skipUnless(have_fashion(), f"Fashion-MNIST is not installed in {FASHION_DIR}")
+
+
+def data_sets(kind):
+    """--set overrides that point a sample's data at the generated files of `kind` (cifar10 or imdb)."""
+    if DATA_DIR is None:
+        raise unittest.SkipTest("no DATA_DIR given: the generated CIFAR-10/IMDB files are missing")
+    d = os.path.join(DATA_DIR, kind)
+    if kind == "cifar10":
+        return ["--set", f"data.train.x={d}/data_batch_*.bin", "--set", f"data.validation.x={d}/test_batch.bin"]
+    return ["--set", f"data.train.x={d}/x_train.npy", "--set", f"data.train.y={d}/y_train.npy",
+            "--set", f"data.validation.x={d}/x_test.npy", "--set", f"data.validation.y={d}/y_test.npy"]
+
+
+def json_lines(test, stdout):
+    """Parses every line of stdout as one JSON object (a line that is not one fails the test)."""
+    events = []
+    for i, line in enumerate(stdout.splitlines()):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            test.fail(f"stdout line {i + 1} is not JSON ({e}): {line!r}")
+        test.assertIsInstance(obj, dict, f"stdout line {i + 1}")
+        events.append(obj)
+    return events
+
+
+def assert_finite_number(test, obj, key):
+    test.assertIn(key, obj)
+    v = obj[key]
+    test.assertIsInstance(v, (int, float), f"{key} = {v!r} in {obj}")
+    test.assertNotIsInstance(v, bool, f"{key} = {v!r} in {obj}")
+    test.assertTrue(math.isfinite(v), f"{key} = {v!r} in {obj}")
+    return v
+
+
+def assert_input_error(test, result, *needles):
+    """Bad input: exit code 2, a `trainer: error:` message naming the place, a hint, no crash, nothing on stdout
+    but whole JSON lines."""
+    err = result.stderr
+    test.assertEqual(result.returncode, 2, f"exit code {result.returncode}; stderr:\n{err}")
+    test.assertIn("trainer: error: ", err)
+    test.assertNotIn("internal error", err)
+    test.assertNotIn("Assertion", err)
+    for n in needles:
+        test.assertIn(n, err, f"stderr does not name {n!r}:\n{err}")
+    return err

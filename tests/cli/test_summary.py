@@ -1,0 +1,124 @@
+"""`trainer summary` of every sample: parameter counts equal to Keras's, computed here by hand from the layer
+formulas, in both the table and the --json output."""
+
+import json
+import unittest
+
+import cli_util
+from cli_util import run, sample
+
+
+def dense(n_in, units):
+    return n_in * units + units  # kernel + bias
+
+
+def conv2d(kh, kw, c_in, filters):
+    return kh * kw * c_in * filters + filters
+
+
+def lstm(n_in, units):
+    # Four gates (input, forget, cell, output), each with a kernel, a recurrent kernel and a bias.
+    return 4 * (n_in * units + units * units + units)
+
+
+def embedding(input_dim, output_dim):
+    return input_dim * output_dim
+
+
+# Per sample, per layer: (name, type, output shape as Keras prints it without the batch, parameters).
+EXPECTED = {
+    "fashion_mnist/mlp.toml": [
+        ("flatten", "Flatten", [784], 0),
+        ("dense", "Dense", [1024], dense(784, 1024)),
+        ("dense_1", "Dense", [512], dense(1024, 512)),
+        ("dense_2", "Dense", [10], dense(512, 10)),
+    ],
+    "fashion_mnist/cnn.toml": [
+        ("conv2d", "Conv2D", [26, 26, 32], conv2d(3, 3, 1, 32)),  # 28 - 3 + 1 = 26, padding valid
+        ("max_pooling2d", "MaxPooling2D", [13, 13, 32], 0),
+        ("flatten", "Flatten", [13 * 13 * 32], 0),
+        ("dense", "Dense", [512], dense(13 * 13 * 32, 512)),
+        ("dense_1", "Dense", [10], dense(512, 10)),
+    ],
+    "fashion_mnist/lstm.toml": [
+        ("lstm", "LSTM", [128], lstm(28, 128)),  # 28 pixels of a row per step
+        ("dense", "Dense", [16], dense(128, 16)),
+        ("dense_1", "Dense", [10], dense(16, 10)),
+    ],
+    "cifar10/cnn.toml": [
+        ("conv2d", "Conv2D", [30, 30, 32], conv2d(3, 3, 3, 32)),
+        ("max_pooling2d", "MaxPooling2D", [15, 15, 32], 0),
+        ("flatten", "Flatten", [15 * 15 * 32], 0),
+        ("dense", "Dense", [512], dense(15 * 15 * 32, 512)),
+        ("dense_1", "Dense", [10], dense(512, 10)),
+    ],
+    "imdb/lstm.toml": [
+        ("embedding", "Embedding", [200, 16], embedding(10000, 16)),
+        ("lstm", "LSTM", [128], lstm(16, 128)),
+        ("dense", "Dense", [16], dense(128, 16)),
+        ("dense_1", "Dense", [1], dense(16, 1)),
+    ],
+}
+
+# The totals written out, as Keras's model.summary() prints them.
+TOTALS = {
+    "fashion_mnist/mlp.toml": 1_333_770,
+    "fashion_mnist/cnn.toml": 2_774_858,
+    "fashion_mnist/lstm.toml": 82_618,
+    "cifar10/cnn.toml": 3_692_938,
+    "imdb/lstm.toml": 236_321,  # 160,000 + 74,240 + 2,064 + 17
+}
+
+
+class Summary(unittest.TestCase):
+    def test_every_sample_is_covered(self):
+        self.assertEqual(sorted(EXPECTED), sorted(cli_util.SAMPLE_SPECS))
+
+    def test_totals_by_formula(self):
+        for spec, layers in EXPECTED.items():
+            self.assertEqual(sum(p for *_, p in layers), TOTALS[spec], spec)
+
+    def test_json(self):
+        for spec, layers in EXPECTED.items():
+            with self.subTest(spec=spec):
+                r = run(["summary", sample(spec), "--json"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(len(r.stdout.splitlines()), 1, "one JSON object on one line")
+                s = json.loads(r.stdout)
+                got = [(l["name"], l["type"], l["output_shape"], l["params"]) for l in s["layers"]]
+                self.assertEqual(got, layers)
+                self.assertEqual(s["total_params"], TOTALS[spec])
+                self.assertEqual(s["trainable_params"], TOTALS[spec])
+                self.assertEqual(s["batch_size"], 64)
+                self.assertGreater(s["planned_bytes"], 0)
+                self.assertEqual(s["flops_per_sample"], sum(l["flops_per_sample"] for l in s["layers"]))
+
+    def test_table(self):
+        for spec in EXPECTED:
+            with self.subTest(spec=spec):
+                r = run(["summary", sample(spec)])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                total = TOTALS[spec]
+                self.assertIn(f"Total params: {total:,} ({total:,} trainable, 0 non-trainable)", r.stdout)
+                for name, typ, shape, params in EXPECTED[spec]:
+                    row = [line.split() for line in r.stdout.splitlines() if line.startswith(name + " ")]
+                    self.assertEqual(len(row), 1, f"one row for {name}:\n{r.stdout}")
+                    self.assertEqual(row[0][1], typ)
+                    self.assertEqual(row[0][-2], f"{params:,}")
+
+    def test_mlp_flops(self):
+        # A Dense layer does one multiply and one add per kernel weight and sample.
+        r = run(["summary", sample("fashion_mnist/mlp.toml"), "--json"])
+        s = json.loads(r.stdout)
+        self.assertEqual(s["flops_per_sample"], 2 * (784 * 1024 + 1024 * 512 + 512 * 10))
+
+    def test_batch_size_changes_the_plan(self):
+        small = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "8"]).stdout)
+        large = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "256"]).stdout)
+        self.assertEqual((small["batch_size"], large["batch_size"]), (8, 256))
+        self.assertLess(small["planned_bytes"], large["planned_bytes"])
+        self.assertEqual(small["total_params"], large["total_params"])
+
+
+if __name__ == "__main__":
+    cli_util.main()
