@@ -72,7 +72,8 @@ struct SqrtOp {
     return std::sqrt(x);
   }
 };
-// NaN passes through (x < 0 is false for NaN), as in other frameworks: a NaN must reach the loss to be caught.
+// NaN passes through (x < 0 is false for NaN), as in other frameworks: a NaN must reach the loss to be
+// caught.
 struct ReluOp {
   template <class T>
   TRAINER_HD T operator()(T x) const {
