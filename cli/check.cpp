@@ -15,7 +15,9 @@ Command add_check_command(CLI::App& app) {
     models::BuiltModel m = build(s, s.train.batch_size, true);
     auto backend = engine::make_cpu_backend();
     engine::FitConfig cfg = fit_config(s);
-    size_t bytes = engine::planned_training_bytes(model_factory(s), cfg, s.train.batch_size, *backend);
+    size_t bytes = at_spec_places(s, [&] {
+      return engine::planned_training_bytes(model_factory(s), cfg, s.train.batch_size, *backend);
+    });
     int64_t params = 0;
     for (const models::LayerInfo& l : m.layers) params += l.params;
     if (!*quiet)

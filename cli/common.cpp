@@ -208,4 +208,15 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   return out;
 }
 
+void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) {
+  const formats::SourcePos* pos = nullptr;
+  if (e.where() == "train.loss")
+    pos = &spec.train.loss_pos;
+  else if (e.where().starts_with("train.early_stopping"))
+    pos = &spec.train.early_stopping.pos;
+  if (!pos || pos->file.empty()) throw e;
+  std::string what = e.what();
+  throw InputError(pos->str(), what.substr(std::min(what.size(), e.where().size() + 2)), e.hint());
+}
+
 }  // namespace trainer::cli

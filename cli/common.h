@@ -14,6 +14,7 @@
 #include "engine/backend/backend.h"
 #include "engine/data/dataset.h"
 #include "engine/train/fit.h"
+#include "engine/util/error.h"
 #include "formats/model_spec.h"
 #include "models/build.h"
 
@@ -61,6 +62,19 @@ struct SpecData {
 // Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation
 // split holds out the last samples of train, as Keras does.
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
+
+// The engine names the spec keys it rejects by their dotted path ("train.loss"): rethrows such an error with
+// the key's place in the spec (file:line:col, or the --set override), any other error as it is.
+[[noreturn]] void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e);
+// Runs `f`, which hands the spec's settings to the engine, with errors at their place in the spec.
+template <class F>
+decltype(auto) at_spec_places(const formats::ModelSpec& spec, F&& f) {
+  try {
+    return f();
+  } catch (const InputError& e) {
+    rethrow_at_spec_place(spec, e);
+  }
+}
 
 Command add_fit_command(CLI::App& app);
 Command add_summary_command(CLI::App& app);

@@ -138,8 +138,10 @@ Command add_fit_command(CLI::App& app) {
     engine::g_stop_signal.store(0);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    engine::FitResult r = engine::fit(model_factory(s), data.train, data.validation, data.test, data.format,
-                                      cfg, *backend, printer);
+    engine::FitResult r = at_spec_places(s, [&] {
+      return engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, *backend,
+                         printer);
+    });
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
     std::vector<std::pair<std::string, std::string>> f = {

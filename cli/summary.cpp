@@ -35,7 +35,8 @@ Command add_summary_command(CLI::App& app) {
     int64_t batch = s.train.batch_size;
     models::BuiltModel m = build(s, batch, true);
     auto backend = engine::make_cpu_backend();
-    size_t bytes = engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend);
+    size_t bytes = at_spec_places(
+        s, [&] { return engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend); });
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;

@@ -286,12 +286,41 @@ double find_log(const Logs& logs, const std::string& name, bool* found) {
 
 }  // namespace
 
+namespace {
+
+// Every parameter and state value by name, from the plan that holds them all.
+std::vector<std::pair<std::string, Tensor>> named_values(Session& s) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (auto& [v, t] : snapshot(s)) out.emplace_back(s.graph().value(v).name, std::move(t));
+  return out;
+}
+
+void load_named_values(Session& s, const std::vector<std::pair<std::string, Tensor>>& values) {
+  for (const auto& [name, t] : values) {
+    ValueId v = s.graph().find(name);
+    if (v == kNoValue || !s.graph().value(v).persistent())
+      throw InputError(name, fmt::format("the checkpoint holds '{}', which this model does not have", name),
+                       "resume with the spec the checkpoint was written with");
+    s.write(v, t);
+  }
+}
+
+bool improves(bool have, double best, double value, bool maximize, double min_delta) {
+  return !have || (maximize ? value > best + min_delta : value < best - min_delta);
+}
+
+bool maximized(const std::string& mode, const std::string& monitor) {
+  return mode == "max" || (mode == "auto" && monitor.find("acc") != std::string::npos);
+}
+
+}  // namespace
+
 FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
-              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend,
-              FitObserver& observer) {
+              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend, FitObserver& observer,
+              const CheckpointPolicy& policy, const SaveFn& save, const TrainingState* resume) {
   auto t_start = std::chrono::steady_clock::now();
-  loss_kind(cfg.loss);
+  LossKind kind = loss_kind(cfg.loss);
   int64_t n_train = train ? train->size() : 0;
   int64_t n_val = validation ? validation->size() : 0;
   Device dev(factory, cfg, backend, n_train, {n_val, test ? test->size() : 0});
@@ -308,93 +337,152 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   info.arena_bytes = dev.plans().arena_bytes();
   info.plans = dev.plans().size();
   info.device = backend.description();
+
+  TrainingState st;
+  if (resume) {
+    st = *resume;
+    st.values.clear();
+    load_named_values(dev.weights_session(), resume->values);
+    if (st.batch > info.steps_per_epoch)
+      throw InputError("checkpoint", fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
+                                                 "{} batches", st.batch, info.steps_per_epoch),
+                       "resume with the data and batch size the checkpoint was written with");
+  }
   observer.on_train_begin(info);
 
   FitResult result;
-  LossKind kind = loss_kind(cfg.loss);
+  result.history = st.history;
+  result.best_epoch = st.best_epoch;
   std::vector<float> out_buf;
-  int64_t global_step = 0;
-  bool have_best = false;
-  double best = 0;
-  int64_t waited = 0;
-  std::vector<std::pair<ValueId, Tensor>> best_weights;
-  for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch) {
+  auto capture = [&]() {
+    TrainingState c = st;
+    c.history = result.history;
+    c.values = named_values(dev.weights_session());
+    return c;
+  };
+  bool have_saved_best = false;
+  double saved_best = 0;
+  while (st.epoch < cfg.epochs) {
     auto t0 = std::chrono::steady_clock::now();
     MetricAccumulator acc{kind, &cfg};
-    train_loader.start_epoch(epoch);
+    acc.loss_sum = st.loss_sum;
+    acc.correct = st.correct;
+    acc.topk = st.topk;
+    acc.samples = st.samples;
+    train_loader.start_epoch(st.epoch);
     data::Batch batch;
-    int64_t step_in_epoch = 0;
+    // A resumed epoch skips the batches it already trained on: the order is the same permutation.
+    for (int64_t skipped = 0; skipped < st.batch; ++skipped) train_loader.next(&batch);
     while (train_loader.next(&batch)) {
       const Plan& p = dev.train_plan(batch.size);
       Session& s = dev.plans().session(p.index);
       const Graph& g = s.graph();
       s.write(p.x, batch.x, g.value(p.x).nbytes());
       s.write(p.y, batch.y, g.value(p.y).nbytes());
-      float lr = static_cast<float>(cfg.schedule.at(global_step));
-      int64_t iteration = global_step + 1;
+      float lr = static_cast<float>(cfg.schedule.at(st.global_step));
+      int64_t iteration = st.global_step + 1;
       s.write(p.lr, &lr, sizeof lr);
       s.write(p.iteration, &iteration, sizeof iteration);
-      s.run(StepContext{static_cast<uint64_t>(global_step), cfg.seed, 0});
+      s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, 0});
       double loss = read_scalar(s, p.loss);
       if (!std::isfinite(loss))
-        throw RuntimeError(
-            fmt::format("the loss became {} at epoch {}, step {}", loss, epoch + 1, step_in_epoch + 1));
+        throw RuntimeError(fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
       size_t out_bytes = g.value(p.output).nbytes();
       out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
       s.read(p.output, out_buf.data(), out_bytes);
       acc.add(loss, out_buf.data(), batch.y, batch.size, classes_of(g, p.output));
-      ++global_step;
-      ++step_in_epoch;
-      observer.on_batch_end(epoch + 1, step_in_epoch, info.steps_per_epoch, acc.logs(""));
-      if (int sig = g_stop_signal.load()) {
+      ++st.global_step;
+      ++st.batch;
+      st.loss_sum = acc.loss_sum;
+      st.correct = acc.correct;
+      st.topk = acc.topk;
+      st.samples = acc.samples;
+      observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
+      int sig = g_stop_signal.load();
+      bool last_of_epoch = st.batch == info.steps_per_epoch;
+      if (save && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch && !sig) {
+        st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        t0 = std::chrono::steady_clock::now();
+        save(capture(), SaveReason::steps);
+      }
+      if (sig) {
         result.interrupted_by = sig;
         break;
       }
     }
-    double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (result.interrupted_by) break;
+    double train_seconds =
+        st.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (result.interrupted_by) {
+      st.seconds = train_seconds;
+      if (save && policy.on_interrupt) save(capture(), SaveReason::interrupt);
+      break;
+    }
     EpochReport rep;
-    rep.epoch = epoch + 1;
+    rep.epoch = st.epoch + 1;
     rep.epochs = cfg.epochs;
-    rep.steps = step_in_epoch;
+    rep.steps = st.batch;
     rep.logs = acc.logs("");
     rep.samples_per_s = acc.samples / std::max(train_seconds, 1e-9);
+    auto t_eval = std::chrono::steady_clock::now();
     if (val_loader) {
       Logs v = evaluate_on(dev, *val_loader, cfg, "val_", out_buf);
       rep.logs.insert(rep.logs.end(), v.begin(), v.end());
     }
-    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    rep.seconds = train_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_eval).count();
     result.history.push_back(rep);
     observer.on_epoch_end(rep);
+    // The next epoch starts from zero.
+    st.batch = 0;
+    st.loss_sum = st.correct = st.topk = 0;
+    st.samples = 0;
+    st.seconds = 0;
+    bool stop = false;
     if (cfg.early_stopping.enabled) {
       const EarlyStopping& es = cfg.early_stopping;
       bool found;
       double value = find_log(rep.logs, es.monitor, &found);
       if (!found)
-        throw InputError(
-            "train.early_stopping.monitor",
-            fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
-            "monitor loss, val_loss, or a metric the spec lists");
-      bool maximize = es.mode == "max" || (es.mode == "auto" && es.monitor.find("acc") != std::string::npos);
-      bool better = !have_best || (maximize ? value > best + es.min_delta : value < best - es.min_delta);
-      if (better) {
-        have_best = true;
-        best = value;
-        waited = 0;
-        result.best_epoch = epoch + 1;
-        if (es.restore_best_weights) best_weights = snapshot(dev.weights_session());
-      } else if (++waited > es.patience) {
-        result.stopped_early = true;
-        break;
+        throw InputError("train.early_stopping.monitor",
+                         fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
+                         "monitor loss, val_loss, or a metric the spec lists");
+      if (improves(st.have_best, st.best, value, maximized(es.mode, es.monitor), es.min_delta)) {
+        st.have_best = true;
+        st.best = value;
+        st.waited = 0;
+        st.best_epoch = rep.epoch;
+        result.best_epoch = rep.epoch;
+        if (es.restore_best_weights) st.best_values = named_values(dev.weights_session());
+      } else if (++st.waited > es.patience) {
+        stop = true;
       }
     }
+    ++st.epoch;
+    if (save && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) save(capture(), SaveReason::epoch);
+    if (save && !policy.save_best.empty()) {
+      bool found;
+      double value = find_log(rep.logs, policy.save_best, &found);
+      if (!found)
+        throw InputError("train.checkpoint.save_best",
+                         fmt::format("save_best monitors '{}', which this run does not report", policy.save_best),
+                         "monitor loss, val_loss, or a metric the spec lists");
+      if (improves(have_saved_best, saved_best, value, maximized(policy.mode, policy.save_best), 0)) {
+        have_saved_best = true;
+        saved_best = value;
+        save(capture(), SaveReason::best);
+      }
+    }
+    if (stop) {
+      result.stopped_early = true;
+      break;
+    }
   }
-  if (result.stopped_early && cfg.early_stopping.restore_best_weights)
-    for (const auto& [v, t] : best_weights) dev.weights_session().write(v, t);
+  if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty())
+    load_named_values(dev.weights_session(), st.best_values);
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
     result.test = evaluate_on(dev, test_loader, cfg, "test_", out_buf);
   }
+  result.final_state = capture();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return result;
 }

@@ -3,7 +3,10 @@
 #include <fmt/ranges.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <map>
 #include <cstring>
 #include <thread>
 
@@ -41,14 +44,61 @@ class CompletedEvent final : public Event {
   void synchronize() override {}
 };
 
+// Per-kernel wall time of one plan, printed to stderr when the plan is destroyed: set TRAINER_CPU_PROFILE=1 to
+// see where a step's time goes. Slots are sized at prepare time, so timing allocates nothing per step.
+struct KernelProfile {
+  std::vector<std::string> labels;  // per step: "Op name"
+  std::vector<double> seconds;      // per step, summed over runs
+  int64_t runs = 0;
+
+  static bool enabled() {
+    static const bool on = [] {
+      const char* v = std::getenv("TRAINER_CPU_PROFILE");
+      return v && *v && std::string(v) != "0";
+    }();
+    return on;
+  }
+
+  void print() const {
+    if (runs == 0) return;
+    // Kernels of one op and shape add up under one label; the table lists labels by total time.
+    std::map<std::string, std::pair<double, int>> by_label;
+    double total = 0;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      auto& [s, count] = by_label[labels[i]];
+      s += seconds[i];
+      ++count;
+      total += seconds[i];
+    }
+    std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_label.begin(), by_label.end());
+    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
+    fmt::print(stderr, "CPU plan profile: {} kernels, {} runs, {:.3f} ms per run\n", labels.size(), runs,
+               1e3 * total / static_cast<double>(runs));
+    for (const auto& [label, v] : rows)
+      fmt::print(stderr, "  {:>6.2f}%  {:>9.4f} ms  x{:<3} {}\n", 100 * v.first / std::max(total, 1e-12),
+                 1e3 * v.first / static_cast<double>(runs), v.second, label);
+  }
+};
+
 class CpuExecutable final : public Executable {
  public:
-  CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after)
-      : kernels_(std::move(kernels)), buckets_after_(std::move(buckets_after)) {}
+  CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after,
+                std::unique_ptr<KernelProfile> profile)
+      : kernels_(std::move(kernels)), buckets_after_(std::move(buckets_after)), profile_(std::move(profile)) {}
+  ~CpuExecutable() override {
+    if (profile_) profile_->print();
+  }
 
   void run(const StepContext& ctx) override {
+    if (profile_) ++profile_->runs;
     for (size_t s = 0; s < kernels_.size(); ++s) {
-      kernels_[s]->run(ctx);
+      if (profile_) {
+        auto t0 = std::chrono::steady_clock::now();
+        kernels_[s]->run(ctx);
+        profile_->seconds[s] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      } else {
+        kernels_[s]->run(ctx);
+      }
       if (hook_)
         for (int b : buckets_after_[s]) hook_(b);
     }
@@ -59,6 +109,7 @@ class CpuExecutable final : public Executable {
   std::vector<cpu::KernelPtr> kernels_;
   std::vector<std::vector<int>> buckets_after_;  // per step: buckets complete after it
   std::function<void(int)> hook_;
+  std::unique_ptr<KernelProfile> profile_;  // null unless TRAINER_CPU_PROFILE is set
 };
 
 class CpuBackend final : public Backend {
@@ -110,7 +161,19 @@ class CpuBackend final : public Backend {
       int s = std::max(p.buckets[b].ready_after_step, 0);
       if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
     }
-    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after));
+    std::unique_ptr<KernelProfile> profile;
+    if (KernelProfile::enabled()) {
+      profile = std::make_unique<KernelProfile>();
+      for (NodeId id : p.steps) {
+        const Node& n = g.node(id);
+        std::string shapes;
+        for (ValueId v : n.inputs)
+          if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
+        profile->labels.push_back(fmt::format("{} {}", n.op, shapes));
+      }
+      profile->seconds.assign(p.steps.size(), 0.0);
+    }
+    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(profile));
   }
 
   void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) override {

@@ -1,0 +1,217 @@
+"""Bad input, one case per mistake a user makes: each must exit with status 2 and a message that names the place
+(file:line:col, the file and byte, the CSV line, the sample index, or the --set override), without a crash."""
+
+import os
+import random
+import shutil
+import struct
+import tempfile
+import unittest
+
+import cli_util
+from cli_util import assert_input_error, run
+
+# A valid spec on 8 random 28x28 images (x.idx, y.idx); each case breaks one thing.
+SPEC = """format_version = 1
+
+[model]
+input = [28, 28]
+
+[[model.layers]]
+type = "Flatten"
+
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+
+[data.train]
+x = "x.idx"
+y = "y.idx"
+
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+epochs = 1
+batch_size = 4
+"""
+
+N = 8
+
+
+def idx_images(n, magic=0x803):
+    rng = random.Random(1)
+    return struct.pack(">IIII", magic, n, 28, 28) + bytes(rng.randrange(256) for _ in range(n * 28 * 28))
+
+
+def idx_labels(labels):
+    return struct.pack(">II", 0x801, len(labels)) + bytes(labels)
+
+
+def line_col(text, needle):
+    """1-based line and column where `needle` starts in `text`."""
+    i = text.index(needle)
+    line = text.count("\n", 0, i) + 1
+    return line, i - (text.rfind("\n", 0, i) + 1) + 1
+
+
+class BadInput(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="trainer-bad-input-")
+        self.write("x.idx", idx_images(N))
+        self.write("y.idx", idx_labels([1, 2, 3, 4, 5, 6, 7, 8]))
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def write(self, name, data):
+        path = os.path.join(self.dir, name)
+        with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        return path
+
+    def spec(self, text, name="spec.toml"):
+        return self.write(name, text)
+
+    def trainer(self, *args):
+        return run(list(args), cwd=self.dir, timeout=60)
+
+    def test_the_valid_spec_trains(self):
+        # The cases below differ from this one in the one thing they break.
+        r = self.trainer("fit", self.spec(SPEC))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_unknown_layer_type(self):
+        text = SPEC.replace('type = "Flatten"', 'type = "Flaten"')
+        # Its place: the layer's table, or its type value.
+        table, _ = line_col(text, "[[model.layers]]")
+        line, col = line_col(text, '"Flaten"')
+        err = assert_input_error(self, self.trainer("check", self.spec(text)), "unknown layer type 'Flaten'")
+        self.assertRegex(err, rf"spec\.toml:({table}:1|{line}:{col}): unknown layer type")
+        self.assertIn("did you mean 'Flatten'?", err)
+
+    def test_unknown_key(self):
+        text = SPEC.replace("epochs = 1", "epoch = 1")
+        line, col = line_col(text, "epoch = 1")
+        err = assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                                 "unknown key 'epoch' in [train]")
+        self.assertIn("did you mean 'epochs'?", err)
+
+    def test_unknown_layer_argument(self):
+        text = SPEC.replace("units = 10", "units = 10\nunitz = 3")
+        line, col = line_col(text, "unitz")
+        err = assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:",
+                                 "Dense layer 'dense'", "unknown argument 'unitz'")
+        self.assertIn("did you mean 'units'?", err)
+
+    def test_wrong_type(self):
+        text = SPEC.replace("units = 10", 'units = "ten"')
+        line, col = line_col(text, '"ten"')
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                           "'units' must be an integer")
+        text = SPEC.replace("epochs = 1", 'epochs = "1"')
+        line, col = line_col(text, '"1"')
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:", "epochs")
+
+    def test_zero_units(self):
+        text = SPEC.replace("units = 10", "units = 0")
+        line, col = line_col(text, "0\nactivation")
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                           "Dense layer 'dense'", "units must be a positive integer, got 0")
+
+    def test_kernel_larger_than_its_input(self):
+        text = """format_version = 1
+[model]
+input = [4, 4, 1]
+[[model.layers]]
+type = "MaxPooling2D"
+pool_size = 1
+[[model.layers]]
+type = "Conv2D"
+filters = 2
+kernel_size = 5
+"""
+        line, col = line_col(text, "5\n")
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                           "Conv2D layer 'conv2d'", "(5, 5)", "(None, 4, 4, 1)", "'max_pooling2d'")
+
+    def test_missing_data_file(self):
+        text = SPEC.replace('x = "x.idx"', 'x = "nothing-here.idx"')
+        assert_input_error(self, self.trainer("fit", self.spec(text)), "spec.toml:", "nothing-here.idx",
+                           "does not exist")
+
+    def test_idx_bad_magic(self):
+        self.write("x.idx", idx_images(N, magic=0x1234))
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC)), "x.idx: byte 0:", "magic number 0x00001234")
+
+    def test_idx_truncated(self):
+        self.write("x.idx", idx_images(N)[:16 + 3 * 784 + 100])
+        err = assert_input_error(self, self.trainer("fit", self.spec(SPEC)), "x.idx: byte ", "truncated")
+        self.assertIn(f"{3 * 784 + 100} of its {N * 784} data bytes", err)
+
+    def test_ragged_csv_row(self):
+        self.write("rows.csv", "a,b,c,label\n1,2,3,0\n4,5,6,1\n7,8,1\n1,1,1,0\n")
+        text = """format_version = 1
+[model]
+input = [3]
+[[model.layers]]
+type = "Dense"
+units = 2
+activation = "softmax"
+[data.train]
+x = "rows.csv"
+[train]
+loss = "sparse_categorical_crossentropy"
+"""
+        assert_input_error(self, self.trainer("fit", self.spec(text)), "rows.csv:4:", "3 fields", "4")
+
+    def test_label_out_of_range(self):
+        self.write("y.idx", idx_labels([1, 2, 3, 4, 12, 6, 7, 8]))
+        err = assert_input_error(self, self.trainer("fit", self.spec(SPEC)), "y.idx", "sample 4",
+                                 "label 12", "10 classes")
+        self.assertIn("[0, 9]", err)
+
+    def test_binary_crossentropy_on_10_units(self):
+        text = SPEC.replace('"sparse_categorical_crossentropy"', '"binary_crossentropy"')
+        line, col = line_col(text, '"binary_crossentropy"')
+        for cmd in ("check", "fit"):
+            with self.subTest(cmd=cmd):
+                assert_input_error(self, self.trainer(cmd, self.spec(text)), f"spec.toml:{line}:{col}:",
+                                   "binary_crossentropy", "[10]")
+        # The same through an override names the override.
+        assert_input_error(self, self.trainer("check", self.spec(SPEC), "--set", "train.loss=binary_crossentropy"),
+                           "--set train.loss=binary_crossentropy:", "[10]")
+
+    def test_unknown_format_version(self):
+        text = SPEC.replace("format_version = 1", "format_version = 2")
+        line, col = line_col(text, "2\n")
+        err = assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                                 "format_version 2")
+        self.assertIn("format_version = 1", err)
+
+    def test_set_on_a_key_that_does_not_exist(self):
+        err = assert_input_error(self, self.trainer("check", self.spec(SPEC), "--set", "train.epoch=3"),
+                                 "--set train.epoch=3:", "unknown key 'train.epoch'")
+        self.assertIn("did you mean 'train.epochs'?", err)
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", "model.layers.1.unitz=3"),
+                           "--set model.layers.1.unitz=3:", "unknown argument 'unitz'")
+
+
+class BadUsage(unittest.TestCase):
+    """Command-line mistakes also exit with 2."""
+
+    def test_usage(self):
+        spec = cli_util.sample("fashion_mnist/mlp.toml")
+        for args in (["fit", spec, "--epoch", "3"], ["fit", spec, "--log-format", "xml"], ["fit"],
+                     ["fit", spec, "--epochs", "0"], ["no-such-command"], ["help", "fitt"]):
+            with self.subTest(args=args):
+                r = run(args)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertNotEqual(r.stderr, "")
+
+    def test_missing_spec(self):
+        assert_input_error(self, run(["check", "no-such-spec.toml"]), "no-such-spec.toml")
+
+
+if __name__ == "__main__":
+    cli_util.main()

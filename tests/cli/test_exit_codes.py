@@ -1,0 +1,63 @@
+"""Exit codes of `trainer fit` besides 0 and 2: a signal during a fit ends it after the current step with 128 +
+the signal and a fit_end line that says so; a loss that becomes NaN is a run-time failure, 1."""
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import unittest
+
+import cli_util
+from cli_util import json_lines, run, sample, skip_without_fashion
+
+# Many short epochs: the signal always arrives while training runs.
+LONG_FIT = ["--set", "train.epochs=200", "--set", "data.train.limit=1024", "--set", "data.validation.limit=256"]
+
+
+@skip_without_fashion
+class ExitCodes(unittest.TestCase):
+    def interrupt(self, sig, extra=()):
+        args = [cli_util.TRAINER, "fit", sample("fashion_mnist/mlp.toml"), *LONG_FIT, *extra]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = p.stdout.readline()  # the first epoch line: training is under way
+            self.assertEqual(json.loads(first)["event"], "epoch", first)
+            p.send_signal(sig)
+            rest, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 128 + sig, f"stderr:\n{err}")
+        events = json_lines(self, first + rest)
+        end = events[-1]
+        self.assertEqual(end["event"], "fit_end")
+        self.assertEqual(end["interrupted_by"], signal.Signals(sig).name)
+        self.assertEqual(end["epochs_run"], len(events) - 1)
+        self.assertGreaterEqual(end["epochs_run"], 1)
+        self.assertLess(end["epochs_run"], 200)
+        self.assertIn(f"Interrupted by {signal.Signals(sig).name}", err)
+        self.assertNotIn("internal error", err)
+        return first + rest
+
+    def test_sigint(self):
+        self.interrupt(signal.SIGINT)
+
+    def test_sigterm_keeps_the_history(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = self.interrupt(signal.SIGTERM, ["--output-dir", d])
+            with open(os.path.join(d, "history.jsonl")) as f:
+                self.assertEqual(f.read(), out)
+
+    def test_nan_loss(self):
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--set", "data.train.limit=640", "--set",
+                 "data.validation.limit=64", "--set", "train.optimizer.name=sgd", "--set",
+                 "train.optimizer.learning_rate=1e30"])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"loss became (nan|inf|-inf) at epoch 1, step \d+")
+        self.assertNotIn("internal error", r.stderr)
+
+
+if __name__ == "__main__":
+    cli_util.main()

@@ -1,0 +1,59 @@
+"""Where `trainer fit` writes what: JSON lines on stdout (or nothing with --log-format text), text on stderr
+without a progress bar when it is not a terminal, nothing there with --quiet, and --output-dir/history.jsonl
+equal to stdout."""
+
+import os
+import tempfile
+import unittest
+
+import cli_util
+from cli_util import json_lines, run, sample, skip_without_fashion
+
+QUICK = ["--set", "train.epochs=2", "--set", "data.train.limit=256", "--set", "data.validation.limit=128"]
+
+
+@skip_without_fashion
+class Output(unittest.TestCase):
+    def fit(self, *extra):
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), *QUICK, *extra])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r
+
+    def test_text_keeps_stdout_empty(self):
+        r = self.fit("--log-format", "text")
+        self.assertEqual(r.stdout, "")
+        self.assertIn("Epoch 2/2 · 4/4 · ", r.stderr)
+
+    def test_jsonl_and_output_dir(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "run", "1")  # created as needed
+            r = self.fit("--log-format", "jsonl", "--output-dir", out)
+            self.assertEqual([e["event"] for e in json_lines(self, r.stdout)], ["epoch", "epoch", "fit_end"])
+            with open(os.path.join(out, "history.jsonl")) as f:
+                self.assertEqual(f.read(), r.stdout)
+            self.assertEqual(os.listdir(out), ["history.jsonl"], "no temporary file is left behind")
+
+    def test_output_dir_with_text(self):
+        # history.jsonl does not depend on what goes to stdout.
+        with tempfile.TemporaryDirectory() as d:
+            r = self.fit("--log-format", "text", "--output-dir", d)
+            self.assertEqual(r.stdout, "")
+            with open(os.path.join(d, "history.jsonl")) as f:
+                events = json_lines(self, f.read())
+            self.assertEqual([e["event"] for e in events], ["epoch", "epoch", "fit_end"])
+
+    def test_stderr_is_plain_text_when_not_a_terminal(self):
+        r = self.fit()
+        self.assertNotIn("\r", r.stderr)
+        self.assertNotIn("\x1b", r.stderr)
+        self.assertRegex(r.stderr, r"^Training on 256 samples, validating on 128")
+        self.assertRegex(r.stderr, r"Done in [0-9.]+s\.\n$")
+
+    def test_quiet(self):
+        r = self.fit("--quiet")
+        self.assertEqual(r.stderr, "")
+        self.assertEqual(len(json_lines(self, r.stdout)), 3)
+
+
+if __name__ == "__main__":
+    cli_util.main()
