@@ -42,12 +42,13 @@ const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
 const Keys kTrainKeys = {"loss",       "from_logits", "metrics",   "top_k",         "epochs",
-                         "batch_size", "seed",        "optimizer", "early_stopping"};
+                         "batch_size", "seed",        "optimizer", "early_stopping", "checkpoint"};
 const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
                              "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
 const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
                             "decay_rate", "staircase", "alpha", "warmup_steps"};
 const Keys kEarlyStoppingKeys = {"monitor", "mode", "min_delta", "patience", "restore_best_weights"};
+const Keys kCheckpointKeys = {"every_epochs", "every_steps", "keep_last", "save_best", "mode"};
 
 // Every table of the schema, to tell a user who put a key in the wrong table where it belongs.
 const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
@@ -60,6 +61,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
     {"[train.optimizer]", &kOptimizerKeys},
     {"[train.optimizer.schedule]", &kScheduleKeys},
     {"[train.early_stopping]", &kEarlyStoppingKeys},
+    {"[train.checkpoint]", &kCheckpointKeys},
 };
 
 const Keys kDtypes = {"float32", "int32", "int64"};
@@ -861,6 +863,35 @@ EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n,
   return e;
 }
 
+CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::vector<std::string>& metrics,
+                               const DataSection* data) {
+  Table t(r, n, "train.checkpoint", kCheckpointKeys);
+  CheckpointSpec c;
+  c.enabled = true;
+  c.pos = t.pos();
+  if (t.get("every_epochs", c.every_epochs) && c.every_epochs < 0)
+    t.fail("every_epochs", fmt::format("train.checkpoint.every_epochs must be 0 or more, not {}", c.every_epochs));
+  if (t.get("every_steps", c.every_steps) && c.every_steps < 0)
+    t.fail("every_steps", fmt::format("train.checkpoint.every_steps must be 0 or more, not {}", c.every_steps));
+  if (t.get("keep_last", c.keep_last) && c.keep_last < 0)
+    t.fail("keep_last", fmt::format("train.checkpoint.keep_last must be 0 or more, not {}", c.keep_last));
+  if (t.get("save_best", c.save_best)) {
+    std::vector<std::string> names = {"loss"};
+    for (const std::string& m : metrics) names.push_back(m);
+    std::vector<std::string> monitors = names;
+    for (const std::string& m : names) monitors.push_back("val_" + m);
+    if (std::find(monitors.begin(), monitors.end(), c.save_best) == monitors.end())
+      t.fail("save_best", fmt::format("train.checkpoint.save_best '{}' is not a reported quantity", c.save_best),
+             choice_hint(c.save_best, Keys(monitors.begin(), monitors.end())));
+    const bool has_validation = data && (data->validation || data->validation_split > 0);
+    if (data && c.save_best.starts_with("val_") && !has_validation)
+      t.fail("save_best", fmt::format("save_best monitors '{}' but [data] has no validation set", c.save_best),
+             fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", c.save_best.substr(4)));
+  }
+  t.get_choice("mode", c.mode, kModes, "checkpoint mode");
+  return c;
+}
+
 TrainSection read_train(const Reader& r, const toml::node& n, const DataSection* data) {
   Table t(r, n, "train", kTrainKeys);
   TrainSection s;
@@ -903,6 +934,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
   if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
   if (const toml::node* e = t.find("early_stopping"))
     s.early_stopping = read_early_stopping(r, *e, s.metrics, data);
+  if (const toml::node* c = t.find("checkpoint")) s.checkpoint = read_checkpoint(r, *c, s.metrics, data);
   return s;
 }
 

@@ -128,6 +128,19 @@ struct EarlyStoppingSpec {
   bool operator==(const EarlyStoppingSpec&) const = default;
 };
 
+// [train.checkpoint]: when `trainer fit` writes checkpoints under --output-dir. The table's presence turns it on;
+// without it, a run with --output-dir still writes one checkpoint at the end and one when interrupted.
+struct CheckpointSpec {
+  bool enabled = false;
+  int64_t every_epochs = 1;   // 0: not by epochs
+  int64_t every_steps = 0;    // 0: not by steps
+  int64_t keep_last = 3;      // periodic checkpoints kept (0: all)
+  std::string save_best;      // a reported quantity ("val_loss"): keep best.ckpt for it; "" = off
+  std::string mode = "auto";  // auto | min | max
+  SourcePos pos;
+  bool operator==(const CheckpointSpec&) const = default;
+};
+
 struct TrainSection {
   // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae (the reader
   // maps Keras's mean_squared_error and mean_absolute_error). "" only when the spec has no [train] (enough
@@ -141,6 +154,7 @@ struct TrainSection {
   uint64_t seed = 0;
   OptimizerSpec optimizer;
   EarlyStoppingSpec early_stopping;
+  CheckpointSpec checkpoint;
   SourcePos pos;
   SourcePos loss_pos;
   bool operator==(const TrainSection&) const = default;

@@ -90,6 +90,7 @@ void clear_positions(ModelSpec& s) {
     if (*src) (*src)->pos = {};
   s.train.pos = s.train.loss_pos = {};
   s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos = {};
+  s.train.checkpoint.pos = {};
 }
 
 }  // namespace
@@ -174,6 +175,15 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("min_delta", e.min_delta);
       w.kv("patience", e.patience);
       w.kv("restore_best_weights", e.restore_best_weights);
+    }
+    const CheckpointSpec& c = t.checkpoint;
+    if (c.enabled) {
+      w.header("[train.checkpoint]");
+      w.kv("every_epochs", c.every_epochs);
+      w.kv("every_steps", c.every_steps);
+      w.kv("keep_last", c.keep_last);
+      if (!c.save_best.empty()) w.kv("save_best", c.save_best);
+      w.kv("mode", c.mode);
     }
   }
   return std::move(w).str();
