@@ -29,13 +29,15 @@ void SpecOptions::add_overrides(CLI::App* app, bool training) {
   app->add_option("--seed", seed, "Seed of initializers, shuffling and dropout (same as --set train.seed=N)");
 }
 
-formats::ModelSpec SpecOptions::load() const {
-  std::vector<std::string> overrides = sets;
-  if (epochs) overrides.push_back(fmt::format("train.epochs={}", *epochs));
-  if (batch_size) overrides.push_back(fmt::format("train.batch_size={}", *batch_size));
-  if (seed) overrides.push_back(fmt::format("train.seed={}", *seed));
-  return formats::load_model_spec(path, overrides);
+std::vector<std::string> SpecOptions::overrides() const {
+  std::vector<std::string> o = sets;
+  if (epochs) o.push_back(fmt::format("train.epochs={}", *epochs));
+  if (batch_size) o.push_back(fmt::format("train.batch_size={}", *batch_size));
+  if (seed) o.push_back(fmt::format("train.seed={}", *seed));
+  return o;
 }
+
+formats::ModelSpec SpecOptions::load() const { return formats::load_model_spec(path, overrides()); }
 
 void OutputOptions::add(CLI::App* app) {
   app->add_option("--log-format", log_format,

@@ -34,6 +34,7 @@ struct SpecOptions {
   std::optional<uint64_t> seed;
   void add_spec(CLI::App* app);
   void add_overrides(CLI::App* app, bool training);
+  std::vector<std::string> overrides() const;  // --set values, then the shorthands
   formats::ModelSpec load() const;
 };
 

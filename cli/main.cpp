@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
       }
       for (const cli::Command& c : commands)
         if (c.app->get_name() == help_topic) {
-          fmt::print("{}", c.app->help());
+          fmt::print("{}", c.app->help(app.get_name()));
           return 0;
         }
       fmt::print(stderr, "trainer: error: no subcommand '{}'\n  hint: trainer --help lists them\n",

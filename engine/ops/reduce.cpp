@@ -37,7 +37,7 @@ void infer_reduce(InferContext& c) {
 
 // dy (the reduced shape) -> the input's shape: Reshape to the keepdims form, then Expand.
 ValueId broadcast_back(GradContext& c, ValueId g, const ReduceAxes& r) {
-  const Shape& xs = c.shape(c.input(0));
+  const Shape xs = c.shape(c.input(0));  // a copy: c.op() below can reallocate the graph's value table
   if (r.identity) return g;
   Shape keep = reduced_shape(xs, r.axes, true);
   if (c.shape(g) != keep) g = c.op("Reshape", {g, c.constant_i64(keep.dims())});

@@ -337,6 +337,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   info.arena_bytes = dev.plans().arena_bytes();
   info.plans = dev.plans().size();
   info.device = backend.description();
+  info.signature = dev.weights_session().program().signature;
 
   TrainingState st;
   if (resume) {

@@ -85,6 +85,7 @@ struct FitPlanInfo {
   size_t arena_bytes = 0;
   int plans = 0;
   std::string device;
+  uint64_t signature = 0;  // of the full-batch training plan
 };
 
 class FitObserver {

@@ -86,8 +86,8 @@ def assert_finite_number(test, obj, key):
 
 
 def assert_input_error(test, result, *needles):
-    """Bad input: exit code 2, a `trainer: error:` message naming the place, a hint, no crash, nothing on stdout
-    but whole JSON lines."""
+    """Bad input: exit code 2 (a crash gives a negative code), a `trainer: error:` message that contains every
+    needle (the place, what is wrong), and no internal error."""
     err = result.stderr
     test.assertEqual(result.returncode, 2, f"exit code {result.returncode}; stderr:\n{err}")
     test.assertIn("trainer: error: ", err)

@@ -1,5 +1,6 @@
 // CPU backend benchmark: GFLOP/s of GEMM and convolution (forward and both gradients) run through the engine
-// (Graph + Session), one JSON line per case on stdout. tools/bench/run.sh compares the GEMMs with numpy.
+// (Graph + Session), one JSON line per case on stdout. tools/bench/run.sh compares the GEMMs with numpy;
+// tools/bench/bench_fit.py takes the GEMM as the ceiling of a training step.
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -24,6 +25,7 @@ struct Options {
   int threads = 0;           // 0: every hardware thread
   double min_seconds = 0.3;  // per timing repeat
   int repeats = 5;
+  bool gemm = true, conv = true;  // --cases gemm,conv
 };
 
 struct Case {
@@ -34,9 +36,14 @@ struct Case {
   std::vector<ValueId> inputs;
 };
 
-// Milliseconds per run of a one-node graph: the best of `repeats` timings after warm-up, each running for at
-// least min_seconds. The best, not the median: on a shared machine other work only ever adds time.
-double time_ms(const Case& c, Backend& backend, const Options& o) {
+struct Timing {
+  double ms = 0;         // the best repeat's mean: on a shared machine other work only ever adds time
+  double median_ms = 0;  // the median single run over all repeats: robust when other work preempts some runs
+};
+
+// Milliseconds per run of a one-node graph over `repeats` timings after warm-up, each running for at least
+// min_seconds.
+Timing time_ms(const Case& c, Backend& backend, const Options& o) {
   Session sess(c.graph, backend);
   for (ValueId v : c.inputs) {
     const Value& val = c.graph->value(v);
@@ -44,19 +51,24 @@ double time_ms(const Case& c, Backend& backend, const Options& o) {
   }
   using clock = std::chrono::steady_clock;
   for (int i = 0; i < 3; ++i) sess.run({});
-  std::vector<double> ms;
+  std::vector<double> ms, single_ms;
+  single_ms.reserve(1 << 16);  // growing it between runs would time the allocator
   for (int r = 0; r < o.repeats; ++r) {
     int64_t runs = 0;
     auto t0 = clock::now();
     double elapsed = 0;
     do {
+      auto t1 = clock::now();
       sess.run({static_cast<uint64_t>(runs), 1});
       ++runs;
-      elapsed = std::chrono::duration<double>(clock::now() - t0).count();
+      auto t2 = clock::now();
+      single_ms.push_back(1e3 * std::chrono::duration<double>(t2 - t1).count());
+      elapsed = std::chrono::duration<double>(t2 - t0).count();
     } while (elapsed < o.min_seconds);
     ms.push_back(1e3 * elapsed / static_cast<double>(runs));
   }
-  return *std::min_element(ms.begin(), ms.end());
+  std::nth_element(single_ms.begin(), single_ms.begin() + single_ms.size() / 2, single_ms.end());
+  return {*std::min_element(ms.begin(), ms.end()), single_ms[single_ms.size() / 2]};
 }
 
 Case gemm_case(int64_t m, int64_t k, int64_t n) {
@@ -109,7 +121,7 @@ std::vector<Case> conv_cases(int64_t n, int64_t ch, int64_t hw, int64_t m, int64
 [[noreturn]] void usage(const std::string& why, int code = 2) {
   if (!why.empty()) fmt::print(stderr, "bench_cpu: {}\n", why);
   fmt::print(stderr,
-             "usage: bench_cpu [--threads N] [--min-seconds S] [--repeats R]\n"
+             "usage: bench_cpu [--threads N] [--min-seconds S] [--repeats R] [--cases gemm,conv]\n"
              "Prints one JSON line per case: GFLOP/s of GEMM and convolution on the CPU backend.\n");
   std::exit(code);
 }
@@ -128,7 +140,11 @@ Options parse(int argc, char** argv) {
         o.min_seconds = std::stod(val);
       else if (arg == "--repeats")
         o.repeats = std::max(1, std::stoi(val));
-      else
+      else if (arg == "--cases") {
+        o.gemm = val.find("gemm") != std::string::npos;
+        o.conv = val.find("conv") != std::string::npos;
+        if (!o.gemm && !o.conv) usage(fmt::format("--cases takes gemm, conv or gemm,conv, got '{}'", val));
+      } else
         usage(fmt::format("unknown option {}", arg));
     } catch (const std::logic_error&) {
       usage(fmt::format("{} takes a number, got '{}'", arg, val));
@@ -143,16 +159,22 @@ int run_benchmarks(const Options& o) {
   auto backend = make_cpu_backend(CpuOptions{o.threads});
   int threads = omp_get_max_threads();  // what the backend set
   fmt::print(stderr, "bench_cpu on {}\n", backend->description());
-  std::vector<Case> cases = {gemm_case(64, 784, 1024), gemm_case(64, 1024, 512)};
-  for (Case& c : conv_cases(64, 1, 28, 32, 3, 0)) cases.push_back(std::move(c));  // MNIST first layer
-  for (Case& c : conv_cases(64, 3, 32, 32, 3, 1)) cases.push_back(std::move(c));  // CIFAR-10 first layer
+  std::vector<Case> cases;
+  if (o.gemm) {
+    cases.push_back(gemm_case(64, 784, 1024));
+    cases.push_back(gemm_case(64, 1024, 512));
+  }
+  if (o.conv) {
+    for (Case& c : conv_cases(64, 1, 28, 32, 3, 0)) cases.push_back(std::move(c));  // MNIST first layer
+    for (Case& c : conv_cases(64, 3, 32, 32, 3, 1)) cases.push_back(std::move(c));  // CIFAR-10 first layer
+  }
   for (const Case& c : cases) {
-    double ms = time_ms(c, *backend, o);
-    double gflops = c.flops / (ms * 1e-3) / 1e9;
+    Timing t = time_ms(c, *backend, o);
     fmt::print(
         "{{\"bench\": \"{}\", \"shape\": \"{}\", \"backend\": \"{}\", \"threads\": {}, \"ms\": {:.4f}, "
-        "\"gflops\": {:.2f}}}\n",
-        c.name, c.shape, backend->name(), threads, ms, gflops);
+        "\"gflops\": {:.2f}, \"median_ms\": {:.4f}, \"median_gflops\": {:.2f}}}\n",
+        c.name, c.shape, backend->name(), threads, t.ms, c.flops / (t.ms * 1e-3) / 1e9, t.median_ms,
+        c.flops / (t.median_ms * 1e-3) / 1e9);
     std::fflush(stdout);
   }
   return 0;

@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <map>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "engine/backend/backend.h"
@@ -44,11 +44,13 @@ class CompletedEvent final : public Event {
   void synchronize() override {}
 };
 
-// Per-kernel wall time of one plan, printed to stderr when the plan is destroyed: set TRAINER_CPU_PROFILE=1 to
-// see where a step's time goes. Slots are sized at prepare time, so timing allocates nothing per step.
+// Per-kernel wall time of one plan, printed to stderr when the plan is destroyed: set TRAINER_CPU_PROFILE=1
+// to see where a step's time goes. Medians, since on a shared machine preemption inflates some runs
+// arbitrarily. Sample slots are reserved at prepare time, so timing allocates nothing per step.
 struct KernelProfile {
-  std::vector<std::string> labels;  // per step: "Op name"
-  std::vector<double> seconds;      // per step, summed over runs
+  static constexpr size_t kMaxRuns = 4096;   // runs sampled per kernel; later runs are not recorded
+  std::vector<std::string> labels;           // per step: "Op [shapes]"
+  std::vector<std::vector<double>> seconds;  // per step, per run
   int64_t runs = 0;
 
   static bool enabled() {
@@ -59,24 +61,32 @@ struct KernelProfile {
     return on;
   }
 
-  void print() const {
+  void record(size_t step, double s) {
+    if (seconds[step].size() < kMaxRuns) seconds[step].push_back(s);
+  }
+
+  void print() {
     if (runs == 0) return;
-    // Kernels of one op and shape add up under one label; the table lists labels by total time.
+    // Kernels of one op and shape add up under one label; the table lists labels by median time per run.
     std::map<std::string, std::pair<double, int>> by_label;
     double total = 0;
     for (size_t i = 0; i < labels.size(); ++i) {
+      std::vector<double>& v = seconds[i];
+      if (v.empty()) continue;
+      std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+      double median = v[v.size() / 2];
       auto& [s, count] = by_label[labels[i]];
-      s += seconds[i];
+      s += median;
       ++count;
-      total += seconds[i];
+      total += median;
     }
     std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_label.begin(), by_label.end());
     std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
-    fmt::print(stderr, "CPU plan profile: {} kernels, {} runs, {:.3f} ms per run\n", labels.size(), runs,
-               1e3 * total / static_cast<double>(runs));
+    fmt::print(stderr, "CPU plan profile: {} kernels, {} runs, {:.3f} ms per run (sum of medians)\n",
+               labels.size(), runs, 1e3 * total);
     for (const auto& [label, v] : rows)
       fmt::print(stderr, "  {:>6.2f}%  {:>9.4f} ms  x{:<3} {}\n", 100 * v.first / std::max(total, 1e-12),
-                 1e3 * v.first / static_cast<double>(runs), v.second, label);
+                 1e3 * v.first, v.second, label);
   }
 };
 
@@ -84,7 +94,9 @@ class CpuExecutable final : public Executable {
  public:
   CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after,
                 std::unique_ptr<KernelProfile> profile)
-      : kernels_(std::move(kernels)), buckets_after_(std::move(buckets_after)), profile_(std::move(profile)) {}
+      : kernels_(std::move(kernels)),
+        buckets_after_(std::move(buckets_after)),
+        profile_(std::move(profile)) {}
   ~CpuExecutable() override {
     if (profile_) profile_->print();
   }
@@ -95,7 +107,7 @@ class CpuExecutable final : public Executable {
       if (profile_) {
         auto t0 = std::chrono::steady_clock::now();
         kernels_[s]->run(ctx);
-        profile_->seconds[s] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        profile_->record(s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } else {
         kernels_[s]->run(ctx);
       }
@@ -115,9 +127,18 @@ class CpuExecutable final : public Executable {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const CpuOptions& o) {
-    threads_ =
-        o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads_ = o.threads > 0 ? o.threads : default_threads();
     omp_set_num_threads(threads_);
+  }
+  // OMP_NUM_THREADS when it is set to a positive count (the usual way to share a machine), else every
+  // hardware thread.
+  static int default_threads() {
+    if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+      char* end = nullptr;
+      long n = std::strtol(env, &end, 10);
+      if (end != env && n > 0) return static_cast<int>(std::min<long>(n, 4096));
+    }
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   std::string name() const override { return "cpu"; }
   std::string description() const override { return fmt::format("CPU, {} threads", threads_); }
@@ -171,7 +192,8 @@ class CpuBackend final : public Backend {
           if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
         profile->labels.push_back(fmt::format("{} {}", n.op, shapes));
       }
-      profile->seconds.assign(p.steps.size(), 0.0);
+      profile->seconds.resize(p.steps.size());
+      for (std::vector<double>& v : profile->seconds) v.reserve(KernelProfile::kMaxRuns);
     }
     return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(profile));
   }

@@ -11,7 +11,9 @@ dnnl::engine& dnnl_cpu_engine() {
 }
 
 dnnl::stream& dnnl_cpu_stream() {
-  static dnnl::stream s(dnnl_cpu_engine());
+  // One per thread: kernels that run primitives from several threads of their own parallel region (the
+  // recurrent kernels' batch slices) never share a stream.
+  thread_local dnnl::stream s(dnnl_cpu_engine());
   return s;
 }
 
@@ -59,8 +61,8 @@ dnnl::memory dnnl_mem(const dnnl::memory::desc& md, const void* ptr) {
 }
 
 DnnlCall::DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base& pd,
-                   std::vector<std::pair<int, dnnl::memory>> args)
-    : prim_(prim), mems_(std::move(args)) {
+                   std::vector<std::pair<int, dnnl::memory>> args, bool serial)
+    : prim_(prim), mems_(std::move(args)), serial_(serial) {
   dnnl::memory::desc sd = pd.scratchpad_desc();
   if (sd.get_size() > 0) {
     scratch_ = std::make_shared<std::vector<std::byte>>(sd.get_size() + 64);
@@ -72,8 +74,15 @@ DnnlCall::DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base&
 }
 
 void DnnlCall::operator()() const {
-  dnnl_status_t st = dnnl_primitive_execute(prim_.get(), dnnl_cpu_stream().get(),
-                                            static_cast<int>(args_.size()), args_.data());
+  dnnl_status_t st;
+  if (serial_) {
+    SerialScope one;
+    st = dnnl_primitive_execute(prim_.get(), dnnl_cpu_stream().get(), static_cast<int>(args_.size()),
+                                args_.data());
+  } else {
+    st = dnnl_primitive_execute(prim_.get(), dnnl_cpu_stream().get(), static_cast<int>(args_.size()),
+                                args_.data());
+  }
   if (st != dnnl_success)
     throw RuntimeError(fmt::format("oneDNN primitive failed with status {}", static_cast<int>(st)));
   dnnl_stream_wait(dnnl_cpu_stream().get());

@@ -3,6 +3,7 @@
 // nothing.
 #pragma once
 
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <memory>
@@ -26,13 +27,32 @@ dnnl::memory::desc dnnl_plain_md(const std::vector<int64_t>& dims, DType t);
 dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides,
                                    DType t);
 
+// Limits OpenMP, and so oneDNN, to the calling thread while it lives. A parallel region costs microseconds
+// (far more on a shared machine, where a descheduled team member stalls the rest), which is more than a
+// small primitive's whole work, so small primitives are created inside one (oneDNN fixes a primitive's
+// thread split when it is created) and run inside one (see DnnlCall's `serial`).
+class SerialScope {
+ public:
+  SerialScope() : threads_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SerialScope() { omp_set_num_threads(threads_); }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  int threads_;
+};
+
+// Below this many multiply-adds a matrix product runs on one thread (about 2 microseconds of work).
+inline constexpr int64_t kSerialGemmMacs = int64_t{1} << 19;
+
 // A prepared primitive execution. Memory objects wrap arena pointers and are bound once.
 class DnnlCall {
  public:
   DnnlCall() = default;
   // `args` pairs DNNL_ARG_* with memory objects. If pd has a scratchpad, it is allocated here and bound.
+  // `serial`: run on the calling thread alone (create pd inside a SerialScope too).
   DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base& pd,
-           std::vector<std::pair<int, dnnl::memory>> args);
+           std::vector<std::pair<int, dnnl::memory>> args, bool serial = false);
   void operator()() const;  // runs and waits; allocates nothing
   explicit operator bool() const { return static_cast<bool>(prim_); }
 
@@ -41,6 +61,7 @@ class DnnlCall {
   std::vector<std::pair<int, dnnl::memory>> mems_;
   std::vector<dnnl_exec_arg_t> args_;
   std::shared_ptr<std::vector<std::byte>> scratch_;
+  bool serial_ = false;
 };
 
 // Wraps an arena pointer (const is cast away: oneDNN takes void* for sources too).

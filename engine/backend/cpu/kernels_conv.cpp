@@ -9,6 +9,7 @@
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/backend/cpu/vec_math.h"
 #include "engine/ops/conv_geometry.h"
 
 namespace trainer::engine::cpu {
@@ -550,10 +551,48 @@ KernelPtr max_pool(const KernelArgs& a) {
   return kp;
 }
 
+// 2x2 windows at stride 2 without padding or dilation, the common case: windows do not overlap, so every dx
+// element is written once, with dy where its window's first maximum is (as in the loops) and 0 elsewhere,
+// and no separate zero fill is needed. An odd last row or column belongs to no window. A vectorized pass
+// like this is several times faster than oneDNN's plain-layout backward (which also needs the forward rerun
+// for its workspace).
+TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy, float* dx, int64_t h,
+                                                int64_t w, int64_t oh, int64_t ow) {
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const float* r0 = x + 2 * oy * w;
+    const float* r1 = r0 + w;
+    float* d0 = dx + 2 * oy * w;
+    float* d1 = d0 + w;
+    const float* g = dy + oy * ow;
+#pragma omp simd
+    for (int64_t j = 0; j < ow; ++j) {
+      float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
+      float m = a;
+      int k = 0;
+      k = b > m ? 1 : k;
+      m = b > m ? b : m;
+      k = c > m ? 2 : k;
+      m = c > m ? c : m;
+      k = d > m ? 3 : k;
+      d0[2 * j] = k == 0 ? g[j] : 0.0f;
+      d0[2 * j + 1] = k == 1 ? g[j] : 0.0f;
+      d1[2 * j] = k == 2 ? g[j] : 0.0f;
+      d1[2 * j + 1] = k == 3 ? g[j] : 0.0f;
+    }
+    for (int64_t ix = 2 * ow; ix < w; ++ix) d0[ix] = d1[ix] = 0.0f;
+  }
+  for (int64_t iy = 2 * oh; iy < h; ++iy) std::fill(dx + iy * w, dx + (iy + 1) * w, 0.0f);
+}
+
+bool is_plain_2x2(const Win2d& v) {
+  return v.kh == 2 && v.kw == 2 && v.sh == 2 && v.sw == 2 && v.dh == 1 && v.dw == 1 && v.pt == 0 &&
+         v.pl == 0 && v.reach_b == 0 && v.reach_r == 0 && v.oh == v.h / 2 && v.ow == v.w / 2;
+}
+
 // oneDNN's max-pooling backward needs the forward's workspace (where each maximum was). MaxPool itself runs
 // as inference and keeps none, so the gradient kernel reruns the forward into a workspace and a scratch
 // output of its own. That is still about twice as fast as the plain loops' window search (measured at [64,
-// 32, 26, 26], 2x2).
+// 32, 26, 26], 3x3).
 struct MaxPoolGradState {
   DnnlCall forward, backward;
   std::vector<std::shared_ptr<std::vector<std::byte>>> buffers;
@@ -569,6 +608,18 @@ KernelPtr max_pool_grad(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(1);
     T* dx = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
+      if (is_plain_2x2(v)) {
+        kp = make_kernel([=](const StepContext&) {
+          parallel_for(
+              v.n * v.c,
+              [&](int64_t p) {
+                max_pool_grad_2x2_plane(x + p * v.in_plane(), dy + p * v.out_plane(), dx + p * v.in_plane(),
+                                        v.h, v.w, v.oh, v.ow);
+              },
+              std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+        });
+        return;
+      }
       using namespace dnnl;
       PoolMds d = pool_mds(v);
       auto fwd = pool_fwd_pd(d, algorithm::pooling_max, prop_kind::forward_training);

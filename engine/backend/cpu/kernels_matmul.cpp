@@ -3,6 +3,7 @@
 // as post-ops), f64 runs plain loops (it serves the finite-difference gradient checks, not speed).
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
@@ -195,6 +196,10 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
   memory::desc y_md = dnnl_plain_md(y_dims, DType::f32);
 
   auto st = std::make_shared<DnnlGemm>();
+  // Small products (the last layers of a classifier) run on the calling thread.
+  const bool serial = L.batch_count() * L.m * L.n * L.kk <= kSerialGemmMacs;
+  std::optional<SerialScope> one;
+  if (serial) one.emplace();
   dnnl::primitive_attr attr = dnnl_attr();
   dnnl::post_ops po;
   bool keep_z = e.z != nullptr;
@@ -233,7 +238,7 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
   } else {
     pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, y_md), attr, dnnl_cpu_engine());
   }
-  st->matmul = DnnlCall(dnnl::matmul(pd), pd, std::move(args));
+  st->matmul = DnnlCall(dnnl::matmul(pd), pd, std::move(args), serial);
   if (keep_z) {
     memory::desc flat = dnnl_plain_md({L.batch_count() * L.m * L.n}, DType::f32);
     if (e.act == Act::none) {
@@ -243,13 +248,13 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
                                       flat, 1.0f, 0.0f),
           dnnl_attr(), dnnl_cpu_engine());
       st->act = DnnlCall(dnnl::eltwise_forward(ep), ep,
-                         {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}});
+                         {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}}, serial);
     } else {
       dnnl::eltwise_forward::primitive_desc ep(
           dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl_act(e.act), flat, 0.0f, 0.0f),
           dnnl_attr(), dnnl_cpu_engine());
       st->act = DnnlCall(dnnl::eltwise_forward(ep), ep,
-                         {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}});
+                         {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}}, serial);
     }
   }
   return make_kernel([st](const StepContext&) {

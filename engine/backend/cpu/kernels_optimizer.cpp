@@ -1,7 +1,7 @@
-// CPU kernels of the optimizer updates. One generic loop walks the (X, G, state...) tensors element by
-// element and a per-op step function updates them in registers; step scalars (bias corrections, decayed
-// rates) are computed once per run from R and T. Each output may share its state input's buffer: every
-// element is read before it is written.
+// CPU kernels of the optimizer updates. One generic vectorized loop walks the (X, G, state...) tensors
+// element by element and a per-op step function updates them in registers; step scalars (bias corrections,
+// decayed rates) are computed once per run from R and T. Each output may share its state input's buffer:
+// every element is read before it is written.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -10,6 +10,7 @@
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/backend/cpu/vec_math.h"
 
 namespace trainer::engine::cpu {
 
@@ -24,33 +25,83 @@ struct UpdateTensor {
   T* x_out = nullptr;
   std::array<T*, K> s_out{};
   int64_t n = 0;
+  bool all_outputs() const {
+    for (int k = 0; k < K; ++k)
+      if (!s_out[k]) return false;
+    return x_out != nullptr;
+  }
+};
+
+// What a step function returns for one element: the new X and up to two new states.
+template <class T>
+struct Updated {
+  T x, s0, s1;
 };
 
 // Element-wise updates are memory bound; a smaller grain than the default lets large parameters use every
 // core.
 inline constexpr int64_t kUpdateGrain = 1 << 14;
 
+// Elements [b, e) of one tensor with every output present. Each lane reads and writes only its own index, so
+// `omp simd` holds even where an output shares its input's buffer. Values pass by value, not through arrays
+// or references, so the loop vectorizes (sqrt included, as the engine builds without math errno).
+template <class T, int K, class Step>
+TRAINER_CPU_CLONES void update_range(const UpdateTensor<T, K>& u, int64_t b, int64_t e, const Step& step) {
+  const T* x = u.x;
+  const T* g = u.g;
+  const T* s0 = nullptr;
+  const T* s1 = nullptr;
+  T* o0 = nullptr;
+  T* o1 = nullptr;
+  if constexpr (K > 0) {
+    s0 = u.s[0];
+    o0 = u.s_out[0];
+  }
+  if constexpr (K > 1) {
+    s1 = u.s[1];
+    o1 = u.s_out[1];
+  }
+  T* xo = u.x_out;
+#pragma omp simd
+  for (int64_t i = b; i < e; ++i) {
+    Updated<T> r = step(x[i], g[i], K > 0 ? s0[i] : T(0), K > 1 ? s1[i] : T(0));
+    xo[i] = r.x;
+    if constexpr (K > 0) o0[i] = r.s0;
+    if constexpr (K > 1) o1[i] = r.s1;
+  }
+}
+
+// The same for tensors with absent outputs (their results are dropped): a plain loop.
+template <class T, int K, class Step>
+void update_range_partial(const UpdateTensor<T, K>& u, int64_t b, int64_t e, const Step& step) {
+  for (int64_t i = b; i < e; ++i) {
+    Updated<T> r = step(u.x[i], u.g[i], K > 0 ? u.s[std::min(0, K - 1)][i] : T(0),
+                        K > 1 ? u.s[std::min(1, K - 1)][i] : T(0));
+    if (u.x_out) u.x_out[i] = r.x;
+    if constexpr (K > 0)
+      if (u.s_out[0]) u.s_out[0][i] = r.s0;
+    if constexpr (K > 1)
+      if (u.s_out[1]) u.s_out[1][i] = r.s1;
+  }
+}
+
 template <class T, int K, class Step>
 void apply(const UpdateTensor<T, K>& u, const Step& step) {
+  bool full = u.all_outputs();
   parallel_chunks(
       u.n,
       [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          T x = u.x[i];
-          T g = u.g[i];
-          std::array<T, K> s;
-          for (int k = 0; k < K; ++k) s[k] = u.s[k][i];
-          step(x, g, s);
-          if (u.x_out) u.x_out[i] = x;
-          for (int k = 0; k < K; ++k)
-            if (u.s_out[k]) u.s_out[k][i] = s[k];
-        }
+        if (full)
+          update_range<T, K>(u, begin, end, step);
+        else
+          update_range_partial<T, K>(u, begin, end, step);
       },
       kUpdateGrain);
 }
 
 // Builds the kernel of an update op with K state tensors per updated value. make.template operator()<T>(r, t)
-// returns the per-element step for one run, given the learning rate r and the update count t.
+// returns the per-element step for one run, given the learning rate r and the update count t: a function
+// (x, g, s0, s1) -> Updated<T> (states past K are passed as 0 and ignored).
 template <int K, class Make>
 KernelPtr update_kernel(const KernelArgs& a, Make make) {
   int nin = static_cast<int>(a.inputs.size());
@@ -98,13 +149,11 @@ KernelPtr adam(const KernelArgs& a) {
     T rate = static_cast<T>(adam_rate(r, t, alpha, beta));
     T a1 = static_cast<T>(alpha), b1 = static_cast<T>(beta), e = static_cast<T>(eps);
     T l2 = static_cast<T>(nc), post = static_cast<T>(1 - ncp);
-    return [=](T& x, T g, std::array<T, 2>& s) {
+    return [=](T x, T g, T s0, T s1) {
       T gr = g + l2 * x;
-      T v = a1 * s[0] + (1 - a1) * gr;
-      T h = b1 * s[1] + (1 - b1) * gr * gr;
-      x = post * (x - rate * (v / (std::sqrt(h) + e)));
-      s[0] = v;
-      s[1] = h;
+      T v = a1 * s0 + (1 - a1) * gr;
+      T h = b1 * s1 + (1 - b1) * gr * gr;
+      return Updated<T>{post * (x - rate * (v / (std::sqrt(h) + e))), v, h};
     };
   });
 }
@@ -121,11 +170,10 @@ KernelPtr momentum(const KernelArgs& a) {
   return update_kernel<1>(a, [=]<class T>(double r, int64_t t) {
     T rate = static_cast<T>(r), a1 = static_cast<T>(alpha), l2 = static_cast<T>(nc);
     T b1 = static_cast<T>(t > 0 ? beta : 1.0);  // the first update takes the whole gradient
-    return [=](T& x, T g, std::array<T, 1>& s) {
+    return [=](T x, T g, T s0, T) {
       T gr = g + l2 * x;
-      T v = a1 * s[0] + b1 * gr;
-      x = nesterov ? x - rate * (gr + a1 * v) : x - rate * v;
-      s[0] = v;
+      T v = a1 * s0 + b1 * gr;
+      return Updated<T>{nesterov ? x - rate * (gr + a1 * v) : x - rate * v, v, T(0)};
     };
   });
 }
@@ -136,11 +184,10 @@ KernelPtr adagrad(const KernelArgs& a) {
   return update_kernel<1>(a, [=]<class T>(double r, int64_t t) {
     T rate = static_cast<T>(r / (1 + static_cast<double>(t) * decay));
     T e = static_cast<T>(eps), l2 = static_cast<T>(nc);
-    return [=](T& x, T g, std::array<T, 1>& s) {
+    return [=](T x, T g, T s0, T) {
       T gr = g + l2 * x;
-      T h = s[0] + gr * gr;
-      x = x - rate * gr / (std::sqrt(h) + e);
-      s[0] = h;
+      T h = s0 + gr * gr;
+      return Updated<T>{x - rate * gr / (std::sqrt(h) + e), h, T(0)};
     };
   });
 }
@@ -152,13 +199,11 @@ KernelPtr adamw(const KernelArgs& a) {
     T rate = static_cast<T>(adam_rate(r, t, beta1, beta2));
     T decay = static_cast<T>(r * wd);
     T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2), e = static_cast<T>(eps);
-    return [=](T& x, T g, std::array<T, 2>& s) {
+    return [=](T x, T g, T s0, T s1) {
       x = x - decay * x;
-      T m = b1 * s[0] + (1 - b1) * g;
-      T v = b2 * s[1] + (1 - b2) * g * g;
-      x = x - rate * (m / (std::sqrt(v) + e));
-      s[0] = m;
-      s[1] = v;
+      T m = b1 * s0 + (1 - b1) * g;
+      T v = b2 * s1 + (1 - b2) * g * g;
+      return Updated<T>{x - rate * (m / (std::sqrt(v) + e)), m, v};
     };
   });
 }
@@ -176,22 +221,19 @@ KernelPtr rmsprop(const KernelArgs& a) {
   if (a.inputs.size() == 6)
     return update_kernel<2>(a, [=]<class T>(double r, int64_t) {
       auto c = make.template operator()<T>(r);
-      return [=](T& x, T g, std::array<T, 2>& s) {
+      return [=](T x, T g, T s0, T s1) {
         T gr = g + c.l2 * x;
-        T v = c.rho * s[0] + (1 - c.rho) * gr * gr;
-        T m = c.mom * s[1] + c.rate * gr / std::sqrt(v + c.eps);
-        x = x - m;
-        s[0] = v;
-        s[1] = m;
+        T v = c.rho * s0 + (1 - c.rho) * gr * gr;
+        T m = c.mom * s1 + c.rate * gr / std::sqrt(v + c.eps);
+        return Updated<T>{x - m, v, m};
       };
     });
   return update_kernel<1>(a, [=]<class T>(double r, int64_t) {
     auto c = make.template operator()<T>(r);
-    return [=](T& x, T g, std::array<T, 1>& s) {
+    return [=](T x, T g, T s0, T) {
       T gr = g + c.l2 * x;
-      T v = c.rho * s[0] + (1 - c.rho) * gr * gr;
-      x = x - c.rate * gr / std::sqrt(v + c.eps);
-      s[0] = v;
+      T v = c.rho * s0 + (1 - c.rho) * gr * gr;
+      return Updated<T>{x - c.rate * gr / std::sqrt(v + c.eps), v, T(0)};
     };
   });
 }
@@ -200,7 +242,7 @@ KernelPtr sgd(const KernelArgs& a) {
   double nc = a.attrs().f("norm_coefficient");
   return update_kernel<0>(a, [=]<class T>(double r, int64_t) {
     T rate = static_cast<T>(r), l2 = static_cast<T>(nc);
-    return [=](T& x, T g, std::array<T, 0>&) { x = x - rate * (g + l2 * x); };
+    return [=](T x, T g, T, T) { return Updated<T>{x - rate * (g + l2 * x), T(0), T(0)}; };
   });
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
@@ -354,15 +355,22 @@ dnnl::memory::desc softmax_md(const AxisGeom& g) {
   return dnnl_plain_md({g.outer, g.n, g.inner}, DType::f32);
 }
 
+// Softmax over fewer elements than this runs on the calling thread (a classifier's [64, 10] output).
+inline constexpr int64_t kSerialSoftmax = int64_t{1} << 14;
+
 template <class Fwd>
 KernelPtr dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
   dnnl::memory::desc md = softmax_md(g);
+  const bool serial = a.in(0).shape.numel() <= kSerialSoftmax;
+  std::optional<SerialScope> one;
+  if (serial) one.emplace();
   typename Fwd::primitive_desc pd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
                                   dnnl_cpu_engine());
   auto call = std::make_shared<DnnlCall>(
       Fwd(pd), pd,
       std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_SRC, dnnl_mem(md, a.inputs[0])},
-                                                {DNNL_ARG_DST, dnnl_mem(md, a.outputs[0])}});
+                                                {DNNL_ARG_DST, dnnl_mem(md, a.outputs[0])}},
+      serial);
   return make_kernel([call](const StepContext&) { (*call)(); });
 }
 
@@ -370,6 +378,9 @@ KernelPtr dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
 template <class Fwd, class Bwd>
 KernelPtr dnnl_softmax_grad(const KernelArgs& a, const AxisGeom& g) {
   dnnl::memory::desc md = softmax_md(g);
+  const bool serial = a.in(0).shape.numel() <= kSerialSoftmax;
+  std::optional<SerialScope> one;
+  if (serial) one.emplace();
   typename Fwd::primitive_desc fpd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
                                    dnnl_cpu_engine());
   typename Bwd::primitive_desc pd(typename Bwd::desc(md, md, 1), dnnl_attr(), dnnl_cpu_engine(), fpd);
@@ -377,7 +388,8 @@ KernelPtr dnnl_softmax_grad(const KernelArgs& a, const AxisGeom& g) {
       Bwd(pd), pd,
       std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_DIFF_DST, dnnl_mem(md, a.inputs[0])},
                                                 {DNNL_ARG_DST, dnnl_mem(md, a.inputs[1])},
-                                                {DNNL_ARG_DIFF_SRC, dnnl_mem(md, a.outputs[0])}});
+                                                {DNNL_ARG_DIFF_SRC, dnnl_mem(md, a.outputs[0])}},
+      serial);
   return make_kernel([call](const StepContext&) { (*call)(); });
 }
 

@@ -4,6 +4,10 @@
 // the forward pass, recording gate activations and states in time-major rows, then walk the steps backwards
 // with one GEMM per step for dH, and finish with whole-sequence GEMMs for dW, dR and dX. Every buffer is
 // allocated when the kernel is prepared.
+// Batch rows never interact in the recurrence, so the time loop runs as one parallel region in which each
+// thread owns a fixed slice of the batch and runs its own single-threaded step GEMMs: no barrier per time
+// step (a step's work is a few microseconds, less than waking a team costs), and the same rows always go
+// to the same thread, which keeps results deterministic.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,6 +17,7 @@
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
 #include "engine/backend/cpu/rnn_gemm.h"
+#include "engine/backend/cpu/vec_math.h"
 #include "engine/ops/rnn_config.h"
 
 namespace trainer::engine::cpu {
@@ -59,19 +64,44 @@ inline T act_slope(const RnnActivation& a, T y) {
   return T(1);
 }
 
+// f32 sigmoid and tanh without library calls, so the loops vectorize (they dominate the cell's elementwise
+// work); f64 keeps libm for the gradient checks.
+TRAINER_CPU_CLONES void sigmoid_inplace(float* v, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) v[j] = sigmoid_f(v[j]);
+}
+
+TRAINER_CPU_CLONES void tanh_inplace(float* v, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) v[j] = tanh_f(v[j]);
+}
+
 // Applies an activation in place to n values, with the switch hoisted out of the loop.
 template <class T>
 void act_inplace(const RnnActivation& a, T* v, int64_t n) {
   switch (a.kind) {
     case RnnActKind::sigmoid:
-      for (int64_t j = 0; j < n; ++j) v[j] = T(1) / (T(1) + std::exp(-v[j]));
+      if constexpr (std::is_same_v<T, float>)
+        sigmoid_inplace(v, n);
+      else
+        for (int64_t j = 0; j < n; ++j) v[j] = T(1) / (T(1) + std::exp(-v[j]));
       return;
     case RnnActKind::tanh:
-      for (int64_t j = 0; j < n; ++j) v[j] = std::tanh(v[j]);
+      if constexpr (std::is_same_v<T, float>)
+        tanh_inplace(v, n);
+      else
+        for (int64_t j = 0; j < n; ++j) v[j] = std::tanh(v[j]);
       return;
     default:
       for (int64_t j = 0; j < n; ++j) v[j] = act_value(a, v[j]);
   }
+}
+
+// Sets out = act(in) for n values.
+template <class T>
+void act_copy(const RnnActivation& a, const T* in, T* out, int64_t n) {
+  std::memcpy(out, in, static_cast<size_t>(n) * sizeof(T));
+  act_inplace(a, out, n);
 }
 
 template <class T>
@@ -145,6 +175,7 @@ class RnnRunner {
     rh_.assign(Bt * GH_, T(0));
     gate_.assign(Bt * GH_, T(0));
     h_.assign(Bt * H_, T(0));
+    act_row_.assign(Bt * H_, T(0));
     if (lstm) c_.assign(Bt * H_, T(0));
     if (!lstm && !lbr_) rhp_.assign(Bt * H_, T(0));
     bias_.assign(GH_ + H_, T(0));
@@ -171,29 +202,52 @@ class RnnRunner {
       if (!lstm && !lbr_) drh_.assign(Bt * H_, T(0));
     }
 
+    // Batch slices, one per thread (see the file comment).
+    const int slices =
+        static_cast<int>(std::clamp<int64_t>(omp_get_max_threads(), 1, std::max<int64_t>(Bt, 1)));
+    for (int k = 0; k < slices; ++k) slices_.push_back({Bt * k / slices, Bt * (k + 1) / slices});
+
     for (int d = 0; d < cfg_.dirs; ++d) {
       const T* wd = w_ + d * GH_ * I;
       const T* rd = r_ + d * GH_ * H_;
       Dir g;
       g.xw = FixedGemm<T>(N_, GH_, I, {x_, I, 1}, {wd, 1, I}, xw_.data(), GH_, false);
-      if (lstm || lbr_) {
-        g.rh = FixedGemm<T>(Bt, GH_, H_, {h_.data(), H_, 1}, {rd, 1, H_}, rh_.data(), GH_, false);
-      } else {
-        // Reset-before-linear GRU: z and r from H·R[z,r]ᵀ, then the candidate from (r ⊙ H)·R[h]ᵀ.
-        g.rh = FixedGemm<T>(Bt, 2 * H_, H_, {h_.data(), H_, 1}, {rd, 1, H_}, rh_.data(), GH_, false);
-        g.rh2 = FixedGemm<T>(Bt, H_, H_, {rhp_.data(), H_, 1}, {rd + 2 * H_ * H_, 1, H_}, rh_.data() + 2 * H_,
-                             GH_, false);
+      {
+        // The step GEMMs run inside the slices' parallel region, one thread each: plan them for one thread.
+        const int threads = omp_get_max_threads();
+        omp_set_num_threads(1);
+        for (const Slice& sl : slices_) {
+          const int64_t b0 = sl.b0, rows = sl.b1 - sl.b0;
+          StepGemms sg;
+          T* h = h_.data() + b0 * H_;
+          T* rh = rh_.data() + b0 * GH_;
+          if (lstm || lbr_) {
+            sg.rh = FixedGemm<T>(rows, GH_, H_, {h, H_, 1}, {rd, 1, H_}, rh, GH_, false);
+          } else {
+            // Reset-before-linear GRU: z and r from H·R[z,r]ᵀ, then the candidate from (r ⊙ H)·R[h]ᵀ.
+            sg.rh = FixedGemm<T>(rows, 2 * H_, H_, {h, H_, 1}, {rd, 1, H_}, rh, GH_, false);
+            sg.rh2 = FixedGemm<T>(rows, H_, H_, {rhp_.data() + b0 * H_, H_, 1}, {rd + 2 * H_ * H_, 1, H_},
+                                  rh + 2 * H_, GH_, false);
+          }
+          if (backward) {
+            T* da = da_step_.data() + b0 * GH_;
+            T* dhr = dhr_.data() + b0 * H_;
+            if (lstm) {
+              sg.dh = FixedGemm<T>(rows, H_, GH_, {da, GH_, 1}, {rd, H_, 1}, dhr, H_, false);
+            } else if (lbr_) {
+              sg.dh = FixedGemm<T>(rows, H_, GH_, {dar_step_.data() + b0 * GH_, GH_, 1}, {rd, H_, 1}, dhr, H_,
+                                   false);
+            } else {
+              sg.dh = FixedGemm<T>(rows, H_, 2 * H_, {da, GH_, 1}, {rd, H_, 1}, dhr, H_, false);
+              sg.drh = FixedGemm<T>(rows, H_, H_, {da + 2 * H_, GH_, 1}, {rd + 2 * H_ * H_, H_, 1},
+                                    drh_.data() + b0 * H_, H_, false);
+            }
+          }
+          g.step.push_back(std::move(sg));
+        }
+        omp_set_num_threads(threads);
       }
       if (backward) {
-        if (lstm) {
-          g.dh = FixedGemm<T>(Bt, H_, GH_, {da_step_.data(), GH_, 1}, {rd, H_, 1}, dhr_.data(), H_, false);
-        } else if (lbr_) {
-          g.dh = FixedGemm<T>(Bt, H_, GH_, {dar_step_.data(), GH_, 1}, {rd, H_, 1}, dhr_.data(), H_, false);
-        } else {
-          g.dh = FixedGemm<T>(Bt, H_, 2 * H_, {da_step_.data(), GH_, 1}, {rd, H_, 1}, dhr_.data(), H_, false);
-          g.drh = FixedGemm<T>(Bt, H_, H_, {da_step_.data() + 2 * H_, GH_, 1}, {rd + 2 * H_ * H_, H_, 1},
-                               drh_.data(), H_, false);
-        }
         if (dw_)
           g.dw = FixedGemm<T>(GH_, I, N_, {daw_.data(), 1, GH_}, {x_, I, 1}, dw_ + d * GH_ * I, I, false);
         if (dr_) {
@@ -235,10 +289,45 @@ class RnnRunner {
   }
 
  private:
-  struct Dir {
-    FixedGemm<T> xw, rh, rh2;               // forward
-    FixedGemm<T> dh, drh, dw, dr, dr2, dx;  // backward
+  // Rows [b0, b1) of the batch.
+  struct Slice {
+    int64_t b0 = 0, b1 = 0;
   };
+  // The per-step GEMMs of one slice: forward rh (and rh2), backward dh (and drh).
+  struct StepGemms {
+    FixedGemm<T> rh, rh2, dh, drh;
+  };
+  struct Dir {
+    FixedGemm<T> xw;               // forward, whole sequence
+    std::vector<StepGemms> step;   // per slice
+    FixedGemm<T> dw, dr, dr2, dx;  // backward, whole sequence
+  };
+
+  // Runs f(slice) for every slice, each on one thread of one parallel region. Should the region get fewer
+  // threads, a thread runs several slices: rows never depend on which thread runs them.
+  template <class F>
+  void for_slices(const F& f) {
+    const int ns = static_cast<int>(slices_.size());
+    if (ns == 1) {
+      f(0);
+      return;
+    }
+#pragma omp parallel num_threads(ns)
+    {
+      for (int k = omp_get_thread_num(); k < ns; k += omp_get_num_threads()) f(k);
+    }
+  }
+
+  // Zeroes the rows of `rec` ([N, width], X's row order) that no step of direction d writes: times past each
+  // sequence's end. The whole-sequence GEMMs of backward read every row.
+  void zero_unvisited_rows(std::vector<T>& rec, int64_t width, const Slice& sl) {
+    if (rec.empty()) return;
+    for (int64_t b = sl.b0; b < sl.b1; ++b)
+      for (int64_t t = len_[b]; t < cfg_.seq; ++t) {
+        T* row = rec.data() + cfg_.x_row(t, b) * width;
+        std::fill(row, row + width, T(0));
+      }
+  }
 
   void read_lengths() {
     const int64_t S = cfg_.seq;
@@ -251,9 +340,9 @@ class RnnRunner {
   }
 
   // The time index that direction d processes at step s for batch row b (only for s < len_[b]).
-  int64_t time_of(int d, int64_t s, int64_t b) const { return cfg_.dir_reversed(d) ? len_[b] - 1 - s : s; }
-
-  int64_t row_grain(int64_t per_row) const { return std::max<int64_t>(1, kParallelGrain / (8 * per_row)); }
+  int64_t time_of(int d, int64_t s, int64_t b) const {
+    return cfg_.dir_reversed(d) ? len_[b] - 1 - s : s;
+  }
 
   // Sets each batch row's state from an initial state, or zeros.
   void init_state(int d, const T* init, T* state) {
@@ -323,54 +412,57 @@ class RnnRunner {
     init_state(d, c0_, c_.data());
     const T* bias = bias_.data();
     const bool rec = backward_;
-    for (int64_t s = 0; s < S; ++s) {
-      g.rh();
-      parallel_for(
-          cfg_.batch,
-          [&](int64_t b) {
-            if (s >= len_[b]) return;
-            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-            const T* xr = xw_.data() + row * GH;
-            const T* rr = rh_.data() + b * GH;
-            T* a = gate_.data() + b * GH;
-            T* hb = h_.data() + b * H;
-            T* cb = c_.data() + b * H;
-            if (rec) {
-              copy_row(rec_hprev_.data() + row * H, hb, H);
-              copy_row(rec_cprev_.data() + row * H, cb, H);
+    for_slices([&](int k) {
+      const Slice& sl = slices_[k];
+      StepGemms& sg = g.step[k];
+      for (int64_t s = 0; s < S; ++s) {
+        sg.rh();
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          if (s >= len_[b]) continue;
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          const T* xr = xw_.data() + row * GH;
+          const T* rr = rh_.data() + b * GH;
+          T* a = gate_.data() + b * GH;
+          T* hb = h_.data() + b * H;
+          T* cb = c_.data() + b * H;
+          if (rec) {
+            copy_row(rec_hprev_.data() + row * H, hb, H);
+            copy_row(rec_cprev_.data() + row * H, cb, H);
+          }
+          for (int64_t j = 0; j < GH; ++j) a[j] = xr[j] + rr[j] + bias[j];
+          if (P)
+            for (int64_t j = 0; j < H; ++j) {
+              a[j] += P[j] * cb[j];
+              a[2 * H + j] += P[2 * H + j] * cb[j];
             }
-            for (int64_t j = 0; j < GH; ++j) a[j] = xr[j] + rr[j] + bias[j];
-            if (P)
-              for (int64_t j = 0; j < H; ++j) {
-                a[j] += P[j] * cb[j];
-                a[2 * H + j] += P[2 * H + j] * cb[j];
-              }
-            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, GH);
-            clip_inplace(cfg_.clip, a, H);
-            clip_inplace(cfg_.clip, a + 2 * H, 2 * H);
-            act_inplace(fa, a, H);
-            if (cfg_.input_forget) {
-              for (int64_t j = 0; j < H; ++j) a[2 * H + j] = T(1) - a[j];
-            } else {
-              act_inplace(fa, a + 2 * H, H);
-            }
-            act_inplace(ga, a + 3 * H, H);
-            for (int64_t j = 0; j < H; ++j) cb[j] = a[2 * H + j] * cb[j] + a[j] * a[3 * H + j];
-            T* ao = a + H;
-            if (P)
-              for (int64_t j = 0; j < H; ++j) ao[j] += P[H + j] * cb[j];
-            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + H, ao, H);
-            clip_inplace(cfg_.clip, ao, H);
-            act_inplace(fa, ao, H);
-            for (int64_t j = 0; j < H; ++j) hb[j] = ao[j] * act_value(ha, cb[j]);
-            if (rec) {
-              copy_row(rec_act_.data() + row * GH, a, GH);
-              copy_row(rec_c_.data() + row * H, cb, H);
-            }
-            if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
-          },
-          row_grain(GH));
-    }
+          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, GH);
+          clip_inplace(cfg_.clip, a, H);
+          clip_inplace(cfg_.clip, a + 2 * H, 2 * H);
+          act_inplace(fa, a, H);
+          if (cfg_.input_forget) {
+            for (int64_t j = 0; j < H; ++j) a[2 * H + j] = T(1) - a[j];
+          } else {
+            act_inplace(fa, a + 2 * H, H);
+          }
+          act_inplace(ga, a + 3 * H, H);
+          for (int64_t j = 0; j < H; ++j) cb[j] = a[2 * H + j] * cb[j] + a[j] * a[3 * H + j];
+          T* ao = a + H;
+          if (P)
+            for (int64_t j = 0; j < H; ++j) ao[j] += P[H + j] * cb[j];
+          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + H, ao, H);
+          clip_inplace(cfg_.clip, ao, H);
+          act_inplace(fa, ao, H);
+          T* hc = act_row_.data() + b * H;
+          act_copy(ha, cb, hc, H);
+          for (int64_t j = 0; j < H; ++j) hb[j] = ao[j] * hc[j];
+          if (rec) {
+            copy_row(rec_act_.data() + row * GH, a, GH);
+            copy_row(rec_c_.data() + row * H, cb, H);
+          }
+          if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+        }
+      }
+    });
     write_final_state(d, h_.data(), yh_);
     write_final_state(d, c_.data(), yc_);
     clear_past_end(d);
@@ -400,61 +492,64 @@ class RnnRunner {
     const T clip = cfg_.clip ? T(*cfg_.clip) : T(0);
     const bool input_forget = cfg_.input_forget;
     Dir& g = dirs_[d];
-    std::fill(daw_.begin(), daw_.end(), T(0));
     init_state_grad(d, dyh_, dh_.data());
     init_state_grad(d, dyc_, dc_.data());
-    for (int64_t s = S - 1; s >= 0; --s) {
-      parallel_for(
-          cfg_.batch,
-          [&](int64_t b) {
-            T* da = da_step_.data() + b * GH;
-            if (s >= len_[b]) {
-              std::fill(da, da + GH, T(0));
-              return;
+    for_slices([&](int k) {
+      const Slice& sl = slices_[k];
+      StepGemms& sg = g.step[k];
+      zero_unvisited_rows(daw_, GH, sl);
+      for (int64_t s = S - 1; s >= 0; --s) {
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          T* da = da_step_.data() + b * GH;
+          if (s >= len_[b]) {
+            std::fill(da, da + GH, T(0));
+            continue;
+          }
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          T* dh = dh_.data() + b * H;
+          T* dc = dc_.data() + b * H;
+          if (dy_) {
+            const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+            for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+          }
+          const T* a = rec_act_.data() + row * GH;
+          const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
+          const T* C = rec_c_.data() + row * H;
+          const T* Cp = rec_cprev_.data() + row * H;
+          const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+          T* hcs = act_row_.data() + b * H;
+          act_copy(ha, C, hcs, H);
+          for (int64_t j = 0; j < H; ++j) {
+            const T hc = hcs[j];
+            const T dH = dh[j];
+            T dC = dc[j] + dH * go[j] * act_slope(ha, hc);
+            const T dao = dH * hc * act_slope(fa, go[j]) * clip_pass(pre, H + j, clip);
+            if (P) dC += dao * P[H + j];
+            T di = dC * gc[j];
+            T df = dC * Cp[j];
+            const T dct = dC * gi[j];
+            if (input_forget) {
+              di -= df;
+              df = T(0);
             }
-            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-            T* dh = dh_.data() + b * H;
-            T* dc = dc_.data() + b * H;
-            if (dy_) {
-              const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-              for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-            }
-            const T* a = rec_act_.data() + row * GH;
-            const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
-            const T* C = rec_c_.data() + row * H;
-            const T* Cp = rec_cprev_.data() + row * H;
-            const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
-            for (int64_t j = 0; j < H; ++j) {
-              const T hc = act_value(ha, C[j]);
-              const T dH = dh[j];
-              T dC = dc[j] + dH * go[j] * act_slope(ha, hc);
-              const T dao = dH * hc * act_slope(fa, go[j]) * clip_pass(pre, H + j, clip);
-              if (P) dC += dao * P[H + j];
-              T di = dC * gc[j];
-              T df = dC * Cp[j];
-              const T dct = dC * gi[j];
-              if (input_forget) {
-                di -= df;
-                df = T(0);
-              }
-              const T dai = di * act_slope(fa, gi[j]) * clip_pass(pre, j, clip);
-              const T daf = input_forget ? T(0) : df * act_slope(fa, gf[j]) * clip_pass(pre, 2 * H + j, clip);
-              const T dac = dct * act_slope(ga, gc[j]) * clip_pass(pre, 3 * H + j, clip);
-              T dcp = dC * gf[j];
-              if (P) dcp += dai * P[j] + daf * P[2 * H + j];
-              dc[j] = dcp;
-              da[j] = dai;
-              da[H + j] = dao;
-              da[2 * H + j] = daf;
-              da[3 * H + j] = dac;
-            }
-            copy_row(daw_.data() + row * GH, da, GH);
-          },
-          row_grain(GH));
-      g.dh();
-      for (int64_t b = 0; b < cfg_.batch; ++b)
-        if (s < len_[b]) copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
-    }
+            const T dai = di * act_slope(fa, gi[j]) * clip_pass(pre, j, clip);
+            const T daf = input_forget ? T(0) : df * act_slope(fa, gf[j]) * clip_pass(pre, 2 * H + j, clip);
+            const T dac = dct * act_slope(ga, gc[j]) * clip_pass(pre, 3 * H + j, clip);
+            T dcp = dC * gf[j];
+            if (P) dcp += dai * P[j] + daf * P[2 * H + j];
+            dc[j] = dcp;
+            da[j] = dai;
+            da[H + j] = dao;
+            da[2 * H + j] = daf;
+            da[3 * H + j] = dac;
+          }
+          copy_row(daw_.data() + row * GH, da, GH);
+        }
+        sg.dh();
+        for (int64_t b = sl.b0; b < sl.b1; ++b)
+          if (s < len_[b]) copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
+      }
+    });
     write_state_grad(d, dh_.data(), dh0_);
     write_state_grad(d, dc_.data(), dc0_);
     finish_weight_grads(d);
@@ -521,64 +616,62 @@ class RnnRunner {
     const T* bias = bias_.data();
     const T* rbh = bias_.data() + GH;
     const bool rec = backward_;
-    for (int64_t s = 0; s < S; ++s) {
-      g.rh();
-      // Update and reset gates; with linear_before_reset also the candidate, else the reset hidden state.
-      parallel_for(
-          cfg_.batch,
-          [&](int64_t b) {
-            if (s >= len_[b]) return;
-            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+    for_slices([&](int k) {
+      const Slice& sl = slices_[k];
+      StepGemms& sg = g.step[k];
+      for (int64_t s = 0; s < S; ++s) {
+        sg.rh();
+        // Update and reset gates; with linear_before_reset also the candidate, else the reset hidden state.
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          if (s >= len_[b]) continue;
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          const T* xr = xw_.data() + row * GH;
+          const T* rr = rh_.data() + b * GH;
+          T* a = gate_.data() + b * GH;
+          const T* hb = h_.data() + b * H;
+          for (int64_t j = 0; j < 2 * H; ++j) a[j] = xr[j] + rr[j] + bias[j];
+          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, 2 * H);
+          clip_inplace(cfg_.clip, a, 2 * H);
+          act_inplace(fa, a, 2 * H);
+          const T* gr = a + H;
+          if (lbr_) {
+            T* aux = rec ? rec_aux_.data() + row * H : nullptr;
+            for (int64_t j = 0; j < H; ++j) {
+              const T lin = rr[2 * H + j] + rbh[j];
+              if (aux) aux[j] = lin;
+              a[2 * H + j] = xr[2 * H + j] + bias[2 * H + j] + gr[j] * lin;
+            }
+          } else {
+            T* rp = rhp_.data() + b * H;
+            for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
+            if (rec) copy_row(rec_aux_.data() + row * H, rp, H);
+          }
+        }
+        if (!lbr_) sg.rh2();
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          if (s >= len_[b]) continue;
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          T* a = gate_.data() + b * GH;
+          T* ah = a + 2 * H;
+          if (!lbr_) {
             const T* xr = xw_.data() + row * GH;
             const T* rr = rh_.data() + b * GH;
-            T* a = gate_.data() + b * GH;
-            const T* hb = h_.data() + b * H;
-            for (int64_t j = 0; j < 2 * H; ++j) a[j] = xr[j] + rr[j] + bias[j];
-            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, 2 * H);
-            clip_inplace(cfg_.clip, a, 2 * H);
-            act_inplace(fa, a, 2 * H);
-            const T* gr = a + H;
-            if (lbr_) {
-              T* aux = rec ? rec_aux_.data() + row * H : nullptr;
-              for (int64_t j = 0; j < H; ++j) {
-                const T lin = rr[2 * H + j] + rbh[j];
-                if (aux) aux[j] = lin;
-                a[2 * H + j] = xr[2 * H + j] + bias[2 * H + j] + gr[j] * lin;
-              }
-            } else {
-              T* rp = rhp_.data() + b * H;
-              for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
-              if (rec) copy_row(rec_aux_.data() + row * H, rp, H);
-            }
-          },
-          row_grain(GH));
-      if (!lbr_) g.rh2();
-      parallel_for(
-          cfg_.batch,
-          [&](int64_t b) {
-            if (s >= len_[b]) return;
-            const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-            T* a = gate_.data() + b * GH;
-            T* ah = a + 2 * H;
-            if (!lbr_) {
-              const T* xr = xw_.data() + row * GH;
-              const T* rr = rh_.data() + b * GH;
-              for (int64_t j = 0; j < H; ++j) ah[j] = xr[2 * H + j] + rr[2 * H + j] + bias[2 * H + j];
-            }
-            if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + 2 * H, ah, H);
-            clip_inplace(cfg_.clip, ah, H);
-            act_inplace(ga, ah, H);
-            T* hb = h_.data() + b * H;
-            if (rec) {
-              copy_row(rec_hprev_.data() + row * H, hb, H);
-              copy_row(rec_act_.data() + row * GH, a, GH);
-            }
-            const T* z = a;
-            for (int64_t j = 0; j < H; ++j) hb[j] = (T(1) - z[j]) * ah[j] + z[j] * hb[j];
-            if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
-          },
-          row_grain(GH));
-    }
+            for (int64_t j = 0; j < H; ++j) ah[j] = xr[2 * H + j] + rr[2 * H + j] + bias[2 * H + j];
+          }
+          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + 2 * H, ah, H);
+          clip_inplace(cfg_.clip, ah, H);
+          act_inplace(ga, ah, H);
+          T* hb = h_.data() + b * H;
+          if (rec) {
+            copy_row(rec_hprev_.data() + row * H, hb, H);
+            copy_row(rec_act_.data() + row * GH, a, GH);
+          }
+          const T* z = a;
+          for (int64_t j = 0; j < H; ++j) hb[j] = (T(1) - z[j]) * ah[j] + z[j] * hb[j];
+          if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+        }
+      }
+    });
     write_final_state(d, h_.data(), yh_);
     clear_past_end(d);
   }
@@ -588,84 +681,82 @@ class RnnRunner {
     const RnnActivation &fa = cfg_.act(d, 0), &ga = cfg_.act(d, 1);
     const T clip = cfg_.clip ? T(*cfg_.clip) : T(0);
     Dir& g = dirs_[d];
-    std::fill(daw_.begin(), daw_.end(), T(0));
-    if (!dar_.empty()) std::fill(dar_.begin(), dar_.end(), T(0));
     init_state_grad(d, dyh_, dh_.data());
-    for (int64_t s = S - 1; s >= 0; --s) {
-      // Phase 1: everything but the reset gate's gradient when the reset applies before the linear map. dh_
-      // keeps the direct part dH ⊙ z of the previous state's gradient.
-      parallel_for(
-          cfg_.batch,
-          [&](int64_t b) {
-            T* da = da_step_.data() + b * GH;
-            T* dar = lbr_ ? dar_step_.data() + b * GH : nullptr;
-            if (s >= len_[b]) {
-              std::fill(da, da + GH, T(0));
-              if (dar) std::fill(dar, dar + GH, T(0));
-              return;
+    for_slices([&](int k) {
+      const Slice& sl = slices_[k];
+      StepGemms& sg = g.step[k];
+      zero_unvisited_rows(daw_, GH, sl);
+      zero_unvisited_rows(dar_, GH, sl);
+      for (int64_t s = S - 1; s >= 0; --s) {
+        // Phase 1: everything but the reset gate's gradient when the reset applies before the linear map. dh_
+        // keeps the direct part dH ⊙ z of the previous state's gradient.
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          T* da = da_step_.data() + b * GH;
+          T* dar = lbr_ ? dar_step_.data() + b * GH : nullptr;
+          if (s >= len_[b]) {
+            std::fill(da, da + GH, T(0));
+            if (dar) std::fill(dar, dar + GH, T(0));
+            continue;
+          }
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          T* dh = dh_.data() + b * H;
+          if (dy_) {
+            const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+            for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+          }
+          const T* a = rec_act_.data() + row * GH;
+          const T *z = a, *r = a + H, *hh = a + 2 * H;
+          const T* hp = rec_hprev_.data() + row * H;
+          const T* aux = rec_aux_.data() + row * H;
+          const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+          for (int64_t j = 0; j < H; ++j) {
+            const T dH = dh[j];
+            const T daz = dH * (hp[j] - hh[j]) * act_slope(fa, z[j]) * clip_pass(pre, j, clip);
+            const T dah = dH * (T(1) - z[j]) * act_slope(ga, hh[j]) * clip_pass(pre, 2 * H + j, clip);
+            da[j] = daz;
+            da[2 * H + j] = dah;
+            if (lbr_) {
+              const T dar_j = dah * aux[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
+              da[H + j] = dar_j;
+              dar[j] = daz;
+              dar[H + j] = dar_j;
+              dar[2 * H + j] = dah * r[j];
             }
+            dh[j] = dH * z[j];
+          }
+        }
+        if (!lbr_) {
+          sg.drh();  // d(r ⊙ H_prev) = da_h · R[h]
+          for (int64_t b = sl.b0; b < sl.b1; ++b) {
+            if (s >= len_[b]) continue;
             const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-            T* dh = dh_.data() + b * H;
-            if (dy_) {
-              const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-              for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-            }
-            const T* a = rec_act_.data() + row * GH;
-            const T *z = a, *r = a + H, *hh = a + 2 * H;
+            const T* r = rec_act_.data() + row * GH + H;
             const T* hp = rec_hprev_.data() + row * H;
-            const T* aux = rec_aux_.data() + row * H;
             const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+            const T* drp = drh_.data() + b * H;
+            T* da = da_step_.data() + b * GH;
+            T* dh = dh_.data() + b * H;
             for (int64_t j = 0; j < H; ++j) {
-              const T dH = dh[j];
-              const T daz = dH * (hp[j] - hh[j]) * act_slope(fa, z[j]) * clip_pass(pre, j, clip);
-              const T dah = dH * (T(1) - z[j]) * act_slope(ga, hh[j]) * clip_pass(pre, 2 * H + j, clip);
-              da[j] = daz;
-              da[2 * H + j] = dah;
-              if (lbr_) {
-                const T dar_j = dah * aux[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
-                da[H + j] = dar_j;
-                dar[j] = daz;
-                dar[H + j] = dar_j;
-                dar[2 * H + j] = dah * r[j];
-              }
-              dh[j] = dH * z[j];
+              da[H + j] = drp[j] * hp[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
+              dh[j] += drp[j] * r[j];
             }
-          },
-          row_grain(GH));
-      if (!lbr_) {
-        g.drh();  // d(r ⊙ H_prev) = da_h · R[h]
-        parallel_for(
-            cfg_.batch,
-            [&](int64_t b) {
-              if (s >= len_[b]) return;
-              const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-              const T* r = rec_act_.data() + row * GH + H;
-              const T* hp = rec_hprev_.data() + row * H;
-              const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
-              const T* drp = drh_.data() + b * H;
-              T* da = da_step_.data() + b * GH;
-              T* dh = dh_.data() + b * H;
-              for (int64_t j = 0; j < H; ++j) {
-                da[H + j] = drp[j] * hp[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
-                dh[j] += drp[j] * r[j];
-              }
-            },
-            row_grain(GH));
+          }
+        }
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          if (s >= len_[b]) continue;
+          const int64_t row = cfg_.x_row(time_of(d, s, b), b);
+          copy_row(daw_.data() + row * GH, da_step_.data() + b * GH, GH);
+          if (lbr_) copy_row(dar_.data() + row * GH, dar_step_.data() + b * GH, GH);
+        }
+        sg.dh();
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          if (s >= len_[b]) continue;
+          T* dh = dh_.data() + b * H;
+          const T* dr = dhr_.data() + b * H;
+          for (int64_t j = 0; j < H; ++j) dh[j] += dr[j];
+        }
       }
-      for (int64_t b = 0; b < cfg_.batch; ++b) {
-        if (s >= len_[b]) continue;
-        const int64_t row = cfg_.x_row(time_of(d, s, b), b);
-        copy_row(daw_.data() + row * GH, da_step_.data() + b * GH, GH);
-        if (lbr_) copy_row(dar_.data() + row * GH, dar_step_.data() + b * GH, GH);
-      }
-      g.dh();
-      for (int64_t b = 0; b < cfg_.batch; ++b) {
-        if (s >= len_[b]) continue;
-        T* dh = dh_.data() + b * H;
-        const T* dr = dhr_.data() + b * H;
-        for (int64_t j = 0; j < H; ++j) dh[j] += dr[j];
-      }
-    }
+    });
     write_state_grad(d, dh_.data(), dh0_);
     finish_weight_grads(d);
   }
@@ -685,6 +776,8 @@ class RnnRunner {
   // Forward workspace: input projections of the whole sequence, and per-step recurrent projections, gates,
   // states.
   std::vector<T> xw_, rh_, gate_, h_, c_, rhp_, bias_;
+  std::vector<T> act_row_;  // per batch row: an activation of the cell state (LSTM's h(C))
+  std::vector<Slice> slices_;
   // Backward records in X's row order (row = x_row(t, b)): gate activations, pre-activations (with clip),
   // states before and after each step, and the GRU's reset product (r ⊙ H_prev, or H_prev·R[h]ᵀ + Rb[h]).
   std::vector<T> rec_act_, rec_pre_, rec_hprev_, rec_cprev_, rec_c_, rec_aux_;

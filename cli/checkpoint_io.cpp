@@ -1,0 +1,153 @@
+// TrainingState <-> checkpoint file. Doubles are written with 17 significant digits, so they read back exactly and a
+// resumed run reports the same numbers as one that never stopped.
+#include "cli/checkpoint_io.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <sstream>
+
+#include "engine/util/error.h"
+#include "formats/checkpoint.h"
+#include "formats/checkpoint_json.h"
+
+namespace trainer::cli {
+
+namespace {
+
+std::string num(double v) { return fmt::format("{:.17g}", v); }
+
+std::string logs_json(const engine::Logs& logs) {
+  std::string s = "[";
+  for (size_t i = 0; i < logs.size(); ++i) {
+    if (i) s += ", ";
+    s += "[";
+    formats::append_json_string(s, logs[i].first);
+    s += ", " + num(logs[i].second) + "]";
+  }
+  return s + "]";
+}
+
+std::string state_json(const engine::TrainingState& st) {
+  std::string s = fmt::format(
+      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"loss_sum\": {}, \"correct\": {}, \"topk\": {}, "
+      "\"samples\": {}, \"seconds\": {}, \"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": {}, "
+      "\"history\": [",
+      st.epoch, st.batch, st.global_step, num(st.loss_sum), num(st.correct), num(st.topk), st.samples,
+      num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch);
+  for (size_t i = 0; i < st.history.size(); ++i) {
+    const engine::EpochReport& r = st.history[i];
+    if (i) s += ", ";
+    s += fmt::format("{{\"epoch\": {}, \"epochs\": {}, \"steps\": {}, \"seconds\": {}, \"samples_per_s\": {}, "
+                     "\"logs\": {}}}",
+                     r.epoch, r.epochs, r.steps, num(r.seconds), num(r.samples_per_s), logs_json(r.logs));
+  }
+  return s + "]}";
+}
+
+struct StateReader {
+  const formats::JsonValue& root;
+  const std::string& path;
+  const formats::JsonValue& get(const formats::JsonValue& o, const char* key) const {
+    const formats::JsonValue* v = o.find(key);
+    if (!v) throw InputError(path, fmt::format("the checkpoint's state has no '{}'", key),
+                             "the file was not written by this version of trainer fit");
+    return *v;
+  }
+  double d(const formats::JsonValue& o, const char* key) const {
+    const formats::JsonValue& v = get(o, key);
+    if (v.kind != formats::JsonValue::Kind::number)
+      throw InputError(path, fmt::format("the checkpoint's state has a bad '{}'", key), "");
+    return std::strtod(v.text.c_str(), nullptr);
+  }
+  int64_t i(const formats::JsonValue& o, const char* key) const { return static_cast<int64_t>(d(o, key)); }
+  bool b(const formats::JsonValue& o, const char* key) const { return get(o, key).boolean; }
+};
+
+engine::TrainingState parse_state(const std::string& text, const std::string& path) {
+  formats::JsonValue root;
+  try {
+    root = formats::parse_json(text);
+  } catch (const formats::JsonSyntaxError& e) {
+    throw InputError(path, fmt::format("the checkpoint's state is not valid JSON: {}", e.what()), "");
+  }
+  StateReader r{root, path};
+  engine::TrainingState st;
+  st.epoch = r.i(root, "epoch");
+  st.batch = r.i(root, "batch");
+  st.global_step = r.i(root, "global_step");
+  st.loss_sum = r.d(root, "loss_sum");
+  st.correct = r.d(root, "correct");
+  st.topk = r.d(root, "topk");
+  st.samples = r.i(root, "samples");
+  st.seconds = r.d(root, "seconds");
+  st.have_best = r.b(root, "have_best");
+  st.best = r.d(root, "best");
+  st.waited = r.i(root, "waited");
+  st.best_epoch = r.i(root, "best_epoch");
+  for (const formats::JsonValue& e : r.get(root, "history").items) {
+    engine::EpochReport rep;
+    rep.epoch = r.i(e, "epoch");
+    rep.epochs = r.i(e, "epochs");
+    rep.steps = r.i(e, "steps");
+    rep.seconds = r.d(e, "seconds");
+    rep.samples_per_s = r.d(e, "samples_per_s");
+    for (const formats::JsonValue& kv : r.get(e, "logs").items) {
+      if (kv.items.size() != 2) throw InputError(path, "the checkpoint's history is malformed", "");
+      rep.logs.emplace_back(kv.items[0].text, std::strtod(kv.items[1].text.c_str(), nullptr));
+    }
+    st.history.push_back(std::move(rep));
+  }
+  return st;
+}
+
+}  // namespace
+
+void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec, uint64_t plan_signature,
+                              const engine::TrainingState& st) {
+  namespace key = formats::checkpoint_key;
+  std::map<std::string, std::string> meta;
+  meta[key::kSpec] = formats::to_toml(spec);
+  meta[kSpecPathKey] = spec.path;
+  meta[key::kPlanSignature] = fmt::format("{:016x}", plan_signature);
+  meta[key::kEpoch] = std::to_string(st.epoch);
+  meta[key::kStep] = std::to_string(st.global_step);
+  meta[key::kCursor] = fmt::format("epoch {} batch {}", st.epoch, st.batch);
+  meta[key::kRng] = fmt::format("philox4x32-10 seed {} step {}", spec.train.seed, st.global_step);
+  meta[kStateKey] = state_json(st);
+  std::vector<formats::CheckpointTensorSource> tensors;
+  for (const auto& [name, t] : st.values) tensors.push_back(formats::tensor_source(name, t));
+  for (const auto& [name, t] : st.best_values) tensors.push_back(formats::tensor_source(kBestPrefix + name, t));
+  formats::write_checkpoint(path, meta, tensors);
+}
+
+LoadedCheckpoint load_training_checkpoint(const std::string& path) {
+  namespace key = formats::checkpoint_key;
+  formats::Checkpoint ck = formats::read_checkpoint(path);
+  LoadedCheckpoint out;
+  out.spec_text = formats::checkpoint_value(ck.metadata, key::kSpec, path);
+  out.spec_path = formats::checkpoint_value(ck.metadata, kSpecPathKey, path);
+  out.plan_signature = std::strtoull(formats::checkpoint_value(ck.metadata, key::kPlanSignature, path).c_str(),
+                                     nullptr, 16);
+  out.state = parse_state(formats::checkpoint_value(ck.metadata, kStateKey, path), path);
+  std::string prefix = kBestPrefix;
+  for (formats::CheckpointTensor& t : ck.tensors) {
+    if (t.name.rfind(prefix, 0) == 0) out.state.best_values.emplace_back(t.name.substr(prefix.size()), std::move(t.value));
+    else out.state.values.emplace_back(t.name, std::move(t.value));
+  }
+  return out;
+}
+
+std::string first_difference(const std::string& a, const std::string& b) {
+  std::istringstream sa(a), sb(b);
+  std::string la, lb;
+  for (int line = 1;; ++line) {
+    bool ha = static_cast<bool>(std::getline(sa, la)), hb = static_cast<bool>(std::getline(sb, lb));
+    if (!ha && !hb) return "";
+    if (!ha) la = "(end)";
+    if (!hb) lb = "(end)";
+    if (la != lb) return fmt::format("line {}: '{}' in the checkpoint, '{}' in the spec", line, la, lb);
+  }
+}
+
+}  // namespace trainer::cli

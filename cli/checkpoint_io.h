@@ -1,0 +1,32 @@
+// Checkpoints of `trainer fit`: a TrainingState and the resolved spec as a checkpoint file, and back. The file is
+// formats/checkpoint.h's; this file decides what goes in it: metadata keys, the state as JSON, tensor names.
+#pragma once
+
+#include <string>
+
+#include "engine/train/fit.h"
+#include "formats/model_spec.h"
+
+namespace trainer::cli {
+
+// Metadata of ours, besides formats/checkpoint.h's keys.
+inline constexpr const char* kSpecPathKey = "spec_path";  // where the spec was read: relative data paths resolve there
+inline constexpr const char* kStateKey = "state";         // the TrainingState's numbers and history, as JSON
+inline constexpr const char* kBestPrefix = "@best/";  // tensors of early stopping's best weights
+
+void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec, uint64_t plan_signature,
+                              const engine::TrainingState& state);
+
+struct LoadedCheckpoint {
+  std::string spec_text;  // the resolved spec, TOML
+  std::string spec_path;
+  uint64_t plan_signature = 0;
+  engine::TrainingState state;
+};
+// Reads and verifies (checksum included) a checkpoint written by save_training_checkpoint.
+LoadedCheckpoint load_training_checkpoint(const std::string& path);
+
+// The first line where two specs' TOML texts differ, as "line N: 'a' vs 'b'", or "" when they are equal.
+std::string first_difference(const std::string& a, const std::string& b);
+
+}  // namespace trainer::cli

@@ -1,0 +1,67 @@
+// Helpers for CPU kernel loops that the compiler vectorizes: a marker that compiles a function for AVX-512,
+// AVX2 and the baseline and picks one at load time, and exp-based activations written without library calls
+// (libm's expf and tanhf are scalar calls that stop a loop from vectorizing).
+#pragma once
+
+#include <bit>
+#include <cstdint>
+
+namespace trainer::engine::cpu {
+
+// Put before a function whose loops should use the widest vectors the running CPU has. The binary stays
+// portable: the loader picks the AVX-512, AVX2 or baseline clone. Clones may contract a*b+c into FMAs, so
+// float results can differ in the last bits between machines, never between runs on one machine.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TRAINER_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TRAINER_CPU_CLONES
+#endif
+
+// exp(x) for x in [-87, 88], within 2 ulp; arguments outside are clamped there (the results saturate at
+// about 1e-38 and 1.6e38, which is all sigmoid and tanh need). NaN stays NaN.
+inline float exp_clamped(float x) {
+  // NaN fails both comparisons and passes through.
+  x = x > 88.0f ? 88.0f : x;
+  x = x < -87.0f ? -87.0f : x;
+  // x = n ln2 + r with |r| <= ln2/2; adding and subtracting 1.5 * 2^23 rounds x/ln2 to the nearest integer.
+  const float shifter = 12582912.0f;
+  float n = (x * 1.44269504088896341f + shifter) - shifter;
+  // ln2 in two parts, the first with few enough bits that n * part is exact.
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  // Taylor series of exp(r) to degree 7: the remainder is below 2^-24 relative for |r| <= 0.347.
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  // 2^n from its exponent bits; n is in [-126, 127] after the clamp.
+  float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return p * scale;
+}
+
+inline float sigmoid_f(float x) {
+  return 1.0f / (1.0f + exp_clamped(-x));
+}
+
+// tanh within a few ulp: an odd Taylor polynomial near 0, where (1 - e) / (1 + e) would cancel, and
+// (1 - e) / (1 + e) with e = exp(-2|x|) elsewhere.
+inline float tanh_f(float x) {
+  float ax = x < 0.0f ? -x : x;
+  float e = exp_clamped(-2.0f * ax);
+  float far = (1.0f - e) / (1.0f + e);
+  far = x < 0.0f ? -far : far;
+  float x2 = x * x;
+  // x - x^3/3 + 2x^5/15 - 17x^7/315 + 62x^9/2835; the next term is below 2^-24 relative for |x| < 0.3.
+  float p = 62.0f / 2835.0f;
+  p = p * x2 - 17.0f / 315.0f;
+  p = p * x2 + 2.0f / 15.0f;
+  p = p * x2 - 1.0f / 3.0f;
+  float near = x + x * x2 * p;
+  return ax < 0.3f ? near : far;
+}
+
+}  // namespace trainer::engine::cpu

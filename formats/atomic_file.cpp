@@ -1,0 +1,132 @@
+// Temporary file, fsync, rename, directory fsync; and removal of the temporary file on every failure path.
+#include "formats/atomic_file.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "engine/util/error.h"
+
+namespace trainer::formats {
+
+namespace {
+
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
+
+std::string directory_of(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string base_name(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// A suffix that differs between processes and between files of one process, so that two writers of the same
+// destination never share a temporary file.
+std::string temp_suffix() {
+  static std::atomic<uint64_t> counter{0};
+  static const uint64_t process_salt = [] {
+    std::random_device rd;
+    return (uint64_t{rd()} << 32) ^ rd();
+  }();
+  uint64_t v = process_salt ^ (uint64_t(::getpid()) << 40) ^ (counter.fetch_add(1) * 0x9E3779B97F4A7C15ULL);
+  return fmt::format("{:016x}", v);
+}
+
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  if (path_.empty() || path_.back() == '/')
+    throw InputError(path_.empty() ? "(empty path)" : path_, "a file name is needed, not a directory");
+  const std::string dir = directory_of(path_);
+  const std::string name = base_name(path_);
+  for (int attempt = 0;; ++attempt) {
+    temp_path_ = fmt::format("{}/.{}.tmp-{}", dir, name, temp_suffix());
+    // 0666 before the umask: the same permissions a plain open() of the destination would give.
+    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ >= 0) break;
+    int err = errno;
+    if (err == EEXIST && attempt < 100) continue;
+    temp_path_.clear();
+    throw InputError(path_, fmt::format("cannot create a file in directory {}: {}", dir, errno_text(err)),
+                     "check that the directory exists and is writable");
+  }
+}
+
+AtomicFile::~AtomicFile() {
+  if (!committed_) discard();
+}
+
+void AtomicFile::discard() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  write_at(size_bytes_, data, n);
+}
+
+void AtomicFile::write_at(uint64_t offset, const void* data, size_t n) {
+  TRAINER_ASSERT(fd_ >= 0 && !committed_, "write to {} after commit", path_);
+  TRAINER_ASSERT(offset <= size_bytes_, "write at {} past the end ({}) of {}", offset, size_bytes_, path_);
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd_, p, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw RuntimeError(fmt::format("{}: writing failed: {}", path_, errno_text(errno)));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  size_bytes_ = std::max(size_bytes_, offset);
+}
+
+void AtomicFile::commit() {
+  TRAINER_ASSERT(fd_ >= 0 && !committed_, "{} committed twice", path_);
+  if (::fsync(fd_) != 0)
+    throw RuntimeError(fmt::format("{}: flushing to disk failed: {}", path_, errno_text(errno)));
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) throw RuntimeError(fmt::format("{}: closing failed: {}", path_, errno_text(errno)));
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    int err = errno;
+    throw InputError(path_, fmt::format("cannot replace the file: {}", errno_text(err)),
+                     "check that the path is not a directory and that its directory is writable");
+  }
+  committed_ = true;
+  // The rename is durable only once the directory entry is on disk.
+  const std::string dir = directory_of(path_);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) throw RuntimeError(fmt::format("{}: cannot open the directory to flush it: {}", dir, errno_text(errno)));
+  int rc = ::fsync(dfd);
+  int err = errno;
+  ::close(dfd);
+  // Some file systems cannot fsync a directory (EINVAL); the rename is as durable as they make it.
+  if (rc != 0 && err != EINVAL)
+    throw RuntimeError(fmt::format("{}: flushing the directory to disk failed: {}", dir, errno_text(err)));
+}
+
+void write_file_atomically(const std::string& path, std::string_view contents) {
+  AtomicFile f(path);
+  f.write(contents);
+  f.commit();
+}
+
+}  // namespace trainer::formats

@@ -1,0 +1,581 @@
+#!/usr/bin/env python3
+"""Training throughput of `trainer fit` against PyTorch on the CPU, for the Fashion-MNIST samples.
+
+For each sample spec, in one run and with the same thread count: trainer's training samples/s (from its JSON
+lines), PyTorch's samples/s for the same model, optimizer, loss and batch size on the same data (in-memory
+tensors), both processes' peak memory, and the trainer step's GFLOP/s (3 x forward FLOPs per sample x samples/s)
+against the fp32 GEMM ceiling that oneDNN reaches here (bench_cpu). Measurements alternate between the two
+sides and repeat; medians are reported. A table goes to stderr, one JSON line per sample to stdout.
+
+PyTorch runs under the system Python (Debian's python3-torch: `apt-get install -y python3-torch`; it is for
+/usr/bin/python3). Each PyTorch measurement uses the thread settings that ran fastest in a short probe (see
+--torch-configs), so the comparison is against PyTorch at its best on this machine.
+"""
+import argparse
+import gzip
+import json
+import math
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SAMPLES = ["mlp", "cnn", "lstm"]
+
+# Stand-ins with the issue's models for sample specs that are not in the tree yet; the data, loss and
+# optimizer sections are taken from mlp.toml.
+FALLBACK_MODELS = {
+    "cnn": """[model]
+input = [28, 28, 1]
+
+[[model.layers]]
+type = "Conv2D"
+filters = 32
+kernel_size = 3
+activation = "relu"
+
+[[model.layers]]
+type = "MaxPooling2D"
+pool_size = 2
+
+[[model.layers]]
+type = "Flatten"
+
+[[model.layers]]
+type = "Dense"
+units = 512
+activation = "relu"
+
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""",
+    "lstm": """[model]
+input = [28, 28]
+
+[[model.layers]]
+type = "LSTM"
+units = 128
+
+[[model.layers]]
+type = "Dense"
+units = 16
+activation = "relu"
+
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""",
+}
+
+# Environment settings tried for PyTorch. Debian's PyTorch runs its GEMMs in OpenBLAS (pthreads) and its other
+# ops in OpenMP; with both pools spinning on two cores it can run several times slower than with one of them
+# quiet, so the probe picks the fastest.
+TORCH_CONFIGS = {
+    "blas1": {"OPENBLAS_NUM_THREADS": "1"},
+    "blas1-passive": {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"},
+    "blasN-passive": {"OPENBLAS_NUM_THREADS": "{threads}", "OMP_WAIT_POLICY": "passive"},
+    "blasN": {"OPENBLAS_NUM_THREADS": "{threads}"},
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_toml(path):
+    try:
+        import tomllib
+    except ImportError:
+        sys.exit("bench_fit: needs Python 3.11 or later (tomllib)")
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run_child(cmd, env, timeout=None):
+    """Runs cmd; returns (exit code, stdout, stderr, max RSS in bytes of that child alone)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG if deadline else 0)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                p.kill()
+                pid, status, usage = os.wait4(p.pid, 0)
+                break
+            time.sleep(0.05)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return p.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---- specs ----
+
+
+def sample_specs(names, tmp):
+    """Path of each sample's spec: samples/fashion_mnist/NAME.toml, or a stand-in written to tmp."""
+    base = ROOT / "samples" / "fashion_mnist"
+    specs = {}
+    for name in names:
+        path = base / f"{name}.toml"
+        if path.exists():
+            specs[name] = path
+            continue
+        if name not in FALLBACK_MODELS:
+            sys.exit(f"bench_fit: no spec {path}")
+        mlp = (base / "mlp.toml").read_text()
+        rest = mlp[mlp.index("[data]"):]
+        # Data paths of mlp.toml are absolute or relative to its folder; keep them valid from tmp.
+        lines = []
+        for line in rest.splitlines():
+            key = line.split("=", 1)[0].strip()
+            if key in ("x", "y") and '"' in line:
+                value = line.split('"')[1]
+                if not os.path.isabs(value):
+                    line = f'{key} = "{(base / value).resolve()}"'
+            lines.append(line)
+        path = pathlib.Path(tmp) / f"{name}.toml"
+        path.write_text(f"# Stand-in for samples/fashion_mnist/{name}.toml\nformat_version = 1\n\n"
+                        + FALLBACK_MODELS[name] + "\n" + "\n".join(lines) + "\n")
+        log(f"bench_fit: {base / (name + '.toml')} is missing; using the issue's model in {path}")
+        specs[name] = path
+    return specs
+
+
+# ---- trainer side ----
+
+
+def trainer_summary(trainer, spec, batch):
+    rc, out, err, _ = run_child([str(trainer), "summary", str(spec), "--batch-size", str(batch), "--json"],
+                                os.environ.copy())
+    if rc != 0:
+        sys.exit(f"bench_fit: trainer summary {spec} failed:\n{err}")
+    return json.loads(out)
+
+
+def trainer_fit(trainer, spec, args, env):
+    cfg = load_toml(spec)
+    cmd = [str(trainer), "fit", str(spec), "--epochs", str(args.trainer_epochs), "--batch-size", str(args.batch),
+           "--set", f"data.train.limit={args.limit}", "--log-format", "jsonl", "--quiet"]
+    if "validation" in cfg.get("data", {}):
+        # Validation is not timed; keep it short.
+        cmd += ["--set", f"data.validation.limit={args.batch}"]
+    rc, out, err, rss = run_child(cmd, env, timeout=args.timeout)
+    if rc != 0:
+        log(f"bench_fit: {' '.join(cmd)} exited with {rc}:\n{err.strip()}")
+        return None
+    epochs = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    epochs = [e for e in epochs if e.get("event") == "epoch"]
+    if not epochs:
+        log(f"bench_fit: no epoch lines from {' '.join(cmd)}")
+        return None
+    # The last epoch: the first one warms caches and oneDNN's kernels up.
+    return {"samples_per_s": epochs[-1]["samples_per_s"], "max_rss_bytes": rss}
+
+
+def gemm_ceiling(bench_cpu, threads, env):
+    cmd = [str(bench_cpu), "--threads", str(threads), "--cases", "gemm", "--repeats", "3", "--min-seconds", "0.2"]
+    rc, out, err, _ = run_child(cmd, env)
+    if rc != 0:
+        log(f"bench_fit: {' '.join(cmd)} failed:\n{err}")
+        return None
+    rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    # The median single run: the trainer's samples/s are epoch averages under the same load.
+    return max((r.get("median_gflops", r["gflops"]) for r in rows if r.get("bench") == "gemm"), default=None)
+
+
+# ---- PyTorch side ----
+
+
+def torch_run(args, spec, steps, warmup, config, env_base):
+    env = env_base.copy()
+    for k, v in TORCH_CONFIGS[config].items():
+        env[k] = v.format(threads=args.threads)
+    cmd = [args.torch_python, str(pathlib.Path(__file__).resolve()), "--torch-worker", str(spec),
+           "--batch-size", str(args.batch), "--limit", str(args.limit), "--threads", str(args.threads),
+           "--worker-steps", str(steps), "--worker-warmup", str(warmup)]
+    rc, out, err, rss = run_child(cmd, env, timeout=args.timeout)
+    if rc == 3:
+        sys.exit(err.strip())
+    if rc != 0:
+        log(f"bench_fit: PyTorch ({config}) on {spec} exited with {rc}:\n{err.strip()}")
+        return None
+    res = json.loads(out.strip().splitlines()[-1])
+    res["max_rss_bytes"] = rss
+    res["config"] = config
+    return res
+
+
+def torch_worker(args):
+    """Runs inside the system Python: trains the spec's model with PyTorch and prints one JSON line."""
+    try:
+        import numpy as np
+        import torch
+    except ImportError as e:
+        print(f"bench_fit: PyTorch is missing for {sys.executable} ({e}).\n"
+              "  Install it with: apt-get install -y python3-torch   (Debian's package, for /usr/bin/python3),\n"
+              "  point --torch-python at a Python that has it, or pass --no-torch.", file=sys.stderr)
+        sys.exit(3)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    spec_path = pathlib.Path(args.torch_worker)
+    cfg = load_toml(spec_path)
+    x, y = load_train_data(cfg, spec_path.parent, args.limit, np)
+    model, in_shape = build_torch_model(cfg["model"], torch)
+    x = torch.from_numpy(x.reshape((-1,) + in_shape))
+    y = torch.from_numpy(y.astype(np.int64))
+    opt = build_torch_optimizer(cfg.get("train", {}), model.parameters(), torch)
+    loss_name = cfg.get("train", {}).get("loss", "sparse_categorical_crossentropy")
+    if loss_name != "sparse_categorical_crossentropy":
+        sys.exit(f"bench_fit: the PyTorch side supports sparse_categorical_crossentropy, not {loss_name}")
+    loss_fn = torch.nn.CrossEntropyLoss()  # on logits: the trainer fuses softmax + CE the same way
+    n, batch = x.shape[0], args.batch_size
+    gen = torch.Generator().manual_seed(1)
+
+    def step(idx):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        return loss.item()  # read each step, as the trainer does
+
+    def batches(count):
+        done = 0
+        while done < count:
+            perm = torch.randperm(n, generator=gen)
+            for b in range(0, n, batch):
+                if done == count:
+                    return
+                yield perm[b:b + batch]
+                done += 1
+
+    model.train()
+    for idx in batches(args.worker_warmup):
+        step(idx)
+    steps = args.worker_steps if args.worker_steps > 0 else math.ceil(n / batch)
+    seen = 0
+    t0 = time.perf_counter()
+    for idx in batches(steps):
+        step(idx)
+        seen += idx.numel()
+    seconds = time.perf_counter() - t0
+
+    # Peak bytes held by tensors during a step: what persists across steps (parameters, optimizer state) plus
+    # the highest point of the profiler's allocation trace over one step (gradients, activations).
+    persistent = sum(p.numel() * p.element_size() for p in model.parameters())
+    for st in opt.state.values():
+        persistent += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
+    peak_alloc = None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        idx = next(batches(1))
+        opt.zero_grad(set_to_none=True)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+        events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+        cur = top = 0
+        for e in events:
+            cur += e.cpu_memory_usage
+            top = max(top, cur)
+        peak_alloc = persistent + top
+    except Exception as e:  # the profiler is optional; report what is known
+        print(f"bench_fit: PyTorch allocation trace unavailable: {e}", file=sys.stderr)
+    print(json.dumps({"samples_per_s": seen / seconds, "steps": steps, "seconds": seconds,
+                      "peak_alloc_bytes": peak_alloc, "persistent_bytes": persistent,
+                      "torch": torch.__version__}), flush=True)
+
+
+def read_idx(path, np):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_train_data(cfg, folder, limit, np):
+    data = cfg["data"]
+    src = data["train"]
+    fmt = src.get("format", "idx")
+    if fmt != "idx":
+        sys.exit(f"bench_fit: the PyTorch side reads idx data, not {fmt}")
+
+    def one(v):
+        v = v[0] if isinstance(v, list) else v
+        return v if os.path.isabs(v) else str(folder / v)
+
+    x = read_idx(one(src["x"]), np)
+    y = read_idx(one(src["y"]), np)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    x = x.astype(np.float32) * np.float32(data.get("scale", 1.0))
+    mean, std = data.get("mean"), data.get("std")
+    if mean is not None:
+        x -= np.float32(mean if not isinstance(mean, list) else mean[0])
+    if std is not None:
+        x /= np.float32(std if not isinstance(std, list) else std[0])
+    return np.ascontiguousarray(x), y
+
+
+def build_torch_model(model, torch):
+    """The spec's sequential layer stack as torch modules; images run channels-first (NCHW)."""
+    nn = torch.nn
+    shape = model["input"]
+    if isinstance(shape, dict):
+        shape = shape["shape"]
+    shape = tuple(shape)
+    if len(shape) == 3:  # Keras's [H, W, C] is PyTorch's [C, H, W]
+        shape = (shape[2], shape[0], shape[1])
+    in_shape = shape
+    acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+            "leaky_relu": nn.LeakyReLU}
+
+    class LastStep(nn.Module):
+        """An LSTM returning its last hidden state, or every step's with return_sequences."""
+
+        def __init__(self, inputs, units, sequences):
+            super().__init__()
+            self.lstm = nn.LSTM(inputs, units, batch_first=True)
+            self.sequences = sequences
+
+        def forward(self, v):
+            out, (h, _) = self.lstm(v)
+            return out if self.sequences else h[-1]
+
+    def pair(v):
+        return tuple(v) if isinstance(v, list) else (v, v)
+
+    layers = []
+    for i, layer in enumerate(model["layers"]):
+        kind = layer["type"]
+        last = i == len(model["layers"]) - 1
+        if "inputs" in layer:
+            sys.exit("bench_fit: the PyTorch side builds sequential models only")
+        if kind == "Flatten":
+            layers.append(nn.Flatten())
+            shape = (math.prod(shape),)
+        elif kind == "Dense":
+            layers.append(nn.Linear(shape[-1], layer["units"], bias=layer.get("use_bias", True)))
+            shape = shape[:-1] + (layer["units"],)
+        elif kind == "Conv2D":
+            k, s = pair(layer["kernel_size"]), pair(layer.get("strides", 1))
+            d = pair(layer.get("dilation_rate", 1))
+            same = layer.get("padding", "valid") == "same"
+            layers.append(nn.Conv2d(shape[0], layer["filters"], k, stride=s, dilation=d,
+                                    padding="same" if same else 0, bias=layer.get("use_bias", True)))
+            if same:
+                h, w = math.ceil(shape[1] / s[0]), math.ceil(shape[2] / s[1])
+            else:
+                h = (shape[1] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+                w = (shape[2] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+            shape = (layer["filters"], h, w)
+        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+            p = pair(layer.get("pool_size", 2))
+            s = pair(layer.get("strides", layer.get("pool_size", 2)))
+            if layer.get("padding", "valid") != "valid":
+                sys.exit("bench_fit: the PyTorch side pools with padding = valid only")
+            cls = nn.MaxPool2d if kind == "MaxPooling2D" else nn.AvgPool2d
+            layers.append(cls(p, s))
+            shape = (shape[0], (shape[1] - p[0]) // s[0] + 1, (shape[2] - p[1]) // s[1] + 1)
+        elif kind == "Dropout":
+            layers.append(nn.Dropout(layer["rate"]))
+        elif kind == "LSTM":
+            seq = layer.get("return_sequences", False)
+            layers.append(LastStep(shape[-1], layer["units"], seq))
+            shape = (shape[0], layer["units"]) if seq else (layer["units"],)
+        else:
+            sys.exit(f"bench_fit: the PyTorch side does not build {kind} layers")
+        act = layer.get("activation")
+        if act in (None, "linear") or (act == "softmax" and last):
+            continue  # a final softmax is part of the loss, as in the trainer's fused cross-entropy
+        if act not in acts:
+            sys.exit(f"bench_fit: the PyTorch side does not build activation {act}")
+        layers.append(acts[act]())
+    return nn.Sequential(*layers), in_shape
+
+
+def build_torch_optimizer(train, params, torch):
+    o = train.get("optimizer", {})
+    name, lr = o.get("name", "adam"), o.get("learning_rate", 0.001)
+    b1, b2, eps = o.get("beta_1", 0.9), o.get("beta_2", 0.999), o.get("epsilon", 1e-7)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(b1, b2), eps=eps)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=o.get("weight_decay", 0.004))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.get("momentum", 0.0), nesterov=o.get("nesterov", False))
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=o.get("rho", 0.9), eps=eps, momentum=o.get("momentum", 0.0))
+    sys.exit(f"bench_fit: the PyTorch side does not build optimizer {name}")
+
+
+# ---- main ----
+
+
+def find_binary(args, name, rel):
+    explicit = getattr(args, name)
+    if explicit:
+        return pathlib.Path(explicit)
+    for build in ([args.build_dir] if args.build_dir else ["build"]):
+        p = (ROOT / build / rel) if not os.path.isabs(build) else pathlib.Path(build) / rel
+        if p.exists():
+            return p
+    sys.exit(f"bench_fit: no {rel} under {args.build_dir or 'build'} (build it, or pass --{name.replace('_', '-')})")
+
+
+def fmt_bytes(b):
+    return "-" if b is None else f"{b / 2**20:.0f} MiB"
+
+
+def fmt_num(v, spec=".0f"):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: mlp,cnn,lstm")
+    p.add_argument("--build-dir", help="build folder holding cli/trainer and tools/bench/bench_cpu (default: build)")
+    p.add_argument("--trainer", help="path of the trainer binary")
+    p.add_argument("--bench-cpu", help="path of bench_cpu (the GEMM ceiling)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)),
+                   help="threads of both sides (default: every core, or BENCH_THREADS)")
+    p.add_argument("--batch-size", dest="batch", type=int, default=64)
+    p.add_argument("--limit", type=int, default=20000, help="training samples per epoch")
+    p.add_argument("--trainer-epochs", type=int, default=2, help="trainer epochs per run; the last one is timed")
+    p.add_argument("--torch-warmup", type=int, default=30, help="PyTorch steps before the timed epoch")
+    p.add_argument("--repeats", type=int, default=3, help="alternating measurements per sample; medians reported")
+    p.add_argument("--torch-python", default="/usr/bin/python3", help="a Python with torch (default /usr/bin/python3)")
+    p.add_argument("--torch-configs", default=",".join(TORCH_CONFIGS),
+                   help="PyTorch thread settings to probe: " + ", ".join(TORCH_CONFIGS))
+    p.add_argument("--no-torch", action="store_true", help="measure the trainer only")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
+    # Worker mode (internal): run PyTorch on a spec and print one JSON line.
+    p.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-steps", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-warmup", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.torch_worker:
+        args.batch_size = args.batch
+        return torch_worker(args)
+
+    names = [s for s in args.samples.split(",") if s]
+    trainer = find_binary(args, "trainer", "cli/trainer")
+    bench_cpu = find_binary(args, "bench_cpu", "tools/bench/bench_cpu")
+    if not args.no_torch and not shutil.which(args.torch_python):
+        sys.exit(f"bench_fit: no Python at {args.torch_python}; pass --torch-python or --no-torch")
+    env = os.environ.copy()
+    env["OMP_NUM_THREADS"] = str(args.threads)  # the trainer's CPU backend and PyTorch's OpenMP pool
+    configs = [c for c in args.torch_configs.split(",") if c]
+    for c in configs:
+        if c not in TORCH_CONFIGS:
+            sys.exit(f"bench_fit: unknown PyTorch config {c} (choose from {', '.join(TORCH_CONFIGS)})")
+
+    with tempfile.TemporaryDirectory(prefix="bench_fit.") as tmp:
+        specs = sample_specs(names, tmp)
+        log(f"bench_fit: {trainer} vs PyTorch, {args.threads} threads, batch {args.batch}, "
+            f"{args.limit} samples per epoch, {args.repeats} repeats; load {loadavg()}")
+        info = {n: trainer_summary(trainer, specs[n], args.batch) for n in names}
+
+        # PyTorch's thread settings: the fastest in a short probe, per sample.
+        best_config = {}
+        if not args.no_torch:
+            for n in names:
+                probe = {}
+                for c in configs:
+                    r = torch_run(args, specs[n], 40, 10, c, env)
+                    probe[c] = r["samples_per_s"] if r else 0
+                best_config[n] = max(probe, key=probe.get)
+                log(f"bench_fit: PyTorch probe on {n}: " +
+                    ", ".join(f"{c} {v:.0f}/s" for c, v in probe.items()) + f" -> {best_config[n]}")
+
+        runs = {n: {"trainer": [], "torch": []} for n in names}
+        ceilings, loads = [], [loadavg()]
+        for r in range(args.repeats):
+            ceilings.append(gemm_ceiling(bench_cpu, args.threads, env))
+            for n in names:
+                runs[n]["trainer"].append(trainer_fit(trainer, specs[n], args, env))
+                if not args.no_torch:
+                    runs[n]["torch"].append(torch_run(args, specs[n], 0, args.torch_warmup, best_config[n], env))
+                loads.append(loadavg())
+                log(f"bench_fit: repeat {r + 1}/{args.repeats} {n}: trainer "
+                    f"{fmt_num((runs[n]['trainer'][-1] or {}).get('samples_per_s'))}/s, PyTorch "
+                    f"{fmt_num((runs[n]['torch'][-1] or {}).get('samples_per_s')) if runs[n]['torch'] else '-'}/s; "
+                    f"load {loads[-1]}")
+        ceiling = median(ceilings)
+        print(json.dumps({"bench": "gemm_ceiling", "gflops": ceiling, "runs": ceilings, "threads": args.threads}),
+              flush=True)
+
+        rows = []
+        for n in names:
+            tr = [x for x in runs[n]["trainer"] if x]
+            th = [x for x in runs[n]["torch"] if x]
+            t_sps = median([x["samples_per_s"] for x in tr])
+            p_sps = median([x["samples_per_s"] for x in th])
+            flops = info[n]["flops_per_sample"]
+            t_gflops = 3 * flops * t_sps / 1e9 if t_sps else None
+            row = {
+                "bench": "fit", "sample": n, "spec": str(specs[n]), "threads": args.threads,
+                "batch_size": args.batch, "train_samples": args.limit,
+                "trainer_samples_per_s": t_sps, "trainer_runs": [x["samples_per_s"] for x in tr],
+                "torch_samples_per_s": p_sps, "torch_runs": [x["samples_per_s"] for x in th],
+                "torch_config": best_config.get(n),
+                "speedup": t_sps / p_sps if t_sps and p_sps else None,
+                "trainer_arena_bytes": info[n]["planned_bytes"],
+                "trainer_max_rss_bytes": median([x["max_rss_bytes"] for x in tr]),
+                "torch_max_rss_bytes": median([x["max_rss_bytes"] for x in th]),
+                "torch_peak_alloc_bytes": median([x["peak_alloc_bytes"] for x in th]),
+                "flops_per_sample": flops,
+                "trainer_gflops": t_gflops,
+                "torch_gflops": 3 * flops * p_sps / 1e9 if p_sps else None,
+                "ceiling_gflops": ceiling,
+                "ceiling_fraction": t_gflops / ceiling if t_gflops and ceiling else None,
+                "loadavg": loads,
+            }
+            row["rss_ratio"] = (row["trainer_max_rss_bytes"] / row["torch_max_rss_bytes"]
+                                if row["trainer_max_rss_bytes"] and row["torch_max_rss_bytes"] else None)
+            row["alloc_ratio"] = (row["trainer_arena_bytes"] / row["torch_peak_alloc_bytes"]
+                                  if row["torch_peak_alloc_bytes"] else None)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+        log("")
+        log(f"{'sample':<6} {'trainer/s':>10} {'torch/s':>9} {'ratio':>6} {'arena':>9} {'torch peak':>10} "
+            f"{'RSS':>9} {'torch RSS':>9} {'GFLOP/s':>8} {'ceiling':>8} {'of ceil':>7}")
+        for r in rows:
+            log(f"{r['sample']:<6} {fmt_num(r['trainer_samples_per_s']):>10} {fmt_num(r['torch_samples_per_s']):>9} "
+                f"{fmt_num(r['speedup'], '.2f'):>6} {fmt_bytes(r['trainer_arena_bytes']):>9} "
+                f"{fmt_bytes(r['torch_peak_alloc_bytes']):>10} {fmt_bytes(r['trainer_max_rss_bytes']):>9} "
+                f"{fmt_bytes(r['torch_max_rss_bytes']):>9} {fmt_num(r['trainer_gflops'], '.1f'):>8} "
+                f"{fmt_num(r['ceiling_gflops'], '.1f'):>8} "
+                f"{(fmt_num(100 * r['ceiling_fraction'], '.0f') + '%') if r['ceiling_fraction'] else '-':>7}")
+        log(f"load average (1, 5, 15 min) from start to end: {loads[0]} .. {loads[-1]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
