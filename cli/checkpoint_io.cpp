@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 #include "engine/util/error.h"
@@ -108,7 +109,7 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   namespace key = formats::checkpoint_key;
   std::map<std::string, std::string> meta;
   meta[key::kSpec] = formats::to_toml(spec);
-  meta[kSpecPathKey] = spec.path;
+  meta[kSpecPathKey] = std::filesystem::absolute(spec.path).string();
   meta[key::kPlanSignature] = fmt::format("{:016x}", plan_signature);
   meta[key::kEpoch] = std::to_string(st.epoch);
   meta[key::kStep] = std::to_string(st.global_step);

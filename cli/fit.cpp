@@ -6,11 +6,14 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "cli/checkpoint_io.h"
 #include "cli/common.h"
+#include "formats/atomic_file.h"
 #include "engine/util/error.h"
 
 namespace trainer::cli {
@@ -35,32 +38,13 @@ std::vector<std::pair<std::string, std::string>> logs_json(const engine::Logs& l
   return f;
 }
 
-// Writes `text` to `path` crash-safely: a temporary file in the same folder, fsync, rename, fsync of the
-// folder.
-void write_atomically(const std::filesystem::path& path, const std::string& text) {
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw InputError(path.string(), "cannot write the file", "check that --output-dir is writable");
-  const char* p = text.data();
-  size_t left = text.size();
-  while (left) {
-    ssize_t w = ::write(fd, p, left);
-    if (w < 0) {
-      ::close(fd);
-      throw RuntimeError(fmt::format("writing {} failed", tmp.string()));
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  ::fsync(fd);
-  ::close(fd);
-  std::filesystem::rename(tmp, path);
-  int dfd = ::open(path.parent_path().empty() ? "." : path.parent_path().c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+std::string epoch_json(const engine::EpochReport& r) {
+  std::vector<std::pair<std::string, std::string>> f = {
+      {"event", json_string("epoch")}, {"epoch", std::to_string(r.epoch)}, {"epochs", std::to_string(r.epochs)}};
+  for (auto& kv : logs_json(r.logs)) f.push_back(kv);
+  f.emplace_back("samples_per_s", json_number(r.samples_per_s));
+  f.emplace_back("seconds", json_number(r.seconds));
+  return json_object(f);
 }
 
 class FitPrinter final : public engine::FitObserver {
@@ -94,24 +78,85 @@ class FitPrinter final : public engine::FitObserver {
     out_.clear_bar();
     out_.say("Epoch {}/{} · {}/{} · {:.1f}s{}\n", r.epoch, r.epochs, r.steps, r.steps, r.seconds,
              logs_text(r.logs));
-    std::vector<std::pair<std::string, std::string>> f = {{"event", json_string("epoch")},
-                                                          {"epoch", std::to_string(r.epoch)},
-                                                          {"epochs", std::to_string(r.epochs)}};
-    for (auto& kv : logs_json(r.logs)) f.push_back(kv);
-    f.emplace_back("samples_per_s", json_number(r.samples_per_s));
-    f.emplace_back("seconds", json_number(r.seconds));
-    std::string line = json_object(f);
+    std::string line = epoch_json(r);
     out_.json_line(line);
     history_ += line + "\n";
     epoch_start_ = std::chrono::steady_clock::now();
   }
 
+  // An epoch trained before a resume: its line goes into history.jsonl again, so the file tells the whole run.
+  void replay(const engine::EpochReport& r) { history_ += epoch_json(r) + "\n"; }
   const std::string& history() const { return history_; }
 
  private:
   Output& out_;
   std::chrono::steady_clock::time_point epoch_start_{}, last_draw_{};
   std::string history_;
+};
+
+
+// Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
+// atomically), and prunes periodic ones beyond keep_last.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::filesystem::path dir, const formats::ModelSpec& spec, int64_t keep_last)
+      : dir_(std::move(dir)), spec_(spec), keep_last_(keep_last) {}
+
+  std::filesystem::path save(const engine::TrainingState& st, engine::SaveReason why, uint64_t signature) {
+    std::string name;
+    switch (why) {
+      case engine::SaveReason::epoch: name = fmt::format("epoch-{}.ckpt", st.epoch); break;
+      case engine::SaveReason::best: name = "best.ckpt"; break;
+      case engine::SaveReason::steps:
+      case engine::SaveReason::interrupt: name = fmt::format("step-{}.ckpt", st.global_step); break;
+    }
+    std::filesystem::path path = dir_ / name;
+    save_training_checkpoint(path.string(), spec_, signature, st);
+    point_last_at(path);
+    if (why != engine::SaveReason::best && why != engine::SaveReason::interrupt) {
+      if (periodic_.empty() || periodic_.back() != path) periodic_.push_back(path);
+      while (keep_last_ > 0 && static_cast<int64_t>(periodic_.size()) > keep_last_) {
+        std::error_code ec;
+        std::filesystem::remove(periodic_.front(), ec);
+        periodic_.erase(periodic_.begin());
+      }
+    }
+    last_saved_step_ = st.global_step;
+    return path;
+  }
+  int64_t last_saved_step() const { return last_saved_step_; }
+  std::filesystem::path last() const { return dir_ / "last.ckpt"; }
+
+ private:
+  void point_last_at(const std::filesystem::path& path) {
+    std::filesystem::path tmp = dir_ / "last.ckpt.tmp";
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    std::filesystem::create_hard_link(path, tmp, ec);
+    if (ec) std::filesystem::copy_file(path, tmp, std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::rename(tmp, dir_ / "last.ckpt");
+  }
+
+  std::filesystem::path dir_;
+  const formats::ModelSpec& spec_;
+  int64_t keep_last_;
+  std::vector<std::filesystem::path> periodic_;
+  int64_t last_saved_step_ = -1;
+};
+
+class SignatureGrabber final : public engine::FitObserver {
+ public:
+  explicit SignatureGrabber(engine::FitObserver& next) : next_(next) {}
+  void on_train_begin(const engine::FitPlanInfo& i) override {
+    signature = i.signature;
+    next_.on_train_begin(i);
+  }
+  void on_batch_end(int64_t e, int64_t s, int64_t n, const engine::Logs& l) override { next_.on_batch_end(e, s, n, l); }
+  void on_epoch_end(const engine::EpochReport& r) override { next_.on_epoch_end(r); }
+  uint64_t signature = 0;
+
+ private:
+  engine::FitObserver& next_;
 };
 
 }  // namespace
@@ -122,28 +167,77 @@ Command add_fit_command(CLI::App& app) {
   auto output = std::make_shared<OutputOptions>();
   auto device = std::make_shared<DeviceOptions>();
   auto output_dir = std::make_shared<std::string>();
-  spec->add_spec(cmd);
+  auto resume = std::make_shared<std::string>();
+  cmd->add_option("SPEC", spec->path, "Model description: a TOML file (see trainer-model(5)); optional with --resume");
   spec->add_overrides(cmd, true);
-  cmd->add_option("--output-dir", *output_dir, "Folder for the run's files (history.jsonl)");
+  cmd->add_option("--resume", *resume,
+                  "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
+      ->type_name("CKPT");
+  cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl");
   output->add(cmd);
   device->add(cmd);
   auto run = [=]() -> int {
     Output out = output->make();
-    formats::ModelSpec s = spec->load();
+    if (spec->path.empty() && resume->empty())
+      throw InputError("", "trainer fit needs a SPEC or --resume CKPT", "trainer fit model.toml");
+    std::optional<LoadedCheckpoint> ck;
+    formats::ModelSpec s;
+    if (!resume->empty()) {
+      ck = load_training_checkpoint(*resume);
+      s = formats::parse_model_spec(ck->spec_text, ck->spec_path, spec->overrides());
+      if (!spec->path.empty()) {
+        formats::ModelSpec given = spec->load();
+        if (!formats::same_settings(given, s))
+          throw InputError(spec->path,
+                           fmt::format("the spec does not match the checkpoint {}: {}", *resume,
+                                       first_difference(formats::to_toml(s), formats::to_toml(given))),
+                           "resume with the spec the checkpoint was written with, or leave SPEC out");
+      }
+    } else {
+      s = spec->load();
+    }
+    if (s.train.checkpoint.enabled && output_dir->empty())
+      throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
+                       "add --output-dir DIR, where the checkpoints go");
     auto backend = device->make_backend();
     models::BuiltModel probe = build(s, 1, false);
     SpecData data = open_data(s, probe);
     engine::FitConfig cfg = fit_config(s);
     FitPrinter printer(out);
+    SignatureGrabber observer(printer);
+    engine::CheckpointPolicy policy;
+    engine::SaveFn save;
+    std::unique_ptr<CheckpointWriter> writer;
+    if (!output_dir->empty()) {
+      std::filesystem::create_directories(*output_dir);
+      writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last);
+      if (s.train.checkpoint.enabled) {
+        policy.every_epochs = s.train.checkpoint.every_epochs;
+        policy.every_steps = s.train.checkpoint.every_steps;
+        policy.save_best = s.train.checkpoint.save_best;
+        policy.mode = s.train.checkpoint.mode;
+      }
+      save = [&](const engine::TrainingState& st, engine::SaveReason why) {
+        writer->save(st, why, observer.signature);
+      };
+    }
+    if (ck) {
+      out.say("Resuming {} at epoch {}, batch {} (step {}).\n", *resume, ck->state.epoch + 1, ck->state.batch,
+              ck->state.global_step);
+      for (const engine::EpochReport& r : ck->state.history) printer.replay(r);
+    }
     engine::g_stop_signal.store(0);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     engine::FitResult r = at_spec_places(s, [&] {
       return engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, *backend,
-                         printer);
+                         observer, policy, save, ck ? &ck->state : nullptr);
     });
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
+    // The end of a run always leaves a checkpoint of where it ended.
+    if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
+      writer->save(r.final_state, engine::SaveReason::epoch, observer.signature);
     std::vector<std::pair<std::string, std::string>> f = {
         {"event", json_string("fit_end")},
         {"epochs_run", std::to_string(r.history.size())},
@@ -152,24 +246,24 @@ Command add_fit_command(CLI::App& app) {
     if (r.stopped_early) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
     if (r.interrupted_by)
       f.emplace_back("interrupted_by", json_string(r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM"));
+    if (writer) f.emplace_back("checkpoint", json_string(writer->last().string()));
     if (!r.history.empty())
       for (auto& kv : logs_json(r.history.back().logs)) f.push_back(kv);
     for (auto& kv : logs_json(r.test)) f.push_back(kv);
     std::string end_line = json_object(f);
     out.json_line(end_line);
-    if (!output_dir->empty()) {
-      std::filesystem::create_directories(*output_dir);
-      write_atomically(std::filesystem::path(*output_dir) / "history.jsonl",
-                       printer.history() + end_line + "\n");
-    }
+    if (writer)
+      formats::write_file_atomically((std::filesystem::path(*output_dir) / "history.jsonl").string(),
+                            printer.history() + end_line + "\n");
     if (r.interrupted_by) {
       out.say("Interrupted by {} after {} epochs.\n", r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM",
               r.history.size());
+      if (writer) out.say("Resume with: trainer fit --resume {}\n", writer->last().string());
+      else out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
       return 128 + r.interrupted_by;
     }
     if (r.stopped_early)
-      out.say("Stopped early after epoch {}; kept the weights of epoch {}.\n", r.history.size(),
-              r.best_epoch);
+      out.say("Stopped early after epoch {}; the best epoch was {}.\n", r.history.size(), r.best_epoch);
     if (!r.test.empty()) out.say("Test{}\n", logs_text(r.test));
     out.say("Done in {:.1f}s.\n", r.seconds);
     return 0;

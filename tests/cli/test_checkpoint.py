@@ -1,0 +1,166 @@
+"""trainer fit's checkpoints: exact resume (after an epoch, in the middle of one, after SIGINT), the files an
+output directory gets, and damaged or mismatched checkpoints (exit 2, the file named, nothing written)."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+import cli_util
+from cli_util import run
+
+# A small, fast run of the Fashion-MNIST MLP: 2 epochs of 24 batches (the last one partial).
+SMALL = ["--set", "data.train.limit=1500", "--set", "data.validation.limit=300", "--set", "train.batch_size=64",
+         "--log-format", "jsonl", "--quiet"]
+
+
+def tensors(path):
+    """The tensors of a checkpoint (the safetensors layout), read with the standard library: name -> bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__")
+    base = 8 + n
+    return meta, {k: data[base + v["data_offsets"][0]:base + v["data_offsets"][1]] for k, v in header.items()}
+
+
+def events(stdout):
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@cli_util.skip_without_fashion
+class Resume(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        self.spec = cli_util.sample("fashion_mnist/mlp.toml")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def fit(self, args, out):
+        r = run(["fit"] + args + SMALL + ["--output-dir", os.path.join(self.dir, out)], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return events(r.stdout)
+
+    def test_resume_after_an_epoch_equals_a_run_that_never_stopped(self):
+        straight = self.fit([self.spec, "--epochs", "2"], "straight")
+        self.fit([self.spec, "--epochs", "1"], "first")
+        resumed = self.fit(["--resume", os.path.join(self.dir, "first", "last.ckpt"), "--epochs", "2"], "second")
+        meta_a, a = tensors(os.path.join(self.dir, "straight", "last.ckpt"))
+        meta_b, b = tensors(os.path.join(self.dir, "second", "last.ckpt"))
+        self.assertEqual(sorted(a), sorted(b))
+        self.assertTrue(any(k.endswith("/adam_m") for k in a), sorted(a))  # optimizer state is saved
+        for k in a:
+            self.assertEqual(a[k], b[k], f"{k} differs")  # bitwise
+        self.assertEqual(meta_a["step"], meta_b["step"])
+        ea = [e for e in straight if e["event"] == "epoch"][-1]
+        eb = [e for e in resumed if e["event"] == "epoch"][-1]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            self.assertEqual(ea[key], eb[key], key)
+        # history.jsonl of the resumed run tells the whole run: both epochs.
+        with open(os.path.join(self.dir, "second", "history.jsonl")) as f:
+            self.assertEqual([e["epoch"] for e in events(f.read()) if e["event"] == "epoch"], [1, 2])
+
+    def test_resume_in_the_middle_of_an_epoch(self):
+        spec = os.path.join(self.dir, "every10.toml")
+        with open(self.spec) as f:
+            text = f.read()
+        with open(spec, "w") as f:
+            f.write(text + "\n[train.checkpoint]\nevery_steps = 10\nkeep_last = 0\n")
+        self.fit([spec, "--epochs", "2"], "straight")
+        # step-30 is batch 6 of epoch 2 (24 batches per epoch).
+        ck = os.path.join(self.dir, "straight", "step-30.ckpt")
+        self.assertTrue(os.path.exists(ck), os.listdir(os.path.join(self.dir, "straight")))
+        meta, _ = tensors(ck)
+        self.assertEqual(meta["cursor"], "epoch 1 batch 6")
+        self.fit(["--resume", ck], "resumed")
+        _, a = tensors(os.path.join(self.dir, "straight", "last.ckpt"))
+        _, b = tensors(os.path.join(self.dir, "resumed", "last.ckpt"))
+        for k in a:
+            self.assertEqual(a[k], b[k], f"{k} differs")
+
+    def test_sigint_writes_a_checkpoint_that_resumes_exactly(self):
+        straight = os.path.join(self.dir, "straight")
+        self.fit([self.spec, "--epochs", "2"], "straight")
+        out = os.path.join(self.dir, "interrupted")
+        p = subprocess.Popen([cli_util.TRAINER, "fit", self.spec, "--epochs", "2", "--output-dir", out] + SMALL[:-1],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = p.stdout.readline()  # the first epoch line: the run is in epoch 2 now
+        self.assertIn('"epoch"', first)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=300)
+        if p.returncode == 0:
+            self.skipTest("the run finished before the signal arrived")
+        self.assertEqual(p.returncode, 130, stderr)
+        self.assertIn("trainer fit --resume", stderr)
+        end = events(stdout)[-1]
+        self.assertEqual(end["interrupted_by"], "SIGINT")
+        self.fit(["--resume", os.path.join(out, "last.ckpt")], "resumed")
+        _, a = tensors(os.path.join(straight, "last.ckpt"))
+        _, b = tensors(os.path.join(self.dir, "resumed", "last.ckpt"))
+        for k in a:
+            self.assertEqual(a[k], b[k], f"{k} differs")
+
+
+@cli_util.skip_without_fashion
+class BadCheckpoints(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.spec = cli_util.sample("fashion_mnist/mlp.toml")
+        r = run(["fit", cls.spec, "--epochs", "1", "--output-dir", cls.tmp.name] + SMALL, timeout=300)
+        assert r.returncode == 0, r.stderr
+        cls.ckpt = os.path.join(cls.tmp.name, "last.ckpt")
+        with open(cls.ckpt, "rb") as f:
+            cls.good = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def resume_fails(self, data, expect):
+        path = os.path.join(self.tmp.name, "bad.ckpt")
+        with open(path, "wb") as f:
+            f.write(data)
+        out = os.path.join(self.tmp.name, "never")
+        r = run(["fit", "--resume", path, "--output-dir", out], timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("bad.ckpt", r.stderr)
+        self.assertIn(expect, r.stderr)
+        self.assertNotIn("internal error", r.stderr)
+        self.assertFalse(os.path.exists(out), "nothing is written for a bad checkpoint")
+
+    def test_a_flipped_byte_in_the_payload(self):
+        data = bytearray(self.good)
+        data[len(data) - 1000] ^= 0x01
+        self.resume_fails(bytes(data), "checksum")
+
+    def test_a_flipped_byte_in_the_header(self):
+        data = bytearray(self.good)
+        data[40] ^= 0x01
+        self.resume_fails(bytes(data), "")
+
+    def test_a_truncated_checkpoint(self):
+        self.resume_fails(self.good[:len(self.good) // 2], "")
+
+    def test_a_spec_whose_layer_shapes_differ(self):
+        spec = os.path.join(self.tmp.name, "wider.toml")
+        with open(self.spec) as f:
+            text = f.read()
+        with open(spec, "w") as f:
+            f.write(text.replace("units = 512", "units = 256"))
+        r = run(["fit", spec, "--resume", self.ckpt] + SMALL[:-1], timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("does not match the checkpoint", r.stderr)
+        self.assertIn("units = 512", r.stderr)
+        self.assertIn("units = 256", r.stderr)
+
+
+if __name__ == "__main__":
+    cli_util.main()

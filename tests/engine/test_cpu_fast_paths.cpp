@@ -1,0 +1,173 @@
+// The CPU backend's fast paths against plain references: the library-free sigmoid and tanh the recurrent
+// kernels vectorize, MaxPoolGrad's 2x2 stride-2 pass, and the recurrent kernels' batch slices (f32 with
+// several threads against f64 on one).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "engine/backend/backend.h"
+#include "engine/backend/cpu/vec_math.h"
+#include "engine/ir/op_schema.h"
+#include "engine/ops/op_helpers.h"
+#include "engine/train/session.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+using V = std::vector<int64_t>;
+
+namespace {
+
+// Runs one node on a CPU backend with `threads` threads; absent inputs are kNoValue, absent outputs "".
+std::vector<Tensor> run_node(const std::string& op, const std::vector<std::optional<Tensor>>& inputs,
+                             Attributes attrs, const std::vector<std::string>& outputs, int threads) {
+  auto g = std::make_shared<Graph>();
+  std::vector<ValueId> in;
+  for (size_t i = 0; i < inputs.size(); ++i)
+    in.push_back(inputs[i] ? g->add_input("in" + std::to_string(i), inputs[i]->dtype(), inputs[i]->shape())
+                           : kNoValue);
+  NodeId n = g->add_node_named(op, in, std::move(attrs), outputs, "op");
+  std::vector<ValueId> outs = g->node(n).outputs;
+  for (ValueId o : outs)
+    if (o != kNoValue) g->mark_output(o);
+  auto backend = make_cpu_backend(CpuOptions{threads});
+  Session sess(g, *backend);
+  for (size_t i = 0; i < in.size(); ++i)
+    if (inputs[i]) sess.write(in[i], *inputs[i]);
+  sess.run({});
+  std::vector<Tensor> r;
+  for (ValueId o : outs)
+    if (o != kNoValue) r.push_back(sess.read(o));
+  return r;
+}
+
+double max_rel_error(const Tensor& got, const Tensor& ref) {
+  REQUIRE(got.shape() == ref.shape());
+  double worst = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    double e = std::fabs(got.get_f64(i) - ref.get_f64(i)) / std::max(1.0, std::fabs(ref.get_f64(i)));
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_SUITE("cpu_fast_paths") {
+  TEST_CASE("exp-based sigmoid and tanh stay within a few ulp of libm, saturate, and pass NaN") {
+    double worst_sig = 0, worst_tanh = 0, worst_exp = 0;
+    auto rel = [](double got, double ref) {
+      return std::fabs(got - ref) /
+             std::max(std::fabs(ref), static_cast<double>(std::numeric_limits<float>::min()));
+    };
+    for (double x = -40; x <= 40; x += 0.00731) {
+      float xf = static_cast<float>(x);
+      double xd = xf;
+      worst_sig = std::max(worst_sig, rel(cpu::sigmoid_f(xf), 1 / (1 + std::exp(-xd))));
+      worst_tanh = std::max(worst_tanh, rel(cpu::tanh_f(xf), std::tanh(xd)));
+      worst_exp = std::max(worst_exp, rel(cpu::exp_clamped(xf), std::exp(xd)));
+    }
+    for (double x = -0.4; x <= 0.4; x += 1.3e-5) {  // tanh's switch from the series to exp at |x| = 0.3
+      float xf = static_cast<float>(x);
+      worst_tanh = std::max(worst_tanh, rel(cpu::tanh_f(xf), std::tanh(static_cast<double>(xf))));
+    }
+    CHECK(worst_exp < 3e-7);
+    CHECK(worst_sig < 5e-7);
+    CHECK(worst_tanh < 5e-7);
+    CHECK(cpu::tanh_f(0.0f) == 0.0f);
+    CHECK(cpu::tanh_f(100.0f) == 1.0f);
+    CHECK(cpu::tanh_f(-100.0f) == -1.0f);
+    CHECK(cpu::sigmoid_f(100.0f) == 1.0f);
+    CHECK(cpu::sigmoid_f(-100.0f) < 1e-37f);
+    CHECK(cpu::sigmoid_f(-100.0f) >= 0.0f);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    CHECK(std::isnan(cpu::sigmoid_f(nan)));
+    CHECK(std::isnan(cpu::tanh_f(nan)));
+    CHECK(std::isnan(cpu::exp_clamped(nan)));
+  }
+
+  TEST_CASE("MaxPoolGrad 2x2 stride 2: dy at each window's first maximum, zeros elsewhere") {
+    Attributes a = {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}};
+    for (Shape xs : {Shape{2, 3, 6, 8}, Shape{1, 2, 7, 5}}) {
+      CAPTURE(xs.str());
+      const int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3], oh = h / 2, ow = w / 2;
+      Tensor x = ops::random_tensor(xs, -1, 1, 3, DType::f32);
+      // Ties (the first in row-major order wins) and NaN (the comparisons skip it unless it comes first).
+      x.set_f64(0, 0.5);
+      x.set_f64(1, 0.5);
+      x.set_f64(w, 0.5);
+      x.set_f64(w + 1, 0.5);
+      x.set_f64(2, std::numeric_limits<double>::quiet_NaN());
+      x.set_f64(5, std::numeric_limits<double>::quiet_NaN());
+      Tensor dy = ops::random_tensor(Shape{xs[0], xs[1], oh, ow}, 0.5, 1.5, 4, DType::f32);
+      Tensor ref(DType::f32, xs);
+      for (int64_t p = 0; p < planes; ++p)
+        for (int64_t oy = 0; oy < oh; ++oy)
+          for (int64_t ox = 0; ox < ow; ++ox) {
+            int64_t arg = -1;
+            for (int64_t ky = 0; ky < 2; ++ky)
+              for (int64_t kx = 0; kx < 2; ++kx) {
+                int64_t i = p * h * w + (2 * oy + ky) * w + 2 * ox + kx;
+                if (arg < 0 || x.get_f64(i) > x.get_f64(arg)) arg = i;
+              }
+            ref.set_f64(arg, dy.get_f64((p * oh + oy) * ow + ox));
+          }
+      for (int threads : {1, 2}) {
+        Tensor dx = run_node("MaxPoolGrad", {dy, x}, a, {"dx"}, threads)[0];
+        for (int64_t i = 0; i < xs.numel(); ++i) {
+          CAPTURE(i);
+          CHECK(dx.get_f64(i) == ref.get_f64(i));
+        }
+      }
+    }
+  }
+
+  TEST_CASE("LSTM and GRU in f32 on batch slices match f64 on one thread, with sequence lengths") {
+    const int64_t S = 5, B = 7, I = 3, H = 4;
+    for (const char* op : {"LSTM", "GRU"})
+      for (int64_t lbr : {0, 1}) {
+        if (std::string(op) == "LSTM" && lbr) continue;
+        CAPTURE(op);
+        CAPTURE(lbr);
+        const int64_t G = std::string(op) == "LSTM" ? 4 : 3;
+        Attributes at = {{"hidden_size", H}, {"direction", std::string("bidirectional")}};
+        if (lbr) at.set("linear_before_reset", int64_t{1});
+        auto rnd = [](Shape s, uint64_t seed) { return ops::random_tensor(s, -0.6, 0.6, seed, DType::f64); };
+        Tensor x = rnd({S, B, I}, 1), w = rnd({2, G * H, I}, 2), r = rnd({2, G * H, H}, 3),
+               b = rnd({2, 2 * G * H}, 4), h0 = rnd({2, B, H}, 5), dy = rnd({S, 2, B, H}, 6),
+               dyh = rnd({2, B, H}, 7);
+        Tensor lens = Tensor::from<int32_t>(Shape{B}, {5, 3, 0, 5, 1, 4, 2});
+        const bool lstm = G == 4;
+        std::vector<std::optional<Tensor>> fwd_in = {x, w, r, b, lens, h0};
+        if (lstm) fwd_in.push_back(std::nullopt);  // initial_c
+        if (lstm) fwd_in.push_back(std::nullopt);  // P
+        std::vector<std::string> fwd_out = {"y", "yh"};
+        if (lstm) fwd_out.push_back("yc");
+        std::vector<std::optional<Tensor>> grad_in = fwd_in;
+        grad_in.push_back(dy);
+        grad_in.push_back(dyh);
+        if (lstm) grad_in.push_back(std::nullopt);
+        // Outputs: dX, dW, dR, dB, dinitial_h (LSTM also dinitial_c and dP, left absent here).
+        std::vector<std::string> grad_out = {"dx", "dw", "dr", "db", "dh0"};
+        if (lstm) {
+          grad_out.push_back("");
+          grad_out.push_back("");
+        }
+        auto cast = [](std::vector<std::optional<Tensor>> v, DType t) {
+          for (auto& e : v)
+            if (e && e->dtype() == DType::f64) e = e->cast(t);
+          return v;
+        };
+        std::string gop = std::string(op) + "Grad";
+        std::vector<Tensor> f64 = run_node(op, fwd_in, at, fwd_out, 1);
+        std::vector<Tensor> f32 = run_node(op, cast(fwd_in, DType::f32), at, fwd_out, 3);
+        for (size_t k = 0; k < f64.size(); ++k) CHECK(max_rel_error(f32[k], f64[k]) < 1e-5);
+        std::vector<Tensor> g64 = run_node(gop, grad_in, at, grad_out, 1);
+        std::vector<Tensor> g32 = run_node(gop, cast(grad_in, DType::f32), at, grad_out, 3);
+        for (size_t k = 0; k < g64.size(); ++k) {
+          CAPTURE(k);
+          CHECK(max_rel_error(g32[k], g64[k]) < 1e-4);
+        }
+      }
+  }
+}
