@@ -80,5 +80,6 @@ decltype(auto) at_spec_places(const formats::ModelSpec& spec, F&& f) {
 Command add_fit_command(CLI::App& app);
 Command add_summary_command(CLI::App& app);
 Command add_check_command(CLI::App& app);
+Command add_export_command(CLI::App& app);
 
 }  // namespace trainer::cli

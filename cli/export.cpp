@@ -1,0 +1,58 @@
+// trainer export: a checkpoint's model as an ONNX inference graph (dropout removed, batch normalization in its
+// inference form, the final activation kept), with the trained weights as initializers named like the parameters.
+#include <onnx/onnx_pb.h>
+
+#include "cli/checkpoint_io.h"
+#include "cli/common.h"
+#include "engine/util/error.h"
+#include "formats/onnx_export.h"
+
+namespace trainer::cli {
+
+Command add_export_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("export", "Write a checkpoint's model as ONNX for inference");
+  auto ckpt = std::make_shared<std::string>();
+  auto out = std::make_shared<std::string>();
+  auto opset = std::make_shared<int>(formats::kDefaultOnnxExportOpset);
+  auto quiet = std::make_shared<bool>(false);
+  cmd->add_option("CKPT", *ckpt, "A checkpoint written by trainer fit")->required();
+  cmd->add_option("-o,--output", *out, "The ONNX file to write")->required()->type_name("FILE");
+  cmd->add_option("--opset", *opset, "ONNX opset of the default domain")
+      ->check(CLI::Range(formats::kMinOnnxExportOpset, formats::kMaxOnnxExportOpset));
+  cmd->add_flag("-q,--quiet", *quiet, "Print nothing on success");
+  auto run = [=]() -> int {
+    LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
+    formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path);
+    models::BuiltModel m = build(spec, 1, false);
+    // The trained weights replace the initial ones, by name; optimizer state has no place in inference.
+    int64_t loaded = 0;
+    for (const auto& [name, t] : ck.state.values) {
+      engine::ValueId v = m.graph.find(name);
+      if (v == engine::kNoValue) continue;
+      engine::Tensor* init = m.graph.mutable_initializer(v);
+      if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
+        throw InputError(*ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
+                         "the checkpoint and its spec disagree: the file is damaged or was edited");
+      *init = t;
+      ++loaded;
+    }
+    formats::OnnxExportOptions o;
+    o.opset = *opset;
+    o.producer_version = TRAINER_VERSION;
+    o.channels_last_input = m.input_channels_last;
+    o.input_names = {"input"};
+    o.output_names = {"output"};
+    o.metadata = {{"trainer.spec", ck.spec_text}, {"trainer.epoch", std::to_string(ck.state.epoch)},
+                  {"trainer.step", std::to_string(ck.state.global_step)}};
+    onnx::ModelProto model = formats::export_onnx(m.graph, {m.input}, {m.output}, o);
+    formats::save_onnx(model, *out);
+    if (!*quiet)
+      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input {} {}\n", *out,
+                 model.graph().node_size(), model.graph().initializer_size(), loaded, *opset,
+                 m.input_channels_last ? "NHWC" : "as the spec", fmt::join(spec.model.input.shape, "x"));
+    return 0;
+  };
+  return {cmd, run};
+}
+
+}  // namespace trainer::cli

@@ -1,0 +1,94 @@
+"""trainer export: the ONNX model passes onnx's full check, onnxruntime runs it at any batch size, and on the
+validation data it scores the accuracy that trainer fit reported for the same weights. Bad paths exit 2."""
+
+import gzip
+import json
+import os
+import tempfile
+import unittest
+
+import cli_util
+from cli_util import run
+
+try:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+except ImportError:  # reported as a skip, never as a pass
+    np = onnx = ort = None
+
+VAL = 500
+
+
+def idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@unittest.skipIf(ort is None, "numpy, onnx and onnxruntime are needed (tools/install-deps.sh installs them)")
+@cli_util.skip_without_fashion
+class Export(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.x = idx(os.path.join(cli_util.FASHION_DIR, "t10k-images-idx3-ubyte.gz"))[:VAL].astype(np.float32) / 255
+        cls.y = idx(os.path.join(cli_util.FASHION_DIR, "t10k-labels-idx1-ubyte.gz"))[:VAL]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def fit_and_export(self, sample):
+        out = os.path.join(self.tmp.name, sample.replace("/", "_"))
+        r = run(["fit", cli_util.sample(sample), "--epochs", "1", "--set", "data.train.limit=2000",
+                 "--set", f"data.validation.limit={VAL}", "--output-dir", out, "--quiet"], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        end = [json.loads(line) for line in r.stdout.splitlines()][-1]
+        model = os.path.join(out, "model.onnx")
+        r = run(["export", os.path.join(out, "last.ckpt"), "-o", model])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return end, model
+
+    def check(self, sample, x):
+        end, path = self.fit_and_export(sample)
+        m = onnx.load(path)
+        onnx.checker.check_model(m, full_check=True)
+        self.assertEqual(m.producer_name, "trainer")
+        names = {i.name for i in m.graph.initializer}
+        self.assertIn("dense/kernel", names)
+        self.assertEqual(m.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch")
+        s = ort.InferenceSession(path)
+        probs = s.run(None, {"input": x})[0]
+        np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+        # Two batch sizes give the same rows.
+        np.testing.assert_allclose(s.run(None, {"input": x[:7]})[0], probs[:7], rtol=1e-5, atol=1e-6)
+        accuracy = float((probs.argmax(axis=1) == self.y).mean())
+        # The same weights on the same samples: the same accuracy, up to a near-tie flipping one argmax.
+        self.assertAlmostEqual(accuracy, end["val_accuracy"], delta=1.5 / VAL)
+
+    def test_mlp(self):
+        self.check("fashion_mnist/mlp.toml", self.x)
+
+    def test_cnn_takes_channels_last_images(self):
+        self.check("fashion_mnist/cnn.toml", self.x[..., None])  # the spec's input is [28, 28, 1]: NHWC
+
+    def test_bad_paths_exit_2_and_write_nothing(self):
+        missing = os.path.join(self.tmp.name, "no-such.ckpt")
+        r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("no-such.ckpt", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp.name, "x.onnx")))
+        end, _ = self.fit_and_export("fashion_mnist/mlp.toml")
+        ckpt = os.path.join(self.tmp.name, "fashion_mnist_mlp.toml", "last.ckpt")
+        target = os.path.join(self.tmp.name, "no-such-dir", "m.onnx")
+        r = run(["export", ckpt, "-o", target])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("no-such-dir", r.stderr)
+        self.assertNotIn("internal error", r.stderr)
+
+
+if __name__ == "__main__":
+    cli_util.main()
