@@ -81,5 +81,13 @@ Command add_fit_command(CLI::App& app);
 Command add_summary_command(CLI::App& app);
 Command add_check_command(CLI::App& app);
 Command add_export_command(CLI::App& app);
+Command add_predict_command(CLI::App& app);
+Command add_evaluate_command(CLI::App& app);
+
+// The model of a checkpoint's spec with the checkpoint's weights (parameters and state, by name) as its
+// initializers; values the model does not have (optimizer state) are skipped. `ckpt` names the file in errors.
+engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
+                                           std::vector<std::pair<std::string, engine::Tensor>> values,
+                                           const std::string& ckpt);
 
 }  // namespace trainer::cli

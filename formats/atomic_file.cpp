@@ -114,7 +114,8 @@ void AtomicFile::commit() {
   // The rename is durable only once the directory entry is on disk.
   const std::string dir = directory_of(path_);
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) throw RuntimeError(fmt::format("{}: cannot open the directory to flush it: {}", dir, errno_text(errno)));
+  if (dfd < 0)
+    throw RuntimeError(fmt::format("{}: cannot open the directory to flush it: {}", dir, errno_text(errno)));
   int rc = ::fsync(dfd);
   int err = errno;
   ::close(dfd);

@@ -1,6 +1,6 @@
 // Crash-safe file writing: bytes go to a temporary file in the destination's directory, which is fsynced and
-// renamed over the destination, and the directory is fsynced. A reader sees the old file or the whole new one,
-// never a part, even after a crash or power loss.
+// renamed over the destination, and the directory is fsynced. A reader sees the old file or the whole new
+// one, never a part, even after a crash or power loss.
 #pragma once
 
 #include <cstddef>

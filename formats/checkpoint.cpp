@@ -46,7 +46,8 @@ constexpr size_t kPayloadDigitsAt = 6 + 16 + 1;
 
 constexpr const char* kDamagedHint = "the file is damaged; use an earlier checkpoint";
 
-const char* const kCallerKeys[] = {key::kSpec, key::kPlanSignature, key::kEpoch, key::kStep, key::kCursor, key::kRng};
+const char* const kCallerKeys[] = {key::kSpec, key::kPlanSignature, key::kEpoch,
+                                   key::kStep, key::kCursor,        key::kRng};
 
 std::string checksum_text(uint64_t header_digest, uint64_t payload_digest) {
   return fmt::format("{}{}:{}", kChecksumPrefix, hex64(header_digest), hex64(payload_digest));
@@ -167,9 +168,10 @@ CheckpointTensorInfo parse_tensor_entry(const std::string& name, const JsonValue
   t.name = name;
   const JsonValue* dtype = string_member(v, "dtype");
   if (!dtype || !dtype_from_safetensors_name(dtype->text, &t.dtype))
-    damaged(where, fmt::format("tensor \"{}\" has no dtype this trainer reads (F32, F64, BF16, F16, I32, I64, U8, "
-                               "BOOL)",
-                               name));
+    damaged(where,
+            fmt::format("tensor \"{}\" has no dtype this trainer reads (F32, F64, BF16, F16, I32, I64, U8, "
+                        "BOOL)",
+                        name));
   const JsonValue* shape = v.find("shape");
   if (!shape || shape->kind != JsonValue::Kind::array || shape->items.size() > kMaxRank)
     damaged(where, fmt::format("tensor \"{}\" has no valid shape", name));
@@ -186,12 +188,14 @@ CheckpointTensorInfo parse_tensor_entry(const std::string& name, const JsonValue
       !offsets->items[0].to_u64(begin) || !offsets->items[1].to_u64(end) || *begin > *end)
     damaged(where, fmt::format("tensor \"{}\" has no valid data_offsets [begin, end]", name));
   if (*end - *begin != nbytes)
-    damaged(where, fmt::format("tensor \"{}\" of shape {} and dtype {} needs {} bytes, but its data_offsets span {}",
-                               name, t.shape.str(), safetensors_dtype_name(t.dtype), nbytes, *end - *begin));
+    damaged(where,
+            fmt::format("tensor \"{}\" of shape {} and dtype {} needs {} bytes, but its data_offsets span {}",
+                        name, t.shape.str(), safetensors_dtype_name(t.dtype), nbytes, *end - *begin));
   if (*end > payload_bytes)
-    damaged(where, fmt::format("tensor \"{}\" ends at byte {} of the data, past the end of the file (the file is "
-                               "truncated or damaged)",
-                               name, *end));
+    damaged(where,
+            fmt::format("tensor \"{}\" ends at byte {} of the data, past the end of the file (the file is "
+                        "truncated or damaged)",
+                        name, *end));
   t.nbytes = nbytes;
   return t;
 }
@@ -204,9 +208,10 @@ Header read_header(const ReadFd& fd, const std::string& path) {
     damaged(path, fmt::format("{} bytes are too few for a checkpoint (the file is truncated)", file_bytes));
   const uint64_t header_bytes = get_u64_le(prefix);
   if (header_bytes > file_bytes - 8)
-    damaged(at_byte(path, 0), fmt::format("the header length {} runs past the end of the file ({} bytes): the file "
-                                          "is truncated or damaged",
-                                          header_bytes, file_bytes));
+    damaged(at_byte(path, 0),
+            fmt::format("the header length {} runs past the end of the file ({} bytes): the file "
+                        "is truncated or damaged",
+                        header_bytes, file_bytes));
   if (header_bytes < 2 || header_bytes > kMaxHeaderBytes)
     damaged(at_byte(path, 0), fmt::format("the header length {} is not plausible", header_bytes));
 
@@ -247,7 +252,8 @@ Header read_header(const ReadFd& fd, const std::string& path) {
   const bool version_ok = parse_decimal(version_text(), &version);
   const bool newer = version_ok && version > kCheckpointFormatVersion;
   const std::string newer_hint = fmt::format(
-      "the file was written by a newer trainer (checkpoint format_version {}; this trainer reads {} and older): "
+      "the file was written by a newer trainer (checkpoint format_version {}; this trainer reads {} and "
+      "older): "
       "read it with a trainer at least as new",
       version, kCheckpointFormatVersion);
 
@@ -274,22 +280,24 @@ Header read_header(const ReadFd& fd, const std::string& path) {
   }
   auto format = info.metadata.find(key::kFormat);
   if (format == info.metadata.end() || format->second != kCheckpointFormat)
-    throw InputError(path, fmt::format("not a trainer checkpoint: __metadata__ lacks \"format\": \"{}\"", kCheckpointFormat),
-                     checksum_ok ? "the file may be a safetensors file from another program; give a file written "
-                                   "by trainer"
-                                 : kDamagedHint);
+    throw InputError(
+        path,
+        fmt::format("not a trainer checkpoint: __metadata__ lacks \"format\": \"{}\"", kCheckpointFormat),
+        checksum_ok ? "the file may be a safetensors file from another program; give a file written "
+                      "by trainer"
+                    : kDamagedHint);
   if (!version_ok || version < 1)
     damaged(path, fmt::format("format_version \"{}\" is not a version number", version_text()));
   if (newer)
     throw InputError(path,
-                     fmt::format("checkpoint format_version {} is newer than this trainer reads ({})", version,
-                                 kCheckpointFormatVersion),
+                     fmt::format("checkpoint format_version {} is newer than this trainer reads ({})",
+                                 version, kCheckpointFormatVersion),
                      newer_hint);
-  if (!checksum)
-    damaged(path, "the metadata has no checksum");
+  if (!checksum) damaged(path, "the metadata has no checksum");
   if (!checksum_ok)
     damaged(at_byte(path, 8 + checksum->begin),
-            fmt::format("the checksum \"{}\" is not written as xxh64:<16 hex digits>:<16 hex digits>", checksum->text));
+            fmt::format("the checksum \"{}\" is not written as xxh64:<16 hex digits>:<16 hex digits>",
+                        checksum->text));
 
   const uint64_t payload_offset = 8 + header_bytes;
   const uint64_t payload_bytes = file_bytes - payload_offset;
@@ -312,18 +320,20 @@ Header read_header(const ReadFd& fd, const std::string& path) {
   uint64_t covered = 0;
   for (Entry& e : entries) {
     if (e.begin != covered)
-      damaged(at_byte(path, e.header_at),
-              fmt::format("tensor \"{}\" starts at byte {} of the data, but the tensors before it end at {} (the "
-                          "data must be tiled without gaps or overlaps)",
-                          e.t.name, e.begin, covered));
+      damaged(
+          at_byte(path, e.header_at),
+          fmt::format("tensor \"{}\" starts at byte {} of the data, but the tensors before it end at {} (the "
+                      "data must be tiled without gaps or overlaps)",
+                      e.t.name, e.begin, covered));
     covered = e.end;
     e.t.file_offset = payload_offset + e.begin;
     info.tensors.push_back(std::move(e.t));
   }
   if (covered != payload_bytes)
-    damaged(path, fmt::format("the tensors end at byte {} of the data, but the file has {} bytes of data after the "
-                              "header",
-                              covered, payload_bytes));
+    damaged(path,
+            fmt::format("the tensors end at byte {} of the data, but the file has {} bytes of data after the "
+                        "header",
+                        covered, payload_bytes));
 
   if (!info.metadata.contains(key::kProducer)) damaged(path, "the metadata has no \"producer\"");
   for (const char* k : kCallerKeys)
@@ -394,7 +404,8 @@ void write_checkpoint(const std::string& path, const std::map<std::string, std::
   for (const char* k : kCallerKeys) TRAINER_ASSERT(meta.contains(k), "checkpoint metadata lacks \"{}\"", k);
   int64_t unused;
   for (const char* k : {key::kEpoch, key::kStep})
-    TRAINER_ASSERT(parse_decimal(meta[k], &unused), "checkpoint metadata \"{}\" = \"{}\" is not a count", k, meta[k]);
+    TRAINER_ASSERT(parse_decimal(meta[k], &unused), "checkpoint metadata \"{}\" = \"{}\" is not a count", k,
+                   meta[k]);
   meta[key::kFormat] = kCheckpointFormat;
   meta[key::kFormatVersion] = std::to_string(kCheckpointFormatVersion);
   meta[key::kProducer] = std::string("trainer ") + TRAINER_VERSION;
@@ -443,15 +454,17 @@ void write_checkpoint(const std::string& path, const std::map<std::string, std::
     }
     header += ',';
     add_string(t.name, "the tensor name");
-    header += fmt::format(R"(:{{"dtype":"{}","shape":[{}],"data_offsets":[{},{}]}})", safetensors_dtype_name(t.dtype),
-                          fmt::join(t.shape.dims(), ","), payload_bytes, payload_bytes + nbytes);
+    header += fmt::format(R"(:{{"dtype":"{}","shape":[{}],"data_offsets":[{},{}]}})",
+                          safetensors_dtype_name(t.dtype), fmt::join(t.shape.dims(), ","), payload_bytes,
+                          payload_bytes + nbytes);
     payload_bytes += nbytes;
     largest = std::max(largest, nbytes);
   }
   std::sort(names.begin(), names.end());
   auto dup = std::adjacent_find(names.begin(), names.end());
   if (dup != names.end())
-    throw InputError(path, fmt::format("two tensors are named \"{}\"", *dup), "give every tensor its own name");
+    throw InputError(path, fmt::format("two tensors are named \"{}\"", *dup),
+                     "give every tensor its own name");
   header += '}';
   header.append((8 - header.size() % 8) % 8, ' ');
 
@@ -511,8 +524,7 @@ Checkpoint read_checkpoint(const std::string& path) {
     payload_hash.update(value.raw(), t.nbytes);
     c.tensors.push_back({t.name, std::move(value)});
   }
-  if (payload_hash.digest() != h.payload_digest)
-    damaged(path, "the tensor data does not match the checksum");
+  if (payload_hash.digest() != h.payload_digest) damaged(path, "the tensor data does not match the checksum");
   return c;
 }
 

@@ -1,5 +1,5 @@
-// XXH64, the 64-bit xxHash, as a streaming digest: the checksum of checkpoint files. Written from the published
-// algorithm so that the format needs no hashing library; tests pin it to the reference vectors.
+// XXH64, the 64-bit xxHash, as a streaming digest: the checksum of checkpoint files. Written from the
+// published algorithm so that the format needs no hashing library; tests pin it to the reference vectors.
 #pragma once
 
 #include <cstddef>

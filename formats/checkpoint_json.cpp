@@ -214,7 +214,8 @@ class Parser {
         }
         continue;
       }
-      size_t n = utf8_sequence_length(reinterpret_cast<const unsigned char*>(s_.data()) + pos_, s_.size() - pos_);
+      size_t n =
+          utf8_sequence_length(reinterpret_cast<const unsigned char*>(s_.data()) + pos_, s_.size() - pos_);
       if (n == 0) fail("invalid UTF-8 inside a string");
       v.text.append(s_.substr(pos_, n));
       pos_ += n;

@@ -1,5 +1,5 @@
-// A strict JSON (RFC 8259) reader and string writer for checkpoint headers. The reader keeps each value's byte
-// span, so callers can point at the place of an error and find the bytes of a value inside the header.
+// A strict JSON (RFC 8259) reader and string writer for checkpoint headers. The reader keeps each value's
+// byte span, so callers can point at the place of an error and find the bytes of a value inside the header.
 #pragma once
 
 #include <cstddef>
@@ -37,9 +37,9 @@ class JsonSyntaxError : public std::runtime_error {
   size_t offset_;
 };
 
-// Parses one JSON value followed by nothing but whitespace. Rejects everything RFC 8259 does not allow (trailing
-// commas, comments, control characters in strings, invalid UTF-8, lone surrogates, leading zeros) and also
-// duplicate object keys and nesting deeper than 64 levels. Throws JsonSyntaxError.
+// Parses one JSON value followed by nothing but whitespace. Rejects everything RFC 8259 does not allow
+// (trailing commas, comments, control characters in strings, invalid UTF-8, lone surrogates, leading zeros)
+// and also duplicate object keys and nesting deeper than 64 levels. Throws JsonSyntaxError.
 JsonValue parse_json(std::string_view text);
 
 // Appends `s` as a quoted JSON string: '"', '\' and control characters escaped, other bytes as they are.

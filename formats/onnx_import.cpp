@@ -1,5 +1,7 @@
 // ONNX import: checks the opsets and that every op is known before building anything, then maps graph inputs,
-// initializers, Constant nodes and nodes onto engine::Graph. ONNX semantics are the IR's, so nodes map 1:1.
+// initializers, Constant nodes and nodes onto engine::Graph. ONNX semantics are the IR's, so nodes map 1:1,
+// except for older op forms (opsets 11 and 12), the training flags of Dropout and BatchNormalization, and
+// constant subgraphs, which are evaluated here.
 #include "formats/onnx_import.h"
 
 #include <fmt/format.h>
@@ -8,9 +10,11 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
 #include <set>
 
 #include "engine/ir/op_schema.h"
+#include "engine/plan/constant_folding.h"
 #include "formats/onnx_tensor.h"
 
 namespace trainer::formats {
@@ -102,6 +106,7 @@ class Importer {
     check_newer_opsets();
     check_supported();
     check_older_opset();
+    scan_uses();
     add_initializers();
     add_inputs();
     const auto& nodes = model_.graph().node();
@@ -179,7 +184,7 @@ class Importer {
     std::set<std::string> ops;
     for (const auto& u : bad) {
       std::string op = u.domain.empty() ? u.op_type : u.domain + "." + u.op_type;
-      items.push_back(fmt::format("'{}' ({})", u.name, op));
+      items.push_back(fmt::format("graph.node[{}] '{}' ({})", u.index, u.name, op));
       ops.insert(op);
     }
     fail(fmt::format("{} node{} use{} ops the engine does not implement ({}): {}", bad.size(),
@@ -192,15 +197,52 @@ class Importer {
     return tensor_from_onnx(t, where, base_dir_);
   }
 
+  // Which values nodes read where a gradient flows, and which are BatchNormalization's running statistics:
+  // that decides between parameters, state and constants for initializers.
+  void scan_uses() {
+    const auto& registry = engine::OpRegistry::global();
+    for (const auto& n : model_.graph().node()) {
+      if (imported_by_importer(n)) continue;
+      const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
+      const engine::OpSchema* schema = registry.find(n.op_type());
+      for (int i = 0; i < n.input_size(); ++i) {
+        const std::string& name = n.input(i);
+        if (name.empty()) continue;
+        if (batch_norm && i >= 3) {
+          running_stats_.insert(name);
+        } else if (schema && schema->has_grad() && schema->input_has_grad(i)) {
+          differentiable_.insert(name);
+        }
+      }
+      for (const std::string& name : n.input()) read_names_.insert(name);
+    }
+    for (const auto& out : model_.graph().output()) {
+      read_names_.insert(out.name());
+      graph_outputs_.insert(out.name());
+    }
+  }
+
+  bool training_flags() const { return options_.mode != OnnxGraphMode::as_written; }
+
   void add_initializers() {
     for (const auto& init : model_.graph().initializer()) {
       if (init.name().empty()) fail("an initializer has no name", "the exporter is broken");
       Tensor t = read_tensor(init, fmt::format("{}: initializer '{}'", source_, init.name()));
-      bool trainable = engine::is_float(t.dtype()) && (!options_.initializer_is_trainable ||
-                                                       options_.initializer_is_trainable(init.name(), t));
+      result_.initializer_names.push_back(init.name());
+      const bool is_float = engine::is_float(t.dtype());
+      auto wanted = [&] {
+        return !options_.initializer_is_trainable || options_.initializer_is_trainable(init.name(), t);
+      };
+      enum { constant, parameter, state } kind = constant;
+      if (is_float && training_flags() && running_stats_.count(init.name()))
+        kind = wanted() ? state : constant;
+      else if (is_float && differentiable_.count(init.name()) && wanted())
+        kind = parameter;
       wrap(fmt::format("initializer '{}'", init.name()), [&] {
-        if (trainable) {
+        if (kind == parameter) {
           g().add_parameter(init.name(), std::move(t), true);
+        } else if (kind == state) {
+          g().add_state(init.name(), std::move(t));
         } else {
           g().add_constant(init.name(), std::move(t));
         }
@@ -218,6 +260,15 @@ class Importer {
     std::vector<int64_t> dims;
     for (int i = 0; i < tt.shape().dim_size(); ++i) {
       const auto& d = tt.shape().dim(i);
+      if (i == 0 && d.has_dim_value() && d.dim_value() >= 0 && options_.replace_fixed_batch &&
+          options_.batch_size > 0) {
+        if (d.dim_value() != options_.batch_size)
+          fixed_batch_note_ = fmt::format(
+              "the model fixes the batch dimension of input '{}' at {}; it was set to the batch size {}",
+              in.name(), d.dim_value(), options_.batch_size);
+        dims.push_back(options_.batch_size);
+        continue;
+      }
       if (d.has_dim_value() && d.dim_value() >= 0) {
         dims.push_back(d.dim_value());
         continue;
@@ -269,6 +320,9 @@ class Importer {
       Shape shape = input_shape(in, tt);
       wrap(fmt::format("graph input '{}'", in.name()),
            [&] { result_.inputs.push_back(g().add_input(in.name(), dtype, std::move(shape))); });
+      const Shape& s = g().value(result_.inputs.back()).shape;
+      if (options_.batch_size > 0 && s.rank() >= 1 && s[0] == options_.batch_size)
+        batched_.insert(result_.inputs.back());
     }
     for (const auto& [name, t] : options_.constant_inputs)
       if (!baked.count(name))
@@ -373,21 +427,222 @@ class Importer {
       std::vector<int64_t> dims(shape.dims().begin() + start, shape.dims().begin() + end);
       t = Tensor::from<int64_t>(Shape{end - start}, dims);
     }
-    wrap(label, [&] { g().add_constant(n.output(0), std::move(t)); });
+    wrap(label, [&] { shape_constants_.insert(g().add_constant(n.output(0), std::move(t))); });
   }
+
+  // A node as the engine takes it: ONNX's inputs, attributes and output names after the rewrites below.
+  struct PendingNode {
+    std::string op, domain, name, label;
+    std::vector<ValueId> inputs;
+    engine::Attributes attrs;
+    std::vector<std::string> outputs;
+    std::vector<std::pair<int, ValueId>> updates;  // (output, the state it updates): Graph::bind_update
+    int batch_relative_input = -1;                 // the input that may read a batch-relative shape
+    std::string base() const { return name.empty() ? outputs.at(0) : name; }
+  };
 
   void add_node(const onnx::NodeProto& n, int index) {
     const std::string domain = normalize_domain(n.domain());
     if (domain.empty() && n.op_type() == "Constant") return add_constant_node(n, index);
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
-    std::string label = node_label(n, index);
-    std::vector<ValueId> inputs;
+    PendingNode p;
+    p.op = n.op_type();
+    p.domain = domain;
+    p.name = n.name();
+    p.label = node_label(n, index);
     for (const std::string& name : n.input())
-      inputs.push_back(name.empty() ? engine::kNoValue : lookup(name, label));
-    engine::Attributes attrs = convert_attributes(n, label);
-    std::vector<std::string> outputs(n.output().begin(), n.output().end());
-    wrap(label,
-         [&] { g().add_node_named(n.op_type(), std::move(inputs), std::move(attrs), outputs, n.name()); });
+      p.inputs.push_back(name.empty() ? engine::kNoValue : lookup(name, p.label));
+    p.attrs = convert_attributes(n, p.label);
+    p.outputs.assign(n.output().begin(), n.output().end());
+    if (p.outputs.empty()) fail(fmt::format("{} has no outputs", p.label), "the exporter is broken");
+    if (domain.empty() && !p.inputs.empty() && p.inputs[0] != engine::kNoValue) {
+      if (p.op == "Dropout") {
+        adapt_dropout(p);
+      } else if (p.op == "BatchNormalization") {
+        adapt_batch_norm(p);
+      } else if ((p.op == "Softmax" || p.op == "LogSoftmax") && result_.info.opset < 13) {
+        if (adapt_opset11_softmax(p)) return;
+      } else if (p.op == "Reshape") {
+        adapt_reshape(p);
+      }
+    }
+    restore_folded_values(p);
+    if (options_.fold_constants && fold(p)) return;
+    insert(p);
+  }
+
+  void insert(const PendingNode& p) {
+    NodeId id = -1;
+    wrap(p.label, [&] { id = g().add_node_named(p.op, p.inputs, p.attrs, p.outputs, p.name); });
+    for (const auto& [k, state] : p.updates) g().bind_update(g().node(id).outputs.at(k), state);
+    mark_batched(id);
+  }
+
+  // A node that reads constants only becomes constants (Shape -> Gather -> Concat chains, Cast of a constant).
+  bool fold(const PendingNode& p) {
+    if (!p.updates.empty() || !engine::is_foldable_op(p.op, p.domain)) return false;
+    std::vector<const Tensor*> values;
+    std::vector<std::string> names;
+    bool any = false;
+    for (ValueId v : p.inputs) {
+      if (v != engine::kNoValue && g().value(v).kind != engine::ValueKind::constant) return false;
+      values.push_back(v == engine::kNoValue ? nullptr : g().initializer(v));
+      names.push_back(v == engine::kNoValue ? std::string() : g().value(v).name);
+      any = any || v != engine::kNoValue;
+    }
+    if (!any) return false;
+    // The model's outputs stay computed by their nodes.
+    for (const std::string& o : p.outputs)
+      if (graph_outputs_.count(o)) return false;
+    std::optional<std::vector<Tensor>> out;
+    wrap(p.label, [&] {
+      out = engine::evaluate_constant_node(p.op, values, p.attrs, p.outputs, p.name, names, kMaxFoldedBytes);
+    });
+    if (!out) return false;
+    for (size_t i = 0; i < p.outputs.size(); ++i) {
+      if (p.outputs[i].empty()) continue;
+      wrap(p.label, [&] { folded_.insert(g().add_constant(p.outputs[i], std::move((*out)[i]))); });
+    }
+    result_.folded_nodes.push_back(p.base());
+    return true;
+  }
+
+  // Opset 10's Dropout (in opset-11 models) takes the ratio as an attribute. In training mode the node drops
+  // (training_mode true); in inference mode it passes its input through (no training_mode).
+  void adapt_dropout(PendingNode& p) {
+    if (p.attrs.has("ratio")) {
+      Tensor ratio(g().value(p.inputs[0]).dtype, Shape{});
+      ratio.set_f64(0, p.attrs.f("ratio"));
+      p.attrs.erase("ratio");
+      p.inputs.resize(std::max<size_t>(p.inputs.size(), 2), engine::kNoValue);
+      if (p.inputs[1] == engine::kNoValue)
+        p.inputs[1] = g().add_constant(g().unique_name(p.base() + "/ratio"), std::move(ratio));
+    }
+    if (options_.mode == OnnxGraphMode::training) {
+      p.inputs.resize(3, engine::kNoValue);
+      p.inputs[2] = g().add_constant(g().unique_name(p.base() + "/training_mode"), Tensor::scalar<bool>(true));
+    } else if (options_.mode == OnnxGraphMode::inference && p.inputs.size() > 2) {
+      p.inputs.resize(2);
+    }
+  }
+
+  void adapt_batch_norm(PendingNode& p) {
+    auto read_later = [&](size_t k) { return k < p.outputs.size() && read_names_.count(p.outputs[k]) > 0; };
+    // Before opset 14 there is no training_mode: outputs besides Y mean training. Opset 9's outputs 3 and 4
+    // (the saved batch statistics) have no counterpart in the engine's op.
+    if (!p.attrs.has("training_mode") && result_.info.opset < 14) {
+      bool more = false;
+      for (size_t k = 1; k < p.outputs.size(); ++k) more = more || !p.outputs[k].empty();
+      if (more) p.attrs.set("training_mode", int64_t{1});
+    }
+    if (read_later(3) || read_later(4))
+      fail(fmt::format("{}: other nodes read its saved_mean or saved_var output (opset 9's training form), "
+                       "which the engine does not compute",
+                       p.label),
+           "export the model in inference mode (PyTorch: model.eval() before torch.onnx.export)");
+    if (p.outputs.size() > 3) p.outputs.resize(3);
+    if (!training_flags()) return;
+    auto is_state = [&](size_t i) {
+      return i < p.inputs.size() && p.inputs[i] != engine::kNoValue &&
+             g().value(p.inputs[i]).kind == engine::ValueKind::state;
+    };
+    if (options_.mode == OnnxGraphMode::training && is_state(3) && is_state(4)) {
+      p.attrs.set("training_mode", int64_t{1});
+      p.outputs.resize(3);
+      if (p.outputs[1].empty()) p.outputs[1] = g().unique_name(p.outputs[0] + "/running_mean");
+      if (p.outputs[2].empty()) p.outputs[2] = g().unique_name(p.outputs[0] + "/running_var");
+      p.updates = {{1, p.inputs[3]}, {2, p.inputs[4]}};
+      return;
+    }
+    // Inference form: normalization with the running statistics, which the node then does not output.
+    if (read_later(1) || read_later(2))
+      fail(fmt::format("{}: other nodes read the running statistics it outputs in training mode, which it "
+                       "does not compute in inference mode",
+                       p.label),
+           "export the model in inference mode (PyTorch: model.eval() before torch.onnx.export)");
+    p.attrs.set("training_mode", int64_t{0});
+    p.outputs.resize(1);
+  }
+
+  // Softmax and LogSoftmax before opset 13 normalize over all dimensions from `axis` (default 1) on, as one.
+  // Over the last axis that is today's op; otherwise the node becomes Flatten -> op -> Reshape. Returns true
+  // when it added the nodes itself.
+  bool adapt_opset11_softmax(PendingNode& p) {
+    const Shape shape = g().value(p.inputs[0]).shape;
+    const int64_t rank = shape.rank();
+    int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : 1;
+    if (rank == 0 || axis < -rank || axis >= rank) return false;  // validation reports it
+    if (axis < 0) axis += rank;
+    p.attrs.set("axis", axis);
+    if (axis == rank - 1) return false;
+    const std::string base = p.base();
+    ValueId flat = engine::kNoValue, normalized = engine::kNoValue;
+    wrap(p.label, [&] {
+      NodeId f = g().add_node_named("Flatten", {p.inputs[0]}, {{"axis", axis}},
+                                    {g().unique_name(base + "/flattened")}, base + "/flatten");
+      flat = g().node(f).outputs[0];
+      mark_batched(f);
+      NodeId s = g().add_node_named(p.op, {flat}, {{"axis", int64_t{1}}}, {g().unique_name(base + "/2d")}, p.name);
+      normalized = g().node(s).outputs[0];
+      mark_batched(s);
+      ValueId dims = g().add_constant(g().unique_name(base + "/shape"),
+                                      Tensor::from<int64_t>(Shape{rank}, shape.dims()));
+      mark_batched(g().add_node_named("Reshape", {normalized, dims}, {}, {p.outputs[0]}, base + "/reshape"));
+    });
+    return true;
+  }
+
+  // A Reshape of a batch to a shape computed from shapes ([batch, -1] from Shape -> Gather -> Concat) reads
+  // 0 (the input's dimension) instead of the batch size, so the folded graph holds at every batch size: the
+  // training graphs of the last partial batch, and the exported model with its symbolic batch.
+  void adapt_reshape(PendingNode& p) {
+    const int64_t batch = options_.batch_size;
+    if (batch <= 0 || p.inputs.size() != 2 || p.inputs[1] == engine::kNoValue) return;
+    const ValueId data = p.inputs[0], shape = p.inputs[1];
+    if (!batched_.count(data) || !(folded_.count(shape) || shape_constants_.count(shape))) return;
+    if (p.attrs.has("allowzero") && p.attrs.i("allowzero") != 0) return;
+    p.batch_relative_input = 1;
+    if (relative_.count(shape)) return;  // already rewritten
+    const Tensor* t = g().initializer(shape);
+    if (t->dtype() != DType::i64 || t->shape().rank() != 1 || t->numel() < 1 || t->data<int64_t>()[0] != batch)
+      return;
+    Tensor rel = *t;
+    rel.data<int64_t>()[0] = 0;
+    if (g().value(shape).consumers.empty() && !graph_outputs_.count(g().value(shape).name)) {
+      // In place, so the exported model keeps the name; other readers get the value as folded.
+      relative_[shape] = RelativeShape{*t, engine::kNoValue};
+      *g().mutable_initializer(shape) = std::move(rel);
+    } else {
+      p.inputs[1] = g().add_constant(g().unique_name(g().value(shape).name + "/batch_relative"), std::move(rel));
+    }
+  }
+
+  // Readers of a shape rewritten for a Reshape (other than such Reshapes) read its folded value.
+  void restore_folded_values(PendingNode& p) {
+    for (size_t i = 0; i < p.inputs.size(); ++i) {
+      auto it = relative_.find(p.inputs[i]);
+      if (it == relative_.end() || static_cast<int>(i) == p.batch_relative_input) continue;
+      if (it->second.as_folded == engine::kNoValue) {
+        const std::string name = g().value(it->first).name;
+        it->second.as_folded = g().add_constant(g().unique_name(name + "/as_folded"), it->second.original);
+        folded_.insert(it->second.as_folded);
+      }
+      p.inputs[i] = it->second.as_folded;
+    }
+  }
+
+  // Values that follow the batch: the inputs, and what nodes compute from them with the batch leading.
+  void mark_batched(NodeId id) {
+    const int64_t batch = options_.batch_size;
+    const engine::Node& n = g().node(id);
+    bool from_batch = false;
+    for (ValueId v : n.inputs) from_batch = from_batch || (v != engine::kNoValue && batched_.count(v));
+    if (!from_batch) return;
+    for (ValueId v : n.outputs) {
+      if (v == engine::kNoValue) continue;
+      const Shape& s = g().value(v).shape;
+      if (s.rank() >= 1 && s[0] == batch) batched_.insert(v);
+    }
   }
 
   void add_outputs() {
@@ -410,16 +665,37 @@ class Importer {
       if (!e.where().empty() && msg.rfind(e.where() + ": ", 0) == 0) msg = msg.substr(e.where().size() + 2);
       // Engine messages about a node already name it ("node 'x' (Op): ...").
       if (msg.rfind("node '", 0) != 0) msg = fmt::format("{}: {}", label, msg);
+      if (!fixed_batch_note_.empty())
+        fail(fmt::format("{} ({})", msg, fixed_batch_note_),
+             "export the model with a symbolic batch dimension, e.g. torch.onnx.export(..., "
+             "dynamic_axes={'input': {0: 'batch'}})");
       fail(std::move(msg),
            e.hint().empty() ? "check the model against the ONNX operator definitions" : e.hint());
     }
   }
+
+  // A folded shape rewritten to be batch-relative in place, and its value as folded for other readers.
+  struct RelativeShape {
+    Tensor original;
+    ValueId as_folded = engine::kNoValue;
+  };
+  // Folding stops at outputs this large: such a node runs at every step instead of occupying the arena.
+  static constexpr size_t kMaxFoldedBytes = size_t{1} << 22;
 
   const onnx::ModelProto& model_;
   std::string source_;
   const OnnxImportOptions& options_;
   std::string base_dir_;
   OnnxImportResult result_;
+  std::set<std::string> differentiable_;  // values some node input with a gradient reads
+  std::set<std::string> running_stats_;   // inputs 3 and 4 of BatchNormalization nodes
+  std::set<std::string> read_names_;      // values some node or the graph's outputs read
+  std::set<std::string> graph_outputs_;
+  std::set<ValueId> batched_;          // values whose leading dimension is the batch
+  std::set<ValueId> shape_constants_;  // outputs of Shape and Size
+  std::set<ValueId> folded_;           // outputs of folded nodes
+  std::map<ValueId, RelativeShape> relative_;
+  std::string fixed_batch_note_;  // set when a fixed batch dimension was replaced
 };
 
 std::string parent_dir(const std::string& path) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,12 +23,36 @@ namespace trainer::formats {
 inline constexpr int kMinOnnxOpset = 11;
 inline constexpr int kMaxOnnxOpset = 21;
 
+// How Dropout and BatchNormalization nodes are imported.
+enum class OnnxGraphMode {
+  as_written,  // as the file has them
+  // For training: Dropout active (training_mode true); BatchNormalization on batch statistics, its running
+  // statistics state values that the node updates (Graph::bind_update), as in the layer library. A node
+  // whose running statistics are constants (frozen) stays in inference form.
+  training,
+  // For evaluation and export: Dropout off; BatchNormalization on its running statistics, which are state as
+  // in the training graphs, so that plans sharing an arena share them by name.
+  inference,
+};
+
 struct OnnxImportOptions {
   // Replaces a symbolic or unknown leading (batch) dimension of the graph inputs. 0: such a dimension is an
   // error.
   int64_t batch_size = 0;
-  // Decides whether a floating-point initializer becomes a trainable parameter (true) or a constant (false).
-  // Unset: every floating-point initializer is trainable. Integer initializers are always constants.
+  // Also replaces a fixed leading dimension by batch_size (models exported with a batch of 1). A node that
+  // then fails to check says that the model fixed its batch.
+  bool replace_fixed_batch = false;
+  OnnxGraphMode mode = OnnxGraphMode::as_written;
+  // Evaluates nodes whose inputs are all constants at import (engine/plan/constant_folding.h): the shape
+  // arithmetic of PyTorch and tf2onnx exports (Shape -> Gather -> Unsqueeze -> Concat -> Reshape) becomes the
+  // constants that the static-shape IR needs. A folded shape whose first entry is the batch size, read by a
+  // Reshape of a batch, says 0 (copy the input's batch) instead, so the graph stays valid at any batch size.
+  bool fold_constants = true;
+  // Decides whether a floating-point initializer that some node differentiates through becomes a trainable
+  // parameter (true) or a constant (false); for the running statistics of BatchNormalization in the training
+  // and inference modes, whether they are state (true) or constants (false). Unset: true. Integer
+  // initializers, and initializers that nodes read only where no gradient flows (Reshape's shape, Dropout's
+  // ratio), are always constants.
   std::function<bool(const std::string& name, const engine::Tensor& value)> initializer_is_trainable;
   // Graph inputs baked in as constants with these values. A static-shape IR needs the operands that determine
   // shapes (Reshape's shape, Slice's starts, ...) as constants; test data feeds them as inputs.
@@ -48,17 +73,21 @@ struct OnnxImportResult {
                                          // baked-in constant_inputs excluded)
   std::vector<engine::ValueId> outputs;  // the model's outputs, in order; marked as graph outputs
   OnnxModelInfo info;
+  std::vector<std::string> initializer_names;  // every initializer of the file, in its order
+  std::vector<std::string> folded_nodes;       // nodes evaluated at import: their outputs are constants
 };
 
 // A node the engine has no op for.
 struct UnsupportedNode {
-  std::string name;
+  std::string name;  // the node's name, or "#<index>" when it has none
   std::string op_type;
   std::string domain;
+  int index = 0;  // in graph.node
 };
 
-// Parses serialized ModelProto bytes; `source` names them in errors (a truncated or corrupt file is an
-// InputError).
+// Parses serialized ModelProto bytes; `source` names them in errors. A truncated or corrupt file is an
+// InputError at the byte offset where its protobuf encoding stops making sense, naming the graph element
+// (graph.node[3] 'conv1', graph.initializer[0] 'fc.weight') that holds it.
 void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model);
 
 OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptions& options = {});
@@ -67,6 +96,19 @@ OnnxImportResult import_onnx_bytes(std::string_view bytes, const std::string& so
 // `base_dir` is where external tensor data is looked up (the model file's folder).
 OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::string& source,
                                    const OnnxImportOptions& options = {}, const std::string& base_dir = {});
+
+// A model file parsed once and imported as often as needed: one graph per batch size and mode.
+class OnnxModelFile {
+ public:
+  explicit OnnxModelFile(const std::string& path);  // reads and parses; InputError naming the file
+  OnnxImportResult import(const OnnxImportOptions& options) const;
+  const onnx::ModelProto& model() const { return *model_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::shared_ptr<const onnx::ModelProto> model_;
+};
 
 // Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant, Shape and Size
 // nodes become constants in the importer itself and are never listed.

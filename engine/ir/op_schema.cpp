@@ -125,10 +125,8 @@ ValueId GradContext::constant_i64(const std::vector<int64_t>& v) {
                          Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
 }
 
-ValueId GradContext::reduce_to(ValueId grad, const Shape& target_ref) {
-  // Copies: both may live in the graph's value table, which op() below can reallocate.
-  const Shape target = target_ref;
-  const Shape s = shape(grad);
+ValueId GradContext::reduce_to(ValueId grad, Shape target) {
+  const Shape s = shape(grad);  // a copy: op() below can reallocate the graph's value table
   if (s == target) return grad;
   std::vector<int64_t> axes;
   int lead = s.rank() - target.rank();

@@ -99,7 +99,8 @@ class GradContext {
   ValueId zeros(const Shape& s, DType dtype);           // a constant of zeros
   ValueId constant_i64(const std::vector<int64_t>& v);  // a 1-D i64 constant (shapes, axes)
   // Sums a broadcast gradient back to `target` (the shape of the input that was broadcast).
-  ValueId reduce_to(ValueId grad, const Shape& target);
+  // `target` by value: callers pass shapes that live in the graph, which emitting nodes can reallocate.
+  ValueId reduce_to(ValueId grad, Shape target);
 
  private:
   Graph& g_;

@@ -500,4 +500,14 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   return plan_program(tg.graph, po).arena_bytes();
 }
 
+Logs evaluate(const ModelFactory& factory, std::shared_ptr<const data::Dataset> data,
+              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend, const std::string& prefix) {
+  TRAINER_ASSERT(data != nullptr);
+  // Evaluation plans only (full and last partial batch) in one arena: the weights are the graphs' initializers.
+  Device dev(factory, cfg, backend, 0, {data->size()});
+  data::BatchLoader loader(data, cfg.batch_size, format, false, cfg.seed);
+  std::vector<float> out_buf;
+  return evaluate_on(dev, loader, cfg, prefix, out_buf);
+}
+
 }  // namespace trainer::engine

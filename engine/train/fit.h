@@ -151,4 +151,11 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
                               Backend& backend);
 
+// Loss and metrics of the model `factory` builds in inference mode (its initializers are the weights) on every
+// sample of `data`, the last partial batch included, as fit computes its validation logs; names are `prefix` +
+// "loss", "accuracy", ... (trainer evaluate).
+Logs evaluate(const ModelFactory& factory, std::shared_ptr<const data::Dataset> data,
+              const data::BatchFormat& format, const FitConfig& config, Backend& backend,
+              const std::string& prefix = "");
+
 }  // namespace trainer::engine

@@ -16,8 +16,8 @@ MASK64 = (1 << 64) - 1
 P1, P2, P3, P4, P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
                       0x27D4EB2F165667C5)
 
-NUMPY_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2", "I32": "<i4", "I64": "<i8", "U8": "u1",
-                "BOOL": "?"}
+NUMPY_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2", "I32": "<i4", "I64": "<i8",
+                "U8": "u1", "BOOL": "?"}
 
 
 def rotl(x, r):
@@ -30,7 +30,7 @@ def lane(acc, value):
 
 
 def xxh64(data, seed=0):
-    """XXH64 written from the published algorithm, independently of the C++ one (and slow: small files only)."""
+    """XXH64 from the published algorithm, independent of the C++ one (and slow: small files only)."""
     n = len(data)
     words = np.frombuffer(data[: n - n % 32], dtype="<u8").tolist()
     i = 0
@@ -110,7 +110,8 @@ def check(ckpt, expected):
     end = 0
     for begin, stop, name in spans:
         assert begin == end, f"{name}: starts at {begin}, previous tensor ends at {end}"
-        assert (8 + n + begin) % np.dtype(NUMPY_DTYPES[header[name]["dtype"]]).itemsize == 0, f"{name}: aligned"
+        itemsize = np.dtype(NUMPY_DTYPES[header[name]["dtype"]]).itemsize
+        assert (8 + n + begin) % itemsize == 0, f"{name}: aligned"
         end = stop
     assert end == len(payload), "the tensors cover the payload exactly"
 
@@ -121,7 +122,8 @@ def check(ckpt, expected):
         assert t["shape"] == want["shape"], name
         begin, stop = t["data_offsets"]
         got = values_of(t["dtype"], payload[begin:stop], t["shape"])
-        ref = np.array(want["values"], dtype=np.float64 if got.dtype.kind == "f" else object).reshape(want["shape"])
+        kind = np.float64 if got.dtype.kind == "f" else object
+        ref = np.array(want["values"], dtype=kind).reshape(want["shape"])
         if got.dtype.kind == "f":
             assert np.array_equal(got.astype(np.float64), ref), f"{name}: {got} != {ref}"
         else:
@@ -142,7 +144,8 @@ def check_with_safetensors(ckpt, expected):
         return  # older safetensors versions refuse BF16 with numpy
     for name, want in expected["tensors"].items():
         if want["dtype"] != "BF16":
-            assert np.array_equal(loaded[name].astype(np.float64).ravel(), np.array(want["values"], np.float64))
+            got = loaded[name].astype(np.float64).ravel()
+            assert np.array_equal(got, np.array(want["values"], np.float64)), name
 
 
 def main():

@@ -1,5 +1,6 @@
-// Writes a checkpoint with every dtype, a scalar and an empty tensor, and a JSON file of the values and metadata
-// it holds, for the numpy cross-check (checkpoint_numpy_check.py). Usage: checkpoint_write_sample CKPT EXPECTED
+// Writes a checkpoint with every dtype, a scalar and an empty tensor, and a JSON file of the values and
+// metadata it holds, for the numpy cross-check (checkpoint_numpy_check.py). Usage: checkpoint_write_sample
+// CKPT EXPECTED
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -73,9 +74,9 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < v.numel(); ++i)
       values.push_back(trainer::engine::is_float(v.dtype()) ? fmt::format("{}", v.get_f64(i))
                                                             : fmt::format("{}", v.get_i64(i)));
-    json += fmt::format("{}{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"values\":[{}]}}", first ? "" : ",", quoted(t.name),
-                        trainer::formats::safetensors_dtype_name(v.dtype()), fmt::join(v.shape().dims(), ","),
-                        fmt::join(values, ","));
+    json += fmt::format("{}{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"values\":[{}]}}", first ? "" : ",",
+                        quoted(t.name), trainer::formats::safetensors_dtype_name(v.dtype()),
+                        fmt::join(v.shape().dims(), ","), fmt::join(values, ","));
     first = false;
   }
   json += "}}\n";

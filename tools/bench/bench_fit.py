@@ -196,6 +196,39 @@ def trainer_fit(trainer, spec, args, env):
     return {"samples_per_s": epochs[-1]["samples_per_s"], "max_rss_bytes": rss}
 
 
+def trainer_profile(trainer, spec, args, env):
+    """Per-kernel medians of the training step (TRAINER_CPU_PROFILE): the training plan's table, as text."""
+    env = dict(env, TRAINER_CPU_PROFILE="1")
+    cmd = [str(trainer), "fit", str(spec), "--epochs", "1", "--batch-size", str(args.batch),
+           "--set", f"data.train.limit={args.limit}", "--log-format", "jsonl", "--quiet"]
+    if "validation" in load_toml(spec).get("data", {}):
+        cmd += ["--set", f"data.validation.limit={args.batch}"]
+    rc, _, err, _ = run_child(cmd, env, timeout=args.timeout)
+    if rc != 0:
+        return f"(profile run failed with {rc})"
+    # One table per plan; the training plan is the one with the most runs.
+    tables, cur = [], None
+    for line in err.splitlines():
+        if line.startswith("CPU plan profile:"):
+            cur = [line]
+            tables.append(cur)
+        elif cur is not None and line.startswith("  "):
+            cur.append(line)
+        else:
+            cur = None
+
+    def runs(t):
+        try:
+            return int(t[0].split(",")[1].split()[0])
+        except (IndexError, ValueError):
+            return 0
+
+    if not tables:
+        return "(no profile: the trainer binary predates TRAINER_CPU_PROFILE)"
+    best = max(tables, key=runs)
+    return "\n".join(best[:1 + args.profile_top])
+
+
 def gemm_ceiling(bench_cpu, threads, env):
     cmd = [str(bench_cpu), "--threads", str(threads), "--cases", "gemm", "--repeats", "3", "--min-seconds", "0.2"]
     rc, out, err, _ = run_child(cmd, env)
@@ -474,6 +507,9 @@ def main():
     p.add_argument("--torch-configs", default=",".join(TORCH_CONFIGS),
                    help="PyTorch thread settings to probe: " + ", ".join(TORCH_CONFIGS))
     p.add_argument("--no-torch", action="store_true", help="measure the trainer only")
+    p.add_argument("--profile", action="store_true",
+                   help="also run each sample once with TRAINER_CPU_PROFILE=1 and print where the step's time goes")
+    p.add_argument("--profile-top", type=int, default=12, help="kernels listed per profile")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     # Worker mode (internal): run PyTorch on a spec and print one JSON line.
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)
@@ -575,6 +611,10 @@ def main():
                 f"{fmt_num(r['ceiling_gflops'], '.1f'):>8} "
                 f"{(fmt_num(100 * r['ceiling_fraction'], '.0f') + '%') if r['ceiling_fraction'] else '-':>7}")
         log(f"load average (1, 5, 15 min) from start to end: {loads[0]} .. {loads[-1]}")
+        if args.profile:
+            for n in names:
+                log(f"\n{n}: where a training step's time goes (median per kernel, load {loadavg()})")
+                log(trainer_profile(trainer, specs[n], args, env))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,24 @@ void act_inplace(const RnnActivation& a, T* v, int64_t n) {
   }
 }
 
+// The gate gradients of one LSTM batch row for the default cell (sigmoid gates, tanh cell and output
+// activations; no clip, peepholes or coupled input and forget gates), as one vectorized pass. a: the gates i,
+// o, f, c; hc: h(C); cp: the previous cell state; dc: the cell gradient in, the previous step's out.
+TRAINER_CPU_CLONES void lstm_row_grad_default(const float* a, const float* hc, const float* cp,
+                                              const float* dh, float* dc, float* da, int64_t H) {
+  const float *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float dH = dh[j];
+    const float dC = dc[j] + dH * go[j] * (1.0f - hc[j] * hc[j]);
+    da[j] = dC * gc[j] * (gi[j] * (1.0f - gi[j]));
+    da[H + j] = dH * hc[j] * (go[j] * (1.0f - go[j]));
+    da[2 * H + j] = dC * cp[j] * (gf[j] * (1.0f - gf[j]));
+    da[3 * H + j] = dC * gi[j] * (1.0f - gc[j] * gc[j]);
+    dc[j] = dC * gf[j];
+  }
+}
+
 // Sets out = act(in) for n values.
 template <class T>
 void act_copy(const RnnActivation& a, const T* in, T* out, int64_t n) {
@@ -491,6 +509,8 @@ class RnnRunner {
     const T* P = p_ ? p_ + d * 3 * H : nullptr;
     const T clip = cfg_.clip ? T(*cfg_.clip) : T(0);
     const bool input_forget = cfg_.input_forget;
+    const bool default_cell = fa.kind == RnnActKind::sigmoid && ga.kind == RnnActKind::tanh &&
+                              ha.kind == RnnActKind::tanh && !cfg_.clip && !P && !input_forget;
     Dir& g = dirs_[d];
     init_state_grad(d, dyh_, dh_.data());
     init_state_grad(d, dyc_, dc_.data());
@@ -519,6 +539,13 @@ class RnnRunner {
           const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
           T* hcs = act_row_.data() + b * H;
           act_copy(ha, C, hcs, H);
+          if constexpr (std::is_same_v<T, float>) {
+            if (default_cell) {
+              lstm_row_grad_default(a, hcs, Cp, dh, dc, da, H);
+              copy_row(daw_.data() + row * GH, da, GH);
+              continue;
+            }
+          }
           for (int64_t j = 0; j < H; ++j) {
             const T hc = hcs[j];
             const T dH = dh[j];

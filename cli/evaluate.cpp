@@ -1,0 +1,105 @@
+// trainer evaluate: a checkpoint's loss and metrics on one of its spec's datasets (every sample counted), as one
+// JSON object on stdout and a line for people on stderr.
+#include <fmt/ranges.h>
+
+#include <chrono>
+
+#include "cli/checkpoint_io.h"
+#include "cli/common.h"
+#include "engine/util/error.h"
+
+namespace trainer::cli {
+
+engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
+                                           std::vector<std::pair<std::string, engine::Tensor>> values,
+                                           const std::string& ckpt) {
+  auto base = model_factory(spec);
+  auto weights = std::make_shared<const std::vector<std::pair<std::string, engine::Tensor>>>(std::move(values));
+  return [base, weights, ckpt](int64_t batch, bool training) {
+    engine::ForwardModel fm = base(batch, training);
+    for (const auto& [name, t] : *weights) {
+      engine::ValueId v = fm.graph.find(name);
+      if (v == engine::kNoValue) continue;  // optimizer state: no place in the forward graph
+      engine::Tensor* init = fm.graph.mutable_initializer(v);
+      if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
+        throw InputError(ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
+                         "the checkpoint and its spec disagree: the file is damaged or was edited");
+      *init = t;
+    }
+    return fm;
+  };
+}
+
+namespace {
+
+constexpr const char* kSplits[] = {"validation", "test", "train"};
+
+}  // namespace
+
+Command add_evaluate_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("evaluate", "Loss and metrics of a checkpoint on a dataset, as JSON");
+  auto ckpt = std::make_shared<std::string>();
+  auto split = std::make_shared<std::string>();
+  auto batch = std::make_shared<int64_t>(0);
+  auto sets = std::make_shared<std::vector<std::string>>();
+  auto quiet = std::make_shared<bool>(false);
+  auto device = std::make_shared<DeviceOptions>();
+  cmd->add_option("CKPT", *ckpt, "A checkpoint written by trainer fit")->required();
+  cmd->add_option("--data", *split,
+                  "The spec's dataset to evaluate on: validation (the default when the spec has one), test "
+                  "or train")
+      ->check(CLI::IsMember({"validation", "test", "train"}));
+  cmd->add_option("--batch-size", *batch, "Samples per step (default: the spec's train.batch_size)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--set", *sets,
+                  "Override a key of the checkpoint's spec, e.g. point a dataset elsewhere: "
+                  "--set data.test.x=t10k-images-idx3-ubyte.gz")
+      ->type_name("KEY=VALUE");
+  cmd->add_flag("-q,--quiet", *quiet, "Print nothing on stderr but errors");
+  device->add(cmd);
+  auto run = [=]() -> int {
+    auto t0 = std::chrono::steady_clock::now();
+    if (ckpt->ends_with(".onnx"))
+      throw InputError(*ckpt, "evaluate needs a checkpoint: its spec names the data, the loss and the metrics",
+                       "evaluate the checkpoint the model was exported from; trainer predict runs ONNX models");
+    LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
+    formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path, *sets);
+    if (*batch > 0) spec.train.batch_size = *batch;
+    models::BuiltModel probe = build(spec, 1, false);
+    SpecData data = open_data(spec, probe);
+    std::string name = *split;
+    if (name.empty()) name = data.validation ? "validation" : data.test ? "test" : "train";
+    std::shared_ptr<const engine::data::Dataset> ds =
+        name == "validation" ? data.validation : name == "test" ? data.test : data.train;
+    if (!ds)
+      throw InputError(*ckpt, fmt::format("the checkpoint's spec has no {} data", name),
+                       fmt::format("choose another with --data ({}), or name files with --set data.{}.x=... "
+                                   "--set data.{}.y=...",
+                                   fmt::join(kSplits, ", "), name, name));
+    if (ds->size() == 0) throw InputError(ds->describe(), "holds no samples", "");
+    engine::FitConfig cfg = fit_config(spec);
+    auto backend = device->make_backend();
+    engine::Logs logs = at_spec_places(spec, [&] {
+      return engine::evaluate(trained_model_factory(spec, std::move(ck.state.values), *ckpt), ds, data.format,
+                              cfg, *backend);
+    });
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::vector<std::pair<std::string, std::string>> f = {{"data", json_string(name)},
+                                                          {"samples", std::to_string(ds->size())}};
+    std::string text;
+    for (const auto& [k, v] : logs) {
+      f.emplace_back(k, json_number(v));
+      text += fmt::format(" · {} {:.4f}", k, v);
+    }
+    f.emplace_back("seconds", json_number(seconds));
+    fmt::print("{}\n", json_object(f));
+    std::fflush(stdout);
+    if (!*quiet)
+      fmt::print(stderr, "{} on {} data ({}, {} samples){} · {:.1f}s\n", *ckpt, name, ds->describe(), ds->size(),
+                 text, seconds);
+    return 0;
+  };
+  return {cmd, run};
+}
+
+}  // namespace trainer::cli

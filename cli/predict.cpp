@@ -1,0 +1,319 @@
+// trainer predict: a model (a checkpoint or an ONNX file) applied to samples streamed from a file or stdin, one
+// batch at a time in constant memory, with class ids or output rows written to stdout as CSV or NPY.
+#include <unistd.h>
+
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <map>
+
+#include "cli/checkpoint_io.h"
+#include "cli/common.h"
+#include "engine/train/session.h"
+#include "engine/util/error.h"
+#include "formats/onnx_import.h"
+#include "formats/stream_input.h"
+#include "formats/stream_output.h"
+
+namespace trainer::cli {
+
+namespace {
+
+using engine::DType;
+using engine::Shape;
+
+// An inference graph for one batch size, with the values predict feeds and reads.
+struct InferenceGraph {
+  std::shared_ptr<engine::Graph> graph;
+  engine::ValueId input = engine::kNoValue, output = engine::kNoValue;
+};
+
+// What predict needs of a model, whichever file it came from.
+struct PredictModel {
+  std::function<InferenceGraph(int64_t batch)> build;
+  std::vector<int64_t> sample_shape;  // per sample, as the samples are given (channels last for images)
+  engine::data::BatchFormat format;   // dtype, scaling and layout of the input
+  int64_t fixed_batch = 0;            // an ONNX input whose batch dimension is a number
+  double threshold = 0.5;             // class ids of a single output: 1 above it
+  std::string kind;                   // "checkpoint" or "ONNX model"
+  std::string path;
+};
+
+// A checkpoint starts with the safetensors header length and '{'; anything else is taken as ONNX (whose
+// parser then names what is wrong with it).
+bool is_checkpoint(const std::string& path) {
+  if (path.ends_with(".onnx")) return false;
+  std::ifstream f(path, std::ios::binary);
+  char head[9] = {};
+  return f.read(head, sizeof head) && head[8] == '{';
+}
+
+PredictModel checkpoint_model(const std::string& path) {
+  LoadedCheckpoint ck = load_training_checkpoint(path);
+  formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path);
+  models::BuiltModel probe = build(spec, 1, false);
+  PredictModel m;
+  m.kind = "checkpoint";
+  m.path = path;
+  m.sample_shape = spec.model.input.shape;
+  engine::data::BatchFormat& f = m.format;
+  f.x_dtype = probe.graph.value(probe.input).dtype;
+  // The loader's preparation of the training data, so the model sees inputs as it did in training.
+  f.scale = spec.data.scale;
+  f.mean = spec.data.mean;
+  f.std = spec.data.std;
+  f.to_chw = probe.input_channels_last && m.sample_shape.size() == 3 && m.sample_shape[2] > 1;
+  if (engine::is_integer(f.x_dtype))
+    for (const formats::LayerSpec& l : spec.model.layers)
+      if (l.type == "Embedding") {
+        auto it = l.args.find("input_dim");
+        if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
+          f.num_tokens = std::get<int64_t>(it->second.value);
+        break;
+      }
+  // A model trained on logits has its decision boundary at 0.
+  if (spec.train.from_logits) m.threshold = 0.0;
+  engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
+  m.build = [factory](int64_t batch) {
+    engine::ForwardModel fm = factory(batch, false);
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), fm.input, fm.output};
+    g.graph->mark_output(g.output);
+    return g;
+  };
+  return m;
+}
+
+PredictModel onnx_model(const std::string& path, int64_t batch) {
+  // The initializers stay parameters: plans share parameters by name, so the full and the last partial batch
+  // hold one copy of the weights. Nothing trains them here.
+  auto import = [path](int64_t b) {
+    formats::OnnxImportOptions o;
+    o.batch_size = b;
+    return formats::import_onnx_file(path, o);
+  };
+  formats::OnnxImportResult r = import(batch);
+  if (r.inputs.size() != 1)
+    throw InputError(path, fmt::format("the model has {} inputs; predict feeds one", r.inputs.size()),
+                     "export a model with a single input");
+  if (r.outputs.empty()) throw InputError(path, "the model has no outputs", "");
+  const engine::Value& in = r.graph.value(r.inputs[0]);
+  PredictModel m;
+  m.kind = "ONNX model";
+  m.path = path;
+  if (in.shape.rank() == 0)
+    throw InputError(path, fmt::format("the input '{}' is a scalar; predict needs a batch dimension", in.name), "");
+  m.sample_shape.assign(in.shape.dims().begin() + 1, in.shape.dims().end());
+  m.format.x_dtype = in.dtype;
+  if (in.shape[0] != batch) m.fixed_batch = in.shape[0];
+  m.build = [import](int64_t b) {
+    formats::OnnxImportResult r = import(b);
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs[0], r.outputs[0]};
+    return g;
+  };
+  return m;
+}
+
+std::vector<int64_t> squeezed(const std::vector<int64_t>& s) {
+  std::vector<int64_t> out;
+  for (int64_t d : s)
+    if (d != 1) out.push_back(d);
+  return out;
+}
+
+// The samples must be the model's per-sample input: the same shape, the same values as flat rows (CSV, or a
+// 2-D array), or the same shape but for dimensions of 1 ([28, 28] for [28, 28, 1]).
+void check_sample_shape(const formats::SampleReader& in, const PredictModel& m) {
+  const std::vector<int64_t>& got = in.sample_shape();
+  const std::vector<int64_t>& want = m.sample_shape;
+  const int64_t got_n = Shape(got).numel(), want_n = Shape(want).numel();
+  if (got == want) return;
+  if (got_n == want_n && (got.size() == 1 || squeezed(got) == squeezed(want))) return;
+  const bool csv = in.format() == formats::StreamFormat::csv;
+  throw InputError(in.name(),
+                   fmt::format("the {} input holds samples of shape {} ({} values), but the {} takes samples of "
+                               "shape [{}] ({} values)",
+                               formats::stream_format_name(in.format()), Shape(got).str(), got_n, m.kind,
+                               fmt::join(want, ", "), want_n),
+                   csv ? fmt::format("each CSV row is one sample of {} values", want_n)
+                       : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
+}
+
+// The device's plans for the batch sizes a pass over the input uses. With a known count, the full batch and the
+// remainder share one arena (and the weights) from the start; with an unknown count (CSV) the remainder's plan
+// is made when the input ends short. An input whose batch dimension the model fixes runs padded batches.
+class Runner {
+ public:
+  Runner(const PredictModel& model, engine::Backend& backend, int64_t batch, int64_t count)
+      : model_(model), backend_(backend), plans_(backend) {
+    batch_ = model.fixed_batch ? model.fixed_batch : count >= 0 && count < batch ? std::max<int64_t>(count, 1) : batch;
+    std::vector<int64_t> sizes = {batch_};
+    if (!model.fixed_batch && count > batch_ && count % batch_) sizes.push_back(count % batch_);
+    for (int64_t b : sizes) {
+      InferenceGraph g = model.build(b);
+      plan_[b] = {plans_.add(g.graph), g};
+    }
+    plans_.finalize();
+    const engine::Value& out = plan_.at(batch_).second.graph->value(plan_.at(batch_).second.output);
+    out_dtype_ = out.dtype;
+    if (out_dtype_ != DType::f32 && out_dtype_ != DType::f64)
+      throw InputError(model.path, fmt::format("the output has dtype {}; predict reads float32 or float64 outputs",
+                                               engine::dtype_name(out_dtype_)),
+                       "");
+    out_shape_ = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()), out.shape.dims().end());
+    columns_ = Shape(out_shape_).numel();
+    in_sample_bytes_ = static_cast<size_t>(Shape(model.sample_shape).numel()) * engine::dtype_bytes(model.format.x_dtype);
+    if (model.fixed_batch) padded_.resize(static_cast<size_t>(batch_) * in_sample_bytes_);
+    out_.resize(static_cast<size_t>(batch_ * columns_));
+    if (out_dtype_ == DType::f64) out64_.resize(out_.size());
+  }
+
+  int64_t batch() const { return batch_; }
+  int64_t columns() const { return columns_; }
+  const std::vector<int64_t>& output_shape() const { return out_shape_; }
+  size_t arena_bytes() const { return plans_.arena_bytes(); }
+
+  // Runs n <= batch() samples of model input; returns their n output rows (valid until the next call).
+  const float* run(const void* x, int64_t n) {
+    const void* feed = x;
+    int64_t b = n;
+    if (model_.fixed_batch) {
+      std::memcpy(padded_.data(), x, static_cast<size_t>(n) * in_sample_bytes_);
+      std::memset(padded_.data() + static_cast<size_t>(n) * in_sample_bytes_, 0,
+                  static_cast<size_t>(batch_ - n) * in_sample_bytes_);
+      feed = padded_.data();
+      b = batch_;
+    }
+    engine::Session& s = session(b);
+    const InferenceGraph& g = graph(b);
+    s.write(g.input, feed, static_cast<size_t>(b) * in_sample_bytes_);
+    s.run(engine::StepContext{0, 0, 0});
+    const size_t values = static_cast<size_t>(b * columns_);
+    if (out_dtype_ == DType::f32) {
+      s.read(g.output, out_.data(), values * sizeof(float));
+    } else {
+      s.read(g.output, out64_.data(), values * sizeof(double));
+      for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(out64_[i]);
+    }
+    return out_.data();
+  }
+
+ private:
+  engine::Session& session(int64_t b) {
+    auto it = plan_.find(b);
+    if (it != plan_.end()) return plans_.session(it->second.first);
+    // The input ended short and its length was not known: a plan of its own for this one batch.
+    InferenceGraph g = model_.build(b);
+    extra_graph_ = g;
+    extra_ = std::make_unique<engine::Session>(g.graph, backend_);
+    extra_batch_ = b;
+    return *extra_;
+  }
+  const InferenceGraph& graph(int64_t b) const {
+    auto it = plan_.find(b);
+    return it != plan_.end() ? it->second.second : extra_graph_;
+  }
+
+  const PredictModel& model_;
+  engine::Backend& backend_;
+  engine::DevicePlans plans_;
+  std::map<int64_t, std::pair<int, InferenceGraph>> plan_;
+  std::unique_ptr<engine::Session> extra_;
+  InferenceGraph extra_graph_;
+  int64_t extra_batch_ = 0;
+  int64_t batch_ = 0, columns_ = 0;
+  DType out_dtype_ = DType::f32;
+  std::vector<int64_t> out_shape_;
+  size_t in_sample_bytes_ = 0;
+  std::vector<uint8_t> padded_;
+  std::vector<float> out_;
+  std::vector<double> out64_;
+};
+
+}  // namespace
+
+Command add_predict_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("predict", "Apply a model to samples from a file or stdin; results to stdout");
+  auto model_path = std::make_shared<std::string>();
+  auto input = std::make_shared<std::string>("-");
+  auto batch = std::make_shared<int64_t>(256);
+  auto format = std::make_shared<std::string>("csv");
+  auto probabilities = std::make_shared<bool>(false);
+  auto quiet = std::make_shared<bool>(false);
+  auto device = std::make_shared<DeviceOptions>();
+  cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
+  cmd->add_option("INPUT", *input, "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input");
+  cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(CLI::PositiveNumber);
+  cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
+      ->check(CLI::IsMember({"csv", "npy"}));
+  cmd->add_flag("--probabilities", *probabilities,
+                "Write the model's output rows (the probabilities of a softmax or sigmoid model) instead of class "
+                "ids");
+  cmd->add_flag("-q,--quiet", *quiet, "Print nothing on stderr but errors");
+  device->add(cmd);
+  auto run = [=]() -> int {
+    auto t0 = std::chrono::steady_clock::now();
+    const bool npy = *format == "npy";
+    if (*input == "-" && isatty(STDIN_FILENO))
+      throw InputError("stdin", "no INPUT was given and standard input is a terminal",
+                       fmt::format("trainer predict {} x.npy, or pipe samples in: cat x.npy | trainer predict {} -",
+                                   *model_path, *model_path));
+    if (npy && isatty(STDOUT_FILENO))
+      throw InputError("stdout", "NPY output is binary and standard output is a terminal",
+                       "redirect it: trainer predict ... --output-format npy > y.npy");
+    // The model and the input's header come first: every mistake is found before anything is written.
+    PredictModel model = is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
+    formats::SampleReader in(*input);
+    check_sample_shape(in, model);
+    if (npy && in.count() < 0)
+      throw InputError(in.name(), "NPY output needs the number of samples before the first row, and CSV input does "
+                                  "not say it",
+                       "use --output-format csv, or give the samples as NPY or IDX");
+    auto backend = device->make_backend();
+    Runner runner(model, *backend, *batch, in.count());
+    const int64_t b = runner.batch(), columns = runner.columns();
+    const bool single = columns == 1;
+    if (!*probabilities && !single && runner.output_shape().size() != 1)
+      throw InputError(model.path,
+                       fmt::format("class ids need an output of [batch, classes]; the model gives [batch, {}]",
+                                   fmt::join(runner.output_shape(), ", ")),
+                       "use --probabilities to write the output rows");
+    formats::SampleConverter convert(model.format, model.sample_shape, in.dtype(), in.name());
+    std::vector<uint8_t> raw(static_cast<size_t>(b) * in.sample_bytes());
+    std::vector<uint8_t> x(static_cast<size_t>(b) * convert.out_sample_bytes());
+    std::vector<int64_t> ids(static_cast<size_t>(b));
+    formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
+                           *probabilities ? DType::f32 : DType::i64, *probabilities ? columns : 0, in.count());
+    // A reader that stops early (`| head`) closes the pipe: writes then fail with EPIPE and predict stops
+    // reading and exits 0, instead of being killed by SIGPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
+    int64_t done = 0;
+    bool open = true;
+    for (int64_t n; open && (n = in.read(b, raw.data())) > 0; done += n) {
+      convert.convert(raw.data(), n, done, x.data());
+      const float* rows = runner.run(x.data(), n);
+      if (*probabilities) {
+        open = out.write(rows, n);
+        continue;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const float* r = rows + i * columns;
+        ids[i] = single ? (r[0] > model.threshold ? 1 : 0) : std::max_element(r, r + columns) - r;
+      }
+      open = out.write(ids.data(), n);
+    }
+    if (open) out.finish();
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!*quiet)
+      fmt::print(stderr, "{} samples ({}{}, {}) through the {} at batch {} in {:.2f}s{}\n", done,
+                 formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(), model.kind, b,
+                 seconds, out.closed() ? "; the reader closed the output early" : "");
+    return 0;
+  };
+  return {cmd, run};
+}
+
+}  // namespace trainer::cli

@@ -1,0 +1,666 @@
+// The streaming sample reader (NPY, IDX, CSV through zlib, which passes plain bytes through and inflates gzip on
+// the fly) and the per-sample conversion to a model's input.
+#include "formats/stream_input.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+
+#include "engine/ir/shape.h"
+#include "engine/util/error.h"
+#include "formats/data_bytes.h"
+
+namespace trainer::formats {
+
+using engine::DType;
+
+const char* stream_format_name(StreamFormat f) {
+  switch (f) {
+    case StreamFormat::npy:
+      return "NPY";
+    case StreamFormat::idx:
+      return "IDX";
+    case StreamFormat::csv:
+      return "CSV";
+  }
+  return "?";
+}
+
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "NPY data is read in place as little-endian");
+
+constexpr size_t kBufferBytes = size_t{1} << 16;
+
+// The dict of an NPY header: {'descr': '<f4', 'fortran_order': False, 'shape': (60000, 28, 28), }
+struct NpyDict {
+  std::string descr;
+  bool fortran = false;
+  std::vector<int64_t> shape;
+};
+
+class NpyDictParser {
+ public:
+  NpyDictParser(std::string_view s, std::string where) : s_(s), where_(std::move(where)) {}
+
+  NpyDict parse() {
+    NpyDict d;
+    bool descr = false, fortran = false, shape = false;
+    expect('{');
+    for (skip(); peek() != '}'; skip()) {
+      std::string key = quoted();
+      expect(':');
+      skip();
+      if (key == "descr") {
+        if (peek() == '[') fail("a structured dtype; predict needs a plain numeric array");
+        d.descr = quoted();
+        descr = true;
+      } else if (key == "fortran_order") {
+        d.fortran = word() == "True";
+        fortran = true;
+      } else if (key == "shape") {
+        d.shape = tuple();
+        shape = true;
+      } else {
+        fail(fmt::format("unexpected key '{}'", key));
+      }
+      skip();
+      if (peek() == ',') ++i_;
+    }
+    if (!descr || !fortran || !shape) fail("the header lacks 'descr', 'fortran_order' or 'shape'");
+    return d;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw InputError(where_, fmt::format("bad NPY header: {}", what), "write the array with numpy.save");
+  }
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void skip() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\t')) ++i_;
+  }
+  void expect(char c) {
+    skip();
+    if (peek() != c) fail(fmt::format("expected '{}' at column {} of {}", c, i_ + 1, s_));
+    ++i_;
+  }
+  std::string quoted() {
+    skip();
+    char q = peek();
+    if (q != '\'' && q != '"') fail(fmt::format("expected a quoted string at column {} of {}", i_ + 1, s_));
+    size_t end = s_.find(q, i_ + 1);
+    if (end == std::string_view::npos) fail("an unterminated string");
+    std::string out(s_.substr(i_ + 1, end - i_ - 1));
+    i_ = end + 1;
+    return out;
+  }
+  std::string word() {
+    size_t b = i_;
+    while (i_ < s_.size() && std::isalpha(static_cast<unsigned char>(s_[i_]))) ++i_;
+    std::string w(s_.substr(b, i_ - b));
+    if (w != "True" && w != "False") fail(fmt::format("expected True or False, not '{}'", w));
+    return w;
+  }
+  std::vector<int64_t> tuple() {
+    std::vector<int64_t> out;
+    expect('(');
+    for (skip(); peek() != ')'; skip()) {
+      int64_t v = 0;
+      auto r = std::from_chars(s_.data() + i_, s_.data() + s_.size(), v);
+      if (r.ec != std::errc() || v < 0) fail(fmt::format("a bad dimension at column {} of {}", i_ + 1, s_));
+      i_ = r.ptr - s_.data();
+      out.push_back(v);
+      skip();
+      if (peek() == ',') ++i_;
+    }
+    ++i_;
+    return out;
+  }
+
+  std::string_view s_;
+  std::string where_;
+  size_t i_ = 0;
+};
+
+DType npy_dtype(const std::string& descr, const std::string& where) {
+  const char order = descr.empty() ? '?' : descr[0];
+  const std::string code = std::string("<>|=").find(order) != std::string::npos ? descr.substr(1) : descr;
+  DType t;
+  if (code == "u1" || code == "b1")
+    t = DType::u8;
+  else if (code == "i4")
+    t = DType::i32;
+  else if (code == "i8")
+    t = DType::i64;
+  else if (code == "f4")
+    t = DType::f32;
+  else if (code == "f8")
+    t = DType::f64;
+  else
+    throw InputError(where, fmt::format("NPY dtype '{}' is not supported", descr),
+                     "use uint8, bool, int32, int64, float32 or float64: x.astype('float32')");
+  if (order == '>' && engine::dtype_bytes(t) > 1)
+    throw InputError(where, fmt::format("the array is big-endian ('{}')", descr),
+                     fmt::format("convert it with numpy: x.astype('<{}')", code));
+  return t;
+}
+
+// IDX element types: the code in byte 2 of the magic number.
+struct IdxType {
+  uint8_t code;
+  size_t bytes;
+  DType out;  // what read() returns (i8 and i16 widen to i32)
+};
+constexpr IdxType kIdxTypes[] = {{0x08, 1, DType::u8},  {0x09, 1, DType::i32}, {0x0B, 2, DType::i32},
+                                 {0x0C, 4, DType::i32}, {0x0D, 4, DType::f32}, {0x0E, 8, DType::f64}};
+
+const IdxType* idx_type(uint8_t code) {
+  for (const IdxType& t : kIdxTypes)
+    if (t.code == code) return &t;
+  return nullptr;
+}
+
+uint32_t be32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+bool parse_number(std::string_view s, double* out) {
+  if (s.empty()) return false;
+  const char* b = s.data();
+  const char* e = b + s.size();
+  if (*b == '+') ++b;
+  auto r = std::from_chars(b, e, *out);
+  return r.ec == std::errc() && r.ptr == e;
+}
+
+}  // namespace
+
+struct SampleReader::Impl {
+  std::string name;
+  gzFile gz = nullptr;
+  StreamFormat format = StreamFormat::csv;
+  bool compressed = false;
+  std::vector<int64_t> shape;
+  DType dtype = DType::f64;
+  size_t sample_bytes = 0;
+  int64_t count = -1;
+  int64_t read_samples = 0;
+
+  // Decompressed bytes: buf[pos, end) are read but not consumed; `offset` counts the bytes consumed.
+  std::vector<uint8_t> buf = std::vector<uint8_t>(kBufferBytes);
+  size_t pos = 0, end = 0;
+  bool eof = false;
+  uint64_t offset = 0;
+
+  // IDX: the stored element type, and scratch for the big-endian bytes of a batch.
+  const IdxType* idx = nullptr;
+  std::vector<uint8_t> scratch;
+
+  // CSV: the line being parsed, its number, and the first data row (read to learn the column count).
+  std::string line;
+  int64_t line_no = 0;
+  std::vector<std::string_view> cells;
+  std::vector<size_t> cell_cols;
+  std::vector<double> first_row;
+  bool have_first_row = false;
+
+  ~Impl() {
+    if (gz) gzclose(gz);
+  }
+
+  std::string at() const { return at_byte(name, offset); }
+
+  // Refills buf after moving the unconsumed bytes to its front; false at the end of the input.
+  bool fill() {
+    if (eof) return false;
+    if (pos > 0) {
+      std::memmove(buf.data(), buf.data() + pos, end - pos);
+      end -= pos;
+      pos = 0;
+    }
+    int n = gzread(gz, buf.data() + end, static_cast<unsigned>(buf.size() - end));
+    if (n < 0) gz_fail();
+    if (n == 0) {
+      // A truncated gzip stream reads as an early end; zlib reports it here.
+      int err = Z_OK;
+      gzerror(gz, &err);
+      if (err != Z_OK && err != Z_STREAM_END) gz_fail();
+      eof = true;
+      return false;
+    }
+    end += static_cast<size_t>(n);
+    return true;
+  }
+
+  [[noreturn]] void gz_fail() {
+    int err = Z_OK;
+    const char* msg = gzerror(gz, &err);
+    if (err == Z_ERRNO)
+      throw InputError(name, fmt::format("cannot read: {}", std::strerror(errno)));
+    // zlib prefixes its message with the descriptor ("<fd:3>: "), which names nothing to the user.
+    std::string_view text = msg ? msg : "unknown error";
+    if (text.starts_with("<fd:") && text.find(": ") != std::string_view::npos) text.remove_prefix(text.find(": ") + 2);
+    throw InputError(at(), fmt::format("the gzip data is damaged: {}", text),
+                     "the file is truncated or corrupt: compress it again");
+  }
+
+  // Makes n bytes available in buf[pos, pos + n) when the input has them; returns how many are.
+  size_t ensure(size_t n) {
+    while (end - pos < n && fill()) {
+    }
+    return std::min(n, end - pos);
+  }
+
+  // Copies up to n bytes out; returns how many the input had.
+  size_t take(void* dst, size_t n) {
+    auto* d = static_cast<uint8_t*>(dst);
+    size_t done = 0;
+    while (done < n) {
+      if (pos == end && !fill()) break;
+      size_t k = std::min(n - done, end - pos);
+      std::memcpy(d + done, buf.data() + pos, k);
+      pos += k;
+      done += k;
+      offset += k;
+    }
+    return done;
+  }
+
+  void take_exact(void* dst, size_t n, const char* what) {
+    if (take(dst, n) != n)
+      throw InputError(at(), fmt::format("the input ends inside the {}", what),
+                       "the file is truncated: write it again");
+  }
+
+  void open_npy() {
+    uint8_t pre[12];
+    take_exact(pre, 8, "NPY header");
+    const int major = pre[6];
+    uint64_t len = 0;
+    if (major == 1) {
+      take_exact(pre + 8, 2, "NPY header");
+      len = pre[8] | (pre[9] << 8);
+    } else if (major == 2 || major == 3) {
+      take_exact(pre + 8, 4, "NPY header");
+      len = uint64_t{pre[8]} | (uint64_t{pre[9]} << 8) | (uint64_t{pre[10]} << 16) | (uint64_t{pre[11]} << 24);
+    } else {
+      throw InputError(at_byte(name, 6), fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)",
+                                                     major, static_cast<int>(pre[7])));
+    }
+    const uint64_t start = offset;
+    std::string text(len, '\0');
+    take_exact(text.data(), len, "NPY header");
+    NpyDict d = NpyDictParser(text, at_byte(name, start)).parse();
+    dtype = npy_dtype(d.descr, name);
+    if (d.fortran)
+      throw InputError(name, "the array is in Fortran (column-major) order",
+                       "save a C-ordered copy: numpy.save(path, numpy.ascontiguousarray(x))");
+    if (d.shape.empty())
+      throw InputError(name, "the array is a scalar", "the first dimension of the array counts samples");
+    count = d.shape[0];
+    shape.assign(d.shape.begin() + 1, d.shape.end());
+  }
+
+  void open_idx() {
+    uint8_t magic[4];
+    take_exact(magic, 4, "IDX header");
+    idx = idx_type(magic[2]);
+    const int rank = magic[3];
+    std::vector<uint8_t> dims(4 * static_cast<size_t>(rank));
+    take_exact(dims.data(), dims.size(), "IDX header");
+    count = be32(dims.data());
+    for (int i = 1; i < rank; ++i) shape.push_back(be32(dims.data() + 4 * i));
+    dtype = idx->out;
+  }
+
+  // The next line that is not blank, without its line end; false at the end of the input.
+  bool next_line() {
+    for (;;) {
+      line.clear();
+      bool any = false;
+      for (;;) {
+        if (pos == end && !fill()) break;
+        any = true;
+        const uint8_t* b = buf.data() + pos;
+        const void* nl = std::memchr(b, '\n', end - pos);
+        size_t k = nl ? static_cast<const uint8_t*>(nl) - b : end - pos;
+        line.append(reinterpret_cast<const char*>(b), k);
+        pos += k + (nl ? 1 : 0);
+        offset += k + (nl ? 1 : 0);
+        if (nl) break;
+      }
+      if (!any) return false;
+      ++line_no;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.find_first_not_of(" \t") != std::string::npos) return true;
+      if (pos == end && eof) return false;
+    }
+  }
+
+  void split() {
+    cells.clear();
+    cell_cols.clear();
+    std::string_view s = line;
+    size_t i = 0;
+    for (;;) {
+      size_t j = s.find(',', i);
+      size_t e = j == std::string_view::npos ? s.size() : j;
+      size_t b = i;
+      while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
+      size_t t = e;
+      while (t > b && (s[t - 1] == ' ' || s[t - 1] == '\t')) --t;
+      if (t - b >= 2 && s[b] == '"' && s[t - 1] == '"') ++b, --t;
+      cells.push_back(s.substr(b, t - b));
+      cell_cols.push_back(b + 1);
+      if (j == std::string_view::npos) break;
+      i = j + 1;
+    }
+  }
+
+  // Parses the current line into out[0, columns); `header_ok` allows a header (returns false for one).
+  bool parse_row(double* out, bool header_ok) {
+    split();
+    if (!header_ok && static_cast<int64_t>(cells.size()) != shape[0])
+      throw InputError(fmt::format("{}:{}", name, line_no),
+                       fmt::format("the row has {} values, but the first row has {}", cells.size(), shape[0]),
+                       "every row is one sample of the same number of values");
+    for (size_t c = 0; c < cells.size(); ++c) {
+      if (parse_number(cells[c], &out[c])) continue;
+      if (header_ok) return false;
+      throw InputError(fmt::format("{}:{}:{}", name, line_no, cell_cols[c]),
+                       fmt::format("'{}' is not a number", cells[c]),
+                       "CSV input holds numbers only (a first line of column names is skipped)");
+    }
+    return true;
+  }
+
+  void open_csv() {
+    dtype = DType::f64;
+    if (!next_line()) throw InputError(name, "the input is empty", "give samples as NPY, IDX or CSV");
+    split();
+    shape = {static_cast<int64_t>(cells.size())};
+    first_row.resize(cells.size());
+    if (parse_row(first_row.data(), true)) {
+      have_first_row = true;
+    } else if (next_line()) {  // a header: the first data row must match its width
+      parse_row(first_row.data(), false);
+      have_first_row = true;
+    }
+  }
+
+  int64_t read_csv(int64_t max, double* out) {
+    const int64_t cols = shape[0];
+    int64_t n = 0;
+    if (have_first_row && max > 0) {
+      std::copy(first_row.begin(), first_row.end(), out);
+      have_first_row = false;
+      ++n;
+    }
+    while (n < max && next_line()) {
+      parse_row(out + n * cols, false);
+      ++n;
+    }
+    return n;
+  }
+
+  int64_t read_fixed(int64_t max, void* out) {
+    const int64_t left = count - read_samples;
+    const int64_t n = std::min(max, left);
+    if (n <= 0) return 0;
+    const size_t elems = sample_bytes / engine::dtype_bytes(dtype);
+    const size_t stored_sample = idx ? elems * idx->bytes : sample_bytes;
+    const size_t want = static_cast<size_t>(n) * stored_sample;
+    void* dst = out;
+    if (idx && (idx->bytes > 1 || idx->out != DType::u8)) {
+      scratch.resize(std::max(scratch.size(), want));
+      dst = scratch.data();
+    }
+    const uint64_t start = offset;
+    size_t got = take(dst, want);
+    if (got != want) {
+      int64_t whole = read_samples + static_cast<int64_t>(got / stored_sample);
+      throw InputError(at_byte(name, start + got),
+                       fmt::format("the input ends after {} of its {} samples", whole, count),
+                       "the file is truncated: write it again");
+    }
+    if (dst != out) widen_idx(static_cast<size_t>(n) * elems, out);
+    return n;
+  }
+
+  // Big-endian IDX elements to host order, i8/i16 widened to i32.
+  void widen_idx(size_t elems, void* out) {
+    const uint8_t* s = scratch.data();
+    switch (idx->code) {
+      case 0x09:
+        for (size_t i = 0; i < elems; ++i) static_cast<int32_t*>(out)[i] = static_cast<int8_t>(s[i]);
+        break;
+      case 0x0B:
+        for (size_t i = 0; i < elems; ++i)
+          static_cast<int32_t*>(out)[i] = static_cast<int16_t>((s[2 * i] << 8) | s[2 * i + 1]);
+        break;
+      case 0x0C:
+      case 0x0D:
+        for (size_t i = 0; i < elems; ++i) {
+          uint32_t v = be32(s + 4 * i);
+          std::memcpy(static_cast<uint8_t*>(out) + 4 * i, &v, 4);
+        }
+        break;
+      case 0x0E:
+        for (size_t i = 0; i < elems; ++i) {
+          uint64_t v = (uint64_t{be32(s + 8 * i)} << 32) | be32(s + 8 * i + 4);
+          std::memcpy(static_cast<uint8_t*>(out) + 8 * i, &v, 8);
+        }
+        break;
+      default:
+        TRAINER_ASSERT(false, "IDX type {}", idx->code);
+    }
+  }
+};
+
+SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  const bool is_stdin = path == "-";
+  m.name = is_stdin ? "stdin" : path;
+  int fd = is_stdin ? dup(STDIN_FILENO) : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    throw InputError(m.name, fmt::format("cannot open: {}", std::strerror(errno)),
+                     is_stdin ? "" : "check the path");
+  struct stat st {};
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw InputError(m.name, "is a directory", "give a NPY, IDX or CSV file, or - for standard input");
+  }
+  m.gz = gzdopen(fd, "rb");
+  if (!m.gz) {
+    ::close(fd);
+    throw std::bad_alloc();
+  }
+  gzbuffer(m.gz, 1 << 17);
+  const size_t have = m.ensure(8);
+  if (have == 0) throw InputError(m.name, "the input is empty", "give samples as NPY, IDX or CSV");
+  m.compressed = gzdirect(m.gz) == 0;
+  const uint8_t* p = m.buf.data();
+  if (have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) {
+    m.format = StreamFormat::npy;
+    m.open_npy();
+  } else if (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1) {
+    m.format = StreamFormat::idx;
+    m.open_idx();
+  } else {
+    for (size_t i = 0; i < have; ++i)
+      if (p[i] < 0x20 && p[i] != '\t' && p[i] != '\n' && p[i] != '\r')
+        throw InputError(at_byte(m.name, i), "the input is neither NPY, IDX nor CSV text",
+                         "give samples as NPY (numpy.save), IDX or CSV, optionally gzip-compressed");
+    m.format = StreamFormat::csv;
+    m.open_csv();
+  }
+  m.sample_bytes = static_cast<size_t>(engine::Shape(m.shape).numel()) * engine::dtype_bytes(m.dtype);
+}
+
+SampleReader::~SampleReader() = default;
+
+StreamFormat SampleReader::format() const { return impl_->format; }
+bool SampleReader::compressed() const { return impl_->compressed; }
+const std::string& SampleReader::name() const { return impl_->name; }
+const std::vector<int64_t>& SampleReader::sample_shape() const { return impl_->shape; }
+DType SampleReader::dtype() const { return impl_->dtype; }
+size_t SampleReader::sample_bytes() const { return impl_->sample_bytes; }
+int64_t SampleReader::count() const { return impl_->count; }
+int64_t SampleReader::samples_read() const { return impl_->read_samples; }
+
+int64_t SampleReader::read(int64_t max_samples, void* out) {
+  Impl& m = *impl_;
+  int64_t n = m.format == StreamFormat::csv ? m.read_csv(max_samples, static_cast<double*>(out))
+                                            : m.read_fixed(max_samples, out);
+  m.read_samples += n;
+  return n;
+}
+
+// ---- conversion to the model's input ----
+
+namespace {
+
+template <class S, class D>
+void convert_floats(const S* s, D* d, int64_t channels, int64_t positions, bool transpose,
+                    const std::vector<double>& alpha, const std::vector<double>& beta) {
+  if (transpose) {  // [H, W, C] -> [C, H, W]
+    for (int64_t c = 0; c < channels; ++c) {
+      const double a = alpha[alpha.size() > 1 ? c : 0], b = beta[beta.size() > 1 ? c : 0];
+      for (int64_t p = 0; p < positions; ++p)
+        d[c * positions + p] = static_cast<D>(static_cast<double>(s[p * channels + c]) * a + b);
+    }
+  } else if (alpha.size() > 1) {  // per-channel constants, channel last
+    for (int64_t p = 0; p < positions; ++p)
+      for (int64_t c = 0; c < channels; ++c)
+        d[p * channels + c] = static_cast<D>(static_cast<double>(s[p * channels + c]) * alpha[c] + beta[c]);
+  } else {
+    const double a = alpha[0], b = beta[0];
+    for (int64_t e = 0; e < channels * positions; ++e) d[e] = static_cast<D>(static_cast<double>(s[e]) * a + b);
+  }
+}
+
+template <class S>
+const S* typed(const void* p) {
+  return static_cast<const S*>(p);
+}
+
+template <class F>
+void with_stored(DType t, F&& f) {
+  switch (t) {
+    case DType::u8:
+      return f(uint8_t{});
+    case DType::i32:
+      return f(int32_t{});
+    case DType::i64:
+      return f(int64_t{});
+    case DType::f32:
+      return f(float{});
+    case DType::f64:
+      return f(double{});
+    default:
+      TRAINER_ASSERT(false, "stored dtype {}", engine::dtype_name(t));
+  }
+}
+
+template <class F>
+void with_input(DType t, F&& f) {
+  switch (t) {
+    case DType::f32:
+      return f(float{});
+    case DType::f64:
+      return f(double{});
+    case DType::i32:
+      return f(int32_t{});
+    case DType::i64:
+      return f(int64_t{});
+    default:
+      throw InputError("", fmt::format("the model's input has dtype {}, which predict cannot feed",
+                                       engine::dtype_name(t)),
+                       "models take float32, float64, int32 or int64 inputs");
+  }
+}
+
+}  // namespace
+
+SampleConverter::SampleConverter(const engine::data::BatchFormat& format, const std::vector<int64_t>& sample_shape,
+                                 DType stored, std::string source)
+    : format_(format), stored_(stored), source_(std::move(source)) {
+  elems_ = engine::Shape(sample_shape).numel();
+  with_input(format.x_dtype, [](auto) {});
+  const bool ids = engine::is_integer(format.x_dtype);
+  transpose_ = !ids && format.to_chw && sample_shape.size() == 3;
+  TRAINER_ASSERT(!format.to_chw || sample_shape.size() == 3, "to_chw needs [H, W, C] samples");
+  const size_t norm = ids ? 1 : std::max<size_t>({1, format.mean.size(), format.std.size()});
+  channels_ = (transpose_ || norm > 1) && !sample_shape.empty() ? sample_shape.back() : 1;
+  positions_ = channels_ > 0 ? elems_ / channels_ : 0;
+  if (!transpose_ && norm == 1) {
+    channels_ = 1;
+    positions_ = elems_;
+  }
+  if (!ids) {
+    for (const auto* v : {&format.mean, &format.std})
+      if (v->size() > 1 && static_cast<int64_t>(v->size()) != channels_)
+        throw InputError(source_,
+                         fmt::format("data.{} has {} values, but the samples (shape {}) have {} channels",
+                                     v == &format.mean ? "mean" : "std", v->size(),
+                                     engine::Shape(sample_shape).str(), channels_),
+                         "give one value, or one per channel");
+    for (double sd : format.std)
+      if (!(sd > 0)) throw InputError(source_, fmt::format("data.std holds {}", sd), "std must be > 0");
+  }
+  alpha_.assign(norm, 1.0);
+  beta_.assign(norm, 0.0);
+  for (size_t c = 0; c < norm && !ids; ++c) {
+    double mu = format.mean.empty() ? 0.0 : format.mean[format.mean.size() == 1 ? 0 : c];
+    double sd = format.std.empty() ? 1.0 : format.std[format.std.size() == 1 ? 0 : c];
+    alpha_[c] = format.scale / sd;
+    beta_[c] = -mu / sd;
+  }
+}
+
+size_t SampleConverter::out_sample_bytes() const {
+  return static_cast<size_t>(elems_) * engine::dtype_bytes(format_.x_dtype);
+}
+
+void SampleConverter::convert(const void* stored, int64_t n, int64_t first, void* out) const {
+  with_stored(stored_, [&](auto s_tag) {
+    using S = decltype(s_tag);
+    with_input(format_.x_dtype, [&](auto d_tag) {
+      using D = decltype(d_tag);
+      const S* s = typed<S>(stored);
+      D* d = static_cast<D*>(out);
+      for (int64_t i = 0; i < n; ++i, s += elems_, d += elems_) {
+        if constexpr (std::is_floating_point_v<D>) {
+          convert_floats(s, d, channels_, positions_, transpose_, alpha_, beta_);
+        } else {
+          const int64_t limit = format_.num_tokens;
+          for (int64_t e = 0; e < elems_; ++e) {
+            const double v = static_cast<double>(s[e]);
+            if (!(v == std::floor(v)))
+              throw InputError(fmt::format("{}: sample {}", source_, first + i),
+                               fmt::format("element {} is {}, not a token id", e, v),
+                               "token ids are whole numbers");
+            if (limit > 0 && (v < 0 || v >= static_cast<double>(limit)))
+              throw InputError(fmt::format("{}: sample {}", source_, first + i),
+                               fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
+                               fmt::format("the Embedding's input_dim is {}: ids lie in [0, {}]", limit,
+                                           limit - 1));
+            d[e] = static_cast<D>(s[e]);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace trainer::formats

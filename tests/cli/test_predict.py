@@ -1,0 +1,269 @@
+"""trainer predict and trainer evaluate on a short Fashion-MNIST MLP run: inputs as NPY, CSV and IDX files and on
+stdin, CSV and NPY outputs; the checkpoint, the exported ONNX model and onnxruntime agree within 1e-5; every
+sample of a partial last batch comes out; a wrong sample shape fails before any output; evaluate reports fit's
+validation metrics."""
+
+import gzip
+import io
+import json
+import os
+import struct
+import subprocess
+import tempfile
+import threading
+import unittest
+
+import cli_util
+from cli_util import run
+
+try:
+    import numpy as np
+    import onnxruntime as ort
+except ImportError:  # reported as a skip, never as a pass
+    np = ort = None
+
+VAL = 1001  # not a multiple of the batch sizes below: the last batch is partial
+BATCH = 64
+
+
+def idx_images(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(data[3])]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+
+
+def predict(args, stdin=None, timeout=120):
+    """Runs trainer predict with bytes on stdin; stdout stays bytes (NPY output is binary)."""
+    return subprocess.run([cli_util.TRAINER, "predict"] + list(args), input=stdin, capture_output=True,
+                          timeout=timeout)
+
+
+def rows(stdout):
+    return np.loadtxt(stdout.decode().splitlines(), delimiter=",", ndmin=2, dtype=np.float64)
+
+
+def npy_bytes(a):
+    f = io.BytesIO()
+    np.save(f, a)
+    return f.getvalue()
+
+
+def npy_header(shape, descr="|u1"):
+    """The header numpy.save writes for an array of `shape`, for data that follows in pieces."""
+    d = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    d += " " * ((64 - (10 + len(d) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(d).to_bytes(2, "little") + d.encode()
+
+
+@unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
+@cli_util.skip_without_fashion
+class Predict(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        t = cls.tmp.name
+        cls.run_dir = os.path.join(t, "run")
+        r = run(["fit", cli_util.sample("fashion_mnist/mlp.toml"), "--epochs", "1", "--set", "data.train.limit=2000",
+                 "--set", f"data.validation.limit={VAL}", "--output-dir", cls.run_dir, "--quiet"], timeout=600)
+        assert r.returncode == 0, r.stderr
+        cls.fit_end = [json.loads(line) for line in r.stdout.splitlines()][-1]
+        cls.ckpt = os.path.join(cls.run_dir, "last.ckpt")
+        cls.onnx = os.path.join(t, "mlp.onnx")
+        r = run(["export", cls.ckpt, "-o", cls.onnx, "--quiet"])
+        assert r.returncode == 0, r.stderr
+        # The validation samples as stored (uint8 pixels: the checkpoint's spec scales them by 1/255) and as the
+        # exported model takes them (float32, already scaled).
+        cls.x = np.ascontiguousarray(idx_images(os.path.join(cli_util.FASHION_DIR, "t10k-images-idx3-ubyte.gz"))[:VAL])
+        cls.xf = cls.x.astype(np.float32) / np.float32(255)
+        cls.files = {}
+        cls.files["npy"] = os.path.join(t, "x.npy")
+        np.save(cls.files["npy"], cls.x)
+        cls.files["npy_f32"] = os.path.join(t, "xf.npy")
+        np.save(cls.files["npy_f32"], cls.xf)
+        cls.files["csv"] = os.path.join(t, "x.csv")
+        with open(cls.files["csv"], "w") as f:
+            f.write(",".join(f"p{i}" for i in range(784)) + "\n")  # a header line, skipped
+            np.savetxt(f, cls.x.reshape(VAL, -1), fmt="%d", delimiter=",")
+        idx = b"\0\0\x08\x03" + struct.pack(">III", VAL, 28, 28) + cls.x.tobytes()
+        cls.files["idx"] = os.path.join(t, "x-idx3-ubyte")
+        with open(cls.files["idx"], "wb") as f:
+            f.write(idx)
+        cls.files["idx_gz"] = os.path.join(t, "x-idx3-ubyte.gz")
+        with gzip.open(cls.files["idx_gz"], "wb") as f:
+            f.write(idx)
+        cls.reference = ort.InferenceSession(cls.onnx).run(None, {"input": cls.xf})[0]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def ok(self, r):
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        return r.stdout
+
+    def test_onnxruntime_equals_predict_on_the_validation_samples(self):
+        for model, x in ((self.onnx, "npy_f32"), (self.ckpt, "npy")):
+            with self.subTest(model=os.path.basename(model)):
+                p = rows(self.ok(predict([model, self.files[x], "--probabilities", "--batch-size", str(BATCH)])))
+                self.assertEqual(p.shape, (VAL, 10))
+                np.testing.assert_allclose(p, self.reference, rtol=0, atol=1e-5)
+
+    def test_checkpoint_and_onnx_give_the_same_probabilities(self):
+        a = rows(self.ok(predict([self.ckpt, self.files["idx"], "--probabilities"])))
+        b = rows(self.ok(predict([self.onnx, self.files["npy_f32"], "--probabilities"])))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+    def test_every_input_format_from_a_file_and_from_stdin(self):
+        want = self.reference.argmax(axis=1)
+        for kind in ("npy", "csv", "idx", "idx_gz"):
+            path = self.files[kind]
+            with open(path, "rb") as f:
+                data = f.read()
+            for source, args, stdin in (("file", [path], None), ("stdin -", ["-"], data), ("stdin", [], data)):
+                with self.subTest(input=kind, source=source):
+                    out = self.ok(predict([self.ckpt] + args + ["--batch-size", str(BATCH)], stdin=stdin))
+                    ids = rows(out)[:, 0]
+                    self.assertEqual(len(ids), VAL)  # the last batch (1001 = 15 * 64 + 41) is partial
+                    # The same weights, one argmax apart at most (a near-tie between two classes).
+                    self.assertLessEqual(int((ids != want).sum()), 1)
+
+    def test_npy_output(self):
+        out = self.ok(predict([self.onnx, self.files["npy_f32"], "--output-format", "npy", "--probabilities"]))
+        p = np.load(io.BytesIO(out))
+        self.assertEqual((p.shape, p.dtype), ((VAL, 10), np.float32))
+        np.testing.assert_allclose(p, self.reference, rtol=0, atol=1e-5)
+        out = self.ok(predict([self.onnx, "-", "--output-format", "npy", "--batch-size", str(BATCH)],
+                              stdin=npy_bytes(self.xf)))
+        ids = np.load(io.BytesIO(out))
+        self.assertEqual((ids.shape, ids.dtype), ((VAL,), np.int64))
+        csv_ids = rows(self.ok(predict([self.onnx, self.files["npy_f32"]])))[:, 0]
+        np.testing.assert_array_equal(ids, csv_ids)
+
+    def test_partial_last_batch_returns_every_row(self):
+        for n in (1, 63, 64, 65, VAL):
+            with self.subTest(samples=n):
+                # From a file (count known: two plans) and from CSV on stdin (count unknown until the end).
+                p = rows(self.ok(predict([self.onnx, "-", "--probabilities", "--batch-size", str(BATCH)],
+                                         stdin=npy_bytes(self.xf[:n]))))
+                self.assertEqual(p.shape, (n, 10))
+                np.testing.assert_allclose(p, self.reference[:n], rtol=0, atol=1e-5)
+                csv = "\n".join(",".join(str(int(v)) for v in s) for s in self.x[:n].reshape(n, -1)).encode()
+                p = rows(self.ok(predict([self.ckpt, "--probabilities", "--batch-size", str(BATCH)], stdin=csv)))
+                self.assertEqual(p.shape, (n, 10))
+                np.testing.assert_allclose(p, self.reference[:n], rtol=0, atol=1e-5)
+
+    def test_wrong_feature_shape_names_both_shapes_and_writes_nothing(self):
+        cases = [("npy", npy_bytes(self.x[:10, :27, :]), "[27, 28]"),
+                 ("csv", b"\n".join(b",".join(b"0" for _ in range(783)) for _ in range(3)), "[783]")]
+        for kind, data, got in cases:
+            for model in (self.ckpt, self.onnx):
+                with self.subTest(input=kind, model=os.path.basename(model)):
+                    r = predict([model, "-"], stdin=data)
+                    r.stderr = r.stderr.decode()
+                    cli_util.assert_input_error(self, r, "stdin", got, "[28, 28]")
+                    self.assertEqual(r.stdout, b"")
+
+    def test_npy_output_of_csv_input_is_refused_before_any_output(self):
+        r = predict([self.ckpt, self.files["csv"], "--output-format", "npy"])
+        r.stderr = r.stderr.decode()
+        cli_util.assert_input_error(self, r, "x.csv", "NPY output")
+        self.assertEqual(r.stdout, b"")
+
+    def test_a_truncated_input_is_an_input_error(self):
+        with open(self.files["npy"], "rb") as f:
+            data = f.read()
+        r = predict([self.ckpt, "-"], stdin=data[:len(data) // 2])
+        r.stderr = r.stderr.decode()
+        cli_util.assert_input_error(self, r, "stdin: byte", f"of its {VAL} samples")
+
+    def test_a_reader_that_stops_early_ends_predict_quietly(self):
+        # cat x.npy | trainer predict m.onnx - | head -n 2: predict sees a closed pipe and exits 0, quietly.
+        many = npy_bytes(np.concatenate([self.xf] * 20))
+        p = subprocess.Popen([cli_util.TRAINER, "predict", self.onnx, "-", "--probabilities"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        head = subprocess.Popen(["head", "-n", "2"], stdin=p.stdout, stdout=subprocess.PIPE)
+        p.stdout.close()
+        try:
+            p.stdin.write(many)
+            p.stdin.close()
+        except BrokenPipeError:
+            pass  # predict stopped reading: what a pipeline expects
+        out = head.communicate(timeout=120)[0]
+        err = p.stderr.read().decode()
+        self.assertEqual(p.wait(timeout=120), 0, err)
+        self.assertNotIn("error", err)
+        self.assertEqual(len(out.decode().splitlines()), 2)
+
+    def test_memory_stays_constant_however_long_the_input(self):
+        # 200,000 samples (157 MB) streamed from this process: predict's peak memory (VmHWM of its own address
+        # space) after 20,000 samples and after all of them stays the same, and far below the input's size.
+        n, chunk_samples = 200_000, 10_000
+        p = subprocess.Popen([cli_util.TRAINER, "predict", self.ckpt, "-", "-q"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        counted = {}
+
+        def count():
+            counted["lines"] = sum(1 for _ in p.stdout)
+        reader = threading.Thread(target=count)
+        reader.start()
+
+        def peak_bytes():
+            with open(f"/proc/{p.pid}/status") as f:
+                kb = [line.split()[1] for line in f if line.startswith("VmHWM:")][0]
+            return int(kb) * 1024
+
+        chunk = np.tile(self.x, (10, 1, 1))[:chunk_samples].tobytes()
+        p.stdin.write(npy_header((n, 28, 28)))
+        for i in range(n // chunk_samples):
+            p.stdin.write(chunk)
+            p.stdin.flush()
+            if i == 1:
+                early = peak_bytes()
+        late = peak_bytes()
+        p.stdin.close()
+        err = p.stderr.read().decode()
+        self.assertEqual(p.wait(timeout=120), 0, err)
+        reader.join()
+        p.stdout.close()
+        p.stderr.close()
+        self.assertEqual(counted["lines"], n)
+        self.assertLess(late - early, 16 << 20, f"peak memory grew from {early} to {late} bytes")
+        self.assertLess(late, 120 << 20, "peak memory")
+
+    def test_evaluate_reports_fit_validation_metrics(self):
+        r = run(["evaluate", self.ckpt])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 1, r.stdout)
+        e = json.loads(lines[0])
+        self.assertEqual((e["data"], e["samples"]), ("validation", VAL))
+        self.assertAlmostEqual(e["loss"], self.fit_end["val_loss"], delta=1e-6 * abs(self.fit_end["val_loss"]))
+        self.assertEqual(e["accuracy"], self.fit_end["val_accuracy"])
+        self.assertIn("accuracy", r.stderr)  # the human summary
+        # Another batch size counts the same samples; only float rounding differs.
+        r = run(["evaluate", self.ckpt, "--batch-size", "100", "--quiet"])
+        e2 = json.loads(r.stdout)
+        self.assertEqual(r.stderr, "")
+        self.assertAlmostEqual(e2["loss"], e["loss"], delta=1e-5)
+        self.assertEqual(e2["accuracy"], e["accuracy"])
+        # The accuracy is the share of predict's class ids that match the labels.
+        labels = idx_images(os.path.join(cli_util.FASHION_DIR, "t10k-labels-idx1-ubyte.gz"))[:VAL]
+        ids = rows(self.ok(predict([self.ckpt, self.files["npy"]])))[:, 0]
+        self.assertAlmostEqual(float((ids == labels).mean()), e["accuracy"], delta=1.5 / VAL)
+
+    def test_evaluate_bad_choices(self):
+        r = run(["evaluate", self.ckpt, "--data", "test"])
+        cli_util.assert_input_error(self, r, "last.ckpt", "no test data")
+        self.assertEqual(r.stdout, "")
+        r = run(["evaluate", self.onnx])
+        cli_util.assert_input_error(self, r, "mlp.onnx", "checkpoint")
+        d = cli_util.FASHION_DIR
+        r = run(["evaluate", self.ckpt, "--data", "test", "--set", f"data.test.x={d}/t10k-images-idx3-ubyte.gz",
+                 "--set", f"data.test.y={d}/t10k-labels-idx1-ubyte.gz", "--set", "data.test.limit=300"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["samples"], 300)
+
+
+if __name__ == "__main__":
+    cli_util.main()
