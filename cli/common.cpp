@@ -2,11 +2,15 @@
 #include "cli/common.h"
 
 #include <fmt/ranges.h>
+#include <fnmatch.h>
 
 #include <cmath>
+#include <filesystem>
+#include <set>
 
 #include "engine/util/error.h"
 #include "formats/datasets.h"
+#include "formats/onnx_import.h"
 
 namespace trainer::cli {
 
@@ -37,7 +41,14 @@ std::vector<std::string> SpecOptions::overrides() const {
   return o;
 }
 
-formats::ModelSpec SpecOptions::load() const { return formats::load_model_spec(path, overrides()); }
+formats::ModelSpec SpecOptions::load() const {
+  // An ONNX model holds no data or training settings: a spec names it.
+  if (std::filesystem::path(path).extension() == ".onnx")
+    throw InputError(path, "this is an ONNX model, and this command takes a TOML spec",
+                     fmt::format("write a spec with [model] onnx = \"{}\" (see trainer-model(5))",
+                                 std::filesystem::path(path).filename().string()));
+  return formats::load_model_spec(path, overrides());
+}
 
 void OutputOptions::add(CLI::App* app) {
   app->add_option("--log-format", log_format,
@@ -62,7 +73,163 @@ std::unique_ptr<engine::Backend> DeviceOptions::make_backend() const {
   return engine::make_cpu_backend();
 }
 
+namespace {
+
+// --- ONNX models ([model] onnx = "model.onnx") ----------------------------------------------------------------
+
+std::shared_ptr<const formats::OnnxModelFile> open_onnx(const formats::ModelSpec& spec) {
+  const std::string path = formats::resolve_data_path(spec, spec.model.onnx);
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw InputError(spec.model.onnx_pos.str(), fmt::format("the ONNX model {} does not exist", path),
+                     "model.onnx is relative to the spec's folder");
+  return std::make_shared<const formats::OnnxModelFile>(path);
+}
+
+bool frozen(const formats::ModelSection& m, const std::string& name) {
+  for (const std::string& p : m.freeze)
+    if (fnmatch(p.c_str(), name.c_str(), 0) == 0) return true;
+  return false;
+}
+
+std::string names_text(const engine::Graph& g, const std::vector<engine::ValueId>& values) {
+  std::vector<std::string> names;
+  for (engine::ValueId v : values) names.push_back(fmt::format("'{}'", g.value(v).name));
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+// A layer table for `trainer summary`: one row per node, each initializer counted at its first reader.
+std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g, const std::vector<std::string>& initializers,
+                                           int64_t batch) {
+  std::set<std::string> unseen(initializers.begin(), initializers.end());
+  auto per_sample = [&](const Shape& s) {
+    std::vector<int64_t> d = s.dims();
+    if (!d.empty() && d[0] == batch) d.erase(d.begin());
+    return d;
+  };
+  auto shape = [&](const engine::Node& n, size_t i) -> const Shape* {
+    return i < n.inputs.size() && n.inputs[i] != engine::kNoValue ? &g.value(n.inputs[i]).shape : nullptr;
+  };
+  std::vector<models::LayerInfo> out;
+  for (engine::NodeId id : g.topo_order()) {
+    const engine::Node& n = g.node(id);
+    models::LayerInfo l;
+    l.name = n.name;
+    l.type = n.op;
+    for (engine::ValueId v : n.outputs)
+      if (v != engine::kNoValue) {
+        l.output_shape = per_sample(g.value(v).shape);
+        break;
+      }
+    for (engine::ValueId v : n.inputs) {
+      if (v == engine::kNoValue || !unseen.erase(g.value(v).name)) continue;
+      const engine::Value& val = g.value(v);
+      l.params += val.shape.numel();
+      if (val.kind == engine::ValueKind::parameter && val.trainable) l.trainable_params += val.shape.numel();
+    }
+    // 2 x multiply-adds of the matrix products, as the layer library counts them.
+    const Shape* a = shape(n, 0);
+    const Shape* w = shape(n, 1);
+    const engine::Value* y = n.outputs.empty() || n.outputs[0] == engine::kNoValue ? nullptr
+                                                                                  : &g.value(n.outputs[0]);
+    if (a && w && y && batch > 0) {
+      const int64_t per = y->shape.numel() / batch;
+      if (n.op == "Gemm" && a->rank() == 2)
+        l.flops_per_sample = 2 * per * (n.attrs.has("transA") && n.attrs.i("transA") ? (*a)[0] : (*a)[1]);
+      else if (n.op == "MatMul" && a->rank() >= 1)
+        l.flops_per_sample = 2 * per * a->dims().back();
+      else if (n.op == "Conv" && w->rank() >= 2)
+        l.flops_per_sample = 2 * per * (w->numel() / (*w)[0]);
+      else if ((n.op == "LSTM" || n.op == "GRU") && a->rank() == 3 && w->rank() == 3 && shape(n, 2)) {
+        const bool batch_major = n.attrs.has("layout") && n.attrs.i("layout") == 1;
+        const int64_t steps = batch_major ? (*a)[1] : (*a)[0];
+        l.flops_per_sample = 2 * steps * (w->numel() + shape(n, 2)->numel());
+      }
+    }
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+// The model of an ONNX spec: its initializers trainable unless frozen, its single input fed the data, its
+// single output the model's output.
+models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::OnnxModelFile& file, int64_t batch,
+                              bool training) {
+  const formats::ModelSection& ms = spec.model;
+  formats::OnnxImportOptions o;
+  o.batch_size = batch;
+  o.replace_fixed_batch = true;
+  o.mode = training ? formats::OnnxGraphMode::training : formats::OnnxGraphMode::inference;
+  o.initializer_is_trainable = [&ms](const std::string& name, const engine::Tensor&) { return !frozen(ms, name); };
+  formats::OnnxImportResult r = file.import(o);
+  const std::string where = ms.onnx_pos.str();
+  for (size_t i = 0; i < ms.freeze.size(); ++i) {
+    const std::string& p = ms.freeze[i];
+    bool any = false;
+    for (const std::string& name : r.initializer_names) any = any || fnmatch(p.c_str(), name.c_str(), 0) == 0;
+    if (any) continue;
+    std::vector<std::string> some(r.initializer_names.begin(),
+                                  r.initializer_names.begin() + std::min<size_t>(r.initializer_names.size(), 8));
+    throw InputError(i < ms.freeze_pos.size() ? ms.freeze_pos[i].str() : where,
+                     fmt::format("model.freeze pattern '{}' matches no initializer of {}", p, file.path()),
+                     r.initializer_names.empty()
+                         ? "the model has no initializers"
+                         : fmt::format("its initializers are named like: {}{}", fmt::join(some, ", "),
+                                       r.initializer_names.size() > some.size() ? ", ..." : ""));
+  }
+  engine::Graph& g = r.graph;
+  if (r.inputs.size() != 1)
+    throw InputError(file.path(),
+                     fmt::format("the model has {} graph inputs ({}); trainer trains a model with one input, "
+                                 "which takes the data",
+                                 r.inputs.size(), names_text(g, r.inputs)),
+                     "export the model with a single input (initializers are not inputs)");
+  if (r.outputs.size() != 1)
+    throw InputError(file.path(),
+                     fmt::format("the model has {} graph outputs ({}); trainer trains a model with one output",
+                                 r.outputs.size(), names_text(g, r.outputs)),
+                     "export the model with the output the loss compares with the labels only");
+  models::BuiltModel m;
+  m.input = r.inputs[0];
+  m.output = r.outputs[0];
+  const engine::Value& in = g.value(m.input);
+  const engine::Value& out = g.value(m.output);
+  if (in.dtype != DType::f32 && in.dtype != DType::i32 && in.dtype != DType::i64)
+    throw InputError(file.path(),
+                     fmt::format("the model's input '{}' is {}; the data feeds float32 features or int32/int64 "
+                                 "token ids",
+                                 in.name, engine::dtype_name(in.dtype)),
+                     "export the model with a float32 (or integer) input");
+  if (out.dtype != DType::f32)
+    throw InputError(file.path(),
+                     fmt::format("the model's output '{}' is {}; losses and metrics take float32", out.name,
+                                 engine::dtype_name(out.dtype)),
+                     "export the model with a float32 output");
+  if (out.shape.rank() < 1 || out.shape[0] != batch)
+    throw InputError(file.path(),
+                     fmt::format("the model's output '{}' has shape {} at a batch of {}: it does not lead with "
+                                 "the batch",
+                                 out.name, out.shape.str(), batch),
+                     "the output must be [batch, ...], one row per sample");
+  m.output_shape.assign(out.shape.dims().begin() + 1, out.shape.dims().end());
+  // A final Softmax or Sigmoid is the activation that losses fuse with and that predictions report.
+  m.final_activation = "";
+  if (out.producer >= 0) {
+    const engine::Node& last = g.node(out.producer);
+    if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid")) {
+      m.final_activation = last.op == "Softmax" ? "softmax" : "sigmoid";
+      m.logits = last.inputs[0];
+    }
+  }
+  m.layers = onnx_layers(g, r.initializer_names, batch);
+  m.graph = std::move(r.graph);
+  return m;
+}
+
+}  // namespace
+
 models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training) {
+  if (!spec.model.onnx.empty()) return build_onnx(spec, *open_onnx(spec), batch, training);
   models::BuildOptions o;
   o.batch_size = batch;
   o.training = training;
@@ -72,8 +239,10 @@ models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool tra
 
 engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
   auto shared = std::make_shared<formats::ModelSpec>(spec);
-  return [shared](int64_t batch, bool training) {
-    models::BuiltModel m = build(*shared, batch, training);
+  // An ONNX model file is read and parsed once, then imported for each batch size and mode.
+  std::shared_ptr<const formats::OnnxModelFile> onnx = spec.model.onnx.empty() ? nullptr : open_onnx(spec);
+  return [shared, onnx](int64_t batch, bool training) {
+    models::BuiltModel m = onnx ? build_onnx(*shared, *onnx, batch, training) : build(*shared, batch, training);
     engine::ForwardModel fm;
     fm.graph = std::move(m.graph);
     fm.input = m.input;
@@ -135,6 +304,24 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
                    const models::BuiltModel& m, const formats::ModelSpec& spec,
                    engine::data::BatchFormat* fmt) {
   const Shape& s = d.sample_shape();
+  if (!spec.model.onnx.empty()) {
+    const engine::Value& in = m.graph.value(m.input);
+    const std::vector<int64_t> want(in.shape.dims().begin() + 1, in.shape.dims().end());
+    const int64_t want_n = in.shape.numel() / std::max<int64_t>(in.shape[0], 1);
+    if (s.numel() != want_n)
+      throw InputError(src.pos.str(),
+                       fmt::format("{} holds samples of shape {} ({} values), but the ONNX model's input '{}' "
+                                   "takes [{}] ({} values) per sample",
+                                   d.describe(), shape_str(s), s.numel(), in.name, fmt::join(want, ", "), want_n),
+                       "give data whose samples fit the model's input");
+    // ONNX images are [C, H, W]: samples stored channels last ([H, W, C]) are converted.
+    if (want.size() == 3 && want[0] > 1 && s.rank() == 3 && d.layout() != engine::data::Layout::chw) {
+      const bool hwc_shape = s[0] == want[1] && s[1] == want[2] && s[2] == want[0];
+      const bool chw_shape = s[0] == want[0] && s[1] == want[1] && s[2] == want[2];
+      fmt->to_chw = d.layout() == engine::data::Layout::hwc || (hwc_shape && !chw_shape);
+    }
+    return;
+  }
   const std::vector<int64_t>& want = spec.model.input.shape;
   int64_t want_n = 1;
   for (int64_t v : want) want_n *= v;
@@ -151,6 +338,24 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
                 d.layout() != engine::data::Layout::hwc);
     fmt->to_chw = !chw;
   }
+}
+
+// Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits, and
+// the log of a logit would train to NaN. PyTorch classifiers usually end so.
+void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
+  const std::string& loss = spec.train.loss;
+  if (spec.model.onnx.empty() || spec.train.from_logits || !loss.ends_with("crossentropy")) return;
+  const engine::Value& out = m.graph.value(m.output);
+  if (out.producer < 0) return;
+  const engine::Node& last = m.graph.node(out.producer);
+  static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub"};
+  if (!last.domain.empty() || !linear.count(last.op)) return;
+  const formats::SourcePos& where = spec.train.loss_pos.file.empty() ? spec.train.pos : spec.train.loss_pos;
+  throw InputError(where.str(),
+                   fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
+                               "('{}'): it gives logits",
+                               loss, out.name, last.op, last.name),
+                   "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
 }
 
 }  // namespace
@@ -170,7 +375,17 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
   if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty())
     f.num_classes = model.output_shape.back();
-  // Token ids feed an Embedding: ids outside its table are bad data, named by sample.
+  // Token ids feed an Embedding (an ONNX model's Gather from a table): ids outside its table are bad data,
+  // named by sample.
+  if (engine::is_integer(f.x_dtype) && !spec.model.onnx.empty())
+    for (engine::ValueId c : model.graph.value(model.input).consumers) {
+      const engine::Node& n = model.graph.node(c);
+      if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == model.input &&
+          (!n.attrs.has("axis") || n.attrs.i("axis") == 0) && model.graph.initializer(n.inputs[0])) {
+        f.num_tokens = model.graph.value(n.inputs[0]).shape[0];
+        break;
+      }
+    }
   if (engine::is_integer(f.x_dtype))
     for (const formats::LayerSpec& l : spec.model.layers)
       if (l.type == "Embedding") {
@@ -179,6 +394,7 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
           f.num_tokens = std::get<int64_t>(it->second.value);
         break;
       }
+  check_onnx_loss(spec, model);
   check_samples(*out.train, *ds.train, model, spec, &f);
   if (ds.validation) {
     out.validation = formats::open_dataset(*ds.validation, spec.base_dir);

@@ -1,5 +1,5 @@
-// trainer evaluate: a checkpoint's loss and metrics on one of its spec's datasets (every sample counted), as one
-// JSON object on stdout and a line for people on stderr.
+// trainer evaluate: a checkpoint's loss and metrics on one of its spec's datasets (every sample counted), as
+// one JSON object on stdout and a line for people on stderr.
 #include <fmt/ranges.h>
 
 #include <chrono>
@@ -14,7 +14,8 @@ engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
                                            std::vector<std::pair<std::string, engine::Tensor>> values,
                                            const std::string& ckpt) {
   auto base = model_factory(spec);
-  auto weights = std::make_shared<const std::vector<std::pair<std::string, engine::Tensor>>>(std::move(values));
+  auto weights =
+      std::make_shared<const std::vector<std::pair<std::string, engine::Tensor>>>(std::move(values));
   return [base, weights, ckpt](int64_t batch, bool training) {
     engine::ForwardModel fm = base(batch, training);
     for (const auto& [name, t] : *weights) {
@@ -60,8 +61,9 @@ Command add_evaluate_command(CLI::App& app) {
   auto run = [=]() -> int {
     auto t0 = std::chrono::steady_clock::now();
     if (ckpt->ends_with(".onnx"))
-      throw InputError(*ckpt, "evaluate needs a checkpoint: its spec names the data, the loss and the metrics",
-                       "evaluate the checkpoint the model was exported from; trainer predict runs ONNX models");
+      throw InputError(
+          *ckpt, "evaluate needs a checkpoint: its spec names the data, the loss and the metrics",
+          "evaluate the checkpoint the model was exported from; trainer predict runs ONNX models");
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
     formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path, *sets);
     if (*batch > 0) spec.train.batch_size = *batch;
@@ -69,8 +71,9 @@ Command add_evaluate_command(CLI::App& app) {
     SpecData data = open_data(spec, probe);
     std::string name = *split;
     if (name.empty()) name = data.validation ? "validation" : data.test ? "test" : "train";
-    std::shared_ptr<const engine::data::Dataset> ds =
-        name == "validation" ? data.validation : name == "test" ? data.test : data.train;
+    std::shared_ptr<const engine::data::Dataset> ds = name == "validation" ? data.validation
+                                                      : name == "test"     ? data.test
+                                                                           : data.train;
     if (!ds)
       throw InputError(*ckpt, fmt::format("the checkpoint's spec has no {} data", name),
                        fmt::format("choose another with --data ({}), or name files with --set data.{}.x=... "
@@ -95,8 +98,8 @@ Command add_evaluate_command(CLI::App& app) {
     fmt::print("{}\n", json_object(f));
     std::fflush(stdout);
     if (!*quiet)
-      fmt::print(stderr, "{} on {} data ({}, {} samples){} · {:.1f}s\n", *ckpt, name, ds->describe(), ds->size(),
-                 text, seconds);
+      fmt::print(stderr, "{} on {} data ({}, {} samples){} · {:.1f}s\n", *ckpt, name, ds->describe(),
+                 ds->size(), text, seconds);
     return 0;
   };
   return {cmd, run};

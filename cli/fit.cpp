@@ -2,6 +2,8 @@
 // on stdout.
 #include <fmt/chrono.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
@@ -168,7 +170,13 @@ Command add_fit_command(CLI::App& app) {
   auto device = std::make_shared<DeviceOptions>();
   auto output_dir = std::make_shared<std::string>();
   auto resume = std::make_shared<std::string>();
-  cmd->add_option("SPEC", spec->path, "Model description: a TOML file (see trainer-model(5)); optional with --resume");
+  auto train_toml = std::make_shared<std::string>();
+  cmd->add_option("SPEC", spec->path,
+                  "Model description: a TOML file (see trainer-model(5)), or an ONNX model with --train; "
+                  "optional with --resume");
+  cmd->add_option("--train", *train_toml,
+                  "With an ONNX model as SPEC: the TOML file that supplies data, loss, optimizer and metrics")
+      ->type_name("TOML");
   spec->add_overrides(cmd, true);
   cmd->add_option("--resume", *resume,
                   "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
@@ -180,13 +188,27 @@ Command add_fit_command(CLI::App& app) {
     Output out = output->make();
     if (spec->path.empty() && resume->empty())
       throw InputError("", "trainer fit needs a SPEC or --resume CKPT", "trainer fit model.toml");
+    // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
+    std::string ext = std::filesystem::path(spec->path).extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    const bool onnx_spec = ext == ".onnx";
+    if (onnx_spec && train_toml->empty())
+      throw InputError(spec->path, "an ONNX model needs --train TOML: the file with data, loss, optimizer and metrics",
+                       fmt::format("trainer fit {} --train train.toml (see trainer-model(5))", spec->path));
+    if (!train_toml->empty() && !onnx_spec)
+      throw InputError(*train_toml, "--train goes with an ONNX model as SPEC",
+                       spec->path.empty() ? "trainer fit model.onnx --train train.toml"
+                                          : "a TOML spec holds its training settings itself: leave out --train");
+    auto load_given = [&] {
+      return onnx_spec ? formats::load_onnx_training_spec(spec->path, *train_toml, spec->overrides()) : spec->load();
+    };
     std::optional<LoadedCheckpoint> ck;
     formats::ModelSpec s;
     if (!resume->empty()) {
       ck = load_training_checkpoint(*resume);
       s = formats::parse_model_spec(ck->spec_text, ck->spec_path, spec->overrides());
       if (!spec->path.empty()) {
-        formats::ModelSpec given = spec->load();
+        formats::ModelSpec given = load_given();
         if (!formats::same_settings(given, s))
           throw InputError(spec->path,
                            fmt::format("the spec does not match the checkpoint {}: {}", *resume,
@@ -194,7 +216,7 @@ Command add_fit_command(CLI::App& app) {
                            "resume with the spec the checkpoint was written with, or leave SPEC out");
       }
     } else {
-      s = spec->load();
+      s = load_given();
     }
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",

@@ -1,5 +1,5 @@
-// trainer predict: a model (a checkpoint or an ONNX file) applied to samples streamed from a file or stdin, one
-// batch at a time in constant memory, with class ids or output rows written to stdout as CSV or NPY.
+// trainer predict: a model (a checkpoint or an ONNX file) applied to samples streamed from a file or stdin,
+// one batch at a time in constant memory, with class ids or output rows written to stdout as CSV or NPY.
 #include <unistd.h>
 
 #include <fmt/ranges.h>
@@ -88,11 +88,14 @@ PredictModel checkpoint_model(const std::string& path) {
 }
 
 PredictModel onnx_model(const std::string& path, int64_t batch) {
-  // The initializers stay parameters: plans share parameters by name, so the full and the last partial batch
-  // hold one copy of the weights. Nothing trains them here.
+  // The initializers stay parameters (and running statistics state): plans share those by name, so the full
+  // and the last partial batch hold one copy of the weights. Nothing trains them here. A batch dimension that
+  // the model fixes is kept (the last batch is padded): changing it could silently break the model's shape
+  // constants.
   auto import = [path](int64_t b) {
     formats::OnnxImportOptions o;
     o.batch_size = b;
+    o.mode = formats::OnnxGraphMode::inference;  // Dropout off, BatchNormalization on its running statistics
     return formats::import_onnx_file(path, o);
   };
   formats::OnnxImportResult r = import(batch);
@@ -105,7 +108,8 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
   m.kind = "ONNX model";
   m.path = path;
   if (in.shape.rank() == 0)
-    throw InputError(path, fmt::format("the input '{}' is a scalar; predict needs a batch dimension", in.name), "");
+    throw InputError(path,
+                     fmt::format("the input '{}' is a scalar; predict needs a batch dimension", in.name), "");
   m.sample_shape.assign(in.shape.dims().begin() + 1, in.shape.dims().end());
   m.format.x_dtype = in.dtype;
   if (in.shape[0] != batch) m.fixed_batch = in.shape[0];
@@ -133,23 +137,26 @@ void check_sample_shape(const formats::SampleReader& in, const PredictModel& m) 
   if (got == want) return;
   if (got_n == want_n && (got.size() == 1 || squeezed(got) == squeezed(want))) return;
   const bool csv = in.format() == formats::StreamFormat::csv;
-  throw InputError(in.name(),
-                   fmt::format("the {} input holds samples of shape {} ({} values), but the {} takes samples of "
-                               "shape [{}] ({} values)",
-                               formats::stream_format_name(in.format()), Shape(got).str(), got_n, m.kind,
-                               fmt::join(want, ", "), want_n),
-                   csv ? fmt::format("each CSV row is one sample of {} values", want_n)
-                       : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
+  throw InputError(
+      in.name(),
+      fmt::format("the {} input holds samples of shape {} ({} values), but the {} takes samples of "
+                  "shape [{}] ({} values)",
+                  formats::stream_format_name(in.format()), Shape(got).str(), got_n, m.kind,
+                  fmt::join(want, ", "), want_n),
+      csv ? fmt::format("each CSV row is one sample of {} values", want_n)
+          : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
 }
 
-// The device's plans for the batch sizes a pass over the input uses. With a known count, the full batch and the
-// remainder share one arena (and the weights) from the start; with an unknown count (CSV) the remainder's plan
-// is made when the input ends short. An input whose batch dimension the model fixes runs padded batches.
+// The device's plans for the batch sizes a pass over the input uses. With a known count, the full batch and
+// the remainder share one arena (and the weights) from the start; with an unknown count (CSV) the remainder's
+// plan is made when the input ends short. An input whose batch dimension the model fixes runs padded batches.
 class Runner {
  public:
   Runner(const PredictModel& model, engine::Backend& backend, int64_t batch, int64_t count)
       : model_(model), backend_(backend), plans_(backend) {
-    batch_ = model.fixed_batch ? model.fixed_batch : count >= 0 && count < batch ? std::max<int64_t>(count, 1) : batch;
+    batch_ = model.fixed_batch             ? model.fixed_batch
+             : count >= 0 && count < batch ? std::max<int64_t>(count, 1)
+                                           : batch;
     std::vector<int64_t> sizes = {batch_};
     if (!model.fixed_batch && count > batch_ && count % batch_) sizes.push_back(count % batch_);
     for (int64_t b : sizes) {
@@ -160,12 +167,15 @@ class Runner {
     const engine::Value& out = plan_.at(batch_).second.graph->value(plan_.at(batch_).second.output);
     out_dtype_ = out.dtype;
     if (out_dtype_ != DType::f32 && out_dtype_ != DType::f64)
-      throw InputError(model.path, fmt::format("the output has dtype {}; predict reads float32 or float64 outputs",
-                                               engine::dtype_name(out_dtype_)),
+      throw InputError(model.path,
+                       fmt::format("the output has dtype {}; predict reads float32 or float64 outputs",
+                                   engine::dtype_name(out_dtype_)),
                        "");
-    out_shape_ = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()), out.shape.dims().end());
+    out_shape_ = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()),
+                                      out.shape.dims().end());
     columns_ = Shape(out_shape_).numel();
-    in_sample_bytes_ = static_cast<size_t>(Shape(model.sample_shape).numel()) * engine::dtype_bytes(model.format.x_dtype);
+    in_sample_bytes_ =
+        static_cast<size_t>(Shape(model.sample_shape).numel()) * engine::dtype_bytes(model.format.x_dtype);
     if (model.fixed_batch) padded_.resize(static_cast<size_t>(batch_) * in_sample_bytes_);
     out_.resize(static_cast<size_t>(batch_ * columns_));
     if (out_dtype_ == DType::f64) out64_.resize(out_.size());
@@ -236,7 +246,8 @@ class Runner {
 }  // namespace
 
 Command add_predict_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("predict", "Apply a model to samples from a file or stdin; results to stdout");
+  auto* cmd =
+      app.add_subcommand("predict", "Apply a model to samples from a file or stdin; results to stdout");
   auto model_path = std::make_shared<std::string>();
   auto input = std::make_shared<std::string>("-");
   auto batch = std::make_shared<int64_t>(256);
@@ -245,48 +256,55 @@ Command add_predict_command(CLI::App& app) {
   auto quiet = std::make_shared<bool>(false);
   auto device = std::make_shared<DeviceOptions>();
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
-  cmd->add_option("INPUT", *input, "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input");
+  cmd->add_option("INPUT", *input,
+                  "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(CLI::PositiveNumber);
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));
-  cmd->add_flag("--probabilities", *probabilities,
-                "Write the model's output rows (the probabilities of a softmax or sigmoid model) instead of class "
-                "ids");
+  cmd->add_flag(
+      "--probabilities", *probabilities,
+      "Write the model's output rows (the probabilities of a softmax or sigmoid model) instead of class "
+      "ids");
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on stderr but errors");
   device->add(cmd);
   auto run = [=]() -> int {
     auto t0 = std::chrono::steady_clock::now();
     const bool npy = *format == "npy";
     if (*input == "-" && isatty(STDIN_FILENO))
-      throw InputError("stdin", "no INPUT was given and standard input is a terminal",
-                       fmt::format("trainer predict {} x.npy, or pipe samples in: cat x.npy | trainer predict {} -",
-                                   *model_path, *model_path));
+      throw InputError(
+          "stdin", "no INPUT was given and standard input is a terminal",
+          fmt::format("trainer predict {} x.npy, or pipe samples in: cat x.npy | trainer predict {} -",
+                      *model_path, *model_path));
     if (npy && isatty(STDOUT_FILENO))
       throw InputError("stdout", "NPY output is binary and standard output is a terminal",
                        "redirect it: trainer predict ... --output-format npy > y.npy");
     // The model and the input's header come first: every mistake is found before anything is written.
-    PredictModel model = is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
+    PredictModel model =
+        is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
     formats::SampleReader in(*input);
     check_sample_shape(in, model);
     if (npy && in.count() < 0)
-      throw InputError(in.name(), "NPY output needs the number of samples before the first row, and CSV input does "
-                                  "not say it",
+      throw InputError(in.name(),
+                       "NPY output needs the number of samples before the first row, and CSV input does "
+                       "not say it",
                        "use --output-format csv, or give the samples as NPY or IDX");
     auto backend = device->make_backend();
     Runner runner(model, *backend, *batch, in.count());
     const int64_t b = runner.batch(), columns = runner.columns();
     const bool single = columns == 1;
     if (!*probabilities && !single && runner.output_shape().size() != 1)
-      throw InputError(model.path,
-                       fmt::format("class ids need an output of [batch, classes]; the model gives [batch, {}]",
-                                   fmt::join(runner.output_shape(), ", ")),
-                       "use --probabilities to write the output rows");
+      throw InputError(
+          model.path,
+          fmt::format("class ids need an output of [batch, classes]; the model gives [batch, {}]",
+                      fmt::join(runner.output_shape(), ", ")),
+          "use --probabilities to write the output rows");
     formats::SampleConverter convert(model.format, model.sample_shape, in.dtype(), in.name());
     std::vector<uint8_t> raw(static_cast<size_t>(b) * in.sample_bytes());
     std::vector<uint8_t> x(static_cast<size_t>(b) * convert.out_sample_bytes());
     std::vector<int64_t> ids(static_cast<size_t>(b));
     formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
-                           *probabilities ? DType::f32 : DType::i64, *probabilities ? columns : 0, in.count());
+                           *probabilities ? DType::f32 : DType::i64, *probabilities ? columns : 0,
+                           in.count());
     // A reader that stops early (`| head`) closes the pipe: writes then fail with EPIPE and predict stops
     // reading and exits 0, instead of being killed by SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
@@ -309,8 +327,8 @@ Command add_predict_command(CLI::App& app) {
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!*quiet)
       fmt::print(stderr, "{} samples ({}{}, {}) through the {} at batch {} in {:.2f}s{}\n", done,
-                 formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(), model.kind, b,
-                 seconds, out.closed() ? "; the reader closed the output early" : "");
+                 formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(),
+                 model.kind, b, seconds, out.closed() ? "; the reader closed the output early" : "");
     return 0;
   };
   return {cmd, run};

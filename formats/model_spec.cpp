@@ -37,7 +37,7 @@ constexpr std::string_view kSetPrefix = "--set ";
 
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
 const Keys kRootKeys = {"format_version", "model", "data", "train"};
-const Keys kModelKeys = {"input", "layers"};
+const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
@@ -664,9 +664,32 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
   Table t(r, n, "model", kModelKeys);
   ModelSection m;
   m.pos = t.pos();
+  if (t.get("onnx", m.onnx)) {
+    m.onnx_pos = t.pos("onnx");
+    if (m.onnx.empty()) t.fail("onnx", "model.onnx is empty", "name the ONNX file, e.g. onnx = \"model.onnx\"");
+    // The ONNX file defines the input and the layers; a second definition beside it would be ignored.
+    for (const char* key : {"input", "layers"})
+      if (t.find(key))
+        t.fail(key, fmt::format("model.{} does not go with model.onnx: the ONNX model defines its input and layers", key),
+               fmt::format("remove model.{} (and [[model.layers]]), or remove onnx to describe the layers here", key));
+  }
+  if (t.get_strings("freeze", m.freeze)) {
+    const toml::node* f = t.find("freeze");
+    for (size_t i = 0; i < m.freeze.size(); ++i) {
+      m.freeze_pos.push_back(f->is_array() ? r.pos(*f->as_array()->get(i)) : r.pos(*f));
+      if (m.freeze[i].empty())
+        r.fail(m.freeze_pos.back(), "model.freeze has an empty pattern",
+               "give glob patterns on initializer names, e.g. freeze = [\"conv1.*\"]");
+    }
+    if (m.onnx.empty())
+      t.fail("freeze", "model.freeze applies to ONNX models: it names initializers of model.onnx",
+             "set onnx = \"model.onnx\", or remove freeze");
+  }
+  if (!m.onnx.empty()) return m;
   const toml::node* input = t.find("input");
   if (!input)
-    r.fail(m.pos, "[model] has no input", "give the per-sample input shape, e.g. input = [28, 28, 1]");
+    r.fail(m.pos, "[model] has no input",
+           "give the per-sample input shape, e.g. input = [28, 28, 1]; or onnx = \"model.onnx\" for an ONNX model");
   m.input = read_input(r, *input);
   const toml::node* layers = t.find("layers");
   if (!layers) r.fail(m.pos, "[model] has no layers", "add one [[model.layers]] table per layer");
@@ -736,13 +759,14 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
   if (t.get("scale", d.scale) && d.scale == 0)
     t.fail("scale", "data.scale must not be 0", "e.g. scale = 0.00392156862745098 (1/255) for 8-bit images");
   t.get("shuffle", d.shuffle);
-  // One value for every feature, or one per channel (the last dimension of the input shape).
+  // One value for every feature, or one per channel (the last dimension of the input shape). An ONNX model's
+  // channels are known once it is read: the data loader checks them then.
   const int64_t channels = model.input.shape.empty() ? 0 : model.input.shape.back();
   for (const char* key : {"mean", "std"}) {
     std::vector<double>& v = std::string_view(key) == "mean" ? d.mean : d.std;
     if (!t.get_numbers(key, v)) continue;
     if (v.empty()) t.fail(key, fmt::format("data.{} is empty", key), "give one value, or one per channel");
-    if (v.size() > 1 && static_cast<int64_t>(v.size()) != channels)
+    if (model.onnx.empty() && v.size() > 1 && static_cast<int64_t>(v.size()) != channels)
       t.fail(key,
              fmt::format("data.{} has {} values but the input has {} channels (the last dimension of {})",
                          key, v.size(), channels, fmt::join(model.input.shape, "x")),
@@ -775,7 +799,8 @@ ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
     if (v <= 0) t.fail(key, fmt::format("{} must be positive, not {}", t.name(key), v));
   };
   if (s.kind == "step") positive("step_size", s.step_size, true);
-  if (s.kind == "exponential" || s.kind == "cosine") positive("decay_steps", s.decay_steps, true);
+  // A cosine without decay_steps spans the whole run (every epoch's steps after the warmup).
+  if (s.kind == "exponential" || s.kind == "cosine") positive("decay_steps", s.decay_steps, s.kind == "exponential");
   if (t.get("gamma", s.gamma) && s.gamma <= 0)
     t.fail("gamma", fmt::format("{} must be positive, not {}", t.name("gamma"), toml_float(s.gamma)));
   if (t.get("decay_rate", s.decay_rate) && s.decay_rate <= 0)
@@ -946,10 +971,28 @@ std::string base_dir_of(const std::string& path) {
   return abs.lexically_normal().parent_path().string();
 }
 
-}  // namespace
+// `trainer fit MODEL.onnx --train FILE`: model.onnx comes from the command line, relative to the spec's folder,
+// with the path as given for its place; the file's [model] may hold only freeze.
+void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path, const std::string& base_dir) {
+  if (const toml::node* m = doc.get("model"); m && !m->is_table())
+    r.fail(r.pos(*m), fmt::format("model must be a table, not {}", describe(*m)),
+           "with an ONNX model, [model] may hold only freeze");
+  if (!doc.get("model")) doc.insert("model", toml::table{});
+  toml::table& model = *doc.get_as<toml::table>("model");
+  for (const char* key : {"onnx", "input", "layers"})
+    if (const toml::node* v = model.get(key))
+      r.fail(r.pos(*v), fmt::format("model.{} is set, but the model comes from {}", key, onnx_path),
+             "with trainer fit MODEL.onnx --train FILE, the file's [model] table may hold only freeze");
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path abs = fs::absolute(onnx_path, ec).lexically_normal();
+  const fs::path rel = ec ? fs::path() : abs.lexically_relative(base_dir);
+  model.insert_or_assign("onnx", rel.empty() ? (ec ? onnx_path : abs.string()) : rel.string());
+  r.set_pos(*model.get("onnx"), SourcePos{onnx_path, 0, 0});
+}
 
-ModelSpec parse_model_spec(const std::string& text, const std::string& path,
-                           const std::vector<std::string>& overrides) {
+ModelSpec parse_spec(const std::string& text, const std::string& path, const std::vector<std::string>& overrides,
+                     const std::string* onnx_path) {
   Reader r(path);
   toml::table doc;
   try {
@@ -965,6 +1008,7 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
   ModelSpec spec;
   spec.path = path;
   spec.base_dir = base_dir_of(path);
+  if (onnx_path) insert_onnx_model(r, doc, *onnx_path, spec.base_dir);
 
   // The version first: a newer spec may hold keys that this version does not know.
   const toml::node* version = doc.get("format_version");
@@ -981,7 +1025,8 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
   Table root(r, doc, "", kRootKeys);
   const toml::node* model = root.find("model");
   if (!model)
-    r.fail(r.file(), "the spec has no [model] section", "add [model] with input and [[model.layers]]");
+    r.fail(r.file(), "the spec has no [model] section",
+           "add [model] with input and [[model.layers]], or with onnx = \"model.onnx\"");
   spec.model = read_model(r, *model);
   const toml::node* data = root.find("data");
   if (data) spec.data = read_data(r, *data, spec.model);
@@ -990,7 +1035,7 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
   return spec;
 }
 
-ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides) {
+std::string read_spec_text(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw InputError(path, "is a directory, not a spec file", "give the path of a .toml file");
@@ -1000,7 +1045,23 @@ ModelSpec load_model_spec(const std::string& path, const std::vector<std::string
                      "check the path; trainer-model(5) describes the file");
   std::ostringstream ss;
   ss << in.rdbuf();
-  return parse_model_spec(ss.str(), path, overrides);
+  return ss.str();
+}
+
+}  // namespace
+
+ModelSpec parse_model_spec(const std::string& text, const std::string& path,
+                           const std::vector<std::string>& overrides) {
+  return parse_spec(text, path, overrides, nullptr);
+}
+
+ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse_spec(read_spec_text(path), path, overrides, nullptr);
+}
+
+ModelSpec load_onnx_training_spec(const std::string& onnx_path, const std::string& toml_path,
+                                  const std::vector<std::string>& overrides) {
+  return parse_spec(read_spec_text(toml_path), toml_path, overrides, &onnx_path);
 }
 
 }  // namespace trainer::formats

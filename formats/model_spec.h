@@ -53,10 +53,19 @@ struct InputSpec {
   bool operator==(const InputSpec&) const = default;
 };
 
+// Either layers in Keras's vocabulary (input and layers), or an ONNX model file (onnx, with freeze).
 struct ModelSection {
   InputSpec input;
   std::vector<LayerSpec> layers;
+  // An ONNX model file, relative to the spec's folder (resolve_data_path). It defines the input and the
+  // layers: its single graph input takes the data and its single output is the model's output.
+  std::string onnx;
+  // Glob patterns (fnmatch(3): *, ?, [...]) on the ONNX model's initializer names: the initializers they match
+  // stay fixed while training; matched running statistics keep their BatchNormalization in inference form.
+  std::vector<std::string> freeze;
   SourcePos pos;
+  SourcePos onnx_pos;
+  std::vector<SourcePos> freeze_pos;  // one per pattern
   bool operator==(const ModelSection&) const = default;
 };
 
@@ -178,6 +187,12 @@ ModelSpec load_model_spec(const std::string& path, const std::vector<std::string
 // The same from text (tests); `path` names it in errors and sets base_dir.
 ModelSpec parse_model_spec(const std::string& text, const std::string& path,
                            const std::vector<std::string>& overrides = {});
+
+// `trainer fit MODEL.onnx --train TRAIN.toml`: the TOML file supplies data, loss, optimizer and metrics, and
+// its [model] table, if any, only `freeze`; model.onnx is `onnx_path`, taken relative to the TOML's folder
+// (its place in errors is the path as given).
+ModelSpec load_onnx_training_spec(const std::string& onnx_path, const std::string& toml_path,
+                                  const std::vector<std::string>& overrides = {});
 
 // The resolved spec as TOML text, every setting spelled out (defaults included, keys that do not apply to the
 // chosen optimizer or schedule left out). Parsing it gives the same settings: checkpoints embed it.

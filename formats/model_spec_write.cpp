@@ -80,7 +80,8 @@ bool has(const std::vector<std::string>& v, std::string_view s) {
 void clear_positions(ModelSpec& s) {
   s.path.clear();
   s.base_dir.clear();
-  s.model.pos = s.model.input.pos = {};
+  s.model.pos = s.model.input.pos = s.model.onnx_pos = {};
+  s.model.freeze_pos.clear();
   for (LayerSpec& l : s.model.layers) {
     l.pos = l.type_pos = {};
     for (auto& [k, a] : l.args) a.pos = {};
@@ -101,7 +102,13 @@ std::string to_toml(const ModelSpec& spec) {
 
   const ModelSection& m = spec.model;
   w.header("[model]");
-  w.raw(fmt::format("input = {{ shape = {}, dtype = {} }}\n", value(m.input.shape), value(m.input.dtype)));
+  if (!m.onnx.empty()) {
+    // The ONNX file defines the input and the layers.
+    w.kv("onnx", m.onnx);
+    if (!m.freeze.empty()) w.kv("freeze", m.freeze);
+  } else {
+    w.raw(fmt::format("input = {{ shape = {}, dtype = {} }}\n", value(m.input.shape), value(m.input.dtype)));
+  }
   for (const LayerSpec& l : m.layers) {
     w.header("[[model.layers]]");
     w.kv("type", l.type);

@@ -21,6 +21,7 @@ namespace trainer::formats {
 
 using engine::DType;
 using engine::Graph;
+using engine::NodeId;
 using engine::Shape;
 using engine::Tensor;
 using engine::ValueId;
@@ -144,8 +145,8 @@ class Importer {
   void check_newer_opsets() const {
     const OnnxModelInfo& info = result_.info;
     if (info.opset > kMaxOnnxOpset)
-      fail(fmt::format("the model uses ONNX opset {}, newer than the newest supported ({})", info.opset,
-                       kMaxOnnxOpset),
+      fail(fmt::format("the model's opset_import asks for ONNX opset {}, newer than the newest supported ({})",
+                       info.opset, kMaxOnnxOpset),
            fmt::format("export the model with opset {} or older", kMaxOnnxOpset));
     if (info.opset == 0 && uses_default_domain())
       fail("the model declares no opset for the default ONNX domain (opset_import is missing)",
@@ -695,7 +696,157 @@ class Importer {
   std::set<ValueId> shape_constants_;  // outputs of Shape and Size
   std::set<ValueId> folded_;           // outputs of folded nodes
   std::map<ValueId, RelativeShape> relative_;
-  std::string fixed_batch_note_;  // set when a fixed batch dimension was replaced
+  mutable std::string fixed_batch_note_;  // set when a fixed batch dimension was replaced
+};
+
+// --- where a damaged file stops being protobuf -----------------------------------------------------------
+
+// Field names of the messages the scan descends into, for the messages it reports.
+struct WireMessage {
+  const char* name;
+  std::map<int, std::pair<const char*, const WireMessage*>> fields;  // number -> (name, sub-message or null)
+  int name_field = 0;  // the string field that names an element (NodeProto.name, TensorProto.name, ...)
+};
+
+const WireMessage& graph_wire() {
+  static const WireMessage node{"NodeProto", {{1, {"input", nullptr}}, {2, {"output", nullptr}},
+                                              {3, {"name", nullptr}}, {4, {"op_type", nullptr}},
+                                              {5, {"attribute", nullptr}}, {6, {"doc_string", nullptr}},
+                                              {7, {"domain", nullptr}}},
+                                3};
+  static const WireMessage tensor{"TensorProto", {{8, {"name", nullptr}}, {9, {"raw_data", nullptr}}}, 8};
+  static const WireMessage value_info{"ValueInfoProto", {{1, {"name", nullptr}}, {2, {"type", nullptr}}}, 1};
+  static const WireMessage graph{"GraphProto",
+                                 {{1, {"node", &node}},
+                                  {2, {"name", nullptr}},
+                                  {5, {"initializer", &tensor}},
+                                  {10, {"doc_string", nullptr}},
+                                  {11, {"input", &value_info}},
+                                  {12, {"output", &value_info}},
+                                  {13, {"value_info", &value_info}},
+                                  {14, {"quantization_annotation", nullptr}},
+                                  {15, {"sparse_initializer", nullptr}}}};
+  return graph;
+}
+
+const WireMessage& model_wire() {
+  static const WireMessage model{"ModelProto",
+                                 {{1, {"ir_version", nullptr}},
+                                  {2, {"producer_name", nullptr}},
+                                  {3, {"producer_version", nullptr}},
+                                  {4, {"domain", nullptr}},
+                                  {5, {"model_version", nullptr}},
+                                  {6, {"doc_string", nullptr}},
+                                  {7, {"graph", &graph_wire()}},
+                                  {8, {"opset_import", nullptr}},
+                                  {14, {"metadata_props", nullptr}},
+                                  {20, {"training_info", nullptr}},
+                                  {25, {"functions", nullptr}}}};
+  return model;
+}
+
+// Scans the protobuf wire format (tags, varints, lengths) of a message and of the sub-messages it knows.
+// Returns the first place where the bytes cannot be protobuf: "byte N: ..." with the element holding it.
+class WireScan {
+ public:
+  explicit WireScan(std::string_view bytes) : b_(bytes) {}
+
+  std::optional<std::string> message(size_t begin, size_t end, const WireMessage& m, const std::string& path) {
+    std::map<int, int> counts;
+    size_t pos = begin;
+    while (pos < end) {
+      const size_t tag_at = pos;
+      std::optional<uint64_t> tag = varint(pos, end);
+      if (!tag) return at(tag_at, fmt::format("the file ends inside a field tag{}", in(path)), true);
+      const int field = static_cast<int>(*tag >> 3), wire = static_cast<int>(*tag & 7);
+      auto known = m.fields.find(field);
+      const std::string fname = known != m.fields.end() ? known->second.first : fmt::format("field {}", field);
+      const std::string fpath = path.empty() ? fname : path + "." + fname;
+      if (field == 0) return at(tag_at, fmt::format("field number 0{} is not valid protobuf", in(path)), false);
+      switch (wire) {
+        case 0:
+          if (!varint(pos, end)) return at(tag_at, fmt::format("the file ends inside {}", fpath), true);
+          break;
+        case 1:
+        case 5: {
+          const size_t n = wire == 1 ? 8 : 4;
+          if (end - pos < n) return at(tag_at, fmt::format("the file ends inside {}", fpath), true);
+          pos += n;
+          break;
+        }
+        case 2: {
+          std::optional<uint64_t> len = varint(pos, end);
+          if (!len) return at(tag_at, fmt::format("the file ends inside the length of {}", fpath), true);
+          const int index = counts[field]++;
+          const WireMessage* sub = known != m.fields.end() ? known->second.second : nullptr;
+          const std::string element = sub && sub != &graph_wire() ? fmt::format("{}[{}]", fpath, index) : fpath;
+          const size_t avail = end - pos;
+          if (*len > avail) {
+            // The element is cut off: look inside it for the innermost element that is, to name it.
+            if (sub) {
+              if (auto inner = message(pos, end, *sub, element); inner && inner_is_cut_) return inner;
+            }
+            return at(tag_at,
+                      fmt::format("{}{} declares {} bytes but only {} remain", element, named(pos, end, sub),
+                                  *len, avail),
+                      true);
+          }
+          if (sub) {
+            if (auto inner = message(pos, pos + *len, *sub, element)) return inner;
+          }
+          pos += *len;
+          break;
+        }
+        default:
+          return at(tag_at,
+                    fmt::format("{} has wire type {}, which is not valid protobuf{}", fpath, wire, in(path)),
+                    false);
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  std::optional<uint64_t> varint(size_t& pos, size_t end) const {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && pos < end; shift += 7) {
+      const auto byte = static_cast<unsigned char>(b_[pos++]);
+      v |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if (!(byte & 0x80)) return v;
+    }
+    return std::nullopt;
+  }
+  static std::string in(const std::string& path) { return path.empty() ? "" : " in " + path; }
+  // " 'conv1'" when the (possibly cut) element's name field is readable.
+  std::string named(size_t begin, size_t end, const WireMessage* m) const {
+    if (!m || m->name_field == 0) return "";
+    size_t pos = begin;
+    while (pos < end) {
+      std::optional<uint64_t> tag = varint(pos, end);
+      if (!tag) return "";
+      const int field = static_cast<int>(*tag >> 3), wire = static_cast<int>(*tag & 7);
+      if (wire == 0) {
+        if (!varint(pos, end)) return "";
+      } else if (wire == 1 || wire == 5) {
+        pos += wire == 1 ? 8 : 4;
+      } else if (wire == 2) {
+        std::optional<uint64_t> len = varint(pos, end);
+        if (!len || *len > end - pos) return "";
+        if (field == m->name_field) return fmt::format(" '{}'", b_.substr(pos, *len));
+        pos += *len;
+      } else {
+        return "";
+      }
+    }
+    return "";
+  }
+  std::string at(size_t offset, std::string what, bool cut) {
+    inner_is_cut_ = cut;
+    return fmt::format("byte {}: {}", offset, what);
+  }
+
+  std::string_view b_;
+  bool inner_is_cut_ = false;
 };
 
 std::string parent_dir(const std::string& path) {
@@ -710,11 +861,14 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
     throw InputError(source, fmt::format("the model is {} bytes, over protobuf's 2 GiB limit", bytes.size()),
                      "save the weights as ONNX external data");
   if (bytes.empty()) throw InputError(source, "the file is empty", "it is not an ONNX model");
-  if (!model->ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
-    throw InputError(
-        source,
-        fmt::format("not a valid ONNX model: the protobuf message ({} bytes) does not parse", bytes.size()),
-        "the file is truncated or corrupt, or it is not an ONNX model");
+  if (!model->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    std::optional<std::string> place = WireScan(bytes).message(0, bytes.size(), model_wire(), "");
+    throw InputError(source,
+                     place ? fmt::format("not a valid ONNX model ({} bytes): {}", bytes.size(), *place)
+                           : fmt::format("not a valid ONNX model: the protobuf message ({} bytes) does not parse",
+                                         bytes.size()),
+                     "the file is truncated or corrupt, or it is not an ONNX model");
+  }
 }
 
 OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::string& source,
@@ -736,6 +890,16 @@ OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptio
   return import_onnx_model(model, path, options, parent_dir(path));
 }
 
+OnnxModelFile::OnnxModelFile(const std::string& path) : path_(path) {
+  auto model = std::make_shared<onnx::ModelProto>();
+  parse_onnx_model(read_file_bytes(path), path, model.get());
+  model_ = std::move(model);
+}
+
+OnnxImportResult OnnxModelFile::import(const OnnxImportOptions& options) const {
+  return import_onnx_model(*model_, path_, options, parent_dir(path_));
+}
+
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model) {
   std::vector<UnsupportedNode> out;
   const auto& registry = engine::OpRegistry::global();
@@ -746,7 +910,7 @@ std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& mode
     if (imported_by_importer(n)) continue;
     const engine::OpSchema* s = registry.find(n.op_type());
     if (s != nullptr && s->domain() == domain) continue;
-    out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain});
+    out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain, i});
   }
   return out;
 }

@@ -1,5 +1,5 @@
-// The streaming sample reader (NPY, IDX, CSV through zlib, which passes plain bytes through and inflates gzip on
-// the fly) and the per-sample conversion to a model's input.
+// The streaming sample reader (NPY, IDX, CSV through zlib, which passes plain bytes through and inflates gzip
+// on the fly) and the per-sample conversion to a model's input.
 #include "formats/stream_input.h"
 
 #include <fcntl.h>
@@ -245,11 +245,11 @@ struct SampleReader::Impl {
   [[noreturn]] void gz_fail() {
     int err = Z_OK;
     const char* msg = gzerror(gz, &err);
-    if (err == Z_ERRNO)
-      throw InputError(name, fmt::format("cannot read: {}", std::strerror(errno)));
+    if (err == Z_ERRNO) throw InputError(name, fmt::format("cannot read: {}", std::strerror(errno)));
     // zlib prefixes its message with the descriptor ("<fd:3>: "), which names nothing to the user.
     std::string_view text = msg ? msg : "unknown error";
-    if (text.starts_with("<fd:") && text.find(": ") != std::string_view::npos) text.remove_prefix(text.find(": ") + 2);
+    if (text.starts_with("<fd:") && text.find(": ") != std::string_view::npos)
+      text.remove_prefix(text.find(": ") + 2);
     throw InputError(at(), fmt::format("the gzip data is damaged: {}", text),
                      "the file is truncated or corrupt: compress it again");
   }
@@ -292,10 +292,12 @@ struct SampleReader::Impl {
       len = pre[8] | (pre[9] << 8);
     } else if (major == 2 || major == 3) {
       take_exact(pre + 8, 4, "NPY header");
-      len = uint64_t{pre[8]} | (uint64_t{pre[9]} << 8) | (uint64_t{pre[10]} << 16) | (uint64_t{pre[11]} << 24);
+      len =
+          uint64_t{pre[8]} | (uint64_t{pre[9]} << 8) | (uint64_t{pre[10]} << 16) | (uint64_t{pre[11]} << 24);
     } else {
-      throw InputError(at_byte(name, 6), fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)",
-                                                     major, static_cast<int>(pre[7])));
+      throw InputError(at_byte(name, 6),
+                       fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
+                                   static_cast<int>(pre[7])));
     }
     const uint64_t start = offset;
     std::string text(len, '\0');
@@ -509,14 +511,30 @@ SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Imp
 
 SampleReader::~SampleReader() = default;
 
-StreamFormat SampleReader::format() const { return impl_->format; }
-bool SampleReader::compressed() const { return impl_->compressed; }
-const std::string& SampleReader::name() const { return impl_->name; }
-const std::vector<int64_t>& SampleReader::sample_shape() const { return impl_->shape; }
-DType SampleReader::dtype() const { return impl_->dtype; }
-size_t SampleReader::sample_bytes() const { return impl_->sample_bytes; }
-int64_t SampleReader::count() const { return impl_->count; }
-int64_t SampleReader::samples_read() const { return impl_->read_samples; }
+StreamFormat SampleReader::format() const {
+  return impl_->format;
+}
+bool SampleReader::compressed() const {
+  return impl_->compressed;
+}
+const std::string& SampleReader::name() const {
+  return impl_->name;
+}
+const std::vector<int64_t>& SampleReader::sample_shape() const {
+  return impl_->shape;
+}
+DType SampleReader::dtype() const {
+  return impl_->dtype;
+}
+size_t SampleReader::sample_bytes() const {
+  return impl_->sample_bytes;
+}
+int64_t SampleReader::count() const {
+  return impl_->count;
+}
+int64_t SampleReader::samples_read() const {
+  return impl_->read_samples;
+}
 
 int64_t SampleReader::read(int64_t max_samples, void* out) {
   Impl& m = *impl_;
@@ -545,7 +563,8 @@ void convert_floats(const S* s, D* d, int64_t channels, int64_t positions, bool 
         d[p * channels + c] = static_cast<D>(static_cast<double>(s[p * channels + c]) * alpha[c] + beta[c]);
   } else {
     const double a = alpha[0], b = beta[0];
-    for (int64_t e = 0; e < channels * positions; ++e) d[e] = static_cast<D>(static_cast<double>(s[e]) * a + b);
+    for (int64_t e = 0; e < channels * positions; ++e)
+      d[e] = static_cast<D>(static_cast<double>(s[e]) * a + b);
   }
 }
 
@@ -584,16 +603,16 @@ void with_input(DType t, F&& f) {
     case DType::i64:
       return f(int64_t{});
     default:
-      throw InputError("", fmt::format("the model's input has dtype {}, which predict cannot feed",
-                                       engine::dtype_name(t)),
-                       "models take float32, float64, int32 or int64 inputs");
+      throw InputError(
+          "", fmt::format("the model's input has dtype {}, which predict cannot feed", engine::dtype_name(t)),
+          "models take float32, float64, int32 or int64 inputs");
   }
 }
 
 }  // namespace
 
-SampleConverter::SampleConverter(const engine::data::BatchFormat& format, const std::vector<int64_t>& sample_shape,
-                                 DType stored, std::string source)
+SampleConverter::SampleConverter(const engine::data::BatchFormat& format,
+                                 const std::vector<int64_t>& sample_shape, DType stored, std::string source)
     : format_(format), stored_(stored), source_(std::move(source)) {
   elems_ = engine::Shape(sample_shape).numel();
   with_input(format.x_dtype, [](auto) {});
@@ -651,10 +670,10 @@ void SampleConverter::convert(const void* stored, int64_t n, int64_t first, void
                                fmt::format("element {} is {}, not a token id", e, v),
                                "token ids are whole numbers");
             if (limit > 0 && (v < 0 || v >= static_cast<double>(limit)))
-              throw InputError(fmt::format("{}: sample {}", source_, first + i),
-                               fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
-                               fmt::format("the Embedding's input_dim is {}: ids lie in [0, {}]", limit,
-                                           limit - 1));
+              throw InputError(
+                  fmt::format("{}: sample {}", source_, first + i),
+                  fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
+                  fmt::format("the Embedding's input_dim is {}: ids lie in [0, {}]", limit, limit - 1));
             d[e] = static_cast<D>(s[e]);
           }
         }

@@ -1,5 +1,5 @@
-// Samples streamed from a file or standard input, a batch at a time in constant memory: NPY, IDX or CSV (any of
-// them gzip-compressed), told apart by their first bytes. `trainer predict` reads its input through this.
+// Samples streamed from a file or standard input, a batch at a time in constant memory: NPY, IDX or CSV (any
+// of them gzip-compressed), told apart by their first bytes. `trainer predict` reads its input through this.
 #pragma once
 
 #include <cstdint>
@@ -15,16 +15,17 @@ namespace trainer::formats {
 enum class StreamFormat { npy, idx, csv };
 const char* stream_format_name(StreamFormat f);
 
-// Reads samples in order. Construction reads the header (NPY, IDX) or the first row (CSV), so the sample shape is
-// known before any sample is used; nothing is ever seeked, so pipes work.
+// Reads samples in order. Construction reads the header (NPY, IDX) or the first row (CSV), so the sample
+// shape is known before any sample is used; nothing is ever seeked, so pipes work.
 //
 // - NPY (magic "\x93NUMPY", versions 1-3): little-endian u1, b1, i4, i8, f4 or f8 in C order; the first
 //   dimension counts samples.
 // - IDX (magic 00 00 <type> <rank>): u8, i8, i16, i32, f32 or f64, big-endian; the first dimension counts
 //   samples. i8 and i16 widen to i32.
-// - CSV (anything else): one sample per line of comma-separated numbers, a 1-D sample of one value per column.
-//   A first line that is not all numbers is a header and is skipped; blank lines are skipped; "\r\n" line ends
-//   are accepted. Values are read as f64. The sample count is unknown until the end.
+// - CSV (anything else): one sample per line of comma-separated numbers, a 1-D sample of one value per
+// column.
+//   A first line that is not all numbers is a header and is skipped; blank lines are skipped; "\r\n" line
+//   ends are accepted. Values are read as f64. The sample count is unknown until the end.
 // gzip data (magic 1f 8b) is decompressed on the fly. Errors (unreadable file, bad header, truncated data, a
 // ragged row or a cell that is not a number) are InputErrors naming the input and the byte offset or line.
 class SampleReader {
@@ -37,11 +38,11 @@ class SampleReader {
 
   StreamFormat format() const;
   bool compressed() const;
-  const std::string& name() const;           // the file name, or "stdin"
+  const std::string& name() const;                   // the file name, or "stdin"
   const std::vector<int64_t>& sample_shape() const;  // CSV: [columns]
-  engine::DType dtype() const;               // of the values read() returns: u8, i32, i64, f32 or f64
+  engine::DType dtype() const;                       // of the values read() returns: u8, i32, i64, f32 or f64
   size_t sample_bytes() const;
-  int64_t count() const;                     // samples in all (NPY, IDX), or -1 when unknown (CSV)
+  int64_t count() const;  // samples in all (NPY, IDX), or -1 when unknown (CSV)
 
   // Reads the next samples, up to `max_samples`, into `out` (max_samples * sample_bytes(), host byte order).
   // Returns how many were read: fewer only at the end of the input, 0 after it.
@@ -54,10 +55,10 @@ class SampleReader {
 };
 
 // Turns stored samples into a model's input, sample by sample, with the batch loader's arithmetic
-// (engine/data/loader.cpp): floating-point inputs get x * scale / std - mean / std per channel, computed in double
-// and rounded once; HWC images become CHW when format.to_chw; integer inputs (token ids) must be whole numbers
-// within format.num_tokens. The channel of mean and std is the last dimension of `sample_shape` (HWC images, or
-// one value per CSV column).
+// (engine/data/loader.cpp): floating-point inputs get x * scale / std - mean / std per channel, computed in
+// double and rounded once; HWC images become CHW when format.to_chw; integer inputs (token ids) must be whole
+// numbers within format.num_tokens. The channel of mean and std is the last dimension of `sample_shape` (HWC
+// images, or one value per CSV column).
 class SampleConverter {
  public:
   // `sample_shape` is the model's per-sample input shape as the samples store it ([H, W, C] for to_chw).

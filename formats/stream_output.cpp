@@ -1,5 +1,5 @@
-// The row writer behind `trainer predict`'s stdout: formatted into one reused buffer, written with write(2) so a
-// closed pipe shows up as EPIPE at the call that hit it.
+// The row writer behind `trainer predict`'s stdout: formatted into one reused buffer, written with write(2)
+// so a closed pipe shows up as EPIPE at the call that hit it.
 #include "formats/stream_output.h"
 
 #include <unistd.h>
@@ -21,7 +21,8 @@ constexpr size_t kFlushBytes = size_t{1} << 16;
 std::string npy_header(engine::DType dtype, const std::string& shape_tuple) {
   const char* descr = dtype == engine::DType::i64 ? "<i8" : dtype == engine::DType::f32 ? "<f4" : nullptr;
   TRAINER_ASSERT(descr != nullptr, "NPY output of {}", engine::dtype_name(dtype));
-  std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shape_tuple);
+  std::string dict =
+      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shape_tuple);
   // magic (6) + version (2) + length (2) + dict + padding + '\n' is a multiple of 64.
   size_t total = 10 + dict.size() + 1;
   dict.append((64 - total % 64) % 64, ' ');
@@ -40,7 +41,8 @@ RowWriter::RowWriter(int fd, std::string name, RowFormat format, engine::DType d
   buf_.reserve(2 * kFlushBytes);
   if (format_ == RowFormat::npy) {
     TRAINER_ASSERT(rows >= 0, "NPY output needs the row count");
-    buf_ = npy_header(dtype, columns == 0 ? fmt::format("({},)", rows) : fmt::format("({}, {})", rows, columns));
+    buf_ =
+        npy_header(dtype, columns == 0 ? fmt::format("({},)", rows) : fmt::format("({}, {})", rows, columns));
   }
 }
 

@@ -11,9 +11,9 @@ namespace trainer::formats {
 
 enum class RowFormat { csv, npy };
 
-// Rows of `columns` values: i64 (class ids) or f32 (output rows). columns == 0 means one value per row written
-// as a 1-D array (NPY shape (rows,)); otherwise NPY shape (rows, columns). CSV writes one line per row, values
-// separated by commas, floats in their shortest form that reads back exactly.
+// Rows of `columns` values: i64 (class ids) or f32 (output rows). columns == 0 means one value per row
+// written as a 1-D array (NPY shape (rows,)); otherwise NPY shape (rows, columns). CSV writes one line per
+// row, values separated by commas, floats in their shortest form that reads back exactly.
 //
 // SIGPIPE must be ignored by the caller for `closed()` to see a closed pipe (EPIPE) instead of the process
 // being killed. Any other write error is a RuntimeError naming `name`.
@@ -25,8 +25,8 @@ class RowWriter {
   RowWriter(const RowWriter&) = delete;
   RowWriter& operator=(const RowWriter&) = delete;
 
-  // Appends n rows of values (n * max(columns, 1) values of the writer's dtype). Returns false once the reader
-  // has closed the pipe: nothing more can be written, and the caller should stop.
+  // Appends n rows of values (n * max(columns, 1) values of the writer's dtype). Returns false once the
+  // reader has closed the pipe: nothing more can be written, and the caller should stop.
   bool write(const void* values, int64_t n);
   // Flushes. For NPY, checks that exactly `rows` rows were written (an InternalError otherwise: the header
   // promised them). Returns false when the reader has closed the pipe.

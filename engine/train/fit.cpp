@@ -19,6 +19,13 @@ namespace trainer::engine {
 
 std::atomic<int> g_stop_signal{0};
 
+LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch) {
+  LearningRateSchedule s = cfg.schedule;
+  if (s.kind == "cosine" && s.decay_steps == 0)
+    s.decay_steps = std::max<int64_t>(1, cfg.epochs * steps_per_epoch - s.warmup_steps);
+  return s;
+}
+
 double LearningRateSchedule::at(int64_t step) const {
   if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step + 1) / warmup_steps;
   int64_t s = step - warmup_steps;
@@ -330,6 +337,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   if (validation)
     val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
 
+  const LearningRateSchedule schedule = run_schedule(cfg, train_loader.batches_per_epoch());
+
   FitPlanInfo info;
   info.train_samples = n_train;
   info.val_samples = n_val;
@@ -380,7 +389,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       const Graph& g = s.graph();
       s.write(p.x, batch.x, g.value(p.x).nbytes());
       s.write(p.y, batch.y, g.value(p.y).nbytes());
-      float lr = static_cast<float>(cfg.schedule.at(st.global_step));
+      float lr = static_cast<float>(schedule.at(st.global_step));
       int64_t iteration = st.global_step + 1;
       s.write(p.lr, &lr, sizeof lr);
       s.write(p.iteration, &iteration, sizeof iteration);
@@ -501,9 +510,10 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
 }
 
 Logs evaluate(const ModelFactory& factory, std::shared_ptr<const data::Dataset> data,
-              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend, const std::string& prefix) {
+              const data::BatchFormat& format, const FitConfig& cfg, Backend& backend,
+              const std::string& prefix) {
   TRAINER_ASSERT(data != nullptr);
-  // Evaluation plans only (full and last partial batch) in one arena: the weights are the graphs' initializers.
+  // Evaluation plans only (full and last partial batch) in one arena; the weights are the graphs' initializers.
   Device dev(factory, cfg, backend, 0, {data->size()});
   data::BatchLoader loader(data, cfg.batch_size, format, false, cfg.seed);
   std::vector<float> out_buf;

@@ -26,13 +26,17 @@ struct LearningRateSchedule {
   double base = 0.001;
   int64_t step_size = 0;          // step
   double gamma = 0.1;             // step
-  int64_t decay_steps = 0;        // exponential, cosine
+  int64_t decay_steps = 0;        // exponential, cosine (cosine: 0 = the whole run, set by fit)
   double decay_rate = 0.96;       // exponential
   bool staircase = false;         // exponential
   double alpha = 0.0;             // cosine: final fraction
   int64_t warmup_steps = 0;       // linear warmup from base/warmup_steps to base, then the schedule (shifted)
   double at(int64_t step) const;  // step is 0-based
 };
+
+struct FitConfig;
+// The schedule a run uses: a cosine without decay_steps spans the whole run (epochs x steps after the warmup).
+LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch);
 
 struct EarlyStopping {
   bool enabled = false;
@@ -151,9 +155,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
                               Backend& backend);
 
-// Loss and metrics of the model `factory` builds in inference mode (its initializers are the weights) on every
-// sample of `data`, the last partial batch included, as fit computes its validation logs; names are `prefix` +
-// "loss", "accuracy", ... (trainer evaluate).
+// Loss and metrics of the model `factory` builds in inference mode (its initializers are the weights) on
+// every sample of `data`, the last partial batch included, as fit computes its validation logs; names are
+// `prefix` + "loss", "accuracy", ... (trainer evaluate).
 Logs evaluate(const ModelFactory& factory, std::shared_ptr<const data::Dataset> data,
               const data::BatchFormat& format, const FitConfig& config, Backend& backend,
               const std::string& prefix = "");

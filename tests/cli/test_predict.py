@@ -186,11 +186,15 @@ class Predict(unittest.TestCase):
         p.stdout.close()
         try:
             p.stdin.write(many)
-            p.stdin.close()
         except BrokenPipeError:
             pass  # predict stopped reading: what a pipeline expects
+        try:
+            p.stdin.close()
+        except BrokenPipeError:
+            pass
         out = head.communicate(timeout=120)[0]
         err = p.stderr.read().decode()
+        p.stderr.close()
         self.assertEqual(p.wait(timeout=120), 0, err)
         self.assertNotIn("error", err)
         self.assertEqual(len(out.decode().splitlines()), 2)
@@ -257,12 +261,35 @@ class Predict(unittest.TestCase):
         cli_util.assert_input_error(self, r, "last.ckpt", "no test data")
         self.assertEqual(r.stdout, "")
         r = run(["evaluate", self.onnx])
-        cli_util.assert_input_error(self, r, "mlp.onnx", "checkpoint")
+        cli_util.assert_input_error(self, r, "mlp.onnx", "evaluate needs a checkpoint")
         d = cli_util.FASHION_DIR
         r = run(["evaluate", self.ckpt, "--data", "test", "--set", f"data.test.x={d}/t10k-images-idx3-ubyte.gz",
                  "--set", f"data.test.y={d}/t10k-labels-idx1-ubyte.gz", "--set", "data.test.limit=300"])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["samples"], 300)
+
+
+@unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
+class PredictChannelsLast(unittest.TestCase):
+    def test_hwc_images_of_a_checkpoint_match_the_exported_nhwc_model(self):
+        # The CIFAR-10 CNN's spec takes [32, 32, 3]: predict converts HWC samples to the CHW the model computes
+        # in, with the spec's 1/255, as the exported model (NHWC input) does inside its graph.
+        sets = cli_util.data_sets("cifar10")
+        with tempfile.TemporaryDirectory() as t:
+            r = run(["fit", cli_util.sample("cifar10/cnn.toml"), "--epochs", "1", "--output-dir", t, "--quiet"] + sets,
+                    timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            model = os.path.join(t, "cnn.onnx")
+            r = run(["export", os.path.join(t, "last.ckpt"), "-o", model, "--quiet"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(cli_util.DATA_DIR, "cifar10", "test_batch.bin"), "rb") as f:
+                records = np.frombuffer(f.read(), np.uint8).reshape(-1, 3073)
+            x = np.ascontiguousarray(records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # NHWC
+            want = ort.InferenceSession(model).run(None, {"input": x.astype(np.float32) / np.float32(255)})[0]
+            got = rows(predict([os.path.join(t, "last.ckpt"), "-", "--probabilities", "--batch-size", "7"],
+                               stdin=npy_bytes(x)).stdout)
+            self.assertEqual(got.shape, want.shape)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,16 @@ TEST_SUITE("fit") {
     CHECK(s.at(0) == doctest::Approx(0.01));
     CHECK(s.at(9) == doctest::Approx(0.1));
     CHECK(s.at(10) == doctest::Approx(0.1));  // the cosine starts after the warmup
+    // Without decay_steps a cosine spans the whole run: 3 epochs of 40 steps, after 10 warmup steps.
+    FitConfig run;
+    run.epochs = 3;
+    run.schedule.kind = "cosine";
+    run.schedule.base = 0.1;
+    run.schedule.warmup_steps = 10;
+    LearningRateSchedule r = run_schedule(run, 40);
+    CHECK(r.decay_steps == 110);
+    CHECK(r.at(119) < 1e-4);
+    CHECK(r.at(65) == doctest::Approx(0.05));
   }
 
   TEST_CASE("fit: early stopping stops and restores the best weights") {
