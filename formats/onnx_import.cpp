@@ -761,7 +761,9 @@ class WireScan {
       const int field = static_cast<int>(*tag >> 3), wire = static_cast<int>(*tag & 7);
       auto known = m.fields.find(field);
       const std::string fname = known != m.fields.end() ? known->second.first : fmt::format("field {}", field);
-      const std::string fpath = path.empty() ? fname : path + "." + fname;
+      // "raw_data of graph.initializer[5] 'fc.weight'"; elements go on as "graph.initializer[5] 'fc.weight'".
+      const std::string fpath = path.empty() ? fname : fmt::format("{} of {}", fname, path);
+      const std::string dotted = path.empty() ? fname : fmt::format("{}.{}", path, fname);
       if (field == 0) return at(tag_at, fmt::format("field number 0{} is not valid protobuf", in(path)), false);
       switch (wire) {
         case 0:
@@ -779,17 +781,17 @@ class WireScan {
           if (!len) return at(tag_at, fmt::format("the file ends inside the length of {}", fpath), true);
           const int index = counts[field]++;
           const WireMessage* sub = known != m.fields.end() ? known->second.second : nullptr;
-          const std::string element = sub && sub != &graph_wire() ? fmt::format("{}[{}]", fpath, index) : fpath;
           const size_t avail = end - pos;
+          const std::string element =
+              !sub ? fpath
+                   : fmt::format("{}{}{}", dotted, sub == &graph_wire() ? "" : fmt::format("[{}]", index),
+                                 named(pos, pos + std::min<uint64_t>(*len, avail), sub));
           if (*len > avail) {
             // The element is cut off: look inside it for the innermost element that is, to name it.
             if (sub) {
               if (auto inner = message(pos, end, *sub, element); inner && inner_is_cut_) return inner;
             }
-            return at(tag_at,
-                      fmt::format("{}{} declares {} bytes but only {} remain", element, named(pos, end, sub),
-                                  *len, avail),
-                      true);
+            return at(tag_at, fmt::format("{} declares {} bytes but only {} remain", element, *len, avail), true);
           }
           if (sub) {
             if (auto inner = message(pos, pos + *len, *sub, element)) return inner;
@@ -799,7 +801,7 @@ class WireScan {
         }
         default:
           return at(tag_at,
-                    fmt::format("{} has wire type {}, which is not valid protobuf{}", fpath, wire, in(path)),
+                    fmt::format("{} has wire type {}, which no field of an ONNX model has", fpath, wire),
                     false);
       }
     }

@@ -513,7 +513,8 @@ Logs evaluate(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
               const data::BatchFormat& format, const FitConfig& cfg, Backend& backend,
               const std::string& prefix) {
   TRAINER_ASSERT(data != nullptr);
-  // Evaluation plans only (full and last partial batch) in one arena; the weights are the graphs' initializers.
+  // Evaluation plans only (full and last partial batch) in one arena; the graphs' initializers are the
+  // weights.
   Device dev(factory, cfg, backend, 0, {data->size()});
   data::BatchLoader loader(data, cfg.batch_size, format, false, cfg.seed);
   std::vector<float> out_buf;

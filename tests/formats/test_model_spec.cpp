@@ -598,6 +598,11 @@ TEST_SUITE("model_spec") {
     CHECK(s.train.checkpoint.save_best == "val_loss");
     CHECK(same_settings(s, parse_model_spec(to_toml(s), "spec.toml")));
     CHECK_FALSE(parse_model_spec(kHead + "[train]\nloss = \"mse\"\n", "spec.toml").train.checkpoint.enabled);
+    // A cosine schedule without decay_steps (the whole run) survives the round trip.
+    const ModelSpec cos = parse_model_spec(
+        kHead + "[train]\nloss = \"mse\"\n[train.optimizer.schedule]\nkind = \"cosine\"\n", "spec.toml");
+    CHECK(cos.train.optimizer.schedule.decay_steps == 0);
+    CHECK(same_settings(cos, parse_model_spec(to_toml(cos), "spec.toml")));
     Failure f = failure(kHead + "[train]\nloss = \"mse\"\n[train.checkpoint]\nkeep_lats = 2\n");
     CHECK(f.where == "spec.toml:10:1");
     CHECK(f.hint.find("keep_last") != std::string::npos);

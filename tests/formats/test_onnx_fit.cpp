@@ -1,0 +1,348 @@
+// Importing ONNX models for training: constant folding (the engine pass and at import), the training and
+// inference forms of Dropout and BatchNormalization, opset-11 forms, batch-relative folded shapes, damaged
+// files reported at their byte offset, and the spec's onnx and freeze keys.
+#include <doctest/doctest.h>
+#include <onnx/onnx_pb.h>
+
+#include <cmath>
+#include <memory>
+
+#include "engine/backend/backend.h"
+#include "engine/ir/op_schema.h"
+#include "engine/plan/constant_folding.h"
+#include "engine/train/session.h"
+#include "formats/model_spec.h"
+#include "formats/onnx_import.h"
+#include "formats/onnx_tensor.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+using namespace trainer::formats;
+
+namespace {
+
+onnx::ModelProto make_model(int opset) {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.set_producer_name("test_onnx_fit");
+  auto* o = m.add_opset_import();
+  o->set_domain("");
+  o->set_version(opset);
+  m.mutable_graph()->set_name("g");
+  return m;
+}
+
+// A dim of -1 is the symbolic "N".
+void add_input(onnx::GraphProto* g, const std::string& name, const std::vector<int64_t>& dims,
+               int elem_type = onnx::TensorProto::FLOAT) {
+  auto* in = g->add_input();
+  in->set_name(name);
+  auto* tt = in->mutable_type()->mutable_tensor_type();
+  tt->set_elem_type(elem_type);
+  for (int64_t d : dims) {
+    auto* dim = tt->mutable_shape()->add_dim();
+    if (d < 0)
+      dim->set_dim_param("N");
+    else
+      dim->set_dim_value(d);
+  }
+}
+
+onnx::NodeProto* add_node(onnx::GraphProto* g, const std::string& op, std::vector<std::string> inputs,
+                          std::vector<std::string> outputs, const std::string& name) {
+  auto* n = g->add_node();
+  n->set_op_type(op);
+  n->set_name(name);
+  for (auto& i : inputs) n->add_input(i);
+  for (auto& o : outputs) n->add_output(o);
+  return n;
+}
+
+void set_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(v);
+}
+
+void set_float(onnx::NodeProto* n, const std::string& name, float v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(v);
+}
+
+void add_init(onnx::GraphProto* g, const std::string& name, const Tensor& t) {
+  tensor_to_onnx(t, name, g->add_initializer());
+}
+
+// x [N, 2, 3] -> BatchNormalization(scale, bias, mean, var) -> Dropout -> y.
+onnx::ModelProto batch_norm_model(int opset) {
+  onnx::ModelProto m = make_model(opset);
+  auto* g = m.mutable_graph();
+  add_input(g, "x", {-1, 2, 3});
+  add_init(g, "scale", Tensor::from<float>(Shape{2}, {1, 2}));
+  add_init(g, "bias", Tensor::from<float>(Shape{2}, {0, 1}));
+  add_init(g, "mean", Tensor::from<float>(Shape{2}, {0.5f, -0.5f}));
+  add_init(g, "var", Tensor::from<float>(Shape{2}, {1, 4}));
+  auto* bn = add_node(g, "BatchNormalization", {"x", "scale", "bias", "mean", "var"}, {"b"}, "bn");
+  set_float(bn, "momentum", 0.8f);
+  if (opset < 12) {
+    set_float(add_node(g, "Dropout", {"b"}, {"y"}, "drop"), "ratio", 0.25f);
+  } else {
+    add_init(g, "ratio", Tensor::scalar<float>(0.25f));
+    add_node(g, "Dropout", {"b", "ratio"}, {"y"}, "drop");
+  }
+  g->add_output()->set_name("y");
+  return m;
+}
+
+const Node& node_named(const Graph& g, const std::string& name) {
+  for (NodeId id : g.topo_order())
+    if (g.node(id).name == name) return g.node(id);
+  FAIL("no node named " << name);
+  return g.node(0);
+}
+
+// Runs a graph once with `x` fed to its first input and returns its first output.
+Tensor run_once(const OnnxImportResult& r, const Tensor& x) {
+  auto backend = make_cpu_backend();
+  auto g = std::make_shared<Graph>(r.graph);
+  Session s(g, *backend);
+  s.write(r.inputs.at(0), x);
+  s.run(StepContext{});
+  return s.read(r.outputs.at(0));
+}
+
+}  // namespace
+
+TEST_SUITE("onnx_fit") {
+  TEST_CASE("fold_constants evaluates constant chains and rewires their readers") {
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{3});
+    ValueId shape = g.add_constant("shape", Tensor::from<int64_t>(Shape{2}, {4, 6}));
+    ValueId zero = g.add_constant("zero", Tensor::scalar<int64_t>(0));
+    ValueId n = g.op("Gather", {shape, zero});
+    ValueId n1 = g.op("Unsqueeze", {n, g.add_constant("axes", Tensor::from<int64_t>(Shape{1}, {0}))});
+    ValueId target =
+        g.op("Concat", {n1, g.add_constant("rest", Tensor::from<int64_t>(Shape{2}, {2, 3}))}, {{"axis", int64_t{0}}});
+    ValueId y = g.op("Add", {g.op("Cast", {target}, {{"to", int64_t{onnx::TensorProto::FLOAT}}}), x});
+    g.mark_output(y);
+    CHECK(fold_constants(g) == 4);
+    g.validate();
+    const Node& add = g.node(g.value(y).producer);
+    ValueId folded = add.inputs[0];
+    CHECK(g.value(folded).kind == ValueKind::constant);
+    CHECK(g.initializer(folded)->to_vector<float>() == std::vector<float>{4, 2, 3});
+    int live = 0;
+    for (NodeId id = 0; id < g.num_nodes(); ++id) live += !g.node(id).dead;
+    CHECK(live == 1);
+    // The reader of a parameter is not folded: parameters change while training.
+    Graph p;
+    ValueId w = p.add_parameter("w", Tensor::from<float>(Shape{2}, {1, 2}));
+    p.mark_output(p.op("Relu", {w}));
+    CHECK(fold_constants(p) == 0);
+  }
+
+  TEST_CASE("evaluate_constant_node computes on the CPU and leaves large outputs alone") {
+    Tensor a = Tensor::from<float>(Shape{3}, {-1, 2, -3});
+    auto out = evaluate_constant_node("Relu", {&a}, {}, {"r"}, "relu");
+    REQUIRE(out);
+    CHECK((*out)[0].to_vector<float>() == std::vector<float>{0, 2, 0});
+    CHECK_FALSE(evaluate_constant_node("Relu", {&a}, {}, {"r"}, "relu", {}, 8));
+    Tensor bad = Tensor::from<float>(Shape{2}, {1, 2});
+    CHECK_THROWS_WITH_AS(evaluate_constant_node("Add", {&a, &bad}, {}, {"s"}, "bad_add"),
+                         doctest::Contains("node 'bad_add' (Add)"), InputError);
+    CHECK_FALSE(is_foldable_op("Dropout", ""));
+  }
+
+  TEST_CASE("training mode: BatchNormalization on batch statistics updates its running statistics") {
+    for (int opset : {11, 17}) {
+      CAPTURE(opset);
+      onnx::ModelProto m = batch_norm_model(opset);
+      OnnxImportOptions o;
+      o.batch_size = 4;
+      o.mode = OnnxGraphMode::training;
+      OnnxImportResult r = import_onnx_model(m, "bn.onnx", o);
+      const Graph& g = r.graph;
+      CHECK(g.value(g.find("mean")).kind == ValueKind::state);
+      CHECK(g.value(g.find("var")).kind == ValueKind::state);
+      CHECK(g.value(g.find("scale")).kind == ValueKind::parameter);
+      const Node& bn = node_named(g, "bn");
+      CHECK(bn.attrs.i("training_mode") == 1);
+      REQUIRE(bn.outputs.size() == 3);
+      REQUIRE(g.updates().size() == 2);
+      CHECK(g.updates()[0] == std::make_pair(bn.outputs[1], g.find("mean")));
+      CHECK(g.updates()[1] == std::make_pair(bn.outputs[2], g.find("var")));
+      // Dropout drops: training_mode is a constant true; the ratio (an attribute at opset 11) an input.
+      const Node& drop = node_named(g, "drop");
+      REQUIRE(drop.inputs.size() == 3);
+      CHECK(g.initializer(drop.inputs[1])->get_f64(0) == 0.25);
+      CHECK(g.initializer(drop.inputs[2])->get_f64(0) == 1);
+      CHECK_FALSE(drop.attrs.has("ratio"));
+      if (opset >= 12) CHECK(g.value(g.find("ratio")).kind == ValueKind::constant);  // no gradient reaches it
+
+      o.mode = OnnxGraphMode::inference;
+      OnnxImportResult ri = import_onnx_model(m, "bn.onnx", o);
+      const Node& bni = node_named(ri.graph, "bn");
+      CHECK(bni.attrs.i("training_mode") == 0);
+      CHECK(bni.outputs.size() == 1);
+      CHECK(ri.graph.value(ri.graph.find("mean")).kind == ValueKind::state);  // shared with training plans
+      CHECK(ri.graph.updates().empty());
+      CHECK(node_named(ri.graph, "drop").inputs.size() == 2);
+
+      // Frozen running statistics keep the node in inference form.
+      o.mode = OnnxGraphMode::training;
+      o.initializer_is_trainable = [](const std::string& name, const Tensor&) { return name != "mean"; };
+      OnnxImportResult rf = import_onnx_model(m, "bn.onnx", o);
+      CHECK(rf.graph.value(rf.graph.find("mean")).kind == ValueKind::constant);
+      CHECK(node_named(rf.graph, "bn").attrs.i("training_mode") == 0);
+      CHECK(rf.graph.updates().empty());
+    }
+  }
+
+  TEST_CASE("opset-11 Softmax normalizes over every dimension from its axis") {
+    onnx::ModelProto m = make_model(11);
+    auto* g = m.mutable_graph();
+    add_input(g, "x", {2, 2, 2});
+    add_node(g, "Softmax", {"x"}, {"y"}, "softmax");  // axis 1 by default: over 4 values per sample
+    g->add_output()->set_name("y");
+    OnnxImportResult r = import_onnx_model(m, "softmax11.onnx");
+    Tensor x = Tensor::from<float>(Shape{2, 2, 2}, {0, 1, 2, 3, 1, 1, 1, 1});
+    Tensor y = run_once(r, x);
+    REQUIRE(y.shape() == Shape{2, 2, 2});
+    std::vector<float> v = y.to_vector<float>();
+    const double z = 1 + std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
+    CHECK(v[0] == doctest::Approx(1 / z));
+    CHECK(v[3] == doctest::Approx(std::exp(3.0) / z));
+    CHECK(v[5] == doctest::Approx(0.25));
+    // Over the last axis the node stays one Softmax.
+    m.mutable_graph()->mutable_node(0)->add_attribute()->CopyFrom([] {
+      onnx::AttributeProto a;
+      a.set_name("axis");
+      a.set_type(onnx::AttributeProto::INT);
+      a.set_i(-1);
+      return a;
+    }());
+    OnnxImportResult last = import_onnx_model(m, "softmax11.onnx");
+    CHECK(node_named(last.graph, "softmax").attrs.i("axis") == 2);
+  }
+
+  TEST_CASE("a folded [batch, -1] reshape shape reads the batch from its input") {
+    onnx::ModelProto m = make_model(13);
+    auto* g = m.mutable_graph();
+    add_input(g, "x", {-1, 2, 3});
+    add_node(g, "Shape", {"x"}, {"s"}, "shape");
+    add_init(g, "zero", Tensor::scalar<int64_t>(0));
+    add_node(g, "Gather", {"s", "zero"}, {"n"}, "gather");
+    add_init(g, "axes", Tensor::from<int64_t>(Shape{1}, {0}));
+    add_node(g, "Unsqueeze", {"n", "axes"}, {"n1"}, "unsqueeze");
+    add_init(g, "minus_one", Tensor::from<int64_t>(Shape{1}, {-1}));
+    add_node(g, "Concat", {"n1", "minus_one"}, {"target"}, "concat")->add_attribute()->CopyFrom([] {
+      onnx::AttributeProto a;
+      a.set_name("axis");
+      a.set_type(onnx::AttributeProto::INT);
+      a.set_i(0);
+      return a;
+    }());
+    add_node(g, "Reshape", {"x", "target"}, {"flat"}, "reshape");
+    add_node(g, "Cast", {"target"}, {"target_f"}, "cast")->add_attribute()->CopyFrom([] {
+      onnx::AttributeProto a;
+      a.set_name("to");
+      a.set_type(onnx::AttributeProto::INT);
+      a.set_i(onnx::TensorProto::FLOAT);
+      return a;
+    }());
+    add_node(g, "Mul", {"flat", "flat"}, {"y"}, "square");
+    add_node(g, "Relu", {"target_f"}, {"t"}, "relu");
+    g->add_output()->set_name("y");
+    g->add_output()->set_name("t");
+    OnnxImportOptions o;
+    o.batch_size = 5;
+    OnnxImportResult r = import_onnx_model(m, "chain.onnx", o);
+    const Graph& gr = r.graph;
+    CHECK(r.folded_nodes == std::vector<std::string>{"gather", "unsqueeze", "concat", "cast"});
+    const Node& reshape = node_named(gr, "reshape");
+    CHECK(gr.value(reshape.inputs[1]).name == "target");
+    CHECK(gr.initializer(reshape.inputs[1])->to_vector<int64_t>() == std::vector<int64_t>{0, -1});
+    CHECK(gr.value(reshape.outputs[0]).shape == Shape{5, 6});
+    // Another reader sees the value as folded: the batch size.
+    const Node& relu = node_named(gr, "relu");
+    CHECK(gr.initializer(relu.inputs[0])->to_vector<float>() == std::vector<float>{5, -1});
+  }
+
+  TEST_CASE("a fixed batch dimension is replaced when asked, and named when a node then fails") {
+    onnx::ModelProto m = make_model(13);
+    auto* g = m.mutable_graph();
+    add_input(g, "x", {1, 6});
+    add_init(g, "fixed", Tensor::from<int64_t>(Shape{2}, {1, 6}));
+    add_node(g, "Reshape", {"x", "fixed"}, {"y"}, "reshape");
+    g->add_output()->set_name("y");
+    OnnxImportOptions o;
+    o.batch_size = 4;
+    OnnxImportResult kept = import_onnx_model(m, "fixed.onnx", o);
+    CHECK(kept.graph.value(kept.inputs.at(0)).shape == Shape{1, 6});
+    o.replace_fixed_batch = true;
+    try {
+      import_onnx_model(m, "fixed.onnx", o);
+      FAIL("expected an error");
+    } catch (const InputError& e) {
+      CHECK(std::string(e.what()).find("node 'reshape' (Reshape)") != std::string::npos);
+      CHECK(std::string(e.what()).find("fixes the batch dimension of input 'x' at 1") != std::string::npos);
+      CHECK(e.hint().find("dynamic_axes") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("a damaged file is reported at the byte where it stops being protobuf") {
+    onnx::ModelProto m = batch_norm_model(17);
+    add_init(m.mutable_graph(), "big", Tensor(DType::f32, Shape{64}));
+    std::string bytes;
+    REQUIRE(m.SerializeToString(&bytes));
+    onnx::ModelProto out;
+    try {
+      // Cut in the middle of the raw data of 'big' (256 zero bytes).
+      const size_t cut = bytes.find(std::string(200, '\0')) + 100;
+      parse_onnx_model(std::string_view(bytes).substr(0, cut), "cut.onnx", &out);
+      FAIL("expected an error");
+    } catch (const InputError& e) {
+      std::string msg = e.what();
+      CAPTURE(msg);
+      CHECK(msg.find("cut.onnx: ") == 0);
+      CHECK(msg.find("byte ") != std::string::npos);
+      CHECK(msg.find("raw_data of graph.initializer[5] 'big' declares 256 bytes") != std::string::npos);
+    }
+    std::string junk = "\x0f\x01\x02";  // field 1 with wire type 7
+    CHECK_THROWS_WITH_AS(parse_onnx_model(junk, "junk.onnx", &out),
+                         doctest::Contains("byte 0: ir_version has wire type 7"), InputError);
+  }
+
+  TEST_CASE("the spec's onnx and freeze keys") {
+    const std::string text =
+        "format_version = 1\n[model]\nonnx = \"m.onnx\"\nfreeze = [\"conv1.*\", \"fc.bias\"]\n"
+        "[train]\nloss = \"mse\"\n";
+    ModelSpec s = parse_model_spec(text, "/tmp/specs/a.toml");
+    CHECK(s.model.onnx == "m.onnx");
+    CHECK(s.model.freeze == std::vector<std::string>{"conv1.*", "fc.bias"});
+    CHECK(s.model.freeze_pos.at(1).str() == "/tmp/specs/a.toml:4:22");
+    CHECK(s.model.layers.empty());
+    CHECK(resolve_data_path(s, s.model.onnx) == "/tmp/specs/m.onnx");
+    ModelSpec back = parse_model_spec(to_toml(s), "/tmp/specs/a.toml");
+    CHECK(same_settings(s, back));
+    CHECK(to_toml(s).find("input") == std::string::npos);
+    auto error = [](const std::string& t) {
+      try {
+        parse_model_spec(t, "e.toml");
+      } catch (const InputError& e) {
+        return std::string(e.what()) + " | " + e.hint();
+      }
+      return std::string("no error");
+    };
+    CHECK(error("format_version = 1\n[model]\nonnx = \"m.onnx\"\n[[model.layers]]\ntype = \"Dense\"\n")
+              .find("model.layers does not go with model.onnx") != std::string::npos);
+    CHECK(error("format_version = 1\n[model]\nonnx = \"\"\n").find("e.toml:3:8: model.onnx is empty") == 0);
+    CHECK(error("format_version = 1\n[model]\ninput = [2]\nfreeze = \"a\"\n[[model.layers]]\ntype = \"Dense\"\n")
+              .find("e.toml:4:10: model.freeze applies to ONNX models") == 0);
+    CHECK(error("format_version = 1\n[model]\nonxx = \"m.onnx\"\n").find("did you mean 'onnx'?") !=
+          std::string::npos);
+  }
+}
