@@ -468,7 +468,7 @@ class Importer {
       }
     }
     restore_folded_values(p);
-    if (options_.fold_constants && fold(p)) return;
+    if (false && options_.fold_constants && fold(p)) return;
     insert(p);
   }
 

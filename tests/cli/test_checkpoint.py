@@ -48,10 +48,19 @@ class Resume(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return events(r.stdout)
 
+    def with_checkpoints(self, extra):
+        spec = os.path.join(self.dir, "spec.toml")
+        with open(self.spec) as f:
+            text = f.read()
+        with open(spec, "w") as f:
+            f.write(text + "\n[train.checkpoint]\n" + extra)
+        return spec
+
     def test_resume_after_an_epoch_equals_a_run_that_never_stopped(self):
-        straight = self.fit([self.spec, "--epochs", "2"], "straight")
-        self.fit([self.spec, "--epochs", "1"], "first")
-        resumed = self.fit(["--resume", os.path.join(self.dir, "first", "last.ckpt"), "--epochs", "2"], "second")
+        # A 2-epoch run that checkpoints every epoch; a second run resumes from its first epoch's checkpoint.
+        spec = self.with_checkpoints("every_epochs = 1\nkeep_last = 0\n")
+        straight = self.fit([spec, "--epochs", "2"], "straight")
+        resumed = self.fit(["--resume", os.path.join(self.dir, "straight", "epoch-1.ckpt")], "second")
         meta_a, a = tensors(os.path.join(self.dir, "straight", "last.ckpt"))
         meta_b, b = tensors(os.path.join(self.dir, "second", "last.ckpt"))
         self.assertEqual(sorted(a), sorted(b))
@@ -68,11 +77,7 @@ class Resume(unittest.TestCase):
             self.assertEqual([e["epoch"] for e in events(f.read()) if e["event"] == "epoch"], [1, 2])
 
     def test_resume_in_the_middle_of_an_epoch(self):
-        spec = os.path.join(self.dir, "every10.toml")
-        with open(self.spec) as f:
-            text = f.read()
-        with open(spec, "w") as f:
-            f.write(text + "\n[train.checkpoint]\nevery_steps = 10\nkeep_last = 0\n")
+        spec = self.with_checkpoints("every_steps = 10\nkeep_last = 0\n")
         self.fit([spec, "--epochs", "2"], "straight")
         # step-30 is batch 6 of epoch 2 (24 batches per epoch).
         ck = os.path.join(self.dir, "straight", "step-30.ckpt")

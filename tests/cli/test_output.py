@@ -31,7 +31,8 @@ class Output(unittest.TestCase):
             self.assertEqual([e["event"] for e in json_lines(self, r.stdout)], ["epoch", "epoch", "fit_end"])
             with open(os.path.join(out, "history.jsonl")) as f:
                 self.assertEqual(f.read(), r.stdout)
-            self.assertEqual(os.listdir(out), ["history.jsonl"], "no temporary file is left behind")
+            # The run's checkpoint at its end, last.ckpt naming it, the history; no temporary file left behind.
+            self.assertEqual(sorted(os.listdir(out)), ["epoch-2.ckpt", "history.jsonl", "last.ckpt"])
 
     def test_output_dir_with_text(self):
         # history.jsonl does not depend on what goes to stdout.

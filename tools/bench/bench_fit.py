@@ -7,7 +7,8 @@ tensors), both processes' peak memory, and the trainer step's GFLOP/s (3 x forwa
 against the fp32 GEMM ceiling that oneDNN reaches here (bench_cpu). Measurements alternate between the two
 sides and repeat; medians are reported. A table goes to stderr, one JSON line per sample to stdout.
 
-PyTorch runs under the system Python (Debian's python3-torch: `apt-get install -y python3-torch`; it is for
+The PyTorch side builds the spec's sequential layers, optimizer and sparse categorical cross-entropy;
+learning-rate schedules are left out (they change no work per step). PyTorch runs under the system Python (Debian's python3-torch: `apt-get install -y python3-torch`; it is for
 /usr/bin/python3). Each PyTorch measurement uses the thread settings that ran fastest in a short probe (see
 --torch-configs), so the comparison is against PyTorch at its best on this machine.
 """
@@ -507,6 +508,8 @@ def main():
     p.add_argument("--torch-configs", default=",".join(TORCH_CONFIGS),
                    help="PyTorch thread settings to probe: " + ", ".join(TORCH_CONFIGS))
     p.add_argument("--no-torch", action="store_true", help="measure the trainer only")
+    p.add_argument("--trainer-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the trainer runs, e.g. OMP_WAIT_POLICY=passive (repeatable)")
     p.add_argument("--profile", action="store_true",
                    help="also run each sample once with TRAINER_CPU_PROFILE=1 and print where the step's time goes")
     p.add_argument("--profile-top", type=int, default=12, help="kernels listed per profile")
@@ -527,6 +530,12 @@ def main():
         sys.exit(f"bench_fit: no Python at {args.torch_python}; pass --torch-python or --no-torch")
     env = os.environ.copy()
     env["OMP_NUM_THREADS"] = str(args.threads)  # the trainer's CPU backend and PyTorch's OpenMP pool
+    trainer_env = env.copy()
+    for kv in args.trainer_env:
+        if "=" not in kv:
+            sys.exit(f"bench_fit: --trainer-env takes KEY=VALUE, got '{kv}'")
+        k, v = kv.split("=", 1)
+        trainer_env[k] = v
     configs = [c for c in args.torch_configs.split(",") if c]
     for c in configs:
         if c not in TORCH_CONFIGS:
@@ -555,7 +564,7 @@ def main():
         for r in range(args.repeats):
             ceilings.append(gemm_ceiling(bench_cpu, args.threads, env))
             for n in names:
-                runs[n]["trainer"].append(trainer_fit(trainer, specs[n], args, env))
+                runs[n]["trainer"].append(trainer_fit(trainer, specs[n], args, trainer_env))
                 if not args.no_torch:
                     runs[n]["torch"].append(torch_run(args, specs[n], 0, args.torch_warmup, best_config[n], env))
                 loads.append(loadavg())
@@ -581,6 +590,7 @@ def main():
                 "trainer_samples_per_s": t_sps, "trainer_runs": [x["samples_per_s"] for x in tr],
                 "torch_samples_per_s": p_sps, "torch_runs": [x["samples_per_s"] for x in th],
                 "torch_config": best_config.get(n),
+                "trainer_env": args.trainer_env,
                 "speedup": t_sps / p_sps if t_sps and p_sps else None,
                 "trainer_arena_bytes": info[n]["planned_bytes"],
                 "trainer_max_rss_bytes": median([x["max_rss_bytes"] for x in tr]),
@@ -614,7 +624,7 @@ def main():
         if args.profile:
             for n in names:
                 log(f"\n{n}: where a training step's time goes (median per kernel, load {loadavg()})")
-                log(trainer_profile(trainer, specs[n], args, env))
+                log(trainer_profile(trainer, specs[n], args, trainer_env))
 
 
 if __name__ == "__main__":
