@@ -75,7 +75,8 @@ std::unique_ptr<engine::Backend> DeviceOptions::make_backend() const {
 
 namespace {
 
-// --- ONNX models ([model] onnx = "model.onnx") ----------------------------------------------------------------
+// --- ONNX models ([model] onnx = "model.onnx")
+// ----------------------------------------------------------------
 
 std::shared_ptr<const formats::OnnxModelFile> open_onnx(const formats::ModelSpec& spec) {
   const std::string path = formats::resolve_data_path(spec, spec.model.onnx);
@@ -99,8 +100,8 @@ std::string names_text(const engine::Graph& g, const std::vector<engine::ValueId
 }
 
 // A layer table for `trainer summary`: one row per node, each initializer counted at its first reader.
-std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g, const std::vector<std::string>& initializers,
-                                           int64_t batch) {
+std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
+                                           const std::vector<std::string>& initializers, int64_t batch) {
   std::set<std::string> unseen(initializers.begin(), initializers.end());
   auto per_sample = [&](const Shape& s) {
     std::vector<int64_t> d = s.dims();
@@ -130,8 +131,8 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g, const std::ve
     // 2 x multiply-adds of the matrix products, as the layer library counts them.
     const Shape* a = shape(n, 0);
     const Shape* w = shape(n, 1);
-    const engine::Value* y = n.outputs.empty() || n.outputs[0] == engine::kNoValue ? nullptr
-                                                                                  : &g.value(n.outputs[0]);
+    const engine::Value* y =
+        n.outputs.empty() || n.outputs[0] == engine::kNoValue ? nullptr : &g.value(n.outputs[0]);
     if (a && w && y && batch > 0) {
       const int64_t per = y->shape.numel() / batch;
       if (n.op == "Gemm" && a->rank() == 2)
@@ -153,14 +154,16 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g, const std::ve
 
 // The model of an ONNX spec: its initializers trainable unless frozen, its single input fed the data, its
 // single output the model's output.
-models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::OnnxModelFile& file, int64_t batch,
-                              bool training) {
+models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::OnnxModelFile& file,
+                              int64_t batch, bool training) {
   const formats::ModelSection& ms = spec.model;
   formats::OnnxImportOptions o;
   o.batch_size = batch;
   o.replace_fixed_batch = true;
   o.mode = training ? formats::OnnxGraphMode::training : formats::OnnxGraphMode::inference;
-  o.initializer_is_trainable = [&ms](const std::string& name, const engine::Tensor&) { return !frozen(ms, name); };
+  o.initializer_is_trainable = [&ms](const std::string& name, const engine::Tensor&) {
+    return !frozen(ms, name);
+  };
   formats::OnnxImportResult r = file.import(o);
   const std::string where = ms.onnx_pos.str();
   for (size_t i = 0; i < ms.freeze.size(); ++i) {
@@ -168,8 +171,9 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
     bool any = false;
     for (const std::string& name : r.initializer_names) any = any || fnmatch(p.c_str(), name.c_str(), 0) == 0;
     if (any) continue;
-    std::vector<std::string> some(r.initializer_names.begin(),
-                                  r.initializer_names.begin() + std::min<size_t>(r.initializer_names.size(), 8));
+    std::vector<std::string> some(
+        r.initializer_names.begin(),
+        r.initializer_names.begin() + std::min<size_t>(r.initializer_names.size(), 8));
     throw InputError(i < ms.freeze_pos.size() ? ms.freeze_pos[i].str() : where,
                      fmt::format("model.freeze pattern '{}' matches no initializer of {}", p, file.path()),
                      r.initializer_names.empty()
@@ -185,32 +189,35 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
                                  r.inputs.size(), names_text(g, r.inputs)),
                      "export the model with a single input (initializers are not inputs)");
   if (r.outputs.size() != 1)
-    throw InputError(file.path(),
-                     fmt::format("the model has {} graph outputs ({}); trainer trains a model with one output",
-                                 r.outputs.size(), names_text(g, r.outputs)),
-                     "export the model with the output the loss compares with the labels only");
+    throw InputError(
+        file.path(),
+        fmt::format("the model has {} graph outputs ({}); trainer trains a model with one output",
+                    r.outputs.size(), names_text(g, r.outputs)),
+        "export the model with the output the loss compares with the labels only");
   models::BuiltModel m;
   m.input = r.inputs[0];
   m.output = r.outputs[0];
   const engine::Value& in = g.value(m.input);
   const engine::Value& out = g.value(m.output);
   if (in.dtype != DType::f32 && in.dtype != DType::i32 && in.dtype != DType::i64)
-    throw InputError(file.path(),
-                     fmt::format("the model's input '{}' is {}; the data feeds float32 features or int32/int64 "
-                                 "token ids",
-                                 in.name, engine::dtype_name(in.dtype)),
-                     "export the model with a float32 (or integer) input");
+    throw InputError(
+        file.path(),
+        fmt::format("the model's input '{}' is {}; the data feeds float32 features or int32/int64 "
+                    "token ids",
+                    in.name, engine::dtype_name(in.dtype)),
+        "export the model with a float32 (or integer) input");
   if (out.dtype != DType::f32)
     throw InputError(file.path(),
                      fmt::format("the model's output '{}' is {}; losses and metrics take float32", out.name,
                                  engine::dtype_name(out.dtype)),
                      "export the model with a float32 output");
   if (out.shape.rank() < 1 || out.shape[0] != batch)
-    throw InputError(file.path(),
-                     fmt::format("the model's output '{}' has shape {} at a batch of {}: it does not lead with "
-                                 "the batch",
-                                 out.name, out.shape.str(), batch),
-                     "the output must be [batch, ...], one row per sample");
+    throw InputError(
+        file.path(),
+        fmt::format("the model's output '{}' has shape {} at a batch of {}: it does not lead with "
+                    "the batch",
+                    out.name, out.shape.str(), batch),
+        "the output must be [batch, ...], one row per sample");
   m.output_shape.assign(out.shape.dims().begin() + 1, out.shape.dims().end());
   // A final Softmax or Sigmoid is the activation that losses fuse with and that predictions report.
   m.final_activation = "";
@@ -242,7 +249,8 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
   // An ONNX model file is read and parsed once, then imported for each batch size and mode.
   std::shared_ptr<const formats::OnnxModelFile> onnx = spec.model.onnx.empty() ? nullptr : open_onnx(spec);
   return [shared, onnx](int64_t batch, bool training) {
-    models::BuiltModel m = onnx ? build_onnx(*shared, *onnx, batch, training) : build(*shared, batch, training);
+    models::BuiltModel m =
+        onnx ? build_onnx(*shared, *onnx, batch, training) : build(*shared, batch, training);
     engine::ForwardModel fm;
     fm.graph = std::move(m.graph);
     fm.input = m.input;
@@ -309,11 +317,12 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
     const std::vector<int64_t> want(in.shape.dims().begin() + 1, in.shape.dims().end());
     const int64_t want_n = in.shape.numel() / std::max<int64_t>(in.shape[0], 1);
     if (s.numel() != want_n)
-      throw InputError(src.pos.str(),
-                       fmt::format("{} holds samples of shape {} ({} values), but the ONNX model's input '{}' "
-                                   "takes [{}] ({} values) per sample",
-                                   d.describe(), shape_str(s), s.numel(), in.name, fmt::join(want, ", "), want_n),
-                       "give data whose samples fit the model's input");
+      throw InputError(
+          src.pos.str(),
+          fmt::format("{} holds samples of shape {} ({} values), but the ONNX model's input '{}' "
+                      "takes [{}] ({} values) per sample",
+                      d.describe(), shape_str(s), s.numel(), in.name, fmt::join(want, ", "), want_n),
+          "give data whose samples fit the model's input");
     // ONNX images are [C, H, W]: samples stored channels last ([H, W, C]) are converted.
     if (want.size() == 3 && want[0] > 1 && s.rank() == 3 && d.layout() != engine::data::Layout::chw) {
       const bool hwc_shape = s[0] == want[1] && s[1] == want[2] && s[2] == want[0];
@@ -340,8 +349,8 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
   }
 }
 
-// Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits, and
-// the log of a logit would train to NaN. PyTorch classifiers usually end so.
+// Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,
+// and the log of a logit would train to NaN. PyTorch classifiers usually end so.
 void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
   const std::string& loss = spec.train.loss;
   if (spec.model.onnx.empty() || spec.train.from_logits || !loss.ends_with("crossentropy")) return;
@@ -351,11 +360,12 @@ void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m
   static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub"};
   if (!last.domain.empty() || !linear.count(last.op)) return;
   const formats::SourcePos& where = spec.train.loss_pos.file.empty() ? spec.train.pos : spec.train.loss_pos;
-  throw InputError(where.str(),
-                   fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
-                               "('{}'): it gives logits",
-                               loss, out.name, last.op, last.name),
-                   "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
+  throw InputError(
+      where.str(),
+      fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
+                  "('{}'): it gives logits",
+                  loss, out.name, last.op, last.name),
+      "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
 }
 
 }  // namespace

@@ -15,8 +15,8 @@
 
 #include "cli/checkpoint_io.h"
 #include "cli/common.h"
-#include "formats/atomic_file.h"
 #include "engine/util/error.h"
+#include "formats/atomic_file.h"
 
 namespace trainer::cli {
 
@@ -41,8 +41,9 @@ std::vector<std::pair<std::string, std::string>> logs_json(const engine::Logs& l
 }
 
 std::string epoch_json(const engine::EpochReport& r) {
-  std::vector<std::pair<std::string, std::string>> f = {
-      {"event", json_string("epoch")}, {"epoch", std::to_string(r.epoch)}, {"epochs", std::to_string(r.epochs)}};
+  std::vector<std::pair<std::string, std::string>> f = {{"event", json_string("epoch")},
+                                                        {"epoch", std::to_string(r.epoch)},
+                                                        {"epochs", std::to_string(r.epochs)}};
   for (auto& kv : logs_json(r.logs)) f.push_back(kv);
   f.emplace_back("samples_per_s", json_number(r.samples_per_s));
   f.emplace_back("seconds", json_number(r.seconds));
@@ -86,7 +87,8 @@ class FitPrinter final : public engine::FitObserver {
     epoch_start_ = std::chrono::steady_clock::now();
   }
 
-  // An epoch trained before a resume: its line goes into history.jsonl again, so the file tells the whole run.
+  // An epoch trained before a resume: its line goes into history.jsonl again, so the file tells the whole
+  // run.
   void replay(const engine::EpochReport& r) { history_ += epoch_json(r) + "\n"; }
   const std::string& history() const { return history_; }
 
@@ -95,7 +97,6 @@ class FitPrinter final : public engine::FitObserver {
   std::chrono::steady_clock::time_point epoch_start_{}, last_draw_{};
   std::string history_;
 };
-
 
 // Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
 // atomically), and prunes periodic ones beyond keep_last.
@@ -107,10 +108,16 @@ class CheckpointWriter {
   std::filesystem::path save(const engine::TrainingState& st, engine::SaveReason why, uint64_t signature) {
     std::string name;
     switch (why) {
-      case engine::SaveReason::epoch: name = fmt::format("epoch-{}.ckpt", st.epoch); break;
-      case engine::SaveReason::best: name = "best.ckpt"; break;
+      case engine::SaveReason::epoch:
+        name = fmt::format("epoch-{}.ckpt", st.epoch);
+        break;
+      case engine::SaveReason::best:
+        name = "best.ckpt";
+        break;
       case engine::SaveReason::steps:
-      case engine::SaveReason::interrupt: name = fmt::format("step-{}.ckpt", st.global_step); break;
+      case engine::SaveReason::interrupt:
+        name = fmt::format("step-{}.ckpt", st.global_step);
+        break;
     }
     std::filesystem::path path = dir_ / name;
     save_training_checkpoint(path.string(), spec_, signature, st);
@@ -153,7 +160,9 @@ class SignatureGrabber final : public engine::FitObserver {
     signature = i.signature;
     next_.on_train_begin(i);
   }
-  void on_batch_end(int64_t e, int64_t s, int64_t n, const engine::Logs& l) override { next_.on_batch_end(e, s, n, l); }
+  void on_batch_end(int64_t e, int64_t s, int64_t n, const engine::Logs& l) override {
+    next_.on_batch_end(e, s, n, l);
+  }
   void on_epoch_end(const engine::EpochReport& r) override { next_.on_epoch_end(r); }
   uint64_t signature = 0;
 
@@ -193,14 +202,17 @@ Command add_fit_command(CLI::App& app) {
     std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
     const bool onnx_spec = ext == ".onnx";
     if (onnx_spec && train_toml->empty())
-      throw InputError(spec->path, "an ONNX model needs --train TOML: the file with data, loss, optimizer and metrics",
+      throw InputError(spec->path,
+                       "an ONNX model needs --train TOML: the file with data, loss, optimizer and metrics",
                        fmt::format("trainer fit {} --train train.toml (see trainer-model(5))", spec->path));
     if (!train_toml->empty() && !onnx_spec)
       throw InputError(*train_toml, "--train goes with an ONNX model as SPEC",
-                       spec->path.empty() ? "trainer fit model.onnx --train train.toml"
-                                          : "a TOML spec holds its training settings itself: leave out --train");
+                       spec->path.empty()
+                           ? "trainer fit model.onnx --train train.toml"
+                           : "a TOML spec holds its training settings itself: leave out --train");
     auto load_given = [&] {
-      return onnx_spec ? formats::load_onnx_training_spec(spec->path, *train_toml, spec->overrides()) : spec->load();
+      return onnx_spec ? formats::load_onnx_training_spec(spec->path, *train_toml, spec->overrides())
+                       : spec->load();
     };
     std::optional<LoadedCheckpoint> ck;
     formats::ModelSpec s;
@@ -276,12 +288,14 @@ Command add_fit_command(CLI::App& app) {
     out.json_line(end_line);
     if (writer)
       formats::write_file_atomically((std::filesystem::path(*output_dir) / "history.jsonl").string(),
-                            printer.history() + end_line + "\n");
+                                     printer.history() + end_line + "\n");
     if (r.interrupted_by) {
       out.say("Interrupted by {} after {} epochs.\n", r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM",
               r.history.size());
-      if (writer) out.say("Resume with: trainer fit --resume {}\n", writer->last().string());
-      else out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
+      if (writer)
+        out.say("Resume with: trainer fit --resume {}\n", writer->last().string());
+      else
+        out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
       return 128 + r.interrupted_by;
     }
     if (r.stopped_early)

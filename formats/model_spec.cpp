@@ -41,7 +41,7 @@ const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
-const Keys kTrainKeys = {"loss",       "from_logits", "metrics",   "top_k",         "epochs",
+const Keys kTrainKeys = {"loss",       "from_logits", "metrics",   "top_k",          "epochs",
                          "batch_size", "seed",        "optimizer", "early_stopping", "checkpoint"};
 const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
                              "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
@@ -666,12 +666,17 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
   m.pos = t.pos();
   if (t.get("onnx", m.onnx)) {
     m.onnx_pos = t.pos("onnx");
-    if (m.onnx.empty()) t.fail("onnx", "model.onnx is empty", "name the ONNX file, e.g. onnx = \"model.onnx\"");
+    if (m.onnx.empty())
+      t.fail("onnx", "model.onnx is empty", "name the ONNX file, e.g. onnx = \"model.onnx\"");
     // The ONNX file defines the input and the layers; a second definition beside it would be ignored.
     for (const char* key : {"input", "layers"})
       if (t.find(key))
-        t.fail(key, fmt::format("model.{} does not go with model.onnx: the ONNX model defines its input and layers", key),
-               fmt::format("remove model.{} (and [[model.layers]]), or remove onnx to describe the layers here", key));
+        t.fail(
+            key,
+            fmt::format("model.{} does not go with model.onnx: the ONNX model defines its input and layers",
+                        key),
+            fmt::format("remove model.{} (and [[model.layers]]), or remove onnx to describe the layers here",
+                        key));
   }
   if (t.get_strings("freeze", m.freeze)) {
     const toml::node* f = t.find("freeze");
@@ -689,7 +694,8 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
   const toml::node* input = t.find("input");
   if (!input)
     r.fail(m.pos, "[model] has no input",
-           "give the per-sample input shape, e.g. input = [28, 28, 1]; or onnx = \"model.onnx\" for an ONNX model");
+           "give the per-sample input shape, e.g. input = [28, 28, 1]; or onnx = \"model.onnx\" for an ONNX "
+           "model");
   m.input = read_input(r, *input);
   const toml::node* layers = t.find("layers");
   if (!layers) r.fail(m.pos, "[model] has no layers", "add one [[model.layers]] table per layer");
@@ -800,7 +806,8 @@ ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
   };
   if (s.kind == "step") positive("step_size", s.step_size, true);
   // A cosine without decay_steps spans the whole run (every epoch's steps after the warmup).
-  if (s.kind == "exponential" || s.kind == "cosine") positive("decay_steps", s.decay_steps, s.kind == "exponential");
+  if (s.kind == "exponential" || s.kind == "cosine")
+    positive("decay_steps", s.decay_steps, s.kind == "exponential");
   if (t.get("gamma", s.gamma) && s.gamma <= 0)
     t.fail("gamma", fmt::format("{} must be positive, not {}", t.name("gamma"), toml_float(s.gamma)));
   if (t.get("decay_rate", s.decay_rate) && s.decay_rate <= 0)
@@ -895,9 +902,11 @@ CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::
   c.enabled = true;
   c.pos = t.pos();
   if (t.get("every_epochs", c.every_epochs) && c.every_epochs < 0)
-    t.fail("every_epochs", fmt::format("train.checkpoint.every_epochs must be 0 or more, not {}", c.every_epochs));
+    t.fail("every_epochs",
+           fmt::format("train.checkpoint.every_epochs must be 0 or more, not {}", c.every_epochs));
   if (t.get("every_steps", c.every_steps) && c.every_steps < 0)
-    t.fail("every_steps", fmt::format("train.checkpoint.every_steps must be 0 or more, not {}", c.every_steps));
+    t.fail("every_steps",
+           fmt::format("train.checkpoint.every_steps must be 0 or more, not {}", c.every_steps));
   if (t.get("keep_last", c.keep_last) && c.keep_last < 0)
     t.fail("keep_last", fmt::format("train.checkpoint.keep_last must be 0 or more, not {}", c.keep_last));
   if (t.get("save_best", c.save_best)) {
@@ -906,12 +915,15 @@ CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::
     std::vector<std::string> monitors = names;
     for (const std::string& m : names) monitors.push_back("val_" + m);
     if (std::find(monitors.begin(), monitors.end(), c.save_best) == monitors.end())
-      t.fail("save_best", fmt::format("train.checkpoint.save_best '{}' is not a reported quantity", c.save_best),
+      t.fail("save_best",
+             fmt::format("train.checkpoint.save_best '{}' is not a reported quantity", c.save_best),
              choice_hint(c.save_best, Keys(monitors.begin(), monitors.end())));
     const bool has_validation = data && (data->validation || data->validation_split > 0);
     if (data && c.save_best.starts_with("val_") && !has_validation)
-      t.fail("save_best", fmt::format("save_best monitors '{}' but [data] has no validation set", c.save_best),
-             fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", c.save_best.substr(4)));
+      t.fail("save_best",
+             fmt::format("save_best monitors '{}' but [data] has no validation set", c.save_best),
+             fmt::format("add [data.validation] or data.validation_split, or monitor '{}'",
+                         c.save_best.substr(4)));
   }
   t.get_choice("mode", c.mode, kModes, "checkpoint mode");
   return c;
@@ -971,9 +983,10 @@ std::string base_dir_of(const std::string& path) {
   return abs.lexically_normal().parent_path().string();
 }
 
-// `trainer fit MODEL.onnx --train FILE`: model.onnx comes from the command line, relative to the spec's folder,
-// with the path as given for its place; the file's [model] may hold only freeze.
-void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path, const std::string& base_dir) {
+// `trainer fit MODEL.onnx --train FILE`: model.onnx comes from the command line, relative to the spec's
+// folder, with the path as given for its place; the file's [model] may hold only freeze.
+void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path,
+                       const std::string& base_dir) {
   if (const toml::node* m = doc.get("model"); m && !m->is_table())
     r.fail(r.pos(*m), fmt::format("model must be a table, not {}", describe(*m)),
            "with an ONNX model, [model] may hold only freeze");
@@ -991,8 +1004,8 @@ void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path
   r.set_pos(*model.get("onnx"), SourcePos{onnx_path, 0, 0});
 }
 
-ModelSpec parse_spec(const std::string& text, const std::string& path, const std::vector<std::string>& overrides,
-                     const std::string* onnx_path) {
+ModelSpec parse_spec(const std::string& text, const std::string& path,
+                     const std::vector<std::string>& overrides, const std::string* onnx_path) {
   Reader r(path);
   toml::table doc;
   try {

@@ -60,8 +60,9 @@ struct ModelSection {
   // An ONNX model file, relative to the spec's folder (resolve_data_path). It defines the input and the
   // layers: its single graph input takes the data and its single output is the model's output.
   std::string onnx;
-  // Glob patterns (fnmatch(3): *, ?, [...]) on the ONNX model's initializer names: the initializers they match
-  // stay fixed while training; matched running statistics keep their BatchNormalization in inference form.
+  // Glob patterns (fnmatch(3): *, ?, [...]) on the ONNX model's initializer names: the initializers they
+  // match stay fixed while training; matched running statistics keep their BatchNormalization in inference
+  // form.
   std::vector<std::string> freeze;
   SourcePos pos;
   SourcePos onnx_pos;
@@ -137,8 +138,8 @@ struct EarlyStoppingSpec {
   bool operator==(const EarlyStoppingSpec&) const = default;
 };
 
-// [train.checkpoint]: when `trainer fit` writes checkpoints under --output-dir. The table's presence turns it on;
-// without it, a run with --output-dir still writes one checkpoint at the end and one when interrupted.
+// [train.checkpoint]: when `trainer fit` writes checkpoints under --output-dir. The table's presence turns it
+// on; without it, a run with --output-dir still writes one checkpoint at the end and one when interrupted.
 struct CheckpointSpec {
   bool enabled = false;
   int64_t every_epochs = 1;   // 0: not by epochs

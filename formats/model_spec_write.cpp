@@ -167,7 +167,8 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("gamma", s.gamma);
     }
     // A cosine without decay_steps spans the whole run: 0 is "not given", which the reader would refuse.
-    if (s.kind == "exponential" || (s.kind == "cosine" && s.decay_steps > 0)) w.kv("decay_steps", s.decay_steps);
+    if (s.kind == "exponential" || (s.kind == "cosine" && s.decay_steps > 0))
+      w.kv("decay_steps", s.decay_steps);
     if (s.kind == "exponential") {
       w.kv("decay_rate", s.decay_rate);
       w.kv("staircase", s.staircase);

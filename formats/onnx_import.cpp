@@ -145,9 +145,10 @@ class Importer {
   void check_newer_opsets() const {
     const OnnxModelInfo& info = result_.info;
     if (info.opset > kMaxOnnxOpset)
-      fail(fmt::format("the model's opset_import asks for ONNX opset {}, newer than the newest supported ({})",
-                       info.opset, kMaxOnnxOpset),
-           fmt::format("export the model with opset {} or older", kMaxOnnxOpset));
+      fail(
+          fmt::format("the model's opset_import asks for ONNX opset {}, newer than the newest supported ({})",
+                      info.opset, kMaxOnnxOpset),
+          fmt::format("export the model with opset {} or older", kMaxOnnxOpset));
     if (info.opset == 0 && uses_default_domain())
       fail("the model declares no opset for the default ONNX domain (opset_import is missing)",
            "the file is truncated, or the exporter is broken");
@@ -468,7 +469,7 @@ class Importer {
       }
     }
     restore_folded_values(p);
-    if (false && options_.fold_constants && fold(p)) return;
+    if (options_.fold_constants && fold(p)) return;
     insert(p);
   }
 
@@ -479,7 +480,8 @@ class Importer {
     mark_batched(id);
   }
 
-  // A node that reads constants only becomes constants (Shape -> Gather -> Concat chains, Cast of a constant).
+  // A node that reads constants only becomes constants (Shape -> Gather -> Concat chains, Cast of a
+  // constant).
   bool fold(const PendingNode& p) {
     if (!p.updates.empty() || !engine::is_foldable_op(p.op, p.domain)) return false;
     std::vector<const Tensor*> values;
@@ -521,7 +523,8 @@ class Importer {
     }
     if (options_.mode == OnnxGraphMode::training) {
       p.inputs.resize(3, engine::kNoValue);
-      p.inputs[2] = g().add_constant(g().unique_name(p.base() + "/training_mode"), Tensor::scalar<bool>(true));
+      p.inputs[2] =
+          g().add_constant(g().unique_name(p.base() + "/training_mode"), Tensor::scalar<bool>(true));
     } else if (options_.mode == OnnxGraphMode::inference && p.inputs.size() > 2) {
       p.inputs.resize(2);
     }
@@ -583,7 +586,8 @@ class Importer {
                                     {g().unique_name(base + "/flattened")}, base + "/flatten");
       flat = g().node(f).outputs[0];
       mark_batched(f);
-      NodeId s = g().add_node_named(p.op, {flat}, {{"axis", int64_t{1}}}, {g().unique_name(base + "/2d")}, p.name);
+      NodeId s =
+          g().add_node_named(p.op, {flat}, {{"axis", int64_t{1}}}, {g().unique_name(base + "/2d")}, p.name);
       normalized = g().node(s).outputs[0];
       mark_batched(s);
       ValueId dims = g().add_constant(g().unique_name(base + "/shape"),
@@ -605,7 +609,8 @@ class Importer {
     p.batch_relative_input = 1;
     if (relative_.count(shape)) return;  // already rewritten
     const Tensor* t = g().initializer(shape);
-    if (t->dtype() != DType::i64 || t->shape().rank() != 1 || t->numel() < 1 || t->data<int64_t>()[0] != batch)
+    if (t->dtype() != DType::i64 || t->shape().rank() != 1 || t->numel() < 1 ||
+        t->data<int64_t>()[0] != batch)
       return;
     Tensor rel = *t;
     rel.data<int64_t>()[0] = 0;
@@ -614,7 +619,8 @@ class Importer {
       relative_[shape] = RelativeShape{*t, engine::kNoValue};
       *g().mutable_initializer(shape) = std::move(rel);
     } else {
-      p.inputs[1] = g().add_constant(g().unique_name(g().value(shape).name + "/batch_relative"), std::move(rel));
+      p.inputs[1] =
+          g().add_constant(g().unique_name(g().value(shape).name + "/batch_relative"), std::move(rel));
     }
   }
 
@@ -709,10 +715,14 @@ struct WireMessage {
 };
 
 const WireMessage& graph_wire() {
-  static const WireMessage node{"NodeProto", {{1, {"input", nullptr}}, {2, {"output", nullptr}},
-                                              {3, {"name", nullptr}}, {4, {"op_type", nullptr}},
-                                              {5, {"attribute", nullptr}}, {6, {"doc_string", nullptr}},
-                                              {7, {"domain", nullptr}}},
+  static const WireMessage node{"NodeProto",
+                                {{1, {"input", nullptr}},
+                                 {2, {"output", nullptr}},
+                                 {3, {"name", nullptr}},
+                                 {4, {"op_type", nullptr}},
+                                 {5, {"attribute", nullptr}},
+                                 {6, {"doc_string", nullptr}},
+                                 {7, {"domain", nullptr}}},
                                 3};
   static const WireMessage tensor{"TensorProto", {{8, {"name", nullptr}}, {9, {"raw_data", nullptr}}}, 8};
   static const WireMessage value_info{"ValueInfoProto", {{1, {"name", nullptr}}, {2, {"type", nullptr}}}, 1};
@@ -751,7 +761,8 @@ class WireScan {
  public:
   explicit WireScan(std::string_view bytes) : b_(bytes) {}
 
-  std::optional<std::string> message(size_t begin, size_t end, const WireMessage& m, const std::string& path) {
+  std::optional<std::string> message(size_t begin, size_t end, const WireMessage& m,
+                                     const std::string& path) {
     std::map<int, int> counts;
     size_t pos = begin;
     while (pos < end) {
@@ -760,11 +771,13 @@ class WireScan {
       if (!tag) return at(tag_at, fmt::format("the file ends inside a field tag{}", in(path)), true);
       const int field = static_cast<int>(*tag >> 3), wire = static_cast<int>(*tag & 7);
       auto known = m.fields.find(field);
-      const std::string fname = known != m.fields.end() ? known->second.first : fmt::format("field {}", field);
+      const std::string fname =
+          known != m.fields.end() ? known->second.first : fmt::format("field {}", field);
       // "raw_data of graph.initializer[5] 'fc.weight'"; elements go on as "graph.initializer[5] 'fc.weight'".
       const std::string fpath = path.empty() ? fname : fmt::format("{} of {}", fname, path);
       const std::string dotted = path.empty() ? fname : fmt::format("{}.{}", path, fname);
-      if (field == 0) return at(tag_at, fmt::format("field number 0{} is not valid protobuf", in(path)), false);
+      if (field == 0)
+        return at(tag_at, fmt::format("field number 0{} is not valid protobuf", in(path)), false);
       switch (wire) {
         case 0:
           if (!varint(pos, end)) return at(tag_at, fmt::format("the file ends inside {}", fpath), true);
@@ -791,7 +804,8 @@ class WireScan {
             if (sub) {
               if (auto inner = message(pos, end, *sub, element); inner && inner_is_cut_) return inner;
             }
-            return at(tag_at, fmt::format("{} declares {} bytes but only {} remain", element, *len, avail), true);
+            return at(tag_at, fmt::format("{} declares {} bytes but only {} remain", element, *len, avail),
+                      true);
           }
           if (sub) {
             if (auto inner = message(pos, pos + *len, *sub, element)) return inner;
@@ -865,11 +879,12 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
   if (bytes.empty()) throw InputError(source, "the file is empty", "it is not an ONNX model");
   if (!model->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     std::optional<std::string> place = WireScan(bytes).message(0, bytes.size(), model_wire(), "");
-    throw InputError(source,
-                     place ? fmt::format("not a valid ONNX model ({} bytes): {}", bytes.size(), *place)
-                           : fmt::format("not a valid ONNX model: the protobuf message ({} bytes) does not parse",
-                                         bytes.size()),
-                     "the file is truncated or corrupt, or it is not an ONNX model");
+    throw InputError(
+        source,
+        place ? fmt::format("not a valid ONNX model ({} bytes): {}", bytes.size(), *place)
+              : fmt::format("not a valid ONNX model: the protobuf message ({} bytes) does not parse",
+                            bytes.size()),
+        "the file is truncated or corrupt, or it is not an ONNX model");
   }
 }
 

@@ -36,13 +36,10 @@ bool can_fold(const Graph& g, NodeId id, const FoldOptions& options) {
   return true;
 }
 
-std::optional<std::vector<Tensor>> evaluate_constant_node(const std::string& op,
-                                                          const std::vector<const Tensor*>& inputs,
-                                                          const Attributes& attrs,
-                                                          const std::vector<std::string>& output_names,
-                                                          const std::string& node_name,
-                                                          const std::vector<std::string>& input_names,
-                                                          size_t max_output_bytes) {
+std::optional<std::vector<Tensor>> evaluate_constant_node(
+    const std::string& op, const std::vector<const Tensor*>& inputs, const Attributes& attrs,
+    const std::vector<std::string>& output_names, const std::string& node_name,
+    const std::vector<std::string>& input_names, size_t max_output_bytes) {
   auto g = std::make_shared<Graph>();
   std::vector<ValueId> ins;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -51,8 +48,8 @@ std::optional<std::vector<Tensor>> evaluate_constant_node(const std::string& op,
       continue;
     }
     // A value read twice (Mul(x, x)) is one constant.
-    std::string name = i < input_names.size() && !input_names[i].empty() ? input_names[i]
-                                                                         : fmt::format("input {}", i);
+    std::string name =
+        i < input_names.size() && !input_names[i].empty() ? input_names[i] : fmt::format("input {}", i);
     ValueId v = g->find(name);
     ins.push_back(v != kNoValue ? v : g->add_constant(name, *inputs[i]));
   }

@@ -1,5 +1,6 @@
 // Constant folding: a node whose inputs are all constants is evaluated once, on the CPU backend, and its
-// outputs become constants. Exporters leave shape arithmetic in graphs (Shape -> Gather -> Unsqueeze -> Concat
+// outputs become constants. Exporters leave shape arithmetic in graphs (Shape -> Gather -> Unsqueeze ->
+// Concat
 // -> Reshape) that a static-shape IR needs as constants; folding also saves the work at every step.
 #pragma once
 
@@ -32,13 +33,10 @@ bool can_fold(const Graph& g, NodeId n, const FoldOptions& options = {});
 // is validated as Graph::add_node does it: `node_name` and `input_names` (empty: generated) name it and its
 // inputs in the InputError of a node that does not check. Returns nothing, having run nothing, when an
 // output would be larger than `max_output_bytes`.
-std::optional<std::vector<Tensor>> evaluate_constant_node(const std::string& op,
-                                                          const std::vector<const Tensor*>& inputs,
-                                                          const Attributes& attrs,
-                                                          const std::vector<std::string>& output_names,
-                                                          const std::string& node_name = "",
-                                                          const std::vector<std::string>& input_names = {},
-                                                          size_t max_output_bytes = SIZE_MAX);
+std::optional<std::vector<Tensor>> evaluate_constant_node(
+    const std::string& op, const std::vector<const Tensor*>& inputs, const Attributes& attrs,
+    const std::vector<std::string>& output_names, const std::string& node_name = "",
+    const std::vector<std::string>& input_names = {}, size_t max_output_bytes = SIZE_MAX);
 
 // Folds every foldable node, in topological order, so that whole chains fold. Each folded output becomes a
 // constant that takes over its uses (graph outputs and state updates included), named after it with a

@@ -124,8 +124,8 @@ TEST_SUITE("onnx_fit") {
     ValueId zero = g.add_constant("zero", Tensor::scalar<int64_t>(0));
     ValueId n = g.op("Gather", {shape, zero});
     ValueId n1 = g.op("Unsqueeze", {n, g.add_constant("axes", Tensor::from<int64_t>(Shape{1}, {0}))});
-    ValueId target =
-        g.op("Concat", {n1, g.add_constant("rest", Tensor::from<int64_t>(Shape{2}, {2, 3}))}, {{"axis", int64_t{0}}});
+    ValueId target = g.op("Concat", {n1, g.add_constant("rest", Tensor::from<int64_t>(Shape{2}, {2, 3}))},
+                          {{"axis", int64_t{0}}});
     ValueId y = g.op("Add", {g.op("Cast", {target}, {{"to", int64_t{onnx::TensorProto::FLOAT}}}), x});
     g.mark_output(y);
     CHECK(fold_constants(g) == 4);
@@ -340,8 +340,10 @@ TEST_SUITE("onnx_fit") {
     CHECK(error("format_version = 1\n[model]\nonnx = \"m.onnx\"\n[[model.layers]]\ntype = \"Dense\"\n")
               .find("model.layers does not go with model.onnx") != std::string::npos);
     CHECK(error("format_version = 1\n[model]\nonnx = \"\"\n").find("e.toml:3:8: model.onnx is empty") == 0);
-    CHECK(error("format_version = 1\n[model]\ninput = [2]\nfreeze = \"a\"\n[[model.layers]]\ntype = \"Dense\"\n")
-              .find("e.toml:4:10: model.freeze applies to ONNX models") == 0);
+    CHECK(
+        error(
+            "format_version = 1\n[model]\ninput = [2]\nfreeze = \"a\"\n[[model.layers]]\ntype = \"Dense\"\n")
+            .find("e.toml:4:10: model.freeze applies to ONNX models") == 0);
     CHECK(error("format_version = 1\n[model]\nonxx = \"m.onnx\"\n").find("did you mean 'onnx'?") !=
           std::string::npos);
   }
