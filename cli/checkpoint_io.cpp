@@ -1,5 +1,5 @@
-// TrainingState <-> checkpoint file. Doubles are written with 17 significant digits, so they read back exactly and a
-// resumed run reports the same numbers as one that never stopped.
+// TrainingState <-> checkpoint file. Doubles are written with 17 significant digits, so they read back
+// exactly and a resumed run reports the same numbers as one that never stopped.
 #include "cli/checkpoint_io.h"
 
 #include <fmt/format.h>
@@ -16,7 +16,9 @@ namespace trainer::cli {
 
 namespace {
 
-std::string num(double v) { return fmt::format("{:.17g}", v); }
+std::string num(double v) {
+  return fmt::format("{:.17g}", v);
+}
 
 std::string logs_json(const engine::Logs& logs) {
   std::string s = "[";
@@ -32,16 +34,18 @@ std::string logs_json(const engine::Logs& logs) {
 std::string state_json(const engine::TrainingState& st) {
   std::string s = fmt::format(
       "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"loss_sum\": {}, \"correct\": {}, \"topk\": {}, "
-      "\"samples\": {}, \"seconds\": {}, \"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": {}, "
+      "\"samples\": {}, \"seconds\": {}, \"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
+      "{}, "
       "\"history\": [",
       st.epoch, st.batch, st.global_step, num(st.loss_sum), num(st.correct), num(st.topk), st.samples,
       num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
-    s += fmt::format("{{\"epoch\": {}, \"epochs\": {}, \"steps\": {}, \"seconds\": {}, \"samples_per_s\": {}, "
-                     "\"logs\": {}}}",
-                     r.epoch, r.epochs, r.steps, num(r.seconds), num(r.samples_per_s), logs_json(r.logs));
+    s += fmt::format(
+        "{{\"epoch\": {}, \"epochs\": {}, \"steps\": {}, \"seconds\": {}, \"samples_per_s\": {}, "
+        "\"logs\": {}}}",
+        r.epoch, r.epochs, r.steps, num(r.seconds), num(r.samples_per_s), logs_json(r.logs));
   }
   return s + "]}";
 }
@@ -51,8 +55,9 @@ struct StateReader {
   const std::string& path;
   const formats::JsonValue& get(const formats::JsonValue& o, const char* key) const {
     const formats::JsonValue* v = o.find(key);
-    if (!v) throw InputError(path, fmt::format("the checkpoint's state has no '{}'", key),
-                             "the file was not written by this version of trainer fit");
+    if (!v)
+      throw InputError(path, fmt::format("the checkpoint's state has no '{}'", key),
+                       "the file was not written by this version of trainer fit");
     return *v;
   }
   double d(const formats::JsonValue& o, const char* key) const {
@@ -104,8 +109,8 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
 
 }  // namespace
 
-void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec, uint64_t plan_signature,
-                              const engine::TrainingState& st) {
+void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec,
+                              uint64_t plan_signature, const engine::TrainingState& st) {
   namespace key = formats::checkpoint_key;
   std::map<std::string, std::string> meta;
   meta[key::kSpec] = formats::to_toml(spec);
@@ -118,7 +123,8 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   meta[kStateKey] = state_json(st);
   std::vector<formats::CheckpointTensorSource> tensors;
   for (const auto& [name, t] : st.values) tensors.push_back(formats::tensor_source(name, t));
-  for (const auto& [name, t] : st.best_values) tensors.push_back(formats::tensor_source(kBestPrefix + name, t));
+  for (const auto& [name, t] : st.best_values)
+    tensors.push_back(formats::tensor_source(kBestPrefix + name, t));
   formats::write_checkpoint(path, meta, tensors);
 }
 
@@ -128,13 +134,15 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   LoadedCheckpoint out;
   out.spec_text = formats::checkpoint_value(ck.metadata, key::kSpec, path);
   out.spec_path = formats::checkpoint_value(ck.metadata, kSpecPathKey, path);
-  out.plan_signature = std::strtoull(formats::checkpoint_value(ck.metadata, key::kPlanSignature, path).c_str(),
-                                     nullptr, 16);
+  out.plan_signature =
+      std::strtoull(formats::checkpoint_value(ck.metadata, key::kPlanSignature, path).c_str(), nullptr, 16);
   out.state = parse_state(formats::checkpoint_value(ck.metadata, kStateKey, path), path);
   std::string prefix = kBestPrefix;
   for (formats::CheckpointTensor& t : ck.tensors) {
-    if (t.name.rfind(prefix, 0) == 0) out.state.best_values.emplace_back(t.name.substr(prefix.size()), std::move(t.value));
-    else out.state.values.emplace_back(t.name, std::move(t.value));
+    if (t.name.rfind(prefix, 0) == 0)
+      out.state.best_values.emplace_back(t.name.substr(prefix.size()), std::move(t.value));
+    else
+      out.state.values.emplace_back(t.name, std::move(t.value));
   }
   return out;
 }

@@ -1,5 +1,6 @@
-// Checkpoints of `trainer fit`: a TrainingState and the resolved spec as a checkpoint file, and back. The file is
-// formats/checkpoint.h's; this file decides what goes in it: metadata keys, the state as JSON, tensor names.
+// Checkpoints of `trainer fit`: a TrainingState and the resolved spec as a checkpoint file, and back. The
+// file is formats/checkpoint.h's; this file decides what goes in it: metadata keys, the state as JSON, tensor
+// names.
 #pragma once
 
 #include <string>
@@ -10,12 +11,13 @@
 namespace trainer::cli {
 
 // Metadata of ours, besides formats/checkpoint.h's keys.
-inline constexpr const char* kSpecPathKey = "spec_path";  // where the spec was read: relative data paths resolve there
-inline constexpr const char* kStateKey = "state";         // the TrainingState's numbers and history, as JSON
+inline constexpr const char* kSpecPathKey =
+    "spec_path";  // where the spec was read: relative data paths resolve there
+inline constexpr const char* kStateKey = "state";     // the TrainingState's numbers and history, as JSON
 inline constexpr const char* kBestPrefix = "@best/";  // tensors of early stopping's best weights
 
-void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec, uint64_t plan_signature,
-                              const engine::TrainingState& state);
+void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec,
+                              uint64_t plan_signature, const engine::TrainingState& state);
 
 struct LoadedCheckpoint {
   std::string spec_text;  // the resolved spec, TOML

@@ -85,7 +85,8 @@ Command add_predict_command(CLI::App& app);
 Command add_evaluate_command(CLI::App& app);
 
 // The model of a checkpoint's spec with the checkpoint's weights (parameters and state, by name) as its
-// initializers; values the model does not have (optimizer state) are skipped. `ckpt` names the file in errors.
+// initializers; values the model does not have (optimizer state) are skipped. `ckpt` names the file in
+// errors.
 engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
                                            std::vector<std::pair<std::string, engine::Tensor>> values,
                                            const std::string& ckpt);

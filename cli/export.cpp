@@ -1,5 +1,6 @@
-// trainer export: a checkpoint's model as an ONNX inference graph (dropout removed, batch normalization in its
-// inference form, the final activation kept), with the trained weights as initializers named like the parameters.
+// trainer export: a checkpoint's model as an ONNX inference graph (dropout removed, batch normalization in
+// its inference form, the final activation kept), with the trained weights as initializers named like the
+// parameters.
 #include <onnx/onnx_pb.h>
 
 #include "cli/checkpoint_io.h"
@@ -40,16 +41,20 @@ Command add_export_command(CLI::App& app) {
     o.opset = *opset;
     o.producer_version = TRAINER_VERSION;
     o.channels_last_input = m.input_channels_last;
-    o.input_names = {"input"};
-    o.output_names = {"output"};
-    o.metadata = {{"trainer.spec", ck.spec_text}, {"trainer.epoch", std::to_string(ck.state.epoch)},
+    // A spec's model is named input -> output; an imported ONNX model keeps its own names.
+    if (spec.model.onnx.empty()) {
+      o.input_names = {"input"};
+      o.output_names = {"output"};
+    }
+    o.metadata = {{"trainer.spec", ck.spec_text},
+                  {"trainer.epoch", std::to_string(ck.state.epoch)},
                   {"trainer.step", std::to_string(ck.state.global_step)}};
     onnx::ModelProto model = formats::export_onnx(m.graph, {m.input}, {m.output}, o);
     formats::save_onnx(model, *out);
     if (!*quiet)
-      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input {} {}\n", *out,
+      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input '{}'{}\n", *out,
                  model.graph().node_size(), model.graph().initializer_size(), loaded, *opset,
-                 m.input_channels_last ? "NHWC" : "as the spec", fmt::join(spec.model.input.shape, "x"));
+                 model.graph().input(0).name(), m.input_channels_last ? " (NHWC)" : "");
     return 0;
   };
   return {cmd, run};

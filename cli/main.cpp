@@ -16,8 +16,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   bool list_ops = false;
   app.add_flag("--list-ops", list_ops, "List the ops the engine implements, one per line: name, domain");
-  std::vector<cli::Command> commands = {cli::add_fit_command(app), cli::add_summary_command(app),
-                                        cli::add_check_command(app), cli::add_export_command(app),
+  std::vector<cli::Command> commands = {cli::add_fit_command(app),     cli::add_summary_command(app),
+                                        cli::add_check_command(app),   cli::add_export_command(app),
                                         cli::add_predict_command(app), cli::add_evaluate_command(app)};
   auto* help = app.add_subcommand("help", "Show the help of a subcommand: trainer help fit");
   std::string help_topic;

@@ -354,8 +354,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     st.values.clear();
     load_named_values(dev.weights_session(), resume->values);
     if (st.batch > info.steps_per_epoch)
-      throw InputError("checkpoint", fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
-                                                 "{} batches", st.batch, info.steps_per_epoch),
+      throw InputError("checkpoint",
+                       fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
+                                   "{} batches",
+                                   st.batch, info.steps_per_epoch),
                        "resume with the data and batch size the checkpoint was written with");
   }
   observer.on_train_begin(info);
@@ -396,7 +398,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, 0});
       double loss = read_scalar(s, p.loss);
       if (!std::isfinite(loss))
-        throw RuntimeError(fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
+        throw RuntimeError(
+            fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
       size_t out_bytes = g.value(p.output).nbytes();
       out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
       s.read(p.output, out_buf.data(), out_bytes);
@@ -410,7 +413,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
       int sig = g_stop_signal.load();
       bool last_of_epoch = st.batch == info.steps_per_epoch;
-      if (save && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch && !sig) {
+      if (save && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
+          !sig) {
         st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         t0 = std::chrono::steady_clock::now();
         save(capture(), SaveReason::steps);
@@ -438,7 +442,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       Logs v = evaluate_on(dev, *val_loader, cfg, "val_", out_buf);
       rep.logs.insert(rep.logs.end(), v.begin(), v.end());
     }
-    rep.seconds = train_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_eval).count();
+    rep.seconds =
+        train_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_eval).count();
     result.history.push_back(rep);
     observer.on_epoch_end(rep);
     // The next epoch starts from zero.
@@ -452,9 +457,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       bool found;
       double value = find_log(rep.logs, es.monitor, &found);
       if (!found)
-        throw InputError("train.early_stopping.monitor",
-                         fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
-                         "monitor loss, val_loss, or a metric the spec lists");
+        throw InputError(
+            "train.early_stopping.monitor",
+            fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
+            "monitor loss, val_loss, or a metric the spec lists");
       if (improves(st.have_best, st.best, value, maximized(es.mode, es.monitor), es.min_delta)) {
         st.have_best = true;
         st.best = value;
@@ -467,14 +473,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       }
     }
     ++st.epoch;
-    if (save && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) save(capture(), SaveReason::epoch);
+    if (save && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0)
+      save(capture(), SaveReason::epoch);
     if (save && !policy.save_best.empty()) {
       bool found;
       double value = find_log(rep.logs, policy.save_best, &found);
       if (!found)
-        throw InputError("train.checkpoint.save_best",
-                         fmt::format("save_best monitors '{}', which this run does not report", policy.save_best),
-                         "monitor loss, val_loss, or a metric the spec lists");
+        throw InputError(
+            "train.checkpoint.save_best",
+            fmt::format("save_best monitors '{}', which this run does not report", policy.save_best),
+            "monitor loss, val_loss, or a metric the spec lists");
       if (improves(have_saved_best, saved_best, value, maximized(policy.mode, policy.save_best), 0)) {
         have_saved_best = true;
         saved_best = value;

@@ -35,7 +35,8 @@ struct LearningRateSchedule {
 };
 
 struct FitConfig;
-// The schedule a run uses: a cosine without decay_steps spans the whole run (epochs x steps after the warmup).
+// The schedule a run uses: a cosine without decay_steps spans the whole run (epochs x steps after the
+// warmup).
 LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch);
 
 struct EarlyStopping {
@@ -100,23 +101,24 @@ class FitObserver {
   virtual void on_epoch_end(const EpochReport&) {}
 };
 
-// Everything a run needs to continue exactly where it stopped, besides the spec: the position in the data, the
-// running sums of the epoch in progress, early stopping's memory, the history, and every parameter and state value
-// (optimizer moments, running statistics) by name. The random streams need nothing more: shuffles are keyed by
-// (seed, epoch) and dropout by (seed, step, element).
+// Everything a run needs to continue exactly where it stopped, besides the spec: the position in the data,
+// the running sums of the epoch in progress, early stopping's memory, the history, and every parameter and
+// state value (optimizer moments, running statistics) by name. The random streams need nothing more: shuffles
+// are keyed by (seed, epoch) and dropout by (seed, step, element).
 struct TrainingState {
   int64_t epoch = 0;        // 0-based epoch in progress (== epochs when training is complete)
   int64_t batch = 0;        // batches of that epoch already trained
   int64_t global_step = 0;  // steps trained in all
   double loss_sum = 0, correct = 0, topk = 0;  // running sums of the epoch in progress
   int64_t samples = 0;
-  double seconds = 0;       // training seconds of the epoch in progress so far
-  bool have_best = false;   // early stopping
+  double seconds = 0;      // training seconds of the epoch in progress so far
+  bool have_best = false;  // early stopping
   double best = 0;
   int64_t waited = 0, best_epoch = 0;
   std::vector<EpochReport> history;
   std::vector<std::pair<std::string, Tensor>> values;
-  std::vector<std::pair<std::string, Tensor>> best_values;  // early stopping's best weights, when it restores them
+  std::vector<std::pair<std::string, Tensor>>
+      best_values;  // early stopping's best weights, when it restores them
 };
 
 struct FitResult {
@@ -125,17 +127,17 @@ struct FitResult {
   int64_t best_epoch = 0;  // with early stopping: the epoch whose weights were kept
   int interrupted_by = 0;  // a signal number when a stop was requested, else 0
   double seconds = 0;
-  Logs test;  // loss and metrics on the test data, when given (prefixed "test_")
+  Logs test;                  // loss and metrics on the test data, when given (prefixed "test_")
   TrainingState final_state;  // where the run ended, with every value: what a final checkpoint holds
 };
 
 // When to hand the state to the caller for saving. The caller writes files; the loop only decides when.
 struct CheckpointPolicy {
-  int64_t every_epochs = 0;  // after every N epochs (0: never)
-  int64_t every_steps = 0;   // after every N steps (0: never)
-  std::string save_best;     // a log name ("val_loss"): also save when it improves
-  std::string mode = "auto"; // for save_best: min | max | auto (max for accuracies)
-  bool on_interrupt = true;  // save when a stop is requested
+  int64_t every_epochs = 0;   // after every N epochs (0: never)
+  int64_t every_steps = 0;    // after every N steps (0: never)
+  std::string save_best;      // a log name ("val_loss"): also save when it improves
+  std::string mode = "auto";  // for save_best: min | max | auto (max for accuracies)
+  bool on_interrupt = true;   // save when a stop is requested
 };
 enum class SaveReason { epoch, steps, best, interrupt };
 using SaveFn = std::function<void(const TrainingState&, SaveReason)>;

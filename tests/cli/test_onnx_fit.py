@@ -318,7 +318,7 @@ learning_rate = 0.002
                 self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
                 exported = self.export(ckpt, f"mlp{opset}_out.onnx")
                 x = self.val_x[:50].reshape(50, 784)
-                trained = self.check_round_trip(original, exported, ckpt, {"input": x}, {"x": x})
+                trained = self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
                 self.assertFalse(np.array_equal(trained["fc1.weight"], nh.to_array(original.graph.initializer[0])))
                 # Dropout's ratio is read where no gradient flows: a constant, not a trained weight.
                 self.assertNotIn("dropout.ratio", trained)
@@ -334,7 +334,7 @@ learning_rate = 0.002
         self.assertLess(epochs[-1]["val_loss"], before)
         exported = self.export(ckpt, "cnn_out.onnx")
         x = self.val_x[:40, None]
-        trained = self.check_round_trip(original, exported, ckpt, {"input": x}, {"x": x})
+        trained = self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
         # The running statistics are state: trained from the batches, saved, and exported.
         self.assertIn("bn1.running_mean", trained)
         self.assertFalse(np.allclose(trained["bn1.running_mean"], 0.1))
@@ -375,10 +375,10 @@ learning_rate = 0.002
                 exported = self.export(ckpt, f"chain_{batch_dim}_out.onnx")
                 self.assertNotIn("Shape", {n.op_type for n in exported.graph.node})
                 x = self.val_x[:1, None]
-                self.check_round_trip(original, exported, ckpt, {"input": x}, {"x": x})
+                self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
                 # The folded [batch, -1] reads the batch from the input: other batch sizes run too.
                 s = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
-                self.assertEqual(s.run(None, {"input": self.val_x[:7, None]})[0].shape, (7, 10))
+                self.assertEqual(s.run(None, {"x": self.val_x[:7, None]})[0].shape, (7, 10))
 
     def test_embedding_lstm_classifier_learns(self):
         rng = np.random.default_rng(5)
@@ -414,7 +414,7 @@ learning_rate = 0.01
         self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
         exported = self.export(ckpt, "lstm_out.onnx")
         ids = x[1000:1020]
-        self.check_round_trip(original, exported, ckpt, {"input": ids}, {"ids": ids})
+        self.check_round_trip(original, exported, ckpt, {"ids": ids}, {"ids": ids})
         # Token ids outside the embedding table are bad data, named by sample.
         bad = x[:1000].copy()
         bad[7, 2] = VOCAB
@@ -460,7 +460,7 @@ torch.onnx.export(net, torch.zeros(2, 1, 28, 28), {path!r}, **kw)
         self.assertLess(epochs[-1]["val_loss"], before)
         exported = self.export(ckpt, "torch_out.onnx")
         x = self.val_x[:20, None]
-        self.check_round_trip(original, exported, ckpt, {"input": x}, {"x": x})
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
     def test_logits_with_probability_loss_is_refused(self):

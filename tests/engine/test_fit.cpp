@@ -216,7 +216,8 @@ TEST_SUITE("fit") {
 
 namespace {
 
-// A model with Dropout and BatchNorm, so resuming must also restore running statistics and the dropout stream.
+// A model with Dropout and BatchNorm, so resuming must also restore running statistics and the dropout
+// stream.
 ModelFactory regularized(uint64_t seed) {
   return [=](int64_t batch, bool training) {
     ForwardModel fm;
@@ -276,12 +277,13 @@ TEST_SUITE("fit") {
         [&](const TrainingState& s, SaveReason) { saved.push_back(s); });
     REQUIRE(saved.size() == 1);
     CHECK(saved[0].epoch == 1);
-    FitResult resumed = fit(regularized(4), train, train, nullptr, data::BatchFormat{}, cfg, *backend, rec, {}, {},
-                            &saved[0]);
+    FitResult resumed = fit(regularized(4), train, train, nullptr, data::BatchFormat{}, cfg, *backend, rec,
+                            {}, {}, &saved[0]);
     CHECK(same_values(resumed.final_state, straight.final_state));
     REQUIRE(resumed.history.size() == 2);
     CHECK(log_of(resumed.history[1].logs, "loss") == log_of(straight.history[1].logs, "loss"));
-    CHECK(log_of(resumed.history[1].logs, "val_accuracy") == log_of(straight.history[1].logs, "val_accuracy"));
+    CHECK(log_of(resumed.history[1].logs, "val_accuracy") ==
+          log_of(straight.history[1].logs, "val_accuracy"));
 
     // Stop in the middle of epoch 2 (every 3 steps: after step 6, batch 1 of epoch 2), then resume.
     std::vector<TrainingState> mid;
@@ -296,7 +298,8 @@ TEST_SUITE("fit") {
     const TrainingState& m = mid[1];
     CHECK(m.epoch == 1);
     CHECK(m.batch == 1);
-    FitResult from_mid = fit(regularized(4), train, train, nullptr, data::BatchFormat{}, cfg, *backend, rec, {}, {}, &m);
+    FitResult from_mid =
+        fit(regularized(4), train, train, nullptr, data::BatchFormat{}, cfg, *backend, rec, {}, {}, &m);
     CHECK(same_values(from_mid.final_state, straight.final_state));
     CHECK(log_of(from_mid.history[1].logs, "loss") == log_of(straight.history[1].logs, "loss"));
 

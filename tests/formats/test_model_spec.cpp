@@ -586,10 +586,11 @@ TEST_SUITE("model_spec") {
 
 TEST_SUITE("model_spec") {
   TEST_CASE("[train.checkpoint] is read, checked and written back") {
-    const std::string text = kHead +
-                             "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\n[data.validation]\nx = \"c.npy\"\ny = "
-                             "\"d.npy\"\n[train]\nloss = \"mse\"\n[train.checkpoint]\nevery_steps = 100\n"
-                             "keep_last = 2\nsave_best = \"val_loss\"\n";
+    const std::string text =
+        kHead +
+        "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\n[data.validation]\nx = \"c.npy\"\ny = "
+        "\"d.npy\"\n[train]\nloss = \"mse\"\n[train.checkpoint]\nevery_steps = 100\n"
+        "keep_last = 2\nsave_best = \"val_loss\"\n";
     const ModelSpec s = parse_model_spec(text, "spec.toml");
     CHECK(s.train.checkpoint.enabled);
     CHECK(s.train.checkpoint.every_epochs == 1);
@@ -606,7 +607,9 @@ TEST_SUITE("model_spec") {
     Failure f = failure(kHead + "[train]\nloss = \"mse\"\n[train.checkpoint]\nkeep_lats = 2\n");
     CHECK(f.where == "spec.toml:10:1");
     CHECK(f.hint.find("keep_last") != std::string::npos);
-    f = failure(kHead + "[data.train]\nx = \"a.npy\"\n[train]\nloss = \"mse\"\n[train.checkpoint]\nsave_best = \"val_loss\"\n");
+    f = failure(kHead +
+                "[data.train]\nx = \"a.npy\"\n[train]\nloss = \"mse\"\n[train.checkpoint]\nsave_best = "
+                "\"val_loss\"\n");
     CHECK(f.what.find("no validation set") != std::string::npos);
     f = failure(kHead + "[train]\nloss = \"mse\"\n[train.checkpoint]\nevery_steps = -1\n");
     CHECK(f.where == "spec.toml:10:15");
