@@ -318,7 +318,8 @@ def torch_worker(args):
     seconds = time.perf_counter() - t0
 
     # Peak bytes held by tensors during a step: what persists across steps (parameters, optimizer state) plus
-    # the highest point of the profiler's allocation trace over one step (gradients, activations).
+    # the highest point of the profiler's allocation trace over one step (gradients, activations,
+    # temporaries). The trace has op granularity, so this is an estimate.
     persistent = sum(p.numel() * p.element_size() for p in model.parameters())
     for st in opt.state.values():
         persistent += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
@@ -331,10 +332,16 @@ def torch_worker(args):
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
-        events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+        # Each event's own (self) allocations, counted at its start when they grow memory and at its end
+        # when they free it (a parent op frees its children's temporaries after they ran).
+        points = []
+        for e in prof.events():
+            u = e.self_cpu_memory_usage
+            if u:
+                points.append((e.time_range.start if u > 0 else e.time_range.end, u))
         cur = top = 0
-        for e in events:
-            cur += e.cpu_memory_usage
+        for _, u in sorted(points):
+            cur += u
             top = max(top, cur)
         peak_alloc = persistent + top
     except Exception as e:  # the profiler is optional; report what is known
