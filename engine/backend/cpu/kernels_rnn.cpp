@@ -1,9 +1,10 @@
 // CPU kernels of ONNX LSTM and GRU and of their gradients (backpropagation through time).
 // Per direction: one GEMM projects the whole sequence's inputs (X·Wᵀ), then each time step runs a small GEMM
-// for the recurrence (H·Rᵀ) and one fused elementwise pass over the gates. The gradient kernels first rerun
-// the forward pass, recording gate activations and states in time-major rows, then walk the steps backwards
-// with one GEMM per step for dH, and finish with whole-sequence GEMMs for dW, dR and dX. Every buffer is
-// allocated when the kernel is prepared.
+// for the recurrence (H·Rᵀ) and one fused elementwise pass over the gates. The gradient kernels need the
+// forward pass's gate activations and states: a single-direction node's forward kernel records them for its
+// gradient kernel in the same plan; otherwise the gradient kernel reruns the forward pass to record them.
+// Backward then walks the steps backwards with one GEMM per step for dH, and finishes with whole-sequence
+// GEMMs for dW, dR and dX. Every buffer is allocated when the kernel is prepared.
 // Batch rows never interact in the recurrence, so the time loop runs as one parallel region in which each
 // thread owns a fixed slice of the batch and runs its own single-threaded step GEMMs: no barrier per time
 // step (a step's work is a few microseconds, less than waking a team costs), and the same rows always go
@@ -11,7 +12,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "engine/backend/cpu/cpu_kernel.h"
@@ -97,6 +101,24 @@ void act_inplace(const RnnActivation& a, T* v, int64_t n) {
   }
 }
 
+// One LSTM batch row's step for the default cell (sigmoid gates, tanh cell and output activations; no clip,
+// peepholes or coupled input and forget gates), as vectorized passes. a receives the activated gates i, o, f,
+// c of xr + rr + bias; c is the cell state, updated; hc receives h(C) and h the output.
+TRAINER_CPU_CLONES void lstm_row_default(const float* xr, const float* rr, const float* bias, float* a,
+                                         float* c, float* hc, float* h, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < 3 * H; ++j) a[j] = sigmoid_f(xr[j] + rr[j] + bias[j]);
+#pragma omp simd
+  for (int64_t j = 3 * H; j < 4 * H; ++j) a[j] = tanh_f(xr[j] + rr[j] + bias[j]);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float cn = a[2 * H + j] * c[j] + a[j] * a[3 * H + j];
+    c[j] = cn;
+    hc[j] = tanh_f(cn);
+    h[j] = a[H + j] * hc[j];
+  }
+}
+
 // The gate gradients of one LSTM batch row for the default cell (sigmoid gates, tanh cell and output
 // activations; no clip, peepholes or coupled input and forget gates), as one vectorized pass. a: the gates i,
 // o, f, c; hc: h(C); cp: the previous cell state; dc: the cell gradient in, the previous step's out.
@@ -140,11 +162,23 @@ void copy_row(T* dst, const T* src, int64_t n) {
   std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
 }
 
+// What backward needs from the forward pass, in X's row order (row = x_row(t, b)): gate activations,
+// pre-activations (with clip), states before and after each step, and the GRU's reset product (r ⊙ H_prev,
+// or H_prev·R[h]ᵀ + Rb[h]). `fresh`: written by a forward kernel since a gradient kernel last read them.
+template <class T>
+struct RnnRecords {
+  std::vector<T> act, pre, hprev, cprev, c, aux;
+  bool fresh = false;
+};
+
 // Every recurrent kernel: the forward pass (optionally recording what backward needs) and backward.
 template <class T>
 class RnnRunner {
  public:
-  RnnRunner(const KernelArgs& a, RnnCell cell, bool backward) : backward_(backward) {
+  // `shared`: the records of the forward kernel of the same node in this plan, for a gradient kernel (see
+  // share_records).
+  RnnRunner(const KernelArgs& a, RnnCell cell, bool backward, std::shared_ptr<RnnRecords<T>> shared = nullptr)
+      : backward_(backward) {
     std::string err = ops::parse_rnn_config(cell, a.attrs(), a.in(0).shape, a.in(2).shape, &cfg_);
     TRAINER_ASSERT(err.empty(), "{} passed shape inference but: {}", a.node.op, err);
     const bool lstm = cell == RnnCell::lstm;
@@ -199,15 +233,9 @@ class RnnRunner {
     bias_.assign(GH_ + H_, T(0));
 
     if (backward) {
-      rec_act_.assign(N_ * GH_, T(0));
-      if (cfg_.clip) rec_pre_.assign(N_ * GH_, T(0));
-      rec_hprev_.assign(N_ * H_, T(0));
-      if (lstm) {
-        rec_cprev_.assign(N_ * H_, T(0));
-        rec_c_.assign(N_ * H_, T(0));
-      } else {
-        rec_aux_.assign(N_ * H_, T(0));
-      }
+      rec_ = shared ? std::move(shared) : std::make_shared<RnnRecords<T>>();
+      allocate_records();
+      record_ = true;
       daw_.assign(N_ * GH_, T(0));
       if (!lstm && lbr_) {
         dar_.assign(N_ * GH_, T(0));
@@ -272,14 +300,14 @@ class RnnRunner {
           T* drd = dr_ + d * GH_ * H_;
           if (lstm) {
             g.dr =
-                FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+                FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {rec_->hprev.data(), H_, 1}, drd, H_, false);
           } else if (lbr_) {
             g.dr =
-                FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_, false);
+                FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {rec_->hprev.data(), H_, 1}, drd, H_, false);
           } else {
-            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {rec_hprev_.data(), H_, 1}, drd, H_,
+            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {rec_->hprev.data(), H_, 1}, drd, H_,
                                 false);
-            g.dr2 = FixedGemm<T>(H_, H_, N_, {daw_.data() + 2 * H_, 1, GH_}, {rec_aux_.data(), H_, 1},
+            g.dr2 = FixedGemm<T>(H_, H_, N_, {daw_.data() + 2 * H_, 1, GH_}, {rec_->aux.data(), H_, 1},
                                  drd + 2 * H_ * H_, H_, false);
           }
         }
@@ -289,24 +317,60 @@ class RnnRunner {
     }
   }
 
+  // Makes this forward kernel record what backward needs, and returns the records for the gradient kernel of
+  // the same node, which then skips its own rerun of the forward pass. Records hold one direction, so only
+  // single-direction nodes share. Called at prepare time.
+  std::shared_ptr<RnnRecords<T>> share_records() {
+    if (backward_ || cfg_.dirs != 1) return nullptr;
+    if (!rec_) {
+      rec_ = std::make_shared<RnnRecords<T>>();
+      allocate_records();
+      record_ = true;
+    }
+    return rec_;
+  }
+
   void run() {
     read_lengths();
     const bool lstm = cfg_.cell == RnnCell::lstm;
     for (int d = 0; d < cfg_.dirs; ++d) {
-      if (lstm)
-        lstm_forward(d);
-      else
-        gru_forward(d);
+      // The forward kernel of this step left its records: the inputs are the same (the plan runs it first,
+      // and nothing between writes them), so its pass would be recomputed bit for bit.
+      const bool recorded = backward_ && cfg_.dirs == 1 && rec_->fresh;
+      if (!recorded) {
+        if (lstm)
+          lstm_forward(d);
+        else
+          gru_forward(d);
+      }
       if (backward_) {
+        rec_->fresh = false;
         if (lstm)
           lstm_backward(d);
         else
           gru_backward(d);
+      } else if (record_) {
+        rec_->fresh = true;
       }
     }
   }
 
  private:
+  void allocate_records() {
+    RnnRecords<T>& r = *rec_;
+    if (!r.act.empty()) return;  // shared, and already allocated by the other kernel
+    const bool lstm = cfg_.cell == RnnCell::lstm;
+    r.act.assign(N_ * GH_, T(0));
+    if (cfg_.clip) r.pre.assign(N_ * GH_, T(0));
+    r.hprev.assign(N_ * H_, T(0));
+    if (lstm) {
+      r.cprev.assign(N_ * H_, T(0));
+      r.c.assign(N_ * H_, T(0));
+    } else {
+      r.aux.assign(N_ * H_, T(0));
+    }
+  }
+
   // Rows [b0, b1) of the batch.
   struct Slice {
     int64_t b0 = 0, b1 = 0;
@@ -391,9 +455,9 @@ class RnnRunner {
     for (int64_t b = 0; b < cfg_.batch; ++b) {
       for (int64_t t = len_[b]; t < cfg_.seq; ++t) {
         if (y_) std::fill(y_ + cfg_.y_offset(t, d, b), y_ + cfg_.y_offset(t, d, b) + H_, T(0));
-        if (backward_) {
+        if (record_) {
           const int64_t row = cfg_.x_row(t, b);
-          for (std::vector<T>* v : {&rec_hprev_, &rec_cprev_, &rec_c_, &rec_aux_})
+          for (std::vector<T>* v : {&rec_->hprev, &rec_->cprev, &rec_->c, &rec_->aux})
             if (!v->empty()) std::fill(v->data() + row * H_, v->data() + (row + 1) * H_, T(0));
         }
       }
@@ -429,7 +493,9 @@ class RnnRunner {
     init_state(d, h0_, h_.data());
     init_state(d, c0_, c_.data());
     const T* bias = bias_.data();
-    const bool rec = backward_;
+    const bool rec = record_;
+    const bool default_cell = fa.kind == RnnActKind::sigmoid && ga.kind == RnnActKind::tanh &&
+                              ha.kind == RnnActKind::tanh && !cfg_.clip && !P && !cfg_.input_forget;
     for_slices([&](int k) {
       const Slice& sl = slices_[k];
       StepGemms& sg = g.step[k];
@@ -440,12 +506,22 @@ class RnnRunner {
           const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
           const T* xr = xw_.data() + row * GH;
           const T* rr = rh_.data() + b * GH;
-          T* a = gate_.data() + b * GH;
+          // The gates go straight to their record row when there is one.
+          T* a = rec ? rec_->act.data() + row * GH : gate_.data() + b * GH;
           T* hb = h_.data() + b * H;
           T* cb = c_.data() + b * H;
+          T* hc = act_row_.data() + b * H;
           if (rec) {
-            copy_row(rec_hprev_.data() + row * H, hb, H);
-            copy_row(rec_cprev_.data() + row * H, cb, H);
+            copy_row(rec_->hprev.data() + row * H, hb, H);
+            copy_row(rec_->cprev.data() + row * H, cb, H);
+          }
+          if constexpr (std::is_same_v<T, float>) {
+            if (default_cell) {
+              lstm_row_default(xr, rr, bias, a, cb, hc, hb, H);
+              if (rec) copy_row(rec_->c.data() + row * H, cb, H);
+              if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+              continue;
+            }
           }
           for (int64_t j = 0; j < GH; ++j) a[j] = xr[j] + rr[j] + bias[j];
           if (P)
@@ -453,7 +529,7 @@ class RnnRunner {
               a[j] += P[j] * cb[j];
               a[2 * H + j] += P[2 * H + j] * cb[j];
             }
-          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, GH);
+          if (rec && cfg_.clip) copy_row(rec_->pre.data() + row * GH, a, GH);
           clip_inplace(cfg_.clip, a, H);
           clip_inplace(cfg_.clip, a + 2 * H, 2 * H);
           act_inplace(fa, a, H);
@@ -467,16 +543,12 @@ class RnnRunner {
           T* ao = a + H;
           if (P)
             for (int64_t j = 0; j < H; ++j) ao[j] += P[H + j] * cb[j];
-          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + H, ao, H);
+          if (rec && cfg_.clip) copy_row(rec_->pre.data() + row * GH + H, ao, H);
           clip_inplace(cfg_.clip, ao, H);
           act_inplace(fa, ao, H);
-          T* hc = act_row_.data() + b * H;
           act_copy(ha, cb, hc, H);
           for (int64_t j = 0; j < H; ++j) hb[j] = ao[j] * hc[j];
-          if (rec) {
-            copy_row(rec_act_.data() + row * GH, a, GH);
-            copy_row(rec_c_.data() + row * H, cb, H);
-          }
+          if (rec) copy_row(rec_->c.data() + row * H, cb, H);
           if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
         }
       }
@@ -532,11 +604,11 @@ class RnnRunner {
             const T* dyr = dy_ + cfg_.y_offset(t, d, b);
             for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
           }
-          const T* a = rec_act_.data() + row * GH;
+          const T* a = rec_->act.data() + row * GH;
           const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
-          const T* C = rec_c_.data() + row * H;
-          const T* Cp = rec_cprev_.data() + row * H;
-          const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+          const T* C = rec_->c.data() + row * H;
+          const T* Cp = rec_->cprev.data() + row * H;
+          const T* pre = cfg_.clip ? rec_->pre.data() + row * GH : nullptr;
           T* hcs = act_row_.data() + b * H;
           act_copy(ha, C, hcs, H);
           if constexpr (std::is_same_v<T, float>) {
@@ -589,9 +661,9 @@ class RnnRunner {
             T si = 0, so = 0, sf = 0;
             for (int64_t n = 0; n < N_; ++n) {
               const T* da = daw_.data() + n * GH;
-              si += da[j] * rec_cprev_[n * H + j];
-              so += da[H + j] * rec_c_[n * H + j];
-              sf += da[2 * H + j] * rec_cprev_[n * H + j];
+              si += da[j] * rec_->cprev[n * H + j];
+              so += da[H + j] * rec_->c[n * H + j];
+              sf += da[2 * H + j] * rec_->cprev[n * H + j];
             }
             dp[j] = si;
             dp[H + j] = so;
@@ -642,7 +714,7 @@ class RnnRunner {
     init_state(d, h0_, h_.data());
     const T* bias = bias_.data();
     const T* rbh = bias_.data() + GH;
-    const bool rec = backward_;
+    const bool rec = record_;
     for_slices([&](int k) {
       const Slice& sl = slices_[k];
       StepGemms& sg = g.step[k];
@@ -657,12 +729,12 @@ class RnnRunner {
           T* a = gate_.data() + b * GH;
           const T* hb = h_.data() + b * H;
           for (int64_t j = 0; j < 2 * H; ++j) a[j] = xr[j] + rr[j] + bias[j];
-          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH, a, 2 * H);
+          if (rec && cfg_.clip) copy_row(rec_->pre.data() + row * GH, a, 2 * H);
           clip_inplace(cfg_.clip, a, 2 * H);
           act_inplace(fa, a, 2 * H);
           const T* gr = a + H;
           if (lbr_) {
-            T* aux = rec ? rec_aux_.data() + row * H : nullptr;
+            T* aux = rec ? rec_->aux.data() + row * H : nullptr;
             for (int64_t j = 0; j < H; ++j) {
               const T lin = rr[2 * H + j] + rbh[j];
               if (aux) aux[j] = lin;
@@ -671,7 +743,7 @@ class RnnRunner {
           } else {
             T* rp = rhp_.data() + b * H;
             for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
-            if (rec) copy_row(rec_aux_.data() + row * H, rp, H);
+            if (rec) copy_row(rec_->aux.data() + row * H, rp, H);
           }
         }
         if (!lbr_) sg.rh2();
@@ -685,13 +757,13 @@ class RnnRunner {
             const T* rr = rh_.data() + b * GH;
             for (int64_t j = 0; j < H; ++j) ah[j] = xr[2 * H + j] + rr[2 * H + j] + bias[2 * H + j];
           }
-          if (rec && cfg_.clip) copy_row(rec_pre_.data() + row * GH + 2 * H, ah, H);
+          if (rec && cfg_.clip) copy_row(rec_->pre.data() + row * GH + 2 * H, ah, H);
           clip_inplace(cfg_.clip, ah, H);
           act_inplace(ga, ah, H);
           T* hb = h_.data() + b * H;
           if (rec) {
-            copy_row(rec_hprev_.data() + row * H, hb, H);
-            copy_row(rec_act_.data() + row * GH, a, GH);
+            copy_row(rec_->hprev.data() + row * H, hb, H);
+            copy_row(rec_->act.data() + row * GH, a, GH);
           }
           const T* z = a;
           for (int64_t j = 0; j < H; ++j) hb[j] = (T(1) - z[j]) * ah[j] + z[j] * hb[j];
@@ -731,11 +803,11 @@ class RnnRunner {
             const T* dyr = dy_ + cfg_.y_offset(t, d, b);
             for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
           }
-          const T* a = rec_act_.data() + row * GH;
+          const T* a = rec_->act.data() + row * GH;
           const T *z = a, *r = a + H, *hh = a + 2 * H;
-          const T* hp = rec_hprev_.data() + row * H;
-          const T* aux = rec_aux_.data() + row * H;
-          const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+          const T* hp = rec_->hprev.data() + row * H;
+          const T* aux = rec_->aux.data() + row * H;
+          const T* pre = cfg_.clip ? rec_->pre.data() + row * GH : nullptr;
           for (int64_t j = 0; j < H; ++j) {
             const T dH = dh[j];
             const T daz = dH * (hp[j] - hh[j]) * act_slope(fa, z[j]) * clip_pass(pre, j, clip);
@@ -757,9 +829,9 @@ class RnnRunner {
           for (int64_t b = sl.b0; b < sl.b1; ++b) {
             if (s >= len_[b]) continue;
             const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
-            const T* r = rec_act_.data() + row * GH + H;
-            const T* hp = rec_hprev_.data() + row * H;
-            const T* pre = cfg_.clip ? rec_pre_.data() + row * GH : nullptr;
+            const T* r = rec_->act.data() + row * GH + H;
+            const T* hp = rec_->hprev.data() + row * H;
+            const T* pre = cfg_.clip ? rec_->pre.data() + row * GH : nullptr;
             const T* drp = drh_.data() + b * H;
             T* da = da_step_.data() + b * GH;
             T* dh = dh_.data() + b * H;
@@ -805,20 +877,74 @@ class RnnRunner {
   std::vector<T> xw_, rh_, gate_, h_, c_, rhp_, bias_;
   std::vector<T> act_row_;  // per batch row: an activation of the cell state (LSTM's h(C))
   std::vector<Slice> slices_;
-  // Backward records in X's row order (row = x_row(t, b)): gate activations, pre-activations (with clip),
-  // states before and after each step, and the GRU's reset product (r ⊙ H_prev, or H_prev·R[h]ᵀ + Rb[h]).
-  std::vector<T> rec_act_, rec_pre_, rec_hprev_, rec_cprev_, rec_c_, rec_aux_;
+  std::shared_ptr<RnnRecords<T>> rec_;  // null in a forward kernel nobody shares records with
+  bool record_ = false;                 // the forward pass fills rec_
   // Pre-activation gradients of the input side (dAW) and, for a linear-before-reset GRU, of the recurrent
   // side.
   std::vector<T> daw_, dar_, da_step_, dar_step_, dh_, dc_, dhr_, drh_;
   std::vector<Dir> dirs_;
 };
 
+// What identifies a forward node's computation in one prepared plan: the graph, the forward inputs (value ids
+// and the arena pointers bound to them, which tell apart plans of one graph on different arenas) and the
+// configuration. A gradient node lists the same forward inputs first.
+std::string share_key(const KernelArgs& a, RnnCell cell) {
+  const int nf = cell == RnnCell::lstm ? 8 : 6;
+  std::string key = fmt::format("{}", static_cast<const void*>(&a.graph));
+  for (int i = 0; i < nf; ++i) {
+    bool present = i < static_cast<int>(a.node.inputs.size()) && a.node.inputs[i] != kNoValue;
+    key += fmt::format("|{}@{}", present ? a.node.inputs[i] : kNoValue,
+                       present ? a.inputs[i] : static_cast<const void*>(nullptr));
+  }
+  RnnConfig cfg;
+  std::string err = ops::parse_rnn_config(cell, a.attrs(), a.in(0).shape, a.in(2).shape, &cfg);
+  key += fmt::format("|{} {} {} {} {} {} {} {} {} {}", err, cfg.hidden, cfg.dirs, cfg.reverse, cfg.layout,
+                     cfg.clip ? *cfg.clip : -1.0f, cfg.input_forget, cfg.linear_before_reset,
+                     static_cast<int>(a.in(0).dtype), cfg.acts.size());
+  for (const RnnActivation& act : cfg.acts)
+    key += fmt::format(" {}:{}:{}", static_cast<int>(act.kind), act.alpha, act.beta);
+  return key;
+}
+
+// Forward kernels by share_key, so that the gradient kernel of the same node, prepared later in the same plan
+// (it needs the forward's outputs' gradients), can take over its records instead of rerunning the forward
+// pass. Entries expire with their kernels.
+template <class T>
+class ForwardKernels {
+ public:
+  static void add(const std::string& key, const std::shared_ptr<RnnRunner<T>>& runner) {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& m = map();
+    std::erase_if(m, [](const auto& kv) { return kv.second.expired(); });
+    m[key] = runner;
+  }
+  static std::shared_ptr<RnnRunner<T>> find(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto it = map().find(key);
+    return it == map().end() ? nullptr : it->second.lock();
+  }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::map<std::string, std::weak_ptr<RnnRunner<T>>>& map() {
+    static std::map<std::string, std::weak_ptr<RnnRunner<T>>> m;
+    return m;
+  }
+};
+
 KernelFactory rnn_factory(RnnCell cell, bool backward) {
   return [cell, backward](const KernelArgs& a) -> KernelPtr {
     KernelPtr kp;
     dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
-      auto runner = std::make_shared<RnnRunner<T>>(a, cell, backward);
+      const std::string key = share_key(a, cell);
+      std::shared_ptr<RnnRecords<T>> shared;
+      if (backward)
+        if (auto forward = ForwardKernels<T>::find(key)) shared = forward->share_records();
+      auto runner = std::make_shared<RnnRunner<T>>(a, cell, backward, std::move(shared));
+      if (!backward) ForwardKernels<T>::add(key, runner);
       kp = make_kernel([runner](const StepContext&) { runner->run(); });
     });
     return kp;

@@ -9,8 +9,8 @@
 namespace trainer::engine::cpu {
 
 // Put before a function whose loops should use the widest vectors the running CPU has. The binary stays
-// portable: the loader picks the AVX-512, AVX2 or baseline clone. Clones may contract a*b+c into FMAs, so
-// float results can differ in the last bits between machines, never between runs on one machine.
+// portable: the loader picks the AVX-512, AVX2 or baseline clone. The engine builds with -ffp-contract=off,
+// so no clone fuses a*b+c into an FMA and every clone rounds alike.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TRAINER_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
