@@ -4,13 +4,27 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+
+#include <unistd.h>
 
 #include "cli/common.h"
 #include "engine/ir/op_schema.h"
 #include "engine/util/error.h"
 
+// OpenMP's default is to spin for a long time before an idle thread sleeps. On a machine whose cores other
+// processes also use, a spinning thread waits on a descheduled partner and steps slow down tenfold or more; a
+// short spin costs almost nothing on an idle machine. libgomp reads its settings before main runs, so when
+// the user set neither, trainer sets a short spin count and executes itself again, once.
+static void shorten_openmp_spin(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", "10000", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run with the defaults
+}
+
 int main(int argc, char** argv) {
   using namespace trainer;
+  shorten_openmp_spin(argv);
   CLI::App app{"trainer: train neural networks from a model description"};
   app.set_version_flag("--version", std::string("trainer ") + TRAINER_VERSION);
   app.require_subcommand(0, 1);

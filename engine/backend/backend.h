@@ -74,7 +74,7 @@ class Backend {
 };
 
 struct CpuOptions {
-  int threads = 0;  // 0: all hardware threads
+  int threads = 0;  // 0: OMP_NUM_THREADS when set, else all hardware threads
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options = {});
 

@@ -8,9 +8,13 @@ against the fp32 GEMM ceiling that oneDNN reaches here (bench_cpu). Measurements
 sides and repeat; medians are reported. A table goes to stderr, one JSON line per sample to stdout.
 
 The PyTorch side builds the spec's sequential layers, optimizer and sparse categorical cross-entropy;
-learning-rate schedules are left out (they change no work per step). PyTorch runs under the system Python (Debian's python3-torch: `apt-get install -y python3-torch`; it is for
-/usr/bin/python3). Each PyTorch measurement uses the thread settings that ran fastest in a short probe (see
---torch-configs), so the comparison is against PyTorch at its best on this machine.
+learning-rate schedules are left out (they change no work per step). PyTorch runs under the system Python
+(Debian's python3-torch: `apt-get install -y python3-torch`; it is for /usr/bin/python3). Each PyTorch
+measurement uses the thread settings that ran fastest in a short probe (see --torch-configs), so the
+comparison is against PyTorch at its best on this machine.
+
+Usage: tools/bench/bench_fit.py [--build-dir build] [--repeats 3] [--profile]   (TRAINER_CPU_PROFILE=1 on a
+trainer run prints per-kernel medians of each plan to stderr; --profile shows the training step's.)
 """
 import argparse
 import gzip
