@@ -179,7 +179,7 @@ TEST_SUITE("training") {
     auto backend = make_cpu_backend();
     Trainer tr(std::move(tg), *backend, seed, opt);
     float last = 0;
-    for (int e = 0; e < 15; ++e) {
+    for (int e = 0; e < 25; ++e) {
       double sum = 0;
       for (int b = 0; b < n / batch; ++b) {
         tr.feed(x, rows(ds.x, b * batch, batch));
