@@ -1,6 +1,8 @@
 // stdout/stderr routing, the progress bar, and small JSON writers.
 #include "cli/output.h"
 
+#include "formats/checkpoint_json.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -35,32 +37,16 @@ void Output::clear_bar() {
 }
 
 std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20)
-          out += fmt::format("\\u{:04x}", c);
-        else
-          out += c;
-    }
+  std::string out;
+  // JSON carries only UTF-8: other text (a file name in another encoding) is written with '?' for each byte
+  // outside ASCII.
+  if (!formats::append_json_string(out, s)) {
+    out.clear();
+    std::string clean;
+    for (unsigned char c : s) clean += c < 0x80 ? static_cast<char>(c) : '?';
+    formats::append_json_string(out, clean);
   }
-  return out + "\"";
+  return out;
 }
 
 std::string json_number(double v) {
