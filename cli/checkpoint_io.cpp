@@ -5,12 +5,14 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
 #include "engine/util/error.h"
 #include "formats/checkpoint.h"
 #include "formats/checkpoint_json.h"
+#include "formats/onnx_tensor.h"
 
 namespace trainer::cli {
 
@@ -125,6 +127,15 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   for (const auto& [name, t] : st.values) tensors.push_back(formats::tensor_source(name, t));
   for (const auto& [name, t] : st.best_values)
     tensors.push_back(formats::tensor_source(kBestPrefix + name, t));
+  engine::Tensor onnx_model;
+  if (!spec.model.onnx.empty()) {
+    const std::string bytes =
+        spec.model.onnx_bytes ? *spec.model.onnx_bytes
+                              : formats::read_file_bytes(formats::resolve_data_path(spec, spec.model.onnx));
+    onnx_model = engine::Tensor(engine::DType::u8, engine::Shape({static_cast<int64_t>(bytes.size())}));
+    std::memcpy(onnx_model.raw(), bytes.data(), bytes.size());
+    tensors.push_back(formats::tensor_source(kOnnxModelTensor, onnx_model));
+  }
   formats::write_checkpoint(path, meta, tensors);
 }
 
@@ -139,12 +150,26 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   out.state = parse_state(formats::checkpoint_value(ck.metadata, kStateKey, path), path);
   std::string prefix = kBestPrefix;
   for (formats::CheckpointTensor& t : ck.tensors) {
-    if (t.name.rfind(prefix, 0) == 0)
+    if (t.name == kOnnxModelTensor)
+      out.onnx_bytes =
+          std::make_shared<const std::string>(static_cast<const char*>(t.value.raw()), t.value.nbytes());
+    else if (t.name.rfind(prefix, 0) == 0)
       out.state.best_values.emplace_back(t.name.substr(prefix.size()), std::move(t.value));
     else
       out.state.values.emplace_back(t.name, std::move(t.value));
   }
   return out;
+}
+
+formats::ModelSpec LoadedCheckpoint::spec(const std::vector<std::string>& overrides) const {
+  formats::ModelSpec s = formats::parse_model_spec(spec_text, spec_path, overrides);
+  if (!s.model.onnx.empty()) {
+    if (!onnx_bytes)
+      throw InputError(spec_path, "the checkpoint of an ONNX model lacks its embedded model",
+                       "the checkpoint was not written by this trainer; train again");
+    s.model.onnx_bytes = onnx_bytes;
+  }
+  return s;
 }
 
 std::string first_difference(const std::string& a, const std::string& b) {

@@ -3,7 +3,9 @@
 // names.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/train/fit.h"
 #include "formats/model_spec.h"
@@ -15,6 +17,9 @@ inline constexpr const char* kSpecPathKey =
     "spec_path";  // where the spec was read: relative data paths resolve there
 inline constexpr const char* kStateKey = "state";     // the TrainingState's numbers and history, as JSON
 inline constexpr const char* kBestPrefix = "@best/";  // tensors of early stopping's best weights
+// An ONNX run's model file, embedded as a u8 tensor so that the checkpoint needs no other file to resume,
+// export, predict or evaluate.
+inline constexpr const char* kOnnxModelTensor = "@model.onnx";
 
 void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec,
                               uint64_t plan_signature, const engine::TrainingState& state);
@@ -24,6 +29,10 @@ struct LoadedCheckpoint {
   std::string spec_path;
   uint64_t plan_signature = 0;
   engine::TrainingState state;
+  std::shared_ptr<const std::string> onnx_bytes;  // the embedded ONNX model, for an ONNX run
+
+  // The checkpoint's spec, parsed, with its embedded ONNX model attached.
+  formats::ModelSpec spec(const std::vector<std::string>& overrides = {}) const;
 };
 // Reads and verifies (checksum included) a checkpoint written by save_training_checkpoint.
 LoadedCheckpoint load_training_checkpoint(const std::string& path);

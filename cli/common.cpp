@@ -11,6 +11,7 @@
 #include "engine/util/error.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
+#include "formats/onnx_tensor.h"
 
 namespace trainer::cli {
 
@@ -73,18 +74,25 @@ std::unique_ptr<engine::Backend> DeviceOptions::make_backend() const {
   return engine::make_cpu_backend();
 }
 
-namespace {
-
-// --- ONNX models ([model] onnx = "model.onnx")
-// ----------------------------------------------------------------
-
-std::shared_ptr<const formats::OnnxModelFile> open_onnx(const formats::ModelSpec& spec) {
+void read_onnx_bytes(formats::ModelSpec& spec) {
+  if (spec.model.onnx.empty() || spec.model.onnx_bytes) return;
   const std::string path = formats::resolve_data_path(spec, spec.model.onnx);
   std::error_code ec;
   if (!std::filesystem::exists(path, ec))
     throw InputError(spec.model.onnx_pos.str(), fmt::format("the ONNX model {} does not exist", path),
                      "model.onnx is relative to the spec's folder");
-  return std::make_shared<const formats::OnnxModelFile>(path);
+  spec.model.onnx_bytes = std::make_shared<const std::string>(formats::read_file_bytes(path));
+}
+
+namespace {
+
+// --- ONNX models ([model] onnx = "model.onnx")
+// ----------------------------------------------------------------
+
+std::shared_ptr<const formats::OnnxModelFile> open_onnx(formats::ModelSpec spec) {
+  read_onnx_bytes(spec);
+  return std::make_shared<const formats::OnnxModelFile>(*spec.model.onnx_bytes,
+                                                        formats::resolve_data_path(spec, spec.model.onnx));
 }
 
 bool frozen(const formats::ModelSection& m, const std::string& name) {

@@ -53,6 +53,9 @@ struct DeviceOptions {
 
 // Builds the model of a spec for a batch size and mode (a fresh graph each call).
 models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training);
+// Reads an ONNX spec's model file into spec.model.onnx_bytes, unless they are there already (from a
+// checkpoint); a missing file is an InputError at the spec's `onnx` key.
+void read_onnx_bytes(formats::ModelSpec& spec);
 engine::ModelFactory model_factory(const formats::ModelSpec& spec);
 engine::FitConfig fit_config(const formats::ModelSpec& spec);
 

@@ -65,7 +65,7 @@ Command add_evaluate_command(CLI::App& app) {
           *ckpt, "evaluate needs a checkpoint: its spec names the data, the loss and the metrics",
           "evaluate the checkpoint the model was exported from; trainer predict runs ONNX models");
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
-    formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path, *sets);
+    formats::ModelSpec spec = ck.spec(*sets);
     if (*batch > 0) spec.train.batch_size = *batch;
     models::BuiltModel probe = build(spec, 1, false);
     SpecData data = open_data(spec, probe);

@@ -23,7 +23,7 @@ Command add_export_command(CLI::App& app) {
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on success");
   auto run = [=]() -> int {
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
-    formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path);
+    formats::ModelSpec spec = ck.spec();
     models::BuiltModel m = build(spec, 1, false);
     // The trained weights replace the initial ones, by name; optimizer state has no place in inference.
     int64_t loaded = 0;

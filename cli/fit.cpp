@@ -218,7 +218,7 @@ Command add_fit_command(CLI::App& app) {
     formats::ModelSpec s;
     if (!resume->empty()) {
       ck = load_training_checkpoint(*resume);
-      s = formats::parse_model_spec(ck->spec_text, ck->spec_path, spec->overrides());
+      s = ck->spec(spec->overrides());
       if (!spec->path.empty()) {
         formats::ModelSpec given = load_given();
         if (!formats::same_settings(given, s))
@@ -229,6 +229,9 @@ Command add_fit_command(CLI::App& app) {
       }
     } else {
       s = load_given();
+      // Read once: the model trained and the model embedded in every checkpoint are the same bytes, even if
+      // the file changes during the run.
+      read_onnx_bytes(s);
     }
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",

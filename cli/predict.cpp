@@ -54,12 +54,16 @@ bool is_checkpoint(const std::string& path) {
 
 PredictModel checkpoint_model(const std::string& path) {
   LoadedCheckpoint ck = load_training_checkpoint(path);
-  formats::ModelSpec spec = formats::parse_model_spec(ck.spec_text, ck.spec_path);
+  formats::ModelSpec spec = ck.spec();
   models::BuiltModel probe = build(spec, 1, false);
   PredictModel m;
   m.kind = "checkpoint";
   m.path = path;
   m.sample_shape = spec.model.input.shape;
+  if (!spec.model.onnx.empty()) {  // an ONNX model's input says it: its dimensions after the batch
+    const std::vector<int64_t> dims = probe.graph.value(probe.input).shape.dims();
+    m.sample_shape.assign(dims.begin() + 1, dims.end());
+  }
   engine::data::BatchFormat& f = m.format;
   f.x_dtype = probe.graph.value(probe.input).dtype;
   // The loader's preparation of the training data, so the model sees inputs as it did in training.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -64,6 +65,9 @@ struct ModelSection {
   // match stay fixed while training; matched running statistics keep their BatchNormalization in inference
   // form.
   std::vector<std::string> freeze;
+  // The ONNX file's bytes when they came from a checkpoint, which embeds them so that it needs no other file;
+  // null when the model is read from `onnx`. Not a setting: same_settings ignores it.
+  std::shared_ptr<const std::string> onnx_bytes;
   SourcePos pos;
   SourcePos onnx_pos;
   std::vector<SourcePos> freeze_pos;  // one per pattern

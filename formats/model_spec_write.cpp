@@ -82,6 +82,7 @@ void clear_positions(ModelSpec& s) {
   s.base_dir.clear();
   s.model.pos = s.model.input.pos = s.model.onnx_pos = {};
   s.model.freeze_pos.clear();
+  s.model.onnx_bytes.reset();
   for (LayerSpec& l : s.model.layers) {
     l.pos = l.type_pos = {};
     for (auto& [k, a] : l.args) a.pos = {};

@@ -90,7 +90,8 @@ int attribute_type(const onnx::AttributeProto& a) {
 // Ops the importer turns into constants itself (see add_constant_node and add_shape_node).
 bool imported_by_importer(const onnx::NodeProto& n) {
   const std::string& op = n.op_type();
-  return normalize_domain(n.domain()).empty() && (op == "Constant" || op == "Shape" || op == "Size");
+  return normalize_domain(n.domain()).empty() &&
+         (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape");
 }
 
 class Importer {
@@ -379,6 +380,19 @@ class Importer {
         case onnx::AttributeProto::FLOATS:
           attrs.set(a.name(), std::vector<float>(a.floats().begin(), a.floats().end()));
           break;
+        case onnx::AttributeProto::STRINGS: {
+          // The IR keeps a list of names (the RNN ops' `activations`) as one comma-joined string, which
+          // export splits again.
+          std::string joined;
+          for (const std::string& s : a.strings()) {
+            if (s.find(',') != std::string::npos)
+              fail(fmt::format("{}: attribute '{}' holds '{}', with a comma", label, a.name(), s),
+                   "the engine keeps string lists comma-joined; names with commas are not supported");
+            joined += (joined.empty() ? "" : ",") + s;
+          }
+          attrs.set(a.name(), joined);
+          break;
+        }
         case onnx::AttributeProto::TENSOR:
           attrs.set(a.name(),
                     read_tensor(a.t(), fmt::format("{}: {} attribute '{}'", source_, label, a.name())));
@@ -386,7 +400,7 @@ class Importer {
         default:
           fail(fmt::format("{}: attribute '{}' has type {}, which the engine does not support", label,
                            a.name(), attr_type_name(attribute_type(a))),
-               "supported attribute types: INT, FLOAT, STRING, INTS, FLOATS, TENSOR");
+               "supported attribute types: INT, FLOAT, STRING, INTS, FLOATS, STRINGS, TENSOR");
       }
     }
     return attrs;
@@ -432,6 +446,39 @@ class Importer {
     wrap(label, [&] { shape_constants_.insert(g().add_constant(n.output(0), std::move(t))); });
   }
 
+  // ConstantOfShape of a constant shape (exporters build RNN initial states this way, from the batch size) is
+  // a constant; its shape must be known at import, as every shape in the IR is.
+  void add_constant_of_shape(const onnx::NodeProto& n, int index) {
+    std::string label = node_label(n, index);
+    if (n.input_size() != 1 || n.output_size() != 1)
+      fail(fmt::format("{} must have one input and one output", label), "the exporter is broken");
+    PendingNode p;
+    p.inputs = {lookup(n.input(0), label)};
+    restore_folded_values(p);
+    const engine::Value& in = g().value(p.inputs[0]);
+    if (in.kind != engine::ValueKind::constant || in.dtype != engine::DType::i64 || in.shape.rank() != 1)
+      fail(fmt::format("{}: its shape '{}' is not a constant 1-D int64 tensor", label, in.name),
+           "the engine needs static shapes: compute the shape from constants and input shapes only");
+    const Tensor& dims_t = *g().initializer(p.inputs[0]);
+    std::vector<int64_t> dims(dims_t.data<int64_t>(), dims_t.data<int64_t>() + dims_t.numel());
+    Tensor fill = Tensor::scalar<float>(0.0f);
+    for (const auto& a : n.attribute()) {
+      if (a.name() != "value")
+        fail(fmt::format("{}: unknown attribute '{}'", label, a.name()), "ConstantOfShape takes: value");
+      fill = read_tensor(a.t(), fmt::format("{}: {} attribute 'value'", source_, label));
+      if (fill.numel() != 1)
+        fail(fmt::format("{}: 'value' holds {} elements", label, fill.numel()), "ONNX requires exactly one");
+    }
+    for (int64_t d : dims)
+      if (d < 0) fail(fmt::format("{}: negative dimension {} in shape {}", label, d, Shape(dims).str()));
+    Tensor t(fill.dtype(), Shape(dims));
+    const size_t elem = fill.nbytes();
+    for (int64_t i = 0; i < t.numel(); ++i)
+      std::memcpy(static_cast<char*>(t.raw()) + i * elem, fill.raw(), elem);
+    wrap(label, [&] { folded_.insert(g().add_constant(n.output(0), std::move(t))); });
+    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+  }
+
   // A node as the engine takes it: ONNX's inputs, attributes and output names after the rewrites below.
   struct PendingNode {
     std::string op, domain, name, label;
@@ -447,6 +494,7 @@ class Importer {
     const std::string domain = normalize_domain(n.domain());
     if (domain.empty() && n.op_type() == "Constant") return add_constant_node(n, index);
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
+    if (domain.empty() && n.op_type() == "ConstantOfShape") return add_constant_of_shape(n, index);
     PendingNode p;
     p.op = n.op_type();
     p.domain = domain;
@@ -466,6 +514,8 @@ class Importer {
         if (adapt_opset11_softmax(p)) return;
       } else if (p.op == "Reshape") {
         adapt_reshape(p);
+      } else if (p.op == "LSTM" || p.op == "GRU" || p.op == "RNN") {
+        drop_zero_initial_states(p);
       }
     }
     restore_folded_values(p);
@@ -528,6 +578,22 @@ class Importer {
     } else if (options_.mode == OnnxGraphMode::inference && p.inputs.size() > 2) {
       p.inputs.resize(2);
     }
+  }
+
+  // An all-zero constant initial state (initial_h, LSTM's initial_c) means what an absent one means.
+  // Exporters write one sized by the batch; dropping it keeps the graph valid at any batch size, so it
+  // exports again.
+  void drop_zero_initial_states(PendingNode& p) {
+    for (size_t k : {size_t{5}, size_t{6}}) {
+      if (k >= p.inputs.size() || p.inputs[k] == engine::kNoValue) continue;
+      const engine::Value& v = g().value(p.inputs[k]);
+      if (v.kind != engine::ValueKind::constant) continue;
+      const Tensor& t = *g().initializer(p.inputs[k]);
+      bool zero = true;
+      for (int64_t i = 0; i < t.numel() && zero; ++i) zero = t.get_f64(i) == 0.0;
+      if (zero) p.inputs[k] = engine::kNoValue;
+    }
+    while (!p.inputs.empty() && p.inputs.back() == engine::kNoValue) p.inputs.pop_back();
   }
 
   void adapt_batch_norm(PendingNode& p) {
@@ -910,6 +976,12 @@ OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptio
 OnnxModelFile::OnnxModelFile(const std::string& path) : path_(path) {
   auto model = std::make_shared<onnx::ModelProto>();
   parse_onnx_model(read_file_bytes(path), path, model.get());
+  model_ = std::move(model);
+}
+
+OnnxModelFile::OnnxModelFile(std::string_view bytes, const std::string& path) : path_(path) {
+  auto model = std::make_shared<onnx::ModelProto>();
+  parse_onnx_model(bytes, path, model.get());
   model_ = std::move(model);
 }
 

@@ -101,6 +101,9 @@ OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::str
 class OnnxModelFile {
  public:
   explicit OnnxModelFile(const std::string& path);  // reads and parses; InputError naming the file
+  // Parses bytes read elsewhere (a checkpoint's embedded model); `path` names them in errors and is where
+  // external data would be looked for.
+  OnnxModelFile(std::string_view bytes, const std::string& path);
   OnnxImportResult import(const OnnxImportOptions& options) const;
   const onnx::ModelProto& model() const { return *model_; }
   const std::string& path() const { return path_; }

@@ -7,7 +7,7 @@ debs=(
   build-essential cmake ninja-build ccache pkg-config python3 python3-pip groff-base
   libonnx-dev libprotobuf-dev protobuf-compiler libcli11-dev libfmt-dev doctest-dev
   libtomlplusplus-dev libdnnl-dev libopenblas-dev zlib1g-dev libopenmpi-dev openmpi-bin
-  dataset-fashion-mnist libonnx-testdata
+  dataset-fashion-mnist libonnx-testdata python3-torch
 )
 
 missing=()

@@ -286,7 +286,7 @@ learning_rate = 0.002
     def check_round_trip(self, original, exported, ckpt, feeds_exported, feeds_original):
         """Node and initializer names survive; the export computes what the original graph computes with the
         checkpoint's weights and running statistics."""
-        folded = {"Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Cast"}
+        folded = {"Constant", "ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Concat", "Cast"}
         kept_nodes = {n.name for n in original.graph.node if n.op_type not in folded or n.name == "embedding"}
         self.assertLessEqual(kept_nodes, {n.name for n in exported.graph.node})
         exported_inits = weights_of(exported)
@@ -422,17 +422,89 @@ learning_rate = 0.01
         r = run(["fit", spec, "--epochs", "1"])
         cli_util.assert_input_error(self, r, "sample 7")
 
-    @cli_util.skip_without_fashion
-    def test_pytorch_exported_cnn_fine_tunes(self):
+    def torch_export(self, module_source, sample, input_name, path):
+        """Runs torch.onnx.export (Debian's python3-torch, TorchScript exporter) on the class Net that
+        module_source defines, with a symbolic batch."""
         torch_python = "/usr/bin/python3"
         probe = subprocess.run([torch_python, "-c", "import torch"], capture_output=True) if os.path.exists(
             torch_python) else None
         if probe is None or probe.returncode != 0:
             self.skipTest("Debian's python3-torch is not importable by /usr/bin/python3")
-        path = self.path("torch_cnn.onnx")
         script = f"""
 import inspect, torch
 torch.manual_seed(0)
+{module_source}
+kw = dict(input_names=[{input_name!r}], output_names=["y"], dynamic_axes={{{input_name!r}: {{0: "batch"}}, "y": {{0: "batch"}}}},
+          opset_version=13)
+if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+    kw["dynamo"] = False
+torch.onnx.export(Net().eval(), {sample}, {path!r}, **kw)
+"""
+        r = subprocess.run([torch_python, "-c", script], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return onnx.load(path)
+
+    @cli_util.skip_without_fashion
+    def test_pytorch_exported_mlp_with_residual_add_fine_tunes(self):
+        path = self.path("torch_res.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 64)
+        self.fc2 = torch.nn.Linear(64, 64)
+        self.out = torch.nn.Linear(64, 10)
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        return self.out(h + torch.relu(self.fc2(h)))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertIn("Add", {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("torch_res.toml", from_logits=True, epochs=1)],
+                                self.path("run_torch_res"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_res_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    def test_pytorch_exported_embedding_lstm_fine_tunes(self):
+        # PyTorch writes the initial states as ConstantOfShape of the batch size: zeros, which import drops.
+        path = self.path("torch_lstm.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
+        self.fc = torch.nn.Linear(16, 1)
+    def forward(self, ids):
+        _, (h, _) = self.lstm(self.emb(ids))
+        return torch.sigmoid(self.fc(h[-1]))
+""", "torch.zeros(2, 10, dtype=torch.long)", "ids", path)
+        self.assertIn("ConstantOfShape", {n.op_type for n in original.graph.node})
+        rng = np.random.default_rng(11)
+        ids = rng.integers(0, 50, (512, 10)).astype(np.int64)
+        y = (ids[:, -1] < 25).astype(np.float32)  # the last token decides
+        np.save(self.path("tl_x.npy"), ids)
+        np.save(self.path("tl_y.npy"), y)
+        t = self.path("torch_lstm.toml")
+        with open(t, "w") as f:
+            f.write('format_version = 1\n[data.train]\nx = "tl_x.npy"\ny = "tl_y.npy"\n[data.validation]\n'
+                    'x = "tl_x.npy"\ny = "tl_y.npy"\n[train]\nloss = "binary_crossentropy"\n'
+                    'metrics = ["accuracy"]\nepochs = 6\nbatch_size = 32\n'
+                    '[train.optimizer]\nname = "adam"\nlearning_rate = 0.01\n')
+        epochs, ckpt = self.fit([path, "--train", t], self.path("run_torch_lstm"))
+        p = run_onnx(original, {"ids": ids}).ravel()
+        before = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        self.assertLess(epochs[-1]["val_loss"], before)
+        self.assertGreater(epochs[-1]["val_accuracy"], 0.9)
+        exported = self.export(ckpt, "torch_lstm_out.onnx")
+        self.check_round_trip(original, exported, ckpt, {"ids": ids[:20]}, {"ids": ids[:20]})
+
+    @cli_util.skip_without_fashion
+    def test_pytorch_exported_cnn_fine_tunes(self):
+        path = self.path("torch_cnn.onnx")
+        original = self.torch_export("""
 class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -444,16 +516,7 @@ class Net(torch.nn.Module):
         x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
         return self.fc(x.view(x.size(0), -1))
-net = Net().eval()
-kw = dict(input_names=["x"], output_names=["logits"], dynamic_axes={{"x": {{0: "batch"}}, "logits": {{0: "batch"}}}},
-          opset_version=13)
-if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-    kw["dynamo"] = False
-torch.onnx.export(net, torch.zeros(2, 1, 28, 28), {path!r}, **kw)
-"""
-        r = subprocess.run([torch_python, "-c", script], capture_output=True, text=True, timeout=300)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        original = onnx.load(path)
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
         epochs, ckpt = self.fit([path, "--train", self.fashion_toml("torch.toml", from_logits=True, epochs=1)],
                                 self.path("run_torch"))
         before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
@@ -584,6 +647,30 @@ torch.onnx.export(net, torch.zeros(2, 1, 28, 28), {path!r}, **kw)
             f.write(changed)
         r = run(["fit", "--resume", ckpt, self.path("rt.onnx"), "--train", t2])
         cli_util.assert_input_error(self, r, "does not match the checkpoint", "fc2.*")
+
+    def test_checkpoint_embeds_the_onnx_model(self):
+        # The checkpoint carries the model file's bytes: it resumes, exports and predicts with the file gone.
+        model_path = self.save(mlp_model(17), "gone.onnx")
+        with open(model_path, "rb") as f:
+            model_bytes = f.read()
+        t = self.path("gone.toml")
+        with open(t, "w") as f:
+            f.write('format_version = 1\n[data.train]\nx = "gone_x.npy"\ny = "gone_y.npy"\n'
+                    '[train]\nloss = "sparse_categorical_crossentropy"\nepochs = 1\nbatch_size = 4\n')
+        x = np.random.default_rng(8).random((8, 784), dtype=np.float32)
+        np.save(self.path("gone_x.npy"), x)
+        np.save(self.path("gone_y.npy"), np.arange(8, dtype=np.int64) % 10)
+        out = self.path("run_gone")
+        _, ckpt = self.fit([model_path, "--train", t], out)
+        self.assertEqual(read_checkpoint(ckpt)["@model.onnx"].tobytes(), model_bytes)
+        os.remove(model_path)
+        r = run(["fit", "--resume", ckpt, "--epochs", "2", "--output-dir", out, "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        exported = self.export(ckpt, "gone_out.onnx")
+        r = run(["predict", ckpt, self.path("gone_x.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        np.testing.assert_allclose(got, run_onnx(exported, {"x": x}), rtol=1e-5, atol=1e-6)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@
 #include "engine/plan/fusion.h"
 #include "engine/train/session.h"
 #include "formats/onnx_export.h"
+#include "formats/onnx_import.h"
 #include "formats/onnx_tensor.h"
 #include "models/build.h"
 
@@ -551,6 +552,35 @@ TEST_SUITE("onnx_export") {
     c13.name = "embedding_lstm_opset13";
     c13.opset = 13;
     export_case(c13);
+  }
+
+  TEST_CASE("exported recurrent models import again: STRINGS activations, the same outputs") {
+    for (const ModelCase& c : {lstm_case(), gru_case()}) {
+      CAPTURE(c.name);
+      models::BuiltModel m = build(c, 4);
+      onnx::ModelProto model = export_onnx(m.graph, {m.input}, {m.output}, options_for(m, c.opset));
+      OnnxImportOptions o;
+      o.batch_size = 4;
+      OnnxImportResult back = import_onnx_model(model, c.name + ".onnx", o);
+      REQUIRE(back.inputs.size() == 1);
+      REQUIRE(back.outputs.size() == 1);
+      int recurrent = 0;
+      for (NodeId n = 0; n < back.graph.num_nodes(); ++n) {
+        const Node& node = back.graph.node(n);
+        if (node.op != "LSTM" && node.op != "GRU") continue;
+        ++recurrent;
+        CHECK(node.attrs.s("activations") == (node.op == "LSTM" ? "Sigmoid,Tanh,Tanh" : "Sigmoid,Tanh"));
+      }
+      CHECK(recurrent >= 1);
+      const Value& in = m.graph.value(m.input);
+      Tensor x = c.vocab > 0 ? ops::random_int_tensor(in.shape, 0, c.vocab, 7, in.dtype)
+                             : ops::random_tensor(in.shape, -1, 1, 7, DType::f32);
+      Tensor want = run_engine(m.graph, {m.input}, {x}, {m.output})[0];
+      Tensor got = run_engine(back.graph, back.inputs, {x}, back.outputs)[0];
+      REQUIRE(got.numel() == want.numel());
+      for (int64_t i = 0; i < want.numel(); ++i)
+        CHECK(got.data<float>()[i] == doctest::Approx(want.data<float>()[i]).epsilon(1e-5));
+    }
   }
 
   TEST_CASE("BatchNormalization exports in inference form and Dropout leaves nothing") {

@@ -58,13 +58,6 @@ onnx::NodeProto* add_node(onnx::GraphProto* g, const std::string& op, std::vecto
   return n;
 }
 
-void set_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
-  auto* a = n->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(v);
-}
-
 void set_float(onnx::NodeProto* n, const std::string& name, float v) {
   auto* a = n->add_attribute();
   a->set_name(name);
