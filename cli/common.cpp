@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include "engine/util/error.h"
 #include "formats/datasets.h"
@@ -66,12 +67,114 @@ Output OutputOptions::make() const {
   return Output(f, quiet);
 }
 
-void DeviceOptions::add(CLI::App* app) {
-  app->add_option("--device", device, "Device to run on (cpu)")->check(CLI::IsMember({"cpu"}));
+void DeviceOptions::add(CLI::App* app, bool with_gpus) {
+  app->add_option("--device", device,
+                  "Device to run on: auto (the first GPU when there is one, else the CPU), cpu, cuda or "
+                  "cuda:N")
+      ->check([](const std::string& s) -> std::string {
+        if (s == "auto" || s == "cpu" || s == "cuda") return "";
+        if (s.starts_with("cuda:") && s.size() > 5 &&
+            s.find_first_not_of("0123456789", 5) == std::string::npos)
+          return "";
+        return fmt::format("'{}' is no device: use auto, cpu, cuda or cuda:N", s);
+      });
+  if (with_gpus)
+    app->add_option("--gpus", gpus, "GPUs to train on: a count (1), all, or device ids (0,2)")
+        ->type_name("N|all|IDS");
+  app->add_flag("--no-cuda-graph", no_cuda_graph,
+                "Run each CUDA step kernel by kernel instead of replaying a captured CUDA graph (debugging)");
 }
 
-std::unique_ptr<engine::Backend> DeviceOptions::make_backend() const {
-  return engine::make_cpu_backend();
+namespace {
+
+std::string found_text(const engine::CudaDevices& found) {
+  if (found.devices.empty()) return fmt::format("no CUDA device ({})", found.why_none);
+  std::vector<std::string> names;
+  for (const engine::CudaDeviceInfo& d : found.devices)
+    names.push_back(fmt::format("{}: {}", d.index, d.name));
+  return fmt::format("{} CUDA device{} ({})", found.devices.size(), found.devices.size() == 1 ? "" : "s",
+                     fmt::join(names, ", "));
+}
+
+}  // namespace
+
+std::vector<int> DeviceOptions::cuda_device_ids(bool quiet) const {
+  const bool want_cuda = device.starts_with("cuda") || !gpus.empty();
+  if (device == "cpu" && !gpus.empty())
+    throw InputError("--gpus", "--gpus runs on GPUs, and --device cpu asks for the CPU",
+                     "leave out one of them");
+  if (!want_cuda && device != "auto") return {};
+  const engine::CudaDevices found = engine::cuda_devices();
+  if (!want_cuda) {  // auto
+    if (!found.devices.empty()) return {found.devices.front().index};
+    if (engine::cuda_built() && !quiet)
+      fmt::print(stderr, "trainer: {}; running on the CPU\n", found_text(found));
+    return {};
+  }
+  const int present = static_cast<int>(found.devices.size());
+  auto exists = [&](int id) {
+    for (const engine::CudaDeviceInfo& d : found.devices)
+      if (d.index == id) return true;
+    return false;
+  };
+  std::vector<int> ids;
+  if (!gpus.empty()) {
+    if (device != "auto" && device != "cuda")
+      throw InputError("--gpus", fmt::format("--gpus chooses the GPUs, and --device {} does too", device),
+                       "leave out --device");
+    if (gpus == "all") {
+      for (const engine::CudaDeviceInfo& d : found.devices) ids.push_back(d.index);
+      if (ids.empty())
+        throw InputError("--gpus", fmt::format("--gpus all, and there is {}", found_text(found)),
+                         "run on the CPU: leave out --gpus");
+    } else if (gpus.find(',') == std::string::npos &&
+               gpus.find_first_not_of("0123456789") == std::string::npos) {
+      const int n = std::atoi(gpus.c_str());
+      if (n < 1) throw InputError("--gpus", "--gpus 0 asks for no GPU", "give a count of at least 1, or all");
+      if (n > present)
+        throw InputError("--gpus",
+                         fmt::format("--gpus {} asks for {} GPU{}, and there is {}", gpus, n,
+                                     n == 1 ? "" : "s", found_text(found)),
+                         present == 0 ? "run on the CPU: leave out --gpus"
+                                      : fmt::format("use at most --gpus {}", present));
+      for (int i = 0; i < n; ++i) ids.push_back(found.devices[i].index);
+    } else {
+      std::stringstream ss(gpus);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos)
+          throw InputError("--gpus", fmt::format("'{}' in --gpus {} is no device id", item, gpus),
+                           "give a count (--gpus 2), all, or ids (--gpus 0,2)");
+        const int id = std::atoi(item.c_str());
+        if (!exists(id))
+          throw InputError("--gpus", fmt::format("GPU {} does not exist: there is {}", id, found_text(found)),
+                           "list the GPUs with nvidia-smi");
+        ids.push_back(id);
+      }
+    }
+  } else {
+    const int id = device == "cuda" ? 0 : std::atoi(device.c_str() + 5);
+    if (!exists(id))
+      throw InputError(
+          "--device", fmt::format("--device {} asks for a GPU, and there is {}", device, found_text(found)),
+          found.devices.empty() ? "use --device cpu (or auto)" : "list the GPUs with nvidia-smi");
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+std::unique_ptr<engine::Backend> DeviceOptions::make_backend(bool quiet) const {
+  const std::vector<int> ids = cuda_device_ids(quiet);
+  if (ids.empty()) return engine::make_cpu_backend();
+  if (ids.size() > 1)
+    throw InputError(
+        "--gpus",
+        fmt::format("{} GPUs were asked for; training on several GPUs is not built yet", ids.size()),
+        "train on one: --gpus 1");
+  engine::CudaOptions o;
+  o.device = ids.front();
+  o.cuda_graph = !no_cuda_graph;
+  return engine::make_cuda_backend(o);
 }
 
 void read_onnx_bytes(formats::ModelSpec& spec) {

@@ -45,10 +45,17 @@ struct OutputOptions {
   Output make() const;
 };
 
+// --device auto|cpu|cuda|cuda:N, --gpus (fit and bench), --no-cuda-graph. auto takes the first CUDA device
+// when there is one, else the CPU; a CUDA build that finds no device says so in one line (unless quiet).
 struct DeviceOptions {
-  std::string device = "cpu";
-  void add(CLI::App* app);
-  std::unique_ptr<engine::Backend> make_backend() const;
+  std::string device = "auto";
+  std::string gpus;  // "", "N", "all" or "0,2"
+  bool no_cuda_graph = false;
+  void add(CLI::App* app, bool with_gpus = false);
+  // The CUDA device ids --gpus/--device name; empty for the CPU. InputError (exit 2) when they name devices
+  // that are not there, naming what was found.
+  std::vector<int> cuda_device_ids(bool quiet) const;
+  std::unique_ptr<engine::Backend> make_backend(bool quiet = false) const;
 };
 
 // Builds the model of a spec for a batch size and mode (a fresh graph each call).

@@ -192,7 +192,7 @@ Command add_fit_command(CLI::App& app) {
       ->type_name("CKPT");
   cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl");
   output->add(cmd);
-  device->add(cmd);
+  device->add(cmd, true);
   auto run = [=]() -> int {
     Output out = output->make();
     if (spec->path.empty() && resume->empty())
@@ -236,7 +236,7 @@ Command add_fit_command(CLI::App& app) {
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");
-    auto backend = device->make_backend();
+    auto backend = device->make_backend(output->quiet);
     models::BuiltModel probe = build(s, 1, false);
     SpecData data = open_data(s, probe);
     engine::FitConfig cfg = fit_config(s);

@@ -22,6 +22,10 @@ static void shorten_openmp_spin(char** argv) {
   execv("/proc/self/exe", argv);  // returns only on failure: then run with the defaults
 }
 
+namespace trainer::cli {
+Command add_bench_command(CLI::App& app);  // cli/bench.cpp
+}  // namespace trainer::cli
+
 int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
@@ -32,7 +36,8 @@ int main(int argc, char** argv) {
   app.add_flag("--list-ops", list_ops, "List the ops the engine implements, one per line: name, domain");
   std::vector<cli::Command> commands = {cli::add_fit_command(app),     cli::add_summary_command(app),
                                         cli::add_check_command(app),   cli::add_export_command(app),
-                                        cli::add_predict_command(app), cli::add_evaluate_command(app)};
+                                        cli::add_predict_command(app), cli::add_evaluate_command(app),
+                                        cli::add_bench_command(app)};
   auto* help = app.add_subcommand("help", "Show the help of a subcommand: trainer help fit");
   std::string help_topic;
   help->add_option("SUBCOMMAND", help_topic, "Subcommand");

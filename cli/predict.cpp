@@ -292,7 +292,7 @@ Command add_predict_command(CLI::App& app) {
                        "NPY output needs the number of samples before the first row, and CSV input does "
                        "not say it",
                        "use --output-format csv, or give the samples as NPY or IDX");
-    auto backend = device->make_backend();
+    auto backend = device->make_backend(*quiet);
     Runner runner(model, *backend, *batch, in.count());
     const int64_t b = runner.batch(), columns = runner.columns();
     const bool single = columns == 1;

@@ -31,4 +31,11 @@ if ! "$py" -c "import numpy, onnx, onnxruntime" >/dev/null 2>&1; then
   "$py" -m pip install -q --disable-pip-version-check numpy onnx onnxruntime 2>/dev/null ||
     "$py" -m pip install -q --disable-pip-version-check --break-system-packages numpy onnx onnxruntime
 fi
+# cuobjdump, for the test of the architectures compiled into a CUDA build; the CUDA image ships nvcc without it.
+if [ -x /usr/local/cuda/bin/nvcc ] && [ ! -x /usr/local/cuda/bin/cuobjdump ] &&
+  ! "$py" -c "import importlib.util as u, os, sys; s = u.find_spec('nvidia'); sys.exit(0 if s and any(os.path.exists(os.path.join(p, 'cu13', 'bin', 'cuobjdump')) for p in s.submodule_search_locations) else 1)" 2>/dev/null; then
+  echo "install-deps: installing cuobjdump from PyPI" >&2
+  "$py" -m pip install -q --disable-pip-version-check "nvidia-cuda-cuobjdump>=13,<14" 2>/dev/null ||
+    "$py" -m pip install -q --disable-pip-version-check --break-system-packages "nvidia-cuda-cuobjdump>=13,<14"
+fi
 echo "install-deps: ok" >&2

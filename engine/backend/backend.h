@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/plan/program.h"
 
@@ -42,6 +43,15 @@ class Event {
   virtual void synchronize() = 0;  // blocks until done
 };
 
+// Time spent in one kernel of a plan over the profiled runs (trainer bench).
+struct KernelTiming {
+  std::string op;      // the node's op
+  std::string node;    // the node's name
+  std::string shapes;  // its input shapes, "[64, 784] [784, 512]"
+  double seconds = 0;  // total over `runs`
+  int64_t runs = 0;
+};
+
 // A Program bound to an arena, ready to run.
 class Executable {
  public:
@@ -51,6 +61,11 @@ class Executable {
   // Called (on the executing thread) as soon as the gradients of bucket `b` are written, before later steps
   // run. The data-parallel layer starts the bucket's reduction here. Optional.
   virtual void set_bucket_ready_hook(std::function<void(int bucket)> hook) = 0;
+  // Per-kernel timing (steady clock on the CPU, CUDA events on a GPU). While on, runs are timed kernel by
+  // kernel; a GPU then runs eagerly, not by graph replay. Optional: the default records nothing.
+  virtual void set_profiling(bool on) {}
+  // The timings since profiling was turned on, in plan order.
+  virtual std::vector<KernelTiming> kernel_timings() const { return {}; }
 };
 
 class Backend {
@@ -77,5 +92,31 @@ struct CpuOptions {
   int threads = 0;  // 0: OMP_NUM_THREADS when set, else all hardware threads
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options = {});
+
+// ---- CUDA (engine/backend/cuda; a build without CUDA has stubs that find no device) ----
+struct CudaDeviceInfo {
+  int index = 0;
+  std::string name;         // "NVIDIA H200"
+  int sm = 0;               // compute capability as major * 10 + minor: 90
+  size_t memory_bytes = 0;  // total
+  std::string pci_bus_id;   // "0000:1b:00.0"
+};
+struct CudaDevices {
+  std::vector<CudaDeviceInfo> devices;
+  std::string why_none;  // when there are none: "built without CUDA", "no CUDA driver", "no CUDA device", ...
+};
+bool cuda_built();           // compiled with the CUDA backend
+CudaDevices cuda_devices();  // never throws
+
+struct CudaOptions {
+  int device = 0;
+  bool cuda_graph = true;                      // capture the step after warm-up and replay it
+  size_t workspace_bytes = size_t{256} << 20;  // cuBLASLt/cuDNN workspace, allocated once per backend
+};
+// Throws InputError when the device does not exist or the build has no CUDA.
+std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options = {});
+// cudaMalloc/cudaFree/cudaMallocHost/cudaFreeHost calls made by the CUDA backends of this process: tests
+// prove that steady-state steps make none.
+uint64_t cuda_allocation_calls();
 
 }  // namespace trainer::engine

@@ -517,6 +517,27 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   return plan_program(tg.graph, po).arena_bytes();
 }
 
+TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch) {
+  LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+  TrainingOptions topt;
+  topt.optimizer = cfg.optimizer;
+  topt.clipnorm = cfg.clipnorm;
+  TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
+  tg.graph->mark_output(lg.output);  // as the Device's training plans do: metrics read it
+  TrainingStep st;
+  st.graph = tg.graph;
+  st.x = lg.x;
+  st.y = lg.y;
+  st.output = lg.output;
+  st.loss = lg.loss;
+  st.learning_rate = tg.learning_rate;
+  st.iteration = tg.iteration;
+  st.gradients = tg.gradients;
+  st.backward_begin = tg.backward_begin;
+  st.update_begin = tg.update_begin;
+  return st;
+}
+
 Logs evaluate(const ModelFactory& factory, std::shared_ptr<const data::Dataset> data,
               const data::BatchFormat& format, const FitConfig& cfg, Backend& backend,
               const std::string& prefix) {

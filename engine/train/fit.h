@@ -157,6 +157,19 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
                               Backend& backend);
 
+// One training step as fit plans it at batch size `batch`: forward, loss, backward and optimizer update,
+// with the values a step feeds and reads (trainer bench runs it on synthetic batches). Nodes
+// [0, backward_begin) are the forward pass and loss, [backward_begin, update_begin) the backward pass, and
+// the rest gradient clipping and the optimizer update.
+struct TrainingStep {
+  std::shared_ptr<Graph> graph;
+  ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
+  ValueId learning_rate = kNoValue, iteration = kNoValue;
+  std::vector<ValueId> gradients;  // per trainable parameter: what PlanOptions::gradients buckets
+  NodeId backward_begin = 0, update_begin = 0;
+};
+TrainingStep training_step(const ModelFactory& factory, const FitConfig& config, int64_t batch);
+
 // Loss and metrics of the model `factory` builds in inference mode (its initializers are the weights) on
 // every sample of `data`, the last partial batch included, as fit computes its validation logs; names are
 // `prefix` + "loss", "accuracy", ... (trainer evaluate).

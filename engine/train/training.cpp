@@ -13,7 +13,9 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   if (options.fuse) tg.fusion = fuse(g, options.fusion);
   tg.loss = loss;
   std::vector<ValueId> params = trainable_parameters(g);
+  tg.backward_begin = g.num_nodes();
   auto grads = build_backward(g, tg.loss, params);
+  tg.update_begin = g.num_nodes();
   tg.learning_rate = g.add_input("__learning_rate", DType::f32, Shape{});
   tg.iteration = g.add_input("__iteration", DType::i64, Shape{});
   std::vector<ValueId> applied;

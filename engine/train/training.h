@@ -29,6 +29,9 @@ struct TrainingGraph {
   std::vector<OptimizerState> parameters;
   std::vector<ValueId> gradients;    // per parameter, in parameter order (before clipping)
   ValueId gradient_norm = kNoValue;  // with clipnorm: the global norm before clipping (a graph output)
+  // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from
+  // update_begin gradient clipping and the optimizer update (trainer bench reports time per phase).
+  NodeId backward_begin = 0, update_begin = 0;
   FusionReport fusion;
 };
 

@@ -47,7 +47,9 @@ class Output(unittest.TestCase):
         r = self.fit()
         self.assertNotIn("\r", r.stderr)
         self.assertNotIn("\x1b", r.stderr)
-        self.assertRegex(r.stderr, r"^Training on 256 samples, validating on 128")
+        # A CUDA build without a GPU says so in one line first.
+        self.assertRegex(r.stderr, r"^(trainer: no CUDA device \([^\n]*\); running on the CPU\n)?"
+                                   r"Training on 256 samples, validating on 128")
         self.assertRegex(r.stderr, r"Done in [0-9.]+s\.\n$")
 
     def test_quiet(self):

@@ -44,16 +44,21 @@ class CompletedEvent final : public Event {
   void synchronize() override {}
 };
 
-// Per-kernel wall time of one plan, printed to stderr when the plan is destroyed: set TRAINER_CPU_PROFILE=1
-// to see where a step's time goes. Medians, since on a shared machine preemption inflates some runs
-// arbitrarily. Sample slots are reserved at prepare time, so timing allocates nothing per step.
+// Per-kernel wall time of one plan. Two users: trainer bench turns it on at run time through
+// Executable::set_profiling and reads per-kernel totals; TRAINER_CPU_PROFILE=1 keeps it on for the plan's
+// life and prints a table of medians to stderr when the plan is destroyed (on a shared machine preemption
+// inflates some runs arbitrarily). Storage is reserved when timing is turned on, so timed runs allocate
+// nothing.
 struct KernelProfile {
-  static constexpr size_t kMaxRuns = 4096;   // runs sampled per kernel; later runs are not recorded
-  std::vector<std::string> labels;           // per step: "Op [shapes]"
-  std::vector<std::vector<double>> seconds;  // per step, per run
-  int64_t runs = 0;
+  static constexpr size_t kMaxRuns = 4096;  // runs sampled per kernel for the table; later ones are dropped
+  bool table = false;                       // TRAINER_CPU_PROFILE: keep per-run samples, print at the end
+  bool totals_on = false;                   // set_profiling(true)
+  std::vector<double> totals;               // per step: seconds since set_profiling(true)
+  int64_t total_runs = 0;
+  std::vector<std::vector<double>> samples;  // per step, per run (table only)
+  int64_t table_runs = 0;
 
-  static bool enabled() {
+  static bool from_environment() {
     static const bool on = [] {
       const char* v = std::getenv("TRAINER_CPU_PROFILE");
       return v && *v && std::string(v) != "0";
@@ -61,17 +66,35 @@ struct KernelProfile {
     return on;
   }
 
-  void record(size_t step, double s) {
-    if (seconds[step].size() < kMaxRuns) seconds[step].push_back(s);
+  bool on() const { return table || totals_on; }
+
+  void start_table(size_t steps) {
+    table = true;
+    samples.resize(steps);
+    for (std::vector<double>& v : samples) v.reserve(kMaxRuns);
+  }
+  void start_totals(size_t steps) {
+    totals.assign(steps, 0.0);
+    total_runs = 0;
+    totals_on = true;
   }
 
-  void print() {
-    if (runs == 0) return;
+  void begin_run() {
+    if (table) ++table_runs;
+    if (totals_on) ++total_runs;
+  }
+  void record(size_t step, double s) {
+    if (totals_on) totals[step] += s;
+    if (table && samples[step].size() < kMaxRuns) samples[step].push_back(s);
+  }
+
+  void print(const std::vector<std::string>& labels) {
+    if (!table || table_runs == 0) return;
     // Kernels of one op and shape add up under one label; the table lists labels by median time per run.
     std::map<std::string, std::pair<double, int>> by_label;
     double total = 0;
     for (size_t i = 0; i < labels.size(); ++i) {
-      std::vector<double>& v = seconds[i];
+      std::vector<double>& v = samples[i];
       if (v.empty()) continue;
       std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
       double median = v[v.size() / 2];
@@ -83,31 +106,40 @@ struct KernelProfile {
     std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_label.begin(), by_label.end());
     std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
     fmt::print(stderr, "CPU plan profile: {} kernels, {} runs, {:.3f} ms per run (sum of medians)\n",
-               labels.size(), runs, 1e3 * total);
+               labels.size(), table_runs, 1e3 * total);
     for (const auto& [label, v] : rows)
       fmt::print(stderr, "  {:>6.2f}%  {:>9.4f} ms  x{:<3} {}\n", 100 * v.first / std::max(total, 1e-12),
                  1e3 * v.first, v.second, label);
   }
 };
 
+// What a kernel's timing is reported under: its node's op, name and input shapes.
+struct KernelLabel {
+  std::string op, node, shapes;
+};
+
 class CpuExecutable final : public Executable {
  public:
   CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after,
-                std::unique_ptr<KernelProfile> profile)
-      : kernels_(std::move(kernels)),
-        buckets_after_(std::move(buckets_after)),
-        profile_(std::move(profile)) {}
+                std::vector<KernelLabel> labels)
+      : kernels_(std::move(kernels)), buckets_after_(std::move(buckets_after)), labels_(std::move(labels)) {
+    if (KernelProfile::from_environment()) profile_.start_table(kernels_.size());
+  }
   ~CpuExecutable() override {
-    if (profile_) profile_->print();
+    if (!profile_.table) return;
+    std::vector<std::string> text;
+    for (const KernelLabel& l : labels_) text.push_back(fmt::format("{} {}", l.op, l.shapes));
+    profile_.print(text);
   }
 
   void run(const StepContext& ctx) override {
-    if (profile_) ++profile_->runs;
+    const bool timed = profile_.on();
+    if (timed) profile_.begin_run();
     for (size_t s = 0; s < kernels_.size(); ++s) {
-      if (profile_) {
+      if (timed) {
         auto t0 = std::chrono::steady_clock::now();
         kernels_[s]->run(ctx);
-        profile_->record(s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        profile_.record(s, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } else {
         kernels_[s]->run(ctx);
       }
@@ -117,11 +149,29 @@ class CpuExecutable final : public Executable {
   }
   void set_bucket_ready_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
 
+  // Turning timing on (again) starts the totals afresh; turning it off keeps them for kernel_timings().
+  void set_profiling(bool on) override {
+    if (on)
+      profile_.start_totals(kernels_.size());
+    else
+      profile_.totals_on = false;
+  }
+  std::vector<KernelTiming> kernel_timings() const override {
+    std::vector<KernelTiming> out;
+    if (profile_.totals.size() != kernels_.size()) return out;
+    out.reserve(kernels_.size());
+    for (size_t s = 0; s < kernels_.size(); ++s)
+      out.push_back(
+          {labels_[s].op, labels_[s].node, labels_[s].shapes, profile_.totals[s], profile_.total_runs});
+    return out;
+  }
+
  private:
   std::vector<cpu::KernelPtr> kernels_;
   std::vector<std::vector<int>> buckets_after_;  // per step: buckets complete after it
+  std::vector<KernelLabel> labels_;              // per step
   std::function<void(int)> hook_;
-  std::unique_ptr<KernelProfile> profile_;  // null unless TRAINER_CPU_PROFILE is set
+  KernelProfile profile_;
 };
 
 class CpuBackend final : public Backend {
@@ -182,20 +232,15 @@ class CpuBackend final : public Backend {
       int s = std::max(p.buckets[b].ready_after_step, 0);
       if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
     }
-    std::unique_ptr<KernelProfile> profile;
-    if (KernelProfile::enabled()) {
-      profile = std::make_unique<KernelProfile>();
-      for (NodeId id : p.steps) {
-        const Node& n = g.node(id);
-        std::string shapes;
-        for (ValueId v : n.inputs)
-          if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
-        profile->labels.push_back(fmt::format("{} {}", n.op, shapes));
-      }
-      profile->seconds.resize(p.steps.size());
-      for (std::vector<double>& v : profile->seconds) v.reserve(KernelProfile::kMaxRuns);
+    std::vector<KernelLabel> labels;
+    for (NodeId id : p.steps) {
+      const Node& n = g.node(id);
+      std::string shapes;
+      for (ValueId v : n.inputs)
+        if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
+      labels.push_back({n.op, n.name, std::move(shapes)});
     }
-    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(profile));
+    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(labels));
   }
 
   void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) override {

@@ -1,0 +1,359 @@
+// trainer bench: times one training step of a spec's model (forward, loss, backward, optimizer update) on
+// synthetic batches: the whole step, eagerly and by CUDA graph replay, and each kernel by phase, with
+// samples/s and achieved FLOP/s. The result is one JSON object on stdout; a table for people goes to stderr.
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+#include <unordered_map>
+
+#include "cli/common.h"
+#include "engine/plan/flops.h"
+#include "engine/train/session.h"
+#include "engine/util/error.h"
+
+namespace trainer::cli {
+
+namespace {
+
+using engine::DType;
+using engine::Tensor;
+
+enum class Phase { forward, backward, update };
+constexpr const char* kPhaseNames[] = {"forward", "backward", "update"};
+
+struct BenchOptions {
+  int64_t steps = 20;
+  int64_t warmup = 3;
+  int64_t top = 10;
+  bool quiet = false;
+};
+
+struct Stats {
+  double median = 0, mean = 0, min = 0, max = 0;  // seconds
+};
+
+Stats stats_of(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  s.mean = std::accumulate(v.begin(), v.end(), 0.0) / n;
+  s.min = v.front();
+  s.max = v.back();
+  return s;
+}
+
+// A batch for the step: inputs of the model's shapes and dtypes, labels valid for the loss, so that no
+// dataset is read and the loss stays finite.
+struct SyntheticBatch {
+  Tensor x, y;
+};
+
+SyntheticBatch synthetic_batch(const engine::TrainingStep& step, const engine::FitConfig& cfg) {
+  const engine::Graph& g = *step.graph;
+  const engine::Value& xv = g.value(step.x);
+  const engine::Value& yv = g.value(step.y);
+  std::mt19937_64 rng(cfg.seed);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  SyntheticBatch b{Tensor(xv.dtype, xv.shape), Tensor(yv.dtype, yv.shape)};
+  if (engine::is_integer(xv.dtype)) {
+    // Token ids index the tables that Gather them (an Embedding): ids beyond the smallest table are invalid.
+    int64_t tokens = 0;
+    for (engine::NodeId c : xv.consumers) {
+      const engine::Node& n = g.node(c);
+      if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == step.x) {
+        const int64_t rows = g.value(n.inputs[0]).shape.rank() > 0 ? g.value(n.inputs[0]).shape[0] : 1;
+        tokens = tokens == 0 ? rows : std::min(tokens, rows);
+      }
+    }
+    std::uniform_int_distribution<int64_t> id(0, std::max<int64_t>(tokens, 1) - 1);
+    for (int64_t i = 0; i < b.x.numel(); ++i) b.x.set_f64(i, static_cast<double>(id(rng)));
+  } else {
+    for (int64_t i = 0; i < b.x.numel(); ++i) b.x.set_f64(i, unit(rng));
+  }
+  const engine::Shape& os = g.value(step.output).shape;
+  const int64_t batch = os.rank() > 0 ? os[0] : 1;
+  const int64_t classes = batch > 0 ? os.numel() / batch : 1;
+  if (cfg.loss == "sparse_categorical_crossentropy") {
+    std::uniform_int_distribution<int64_t> label(0, std::max<int64_t>(classes, 1) - 1);
+    for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, static_cast<double>(label(rng)));
+  } else if (cfg.loss == "categorical_crossentropy") {
+    std::uniform_int_distribution<int64_t> label(0, std::max<int64_t>(classes, 1) - 1);
+    for (int64_t i = 0; i < batch; ++i) b.y.set_f64(i * classes + label(rng), 1.0);
+  } else if (cfg.loss == "binary_crossentropy") {
+    for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng) < 0.5 ? 0.0 : 1.0);
+  } else {
+    for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng));
+  }
+  return b;
+}
+
+// One kernel's time per step (the median over the profiled steps) and what it computes.
+struct OpTime {
+  std::string op, node, shapes;
+  Phase phase = Phase::forward;
+  double seconds = 0;
+  int64_t flops = 0;
+};
+
+struct Measurement {
+  std::vector<double> step_seconds;
+  int64_t flops = 0;        // per step, over the plan's nodes
+  double loss = 0;          // after the timed steps
+  std::vector<OpTime> ops;  // in plan order; empty when the backend does not time kernels
+  std::string device;
+};
+
+// Runs steps of the training step on `backend`: warm-up, timed steps (each fenced by synchronize(), inputs
+// written before the clock starts), then, with `profile`, as many steps again timed kernel by kernel.
+Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, const SyntheticBatch& batch,
+                    const engine::FitConfig& cfg, const BenchOptions& o, bool profile) {
+  engine::PlanOptions po;
+  po.gradients = step.gradients;
+  engine::Session session(step.graph, backend, po);
+  Measurement m;
+  m.device = backend.description();
+  const float lr = static_cast<float>(cfg.schedule.base);
+  int64_t done = 0;
+  // Writes the batch and the step's scalars: in-place kernels may have overwritten the inputs last step.
+  auto feed = [&] {
+    session.write(step.x, batch.x);
+    session.write(step.y, batch.y);
+    const int64_t iteration = done + 1;
+    session.write(step.learning_rate, &lr, sizeof lr);
+    session.write(step.iteration, &iteration, sizeof iteration);
+    backend.synchronize();
+  };
+  auto run = [&] {
+    session.run(engine::StepContext{static_cast<uint64_t>(done), cfg.seed, 0});
+    backend.synchronize();
+    ++done;
+  };
+  for (int64_t i = 0; i < o.warmup; ++i) {
+    feed();
+    run();
+  }
+  for (int64_t i = 0; i < o.steps; ++i) {
+    feed();
+    auto t0 = std::chrono::steady_clock::now();
+    run();
+    m.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const engine::Graph& g = *step.graph;
+  const std::vector<engine::NodeId>& plan = session.program().steps;
+  for (engine::NodeId id : plan) m.flops += engine::node_flops(g, g.node(id));
+  if (g.value(step.loss).dtype == DType::f32) {
+    float loss = 0;
+    session.read(step.loss, &loss, sizeof loss);
+    m.loss = loss;
+  }
+  if (!profile) return m;
+
+  // Kernels report their node by name, in plan order: names map back to nodes, in order where names repeat.
+  // A kernel no node answers to (a backend's own fusion) is listed without FLOPs, under forward.
+  std::unordered_map<std::string, std::vector<engine::NodeId>> by_name;
+  for (auto it = plan.rbegin(); it != plan.rend(); ++it) by_name[g.node(*it).name].push_back(*it);
+  std::vector<std::vector<double>> samples;
+  engine::Executable& exec = session.executable();
+  for (int64_t i = 0; i < o.steps; ++i) {
+    feed();
+    exec.set_profiling(true);  // afresh: one step's times
+    run();
+    exec.set_profiling(false);
+    std::vector<engine::KernelTiming> t = exec.kernel_timings();
+    if (t.empty()) return m;
+    if (m.ops.empty()) {
+      for (const engine::KernelTiming& k : t) {
+        OpTime op{k.op, k.node, k.shapes};
+        auto found = by_name.find(k.node);
+        if (found != by_name.end() && !found->second.empty()) {
+          const engine::NodeId id = found->second.back();
+          found->second.pop_back();
+          op.phase = id >= step.update_begin     ? Phase::update
+                     : id >= step.backward_begin ? Phase::backward
+                                                 : Phase::forward;
+          op.flops = engine::node_flops(g, g.node(id));
+        }
+        m.ops.push_back(std::move(op));
+      }
+      samples.resize(t.size());
+    }
+    TRAINER_ASSERT(t.size() == m.ops.size(), "{} kernel timings after {}", t.size(), m.ops.size());
+    for (size_t k = 0; k < t.size(); ++k) samples[k].push_back(t[k].runs > 0 ? t[k].seconds / t[k].runs : 0);
+  }
+  for (size_t k = 0; k < m.ops.size(); ++k) m.ops[k].seconds = stats_of(samples[k]).median;
+  return m;
+}
+
+std::string stats_json(const Stats& s) {
+  return json_object({{"median", json_number(1e3 * s.median)},
+                      {"mean", json_number(1e3 * s.mean)},
+                      {"min", json_number(1e3 * s.min)},
+                      {"max", json_number(1e3 * s.max)}});
+}
+
+double gflops(double flops, double seconds) {
+  return seconds > 0 ? flops / seconds / 1e9 : std::nan("");
+}
+
+std::string grouped(int64_t n) {
+  std::string s = std::to_string(n), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+// Node names end in what a node does ("dense/MatMul/fused/grad/ReluGrad"): long ones keep their end.
+std::string cut(const std::string& s, size_t width) {
+  return s.size() <= width ? s : "..." + s.substr(s.size() - (width - 3));
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "bench", "Time one training step of a spec's model on synthetic data: per op, per phase, FLOP/s");
+  auto spec = std::make_shared<SpecOptions>();
+  auto device = std::make_shared<DeviceOptions>();
+  auto o = std::make_shared<BenchOptions>();
+  spec->add_spec(cmd);
+  spec->add_overrides(cmd, false);
+  cmd->add_option("--steps", o->steps, "Timed steps (default 20); as many again are timed kernel by kernel")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->warmup, "Untimed steps first (default 3)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top", o->top, "Ops the table on stderr lists, slowest first (default 10)")
+      ->check(CLI::NonNegativeNumber);
+  device->add(cmd, true);
+  cmd->add_flag("-q,--quiet", o->quiet, "Print nothing on stderr but errors");
+  auto run = [=]() -> int {
+    Output out(LogFormat::jsonl, o->quiet);
+    formats::ModelSpec s = spec->load();
+    read_onnx_bytes(s);
+    const int64_t batch = s.train.batch_size;
+    const engine::FitConfig cfg = fit_config(s);
+    const engine::TrainingStep step =
+        at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, batch); });
+    const SyntheticBatch data = synthetic_batch(step, cfg);
+
+    // The step as fit runs it (on CUDA by graph replay unless --no-cuda-graph), then, on CUDA, eagerly by a
+    // second backend: the eager run is also the one timed kernel by kernel.
+    Measurement eager, replay;
+    bool have_replay = false;
+    {
+      auto backend = device->make_backend(o->quiet);
+      const bool cuda = backend->name() != "cpu";
+      have_replay = cuda && !device->no_cuda_graph;
+      if (have_replay)
+        replay = measure(*backend, step, data, cfg, *o, false);
+      else
+        eager = measure(*backend, step, data, cfg, *o, true);
+    }
+    if (have_replay) {
+      DeviceOptions without_graph = *device;
+      without_graph.no_cuda_graph = true;
+      auto backend = without_graph.make_backend(true);
+      eager = measure(*backend, step, data, cfg, *o, true);
+    }
+
+    const int64_t flops = eager.flops;
+    const Stats eager_stats = stats_of(eager.step_seconds);
+    const Stats replay_stats = stats_of(replay.step_seconds);
+    // Throughput is that of the step fit would run: the replayed graph where there is one.
+    const double step_s = have_replay ? replay_stats.median : eager_stats.median;
+    const double samples_per_s = step_s > 0 ? batch / step_s : std::nan("");
+
+    double phase_s[3] = {0, 0, 0}, ops_s = 0;
+    int64_t phase_flops[3] = {0, 0, 0}, phase_ops[3] = {0, 0, 0};
+    for (const OpTime& op : eager.ops) {
+      const int p = static_cast<int>(op.phase);
+      phase_s[p] += op.seconds;
+      phase_flops[p] += op.flops;
+      ++phase_ops[p];
+      ops_s += op.seconds;
+    }
+
+    std::vector<std::string> ops_json;
+    for (const OpTime& op : eager.ops)
+      ops_json.push_back(json_object({{"op", json_string(op.op)},
+                                      {"node", json_string(op.node)},
+                                      {"phase", json_string(kPhaseNames[static_cast<int>(op.phase)])},
+                                      {"shapes", json_string(op.shapes)},
+                                      {"ms_per_step", json_number(1e3 * op.seconds)},
+                                      {"flops", std::to_string(op.flops)},
+                                      {"gflops", json_number(gflops(op.flops, op.seconds))}}));
+    std::vector<std::pair<std::string, std::string>> phases;
+    for (int p = 0; p < 3; ++p)
+      phases.emplace_back(kPhaseNames[p], json_object({{"ms_per_step", json_number(1e3 * phase_s[p])},
+                                                       {"flops", std::to_string(phase_flops[p])},
+                                                       {"ops", std::to_string(phase_ops[p])}}));
+    const bool timed_ops = !eager.ops.empty();
+    out.json_line(json_object({
+        {"event", json_string("bench")},
+        {"spec", json_string(spec->path)},
+        {"device", json_string(eager.device)},
+        {"batch_size", std::to_string(batch)},
+        {"warmup", std::to_string(o->warmup)},
+        {"steps", std::to_string(o->steps)},
+        {"step_ms", stats_json(eager_stats)},
+        {"step_ms_graph", have_replay ? stats_json(replay_stats) : "null"},
+        {"samples_per_s", json_number(samples_per_s)},
+        {"flops_per_step", std::to_string(flops)},
+        {"achieved_gflops", json_number(gflops(static_cast<double>(flops), step_s))},
+        {"ops_ms_per_step", timed_ops ? json_number(1e3 * ops_s) : "null"},
+        {"phases", timed_ops ? json_object(phases) : "null"},
+        {"ops", "[" + fmt::format("{}", fmt::join(ops_json, ", ")) + "]"},
+    }));
+
+    // Times measured on NaN or infinities may not be those of training (denormals, branches).
+    if (!std::isfinite(eager.loss))
+      out.say(
+          "trainer: warning: the loss on the synthetic data became {}; times may not be those of "
+          "training\n",
+          eager.loss);
+    if (o->quiet) return 0;
+    out.say("trainer bench {} · {} · batch {} · {} timed steps after {} warm-up\n", spec->path, eager.device,
+            batch, o->steps, o->warmup);
+    out.say("Step (eager):      {:>9.3f} ms median, {:.3f} mean, {:.3f} min\n", 1e3 * eager_stats.median,
+            1e3 * eager_stats.mean, 1e3 * eager_stats.min);
+    if (have_replay)
+      out.say("Step (CUDA graph): {:>9.3f} ms median, {:.3f} mean, {:.3f} min\n", 1e3 * replay_stats.median,
+              1e3 * replay_stats.mean, 1e3 * replay_stats.min);
+    out.say("{:.0f} samples/s · {} FLOP per step · {:.1f} GFLOP/s achieved\n", samples_per_s, grouped(flops),
+            gflops(static_cast<double>(flops), step_s));
+    if (!timed_ops) {
+      out.say("(this backend does not time kernels one by one)\n");
+      return 0;
+    }
+    out.say("\n{:<10} {:>10} {:>7} {:>6} {:>10}\n", "Phase", "ms/step", "share", "ops", "GFLOP/s");
+    for (int p = 0; p < 3; ++p)
+      out.say("{:<10} {:>10.3f} {:>6.1f}% {:>6} {:>10.1f}\n", kPhaseNames[p], 1e3 * phase_s[p],
+              100 * phase_s[p] / std::max(ops_s, 1e-12), phase_ops[p],
+              gflops(static_cast<double>(phase_flops[p]), phase_s[p]));
+    out.say("{:<10} {:>10.3f} {:>6.1f}% {:>6}   (sum of per-op medians; the step's median is {:.3f})\n",
+            "all ops", 1e3 * ops_s, 100.0, eager.ops.size(), 1e3 * eager_stats.median);
+    if (o->top == 0) return 0;
+    std::vector<const OpTime*> order;
+    for (const OpTime& op : eager.ops) order.push_back(&op);
+    std::stable_sort(order.begin(), order.end(),
+                     [](const OpTime* a, const OpTime* b) { return a->seconds > b->seconds; });
+    order.resize(std::min<size_t>(order.size(), static_cast<size_t>(o->top)));
+    out.say("\n{:>10} {:>7} {:>10}  {:<8} {:<24} {:<32} {}\n", "ms/step", "share", "GFLOP/s", "phase", "op",
+            "node", "input shapes");
+    for (const OpTime* op : order)
+      out.say("{:>10.4f} {:>6.1f}% {:>10.1f}  {:<8} {:<24} {:<32} {}\n", 1e3 * op->seconds,
+              100 * op->seconds / std::max(ops_s, 1e-12), gflops(static_cast<double>(op->flops), op->seconds),
+              kPhaseNames[static_cast<int>(op->phase)], op->op, cut(op->node, 32), op->shapes);
+    return 0;
+  };
+  return {cmd, run};
+}
+
+}  // namespace trainer::cli

@@ -1,0 +1,8 @@
+// CUDA kernels of the blas family (placeholder until they land: every node runs on the host fallback).
+#include "engine/backend/cuda/cuda_kernel.h"
+
+namespace trainer::engine::cuda {
+
+void register_blas_kernels(KernelRegistry&) {}
+
+}  // namespace trainer::engine::cuda

@@ -1,0 +1,159 @@
+"""trainer bench: one JSON object on stdout with the step's times, per-op times by phase and FLOP counts that
+match counts worked out by hand; a table on stderr; bad flags exit 2. Synthetic batches: no data set is read."""
+
+import json
+import math
+import unittest
+
+import cli_util
+from cli_util import assert_finite_number, run, sample
+
+MLP = sample("fashion_mnist/mlp.toml")
+CNN = sample("fashion_mnist/cnn.toml")
+MATMUL_OPS = {"MatMul", "MatMulTransposed", "Gemm", "FusedGemm"}
+# Few, small steps: the tests time nothing, they check what is reported.
+FAST = ["--batch-size", "8", "--steps", "3", "--warmup", "1", "--device", "cpu"]
+
+
+def bench(test, spec, *extra):
+    r = run(["bench", spec, *FAST, *extra])
+    test.assertEqual(r.returncode, 0, r.stderr)
+    lines = r.stdout.splitlines()
+    test.assertEqual(len(lines), 1, r.stdout)
+    return json.loads(lines[0]), r.stderr
+
+
+class Bench(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.mlp, cls.mlp_err = None, None
+
+    def mlp_result(self):
+        if Bench.mlp is None:
+            Bench.mlp, Bench.mlp_err = bench(self, MLP)
+        return Bench.mlp, Bench.mlp_err
+
+    def test_report(self):
+        d, err = self.mlp_result()
+        self.assertEqual(d["event"], "bench")
+        self.assertEqual(d["batch_size"], 8)
+        self.assertEqual(d["steps"], 3)
+        self.assertEqual(d["warmup"], 1)
+        self.assertIn("CPU", d["device"])
+        # No CUDA graph on the CPU.
+        self.assertIsNone(d["step_ms_graph"])
+        for k in ("median", "mean", "min", "max"):
+            assert_finite_number(self, d["step_ms"], k)
+        self.assertLessEqual(d["step_ms"]["min"], d["step_ms"]["median"])
+        self.assertLessEqual(d["step_ms"]["median"], d["step_ms"]["max"])
+        sps = assert_finite_number(self, d, "samples_per_s")
+        self.assertAlmostEqual(sps, 8 / (d["step_ms"]["median"] / 1e3), delta=sps * 1e-6)
+        gflops = assert_finite_number(self, d, "achieved_gflops")
+        self.assertAlmostEqual(gflops, d["flops_per_step"] / (d["step_ms"]["median"] / 1e3) / 1e9,
+                               delta=gflops * 1e-6)
+        # The table for people.
+        for needle in ("samples/s", "forward", "backward", "update", "ms/step"):
+            self.assertIn(needle, err)
+
+    def test_phases(self):
+        d, _ = self.mlp_result()
+        phases = {op["phase"] for op in d["ops"]}
+        self.assertEqual(phases, {"forward", "backward", "update"})
+        for p in ("forward", "backward", "update"):
+            self.assertGreater(d["phases"][p]["ops"], 0, p)
+            self.assertEqual(d["phases"][p]["ops"], sum(op["phase"] == p for op in d["ops"]), p)
+        by_phase = {p: [op["op"] for op in d["ops"] if op["phase"] == p] for p in phases}
+        # Adam updates the three kernels and three biases; the gradients are private-domain ops.
+        self.assertEqual(by_phase["update"], ["Adam"] * 6)
+        self.assertIn("FusedGemm", by_phase["forward"])
+        self.assertIn("MatMulTransposed", by_phase["backward"])
+        self.assertNotIn("Adam", by_phase["forward"] + by_phase["backward"])
+        # The forward pass (with the loss) comes first, then backward, then the update.
+        order = [op["phase"] for op in d["ops"]]
+        self.assertEqual(order, sorted(order, key=["forward", "backward", "update"].index))
+
+    def test_op_times_add_up_to_the_step(self):
+        d, _ = self.mlp_result()
+        for op in d["ops"]:
+            self.assertGreaterEqual(assert_finite_number(self, op, "ms_per_step"), 0, op)
+        total = sum(op["ms_per_step"] for op in d["ops"])
+        self.assertAlmostEqual(total, d["ops_ms_per_step"], delta=1e-3 * total)
+        self.assertAlmostEqual(total, sum(d["phases"][p]["ms_per_step"] for p in d["phases"]), delta=1e-3 * total)
+        # Medians of a noisy shared machine: per-op medians and the step's median agree only roughly.
+        step = d["step_ms"]["median"]
+        self.assertGreater(total, 0.4 * step, (total, step))
+        self.assertLess(total, 2.5 * step, (total, step))
+
+    def test_mlp_flops_match_the_hand_count(self):
+        d, _ = self.mlp_result()
+        b = 8
+        layers = [(784, 1024), (1024, 512), (512, 10)]
+        forward = sum(2 * b * i * o for i, o in layers)
+        weights = forward  # dW of each layer: the same products as its forward pass
+        inputs = sum(2 * b * i * o for i, o in layers[1:])  # dX, except for the model's input
+        matmul = {p: sum(op["flops"] for op in d["ops"] if op["op"] in MATMUL_OPS and op["phase"] == p)
+                  for p in ("forward", "backward", "update")}
+        self.assertEqual(matmul, {"forward": forward, "backward": weights + inputs, "update": 0})
+        # What trainer summary counts per sample is the forward products.
+        r = run(["summary", MLP, "--json", "--batch-size", str(b)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["flops_per_sample"] * b, forward)
+        # Everything else (elementwise, loss, Adam) is one per element: a few percent here.
+        self.assertEqual(d["flops_per_step"], sum(op["flops"] for op in d["ops"]))
+        total_matmul = forward + weights + inputs
+        self.assertGreater(d["flops_per_step"], total_matmul)
+        self.assertLess(d["flops_per_step"], 1.1 * total_matmul)
+        params = sum(i * o + o for i, o in layers)
+        self.assertEqual(d["phases"]["update"]["flops"], params)  # one per parameter element
+        for op in d["ops"]:
+            if op["op"] == "Flatten":
+                self.assertEqual(op["flops"], 0)
+            if op["ms_per_step"] > 0:
+                self.assertAlmostEqual(op["gflops"], op["flops"] / op["ms_per_step"] / 1e6,
+                                       delta=1e-6 * max(op["gflops"], 1))
+
+    def test_cnn_convolution_flops(self):
+        d, _ = bench(self, CNN)
+        b = 8
+        conv = 2 * b * 32 * 26 * 26 * 1 * 3 * 3  # 28x28x1 input, 32 3x3 filters, valid padding
+        ops = {op["op"]: op for op in d["ops"]}
+        self.assertEqual(ops["Conv"]["phase"], "forward")
+        self.assertEqual(ops["Conv"]["flops"], conv)
+        self.assertEqual(ops["Conv"]["shapes"], "[8, 1, 28, 28] [32, 1, 3, 3] [32]")
+        grad_w = ops["ConvGradWeight"]
+        self.assertEqual(grad_w["phase"], "backward")
+        # dW's products, plus one per element of dy when it also gives the bias gradient.
+        self.assertIn(grad_w["flops"], (conv, conv + b * 32 * 26 * 26))
+        # The model's input needs no gradient.
+        self.assertNotIn("ConvGradInput", ops)
+        self.assertEqual(ops["MaxPool"]["flops"], b * 32 * 13 * 13 * 4)
+
+    def test_losses_and_optimizers(self):
+        # Labels suit the loss (one-hot rows for categorical cross-entropy): the loss stays finite, so no
+        # warning. SGD with momentum and clipnorm: both are update ops.
+        d, err = bench(self, MLP, "--set", "train.loss=categorical_crossentropy", "--set",
+                       "train.optimizer.name=sgd", "--set", "train.optimizer.momentum=0.9", "--set",
+                       "train.optimizer.clipnorm=1.0", "--top", "3")
+        self.assertNotIn("warning", err)
+        update = [op["op"] for op in d["ops"] if op["phase"] == "update"]
+        self.assertEqual(sorted(set(update)), ["ClipByGlobalNorm", "Momentum"])
+        self.assertEqual(update.count("Momentum"), 6)
+        d, err = bench(self, MLP, "--set", "train.loss=mse", "-q")
+        self.assertEqual(err, "")
+        self.assertTrue(math.isfinite(d["step_ms"]["median"]))
+
+    def test_bad_flags_exit_2(self):
+        for args in (["--steps", "0"], ["--steps", "many"], ["--warmup", "-1"], ["--top", "-2"],
+                     ["--device", "tpu"], ["--no-such-flag"], ["--batch-size", "0"]):
+            with self.subTest(args=args):
+                r = run(["bench", MLP, *args])
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stdout, "")
+        r = run(["bench"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        cli_util.assert_input_error(self, run(["bench", "/no/such/spec.toml"]), "/no/such/spec.toml")
+        cli_util.assert_input_error(self, run(["bench", MLP, "--set", "train.loss=hinge", *FAST]), "hinge")
+
+
+if __name__ == "__main__":
+    cli_util.main()

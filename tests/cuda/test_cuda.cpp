@@ -1,0 +1,220 @@
+// CUDA against the CPU: every registered op (forward outputs and the gradients its backward graph computes,
+// so gradient ops are covered through their forward op), training steps, graph replay against eager launches,
+// and allocations after warm-up. Run by tools/device-check.sh on a machine with a GPU.
+#include <cuda_runtime.h>
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "engine/autodiff/autodiff.h"
+#include "engine/backend/backend.h"
+#include "engine/data/synthetic.h"
+#include "engine/ir/op_schema.h"
+#include "engine/ops/op_helpers.h"
+#include "engine/train/session.h"
+#include "engine/train/training.h"
+#include "models/layers.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+
+namespace {
+
+// fp32 with TF32 off: the largest difference over the largest magnitude of the tensor.
+constexpr double kTolerance = 1e-5;
+
+std::unique_ptr<Backend> cuda_backend(bool graph = true) {
+  CudaOptions o;
+  o.cuda_graph = graph;
+  return make_cuda_backend(o);
+}
+
+double relative_difference(const Tensor& want, const Tensor& got) {
+  REQUIRE(want.numel() == got.numel());
+  double scale = 0, diff = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double a = want.get_f64(i), b = got.get_f64(i);
+    if (std::isnan(a) != std::isnan(b)) return INFINITY;
+    if (std::isnan(a)) continue;
+    scale = std::max(scale, std::fabs(a));
+    diff = std::max(diff, std::fabs(a - b));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+struct OpCase {
+  std::shared_ptr<Graph> g;
+  std::vector<std::pair<ValueId, Tensor>> feeds;
+  std::vector<ValueId> checked;  // outputs and gradients
+};
+
+// The example's node, then loss = sum_k sum(out_k * w_k) and its gradients with respect to every float input.
+OpCase build_case(const OpSchema& s, const OpExample& e) {
+  OpCase c;
+  c.g = std::make_shared<Graph>();
+  Graph& g = *c.g;
+  std::vector<ValueId> inputs, wrt;
+  for (size_t i = 0; i < e.inputs.size(); ++i) {
+    std::string name = "in" + std::to_string(i);
+    if (i < e.absent.size() && e.absent[i]) {
+      inputs.push_back(kNoValue);
+    } else if (i < e.constant.size() && e.constant[i]) {
+      inputs.push_back(g.add_constant(name, e.inputs[i]));
+    } else {
+      inputs.push_back(g.add_input(name, e.inputs[i].dtype(), e.inputs[i].shape()));
+      c.feeds.emplace_back(inputs.back(), e.inputs[i]);
+      if (is_float(e.inputs[i].dtype()) && s.has_grad() && s.input_has_grad(static_cast<int>(i)))
+        wrt.push_back(inputs.back());
+    }
+  }
+  NodeId n = g.add_node(s.name(), inputs, e.attrs, e.num_outputs, "op");
+  const std::vector<ValueId> outputs = g.node(n).outputs;
+  ValueId loss = kNoValue;
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    ValueId o = outputs[k];
+    if (o == kNoValue) continue;
+    c.checked.push_back(o);
+    if (!is_float(g.value(o).dtype)) continue;
+    ValueId w = g.add_constant("w" + std::to_string(k),
+                               ops::random_tensor(g.value(o).shape, -1, 1, 100 + k, g.value(o).dtype));
+    ValueId term = g.op("ReduceSum", {g.op("Mul", {o, w})}, {{"keepdims", int64_t{0}}});
+    loss = loss == kNoValue ? term : g.op("Add", {loss, term});
+  }
+  if (e.grad_check && s.has_grad() && loss != kNoValue && !wrt.empty()) {
+    auto grads = build_backward(g, loss, wrt);
+    for (ValueId v : wrt) c.checked.push_back(grads.at(v));
+  }
+  for (ValueId v : c.checked) g.mark_output(v);
+  return c;
+}
+
+std::vector<Tensor> run_case(const OpCase& c, Backend& backend) {
+  Session sess(c.g, backend);
+  for (const auto& [v, t] : c.feeds) sess.write(v, t);
+  sess.run(StepContext{7, 1234, 0});
+  std::vector<Tensor> out;
+  for (ValueId v : c.checked) out.push_back(sess.read(v));
+  return out;
+}
+
+// A two-layer MLP with BatchNorm and Dropout (so the random stream is covered too), trained by Adam.
+struct Mlp {
+  ValueId x, y;
+  std::unique_ptr<Trainer> trainer;
+};
+Mlp make_mlp(Backend& backend, int batch) {
+  Graph g;
+  Mlp m;
+  m.x = g.add_input("x", DType::f32, Shape{batch, 2});
+  m.y = g.add_input("y", DType::i64, Shape{batch});
+  models::LayerContext ctx{g, 3};
+  ValueId h = models::dense(ctx, m.x, 64, "relu", "d1");
+  ValueId ratio = g.add_constant("dropout/ratio", Tensor::scalar<float>(0.2f));
+  ValueId mode = g.add_constant("dropout/training", Tensor::scalar<bool>(true));
+  h = g.op("Dropout", {h, ratio, mode});
+  h = models::dense(ctx, h, 64, "gelu", "d2");
+  ValueId logits = models::dense(ctx, h, 3, "linear", "d3");
+  ValueId loss = g.op("SoftmaxCrossEntropyLoss", {logits, m.y});
+  TrainingOptions opt;
+  opt.optimizer.kind = "adam";
+  TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+  m.trainer = std::make_unique<Trainer>(std::move(tg), backend, 3, opt);
+  return m;
+}
+
+std::vector<float> train_mlp(Backend& backend, int steps) {
+  const int batch = 64;
+  Mlp m = make_mlp(backend, batch);
+  data::Synthetic ds = data::spirals(batch * 4, 3, 0.1f, 5);
+  std::vector<float> losses;
+  for (int s = 0; s < steps; ++s) {
+    Tensor bx(DType::f32, Shape{batch, 2}), by(DType::i64, Shape{batch});
+    const int64_t first = (s % 4) * batch;
+    std::memcpy(bx.raw(), ds.x.data<float>() + 2 * first, bx.nbytes());
+    std::memcpy(by.raw(), ds.y.data<int64_t>() + first, by.nbytes());
+    m.trainer->feed(m.x, bx);
+    m.trainer->feed(m.y, by);
+    losses.push_back(m.trainer->step(0.01f));
+  }
+  return losses;
+}
+
+}  // namespace
+
+TEST_SUITE("cuda") {
+  TEST_CASE("cuda: every registered op, forward and gradients, equals the CPU") {
+    auto cpu = make_cpu_backend();
+    auto gpu = cuda_backend(false);
+    int cases = 0, native = 0, fallback = 0;
+    Graph probe_graph;
+    for (const auto& [name, s] : OpRegistry::global().all()) {
+      if (!s.examples_fn()) continue;
+      Node probe;
+      probe.op = name;
+      (gpu->supports(probe_graph, probe) ? native : fallback) += 1;
+      for (const OpExample& e : s.examples_fn()()) {
+        CAPTURE(name);
+        CAPTURE(e.label);
+        OpCase c = build_case(s, e);
+        std::vector<Tensor> want = run_case(c, *cpu), got = run_case(c, *gpu);
+        for (size_t k = 0; k < want.size(); ++k) {
+          CAPTURE(c.g->value(c.checked[k]).name);
+          if (!is_float(want[k].dtype())) {
+            CHECK(std::memcmp(want[k].raw(), got[k].raw(), want[k].nbytes()) == 0);
+            continue;
+          }
+          // Examples in f64 check the kernels' arithmetic; f32 ones the single-precision paths.
+          CHECK(relative_difference(want[k], got[k]) <= kTolerance);
+        }
+        ++cases;
+      }
+    }
+    MESSAGE(cases << " op examples compared; ops with examples: " << native << " with CUDA kernels, "
+                  << fallback << " on the host fallback");
+    CHECK(cases > 50);
+  }
+
+  TEST_CASE("cuda: training steps equal the CPU's within 1e-4") {
+    auto cpu = make_cpu_backend();
+    auto gpu = cuda_backend();
+    std::vector<float> want = train_mlp(*cpu, 20), got = train_mlp(*gpu, 20);
+    for (size_t i = 0; i < want.size(); ++i) {
+      CAPTURE(i);
+      CHECK(std::fabs(want[i] - got[i]) <= 1e-4 * std::max(1.0f, std::fabs(want[i])));
+    }
+    CHECK(got.back() < got.front());
+  }
+
+  TEST_CASE("cuda: graph replay equals eager launches bitwise") {
+    auto eager = cuda_backend(false);
+    auto graph = cuda_backend(true);
+    std::vector<float> a = train_mlp(*eager, 12), b = train_mlp(*graph, 12);
+    CHECK(a == b);
+  }
+
+  TEST_CASE("cuda: steps after warm-up allocate nothing") {
+    auto gpu = cuda_backend();
+    const int batch = 64;
+    Mlp m = make_mlp(*gpu, batch);
+    data::Synthetic ds = data::spirals(batch, 3, 0.1f, 5);
+    m.trainer->feed(m.x, ds.x);
+    m.trainer->feed(m.y, ds.y);
+    m.trainer->step(0.01f);
+    m.trainer->step(0.01f);  // the first replay: captured here
+    gpu->synchronize();
+    size_t free_before = 0, total = 0;
+    REQUIRE(cudaMemGetInfo(&free_before, &total) == cudaSuccess);
+    const uint64_t calls = cuda_allocation_calls();
+    for (int i = 0; i < 20; ++i) {
+      m.trainer->feed(m.x, ds.x);
+      m.trainer->feed(m.y, ds.y);
+      m.trainer->step(0.01f);
+    }
+    gpu->synchronize();
+    size_t free_after = 0;
+    REQUIRE(cudaMemGetInfo(&free_after, &total) == cudaSuccess);
+    CHECK(cuda_allocation_calls() == calls);
+    CHECK(free_after == free_before);
+  }
+}
