@@ -5,11 +5,15 @@ has its own image pattern, and each review sentiment its own words. Pure Python:
 
   tools/make-test-data.py cifar10 OUT_DIR [--per-batch N] [--seed S]
       OUT_DIR/data_batch_1.bin .. data_batch_5.bin, test_batch.bin, batches.meta.txt
+  tools/make-test-data.py fashion OUT_DIR [--train N] [--test N] [--seed S]
+      OUT_DIR/train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
+      t10k-labels-idx1-ubyte.gz: 28x28 grey images, 10 classes (the Fashion-MNIST file names and IDX format)
   tools/make-test-data.py imdb OUT_DIR [--train N] [--test N] [--maxlen L] [--num-words V] [--seed S]
       OUT_DIR/x_train.npy (int32 [N, L]), y_train.npy (int64 [N]), x_test.npy, y_test.npy
 """
 
 import argparse
+import gzip
 import os
 import random
 import struct
@@ -105,6 +109,26 @@ def write_imdb(out, n_train, n_test, maxlen, num_words, seed):
     print(f"wrote IMDB-format token ids ({n_train} train, {n_test} test, maxlen {maxlen}, {num_words} words) to {out}")
 
 
+def write_fashion(out, n_train, n_test, seed):
+    """IDX files named like Fashion-MNIST's: each class a bright band at its own rows, plus noise."""
+    rng = random.Random(seed)
+    os.makedirs(out, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = bytearray(), bytearray()
+        for _ in range(n):
+            cls = rng.randrange(10)
+            labels.append(cls)
+            top = 2 + 2 * cls
+            for r in range(28):
+                band = top <= r < top + 4
+                images.extend(min(255, (200 if band else 20) + rng.randrange(50)) for _ in range(28))
+        with gzip.open(os.path.join(out, f"{prefix}-images-idx3-ubyte.gz"), "wb") as fh:
+            fh.write(struct.pack(">iiii", 2051, n, 28, 28) + bytes(images))
+        with gzip.open(os.path.join(out, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as fh:
+            fh.write(struct.pack(">ii", 2049, n) + bytes(labels))
+    print(f"wrote Fashion-MNIST-format IDX files ({n_train} train, {n_test} test) to {out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -112,6 +136,11 @@ def main():
     c.add_argument("out")
     c.add_argument("--per-batch", type=int, default=500, help="records per batch file (the real ones hold 10000)")
     c.add_argument("--seed", type=int, default=0)
+    fa = sub.add_parser("fashion", help="Fashion-MNIST-format IDX files (gzip)")
+    fa.add_argument("out")
+    fa.add_argument("--train", type=int, default=2048)
+    fa.add_argument("--test", type=int, default=512)
+    fa.add_argument("--seed", type=int, default=0)
     i = sub.add_parser("imdb", help="IMDB reviews as padded int32 token ids in .npy files")
     i.add_argument("out")
     i.add_argument("--train", type=int, default=2000)
@@ -122,6 +151,8 @@ def main():
     a = p.parse_args()
     if a.what == "cifar10":
         write_cifar10(a.out, a.per_batch, a.seed)
+    elif a.what == "fashion":
+        write_fashion(a.out, a.train, a.test, a.seed)
     else:
         write_imdb(a.out, a.train, a.test, a.maxlen, a.num_words, a.seed)
 
