@@ -163,8 +163,9 @@ std::vector<int> DeviceOptions::cuda_device_ids(bool quiet) const {
   return ids;
 }
 
-std::unique_ptr<engine::Backend> DeviceOptions::make_backend(bool quiet) const {
-  const std::vector<int> ids = cuda_device_ids(quiet);
+namespace {
+
+std::unique_ptr<engine::Backend> backend_for(const std::vector<int>& ids, bool cuda_graph, bool allow_tf32) {
   if (ids.empty()) return engine::make_cpu_backend();
   if (ids.size() > 1)
     throw InputError(
@@ -173,8 +174,47 @@ std::unique_ptr<engine::Backend> DeviceOptions::make_backend(bool quiet) const {
         "train on one: --gpus 1");
   engine::CudaOptions o;
   o.device = ids.front();
-  o.cuda_graph = !no_cuda_graph;
+  o.cuda_graph = cuda_graph;
+  o.allow_tf32 = allow_tf32;
   return engine::make_cuda_backend(o);
+}
+
+}  // namespace
+
+std::unique_ptr<engine::Backend> DeviceOptions::make_backend(bool quiet) const {
+  return backend_for(cuda_device_ids(quiet), !no_cuda_graph, false);
+}
+
+DeviceOptions::Opened DeviceOptions::open(const formats::ModelSpec& spec, bool quiet) const {
+  const std::vector<int> ids = cuda_device_ids(quiet);
+  int sm = 0;
+  if (!ids.empty())
+    for (const engine::CudaDeviceInfo& d : engine::cuda_devices().devices)
+      if (d.index == ids.front()) sm = d.sm;
+  const std::string& setting = spec.train.precision;
+  Opened o;
+  if (setting == "auto") {
+    o.precision = sm >= 80 ? engine::Precision::bf16 : engine::Precision::fp32;
+  } else {
+    std::optional<engine::Precision> p = engine::parse_precision(setting);
+    TRAINER_ASSERT(p.has_value(), "precision '{}' passed the spec reader", setting);
+    o.precision = *p;
+  }
+  if (ids.empty() && o.precision == engine::Precision::fp16)
+    throw InputError(spec.path, "train.precision = \"fp16\" runs on GPUs only, and this run is on the CPU",
+                     "use precision = \"bf16\" or \"fp32\" on the CPU, or run on a GPU");
+  if (!ids.empty() && o.precision == engine::Precision::fp16)
+    throw InputError(spec.path,
+                     "train.precision = \"fp16\" needs dynamic loss scaling, which is not built yet",
+                     "use precision = \"bf16\" (same speed on compute capability 8.0 and newer) or \"fp32\"");
+  if (!ids.empty() && sm < 80 && o.precision == engine::Precision::bf16)
+    throw InputError(spec.path,
+                     fmt::format("train.precision = \"bf16\" needs a GPU of compute capability 8.0 or newer; "
+                                 "this one is {}.{}",
+                                 sm / 10, sm % 10),
+                     "use precision = \"fp16\" or \"fp32\"");
+  o.backend = backend_for(ids, !no_cuda_graph, o.precision == engine::Precision::tf32);
+  return o;
 }
 
 void read_onnx_bytes(formats::ModelSpec& spec) {

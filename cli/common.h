@@ -56,6 +56,15 @@ struct DeviceOptions {
   // that are not there, naming what was found.
   std::vector<int> cuda_device_ids(bool quiet) const;
   std::unique_ptr<engine::Backend> make_backend(bool quiet = false) const;
+
+  // The backend for a spec's run and the spec's train.precision resolved for it: auto is bf16 on a GPU of
+  // compute capability 8.0 or newer and fp32 otherwise; fp16 on the CPU is an InputError at the key; tf32
+  // turns on TF32 in the GPU's GEMMs and convolutions (on the CPU it is fp32).
+  struct Opened {
+    std::unique_ptr<engine::Backend> backend;
+    engine::Precision precision = engine::Precision::fp32;
+  };
+  Opened open(const formats::ModelSpec& spec, bool quiet = false) const;
 };
 
 // Builds the model of a spec for a batch size and mode (a fresh graph each call).

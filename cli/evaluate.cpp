@@ -81,7 +81,9 @@ Command add_evaluate_command(CLI::App& app) {
                                    fmt::join(kSplits, ", "), name, name));
     if (ds->size() == 0) throw InputError(ds->describe(), "holds no samples", "");
     engine::FitConfig cfg = fit_config(spec);
-    auto backend = device->make_backend(*quiet);
+    DeviceOptions::Opened opened = device->open(spec, *quiet);
+    auto& backend = opened.backend;
+    cfg.precision = opened.precision;
     engine::Logs logs = at_spec_places(spec, [&] {
       return engine::evaluate(trained_model_factory(spec, std::move(ck.state.values), *ckpt), ds, data.format,
                               cfg, *backend);

@@ -236,10 +236,12 @@ Command add_fit_command(CLI::App& app) {
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");
-    auto backend = device->make_backend(output->quiet);
+    DeviceOptions::Opened opened = device->open(s, output->quiet);
+    auto& backend = opened.backend;
     models::BuiltModel probe = build(s, 1, false);
     SpecData data = open_data(s, probe);
     engine::FitConfig cfg = fit_config(s);
+    cfg.precision = opened.precision;
     FitPrinter printer(out);
     SignatureGrabber observer(printer);
     engine::CheckpointPolicy policy;

@@ -41,8 +41,9 @@ const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
-const Keys kTrainKeys = {"loss",       "from_logits", "metrics",   "top_k",          "epochs",
-                         "batch_size", "seed",        "optimizer", "early_stopping", "checkpoint"};
+const Keys kTrainKeys = {"loss", "from_logits", "metrics",        "top_k",      "epochs",   "batch_size",
+                         "seed", "optimizer",   "early_stopping", "checkpoint", "precision"};
+const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
                              "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
 const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
@@ -968,6 +969,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
     if (seed < 0) t.fail("seed", fmt::format("train.seed must be 0 or more, not {}", seed));
     s.seed = static_cast<uint64_t>(seed);
   }
+  t.get_choice("precision", s.precision, kPrecisions, "precision");
   if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
   if (const toml::node* e = t.find("early_stopping"))
     s.early_stopping = read_early_stopping(r, *e, s.metrics, data);

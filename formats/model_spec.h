@@ -166,6 +166,9 @@ struct TrainSection {
   int64_t epochs = 1;
   int64_t batch_size = 32;  // global
   uint64_t seed = 0;
+  // auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on a GPU of compute capability 8.0 or newer, else fp32. The
+  // CLI resolves it once it knows the device (cli/common.h).
+  std::string precision = "auto";
   OptimizerSpec optimizer;
   EarlyStoppingSpec early_stopping;
   CheckpointSpec checkpoint;

@@ -143,6 +143,7 @@ std::string to_toml(const ModelSpec& spec) {
     w.kv("epochs", t.epochs);
     w.kv("batch_size", t.batch_size);
     w.kv("seed", t.seed);
+    w.kv("precision", t.precision);
 
     // Only the keys that apply to the optimizer and the schedule: the reader rejects the others.
     const OptimizerSpec& o = t.optimizer;

@@ -110,6 +110,7 @@ CudaDevices cuda_devices();  // never throws
 
 struct CudaOptions {
   int device = 0;
+  bool allow_tf32 = false;                     // [train] precision = "tf32": TF32 in GEMMs and convolutions
   bool cuda_graph = true;                      // capture the step after warm-up and replay it
   size_t workspace_bytes = size_t{256} << 20;  // cuBLASLt/cuDNN workspace, allocated once per backend
 };

@@ -75,6 +75,14 @@ struct LossGraph {
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
 };
 
+TrainingOptions training_options(const FitConfig& cfg) {
+  TrainingOptions o;
+  o.optimizer = cfg.optimizer;
+  o.clipnorm = cfg.clipnorm;
+  o.precision = cfg.precision;
+  return o;
+}
+
 LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
   LossGraph lg;
   lg.graph = std::make_shared<Graph>(std::move(fm.graph));
@@ -211,9 +219,7 @@ class Device {
   Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend, int64_t train_samples,
          const std::vector<int64_t>& eval_samples)
       : plans_(backend) {
-    TrainingOptions topt;
-    topt.optimizer = cfg.optimizer;
-    topt.clipnorm = cfg.clipnorm;
+    TrainingOptions topt = training_options(cfg);
     for (int64_t batch : batch_sizes(train_samples, cfg.batch_size)) {
       LossGraph lg = add_loss(factory(batch, true), batch, cfg);
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
@@ -227,6 +233,7 @@ class Device {
       for (int64_t batch : batch_sizes(n, cfg.batch_size)) {
         if (eval_.count(batch)) continue;
         LossGraph lg = add_loss(factory(batch, false), batch, cfg);
+        apply_precision(*lg.graph, cfg.precision);
         eval_[batch] = Plan{plans_.add(lg.graph), lg.x, lg.y, lg.output, lg.loss, kNoValue, kNoValue, batch};
       }
     plans_.finalize();
@@ -346,6 +353,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   info.arena_bytes = dev.plans().arena_bytes();
   info.plans = dev.plans().size();
   info.device = backend.description();
+  if (cfg.precision != Precision::fp32) info.device += fmt::format(" · {}", precision_name(cfg.precision));
   info.signature = dev.weights_session().program().signature;
 
   TrainingState st;
@@ -508,9 +516,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                               Backend& backend) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
-  TrainingOptions topt;
-  topt.optimizer = cfg.optimizer;
-  topt.clipnorm = cfg.clipnorm;
+  TrainingOptions topt = training_options(cfg);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   PlanOptions po;
   po.alignment = backend.alignment();
@@ -519,9 +525,7 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
 
 TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
-  TrainingOptions topt;
-  topt.optimizer = cfg.optimizer;
-  topt.clipnorm = cfg.clipnorm;
+  TrainingOptions topt = training_options(cfg);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do: metrics read it
   TrainingStep st;

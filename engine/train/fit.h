@@ -18,6 +18,7 @@
 #include "engine/ir/graph.h"
 #include "engine/ir/tensor.h"
 #include "engine/optim/optimizer.h"
+#include "engine/plan/precision.h"
 
 namespace trainer::engine {
 
@@ -62,6 +63,7 @@ struct FitConfig {
   LearningRateSchedule schedule;
   float clipnorm = 0;
   EarlyStopping early_stopping;
+  Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h
 };
 
 // The forward model for one batch size and mode. Parameter and state names must not depend on either, so that

@@ -15,6 +15,8 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   std::vector<ValueId> params = trainable_parameters(g);
   tg.backward_begin = g.num_nodes();
   auto grads = build_backward(g, tg.loss, params);
+  // After autodiff, so the gradient GEMMs and convolutions are rewritten too and every gradient stays f32.
+  apply_precision(g, options.precision);
   tg.update_begin = g.num_nodes();
   tg.learning_rate = g.add_input("__learning_rate", DType::f32, Shape{});
   tg.iteration = g.add_input("__iteration", DType::i64, Shape{});

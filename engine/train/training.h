@@ -9,6 +9,7 @@
 #include "engine/backend/backend.h"
 #include "engine/optim/optimizer.h"
 #include "engine/plan/fusion.h"
+#include "engine/plan/precision.h"
 #include "engine/train/session.h"
 
 namespace trainer::engine {
@@ -17,8 +18,9 @@ struct TrainingOptions {
   OptimizerConfig optimizer;
   FusionOptions fusion;
   bool fuse = true;
-  size_t bucket_bytes = 25u << 20;  // gradient bucket size for reductions
-  float clipnorm = 0;               // > 0: gradients clipped by their global norm before the update
+  size_t bucket_bytes = 25u << 20;        // gradient bucket size for reductions
+  float clipnorm = 0;                     // > 0: gradients clipped by their global norm before the update
+  Precision precision = Precision::fp32;  // bf16/fp16: GEMMs and convolutions rewritten (plan/precision.h)
 };
 
 struct TrainingGraph {

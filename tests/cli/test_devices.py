@@ -56,6 +56,16 @@ class Devices(unittest.TestCase):
                 err = assert_input_error(self, self.fit(*args), args[0])
                 self.assert_names_no_device(err)
 
+    def test_precision_on_the_cpu(self):
+        r = self.fit("--device", "cpu", "--set", "train.precision=bf16")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("CPU, ", r.stderr)
+        self.assertIn(" · bf16 · ", r.stderr)
+        self.assertNotIn("bf16", self.fit("--device", "cpu").stderr)  # auto is fp32 on the CPU
+        assert_input_error(self, self.fit("--device", "cpu", "--set", "train.precision=fp16"), "fp16",
+                           "GPUs only")
+        assert_input_error(self, self.fit("--set", "train.precision=fp8"), "unknown precision 'fp8'")
+
     def test_bad_gpu_lists(self):
         for value in ("0,,1", "x", "-1"):
             with self.subTest(value=value):

@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAINER = None
 DATA = None
 STEPS, BATCH = 20, 64
+FP32 = ["--set", "train.precision=fp32"]
 SAMPLES = {"fashion_mnist/mlp.toml": "fashion", "fashion_mnist/cnn.toml": "fashion",
            "fashion_mnist/lstm.toml": "fashion", "cifar10/cnn.toml": "cifar10", "imdb/lstm.toml": "imdb"}
 
@@ -46,12 +47,21 @@ class SampleModelsOnCuda(unittest.TestCase):
     def test_cuda_equals_cpu_within_1e_4(self):
         for spec in SAMPLES:
             with self.subTest(spec=spec):
-                cpu, _ = fit(spec, "--device", "cpu")
-                gpu, err = fit(spec, "--device", "cuda")
+                cpu, _ = fit(spec, "--device", "cpu", *FP32)
+                gpu, err = fit(spec, "--device", "cuda", *FP32)
                 self.assertIn("cuda:0", err)
                 for k in ("loss", "val_loss"):
                     self.assertLessEqual(abs(cpu[k] - gpu[k]), 1e-4 * max(1.0, abs(cpu[k])),
                                          f"{spec} {k}: CPU {cpu[k]} CUDA {gpu[k]}")
+
+    def test_bf16_follows_fp32(self):
+        # bf16 operands carry 8 significant bits: 20 steps stay within a few percent of the fp32 loss.
+        for spec in ("fashion_mnist/mlp.toml", "cifar10/cnn.toml"):
+            with self.subTest(spec=spec):
+                full, _ = fit(spec, "--device", "cpu", *FP32)
+                half, err = fit(spec, "--device", "cuda")  # auto: bf16 on sm_80 and newer
+                self.assertIn("bf16", err)
+                self.assertLessEqual(abs(full["loss"] - half["loss"]), 0.05 * abs(full["loss"]))
 
     def test_graph_replay_equals_eager(self):
         for spec in ("fashion_mnist/mlp.toml", "cifar10/cnn.toml"):

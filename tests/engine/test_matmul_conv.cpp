@@ -1,6 +1,6 @@
 // Forward values of the matmul and conv families on the CPU backend (f32 through oneDNN, f64 through the
 // loops) against naive reference loops written here, including strided, padded, dilated and grouped
-// convolutions, the gradient ops, and a zero-allocation check of a steady-state step.
+// convolutions, the gradient ops, bf16 against f32 on the same inputs, and zero-allocation checks.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -195,6 +195,47 @@ Tensor ref_pool(const Tensor& x, Pool kind, const Win& p, int64_t oh, int64_t ow
 
 Tensor reshaped(const Tensor& t, Shape s) {
   return t.reshaped(std::move(s));
+}
+
+// ---- bf16 ----
+
+// Runs `op` on bf16 inputs and, as the reference, on the same values in f32 (every bf16 is exact in f32),
+// and checks each output: bf16, and within `tol` of the f32 result relative to the output's largest
+// magnitude. Rounding a result to bf16 alone costs up to 2^-9 of it; the f32 accumulation order differs
+// too, far less.
+void check_bf16_op(const std::string& op, const std::vector<Tensor>& bf16_inputs, const Attributes& attrs,
+                   int num_outputs, const std::string& what, double tol = 1e-2) {
+  std::vector<Tensor> f32_inputs;
+  for (const Tensor& t : bf16_inputs) {
+    REQUIRE(t.dtype() == DType::bf16);
+    f32_inputs.push_back(t.cast(DType::f32));
+  }
+  std::vector<Tensor> got = run_op(op, bf16_inputs, attrs, num_outputs);
+  std::vector<Tensor> ref = run_op(op, f32_inputs, attrs, num_outputs);
+  REQUIRE(got.size() == ref.size());
+  for (size_t o = 0; o < got.size(); ++o) {
+    std::string out = fmt::format("{} bf16 {} output {}", op, what, o);
+    REQUIRE_MESSAGE(got[o].dtype() == DType::bf16, out << ": dtype " << dtype_name(got[o].dtype()));
+    REQUIRE_MESSAGE(got[o].shape() == ref[o].shape(), out << ": shape " << got[o].shape().str());
+    double scale = 0, worst = 0;
+    int64_t at = -1;
+    for (int64_t i = 0; i < ref[o].numel(); ++i) scale = std::max(scale, std::fabs(ref[o].get_f64(i)));
+    REQUIRE_MESSAGE(scale > 0, out << ": the reference is all zeros");
+    for (int64_t i = 0; i < ref[o].numel(); ++i) {
+      double e = std::fabs(got[o].get_f64(i) - ref[o].get_f64(i)) / scale;
+      if (!(e <= worst)) {
+        worst = e;
+        at = i;
+      }
+    }
+    CHECK_MESSAGE(worst <= tol, out << ": element " << at << " is " << (at >= 0 ? got[o].get_f64(at) : 0)
+                                    << ", f32 gives " << (at >= 0 ? ref[o].get_f64(at) : 0) << " (max "
+                                    << scale << ")");
+  }
+}
+
+Tensor rnd_bf16(const Shape& s, uint64_t seed) {
+  return rnd(s, seed, DType::bf16);
 }
 
 }  // namespace
@@ -568,6 +609,161 @@ TEST_SUITE("matmul_conv") {
     }
   }
 
+  TEST_CASE("bf16 MatMul and MatMulTransposed match f32 on the same inputs") {
+    struct Case {
+      Shape a, b;
+      bool ta = false, tb = false;
+    };
+    // 2-D, batched, broadcast batches, a shared 2-D operand, and one product large enough to run threaded.
+    std::vector<Case> cases = {{{33, 47}, {47, 29}},
+                               {{3, 17, 40}, {3, 40, 21}},
+                               {{2, 1, 5, 16}, {3, 16, 7}},
+                               {{2, 9, 24}, {24, 13}},
+                               {{64, 300}, {300, 200}},
+                               {{24, 9}, {24, 13}, true, false},
+                               {{9, 24}, {13, 24}, false, true},
+                               {{2, 24, 9}, {1, 13, 24}, true, true},
+                               {{300, 64}, {200, 300}, true, true}};
+    uint64_t seed = 500;
+    for (const Case& c : cases) {
+      Tensor a = rnd_bf16(c.a, seed++), b = rnd_bf16(c.b, seed++);
+      std::string what = fmt::format("{} x {} {}{}", c.a.str(), c.b.str(), c.ta ? "T" : "", c.tb ? "T" : "");
+      if (c.ta || c.tb)
+        check_bf16_op("MatMulTransposed", {a, b},
+                      {{"transA", int64_t{c.ta}}, {"transB", int64_t{c.tb}}, {"alpha", 0.5f}}, 1, what);
+      else
+        check_bf16_op("MatMul", {a, b}, {}, 1, what);
+    }
+  }
+
+  TEST_CASE("bf16 Gemm: transposes, alpha, beta and C as bias or broadcast") {
+    struct Case {
+      Shape a, b, c;  // c rank 1 with 0: no C
+      bool ta, tb;
+      float alpha, beta;
+    };
+    std::vector<Case> cases = {{{20, 30}, {30, 25}, {25}, false, false, 1, 1},
+                               {{30, 20}, {25, 30}, {1, 25}, true, true, 1, 1},
+                               {{20, 30}, {25, 30}, {20, 25}, false, true, 1, 1},
+                               {{30, 20}, {30, 25}, {20, 1}, true, false, 1, 1},
+                               {{20, 30}, {30, 25}, {}, false, false, 1, 1},
+                               {{30, 20}, {25, 30}, {20, 1}, true, true, 0.5, 2},
+                               {{20, 30}, {25, 30}, {20, 25}, false, true, 1.5, -0.5},
+                               {{20, 30}, {30, 25}, {0}, false, false, 2, 1},
+                               // An empty inner dimension: no product, y = beta * C.
+                               {{20, 0}, {0, 25}, {20, 1}, false, false, 1, 2},
+                               {{64, 300}, {256, 300}, {256}, false, true, 1, 1}};
+    uint64_t seed = 600;
+    for (const Case& c : cases) {
+      std::vector<Tensor> in = {rnd_bf16(c.a, seed++), rnd_bf16(c.b, seed++)};
+      bool has_c = c.c.rank() == 0 || c.c[0] != 0;
+      if (has_c) in.push_back(rnd_bf16(c.c, seed++));
+      check_bf16_op(
+          "Gemm", in,
+          {{"transA", int64_t{c.ta}}, {"transB", int64_t{c.tb}}, {"alpha", c.alpha}, {"beta", c.beta}}, 1,
+          fmt::format("{}{} x {}{} C {} alpha {} beta {}", c.a.str(), c.ta ? "T" : "", c.b.str(),
+                      c.tb ? "T" : "", has_c ? c.c.str() : "none", c.alpha, c.beta));
+    }
+  }
+
+  TEST_CASE("bf16 FusedGemm: bias, relu and gelu epilogues, and gelu's saved pre-activation") {
+    uint64_t seed = 700;
+    for (std::string act : {"none", "relu", "gelu", "gelu_tanh"})
+      for (bool tb : {false, true})
+        for (int outputs : {1, 2})
+          for (bool bias : {true, false}) {
+            Shape sa{2, 9, 40}, sb = tb ? Shape{33, 40} : Shape{40, 33};
+            std::vector<Tensor> in = {rnd_bf16(sa, seed++), rnd_bf16(sb, seed++)};
+            if (bias) in.push_back(rnd_bf16({33}, seed++));
+            check_bf16_op("FusedGemm", in, {{"transB", int64_t{tb}}, {"activation", act}}, outputs,
+                          fmt::format("{} transB={} bias={}", act, tb, bias));
+          }
+    // Rows enough for the threaded path, gelu with the pre-activation kept (what a training step runs).
+    check_bf16_op("FusedGemm", {rnd_bf16({128, 300}, 790), rnd_bf16({300, 256}, 791), rnd_bf16({256}, 792)},
+                  {{"activation", std::string("gelu")}}, 2, "gelu, 128 x 300 x 256");
+  }
+
+  TEST_CASE("bf16 Conv, ConvGradInput and ConvGradWeight match f32 on the same inputs") {
+    struct Case {
+      std::string label;
+      Shape x, w;
+      Attributes attrs;  // with group; the gradient ops get explicit geometry below
+      Win p;
+      bool bias;
+    };
+    std::vector<Case> cases = {
+        {"3x3 pads 1, bias",
+         {2, 3, 9, 9},
+         {8, 3, 3, 3},
+         {{"pads", V{1, 1, 1, 1}}},
+         {3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+         true},
+        {"strides 2, asymmetric pads",
+         {2, 3, 9, 8},
+         {4, 3, 3, 2},
+         {{"strides", V{2, 2}}, {"pads", V{0, 1, 1, 0}}},
+         {3, 2, 2, 2, 1, 1, 0, 1, 1, 0},
+         false},
+        {"dilations 2x3, bias",
+         {2, 3, 9, 9},
+         {4, 3, 3, 2},
+         {{"dilations", V{2, 3}}},
+         {3, 2, 1, 1, 2, 3},
+         true},
+        {"depthwise",
+         {2, 6, 8, 8},
+         {6, 1, 3, 3},
+         {{"group", int64_t{6}}, {"pads", V{1, 1, 1, 1}}},
+         {3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+         true},
+        {"group 2, strides 1x2",
+         {2, 4, 9, 9},
+         {6, 2, 3, 3},
+         {{"group", int64_t{2}}, {"strides", V{1, 2}}},
+         {3, 3, 1, 2},
+         true},
+        // 8 and more channels per group: blocked layouts in every pass, reorders around the primitives.
+        {"16 channels, strides 2, pads 1",
+         {2, 16, 9, 9},
+         {32, 16, 3, 3},
+         {{"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}}},
+         {3, 3, 2, 2, 1, 1, 1, 1, 1, 1},
+         true},
+        {"2 groups of 16 channels",
+         {4, 32, 8, 8},
+         {32, 16, 3, 3},
+         {{"group", int64_t{2}}, {"pads", V{1, 1, 1, 1}}},
+         {3, 3, 1, 1, 1, 1, 1, 1, 1, 1},
+         true},
+        {"CNN second layer", {16, 32, 13, 13}, {64, 32, 3, 3}, {}, {3, 3}, true},
+    };
+    uint64_t seed = 800;
+    for (const Case& c : cases) {
+      int64_t group = c.attrs.has("group") ? c.attrs.i("group") : 1;
+      Tensor x = rnd_bf16(c.x, seed++), w = rnd_bf16(c.w, seed++);
+      std::vector<Tensor> in = {x, w};
+      if (c.bias) in.push_back(rnd_bf16({c.w[0]}, seed++));
+      check_bf16_op("Conv", in, c.attrs, 1, c.label);
+
+      int64_t oh = c.p.out(c.x[2], c.p.kh, c.p.sh, c.p.dh, c.p.pt, c.p.pb);
+      int64_t ow = c.p.out(c.x[3], c.p.kw, c.p.sw, c.p.dw, c.p.pl, c.p.pr);
+      Tensor dy = rnd_bf16({c.x[0], c.w[0], oh, ow}, seed++);
+      Attributes ga = {{"kernel_shape", V{c.p.kh, c.p.kw}},
+                       {"strides", V{c.p.sh, c.p.sw}},
+                       {"dilations", V{c.p.dh, c.p.dw}},
+                       {"pads", V{c.p.pt, c.p.pl, c.p.pb, c.p.pr}},
+                       {"group", group}};
+      Attributes gi = ga;
+      gi.set("input_shape", c.x.dims());
+      check_bf16_op("ConvGradInput", {dy, w}, gi, 1, c.label);
+      // dW with and without the bias gradient.
+      check_bf16_op("ConvGradWeight", {dy, x}, ga, c.bias ? 2 : 1, c.label);
+    }
+    // 1-D data runs as height 1.
+    check_bf16_op("Conv", {rnd_bf16({2, 3, 11}, 890), rnd_bf16({4, 3, 3}, 891), rnd_bf16({4}, 892)},
+                  {{"strides", V{2}}, {"pads", V{1, 2}}, {"dilations", V{2}}}, 1, "1-D");
+  }
+
   TEST_CASE("shape errors name the problem") {
     Graph g;
     ValueId x = g.add_input("x", DType::f32, Shape{2, 3, 5, 5});
@@ -632,5 +828,44 @@ TEST_SUITE("matmul_conv") {
       CHECK(n.outside_onednn() == 0);
       if (t == DType::f64) CHECK(n.total == 0);
     }
+  }
+
+  TEST_CASE("a steady-state bf16 step of these kernels allocates nothing outside oneDNN") {
+    const DType t = DType::bf16;
+    auto g = std::make_shared<Graph>();
+    ValueId x = g->add_input("x", t, Shape{8, 16, 12, 12});
+    ValueId w = g->add_parameter("w", rnd_bf16({16, 16, 3, 3}, 1));
+    ValueId b = g->add_parameter("b", rnd_bf16({16}, 2));
+    ValueId y = g->op("Conv", {x, w, b}, {{"pads", V{1, 1, 1, 1}}});
+    ValueId dx =
+        g->op("ConvGradInput", {y, w},
+              {{"pads", V{1, 1, 1, 1}}, {"input_shape", V{8, 16, 12, 12}}, {"kernel_shape", V{3, 3}}});
+    auto gw = g->node(g->add_node("ConvGradWeight", {y, x},
+                                  {{"pads", V{1, 1, 1, 1}}, {"kernel_shape", V{3, 3}}}, 2))
+                  .outputs;
+    ValueId flat = g->add_input("flat", t, Shape{8, 72});
+    ValueId wm = g->add_parameter("wm", rnd_bf16({72, 16}, 3));
+    ValueId bm = g->add_parameter("bm", rnd_bf16({16}, 4));
+    ValueId cm = g->add_parameter("cm", rnd_bf16({8, 1}, 5));
+    auto fg =
+        g->node(g->add_node("FusedGemm", {flat, wm, bm}, {{"activation", std::string("gelu")}}, 2)).outputs;
+    ValueId gm = g->op("Gemm", {flat, wm, cm}, {{"alpha", 0.5f}, {"beta", 2.0f}});
+    ValueId mt = g->op("MatMulTransposed", {flat, fg[0]}, {{"transA", int64_t{1}}});
+    ValueId mm = g->op("MatMul", {flat, wm});
+    for (ValueId v : {dx, gw[0], gw[1], fg[1], gm, mt, mm}) g->mark_output(v);
+    auto backend = make_cpu_backend();
+    Session sess(g, *backend);
+    Tensor tx = rnd_bf16({8, 16, 12, 12}, 6), tf = rnd_bf16({8, 72}, 7);
+    sess.write(x, tx);
+    sess.write(flat, tf);
+    sess.run({});  // warm-up
+    test::arm_allocation_counter();
+    for (int i = 0; i < 3; ++i) {
+      sess.write(x, tx.raw(), tx.nbytes());
+      sess.write(flat, tf.raw(), tf.nbytes());
+      sess.run({});
+    }
+    test::AllocationCounts n = test::disarm_allocation_counts();
+    CHECK(n.outside_onednn() == 0);
   }
 }

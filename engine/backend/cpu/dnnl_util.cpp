@@ -23,6 +23,10 @@ dnnl::primitive_attr dnnl_attr() {
   return a;
 }
 
+void dnnl_bf16_unsupported(const std::string& node) {
+  throw InputError(node, "bf16 needs a CPU with AVX-512; use precision = \"fp32\"");
+}
+
 dnnl::memory::data_type dnnl_type(DType t) {
   switch (t) {
     case DType::f32:

@@ -7,6 +7,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -26,6 +27,23 @@ dnnl::memory::data_type dnnl_type(DType t);
 dnnl::memory::desc dnnl_plain_md(const std::vector<int64_t>& dims, DType t);
 dnnl::memory::desc dnnl_strided_md(const std::vector<int64_t>& dims, const std::vector<int64_t>& strides,
                                    DType t);
+
+// Thrown when oneDNN has no implementation of a bf16 primitive on this CPU (it needs AVX-512): the user's
+// way out is fp32, so it is an InputError naming the node, raised at prepare time.
+[[noreturn]] void dnnl_bf16_unsupported(const std::string& node);
+
+// Returns make() (a primitive descriptor); for bf16, an unimplemented primitive becomes
+// dnnl_bf16_unsupported.
+template <class F>
+auto dnnl_make_pd(DType t, const std::string& node, F&& make) -> decltype(make()) {
+  if (t != DType::bf16) return make();
+  try {
+    return make();
+  } catch (const dnnl::error& e) {
+    if (e.status != dnnl_unimplemented) throw;
+    dnnl_bf16_unsupported(node);
+  }
+}
 
 // Limits OpenMP, and so oneDNN, to the calling thread while it lives. A parallel region costs microseconds
 // (far more on a shared machine, where a descheduled team member stalls the rest), which is more than a

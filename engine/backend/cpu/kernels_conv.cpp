@@ -1,7 +1,7 @@
-// CPU kernels of op family 'conv': oneDNN convolution (forward, backward data, backward weights) and pooling
-// for f32 on plain NCHW/OIHW buffers; plain loops for f64 and for the cases oneDNN defines differently from
-// ONNX. 1-D data runs as 2-D data of height 1. Every loop gives each output plane to one thread, so sums are
-// deterministic.
+// CPU kernels of op family 'conv': oneDNN convolution (forward, backward data, backward weights; f32 and
+// bf16) and pooling (f32) on plain NCHW/OIHW buffers; plain loops for f64 and for the cases oneDNN defines
+// differently from ONNX. 1-D data runs as 2-D data of height 1. Every loop gives each output plane to one
+// thread, so sums are deterministic.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -82,22 +82,23 @@ struct ConvMds {
   dnnl::memory::desc src_any, wei_any, dst_any;
 };
 
-ConvMds conv_mds(const Win2d& v, Layout layout) {
+// Descriptors for operands of type t; the bias (or its gradient) has the same type, as shape inference says.
+ConvMds conv_mds(const Win2d& v, Layout layout, DType t) {
   using tag = dnnl::memory::format_tag;
   ConvMds d;
-  d.src = dnnl_plain_md({v.n, v.c, v.h, v.w}, DType::f32);
-  d.dst = dnnl_plain_md({v.n, v.m, v.oh, v.ow}, DType::f32);
+  d.src = dnnl_plain_md({v.n, v.c, v.h, v.w}, t);
+  d.dst = dnnl_plain_md({v.n, v.m, v.oh, v.ow}, t);
   int64_t cg = v.c / v.group;
   std::vector<int64_t> wd = v.group == 1 ? std::vector<int64_t>{v.m, cg, v.kh, v.kw}
                                          : std::vector<int64_t>{v.group, v.m / v.group, cg, v.kh, v.kw};
-  d.wei = dnnl_plain_md(wd, DType::f32);
-  d.bias = dnnl_plain_md({v.m}, DType::f32);
+  d.wei = dnnl_plain_md(wd, t);
+  d.bias = dnnl_plain_md({v.m}, t);
   d.strides = {v.sh, v.sw};
   d.dilates = {v.dh - 1, v.dw - 1};  // oneDNN counts the gaps, ONNX the step
   d.pad_l = {v.pt, v.pl};
   d.pad_r = {v.pb, v.pr};
   auto any = [](const dnnl::memory::desc& md) {
-    return dnnl::memory::desc(md.dims(), dnnl::memory::data_type::f32, tag::any);
+    return dnnl::memory::desc(md.dims(), md.data_type(), tag::any);
   };
   bool blocked = layout == Layout::blocked;
   d.src_any = blocked ? any(d.src) : d.src;
@@ -267,29 +268,83 @@ void conv_bwd_weights_loops(const Win2d& v, const T* dy, const T* x, T* dw, T* d
 
 // ---- Conv kernels ----
 
+// The oneDNN passes, operands of type t (f32 or bf16; bf16 accumulates in f32), in the arena's plain layouts
+// with reorders to and from the layouts the primitive prefers.
+KernelPtr conv_fwd_dnnl(const Win2d& v, DType t, const std::string& node, const void* x, const void* w,
+                        const void* b, void* y) {
+  bool bias = b != nullptr;
+  ConvMds d = conv_mds(v, Layout::blocked, t);
+  auto pd = dnnl_make_pd(t, node, [&] { return conv_fwd_pd(d, bias); });
+  auto call = std::make_shared<LayoutCall>();
+  std::vector<std::pair<int, dnnl::memory>> args = {
+      {DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
+      {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
+      {DNNL_ARG_DST, call->output(d.dst, y, pd.dst_desc())}};
+  if (bias) args.emplace_back(DNNL_ARG_BIAS, dnnl_mem(d.bias, b));
+  call->set_call(DnnlCall(dnnl::convolution_forward(pd), pd, std::move(args)));
+  return make_kernel([call](const StepContext&) { (*call)(); });
+}
+
+KernelPtr conv_bwd_data_dnnl(const Win2d& v, DType t, const std::string& node, const void* dy, const void* w,
+                             void* dx) {
+  using namespace dnnl;
+  ConvMds d = conv_mds(v, v.c / v.group >= 8 ? Layout::blocked : Layout::plain, t);
+  auto pd = dnnl_make_pd(t, node, [&] {
+    auto hint = conv_fwd_pd(d, false);
+    return convolution_backward_data::primitive_desc(
+        convolution_backward_data::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.dst_any,
+                                        d.strides, d.dilates, d.pad_l, d.pad_r),
+        dnnl_attr(), dnnl_cpu_engine(), hint);
+  });
+  auto call = std::make_shared<LayoutCall>();
+  std::vector<std::pair<int, memory>> args = {
+      {DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
+      {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
+      {DNNL_ARG_DIFF_SRC, call->output(d.src, dx, pd.diff_src_desc())}};
+  call->set_call(DnnlCall(convolution_backward_data(pd), pd, std::move(args)));
+  return make_kernel([call](const StepContext&) { (*call)(); });
+}
+
+KernelPtr conv_bwd_weights_dnnl(const Win2d& v, DType t, const std::string& node, const void* dy,
+                                const void* x, void* dw, void* db) {
+  using namespace dnnl;
+  bool bias = db != nullptr;
+  ConvMds d = conv_mds(v, Layout::blocked, t);
+  auto pd = dnnl_make_pd(t, node, [&] {
+    auto hint = conv_fwd_pd(d, bias);
+    auto desc =
+        bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.bias,
+                                                  d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
+             : convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
+                                                  d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
+    return convolution_backward_weights::primitive_desc(desc, dnnl_attr(), dnnl_cpu_engine(), hint);
+  });
+  auto call = std::make_shared<LayoutCall>();
+  std::vector<std::pair<int, memory>> args = {
+      {DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
+      {DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
+      {DNNL_ARG_DIFF_WEIGHTS, call->output(d.wei, dw, pd.diff_weights_desc())}};
+  if (bias) args.emplace_back(DNNL_ARG_DIFF_BIAS, dnnl_mem(d.bias, db));
+  call->set_call(DnnlCall(convolution_backward_weights(pd), pd, std::move(args)));
+  return make_kernel([call](const StepContext&) { (*call)(); });
+}
+
 KernelPtr conv(const KernelArgs& a) {
   const Shape& ws = a.in(1).shape;
   Win2d v = win2d(a.in(0).shape, ws[0], kernel_of(ws), a.attrs(), false, a.attrs().i("group"));
-  bool bias = a.has_input(2);
+  const void* b = a.has_input(2) ? a.inputs[2] : nullptr;
+  DType t = a.in(0).dtype;
+  if (t == DType::bf16) return conv_fwd_dnnl(v, t, a.node.name, a.inputs[0], a.inputs[1], b, a.outputs[0]);
   KernelPtr kp;
-  dispatch_float(a.in(0).dtype, "Conv", [&]<class T>() {
-    const T* x = a.in_ptr<T>(0);
-    const T* w = a.in_ptr<T>(1);
-    const T* b = bias ? a.in_ptr<T>(2) : nullptr;
-    T* y = a.out_ptr<T>(0);
+  dispatch_float(t, "Conv", [&]<class T>() {
     if constexpr (std::is_same_v<T, float>) {
-      ConvMds d = conv_mds(v, Layout::blocked);
-      auto pd = conv_fwd_pd(d, bias);
-      auto call = std::make_shared<LayoutCall>();
-      std::vector<std::pair<int, dnnl::memory>> args = {
-          {DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
-          {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
-          {DNNL_ARG_DST, call->output(d.dst, y, pd.dst_desc())}};
-      if (bias) args.emplace_back(DNNL_ARG_BIAS, dnnl_mem(d.bias, b));
-      call->set_call(DnnlCall(dnnl::convolution_forward(pd), pd, std::move(args)));
-      kp = make_kernel([call](const StepContext&) { (*call)(); });
+      kp = conv_fwd_dnnl(v, t, a.node.name, a.inputs[0], a.inputs[1], b, a.outputs[0]);
     } else {
-      kp = make_kernel([=](const StepContext&) { conv_fwd_loops(v, x, w, b, y); });
+      const T* x = a.in_ptr<T>(0);
+      const T* w = a.in_ptr<T>(1);
+      const T* bt = static_cast<const T*>(b);
+      T* y = a.out_ptr<T>(0);
+      kp = make_kernel([=](const StepContext&) { conv_fwd_loops(v, x, w, bt, y); });
     }
   });
   return kp;
@@ -300,27 +355,16 @@ KernelPtr conv_grad_input(const KernelArgs& a) {
   const Shape& ws = a.in(1).shape;
   Shape xs(a.attrs().ints("input_shape"));
   Win2d v = win2d(xs, ws[0], kernel_of(ws), a.attrs(), false, a.attrs().i("group"));
+  DType t = a.in(0).dtype;
+  if (t == DType::bf16) return conv_bwd_data_dnnl(v, t, a.node.name, a.inputs[0], a.inputs[1], a.outputs[0]);
   KernelPtr kp;
-  dispatch_float(a.in(0).dtype, "ConvGradInput", [&]<class T>() {
-    const T* dy = a.in_ptr<T>(0);
-    const T* w = a.in_ptr<T>(1);
-    T* dx = a.out_ptr<T>(0);
+  dispatch_float(t, "ConvGradInput", [&]<class T>() {
     if constexpr (std::is_same_v<T, float>) {
-      using namespace dnnl;
-      ConvMds d = conv_mds(v, v.c / v.group >= 8 ? Layout::blocked : Layout::plain);
-      auto hint = conv_fwd_pd(d, false);
-      convolution_backward_data::primitive_desc pd(
-          convolution_backward_data::desc(algorithm::convolution_direct, d.src_any, d.wei_any, d.dst_any,
-                                          d.strides, d.dilates, d.pad_l, d.pad_r),
-          dnnl_attr(), dnnl_cpu_engine(), hint);
-      auto call = std::make_shared<LayoutCall>();
-      std::vector<std::pair<int, memory>> args = {
-          {DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
-          {DNNL_ARG_WEIGHTS, call->input(d.wei, w, pd.weights_desc())},
-          {DNNL_ARG_DIFF_SRC, call->output(d.src, dx, pd.diff_src_desc())}};
-      call->set_call(DnnlCall(convolution_backward_data(pd), pd, std::move(args)));
-      kp = make_kernel([call](const StepContext&) { (*call)(); });
+      kp = conv_bwd_data_dnnl(v, t, a.node.name, a.inputs[0], a.inputs[1], a.outputs[0]);
     } else {
+      const T* dy = a.in_ptr<T>(0);
+      const T* w = a.in_ptr<T>(1);
+      T* dx = a.out_ptr<T>(0);
       kp = make_kernel([=](const StepContext&) { conv_bwd_data_loops(v, dy, w, dx); });
     }
   });
@@ -332,33 +376,20 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
   const Shape& dys = a.in(0).shape;
   Win2d v =
       win2d(a.in(1).shape, dys[1], a.attrs().ints("kernel_shape"), a.attrs(), false, a.attrs().i("group"));
-  bool bias = a.has_output(1);
+  void* db = a.has_output(1) ? a.outputs[1] : nullptr;
+  DType t = a.in(0).dtype;
+  if (t == DType::bf16)
+    return conv_bwd_weights_dnnl(v, t, a.node.name, a.inputs[0], a.inputs[1], a.outputs[0], db);
   KernelPtr kp;
-  dispatch_float(a.in(0).dtype, "ConvGradWeight", [&]<class T>() {
-    const T* dy = a.in_ptr<T>(0);
-    const T* x = a.in_ptr<T>(1);
-    T* dw = a.out_ptr<T>(0);
-    T* db = bias ? a.out_ptr<T>(1) : nullptr;
+  dispatch_float(t, "ConvGradWeight", [&]<class T>() {
     if constexpr (std::is_same_v<T, float>) {
-      using namespace dnnl;
-      ConvMds d = conv_mds(v, Layout::blocked);
-      auto hint = conv_fwd_pd(d, bias);
-      auto desc =
-          bias ? convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
-                                                    d.bias, d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r)
-               : convolution_backward_weights::desc(algorithm::convolution_direct, d.src_any, d.wei_any,
-                                                    d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
-      convolution_backward_weights::primitive_desc pd(desc, dnnl_attr(), dnnl_cpu_engine(), hint);
-      auto call = std::make_shared<LayoutCall>();
-      std::vector<std::pair<int, memory>> args = {
-          {DNNL_ARG_DIFF_DST, call->input(d.dst, dy, pd.diff_dst_desc())},
-          {DNNL_ARG_SRC, call->input(d.src, x, pd.src_desc())},
-          {DNNL_ARG_DIFF_WEIGHTS, call->output(d.wei, dw, pd.diff_weights_desc())}};
-      if (bias) args.emplace_back(DNNL_ARG_DIFF_BIAS, dnnl_mem(d.bias, db));
-      call->set_call(DnnlCall(convolution_backward_weights(pd), pd, std::move(args)));
-      kp = make_kernel([call](const StepContext&) { (*call)(); });
+      kp = conv_bwd_weights_dnnl(v, t, a.node.name, a.inputs[0], a.inputs[1], a.outputs[0], db);
     } else {
-      kp = make_kernel([=](const StepContext&) { conv_bwd_weights_loops(v, dy, x, dw, db); });
+      const T* dy = a.in_ptr<T>(0);
+      const T* x = a.in_ptr<T>(1);
+      T* dw = a.out_ptr<T>(0);
+      T* dbt = static_cast<T*>(db);
+      kp = make_kernel([=](const StepContext&) { conv_bwd_weights_loops(v, dy, x, dw, dbt); });
     }
   });
   return kp;

@@ -1,6 +1,6 @@
 // CPU kernels of op family 'matmul'. Every op here is one batched product y = act(alpha * op(A)·op(B) + beta
-// * C): f32 runs one oneDNN matmul primitive (transposes as strides, batch broadcasting, bias and activation
-// as post-ops), f64 runs plain loops (it serves the finite-difference gradient checks, not speed).
+// * C): f32 and bf16 run one oneDNN matmul primitive (transposes as strides, batch broadcasting, bias and
+// activation as post-ops; bf16 accumulates in f32), f64 runs plain loops (for the gradient checks).
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -8,6 +8,7 @@
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/ir/tensor.h"
 #include "engine/kernels/functors.h"
 
 namespace trainer::engine::cpu {
@@ -161,17 +162,34 @@ dnnl::algorithm dnnl_act(Act a) {
   }
 }
 
-// State of an f32 GEMM: the matmul, an optional eltwise for y = act(z) when z is kept, and C's broadcast
-// pre-fill.
+// Copies C, broadcast to [m, n], into y (elements of type E, bit copies).
+template <class E>
+void fill_c(const void* cv, void* yv, int64_t m, int64_t n, int64_t rs, int64_t cs) {
+  const E* c = static_cast<const E*>(cv);
+  E* y = static_cast<E*>(yv);
+  parallel_for(
+      m,
+      [&](int64_t i) {
+        for (int64_t j = 0; j < n; ++j) y[i * n + j] = c[i * rs + j * cs];
+      },
+      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n)));
+}
+
+// State of an f32 or bf16 GEMM: the matmul, an optional eltwise for y = act(z) when z is kept, and C's
+// broadcast pre-fill.
 struct DnnlGemm {
   DnnlCall matmul;
   DnnlCall act;
-  const float* c = nullptr;  // pre-fill y with C (then a sum post-op scales it by beta)
-  float* y = nullptr;
+  const void* c = nullptr;  // pre-fill y with C (then a sum post-op scales it by beta)
+  void* y = nullptr;
+  bool bf16 = false;
   int64_t m = 0, n = 0, c_rs = 0, c_cs = 0;
 };
 
-KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, const float* b, float* y) {
+// The product in oneDNN, all operands of type t (f32 or bf16; oneDNN accumulates bf16 in f32 and applies
+// alpha, C and the activation to the f32 sum before rounding).
+KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, DType t, const std::string& node, const void* a,
+                    const void* b, void* y) {
   using dnnl::memory;
   const int r = static_cast<int>(L.batch.size()) + 2;
   auto operand = [&](const std::vector<int64_t>& bdims, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
@@ -186,16 +204,17 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
     dims.push_back(cols);
     strides.push_back(rs);
     strides.push_back(cs);
-    return dnnl_strided_md(dims, strides, DType::f32);
+    return dnnl_strided_md(dims, strides, t);
   };
   memory::desc a_md = operand(L.a_dims, L.m, L.kk, L.a_rs, L.a_cs, L.m * L.kk);
   memory::desc b_md = operand(L.b_dims, L.kk, L.n, L.b_rs, L.b_cs, L.kk * L.n);
   std::vector<int64_t> y_dims = L.batch;
   y_dims.push_back(L.m);
   y_dims.push_back(L.n);
-  memory::desc y_md = dnnl_plain_md(y_dims, DType::f32);
+  memory::desc y_md = dnnl_plain_md(y_dims, t);
 
   auto st = std::make_shared<DnnlGemm>();
+  st->bf16 = t == DType::bf16;
   // Small products (the last layers of a classifier) run on the calling thread.
   const bool serial = L.batch_count() * L.m * L.n * L.kk <= kSerialGemmMacs;
   std::optional<SerialScope> one;
@@ -204,12 +223,14 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
   dnnl::post_ops po;
   bool keep_z = e.z != nullptr;
   bool has_c = e.c != nullptr && e.beta != 0.0f;
-  bool c_as_bias = has_c && e.alpha == 1.0f && e.beta == 1.0f;
+  // A row of n as oneDNN's bias; any other C (a column, a matrix, a scalar) would make oneDNN pick its slow
+  // reference matmul, so it is pre-filled into y and summed instead.
+  bool c_as_bias = has_c && e.alpha == 1.0f && e.beta == 1.0f && e.c_rs == 0 && e.c_cs != 0;
   if (e.alpha != 1.0f) attr.set_output_scales(0, {e.alpha});
   if (has_c && !c_as_bias) {
     po.append_sum(e.beta);
-    st->c = static_cast<const float*>(e.c);
-    st->y = keep_z ? static_cast<float*>(e.z) : y;
+    st->c = e.c;
+    st->y = keep_z ? e.z : y;
     st->m = L.m;
     st->n = L.n;
     st->c_rs = e.c_rs;
@@ -218,71 +239,94 @@ KernelPtr gemm_dnnl(const GemmLayout& L, const Epilogue& e, const float* a, cons
   if (!keep_z && e.act != Act::none) po.append_eltwise(1.0f, dnnl_act(e.act), 0.0f, 0.0f);
   attr.set_post_ops(po);
 
-  float* mm_out = keep_z ? static_cast<float*>(e.z) : y;
+  void* mm_out = keep_z ? e.z : y;
   std::vector<std::pair<int, memory>> args = {{DNNL_ARG_SRC, dnnl_mem(a_md, a)},
                                               {DNNL_ARG_WEIGHTS, dnnl_mem(b_md, b)},
                                               {DNNL_ARG_DST, dnnl_mem(y_md, mm_out)}};
   dnnl::matmul::primitive_desc pd;
   if (c_as_bias) {
-    // C as a bias broadcast over [batch..., m, n]: rank matched with leading ones.
-    std::vector<int64_t> cd(r, 1), cs(r, 0);
-    int64_t cm = e.c_rs != 0 ? L.m : 1, cn = e.c_cs != 0 ? L.n : 1;
-    cd[r - 2] = cm;
-    cd[r - 1] = cn;
-    for (int i = 0; i < r; ++i) cs[i] = cm * cn;
-    cs[r - 2] = cn;
+    // C as a bias [1..., 1, n] broadcast over [batch..., m, n]: rank matched with leading ones.
+    std::vector<int64_t> cd(r, 1), cs(r, L.n);
+    cd[r - 1] = L.n;
     cs[r - 1] = 1;
-    memory::desc c_md = dnnl_strided_md(cd, cs, DType::f32);
-    pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md, y_md), attr, dnnl_cpu_engine());
+    memory::desc c_md = dnnl_strided_md(cd, cs, t);
+    pd = dnnl_make_pd(t, node, [&] {
+      return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md, y_md), attr,
+                                          dnnl_cpu_engine());
+    });
     args.emplace_back(DNNL_ARG_BIAS, dnnl_mem(c_md, e.c));
   } else {
-    pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, y_md), attr, dnnl_cpu_engine());
+    pd = dnnl_make_pd(t, node, [&] {
+      return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, y_md), attr, dnnl_cpu_engine());
+    });
   }
   st->matmul = DnnlCall(dnnl::matmul(pd), pd, std::move(args), serial);
   if (keep_z) {
-    memory::desc flat = dnnl_plain_md({L.batch_count() * L.m * L.n}, DType::f32);
+    memory::desc flat = dnnl_plain_md({L.batch_count() * L.m * L.n}, t);
     if (e.act == Act::none) {
       // y = z: a copy through a linear eltwise keeps the run path one primitive call.
-      dnnl::eltwise_forward::primitive_desc ep(
-          dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear,
-                                      flat, 1.0f, 0.0f),
-          dnnl_attr(), dnnl_cpu_engine());
+      auto ep = dnnl_make_pd(t, node, [&] {
+        return dnnl::eltwise_forward::primitive_desc(
+            dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear,
+                                        flat, 1.0f, 0.0f),
+            dnnl_attr(), dnnl_cpu_engine());
+      });
       st->act = DnnlCall(dnnl::eltwise_forward(ep), ep,
                          {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}}, serial);
     } else {
-      dnnl::eltwise_forward::primitive_desc ep(
-          dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl_act(e.act), flat, 0.0f, 0.0f),
-          dnnl_attr(), dnnl_cpu_engine());
+      auto ep = dnnl_make_pd(t, node, [&] {
+        return dnnl::eltwise_forward::primitive_desc(
+            dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_inference, dnnl_act(e.act), flat, 0.0f,
+                                        0.0f),
+            dnnl_attr(), dnnl_cpu_engine());
+      });
       st->act = DnnlCall(dnnl::eltwise_forward(ep), ep,
                          {{DNNL_ARG_SRC, dnnl_mem(flat, e.z)}, {DNNL_ARG_DST, dnnl_mem(flat, y)}}, serial);
     }
   }
   return make_kernel([st](const StepContext&) {
     if (st->c) {
-      const float* c = st->c;
-      float* y = st->y;
-      int64_t n = st->n, rs = st->c_rs, cs = st->c_cs;
-      parallel_for(
-          st->m,
-          [&](int64_t i) {
-            for (int64_t j = 0; j < n; ++j) y[i * n + j] = c[i * rs + j * cs];
-          },
-          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, n)));
+      if (st->bf16)
+        fill_c<uint16_t>(st->c, st->y, st->m, st->n, st->c_rs, st->c_cs);
+      else
+        fill_c<float>(st->c, st->y, st->m, st->n, st->c_rs, st->c_cs);
     }
     st->matmul();
     if (st->act) st->act();
   });
 }
 
-// Builds the kernel of one product for either dtype.
+// bf16 with an empty inner dimension: no product, y = act(beta * C) (or act(0)), computed in f32.
+KernelPtr gemm_empty_bf16(const GemmLayout& L, const Epilogue& e, uint16_t* y) {
+  auto c = static_cast<const uint16_t*>(e.c);
+  auto z = static_cast<uint16_t*>(e.z);
+  int64_t rows = L.batch_count() * L.m, m = L.m, n = L.n, c_rs = e.c_rs, c_cs = e.c_cs;
+  float beta = e.beta;
+  Act act = e.act;
+  return make_kernel([=](const StepContext&) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        float v = c ? beta * bf16_to_f32(c[(r % m) * c_rs + j * c_cs]) : 0.0f;
+        if (z) z[r * n + j] = f32_to_bf16(v);
+        y[r * n + j] = f32_to_bf16(apply_act(act, v));
+      }
+  });
+}
+
+// Builds the kernel of one product for any dtype.
 KernelPtr gemm_kernel(const KernelArgs& a, const GemmLayout& L, const Epilogue& e) {
   int64_t total = L.batch_count() * L.m * L.n;
   if (total == 0) return make_kernel([](const StepContext&) {});
+  if (a.in(0).dtype == DType::bf16) {
+    // Always oneDNN: bf16 has no arithmetic type of its own for the loops.
+    if (L.kk == 0) return gemm_empty_bf16(L, e, a.out_ptr<uint16_t>(0));
+    return gemm_dnnl(L, e, DType::bf16, a.node.name, a.inputs[0], a.inputs[1], a.outputs[0]);
+  }
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
     if constexpr (std::is_same_v<T, float>) {
       if (L.kk > 0) {
-        kp = gemm_dnnl(L, e, a.in_ptr<float>(0), a.in_ptr<float>(1), a.out_ptr<float>(0));
+        kp = gemm_dnnl(L, e, DType::f32, a.node.name, a.inputs[0], a.inputs[1], a.outputs[0]);
         return;
       }
     }

@@ -371,6 +371,7 @@ class CudaBackend final : public Backend {
     BACKEND_CUDNN_CHECK(lib::cudnn().cudnnCreate(&libs_.cudnn));
     BACKEND_CUDNN_CHECK(lib::cudnn().cudnnSetStream(libs_.cudnn, compute_));
     libs_.workspace_bytes = o.workspace_bytes;
+    libs_.allow_tf32 = o.allow_tf32;
     libs_.workspace = device_malloc(o.workspace_bytes);
     dev_ctx_ = static_cast<DeviceStepContext*>(device_malloc(sizeof(DeviceStepContext)));
     for (Staging& s : staging_) {

@@ -1,7 +1,7 @@
-// cuBLASLt and cuDNN, loaded with dlopen when the first CUDA backend is made: a CPU-only run neither needs the
-// libraries installed nor pays for loading them (cuBLASLt alone maps ~150 MB). Every function the backend calls
-// is listed here once and called as lib::cublaslt().cublasLtMatmul(...); the binary does not link the libraries,
-// so a call that bypasses this table fails to link.
+// cuBLASLt and cuDNN, loaded with dlopen when the first CUDA backend is made: a CPU-only run neither needs
+// the libraries installed nor pays for loading them (cuBLASLt alone maps ~150 MB). Every function the backend
+// calls is listed here once and called as lib::cublaslt().cublasLtMatmul(...); the binary does not link the
+// libraries, so a call that bypasses this table fails to link.
 #pragma once
 
 #include <cublasLt.h>
@@ -30,6 +30,7 @@ namespace trainer::engine::cuda::lib {
   X(cudnnCreate) \
   X(cudnnDestroy) \
   X(cudnnSetStream) \
+  X(cudnnGetStream) \
   X(cudnnGetErrorString) \
   X(cudnnGetVersion) \
   X(cudnnCreateTensorDescriptor) \

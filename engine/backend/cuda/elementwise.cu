@@ -1,2 +1,652 @@
-// Device code of the elementwise kernels (placeholder until they land).
+// Device code of the elementwise and shape kernels: the shared functors of engine/kernels applied over dense
+// or strided (broadcast, transposed, sliced) operands, Cast, Dropout with the CPU's Philox mask, and data
+// movement. The launchers at the bottom dispatch on element type at run time, so each kernel is instantiated
+// only for the types the CPU backend supports too.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/backend/cuda/launch_elementwise.h"
+#include "engine/kernels/functors.h"
+#include "engine/kernels/philox.h"
+
+namespace trainer::engine::cuda {
+
+namespace {
+
+namespace k = trainer::engine::kernels;
+
+constexpr int kBlock = 256;
+
+// Blocks for a grid-stride loop over n items: enough to fill the device, capped so huge tensors loop instead.
+unsigned blocks_for(int64_t n) {
+  int64_t b = (n + kBlock - 1) / kBlock;
+  if (b < 1) b = 1;
+  return static_cast<unsigned>(b > 65535 * 8 ? 65535 * 8 : b);
+}
+
+#define GRID_STRIDE_LOOP(i, n)                                                           \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------------------------
+
+// Offsets of dense element i in the first K operands of m. The loop has a fixed trip count so the map stays
+// in the kernel's parameter space (no local-memory copy); rank 1 costs no division at all.
+template <int K>
+__device__ __forceinline__ void map_offsets(const IndexMap& m, int64_t i, int64_t (&off)[K]) {
+#pragma unroll
+  for (int q = 0; q < K; ++q) off[q] = 0;
+#pragma unroll
+  for (int d = kMaxDims - 1; d >= 1; --d) {
+    if (d < m.rank) {
+      int64_t next = i / m.dims[d];
+      int64_t r = i - next * m.dims[d];
+#pragma unroll
+      for (int q = 0; q < K; ++q) off[q] += r * m.strides[q][d];
+      i = next;
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < K; ++q) off[q] += i * m.strides[q][0];
+}
+
+template <class T, class Op>
+__global__ void binary_kernel(Op op, const T* a, const T* b, T* out, IndexMap m, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    int64_t off[2];
+    map_offsets<2>(m, i, off);
+    out[i] = op(a[off[0]], b[off[1]]);
+  }
+}
+
+template <class T, class Op>
+__global__ void unary_kernel(Op op, const T* x, T* y, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    y[i] = op(x[i]);
+  }
+}
+
+template <class T, class Op>
+__global__ void grad_kernel(Op op, const T* dy, const T* xy, T* dx, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    dx[i] = op(dy[i], xy[i]);
+  }
+}
+
+template <class T>
+__global__ void where_kernel(const uint8_t* c, const T* x, const T* y, T* z, IndexMap m, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    int64_t off[3];
+    map_offsets<3>(m, i, off);
+    z[i] = c[off[0]] ? x[off[1]] : y[off[2]];
+  }
+}
+
+// Cast goes through double, as the CPU's does, so every pair of types rounds the same way on both backends
+// (i64 -> f32, for one, rounds twice there). The type switch is uniform across threads.
+__device__ double load_as_double(ElemType t, const void* p, int64_t i) {
+  switch (t) {
+    case ElemType::f32:
+      return static_cast<const float*>(p)[i];
+    case ElemType::f64:
+      return static_cast<const double*>(p)[i];
+    case ElemType::bf16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case ElemType::f16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case ElemType::i32:
+      return static_cast<const int32_t*>(p)[i];
+    case ElemType::i64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case ElemType::u8:
+      return static_cast<const uint8_t*>(p)[i];
+    case ElemType::boolean:
+      return static_cast<const uint8_t*>(p)[i] != 0;
+  }
+  return 0;
+}
+
+__device__ void store_from_double(ElemType t, void* p, int64_t i, double v) {
+  switch (t) {
+    case ElemType::f32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      break;
+    case ElemType::f64:
+      static_cast<double*>(p)[i] = v;
+      break;
+    case ElemType::bf16: {
+      // Round to nearest even like engine::f32_to_bf16, whose NaN is the positive quiet 0x7fc0.
+      float f = static_cast<float>(v);
+      if (f != f)
+        static_cast<uint16_t*>(p)[i] = 0x7fc0;
+      else
+        static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(f);
+      break;
+    }
+    case ElemType::f16: {
+      // Round to nearest even like engine::f32_to_f16, whose NaN keeps the sign and is 0x7e00.
+      float f = static_cast<float>(v);
+      if (f != f)
+        static_cast<uint16_t*>(p)[i] =
+            static_cast<uint16_t>(((__float_as_uint(f) >> 16) & 0x8000u) | 0x7e00u);
+      else
+        static_cast<__half*>(p)[i] = __float2half_rn(f);
+      break;
+    }
+    case ElemType::i32:
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      break;
+    case ElemType::i64:
+      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      break;
+    case ElemType::u8:
+      // Through int32, as x86 converts a double to an 8-bit integer: out-of-range values wrap alike.
+      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(static_cast<int32_t>(v));
+      break;
+    case ElemType::boolean:
+      static_cast<uint8_t*>(p)[i] = v != 0;
+      break;
+  }
+}
+
+__global__ void cast_kernel(ElemType from, ElemType to, const void* x, void* y, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    store_from_double(to, y, i, load_as_double(from, x, i));
+  }
+}
+
+// Dropout: element i of this replica is global element base + i, base = sample_offset * per_sample, and
+// global element j takes word j % 4 of Philox block j / 4, exactly as the CPU kernel (kernels_norm.cpp) and
+// kernels::philox_uniform map them. One thread per block of four global elements draws each block once.
+// The step's counters, the ratio and the training flag are read here, on the device, so a captured graph
+// replays with each step's values.
+template <class T>
+__global__ void dropout_kernel(DropoutArgs a, const DeviceStepContext* ctx, const T* x, T* y, uint8_t* mask,
+                               int64_t n) {
+  float ratio = 0.5f;
+  if (a.ratio)
+    ratio = a.ratio_f64 ? static_cast<float>(*static_cast<const double*>(a.ratio))
+                        : *static_cast<const float*>(a.ratio);
+  const bool training = a.training && *a.training;
+  if (!training || ratio <= 0) {
+    GRID_STRIDE_LOOP(i, n) {
+      if (x != y) y[i] = x[i];
+      if (mask) mask[i] = 1;
+    }
+    return;
+  }
+  // The rule of ops::dropout_seed: the node's seed attribute, when present, is mixed into the step's seed.
+  const uint64_t seed = a.has_seed ? ctx->seed ^ static_cast<uint64_t>(a.seed) : ctx->seed;
+  const uint64_t step = ctx->step;
+  const T scale = ratio < 1 ? static_cast<T>(1.0 / (1.0 - static_cast<double>(ratio))) : T(0);
+  const uint64_t base = ctx->sample_offset * static_cast<uint64_t>(a.per_sample);
+  const uint64_t end = base + static_cast<uint64_t>(n);
+  const uint64_t first_block = base / 4, blocks = (end + 3) / 4 - first_block;
+  GRID_STRIDE_LOOP(g, static_cast<int64_t>(blocks)) {
+    const uint64_t block = first_block + static_cast<uint64_t>(g);
+    k::Philox4x32 bits = k::philox_block(seed, a.stream, step, block);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const uint64_t j = 4 * block + w;
+      if (j < base || j >= end) continue;
+      const int64_t i = static_cast<int64_t>(j - base);
+      const bool keep = k::uniform01(bits.v[w]) >= ratio;  // the rule of ops::dropout_keep
+      y[i] = keep ? x[i] * scale : T(0);
+      if (mask) mask[i] = keep;
+    }
+  }
+}
+
+template <class U>
+__global__ void strided_copy_kernel(bool scatter, U* strided, U* dense, IndexMap m, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    int64_t off[1];
+    map_offsets<1>(m, i, off);
+    if (scatter)
+      strided[off[0]] = dense[i];
+    else
+      dense[i] = strided[off[0]];
+  }
+}
+
+// A batched 2-D transpose through a shared 32 x 32 tile: both the global reads and the global writes are
+// coalesced; the tile's extra column keeps the column reads free of bank conflicts. Blocks loop over tiles,
+// so any batch size fits the grid.
+constexpr int kTile = 32, kTileRows = 8;
+template <class T>
+__global__ void transpose_kernel(const T* x, T* y, int64_t batch, int64_t rows, int64_t cols) {
+  __shared__ T tile[kTile][kTile + 1];
+  const int64_t tiles_r = (rows + kTile - 1) / kTile, tiles_c = (cols + kTile - 1) / kTile;
+  const int64_t per_matrix = tiles_r * tiles_c, total = batch * per_matrix;
+  for (int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+    const int64_t b = t / per_matrix, rem = t - b * per_matrix;
+    const int64_t r0 = (rem / tiles_c) * kTile, c0 = (rem % tiles_c) * kTile;
+    const T* xb = x + b * rows * cols;
+    T* yb = y + b * rows * cols;
+    for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+      const int64_t r = r0 + j, c = c0 + threadIdx.x;
+      if (r < rows && c < cols) tile[j][threadIdx.x] = xb[r * cols + c];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+      const int64_t c = c0 + j, r = r0 + threadIdx.x;
+      if (c < cols && r < rows) yb[c * rows + r] = tile[threadIdx.x][j];
+    }
+    __syncthreads();
+  }
+}
+
+template <class U, class I>
+__global__ void gather_kernel(const U* x, const I* idx, U* y, GatherGeom g) {
+  const int64_t total = g.outer * g.k * g.inner;
+  GRID_STRIDE_LOOP(t, total) {
+    const int64_t row = t / g.inner, col = t - row * g.inner;
+    const int64_t o = row / g.k, j = row - o * g.k;
+    int64_t i = static_cast<int64_t>(idx[j]);
+    if (i < 0) i += g.n;
+    y[t] = (i < 0 || i >= g.n) ? U{} : x[(o * g.n + i) * g.inner + col];
+  }
+}
+
+// One thread per column (o, c) of dx adds dy's rows in index order, as the CPU does: no two threads write the
+// same element, so there are no atomics and the sums are the same bits run after run. A run of equal indices
+// accumulates in a register, which adds in the same order and saves the round trip through memory.
+template <class T, class I>
+__global__ void gather_grad_kernel(const T* dy, const I* idx, T* dx, GatherGeom g) {
+  const int64_t columns = g.outer * g.inner;
+  GRID_STRIDE_LOOP(t, columns) {
+    const int64_t o = t / g.inner, c = t - o * g.inner;
+    T* d = dx + o * g.n * g.inner + c;
+    const T* s = dy + o * g.k * g.inner + c;
+    int64_t row = -1;
+    T acc = T(0);
+    for (int64_t j = 0; j < g.k; ++j) {
+      int64_t i = static_cast<int64_t>(idx[j]);
+      if (i < 0) i += g.n;
+      if (i < 0 || i >= g.n) continue;
+      if (i != row) {
+        if (row >= 0) d[row * g.inner] = acc;
+        row = i;
+        acc = d[row * g.inner];
+      }
+      acc += s[j * g.inner];
+    }
+    if (row >= 0) d[row * g.inner] = acc;
+  }
+}
+
+__global__ void write_ints_kernel(SmallInts v, int64_t* y) {
+  for (int i = threadIdx.x; i < v.count; i += blockDim.x) y[i] = v.v[i];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launchers
+// ---------------------------------------------------------------------------------------------------------------
+
+template <class Op>
+cudaError_t binary_typed(Op op, ElemType t, const void* a, const void* b, void* out, const IndexMap& m,
+                         int64_t n, cudaStream_t s) {
+  const unsigned grid = blocks_for(n);
+  switch (t) {
+    case ElemType::f32:
+      binary_kernel<float><<<grid, kBlock, 0, s>>>(
+          op, static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(out), m, n);
+      break;
+    case ElemType::f64:
+      binary_kernel<double><<<grid, kBlock, 0, s>>>(
+          op, static_cast<const double*>(a), static_cast<const double*>(b), static_cast<double*>(out), m, n);
+      break;
+    case ElemType::i32:
+      binary_kernel<int32_t><<<grid, kBlock, 0, s>>>(op, static_cast<const int32_t*>(a),
+                                                     static_cast<const int32_t*>(b),
+                                                     static_cast<int32_t*>(out), m, n);
+      break;
+    case ElemType::i64:
+      binary_kernel<int64_t><<<grid, kBlock, 0, s>>>(op, static_cast<const int64_t*>(a),
+                                                     static_cast<const int64_t*>(b),
+                                                     static_cast<int64_t*>(out), m, n);
+      break;
+    case ElemType::u8:
+      binary_kernel<uint8_t><<<grid, kBlock, 0, s>>>(op, static_cast<const uint8_t*>(a),
+                                                     static_cast<const uint8_t*>(b),
+                                                     static_cast<uint8_t*>(out), m, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template <class Op>
+cudaError_t unary_float(Op op, ElemType t, const void* x, void* y, int64_t n, cudaStream_t s) {
+  const unsigned grid = blocks_for(n);
+  switch (t) {
+    case ElemType::f32:
+      unary_kernel<float>
+          <<<grid, kBlock, 0, s>>>(op, static_cast<const float*>(x), static_cast<float*>(y), n);
+      break;
+    case ElemType::f64:
+      unary_kernel<double>
+          <<<grid, kBlock, 0, s>>>(op, static_cast<const double*>(x), static_cast<double*>(y), n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t unary_neg(ElemType t, const void* x, void* y, int64_t n, cudaStream_t s) {
+  const unsigned grid = blocks_for(n);
+  const k::NegOp op;
+  switch (t) {
+    case ElemType::f32:
+    case ElemType::f64:
+      return unary_float(op, t, x, y, n, s);
+    case ElemType::i32:
+      unary_kernel<int32_t>
+          <<<grid, kBlock, 0, s>>>(op, static_cast<const int32_t*>(x), static_cast<int32_t*>(y), n);
+      break;
+    case ElemType::i64:
+      unary_kernel<int64_t>
+          <<<grid, kBlock, 0, s>>>(op, static_cast<const int64_t*>(x), static_cast<int64_t*>(y), n);
+      break;
+    case ElemType::u8:
+      unary_kernel<uint8_t>
+          <<<grid, kBlock, 0, s>>>(op, static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template <class Op>
+cudaError_t grad_float(Op op, ElemType t, const void* dy, const void* xy, void* dx, int64_t n,
+                       cudaStream_t s) {
+  const unsigned grid = blocks_for(n);
+  switch (t) {
+    case ElemType::f32:
+      grad_kernel<float><<<grid, kBlock, 0, s>>>(op, static_cast<const float*>(dy),
+                                                 static_cast<const float*>(xy), static_cast<float*>(dx), n);
+      break;
+    case ElemType::f64:
+      grad_kernel<double><<<grid, kBlock, 0, s>>>(
+          op, static_cast<const double*>(dy), static_cast<const double*>(xy), static_cast<double*>(dx), n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template <class U>
+cudaError_t strided_copy_typed(bool scatter, void* strided, void* dense, const IndexMap& m, int64_t n,
+                               cudaStream_t s) {
+  strided_copy_kernel<U>
+      <<<blocks_for(n), kBlock, 0, s>>>(scatter, static_cast<U*>(strided), static_cast<U*>(dense), m, n);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t transpose_typed(const void* x, void* y, int64_t batch, int64_t rows, int64_t cols,
+                            cudaStream_t s) {
+  const int64_t tiles = batch * ((rows + kTile - 1) / kTile) * ((cols + kTile - 1) / kTile);
+  const unsigned grid = static_cast<unsigned>(tiles < 65535 * 8 ? tiles : 65535 * 8);
+  transpose_kernel<T><<<grid, dim3(kTile, kTileRows), 0, s>>>(static_cast<const T*>(x), static_cast<T*>(y),
+                                                              batch, rows, cols);
+  return cudaGetLastError();
+}
+
+template <class U>
+cudaError_t gather_typed(bool idx64, const void* x, const void* idx, void* y, const GatherGeom& g,
+                         cudaStream_t s) {
+  const unsigned grid = blocks_for(g.outer * g.k * g.inner);
+  if (idx64)
+    gather_kernel<U, int64_t><<<grid, kBlock, 0, s>>>(
+        static_cast<const U*>(x), static_cast<const int64_t*>(idx), static_cast<U*>(y), g);
+  else
+    gather_kernel<U, int32_t><<<grid, kBlock, 0, s>>>(
+        static_cast<const U*>(x), static_cast<const int32_t*>(idx), static_cast<U*>(y), g);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t gather_grad_typed(bool idx64, const void* dy, const void* idx, void* dx, const GatherGeom& g,
+                              cudaStream_t s) {
+  const size_t bytes = static_cast<size_t>(g.outer * g.n * g.inner) * sizeof(T);
+  cudaError_t e = cudaMemsetAsync(dx, 0, bytes, s);
+  if (e != cudaSuccess) return e;
+  if (g.k == 0 || g.outer * g.inner == 0) return cudaSuccess;
+  const unsigned grid = blocks_for(g.outer * g.inner);
+  if (idx64)
+    gather_grad_kernel<T, int64_t><<<grid, kBlock, 0, s>>>(
+        static_cast<const T*>(dy), static_cast<const int64_t*>(idx), static_cast<T*>(dx), g);
+  else
+    gather_grad_kernel<T, int32_t><<<grid, kBlock, 0, s>>>(
+        static_cast<const T*>(dy), static_cast<const int32_t*>(idx), static_cast<T*>(dx), g);
+  return cudaGetLastError();
+}
+
+bool valid_map(const IndexMap& m) {
+  if (m.rank < 1 || m.rank > kMaxDims) return false;
+  for (int d = 0; d < m.rank; ++d)
+    if (m.dims[d] < 1) return false;
+  return true;
+}
+
+}  // namespace
+
+cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b, void* out,
+                          const IndexMap& map, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!a || !b || !out || !valid_map(map)) return cudaErrorInvalidValue;
+  switch (op) {
+    case BinaryOp::add:
+      return binary_typed(k::AddOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::sub:
+      return binary_typed(k::SubOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::mul:
+      return binary_typed(k::MulOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::div:
+      return binary_typed(k::DivOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::pow:
+      return binary_typed(k::PowOp{}, t, a, b, out, map, n, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, void* y, int64_t n,
+                         cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!x || !y) return cudaErrorInvalidValue;
+  switch (op) {
+    case UnaryOp::neg:
+      return unary_neg(t, x, y, n, stream);
+    case UnaryOp::exp:
+      return unary_float(k::ExpOp{}, t, x, y, n, stream);
+    case UnaryOp::log:
+      return unary_float(k::LogOp{}, t, x, y, n, stream);
+    case UnaryOp::sqrt:
+      return unary_float(k::SqrtOp{}, t, x, y, n, stream);
+    case UnaryOp::relu:
+      return unary_float(k::ReluOp{}, t, x, y, n, stream);
+    case UnaryOp::leaky_relu:
+      return unary_float(k::LeakyReluOp{p.alpha}, t, x, y, n, stream);
+    case UnaryOp::sigmoid:
+      return unary_float(k::SigmoidOp{}, t, x, y, n, stream);
+    case UnaryOp::tanh:
+      return unary_float(k::TanhOp{}, t, x, y, n, stream);
+    case UnaryOp::gelu:
+      return unary_float(k::GeluOp{p.tanh_approx}, t, x, y, n, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_activation_grad(ActivationGrad op, UnaryParams p, ElemType t, const void* dy,
+                                   const void* xy, void* dx, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!dy || !xy || !dx) return cudaErrorInvalidValue;
+  switch (op) {
+    case ActivationGrad::relu:
+      return grad_float(k::ReluGradFromY{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::leaky_relu:
+      return grad_float(k::LeakyReluGradFromX{p.alpha}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::sigmoid:
+      return grad_float(k::SigmoidGradFromY{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::tanh:
+      return grad_float(k::TanhGradFromY{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::gelu:
+      return grad_float(k::GeluGradFromX{p.tanh_approx}, t, dy, xy, dx, n, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_where(ElemType t, const uint8_t* cond, const void* x, const void* y, void* z,
+                         const IndexMap& map, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!cond || !x || !y || !z || !valid_map(map)) return cudaErrorInvalidValue;
+  const unsigned grid = blocks_for(n);
+  switch (t) {
+    case ElemType::f32:
+      where_kernel<float><<<grid, kBlock, 0, stream>>>(
+          cond, static_cast<const float*>(x), static_cast<const float*>(y), static_cast<float*>(z), map, n);
+      break;
+    case ElemType::f64:
+      where_kernel<double><<<grid, kBlock, 0, stream>>>(cond, static_cast<const double*>(x),
+                                                        static_cast<const double*>(y),
+                                                        static_cast<double*>(z), map, n);
+      break;
+    case ElemType::i32:
+      where_kernel<int32_t><<<grid, kBlock, 0, stream>>>(cond, static_cast<const int32_t*>(x),
+                                                         static_cast<const int32_t*>(y),
+                                                         static_cast<int32_t*>(z), map, n);
+      break;
+    case ElemType::i64:
+      where_kernel<int64_t><<<grid, kBlock, 0, stream>>>(cond, static_cast<const int64_t*>(x),
+                                                         static_cast<const int64_t*>(y),
+                                                         static_cast<int64_t*>(z), map, n);
+      break;
+    case ElemType::u8:
+      where_kernel<uint8_t><<<grid, kBlock, 0, stream>>>(cond, static_cast<const uint8_t*>(x),
+                                                         static_cast<const uint8_t*>(y),
+                                                         static_cast<uint8_t*>(z), map, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_cast(ElemType from, ElemType to, const void* x, void* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!x || !y) return cudaErrorInvalidValue;
+  cast_kernel<<<blocks_for(n), kBlock, 0, stream>>>(from, to, x, y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_dropout(ElemType t, const DropoutArgs& a, const DeviceStepContext* ctx, const void* x,
+                           void* y, uint8_t* mask, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!ctx || !x || !y || a.per_sample < 0) return cudaErrorInvalidValue;
+  // One thread per Philox block when drawing (at most n / 4 + 2 of them); the copy path loops over n.
+  const unsigned grid = blocks_for(n / 4 + 2);
+  switch (t) {
+    case ElemType::f32:
+      dropout_kernel<float><<<grid, kBlock, 0, stream>>>(a, ctx, static_cast<const float*>(x),
+                                                         static_cast<float*>(y), mask, n);
+      break;
+    case ElemType::f64:
+      dropout_kernel<double><<<grid, kBlock, 0, stream>>>(a, ctx, static_cast<const double*>(x),
+                                                          static_cast<double*>(y), mask, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_strided_copy(int elem_bytes, bool scatter, void* strided, void* dense, const IndexMap& map,
+                                int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!strided || !dense || !valid_map(map)) return cudaErrorInvalidValue;
+  switch (elem_bytes) {
+    case 1:
+      return strided_copy_typed<uint8_t>(scatter, strided, dense, map, n, stream);
+    case 2:
+      return strided_copy_typed<uint16_t>(scatter, strided, dense, map, n, stream);
+    case 4:
+      return strided_copy_typed<uint32_t>(scatter, strided, dense, map, n, stream);
+    case 8:
+      return strided_copy_typed<uint64_t>(scatter, strided, dense, map, n, stream);
+    case 16:
+      return strided_copy_typed<uint4>(scatter, strided, dense, map, n, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_transpose(int elem_bytes, const void* x, void* y, int64_t batch, int64_t rows,
+                             int64_t cols, cudaStream_t stream) {
+  if (batch <= 0 || rows <= 0 || cols <= 0) return cudaSuccess;
+  if (!x || !y || x == y) return cudaErrorInvalidValue;
+  switch (elem_bytes) {
+    case 1:
+      return transpose_typed<uint8_t>(x, y, batch, rows, cols, stream);
+    case 2:
+      return transpose_typed<uint16_t>(x, y, batch, rows, cols, stream);
+    case 4:
+      return transpose_typed<uint32_t>(x, y, batch, rows, cols, stream);
+    case 8:
+      return transpose_typed<uint64_t>(x, y, batch, rows, cols, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_gather(int unit_bytes, bool idx64, const void* x, const void* idx, void* y,
+                          const GatherGeom& g, cudaStream_t stream) {
+  if (g.outer * g.k * g.inner <= 0) return cudaSuccess;
+  if (!x || !idx || !y || g.n < 0) return cudaErrorInvalidValue;
+  switch (unit_bytes) {
+    case 1:
+      return gather_typed<uint8_t>(idx64, x, idx, y, g, stream);
+    case 2:
+      return gather_typed<uint16_t>(idx64, x, idx, y, g, stream);
+    case 4:
+      return gather_typed<uint32_t>(idx64, x, idx, y, g, stream);
+    case 8:
+      return gather_typed<uint64_t>(idx64, x, idx, y, g, stream);
+    case 16:
+      return gather_typed<uint4>(idx64, x, idx, y, g, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_gather_grad(ElemType t, bool idx64, const void* dy, const void* idx, void* dx,
+                               const GatherGeom& g, cudaStream_t stream) {
+  if (g.outer * g.n * g.inner <= 0) return cudaSuccess;
+  if (!dx || (g.k > 0 && (!dy || !idx))) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      return gather_grad_typed<float>(idx64, dy, idx, dx, g, stream);
+    case ElemType::f64:
+      return gather_grad_typed<double>(idx64, dy, idx, dx, g, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_write_ints(const SmallInts& v, int64_t* y, cudaStream_t stream) {
+  if (v.count <= 0) return cudaSuccess;
+  if (!y || v.count > kMaxDims) return cudaErrorInvalidValue;
+  write_ints_kernel<<<1, 32, 0, stream>>>(v, y);
+  return cudaGetLastError();
+}
+
+}  // namespace trainer::engine::cuda

@@ -1,0 +1,53 @@
+// Device code of the blas family: FusedGemm's activation applied after a cuBLASLt bias epilogue, for the
+// cases cuBLASLt cannot do exactly (its GELU epilogue is an approximation of its own; ours must match the
+// CPU's).
+#include "engine/backend/cuda/launch_blas.h"
+#include "engine/kernels/functors.h"
+
+namespace trainer::engine::cuda {
+
+namespace k = trainer::engine::kernels;
+
+namespace {
+
+// One thread per element, grid-stride: memory-bound, nothing to share between threads.
+template <class Op>
+__global__ void activation(Op op, const float* z, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    y[i] = op(z[i]);
+}
+
+struct Identity {
+  __device__ float operator()(float x) const { return x; }
+};
+
+}  // namespace
+
+cudaError_t launch_gemm_activation(GemmActivation act, const float* z, float* y, int64_t n,
+                                   cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!z || !y) return cudaErrorInvalidValue;
+  constexpr unsigned block = 256;
+  int64_t blocks = (n + block - 1) / block;
+  const unsigned grid = static_cast<unsigned>(blocks > 65535 * 8 ? 65535 * 8 : blocks);
+  switch (act) {
+    case GemmActivation::none:
+      activation<<<grid, block, 0, stream>>>(Identity{}, z, y, n);
+      break;
+    case GemmActivation::relu:
+      activation<<<grid, block, 0, stream>>>(k::ReluOp{}, z, y, n);
+      break;
+    case GemmActivation::gelu:
+      activation<<<grid, block, 0, stream>>>(k::GeluOp{false}, z, y, n);
+      break;
+    case GemmActivation::gelu_tanh:
+      activation<<<grid, block, 0, stream>>>(k::GeluOp{true}, z, y, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace trainer::engine::cuda

@@ -1,0 +1,19 @@
+// Launchers of the blas family's own device code (blas_epilogue.cu): the activations cuBLASLt's epilogues do
+// not compute exactly as the CPU does. Plain declarations that g++ and nvcc both read.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace trainer::engine::cuda {
+
+// FusedGemm's activations, numbered as the kernel switches on them.
+enum class GemmActivation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
+
+// y[i] = act(z[i]) for i < n, with the shared functors (kernels::ReluOp, kernels::GeluOp), so the GPU
+// computes the formula the CPU does. z and y may be the same buffer.
+cudaError_t launch_gemm_activation(GemmActivation act, const float* z, float* y, int64_t n,
+                                   cudaStream_t stream);
+
+}  // namespace trainer::engine::cuda
