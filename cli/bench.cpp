@@ -104,6 +104,9 @@ struct OpTime {
 
 struct Measurement {
   std::vector<double> step_seconds;
+  std::vector<double>
+      host_seconds;         // per step: until run() returned (on a GPU: the enqueue, the host's share)
+  size_t device_bytes = 0;  // memory the backend holds for the step (arena, workspace, ...)
   int64_t flops = 0;        // per step, over the plan's nodes
   double loss = 0;          // after the timed steps
   std::vector<OpTime> ops;  // in plan order; empty when the backend does not time kernels
@@ -131,7 +134,9 @@ Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, 
     backend.synchronize();
   };
   auto run = [&] {
+    auto t0 = std::chrono::steady_clock::now();
     session.run(engine::StepContext{static_cast<uint64_t>(done), cfg.seed, 0});
+    m.host_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     backend.synchronize();
     ++done;
   };
@@ -139,12 +144,14 @@ Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, 
     feed();
     run();
   }
+  m.host_seconds.clear();
   for (int64_t i = 0; i < o.steps; ++i) {
     feed();
     auto t0 = std::chrono::steady_clock::now();
     run();
     m.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  m.device_bytes = backend.memory_bytes();
   const engine::Graph& g = *step.graph;
   const std::vector<engine::NodeId>& plan = session.program().steps;
   for (engine::NodeId id : plan) m.flops += engine::node_flops(g, g.node(id));
@@ -238,7 +245,9 @@ Command add_bench_command(CLI::App& app) {
     formats::ModelSpec s = spec->load();
     read_onnx_bytes(s);
     const int64_t batch = s.train.batch_size;
-    const engine::FitConfig cfg = fit_config(s);
+    DeviceOptions::Opened opened = device->open(s, o->quiet);
+    engine::FitConfig cfg = fit_config(s);
+    cfg.precision = opened.precision;
     const engine::TrainingStep step =
         at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, batch); });
     const SyntheticBatch data = synthetic_batch(step, cfg);
@@ -248,7 +257,7 @@ Command add_bench_command(CLI::App& app) {
     Measurement eager, replay;
     bool have_replay = false;
     {
-      auto backend = device->make_backend(o->quiet);
+      auto backend = std::move(opened.backend);
       const bool cuda = backend->name() != "cpu";
       have_replay = cuda && !device->no_cuda_graph;
       if (have_replay)
@@ -259,7 +268,7 @@ Command add_bench_command(CLI::App& app) {
     if (have_replay) {
       DeviceOptions without_graph = *device;
       without_graph.no_cuda_graph = true;
-      auto backend = without_graph.make_backend(true);
+      auto backend = without_graph.open(s, true).backend;
       eager = measure(*backend, step, data, cfg, *o, true);
     }
 
@@ -304,6 +313,10 @@ Command add_bench_command(CLI::App& app) {
         {"steps", std::to_string(o->steps)},
         {"step_ms", stats_json(eager_stats)},
         {"step_ms_graph", have_replay ? stats_json(replay_stats) : "null"},
+        {"precision", json_string(std::string(engine::precision_name(cfg.precision)))},
+        {"host_us_per_step",
+         json_number(1e6 * stats_of(have_replay ? replay.host_seconds : eager.host_seconds).median)},
+        {"device_memory_bytes", std::to_string(have_replay ? replay.device_bytes : eager.device_bytes)},
         {"samples_per_s", json_number(samples_per_s)},
         {"flops_per_step", std::to_string(flops)},
         {"achieved_gflops", json_number(gflops(static_cast<double>(flops), step_s))},
@@ -326,8 +339,12 @@ Command add_bench_command(CLI::App& app) {
     if (have_replay)
       out.say("Step (CUDA graph): {:>9.3f} ms median, {:.3f} mean, {:.3f} min\n", 1e3 * replay_stats.median,
               1e3 * replay_stats.mean, 1e3 * replay_stats.min);
-    out.say("{:.0f} samples/s · {} FLOP per step · {:.1f} GFLOP/s achieved\n", samples_per_s, grouped(flops),
-            gflops(static_cast<double>(flops), step_s));
+    out.say("{:.0f} samples/s · {} FLOP per step · {:.1f} GFLOP/s achieved · {}\n", samples_per_s,
+            grouped(flops), gflops(static_cast<double>(flops), step_s),
+            engine::precision_name(cfg.precision));
+    out.say("Host time per step {:.1f} us (until run() returns) · device memory {:.1f} MiB\n",
+            1e6 * stats_of(have_replay ? replay.host_seconds : eager.host_seconds).median,
+            (have_replay ? replay.device_bytes : eager.device_bytes) / 1048576.0);
     if (!timed_ops) {
       out.say("(this backend does not time kernels one by one)\n");
       return 0;

@@ -37,10 +37,11 @@ std::string state_json(const engine::TrainingState& st) {
   std::string s = fmt::format(
       "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"loss_sum\": {}, \"correct\": {}, \"topk\": {}, "
       "\"samples\": {}, \"seconds\": {}, \"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
-      "{}, "
+      "{}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"history\": [",
       st.epoch, st.batch, st.global_step, num(st.loss_sum), num(st.correct), num(st.topk), st.samples,
-      num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch);
+      num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
+      num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
@@ -93,6 +94,12 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   st.best = r.d(root, "best");
   st.waited = r.i(root, "waited");
   st.best_epoch = r.i(root, "best_epoch");
+  // Loss scaling (fp16) came later: a checkpoint without it was written by an unscaled run.
+  if (root.find("loss_scale")) {
+    st.loss_scale = static_cast<float>(r.d(root, "loss_scale"));
+    st.loss_scale_good_steps = r.i(root, "loss_scale_good_steps");
+    st.skipped_steps = r.i(root, "skipped_steps");
+  }
   for (const formats::JsonValue& e : r.get(root, "history").items) {
     engine::EpochReport rep;
     rep.epoch = r.i(e, "epoch");

@@ -203,10 +203,6 @@ DeviceOptions::Opened DeviceOptions::open(const formats::ModelSpec& spec, bool q
   if (ids.empty() && o.precision == engine::Precision::fp16)
     throw InputError(spec.path, "train.precision = \"fp16\" runs on GPUs only, and this run is on the CPU",
                      "use precision = \"bf16\" or \"fp32\" on the CPU, or run on a GPU");
-  if (!ids.empty() && o.precision == engine::Precision::fp16)
-    throw InputError(spec.path,
-                     "train.precision = \"fp16\" needs dynamic loss scaling, which is not built yet",
-                     "use precision = \"bf16\" (same speed on compute capability 8.0 and newer) or \"fp32\"");
   if (!ids.empty() && sm < 80 && o.precision == engine::Precision::bf16)
     throw InputError(spec.path,
                      fmt::format("train.precision = \"bf16\" needs a GPU of compute capability 8.0 or newer; "

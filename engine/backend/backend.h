@@ -86,6 +86,8 @@ class Backend {
   virtual std::unique_ptr<Event> record_event() = 0;
   // Waits for everything enqueued.
   virtual void synchronize() = 0;
+  // Memory the backend holds now: its buffers (arenas) plus its own (a GPU's library workspace, staging).
+  virtual size_t memory_bytes() const = 0;
 };
 
 struct CpuOptions {
@@ -110,9 +112,10 @@ CudaDevices cuda_devices();  // never throws
 
 struct CudaOptions {
   int device = 0;
-  bool allow_tf32 = false;                     // [train] precision = "tf32": TF32 in GEMMs and convolutions
-  bool cuda_graph = true;                      // capture the step after warm-up and replay it
-  size_t workspace_bytes = size_t{256} << 20;  // cuBLASLt/cuDNN workspace, allocated once per backend
+  bool allow_tf32 = false;  // [train] precision = "tf32": TF32 in GEMMs and convolutions
+  bool cuda_graph = true;   // capture the step after warm-up and replay it
+  // cuBLASLt/cuDNN workspace, allocated once per backend; 32 MiB is what cuBLASLt asks for on Hopper
+  size_t workspace_bytes = size_t{32} << 20;
 };
 // Throws InputError when the device does not exist or the build has no CUDA.
 std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options = {});

@@ -120,6 +120,17 @@ void Graph::bind_update(ValueId next, ValueId state) {
   updates_.emplace_back(next, state);
 }
 
+void Graph::rebind_update(ValueId state, ValueId next) {
+  TRAINER_ASSERT(values_[next].shape == values_[state].shape && values_[next].dtype == values_[state].dtype,
+                 "update '{}' does not match '{}'", values_[next].name, values_[state].name);
+  for (auto& [n, s] : updates_)
+    if (s == state) {
+      n = next;
+      return;
+    }
+  TRAINER_ASSERT(false, "'{}' has no update to replace", values_[state].name);
+}
+
 const Tensor* Graph::initializer(ValueId v) const {
   auto it = initializers_.find(v);
   return it == initializers_.end() ? nullptr : &it->second;

@@ -83,6 +83,8 @@ class Graph {
   // `next` holds the new value of persistent `state` after a step (optimizer updates, running statistics).
   // The planner gives both one buffer and schedules the writer after every other reader of `state`.
   void bind_update(ValueId next, ValueId state);
+  // Replaces the value bound onto `state` (which must be bound) by `next`.
+  void rebind_update(ValueId state, ValueId next);
   const std::vector<std::pair<ValueId, ValueId>>& updates() const { return updates_; }
 
   const Value& value(ValueId v) const { return values_.at(v); }

@@ -219,6 +219,37 @@ void register_optimizer_ops(OpRegistry& r) {
 
   // Clipping by global norm, all gradients at once (Keras's global_clipnorm):
   //   n = sqrt(sum over every G of sum(G^2));  G_i' = G_i * clipnorm / max(n, clipnorm)
+  // Dynamic loss scaling (precision = "fp16"): the backward pass ran on loss * S. Inputs S, G_1..G_k; outputs
+  // G_i' = G_i * (1 / S) and `finite`, true when every G_i is finite. With S a power of two the unscaling is
+  // exact. The training graph keeps the previous parameters and optimizer state when `finite` is false.
+  r.add(OpSchema("UnscaleGradients", kPrivateDomain)
+            .doc("Divides gradients by the loss scale and says whether they are all finite")
+            .inputs(2, -1)
+            .outputs(2, -1)
+            .non_differentiable(kUpdateReason)
+            .infer([](InferContext& c) {
+              const int k = c.num_inputs() - 1;
+              if (c.num_outputs() != k + 1)
+                c.fail("{} gradients need {} outputs (the gradients and the finite flag), got {}", k, k + 1,
+                       c.num_outputs());
+              if (c.dtype(0) != DType::f32 || c.shape(0).numel() != 1)
+                c.fail("the loss scale must be an f32 scalar, got {} {}", dtype_name(c.dtype(0)),
+                       c.shape(0).str());
+              for (int i = 1; i <= k; ++i) {
+                c.expect_float(i);
+                c.expect_same_dtype(i, 1);
+                c.set_output(i - 1, c.dtype(i), c.shape(i));
+              }
+              c.set_output(k, DType::boolean, Shape{});
+            })
+            .examples([] {
+              OpExample e =
+                  example("two gradients", {Tensor::scalar<float>(1024.0f), random_tensor({3, 2}, -4, 4, 98),
+                                            random_tensor({5}, -4, 4, 99)});
+              e.num_outputs = 3;
+              return std::vector<OpExample>{e};
+            }));
+
   // Inputs G_1..G_k; outputs G_1'..G_k'; output k (optional extra) is n, for logging.
   r.add(
       OpSchema("ClipByGlobalNorm", kPrivateDomain)

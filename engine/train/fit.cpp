@@ -80,6 +80,7 @@ TrainingOptions training_options(const FitConfig& cfg) {
   o.optimizer = cfg.optimizer;
   o.clipnorm = cfg.clipnorm;
   o.precision = cfg.precision;
+  o.loss_scaling = cfg.precision == Precision::fp16;
   return o;
 }
 
@@ -191,6 +192,7 @@ struct Plan {
   int index = -1;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue, lr = kNoValue, iteration = kNoValue;
   int64_t batch = 0;
+  ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
 };
 
 double read_scalar(Session& s, ValueId v) {
@@ -228,6 +230,8 @@ class Device {
       po.gradients = tg.gradients;
       train_[batch] = Plan{plans_.add(tg.graph, po), lg.x,         lg.y, lg.output, lg.loss,
                            tg.learning_rate,         tg.iteration, batch};
+      train_[batch].loss_scale = tg.loss_scale;
+      train_[batch].grads_finite = tg.grads_finite;
     }
     for (int64_t n : eval_samples)
       for (int64_t batch : batch_sizes(n, cfg.batch_size)) {
@@ -357,6 +361,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   info.signature = dev.weights_session().program().signature;
 
   TrainingState st;
+  DynamicLossScaler scaler;
+  const bool scaling = cfg.precision == Precision::fp16;
   if (resume) {
     st = *resume;
     st.values.clear();
@@ -368,6 +374,11 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
                                    st.batch, info.steps_per_epoch),
                        "resume with the data and batch size the checkpoint was written with");
   }
+  if (scaling && st.loss_scale > 0)
+    scaler.restore(st.loss_scale, st.loss_scale_good_steps, st.global_step - st.skipped_steps,
+                   st.skipped_steps);
+  else
+    scaler.restore(scaling ? scaler.scale() : 0.0f, 0, st.global_step - st.skipped_steps, st.skipped_steps);
   observer.on_train_begin(info);
 
   FitResult result;
@@ -400,10 +411,21 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       s.write(p.x, batch.x, g.value(p.x).nbytes());
       s.write(p.y, batch.y, g.value(p.y).nbytes());
       float lr = static_cast<float>(schedule.at(st.global_step));
-      int64_t iteration = st.global_step + 1;
+      // The optimizer counts the updates it made: a step skipped for overflow does not advance it.
+      int64_t iteration = scaler.applied_steps() + 1;
       s.write(p.lr, &lr, sizeof lr);
       s.write(p.iteration, &iteration, sizeof iteration);
+      if (p.loss_scale != kNoValue) {
+        const float scale = scaler.scale();
+        s.write(p.loss_scale, &scale, sizeof scale);
+      }
       s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, 0});
+      bool finite = true;
+      if (p.grads_finite != kNoValue) s.read(p.grads_finite, &finite, sizeof finite);
+      scaler.update(finite, p.loss_scale != kNoValue);
+      st.skipped_steps = scaler.skipped_steps();
+      st.loss_scale = p.loss_scale != kNoValue ? scaler.scale() : 0.0f;
+      st.loss_scale_good_steps = scaler.good_steps();
       double loss = read_scalar(s, p.loss);
       if (!std::isfinite(loss))
         throw RuntimeError(

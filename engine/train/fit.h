@@ -117,6 +117,11 @@ struct TrainingState {
   bool have_best = false;  // early stopping
   double best = 0;
   int64_t waited = 0, best_epoch = 0;
+  // Dynamic loss scaling (fp16): the scale, finite steps since it last changed, and the steps skipped for
+  // overflow (the optimizer's update count is global_step - skipped_steps).
+  float loss_scale = 0;  // 0: not scaling
+  int64_t loss_scale_good_steps = 0;
+  int64_t skipped_steps = 0;
   std::vector<EpochReport> history;
   std::vector<std::pair<std::string, Tensor>> values;
   std::vector<std::pair<std::string, Tensor>>

@@ -1,7 +1,9 @@
 // Training graph assembly (fusion, backward, optimizer) and the single-device Trainer.
 #include "engine/train/training.h"
 
+#include <map>
 #include "engine/autodiff/autodiff.h"
+
 #include "engine/ir/op_schema.h"
 
 namespace trainer::engine {
@@ -14,7 +16,15 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   tg.loss = loss;
   std::vector<ValueId> params = trainable_parameters(g);
   tg.backward_begin = g.num_nodes();
-  auto grads = build_backward(g, tg.loss, params);
+  ValueId differentiated = tg.loss;
+  if (options.loss_scaling) {
+    tg.loss_scale = g.add_input("__loss_scale", DType::f32, Shape{});
+    ValueId scale = tg.loss_scale;
+    if (g.value(loss).dtype != DType::f32)
+      scale = g.op("Cast", {scale}, {{"to", int64_t{dtype_to_onnx(g.value(loss).dtype)}}});
+    differentiated = g.op("Mul", {tg.loss, scale});
+  }
+  auto grads = build_backward(g, differentiated, params);
   // After autodiff, so the gradient GEMMs and convolutions are rewritten too and every gradient stays f32.
   apply_precision(g, options.precision);
   tg.update_begin = g.num_nodes();
@@ -24,6 +34,16 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   for (ValueId p : params) {
     tg.gradients.push_back(grads.at(p));
     applied.push_back(grads.at(p));
+  }
+  if (options.loss_scaling && !params.empty()) {
+    std::vector<ValueId> in = {tg.loss_scale};
+    in.insert(in.end(), applied.begin(), applied.end());
+    NodeId u =
+        g.add_node("UnscaleGradients", in, {}, static_cast<int>(applied.size()) + 1, "unscale_gradients");
+    const std::vector<ValueId>& outs = g.node(u).outputs;
+    applied.assign(outs.begin(), outs.end() - 1);
+    tg.grads_finite = outs.back();
+    g.mark_output(tg.grads_finite);
   }
   if (options.clipnorm > 0 && !params.empty()) {
     NodeId clip = g.add_node("ClipByGlobalNorm", applied, {{"clipnorm", options.clipnorm}},
@@ -36,12 +56,27 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   std::vector<std::pair<ValueId, ValueId>> pg;
   for (size_t i = 0; i < params.size(); ++i) pg.emplace_back(params[i], applied[i]);
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
+  if (tg.grads_finite != kNoValue) {
+    // An overflowed step keeps every parameter and optimizer state: each update is selected against the old
+    // value, and the selection, not the update, is what the state becomes.
+    std::map<ValueId, ValueId> next_of;
+    for (const auto& [next, state] : g.updates()) next_of[state] = next;
+    for (const OptimizerState& p : tg.parameters) {
+      std::vector<ValueId> states = p.slots;
+      states.push_back(p.param);
+      for (ValueId s : states) {
+        auto it = next_of.find(s);
+        if (it == next_of.end()) continue;
+        g.rebind_update(s, g.op("Where", {tg.grads_finite, it->second, s}));
+      }
+    }
+  }
   g.mark_output(tg.loss);
   return tg;
 }
 
 Trainer::Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const TrainingOptions& options)
-    : tg_(std::move(tg)), seed_(seed) {
+    : tg_(std::move(tg)), seed_(seed), scaler_(options.loss_scale) {
   PlanOptions po;
   po.gradients = tg_.gradients;
   po.bucket_bytes = options.bucket_bytes;
@@ -49,11 +84,19 @@ Trainer::Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const Traini
 }
 
 float Trainer::step(float lr) {
-  int64_t it = static_cast<int64_t>(step_ + 1);
+  // The optimizer counts applied updates only: a skipped step does not advance Adam's bias correction.
+  int64_t it = scaler_.applied_steps() + 1;
   session_->write(tg_.learning_rate, &lr, sizeof lr);
   session_->write(tg_.iteration, &it, sizeof it);
+  if (tg_.loss_scale != kNoValue) {
+    const float scale = scaler_.scale();
+    session_->write(tg_.loss_scale, &scale, sizeof scale);
+  }
   session_->run(StepContext{step_, seed_});
   ++step_;
+  bool finite = true;
+  if (tg_.grads_finite != kNoValue) session_->read(tg_.grads_finite, &finite, sizeof finite);
+  scaler_.update(finite, tg_.loss_scale != kNoValue);
   float loss = 0;
   const Value& lv = tg_.graph->value(tg_.loss);
   if (lv.dtype == DType::f32) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/optim/loss_scale.h"
 #include "engine/optim/optimizer.h"
 #include "engine/plan/fusion.h"
 #include "engine/plan/precision.h"
@@ -21,6 +22,11 @@ struct TrainingOptions {
   size_t bucket_bytes = 25u << 20;        // gradient bucket size for reductions
   float clipnorm = 0;                     // > 0: gradients clipped by their global norm before the update
   Precision precision = Precision::fp32;  // bf16/fp16: GEMMs and convolutions rewritten (plan/precision.h)
+  // Dynamic loss scaling (fp16): backward runs on loss * scale (a fed input); the gradients are unscaled and
+  // checked, and a step whose gradients are not all finite leaves parameters and optimizer state as they
+  // were.
+  bool loss_scaling = false;
+  LossScaleOptions loss_scale;  // the Trainer's scaler (fit uses the defaults)
 };
 
 struct TrainingGraph {
@@ -31,6 +37,8 @@ struct TrainingGraph {
   std::vector<OptimizerState> parameters;
   std::vector<ValueId> gradients;    // per parameter, in parameter order (before clipping)
   ValueId gradient_norm = kNoValue;  // with clipnorm: the global norm before clipping (a graph output)
+  ValueId loss_scale = kNoValue;     // with loss_scaling: the f32 scalar input the loss is multiplied by
+  ValueId grads_finite = kNoValue;   // with loss_scaling: bool scalar output, false when the step was skipped
   // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from
   // update_begin gradient clipping and the optimizer update (trainer bench reports time per phase).
   NodeId backward_begin = 0, update_begin = 0;
@@ -52,8 +60,10 @@ class Trainer {
   // Fed inputs by value id (the forward graph's ids are kept by build_training_graph).
   void feed(ValueId input, const Tensor& t) { session_->write(input, t); }
   void feed(ValueId input, const void* bytes, size_t n) { session_->write(input, bytes, n); }
-  // Runs one step with learning rate `lr`; returns the loss.
+  // Runs one step with learning rate `lr`; returns the loss. With loss scaling, a step whose gradients
+  // overflowed changes nothing but the scale (DynamicLossScaler).
   float step(float lr);
+  const DynamicLossScaler& loss_scaler() const { return scaler_; }
   uint64_t steps_done() const { return step_; }
   Tensor read(ValueId v) const { return session_->read(v); }
   Tensor parameter(const std::string& name) const;
@@ -63,6 +73,7 @@ class Trainer {
   std::unique_ptr<Session> session_;
   uint64_t seed_;
   uint64_t step_ = 0;
+  DynamicLossScaler scaler_;
 };
 
 }  // namespace trainer::engine

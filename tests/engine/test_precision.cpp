@@ -2,6 +2,8 @@
 // gradients and the loss stay f32 with their ids, and that a bf16 training run on the CPU learns like fp32.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstring>
 #include <map>
 
 #include "engine/data/synthetic.h"
@@ -37,23 +39,41 @@ int count_live(const Graph& g, const std::string& op) {
   return n;
 }
 
-std::vector<float> train(Precision p, int steps) {
+struct Run {
+  std::vector<float> losses;
+  std::vector<Tensor> params;
+  DynamicLossScaler scaler;
+};
+
+Run train(Precision p, int steps, bool loss_scaling = false, float initial_scale = 65536.0f) {
   const int per_class = 64, batch = 3 * per_class;
   Model m = mlp(batch);
   const ValueId x = m.x, y = m.y;
   TrainingOptions opt;
   opt.precision = p;
+  opt.loss_scaling = loss_scaling;
+  opt.loss_scale.initial_scale = initial_scale;
   TrainingGraph tg = build_training_graph(std::move(m.g), m.loss, opt);
   auto backend = make_cpu_backend();
   Trainer tr(std::move(tg), *backend, 1, opt);
   data::Synthetic ds = data::spirals(per_class, 3, 0.1f, 2);
-  std::vector<float> losses;
+  Run r;
   for (int s = 0; s < steps; ++s) {
     tr.feed(x, ds.x);
     tr.feed(y, ds.y);
-    losses.push_back(tr.step(0.01f));
+    r.losses.push_back(tr.step(0.01f));
   }
-  return losses;
+  for (const OptimizerState& st : tr.training_graph().parameters) r.params.push_back(tr.read(st.param));
+  r.scaler = tr.loss_scaler();
+  return r;
+}
+
+bool same_bits(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].nbytes() != b[i].nbytes() || std::memcmp(a[i].raw(), b[i].raw(), a[i].nbytes()) != 0)
+      return false;
+  return true;
 }
 
 }  // namespace
@@ -123,11 +143,74 @@ TEST_SUITE("precision") {
   }
 
   TEST_CASE("precision: a bf16 run on the CPU follows the fp32 run and learns") {
-    std::vector<float> full = train(Precision::fp32, 60), half = train(Precision::bf16, 60);
+    std::vector<float> full = train(Precision::fp32, 60).losses, half = train(Precision::bf16, 60).losses;
     // bf16 operands carry 8 significant bits: the curves agree to a few percent, not bitwise.
     CHECK(half.front() == doctest::Approx(full.front()).epsilon(0.02));
     CHECK(half.back() == doctest::Approx(full.back()).epsilon(0.15));
     CHECK(half.back() < 0.8f * half.front());
     CHECK(half != full);  // the bf16 path really ran
+  }
+
+  TEST_CASE("precision: a power-of-two loss scale changes no bit of an fp32 run") {
+    Run plain = train(Precision::fp32, 20), scaled = train(Precision::fp32, 20, true, 1024.0f);
+    CHECK(plain.losses == scaled.losses);
+    CHECK(same_bits(plain.params, scaled.params));
+    CHECK(scaled.scaler.skipped_steps() == 0);
+    CHECK(scaled.scaler.applied_steps() == 20);
+  }
+
+  TEST_CASE("precision: an overflowing step changes nothing but the scale") {
+    // loss = sum(w * x) with x = 1000: the scaled gradient x * 2^127 overflows until the scale has backed off
+    // to 2^118 (1000 * 2^118 < 2^128), so the first 9 steps are skipped and the 10th applies an SGD step of
+    // -lr * x.
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{4});
+    g.add_parameter("w", Tensor::from<float>({4}, {0, 0, 0, 0}));
+    ValueId loss = g.op("ReduceSum", {g.op("Mul", {g.find("w"), x})}, {{"keepdims", int64_t{0}}});
+    TrainingOptions opt;
+    opt.optimizer.kind = "sgd";
+    opt.fuse = false;
+    opt.loss_scaling = true;
+    opt.loss_scale.initial_scale = 1.7014118e38f;  // 2^127
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    auto backend = make_cpu_backend();
+    Trainer tr(std::move(tg), *backend, 1, opt);
+    const Tensor xs = Tensor::from<float>({4}, {1000, 1000, 1000, 1000});
+    for (int i = 0; i < 9; ++i) {
+      tr.feed(x, xs);
+      tr.step(0.5f);
+      CAPTURE(i);
+      CHECK(tr.parameter("w").to_vector<float>() == std::vector<float>(4, 0.0f));
+    }
+    CHECK(tr.loss_scaler().skipped_steps() == 9);
+    CHECK(tr.loss_scaler().scale() == std::ldexp(1.0f, 118));
+    tr.feed(x, xs);
+    tr.step(0.5f);
+    CHECK(tr.loss_scaler().applied_steps() == 1);
+    CHECK(tr.parameter("w").to_vector<float>() == std::vector<float>(4, -500.0f));
+  }
+
+  TEST_CASE("precision: the dynamic loss scaler grows, backs off and stays in range") {
+    LossScaleOptions o;
+    o.initial_scale = 8;
+    o.growth_interval = 3;
+    o.min_scale = 2;
+    o.max_scale = 32;
+    DynamicLossScaler s(o);
+    for (int i = 0; i < 3; ++i) s.update(true);
+    CHECK(s.scale() == 16);
+    for (int i = 0; i < 9; ++i) s.update(true);
+    CHECK(s.scale() == 32);  // capped
+    s.update(false);
+    CHECK(s.scale() == 16);
+    CHECK(s.good_steps() == 0);
+    for (int i = 0; i < 5; ++i) s.update(false);
+    CHECK(s.scale() == 2);  // floored
+    CHECK(s.applied_steps() == 12);
+    CHECK(s.skipped_steps() == 6);
+    DynamicLossScaler unscaled;
+    unscaled.update(false, false);  // without scaling every step counts
+    CHECK(unscaled.applied_steps() == 1);
+    CHECK(unscaled.skipped_steps() == 0);
   }
 }

@@ -4,10 +4,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "engine/backend/backend.h"
@@ -20,13 +22,18 @@ namespace {
 
 class HostBuffer final : public DeviceBuffer {
  public:
-  explicit HostBuffer(size_t bytes) : bytes_(bytes) {
+  HostBuffer(size_t bytes, std::shared_ptr<std::atomic<size_t>> held)
+      : bytes_(bytes), held_(std::move(held)) {
     size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
     ptr_ = std::aligned_alloc(64, rounded);
     if (!ptr_) throw RuntimeError(fmt::format("cannot allocate a {} byte arena", bytes));
     std::memset(ptr_, 0, rounded);
+    *held_ += bytes_;
   }
-  ~HostBuffer() override { std::free(ptr_); }
+  ~HostBuffer() override {
+    std::free(ptr_);
+    *held_ -= bytes_;
+  }
   HostBuffer(const HostBuffer&) = delete;
   HostBuffer& operator=(const HostBuffer&) = delete;
   void* data() const override { return ptr_; }
@@ -35,6 +42,7 @@ class HostBuffer final : public DeviceBuffer {
  private:
   void* ptr_ = nullptr;
   size_t bytes_;
+  std::shared_ptr<std::atomic<size_t>> held_;  // the backend's total, which may end before the buffer
 };
 
 // Work on the CPU runs inline, so every event is complete when it is recorded.
@@ -197,8 +205,9 @@ class CpuBackend final : public Backend {
     return cpu::KernelRegistry::global().find(n.op) != nullptr;
   }
   std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override {
-    return std::make_unique<HostBuffer>(bytes);
+    return std::make_unique<HostBuffer>(bytes, held_);
   }
+  size_t memory_bytes() const override { return held_->load(); }
 
   std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
     TRAINER_ASSERT(arena.bytes() >= p.arena_bytes(), "arena of {} bytes for a plan of {}", arena.bytes(),
@@ -254,6 +263,7 @@ class CpuBackend final : public Backend {
 
  private:
   int threads_;
+  std::shared_ptr<std::atomic<size_t>> held_ = std::make_shared<std::atomic<size_t>>(0);
 };
 
 }  // namespace

@@ -282,9 +282,43 @@ KernelPtr clip_by_global_norm(const KernelArgs& a) {
   return kp;
 }
 
+// Every element is multiplied by 1 / S and tested; the flag is the AND over all tensors.
+KernelPtr unscale_gradients(const KernelArgs& a) {
+  KernelPtr kp;
+  dispatch_float(a.in(1).dtype, "UnscaleGradients", [&]<class T>() {
+    struct Part {
+      const T* g;
+      T* out;
+      int64_t n;
+    };
+    const int k = static_cast<int>(a.node.inputs.size()) - 1;
+    auto parts = std::make_shared<std::vector<Part>>();
+    for (int i = 0; i < k; ++i)
+      parts->push_back({a.in_ptr<T>(i + 1), a.out_ptr<T>(i), a.in(i + 1).shape.numel()});
+    const float* scale = a.in_ptr<float>(0);
+    bool* finite = a.out_ptr<bool>(k);
+    kp = make_kernel([=](const StepContext&) {
+      const T inv = static_cast<T>(1.0 / static_cast<double>(*scale));
+      bool all = true;
+      for (const Part& p : *parts) {
+        bool ok = true;
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+        for (int64_t i = 0; i < p.n; ++i) {
+          ok = ok && std::isfinite(p.g[i]);
+          p.out[i] = p.g[i] * inv;
+        }
+        all = all && ok;
+      }
+      *finite = all;
+    });
+  });
+  return kp;
+}
+
 }  // namespace
 
 void register_optimizer_cpu_kernels(KernelRegistry& r) {
+  r.add("UnscaleGradients", unscale_gradients);
   r.add("ClipByGlobalNorm", clip_by_global_norm);
   r.add("Adam", adam);
   r.add("Momentum", momentum);

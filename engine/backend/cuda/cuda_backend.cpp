@@ -101,15 +101,18 @@ class PinnedBuffer {
 
 class CudaBuffer final : public DeviceBuffer {
  public:
-  CudaBuffer(int device, size_t bytes) : device_(device), bytes_(bytes) {
+  CudaBuffer(int device, size_t bytes, std::shared_ptr<std::atomic<size_t>> held)
+      : device_(device), bytes_(bytes), held_(std::move(held)) {
     TRAINER_CUDA_CHECK(cudaSetDevice(device_));
     ptr_ = device_malloc(bytes);
     // Zeroed like the CPU's arena, so values no step has written read the same on both.
     TRAINER_CUDA_CHECK(cudaMemset(ptr_, 0, std::max<size_t>(bytes, 1)));
+    *held_ += bytes_;
   }
   ~CudaBuffer() override {
     cudaSetDevice(device_);
     device_free(ptr_);
+    *held_ -= bytes_;
   }
   CudaBuffer(const CudaBuffer&) = delete;
   CudaBuffer& operator=(const CudaBuffer&) = delete;
@@ -120,6 +123,7 @@ class CudaBuffer final : public DeviceBuffer {
   int device_;
   void* ptr_ = nullptr;
   size_t bytes_;
+  std::shared_ptr<std::atomic<size_t>> held_;  // the backend's total, which may end before the buffer
 };
 
 class CudaEvent final : public Event {
@@ -401,7 +405,11 @@ class CudaBackend final : public Backend {
   }
 
   std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override {
-    return std::make_unique<CudaBuffer>(options_.device, bytes);
+    return std::make_unique<CudaBuffer>(options_.device, bytes, held_);
+  }
+  // Arenas, the library workspace and the step counters: what the process asked the device for.
+  size_t memory_bytes() const override {
+    return held_->load() + libs_.workspace_bytes + sizeof(DeviceStepContext);
   }
 
   std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
@@ -507,6 +515,7 @@ class CudaBackend final : public Backend {
   DeviceStepContext* dev_ctx_ = nullptr;
   std::array<Staging, 2> staging_;
   size_t next_staging_ = 0;
+  std::shared_ptr<std::atomic<size_t>> held_ = std::make_shared<std::atomic<size_t>>(0);
 };
 
 }  // namespace

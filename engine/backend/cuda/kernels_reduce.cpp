@@ -461,9 +461,28 @@ KernelPtr clip_by_global_norm(const KernelArgs& a) {
   });
 }
 
+KernelPtr unscale_gradients(const KernelArgs& a) {
+  const int k = static_cast<int>(a.node.inputs.size()) - 1;
+  std::optional<Real> rt = real_of(a.in(1).dtype);
+  if (!rt || !a.libs || k < 1 || !fits_workspace(a, sizeof(int))) return nullptr;
+  std::vector<UnscaleTensor> tensors;
+  for (int i = 0; i < k; ++i) {
+    if (!a.has_output(i) || a.in(i + 1).dtype != a.in(1).dtype) return nullptr;
+    tensors.push_back({a.inputs[i + 1], a.outputs[i], a.in(i + 1).shape.numel()});
+  }
+  const float* scale = a.in_ptr<float>(0);
+  bool* finite = a.out_ptr<bool>(k);
+  int* flag = static_cast<int*>(a.libs->workspace);
+  return make_kernel([=, rt = *rt](cudaStream_t s) {
+    TRAINER_CUDA_CHECK(launch_unscale_gradients(rt, scale, tensors.data(), static_cast<int>(tensors.size()),
+                                                finite, flag, s));
+  });
+}
+
 }  // namespace
 
 void register_reduce_kernels(KernelRegistry& r) {
+  r.add("UnscaleGradients", unscale_gradients);
   r.add("ReduceSum", [](const KernelArgs& a) { return reduce_factory(a, ReduceOp::sum); });
   r.add("ReduceMean", [](const KernelArgs& a) { return reduce_factory(a, ReduceOp::mean); });
   r.add("ReduceMax", [](const KernelArgs& a) { return reduce_factory(a, ReduceOp::max); });

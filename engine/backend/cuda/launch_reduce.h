@@ -164,4 +164,14 @@ size_t clip_workspace_bytes(const ClipTensor* tensors, int count);
 cudaError_t launch_clip_by_global_norm(Real t, const ClipTensor* tensors, int count, double clipnorm,
                                        void* norm_out, void* workspace, cudaStream_t stream);
 
+// UnscaleGradients: out = g * (1 / *scale) for every tensor, and *finite = every g finite. `flag` is 4 bytes
+// of scratch (the workspace); any non-finite element sets it, in any order, so the result is deterministic.
+struct UnscaleTensor {
+  const void* g = nullptr;
+  void* out = nullptr;
+  int64_t n = 0;
+};
+cudaError_t launch_unscale_gradients(Real t, const float* scale, const UnscaleTensor* tensors, int count,
+                                     bool* finite, int* flag, cudaStream_t stream);
+
 }  // namespace trainer::engine::cuda

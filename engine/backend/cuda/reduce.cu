@@ -1238,4 +1238,46 @@ cudaError_t launch_clip_by_global_norm(Real t, const ClipTensor* tensors, int co
   return cudaGetLastError();
 }
 
+// ---- UnscaleGradients ----
+
+namespace {
+
+template <class T>
+__global__ void unscale_kernel(const T* g, T* out, int64_t n, const float* scale, int* flag) {
+  const T inv = static_cast<T>(1.0 / static_cast<double>(*scale));
+  bool bad = false;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const T v = g[i];
+    bad = bad || !isfinite(v);
+    out[i] = v * inv;
+  }
+  if (bad) *flag = 1;  // every writer writes the same value: no ordering question
+}
+
+__global__ void unscale_finish_kernel(const int* flag, bool* finite) {
+  *finite = *flag == 0;
+}
+
+}  // namespace
+
+cudaError_t launch_unscale_gradients(Real t, const float* scale, const UnscaleTensor* tensors, int count,
+                                     bool* finite, int* flag, cudaStream_t stream) {
+  cudaError_t st = cudaMemsetAsync(flag, 0, sizeof(int), stream);
+  if (st != cudaSuccess) return st;
+  with_real(t, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for (int i = 0; i < count; ++i) {
+      const UnscaleTensor& u = tensors[i];
+      if (u.n == 0) continue;
+      int64_t blocks = (u.n + 255) / 256;
+      if (blocks > 4096) blocks = 4096;
+      unscale_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+          static_cast<const T*>(u.g), static_cast<T*>(u.out), u.n, scale, flag);
+    }
+    unscale_finish_kernel<<<1, 1, 0, stream>>>(flag, finite);
+  });
+  return cudaGetLastError();
+}
+
 }  // namespace trainer::engine::cuda
