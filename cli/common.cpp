@@ -85,6 +85,26 @@ void DeviceOptions::add(CLI::App* app, bool with_gpus) {
                 "Run each CUDA step kernel by kernel instead of replaying a captured CUDA graph (debugging)");
 }
 
+void ParallelOptions::add(CLI::App* app) {
+  app->add_option(
+         "--devices", devices,
+         "CPU replicas that share every global batch, one thread each (with --device cpu or without a "
+         "GPU); default 1")
+      ->check(CLI::Range(1, 1024));
+  app->add_flag("--allow-uneven", allow_uneven,
+                "Let replicas take unequal shares of a batch_size they do not divide; their gradients are "
+                "weighted by sample count");
+  app->add_option("--scale-lr", scale_lr,
+                  "none (default): the learning rate stays the spec's; linear: multiplied by the number of "
+                  "replicas (logged)")
+      ->check(CLI::IsMember({"none", "linear"}));
+  app->add_option(
+         "--collective-timeout", collective_timeout_s,
+         "Seconds a gradient reduction may wait for the other replicas before the run stops (default "
+         "300)")
+      ->check(CLI::PositiveNumber);
+}
+
 namespace {
 
 std::string found_text(const engine::CudaDevices& found) {

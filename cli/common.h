@@ -67,6 +67,15 @@ struct DeviceOptions {
   Opened open(const formats::ModelSpec& spec, bool quiet = false) const;
 };
 
+// Data parallelism (trainer fit): replicas of the step on CPU threads, and how they share the batch.
+struct ParallelOptions {
+  int devices = 1;  // CPU replicas (--devices N); GPUs are chosen by --gpus
+  bool allow_uneven = false;
+  std::string scale_lr = "none";  // none | linear
+  double collective_timeout_s = 300;
+  void add(CLI::App* app);
+};
+
 // Builds the model of a spec for a batch size and mode (a fresh graph each call).
 models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training);
 // Reads an ONNX spec's model file into spec.model.onnx_bytes, unless they are there already (from a

@@ -177,6 +177,7 @@ Command add_fit_command(CLI::App& app) {
   auto spec = std::make_shared<SpecOptions>();
   auto output = std::make_shared<OutputOptions>();
   auto device = std::make_shared<DeviceOptions>();
+  auto parallel = std::make_shared<ParallelOptions>();
   auto output_dir = std::make_shared<std::string>();
   auto resume = std::make_shared<std::string>();
   auto train_toml = std::make_shared<std::string>();
@@ -193,6 +194,7 @@ Command add_fit_command(CLI::App& app) {
   cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl");
   output->add(cmd);
   device->add(cmd, true);
+  parallel->add(cmd);
   auto run = [=]() -> int {
     Output out = output->make();
     if (spec->path.empty() && resume->empty())
@@ -242,6 +244,39 @@ Command add_fit_command(CLI::App& app) {
     SpecData data = open_data(s, probe);
     engine::FitConfig cfg = fit_config(s);
     cfg.precision = opened.precision;
+    // --devices N: N CPU replicas in threads of this process, each with its share of the CPU threads.
+    engine::Replicas replicas;
+    std::vector<std::unique_ptr<engine::Backend>> extra;
+    std::unique_ptr<engine::dist::ThreadGroup> group;
+    std::vector<std::unique_ptr<engine::dist::Communicator>> comms;
+    const int n = parallel->devices;
+    if (n > 1) {
+      if (backend->name() != "cpu")
+        throw InputError(
+            "--devices",
+            fmt::format("--devices {} makes CPU replicas, and this run is on {}", n, backend->name()),
+            "add --device cpu; GPUs are chosen with --gpus");
+      engine::CpuOptions co;
+      co.threads = std::max(1, engine::default_cpu_threads() / n);
+      backend = engine::make_cpu_backend(co);
+      for (int k = 1; k < n; ++k) extra.push_back(engine::make_cpu_backend(co));
+      group = std::make_unique<engine::dist::ThreadGroup>(n);
+      for (int k = 0; k < n; ++k) {
+        comms.push_back(group->communicator(k));
+        comms.back()->set_timeout(
+            std::chrono::milliseconds(static_cast<int64_t>(parallel->collective_timeout_s * 1000)));
+        replicas.comms.push_back(comms.back().get());
+      }
+    }
+    replicas.backends.push_back(backend.get());
+    for (auto& b : extra) replicas.backends.push_back(b.get());
+    replicas.world_size = n;
+    replicas.allow_uneven = parallel->allow_uneven;
+    if (parallel->scale_lr == "linear" && n > 1) {
+      out.say("Learning rate {:g} x {} replicas = {:g} (--scale-lr linear).\n", cfg.schedule.base, n,
+              cfg.schedule.base * n);
+      cfg.schedule.base *= n;
+    }
     FitPrinter printer(out);
     SignatureGrabber observer(printer);
     engine::CheckpointPolicy policy;
@@ -269,7 +304,7 @@ Command add_fit_command(CLI::App& app) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     engine::FitResult r = at_spec_places(s, [&] {
-      return engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, *backend,
+      return engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, replicas,
                          observer, policy, save, ck ? &ck->state : nullptr);
     });
     std::signal(SIGINT, SIG_DFL);

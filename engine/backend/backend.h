@@ -94,6 +94,8 @@ struct CpuOptions {
   int threads = 0;  // 0: OMP_NUM_THREADS when set, else all hardware threads
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options = {});
+// What CpuOptions::threads = 0 means: OMP_NUM_THREADS when set, else every hardware thread.
+int default_cpu_threads();
 
 // ---- CUDA (engine/backend/cuda; a build without CUDA has stubs that find no device) ----
 struct CudaDeviceInfo {

@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <map>
+#include <mutex>
 #include <numbers>
+#include <thread>
 
 #include "engine/ir/op_schema.h"
 #include "engine/train/session.h"
@@ -220,9 +224,15 @@ class Device {
  public:
   Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend, int64_t train_samples,
          const std::vector<int64_t>& eval_samples)
+      : Device(factory, cfg, backend, batch_sizes(train_samples, cfg.batch_size),
+               eval_batches(eval_samples, cfg)) {}
+
+  // Plans for exactly these training and evaluation batch sizes (a replica plans its slices of the batches).
+  Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend,
+         const std::vector<int64_t>& train, const std::vector<int64_t>& eval)
       : plans_(backend) {
     TrainingOptions topt = training_options(cfg);
-    for (int64_t batch : batch_sizes(train_samples, cfg.batch_size)) {
+    for (int64_t batch : train) {
       LossGraph lg = add_loss(factory(batch, true), batch, cfg);
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
       tg.graph->mark_output(lg.output);
@@ -233,17 +243,24 @@ class Device {
       train_[batch].loss_scale = tg.loss_scale;
       train_[batch].grads_finite = tg.grads_finite;
     }
-    for (int64_t n : eval_samples)
-      for (int64_t batch : batch_sizes(n, cfg.batch_size)) {
-        if (eval_.count(batch)) continue;
-        LossGraph lg = add_loss(factory(batch, false), batch, cfg);
-        apply_precision(*lg.graph, cfg.precision);
-        eval_[batch] = Plan{plans_.add(lg.graph), lg.x, lg.y, lg.output, lg.loss, kNoValue, kNoValue, batch};
-      }
+    for (int64_t batch : eval) {
+      if (eval_.count(batch)) continue;
+      LossGraph lg = add_loss(factory(batch, false), batch, cfg);
+      apply_precision(*lg.graph, cfg.precision);
+      eval_[batch] = Plan{plans_.add(lg.graph), lg.x, lg.y, lg.output, lg.loss, kNoValue, kNoValue, batch};
+    }
     plans_.finalize();
   }
 
+  static std::vector<int64_t> eval_batches(const std::vector<int64_t>& samples, const FitConfig& cfg) {
+    std::vector<int64_t> out;
+    for (int64_t n : samples)
+      for (int64_t b : batch_sizes(n, cfg.batch_size)) out.push_back(b);
+    return out;
+  }
+
   DevicePlans& plans() { return plans_; }
+  const std::map<int64_t, Plan>& train_plans() const { return train_; }
   const Plan& train_plan(int64_t n) const { return train_.at(n); }
   const Plan& eval_plan(int64_t n) const { return eval_.at(n); }
   // A plan holding every parameter and state value: a training plan.
@@ -292,6 +309,65 @@ Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, c
   return acc.logs(prefix);
 }
 
+// Runs f(0) here and f(1..n-1) on threads of their own, and raises the first exception once they have ended.
+// After an exception (a collective's timeout), a replica that still has not ended a second later is
+// stuck (a hung or stalled rank): it is left behind, detached, so the error reaches the caller, which ends
+// the process.
+template <class F>
+void run_on_threads(int n, F& f) {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    int running = 0;
+    std::vector<std::exception_ptr> errors;
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->running = n - 1;
+  shared->errors.resize(n);
+  std::vector<std::thread> threads;
+  for (int k = 1; k < n; ++k)
+    threads.emplace_back([shared, &f, k] {
+      std::exception_ptr e;
+      try {
+        f(k);
+      } catch (...) {
+        e = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(shared->mu);
+      shared->errors[k] = e;
+      --shared->running;
+      shared->cv.notify_all();
+    });
+  std::exception_ptr first;
+  try {
+    f(0);
+  } catch (...) {
+    first = std::current_exception();
+  }
+  {
+    std::unique_lock<std::mutex> lock(shared->mu);
+    auto done = [&] { return shared->running == 0; };
+    if (!first)
+      shared->cv.wait(lock, [&] {
+        if (done()) return true;
+        for (const auto& e : shared->errors)
+          if (e) return true;
+        return false;
+      });
+    shared->cv.wait_for(lock, std::chrono::seconds(1), done);
+    if (!first)
+      for (const auto& e : shared->errors)
+        if (e && !first) first = e;
+    if (!done()) {
+      lock.unlock();
+      for (std::thread& t : threads) t.detach();
+      std::rethrow_exception(first);
+    }
+  }
+  for (std::thread& t : threads) t.join();
+  if (first) std::rethrow_exception(first);
+}
+
 double find_log(const Logs& logs, const std::string& name, bool* found) {
   for (const auto& [k, v] : logs)
     if (k == name) {
@@ -337,11 +413,93 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
               const data::BatchFormat& format, const FitConfig& cfg, Backend& backend, FitObserver& observer,
               const CheckpointPolicy& policy, const SaveFn& save, const TrainingState* resume) {
+  Replicas one;
+  one.backends = {&backend};
+  return fit(factory, train, validation, test, format, cfg, one, observer, policy, save, resume);
+}
+
+FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
+              std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
+              const data::BatchFormat& format, const FitConfig& cfg, const Replicas& replicas,
+              FitObserver& observer, const CheckpointPolicy& policy, const SaveFn& save,
+              const TrainingState* resume) {
   auto t_start = std::chrono::steady_clock::now();
   LossKind kind = loss_kind(cfg.loss);
   int64_t n_train = train ? train->size() : 0;
   int64_t n_val = validation ? validation->size() : 0;
-  Device dev(factory, cfg, backend, n_train, {n_val, test ? test->size() : 0});
+  const int local = static_cast<int>(replicas.backends.size());
+  const int world = replicas.world_size;
+  TRAINER_ASSERT(local >= 1 && replicas.first_rank + local <= world, "{} replicas from rank {} of {}", local,
+                 replicas.first_rank, world);
+  TRAINER_ASSERT(world == 1 || static_cast<int>(replicas.comms.size()) == local,
+                 "replicas without communicators");
+  // Rank g's rows of a batch of n: [n g / W, n (g + 1) / W).
+  auto slice = [world](int64_t n, int g) {
+    return std::pair<int64_t, int64_t>{n * g / world, n * (g + 1) / world};
+  };
+  if (world > 1) {
+    if (cfg.batch_size % world != 0 && !replicas.allow_uneven)
+      throw InputError(
+          "train.batch_size",
+          fmt::format("the global batch of {} does not divide among {} replicas", cfg.batch_size, world),
+          fmt::format("use a batch_size that {} divides, or --allow-uneven (the ranks' gradients "
+                      "are then weighted by their sample counts)",
+                      world));
+    for (int64_t n : batch_sizes(n_train, cfg.batch_size))
+      if (n < world)
+        throw InputError(
+            "data.train",
+            fmt::format("a batch of {} training samples (the last one of an epoch) leaves some of {} "
+                        "replicas without a sample",
+                        n, world),
+            "change data.train.limit or train.batch_size so that every batch holds a sample per "
+            "replica");
+  }
+  // Every replica plans its slices of the training batches; the first replica of the process evaluates.
+  std::vector<std::unique_ptr<Device>> devs;
+  for (int k = 0; k < local; ++k) {
+    std::vector<int64_t> slices;
+    for (int64_t n : batch_sizes(n_train, cfg.batch_size)) {
+      auto [lo, hi] = slice(n, replicas.first_rank + k);
+      slices.push_back(hi - lo);
+    }
+    std::vector<int64_t> eval;
+    if (k == 0) eval = Device::eval_batches({n_val, test ? test->size() : 0}, cfg);
+    devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval));
+  }
+  Device& dev = *devs[0];
+  // Gradient buckets are summed across ranks as backward produces them, each rank's gradient first weighted
+  // by its share of the global batch, so the sum is the gradient of the global batch's mean loss.
+  struct ReplicaStep {
+    double weight = 1;
+    int64_t step = 0;
+  };
+  std::vector<ReplicaStep> rstep(local);
+  if (world > 1)
+    for (int k = 0; k < local; ++k)
+      for (const auto& [n, p] : devs[k]->train_plans()) {
+        Session& s = devs[k]->plans().session(p.index);
+        struct Grad {
+          void* data;
+          int64_t count;
+          DType dtype;
+        };
+        std::vector<std::vector<Grad>> buckets;
+        for (const GradBucket& b : s.program().buckets) {
+          buckets.emplace_back();
+          for (ValueId v : b.grads)
+            buckets.back().push_back(
+                {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
+        }
+        dist::Communicator* comm = replicas.comms[k];
+        ReplicaStep* rs = &rstep[k];
+        s.executable().set_bucket_ready_hook([buckets = std::move(buckets), comm, rs](int b) {
+          for (const Grad& g : buckets[b]) {
+            dist::scale_in_place(g.data, g.count, g.dtype, rs->weight);
+            comm->all_reduce_sum(g.data, g.count, g.dtype, {b, rs->step});
+          }
+        });
+      }
 
   data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
   std::unique_ptr<data::BatchLoader> val_loader;
@@ -356,7 +514,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   info.steps_per_epoch = train_loader.batches_per_epoch();
   info.arena_bytes = dev.plans().arena_bytes();
   info.plans = dev.plans().size();
-  info.device = backend.description();
+  info.device = replicas.backends[0]->description();
+  if (world > 1) info.device = fmt::format("{} replicas · {}", world, info.device);
   if (cfg.precision != Precision::fp32) info.device += fmt::format(" · {}", precision_name(cfg.precision));
   info.signature = dev.weights_session().program().signature;
 
@@ -366,7 +525,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   if (resume) {
     st = *resume;
     st.values.clear();
-    load_named_values(dev.weights_session(), resume->values);
+    for (auto& d : devs) load_named_values(d->weights_session(), resume->values);
     if (st.batch > info.steps_per_epoch)
       throw InputError("checkpoint",
                        fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
@@ -405,35 +564,58 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     // A resumed epoch skips the batches it already trained on: the order is the same permutation.
     for (int64_t skipped = 0; skipped < st.batch; ++skipped) train_loader.next(&batch);
     while (train_loader.next(&batch)) {
-      const Plan& p = dev.train_plan(batch.size);
-      Session& s = dev.plans().session(p.index);
-      const Graph& g = s.graph();
-      s.write(p.x, batch.x, g.value(p.x).nbytes());
-      s.write(p.y, batch.y, g.value(p.y).nbytes());
-      float lr = static_cast<float>(schedule.at(st.global_step));
+      const float lr = static_cast<float>(schedule.at(st.global_step));
       // The optimizer counts the updates it made: a step skipped for overflow does not advance it.
-      int64_t iteration = scaler.applied_steps() + 1;
-      s.write(p.lr, &lr, sizeof lr);
-      s.write(p.iteration, &iteration, sizeof iteration);
-      if (p.loss_scale != kNoValue) {
-        const float scale = scaler.scale();
-        s.write(p.loss_scale, &scale, sizeof scale);
-      }
-      s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, 0});
+      const int64_t iteration = scaler.applied_steps() + 1;
+      const float scale = scaler.scale();
+      // Replica k takes its rank's rows of the batch; StepContext::sample_offset keys its dropout masks by
+      // the rows' places in the global batch, so every replica count draws the same masks.
+      auto run_replica = [&](int k) {
+        auto [lo, hi] = slice(batch.size, replicas.first_rank + k);
+        Device& d = *devs[k];
+        const Plan& p = d.train_plan(hi - lo);
+        Session& s = d.plans().session(p.index);
+        const Graph& g = s.graph();
+        const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
+        s.write(p.x, static_cast<const std::byte*>(batch.x) + lo * x_row, g.value(p.x).nbytes());
+        s.write(p.y, static_cast<const std::byte*>(batch.y) + lo * y_row, g.value(p.y).nbytes());
+        s.write(p.lr, &lr, sizeof lr);
+        s.write(p.iteration, &iteration, sizeof iteration);
+        if (p.loss_scale != kNoValue) s.write(p.loss_scale, &scale, sizeof scale);
+        rstep[k] = {static_cast<double>(hi - lo) / batch.size, st.global_step};
+        s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
+      };
+      if (local == 1)
+        run_replica(0);
+      else
+        run_on_threads(local, run_replica);
+      // Every replica made the same update, so the first one's overflow flag speaks for all.
+      const Plan& p0 = dev.train_plan(slice(batch.size, replicas.first_rank).second -
+                                      slice(batch.size, replicas.first_rank).first);
       bool finite = true;
-      if (p.grads_finite != kNoValue) s.read(p.grads_finite, &finite, sizeof finite);
-      scaler.update(finite, p.loss_scale != kNoValue);
+      if (p0.grads_finite != kNoValue)
+        dev.plans().session(p0.index).read(p0.grads_finite, &finite, sizeof finite);
+      scaler.update(finite, p0.loss_scale != kNoValue);
       st.skipped_steps = scaler.skipped_steps();
-      st.loss_scale = p.loss_scale != kNoValue ? scaler.scale() : 0.0f;
+      st.loss_scale = p0.loss_scale != kNoValue ? scaler.scale() : 0.0f;
       st.loss_scale_good_steps = scaler.good_steps();
-      double loss = read_scalar(s, p.loss);
-      if (!std::isfinite(loss))
-        throw RuntimeError(
-            fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
-      size_t out_bytes = g.value(p.output).nbytes();
-      out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
-      s.read(p.output, out_buf.data(), out_bytes);
-      acc.add(loss, out_buf.data(), batch.y, batch.size, classes_of(g, p.output));
+      // Metrics over the slices, weighted by their sample counts.
+      for (int k = 0; k < local; ++k) {
+        auto [lo, hi] = slice(batch.size, replicas.first_rank + k);
+        const Plan& p = devs[k]->train_plan(hi - lo);
+        Session& s = devs[k]->plans().session(p.index);
+        const Graph& g = s.graph();
+        double loss = read_scalar(s, p.loss);
+        if (!std::isfinite(loss))
+          throw RuntimeError(
+              fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
+        size_t out_bytes = g.value(p.output).nbytes();
+        out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
+        s.read(p.output, out_buf.data(), out_bytes);
+        const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
+        acc.add(loss, out_buf.data(), static_cast<const std::byte*>(batch.y) + lo * y_row, hi - lo,
+                classes_of(g, p.output));
+      }
       ++st.global_step;
       ++st.batch;
       st.loss_sum = acc.loss_sum;
@@ -525,7 +707,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
   }
   if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty())
-    load_named_values(dev.weights_session(), st.best_values);
+    for (auto& d : devs) load_named_values(d->weights_session(), st.best_values);
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
     result.test = evaluate_on(dev, test_loader, cfg, "test_", out_buf);

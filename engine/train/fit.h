@@ -15,6 +15,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/data/dataset.h"
+#include "engine/dist/communicator.h"
 #include "engine/ir/graph.h"
 #include "engine/ir/tensor.h"
 #include "engine/optim/optimizer.h"
@@ -157,6 +158,26 @@ extern std::atomic<int> g_stop_signal;
 FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
               const data::BatchFormat& format, const FitConfig& config, Backend& backend,
+              FitObserver& observer, const CheckpointPolicy& policy = {}, const SaveFn& save = {},
+              const TrainingState* resume = nullptr);
+
+// Data parallelism: the replicas this process runs, one backend and one communicator each, ranks
+// first_rank .. first_rank + backends.size() - 1 of world_size. Every rank computes its slice of every global
+// batch (config.batch_size stays the global batch: rank r takes rows [r n / W, (r + 1) n / W) of a batch of
+// n), gradient buckets are summed across ranks as backward produces them, each slice's gradient weighted by
+// its share of the batch, and every replica applies the same update. Metrics are the sample-weighted mean
+// over the slices. Evaluation, checkpoints and the observer use the first replica (rank 0 writes what the CLI
+// prints).
+struct Replicas {
+  std::vector<Backend*> backends;
+  std::vector<dist::Communicator*> comms;  // empty with a single replica in a world of one
+  int world_size = 1;
+  int first_rank = 0;
+  bool allow_uneven = false;  // a global batch that the ranks do not divide is an error unless this is set
+};
+FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
+              std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
+              const data::BatchFormat& format, const FitConfig& config, const Replicas& replicas,
               FitObserver& observer, const CheckpointPolicy& policy = {}, const SaveFn& save = {},
               const TrainingState* resume = nullptr);
 

@@ -74,6 +74,12 @@ Tensor Session::read(ValueId v) const {
   return t;
 }
 
+void* Session::device_pointer(ValueId v) const {
+  const Slot& s = program_.slots.at(v);
+  TRAINER_ASSERT(s.assigned, "value '{}' has no buffer", graph().value(v).name);
+  return static_cast<std::byte*>(arena_->data()) + s.offset;
+}
+
 void Session::run(const StepContext& ctx) {
   exec_->run(ctx);
 }

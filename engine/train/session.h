@@ -32,6 +32,8 @@ class Session {
   Tensor read(ValueId v) const;
 
   void run(const StepContext& ctx);
+  // Where a value's buffer is, in the backend's memory (a device pointer on a GPU): for collectives.
+  void* device_pointer(ValueId v) const;
   // Re-uploads every initializer (parameters, constants, state) from the graph.
   void reset_initializers();
   Executable& executable() { return *exec_; }

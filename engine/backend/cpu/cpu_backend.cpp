@@ -129,8 +129,11 @@ struct KernelLabel {
 class CpuExecutable final : public Executable {
  public:
   CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after,
-                std::vector<KernelLabel> labels)
-      : kernels_(std::move(kernels)), buckets_after_(std::move(buckets_after)), labels_(std::move(labels)) {
+                std::vector<KernelLabel> labels, int threads)
+      : kernels_(std::move(kernels)),
+        buckets_after_(std::move(buckets_after)),
+        labels_(std::move(labels)),
+        threads_(threads) {
     if (KernelProfile::from_environment()) profile_.start_table(kernels_.size());
   }
   ~CpuExecutable() override {
@@ -141,6 +144,8 @@ class CpuExecutable final : public Executable {
   }
 
   void run(const StepContext& ctx) override {
+    // OpenMP's thread count belongs to the calling thread: replicas run their plans on threads of their own.
+    if (omp_get_max_threads() != threads_) omp_set_num_threads(threads_);
     const bool timed = profile_.on();
     if (timed) profile_.begin_run();
     for (size_t s = 0; s < kernels_.size(); ++s) {
@@ -180,6 +185,7 @@ class CpuExecutable final : public Executable {
   std::vector<KernelLabel> labels_;              // per step
   std::function<void(int)> hook_;
   KernelProfile profile_;
+  int threads_;
 };
 
 class CpuBackend final : public Backend {
@@ -199,7 +205,9 @@ class CpuBackend final : public Backend {
     return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   std::string name() const override { return "cpu"; }
-  std::string description() const override { return fmt::format("CPU, {} threads", threads_); }
+  std::string description() const override {
+    return fmt::format("CPU, {} thread{}", threads_, threads_ == 1 ? "" : "s");
+  }
   size_t alignment() const override { return 64; }
   bool supports(const Graph&, const Node& n) const override {
     return cpu::KernelRegistry::global().find(n.op) != nullptr;
@@ -249,7 +257,7 @@ class CpuBackend final : public Backend {
         if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
       labels.push_back({n.op, n.name, std::move(shapes)});
     }
-    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(labels));
+    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(labels), threads_);
   }
 
   void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) override {
@@ -267,6 +275,10 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+int default_cpu_threads() {
+  return CpuBackend::default_threads();
+}
 
 std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) {
   return std::make_unique<CpuBackend>(options);

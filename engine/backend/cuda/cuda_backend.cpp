@@ -10,9 +10,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/cpu_kernel.h"
@@ -101,12 +103,14 @@ class PinnedBuffer {
 
 class CudaBuffer final : public DeviceBuffer {
  public:
-  CudaBuffer(int device, size_t bytes, std::shared_ptr<std::atomic<size_t>> held)
+  CudaBuffer(int device, size_t bytes, std::shared_ptr<std::atomic<size_t>> held, cudaStream_t stream)
       : device_(device), bytes_(bytes), held_(std::move(held)) {
     TRAINER_CUDA_CHECK(cudaSetDevice(device_));
     ptr_ = device_malloc(bytes);
-    // Zeroed like the CPU's arena, so values no step has written read the same on both.
-    TRAINER_CUDA_CHECK(cudaMemset(ptr_, 0, std::max<size_t>(bytes, 1)));
+    // Zeroed like the CPU's arena, so values no step has written read the same on both. On the compute
+    // stream: a plain cudaMemset goes to the legacy default stream, which a cudaStreamNonBlocking stream does
+    // not wait for, so the uploads of initializers that follow could land first and then be zeroed.
+    TRAINER_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, std::max<size_t>(bytes, 1), stream));
     *held_ += bytes_;
   }
   ~CudaBuffer() override {
@@ -321,21 +325,26 @@ class CudaExecutable final : public Executable {
   void capture_and_launch() {
     cudaGraph_t graph = nullptr;
     TRAINER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    std::string failure;
     try {
       for (auto& k : kernels_) k->launch(stream_);
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      cudaGetLastError();
-      throw;
+    } catch (const std::exception& e) {
+      // A call that is not capturable fails only here (the same launches ran eagerly in the first step), so
+      // the step runs eagerly below; an error that is not about capture recurs there and is thrown then.
+      failure = e.what();
     }
     cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-    cudaError_t inst = end == cudaSuccess ? cudaGraphInstantiate(&graph_exec_, graph, 0) : end;
+    cudaError_t inst = !failure.empty()     ? cudaErrorStreamCaptureInvalidated
+                       : end == cudaSuccess ? cudaGraphInstantiate(&graph_exec_, graph, 0)
+                                            : end;
     if (graph) cudaGraphDestroy(graph);
     if (inst != cudaSuccess) {
       cudaGetLastError();
       graph_exec_ = nullptr;
       use_graph_ = false;
+      // Said once per plan, so a GPU run shows why its steps are not replayed.
+      fmt::print(stderr, "warning: CUDA graph capture failed ({}); this plan runs kernel by kernel\n",
+                 failure.empty() ? cudaGetErrorString(inst) : failure);
       run_eager();
       return;
     }
@@ -405,7 +414,7 @@ class CudaBackend final : public Backend {
   }
 
   std::unique_ptr<DeviceBuffer> allocate(size_t bytes) override {
-    return std::make_unique<CudaBuffer>(options_.device, bytes, held_);
+    return std::make_unique<CudaBuffer>(options_.device, bytes, held_, compute_);
   }
   // Arenas, the library workspace and the step counters: what the process asked the device for.
   size_t memory_bytes() const override {
@@ -527,6 +536,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_reduce_kernels(k);
     register_blas_kernels(k);
     register_dnn_kernels(k);
+    register_rnn_kernels(k);
     return k;
   }();
   return r;

@@ -113,6 +113,7 @@ void register_elementwise_kernels(KernelRegistry& r);  // kernels_elementwise.cp
 void register_reduce_kernels(KernelRegistry& r);       // kernels_reduce.cpp + reduce.cu
 void register_blas_kernels(KernelRegistry& r);         // kernels_blas.cpp (cuBLASLt)
 void register_dnn_kernels(KernelRegistry& r);          // kernels_dnn.cpp (cuDNN)
+void register_rnn_kernels(KernelRegistry& r);          // kernels_rnn.cpp + rnn.cu (cuBLASLt)
 
 // Launch geometry for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, unsigned block = 256) {

@@ -1,0 +1,173 @@
+// The in-process communicator (ThreadGroup), the watchdog's error, and the test-only fault hook.
+#include "engine/dist/communicator.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace trainer::engine::dist {
+
+std::string CollectiveTag::str() const {
+  if (bucket >= 0 && step >= 0) return fmt::format("bucket {} of step {}", bucket, step);
+  if (step >= 0) return fmt::format("step {}", step);
+  return "outside a step";
+}
+
+namespace {
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "?";
+  return buf;
+}
+
+}  // namespace
+
+CollectiveTimeout::CollectiveTimeout(int rank, const std::string& host, const std::string& collective,
+                                     const CollectiveTag& tag, double seconds)
+    : RuntimeError(
+          fmt::format("rank {} on {}: {} ({}) did not complete within {:g} s; another rank stopped or "
+                      "hangs",
+                      rank, host, collective, tag.str(), seconds)),
+      rank_(rank) {}
+
+void scale_in_place(void* data, int64_t count, DType dtype, double factor) {
+  if (factor == 1.0) return;
+  if (dtype == DType::f32) {
+    auto* p = static_cast<float*>(data);
+    const float f = static_cast<float>(factor);
+    for (int64_t i = 0; i < count; ++i) p[i] *= f;
+  } else {
+    TRAINER_ASSERT(dtype == DType::f64, "scale_in_place of {}", dtype_name(dtype));
+    auto* p = static_cast<double*>(data);
+    for (int64_t i = 0; i < count; ++i) p[i] *= factor;
+  }
+}
+
+FaultStall FaultStall::from_environment() {
+  FaultStall f;
+  const char* v = std::getenv("TRAINER_FAULT_STALL");
+  if (!v || !*v) return f;
+  if (std::sscanf(v, "%d:%ld:%lf", &f.rank, &f.collective, &f.seconds) != 3) f = FaultStall{};
+  return f;
+}
+
+struct ThreadGroup::State {
+  explicit State(int n) : size(n), ptrs(n, nullptr) {}
+  const int size;
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  int64_t generation = 0;
+  bool broken = false;  // a rank timed out: every waiting and later collective fails
+  std::vector<void*> ptrs;
+  const FaultStall stall = FaultStall::from_environment();
+};
+
+namespace {
+
+class ThreadCommunicator final : public Communicator {
+ public:
+  ThreadCommunicator(ThreadGroup::State& s, int rank) : s_(s), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return s_.size; }
+  std::string kind() const override { return "threads"; }
+
+  void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag) override {
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce_sum of {}", dtype_name(dtype));
+    begin("all_reduce", tag);
+    publish(data);
+    rendezvous("all_reduce", tag);
+    // Rank r owns slice r: it reads that slice of every rank's buffer, sums in rank order, and writes the sum
+    // back to every buffer. Slices are disjoint, so no two ranks touch one element.
+    const int64_t lo = count * rank_ / s_.size, hi = count * (rank_ + 1) / s_.size;
+    if (dtype == DType::f32)
+      reduce_slice<float>(lo, hi);
+    else
+      reduce_slice<double>(lo, hi);
+    rendezvous("all_reduce", tag);
+  }
+
+  void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) override {
+    begin("broadcast", tag);
+    publish(data);
+    rendezvous("broadcast", tag);
+    if (rank_ != root && bytes) std::memcpy(data, s_.ptrs[root], bytes);
+    rendezvous("broadcast", tag);
+  }
+
+  void barrier(const CollectiveTag& tag) override {
+    begin("barrier", tag);
+    rendezvous("barrier", tag);
+  }
+
+ private:
+  template <class T>
+  void reduce_slice(int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      T sum = static_cast<const T*>(s_.ptrs[0])[i];
+      for (int k = 1; k < s_.size; ++k) sum += static_cast<const T*>(s_.ptrs[k])[i];
+      for (int k = 0; k < s_.size; ++k) static_cast<T*>(s_.ptrs[k])[i] = sum;
+    }
+  }
+
+  void begin(const char* what, const CollectiveTag& tag) {
+    if (s_.stall.rank == rank_ && s_.stall.collective == collectives_)
+      std::this_thread::sleep_for(std::chrono::duration<double>(s_.stall.seconds));
+    ++collectives_;
+  }
+
+  void publish(void* data) {
+    std::lock_guard<std::mutex> lock(s_.mu);
+    s_.ptrs[rank_] = data;
+  }
+
+  // Waits until every rank has arrived; the watchdog: a wait longer than the timeout breaks the group.
+  void rendezvous(const char* what, const CollectiveTag& tag) {
+    std::unique_lock<std::mutex> lock(s_.mu);
+    auto fail = [&] {
+      s_.broken = true;
+      s_.cv.notify_all();
+      throw CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count());
+    };
+    if (s_.broken) fail();
+    const int64_t gen = s_.generation;
+    if (++s_.arrived == s_.size) {
+      s_.arrived = 0;
+      ++s_.generation;
+      s_.cv.notify_all();
+      return;
+    }
+    if (!s_.cv.wait_for(lock, timeout_, [&] { return s_.generation != gen || s_.broken; }) || s_.broken)
+      fail();
+  }
+
+  ThreadGroup::State& s_;
+  const int rank_;
+  int64_t collectives_ = 0;
+};
+
+}  // namespace
+
+ThreadGroup::ThreadGroup(int size) : state_(std::make_unique<State>(size)) {
+  TRAINER_ASSERT(size >= 1, "a thread group of {} ranks", size);
+}
+
+ThreadGroup::~ThreadGroup() = default;
+
+int ThreadGroup::size() const {
+  return state_->size;
+}
+
+std::unique_ptr<Communicator> ThreadGroup::communicator(int rank) {
+  TRAINER_ASSERT(rank >= 0 && rank < state_->size, "rank {} of {}", rank, state_->size);
+  return std::make_unique<ThreadCommunicator>(*state_, rank);
+}
+
+}  // namespace trainer::engine::dist

@@ -1,0 +1,90 @@
+// Collectives between the replicas of a data-parallel run: one Communicator per replica (rank). Kinds:
+// in-process threads (CPU replicas, deterministic reduction order), MPI (processes and machines), NCCL
+// (GPUs). Every collective is called by every rank in the same order; one that does not complete within the
+// timeout throws CollectiveTimeout on every rank that is still waiting, naming the rank, the collective and
+// what it reduced.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/ir/dtype.h"
+#include "engine/util/error.h"
+
+namespace trainer::engine::dist {
+
+// What a collective is for, printed by the watchdog: "bucket 3 of step 120".
+struct CollectiveTag {
+  int bucket = -1;
+  int64_t step = -1;
+  std::string str() const;
+};
+
+// A collective that did not finish in time: the run cannot go on, and every rank that can still speak says
+// so.
+class CollectiveTimeout : public RuntimeError {
+ public:
+  CollectiveTimeout(int rank, const std::string& host, const std::string& collective,
+                    const CollectiveTag& tag, double seconds);
+  int rank() const { return rank_; }
+
+ private:
+  int rank_;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string kind() const = 0;  // "threads", "mpi", "nccl"
+
+  // data[i] = sum over ranks of data[i], in place, for `count` elements of `dtype` (f32 or f64) in the memory
+  // of this rank's backend. The sum is taken in rank order, so results do not depend on timing.
+  virtual void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag = {}) = 0;
+  // Every rank receives root's `bytes` at data.
+  virtual void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) = 0;
+  virtual void barrier(const CollectiveTag& tag = {}) = 0;
+
+  // How long a collective may wait for the other ranks before the watchdog fires.
+  void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
+
+ protected:
+  std::chrono::milliseconds timeout_{300000};
+};
+
+// N ranks in N threads of one process. Each collective is two rendezvous: every rank publishes its buffer,
+// rank r sums slice r over all ranks in rank order, then every rank copies the summed slices back. The group
+// must outlive its communicators.
+class ThreadGroup {
+ public:
+  explicit ThreadGroup(int size);
+  ~ThreadGroup();
+  ThreadGroup(const ThreadGroup&) = delete;
+  ThreadGroup& operator=(const ThreadGroup&) = delete;
+  int size() const;
+  std::unique_ptr<Communicator> communicator(int rank);
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+// data[i] *= factor for host memory (the CPU replicas' gradients before their weighted sum); nothing for 1.
+void scale_in_place(void* data, int64_t count, DType dtype, double factor);
+
+// Test-only fault injection: the rank given stalls for `seconds` before its collective number `collective`
+// (counted from 0 on that rank), as a hung or dead rank would. Set from
+// TRAINER_FAULT_STALL=rank:collective:seconds.
+struct FaultStall {
+  int rank = -1;
+  int64_t collective = -1;
+  double seconds = 0;
+  static FaultStall from_environment();
+};
+
+}  // namespace trainer::engine::dist

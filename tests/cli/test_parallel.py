@@ -1,0 +1,118 @@
+"""Data parallelism on CPU replicas (`trainer fit --device cpu --devices N`): N = 1, 2 and 4 train the same
+parameters (to float reduction order) for the MLP, CNN and LSTM samples; a checkpoint written by 4 replicas resumes
+on 1 and on 2; uneven shares need --allow-uneven; --scale-lr is explicit and logged; a stalled replica makes the
+run stop within the collective timeout with a line naming the rank and the collective."""
+
+import os
+import tempfile
+import time
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import assert_input_error, run, sample, skip_without_fashion
+
+STEPS, BATCH = 50, 64
+SUBSET = ["--set", f"data.train.limit={STEPS * BATCH}", "--set", "data.validation.limit=256",
+          "--set", f"train.batch_size={BATCH}", "--log-format", "jsonl", "--quiet"]
+DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1", "BOOL": "?"}
+
+
+def read_checkpoint(path):
+    """The tensors of a checkpoint (safetensors layout) by name, read with numpy alone."""
+    import json
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__" or name.startswith("@"):
+            continue
+        b, e = info["data_offsets"]
+        out[name] = np.frombuffer(data[8 + n + b:8 + n + e], dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+@skip_without_fashion
+class Parallel(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def fit(self, spec, devices, out, *extra, epochs=1):
+        r = run(["fit", sample(spec), "--device", "cpu", "--devices", str(devices), "--epochs", str(epochs),
+                 "--output-dir", out, *SUBSET, *extra], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return read_checkpoint(os.path.join(out, "last.ckpt"))
+
+    def assert_close(self, want, got, what):
+        self.assertEqual(sorted(want), sorted(got), what)
+        for name in want:
+            a, b = want[name].astype(np.float64), got[name].astype(np.float64)
+            scale = max(np.abs(a).max(), 1e-30)
+            self.assertLessEqual(np.abs(a - b).max() / scale, 1e-5, f"{what}: {name}")
+
+    def test_one_two_and_four_replicas_train_the_same_parameters(self):
+        for spec in ("fashion_mnist/mlp.toml", "fashion_mnist/cnn.toml", "fashion_mnist/lstm.toml"):
+            with self.subTest(spec=spec):
+                base = os.path.join(self.tmp.name, spec.replace("/", "_"))
+                one = self.fit(spec, 1, base + "_1")
+                for n in (2, 4):
+                    self.assert_close(one, self.fit(spec, n, f"{base}_{n}"), f"{spec} with {n} replicas")
+
+    def test_a_checkpoint_of_four_replicas_resumes_on_one_and_two(self):
+        # Two epochs of 25 steps by 4 replicas, with a checkpoint after each; the one after epoch 1 resumes on 1 and
+        # on 2 replicas and must end where the 4 did.
+        spec = "fashion_mnist/mlp.toml"
+        run_dir = os.path.join(self.tmp.name, "four")
+        straight = self.fit(spec, 4, run_dir, "--set", f"data.train.limit={STEPS * BATCH // 2}",
+                            "--set", "train.checkpoint.every_epochs=1", epochs=2)
+        for n in (1, 2):
+            with self.subTest(replicas=n):
+                out = os.path.join(self.tmp.name, f"resumed_{n}")
+                r = run(["fit", "--resume", os.path.join(run_dir, "epoch-1.ckpt"), "--device", "cpu", "--devices",
+                         str(n), "--output-dir", out, "--quiet"], timeout=600)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assert_close(straight, read_checkpoint(os.path.join(out, "last.ckpt")),
+                                  f"4 replicas, resumed on {n}")
+
+    def test_uneven_shares_need_allow_uneven(self):
+        spec = "fashion_mnist/mlp.toml"
+        r = run(["fit", sample(spec), "--device", "cpu", "--devices", "3", *SUBSET])
+        assert_input_error(self, r, "does not divide among 3 replicas", "--allow-uneven")
+        one = self.fit(spec, 1, os.path.join(self.tmp.name, "u1"))
+        three = self.fit(spec, 3, os.path.join(self.tmp.name, "u3"), "--allow-uneven")
+        self.assert_close(one, three, "3 replicas with uneven shares")
+
+    def test_the_learning_rate_scales_only_when_asked(self):
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--devices", "2", "--epochs", "1",
+                 "--set", "data.train.limit=256", "--set", "data.validation.limit=64", "--scale-lr", "linear",
+                 "--log-format", "text"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Learning rate 0.001 x 2 replicas = 0.002 (--scale-lr linear).", r.stderr)
+        self.assertIn("2 replicas", r.stderr)
+
+    def test_replicas_are_cpu_devices(self):
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cuda", "--devices", "2"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+
+    def test_a_stalled_replica_stops_the_run_within_the_timeout(self):
+        env = dict(os.environ, TRAINER_FAULT_STALL="1:5:60")
+        out = os.path.join(self.tmp.name, "stall")
+        t0 = time.monotonic()
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--devices", "2", "--epochs", "1",
+                 "--output-dir", out, "--collective-timeout", "2", *SUBSET], env=env, timeout=120)
+        elapsed = time.monotonic() - t0
+        self.assertNotEqual(r.returncode, 0)
+        self.assertLess(elapsed, 30, "the run waited for the stalled replica")
+        self.assertRegex(r.stderr, r"rank \d on \S+: all_reduce \(bucket \d+ of step \d+\) did not complete "
+                                   r"within 2 s")
+        self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")), "no checkpoint of a broken step")
+
+
+if __name__ == "__main__":
+    cli_util.main()
