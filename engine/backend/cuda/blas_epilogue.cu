@@ -1,6 +1,8 @@
 // Device code of the blas family: FusedGemm's activation applied after a cuBLASLt bias epilogue, for the
 // cases cuBLASLt cannot do exactly (its GELU epilogue is an approximation of its own; ours must match the
 // CPU's).
+#include <cuda_bf16.h>
+
 #include "engine/backend/cuda/launch_blas.h"
 #include "engine/kernels/functors.h"
 
@@ -16,6 +18,13 @@ __global__ void activation(Op op, const float* z, float* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x)
     y[i] = op(z[i]);
+}
+
+template <class Op>
+__global__ void activation_bf16(Op op, const __nv_bfloat16* z, __nv_bfloat16* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    y[i] = __float2bfloat16_rn(op(__bfloat162float(z[i])));
 }
 
 struct Identity {
@@ -43,6 +52,34 @@ cudaError_t launch_gemm_activation(GemmActivation act, const float* z, float* y,
       break;
     case GemmActivation::gelu_tanh:
       activation<<<grid, block, 0, stream>>>(k::GeluOp{true}, z, y, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* zv, void* yv, int64_t n,
+                                        cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!zv || !yv) return cudaErrorInvalidValue;
+  const auto* z = static_cast<const __nv_bfloat16*>(zv);
+  auto* y = static_cast<__nv_bfloat16*>(yv);
+  constexpr unsigned block = 256;
+  int64_t blocks = (n + block - 1) / block;
+  const unsigned grid = static_cast<unsigned>(blocks > 65535 * 8 ? 65535 * 8 : blocks);
+  switch (act) {
+    case GemmActivation::none:
+      activation_bf16<<<grid, block, 0, stream>>>(Identity{}, z, y, n);
+      break;
+    case GemmActivation::relu:
+      activation_bf16<<<grid, block, 0, stream>>>(k::ReluOp{}, z, y, n);
+      break;
+    case GemmActivation::gelu:
+      activation_bf16<<<grid, block, 0, stream>>>(k::GeluOp{false}, z, y, n);
+      break;
+    case GemmActivation::gelu_tanh:
+      activation_bf16<<<grid, block, 0, stream>>>(k::GeluOp{true}, z, y, n);
       break;
     default:
       return cudaErrorInvalidValue;

@@ -130,6 +130,29 @@ class CudaBuffer final : public DeviceBuffer {
   std::shared_ptr<std::atomic<size_t>> held_;  // the backend's total, which may end before the buffer
 };
 
+}  // namespace
+
+KernelMemory::KernelMemory(CudaLibs& libs, size_t bytes)
+    : device_(libs.device), bytes_(bytes), counter_(libs.kernel_bytes) {
+  TRAINER_CUDA_CHECK(cudaSetDevice(device_));
+  ptr_ = device_malloc(bytes);
+  // Prepare time: a synchronous zeroing, finished before any stream uses the memory.
+  TRAINER_CUDA_CHECK(cudaMemset(ptr_, 0, std::max<size_t>(bytes, 1)));
+  TRAINER_CUDA_CHECK(cudaDeviceSynchronize());
+  *counter_ += bytes_;
+}
+
+KernelMemory::~KernelMemory() {
+  int current = device_;
+  cudaGetDevice(&current);
+  cudaSetDevice(device_);
+  device_free(ptr_);
+  cudaSetDevice(current);
+  *counter_ -= bytes_;
+}
+
+namespace {
+
 class CudaEvent final : public Event {
  public:
   CudaEvent(int device, cudaStream_t stream) : device_(device) {
@@ -387,15 +410,24 @@ class CudaBackend final : public Backend {
     libs_.allow_tf32 = o.allow_tf32;
     libs_.workspace = device_malloc(o.workspace_bytes);
     dev_ctx_ = static_cast<DeviceStepContext*>(device_malloc(sizeof(DeviceStepContext)));
+    TRAINER_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     for (Staging& s : staging_) {
       s.buffer = PinnedBuffer(kStagingBytes);
+      s.device = device_malloc(kStagingBytes);
       TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&s.free, cudaEventDisableTiming));
+      TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&s.copied, cudaEventDisableTiming));
     }
   }
   ~CudaBackend() override {
     cudaSetDevice(options_.device);
     cudaStreamSynchronize(compute_);
-    for (Staging& s : staging_) cudaEventDestroy(s.free);
+    cudaStreamSynchronize(copy_);
+    for (Staging& s : staging_) {
+      cudaEventDestroy(s.free);
+      cudaEventDestroy(s.copied);
+      device_free(s.device);
+    }
+    cudaStreamDestroy(copy_);
     device_free(dev_ctx_);
     device_free(libs_.workspace);
     lib::cudnn().cudnnDestroy(libs_.cudnn);
@@ -418,7 +450,8 @@ class CudaBackend final : public Backend {
   }
   // Arenas, the library workspace and the step counters: what the process asked the device for.
   size_t memory_bytes() const override {
-    return held_->load() + libs_.workspace_bytes + sizeof(DeviceStepContext);
+    return held_->load() + libs_.kernel_bytes->load() + libs_.workspace_bytes + sizeof(DeviceStepContext) +
+           staging_.size() * kStagingBytes;
   }
 
   std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
@@ -476,7 +509,17 @@ class CudaBackend final : public Backend {
       next_staging_ = (next_staging_ + 1) % staging_.size();
       TRAINER_CUDA_CHECK(cudaEventSynchronize(st.free));
       std::memcpy(st.buffer.data(), s, n);
-      TRAINER_CUDA_CHECK(cudaMemcpyAsync(d, st.buffer.data(), n, cudaMemcpyHostToDevice, compute_));
+      if (n >= kCopyStreamBytes) {
+        // A batch: the slow host-to-device copy runs on the copy stream, overlapping the step the compute
+        // stream is running; the compute stream then only waits for it and moves it into the arena (a
+        // device-to-device copy, at memory speed) in its own order, after the readers of the old value.
+        TRAINER_CUDA_CHECK(cudaMemcpyAsync(st.device, st.buffer.data(), n, cudaMemcpyHostToDevice, copy_));
+        TRAINER_CUDA_CHECK(cudaEventRecord(st.copied, copy_));
+        TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_, st.copied, 0));
+        TRAINER_CUDA_CHECK(cudaMemcpyAsync(d, st.device, n, cudaMemcpyDeviceToDevice, compute_));
+      } else {
+        TRAINER_CUDA_CHECK(cudaMemcpyAsync(d, st.buffer.data(), n, cudaMemcpyHostToDevice, compute_));
+      }
       TRAINER_CUDA_CHECK(cudaEventRecord(st.free, compute_));
       d += n;
       s += n;
@@ -510,16 +553,22 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  static constexpr size_t kStagingBytes = size_t{8} << 20;
+  static constexpr size_t kStagingBytes = size_t{4} << 20;
   struct Staging {
     PinnedBuffer buffer;
-    cudaEvent_t free = nullptr;  // recorded after the last copy out of the buffer
+    void* device = nullptr;        // the batch's landing place on the device, before its place in the arena
+    cudaEvent_t free = nullptr;    // recorded on the compute stream after the last copy out of the buffers
+    cudaEvent_t copied = nullptr;  // recorded on the copy stream after the host-to-device copy
   };
+  // Copies this large go host -> device on the copy stream, while the compute stream runs the step before.
+  static constexpr size_t kCopyStreamBytes = size_t{64} << 10;
 
   CudaOptions options_;
   std::string name_;
   size_t memory_bytes_ = 0;
   cudaStream_t compute_ = nullptr;
+  cudaStream_t copy_ =
+      nullptr;  // host-to-device copies of batches; room beside it for a communication stream
   CudaLibs libs_;
   DeviceStepContext* dev_ctx_ = nullptr;
   std::array<Staging, 2> staging_;

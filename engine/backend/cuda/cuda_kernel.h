@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -46,6 +48,27 @@ struct CudaLibs {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   bool allow_tf32 = false;  // [train] precision = "tf32"
+  // Bytes of the kernels' own device memory (KernelMemory), for Backend::memory_bytes.
+  std::shared_ptr<std::atomic<size_t>> kernel_bytes = std::make_shared<std::atomic<size_t>>(0);
+};
+
+// Device memory a kernel owns for its lifetime, beyond the shared workspace (the RNN kernels' sequence-long
+// records): allocated and zeroed in the factory (prepare time, never in a step), counted with the backend's
+// own allocations (cuda_allocation_calls) and in Backend::memory_bytes.
+class KernelMemory {
+ public:
+  KernelMemory(CudaLibs& libs, size_t bytes);
+  ~KernelMemory();
+  KernelMemory(const KernelMemory&) = delete;
+  KernelMemory& operator=(const KernelMemory&) = delete;
+  std::byte* data() const { return static_cast<std::byte*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  int device_ = 0;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  std::shared_ptr<std::atomic<size_t>> counter_;
 };
 
 struct KernelArgs {

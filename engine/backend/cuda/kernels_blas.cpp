@@ -425,15 +425,19 @@ KernelPtr fused_gemm(const KernelArgs& a) {
       if (z) TRAINER_CUDA_CHECK(cudaMemcpyAsync(z, y, bytes, cudaMemcpyDeviceToDevice, stream));
     });
   }
-  if (dt != DType::f32) return nullptr;  // the activation kernel is f32 only
+  if (dt != DType::f32 && dt != DType::bf16) return nullptr;  // the activation kernels: f32 and bf16
   // The pre-activation goes to z when it is kept, else to y, which the activation then overwrites in place.
   void* pre = z ? z : y;
   auto lt = std::make_shared<LtProduct>();
   if (!lt->init(p, a.inputs[0], a.inputs[1], pre, a.libs)) return nullptr;
-  return make_kernel([lt, act, pre, y, count](cudaStream_t stream) {
+  const bool bf16 = dt == DType::bf16;
+  return make_kernel([lt, act, pre, y, count, bf16](cudaStream_t stream) {
     lt->run(stream);
-    TRAINER_CUDA_CHECK(
-        launch_gemm_activation(act, static_cast<const float*>(pre), static_cast<float*>(y), count, stream));
+    if (bf16)
+      TRAINER_CUDA_CHECK(launch_gemm_activation_bf16(act, pre, y, count, stream));
+    else
+      TRAINER_CUDA_CHECK(
+          launch_gemm_activation(act, static_cast<const float*>(pre), static_cast<float*>(y), count, stream));
   });
 }
 

@@ -42,31 +42,6 @@ using ops::RnnConfig;
       ::trainer::engine::cuda::rnn_lt_failed(rnn_lt_status_, #call, __FILE__, __LINE__); \
   } while (0)
 
-// Device memory owned by a kernel: the sequence-long records and gradients are far larger than the shared
-// workspace (the IMDB LSTM's gates alone are 200 x 64 x 512 floats, 26 MB), so each kernel allocates its own
-// once, at prepare time, zeroed.
-class DeviceMemory {
- public:
-  DeviceMemory(size_t bytes, int device) : device_(device) {
-    TRAINER_CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(bytes, 1)));
-    TRAINER_CUDA_CHECK(cudaMemset(ptr_, 0, std::max<size_t>(bytes, 1)));
-  }
-  ~DeviceMemory() {
-    int current = 0;
-    if (cudaGetDevice(&current) != cudaSuccess) current = device_;
-    cudaSetDevice(device_);
-    cudaFree(ptr_);
-    cudaSetDevice(current);
-  }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-  std::byte* data() const { return static_cast<std::byte*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  int device_ = 0;
-};
-
 // Carves typed buffers out of one allocation, each 256-byte aligned: first count the sizes, then allocate.
 class Carver {
  public:
@@ -231,7 +206,7 @@ bool supported(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg) {
 // GRU's aux (r ⊙ H_prev, or H_prev·R_hᵀ + Rb_h with linear_before_reset).
 template <class T>
 struct Records {
-  std::unique_ptr<DeviceMemory> mem;
+  std::unique_ptr<KernelMemory> mem;
   T *act = nullptr, *hprev = nullptr, *cprev = nullptr, *aux = nullptr;
 };
 
@@ -279,7 +254,7 @@ class RnnRunner {
       rec_ = std::make_shared<Records<T>>();
       Carver c;
       const size_t o_act = c.add(N * GH, es), o_h = c.add(N * H, es), o_c = c.add(N * H, es);
-      rec_->mem = std::make_unique<DeviceMemory>(c.bytes(), a.libs->device);
+      rec_->mem = std::make_unique<KernelMemory>(*a.libs, c.bytes());
       rec_->act = reinterpret_cast<T*>(rec_->mem->data() + o_act);
       rec_->hprev = reinterpret_cast<T*>(rec_->mem->data() + o_h);
       (lstm_ ? rec_->cprev : rec_->aux) = reinterpret_cast<T*>(rec_->mem->data() + o_c);
@@ -293,7 +268,7 @@ class RnnRunner {
                  o_dhr = c.add(backward ? Bt * H : 0, es), o_dhd = c.add(backward ? Bt * H : 0, es),
                  o_dc = c.add(backward ? Bt * H : 0, es), o_drh = c.add(backward ? Bt * H : 0, es),
                  o_ones = c.add(backward ? N : 0, es);
-    mem_ = std::make_unique<DeviceMemory>(c.bytes(), a.libs->device);
+    mem_ = std::make_unique<KernelMemory>(*a.libs, c.bytes());
     auto buf = [&](size_t off) { return reinterpret_cast<T*>(mem_->data() + off); };
     xw_ = buf(o_xw);
     rh_ = buf(o_rh);
@@ -559,7 +534,7 @@ class RnnRunner {
   T *dx_ = nullptr, *dw_ = nullptr, *dr_ = nullptr, *db_ = nullptr, *dh0_ = nullptr, *dc0_ = nullptr;
 
   std::shared_ptr<Records<T>> rec_;
-  std::unique_ptr<DeviceMemory> mem_;
+  std::unique_ptr<KernelMemory> mem_;
   // Forward scratch: the sequence's input projections; per step the recurrent projections, GRU's r ⊙ H_prev,
   // and final states nobody asked for.
   T *xw_ = nullptr, *rh_ = nullptr, *rhp_ = nullptr, *hlast_ = nullptr, *clast_ = nullptr;

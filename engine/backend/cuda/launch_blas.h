@@ -15,5 +15,8 @@ enum class GemmActivation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
 // computes the formula the CPU does. z and y may be the same buffer.
 cudaError_t launch_gemm_activation(GemmActivation act, const float* z, float* y, int64_t n,
                                    cudaStream_t stream);
+// The same on bf16 values (mixed precision): computed in f32, rounded to nearest even.
+cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* z, void* y, int64_t n,
+                                        cudaStream_t stream);
 
 }  // namespace trainer::engine::cuda
