@@ -15,6 +15,7 @@
 
 #include "cli/checkpoint_io.h"
 #include "cli/common.h"
+#include "engine/dist/mpi_communicator.h"
 #include "engine/util/error.h"
 #include "formats/atomic_file.h"
 
@@ -196,7 +197,10 @@ Command add_fit_command(CLI::App& app) {
   device->add(cmd, true);
   parallel->add(cmd);
   auto run = [=]() -> int {
-    Output out = output->make();
+    // Under mpirun or srun every rank runs this; rank 0 alone prints and writes files.
+    const engine::dist::LaunchInfo launch = engine::dist::LaunchInfo::from_environment();
+    const bool speaks = launch.rank == 0;
+    Output out = speaks ? output->make() : Output(LogFormat::text, true);
     if (spec->path.empty() && resume->empty())
       throw InputError("", "trainer fit needs a SPEC or --resume CKPT", "trainer fit model.toml");
     // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
@@ -249,8 +253,36 @@ Command add_fit_command(CLI::App& app) {
     std::vector<std::unique_ptr<engine::Backend>> extra;
     std::unique_ptr<engine::dist::ThreadGroup> group;
     std::vector<std::unique_ptr<engine::dist::Communicator>> comms;
-    const int n = parallel->devices;
-    if (n > 1) {
+    const int n = launch.size > 1 ? launch.size : parallel->devices;
+    if (launch.size > 1) {
+      // One replica per rank: MPI sums the CPU replicas' gradients and every rank's metrics.
+      if (parallel->devices > 1)
+        throw InputError("--devices",
+                         fmt::format("under {} every rank is one replica, and --devices asks for {}",
+                                     launch.launcher, parallel->devices),
+                         "leave out --devices; choose the replica count with -np");
+      if (!device->gpus.empty() && device->gpus != "1")
+        throw InputError(
+            "--gpus",
+            fmt::format("under {} each of the {} ranks drives one GPU (the one of its local rank), and "
+                        "--gpus asks for {}",
+                        launch.launcher, launch.size, device->gpus),
+            "leave out --gpus; give -np the number of GPUs");
+      if (backend->name() != "cpu")
+        throw InputError("--device",
+                         fmt::format("GPU replicas under {} need NCCL, which this trainer does not use yet",
+                                     launch.launcher),
+                         "run the ranks on the CPU with --device cpu");
+      engine::CpuOptions co;
+      co.threads = std::max(1, engine::default_cpu_threads() / std::max(1, launch.local_size));
+      backend = engine::make_cpu_backend(co);
+      comms.push_back(engine::dist::mpi_world());
+      comms.back()->set_timeout(
+          std::chrono::milliseconds(static_cast<int64_t>(parallel->collective_timeout_s * 1000)));
+      replicas.comms.push_back(comms.back().get());
+      replicas.host_comm = comms.back().get();
+      replicas.first_rank = launch.rank;
+    } else if (n > 1) {
       if (backend->name() != "cpu")
         throw InputError(
             "--devices",
@@ -282,7 +314,7 @@ Command add_fit_command(CLI::App& app) {
     engine::CheckpointPolicy policy;
     engine::SaveFn save;
     std::unique_ptr<CheckpointWriter> writer;
-    if (!output_dir->empty()) {
+    if (!output_dir->empty() && speaks) {
       std::filesystem::create_directories(*output_dir);
       writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last);
       if (s.train.checkpoint.enabled) {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/common.h"
+#include "engine/dist/mpi_communicator.h"
 #include "engine/ir/op_schema.h"
 #include "engine/util/error.h"
 
@@ -76,6 +77,16 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "trainer: error: {}\n", e.what());
     if (!e.hint().empty()) fmt::print(stderr, "  hint: {}\n", e.hint());
     return 2;
+  } catch (const engine::dist::CollectiveTimeout& e) {
+    // The watchdog: this rank says what it waited for, then the whole run ends. Under mpirun or srun the
+    // other ranks may be stuck in a collective or a stalled step, so MPI is told to end them all.
+    fmt::print(stderr, "trainer: error: {}\n", e.what());
+    std::fflush(stderr);
+    engine::dist::abort_world(1);
+    // In one process, a stalled replica's thread may still be running: end without running destructors under
+    // it.
+    std::fflush(stdout);
+    std::_Exit(1);
   } catch (const RuntimeError& e) {
     fmt::print(stderr, "trainer: {}\n", e.what());
     return 1;

@@ -4,6 +4,7 @@
 #include "engine/train/fit.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -600,6 +601,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       st.loss_scale = p0.loss_scale != kNoValue ? scaler.scale() : 0.0f;
       st.loss_scale_good_steps = scaler.good_steps();
       // Metrics over the slices, weighted by their sample counts.
+      const std::array<double, 4> before = {acc.loss_sum, acc.correct, acc.topk,
+                                            static_cast<double>(acc.samples)};
       for (int k = 0; k < local; ++k) {
         auto [lo, hi] = slice(batch.size, replicas.first_rank + k);
         const Plan& p = devs[k]->train_plan(hi - lo);
@@ -615,6 +618,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
         acc.add(loss, out_buf.data(), static_cast<const std::byte*>(batch.y) + lo * y_row, hi - lo,
                 classes_of(g, p.output));
+      }
+      if (replicas.host_comm && world > local) {
+        // The other processes' slices: every rank adds the same global sums.
+        std::array<double, 4> delta = {acc.loss_sum - before[0], acc.correct - before[1],
+                                       acc.topk - before[2], static_cast<double>(acc.samples) - before[3]};
+        replicas.host_comm->all_reduce_sum(delta.data(), 4, DType::f64, {-1, st.global_step});
+        acc.loss_sum = before[0] + delta[0];
+        acc.correct = before[1] + delta[1];
+        acc.topk = before[2] + delta[2];
+        acc.samples = static_cast<int64_t>(before[3] + delta[3]);
       }
       ++st.global_step;
       ++st.batch;

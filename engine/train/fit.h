@@ -174,6 +174,9 @@ struct Replicas {
   int world_size = 1;
   int first_rank = 0;
   bool allow_uneven = false;  // a global batch that the ranks do not divide is an error unless this is set
+  // With ranks in other processes: reduces the metrics' sums over host memory, so every rank logs the global
+  // batch's metrics (MPI). Null when every rank is in this process.
+  dist::Communicator* host_comm = nullptr;
 };
 FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,

@@ -4,6 +4,8 @@ on 1 and on 2; uneven shares need --allow-uneven; --scale-lr is explicit and log
 run stop within the collective timeout with a line naming the rank and the collective."""
 
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 import unittest
@@ -95,6 +97,36 @@ class Parallel(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("Learning rate 0.001 x 2 replicas = 0.002 (--scale-lr linear).", r.stderr)
         self.assertIn("2 replicas", r.stderr)
+
+    def mpirun(self, args, env=None, timeout=600):
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            self.skipTest("mpirun (openmpi-bin) is not installed")
+        return subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER] + args,
+                              capture_output=True, text=True, timeout=timeout, env=env)
+
+    def test_mpirun_ranks_train_what_one_replica_trains(self):
+        spec = "fashion_mnist/mlp.toml"
+        one = self.fit(spec, 1, os.path.join(self.tmp.name, "m1"))
+        out = os.path.join(self.tmp.name, "mpi")
+        r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--epochs", "1", "--output-dir", out, *SUBSET[:-1]])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # Rank 0 alone writes standard output: one epoch line and one fit_end line.
+        events = cli_util.json_lines(self, r.stdout)
+        self.assertEqual([e["event"] for e in events], ["epoch", "fit_end"], r.stdout)
+        self.assert_close(one, read_checkpoint(os.path.join(out, "last.ckpt")), "mpirun -np 2")
+        r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--devices", "2", *SUBSET])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("every rank is one replica", r.stderr)
+
+    def test_a_stalled_rank_stops_every_rank(self):
+        env = dict(os.environ, TRAINER_FAULT_STALL="1:5:60")
+        t0 = time.monotonic()
+        r = self.mpirun(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
+                         "--collective-timeout", "2", *SUBSET], env=env, timeout=120)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertLess(time.monotonic() - t0, 60, "the ranks waited for the stalled one")
+        self.assertRegex(r.stderr, r"rank 0 on \S+: all_reduce \(bucket \d+ of step \d+\) did not complete within 2 s")
 
     def test_replicas_are_cpu_devices(self):
         r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cuda", "--devices", "2"])
