@@ -182,6 +182,7 @@ Command add_fit_command(CLI::App& app) {
   auto output_dir = std::make_shared<std::string>();
   auto resume = std::make_shared<std::string>();
   auto train_toml = std::make_shared<std::string>();
+  auto trace_path = std::make_shared<std::string>();
   cmd->add_option("SPEC", spec->path,
                   "Model description: a TOML file (see trainer-model(5)), or an ONNX model with --train; "
                   "optional with --resume");
@@ -193,6 +194,10 @@ Command add_fit_command(CLI::App& app) {
                   "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
       ->type_name("CKPT");
   cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl");
+  cmd->add_option(
+         "--trace", *trace_path,
+         "Write a timeline of the replicas' steps and gradient reductions (Chrome trace JSON) to FILE")
+      ->type_name("FILE");
   output->add(cmd);
   device->add(cmd, true);
   parallel->add(cmd);
@@ -242,7 +247,7 @@ Command add_fit_command(CLI::App& app) {
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");
-    DeviceOptions::Opened opened = device->open(s, output->quiet);
+    DeviceOptions::Opened opened = device->open(s, output->quiet || !speaks);
     auto& backend = opened.backend;
     models::BuiltModel probe = build(s, 1, false);
     SpecData data = open_data(s, probe);
@@ -304,6 +309,8 @@ Command add_fit_command(CLI::App& app) {
     for (auto& b : extra) replicas.backends.push_back(b.get());
     replicas.world_size = n;
     replicas.allow_uneven = parallel->allow_uneven;
+    engine::Trace trace;
+    if (!trace_path->empty()) replicas.trace = &trace;
     if (parallel->scale_lr == "linear" && n > 1) {
       out.say("Learning rate {:g} x {} replicas = {:g} (--scale-lr linear).\n", cfg.schedule.base, n,
               cfg.schedule.base * n);
@@ -341,6 +348,7 @@ Command add_fit_command(CLI::App& app) {
     });
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
+    if (!trace_path->empty() && speaks) formats::write_file_atomically(*trace_path, trace.json());
     // The end of a run always leaves a checkpoint of where it ended.
     if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
       writer->save(r.final_state, engine::SaveReason::epoch, observer.signature);

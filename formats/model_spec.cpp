@@ -36,7 +36,8 @@ using Keys = std::vector<std::string_view>;
 constexpr std::string_view kSetPrefix = "--set ";
 
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
-const Keys kRootKeys = {"format_version", "model", "data", "train"};
+const Keys kRootKeys = {"format_version", "model", "data", "train", "parallel"};
+const Keys kParallelKeys = {"bucket_mb"};
 const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
@@ -63,6 +64,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
     {"[train.optimizer.schedule]", &kScheduleKeys},
     {"[train.early_stopping]", &kEarlyStoppingKeys},
     {"[train.checkpoint]", &kCheckpointKeys},
+    {"[parallel]", &kParallelKeys},
 };
 
 const Keys kDtypes = {"float32", "int32", "int64"};
@@ -1047,6 +1049,13 @@ ModelSpec parse_spec(const std::string& text, const std::string& path,
   if (data) spec.data = read_data(r, *data, spec.model);
   if (const toml::node* train = root.find("train"))
     spec.train = read_train(r, *train, data ? &spec.data : nullptr);
+  if (const toml::node* parallel = root.find("parallel")) {
+    Table t(r, *parallel, "parallel", kParallelKeys);
+    spec.parallel.pos = t.pos();
+    if (t.get("bucket_mb", spec.parallel.bucket_mb) && !(spec.parallel.bucket_mb > 0))
+      t.fail("bucket_mb", fmt::format("parallel.bucket_mb must be positive, not {}", spec.parallel.bucket_mb),
+             "25 (MB of gradients per reduction) suits most models");
+  }
   return spec;
 }
 

@@ -177,6 +177,14 @@ struct TrainSection {
   bool operator==(const TrainSection&) const = default;
 };
 
+// Data parallelism: how gradients are grouped for their reduction across replicas.
+struct ParallelSection {
+  double bucket_mb =
+      25;  // gradients per bucket, in MB (1e6 bytes): each bucket is reduced as soon as it is ready
+  SourcePos pos;
+  bool operator==(const ParallelSection&) const = default;
+};
+
 struct ModelSpec {
   int format_version = kModelSpecFormatVersion;
   std::string path;      // the spec file, as given
@@ -184,6 +192,7 @@ struct ModelSpec {
   ModelSection model;
   DataSection data;
   TrainSection train;
+  ParallelSection parallel;
   bool operator==(const ModelSpec&) const = default;
 };
 

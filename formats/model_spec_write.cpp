@@ -83,6 +83,7 @@ void clear_positions(ModelSpec& s) {
   s.model.pos = s.model.input.pos = s.model.onnx_pos = {};
   s.model.freeze_pos.clear();
   s.model.onnx_bytes.reset();
+  s.parallel.pos = {};
   for (LayerSpec& l : s.model.layers) {
     l.pos = l.type_pos = {};
     for (auto& [k, a] : l.args) a.pos = {};
@@ -197,6 +198,8 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("mode", c.mode);
     }
   }
+  w.header("[parallel]");
+  w.kv("bucket_mb", spec.parallel.bucket_mb);
   return std::move(w).str();
 }
 

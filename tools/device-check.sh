@@ -32,8 +32,8 @@ pack() {
   echo "device-check: packed $(du -h "$BUNDLE" | cut -f1) into ${BUNDLE#"$ROOT"/}" >&2
 }
 
-# Folders holding the CUDA libraries that trainer loads with dlopen (cuBLASLt, cuDNN): PyTorch's wheels, or a
-# CUDA toolkit.
+# Folders holding the CUDA libraries that trainer loads with dlopen (cuBLASLt, cuDNN, NCCL): PyTorch's wheels,
+# or a CUDA toolkit.
 cuda_library_path() {
   python3 - <<'EOF'
 import glob, importlib.util, os
@@ -41,7 +41,7 @@ dirs = []
 spec = importlib.util.find_spec("nvidia")
 roots = list(spec.submodule_search_locations) if spec else []
 for root in roots + ["/usr/local/cuda/lib64", "/usr/local/cuda/lib"]:
-    for pattern in ("libcublasLt.so.13*", "libcudnn.so.9*"):
+    for pattern in ("libcublasLt.so.13*", "libcudnn.so.9*", "libnccl.so.2*"):
         for f in glob.glob(os.path.join(root, "**", pattern), recursive=True):
             d = os.path.dirname(f)
             if d not in dirs:

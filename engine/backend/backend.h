@@ -61,6 +61,11 @@ class Executable {
   // Called (on the executing thread) as soon as the gradients of bucket `b` are written, before later steps
   // run. The data-parallel layer starts the bucket's reduction here. Optional.
   virtual void set_bucket_ready_hook(std::function<void(int bucket)> hook) = 0;
+  // Called (on the executing thread) before the first step that reads a gradient of bucket `b`
+  // (GradBucket::needed_by_step), so a reduction started by the ready hook on another thread can finish while
+  // the steps in between run. Buckets nothing reads are waited for when the step ends. Optional: a backend
+  // that orders communication by itself (streams and events) may ignore it.
+  virtual void set_bucket_wait_hook(std::function<void(int bucket)> hook) {}
   // Per-kernel timing (steady clock on the CPU, CUDA events on a GPU). While on, runs are timed kernel by
   // kernel; a GPU then runs eagerly, not by graph replay. Optional: the default records nothing.
   virtual void set_profiling(bool on) {}

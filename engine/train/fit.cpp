@@ -9,6 +9,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <map>
 #include <mutex>
@@ -239,6 +240,7 @@ class Device {
       tg.graph->mark_output(lg.output);
       PlanOptions po;
       po.gradients = tg.gradients;
+      po.bucket_bytes = cfg.bucket_bytes;
       train_[batch] = Plan{plans_.add(tg.graph, po), lg.x,         lg.y, lg.output, lg.loss,
                            tg.learning_rate,         tg.iteration, batch};
       train_[batch].loss_scale = tg.loss_scale;
@@ -309,6 +311,117 @@ Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, c
   }
   return acc.logs(prefix);
 }
+
+// One replica's communication thread: the ready hook (on the compute thread) weights a finished bucket's
+// gradients and queues it; this thread sums it across the replicas while backward goes on; the wait hook
+// blocks the compute thread only where a step reads the bucket (the gradient clipping or the optimizer
+// update).
+class BucketReducer {
+ public:
+  struct Grad {
+    void* data;
+    int64_t count;
+    DType dtype;
+  };
+  using Bucket = std::vector<Grad>;
+
+  BucketReducer(dist::Communicator* comm, Trace* trace, int replica)
+      : comm_(comm), trace_(trace), replica_(replica), thread_([this] { loop(); }) {
+    if (trace_) {
+      trace_->name_thread(2 * replica_, fmt::format("replica {}", replica_));
+      trace_->name_thread(2 * replica_ + 1, fmt::format("replica {} communication", replica_));
+    }
+  }
+  ~BucketReducer() { shutdown(); }
+
+  // Stops the thread; false when it did not come back within a second (stuck in a collective with a stalled
+  // replica): it is then detached, and the reducer must be left alive (threads may still wait on it).
+  bool shutdown() {
+    if (!thread_.joinable()) return true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool exited = cv_.wait_for(lock, std::chrono::seconds(1), [&] { return exited_; });
+    lock.unlock();
+    if (exited)
+      thread_.join();
+    else
+      thread_.detach();
+    return exited;
+  }
+
+  void begin_step(size_t buckets, int64_t step, double weight) {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_.assign(buckets, false);
+    step_ = step;
+    weight_ = weight;
+  }
+
+  void ready(const Bucket* bucket, int b) {
+    const auto now = Trace::Clock::now();
+    for (const Grad& g : *bucket) dist::scale_in_place(g.data, g.count, g.dtype, weight_);
+    if (trace_)
+      trace_->instant("bucket ready", 2 * replica_, now,
+                      fmt::format("\"bucket\": {}, \"step\": {}", b, step_));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({bucket, b});
+    }
+    cv_.notify_all();
+  }
+
+  void wait(int b) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return error_ || done_[b]; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) break;
+      auto [bucket, b] = queue_.front();
+      queue_.pop_front();
+      const int64_t step = step_;
+      lock.unlock();
+      const auto start = Trace::Clock::now();
+      std::exception_ptr error;
+      try {
+        for (const Grad& g : *bucket) comm_->all_reduce_sum(g.data, g.count, g.dtype, {b, step});
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (trace_)
+        trace_->span("reduce bucket", 2 * replica_ + 1, start, Trace::Clock::now(),
+                     fmt::format("\"bucket\": {}, \"step\": {}", b, step));
+      lock.lock();
+      if (error) error_ = error;
+      if (b < static_cast<int>(done_.size())) done_[b] = true;
+      cv_.notify_all();
+      if (error_) break;
+    }
+    exited_ = true;
+    cv_.notify_all();
+  }
+
+  dist::Communicator* comm_;
+  Trace* trace_;
+  const int replica_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<const Bucket*, int>> queue_;
+  std::vector<bool> done_;
+  int64_t step_ = 0;
+  double weight_ = 1;
+  bool stop_ = false, exited_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: it starts once everything above exists
+};
 
 // Runs f(0) here and f(1..n-1) on threads of their own, and raises the first exception once they have ended.
 // After an exception (a collective's timeout), a replica that still has not ended a second later is
@@ -470,37 +583,37 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   }
   Device& dev = *devs[0];
   // Gradient buckets are summed across ranks as backward produces them, each rank's gradient first weighted
-  // by its share of the global batch, so the sum is the gradient of the global batch's mean loss.
-  struct ReplicaStep {
-    double weight = 1;
-    int64_t step = 0;
+  // by its share of the global batch, so the sum is the gradient of the global batch's mean loss. The sums
+  // run on a communication thread per replica, overlapping the rest of backward.
+  // A reducer whose thread is stuck (after a collective's timeout) is deliberately leaked: threads of the run
+  // that are still blocked on it would otherwise wait on a destroyed condition variable. The process is
+  // ending.
+  struct Reducers : std::vector<std::unique_ptr<BucketReducer>> {
+    ~Reducers() {
+      for (auto& r : *this)
+        if (!r->shutdown()) (void)r.release();
+    }
   };
-  std::vector<ReplicaStep> rstep(local);
+  Reducers reducers;
+  std::map<std::pair<int, int64_t>, std::vector<BucketReducer::Bucket>> plan_buckets;  // (replica, batch)
   if (world > 1)
-    for (int k = 0; k < local; ++k)
+    for (int k = 0; k < local; ++k) {
+      reducers.push_back(std::make_unique<BucketReducer>(replicas.comms[k], replicas.trace, k));
       for (const auto& [n, p] : devs[k]->train_plans()) {
         Session& s = devs[k]->plans().session(p.index);
-        struct Grad {
-          void* data;
-          int64_t count;
-          DType dtype;
-        };
-        std::vector<std::vector<Grad>> buckets;
+        std::vector<BucketReducer::Bucket>& buckets = plan_buckets[{k, n}];
         for (const GradBucket& b : s.program().buckets) {
           buckets.emplace_back();
           for (ValueId v : b.grads)
             buckets.back().push_back(
                 {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
         }
-        dist::Communicator* comm = replicas.comms[k];
-        ReplicaStep* rs = &rstep[k];
-        s.executable().set_bucket_ready_hook([buckets = std::move(buckets), comm, rs](int b) {
-          for (const Grad& g : buckets[b]) {
-            dist::scale_in_place(g.data, g.count, g.dtype, rs->weight);
-            comm->all_reduce_sum(g.data, g.count, g.dtype, {b, rs->step});
-          }
-        });
+        BucketReducer* r = reducers.back().get();
+        const std::vector<BucketReducer::Bucket>* bs = &buckets;
+        s.executable().set_bucket_ready_hook([r, bs](int b) { r->ready(&(*bs)[b], b); });
+        s.executable().set_bucket_wait_hook([r](int b) { r->wait(b); });
       }
+    }
 
   data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
   std::unique_ptr<data::BatchLoader> val_loader;
@@ -583,8 +696,14 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         s.write(p.lr, &lr, sizeof lr);
         s.write(p.iteration, &iteration, sizeof iteration);
         if (p.loss_scale != kNoValue) s.write(p.loss_scale, &scale, sizeof scale);
-        rstep[k] = {static_cast<double>(hi - lo) / batch.size, st.global_step};
+        if (!reducers.empty())
+          reducers[k]->begin_step(s.program().buckets.size(), st.global_step,
+                                  static_cast<double>(hi - lo) / batch.size);
+        const auto t0 = Trace::Clock::now();
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
+        if (replicas.trace)
+          replicas.trace->span("step", 2 * k, t0, Trace::Clock::now(),
+                               fmt::format("\"step\": {}", st.global_step));
       };
       if (local == 1)
         run_replica(0);

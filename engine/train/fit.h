@@ -20,6 +20,7 @@
 #include "engine/ir/tensor.h"
 #include "engine/optim/optimizer.h"
 #include "engine/plan/precision.h"
+#include "engine/train/trace.h"
 
 namespace trainer::engine {
 
@@ -65,6 +66,7 @@ struct FitConfig {
   float clipnorm = 0;
   EarlyStopping early_stopping;
   Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h
+  size_t bucket_bytes = 25'000'000;       // gradients per reduction bucket with several replicas
 };
 
 // The forward model for one batch size and mode. Parameter and state names must not depend on either, so that
@@ -177,6 +179,7 @@ struct Replicas {
   // With ranks in other processes: reduces the metrics' sums over host memory, so every rank logs the global
   // batch's metrics (MPI). Null when every rank is in this process.
   dist::Communicator* host_comm = nullptr;
+  Trace* trace = nullptr;  // when set: each replica's steps, bucket-ready moments and reductions (--trace)
 };
 FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,

@@ -11,6 +11,7 @@ Usage: scaling_model.py [--latency-us 15] [--busbw-ring 370] [--busbw-nvls 480] 
 import argparse
 
 MiB = 1 << 20
+MB = 1e6  # [parallel] bucket_mb counts MB of 10^6 bytes
 
 
 class Op:
@@ -232,11 +233,11 @@ def efficiency(model, n, bucket_bytes, busbw, per_tensor, a):
                                                                              per_tensor, a)["step"]
 
 
-BUCKET_SIZES = [0.25, 0.5, 1, 2, 4, 8, 13, 16, 25, 50, 100]  # MiB
+BUCKET_SIZES = [0.25, 0.5, 1, 2, 4, 8, 14, 16, 25, 50, 100]  # MB
 
 
 def best_bucket(model, n, busbw, a):
-    return max(BUCKET_SIZES, key=lambda mb: (round(efficiency(model, n, mb * MiB, busbw, False, a), 4), mb))
+    return max(BUCKET_SIZES, key=lambda mb: (round(efficiency(model, n, mb * MB, busbw, False, a), 6), mb))
 
 
 def main():
@@ -268,7 +269,7 @@ def main():
           "| step ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, batch, m in models:
-        s = step(m, 1, 25 * MiB, a.busbw_ring, False, a)
+        s = step(m, 1, 25 * MB, a.busbw_ring, False, a)
         fw = sum(op_us(o, a) for o in m[0]) / 1e3
         up = sum(op_us(o, a) for o in m[2]) / 1e3
         nt = sum(len(o.grads) for o in m[1])
@@ -284,20 +285,20 @@ def main():
         print(f"| {name} | " + " | ".join(f"{c:,.1f}" for c in cells) + " |")
 
     print("\n## Scaling efficiency (per-GPU step at N=1 / at N; per-GPU batch fixed)\n")
-    print("A: 25 MiB buckets (the default), one call per gradient tensor (what the bucket hook does now). "
-          "B: 25 MiB buckets, one call per bucket. C: the best bucket size, one call per bucket.\n")
-    print("| model | buckets at 25 MiB | A N=2 | A N=4 | A N=8 | B N=8 | C bucket | C N=2 | C N=4 | C N=8 "
+    print("A: 25 MB buckets (the default), one call per gradient tensor (what the bucket hook does now). "
+          "B: 25 MB buckets, one call per bucket. C: the best bucket size, one call per bucket.\n")
+    print("| model | buckets at 25 MB | A N=2 | A N=4 | A N=8 | B N=8 | C bucket | C N=2 | C N=4 | C N=8 "
           "| C N=8 NVLS | C exposed us N=8 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, _, m in models:
-        A = [efficiency(m, n, 25 * MiB, a.busbw_ring, True, a) for n in (2, 4, 8)]
-        B8 = efficiency(m, 8, 25 * MiB, a.busbw_ring, False, a)
+        A = [efficiency(m, n, 25 * MB, a.busbw_ring, True, a) for n in (2, 4, 8)]
+        B8 = efficiency(m, 8, 25 * MB, a.busbw_ring, False, a)
         mb = best_bucket(m, 8, a.busbw_ring, a)
-        C = [efficiency(m, n, mb * MiB, a.busbw_ring, False, a) for n in (2, 4, 8)]
-        Cn = efficiency(m, 8, mb * MiB, a.busbw_nvls, False, a)
-        ex = step(m, 8, mb * MiB, a.busbw_ring, False, a)["exposed"]
-        nb = len(buckets_of(m[1], 25 * MiB))
-        print(f"| {name} | {nb} | " + " | ".join(f"{e:.1%}" for e in A) + f" | {B8:.1%} | {mb:g} MiB | "
+        C = [efficiency(m, n, mb * MB, a.busbw_ring, False, a) for n in (2, 4, 8)]
+        Cn = efficiency(m, 8, mb * MB, a.busbw_nvls, False, a)
+        ex = step(m, 8, mb * MB, a.busbw_ring, False, a)["exposed"]
+        nb = len(buckets_of(m[1], 25 * MB))
+        print(f"| {name} | {nb} | " + " | ".join(f"{e:.1%}" for e in A) + f" | {B8:.1%} | {mb:g} MB | "
               + " | ".join(f"{e:.1%}" for e in C) + f" | {Cn:.1%} | {ex:.1f} |")
 
     print(f"\n## CIFAR-10 CNN at per-GPU batch {a.cnn_batch}, N = 8: where the time goes (us)\n")
@@ -307,36 +308,36 @@ def main():
     for label, first in (("planner order (bf16 plan)", False), ("weight gradients first", True)):
         m = cifar_cnn(a.cnn_batch, weight_grads_first=first)
         for mb in (25, 8):
-            s1 = step(m, 1, mb * MiB, a.busbw_ring, False, a)
-            s8 = step(m, 8, mb * MiB, a.busbw_ring, False, a)
-            bks = buckets_of(m[1], mb * MiB)
+            s1 = step(m, 1, mb * MB, a.busbw_ring, False, a)
+            s8 = step(m, 8, mb * MB, a.busbw_ring, False, a)
+            bks = buckets_of(m[1], mb * MB)
             big = max(range(len(bks)), key=lambda i: bks[i][0])
             window = max(0.0, s1["compute"] - sum(op_us(o, a) for o in m[2]) -
                          sum(op_us(o, a) for o in (m[0] + m[1])[:len(m[0]) + bks[big][2] + 1]))
-            print(f"| {label} | {mb:g} MiB | {len(bks)} | {s1['step']:.1f} | {s8['comm']:.1f} | {window:.1f} "
-                  f"| {s8['exposed']:.1f} | {efficiency(m, 8, mb * MiB, a.busbw_ring, False, a):.1%} "
-                  f"| {efficiency(m, 8, mb * MiB, a.busbw_nvls, False, a):.1%} |")
+            print(f"| {label} | {mb:g} MB | {len(bks)} | {s1['step']:.1f} | {s8['comm']:.1f} | {window:.1f} "
+                  f"| {s8['exposed']:.1f} | {efficiency(m, 8, mb * MB, a.busbw_ring, False, a):.1%} "
+                  f"| {efficiency(m, 8, mb * MB, a.busbw_nvls, False, a):.1%} |")
 
-    print("\n## CIFAR-10 CNN: smallest per-GPU batch with >= 95% at N = 8 (8 MiB buckets, one call per bucket)\n")
+    print("\n## CIFAR-10 CNN: smallest per-GPU batch with >= 95% at N = 8 (8 MB buckets, one call per bucket)\n")
     print("| schedule | ring | NVLS |")
     print("|---|---|---|")
     for label, first in (("planner order (bf16 plan)", False), ("weight gradients first", True)):
         cells = []
         for bw in (a.busbw_ring, a.busbw_nvls):
             b = 32
-            while b <= 8192 and efficiency(cifar_cnn(b, first), 8, 8 * MiB, bw, False, a) < 0.95:
+            while b <= 8192 and efficiency(cifar_cnn(b, first), 8, 8 * MB, bw, False, a) < 0.95:
                 b += 32
             cells.append(str(b) if b <= 8192 else "> 8192")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
-    print("\n## Sensitivity: CIFAR-10 CNN, N = 8, ring, best schedule, 8 MiB buckets\n")
+    print("\n## Sensitivity: CIFAR-10 CNN, N = 8, ring, best schedule, 8 MB buckets\n")
     print("| latency per call | 5 us | 10 us | 15 us | 20 us |")
     print("|---|---|---|---|---|")
     for ke in (1.0, 2.0, 4.0):
         cells = []
         for lat in (5, 10, 15, 20):
             b = argparse.Namespace(**{**vars(a), "latency_us": lat, "kernel_us": ke})
-            cells.append(f"{efficiency(cifar_cnn(a.cnn_batch, True), 8, 8 * MiB, a.busbw_ring, False, b):.1%}")
+            cells.append(f"{efficiency(cifar_cnn(a.cnn_batch, True), 8, 8 * MB, a.busbw_ring, False, b):.1%}")
         print(f"| {ke:g} us per kernel | " + " | ".join(cells) + " |")
 
 

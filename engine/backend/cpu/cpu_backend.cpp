@@ -129,9 +129,10 @@ struct KernelLabel {
 class CpuExecutable final : public Executable {
  public:
   CpuExecutable(std::vector<cpu::KernelPtr> kernels, std::vector<std::vector<int>> buckets_after,
-                std::vector<KernelLabel> labels, int threads)
+                std::vector<std::vector<int>> buckets_before, std::vector<KernelLabel> labels, int threads)
       : kernels_(std::move(kernels)),
         buckets_after_(std::move(buckets_after)),
+        buckets_before_(std::move(buckets_before)),
         labels_(std::move(labels)),
         threads_(threads) {
     if (KernelProfile::from_environment()) profile_.start_table(kernels_.size());
@@ -149,6 +150,8 @@ class CpuExecutable final : public Executable {
     const bool timed = profile_.on();
     if (timed) profile_.begin_run();
     for (size_t s = 0; s < kernels_.size(); ++s) {
+      if (wait_hook_)
+        for (int b : buckets_before_[s]) wait_hook_(b);
       if (timed) {
         auto t0 = std::chrono::steady_clock::now();
         kernels_[s]->run(ctx);
@@ -159,8 +162,11 @@ class CpuExecutable final : public Executable {
       if (hook_)
         for (int b : buckets_after_[s]) hook_(b);
     }
+    if (wait_hook_)
+      for (int b : buckets_before_.back()) wait_hook_(b);
   }
   void set_bucket_ready_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
+  void set_bucket_wait_hook(std::function<void(int)> hook) override { wait_hook_ = std::move(hook); }
 
   // Turning timing on (again) starts the totals afresh; turning it off keeps them for kernel_timings().
   void set_profiling(bool on) override {
@@ -182,7 +188,10 @@ class CpuExecutable final : public Executable {
  private:
   std::vector<cpu::KernelPtr> kernels_;
   std::vector<std::vector<int>> buckets_after_;  // per step: buckets complete after it
-  std::vector<KernelLabel> labels_;              // per step
+  // per step: buckets its kernel reads; one more entry at the end for the buckets nothing reads
+  std::vector<std::vector<int>> buckets_before_;
+  std::function<void(int)> wait_hook_;
+  std::vector<KernelLabel> labels_;  // per step
   std::function<void(int)> hook_;
   KernelProfile profile_;
   int threads_;
@@ -244,10 +253,13 @@ class CpuBackend final : public Backend {
       kernels.push_back((*cpu::KernelRegistry::global().find(n.op))(args));
       TRAINER_ASSERT(kernels.back() != nullptr, "kernel factory for {} returned nothing", n.op);
     }
-    std::vector<std::vector<int>> after(p.steps.size());
+    std::vector<std::vector<int>> after(p.steps.size()), before(p.steps.size() + 1);
     for (size_t b = 0; b < p.buckets.size(); ++b) {
       int s = std::max(p.buckets[b].ready_after_step, 0);
       if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
+      const int need = p.buckets[b].needed_by_step;
+      before[need > s && need < static_cast<int>(p.steps.size()) ? need : p.steps.size()].push_back(
+          static_cast<int>(b));
     }
     std::vector<KernelLabel> labels;
     for (NodeId id : p.steps) {
@@ -257,7 +269,8 @@ class CpuBackend final : public Backend {
         if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
       labels.push_back({n.op, n.name, std::move(shapes)});
     }
-    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(labels), threads_);
+    return std::make_unique<CpuExecutable>(std::move(kernels), std::move(after), std::move(before),
+                                           std::move(labels), threads_);
   }
 
   void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) override {

@@ -1,4 +1,4 @@
-// Loads cuBLASLt and cuDNN on first use (dynload.h says why).
+// Loads cuBLASLt, cuDNN and NCCL on first use (dynload.h says why).
 #include "engine/backend/cuda/dynload.h"
 
 #include <dlfcn.h>
@@ -54,6 +54,19 @@ const Cudnn& cudnn() {
     Cudnn t;
 #define TRAINER_RESOLVE(f) resolve(h, so, #f, t.f);
     TRAINER_CUDNN_FUNCTIONS(TRAINER_RESOLVE)
+#undef TRAINER_RESOLVE
+    return t;
+  }();
+  return table;
+}
+
+const Nccl& nccl() {
+  static const Nccl table = [] {
+    constexpr const char* so = "libnccl.so.2";
+    void* h = open_library(so, "NCCL 2");
+    Nccl t;
+#define TRAINER_RESOLVE(f) resolve(h, so, #f, t.f);
+    TRAINER_NCCL_FUNCTIONS(TRAINER_RESOLVE)
 #undef TRAINER_RESOLVE
     return t;
   }();

@@ -1,11 +1,12 @@
-// cuBLASLt and cuDNN, loaded with dlopen when the first CUDA backend is made: a CPU-only run neither needs
-// the libraries installed nor pays for loading them (cuBLASLt alone maps ~150 MB). Every function the backend
-// calls is listed here once and called as lib::cublaslt().cublasLtMatmul(...); the binary does not link the
-// libraries, so a call that bypasses this table fails to link.
+// cuBLASLt, cuDNN and NCCL, loaded with dlopen when first used: a CPU-only run neither needs the libraries
+// installed nor pays for loading them (cuBLASLt alone maps ~150 MB, NCCL ~200 MB). Every function called is
+// listed here once and called as lib::cublaslt().cublasLtMatmul(...); the binary does not link the libraries,
+// so a call that bypasses this table fails to link.
 #pragma once
 
 #include <cublasLt.h>
 #include <cudnn.h>
+#include <nccl.h>
 
 namespace trainer::engine::cuda::lib {
 
@@ -84,6 +85,23 @@ namespace trainer::engine::cuda::lib {
   X(cudnnRNNForward) \
   X(cudnnRNNBackwardData_v8) \
   X(cudnnRNNBackwardWeights_v8)
+
+#define TRAINER_NCCL_FUNCTIONS(X) \
+  X(ncclGetVersion) \
+  X(ncclGetUniqueId) \
+  X(ncclGetErrorString) \
+  X(ncclGetLastError) \
+  X(ncclCommInitRank) \
+  X(ncclCommFinalize) \
+  X(ncclCommDestroy) \
+  X(ncclCommAbort) \
+  X(ncclCommGetAsyncError) \
+  X(ncclGroupStart) \
+  X(ncclGroupEnd) \
+  X(ncclAllReduce) \
+  X(ncclReduceScatter) \
+  X(ncclAllGather) \
+  X(ncclBroadcast)
 // clang-format on
 
 #define TRAINER_DECLARE_POINTER(f) decltype(&::f) f = nullptr;
@@ -94,11 +112,15 @@ struct CublasLt {
 struct Cudnn {
   TRAINER_CUDNN_FUNCTIONS(TRAINER_DECLARE_POINTER)
 };
+struct Nccl {
+  TRAINER_NCCL_FUNCTIONS(TRAINER_DECLARE_POINTER)
+};
 
 #undef TRAINER_DECLARE_POINTER
 
 // Load on first use (thread-safe); a missing library or function is a RuntimeError naming it, with a hint.
 const CublasLt& cublaslt();
 const Cudnn& cudnn();
+const Nccl& nccl();
 
 }  // namespace trainer::engine::cuda::lib

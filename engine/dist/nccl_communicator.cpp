@@ -1,0 +1,402 @@
+// NcclCommunicator: NCCL collectives on a communication stream ordered after the compute stream with events,
+// and the watchdog that polls their completion and aborts the communicator when a rank stops answering.
+#include "engine/dist/nccl_communicator.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "engine/backend/cuda/cuda_kernel.h"
+#include "engine/backend/cuda/dynload.h"
+
+namespace trainer::engine::dist {
+
+namespace lib = cuda::lib;
+
+namespace {
+
+[[noreturn]] void nccl_failed(ncclResult_t status, const char* call, const char* file, int line) {
+  const lib::Nccl& n = lib::nccl();
+  // The last error's text says more than the status (which peer, which transport); its argument is unused.
+  const char* last = n.ncclGetLastError(nullptr);
+  throw RuntimeError(fmt::format("NCCL error {} ({}) in {} at {}:{}{}{}", static_cast<int>(status),
+                                 n.ncclGetErrorString(status), call, file, line, last && *last ? ": " : "",
+                                 last ? last : ""));
+}
+
+#define TRAINER_NCCL_CHECK(call)                                                                           \
+  do {                                                                                                     \
+    ncclResult_t trainer_nccl_status_ = (call);                                                            \
+    if (trainer_nccl_status_ != ncclSuccess) nccl_failed(trainer_nccl_status_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "?";
+  return buf;
+}
+
+// Makes `device` current for the scope and restores the caller's device after: the replica threads and the
+// backend keep their own notion of the current device. `check` false: for destructors, which must not throw.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device, bool check = true) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+    if (previous_ == device) return;
+    const cudaError_t status = cudaSetDevice(device);
+    if (check) TRAINER_CUDA_CHECK(status);
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32:
+      return ncclFloat32;
+    case DType::f64:
+      return ncclFloat64;
+    case DType::bf16:
+      return ncclBfloat16;
+    default:
+      TRAINER_ASSERT(false, "NCCL all_reduce_sum of {}", dtype_name(dtype));
+  }
+  return ncclFloat32;
+}
+
+ncclUniqueId parse_unique_id(const std::string& bytes) {
+  if (bytes.size() != sizeof(ncclUniqueId))
+    throw RuntimeError(fmt::format("an NCCL unique id is {} bytes; the bootstrap handed over {}",
+                                   sizeof(ncclUniqueId), bytes.size()));
+  ncclUniqueId id;
+  std::memcpy(&id, bytes.data(), sizeof id);
+  return id;
+}
+
+}  // namespace
+
+// The NCCL communicators of the ranks made together in this process. NCCL's finalization is a collective of
+// the ranks of one node, so a thread that finalized one rank alone would wait for the others: they are
+// finalized together, in one NCCL group, when the last of their NcclCommunicators is gone.
+struct NcclCommunicator::Group {
+  std::vector<ncclComm_t> comms;  // nullptr once aborted
+  std::vector<int> devices;
+  // A rank of this process failed or timed out: the others stop too (a later collective of theirs could never
+  // complete), and the survivors are aborted, not finalized, at the end.
+  std::atomic<bool> broken{false};
+
+  ~Group() {
+    const lib::Nccl& n = lib::nccl();
+    int previous = -1;
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    bool finalized = false;
+    if (!broken) {
+      ncclResult_t status = n.ncclGroupStart();
+      for (size_t i = 0; i < comms.size() && status == ncclSuccess; ++i) {
+        if (!comms[i]) continue;
+        if (cudaSetDevice(devices[i]) != cudaSuccess) status = ncclUnhandledCudaError;
+        if (status == ncclSuccess) status = n.ncclCommFinalize(comms[i]);
+      }
+      const ncclResult_t end = n.ncclGroupEnd();
+      finalized = status == ncclSuccess && end == ncclSuccess;
+    }
+    // After a finalization, destroying is local to each rank; without one, aborting does not wait for work
+    // in flight. Grouped too: NCCL may make the ranks of one process wait for each other here as well.
+    n.ncclGroupStart();
+    for (size_t i = 0; i < comms.size(); ++i) {
+      if (!comms[i]) continue;
+      cudaSetDevice(devices[i]);
+      if (finalized)
+        n.ncclCommDestroy(comms[i]);
+      else
+        n.ncclCommAbort(comms[i]);
+    }
+    n.ncclGroupEnd();
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+};
+
+std::string nccl_unique_id() {
+  ncclUniqueId id;
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGetUniqueId(&id));
+  return std::string(id.internal, sizeof id.internal);
+}
+
+int nccl_version() {
+  int version = 0;
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGetVersion(&version));
+  return version;
+}
+
+namespace {
+
+std::shared_ptr<NcclCommunicator::Group> join_one(int rank, int size, const ncclUniqueId& id, int device) {
+  TRAINER_ASSERT(size >= 1 && rank >= 0 && rank < size, "NCCL rank {} of {}", rank, size);
+  auto group = std::make_shared<NcclCommunicator::Group>();
+  group->devices = {device};
+  group->comms = {nullptr};
+  DeviceScope scope(device);  // ncclCommInitRank binds the communicator to the current device
+  const ncclResult_t status = lib::nccl().ncclCommInitRank(&group->comms[0], size, id, rank);
+  if (status != ncclSuccess) {
+    group->broken = true;  // abort, not finalize, whatever was made
+    nccl_failed(status, "ncclCommInitRank", __FILE__, __LINE__);
+  }
+  return group;
+}
+
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(int rank, int size, const std::string& unique_id, int device,
+                                   cudaStream_t compute_stream)
+    : NcclCommunicator(rank, size, parse_unique_id(unique_id), device, compute_stream) {}
+
+NcclCommunicator::NcclCommunicator(int rank, int size, const ncclUniqueId& unique_id, int device,
+                                   cudaStream_t compute_stream)
+    : NcclCommunicator(join_one(rank, size, unique_id, device), 0, rank, size, device, compute_stream) {}
+
+NcclCommunicator::NcclCommunicator(std::shared_ptr<Group> group, int local, int rank, int size, int device,
+                                   cudaStream_t compute_stream)
+    : group_(std::move(group)),
+      local_(local),
+      rank_(rank),
+      size_(size),
+      device_(device),
+      compute_stream_(compute_stream) {
+  DeviceScope scope(device_);
+  try {
+    // The highest priority: the reduction kernels are small and wait on peers, and they should not queue
+    // behind backward's kernels that the compute stream keeps launching meanwhile.
+    int least = 0, greatest = 0;
+    TRAINER_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    TRAINER_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
+    TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&compute_ready_, cudaEventDisableTiming));
+    TRAINER_CUDA_CHECK(cudaMalloc(&barrier_word_, sizeof(int)));
+    TRAINER_CUDA_CHECK(cudaMemsetAsync(barrier_word_, 0, sizeof(int), comm_stream_));
+  } catch (...) {
+    if (barrier_word_) cudaFree(barrier_word_);
+    if (compute_ready_) cudaEventDestroy(compute_ready_);
+    if (comm_stream_) cudaStreamDestroy(comm_stream_);
+    group_->broken = true;  // the other ranks cannot finish a collective with this one
+    throw;
+  }
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  DeviceScope scope(device_, false);
+  // Let the collectives in flight finish, within the timeout, so the group can be finalized; a rank that
+  // does not answer by then gets the communicator aborted instead. A destructor does not throw.
+  if (comm() && !pending_.empty()) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (!pending_.empty()) {
+      const cudaError_t status = cudaEventQuery(pending_.front().done);
+      if (status == cudaSuccess) {
+        spare_events_.push_back(pending_.front().done);
+        pending_.pop_front();
+        continue;
+      }
+      if (status != cudaErrorNotReady || group_->broken || std::chrono::steady_clock::now() >= deadline) {
+        abort_comm();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  for (const Pending& p : pending_) cudaEventDestroy(p.done);
+  for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
+  cudaEventDestroy(compute_ready_);
+  cudaFree(barrier_word_);
+  cudaStreamDestroy(comm_stream_);
+}
+
+ncclComm* NcclCommunicator::comm() const {
+  return group_->comms[local_];
+}
+
+void NcclCommunicator::begin(const char* what, const CollectiveTag& tag) {
+  if (!comm())
+    throw RuntimeError(fmt::format("rank {} on {}: {} ({}) after this rank's NCCL communicator was aborted",
+                                   rank_, host_name(), what, tag.str()));
+  // Another rank of this process failed: this one's collective could never complete.
+  if (group_->broken) timed_out(what, tag);
+  if (stall_.rank == rank_ && stall_.collective == collectives_)
+    std::this_thread::sleep_for(std::chrono::duration<double>(stall_.seconds));
+  ++collectives_;
+}
+
+void NcclCommunicator::order_after_compute() {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TRAINER_CUDA_CHECK(cudaStreamIsCapturing(compute_stream_, &capture));
+  TRAINER_ASSERT(capture == cudaStreamCaptureStatusNone,
+                 "an NCCL collective while the compute stream is captured into a CUDA graph");
+  TRAINER_CUDA_CHECK(cudaEventRecord(compute_ready_, compute_stream_));
+  TRAINER_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, compute_ready_, 0));
+}
+
+void NcclCommunicator::enqueued(const char* what, const CollectiveTag& tag, bool compute_waits) {
+  cudaEvent_t done = nullptr;
+  if (!spare_events_.empty()) {
+    done = spare_events_.back();
+    spare_events_.pop_back();
+  } else {
+    TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  }
+  pending_.push_back(Pending{done, what, tag});
+  TRAINER_CUDA_CHECK(cudaEventRecord(done, comm_stream_));
+  if (compute_waits) TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, done, 0));
+  reap_completed();
+}
+
+// Recycles the events of collectives already complete, so a caller that waits once per step keeps few.
+void NcclCommunicator::reap_completed() {
+  while (pending_.size() > 1 && cudaEventQuery(pending_.front().done) == cudaSuccess) {
+    spare_events_.push_back(pending_.front().done);
+    pending_.pop_front();
+  }
+}
+
+void NcclCommunicator::abort_comm() {
+  group_->broken = true;
+  if (ncclComm_t c = comm()) {
+    // Kernels still spinning on a dead peer see the abort flag and return; the result is of no further use.
+    lib::nccl().ncclCommAbort(c);
+    group_->comms[local_] = nullptr;
+  }
+}
+
+void NcclCommunicator::timed_out(const char* what, const CollectiveTag& tag) {
+  abort_comm();
+  throw CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count());
+}
+
+void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag) {
+  const ncclDataType_t type = nccl_type(dtype);
+  TRAINER_ASSERT(count >= 0, "all_reduce_sum of {} elements", count);
+  DeviceScope scope(device_);
+  begin("all_reduce", tag);
+  if (count == 0) return;  // every rank skips it alike: counts are equal on all ranks
+  cudaPointerAttributes attr{};
+  TRAINER_CUDA_CHECK(cudaPointerGetAttributes(&attr, data));
+  TRAINER_ASSERT(
+      (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) && attr.device == device_,
+      "NCCL all_reduce_sum of memory that is not on device {}", device_);
+  order_after_compute();
+  TRAINER_NCCL_CHECK(
+      lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type, ncclSum, comm(), comm_stream_));
+  enqueued("all_reduce", tag, true);
+}
+
+void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) {
+  TRAINER_ASSERT(root >= 0 && root < size_, "broadcast from rank {} of {}", root, size_);
+  DeviceScope scope(device_);
+  begin("broadcast", tag);
+  if (bytes == 0) return;
+  order_after_compute();
+  TRAINER_NCCL_CHECK(lib::nccl().ncclBroadcast(data, data, bytes, ncclUint8, root, comm(), comm_stream_));
+  enqueued("broadcast", tag, true);
+}
+
+void NcclCommunicator::barrier(const CollectiveTag& tag) {
+  DeviceScope scope(device_);
+  begin("barrier", tag);
+  // Not ordered after the compute stream: a barrier is about the ranks' hosts, not this rank's kernels. It
+  // follows this rank's earlier collectives on the communication stream.
+  TRAINER_NCCL_CHECK(
+      lib::nccl().ncclAllReduce(barrier_word_, barrier_word_, 1, ncclInt32, ncclSum, comm(), comm_stream_));
+  enqueued("barrier", tag, false);
+  wait(tag);
+}
+
+void NcclCommunicator::wait(const CollectiveTag& tag) {
+  DeviceScope scope(device_);
+  if (pending_.empty()) return;
+  if (!comm())
+    throw RuntimeError(
+        fmt::format("rank {} on {}: waiting ({}) after this rank's NCCL communicator was aborted", rank_,
+                    host_name(), tag.str()));
+  const lib::Nccl& n = lib::nccl();
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  // Short polls first: a bucket reduced while backward ran is often done or nearly done.
+  auto pause = std::chrono::microseconds(5);
+  while (!pending_.empty()) {
+    const Pending& p = pending_.front();
+    const CollectiveTag& named = p.tag.step >= 0 || p.tag.bucket >= 0 ? p.tag : tag;
+    const cudaError_t status = cudaEventQuery(p.done);
+    if (status == cudaSuccess) {
+      spare_events_.push_back(p.done);
+      pending_.pop_front();
+      continue;
+    }
+    if (status != cudaErrorNotReady) {
+      abort_comm();
+      TRAINER_CUDA_CHECK(status);
+    }
+    ncclResult_t async = ncclSuccess;
+    TRAINER_NCCL_CHECK(n.ncclCommGetAsyncError(comm(), &async));
+    if (async != ncclSuccess && async != ncclInProgress) {
+      const std::string why = n.ncclGetErrorString(async);
+      const std::string what = p.what;
+      abort_comm();
+      throw RuntimeError(fmt::format("rank {} on {}: {} ({}) failed in NCCL: {}", rank_, host_name(), what,
+                                     named.str(), why));
+    }
+    if (group_->broken || std::chrono::steady_clock::now() >= deadline) timed_out(p.what, named);
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(1));
+  }
+}
+
+std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int>& devices,
+                                                           const std::vector<cudaStream_t>& compute_streams) {
+  const int size = static_cast<int>(devices.size());
+  TRAINER_ASSERT(size >= 1 && compute_streams.size() == devices.size(),
+                 "an NCCL group of {} devices with {} compute streams", devices.size(),
+                 compute_streams.size());
+  for (int i = 0; i < size; ++i)
+    for (int j = 0; j < i; ++j)
+      TRAINER_ASSERT(devices[i] != devices[j], "device {} twice in one NCCL group", devices[i]);
+  const lib::Nccl& n = lib::nccl();
+  ncclUniqueId id;
+  TRAINER_NCCL_CHECK(n.ncclGetUniqueId(&id));
+
+  auto group = std::make_shared<NcclCommunicator::Group>();
+  group->devices = devices;
+  group->comms.assign(size, nullptr);
+  {
+    // One thread joins every rank: inside one NCCL group the joins wait for each other at ncclGroupEnd,
+    // instead of the first waiting forever for ranks this thread has not joined yet. Nothing may throw
+    // between the group's start and end.
+    DeviceScope scope(devices[0]);
+    TRAINER_NCCL_CHECK(n.ncclGroupStart());
+    ncclResult_t status = ncclSuccess;
+    cudaError_t cuda_status = cudaSuccess;
+    for (int i = 0; i < size && status == ncclSuccess && cuda_status == cudaSuccess; ++i) {
+      cuda_status = cudaSetDevice(devices[i]);  // each rank binds to the device current when it joins
+      if (cuda_status == cudaSuccess) status = n.ncclCommInitRank(&group->comms[i], size, id, i);
+    }
+    const ncclResult_t end = n.ncclGroupEnd();
+    if (status != ncclSuccess || end != ncclSuccess || cuda_status != cudaSuccess) {
+      group->broken = true;  // abort whatever was made
+      TRAINER_CUDA_CHECK(cuda_status);
+      nccl_failed(status != ncclSuccess ? status : end, "ncclCommInitRank", __FILE__, __LINE__);
+    }
+  }
+  std::vector<std::unique_ptr<Communicator>> out;
+  out.reserve(size);
+  for (int i = 0; i < size; ++i)
+    out.push_back(std::unique_ptr<Communicator>(
+        new NcclCommunicator(group, i, i, size, devices[i], compute_streams[i])));
+  return out;
+}
+
+}  // namespace trainer::engine::dist
