@@ -9,9 +9,11 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <thread>
 #include <unordered_map>
 
 #include "cli/common.h"
+#include "engine/dist/bucket_reducer.h"
 #include "engine/plan/flops.h"
 #include "engine/train/session.h"
 #include "engine/util/error.h"
@@ -31,6 +33,7 @@ struct BenchOptions {
   int64_t warmup = 3;
   int64_t top = 10;
   bool quiet = false;
+  int devices = 1;  // CPU replicas sharing the global batch
 };
 
 struct Stats {
@@ -198,6 +201,82 @@ Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, 
   return m;
 }
 
+// The step on N CPU replicas, each with its share of the batch and of the CPU threads, gradient buckets
+// summed across them on communication threads (engine/dist/bucket_reducer.h), as trainer fit --devices N runs
+// it.
+struct ReplicaMeasurement {
+  std::vector<double> step_seconds;     // per step: until every replica has finished
+  std::vector<double> exposed_seconds;  // per step: the longest time a replica waited for a reduction
+};
+
+ReplicaMeasurement measure_replicas(int n, const engine::TrainingStep& step, const SyntheticBatch& data,
+                                    const engine::FitConfig& cfg, const BenchOptions& o) {
+  engine::CpuOptions co;
+  co.threads = std::max(1, engine::default_cpu_threads() / n);
+  engine::dist::ThreadGroup group(n);
+  std::vector<std::unique_ptr<engine::Backend>> backends;
+  std::vector<std::unique_ptr<engine::dist::Communicator>> comms;
+  std::vector<std::unique_ptr<engine::dist::BucketReducer>> reducers;
+  std::vector<std::unique_ptr<engine::Session>> sessions;
+  std::vector<std::vector<engine::dist::BucketReducer::Bucket>> buckets(n);
+  engine::PlanOptions po;
+  po.gradients = step.gradients;
+  po.bucket_bytes = cfg.bucket_bytes;
+  for (int k = 0; k < n; ++k) {
+    backends.push_back(engine::make_cpu_backend(co));
+    comms.push_back(group.communicator(k));
+    reducers.push_back(std::make_unique<engine::dist::BucketReducer>(comms.back().get(), nullptr, k));
+    sessions.push_back(std::make_unique<engine::Session>(step.graph, *backends.back(), po));
+    engine::Session& s = *sessions.back();
+    for (const engine::GradBucket& b : s.program().buckets) {
+      buckets[k].emplace_back();
+      for (engine::ValueId v : b.grads)
+        buckets[k].back().push_back(
+            {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
+    }
+    engine::dist::BucketReducer* r = reducers.back().get();
+    const auto* bs = &buckets[k];
+    s.executable().set_bucket_ready_hook([r, bs](int b) { r->ready(&(*bs)[b], b); });
+    s.executable().set_bucket_wait_hook([r](int b) { r->wait(b); });
+  }
+  const float lr = static_cast<float>(cfg.schedule.base);
+  ReplicaMeasurement m;
+  for (int64_t i = 0; i < o.warmup + o.steps; ++i) {
+    for (int k = 0; k < n; ++k) {
+      engine::Session& s = *sessions[k];
+      s.write(step.x, data.x);
+      s.write(step.y, data.y);
+      const int64_t iteration = i + 1;
+      s.write(step.learning_rate, &lr, sizeof lr);
+      s.write(step.iteration, &iteration, sizeof iteration);
+      reducers[k]->begin_step(s.program().buckets.size(), i, 1.0 / n);
+      reducers[k]->reset_exposed();
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> threads;
+    std::vector<std::exception_ptr> errors(n);
+    for (int k = 0; k < n; ++k)
+      threads.emplace_back([&, k] {
+        try {
+          sessions[k]->run(engine::StepContext{static_cast<uint64_t>(i), cfg.seed,
+                                               static_cast<uint64_t>(k * data.x.shape()[0])});
+        } catch (...) {
+          errors[k] = std::current_exception();
+        }
+      });
+    for (std::thread& t : threads) t.join();
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i < o.warmup) continue;
+    double exposed = 0;
+    for (const auto& r : reducers) exposed = std::max(exposed, r->exposed_seconds());
+    m.step_seconds.push_back(seconds);
+    m.exposed_seconds.push_back(exposed);
+  }
+  return m;
+}
+
 std::string stats_json(const Stats& s) {
   return json_object({{"median", json_number(1e3 * s.median)},
                       {"mean", json_number(1e3 * s.mean)},
@@ -238,6 +317,11 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", o->warmup, "Untimed steps first (default 3)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--top", o->top, "Ops the table on stderr lists, slowest first (default 10)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option(
+         "--devices", o->devices,
+         "Also time the step on N CPU replicas sharing the batch, as trainer fit --devices N runs it: "
+         "compute, exposed communication, scaling efficiency against one device")
+      ->check(CLI::Range(1, 1024));
   device->add(cmd, true);
   cmd->add_flag("-q,--quiet", o->quiet, "Print nothing on stderr but errors");
   auto run = [=]() -> int {
@@ -270,6 +354,32 @@ Command add_bench_command(CLI::App& app) {
       without_graph.no_cuda_graph = true;
       auto backend = without_graph.open(s, true).backend;
       eager = measure(*backend, step, data, cfg, *o, true);
+    }
+
+    // N CPU replicas on the same global batch: strong scaling against the single device measured above.
+    std::vector<std::pair<std::string, std::string>> replica_json;
+    Stats replica_stats, exposed_stats;
+    if (o->devices > 1) {
+      if (eager.device.rfind("CPU", 0) != 0)
+        throw InputError("--devices", "--devices times CPU replicas, and this bench runs on a GPU",
+                         "add --device cpu");
+      if (batch % o->devices != 0)
+        throw InputError("--devices",
+                         fmt::format("the batch of {} does not divide among {} replicas", batch, o->devices),
+                         "choose --batch-size as a multiple of --devices");
+      const engine::TrainingStep rstep =
+          at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, batch / o->devices); });
+      const SyntheticBatch rdata = synthetic_batch(rstep, cfg);
+      const ReplicaMeasurement rm = measure_replicas(o->devices, rstep, rdata, cfg, *o);
+      replica_stats = stats_of(rm.step_seconds);
+      exposed_stats = stats_of(rm.exposed_seconds);
+      const double reference = stats_of(eager.step_seconds).median;
+      replica_json = {{"replicas", std::to_string(o->devices)},
+                      {"step_ms", stats_json(replica_stats)},
+                      {"exposed_comm_ms", json_number(1e3 * exposed_stats.median)},
+                      {"compute_ms", json_number(1e3 * (replica_stats.median - exposed_stats.median))},
+                      {"samples_per_s", json_number(batch / replica_stats.median)},
+                      {"scaling_efficiency", json_number(reference / replica_stats.median)}};
     }
 
     const int64_t flops = eager.flops;
@@ -323,6 +433,7 @@ Command add_bench_command(CLI::App& app) {
         {"ops_ms_per_step", timed_ops ? json_number(1e3 * ops_s) : "null"},
         {"phases", timed_ops ? json_object(phases) : "null"},
         {"ops", "[" + fmt::format("{}", fmt::join(ops_json, ", ")) + "]"},
+        {"replicas", replica_json.empty() ? "null" : json_object(replica_json)},
     }));
 
     // Times measured on NaN or infinities may not be those of training (denormals, branches).
@@ -345,6 +456,14 @@ Command add_bench_command(CLI::App& app) {
     out.say("Host time per step {:.1f} us (until run() returns) · device memory {:.1f} MiB\n",
             1e6 * stats_of(have_replay ? replay.host_seconds : eager.host_seconds).median,
             (have_replay ? replay.device_bytes : eager.device_bytes) / 1048576.0);
+    if (!replica_json.empty())
+      out.say(
+          "{} CPU replicas: step {:.3f} ms median (compute {:.3f} ms, exposed communication {:.3f} ms) · "
+          "{:.0f} "
+          "samples/s · scaling efficiency {:.0f}% against one device\n",
+          o->devices, 1e3 * replica_stats.median, 1e3 * (replica_stats.median - exposed_stats.median),
+          1e3 * exposed_stats.median, batch / replica_stats.median,
+          100 * stats_of(eager.step_seconds).median / replica_stats.median);
     if (!timed_ops) {
       out.say("(this backend does not time kernels one by one)\n");
       return 0;

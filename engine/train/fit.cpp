@@ -16,6 +16,7 @@
 #include <numbers>
 #include <thread>
 
+#include "engine/dist/bucket_reducer.h"
 #include "engine/ir/op_schema.h"
 #include "engine/train/session.h"
 #include "engine/train/training.h"
@@ -312,117 +313,6 @@ Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, c
   return acc.logs(prefix);
 }
 
-// One replica's communication thread: the ready hook (on the compute thread) weights a finished bucket's
-// gradients and queues it; this thread sums it across the replicas while backward goes on; the wait hook
-// blocks the compute thread only where a step reads the bucket (the gradient clipping or the optimizer
-// update).
-class BucketReducer {
- public:
-  struct Grad {
-    void* data;
-    int64_t count;
-    DType dtype;
-  };
-  using Bucket = std::vector<Grad>;
-
-  BucketReducer(dist::Communicator* comm, Trace* trace, int replica)
-      : comm_(comm), trace_(trace), replica_(replica), thread_([this] { loop(); }) {
-    if (trace_) {
-      trace_->name_thread(2 * replica_, fmt::format("replica {}", replica_));
-      trace_->name_thread(2 * replica_ + 1, fmt::format("replica {} communication", replica_));
-    }
-  }
-  ~BucketReducer() { shutdown(); }
-
-  // Stops the thread; false when it did not come back within a second (stuck in a collective with a stalled
-  // replica): it is then detached, and the reducer must be left alive (threads may still wait on it).
-  bool shutdown() {
-    if (!thread_.joinable()) return true;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    std::unique_lock<std::mutex> lock(mu_);
-    const bool exited = cv_.wait_for(lock, std::chrono::seconds(1), [&] { return exited_; });
-    lock.unlock();
-    if (exited)
-      thread_.join();
-    else
-      thread_.detach();
-    return exited;
-  }
-
-  void begin_step(size_t buckets, int64_t step, double weight) {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_.assign(buckets, false);
-    step_ = step;
-    weight_ = weight;
-  }
-
-  void ready(const Bucket* bucket, int b) {
-    const auto now = Trace::Clock::now();
-    for (const Grad& g : *bucket) dist::scale_in_place(g.data, g.count, g.dtype, weight_);
-    if (trace_)
-      trace_->instant("bucket ready", 2 * replica_, now,
-                      fmt::format("\"bucket\": {}, \"step\": {}", b, step_));
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back({bucket, b});
-    }
-    cv_.notify_all();
-  }
-
-  void wait(int b) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return error_ || done_[b]; });
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  void loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) break;
-      auto [bucket, b] = queue_.front();
-      queue_.pop_front();
-      const int64_t step = step_;
-      lock.unlock();
-      const auto start = Trace::Clock::now();
-      std::exception_ptr error;
-      try {
-        for (const Grad& g : *bucket) comm_->all_reduce_sum(g.data, g.count, g.dtype, {b, step});
-      } catch (...) {
-        error = std::current_exception();
-      }
-      if (trace_)
-        trace_->span("reduce bucket", 2 * replica_ + 1, start, Trace::Clock::now(),
-                     fmt::format("\"bucket\": {}, \"step\": {}", b, step));
-      lock.lock();
-      if (error) error_ = error;
-      if (b < static_cast<int>(done_.size())) done_[b] = true;
-      cv_.notify_all();
-      if (error_) break;
-    }
-    exited_ = true;
-    cv_.notify_all();
-  }
-
-  dist::Communicator* comm_;
-  Trace* trace_;
-  const int replica_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::pair<const Bucket*, int>> queue_;
-  std::vector<bool> done_;
-  int64_t step_ = 0;
-  double weight_ = 1;
-  bool stop_ = false, exited_ = false;
-  std::exception_ptr error_;
-  std::thread thread_;  // last: it starts once everything above exists
-};
-
 // Runs f(0) here and f(1..n-1) on threads of their own, and raises the first exception once they have ended.
 // After an exception (a collective's timeout), a replica that still has not ended a second later is
 // stuck (a hung or stalled rank): it is left behind, detached, so the error reaches the caller, which ends
@@ -588,28 +478,29 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   // A reducer whose thread is stuck (after a collective's timeout) is deliberately leaked: threads of the run
   // that are still blocked on it would otherwise wait on a destroyed condition variable. The process is
   // ending.
-  struct Reducers : std::vector<std::unique_ptr<BucketReducer>> {
+  struct Reducers : std::vector<std::unique_ptr<dist::BucketReducer>> {
     ~Reducers() {
       for (auto& r : *this)
         if (!r->shutdown()) (void)r.release();
     }
   };
   Reducers reducers;
-  std::map<std::pair<int, int64_t>, std::vector<BucketReducer::Bucket>> plan_buckets;  // (replica, batch)
+  std::map<std::pair<int, int64_t>, std::vector<dist::BucketReducer::Bucket>>
+      plan_buckets;  // (replica, batch)
   if (world > 1)
     for (int k = 0; k < local; ++k) {
-      reducers.push_back(std::make_unique<BucketReducer>(replicas.comms[k], replicas.trace, k));
+      reducers.push_back(std::make_unique<dist::BucketReducer>(replicas.comms[k], replicas.trace, k));
       for (const auto& [n, p] : devs[k]->train_plans()) {
         Session& s = devs[k]->plans().session(p.index);
-        std::vector<BucketReducer::Bucket>& buckets = plan_buckets[{k, n}];
+        std::vector<dist::BucketReducer::Bucket>& buckets = plan_buckets[{k, n}];
         for (const GradBucket& b : s.program().buckets) {
           buckets.emplace_back();
           for (ValueId v : b.grads)
             buckets.back().push_back(
                 {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
         }
-        BucketReducer* r = reducers.back().get();
-        const std::vector<BucketReducer::Bucket>* bs = &buckets;
+        dist::BucketReducer* r = reducers.back().get();
+        const std::vector<dist::BucketReducer::Bucket>* bs = &buckets;
         s.executable().set_bucket_ready_hook([r, bs](int b) { r->ready(&(*bs)[b], b); });
         s.executable().set_bucket_wait_hook([r](int b) { r->wait(b); });
       }

@@ -142,6 +142,23 @@ class Bench(unittest.TestCase):
         self.assertEqual(err, "")
         self.assertTrue(math.isfinite(d["step_ms"]["median"]))
 
+    def test_cpu_replicas(self):
+        # --devices 2: the step on two CPU replicas sharing the batch, with the communication backward did not
+        # hide; a batch they do not share evenly is refused.
+        report, err = bench(self, MLP, "--devices", "2")
+        rep = report["replicas"]
+        self.assertEqual(rep["replicas"], 2)
+        for k in ("exposed_comm_ms", "compute_ms", "samples_per_s", "scaling_efficiency"):
+            self.assertGreaterEqual(rep[k], 0, k)
+        self.assertGreater(rep["step_ms"]["median"], 0)
+        self.assertAlmostEqual(rep["compute_ms"] + rep["exposed_comm_ms"], rep["step_ms"]["median"], places=6)
+        self.assertGreater(rep["scaling_efficiency"], 0)
+        self.assertIn("2 CPU replicas", err)
+        self.assertIsNone(bench(self, MLP)[0]["replicas"])
+        r = run(["bench", MLP, *FAST, "--devices", "3"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("does not divide among 3 replicas", r.stderr)
+
     def test_bad_flags_exit_2(self):
         for args in (["--steps", "0"], ["--steps", "many"], ["--warmup", "-1"], ["--top", "-2"],
                      ["--device", "tpu"], ["--no-such-flag"], ["--batch-size", "0"]):

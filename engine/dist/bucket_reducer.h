@@ -1,0 +1,134 @@
+// A replica's communication thread for data parallelism: the bucket-ready hook (on the compute thread)
+// weights a finished gradient bucket and queues it; this thread sums it across the replicas while backward
+// goes on; the bucket-wait hook blocks the compute thread only where a step reads the bucket. It also
+// measures how long the compute thread waited (the communication backward did not hide).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/dist/communicator.h"
+#include "engine/train/trace.h"
+
+namespace trainer::engine::dist {
+
+class BucketReducer {
+ public:
+  struct Grad {
+    void* data;
+    int64_t count;
+    DType dtype;
+  };
+  using Bucket = std::vector<Grad>;
+
+  BucketReducer(Communicator* comm, Trace* trace, int replica)
+      : comm_(comm), trace_(trace), replica_(replica), thread_([this] { loop(); }) {
+    if (trace_) {
+      trace_->name_thread(2 * replica_, fmt::format("replica {}", replica_));
+      trace_->name_thread(2 * replica_ + 1, fmt::format("replica {} communication", replica_));
+    }
+  }
+  ~BucketReducer() { shutdown(); }
+
+  // Stops the thread; false when it did not come back within a second (stuck in a collective with a stalled
+  // replica): it is then detached, and the reducer must be left alive (threads may still wait on it).
+  bool shutdown() {
+    if (!thread_.joinable()) return true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool exited = cv_.wait_for(lock, std::chrono::seconds(1), [&] { return exited_; });
+    lock.unlock();
+    if (exited)
+      thread_.join();
+    else
+      thread_.detach();
+    return exited;
+  }
+
+  void begin_step(size_t buckets, int64_t step, double weight) {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_.assign(buckets, false);
+    step_ = step;
+    weight_ = weight;
+  }
+
+  void ready(const Bucket* bucket, int b) {
+    const auto now = Trace::Clock::now();
+    for (const Grad& g : *bucket) scale_in_place(g.data, g.count, g.dtype, weight_);
+    if (trace_)
+      trace_->instant("bucket ready", 2 * replica_, now,
+                      fmt::format("\"bucket\": {}, \"step\": {}", b, step_));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({bucket, b});
+    }
+    cv_.notify_all();
+  }
+
+  void wait(int b) {
+    const auto start = Trace::Clock::now();
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return error_ || done_[b]; });
+    waited_ += Trace::Clock::now() - start;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  // Time the compute thread spent in wait() since the last reset: communication that backward did not hide.
+  double exposed_seconds() const { return std::chrono::duration<double>(waited_).count(); }
+  void reset_exposed() { waited_ = {}; }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) break;
+      auto [bucket, b] = queue_.front();
+      queue_.pop_front();
+      const int64_t step = step_;
+      lock.unlock();
+      const auto start = Trace::Clock::now();
+      std::exception_ptr error;
+      try {
+        for (const Grad& g : *bucket) comm_->all_reduce_sum(g.data, g.count, g.dtype, {b, step});
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (trace_)
+        trace_->span("reduce bucket", 2 * replica_ + 1, start, Trace::Clock::now(),
+                     fmt::format("\"bucket\": {}, \"step\": {}", b, step));
+      lock.lock();
+      if (error) error_ = error;
+      if (b < static_cast<int>(done_.size())) done_[b] = true;
+      cv_.notify_all();
+      if (error_) break;
+    }
+    exited_ = true;
+    cv_.notify_all();
+  }
+
+  Communicator* comm_;
+  Trace* trace_;
+  const int replica_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<const Bucket*, int>> queue_;
+  std::vector<bool> done_;
+  int64_t step_ = 0;
+  double weight_ = 1;
+  bool stop_ = false, exited_ = false;
+  std::exception_ptr error_;
+  Trace::Clock::duration waited_{};
+  std::thread thread_;  // last: it starts once everything above exists
+};
+
+}  // namespace trainer::engine::dist
