@@ -449,6 +449,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.optimizer.weight_decay = static_cast<float>(o.weight_decay);
   c.clipnorm = static_cast<float>(o.clipnorm);
   c.bucket_bytes = static_cast<size_t>(spec.parallel.bucket_mb * 1e6);
+  c.shard_optimizer = spec.parallel.shard_optimizer;
   const formats::ScheduleSpec& s = o.schedule;
   c.schedule.kind = s.kind;
   c.schedule.base = o.learning_rate;

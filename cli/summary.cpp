@@ -27,9 +27,14 @@ Command add_summary_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("summary", "Print the model's layers, parameters, FLOPs and planned memory");
   auto spec = std::make_shared<SpecOptions>();
   auto json = std::make_shared<bool>(false);
+  auto devices = std::make_shared<int>(1);
   spec->add_spec(cmd);
   spec->add_overrides(cmd, false);
   cmd->add_flag("--json", *json, "Print one JSON object instead of the table");
+  cmd->add_option("--devices", *devices,
+                  "Replicas of a data-parallel run: the optimizer state one of them holds, with [parallel] "
+                  "shard_optimizer")
+      ->check(CLI::Range(1, 1024));
   auto run = [=]() -> int {
     formats::ModelSpec s = spec->load();
     int64_t batch = s.train.batch_size;
@@ -37,6 +42,8 @@ Command add_summary_command(CLI::App& app) {
     auto backend = engine::make_cpu_backend();
     size_t bytes = at_spec_places(
         s, [&] { return engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend); });
+    const engine::OptimizerStateBytes state = at_spec_places(
+        s, [&] { return engine::optimizer_state_bytes(model_factory(s), fit_config(s), batch, *devices); });
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;
@@ -53,12 +60,16 @@ Command add_summary_command(CLI::App& app) {
                                {"params", std::to_string(l.params)},
                                {"flops_per_sample", std::to_string(l.flops_per_sample)}});
       }
-      fmt::print("{}\n", json_object({{"layers", "[" + layers + "]"},
-                                      {"total_params", std::to_string(total)},
-                                      {"trainable_params", std::to_string(trainable)},
-                                      {"flops_per_sample", std::to_string(flops)},
-                                      {"batch_size", std::to_string(batch)},
-                                      {"planned_bytes", std::to_string(bytes)}}));
+      fmt::print("{}\n",
+                 json_object({{"layers", "[" + layers + "]"},
+                              {"total_params", std::to_string(total)},
+                              {"trainable_params", std::to_string(trainable)},
+                              {"flops_per_sample", std::to_string(flops)},
+                              {"batch_size", std::to_string(batch)},
+                              {"planned_bytes", std::to_string(bytes)},
+                              {"optimizer_state_bytes", std::to_string(state.total)},
+                              {"replicas", std::to_string(*devices)},
+                              {"optimizer_state_bytes_per_replica", std::to_string(state.per_replica)}}));
       return 0;
     }
     size_t wn = 5, wt = 4, ws = 12;
@@ -79,6 +90,12 @@ Command add_summary_command(CLI::App& app) {
     fmt::print("FLOPs per sample (forward): {}\n", grouped(flops));
     fmt::print("Planned memory of a training step at batch {}: {:.2f} MiB per device\n", batch,
                bytes / 1048576.0);
+    if (*devices > 1 && s.parallel.shard_optimizer)
+      fmt::print("Optimizer state: {:.2f} MiB, sharded over {} replicas: {:.2f} MiB per replica\n",
+                 state.total / 1048576.0, *devices, state.per_replica / 1048576.0);
+    else
+      fmt::print("Optimizer state: {:.2f} MiB per replica{}\n", state.total / 1048576.0,
+                 *devices > 1 ? " ([parallel] shard_optimizer = true divides it among the replicas)" : "");
     return 0;
   };
   return {cmd, run};

@@ -37,7 +37,7 @@ constexpr std::string_view kSetPrefix = "--set ";
 
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
 const Keys kRootKeys = {"format_version", "model", "data", "train", "parallel"};
-const Keys kParallelKeys = {"bucket_mb"};
+const Keys kParallelKeys = {"bucket_mb", "shard_optimizer"};
 const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
@@ -1055,6 +1055,7 @@ ModelSpec parse_spec(const std::string& text, const std::string& path,
     if (t.get("bucket_mb", spec.parallel.bucket_mb) && !(spec.parallel.bucket_mb > 0))
       t.fail("bucket_mb", fmt::format("parallel.bucket_mb must be positive, not {}", spec.parallel.bucket_mb),
              "25 (MB of gradients per reduction) suits most models");
+    t.get("shard_optimizer", spec.parallel.shard_optimizer);
   }
   return spec;
 }

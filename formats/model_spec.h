@@ -181,6 +181,9 @@ struct TrainSection {
 struct ParallelSection {
   double bucket_mb =
       25;  // gradients per bucket, in MB (1e6 bytes): each bucket is reduced as soon as it is ready
+  // ZeRO-1: each replica keeps the optimizer state of its share of the parameters, updates only those, and
+  // sends the new values to the others.
+  bool shard_optimizer = false;
   SourcePos pos;
   bool operator==(const ParallelSection&) const = default;
 };

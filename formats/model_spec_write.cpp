@@ -200,6 +200,7 @@ std::string to_toml(const ModelSpec& spec) {
   }
   w.header("[parallel]");
   w.kv("bucket_mb", spec.parallel.bucket_mb);
+  w.kv("shard_optimizer", spec.parallel.shard_optimizer);
   return std::move(w).str();
 }
 

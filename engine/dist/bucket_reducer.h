@@ -23,6 +23,7 @@ class BucketReducer {
     void* data;
     int64_t count;
     DType dtype;
+    int owner = -1;  // ZeRO-1: the rank that updates this parameter, the only one that needs the sum; -1: all
   };
   using Bucket = std::vector<Grad>;
 
@@ -99,7 +100,12 @@ class BucketReducer {
       const auto start = Trace::Clock::now();
       std::exception_ptr error;
       try {
-        for (const Grad& g : *bucket) comm_->all_reduce_sum(g.data, g.count, g.dtype, {b, step});
+        for (const Grad& g : *bucket) {
+          if (g.owner >= 0)
+            comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
+          else
+            comm_->all_reduce_sum(g.data, g.count, g.dtype, {b, step});
+        }
       } catch (...) {
         error = std::current_exception();
       }

@@ -88,10 +88,23 @@ class ThreadCommunicator final : public Communicator {
     // back to every buffer. Slices are disjoint, so no two ranks touch one element.
     const int64_t lo = count * rank_ / s_.size, hi = count * (rank_ + 1) / s_.size;
     if (dtype == DType::f32)
-      reduce_slice<float>(lo, hi);
+      reduce_slice<float>(lo, hi, -1);
     else
-      reduce_slice<double>(lo, hi);
+      reduce_slice<double>(lo, hi, -1);
     rendezvous("all_reduce", tag);
+  }
+
+  void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag) override {
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "reduce_sum of {}", dtype_name(dtype));
+    begin("reduce", tag);
+    publish(data);
+    rendezvous("reduce", tag);
+    const int64_t lo = count * rank_ / s_.size, hi = count * (rank_ + 1) / s_.size;
+    if (dtype == DType::f32)
+      reduce_slice<float>(lo, hi, root);
+    else
+      reduce_slice<double>(lo, hi, root);
+    rendezvous("reduce", tag);
   }
 
   void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) override {
@@ -108,12 +121,17 @@ class ThreadCommunicator final : public Communicator {
   }
 
  private:
+  // root < 0: every rank's buffer receives the sum; else only root's.
   template <class T>
-  void reduce_slice(int64_t lo, int64_t hi) {
+  void reduce_slice(int64_t lo, int64_t hi, int root) {
     for (int64_t i = lo; i < hi; ++i) {
       T sum = static_cast<const T*>(s_.ptrs[0])[i];
       for (int k = 1; k < s_.size; ++k) sum += static_cast<const T*>(s_.ptrs[k])[i];
-      for (int k = 0; k < s_.size; ++k) static_cast<T*>(s_.ptrs[k])[i] = sum;
+      if (root >= 0) {
+        static_cast<T*>(s_.ptrs[root])[i] = sum;
+      } else {
+        for (int k = 0; k < s_.size; ++k) static_cast<T*>(s_.ptrs[k])[i] = sum;
+      }
     }
   }
 

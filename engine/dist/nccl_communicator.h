@@ -52,6 +52,7 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag = {}) override;
   // root's `bytes` at `data` (device memory) to every rank, in place.
   void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) override;
+  void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag = {}) override;
   // Every rank has reached its barrier (an all-reduce of one int) and every collective enqueued before it on
   // this rank has completed.
   void barrier(const CollectiveTag& tag = {}) override;

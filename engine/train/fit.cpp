@@ -16,6 +16,7 @@
 #include <numbers>
 #include <thread>
 
+#include "engine/autodiff/autodiff.h"
 #include "engine/dist/bucket_reducer.h"
 #include "engine/ir/op_schema.h"
 #include "engine/train/session.h"
@@ -200,6 +201,7 @@ struct Plan {
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue, lr = kNoValue, iteration = kNoValue;
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
+  std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
 };
 
 double read_scalar(Session& s, ValueId v) {
@@ -231,10 +233,13 @@ class Device {
                eval_batches(eval_samples, cfg)) {}
 
   // Plans for exactly these training and evaluation batch sizes (a replica plans its slices of the batches).
+  // `owned`: ZeRO-1's parameters of this replica (the others get no optimizer update here).
   Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend,
-         const std::vector<int64_t>& train, const std::vector<int64_t>& eval)
+         const std::vector<int64_t>& train, const std::vector<int64_t>& eval,
+         std::optional<std::set<std::string>> owned = std::nullopt)
       : plans_(backend) {
     TrainingOptions topt = training_options(cfg);
+    topt.owned = std::move(owned);
     for (int64_t batch : train) {
       LossGraph lg = add_loss(factory(batch, true), batch, cfg);
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
@@ -242,18 +247,33 @@ class Device {
       PlanOptions po;
       po.gradients = tg.gradients;
       po.bucket_bytes = cfg.bucket_bytes;
-      train_[batch] = Plan{plans_.add(tg.graph, po), lg.x,         lg.y, lg.output, lg.loss,
-                           tg.learning_rate,         tg.iteration, batch};
+      train_[batch] = make_plan(plans_.add(tg.graph, po), lg, tg.learning_rate, tg.iteration, batch);
       train_[batch].loss_scale = tg.loss_scale;
       train_[batch].grads_finite = tg.grads_finite;
+      const std::vector<ValueId> params = trainable_parameters(*tg.graph);
+      for (size_t i = 0; i < params.size() && i < tg.gradients.size(); ++i)
+        train_[batch].grad_param[tg.gradients[i]] = tg.graph->value(params[i]).name;
     }
     for (int64_t batch : eval) {
       if (eval_.count(batch)) continue;
       LossGraph lg = add_loss(factory(batch, false), batch, cfg);
       apply_precision(*lg.graph, cfg.precision);
-      eval_[batch] = Plan{plans_.add(lg.graph), lg.x, lg.y, lg.output, lg.loss, kNoValue, kNoValue, batch};
+      eval_[batch] = make_plan(plans_.add(lg.graph), lg, kNoValue, kNoValue, batch);
     }
     plans_.finalize();
+  }
+
+  static Plan make_plan(int index, const LossGraph& lg, ValueId lr, ValueId iteration, int64_t batch) {
+    Plan p;
+    p.index = index;
+    p.x = lg.x;
+    p.y = lg.y;
+    p.output = lg.output;
+    p.loss = lg.loss;
+    p.lr = lr;
+    p.iteration = iteration;
+    p.batch = batch;
+    return p;
   }
 
   static std::vector<int64_t> eval_batches(const std::vector<int64_t>& samples, const FitConfig& cfg) {
@@ -311,6 +331,19 @@ Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, c
     acc.add(loss, out_buf.data(), batch.y, batch.size, classes_of(g, p.output));
   }
   return acc.logs(prefix);
+}
+
+// ZeRO-1's owners: in the model's order, each parameter goes to the rank with the fewest bytes so far (the
+// lowest rank on ties), so every rank computes the same assignment.
+std::map<std::string, int> shard_owners(const Graph& g, int world) {
+  std::map<std::string, int> owner;
+  std::vector<size_t> load(world, 0);
+  for (ValueId p : trainable_parameters(g)) {
+    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    load[r] += g.value(p).nbytes();
+    owner[g.value(p).name] = r;
+  }
+  return owner;
 }
 
 // Runs f(0) here and f(1..n-1) on threads of their own, and raises the first exception once they have ended.
@@ -403,6 +436,25 @@ void load_named_values(Session& s, const std::vector<std::pair<std::string, Tens
   }
 }
 
+// Into replicas that hold parts of the state (ZeRO-1): each takes the values it has; every value must land
+// somewhere.
+void load_named_values(const std::vector<Session*>& sessions,
+                       const std::vector<std::pair<std::string, Tensor>>& values) {
+  if (sessions.size() == 1) return load_named_values(*sessions[0], values);
+  for (const auto& [name, t] : values) {
+    bool landed = false;
+    for (Session* s : sessions) {
+      ValueId v = s->graph().find(name);
+      if (v == kNoValue || !s->graph().value(v).persistent()) continue;
+      s->write(v, t);
+      landed = true;
+    }
+    if (!landed)
+      throw InputError(name, fmt::format("the checkpoint holds '{}', which this model does not have", name),
+                       "resume with the spec the checkpoint was written with");
+  }
+}
+
 bool improves(bool have, double best, double value, bool maximize, double min_delta) {
   return !have || (maximize ? value > best + min_delta : value < best - min_delta);
 }
@@ -460,6 +512,22 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
             "replica");
   }
   // Every replica plans its slices of the training batches; the first replica of the process evaluates.
+  // ZeRO-1: every parameter gets one owner rank, the least loaded by bytes so far, in the model's order, so
+  // every rank computes the same assignment.
+  const bool sharded = cfg.shard_optimizer && world > 1;
+  std::map<std::string, int> owner_of;
+  std::vector<std::string> param_order;
+  if (sharded) {
+    if (local != world)
+      throw InputError("parallel.shard_optimizer",
+                       "shard_optimizer works with replicas in one process (--devices N) for now",
+                       "leave shard_optimizer out under mpirun or srun");
+    ForwardModel probe = factory(cfg.batch_size, true);
+    owner_of = shard_owners(probe.graph, world);
+    for (ValueId p : trainable_parameters(probe.graph)) param_order.push_back(probe.graph.value(p).name);
+  }
+  // With clipping or loss scaling every rank reads every gradient: they are then summed everywhere.
+  const bool reduce_to_owner = sharded && cfg.clipnorm <= 0 && cfg.precision != Precision::fp16;
   std::vector<std::unique_ptr<Device>> devs;
   for (int k = 0; k < local; ++k) {
     std::vector<int64_t> slices;
@@ -469,9 +537,32 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
     std::vector<int64_t> eval;
     if (k == 0) eval = Device::eval_batches({n_val, test ? test->size() : 0}, cfg);
-    devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval));
+    std::optional<std::set<std::string>> owned;
+    if (sharded) {
+      owned.emplace();
+      for (const auto& [name, r] : owner_of)
+        if (r == replicas.first_rank + k) owned->insert(name);
+    }
+    devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, owned));
   }
   Device& dev = *devs[0];
+  std::vector<Session*> weight_sessions;
+  for (auto& d : devs) weight_sessions.push_back(&d->weights_session());
+  // ZeRO-1: after its update, each parameter goes from its owner to every replica.
+  struct Shared {
+    void* data;
+    size_t bytes;
+    int owner;
+  };
+  std::vector<std::vector<Shared>> shared_params(local);
+  if (sharded)
+    for (int k = 0; k < local; ++k) {
+      Session& w = devs[k]->weights_session();
+      for (const std::string& name : param_order) {
+        const ValueId v = w.graph().find(name);
+        shared_params[k].push_back({w.device_pointer(v), w.graph().value(v).nbytes(), owner_of.at(name)});
+      }
+    }
   // Gradient buckets are summed across ranks as backward produces them, each rank's gradient first weighted
   // by its share of the global batch, so the sum is the gradient of the global batch's mean loss. The sums
   // run on a communication thread per replica, overlapping the rest of backward.
@@ -495,9 +586,12 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         std::vector<dist::BucketReducer::Bucket>& buckets = plan_buckets[{k, n}];
         for (const GradBucket& b : s.program().buckets) {
           buckets.emplace_back();
-          for (ValueId v : b.grads)
+          for (ValueId v : b.grads) {
+            int owner = -1;
+            if (reduce_to_owner) owner = owner_of.at(p.grad_param.at(v));
             buckets.back().push_back(
-                {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
+                {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype, owner});
+          }
         }
         dist::BucketReducer* r = reducers.back().get();
         const std::vector<dist::BucketReducer::Bucket>* bs = &buckets;
@@ -530,7 +624,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   if (resume) {
     st = *resume;
     st.values.clear();
-    for (auto& d : devs) load_named_values(d->weights_session(), resume->values);
+    load_named_values(weight_sessions, resume->values);
     if (st.batch > info.steps_per_epoch)
       throw InputError("checkpoint",
                        fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
@@ -553,6 +647,14 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     TrainingState c = st;
     c.history = result.history;
     c.values = named_values(dev.weights_session());
+    if (sharded) {
+      // The other replicas hold the optimizer state of the parameters they own.
+      std::set<std::string> have;
+      for (const auto& [name, t] : c.values) have.insert(name);
+      for (int k = 1; k < local; ++k)
+        for (auto& [name, t] : named_values(devs[k]->weights_session()))
+          if (have.insert(name).second) c.values.emplace_back(name, std::move(t));
+    }
     return c;
   };
   bool have_saved_best = false;
@@ -592,6 +694,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
                                   static_cast<double>(hi - lo) / batch.size);
         const auto t0 = Trace::Clock::now();
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
+        for (const Shared& sp : shared_params[k])
+          replicas.comms[k]->broadcast(sp.data, sp.bytes, sp.owner, {-1, st.global_step});
         if (replicas.trace)
           replicas.trace->span("step", 2 * k, t0, Trace::Clock::now(),
                                fmt::format("\"step\": {}", st.global_step));
@@ -702,7 +806,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         st.waited = 0;
         st.best_epoch = rep.epoch;
         result.best_epoch = rep.epoch;
-        if (es.restore_best_weights) st.best_values = named_values(dev.weights_session());
+        if (es.restore_best_weights) st.best_values = capture().values;
       } else if (++st.waited > es.patience) {
         stop = true;
       }
@@ -730,7 +834,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
   }
   if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty())
-    for (auto& d : devs) load_named_values(d->weights_session(), st.best_values);
+    load_named_values(weight_sessions, st.best_values);
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
     result.test = evaluate_on(dev, test_loader, cfg, "test_", out_buf);
@@ -748,6 +852,24 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   PlanOptions po;
   po.alignment = backend.alignment();
   return plan_program(tg.graph, po).arena_bytes();
+}
+
+OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
+                                          int replicas) {
+  LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+  const std::map<std::string, int> owner = shard_owners(*lg.graph, std::max(1, replicas));
+  TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, training_options(cfg));
+  OptimizerStateBytes out;
+  std::vector<size_t> per(std::max(1, replicas), 0);
+  for (const OptimizerState& p : tg.parameters)
+    for (ValueId s : p.slots) {
+      const size_t b = tg.graph->value(s).nbytes();
+      out.total += b;
+      per[owner.at(tg.graph->value(p.param).name)] += b;
+    }
+  out.per_replica =
+      cfg.shard_optimizer && replicas > 1 ? *std::max_element(per.begin(), per.end()) : out.total;
+  return out;
 }
 
 TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch) {

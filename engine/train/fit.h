@@ -67,6 +67,7 @@ struct FitConfig {
   EarlyStopping early_stopping;
   Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h
   size_t bucket_bytes = 25'000'000;       // gradients per reduction bucket with several replicas
+  bool shard_optimizer = false;           // ZeRO-1 across replicas (see Replicas)
 };
 
 // The forward model for one batch size and mode. Parameter and state names must not depend on either, so that
@@ -186,6 +187,15 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
               const data::BatchFormat& format, const FitConfig& config, const Replicas& replicas,
               FitObserver& observer, const CheckpointPolicy& policy = {}, const SaveFn& save = {},
               const TrainingState* resume = nullptr);
+
+// The optimizer's state (moments, accumulators) in bytes: in all, and the most one of `replicas` replicas
+// holds (the whole with one replica or without shard_optimizer; about 1/replicas with it).
+struct OptimizerStateBytes {
+  size_t total = 0;
+  size_t per_replica = 0;
+};
+OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
+                                          int replicas);
 
 // Peak arena bytes of the training plan for one batch size (trainer summary).
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,

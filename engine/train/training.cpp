@@ -54,7 +54,13 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     g.mark_output(tg.gradient_norm);
   }
   std::vector<std::pair<ValueId, ValueId>> pg;
-  for (size_t i = 0; i < params.size(); ++i) pg.emplace_back(params[i], applied[i]);
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (options.owned && !options.owned->count(g.value(params[i]).name)) {
+      g.mark_output(tg.gradients[i]);  // reduced into by the ranks, read by nothing here
+      continue;
+    }
+    pg.emplace_back(params[i], applied[i]);
+  }
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
   if (tg.grads_finite != kNoValue) {
     // An overflowed step keeps every parameter and optimizer state: each update is selected against the old

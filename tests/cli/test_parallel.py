@@ -153,6 +153,41 @@ class Parallel(unittest.TestCase):
         overlapped = [s for s in last_ready if first_reduce.get(s, float("inf")) < last_ready[s]]
         self.assertGreater(len(overlapped), 0, "no reduction started before backward finished its buckets")
 
+    def test_sharded_optimizer_state_trains_what_the_unsharded_run_trains(self):
+        # ZeRO-1: each replica updates the parameters it owns and sends them on; the checkpoint gathers every
+        # optimizer state, and a sharded checkpoint resumes on one replica.
+        spec = "fashion_mnist/mlp.toml"
+        shard = ["--set", "parallel.shard_optimizer=true"]
+        plain = self.fit(spec, 2, os.path.join(self.tmp.name, "plain2"))
+        sharded = self.fit(spec, 2, os.path.join(self.tmp.name, "shard2"), *shard)
+        self.assertEqual(sorted(plain), sorted(sharded))
+        for name in plain:
+            np.testing.assert_array_equal(plain[name], sharded[name], err_msg=name)
+        one = self.fit(spec, 1, os.path.join(self.tmp.name, "one"))
+        self.assert_close(one, self.fit(spec, 4, os.path.join(self.tmp.name, "shard4"), *shard), "sharded on 4")
+        run_dir = os.path.join(self.tmp.name, "shard_ckpt")
+        straight = self.fit(spec, 4, run_dir, *shard, "--set", f"data.train.limit={STEPS * BATCH // 2}",
+                            "--set", "train.checkpoint.every_epochs=1", epochs=2)
+        out = os.path.join(self.tmp.name, "shard_resumed")
+        r = run(["fit", "--resume", os.path.join(run_dir, "epoch-1.ckpt"), "--device", "cpu", "--output-dir", out,
+                 "--quiet"], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_close(straight, read_checkpoint(os.path.join(out, "last.ckpt")), "sharded, resumed on 1")
+
+    def test_summary_reports_the_optimizer_state_per_replica(self):
+        import json
+        def summary(*extra):
+            r = run(["summary", sample("fashion_mnist/cnn.toml"), "--json", *extra])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return json.loads(r.stdout)
+        whole = summary("--devices", "4")
+        self.assertEqual(whole["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"])
+        shared = summary("--devices", "4", "--set", "parallel.shard_optimizer=true")
+        self.assertEqual(shared["optimizer_state_bytes"], whole["optimizer_state_bytes"])
+        self.assertLess(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"])
+        # Parameters are not split: a replica holds at least the largest parameter's state.
+        self.assertGreaterEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4)
+
     def test_replicas_are_cpu_devices(self):
         r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cuda", "--devices", "2"])
         self.assertEqual(r.returncode, 2, r.stderr)

@@ -99,6 +99,7 @@ namespace trainer::engine::cuda::lib {
   X(ncclGroupStart) \
   X(ncclGroupEnd) \
   X(ncclAllReduce) \
+  X(ncclReduce) \
   X(ncclReduceScatter) \
   X(ncclAllGather) \
   X(ncclBroadcast)
