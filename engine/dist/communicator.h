@@ -45,7 +45,8 @@ class Communicator {
   // of this rank's backend. The sum is taken in rank order, so results do not depend on timing.
   virtual void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag = {}) = 0;
   // data[i] at `root` = sum over ranks of data[i] (rank order); the other ranks' buffers are unchanged.
-  virtual void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag = {}) = 0;
+  virtual void reduce_sum(void* data, int64_t count, DType dtype, int root,
+                          const CollectiveTag& tag = {}) = 0;
   // Every rank receives root's `bytes` at data.
   virtual void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) = 0;
   virtual void barrier(const CollectiveTag& tag = {}) = 0;

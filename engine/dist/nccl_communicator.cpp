@@ -296,15 +296,16 @@ void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, co
   enqueued("all_reduce", tag, true);
 }
 
-void NcclCommunicator::reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag) {
+void NcclCommunicator::reduce_sum(void* data, int64_t count, DType dtype, int root,
+                                  const CollectiveTag& tag) {
   const ncclDataType_t type = nccl_type(dtype);
   TRAINER_ASSERT(root >= 0 && root < size_, "reduce to rank {} of {}", root, size_);
   DeviceScope scope(device_);
   begin("reduce", tag);
   if (count == 0) return;
   order_after_compute();
-  TRAINER_NCCL_CHECK(
-      lib::nccl().ncclReduce(data, data, static_cast<size_t>(count), type, ncclSum, root, comm(), comm_stream_));
+  TRAINER_NCCL_CHECK(lib::nccl().ncclReduce(data, data, static_cast<size_t>(count), type, ncclSum, root,
+                                            comm(), comm_stream_));
   enqueued("reduce", tag, true);
 }
 

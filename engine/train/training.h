@@ -30,8 +30,8 @@ struct TrainingOptions {
   bool loss_scaling = false;
   LossScaleOptions loss_scale;  // the Trainer's scaler (fit uses the defaults)
   // ZeRO-1: when set, only these parameters (by name) get an optimizer update and optimizer state in this
-  // replica's graph; the others' gradients are kept as graph outputs for their reduction, and their new values
-  // arrive from their owners (fit broadcasts them after the step).
+  // replica's graph; the others' gradients are kept as graph outputs for their reduction, and their new
+  // values arrive from their owners (fit broadcasts them after the step).
   std::optional<std::set<std::string>> owned;
 };
 
