@@ -330,6 +330,11 @@ Command add_bench_command(CLI::App& app) {
     read_onnx_bytes(s);
     const int64_t batch = s.train.batch_size;
     DeviceOptions::Opened opened = device->open(s, o->quiet);
+    if (!opened.more.empty())
+      throw InputError(
+          "--gpus",
+          fmt::format("{} GPUs were asked for, and this command runs on one", opened.devices.size()),
+          "give one: --gpus 1");
     engine::FitConfig cfg = fit_config(s);
     cfg.precision = opened.precision;
     const engine::TrainingStep step =

@@ -187,11 +187,6 @@ namespace {
 
 std::unique_ptr<engine::Backend> backend_for(const std::vector<int>& ids, bool cuda_graph, bool allow_tf32) {
   if (ids.empty()) return engine::make_cpu_backend();
-  if (ids.size() > 1)
-    throw InputError(
-        "--gpus",
-        fmt::format("{} GPUs were asked for; training on several GPUs is not built yet", ids.size()),
-        "train on one: --gpus 1");
   engine::CudaOptions o;
   o.device = ids.front();
   o.cuda_graph = cuda_graph;
@@ -202,7 +197,12 @@ std::unique_ptr<engine::Backend> backend_for(const std::vector<int>& ids, bool c
 }  // namespace
 
 std::unique_ptr<engine::Backend> DeviceOptions::make_backend(bool quiet) const {
-  return backend_for(cuda_device_ids(quiet), !no_cuda_graph, false);
+  const std::vector<int> ids = cuda_device_ids(quiet);
+  if (ids.size() > 1)
+    throw InputError("--gpus",
+                     fmt::format("{} GPUs were asked for, and this command runs on one", ids.size()),
+                     "give one: --gpus 1 (trainer fit trains on several)");
+  return backend_for(ids, !no_cuda_graph, false);
 }
 
 DeviceOptions::Opened DeviceOptions::open(const formats::ModelSpec& spec, bool quiet) const {
@@ -230,6 +230,9 @@ DeviceOptions::Opened DeviceOptions::open(const formats::ModelSpec& spec, bool q
                                  sm / 10, sm % 10),
                      "use precision = \"fp16\" or \"fp32\"");
   o.backend = backend_for(ids, !no_cuda_graph, o.precision == engine::Precision::tf32);
+  o.devices = ids;
+  for (size_t k = 1; k < ids.size(); ++k)
+    o.more.push_back(backend_for({ids[k]}, !no_cuda_graph, o.precision == engine::Precision::tf32));
   return o;
 }
 

@@ -61,8 +61,10 @@ struct DeviceOptions {
   // compute capability 8.0 or newer and fp32 otherwise; fp16 on the CPU is an InputError at the key; tf32
   // turns on TF32 in the GPU's GEMMs and convolutions (on the CPU it is fp32).
   struct Opened {
-    std::unique_ptr<engine::Backend> backend;
+    std::unique_ptr<engine::Backend> backend;  // the first device's
     engine::Precision precision = engine::Precision::fp32;
+    std::vector<int> devices;                            // the CUDA device ids (empty: the CPU)
+    std::vector<std::unique_ptr<engine::Backend>> more;  // the other devices' backends, with --gpus N
   };
   Opened open(const formats::ModelSpec& spec, bool quiet = false) const;
 };

@@ -82,6 +82,11 @@ Command add_evaluate_command(CLI::App& app) {
     if (ds->size() == 0) throw InputError(ds->describe(), "holds no samples", "");
     engine::FitConfig cfg = fit_config(spec);
     DeviceOptions::Opened opened = device->open(spec, *quiet);
+    if (!opened.more.empty())
+      throw InputError(
+          "--gpus",
+          fmt::format("{} GPUs were asked for, and this command runs on one", opened.devices.size()),
+          "give one: --gpus 1");
     auto& backend = opened.backend;
     cfg.precision = opened.precision;
     engine::Logs logs = at_spec_places(spec, [&] {

@@ -16,6 +16,9 @@
 #include "cli/checkpoint_io.h"
 #include "cli/common.h"
 #include "engine/dist/mpi_communicator.h"
+#if TRAINER_HAVE_CUDA
+#include "engine/dist/nccl_communicator.h"
+#endif
 #include "engine/util/error.h"
 #include "formats/atomic_file.h"
 
@@ -258,7 +261,9 @@ Command add_fit_command(CLI::App& app) {
     std::vector<std::unique_ptr<engine::Backend>> extra;
     std::unique_ptr<engine::dist::ThreadGroup> group;
     std::vector<std::unique_ptr<engine::dist::Communicator>> comms;
-    const int n = launch.size > 1 ? launch.size : parallel->devices;
+    const int n = launch.size > 1         ? launch.size
+                  : !device->gpus.empty() ? static_cast<int>(opened.devices.size())
+                                          : parallel->devices;
     if (launch.size > 1) {
       // One replica per rank: MPI sums the CPU replicas' gradients and every rank's metrics.
       if (parallel->devices > 1)
@@ -287,6 +292,27 @@ Command add_fit_command(CLI::App& app) {
       replicas.comms.push_back(comms.back().get());
       replicas.host_comm = comms.back().get();
       replicas.first_rank = launch.rank;
+    } else if (!device->gpus.empty()) {
+      // --gpus: one replica per GPU, one thread each, their gradients summed by NCCL (even with one GPU, so
+      // that path is the one --gpus always takes).
+      if (parallel->devices > 1)
+        throw InputError("--devices", "--devices makes CPU replicas, and --gpus chooses GPUs",
+                         "leave out one of them");
+      if (s.parallel.shard_optimizer)
+        throw InputError("parallel.shard_optimizer",
+                         "shard_optimizer works with CPU replicas (--devices) for now",
+                         "leave shard_optimizer out with --gpus");
+#if TRAINER_HAVE_CUDA
+      std::vector<cudaStream_t> streams = {static_cast<cudaStream_t>(backend->native_stream())};
+      for (auto& b : opened.more) streams.push_back(static_cast<cudaStream_t>(b->native_stream()));
+      comms = engine::dist::make_nccl_group(opened.devices, streams);
+      for (auto& c : comms) {
+        c->set_timeout(
+            std::chrono::milliseconds(static_cast<int64_t>(parallel->collective_timeout_s * 1000)));
+        replicas.comms.push_back(c.get());
+      }
+      for (auto& b : opened.more) extra.push_back(std::move(b));
+#endif
     } else if (n > 1) {
       if (backend->name() != "cpu")
         throw InputError(

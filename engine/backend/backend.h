@@ -93,6 +93,9 @@ class Backend {
   virtual void synchronize() = 0;
   // Memory the backend holds now: its buffers (arenas) plus its own (a GPU's library workspace, staging).
   virtual size_t memory_bytes() const = 0;
+  // The stream a GPU backend runs steps on (a cudaStream_t), for communicators that order themselves after
+  // it; null on the CPU.
+  virtual void* native_stream() const { return nullptr; }
 };
 
 struct CpuOptions {

@@ -64,7 +64,6 @@ class BucketReducer {
 
   void ready(const Bucket* bucket, int b) {
     const auto now = Trace::Clock::now();
-    for (const Grad& g : *bucket) scale_in_place(g.data, g.count, g.dtype, weight_);
     if (trace_)
       trace_->instant("bucket ready", 2 * replica_, now,
                       fmt::format("\"bucket\": {}, \"step\": {}", b, step_));
@@ -96,15 +95,18 @@ class BucketReducer {
       auto [bucket, b] = queue_.front();
       queue_.pop_front();
       const int64_t step = step_;
+      const double weight = weight_;
       lock.unlock();
       const auto start = Trace::Clock::now();
       std::exception_ptr error;
       try {
         for (const Grad& g : *bucket) {
-          if (g.owner >= 0)
+          if (g.owner >= 0) {
+            scale_in_place(g.data, g.count, g.dtype, weight);  // host memory: CPU replicas only
             comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
-          else
-            comm_->all_reduce_sum(g.data, g.count, g.dtype, {b, step});
+          } else {
+            comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});
+          }
         }
       } catch (...) {
         error = std::current_exception();

@@ -37,6 +37,12 @@ CollectiveTimeout::CollectiveTimeout(int rank, const std::string& host, const st
                       rank, host, collective, tag.str(), seconds)),
       rank_(rank) {}
 
+void Communicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
+                                           const CollectiveTag& tag) {
+  scale_in_place(data, count, dtype, weight);
+  all_reduce_sum(data, count, dtype, tag);
+}
+
 void scale_in_place(void* data, int64_t count, DType dtype, double factor) {
   if (factor == 1.0) return;
   if (dtype == DType::f32) {

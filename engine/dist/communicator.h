@@ -44,6 +44,10 @@ class Communicator {
   // data[i] = sum over ranks of data[i], in place, for `count` elements of `dtype` (f32 or f64) in the memory
   // of this rank's backend. The sum is taken in rank order, so results do not depend on timing.
   virtual void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag = {}) = 0;
+  // data[i] = sum over ranks of weight_r * data[i] with this rank's `weight` (a replica's share of the
+  // batch). The default scales host memory and sums; a GPU communicator scales on the device.
+  virtual void all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
+                                       const CollectiveTag& tag = {});
   // data[i] at `root` = sum over ranks of data[i] (rank order); the other ranks' buffers are unchanged.
   virtual void reduce_sum(void* data, int64_t count, DType dtype, int root,
                           const CollectiveTag& tag = {}) = 0;

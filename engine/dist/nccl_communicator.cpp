@@ -2,6 +2,7 @@
 // and the watchdog that polls their completion and aborts the communicator when a rank stops answering.
 #include "engine/dist/nccl_communicator.h"
 
+#include <cuda_bf16.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -212,6 +213,9 @@ NcclCommunicator::~NcclCommunicator() {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
+  if (comm())
+    for (const auto& [key, op] : weighted_ops_)
+      lib::nccl().ncclRedOpDestroy(static_cast<ncclRedOp_t>(op), comm());
   for (const Pending& p : pending_) cudaEventDestroy(p.done);
   for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
   cudaEventDestroy(compute_ready_);
@@ -293,6 +297,33 @@ void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, co
   order_after_compute();
   TRAINER_NCCL_CHECK(
       lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type, ncclSum, comm(), comm_stream_));
+  enqueued("all_reduce", tag, true);
+}
+
+void NcclCommunicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
+                                               const CollectiveTag& tag) {
+  if (weight == 1.0) return all_reduce_sum(data, count, dtype, tag);
+  const ncclDataType_t type = nccl_type(dtype);
+  DeviceScope scope(device_);
+  begin("all_reduce", tag);
+  if (count == 0) return;
+  auto key = std::make_pair(weight, static_cast<int>(type));
+  auto it = weighted_ops_.find(key);
+  if (it == weighted_ops_.end()) {
+    ncclRedOp_t op;
+    // The scalar's type is the data's: f32 weights for f32 and bf16 data (bf16 scalars round), f64 for f64.
+    float wf = static_cast<float>(weight);
+    __nv_bfloat16 wb = __float2bfloat16(wf);
+    void* scalar = dtype == DType::f64    ? static_cast<void*>(&weight)
+                   : dtype == DType::bf16 ? static_cast<void*>(&wb)
+                                          : static_cast<void*>(&wf);
+    TRAINER_NCCL_CHECK(
+        lib::nccl().ncclRedOpCreatePreMulSum(&op, scalar, type, ncclScalarHostImmediate, comm()));
+    it = weighted_ops_.emplace(key, static_cast<int>(op)).first;
+  }
+  order_after_compute();
+  TRAINER_NCCL_CHECK(lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type,
+                                               static_cast<ncclRedOp_t>(it->second), comm(), comm_stream_));
   enqueued("all_reduce", tag, true);
 }
 

@@ -8,6 +8,7 @@
 #include <nccl.h>
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ class NcclCommunicator final : public Communicator {
   // root's `bytes` at `data` (device memory) to every rank, in place.
   void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) override;
   void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag = {}) override;
+  // NCCL's PreMulSum: the weight multiplies on the device, inside the reduction (one op per weight and type,
+  // made once and kept).
+  void all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
+                               const CollectiveTag& tag = {}) override;
   // Every rank has reached its barrier (an all-reduce of one int) and every collective enqueued before it on
   // this rank has completed.
   void barrier(const CollectiveTag& tag = {}) override;
@@ -99,6 +104,7 @@ class NcclCommunicator final : public Communicator {
   std::vector<cudaEvent_t> spare_events_;
   int* barrier_word_ = nullptr;  // one device int for barrier()
   int64_t collectives_ = 0;
+  std::map<std::pair<double, int>, int> weighted_ops_;  // (weight, ncclDataType_t) -> ncclRedOp_t
   const FaultStall stall_ = FaultStall::from_environment();
 };
 

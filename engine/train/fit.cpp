@@ -578,7 +578,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   Reducers reducers;
   std::map<std::pair<int, int64_t>, std::vector<dist::BucketReducer::Bucket>>
       plan_buckets;  // (replica, batch)
-  if (world > 1)
+  if (!replicas.comms.empty())
     for (int k = 0; k < local; ++k) {
       reducers.push_back(std::make_unique<dist::BucketReducer>(replicas.comms[k], replicas.trace, k));
       for (const auto& [n, p] : devs[k]->train_plans()) {

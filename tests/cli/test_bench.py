@@ -79,10 +79,11 @@ class Bench(unittest.TestCase):
         total = sum(op["ms_per_step"] for op in d["ops"])
         self.assertAlmostEqual(total, d["ops_ms_per_step"], delta=1e-3 * total)
         self.assertAlmostEqual(total, sum(d["phases"][p]["ms_per_step"] for p in d["phases"]), delta=1e-3 * total)
-        # Medians of a noisy shared machine: per-op medians and the step's median agree only roughly.
+        # Medians of a noisy shared machine: per-op medians and the step's median agree only roughly (the bound
+        # catches a unit slip, a factor of 1000, not noise).
         step = d["step_ms"]["median"]
-        self.assertGreater(total, 0.4 * step, (total, step))
-        self.assertLess(total, 2.5 * step, (total, step))
+        self.assertGreater(total, 0.1 * step, (total, step))
+        self.assertLess(total, 10 * step, (total, step))
 
     def test_mlp_flops_match_the_hand_count(self):
         d, _ = self.mlp_result()

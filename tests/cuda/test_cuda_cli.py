@@ -71,6 +71,16 @@ class SampleModelsOnCuda(unittest.TestCase):
                 self.assertEqual(graph["loss"], eager["loss"])
                 self.assertEqual(graph["val_loss"], eager["val_loss"])
 
+    def test_gpus_1_through_nccl_equals_one_device(self):
+        # --gpus always reduces through NCCL (a group of one here); with one replica the sum is the identity,
+        # and the steps run kernel by kernel either way.
+        for spec in ("fashion_mnist/mlp.toml", "cifar10/cnn.toml"):
+            with self.subTest(spec=spec):
+                nccl, err = fit(spec, "--gpus", "1", *FP32)
+                plain, _ = fit(spec, "--device", "cuda", "--no-cuda-graph", *FP32)
+                self.assertEqual(nccl["loss"], plain["loss"], err)
+                self.assertEqual(nccl["val_loss"], plain["val_loss"])
+
     def test_readme_sample_fit_on_cuda(self):
         args = [TRAINER, "fit", os.path.join(ROOT, "samples", "fashion_mnist", "mlp.toml"), "--device", "cuda",
                 "--epochs", "2", "--log-format", "jsonl", *data_sets("fashion")]

@@ -284,6 +284,8 @@ class CudaExecutable final : public Executable {
   }
 
   void set_bucket_ready_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
+  void set_bucket_wait_hook(std::function<void(int)> hook) override { wait_hook_ = std::move(hook); }
+  void set_buckets_before(std::vector<std::vector<int>> before) { buckets_before_ = std::move(before); }
 
   void set_profiling(bool on) override {
     TRAINER_CUDA_CHECK(cudaSetDevice(device_));
@@ -312,10 +314,16 @@ class CudaExecutable final : public Executable {
  private:
   void run_eager() {
     for (size_t s = 0; s < kernels_.size(); ++s) {
+      // A bucket's reduction is enqueued by the communication thread (ordered before this stream's later work
+      // by an event): launching its first reader waits until that enqueue has happened.
+      if (wait_hook_)
+        for (int b : buckets_before_[s]) wait_hook_(b);
       kernels_[s]->launch(stream_);
       if (hook_)
         for (int b : buckets_after_[s]) hook_(b);
     }
+    if (wait_hook_)
+      for (int b : buckets_before_.back()) wait_hook_(b);
     ++eager_runs_;
   }
 
@@ -383,7 +391,8 @@ class CudaExecutable final : public Executable {
   bool has_host_kernels_;
   std::unique_ptr<StepContext> host_ctx_;  // read by host fallback kernels
   DeviceStepContext* dev_ctx_;
-  std::function<void(int)> hook_;
+  std::function<void(int)> hook_, wait_hook_;
+  std::vector<std::vector<int>> buckets_before_;  // per step (and one past the end): buckets it reads first
   cudaEvent_t done_ = nullptr;
   cudaGraphExec_t graph_exec_ = nullptr;
   int64_t eager_runs_ = 0;
@@ -487,15 +496,22 @@ class CudaBackend final : public Backend {
         if (v != kNoValue) shapes += fmt::format("{}{}", shapes.empty() ? "" : " ", g.value(v).shape.str());
       labels.push_back({n.op, n.name, shapes});
     }
-    std::vector<std::vector<int>> after(p.steps.size());
+    std::vector<std::vector<int>> after(p.steps.size()), before(p.steps.size() + 1);
     for (size_t b = 0; b < p.buckets.size(); ++b) {
       int s = std::max(p.buckets[b].ready_after_step, 0);
       if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
+      const int need = p.buckets[b].needed_by_step;
+      before[need > s && need < static_cast<int>(p.steps.size()) ? need : p.steps.size()].push_back(
+          static_cast<int>(b));
     }
-    return std::make_unique<CudaExecutable>(options_.device, compute_, options_.cuda_graph,
-                                            std::move(kernels), std::move(labels), std::move(after),
-                                            host_kernels, std::move(host_ctx), dev_ctx_);
+    auto exec = std::make_unique<CudaExecutable>(options_.device, compute_, options_.cuda_graph,
+                                                 std::move(kernels), std::move(labels), std::move(after),
+                                                 host_kernels, std::move(host_ctx), dev_ctx_);
+    exec->set_buckets_before(std::move(before));
+    return exec;
   }
+
+  void* native_stream() const override { return compute_; }
 
   // Host bytes go through a pinned staging buffer, so the copy is asynchronous and the caller may reuse its
   // memory at once. Two buffers alternate: filling one waits only for the copy out of the other before last.

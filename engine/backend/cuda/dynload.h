@@ -100,6 +100,8 @@ namespace trainer::engine::cuda::lib {
   X(ncclGroupEnd) \
   X(ncclAllReduce) \
   X(ncclReduce) \
+  X(ncclRedOpCreatePreMulSum) \
+  X(ncclRedOpDestroy) \
   X(ncclReduceScatter) \
   X(ncclAllGather) \
   X(ncclBroadcast)
