@@ -54,6 +54,9 @@ class Communicator {
   // Every rank receives root's `bytes` at data.
   virtual void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) = 0;
   virtual void barrier(const CollectiveTag& tag = {}) = 0;
+  // Blocks until this rank's collectives enqueued so far have completed, within the timeout (the watchdog of
+  // communicators whose collectives return before they finish, like NCCL's); the others complete in the call.
+  virtual void wait(const CollectiveTag& tag = {}) {}
 
   // How long a collective may wait for the other ranks before the watchdog fires.
   void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }

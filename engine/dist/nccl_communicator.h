@@ -66,7 +66,7 @@ class NcclCommunicator final : public Communicator {
   // after timeout() (counted from this call), or an error NCCL reports, aborts the communicator
   // (ncclCommAbort) and throws; CollectiveTimeout names the rank, host, collective, bucket and step. Once
   // aborted, every later call throws.
-  void wait(const CollectiveTag& tag = {});
+  void wait(const CollectiveTag& tag = {}) override;
 
   int device() const { return device_; }
   cudaStream_t stream() const { return comm_stream_; }

@@ -696,6 +696,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
         for (const Shared& sp : shared_params[k])
           replicas.comms[k]->broadcast(sp.data, sp.bytes, sp.owner, {-1, st.global_step});
+        // The watchdog of communicators whose collectives finish after they return (NCCL): a reduction that
+        // hangs ends the run here instead of blocking the next read.
+        if (!replicas.comms.empty()) replicas.comms[k]->wait({-1, st.global_step});
         if (replicas.trace)
           replicas.trace->span("step", 2 * k, t0, Trace::Clock::now(),
                                fmt::format("\"step\": {}", st.global_step));
