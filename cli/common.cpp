@@ -79,7 +79,8 @@ void DeviceOptions::add(CLI::App* app, bool with_gpus) {
         return fmt::format("'{}' is no device: use auto, cpu, cuda or cuda:N", s);
       });
   if (with_gpus)
-    app->add_option("--gpus", gpus, "GPUs to train on: a count (1), all, or device ids (0,2)")
+    app->add_option("--gpus", gpus,
+                    "GPUs to train on, one replica each: a count (4), all, or device ids (0,2)")
         ->type_name("N|all|IDS");
   app->add_flag("--no-cuda-graph", no_cuda_graph,
                 "Run each CUDA step kernel by kernel instead of replaying a captured CUDA graph (debugging)");
