@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Configures and builds trainer, then trains the Fashion-MNIST sample on the CPU (the README's first command).
+# Configures and builds trainer, then trains the Fashion-MNIST sample (the README's first command): on the first
+# GPU when there is one, else on the CPU.
 # Usage: tools/run-sample.sh [build-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
