@@ -185,8 +185,20 @@ void fused_gemm_grad(GradContext& c) {
     dz = dz == kNoValue ? dz_direct : c.op("Add", {dz, dz_direct});
   if (dz == kNoValue) return;
   ValueId da = kNoValue, db = kNoValue;
-  matmul_grads(c, c.input(0), ta, c.input(1), tb, dz, 1.0f, &da, &db, c.needs_grad(0), c.needs_grad(1));
+  // A Dense layer's weight and bias gradients as one op: the GEMM and the bias's column sums over one read of
+  // dz.
+  const bool joint = c.needs_grad(1) && c.needs_grad(2) && !ta && c.shape(c.input(0)).rank() == 2 &&
+                     c.shape(c.input(1)).rank() == 2 && c.shape(dz).rank() == 2;
+  matmul_grads(c, c.input(0), ta, c.input(1), tb, dz, 1.0f, &da, &db, c.needs_grad(0),
+               c.needs_grad(1) && !joint);
   c.set_grad(0, da);
+  if (joint) {
+    std::vector<ValueId> wb =
+        c.op_multi("GemmGradWeightBias", {c.input(0), dz}, {{"transB", int64_t{tb}}}, 2);
+    c.set_grad(1, wb[0]);
+    c.set_grad(2, reshape(c, wb[1], c.shape(c.input(2))));
+    return;
+  }
   c.set_grad(1, db);
   if (c.needs_grad(2)) c.set_grad(2, c.reduce_to(dz, c.shape(c.input(2))));
 }
@@ -270,6 +282,26 @@ void register_matmul_ops(OpRegistry& r) {
                   example("both, batched", {t({2, 4, 3}, 45), t({1, 5, 4}, 46)},
                           {{"transA", int64_t{1}}, {"transB", int64_t{1}}}),
               };
+            }));
+
+  // FusedGemm's weight and bias gradients together: dW = A^T · dZ (or dZ^T · A when the weight is [n, k],
+  // transB) and dB = the column sums of dZ, so a backend computes both from one pass over dZ (a GEMM and its
+  // bias-gradient epilogue).
+  r.add(OpSchema("GemmGradWeightBias", kPrivateDomain)
+            .doc("dW = A^T dZ (transB: dZ^T A) and dB = sum of dZ's rows, for a 2-D A [m, k] and dZ [m, n]")
+            .inputs(2, 2)
+            .outputs(2, 2)
+            .attr("transB", int64_t{0})
+            .non_differentiable(kGradOpReason)
+            .infer([](InferContext& c) {
+              c.expect_float(0);
+              c.expect_same_dtype(1, 0);
+              const Shape &sa = c.shape(0), &sd = c.shape(1);
+              if (sa.rank() != 2 || sd.rank() != 2 || sa[0] != sd[0])
+                c.fail("A and dZ must be [m, k] and [m, n], got {} and {}", sa.str(), sd.str());
+              const bool tb = c.attrs().i("transB") != 0;
+              c.set_output(0, c.dtype(0), tb ? Shape{sd[1], sa[1]} : Shape{sa[1], sd[1]});
+              c.set_output(1, c.dtype(0), Shape{sd[1]});
             }));
 
   r.add(OpSchema("FusedGemm", kPrivateDomain)

@@ -69,6 +69,13 @@ int64_t node_flops(const Graph& g, const Node& n) {
     const Shape* y = op == "Conv" ? output_shape(g, n, 0) : input_shape(g, n, 0);
     return w && y ? conv_flops(*y, *w) : 0;
   }
+  if (op == "GemmGradWeightBias") {
+    // dW: 2 m k n (a [m, k], dz [m, n]); dB: one add per element of dz.
+    const Shape* a = input_shape(g, n, 0);
+    const Shape* dz = input_shape(g, n, 1);
+    if (!a || !dz || a->rank() != 2 || dz->rank() != 2) return 0;
+    return 2 * (*a)[0] * (*a)[1] * (*dz)[1] + dz->numel();
+  }
   if (op == "ConvGradWeight") {
     const Shape* dy = input_shape(g, n, 0);
     const Shape* dw = output_shape(g, n, 0);

@@ -30,8 +30,8 @@ std::optional<Precision> parse_precision(std::string_view s) {
 }
 
 bool runs_in_low_precision(const std::string& op) {
-  return op == "MatMul" || op == "MatMulTransposed" || op == "Gemm" || op == "FusedGemm" || op == "Conv" ||
-         op == "ConvGradInput" || op == "ConvGradWeight";
+  return op == "MatMul" || op == "MatMulTransposed" || op == "Gemm" || op == "FusedGemm" ||
+         op == "GemmGradWeightBias" || op == "Conv" || op == "ConvGradInput" || op == "ConvGradWeight";
 }
 
 PrecisionReport apply_precision(Graph& g, Precision p) {

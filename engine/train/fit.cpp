@@ -670,7 +670,24 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     data::Batch batch;
     // A resumed epoch skips the batches it already trained on: the order is the same permutation.
     for (int64_t skipped = 0; skipped < st.batch; ++skipped) train_loader.next(&batch);
-    while (train_loader.next(&batch)) {
+    // Writes a batch's rows into every replica's inputs. The next batch is written right after a step is
+    // launched, before its results are read, when it takes the same plans: on a GPU its copy then overlaps
+    // the step (the copy stream), and the plan's inputs are not what the step's outputs occupy.
+    auto feed = [&](const data::Batch& b) {
+      for (int k = 0; k < local; ++k) {
+        auto [lo, hi] = slice(b.size, replicas.first_rank + k);
+        const Plan& p = devs[k]->train_plan(hi - lo);
+        Session& s = devs[k]->plans().session(p.index);
+        const Graph& g = s.graph();
+        const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
+        s.write(p.x, static_cast<const std::byte*>(b.x) + lo * x_row, g.value(p.x).nbytes());
+        s.write(p.y, static_cast<const std::byte*>(b.y) + lo * y_row, g.value(p.y).nbytes());
+      }
+    };
+    std::vector<std::byte> labels;  // the current batch's labels, kept once the loader moves on
+    bool have = train_loader.next(&batch), fed = false;
+    while (have) {
+      if (!fed) feed(batch);
       const float lr = static_cast<float>(schedule.at(st.global_step));
       // The optimizer counts the updates it made: a step skipped for overflow does not advance it.
       const int64_t iteration = scaler.applied_steps() + 1;
@@ -682,10 +699,6 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         Device& d = *devs[k];
         const Plan& p = d.train_plan(hi - lo);
         Session& s = d.plans().session(p.index);
-        const Graph& g = s.graph();
-        const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
-        s.write(p.x, static_cast<const std::byte*>(batch.x) + lo * x_row, g.value(p.x).nbytes());
-        s.write(p.y, static_cast<const std::byte*>(batch.y) + lo * y_row, g.value(p.y).nbytes());
         s.write(p.lr, &lr, sizeof lr);
         s.write(p.iteration, &iteration, sizeof iteration);
         if (p.loss_scale != kNoValue) s.write(p.loss_scale, &scale, sizeof scale);
@@ -707,6 +720,20 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         run_replica(0);
       else
         run_on_threads(local, run_replica);
+      {
+        const Plan& p = dev.train_plan(slice(batch.size, replicas.first_rank).second -
+                                       slice(batch.size, replicas.first_rank).first);
+        const Graph& g = dev.plans().session(p.index).graph();
+        const int64_t rows =
+            slice(batch.size, replicas.first_rank).second - slice(batch.size, replicas.first_rank).first;
+        const size_t y_bytes = g.value(p.y).nbytes() / rows * batch.size;
+        labels.assign(static_cast<const std::byte*>(batch.y),
+                      static_cast<const std::byte*>(batch.y) + y_bytes);
+      }
+      data::Batch next;
+      const bool have_next = train_loader.next(&next);
+      const bool prefetched = have_next && next.size == batch.size;
+      if (prefetched) feed(next);
       // Every replica made the same update, so the first one's overflow flag speaks for all.
       const Plan& p0 = dev.train_plan(slice(batch.size, replicas.first_rank).second -
                                       slice(batch.size, replicas.first_rank).first);
@@ -733,8 +760,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
         s.read(p.output, out_buf.data(), out_bytes);
         const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
-        acc.add(loss, out_buf.data(), static_cast<const std::byte*>(batch.y) + lo * y_row, hi - lo,
-                classes_of(g, p.output));
+        acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, classes_of(g, p.output));
       }
       if (replicas.host_comm && world > local) {
         // The other processes' slices: every rank adds the same global sums.
@@ -765,6 +791,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         result.interrupted_by = sig;
         break;
       }
+      batch = next;
+      have = have_next;
+      fed = prefetched;
     }
     double train_seconds =
         st.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

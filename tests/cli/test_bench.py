@@ -10,7 +10,7 @@ from cli_util import assert_finite_number, run, sample
 
 MLP = sample("fashion_mnist/mlp.toml")
 CNN = sample("fashion_mnist/cnn.toml")
-MATMUL_OPS = {"MatMul", "MatMulTransposed", "Gemm", "FusedGemm"}
+MATMUL_OPS = {"MatMul", "MatMulTransposed", "Gemm", "FusedGemm", "GemmGradWeightBias"}
 # Few, small steps: the tests time nothing, they check what is reported.
 FAST = ["--batch-size", "8", "--steps", "3", "--warmup", "1", "--device", "cpu"]
 
@@ -91,17 +91,18 @@ class Bench(unittest.TestCase):
         layers = [(784, 1024), (1024, 512), (512, 10)]
         forward = sum(2 * b * i * o for i, o in layers)
         weights = forward  # dW of each layer: the same products as its forward pass
+        biases = sum(b * o for i, o in layers)  # dB: the column sums beside dW (one op: GemmGradWeightBias)
         inputs = sum(2 * b * i * o for i, o in layers[1:])  # dX, except for the model's input
         matmul = {p: sum(op["flops"] for op in d["ops"] if op["op"] in MATMUL_OPS and op["phase"] == p)
                   for p in ("forward", "backward", "update")}
-        self.assertEqual(matmul, {"forward": forward, "backward": weights + inputs, "update": 0})
+        self.assertEqual(matmul, {"forward": forward, "backward": weights + biases + inputs, "update": 0})
         # What trainer summary counts per sample is the forward products.
         r = run(["summary", MLP, "--json", "--batch-size", str(b)])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["flops_per_sample"] * b, forward)
         # Everything else (elementwise, loss, Adam) is one per element: a few percent here.
         self.assertEqual(d["flops_per_step"], sum(op["flops"] for op in d["ops"]))
-        total_matmul = forward + weights + inputs
+        total_matmul = forward + weights + biases + inputs
         self.assertGreater(d["flops_per_step"], total_matmul)
         self.assertLess(d["flops_per_step"], 1.1 * total_matmul)
         params = sum(i * o + o for i, o in layers)

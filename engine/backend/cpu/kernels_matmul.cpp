@@ -369,9 +369,47 @@ KernelPtr fused_gemm(const KernelArgs& a) {
   return gemm_kernel(a, L, e);
 }
 
+// dW by the GEMM path every product takes (oneDNN for f32 and bf16), then dB as column sums of dZ in fixed
+// per-column order (double accumulators), so the result is the same for any thread count.
+KernelPtr gemm_grad_weight_bias(const KernelArgs& a) {
+  const bool tb = a.attrs().i("transB") != 0;
+  const Shape &sa = a.in(0).shape, &sd = a.in(1).shape;
+  KernelArgs w = a;
+  w.outputs = {a.outputs[0]};
+  if (tb) w.inputs = {a.inputs[1], a.inputs[0]};
+  std::shared_ptr<CpuKernel> weight =
+      gemm_kernel(w, tb ? gemm_layout(sd, sa, true, false) : gemm_layout(sa, sd, true, false), Epilogue{});
+  const int64_t m = sd[0], n = sd[1];
+  const DType t = a.in(0).dtype;
+  const void* dz = a.inputs[1];
+  void* db = a.outputs[1];
+  if (t != DType::f32 && t != DType::f64 && t != DType::bf16)
+    throw InputError(a.node.name, fmt::format("GemmGradWeightBias on the CPU takes f32, f64 or bf16, not {}",
+                                              dtype_name(t)));
+  return make_kernel([weight, m, n, t, dz, db](const StepContext& ctx) {
+    weight->run(ctx);
+    parallel_for(n, [&](int64_t j) {
+      double s = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t k = i * n + j;
+        s += t == DType::f32   ? static_cast<const float*>(dz)[k]
+             : t == DType::f64 ? static_cast<const double*>(dz)[k]
+                               : bf16_to_f32(static_cast<const uint16_t*>(dz)[k]);
+      }
+      if (t == DType::f32)
+        static_cast<float*>(db)[j] = static_cast<float>(s);
+      else if (t == DType::f64)
+        static_cast<double*>(db)[j] = s;
+      else
+        static_cast<uint16_t*>(db)[j] = f32_to_bf16(static_cast<float>(s));
+    });
+  });
+}
+
 }  // namespace
 
 void register_matmul_cpu_kernels(KernelRegistry& r) {
+  r.add("GemmGradWeightBias", gemm_grad_weight_bias);
   r.add("MatMul", matmul);
   r.add("MatMulTransposed", matmul_transposed);
   r.add("Gemm", gemm);

@@ -87,4 +87,59 @@ cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* zv, void
   return cudaGetLastError();
 }
 
+namespace {
+
+template <class T>
+__device__ double load_as_double(const T* p, int64_t k) {
+  return static_cast<double>(p[k]);
+}
+template <>
+__device__ double load_as_double(const __nv_bfloat16* p, int64_t k) {
+  return static_cast<double>(__bfloat162float(p[k]));
+}
+template <class T>
+__device__ void store_from_double(T* p, int64_t k, double v) {
+  p[k] = static_cast<T>(v);
+}
+template <>
+__device__ void store_from_double(__nv_bfloat16* p, int64_t k, double v) {
+  p[k] = __float2bfloat16_rn(static_cast<float>(v));
+}
+
+template <class T>
+__global__ void column_sums(const T* dz, T* db, int64_t m, int64_t n) {
+  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < n;
+       j += int64_t{gridDim.x} * blockDim.x) {
+    double s = 0;
+    for (int64_t i = 0; i < m; ++i) s += load_as_double(dz, i * n + j);
+    store_from_double(db, j, s);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n,
+                               cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!dz || !db || m < 0) return cudaErrorInvalidValue;
+  constexpr unsigned block = 128;
+  int64_t blocks = (n + block - 1) / block;
+  const unsigned grid = static_cast<unsigned>(blocks > 65535 ? 65535 : blocks);
+  switch (type) {
+    case 0:
+      column_sums<<<grid, block, 0, stream>>>(static_cast<const float*>(dz), static_cast<float*>(db), m, n);
+      break;
+    case 1:
+      column_sums<<<grid, block, 0, stream>>>(static_cast<const double*>(dz), static_cast<double*>(db), m, n);
+      break;
+    case 2:
+      column_sums<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(dz),
+                                              static_cast<__nv_bfloat16*>(db), m, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
 }  // namespace trainer::engine::cuda

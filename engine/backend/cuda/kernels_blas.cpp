@@ -441,9 +441,41 @@ KernelPtr fused_gemm(const KernelArgs& a) {
   });
 }
 
+// dW through cuBLASLt (A^T · dZ, or dZ^T · A for a [n, k] weight), then dB = dZ's column sums by a
+// deterministic kernel of ours on the same stream. (cuBLASLt's BGRAD epilogues would fold the sums into the
+// GEMM; their layout rules are to be checked on a GPU before they replace this.)
+KernelPtr gemm_grad_weight_bias(const KernelArgs& a) {
+  const DType dt = a.in(0).dtype;
+  if (dt != DType::f32 && dt != DType::f64 && dt != DType::bf16) return nullptr;
+  const bool tb = a.attrs().i("transB") != 0;
+  const Shape &sa = a.in(0).shape, &sd = a.in(1).shape;
+  const void* first = tb ? a.inputs[1] : a.inputs[0];
+  const void* second = tb ? a.inputs[0] : a.inputs[1];
+  BatchLayout L = tb ? batch_layout(sd, sa, true, false) : batch_layout(sa, sd, true, false);
+  const int64_t m = sd[0], n = sd[1];
+  const int type = dt == DType::f32 ? 0 : dt == DType::f64 ? 1 : 2;
+  const void* dz = a.inputs[1];
+  void* dw = a.outputs[0];
+  void* db = a.outputs[1];
+  std::shared_ptr<LtProduct> lt;
+  if (!is_empty(L)) {
+    if (L.k == 0) return nullptr;
+    Product p;
+    p.dtype = dt;
+    if (!plan_calls(L, true, false, &p)) return nullptr;
+    lt = std::make_shared<LtProduct>();
+    if (!lt->init(p, first, second, dw, a.libs)) return nullptr;
+  }
+  return make_kernel([lt, type, dz, db, m, n](cudaStream_t stream) {
+    if (lt) lt->run(stream);
+    TRAINER_CUDA_CHECK(launch_column_sums(type, dz, db, m, n, stream));
+  });
+}
+
 }  // namespace
 
 void register_blas_kernels(KernelRegistry& r) {
+  r.add("GemmGradWeightBias", gemm_grad_weight_bias);
   r.add("MatMul", matmul);
   r.add("MatMulTransposed", matmul_transposed);
   r.add("Gemm", gemm);

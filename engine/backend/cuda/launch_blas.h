@@ -19,4 +19,10 @@ cudaError_t launch_gemm_activation(GemmActivation act, const float* z, float* y,
 cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* z, void* y, int64_t n,
                                         cudaStream_t stream);
 
+// db[j] = sum over i < m of dz[i * n + j]: the bias gradient beside a weight-gradient GEMM
+// (GemmGradWeightBias). One thread per column walks the rows in order with a double accumulator, so the sum
+// is the same on every run (and adjacent threads read adjacent columns: the loads coalesce). `type`: 0 f32, 1
+// f64, 2 bf16.
+cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, cudaStream_t stream);
+
 }  // namespace trainer::engine::cuda
