@@ -185,9 +185,12 @@ Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, 
         if (found != by_name.end() && !found->second.empty()) {
           const engine::NodeId id = found->second.back();
           found->second.pop_back();
-          op.phase = id >= step.update_begin     ? Phase::update
-                     : id >= step.backward_begin ? Phase::backward
-                                                 : Phase::forward;
+          if (id < static_cast<engine::NodeId>(step.phase.size()))
+            op.phase = static_cast<Phase>(step.phase[id]);
+          else
+            op.phase = id >= step.update_begin     ? Phase::update
+                       : id >= step.backward_begin ? Phase::backward
+                                                   : Phase::forward;
           op.flops = engine::node_flops(g, g.node(id));
         }
         m.ops.push_back(std::move(op));

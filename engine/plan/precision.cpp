@@ -39,12 +39,14 @@ PrecisionReport apply_precision(Graph& g, Precision p) {
   if (p != Precision::bf16 && p != Precision::fp16) return report;
   const DType low = p == Precision::bf16 ? DType::bf16 : DType::f16;
   std::map<ValueId, ValueId> lowered;  // f32 value -> its cast to `low`, shared by every reader
+  NodeId serving = -1;                 // the node being rewritten, which the Casts made for it serve
   auto cast_down = [&](ValueId v) {
     auto it = lowered.find(v);
     if (it != lowered.end()) return it->second;
     NodeId c = g.add_node("Cast", {v}, {{"to", int64_t{dtype_to_onnx(low)}}}, 1,
                           g.unique_name(g.value(v).name + "/" + std::string(dtype_name(low))));
     ++report.casts;
+    report.origin.emplace_back(c, serving);
     return lowered[v] = g.node(c).outputs[0];
   };
   for (NodeId n : g.topo_order()) {
@@ -58,6 +60,7 @@ PrecisionReport apply_precision(Graph& g, Precision p) {
       other_float = other_float || (is_float(t) && t != DType::f32);
     }
     if (!f32_operand || other_float) continue;
+    serving = n;
     const std::string op = node.op, name = node.name;
     const Attributes attrs = node.attrs;
     const std::vector<ValueId> inputs = node.inputs, outputs = node.outputs;
@@ -72,6 +75,7 @@ PrecisionReport apply_precision(Graph& g, Precision p) {
     NodeId ln = g.add_node_named(op, low_inputs, attrs, names,
                                  g.unique_name(name + "/" + std::string(dtype_name(low))));
     ++report.nodes;
+    report.origin.emplace_back(ln, n);
     for (size_t i = 0; i < outputs.size(); ++i) {
       if (outputs[i] == kNoValue) continue;
       const ValueId produced = g.node(ln).outputs[i];
@@ -80,6 +84,7 @@ PrecisionReport apply_precision(Graph& g, Precision p) {
       NodeId back = g.add_node("Cast", {produced}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}}, 1,
                                g.unique_name(g.value(outputs[i]).name + "/f32"));
       ++report.casts;
+      report.origin.emplace_back(back, n);
       // The Cast takes over the original value, so its id, name and graph-output mark stay.
       g.move_output(back, 0, outputs[i]);
     }

@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "engine/ir/graph.h"
 
@@ -28,6 +30,9 @@ bool runs_in_low_precision(const std::string& op);
 struct PrecisionReport {
   int nodes = 0;  // nodes moved to the low precision
   int casts = 0;  // Cast nodes added (one per value and direction, shared by its readers)
+  // Every node the rewrite added, with the node it stands for (the rewritten node, or the one a Cast serves):
+  // what a per-phase report files it under.
+  std::vector<std::pair<NodeId, NodeId>> origin;
 };
 
 // Rewrites g in place for p (nothing for fp32 and tf32). Values keep their ids and dtypes: a rewritten node's

@@ -920,6 +920,7 @@ TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, in
   st.gradients = tg.gradients;
   st.backward_begin = tg.backward_begin;
   st.update_begin = tg.update_begin;
+  st.phase = tg.phase;
   return st;
 }
 

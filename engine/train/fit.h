@@ -211,6 +211,7 @@ struct TrainingStep {
   ValueId learning_rate = kNoValue, iteration = kNoValue;
   std::vector<ValueId> gradients;  // per trainable parameter: what PlanOptions::gradients buckets
   NodeId backward_begin = 0, update_begin = 0;
+  std::vector<uint8_t> phase;  // per node id: 0 forward, 1 backward, 2 update (TrainingGraph::phase)
 };
 TrainingStep training_step(const ModelFactory& factory, const FitConfig& config, int64_t batch);
 

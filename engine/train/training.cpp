@@ -25,9 +25,14 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     differentiated = g.op("Mul", {tg.loss, scale});
   }
   auto grads = build_backward(g, differentiated, params);
+  const NodeId backward_end = g.num_nodes();
   // After autodiff, so the gradient GEMMs and convolutions are rewritten too and every gradient stays f32.
-  apply_precision(g, options.precision);
+  const PrecisionReport rewrite = apply_precision(g, options.precision);
   tg.update_begin = g.num_nodes();
+  tg.phase.assign(tg.update_begin, 1);
+  for (NodeId n = 0; n < tg.backward_begin; ++n) tg.phase[n] = 0;
+  for (const auto& [added, origin] : rewrite.origin)
+    if (origin >= 0 && origin < backward_end) tg.phase[added] = origin < tg.backward_begin ? 0 : 1;
   tg.learning_rate = g.add_input("__learning_rate", DType::f32, Shape{});
   tg.iteration = g.add_input("__iteration", DType::i64, Shape{});
   std::vector<ValueId> applied;
@@ -78,6 +83,7 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     }
   }
   g.mark_output(tg.loss);
+  tg.phase.resize(g.num_nodes(), 2);
   return tg;
 }
 

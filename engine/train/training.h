@@ -48,6 +48,10 @@ struct TrainingGraph {
   // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from
   // update_begin gradient clipping and the optimizer update (trainer bench reports time per phase).
   NodeId backward_begin = 0, update_begin = 0;
+  // Per node id: 0 forward and loss, 1 backward, 2 update. Unlike the ranges above it also places the nodes a
+  // rewrite appended later (the mixed-precision Casts and low-precision GEMMs go where what they replaced
+  // was).
+  std::vector<uint8_t> phase;
   FusionReport fusion;
 };
 

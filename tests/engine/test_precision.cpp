@@ -117,6 +117,16 @@ TEST_SUITE("precision") {
       }
     }
     CHECK(heavy >= 4);  // two forward GEMMs and their input and weight gradients
+    // The rewritten nodes keep their phase: the forward GEMMs are forward, their gradients backward.
+    REQUIRE(tg.phase.size() == static_cast<size_t>(g.num_nodes()));
+    int forward = 0, backward = 0;
+    for (NodeId n = 0; n < g.num_nodes(); ++n) {
+      if (g.node(n).dead || !runs_in_low_precision(g.node(n).op)) continue;
+      (tg.phase[n] == 0 ? forward : backward) += 1;
+      CHECK(tg.phase[n] != 2);
+    }
+    CHECK(forward == 2);
+    CHECK(backward >= 2);
     for (const OptimizerState& p : tg.parameters) CHECK(g.value(p.param).dtype == DType::f32);
     for (ValueId grad : tg.gradients) CHECK(g.value(grad).dtype == DType::f32);
     // One cast per value and direction: a weight read by the forward GEMM and by the input-gradient GEMM is
