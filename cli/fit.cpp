@@ -250,7 +250,23 @@ Command add_fit_command(CLI::App& app) {
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");
-    DeviceOptions::Opened opened = device->open(s, output->quiet || !speaks);
+    // Under mpirun/srun a GPU rank drives the GPU of its local rank (among those it sees).
+    DeviceOptions chosen = *device;
+    if (launch.size > 1 && device->device != "cpu") {
+      const engine::CudaDevices found = engine::cuda_devices();
+      if (!found.devices.empty()) {
+        const int count = static_cast<int>(found.devices.size());
+        if (launch.local_size > count)
+          throw InputError(
+              "--device",
+              fmt::format("{} ranks on this machine and {} GPU{}: each rank needs a GPU of its own",
+                          launch.local_size, count, count == 1 ? "" : "s"),
+              fmt::format("start at most {} ranks per machine, or add --device cpu", count));
+        chosen.device = fmt::format("cuda:{}", found.devices[launch.local_rank].index);
+        chosen.gpus.clear();
+      }
+    }
+    DeviceOptions::Opened opened = chosen.open(s, output->quiet || !speaks);
     auto& backend = opened.backend;
     models::BuiltModel probe = build(s, 1, false);
     SpecData data = open_data(s, probe);
@@ -278,19 +294,37 @@ Command add_fit_command(CLI::App& app) {
                         "--gpus asks for {}",
                         launch.launcher, launch.size, device->gpus),
             "leave out --gpus; give -np the number of GPUs");
-      if (backend->name() != "cpu")
-        throw InputError("--device",
-                         fmt::format("GPU replicas under {} need NCCL, which this trainer does not use yet",
-                                     launch.launcher),
-                         "run the ranks on the CPU with --device cpu");
-      engine::CpuOptions co;
-      co.threads = std::max(1, engine::default_cpu_threads() / std::max(1, launch.local_size));
-      backend = engine::make_cpu_backend(co);
-      comms.push_back(engine::dist::mpi_world());
-      comms.back()->set_timeout(
-          std::chrono::milliseconds(static_cast<int64_t>(parallel->collective_timeout_s * 1000)));
-      replicas.comms.push_back(comms.back().get());
-      replicas.host_comm = comms.back().get();
+      const auto timeout =
+          std::chrono::milliseconds(static_cast<int64_t>(parallel->collective_timeout_s * 1000));
+      std::unique_ptr<engine::dist::Communicator> world = engine::dist::mpi_world();
+      world->set_timeout(timeout);
+      if (backend->name() != "cpu") {
+#if TRAINER_HAVE_CUDA
+        // NCCL sums the GPUs' gradients; MPI hands out its unique id from rank 0 and sums the metrics.
+        if (s.parallel.shard_optimizer)
+          throw InputError("parallel.shard_optimizer",
+                           "shard_optimizer works with CPU replicas (--devices) for now",
+                           "leave shard_optimizer out with GPU ranks");
+        std::string id = launch.rank == 0 ? engine::dist::nccl_unique_id() : std::string();
+        size_t id_bytes = id.size();
+        world->broadcast(&id_bytes, sizeof id_bytes, 0);
+        id.resize(id_bytes);
+        world->broadcast(id.data(), id.size(), 0);
+        auto nccl = std::make_unique<engine::dist::NcclCommunicator>(
+            launch.rank, launch.size, id, opened.devices.front(),
+            static_cast<cudaStream_t>(backend->native_stream()));
+        nccl->set_timeout(timeout);
+        replicas.comms.push_back(nccl.get());
+        comms.push_back(std::move(nccl));
+#endif
+      } else {
+        engine::CpuOptions co;
+        co.threads = std::max(1, engine::default_cpu_threads() / std::max(1, launch.local_size));
+        backend = engine::make_cpu_backend(co);
+        replicas.comms.push_back(world.get());
+      }
+      replicas.host_comm = world.get();
+      comms.push_back(std::move(world));
       replicas.first_rank = launch.rank;
     } else if (!device->gpus.empty()) {
       // --gpus: one replica per GPU, one thread each, their gradients summed by NCCL (even with one GPU, so
