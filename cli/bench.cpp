@@ -14,6 +14,9 @@
 
 #include "cli/common.h"
 #include "engine/dist/bucket_reducer.h"
+#if TRAINER_HAVE_CUDA
+#include "engine/dist/nccl_communicator.h"
+#endif
 #include "engine/plan/flops.h"
 #include "engine/train/session.h"
 #include "engine/util/error.h"
@@ -212,13 +215,11 @@ struct ReplicaMeasurement {
   std::vector<double> exposed_seconds;  // per step: the longest time a replica waited for a reduction
 };
 
-ReplicaMeasurement measure_replicas(int n, const engine::TrainingStep& step, const SyntheticBatch& data,
+ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backends,
+                                    const std::vector<engine::dist::Communicator*>& comms,
+                                    const engine::TrainingStep& step, const SyntheticBatch& data,
                                     const engine::FitConfig& cfg, const BenchOptions& o) {
-  engine::CpuOptions co;
-  co.threads = std::max(1, engine::default_cpu_threads() / n);
-  engine::dist::ThreadGroup group(n);
-  std::vector<std::unique_ptr<engine::Backend>> backends;
-  std::vector<std::unique_ptr<engine::dist::Communicator>> comms;
+  const int n = static_cast<int>(backends.size());
   std::vector<std::unique_ptr<engine::dist::BucketReducer>> reducers;
   std::vector<std::unique_ptr<engine::Session>> sessions;
   std::vector<std::vector<engine::dist::BucketReducer::Bucket>> buckets(n);
@@ -226,10 +227,8 @@ ReplicaMeasurement measure_replicas(int n, const engine::TrainingStep& step, con
   po.gradients = step.gradients;
   po.bucket_bytes = cfg.bucket_bytes;
   for (int k = 0; k < n; ++k) {
-    backends.push_back(engine::make_cpu_backend(co));
-    comms.push_back(group.communicator(k));
-    reducers.push_back(std::make_unique<engine::dist::BucketReducer>(comms.back().get(), nullptr, k));
-    sessions.push_back(std::make_unique<engine::Session>(step.graph, *backends.back(), po));
+    reducers.push_back(std::make_unique<engine::dist::BucketReducer>(comms[k], nullptr, k));
+    sessions.push_back(std::make_unique<engine::Session>(step.graph, *backends[k], po));
     engine::Session& s = *sessions.back();
     for (const engine::GradBucket& b : s.program().buckets) {
       buckets[k].emplace_back();
@@ -263,6 +262,8 @@ ReplicaMeasurement measure_replicas(int n, const engine::TrainingStep& step, con
         try {
           sessions[k]->run(engine::StepContext{static_cast<uint64_t>(i), cfg.seed,
                                                static_cast<uint64_t>(k * data.x.shape()[0])});
+          comms[k]->wait({-1, i});
+          backends[k]->synchronize();
         } catch (...) {
           errors[k] = std::current_exception();
         }
@@ -333,11 +334,9 @@ Command add_bench_command(CLI::App& app) {
     read_onnx_bytes(s);
     const int64_t batch = s.train.batch_size;
     DeviceOptions::Opened opened = device->open(s, o->quiet);
-    if (!opened.more.empty())
-      throw InputError(
-          "--gpus",
-          fmt::format("{} GPUs were asked for, and this command runs on one", opened.devices.size()),
-          "give one: --gpus 1");
+    // With --gpus N the step is timed on the first GPU, then on all N as replicas.
+    const std::vector<int> gpu_ids = opened.devices;
+    opened.more.clear();
     engine::FitConfig cfg = fit_config(s);
     cfg.precision = opened.precision;
     const engine::TrainingStep step =
@@ -367,22 +366,53 @@ Command add_bench_command(CLI::App& app) {
     // N CPU replicas on the same global batch: strong scaling against the single device measured above.
     std::vector<std::pair<std::string, std::string>> replica_json;
     Stats replica_stats, exposed_stats;
-    if (o->devices > 1) {
-      if (eager.device.rfind("CPU", 0) != 0)
+    const int replicas = gpu_ids.size() > 1 ? static_cast<int>(gpu_ids.size()) : o->devices;
+    if (replicas > 1) {
+      if (o->devices > 1 && eager.device.rfind("CPU", 0) != 0)
         throw InputError("--devices", "--devices times CPU replicas, and this bench runs on a GPU",
-                         "add --device cpu");
-      if (batch % o->devices != 0)
-        throw InputError("--devices",
-                         fmt::format("the batch of {} does not divide among {} replicas", batch, o->devices),
-                         "choose --batch-size as a multiple of --devices");
+                         "add --device cpu; GPUs are chosen with --gpus");
+      if (batch % replicas != 0)
+        throw InputError(gpu_ids.size() > 1 ? "--gpus" : "--devices",
+                         fmt::format("the batch of {} does not divide among {} replicas", batch, replicas),
+                         "choose --batch-size as a multiple of the replica count");
       const engine::TrainingStep rstep =
-          at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, batch / o->devices); });
+          at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, batch / replicas); });
       const SyntheticBatch rdata = synthetic_batch(rstep, cfg);
-      const ReplicaMeasurement rm = measure_replicas(o->devices, rstep, rdata, cfg, *o);
+      // CPU replicas share the threads and a ThreadGroup; GPU replicas get a backend and an NCCL rank each.
+      std::vector<std::unique_ptr<engine::Backend>> owned;
+      std::vector<std::unique_ptr<engine::dist::Communicator>> comm_owned;
+      std::unique_ptr<engine::dist::ThreadGroup> group;
+      if (gpu_ids.size() > 1) {
+#if TRAINER_HAVE_CUDA
+        std::vector<cudaStream_t> streams;
+        for (int id : gpu_ids) {
+          engine::CudaOptions co;
+          co.device = id;
+          co.cuda_graph = !device->no_cuda_graph;
+          co.allow_tf32 = cfg.precision == engine::Precision::tf32;
+          owned.push_back(engine::make_cuda_backend(co));
+          streams.push_back(static_cast<cudaStream_t>(owned.back()->native_stream()));
+        }
+        comm_owned = engine::dist::make_nccl_group(gpu_ids, streams);
+#endif
+      } else {
+        engine::CpuOptions co;
+        co.threads = std::max(1, engine::default_cpu_threads() / replicas);
+        group = std::make_unique<engine::dist::ThreadGroup>(replicas);
+        for (int k = 0; k < replicas; ++k) {
+          owned.push_back(engine::make_cpu_backend(co));
+          comm_owned.push_back(group->communicator(k));
+        }
+      }
+      std::vector<engine::Backend*> bks;
+      std::vector<engine::dist::Communicator*> cms;
+      for (auto& b : owned) bks.push_back(b.get());
+      for (auto& c : comm_owned) cms.push_back(c.get());
+      const ReplicaMeasurement rm = measure_replicas(bks, cms, rstep, rdata, cfg, *o);
       replica_stats = stats_of(rm.step_seconds);
       exposed_stats = stats_of(rm.exposed_seconds);
       const double reference = stats_of(eager.step_seconds).median;
-      replica_json = {{"replicas", std::to_string(o->devices)},
+      replica_json = {{"replicas", std::to_string(replicas)},
                       {"step_ms", stats_json(replica_stats)},
                       {"exposed_comm_ms", json_number(1e3 * exposed_stats.median)},
                       {"compute_ms", json_number(1e3 * (replica_stats.median - exposed_stats.median))},
@@ -466,12 +496,13 @@ Command add_bench_command(CLI::App& app) {
             (have_replay ? replay.device_bytes : eager.device_bytes) / 1048576.0);
     if (!replica_json.empty())
       out.say(
-          "{} CPU replicas: step {:.3f} ms median (compute {:.3f} ms, exposed communication {:.3f} ms) · "
+          "{} {} replicas: step {:.3f} ms median (compute {:.3f} ms, exposed communication {:.3f} ms) · "
           "{:.0f} "
           "samples/s · scaling efficiency {:.0f}% against one device\n",
-          o->devices, 1e3 * replica_stats.median, 1e3 * (replica_stats.median - exposed_stats.median),
-          1e3 * exposed_stats.median, batch / replica_stats.median,
-          100 * stats_of(eager.step_seconds).median / replica_stats.median);
+          gpu_ids.size() > 1 ? static_cast<int>(gpu_ids.size()) : o->devices,
+          gpu_ids.size() > 1 ? "GPU" : "CPU", 1e3 * replica_stats.median,
+          1e3 * (replica_stats.median - exposed_stats.median), 1e3 * exposed_stats.median,
+          batch / replica_stats.median, 100 * stats_of(eager.step_seconds).median / replica_stats.median);
     if (!timed_ops) {
       out.say("(this backend does not time kernels one by one)\n");
       return 0;
