@@ -100,12 +100,21 @@ class BucketReducer {
       const auto start = Trace::Clock::now();
       std::exception_ptr error;
       try {
-        for (const Grad& g : *bucket) {
-          if (g.owner >= 0) {
-            scale_in_place(g.data, g.count, g.dtype, weight);  // host memory: CPU replicas only
-            comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
-          } else {
-            comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});
+        // One collective for the bucket when its gradients share a dtype and every rank needs them.
+        bool group = !bucket->empty();
+        for (const Grad& g : *bucket) group = group && g.owner < 0 && g.dtype == bucket->front().dtype;
+        if (group) {
+          std::vector<Communicator::Span> spans;
+          for (const Grad& g : *bucket) spans.push_back({g.data, g.count});
+          comm_->all_reduce_weighted_sum_group(spans, bucket->front().dtype, weight, {b, step});
+        } else {
+          for (const Grad& g : *bucket) {
+            if (g.owner >= 0) {
+              scale_in_place(g.data, g.count, g.dtype, weight);  // host memory: CPU replicas only
+              comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
+            } else {
+              comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});
+            }
           }
         }
       } catch (...) {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +42,11 @@ void Communicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtyp
                                            const CollectiveTag& tag) {
   scale_in_place(data, count, dtype, weight);
   all_reduce_sum(data, count, dtype, tag);
+}
+
+void Communicator::all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
+                                                 const CollectiveTag& tag) {
+  for (const Span& s : spans) all_reduce_weighted_sum(s.data, s.count, dtype, weight, tag);
 }
 
 void scale_in_place(void* data, int64_t count, DType dtype, double factor) {
@@ -100,6 +106,24 @@ class ThreadCommunicator final : public Communicator {
     rendezvous("all_reduce", tag);
   }
 
+  // One rendezvous pair for the whole group: rank r sums slice r of the tensors' concatenated elements.
+  void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
+                                     const CollectiveTag& tag) override {
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce of {}", dtype_name(dtype));
+    for (const Span& s : spans) scale_in_place(s.data, s.count, dtype, weight);
+    begin("all_reduce", tag);
+    publish(const_cast<std::vector<Span>*>(&spans));
+    rendezvous("all_reduce", tag);
+    int64_t total = 0;
+    for (const Span& s : spans) total += s.count;
+    const int64_t lo = total * rank_ / s_.size, hi = total * (rank_ + 1) / s_.size;
+    if (dtype == DType::f32)
+      reduce_group<float>(spans, lo, hi);
+    else
+      reduce_group<double>(spans, lo, hi);
+    rendezvous("all_reduce", tag);
+  }
+
   void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag) override {
     TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "reduce_sum of {}", dtype_name(dtype));
     begin("reduce", tag);
@@ -127,6 +151,23 @@ class ThreadCommunicator final : public Communicator {
   }
 
  private:
+  // Elements [lo, hi) of the concatenation of every rank's spans (published as their vectors).
+  template <class T>
+  void reduce_group(const std::vector<Span>& mine, int64_t lo, int64_t hi) {
+    int64_t base = 0;
+    for (size_t t = 0; t < mine.size() && base < hi; base += mine[t].count, ++t) {
+      const int64_t from = std::max(lo, base) - base, to = std::min(hi, base + mine[t].count) - base;
+      for (int64_t i = from; i < to; ++i) {
+        auto at = [&](int k) {
+          return &static_cast<T*>((*static_cast<std::vector<Span>*>(s_.ptrs[k]))[t].data)[i];
+        };
+        T sum = *at(0);
+        for (int k = 1; k < s_.size; ++k) sum += *at(k);
+        for (int k = 0; k < s_.size; ++k) *at(k) = sum;
+      }
+    }
+  }
+
   // root < 0: every rank's buffer receives the sum; else only root's.
   template <class T>
   void reduce_slice(int64_t lo, int64_t hi, int root) {

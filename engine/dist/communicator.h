@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/ir/dtype.h"
 #include "engine/util/error.h"
@@ -48,6 +49,15 @@ class Communicator {
   // batch). The default scales host memory and sums; a GPU communicator scales on the device.
   virtual void all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
                                        const CollectiveTag& tag = {});
+  // The weighted sum of several tensors of one dtype as one collective (a gradient bucket): every rank passes
+  // the same counts in the same order. The default makes one call per tensor; the in-process group makes one
+  // rendezvous for all, NCCL one group of calls.
+  struct Span {
+    void* data;
+    int64_t count;
+  };
+  virtual void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
+                                             const CollectiveTag& tag = {});
   // data[i] at `root` = sum over ranks of data[i] (rank order); the other ranks' buffers are unchanged.
   virtual void reduce_sum(void* data, int64_t count, DType dtype, int root,
                           const CollectiveTag& tag = {}) = 0;

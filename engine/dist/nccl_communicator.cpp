@@ -300,6 +300,40 @@ void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, co
   enqueued("all_reduce", tag, true);
 }
 
+void NcclCommunicator::all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype,
+                                                     double weight, const CollectiveTag& tag) {
+  const ncclDataType_t type = nccl_type(dtype);
+  DeviceScope scope(device_);
+  begin("all_reduce", tag);
+  const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype);
+  order_after_compute();
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart());
+  for (const Span& s : spans)
+    if (s.count > 0)
+      TRAINER_NCCL_CHECK(lib::nccl().ncclAllReduce(s.data, s.data, static_cast<size_t>(s.count), type, op,
+                                                   comm(), comm_stream_));
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  enqueued("all_reduce", tag, true);
+}
+
+ncclRedOp_t NcclCommunicator::weighted_op(double weight, DType dtype) {
+  const ncclDataType_t type = nccl_type(dtype);
+  auto key = std::make_pair(weight, static_cast<int>(type));
+  auto it = weighted_ops_.find(key);
+  if (it == weighted_ops_.end()) {
+    ncclRedOp_t op;
+    float wf = static_cast<float>(weight);
+    __nv_bfloat16 wb = __float2bfloat16(wf);
+    void* scalar = dtype == DType::f64    ? static_cast<void*>(&weight)
+                   : dtype == DType::bf16 ? static_cast<void*>(&wb)
+                                          : static_cast<void*>(&wf);
+    TRAINER_NCCL_CHECK(
+        lib::nccl().ncclRedOpCreatePreMulSum(&op, scalar, type, ncclScalarHostImmediate, comm()));
+    it = weighted_ops_.emplace(key, static_cast<int>(op)).first;
+  }
+  return static_cast<ncclRedOp_t>(it->second);
+}
+
 void NcclCommunicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
                                                const CollectiveTag& tag) {
   if (weight == 1.0) return all_reduce_sum(data, count, dtype, tag);

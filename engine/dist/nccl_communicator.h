@@ -58,6 +58,9 @@ class NcclCommunicator final : public Communicator {
   // made once and kept).
   void all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
                                const CollectiveTag& tag = {}) override;
+  // One NCCL group (ncclGroupStart/End) of all-reduces: one launch for a bucket.
+  void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
+                                     const CollectiveTag& tag = {}) override;
   // Every rank has reached its barrier (an all-reduce of one int) and every collective enqueued before it on
   // this rank has completed.
   void barrier(const CollectiveTag& tag = {}) override;
@@ -91,6 +94,7 @@ class NcclCommunicator final : public Communicator {
   void abort_comm();
   [[noreturn]] void timed_out(const char* what, const CollectiveTag& tag);
   ncclComm* comm() const;
+  ncclRedOp_t weighted_op(double weight, DType dtype);  // PreMulSum, made once per weight and type
 
   std::shared_ptr<Group> group_;
   const int local_;  // this rank's index in group_
