@@ -6,10 +6,10 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/dist/communicator.h"
@@ -90,23 +90,22 @@ class BucketReducer {
   void loop() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) break;
-      auto [bucket, b] = queue_.front();
-      queue_.pop_front();
+      cv_.wait(lock, [&] { return stop_ || head_ < queue_.size(); });
+      if (head_ == queue_.size()) break;
+      auto [bucket, b] = queue_[head_++];
+      if (head_ == queue_.size()) {  // drained: reuse the storage, so steady steps allocate nothing
+        queue_.clear();
+        head_ = 0;
+      }
       const int64_t step = step_;
       const double weight = weight_;
       lock.unlock();
       const auto start = Trace::Clock::now();
       std::exception_ptr error;
       try {
-        // One collective for the bucket when its gradients share a dtype and every rank needs them.
-        bool group = !bucket->empty();
-        for (const Grad& g : *bucket) group = group && g.owner < 0 && g.dtype == bucket->front().dtype;
-        if (group) {
-          std::vector<Communicator::Span> spans;
-          for (const Grad& g : *bucket) spans.push_back({g.data, g.count});
-          comm_->all_reduce_weighted_sum_group(spans, bucket->front().dtype, weight, {b, step});
+        const Grouped& grouped = grouped_of(bucket);
+        if (grouped.ok) {
+          comm_->all_reduce_weighted_sum_group(grouped.spans, bucket->front().dtype, weight, {b, step});
         } else {
           for (const Grad& g : *bucket) {
             if (g.owner >= 0) {
@@ -133,12 +132,32 @@ class BucketReducer {
     cv_.notify_all();
   }
 
+  // A bucket as one collective, when its gradients share a dtype and every rank needs them; worked out the
+  // first time the bucket is reduced (on this thread), not every step.
+  struct Grouped {
+    bool ok = false;
+    std::vector<Communicator::Span> spans;
+  };
+  const Grouped& grouped_of(const Bucket* bucket) {
+    auto [it, fresh] = grouped_.try_emplace(bucket);
+    if (fresh) {
+      it->second.ok = !bucket->empty();
+      for (const Grad& g : *bucket) {
+        it->second.ok = it->second.ok && g.owner < 0 && g.dtype == bucket->front().dtype;
+        it->second.spans.push_back({g.data, g.count});
+      }
+    }
+    return it->second;
+  }
+
   Communicator* comm_;
   Trace* trace_;
   const int replica_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::pair<const Bucket*, int>> queue_;
+  std::vector<std::pair<const Bucket*, int>> queue_;  // [head_, size) waiting
+  size_t head_ = 0;
+  std::unordered_map<const Bucket*, Grouped> grouped_;  // used by the communication thread only
   std::vector<bool> done_;
   int64_t step_ = 0;
   double weight_ = 1;

@@ -308,16 +308,6 @@ const KernelRegistry& KernelRegistry::global() {
   return r;
 }
 
-void KernelRegistry::add(const std::string& op, KernelFactory f) {
-  TRAINER_ASSERT(!map_.count(op), "CPU kernel for {} registered twice", op);
-  map_.emplace(op, std::move(f));
-}
-
-const KernelFactory* KernelRegistry::find(const std::string& op) const {
-  auto it = map_.find(op);
-  return it == map_.end() ? nullptr : &it->second;
-}
-
 }  // namespace cpu
 
 }  // namespace trainer::engine

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/kernel_registry.h"
 #include "engine/ir/graph.h"
 #include "engine/util/error.h"
 
@@ -59,15 +60,9 @@ KernelPtr make_kernel(F f) {
 
 using KernelFactory = std::function<KernelPtr(const KernelArgs&)>;
 
-class KernelRegistry {
+class KernelRegistry : public KernelRegistryOf<KernelFactory> {
  public:
   static const KernelRegistry& global();
-  void add(const std::string& op, KernelFactory f);
-  const KernelFactory* find(const std::string& op) const;
-  const std::map<std::string, KernelFactory>& all() const { return map_; }
-
- private:
-  std::map<std::string, KernelFactory> map_;
 };
 
 // Calls f.template operator()<T>() with T = float or double for f32/f64, and throws for other dtypes.

@@ -22,6 +22,7 @@
 #include "engine/backend/cpu/parallel.h"
 #include "engine/backend/cpu/rnn_gemm.h"
 #include "engine/backend/cpu/vec_math.h"
+#include "engine/backend/weak_registry.h"
 #include "engine/ops/rnn_config.h"
 
 namespace trainer::engine::cpu {
@@ -910,30 +911,7 @@ std::string share_key(const KernelArgs& a, RnnCell cell) {
 // (it needs the forward's outputs' gradients), can take over its records instead of rerunning the forward
 // pass. Entries expire with their kernels.
 template <class T>
-class ForwardKernels {
- public:
-  static void add(const std::string& key, const std::shared_ptr<RnnRunner<T>>& runner) {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto& m = map();
-    std::erase_if(m, [](const auto& kv) { return kv.second.expired(); });
-    m[key] = runner;
-  }
-  static std::shared_ptr<RnnRunner<T>> find(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto it = map().find(key);
-    return it == map().end() ? nullptr : it->second.lock();
-  }
-
- private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static std::map<std::string, std::weak_ptr<RnnRunner<T>>>& map() {
-    static std::map<std::string, std::weak_ptr<RnnRunner<T>>> m;
-    return m;
-  }
-};
+using ForwardKernels = WeakRegistry<RnnRunner<T>>;
 
 KernelFactory rnn_factory(RnnCell cell, bool backward) {
   return [cell, backward](const KernelArgs& a) -> KernelPtr {

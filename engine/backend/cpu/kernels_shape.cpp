@@ -7,6 +7,7 @@
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
 #include "engine/ops/shape_slice.h"
+#include "engine/ops/transpose_geometry.h"
 
 namespace trainer::engine::cpu {
 
@@ -149,40 +150,9 @@ void transpose_tile(const T* in, T* out, int64_t R, int64_t C, int64_t r0, int64
 
 KernelPtr transpose(const KernelArgs& a) {
   const Shape& in = a.in(0).shape;
-  std::vector<int64_t> perm = a.attrs().ints_or("perm", {});
-  if (perm.empty())
-    for (int i = in.rank() - 1; i >= 0; --i) perm.push_back(i);
-  // Drop size-1 dims, then merge output dims that are adjacent in the input too: NCHW -> NHWC becomes a
-  // batched 2-D transpose [N, C, HW] -> [N, HW, C].
-  std::vector<int> keep_index(in.rank(), -1);
-  std::vector<int64_t> dims;
-  for (int d = 0; d < in.rank(); ++d)
-    if (in[d] != 1) {
-      keep_index[d] = static_cast<int>(dims.size());
-      dims.push_back(in[d]);
-    }
-  std::vector<int> p;
-  for (int64_t q : perm)
-    if (keep_index[q] >= 0) p.push_back(keep_index[q]);
-  std::vector<std::vector<int>> groups;  // in output order, each a run of consecutive input dims
-  for (int q : p) {
-    if (!groups.empty() && groups.back().back() + 1 == q)
-      groups.back().push_back(q);
-    else
-      groups.push_back({q});
-  }
-  // The merged input: groups sorted by their first input dim.
-  std::vector<int> order(groups.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
-  std::sort(order.begin(), order.end(), [&](int x, int y) { return groups[x][0] < groups[y][0]; });
-  std::vector<int64_t> mdims(groups.size());
-  std::vector<int> mperm(groups.size());  // output group i is merged input dim mperm[i]
-  for (size_t j = 0; j < order.size(); ++j) {
-    int64_t n = 1;
-    for (int q : groups[order[j]]) n *= dims[q];
-    mdims[j] = n;
-    mperm[order[j]] = static_cast<int>(j);
-  }
+  const ops::MergedTranspose m = ops::merge_transpose(in, a.attrs());
+  const std::vector<int64_t>& mdims = m.dims;
+  const std::vector<int>& mperm = m.perm;
   int r = static_cast<int>(mdims.size());
   KernelPtr kp;
   dispatch_bytes(a.in(0).dtype, [&]<class T>() {
@@ -191,7 +161,7 @@ KernelPtr transpose(const KernelArgs& a) {
     int64_t n = in.numel();
     if (r <= 1) {
       kp = make_kernel([=](const StepContext&) { std::memcpy(y, x, n * sizeof(T)); });
-    } else if ((r == 2) || (r == 3 && mperm[0] == 0 && mperm[1] == 2 && mperm[2] == 1)) {
+    } else if (m.is_batched_2d()) {
       int64_t B = r == 3 ? mdims[0] : 1, R = mdims[r - 2], C = mdims[r - 1];
       int64_t tr = (R + kTile - 1) / kTile, tc = (C + kTile - 1) / kTile;
       kp = make_kernel([=](const StepContext&) {

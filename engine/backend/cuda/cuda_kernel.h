@@ -18,6 +18,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/backend/cuda/launch_step.h"
+#include "engine/backend/kernel_registry.h"
 #include "engine/ir/graph.h"
 #include "engine/util/error.h"
 
@@ -120,15 +121,9 @@ KernelPtr make_kernel(F f) {
 // runs that node on the host (engine/backend/cuda/cuda_backend.cpp), as it does ops with no factory at all.
 using KernelFactory = std::function<KernelPtr(const KernelArgs&)>;
 
-class KernelRegistry {
+class KernelRegistry : public KernelRegistryOf<KernelFactory> {
  public:
   static const KernelRegistry& global();
-  void add(const std::string& op, KernelFactory f);
-  const KernelFactory* find(const std::string& op) const;
-  const std::map<std::string, KernelFactory>& all() const { return map_; }
-
- private:
-  std::map<std::string, KernelFactory> map_;
 };
 
 // One line per kernel file, in engine/backend/cuda/cuda_kernels.cpp.

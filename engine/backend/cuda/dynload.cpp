@@ -34,43 +34,24 @@ void resolve(void* handle, const char* soname, const char* name, T& slot) {
 
 }  // namespace
 
-const CublasLt& cublaslt() {
-  static const CublasLt table = [] {
-    constexpr const char* so = "libcublasLt.so.13";
-    void* h = open_library(so, "cuBLASLt");
-    CublasLt t;
+// One table per library, loaded on first use: `list` is the library's X-macro list of functions.
 #define TRAINER_RESOLVE(f) resolve(h, so, #f, t.f);
-    TRAINER_CUBLASLT_FUNCTIONS(TRAINER_RESOLVE)
-#undef TRAINER_RESOLVE
-    return t;
-  }();
-  return table;
-}
+#define TRAINER_DEFINE_TABLE(Type, accessor, soname, what, list) \
+  const Type& accessor() {                                       \
+    static const Type table = [] {                               \
+      constexpr const char* so = soname;                         \
+      void* h = open_library(so, what);                          \
+      Type t;                                                    \
+      list(TRAINER_RESOLVE) return t;                            \
+    }();                                                         \
+    return table;                                                \
+  }
 
-const Cudnn& cudnn() {
-  static const Cudnn table = [] {
-    constexpr const char* so = "libcudnn.so.9";
-    void* h = open_library(so, "cuDNN 9");
-    Cudnn t;
-#define TRAINER_RESOLVE(f) resolve(h, so, #f, t.f);
-    TRAINER_CUDNN_FUNCTIONS(TRAINER_RESOLVE)
-#undef TRAINER_RESOLVE
-    return t;
-  }();
-  return table;
-}
+TRAINER_DEFINE_TABLE(CublasLt, cublaslt, "libcublasLt.so.13", "cuBLASLt", TRAINER_CUBLASLT_FUNCTIONS)
+TRAINER_DEFINE_TABLE(Cudnn, cudnn, "libcudnn.so.9", "cuDNN 9", TRAINER_CUDNN_FUNCTIONS)
+TRAINER_DEFINE_TABLE(Nccl, nccl, "libnccl.so.2", "NCCL 2", TRAINER_NCCL_FUNCTIONS)
 
-const Nccl& nccl() {
-  static const Nccl table = [] {
-    constexpr const char* so = "libnccl.so.2";
-    void* h = open_library(so, "NCCL 2");
-    Nccl t;
-#define TRAINER_RESOLVE(f) resolve(h, so, #f, t.f);
-    TRAINER_NCCL_FUNCTIONS(TRAINER_RESOLVE)
+#undef TRAINER_DEFINE_TABLE
 #undef TRAINER_RESOLVE
-    return t;
-  }();
-  return table;
-}
 
 }  // namespace trainer::engine::cuda::lib

@@ -8,6 +8,7 @@
 #include "engine/backend/cuda/launch_elementwise.h"
 #include "engine/ops/norm_dropout.h"
 #include "engine/ops/shape_slice.h"
+#include "engine/ops/transpose_geometry.h"
 
 namespace trainer::engine::cuda {
 
@@ -265,38 +266,9 @@ KernelPtr expand(const KernelArgs& a) {
 // As the CPU: size-1 dims are dropped and output dims adjacent in the input merged, so NCHW -> NHWC is a
 // batched 2-D transpose [N, C, HW] -> [N, HW, C], which runs tiled; other permutations are strided copies.
 KernelPtr transpose(const KernelArgs& a) {
-  const Shape& in = a.in(0).shape;
-  std::vector<int64_t> perm = a.attrs().ints_or("perm", {});
-  if (perm.empty())
-    for (int i = in.rank() - 1; i >= 0; --i) perm.push_back(i);
-  std::vector<int> keep_index(in.rank(), -1);
-  std::vector<int64_t> dims;
-  for (int d = 0; d < in.rank(); ++d)
-    if (in[d] != 1) {
-      keep_index[d] = static_cast<int>(dims.size());
-      dims.push_back(in[d]);
-    }
-  std::vector<int> p;
-  for (int64_t q : perm)
-    if (keep_index[q] >= 0) p.push_back(keep_index[q]);
-  std::vector<std::vector<int>> groups;  // in output order, each a run of consecutive input dims
-  for (int q : p) {
-    if (!groups.empty() && groups.back().back() + 1 == q)
-      groups.back().push_back(q);
-    else
-      groups.push_back({q});
-  }
-  std::vector<int> order(groups.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
-  std::sort(order.begin(), order.end(), [&](int x, int y) { return groups[x][0] < groups[y][0]; });
-  std::vector<int64_t> mdims(groups.size());
-  std::vector<int> mperm(groups.size());  // output group i is merged input dim mperm[i]
-  for (size_t j = 0; j < order.size(); ++j) {
-    int64_t n = 1;
-    for (int q : groups[order[j]]) n *= dims[q];
-    mdims[j] = n;
-    mperm[order[j]] = static_cast<int>(j);
-  }
+  const ops::MergedTranspose m = ops::merge_transpose(a.in(0).shape, a.attrs());
+  const std::vector<int64_t>& mdims = m.dims;
+  const std::vector<int>& mperm = m.perm;
   const int r = static_cast<int>(mdims.size());
   const int es = static_cast<int>(dtype_bytes(a.in(0).dtype));
   const void* x = a.inputs[0];
@@ -307,7 +279,7 @@ KernelPtr transpose(const KernelArgs& a) {
       if (x != y && bytes > 0) TRAINER_CUDA_CHECK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
     });
   }
-  if (r == 2 || (r == 3 && mperm[0] == 0 && mperm[1] == 2 && mperm[2] == 1)) {
+  if (m.is_batched_2d()) {
     const int64_t batch = r == 3 ? mdims[0] : 1, rows = mdims[r - 2], cols = mdims[r - 1];
     return make_kernel(
         [=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_transpose(es, x, y, batch, rows, cols, s)); });

@@ -22,6 +22,7 @@
 #include "engine/backend/cuda/cuda_kernel.h"
 #include "engine/backend/cuda/dynload.h"
 #include "engine/backend/cuda/launch_rnn.h"
+#include "engine/backend/weak_registry.h"
 #include "engine/ops/rnn_config.h"
 
 namespace trainer::engine::cuda {
@@ -571,30 +572,7 @@ std::string share_key(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg) {
 // inputs in between, so the gradient kernel reads the forward's records instead of recomputing them. Entries
 // expire with their kernels.
 template <class T>
-class ForwardRecords {
- public:
-  static void add(const std::string& key, const std::shared_ptr<Records<T>>& rec) {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto& m = map();
-    std::erase_if(m, [](const auto& kv) { return kv.second.expired(); });
-    m[key] = rec;
-  }
-  static std::shared_ptr<Records<T>> find(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto it = map().find(key);
-    return it == map().end() ? nullptr : it->second.lock();
-  }
-
- private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static std::map<std::string, std::weak_ptr<Records<T>>>& map() {
-    static std::map<std::string, std::weak_ptr<Records<T>>> m;
-    return m;
-  }
-};
+using ForwardRecords = WeakRegistry<Records<T>>;
 
 template <class T>
 KernelPtr make_rnn_kernel(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg, bool backward) {
