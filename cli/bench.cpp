@@ -9,11 +9,11 @@
 #include <map>
 #include <numeric>
 #include <random>
-#include <thread>
 #include <unordered_map>
 
 #include "cli/common.h"
 #include "engine/dist/bucket_reducer.h"
+#include "engine/dist/replica_threads.h"
 #if TRAINER_HAVE_CUDA
 #include "engine/dist/nccl_communicator.h"
 #endif
@@ -242,6 +242,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
     s.executable().set_bucket_wait_hook([r](int b) { r->wait(b); });
   }
   const float lr = static_cast<float>(cfg.schedule.base);
+  engine::dist::ReplicaThreads threads(n);
   ReplicaMeasurement m;
   for (int64_t i = 0; i < o.warmup + o.steps; ++i) {
     for (int k = 0; k < n; ++k) {
@@ -255,22 +256,13 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
       reducers[k]->reset_exposed();
     }
     auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> threads;
-    std::vector<std::exception_ptr> errors(n);
-    for (int k = 0; k < n; ++k)
-      threads.emplace_back([&, k] {
-        try {
-          sessions[k]->run(engine::StepContext{static_cast<uint64_t>(i), cfg.seed,
-                                               static_cast<uint64_t>(k * data.x.shape()[0])});
-          comms[k]->wait({-1, i});
-          backends[k]->synchronize();
-        } catch (...) {
-          errors[k] = std::current_exception();
-        }
-      });
-    for (std::thread& t : threads) t.join();
-    for (const auto& e : errors)
-      if (e) std::rethrow_exception(e);
+    auto step_of = [&](int k) {
+      sessions[k]->run(engine::StepContext{static_cast<uint64_t>(i), cfg.seed,
+                                           static_cast<uint64_t>(k * data.x.shape()[0])});
+      comms[k]->wait({-1, i});
+      backends[k]->synchronize();
+    };
+    threads.run(step_of);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (i < o.warmup) continue;
     double exposed = 0;

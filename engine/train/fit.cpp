@@ -7,17 +7,13 @@
 #include <array>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
-#include <exception>
 #include <map>
-#include <mutex>
 #include <numbers>
-#include <thread>
 
 #include "engine/autodiff/autodiff.h"
 #include "engine/dist/bucket_reducer.h"
+#include "engine/dist/replica_threads.h"
 #include "engine/ir/op_schema.h"
 #include "engine/train/session.h"
 #include "engine/train/training.h"
@@ -346,65 +342,6 @@ std::map<std::string, int> shard_owners(const Graph& g, int world) {
   return owner;
 }
 
-// Runs f(0) here and f(1..n-1) on threads of their own, and raises the first exception once they have ended.
-// After an exception (a collective's timeout), a replica that still has not ended a second later is
-// stuck (a hung or stalled rank): it is left behind, detached, so the error reaches the caller, which ends
-// the process.
-template <class F>
-void run_on_threads(int n, F& f) {
-  struct Shared {
-    std::mutex mu;
-    std::condition_variable cv;
-    int running = 0;
-    std::vector<std::exception_ptr> errors;
-  };
-  auto shared = std::make_shared<Shared>();
-  shared->running = n - 1;
-  shared->errors.resize(n);
-  std::vector<std::thread> threads;
-  for (int k = 1; k < n; ++k)
-    threads.emplace_back([shared, &f, k] {
-      std::exception_ptr e;
-      try {
-        f(k);
-      } catch (...) {
-        e = std::current_exception();
-      }
-      std::lock_guard<std::mutex> lock(shared->mu);
-      shared->errors[k] = e;
-      --shared->running;
-      shared->cv.notify_all();
-    });
-  std::exception_ptr first;
-  try {
-    f(0);
-  } catch (...) {
-    first = std::current_exception();
-  }
-  {
-    std::unique_lock<std::mutex> lock(shared->mu);
-    auto done = [&] { return shared->running == 0; };
-    if (!first)
-      shared->cv.wait(lock, [&] {
-        if (done()) return true;
-        for (const auto& e : shared->errors)
-          if (e) return true;
-        return false;
-      });
-    shared->cv.wait_for(lock, std::chrono::seconds(1), done);
-    if (!first)
-      for (const auto& e : shared->errors)
-        if (e && !first) first = e;
-    if (!done()) {
-      lock.unlock();
-      for (std::thread& t : threads) t.detach();
-      std::rethrow_exception(first);
-    }
-  }
-  for (std::thread& t : threads) t.join();
-  if (first) std::rethrow_exception(first);
-}
-
 double find_log(const Logs& logs, const std::string& name, bool* found) {
   for (const auto& [k, v] : logs)
     if (k == name) {
@@ -576,6 +513,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
   };
   Reducers reducers;
+  std::unique_ptr<dist::ReplicaThreads> replica_threads;
+  if (local > 1) replica_threads = std::make_unique<dist::ReplicaThreads>(local);
   std::map<std::pair<int, int64_t>, std::vector<dist::BucketReducer::Bucket>>
       plan_buckets;  // (replica, batch)
   if (!replicas.comms.empty())
@@ -719,7 +658,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       if (local == 1)
         run_replica(0);
       else
-        run_on_threads(local, run_replica);
+        replica_threads->run(run_replica);
       {
         const Plan& p = dev.train_plan(slice(batch.size, replicas.first_rank).second -
                                        slice(batch.size, replicas.first_rank).first);
