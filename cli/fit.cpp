@@ -301,10 +301,6 @@ Command add_fit_command(CLI::App& app) {
       if (backend->name() != "cpu") {
 #if TRAINER_HAVE_CUDA
         // NCCL sums the GPUs' gradients; MPI hands out its unique id from rank 0 and sums the metrics.
-        if (s.parallel.shard_optimizer)
-          throw InputError("parallel.shard_optimizer",
-                           "shard_optimizer works with CPU replicas (--devices) for now",
-                           "leave shard_optimizer out with GPU ranks");
         std::string id = launch.rank == 0 ? engine::dist::nccl_unique_id() : std::string();
         size_t id_bytes = id.size();
         world->broadcast(&id_bytes, sizeof id_bytes, 0);
@@ -332,10 +328,6 @@ Command add_fit_command(CLI::App& app) {
       if (parallel->devices > 1)
         throw InputError("--devices", "--devices makes CPU replicas, and --gpus chooses GPUs",
                          "leave out one of them");
-      if (s.parallel.shard_optimizer)
-        throw InputError("parallel.shard_optimizer",
-                         "shard_optimizer works with CPU replicas (--devices) for now",
-                         "leave shard_optimizer out with --gpus");
 #if TRAINER_HAVE_CUDA
       std::vector<cudaStream_t> streams = {static_cast<cudaStream_t>(backend->native_stream())};
       for (auto& b : opened.more) streams.push_back(static_cast<cudaStream_t>(b->native_stream()));
@@ -381,15 +373,16 @@ Command add_fit_command(CLI::App& app) {
     engine::CheckpointPolicy policy;
     engine::SaveFn save;
     std::unique_ptr<CheckpointWriter> writer;
+    // Every rank follows the policy (a sharded optimizer state is gathered by all of them); rank 0 writes.
+    if (!output_dir->empty() && s.train.checkpoint.enabled) {
+      policy.every_epochs = s.train.checkpoint.every_epochs;
+      policy.every_steps = s.train.checkpoint.every_steps;
+      policy.save_best = s.train.checkpoint.save_best;
+      policy.mode = s.train.checkpoint.mode;
+    }
     if (!output_dir->empty() && speaks) {
       std::filesystem::create_directories(*output_dir);
       writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last);
-      if (s.train.checkpoint.enabled) {
-        policy.every_epochs = s.train.checkpoint.every_epochs;
-        policy.every_steps = s.train.checkpoint.every_steps;
-        policy.save_best = s.train.checkpoint.save_best;
-        policy.mode = s.train.checkpoint.mode;
-      }
       save = [&](const engine::TrainingState& st, engine::SaveReason why) {
         writer->save(st, why, observer.signature);
       };

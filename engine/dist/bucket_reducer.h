@@ -23,7 +23,8 @@ class BucketReducer {
     void* data;
     int64_t count;
     DType dtype;
-    int owner = -1;  // ZeRO-1: the rank that updates this parameter, the only one that needs the sum; -1: all
+    int owner =
+        -1;  // ZeRO-1: the rank that updates these elements, the only one that needs their sum; -1: all
   };
   using Bucket = std::vector<Grad>;
 
@@ -104,8 +105,10 @@ class BucketReducer {
       std::exception_ptr error;
       try {
         const Grouped& grouped = grouped_of(bucket);
-        if (grouped.ok) {
+        if (grouped.kind == Grouped::all_reduce) {
           comm_->all_reduce_weighted_sum_group(grouped.spans, bucket->front().dtype, weight, {b, step});
+        } else if (grouped.kind == Grouped::reduce) {
+          comm_->reduce_weighted_sum_group(grouped.pieces, bucket->front().dtype, weight, {b, step});
         } else {
           for (const Grad& g : *bucket) {
             if (g.owner >= 0) {
@@ -132,20 +135,27 @@ class BucketReducer {
     cv_.notify_all();
   }
 
-  // A bucket as one collective, when its gradients share a dtype and every rank needs them; worked out the
-  // first time the bucket is reduced (on this thread), not every step.
+  // A bucket as one collective when its gradients share a dtype: an all-reduce when every rank needs them,
+  // a reduce-scatter when each has an owner (ZeRO-1). Worked out the first time the bucket is reduced (on
+  // this thread), not every step.
   struct Grouped {
-    bool ok = false;
+    enum Kind { none, all_reduce, reduce } kind = none;
     std::vector<Communicator::Span> spans;
+    std::vector<Communicator::Piece> pieces;
   };
   const Grouped& grouped_of(const Bucket* bucket) {
     auto [it, fresh] = grouped_.try_emplace(bucket);
-    if (fresh) {
-      it->second.ok = !bucket->empty();
+    if (fresh && !bucket->empty()) {
+      Grouped& gr = it->second;
+      bool same = true, all = true, owned = true;
       for (const Grad& g : *bucket) {
-        it->second.ok = it->second.ok && g.owner < 0 && g.dtype == bucket->front().dtype;
-        it->second.spans.push_back({g.data, g.count});
+        same = same && g.dtype == bucket->front().dtype;
+        all = all && g.owner < 0;
+        owned = owned && g.owner >= 0;
+        gr.spans.push_back({g.data, g.count});
+        gr.pieces.push_back({g.data, g.count, g.owner});
       }
+      gr.kind = !same ? Grouped::none : all ? Grouped::all_reduce : owned ? Grouped::reduce : Grouped::none;
     }
     return it->second;
   }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace trainer::engine::dist {
@@ -47,6 +48,21 @@ void Communicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtyp
 void Communicator::all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
                                                  const CollectiveTag& tag) {
   for (const Span& s : spans) all_reduce_weighted_sum(s.data, s.count, dtype, weight, tag);
+}
+
+void Communicator::reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
+                                             const CollectiveTag& tag) {
+  for (const Piece& p : pieces) {
+    scale_in_place(p.data, p.count, dtype, weight);
+    reduce_sum(p.data, p.count, dtype, p.root, tag);
+  }
+}
+
+void Communicator::broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) {
+  for (const Copy& c : copies) {
+    if (c.root == rank() && c.src != c.dst && c.bytes) std::memcpy(c.dst, c.src, c.bytes);
+    broadcast(c.dst, c.bytes, c.root, tag);
+  }
 }
 
 void scale_in_place(void* data, int64_t count, DType dtype, double factor) {
@@ -109,19 +125,13 @@ class ThreadCommunicator final : public Communicator {
   // One rendezvous pair for the whole group: rank r sums slice r of the tensors' concatenated elements.
   void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
                                      const CollectiveTag& tag) override {
-    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce of {}", dtype_name(dtype));
-    for (const Span& s : spans) scale_in_place(s.data, s.count, dtype, weight);
-    begin("all_reduce", tag);
-    publish(const_cast<std::vector<Span>*>(&spans));
-    rendezvous("all_reduce", tag);
-    int64_t total = 0;
-    for (const Span& s : spans) total += s.count;
-    const int64_t lo = total * rank_ / s_.size, hi = total * (rank_ + 1) / s_.size;
-    if (dtype == DType::f32)
-      reduce_group<float>(spans, lo, hi);
-    else
-      reduce_group<double>(spans, lo, hi);
-    rendezvous("all_reduce", tag);
+    weighted_group("all_reduce", spans, dtype, weight, tag);
+  }
+
+  // As the all-reduce group, with each piece's sum written to its root's buffer only.
+  void reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
+                                 const CollectiveTag& tag) override {
+    weighted_group("reduce", pieces, dtype, weight, tag);
   }
 
   void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag) override {
@@ -151,19 +161,44 @@ class ThreadCommunicator final : public Communicator {
   }
 
  private:
-  // Elements [lo, hi) of the concatenation of every rank's spans (published as their vectors).
-  template <class T>
-  void reduce_group(const std::vector<Span>& mine, int64_t lo, int64_t hi) {
+  template <class Item>
+  void weighted_group(const char* what, const std::vector<Item>& items, DType dtype, double weight,
+                      const CollectiveTag& tag) {
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "{} of {}", what, dtype_name(dtype));
+    for (const Item& it : items) scale_in_place(it.data, it.count, dtype, weight);
+    begin(what, tag);
+    publish(const_cast<std::vector<Item>*>(&items));
+    rendezvous(what, tag);
+    int64_t total = 0;
+    for (const Item& it : items) total += it.count;
+    const int64_t lo = total * rank_ / s_.size, hi = total * (rank_ + 1) / s_.size;
+    if (dtype == DType::f32)
+      reduce_group<float>(items, lo, hi);
+    else
+      reduce_group<double>(items, lo, hi);
+    rendezvous(what, tag);
+  }
+
+  // Elements [lo, hi) of the concatenation of every rank's spans or pieces (published as their vectors),
+  // summed in rank order; a piece's sum goes to its root, a span's to every rank.
+  template <class T, class Item>
+  void reduce_group(const std::vector<Item>& mine, int64_t lo, int64_t hi) {
     int64_t base = 0;
     for (size_t t = 0; t < mine.size() && base < hi; base += mine[t].count, ++t) {
       const int64_t from = std::max(lo, base) - base, to = std::min(hi, base + mine[t].count) - base;
+      int root = -1;
+      if constexpr (std::is_same_v<Item, Piece>) root = mine[t].root;
       for (int64_t i = from; i < to; ++i) {
         auto at = [&](int k) {
-          return &static_cast<T*>((*static_cast<std::vector<Span>*>(s_.ptrs[k]))[t].data)[i];
+          return &static_cast<T*>((*static_cast<std::vector<Item>*>(s_.ptrs[k]))[t].data)[i];
         };
         T sum = *at(0);
         for (int k = 1; k < s_.size; ++k) sum += *at(k);
-        for (int k = 0; k < s_.size; ++k) *at(k) = sum;
+        if (root >= 0) {
+          *at(root) = sum;
+        } else {
+          for (int k = 0; k < s_.size; ++k) *at(k) = sum;
+        }
       }
     }
   }

@@ -63,6 +63,30 @@ class Communicator {
                           const CollectiveTag& tag = {}) = 0;
   // Every rank receives root's `bytes` at data.
   virtual void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) = 0;
+
+  // ZeRO-1's two collectives. Every rank passes the same list (the same counts, roots and order); data
+  // pointers are its own.
+  //
+  // The weighted sum of each piece lands at the piece's root only (a reduce-scatter of a gradient bucket);
+  // the other ranks' buffers are left as they were or scaled by their weight. The default makes one
+  // reduce_sum per piece after scaling host memory.
+  struct Piece {
+    void* data;
+    int64_t count;
+    int root;
+  };
+  virtual void reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
+                                         const CollectiveTag& tag = {});
+  // Each copy's `bytes` at its root's `src` land at every rank's `dst`, the root's own included (the
+  // all-gather of the updated parameter shards); `src` is read at the root only. The default copies at the
+  // root and makes one broadcast per copy (host memory).
+  struct Copy {
+    const void* src;
+    void* dst;
+    size_t bytes;
+    int root;
+  };
+  virtual void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag = {});
   virtual void barrier(const CollectiveTag& tag = {}) = 0;
   // Blocks until this rank's collectives enqueued so far have completed, within the timeout (the watchdog of
   // communicators whose collectives return before they finish, like NCCL's); the others complete in the call.

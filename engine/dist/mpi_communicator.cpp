@@ -9,9 +9,12 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace trainer::engine::dist {
 
@@ -86,6 +89,112 @@ class MpiCommunicator final : public Communicator {
     wait(req, "broadcast", tag);
   }
 
+  // A bucket as one MPI call: its tensors are packed into one host buffer, summed, and unpacked.
+  void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
+                                     const CollectiveTag& tag) override {
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce of {}", dtype_name(dtype));
+    const size_t es = dtype_bytes(dtype);
+    int64_t total = 0;
+    for (const Span& s : spans) total += s.count;
+    TRAINER_ASSERT(total <= INT32_MAX, "an all-reduce of {} elements", total);
+    send_.resize(total * es);
+    size_t at = 0;
+    for (const Span& s : spans) {
+      std::memcpy(send_.data() + at, s.data, s.count * es);
+      at += s.count * es;
+    }
+    scale_in_place(send_.data(), total, dtype, weight);
+    begin();
+    MPI_Request req;
+    mpi_check(MPI_Iallreduce(MPI_IN_PLACE, send_.data(), static_cast<int>(total), mpi_type(dtype), MPI_SUM,
+                             MPI_COMM_WORLD, &req),
+              "MPI_Iallreduce");
+    wait(req, "all_reduce", tag);
+    at = 0;
+    for (const Span& s : spans) {
+      std::memcpy(s.data, send_.data() + at, s.count * es);
+      at += s.count * es;
+    }
+  }
+
+  // ZeRO-1's reduce-scatter as one MPI call: the pieces are packed by root (rank 0's first), and
+  // MPI_Ireduce_scatter hands each rank the sum of its block, which it unpacks into its pieces.
+  void reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
+                                 const CollectiveTag& tag) override {
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "reduce of {}", dtype_name(dtype));
+    const size_t es = dtype_bytes(dtype);
+    counts_.assign(size_, 0);
+    for (const Piece& p : pieces) {
+      TRAINER_ASSERT(p.root >= 0 && p.root < size_, "a reduce to rank {} of {}", p.root, size_);
+      counts_[p.root] += p.count;
+    }
+    int64_t total = 0;
+    for (int64_t c : counts_) total += c;
+    TRAINER_ASSERT(total <= INT32_MAX, "a reduce-scatter of {} elements", total);
+    send_.resize(total * es);
+    recv_.resize(counts_[rank_] * es);
+    recv_counts_.assign(counts_.begin(), counts_.end());
+    size_t at = 0;
+    for (int r = 0; r < size_; ++r)
+      for (const Piece& p : pieces)
+        if (p.root == r) {
+          std::memcpy(send_.data() + at, p.data, p.count * es);
+          at += p.count * es;
+        }
+    scale_in_place(send_.data(), total, dtype, weight);
+    begin();
+    MPI_Request req;
+    mpi_check(MPI_Ireduce_scatter(send_.data(), recv_.data(), recv_counts_.data(), mpi_type(dtype), MPI_SUM,
+                                  MPI_COMM_WORLD, &req),
+              "MPI_Ireduce_scatter");
+    wait(req, "reduce_scatter", tag);
+    at = 0;
+    for (const Piece& p : pieces)
+      if (p.root == rank_) {
+        std::memcpy(p.data, recv_.data() + at, p.count * es);
+        at += p.count * es;
+      }
+  }
+
+  // ZeRO-1's all-gather as one MPI call: each rank packs the copies it is the root of, MPI_Iallgatherv
+  // hands every rank every block, and each copy is unpacked from its root's block.
+  void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) override {
+    counts_.assign(size_, 0);
+    for (const Copy& c : copies) {
+      TRAINER_ASSERT(c.root >= 0 && c.root < size_, "a broadcast from rank {} of {}", c.root, size_);
+      counts_[c.root] += static_cast<int64_t>(c.bytes);
+    }
+    recv_counts_.resize(size_);
+    displs_.resize(size_);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      TRAINER_ASSERT(total + counts_[r] <= INT32_MAX, "an all-gather of {} bytes", total + counts_[r]);
+      displs_[r] = static_cast<int>(total);
+      recv_counts_[r] = static_cast<int>(counts_[r]);
+      total += counts_[r];
+    }
+    send_.resize(counts_[rank_]);
+    recv_.resize(total);
+    size_t at = 0;
+    for (const Copy& c : copies)
+      if (c.root == rank_) {
+        std::memcpy(send_.data() + at, c.src, c.bytes);
+        at += c.bytes;
+      }
+    begin();
+    MPI_Request req;
+    mpi_check(MPI_Iallgatherv(send_.data(), recv_counts_[rank_], MPI_BYTE, recv_.data(), recv_counts_.data(),
+                              displs_.data(), MPI_BYTE, MPI_COMM_WORLD, &req),
+              "MPI_Iallgatherv");
+    wait(req, "all_gather", tag);
+    std::vector<int64_t>& next = counts_;  // reused: each root's unpacking position
+    for (int r = 0; r < size_; ++r) next[r] = displs_[r];
+    for (const Copy& c : copies) {
+      std::memcpy(c.dst, recv_.data() + next[c.root], c.bytes);
+      next[c.root] += static_cast<int64_t>(c.bytes);
+    }
+  }
+
   void barrier(const CollectiveTag& tag) override {
     begin();
     MPI_Request req;
@@ -114,8 +223,14 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  static MPI_Datatype mpi_type(DType dtype) { return dtype == DType::f32 ? MPI_FLOAT : MPI_DOUBLE; }
+
   int rank_ = 0, size_ = 1;
   int64_t collectives_ = 0;
+  // Staging for the packed collectives, kept between calls so steady steps allocate nothing.
+  std::vector<std::byte> send_, recv_;
+  std::vector<int64_t> counts_;
+  std::vector<int> recv_counts_, displs_;
   const FaultStall stall_ = FaultStall::from_environment();
 };
 

@@ -318,6 +318,7 @@ void NcclCommunicator::all_reduce_weighted_sum_group(const std::vector<Span>& sp
 
 ncclRedOp_t NcclCommunicator::weighted_op(double weight, DType dtype) {
   const ncclDataType_t type = nccl_type(dtype);
+  // The scalar's type is the data's: f32 weights for f32 data, bf16 for bf16 (it rounds), f64 for f64.
   auto key = std::make_pair(weight, static_cast<int>(type));
   auto it = weighted_ops_.find(key);
   if (it == weighted_ops_.end()) {
@@ -341,23 +342,10 @@ void NcclCommunicator::all_reduce_weighted_sum(void* data, int64_t count, DType 
   DeviceScope scope(device_);
   begin("all_reduce", tag);
   if (count == 0) return;
-  auto key = std::make_pair(weight, static_cast<int>(type));
-  auto it = weighted_ops_.find(key);
-  if (it == weighted_ops_.end()) {
-    ncclRedOp_t op;
-    // The scalar's type is the data's: f32 weights for f32 and bf16 data (bf16 scalars round), f64 for f64.
-    float wf = static_cast<float>(weight);
-    __nv_bfloat16 wb = __float2bfloat16(wf);
-    void* scalar = dtype == DType::f64    ? static_cast<void*>(&weight)
-                   : dtype == DType::bf16 ? static_cast<void*>(&wb)
-                                          : static_cast<void*>(&wf);
-    TRAINER_NCCL_CHECK(
-        lib::nccl().ncclRedOpCreatePreMulSum(&op, scalar, type, ncclScalarHostImmediate, comm()));
-    it = weighted_ops_.emplace(key, static_cast<int>(op)).first;
-  }
+  const ncclRedOp_t op = weighted_op(weight, dtype);
   order_after_compute();
-  TRAINER_NCCL_CHECK(lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type,
-                                               static_cast<ncclRedOp_t>(it->second), comm(), comm_stream_));
+  TRAINER_NCCL_CHECK(
+      lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type, op, comm(), comm_stream_));
   enqueued("all_reduce", tag, true);
 }
 
@@ -372,6 +360,41 @@ void NcclCommunicator::reduce_sum(void* data, int64_t count, DType dtype, int ro
   TRAINER_NCCL_CHECK(lib::nccl().ncclReduce(data, data, static_cast<size_t>(count), type, ncclSum, root,
                                             comm(), comm_stream_));
   enqueued("reduce", tag, true);
+}
+
+void NcclCommunicator::reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
+                                                 const CollectiveTag& tag) {
+  const ncclDataType_t type = nccl_type(dtype);
+  DeviceScope scope(device_);
+  begin("reduce", tag);
+  const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype);
+  order_after_compute();
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart());
+  for (const Piece& p : pieces) {
+    TRAINER_ASSERT(p.root >= 0 && p.root < size_, "reduce to rank {} of {}", p.root, size_);
+    if (p.count > 0)
+      TRAINER_NCCL_CHECK(lib::nccl().ncclReduce(p.data, p.data, static_cast<size_t>(p.count), type, op,
+                                                p.root, comm(), comm_stream_));
+  }
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  enqueued("reduce", tag, true);
+}
+
+void NcclCommunicator::broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) {
+  DeviceScope scope(device_);
+  begin("broadcast", tag);
+  order_after_compute();
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart());
+  for (const Copy& c : copies) {
+    TRAINER_ASSERT(c.root >= 0 && c.root < size_, "broadcast from rank {} of {}", c.root, size_);
+    // The send buffer is read at the root only; the others pass their destination.
+    const void* src = c.root == rank_ ? c.src : c.dst;
+    if (c.bytes > 0)
+      TRAINER_NCCL_CHECK(
+          lib::nccl().ncclBroadcast(src, c.dst, c.bytes, ncclUint8, c.root, comm(), comm_stream_));
+  }
+  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  enqueued("broadcast", tag, true);
 }
 
 void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) {

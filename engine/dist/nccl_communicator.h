@@ -61,6 +61,11 @@ class NcclCommunicator final : public Communicator {
   // One NCCL group (ncclGroupStart/End) of all-reduces: one launch for a bucket.
   void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
                                      const CollectiveTag& tag = {}) override;
+  // ZeRO-1's reduce-scatter and all-gather: one NCCL group of ncclReduce (PreMulSum) calls, one of
+  // ncclBroadcast calls from each shard's source to every rank's destination.
+  void reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
+                                 const CollectiveTag& tag = {}) override;
+  void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag = {}) override;
   // Every rank has reached its barrier (an all-reduce of one int) and every collective enqueued before it on
   // this rank has completed.
   void barrier(const CollectiveTag& tag = {}) override;

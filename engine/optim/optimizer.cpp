@@ -101,4 +101,17 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
   return states;
 }
 
+std::vector<std::string> optimizer_slots(const OptimizerConfig& config) {
+  // Read off the rewrite itself on a one-element parameter, so the two never disagree.
+  Graph g;
+  const ValueId p = g.add_parameter("p", Tensor(DType::f32, Shape{1}));
+  const ValueId grad = g.add_input("g", DType::f32, Shape{1});
+  const ValueId lr = g.add_input("lr", DType::f32, Shape{});
+  const ValueId step = g.add_input("step", DType::i64, Shape{});
+  std::vector<std::string> out;
+  const std::vector<OptimizerState> states = add_optimizer(g, {{p, grad}}, lr, step, config);
+  for (ValueId s : states.front().slots) out.push_back(g.value(s).name.substr(2));  // after "p/"
+  return out;
+}
+
 }  // namespace trainer::engine

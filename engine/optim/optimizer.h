@@ -44,4 +44,8 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
                                           const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,
                                           ValueId lr, ValueId step, const OptimizerConfig& config);
 
+// The slot names add_optimizer gives each parameter's state, in its order ("adam_m", "adam_v" for adam; none
+// for plain SGD).
+std::vector<std::string> optimizer_slots(const OptimizerConfig& config);
+
 }  // namespace trainer::engine

@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <map>
 #include <numbers>
@@ -229,13 +230,13 @@ class Device {
                eval_batches(eval_samples, cfg)) {}
 
   // Plans for exactly these training and evaluation batch sizes (a replica plans its slices of the batches).
-  // `owned`: ZeRO-1's parameters of this replica (the others get no optimizer update here).
+  // `shard`: ZeRO-1's ranges of the parameters this replica updates (TrainingOptions::shard).
   Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend,
          const std::vector<int64_t>& train, const std::vector<int64_t>& eval,
-         std::optional<std::set<std::string>> owned = std::nullopt)
+         std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard = std::nullopt)
       : plans_(backend) {
     TrainingOptions topt = training_options(cfg);
-    topt.owned = std::move(owned);
+    topt.shard = std::move(shard);
     for (int64_t batch : train) {
       LossGraph lg = add_loss(factory(batch, true), batch, cfg);
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
@@ -329,17 +330,34 @@ Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, c
   return acc.logs(prefix);
 }
 
-// ZeRO-1's owners: in the model's order, each parameter goes to the rank with the fewest bytes so far (the
-// lowest rank on ties), so every rank computes the same assignment.
-std::map<std::string, int> shard_owners(const Graph& g, int world) {
-  std::map<std::string, int> owner;
-  std::vector<size_t> load(world, 0);
-  for (ValueId p : trainable_parameters(g)) {
-    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    load[r] += g.value(p).nbytes();
-    owner[g.value(p).name] = r;
+// ZeRO-1's shards: the trainable parameters' elements, concatenated in the model's order, split into `world`
+// ranges of nearly equal size (their bounds on multiples of 16 elements), rank r owning range r. A piece is
+// where one parameter meets one range; pieces come in the model's order, then the ranks'. Every rank computes
+// the same split.
+struct ShardPiece {
+  std::string param;
+  int owner = 0;
+  int64_t offset = 0, count = 0;  // in the parameter's flattened elements
+};
+
+std::vector<ShardPiece> shard_pieces(const Graph& g, int world) {
+  const std::vector<ValueId> params = trainable_parameters(g);
+  int64_t total = 0;
+  for (ValueId p : params) total += g.value(p).shape.numel();
+  std::vector<int64_t> bound(world + 1);
+  for (int r = 0; r <= world; ++r) bound[r] = std::min(total, (total * r / world + 15) / 16 * 16);
+  bound[world] = total;
+  std::vector<ShardPiece> out;
+  int64_t base = 0;
+  for (ValueId p : params) {
+    const int64_t n = g.value(p).shape.numel();
+    for (int r = 0; r < world; ++r) {
+      const int64_t lo = std::max(base, bound[r]), hi = std::min(base + n, bound[r + 1]);
+      if (hi > lo) out.push_back({g.value(p).name, r, lo - base, hi - lo});
+    }
+    base += n;
   }
-  return owner;
+  return out;
 }
 
 double find_log(const Logs& logs, const std::string& name, bool* found) {
@@ -449,22 +467,21 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
             "replica");
   }
   // Every replica plans its slices of the training batches; the first replica of the process evaluates.
-  // ZeRO-1: every parameter gets one owner rank, the least loaded by bytes so far, in the model's order, so
-  // every rank computes the same assignment.
+  // ZeRO-1: each rank updates its range of the parameters' elements (shard_pieces).
   const bool sharded = cfg.shard_optimizer && world > 1;
-  std::map<std::string, int> owner_of;
-  std::vector<std::string> param_order;
+  std::vector<ShardPiece> pieces;
+  std::map<std::string, std::vector<const ShardPiece*>> pieces_of;  // by parameter, in rank order
+  std::vector<std::string> slots;                                   // the optimizer's, "adam_m", ...
   if (sharded) {
-    if (local != world)
-      throw InputError("parallel.shard_optimizer",
-                       "shard_optimizer works with replicas in one process (--devices N) for now",
-                       "leave shard_optimizer out under mpirun or srun");
     ForwardModel probe = factory(cfg.batch_size, true);
-    owner_of = shard_owners(probe.graph, world);
-    for (ValueId p : trainable_parameters(probe.graph)) param_order.push_back(probe.graph.value(p).name);
+    pieces = shard_pieces(probe.graph, world);
+    for (const ShardPiece& sp : pieces) pieces_of[sp.param].push_back(&sp);
+    slots = optimizer_slots(cfg.optimizer);
   }
   // With clipping or loss scaling every rank reads every gradient: they are then summed everywhere.
   const bool reduce_to_owner = sharded && cfg.clipnorm <= 0 && cfg.precision != Precision::fp16;
+  // Collectives on host memory across processes gather a checkpoint's shards: every rank then captures.
+  const bool gather_across_processes = sharded && world > local;
   std::vector<std::unique_ptr<Device>> devs;
   for (int k = 0; k < local; ++k) {
     std::vector<int64_t> slices;
@@ -474,30 +491,47 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
     std::vector<int64_t> eval;
     if (k == 0) eval = Device::eval_batches({n_val, test ? test->size() : 0}, cfg);
-    std::optional<std::set<std::string>> owned;
+    std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard;
     if (sharded) {
-      owned.emplace();
-      for (const auto& [name, r] : owner_of)
-        if (r == replicas.first_rank + k) owned->insert(name);
+      shard.emplace();
+      for (const ShardPiece& sp : pieces)
+        if (sp.owner == replicas.first_rank + k) (*shard)[sp.param] = {sp.offset, sp.count};
     }
-    devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, owned));
+    devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, shard));
   }
   Device& dev = *devs[0];
   std::vector<Session*> weight_sessions;
   for (auto& d : devs) weight_sessions.push_back(&d->weights_session());
-  // ZeRO-1: after its update, each parameter goes from its owner to every replica.
-  struct Shared {
-    void* data;
-    size_t bytes;
-    int owner;
+  // ZeRO-1: after the update, each shard goes from its owner to that range of the parameter on every replica
+  // (one all-gather). The shard values of replica k: the parameter's ("P@shard") and its optimizer state's
+  // ("P@shard/adam_m"), each with the name it has in a checkpoint ("P", "P/adam_m") and its range there.
+  struct ShardValue {
+    ValueId value;
+    std::string full;
+    int64_t offset, count;
   };
-  std::vector<std::vector<Shared>> shared_params(local);
+  std::vector<std::vector<dist::Communicator::Copy>> gathers(local);
+  std::vector<std::vector<ShardValue>> shard_values(local);
   if (sharded)
     for (int k = 0; k < local; ++k) {
       Session& w = devs[k]->weights_session();
-      for (const std::string& name : param_order) {
-        const ValueId v = w.graph().find(name);
-        shared_params[k].push_back({w.device_pointer(v), w.graph().value(v).nbytes(), owner_of.at(name)});
+      const int rank = replicas.first_rank + k;
+      for (const ShardPiece& sp : pieces) {
+        const ValueId v = w.graph().find(sp.param);
+        const size_t es = dtype_bytes(w.graph().value(v).dtype);
+        const void* src = nullptr;
+        if (sp.owner == rank) {
+          std::vector<std::string> suffixes = {""};
+          for (const std::string& slot : slots) suffixes.push_back("/" + slot);
+          for (const std::string& suffix : suffixes) {
+            const ValueId sv = w.graph().find(sp.param + kShardSuffix + suffix);
+            TRAINER_ASSERT(sv != kNoValue, "no shard value {}{}{}", sp.param, kShardSuffix, suffix);
+            shard_values[k].push_back({sv, sp.param + suffix, sp.offset, sp.count});
+          }
+          src = w.device_pointer(shard_values[k][shard_values[k].size() - suffixes.size()].value);
+        }
+        gathers[k].push_back(
+            {src, static_cast<std::byte*>(w.device_pointer(v)) + sp.offset * es, sp.count * es, sp.owner});
       }
     }
   // Gradient buckets are summed across ranks as backward produces them, each rank's gradient first weighted
@@ -526,10 +560,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         for (const GradBucket& b : s.program().buckets) {
           buckets.emplace_back();
           for (ValueId v : b.grads) {
-            int owner = -1;
-            if (reduce_to_owner) owner = owner_of.at(p.grad_param.at(v));
-            buckets.back().push_back(
-                {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype, owner});
+            const Value& gv = s.graph().value(v);
+            if (!reduce_to_owner) {
+              buckets.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
+              continue;
+            }
+            // ZeRO-1: each shard's range of the gradient is summed into its owner.
+            for (const ShardPiece* sp : pieces_of.at(p.grad_param.at(v)))
+              buckets.back().push_back(
+                  {static_cast<std::byte*>(s.device_pointer(v)) + sp->offset * dtype_bytes(gv.dtype),
+                   sp->count, gv.dtype, sp->owner});
           }
         }
         dist::BucketReducer* r = reducers.back().get();
@@ -557,13 +597,41 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   if (cfg.precision != Precision::fp32) info.device += fmt::format(" · {}", precision_name(cfg.precision));
   info.signature = dev.weights_session().program().signature;
 
+  // Parameters and optimizer state by their checkpoint names, into every replica; a shard takes its range.
+  auto load_values = [&](const std::vector<std::pair<std::string, Tensor>>& values) {
+    if (!sharded) return load_named_values(weight_sessions, values);
+    for (const auto& [name, t] : values) {
+      bool landed = false;
+      for (int k = 0; k < local; ++k) {
+        Session& w = *weight_sessions[k];
+        const ValueId v = w.graph().find(name);
+        if (v != kNoValue && w.graph().value(v).persistent()) {
+          w.write(v, t);
+          landed = true;
+        }
+        for (const ShardValue& sv : shard_values[k]) {
+          if (sv.full != name) continue;
+          const size_t es = dtype_bytes(t.dtype());
+          if ((sv.offset + sv.count) * es > t.nbytes())
+            throw InputError(name,
+                             fmt::format("'{}' holds {} bytes, fewer than this model's", name, t.nbytes()),
+                             "resume with the spec the checkpoint was written with");
+          w.write(sv.value, static_cast<const std::byte*>(t.raw()) + sv.offset * es, sv.count * es);
+          landed = true;
+        }
+      }
+      if (!landed)
+        throw InputError(name, fmt::format("the checkpoint holds '{}', which this model does not have", name),
+                         "resume with the spec the checkpoint was written with");
+    }
+  };
   TrainingState st;
   DynamicLossScaler scaler;
   const bool scaling = cfg.precision == Precision::fp16;
   if (resume) {
     st = *resume;
     st.values.clear();
-    load_named_values(weight_sessions, resume->values);
+    load_values(resume->values);
     if (st.batch > info.steps_per_epoch)
       throw InputError("checkpoint",
                        fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
@@ -587,14 +655,37 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     c.history = result.history;
     c.values = named_values(dev.weights_session());
     if (sharded) {
-      // The other replicas hold the optimizer state of the parameters they own.
-      std::set<std::string> have;
-      for (const auto& [name, t] : c.values) have.insert(name);
-      for (int k = 1; k < local; ++k)
-        for (auto& [name, t] : named_values(devs[k]->weights_session()))
-          if (have.insert(name).second) c.values.emplace_back(name, std::move(t));
+      // Every parameter is whole on every replica; its optimizer state is in shards, gathered here in the
+      // names and shapes of an unsharded run (from other processes over host memory, rank by rank).
+      std::erase_if(c.values,
+                    [](const auto& nv) { return nv.first.find(kShardSuffix) != std::string::npos; });
+      const Graph& g = dev.weights_session().graph();
+      for (const auto& [param, ps] : pieces_of)
+        for (const std::string& slot : slots) {
+          const Value& pv = g.value(g.find(param));
+          Tensor whole(pv.dtype, pv.shape);
+          const size_t es = dtype_bytes(pv.dtype);
+          for (const ShardPiece* sp : ps) {
+            std::byte* at = static_cast<std::byte*>(whole.raw()) + sp->offset * es;
+            const int k = sp->owner - replicas.first_rank;
+            if (k >= 0 && k < local) {
+              Session& w = devs[k]->weights_session();
+              w.read(w.graph().find(param + kShardSuffix + "/" + slot), at, sp->count * es);
+            }
+            if (gather_across_processes)
+              replicas.host_comm->broadcast(at, sp->count * es, sp->owner, {-1, st.global_step});
+          }
+          c.values.emplace_back(param + "/" + slot, std::move(whole));
+        }
     }
     return c;
+  };
+  // A checkpoint is captured where it is saved; with shards in other processes every rank captures (the
+  // gathering is collective), and the ranks without `save` (all but rank 0) drop it.
+  const bool saving = save || gather_across_processes;
+  auto keep = [&](SaveReason why) {
+    TrainingState c = capture();
+    if (save) save(c, why);
   };
   bool have_saved_best = false;
   double saved_best = 0;
@@ -646,8 +737,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
                                   static_cast<double>(hi - lo) / batch.size);
         const auto t0 = Trace::Clock::now();
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
-        for (const Shared& sp : shared_params[k])
-          replicas.comms[k]->broadcast(sp.data, sp.bytes, sp.owner, {-1, st.global_step});
+        if (sharded) replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});
         // The watchdog of communicators whose collectives finish after they return (NCCL): a reduction that
         // hangs ends the run here instead of blocking the next read.
         if (!replicas.comms.empty()) replicas.comms[k]->wait({-1, st.global_step});
@@ -701,15 +791,19 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
         acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, classes_of(g, p.output));
       }
+      int sig = g_stop_signal.load();
       if (replicas.host_comm && world > local) {
-        // The other processes' slices: every rank adds the same global sums.
-        std::array<double, 4> delta = {acc.loss_sum - before[0], acc.correct - before[1],
-                                       acc.topk - before[2], static_cast<double>(acc.samples) - before[3]};
-        replicas.host_comm->all_reduce_sum(delta.data(), 4, DType::f64, {-1, st.global_step});
+        // The other processes' slices: every rank adds the same global sums. A signal any rank received
+        // stops them all after this step (a launcher delivers it to each at its own moment).
+        std::array<double, 5> delta = {acc.loss_sum - before[0], acc.correct - before[1],
+                                       acc.topk - before[2], static_cast<double>(acc.samples) - before[3],
+                                       sig ? 1.0 : 0.0};
+        replicas.host_comm->all_reduce_sum(delta.data(), 5, DType::f64, {-1, st.global_step});
         acc.loss_sum = before[0] + delta[0];
         acc.correct = before[1] + delta[1];
         acc.topk = before[2] + delta[2];
         acc.samples = static_cast<int64_t>(before[3] + delta[3]);
+        if (delta[4] > 0 && !sig) sig = SIGTERM;
       }
       ++st.global_step;
       ++st.batch;
@@ -718,13 +812,12 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       st.topk = acc.topk;
       st.samples = acc.samples;
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
-      int sig = g_stop_signal.load();
       bool last_of_epoch = st.batch == info.steps_per_epoch;
-      if (save && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
+      if (saving && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
           !sig) {
         st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         t0 = std::chrono::steady_clock::now();
-        save(capture(), SaveReason::steps);
+        keep(SaveReason::steps);
       }
       if (sig) {
         result.interrupted_by = sig;
@@ -738,7 +831,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         st.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (result.interrupted_by) {
       st.seconds = train_seconds;
-      if (save && policy.on_interrupt) save(capture(), SaveReason::interrupt);
+      if (saving && policy.on_interrupt) keep(SaveReason::interrupt);
       break;
     }
     EpochReport rep;
@@ -783,9 +876,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       }
     }
     ++st.epoch;
-    if (save && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0)
-      save(capture(), SaveReason::epoch);
-    if (save && !policy.save_best.empty()) {
+    if (saving && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) keep(SaveReason::epoch);
+    if (saving && !policy.save_best.empty()) {
       bool found;
       double value = find_log(rep.logs, policy.save_best, &found);
       if (!found)
@@ -796,7 +888,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       if (improves(have_saved_best, saved_best, value, maximized(policy.mode, policy.save_best), 0)) {
         have_saved_best = true;
         saved_best = value;
-        save(capture(), SaveReason::best);
+        keep(SaveReason::best);
       }
     }
     if (stop) {
@@ -805,7 +897,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
   }
   if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty())
-    load_named_values(weight_sessions, st.best_values);
+    load_values(st.best_values);
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
     result.test = evaluate_on(dev, test_loader, cfg, "test_", out_buf);
@@ -828,16 +920,18 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
 OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                                           int replicas) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
-  const std::map<std::string, int> owner = shard_owners(*lg.graph, std::max(1, replicas));
+  const std::vector<ShardPiece> pieces = shard_pieces(*lg.graph, std::max(1, replicas));
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, training_options(cfg));
   OptimizerStateBytes out;
-  std::vector<size_t> per(std::max(1, replicas), 0);
+  std::map<std::string, size_t> per_element;  // optimizer state bytes per parameter element
   for (const OptimizerState& p : tg.parameters)
     for (ValueId s : p.slots) {
-      const size_t b = tg.graph->value(s).nbytes();
-      out.total += b;
-      per[owner.at(tg.graph->value(p.param).name)] += b;
+      const Value& v = tg.graph->value(s);
+      out.total += v.nbytes();
+      per_element[tg.graph->value(p.param).name] += dtype_bytes(v.dtype);
     }
+  std::vector<size_t> per(std::max(1, replicas), 0);
+  for (const ShardPiece& sp : pieces) per[sp.owner] += sp.count * per_element[sp.param];
   out.per_replica =
       cfg.shard_optimizer && replicas > 1 ? *std::max_element(per.begin(), per.end()) : out.total;
   return out;

@@ -1,7 +1,9 @@
 // Training graph assembly (fusion, backward, optimizer) and the single-device Trainer.
 #include "engine/train/training.h"
 
+#include <cstring>
 #include <map>
+
 #include "engine/autodiff/autodiff.h"
 
 #include "engine/ir/op_schema.h"
@@ -60,11 +62,31 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   }
   std::vector<std::pair<ValueId, ValueId>> pg;
   for (size_t i = 0; i < params.size(); ++i) {
-    if (options.owned && !options.owned->count(g.value(params[i]).name)) {
-      g.mark_output(tg.gradients[i]);  // reduced into by the ranks, read by nothing here
+    if (!options.shard) {
+      pg.emplace_back(params[i], applied[i]);
       continue;
     }
-    pg.emplace_back(params[i], applied[i]);
+    g.mark_output(tg.gradients[i]);  // reduced into by the ranks, whatever reads it here
+    const std::string name = g.value(params[i]).name;
+    auto it = options.shard->find(name);
+    if (it == options.shard->end() || it->second.count == 0) continue;
+    const auto [offset, count] = it->second;
+    const int64_t numel = g.value(params[i]).shape.numel();
+    TRAINER_ASSERT(offset >= 0 && count > 0 && offset + count <= numel,
+                   "shard [{}, {}) of '{}' ({} elements)", offset, offset + count, name, numel);
+    // The shard starts as the same elements of the parameter's initial value.
+    const Tensor* init = g.initializer(params[i]);
+    const DType dtype = g.value(params[i]).dtype;
+    Tensor part(dtype, Shape{count});
+    std::memcpy(part.raw(), static_cast<const std::byte*>(init->raw()) + offset * dtype_bytes(dtype),
+                part.nbytes());
+    const ValueId shard = g.add_parameter(name + kShardSuffix, std::move(part), false);
+    auto constant = [&](int64_t v) {
+      return g.add_constant(g.unique_name(name + kShardSuffix + "/range"),
+                            Tensor::from<int64_t>(Shape{1}, {v}));
+    };
+    const ValueId flat = g.op("Reshape", {applied[i], constant(numel)});
+    pg.emplace_back(shard, g.op("Slice", {flat, constant(offset), constant(offset + count)}));
   }
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
   if (tg.grads_finite != kNoValue) {

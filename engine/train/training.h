@@ -2,9 +2,9 @@
 // backward, optimizer update), planned once and run step after step on one device.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -29,11 +29,20 @@ struct TrainingOptions {
   // were.
   bool loss_scaling = false;
   LossScaleOptions loss_scale;  // the Trainer's scaler (fit uses the defaults)
-  // ZeRO-1: when set, only these parameters (by name) get an optimizer update and optimizer state in this
-  // replica's graph; the others' gradients are kept as graph outputs for their reduction, and their new
-  // values arrive from their owners (fit broadcasts them after the step).
-  std::optional<std::set<std::string>> owned;
+  // ZeRO-1: when set, this replica updates only these elements of the parameters (by name: a range of each
+  // one's flattened elements). Each listed parameter P gets a frozen parameter "P@shard" holding those
+  // elements, updated from the same range of P's gradient, with optimizer state of that size
+  // ("P@shard/adam_m", ...); P itself is not updated here. Every gradient is kept as a graph output for its
+  // reduction, and P's new values arrive from the shards' owners (fit gathers them after the step).
+  struct ShardRange {
+    int64_t offset = 0;
+    int64_t count = 0;
+  };
+  std::optional<std::map<std::string, ShardRange>> shard;
 };
+
+// The suffix of a ZeRO-1 shard's name: "dense/kernel@shard", "dense/kernel@shard/adam_m".
+inline constexpr const char* kShardSuffix = "@shard";
 
 struct TrainingGraph {
   std::shared_ptr<Graph> graph;

@@ -1,7 +1,9 @@
 """Data parallelism on CPU replicas (`trainer fit --device cpu --devices N`): N = 1, 2 and 4 train the same
 parameters (to float reduction order) for the MLP, CNN and LSTM samples; a checkpoint written by 4 replicas resumes
 on 1 and on 2; uneven shares need --allow-uneven; --scale-lr is explicit and logged; a stalled replica makes the
-run stop within the collective timeout with a line naming the rank and the collective."""
+run stop within the collective timeout with a line naming the rank and the collective; ZeRO-1 (a sharded optimizer
+state) trains what the unsharded run trains, in one process and under mpirun, and its checkpoints resume on one
+replica; a signal to one MPI rank stops them all after the same step."""
 
 import os
 import shutil
@@ -51,6 +53,14 @@ class Parallel(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return read_checkpoint(os.path.join(out, "last.ckpt"))
 
+    def resume(self, checkpoint, devices, name):
+        """Resumes a checkpoint on `devices` CPU replicas; returns the parameters it ends with."""
+        out = os.path.join(self.tmp.name, name)
+        r = run(["fit", "--resume", checkpoint, "--device", "cpu", "--devices", str(devices), "--output-dir", out,
+                 "--quiet"], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return read_checkpoint(os.path.join(out, "last.ckpt"))
+
     def assert_close(self, want, got, what, tolerance=1e-5):
         self.assertEqual(sorted(want), sorted(got), what)
         for name in want:
@@ -75,11 +85,7 @@ class Parallel(unittest.TestCase):
                             "--set", "train.checkpoint.every_epochs=1", epochs=2)
         for n in (1, 2):
             with self.subTest(replicas=n):
-                out = os.path.join(self.tmp.name, f"resumed_{n}")
-                r = run(["fit", "--resume", os.path.join(run_dir, "epoch-1.ckpt"), "--device", "cpu", "--devices",
-                         str(n), "--output-dir", out, "--quiet"], timeout=600)
-                self.assertEqual(r.returncode, 0, r.stderr)
-                self.assert_close(straight, read_checkpoint(os.path.join(out, "last.ckpt")),
+                self.assert_close(straight, self.resume(os.path.join(run_dir, "epoch-1.ckpt"), n, f"resumed_{n}"),
                                   f"4 replicas, resumed on {n}")
 
     def test_uneven_shares_need_allow_uneven(self):
@@ -107,12 +113,14 @@ class Parallel(unittest.TestCase):
         self.assertIn("Learning rate 0.001 x 2 replicas = 0.002 (--scale-lr linear).", r.stderr)
         self.assertIn("2 replicas", r.stderr)
 
-    def mpirun(self, args, env=None, timeout=600):
+    def mpirun_command(self, args):
         mpirun = shutil.which("mpirun")
         if not mpirun:
             self.skipTest("mpirun (openmpi-bin) is not installed")
-        return subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER] + args,
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        return [mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER] + args
+
+    def mpirun(self, args, env=None, timeout=600):
+        return subprocess.run(self.mpirun_command(args), capture_output=True, text=True, timeout=timeout, env=env)
 
     def test_mpirun_ranks_train_what_one_replica_trains(self):
         spec = "fashion_mnist/mlp.toml"
@@ -128,8 +136,61 @@ class Parallel(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("every rank is one replica", r.stderr)
 
+    def test_mpirun_ranks_shard_the_optimizer_state(self):
+        # ZeRO-1 across processes: MPI reduce-scatters the gradients and all-gathers the shards; every rank
+        # gathers the checkpoints' optimizer state, rank 0 writes it, and it resumes on one replica.
+        spec = "fashion_mnist/mlp.toml"
+        two = self.fit(spec, 2, os.path.join(self.tmp.name, "t2"), "--set", f"data.train.limit={STEPS * BATCH // 2}",
+                       epochs=2)
+        out = os.path.join(self.tmp.name, "mpi_shard")
+        r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--epochs", "2", "--output-dir", out, *SUBSET[:-1],
+                         "--set", f"data.train.limit={STEPS * BATCH // 2}", "--set", "parallel.shard_optimizer=true",
+                         "--set", "train.checkpoint.every_epochs=1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        straight = read_checkpoint(os.path.join(out, "last.ckpt"))
+        self.assert_close(two, straight, "mpirun -np 2, sharded", tolerance=1e-6)
+        self.assert_close(straight, self.resume(os.path.join(out, "epoch-1.ckpt"), 1, "mpi_shard_resumed"),
+                          "sharded by MPI, resumed on 1")
+
+    def test_a_signal_to_one_rank_stops_every_rank(self):
+        # SIGTERM to rank 1 alone: the per-step metric sum carries the flag, so rank 0 stops after the same step
+        # and writes the interrupted run's checkpoint, instead of waiting out the collective timeout.
+        out = os.path.join(self.tmp.name, "signalled")
+        p = subprocess.Popen(self.mpirun_command(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu",
+                                                  "--epochs", "1000", "--collective-timeout", "60", "--output-dir",
+                                                  out, "--log-format", "jsonl", "--set", "data.train.limit=1280",
+                                                  "--set", "data.validation.limit=64"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            p.stdout.readline()  # the first epoch has ended: both ranks are training
+            rank1 = None
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        env = f.read().split(b"\0")
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read()
+                except OSError:
+                    continue
+                if b"OMPI_COMM_WORLD_RANK=1" in env and out.encode() in cmd:
+                    rank1 = int(pid)
+            self.assertIsNotNone(rank1, "rank 1's process")
+            t0 = time.monotonic()
+            os.kill(rank1, 15)
+            stdout, stderr = p.communicate(timeout=50)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.assertLess(time.monotonic() - t0, 30, "rank 0 waited for the stopped rank")
+        self.assertNotIn("did not complete", stderr)
+        self.assertEqual(p.returncode, 143, stderr)
+        self.assertEqual(cli_util.json_lines(self, stdout)[-1]["interrupted_by"], "SIGTERM", stdout)
+        self.assertTrue(os.path.exists(os.path.join(out, "last.ckpt")), "the interrupted run's checkpoint")
+
     def test_a_stalled_rank_stops_every_rank(self):
-        env = dict(os.environ, TRAINER_FAULT_STALL="1:5:60")
+        # Rank 1's fifth collective is step 2's gradient bucket (one MPI call per bucket, one for the metrics).
+        env = dict(os.environ, TRAINER_FAULT_STALL="1:4:60")
         t0 = time.monotonic()
         r = self.mpirun(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
                          "--collective-timeout", "2", *SUBSET], env=env, timeout=120)
@@ -163,8 +224,8 @@ class Parallel(unittest.TestCase):
         self.assertGreater(len(overlapped), 0, "no reduction started before backward finished its buckets")
 
     def test_sharded_optimizer_state_trains_what_the_unsharded_run_trains(self):
-        # ZeRO-1: each replica updates the parameters it owns and sends them on; the checkpoint gathers every
-        # optimizer state, and a sharded checkpoint resumes on one replica.
+        # ZeRO-1: each replica updates its range of the parameters' elements and sends it on; the checkpoint
+        # gathers every optimizer state whole, and a sharded checkpoint resumes on one replica.
         spec = "fashion_mnist/mlp.toml"
         shard = ["--set", "parallel.shard_optimizer=true"]
         plain = self.fit(spec, 2, os.path.join(self.tmp.name, "plain2"))
@@ -172,16 +233,20 @@ class Parallel(unittest.TestCase):
         self.assertEqual(sorted(plain), sorted(sharded))
         for name in plain:
             np.testing.assert_array_equal(plain[name], sharded[name], err_msg=name)
+        # With clipping every replica needs every summed gradient: they are all-reduced, then each replica
+        # updates its range.
+        clip = ["--set", "train.optimizer.clipnorm=0.5"]
+        plain = self.fit(spec, 2, os.path.join(self.tmp.name, "plain2_clip"), *clip)
+        sharded = self.fit(spec, 2, os.path.join(self.tmp.name, "shard2_clip"), *shard, *clip)
+        for name in plain:
+            np.testing.assert_array_equal(plain[name], sharded[name], err_msg=f"{name}, clipped")
         one = self.fit(spec, 1, os.path.join(self.tmp.name, "one"))
         self.assert_close(one, self.fit(spec, 4, os.path.join(self.tmp.name, "shard4"), *shard), "sharded on 4")
         run_dir = os.path.join(self.tmp.name, "shard_ckpt")
         straight = self.fit(spec, 4, run_dir, *shard, "--set", f"data.train.limit={STEPS * BATCH // 2}",
                             "--set", "train.checkpoint.every_epochs=1", epochs=2)
-        out = os.path.join(self.tmp.name, "shard_resumed")
-        r = run(["fit", "--resume", os.path.join(run_dir, "epoch-1.ckpt"), "--device", "cpu", "--output-dir", out,
-                 "--quiet"], timeout=600)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assert_close(straight, read_checkpoint(os.path.join(out, "last.ckpt")), "sharded, resumed on 1")
+        self.assert_close(straight, self.resume(os.path.join(run_dir, "epoch-1.ckpt"), 1, "shard_resumed"),
+                          "sharded, resumed on 1")
 
     def test_summary_reports_the_optimizer_state_per_replica(self):
         import json
@@ -194,8 +259,9 @@ class Parallel(unittest.TestCase):
         shared = summary("--devices", "4", "--set", "parallel.shard_optimizer=true")
         self.assertEqual(shared["optimizer_state_bytes"], whole["optimizer_state_bytes"])
         self.assertLess(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"])
-        # Parameters are not split: a replica holds at least the largest parameter's state.
+        # The elements are split evenly (on multiples of 16): a quarter each, give or take 16 elements' state.
         self.assertGreaterEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4)
+        self.assertLessEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4 + 16 * 8)
 
     def test_replicas_are_cpu_devices(self):
         r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cuda", "--devices", "2"])
