@@ -30,6 +30,7 @@ class BucketReducer {
 
   BucketReducer(Communicator* comm, Trace* trace, int replica)
       : comm_(comm), trace_(trace), replica_(replica), thread_([this] { loop(); }) {
+    comm_->defer_compute_waits(true);  // a GPU's compute stream waits in wait(), not at the enqueue
     if (trace_) {
       trace_->name_thread(2 * replica_, fmt::format("replica {}", replica_));
       trace_->name_thread(2 * replica_ + 1, fmt::format("replica {} communication", replica_));
@@ -75,12 +76,16 @@ class BucketReducer {
     cv_.notify_all();
   }
 
+  // Called on the compute thread before the first step that reads bucket b: on the CPU the sum is then done;
+  // on a GPU it is enqueued, and the compute stream's later work is ordered after it.
   void wait(int b) {
     const auto start = Trace::Clock::now();
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return error_ || done_[b]; });
     waited_ += Trace::Clock::now() - start;
     if (error_) std::rethrow_exception(error_);
+    lock.unlock();
+    comm_->order_compute_after(b);
   }
 
   // Time the compute thread spent in wait() since the last reset: communication that backward did not hide.

@@ -88,6 +88,13 @@ class Communicator {
   };
   virtual void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag = {});
   virtual void barrier(const CollectiveTag& tag = {}) = 0;
+  // Stream-ordered communicators (NCCL): a collective's results are waited for by the compute stream as soon
+  // as it is enqueued, unless deferred. Deferred, the collectives tagged with a bucket are waited for where
+  // order_compute_after(bucket) is called, on the thread that drives the compute stream (the bucket reducer:
+  // before the first kernel that reads the bucket), so the rest of backward runs meanwhile. Nothing for the
+  // others, whose collectives complete in the call.
+  virtual void defer_compute_waits(bool defer) {}
+  virtual void order_compute_after(int bucket) {}
   // Blocks until this rank's collectives enqueued so far have completed, within the timeout (the watchdog of
   // communicators whose collectives return before they finish, like NCCL's); the others complete in the call.
   virtual void wait(const CollectiveTag& tag = {}) {}

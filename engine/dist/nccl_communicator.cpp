@@ -218,6 +218,7 @@ NcclCommunicator::~NcclCommunicator() {
       lib::nccl().ncclRedOpDestroy(static_cast<ncclRedOp_t>(op), comm());
   for (const Pending& p : pending_) cudaEventDestroy(p.done);
   for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
+  for (cudaEvent_t e : bucket_done_) cudaEventDestroy(e);
   cudaEventDestroy(compute_ready_);
   cudaFree(barrier_word_);
   cudaStreamDestroy(comm_stream_);
@@ -257,8 +258,26 @@ void NcclCommunicator::enqueued(const char* what, const CollectiveTag& tag, bool
   }
   pending_.push_back(Pending{done, what, tag});
   TRAINER_CUDA_CHECK(cudaEventRecord(done, comm_stream_));
-  if (compute_waits) TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, done, 0));
+  if (compute_waits && defer_ && tag.bucket >= 0) {
+    // The compute stream waits later, before the bucket's first reader (order_compute_after).
+    std::lock_guard<std::mutex> lock(bucket_mu_);
+    while (static_cast<int>(bucket_done_.size()) <= tag.bucket) {
+      cudaEvent_t e = nullptr;
+      TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      bucket_done_.push_back(e);
+    }
+    TRAINER_CUDA_CHECK(cudaEventRecord(bucket_done_[tag.bucket], comm_stream_));
+  } else if (compute_waits) {
+    TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, done, 0));
+  }
   reap_completed();
+}
+
+void NcclCommunicator::order_compute_after(int bucket) {
+  std::lock_guard<std::mutex> lock(bucket_mu_);
+  if (bucket < 0 || bucket >= static_cast<int>(bucket_done_.size())) return;  // nothing enqueued for it
+  DeviceScope scope(device_);
+  TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, bucket_done_[bucket], 0));
 }
 
 // Recycles the events of collectives already complete, so a caller that waits once per step keeps few.

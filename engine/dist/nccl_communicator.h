@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,9 @@ class NcclCommunicator final : public Communicator {
   // aborted, every later call throws.
   void wait(const CollectiveTag& tag = {}) override;
 
+  void defer_compute_waits(bool defer) override { defer_ = defer; }
+  void order_compute_after(int bucket) override;
+
   int device() const { return device_; }
   cudaStream_t stream() const { return comm_stream_; }
 
@@ -113,6 +117,11 @@ class NcclCommunicator final : public Communicator {
   std::vector<cudaEvent_t> spare_events_;
   int* barrier_word_ = nullptr;  // one device int for barrier()
   int64_t collectives_ = 0;
+  // Deferred compute waits: per bucket, the event recorded after its latest collective (the communication
+  // thread records, the compute thread waits; bucket_mu_ guards the vector).
+  bool defer_ = false;
+  std::mutex bucket_mu_;
+  std::vector<cudaEvent_t> bucket_done_;
   std::map<std::pair<double, int>, int> weighted_ops_;  // (weight, ncclDataType_t) -> ncclRedOp_t
   const FaultStall stall_ = FaultStall::from_environment();
 };

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <numeric>
 #include <queue>
+#include <tuple>
 
 #include "engine/ir/op_schema.h"
 #include "engine/plan/program.h"
@@ -17,7 +18,16 @@ size_t align_up(size_t n, size_t a) {
   return (n + a - 1) / a * a;
 }
 
-std::vector<NodeId> schedule(const Graph& g) {
+// A topological order of the live nodes; among the nodes ready at each point the lowest key runs first.
+// Without gradients to reduce the key is the node id (the order nodes were added). With them (a training
+// step whose gradients are summed across replicas in buckets) the key is, in order:
+//   1. weight gradients first: a node that produces one of `gradients`, or one of the few nodes that feed
+//      only such a node (a weight gradient's GEMM, its operands' casts), runs as soon as its inputs exist, so
+//      its bucket's reduction can start while the rest of backward (the input gradients) goes on;
+//   2. nodes that read no gradient (forward, loss, backward), by id;
+//   3. nodes that read gradients (clipping, the optimizer updates), in the order their gradients were
+//      produced, so the updates of the first buckets run while the last bucket is still being reduced.
+std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradients = {}) {
   int nn = g.num_nodes();
   std::vector<std::vector<NodeId>> succ(nn);
   std::vector<int> pending(nn, 0);
@@ -39,28 +49,85 @@ std::vector<NodeId> schedule(const Graph& g) {
     for (NodeId reader : g.value(state).consumers)
       if (reader != writer) edge(reader, writer);
   }
-  std::priority_queue<NodeId, std::vector<NodeId>, std::greater<>> ready;
   size_t live = 0;
-  for (NodeId id = 0; id < nn; ++id) {
-    if (g.node(id).dead) continue;
-    ++live;
-    if (pending[id] == 0) ready.push(id);
+  for (NodeId id = 0; id < nn; ++id)
+    if (!g.node(id).dead) ++live;
+  // Kahn's algorithm. `key(id)` is taken when the node becomes ready (every producer of its inputs placed);
+  // `placed(id, position)` is told each node as it is placed.
+  auto run = [&](auto key, auto placed) {
+    std::vector<int> waiting = pending;
+    using Entry = std::pair<decltype(key(NodeId{})), NodeId>;
+    std::priority_queue<Entry, std::vector<Entry>, std::greater<>> ready;
+    for (NodeId id = 0; id < nn; ++id)
+      if (!g.node(id).dead && waiting[id] == 0) ready.push({key(id), id});
+    std::vector<NodeId> order;
+    while (!ready.empty()) {
+      const NodeId id = ready.top().second;
+      ready.pop();
+      placed(id, static_cast<int>(order.size()));
+      order.push_back(id);
+      for (NodeId s : succ[id])
+        if (--waiting[s] == 0) ready.push({key(s), s});
+    }
+    if (order.size() != live)
+      throw InputError(
+          "",
+          "the graph cannot be scheduled: it has a cycle, or a state update that must both precede and "
+          "follow another node",
+          "");
+    return order;
+  };
+  std::vector<NodeId> order = run([](NodeId id) { return id; }, [](NodeId, int) {});
+  if (gradients.empty()) return order;
+
+  // 1: gradient producers (level 0), the nodes whose results only those read (level 1: a weight gradient's
+  // GEMM ahead of its cast to f32), and the nodes that feed only levels 0 and 1 (level 2: the casts of that
+  // GEMM's operands); when several are ready, the lower level first. Two levels, not the transitive closure:
+  // all of backward ultimately feeds only gradients.
+  constexpr int kOther = 3;
+  std::vector<int> level(nn, kOther);
+  std::vector<char> kept(g.num_values(), 0), is_gradient(g.num_values(), 0);
+  for (ValueId v : g.outputs()) kept[v] = 1;
+  for (auto [next, state] : g.updates()) kept[next] = 1;
+  for (ValueId v : gradients) is_gradient[v] = 1;
+  for (NodeId id : order)
+    for (ValueId v : g.node(id).outputs)
+      if (v != kNoValue && is_gradient[v]) level[id] = 0;
+  for (int l = 1; l <= 2; ++l) {
+    std::vector<int> next = level;
+    for (NodeId id : order) {
+      if (level[id] != kOther) continue;
+      bool only_feeds = true, read = false;
+      for (ValueId v : g.node(id).outputs) {
+        if (v == kNoValue) continue;
+        only_feeds = only_feeds && !kept[v];
+        for (NodeId c : g.value(v).consumers) {
+          if (g.node(c).dead) continue;
+          read = true;
+          only_feeds = only_feeds && level[c] < l;
+        }
+      }
+      if (read && only_feeds) next[id] = l;
+    }
+    level = std::move(next);
   }
-  std::vector<NodeId> order;
-  while (!ready.empty()) {
-    NodeId id = ready.top();
-    ready.pop();
-    order.push_back(id);
-    for (NodeId s : succ[id])
-      if (--pending[s] == 0) ready.push(s);
-  }
-  if (order.size() != live)
-    throw InputError(
-        "",
-        "the graph cannot be scheduled: it has a cycle, or a state update that must both precede and "
-        "follow another node",
-        "");
-  return order;
+  // 3: per value, the position of the latest gradient it was computed from (-1: none).
+  std::vector<int> gradient_at(g.num_values(), -1);
+  auto reads_gradient_from = [&](NodeId id) {
+    int at = -1;
+    for (ValueId v : g.node(id).inputs)
+      if (v != kNoValue) at = std::max(at, gradient_at[v]);
+    return at;
+  };
+  return run(
+      [&](NodeId id) {
+        return std::tuple<int, int, NodeId>{level[id], reads_gradient_from(id), id};
+      },
+      [&](NodeId id, int position) {
+        const int at = reads_gradient_from(id);
+        for (ValueId v : g.node(id).outputs)
+          if (v != kNoValue) gradient_at[v] = is_gradient[v] ? position : at;
+      });
 }
 
 uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
@@ -124,7 +191,7 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   Program prog;
   prog.graph = graph;
   prog.alignment = opt.alignment;
-  prog.steps = schedule(g);
+  prog.steps = schedule(g, opt.gradients);
   const int nv = g.num_values();
   const int end = static_cast<int>(prog.steps.size());
   prog.first_step.assign(nv, -1);
@@ -305,7 +372,15 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   std::stable_sort(grads.begin(), grads.end(),
                    [&](ValueId a, ValueId b) { return ready_at(a) < ready_at(b); });
   for (ValueId v : grads) {
-    if (prog.buckets.empty() || prog.buckets.back().bytes >= opt.bucket_bytes) prog.buckets.emplace_back();
+    // The first bucket closes early (at first_bucket_bytes): backward's first gradients then start reducing
+    // soon, and a model whose gradients fit one bucket still gets two.
+    const size_t cap =
+        prog.buckets.size() == 1 ? std::min(opt.bucket_bytes, opt.first_bucket_bytes) : opt.bucket_bytes;
+    // Gradients made by one step (a weight's and its bias's) stay together: splitting them would not let
+    // either reduction start sooner.
+    if (prog.buckets.empty() ||
+        (prog.buckets.back().bytes >= cap && ready_at(v) != prog.buckets.back().ready_after_step))
+      prog.buckets.emplace_back();
     GradBucket& b = prog.buckets.back();
     b.grads.push_back(v);
     b.bytes += g.value(v).nbytes();

@@ -65,7 +65,10 @@ struct PlanOptions {
   bool reuse_memory = true;  // false: one buffer per value (for debugging and as the test's naive reference)
   bool inplace = true;       // let elementwise ops write over an input that dies with them
   size_t bucket_bytes = 25u << 20;
-  std::vector<ValueId> gradients;  // values to pack into reduction buckets, usually the parameter gradients
+  size_t first_bucket_bytes = 1000000;  // the first bucket's size: min(this, bucket_bytes)
+  // Values to pack into reduction buckets, usually the parameter gradients; the schedule then computes them
+  // as early as it can (weight gradients first) and runs their readers in the order they were produced.
+  std::vector<ValueId> gradients;
   // Shared persistent placement (see PersistentLayout); values it lacks are appended to it. The transient
   // region then starts at max(transient_base, layout->bytes).
   PersistentLayout* layout = nullptr;

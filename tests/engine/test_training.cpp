@@ -254,3 +254,61 @@ TEST_SUITE("training") {
     CHECK(tr.parameter("w").data<float>()[2] == doctest::Approx(-0.3));
   }
 }
+
+TEST_SUITE("training") {
+  TEST_CASE("training: the schedule computes weight gradients first and updates in gradient order") {
+    // Input 8 -> Dense 1024 relu -> Dense 256 relu -> Dense 4: the last two layers' gradients (1.05 MB) fill
+    // the small first bucket, the first layer's the second.
+    const int batch = 16;
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{batch, 8});
+    ValueId y = g.add_input("y", DType::i64, Shape{batch});
+    models::LayerContext ctx{g, 1};
+    ValueId h = models::dense(ctx, x, 1024, "relu", "a");
+    h = models::dense(ctx, h, 256, "relu", "b");
+    ValueId loss = g.op("SoftmaxCrossEntropyLoss", {models::dense(ctx, h, 4, "linear", "c"), y});
+    TrainingGraph tg = build_training_graph(std::move(g), loss, TrainingOptions{});
+    const Graph& tgg = *tg.graph;
+    PlanOptions po;
+    po.gradients = tg.gradients;
+    const Program planned = plan_program(tg.graph, po);
+    const Program plain = plan_program(tg.graph, PlanOptions{});  // no gradients: the nodes in id order
+    auto positions = [&](const Program& p) {
+      std::vector<int> at(tgg.num_nodes(), -1);
+      for (size_t s = 0; s < p.steps.size(); ++s) at[p.steps[s]] = static_cast<int>(s);
+      return at;
+    };
+    // Per layer with an input gradient (b, c): its weight gradient against its input gradient (the node
+    // that reads the layer's kernel in backward).
+    auto weight_grad_first = [&](const Program& p, const std::string& layer) {
+      const std::vector<int> at = positions(p);
+      const ValueId kernel = tgg.find(layer + "/kernel");
+      int grad_at = -1, input_grad_at = -1;
+      for (size_t i = 0; i < tg.parameters.size(); ++i)
+        if (tg.parameters[i].param == kernel) grad_at = at[tgg.value(tg.gradients[i]).producer];
+      for (NodeId c : tgg.value(kernel).consumers)
+        if (c >= tg.backward_begin && c < tg.update_begin) input_grad_at = at[c];
+      REQUIRE(grad_at >= 0);
+      REQUIRE(input_grad_at >= 0);
+      return grad_at < input_grad_at;
+    };
+    for (const char* layer : {"b", "c"}) CHECK_MESSAGE(weight_grad_first(planned, layer), layer);
+    // The plain order does not: what the priority changes.
+    CHECK_FALSE((weight_grad_first(plain, "b") && weight_grad_first(plain, "c")));
+    // The updates run in the order their gradients were produced (the last layer's first).
+    const std::vector<int> at = positions(planned);
+    std::vector<std::pair<int, int>> grad_then_update;
+    for (size_t i = 0; i < tg.parameters.size(); ++i)
+      grad_then_update.emplace_back(at[tgg.value(tg.gradients[i]).producer], at[tg.parameters[i].update]);
+    std::sort(grad_then_update.begin(), grad_then_update.end());
+    for (size_t i = 1; i < grad_then_update.size(); ++i)
+      CHECK(grad_then_update[i - 1].second < grad_then_update[i].second);
+    // Two buckets: b's and c's gradients (over the first bucket's 1 MB), then a's.
+    REQUIRE(planned.buckets.size() == 2);
+    CHECK(planned.buckets[0].grads.size() == 4);
+    CHECK(planned.buckets[1].grads.size() == 2);
+    PlanOptions one = po;
+    one.first_bucket_bytes = one.bucket_bytes;
+    CHECK(plan_program(tg.graph, one).buckets.size() == 1);
+  }
+}
