@@ -255,7 +255,7 @@ def step(model, n, bucket_bytes, busbw, a, first_bytes=MB, overlap_updates=True)
             t = max(t, reduced.get(o.param, 0.0)) + op_us(o, a)
     else:
         t = max(backward_end, comm_end) + update
-    return dict(step=t, compute=backward_end + update, comm=comm_total, exposed=t - backward_end - update,
+    return dict(step=t, compute=backward_end + update, comm=comm_total, exposed=max(0.0, t - backward_end - update),
                 buckets=len(bks), backward=backward_end - sum(op_us(o, a) for o in fwd))
 
 
