@@ -123,15 +123,19 @@ class Parallel(unittest.TestCase):
         return subprocess.run(self.mpirun_command(args), capture_output=True, text=True, timeout=timeout, env=env)
 
     def test_mpirun_ranks_train_what_one_replica_trains(self):
+        for spec in ("fashion_mnist/mlp.toml", "fashion_mnist/cnn.toml", "fashion_mnist/lstm.toml"):
+            with self.subTest(spec=spec):
+                base = os.path.join(self.tmp.name, "mpi_" + spec.replace("/", "_"))
+                one = self.fit(spec, 1, base + "_1")
+                out = base + "_np2"
+                r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--epochs", "1", "--output-dir", out,
+                                 *SUBSET[:-1]])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                # Rank 0 alone writes standard output: one epoch line and one fit_end line.
+                events = cli_util.json_lines(self, r.stdout)
+                self.assertEqual([e["event"] for e in events], ["epoch", "fit_end"], r.stdout)
+                self.assert_close(one, read_checkpoint(os.path.join(out, "last.ckpt")), f"{spec}, mpirun -np 2")
         spec = "fashion_mnist/mlp.toml"
-        one = self.fit(spec, 1, os.path.join(self.tmp.name, "m1"))
-        out = os.path.join(self.tmp.name, "mpi")
-        r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--epochs", "1", "--output-dir", out, *SUBSET[:-1]])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        # Rank 0 alone writes standard output: one epoch line and one fit_end line.
-        events = cli_util.json_lines(self, r.stdout)
-        self.assertEqual([e["event"] for e in events], ["epoch", "fit_end"], r.stdout)
-        self.assert_close(one, read_checkpoint(os.path.join(out, "last.ckpt")), "mpirun -np 2")
         r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--devices", "2", *SUBSET])
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("every rank is one replica", r.stderr)
@@ -247,6 +251,9 @@ class Parallel(unittest.TestCase):
                             "--set", "train.checkpoint.every_epochs=1", epochs=2)
         self.assert_close(straight, self.resume(os.path.join(run_dir, "epoch-1.ckpt"), 1, "shard_resumed"),
                           "sharded, resumed on 1")
+        # On 2 replicas the checkpoint's whole optimizer state is split differently: each takes its range.
+        self.assert_close(straight, self.resume(os.path.join(run_dir, "epoch-1.ckpt"), 2, "shard_resumed_2"),
+                          "sharded on 4, resumed sharded on 2")
 
     def test_summary_reports_the_optimizer_state_per_replica(self):
         import json
