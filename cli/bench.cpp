@@ -236,10 +236,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
         buckets[k].back().push_back(
             {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
     }
-    engine::dist::BucketReducer* r = reducers.back().get();
-    const auto* bs = &buckets[k];
-    s.executable().set_bucket_ready_hook([r, bs](int b) { r->ready(&(*bs)[b], b); });
-    s.executable().set_bucket_wait_hook([r](int b) { r->wait(b); });
+    reducers.back()->attach(s.executable(), &buckets[k]);
   }
   const float lr = static_cast<float>(cfg.schedule.base);
   engine::dist::ReplicaThreads threads(n);

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/backend/backend.h"
 #include "engine/dist/communicator.h"
 #include "engine/train/trace.h"
 
@@ -88,6 +89,30 @@ class BucketReducer {
     comm_->order_compute_after(b);
   }
 
+  // While a GPU step is captured into a CUDA graph (Executable::set_bucket_capture_hooks): the bucket's
+  // collectives are enqueued on the calling (capturing) thread, into the graph, instead of on the
+  // communication thread; and the compute stream's later work is ordered after them.
+  void reduce_now(const Bucket* bucket, int b) {
+    int64_t step;
+    double weight;
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // also orders this after the communication thread's last use
+      step = step_;
+      weight = weight_;
+    }
+    reduce(bucket, b, step, weight);
+  }
+  void order_after(int b) { comm_->order_compute_after(b); }
+
+  // Sets a training plan's hooks: buckets are reduced on this reducer's thread as backward produces them, or
+  // recorded into the step's CUDA graph when the executable captures one.
+  void attach(Executable& e, const std::vector<Bucket>* buckets) {
+    e.set_bucket_ready_hook([this, buckets](int b) { ready(&(*buckets)[b], b); });
+    e.set_bucket_wait_hook([this](int b) { wait(b); });
+    e.set_bucket_capture_hooks([this, buckets](int b) { reduce_now(&(*buckets)[b], b); },
+                               [this](int b) { order_after(b); });
+  }
+
   // Time the compute thread spent in wait() since the last reset: communication that backward did not hide.
   double exposed_seconds() const { return std::chrono::duration<double>(waited_).count(); }
   void reset_exposed() { waited_ = {}; }
@@ -106,30 +131,12 @@ class BucketReducer {
       const int64_t step = step_;
       const double weight = weight_;
       lock.unlock();
-      const auto start = Trace::Clock::now();
       std::exception_ptr error;
       try {
-        const Grouped& grouped = grouped_of(bucket);
-        if (grouped.kind == Grouped::all_reduce) {
-          comm_->all_reduce_weighted_sum_group(grouped.spans, bucket->front().dtype, weight, {b, step});
-        } else if (grouped.kind == Grouped::reduce) {
-          comm_->reduce_weighted_sum_group(grouped.pieces, bucket->front().dtype, weight, {b, step});
-        } else {
-          for (const Grad& g : *bucket) {
-            if (g.owner >= 0) {
-              scale_in_place(g.data, g.count, g.dtype, weight);  // host memory: CPU replicas only
-              comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
-            } else {
-              comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});
-            }
-          }
-        }
+        reduce(bucket, b, step, weight);
       } catch (...) {
         error = std::current_exception();
       }
-      if (trace_)
-        trace_->span("reduce bucket", 2 * replica_ + 1, start, Trace::Clock::now(),
-                     fmt::format("\"bucket\": {}, \"step\": {}", b, step));
       lock.lock();
       if (error) error_ = error;
       if (b < static_cast<int>(done_.size())) done_[b] = true;
@@ -138,6 +145,29 @@ class BucketReducer {
     }
     exited_ = true;
     cv_.notify_all();
+  }
+
+  // The bucket's collectives, on the calling thread.
+  void reduce(const Bucket* bucket, int b, int64_t step, double weight) {
+    const auto start = Trace::Clock::now();
+    const Grouped& grouped = grouped_of(bucket);
+    if (grouped.kind == Grouped::all_reduce) {
+      comm_->all_reduce_weighted_sum_group(grouped.spans, bucket->front().dtype, weight, {b, step});
+    } else if (grouped.kind == Grouped::reduce) {
+      comm_->reduce_weighted_sum_group(grouped.pieces, bucket->front().dtype, weight, {b, step});
+    } else {
+      for (const Grad& g : *bucket) {
+        if (g.owner >= 0) {
+          scale_in_place(g.data, g.count, g.dtype, weight);  // host memory: CPU replicas only
+          comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
+        } else {
+          comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});
+        }
+      }
+    }
+    if (trace_)
+      trace_->span("reduce bucket", 2 * replica_ + 1, start, Trace::Clock::now(),
+                   fmt::format("\"bucket\": {}, \"step\": {}", b, step));
   }
 
   // A bucket as one collective when its gradients share a dtype: an all-reduce when every rank needs them,

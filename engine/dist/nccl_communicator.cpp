@@ -182,11 +182,13 @@ NcclCommunicator::NcclCommunicator(std::shared_ptr<Group> group, int local, int 
     TRAINER_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     TRAINER_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
     TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&compute_ready_, cudaEventDisableTiming));
+    TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&capture_join_, cudaEventDisableTiming));
     TRAINER_CUDA_CHECK(cudaMalloc(&barrier_word_, sizeof(int)));
     TRAINER_CUDA_CHECK(cudaMemsetAsync(barrier_word_, 0, sizeof(int), comm_stream_));
   } catch (...) {
     if (barrier_word_) cudaFree(barrier_word_);
     if (compute_ready_) cudaEventDestroy(compute_ready_);
+    if (capture_join_) cudaEventDestroy(capture_join_);
     if (comm_stream_) cudaStreamDestroy(comm_stream_);
     group_->broken = true;  // the other ranks cannot finish a collective with this one
     throw;
@@ -220,6 +222,7 @@ NcclCommunicator::~NcclCommunicator() {
   for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
   for (cudaEvent_t e : bucket_done_) cudaEventDestroy(e);
   cudaEventDestroy(compute_ready_);
+  cudaEventDestroy(capture_join_);
   cudaFree(barrier_word_);
   cudaStreamDestroy(comm_stream_);
 }
@@ -240,22 +243,32 @@ void NcclCommunicator::begin(const char* what, const CollectiveTag& tag) {
 }
 
 void NcclCommunicator::order_after_compute() {
+  // While the compute stream is captured into a CUDA graph (on this thread), the event and the wait below
+  // bring the communication stream into the capture: the collectives become nodes of the graph.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   TRAINER_CUDA_CHECK(cudaStreamIsCapturing(compute_stream_, &capture));
-  TRAINER_ASSERT(capture == cudaStreamCaptureStatusNone,
-                 "an NCCL collective while the compute stream is captured into a CUDA graph");
+  capturing_ = capture == cudaStreamCaptureStatusActive;
   TRAINER_CUDA_CHECK(cudaEventRecord(compute_ready_, compute_stream_));
   TRAINER_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, compute_ready_, 0));
 }
 
 void NcclCommunicator::enqueued(const char* what, const CollectiveTag& tag, bool compute_waits) {
-  cudaEvent_t done = nullptr;
-  if (!spare_events_.empty()) {
-    done = spare_events_.back();
-    spare_events_.pop_back();
-  } else {
-    TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  if (capturing_) {
+    // Recorded into a graph, not run: there is no completion to watch now (wait() watches each replay's
+    // compute stream). The compute stream joins the communication stream before the capture ends: at the
+    // bucket's first reader when deferred, else here.
+    if (compute_waits && defer_ && tag.bucket >= 0) {
+      std::lock_guard<std::mutex> lock(bucket_mu_);
+      TRAINER_ASSERT(tag.bucket < static_cast<int>(bucket_done_.size()),
+                     "bucket {} captured before it was ever reduced", tag.bucket);
+      TRAINER_CUDA_CHECK(cudaEventRecord(bucket_done_[tag.bucket], comm_stream_));
+    } else {
+      TRAINER_CUDA_CHECK(cudaEventRecord(capture_join_, comm_stream_));
+      TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, capture_join_, 0));
+    }
+    return;
   }
+  cudaEvent_t done = take_event();
   pending_.push_back(Pending{done, what, tag});
   TRAINER_CUDA_CHECK(cudaEventRecord(done, comm_stream_));
   if (compute_waits && defer_ && tag.bucket >= 0) {
@@ -278,6 +291,17 @@ void NcclCommunicator::order_compute_after(int bucket) {
   if (bucket < 0 || bucket >= static_cast<int>(bucket_done_.size())) return;  // nothing enqueued for it
   DeviceScope scope(device_);
   TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, bucket_done_[bucket], 0));
+}
+
+cudaEvent_t NcclCommunicator::take_event() {
+  if (spare_events_.empty()) {
+    cudaEvent_t e = nullptr;
+    TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+  }
+  cudaEvent_t e = spare_events_.back();
+  spare_events_.pop_back();
+  return e;
 }
 
 // Recycles the events of collectives already complete, so a caller that waits once per step keeps few.
@@ -439,11 +463,17 @@ void NcclCommunicator::barrier(const CollectiveTag& tag) {
 
 void NcclCommunicator::wait(const CollectiveTag& tag) {
   DeviceScope scope(device_);
-  if (pending_.empty()) return;
   if (!comm())
     throw RuntimeError(
         fmt::format("rank {} on {}: waiting ({}) after this rank's NCCL communicator was aborted", rank_,
                     host_name(), tag.str()));
+  {
+    // The compute stream's work so far: a step replayed from a CUDA graph holds its collectives, and its
+    // completion is what there is to watch.
+    cudaEvent_t marker = take_event();
+    pending_.push_back(Pending{marker, "the step's collectives", tag});
+    TRAINER_CUDA_CHECK(cudaEventRecord(marker, compute_stream_));
+  }
   const lib::Nccl& n = lib::nccl();
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
   // Short polls first: a bucket reduced while backward ran is often done or nearly done.

@@ -32,8 +32,13 @@ std::string nccl_unique_id();
 // order of the additions is NCCL's ring or tree, not rank order, so they can differ in the last bits from the
 // in-process communicator's.
 //
-// Threads: one thread drives one communicator (the trainer's replica threads), and every rank calls the same
-// collectives in the same order. Not usable while the compute stream is being captured into a CUDA graph.
+// Threads: one thread drives one communicator at a time (a replica's thread, or its communication thread
+// while backward runs), and every rank calls the same collectives in the same order.
+//
+// CUDA graphs: a collective called while the compute stream is being captured (on the capturing thread) is
+// recorded into the graph, with the communication stream joined into the capture; each replay then runs it.
+// wait() watches the compute stream too, so a replayed step whose collective hangs still ends in the
+// watchdog.
 class NcclCommunicator final : public Communicator {
  public:
   // Joins the communicator `unique_id` names as `rank` of `size` on CUDA device `device`; blocks until every
@@ -100,6 +105,7 @@ class NcclCommunicator final : public Communicator {
   void order_after_compute();
   void enqueued(const char* what, const CollectiveTag& tag, bool compute_waits);
   void reap_completed();
+  cudaEvent_t take_event();  // a spare event, or a new one
   void abort_comm();
   [[noreturn]] void timed_out(const char* what, const CollectiveTag& tag);
   ncclComm* comm() const;
@@ -113,6 +119,8 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t compute_stream_;
   cudaStream_t comm_stream_ = nullptr;
   cudaEvent_t compute_ready_ = nullptr;  // recorded on the compute stream before each collective
+  cudaEvent_t capture_join_ = nullptr;   // joins the streams while a CUDA graph is captured
+  bool capturing_ = false;               // the collective being enqueued is recorded into a graph
   std::deque<Pending> pending_;          // enqueued, not yet seen complete, oldest first
   std::vector<cudaEvent_t> spare_events_;
   int* barrier_word_ = nullptr;  // one device int for barrier()

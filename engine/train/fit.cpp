@@ -572,10 +572,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
                    sp->count, gv.dtype, sp->owner});
           }
         }
-        dist::BucketReducer* r = reducers.back().get();
-        const std::vector<dist::BucketReducer::Bucket>* bs = &buckets;
-        s.executable().set_bucket_ready_hook([r, bs](int b) { r->ready(&(*bs)[b], b); });
-        s.executable().set_bucket_wait_hook([r](int b) { r->wait(b); });
+        reducers.back()->attach(s.executable(), &buckets);
       }
     }
 

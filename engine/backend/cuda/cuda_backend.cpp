@@ -272,10 +272,11 @@ class CudaExecutable final : public Executable {
       run_profiled();
     } else if (graph_exec_) {
       TRAINER_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
-      if (hook_)
+      // A graph captured without its reductions (hooks set after the capture) still hands the buckets on.
+      if (hook_ && !reductions_captured_)
         for (const std::vector<int>& bs : buckets_after_)
           for (int b : bs) hook_(b);
-    } else if (use_graph_ && !hook_ && eager_runs_ >= 1) {
+    } else if (use_graph_ && (!hook_ || capture_ready_) && eager_runs_ >= 1) {
       capture_and_launch();
     } else {
       run_eager();
@@ -285,6 +286,10 @@ class CudaExecutable final : public Executable {
 
   void set_bucket_ready_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
   void set_bucket_wait_hook(std::function<void(int)> hook) override { wait_hook_ = std::move(hook); }
+  void set_bucket_capture_hooks(std::function<void(int)> ready, std::function<void(int)> wait) override {
+    capture_ready_ = std::move(ready);
+    capture_wait_ = std::move(wait);
+  }
   void set_buckets_before(std::vector<std::vector<int>> before) { buckets_before_ = std::move(before); }
 
   void set_profiling(bool on) override {
@@ -312,18 +317,24 @@ class CudaExecutable final : public Executable {
   }
 
  private:
-  void run_eager() {
+  // Launches every kernel, calling `ready` for the buckets a kernel completes and `wait` before the first
+  // reader of a bucket (and at the end for buckets nothing reads); either may be empty.
+  void launch_all(const std::function<void(int)>& ready, const std::function<void(int)>& wait) {
     for (size_t s = 0; s < kernels_.size(); ++s) {
-      // A bucket's reduction is enqueued by the communication thread (ordered before this stream's later work
-      // by an event): launching its first reader waits until that enqueue has happened.
-      if (wait_hook_)
-        for (int b : buckets_before_[s]) wait_hook_(b);
+      if (wait)
+        for (int b : buckets_before_[s]) wait(b);
       kernels_[s]->launch(stream_);
-      if (hook_)
-        for (int b : buckets_after_[s]) hook_(b);
+      if (ready)
+        for (int b : buckets_after_[s]) ready(b);
     }
-    if (wait_hook_)
-      for (int b : buckets_before_.back()) wait_hook_(b);
+    if (wait)
+      for (int b : buckets_before_.back()) wait(b);
+  }
+
+  // A bucket's reduction is enqueued by the communication thread (ordered before this stream's later work by
+  // an event): launching its first reader waits until that enqueue has happened.
+  void run_eager() {
+    launch_all(hook_, wait_hook_);
     ++eager_runs_;
   }
 
@@ -352,13 +363,16 @@ class CudaExecutable final : public Executable {
   }
 
   // The whole step as one graph: every kernel launch, library call and host fallback is recorded once and
-  // replayed with one launch per step. A failed capture leaves the executable eager for good.
+  // replayed with one launch per step. With buckets to reduce, the capture hooks record each bucket's
+  // collectives into the graph where the ready hook would hand it on, and its readers' wait where the wait
+  // hook would block. A failed capture leaves the executable eager for good.
   void capture_and_launch() {
     cudaGraph_t graph = nullptr;
     TRAINER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     std::string failure;
     try {
-      for (auto& k : kernels_) k->launch(stream_);
+      static const std::function<void(int)> none;
+      launch_all(hook_ ? capture_ready_ : none, hook_ ? capture_wait_ : none);
     } catch (const std::exception& e) {
       // A call that is not capturable fails only here (the same launches ran eagerly in the first step), so
       // the step runs eagerly below; an error that is not about capture recurs there and is thrown then.
@@ -379,6 +393,7 @@ class CudaExecutable final : public Executable {
       run_eager();
       return;
     }
+    reductions_captured_ = hook_ != nullptr;
     TRAINER_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
   }
 
@@ -391,7 +406,8 @@ class CudaExecutable final : public Executable {
   bool has_host_kernels_;
   std::unique_ptr<StepContext> host_ctx_;  // read by host fallback kernels
   DeviceStepContext* dev_ctx_;
-  std::function<void(int)> hook_, wait_hook_;
+  std::function<void(int)> hook_, wait_hook_, capture_ready_, capture_wait_;
+  bool reductions_captured_ = false;              // the graph holds the buckets' collectives
   std::vector<std::vector<int>> buckets_before_;  // per step (and one past the end): buckets it reads first
   cudaEvent_t done_ = nullptr;
   cudaGraphExec_t graph_exec_ = nullptr;
