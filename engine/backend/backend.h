@@ -69,9 +69,11 @@ class Executable {
   // For a backend that captures steps into a replayable graph (CUDA): called in place of the two hooks above
   // while a step with them is being captured. `ready` enqueues the bucket's reduction on the calling thread,
   // into the capture; `wait` orders the later work after it. Replays then run the reductions as part of the
-  // graph and call no hook. Without them, a step with hooks is never captured. Optional.
+  // graph and call no hook. `key` names what the captured reductions depend on (the replica's weight in the
+  // sum): a step whose key differs from the captured one runs kernel by kernel with the hooks above. Without
+  // capture hooks, a step with hooks is never captured. Optional.
   virtual void set_bucket_capture_hooks(std::function<void(int bucket)> ready,
-                                        std::function<void(int bucket)> wait) {}
+                                        std::function<void(int bucket)> wait, std::function<double()> key) {}
   // Per-kernel timing (steady clock on the CPU, CUDA events on a GPU). While on, runs are timed kernel by
   // kernel; a GPU then runs eagerly, not by graph replay. Optional: the default records nothing.
   virtual void set_profiling(bool on) {}

@@ -103,6 +103,11 @@ class BucketReducer {
     reduce(bucket, b, step, weight);
   }
   void order_after(int b) { comm_->order_compute_after(b); }
+  // What a captured reduction depends on: this step's weight (a graph captured with another replays wrong).
+  double captured_weight() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return weight_;
+  }
 
   // Sets a training plan's hooks: buckets are reduced on this reducer's thread as backward produces them, or
   // recorded into the step's CUDA graph when the executable captures one.
@@ -110,7 +115,7 @@ class BucketReducer {
     e.set_bucket_ready_hook([this, buckets](int b) { ready(&(*buckets)[b], b); });
     e.set_bucket_wait_hook([this](int b) { wait(b); });
     e.set_bucket_capture_hooks([this, buckets](int b) { reduce_now(&(*buckets)[b], b); },
-                               [this](int b) { order_after(b); });
+                               [this](int b) { order_after(b); }, [this] { return captured_weight(); });
   }
 
   // Time the compute thread spent in wait() since the last reset: communication that backward did not hide.
@@ -158,7 +163,9 @@ class BucketReducer {
     } else {
       for (const Grad& g : *bucket) {
         if (g.owner >= 0) {
-          scale_in_place(g.data, g.count, g.dtype, weight);  // host memory: CPU replicas only
+          // Mixed dtypes with owners: only gradients in host memory can be scaled here.
+          TRAINER_ASSERT(comm_->kind() != "nccl", "a sharded bucket of mixed dtypes on GPUs");
+          scale_in_place(g.data, g.count, g.dtype, weight);
           comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
         } else {
           comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});

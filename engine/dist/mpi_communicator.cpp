@@ -280,6 +280,11 @@ std::unique_ptr<Communicator> mpi_world() {
       int provided = 0;
       mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
       std::atexit(finalize_at_exit);
+      // A replica's communication thread and its own thread take turns calling MPI.
+      if (provided < MPI_THREAD_SERIALIZED)
+        throw RuntimeError(
+            "this MPI library gives no thread support (MPI_THREAD_SERIALIZED); trainer calls MPI from two "
+            "threads in turn. Use an MPI built with thread support (OpenMPI and MPICH are by default)");
     }
   });
   return std::make_unique<MpiCommunicator>();

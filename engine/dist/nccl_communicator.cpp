@@ -76,6 +76,25 @@ ncclDataType_t nccl_type(DType dtype) {
   return ncclFloat32;
 }
 
+// ncclGroupStart now, ncclGroupEnd at end() or, after an error, when it goes out of scope: a group left open
+// would keep this thread's later NCCL calls queued, never launched.
+class NcclGroup {
+ public:
+  NcclGroup() { TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart()); }
+  ~NcclGroup() {
+    if (open_) lib::nccl().ncclGroupEnd();
+  }
+  NcclGroup(const NcclGroup&) = delete;
+  NcclGroup& operator=(const NcclGroup&) = delete;
+  void end() {
+    open_ = false;
+    TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  }
+
+ private:
+  bool open_ = true;
+};
+
 ncclUniqueId parse_unique_id(const std::string& bytes) {
   if (bytes.size() != sizeof(ncclUniqueId))
     throw RuntimeError(fmt::format("an NCCL unique id is {} bytes; the bootstrap handed over {}",
@@ -253,7 +272,10 @@ void NcclCommunicator::order_after_compute() {
 }
 
 void NcclCommunicator::enqueued(const char* what, const CollectiveTag& tag, bool compute_waits) {
-  if (capturing_) {
+  const bool capturing = capturing_;
+  capturing_ = false;  // set by order_after_compute for the one collective that follows it
+  if (capturing) {
+    captured_ = true;
     // Recorded into a graph, not run: there is no completion to watch now (wait() watches each replay's
     // compute stream). The compute stream joins the communication stream before the capture ends: at the
     // bucket's first reader when deferred, else here.
@@ -350,12 +372,12 @@ void NcclCommunicator::all_reduce_weighted_sum_group(const std::vector<Span>& sp
   begin("all_reduce", tag);
   const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype);
   order_after_compute();
-  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart());
+  NcclGroup group;
   for (const Span& s : spans)
     if (s.count > 0)
       TRAINER_NCCL_CHECK(lib::nccl().ncclAllReduce(s.data, s.data, static_cast<size_t>(s.count), type, op,
                                                    comm(), comm_stream_));
-  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  group.end();
   enqueued("all_reduce", tag, true);
 }
 
@@ -411,32 +433,33 @@ void NcclCommunicator::reduce_weighted_sum_group(const std::vector<Piece>& piece
   DeviceScope scope(device_);
   begin("reduce", tag);
   const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype);
-  order_after_compute();
-  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart());
-  for (const Piece& p : pieces) {
+  for (const Piece& p : pieces)
     TRAINER_ASSERT(p.root >= 0 && p.root < size_, "reduce to rank {} of {}", p.root, size_);
+  order_after_compute();
+  NcclGroup group;
+  for (const Piece& p : pieces)
     if (p.count > 0)
       TRAINER_NCCL_CHECK(lib::nccl().ncclReduce(p.data, p.data, static_cast<size_t>(p.count), type, op,
                                                 p.root, comm(), comm_stream_));
-  }
-  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  group.end();
   enqueued("reduce", tag, true);
 }
 
 void NcclCommunicator::broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) {
   DeviceScope scope(device_);
   begin("broadcast", tag);
-  order_after_compute();
-  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupStart());
-  for (const Copy& c : copies) {
+  for (const Copy& c : copies)
     TRAINER_ASSERT(c.root >= 0 && c.root < size_, "broadcast from rank {} of {}", c.root, size_);
+  order_after_compute();
+  NcclGroup group;
+  for (const Copy& c : copies) {
     // The send buffer is read at the root only; the others pass their destination.
     const void* src = c.root == rank_ ? c.src : c.dst;
     if (c.bytes > 0)
       TRAINER_NCCL_CHECK(
           lib::nccl().ncclBroadcast(src, c.dst, c.bytes, ncclUint8, c.root, comm(), comm_stream_));
   }
-  TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+  group.end();
   enqueued("broadcast", tag, true);
 }
 
@@ -463,13 +486,15 @@ void NcclCommunicator::barrier(const CollectiveTag& tag) {
 
 void NcclCommunicator::wait(const CollectiveTag& tag) {
   DeviceScope scope(device_);
+  if (pending_.empty() && !captured_) return;
   if (!comm())
     throw RuntimeError(
         fmt::format("rank {} on {}: waiting ({}) after this rank's NCCL communicator was aborted", rank_,
                     host_name(), tag.str()));
-  {
+  if (captured_) {
     // The compute stream's work so far: a step replayed from a CUDA graph holds its collectives, and its
-    // completion is what there is to watch.
+    // completion is what there is to watch. (Only once a step has been captured: otherwise the collectives
+    // themselves are watched, and the compute stream may run on while the next batch is written.)
     cudaEvent_t marker = take_event();
     pending_.push_back(Pending{marker, "the step's collectives", tag});
     TRAINER_CUDA_CHECK(cudaEventRecord(marker, compute_stream_));

@@ -121,6 +121,7 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t compute_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t capture_join_ = nullptr;   // joins the streams while a CUDA graph is captured
   bool capturing_ = false;               // the collective being enqueued is recorded into a graph
+  bool captured_ = false;                // some collective was: wait() then watches the compute stream
   std::deque<Pending> pending_;          // enqueued, not yet seen complete, oldest first
   std::vector<cudaEvent_t> spare_events_;
   int* barrier_word_ = nullptr;  // one device int for barrier()

@@ -840,6 +840,14 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     auto t_eval = std::chrono::steady_clock::now();
     if (val_loader) {
       Logs v = evaluate_on(dev, *val_loader, cfg, "val_", out_buf);
+      if (replicas.host_comm && world > local) {
+        // Every process evaluates its own first replica; rank 0's numbers are the run's, so every rank
+        // takes the same early-stopping and save_best decisions (and calls the same collectives after).
+        std::vector<double> values;
+        for (const auto& [k, x] : v) values.push_back(x);
+        replicas.host_comm->broadcast(values.data(), values.size() * sizeof(double), 0, {-1, st.global_step});
+        for (size_t i = 0; i < v.size(); ++i) v[i].second = values[i];
+      }
       rep.logs.insert(rep.logs.end(), v.begin(), v.end());
     }
     rep.seconds =

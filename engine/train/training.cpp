@@ -3,6 +3,7 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "engine/autodiff/autodiff.h"
 
@@ -27,6 +28,22 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     differentiated = g.op("Mul", {tg.loss, scale});
   }
   auto grads = build_backward(g, differentiated, params);
+  // Each gradient in a buffer of its own. A gradient that backward also reads (Add(x, P) of equal shapes
+  // gives P the very value that carries x's gradient on), that is another parameter's too, or that is a
+  // constant (a parameter the loss does not reach) would otherwise be summed across replicas in place while
+  // backward still reads it. The copy is an Add of zero.
+  std::set<ValueId> own;
+  for (ValueId p : params) {
+    ValueId& gv = grads.at(p);
+    bool read = false;
+    for (NodeId c : g.value(gv).consumers) read = read || !g.node(c).dead;
+    if (read || g.value(gv).producer < 0 || own.count(gv)) {
+      const DType dtype = g.value(gv).dtype;
+      const ValueId zero = g.add_constant(g.unique_name(g.value(gv).name + "/own"), Tensor(dtype, Shape{}));
+      gv = g.op("Add", {gv, zero});
+    }
+    own.insert(gv);
+  }
   const NodeId backward_end = g.num_nodes();
   // After autodiff, so the gradient GEMMs and convolutions are rewritten too and every gradient stays f32.
   const PrecisionReport rewrite = apply_precision(g, options.precision);

@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "alloc_counter.h"
 #include "engine/data/synthetic.h"
+#include "engine/ops/op_helpers.h"
 #include "engine/train/training.h"
 #include "models/layers.h"
 
@@ -310,5 +312,37 @@ TEST_SUITE("training") {
     PlanOptions one = po;
     one.first_bucket_bytes = one.bucket_bytes;
     CHECK(plan_program(tg.graph, one).buckets.size() == 1);
+  }
+}
+
+TEST_SUITE("training") {
+  TEST_CASE("training: every gradient has a buffer of its own that backward does not read") {
+    // h = x W + P with P of h's shape: P's gradient is the value that also carries W's gradient on. Summed in
+    // place across replicas, it would change under backward's feet; the training graph copies it.
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{1, 3});
+    ValueId w = g.add_parameter("w", ops::random_tensor({3, 4}, -1, 1, 1, DType::f32));
+    ValueId p = g.add_parameter("p", ops::random_tensor({1, 4}, -1, 1, 2, DType::f32));
+    ValueId unused = g.add_parameter("unused", ops::random_tensor({2}, -1, 1, 3, DType::f32));
+    (void)unused;
+    ValueId h = g.op("Add", {g.op("MatMul", {x, w}), p});
+    ValueId loss = g.op("ReduceSum", {g.op("Mul", {h, h})}, {{"keepdims", int64_t{0}}});
+    TrainingOptions opt;
+    opt.fuse = false;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    const Graph& tgg = *tg.graph;
+    std::set<ValueId> distinct(tg.gradients.begin(), tg.gradients.end());
+    CHECK(distinct.size() == tg.gradients.size());
+    for (ValueId gv : tg.gradients) {
+      CHECK_MESSAGE(tgg.value(gv).producer >= 0, tgg.value(gv).name);
+      for (NodeId c : tgg.value(gv).consumers)
+        CHECK_MESSAGE(c >= tg.update_begin,
+                      tgg.value(gv).name << " is read in backward by " << tgg.node(c).name);
+    }
+    // And planned with buckets, every bucket is complete before its first reader.
+    PlanOptions po;
+    po.gradients = tg.gradients;
+    for (const GradBucket& b : plan_program(tg.graph, po).buckets)
+      CHECK(b.needed_by_step > b.ready_after_step);
   }
 }

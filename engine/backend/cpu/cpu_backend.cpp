@@ -258,6 +258,8 @@ class CpuBackend final : public Backend {
       int s = std::max(p.buckets[b].ready_after_step, 0);
       if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
       const int need = p.buckets[b].needed_by_step;
+      TRAINER_ASSERT(need > s || need >= static_cast<int>(p.steps.size()),
+                     "bucket {} is read at step {}, before it is complete at step {}", b, need, s);
       before[need > s && need < static_cast<int>(p.steps.size()) ? need : p.steps.size()].push_back(
           static_cast<int>(b));
     }

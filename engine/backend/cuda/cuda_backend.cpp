@@ -270,12 +270,12 @@ class CudaExecutable final : public Executable {
     if (profiling_) {
       collect_profile();
       run_profiled();
-    } else if (graph_exec_) {
+    } else if (graph_exec_ && (!hook_ || (reductions_captured_ && capture_key_() == captured_key_))) {
       TRAINER_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
-      // A graph captured without its reductions (hooks set after the capture) still hands the buckets on.
-      if (hook_ && !reductions_captured_)
-        for (const std::vector<int>& bs : buckets_after_)
-          for (int b : bs) hook_(b);
+    } else if (graph_exec_) {
+      // Reductions the graph does not hold as this step needs them (hooks set after the capture, or another
+      // weight): this step runs kernel by kernel and hands its buckets on.
+      run_eager();
     } else if (use_graph_ && (!hook_ || capture_ready_) && eager_runs_ >= 1) {
       capture_and_launch();
     } else {
@@ -286,9 +286,11 @@ class CudaExecutable final : public Executable {
 
   void set_bucket_ready_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
   void set_bucket_wait_hook(std::function<void(int)> hook) override { wait_hook_ = std::move(hook); }
-  void set_bucket_capture_hooks(std::function<void(int)> ready, std::function<void(int)> wait) override {
+  void set_bucket_capture_hooks(std::function<void(int)> ready, std::function<void(int)> wait,
+                                std::function<double()> key) override {
     capture_ready_ = std::move(ready);
     capture_wait_ = std::move(wait);
+    capture_key_ = std::move(key);
   }
   void set_buckets_before(std::vector<std::vector<int>> before) { buckets_before_ = std::move(before); }
 
@@ -341,11 +343,15 @@ class CudaExecutable final : public Executable {
   void run_profiled() {
     TRAINER_CUDA_CHECK(cudaEventRecord(profile_events_[0], stream_));
     for (size_t s = 0; s < kernels_.size(); ++s) {
+      if (wait_hook_)
+        for (int b : buckets_before_[s]) wait_hook_(b);
       kernels_[s]->launch(stream_);
       TRAINER_CUDA_CHECK(cudaEventRecord(profile_events_[s + 1], stream_));
       if (hook_)
         for (int b : buckets_after_[s]) hook_(b);
     }
+    if (wait_hook_)
+      for (int b : buckets_before_.back()) wait_hook_(b);
     profile_pending_ = true;
   }
 
@@ -370,9 +376,23 @@ class CudaExecutable final : public Executable {
     cudaGraph_t graph = nullptr;
     TRAINER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     std::string failure;
+    std::exception_ptr reduction_error;
     try {
       static const std::function<void(int)> none;
-      launch_all(hook_ ? capture_ready_ : none, hook_ ? capture_wait_ : none);
+      // A reduction that fails while captured cannot fall back: collectives already recorded into the
+      // discarded graph would leave this rank out of step with the others. It ends the run instead.
+      auto guarded = [&](const std::function<void(int)>& hook) -> std::function<void(int)> {
+        if (!hook_) return none;
+        return [&hook, &reduction_error](int b) {
+          try {
+            hook(b);
+          } catch (...) {
+            reduction_error = std::current_exception();
+            throw;
+          }
+        };
+      };
+      launch_all(guarded(capture_ready_), guarded(capture_wait_));
     } catch (const std::exception& e) {
       // A call that is not capturable fails only here (the same launches ran eagerly in the first step), so
       // the step runs eagerly below; an error that is not about capture recurs there and is thrown then.
@@ -383,6 +403,13 @@ class CudaExecutable final : public Executable {
                        : end == cudaSuccess ? cudaGraphInstantiate(&graph_exec_, graph, 0)
                                             : end;
     if (graph) cudaGraphDestroy(graph);
+    if (reduction_error) {
+      if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+      use_graph_ = false;
+      cudaGetLastError();
+      std::rethrow_exception(reduction_error);
+    }
     if (inst != cudaSuccess) {
       cudaGetLastError();
       graph_exec_ = nullptr;
@@ -394,6 +421,7 @@ class CudaExecutable final : public Executable {
       return;
     }
     reductions_captured_ = hook_ != nullptr;
+    if (reductions_captured_) captured_key_ = capture_key_();
     TRAINER_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
   }
 
@@ -407,7 +435,9 @@ class CudaExecutable final : public Executable {
   std::unique_ptr<StepContext> host_ctx_;  // read by host fallback kernels
   DeviceStepContext* dev_ctx_;
   std::function<void(int)> hook_, wait_hook_, capture_ready_, capture_wait_;
-  bool reductions_captured_ = false;              // the graph holds the buckets' collectives
+  std::function<double()> capture_key_;
+  bool reductions_captured_ = false;  // the graph holds the buckets' collectives, for captured_key_
+  double captured_key_ = 0;
   std::vector<std::vector<int>> buckets_before_;  // per step (and one past the end): buckets it reads first
   cudaEvent_t done_ = nullptr;
   cudaGraphExec_t graph_exec_ = nullptr;
@@ -517,6 +547,8 @@ class CudaBackend final : public Backend {
       int s = std::max(p.buckets[b].ready_after_step, 0);
       if (!p.steps.empty()) after[std::min<size_t>(s, p.steps.size() - 1)].push_back(static_cast<int>(b));
       const int need = p.buckets[b].needed_by_step;
+      TRAINER_ASSERT(need > s || need >= static_cast<int>(p.steps.size()),
+                     "bucket {} is read at step {}, before it is complete at step {}", b, need, s);
       before[need > s && need < static_cast<int>(p.steps.size()) ? need : p.steps.size()].push_back(
           static_cast<int>(b));
     }
