@@ -156,6 +156,43 @@ class Parallel(unittest.TestCase):
         self.assert_close(straight, self.resume(os.path.join(out, "epoch-1.ckpt"), 1, "mpi_shard_resumed"),
                           "sharded by MPI, resumed on 1")
 
+    def rank_pid(self, rank, marker):
+        """The pid of the MPI rank whose command line holds `marker`."""
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and marker.encode() in cmd:
+                return int(pid)
+        self.fail(f"no process for rank {rank}")
+
+    def test_a_dead_rank_ends_the_job_and_keeps_the_last_checkpoint(self):
+        out = os.path.join(self.tmp.name, "killed")
+        p = subprocess.Popen(self.mpirun_command(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu",
+                                                  "--epochs", "1000", "--collective-timeout", "20", "--output-dir",
+                                                  out, "--log-format", "jsonl", "--set", "data.train.limit=1280",
+                                                  "--set", "data.validation.limit=64", "--set",
+                                                  "train.checkpoint.every_epochs=1"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            p.stdout.readline()  # epoch 1 has ended and its checkpoint is written
+            t0 = time.monotonic()
+            os.kill(self.rank_pid(1, out), 9)
+            p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.assertNotEqual(p.returncode, 0)
+        self.assertLess(time.monotonic() - t0, 30, "the other rank waited")
+        # The checkpoints written before the death are whole.
+        params = read_checkpoint(os.path.join(out, "epoch-1.ckpt"))
+        self.assertIn("dense/kernel", params)
+
     def test_a_signal_to_one_rank_stops_every_rank(self):
         # SIGTERM to rank 1 alone: the per-step metric sum carries the flag, so rank 0 stops after the same step
         # and writes the interrupted run's checkpoint, instead of waiting out the collective timeout.
@@ -167,20 +204,8 @@ class Parallel(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             p.stdout.readline()  # the first epoch has ended: both ranks are training
-            rank1 = None
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open(f"/proc/{pid}/environ", "rb") as f:
-                        env = f.read().split(b"\0")
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        cmd = f.read()
-                except OSError:
-                    continue
-                if b"OMPI_COMM_WORLD_RANK=1" in env and out.encode() in cmd:
-                    rank1 = int(pid)
-            self.assertIsNotNone(rank1, "rank 1's process")
             t0 = time.monotonic()
-            os.kill(rank1, 15)
+            os.kill(self.rank_pid(1, out), 15)
             stdout, stderr = p.communicate(timeout=50)
         finally:
             if p.poll() is None:
