@@ -735,9 +735,6 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         const auto t0 = Trace::Clock::now();
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
         if (sharded) replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});
-        // The watchdog of communicators whose collectives finish after they return (NCCL): a reduction that
-        // hangs ends the run here instead of blocking the next read.
-        if (!replicas.comms.empty()) replicas.comms[k]->wait({-1, st.global_step});
         if (replicas.trace)
           replicas.trace->span("step", 2 * k, t0, Trace::Clock::now(),
                                fmt::format("\"step\": {}", st.global_step));
@@ -760,6 +757,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       const bool have_next = train_loader.next(&next);
       const bool prefetched = have_next && next.size == batch.size;
       if (prefetched) feed(next);
+      // The watchdog of communicators whose collectives finish after they return (NCCL), once the next batch
+      // is on its way (its copy overlaps the step): a reduction that hangs ends the run here instead of
+      // blocking the next read. Nothing for the others.
+      for (dist::Communicator* c : replicas.comms) c->wait({-1, st.global_step});
       // Every replica made the same update, so the first one's overflow flag speaks for all.
       const Plan& p0 = dev.train_plan(slice(batch.size, replicas.first_rank).second -
                                       slice(batch.size, replicas.first_rank).first);
