@@ -361,8 +361,9 @@ Command add_bench_command(CLI::App& app) {
         throw InputError("--devices", "--devices times CPU replicas, and this bench runs on a GPU",
                          "add --device cpu; GPUs are chosen with --gpus");
       if (s.parallel.shard_optimizer)
-        out.say("note: the replicas are timed with the optimizer state whole; [parallel] shard_optimizer "
-                "(trainer fit) is not part of this measurement\n");
+        out.say(
+            "note: the replicas are timed with the optimizer state whole; [parallel] shard_optimizer "
+            "(trainer fit) is not part of this measurement\n");
       if (batch % replicas != 0)
         throw InputError(gpu_ids.size() > 1 ? "--gpus" : "--devices",
                          fmt::format("the batch of {} does not divide among {} replicas", batch, replicas),
