@@ -918,8 +918,11 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
   TrainingOptions topt = training_options(cfg);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
+  tg.graph->mark_output(lg.output);  // as the Device's training plans do
   PlanOptions po;
   po.alignment = backend.alignment();
+  po.gradients = tg.gradients;  // as fit plans it: the schedule depends on them
+  po.bucket_bytes = cfg.bucket_bytes;
   return plan_program(tg.graph, po).arena_bytes();
 }
 
