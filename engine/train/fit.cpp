@@ -734,7 +734,13 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
                                   static_cast<double>(hi - lo) / batch.size);
         const auto t0 = Trace::Clock::now();
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
-        if (sharded) replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});
+        if (sharded) {
+          const auto g0 = Trace::Clock::now();
+          replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});
+          if (replicas.trace)
+            replicas.trace->span("gather shards", 2 * k, g0, Trace::Clock::now(),
+                                 fmt::format("\"step\": {}", st.global_step));
+        }
         if (replicas.trace)
           replicas.trace->span("step", 2 * k, t0, Trace::Clock::now(),
                                fmt::format("\"step\": {}", st.global_step));

@@ -258,8 +258,13 @@ class Parallel(unittest.TestCase):
         spec = "fashion_mnist/mlp.toml"
         shard = ["--set", "parallel.shard_optimizer=true"]
         plain = self.fit(spec, 2, os.path.join(self.tmp.name, "plain2"))
-        sharded = self.fit(spec, 2, os.path.join(self.tmp.name, "shard2"), *shard)
+        trace = os.path.join(self.tmp.name, "shard_trace.json")
+        sharded = self.fit(spec, 2, os.path.join(self.tmp.name, "shard2"), *shard, "--trace", trace)
         self.assertEqual(sorted(plain), sorted(sharded))
+        import json
+        with open(trace) as f:
+            gathers = [e for e in json.load(f)["traceEvents"] if e["name"] == "gather shards"]
+        self.assertEqual(len(gathers), 2 * STEPS, "one all-gather per replica and step in the trace")
         for name in plain:
             np.testing.assert_array_equal(plain[name], sharded[name], err_msg=name)
         # With clipping every replica needs every summed gradient: they are all-reduced, then each replica
