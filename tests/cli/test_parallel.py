@@ -267,6 +267,15 @@ class Parallel(unittest.TestCase):
         self.assertEqual(len(gathers), 2 * STEPS, "one all-gather per replica and step in the trace")
         for name in plain:
             np.testing.assert_array_equal(plain[name], sharded[name], err_msg=name)
+        # The CNN in bf16 and the LSTM (3-D weights) on 4 replicas: bitwise too.
+        for other, n, extra in (("fashion_mnist/cnn.toml", 2, ["--set", "train.precision=bf16"]),
+                                ("fashion_mnist/lstm.toml", 4, [])):
+            with self.subTest(spec=other):
+                base = os.path.join(self.tmp.name, other.replace("/", "_"))
+                a = self.fit(other, n, base + "_plain", *extra)
+                b = self.fit(other, n, base + "_shard", *shard, *extra)
+                for name in a:
+                    np.testing.assert_array_equal(a[name], b[name], err_msg=f"{other}: {name}")
         # With clipping every replica needs every summed gradient: they are all-reduced, then each replica
         # updates its range.
         clip = ["--set", "train.optimizer.clipnorm=0.5"]
