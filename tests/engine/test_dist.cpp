@@ -1,0 +1,140 @@
+// The in-process communicator's collectives (sums in rank order, bitwise), ZeRO-1's reduce-scatter and
+// all-gather, the watchdog, and the bucket reducer's two ways of reducing a bucket: on its communication
+// thread, and on the calling thread (what a CUDA graph capture uses).
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "engine/dist/bucket_reducer.h"
+#include "engine/dist/communicator.h"
+
+using namespace trainer;
+using namespace trainer::engine;
+
+namespace {
+
+// Runs body(rank) on `n` threads and joins them; an exception on a rank fails the test.
+void on_ranks(int n, const std::function<void(int)>& body) {
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(n);
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        body(r);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < n; ++r) CHECK_MESSAGE(errors[r].empty(), "rank " << r << ": " << errors[r]);
+}
+
+// Rank r's value at element i, and the weighted sum over ranks in rank order (float additions, as the
+// communicator makes them).
+float value(int r, int i) {
+  return 0.1f * static_cast<float>(r + 1) + 0.001f * static_cast<float>(i);
+}
+float weighted_sum(int n, int i, const std::vector<double>& w) {
+  float sum = value(0, i) * static_cast<float>(w[0]);
+  for (int r = 1; r < n; ++r) sum += value(r, i) * static_cast<float>(w[r]);
+  return sum;
+}
+
+}  // namespace
+
+TEST_SUITE("dist") {
+  TEST_CASE("dist: a bucket's all-reduce sums the weighted tensors in rank order, on every rank") {
+    const int n = 3;
+    const std::vector<double> w = {0.25, 0.5, 0.25};
+    dist::ThreadGroup group(n);
+    std::vector<std::vector<float>> a(n, std::vector<float>(5)), b(n, std::vector<float>(7));
+    on_ranks(n, [&](int r) {
+      for (int i = 0; i < 5; ++i) a[r][i] = value(r, i);
+      for (int i = 0; i < 7; ++i) b[r][i] = value(r, 5 + i);
+      auto comm = group.communicator(r);
+      comm->all_reduce_weighted_sum_group({{a[r].data(), 5}, {b[r].data(), 7}}, DType::f32, w[r]);
+    });
+    for (int r = 0; r < n; ++r) {
+      for (int i = 0; i < 5; ++i) CHECK(a[r][i] == weighted_sum(n, i, w));
+      for (int i = 0; i < 7; ++i) CHECK(b[r][i] == weighted_sum(n, 5 + i, w));
+    }
+  }
+
+  TEST_CASE(
+      "dist: ZeRO-1's reduce-scatter lands each piece's sum at its root, and the all-gather copies it") {
+    const int n = 3;
+    const std::vector<double> w = {1, 1, 1};
+    dist::ThreadGroup group(n);
+    // Two tensors in three pieces: [0, 4) of the first to rank 2, [4, 6) to rank 0, the second to rank 1.
+    std::vector<std::vector<float>> x(n, std::vector<float>(6)), y(n, std::vector<float>(3));
+    std::vector<std::vector<float>> shard(n, std::vector<float>(4, -1.0f)), whole(n, std::vector<float>(9));
+    on_ranks(n, [&](int r) {
+      for (int i = 0; i < 6; ++i) x[r][i] = value(r, i);
+      for (int i = 0; i < 3; ++i) y[r][i] = value(r, 6 + i);
+      auto comm = group.communicator(r);
+      comm->reduce_weighted_sum_group({{x[r].data(), 4, 2}, {x[r].data() + 4, 2, 0}, {y[r].data(), 3, 1}},
+                                      DType::f32, 1.0);
+      // Each rank's "shard" holds what it owns; the all-gather puts every shard into `whole` everywhere.
+      const std::vector<std::pair<float*, int>> mine = {
+          {x[r].data() + 4, 2}, {y[r].data(), 3}, {x[r].data(), 4}};  // the pieces of ranks 0, 1, 2
+      std::copy(mine[r].first, mine[r].first + mine[r].second, shard[r].begin());
+      comm->broadcast_group({{shard[r].data(), whole[r].data(), 4 * sizeof(float), 2},
+                             {shard[r].data(), whole[r].data() + 4, 2 * sizeof(float), 0},
+                             {shard[r].data(), whole[r].data() + 6, 3 * sizeof(float), 1}});
+    });
+    for (int i = 0; i < 4; ++i) CHECK(x[2][i] == weighted_sum(n, i, w));
+    for (int i = 4; i < 6; ++i) CHECK(x[0][i] == weighted_sum(n, i, w));
+    for (int i = 0; i < 3; ++i) CHECK(y[1][i] == weighted_sum(n, 6 + i, w));
+    CHECK(x[1][0] == value(1, 0));  // not a root of that piece: its buffer is its own
+    for (int r = 0; r < n; ++r)
+      for (int i = 0; i < 9; ++i)
+        CHECK_MESSAGE(whole[r][i] == weighted_sum(n, i, w), "rank " << r << " " << i);
+  }
+
+  TEST_CASE("dist: a rank that never arrives fails the others within the timeout, naming the collective") {
+    dist::ThreadGroup group(2);
+    auto comm = group.communicator(0);
+    comm->set_timeout(std::chrono::milliseconds(200));
+    std::vector<float> v(4, 1.0f);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string what;
+    try {
+      comm->all_reduce_weighted_sum_group({{v.data(), 4}}, DType::f32, 1.0, {3, 7});
+    } catch (const dist::CollectiveTimeout& e) {
+      what = e.what();
+    }
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+    CHECK(what.find("all_reduce (bucket 3 of step 7) did not complete within 0.2 s") != std::string::npos);
+  }
+
+  TEST_CASE("dist: the bucket reducer sums on its thread, or on the caller's while a step is captured") {
+    const int n = 2;
+    dist::ThreadGroup group(n);
+    std::vector<std::unique_ptr<dist::Communicator>> comms;
+    for (int r = 0; r < n; ++r) comms.push_back(group.communicator(r));
+    std::vector<std::vector<float>> g(n, std::vector<float>(6));
+    const std::vector<double> w = {0.5, 0.5};
+    for (bool inline_reduction : {false, true}) {
+      CAPTURE(inline_reduction);
+      on_ranks(n, [&](int r) {
+        for (int i = 0; i < 6; ++i) g[r][i] = value(r, i);
+        dist::BucketReducer reducer(comms[r].get(), nullptr, r);
+        const dist::BucketReducer::Bucket bucket = {{g[r].data(), 6, DType::f32}};
+        reducer.begin_step(1, 0, w[r]);
+        if (inline_reduction) {
+          reducer.reduce_now(&bucket, 0);
+          reducer.order_after(0);
+        } else {
+          reducer.ready(&bucket, 0);
+          reducer.wait(0);
+        }
+        CHECK(reducer.captured_weight() == w[r]);
+      });
+      for (int r = 0; r < n; ++r)
+        for (int i = 0; i < 6; ++i) CHECK(g[r][i] == weighted_sum(n, i, w));
+    }
+  }
+}
