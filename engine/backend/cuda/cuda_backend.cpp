@@ -414,6 +414,12 @@ class CudaExecutable final : public Executable {
       cudaGetLastError();
       graph_exec_ = nullptr;
       use_graph_ = false;
+      // With reductions recorded into the discarded graph, NCCL's count of this rank's collectives may no
+      // longer match the other ranks': going on could hang until the watchdog fires. Said plainly instead.
+      if (hook_)
+        throw RuntimeError(
+            fmt::format("CUDA graph capture of a replica's step failed ({}); run again with --no-cuda-graph",
+                        failure.empty() ? cudaGetErrorString(inst) : failure));
       // Said once per plan, so a GPU run shows why its steps are not replayed.
       fmt::print(stderr, "warning: CUDA graph capture failed ({}); this plan runs kernel by kernel\n",
                  failure.empty() ? cudaGetErrorString(inst) : failure);
