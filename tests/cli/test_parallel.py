@@ -76,6 +76,27 @@ class Parallel(unittest.TestCase):
                 for n in (2, 4):
                     self.assert_close(one, self.fit(spec, n, f"{base}_{n}"), f"{spec} with {n} replicas")
 
+    def test_the_cifar10_cnn_and_imdb_lstm_samples_on_one_and_two_replicas(self):
+        # The product's two cases as a user writes them (the sample specs, on the generated CIFAR-10 and IMDB
+        # files): 2 replicas, and 2 with the optimizer state sharded, train what 1 trains, validation included.
+        for spec, kind in (("cifar10/cnn.toml", "cifar10"), ("imdb/lstm.toml", "imdb")):
+            with self.subTest(spec=spec):
+                base = os.path.join(self.tmp.name, kind)
+                def fit(devices, out, *extra):
+                    r = run(["fit", sample(spec), "--device", "cpu", "--devices", str(devices), "--epochs", "2",
+                             "--output-dir", out, "--log-format", "jsonl", *cli_util.data_sets(kind), *extra],
+                            timeout=600)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    return cli_util.json_lines(self, r.stdout)[-1], read_checkpoint(os.path.join(out, "last.ckpt"))
+                end1, one = fit(1, base + "_1")
+                end2, two = fit(2, base + "_2")
+                end2s, two_sharded = fit(2, base + "_2s", "--set", "parallel.shard_optimizer=true")
+                self.assert_close(one, two, f"{spec} on 2 replicas")
+                self.assert_close(one, two_sharded, f"{spec} on 2 sharded replicas")
+                for end in (end2, end2s):
+                    self.assertAlmostEqual(end["val_loss"], end1["val_loss"], places=5)
+                    self.assertEqual(end["val_accuracy"], end1["val_accuracy"])
+
     def test_a_checkpoint_of_four_replicas_resumes_on_one_and_two(self):
         # Two epochs of 25 steps by 4 replicas, with a checkpoint after each; the one after epoch 1 resumes on 1 and
         # on 2 replicas and must end where the 4 did.
