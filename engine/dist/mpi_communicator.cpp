@@ -89,32 +89,51 @@ class MpiCommunicator final : public Communicator {
     wait(req, "broadcast", tag);
   }
 
-  // A bucket as one MPI call: its tensors are packed into one host buffer, summed, and unpacked.
+  // A bucket in as few MPI calls as pay: its small tensors (under kPackBytes each) are packed into one host
+  // buffer and summed by one call, so many small gradients cost one latency; each large one is summed in
+  // place by a call of its own, so no large copy is made. Every call is started before any is waited for.
+  static constexpr size_t kPackBytes = 256 << 10;
   void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
                                      const CollectiveTag& tag) override {
     TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce of {}", dtype_name(dtype));
     const size_t es = dtype_bytes(dtype);
-    int64_t total = 0;
-    for (const Span& s : spans) total += s.count;
-    TRAINER_ASSERT(total <= INT32_MAX, "an all-reduce of {} elements", total);
-    send_.resize(total * es);
+    int64_t packed = 0;
+    for (const Span& s : spans) {
+      TRAINER_ASSERT(s.count <= INT32_MAX, "an all-reduce of {} elements", s.count);
+      if (s.count * es < kPackBytes) packed += s.count;
+    }
+    TRAINER_ASSERT(packed <= INT32_MAX, "an all-reduce of {} elements", packed);
+    send_.resize(packed * es);
     size_t at = 0;
-    for (const Span& s : spans) {
-      std::memcpy(send_.data() + at, s.data, s.count * es);
-      at += s.count * es;
-    }
-    scale_in_place(send_.data(), total, dtype, weight);
+    for (const Span& s : spans)
+      if (s.count * es < kPackBytes) {
+        std::memcpy(send_.data() + at, s.data, s.count * es);
+        at += s.count * es;
+      }
     begin();
-    MPI_Request req;
-    mpi_check(MPI_Iallreduce(MPI_IN_PLACE, send_.data(), static_cast<int>(total), mpi_type(dtype), MPI_SUM,
-                             MPI_COMM_WORLD, &req),
-              "MPI_Iallreduce");
-    wait(req, "all_reduce", tag);
-    at = 0;
-    for (const Span& s : spans) {
-      std::memcpy(s.data, send_.data() + at, s.count * es);
-      at += s.count * es;
+    requests_.clear();
+    if (packed > 0) {
+      scale_in_place(send_.data(), packed, dtype, weight);
+      requests_.emplace_back();
+      mpi_check(MPI_Iallreduce(MPI_IN_PLACE, send_.data(), static_cast<int>(packed), mpi_type(dtype), MPI_SUM,
+                               MPI_COMM_WORLD, &requests_.back()),
+                "MPI_Iallreduce");
     }
+    for (const Span& s : spans)
+      if (s.count * es >= kPackBytes) {
+        scale_in_place(s.data, s.count, dtype, weight);
+        requests_.emplace_back();
+        mpi_check(MPI_Iallreduce(MPI_IN_PLACE, s.data, static_cast<int>(s.count), mpi_type(dtype), MPI_SUM,
+                                 MPI_COMM_WORLD, &requests_.back()),
+                  "MPI_Iallreduce");
+      }
+    wait_all("all_reduce", tag);
+    at = 0;
+    for (const Span& s : spans)
+      if (s.count * es < kPackBytes) {
+        std::memcpy(s.data, send_.data() + at, s.count * es);
+        at += s.count * es;
+      }
   }
 
   // ZeRO-1's reduce-scatter as one MPI call: the pieces are packed by root (rank 0's first), and
@@ -211,10 +230,15 @@ class MpiCommunicator final : public Communicator {
 
   // Polls the request: tight at first (a step's reductions are short), then every 100 us, until the timeout.
   void wait(MPI_Request& req, const char* what, const CollectiveTag& tag) {
+    requests_.assign(1, req);
+    wait_all(what, tag);
+  }
+  void wait_all(const char* what, const CollectiveTag& tag) {
     const auto start = std::chrono::steady_clock::now();
     for (int64_t polls = 0;; ++polls) {
       int done = 0;
-      mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      mpi_check(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE),
+                "MPI_Testall");
       if (done) return;
       if (std::chrono::steady_clock::now() - start > timeout_)
         throw CollectiveTimeout(rank_, host_name(), what, tag,
@@ -231,6 +255,7 @@ class MpiCommunicator final : public Communicator {
   std::vector<std::byte> send_, recv_;
   std::vector<int64_t> counts_;
   std::vector<int> recv_counts_, displs_;
+  std::vector<MPI_Request> requests_;  // the calls in flight
   const FaultStall stall_ = FaultStall::from_environment();
 };
 
