@@ -4,6 +4,7 @@
 // measures how long the compute thread waited (the communication backward did not hide).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -152,53 +153,42 @@ class BucketReducer {
     cv_.notify_all();
   }
 
-  // The bucket's collectives, on the calling thread.
+  // The bucket's collectives, on the calling thread: one per dtype in it (one in practice, gradients are
+  // f32).
   void reduce(const Bucket* bucket, int b, int64_t step, double weight) {
     const auto start = Trace::Clock::now();
-    const Grouped& grouped = grouped_of(bucket);
-    if (grouped.kind == Grouped::all_reduce) {
-      comm_->all_reduce_weighted_sum_group(grouped.spans, bucket->front().dtype, weight, {b, step});
-    } else if (grouped.kind == Grouped::reduce) {
-      comm_->reduce_weighted_sum_group(grouped.pieces, bucket->front().dtype, weight, {b, step});
-    } else {
-      for (const Grad& g : *bucket) {
-        if (g.owner >= 0) {
-          // Mixed dtypes with owners: only gradients in host memory can be scaled here.
-          TRAINER_ASSERT(comm_->kind() != "nccl", "a sharded bucket of mixed dtypes on GPUs");
-          scale_in_place(g.data, g.count, g.dtype, weight);
-          comm_->reduce_sum(g.data, g.count, g.dtype, g.owner, {b, step});
-        } else {
-          comm_->all_reduce_weighted_sum(g.data, g.count, g.dtype, weight, {b, step});
-        }
-      }
+    for (const Part& part : parts_of(bucket)) {
+      if (part.owned)
+        comm_->reduce_weighted_sum_group(part.pieces, part.dtype, weight, {b, step});
+      else
+        comm_->all_reduce_weighted_sum_group(part.spans, part.dtype, weight, {b, step});
     }
     if (trace_)
       trace_->span("reduce bucket", 2 * replica_ + 1, start, Trace::Clock::now(),
                    fmt::format("\"bucket\": {}, \"step\": {}", b, step));
   }
 
-  // A bucket as one collective when its gradients share a dtype: an all-reduce when every rank needs them,
-  // a reduce-scatter when each has an owner (ZeRO-1). Worked out the first time the bucket is reduced (on
-  // this thread), not every step.
-  struct Grouped {
-    enum Kind { none, all_reduce, reduce } kind = none;
+  // A bucket's gradients by dtype, each part one collective: an all-reduce when every rank needs them, a
+  // reduce-scatter when each has an owner (ZeRO-1 gives every gradient of a bucket owners, or none). Worked
+  // out the first time the bucket is reduced, not every step.
+  struct Part {
+    DType dtype;
+    bool owned;
     std::vector<Communicator::Span> spans;
     std::vector<Communicator::Piece> pieces;
   };
-  const Grouped& grouped_of(const Bucket* bucket) {
-    auto [it, fresh] = grouped_.try_emplace(bucket);
-    if (fresh && !bucket->empty()) {
-      Grouped& gr = it->second;
-      bool same = true, all = true, owned = true;
+  const std::vector<Part>& parts_of(const Bucket* bucket) {
+    auto [it, fresh] = parts_.try_emplace(bucket);
+    if (fresh)
       for (const Grad& g : *bucket) {
-        same = same && g.dtype == bucket->front().dtype;
-        all = all && g.owner < 0;
-        owned = owned && g.owner >= 0;
-        gr.spans.push_back({g.data, g.count});
-        gr.pieces.push_back({g.data, g.count, g.owner});
+        TRAINER_ASSERT((g.owner >= 0) == (bucket->front().owner >= 0),
+                       "a bucket with gradients both owned and not");
+        auto part = std::find_if(it->second.begin(), it->second.end(),
+                                 [&](const Part& p) { return p.dtype == g.dtype; });
+        if (part == it->second.end()) part = it->second.insert(part, Part{g.dtype, g.owner >= 0, {}, {}});
+        part->spans.push_back({g.data, g.count});
+        part->pieces.push_back({g.data, g.count, g.owner});
       }
-      gr.kind = !same ? Grouped::none : all ? Grouped::all_reduce : owned ? Grouped::reduce : Grouped::none;
-    }
     return it->second;
   }
 
@@ -209,7 +199,7 @@ class BucketReducer {
   std::condition_variable cv_;
   std::vector<std::pair<const Bucket*, int>> queue_;  // [head_, size) waiting
   size_t head_ = 0;
-  std::unordered_map<const Bucket*, Grouped> grouped_;  // used by the communication thread only
+  std::unordered_map<const Bucket*, std::vector<Part>> parts_;  // see parts_of
   std::vector<bool> done_;
   int64_t step_ = 0;
   double weight_ = 1;

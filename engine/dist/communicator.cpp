@@ -39,32 +39,6 @@ CollectiveTimeout::CollectiveTimeout(int rank, const std::string& host, const st
                       rank, host, collective, tag.str(), seconds)),
       rank_(rank) {}
 
-void Communicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
-                                           const CollectiveTag& tag) {
-  scale_in_place(data, count, dtype, weight);
-  all_reduce_sum(data, count, dtype, tag);
-}
-
-void Communicator::all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
-                                                 const CollectiveTag& tag) {
-  for (const Span& s : spans) all_reduce_weighted_sum(s.data, s.count, dtype, weight, tag);
-}
-
-void Communicator::reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
-                                             const CollectiveTag& tag) {
-  for (const Piece& p : pieces) {
-    scale_in_place(p.data, p.count, dtype, weight);
-    reduce_sum(p.data, p.count, dtype, p.root, tag);
-  }
-}
-
-void Communicator::broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) {
-  for (const Copy& c : copies) {
-    if (c.root == rank() && c.src != c.dst && c.bytes) std::memcpy(c.dst, c.src, c.bytes);
-    broadcast(c.dst, c.bytes, c.root, tag);
-  }
-}
-
 void scale_in_place(void* data, int64_t count, DType dtype, double factor) {
   if (factor == 1.0) return;
   if (dtype == DType::f32) {
@@ -107,18 +81,18 @@ class ThreadCommunicator final : public Communicator {
   int size() const override { return s_.size; }
   std::string kind() const override { return "threads"; }
 
+  // Rank r owns slice r: it reads that slice of every rank's buffer, sums in rank order, and writes the sum
+  // back to every buffer. Slices are disjoint, so no two ranks touch one element.
   void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag) override {
-    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce_sum of {}", dtype_name(dtype));
+    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "all_reduce of {}", dtype_name(dtype));
     begin("all_reduce", tag);
     publish(data);
     rendezvous("all_reduce", tag);
-    // Rank r owns slice r: it reads that slice of every rank's buffer, sums in rank order, and writes the sum
-    // back to every buffer. Slices are disjoint, so no two ranks touch one element.
     const int64_t lo = count * rank_ / s_.size, hi = count * (rank_ + 1) / s_.size;
     if (dtype == DType::f32)
-      reduce_slice<float>(lo, hi, -1);
+      reduce_slice<float>(lo, hi);
     else
-      reduce_slice<double>(lo, hi, -1);
+      reduce_slice<double>(lo, hi);
     rendezvous("all_reduce", tag);
   }
 
@@ -134,17 +108,16 @@ class ThreadCommunicator final : public Communicator {
     weighted_group("reduce", pieces, dtype, weight, tag);
   }
 
-  void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag) override {
-    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "reduce_sum of {}", dtype_name(dtype));
-    begin("reduce", tag);
-    publish(data);
-    rendezvous("reduce", tag);
-    const int64_t lo = count * rank_ / s_.size, hi = count * (rank_ + 1) / s_.size;
-    if (dtype == DType::f32)
-      reduce_slice<float>(lo, hi, root);
-    else
-      reduce_slice<double>(lo, hi, root);
-    rendezvous("reduce", tag);
+  // One rendezvous pair: every rank copies each piece from its root's source into its own destination.
+  void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) override {
+    begin("broadcast", tag);
+    publish(const_cast<std::vector<Copy>*>(&copies));
+    rendezvous("broadcast", tag);
+    for (size_t t = 0; t < copies.size(); ++t) {
+      const Copy& from = (*static_cast<std::vector<Copy>*>(s_.ptrs[copies[t].root]))[t];
+      if (copies[t].bytes && from.src != copies[t].dst) std::memcpy(copies[t].dst, from.src, copies[t].bytes);
+    }
+    rendezvous("broadcast", tag);
   }
 
   void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) override {
@@ -203,17 +176,13 @@ class ThreadCommunicator final : public Communicator {
     }
   }
 
-  // root < 0: every rank's buffer receives the sum; else only root's.
+  // Elements [lo, hi) of the one published buffer per rank, summed in rank order into every buffer.
   template <class T>
-  void reduce_slice(int64_t lo, int64_t hi, int root) {
+  void reduce_slice(int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       T sum = static_cast<const T*>(s_.ptrs[0])[i];
       for (int k = 1; k < s_.size; ++k) sum += static_cast<const T*>(s_.ptrs[k])[i];
-      if (root >= 0) {
-        static_cast<T*>(s_.ptrs[root])[i] = sum;
-      } else {
-        for (int k = 0; k < s_.size; ++k) static_cast<T*>(s_.ptrs[k])[i] = sum;
-      }
+      for (int k = 0; k < s_.size; ++k) static_cast<T*>(s_.ptrs[k])[i] = sum;
     }
   }
 

@@ -45,22 +45,15 @@ class Communicator {
   // data[i] = sum over ranks of data[i], in place, for `count` elements of `dtype` (f32 or f64) in the memory
   // of this rank's backend. The sum is taken in rank order, so results do not depend on timing.
   virtual void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag = {}) = 0;
-  // data[i] = sum over ranks of weight_r * data[i] with this rank's `weight` (a replica's share of the
-  // batch). The default scales host memory and sums; a GPU communicator scales on the device.
-  virtual void all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
-                                       const CollectiveTag& tag = {});
   // The weighted sum of several tensors of one dtype as one collective (a gradient bucket): every rank passes
-  // the same counts in the same order. The default makes one call per tensor; the in-process group makes one
-  // rendezvous for all, NCCL one group of calls.
+  // the same counts in the same order. The in-process group makes one rendezvous for all, MPI one call for
+  // the small tensors and one per large one, NCCL one group of calls.
   struct Span {
     void* data;
     int64_t count;
   };
   virtual void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
-                                             const CollectiveTag& tag = {});
-  // data[i] at `root` = sum over ranks of data[i] (rank order); the other ranks' buffers are unchanged.
-  virtual void reduce_sum(void* data, int64_t count, DType dtype, int root,
-                          const CollectiveTag& tag = {}) = 0;
+                                             const CollectiveTag& tag = {}) = 0;
   // Every rank receives root's `bytes` at data.
   virtual void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) = 0;
 
@@ -68,25 +61,23 @@ class Communicator {
   // pointers are its own.
   //
   // The weighted sum of each piece lands at the piece's root only (a reduce-scatter of a gradient bucket);
-  // the other ranks' buffers are left as they were or scaled by their weight. The default makes one
-  // reduce_sum per piece after scaling host memory.
+  // the other ranks' buffers are left as they were or scaled by their weight.
   struct Piece {
     void* data;
     int64_t count;
     int root;
   };
   virtual void reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,
-                                         const CollectiveTag& tag = {});
+                                         const CollectiveTag& tag = {}) = 0;
   // Each copy's `bytes` at its root's `src` land at every rank's `dst`, the root's own included (the
-  // all-gather of the updated parameter shards); `src` is read at the root only. The default copies at the
-  // root and makes one broadcast per copy (host memory).
+  // all-gather of the updated parameter shards); `src` is read at the root only.
   struct Copy {
     const void* src;
     void* dst;
     size_t bytes;
     int root;
   };
-  virtual void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag = {});
+  virtual void broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag = {}) = 0;
   virtual void barrier(const CollectiveTag& tag = {}) = 0;
   // Stream-ordered communicators (NCCL): a collective's results are waited for by the compute stream as soon
   // as it is enqueued, unless deferred. Deferred, the collectives tagged with a bucket are waited for where

@@ -69,18 +69,6 @@ class MpiCommunicator final : public Communicator {
     wait(req, "all_reduce", tag);
   }
 
-  void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag) override {
-    TRAINER_ASSERT(dtype == DType::f32 || dtype == DType::f64, "reduce_sum of {}", dtype_name(dtype));
-    TRAINER_ASSERT(count <= INT32_MAX, "a reduce of {} elements", count);
-    begin();
-    MPI_Request req;
-    const MPI_Datatype t = dtype == DType::f32 ? MPI_FLOAT : MPI_DOUBLE;
-    mpi_check(MPI_Ireduce(rank_ == root ? MPI_IN_PLACE : data, rank_ == root ? data : nullptr,
-                          static_cast<int>(count), t, MPI_SUM, root, MPI_COMM_WORLD, &req),
-              "MPI_Ireduce");
-    wait(req, "reduce", tag);
-  }
-
   void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) override {
     TRAINER_ASSERT(bytes <= INT32_MAX, "a broadcast of {} bytes", bytes);
     begin();

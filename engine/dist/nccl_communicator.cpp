@@ -274,17 +274,26 @@ void NcclCommunicator::order_after_compute() {
 void NcclCommunicator::enqueued(const char* what, const CollectiveTag& tag, bool compute_waits) {
   const bool capturing = capturing_;
   capturing_ = false;  // set by order_after_compute for the one collective that follows it
+  // Deferred: the compute stream waits later, before the bucket's first reader (order_compute_after).
+  const bool deferred = compute_waits && defer_ && tag.bucket >= 0;
+  if (deferred) {
+    std::lock_guard<std::mutex> lock(bucket_mu_);
+    // The events are made by the first, eager step; a capture only records them.
+    TRAINER_ASSERT(!capturing || tag.bucket < static_cast<int>(bucket_done_.size()),
+                   "bucket {} captured before it was ever reduced", tag.bucket);
+    while (static_cast<int>(bucket_done_.size()) <= tag.bucket) {
+      cudaEvent_t e = nullptr;
+      TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      bucket_done_.push_back(e);
+    }
+    TRAINER_CUDA_CHECK(cudaEventRecord(bucket_done_[tag.bucket], comm_stream_));
+  }
   if (capturing) {
-    captured_ = true;
     // Recorded into a graph, not run: there is no completion to watch now (wait() watches each replay's
     // compute stream). The compute stream joins the communication stream before the capture ends: at the
     // bucket's first reader when deferred, else here.
-    if (compute_waits && defer_ && tag.bucket >= 0) {
-      std::lock_guard<std::mutex> lock(bucket_mu_);
-      TRAINER_ASSERT(tag.bucket < static_cast<int>(bucket_done_.size()),
-                     "bucket {} captured before it was ever reduced", tag.bucket);
-      TRAINER_CUDA_CHECK(cudaEventRecord(bucket_done_[tag.bucket], comm_stream_));
-    } else {
+    captured_ = true;
+    if (!deferred) {
       TRAINER_CUDA_CHECK(cudaEventRecord(capture_join_, comm_stream_));
       TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, capture_join_, 0));
     }
@@ -293,18 +302,7 @@ void NcclCommunicator::enqueued(const char* what, const CollectiveTag& tag, bool
   cudaEvent_t done = take_event();
   pending_.push_back(Pending{done, what, tag});
   TRAINER_CUDA_CHECK(cudaEventRecord(done, comm_stream_));
-  if (compute_waits && defer_ && tag.bucket >= 0) {
-    // The compute stream waits later, before the bucket's first reader (order_compute_after).
-    std::lock_guard<std::mutex> lock(bucket_mu_);
-    while (static_cast<int>(bucket_done_.size()) <= tag.bucket) {
-      cudaEvent_t e = nullptr;
-      TRAINER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      bucket_done_.push_back(e);
-    }
-    TRAINER_CUDA_CHECK(cudaEventRecord(bucket_done_[tag.bucket], comm_stream_));
-  } else if (compute_waits) {
-    TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, done, 0));
-  }
+  if (compute_waits && !deferred) TRAINER_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, done, 0));
   reap_completed();
 }
 
@@ -398,33 +396,6 @@ ncclRedOp_t NcclCommunicator::weighted_op(double weight, DType dtype) {
     it = weighted_ops_.emplace(key, static_cast<int>(op)).first;
   }
   return static_cast<ncclRedOp_t>(it->second);
-}
-
-void NcclCommunicator::all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
-                                               const CollectiveTag& tag) {
-  if (weight == 1.0) return all_reduce_sum(data, count, dtype, tag);
-  const ncclDataType_t type = nccl_type(dtype);
-  DeviceScope scope(device_);
-  begin("all_reduce", tag);
-  if (count == 0) return;
-  const ncclRedOp_t op = weighted_op(weight, dtype);
-  order_after_compute();
-  TRAINER_NCCL_CHECK(
-      lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type, op, comm(), comm_stream_));
-  enqueued("all_reduce", tag, true);
-}
-
-void NcclCommunicator::reduce_sum(void* data, int64_t count, DType dtype, int root,
-                                  const CollectiveTag& tag) {
-  const ncclDataType_t type = nccl_type(dtype);
-  TRAINER_ASSERT(root >= 0 && root < size_, "reduce to rank {} of {}", root, size_);
-  DeviceScope scope(device_);
-  begin("reduce", tag);
-  if (count == 0) return;
-  order_after_compute();
-  TRAINER_NCCL_CHECK(lib::nccl().ncclReduce(data, data, static_cast<size_t>(count), type, ncclSum, root,
-                                            comm(), comm_stream_));
-  enqueued("reduce", tag, true);
 }
 
 void NcclCommunicator::reduce_weighted_sum_group(const std::vector<Piece>& pieces, DType dtype, double weight,

@@ -59,12 +59,8 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag = {}) override;
   // root's `bytes` at `data` (device memory) to every rank, in place.
   void broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag = {}) override;
-  void reduce_sum(void* data, int64_t count, DType dtype, int root, const CollectiveTag& tag = {}) override;
-  // NCCL's PreMulSum: the weight multiplies on the device, inside the reduction (one op per weight and type,
-  // made once and kept).
-  void all_reduce_weighted_sum(void* data, int64_t count, DType dtype, double weight,
-                               const CollectiveTag& tag = {}) override;
-  // One NCCL group (ncclGroupStart/End) of all-reduces: one launch for a bucket.
+  // One NCCL group (ncclGroupStart/End) of all-reduces: one launch for a bucket. The weight multiplies on the
+  // device, inside the reduction: NCCL's PreMulSum (one op per weight and type, made once and kept).
   void all_reduce_weighted_sum_group(const std::vector<Span>& spans, DType dtype, double weight,
                                      const CollectiveTag& tag = {}) override;
   // ZeRO-1's reduce-scatter and all-gather: one NCCL group of ncclReduce (PreMulSum) calls, one of

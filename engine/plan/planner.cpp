@@ -49,17 +49,17 @@ std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradien
     for (NodeId reader : g.value(state).consumers)
       if (reader != writer) edge(reader, writer);
   }
-  size_t live = 0;
+  std::vector<NodeId> nodes;  // the live ones
   for (NodeId id = 0; id < nn; ++id)
-    if (!g.node(id).dead) ++live;
+    if (!g.node(id).dead) nodes.push_back(id);
   // Kahn's algorithm. `key(id)` is taken when the node becomes ready (every producer of its inputs placed);
   // `placed(id, position)` is told each node as it is placed.
   auto run = [&](auto key, auto placed) {
     std::vector<int> waiting = pending;
     using Entry = std::pair<decltype(key(NodeId{})), NodeId>;
     std::priority_queue<Entry, std::vector<Entry>, std::greater<>> ready;
-    for (NodeId id = 0; id < nn; ++id)
-      if (!g.node(id).dead && waiting[id] == 0) ready.push({key(id), id});
+    for (NodeId id : nodes)
+      if (waiting[id] == 0) ready.push({key(id), id});
     std::vector<NodeId> order;
     while (!ready.empty()) {
       const NodeId id = ready.top().second;
@@ -69,7 +69,7 @@ std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradien
       for (NodeId s : succ[id])
         if (--waiting[s] == 0) ready.push({key(s), s});
     }
-    if (order.size() != live)
+    if (order.size() != nodes.size())
       throw InputError(
           "",
           "the graph cannot be scheduled: it has a cycle, or a state update that must both precede and "
@@ -77,8 +77,7 @@ std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradien
           "");
     return order;
   };
-  std::vector<NodeId> order = run([](NodeId id) { return id; }, [](NodeId, int) {});
-  if (gradients.empty()) return order;
+  if (gradients.empty()) return run([](NodeId id) { return id; }, [](NodeId, int) {});
 
   // 1: gradient producers (level 0), the nodes whose results only those read (level 1: a weight gradient's
   // GEMM ahead of its cast to f32), and the nodes that feed only levels 0 and 1 (level 2: the casts of that
@@ -90,12 +89,12 @@ std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradien
   for (ValueId v : g.outputs()) kept[v] = 1;
   for (auto [next, state] : g.updates()) kept[next] = 1;
   for (ValueId v : gradients) is_gradient[v] = 1;
-  for (NodeId id : order)
+  for (NodeId id : nodes)
     for (ValueId v : g.node(id).outputs)
       if (v != kNoValue && is_gradient[v]) level[id] = 0;
   for (int l = 1; l <= 2; ++l) {
     std::vector<int> next = level;
-    for (NodeId id : order) {
+    for (NodeId id : nodes) {
       if (level[id] != kOther) continue;
       bool only_feeds = true, read = false;
       for (ValueId v : g.node(id).outputs) {

@@ -381,35 +381,6 @@ std::vector<std::pair<std::string, Tensor>> named_values(Session& s) {
   return out;
 }
 
-void load_named_values(Session& s, const std::vector<std::pair<std::string, Tensor>>& values) {
-  for (const auto& [name, t] : values) {
-    ValueId v = s.graph().find(name);
-    if (v == kNoValue || !s.graph().value(v).persistent())
-      throw InputError(name, fmt::format("the checkpoint holds '{}', which this model does not have", name),
-                       "resume with the spec the checkpoint was written with");
-    s.write(v, t);
-  }
-}
-
-// Into replicas that hold parts of the state (ZeRO-1): each takes the values it has; every value must land
-// somewhere.
-void load_named_values(const std::vector<Session*>& sessions,
-                       const std::vector<std::pair<std::string, Tensor>>& values) {
-  if (sessions.size() == 1) return load_named_values(*sessions[0], values);
-  for (const auto& [name, t] : values) {
-    bool landed = false;
-    for (Session* s : sessions) {
-      ValueId v = s->graph().find(name);
-      if (v == kNoValue || !s->graph().value(v).persistent()) continue;
-      s->write(v, t);
-      landed = true;
-    }
-    if (!landed)
-      throw InputError(name, fmt::format("the checkpoint holds '{}', which this model does not have", name),
-                       "resume with the spec the checkpoint was written with");
-  }
-}
-
 bool improves(bool have, double best, double value, bool maximize, double min_delta) {
   return !have || (maximize ? value > best + min_delta : value < best - min_delta);
 }
@@ -527,8 +498,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
             const ValueId sv = w.graph().find(sp.param + kShardSuffix + suffix);
             TRAINER_ASSERT(sv != kNoValue, "no shard value {}{}{}", sp.param, kShardSuffix, suffix);
             shard_values[k].push_back({sv, sp.param + suffix, sp.offset, sp.count});
+            if (suffix.empty()) src = w.device_pointer(sv);  // the shard of the parameter itself
           }
-          src = w.device_pointer(shard_values[k][shard_values[k].size() - suffixes.size()].value);
         }
         gathers[k].push_back(
             {src, static_cast<std::byte*>(w.device_pointer(v)) + sp.offset * es, sp.count * es, sp.owner});
@@ -594,9 +565,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   if (cfg.precision != Precision::fp32) info.device += fmt::format(" · {}", precision_name(cfg.precision));
   info.signature = dev.weights_session().program().signature;
 
-  // Parameters and optimizer state by their checkpoint names, into every replica; a shard takes its range.
+  // Parameters and optimizer state by their checkpoint names, into every replica that holds them; a shard
+  // (ZeRO-1) takes its range. Every value must land somewhere.
   auto load_values = [&](const std::vector<std::pair<std::string, Tensor>>& values) {
-    if (!sharded) return load_named_values(weight_sessions, values);
     for (const auto& [name, t] : values) {
       bool landed = false;
       for (int k = 0; k < local; ++k) {
