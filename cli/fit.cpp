@@ -250,20 +250,24 @@ Command add_fit_command(CLI::App& app) {
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");
-    // Under mpirun/srun a GPU rank drives the GPU of its local rank (among those it sees).
+    // Under mpirun/srun a GPU rank drives the GPU of its local rank among those it sees, or the one GPU it
+    // sees when the launcher gave each task its own (srun --gpus-per-task=1, CUDA_VISIBLE_DEVICES per rank).
     DeviceOptions chosen = *device;
+    std::string rank_gpu;  // its PCI bus id: no two ranks may drive one GPU
     if (launch.size > 1 && device->device != "cpu") {
       const engine::CudaDevices found = engine::cuda_devices();
       if (!found.devices.empty()) {
         const int count = static_cast<int>(found.devices.size());
-        if (launch.local_size > count)
+        if (count > 1 && (launch.local_size > count || launch.local_rank >= count))
           throw InputError(
               "--device",
               fmt::format("{} ranks on this machine and {} GPU{}: each rank needs a GPU of its own",
-                          launch.local_size, count, count == 1 ? "" : "s"),
+                          std::max(launch.local_size, launch.local_rank + 1), count, count == 1 ? "" : "s"),
               fmt::format("start at most {} ranks per machine, or add --device cpu", count));
-        chosen.device = fmt::format("cuda:{}", found.devices[launch.local_rank].index);
+        const engine::CudaDeviceInfo& gpu = found.devices[count == 1 ? 0 : launch.local_rank];
+        chosen.device = fmt::format("cuda:{}", gpu.index);
         chosen.gpus.clear();
+        rank_gpu = gpu.pci_bus_id.empty() ? fmt::format("cuda:{}", gpu.index) : gpu.pci_bus_id;
       }
     }
     DeviceOptions::Opened opened = chosen.open(s, output->quiet || !speaks);
@@ -298,9 +302,22 @@ Command add_fit_command(CLI::App& app) {
           std::chrono::milliseconds(static_cast<int64_t>(parallel->collective_timeout_s * 1000));
       std::unique_ptr<engine::dist::Communicator> world = engine::dist::mpi_world();
       world->set_timeout(timeout);
+      // An MPI that does not understand the launcher starts every task as a world of its own: each would
+      // train alone on its share of the rows.
+      if (world->size() != launch.size || world->rank() != launch.rank)
+        throw InputError(
+            "",
+            fmt::format("{} started this process as rank {} of {}, but MPI made it rank {} of {}: this MPI "
+                        "library did not join the launcher's tasks",
+                        launch.launcher, launch.rank, launch.size, world->rank(), world->size()),
+            launch.launcher == "srun"
+                ? "run srun with the process-management interface this MPI was built for (srun --mpi=pmix; "
+                  "srun --mpi=list shows them), or start the run with mpirun"
+                : "start the run with the mpirun of the MPI library trainer was built with");
       if (backend->name() != "cpu") {
 #if TRAINER_HAVE_CUDA
         // NCCL sums the GPUs' gradients; MPI hands out its unique id from rank 0 and sums the metrics.
+        if (!rank_gpu.empty()) engine::dist::check_devices_distinct(*world, rank_gpu, launch.launcher);
         std::string id = launch.rank == 0 ? engine::dist::nccl_unique_id() : std::string();
         size_t id_bytes = id.size();
         world->broadcast(&id_bytes, sizeof id_bytes, 0);

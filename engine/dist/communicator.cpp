@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -38,6 +39,40 @@ CollectiveTimeout::CollectiveTimeout(int rank, const std::string& host, const st
                       "hangs",
                       rank, host, collective, tag.str(), seconds)),
       rank_(rank) {}
+
+void check_devices_distinct(Communicator& world, const std::string& device, const std::string& launcher) {
+  // Each rank's "host device" as one byte per f64 in its own slot; the sum hands every rank every name.
+  constexpr size_t kSlot = 128;
+  const std::string mine = (host_name() + " " + device).substr(0, kSlot);
+  const int n = world.size();
+  std::vector<double> names(static_cast<size_t>(n) * kSlot, 0.0);
+  for (size_t i = 0; i < mine.size(); ++i)
+    names[static_cast<size_t>(world.rank()) * kSlot + i] = static_cast<unsigned char>(mine[i]);
+  world.all_reduce_sum(names.data(), static_cast<int64_t>(names.size()), DType::f64);
+  auto name = [&](int r) {
+    std::string s;
+    for (size_t i = 0; i < kSlot; ++i) {
+      const double c = names[static_cast<size_t>(r) * kSlot + i];
+      if (c == 0) break;
+      s.push_back(static_cast<char>(static_cast<unsigned char>(c)));
+    }
+    return s;
+  };
+  std::map<std::string, int> first;
+  for (int r = 0; r < n; ++r) {
+    const std::string who = name(r);
+    const auto [it, fresh] = first.emplace(who, r);
+    if (fresh) continue;
+    const size_t space = who.rfind(' ');
+    throw InputError(
+        launcher,
+        fmt::format("ranks {} and {} would both drive the GPU {} on {}: each rank needs a GPU of "
+                    "its own",
+                    it->second, r, who.substr(space + 1), who.substr(0, space)),
+        "start at most as many ranks per machine as it has GPUs (srun --ntasks-per-node, "
+        "mpirun --map-by ppr:G:node), or add --device cpu");
+  }
+}
 
 void scale_in_place(void* data, int64_t count, DType dtype, double factor) {
   if (factor == 1.0) return;

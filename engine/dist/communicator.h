@@ -116,6 +116,12 @@ class ThreadGroup {
   std::unique_ptr<State> state_;
 };
 
+// Every rank names the device it drives (a GPU's PCI bus id); this rank's host name is added. Throws the same
+// InputError on every rank when two ranks would drive one device (a launcher that gave every task all of a
+// machine's GPUs and more tasks than GPUs, say), before any of them starts a collective on it. `launcher`
+// ("srun", "mpirun") goes into the message. `world` works on host memory.
+void check_devices_distinct(Communicator& world, const std::string& device, const std::string& launcher);
+
 // data[i] *= factor for host memory (the CPU replicas' gradients before their weighted sum); nothing for 1.
 void scale_in_place(void* data, int64_t count, DType dtype, double factor);
 

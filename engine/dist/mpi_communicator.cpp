@@ -28,6 +28,31 @@ int env_int(const char* name, int fallback) {
   return end != v ? static_cast<int>(n) : fallback;
 }
 
+// Slurm's task layout, "2(x3),1" (2 tasks on each of 3 nodes, then 1): the count on `node` (from 0), or -1
+// when the layout is malformed or shorter.
+int tasks_on_node(const char* layout, int node) {
+  const char* p = layout;
+  while (*p) {
+    char* end = nullptr;
+    const long tasks = std::strtol(p, &end, 10);
+    if (end == p || tasks <= 0) return -1;
+    long repeat = 1;
+    p = end;
+    if (std::strncmp(p, "(x", 2) == 0) {
+      repeat = std::strtol(p + 2, &end, 10);
+      if (end == p + 2 || *end != ')' || repeat <= 0) return -1;
+      p = end + 1;
+    }
+    if (node < repeat) return static_cast<int>(tasks);
+    node -= static_cast<int>(repeat);
+    if (*p == ',')
+      ++p;
+    else if (*p)
+      return -1;
+  }
+  return -1;
+}
+
 std::string host_name() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0) return "?";
@@ -262,7 +287,11 @@ LaunchInfo LaunchInfo::from_environment() {
     l.size = env_int("SLURM_NTASKS", 1);
     l.rank = env_int("SLURM_PROCID", 0);
     l.local_rank = env_int("SLURM_LOCALID", 0);
-    l.local_size = env_int("SLURM_NTASKS_PER_NODE", 1);
+    // SLURM_NTASKS_PER_NODE is set only when asked for; the step's task layout always is.
+    const char* layout = std::getenv("SLURM_STEP_TASKS_PER_NODE");
+    if (!layout) layout = std::getenv("SLURM_TASKS_PER_NODE");
+    const int on_node = layout ? tasks_on_node(layout, env_int("SLURM_NODEID", 0)) : -1;
+    l.local_size = on_node > 0 ? on_node : env_int("SLURM_NTASKS_PER_NODE", 1);
   } else if (env_int("PMI_SIZE", 0) > 0) {
     l.launcher = "mpirun";
     l.size = env_int("PMI_SIZE", 1);

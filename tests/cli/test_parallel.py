@@ -161,6 +161,17 @@ class Parallel(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("every rank is one replica", r.stderr)
 
+    def test_tasks_that_mpi_did_not_join_are_refused(self):
+        # srun's tasks under an MPI that does not speak Slurm's PMI each start a world of one: left alone, each
+        # would train on its share of the rows with nobody to sum with. Slurm's variables without srun act so.
+        env = dict(os.environ, SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="1")
+        out = os.path.join(self.tmp.name, "unjoined")
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1", "--output-dir", out,
+                 *SUBSET], env=env)
+        assert_input_error(self, r, "srun started this process as rank 1 of 2, but MPI made it rank 0 of 1",
+                           "srun --mpi=pmix")
+        self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
+
     def test_mpirun_ranks_shard_the_optimizer_state(self):
         # ZeRO-1 across processes: MPI reduce-scatters the gradients and all-gathers the shards; every rank
         # gathers the checkpoints' optimizer state, rank 0 writes it, and it resumes on one replica.

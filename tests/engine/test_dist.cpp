@@ -3,13 +3,19 @@
 // thread, and on the calling thread (what a CUDA graph capture uses).
 #include <doctest/doctest.h>
 
+#include <fmt/format.h>
+
 #include <chrono>
+#include <cstdlib>
 #include <functional>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/dist/bucket_reducer.h"
 #include "engine/dist/communicator.h"
+#include "engine/dist/mpi_communicator.h"
 
 using namespace trainer;
 using namespace trainer::engine;
@@ -136,5 +142,91 @@ TEST_SUITE("dist") {
       for (int r = 0; r < n; ++r)
         for (int i = 0; i < 6; ++i) CHECK(g[r][i] == weighted_sum(n, i, w));
     }
+  }
+
+  TEST_CASE("dist: two ranks given one GPU are refused on every rank, naming both") {
+    const int n = 3;
+    for (const bool shared : {false, true}) {
+      CAPTURE(shared);
+      dist::ThreadGroup group(n);
+      std::vector<std::string> errors(n);
+      on_ranks(n, [&](int r) {
+        auto comm = group.communicator(r);
+        // Rank 2 gets rank 1's GPU when shared.
+        const std::string gpu = fmt::format("0000:{:02x}:00.0", shared && r == 2 ? 1 : r);
+        try {
+          dist::check_devices_distinct(*comm, gpu, "srun");
+        } catch (const InputError& e) {
+          errors[r] = e.what();
+        }
+      });
+      for (int r = 0; r < n; ++r) {
+        if (!shared) {
+          CHECK(errors[r].empty());
+          continue;
+        }
+        CHECK(errors[r].find("ranks 1 and 2 would both drive the GPU 0000:01:00.0 on ") != std::string::npos);
+      }
+    }
+  }
+
+  TEST_CASE("dist: the launcher's environment gives rank, size and the ranks on this machine") {
+    // Whatever launched this test, its variables are set aside and put back.
+    const char* names[] = {"OMPI_COMM_WORLD_SIZE",
+                           "OMPI_COMM_WORLD_RANK",
+                           "OMPI_COMM_WORLD_LOCAL_RANK",
+                           "OMPI_COMM_WORLD_LOCAL_SIZE",
+                           "SLURM_NTASKS",
+                           "SLURM_PROCID",
+                           "SLURM_LOCALID",
+                           "SLURM_NODEID",
+                           "SLURM_NTASKS_PER_NODE",
+                           "SLURM_STEP_TASKS_PER_NODE",
+                           "SLURM_TASKS_PER_NODE",
+                           "PMI_SIZE",
+                           "PMI_RANK",
+                           "MPI_LOCALRANKID",
+                           "MPI_LOCALNRANKS"};
+    std::vector<std::pair<std::string, std::string>> saved;
+    for (const char* name : names)
+      if (const char* v = std::getenv(name)) saved.emplace_back(name, v);
+    auto clear = [&] {
+      for (const char* name : names) unsetenv(name);
+    };
+    clear();
+    CHECK(dist::LaunchInfo::from_environment().size == 1);
+    CHECK(dist::LaunchInfo::from_environment().launcher.empty());
+
+    setenv("SLURM_NTASKS", "7", 1);
+    setenv("SLURM_PROCID", "6", 1);
+    setenv("SLURM_LOCALID", "0", 1);
+    setenv("SLURM_NODEID", "3", 1);
+    setenv("SLURM_STEP_TASKS_PER_NODE", "2(x3),1", 1);
+    dist::LaunchInfo l = dist::LaunchInfo::from_environment();
+    CHECK(l.launcher == "srun");
+    CHECK(l.size == 7);
+    CHECK(l.rank == 6);
+    CHECK(l.local_rank == 0);
+    CHECK(l.local_size == 1);
+    setenv("SLURM_NODEID", "1", 1);
+    CHECK(dist::LaunchInfo::from_environment().local_size == 2);
+    // Without the step's layout, the job's; a malformed one falls back to SLURM_NTASKS_PER_NODE.
+    unsetenv("SLURM_STEP_TASKS_PER_NODE");
+    setenv("SLURM_TASKS_PER_NODE", "4,3", 1);
+    CHECK(dist::LaunchInfo::from_environment().local_size == 3);
+    setenv("SLURM_TASKS_PER_NODE", "4(x", 1);
+    setenv("SLURM_NTASKS_PER_NODE", "5", 1);
+    CHECK(dist::LaunchInfo::from_environment().local_size == 5);
+    clear();
+
+    setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
+    setenv("OMPI_COMM_WORLD_RANK", "3", 1);
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+    setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2", 1);
+    l = dist::LaunchInfo::from_environment();
+    CHECK(l.launcher == "mpirun");
+    CHECK((l.size == 4 && l.rank == 3 && l.local_rank == 1 && l.local_size == 2));
+    clear();
+    for (const auto& [name, value] : saved) setenv(name.c_str(), value.c_str(), 1);
   }
 }
