@@ -119,7 +119,7 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
 }  // namespace
 
 void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec,
-                              uint64_t plan_signature, const engine::TrainingState& st) {
+                              uint64_t plan_signature, const engine::TrainingState& st, double lr_scale) {
   namespace key = formats::checkpoint_key;
   std::map<std::string, std::string> meta;
   meta[key::kSpec] = formats::to_toml(spec);
@@ -130,6 +130,7 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   meta[key::kCursor] = fmt::format("epoch {} batch {}", st.epoch, st.batch);
   meta[key::kRng] = fmt::format("philox4x32-10 seed {} step {}", spec.train.seed, st.global_step);
   meta[kStateKey] = state_json(st);
+  if (lr_scale != 1) meta[kLrScaleKey] = num(lr_scale);
   std::vector<formats::CheckpointTensorSource> tensors;
   for (const auto& [name, t] : st.values) tensors.push_back(formats::tensor_source(name, t));
   for (const auto& [name, t] : st.best_values)
@@ -155,6 +156,14 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   out.plan_signature =
       std::strtoull(formats::checkpoint_value(ck.metadata, key::kPlanSignature, path).c_str(), nullptr, 16);
   out.state = parse_state(formats::checkpoint_value(ck.metadata, kStateKey, path), path);
+  if (auto it = ck.metadata.find(kLrScaleKey); it != ck.metadata.end()) {
+    char* end = nullptr;
+    out.lr_scale = std::strtod(it->second.c_str(), &end);
+    if (end == it->second.c_str() || *end || !(out.lr_scale > 0))
+      throw InputError(
+          path, fmt::format("the checkpoint's {} is '{}', not a positive number", kLrScaleKey, it->second),
+          "the file is damaged or was edited");
+  }
   std::string prefix = kBestPrefix;
   for (formats::CheckpointTensor& t : ck.tensors) {
     if (t.name == kOnnxModelTensor)

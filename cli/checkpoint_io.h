@@ -15,19 +15,23 @@ namespace trainer::cli {
 // Metadata of ours, besides formats/checkpoint.h's keys.
 inline constexpr const char* kSpecPathKey =
     "spec_path";  // where the spec was read: relative data paths resolve there
-inline constexpr const char* kStateKey = "state";     // the TrainingState's numbers and history, as JSON
+inline constexpr const char* kStateKey = "state";  // the TrainingState's numbers and history, as JSON
+// The factor --scale-lr applied to the spec's learning rate ("4" for linear on 4 replicas); absent means 1.
+inline constexpr const char* kLrScaleKey = "lr_scale";
 inline constexpr const char* kBestPrefix = "@best/";  // tensors of early stopping's best weights
 // An ONNX run's model file, embedded as a u8 tensor so that the checkpoint needs no other file to resume,
 // export, predict or evaluate.
 inline constexpr const char* kOnnxModelTensor = "@model.onnx";
 
 void save_training_checkpoint(const std::string& path, const formats::ModelSpec& spec,
-                              uint64_t plan_signature, const engine::TrainingState& state);
+                              uint64_t plan_signature, const engine::TrainingState& state,
+                              double lr_scale = 1);
 
 struct LoadedCheckpoint {
   std::string spec_text;  // the resolved spec, TOML
   std::string spec_path;
   uint64_t plan_signature = 0;
+  double lr_scale = 1;  // what the run multiplied the spec's learning rate by (--scale-lr)
   engine::TrainingState state;
   std::shared_ptr<const std::string> onnx_bytes;  // the embedded ONNX model, for an ONNX run
 

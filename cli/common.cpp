@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -96,14 +97,21 @@ void ParallelOptions::add(CLI::App* app) {
                 "Let replicas take unequal shares of a batch_size they do not divide; their gradients are "
                 "weighted by sample count");
   app->add_option("--scale-lr", scale_lr,
-                  "none (default): the learning rate stays the spec's; linear: multiplied by the number of "
-                  "replicas (logged)")
+                  "none: the learning rate stays the spec's; linear: multiplied by the number of replicas "
+                  "(logged). Default: none, or with --resume the factor of the checkpoint's run")
       ->check(CLI::IsMember({"none", "linear"}));
   app->add_option(
          "--collective-timeout", collective_timeout_s,
          "Seconds a gradient reduction may wait for the other replicas before the run stops (default "
          "300)")
-      ->check(CLI::PositiveNumber);
+      ->check(
+          [](const std::string& v) -> std::string {
+            char* end = nullptr;
+            const double seconds = std::strtod(v.c_str(), &end);
+            if (end != v.c_str() && !*end && seconds > 0 && std::isfinite(seconds)) return "";
+            return fmt::format("'{}' is not a number of seconds above 0", v);
+          },
+          "SECONDS");
 }
 
 namespace {
@@ -163,15 +171,19 @@ std::vector<int> DeviceOptions::cuda_device_ids(bool quiet) const {
       std::stringstream ss(gpus);
       std::string item;
       while (std::getline(ss, item, ',')) {
-        if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos)
+        if (item.empty() || item.size() > 6 || item.find_first_not_of("0123456789") != std::string::npos)
           throw InputError("--gpus", fmt::format("'{}' in --gpus {} is no device id", item, gpus),
                            "give a count (--gpus 2), all, or ids (--gpus 0,2)");
         const int id = std::atoi(item.c_str());
+        if (std::find(ids.begin(), ids.end(), id) != ids.end())
+          throw InputError("--gpus", fmt::format("GPU {} appears twice in --gpus {}", id, gpus),
+                           "name each GPU once: one replica runs per GPU");
+        ids.push_back(id);
+      }
+      for (const int id : ids)
         if (!exists(id))
           throw InputError("--gpus", fmt::format("GPU {} does not exist: there is {}", id, found_text(found)),
                            "list the GPUs with nvidia-smi");
-        ids.push_back(id);
-      }
     }
   } else {
     const int id = device == "cuda" ? 0 : std::atoi(device.c_str() + 5);

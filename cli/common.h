@@ -73,7 +73,7 @@ struct DeviceOptions {
 struct ParallelOptions {
   int devices = 1;  // CPU replicas (--devices N); GPUs are chosen by --gpus
   bool allow_uneven = false;
-  std::string scale_lr = "none";  // none | linear
+  std::string scale_lr;  // none | linear; empty when not given (a resumed run keeps its checkpoint's factor)
   double collective_timeout_s = 300;
   void add(CLI::App* app);
 };

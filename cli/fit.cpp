@@ -106,8 +106,9 @@ class FitPrinter final : public engine::FitObserver {
 // atomically), and prunes periodic ones beyond keep_last.
 class CheckpointWriter {
  public:
-  CheckpointWriter(std::filesystem::path dir, const formats::ModelSpec& spec, int64_t keep_last)
-      : dir_(std::move(dir)), spec_(spec), keep_last_(keep_last) {}
+  CheckpointWriter(std::filesystem::path dir, const formats::ModelSpec& spec, int64_t keep_last,
+                   double lr_scale)
+      : dir_(std::move(dir)), spec_(spec), keep_last_(keep_last), lr_scale_(lr_scale) {}
 
   std::filesystem::path save(const engine::TrainingState& st, engine::SaveReason why, uint64_t signature) {
     std::string name;
@@ -124,7 +125,7 @@ class CheckpointWriter {
         break;
     }
     std::filesystem::path path = dir_ / name;
-    save_training_checkpoint(path.string(), spec_, signature, st);
+    save_training_checkpoint(path.string(), spec_, signature, st, lr_scale_);
     point_last_at(path);
     if (why != engine::SaveReason::best && why != engine::SaveReason::interrupt) {
       if (periodic_.empty() || periodic_.back() != path) periodic_.push_back(path);
@@ -153,6 +154,7 @@ class CheckpointWriter {
   std::filesystem::path dir_;
   const formats::ModelSpec& spec_;
   int64_t keep_last_;
+  double lr_scale_;
   std::vector<std::filesystem::path> periodic_;
   int64_t last_saved_step_ = -1;
 };
@@ -211,6 +213,15 @@ Command add_fit_command(CLI::App& app) {
     Output out = speaks ? output->make() : Output(LogFormat::text, true);
     if (spec->path.empty() && resume->empty())
       throw InputError("", "trainer fit needs a SPEC or --resume CKPT", "trainer fit model.toml");
+    // Flags that contradict each other, refused before anything is read or any device opened.
+    if (parallel->devices > 1 && !device->gpus.empty())
+      throw InputError("--devices", "--devices makes CPU replicas, and --gpus chooses GPUs",
+                       "leave out one of them");
+    if (parallel->devices > 1 && device->device.starts_with("cuda"))
+      throw InputError("--devices",
+                       fmt::format("--devices {} makes CPU replicas, and --device {} asks for a GPU",
+                                   parallel->devices, device->device),
+                       "add --device cpu; GPUs are chosen with --gpus");
     // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
     std::string ext = std::filesystem::path(spec->path).extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -342,9 +353,6 @@ Command add_fit_command(CLI::App& app) {
     } else if (!device->gpus.empty()) {
       // --gpus: one replica per GPU, one thread each, their gradients summed by NCCL (even with one GPU, so
       // that path is the one --gpus always takes).
-      if (parallel->devices > 1)
-        throw InputError("--devices", "--devices makes CPU replicas, and --gpus chooses GPUs",
-                         "leave out one of them");
 #if TRAINER_HAVE_CUDA
       std::vector<cudaStream_t> streams = {static_cast<cudaStream_t>(backend->native_stream())};
       for (auto& b : opened.more) streams.push_back(static_cast<cudaStream_t>(b->native_stream()));
@@ -380,11 +388,26 @@ Command add_fit_command(CLI::App& app) {
     replicas.allow_uneven = parallel->allow_uneven;
     engine::Trace trace;
     if (!trace_path->empty()) replicas.trace = &trace;
-    if (parallel->scale_lr == "linear" && n > 1) {
-      out.say("Learning rate {:g} x {} replicas = {:g} (--scale-lr linear).\n", cfg.schedule.base, n,
-              cfg.schedule.base * n);
-      cfg.schedule.base *= n;
-    }
+    // The learning rate never changes silently: --scale-lr linear multiplies it by the replica count, and a
+    // resumed run keeps its checkpoint's factor unless --scale-lr says otherwise. Either way it is logged.
+    const double ck_scale = ck ? ck->lr_scale : 1.0;
+    const double lr_scale = parallel->scale_lr == "linear" ? n
+                            : parallel->scale_lr == "none" ? 1.0
+                                                           : ck_scale;
+    const std::string was = ck && ck_scale != lr_scale
+                                ? fmt::format("; the checkpoint's run used {:g} x {:g} = {:g}",
+                                              cfg.schedule.base, ck_scale, cfg.schedule.base * ck_scale)
+                                : "";
+    if (parallel->scale_lr == "linear" && (n > 1 || !was.empty()))
+      out.say("Learning rate {:g} x {} replica{} = {:g} (--scale-lr linear{}).\n", cfg.schedule.base, n,
+              n == 1 ? "" : "s", cfg.schedule.base * lr_scale, was);
+    else if (parallel->scale_lr.empty() && lr_scale != 1)
+      out.say(
+          "Learning rate {:g} x {:g} = {:g}, as the checkpoint's run (--scale-lr linear on {:g} replicas).\n",
+          cfg.schedule.base, lr_scale, cfg.schedule.base * lr_scale, lr_scale);
+    else if (!was.empty())
+      out.say("Learning rate {:g} (--scale-lr none{}).\n", cfg.schedule.base, was);
+    cfg.schedule.base *= lr_scale;
     FitPrinter printer(out);
     SignatureGrabber observer(printer);
     engine::CheckpointPolicy policy;
@@ -399,7 +422,7 @@ Command add_fit_command(CLI::App& app) {
     }
     if (!output_dir->empty() && speaks) {
       std::filesystem::create_directories(*output_dir);
-      writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last);
+      writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last, lr_scale);
       save = [&](const engine::TrainingState& st, engine::SaveReason why) {
         writer->save(st, why, observer.signature);
       };

@@ -45,8 +45,12 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int code = app.exit(e);
-    return code == 0 ? 0 : 2;
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help
+    // A usage error reads like every other bad input: what, where (the option CLI11 names), and a hint.
+    const std::vector<CLI::App*> given = app.get_subcommands();
+    const std::string command = given.empty() ? "trainer" : "trainer " + given.back()->get_name();
+    fmt::print(stderr, "trainer: error: {}\n  hint: {} --help lists the options\n", e.what(), command);
+    return 2;
   }
   try {
     if (list_ops) {

@@ -282,9 +282,11 @@ LaunchInfo LaunchInfo::from_environment() {
     l.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
     l.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0);
     l.local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1);
-  } else if (env_int("SLURM_NTASKS", 0) > 0 && std::getenv("SLURM_PROCID")) {
+  } else if (env_int("SLURM_STEP_NUM_TASKS", 0) > 0 && std::getenv("SLURM_PROCID")) {
+    // A task of srun's step. A batch script itself has SLURM_NTASKS and SLURM_PROCID=0 too, but no step
+    // variables: a plain `trainer fit` there is one process.
     l.launcher = "srun";
-    l.size = env_int("SLURM_NTASKS", 1);
+    l.size = env_int("SLURM_STEP_NUM_TASKS", 1);
     l.rank = env_int("SLURM_PROCID", 0);
     l.local_rank = env_int("SLURM_LOCALID", 0);
     // SLURM_NTASKS_PER_NODE is set only when asked for; the step's task layout always is.

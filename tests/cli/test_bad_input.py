@@ -209,6 +209,16 @@ class BadUsage(unittest.TestCase):
                 self.assertEqual(r.returncode, 2, r.stderr)
                 self.assertNotEqual(r.stderr, "")
 
+    def test_option_values_read_like_other_bad_input(self):
+        # One "trainer: error:" line naming the option, and a hint, as for a bad spec.
+        spec = cli_util.sample("fashion_mnist/mlp.toml")
+        for args, needle in ((["--collective-timeout", "0"], "'0' is not a number of seconds above 0"),
+                             (["--scale-lr", "foo"], "--scale-lr: foo"), (["--devices", "0"], "--devices: "),
+                             (["--epoch", "3"], "--epoch")):
+            with self.subTest(args=args):
+                err = assert_input_error(self, run(["fit", spec, *args]), needle, "hint: trainer fit --help")
+                self.assertLess(len(err), 400, err)
+
     def test_missing_spec(self):
         assert_input_error(self, run(["check", "no-such-spec.toml"]), "no-such-spec.toml")
 

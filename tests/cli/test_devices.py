@@ -71,6 +71,8 @@ class Devices(unittest.TestCase):
             with self.subTest(value=value):
                 r = self.fit("--gpus", value)
                 self.assertEqual(r.returncode, 2, r.stderr)
+        # Checked before the GPUs are looked at, so the message is the same on any machine.
+        assert_input_error(self, self.fit("--gpus", "1,0,1"), "--gpus: GPU 1 appears twice in --gpus 1,0,1")
 
 
 if __name__ == "__main__":

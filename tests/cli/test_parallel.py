@@ -132,7 +132,29 @@ class Parallel(unittest.TestCase):
                  "--log-format", "text"])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("Learning rate 0.001 x 2 replicas = 0.002 (--scale-lr linear).", r.stderr)
-        self.assertIn("2 replicas", r.stderr)
+        # Scaled is what the doubled rate trains, and not what the spec's rate trains.
+        spec, limit = "fashion_mnist/mlp.toml", ["--set", f"data.train.limit={STEPS * BATCH // 2}"]
+        scaled_dir = os.path.join(self.tmp.name, "scaled")
+        scaled = self.fit(spec, 2, scaled_dir, *limit, "--scale-lr", "linear", "--set",
+                          "train.checkpoint.every_epochs=1", epochs=2)
+        doubled = self.fit(spec, 2, os.path.join(self.tmp.name, "doubled"), *limit, "--set",
+                           "train.optimizer.learning_rate=0.002", epochs=2)
+        plain = self.fit(spec, 2, os.path.join(self.tmp.name, "plain"), *limit, epochs=2)
+        self.assert_close(doubled, scaled, "--scale-lr linear vs learning_rate=0.002", tolerance=0)
+        self.assertGreater(max(np.abs(plain[k] - scaled[k]).max() for k in plain), 1e-4)
+        # The checkpoint keeps the factor: resumed on 1 replica, the run goes on at 0.002 and ends where it did.
+        out = os.path.join(self.tmp.name, "scaled_resumed")
+        r = run(["fit", "--resume", os.path.join(scaled_dir, "epoch-1.ckpt"), "--device", "cpu", "--output-dir", out,
+                 "--log-format", "jsonl"], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Learning rate 0.001 x 2 = 0.002, as the checkpoint's run (--scale-lr linear on 2 replicas).",
+                      r.stderr)
+        self.assert_close(scaled, read_checkpoint(os.path.join(out, "last.ckpt")), "scaled, resumed on 1")
+        # Asking for another factor is allowed and said.
+        r = run(["fit", "--resume", os.path.join(scaled_dir, "epoch-1.ckpt"), "--device", "cpu", "--output-dir",
+                 os.path.join(self.tmp.name, "unscaled"), "--scale-lr", "none", "--log-format", "jsonl"], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Learning rate 0.001 (--scale-lr none; the checkpoint's run used 0.001 x 2 = 0.002).", r.stderr)
 
     def mpirun_command(self, args):
         mpirun = shutil.which("mpirun")
@@ -164,13 +186,19 @@ class Parallel(unittest.TestCase):
     def test_tasks_that_mpi_did_not_join_are_refused(self):
         # srun's tasks under an MPI that does not speak Slurm's PMI each start a world of one: left alone, each
         # would train on its share of the rows with nobody to sum with. Slurm's variables without srun act so.
-        env = dict(os.environ, SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="1")
+        env = dict(os.environ, SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_PROCID="1", SLURM_LOCALID="1")
         out = os.path.join(self.tmp.name, "unjoined")
         r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1", "--output-dir", out,
                  *SUBSET], env=env)
         assert_input_error(self, r, "srun started this process as rank 1 of 2, but MPI made it rank 0 of 1",
                            "srun --mpi=pmix")
         self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
+        # A batch script's own environment (the job's tasks, no srun step): a plain fit there is one process.
+        env = dict(os.environ, SLURM_NTASKS="2", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_TASKS_PER_NODE="2")
+        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1", "--output-dir", out,
+                 *SUBSET], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.exists(os.path.join(out, "last.ckpt")))
 
     def test_mpirun_ranks_shard_the_optimizer_state(self):
         # ZeRO-1 across processes: MPI reduce-scatters the gradients and all-gathers the shards; every rank
@@ -342,8 +370,11 @@ class Parallel(unittest.TestCase):
         self.assertLessEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4 + 16 * 8)
 
     def test_replicas_are_cpu_devices(self):
-        r = run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cuda", "--devices", "2"])
-        self.assertEqual(r.returncode, 2, r.stderr)
+        # Refused from the flags alone, before any device is looked at: the same on a machine with GPUs.
+        assert_input_error(self, run(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cuda", "--devices", "2"]),
+                           "--devices 2 makes CPU replicas, and --device cuda asks for a GPU", "--device cpu")
+        assert_input_error(self, run(["fit", sample("fashion_mnist/mlp.toml"), "--gpus", "2", "--devices", "2"]),
+                           "--devices makes CPU replicas, and --gpus chooses GPUs")
 
     def test_a_stalled_replica_stops_the_run_within_the_timeout(self):
         env = dict(os.environ, TRAINER_FAULT_STALL="1:5:60")

@@ -197,7 +197,16 @@ TEST_SUITE("dist") {
     CHECK(dist::LaunchInfo::from_environment().size == 1);
     CHECK(dist::LaunchInfo::from_environment().launcher.empty());
 
-    setenv("SLURM_NTASKS", "7", 1);
+    // A batch script's own environment: the job's tasks, but no step (srun) yet.
+    setenv("SLURM_NTASKS", "8", 1);
+    setenv("SLURM_PROCID", "0", 1);
+    setenv("SLURM_LOCALID", "0", 1);
+    setenv("SLURM_TASKS_PER_NODE", "4(x2)", 1);
+    CHECK(dist::LaunchInfo::from_environment().size == 1);
+    CHECK(dist::LaunchInfo::from_environment().launcher.empty());
+    unsetenv("SLURM_TASKS_PER_NODE");
+
+    setenv("SLURM_STEP_NUM_TASKS", "7", 1);
     setenv("SLURM_PROCID", "6", 1);
     setenv("SLURM_LOCALID", "0", 1);
     setenv("SLURM_NODEID", "3", 1);
