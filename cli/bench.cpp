@@ -352,10 +352,16 @@ Command add_bench_command(CLI::App& app) {
       eager = measure(*backend, step, data, cfg, *o, true);
     }
 
-    // N CPU replicas on the same global batch: strong scaling against the single device measured above.
+    // N CPU replicas share one machine's cores, so they split the batch: the efficiency is the single
+    // device's step time over theirs at the same global batch (1 = replication costs nothing). N GPUs add N
+    // devices, so each takes the whole batch (weak scaling, the global batch N times it, as docs/scaling.md
+    // models): the efficiency is one GPU's step time over the N GPUs' (1 = N times the samples per second).
     std::vector<std::pair<std::string, std::string>> replica_json;
     Stats replica_stats, exposed_stats;
-    const int replicas = gpu_ids.size() > 1 ? static_cast<int>(gpu_ids.size()) : o->devices;
+    double efficiency = 0;
+    int64_t global_batch = batch;
+    const bool on_gpus = gpu_ids.size() > 1;
+    const int replicas = on_gpus ? static_cast<int>(gpu_ids.size()) : o->devices;
     if (replicas > 1) {
       if (o->devices > 1 && eager.device.rfind("CPU", 0) != 0)
         throw InputError("--devices", "--devices times CPU replicas, and this bench runs on a GPU",
@@ -364,12 +370,14 @@ Command add_bench_command(CLI::App& app) {
         out.say(
             "note: the replicas are timed with the optimizer state whole; [parallel] shard_optimizer "
             "(trainer fit) is not part of this measurement\n");
-      if (batch % replicas != 0)
-        throw InputError(gpu_ids.size() > 1 ? "--gpus" : "--devices",
+      if (!on_gpus && batch % replicas != 0)
+        throw InputError("--devices",
                          fmt::format("the batch of {} does not divide among {} replicas", batch, replicas),
                          "choose --batch-size as a multiple of the replica count");
+      const int64_t per_replica = on_gpus ? batch : batch / replicas;
+      global_batch = per_replica * replicas;
       const engine::TrainingStep rstep =
-          at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, batch / replicas); });
+          at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, per_replica); });
       const SyntheticBatch rdata = synthetic_batch(rstep, cfg);
       // CPU replicas share the threads and a ThreadGroup; GPU replicas get a backend and an NCCL rank each.
       std::vector<std::unique_ptr<engine::Backend>> owned;
@@ -404,13 +412,17 @@ Command add_bench_command(CLI::App& app) {
       const ReplicaMeasurement rm = measure_replicas(bks, cms, rstep, rdata, cfg, *o);
       replica_stats = stats_of(rm.step_seconds);
       exposed_stats = stats_of(rm.exposed_seconds);
-      const double reference = stats_of(eager.step_seconds).median;
+      // Against the single device run the same way: replayed when the replicas replay.
+      const bool replicas_replay = have_replay && !device->no_cuda_graph;
+      const double reference = stats_of(replicas_replay ? replay.step_seconds : eager.step_seconds).median;
+      efficiency = reference / replica_stats.median;
       replica_json = {{"replicas", std::to_string(replicas)},
+                      {"batch_per_replica", std::to_string(per_replica)},
                       {"step_ms", stats_json(replica_stats)},
                       {"exposed_comm_ms", json_number(1e3 * exposed_stats.median)},
                       {"compute_ms", json_number(1e3 * (replica_stats.median - exposed_stats.median))},
-                      {"samples_per_s", json_number(batch / replica_stats.median)},
-                      {"scaling_efficiency", json_number(reference / replica_stats.median)}};
+                      {"samples_per_s", json_number(global_batch / replica_stats.median)},
+                      {"scaling_efficiency", json_number(efficiency)}};
     }
 
     const int64_t flops = eager.flops;
@@ -489,13 +501,12 @@ Command add_bench_command(CLI::App& app) {
             (have_replay ? replay.device_bytes : eager.device_bytes) / 1048576.0);
     if (!replica_json.empty())
       out.say(
-          "{} {} replicas: step {:.3f} ms median (compute {:.3f} ms, exposed communication {:.3f} ms) · "
-          "{:.0f} "
-          "samples/s · scaling efficiency {:.0f}% against one device\n",
-          gpu_ids.size() > 1 ? static_cast<int>(gpu_ids.size()) : o->devices,
-          gpu_ids.size() > 1 ? "GPU" : "CPU", 1e3 * replica_stats.median,
+          "{} {} replicas of batch {}: step {:.3f} ms median (compute {:.3f} ms, exposed communication "
+          "{:.3f} "
+          "ms) · {:.0f} samples/s · scaling efficiency {:.0f}% against one device\n",
+          replicas, on_gpus ? "GPU" : "CPU", global_batch / replicas, 1e3 * replica_stats.median,
           1e3 * (replica_stats.median - exposed_stats.median), 1e3 * exposed_stats.median,
-          batch / replica_stats.median, 100 * stats_of(eager.step_seconds).median / replica_stats.median);
+          global_batch / replica_stats.median, 100 * efficiency);
     if (!timed_ops) {
       out.say("(this backend does not time kernels one by one)\n");
       return 0;

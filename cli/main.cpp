@@ -3,8 +3,11 @@
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 
 #include <unistd.h>
 
@@ -27,9 +30,28 @@ namespace trainer::cli {
 Command add_bench_command(CLI::App& app);  // cli/bench.cpp
 }  // namespace trainer::cli
 
+// A collective that timed out or failed ends the run: its line, then every rank of an MPI run, without
+// unwinding the stack (on GPUs a destructor would wait for a stream stuck behind the collective). Under MPI
+// the world ends a moment later, so that the other ranks waiting on the same collective say theirs too.
+// Replicas of one process that fail as well wait here while the first ends the process.
+[[noreturn]] static void end_run_on_collective_failure(const trainer::RuntimeError& e) {
+  static std::mutex once;
+  once.lock();  // never unlocked: the process ends below
+  std::fflush(stdout);
+  const bool timeout = dynamic_cast<const trainer::engine::dist::CollectiveTimeout*>(&e) != nullptr;
+  fmt::print(stderr, "trainer: {}{}\n", timeout ? "error: " : "", e.what());
+  std::fflush(stderr);
+  if (trainer::engine::dist::LaunchInfo::from_environment().size > 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    trainer::engine::dist::abort_world(1);
+  }
+  std::_Exit(1);
+}
+
 int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
+  engine::dist::set_fatal_collective_handler(end_run_on_collective_failure);
   CLI::App app{"trainer: train neural networks from a model description"};
   app.set_version_flag("--version", std::string("trainer ") + TRAINER_VERSION);
   app.require_subcommand(0, 1);
@@ -83,14 +105,9 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const engine::dist::CollectiveTimeout& e) {
     // The watchdog: this rank says what it waited for, then the whole run ends. Under mpirun or srun the
-    // other ranks may be stuck in a collective or a stalled step, so MPI is told to end them all.
-    fmt::print(stderr, "trainer: error: {}\n", e.what());
-    std::fflush(stderr);
-    engine::dist::abort_world(1);
-    // In one process, a stalled replica's thread may still be running: end without running destructors under
-    // it.
-    std::fflush(stdout);
-    std::_Exit(1);
+    // other ranks may be stuck in a collective or a stalled step, so MPI is told to end them all; in one
+    // process, a stalled replica's thread may still be running, so nothing is destroyed under it.
+    end_run_on_collective_failure(e);
   } catch (const RuntimeError& e) {
     fmt::print(stderr, "trainer: {}\n", e.what());
     return 1;

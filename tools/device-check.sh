@@ -76,9 +76,11 @@ run_checks() {
   echo "== benchmark" >&2
   : >"$out/bench.jsonl"
   for args in "samples/cifar10/cnn.toml --batch-size 256" "samples/fashion_mnist/mlp.toml --batch-size 64"; do
-    # shellcheck disable=SC2086
-    timeout 120 "$trainer" bench "$ROOT"/$args --device cuda --steps 50 --warmup 5 >>"$out/bench.jsonl" \
-      2>>"$out/bench.log" || status=1
+    for precision in fp32 bf16; do
+      # shellcheck disable=SC2086
+      timeout 120 "$trainer" bench "$ROOT"/$args --device cuda --steps 50 --warmup 5 \
+        --set train.precision=$precision >>"$out/bench.jsonl" 2>>"$out/bench.log" || status=1
+    done
   done
   timeout 240 python3 "$ROOT/tools/bench/torch_gpu.py" --models cifar_cnn:256,fashion_mlp:64 \
     >"$out/torch.jsonl" 2>>"$out/bench.log" || status=1
@@ -88,13 +90,13 @@ out = sys.argv[1]
 def lines(name):
     path = os.path.join(out, name)
     return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-ours = {("cifar_cnn" if "cifar" in b["spec"] else "fashion_mlp"): b for b in lines("bench.jsonl")}
+ours = {("cifar_cnn" if "cifar" in b["spec"] else "fashion_mlp", b["precision"]): b for b in lines("bench.jsonl")}
 torch = {(t["model"], t["precision"], t["mode"]): t for t in lines("torch.jsonl")}
 print(f"{'model':<12} {'prec':<5} {'trainer graph':>14} {'trainer eager':>14} {'torch eager':>12} {'torch.compile':>14} "
       f"{'vs eager':>9} {'vs compile':>10}")
 for model in ("cifar_cnn", "fashion_mlp"):
     for prec in ("fp32", "bf16"):
-        b = ours.get(model) if prec == "fp32" else None  # trainer's bf16 is not implemented yet
+        b = ours.get((model, prec))
         te, tc = torch.get((model, prec, "eager"), {}), torch.get((model, prec, "compile"), {})
         g = b["samples_per_s"] if b else None
         e = b["batch_size"] / b["step_ms"]["median"] * 1e3 if b else None

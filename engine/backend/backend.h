@@ -23,6 +23,10 @@ struct StepContext {
   // global element index (sample_offset * elements per sample + local index), so N replicas draw what one
   // device would.
   uint64_t sample_offset = 0;
+  // Whether a backend that captures steps into a replayable graph may capture or replay this one. Replicas
+  // whose steps hold collectives must decide alike (NCCL: a collective is captured on every rank or on none),
+  // so the data-parallel loop passes what all of them know: false for a partial batch, whose shares differ.
+  bool may_capture = true;
 };
 
 // Device memory: move-only, freed by its destructor.

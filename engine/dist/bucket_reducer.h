@@ -83,7 +83,16 @@ class BucketReducer {
   void wait(int b) {
     const auto start = Trace::Clock::now();
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return error_ || done_[b]; });
+    // The collective itself times out first where it can, and the replicas' failure is reported from there;
+    // this, later, catches one stuck where it cannot (NCCL waiting on the host for a peer that never joins).
+    const auto limit =
+        comm_->timeout() + std::max<std::chrono::milliseconds>(std::chrono::seconds(5), comm_->timeout() / 4);
+    if (!cv_.wait_for(lock, limit, [&] { return error_ || done_[b]; })) {
+      const int64_t step = step_;
+      lock.unlock();
+      fail_collective(CollectiveTimeout(comm_->rank(), host_name(), "the reduction of a gradient bucket",
+                                        {b, step}, std::chrono::duration<double>(limit).count()));
+    }
     waited_ += Trace::Clock::now() - start;
     if (error_) std::rethrow_exception(error_);
     lock.unlock();

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -22,15 +23,23 @@ std::string CollectiveTag::str() const {
   return "outside a step";
 }
 
-namespace {
-
 std::string host_name() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0) return "?";
   return buf;
 }
 
+namespace {
+std::atomic<FatalCollectiveHandler> fatal_handler{nullptr};
 }  // namespace
+
+void set_fatal_collective_handler(FatalCollectiveHandler handler) {
+  fatal_handler = handler;
+}
+
+FatalCollectiveHandler fatal_collective_handler() {
+  return fatal_handler;
+}
 
 CollectiveTimeout::CollectiveTimeout(int rank, const std::string& host, const std::string& collective,
                                      const CollectiveTag& tag, double seconds)

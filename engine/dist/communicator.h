@@ -35,6 +35,21 @@ class CollectiveTimeout : public RuntimeError {
   int rank_;
 };
 
+// This machine's name, for the watchdog's lines.
+std::string host_name();
+
+// How a run ends when a collective failed where unwinding the stack is not safe: on GPUs, destructors would
+// wait for streams stuck behind a collective whose peer is gone. The program installs a handler that reports
+// the error and ends the process (and the MPI world) without unwinding; without one, the error is thrown.
+using FatalCollectiveHandler = void (*)(const RuntimeError& error);
+void set_fatal_collective_handler(FatalCollectiveHandler handler);
+FatalCollectiveHandler fatal_collective_handler();
+template <class Error>
+[[noreturn]] void fail_collective(const Error& error) {
+  if (FatalCollectiveHandler handler = fatal_collective_handler()) handler(error);
+  throw error;
+}
+
 class Communicator {
  public:
   virtual ~Communicator() = default;

@@ -7,7 +7,6 @@
 #define MPICH_SKIP_MPICXX 1
 #include <fmt/format.h>
 #include <mpi.h>
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstdlib>
@@ -51,12 +50,6 @@ int tasks_on_node(const char* layout, int node) {
       return -1;
   }
   return -1;
-}
-
-std::string host_name() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof buf - 1) != 0) return "?";
-  return buf;
 }
 
 void mpi_check(int status, const char* call) {

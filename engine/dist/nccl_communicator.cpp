@@ -4,12 +4,13 @@
 
 #include <cuda_bf16.h>
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include "engine/backend/cuda/cuda_kernel.h"
@@ -35,12 +36,6 @@ namespace {
     ncclResult_t trainer_nccl_status_ = (call);                                                            \
     if (trainer_nccl_status_ != ncclSuccess) nccl_failed(trainer_nccl_status_, #call, __FILE__, __LINE__); \
   } while (0)
-
-std::string host_name() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof buf - 1) != 0) return "?";
-  return buf;
-}
 
 // Makes `device` current for the scope and restores the caller's device after: the replica threads and the
 // backend keep their own notion of the current device. `check` false: for destructors, which must not throw.
@@ -115,6 +110,7 @@ struct NcclCommunicator::Group {
   // A rank of this process failed or timed out: the others stop too (a later collective of theirs could never
   // complete), and the survivors are aborted, not finalized, at the end.
   std::atomic<bool> broken{false};
+  std::mutex abort_mu;  // guards taking the comms out for an abort
 
   ~Group() {
     const lib::Nccl& n = lib::nccl();
@@ -251,11 +247,8 @@ ncclComm* NcclCommunicator::comm() const {
 }
 
 void NcclCommunicator::begin(const char* what, const CollectiveTag& tag) {
-  if (!comm())
-    throw RuntimeError(fmt::format("rank {} on {}: {} ({}) after this rank's NCCL communicator was aborted",
-                                   rank_, host_name(), what, tag.str()));
-  // Another rank of this process failed: this one's collective could never complete.
-  if (group_->broken) timed_out(what, tag);
+  // Another rank of this process failed, and the group was aborted: this collective could never complete.
+  if (group_->broken || !comm()) timed_out(what, tag);
   if (stall_.rank == rank_ && stall_.collective == collectives_)
     std::this_thread::sleep_for(std::chrono::duration<double>(stall_.seconds));
   ++collectives_;
@@ -333,17 +326,37 @@ void NcclCommunicator::reap_completed() {
 }
 
 void NcclCommunicator::abort_comm() {
-  group_->broken = true;
-  if (ncclComm_t c = comm()) {
-    // Kernels still spinning on a dead peer see the abort flag and return; the result is of no further use.
-    lib::nccl().ncclCommAbort(c);
-    group_->comms[local_] = nullptr;
+  // Every rank of this process: a survivor's kernels would otherwise spin on the dead peer forever, and
+  // whatever waits for its stream with them. Each abort on a thread of its own, waited for a while only:
+  // ncclCommAbort sets the flag that makes the kernels return at once, but may then wait until no CUDA graph
+  // holds the communicator's work, and the graphs outlive this call.
+  std::vector<std::pair<ncclComm_t, int>> live;
+  {
+    std::lock_guard<std::mutex> lock(group_->abort_mu);
+    group_->broken = true;
+    for (size_t i = 0; i < group_->comms.size(); ++i)
+      if (group_->comms[i]) {
+        live.emplace_back(group_->comms[i], group_->devices[i]);
+        group_->comms[i] = nullptr;
+      }
   }
+  if (live.empty()) return;
+  auto left = std::make_shared<std::atomic<int>>(static_cast<int>(live.size()));
+  for (const auto& [c, device] : live)
+    std::thread([c, device, left] {
+      cudaSetDevice(device);
+      lib::nccl().ncclCommAbort(c);
+      --*left;
+    }).detach();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (*left > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 void NcclCommunicator::timed_out(const char* what, const CollectiveTag& tag) {
   abort_comm();
-  throw CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count());
+  fail_collective(
+      CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count()));
 }
 
 void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag) {
@@ -484,17 +497,20 @@ void NcclCommunicator::wait(const CollectiveTag& tag) {
       continue;
     }
     if (status != cudaErrorNotReady) {
+      const std::string what = p.what;
       abort_comm();
-      TRAINER_CUDA_CHECK(status);
+      fail_collective(RuntimeError(fmt::format("rank {} on {}: {} ({}) failed on the GPU: {}", rank_,
+                                               host_name(), what, named.str(), cudaGetErrorString(status))));
     }
+    if (!comm()) timed_out(p.what, named);  // another rank of this process aborted the group
     ncclResult_t async = ncclSuccess;
     TRAINER_NCCL_CHECK(n.ncclCommGetAsyncError(comm(), &async));
     if (async != ncclSuccess && async != ncclInProgress) {
       const std::string why = n.ncclGetErrorString(async);
       const std::string what = p.what;
       abort_comm();
-      throw RuntimeError(fmt::format("rank {} on {}: {} ({}) failed in NCCL: {}", rank_, host_name(), what,
-                                     named.str(), why));
+      fail_collective(RuntimeError(fmt::format("rank {} on {}: {} ({}) failed in NCCL: {}", rank_,
+                                               host_name(), what, named.str(), why)));
     }
     if (group_->broken || std::chrono::steady_clock::now() >= deadline) timed_out(p.what, named);
     std::this_thread::sleep_for(pause);

@@ -102,7 +102,7 @@ class NcclCommunicator final : public Communicator {
   void enqueued(const char* what, const CollectiveTag& tag, bool compute_waits);
   void reap_completed();
   cudaEvent_t take_event();  // a spare event, or a new one
-  void abort_comm();
+  void abort_comm();         // aborts every communicator of the group and marks it broken
   [[noreturn]] void timed_out(const char* what, const CollectiveTag& tag);
   ncclComm* comm() const;
   ncclRedOp_t weighted_op(double weight, DType dtype);  // PreMulSum, made once per weight and type

@@ -10,6 +10,10 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "engine/dist/communicator.h"
+
 namespace trainer::engine::dist {
 
 class ReplicaThreads {
@@ -39,15 +43,19 @@ class ReplicaThreads {
 
   // Runs job(k) for every replica k and raises the first exception once they have ended. After an exception
   // (a collective's timeout), a replica that has not ended a second later is stuck: the exception is raised
-  // without it, and the threads are not used again.
+  // without it, and the threads are not used again. A replica still busy `timeout` after job(0) ended is
+  // stuck too (its collectives may return before they complete, as NCCL's do, so no collective of the others
+  // would time out): the run fails as a collective that timed out, naming it and `tag`.
   template <class F>
-  void run(F& job) {
+  void run(F& job, std::chrono::milliseconds timeout = std::chrono::milliseconds::max(),
+           const CollectiveTag& tag = {}) {
     State& s = *state_;
     {
       std::lock_guard<std::mutex> lock(s.mu);
       s.job = &job;
       s.invoke = [](void* f, int k) { (*static_cast<F*>(f))(k); };
       for (auto& e : s.errors) e = nullptr;
+      s.busy.assign(s.errors.size(), 1);
       s.running = static_cast<int>(threads_.size());
       ++s.generation;
     }
@@ -65,7 +73,18 @@ class ReplicaThreads {
         if (e) return true;
       return false;
     };
-    if (!first) s.cv.wait(lock, [&] { return done() || failed(); });
+    if (!first) {
+      if (timeout == std::chrono::milliseconds::max())
+        s.cv.wait(lock, [&] { return done() || failed(); });
+      else if (!s.cv.wait_for(lock, timeout, [&] { return done() || failed(); })) {
+        s.stuck = true;
+        int late = 1;
+        while (late < static_cast<int>(s.busy.size()) && !s.busy[late]) ++late;
+        lock.unlock();
+        fail_collective(CollectiveTimeout(0, host_name(), fmt::format("waiting for replica {}'s step", late),
+                                          tag, std::chrono::duration<double>(timeout).count()));
+      }
+    }
     if (!done()) s.cv.wait_for(lock, std::chrono::seconds(1), done);
     for (const auto& e : s.errors)
       if (e && !first) first = e;
@@ -80,6 +99,7 @@ class ReplicaThreads {
     void* job = nullptr;                   // the callable run() was given (type-erased without allocating)
     void (*invoke)(void*, int) = nullptr;  // calls it
     std::vector<std::exception_ptr> errors;
+    std::vector<char> busy;  // per replica: inside the current job
     int running = 0;
     int64_t generation = 0;
     bool stop = false, stuck = false;
@@ -106,6 +126,7 @@ class ReplicaThreads {
       }
       std::lock_guard<std::mutex> lock(s.mu);
       s.errors[k] = e;
+      s.busy[k] = 0;
       --s.running;
       s.cv.notify_all();
     }

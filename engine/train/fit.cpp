@@ -704,7 +704,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
           reducers[k]->begin_step(s.program().buckets.size(), st.global_step,
                                   static_cast<double>(hi - lo) / batch.size);
         const auto t0 = Trace::Clock::now();
-        s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo)});
+        // With replicas, only full batches are captured into CUDA graphs: every replica knows which they are.
+        s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo),
+                          world == 1 || batch.size == cfg.batch_size});
         if (sharded) {
           const auto g0 = Trace::Clock::now();
           replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});
@@ -719,7 +721,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       if (local == 1)
         run_replica(0);
       else
-        replica_threads->run(run_replica);
+        replica_threads->run(
+            run_replica,
+            replicas.comms.empty() ? std::chrono::milliseconds::max() : replicas.comms[0]->timeout(),
+            {-1, st.global_step});
       {
         const Plan& p = dev.train_plan(slice(batch.size, replicas.first_rank).second -
                                        slice(batch.size, replicas.first_rank).first);

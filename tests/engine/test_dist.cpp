@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <functional>
@@ -16,6 +17,7 @@
 #include "engine/dist/bucket_reducer.h"
 #include "engine/dist/communicator.h"
 #include "engine/dist/mpi_communicator.h"
+#include "engine/dist/replica_threads.h"
 
 using namespace trainer;
 using namespace trainer::engine;
@@ -237,5 +239,27 @@ TEST_SUITE("dist") {
     CHECK((l.size == 4 && l.rank == 3 && l.local_rank == 1 && l.local_size == 2));
     clear();
     for (const auto& [name, value] : saved) setenv(name.c_str(), value.c_str(), 1);
+  }
+
+  TEST_CASE("dist: a replica whose step never ends fails the run within the timeout, naming it") {
+    // As with NCCL, whose collectives return before they complete: nothing else would notice the stall.
+    dist::ReplicaThreads threads(3);
+    std::atomic<int> sleep_ms{100};
+    std::function<void(int)> job = [&](int k) {
+      if (k == 2) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms.load()));
+    };
+    threads.run(job, std::chrono::milliseconds(2000), {-1, 6});  // slow, but in time: no error
+    sleep_ms = 1500;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string error;
+    try {
+      threads.run(job, std::chrono::milliseconds(200), {-1, 7});
+    } catch (const dist::CollectiveTimeout& e) {
+      error = e.what();
+    }
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+    CHECK(error.find("rank 0 on ") == 0);
+    CHECK(error.find("waiting for replica 2's step (step 7) did not complete within 0.2 s") !=
+          std::string::npos);
   }
 }

@@ -270,16 +270,17 @@ class CudaExecutable final : public Executable {
     if (profiling_) {
       collect_profile();
       run_profiled();
-    } else if (graph_exec_ && (!hook_ || (reductions_captured_ && capture_key_() == captured_key_))) {
+    } else if (graph_exec_ && ctx.may_capture &&
+               (!hook_ || (reductions_captured_ && capture_key_() == captured_key_))) {
       TRAINER_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
-    } else if (graph_exec_) {
+    } else if (graph_exec_ || !ctx.may_capture) {
       // Reductions the graph does not hold as this step needs them (hooks set after the capture, or another
-      // weight): this step runs kernel by kernel and hands its buckets on.
-      run_eager();
+      // weight), or a step the replicas run eagerly: kernel by kernel, handing its buckets on.
+      run_eager(ctx.may_capture);
     } else if (use_graph_ && (!hook_ || capture_ready_) && eager_runs_ >= 1) {
       capture_and_launch();
     } else {
-      run_eager();
+      run_eager(true);
     }
     TRAINER_CUDA_CHECK(cudaEventRecord(done_, stream_));
   }
@@ -335,9 +336,11 @@ class CudaExecutable final : public Executable {
 
   // A bucket's reduction is enqueued by the communication thread (ordered before this stream's later work by
   // an event): launching its first reader waits until that enqueue has happened.
-  void run_eager() {
+  // Only steps that may be captured count towards the capture, so replicas that share a plan between full
+  // and partial batches capture at the same step.
+  void run_eager(bool counts) {
     launch_all(hook_, wait_hook_);
-    ++eager_runs_;
+    if (counts) ++eager_runs_;
   }
 
   void run_profiled() {
@@ -423,7 +426,7 @@ class CudaExecutable final : public Executable {
       // Said once per plan, so a GPU run shows why its steps are not replayed.
       fmt::print(stderr, "warning: CUDA graph capture failed ({}); this plan runs kernel by kernel\n",
                  failure.empty() ? cudaGetErrorString(inst) : failure);
-      run_eager();
+      run_eager(true);
       return;
     }
     reductions_captured_ = hook_ != nullptr;
