@@ -98,6 +98,9 @@ class Backend {
   virtual std::unique_ptr<Executable> prepare(const Program& program, DeviceBuffer& arena) = 0;
 
   virtual void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) = 0;
+  // The largest copy_to_device that, made twice in a row (a batch's inputs and labels), never waits for work
+  // already enqueued: a larger one may wait for the step in flight. Unlimited where copies never wait so.
+  virtual size_t unblocked_copy_bytes() const { return SIZE_MAX; }
   virtual void copy_to_host(void* dst, const DeviceBuffer& src, size_t offset, size_t bytes) = 0;
   // An event after everything enqueued so far.
   virtual std::unique_ptr<Event> record_event() = 0;

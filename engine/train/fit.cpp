@@ -283,6 +283,7 @@ class Device {
   DevicePlans& plans() { return plans_; }
   const std::map<int64_t, Plan>& train_plans() const { return train_; }
   const Plan& train_plan(int64_t n) const { return train_.at(n); }
+  const Plan& largest_train_plan() const { return train_.rbegin()->second; }
   const Plan& eval_plan(int64_t n) const { return eval_.at(n); }
   // A plan holding every parameter and state value: a training plan.
   Session& weights_session() { return plans_.session(train_.begin()->second.index); }
@@ -682,6 +683,14 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         s.write(p.y, static_cast<const std::byte*>(b.y) + lo * y_row, g.value(p.y).nbytes());
       }
     };
+    // Whether feeding a full batch could wait for the step in flight (see the watchdog below).
+    bool feed_waits = false;
+    for (int k = 0; k < local && !replicas.comms.empty(); ++k) {
+      const Plan& p = devs[k]->largest_train_plan();
+      const Graph& g = devs[k]->plans().session(p.index).graph();
+      const size_t limit = replicas.backends[k]->unblocked_copy_bytes();
+      feed_waits = feed_waits || g.value(p.x).nbytes() > limit || g.value(p.y).nbytes() > limit;
+    }
     std::vector<std::byte> labels;  // the current batch's labels, kept once the loader moves on
     bool have = train_loader.next(&batch), fed = false;
     while (have) {
@@ -738,11 +747,13 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       data::Batch next;
       const bool have_next = train_loader.next(&next);
       const bool prefetched = have_next && next.size == batch.size;
-      if (prefetched) feed(next);
       // The watchdog of communicators whose collectives finish after they return (NCCL), once the next batch
       // is on its way (its copy overlaps the step): a reduction that hangs ends the run here instead of
-      // blocking the next read. Nothing for the others.
+      // blocking the next read. Nothing for the others. A batch too large to copy without waiting for the
+      // step in flight is fed after the watchdog instead, which a hung step would otherwise never reach.
+      if (prefetched && !feed_waits) feed(next);
       for (dist::Communicator* c : replicas.comms) c->wait({-1, st.global_step});
+      if (prefetched && feed_waits) feed(next);
       // Every replica made the same update, so the first one's overflow flag speaks for all.
       const Plan& p0 = dev.train_plan(slice(batch.size, replicas.first_rank).second -
                                       slice(batch.size, replicas.first_rank).first);

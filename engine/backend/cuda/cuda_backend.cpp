@@ -600,6 +600,10 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // One staging buffer each for the inputs and the labels; a third chunk waits for the first's move into the
+  // arena, which the compute stream makes after the step in flight.
+  size_t unblocked_copy_bytes() const override { return kStagingBytes; }
+
   void copy_to_host(void* dst, const DeviceBuffer& src, size_t offset, size_t bytes) override {
     TRAINER_CUDA_CHECK(cudaSetDevice(options_.device));
     const auto* s = static_cast<const std::byte*>(src.data()) + offset;
