@@ -75,7 +75,8 @@ run_checks() {
 
   echo "== benchmark" >&2
   : >"$out/bench.jsonl"
-  for args in "samples/cifar10/cnn.toml --batch-size 256" "samples/fashion_mnist/mlp.toml --batch-size 64"; do
+  for args in "samples/cifar10/cnn.toml --batch-size 256" "samples/fashion_mnist/mlp.toml --batch-size 64" \
+    "samples/imdb/lstm.toml --batch-size 64"; do
     for precision in fp32 bf16; do
       # shellcheck disable=SC2086
       timeout 120 "$trainer" bench "$ROOT"/$args --device cuda --steps 50 --warmup 5 \
@@ -90,7 +91,9 @@ out = sys.argv[1]
 def lines(name):
     path = os.path.join(out, name)
     return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-ours = {("cifar_cnn" if "cifar" in b["spec"] else "fashion_mlp", b["precision"]): b for b in lines("bench.jsonl")}
+def model_of(spec):
+    return "cifar_cnn" if "cifar" in spec else "imdb_lstm" if "imdb" in spec else "fashion_mlp"
+ours = {(model_of(b["spec"]), b["precision"]): b for b in lines("bench.jsonl")}
 torch = {(t["model"], t["precision"], t["mode"]): t for t in lines("torch.jsonl")}
 print(f"{'model':<12} {'prec':<5} {'trainer graph':>14} {'trainer eager':>14} {'torch eager':>12} {'torch.compile':>14} "
       f"{'vs eager':>9} {'vs compile':>10}")
@@ -106,6 +109,9 @@ for model in ("cifar_cnn", "fashion_mlp"):
               f"{f(tc.get('samples_per_s')):>14} {r(g, te.get('samples_per_s')):>9} {r(g, tc.get('samples_per_s')):>10}")
 print("samples/s; trainer graph = CUDA graph replay, eager = kernel by kernel; torch fp32 with TF32 off")
 EOF
+  # docs/scaling.md's model with the sample models' forward, backward and update times measured here.
+  python3 "$ROOT/tools/bench/scaling_model.py" --measured "$out/bench.jsonl" >"$out/scaling.md" 2>>"$out/bench.log" ||
+    status=1
   exit $status
 }
 

@@ -5,6 +5,8 @@ import json
 import math
 import os
 import subprocess
+import sys
+import tempfile
 import unittest
 
 import cli_util
@@ -171,6 +173,33 @@ class Bench(unittest.TestCase):
         r = run(["bench", MLP, *FAST, "--devices", "3"])
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("does not divide among 3 replicas", r.stderr)
+
+    def test_the_scaling_model_takes_measured_phases(self):
+        # tools/bench/scaling_model.py --measured: the MLP's forward, backward and update times become the
+        # bench's (the phases of the per-op times, scaled to the step), and nothing else changes.
+        r = run(["bench", MLP, "--batch-size", "64", "--steps", "2", "--warmup", "1", "--device", "cpu", "--set",
+                 "train.precision=bf16", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        b = json.loads(r.stdout)
+        ops = sum(p["ms_per_step"] for p in b["phases"].values())
+        want = [b["step_ms"]["median"] * b["phases"][k]["ms_per_step"] / ops for k in ("forward", "backward", "update")]
+        script = os.path.join(cli_util.ROOT, "tools", "bench", "scaling_model.py")
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+            f.write(r.stdout)
+            f.flush()
+            measured = subprocess.run([sys.executable, script, "--measured", f.name], capture_output=True, text=True,
+                                      timeout=120)
+        modelled = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+        self.assertEqual(measured.returncode, 0, measured.stderr)
+
+        def row(text, name):
+            line = next(l for l in text.splitlines() if l.startswith(f"| {name} | "))
+            return [c.strip() for c in line.strip("|").split("|")]
+        got = row(measured.stdout, "Fashion-MNIST MLP")
+        for k, w in zip((5, 6, 7), want):
+            self.assertAlmostEqual(float(got[k]), w, delta=0.002, msg=got)
+        self.assertNotEqual(got, row(modelled.stdout, "Fashion-MNIST MLP"))
+        self.assertEqual(row(measured.stdout, "CIFAR-10 CNN"), row(modelled.stdout, "CIFAR-10 CNN"))
 
     def test_bad_flags_exit_2(self):
         for args in (["--steps", "0"], ["--steps", "many"], ["--warmup", "-1"], ["--top", "-2"],

@@ -9,6 +9,7 @@ for the sample specs (bf16 is what precision = auto gives on an H200). Standard 
 Usage: scaling_model.py [--latency-us 15] [--busbw-ring 370] [--busbw-nvls 480] [--gemm-eff 0.5] ...
 """
 import argparse
+import json
 
 MiB = 1 << 20
 MB = 1e6  # [parallel] bucket_mb counts MB of 10^6 bytes
@@ -194,7 +195,43 @@ def op_us(o, a):
         peak = (a.fp32_tflops if o.fp32 else a.peak_tflops) * 1e12
         compute = o.flops / (peak * a.gemm_eff)
     memory = o.nbytes / (a.hbm_tbs * 1e12 * a.hbm_eff)
-    return max(compute, memory) * 1e6 + o.kernels * a.kernel_us
+    return (max(compute, memory) * 1e6 + o.kernels * a.kernel_us) * getattr(o, "scale", 1.0)
+
+
+# The sample specs `trainer bench` names, and the model each is.
+SPECS = {"cifar10/cnn.toml": "CIFAR-10 CNN", "fashion_mnist/mlp.toml": "Fashion-MNIST MLP",
+         "imdb/lstm.toml": "IMDB LSTM"}
+
+
+def measured_phases(path):
+    """Per model and per-GPU batch, the forward, backward and update times (us) one GPU measured: `trainer
+    bench SPEC --device cuda` JSON lines. The per-op times split the step into phases; the step itself is the
+    replayed graph's when there is one (what a run takes), else the kernel-by-kernel step."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            b = json.loads(line)
+            name = next((m for spec, m in SPECS.items() if b.get("spec", "").endswith(spec)), None)
+            if not name or b.get("precision") != "bf16" or not b.get("phases"):
+                continue
+            ops = sum(ph["ms_per_step"] for ph in b["phases"].values())
+            step_ms = (b.get("step_ms_graph") or b["step_ms"])["median"]
+            out[(name, int(b["batch_size"]))] = {k: 1e3 * step_ms * ph["ms_per_step"] / ops
+                                                 for k, ph in b["phases"].items()}
+    return out
+
+
+def calibrate(model, phases, a):
+    """Scales each phase's modelled op times to the measured phase time: the ops' order, gradients and relative
+    times stay the model's, the phase totals are measured."""
+    for ops, key in zip(model[:3], ("forward", "backward", "update")):
+        modelled = sum(op_us(o, a) for o in ops)
+        if key in phases and modelled > 0:
+            for o in ops:
+                o.scale = phases[key] / modelled
+    return model
 
 
 def buckets_of(bwd, bucket_bytes, first_bytes=MB):
@@ -298,13 +335,27 @@ def main():
                    help="compute time lost per unit of communication it overlaps (NCCL's SMs and HBM share)")
     p.add_argument("--cnn-batch", type=int, default=256)
     p.add_argument("--gpt2-seqs", type=int, default=16, help="sequences of 1024 tokens per GPU")
+    p.add_argument("--measured", metavar="JSONL",
+                   help="`trainer bench SPEC --device cuda --set train.precision=bf16` lines of one GPU: the "
+                        "sample models' forward, backward and update times become the measured ones")
     a = p.parse_args()
+    measured = measured_phases(a.measured) if a.measured else {}
+
+    def fitted(name, batch, model):
+        phases = measured.get((name, batch))
+        return calibrate(model, phases, a) if phases else model
 
     def models(first):
-        return [("CIFAR-10 CNN", f"{a.cnn_batch}", cifar_cnn(a.cnn_batch, first)),
-                ("Fashion-MNIST MLP", "64", fashion_mlp(64, first)), ("IMDB LSTM", "64", imdb_lstm(64, first=first)),
+        return [("CIFAR-10 CNN", f"{a.cnn_batch}", fitted("CIFAR-10 CNN", a.cnn_batch, cifar_cnn(a.cnn_batch, first))),
+                ("Fashion-MNIST MLP", "64", fitted("Fashion-MNIST MLP", 64, fashion_mlp(64, first))),
+                ("IMDB LSTM", "64", fitted("IMDB LSTM", 64, imdb_lstm(64, first=first))),
                 ("GPT-2 small", f"{a.gpt2_seqs}x1024", gpt2(a.gpt2_seqs, a))]
     now, before = models(True), models(False)
+    if a.measured:
+        fitted_names = sorted({name for name, _ in measured})
+        print(f"Measured on one GPU ({a.measured}): the forward, backward and update times of "
+              f"{', '.join(fitted_names) or 'no model (no bf16 bench line at the batch modelled)'}; the rest "
+              f"is modelled. Tables that vary the batch stay modelled.\n")
     print(f"Assumptions: bf16 {a.peak_tflops:g} TFLOP/s x {a.gemm_eff:g}, fp32 {a.fp32_tflops:g} TFLOP/s x "
           f"{a.gemm_eff:g}, HBM {a.hbm_tbs:g} TB/s x {a.hbm_eff:g}, {a.kernel_us:g} us per kernel, GPT-2 at "
           f"{a.gpt2_mfu:.0%} MFU; all-reduce 2(N-1)/N bytes / busbw (ring {a.busbw_ring:g}, NVLS "
