@@ -438,7 +438,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
             "change data.train.limit or train.batch_size so that every batch holds a sample per "
             "replica");
   }
-  // Every replica plans its slices of the training batches; the first replica of the process evaluates.
+  // Every replica plans its slices of the training batches, and of the evaluation batches: evaluation is
+  // shared the same way.
   // ZeRO-1: each rank updates its range of the parameters' elements (shard_pieces).
   const bool sharded = cfg.shard_optimizer && world > 1;
   std::vector<ShardPiece> pieces;
@@ -462,7 +463,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       slices.push_back(hi - lo);
     }
     std::vector<int64_t> eval;
-    if (k == 0) eval = Device::eval_batches({n_val, test ? test->size() : 0}, cfg);
+    for (int64_t n : Device::eval_batches({n_val, test ? test->size() : 0}, cfg)) {
+      auto [lo, hi] = slice(n, replicas.first_rank + k);
+      if (hi > lo) eval.push_back(hi - lo);
+    }
     std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard;
     if (sharded) {
       shard.emplace();
@@ -619,6 +623,58 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   result.history = st.history;
   result.best_epoch = st.best_epoch;
   std::vector<float> out_buf;
+  // Evaluation on every replica, each on its rows of every batch (the training slices' rule); the loss and
+  // metric sums are added over the replicas of this process and, under MPI, across processes, so every rank
+  // has the numbers of the whole data.
+  std::vector<std::vector<float>> eval_bufs(local);
+  auto evaluate_all = [&](data::BatchLoader& loader, const std::string& prefix) -> Logs {
+    if (world == 1) return evaluate_on(dev, loader, cfg, prefix, out_buf);
+    std::vector<MetricAccumulator> accs(local, MetricAccumulator{loss_kind(cfg.loss), &cfg});
+    loader.start_epoch(0);
+    data::Batch b;
+    auto eval_replica = [&](int k) {
+      auto [lo, hi] = slice(b.size, replicas.first_rank + k);
+      if (hi == lo) return;
+      const Plan& p = devs[k]->eval_plan(hi - lo);
+      Session& s = devs[k]->plans().session(p.index);
+      const Graph& g = s.graph();
+      const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
+      const std::byte* labels = static_cast<const std::byte*>(b.y) + lo * y_row;
+      s.write(p.x, static_cast<const std::byte*>(b.x) + lo * x_row, g.value(p.x).nbytes());
+      s.write(p.y, labels, g.value(p.y).nbytes());
+      s.run(StepContext{0, cfg.seed, static_cast<uint64_t>(lo)});
+      const double loss = read_scalar(s, p.loss);
+      const size_t out_bytes = g.value(p.output).nbytes();
+      eval_bufs[k].resize(std::max(eval_bufs[k].size(), out_bytes / sizeof(float)));
+      s.read(p.output, eval_bufs[k].data(), out_bytes);
+      accs[k].add(loss, eval_bufs[k].data(), labels, hi - lo, classes_of(g, p.output));
+    };
+    while (loader.next(&b)) {
+      if (local == 1)
+        eval_replica(0);
+      else
+        replica_threads->run(eval_replica);
+    }
+    std::array<double, 4> sums = {0, 0, 0, 0};
+    for (const MetricAccumulator& a : accs) {
+      sums[0] += a.loss_sum;
+      sums[1] += a.correct;
+      sums[2] += a.topk;
+      sums[3] += static_cast<double>(a.samples);
+    }
+    if (replicas.host_comm && world > local) {
+      replicas.host_comm->all_reduce_sum(sums.data(), 4, DType::f64, {-1, st.global_step});
+      // Rank 0's numbers are the run's, bit for bit, so every rank takes the same early-stopping and
+      // save_best decisions (and calls the same collectives after).
+      replicas.host_comm->broadcast(sums.data(), sizeof sums, 0, {-1, st.global_step});
+    }
+    MetricAccumulator total{loss_kind(cfg.loss), &cfg};
+    total.loss_sum = sums[0];
+    total.correct = sums[1];
+    total.topk = sums[2];
+    total.samples = std::llround(sums[3]);
+    return total.logs(prefix);
+  };
   auto capture = [&]() {
     TrainingState c = st;
     c.history = result.history;
@@ -833,15 +889,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     rep.samples_per_s = acc.samples / std::max(train_seconds, 1e-9);
     auto t_eval = std::chrono::steady_clock::now();
     if (val_loader) {
-      Logs v = evaluate_on(dev, *val_loader, cfg, "val_", out_buf);
-      if (replicas.host_comm && world > local) {
-        // Every process evaluates its own first replica; rank 0's numbers are the run's, so every rank
-        // takes the same early-stopping and save_best decisions (and calls the same collectives after).
-        std::vector<double> values;
-        for (const auto& [k, x] : v) values.push_back(x);
-        replicas.host_comm->broadcast(values.data(), values.size() * sizeof(double), 0, {-1, st.global_step});
-        for (size_t i = 0; i < v.size(); ++i) v[i].second = values[i];
-      }
+      Logs v = evaluate_all(*val_loader, "val_");
       rep.logs.insert(rep.logs.end(), v.begin(), v.end());
     }
     rep.seconds =
@@ -899,7 +947,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     load_values(st.best_values);
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
-    result.test = evaluate_on(dev, test_loader, cfg, "test_", out_buf);
+    result.test = evaluate_all(test_loader, "test_");
   }
   result.final_state = capture();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
