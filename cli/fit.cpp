@@ -265,6 +265,12 @@ Command add_fit_command(CLI::App& app) {
     // sees when the launcher gave each task its own (srun --gpus-per-task=1, CUDA_VISIBLE_DEVICES per rank).
     DeviceOptions chosen = *device;
     std::string rank_gpu;  // its PCI bus id: no two ranks may drive one GPU
+    if (launch.size > 1 && device->device.starts_with("cuda:"))
+      throw InputError(
+          "--device",
+          fmt::format("under {} each rank drives the GPU of its local rank, and --device {} names one",
+                      launch.launcher, device->device),
+          "use --device cuda, or leave --device out; CUDA_VISIBLE_DEVICES chooses a machine's GPUs");
     if (launch.size > 1 && device->device != "cpu") {
       const engine::CudaDevices found = engine::cuda_devices();
       if (!found.devices.empty()) {

@@ -197,6 +197,10 @@ class Parallel(unittest.TestCase):
         r = self.mpirun(["fit", sample(spec), "--device", "cpu", "--devices", "2", *SUBSET])
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("every rank is one replica", r.stderr)
+        r = self.mpirun(["fit", sample(spec), "--device", "cuda:1", *SUBSET])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("under mpirun each rank drives the GPU of its local rank, and --device cuda:1 names one",
+                      r.stderr)
 
     def test_tasks_that_mpi_did_not_join_are_refused(self):
         # srun's tasks under an MPI that does not speak Slurm's PMI each start a world of one: left alone, each
