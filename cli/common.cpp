@@ -108,8 +108,8 @@ void ParallelOptions::add(CLI::App* app) {
           [](const std::string& v) -> std::string {
             char* end = nullptr;
             const double seconds = std::strtod(v.c_str(), &end);
-            if (end != v.c_str() && !*end && seconds > 0 && std::isfinite(seconds)) return "";
-            return fmt::format("'{}' is not a number of seconds above 0", v);
+            if (end != v.c_str() && !*end && seconds >= 0.001 && seconds <= 1e7) return "";
+            return fmt::format("'{}' is not a number of seconds from 0.001 to 1e7", v);
           },
           "SECONDS");
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -34,13 +35,15 @@ Command add_bench_command(CLI::App& app);  // cli/bench.cpp
 // unwinding the stack (on GPUs a destructor would wait for a stream stuck behind the collective). Under MPI
 // the world ends a moment later, so that the other ranks waiting on the same collective say theirs too.
 // Replicas of one process that fail as well wait here while the first ends the process.
-[[noreturn]] static void end_run_on_collective_failure(const trainer::RuntimeError& e) {
+[[noreturn]] static void end_run_on_collective_failure(const trainer::RuntimeError& e,
+                                                       const std::function<void()>& before_exit) {
   static std::mutex once;
   once.lock();  // never unlocked: the process ends below
   std::fflush(stdout);
   const bool timeout = dynamic_cast<const trainer::engine::dist::CollectiveTimeout*>(&e) != nullptr;
   fmt::print(stderr, "trainer: {}{}\n", timeout ? "error: " : "", e.what());
   std::fflush(stderr);
+  if (before_exit) before_exit();  // said first: an NCCL abort may take seconds
   if (trainer::engine::dist::LaunchInfo::from_environment().size > 1) {
     std::this_thread::sleep_for(std::chrono::seconds(2));
     trainer::engine::dist::abort_world(1);
@@ -107,7 +110,7 @@ int main(int argc, char** argv) {
     // The watchdog: this rank says what it waited for, then the whole run ends. Under mpirun or srun the
     // other ranks may be stuck in a collective or a stalled step, so MPI is told to end them all; in one
     // process, a stalled replica's thread may still be running, so nothing is destroyed under it.
-    end_run_on_collective_failure(e);
+    end_run_on_collective_failure(e, {});
   } catch (const RuntimeError& e) {
     fmt::print(stderr, "trainer: {}\n", e.what());
     return 1;

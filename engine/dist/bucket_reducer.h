@@ -61,6 +61,7 @@ class BucketReducer {
 
   void begin_step(size_t buckets, int64_t step, double weight) {
     std::lock_guard<std::mutex> lock(mu_);
+    progress_ = std::chrono::steady_clock::now();
     done_.assign(buckets, false);
     step_ = step;
     weight_ = weight;
@@ -85,13 +86,18 @@ class BucketReducer {
     std::unique_lock<std::mutex> lock(mu_);
     // The collective itself times out first where it can, and the replicas' failure is reported from there;
     // this, later, catches one stuck where it cannot (NCCL waiting on the host for a peer that never joins).
+    // The limit counts from the communication thread's last progress, not from this call: the buckets queued
+    // before b may each take a while.
     const auto limit =
         comm_->timeout() + std::max<std::chrono::milliseconds>(std::chrono::seconds(5), comm_->timeout() / 4);
-    if (!cv_.wait_for(lock, limit, [&] { return error_ || done_[b]; })) {
-      const int64_t step = step_;
-      lock.unlock();
-      fail_collective(CollectiveTimeout(comm_->rank(), host_name(), "the reduction of a gradient bucket",
-                                        {b, step}, std::chrono::duration<double>(limit).count()));
+    while (!error_ && !done_[b]) {
+      if (cv_.wait_until(lock, progress_ + limit) == std::cv_status::timeout && !error_ && !done_[b] &&
+          std::chrono::steady_clock::now() >= progress_ + limit) {
+        const int64_t step = step_;
+        lock.unlock();
+        fail_collective(CollectiveTimeout(comm_->rank(), host_name(), "the reduction of a gradient bucket",
+                                          {b, step}, std::chrono::duration<double>(limit).count()));
+      }
     }
     waited_ += Trace::Clock::now() - start;
     if (error_) std::rethrow_exception(error_);
@@ -153,6 +159,7 @@ class BucketReducer {
         error = std::current_exception();
       }
       lock.lock();
+      progress_ = std::chrono::steady_clock::now();
       if (error) error_ = error;
       if (b < static_cast<int>(done_.size())) done_[b] = true;
       cv_.notify_all();
@@ -210,6 +217,8 @@ class BucketReducer {
   size_t head_ = 0;
   std::unordered_map<const Bucket*, std::vector<Part>> parts_;  // see parts_of
   std::vector<bool> done_;
+  std::chrono::steady_clock::time_point progress_ =
+      std::chrono::steady_clock::now();  // the last bucket reduced
   int64_t step_ = 0;
   double weight_ = 1;
   bool stop_ = false, exited_ = false;

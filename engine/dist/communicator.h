@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,13 +41,16 @@ std::string host_name();
 
 // How a run ends when a collective failed where unwinding the stack is not safe: on GPUs, destructors would
 // wait for streams stuck behind a collective whose peer is gone. The program installs a handler that reports
-// the error and ends the process (and the MPI world) without unwinding; without one, the error is thrown.
-using FatalCollectiveHandler = void (*)(const RuntimeError& error);
+// the error, then runs `before_exit` (an NCCL group aborts its communicators there), then ends the process
+// (and the MPI world) without unwinding. Without a handler, before_exit runs and the error is thrown: then
+// nothing a stuck replica's job uses may be destroyed (ReplicaThreads).
+using FatalCollectiveHandler = void (*)(const RuntimeError& error, const std::function<void()>& before_exit);
 void set_fatal_collective_handler(FatalCollectiveHandler handler);
 FatalCollectiveHandler fatal_collective_handler();
 template <class Error>
-[[noreturn]] void fail_collective(const Error& error) {
-  if (FatalCollectiveHandler handler = fatal_collective_handler()) handler(error);
+[[noreturn]] void fail_collective(const Error& error, const std::function<void()>& before_exit = {}) {
+  if (FatalCollectiveHandler handler = fatal_collective_handler()) handler(error, before_exit);
+  if (before_exit) before_exit();
   throw error;
 }
 

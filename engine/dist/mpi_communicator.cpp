@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -247,8 +248,8 @@ class MpiCommunicator final : public Communicator {
                 "MPI_Testall");
       if (done) return;
       if (std::chrono::steady_clock::now() - start > timeout_)
-        throw CollectiveTimeout(rank_, host_name(), what, tag,
-                                std::chrono::duration<double>(timeout_).count());
+        fail_collective(CollectiveTimeout(rank_, host_name(), what, tag,
+                                          std::chrono::duration<double>(timeout_).count()));
       if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
   }
@@ -269,12 +270,30 @@ class MpiCommunicator final : public Communicator {
 
 LaunchInfo LaunchInfo::from_environment() {
   LaunchInfo l;
+  // Slurm's task layout: the tasks on this machine, or -1.
+  auto slurm_local_size = [] {
+    // SLURM_NTASKS_PER_NODE is set only when asked for; the step's task layout always is.
+    const char* layout = std::getenv("SLURM_STEP_TASKS_PER_NODE");
+    if (!layout) layout = std::getenv("SLURM_TASKS_PER_NODE");
+    const int on_node = layout ? tasks_on_node(layout, env_int("SLURM_NODEID", 0)) : -1;
+    return on_node > 0 ? on_node : env_int("SLURM_NTASKS_PER_NODE", -1);
+  };
   if (env_int("OMPI_COMM_WORLD_SIZE", 0) > 0) {
     l.launcher = "mpirun";
     l.size = env_int("OMPI_COMM_WORLD_SIZE", 1);
     l.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
     l.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0);
     l.local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1);
+  } else if (env_int("PMI_SIZE", 0) > 0) {
+    // MPICH's and Intel MPI's mpiexec (Hydra), also inside a Slurm job, where its helpers are Slurm's tasks
+    // and their SLURM_* variables speak of machines, not ranks; or srun --mpi=pmi2, whose PMI_* are the
+    // step's.
+    const bool hydra = std::getenv("MPI_LOCALRANKID") != nullptr;
+    l.launcher = !hydra && std::getenv("SLURM_STEP_NUM_TASKS") ? "srun" : "mpirun";
+    l.size = env_int("PMI_SIZE", 1);
+    l.rank = env_int("PMI_RANK", 0);
+    l.local_rank = hydra ? env_int("MPI_LOCALRANKID", 0) : env_int("SLURM_LOCALID", 0);
+    l.local_size = hydra ? env_int("MPI_LOCALNRANKS", 1) : std::max(1, slurm_local_size());
   } else if (env_int("SLURM_STEP_NUM_TASKS", 0) > 0 && std::getenv("SLURM_PROCID")) {
     // A task of srun's step. A batch script itself has SLURM_NTASKS and SLURM_PROCID=0 too, but no step
     // variables: a plain `trainer fit` there is one process.
@@ -282,17 +301,7 @@ LaunchInfo LaunchInfo::from_environment() {
     l.size = env_int("SLURM_STEP_NUM_TASKS", 1);
     l.rank = env_int("SLURM_PROCID", 0);
     l.local_rank = env_int("SLURM_LOCALID", 0);
-    // SLURM_NTASKS_PER_NODE is set only when asked for; the step's task layout always is.
-    const char* layout = std::getenv("SLURM_STEP_TASKS_PER_NODE");
-    if (!layout) layout = std::getenv("SLURM_TASKS_PER_NODE");
-    const int on_node = layout ? tasks_on_node(layout, env_int("SLURM_NODEID", 0)) : -1;
-    l.local_size = on_node > 0 ? on_node : env_int("SLURM_NTASKS_PER_NODE", 1);
-  } else if (env_int("PMI_SIZE", 0) > 0) {
-    l.launcher = "mpirun";
-    l.size = env_int("PMI_SIZE", 1);
-    l.rank = env_int("PMI_RANK", 0);
-    l.local_rank = env_int("MPI_LOCALRANKID", 0);
-    l.local_size = env_int("MPI_LOCALNRANKS", 1);
+    l.local_size = std::max(1, slurm_local_size());
   }
   return l;
 }

@@ -81,9 +81,9 @@ class NcclGroup {
   }
   NcclGroup(const NcclGroup&) = delete;
   NcclGroup& operator=(const NcclGroup&) = delete;
-  void end() {
+  ncclResult_t end() {
     open_ = false;
-    TRAINER_NCCL_CHECK(lib::nccl().ncclGroupEnd());
+    return lib::nccl().ncclGroupEnd();
   }
 
  private:
@@ -105,7 +105,8 @@ ncclUniqueId parse_unique_id(const std::string& bytes) {
 // the ranks of one node, so a thread that finalized one rank alone would wait for the others: they are
 // finalized together, in one NCCL group, when the last of their NcclCommunicators is gone.
 struct NcclCommunicator::Group {
-  std::vector<ncclComm_t> comms;  // nullptr once aborted
+  // nullptr once aborted. Atomic: another rank's thread of this process may abort them all.
+  std::vector<std::atomic<ncclComm_t>> comms;
   std::vector<int> devices;
   // A rank of this process failed or timed out: the others stop too (a later collective of theirs could never
   // complete), and the survivors are aborted, not finalized, at the end.
@@ -161,9 +162,11 @@ std::shared_ptr<NcclCommunicator::Group> join_one(int rank, int size, const nccl
   TRAINER_ASSERT(size >= 1 && rank >= 0 && rank < size, "NCCL rank {} of {}", rank, size);
   auto group = std::make_shared<NcclCommunicator::Group>();
   group->devices = {device};
-  group->comms = {nullptr};
+  group->comms = std::vector<std::atomic<ncclComm_t>>(1);
   DeviceScope scope(device);  // ncclCommInitRank binds the communicator to the current device
-  const ncclResult_t status = lib::nccl().ncclCommInitRank(&group->comms[0], size, id, rank);
+  ncclComm_t comm = nullptr;
+  const ncclResult_t status = lib::nccl().ncclCommInitRank(&comm, size, id, rank);
+  group->comms[0] = comm;
   if (status != ncclSuccess) {
     group->broken = true;  // abort, not finalize, whatever was made
     nccl_failed(status, "ncclCommInitRank", __FILE__, __LINE__);
@@ -230,9 +233,8 @@ NcclCommunicator::~NcclCommunicator() {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
-  if (comm())
-    for (const auto& [key, op] : weighted_ops_)
-      lib::nccl().ncclRedOpDestroy(static_cast<ncclRedOp_t>(op), comm());
+  if (ncclComm_t c = comm())
+    for (const auto& [key, op] : weighted_ops_) lib::nccl().ncclRedOpDestroy(static_cast<ncclRedOp_t>(op), c);
   for (const Pending& p : pending_) cudaEventDestroy(p.done);
   for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
   for (cudaEvent_t e : bucket_done_) cudaEventDestroy(e);
@@ -243,15 +245,17 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 ncclComm* NcclCommunicator::comm() const {
-  return group_->comms[local_];
+  return group_->comms[local_].load();
 }
 
-void NcclCommunicator::begin(const char* what, const CollectiveTag& tag) {
+ncclComm_t NcclCommunicator::begin(const char* what, const CollectiveTag& tag) {
   // Another rank of this process failed, and the group was aborted: this collective could never complete.
-  if (group_->broken || !comm()) timed_out(what, tag);
+  ncclComm_t c = comm();
+  if (group_->broken || !c) timed_out(what, tag);
   if (stall_.rank == rank_ && stall_.collective == collectives_)
     std::this_thread::sleep_for(std::chrono::duration<double>(stall_.seconds));
   ++collectives_;
+  return c;
 }
 
 void NcclCommunicator::order_after_compute() {
@@ -335,10 +339,7 @@ void NcclCommunicator::abort_comm() {
     std::lock_guard<std::mutex> lock(group_->abort_mu);
     group_->broken = true;
     for (size_t i = 0; i < group_->comms.size(); ++i)
-      if (group_->comms[i]) {
-        live.emplace_back(group_->comms[i], group_->devices[i]);
-        group_->comms[i] = nullptr;
-      }
+      if (ncclComm_t c = group_->comms[i].exchange(nullptr)) live.emplace_back(c, group_->devices[i]);
   }
   if (live.empty()) return;
   auto left = std::make_shared<std::atomic<int>>(static_cast<int>(live.size()));
@@ -354,16 +355,25 @@ void NcclCommunicator::abort_comm() {
 }
 
 void NcclCommunicator::timed_out(const char* what, const CollectiveTag& tag) {
-  abort_comm();
+  // Said before the abort, which may take seconds.
   fail_collective(
-      CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count()));
+      CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count()),
+      [this] { abort_comm(); });
+}
+
+void NcclCommunicator::check(ncclResult_t status, const char* call, const char* what,
+                             const CollectiveTag& tag) {
+  if (status == ncclSuccess) return;
+  // After another rank of this process aborted the group, a failing call is that abort: the run is ending.
+  if (group_->broken) timed_out(what, tag);
+  nccl_failed(status, call, __FILE__, __LINE__);
 }
 
 void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, const CollectiveTag& tag) {
   const ncclDataType_t type = nccl_type(dtype);
   TRAINER_ASSERT(count >= 0, "all_reduce_sum of {} elements", count);
   DeviceScope scope(device_);
-  begin("all_reduce", tag);
+  ncclComm_t c = begin("all_reduce", tag);
   if (count == 0) return;  // every rank skips it alike: counts are equal on all ranks
   cudaPointerAttributes attr{};
   TRAINER_CUDA_CHECK(cudaPointerGetAttributes(&attr, data));
@@ -371,8 +381,8 @@ void NcclCommunicator::all_reduce_sum(void* data, int64_t count, DType dtype, co
       (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) && attr.device == device_,
       "NCCL all_reduce_sum of memory that is not on device {}", device_);
   order_after_compute();
-  TRAINER_NCCL_CHECK(
-      lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type, ncclSum, comm(), comm_stream_));
+  check(lib::nccl().ncclAllReduce(data, data, static_cast<size_t>(count), type, ncclSum, c, comm_stream_),
+        "ncclAllReduce", "all_reduce", tag);
   enqueued("all_reduce", tag, true);
 }
 
@@ -380,19 +390,20 @@ void NcclCommunicator::all_reduce_weighted_sum_group(const std::vector<Span>& sp
                                                      double weight, const CollectiveTag& tag) {
   const ncclDataType_t type = nccl_type(dtype);
   DeviceScope scope(device_);
-  begin("all_reduce", tag);
-  const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype);
+  ncclComm_t c = begin("all_reduce", tag);
+  const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype, c);
   order_after_compute();
   NcclGroup group;
   for (const Span& s : spans)
     if (s.count > 0)
-      TRAINER_NCCL_CHECK(lib::nccl().ncclAllReduce(s.data, s.data, static_cast<size_t>(s.count), type, op,
-                                                   comm(), comm_stream_));
-  group.end();
+      check(
+          lib::nccl().ncclAllReduce(s.data, s.data, static_cast<size_t>(s.count), type, op, c, comm_stream_),
+          "ncclAllReduce", "all_reduce", tag);
+  check(group.end(), "ncclGroupEnd", "all_reduce", tag);
   enqueued("all_reduce", tag, true);
 }
 
-ncclRedOp_t NcclCommunicator::weighted_op(double weight, DType dtype) {
+ncclRedOp_t NcclCommunicator::weighted_op(double weight, DType dtype, ncclComm_t c) {
   const ncclDataType_t type = nccl_type(dtype);
   // The scalar's type is the data's: f32 weights for f32 data, bf16 for bf16 (it rounds), f64 for f64.
   auto key = std::make_pair(weight, static_cast<int>(type));
@@ -404,8 +415,7 @@ ncclRedOp_t NcclCommunicator::weighted_op(double weight, DType dtype) {
     void* scalar = dtype == DType::f64    ? static_cast<void*>(&weight)
                    : dtype == DType::bf16 ? static_cast<void*>(&wb)
                                           : static_cast<void*>(&wf);
-    TRAINER_NCCL_CHECK(
-        lib::nccl().ncclRedOpCreatePreMulSum(&op, scalar, type, ncclScalarHostImmediate, comm()));
+    TRAINER_NCCL_CHECK(lib::nccl().ncclRedOpCreatePreMulSum(&op, scalar, type, ncclScalarHostImmediate, c));
     it = weighted_ops_.emplace(key, static_cast<int>(op)).first;
   }
   return static_cast<ncclRedOp_t>(it->second);
@@ -415,23 +425,24 @@ void NcclCommunicator::reduce_weighted_sum_group(const std::vector<Piece>& piece
                                                  const CollectiveTag& tag) {
   const ncclDataType_t type = nccl_type(dtype);
   DeviceScope scope(device_);
-  begin("reduce", tag);
-  const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype);
+  ncclComm_t c = begin("reduce", tag);
+  const ncclRedOp_t op = weight == 1.0 ? ncclSum : weighted_op(weight, dtype, c);
   for (const Piece& p : pieces)
     TRAINER_ASSERT(p.root >= 0 && p.root < size_, "reduce to rank {} of {}", p.root, size_);
   order_after_compute();
   NcclGroup group;
   for (const Piece& p : pieces)
     if (p.count > 0)
-      TRAINER_NCCL_CHECK(lib::nccl().ncclReduce(p.data, p.data, static_cast<size_t>(p.count), type, op,
-                                                p.root, comm(), comm_stream_));
-  group.end();
+      check(lib::nccl().ncclReduce(p.data, p.data, static_cast<size_t>(p.count), type, op, p.root, c,
+                                   comm_stream_),
+            "ncclReduce", "reduce", tag);
+  check(group.end(), "ncclGroupEnd", "reduce", tag);
   enqueued("reduce", tag, true);
 }
 
 void NcclCommunicator::broadcast_group(const std::vector<Copy>& copies, const CollectiveTag& tag) {
   DeviceScope scope(device_);
-  begin("broadcast", tag);
+  ncclComm_t comm = begin("broadcast", tag);
   for (const Copy& c : copies)
     TRAINER_ASSERT(c.root >= 0 && c.root < size_, "broadcast from rank {} of {}", c.root, size_);
   order_after_compute();
@@ -440,30 +451,31 @@ void NcclCommunicator::broadcast_group(const std::vector<Copy>& copies, const Co
     // The send buffer is read at the root only; the others pass their destination.
     const void* src = c.root == rank_ ? c.src : c.dst;
     if (c.bytes > 0)
-      TRAINER_NCCL_CHECK(
-          lib::nccl().ncclBroadcast(src, c.dst, c.bytes, ncclUint8, c.root, comm(), comm_stream_));
+      check(lib::nccl().ncclBroadcast(src, c.dst, c.bytes, ncclUint8, c.root, comm, comm_stream_),
+            "ncclBroadcast", "broadcast", tag);
   }
-  group.end();
+  check(group.end(), "ncclGroupEnd", "broadcast", tag);
   enqueued("broadcast", tag, true);
 }
 
 void NcclCommunicator::broadcast(void* data, size_t bytes, int root, const CollectiveTag& tag) {
   TRAINER_ASSERT(root >= 0 && root < size_, "broadcast from rank {} of {}", root, size_);
   DeviceScope scope(device_);
-  begin("broadcast", tag);
+  ncclComm_t c = begin("broadcast", tag);
   if (bytes == 0) return;
   order_after_compute();
-  TRAINER_NCCL_CHECK(lib::nccl().ncclBroadcast(data, data, bytes, ncclUint8, root, comm(), comm_stream_));
+  check(lib::nccl().ncclBroadcast(data, data, bytes, ncclUint8, root, c, comm_stream_), "ncclBroadcast",
+        "broadcast", tag);
   enqueued("broadcast", tag, true);
 }
 
 void NcclCommunicator::barrier(const CollectiveTag& tag) {
   DeviceScope scope(device_);
-  begin("barrier", tag);
+  ncclComm_t c = begin("barrier", tag);
   // Not ordered after the compute stream: a barrier is about the ranks' hosts, not this rank's kernels. It
   // follows this rank's earlier collectives on the communication stream.
-  TRAINER_NCCL_CHECK(
-      lib::nccl().ncclAllReduce(barrier_word_, barrier_word_, 1, ncclInt32, ncclSum, comm(), comm_stream_));
+  check(lib::nccl().ncclAllReduce(barrier_word_, barrier_word_, 1, ncclInt32, ncclSum, c, comm_stream_),
+        "ncclAllReduce", "barrier", tag);
   enqueued("barrier", tag, false);
   wait(tag);
 }
@@ -472,9 +484,7 @@ void NcclCommunicator::wait(const CollectiveTag& tag) {
   DeviceScope scope(device_);
   if (pending_.empty() && !captured_) return;
   if (!comm())
-    throw RuntimeError(
-        fmt::format("rank {} on {}: waiting ({}) after this rank's NCCL communicator was aborted", rank_,
-                    host_name(), tag.str()));
+    timed_out("waiting for the collectives", tag);  // another rank of this process aborted the group
   if (captured_) {
     // The compute stream's work so far: a step replayed from a CUDA graph holds its collectives, and its
     // completion is what there is to watch. (Only once a step has been captured: otherwise the collectives
@@ -496,22 +506,19 @@ void NcclCommunicator::wait(const CollectiveTag& tag) {
       pending_.pop_front();
       continue;
     }
-    if (status != cudaErrorNotReady) {
-      const std::string what = p.what;
-      abort_comm();
+    if (status != cudaErrorNotReady)
       fail_collective(RuntimeError(fmt::format("rank {} on {}: {} ({}) failed on the GPU: {}", rank_,
-                                               host_name(), what, named.str(), cudaGetErrorString(status))));
-    }
-    if (!comm()) timed_out(p.what, named);  // another rank of this process aborted the group
+                                               host_name(), p.what, named.str(), cudaGetErrorString(status))),
+                      [this] { abort_comm(); });
+    const ncclComm_t c = comm();
+    if (!c) timed_out(p.what, named);  // another rank of this process aborted the group
     ncclResult_t async = ncclSuccess;
-    TRAINER_NCCL_CHECK(n.ncclCommGetAsyncError(comm(), &async));
-    if (async != ncclSuccess && async != ncclInProgress) {
-      const std::string why = n.ncclGetErrorString(async);
-      const std::string what = p.what;
-      abort_comm();
-      fail_collective(RuntimeError(fmt::format("rank {} on {}: {} ({}) failed in NCCL: {}", rank_,
-                                               host_name(), what, named.str(), why)));
-    }
+    check(n.ncclCommGetAsyncError(c, &async), "ncclCommGetAsyncError", p.what, named);
+    if (async != ncclSuccess && async != ncclInProgress)
+      fail_collective(
+          RuntimeError(fmt::format("rank {} on {}: {} ({}) failed in NCCL: {}", rank_, host_name(), p.what,
+                                   named.str(), n.ncclGetErrorString(async))),
+          [this] { abort_comm(); });
     if (group_->broken || std::chrono::steady_clock::now() >= deadline) timed_out(p.what, named);
     std::this_thread::sleep_for(pause);
     pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(1));
@@ -533,7 +540,8 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int
 
   auto group = std::make_shared<NcclCommunicator::Group>();
   group->devices = devices;
-  group->comms.assign(size, nullptr);
+  group->comms = std::vector<std::atomic<ncclComm_t>>(size);
+  std::vector<ncclComm_t> made(size, nullptr);
   {
     // One thread joins every rank: inside one NCCL group the joins wait for each other at ncclGroupEnd,
     // instead of the first waiting forever for ranks this thread has not joined yet. Nothing may throw
@@ -544,9 +552,10 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int
     cudaError_t cuda_status = cudaSuccess;
     for (int i = 0; i < size && status == ncclSuccess && cuda_status == cudaSuccess; ++i) {
       cuda_status = cudaSetDevice(devices[i]);  // each rank binds to the device current when it joins
-      if (cuda_status == cudaSuccess) status = n.ncclCommInitRank(&group->comms[i], size, id, i);
+      if (cuda_status == cudaSuccess) status = n.ncclCommInitRank(&made[i], size, id, i);
     }
     const ncclResult_t end = n.ncclGroupEnd();
+    for (int i = 0; i < size; ++i) group->comms[i] = made[i];
     if (status != ncclSuccess || end != ncclSuccess || cuda_status != cudaSuccess) {
       group->broken = true;  // abort whatever was made
       TRAINER_CUDA_CHECK(cuda_status);

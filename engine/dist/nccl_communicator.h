@@ -97,7 +97,9 @@ class NcclCommunicator final : public Communicator {
     const char* what;
     CollectiveTag tag;
   };
-  void begin(const char* what, const CollectiveTag& tag);
+  // A collective's start: this rank's communicator, or the watchdog's end when the group was aborted.
+  ncclComm_t begin(const char* what, const CollectiveTag& tag);
+  void check(ncclResult_t status, const char* call, const char* what, const CollectiveTag& tag);
   void order_after_compute();
   void enqueued(const char* what, const CollectiveTag& tag, bool compute_waits);
   void reap_completed();
@@ -105,7 +107,8 @@ class NcclCommunicator final : public Communicator {
   void abort_comm();         // aborts every communicator of the group and marks it broken
   [[noreturn]] void timed_out(const char* what, const CollectiveTag& tag);
   ncclComm* comm() const;
-  ncclRedOp_t weighted_op(double weight, DType dtype);  // PreMulSum, made once per weight and type
+  ncclRedOp_t weighted_op(double weight, DType dtype,
+                          ncclComm_t comm);  // PreMulSum, made once per weight and type
 
   std::shared_ptr<Group> group_;
   const int local_;  // this rank's index in group_

@@ -771,7 +771,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         const auto t0 = Trace::Clock::now();
         // With replicas, only full batches are captured into CUDA graphs: every replica knows which they are.
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo),
-                          world == 1 || batch.size == cfg.batch_size});
+                          world == 1 || batch.size == std::min(cfg.batch_size, n_train)});
         if (sharded) {
           const auto g0 = Trace::Clock::now();
           replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});

@@ -212,7 +212,7 @@ class BadUsage(unittest.TestCase):
     def test_option_values_read_like_other_bad_input(self):
         # One "trainer: error:" line naming the option, and a hint, as for a bad spec.
         spec = cli_util.sample("fashion_mnist/mlp.toml")
-        for args, needle in ((["--collective-timeout", "0"], "'0' is not a number of seconds above 0"),
+        for args, needle in ((["--collective-timeout", "0"], "'0' is not a number of seconds from 0.001 to 1e7"),
                              (["--scale-lr", "foo"], "--scale-lr: foo"), (["--devices", "0"], "--devices: "),
                              (["--epoch", "3"], "--epoch")):
             with self.subTest(args=args):

@@ -185,6 +185,7 @@ TEST_SUITE("dist") {
                            "SLURM_NTASKS_PER_NODE",
                            "SLURM_STEP_TASKS_PER_NODE",
                            "SLURM_TASKS_PER_NODE",
+                           "SLURM_STEP_NUM_TASKS",
                            "PMI_SIZE",
                            "PMI_RANK",
                            "MPI_LOCALRANKID",
@@ -228,6 +229,31 @@ TEST_SUITE("dist") {
     setenv("SLURM_TASKS_PER_NODE", "4(x", 1);
     setenv("SLURM_NTASKS_PER_NODE", "5", 1);
     CHECK(dist::LaunchInfo::from_environment().local_size == 5);
+    clear();
+
+    // MPICH's mpiexec inside a Slurm job: its helpers are srun's tasks, one per machine; the ranks are PMI's.
+    setenv("SLURM_STEP_NUM_TASKS", "2", 1);
+    setenv("SLURM_PROCID", "1", 1);
+    setenv("SLURM_LOCALID", "0", 1);
+    setenv("PMI_SIZE", "8", 1);
+    setenv("PMI_RANK", "5", 1);
+    setenv("MPI_LOCALRANKID", "1", 1);
+    setenv("MPI_LOCALNRANKS", "4", 1);
+    l = dist::LaunchInfo::from_environment();
+    CHECK(l.launcher == "mpirun");
+    CHECK((l.size == 8 && l.rank == 5 && l.local_rank == 1 && l.local_size == 4));
+    clear();
+    // srun --mpi=pmi2: PMI's ranks are the step's tasks.
+    setenv("SLURM_STEP_NUM_TASKS", "4", 1);
+    setenv("SLURM_PROCID", "3", 1);
+    setenv("SLURM_LOCALID", "1", 1);
+    setenv("SLURM_NODEID", "1", 1);
+    setenv("SLURM_STEP_TASKS_PER_NODE", "2(x2)", 1);
+    setenv("PMI_SIZE", "4", 1);
+    setenv("PMI_RANK", "3", 1);
+    l = dist::LaunchInfo::from_environment();
+    CHECK(l.launcher == "srun");
+    CHECK((l.size == 4 && l.rank == 3 && l.local_rank == 1 && l.local_size == 2));
     clear();
 
     setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
