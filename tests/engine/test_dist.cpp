@@ -196,73 +196,119 @@ TEST_SUITE("dist") {
     auto clear = [&] {
       for (const char* name : names) unsetenv(name);
     };
-    clear();
-    CHECK(dist::LaunchInfo::from_environment().size == 1);
-    CHECK(dist::LaunchInfo::from_environment().launcher.empty());
-
-    // A batch script's own environment: the job's tasks, but no step (srun) yet.
-    setenv("SLURM_NTASKS", "8", 1);
-    setenv("SLURM_PROCID", "0", 1);
-    setenv("SLURM_LOCALID", "0", 1);
-    setenv("SLURM_TASKS_PER_NODE", "4(x2)", 1);
-    CHECK(dist::LaunchInfo::from_environment().size == 1);
-    CHECK(dist::LaunchInfo::from_environment().launcher.empty());
-    unsetenv("SLURM_TASKS_PER_NODE");
-
-    setenv("SLURM_STEP_NUM_TASKS", "7", 1);
-    setenv("SLURM_PROCID", "6", 1);
-    setenv("SLURM_LOCALID", "0", 1);
-    setenv("SLURM_NODEID", "3", 1);
-    setenv("SLURM_STEP_TASKS_PER_NODE", "2(x3),1", 1);
-    dist::LaunchInfo l = dist::LaunchInfo::from_environment();
-    CHECK(l.launcher == "srun");
-    CHECK(l.size == 7);
-    CHECK(l.rank == 6);
-    CHECK(l.local_rank == 0);
-    CHECK(l.local_size == 1);
-    setenv("SLURM_NODEID", "1", 1);
-    CHECK(dist::LaunchInfo::from_environment().local_size == 2);
-    // Without the step's layout, the job's; a malformed one falls back to SLURM_NTASKS_PER_NODE.
-    unsetenv("SLURM_STEP_TASKS_PER_NODE");
-    setenv("SLURM_TASKS_PER_NODE", "4,3", 1);
-    CHECK(dist::LaunchInfo::from_environment().local_size == 3);
-    setenv("SLURM_TASKS_PER_NODE", "4(x", 1);
-    setenv("SLURM_NTASKS_PER_NODE", "5", 1);
-    CHECK(dist::LaunchInfo::from_environment().local_size == 5);
-    clear();
-
-    // MPICH's mpiexec inside a Slurm job: its helpers are srun's tasks, one per machine; the ranks are PMI's.
-    setenv("SLURM_STEP_NUM_TASKS", "2", 1);
-    setenv("SLURM_PROCID", "1", 1);
-    setenv("SLURM_LOCALID", "0", 1);
-    setenv("PMI_SIZE", "8", 1);
-    setenv("PMI_RANK", "5", 1);
-    setenv("MPI_LOCALRANKID", "1", 1);
-    setenv("MPI_LOCALNRANKS", "4", 1);
-    l = dist::LaunchInfo::from_environment();
-    CHECK(l.launcher == "mpirun");
-    CHECK((l.size == 8 && l.rank == 5 && l.local_rank == 1 && l.local_size == 4));
-    clear();
-    // srun --mpi=pmi2: PMI's ranks are the step's tasks.
-    setenv("SLURM_STEP_NUM_TASKS", "4", 1);
-    setenv("SLURM_PROCID", "3", 1);
-    setenv("SLURM_LOCALID", "1", 1);
-    setenv("SLURM_NODEID", "1", 1);
-    setenv("SLURM_STEP_TASKS_PER_NODE", "2(x2)", 1);
-    setenv("PMI_SIZE", "4", 1);
-    setenv("PMI_RANK", "3", 1);
-    l = dist::LaunchInfo::from_environment();
-    CHECK(l.launcher == "srun");
-    CHECK((l.size == 4 && l.rank == 3 && l.local_rank == 1 && l.local_size == 2));
-    clear();
-
-    setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
-    setenv("OMPI_COMM_WORLD_RANK", "3", 1);
-    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
-    setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2", 1);
-    l = dist::LaunchInfo::from_environment();
-    CHECK(l.launcher == "mpirun");
-    CHECK((l.size == 4 && l.rank == 3 && l.local_rank == 1 && l.local_size == 2));
+    // Each case: the launcher's variables alone, and what they say.
+    struct Case {
+      const char* what;
+      std::vector<std::pair<const char*, const char*>> env;
+      std::string launcher;
+      int size, rank, local_rank, local_size;
+    };
+    const std::vector<Case> cases = {
+        {"no launcher", {}, "", 1, 0, 0, 1},
+        {"a batch script's own environment: the job's tasks, but no srun step",
+         {{"SLURM_NTASKS", "8"},
+          {"SLURM_PROCID", "0"},
+          {"SLURM_LOCALID", "0"},
+          {"SLURM_TASKS_PER_NODE", "4(x2)"}},
+         "",
+         1,
+         0,
+         0,
+         1},
+        {"srun, the last machine of 2(x3),1",
+         {{"SLURM_STEP_NUM_TASKS", "7"},
+          {"SLURM_PROCID", "6"},
+          {"SLURM_LOCALID", "0"},
+          {"SLURM_NODEID", "3"},
+          {"SLURM_STEP_TASKS_PER_NODE", "2(x3),1"}},
+         "srun",
+         7,
+         6,
+         0,
+         1},
+        {"srun, the second machine of 2(x3),1",
+         {{"SLURM_STEP_NUM_TASKS", "7"},
+          {"SLURM_PROCID", "3"},
+          {"SLURM_LOCALID", "1"},
+          {"SLURM_NODEID", "1"},
+          {"SLURM_STEP_TASKS_PER_NODE", "2(x3),1"}},
+         "srun",
+         7,
+         3,
+         1,
+         2},
+        {"srun without the step's layout: the job's",
+         {{"SLURM_STEP_NUM_TASKS", "7"},
+          {"SLURM_PROCID", "6"},
+          {"SLURM_LOCALID", "2"},
+          {"SLURM_NODEID", "1"},
+          {"SLURM_TASKS_PER_NODE", "4,3"}},
+         "srun",
+         7,
+         6,
+         2,
+         3},
+        {"srun with a malformed layout: SLURM_NTASKS_PER_NODE",
+         {{"SLURM_STEP_NUM_TASKS", "7"},
+          {"SLURM_PROCID", "6"},
+          {"SLURM_LOCALID", "2"},
+          {"SLURM_NODEID", "1"},
+          {"SLURM_TASKS_PER_NODE", "4(x"},
+          {"SLURM_NTASKS_PER_NODE", "5"}},
+         "srun",
+         7,
+         6,
+         2,
+         5},
+        {"MPICH's mpiexec inside a Slurm job: its helpers are srun's tasks, one per machine; the ranks are "
+         "PMI's",
+         {{"SLURM_STEP_NUM_TASKS", "2"},
+          {"SLURM_PROCID", "1"},
+          {"SLURM_LOCALID", "0"},
+          {"PMI_SIZE", "8"},
+          {"PMI_RANK", "5"},
+          {"MPI_LOCALRANKID", "1"},
+          {"MPI_LOCALNRANKS", "4"}},
+         "mpirun",
+         8,
+         5,
+         1,
+         4},
+        {"srun --mpi=pmi2: PMI's ranks are the step's tasks",
+         {{"SLURM_STEP_NUM_TASKS", "4"},
+          {"SLURM_PROCID", "3"},
+          {"SLURM_LOCALID", "1"},
+          {"SLURM_NODEID", "1"},
+          {"SLURM_STEP_TASKS_PER_NODE", "2(x2)"},
+          {"PMI_SIZE", "4"},
+          {"PMI_RANK", "3"}},
+         "srun",
+         4,
+         3,
+         1,
+         2},
+        {"OpenMPI's mpirun",
+         {{"OMPI_COMM_WORLD_SIZE", "4"},
+          {"OMPI_COMM_WORLD_RANK", "3"},
+          {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+          {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}},
+         "mpirun",
+         4,
+         3,
+         1,
+         2},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.what);
+      clear();
+      for (const auto& [name, value] : c.env) setenv(name, value, 1);
+      const dist::LaunchInfo l = dist::LaunchInfo::from_environment();
+      CHECK(l.launcher == c.launcher);
+      CHECK(l.size == c.size);
+      CHECK(l.rank == c.rank);
+      CHECK(l.local_rank == c.local_rank);
+      CHECK(l.local_size == c.local_size);
+    }
     clear();
     for (const auto& [name, value] : saved) setenv(name.c_str(), value.c_str(), 1);
   }
