@@ -627,8 +627,32 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   // metric sums are added over the replicas of this process and, under MPI, across processes, so every rank
   // has the numbers of the whole data.
   std::vector<std::vector<float>> eval_bufs(local);
+  // Model state that training updates on each replica from its own rows (BatchNormalization's moving
+  // statistics) is made replica 0's everywhere before evaluating, so that every replica evaluates the model a
+  // checkpoint holds (as DistributedDataParallel broadcasts its buffers from rank 0).
+  std::vector<std::string> model_state;
+  if (world > 1) {
+    const ForwardModel forward = factory(devs[0]->largest_train_plan().batch, false);
+    for (ValueId v = 0; v < forward.graph.num_values(); ++v)
+      if (forward.graph.value(v).kind == ValueKind::state) model_state.push_back(forward.graph.value(v).name);
+  }
+  auto sync_model_state = [&] {
+    for (const std::string& name : model_state) {
+      Session& first = devs[0]->weights_session();
+      const ValueId v = first.graph().find(name);
+      TRAINER_ASSERT(v != kNoValue, "model state '{}' is not in the training plan", name);
+      Tensor t = first.read(v);
+      if (replicas.host_comm && world > local)
+        replicas.host_comm->broadcast(t.raw(), t.nbytes(), 0, {-1, st.global_step});
+      for (int k = replicas.first_rank == 0 ? 1 : 0; k < local; ++k) {
+        Session& w = devs[k]->weights_session();
+        w.write(w.graph().find(name), t);
+      }
+    }
+  };
   auto evaluate_all = [&](data::BatchLoader& loader, const std::string& prefix) -> Logs {
     if (world == 1) return evaluate_on(dev, loader, cfg, prefix, out_buf);
+    sync_model_state();
     std::vector<MetricAccumulator> accs(local, MetricAccumulator{loss_kind(cfg.loss), &cfg});
     loader.start_epoch(0);
     data::Batch b;

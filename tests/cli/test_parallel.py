@@ -5,6 +5,7 @@ run stop within the collective timeout with a line naming the rank and the colle
 state) trains what the unsharded run trains, in one process and under mpirun, and its checkpoints resume on one
 replica; a signal to one MPI rank stops them all after the same step."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -119,6 +120,61 @@ class Parallel(unittest.TestCase):
             with self.subTest(replicas=n):
                 self.assert_close(straight, self.resume(os.path.join(run_dir, "epoch-1.ckpt"), n, f"resumed_{n}"),
                                   f"4 replicas, resumed on {n}")
+
+    def test_replicas_evaluate_the_model_the_checkpoint_holds(self):
+        # BatchNormalization's moving statistics come from each replica's own rows; before evaluating, every
+        # replica takes replica 0's, so the validation numbers of a run are those of its checkpoint's model.
+        d = cli_util.FASHION_DIR
+        spec = os.path.join(self.tmp.name, "bn.toml")
+        with open(spec, "w") as f:
+            f.write(f"""format_version = 1
+[model]
+input = [28, 28]
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 64
+[[model.layers]]
+type = "BatchNormalization"
+[[model.layers]]
+type = "Activation"
+activation = "relu"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+[data]
+scale = 0.00392156862745098
+[data.train]
+x = "{d}/train-images-idx3-ubyte.gz"
+y = "{d}/train-labels-idx1-ubyte.gz"
+limit = 1280
+[data.validation]
+x = "{d}/t10k-images-idx3-ubyte.gz"
+y = "{d}/t10k-labels-idx1-ubyte.gz"
+limit = 512
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+epochs = 2
+batch_size = 64
+""")
+        args = ["fit", spec, "--device", "cpu", "--log-format", "jsonl", "--quiet"]
+        runs = [("2 replicas", lambda out: run(args + ["--devices", "2", "--output-dir", out], timeout=300))]
+        if shutil.which("mpirun"):
+            runs.append(("mpirun -np 2", lambda out: self.mpirun(args + ["--output-dir", out], timeout=300)))
+        for what, fit in runs:
+            with self.subTest(what):
+                out = os.path.join(self.tmp.name, "bn_" + what.replace(" ", "_"))
+                r = fit(out)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                end = cli_util.json_lines(self, r.stdout)[-1]
+                r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                evaluated = json.loads(r.stdout)
+                self.assertAlmostEqual(end["val_loss"], evaluated["loss"], delta=1e-6)
+                self.assertEqual(end["val_accuracy"], evaluated["accuracy"])
 
     def test_uneven_shares_need_allow_uneven(self):
         spec = "fashion_mnist/mlp.toml"
