@@ -324,6 +324,33 @@ learning_rate = 0.002
                 self.assertNotIn("dropout.ratio", trained)
 
     @cli_util.skip_without_fashion
+    def test_an_onnx_model_trains_alike_on_one_and_several_replicas_and_exports(self):
+        # ONNX in, trained on 2 replicas (and 2 with the optimizer state sharded), ONNX out: what one replica
+        # trains, dropout masks included, and an export that computes what the checkpoint's weights do.
+        original = mlp_model(21)
+        path = self.save(original, "mlp_replicas.onnx")
+        spec = [path, "--train", self.fashion_toml("mlp_replicas.toml"), "--device", "cpu"]
+        runs = {}
+        for name, extra in (("one", []), ("two", ["--devices", "2"]),
+                            ("two_sharded", ["--devices", "2", "--set", "parallel.shard_optimizer=true"])):
+            epochs, ckpt = self.fit(spec + extra, self.path(f"run_replicas_{name}"))
+            runs[name] = (epochs, ckpt, read_checkpoint(ckpt))
+        one_epochs, _, one = runs["one"]
+        for name in ("two", "two_sharded"):
+            epochs, _, got = runs[name]
+            for key, want in one.items():
+                if want.dtype.kind != "f":
+                    continue
+                scale = max(float(np.abs(want).max()), 1e-30)
+                self.assertLessEqual(float(np.abs(want.astype(np.float64) - got[key]).max()) / scale, 1e-5,
+                                     f"{name}: {key}")
+            for a, b in zip(one_epochs, epochs):
+                self.assertAlmostEqual(a["val_loss"], b["val_loss"], delta=1e-5)
+        exported = self.export(runs["two"][1], "mlp_replicas_out.onnx")
+        x = self.val_x[:50].reshape(50, 784)
+        self.check_round_trip(original, exported, runs["two"][1], {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_cnn_batch_norm_trains_on_batch_statistics_and_updates_running_ones(self):
         original = cnn_model()
         path = self.save(original, "cnn.onnx")
