@@ -103,7 +103,7 @@ void ParallelOptions::add(CLI::App* app) {
   app->add_option(
          "--collective-timeout", collective_timeout_s,
          "Seconds a gradient reduction may wait for the other replicas before the run stops (default "
-         "300)")
+         "300, from 0.001 to 1e7)")
       ->check(
           [](const std::string& v) -> std::string {
             char* end = nullptr;
