@@ -32,16 +32,18 @@ Command add_summary_command(CLI::App& app) {
   spec->add_overrides(cmd, false);
   cmd->add_flag("--json", *json, "Print one JSON object instead of the table");
   cmd->add_option("--devices", *devices,
-                  "Replicas of a data-parallel run: the optimizer state one of them holds, with [parallel] "
-                  "shard_optimizer")
+                  "Replicas of a data-parallel run: the memory one of them plans for its rows of the batch, "
+                  "and the optimizer state it holds with [parallel] shard_optimizer")
       ->check(CLI::Range(1, 1024));
   auto run = [=]() -> int {
     formats::ModelSpec s = spec->load();
     int64_t batch = s.train.batch_size;
     models::BuiltModel m = build(s, batch, true);
     auto backend = engine::make_cpu_backend();
-    size_t bytes = at_spec_places(
-        s, [&] { return engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend); });
+    const size_t bytes = at_spec_places(s, [&] {
+      return engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend, *devices);
+    });
+    const int64_t per_replica = (batch + *devices - 1) / *devices;
     const engine::OptimizerStateBytes state = at_spec_places(
         s, [&] { return engine::optimizer_state_bytes(model_factory(s), fit_config(s), batch, *devices); });
     int64_t total = 0, trainable = 0, flops = 0;
@@ -67,6 +69,7 @@ Command add_summary_command(CLI::App& app) {
                               {"flops_per_sample", std::to_string(flops)},
                               {"batch_size", std::to_string(batch)},
                               {"planned_bytes", std::to_string(bytes)},
+                              {"batch_per_replica", std::to_string(per_replica)},
                               {"optimizer_state_bytes", std::to_string(state.total)},
                               {"replicas", std::to_string(*devices)},
                               {"optimizer_state_bytes_per_replica", std::to_string(state.per_replica)}}));
@@ -88,8 +91,14 @@ Command add_summary_command(CLI::App& app) {
     fmt::print("Total params: {} ({} trainable, {} non-trainable)\n", grouped(total), grouped(trainable),
                grouped(total - trainable));
     fmt::print("FLOPs per sample (forward): {}\n", grouped(flops));
-    fmt::print("Planned memory of a training step at batch {}: {:.2f} MiB per device\n", batch,
-               bytes / 1048576.0);
+    if (*devices > 1)
+      fmt::print(
+          "Planned memory of a training step at batch {} ({} rows per replica{}): {:.2f} MiB per replica\n",
+          batch, per_replica, s.parallel.shard_optimizer ? ", its shard of the optimizer state" : "",
+          bytes / 1048576.0);
+    else
+      fmt::print("Planned memory of a training step at batch {}: {:.2f} MiB per device\n", batch,
+                 bytes / 1048576.0);
     if (*devices > 1 && s.parallel.shard_optimizer)
       fmt::print("Optimizer state: {:.2f} MiB, sharded over {} replicas: {:.2f} MiB per replica\n",
                  state.total / 1048576.0, *devices, state.per_replica / 1048576.0);

@@ -979,9 +979,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
 }
 
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
-                              Backend& backend) {
-  LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+                              Backend& backend, int replicas) {
+  replicas = std::max(1, replicas);
+  const int64_t rows = (batch + replicas - 1) / replicas;  // the largest slice (fit's slice rule)
+  LossGraph lg = add_loss(factory(rows, true), rows, cfg);
   TrainingOptions topt = training_options(cfg);
+  if (cfg.shard_optimizer && replicas > 1) {
+    topt.shard.emplace();
+    for (const ShardPiece& sp : shard_pieces(*lg.graph, replicas))
+      if (sp.owner == 0) (*topt.shard)[sp.param] = {sp.offset, sp.count};
+  }
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do
   PlanOptions po;

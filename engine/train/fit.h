@@ -197,9 +197,11 @@ struct OptimizerStateBytes {
 OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
                                           int replicas);
 
-// Peak arena bytes of the training plan for one batch size (trainer summary).
+// Peak arena bytes of the training plan for one global batch size (trainer summary). With `replicas` > 1,
+// those of one replica as fit plans it: the largest slice of the batch and, with
+// [parallel] shard_optimizer, the first replica's shard of the optimizer state.
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
-                              Backend& backend);
+                              Backend& backend, int replicas = 1);
 
 // One training step as fit plans it at batch size `batch`: forward, loss, backward and optimizer update,
 // with the values a step feeds and reads (trainer bench runs it on synthetic batches). Nodes

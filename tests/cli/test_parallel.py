@@ -447,6 +447,14 @@ batch_size = 64
         # The elements are split evenly (on multiples of 16): a quarter each, give or take 16 elements' state.
         self.assertGreaterEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4)
         self.assertLessEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4 + 16 * 8)
+        # The planned memory is one replica's: its rows of the batch (the sample's 64 over 4: 16), which is what
+        # one device plans at batch 16; sharded, less by at least the optimizer state it no longer holds, less
+        # the master copy of its range and that range's gradient slice (a quarter of the parameters each).
+        self.assertEqual(whole["batch_per_replica"], 16)
+        self.assertEqual(whole["planned_bytes"], summary("--set", "train.batch_size=16")["planned_bytes"])
+        params = 4 * whole["trainable_params"]
+        saved = whole["optimizer_state_bytes"] - shared["optimizer_state_bytes_per_replica"] - 2 * params // 4
+        self.assertLessEqual(shared["planned_bytes"], whole["planned_bytes"] - saved + 4096)
 
     def test_replicas_are_cpu_devices(self):
         # Refused from the flags alone, before any device is looked at: the same on a machine with GPUs.
