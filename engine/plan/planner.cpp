@@ -3,11 +3,13 @@
 // and places buffers in one arena with a greedy best-fit by size over lifetimes. Then packs gradients into
 // buckets.
 #include <algorithm>
+#include <array>
 #include <numeric>
 #include <queue>
 #include <tuple>
 
 #include "engine/ir/op_schema.h"
+#include "engine/ops/shape_slice.h"
 #include "engine/plan/program.h"
 
 namespace trainer::engine {
@@ -241,7 +243,12 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
     group_first[v] = prog.first_step[v];
   }
   auto glast = [&](ValueId v) { return group_last[uf.find(v)]; };
-  auto merge = [&](ValueId child, ValueId root) {
+  // Where a value sits in its group's buffer: the value it was merged into and the bytes past that value's
+  // start (nonzero only for a contiguous Slice of a vector, a view at an offset). Group roots have none.
+  std::vector<std::pair<ValueId, size_t>> placed_in(nv, {kNoValue, 0});
+  for (auto [next, state] : g.updates()) placed_in[next] = {state, 0};
+  auto merge = [&](ValueId child, ValueId root, size_t displacement = 0) {
+    placed_in[child] = {root, displacement};
     ValueId rc = uf.find(child), rr = uf.find(root);
     uf.unite(rc, rr);
     ValueId r = uf.find(rr);
@@ -277,6 +284,25 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
       };
       if (n.schema->view_pair()) try_share(*n.schema->view_pair(), true);
       if (n.schema->inplace_pair()) try_share(*n.schema->inplace_pair(), false);
+      // A contiguous range of a vector (ZeRO-1's gradient ranges): read where it lies, when the offset keeps
+      // the backend's alignment.
+      if (n.op == "Slice" && n.outputs.size() == 1 && n.outputs[0] != kNoValue) {
+        const ValueId out = n.outputs[0], in = n.inputs[0];
+        const Value& vi = g.value(in);
+        std::array<const Tensor*, 4> consts{};
+        std::array<bool, 4> present{};
+        for (int k = 0; k < 4; ++k) {
+          present[k] = k + 1 < static_cast<int>(n.inputs.size()) && n.inputs[k + 1] != kNoValue;
+          consts[k] = present[k] ? g.initializer(n.inputs[k + 1]) : nullptr;
+        }
+        ops::SliceDims sd;
+        if (uf.find(out) == out && vi.kind == ValueKind::intermediate && !is_persistent_group(in) &&
+            vi.shape.rank() == 1 && ops::slice_of_node(vi.shape, n.attrs, consts, present, &sd).empty() &&
+            sd.step[0] == 1 && sd.count[0] > 0) {
+          const size_t displacement = static_cast<size_t>(sd.start[0]) * dtype_bytes(vi.dtype);
+          if (displacement % opt.alignment == 0) merge(out, in, displacement);
+        }
+      }
     }
   }
   prog.alias_root.resize(nv);
@@ -353,9 +379,15 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
     peak = std::max(peak, at + b.bytes);
   }
   prog.transient_bytes = peak;
+  auto displacement = [&](ValueId v) {
+    size_t d = 0;
+    for (; placed_in[v].first != kNoValue; v = placed_in[v].first) d += placed_in[v].second;
+    return d;
+  };
   for (ValueId v = 0; v < nv; ++v) {
     if (!used[v] || uf.find(v) == v) continue;
     Slot s = prog.slots[uf.find(v)];
+    s.offset += displacement(v);
     s.bytes = g.value(v).nbytes();
     prog.slots[v] = s;
   }

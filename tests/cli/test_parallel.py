@@ -449,7 +449,8 @@ batch_size = 64
         self.assertLessEqual(shared["optimizer_state_bytes_per_replica"], whole["optimizer_state_bytes"] // 4 + 16 * 8)
         # The planned memory is one replica's: its rows of the batch (the sample's 64 over 4: 16), which is what
         # one device plans at batch 16; sharded, less by at least the optimizer state it no longer holds, less
-        # the master copy of its range and that range's gradient slice (a quarter of the parameters each).
+        # the master copy of its range and, at worst (a range off the alignment), a copy of that range's
+        # gradient: a quarter of the parameters each.
         self.assertEqual(whole["batch_per_replica"], 16)
         self.assertEqual(whole["planned_bytes"], summary("--set", "train.batch_size=16")["planned_bytes"])
         params = 4 * whole["trainable_params"]

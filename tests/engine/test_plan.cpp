@@ -3,6 +3,7 @@
 // nothing.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <random>
 
 #include "alloc_counter.h"
@@ -110,6 +111,42 @@ TEST_SUITE("plan") {
     CHECK(p.aliases(a, b));
     CHECK(p.aliases(b, c));
     CHECK_FALSE(p.aliases(d, b));
+  }
+
+  TEST_CASE(
+      "plan: a contiguous range of a vector is read where it lies, when the offset keeps the alignment") {
+    // ZeRO-1's update reads its range of a gradient: Slice of a vector, a view at an offset when aligned.
+    for (const int64_t start : {16, 3}) {
+      CAPTURE(start);
+      Graph g;
+      ValueId x = g.add_input("x", DType::f32, Shape{64});
+      ValueId a = g.op("Relu", {x});
+      auto constant = [&](int64_t v) {
+        return g.add_constant(g.unique_name("bound"), Tensor::from<int64_t>(Shape{1}, {v}));
+      };
+      ValueId b = g.op("Slice", {a, constant(start), constant(start + 24)});
+      ValueId c = g.op("Neg", {b});
+      ValueId d = g.op("Sigmoid", {a});  // a is read after the view too
+      g.mark_output(c);
+      g.mark_output(d);
+      auto gp = std::make_shared<Graph>(g);
+      PlanOptions po;
+      po.alignment = 64;
+      Program p = plan_program(gp, po);
+      const bool aligned = start * 4 % 64 == 0;
+      CHECK(p.aliases(a, b) == aligned);
+      if (aligned) CHECK(p.slots[b].offset == p.slots[a].offset + static_cast<size_t>(start) * 4);
+      auto backend = make_cpu_backend();
+      Session sess(gp, *backend, po);
+      std::vector<float> in(64);
+      for (int i = 0; i < 64; ++i) in[i] = static_cast<float>(i % 7) - 2.0f;
+      sess.write(x, in.data(), in.size() * sizeof(float));
+      sess.run({});
+      const Tensor got = sess.read(c), all = sess.read(d);
+      for (int i = 0; i < 24; ++i) CHECK(got.data<float>()[i] == -std::max(0.0f, in[start + i]));
+      for (int i = 0; i < 64; ++i)
+        CHECK(all.data<float>()[i] == doctest::Approx(1 / (1 + std::exp(-std::max(0.0f, in[i])))));
+    }
   }
 
   TEST_CASE("plan: the writer of a state update runs after every other reader") {

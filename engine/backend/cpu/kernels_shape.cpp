@@ -243,6 +243,15 @@ KernelPtr slice(const KernelArgs& a) {
   ops::SliceDims sd;
   std::string err = ops::slice_of_node(a.in(0).shape, a.attrs(), consts, present, &sd);
   TRAINER_ASSERT(err.empty(), "{}", err);
+  if (a.in(0).shape.rank() == 1 && sd.step[0] == 1) {
+    // A contiguous range of a vector, which the planner may have left where it lies (a view at an offset).
+    const auto* x = static_cast<const std::byte*>(a.inputs[0]) + sd.start[0] * dtype_bytes(a.in(0).dtype);
+    void* y = a.outputs[0];
+    const size_t bytes = a.out(0).nbytes();
+    return make_kernel([=](const StepContext&) {
+      if (x != y) std::memcpy(y, x, bytes);
+    });
+  }
   auto m = slice_map(a.in(0).shape, sd.start, sd.step, sd.count);
   KernelPtr kp;
   dispatch_bytes(a.in(0).dtype, [&]<class T>() {

@@ -348,6 +348,15 @@ KernelPtr slice(const KernelArgs& a) {
   }
   ops::SliceDims sd;
   if (!ops::slice_of_node(a.in(0).shape, a.attrs(), consts, present, &sd).empty()) return nullptr;
+  if (a.in(0).shape.rank() == 1 && sd.step[0] == 1) {
+    // A contiguous range of a vector, which the planner may have left where it lies (a view at an offset).
+    const auto* x = static_cast<const std::byte*>(a.inputs[0]) + sd.start[0] * dtype_bytes(a.in(0).dtype);
+    void* y = a.outputs[0];
+    const size_t bytes = a.out(0).nbytes();
+    return make_kernel([=](cudaStream_t s) {
+      if (x != y && bytes > 0) TRAINER_CUDA_CHECK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
+    });
+  }
   const SliceView v = slice_view(a.in(0).shape, sd.start, sd.step, sd.count);
   const int64_t es = static_cast<int64_t>(dtype_bytes(a.in(0).dtype));
   auto* x = static_cast<std::byte*>(a.inputs[0]);
