@@ -255,6 +255,10 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
     group_last[r] = std::max(group_last[rc], group_last[rr]);
     group_first[r] = std::min(group_first[rc], group_first[rr]);
   };
+  // A gradient to bucket is summed across replicas in place, while backward goes on: as a view it would
+  // change bytes that other readers of its group still need, so it is one only where that group dies.
+  std::vector<bool> bucketed(nv, false);
+  for (ValueId v : opt.gradients) bucketed[v] = true;
   if (opt.reuse_memory) {
     for (int s = 0; s < end; ++s) {
       const Node& n = g.node(prog.steps[s]);
@@ -279,6 +283,7 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
         } else {
           // A view's input must not be overwritten in place while the view lives; in-place writers check that
           // the whole group dies with them, which covers this.
+          if (bucketed[out] && glast(in) != s) return;
         }
         merge(out, in);
       };
@@ -297,8 +302,9 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
         }
         ops::SliceDims sd;
         if (uf.find(out) == out && vi.kind == ValueKind::intermediate && !is_persistent_group(in) &&
-            vi.shape.rank() == 1 && ops::slice_of_node(vi.shape, n.attrs, consts, present, &sd).empty() &&
-            sd.step[0] == 1 && sd.count[0] > 0) {
+            (!bucketed[out] || glast(in) == s) && vi.shape.rank() == 1 &&
+            ops::slice_of_node(vi.shape, n.attrs, consts, present, &sd).empty() && sd.step[0] == 1 &&
+            sd.count[0] > 0) {
           const size_t displacement = static_cast<size_t>(sd.start[0]) * dtype_bytes(vi.dtype);
           if (displacement % opt.alignment == 0) merge(out, in, displacement);
         }

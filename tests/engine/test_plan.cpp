@@ -149,6 +149,32 @@ TEST_SUITE("plan") {
     }
   }
 
+  TEST_CASE("plan: a gradient to bucket is a view only of bytes nothing else reads after it") {
+    // Buckets are summed across replicas in place while backward goes on: a gradient lying in a buffer that
+    // a later node still reads (Concat's gradient is a Slice of the incoming one) would change that node's
+    // input. Where the buffer dies with the view, sharing is safe.
+    for (const bool slice : {true, false})
+      for (const bool read_later : {true, false}) {
+        CAPTURE(slice);
+        CAPTURE(read_later);
+        Graph g;
+        ValueId x = g.add_input("x", DType::f32, Shape{64});
+        ValueId a = g.op("Relu", {x});
+        auto constant = [&](int64_t v) {
+          return g.add_constant(g.unique_name("bound"), Tensor::from<int64_t>(Shape{1}, {v}));
+        };
+        const ValueId grad = slice ? g.op("Slice", {a, constant(0), constant(32)})  // at offset 0: aligned
+                                   : g.op("Reshape", {a, constant(64)});            // a full-size view
+        g.mark_output(g.op("Neg", {grad}));
+        if (read_later) g.mark_output(g.op("Sigmoid", {a}));
+        auto gp = std::make_shared<Graph>(g);
+        PlanOptions po;
+        CHECK(plan_program(gp, po).aliases(grad, a));  // not a gradient: a view either way
+        po.gradients = {grad};
+        CHECK(plan_program(gp, po).aliases(grad, a) == !read_later);
+      }
+  }
+
   TEST_CASE("plan: the writer of a state update runs after every other reader") {
     Graph g;
     ValueId s = g.add_state("s", Tensor(DType::f32, Shape{4}));
