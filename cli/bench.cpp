@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <unordered_map>
 
@@ -215,28 +216,56 @@ struct ReplicaMeasurement {
   std::vector<double> exposed_seconds;  // per step: the longest time a replica waited for a reduction
 };
 
+// `steps[k]` is replica k's step (with ZeRO-1, its own shard's update); `split`, when sharded: each range of
+// a gradient is summed into its owner (unless clipping or loss scaling reads every gradient) and the updated
+// ranges are gathered into every replica's parameters after the step, as fit does.
 ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backends,
                                     const std::vector<engine::dist::Communicator*>& comms,
-                                    const engine::TrainingStep& step, const SyntheticBatch& data,
-                                    const engine::FitConfig& cfg, const BenchOptions& o) {
+                                    const std::vector<engine::TrainingStep>& steps,
+                                    const SyntheticBatch& data, const engine::FitConfig& cfg,
+                                    const BenchOptions& o, const engine::ShardSplit* split) {
   const int n = static_cast<int>(backends.size());
   std::vector<std::unique_ptr<engine::dist::BucketReducer>> reducers;
   std::vector<std::unique_ptr<engine::Session>> sessions;
   std::vector<std::vector<engine::dist::BucketReducer::Bucket>> buckets(n);
-  engine::PlanOptions po;
-  po.gradients = step.gradients;
-  po.bucket_bytes = cfg.bucket_bytes;
+  std::vector<std::vector<engine::dist::Communicator::Copy>> gathers(n);
+  const bool to_owner = split && cfg.clipnorm <= 0 && cfg.precision != engine::Precision::fp16;
   for (int k = 0; k < n; ++k) {
+    const engine::TrainingStep& step = steps[k];
+    engine::PlanOptions po;
+    po.gradients = step.gradients;
+    po.bucket_bytes = cfg.bucket_bytes;
     reducers.push_back(std::make_unique<engine::dist::BucketReducer>(comms[k], nullptr, k));
     sessions.push_back(std::make_unique<engine::Session>(step.graph, *backends[k], po));
     engine::Session& s = *sessions.back();
+    std::map<engine::ValueId, std::string> param_of;
+    for (size_t i = 0; i < step.gradients.size() && i < step.gradient_params.size(); ++i)
+      param_of[step.gradients[i]] = step.gradient_params[i];
     for (const engine::GradBucket& b : s.program().buckets) {
       buckets[k].emplace_back();
-      for (engine::ValueId v : b.grads)
-        buckets[k].back().push_back(
-            {s.device_pointer(v), s.graph().value(v).shape.numel(), s.graph().value(v).dtype});
+      for (engine::ValueId v : b.grads) {
+        const engine::Value& gv = s.graph().value(v);
+        if (!to_owner) {
+          buckets[k].back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype});
+          continue;
+        }
+        for (const engine::ShardSplit::Piece& p : split->pieces)
+          if (p.param == param_of.at(v))
+            buckets[k].back().push_back(
+                {static_cast<std::byte*>(s.device_pointer(v)) + p.offset * engine::dtype_bytes(gv.dtype),
+                 p.count, gv.dtype, p.owner});
+      }
     }
     reducers.back()->attach(s.executable(), &buckets[k]);
+    if (split)
+      for (const engine::ShardSplit::Piece& p : split->pieces) {
+        const engine::ValueId v = s.graph().find(p.param);
+        const size_t es = engine::dtype_bytes(s.graph().value(v).dtype);
+        const void* src =
+            p.owner == k ? s.device_pointer(s.graph().find(p.param + engine::kShardSuffix)) : nullptr;
+        gathers[k].push_back(
+            {src, static_cast<std::byte*>(s.device_pointer(v)) + p.offset * es, p.count * es, p.owner});
+      }
   }
   const float lr = static_cast<float>(cfg.schedule.base);
   engine::dist::ReplicaThreads threads(n);
@@ -244,6 +273,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
   for (int64_t i = 0; i < o.warmup + o.steps; ++i) {
     for (int k = 0; k < n; ++k) {
       engine::Session& s = *sessions[k];
+      const engine::TrainingStep& step = steps[k];
       s.write(step.x, data.x);
       s.write(step.y, data.y);
       const int64_t iteration = i + 1;
@@ -256,6 +286,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
     auto step_of = [&](int k) {
       sessions[k]->run(engine::StepContext{static_cast<uint64_t>(i), cfg.seed,
                                            static_cast<uint64_t>(k * data.x.shape()[0])});
+      if (split) comms[k]->broadcast_group(gathers[k], {-1, i});
       comms[k]->wait({-1, i});
       backends[k]->synchronize();
     };
@@ -366,18 +397,26 @@ Command add_bench_command(CLI::App& app) {
       if (o->devices > 1 && eager.device.rfind("CPU", 0) != 0)
         throw InputError("--devices", "--devices times CPU replicas, and this bench runs on a GPU",
                          "add --device cpu; GPUs are chosen with --gpus");
-      if (s.parallel.shard_optimizer)
-        out.say(
-            "note: the replicas are timed with the optimizer state whole; [parallel] shard_optimizer "
-            "(trainer fit) is not part of this measurement\n");
       if (!on_gpus && batch % replicas != 0)
         throw InputError("--devices",
                          fmt::format("the batch of {} does not divide among {} replicas", batch, replicas),
                          "choose --batch-size as a multiple of the replica count");
       const int64_t per_replica = on_gpus ? batch : batch / replicas;
       global_batch = per_replica * replicas;
-      const engine::TrainingStep rstep =
-          at_spec_places(s, [&] { return engine::training_step(model_factory(s), cfg, per_replica); });
+      // With [parallel] shard_optimizer each replica updates its range of the parameters (ZeRO-1), as fit
+      // does.
+      std::optional<engine::ShardSplit> split;
+      if (s.parallel.shard_optimizer)
+        split = at_spec_places(s, [&] { return engine::shard_split(model_factory(s), cfg, replicas); });
+      std::vector<engine::TrainingStep> rsteps;
+      for (int k = 0; k < replicas; ++k) {
+        const auto ranges =
+            split ? split->ranges_of(k) : std::map<std::string, engine::TrainingOptions::ShardRange>{};
+        rsteps.push_back(at_spec_places(s, [&] {
+          return engine::training_step(model_factory(s), cfg, per_replica, split ? &ranges : nullptr);
+        }));
+      }
+      const engine::TrainingStep& rstep = rsteps.front();
       const SyntheticBatch rdata = synthetic_batch(rstep, cfg);
       // CPU replicas share the threads and a ThreadGroup; GPU replicas get a backend and an NCCL rank each.
       std::vector<std::unique_ptr<engine::Backend>> owned;
@@ -409,7 +448,8 @@ Command add_bench_command(CLI::App& app) {
       std::vector<engine::dist::Communicator*> cms;
       for (auto& b : owned) bks.push_back(b.get());
       for (auto& c : comm_owned) cms.push_back(c.get());
-      const ReplicaMeasurement rm = measure_replicas(bks, cms, rstep, rdata, cfg, *o);
+      const ReplicaMeasurement rm =
+          measure_replicas(bks, cms, rsteps, rdata, cfg, *o, split ? &*split : nullptr);
       replica_stats = stats_of(rm.step_seconds);
       exposed_stats = stats_of(rm.exposed_seconds);
       // Against the single device run the same way: replayed when the replicas replay.
@@ -418,6 +458,7 @@ Command add_bench_command(CLI::App& app) {
       efficiency = reference / replica_stats.median;
       replica_json = {{"replicas", std::to_string(replicas)},
                       {"batch_per_replica", std::to_string(per_replica)},
+                      {"shard_optimizer", split ? "true" : "false"},
                       {"step_ms", stats_json(replica_stats)},
                       {"exposed_comm_ms", json_number(1e3 * exposed_stats.median)},
                       {"compute_ms", json_number(1e3 * (replica_stats.median - exposed_stats.median))},
@@ -501,10 +542,10 @@ Command add_bench_command(CLI::App& app) {
             (have_replay ? replay.device_bytes : eager.device_bytes) / 1048576.0);
     if (!replica_json.empty())
       out.say(
-          "{} {} replicas of batch {}: step {:.3f} ms median (compute {:.3f} ms, exposed communication "
-          "{:.3f} "
-          "ms) · {:.0f} samples/s · scaling efficiency {:.0f}% against one device\n",
-          replicas, on_gpus ? "GPU" : "CPU", global_batch / replicas, 1e3 * replica_stats.median,
+          "{} {} replicas of batch {}{}: step {:.3f} ms median (compute {:.3f} ms, exposed communication "
+          "{:.3f} ms) · {:.0f} samples/s · scaling efficiency {:.0f}% against one device\n",
+          replicas, on_gpus ? "GPU" : "CPU", global_batch / replicas,
+          s.parallel.shard_optimizer ? ", optimizer state sharded" : "", 1e3 * replica_stats.median,
           1e3 * (replica_stats.median - exposed_stats.median), 1e3 * exposed_stats.median,
           global_batch / replica_stats.median, 100 * efficiency);
     if (!timed_ops) {

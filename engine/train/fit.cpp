@@ -998,6 +998,21 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   return plan_program(tg.graph, po).arena_bytes();
 }
 
+std::map<std::string, TrainingOptions::ShardRange> ShardSplit::ranges_of(int rank) const {
+  std::map<std::string, TrainingOptions::ShardRange> out;
+  for (const Piece& p : pieces)
+    if (p.owner == rank) out[p.param] = {p.offset, p.count};
+  return out;
+}
+
+ShardSplit shard_split(const ModelFactory& factory, const FitConfig& cfg, int world) {
+  const ForwardModel probe = factory(cfg.batch_size, true);
+  ShardSplit out;
+  for (const ShardPiece& sp : shard_pieces(probe.graph, world))
+    out.pieces.push_back({sp.param, sp.owner, sp.offset, sp.count});
+  return out;
+}
+
 OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                                           int replicas) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
@@ -1018,9 +1033,11 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
   return out;
 }
 
-TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch) {
+TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
+                           const std::map<std::string, TrainingOptions::ShardRange>* shard) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
   TrainingOptions topt = training_options(cfg);
+  if (shard) topt.shard = *shard;
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do: metrics read it
   TrainingStep st;
@@ -1032,6 +1049,9 @@ TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, in
   st.learning_rate = tg.learning_rate;
   st.iteration = tg.iteration;
   st.gradients = tg.gradients;
+  const std::vector<ValueId> params = trainable_parameters(*tg.graph);
+  for (size_t i = 0; i < params.size() && i < tg.gradients.size(); ++i)
+    st.gradient_params.push_back(tg.graph->value(params[i]).name);
   st.backward_begin = tg.backward_begin;
   st.update_begin = tg.update_begin;
   st.phase = tg.phase;

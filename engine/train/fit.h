@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -21,6 +22,7 @@
 #include "engine/optim/optimizer.h"
 #include "engine/plan/precision.h"
 #include "engine/train/trace.h"
+#include "engine/train/training.h"
 
 namespace trainer::engine {
 
@@ -211,11 +213,27 @@ struct TrainingStep {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
   ValueId learning_rate = kNoValue, iteration = kNoValue;
-  std::vector<ValueId> gradients;  // per trainable parameter: what PlanOptions::gradients buckets
+  std::vector<ValueId> gradients;            // per trainable parameter: what PlanOptions::gradients buckets
+  std::vector<std::string> gradient_params;  // the parameter of each of `gradients`
   NodeId backward_begin = 0, update_begin = 0;
   std::vector<uint8_t> phase;  // per node id: 0 forward, 1 backward, 2 update (TrainingGraph::phase)
 };
-TrainingStep training_step(const ModelFactory& factory, const FitConfig& config, int64_t batch);
+// `shard`: ZeRO-1's ranges of the parameters this replica updates (TrainingOptions::shard, shard_split).
+TrainingStep training_step(const ModelFactory& factory, const FitConfig& config, int64_t batch,
+                           const std::map<std::string, TrainingOptions::ShardRange>* shard = nullptr);
+
+// ZeRO-1's split of the trainable parameters' elements among `world` replicas, exactly as fit makes it: a
+// piece is where one parameter meets one replica's range (trainer bench times the sharded step with it).
+struct ShardSplit {
+  struct Piece {
+    std::string param;
+    int owner = 0;
+    int64_t offset = 0, count = 0;  // in the parameter's flattened elements
+  };
+  std::vector<Piece> pieces;
+  std::map<std::string, TrainingOptions::ShardRange> ranges_of(int rank) const;
+};
+ShardSplit shard_split(const ModelFactory& factory, const FitConfig& config, int world);
 
 // Loss and metrics of the model `factory` builds in inference mode (its initializers are the weights) on
 // every sample of `data`, the last partial batch included, as fit computes its validation logs; names are

@@ -160,6 +160,27 @@ class Bench(unittest.TestCase):
         self.assertEqual(rep["batch_per_replica"], 4)
         self.assertGreater(rep["scaling_efficiency"], 0)
         self.assertIn("2 CPU replicas of batch 4", err)
+        self.assertFalse(rep["shard_optimizer"])
+        # ZeRO-1 as fit runs it: each replica's own update, gradient ranges to their owners, shards gathered.
+        sharded, err = bench(self, MLP, "--devices", "2", "--set", "parallel.shard_optimizer=true")
+        self.assertTrue(sharded["replicas"]["shard_optimizer"])
+        self.assertIn("2 CPU replicas of batch 4, optimizer state sharded", err)
+        self.assertNotIn("note:", err)
+        # The sharded step makes one collective more (the gather of the updated ranges): stalling replica 1
+        # before its collective number k stalls the one timed step for one k more than without sharding.
+        def collectives(shard):
+            stalled = 0
+            for k in range(8):
+                r = subprocess.run([cli_util.TRAINER, "bench", MLP, "--batch-size", "8", "--steps", "1", "--warmup",
+                                    "0", "--device", "cpu", "--devices", "2", "-q", "--set",
+                                    f"parallel.shard_optimizer={shard}"], capture_output=True, text=True,
+                                   timeout=120, env=dict(os.environ, TRAINER_FAULT_STALL=f"1:{k}:0.3"))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                stalled += json.loads(r.stdout)["replicas"]["step_ms"]["median"] > 250
+            return stalled
+        plain = collectives("false")
+        self.assertGreater(plain, 0)
+        self.assertEqual(collectives("true"), plain + 1)
         # Exposed communication is time a replica waited for a reduction: with replica 1 held back 0.4 s before
         # its first collective (one timed step, no warm-up), replica 0 waits for it about that long.
         r = subprocess.run([cli_util.TRAINER, "bench", MLP, "--batch-size", "8", "--steps", "1", "--warmup", "0",
