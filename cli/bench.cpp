@@ -229,7 +229,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
   std::vector<std::unique_ptr<engine::Session>> sessions;
   std::vector<std::vector<engine::dist::BucketReducer::Bucket>> buckets(n);
   std::vector<std::vector<engine::dist::Communicator::Copy>> gathers(n);
-  const bool to_owner = split && cfg.clipnorm <= 0 && cfg.precision != engine::Precision::fp16;
+  const bool to_owner = split && engine::shard_reduces_to_owner(cfg);
   for (int k = 0; k < n; ++k) {
     const engine::TrainingStep& step = steps[k];
     engine::PlanOptions po;
@@ -238,34 +238,9 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
     reducers.push_back(std::make_unique<engine::dist::BucketReducer>(comms[k], nullptr, k));
     sessions.push_back(std::make_unique<engine::Session>(step.graph, *backends[k], po));
     engine::Session& s = *sessions.back();
-    std::map<engine::ValueId, std::string> param_of;
-    for (size_t i = 0; i < step.gradients.size() && i < step.gradient_params.size(); ++i)
-      param_of[step.gradients[i]] = step.gradient_params[i];
-    for (const engine::GradBucket& b : s.program().buckets) {
-      buckets[k].emplace_back();
-      for (engine::ValueId v : b.grads) {
-        const engine::Value& gv = s.graph().value(v);
-        if (!to_owner) {
-          buckets[k].back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype});
-          continue;
-        }
-        for (const engine::ShardSplit::Piece& p : split->pieces)
-          if (p.param == param_of.at(v))
-            buckets[k].back().push_back(
-                {static_cast<std::byte*>(s.device_pointer(v)) + p.offset * engine::dtype_bytes(gv.dtype),
-                 p.count, gv.dtype, p.owner});
-      }
-    }
+    buckets[k] = engine::reduction_buckets(s, step.grad_param, to_owner ? split : nullptr);
     reducers.back()->attach(s.executable(), &buckets[k]);
-    if (split)
-      for (const engine::ShardSplit::Piece& p : split->pieces) {
-        const engine::ValueId v = s.graph().find(p.param);
-        const size_t es = engine::dtype_bytes(s.graph().value(v).dtype);
-        const void* src =
-            p.owner == k ? s.device_pointer(s.graph().find(p.param + engine::kShardSuffix)) : nullptr;
-        gathers[k].push_back(
-            {src, static_cast<std::byte*>(s.device_pointer(v)) + p.offset * es, p.count * es, p.owner});
-      }
+    if (split) gathers[k] = engine::shard_gathers(s, *split, k);
   }
   const float lr = static_cast<float>(cfg.schedule.base);
   engine::dist::ReplicaThreads threads(n);

@@ -310,24 +310,37 @@ int64_t classes_of(const Graph& g, ValueId output) {
   return s.rank() >= 2 ? s.numel() / s[0] : 1;
 }
 
+// Rows [lo, hi) of a batch into a plan's inputs (a replica's share); returns where those rows' labels start.
+const std::byte* write_rows(Session& s, const Plan& p, const data::Batch& b, int64_t lo, int64_t hi) {
+  const Graph& g = s.graph();
+  const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
+  const std::byte* labels = static_cast<const std::byte*>(b.y) + lo * y_row;
+  s.write(p.x, static_cast<const std::byte*>(b.x) + lo * x_row, g.value(p.x).nbytes());
+  s.write(p.y, labels, g.value(p.y).nbytes());
+  return labels;
+}
+
+// Evaluates rows [lo, hi) of a batch on `dev`, adding their loss and metrics to `acc`.
+void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, const FitConfig& cfg,
+                   MetricAccumulator& acc, std::vector<float>& out_buf) {
+  const Plan& p = dev.eval_plan(hi - lo);
+  Session& s = dev.plans().session(p.index);
+  const Graph& g = s.graph();
+  const std::byte* labels = write_rows(s, p, b, lo, hi);
+  s.run(StepContext{0, cfg.seed, static_cast<uint64_t>(lo)});
+  const double loss = read_scalar(s, p.loss);
+  const size_t out_bytes = g.value(p.output).nbytes();
+  out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
+  s.read(p.output, out_buf.data(), out_bytes);
+  acc.add(loss, out_buf.data(), labels, hi - lo, classes_of(g, p.output));
+}
+
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
                  std::vector<float>& out_buf) {
   MetricAccumulator acc{loss_kind(cfg.loss), &cfg};
   loader.start_epoch(0);
   data::Batch batch;
-  while (loader.next(&batch)) {
-    const Plan& p = dev.eval_plan(batch.size);
-    Session& s = dev.plans().session(p.index);
-    const Graph& g = s.graph();
-    s.write(p.x, batch.x, g.value(p.x).nbytes());
-    s.write(p.y, batch.y, g.value(p.y).nbytes());
-    s.run(StepContext{0, cfg.seed, 0});
-    double loss = read_scalar(s, p.loss);
-    size_t out_bytes = g.value(p.output).nbytes();
-    out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
-    s.read(p.output, out_buf.data(), out_bytes);
-    acc.add(loss, out_buf.data(), batch.y, batch.size, classes_of(g, p.output));
-  }
+  while (loader.next(&batch)) evaluate_rows(dev, batch, 0, batch.size, cfg, acc, out_buf);
   return acc.logs(prefix);
 }
 
@@ -335,26 +348,20 @@ Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, c
 // ranges of nearly equal size (their bounds on multiples of 16 elements), rank r owning range r. A piece is
 // where one parameter meets one range; pieces come in the model's order, then the ranks'. Every rank computes
 // the same split.
-struct ShardPiece {
-  std::string param;
-  int owner = 0;
-  int64_t offset = 0, count = 0;  // in the parameter's flattened elements
-};
-
-std::vector<ShardPiece> shard_pieces(const Graph& g, int world) {
+ShardSplit split_of(const Graph& g, int world) {
   const std::vector<ValueId> params = trainable_parameters(g);
   int64_t total = 0;
   for (ValueId p : params) total += g.value(p).shape.numel();
   std::vector<int64_t> bound(world + 1);
   for (int r = 0; r <= world; ++r) bound[r] = std::min(total, (total * r / world + 15) / 16 * 16);
   bound[world] = total;
-  std::vector<ShardPiece> out;
+  ShardSplit out;
   int64_t base = 0;
   for (ValueId p : params) {
     const int64_t n = g.value(p).shape.numel();
     for (int r = 0; r < world; ++r) {
       const int64_t lo = std::max(base, bound[r]), hi = std::min(base + n, bound[r + 1]);
-      if (hi > lo) out.push_back({g.value(p).name, r, lo - base, hi - lo});
+      if (hi > lo) out.pieces.push_back({g.value(p).name, r, lo - base, hi - lo});
     }
     base += n;
   }
@@ -440,19 +447,17 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   }
   // Every replica plans its slices of the training batches, and of the evaluation batches: evaluation is
   // shared the same way.
-  // ZeRO-1: each rank updates its range of the parameters' elements (shard_pieces).
+  // ZeRO-1: each rank updates its range of the parameters' elements (shard_split).
   const bool sharded = cfg.shard_optimizer && world > 1;
-  std::vector<ShardPiece> pieces;
-  std::map<std::string, std::vector<const ShardPiece*>> pieces_of;  // by parameter, in rank order
-  std::vector<std::string> slots;                                   // the optimizer's, "adam_m", ...
+  ShardSplit split;
+  std::map<std::string, std::vector<const ShardSplit::Piece*>> pieces_of;  // by parameter, in rank order
+  std::vector<std::string> slots;                                          // the optimizer's, "adam_m", ...
   if (sharded) {
-    ForwardModel probe = factory(cfg.batch_size, true);
-    pieces = shard_pieces(probe.graph, world);
-    for (const ShardPiece& sp : pieces) pieces_of[sp.param].push_back(&sp);
+    split = shard_split(factory, cfg, world);
+    for (const ShardSplit::Piece& sp : split.pieces) pieces_of[sp.param].push_back(&sp);
     slots = optimizer_slots(cfg.optimizer);
   }
-  // With clipping or loss scaling every rank reads every gradient: they are then summed everywhere.
-  const bool reduce_to_owner = sharded && cfg.clipnorm <= 0 && cfg.precision != Precision::fp16;
+  const bool reduce_to_owner = sharded && shard_reduces_to_owner(cfg);
   // Collectives on host memory across processes gather a checkpoint's shards: every rank then captures.
   const bool gather_across_processes = sharded && world > local;
   std::vector<std::unique_ptr<Device>> devs;
@@ -468,11 +473,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       if (hi > lo) eval.push_back(hi - lo);
     }
     std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard;
-    if (sharded) {
-      shard.emplace();
-      for (const ShardPiece& sp : pieces)
-        if (sp.owner == replicas.first_rank + k) (*shard)[sp.param] = {sp.offset, sp.count};
-    }
+    if (sharded) shard = split.ranges_of(replicas.first_rank + k);
     devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, shard));
   }
   Device& dev = *devs[0];
@@ -492,22 +493,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     for (int k = 0; k < local; ++k) {
       Session& w = devs[k]->weights_session();
       const int rank = replicas.first_rank + k;
-      for (const ShardPiece& sp : pieces) {
-        const ValueId v = w.graph().find(sp.param);
-        const size_t es = dtype_bytes(w.graph().value(v).dtype);
-        const void* src = nullptr;
-        if (sp.owner == rank) {
-          std::vector<std::string> suffixes = {""};
-          for (const std::string& slot : slots) suffixes.push_back("/" + slot);
-          for (const std::string& suffix : suffixes) {
-            const ValueId sv = w.graph().find(sp.param + kShardSuffix + suffix);
-            TRAINER_ASSERT(sv != kNoValue, "no shard value {}{}{}", sp.param, kShardSuffix, suffix);
-            shard_values[k].push_back({sv, sp.param + suffix, sp.offset, sp.count});
-            if (suffix.empty()) src = w.device_pointer(sv);  // the shard of the parameter itself
-          }
+      gathers[k] = shard_gathers(w, split, rank);
+      for (const ShardSplit::Piece& sp : split.pieces) {
+        if (sp.owner != rank) continue;
+        std::vector<std::string> suffixes = {""};
+        for (const std::string& slot : slots) suffixes.push_back("/" + slot);
+        for (const std::string& suffix : suffixes) {
+          const ValueId sv = w.graph().find(sp.param + kShardSuffix + suffix);
+          TRAINER_ASSERT(sv != kNoValue, "no shard value {}{}{}", sp.param, kShardSuffix, suffix);
+          shard_values[k].push_back({sv, sp.param + suffix, sp.offset, sp.count});
         }
-        gathers[k].push_back(
-            {src, static_cast<std::byte*>(w.device_pointer(v)) + sp.offset * es, sp.count * es, sp.owner});
       }
     }
   // Gradient buckets are summed across ranks as backward produces them, each rank's gradient first weighted
@@ -533,21 +528,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       for (const auto& [n, p] : devs[k]->train_plans()) {
         Session& s = devs[k]->plans().session(p.index);
         std::vector<dist::BucketReducer::Bucket>& buckets = plan_buckets[{k, n}];
-        for (const GradBucket& b : s.program().buckets) {
-          buckets.emplace_back();
-          for (ValueId v : b.grads) {
-            const Value& gv = s.graph().value(v);
-            if (!reduce_to_owner) {
-              buckets.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
-              continue;
-            }
-            // ZeRO-1: each shard's range of the gradient is summed into its owner.
-            for (const ShardPiece* sp : pieces_of.at(p.grad_param.at(v)))
-              buckets.back().push_back(
-                  {static_cast<std::byte*>(s.device_pointer(v)) + sp->offset * dtype_bytes(gv.dtype),
-                   sp->count, gv.dtype, sp->owner});
-          }
-        }
+        buckets = reduction_buckets(s, p.grad_param, reduce_to_owner ? &split : nullptr);
         reducers.back()->attach(s.executable(), &buckets);
       }
     }
@@ -658,20 +639,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     data::Batch b;
     auto eval_replica = [&](int k) {
       auto [lo, hi] = slice(b.size, replicas.first_rank + k);
-      if (hi == lo) return;
-      const Plan& p = devs[k]->eval_plan(hi - lo);
-      Session& s = devs[k]->plans().session(p.index);
-      const Graph& g = s.graph();
-      const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
-      const std::byte* labels = static_cast<const std::byte*>(b.y) + lo * y_row;
-      s.write(p.x, static_cast<const std::byte*>(b.x) + lo * x_row, g.value(p.x).nbytes());
-      s.write(p.y, labels, g.value(p.y).nbytes());
-      s.run(StepContext{0, cfg.seed, static_cast<uint64_t>(lo)});
-      const double loss = read_scalar(s, p.loss);
-      const size_t out_bytes = g.value(p.output).nbytes();
-      eval_bufs[k].resize(std::max(eval_bufs[k].size(), out_bytes / sizeof(float)));
-      s.read(p.output, eval_bufs[k].data(), out_bytes);
-      accs[k].add(loss, eval_bufs[k].data(), labels, hi - lo, classes_of(g, p.output));
+      if (hi > lo) evaluate_rows(*devs[k], b, lo, hi, cfg, accs[k], eval_bufs[k]);
     };
     while (loader.next(&b)) {
       if (local == 1)
@@ -714,7 +682,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
           const Value& pv = g.value(g.find(param));
           Tensor whole(pv.dtype, pv.shape);
           const size_t es = dtype_bytes(pv.dtype);
-          for (const ShardPiece* sp : ps) {
+          for (const ShardSplit::Piece* sp : ps) {
             std::byte* at = static_cast<std::byte*>(whole.raw()) + sp->offset * es;
             const int k = sp->owner - replicas.first_rank;
             if (k >= 0 && k < local) {
@@ -756,11 +724,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       for (int k = 0; k < local; ++k) {
         auto [lo, hi] = slice(b.size, replicas.first_rank + k);
         const Plan& p = devs[k]->train_plan(hi - lo);
-        Session& s = devs[k]->plans().session(p.index);
-        const Graph& g = s.graph();
-        const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
-        s.write(p.x, static_cast<const std::byte*>(b.x) + lo * x_row, g.value(p.x).nbytes());
-        s.write(p.y, static_cast<const std::byte*>(b.y) + lo * y_row, g.value(p.y).nbytes());
+        write_rows(devs[k]->plans().session(p.index), p, b, lo, hi);
       }
     };
     // Whether feeding a full batch could wait for the step in flight (see the watchdog below).
@@ -984,11 +948,7 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   const int64_t rows = (batch + replicas - 1) / replicas;  // the largest slice (fit's slice rule)
   LossGraph lg = add_loss(factory(rows, true), rows, cfg);
   TrainingOptions topt = training_options(cfg);
-  if (cfg.shard_optimizer && replicas > 1) {
-    topt.shard.emplace();
-    for (const ShardPiece& sp : shard_pieces(*lg.graph, replicas))
-      if (sp.owner == 0) (*topt.shard)[sp.param] = {sp.offset, sp.count};
-  }
+  if (cfg.shard_optimizer && replicas > 1) topt.shard = split_of(*lg.graph, replicas).ranges_of(0);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do
   PlanOptions po;
@@ -1005,18 +965,55 @@ std::map<std::string, TrainingOptions::ShardRange> ShardSplit::ranges_of(int ran
   return out;
 }
 
+bool shard_reduces_to_owner(const FitConfig& cfg) {
+  return cfg.clipnorm <= 0 && cfg.precision != Precision::fp16;
+}
+
 ShardSplit shard_split(const ModelFactory& factory, const FitConfig& cfg, int world) {
-  const ForwardModel probe = factory(cfg.batch_size, true);
-  ShardSplit out;
-  for (const ShardPiece& sp : shard_pieces(probe.graph, world))
-    out.pieces.push_back({sp.param, sp.owner, sp.offset, sp.count});
+  return split_of(factory(cfg.batch_size, true).graph, world);
+}
+
+std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& s,
+                                                           const std::map<ValueId, std::string>& param_of,
+                                                           const ShardSplit* to_owner) {
+  std::vector<dist::BucketReducer::Bucket> out;
+  for (const GradBucket& b : s.program().buckets) {
+    out.emplace_back();
+    for (ValueId v : b.grads) {
+      const Value& gv = s.graph().value(v);
+      if (!to_owner) {
+        out.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
+        continue;
+      }
+      // ZeRO-1: each range of the gradient is summed into its owner.
+      const std::string& param = param_of.at(v);
+      for (const ShardSplit::Piece& sp : to_owner->pieces)
+        if (sp.param == param)
+          out.back().push_back(
+              {static_cast<std::byte*>(s.device_pointer(v)) + sp.offset * dtype_bytes(gv.dtype), sp.count,
+               gv.dtype, sp.owner});
+    }
+  }
+  return out;
+}
+
+std::vector<dist::Communicator::Copy> shard_gathers(Session& s, const ShardSplit& split, int rank) {
+  std::vector<dist::Communicator::Copy> out;
+  for (const ShardSplit::Piece& sp : split.pieces) {
+    const ValueId v = s.graph().find(sp.param);
+    const size_t es = dtype_bytes(s.graph().value(v).dtype);
+    // The shard of the parameter itself is the source, read at its owner only.
+    const void* src = sp.owner == rank ? s.device_pointer(s.graph().find(sp.param + kShardSuffix)) : nullptr;
+    out.push_back(
+        {src, static_cast<std::byte*>(s.device_pointer(v)) + sp.offset * es, sp.count * es, sp.owner});
+  }
   return out;
 }
 
 OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                                           int replicas) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
-  const std::vector<ShardPiece> pieces = shard_pieces(*lg.graph, std::max(1, replicas));
+  const std::vector<ShardSplit::Piece> pieces = split_of(*lg.graph, std::max(1, replicas)).pieces;
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, training_options(cfg));
   OptimizerStateBytes out;
   std::map<std::string, size_t> per_element;  // optimizer state bytes per parameter element
@@ -1027,7 +1024,7 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
       per_element[tg.graph->value(p.param).name] += dtype_bytes(v.dtype);
     }
   std::vector<size_t> per(std::max(1, replicas), 0);
-  for (const ShardPiece& sp : pieces) per[sp.owner] += sp.count * per_element[sp.param];
+  for (const ShardSplit::Piece& sp : pieces) per[sp.owner] += sp.count * per_element[sp.param];
   out.per_replica =
       cfg.shard_optimizer && replicas > 1 ? *std::max_element(per.begin(), per.end()) : out.total;
   return out;
@@ -1051,7 +1048,7 @@ TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, in
   st.gradients = tg.gradients;
   const std::vector<ValueId> params = trainable_parameters(*tg.graph);
   for (size_t i = 0; i < params.size() && i < tg.gradients.size(); ++i)
-    st.gradient_params.push_back(tg.graph->value(params[i]).name);
+    st.grad_param[tg.gradients[i]] = tg.graph->value(params[i]).name;
   st.backward_begin = tg.backward_begin;
   st.update_begin = tg.update_begin;
   st.phase = tg.phase;

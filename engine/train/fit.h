@@ -16,6 +16,7 @@
 
 #include "engine/backend/backend.h"
 #include "engine/data/dataset.h"
+#include "engine/dist/bucket_reducer.h"
 #include "engine/dist/communicator.h"
 #include "engine/ir/graph.h"
 #include "engine/ir/tensor.h"
@@ -213,8 +214,8 @@ struct TrainingStep {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
   ValueId learning_rate = kNoValue, iteration = kNoValue;
-  std::vector<ValueId> gradients;            // per trainable parameter: what PlanOptions::gradients buckets
-  std::vector<std::string> gradient_params;  // the parameter of each of `gradients`
+  std::vector<ValueId> gradients;             // per trainable parameter: what PlanOptions::gradients buckets
+  std::map<ValueId, std::string> grad_param;  // gradient -> its parameter's name
   NodeId backward_begin = 0, update_begin = 0;
   std::vector<uint8_t> phase;  // per node id: 0 forward, 1 backward, 2 update (TrainingGraph::phase)
 };
@@ -234,6 +235,19 @@ struct ShardSplit {
   std::map<std::string, TrainingOptions::ShardRange> ranges_of(int rank) const;
 };
 ShardSplit shard_split(const ModelFactory& factory, const FitConfig& config, int world);
+
+// Whether ZeRO-1 sums each gradient range into its owner only: not with clipping or fp16 loss scaling, which
+// read every gradient on every replica (the buckets are then all-reduced).
+bool shard_reduces_to_owner(const FitConfig& config);
+
+class Session;
+// A replica's gradient buckets as its BucketReducer sums them: each gradient whole, or with `to_owner`
+// (ZeRO-1 reducing into the owners) each of its ranges to its owner. `param_of`: gradient -> parameter name.
+std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& session,
+                                                           const std::map<ValueId, std::string>& param_of,
+                                                           const ShardSplit* to_owner);
+// ZeRO-1's all-gather after a step, for replica `rank`: each range from its owner's "P@shard" into P.
+std::vector<dist::Communicator::Copy> shard_gathers(Session& session, const ShardSplit& split, int rank);
 
 // Loss and metrics of the model `factory` builds in inference mode (its initializers are the weights) on
 // every sample of `data`, the last partial batch included, as fit computes its validation logs; names are

@@ -52,6 +52,11 @@ bool lifetimes_overlap(const Program& p, ValueId a, ValueId b) {
   return !(p.last_step[a] < p.first_step[b] || p.last_step[b] < p.first_step[a]);
 }
 
+// A one-element i64 constant: a Slice bound, a Reshape shape.
+ValueId constant(Graph& g, int64_t v) {
+  return g.add_constant(g.unique_name("bound"), Tensor::from<int64_t>(Shape{1}, {v}));
+}
+
 }  // namespace
 
 TEST_SUITE("plan") {
@@ -121,10 +126,7 @@ TEST_SUITE("plan") {
       Graph g;
       ValueId x = g.add_input("x", DType::f32, Shape{64});
       ValueId a = g.op("Relu", {x});
-      auto constant = [&](int64_t v) {
-        return g.add_constant(g.unique_name("bound"), Tensor::from<int64_t>(Shape{1}, {v}));
-      };
-      ValueId b = g.op("Slice", {a, constant(start), constant(start + 24)});
+      ValueId b = g.op("Slice", {a, constant(g, start), constant(g, start + 24)});
       ValueId c = g.op("Neg", {b});
       ValueId d = g.op("Sigmoid", {a});  // a is read after the view too
       g.mark_output(c);
@@ -160,11 +162,9 @@ TEST_SUITE("plan") {
         Graph g;
         ValueId x = g.add_input("x", DType::f32, Shape{64});
         ValueId a = g.op("Relu", {x});
-        auto constant = [&](int64_t v) {
-          return g.add_constant(g.unique_name("bound"), Tensor::from<int64_t>(Shape{1}, {v}));
-        };
-        const ValueId grad = slice ? g.op("Slice", {a, constant(0), constant(32)})  // at offset 0: aligned
-                                   : g.op("Reshape", {a, constant(64)});            // a full-size view
+        const ValueId grad =
+            slice ? g.op("Slice", {a, constant(g, 0), constant(g, 32)})  // at offset 0: aligned
+                  : g.op("Reshape", {a, constant(g, 64)});               // a full-size view
         g.mark_output(g.op("Neg", {grad}));
         if (read_later) g.mark_output(g.op("Sigmoid", {a}));
         auto gp = std::make_shared<Graph>(g);
