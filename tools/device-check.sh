@@ -2,8 +2,10 @@
 # The GPU checks as one prepared script, in two halves (docs/gpu-testing.md):
 #   tools/device-check.sh pack [BUILD_DIR]  on the build machine: builds with CUDA and packs the binaries with the
 #                                           non-system shared libraries they need into .device/bundle.tar.gz
-#   tools/device-check.sh run               on the GPU machine, in a checkout carrying .device/: unpacks, runs the
-#                                           GPU tests and the GPU benchmark, writes logs under $OUT, prints a table
+#   tools/device-check.sh run [CHECK...]    on the GPU machine, in a checkout carrying .device/: unpacks, runs the
+#                                           GPU tests and the GPU benchmark (only the checks whose names start with
+#                                           a CHECK given) within $DEVICE_CHECK_SECONDS (default 480), writes eight
+#                                           files under $OUT and ends with status.txt: a line per check, a table
 # The GPU machine has the NVIDIA driver, Python with PyTorch (cuBLAS and cuDNN in its nvidia/* wheels), and none of
 # the Debian libraries trainer links (oneDNN, protobuf, ONNX, fmt): the bundle brings those.
 set -euo pipefail
@@ -50,73 +52,121 @@ print(":".join(dirs))
 EOF
 }
 
+# One check: `check NAME CAP OUT ERR COMMAND...` runs COMMAND with its stdout appended to OUT and its stderr to
+# ERR (- for OUT), for at most CAP seconds or what is left of the budget, whichever is less. A check is not started
+# when less than 20 s of the budget is left. Each outcome is a line of status.txt, and a failed check's output is
+# printed again at the end. With CHECK names given, only the checks whose names start with one of them run.
+check() {
+  local name=$1 cap=$2 out=$3 err=$4
+  shift 4
+  [ "$err" = - ] && err=$out
+  selected "$name" || return 0
+  local left=$((BUDGET - SECONDS))
+  if [ $left -lt 20 ]; then
+    note "$name" "the budget of ${BUDGET} s was spent"
+    return 0
+  fi
+  local limit=$((cap < left ? cap : left)) t0=$SECONDS rc=0 from
+  from=$(($(stat -c %s "$err" 2>/dev/null || echo 0) + 1))
+  echo "== $name: $*" >>"$err"
+  timeout -k 5 "$limit" "$@" >>"$out" 2>>"$err" || rc=$?
+  local result=passed
+  case $rc in
+    0) ;;
+    77) result=skipped ;;
+    124 | 137) result="timed out" ;;
+    *) result="exit $rc" ;;
+  esac
+  printf '%-18s %-10s %5ss  %s\n' "$name" "$result" $((SECONDS - t0)) "$(basename "$err")" | tee -a "$STATUS" >&2
+  if [ $rc -ne 0 ]; then
+    STATUS_CODE=1
+    FAILED+=("$name|$err|$from|$(stat -c %s "$err")")
+  fi
+}
+
+# Whether the check NAME is to run: all are when no CHECK was named.
+selected() {
+  [ ${#SELECTED[@]} -eq 0 ] && return 0
+  local s
+  for s in "${SELECTED[@]}"; do [[ $1 == "$s"* ]] && return 0; done
+  return 1
+}
+
+# A line of status.txt for a check that could not start.
+note() {
+  printf '%-18s %-10s %6s  %s\n' "$1" "not run" "" "$2" | tee -a "$STATUS" >&2
+  STATUS_CODE=1
+}
+
 run_checks() {
   local out=${OUT:-/tmp/device-check-out}
+  BUDGET=${DEVICE_CHECK_SECONDS:-480}
+  SELECTED=("$@")
+  STATUS=$out/status.txt
+  STATUS_CODE=0
+  FAILED=()
   mkdir -p "$out"
   [ -f "$BUNDLE" ] || { echo "device-check: $BUNDLE is missing: run 'tools/device-check.sh pack' first" >&2; exit 2; }
   local dir=/tmp/trainer-bundle
   rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$BUNDLE"
   export LD_LIBRARY_PATH="$dir/lib:$(cuda_library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export PYTHONUNBUFFERED=1
-  local trainer=$dir/bin/trainer
+  # test_cuda_cli.py makes its data once, there, for all its runs
+  export CUDA_CLI_DATA=/tmp/trainer-cuda-cli-data
+  rm -rf "$CUDA_CLI_DATA"
+  local trainer=$dir/bin/trainer tests=$dir/bin/cuda_tests cli=$ROOT/tests/cuda/test_cuda_cli.py
   {
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     "$trainer" --version
-  } 2>&1 | tee "$out/facts.txt"
+  } >"$out/facts.txt" 2>&1
+  cat "$out/facts.txt" >&2
+  printf '%-18s %-10s %6s  %s\n' check result time log >"$STATUS"
 
-  local status=0
-  echo "== GPU tests (CUDA against the CPU)" >&2
-  timeout 240 "$dir/bin/cuda_tests" 2>&1 | tee "$out/cuda_tests.log" || status=1
-  echo "== sample models on CUDA" >&2
-  timeout 240 python3 "$ROOT/tests/cuda/test_cuda_cli.py" "$trainer" 2>&1 | tee "$out/cuda_cli.log" || status=1
-
-  echo "== benchmark" >&2
-  : >"$out/bench.jsonl"
-  for args in "samples/cifar10/cnn.toml --batch-size 256" "samples/fashion_mnist/mlp.toml --batch-size 64" \
-    "samples/imdb/lstm.toml --batch-size 64"; do
-    for precision in fp32 bf16; do
-      # shellcheck disable=SC2086
-      timeout 120 "$trainer" bench "$ROOT"/$args --device cuda --steps 50 --warmup 5 \
-        --set train.precision=$precision >>"$out/bench.jsonl" 2>>"$out/bench.log" || status=1
+  # In the order of what a short run must not miss: NCCL and the op parity first, the PyTorch reference last.
+  local t=$out/cuda_tests.log c=$out/cuda_cli.log j=$out/bench.jsonl b=$out/bench.log
+  local cases=SampleModelsOnCuda.test_
+  check nccl 60 "$t" - "$tests" "-tc=cuda: NCCL*"
+  check ops 150 "$t" - "$tests" "-tc=cuda: every registered op*"
+  check steps 150 "$t" - "$tests" "-tce=cuda: NCCL*,cuda: every registered op*"
+  check cli-gpus1 180 "$c" - python3 "$cli" "$trainer" ${cases}gpus_1_through_nccl_equals_one_device
+  check cli-cpu 240 "$c" - python3 "$cli" "$trainer" ${cases}cuda_equals_cpu_within_1e_4
+  check cli-graph-bf16 180 "$c" - python3 "$cli" "$trainer" ${cases}graph_replay_equals_eager \
+    ${cases}bf16_follows_fp32 ${cases}readme_sample_fit_on_cuda
+  local item spec precision
+  for item in cifar10/cnn.toml:256 fashion_mnist/mlp.toml:64 imdb/lstm.toml:64; do
+    spec=${item%:*}
+    for precision in bf16 fp32; do
+      check "bench-$(basename "$spec" .toml)-$precision" 60 "$j" "$b" "$trainer" bench "$ROOT/samples/$spec" \
+        --batch-size "${item#*:}" --device cuda --steps 50 --warmup 5 --set train.precision=$precision
     done
   done
-  timeout 240 python3 "$ROOT/tools/bench/torch_gpu.py" --models cifar_cnn:256,fashion_mlp:64 \
-    >"$out/torch.jsonl" 2>>"$out/bench.log" || status=1
-  python3 - "$out" <<'EOF' | tee "$out/summary.txt"
-import json, os, sys
-out = sys.argv[1]
-def lines(name):
-    path = os.path.join(out, name)
-    return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-def model_of(spec):
-    return "cifar_cnn" if "cifar" in spec else "imdb_lstm" if "imdb" in spec else "fashion_mlp"
-ours = {(model_of(b["spec"]), b["precision"]): b for b in lines("bench.jsonl")}
-torch = {(t["model"], t["precision"], t["mode"]): t for t in lines("torch.jsonl")}
-print(f"{'model':<12} {'prec':<5} {'trainer graph':>14} {'trainer eager':>14} {'torch eager':>12} {'torch.compile':>14} "
-      f"{'vs eager':>9} {'vs compile':>10}")
-for model in ("cifar_cnn", "fashion_mlp"):
-    for prec in ("fp32", "bf16"):
-        b = ours.get((model, prec))
-        te, tc = torch.get((model, prec, "eager"), {}), torch.get((model, prec, "compile"), {})
-        g = b["samples_per_s"] if b else None
-        e = b["batch_size"] / b["step_ms"]["median"] * 1e3 if b else None
-        def f(v): return f"{v:,.0f}" if isinstance(v, (int, float)) else "-"
-        def r(a, c): return f"{a / c:.2f}x" if a and c else "-"
-        print(f"{model:<12} {prec:<5} {f(g):>14} {f(e):>14} {f(te.get('samples_per_s')):>12} "
-              f"{f(tc.get('samples_per_s')):>14} {r(g, te.get('samples_per_s')):>9} {r(g, tc.get('samples_per_s')):>10}")
-print("samples/s; trainer graph = CUDA graph replay, eager = kernel by kernel; torch fp32 with TF32 off")
-EOF
   # docs/scaling.md's model with the sample models' forward, backward and update times measured here.
-  python3 "$ROOT/tools/bench/scaling_model.py" --measured "$out/bench.jsonl" >"$out/scaling.md" 2>>"$out/bench.log" ||
-    status=1
-  exit $status
+  if [ -s "$j" ]; then
+    check scaling 30 "$out/scaling.md" "$b" python3 "$ROOT/tools/bench/scaling_model.py" --measured "$j"
+  elif selected scaling; then
+    note scaling "no benchmark results to calibrate it"
+  fi
+  check torch-eager 90 "$out/torch.jsonl" "$b" python3 "$ROOT/tools/bench/torch_gpu.py" --modes eager
+  check torch-compile 180 "$out/torch.jsonl" "$b" python3 "$ROOT/tools/bench/torch_gpu.py" --modes compile
+
+  python3 "$ROOT/tools/bench/device_table.py" "$j" "$out/torch.jsonl" >>"$STATUS" || STATUS_CODE=1
+  # The failed checks' own output again, so that the end of this command's output shows what went wrong.
+  local f name log from to
+  for f in "${FAILED[@]}"; do
+    IFS='|' read -r name log from to <<<"$f"
+    echo "== the output of the failed check $name (its last 60 lines)" >&2
+    tail -c +"$from" "$log" | head -c $((to - from + 1)) | tail -n 60 >&2
+  done
+  echo "== device-check: ${SECONDS} s of a budget of ${BUDGET} s" >&2
+  cat "$STATUS" >&2
+  exit $STATUS_CODE
 }
 
 case ${1:-} in
   pack) shift; pack "$@" ;;
-  run) run_checks ;;
-  *) echo "usage: tools/device-check.sh pack [BUILD_DIR] | run" >&2; exit 2 ;;
+  run) shift; run_checks "$@" ;;
+  *) echo "usage: tools/device-check.sh pack [BUILD_DIR] | run [CHECK...]" >&2; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 """The sample models on a GPU, through `trainer fit` as a user runs it: 20 steps on CUDA (fp32) give the CPU's loss
 within 1e-4; graph replay gives what kernel-by-kernel launches give, bitwise; the README's sample fit runs with
---device cuda. Data: generated files in the real formats (tools/make-test-data.py). Without a GPU it exits 77
-(skipped). Usage: test_cuda_cli.py TRAINER"""
+--device cuda. Data: generated files in the real formats (tools/make-test-data.py), made in a temporary folder, or once in $CUDA_CLI_DATA when
+that is set. Without a GPU it exits 77 (skipped). Each fit has 120 s; one that hangs fails its test and names its
+command. Usage: test_cuda_cli.py TRAINER [unittest arguments, e.g. test names to run in that order]"""
 
 import json
 import os
@@ -14,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAINER = None
 DATA = None
 STEPS, BATCH = 20, 64
+FIT_SECONDS = 120
 FP32 = ["--set", "train.precision=fp32"]
 SAMPLES = {"fashion_mnist/mlp.toml": "fashion", "fashion_mnist/cnn.toml": "fashion",
            "fashion_mnist/lstm.toml": "fashion", "cifar10/cnn.toml": "cifar10", "imdb/lstm.toml": "imdb"}
@@ -36,7 +38,10 @@ def fit(spec, *extra):
     args = [TRAINER, "fit", os.path.join(ROOT, "samples", spec), "--epochs", "1", "--log-format", "jsonl",
             "--set", f"train.batch_size={BATCH}", "--set", f"data.train.limit={STEPS * BATCH}",
             "--set", "data.validation.limit=256", *data_sets(SAMPLES[spec]), *extra]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=FIT_SECONDS)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{' '.join(args)}\ndid not end within {FIT_SECONDS} s\n{e.stderr or ''}") from None
     if r.returncode != 0:
         raise AssertionError(f"{' '.join(args)}\nexit {r.returncode}\n{r.stderr}")
     events = [json.loads(line) for line in r.stdout.splitlines()]
@@ -88,7 +93,7 @@ class SampleModelsOnCuda(unittest.TestCase):
     def test_readme_sample_fit_on_cuda(self):
         args = [TRAINER, "fit", os.path.join(ROOT, "samples", "fashion_mnist", "mlp.toml"), "--device", "cuda",
                 "--epochs", "2", "--log-format", "jsonl", *data_sets("fashion")]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=2 * FIT_SECONDS)
         self.assertEqual(r.returncode, 0, r.stderr)
         end = json.loads(r.stdout.splitlines()[-1])
         self.assertGreater(end["val_accuracy"], 0.9, r.stderr)
@@ -102,14 +107,19 @@ def main():
     if not os.path.exists("/dev/nvidiactl"):
         print("skipped: no CUDA device")
         sys.exit(77)
+    kept = os.environ.get("CUDA_CLI_DATA")
     with tempfile.TemporaryDirectory() as tmp:
-        DATA = tmp
-        make = [sys.executable, os.path.join(ROOT, "tools", "make-test-data.py")]
-        subprocess.run(make + ["fashion", os.path.join(tmp, "fashion"), "--train", str(STEPS * BATCH)], check=True)
-        subprocess.run(make + ["cifar10", os.path.join(tmp, "cifar10"), "--per-batch", str(STEPS * BATCH // 5)],
-                       check=True)
-        subprocess.run(make + ["imdb", os.path.join(tmp, "imdb"), "--train", str(STEPS * BATCH), "--test", "256"],
-                       check=True)
+        DATA = os.path.abspath(kept) if kept else tmp
+        done = os.path.join(DATA, "complete")
+        if not os.path.exists(done):
+            make = [sys.executable, os.path.join(ROOT, "tools", "make-test-data.py")]
+            subprocess.run(make + ["fashion", os.path.join(DATA, "fashion"), "--train", str(STEPS * BATCH)],
+                           check=True)
+            subprocess.run(make + ["cifar10", os.path.join(DATA, "cifar10"), "--per-batch",
+                                   str(STEPS * BATCH // 5)], check=True)
+            subprocess.run(make + ["imdb", os.path.join(DATA, "imdb"), "--train", str(STEPS * BATCH), "--test",
+                                   "256"], check=True)
+            open(done, "w").close()
         unittest.main(verbosity=2)
 
 

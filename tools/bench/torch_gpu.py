@@ -4,7 +4,7 @@ the same layers, Adam, sparse categorical cross-entropy and batch as the trainer
 torch.compile, in fp32 (TF32 off, as trainer's fp32) and bf16 (autocast). Each timing: warm-up steps, then CUDA
 events around N steps; also the peak memory PyTorch's allocator held. One JSON line per case on stdout.
 
-Usage: torch_gpu.py [--steps 50] [--warmup 10] [--models cifar_cnn,fashion_mlp] [--no-compile]
+Usage: torch_gpu.py [--steps 50] [--warmup 10] [--models cifar_cnn:256,fashion_mlp:64] [--modes eager,compile]
 """
 import argparse
 import json
@@ -69,15 +69,18 @@ def main():
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--models", default="cifar_cnn:256,fashion_mlp:64")
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--modes", default="eager,compile", help="eager, compile or both (torch.compile takes minutes)")
     a = p.parse_args()
+    modes = a.modes.split(",")
+    if not modes or any(m not in ("eager", "compile") for m in modes):
+        p.error(f"--modes: '{a.modes}' is not a list of eager and compile")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
     for item in a.models.split(","):
         name, batch = item.split(":")
         for precision in ("fp32", "bf16"):
-            for compiled in ([False] if a.no_compile else [False, True]):
+            for compiled in [m == "compile" for m in modes]:
                 try:
                     r = measure(name, int(batch), precision, compiled, a.steps, a.warmup)
                 except Exception as e:  # torch.compile may be unavailable; report and go on
