@@ -14,7 +14,9 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/cpu_kernel.h"
@@ -164,7 +166,12 @@ class CudaEvent final : public Event {
     cudaSetDevice(device_);
     cudaEventDestroy(event_);
   }
-  bool done() const override { return cudaEventQuery(event_) == cudaSuccess; }
+  // "Not ready" may stay behind as the thread's last error, which the next launch check would report.
+  bool done() const override {
+    const cudaError_t status = cudaEventQuery(event_);
+    if (status == cudaErrorNotReady) (void)cudaGetLastError();
+    return status == cudaSuccess;
+  }
   void synchronize() override { TRAINER_CUDA_CHECK(cudaEventSynchronize(event_)); }
 
  private:
@@ -235,6 +242,23 @@ class HostFallbackKernel final : public CudaKernel {
 struct StepLabel {
   std::string op, node, shapes;
 };
+
+// Says once per process which ops run on the host for want of a CUDA kernel for their types or shapes: their
+// inputs and outputs cross PCIe, and a plan with one is not replayed as a CUDA graph.
+void report_host_fallbacks(int device, const std::set<std::string>& ops) {
+  static std::mutex mu;
+  static std::set<std::string> told;
+  std::lock_guard<std::mutex> lock(mu);
+  std::vector<std::string> fresh;
+  for (const std::string& op : ops)
+    if (told.insert(op).second) fresh.push_back(op);
+  if (fresh.empty()) return;
+  fmt::print(stderr,
+             "note: cuda:{} runs {} on the host: no CUDA kernel takes {} types or shapes; plans with {} run "
+             "kernel by kernel, not as a CUDA graph\n",
+             device, fmt::join(fresh, ", "), fresh.size() == 1 ? "its" : "their",
+             fresh.size() == 1 ? "it" : "them");
+}
 
 class CudaExecutable final : public Executable {
  public:
@@ -533,7 +557,7 @@ class CudaBackend final : public Backend {
     auto host_ctx = std::make_unique<StepContext>();
     std::vector<KernelPtr> kernels;
     std::vector<StepLabel> labels;
-    bool host_kernels = false;
+    std::set<std::string> host_ops;
     for (NodeId id : p.steps) {
       const Node& n = g.node(id);
       KernelArgs args{g, n, {}, {}, dev_ctx_, &libs_};
@@ -543,7 +567,7 @@ class CudaBackend final : public Backend {
       if (const KernelFactory* f = KernelRegistry::global().find(n.op)) k = (*f)(args);
       if (!k) {
         k = std::make_unique<HostFallbackKernel>(g, n, args.inputs, args.outputs, host_ctx.get());
-        host_kernels = true;
+        host_ops.insert(n.op);
       }
       kernels.push_back(std::move(k));
       std::string shapes;
@@ -563,8 +587,9 @@ class CudaBackend final : public Backend {
     }
     auto exec = std::make_unique<CudaExecutable>(options_.device, compute_, options_.cuda_graph,
                                                  std::move(kernels), std::move(labels), std::move(after),
-                                                 host_kernels, std::move(host_ctx), dev_ctx_);
+                                                 !host_ops.empty(), std::move(host_ctx), dev_ctx_);
     exec->set_buckets_before(std::move(before));
+    if (!host_ops.empty()) report_host_fallbacks(options_.device, host_ops);
     return exec;
   }
 
