@@ -99,7 +99,6 @@ ncclUniqueId parse_unique_id(const std::string& bytes) {
   return id;
 }
 
-
 // cudaEventQuery's answer. "Not ready" is no failure, but the runtime may keep it as the thread's last error,
 // and the next kernel launch on this thread, checked with cudaGetLastError, would then report it: it is
 // cleared here.
