@@ -61,7 +61,6 @@ namespace trainer::engine::cuda::lib {
   X(cudnnConvolutionForward) \
   X(cudnnConvolutionBackwardData) \
   X(cudnnConvolutionBackwardFilter) \
-  X(cudnnConvolutionBackwardBias) \
   X(cudnnCreatePoolingDescriptor) \
   X(cudnnDestroyPoolingDescriptor) \
   X(cudnnSetPooling2dDescriptor) \

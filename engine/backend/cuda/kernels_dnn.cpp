@@ -16,6 +16,7 @@
 
 #include "engine/backend/cuda/cuda_kernel.h"
 #include "engine/backend/cuda/dynload.h"
+#include "engine/backend/cuda/launch_blas.h"
 #include "engine/ops/conv_geometry.h"
 
 namespace trainer::engine::cuda {
@@ -182,7 +183,7 @@ enum class ConvPass { forward, data, filter };
 
 // The descriptors of one convolution: x [n, c, h, w], w [m, c / group, kh, kw], y [n, m, oh, ow].
 struct ConvState {
-  TensorDesc x, y, bias;
+  TensorDesc x, y;
   FilterDesc w;
   ConvDesc conv;
   int algo = 0;
@@ -230,9 +231,7 @@ bool conv_setup(const Win2d& v, int64_t group, ConvPass pass, const CudaLibs& li
   // Tensor cores: always for bf16/fp16 operands, for fp32 only when TF32 is allowed.
   const bool tensor_ops = half || libs.allow_tf32;
   if (group < 1 || v.c % group != 0 || v.m % group != 0) return false;
-  if (!s->x.set(v.n, v.c, v.h, v.w, type) || !s->y.set(v.n, v.m, v.oh, v.ow, type) ||
-      !s->bias.set(1, v.m, 1, 1, type))
-    return false;
+  if (!s->x.set(v.n, v.c, v.h, v.w, type) || !s->y.set(v.n, v.m, v.oh, v.ow, type)) return false;
   if (!ok(dnn.cudnnSetFilter4dDescriptor(s->w.get(), type, CUDNN_TENSOR_NCHW, static_cast<int>(v.m),
                                          static_cast<int>(v.c / group), static_cast<int>(v.kh),
                                          static_cast<int>(v.kw))))
@@ -342,25 +341,20 @@ bool conv_setup(const Win2d& v, int64_t group, ConvPass pass, const CudaLibs& li
   return true;
 }
 
-// Whether cuDNN adds a bias (cudnnAddTensor) and reduces a bias gradient (cudnnConvolutionBackwardBias) in
-// `type`: asked once per process and type with one-element tensors in the workspace, because the documented
-// type lists of these legacy calls are not uniform. fp32 always works.
-bool bias_ops_supported(const CudaLibs& libs, cudnnDataType_t type) {
-  if (type == CUDNN_DATA_FLOAT) return true;
-  static std::mutex mu;
-  static std::map<int, bool> known;
-  std::lock_guard<std::mutex> lock(mu);
-  if (auto it = known.find(static_cast<int>(type)); it != known.end()) return it->second;
-  const lib::Cudnn& dnn = lib::cudnn();
-  TensorDesc one;
-  bool works = one.set(1, 1, 1, 1, type);
-  auto* scratch = static_cast<std::byte*>(libs.workspace);
-  works =
-      works && ok(dnn.cudnnAddTensor(libs.cudnn, &kOne, one.get(), scratch, &kOne, one.get(), scratch + 256));
-  works = works && ok(dnn.cudnnConvolutionBackwardBias(libs.cudnn, &kOne, one.get(), scratch, &kZero,
-                                                       one.get(), scratch + 256));
-  known[static_cast<int>(type)] = works;
-  return works;
+// The element type number of launch_channel_bias and launch_channel_sums; -1 for a type they do not take.
+int bias_type(DType t) {
+  switch (t) {
+    case DType::f32:
+      return 0;
+    case DType::f64:
+      return 1;
+    case DType::bf16:
+      return 2;
+    case DType::f16:
+      return 3;
+    default:
+      return -1;
+  }
 }
 
 // Conv(X, W, [B]) -> Y
@@ -371,20 +365,22 @@ KernelPtr conv(const KernelArgs& a) {
   auto s = std::make_shared<ConvState>();
   if (!conv_setup(v, a.attrs().i("group"), ConvPass::forward, *a.libs, a.in(0).dtype, s.get()))
     return nullptr;
-  cudnnDataType_t type = CUDNN_DATA_FLOAT;
-  conv_dtype(a.in(0).dtype, &type);
-  if (a.has_input(2) && !bias_ops_supported(*a.libs, type)) return nullptr;
+  // The bias is added by our kernel, which takes every type the convolution does (the type lists of cuDNN's
+  // legacy bias calls differ from call to call).
+  const int btype = a.has_input(2) ? bias_type(a.in(2).dtype) : 0;
+  if (a.has_input(2) && (btype < 0 || a.in(2).dtype != a.out(0).dtype)) return nullptr;
   const void* x = a.inputs[0];
   const void* w = a.inputs[1];
   const void* b = a.has_input(2) ? a.inputs[2] : nullptr;
   void* y = a.outputs[0];
-  return make_kernel([s, x, w, b, y](cudaStream_t stream) {
+  const int64_t spatial = v.oh * v.ow;
+  return make_kernel([s, x, w, b, y, btype, v, spatial](cudaStream_t stream) {
     const lib::Cudnn& dnn = lib::cudnn();
     DNN_CHECK(dnn.cudnnSetStream(s->handle, stream));
     DNN_CHECK(dnn.cudnnConvolutionForward(s->handle, &kOne, s->x.get(), x, s->w.get(), w, s->conv.get(),
                                           static_cast<cudnnConvolutionFwdAlgo_t>(s->algo), s->workspace,
                                           s->workspace_bytes, &kZero, s->y.get(), y));
-    if (b) DNN_CHECK(dnn.cudnnAddTensor(s->handle, &kOne, s->bias.get(), b, &kOne, s->y.get(), y));
+    if (b) TRAINER_CUDA_CHECK(launch_channel_bias(btype, y, b, v.n, v.m, spatial, stream));
   });
 }
 
@@ -417,23 +413,22 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
     return nullptr;
   auto s = std::make_shared<ConvState>();
   if (!conv_setup(v, a.attrs().i("group"), ConvPass::filter, *a.libs, a.in(0).dtype, s.get())) return nullptr;
-  cudnnDataType_t type = CUDNN_DATA_FLOAT;
-  conv_dtype(a.in(0).dtype, &type);
-  if (a.has_output(1) && !bias_ops_supported(*a.libs, type)) return nullptr;
+  // The bias gradient is our kernel's too (see conv): a sum in a fixed order, the same bits on every run.
+  const int btype = a.has_output(1) ? bias_type(a.out(1).dtype) : 0;
+  if (a.has_output(1) && (btype < 0 || a.out(1).dtype != a.in(0).dtype)) return nullptr;
   const void* dy = a.inputs[0];
   const void* x = a.inputs[1];
   void* dw = a.outputs[0];
   void* db = a.has_output(1) ? a.outputs[1] : nullptr;
-  return make_kernel([s, dy, x, dw, db](cudaStream_t stream) {
+  const int64_t spatial = v.oh * v.ow;
+  return make_kernel([s, dy, x, dw, db, btype, v, spatial](cudaStream_t stream) {
     const lib::Cudnn& dnn = lib::cudnn();
     DNN_CHECK(dnn.cudnnSetStream(s->handle, stream));
     DNN_CHECK(dnn.cudnnConvolutionBackwardFilter(s->handle, &kOne, s->x.get(), x, s->y.get(), dy,
                                                  s->conv.get(),
                                                  static_cast<cudnnConvolutionBwdFilterAlgo_t>(s->algo),
                                                  s->workspace, s->workspace_bytes, &kZero, s->w.get(), dw));
-    if (db)
-      DNN_CHECK(
-          dnn.cudnnConvolutionBackwardBias(s->handle, &kOne, s->y.get(), dy, &kZero, s->bias.get(), db));
+    if (db) TRAINER_CUDA_CHECK(launch_channel_sums(btype, dy, db, v.n, v.m, spatial, stream));
   });
 }
 

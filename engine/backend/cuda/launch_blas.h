@@ -1,5 +1,6 @@
 // Launchers of the blas family's own device code (blas_epilogue.cu): the activations cuBLASLt's epilogues do
-// not compute exactly as the CPU does. Plain declarations that g++ and nvcc both read.
+// not compute exactly as the CPU does, and the bias sums of GEMMs and convolutions. Plain declarations that
+// g++ and nvcc both read.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,5 +25,14 @@ cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* z, void*
 // is the same on every run (and adjacent threads read adjacent columns: the loads coalesce). `type`: 0 f32, 1
 // f64, 2 bf16.
 cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, cudaStream_t stream);
+
+// A convolution's bias, on NCHW tensors of batch x channels x spatial elements; `type`: 0 f32, 1 f64, 2 bf16,
+// 3 f16, each computed in double and rounded once. launch_channel_bias: y[i][c][j] += b[c], in place.
+// launch_channel_sums: db[c] = the sum over i and j of dy[i][c][j], in a fixed order (the same bits on every
+// run).
+cudaError_t launch_channel_bias(int type, void* y, const void* b, int64_t batch, int64_t channels,
+                                int64_t spatial, cudaStream_t stream);
+cudaError_t launch_channel_sums(int type, const void* dy, void* db, int64_t batch, int64_t channels,
+                                int64_t spatial, cudaStream_t stream);
 
 }  // namespace trainer::engine::cuda
