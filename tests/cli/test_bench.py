@@ -222,6 +222,35 @@ class Bench(unittest.TestCase):
         self.assertNotEqual(got, row(modelled.stdout, "Fashion-MNIST MLP"))
         self.assertEqual(row(measured.stdout, "CIFAR-10 CNN"), row(modelled.stdout, "CIFAR-10 CNN"))
 
+    def test_the_device_table_reads_the_bench_output(self):
+        # tools/bench/device_table.py, which ends tools/device-check.sh: the bench's JSON as it is today, beside
+        # a PyTorch line, gives the row's numbers and ratio; a cut-off line and missing files give dashes.
+        r = run(["bench", MLP, "--batch-size", "64", "--steps", "2", "--warmup", "1", "--device", "cpu", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        b = json.loads(r.stdout)
+        torch = {"event": "torch_bench", "model": "fashion_mlp", "batch_size": 64, "precision": b["precision"],
+                 "mode": "eager", "step_ms": 1.0, "samples_per_s": b["samples_per_s"] / 2}
+        script = os.path.join(cli_util.ROOT, "tools", "bench", "device_table.py")
+        with tempfile.TemporaryDirectory() as d:
+            ours, theirs = os.path.join(d, "bench.jsonl"), os.path.join(d, "torch.jsonl")
+            with open(ours, "w") as f:
+                f.write(r.stdout + '{"event": "bench", "spec": "samples/cifar10/cnn.t\n')
+            with open(theirs, "w") as f:
+                f.write(json.dumps(torch) + "\n")
+            t = subprocess.run([sys.executable, script, ours, theirs], capture_output=True, text=True, timeout=60)
+            empty = subprocess.run([sys.executable, script, os.path.join(d, "none"), os.path.join(d, "none")],
+                                   capture_output=True, text=True, timeout=60)
+        self.assertEqual(t.returncode, 0, t.stderr)
+        cells = next(l for l in t.stdout.splitlines() if l.startswith(f"fashion_mlp  {b['precision']}")).split()
+        self.assertEqual(cells[2], f"{b['samples_per_s']:,.0f}")
+        self.assertEqual(cells[3], f"{64 / b['step_ms']['median'] * 1e3:,.0f}")
+        self.assertEqual(cells[4], f"{b['samples_per_s'] / 2:,.0f}")
+        self.assertEqual(cells[6], "2.00x")
+        cnn = next(l for l in t.stdout.splitlines() if l.startswith("cifar_cnn"))
+        self.assertEqual(set(cnn.split()[2:]), {"-"})
+        self.assertEqual(empty.returncode, 0, empty.stderr)
+        self.assertEqual(sum(l.count("-") for l in empty.stdout.splitlines()[2:8]), 6 * 6)
+
     def test_bad_flags_exit_2(self):
         for args in (["--steps", "0"], ["--steps", "many"], ["--warmup", "-1"], ["--top", "-2"],
                      ["--device", "tpu"], ["--no-such-flag"], ["--batch-size", "0"]):
