@@ -74,7 +74,8 @@ check() {
   case $rc in
     0) ;;
     77) result=skipped ;;
-    124 | 137) result="timed out" ;;
+    124) result="timed out" ;;
+    137) result=killed ;; # past its limit and deaf to SIGTERM, or out of memory
     *) result="exit $rc" ;;
   esac
   printf '%-18s %-10s %5ss  %s\n' "$name" "$result" $((SECONDS - t0)) "$(basename "$err")" | tee -a "$STATUS" >&2
@@ -106,6 +107,8 @@ run_checks() {
   STATUS_CODE=0
   FAILED=()
   mkdir -p "$out"
+  rm -f "$out"/{facts.txt,status.txt,cuda_tests.log,cuda_cli.log,bench.jsonl,bench.log,torch.jsonl,scaling.md}
+  printf '%-18s %-10s %6s  %s\n' check result time log >"$STATUS"
   [ -f "$BUNDLE" ] || { echo "device-check: $BUNDLE is missing: run 'tools/device-check.sh pack' first" >&2; exit 2; }
   local dir=/tmp/trainer-bundle
   rm -rf "$dir" && mkdir -p "$dir" && tar -C "$dir" -xzf "$BUNDLE"
@@ -120,10 +123,9 @@ run_checks() {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-    "$trainer" --version
+    "$trainer" --version || echo "trainer --version: exit $?"
   } >"$out/facts.txt" 2>&1
   cat "$out/facts.txt" >&2
-  printf '%-18s %-10s %6s  %s\n' check result time log >"$STATUS"
 
   # In the order of what a short run must not miss: NCCL and the op parity first, the PyTorch reference last.
   local t=$out/cuda_tests.log c=$out/cuda_cli.log j=$out/bench.jsonl b=$out/bench.log
@@ -158,7 +160,7 @@ run_checks() {
   for f in "${FAILED[@]}"; do
     IFS='|' read -r name log from to <<<"$f"
     echo "== the output of the failed check $name (its last 60 lines)" >&2
-    tail -c +"$from" "$log" | head -c $((to - from + 1)) | tail -n 60 >&2
+    head -c "$to" "$log" | tail -c +"$from" | tail -n 60 >&2
   done
   echo "== device-check: ${SECONDS} s of a budget of ${BUDGET} s" >&2
   cat "$STATUS" >&2

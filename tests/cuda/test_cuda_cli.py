@@ -1,8 +1,9 @@
 """The sample models on a GPU, through `trainer fit` as a user runs it: 20 steps on CUDA (fp32) give the CPU's loss
 within 1e-4; graph replay gives what kernel-by-kernel launches give, bitwise; the README's sample fit runs with
---device cuda. Data: generated files in the real formats (tools/make-test-data.py), made in a temporary folder, or once in $CUDA_CLI_DATA when
-that is set. Without a GPU it exits 77 (skipped). Each fit has 120 s; one that hangs fails its test and names its
-command. Usage: test_cuda_cli.py TRAINER [unittest arguments, e.g. test names to run in that order]"""
+--device cuda. Data: generated files in the real formats (tools/make-test-data.py), in a temporary folder, or made
+once in $CUDA_CLI_DATA when that is set. Without a GPU it exits 77 (skipped). Each fit has 60 s: one that hangs
+fails its test and is named on stderr at once, and the fits after it are not started.
+Usage: test_cuda_cli.py TRAINER [unittest arguments, e.g. the names of the tests to run, in that order]"""
 
 import json
 import os
@@ -15,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAINER = None
 DATA = None
 STEPS, BATCH = 20, 64
-FIT_SECONDS = 120
+FIT_SECONDS = 60
+HUNG = []  # the command of a fit that did not end: the fits after it are not started
 FP32 = ["--set", "train.precision=fp32"]
 SAMPLES = {"fashion_mnist/mlp.toml": "fashion", "fashion_mnist/cnn.toml": "fashion",
            "fashion_mnist/lstm.toml": "fashion", "cifar10/cnn.toml": "cifar10", "imdb/lstm.toml": "imdb"}
@@ -38,10 +40,17 @@ def fit(spec, *extra):
     args = [TRAINER, "fit", os.path.join(ROOT, "samples", spec), "--epochs", "1", "--log-format", "jsonl",
             "--set", f"train.batch_size={BATCH}", "--set", f"data.train.limit={STEPS * BATCH}",
             "--set", "data.validation.limit=256", *data_sets(SAMPLES[spec]), *extra]
+    if HUNG:
+        raise AssertionError(f"not run: an earlier fit did not end ({HUNG[0]})")
     try:
         r = subprocess.run(args, capture_output=True, text=True, timeout=FIT_SECONDS)
     except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"{' '.join(args)}\ndid not end within {FIT_SECONDS} s\n{e.stderr or ''}") from None
+        HUNG.append(" ".join(args))
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
+        message = f"{' '.join(args)}\ndid not end within {FIT_SECONDS} s; its stderr:\n{err}"
+        # Printed at once too: unittest reports failures only at the end, which a time limit may not let come.
+        print(message, file=sys.stderr, flush=True)
+        raise AssertionError(message) from None
     if r.returncode != 0:
         raise AssertionError(f"{' '.join(args)}\nexit {r.returncode}\n{r.stderr}")
     events = [json.loads(line) for line in r.stdout.splitlines()]
