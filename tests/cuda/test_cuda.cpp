@@ -5,10 +5,13 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "engine/autodiff/autodiff.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/launch_blas.h"
 #include "engine/data/synthetic.h"
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
@@ -173,6 +176,72 @@ TEST_SUITE("cuda") {
     MESSAGE(cases << " op examples compared; ops with examples: " << native << " with CUDA kernels, "
                   << fallback << " on the host fallback");
     CHECK(cases > 50);
+  }
+
+  TEST_CASE("cuda: a convolution's bias and bias gradient kernels, f32 and bf16, bitwise") {
+    // The op examples check these kernels in f32 through Conv; bf16 (the default precision from sm_80 on) is
+    // checked here. The values are multiples of 1/8 in [-8, 8]: the bias adds are exact in bf16, and the
+    // channel sums exact in f32 and double, so the expected bf16 sum is the exact one rounded to nearest
+    // even.
+    const int64_t batch = 3, channels = 5, spatial = 37, total = batch * channels * spatial;
+    std::vector<float> y(total), b(channels), added(total), sums(channels, 0.0f);
+    for (int64_t i = 0; i < total; ++i) y[i] = static_cast<float>((i * 37) % 129 - 64) / 8.0f;
+    for (int64_t c = 0; c < channels; ++c) b[c] = static_cast<float>(3 * c - 7) / 8.0f;
+    for (int64_t i = 0; i < total; ++i) {
+      added[i] = y[i] + b[(i / spatial) % channels];
+      sums[(i / spatial) % channels] += y[i];
+    }
+    auto bits = [](float v) {
+      uint32_t u;
+      std::memcpy(&u, &v, 4);
+      return u;
+    };
+    auto to_bf16 = [&](const std::vector<float>& v) {  // round to nearest even
+      std::vector<uint16_t> out(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        const uint32_t u = bits(v[i]);
+        out[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+      }
+      return out;
+    };
+    auto device = [](const void* host, size_t bytes) {
+      void* d = nullptr;
+      REQUIRE(cudaMalloc(&d, bytes) == cudaSuccess);
+      REQUIRE(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+      return d;
+    };
+    auto read = [](const void* d, size_t bytes) {
+      std::vector<unsigned char> out(bytes);
+      REQUIRE(cudaMemcpy(out.data(), d, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+      return out;
+    };
+    auto bytes_of = [](const auto& v) {
+      const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+      return std::vector<unsigned char>(p, p + v.size() * sizeof(v[0]));
+    };
+    REQUIRE(cudaSetDevice(0) == cudaSuccess);
+    for (int type : {0, 2}) {
+      CAPTURE(type);
+      const std::vector<unsigned char> yb = type == 0 ? bytes_of(y) : bytes_of(to_bf16(y));
+      const std::vector<unsigned char> bb = type == 0 ? bytes_of(b) : bytes_of(to_bf16(b));
+      const size_t width = type == 0 ? 4 : 2;
+      void* dy = device(yb.data(), yb.size());
+      void* db = device(bb.data(), bb.size());
+      void* dsum = device(bb.data(), bb.size());  // overwritten
+      CHECK(cuda::launch_channel_sums(type, dy, dsum, batch, channels, spatial, nullptr) == cudaSuccess);
+      CHECK(cuda::launch_channel_bias(type, dy, db, batch, channels, spatial, nullptr) == cudaSuccess);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      CHECK(read(dy, total * width) == (type == 0 ? bytes_of(added) : bytes_of(to_bf16(added))));
+      CHECK(read(dsum, channels * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
+      for (void* p : {dy, db, dsum}) cudaFree(p);
+    }
+    // Nothing to sum: zeros.
+    void* dz = nullptr;
+    REQUIRE(cudaMalloc(&dz, 8) == cudaSuccess);
+    REQUIRE(cudaMemset(dz, 0xff, 8) == cudaSuccess);
+    CHECK(cuda::launch_channel_sums(0, dz, dz, 0, 2, 7, nullptr) == cudaSuccess);
+    CHECK(read(dz, 8) == std::vector<unsigned char>(8, 0));
+    cudaFree(dz);
   }
 
   TEST_CASE("cuda: training steps equal the CPU's within 1e-4") {
