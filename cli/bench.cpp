@@ -312,15 +312,15 @@ Command add_bench_command(CLI::App& app) {
   spec->add_spec(cmd);
   spec->add_overrides(cmd, false);
   cmd->add_option("--steps", o->steps, "Timed steps (default 20); as many again are timed kernel by kernel")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--warmup", o->warmup, "Untimed steps first (default 3)")->check(CLI::NonNegativeNumber);
+      ->check(whole_number(1));
+  cmd->add_option("--warmup", o->warmup, "Untimed steps first (default 3)")->check(whole_number(0));
   cmd->add_option("--top", o->top, "Ops the table on stderr lists, slowest first (default 10)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(whole_number(0));
   cmd->add_option(
          "--devices", o->devices,
          "Also time the step on N CPU replicas sharing the batch, as trainer fit --devices N runs it: "
          "compute, exposed communication, scaling efficiency against one device")
-      ->check(CLI::Range(1, 1024));
+      ->check(whole_number(1, 1024));
   device->add(cmd, true);
   cmd->add_flag("-q,--quiet", o->quiet, "Print nothing on stderr but errors");
   auto run = [=]() -> int {

@@ -5,7 +5,9 @@
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <sstream>
@@ -24,16 +26,33 @@ void SpecOptions::add_spec(CLI::App* app) {
   app->add_option("SPEC", path, "Model description: a TOML file (see trainer-model(5))")->required();
 }
 
+CLI::Validator whole_number(int64_t lo, int64_t hi) {
+  const bool unbounded = hi == std::numeric_limits<int>::max();
+  return CLI::Validator(
+      [lo, hi, unbounded](std::string& v) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long n = std::strtoll(v.c_str(), &end, 10);
+        const bool whole = end != v.c_str() && !*end && errno == 0;
+        if (whole && n >= lo && n <= hi) return "";
+        if (whole && unbounded && n > hi) return fmt::format("'{}' is larger than {}", v, hi);
+        if (unbounded) return fmt::format("'{}' is not a whole number of at least {}", v, lo);
+        return fmt::format("'{}' is not a whole number from {} to {}", v, lo, hi);
+      },
+      unbounded ? fmt::format(">= {}", lo) : fmt::format("{} to {}", lo, hi));
+}
+
 void SpecOptions::add_overrides(CLI::App* app, bool training) {
   app->add_option("--set", sets,
                   "Override a spec key, validated like the file: --set train.optimizer.learning_rate=3e-4")
       ->type_name("KEY=VALUE");
   app->add_option("--batch-size", batch_size, "Global batch size (same as --set train.batch_size=N)")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_number(1));
   if (!training) return;
   app->add_option("--epochs", epochs, "Epochs to train (same as --set train.epochs=N)")
-      ->check(CLI::PositiveNumber);
-  app->add_option("--seed", seed, "Seed of initializers, shuffling and dropout (same as --set train.seed=N)");
+      ->check(whole_number(1));
+  app->add_option("--seed", seed, "Seed of initializers, shuffling and dropout (same as --set train.seed=N)")
+      ->check(whole_number(0, std::numeric_limits<int64_t>::max()));
 }
 
 std::vector<std::string> SpecOptions::overrides() const {
@@ -92,7 +111,7 @@ void ParallelOptions::add(CLI::App* app) {
          "--devices", devices,
          "CPU replicas that share every global batch, one thread each (with --device cpu or without a "
          "GPU); default 1")
-      ->check(CLI::Range(1, 1024));
+      ->check(whole_number(1, 1024));
   app->add_flag("--allow-uneven", allow_uneven,
                 "Let replicas take unequal shares of a batch_size they do not divide; their gradients are "
                 "weighted by sample count");

@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +27,10 @@ struct Command {
   CLI::App* app = nullptr;
   std::function<int()> run;
 };
+
+// Checks an option's value is a whole number from lo to hi, with an error that says so (CLI11's own names
+// the largest double when hi is unbounded). hi defaults to the largest int, which the option's type holds.
+CLI::Validator whole_number(int64_t lo, int64_t hi = std::numeric_limits<int>::max());
 
 // SPEC plus overrides. --epochs/--batch-size/--seed are shorthands for --set train.<key>=N.
 struct SpecOptions {

@@ -51,7 +51,7 @@ Command add_evaluate_command(CLI::App& app) {
                   "or train")
       ->check(CLI::IsMember({"validation", "test", "train"}));
   cmd->add_option("--batch-size", *batch, "Samples per step (default: the spec's train.batch_size)")
-      ->check(CLI::PositiveNumber);
+      ->check(whole_number(1));
   cmd->add_option("--set", *sets,
                   "Override a key of the checkpoint's spec, e.g. point a dataset elsewhere: "
                   "--set data.test.x=t10k-images-idx3-ubyte.gz")

@@ -19,7 +19,7 @@ Command add_export_command(CLI::App& app) {
   cmd->add_option("CKPT", *ckpt, "A checkpoint written by trainer fit")->required();
   cmd->add_option("-o,--output", *out, "The ONNX file to write")->required()->type_name("FILE");
   cmd->add_option("--opset", *opset, "ONNX opset of the default domain")
-      ->check(CLI::Range(formats::kMinOnnxExportOpset, formats::kMaxOnnxExportOpset));
+      ->check(whole_number(formats::kMinOnnxExportOpset, formats::kMaxOnnxExportOpset));
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on success");
   auto run = [=]() -> int {
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);

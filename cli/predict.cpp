@@ -262,7 +262,7 @@ Command add_predict_command(CLI::App& app) {
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
   cmd->add_option("INPUT", *input,
                   "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input");
-  cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));
   cmd->add_flag(

@@ -34,7 +34,7 @@ Command add_summary_command(CLI::App& app) {
   cmd->add_option("--devices", *devices,
                   "Replicas of a data-parallel run: the memory one of them plans for its rows of the batch, "
                   "and the optimizer state it holds with [parallel] shard_optimizer")
-      ->check(CLI::Range(1, 1024));
+      ->check(whole_number(1, 1024));
   auto run = [=]() -> int {
     formats::ModelSpec s = spec->load();
     int64_t batch = s.train.batch_size;

@@ -213,10 +213,25 @@ class BadUsage(unittest.TestCase):
         # One "trainer: error:" line naming the option, and a hint, as for a bad spec.
         spec = cli_util.sample("fashion_mnist/mlp.toml")
         for args, needle in ((["--collective-timeout", "0"], "'0' is not a number of seconds from 0.001 to 1e7"),
-                             (["--scale-lr", "foo"], "--scale-lr: foo"), (["--devices", "0"], "--devices: "),
+                             (["--scale-lr", "foo"], "--scale-lr: foo"),
+                             (["--devices", "0"], "--devices: '0' is not a whole number from 1 to 1024"),
+                             (["--devices", "1.5"], "--devices: '1.5' is not a whole number from 1 to 1024"),
+                             (["--epochs", "0"], "--epochs: '0' is not a whole number of at least 1"),
+                             (["--batch-size", "x"], "--batch-size: 'x' is not a whole number of at least 1"),
+                             (["--epochs", "99999999999"], "--epochs: '99999999999' is larger than 2147483647"),
+                             (["--seed", "-1"], "--seed: '-1' is not a whole number from 0 to"),
                              (["--epoch", "3"], "--epoch")):
             with self.subTest(args=args):
                 err = assert_input_error(self, run(["fit", spec, *args]), needle, "hint: trainer fit --help")
+                self.assertLess(len(err), 400, err)
+        # The other commands' counts read the same.
+        for args, needle in ((["bench", spec, "--warmup", "-1"], "--warmup: '-1' is not a whole number of at least 0"),
+                             (["bench", spec, "--steps", "0"], "--steps: '0' is not a whole number of at least 1"),
+                             (["export", spec, "--opset", "99"], "--opset: '99' is not a whole number from 13 to"),
+                             (["summary", spec, "--devices", "2000"], "--devices: '2000' is not a whole number"),
+                             (["predict", spec, "--batch-size", "0"], "--batch-size: '0' is not a whole number")):
+            with self.subTest(args=args):
+                err = assert_input_error(self, run(args), needle, f"hint: trainer {args[0]} --help")
                 self.assertLess(len(err), 400, err)
 
     def test_missing_spec(self):
