@@ -228,13 +228,17 @@ class Bench(unittest.TestCase):
         r = run(["bench", MLP, "--batch-size", "64", "--steps", "2", "--warmup", "1", "--device", "cpu", "-q"])
         self.assertEqual(r.returncode, 0, r.stderr)
         b = json.loads(r.stdout)
+        r2 = run(["bench", MLP, "--batch-size", "64", "--steps", "2", "--warmup", "1", "--device", "cpu", "--devices",
+                  "2", "-q"])
+        self.assertEqual(r2.returncode, 0, r2.stderr)
+        rep = json.loads(r2.stdout)["replicas"]
         torch = {"event": "torch_bench", "model": "fashion_mlp", "batch_size": 64, "precision": b["precision"],
                  "mode": "eager", "step_ms": 1.0, "samples_per_s": b["samples_per_s"] / 2}
         script = os.path.join(cli_util.ROOT, "tools", "bench", "device_table.py")
         with tempfile.TemporaryDirectory() as d:
             ours, theirs = os.path.join(d, "bench.jsonl"), os.path.join(d, "torch.jsonl")
             with open(ours, "w") as f:
-                f.write(r.stdout + '{"event": "bench", "spec": "samples/cifar10/cnn.t\n')
+                f.write(r.stdout + r2.stdout + '{"event": "bench", "spec": "samples/cifar10/cnn.t\n')
             with open(theirs, "w") as f:
                 f.write(json.dumps(torch) + "\n")
             t = subprocess.run([sys.executable, script, ours, theirs], capture_output=True, text=True, timeout=60)
@@ -246,6 +250,11 @@ class Bench(unittest.TestCase):
         self.assertEqual(cells[3], f"{64 / b['step_ms']['median'] * 1e3:,.0f}")
         self.assertEqual(cells[4], f"{b['samples_per_s'] / 2:,.0f}")
         self.assertEqual(cells[6], "2.00x")
+        # The run on replicas has a line of its own and leaves the table's row to the single device's run.
+        line = next(l for l in t.stdout.splitlines() if " on 2 replicas" in l)
+        self.assertTrue(line.startswith(f"fashion_mlp {b['precision']} on 2 replicas, batch 32 each:"), line)
+        self.assertIn(f"step {rep['step_ms']['median']:.3f} ms", line)
+        self.assertIn(f"scaling efficiency {100 * rep['scaling_efficiency']:.1f}%", line)
         cnn = next(l for l in t.stdout.splitlines() if l.startswith("cifar_cnn"))
         self.assertEqual(set(cnn.split()[2:]), {"-"})
         self.assertEqual(empty.returncode, 0, empty.stderr)

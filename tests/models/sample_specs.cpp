@@ -1,4 +1,4 @@
-// The sample models of the issue as hand-made model sections (samples/*.toml say the same in TOML).
+// The product's sample models as hand-made model sections (samples/*.toml say the same in TOML).
 #include "spec_builder.h"
 
 namespace trainer::models::testing {

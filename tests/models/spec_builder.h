@@ -79,7 +79,7 @@ inline InputError build_error(const Spec& s) {
   return InputError("", "");
 }
 
-// The sample models (sample_specs.cpp).
+// The product's sample models (sample_specs.cpp).
 Spec cifar_cnn();  // Conv2D 32 3x3 relu, MaxPool 2x2, Flatten, Dense 512 relu, Dense 10 softmax
 Spec imdb_lstm(int64_t length = 200);  // Embedding 10000x16, LSTM 128, Dense 16 relu, Dense 1 sigmoid
 Spec fashion_mlp();                    // Dense 1024 relu, Dense 512 relu, Dense 10 softmax

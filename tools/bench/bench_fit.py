@@ -33,7 +33,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SAMPLES = ["mlp", "cnn", "lstm"]
 
-# Stand-ins with the issue's models for sample specs that are not in the tree yet; the data, loss and
+# Stand-ins with the product's models for sample specs that are not in the tree yet; the data, loss and
 # optimizer sections are taken from mlp.toml.
 FALLBACK_MODELS = {
     "cnn": """[model]
@@ -165,7 +165,7 @@ def sample_specs(names, tmp):
         path = pathlib.Path(tmp) / f"{name}.toml"
         path.write_text(f"# Stand-in for samples/fashion_mnist/{name}.toml\nformat_version = 1\n\n"
                         + FALLBACK_MODELS[name] + "\n" + "\n".join(lines) + "\n")
-        log(f"bench_fit: {base / (name + '.toml')} is missing; using the issue's model in {path}")
+        log(f"bench_fit: {base / (name + '.toml')} is missing; using the product's model in {path}")
         specs[name] = path
     return specs
 
