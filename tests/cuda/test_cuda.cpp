@@ -180,17 +180,10 @@ TEST_SUITE("cuda") {
 
   TEST_CASE("cuda: a convolution's bias and bias gradient kernels, f32 and bf16, bitwise") {
     // The op examples check these kernels in f32 through Conv; bf16 (the default precision from sm_80 on) is
-    // checked here. The values are multiples of 1/8 in [-8, 8]: the bias adds are exact in bf16, and the
-    // channel sums exact in f32 and double, so the expected bf16 sum is the exact one rounded to nearest
-    // even.
-    const int64_t batch = 3, channels = 5, spatial = 37, total = batch * channels * spatial;
-    std::vector<float> y(total), b(channels), added(total), sums(channels, 0.0f);
-    for (int64_t i = 0; i < total; ++i) y[i] = static_cast<float>((i * 37) % 129 - 64) / 8.0f;
-    for (int64_t c = 0; c < channels; ++c) b[c] = static_cast<float>(3 * c - 7) / 8.0f;
-    for (int64_t i = 0; i < total; ++i) {
-      added[i] = y[i] + b[(i / spatial) % channels];
-      sums[(i / spatial) % channels] += y[i];
-    }
+    // checked here, on shapes that take each path: rows shorter and longer than a block, rows of one element,
+    // one chunk per channel and several (with a workspace), and none (without). The values are multiples of
+    // 1/8 in [-8, 8]: the bias adds are exact in bf16, the channel sums exact in f32 and double, so the
+    // expected bf16 sum is the exact one rounded to nearest even.
     auto bits = [](float v) {
       uint32_t u;
       std::memcpy(&u, &v, 4);
@@ -220,28 +213,54 @@ TEST_SUITE("cuda") {
       return std::vector<unsigned char>(p, p + v.size() * sizeof(v[0]));
     };
     REQUIRE(cudaSetDevice(0) == cudaSuccess);
-    for (int type : {0, 2}) {
-      CAPTURE(type);
-      const std::vector<unsigned char> yb = type == 0 ? bytes_of(y) : bytes_of(to_bf16(y));
-      const std::vector<unsigned char> bb = type == 0 ? bytes_of(b) : bytes_of(to_bf16(b));
-      const size_t width = type == 0 ? 4 : 2;
-      void* dy = device(yb.data(), yb.size());
-      void* db = device(bb.data(), bb.size());
-      void* dsum = device(bb.data(), bb.size());  // overwritten
-      CHECK(cuda::launch_channel_sums(type, dy, dsum, batch, channels, spatial, nullptr) == cudaSuccess);
-      CHECK(cuda::launch_channel_bias(type, dy, db, batch, channels, spatial, nullptr) == cudaSuccess);
-      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-      CHECK(read(dy, total * width) == (type == 0 ? bytes_of(added) : bytes_of(to_bf16(added))));
-      CHECK(read(dsum, channels * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
-      for (void* p : {dy, db, dsum}) cudaFree(p);
+    const size_t workspace_bytes = 1 << 20;
+    void* workspace = nullptr;
+    REQUIRE(cudaMalloc(&workspace, workspace_bytes) == cudaSuccess);
+    struct Sizes {
+      int64_t batch, channels, spatial;
+    };
+    for (Sizes z :
+         {Sizes{3, 5, 37}, Sizes{3, 2, 6000}, Sizes{2, 3, 40000}, Sizes{700, 3, 1}, Sizes{64, 7, 300}}) {
+      CAPTURE(z.batch);
+      CAPTURE(z.channels);
+      CAPTURE(z.spatial);
+      const int64_t total = z.batch * z.channels * z.spatial;
+      std::vector<float> y(total), b(z.channels), added(total), sums(z.channels, 0.0f);
+      for (int64_t i = 0; i < total; ++i) y[i] = static_cast<float>((i * 37) % 129 - 64) / 8.0f;
+      for (int64_t c = 0; c < z.channels; ++c) b[c] = static_cast<float>(3 * c - 7) / 8.0f;
+      for (int64_t i = 0; i < total; ++i) {
+        added[i] = y[i] + b[(i / z.spatial) % z.channels];
+        sums[(i / z.spatial) % z.channels] += y[i];
+      }
+      for (int type : {0, 2})
+        for (bool with_workspace : {true, false}) {
+          CAPTURE(type);
+          CAPTURE(with_workspace);
+          const std::vector<unsigned char> yb = type == 0 ? bytes_of(y) : bytes_of(to_bf16(y));
+          const std::vector<unsigned char> bb = type == 0 ? bytes_of(b) : bytes_of(to_bf16(b));
+          const size_t width = type == 0 ? 4 : 2;
+          void* dy = device(yb.data(), yb.size());
+          void* db = device(bb.data(), bb.size());
+          void* dsum = device(bb.data(), bb.size());  // overwritten
+          CHECK(cuda::launch_channel_sums(type, dy, dsum, z.batch, z.channels, z.spatial,
+                                          with_workspace ? workspace : nullptr, workspace_bytes,
+                                          nullptr) == cudaSuccess);
+          CHECK(cuda::launch_channel_bias(type, dy, db, z.batch, z.channels, z.spatial, nullptr) ==
+                cudaSuccess);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          CHECK(read(dy, total * width) == (type == 0 ? bytes_of(added) : bytes_of(to_bf16(added))));
+          CHECK(read(dsum, z.channels * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
+          for (void* p : {dy, db, dsum}) cudaFree(p);
+        }
     }
     // Nothing to sum: zeros.
     void* dz = nullptr;
     REQUIRE(cudaMalloc(&dz, 8) == cudaSuccess);
     REQUIRE(cudaMemset(dz, 0xff, 8) == cudaSuccess);
-    CHECK(cuda::launch_channel_sums(0, dz, dz, 0, 2, 7, nullptr) == cudaSuccess);
+    CHECK(cuda::launch_channel_sums(0, dz, dz, 0, 2, 7, workspace, workspace_bytes, nullptr) == cudaSuccess);
     CHECK(read(dz, 8) == std::vector<unsigned char>(8, 0));
     cudaFree(dz);
+    cudaFree(workspace);
   }
 
   TEST_CASE("cuda: training steps equal the CPU's within 1e-4") {

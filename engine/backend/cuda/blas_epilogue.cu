@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "engine/backend/cuda/launch_blas.h"
@@ -127,36 +128,73 @@ __global__ void column_sums(const T* dz, T* db, int64_t m, int64_t n) {
   }
 }
 
-// y[(i * channels + c) * spatial + j] += b[c], one thread per element, in place.
+// y[r * spatial + j] += b[r % channels] for the rows r = i * channels + c: a row's bias is read once, and
+// the threads of a block walk a row's contiguous elements.
 template <class T>
-__global__ void channel_bias(T* y, const T* b, int64_t channels, int64_t spatial, int64_t total) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x)
-    store_from_double(y, i, load_as_double(y, i) + load_as_double(b, (i / spatial) % channels));
+__global__ void channel_bias(T* y, const T* b, int64_t rows, int64_t channels, int64_t spatial) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const double bias = load_as_double(b, r % channels);
+    T* row = y + r * spatial;
+    for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < spatial;
+         j += int64_t{gridDim.x} * blockDim.x)
+      store_from_double(row, j, load_as_double(row, j) + bias);
+  }
 }
 
-// One block per channel. Each thread sums its fixed share of the channel's elements in order, then a fixed
-// tree adds the threads' sums: the same bits on every run. The loop over channels is the same for every
-// thread of a block, so the barriers are reached by all of them.
+// The sums of a channel's batch * spatial elements (numbered k = i * spatial + j, i the sample), in chunks of
+// `chunk`: block (x, y) sums chunk x of channel y. Each thread adds its elements k = first + t, first + t +
+// kChannelThreads, ... in order, then a fixed tree adds the threads' sums; the chunk's sum goes to
+// partial[c * splits + x], or to db[c] when there is one chunk. The same bits on every run. The loops over
+// channels and chunks are the same for every thread of a block, so the barriers are reached by all of them.
 constexpr int kChannelThreads = 256;
 template <class T>
-__global__ void channel_sums(const T* dy, T* db, int64_t batch, int64_t channels, int64_t spatial) {
+__global__ void channel_sums(const T* dy, T* db, double* partial, int64_t batch, int64_t channels,
+                             int64_t spatial, int64_t splits, int64_t chunk) {
   __shared__ double part[kChannelThreads];
   const int64_t count = batch * spatial;
-  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    double s = 0;
-    for (int64_t k = threadIdx.x; k < count; k += kChannelThreads) {
-      const int64_t i = k / spatial;
-      s += load_as_double(dy, (i * channels + c) * spatial + (k - i * spatial));
-    }
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = kChannelThreads / 2; w > 0; w /= 2) {
-      if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+  for (int64_t c = blockIdx.y; c < channels; c += gridDim.y)
+    for (int64_t x = blockIdx.x; x < splits; x += gridDim.x) {
+      const int64_t end = (x + 1) * chunk < count ? (x + 1) * chunk : count;
+      double s = 0;
+      int64_t k = x * chunk + threadIdx.x;
+      if (k < end) {
+        // Element k is dy[(i * channels + c) * spatial + j]; (i, j) follow k without a division per step.
+        int64_t i = k / spatial, j = k - i * spatial;
+        const int64_t di = kChannelThreads / spatial, dj = kChannelThreads - di * spatial;
+        for (; k < end; k += kChannelThreads) {
+          s += load_as_double(dy, (i * channels + c) * spatial + j);
+          i += di;
+          j += dj;
+          if (j >= spatial) {
+            j -= spatial;
+            ++i;
+          }
+        }
+      }
+      part[threadIdx.x] = s;
       __syncthreads();
+      for (int w = kChannelThreads / 2; w > 0; w /= 2) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        if (partial)
+          partial[c * splits + x] = part[0];
+        else
+          store_from_double(db, c, part[0]);
+      }
+      __syncthreads();  // part is written again for the next chunk
     }
-    if (threadIdx.x == 0) store_from_double(db, c, part[0]);
-    __syncthreads();  // part is written again for the next channel
+}
+
+// db[c] = the sum of partial[c * splits + x] over x, in order.
+template <class T>
+__global__ void channel_sums_combine(const double* partial, T* db, int64_t channels, int64_t splits) {
+  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < channels;
+       c += int64_t{gridDim.x} * blockDim.x) {
+    double s = 0;
+    for (int64_t x = 0; x < splits; ++x) s += partial[c * splits + x];
+    store_from_double(db, c, s);
   }
 }
 
@@ -186,29 +224,46 @@ bool with_type(int type, F f) {
 
 cudaError_t launch_channel_bias(int type, void* y, const void* b, int64_t batch, int64_t channels,
                                 int64_t spatial, cudaStream_t stream) {
-  const int64_t total = batch * channels * spatial;
-  if (total <= 0) return cudaSuccess;
+  const int64_t rows = batch * channels;
+  if (rows <= 0 || spatial <= 0) return cudaSuccess;
   if (!y || !b) return cudaErrorInvalidValue;
   constexpr unsigned block = 256;
-  const int64_t blocks = (total + block - 1) / block;
-  const unsigned grid = static_cast<unsigned>(blocks > 65535 * 8 ? 65535 * 8 : blocks);
+  const int64_t across = (spatial + block - 1) / block;
+  const dim3 grid(static_cast<unsigned>(across > 1024 ? 1024 : across),
+                  static_cast<unsigned>(rows > 65535 ? 65535 : rows));
   const bool known = with_type(type, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    channel_bias<<<grid, block, 0, stream>>>(static_cast<T*>(y), static_cast<const T*>(b), channels, spatial,
-                                             total);
+    channel_bias<<<grid, block, 0, stream>>>(static_cast<T*>(y), static_cast<const T*>(b), rows, channels,
+                                             spatial);
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t launch_channel_sums(int type, const void* dy, void* db, int64_t batch, int64_t channels,
-                                int64_t spatial, cudaStream_t stream) {
+                                int64_t spatial, void* workspace, size_t workspace_bytes,
+                                cudaStream_t stream) {
   if (channels <= 0) return cudaSuccess;
   if (!dy || !db || batch < 0 || spatial < 0) return cudaErrorInvalidValue;
-  const unsigned grid = static_cast<unsigned>(channels > 65535 ? 65535 : channels);
+  // Chunks of about 16K elements, so that a few channels still give every multiprocessor blocks, as many as
+  // the workspace holds partial sums for; one chunk writes db directly.
+  const int64_t count = batch * spatial;
+  constexpr int64_t kChunk = 16384;
+  int64_t splits = std::max<int64_t>(1, (count + kChunk - 1) / kChunk);
+  splits = std::min<int64_t>(splits, 1024);
+  const int64_t room = workspace ? static_cast<int64_t>(workspace_bytes / (sizeof(double) * channels)) : 0;
+  if (splits > room) splits = std::max<int64_t>(1, room);
+  const int64_t chunk = std::max<int64_t>(1, (count + splits - 1) / splits);
+  double* partial = splits > 1 ? static_cast<double*>(workspace) : nullptr;
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(channels > 65535 ? 65535 : channels));
   const bool known = with_type(type, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    channel_sums<<<grid, kChannelThreads, 0, stream>>>(static_cast<const T*>(dy), static_cast<T*>(db), batch,
-                                                       channels, spatial);
+    channel_sums<<<grid, kChannelThreads, 0, stream>>>(static_cast<const T*>(dy), static_cast<T*>(db),
+                                                       partial, batch, channels, spatial, splits, chunk);
+    if (partial) {
+      const int64_t blocks = (channels + 255) / 256;
+      channel_sums_combine<<<static_cast<unsigned>(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(
+          partial, static_cast<T*>(db), channels, splits);
+    }
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }

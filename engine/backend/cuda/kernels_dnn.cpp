@@ -428,7 +428,10 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
                                                  s->conv.get(),
                                                  static_cast<cudnnConvolutionBwdFilterAlgo_t>(s->algo),
                                                  s->workspace, s->workspace_bytes, &kZero, s->w.get(), dw));
-    if (db) TRAINER_CUDA_CHECK(launch_channel_sums(btype, dy, db, v.n, v.m, spatial, stream));
+    // The workspace is free again: cuDNN's kernel above is before this one on the stream.
+    if (db)
+      TRAINER_CUDA_CHECK(
+          launch_channel_sums(btype, dy, db, v.n, v.m, spatial, s->workspace, s->workspace_bytes, stream));
   });
 }
 

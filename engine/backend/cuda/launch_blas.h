@@ -28,11 +28,13 @@ cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, in
 
 // A convolution's bias, on NCHW tensors of batch x channels x spatial elements; `type`: 0 f32, 1 f64, 2 bf16,
 // 3 f16, each computed in double and rounded once. launch_channel_bias: y[i][c][j] += b[c], in place.
-// launch_channel_sums: db[c] = the sum over i and j of dy[i][c][j], in a fixed order (the same bits on every
-// run).
 cudaError_t launch_channel_bias(int type, void* y, const void* b, int64_t batch, int64_t channels,
                                 int64_t spatial, cudaStream_t stream);
+// launch_channel_sums: db[c] = the sum over i and j of dy[i][c][j], in an order fixed by the sizes alone (the
+// same bits on every run). Each channel is summed in up to 1,024 chunks in parallel, their sums kept in the
+// workspace (8 bytes a chunk and channel) and added in order; with no room there, one chunk per channel.
 cudaError_t launch_channel_sums(int type, const void* dy, void* db, int64_t batch, int64_t channels,
-                                int64_t spatial, cudaStream_t stream);
+                                int64_t spatial, void* workspace, size_t workspace_bytes,
+                                cudaStream_t stream);
 
 }  // namespace trainer::engine::cuda
