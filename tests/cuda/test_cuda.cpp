@@ -178,7 +178,8 @@ TEST_SUITE("cuda") {
     CHECK(cases > 50);
   }
 
-  TEST_CASE("cuda: a convolution's bias and bias gradient kernels, f32 and bf16, bitwise") {
+  TEST_CASE(
+      "cuda: the bias kernels (a convolution's bias and gradient, a Dense layer's), f32 and bf16, bitwise") {
     // The op examples check these kernels in f32 through Conv; bf16 (the default precision from sm_80 on) is
     // checked here, on shapes that take each path: rows shorter and longer than a block, rows of one element,
     // one chunk per channel and several (with a workspace), and none (without). The values are multiples of
@@ -251,6 +252,30 @@ TEST_SUITE("cuda") {
           CHECK(read(dy, total * width) == (type == 0 ? bytes_of(added) : bytes_of(to_bf16(added))));
           CHECK(read(dsum, z.channels * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
           for (void* p : {dy, db, dsum}) cudaFree(p);
+        }
+    }
+    // A Dense layer's bias gradient (GemmGradWeightBias): column sums, in chunks of rows and in one.
+    for (auto [m, n] : {std::pair<int64_t, int64_t>{256, 512}, {17, 3}, {1, 10}}) {
+      CAPTURE(m);
+      CAPTURE(n);
+      std::vector<float> dz(m * n), sums(n, 0.0f);
+      for (int64_t i = 0; i < m * n; ++i) dz[i] = static_cast<float>((i * 53) % 129 - 64) / 8.0f;
+      for (int64_t i = 0; i < m * n; ++i) sums[i % n] += dz[i];
+      for (int type : {0, 2})
+        for (bool with_workspace : {true, false}) {
+          CAPTURE(type);
+          CAPTURE(with_workspace);
+          const std::vector<unsigned char> zb = type == 0 ? bytes_of(dz) : bytes_of(to_bf16(dz));
+          const size_t width = type == 0 ? 4 : 2;
+          void* d = device(zb.data(), zb.size());
+          void* db = nullptr;
+          REQUIRE(cudaMalloc(&db, n * width) == cudaSuccess);
+          CHECK(cuda::launch_column_sums(type, d, db, m, n, with_workspace ? workspace : nullptr,
+                                         workspace_bytes, nullptr) == cudaSuccess);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          CHECK(read(db, n * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
+          cudaFree(d);
+          cudaFree(db);
         }
     }
     // Nothing to sum: zeros.

@@ -118,12 +118,32 @@ __device__ void store_from_double(__half* p, int64_t k, double v) {
   p[k] = __float2half_rn(static_cast<float>(v));
 }
 
+// Column j's rows [y * chunk, (y + 1) * chunk) summed in order by one thread, for the chunks y of blockIdx.y;
+// the sum goes to partial[y * n + j], or to db[j] when there is one chunk. Adjacent threads read adjacent
+// columns, so the loads coalesce.
 template <class T>
-__global__ void column_sums(const T* dz, T* db, int64_t m, int64_t n) {
+__global__ void column_sums(const T* dz, T* db, double* partial, int64_t m, int64_t n, int64_t splits,
+                            int64_t chunk) {
+  for (int64_t y = blockIdx.y; y < splits; y += gridDim.y)
+    for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < n;
+         j += int64_t{gridDim.x} * blockDim.x) {
+      const int64_t end = (y + 1) * chunk < m ? (y + 1) * chunk : m;
+      double s = 0;
+      for (int64_t i = y * chunk; i < end; ++i) s += load_as_double(dz, i * n + j);
+      if (partial)
+        partial[y * n + j] = s;
+      else
+        store_from_double(db, j, s);
+    }
+}
+
+// db[j] = the sum of partial[y * n + j] over y, in order.
+template <class T>
+__global__ void column_sums_combine(const double* partial, T* db, int64_t n, int64_t splits) {
   for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < n;
        j += int64_t{gridDim.x} * blockDim.x) {
     double s = 0;
-    for (int64_t i = 0; i < m; ++i) s += load_as_double(dz, i * n + j);
+    for (int64_t y = 0; y < splits; ++y) s += partial[y * n + j];
     store_from_double(db, j, s);
   }
 }
@@ -268,28 +288,30 @@ cudaError_t launch_channel_sums(int type, const void* dy, void* db, int64_t batc
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
-cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n,
-                               cudaStream_t stream) {
+cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (!dz || !db || m < 0) return cudaErrorInvalidValue;
+  // Chunks of 16 rows, so that a narrow layer's few columns still give the GPU blocks and each thread a short
+  // walk, as many as the workspace holds partial sums for; one chunk writes db directly.
+  constexpr int64_t kRows = 16;
+  int64_t splits = std::min<int64_t>(std::max<int64_t>(1, (m + kRows - 1) / kRows), 65535);
+  const int64_t room = workspace ? static_cast<int64_t>(workspace_bytes / (sizeof(double) * n)) : 0;
+  if (splits > room) splits = std::max<int64_t>(1, room);
+  const int64_t chunk = std::max<int64_t>(1, (m + splits - 1) / splits);
+  double* partial = splits > 1 ? static_cast<double*>(workspace) : nullptr;
   constexpr unsigned block = 128;
-  int64_t blocks = (n + block - 1) / block;
-  const unsigned grid = static_cast<unsigned>(blocks > 65535 ? 65535 : blocks);
-  switch (type) {
-    case 0:
-      column_sums<<<grid, block, 0, stream>>>(static_cast<const float*>(dz), static_cast<float*>(db), m, n);
-      break;
-    case 1:
-      column_sums<<<grid, block, 0, stream>>>(static_cast<const double*>(dz), static_cast<double*>(db), m, n);
-      break;
-    case 2:
-      column_sums<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(dz),
-                                              static_cast<__nv_bfloat16*>(db), m, n);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const int64_t across = (n + block - 1) / block;
+  const dim3 grid(static_cast<unsigned>(across > 65535 ? 65535 : across), static_cast<unsigned>(splits));
+  const bool known =
+      type >= 0 && type <= 2 && with_type(type, [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        column_sums<<<grid, block, 0, stream>>>(static_cast<const T*>(dz), static_cast<T*>(db), partial, m, n,
+                                                splits, chunk);
+        if (partial)
+          column_sums_combine<<<grid.x, block, 0, stream>>>(partial, static_cast<T*>(db), n, splits);
+      });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 }  // namespace trainer::engine::cuda

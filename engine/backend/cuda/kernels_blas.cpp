@@ -466,9 +466,12 @@ KernelPtr gemm_grad_weight_bias(const KernelArgs& a) {
     lt = std::make_shared<LtProduct>();
     if (!lt->init(p, first, second, dw, a.libs)) return nullptr;
   }
-  return make_kernel([lt, type, dz, db, m, n](cudaStream_t stream) {
+  void* workspace = a.libs->workspace;
+  const size_t workspace_bytes = a.libs->workspace_bytes;
+  return make_kernel([lt, type, dz, db, m, n, workspace, workspace_bytes](cudaStream_t stream) {
     if (lt) lt->run(stream);
-    TRAINER_CUDA_CHECK(launch_column_sums(type, dz, db, m, n, stream));
+    // The workspace is free again: the GEMM above is before the sums on the stream.
+    TRAINER_CUDA_CHECK(launch_column_sums(type, dz, db, m, n, workspace, workspace_bytes, stream));
   });
 }
 

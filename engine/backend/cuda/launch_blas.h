@@ -21,10 +21,12 @@ cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* z, void*
                                         cudaStream_t stream);
 
 // db[j] = sum over i < m of dz[i * n + j]: the bias gradient beside a weight-gradient GEMM
-// (GemmGradWeightBias). One thread per column walks the rows in order with a double accumulator, so the sum
-// is the same on every run (and adjacent threads read adjacent columns: the loads coalesce). `type`: 0 f32, 1
-// f64, 2 bf16.
-cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, cudaStream_t stream);
+// (GemmGradWeightBias). Threads take columns (adjacent threads adjacent columns: the loads coalesce) and walk
+// chunks of 16 rows in order with a double accumulator; the chunks' sums, kept in the workspace (8 bytes a
+// chunk and column), are then added in order, so the sum is the same on every run. With no room there, one
+// chunk. `type`: 0 f32, 1 f64, 2 bf16.
+cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream);
 
 // A convolution's bias, on NCHW tensors of batch x channels x spatial elements; `type`: 0 f32, 1 f64, 2 bf16,
 // 3 f16, each computed in double and rounded once. launch_channel_bias: y[i][c][j] += b[c], in place.
