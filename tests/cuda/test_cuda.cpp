@@ -220,8 +220,8 @@ TEST_SUITE("cuda") {
     struct Sizes {
       int64_t batch, channels, spatial;
     };
-    for (Sizes z :
-         {Sizes{3, 5, 37}, Sizes{3, 2, 6000}, Sizes{2, 3, 40000}, Sizes{700, 3, 1}, Sizes{64, 7, 300}}) {
+    for (Sizes z : {Sizes{3, 5, 37}, Sizes{3, 2, 6000}, Sizes{2, 3, 40000}, Sizes{700, 3, 1},
+                    Sizes{64, 7, 300}, Sizes{256, 3, 100}, Sizes{256, 2, 256}}) {
       CAPTURE(z.batch);
       CAPTURE(z.channels);
       CAPTURE(z.spatial);
