@@ -124,6 +124,8 @@ run_checks() {
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" || true
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     "$trainer" --version || echo "trainer --version: exit $?"
+    # The NCCL that loads, and the CUDA kernel registry's count
+    "$tests" --test-suite=cuda_registry -s 2>&1 | grep -oE "NCCL [0-9]+|[0-9]+ ops with CUDA kernels.*" || true
   } >"$out/facts.txt" 2>&1
   cat "$out/facts.txt" >&2
 
