@@ -3,12 +3,15 @@
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
 
@@ -51,6 +54,78 @@ Command add_bench_command(CLI::App& app);  // cli/bench.cpp
   std::_Exit(1);
 }
 
+// Levenshtein distance, for suggesting the option or subcommand a typo meant.
+static size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The one of `names` that `word` most likely meant: within two edits (one for words of up to four characters,
+// none for shorter ones), or the only name it begins; else "".
+static std::string closest(const std::string& word, const std::vector<std::string>& names) {
+  std::string best;
+  size_t best_distance = word.size() < 3 ? 1 : word.size() <= 4 ? 2 : 3;
+  std::vector<std::string> extending;
+  for (const std::string& n : names) {
+    const size_t d = edit_distance(word, n);
+    if (d < best_distance) best_distance = d, best = n;
+    if (n.size() > word.size() && n.compare(0, word.size(), word) == 0) extending.push_back(n);
+  }
+  if (best.empty() && extending.size() == 1) best = extending.front();
+  return best;
+}
+
+// A usage error read like every other bad input: what, where (the option or word), and a hint, with the
+// option or subcommand a typo most likely meant.
+static void print_usage_error(CLI::App& app, const CLI::ParseError& e) {
+  const std::vector<CLI::App*> given = app.get_subcommands();
+  CLI::App* at = given.empty() ? &app : given.back();
+  const std::string command = given.empty() ? "trainer" : "trainer " + at->get_name();
+  std::string what = e.what(), hint = command + " --help lists the options";
+  if (dynamic_cast<const CLI::ExtrasError*>(&e) && !at->remaining().empty()) {
+    std::string word = at->remaining().front();
+    if (word.size() > 1 && word[0] == '-') {
+      word = word.substr(0, word.find('='));
+      std::vector<std::string> names;
+      for (const CLI::Option* o : at->get_options()) {
+        for (const std::string& l : o->get_lnames()) names.push_back("--" + l);
+        for (const std::string& n : o->get_snames()) names.push_back("-" + n);
+      }
+      what = fmt::format("{}: {} has no such option", word, command);
+      if (std::string m = closest(word, names); !m.empty())
+        hint = fmt::format("did you mean {}? {} --help lists the options", m, command);
+    } else if (given.empty()) {
+      std::vector<std::string> names;
+      for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+      what = fmt::format("'{}' is no subcommand", word);
+      hint = "trainer --help lists the subcommands";
+      if (std::string m = closest(word, names); !m.empty())
+        hint = fmt::format("did you mean {}? trainer --help lists the subcommands", m);
+    } else {
+      what = fmt::format("'{}': {} takes no more arguments", word, command);
+      hint = command + " --help shows what it takes";
+    }
+  } else if (dynamic_cast<const CLI::ArgumentMismatch*>(&e)) {
+    // CLI11 says "NAME: 1 required TYPE missing" or "NAME: At Most 1 required but received 2".
+    const std::string name = what.substr(0, what.find(": "));
+    if (what.find("missing") != std::string::npos)
+      what = fmt::format("{}: a value is missing after it", name);
+    else if (what.find("At Most") != std::string::npos)
+      what = fmt::format("{}: given more than once; give it once", name);
+  }
+  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", what, hint);
+}
+
 int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
@@ -71,10 +146,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help
-    // A usage error reads like every other bad input: what, where (the option CLI11 names), and a hint.
-    const std::vector<CLI::App*> given = app.get_subcommands();
-    const std::string command = given.empty() ? "trainer" : "trainer " + given.back()->get_name();
-    fmt::print(stderr, "trainer: error: {}\n  hint: {} --help lists the options\n", e.what(), command);
+    print_usage_error(app, e);
     return 2;
   }
   try {
@@ -93,8 +165,12 @@ int main(int argc, char** argv) {
           fmt::print("{}", c.app->help(app.get_name()));
           return 0;
         }
-      fmt::print(stderr, "trainer: error: no subcommand '{}'\n  hint: trainer --help lists them\n",
-                 help_topic);
+      std::vector<std::string> names;
+      for (const cli::Command& c : commands) names.push_back(c.app->get_name());
+      const std::string meant = closest(help_topic, names);
+      fmt::print(stderr,
+                 "trainer: error: '{}' is no subcommand\n  hint: {}trainer --help lists the subcommands\n",
+                 help_topic, meant.empty() ? "" : fmt::format("did you mean {}? ", meant));
       return 2;
     }
     for (const cli::Command& c : commands)

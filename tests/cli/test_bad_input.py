@@ -220,9 +220,12 @@ class BadUsage(unittest.TestCase):
                              (["--batch-size", "x"], "--batch-size: 'x' is not a whole number of at least 1"),
                              (["--epochs", "99999999999"], "--epochs: '99999999999' is larger than 2147483647"),
                              (["--seed", "-1"], "--seed: '-1' is not a whole number from 0 to"),
-                             (["--epoch", "3"], "--epoch")):
+                             (["--epoch", "3"], "--epoch: trainer fit has no such option"),
+                             (["--device"], "--device: a value is missing after it"),
+                             (["--epochs", "1", "--epochs", "2"], "--epochs: given more than once"),
+                             (["extra_arg"], "'extra_arg': trainer fit takes no more arguments")):
             with self.subTest(args=args):
-                err = assert_input_error(self, run(["fit", spec, *args]), needle, "hint: trainer fit --help")
+                err = assert_input_error(self, run(["fit", spec, *args]), needle, "\n  hint: ", "trainer fit --help")
                 self.assertLess(len(err), 400, err)
         # The other commands' counts read the same.
         for args, needle in ((["bench", spec, "--warmup", "-1"], "--warmup: '-1' is not a whole number of at least 0"),
@@ -233,6 +236,20 @@ class BadUsage(unittest.TestCase):
             with self.subTest(args=args):
                 err = assert_input_error(self, run(args), needle, f"hint: trainer {args[0]} --help")
                 self.assertLess(len(err), 400, err)
+
+    def test_a_typo_gets_what_it_most_likely_meant(self):
+        spec = cli_util.sample("fashion_mnist/mlp.toml")
+        for args, meant in ((["fit", spec, "--epoch", "3"], "--epochs"), (["fit", spec, "--devcies", "2"], "--devices"),
+                            (["fit", spec, "--gpu", "2"], "--gpus"), (["fit", spec, "--epoch=3"], "--epochs"),
+                            (["bench", spec, "--step", "3"], "--steps"), (["fitt", spec], "fit"),
+                            (["sumary", spec], "summary"), (["help", "evalute"], "evaluate")):
+            with self.subTest(args=args):
+                assert_input_error(self, run(args), f"hint: did you mean {meant}? ")
+        # Nothing close: no guess.
+        for args in (["fit", spec, "--zzzzzz"], ["zzzzzz"], ["fit", spec, "-x"]):
+            with self.subTest(args=args):
+                err = assert_input_error(self, run(args), "hint: trainer")
+                self.assertNotIn("did you mean", err)
 
     def test_missing_spec(self):
         assert_input_error(self, run(["check", "no-such-spec.toml"]), "no-such-spec.toml")
