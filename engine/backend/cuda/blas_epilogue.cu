@@ -293,9 +293,10 @@ cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, in
   if (n <= 0) return cudaSuccess;
   if (!dz || !db || m < 0) return cudaErrorInvalidValue;
   // Chunks of 16 rows, so that a narrow layer's few columns still give the GPU blocks and each thread a short
-  // walk, as many as the workspace holds partial sums for; one chunk writes db directly.
-  constexpr int64_t kRows = 16;
-  int64_t splits = std::min<int64_t>(std::max<int64_t>(1, (m + kRows - 1) / kRows), 65535);
+  // walk; at most 4,096 chunks, so that the ordered combine stays short for very tall inputs; and as many as
+  // the workspace holds partial sums for. One chunk writes db directly.
+  const int64_t rows = std::max<int64_t>(16, (m + 4095) / 4096);
+  int64_t splits = std::max<int64_t>(1, (m + rows - 1) / rows);
   const int64_t room = workspace ? static_cast<int64_t>(workspace_bytes / (sizeof(double) * n)) : 0;
   if (splits > room) splits = std::max<int64_t>(1, room);
   const int64_t chunk = std::max<int64_t>(1, (m + splits - 1) / splits);

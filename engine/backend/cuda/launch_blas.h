@@ -22,9 +22,9 @@ cudaError_t launch_gemm_activation_bf16(GemmActivation act, const void* z, void*
 
 // db[j] = sum over i < m of dz[i * n + j]: the bias gradient beside a weight-gradient GEMM
 // (GemmGradWeightBias). Threads take columns (adjacent threads adjacent columns: the loads coalesce) and walk
-// chunks of 16 rows in order with a double accumulator; the chunks' sums, kept in the workspace (8 bytes a
-// chunk and column), are then added in order, so the sum is the same on every run. With no room there, one
-// chunk. `type`: 0 f32, 1 f64, 2 bf16.
+// chunks of 16 rows (more for inputs over 65,536 rows: at most 4,096 chunks) in order with a double
+// accumulator; the chunks' sums, kept in the workspace (8 bytes a chunk and column), are then added in order,
+// so the sum is the same on every run. With no room there, one chunk. `type`: 0 f32, 1 f64, 2 bf16.
 cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, void* workspace,
                                size_t workspace_bytes, cudaStream_t stream);
 
