@@ -286,8 +286,8 @@ class RnnRunner {
     if (backward && db_) {
       const std::vector<T> ones(static_cast<size_t>(N), T(1));
       TRAINER_CUDA_CHECK(cudaMemcpy(ones_, ones.data(), N * es, cudaMemcpyHostToDevice));
-      // A copy from pageable memory may return before the transfer ends, and the compute stream (non-blocking)
-      // does not wait for the legacy stream: finished here, at prepare time.
+      // A copy from pageable memory may return before the transfer ends, and the compute stream
+      // (non-blocking) does not wait for the legacy stream: finished here, at prepare time.
       TRAINER_CUDA_CHECK(cudaDeviceSynchronize());
     }
   }
