@@ -137,13 +137,15 @@ __global__ void column_sums(const T* dz, T* db, double* partial, int64_t m, int6
     }
 }
 
-// db[j] = the sum of partial[y * n + j] over y, in order.
+// db[j] = the sum over x < splits of partial[j * item_stride + x * split_stride], in order of x: the chunks'
+// sums of the column sums (item_stride 1, split_stride n) and of the channel sums (splits, 1).
 template <class T>
-__global__ void column_sums_combine(const double* partial, T* db, int64_t n, int64_t splits) {
+__global__ void combine_partials(const double* partial, T* db, int64_t n, int64_t splits, int64_t item_stride,
+                                 int64_t split_stride) {
   for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < n;
        j += int64_t{gridDim.x} * blockDim.x) {
     double s = 0;
-    for (int64_t y = 0; y < splits; ++y) s += partial[y * n + j];
+    for (int64_t x = 0; x < splits; ++x) s += partial[j * item_stride + x * split_stride];
     store_from_double(db, j, s);
   }
 }
@@ -205,17 +207,6 @@ __global__ void channel_sums(const T* dy, T* db, double* partial, int64_t batch,
       }
       __syncthreads();  // part is written again for the next chunk
     }
-}
-
-// db[c] = the sum of partial[c * splits + x] over x, in order.
-template <class T>
-__global__ void channel_sums_combine(const double* partial, T* db, int64_t channels, int64_t splits) {
-  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < channels;
-       c += int64_t{gridDim.x} * blockDim.x) {
-    double s = 0;
-    for (int64_t x = 0; x < splits; ++x) s += partial[c * splits + x];
-    store_from_double(db, c, s);
-  }
 }
 
 // Calls f with a null pointer of the element type numbered `type` (0 f32, 1 f64, 2 bf16, 3 f16); false for
@@ -281,8 +272,8 @@ cudaError_t launch_channel_sums(int type, const void* dy, void* db, int64_t batc
                                                        partial, batch, channels, spatial, splits, chunk);
     if (partial) {
       const int64_t blocks = (channels + 255) / 256;
-      channel_sums_combine<<<static_cast<unsigned>(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(
-          partial, static_cast<T*>(db), channels, splits);
+      combine_partials<<<static_cast<unsigned>(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(
+          partial, static_cast<T*>(db), channels, splits, splits, 1);
     }
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
@@ -310,7 +301,7 @@ cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, in
         column_sums<<<grid, block, 0, stream>>>(static_cast<const T*>(dz), static_cast<T*>(db), partial, m, n,
                                                 splits, chunk);
         if (partial)
-          column_sums_combine<<<grid.x, block, 0, stream>>>(partial, static_cast<T*>(db), n, splits);
+          combine_partials<<<grid.x, block, 0, stream>>>(partial, static_cast<T*>(db), n, splits, 1, n);
       });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
