@@ -19,6 +19,7 @@
 #include "engine/dist/mpi_communicator.h"
 #include "engine/ir/op_schema.h"
 #include "engine/util/error.h"
+#include "formats/model_spec_text.h"
 
 // OpenMP's default is to spin for a long time before an idle thread sleeps. On a machine whose cores other
 // processes also use, a spinning thread waits on a descheduled partner and steps slow down tenfold or more; a
@@ -54,22 +55,6 @@ Command add_bench_command(CLI::App& app);  // cli/bench.cpp
   std::_Exit(1);
 }
 
-// Levenshtein distance, for suggesting the option or subcommand a typo meant.
-static size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = up;
-    }
-  }
-  return row[b.size()];
-}
-
 // The one of `names` that `word` most likely meant: within two edits (one for words of up to four characters,
 // none for shorter ones), or the only name it begins; else "".
 static std::string closest(const std::string& word, const std::vector<std::string>& names) {
@@ -77,7 +62,7 @@ static std::string closest(const std::string& word, const std::vector<std::strin
   size_t best_distance = word.size() < 3 ? 1 : word.size() <= 4 ? 2 : 3;
   std::vector<std::string> extending;
   for (const std::string& n : names) {
-    const size_t d = edit_distance(word, n);
+    const size_t d = trainer::formats::spec_text::edit_distance(word, n);
     if (d < best_distance) best_distance = d, best = n;
     if (n.size() > word.size() && n.compare(0, word.size(), word) == 0) extending.push_back(n);
   }

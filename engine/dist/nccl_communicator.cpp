@@ -99,15 +99,6 @@ ncclUniqueId parse_unique_id(const std::string& bytes) {
   return id;
 }
 
-// cudaEventQuery's answer. "Not ready" is no failure, but the runtime may keep it as the thread's last error,
-// and the next kernel launch on this thread, checked with cudaGetLastError, would then report it: it is
-// cleared here.
-cudaError_t query_event(cudaEvent_t e) {
-  const cudaError_t status = cudaEventQuery(e);
-  if (status == cudaErrorNotReady) (void)cudaGetLastError();
-  return status;
-}
-
 }  // namespace
 
 // The NCCL communicators of the ranks made together in this process. NCCL's finalization is a collective of
@@ -229,7 +220,7 @@ NcclCommunicator::~NcclCommunicator() {
   if (comm() && !pending_.empty()) {
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
     while (!pending_.empty()) {
-      const cudaError_t status = query_event(pending_.front().done);
+      const cudaError_t status = cuda::query_event(pending_.front().done);
       if (status == cudaSuccess) {
         spare_events_.push_back(pending_.front().done);
         pending_.pop_front();
@@ -332,7 +323,7 @@ cudaEvent_t NcclCommunicator::take_event() {
 
 // Recycles the events of collectives already complete, so a caller that waits once per step keeps few.
 void NcclCommunicator::reap_completed() {
-  while (pending_.size() > 1 && query_event(pending_.front().done) == cudaSuccess) {
+  while (pending_.size() > 1 && cuda::query_event(pending_.front().done) == cudaSuccess) {
     spare_events_.push_back(pending_.front().done);
     pending_.pop_front();
   }
@@ -509,7 +500,7 @@ void NcclCommunicator::wait(const CollectiveTag& tag) {
   while (!pending_.empty()) {
     const Pending& p = pending_.front();
     const CollectiveTag& named = p.tag.step >= 0 || p.tag.bucket >= 0 ? p.tag : tag;
-    const cudaError_t status = query_event(p.done);
+    const cudaError_t status = cuda::query_event(p.done);
     if (status == cudaSuccess) {
       spare_events_.push_back(p.done);
       pending_.pop_front();

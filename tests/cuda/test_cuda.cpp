@@ -233,13 +233,14 @@ TEST_SUITE("cuda") {
         added[i] = y[i] + b[(i / z.spatial) % z.channels];
         sums[(i / z.spatial) % z.channels] += y[i];
       }
-      for (int type : {0, 2})
+      for (cuda::ElemType type : {cuda::ElemType::f32, cuda::ElemType::bf16})
         for (bool with_workspace : {true, false}) {
-          CAPTURE(type);
+          const bool f32 = type == cuda::ElemType::f32;
+          CAPTURE(f32);
           CAPTURE(with_workspace);
-          const std::vector<unsigned char> yb = type == 0 ? bytes_of(y) : bytes_of(to_bf16(y));
-          const std::vector<unsigned char> bb = type == 0 ? bytes_of(b) : bytes_of(to_bf16(b));
-          const size_t width = type == 0 ? 4 : 2;
+          const std::vector<unsigned char> yb = f32 ? bytes_of(y) : bytes_of(to_bf16(y));
+          const std::vector<unsigned char> bb = f32 ? bytes_of(b) : bytes_of(to_bf16(b));
+          const size_t width = f32 ? 4 : 2;
           void* dy = device(yb.data(), yb.size());
           void* db = device(bb.data(), bb.size());
           void* dsum = device(bb.data(), bb.size());  // overwritten
@@ -249,8 +250,8 @@ TEST_SUITE("cuda") {
           CHECK(cuda::launch_channel_bias(type, dy, db, z.batch, z.channels, z.spatial, nullptr) ==
                 cudaSuccess);
           REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-          CHECK(read(dy, total * width) == (type == 0 ? bytes_of(added) : bytes_of(to_bf16(added))));
-          CHECK(read(dsum, z.channels * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
+          CHECK(read(dy, total * width) == (f32 ? bytes_of(added) : bytes_of(to_bf16(added))));
+          CHECK(read(dsum, z.channels * width) == (f32 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
           for (void* p : {dy, db, dsum}) cudaFree(p);
         }
     }
@@ -261,19 +262,20 @@ TEST_SUITE("cuda") {
       std::vector<float> dz(m * n), sums(n, 0.0f);
       for (int64_t i = 0; i < m * n; ++i) dz[i] = static_cast<float>((i * 53) % 129 - 64) / 8.0f;
       for (int64_t i = 0; i < m * n; ++i) sums[i % n] += dz[i];
-      for (int type : {0, 2})
+      for (cuda::ElemType type : {cuda::ElemType::f32, cuda::ElemType::bf16})
         for (bool with_workspace : {true, false}) {
-          CAPTURE(type);
+          const bool f32 = type == cuda::ElemType::f32;
+          CAPTURE(f32);
           CAPTURE(with_workspace);
-          const std::vector<unsigned char> zb = type == 0 ? bytes_of(dz) : bytes_of(to_bf16(dz));
-          const size_t width = type == 0 ? 4 : 2;
+          const std::vector<unsigned char> zb = f32 ? bytes_of(dz) : bytes_of(to_bf16(dz));
+          const size_t width = f32 ? 4 : 2;
           void* d = device(zb.data(), zb.size());
           void* db = nullptr;
           REQUIRE(cudaMalloc(&db, n * width) == cudaSuccess);
           CHECK(cuda::launch_column_sums(type, d, db, m, n, with_workspace ? workspace : nullptr,
                                          workspace_bytes, nullptr) == cudaSuccess);
           REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-          CHECK(read(db, n * width) == (type == 0 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
+          CHECK(read(db, n * width) == (f32 ? bytes_of(sums) : bytes_of(to_bf16(sums))));
           cudaFree(d);
           cudaFree(db);
         }
@@ -282,7 +284,8 @@ TEST_SUITE("cuda") {
     void* dz = nullptr;
     REQUIRE(cudaMalloc(&dz, 8) == cudaSuccess);
     REQUIRE(cudaMemset(dz, 0xff, 8) == cudaSuccess);
-    CHECK(cuda::launch_channel_sums(0, dz, dz, 0, 2, 7, workspace, workspace_bytes, nullptr) == cudaSuccess);
+    CHECK(cuda::launch_channel_sums(cuda::ElemType::f32, dz, dz, 0, 2, 7, workspace, workspace_bytes,
+                                    nullptr) == cudaSuccess);
     CHECK(read(dz, 8) == std::vector<unsigned char>(8, 0));
     cudaFree(dz);
     cudaFree(workspace);

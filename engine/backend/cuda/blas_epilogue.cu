@@ -209,21 +209,20 @@ __global__ void channel_sums(const T* dy, T* db, double* partial, int64_t batch,
     }
 }
 
-// Calls f with a null pointer of the element type numbered `type` (0 f32, 1 f64, 2 bf16, 3 f16); false for
-// another number.
+// Calls f with a null pointer of the float type `type`; false for another type.
 template <class F>
-bool with_type(int type, F f) {
+bool with_type(ElemType type, F f) {
   switch (type) {
-    case 0:
+    case ElemType::f32:
       f(static_cast<float*>(nullptr));
       return true;
-    case 1:
+    case ElemType::f64:
       f(static_cast<double*>(nullptr));
       return true;
-    case 2:
+    case ElemType::bf16:
       f(static_cast<__nv_bfloat16*>(nullptr));
       return true;
-    case 3:
+    case ElemType::f16:
       f(static_cast<__half*>(nullptr));
       return true;
     default:
@@ -231,9 +230,26 @@ bool with_type(int type, F f) {
   }
 }
 
+// How an item's `count` elements are summed: in chunks of at least `min_chunk`, at most `max_splits` of them
+// (enough blocks for the GPU, a short ordered combine), and no more than the workspace holds partial sums for
+// (8 bytes a chunk and item). One chunk writes the result directly (partial is null).
+struct Chunking {
+  int64_t splits, chunk;
+  double* partial;
+};
+Chunking chunking(int64_t count, int64_t items, int64_t min_chunk, int64_t max_splits, void* workspace,
+                  size_t workspace_bytes) {
+  int64_t splits = std::min(std::max<int64_t>(1, (count + min_chunk - 1) / min_chunk), max_splits);
+  const int64_t room = workspace ? static_cast<int64_t>(workspace_bytes / (sizeof(double) * items)) : 0;
+  if (splits > room) splits = std::max<int64_t>(1, room);
+  const int64_t chunk = std::max<int64_t>(1, (count + splits - 1) / splits);
+  splits = std::max<int64_t>(1, (count + chunk - 1) / chunk);  // no empty chunk at the end
+  return {splits, chunk, splits > 1 ? static_cast<double*>(workspace) : nullptr};
+}
+
 }  // namespace
 
-cudaError_t launch_channel_bias(int type, void* y, const void* b, int64_t batch, int64_t channels,
+cudaError_t launch_channel_bias(ElemType type, void* y, const void* b, int64_t batch, int64_t channels,
                                 int64_t spatial, cudaStream_t stream) {
   const int64_t rows = batch * channels;
   if (rows <= 0 || spatial <= 0) return cudaSuccess;
@@ -250,59 +266,46 @@ cudaError_t launch_channel_bias(int type, void* y, const void* b, int64_t batch,
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
-cudaError_t launch_channel_sums(int type, const void* dy, void* db, int64_t batch, int64_t channels,
+cudaError_t launch_channel_sums(ElemType type, const void* dy, void* db, int64_t batch, int64_t channels,
                                 int64_t spatial, void* workspace, size_t workspace_bytes,
                                 cudaStream_t stream) {
   if (channels <= 0) return cudaSuccess;
   if (!dy || !db || batch < 0 || spatial < 0) return cudaErrorInvalidValue;
-  // Chunks of about 16K elements, so that a few channels still give every multiprocessor blocks, as many as
-  // the workspace holds partial sums for; one chunk writes db directly.
-  const int64_t count = batch * spatial;
-  constexpr int64_t kChunk = 16384;
-  int64_t splits = std::max<int64_t>(1, (count + kChunk - 1) / kChunk);
-  splits = std::min<int64_t>(splits, 1024);
-  const int64_t room = workspace ? static_cast<int64_t>(workspace_bytes / (sizeof(double) * channels)) : 0;
-  if (splits > room) splits = std::max<int64_t>(1, room);
-  const int64_t chunk = std::max<int64_t>(1, (count + splits - 1) / splits);
-  double* partial = splits > 1 ? static_cast<double*>(workspace) : nullptr;
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(channels > 65535 ? 65535 : channels));
+  // Chunks of about 16K elements, so that a few channels still give every multiprocessor blocks.
+  const Chunking c = chunking(batch * spatial, channels, 16384, 1024, workspace, workspace_bytes);
+  const dim3 grid(static_cast<unsigned>(c.splits),
+                  static_cast<unsigned>(channels > 65535 ? 65535 : channels));
   const bool known = with_type(type, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     channel_sums<<<grid, kChannelThreads, 0, stream>>>(static_cast<const T*>(dy), static_cast<T*>(db),
-                                                       partial, batch, channels, spatial, splits, chunk);
-    if (partial) {
+                                                       c.partial, batch, channels, spatial, c.splits,
+                                                       c.chunk);
+    if (c.partial) {
       const int64_t blocks = (channels + 255) / 256;
       combine_partials<<<static_cast<unsigned>(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(
-          partial, static_cast<T*>(db), channels, splits, splits, 1);
+          c.partial, static_cast<T*>(db), channels, c.splits, c.splits, 1);
     }
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
-cudaError_t launch_column_sums(int type, const void* dz, void* db, int64_t m, int64_t n, void* workspace,
+cudaError_t launch_column_sums(ElemType type, const void* dz, void* db, int64_t m, int64_t n, void* workspace,
                                size_t workspace_bytes, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (!dz || !db || m < 0) return cudaErrorInvalidValue;
   // Chunks of 16 rows, so that a narrow layer's few columns still give the GPU blocks and each thread a short
-  // walk; at most 4,096 chunks, so that the ordered combine stays short for very tall inputs; and as many as
-  // the workspace holds partial sums for. One chunk writes db directly.
-  const int64_t rows = std::max<int64_t>(16, (m + 4095) / 4096);
-  int64_t splits = std::max<int64_t>(1, (m + rows - 1) / rows);
-  const int64_t room = workspace ? static_cast<int64_t>(workspace_bytes / (sizeof(double) * n)) : 0;
-  if (splits > room) splits = std::max<int64_t>(1, room);
-  const int64_t chunk = std::max<int64_t>(1, (m + splits - 1) / splits);
-  double* partial = splits > 1 ? static_cast<double*>(workspace) : nullptr;
+  // walk; longer ones past 4,096 chunks.
+  const Chunking c = chunking(m, n, 16, 4096, workspace, workspace_bytes);
   constexpr unsigned block = 128;
   const int64_t across = (n + block - 1) / block;
-  const dim3 grid(static_cast<unsigned>(across > 65535 ? 65535 : across), static_cast<unsigned>(splits));
-  const bool known =
-      type >= 0 && type <= 2 && with_type(type, [&](auto* tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        column_sums<<<grid, block, 0, stream>>>(static_cast<const T*>(dz), static_cast<T*>(db), partial, m, n,
-                                                splits, chunk);
-        if (partial)
-          combine_partials<<<grid.x, block, 0, stream>>>(partial, static_cast<T*>(db), n, splits, 1, n);
-      });
+  const dim3 grid(static_cast<unsigned>(across > 65535 ? 65535 : across), static_cast<unsigned>(c.splits));
+  const bool known = with_type(type, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    column_sums<<<grid, block, 0, stream>>>(static_cast<const T*>(dz), static_cast<T*>(db), c.partial, m, n,
+                                            c.splits, c.chunk);
+    if (c.partial)
+      combine_partials<<<grid.x, block, 0, stream>>>(c.partial, static_cast<T*>(db), n, c.splits, 1, n);
+  });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 

@@ -166,12 +166,7 @@ class CudaEvent final : public Event {
     cudaSetDevice(device_);
     cudaEventDestroy(event_);
   }
-  // "Not ready" may stay behind as the thread's last error, which the next launch check would report.
-  bool done() const override {
-    const cudaError_t status = cudaEventQuery(event_);
-    if (status == cudaErrorNotReady) (void)cudaGetLastError();
-    return status == cudaSuccess;
-  }
+  bool done() const override { return query_event(event_) == cudaSuccess; }
   void synchronize() override { TRAINER_CUDA_CHECK(cudaEventSynchronize(event_)); }
 
  private:

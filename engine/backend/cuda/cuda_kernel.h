@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/launch_elementwise.h"
 #include "engine/backend/cuda/launch_step.h"
 #include "engine/backend/kernel_registry.h"
 #include "engine/ir/graph.h"
@@ -27,6 +28,18 @@ struct cublasLtContext;
 struct cudnnContext;
 
 namespace trainer::engine::cuda {
+
+// The launchers' element type of a DType.
+ElemType elem_type(DType t);
+
+// cudaEventQuery's answer. "Not ready" is no failure, but the runtime may keep it as the thread's last error,
+// and the next kernel launch on this thread, checked with cudaGetLastError, would then report it: it is
+// cleared here.
+inline cudaError_t query_event(cudaEvent_t e) {
+  const cudaError_t status = cudaEventQuery(e);
+  if (status == cudaErrorNotReady) (void)cudaGetLastError();
+  return status;
+}
 
 // A CUDA runtime status that is not cudaSuccess throws RuntimeError naming the call and the call site.
 [[noreturn]] void cuda_failed(cudaError_t status, const char* call, const char* file, int line);

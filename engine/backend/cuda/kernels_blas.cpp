@@ -453,7 +453,7 @@ KernelPtr gemm_grad_weight_bias(const KernelArgs& a) {
   const void* second = tb ? a.inputs[0] : a.inputs[1];
   BatchLayout L = tb ? batch_layout(sd, sa, true, false) : batch_layout(sa, sd, true, false);
   const int64_t m = sd[0], n = sd[1];
-  const int type = dt == DType::f32 ? 0 : dt == DType::f64 ? 1 : 2;
+  const ElemType type = elem_type(dt);
   const void* dz = a.inputs[1];
   void* dw = a.outputs[0];
   void* db = a.outputs[1];

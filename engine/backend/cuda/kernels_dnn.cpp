@@ -341,22 +341,6 @@ bool conv_setup(const Win2d& v, int64_t group, ConvPass pass, const CudaLibs& li
   return true;
 }
 
-// The element type number of launch_channel_bias and launch_channel_sums; -1 for a type they do not take.
-int bias_type(DType t) {
-  switch (t) {
-    case DType::f32:
-      return 0;
-    case DType::f64:
-      return 1;
-    case DType::bf16:
-      return 2;
-    case DType::f16:
-      return 3;
-    default:
-      return -1;
-  }
-}
-
 // Conv(X, W, [B]) -> Y
 KernelPtr conv(const KernelArgs& a) {
   const Shape& ws = a.in(1).shape;
@@ -367,8 +351,8 @@ KernelPtr conv(const KernelArgs& a) {
     return nullptr;
   // The bias is added by our kernel, which takes every type the convolution does (the type lists of cuDNN's
   // legacy bias calls differ from call to call).
-  const int btype = a.has_input(2) ? bias_type(a.in(2).dtype) : 0;
-  if (a.has_input(2) && (btype < 0 || a.in(2).dtype != a.out(0).dtype)) return nullptr;
+  if (a.has_input(2) && a.in(2).dtype != a.out(0).dtype) return nullptr;
+  const ElemType btype = elem_type(a.out(0).dtype);
   const void* x = a.inputs[0];
   const void* w = a.inputs[1];
   const void* b = a.has_input(2) ? a.inputs[2] : nullptr;
@@ -414,8 +398,8 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
   auto s = std::make_shared<ConvState>();
   if (!conv_setup(v, a.attrs().i("group"), ConvPass::filter, *a.libs, a.in(0).dtype, s.get())) return nullptr;
   // The bias gradient is our kernel's too (see conv): a sum in a fixed order, the same bits on every run.
-  const int btype = a.has_output(1) ? bias_type(a.out(1).dtype) : 0;
-  if (a.has_output(1) && (btype < 0 || a.out(1).dtype != a.in(0).dtype)) return nullptr;
+  if (a.has_output(1) && a.out(1).dtype != a.in(0).dtype) return nullptr;
+  const ElemType btype = elem_type(a.in(0).dtype);
   const void* dy = a.inputs[0];
   const void* x = a.inputs[1];
   void* dw = a.outputs[0];

@@ -12,8 +12,6 @@
 
 namespace trainer::engine::cuda {
 
-namespace {
-
 ElemType elem_type(DType t) {
   switch (t) {
     case DType::f32:
@@ -36,6 +34,8 @@ ElemType elem_type(DType t) {
   TRAINER_ASSERT(false, "unknown dtype {}", static_cast<int>(t));
 }
 static_assert(kNumDTypes == 8, "a new DType needs an ElemType");
+
+namespace {
 
 // The types of the CPU's dispatch_float and dispatch_numeric: other types run on the host, which reports
 // them.
