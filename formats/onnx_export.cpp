@@ -38,6 +38,7 @@ namespace {
 int op_since(const std::string& op) {
   if (op == "LayerNormalization") return 17;
   if (op == "Gelu") return 20;
+  if (op == "HardSwish") return 14;
   return 0;
 }
 

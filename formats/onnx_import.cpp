@@ -94,6 +94,15 @@ bool imported_by_importer(const onnx::NodeProto& n) {
          (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape");
 }
 
+// Variadic ai.onnx ops that the importer writes as chains of two-input IR ops: the IR op of each.
+const char* variadic_as(const onnx::NodeProto& n) {
+  if (!normalize_domain(n.domain()).empty()) return nullptr;
+  const std::string& op = n.op_type();
+  if (op == "Sum" || op == "Mean") return "Add";
+  if (op == "Max" || op == "Min") return op == "Max" ? "Max" : "Min";
+  return nullptr;
+}
+
 class Importer {
  public:
   Importer(const onnx::ModelProto& model, std::string source, const OnnxImportOptions& options,
@@ -207,7 +216,8 @@ class Importer {
     for (const auto& n : model_.graph().node()) {
       if (imported_by_importer(n)) continue;
       const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
-      const engine::OpSchema* schema = registry.find(n.op_type());
+      const char* chained = variadic_as(n);
+      const engine::OpSchema* schema = registry.find(chained ? std::string(chained) : n.op_type());
       for (int i = 0; i < n.input_size(); ++i) {
         const std::string& name = n.input(i);
         if (name.empty()) continue;
@@ -519,8 +529,44 @@ class Importer {
       }
     }
     restore_folded_values(p);
+    if (variadic_as(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
+      return add_variadic(p, variadic_as(n));
     if (options_.fold_constants && fold(p)) return;
     insert(p);
+  }
+
+  // Sum, Mean, Max and Min of any number of inputs: a chain of the two-input IR op `op` (Mean's sum is then
+  // divided by the count), or Identity for a single input.
+  void add_variadic(const PendingNode& p, const std::string& op) {
+    if (p.inputs.empty() || p.outputs.size() != 1)
+      fail(fmt::format("{} has {} inputs and {} outputs", p.label, p.inputs.size(), p.outputs.size()),
+           fmt::format("{} takes one or more inputs and gives one output", p.op));
+    for (ValueId v : p.inputs)
+      if (v == engine::kNoValue)
+        fail(fmt::format("{} has an empty input name", p.label), "every input of " + p.op + " must be named");
+    const std::string base = p.base();
+    const bool mean = p.op == "Mean" && p.inputs.size() > 1;
+    wrap(p.label, [&] {
+      if (p.inputs.size() == 1) {
+        mark_batched(g().add_node_named("Identity", {p.inputs[0]}, {}, p.outputs, p.name));
+        return;
+      }
+      ValueId acc = p.inputs[0];
+      for (size_t k = 1; k < p.inputs.size(); ++k) {
+        const bool last = k + 1 == p.inputs.size() && !mean;
+        const std::string part = fmt::format("{}/{}", base, k);
+        NodeId id = g().add_node_named(op, {acc, p.inputs[k]}, {},
+                                       {last ? p.outputs[0] : g().unique_name(part)}, last ? p.name : part);
+        mark_batched(id);
+        acc = g().node(id).outputs[0];
+      }
+      if (mean) {
+        Tensor count(g().value(acc).dtype, Shape{});
+        count.set_f64(0, static_cast<double>(p.inputs.size()));
+        ValueId c = g().add_constant(g().unique_name(base + "/count"), std::move(count));
+        mark_batched(g().add_node_named("Div", {acc, c}, {}, p.outputs, p.name));
+      }
+    });
   }
 
   void insert(const PendingNode& p) {
@@ -996,7 +1042,7 @@ std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& mode
   for (int i = 0; i < nodes.size(); ++i) {
     const auto& n = nodes[i];
     std::string domain = normalize_domain(n.domain());
-    if (imported_by_importer(n)) continue;
+    if (imported_by_importer(n) || variadic_as(n)) continue;
     const engine::OpSchema* s = registry.find(n.op_type());
     if (s != nullptr && s->domain() == domain) continue;
     out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain, i});

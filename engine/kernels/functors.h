@@ -46,6 +46,59 @@ struct PowOp {
     }
   }
 };
+// Max and Min pass a NaN in either operand through, as ONNX's reference (numpy's maximum) does.
+struct MaxOp {
+  template <class T>
+  TRAINER_HD T operator()(T a, T b) const {
+    if constexpr (!std::is_integral_v<T>) {
+      if (a != a) return a;
+      if (b != b) return b;
+    }
+    return a < b ? b : a;
+  }
+};
+struct MinOp {
+  template <class T>
+  TRAINER_HD T operator()(T a, T b) const {
+    if constexpr (!std::is_integral_v<T>) {
+      if (a != a) return a;
+      if (b != b) return b;
+    }
+    return b < a ? b : a;
+  }
+};
+
+// ---- comparisons: bool results, stored as one byte ----
+struct GreaterOp {
+  template <class T>
+  TRAINER_HD bool operator()(T a, T b) const {
+    return a > b;
+  }
+};
+struct LessOp {
+  template <class T>
+  TRAINER_HD bool operator()(T a, T b) const {
+    return a < b;
+  }
+};
+struct EqualOp {
+  template <class T>
+  TRAINER_HD bool operator()(T a, T b) const {
+    return a == b;
+  }
+};
+struct GreaterOrEqualOp {
+  template <class T>
+  TRAINER_HD bool operator()(T a, T b) const {
+    return a >= b;
+  }
+};
+struct LessOrEqualOp {
+  template <class T>
+  TRAINER_HD bool operator()(T a, T b) const {
+    return a <= b;
+  }
+};
 
 // ---- unary ----
 struct NegOp {
@@ -70,6 +123,78 @@ struct SqrtOp {
   template <class T>
   TRAINER_HD T operator()(T x) const {
     return std::sqrt(x);
+  }
+};
+struct AbsOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    if constexpr (std::is_unsigned_v<T>) {
+      return x;
+    } else {
+      return x < T(0) ? T(-x) : x;
+    }
+  }
+};
+struct ErfOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::erf(x);
+  }
+};
+struct ReciprocalOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return T(1) / x;
+  }
+};
+// log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow for large x, full precision for very negative
+// x.
+struct SoftplusOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    T m = x > T(0) ? x : T(0);
+    T a = x > T(0) ? -x : x;
+    return m + std::log1p(std::exp(a));
+  }
+};
+// elu(x) = x for x > 0, alpha (exp(x) - 1) otherwise; selu scales elu's gamma times with its own alpha.
+struct EluOp {
+  float alpha;
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return x > T(0) ? x : T(alpha) * std::expm1(x);
+  }
+};
+struct SeluOp {
+  float alpha, gamma;
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return T(gamma) * (x > T(0) ? x : T(alpha) * std::expm1(x));
+  }
+};
+// hard_sigmoid(x) = max(0, min(1, alpha x + beta)); hard_swish(x) = x hard_sigmoid(x) with alpha 1/6, beta
+// 1/2.
+struct HardSigmoidOp {
+  float alpha, beta;
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    T v = T(alpha) * x + T(beta);
+    return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
+  }
+};
+struct HardSwishOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    T v = x / T(6) + T(0.5);
+    return x * (v < T(0) ? T(0) : (v > T(1) ? T(1) : v));
+  }
+};
+// Clip to [lo, hi]; a bound that is absent is the type's extreme, which the caller passes. NaN passes
+// through.
+struct ClipOp {
+  template <class T>
+  TRAINER_HD T operator()(T x, T lo, T hi) const {
+    return x < lo ? lo : (hi < x ? hi : x);
   }
 };
 // NaN passes through (x < 0 is false for NaN), as in other frameworks: a NaN must reach the loss to be
@@ -155,6 +280,64 @@ struct GeluGradFromX {
     T cdf = T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476)));
     T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);
     return dy * (cdf + x * pdf);
+  }
+};
+
+// d|x|/dx = sign(x), 0 at 0 (as PyTorch and TensorFlow take it).
+struct AbsGradFromX {
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    return x > T(0) ? dy : (x < T(0) ? -dy : T(0));
+  }
+};
+struct ErfGradFromX {
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    return dy * T(1.1283791670955126) * std::exp(-x * x);  // 2 / sqrt(pi)
+  }
+};
+struct SoftplusGradFromX {
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    return dy * SigmoidOp{}(x);
+  }
+};
+struct EluGradFromX {
+  float alpha;
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    return x > T(0) ? dy : dy * T(alpha) * std::exp(x);
+  }
+};
+struct SeluGradFromX {
+  float alpha, gamma;
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    return T(gamma) * (x > T(0) ? dy : dy * T(alpha) * std::exp(x));
+  }
+};
+// Zero where the clamp is active: 0 < alpha x + beta < 1 passes alpha dy.
+struct HardSigmoidGradFromX {
+  float alpha, beta;
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    T v = T(alpha) * x + T(beta);
+    return (v > T(0) && v < T(1)) ? dy * T(alpha) : T(0);
+  }
+};
+struct HardSwishGradFromX {
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    if (x <= T(-3)) return T(0);
+    if (x >= T(3)) return dy;
+    return dy * (x / T(3) + T(0.5));
+  }
+};
+// The gradient passes where lo <= x <= hi, bounds included (PyTorch's clamp does the same).
+struct ClipGradFromX {
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x, T lo, T hi) const {
+    return (x >= lo && x <= hi) ? dy : T(0);
   }
 };
 

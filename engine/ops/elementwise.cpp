@@ -52,6 +52,92 @@ OpSchema activation_grad(const char* name) {
   return s;
 }
 
+// An activation whose gradient is one private op of (dy, x), `grad_op`, taking the forward's float
+// attributes.
+OpSchema activation(const char* name, const char* grad_op, double lo, double hi,
+                    std::vector<std::pair<std::string, float>> attrs = {}) {
+  OpSchema s = unary(
+      name,
+      [grad_op, attrs](GradContext& c) {
+        Attributes a;
+        for (const auto& [n, v] : attrs) a.set(n, c.attrs().f(n));
+        c.set_grad(0, c.op(grad_op, {c.dy(), c.input(0)}, std::move(a)));
+      },
+      lo, hi);
+  for (const auto& [n, v] : attrs) s.attr(n, v);
+  return s;
+}
+
+OpSchema activation_grad_with(const char* name, std::vector<std::pair<std::string, float>> attrs) {
+  OpSchema s = activation_grad(name);
+  for (const auto& [n, v] : attrs) s.attr(n, v);
+  return s;
+}
+
+// Greater, Less, ...: broadcasting, a bool result, no gradient.
+OpSchema comparison(const char* name) {
+  OpSchema s(name);
+  s.inputs(2, 2)
+      .infer([](InferContext& c) {
+        c.expect_same_dtype(0, 1);
+        Shape out;
+        if (!broadcast_shapes(c.shape(0), c.shape(1), &out))
+          c.fail("shapes {} and {} do not broadcast", c.shape(0).str(), c.shape(1).str());
+        c.set_output(0, DType::boolean, out);
+      })
+      .non_differentiable("a comparison: its result is a bool")
+      .examples([] {
+        auto e = binary_examples(-1, 1, -1, 1);
+        // Equal operands, so that equality is exercised too.
+        Tensor t = random_tensor({2, 3}, -1, 1, 9);
+        e.push_back(example("ties", {t, t}));
+        for (auto& x : e) x.grad_check = false;
+        return e;
+      });
+  return s;
+}
+
+// Max and Min of two operands: the gradient goes to the first where it wins or ties (a >= b for Max), to
+// the second elsewhere, as TensorFlow splits it.
+OpSchema extremum(const char* name, const char* first_wins) {
+  return binary(
+      name,
+      [first_wins](GradContext& c) {
+        ValueId first = c.op(first_wins, {c.input(0), c.input(1)});
+        ValueId zero = c.scalar(0, c.dtype(c.dy()));
+        if (c.needs_grad(0))
+          c.set_grad(0, c.reduce_to(c.op("Where", {first, c.dy(), zero}), c.shape(c.input(0))));
+        if (c.needs_grad(1))
+          c.set_grad(1, c.reduce_to(c.op("Where", {first, zero, c.dy()}), c.shape(c.input(1))));
+      },
+      -1, 1, -1, 1);
+}
+
+// Clip's optional min and max: scalars of x's dtype.
+void infer_clip_bounds(InferContext& c, int first) {
+  for (int i = first; i < first + 2; ++i) {
+    if (!c.has_input(i)) continue;
+    if (c.dtype(i) != c.dtype(0))
+      c.fail("{} is {}, the input is {}", i == first ? "min" : "max", dtype_name(c.dtype(i)),
+             dtype_name(c.dtype(0)));
+    if (c.shape(i).numel() != 1 || c.rank(i) > 1)
+      c.fail("{} must be a scalar, got shape {}", i == first ? "min" : "max", c.shape(i).str());
+  }
+}
+
+std::vector<OpExample> clip_examples() {
+  Tensor lo = Tensor::scalar<double>(-0.5), hi = Tensor::scalar<double>(0.7);
+  OpExample both = example("min and max", {random_tensor({3, 5}, -2, 2, 41), lo, hi});
+  OpExample only_max = example("max only", {random_tensor({4, 3}, -2, 2, 42), lo, hi});
+  only_max.absent[1] = true;
+  OpExample only_min = example("min only", {random_tensor({7}, -2, 2, 43), lo});
+  OpExample neither = example("no bounds", {random_tensor({2, 2}, -2, 2, 44)});
+  std::vector<OpExample> e{both, only_max, only_min, neither};
+  for (auto& x : e)
+    for (size_t i = 1; i < x.inputs.size(); ++i) x.constant[i] = true;
+  return e;
+}
+
 }  // namespace
 
 void register_elementwise_ops(OpRegistry& r) {
@@ -184,6 +270,88 @@ void register_elementwise_ops(OpRegistry& r) {
         });
     r.add(std::move(s));
   }
+  r.add(extremum("Max", "GreaterOrEqual").since(13));
+  r.add(extremum("Min", "LessOrEqual").since(13));
+  r.add(comparison("Greater").since(13));
+  r.add(comparison("Less").since(13));
+  r.add(comparison("Equal").since(13));
+  r.add(comparison("GreaterOrEqual").since(16));
+  r.add(comparison("LessOrEqual").since(16));
+  r.add(unary(
+            "Abs",
+            [](GradContext& c) {
+              c.set_grad(0, c.op("AbsGrad", {c.dy(), c.input(0)}));
+            },
+            -1, 1)
+            .since(13));
+  r.add(unary(
+            "Reciprocal",
+            [](GradContext& c) {
+              // d(1/x)/dx = -1/x^2 = -y^2
+              ValueId y = c.output(0);
+              c.set_grad(0, c.op("Neg", {c.op("Mul", {c.dy(), c.op("Mul", {y, y})})}));
+            },
+            0.5, 2)
+            .since(13));
+  r.add(activation("Erf", "ErfGrad", -2, 2).since(13));
+  r.add(activation("Softplus", "SoftplusGrad", -3, 3));
+  {
+    OpSchema s = activation("Elu", "EluGrad", -2, 2, {{"alpha", 1.0f}}).since(6);
+    s.examples([] {
+      auto e = unary_examples(-2, 2);
+      e[0].attrs.set("alpha", 0.5f);
+      return e;
+    });
+    r.add(std::move(s));
+  }
+  r.add(activation("Selu", "SeluGrad", -2, 2,
+                   {{"alpha", 1.67326319217681884765625f}, {"gamma", 1.05070102214813232421875f}})
+            .since(6));
+  {
+    OpSchema s =
+        activation("HardSigmoid", "HardSigmoidGrad", -4, 4, {{"alpha", 0.2f}, {"beta", 0.5f}}).since(6);
+    s.examples([] {
+      auto e = unary_examples(-4, 4);
+      e[0].attrs.set("alpha", 0.25f);
+      e[0].attrs.set("beta", 0.25f);
+      return e;
+    });
+    r.add(std::move(s));
+  }
+  r.add(activation("HardSwish", "HardSwishGrad", -4, 4).since(14));
+  r.add(OpSchema("Clip")
+            .since(13)
+            .inputs(1, 3)
+            .no_grad_inputs({1, 2})
+            .infer([](InferContext& c) {
+              infer_clip_bounds(c, 1);
+              infer_like_input0(c);
+            })
+            .grad([](GradContext& c) {
+              std::vector<ValueId> in{c.dy(), c.input(0)};
+              for (int i = 1; i < 3; ++i) in.push_back(c.input(i));
+              while (in.back() == kNoValue) in.pop_back();
+              c.set_grad(0, c.op("ClipGrad", in));
+            })
+            .inplace(0, 0)
+            .examples(clip_examples));
+  r.add(OpSchema("ClipGrad", kPrivateDomain)
+            .inputs(2, 4)
+            .infer([](InferContext& c) {
+              if (c.shape(0) != c.shape(1)) c.fail("dy and x must have the same shape");
+              infer_clip_bounds(c, 2);
+              infer_like_input0(c);
+            })
+            .non_differentiable(kGradOpReason)
+            .inplace(0, 0));
+  r.add(activation_grad("AbsGrad"));
+  r.add(activation_grad("ErfGrad"));
+  r.add(activation_grad("SoftplusGrad"));
+  r.add(activation_grad_with("EluGrad", {{"alpha", 1.0f}}));
+  r.add(activation_grad_with("SeluGrad",
+                             {{"alpha", 1.67326319217681884765625f}, {"gamma", 1.05070102214813232421875f}}));
+  r.add(activation_grad_with("HardSigmoidGrad", {{"alpha", 0.2f}, {"beta", 0.5f}}));
+  r.add(activation_grad("HardSwishGrad"));
   r.add(activation_grad("ReluGrad"));
   r.add(activation_grad("SigmoidGrad"));
   r.add(activation_grad("TanhGrad"));

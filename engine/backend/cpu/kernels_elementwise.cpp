@@ -1,6 +1,8 @@
 // CPU kernels of the elementwise ops: the shared functors in engine/kernels applied over contiguous or
 // broadcast operands, in parallel over fixed partitions.
 #include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include "engine/backend/cpu/broadcast.h"
 #include "engine/backend/cpu/cpu_kernel.h"
@@ -18,9 +20,11 @@ KernelFactory binary(Op op = {}) {
   return [op](const KernelArgs& a) -> KernelPtr {
     KernelPtr kp;
     dispatch_numeric(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
+      // Comparisons give bools, stored as bytes.
+      using Out = std::conditional_t<std::is_same_v<decltype(op(T{}, T{})), bool>, uint8_t, T>;
       const T* x = a.in_ptr<T>(0);
       const T* y = a.in_ptr<T>(1);
-      T* z = a.out_ptr<T>(0);
+      Out* z = a.out_ptr<Out>(0);
       const Shape& sx = a.in(0).shape;
       const Shape& sy = a.in(1).shape;
       const Shape& so = a.out(0).shape;
@@ -44,7 +48,7 @@ KernelFactory binary(Op op = {}) {
                 br->offsets(r, &off);
                 const T* px = x + off[0];
                 const T* py = y + off[1];
-                T* pz = z + r * inner;
+                Out* pz = z + r * inner;
                 for (int64_t i = 0; i < inner; ++i) pz[i] = op(px[i * s0], py[i * s1]);
               },
               std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(br->inner(), 1)));
@@ -182,6 +186,46 @@ KernelPtr cast(const KernelArgs& a) {
   });
 }
 
+// Clip and ClipGrad: the bounds are read when the step runs (they may be fed values); an absent one is the
+// type's extreme.
+template <class T>
+std::pair<T, T> clip_bounds(const T* lo, const T* hi) {
+  return {lo ? *lo : std::numeric_limits<T>::lowest(), hi ? *hi : std::numeric_limits<T>::max()};
+}
+
+KernelPtr clip(const KernelArgs& a) {
+  KernelPtr kp;
+  dispatch_numeric(a.in(0).dtype, "Clip", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    const T* lo = a.has_input(1) ? a.in_ptr<T>(1) : nullptr;
+    const T* hi = a.has_input(2) ? a.in_ptr<T>(2) : nullptr;
+    T* y = a.out_ptr<T>(0);
+    int64_t n = a.in(0).shape.numel();
+    kp = make_kernel([=](const StepContext&) {
+      auto [l, h] = clip_bounds(lo, hi);
+      parallel_for(n, [&](int64_t i) { y[i] = k::ClipOp{}(x[i], l, h); });
+    });
+  });
+  return kp;
+}
+
+KernelPtr clip_grad(const KernelArgs& a) {
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "ClipGrad", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    const T* x = a.in_ptr<T>(1);
+    const T* lo = a.has_input(2) ? a.in_ptr<T>(2) : nullptr;
+    const T* hi = a.has_input(3) ? a.in_ptr<T>(3) : nullptr;
+    T* dx = a.out_ptr<T>(0);
+    int64_t n = a.in(0).shape.numel();
+    kp = make_kernel([=](const StepContext&) {
+      auto [l, h] = clip_bounds(lo, hi);
+      parallel_for(n, [&](int64_t i) { dx[i] = k::ClipGradFromX{}(dy[i], x[i], l, h); });
+    });
+  });
+  return kp;
+}
+
 KernelPtr where(const KernelArgs& a) {
   KernelPtr kp;
   dispatch_numeric(a.in(1).dtype, "Where", [&]<class T>() {
@@ -227,6 +271,41 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
   r.add("Gelu",
         [](const KernelArgs& a) { return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a); });
+  r.add("Max", binary<k::MaxOp>());
+  r.add("Min", binary<k::MinOp>());
+  r.add("Greater", binary<k::GreaterOp>());
+  r.add("Less", binary<k::LessOp>());
+  r.add("Equal", binary<k::EqualOp>());
+  r.add("GreaterOrEqual", binary<k::GreaterOrEqualOp>());
+  r.add("LessOrEqual", binary<k::LessOrEqualOp>());
+  r.add("Abs", unary_numeric<k::AbsOp>());
+  r.add("Reciprocal", unary<k::ReciprocalOp>());
+  r.add("Erf", unary<k::ErfOp>());
+  r.add("Softplus", unary<k::SoftplusOp>());
+  r.add("Elu", [](const KernelArgs& a) { return unary(k::EluOp{a.attrs().f("alpha")})(a); });
+  r.add("Selu", [](const KernelArgs& a) {
+    return unary(k::SeluOp{a.attrs().f("alpha"), a.attrs().f("gamma")})(a);
+  });
+  r.add("HardSigmoid", [](const KernelArgs& a) {
+    return unary(k::HardSigmoidOp{a.attrs().f("alpha"), a.attrs().f("beta")})(a);
+  });
+  r.add("HardSwish", unary<k::HardSwishOp>());
+  r.add("Clip", clip);
+  r.add("AbsGrad", grad_binary<k::AbsGradFromX>([](const KernelArgs&) { return k::AbsGradFromX{}; }));
+  r.add("ErfGrad", grad_binary<k::ErfGradFromX>([](const KernelArgs&) { return k::ErfGradFromX{}; }));
+  r.add("SoftplusGrad",
+        grad_binary<k::SoftplusGradFromX>([](const KernelArgs&) { return k::SoftplusGradFromX{}; }));
+  r.add("EluGrad", grad_binary<k::EluGradFromX>(
+                       [](const KernelArgs& a) { return k::EluGradFromX{a.attrs().f("alpha")}; }));
+  r.add("SeluGrad", grad_binary<k::SeluGradFromX>([](const KernelArgs& a) {
+          return k::SeluGradFromX{a.attrs().f("alpha"), a.attrs().f("gamma")};
+        }));
+  r.add("HardSigmoidGrad", grad_binary<k::HardSigmoidGradFromX>([](const KernelArgs& a) {
+          return k::HardSigmoidGradFromX{a.attrs().f("alpha"), a.attrs().f("beta")};
+        }));
+  r.add("HardSwishGrad",
+        grad_binary<k::HardSwishGradFromX>([](const KernelArgs&) { return k::HardSwishGradFromX{}; }));
+  r.add("ClipGrad", clip_grad);
   r.add("ReluGrad", grad_binary<k::ReluGradFromY>([](const KernelArgs&) { return k::ReluGradFromY{}; }));
   r.add("SigmoidGrad",
         grad_binary<k::SigmoidGradFromY>([](const KernelArgs&) { return k::SigmoidGradFromY{}; }));

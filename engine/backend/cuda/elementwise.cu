@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <limits>
 
 #include "engine/backend/cuda/launch_elementwise.h"
 #include "engine/kernels/functors.h"
@@ -61,6 +62,34 @@ __global__ void binary_kernel(Op op, const T* a, const T* b, T* out, IndexMap m,
     int64_t off[2];
     map_offsets<2>(m, i, off);
     out[i] = op(a[off[0]], b[off[1]]);
+  }
+}
+
+template <class T, class Op>
+__global__ void compare_kernel(Op op, const T* a, const T* b, uint8_t* out, IndexMap m, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    int64_t off[2];
+    map_offsets<2>(m, i, off);
+    out[i] = op(a[off[0]], b[off[1]]) ? 1 : 0;
+  }
+}
+
+// Clip's bounds are read here, so a captured graph replays with the values of the step; an absent bound is
+// the type's extreme, passed by the launcher.
+template <class T>
+__global__ void clip_kernel(const T* x, const T* lo, const T* hi, T lowest, T highest, T* y, int64_t n) {
+  const T l = lo ? *lo : lowest, h = hi ? *hi : highest;
+  GRID_STRIDE_LOOP(i, n) {
+    y[i] = k::ClipOp{}(x[i], l, h);
+  }
+}
+
+template <class T>
+__global__ void clip_grad_kernel(const T* dy, const T* x, const T* lo, const T* hi, T lowest, T highest,
+                                 T* dx, int64_t n) {
+  const T l = lo ? *lo : lowest, h = hi ? *hi : highest;
+  GRID_STRIDE_LOOP(i, n) {
+    dx[i] = k::ClipGradFromX{}(dy[i], x[i], l, h);
   }
 }
 
@@ -340,9 +369,57 @@ cudaError_t unary_float(Op op, ElemType t, const void* x, void* y, int64_t n, cu
   return cudaGetLastError();
 }
 
-cudaError_t unary_neg(ElemType t, const void* x, void* y, int64_t n, cudaStream_t s) {
+template <class Op>
+cudaError_t compare_typed(Op op, ElemType t, const void* a, const void* b, uint8_t* out, const IndexMap& m,
+                          int64_t n, cudaStream_t s) {
   const unsigned grid = blocks_for(n);
-  const k::NegOp op;
+  switch (t) {
+    case ElemType::f32:
+      compare_kernel<float>
+          <<<grid, kBlock, 0, s>>>(op, static_cast<const float*>(a), static_cast<const float*>(b), out, m, n);
+      break;
+    case ElemType::f64:
+      compare_kernel<double><<<grid, kBlock, 0, s>>>(op, static_cast<const double*>(a),
+                                                     static_cast<const double*>(b), out, m, n);
+      break;
+    case ElemType::i32:
+      compare_kernel<int32_t><<<grid, kBlock, 0, s>>>(op, static_cast<const int32_t*>(a),
+                                                      static_cast<const int32_t*>(b), out, m, n);
+      break;
+    case ElemType::i64:
+      compare_kernel<int64_t><<<grid, kBlock, 0, s>>>(op, static_cast<const int64_t*>(a),
+                                                      static_cast<const int64_t*>(b), out, m, n);
+      break;
+    case ElemType::u8:
+      compare_kernel<uint8_t><<<grid, kBlock, 0, s>>>(op, static_cast<const uint8_t*>(a),
+                                                      static_cast<const uint8_t*>(b), out, m, n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template <class T>
+void launch_clip_typed(const void* x, const void* lo, const void* hi, void* y, int64_t n, cudaStream_t s) {
+  clip_kernel<T><<<blocks_for(n), kBlock, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(lo),
+                                                  static_cast<const T*>(hi), std::numeric_limits<T>::lowest(),
+                                                  std::numeric_limits<T>::max(), static_cast<T*>(y), n);
+}
+
+template <class T>
+void launch_clip_grad_typed(const void* dy, const void* x, const void* lo, const void* hi, void* dx,
+                            int64_t n, cudaStream_t s) {
+  clip_grad_kernel<T><<<blocks_for(n), kBlock, 0, s>>>(static_cast<const T*>(dy), static_cast<const T*>(x),
+                                                       static_cast<const T*>(lo), static_cast<const T*>(hi),
+                                                       std::numeric_limits<T>::lowest(),
+                                                       std::numeric_limits<T>::max(), static_cast<T*>(dx), n);
+}
+
+// Neg and Abs also apply to integers.
+template <class Op>
+cudaError_t unary_numeric(Op op, ElemType t, const void* x, void* y, int64_t n, cudaStream_t s) {
+  const unsigned grid = blocks_for(n);
   switch (t) {
     case ElemType::f32:
     case ElemType::f64:
@@ -456,8 +533,74 @@ cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b,
       return binary_typed(k::DivOp{}, t, a, b, out, map, n, stream);
     case BinaryOp::pow:
       return binary_typed(k::PowOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::max:
+      return binary_typed(k::MaxOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::min:
+      return binary_typed(k::MinOp{}, t, a, b, out, map, n, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_compare(CompareOp op, ElemType t, const void* a, const void* b, uint8_t* out,
+                           const IndexMap& map, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!a || !b || !out || !valid_map(map)) return cudaErrorInvalidValue;
+  switch (op) {
+    case CompareOp::greater:
+      return compare_typed(k::GreaterOp{}, t, a, b, out, map, n, stream);
+    case CompareOp::less:
+      return compare_typed(k::LessOp{}, t, a, b, out, map, n, stream);
+    case CompareOp::equal:
+      return compare_typed(k::EqualOp{}, t, a, b, out, map, n, stream);
+    case CompareOp::greater_or_equal:
+      return compare_typed(k::GreaterOrEqualOp{}, t, a, b, out, map, n, stream);
+    case CompareOp::less_or_equal:
+      return compare_typed(k::LessOrEqualOp{}, t, a, b, out, map, n, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_clip(ElemType t, const void* x, const void* lo, const void* hi, void* y, int64_t n,
+                        cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!x || !y) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      launch_clip_typed<float>(x, lo, hi, y, n, stream);
+      break;
+    case ElemType::f64:
+      launch_clip_typed<double>(x, lo, hi, y, n, stream);
+      break;
+    case ElemType::i32:
+      launch_clip_typed<int32_t>(x, lo, hi, y, n, stream);
+      break;
+    case ElemType::i64:
+      launch_clip_typed<int64_t>(x, lo, hi, y, n, stream);
+      break;
+    case ElemType::u8:
+      launch_clip_typed<uint8_t>(x, lo, hi, y, n, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_clip_grad(ElemType t, const void* dy, const void* x, const void* lo, const void* hi,
+                             void* dx, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!dy || !x || !dx) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      launch_clip_grad_typed<float>(dy, x, lo, hi, dx, n, stream);
+      break;
+    case ElemType::f64:
+      launch_clip_grad_typed<double>(dy, x, lo, hi, dx, n, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 
 cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, void* y, int64_t n,
@@ -466,7 +609,23 @@ cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, v
   if (!x || !y) return cudaErrorInvalidValue;
   switch (op) {
     case UnaryOp::neg:
-      return unary_neg(t, x, y, n, stream);
+      return unary_numeric(k::NegOp{}, t, x, y, n, stream);
+    case UnaryOp::abs:
+      return unary_numeric(k::AbsOp{}, t, x, y, n, stream);
+    case UnaryOp::reciprocal:
+      return unary_float(k::ReciprocalOp{}, t, x, y, n, stream);
+    case UnaryOp::erf:
+      return unary_float(k::ErfOp{}, t, x, y, n, stream);
+    case UnaryOp::softplus:
+      return unary_float(k::SoftplusOp{}, t, x, y, n, stream);
+    case UnaryOp::elu:
+      return unary_float(k::EluOp{p.alpha}, t, x, y, n, stream);
+    case UnaryOp::selu:
+      return unary_float(k::SeluOp{p.alpha, p.gamma}, t, x, y, n, stream);
+    case UnaryOp::hard_sigmoid:
+      return unary_float(k::HardSigmoidOp{p.alpha, p.beta}, t, x, y, n, stream);
+    case UnaryOp::hard_swish:
+      return unary_float(k::HardSwishOp{}, t, x, y, n, stream);
     case UnaryOp::exp:
       return unary_float(k::ExpOp{}, t, x, y, n, stream);
     case UnaryOp::log:
@@ -502,6 +661,20 @@ cudaError_t launch_activation_grad(ActivationGrad op, UnaryParams p, ElemType t,
       return grad_float(k::TanhGradFromY{}, t, dy, xy, dx, n, stream);
     case ActivationGrad::gelu:
       return grad_float(k::GeluGradFromX{p.tanh_approx}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::abs:
+      return grad_float(k::AbsGradFromX{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::erf:
+      return grad_float(k::ErfGradFromX{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::softplus:
+      return grad_float(k::SoftplusGradFromX{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::elu:
+      return grad_float(k::EluGradFromX{p.alpha}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::selu:
+      return grad_float(k::SeluGradFromX{p.alpha, p.gamma}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::hard_sigmoid:
+      return grad_float(k::HardSigmoidGradFromX{p.alpha, p.beta}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::hard_swish:
+      return grad_float(k::HardSwishGradFromX{}, t, dy, xy, dx, n, stream);
   }
   return cudaErrorInvalidValue;
 }

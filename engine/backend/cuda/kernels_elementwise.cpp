@@ -146,9 +146,50 @@ KernelPtr binary(const KernelArgs& a) {
   return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_binary(kOp, t, x, y, z, m, n, s)); });
 }
 
+template <CompareOp kOp>
+KernelPtr compare(const KernelArgs& a) {
+  if (!is_numeric_type(a.in(0).dtype) || a.in(1).dtype != a.in(0).dtype) return nullptr;
+  const Shape& so = a.out(0).shape;
+  IndexMap m;
+  if (!make_map(so.dims(), {broadcast_strides(a.in(0).shape, so), broadcast_strides(a.in(1).shape, so)}, &m))
+    return nullptr;
+  const ElemType t = elem_type(a.in(0).dtype);
+  const void* x = a.inputs[0];
+  const void* y = a.inputs[1];
+  auto* z = static_cast<uint8_t*>(a.outputs[0]);
+  const int64_t n = so.numel();
+  return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_compare(kOp, t, x, y, z, m, n, s)); });
+}
+
+// Clip (x, min?, max?) and ClipGrad (dy, x, min?, max?): the bounds stay on the device, read by the kernel.
+KernelPtr clip(const KernelArgs& a) {
+  if (!is_numeric_type(a.in(0).dtype)) return nullptr;
+  const ElemType t = elem_type(a.in(0).dtype);
+  const void* x = a.inputs[0];
+  const void* lo = a.has_input(1) ? a.inputs[1] : nullptr;
+  const void* hi = a.has_input(2) ? a.inputs[2] : nullptr;
+  void* y = a.outputs[0];
+  const int64_t n = a.in(0).shape.numel();
+  return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_clip(t, x, lo, hi, y, n, s)); });
+}
+
+KernelPtr clip_grad(const KernelArgs& a) {
+  if (!is_float_type(a.in(0).dtype) || a.in(1).dtype != a.in(0).dtype) return nullptr;
+  const ElemType t = elem_type(a.in(0).dtype);
+  const void* dy = a.inputs[0];
+  const void* x = a.inputs[1];
+  const void* lo = a.has_input(2) ? a.inputs[2] : nullptr;
+  const void* hi = a.has_input(3) ? a.inputs[3] : nullptr;
+  void* dx = a.outputs[0];
+  const int64_t n = a.in(0).shape.numel();
+  return make_kernel(
+      [=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_clip_grad(t, dy, x, lo, hi, dx, n, s)); });
+}
+
 KernelPtr unary_with(UnaryOp op, UnaryParams p, const KernelArgs& a) {
   const DType dt = a.in(0).dtype;
-  if (op == UnaryOp::neg ? !is_numeric_type(dt) : !is_float_type(dt)) return nullptr;
+  const bool numeric = op == UnaryOp::neg || op == UnaryOp::abs;
+  if (numeric ? !is_numeric_type(dt) : !is_float_type(dt)) return nullptr;
   const ElemType t = elem_type(dt);
   const void* x = a.inputs[0];
   void* y = a.outputs[0];
@@ -462,6 +503,45 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Gelu", [](const KernelArgs& a) {
     return unary_with(UnaryOp::gelu, UnaryParams{0, a.attrs().s("approximate") == "tanh"}, a);
   });
+  r.add("Max", binary<BinaryOp::max>);
+  r.add("Min", binary<BinaryOp::min>);
+  r.add("Greater", compare<CompareOp::greater>);
+  r.add("Less", compare<CompareOp::less>);
+  r.add("Equal", compare<CompareOp::equal>);
+  r.add("GreaterOrEqual", compare<CompareOp::greater_or_equal>);
+  r.add("LessOrEqual", compare<CompareOp::less_or_equal>);
+  r.add("Abs", unary<UnaryOp::abs>);
+  r.add("Reciprocal", unary<UnaryOp::reciprocal>);
+  r.add("Erf", unary<UnaryOp::erf>);
+  r.add("Softplus", unary<UnaryOp::softplus>);
+  r.add("Elu", [](const KernelArgs& a) {
+    return unary_with(UnaryOp::elu, UnaryParams{a.attrs().f("alpha"), false}, a);
+  });
+  r.add("Selu", [](const KernelArgs& a) {
+    return unary_with(UnaryOp::selu, UnaryParams{a.attrs().f("alpha"), false, 0, a.attrs().f("gamma")}, a);
+  });
+  r.add("HardSigmoid", [](const KernelArgs& a) {
+    return unary_with(UnaryOp::hard_sigmoid, UnaryParams{a.attrs().f("alpha"), false, a.attrs().f("beta")},
+                      a);
+  });
+  r.add("HardSwish", unary<UnaryOp::hard_swish>);
+  r.add("Clip", clip);
+  r.add("AbsGrad", activation_grad<ActivationGrad::abs>);
+  r.add("ErfGrad", activation_grad<ActivationGrad::erf>);
+  r.add("SoftplusGrad", activation_grad<ActivationGrad::softplus>);
+  r.add("EluGrad", [](const KernelArgs& a) {
+    return activation_grad_with(ActivationGrad::elu, UnaryParams{a.attrs().f("alpha"), false}, a);
+  });
+  r.add("SeluGrad", [](const KernelArgs& a) {
+    return activation_grad_with(ActivationGrad::selu,
+                                UnaryParams{a.attrs().f("alpha"), false, 0, a.attrs().f("gamma")}, a);
+  });
+  r.add("HardSigmoidGrad", [](const KernelArgs& a) {
+    return activation_grad_with(ActivationGrad::hard_sigmoid,
+                                UnaryParams{a.attrs().f("alpha"), false, a.attrs().f("beta")}, a);
+  });
+  r.add("HardSwishGrad", activation_grad<ActivationGrad::hard_swish>);
+  r.add("ClipGrad", clip_grad);
   r.add("ReluGrad", activation_grad<ActivationGrad::relu>);
   r.add("SigmoidGrad", activation_grad<ActivationGrad::sigmoid>);
   r.add("TanhGrad", activation_grad<ActivationGrad::tanh>);

@@ -13,15 +13,50 @@ namespace trainer::engine::cuda {
 // Element types, in the order of engine::DType (the factory maps one to the other explicitly).
 enum class ElemType : int { f32, f64, bf16, f16, i32, i64, u8, boolean };
 
-enum class BinaryOp : int { add, sub, mul, div, pow };
-enum class UnaryOp : int { neg, exp, log, sqrt, relu, leaky_relu, sigmoid, tanh, gelu };
+enum class BinaryOp : int { add, sub, mul, div, pow, max, min };
+enum class CompareOp : int { greater, less, equal, greater_or_equal, less_or_equal };
+enum class UnaryOp : int {
+  neg,
+  exp,
+  log,
+  sqrt,
+  relu,
+  leaky_relu,
+  sigmoid,
+  tanh,
+  gelu,
+  abs,
+  reciprocal,
+  erf,
+  softplus,
+  elu,
+  selu,
+  hard_sigmoid,
+  hard_swish
+};
 // (dy, x or y) -> dx; which operand each takes is that of the functors in engine/kernels/functors.h.
-enum class ActivationGrad : int { relu, leaky_relu, sigmoid, tanh, gelu };
+enum class ActivationGrad : int {
+  relu,
+  leaky_relu,
+  sigmoid,
+  tanh,
+  gelu,
+  abs,
+  erf,
+  softplus,
+  elu,
+  selu,
+  hard_sigmoid,
+  hard_swish
+};
 
-// Parameters of the parameterized activations (LeakyRelu's alpha, Gelu's tanh approximation).
+// Parameters of the parameterized activations (LeakyRelu's and Elu's alpha, Gelu's tanh approximation,
+// HardSigmoid's alpha and beta, Selu's alpha and gamma).
 struct UnaryParams {
   float alpha = 0.01f;
   bool tanh_approx = false;
+  float beta = 0;
+  float gamma = 0;
 };
 
 // A dense row-major index space `dims` mapped to up to three strided operands: element i of the dense side is
@@ -60,12 +95,22 @@ struct SmallInts {
 // out = op(a, b) over map operands 0 (a), 1 (b); out is dense. t: f32, f64, i32, i64 or u8.
 cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b, void* out,
                           const IndexMap& map, int64_t n, cudaStream_t stream);
-// y = op(x), dense. neg: f32, f64, i32, i64, u8; the others: f32, f64.
+// out = op(a, b) != 0 as bytes, over map operands 0 (a), 1 (b); out is dense. t: f32, f64, i32, i64 or u8.
+cudaError_t launch_compare(CompareOp op, ElemType t, const void* a, const void* b, uint8_t* out,
+                           const IndexMap& map, int64_t n, cudaStream_t stream);
+// y = op(x), dense. neg and abs: f32, f64, i32, i64, u8; the others: f32, f64.
 cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, void* y, int64_t n,
                          cudaStream_t stream);
 // dx = grad(dy, x_or_y), dense, f32 or f64.
 cudaError_t launch_activation_grad(ActivationGrad op, UnaryParams p, ElemType t, const void* dy,
                                    const void* xy, void* dx, int64_t n, cudaStream_t stream);
+// y = min(max(x, *lo), *hi), dense; lo and hi (scalars, read on the device) may be nullptr. t: f32, f64, i32,
+// i64 or u8.
+cudaError_t launch_clip(ElemType t, const void* x, const void* lo, const void* hi, void* y, int64_t n,
+                        cudaStream_t stream);
+// dx = lo <= x <= hi ? dy : 0, dense; lo and hi as for launch_clip. t: f32 or f64.
+cudaError_t launch_clip_grad(ElemType t, const void* dy, const void* x, const void* lo, const void* hi,
+                             void* dx, int64_t n, cudaStream_t stream);
 // z = cond ? x : y over map operands 0 (cond, bool), 1 (x), 2 (y); z is dense. t: f32, f64, i32, i64, u8.
 cudaError_t launch_where(ElemType t, const uint8_t* cond, const void* x, const void* y, void* z,
                          const IndexMap& map, int64_t n, cudaStream_t stream);
