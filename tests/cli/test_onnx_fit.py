@@ -589,7 +589,8 @@ class Net(torch.nn.Module):
         path = self.save(unsupported_model(), "unsupported.onnx")
         out = self.path("run_unsupported")
         r = run(["fit", path, "--train", self.write_train_toml(), "--output-dir", out])
-        err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'hardmax_here' (Hardmax)", "graph.node[2] '#2' (Floor)")
+        err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'hardmax_here' (Hardmax)",
+                                          "graph.node[2] '#2' (Floor)")
         self.assertEqual(err.count("trainer: error"), 1)
         self.assertNotIn("'fine'", err)
         self.assert_nothing_ran(r, out)
