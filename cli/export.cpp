@@ -7,6 +7,7 @@
 #include "cli/common.h"
 #include "engine/util/error.h"
 #include "formats/onnx_export.h"
+#include "formats/onnx_import.h"
 
 namespace trainer::cli {
 
@@ -49,12 +50,38 @@ Command add_export_command(CLI::App& app) {
     o.metadata = {{"trainer.spec", ck.spec_text},
                   {"trainer.epoch", std::to_string(ck.state.epoch)},
                   {"trainer.step", std::to_string(ck.state.global_step)}};
-    onnx::ModelProto model = formats::export_onnx(m.graph, {m.input}, {m.output}, o);
+    onnx::ModelProto model;
+    bool own_graph = false;
+    try {
+      model = formats::export_onnx(m.graph, {m.input}, {m.output}, o);
+    } catch (const formats::BatchDependentError& e) {
+      // The engine folds an imported model's shape arithmetic at one batch size; where the folded shapes
+      // hold the batch (PyTorch's attention reshapes [seq, batch * heads, dim]), the model goes back as the
+      // graph it came as, with the trained values.
+      if (spec.model.onnx.empty() || !spec.model.onnx_bytes) throw;
+      if (*opset != formats::kDefaultOnnxExportOpset)
+        throw InputError(e.where(),
+                         std::string(e.what()) + "; so the model is written as its own graph, " +
+                             "in its own opset, and --opset cannot apply",
+                         "leave out --opset");
+      onnx::ModelProto original;
+      formats::parse_onnx_model(*spec.model.onnx_bytes, spec.model.onnx, &original);
+      model = formats::with_trained_values(original, ck.state.values, o, &loaded);
+      own_graph = true;
+    }
     formats::save_onnx(model, *out);
-    if (!*quiet)
-      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input '{}'{}\n", *out,
-                 model.graph().node_size(), model.graph().initializer_size(), loaded, *opset,
-                 model.graph().input(0).name(), m.input_channels_last ? " (NHWC)" : "");
+    if (!*quiet) {
+      int model_opset = *opset;
+      for (const auto& imp : model.opset_import())
+        if (imp.domain().empty() || imp.domain() == "ai.onnx") model_opset = static_cast<int>(imp.version());
+      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input '{}'{}{}\n",
+                 *out, model.graph().node_size(), model.graph().initializer_size(), loaded, model_opset,
+                 model.graph().input(0).name(), m.input_channels_last ? " (NHWC)" : "",
+                 own_graph
+                     ? "; the imported graph with its trained values (its shapes depend on the batch as "
+                       "the engine folds them)"
+                     : "");
+    }
     return 0;
   };
   return {cmd, run};

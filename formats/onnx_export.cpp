@@ -290,7 +290,7 @@ class Exporter {
       try {
         rn = r.add_node_named(n.op, ins, n.attrs, outs, n.name);
       } catch (const InputError& e) {
-        throw InputError(
+        throw BatchDependentError(
             n.name,
             fmt::format("{} depends on the batch size: with {} samples instead of {} it fails: {}",
                         node_label(n), other, batch_, without_where(e)),
@@ -309,11 +309,12 @@ class Exporter {
       for (int d = 1; follows && d < a.rank(); ++d) follows = a[d] == b[d];
       if (!follows) {
         std::string from = val.producer >= 0 ? " from " + node_label(g_.node(val.producer)) : std::string();
-        throw InputError(val.name,
-                         fmt::format("output '{}'{} does not follow the batch: its shape is {} with {} "
-                                     "samples and {} with {}",
-                                     val.name, from, a.str(), batch_, b.str(), other),
-                         "an exported output must lead with the batch dimension");
+        throw BatchDependentError(
+            val.name,
+            fmt::format("output '{}'{} does not follow the batch: its shape is {} with {} "
+                        "samples and {} with {}",
+                        val.name, from, a.str(), batch_, b.str(), other),
+            "an exported output must lead with the batch dimension");
       }
     }
     for (ValueId v : outputs_)
@@ -662,6 +663,56 @@ onnx::ModelProto export_onnx(const Graph& inference_graph, const std::vector<Val
                              const std::vector<ValueId>& outputs, const OnnxExportOptions& options) {
   onnx::ModelProto model = Exporter(inference_graph, inputs, outputs, options).run();
   if (options.check) check_onnx(model);
+  return model;
+}
+
+onnx::ModelProto with_trained_values(const onnx::ModelProto& original,
+                                     const std::vector<std::pair<std::string, Tensor>>& values,
+                                     const OnnxExportOptions& options, int64_t* replaced) {
+  onnx::ModelProto model = original;
+  std::unordered_map<std::string, const Tensor*> by_name;
+  for (const auto& [name, t] : values) by_name.emplace(name, &t);
+  int64_t count = 0;
+  auto* graph = model.mutable_graph();
+  for (auto& init : *graph->mutable_initializer()) {
+    auto it = by_name.find(init.name());
+    if (it == by_name.end()) continue;
+    const Tensor& t = *it->second;
+    const Tensor old = tensor_from_onnx(init, fmt::format("initializer '{}'", init.name()));
+    if (old.dtype() != t.dtype() || old.shape() != t.shape())
+      throw InputError(
+          init.name(),
+          fmt::format("the trained value is {} {}, the model's initializer {} {}",
+                      engine::dtype_name(t.dtype()), t.shape().str(), engine::dtype_name(old.dtype()),
+                      old.shape().str()),
+          "the checkpoint and the ONNX model it embeds disagree: the file is damaged or was edited");
+    const std::string name = init.name();  // tensor_to_onnx clears the proto
+    tensor_to_onnx(t, name, &init);
+    ++count;
+  }
+  for (auto& n : *graph->mutable_node()) {
+    if (!n.domain().empty() && n.domain() != "ai.onnx") continue;
+    if (n.op_type() == "BatchNormalization") {
+      auto* attrs = n.mutable_attribute();
+      for (int i = attrs->size() - 1; i >= 0; --i)
+        if (attrs->Get(i).name() == "training_mode") attrs->DeleteSubrange(i, 1);
+      while (n.output_size() > 1) n.mutable_output()->RemoveLast();
+    } else if (n.op_type() == "Dropout" && n.input_size() > 2) {
+      while (n.input_size() > 2) n.mutable_input()->RemoveLast();
+    }
+  }
+  model.set_producer_name("trainer");
+  model.set_producer_version(options.producer_version);
+  for (const auto& [key, value] : options.metadata) {
+    onnx::StringStringEntryProto* p = nullptr;
+    for (auto& m : *model.mutable_metadata_props())
+      if (m.key() == key) p = &m;
+    if (!p) p = model.add_metadata_props();
+    p->set_key(key);
+    p->set_value(value);
+  }
+  if (options.check) check_onnx(model);
+  if (replaced) *replaced = count;
   return model;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/ir/graph.h"
+#include "engine/util/error.h"
 
 namespace trainer::formats {
 
@@ -65,6 +66,24 @@ int64_t onnx_ir_version_for_opset(int opset);
 onnx::ModelProto export_onnx(const engine::Graph& inference_graph, const std::vector<engine::ValueId>& inputs,
                              const std::vector<engine::ValueId>& outputs,
                              const OnnxExportOptions& options = {});
+
+// export_onnx's error for a graph whose shapes hold the batch size: a node that fails to check at another
+// batch size, or an output that does not follow it. An imported model can still go back as its own graph
+// (with_trained_values).
+class BatchDependentError : public InputError {
+ public:
+  using InputError::InputError;
+};
+
+// An imported ONNX model given back with trained values: `original` as its file had it, each initializer
+// that `values` names replaced by the value, in inference form (BatchNormalization without training_mode
+// and its extra outputs, Dropout without its training_mode input), with options.metadata added to its
+// metadata_props and options.producer_version as producer ("trainer"), and checked as export_onnx's result
+// is when options.check. A value whose dtype or shape differs from its initializer's is an InputError.
+// *replaced (when given) counts the initializers replaced.
+onnx::ModelProto with_trained_values(const onnx::ModelProto& original,
+                                     const std::vector<std::pair<std::string, engine::Tensor>>& values,
+                                     const OnnxExportOptions& options, int64_t* replaced = nullptr);
 
 // libonnx's checker with full_check (the checker, then strict shape inference with type checks). Throws
 // InternalError with the checker's message. Returns false, having checked nothing, when the model's opset or

@@ -94,12 +94,15 @@ bool imported_by_importer(const onnx::NodeProto& n) {
          (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape");
 }
 
-// Variadic ai.onnx ops that the importer writes as chains of two-input IR ops: the IR op of each.
-const char* variadic_as(const onnx::NodeProto& n) {
+// ai.onnx ops that the importer writes with other IR ops: the IR op of each. Sum, Mean, Max and Min of any
+// number of inputs become chains of the two-input op; Split becomes one Slice per output.
+const char* rewritten_as(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return nullptr;
   const std::string& op = n.op_type();
   if (op == "Sum" || op == "Mean") return "Add";
-  if (op == "Max" || op == "Min") return op == "Max" ? "Max" : "Min";
+  if (op == "Max") return "Max";
+  if (op == "Min") return "Min";
+  if (op == "Split") return "Slice";
   return nullptr;
 }
 
@@ -216,8 +219,8 @@ class Importer {
     for (const auto& n : model_.graph().node()) {
       if (imported_by_importer(n)) continue;
       const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
-      const char* chained = variadic_as(n);
-      const engine::OpSchema* schema = registry.find(chained ? std::string(chained) : n.op_type());
+      const char* rewritten = rewritten_as(n);
+      const engine::OpSchema* schema = registry.find(rewritten ? std::string(rewritten) : n.op_type());
       for (int i = 0; i < n.input_size(); ++i) {
         const std::string& name = n.input(i);
         if (name.empty()) continue;
@@ -529,10 +532,73 @@ class Importer {
       }
     }
     restore_folded_values(p);
-    if (variadic_as(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
-      return add_variadic(p, variadic_as(n));
+    if (p.op == "Split" && domain.empty()) return add_split(p);
+    if (rewritten_as(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
+      return add_variadic(p, rewritten_as(n));
     if (options_.fold_constants && fold(p)) return;
     insert(p);
+  }
+
+  // Split along `axis` into the parts that the `split` input gives, or into num_outputs (opset 18) parts of
+  // ceil(d / n) elements (the last one smaller), or into as many equal parts as there are outputs: one Slice
+  // per output. The first Slice keeps the node's name.
+  void add_split(const PendingNode& p) {
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue)
+      fail(fmt::format("{} has no input", p.label), "Split takes the tensor to split as its first input");
+    const Shape shape = g().value(p.inputs[0]).shape;
+    const int64_t rank = shape.rank();
+    int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : 0;
+    if (axis < -rank || axis >= rank)
+      fail(fmt::format("{}: axis {} is out of range for a rank-{} input {}", p.label, axis, rank,
+                       shape.str()));
+    if (axis < 0) axis += rank;
+    const int64_t dim = shape[static_cast<int>(axis)];
+    const int64_t parts = static_cast<int64_t>(p.outputs.size());
+    std::vector<int64_t> sizes;
+    if (p.inputs.size() > 1 && p.inputs[1] != engine::kNoValue) {
+      const engine::Value& sv = g().value(p.inputs[1]);
+      if (sv.kind != engine::ValueKind::constant || sv.dtype != DType::i64 || sv.shape.rank() != 1)
+        fail(fmt::format("{}: its split sizes '{}' are not a constant 1-D int64 tensor", p.label, sv.name),
+             "the engine needs static shapes: give the sizes as a constant");
+      const Tensor& t = *g().initializer(p.inputs[1]);
+      sizes.assign(t.data<int64_t>(), t.data<int64_t>() + t.numel());
+    } else if (p.attrs.has("split")) {
+      sizes = p.attrs.ints("split");
+    } else if (p.attrs.has("num_outputs")) {
+      const int64_t n = p.attrs.i("num_outputs");
+      if (n != parts)
+        fail(fmt::format("{}: num_outputs is {}, and the node has {} outputs", p.label, n, parts));
+      const int64_t chunk = n > 0 ? (dim + n - 1) / n : 0;
+      for (int64_t k = 0; k < n; ++k) sizes.push_back(std::max<int64_t>(0, std::min(chunk, dim - k * chunk)));
+    } else {
+      if (parts == 0 || dim % parts != 0)
+        fail(fmt::format("{}: {} elements along axis {} do not split into {} equal parts", p.label, dim, axis,
+                         parts),
+             "give the split sizes");
+      sizes.assign(static_cast<size_t>(parts), dim / parts);
+    }
+    int64_t total = 0;
+    for (int64_t v : sizes) total += v < 0 ? -1 : v;
+    if (static_cast<int64_t>(sizes.size()) != parts || total != dim)
+      fail(fmt::format("{}: split sizes {} for {} outputs do not add up to {}, the size of axis {}", p.label,
+                       fmt::join(sizes, ","), parts, dim, axis));
+    const std::string base = p.base();
+    wrap(p.label, [&] {
+      int64_t start = 0;
+      auto ints = [&](const std::string& what, int64_t v) {
+        return g().add_constant(g().unique_name(base + "/" + what), Tensor::from<int64_t>(Shape{1}, {v}));
+      };
+      for (int64_t k = 0; k < parts; ++k) {
+        const int64_t end = start + sizes[k];
+        if (!p.outputs[k].empty()) {
+          const std::string name = k == 0 ? p.name : fmt::format("{}/{}", base, k);
+          mark_batched(g().add_node_named(
+              "Slice", {p.inputs[0], ints("starts", start), ints("ends", end), ints("axes", axis)}, {},
+              {p.outputs[k]}, name));
+        }
+        start = end;
+      }
+    });
   }
 
   // Sum, Mean, Max and Min of any number of inputs: a chain of the two-input IR op `op` (Mean's sum is then
@@ -1042,7 +1108,7 @@ std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& mode
   for (int i = 0; i < nodes.size(); ++i) {
     const auto& n = nodes[i];
     std::string domain = normalize_domain(n.domain());
-    if (imported_by_importer(n) || variadic_as(n)) continue;
+    if (imported_by_importer(n) || rewritten_as(n)) continue;
     const engine::OpSchema* s = registry.find(n.op_type());
     if (s != nullptr && s->domain() == domain) continue;
     out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain, i});
