@@ -449,7 +449,7 @@ learning_rate = 0.01
         r = run(["fit", spec, "--epochs", "1"])
         cli_util.assert_input_error(self, r, "sample 7")
 
-    def torch_export(self, module_source, sample, input_name, path):
+    def torch_export(self, module_source, sample, input_name, path, opset=13):
         """Runs torch.onnx.export (Debian's python3-torch, TorchScript exporter) on the class Net that
         module_source defines, with a symbolic batch."""
         torch_python = "/usr/bin/python3"
@@ -462,7 +462,7 @@ import inspect, torch
 torch.manual_seed(0)
 {module_source}
 kw = dict(input_names=[{input_name!r}], output_names=["y"], dynamic_axes={{{input_name!r}: {{0: "batch"}}, "y": {{0: "batch"}}}},
-          opset_version=13)
+          opset_version={opset})
 if "dynamo" in inspect.signature(torch.onnx.export).parameters:
     kw["dynamo"] = False
 torch.onnx.export(Net().eval(), {sample}, {path!r}, **kw)
@@ -551,6 +551,109 @@ class Net(torch.nn.Module):
         exported = self.export(ckpt, "torch_out.onnx")
         x = self.val_x[:20, None]
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
+    def test_pytorch_exported_mobile_cnn_fine_tunes(self):
+        # ReLU6 (Clip), a depthwise convolution, HardSwish and SiLU, as mobile networks use them.
+        path = self.path("torch_mobile.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = torch.nn.Conv2d(8, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.bn(self.stem(x)))
+        x = torch.nn.functional.hardswish(self.dw(x))
+        x = torch.nn.functional.silu(self.pw(x))
+        return self.fc(x.mean((2, 3)))
+""", "torch.zeros(2, 1, 28, 28)", "x", path, opset=14)
+        self.assertLessEqual({"Clip", "HardSwish"}, {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("mobile.toml", from_logits=True, epochs=2)],
+                                self.path("run_mobile"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_mobile_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
+    def test_pytorch_exported_elementwise_ops_fine_tune(self):
+        # Softplus, Elu, Selu, HardSigmoid, Abs, Max, Min, clamp (Clip with one bound), split (Split) and the
+        # exact GELU (Erf).
+        path = self.path("torch_elementwise.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 64)
+        self.fc2 = torch.nn.Linear(64, 10)
+    def forward(self, x):
+        h = self.fc1(x.flatten(1))
+        a, b = h.split([32, 32], 1)
+        a = torch.maximum(torch.nn.functional.softplus(a), torch.nn.functional.elu(b))
+        b = torch.minimum(torch.nn.functional.selu(b), torch.abs(a)) + torch.nn.functional.hardsigmoid(b)
+        h = torch.cat([a, torch.clamp(b, max=2.0)], 1)
+        return self.fc2(torch.nn.functional.gelu(h))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        ops = {n.op_type for n in original.graph.node}
+        self.assertLessEqual({"Softplus", "Elu", "Selu", "HardSigmoid", "Abs", "Max", "Min", "Clip", "Split",
+                              "Erf"}, ops)
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("elementwise.toml", from_logits=True,
+                                                                    epochs=1)],
+                                self.path("run_elementwise"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_elementwise_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
+    def test_pytorch_exported_transformer_fine_tunes_and_exports_its_own_graph(self):
+        # PyTorch's attention reshapes to [seq, batch * heads, dim]: the folded shape holds the batch, so the
+        # export gives back the imported graph with the trained weights.
+        path = self.path("torch_transformer.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(28, 32)
+        self.encoder = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True,
+                                                        activation="gelu")
+        self.fc = torch.nn.Linear(32, 10)
+    def forward(self, x):
+        h = self.encoder(self.embed(x.reshape(x.shape[0], 28, 28)))
+        return self.fc(h.mean(1))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertIn("Erf", {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("transformer.toml", from_logits=True,
+                                                                    epochs=2)],
+                                self.path("run_transformer"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        out = self.path("torch_transformer_out.onnx")
+        r = run(["export", ckpt, "-o", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("the imported graph with its trained values", r.stderr)
+        exported = onnx.load(out)
+        onnx.checker.check_model(exported, full_check=True)
+        self.assertEqual([n.name for n in exported.graph.node], [n.name for n in original.graph.node])
+        self.assertEqual(exported.producer_name, "trainer")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+        # trainer predict computes what onnxruntime computes with the export, at another batch size too.
+        np.save(self.path("tx_x.npy"), self.val_x[:7, None] * 255)
+        r = run(["predict", ckpt, self.path("tx_x.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ours = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        np.testing.assert_allclose(ours, run_onnx(exported, {"x": self.val_x[:7, None]}), rtol=1e-4, atol=1e-4)
+        # --opset cannot apply to the imported graph.
+        r = run(["export", ckpt, "-o", self.path("tx_opset.onnx"), "--opset", "19"])
+        cli_util.assert_input_error(self, r, "depends on the batch size", "--opset")
+        self.assertFalse(os.path.exists(self.path("tx_opset.onnx")))
 
     @cli_util.skip_without_fashion
     def test_logits_with_probability_loss_is_refused(self):
