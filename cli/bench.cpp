@@ -326,6 +326,7 @@ Command add_bench_command(CLI::App& app) {
   auto run = [=]() -> int {
     Output out(LogFormat::jsonl, o->quiet);
     formats::ModelSpec s = spec->load();
+    require_training(s);
     read_onnx_bytes(s);
     const int64_t batch = s.train.batch_size;
     DeviceOptions::Opened opened = device->open(s, o->quiet);

@@ -1,4 +1,5 @@
-// trainer check: parses the spec, builds the model and plans a training step, running nothing. Exit 0 or 2.
+// trainer check: parses the spec (or an ONNX model with --train), builds the model and plans a training step,
+// running nothing. Exit 0 or 2.
 #include "cli/common.h"
 
 namespace trainer::cli {
@@ -12,7 +13,8 @@ Command add_check_command(CLI::App& app) {
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing when the spec is valid");
   auto run = [=]() -> int {
     formats::ModelSpec s = spec->load();
-    models::BuiltModel m = build(s, s.train.batch_size, true);
+    models::BuiltModel m = build(s, s.train.batch_size, true);  // the model's own errors first
+    require_training(s);
     auto backend = engine::make_cpu_backend();
     engine::FitConfig cfg = fit_config(s);
     size_t bytes = at_spec_places(s, [&] {
@@ -23,7 +25,8 @@ Command add_check_command(CLI::App& app) {
     if (!*quiet)
       fmt::print(stderr,
                  "{}: ok · {} layers · {} parameters · training step planned in {:.2f} MiB at batch {}\n",
-                 s.path, m.layers.size(), params, bytes / 1048576.0, s.train.batch_size);
+                 spec->onnx() ? fmt::format("{} with {}", spec->path, spec->train_toml) : s.path,
+                 m.layers.size(), params, bytes / 1048576.0, s.train.batch_size);
     return 0;
   };
   return {cmd, run};

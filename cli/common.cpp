@@ -22,8 +22,41 @@ namespace trainer::cli {
 using engine::DType;
 using engine::Shape;
 
-void SpecOptions::add_spec(CLI::App* app) {
-  app->add_option("SPEC", path, "Model description: a TOML file (see trainer-model(5))")->required();
+void SpecOptions::add_spec(CLI::App* app, const char* optional) {
+  command = app->get_name();
+  auto* opt = app->add_option("SPEC", path,
+                              std::string("Model description: a TOML file (see trainer-model(5)), or an ONNX "
+                                          "model with --train") +
+                                  (model_only ? " (or alone, for its layers)" : "") +
+                                  (optional ? std::string("; ") + optional : std::string()));
+  if (!optional) opt->required();
+  app->add_option("--train", train_toml,
+                  "With an ONNX model as SPEC: the TOML file that supplies data, loss, optimizer and metrics")
+      ->type_name("TOML");
+}
+
+bool SpecOptions::onnx() const {
+  std::string ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext == ".onnx";
+}
+
+void SpecOptions::check_combination() const {
+  if (onnx() && train_toml.empty() && !model_only)
+    throw InputError(path,
+                     "an ONNX model needs --train TOML: the file with data, loss, optimizer and metrics",
+                     fmt::format("trainer {} {} --train train.toml (see trainer-model(5))", command, path));
+  if (!train_toml.empty() && !onnx())
+    throw InputError(train_toml, "--train goes with an ONNX model as SPEC",
+                     path.empty() ? fmt::format("trainer {} model.onnx --train train.toml", command)
+                                  : "a TOML spec holds its training settings itself: leave out --train");
+}
+
+void require_training(const formats::ModelSpec& spec) {
+  if (!spec.train.loss.empty()) return;
+  throw InputError(
+      spec.path, "the spec has no [train] section: nothing says how to train the model",
+      "add [train] with loss, epochs and batch_size, and [train.optimizer] (see trainer-model(5))");
 }
 
 CLI::Validator whole_number(int64_t lo, int64_t hi) {
@@ -64,12 +97,11 @@ std::vector<std::string> SpecOptions::overrides() const {
 }
 
 formats::ModelSpec SpecOptions::load() const {
-  // An ONNX model holds no data or training settings: a spec names it.
-  if (std::filesystem::path(path).extension() == ".onnx")
-    throw InputError(path, "this is an ONNX model, and this command takes a TOML spec",
-                     fmt::format("write a spec with [model] onnx = \"{}\" (see trainer-model(5))",
-                                 std::filesystem::path(path).filename().string()));
-  return formats::load_model_spec(path, overrides());
+  check_combination();
+  if (!onnx()) return formats::load_model_spec(path, overrides());
+  // An ONNX model holds no data or training settings: --train supplies them.
+  if (!train_toml.empty()) return formats::load_onnx_training_spec(path, train_toml, overrides());
+  return formats::load_onnx_model_spec(path, overrides());
 }
 
 void OutputOptions::add(CLI::App* app) {

@@ -32,17 +32,28 @@ struct Command {
 // the largest double when hi is unbounded). hi defaults to the largest int, which the option's type holds.
 CLI::Validator whole_number(int64_t lo, int64_t hi = std::numeric_limits<int>::max());
 
-// SPEC plus overrides. --epochs/--batch-size/--seed are shorthands for --set train.<key>=N.
+// SPEC plus overrides. --epochs/--batch-size/--seed are shorthands for --set train.<key>=N. SPEC is a TOML
+// spec, or an ONNX model (.onnx) with --train TOML for the data and training settings.
 struct SpecOptions {
   std::string path;
+  std::string train_toml;  // --train
   std::vector<std::string> sets;
   std::optional<int64_t> epochs, batch_size;
   std::optional<uint64_t> seed;
-  void add_spec(CLI::App* app);
+  std::string command;      // the subcommand, for hints
+  bool model_only = false;  // an ONNX model without --train is a spec of the model alone (summary)
+  // SPEC (required unless `optional`, whose text then says what stands in) and --train.
+  void add_spec(CLI::App* app, const char* optional = nullptr);
   void add_overrides(CLI::App* app, bool training);
   std::vector<std::string> overrides() const;  // --set values, then the shorthands
+  bool onnx() const;                           // SPEC names an ONNX model
+  // The combinations of SPEC and --train that cannot work, refused before anything is read.
+  void check_combination() const;
   formats::ModelSpec load() const;
 };
+
+// Training needs the spec's [train] section (its loss): a model-only spec gets an error naming the file.
+void require_training(const formats::ModelSpec& spec);
 
 struct OutputOptions {
   std::string log_format = "auto";

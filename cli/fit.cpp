@@ -186,14 +186,8 @@ Command add_fit_command(CLI::App& app) {
   auto parallel = std::make_shared<ParallelOptions>();
   auto output_dir = std::make_shared<std::string>();
   auto resume = std::make_shared<std::string>();
-  auto train_toml = std::make_shared<std::string>();
   auto trace_path = std::make_shared<std::string>();
-  cmd->add_option("SPEC", spec->path,
-                  "Model description: a TOML file (see trainer-model(5)), or an ONNX model with --train; "
-                  "optional with --resume");
-  cmd->add_option("--train", *train_toml,
-                  "With an ONNX model as SPEC: the TOML file that supplies data, loss, optimizer and metrics")
-      ->type_name("TOML");
+  spec->add_spec(cmd, "optional with --resume");
   spec->add_overrides(cmd, true);
   cmd->add_option("--resume", *resume,
                   "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
@@ -223,22 +217,8 @@ Command add_fit_command(CLI::App& app) {
                                    parallel->devices, device->device),
                        "add --device cpu; GPUs are chosen with --gpus");
     // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
-    std::string ext = std::filesystem::path(spec->path).extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-    const bool onnx_spec = ext == ".onnx";
-    if (onnx_spec && train_toml->empty())
-      throw InputError(spec->path,
-                       "an ONNX model needs --train TOML: the file with data, loss, optimizer and metrics",
-                       fmt::format("trainer fit {} --train train.toml (see trainer-model(5))", spec->path));
-    if (!train_toml->empty() && !onnx_spec)
-      throw InputError(*train_toml, "--train goes with an ONNX model as SPEC",
-                       spec->path.empty()
-                           ? "trainer fit model.onnx --train train.toml"
-                           : "a TOML spec holds its training settings itself: leave out --train");
-    auto load_given = [&] {
-      return onnx_spec ? formats::load_onnx_training_spec(spec->path, *train_toml, spec->overrides())
-                       : spec->load();
-    };
+    spec->check_combination();
+    auto load_given = [&] { return spec->load(); };
     std::optional<LoadedCheckpoint> ck;
     formats::ModelSpec s;
     if (!resume->empty()) {
@@ -254,6 +234,7 @@ Command add_fit_command(CLI::App& app) {
       }
     } else {
       s = load_given();
+      require_training(s);
       // Read once: the model trained and the model embedded in every checkpoint are the same bytes, even if
       // the file changes during the run.
       read_onnx_bytes(s);

@@ -1,5 +1,5 @@
-// trainer summary: the layer table of a spec's model, its parameters, FLOPs per sample, and the planned
-// memory of a training step at the batch size.
+// trainer summary: the layer table of a spec's model (or of an ONNX model, alone or with --train), its
+// parameters, FLOPs per sample, and the planned memory of a training step at the batch size.
 #include <fmt/ranges.h>
 
 #include "cli/common.h"
@@ -28,6 +28,7 @@ Command add_summary_command(CLI::App& app) {
   auto spec = std::make_shared<SpecOptions>();
   auto json = std::make_shared<bool>(false);
   auto devices = std::make_shared<int>(1);
+  spec->model_only = true;
   spec->add_spec(cmd);
   spec->add_overrides(cmd, false);
   cmd->add_flag("--json", *json, "Print one JSON object instead of the table");
@@ -39,13 +40,20 @@ Command add_summary_command(CLI::App& app) {
     formats::ModelSpec s = spec->load();
     int64_t batch = s.train.batch_size;
     models::BuiltModel m = build(s, batch, true);
-    auto backend = engine::make_cpu_backend();
-    const size_t bytes = at_spec_places(s, [&] {
-      return engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend, *devices);
-    });
+    // The memory of a training step needs the training settings; a model alone has its layers only.
+    const bool training = !s.train.loss.empty();
+    size_t bytes = 0;
+    engine::OptimizerStateBytes state;
+    if (training) {
+      auto backend = engine::make_cpu_backend();
+      bytes = at_spec_places(s, [&] {
+        return engine::planned_training_bytes(model_factory(s), fit_config(s), batch, *backend, *devices);
+      });
+      state = at_spec_places(
+          s, [&] { return engine::optimizer_state_bytes(model_factory(s), fit_config(s), batch, *devices); });
+    }
     const int64_t per_replica = (batch + *devices - 1) / *devices;
-    const engine::OptimizerStateBytes state = at_spec_places(
-        s, [&] { return engine::optimizer_state_bytes(model_factory(s), fit_config(s), batch, *devices); });
+    auto when_training = [&](auto v) { return training ? std::to_string(v) : std::string("null"); };
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;
@@ -67,12 +75,12 @@ Command add_summary_command(CLI::App& app) {
                               {"total_params", std::to_string(total)},
                               {"trainable_params", std::to_string(trainable)},
                               {"flops_per_sample", std::to_string(flops)},
-                              {"batch_size", std::to_string(batch)},
-                              {"planned_bytes", std::to_string(bytes)},
-                              {"batch_per_replica", std::to_string(per_replica)},
-                              {"optimizer_state_bytes", std::to_string(state.total)},
+                              {"batch_size", when_training(batch)},
+                              {"planned_bytes", when_training(bytes)},
+                              {"batch_per_replica", when_training(per_replica)},
+                              {"optimizer_state_bytes", when_training(state.total)},
                               {"replicas", std::to_string(*devices)},
-                              {"optimizer_state_bytes_per_replica", std::to_string(state.per_replica)}}));
+                              {"optimizer_state_bytes_per_replica", when_training(state.per_replica)}}));
       return 0;
     }
     size_t wn = 5, wt = 4, ws = 12;
@@ -91,6 +99,11 @@ Command add_summary_command(CLI::App& app) {
     fmt::print("Total params: {} ({} trainable, {} non-trainable)\n", grouped(total), grouped(trainable),
                grouped(total - trainable));
     fmt::print("FLOPs per sample (forward): {}\n", grouped(flops));
+    if (!training) {
+      fmt::print("Planned memory: the spec has no [train] section{}\n",
+                 spec->onnx() ? " (give --train TOML)" : "");
+      return 0;
+    }
     if (*devices > 1)
       fmt::print(
           "Planned memory of a training step at batch {} ({} rows per replica{}): {:.2f} MiB per replica\n",

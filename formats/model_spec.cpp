@@ -1089,4 +1089,8 @@ ModelSpec load_onnx_training_spec(const std::string& onnx_path, const std::strin
   return parse_spec(read_spec_text(toml_path), toml_path, overrides, &onnx_path);
 }
 
+ModelSpec load_onnx_model_spec(const std::string& onnx_path, const std::vector<std::string>& overrides) {
+  return parse_spec("format_version = 1\n", onnx_path, overrides, &onnx_path);
+}
+
 }  // namespace trainer::formats

@@ -213,6 +213,8 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
 // (its place in errors is the path as given).
 ModelSpec load_onnx_training_spec(const std::string& onnx_path, const std::string& toml_path,
                                   const std::vector<std::string>& overrides = {});
+// A spec of an ONNX model alone, with no data or training settings (`trainer summary MODEL.onnx`).
+ModelSpec load_onnx_model_spec(const std::string& onnx_path, const std::vector<std::string>& overrides = {});
 
 // The resolved spec as TOML text, every setting spelled out (defaults included, keys that do not apply to the
 // chosen optimizer or schedule left out). Parsing it gives the same settings: checkpoints embed it.

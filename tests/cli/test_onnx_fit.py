@@ -673,6 +673,25 @@ class Net(torch.nn.Module):
         self.assertEqual(s["trainable_params"], s["total_params"] - 12)  # the running statistics are state
         r = run(["check", spec, "--quiet"])
         self.assertEqual(r.returncode, 0, r.stderr)
+        # The ONNX file itself: alone, summary lists its layers (no training plan); with --train, summary and
+        # check take it as fit does.
+        onnx_path = self.path("summary.onnx")
+        r = run(["summary", onnx_path, "--json"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        alone = json.loads(r.stdout)
+        self.assertEqual(alone["layers"], s["layers"])
+        self.assertIsNone(alone["planned_bytes"])
+        train = self.fashion_toml("summary_train.toml", from_logits=True)
+        r = run(["summary", onnx_path, "--train", train, "--json"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["planned_bytes"], s["planned_bytes"])
+        r = run(["check", onnx_path, "--train", train])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"{onnx_path} with {train}: ok", r.stderr)
+        r = run(["check", onnx_path])
+        cli_util.assert_input_error(self, r, onnx_path, "needs --train TOML", f"trainer check {onnx_path} --train")
+        r = run(["check", spec, "--train", train])
+        cli_util.assert_input_error(self, r, "--train goes with an ONNX model")
 
     # --- bad input -----------------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 formulas, in both the table and the --json output."""
 
 import json
+import os
+import tempfile
 import unittest
 
 import cli_util
@@ -118,6 +120,29 @@ class Summary(unittest.TestCase):
         self.assertEqual((small["batch_size"], large["batch_size"]), (8, 256))
         self.assertLess(small["planned_bytes"], large["planned_bytes"])
         self.assertEqual(small["total_params"], large["total_params"])
+
+    def test_a_model_without_training_settings(self):
+        # Like Keras's model.summary() before compile: the layers, with no plan of a training step; check and
+        # fit refuse the spec, naming the missing section.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "model.toml")
+            with open(path, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "Dense"\nunits = 3\n')
+            r = run(["summary", path, "--json"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            s = json.loads(r.stdout)
+            self.assertEqual(s["total_params"], dense(4, 3))
+            self.assertIsNone(s["planned_bytes"])
+            self.assertIsNone(s["optimizer_state_bytes"])
+            r = run(["summary", path])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("Planned memory: the spec has no [train] section", r.stdout)
+            for command in (["check", path], ["fit", path, "--output-dir", os.path.join(d, "run")],
+                            ["bench", path]):
+                with self.subTest(command=command[0]):
+                    r = run(command)
+                    cli_util.assert_input_error(self, r, "model.toml", "no [train] section")
+            self.assertFalse(os.path.exists(os.path.join(d, "run")))
 
 
 if __name__ == "__main__":
