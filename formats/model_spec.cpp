@@ -324,6 +324,10 @@ class Table {
       hint = fmt::format("write it without a decimal point: {} = {}", key, static_cast<int64_t>(f->get()));
     } else if (expected == "a string" && !n.is_table() && !n.is_array()) {
       hint = "put the value in quotes";
+    } else if (expected == "a string" && n.is_table() && name(key) == "train.loss") {
+      hint =
+          "name the loss, and set its option beside it: loss = \"sparse_categorical_crossentropy\" and "
+          "from_logits = true under [train]";
     }
     r_.fail(r_.pos(n), fmt::format("{} must be {}, not {}", name(key), expected, describe(n)), hint);
   }

@@ -361,6 +361,10 @@ TEST_SUITE("model_spec") {
          "train.optimizer.beta_2 must be in [0, 1), not 1.5", ""},
         {T + "loss = \"sparse_categorical_crossentropi\"\n", "spec.toml:8:8",
          "unknown loss 'sparse_categorical_crossentropi'", "did you mean 'sparse_categorical_crossentropy'?"},
+        {T + "loss = { name = \"binary_crossentropy\", from_logits = true }\n", "spec.toml:8:8",
+         "train.loss must be a string, not a table",
+         "name the loss, and set its option beside it: loss = \"sparse_categorical_crossentropy\" and "
+         "from_logits = true under [train]"},
         {T + "loss = \"hinge\"\n", "spec.toml:8:8", "unknown loss 'hinge'",
          "expected one of: sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
          "mse, "
