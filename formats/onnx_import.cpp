@@ -95,7 +95,8 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 }
 
 // ai.onnx ops that the importer writes with other IR ops: the IR op of each. Sum, Mean, Max and Min of any
-// number of inputs become chains of the two-input op; Split becomes one Slice per output.
+// number of inputs become chains of the two-input op; Split becomes one Slice per output; GlobalMaxPool is a
+// ReduceMax over the spatial axes.
 const char* rewritten_as(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return nullptr;
   const std::string& op = n.op_type();
@@ -103,6 +104,7 @@ const char* rewritten_as(const onnx::NodeProto& n) {
   if (op == "Max") return "Max";
   if (op == "Min") return "Min";
   if (op == "Split") return "Slice";
+  if (op == "GlobalMaxPool") return "ReduceMax";
   return nullptr;
 }
 
@@ -533,6 +535,7 @@ class Importer {
     }
     restore_folded_values(p);
     if (p.op == "Split" && domain.empty()) return add_split(p);
+    if (p.op == "GlobalMaxPool" && domain.empty()) return add_global_max_pool(p);
     if (rewritten_as(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
       return add_variadic(p, rewritten_as(n));
     if (options_.fold_constants && fold(p)) return;
@@ -598,6 +601,27 @@ class Importer {
         }
         start = end;
       }
+    });
+  }
+
+  // GlobalMaxPool of [N, C, D1, ...]: the maximum over D1... with the dims kept (a ReduceMax that keeps the
+  // node's name).
+  void add_global_max_pool(const PendingNode& p) {
+    if (p.inputs.size() != 1 || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
+      fail(fmt::format("{} has {} inputs and {} outputs", p.label, p.inputs.size(), p.outputs.size()),
+           "GlobalMaxPool takes one input and gives one output");
+    const int64_t rank = g().value(p.inputs[0]).shape.rank();
+    if (rank < 3)
+      fail(fmt::format("{}: its input {} has no spatial dimensions", p.label,
+                       g().value(p.inputs[0]).shape.str()),
+           "GlobalMaxPool takes [N, C, D1, ...]");
+    std::vector<int64_t> axes;
+    for (int64_t a = 2; a < rank; ++a) axes.push_back(a);
+    wrap(p.label, [&] {
+      ValueId ax = g().add_constant(g().unique_name(p.base() + "/axes"),
+                                    Tensor::from<int64_t>(Shape{static_cast<int64_t>(axes.size())}, axes));
+      mark_batched(
+          g().add_node_named("ReduceMax", {p.inputs[0], ax}, {{"keepdims", int64_t{1}}}, p.outputs, p.name));
     });
   }
 

@@ -68,6 +68,14 @@ struct MinOp {
   }
 };
 
+// PRelu(x, slope): x where x > 0, slope x elsewhere (slope broadcast to x).
+struct PReluOp {
+  template <class T>
+  TRAINER_HD T operator()(T x, T slope) const {
+    return x > T(0) ? x : slope * x;
+  }
+};
+
 // ---- comparisons: bool results, stored as one byte ----
 struct GreaterOp {
   template <class T>
@@ -145,6 +153,13 @@ struct ReciprocalOp {
   template <class T>
   TRAINER_HD T operator()(T x) const {
     return T(1) / x;
+  }
+};
+// x / (1 + |x|)
+struct SoftsignOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return x / (T(1) + (x < T(0) ? -x : x));
   }
 };
 // log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow for large x, full precision for very negative
@@ -294,6 +309,13 @@ struct ErfGradFromX {
   template <class T>
   TRAINER_HD T operator()(T dy, T x) const {
     return dy * T(1.1283791670955126) * std::exp(-x * x);  // 2 / sqrt(pi)
+  }
+};
+struct SoftsignGradFromX {
+  template <class T>
+  TRAINER_HD T operator()(T dy, T x) const {
+    T d = T(1) + (x < T(0) ? -x : x);
+    return dy / (d * d);
   }
 };
 struct SoftplusGradFromX {

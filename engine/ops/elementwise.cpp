@@ -295,6 +295,39 @@ void register_elementwise_ops(OpRegistry& r) {
             .since(13));
   r.add(activation("Erf", "ErfGrad", -2, 2).since(13));
   r.add(activation("Softplus", "SoftplusGrad", -3, 3));
+  r.add(activation("Softsign", "SoftsignGrad", -3, 3));
+  r.add(OpSchema("PRelu")
+            .since(16)
+            .inputs(2, 2)
+            .infer([](InferContext& c) {
+              c.expect_same_dtype(0, 1);
+              Shape out;
+              if (!broadcast_shapes(c.shape(0), c.shape(1), &out) || out != c.shape(0))
+                c.fail("slope {} does not broadcast to the input {}", c.shape(1).str(), c.shape(0).str());
+              infer_like_input0(c);
+            })
+            .grad([](GradContext& c) {
+              // As PyTorch: the input's gradient passes where x > 0 and is scaled by the slope elsewhere,
+              // where the slope's gradient is x dy.
+              ValueId x = c.input(0), slope = c.input(1);
+              ValueId positive = c.op("Greater", {x, c.scalar(0, c.dtype(x))});
+              if (c.needs_grad(0))
+                c.set_grad(0, c.op("Where", {positive, c.dy(), c.op("Mul", {c.dy(), slope})}));
+              if (c.needs_grad(1)) {
+                ValueId g = c.op("Where", {positive, c.scalar(0, c.dtype(x)), c.op("Mul", {c.dy(), x})});
+                c.set_grad(1, c.reduce_to(g, c.shape(slope)));
+              }
+            })
+            .inplace(0, 0)
+            .examples([] {
+              return std::vector<OpExample>{
+                  example("per channel",
+                          {random_tensor({2, 3, 4}, -1, 1, 51), random_tensor({3, 1}, 0, 0.5, 52)}),
+                  example("scalar slope", {random_tensor({5}, -1, 1, 53), random_tensor({}, 0, 0.5, 54)}),
+                  example("same shape",
+                          {random_tensor({2, 3}, -1, 1, 55), random_tensor({2, 3}, -0.5, 0.5, 56)}),
+              };
+            }));
   {
     OpSchema s = activation("Elu", "EluGrad", -2, 2, {{"alpha", 1.0f}}).since(6);
     s.examples([] {
@@ -347,6 +380,7 @@ void register_elementwise_ops(OpRegistry& r) {
   r.add(activation_grad("AbsGrad"));
   r.add(activation_grad("ErfGrad"));
   r.add(activation_grad("SoftplusGrad"));
+  r.add(activation_grad("SoftsignGrad"));
   r.add(activation_grad_with("EluGrad", {{"alpha", 1.0f}}));
   r.add(activation_grad_with("SeluGrad",
                              {{"alpha", 1.67326319217681884765625f}, {"gamma", 1.05070102214813232421875f}}));

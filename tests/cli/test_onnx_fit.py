@@ -554,7 +554,8 @@ class Net(torch.nn.Module):
 
     @cli_util.skip_without_fashion
     def test_pytorch_exported_mobile_cnn_fine_tunes(self):
-        # ReLU6 (Clip), a depthwise convolution, HardSwish and SiLU, as mobile networks use them.
+        # ReLU6 (Clip), a depthwise convolution, HardSwish, SiLU, PReLU with a slope per channel, softsign and
+        # adaptive max pooling (PyTorch writes these two with Abs, Div and MaxPool).
         path = self.path("torch_mobile.onnx")
         original = self.torch_export("""
 class Net(torch.nn.Module):
@@ -564,14 +565,16 @@ class Net(torch.nn.Module):
         self.bn = torch.nn.BatchNorm2d(8)
         self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.pw = torch.nn.Conv2d(8, 16, 1)
-        self.fc = torch.nn.Linear(16, 10)
+        self.prelu = torch.nn.PReLU(16)
+        self.fc = torch.nn.Linear(32, 10)
     def forward(self, x):
         x = torch.nn.functional.relu6(self.bn(self.stem(x)))
         x = torch.nn.functional.hardswish(self.dw(x))
-        x = torch.nn.functional.silu(self.pw(x))
-        return self.fc(x.mean((2, 3)))
+        x = self.prelu(torch.nn.functional.silu(self.pw(x)))
+        pooled = torch.cat([x.mean((2, 3)), torch.nn.functional.adaptive_max_pool2d(x, 1).flatten(1)], 1)
+        return self.fc(torch.nn.functional.softsign(pooled))
 """, "torch.zeros(2, 1, 28, 28)", "x", path, opset=14)
-        self.assertLessEqual({"Clip", "HardSwish"}, {n.op_type for n in original.graph.node})
+        self.assertLessEqual({"Clip", "HardSwish", "PRelu", "Abs"}, {n.op_type for n in original.graph.node})
         epochs, ckpt = self.fit([path, "--train", self.fashion_toml("mobile.toml", from_logits=True, epochs=2)],
                                 self.path("run_mobile"))
         before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)

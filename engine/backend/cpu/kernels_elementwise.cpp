@@ -271,6 +271,10 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
   r.add("Gelu",
         [](const KernelArgs& a) { return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a); });
+  r.add("PRelu", binary<k::PReluOp>());
+  r.add("Softsign", unary<k::SoftsignOp>());
+  r.add("SoftsignGrad",
+        grad_binary<k::SoftsignGradFromX>([](const KernelArgs&) { return k::SoftsignGradFromX{}; }));
   r.add("Max", binary<k::MaxOp>());
   r.add("Min", binary<k::MinOp>());
   r.add("Greater", binary<k::GreaterOp>());

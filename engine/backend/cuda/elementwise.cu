@@ -537,6 +537,8 @@ cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b,
       return binary_typed(k::MaxOp{}, t, a, b, out, map, n, stream);
     case BinaryOp::min:
       return binary_typed(k::MinOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::prelu:
+      return binary_typed(k::PReluOp{}, t, a, b, out, map, n, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -626,6 +628,8 @@ cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, v
       return unary_float(k::HardSigmoidOp{p.alpha, p.beta}, t, x, y, n, stream);
     case UnaryOp::hard_swish:
       return unary_float(k::HardSwishOp{}, t, x, y, n, stream);
+    case UnaryOp::softsign:
+      return unary_float(k::SoftsignOp{}, t, x, y, n, stream);
     case UnaryOp::exp:
       return unary_float(k::ExpOp{}, t, x, y, n, stream);
     case UnaryOp::log:
@@ -675,6 +679,8 @@ cudaError_t launch_activation_grad(ActivationGrad op, UnaryParams p, ElemType t,
       return grad_float(k::HardSigmoidGradFromX{p.alpha, p.beta}, t, dy, xy, dx, n, stream);
     case ActivationGrad::hard_swish:
       return grad_float(k::HardSwishGradFromX{}, t, dy, xy, dx, n, stream);
+    case ActivationGrad::softsign:
+      return grad_float(k::SoftsignGradFromX{}, t, dy, xy, dx, n, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -503,6 +503,9 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Gelu", [](const KernelArgs& a) {
     return unary_with(UnaryOp::gelu, UnaryParams{0, a.attrs().s("approximate") == "tanh"}, a);
   });
+  r.add("PRelu", binary<BinaryOp::prelu>);
+  r.add("Softsign", unary<UnaryOp::softsign>);
+  r.add("SoftsignGrad", activation_grad<ActivationGrad::softsign>);
   r.add("Max", binary<BinaryOp::max>);
   r.add("Min", binary<BinaryOp::min>);
   r.add("Greater", compare<CompareOp::greater>);

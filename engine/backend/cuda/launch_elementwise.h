@@ -13,7 +13,7 @@ namespace trainer::engine::cuda {
 // Element types, in the order of engine::DType (the factory maps one to the other explicitly).
 enum class ElemType : int { f32, f64, bf16, f16, i32, i64, u8, boolean };
 
-enum class BinaryOp : int { add, sub, mul, div, pow, max, min };
+enum class BinaryOp : int { add, sub, mul, div, pow, max, min, prelu };
 enum class CompareOp : int { greater, less, equal, greater_or_equal, less_or_equal };
 enum class UnaryOp : int {
   neg,
@@ -32,7 +32,8 @@ enum class UnaryOp : int {
   elu,
   selu,
   hard_sigmoid,
-  hard_swish
+  hard_swish,
+  softsign
 };
 // (dy, x or y) -> dx; which operand each takes is that of the functors in engine/kernels/functors.h.
 enum class ActivationGrad : int {
@@ -47,7 +48,8 @@ enum class ActivationGrad : int {
   elu,
   selu,
   hard_sigmoid,
-  hard_swish
+  hard_swish,
+  softsign
 };
 
 // Parameters of the parameterized activations (LeakyRelu's and Elu's alpha, Gelu's tanh approximation,
