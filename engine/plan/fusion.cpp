@@ -3,6 +3,8 @@
 #include "engine/plan/fusion.h"
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
 
 #include "engine/ir/op_schema.h"
 
@@ -25,6 +27,85 @@ NodeId sole_consumer(const Graph& g, ValueId v) {
 void take_over(Graph& g, const std::vector<NodeId>& chain, NodeId fused, ValueId final_value) {
   for (NodeId d : chain) g.erase_node(d);
   g.move_output(fused, 0, final_value);
+}
+
+// The value of v when it is a one-element floating-point constant.
+std::optional<double> scalar_constant(const Graph& g, ValueId v) {
+  const Value& val = g.value(v);
+  const Tensor* t = g.initializer(v);
+  if (val.kind != ValueKind::constant || !t || !is_float(t->dtype()) || t->numel() != 1) return std::nullopt;
+  return t->get_f64(0);
+}
+
+bool near(std::optional<double> v, double want) {
+  return v && std::abs(*v - want) <= 1e-6 * std::abs(want);
+}
+
+// For a two-input node with `v` as one input: the other input.
+ValueId other_input(const Node& n, ValueId v) {
+  if (n.inputs.size() != 2) return kNoValue;
+  if (n.inputs[0] == v) return n.inputs[1];
+  if (n.inputs[1] == v) return n.inputs[0];
+  return kNoValue;
+}
+
+// The exact GELU as exporters write it before ONNX's Gelu op (opset 20): x * (erf(x / sqrt 2) + 1) * 0.5,
+// with x / sqrt 2 also as x * (1 / sqrt 2) and the 0.5 also applied to x first  ==>  Gelu(x). Five
+// elementwise kernels forward and more backward become one each way.
+void fuse_erf_gelu(Graph& g, FusionReport& r) {
+  if (!OpRegistry::global().find("Gelu")) return;
+  const double sqrt2 = std::sqrt(2.0);
+  for (NodeId id : g.topo_order()) {
+    const Node& erf = g.node(id);
+    if (erf.dead || erf.op != "Erf") continue;
+    // x / sqrt 2, or x * (1 / sqrt 2)
+    const ValueId u = erf.inputs[0];
+    const NodeId scale_id = g.value(u).producer;
+    if (scale_id < 0 || sole_consumer(g, u) != id) continue;
+    const Node& scale = g.node(scale_id);
+    ValueId x = kNoValue;
+    if (scale.op == "Div" && near(scalar_constant(g, scale.inputs[1]), sqrt2)) {
+      x = scale.inputs[0];
+    } else if (scale.op == "Mul") {
+      for (int k = 0; k < 2 && x == kNoValue; ++k)
+        if (near(scalar_constant(g, scale.inputs[k]), 1 / sqrt2)) x = scale.inputs[1 - k];
+    }
+    if (x == kNoValue || !is_float(g.value(x).dtype) || g.value(u).shape != g.value(x).shape) continue;
+    // + 1
+    const NodeId add_id = sole_consumer(g, erf.outputs[0]);
+    if (add_id < 0 || g.node(add_id).op != "Add") continue;
+    if (!near(scalar_constant(g, other_input(g.node(add_id), erf.outputs[0])), 1.0)) continue;
+    const ValueId w = g.node(add_id).outputs[0];
+    // * x then * 0.5, or * (x * 0.5)
+    const NodeId mul_id = sole_consumer(g, w);
+    if (mul_id < 0 || g.node(mul_id).op != "Mul") continue;
+    const ValueId other = other_input(g.node(mul_id), w);
+    std::vector<NodeId> chain = {scale_id, id, add_id, mul_id};
+    ValueId out = kNoValue;
+    if (other == x) {
+      const NodeId half_id = sole_consumer(g, g.node(mul_id).outputs[0]);
+      if (half_id < 0 || g.node(half_id).op != "Mul" ||
+          !near(scalar_constant(g, other_input(g.node(half_id), g.node(mul_id).outputs[0])), 0.5))
+        continue;
+      chain.push_back(half_id);
+      out = g.node(half_id).outputs[0];
+    } else if (other != kNoValue && g.value(other).producer >= 0) {
+      const NodeId half_id = g.value(other).producer;
+      const Node& half = g.node(half_id);
+      if (half.op != "Mul" || sole_consumer(g, other) != mul_id || other_input(half, x) == kNoValue ||
+          !near(scalar_constant(g, other_input(half, x)), 0.5))
+        continue;
+      chain.insert(chain.begin(), half_id);
+      out = g.node(mul_id).outputs[0];
+    } else {
+      continue;
+    }
+    if (g.value(out).shape != g.value(x).shape) continue;
+    NodeId f = g.add_node("Gelu", {x}, {{"approximate", std::string("none")}}, 1,
+                          g.unique_name(g.node(mul_id).name + "/gelu"));
+    take_over(g, chain, f, out);
+    ++r.erf_gelu;
+  }
 }
 
 // MatMul(A [M,K], B [K,N]) -> Add(., bias [N]) -> optional Relu/Gelu  ==>  FusedGemm(A, B, bias, activation).
@@ -125,6 +206,7 @@ void fuse_sigmoid_bce(Graph& g, FusionReport& r) {
 
 FusionReport fuse(Graph& g, const FusionOptions& options) {
   FusionReport r;
+  if (options.erf_gelu) fuse_erf_gelu(g, r);  // first: the Gelu may then join a GEMM's epilogue
   if (options.softmax_cross_entropy) fuse_sigmoid_bce(g, r);
   if (options.softmax_cross_entropy) fuse_softmax_xent(g, r);
   if (options.gemm_bias_activation) fuse_gemm(g, r);

@@ -2,6 +2,8 @@
 // unfused one, and values held by the caller keep their ids.
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include "engine/autodiff/autodiff.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/plan/fusion.h"
@@ -130,5 +132,53 @@ TEST_SUITE("fusion") {
     }
     CHECK(losses[1] == doctest::Approx(losses[0]).epsilon(1e-12));
     CHECK(grads[1] == doctest::Approx(grads[0]).epsilon(1e-9));
+  }
+}
+
+TEST_SUITE("fusion") {
+  TEST_CASE("fusion: the erf formula of GELU, as exporters write it, becomes Gelu with the same numbers") {
+    // form 0: x * (erf(x / sqrt 2) + 1) * 0.5 (PyTorch); form 1: (x * 0.5) * (1 + erf(x * (1 / sqrt 2)));
+    // form 2: form 0 with a wrong constant (x / 2), which must stay as it is.
+    for (int form = 0; form < 3; ++form) {
+      CAPTURE(form);
+      double losses[2];
+      std::vector<double> grads[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        auto g = std::make_shared<Graph>();
+        ValueId x = g->add_input("x", DType::f64, Shape{3, 4});
+        ValueId w = g->add_parameter("w", ops::random_tensor({4, 4}, -1, 1, 5));
+        ValueId h = g->op("MatMul", {x, w});
+        auto c = [&](double v) { return g->add_constant(g->unique_name("c"), Tensor::scalar<double>(v)); };
+        ValueId y;
+        if (form == 1) {
+          ValueId e = g->op("Erf", {g->op("Mul", {h, c(1 / std::sqrt(2.0))})});
+          y = g->op("Mul", {g->op("Mul", {h, c(0.5)}), g->op("Add", {c(1), e})});
+        } else {
+          ValueId e = g->op("Erf", {g->op("Div", {h, c(form == 0 ? std::sqrt(2.0) : 2.0)})});
+          y = g->op("Mul", {g->op("Mul", {h, g->op("Add", {e, c(1)})}), c(0.5)});
+        }
+        ValueId loss = g->op("ReduceSum", {g->op("Mul", {y, y})}, {{"keepdims", int64_t{0}}});
+        if (fused) {
+          FusionOptions o;
+          o.gemm_bias_activation = false;
+          CHECK(fuse(*g, o).erf_gelu == (form == 2 ? 0 : 1));
+          CHECK(count_op(*g, "Erf") == (form == 2 ? 1 : 0));
+          CHECK(count_op(*g, "Gelu") == (form == 2 ? 0 : 1));
+        }
+        auto gw = build_backward(*g, loss, {w});
+        g->mark_output(loss);
+        g->mark_output(gw.at(w));
+        auto backend = make_cpu_backend();
+        Session s(g, *backend);
+        s.write(x, ops::random_tensor({3, 4}, -2, 2, 6));
+        s.run({});
+        losses[fused] = s.read(loss).get_f64(0);
+        Tensor gt = s.read(gw.at(w));
+        for (int64_t i = 0; i < gt.numel(); ++i) grads[fused].push_back(gt.get_f64(i));
+      }
+      CHECK(losses[1] == doctest::Approx(losses[0]).epsilon(1e-12));
+      for (size_t i = 0; i < grads[0].size(); ++i)
+        CHECK(grads[1][i] == doctest::Approx(grads[0][i]).epsilon(1e-9));
+    }
   }
 }
