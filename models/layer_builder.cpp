@@ -20,8 +20,10 @@ std::string keras_shape(const std::vector<int64_t>& shape) {
 }
 
 const std::vector<std::string>& activation_names() {
-  static const std::vector<std::string> names = {"relu",   "sigmoid", "tanh",      "softmax",
-                                                 "linear", "gelu",    "leaky_relu"};
+  static const std::vector<std::string> names = {
+      "relu",         "sigmoid",   "tanh",       "softmax",  "linear",     "gelu",  "leaky_relu",
+      "elu",          "selu",      "softplus",   "softsign", "silu",       "swish", "relu6",
+      "hard_sigmoid", "hard_silu", "hard_swish", "mish",     "exponential"};
   return names;
 }
 
@@ -179,12 +181,15 @@ LayerValue LayerBuilder::activate(LayerValue x, const std::string& name) {
   x.activation = name;
   x.pre_activation = kNoValue;
   if (name == "linear") return x;
-  std::string op_name;
-  Attributes attrs;
-  TRAINER_ASSERT(activation_op(name, ir_axis(x, static_cast<int>(x.shape.size()) - 1), &op_name, &attrs),
-                 "activation '{}'", name);
   if (name == "softmax" || name == "sigmoid") x.pre_activation = x.value;
-  x.value = op(op_name, {x.value}, attrs);
+  ActivationOps ops{[&](const std::string& o, std::vector<ValueId> in, Attributes a) {
+                      return op(o, std::move(in), std::move(a));
+                    },
+                    [&](const std::string& suffix, Tensor t) { return constant(suffix, std::move(t)); }};
+  const ValueId y = emit_activation(ops, x.value, graph.value(x.value).dtype, name,
+                                    ir_axis(x, static_cast<int>(x.shape.size()) - 1));
+  TRAINER_ASSERT(y != kNoValue, "activation '{}'", name);
+  x.value = y;
   return x;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -110,7 +111,17 @@ const std::vector<LayerDef>& layer_defs();
 
 // The activations Keras's `activation` arguments accept here; "None" means linear.
 const std::vector<std::string>& activation_names();
-// The IR op (and attributes) of a non-linear activation; false for an unknown name (layers.cpp).
+// The IR op (and attributes) of a one-op activation; false for an unknown name or one of several ops
+// (layers.cpp).
 bool activation_op(const std::string& name, int64_t softmax_axis, std::string* op, engine::Attributes* attrs);
+// How emit_activation adds nodes and scalar constants.
+struct ActivationOps {
+  std::function<engine::ValueId(const std::string&, std::vector<engine::ValueId>, engine::Attributes)> op;
+  std::function<engine::ValueId(const std::string& suffix, engine::Tensor)> constant;
+};
+// Activation `name` applied to x (dtype `dtype`), one op or a few (silu, mish, relu6); x itself for linear;
+// kNoValue for an unknown name.
+engine::ValueId emit_activation(const ActivationOps& ops, engine::ValueId x, engine::DType dtype,
+                                const std::string& name, int64_t softmax_axis);
 
 }  // namespace trainer::models

@@ -75,6 +75,53 @@ class Export(unittest.TestCase):
     def test_cnn_takes_channels_last_images(self):
         self.check("fashion_mnist/cnn.toml", self.x[..., None])  # the spec's input is [28, 28, 1]: NHWC
 
+    def test_every_activation_exports_and_runs_as_predict_does(self):
+        activations = ["relu", "sigmoid", "tanh", "gelu", "leaky_relu", "elu", "selu", "softplus", "softsign",
+                       "silu", "swish", "relu6", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "exponential"]
+        d = cli_util.FASHION_DIR
+        layers = "".join(f'[[model.layers]]\ntype = "Dense"\nunits = 16\nactivation = "{a}"\n' for a in activations)
+        spec = os.path.join(self.tmp.name, "activations.toml")
+        with open(spec, "w") as f:
+            f.write(f"""format_version = 1
+[model]
+input = [28, 28]
+[[model.layers]]
+type = "Flatten"
+{layers}[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+[data]
+scale = 0.00392156862745098
+[data.train]
+x = "{d}/train-images-idx3-ubyte.gz"
+y = "{d}/train-labels-idx1-ubyte.gz"
+limit = 1000
+[train]
+loss = "sparse_categorical_crossentropy"
+epochs = 1
+batch_size = 50
+[train.optimizer]
+name = "adam"
+""")
+        out = os.path.join(self.tmp.name, "activations")
+        r = run(["fit", spec, "--output-dir", out, "--quiet"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        model = os.path.join(out, "model.onnx")
+        r = run(["export", os.path.join(out, "last.ckpt"), "-o", model, "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        m = onnx.load(model)
+        onnx.checker.check_model(m, full_check=True)
+        self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp"},
+                             {n.op_type for n in m.graph.node})
+        got = ort.InferenceSession(model).run(None, {"input": self.x[:40]})[0]
+        np.save(os.path.join(self.tmp.name, "act_x.npy"), self.x[:40] * 255)
+        r = run(["predict", os.path.join(out, "last.ckpt"), os.path.join(self.tmp.name, "act_x.npy"),
+                 "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        want = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])

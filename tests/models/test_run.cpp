@@ -3,13 +3,17 @@
 // Keras would.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
+#include <map>
 #include <memory>
 
 #include "engine/backend/backend.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/train/session.h"
 #include "engine/train/training.h"
+#include "models/layer_library.h"
 #include "spec_builder.h"
 
 using namespace trainer;
@@ -272,6 +276,50 @@ TEST_SUITE("run") {
       double mean = 0;
       for (int64_t r = 0; r < 4; ++r) mean += yt.get_f64(r * 3 + c);
       CHECK(mean == doctest::Approx(0).epsilon(1e-5).scale(1));
+    }
+  }
+}
+
+TEST_SUITE("run") {
+  TEST_CASE("run: every activation of the layer library computes Keras's formula") {
+    auto sigmoid = [](double x) { return 1 / (1 + std::exp(-x)); };
+    auto softplus = [](double x) { return std::log1p(std::exp(x)); };
+    auto relu6 = [](double x) { return std::min(std::max(x, 0.0), 6.0); };
+    const std::map<std::string, std::function<double(double)>> keras = {
+        {"linear", [](double x) { return x; }},
+        {"relu", [](double x) { return std::max(x, 0.0); }},
+        {"sigmoid", sigmoid},
+        {"tanh", [](double x) { return std::tanh(x); }},
+        {"gelu", [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); }},
+        {"leaky_relu", [](double x) { return x >= 0 ? x : 0.2 * x; }},
+        {"elu", [](double x) { return x > 0 ? x : std::expm1(x); }},
+        {"selu",
+         [](double x) { return 1.0507009873554805 * (x > 0 ? x : 1.6732632423543772 * std::expm1(x)); }},
+        {"softplus", softplus},
+        {"softsign", [](double x) { return x / (1 + std::abs(x)); }},
+        {"silu", [&](double x) { return x * sigmoid(x); }},
+        {"swish", [&](double x) { return x * sigmoid(x); }},
+        {"relu6", relu6},
+        {"hard_sigmoid", [&](double x) { return relu6(x + 3) / 6; }},
+        {"hard_silu", [&](double x) { return x * relu6(x + 3) / 6; }},
+        {"hard_swish", [&](double x) { return x * relu6(x + 3) / 6; }},
+        {"mish", [&](double x) { return x * std::tanh(softplus(x)); }},
+        {"exponential", [](double x) { return std::exp(x); }},
+    };
+    CHECK(keras.size() == activation_names().size() - 1);  // softmax is checked with the samples
+    for (const std::string& name : activation_names()) {
+      if (name == "softmax") continue;
+      CAPTURE(name);
+      REQUIRE(keras.count(name));
+      Spec s({9});
+      s.add("Activation", {{"activation", name}});
+      BuiltModel m = models::testing::build(s);
+      const std::vector<float> values = {-7.f, -3.f, -1.5f, -0.5f, 0.f, 0.25f, 1.f, 3.5f, 8.f};
+      Tensor x(DType::f32, m.graph.value(m.input).shape);
+      for (int64_t i = 0; i < x.numel(); ++i) x.set_f64(i, values[i % 9]);
+      Tensor y = forward(std::move(m), x);
+      for (int64_t i = 0; i < x.numel(); ++i)
+        CHECK(y.get_f64(i) == doctest::Approx(keras.at(name)(x.get_f64(i))).epsilon(1e-5));
     }
   }
 }
