@@ -1,7 +1,7 @@
-// Op family 'conv': Conv, MaxPool, AveragePool and GlobalAveragePool over 1-D and 2-D NCHW data, with private
-// gradient ops (ConvGradInput, ConvGradWeight, MaxPoolGrad, AveragePoolGrad, GlobalAveragePoolGrad) that
-// carry the forward window resolved into explicit pads, so backward kernels never redo auto_pad or ceil_mode
-// logic.
+// Op family 'conv': Conv, ConvTranspose, MaxPool, AveragePool and GlobalAveragePool over 1-D and 2-D NCHW
+// data, with private gradient ops (ConvGradInput, ConvGradWeight, MaxPoolGrad, AveragePoolGrad,
+// GlobalAveragePoolGrad) that carry the forward window resolved into explicit pads, so backward kernels never
+// redo auto_pad or ceil_mode logic.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/conv_geometry.h"
 #include "engine/ops/op_helpers.h"
@@ -154,6 +154,88 @@ std::vector<OpExample> conv_examples() {
   };
 }
 
+// ---- ConvTranspose: the input gradient of a convolution from the output's shape back to the input's ----
+
+// The convolution that ConvTranspose(x, W) is the input gradient of: its attributes (with group) and the
+// ConvTranspose's output spatial sizes.
+Attributes transpose_as_conv(const Attributes& a, const Shape& x, const Shape& w, std::vector<int64_t>* out,
+                             std::string* err) {
+  Attributes conv;
+  *err = resolve_transpose(a, spatial_of(x), spatial_of(w), out, &conv);
+  conv.set("group", a.i("group"));
+  return conv;
+}
+
+void infer_conv_transpose(InferContext& c) {
+  c.expect_float(0);
+  c.expect_same_dtype(0, 1);
+  expect_spatial_rank(c, 0);
+  c.expect_rank(1, c.rank(0));
+  const Shape& x = c.shape(0);
+  const Shape& w = c.shape(1);
+  const int64_t group = c.attrs().i("group");
+  if (group < 1 || x[1] % group != 0) c.fail("group {} must divide the input channels ({})", group, x[1]);
+  if (w[0] != x[1]) c.fail("W has {} input channels, X has {}", w[0], x[1]);
+  if (c.attrs().has("kernel_shape") && c.attrs().ints("kernel_shape") != spatial_of(w))
+    c.fail("kernel_shape does not match W's spatial dims {}", w.str());
+  const int64_t channels = w[1] * group;
+  if (c.has_input(2)) {
+    c.expect_same_dtype(0, 2);
+    if (c.shape(2) != Shape{channels}) c.fail("B must have shape [{}]", channels);
+  }
+  std::vector<int64_t> out;
+  std::string err;
+  transpose_as_conv(c.attrs(), x, w, &out, &err);
+  if (!err.empty()) c.fail("{}", err);
+  std::vector<int64_t> d = {x[0], channels};
+  d.insert(d.end(), out.begin(), out.end());
+  c.set_output(0, c.dtype(0), Shape(d));
+}
+
+// y = ConvGradInput of the convolution C from y's shape to x's: dx = C(dy), dW = ConvGradWeight with x as the
+// convolution's output gradient and dy as its input, dB = the sum of dy over all but the channels.
+void conv_transpose_grad(GradContext& c) {
+  const Shape x = c.shape(c.input(0));
+  const Shape w = c.shape(c.input(1));
+  std::vector<int64_t> out;
+  std::string err;
+  Attributes conv = transpose_as_conv(c.attrs(), x, w, &out, &err);
+  TRAINER_ASSERT(err.empty(), "{}", err);
+  ValueId dy = c.dy();
+  if (c.needs_grad(0)) c.set_grad(0, c.op("Conv", {dy, c.input(1)}, conv));
+  if (c.needs_grad(1)) c.set_grad(1, c.op("ConvGradWeight", {c.input(0), dy}, conv));
+  if (c.input(2) != kNoValue && c.needs_grad(2)) {
+    std::vector<int64_t> axes = {0};
+    for (int d = 2; d < x.rank(); ++d) axes.push_back(d);
+    c.set_grad(2, c.op("ReduceSum", {dy, c.constant_i64(axes)}, {{"keepdims", int64_t{0}}}));
+  }
+}
+
+std::vector<OpExample> conv_transpose_examples() {
+  using V = std::vector<int64_t>;
+  // The bias has C_out = W[1] * group elements.
+  auto conv_example = [](std::string label, Shape x, Shape w, bool bias, Attributes attrs, uint64_t seed) {
+    std::vector<Tensor> in = {random_tensor(x, -1, 1, seed), random_tensor(w, -1, 1, seed + 1)};
+    const int64_t group = attrs.has("group") ? attrs.i("group") : 1;
+    if (bias) in.push_back(random_tensor(Shape{w[1] * group}, -1, 1, seed + 2));
+    return example(std::move(label), std::move(in), std::move(attrs));
+  };
+  return {
+      conv_example("3x3, strides 2, pads 1, output_padding 1, bias", {2, 3, 4, 4}, {3, 2, 3, 3}, true,
+                   {{"strides", V{2, 2}}, {"pads", V{1, 1, 1, 1}}, {"output_padding", V{1, 1}}}, 131),
+      conv_example("2x2, strides 2 (upsampling)", {2, 4, 3, 3}, {4, 3, 2, 2}, false, {{"strides", V{2, 2}}},
+                   134),
+      conv_example("group 2, dilations 2, bias", {2, 4, 3, 3}, {4, 1, 2, 2}, true,
+                   {{"group", int64_t{2}}, {"dilations", V{2, 2}}}, 137),
+      conv_example("output_shape, SAME_UPPER", {2, 2, 3, 3}, {2, 2, 3, 3}, true,
+                   {{"strides", V{2, 2}}, {"output_shape", V{6, 6}}, {"auto_pad", std::string("SAME_UPPER")}},
+                   140),
+      conv_example("1-D, strides 3", {2, 3, 4}, {3, 2, 3}, true, {{"strides", V{3}}}, 143),
+      conv_example("output_shape past the reach (zeros at the end)", {1, 2, 3, 3}, {2, 2, 3, 3}, false,
+                   {{"strides", V{3, 2}}, {"output_shape", V{10, 8}}}, 146),
+  };
+}
+
 // ---- Pooling ----
 
 void infer_pool(InferContext& c, bool ceil) {
@@ -237,6 +319,27 @@ void register_conv_ops(OpRegistry& r) {
         .attr("group", int64_t{1})
         .attr_optional("kernel_shape", AttrType::ints);
     window_schema(s, true).infer(infer_conv).grad(conv_grad).examples(conv_examples);
+    r.add(std::move(s));
+  }
+  {
+    OpSchema s("ConvTranspose");
+    s.since(11)
+        .doc(
+            "Transposed convolution over 1-D or 2-D NCHW data with weights [C_in, C_out / group, kH, kW]: "
+            "the "
+            "input gradient of the convolution from the output's shape back to the input's.")
+        .inputs(2, 3)
+        .attr("auto_pad", std::string("NOTSET"))
+        .attr("group", int64_t{1})
+        .attr_optional("kernel_shape", AttrType::ints)
+        .attr_optional("dilations", AttrType::ints)
+        .attr_optional("output_padding", AttrType::ints)
+        .attr_optional("output_shape", AttrType::ints)
+        .attr_optional("pads", AttrType::ints)
+        .attr_optional("strides", AttrType::ints)
+        .infer(infer_conv_transpose)
+        .grad(conv_transpose_grad)
+        .examples(conv_transpose_examples);
     r.add(std::move(s));
   }
   {

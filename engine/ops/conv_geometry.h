@@ -97,4 +97,71 @@ inline std::string resolve_window(const Attributes& a, const std::vector<int64_t
   return {};
 }
 
+// ConvTranspose as the input gradient of a convolution: the output's spatial sizes (`out`) and the attributes
+// (kernel_shape, strides, dilations, explicit pads) of the convolution whose input has the output's shape and
+// whose output has the input's. ONNX's output_shape, output_padding and auto_pad are resolved as its
+// definition says. Returns an error message, empty on success.
+inline std::string resolve_transpose(const Attributes& a, const std::vector<int64_t>& in,
+                                     const std::vector<int64_t>& kernel, std::vector<int64_t>* out,
+                                     Attributes* conv) {
+  const int n = static_cast<int>(in.size());
+  if (static_cast<int>(kernel.size()) != n)
+    return fmt::format("kernel has {} spatial dims, the input {}", kernel.size(), n);
+  const std::vector<int64_t> stride = a.ints_or("strides", std::vector<int64_t>(n, 1));
+  const std::vector<int64_t> dilation = a.ints_or("dilations", std::vector<int64_t>(n, 1));
+  const std::vector<int64_t> extra = a.ints_or("output_padding", std::vector<int64_t>(n, 0));
+  if (static_cast<int>(stride.size()) != n || static_cast<int>(dilation.size()) != n ||
+      static_cast<int>(extra.size()) != n)
+    return fmt::format("strides, dilations and output_padding need {} values each", n);
+  const std::string auto_pad = a.has("auto_pad") ? a.s("auto_pad") : "NOTSET";
+  if (auto_pad != "NOTSET" && auto_pad != "VALID" && auto_pad != "SAME_UPPER" && auto_pad != "SAME_LOWER")
+    return fmt::format("auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got '{}'", auto_pad);
+  std::vector<int64_t> want;
+  if (a.has("output_shape")) {
+    want = a.ints("output_shape");
+    if (static_cast<int>(want.size()) == n + 2) want.erase(want.begin(), want.begin() + 2);
+    if (static_cast<int>(want.size()) != n)
+      return fmt::format("output_shape has {} values, expected {}", a.ints("output_shape").size(), n);
+  }
+  std::vector<int64_t> pads(2 * n, 0);
+  if (want.empty() && auto_pad == "NOTSET" && a.has("pads")) {
+    pads = a.ints("pads");
+    if (static_cast<int>(pads.size()) != 2 * n)
+      return fmt::format("pads has {} values, expected {}", pads.size(), 2 * n);
+  }
+  out->assign(n, 0);
+  for (int i = 0; i < n; ++i) {
+    if (stride[i] < 1 || dilation[i] < 1 || kernel[i] < 1)
+      return "strides, dilations and kernel sizes must be positive";
+    if (extra[i] < 0 || extra[i] >= stride[i])
+      return fmt::format("output_padding {} must be at least 0 and smaller than the stride {}", extra[i],
+                         stride[i]);
+    const int64_t span = dilation[i] * (kernel[i] - 1) + 1;
+    const int64_t full = stride[i] * (in[i] - 1) + extra[i] + span;  // the output before padding
+    if (!want.empty() || auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      const int64_t size = want.empty() ? in[i] * stride[i] : want[i];
+      const int64_t total = full - size;
+      if (total < 0) {
+        // A longer output than the input reaches: zeros at its end (ONNX's negative end padding), as more
+        // output_padding would give; the convolution's floor division takes them while fewer than a stride.
+        if (auto_pad == "SAME_UPPER" || extra[i] - total >= stride[i])
+          return fmt::format("an output of {} elements reaches past the {} the input covers", size, full);
+        (*out)[i] = size;
+        continue;
+      }
+      const int64_t half = total / 2;
+      pads[i] = auto_pad == "SAME_UPPER" ? half : total - half;
+      pads[n + i] = total - pads[i];
+    }
+    if (pads[i] < 0 || pads[n + i] < 0) return "pads must not be negative";
+    (*out)[i] = full - pads[i] - pads[n + i];
+    if ((*out)[i] < 1) return fmt::format("the pads leave {} output elements", (*out)[i]);
+  }
+  conv->set("kernel_shape", kernel);
+  conv->set("strides", stride);
+  conv->set("dilations", dilation);
+  conv->set("pads", pads);
+  return {};
+}
+
 }  // namespace trainer::engine::ops

@@ -63,11 +63,15 @@ int64_t node_flops(const Graph& g, const Node& n) {
   const std::string& op = n.op;
   if (op == "MatMul" || op == "MatMulTransposed" || op == "Gemm" || op == "FusedGemm")
     return matmul_flops(g, n);
-  if (op == "Conv" || op == "ConvGradInput") {
+  if (op == "Conv" || op == "ConvGradInput" || op == "ConvTranspose") {
     const Shape* w = input_shape(g, n, 1);
-    // Conv's work is that of its output; ConvGradInput runs the same products backwards from dy.
+    // Conv's work is that of its output; ConvGradInput runs the same products backwards from dy, and
+    // ConvTranspose is a ConvGradInput from its input (plus one add per output element for a bias).
     const Shape* y = op == "Conv" ? output_shape(g, n, 0) : input_shape(g, n, 0);
-    return w && y ? conv_flops(*y, *w) : 0;
+    if (!w || !y) return 0;
+    const Shape* out = output_shape(g, n, 0);
+    const bool bias = op == "ConvTranspose" && n.inputs.size() > 2 && n.inputs[2] != kNoValue;
+    return conv_flops(*y, *w) + (bias && out ? out->numel() : 0);
   }
   if (op == "GemmGradWeightBias") {
     // dW: 2 m k n (a [m, k], dz [m, n]); dB: one add per element of dz.

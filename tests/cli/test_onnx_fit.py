@@ -584,6 +584,40 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_encoder_decoder_with_conv_transpose_fine_tunes(self):
+        # A U-Net-like block: strided convolutions down, ConvTranspose (with output_padding, and grouped) up,
+        # and a skip connection.
+        path = self.path("torch_unet.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.up2 = torch.nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2, bias=False)
+        self.head = torch.nn.Conv2d(5, 8, 3, stride=2)
+        self.fc = torch.nn.Linear(8, 10)
+    def forward(self, x):
+        h = torch.relu(self.up2(torch.relu(self.up(torch.relu(self.down(x))))))
+        h = torch.relu(self.head(torch.cat([h, x], 1)))
+        return self.fc(h.mean((2, 3)))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertIn("ConvTranspose", {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("unet.toml", from_logits=True, epochs=2)],
+                                self.path("run_unet"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_unet_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+        # trainer predict computes what onnxruntime computes with the export.
+        np.save(self.path("unet_x.npy"), x * 255)
+        r = run(["predict", ckpt, self.path("unet_x.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ours = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        np.testing.assert_allclose(ours, run_onnx(exported, {"x": x}), rtol=1e-4, atol=1e-4)
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_elementwise_ops_fine_tune(self):
         # Softplus, Elu, Selu, HardSigmoid, Abs, Max, Min, clamp (Clip with one bound), split (Split) and the
         # exact GELU (Erf).

@@ -395,6 +395,42 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
   return kp;
 }
 
+// ConvTranspose(x, W[, B]): the ConvGradInput kernel of the convolution from y's shape to x's (x standing for
+// its output gradient), then the bias added per channel.
+KernelPtr conv_transpose(const KernelArgs& a) {
+  std::vector<int64_t> out;
+  Attributes conv;
+  const std::string err = ops::resolve_transpose(
+      a.attrs(), std::vector<int64_t>(a.in(0).shape.dims().begin() + 2, a.in(0).shape.dims().end()),
+      std::vector<int64_t>(a.in(1).shape.dims().begin() + 2, a.in(1).shape.dims().end()), &out, &conv);
+  TRAINER_ASSERT(err.empty(), "{}", err);
+  Node as_grad = a.node;
+  as_grad.op = "ConvGradInput";
+  as_grad.inputs.resize(2);
+  as_grad.attrs = conv;
+  as_grad.attrs.set("group", a.attrs().i("group"));
+  as_grad.attrs.set("input_shape", a.out(0).shape.dims());
+  KernelPtr data = conv_grad_input(KernelArgs{a.graph, as_grad, {a.inputs[0], a.inputs[1]}, {a.outputs[0]}});
+  if (!a.has_input(2) || !data) return data;
+  std::shared_ptr<CpuKernel> first(std::move(data));
+  KernelPtr kp;
+  dispatch_float(a.out(0).dtype, "ConvTranspose", [&]<class T>() {
+    const T* b = a.in_ptr<T>(2);
+    T* y = a.out_ptr<T>(0);
+    const Shape& ys = a.out(0).shape;
+    const int64_t channels = ys[1], planes = ys[0] * ys[1], plane = ys.numel() / std::max<int64_t>(planes, 1);
+    kp = make_kernel([=](const StepContext& ctx) {
+      first->run(ctx);
+      parallel_for(planes, [&](int64_t p) {
+        const T bias = b[p % channels];
+        T* row = y + p * plane;
+        for (int64_t i = 0; i < plane; ++i) row[i] += bias;
+      });
+    });
+  });
+  return kp;
+}
+
 // ---- Pooling: plain loops ----
 
 // Taps of a window start that fall inside [lo, hi).
@@ -783,6 +819,7 @@ KernelPtr global_avg_pool_grad(const KernelArgs& a) {
 void register_conv_cpu_kernels(KernelRegistry& r) {
   r.add("Conv", conv);
   r.add("ConvGradInput", conv_grad_input);
+  r.add("ConvTranspose", conv_transpose);
   r.add("ConvGradWeight", conv_grad_weight);
   r.add("MaxPool", max_pool);
   r.add("MaxPoolGrad", max_pool_grad);

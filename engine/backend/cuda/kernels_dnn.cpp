@@ -389,6 +389,38 @@ KernelPtr conv_grad_input(const KernelArgs& a) {
   });
 }
 
+// ConvTranspose(X, W[, B]): cuDNN's backward data of the convolution from Y's shape to X's (X standing for
+// its output gradient), then the bias by our kernel, as Conv adds it.
+KernelPtr conv_transpose(const KernelArgs& a) {
+  const Shape& xs = a.in(0).shape;
+  const Shape& ws = a.in(1).shape;
+  std::vector<int64_t> out;
+  Attributes conv;
+  const std::string err =
+      ops::resolve_transpose(a.attrs(), std::vector<int64_t>(xs.dims().begin() + 2, xs.dims().end()),
+                             std::vector<int64_t>(ws.dims().begin() + 2, ws.dims().end()), &out, &conv);
+  if (!err.empty()) return nullptr;
+  Node as_grad = a.node;
+  as_grad.op = "ConvGradInput";
+  as_grad.inputs.resize(2);
+  as_grad.attrs = conv;
+  as_grad.attrs.set("group", a.attrs().i("group"));
+  as_grad.attrs.set("input_shape", a.out(0).shape.dims());
+  KernelArgs g{a.graph, as_grad, {a.inputs[0], a.inputs[1]}, {a.outputs[0]}, a.ctx, a.libs};
+  KernelPtr data = conv_grad_input(g);
+  if (!data || !a.has_input(2)) return data;
+  std::shared_ptr<CudaKernel> first(std::move(data));
+  const ElemType btype = elem_type(a.out(0).dtype);
+  const Shape& ys = a.out(0).shape;
+  const int64_t n = ys[0], channels = ys[1], spatial = ys.numel() / std::max<int64_t>(n * channels, 1);
+  const void* b = a.inputs[2];
+  void* y = a.outputs[0];
+  return make_kernel([first, btype, y, b, n, channels, spatial](cudaStream_t stream) {
+    first->launch(stream);
+    TRAINER_CUDA_CHECK(launch_channel_bias(btype, y, b, n, channels, spatial, stream));
+  });
+}
+
 // ConvGradWeight(dY, X) -> dW [, dB]
 KernelPtr conv_grad_weight(const KernelArgs& a) {
   const Shape& dys = a.in(0).shape;
@@ -714,6 +746,7 @@ KernelPtr batch_norm_grad(const KernelArgs& a) {
 void register_dnn_kernels(KernelRegistry& r) {
   r.add("Conv", conv);
   r.add("ConvGradInput", conv_grad_input);
+  r.add("ConvTranspose", conv_transpose);
   r.add("ConvGradWeight", conv_grad_weight);
   r.add("MaxPool", max_pool);
   r.add("MaxPoolGrad", max_pool_grad);
