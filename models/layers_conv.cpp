@@ -1,6 +1,6 @@
-// Image and normalization layers: Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
-// BatchNormalization and LayerNormalization. Images run as NCHW (ONNX's layout); padding "same" places the
-// odd pixel at the end, as TensorFlow does.
+// Image and normalization layers: Conv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D,
+// GlobalAveragePooling2D, BatchNormalization and LayerNormalization. Images run as NCHW (ONNX's layout);
+// padding "same" places the odd pixel at the end, as TensorFlow does.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -93,6 +93,67 @@ LayerValue build_conv2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   x.value = b.op("Conv", inputs, attrs);
   x.shape = {w.out[0], w.out[1], filters};
   b.info.flops_per_sample = 2 * w.out[0] * w.out[1] * filters * per_group * area;
+  return b.activate(x, act);
+}
+
+// Conv2DTranspose: ONNX's ConvTranspose with Keras's output sizes (keras.ops.deconv_output_length): without
+// output_padding, in * strides for "same" and in * strides + max(kernel - strides, 0) for "valid"; with it,
+// (in - 1) * strides + kernel - 2 * pad + output_padding, pad = kernel // 2 for "same". "same" pads as the
+// convolution it is the gradient of, the odd pixel at the end; output beyond what the kernel reaches is zero.
+LayerValue build_conv2d_transpose(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t filters = b.positive("filters");
+  const std::vector<int64_t> kernel = b.positive_pair("kernel_size");
+  const std::vector<int64_t> strides = b.positive_pair("strides");
+  const std::vector<int64_t> dilation = b.positive_pair("dilation_rate");
+  const bool same = b.choice("padding", {"valid", "same"}) == "same";
+  const std::string act = b.activation_name();
+  const bool given_extra = b.args.has("output_padding");
+  std::vector<int64_t> extra = given_extra ? b.args.pair("output_padding") : std::vector<int64_t>{0, 0};
+  require_image(b, in[0]);
+  const int64_t channels = in[0].shape[2];
+  std::vector<int64_t> out(2), pads(4, 0);
+  for (int i = 0; i < 2; ++i) {
+    const int64_t n = in[0].shape[static_cast<size_t>(i)], s = strides[i];
+    const int64_t span = dilation[i] * (kernel[i] - 1) + 1, reach = s * (n - 1) + span;
+    if (given_extra) {
+      if (extra[i] < 0 || extra[i] >= s)
+        b.fail("output_padding",
+               fmt::format("output_padding {} must be at least 0 and smaller than strides {}",
+                           pair_text(extra), pair_text(strides)));
+      const int64_t pad = same ? span / 2 : 0;
+      pads[static_cast<size_t>(i)] = pads[static_cast<size_t>(i + 2)] = pad;
+      out[i] = reach - 2 * pad + extra[i];
+      if (out[i] < 1)
+        b.fail("kernel_size", fmt::format("the output would have {} rows or columns", out[i]),
+               "use a larger input, or padding = \"valid\"");
+      continue;
+    }
+    out[i] = same ? n * s : n * s + std::max<int64_t>(span - s, 0);
+    const int64_t total = reach - out[i];
+    if (total >= 0) {
+      pads[static_cast<size_t>(i)] = total / 2;
+      pads[static_cast<size_t>(i + 2)] = total - total / 2;
+    } else {
+      extra[i] = -total;  // zeros at the end: less than a stride, as output_padding
+    }
+  }
+  LayerValue x = b.to_channels_first(in[0]);
+  const int64_t area = kernel[0] * kernel[1];
+  // [C_in, filters, kH, kW], ONNX's layout (Keras keeps (kh, kw, filters, in)); fans as Keras computes them.
+  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel[0], kernel[1]},
+                            {area * filters, area * channels, channels, filters * area});
+  std::vector<ValueId> inputs = {x.value, weight};
+  if (b.args.boolean("use_bias"))
+    inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
+  Attributes attrs{{"kernel_shape", kernel},
+                   {"strides", strides},
+                   {"dilations", dilation},
+                   {"pads", pads},
+                   {"output_padding", extra}};
+  const int64_t in_pixels = in[0].shape[0] * in[0].shape[1];
+  x.value = b.op("ConvTranspose", inputs, attrs);
+  x.shape = {out[0], out[1], filters};
+  b.info.flops_per_sample = 2 * in_pixels * channels * filters * area;
   return b.activate(x, act);
 }
 
@@ -269,6 +330,22 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_conv2d});
+  defs.push_back({"Conv2DTranspose",
+                  "conv2d_transpose",
+                  {{"filters", ArgKind::integer, std::nullopt},
+                   {"kernel_size", ArgKind::int_or_pair, std::nullopt},
+                   {"strides", ArgKind::int_or_pair, int64_t{1}},
+                   {"padding", ArgKind::string, S("valid")},
+                   {"output_padding", ArgKind::int_or_pair, std::nullopt, true},
+                   {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
+                   {"activation", ArgKind::string, S("None")},
+                   {"use_bias", ArgKind::boolean, true},
+                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
+                   {"bias_initializer", ArgKind::string, S("zeros")}},
+                  1,
+                  1,
+                  false,
+                  build_conv2d_transpose});
   defs.push_back({"MaxPooling2D", "max_pooling2d", pool_args(), 1, 1, false, build_max_pool});
   defs.push_back({"AveragePooling2D", "average_pooling2d", pool_args(), 1, 1, false, build_average_pool});
   defs.push_back({"GlobalAveragePooling2D",

@@ -75,22 +75,14 @@ class Export(unittest.TestCase):
     def test_cnn_takes_channels_last_images(self):
         self.check("fashion_mnist/cnn.toml", self.x[..., None])  # the spec's input is [28, 28, 1]: NHWC
 
-    def test_every_activation_exports_and_runs_as_predict_does(self):
-        activations = ["relu", "sigmoid", "tanh", "gelu", "leaky_relu", "elu", "selu", "softplus", "softsign",
-                       "silu", "swish", "relu6", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "exponential"]
+    def fit_export_and_predict(self, name, model, x):
+        """Trains `model` (the TOML of [model] and its layers) briefly, exports it, and checks that onnxruntime
+        computes on x what trainer predict does. Returns the ONNX model."""
         d = cli_util.FASHION_DIR
-        layers = "".join(f'[[model.layers]]\ntype = "Dense"\nunits = 16\nactivation = "{a}"\n' for a in activations)
-        spec = os.path.join(self.tmp.name, "activations.toml")
+        spec = os.path.join(self.tmp.name, f"{name}.toml")
         with open(spec, "w") as f:
             f.write(f"""format_version = 1
-[model]
-input = [28, 28]
-[[model.layers]]
-type = "Flatten"
-{layers}[[model.layers]]
-type = "Dense"
-units = 10
-activation = "softmax"
+{model}
 [data]
 scale = 0.00392156862745098
 [data.train]
@@ -104,23 +96,69 @@ batch_size = 50
 [train.optimizer]
 name = "adam"
 """)
-        out = os.path.join(self.tmp.name, "activations")
+        out = os.path.join(self.tmp.name, name)
         r = run(["fit", spec, "--output-dir", out, "--quiet"], timeout=300)
         self.assertEqual(r.returncode, 0, r.stderr)
-        model = os.path.join(out, "model.onnx")
-        r = run(["export", os.path.join(out, "last.ckpt"), "-o", model, "--quiet"])
+        path = os.path.join(out, "model.onnx")
+        r = run(["export", os.path.join(out, "last.ckpt"), "-o", path, "--quiet"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        m = onnx.load(model)
+        m = onnx.load(path)
         onnx.checker.check_model(m, full_check=True)
-        self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp"},
-                             {n.op_type for n in m.graph.node})
-        got = ort.InferenceSession(model).run(None, {"input": self.x[:40]})[0]
-        np.save(os.path.join(self.tmp.name, "act_x.npy"), self.x[:40] * 255)
-        r = run(["predict", os.path.join(out, "last.ckpt"), os.path.join(self.tmp.name, "act_x.npy"),
+        got = ort.InferenceSession(path).run(None, {"input": x})[0]
+        np.save(os.path.join(self.tmp.name, f"{name}_x.npy"), x * 255)
+        r = run(["predict", os.path.join(out, "last.ckpt"), os.path.join(self.tmp.name, f"{name}_x.npy"),
                  "--probabilities"])
         self.assertEqual(r.returncode, 0, r.stderr)
         want = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        return m
+
+    def test_every_activation_exports_and_runs_as_predict_does(self):
+        activations = ["relu", "sigmoid", "tanh", "gelu", "leaky_relu", "elu", "selu", "softplus", "softsign",
+                       "silu", "swish", "relu6", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "exponential"]
+        layers = "".join(f'[[model.layers]]\ntype = "Dense"\nunits = 16\nactivation = "{a}"\n' for a in activations)
+        m = self.fit_export_and_predict("activations", f"""[model]
+input = [28, 28]
+[[model.layers]]
+type = "Flatten"
+{layers}[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:40])
+        self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp"},
+                             {n.op_type for n in m.graph.node})
+
+    def test_conv2d_transpose_exports_and_runs_as_predict_does(self):
+        m = self.fit_export_and_predict("transpose", """[model]
+input = [28, 28, 1]
+[[model.layers]]
+type = "Conv2D"
+filters = 4
+kernel_size = 3
+strides = 2
+padding = "same"
+activation = "relu"
+[[model.layers]]
+type = "Conv2DTranspose"
+filters = 3
+kernel_size = 3
+strides = 2
+padding = "same"
+activation = "relu"
+[[model.layers]]
+type = "Conv2DTranspose"
+filters = 2
+kernel_size = 2
+strides = 3
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30, :, :, None])
+        self.assertEqual([n.op_type for n in m.graph.node].count("ConvTranspose"), 2)
 
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")

@@ -336,6 +336,50 @@ TEST_SUITE("build") {
     m.graph.validate();
   }
 
+  TEST_CASE("build: Conv2DTranspose has Keras's output sizes, weights and pads") {
+    using Args = std::vector<std::pair<std::string, formats::ArgValue>>;
+    struct Case {
+      Args args;
+      std::vector<int64_t> out;  // Keras's (height, width) from 5 x 5
+    };
+    const std::vector<Case> cases = {
+        {{{"kernel_size", int64_t{3}}, {"strides", int64_t{2}}}, {11, 11}},  // 5 * 2 + max(3 - 2, 0)
+        {{{"kernel_size", int64_t{2}}, {"strides", int64_t{2}}, {"padding", std::string("same")}}, {10, 10}},
+        {{{"kernel_size", int64_t{1}}, {"strides", int64_t{3}}},
+         {15, 15}},  // beyond the kernel's reach: zeros
+        {{{"kernel_size", int64_t{3}},
+          {"strides", int64_t{2}},
+          {"padding", std::string("same")},
+          {"output_padding", int64_t{1}}},
+         {10, 10}},  // (5 - 1) * 2 + 3 - 2 * 1 + 1
+        {{{"kernel_size", v({3, 1})}, {"strides", v({1, 2})}, {"dilation_rate", v({2, 1})}}, {9, 10}},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.out[0]);
+      Args args = c.args;
+      args.emplace_back("filters", int64_t{4});
+      Spec s({5, 5, 3});
+      s.add("Conv2DTranspose", args);
+      BuiltModel m = models::testing::build(s);
+      CHECK(m.layers[0].output_shape == v({c.out[0], c.out[1], 4}));
+      const Shape& kernel = param_shape(m.graph, "conv2d_transpose/kernel");
+      CHECK(kernel[0] == 3);
+      CHECK(kernel[1] == 4);
+      CHECK(m.layers[0].params == kernel.numel() + 4);
+      // The graph computes the shape the layer reports (NCHW inside).
+      const Shape& out = m.graph.value(only_node(m.graph, "ConvTranspose").outputs[0]).shape;
+      CHECK(out == Shape{m.graph.value(m.input).shape[0], 4, c.out[0], c.out[1]});
+      m.graph.validate();
+    }
+    Spec bad({5, 5, 3});
+    bad.add("Conv2DTranspose", {{"filters", int64_t{2}},
+                                {"kernel_size", int64_t{3}},
+                                {"strides", int64_t{2}},
+                                {"output_padding", int64_t{2}}});
+    CHECK_THROWS_WITH(models::testing::build(bad),
+                      doctest::Contains("must be at least 0 and smaller than strides"));
+  }
+
   TEST_CASE("build: layers without names get Keras's generated names; given names are kept") {
     Spec s({4});
     s.add("Dense", {{"units", int64_t{3}}}, "dense_1")
