@@ -86,6 +86,59 @@ TEST_SUITE("cpu_fast_paths") {
     CHECK(std::isnan(cpu::exp_clamped(nan)));
   }
 
+  TEST_CASE("erf_f stays within 3 ulp of libm's erf, is odd, saturates, and passes NaN") {
+    double worst = 0;
+    for (double x = -6; x <= 6; x += 1.7e-5) {
+      const float xf = static_cast<float>(x);
+      const double ref = std::erf(static_cast<double>(xf));
+      const double ulp =
+          std::nextafter(static_cast<float>(std::fabs(ref)), 2.0f) - static_cast<float>(std::fabs(ref));
+      worst = std::max(worst, std::fabs(cpu::erf_f(xf) - ref) / std::max(ulp, 1e-45));
+    }
+    MESSAGE("erf_f: worst error " << worst << " ulp");
+    CHECK(worst <= 3);
+    CHECK(cpu::erf_f(0.0f) == 0.0f);
+    CHECK(cpu::erf_f(4.0f) == 1.0f);
+    CHECK(cpu::erf_f(-100.0f) == -1.0f);
+    CHECK(cpu::erf_f(-0.7f) == -cpu::erf_f(0.7f));
+    CHECK(cpu::erf_f(1e-30f) == doctest::Approx(1.1283791670955126e-30).epsilon(1e-6));
+    CHECK(std::isnan(cpu::erf_f(std::numeric_limits<float>::quiet_NaN())));
+  }
+
+  TEST_CASE("the f32 Erf, Gelu and their gradient kernels (vectorized loops) match the f64 functors") {
+    const Tensor x64 = ops::random_tensor({3, 1000}, -6, 6, 71);
+    const Tensor dy64 = ops::random_tensor({3, 1000}, -1, 1, 72);
+    Tensor x32(DType::f32, x64.shape()), dy32(DType::f32, x64.shape());
+    for (int64_t i = 0; i < x64.numel(); ++i) {
+      x32.set_f64(i, x64.get_f64(i));
+      dy32.set_f64(i, dy64.get_f64(i));
+    }
+    struct Case {
+      const char* op;
+      bool grad;
+      const char* approximate;
+    };
+    for (const Case& c :
+         {Case{"Erf", false, nullptr}, Case{"ErfGrad", true, nullptr}, Case{"Gelu", false, "none"},
+          Case{"Gelu", false, "tanh"}, Case{"GeluGrad", true, "none"}, Case{"GeluGrad", true, "tanh"}}) {
+      CAPTURE(c.op);
+      CAPTURE(c.approximate ? c.approximate : "");
+      Attributes a;
+      if (c.approximate) a.set("approximate", std::string(c.approximate));
+      auto in = [&](bool f32) {
+        std::vector<std::optional<Tensor>> v;
+        if (c.grad) v.emplace_back(f32 ? dy32 : dy64);
+        v.emplace_back(f32 ? x32 : x64);
+        return v;
+      };
+      // The f64 run takes the unrounded inputs: rounding them to f32 moves the results far less than 1e-5.
+      Tensor ref = run_node(c.op, in(false), a, {"y"}, 1)[0];
+      Tensor got = run_node(c.op, in(true), a, {"y"}, 2)[0];
+      CHECK(got.dtype() == DType::f32);
+      CHECK(max_rel_error(got, ref) < 1e-5);
+    }
+  }
+
   TEST_CASE("MaxPoolGrad 2x2 stride 2: dy at each window's first maximum, zeros elsewhere") {
     Attributes a = {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}};
     for (Shape xs : {Shape{2, 3, 6, 8}, Shape{1, 2, 7, 5}}) {

@@ -7,6 +7,7 @@
 #include "engine/backend/cpu/broadcast.h"
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/backend/cpu/vec_math.h"
 #include "engine/kernels/functors.h"
 
 namespace trainer::engine::cpu {
@@ -253,6 +254,51 @@ KernelPtr where(const KernelArgs& a) {
   return kp;
 }
 
+// Erf and GELU in f32: loops over vec_math's erf_f, exp_clamped and tanh_f, compiled for the widest vectors
+// (libm's erff and expf are scalar calls); f64 keeps the shared functors' libm.
+enum class ErfFamily { erf, erf_grad, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad };
+
+TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, const float* a, const float* b, float* y, int64_t n) {
+  switch (f) {
+    case ErfFamily::erf:
+      for (int64_t i = 0; i < n; ++i) y[i] = erf_f(a[i]);
+      break;
+    case ErfFamily::erf_grad:  // a = dy, b = x
+      for (int64_t i = 0; i < n; ++i) y[i] = a[i] * 1.1283791670955126f * exp_clamped(-b[i] * b[i]);
+      break;
+    case ErfFamily::gelu:
+      for (int64_t i = 0; i < n; ++i) y[i] = gelu_f(a[i], false);
+      break;
+    case ErfFamily::gelu_tanh:
+      for (int64_t i = 0; i < n; ++i) y[i] = gelu_f(a[i], true);
+      break;
+    case ErfFamily::gelu_grad:
+      for (int64_t i = 0; i < n; ++i) y[i] = gelu_grad_f(a[i], b[i], false);
+      break;
+    case ErfFamily::gelu_tanh_grad:
+      for (int64_t i = 0; i < n; ++i) y[i] = gelu_grad_f(a[i], b[i], true);
+      break;
+  }
+}
+
+// A factory for one member of the family: the f32 loop, or `generic` (the shared functors) for f64.
+KernelFactory erf_family(ErfFamily f, ErfFamily f_tanh, KernelFactory generic) {
+  return [=](const KernelArgs& a) -> KernelPtr {
+    if (a.in(0).dtype != DType::f32) return generic(a);
+    const bool tanh = a.attrs().has("approximate") && a.attrs().s("approximate") == "tanh";
+    const ErfFamily which = tanh ? f_tanh : f;
+    const float* x = a.in_ptr<float>(0);
+    const float* second = a.inputs.size() > 1 ? a.in_ptr<float>(1) : nullptr;
+    float* y = a.out_ptr<float>(0);
+    const int64_t n = a.in(0).shape.numel();
+    return make_kernel([=](const StepContext&) {
+      parallel_chunks(n, [&](int64_t b, int64_t e) {
+        erf_family_loop(which, x + b, second ? second + b : nullptr, y + b, e - b);
+      });
+    });
+  };
+}
+
 }  // namespace
 
 void register_elementwise_cpu_kernels(KernelRegistry& r) {
@@ -269,8 +315,9 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Sigmoid", unary<k::SigmoidOp>());
   r.add("Tanh", unary<k::TanhOp>());
   r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
-  r.add("Gelu",
-        [](const KernelArgs& a) { return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a); });
+  r.add("Gelu", erf_family(ErfFamily::gelu, ErfFamily::gelu_tanh, [](const KernelArgs& a) {
+          return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a);
+        }));
   r.add("PRelu", binary<k::PReluOp>());
   r.add("Softsign", unary<k::SoftsignOp>());
   r.add("SoftsignGrad",
@@ -284,7 +331,7 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("LessOrEqual", binary<k::LessOrEqualOp>());
   r.add("Abs", unary_numeric<k::AbsOp>());
   r.add("Reciprocal", unary<k::ReciprocalOp>());
-  r.add("Erf", unary<k::ErfOp>());
+  r.add("Erf", erf_family(ErfFamily::erf, ErfFamily::erf, unary<k::ErfOp>()));
   r.add("Softplus", unary<k::SoftplusOp>());
   r.add("Elu", [](const KernelArgs& a) { return unary(k::EluOp{a.attrs().f("alpha")})(a); });
   r.add("Selu", [](const KernelArgs& a) {
@@ -296,7 +343,9 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("HardSwish", unary<k::HardSwishOp>());
   r.add("Clip", clip);
   r.add("AbsGrad", grad_binary<k::AbsGradFromX>([](const KernelArgs&) { return k::AbsGradFromX{}; }));
-  r.add("ErfGrad", grad_binary<k::ErfGradFromX>([](const KernelArgs&) { return k::ErfGradFromX{}; }));
+  r.add("ErfGrad",
+        erf_family(ErfFamily::erf_grad, ErfFamily::erf_grad,
+                   grad_binary<k::ErfGradFromX>([](const KernelArgs&) { return k::ErfGradFromX{}; })));
   r.add("SoftplusGrad",
         grad_binary<k::SoftplusGradFromX>([](const KernelArgs&) { return k::SoftplusGradFromX{}; }));
   r.add("EluGrad", grad_binary<k::EluGradFromX>(
@@ -317,9 +366,10 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("LeakyReluGrad", grad_binary<k::LeakyReluGradFromX>([](const KernelArgs& a) {
           return k::LeakyReluGradFromX{a.attrs().f("alpha")};
         }));
-  r.add("GeluGrad", grad_binary<k::GeluGradFromX>([](const KernelArgs& a) {
-          return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};
-        }));
+  r.add("GeluGrad", erf_family(ErfFamily::gelu_grad, ErfFamily::gelu_tanh_grad,
+                               grad_binary<k::GeluGradFromX>([](const KernelArgs& a) {
+                                 return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};
+                               })));
   r.add("Identity", identity);
   r.add("Cast", cast);
   r.add("Where", where);

@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/backend/cpu/vec_math.h"
 #include "engine/ir/tensor.h"
 #include "engine/kernels/functors.h"
 
@@ -34,9 +36,10 @@ T apply_act(Act a, T z) {
     case Act::relu:
       return k::ReluOp{}(z);
     case Act::gelu:
-      return k::GeluOp{false}(z);
     case Act::gelu_tanh:
-      return k::GeluOp{true}(z);
+      // f32 through vec_math's erf_f and tanh_f (as the Gelu kernel), f64 through libm.
+      if constexpr (std::is_same_v<T, float>) return gelu_f(z, a == Act::gelu_tanh);
+      return k::GeluOp{a == Act::gelu_tanh}(z);
   }
   return z;
 }

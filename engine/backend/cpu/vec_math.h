@@ -64,4 +64,55 @@ inline float tanh_f(float x) {
   return ax < 0.3f ? near : far;
 }
 
+// erf within 3 ulp, without branches: x P(x^2) for |x| < 1 (P fitted to erf(x) / x), 1 - exp(-x^2) Q(x) for
+// 1 <= |x| < 4 (Q fitted to erfc(x) exp(x^2) in (|x| - 2.5) / 1.5), and 1 beyond, where erfc(x) is below half
+// an ulp of 1. The sign is x's; NaN stays NaN.
+inline float erf_f(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float z = x * x;
+  float p = 7.9334939e-05f;
+  p = p * z - 8.0348464e-04f;
+  p = p * z + 5.1912186e-03f;
+  p = p * z - 2.6855400e-02f;
+  p = p * z + 1.1283626e-01f;
+  p = p * z - 3.7612629e-01f;
+  p = p * z + 1.1283792e+00f;
+  const float near = x * p;
+  const float u = (ax - 2.5f) * (1.0f / 1.5f);
+  float q = 9.6404518e-05f;
+  q = q * u - 2.4550260e-04f;
+  q = q * u + 3.6786866e-04f;
+  q = q * u - 9.1556378e-04f;
+  q = q * u + 2.4258851e-03f;
+  q = q * u - 5.6117629e-03f;
+  q = q * u + 1.2484035e-02f;
+  q = q * u - 2.6997792e-02f;
+  q = q * u + 5.6110960e-02f;
+  q = q * u - 1.1152140e-01f;
+  q = q * u + 2.1080635e-01f;
+  float far = 1.0f - exp_clamped(-z) * q;
+  far = ax >= 4.0f ? 1.0f : far;
+  far = x < 0.0f ? -far : far;
+  return ax < 1.0f ? near : far;
+}
+
+// GELU, x Phi(x), and its derivative Phi(x) + x phi(x), in f32 with the functions above; with tanh_approx,
+// Phi(x) ~ 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) as in engine/kernels/functors.h.
+inline float gelu_f(float x, bool tanh_approx) {
+  if (tanh_approx) return 0.5f * x * (1.0f + tanh_f(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+  return 0.5f * x * (1.0f + erf_f(x * 0.7071067811865476f));
+}
+
+inline float gelu_grad_f(float dy, float x, bool tanh_approx) {
+  if (tanh_approx) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    const float t = tanh_f(k * (x + c * x * x * x));
+    const float du = k * (1.0f + 3.0f * c * x * x);
+    return dy * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+  }
+  const float cdf = 0.5f * (1.0f + erf_f(x * 0.7071067811865476f));
+  const float pdf = exp_clamped(-0.5f * x * x) * 0.3989422804014327f;
+  return dy * (cdf + x * pdf);
+}
+
 }  // namespace trainer::engine::cpu
