@@ -96,7 +96,7 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 
 // ai.onnx ops that the importer writes with other IR ops: the IR op of each. Sum, Mean, Max and Min of any
 // number of inputs become chains of the two-input op; Split becomes one Slice per output; GlobalMaxPool is a
-// ReduceMax over the spatial axes.
+// ReduceMax over the spatial axes; Resize (nearest, integer scales) is a Reshape, an Expand and a Reshape.
 const char* rewritten_as(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return nullptr;
   const std::string& op = n.op_type();
@@ -105,6 +105,7 @@ const char* rewritten_as(const onnx::NodeProto& n) {
   if (op == "Min") return "Min";
   if (op == "Split") return "Slice";
   if (op == "GlobalMaxPool") return "ReduceMax";
+  if (op == "Resize") return "Expand";
   return nullptr;
 }
 
@@ -536,6 +537,7 @@ class Importer {
     restore_folded_values(p);
     if (p.op == "Split" && domain.empty()) return add_split(p);
     if (p.op == "GlobalMaxPool" && domain.empty()) return add_global_max_pool(p);
+    if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if (rewritten_as(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
       return add_variadic(p, rewritten_as(n));
     if (options_.fold_constants && fold(p)) return;
@@ -601,6 +603,95 @@ class Importer {
         }
         start = end;
       }
+    });
+  }
+
+  // Resize by whole factors with nearest-neighbour sampling whose coordinates pick each input pixel for a
+  // block of factor^d outputs (PyTorch's nearest upsampling: asymmetric and floor; also half_pixel with
+  // rounding): every pixel repeated as a block, as Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H
+  // s, W s]. Both shapes read N and C from the input (0), so the graph holds at any batch size. Other resizes
+  // are refused.
+  void add_resize(const PendingNode& p) {
+    const std::string hint =
+        "the engine resizes by whole factors with nearest-neighbour sampling (F.interpolate(scale_factor=2, "
+        "mode='nearest'))";
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
+      fail(fmt::format("{} has no input or more than one output", p.label), hint);
+    const std::string mode = p.attrs.has("mode") ? p.attrs.s("mode") : "nearest";
+    const std::string ctm = p.attrs.has("coordinate_transformation_mode")
+                                ? p.attrs.s("coordinate_transformation_mode")
+                                : "half_pixel";
+    const std::string nearest =
+        p.attrs.has("nearest_mode") ? p.attrs.s("nearest_mode") : "round_prefer_floor";
+    const bool blocks =
+        mode == "nearest" && ((ctm == "asymmetric" && nearest == "floor") ||
+                              ((ctm == "half_pixel" || ctm == "pytorch_half_pixel") &&
+                               (nearest == "round_prefer_floor" || nearest == "round_prefer_ceil")));
+    if (!blocks)
+      fail(fmt::format("{}: mode '{}' with coordinate_transformation_mode '{}' and nearest_mode '{}' is not "
+                       "supported",
+                       p.label, mode, ctm, nearest),
+           hint);
+    if (p.attrs.has("axes"))
+      fail(fmt::format("{}: the axes attribute is not supported", p.label), "give scales for every axis");
+    const Shape in = g().value(p.inputs[0]).shape;
+    const int rank = in.rank();
+    auto constant_input = [&](size_t k) -> const Tensor* {
+      if (k >= p.inputs.size() || p.inputs[k] == engine::kNoValue) return nullptr;
+      const engine::Value& v = g().value(p.inputs[k]);
+      if (v.kind != engine::ValueKind::constant)
+        fail(fmt::format("{}: input {} ('{}') is not a constant", p.label, k, v.name),
+             "the engine needs static shapes: give scales or sizes as constants");
+      const Tensor* t = g().initializer(p.inputs[k]);
+      return t->numel() > 0 ? t : nullptr;
+    };
+    const Tensor* scales = constant_input(2);
+    const Tensor* sizes = constant_input(3);
+    std::vector<int64_t> factor(rank, 1);
+    for (int d = 0; d < rank; ++d) {
+      bool whole = false;
+      if (sizes && sizes->numel() == rank) {
+        const int64_t want = static_cast<int64_t>(sizes->get_f64(d));
+        whole = want >= in[d] && want % in[d] == 0;
+        if (whole) factor[d] = want / in[d];
+      } else if (scales && scales->numel() == rank) {
+        const double s = scales->get_f64(d);
+        whole = s >= 1 && s == std::floor(s);
+        if (whole) factor[d] = static_cast<int64_t>(s);
+      } else {
+        fail(fmt::format("{}: neither scales nor sizes has one value per axis of its {}-D input", p.label,
+                         rank),
+             hint);
+      }
+      if (!whole || (d < 2 && factor[d] != 1))
+        fail(fmt::format("{}: resizing axis {} of {} is not a whole-factor upsampling of a spatial axis",
+                         p.label, d, in.str()),
+             hint);
+    }
+    std::vector<int64_t> split = {0, 0}, expand = {1, 1}, merged = {0, 0};
+    for (int d = 2; d < rank; ++d) {
+      split.push_back(in[d]);
+      expand.push_back(1);
+      if (factor[d] > 1) {
+        split.push_back(1);
+        expand.push_back(factor[d]);
+      }
+      merged.push_back(in[d] * factor[d]);
+    }
+    const std::string base = p.base();
+    auto dims = [&](const std::string& what, const std::vector<int64_t>& v) {
+      return g().add_constant(g().unique_name(base + "/" + what),
+                              Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
+    };
+    wrap(p.label, [&] {
+      NodeId r1 = g().add_node_named("Reshape", {p.inputs[0], dims("split", split)}, {},
+                                     {g().unique_name(base + "/split")}, base + "/split");
+      mark_batched(r1);
+      NodeId e = g().add_node_named("Expand", {g().node(r1).outputs[0], dims("repeat", expand)}, {},
+                                    {g().unique_name(base + "/repeated")}, base + "/repeat");
+      mark_batched(e);
+      mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
+                                      p.outputs, p.name));
     });
   }
 

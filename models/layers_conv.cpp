@@ -1,6 +1,6 @@
 // Image and normalization layers: Conv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D,
-// GlobalAveragePooling2D, BatchNormalization and LayerNormalization. Images run as NCHW (ONNX's layout);
-// padding "same" places the odd pixel at the end, as TensorFlow does.
+// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, BatchNormalization and LayerNormalization. Images
+// run as NCHW (ONNX's layout); padding "same" places the odd pixel at the end, as TensorFlow does.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -187,11 +187,12 @@ LayerValue build_average_pool(LayerBuilder& b, const std::vector<LayerValue>& in
   return build_pool(b, in, "AveragePool");
 }
 
-LayerValue build_global_average_pool(LayerBuilder& b, const std::vector<LayerValue>& in) {
+LayerValue build_global_pool(LayerBuilder& b, const std::vector<LayerValue>& in, bool max) {
   require_image(b, in[0]);
   LayerValue x = b.to_channels_first(in[0]);
   const int64_t channels = x.shape[2];
-  x.value = b.op("GlobalAveragePool", {x.value});
+  x.value = max ? b.op("ReduceMax", {x.value, b.shape_constant("axes", {2, 3})}, {{"keepdims", int64_t{1}}})
+                : b.op("GlobalAveragePool", {x.value});
   x.activation.clear();
   x.pre_activation = kNoValue;
   if (b.args.boolean("keepdims")) {
@@ -201,6 +202,31 @@ LayerValue build_global_average_pool(LayerBuilder& b, const std::vector<LayerVal
   x.value = b.op("Flatten", {x.value}, {{"axis", int64_t{1}}});
   x.shape = {channels};
   x.channels_first = false;
+  return x;
+}
+
+LayerValue build_global_average_pool(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_global_pool(b, in, false);
+}
+
+LayerValue build_global_max_pool(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_global_pool(b, in, true);
+}
+
+// UpSampling2D with nearest-neighbour interpolation: each pixel repeated as a size[0] x size[1] block, as
+// Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s0, W s1] (what ONNX import makes of Resize).
+LayerValue build_upsampling2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const std::vector<int64_t> size = b.positive_pair("size");
+  b.choice("interpolation", {"nearest"});
+  require_image(b, in[0]);
+  LayerValue x = b.to_channels_first(in[0]);
+  const int64_t h = x.shape[0], w = x.shape[1], c = x.shape[2];
+  ValueId split = b.op("Reshape", {x.value, b.shape_constant("split", {0, 0, h, 1, w, 1})});
+  ValueId repeated = b.op("Expand", {split, b.shape_constant("repeat", {1, 1, 1, size[0], 1, size[1]})});
+  x.value = b.op("Reshape", {repeated, b.shape_constant("merged", {0, 0, h * size[0], w * size[1]})});
+  x.shape = {h * size[0], w * size[1], c};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
   return x;
 }
 
@@ -355,6 +381,21 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_global_average_pool});
+  defs.push_back({"GlobalMaxPooling2D",
+                  "global_max_pooling2d",
+                  {{"keepdims", ArgKind::boolean, false}},
+                  1,
+                  1,
+                  false,
+                  build_global_max_pool});
+  defs.push_back(
+      {"UpSampling2D",
+       "up_sampling2d",
+       {{"size", ArgKind::int_or_pair, int64_t{2}}, {"interpolation", ArgKind::string, S("nearest")}},
+       1,
+       1,
+       false,
+       build_upsampling2d});
   defs.push_back({"BatchNormalization",
                   "batch_normalization",
                   {{"axis", ArgKind::integer, int64_t{-1}},

@@ -129,7 +129,7 @@ activation = "softmax"
         self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp"},
                              {n.op_type for n in m.graph.node})
 
-    def test_conv2d_transpose_exports_and_runs_as_predict_does(self):
+    def test_conv2d_transpose_upsampling_and_global_max_pooling_export_and_run_as_predict_does(self):
         m = self.fit_export_and_predict("transpose", """[model]
 input = [28, 28, 1]
 [[model.layers]]
@@ -147,12 +147,20 @@ strides = 2
 padding = "same"
 activation = "relu"
 [[model.layers]]
+type = "Conv2D"
+filters = 3
+kernel_size = 3
+strides = 2
+[[model.layers]]
+type = "UpSampling2D"
+size = 2
+[[model.layers]]
 type = "Conv2DTranspose"
 filters = 2
 kernel_size = 2
 strides = 3
 [[model.layers]]
-type = "Flatten"
+type = "GlobalMaxPooling2D"
 [[model.layers]]
 type = "Dense"
 units = 10

@@ -585,8 +585,8 @@ class Net(torch.nn.Module):
 
     @cli_util.skip_without_fashion
     def test_pytorch_exported_encoder_decoder_with_conv_transpose_fine_tunes(self):
-        # A U-Net-like block: strided convolutions down, ConvTranspose (with output_padding, and grouped) up,
-        # and a skip connection.
+        # A U-Net-like block: strided convolutions down, ConvTranspose (with output_padding, and grouped) and
+        # nearest-neighbour upsampling (Resize) up, and a skip connection.
         path = self.path("torch_unet.onnx")
         original = self.torch_export("""
 class Net(torch.nn.Module):
@@ -595,14 +595,16 @@ class Net(torch.nn.Module):
         self.down = torch.nn.Conv2d(1, 8, 3, stride=2, padding=1)
         self.up = torch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
         self.up2 = torch.nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2, bias=False)
-        self.head = torch.nn.Conv2d(5, 8, 3, stride=2)
+        self.head = torch.nn.Conv2d(13, 8, 3, stride=2)
         self.fc = torch.nn.Linear(8, 10)
     def forward(self, x):
-        h = torch.relu(self.up2(torch.relu(self.up(torch.relu(self.down(x))))))
-        h = torch.relu(self.head(torch.cat([h, x], 1)))
+        d = torch.relu(self.down(x))
+        h = torch.relu(self.up2(torch.relu(self.up(d))))
+        u = torch.nn.functional.interpolate(d, scale_factor=2, mode="nearest")
+        h = torch.relu(self.head(torch.cat([h, x, u], 1)))
         return self.fc(h.mean((2, 3)))
 """, "torch.zeros(2, 1, 28, 28)", "x", path)
-        self.assertIn("ConvTranspose", {n.op_type for n in original.graph.node})
+        self.assertLessEqual({"ConvTranspose", "Resize"}, {n.op_type for n in original.graph.node})
         epochs, ckpt = self.fit([path, "--train", self.fashion_toml("unet.toml", from_logits=True, epochs=2)],
                                 self.path("run_unet"))
         before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)

@@ -323,3 +323,39 @@ TEST_SUITE("run") {
     }
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE(
+      "run: UpSampling2D repeats each pixel as a block; GlobalMaxPooling2D takes each channel's maximum") {
+    Spec s({2, 3, 2});
+    s.add("UpSampling2D", {{"size", v({2, 3})}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({4, 9, 2}));
+    const Shape in = m.graph.value(m.input).shape;  // NCHW inside
+    Tensor x = ops::random_tensor(in, -1, 1, 81, DType::f32);
+    Tensor y = forward(std::move(m), x);
+    const int64_t n = in[0], c = in[1], h = in[2], w = in[3];
+    REQUIRE(y.shape() == Shape{n, 2 * h, 3 * w, c});  // the model's output is channels-last, as Keras's
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t k = 0; k < c; ++k)
+        for (int64_t i = 0; i < 2 * h; ++i)
+          for (int64_t j = 0; j < 3 * w; ++j)
+            CHECK(y.get_f64(((b * 2 * h + i) * 3 * w + j) * c + k) ==
+                  x.get_f64(((b * c + k) * h + i / 2) * w + j / 3));
+
+    Spec p({3, 4, 2});
+    p.add("GlobalMaxPooling2D");
+    BuiltModel pm = models::testing::build(p);
+    CHECK(pm.layers[0].output_shape == v({2}));
+    const Shape pin = pm.graph.value(pm.input).shape;
+    Tensor px = ops::random_tensor(pin, -1, 1, 82, DType::f32);
+    Tensor py = forward(std::move(pm), px);
+    for (int64_t b = 0; b < pin[0]; ++b)
+      for (int64_t k = 0; k < pin[1]; ++k) {
+        double best = -1e9;
+        for (int64_t i = 0; i < pin[2] * pin[3]; ++i)
+          best = std::max(best, px.get_f64((b * pin[1] + k) * pin[2] * pin[3] + i));
+        CHECK(py.get_f64(b * pin[1] + k) == best);
+      }
+  }
+}
