@@ -94,19 +94,23 @@ bool imported_by_importer(const onnx::NodeProto& n) {
          (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape");
 }
 
-// ai.onnx ops that the importer writes with other IR ops: the IR op of each. Sum, Mean, Max and Min of any
-// number of inputs become chains of the two-input op; Split becomes one Slice per output; GlobalMaxPool is a
-// ReduceMax over the spatial axes; Resize (nearest, integer scales) is a Reshape, an Expand and a Reshape.
-const char* rewritten_as(const onnx::NodeProto& n) {
-  if (!normalize_domain(n.domain()).empty()) return nullptr;
+// ai.onnx ops that the importer writes with other IR ops. Sum, Mean, Max and Min of any number of inputs
+// become chains of the two-input op; Split becomes one Slice per output; GlobalMaxPool is a ReduceMax over
+// the spatial axes; Resize (nearest, integer scales) is a Reshape, an Expand and a Reshape;
+// InstanceNormalization is its formula in ReduceMean, Sub, Mul, Sqrt, Div and Add. A gradient flows to the
+// inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
+bool rewritten(const onnx::NodeProto& n) {
+  if (!normalize_domain(n.domain()).empty()) return false;
+  static const std::set<std::string> ops = {"Sum",   "Mean",          "Max",    "Min",
+                                            "Split", "GlobalMaxPool", "Resize", "InstanceNormalization"};
+  return ops.count(n.op_type()) > 0;
+}
+
+bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   const std::string& op = n.op_type();
-  if (op == "Sum" || op == "Mean") return "Add";
-  if (op == "Max") return "Max";
-  if (op == "Min") return "Min";
-  if (op == "Split") return "Slice";
-  if (op == "GlobalMaxPool") return "ReduceMax";
-  if (op == "Resize") return "Expand";
-  return nullptr;
+  if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min") return true;
+  if (op == "InstanceNormalization") return i <= 2;
+  return i == 0;
 }
 
 class Importer {
@@ -222,14 +226,15 @@ class Importer {
     for (const auto& n : model_.graph().node()) {
       if (imported_by_importer(n)) continue;
       const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
-      const char* rewritten = rewritten_as(n);
-      const engine::OpSchema* schema = registry.find(rewritten ? std::string(rewritten) : n.op_type());
+      const bool other_ops = rewritten(n);
+      const engine::OpSchema* schema = registry.find(n.op_type());
       for (int i = 0; i < n.input_size(); ++i) {
         const std::string& name = n.input(i);
         if (name.empty()) continue;
         if (batch_norm && i >= 3) {
           running_stats_.insert(name);
-        } else if (schema && schema->has_grad() && schema->input_has_grad(i)) {
+        } else if (other_ops ? rewritten_input_has_grad(n, i)
+                             : schema && schema->has_grad() && schema->input_has_grad(i)) {
           differentiable_.insert(name);
         }
       }
@@ -538,8 +543,9 @@ class Importer {
     if (p.op == "Split" && domain.empty()) return add_split(p);
     if (p.op == "GlobalMaxPool" && domain.empty()) return add_global_max_pool(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
-    if (rewritten_as(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
-      return add_variadic(p, rewritten_as(n));
+    if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
+    if (rewritten(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
+      return add_variadic(p, p.op == "Sum" || p.op == "Mean" ? "Add" : p.op);
     if (options_.fold_constants && fold(p)) return;
     insert(p);
   }
@@ -692,6 +698,65 @@ class Importer {
       mark_batched(e);
       mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
                                       p.outputs, p.name));
+    });
+  }
+
+  // InstanceNormalization(x [N, C, D...], scale [C], B [C]): per sample and channel, (x - mean) /
+  // sqrt(var + epsilon) over D..., times scale plus B (PyTorch also exports GroupNorm this way). The scale
+  // and bias are reshaped to [C, 1...] by constant shapes, so the graph holds at any batch size.
+  void add_instance_norm(const PendingNode& p) {
+    if (p.inputs.size() != 3 || p.outputs.size() != 1)
+      fail(fmt::format("{} has {} inputs and {} outputs", p.label, p.inputs.size(), p.outputs.size()),
+           "InstanceNormalization takes input, scale and B, and gives one output");
+    for (ValueId v : p.inputs)
+      if (v == engine::kNoValue) fail(fmt::format("{} has an empty input name", p.label));
+    const Shape in = g().value(p.inputs[0]).shape;
+    const int64_t rank = in.rank();
+    if (rank < 3)
+      fail(fmt::format("{}: its input {} has no spatial dimensions", p.label, in.str()),
+           "InstanceNormalization takes [N, C, D1, ...]");
+    for (int k = 1; k < 3; ++k)
+      if (g().value(p.inputs[k]).shape != Shape{in[1]})
+        fail(fmt::format("{}: {} has shape {}, the input has {} channels", p.label, k == 1 ? "scale" : "B",
+                         g().value(p.inputs[k]).shape.str(), in[1]));
+    const double epsilon = p.attrs.has("epsilon") ? p.attrs.f("epsilon") : 1e-5;
+    const DType t = g().value(p.inputs[0]).dtype;
+    std::vector<int64_t> axes, per_channel = {in[1]};
+    for (int64_t d = 2; d < rank; ++d) {
+      axes.push_back(d);
+      per_channel.push_back(1);
+    }
+    const std::string base = p.base();
+    auto ints = [&](const std::string& what, const std::vector<int64_t>& v) {
+      return g().add_constant(g().unique_name(base + "/" + what),
+                              Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
+    };
+    auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                    const std::string& what) {
+      NodeId id = g().add_node_named(op, std::move(ins), std::move(a), {g().unique_name(base + "/" + what)},
+                                     base + "/" + what);
+      mark_batched(id);
+      return g().node(id).outputs[0];
+    };
+    wrap(p.label, [&] {
+      const engine::Attributes keep = {{"keepdims", int64_t{1}}};
+      ValueId mean = node("ReduceMean", {p.inputs[0], ints("axes", axes)}, keep, "mean");
+      ValueId centered = node("Sub", {p.inputs[0], mean}, {}, "centered");
+      ValueId var =
+          node("ReduceMean", {node("Mul", {centered, centered}, {}, "squares"), ints("var_axes", axes)}, keep,
+               "var");
+      Tensor eps(t, Shape{});
+      eps.set_f64(0, epsilon);
+      ValueId std_dev =
+          node("Sqrt",
+               {node("Add", {var, g().add_constant(g().unique_name(base + "/epsilon"), std::move(eps))}, {},
+                     "var_eps")},
+               {}, "std");
+      ValueId normalized = node("Div", {centered, std_dev}, {}, "normalized");
+      ValueId scale = node("Reshape", {p.inputs[1], ints("scale_shape", per_channel)}, {}, "scale");
+      ValueId bias = node("Reshape", {p.inputs[2], ints("bias_shape", per_channel)}, {}, "bias");
+      ValueId scaled = node("Mul", {normalized, scale}, {}, "scaled");
+      mark_batched(g().add_node_named("Add", {scaled, bias}, {}, p.outputs, p.name));
     });
   }
 
@@ -1223,7 +1288,7 @@ std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& mode
   for (int i = 0; i < nodes.size(); ++i) {
     const auto& n = nodes[i];
     std::string domain = normalize_domain(n.domain());
-    if (imported_by_importer(n) || rewritten_as(n)) continue;
+    if (imported_by_importer(n) || rewritten(n)) continue;
     const engine::OpSchema* s = registry.find(n.op_type());
     if (s != nullptr && s->domain() == domain) continue;
     out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain, i});

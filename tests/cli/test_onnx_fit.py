@@ -586,7 +586,8 @@ class Net(torch.nn.Module):
     @cli_util.skip_without_fashion
     def test_pytorch_exported_encoder_decoder_with_conv_transpose_fine_tunes(self):
         # A U-Net-like block: strided convolutions down, ConvTranspose (with output_padding, and grouped) and
-        # nearest-neighbour upsampling (Resize) up, and a skip connection.
+        # nearest-neighbour upsampling (Resize) up, a skip connection, and group and instance normalization
+        # (both InstanceNormalization in the export).
         path = self.path("torch_unet.onnx")
         original = self.torch_export("""
 class Net(torch.nn.Module):
@@ -597,14 +598,17 @@ class Net(torch.nn.Module):
         self.up2 = torch.nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2, bias=False)
         self.head = torch.nn.Conv2d(13, 8, 3, stride=2)
         self.fc = torch.nn.Linear(8, 10)
+        self.instance = torch.nn.InstanceNorm2d(8, affine=True)
+        self.group = torch.nn.GroupNorm(2, 4)
     def forward(self, x):
-        d = torch.relu(self.down(x))
-        h = torch.relu(self.up2(torch.relu(self.up(d))))
+        d = torch.relu(self.instance(self.down(x)))
+        h = torch.relu(self.up2(torch.relu(self.group(self.up(d)))))
         u = torch.nn.functional.interpolate(d, scale_factor=2, mode="nearest")
         h = torch.relu(self.head(torch.cat([h, x, u], 1)))
         return self.fc(h.mean((2, 3)))
 """, "torch.zeros(2, 1, 28, 28)", "x", path)
-        self.assertLessEqual({"ConvTranspose", "Resize"}, {n.op_type for n in original.graph.node})
+        self.assertLessEqual({"ConvTranspose", "Resize", "InstanceNormalization"},
+                             {n.op_type for n in original.graph.node})
         epochs, ckpt = self.fit([path, "--train", self.fashion_toml("unet.toml", from_logits=True, epochs=2)],
                                 self.path("run_unet"))
         before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
