@@ -219,9 +219,143 @@ void infer_gather(InferContext& c) {
   c.set_output(0, c.dtype(0), Shape(std::move(d)));
 }
 
+// ---- Pad ----
+
+// Pad's begin and end per dim of a rank-`rank` input, from the pads values (ONNX order: the begins, then the
+// ends, for the axes given or for every dim) and the optional axes. An error message, empty on success.
+std::string pad_amounts(int rank, const std::vector<int64_t>& pads, const std::vector<int64_t>* axes,
+                        std::vector<int64_t>* begin, std::vector<int64_t>* end) {
+  std::vector<int64_t> dims;
+  if (axes) {
+    for (int64_t a : *axes) {
+      if (a < -rank || a >= rank) return fmt::format("axis {} is out of range for rank {}", a, rank);
+      dims.push_back(a < 0 ? a + rank : a);
+    }
+  } else {
+    for (int d = 0; d < rank; ++d) dims.push_back(d);
+  }
+  const size_t k = dims.size();
+  if (pads.size() != 2 * k) return fmt::format("pads has {} values, expected {}", pads.size(), 2 * k);
+  begin->assign(rank, 0);
+  end->assign(rank, 0);
+  for (size_t i = 0; i < k; ++i) {
+    (*begin)[dims[i]] = pads[i];
+    (*end)[dims[i]] = pads[k + i];
+  }
+  return {};
+}
+
+void infer_pad(InferContext& c) {
+  const std::string& mode = c.attrs().s("mode");
+  if (mode != "constant" && mode != "reflect" && mode != "edge")
+    c.fail("mode '{}' is not supported: use constant, reflect or edge", mode);
+  const Shape& x = c.shape(0);
+  if (x.rank() < 1 || x.rank() > 8) c.fail("Pad takes a tensor of rank 1 to 8, got rank {}", x.rank());
+  std::vector<int64_t> pads = const_ints(c, 1, "pads");
+  std::vector<int64_t> axes;
+  if (c.has_input(3)) axes = const_ints(c, 3, "axes");
+  if (c.has_input(2)) {
+    c.expect_same_dtype(0, 2);
+    if (c.shape(2).numel() != 1) c.fail("constant_value must be one value, got shape {}", c.shape(2).str());
+  }
+  std::vector<int64_t> begin, end;
+  std::string err = pad_amounts(x.rank(), pads, c.has_input(3) ? &axes : nullptr, &begin, &end);
+  if (!err.empty()) c.fail("{}", err);
+  std::vector<int64_t> out(x.rank());
+  for (int d = 0; d < x.rank(); ++d) {
+    if (mode != "constant" && (begin[d] < 0 || end[d] < 0))
+      c.fail("{} padding cannot crop: pads of dim {} are {} and {}", mode, d, begin[d], end[d]);
+    if (mode == "reflect" && (begin[d] > 0 || end[d] > 0) && (begin[d] >= x[d] || end[d] >= x[d]))
+      c.fail("reflect pads of dim {} ({} and {}) must be smaller than its size {}", d, begin[d], end[d],
+             x[d]);
+    if (mode == "edge" && (begin[d] > 0 || end[d] > 0) && x[d] == 0)
+      c.fail("edge padding of an empty dim {}", d);
+    out[d] = x[d] + begin[d] + end[d];
+    if (out[d] < 0)
+      c.fail("pads of dim {} ({} and {}) crop more than its size {}", d, begin[d], end[d], x[d]);
+  }
+  c.set_output(0, c.dtype(0), Shape(out));
+}
+
+// The input's gradient: constant padding is undone by padding dy with the negated pads (a crop); reflect and
+// edge padding sum the outputs that read each input element (PadGrad).
+void pad_grad(GradContext& c) {
+  const Shape x = c.shape(c.input(0));
+  const Tensor* pads_t = c.graph().initializer(c.input(1));
+  const Tensor* axes_t = c.input(3) != kNoValue ? c.graph().initializer(c.input(3)) : nullptr;
+  TRAINER_ASSERT(pads_t != nullptr, "Pad's pads are not a constant");
+  std::vector<int64_t> pads(pads_t->numel()), axes;
+  for (int64_t k = 0; k < pads_t->numel(); ++k) pads[k] = pads_t->get_i64(k);
+  if (axes_t)
+    for (int64_t k = 0; k < axes_t->numel(); ++k) axes.push_back(axes_t->get_i64(k));
+  std::vector<int64_t> begin, end;
+  std::string err = pad_amounts(x.rank(), pads, axes_t ? &axes : nullptr, &begin, &end);
+  TRAINER_ASSERT(err.empty(), "{}", err);
+  std::vector<int64_t> full = begin;
+  full.insert(full.end(), end.begin(), end.end());
+  const std::string& mode = c.attrs().s("mode");
+  if (mode == "constant") {
+    for (int64_t& v : full) v = -v;
+    c.set_grad(0, c.op("Pad", {c.dy(), c.constant_i64(full)}, {{"mode", std::string("constant")}}));
+  } else {
+    c.set_grad(0, c.op("PadGrad", {c.dy()}, {{"mode", mode}, {"pads", full}, {"input_shape", x.dims()}}));
+  }
+}
+
+std::vector<OpExample> pad_examples() {
+  auto pad = [](std::string label, Shape s, std::vector<int64_t> pads, std::string mode, uint64_t seed,
+                std::optional<double> value = std::nullopt, std::vector<int64_t> axes = {}) {
+    std::vector<Tensor> in{random_tensor(s, -1, 1, seed), i64_tensor(pads)};
+    if (value || !axes.empty()) in.push_back(Tensor::scalar<double>(value.value_or(0)));
+    if (!axes.empty()) in.push_back(i64_tensor(axes));
+    OpExample e = example(std::move(label), std::move(in), {{"mode", mode}});
+    for (size_t k = 1; k < e.constant.size(); ++k) e.constant[k] = true;
+    return e;
+  };
+  return {
+      pad("constant, value 0.5", {2, 3, 4}, {0, 1, 2, 0, 0, 1}, "constant", 131, 0.5),
+      pad("constant, cropping", {3, 5}, {-1, 2, 1, -2}, "constant", 132),
+      pad("reflect", {2, 4, 5}, {0, 3, 2, 0, 1, 4}, "reflect", 133),
+      pad("edge", {3, 4}, {2, 0, 1, 3}, "edge", 134),
+      pad("edge, one element", {2, 1}, {0, 2, 0, 1}, "edge", 135),
+      pad("axes input", {2, 3, 4}, {1, 2, 0, 1}, "reflect", 136, 0.0, {-1, 1}),
+  };
+}
+
 }  // namespace
 
 void register_shape_ops(OpRegistry& r) {
+  r.add(OpSchema("Pad")
+            .since(18)
+            .doc("Pads (or, with negative pads in constant mode, crops) each dim: constant (constant_value, "
+                 "default 0), reflect or edge.")
+            .inputs(2, 4)
+            .attr("mode", std::string("constant"))
+            .no_grad_inputs({1, 2, 3})
+            .infer(infer_pad)
+            .grad(pad_grad)
+            .examples(pad_examples));
+  r.add(
+      OpSchema("PadGrad", kPrivateDomain)
+          .doc(
+              "dy -> dx of reflect or edge Pad: each input element gets the sum of the outputs that read it.")
+          .inputs(1, 1)
+          .attr_required("mode", AttrType::s)
+          .attr_required("pads", AttrType::ints)
+          .attr_required("input_shape", AttrType::ints)
+          .infer([](InferContext& c) {
+            const auto& in = c.attrs().ints("input_shape");
+            const auto& pads = c.attrs().ints("pads");
+            const size_t rank = in.size();
+            if (pads.size() != 2 * rank || c.rank(0) != static_cast<int>(rank))
+              c.fail("pads, input_shape and dy must agree in rank");
+            for (size_t d = 0; d < rank; ++d)
+              if (c.shape(0)[static_cast<int>(d)] != in[d] + pads[d] + pads[rank + d])
+                c.fail("dy does not match the padding of {}", Shape(in).str());
+            c.set_output(0, c.dtype(0), Shape(in));
+          })
+          .non_differentiable(kGradOpReason));
+
   r.add(
       OpSchema("Reshape")
           .since(14)

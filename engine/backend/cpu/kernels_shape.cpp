@@ -6,6 +6,7 @@
 #include "engine/backend/cpu/broadcast.h"
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/kernels/pad.h"
 #include "engine/ops/shape_slice.h"
 #include "engine/ops/transpose_geometry.h"
 
@@ -262,6 +263,67 @@ KernelPtr slice(const KernelArgs& a) {
   return kp;
 }
 
+// Pad and PadGrad: the index math of engine/kernels/pad.h, one element per output (Pad) or per input element
+// (PadGrad, which sums the outputs that read it, in the same order as the CUDA kernel).
+kernels::PadGeom pad_geom(const Shape& in, const Shape& out) {
+  kernels::PadGeom g;
+  g.rank = in.rank();
+  for (int d = 0; d < g.rank; ++d) {
+    g.in[d] = in[d];
+    g.out[d] = out[d];
+  }
+  return g;
+}
+
+kernels::PadMode pad_mode(const std::string& m) {
+  return m == "reflect" ? kernels::PadMode::reflect
+                        : (m == "edge" ? kernels::PadMode::edge : kernels::PadMode::constant);
+}
+
+KernelPtr pad(const KernelArgs& a) {
+  kernels::PadGeom g = pad_geom(a.in(0).shape, a.out(0).shape);
+  // begin = out - in - end cannot be told apart from the shapes alone: read the pads (a constant).
+  const Tensor* pads = a.graph.initializer(a.node.inputs[1]);
+  const Tensor* axes = a.has_input(3) ? a.graph.initializer(a.node.inputs[3]) : nullptr;
+  if (!pads || (a.has_input(3) && !axes)) return nullptr;
+  std::vector<int64_t> dims;
+  if (axes)
+    for (int64_t k = 0; k < axes->numel(); ++k) dims.push_back((axes->get_i64(k) + g.rank) % g.rank);
+  else
+    for (int d = 0; d < g.rank; ++d) dims.push_back(d);
+  for (size_t k = 0; k < dims.size(); ++k) g.begin[dims[k]] = pads->get_i64(static_cast<int64_t>(k));
+  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  KernelPtr kp;
+  dispatch_numeric(a.in(0).dtype, "Pad", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    const T* value = a.has_input(2) ? a.in_ptr<T>(2) : nullptr;
+    T* y = a.out_ptr<T>(0);
+    const int64_t n = a.out(0).shape.numel();
+    kp = make_kernel([=](const StepContext&) {
+      const T v = value ? *value : T(0);
+      parallel_for(n, [&](int64_t i) { y[i] = kernels::pad_element(mode, g, x, v, i); });
+    });
+  });
+  return kp;
+}
+
+KernelPtr pad_grad(const KernelArgs& a) {
+  kernels::PadGeom g = pad_geom(a.out(0).shape, a.in(0).shape);
+  const std::vector<int64_t>& pads = a.attrs().ints("pads");
+  for (int d = 0; d < g.rank; ++d) g.begin[d] = pads[d];
+  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "PadGrad", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    T* dx = a.out_ptr<T>(0);
+    const int64_t n = a.out(0).shape.numel();
+    kp = make_kernel([=](const StepContext&) {
+      parallel_for(n, [&](int64_t i) { dx[i] = kernels::pad_grad_element(mode, g, dy, i); });
+    });
+  });
+  return kp;
+}
+
 KernelPtr slice_grad(const KernelArgs& a) {
   auto m = slice_map(a.out(0).shape, a.attrs().ints("starts"), a.attrs().ints("steps"), a.in(0).shape.dims());
   KernelPtr kp;
@@ -398,6 +460,8 @@ void register_shape_cpu_kernels(KernelRegistry& r) {
   r.add("Concat", concat);
   r.add("Slice", slice);
   r.add("SliceGrad", slice_grad);
+  r.add("Pad", pad);
+  r.add("PadGrad", pad_grad);
   r.add("Gather", gather);
   r.add("GatherGrad", gather_grad);
   r.add("Shape", shape_of);

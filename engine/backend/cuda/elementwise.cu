@@ -93,6 +93,21 @@ __global__ void clip_grad_kernel(const T* dy, const T* x, const T* lo, const T* 
   }
 }
 
+template <class T>
+__global__ void pad_kernel(k::PadMode mode, k::PadGeom g, const T* x, const T* value, T* y, int64_t n) {
+  const T v = value ? *value : T(0);
+  GRID_STRIDE_LOOP(i, n) {
+    y[i] = k::pad_element(mode, g, x, v, i);
+  }
+}
+
+template <class T>
+__global__ void pad_grad_kernel(k::PadMode mode, k::PadGeom g, const T* dy, T* dx, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    dx[i] = k::pad_grad_element(mode, g, dy, i);
+  }
+}
+
 template <class T, class Op>
 __global__ void unary_kernel(Op op, const T* x, T* y, int64_t n) {
   GRID_STRIDE_LOOP(i, n) {
@@ -560,6 +575,58 @@ cudaError_t launch_compare(CompareOp op, ElemType t, const void* a, const void* 
       return compare_typed(k::LessOrEqualOp{}, t, a, b, out, map, n, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+template <class T>
+void launch_pad_typed(k::PadMode mode, const k::PadGeom& g, const void* x, const void* value, void* y,
+                      int64_t n, cudaStream_t s) {
+  pad_kernel<T><<<blocks_for(n), kBlock, 0, s>>>(mode, g, static_cast<const T*>(x),
+                                                 static_cast<const T*>(value), static_cast<T*>(y), n);
+}
+
+cudaError_t launch_pad(ElemType t, k::PadMode mode, const k::PadGeom& g, const void* x, const void* value,
+                       void* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!x || !y || g.rank < 1 || g.rank > 8) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      launch_pad_typed<float>(mode, g, x, value, y, n, stream);
+      break;
+    case ElemType::f64:
+      launch_pad_typed<double>(mode, g, x, value, y, n, stream);
+      break;
+    case ElemType::i32:
+      launch_pad_typed<int32_t>(mode, g, x, value, y, n, stream);
+      break;
+    case ElemType::i64:
+      launch_pad_typed<int64_t>(mode, g, x, value, y, n, stream);
+      break;
+    case ElemType::u8:
+      launch_pad_typed<uint8_t>(mode, g, x, value, y, n, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_pad_grad(ElemType t, k::PadMode mode, const k::PadGeom& g, const void* dy, void* dx,
+                            int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!dy || !dx || g.rank < 1 || g.rank > 8) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      pad_grad_kernel<float><<<blocks_for(n), kBlock, 0, stream>>>(mode, g, static_cast<const float*>(dy),
+                                                                   static_cast<float*>(dx), n);
+      break;
+    case ElemType::f64:
+      pad_grad_kernel<double><<<blocks_for(n), kBlock, 0, stream>>>(mode, g, static_cast<const double*>(dy),
+                                                                    static_cast<double*>(dx), n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 
 cudaError_t launch_clip(ElemType t, const void* x, const void* lo, const void* hi, void* y, int64_t n,

@@ -404,6 +404,57 @@ KernelPtr slice(const KernelArgs& a) {
   return strided_copy(false, static_cast<int>(es), x + v.base * es, a.outputs[0], v.dims, v.strides);
 }
 
+// Pad and PadGrad: engine/kernels/pad.h's index math on the device, as the CPU kernels (kernels_shape.cpp).
+kernels::PadMode pad_mode(const std::string& m) {
+  return m == "reflect" ? kernels::PadMode::reflect
+                        : (m == "edge" ? kernels::PadMode::edge : kernels::PadMode::constant);
+}
+
+kernels::PadGeom pad_geom(const Shape& in, const Shape& out) {
+  kernels::PadGeom g;
+  g.rank = in.rank();
+  for (int d = 0; d < g.rank; ++d) {
+    g.in[d] = in[d];
+    g.out[d] = out[d];
+  }
+  return g;
+}
+
+KernelPtr pad(const KernelArgs& a) {
+  const DType dt = a.in(0).dtype;
+  if (!is_numeric_type(dt) || a.in(0).shape.rank() > 8) return nullptr;
+  kernels::PadGeom g = pad_geom(a.in(0).shape, a.out(0).shape);
+  const Tensor* pads = a.graph.initializer(a.node.inputs[1]);
+  const Tensor* axes = a.has_input(3) ? a.graph.initializer(a.node.inputs[3]) : nullptr;
+  if (!pads || (a.has_input(3) && !axes)) return nullptr;
+  std::vector<int64_t> dims;
+  if (axes)
+    for (int64_t k = 0; k < axes->numel(); ++k) dims.push_back((axes->get_i64(k) + g.rank) % g.rank);
+  else
+    for (int d = 0; d < g.rank; ++d) dims.push_back(d);
+  for (size_t k = 0; k < dims.size(); ++k) g.begin[dims[k]] = pads->get_i64(static_cast<int64_t>(k));
+  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  const ElemType t = elem_type(dt);
+  const void* x = a.inputs[0];
+  const void* value = a.has_input(2) ? a.inputs[2] : nullptr;
+  void* y = a.outputs[0];
+  const int64_t n = a.out(0).shape.numel();
+  return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_pad(t, mode, g, x, value, y, n, s)); });
+}
+
+KernelPtr pad_grad(const KernelArgs& a) {
+  if (!is_float_type(a.in(0).dtype) || a.in(0).shape.rank() > 8) return nullptr;
+  kernels::PadGeom g = pad_geom(a.out(0).shape, a.in(0).shape);
+  const std::vector<int64_t>& pads = a.attrs().ints("pads");
+  for (int d = 0; d < g.rank; ++d) g.begin[d] = pads[d];
+  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  const ElemType t = elem_type(a.in(0).dtype);
+  const void* dy = a.inputs[0];
+  void* dx = a.outputs[0];
+  const int64_t n = a.out(0).shape.numel();
+  return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_pad_grad(t, mode, g, dy, dx, n, s)); });
+}
+
 KernelPtr slice_grad(const KernelArgs& a) {
   const SliceView v =
       slice_view(a.out(0).shape, a.attrs().ints("starts"), a.attrs().ints("steps"), a.in(0).shape.dims());
@@ -568,6 +619,8 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Concat", concat);
   r.add("Slice", slice);
   r.add("SliceGrad", slice_grad);
+  r.add("Pad", pad);
+  r.add("PadGrad", pad_grad);
   r.add("Gather", gather);
   r.add("GatherGrad", gather_grad);
   r.add("Shape", shape_of);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "engine/backend/cuda/launch_step.h"
+#include "engine/kernels/pad.h"
 
 namespace trainer::engine::cuda {
 
@@ -116,6 +117,13 @@ cudaError_t launch_clip_grad(ElemType t, const void* dy, const void* x, const vo
 // z = cond ? x : y over map operands 0 (cond, bool), 1 (x), 2 (y); z is dense. t: f32, f64, i32, i64, u8.
 cudaError_t launch_where(ElemType t, const uint8_t* cond, const void* x, const void* y, void* z,
                          const IndexMap& map, int64_t n, cudaStream_t stream);
+// Pad: y[o] = the input element that engine/kernels/pad.h maps o to, or *value (nullptr: 0), with value read
+// on the device; t: f32, f64, i32, i64 or u8. PadGrad: dx[i] = the sum of dy over the outputs that read i, in
+// the CPU's order; t: f32 or f64. n counts y's (Pad) or dx's (PadGrad) elements.
+cudaError_t launch_pad(ElemType t, kernels::PadMode mode, const kernels::PadGeom& g, const void* x,
+                       const void* value, void* y, int64_t n, cudaStream_t stream);
+cudaError_t launch_pad_grad(ElemType t, kernels::PadMode mode, const kernels::PadGeom& g, const void* dy,
+                            void* dx, int64_t n, cudaStream_t stream);
 // Any element type to any other, through double as the CPU does.
 cudaError_t launch_cast(ElemType from, ElemType to, const void* x, void* y, int64_t n, cudaStream_t stream);
 // y = keep ? x * scale : 0 with the CPU's mask; mask (optional) gets keep. The step's counters come from ctx.
