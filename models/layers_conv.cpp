@@ -1,5 +1,6 @@
 // Image and normalization layers: Conv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D,
-// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, BatchNormalization and LayerNormalization. Images
+// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, ZeroPadding2D, BatchNormalization and
+// LayerNormalization. Images
 // run as NCHW (ONNX's layout); padding "same" places the odd pixel at the end, as TensorFlow does.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -213,6 +214,28 @@ LayerValue build_global_max_pool(LayerBuilder& b, const std::vector<LayerValue>&
   return build_global_pool(b, in, true);
 }
 
+// ZeroPadding2D: zeros around the image, `padding` as one number (every side), [h, w] (top and bottom, left
+// and right), or [top, bottom, left, right] (Keras's ((top, bottom), (left, right)) flattened).
+LayerValue build_zero_padding2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  std::vector<int64_t> p = b.args.ints("padding");
+  if (p.size() == 1) p = {p[0], p[0], p[0], p[0]};
+  if (p.size() == 2) p = {p[0], p[0], p[1], p[1]};
+  if (p.size() != 4)
+    b.fail("padding", fmt::format("padding has {} values", p.size()),
+           "give one number, [h, w], or [top, bottom, left, right]");
+  for (int64_t v : p)
+    if (v < 0) b.fail("padding", fmt::format("padding must not be negative, got {}", v));
+  require_image(b, in[0]);
+  LayerValue x = b.to_channels_first(in[0]);
+  // ONNX's pads: the begins of N, C, H, W, then their ends.
+  x.value = b.op("Pad", {x.value, b.shape_constant("pads", {0, 0, p[0], p[2], 0, 0, p[1], p[3]})},
+                 {{"mode", std::string("constant")}});
+  x.shape = {x.shape[0] + p[0] + p[1], x.shape[1] + p[2] + p[3], x.shape[2]};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
 // UpSampling2D with nearest-neighbour interpolation: each pixel repeated as a size[0] x size[1] block, as
 // Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s0, W s1] (what ONNX import makes of Resize).
 LayerValue build_upsampling2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -388,6 +411,13 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_global_max_pool});
+  defs.push_back({"ZeroPadding2D",
+                  "zero_padding2d",
+                  {{"padding", ArgKind::int_or_ints, int64_t{1}}},
+                  1,
+                  1,
+                  false,
+                  build_zero_padding2d});
   defs.push_back(
       {"UpSampling2D",
        "up_sampling2d",

@@ -129,7 +129,8 @@ activation = "softmax"
         self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp"},
                              {n.op_type for n in m.graph.node})
 
-    def test_conv2d_transpose_upsampling_and_global_max_pooling_export_and_run_as_predict_does(self):
+    def test_image_layers_export_and_run_as_predict_does(self):
+        # Conv2DTranspose, UpSampling2D, ZeroPadding2D and GlobalMaxPooling2D.
         m = self.fit_export_and_predict("transpose", """[model]
 input = [28, 28, 1]
 [[model.layers]]
@@ -155,6 +156,9 @@ strides = 2
 type = "UpSampling2D"
 size = 2
 [[model.layers]]
+type = "ZeroPadding2D"
+padding = [1, 0, 2, 1]
+[[model.layers]]
 type = "Conv2DTranspose"
 filters = 2
 kernel_size = 2
@@ -167,6 +171,7 @@ units = 10
 activation = "softmax"
 """, self.x[:30, :, :, None])
         self.assertEqual([n.op_type for n in m.graph.node].count("ConvTranspose"), 2)
+        self.assertIn("Pad", {n.op_type for n in m.graph.node})
 
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")

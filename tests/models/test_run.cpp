@@ -359,3 +359,25 @@ TEST_SUITE("run") {
       }
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: ZeroPadding2D puts zeros around the image, [top, bottom, left, right]") {
+    Spec s({2, 3, 2});
+    s.add("ZeroPadding2D", {{"padding", v({1, 0, 2, 1})}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({3, 6, 2}));
+    const Shape in = m.graph.value(m.input).shape;  // NCHW inside
+    Tensor x = ops::random_tensor(in, -1, 1, 83, DType::f32);
+    Tensor y = forward(std::move(m), x);  // NHWC
+    const int64_t n = in[0], c = in[1], h = in[2], w = in[3];
+    REQUIRE(y.shape() == Shape{n, h + 1, w + 3, c});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t i = 0; i < h + 1; ++i)
+        for (int64_t j = 0; j < w + 3; ++j)
+          for (int64_t k = 0; k < c; ++k) {
+            const bool inside = i >= 1 && j >= 2 && j < w + 2;
+            const double want = inside ? x.get_f64(((b * c + k) * h + i - 1) * w + j - 2) : 0.0;
+            CHECK(y.get_f64(((b * (h + 1) + i) * (w + 3) + j) * c + k) == want);
+          }
+  }
+}
