@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/ir/attribute.h"
+#include "engine/ir/graph.h"
 
 namespace trainer::engine::ops {
 
@@ -162,6 +163,25 @@ inline std::string resolve_transpose(const Attributes& a, const std::vector<int6
   conv->set("dilations", dilation);
   conv->set("pads", pads);
   return {};
+}
+
+// ConvTranspose node n (x, W[, B]) as the ConvGradInput node that computes it without its bias: x stands for
+// the convolution's output gradient, the attributes are the convolution's with input_shape = the output's
+// shape. Returns false when the attributes do not resolve (shape inference reports why).
+inline bool conv_transpose_as_grad_input(const Node& n, const Shape& x, const Shape& w, const Shape& y,
+                                         Node* out) {
+  std::vector<int64_t> spatial;
+  Attributes conv;
+  const std::vector<int64_t> xs(x.dims().begin() + 2, x.dims().end()),
+      ws(w.dims().begin() + 2, w.dims().end());
+  if (!resolve_transpose(n.attrs, xs, ws, &spatial, &conv).empty()) return false;
+  *out = n;
+  out->op = "ConvGradInput";
+  out->inputs.resize(2);
+  out->attrs = conv;
+  out->attrs.set("group", n.attrs.i("group"));
+  out->attrs.set("input_shape", y.dims());
+  return true;
 }
 
 }  // namespace trainer::engine::ops

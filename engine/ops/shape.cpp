@@ -5,6 +5,7 @@
 
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
+#include "engine/ops/pad_geometry.h"
 #include "engine/ops/shape_slice.h"
 
 namespace trainer::engine::ops {
@@ -220,30 +221,6 @@ void infer_gather(InferContext& c) {
 }
 
 // ---- Pad ----
-
-// Pad's begin and end per dim of a rank-`rank` input, from the pads values (ONNX order: the begins, then the
-// ends, for the axes given or for every dim) and the optional axes. An error message, empty on success.
-std::string pad_amounts(int rank, const std::vector<int64_t>& pads, const std::vector<int64_t>* axes,
-                        std::vector<int64_t>* begin, std::vector<int64_t>* end) {
-  std::vector<int64_t> dims;
-  if (axes) {
-    for (int64_t a : *axes) {
-      if (a < -rank || a >= rank) return fmt::format("axis {} is out of range for rank {}", a, rank);
-      dims.push_back(a < 0 ? a + rank : a);
-    }
-  } else {
-    for (int d = 0; d < rank; ++d) dims.push_back(d);
-  }
-  const size_t k = dims.size();
-  if (pads.size() != 2 * k) return fmt::format("pads has {} values, expected {}", pads.size(), 2 * k);
-  begin->assign(rank, 0);
-  end->assign(rank, 0);
-  for (size_t i = 0; i < k; ++i) {
-    (*begin)[dims[i]] = pads[i];
-    (*end)[dims[i]] = pads[k + i];
-  }
-  return {};
-}
 
 void infer_pad(InferContext& c) {
   const std::string& mode = c.attrs().s("mode");

@@ -398,18 +398,10 @@ KernelPtr conv_grad_weight(const KernelArgs& a) {
 // ConvTranspose(x, W[, B]): the ConvGradInput kernel of the convolution from y's shape to x's (x standing for
 // its output gradient), then the bias added per channel.
 KernelPtr conv_transpose(const KernelArgs& a) {
-  std::vector<int64_t> out;
-  Attributes conv;
-  const std::string err = ops::resolve_transpose(
-      a.attrs(), std::vector<int64_t>(a.in(0).shape.dims().begin() + 2, a.in(0).shape.dims().end()),
-      std::vector<int64_t>(a.in(1).shape.dims().begin() + 2, a.in(1).shape.dims().end()), &out, &conv);
-  TRAINER_ASSERT(err.empty(), "{}", err);
-  Node as_grad = a.node;
-  as_grad.op = "ConvGradInput";
-  as_grad.inputs.resize(2);
-  as_grad.attrs = conv;
-  as_grad.attrs.set("group", a.attrs().i("group"));
-  as_grad.attrs.set("input_shape", a.out(0).shape.dims());
+  Node as_grad;
+  TRAINER_ASSERT(
+      ops::conv_transpose_as_grad_input(a.node, a.in(0).shape, a.in(1).shape, a.out(0).shape, &as_grad),
+      "ConvTranspose '{}' does not resolve", a.node.name);
   KernelPtr data = conv_grad_input(KernelArgs{a.graph, as_grad, {a.inputs[0], a.inputs[1]}, {a.outputs[0]}});
   if (!a.has_input(2) || !data) return data;
   std::shared_ptr<CpuKernel> first(std::move(data));

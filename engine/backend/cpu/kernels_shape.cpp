@@ -6,7 +6,7 @@
 #include "engine/backend/cpu/broadcast.h"
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
-#include "engine/kernels/pad.h"
+#include "engine/ops/pad_geometry.h"
 #include "engine/ops/shape_slice.h"
 #include "engine/ops/transpose_geometry.h"
 
@@ -265,34 +265,10 @@ KernelPtr slice(const KernelArgs& a) {
 
 // Pad and PadGrad: the index math of engine/kernels/pad.h, one element per output (Pad) or per input element
 // (PadGrad, which sums the outputs that read it, in the same order as the CUDA kernel).
-kernels::PadGeom pad_geom(const Shape& in, const Shape& out) {
-  kernels::PadGeom g;
-  g.rank = in.rank();
-  for (int d = 0; d < g.rank; ++d) {
-    g.in[d] = in[d];
-    g.out[d] = out[d];
-  }
-  return g;
-}
-
-kernels::PadMode pad_mode(const std::string& m) {
-  return m == "reflect" ? kernels::PadMode::reflect
-                        : (m == "edge" ? kernels::PadMode::edge : kernels::PadMode::constant);
-}
-
 KernelPtr pad(const KernelArgs& a) {
-  kernels::PadGeom g = pad_geom(a.in(0).shape, a.out(0).shape);
-  // begin = out - in - end cannot be told apart from the shapes alone: read the pads (a constant).
-  const Tensor* pads = a.graph.initializer(a.node.inputs[1]);
-  const Tensor* axes = a.has_input(3) ? a.graph.initializer(a.node.inputs[3]) : nullptr;
-  if (!pads || (a.has_input(3) && !axes)) return nullptr;
-  std::vector<int64_t> dims;
-  if (axes)
-    for (int64_t k = 0; k < axes->numel(); ++k) dims.push_back((axes->get_i64(k) + g.rank) % g.rank);
-  else
-    for (int d = 0; d < g.rank; ++d) dims.push_back(d);
-  for (size_t k = 0; k < dims.size(); ++k) g.begin[dims[k]] = pads->get_i64(static_cast<int64_t>(k));
-  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  kernels::PadGeom g;
+  if (!ops::pad_node_geom(a.graph, a.node, &g)) return nullptr;
+  const kernels::PadMode mode = ops::pad_mode(a.attrs().s("mode"));
   KernelPtr kp;
   dispatch_numeric(a.in(0).dtype, "Pad", [&]<class T>() {
     const T* x = a.in_ptr<T>(0);
@@ -308,10 +284,8 @@ KernelPtr pad(const KernelArgs& a) {
 }
 
 KernelPtr pad_grad(const KernelArgs& a) {
-  kernels::PadGeom g = pad_geom(a.out(0).shape, a.in(0).shape);
-  const std::vector<int64_t>& pads = a.attrs().ints("pads");
-  for (int d = 0; d < g.rank; ++d) g.begin[d] = pads[d];
-  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  const kernels::PadGeom g = ops::pad_geom(a.out(0).shape, a.in(0).shape, a.attrs().ints("pads"));
+  const kernels::PadMode mode = ops::pad_mode(a.attrs().s("mode"));
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, "PadGrad", [&]<class T>() {
     const T* dy = a.in_ptr<T>(0);

@@ -392,20 +392,9 @@ KernelPtr conv_grad_input(const KernelArgs& a) {
 // ConvTranspose(X, W[, B]): cuDNN's backward data of the convolution from Y's shape to X's (X standing for
 // its output gradient), then the bias by our kernel, as Conv adds it.
 KernelPtr conv_transpose(const KernelArgs& a) {
-  const Shape& xs = a.in(0).shape;
-  const Shape& ws = a.in(1).shape;
-  std::vector<int64_t> out;
-  Attributes conv;
-  const std::string err =
-      ops::resolve_transpose(a.attrs(), std::vector<int64_t>(xs.dims().begin() + 2, xs.dims().end()),
-                             std::vector<int64_t>(ws.dims().begin() + 2, ws.dims().end()), &out, &conv);
-  if (!err.empty()) return nullptr;
-  Node as_grad = a.node;
-  as_grad.op = "ConvGradInput";
-  as_grad.inputs.resize(2);
-  as_grad.attrs = conv;
-  as_grad.attrs.set("group", a.attrs().i("group"));
-  as_grad.attrs.set("input_shape", a.out(0).shape.dims());
+  Node as_grad;
+  if (!ops::conv_transpose_as_grad_input(a.node, a.in(0).shape, a.in(1).shape, a.out(0).shape, &as_grad))
+    return nullptr;
   KernelArgs g{a.graph, as_grad, {a.inputs[0], a.inputs[1]}, {a.outputs[0]}, a.ctx, a.libs};
   KernelPtr data = conv_grad_input(g);
   if (!data || !a.has_input(2)) return data;

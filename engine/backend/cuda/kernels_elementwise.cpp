@@ -7,6 +7,7 @@
 #include "engine/backend/cuda/cuda_kernel.h"
 #include "engine/backend/cuda/launch_elementwise.h"
 #include "engine/ops/norm_dropout.h"
+#include "engine/ops/pad_geometry.h"
 #include "engine/ops/shape_slice.h"
 #include "engine/ops/transpose_geometry.h"
 
@@ -131,13 +132,19 @@ KernelPtr strided_copy(bool scatter, int elem_bytes, void* strided, void* dense,
 
 // ---- elementwise ----
 
+// The index map of a two-operand op broadcast to its output; false when the types or the dims do not fit a
+// kernel (the host runs the node then).
+bool binary_map(const KernelArgs& a, IndexMap* m) {
+  if (!is_numeric_type(a.in(0).dtype) || a.in(1).dtype != a.in(0).dtype) return false;
+  const Shape& so = a.out(0).shape;
+  return make_map(so.dims(), {broadcast_strides(a.in(0).shape, so), broadcast_strides(a.in(1).shape, so)}, m);
+}
+
 template <BinaryOp kOp>
 KernelPtr binary(const KernelArgs& a) {
-  if (!is_numeric_type(a.in(0).dtype) || a.in(1).dtype != a.in(0).dtype) return nullptr;
-  const Shape& so = a.out(0).shape;
   IndexMap m;
-  if (!make_map(so.dims(), {broadcast_strides(a.in(0).shape, so), broadcast_strides(a.in(1).shape, so)}, &m))
-    return nullptr;
+  if (!binary_map(a, &m)) return nullptr;
+  const Shape& so = a.out(0).shape;
   const ElemType t = elem_type(a.in(0).dtype);
   const void* x = a.inputs[0];
   const void* y = a.inputs[1];
@@ -148,11 +155,9 @@ KernelPtr binary(const KernelArgs& a) {
 
 template <CompareOp kOp>
 KernelPtr compare(const KernelArgs& a) {
-  if (!is_numeric_type(a.in(0).dtype) || a.in(1).dtype != a.in(0).dtype) return nullptr;
-  const Shape& so = a.out(0).shape;
   IndexMap m;
-  if (!make_map(so.dims(), {broadcast_strides(a.in(0).shape, so), broadcast_strides(a.in(1).shape, so)}, &m))
-    return nullptr;
+  if (!binary_map(a, &m)) return nullptr;
+  const Shape& so = a.out(0).shape;
   const ElemType t = elem_type(a.in(0).dtype);
   const void* x = a.inputs[0];
   const void* y = a.inputs[1];
@@ -197,9 +202,21 @@ KernelPtr unary_with(UnaryOp op, UnaryParams p, const KernelArgs& a) {
   return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_unary(op, p, t, x, y, n, s)); });
 }
 
+// The parameters of a parameterized activation from its node's attributes (LeakyRelu's and Elu's alpha,
+// Selu's alpha and gamma, HardSigmoid's alpha and beta, Gelu's approximation); others keep the defaults.
+UnaryParams params_of(const KernelArgs& a) {
+  UnaryParams p;
+  const Attributes& at = a.attrs();
+  if (at.has("alpha")) p.alpha = at.f("alpha");
+  if (at.has("beta")) p.beta = at.f("beta");
+  if (at.has("gamma")) p.gamma = at.f("gamma");
+  if (at.has("approximate")) p.tanh_approx = at.s("approximate") == "tanh";
+  return p;
+}
+
 template <UnaryOp kOp>
 KernelPtr unary(const KernelArgs& a) {
-  return unary_with(kOp, UnaryParams{}, a);
+  return unary_with(kOp, params_of(a), a);
 }
 
 // (dy, x or y) -> dx: input 1 is what the functor of the op takes (ReluGrad, SigmoidGrad and TanhGrad the
@@ -218,7 +235,7 @@ KernelPtr activation_grad_with(ActivationGrad op, UnaryParams p, const KernelArg
 
 template <ActivationGrad kOp>
 KernelPtr activation_grad(const KernelArgs& a) {
-  return activation_grad_with(kOp, UnaryParams{}, a);
+  return activation_grad_with(kOp, params_of(a), a);
 }
 
 // Views and Identity: the planner usually gives the output the input's buffer, and then there is nothing to
@@ -405,36 +422,11 @@ KernelPtr slice(const KernelArgs& a) {
 }
 
 // Pad and PadGrad: engine/kernels/pad.h's index math on the device, as the CPU kernels (kernels_shape.cpp).
-kernels::PadMode pad_mode(const std::string& m) {
-  return m == "reflect" ? kernels::PadMode::reflect
-                        : (m == "edge" ? kernels::PadMode::edge : kernels::PadMode::constant);
-}
-
-kernels::PadGeom pad_geom(const Shape& in, const Shape& out) {
-  kernels::PadGeom g;
-  g.rank = in.rank();
-  for (int d = 0; d < g.rank; ++d) {
-    g.in[d] = in[d];
-    g.out[d] = out[d];
-  }
-  return g;
-}
-
 KernelPtr pad(const KernelArgs& a) {
-  const DType dt = a.in(0).dtype;
-  if (!is_numeric_type(dt) || a.in(0).shape.rank() > 8) return nullptr;
-  kernels::PadGeom g = pad_geom(a.in(0).shape, a.out(0).shape);
-  const Tensor* pads = a.graph.initializer(a.node.inputs[1]);
-  const Tensor* axes = a.has_input(3) ? a.graph.initializer(a.node.inputs[3]) : nullptr;
-  if (!pads || (a.has_input(3) && !axes)) return nullptr;
-  std::vector<int64_t> dims;
-  if (axes)
-    for (int64_t k = 0; k < axes->numel(); ++k) dims.push_back((axes->get_i64(k) + g.rank) % g.rank);
-  else
-    for (int d = 0; d < g.rank; ++d) dims.push_back(d);
-  for (size_t k = 0; k < dims.size(); ++k) g.begin[dims[k]] = pads->get_i64(static_cast<int64_t>(k));
-  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
-  const ElemType t = elem_type(dt);
+  kernels::PadGeom g;
+  if (!is_numeric_type(a.in(0).dtype) || !ops::pad_node_geom(a.graph, a.node, &g)) return nullptr;
+  const kernels::PadMode mode = ops::pad_mode(a.attrs().s("mode"));
+  const ElemType t = elem_type(a.in(0).dtype);
   const void* x = a.inputs[0];
   const void* value = a.has_input(2) ? a.inputs[2] : nullptr;
   void* y = a.outputs[0];
@@ -444,10 +436,8 @@ KernelPtr pad(const KernelArgs& a) {
 
 KernelPtr pad_grad(const KernelArgs& a) {
   if (!is_float_type(a.in(0).dtype) || a.in(0).shape.rank() > 8) return nullptr;
-  kernels::PadGeom g = pad_geom(a.out(0).shape, a.in(0).shape);
-  const std::vector<int64_t>& pads = a.attrs().ints("pads");
-  for (int d = 0; d < g.rank; ++d) g.begin[d] = pads[d];
-  const kernels::PadMode mode = pad_mode(a.attrs().s("mode"));
+  const kernels::PadGeom g = ops::pad_geom(a.out(0).shape, a.in(0).shape, a.attrs().ints("pads"));
+  const kernels::PadMode mode = ops::pad_mode(a.attrs().s("mode"));
   const ElemType t = elem_type(a.in(0).dtype);
   const void* dy = a.inputs[0];
   void* dx = a.outputs[0];
@@ -548,12 +538,8 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Relu", unary<UnaryOp::relu>);
   r.add("Sigmoid", unary<UnaryOp::sigmoid>);
   r.add("Tanh", unary<UnaryOp::tanh>);
-  r.add("LeakyRelu", [](const KernelArgs& a) {
-    return unary_with(UnaryOp::leaky_relu, UnaryParams{a.attrs().f("alpha"), false}, a);
-  });
-  r.add("Gelu", [](const KernelArgs& a) {
-    return unary_with(UnaryOp::gelu, UnaryParams{0, a.attrs().s("approximate") == "tanh"}, a);
-  });
+  r.add("LeakyRelu", unary<UnaryOp::leaky_relu>);
+  r.add("Gelu", unary<UnaryOp::gelu>);
   r.add("PRelu", binary<BinaryOp::prelu>);
   r.add("Softsign", unary<UnaryOp::softsign>);
   r.add("SoftsignGrad", activation_grad<ActivationGrad::softsign>);
@@ -568,44 +554,24 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Reciprocal", unary<UnaryOp::reciprocal>);
   r.add("Erf", unary<UnaryOp::erf>);
   r.add("Softplus", unary<UnaryOp::softplus>);
-  r.add("Elu", [](const KernelArgs& a) {
-    return unary_with(UnaryOp::elu, UnaryParams{a.attrs().f("alpha"), false}, a);
-  });
-  r.add("Selu", [](const KernelArgs& a) {
-    return unary_with(UnaryOp::selu, UnaryParams{a.attrs().f("alpha"), false, 0, a.attrs().f("gamma")}, a);
-  });
-  r.add("HardSigmoid", [](const KernelArgs& a) {
-    return unary_with(UnaryOp::hard_sigmoid, UnaryParams{a.attrs().f("alpha"), false, a.attrs().f("beta")},
-                      a);
-  });
+  r.add("Elu", unary<UnaryOp::elu>);
+  r.add("Selu", unary<UnaryOp::selu>);
+  r.add("HardSigmoid", unary<UnaryOp::hard_sigmoid>);
   r.add("HardSwish", unary<UnaryOp::hard_swish>);
   r.add("Clip", clip);
   r.add("AbsGrad", activation_grad<ActivationGrad::abs>);
   r.add("ErfGrad", activation_grad<ActivationGrad::erf>);
   r.add("SoftplusGrad", activation_grad<ActivationGrad::softplus>);
-  r.add("EluGrad", [](const KernelArgs& a) {
-    return activation_grad_with(ActivationGrad::elu, UnaryParams{a.attrs().f("alpha"), false}, a);
-  });
-  r.add("SeluGrad", [](const KernelArgs& a) {
-    return activation_grad_with(ActivationGrad::selu,
-                                UnaryParams{a.attrs().f("alpha"), false, 0, a.attrs().f("gamma")}, a);
-  });
-  r.add("HardSigmoidGrad", [](const KernelArgs& a) {
-    return activation_grad_with(ActivationGrad::hard_sigmoid,
-                                UnaryParams{a.attrs().f("alpha"), false, a.attrs().f("beta")}, a);
-  });
+  r.add("EluGrad", activation_grad<ActivationGrad::elu>);
+  r.add("SeluGrad", activation_grad<ActivationGrad::selu>);
+  r.add("HardSigmoidGrad", activation_grad<ActivationGrad::hard_sigmoid>);
   r.add("HardSwishGrad", activation_grad<ActivationGrad::hard_swish>);
   r.add("ClipGrad", clip_grad);
   r.add("ReluGrad", activation_grad<ActivationGrad::relu>);
   r.add("SigmoidGrad", activation_grad<ActivationGrad::sigmoid>);
   r.add("TanhGrad", activation_grad<ActivationGrad::tanh>);
-  r.add("LeakyReluGrad", [](const KernelArgs& a) {
-    return activation_grad_with(ActivationGrad::leaky_relu, UnaryParams{a.attrs().f("alpha"), false}, a);
-  });
-  r.add("GeluGrad", [](const KernelArgs& a) {
-    return activation_grad_with(ActivationGrad::gelu, UnaryParams{0, a.attrs().s("approximate") == "tanh"},
-                                a);
-  });
+  r.add("LeakyReluGrad", activation_grad<ActivationGrad::leaky_relu>);
+  r.add("GeluGrad", activation_grad<ActivationGrad::gelu>);
   r.add("Identity", view_copy);
   r.add("Cast", cast);
   r.add("Where", where);
