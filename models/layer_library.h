@@ -106,6 +106,7 @@ struct LayerDef {
 void add_core_layers(std::vector<LayerDef>& defs);       // layers_core.cpp
 void add_conv_layers(std::vector<LayerDef>& defs);       // layers_conv.cpp
 void add_recurrent_layers(std::vector<LayerDef>& defs);  // layers_recurrent.cpp
+void add_sequence_layers(std::vector<LayerDef>& defs);   // layers_conv1d.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 

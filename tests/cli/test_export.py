@@ -173,6 +173,44 @@ activation = "softmax"
         self.assertEqual([n.op_type for n in m.graph.node].count("ConvTranspose"), 2)
         self.assertIn("Pad", {n.op_type for n in m.graph.node})
 
+    def test_sequence_layers_export_and_run_as_predict_does(self):
+        # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D and the global poolings, on
+        # the images' rows as 28 steps of 28 features.
+        m = self.fit_export_and_predict("sequence", """[model]
+input = [28, 28]
+[[model.layers]]
+type = "Conv1D"
+filters = 8
+kernel_size = 3
+padding = "same"
+activation = "relu"
+[[model.layers]]
+type = "MaxPooling1D"
+[[model.layers]]
+type = "Conv1D"
+filters = 6
+kernel_size = 3
+dilation_rate = 2
+padding = "causal"
+activation = "relu"
+[[model.layers]]
+type = "AveragePooling1D"
+pool_size = 3
+strides = 2
+padding = "same"
+[[model.layers]]
+type = "Conv1D"
+filters = 4
+kernel_size = 2
+[[model.layers]]
+type = "GlobalMaxPooling1D"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30])
+        self.assertEqual([n.op_type for n in m.graph.node].count("Conv"), 3)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])

@@ -392,3 +392,51 @@ TEST_SUITE("build") {
     CHECK(m.graph.find("dense_2/bias") != kNoValue);
   }
 }
+
+TEST_SUITE("build") {
+  TEST_CASE("build: Conv1D and the 1-D poolings have Keras's output lengths") {
+    using Args = std::vector<std::pair<std::string, formats::ArgValue>>;
+    struct Case {
+      const char* type;
+      Args args;
+      std::vector<int64_t> out;  // from (10, 3)
+    };
+    const std::vector<Case> cases = {
+        {"Conv1D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}}, {8, 4}},
+        {"Conv1D",
+         {{"filters", int64_t{4}},
+          {"kernel_size", int64_t{3}},
+          {"padding", std::string("same")},
+          {"strides", int64_t{3}}},
+         {4, 4}},
+        {"Conv1D",
+         {{"filters", int64_t{2}},
+          {"kernel_size", int64_t{3}},
+          {"padding", std::string("causal")},
+          {"dilation_rate", int64_t{2}}},
+         {10, 2}},
+        {"MaxPooling1D", {}, {5, 3}},
+        {"AveragePooling1D", {{"pool_size", int64_t{3}}, {"padding", std::string("same")}}, {4, 3}},
+        {"GlobalMaxPooling1D", {}, {3}},
+        {"GlobalAveragePooling1D", {{"keepdims", true}}, {1, 3}},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.type);
+      Spec s({10, 3});
+      s.add(c.type, c.args);
+      BuiltModel m = models::testing::build(s);
+      CHECK(m.layers[0].output_shape == c.out);
+      std::vector<int64_t> ir = {m.graph.value(m.input).shape[0]};
+      ir.insert(ir.end(), c.out.begin(), c.out.end());
+      CHECK(m.graph.value(m.output).shape == Shape(ir));
+      m.graph.validate();
+    }
+    CHECK(param_shape(models::testing::build(
+                          Spec({10, 3}).add("Conv1D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}}))
+                          .graph,
+                      "conv1d/kernel") == Shape{4, 3, 3});
+    CHECK_THROWS_WITH(models::testing::build(
+                          Spec({2, 3}).add("Conv1D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}})),
+                      doctest::Contains("is longer than its input (None, 2, 3)"));
+  }
+}

@@ -381,3 +381,32 @@ TEST_SUITE("run") {
           }
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: Conv1D with causal padding sees only the present and past steps, as in Keras") {
+    Spec s({6, 2});
+    s.add("Conv1D", {{"filters", int64_t{3}},
+                     {"kernel_size", int64_t{2}},
+                     {"padding", std::string("causal")},
+                     {"dilation_rate", int64_t{2}}});
+    BuiltModel m = models::testing::build(s);
+    const Tensor w = weight(m, "conv1d/kernel");  // [filters, features, k]
+    const Shape in = m.graph.value(m.input).shape;
+    Tensor x = ops::random_tensor(in, -1, 1, 84, DType::f32);  // [N, steps, features]
+    Tensor y = forward(std::move(m), x);
+    const int64_t n = in[0], steps = in[1], feats = in[2];
+    REQUIRE(y.shape() == Shape{n, steps, 3});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t t = 0; t < steps; ++t)
+        for (int64_t f = 0; f < 3; ++f) {
+          double want = 0;
+          for (int64_t k = 0; k < 2; ++k) {
+            const int64_t src = t - 2 * (1 - k);  // taps at t - 2 and t
+            if (src < 0) continue;
+            for (int64_t c = 0; c < feats; ++c)
+              want += x.get_f64((b * steps + src) * feats + c) * w.get_f64((f * feats + c) * 2 + k);
+          }
+          CHECK(y.get_f64((b * steps + t) * 3 + f) == doctest::Approx(want).epsilon(1e-5));
+        }
+  }
+}

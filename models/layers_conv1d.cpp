@@ -1,0 +1,192 @@
+// Sequence layers over (steps, features): Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D and
+// GlobalMaxPooling1D. A sequence stays [N, steps, features] between layers, as the recurrent layers take it;
+// the window layers transpose it to ONNX's [N, features, steps] around their op. Padding "same" places the
+// odd step at the end, as TensorFlow does; "causal" pads the start only.
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+void require_sequence(LayerBuilder& b, const LayerValue& x) {
+  if (x.shape.size() != 2)
+    b.fail_layer(
+        fmt::format("needs a sequence input (None, steps, features), got {} from '{}'", keras_shape(x.shape),
+                    x.from),
+        "declare [model] input = [steps, features], put it after an Embedding, or use a Reshape layer");
+}
+
+// Output length and ONNX pads (begin, end) of a 1-D window over `steps`; `fits` is false when a "valid" or
+// "causal" window is longer than its input.
+struct Window1d {
+  int64_t out = 0, begin = 0, end = 0;
+  bool fits = true;
+};
+
+Window1d window1d(int64_t steps, int64_t kernel, int64_t stride, int64_t dilation,
+                  const std::string& padding) {
+  Window1d w;
+  const int64_t span = dilation * (kernel - 1) + 1;
+  if (padding == "same") {
+    w.out = (steps + stride - 1) / stride;
+    const int64_t total = std::max<int64_t>((w.out - 1) * stride + span - steps, 0);
+    w.begin = total / 2;
+    w.end = total - w.begin;
+  } else {
+    if (padding == "causal") w.begin = span - 1;
+    const int64_t room = steps + w.begin - span;
+    w.fits = room >= 0;
+    w.out = w.fits ? room / stride + 1 : 0;
+  }
+  return w;
+}
+
+// [N, steps, features] <-> [N, features, steps].
+ValueId swap_last_two(LayerBuilder& b, ValueId v) {
+  return b.op("Transpose", {v}, {{"perm", std::vector<int64_t>{0, 2, 1}}});
+}
+
+LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t filters = b.positive("filters");
+  const int64_t kernel = b.positive("kernel_size");
+  const int64_t stride = b.positive("strides");
+  const int64_t dilation = b.positive("dilation_rate");
+  const std::string padding = b.choice("padding", {"valid", "same", "causal"});
+  const int64_t groups = b.positive("groups");
+  const std::string act = b.activation_name();
+  require_sequence(b, in[0]);
+  const int64_t steps = in[0].shape[0], channels = in[0].shape[1];
+  if (channels % groups != 0 || filters % groups != 0)
+    b.fail("groups", fmt::format("groups = {} must divide the input features ({}) and filters ({})", groups,
+                                 channels, filters));
+  const Window1d w = window1d(steps, kernel, stride, dilation, padding);
+  if (!w.fits)
+    b.fail(
+        "kernel_size",
+        fmt::format("kernel_size {} (with dilation_rate {}: {} steps) is longer than its input {} from '{}'",
+                    kernel, dilation, dilation * (kernel - 1) + 1, keras_shape(in[0].shape), in[0].from),
+        "use a smaller kernel_size, or padding = \"same\"");
+  const int64_t per_group = channels / groups;
+  // [filters, in / groups, k], ONNX's layout (Keras keeps (k, in / groups, filters)); Keras's fans.
+  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel},
+                            {kernel * per_group, kernel * filters, filters, per_group * kernel});
+  std::vector<ValueId> inputs = {swap_last_two(b, in[0].value), weight};
+  if (b.args.boolean("use_bias"))
+    inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
+  Attributes attrs{{"kernel_shape", std::vector<int64_t>{kernel}},
+                   {"strides", std::vector<int64_t>{stride}},
+                   {"dilations", std::vector<int64_t>{dilation}},
+                   {"pads", std::vector<int64_t>{w.begin, w.end}},
+                   {"group", groups}};
+  LayerValue x = in[0];
+  x.value = swap_last_two(b, b.op("Conv", inputs, attrs));
+  x.shape = {w.out, filters};
+  x.pre_activation = kNoValue;
+  b.info.flops_per_sample = 2 * w.out * filters * per_group * kernel;
+  return b.activate(x, act);
+}
+
+LayerValue build_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in, const char* op) {
+  const int64_t pool = b.positive("pool_size");
+  const int64_t stride = b.args.has("strides") ? b.positive("strides") : pool;
+  const std::string padding = b.choice("padding", {"valid", "same"});
+  require_sequence(b, in[0]);
+  const Window1d w = window1d(in[0].shape[0], pool, stride, 1, padding);
+  if (!w.fits)
+    b.fail("pool_size",
+           fmt::format("pool_size {} is longer than its input {} from '{}'", pool, keras_shape(in[0].shape),
+                       in[0].from),
+           "use a smaller pool_size, or padding = \"same\"");
+  Attributes attrs{{"kernel_shape", std::vector<int64_t>{pool}},
+                   {"strides", std::vector<int64_t>{stride}},
+                   {"pads", std::vector<int64_t>{w.begin, w.end}}};
+  // As TensorFlow, average pooling divides by the steps inside the sequence only.
+  if (std::string(op) == "AveragePool") attrs.set("count_include_pad", int64_t{0});
+  LayerValue x = in[0];
+  x.value = swap_last_two(b, b.op(op, {swap_last_two(b, in[0].value)}, attrs));
+  x.shape = {w.out, in[0].shape[1]};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_max_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_pool1d(b, in, "MaxPool");
+}
+
+LayerValue build_average_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_pool1d(b, in, "AveragePool");
+}
+
+// The mean or maximum over the steps, with no transpose: a reduction over axis 1 of [N, steps, features].
+LayerValue build_global_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in, bool max) {
+  require_sequence(b, in[0]);
+  const bool keep = b.args.boolean("keepdims");
+  LayerValue x = in[0];
+  x.value = b.op(max ? "ReduceMax" : "ReduceMean", {in[0].value, b.shape_constant("axes", {1})},
+                 {{"keepdims", int64_t{keep ? 1 : 0}}});
+  x.shape = keep ? std::vector<int64_t>{1, in[0].shape[1]} : std::vector<int64_t>{in[0].shape[1]};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_global_average_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_global_pool1d(b, in, false);
+}
+
+LayerValue build_global_max_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_global_pool1d(b, in, true);
+}
+
+std::vector<ArgDecl> pool1d_args() {
+  return {{"pool_size", ArgKind::integer, int64_t{2}},
+          {"strides", ArgKind::integer, std::nullopt, true},
+          {"padding", ArgKind::string, std::string("valid")}};
+}
+
+}  // namespace
+
+void add_sequence_layers(std::vector<LayerDef>& defs) {
+  using S = std::string;
+  defs.push_back({"Conv1D",
+                  "conv1d",
+                  {{"filters", ArgKind::integer, std::nullopt},
+                   {"kernel_size", ArgKind::integer, std::nullopt},
+                   {"strides", ArgKind::integer, int64_t{1}},
+                   {"padding", ArgKind::string, S("valid")},
+                   {"dilation_rate", ArgKind::integer, int64_t{1}},
+                   {"groups", ArgKind::integer, int64_t{1}},
+                   {"activation", ArgKind::string, S("None")},
+                   {"use_bias", ArgKind::boolean, true},
+                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
+                   {"bias_initializer", ArgKind::string, S("zeros")}},
+                  1,
+                  1,
+                  false,
+                  build_conv1d});
+  defs.push_back({"MaxPooling1D", "max_pooling1d", pool1d_args(), 1, 1, false, build_max_pool1d});
+  defs.push_back({"AveragePooling1D", "average_pooling1d", pool1d_args(), 1, 1, false, build_average_pool1d});
+  defs.push_back({"GlobalAveragePooling1D",
+                  "global_average_pooling1d",
+                  {{"keepdims", ArgKind::boolean, false}},
+                  1,
+                  1,
+                  false,
+                  build_global_average_pool1d});
+  defs.push_back({"GlobalMaxPooling1D",
+                  "global_max_pooling1d",
+                  {{"keepdims", ArgKind::boolean, false}},
+                  1,
+                  1,
+                  false,
+                  build_global_max_pool1d});
+}
+
+}  // namespace trainer::models
