@@ -21,7 +21,44 @@ std::string cell_activation(LayerBuilder& b, const std::string& arg) {
          "use tanh, sigmoid or relu");
 }
 
-LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, bool lstm) {
+// The weights of one direction, named "<prefix>kernel", "<prefix>recurrent_kernel" and "<prefix>bias"
+// (Keras's names: "lstm/kernel", or "bidirectional/forward_lstm/kernel" inside a Bidirectional).
+struct DirectionWeights {
+  ValueId w = kNoValue, r = kNoValue, bias = kNoValue;
+};
+
+DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, bool lstm, int64_t units,
+                                   int64_t features, bool reset_after) {
+  const int64_t rows = (lstm ? 4 : 3) * units;
+  DirectionWeights d;
+  d.w = b.weight(prefix + "kernel", "kernel_initializer", Shape{1, rows, features},
+                 {features, rows, rows, features});
+  d.r = b.weight(prefix + "recurrent_kernel", "recurrent_initializer", Shape{1, rows, units},
+                 {units, rows, rows, units});
+  // ONNX's B holds an input bias and a recurrent bias per gate. Keras's LSTM (and GRU with reset_after =
+  // false) has one bias per gate, so the recurrent half is a constant zero; GRU with reset_after keeps both,
+  // as Keras.
+  if (b.args.boolean("use_bias")) {
+    const int64_t n = reset_after ? 2 * rows : rows;
+    Tensor init =
+        initialize(b.initializer("bias_initializer"), Shape{1, n}, {n, n, 1, n}, b.seed(prefix + "bias"));
+    // unit_forget_bias: the forget gate (ONNX's third) starts at 1, so the cell remembers early in training.
+    if (lstm && b.args.boolean("unit_forget_bias"))
+      for (int64_t i = 2 * units; i < 3 * units; ++i) init.set_f64(i, 1.0);
+    d.bias = b.weight(prefix + "bias", std::move(init));
+    if (!reset_after)
+      d.bias =
+          b.op("Concat", {d.bias, b.constant(prefix + "recurrent_bias", Tensor(DType::f32, Shape{1, rows}))},
+               {{"axis", int64_t{1}}});
+  }
+  return d;
+}
+
+// An LSTM or GRU layer, or (`bidirectional`) both directions of one as Keras's Bidirectional wraps it: one
+// ONNX node with direction = bidirectional, whose two outputs are merged by `merge_mode` (concat: forward
+// then backward features; sum, ave or mul).
+LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, bool lstm,
+                           bool bidirectional) {
   const int64_t units = b.positive("units");
   const std::string act = cell_activation(b, "activation");
   const std::string rec_act = cell_activation(b, "recurrent_activation");
@@ -32,35 +69,31 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
                  "declare [model] input = [timesteps, features], or put a Reshape layer before it");
   const int64_t steps = x.shape[0], features = x.shape[1];
   const int64_t gates = lstm ? 4 : 3, rows = gates * units;
-  ValueId w =
-      b.weight("kernel", "kernel_initializer", Shape{1, rows, features}, {features, rows, rows, features});
-  ValueId r = b.weight("recurrent_kernel", "recurrent_initializer", Shape{1, rows, units},
-                       {units, rows, rows, units});
-
-  // ONNX's B holds an input bias and a recurrent bias per gate. Keras's LSTM (and GRU with reset_after =
-  // false) has one bias per gate, so the recurrent half is a constant zero; GRU with reset_after keeps both,
-  // as Keras.
-  ValueId bias = kNoValue;
   const bool reset_after = !lstm && b.args.boolean("reset_after");
-  if (b.args.boolean("use_bias")) {
-    const int64_t n = reset_after ? 2 * rows : rows;
-    Tensor init = initialize(b.initializer("bias_initializer"), Shape{1, n}, {n, n, 1, n}, b.seed("bias"));
-    // unit_forget_bias: the forget gate (ONNX's third) starts at 1, so the cell remembers early in training.
-    if (lstm && b.args.boolean("unit_forget_bias"))
-      for (int64_t i = 2 * units; i < 3 * units; ++i) init.set_f64(i, 1.0);
-    bias = b.weight("bias", std::move(init));
-    if (!reset_after)
-      bias = b.op("Concat", {bias, b.constant("recurrent_bias", Tensor(DType::f32, Shape{1, rows}))},
-                  {{"axis", int64_t{1}}});
+  const std::string op = lstm ? "LSTM" : "GRU";
+  const std::string inner = lstm ? "lstm" : "gru";
+  const std::string merge = bidirectional ? b.choice("merge_mode", {"concat", "sum", "ave", "mul"}) : "";
+  ValueId w, r, bias = kNoValue;
+  if (!bidirectional) {
+    DirectionWeights d = direction_weights(b, "", lstm, units, features, reset_after);
+    w = d.w, r = d.r, bias = d.bias;
+  } else {
+    DirectionWeights f = direction_weights(b, "forward_" + inner + "/", lstm, units, features, reset_after);
+    DirectionWeights k = direction_weights(b, "backward_" + inner + "/", lstm, units, features, reset_after);
+    const Attributes axis0{{"axis", int64_t{0}}};
+    w = b.op("Concat", {f.w, k.w}, axis0);
+    r = b.op("Concat", {f.r, k.r}, axis0);
+    if (f.bias != kNoValue) bias = b.op("Concat", {f.bias, k.bias}, axis0);
   }
 
   Attributes attrs{{"hidden_size", units}, {"layout", int64_t{1}}};
-  attrs.set("activations",
-            lstm ? fmt::format("{},{},{}", rec_act, act, act) : fmt::format("{},{}", rec_act, act));
+  const std::string acts =
+      lstm ? fmt::format("{},{},{}", rec_act, act, act) : fmt::format("{},{}", rec_act, act);
+  attrs.set("activations", bidirectional ? acts + "," + acts : acts);
+  if (bidirectional) attrs.set("direction", std::string("bidirectional"));
   if (!lstm) attrs.set("linear_before_reset", int64_t{reset_after ? 1 : 0});
-  const std::string op = lstm ? "LSTM" : "GRU";
   const bool sequences = b.args.boolean("return_sequences");
-  // Y [N, T, 1, units] for the whole sequence, or only Y_h [N, 1, units], the last step.
+  // Y [N, T, directions, units] for the whole sequence, or only Y_h [N, directions, units], the last step.
   const std::string node_name = b.graph.unique_name(b.name() + "/" + op);
   std::vector<std::string> outs = {sequences ? b.graph.unique_name(node_name + ":Y") : std::string(),
                                    sequences ? std::string() : b.graph.unique_name(node_name + ":Y_h")};
@@ -69,20 +102,48 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
 
   LayerValue out;
   out.from = x.from;
-  out.shape = sequences ? std::vector<int64_t>{steps, units} : std::vector<int64_t>{units};
+  const int64_t width = merge == "concat" ? 2 * units : units;
+  out.shape = sequences ? std::vector<int64_t>{steps, width} : std::vector<int64_t>{width};
+  const int64_t dir_axis = sequences ? 2 : 1;
+  if (merge == "sum" || merge == "ave") {
+    y = b.op(merge == "sum" ? "ReduceSum" : "ReduceMean", {y, b.shape_constant("directions", {dir_axis})},
+             {{"keepdims", int64_t{1}}});
+  } else if (merge == "mul") {
+    auto direction = [&](int64_t k) {
+      return b.op("Slice", {y, b.shape_constant(fmt::format("start{}", k), {k}),
+                            b.shape_constant(fmt::format("end{}", k), {k + 1}),
+                            b.shape_constant(fmt::format("axis{}", k), {dir_axis})});
+    };
+    y = b.op("Mul", {direction(0), direction(1)});
+  }
   std::vector<int64_t> dims = {-1};
   dims.insert(dims.end(), out.shape.begin(), out.shape.end());
   out.value = b.op("Reshape", {y, b.shape_constant("shape", dims)});
-  b.info.flops_per_sample = 2 * steps * rows * (features + units);
+  b.info.flops_per_sample = (bidirectional ? 2 : 1) * 2 * steps * rows * (features + units);
   return out;
 }
 
 LayerValue build_lstm(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  return build_recurrent(b, in, true);
+  return build_recurrent(b, in, true, false);
 }
 
 LayerValue build_gru(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  return build_recurrent(b, in, false);
+  return build_recurrent(b, in, false, false);
+}
+
+// Bidirectional: `layer` names the wrapped LSTM or GRU, whose arguments sit beside it (Keras nests a layer
+// object; a spec's layer table holds them flat).
+LayerValue build_bidirectional(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const std::string layer = b.args.string("layer");
+  if (layer != "LSTM" && layer != "GRU")
+    b.fail("layer", fmt::format("Bidirectional wraps LSTM or GRU, not \"{}\"", layer),
+           "layer = \"LSTM\" or layer = \"GRU\"");
+  const bool lstm = layer == "LSTM";
+  const char* other = lstm ? "reset_after" : "unit_forget_bias";
+  if (b.args.has(other))
+    b.fail(other, fmt::format("{} is an argument of {}, not of the {} this wraps", other,
+                              lstm ? "GRU" : "LSTM", layer));
+  return build_recurrent(b, in, lstm, true);
 }
 
 std::vector<ArgDecl> common_args() {
@@ -105,6 +166,12 @@ void add_recurrent_layers(std::vector<LayerDef>& defs) {
   gru.push_back({"reset_after", ArgKind::boolean, true});
   defs.push_back({"LSTM", "lstm", lstm, 1, 1, false, build_lstm});
   defs.push_back({"GRU", "gru", gru, 1, 1, false, build_gru});
+  std::vector<ArgDecl> both = common_args();
+  both.push_back({"layer", ArgKind::string, std::nullopt});
+  both.push_back({"merge_mode", ArgKind::string, std::string("concat")});
+  both.push_back({"unit_forget_bias", ArgKind::boolean, true});
+  both.push_back({"reset_after", ArgKind::boolean, true});
+  defs.push_back({"Bidirectional", "bidirectional", both, 1, 1, false, build_bidirectional});
 }
 
 }  // namespace trainer::models

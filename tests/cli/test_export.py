@@ -174,8 +174,8 @@ activation = "softmax"
         self.assertIn("Pad", {n.op_type for n in m.graph.node})
 
     def test_sequence_layers_export_and_run_as_predict_does(self):
-        # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D and the global poolings, on
-        # the images' rows as 28 steps of 28 features.
+        # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM
+        # (merged by product and mean) and global pooling, on the images' rows as 28 steps of 28 features.
         m = self.fit_export_and_predict("sequence", """[model]
 input = [28, 28]
 [[model.layers]]
@@ -203,6 +203,18 @@ type = "Conv1D"
 filters = 4
 kernel_size = 2
 [[model.layers]]
+type = "Bidirectional"
+layer = "GRU"
+units = 5
+return_sequences = true
+merge_mode = "mul"
+[[model.layers]]
+type = "Bidirectional"
+layer = "LSTM"
+units = 6
+return_sequences = true
+merge_mode = "ave"
+[[model.layers]]
 type = "GlobalMaxPooling1D"
 [[model.layers]]
 type = "Dense"
@@ -210,6 +222,9 @@ units = 10
 activation = "softmax"
 """, self.x[:30])
         self.assertEqual([n.op_type for n in m.graph.node].count("Conv"), 3)
+        directions = [a.s for n in m.graph.node if n.op_type in ("GRU", "LSTM") for a in n.attribute
+                      if a.name == "direction"]
+        self.assertEqual(directions, [b"bidirectional", b"bidirectional"])
 
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")

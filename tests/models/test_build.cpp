@@ -440,3 +440,31 @@ TEST_SUITE("build") {
                       doctest::Contains("is longer than its input (None, 2, 3)"));
   }
 }
+
+TEST_SUITE("build") {
+  TEST_CASE("build: Bidirectional has Keras's weight names, widths and argument checks") {
+    Spec s({7, 3});
+    s.add("Bidirectional",
+          {{"layer", std::string("LSTM")}, {"units", int64_t{4}}, {"return_sequences", true}})
+        .add("Bidirectional",
+             {{"layer", std::string("GRU")}, {"units", int64_t{2}}, {"merge_mode", std::string("sum")}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({7, 8}));
+    CHECK(m.layers[1].output_shape == v({2}));
+    CHECK(param_shape(m.graph, "bidirectional/forward_lstm/kernel") == Shape{1, 16, 3});
+    CHECK(param_shape(m.graph, "bidirectional/backward_lstm/recurrent_kernel") == Shape{1, 16, 4});
+    CHECK(param_shape(m.graph, "bidirectional_1/backward_gru/bias") ==
+          Shape{1, 12});  // reset_after: both biases
+    // Keras's counts: 2 x LSTM(4) on 3 features, 2 x GRU(2) with reset_after on 8 features.
+    CHECK(m.layers[0].params == 2 * 4 * 4 * (3 + 4 + 1));
+    CHECK(m.layers[1].params == 2 * (3 * 2 * (8 + 2) + 2 * 3 * 2));
+    m.graph.validate();
+    CHECK_THROWS_WITH(models::testing::build(Spec({7, 3}).add(
+                          "Bidirectional", {{"layer", std::string("Dense")}, {"units", int64_t{4}}})),
+                      doctest::Contains("Bidirectional wraps LSTM or GRU"));
+    CHECK_THROWS_WITH(models::testing::build(Spec({7, 3}).add(
+                          "Bidirectional",
+                          {{"layer", std::string("LSTM")}, {"units", int64_t{4}}, {"reset_after", false}})),
+                      doctest::Contains("reset_after is an argument of GRU"));
+  }
+}

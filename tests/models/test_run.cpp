@@ -410,3 +410,44 @@ TEST_SUITE("run") {
         }
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: Bidirectional concatenates a forward layer and a backward one over the reversed sequence") {
+    for (const char* layer : {"LSTM", "GRU"}) {
+      CAPTURE(layer);
+      const std::string inner = std::string(layer) == "LSTM" ? "lstm" : "gru";
+      Spec s({5, 3});
+      s.add("Bidirectional", {{"layer", std::string(layer)}, {"units", int64_t{4}}});
+      BuiltModel bi = models::testing::build(s);
+      CHECK(bi.layers[0].output_shape == v({8}));
+      const Shape in = bi.graph.value(bi.input).shape;
+      Tensor x = ops::random_tensor(in, -1, 1, 85, DType::f32);
+      // The same sequence reversed in time.
+      Tensor rx(DType::f32, in);
+      for (int64_t b = 0; b < in[0]; ++b)
+        for (int64_t t = 0; t < in[1]; ++t)
+          for (int64_t f = 0; f < in[2]; ++f)
+            rx.set_f64((b * in[1] + t) * in[2] + f, x.get_f64((b * in[1] + in[1] - 1 - t) * in[2] + f));
+      // One plain layer with each direction's weights.
+      Tensor halves[2];
+      const char* dirs[2] = {"forward_", "backward_"};
+      for (int k = 0; k < 2; ++k) {
+        Spec p({5, 3});
+        p.add(layer, {{"units", int64_t{4}}});
+        BuiltModel one = models::testing::build(p);
+        for (const char* w : {"kernel", "recurrent_kernel", "bias"}) {
+          const Tensor& src = weight(bi, "bidirectional/" + std::string(dirs[k]) + inner + "/" + w);
+          *one.graph.mutable_initializer(one.graph.find(inner + "/" + w)) = src;
+        }
+        halves[k] = forward(std::move(one), k == 0 ? x : rx);
+      }
+      Tensor y = forward(std::move(bi), x);
+      REQUIRE(y.shape() == Shape{in[0], 8});
+      for (int64_t b = 0; b < in[0]; ++b)
+        for (int64_t u = 0; u < 4; ++u) {
+          CHECK(y.get_f64(b * 8 + u) == doctest::Approx(halves[0].get_f64(b * 4 + u)).epsilon(1e-5));
+          CHECK(y.get_f64(b * 8 + 4 + u) == doctest::Approx(halves[1].get_f64(b * 4 + u)).epsilon(1e-5));
+        }
+    }
+  }
+}
