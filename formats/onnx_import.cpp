@@ -97,12 +97,25 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 // ai.onnx ops that the importer writes with other IR ops. Sum, Mean, Max and Min of any number of inputs
 // become chains of the two-input op; Split becomes one Slice per output; GlobalMaxPool is a ReduceMax over
 // the spatial axes; Resize (nearest, integer scales) is a Reshape, an Expand and a Reshape;
-// InstanceNormalization is its formula in ReduceMean, Sub, Mul, Sqrt, Div and Add. A gradient flows to the
-// inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
+// InstanceNormalization is its formula in ReduceMean, Sub, Mul, Sqrt, Div and Add; ReduceMin, ReduceL1,
+// ReduceL2, ReduceSumSquare and ReduceLogSumExp are ReduceMax or ReduceSum of Neg, Abs or Mul
+// (ReduceLogSumExp shifted by the maximum, so exp never overflows). A gradient flows to the inputs that
+// rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
-  static const std::set<std::string> ops = {"Sum",   "Mean",          "Max",    "Min",
-                                            "Split", "GlobalMaxPool", "Resize", "InstanceNormalization"};
+  static const std::set<std::string> ops = {"Sum",
+                                            "Mean",
+                                            "Max",
+                                            "Min",
+                                            "Split",
+                                            "GlobalMaxPool",
+                                            "Resize",
+                                            "InstanceNormalization",
+                                            "ReduceMin",
+                                            "ReduceL1",
+                                            "ReduceL2",
+                                            "ReduceSumSquare",
+                                            "ReduceLogSumExp"};
   return ops.count(n.op_type()) > 0;
 }
 
@@ -110,6 +123,7 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   const std::string& op = n.op_type();
   if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min") return true;
   if (op == "InstanceNormalization") return i <= 2;
+  if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
 
@@ -544,6 +558,7 @@ class Importer {
     if (p.op == "GlobalMaxPool" && domain.empty()) return add_global_max_pool(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
+    if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
     if (rewritten(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
       return add_variadic(p, p.op == "Sum" || p.op == "Mean" ? "Add" : p.op);
     if (options_.fold_constants && fold(p)) return;
@@ -698,6 +713,51 @@ class Importer {
       mark_batched(e);
       mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
                                       p.outputs, p.name));
+    });
+  }
+
+  // The reductions ONNX has beyond ReduceSum, ReduceMean and ReduceMax, written with those: each IR reduce
+  // node takes the node's axes (input or attribute), keepdims and noop_with_empty_axes.
+  void add_reduction(const PendingNode& p) {
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
+      fail(fmt::format("{} has no input or more than one output", p.label),
+           p.op + " takes data and gives one output");
+    const std::string base = p.base();
+    const ValueId axes = p.inputs.size() > 1 ? p.inputs[1] : engine::kNoValue;
+    auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                    const std::string& what, bool last) {
+      NodeId id = g().add_node_named(op, std::move(ins), std::move(a),
+                                     {last ? p.outputs[0] : g().unique_name(base + "/" + what)},
+                                     last ? p.name : base + "/" + what);
+      mark_batched(id);
+      return g().node(id).outputs[0];
+    };
+    auto reduce = [&](const std::string& op, ValueId x, int64_t keepdims, const std::string& what,
+                      bool last) {
+      engine::Attributes a = p.attrs;
+      a.set("keepdims", keepdims);
+      std::vector<ValueId> ins = {x};
+      if (axes != engine::kNoValue) ins.push_back(axes);
+      return node(op, ins, a, what, last);
+    };
+    const int64_t keep = p.attrs.has("keepdims") ? p.attrs.i("keepdims") : 1;
+    const ValueId x = p.inputs[0];
+    wrap(p.label, [&] {
+      if (p.op == "ReduceMin") {
+        ValueId m = reduce("ReduceMax", node("Neg", {x}, {}, "negated", false), keep, "max", false);
+        node("Neg", {m}, {}, "min", true);
+      } else if (p.op == "ReduceL1") {
+        reduce("ReduceSum", node("Abs", {x}, {}, "abs", false), keep, "sum", true);
+      } else if (p.op == "ReduceSumSquare" || p.op == "ReduceL2") {
+        const bool l2 = p.op == "ReduceL2";
+        ValueId s = reduce("ReduceSum", node("Mul", {x, x}, {}, "squares", false), keep, "sum", !l2);
+        if (l2) node("Sqrt", {s}, {}, "sqrt", true);
+      } else {  // ReduceLogSumExp: log(sum(exp(x - m))) + m, m the maximum
+        ValueId shift = reduce("ReduceMax", x, 1, "shift", false);
+        ValueId e = node("Exp", {node("Sub", {x, shift}, {}, "shifted", false)}, {}, "exp", false);
+        ValueId l = node("Log", {reduce("ReduceSum", e, keep, "sum", false)}, {}, "log", false);
+        node("Add", {l, keep ? shift : reduce("ReduceMax", x, 0, "max", false)}, {}, "lse", true);
+      }
     });
   }
 
@@ -1279,6 +1339,10 @@ OnnxModelFile::OnnxModelFile(std::string_view bytes, const std::string& path) : 
 
 OnnxImportResult OnnxModelFile::import(const OnnxImportOptions& options) const {
   return import_onnx_model(*model_, path_, options, parent_dir(path_));
+}
+
+bool imported_as_other_ops(const onnx::NodeProto& n) {
+  return imported_by_importer(n) || rewritten(n);
 }
 
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model) {

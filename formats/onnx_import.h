@@ -14,6 +14,7 @@
 
 namespace onnx {
 class ModelProto;
+class NodeProto;
 }
 
 namespace trainer::formats {
@@ -116,5 +117,9 @@ class OnnxModelFile {
 // Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant, Shape and Size
 // nodes become constants in the importer itself and are never listed.
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model);
+
+// Whether import writes node n as something other than the engine op of its name: constants (Constant,
+// Shape, Size, ConstantOfShape) or other ops (Sum, Split, Resize, InstanceNormalization, ReduceL2, ...).
+bool imported_as_other_ops(const onnx::NodeProto& n);
 
 }  // namespace trainer::formats

@@ -143,6 +143,47 @@ struct AbsOp {
     }
   }
 };
+struct FloorOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::floor(x);
+  }
+};
+struct CeilOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::ceil(x);
+  }
+};
+// Halves round to even, as ONNX's Round (the default rounding mode of rint).
+struct RoundOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::rint(x);
+  }
+};
+struct SignOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    if constexpr (std::is_unsigned_v<T>) {
+      return x > T(0) ? T(1) : T(0);
+    } else {
+      return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);  // 0 and NaN pass through
+    }
+  }
+};
+struct SinOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::sin(x);
+  }
+};
+struct CosOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::cos(x);
+  }
+};
 struct ErfOp {
   template <class T>
   TRAINER_HD T operator()(T x) const {

@@ -294,6 +294,35 @@ void register_elementwise_ops(OpRegistry& r) {
             0.5, 2)
             .since(13));
   r.add(activation("Erf", "ErfGrad", -2, 2).since(13));
+  r.add(unary(
+            "Sin",
+            [](GradContext& c) {
+              c.set_grad(0, c.op("Mul", {c.dy(), c.op("Cos", {c.input(0)})}));
+            },
+            -3, 3)
+            .since(7));
+  r.add(unary(
+            "Cos",
+            [](GradContext& c) {
+              c.set_grad(0, c.op("Neg", {c.op("Mul", {c.dy(), c.op("Sin", {c.input(0)})})}));
+            },
+            -3, 3)
+            .since(7));
+  // Piecewise-constant ops: no gradient flows through them (zero almost everywhere), as in PyTorch.
+  for (const char* name : {"Floor", "Ceil", "Round", "Sign"})
+    r.add(OpSchema(name)
+              .since(13)
+              .inputs(1, 1)
+              .infer(infer_like_input0)
+              .non_differentiable("piecewise constant: its derivative is zero almost everywhere")
+              .inplace(0, 0)
+              .examples([] {
+                auto e = unary_examples(-3, 3);
+                e.push_back(example("halves and ties",
+                                    {Tensor::from<double>({6}, {-2.5, -1.5, -0.5, 0.5, 1.5, 2.5})}));
+                for (auto& x : e) x.grad_check = false;
+                return e;
+              }));
   r.add(activation("Softplus", "SoftplusGrad", -3, 3));
   r.add(activation("Softsign", "SoftsignGrad", -3, 3));
   r.add(OpSchema("PRelu")

@@ -296,13 +296,7 @@ TEST_SUITE("onnx_node") {
       // A registered op whose CPU kernel has not landed yet is counted apart from real failures.
       bool kernels = true;
       for (const auto& n : model.graph().node()) {
-        if (n.domain().empty() && (n.op_type() == "Constant" || n.op_type() == "Shape" ||
-                                   n.op_type() == "Size" || n.op_type() == "ConstantOfShape"))
-          continue;  // the importer turns these into constants
-        if (n.domain().empty() && (n.op_type() == "Sum" || n.op_type() == "Mean" || n.op_type() == "Split" ||
-                                   n.op_type() == "GlobalMaxPool" || n.op_type() == "Resize" ||
-                                   n.op_type() == "InstanceNormalization"))
-          continue;  // the importer writes these with other ops (chains of Add, Slices)
+        if (imported_as_other_ops(n)) continue;  // constants, or other ops whose kernels are checked
         Node probe;
         probe.op = n.op_type();
         if (!cpu->supports(empty, probe)) {

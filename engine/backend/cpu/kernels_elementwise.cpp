@@ -330,6 +330,12 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("GreaterOrEqual", binary<k::GreaterOrEqualOp>());
   r.add("LessOrEqual", binary<k::LessOrEqualOp>());
   r.add("Abs", unary_numeric<k::AbsOp>());
+  r.add("Sign", unary_numeric<k::SignOp>());
+  r.add("Floor", unary<k::FloorOp>());
+  r.add("Ceil", unary<k::CeilOp>());
+  r.add("Round", unary<k::RoundOp>());
+  r.add("Sin", unary<k::SinOp>());
+  r.add("Cos", unary<k::CosOp>());
   r.add("Reciprocal", unary<k::ReciprocalOp>());
   r.add("Erf", erf_family(ErfFamily::erf, ErfFamily::erf, unary<k::ErfOp>()));
   r.add("Softplus", unary<k::SoftplusOp>());

@@ -697,6 +697,18 @@ cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, v
       return unary_float(k::HardSwishOp{}, t, x, y, n, stream);
     case UnaryOp::softsign:
       return unary_float(k::SoftsignOp{}, t, x, y, n, stream);
+    case UnaryOp::sign:
+      return unary_numeric(k::SignOp{}, t, x, y, n, stream);
+    case UnaryOp::floor:
+      return unary_float(k::FloorOp{}, t, x, y, n, stream);
+    case UnaryOp::ceil:
+      return unary_float(k::CeilOp{}, t, x, y, n, stream);
+    case UnaryOp::round:
+      return unary_float(k::RoundOp{}, t, x, y, n, stream);
+    case UnaryOp::sin:
+      return unary_float(k::SinOp{}, t, x, y, n, stream);
+    case UnaryOp::cos:
+      return unary_float(k::CosOp{}, t, x, y, n, stream);
     case UnaryOp::exp:
       return unary_float(k::ExpOp{}, t, x, y, n, stream);
     case UnaryOp::log:

@@ -193,7 +193,7 @@ KernelPtr clip_grad(const KernelArgs& a) {
 
 KernelPtr unary_with(UnaryOp op, UnaryParams p, const KernelArgs& a) {
   const DType dt = a.in(0).dtype;
-  const bool numeric = op == UnaryOp::neg || op == UnaryOp::abs;
+  const bool numeric = op == UnaryOp::neg || op == UnaryOp::abs || op == UnaryOp::sign;
   if (numeric ? !is_numeric_type(dt) : !is_float_type(dt)) return nullptr;
   const ElemType t = elem_type(dt);
   const void* x = a.inputs[0];
@@ -551,6 +551,12 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("GreaterOrEqual", compare<CompareOp::greater_or_equal>);
   r.add("LessOrEqual", compare<CompareOp::less_or_equal>);
   r.add("Abs", unary<UnaryOp::abs>);
+  r.add("Sign", unary<UnaryOp::sign>);
+  r.add("Floor", unary<UnaryOp::floor>);
+  r.add("Ceil", unary<UnaryOp::ceil>);
+  r.add("Round", unary<UnaryOp::round>);
+  r.add("Sin", unary<UnaryOp::sin>);
+  r.add("Cos", unary<UnaryOp::cos>);
   r.add("Reciprocal", unary<UnaryOp::reciprocal>);
   r.add("Erf", unary<UnaryOp::erf>);
   r.add("Softplus", unary<UnaryOp::softplus>);

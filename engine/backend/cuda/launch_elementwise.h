@@ -34,7 +34,13 @@ enum class UnaryOp : int {
   selu,
   hard_sigmoid,
   hard_swish,
-  softsign
+  softsign,
+  sign,
+  floor,
+  ceil,
+  round,
+  sin,
+  cos
 };
 // (dy, x or y) -> dx; which operand each takes is that of the functors in engine/kernels/functors.h.
 enum class ActivationGrad : int {
@@ -101,7 +107,7 @@ cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b,
 // out = op(a, b) != 0 as bytes, over map operands 0 (a), 1 (b); out is dense. t: f32, f64, i32, i64 or u8.
 cudaError_t launch_compare(CompareOp op, ElemType t, const void* a, const void* b, uint8_t* out,
                            const IndexMap& map, int64_t n, cudaStream_t stream);
-// y = op(x), dense. neg and abs: f32, f64, i32, i64, u8; the others: f32, f64.
+// y = op(x), dense. neg, abs and sign: f32, f64, i32, i64, u8; the others: f32, f64.
 cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, void* y, int64_t n,
                          cudaStream_t stream);
 // dx = grad(dy, x_or_y), dense, f32 or f64.
