@@ -15,7 +15,7 @@
 namespace onnx {
 class ModelProto;
 class NodeProto;
-}
+}  // namespace onnx
 
 namespace trainer::formats {
 

@@ -182,7 +182,7 @@ def lstm_model(opset=14, seed=3):
 def unsupported_model():
     nodes = [h.make_node("Relu", ["x"], ["a"], name="fine"),
              h.make_node("Hardmax", ["a"], ["b"], name="hardmax_here"),
-             h.make_node("Floor", ["b"], ["c"]),  # unnamed: reported by its index
+             h.make_node("Trilu", ["b"], ["c"]),  # unnamed: reported by its index
              h.make_node("Softmax", ["c"], ["y"], name="softmax")]
     return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 784])],
                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 784])], [], 17)
@@ -762,7 +762,7 @@ class Net(torch.nn.Module):
         out = self.path("run_unsupported")
         r = run(["fit", path, "--train", self.write_train_toml(), "--output-dir", out])
         err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'hardmax_here' (Hardmax)",
-                                          "graph.node[2] '#2' (Floor)")
+                                          "graph.node[2] '#2' (Trilu)")
         self.assertEqual(err.count("trainer: error"), 1)
         self.assertNotIn("'fine'", err)
         self.assert_nothing_ran(r, out)
