@@ -97,6 +97,66 @@ LayerValue build_conv2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return b.activate(x, act);
 }
 
+// DepthwiseConv2D and SeparableConv2D: a grouped convolution with one group per input channel, each giving
+// depth_multiplier channels; SeparableConv2D then mixes the channels with a 1 x 1 convolution. Weights as
+// Keras names them (depthwise_kernel, pointwise_kernel, bias), in ONNX's layout, with Keras's fans.
+LayerValue build_depthwise(LayerBuilder& b, const std::vector<LayerValue>& in, bool separable) {
+  const std::vector<int64_t> kernel = b.positive_pair("kernel_size");
+  const std::vector<int64_t> strides = b.positive_pair("strides");
+  const std::vector<int64_t> dilation = b.positive_pair("dilation_rate");
+  const bool same = b.choice("padding", {"valid", "same"}) == "same";
+  const int64_t multiplier = b.positive("depth_multiplier");
+  const int64_t filters = separable ? b.positive("filters") : 0;
+  const std::string act = b.activation_name();
+  require_image(b, in[0]);
+  const int64_t channels = in[0].shape[2], depth = channels * multiplier, area = kernel[0] * kernel[1];
+  Window w = window(in[0], kernel, strides, dilation, same);
+  if (!w.fits)
+    b.fail("kernel_size",
+           fmt::format("kernel_size {} is larger than its input {} from '{}'", pair_text(kernel),
+                       keras_shape(in[0].shape), in[0].from),
+           "use a smaller kernel_size, or padding = \"same\"");
+  LayerValue x = b.to_channels_first(in[0]);
+  // Keras's depthwise kernel is (kh, kw, channels, multiplier): fan_in = area * channels, fan_out = area *
+  // multiplier.
+  ValueId dw = b.weight("depthwise_kernel", "depthwise_initializer", Shape{depth, 1, kernel[0], kernel[1]},
+                        {area * channels, area * multiplier, depth, area});
+  std::vector<ValueId> inputs = {x.value, dw};
+  const bool bias = b.args.boolean("use_bias");
+  if (bias && !separable)
+    inputs.push_back(b.weight("bias", "bias_initializer", Shape{depth}, {depth, depth, 1, depth}));
+  Attributes attrs{{"kernel_shape", kernel},
+                   {"strides", strides},
+                   {"dilations", dilation},
+                   {"pads", w.pads},
+                   {"group", channels}};
+  x.value = b.op("Conv", inputs, attrs);
+  int64_t out_channels = depth;
+  b.info.flops_per_sample = 2 * w.out[0] * w.out[1] * depth * area;
+  if (separable) {
+    // Keras's pointwise kernel is (1, 1, depth, filters).
+    ValueId pw = b.weight("pointwise_kernel", "pointwise_initializer", Shape{filters, depth, 1, 1},
+                          {depth, filters, filters, depth});
+    std::vector<ValueId> pin = {x.value, pw};
+    if (bias)
+      pin.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
+    x.value = b.op("Conv", pin, {{"kernel_shape", std::vector<int64_t>{1, 1}}});
+    out_channels = filters;
+    b.info.flops_per_sample += 2 * w.out[0] * w.out[1] * depth * filters;
+  }
+  x.shape = {w.out[0], w.out[1], out_channels};
+  x.pre_activation = kNoValue;
+  return b.activate(x, act);
+}
+
+LayerValue build_depthwise_conv2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_depthwise(b, in, false);
+}
+
+LayerValue build_separable_conv2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_depthwise(b, in, true);
+}
+
 // Conv2DTranspose: ONNX's ConvTranspose with Keras's output sizes (keras.ops.deconv_output_length): without
 // output_padding, in * strides for "same" and in * strides + max(kernel - strides, 0) for "valid"; with it,
 // (in - 1) * strides + kernel - 2 * pad + output_padding, pad = kernel // 2 for "same". "same" pads as the
@@ -379,6 +439,20 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_conv2d});
+  std::vector<ArgDecl> depthwise = {{"kernel_size", ArgKind::int_or_pair, std::nullopt},
+                                    {"strides", ArgKind::int_or_pair, int64_t{1}},
+                                    {"padding", ArgKind::string, S("valid")},
+                                    {"depth_multiplier", ArgKind::integer, int64_t{1}},
+                                    {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
+                                    {"activation", ArgKind::string, S("None")},
+                                    {"use_bias", ArgKind::boolean, true},
+                                    {"depthwise_initializer", ArgKind::string, S("glorot_uniform")},
+                                    {"bias_initializer", ArgKind::string, S("zeros")}};
+  defs.push_back({"DepthwiseConv2D", "depthwise_conv2d", depthwise, 1, 1, false, build_depthwise_conv2d});
+  std::vector<ArgDecl> separable = depthwise;
+  separable.insert(separable.begin(), {"filters", ArgKind::integer, std::nullopt});
+  separable.push_back({"pointwise_initializer", ArgKind::string, S("glorot_uniform")});
+  defs.push_back({"SeparableConv2D", "separable_conv2d", separable, 1, 1, false, build_separable_conv2d});
   defs.push_back({"Conv2DTranspose",
                   "conv2d_transpose",
                   {{"filters", ArgKind::integer, std::nullopt},

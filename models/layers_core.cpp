@@ -37,6 +37,85 @@ LayerValue build_activation(LayerBuilder& b, const std::vector<LayerValue>& in) 
   return b.activate(in[0], b.activation_name());
 }
 
+// Keras's activation layers. ReLU: max(x, 0) (negative_slope x below 0), capped at max_value.
+LayerValue build_relu_layer(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const double slope = b.args.number("negative_slope");
+  if (b.args.number("threshold") != 0)
+    b.fail("threshold", "a threshold other than 0 is not supported", "leave threshold out");
+  if (slope < 0) b.fail("negative_slope", fmt::format("negative_slope must not be negative, got {}", slope));
+  LayerValue x = in[0];
+  x.value = slope == 0 ? b.op("Relu", {x.value})
+                       : b.op("LeakyRelu", {x.value}, {{"alpha", static_cast<float>(slope)}});
+  if (b.args.has("max_value")) {
+    const double cap = b.args.number("max_value");
+    if (cap < 0) b.fail("max_value", fmt::format("max_value must not be negative, got {}", cap));
+    Tensor hi(b.graph.value(x.value).dtype, Shape{});
+    hi.set_f64(0, cap);
+    x.value = b.op("Clip", {x.value, kNoValue, b.constant("max_value", std::move(hi))});
+  }
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_leaky_relu_layer(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = in[0];
+  x.value = b.op("LeakyRelu", {x.value}, {{"alpha", static_cast<float>(b.args.number("negative_slope"))}});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_elu_layer(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = in[0];
+  x.value = b.op("Elu", {x.value}, {{"alpha", static_cast<float>(b.args.number("alpha"))}});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+// PReLU: a learned slope per element of the sample, shared along `shared_axes` (Keras's 1-based axes), kept
+// in the graph's layout of the input so it broadcasts.
+LayerValue build_prelu_layer(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = in[0];
+  std::vector<int64_t> keras = x.shape;
+  if (b.args.has("shared_axes"))
+    for (int64_t a : b.args.ints("shared_axes")) {
+      if (a < 1 || a > static_cast<int64_t>(keras.size()))
+        b.fail("shared_axes", fmt::format("axis {} is not an axis of the input {}", a, keras_shape(x.shape)),
+               "axes count from 1, the first after the batch");
+      keras[static_cast<size_t>(a - 1)] = 1;
+    }
+  std::vector<int64_t> dims = keras;
+  if (x.channels_first) {  // (H, W, C) -> (C, H, W)
+    dims = {keras[2], keras[0], keras[1]};
+  }
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  ValueId alpha = b.weight("alpha", "alpha_initializer", Shape(dims), {n, n, 1, n});
+  x.value = b.op("PRelu", {x.value, alpha});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+LayerValue build_softmax_layer(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t rank = static_cast<int64_t>(in[0].shape.size());
+  int64_t axis = b.args.integer("axis");
+  if (axis < -rank || axis >= rank || axis == 0)
+    b.fail("axis",
+           fmt::format("axis {} is not a feature axis of the input {}", axis, keras_shape(in[0].shape)),
+           "-1 (the last) or an axis from 1");
+  if (axis < 0) axis += rank + 1;  // Keras's axes count the batch as 0
+  if (axis == rank) return b.activate(in[0], "softmax");
+  LayerValue x = in[0];
+  x.value =
+      b.op("Softmax", {x.value}, {{"axis", static_cast<int64_t>(b.ir_axis(x, static_cast<int>(axis - 1)))}});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
 LayerValue build_dropout(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const double rate = b.args.number("rate");
   if (!(rate >= 0 && rate < 1)) b.fail("rate", fmt::format("rate must be in [0, 1), got {}", rate));
@@ -177,6 +256,33 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_activation});
+  defs.push_back({"ReLU",
+                  "re_lu",
+                  {{"max_value", ArgKind::number, std::nullopt, true},
+                   {"negative_slope", ArgKind::number, 0.0},
+                   {"threshold", ArgKind::number, 0.0}},
+                  1,
+                  1,
+                  false,
+                  build_relu_layer});
+  defs.push_back({"LeakyReLU",
+                  "leaky_re_lu",
+                  {{"negative_slope", ArgKind::number, 0.3}},
+                  1,
+                  1,
+                  false,
+                  build_leaky_relu_layer});
+  defs.push_back({"ELU", "elu", {{"alpha", ArgKind::number, 1.0}}, 1, 1, false, build_elu_layer});
+  defs.push_back({"PReLU",
+                  "p_re_lu",
+                  {{"alpha_initializer", ArgKind::string, std::string("zeros")},
+                   {"shared_axes", ArgKind::int_or_ints, std::nullopt, true}},
+                  1,
+                  1,
+                  false,
+                  build_prelu_layer});
+  defs.push_back(
+      {"Softmax", "softmax", {{"axis", ArgKind::integer, int64_t{-1}}}, 1, 1, false, build_softmax_layer});
   defs.push_back({"Dropout",
                   "dropout",
                   {{"rate", ArgKind::number, std::nullopt}, {"seed", ArgKind::integer, std::nullopt, true}},

@@ -122,15 +122,29 @@ input = [28, 28]
 [[model.layers]]
 type = "Flatten"
 {layers}[[model.layers]]
+type = "ReLU"
+max_value = 6.0
+negative_slope = 0.1
+[[model.layers]]
+type = "LeakyReLU"
+[[model.layers]]
+type = "ELU"
+alpha = 0.5
+[[model.layers]]
+type = "PReLU"
+alpha_initializer = "ones"
+[[model.layers]]
 type = "Dense"
 units = 10
-activation = "softmax"
+[[model.layers]]
+type = "Softmax"
 """, self.x[:40])
-        self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp"},
+        self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp",
+                              "PRelu", "LeakyRelu"},
                              {n.op_type for n in m.graph.node})
 
     def test_image_layers_export_and_run_as_predict_does(self):
-        # Conv2DTranspose, UpSampling2D, ZeroPadding2D and GlobalMaxPooling2D.
+        # DepthwiseConv2D, SeparableConv2D, Conv2DTranspose, UpSampling2D, ZeroPadding2D and GlobalMaxPooling2D.
         m = self.fit_export_and_predict("transpose", """[model]
 input = [28, 28, 1]
 [[model.layers]]
@@ -138,6 +152,17 @@ type = "Conv2D"
 filters = 4
 kernel_size = 3
 strides = 2
+padding = "same"
+activation = "relu"
+[[model.layers]]
+type = "DepthwiseConv2D"
+kernel_size = 3
+depth_multiplier = 2
+padding = "same"
+[[model.layers]]
+type = "SeparableConv2D"
+filters = 4
+kernel_size = 3
 padding = "same"
 activation = "relu"
 [[model.layers]]
@@ -171,6 +196,8 @@ units = 10
 activation = "softmax"
 """, self.x[:30, :, :, None])
         self.assertEqual([n.op_type for n in m.graph.node].count("ConvTranspose"), 2)
+        groups = [a.i for n in m.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+        self.assertIn(4, groups)  # the depthwise convolution: one group per channel
         self.assertIn("Pad", {n.op_type for n in m.graph.node})
 
     def test_sequence_layers_export_and_run_as_predict_does(self):

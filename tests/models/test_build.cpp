@@ -468,3 +468,20 @@ TEST_SUITE("build") {
                       doctest::Contains("reset_after is an argument of GRU"));
   }
 }
+
+TEST_SUITE("build") {
+  TEST_CASE("build: DepthwiseConv2D and SeparableConv2D have Keras's shapes and parameter counts") {
+    Spec s({8, 8, 3});
+    s.add("DepthwiseConv2D", {{"kernel_size", int64_t{3}}, {"depth_multiplier", int64_t{2}}})
+        .add("SeparableConv2D",
+             {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}, {"padding", std::string("same")}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({6, 6, 6}));
+    CHECK(m.layers[0].params == 3 * 3 * 3 * 2 + 6);
+    CHECK(m.layers[1].output_shape == v({6, 6, 4}));
+    CHECK(m.layers[1].params == 3 * 3 * 6 + 6 * 4 + 4);
+    CHECK(param_shape(m.graph, "depthwise_conv2d/depthwise_kernel") == Shape{6, 1, 3, 3});
+    CHECK(param_shape(m.graph, "separable_conv2d/pointwise_kernel") == Shape{4, 6, 1, 1});
+    m.graph.validate();
+  }
+}

@@ -451,3 +451,53 @@ TEST_SUITE("run") {
     }
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: the activation layers compute Keras's formulas; PReLU learns a slope per shared group") {
+    struct Case {
+      const char* type;
+      std::vector<std::pair<std::string, formats::ArgValue>> args;
+      std::function<double(double)> keras;
+    };
+    const std::vector<Case> cases = {
+        {"ReLU", {}, [](double x) { return std::max(x, 0.0); }},
+        {"ReLU",
+         {{"max_value", 6.0}, {"negative_slope", 0.1}},
+         [](double x) { return std::min(x > 0 ? x : 0.1 * x, 6.0); }},
+        {"LeakyReLU", {}, [](double x) { return x > 0 ? x : 0.3 * x; }},
+        {"ELU", {{"alpha", 0.5}}, [](double x) { return x > 0 ? x : 0.5 * std::expm1(x); }},
+        {"PReLU", {}, [](double x) { return std::max(x, 0.0); }},  // alpha starts at zero
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.type);
+      Spec s({9});
+      s.add(c.type, c.args);
+      BuiltModel m = models::testing::build(s);
+      const std::vector<float> values = {-7.f, -3.f, -1.5f, -0.5f, 0.f, 0.25f, 1.f, 3.5f, 8.f};
+      Tensor x(DType::f32, m.graph.value(m.input).shape);
+      for (int64_t i = 0; i < x.numel(); ++i) x.set_f64(i, values[i % 9]);
+      Tensor y = forward(std::move(m), x);
+      for (int64_t i = 0; i < x.numel(); ++i)
+        CHECK(y.get_f64(i) == doctest::Approx(c.keras(x.get_f64(i))).epsilon(1e-5));
+    }
+    // PReLU on images, one slope per channel (shared over height and width), kept in the graph's layout.
+    Spec p({4, 5, 3});
+    p.add("PReLU", {{"shared_axes", v({1, 2})}, {"alpha_initializer", std::string("ones")}});
+    BuiltModel pm = models::testing::build(p);
+    CHECK(pm.layers[0].params == 3);
+    CHECK(weight(pm, "p_re_lu/alpha").shape() == Shape{3, 1, 1});
+    // Softmax over an axis other than the last.
+    Spec q({3, 4});
+    q.add("Softmax", {{"axis", int64_t{1}}});
+    BuiltModel qm = models::testing::build(q);
+    const Shape qs = qm.graph.value(qm.input).shape;
+    Tensor qx = ops::random_tensor(qs, -2, 2, 86, DType::f32);
+    Tensor qy = forward(std::move(qm), qx);
+    for (int64_t b = 0; b < qs[0]; ++b)
+      for (int64_t f = 0; f < 4; ++f) {
+        double sum = 0;
+        for (int64_t t = 0; t < 3; ++t) sum += qy.get_f64((b * 3 + t) * 4 + f);
+        CHECK(sum == doctest::Approx(1.0).epsilon(1e-5));
+      }
+  }
+}
