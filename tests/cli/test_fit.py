@@ -82,6 +82,10 @@ class Fit(unittest.TestCase):
         self.fit("imdb/lstm.toml", 1, 128, 64,
                  data_sets("imdb") + ["--set", "data.train.limit=128", "--set", "data.validation.limit=64"])
 
+    def test_imdb_cnn(self):
+        # The generated IMDB files hold 128 training reviews.
+        self.fit("imdb/cnn.toml", 1, 128, 64, data_sets("imdb") + ["--set", "data.validation.limit=64"])
+
     @skip_without_fashion
     def test_same_seed_same_numbers(self):
         args = ["--set", "data.train.limit=256", "--set", "data.validation.limit=128"]

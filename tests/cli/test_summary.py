@@ -54,6 +54,14 @@ EXPECTED = {
         ("dense", "Dense", [512], dense(15 * 15 * 32, 512)),
         ("dense_1", "Dense", [10], dense(512, 10)),
     ],
+    "imdb/cnn.toml": [
+        ("embedding", "Embedding", [200, 32], embedding(10000, 32)),
+        ("dropout", "Dropout", [200, 32], 0),
+        ("conv1d", "Conv1D", [196, 64], 5 * 32 * 64 + 64),
+        ("global_max_pooling1d", "GlobalMaxPooling1D", [64], 0),
+        ("dense", "Dense", [32], dense(64, 32)),
+        ("dense_1", "Dense", [1], dense(32, 1)),
+    ],
     "imdb/lstm.toml": [
         ("embedding", "Embedding", [200, 16], embedding(10000, 16)),
         ("lstm", "LSTM", [128], lstm(16, 128)),
@@ -69,6 +77,7 @@ TOTALS = {
     "fashion_mnist/lstm.toml": 82_618,
     "cifar10/cnn.toml": 3_692_938,
     "imdb/lstm.toml": 236_321,  # 160,000 + 74,240 + 2,064 + 17
+    "imdb/cnn.toml": 332_417,  # 320,000 + 10,304 + 2,080 + 33
 }
 
 
