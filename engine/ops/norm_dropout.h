@@ -2,6 +2,7 @@
 // function of (seed, stream, step, element index), so backward regenerates it instead of storing it.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string_view>
 
@@ -29,6 +30,17 @@ inline uint64_t dropout_seed(uint64_t step_seed, bool has_attr, int64_t attr_see
 // Element i is kept when its uniform number is at least `ratio`: probability 1 - ratio.
 TRAINER_HD bool dropout_keep(uint64_t seed, uint64_t stream, uint64_t step, uint64_t i, float ratio) {
   return kernels::philox_uniform(seed, stream, step, i) >= ratio;
+}
+
+// The same rule on a Philox word w, with integers: uniform01(w) = u / 2^24 for u = w >> 8, and ratio * 2^24
+// is exact in float, so u / 2^24 >= ratio exactly when u >= ceil(ratio * 2^24). The CPU kernel compares this
+// way.
+inline uint32_t dropout_threshold(float ratio) {
+  const double t = std::ceil(static_cast<double>(ratio) * 16777216.0);
+  return t <= 0 ? 0u : static_cast<uint32_t>(t > 16777216.0 ? 16777216.0 : t);
+}
+TRAINER_HD bool dropout_keep_word(uint32_t w, uint32_t threshold) {
+  return (w >> 8) >= threshold;
 }
 
 }  // namespace trainer::engine::ops

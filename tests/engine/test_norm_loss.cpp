@@ -380,9 +380,24 @@ TEST_SUITE("norm_loss") {
     }
   }
 
+  TEST_CASE("norm_loss: the integer keep rule decides as uniform01(w) >= ratio, at every boundary") {
+    // The words whose top 24 bits sit next to ratio * 2^24, for ratios whose product is and is not whole.
+    for (float ratio : {0.0f, 0.1f, 0.25f, 0.3f, 0.5f, 1.0f / 3, 0.9999999f, 1.0f}) {
+      CAPTURE(ratio);
+      const uint32_t t = ops::dropout_threshold(ratio);
+      const int64_t centre = static_cast<int64_t>(static_cast<double>(ratio) * 16777216.0);
+      for (int64_t u = std::max<int64_t>(0, centre - 3); u <= std::min<int64_t>(16777215, centre + 3); ++u)
+        for (uint32_t low : {0u, 255u}) {
+          const uint32_t w = static_cast<uint32_t>(u) << 8 | low;
+          CHECK(ops::dropout_keep_word(w, t) == (kernels::uniform01(w) >= ratio));
+        }
+    }
+  }
+
   TEST_CASE("norm_loss: Dropout masks follow philox_uniform and repeat for the same seed and step") {
     const int64_t n = 100003;  // not a multiple of 4: the last Philox block is partly used
-    const float ratio = 0.25f;
+    const float ratio =
+        0.3f;  // ratio * 2^24 is not a whole number: the keep rule must round as the floats do
     Tensor x = ops::random_tensor({n}, 0.5, 1.5, 9, DType::f32);
     auto a = run_dropout(x, ratio, {3, 42}, "drop");
     auto b = run_dropout(x, ratio, {3, 42}, "drop");
@@ -418,7 +433,7 @@ TEST_SUITE("norm_loss") {
     CHECK(value_mismatch == 0);
     // Keep rate 1 - ratio; the standard deviation of the rate over 1e5 elements is 0.0014.
     CHECK(std::fabs(static_cast<double>(kept) / n - (1.0 - ratio)) < 0.01);
-    // Independent masks agree on p^2 + (1-p)^2 = 0.625 of the elements.
+    // Independent masks agree on p^2 + (1-p)^2 = 0.58 of the elements.
     CHECK(static_cast<double>(same_step) / n < 0.7);
     CHECK(static_cast<double>(same_node) / n < 0.7);
   }
