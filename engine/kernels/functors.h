@@ -245,12 +245,13 @@ struct HardSwishOp {
     return x * (v < T(0) ? T(0) : (v > T(1) ? T(1) : v));
   }
 };
-// Clip to [lo, hi]; a bound that is absent is the type's extreme, which the caller passes. NaN passes
-// through.
+// Clip to [lo, hi] as ONNX defines it, min(max(x, lo), hi): hi wins when lo > hi. A bound that is absent is
+// the type's extreme, which the caller passes. NaN passes through.
 struct ClipOp {
   template <class T>
   TRAINER_HD T operator()(T x, T lo, T hi) const {
-    return x < lo ? lo : (hi < x ? hi : x);
+    const T v = x < lo ? lo : x;
+    return hi < v ? hi : v;
   }
 };
 // NaN passes through (x < 0 is false for NaN), as in other frameworks: a NaN must reach the loss to be

@@ -54,6 +54,20 @@ Tensor i64_tensor(const std::vector<int64_t>& v) {
   return Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v);
 }
 
+bool as_f32(const OpExample& e, OpExample* out) {
+  *out = e;
+  bool any = false;
+  for (Tensor& t : out->inputs) {
+    if (t.dtype() != DType::f64) continue;
+    Tensor f(DType::f32, t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) f.set_f64(i, t.get_f64(i));
+    t = std::move(f);
+    any = true;
+  }
+  out->label += " (f32)";
+  return any;
+}
+
 OpExample example(std::string label, std::vector<Tensor> inputs, Attributes attrs) {
   OpExample e;
   e.label = std::move(label);

@@ -21,6 +21,10 @@ Tensor random_int_tensor(const Shape& s, int64_t lo, int64_t hi, uint64_t seed, 
 // A 1-D i64 tensor.
 Tensor i64_tensor(const std::vector<int64_t>& v);
 
+// The example with its f64 tensors in f32 (label + " (f32)"), so tests run the single-precision kernels;
+// false when it has no f64 tensor.
+bool as_f32(const OpExample& e, OpExample* out);
+
 // Shorthand for an example: all inputs present and non-constant unless marked.
 OpExample example(std::string label, std::vector<Tensor> inputs, Attributes attrs = {});
 

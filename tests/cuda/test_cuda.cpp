@@ -26,6 +26,8 @@ namespace {
 
 // fp32 with TF32 off: the largest difference over the largest magnitude of the tensor.
 constexpr double kTolerance = 1e-5;
+// f32 runs: the vendor libraries (cuDNN, cuBLASLt, without TF32) and oneDNN sum in different orders.
+constexpr double kTolerance32 = 1e-4;
 
 std::unique_ptr<Backend> cuda_backend(bool graph = true) {
   CudaOptions o;
@@ -156,10 +158,26 @@ TEST_SUITE("cuda") {
       Node probe;
       probe.op = name;
       (gpu->supports(probe_graph, probe) ? native : fallback) += 1;
-      for (const OpExample& e : s.examples_fn()()) {
+      std::vector<OpExample> examples = s.examples_fn()();
+      // Each example as written (f64: the kernels' arithmetic) and in f32 (the single-precision paths), where
+      // the op takes f32 (an op whose schema refuses the f32 form keeps only the first).
+      const size_t written = examples.size();
+      for (size_t i = 0; i < written; ++i) {
+        OpExample f;
+        if (ops::as_f32(examples[i], &f)) examples.push_back(std::move(f));
+      }
+      for (size_t i = 0; i < examples.size(); ++i) {
+        const OpExample& e = examples[i];
         CAPTURE(name);
         CAPTURE(e.label);
-        OpCase c = build_case(s, e);
+        const bool f32 = i >= written;
+        OpCase c;
+        try {
+          c = build_case(s, e);
+        } catch (const InputError&) {
+          if (f32) continue;
+          throw;
+        }
         std::vector<Tensor> want = run_case(c, *cpu), got = run_case(c, *gpu);
         for (size_t k = 0; k < want.size(); ++k) {
           CAPTURE(c.g->value(c.checked[k]).name);
@@ -167,8 +185,7 @@ TEST_SUITE("cuda") {
             CHECK(std::memcmp(want[k].raw(), got[k].raw(), want[k].nbytes()) == 0);
             continue;
           }
-          // Examples in f64 check the kernels' arithmetic; f32 ones the single-precision paths.
-          CHECK(relative_difference(want[k], got[k]) <= kTolerance);
+          CHECK(relative_difference(want[k], got[k]) <= (f32 ? kTolerance32 : kTolerance));
         }
         ++cases;
       }

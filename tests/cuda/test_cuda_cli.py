@@ -20,7 +20,8 @@ FIT_SECONDS = 60
 HUNG = []  # the command of a fit that did not end: the fits after it are not started
 FP32 = ["--set", "train.precision=fp32"]
 SAMPLES = {"fashion_mnist/mlp.toml": "fashion", "fashion_mnist/cnn.toml": "fashion",
-           "fashion_mnist/lstm.toml": "fashion", "cifar10/cnn.toml": "cifar10", "imdb/lstm.toml": "imdb"}
+           "fashion_mnist/lstm.toml": "fashion", "cifar10/cnn.toml": "cifar10", "imdb/lstm.toml": "imdb",
+           "imdb/cnn.toml": "imdb"}
 
 
 def data_sets(kind):

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/vec_math.h"
@@ -137,6 +138,30 @@ TEST_SUITE("cpu_fast_paths") {
       CHECK(got.dtype() == DType::f32);
       CHECK(max_rel_error(got, ref) < 1e-5);
     }
+  }
+
+  TEST_CASE("Clip is ONNX's min(max(x, min), max): absent bounds, min above max, NaN") {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    Tensor x = Tensor::from<float>({5}, {-3.f, -0.5f, 0.25f, 2.f, nan});
+    auto clip = [&](std::optional<float> lo, std::optional<float> hi) {
+      std::vector<std::optional<Tensor>> in{x, std::nullopt, std::nullopt};
+      if (lo) in[1] = Tensor::scalar<float>(*lo);
+      if (hi) in[2] = Tensor::scalar<float>(*hi);
+      while (!in.back()) in.pop_back();
+      return run_node("Clip", in, {}, {"y"}, 1)[0];
+    };
+    auto expect = [](const Tensor& y, std::vector<float> want) {
+      for (int64_t i = 0; i < 5; ++i) {
+        if (std::isnan(want[i]))
+          CHECK(std::isnan(y.data<float>()[i]));
+        else
+          CHECK(y.data<float>()[i] == want[i]);
+      }
+    };
+    expect(clip(-1.f, 1.f), {-1.f, -0.5f, 0.25f, 1.f, nan});
+    expect(clip(std::nullopt, 0.f), {-3.f, -0.5f, 0.f, 0.f, nan});
+    expect(clip(0.f, std::nullopt), {0.f, 0.f, 0.25f, 2.f, nan});
+    expect(clip(1.f, -1.f), {-1.f, -1.f, -1.f, -1.f, nan});  // min above max: max everywhere
   }
 
   TEST_CASE("MaxPoolGrad 2x2 stride 2: dy at each window's first maximum, zeros elsewhere") {

@@ -138,6 +138,58 @@ TEST_SUITE("ops") {
     }
   }
 
+  TEST_CASE("ops: every example in f32 computes what it computes in f64, on the CPU") {
+    // The single-precision kernels (oneDNN's convolutions and products, the vectorized activations) against
+    // the f64 ones, which the gradient checks hold to the finite differences.
+    auto cpu = make_cpu_backend();
+    int compared = 0;
+    std::vector<std::string> refused;
+    for (const auto& [name, s] : OpRegistry::global().all()) {
+      if (!s.examples_fn()) continue;
+      for (const OpExample& e : s.examples_fn()()) {
+        OpExample f;
+        if (!ops::as_f32(e, &f)) continue;
+        CAPTURE(case_name(s, f));
+        Built b64 = build_one(s, e), b32;
+        try {
+          b32 = build_one(s, f);
+        } catch (const InputError&) {
+          refused.push_back(case_name(s, e));
+          continue;
+        }
+        std::vector<Tensor> outs[2];
+        int k = 0;
+        for (Built* b : {&b64, &b32}) {
+          for (ValueId o : b->outputs)
+            if (o != kNoValue) b->g->mark_output(o);
+          Session sess(b->g, *cpu);
+          feed(sess, *b, k == 0 ? e : f);
+          sess.run(StepContext{7, 1234});
+          for (ValueId o : b->outputs)
+            if (o != kNoValue) outs[k].push_back(sess.read(o));
+          ++k;
+        }
+        REQUIRE(outs[0].size() == outs[1].size());
+        for (size_t j = 0; j < outs[0].size(); ++j) {
+          if (!is_float(outs[0][j].dtype())) {
+            for (int64_t i = 0; i < outs[0][j].numel(); ++i)
+              CHECK(outs[0][j].get_f64(i) == outs[1][j].get_f64(i));
+            continue;
+          }
+          double scale = 0, diff = 0;
+          for (int64_t i = 0; i < outs[0][j].numel(); ++i) {
+            scale = std::max(scale, std::fabs(outs[0][j].get_f64(i)));
+            diff = std::max(diff, std::fabs(outs[0][j].get_f64(i) - outs[1][j].get_f64(i)));
+          }
+          CHECK(diff <= 1e-4 * std::max(scale, 1.0));
+        }
+        ++compared;
+      }
+    }
+    MESSAGE(compared << " examples compared in f32; refused in f32: " << refused.size());
+    CHECK(compared > 100);
+  }
+
   TEST_CASE("ops: forward on every backend, and f64 gradient checks") {
     auto bks = backends();
     for (const auto& [name, s] : OpRegistry::global().all()) {

@@ -531,6 +531,13 @@ bool valid_map(const IndexMap& m) {
   return true;
 }
 
+template <class T>
+void launch_pad_typed(k::PadMode mode, const k::PadGeom& g, const void* x, const void* value, void* y,
+                      int64_t n, cudaStream_t s) {
+  pad_kernel<T><<<blocks_for(n), kBlock, 0, s>>>(mode, g, static_cast<const T*>(x),
+                                                 static_cast<const T*>(value), static_cast<T*>(y), n);
+}
+
 }  // namespace
 
 cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b, void* out,
@@ -575,13 +582,6 @@ cudaError_t launch_compare(CompareOp op, ElemType t, const void* a, const void* 
       return compare_typed(k::LessOrEqualOp{}, t, a, b, out, map, n, stream);
   }
   return cudaErrorInvalidValue;
-}
-
-template <class T>
-void launch_pad_typed(k::PadMode mode, const k::PadGeom& g, const void* x, const void* value, void* y,
-                      int64_t n, cudaStream_t s) {
-  pad_kernel<T><<<blocks_for(n), kBlock, 0, s>>>(mode, g, static_cast<const T*>(x),
-                                                 static_cast<const T*>(value), static_cast<T*>(y), n);
 }
 
 cudaError_t launch_pad(ElemType t, k::PadMode mode, const k::PadGeom& g, const void* x, const void* value,
