@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Training throughput of `trainer fit` against PyTorch on the CPU, for the Fashion-MNIST samples.
+"""Training throughput of `trainer fit` against PyTorch on the CPU, for the Fashion-MNIST samples and the IMDB
+1-D CNN (imdb-cnn: samples/imdb/cnn.toml on random token ids, as the reviews are not shipped).
 
 For each sample spec, in one run and with the same thread count: trainer's training samples/s (from its JSON
 lines), PyTorch's samples/s for the same model, optimizer, loss and batch size on the same data (in-memory
@@ -31,7 +32,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-SAMPLES = ["mlp", "cnn", "lstm"]
+SAMPLES = ["mlp", "cnn", "lstm", "imdb-cnn"]
 
 # Stand-ins with the product's models for sample specs that are not in the tree yet; the data, loss and
 # optimizer sections are taken from mlp.toml.
@@ -140,11 +141,33 @@ def median(xs):
 # ---- specs ----
 
 
-def sample_specs(names, tmp):
-    """Path of each sample's spec: samples/fashion_mnist/NAME.toml, or a stand-in written to tmp."""
+def imdb_spec(name, tmp, limit):
+    """samples/imdb/NAME.toml reading random token ids written to tmp (labels: whether the last token is in the
+    lower half of the vocabulary), so the run needs no download."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 10000, (max(limit, 1), 200)).astype(np.int32)
+    y = (x[:, -1] < 5000).astype(np.int64)
+    np.save(pathlib.Path(tmp) / "imdb_x.npy", x)
+    np.save(pathlib.Path(tmp) / "imdb_y.npy", y)
+    text = (ROOT / "samples" / "imdb" / f"{name}.toml").read_text()
+    for split in ("train", "test"):
+        text = text.replace(f'"data/x_{split}.npy"', f'"{tmp}/imdb_x.npy"')
+        text = text.replace(f'"data/y_{split}.npy"', f'"{tmp}/imdb_y.npy"')
+    path = pathlib.Path(tmp) / f"imdb_{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def sample_specs(names, tmp, limit):
+    """Path of each sample's spec: samples/fashion_mnist/NAME.toml, imdb-NAME for samples/imdb/NAME.toml on
+    random reviews, or a stand-in written to tmp."""
     base = ROOT / "samples" / "fashion_mnist"
     specs = {}
     for name in names:
+        if name.startswith("imdb-"):
+            specs[name] = imdb_spec(name[len("imdb-"):], tmp, limit)
+            continue
         path = base / f"{name}.toml"
         if path.exists():
             specs[name] = path
@@ -287,9 +310,17 @@ def torch_worker(args):
     y = torch.from_numpy(y.astype(np.int64))
     opt = build_torch_optimizer(cfg.get("train", {}), model.parameters(), torch)
     loss_name = cfg.get("train", {}).get("loss", "sparse_categorical_crossentropy")
-    if loss_name != "sparse_categorical_crossentropy":
-        sys.exit(f"bench_fit: the PyTorch side supports sparse_categorical_crossentropy, not {loss_name}")
-    loss_fn = torch.nn.CrossEntropyLoss()  # on logits: the trainer fuses softmax + CE the same way
+    if loss_name == "sparse_categorical_crossentropy":
+        loss_fn = torch.nn.CrossEntropyLoss()  # on logits: the trainer fuses softmax + CE the same way
+    elif loss_name == "binary_crossentropy":
+        # On logits, as the trainer fuses sigmoid + binary cross-entropy.
+        bce = torch.nn.BCEWithLogitsLoss()
+        y = y.float()
+
+        def loss_fn(out, target):
+            return bce(out.squeeze(-1), target)
+    else:
+        sys.exit(f"bench_fit: the PyTorch side supports sparse categorical and binary cross-entropy, not {loss_name}")
     n, batch = x.shape[0], args.batch_size
     gen = torch.Generator().manual_seed(1)
 
@@ -367,14 +398,19 @@ def read_idx(path, np):
 def load_train_data(cfg, folder, limit, np):
     data = cfg["data"]
     src = data["train"]
-    fmt = src.get("format", "idx")
-    if fmt != "idx":
-        sys.exit(f"bench_fit: the PyTorch side reads idx data, not {fmt}")
+    fmt = src.get("format", "npy" if str(src["x"]).endswith(".npy") else "idx")
+    if fmt not in ("idx", "npy"):
+        sys.exit(f"bench_fit: the PyTorch side reads idx and npy data, not {fmt}")
 
     def one(v):
         v = v[0] if isinstance(v, list) else v
         return v if os.path.isabs(v) else str(folder / v)
 
+    if str(one(src["x"])).endswith(".npy"):  # token ids: as they are
+        x, y = np.load(one(src["x"])), np.load(one(src["y"]))
+        if limit:
+            x, y = x[:limit], y[:limit]
+        return np.ascontiguousarray(x.astype(np.int64)), y
     x = read_idx(one(src["x"]), np)
     y = read_idx(one(src["y"]), np)
     if limit:
@@ -413,6 +449,29 @@ def build_torch_model(model, torch):
             out, (h, _) = self.lstm(v)
             return out if self.sequences else h[-1]
 
+    class Conv1d(nn.Module):
+        """Keras's Conv1D on [N, steps, features]: PyTorch's on [N, features, steps] between transposes."""
+
+        def __init__(self, inputs, layer):
+            super().__init__()
+            padding = layer.get("padding", "valid")
+            if padding not in ("valid", "same"):
+                sys.exit(f"bench_fit: the PyTorch side builds Conv1D with padding valid or same, not {padding}")
+            self.conv = nn.Conv1d(inputs, layer["filters"], layer["kernel_size"], stride=layer.get("strides", 1),
+                                  dilation=layer.get("dilation_rate", 1), padding=padding,
+                                  bias=layer.get("use_bias", True))
+
+        def forward(self, v):
+            return self.conv(v.transpose(1, 2)).transpose(1, 2)
+
+    class GlobalPool1d(nn.Module):
+        def __init__(self, max_):
+            super().__init__()
+            self.max = max_
+
+        def forward(self, v):
+            return v.amax(1) if self.max else v.mean(1)
+
     def pair(v):
         return tuple(v) if isinstance(v, list) else (v, v)
 
@@ -450,6 +509,18 @@ def build_torch_model(model, torch):
             shape = (shape[0], (shape[1] - p[0]) // s[0] + 1, (shape[2] - p[1]) // s[1] + 1)
         elif kind == "Dropout":
             layers.append(nn.Dropout(layer["rate"]))
+        elif kind == "Embedding":
+            layers.append(nn.Embedding(layer["input_dim"], layer["output_dim"]))
+            shape = shape + (layer["output_dim"],)
+        elif kind == "Conv1D":
+            k, s, d = layer["kernel_size"], layer.get("strides", 1), layer.get("dilation_rate", 1)
+            layers.append(Conv1d(shape[-1], layer))
+            steps = (math.ceil(shape[0] / s) if layer.get("padding", "valid") == "same"
+                     else (shape[0] - d * (k - 1) - 1) // s + 1)
+            shape = (steps, layer["filters"])
+        elif kind in ("GlobalMaxPooling1D", "GlobalAveragePooling1D"):
+            layers.append(GlobalPool1d(kind == "GlobalMaxPooling1D"))
+            shape = (shape[-1],)
         elif kind == "LSTM":
             seq = layer.get("return_sequences", False)
             layers.append(LastStep(shape[-1], layer["units"], seq))
@@ -457,8 +528,8 @@ def build_torch_model(model, torch):
         else:
             sys.exit(f"bench_fit: the PyTorch side does not build {kind} layers")
         act = layer.get("activation")
-        if act in (None, "linear") or (act == "softmax" and last):
-            continue  # a final softmax is part of the loss, as in the trainer's fused cross-entropy
+        if act in (None, "linear") or (act in ("softmax", "sigmoid") and last):
+            continue  # a final softmax or sigmoid is part of the loss, as in the trainer's fused cross-entropy
         if act not in acts:
             sys.exit(f"bench_fit: the PyTorch side does not build activation {act}")
         layers.append(acts[act]())
@@ -504,7 +575,7 @@ def fmt_num(v, spec=".0f"):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: mlp,cnn,lstm")
+    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: mlp,cnn,lstm,imdb-cnn")
     p.add_argument("--build-dir", help="build folder holding cli/trainer and tools/bench/bench_cpu (default: build)")
     p.add_argument("--trainer", help="path of the trainer binary")
     p.add_argument("--bench-cpu", help="path of bench_cpu (the GEMM ceiling)")
@@ -553,7 +624,7 @@ def main():
             sys.exit(f"bench_fit: unknown PyTorch config {c} (choose from {', '.join(TORCH_CONFIGS)})")
 
     with tempfile.TemporaryDirectory(prefix="bench_fit.") as tmp:
-        specs = sample_specs(names, tmp)
+        specs = sample_specs(names, tmp, args.limit)
         log(f"bench_fit: {trainer} vs PyTorch, {args.threads} threads, batch {args.batch}, "
             f"{args.limit} samples per epoch, {args.repeats} repeats; load {loadavg()}")
         info = {n: trainer_summary(trainer, specs[n], args.batch) for n in names}
