@@ -164,6 +164,37 @@ TEST_SUITE("cpu_fast_paths") {
     expect(clip(1.f, -1.f), {-1.f, -1.f, -1.f, -1.f, nan});  // min above max: max everywhere
   }
 
+  TEST_CASE(
+      "ReduceMaxGrad over one axis: dy at each column's first maximum, ties and NaN as the general loop") {
+    // [2, 5, 70]: 70 columns span two blocks of the column-blocked pass. Rows 1 and 3 tie at the maximum of
+    // every third column; a NaN leads column 5 of the first slice and sits inside column 6.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    Tensor x = ops::random_tensor({2, 5, 70}, -1, 1, 91, DType::f32);
+    auto at = [&](int64_t o, int64_t i, int64_t c) -> float& {
+      return x.data<float>()[(o * 5 + i) * 70 + c];
+    };
+    for (int64_t o = 0; o < 2; ++o)
+      for (int64_t c = 0; c < 70; c += 3) at(o, 1, c) = at(o, 3, c) = 2.f;
+    at(0, 0, 5) = nan;
+    at(0, 2, 6) = nan;
+    Tensor dy = ops::random_tensor({2, 70}, 1, 2, 92, DType::f32);
+    for (std::vector<int64_t> axes : {std::vector<int64_t>{1}, std::vector<int64_t>{-2}}) {
+      Tensor dx = run_node("ReduceMaxGrad", {x, dy}, {{"axes", axes}}, {"dx"}, 2)[0];
+      for (int64_t o = 0; o < 2; ++o)
+        for (int64_t c = 0; c < 70; ++c) {
+          int64_t best = 0;  // the general rule: the first element, replaced only by a strictly greater one
+          for (int64_t i = 1; i < 5; ++i)
+            if (at(o, i, c) > at(o, best, c)) best = i;
+          for (int64_t i = 0; i < 5; ++i) {
+            CAPTURE(o);
+            CAPTURE(c);
+            CAPTURE(i);
+            CHECK(dx.data<float>()[(o * 5 + i) * 70 + c] == (i == best ? dy.data<float>()[o * 70 + c] : 0.f));
+          }
+        }
+    }
+  }
+
   TEST_CASE("MaxPoolGrad 2x2 stride 2: dy at each window's first maximum, zeros elsewhere") {
     Attributes a = {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}};
     for (Shape xs : {Shape{2, 3, 6, 8}, Shape{1, 2, 7, 5}}) {

@@ -236,7 +236,7 @@ KernelPtr reduce_kernel(const KernelArgs& a, bool floats_only) {
 }
 
 // dx = dy at the first maximum of each group (memory order), zero elsewhere.
-KernelPtr reduce_max_grad(const KernelArgs& a) {
+KernelPtr reduce_max_grad_any(const KernelArgs& a) {
   std::vector<int> axes;
   for (int64_t v : a.attrs().ints("axes")) axes.push_back(normalize_axis(v, a.in(0).shape.rank()));
   auto g = std::make_shared<ReduceGeom>(a.in(0).shape, axes);
@@ -289,6 +289,50 @@ struct AxisGeom {
   }
   int64_t width(int64_t b) const { return std::min(kCols, inner - (b % blocks_per_outer()) * kCols); }
 };
+
+// ReduceMaxGrad over one axis, [outer, n, inner]: the first maximum of each column found kCols columns at a
+// time, so every pass over the axis reads contiguous memory (the general loop strides through it one element
+// at a time). Same choice of position as reduce_max_grad_any: strictly greater replaces, so the first of
+// equal maxima wins and a leading NaN stays.
+KernelPtr reduce_max_grad(const KernelArgs& a) {
+  const auto& axes = a.attrs().ints("axes");
+  if (axes.size() != 1) return reduce_max_grad_any(a);
+  const AxisGeom geo(a.in(0).shape, axes[0]);
+  const int64_t total = a.in(0).shape.numel();
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "ReduceMaxGrad", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    const T* dy = a.in_ptr<T>(1);
+    T* dx = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      if (total == 0) return;
+      parallel_for(total, [&](int64_t i) { dx[i] = T(0); });
+      parallel_for(
+          geo.blocks(),
+          [&](int64_t b) {
+            const int64_t start = geo.start(b), w = geo.width(b), o = b / geo.blocks_per_outer();
+            const int64_t c0 = (b % geo.blocks_per_outer()) * AxisGeom::kCols;
+            T m[AxisGeom::kCols];
+            int64_t at[AxisGeom::kCols];
+            for (int64_t c = 0; c < w; ++c) {
+              m[c] = x[start + c];
+              at[c] = 0;
+            }
+            for (int64_t i = 1; i < geo.n; ++i) {
+              const T* row = x + start + i * geo.inner;
+              for (int64_t c = 0; c < w; ++c)
+                if (row[c] > m[c]) {
+                  m[c] = row[c];
+                  at[c] = i;
+                }
+            }
+            for (int64_t c = 0; c < w; ++c) dx[start + at[c] * geo.inner + c] = dy[o * geo.inner + c0 + c];
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(geo.n * AxisGeom::kCols, 1)));
+    });
+  });
+  return kp;
+}
 
 // Element (i, c) of a block is at p[i * stride + c].
 template <class T, bool kLog>
