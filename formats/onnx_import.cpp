@@ -99,8 +99,9 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 // the spatial axes; Resize (nearest, integer scales) is a Reshape, an Expand and a Reshape;
 // InstanceNormalization is its formula in ReduceMean, Sub, Mul, Sqrt, Div and Add; ReduceMin, ReduceL1,
 // ReduceL2, ReduceSumSquare and ReduceLogSumExp are ReduceMax or ReduceSum of Neg, Abs or Mul
-// (ReduceLogSumExp shifted by the maximum, so exp never overflows). A gradient flows to the inputs that
-// rewritten_input_has_grad names (which decides what initializers become parameters).
+// (ReduceLogSumExp shifted by the maximum, so exp never overflows); Tile is a Reshape, an Expand and a
+// Reshape. A gradient flows to the inputs that rewritten_input_has_grad names (which decides what
+// initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
   static const std::set<std::string> ops = {"Sum",
@@ -115,7 +116,8 @@ bool rewritten(const onnx::NodeProto& n) {
                                             "ReduceL1",
                                             "ReduceL2",
                                             "ReduceSumSquare",
-                                            "ReduceLogSumExp"};
+                                            "ReduceLogSumExp",
+                                            "Tile"};
   return ops.count(n.op_type()) > 0;
 }
 
@@ -559,6 +561,7 @@ class Importer {
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
+    if (p.op == "Tile" && domain.empty()) return add_tile(p);
     if (rewritten(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
       return add_variadic(p, p.op == "Sum" || p.op == "Mean" ? "Add" : p.op);
     if (options_.fold_constants && fold(p)) return;
@@ -713,6 +716,52 @@ class Importer {
       mark_batched(e);
       mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
                                       p.outputs, p.name));
+    });
+  }
+
+  // Tile(x [d0, d1, ...], repeats [r0, r1, ...]): x as [1, d0, 1, d1, ...] expanded to [r0, d0, r1, d1, ...]
+  // and merged to [r0 d0, r1 d1, ...] (a dim repeated once gets no axis of its own). The repeats must be
+  // constant, as every shape in a plan is.
+  void add_tile(const PendingNode& p) {
+    if (p.inputs.size() != 2 || p.inputs[0] == engine::kNoValue || p.inputs[1] == engine::kNoValue ||
+        p.outputs.size() != 1)
+      fail(fmt::format("{} must have an input, repeats and one output", p.label), "the exporter is broken");
+    const engine::Value& rv = g().value(p.inputs[1]);
+    if (rv.kind != engine::ValueKind::constant || rv.dtype != DType::i64 || rv.shape.rank() != 1)
+      fail(fmt::format("{}: its repeats '{}' are not a constant 1-D int64 tensor", p.label, rv.name),
+           "the engine needs static shapes: compute the repeats from constants and input shapes only");
+    const Shape in = g().value(p.inputs[0]).shape;
+    const Tensor& rt = *g().initializer(p.inputs[1]);
+    if (rt.numel() != in.rank())
+      fail(fmt::format("{}: {} repeats for a rank-{} input {}", p.label, rt.numel(), in.rank(), in.str()),
+           "give one repeat per dimension");
+    std::vector<int64_t> split, expand, merged;
+    for (int d = 0; d < in.rank(); ++d) {
+      const int64_t r = rt.get_i64(d);
+      if (r < 0) fail(fmt::format("{}: repeat {} of dim {} is negative", p.label, r, d));
+      if (r != 1) {
+        split.push_back(1);
+        expand.push_back(r);
+      }
+      split.push_back(in[d]);
+      expand.push_back(in[d]);
+      merged.push_back(r * in[d]);
+    }
+    const std::string base = p.base();
+    auto dims = [&](const std::string& what, const std::vector<int64_t>& v) {
+      return g().add_constant(g().unique_name(base + "/" + what),
+                              Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
+    };
+    wrap(p.label, [&] {
+      NodeId r1 =
+          g().add_node_named("Reshape", {p.inputs[0], dims("split", split)}, {{"allowzero", int64_t{1}}},
+                             {g().unique_name(base + "/split")}, base + "/split");
+      mark_batched(r1);
+      NodeId e = g().add_node_named("Expand", {g().node(r1).outputs[0], dims("repeat", expand)}, {},
+                                    {g().unique_name(base + "/repeated")}, base + "/repeat");
+      mark_batched(e);
+      mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)},
+                                      {{"allowzero", int64_t{1}}}, p.outputs, p.name));
     });
   }
 

@@ -632,8 +632,8 @@ class Net(torch.nn.Module):
 
     @cli_util.skip_without_fashion
     def test_pytorch_exported_elementwise_ops_fine_tune(self):
-        # Softplus, Elu, Selu, HardSigmoid, Abs, Max, Min, clamp (Clip with one bound), split (Split) and the
-        # exact GELU (Erf).
+        # Softplus, Elu, Selu, HardSigmoid, Abs, Max, Min, clamp (Clip with one bound), split (Split), repeat
+        # (Tile) and the exact GELU (Erf).
         path = self.path("torch_elementwise.onnx")
         original = self.torch_export("""
 class Net(torch.nn.Module):
@@ -645,13 +645,14 @@ class Net(torch.nn.Module):
         h = self.fc1(x.flatten(1))
         a, b = h.split([32, 32], 1)
         a = torch.maximum(torch.nn.functional.softplus(a), torch.nn.functional.elu(b))
+        a = a + a[:, :16].repeat(1, 2)
         b = torch.minimum(torch.nn.functional.selu(b), torch.abs(a)) + torch.nn.functional.hardsigmoid(b)
         h = torch.cat([a, torch.clamp(b, max=2.0)], 1)
         return self.fc2(torch.nn.functional.gelu(h))
 """, "torch.zeros(2, 1, 28, 28)", "x", path)
         ops = {n.op_type for n in original.graph.node}
         self.assertLessEqual({"Softplus", "Elu", "Selu", "HardSigmoid", "Abs", "Max", "Min", "Clip", "Split",
-                              "Erf"}, ops)
+                              "Erf", "Tile"}, ops)
         epochs, ckpt = self.fit([path, "--train", self.fashion_toml("elementwise.toml", from_logits=True,
                                                                     epochs=1)],
                                 self.path("run_elementwise"))
