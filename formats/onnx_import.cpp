@@ -630,34 +630,36 @@ class Importer {
     });
   }
 
-  // Resize by whole factors with nearest-neighbour sampling whose coordinates pick each input pixel for a
-  // block of factor^d outputs (PyTorch's nearest upsampling: asymmetric and floor; also half_pixel with
-  // rounding): every pixel repeated as a block, as Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H
-  // s, W s]. Both shapes read N and C from the input (0), so the graph holds at any batch size. Other resizes
-  // are refused.
+  // Resize: nearest-neighbour by whole factors, with coordinates that repeat each pixel as a block (PyTorch's
+  // F.interpolate(scale_factor=2)), is Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s, W s],
+  // whose shapes read N and C with 0 so the graph holds at any batch size. Any other resize of the last two
+  // axes (nearest, linear or cubic; any coordinate transformation but tf_crop_and_resize; any sizes)
+  // multiplies by the constant interpolation matrix of each axis, built from ONNX's definition: MatMul(x,
+  // M_W) along the last axis, MatMul(M_H, x) along the one before.
   void add_resize(const PendingNode& p) {
-    const std::string hint =
-        "the engine resizes by whole factors with nearest-neighbour sampling (F.interpolate(scale_factor=2, "
-        "mode='nearest'))";
+    const std::string hint = "the engine resizes the last two axes (nearest, linear or cubic)";
     if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
       fail(fmt::format("{} has no input or more than one output", p.label), hint);
-    const std::string mode = p.attrs.has("mode") ? p.attrs.s("mode") : "nearest";
-    const std::string ctm = p.attrs.has("coordinate_transformation_mode")
-                                ? p.attrs.s("coordinate_transformation_mode")
-                                : "half_pixel";
-    const std::string nearest =
-        p.attrs.has("nearest_mode") ? p.attrs.s("nearest_mode") : "round_prefer_floor";
-    const bool blocks =
-        mode == "nearest" && ((ctm == "asymmetric" && nearest == "floor") ||
-                              ((ctm == "half_pixel" || ctm == "pytorch_half_pixel") &&
-                               (nearest == "round_prefer_floor" || nearest == "round_prefer_ceil")));
-    if (!blocks)
-      fail(fmt::format("{}: mode '{}' with coordinate_transformation_mode '{}' and nearest_mode '{}' is not "
-                       "supported",
-                       p.label, mode, ctm, nearest),
-           hint);
+    auto str = [&](const char* key, const char* def) {
+      return p.attrs.has(key) ? p.attrs.s(key) : std::string(def);
+    };
+    const std::string mode = str("mode", "nearest"),
+                      ctm = str("coordinate_transformation_mode", "half_pixel");
+    const std::string nearest = str("nearest_mode", "round_prefer_floor");
     if (p.attrs.has("axes"))
       fail(fmt::format("{}: the axes attribute is not supported", p.label), "give scales for every axis");
+    if (p.attrs.has("antialias") && p.attrs.i("antialias") != 0)
+      fail(fmt::format("{}: antialias is not supported", p.label), hint);
+    if (p.attrs.has("keep_aspect_ratio_policy") && p.attrs.s("keep_aspect_ratio_policy") != "stretch")
+      fail(fmt::format("{}: keep_aspect_ratio_policy '{}' is not supported", p.label,
+                       p.attrs.s("keep_aspect_ratio_policy")),
+           hint);
+    const std::set<std::string> transforms = {"half_pixel", "pytorch_half_pixel", "align_corners",
+                                              "asymmetric", "tf_half_pixel_for_nn"};
+    if ((mode != "nearest" && mode != "linear" && mode != "cubic") || !transforms.count(ctm))
+      fail(fmt::format("{}: mode '{}' with coordinate_transformation_mode '{}' is not supported", p.label,
+                       mode, ctm),
+           hint);
     const Shape in = g().value(p.inputs[0]).shape;
     const int rank = in.rank();
     auto constant_input = [&](size_t k) -> const Tensor* {
@@ -671,51 +673,148 @@ class Importer {
     };
     const Tensor* scales = constant_input(2);
     const Tensor* sizes = constant_input(3);
-    std::vector<int64_t> factor(rank, 1);
+    std::vector<int64_t> out(rank);
+    std::vector<double> scale(rank);
     for (int d = 0; d < rank; ++d) {
-      bool whole = false;
       if (sizes && sizes->numel() == rank) {
-        const int64_t want = static_cast<int64_t>(sizes->get_f64(d));
-        whole = want >= in[d] && want % in[d] == 0;
-        if (whole) factor[d] = want / in[d];
+        out[d] = static_cast<int64_t>(sizes->get_f64(d));
+        scale[d] = static_cast<double>(out[d]) / static_cast<double>(in[d]);
       } else if (scales && scales->numel() == rank) {
-        const double s = scales->get_f64(d);
-        whole = s >= 1 && s == std::floor(s);
-        if (whole) factor[d] = static_cast<int64_t>(s);
+        scale[d] = scales->get_f64(d);
+        out[d] = static_cast<int64_t>(std::floor(static_cast<double>(in[d]) * scale[d]));
       } else {
         fail(fmt::format("{}: neither scales nor sizes has one value per axis of its {}-D input", p.label,
                          rank),
              hint);
       }
-      if (!whole || (d < 2 && factor[d] != 1))
-        fail(fmt::format("{}: resizing axis {} of {} is not a whole-factor upsampling of a spatial axis",
-                         p.label, d, in.str()),
-             hint);
+      if (out[d] < 1 || scale[d] <= 0)
+        fail(fmt::format("{}: axis {} of {} would have {} elements", p.label, d, in.str(), out[d]), hint);
+      if (d < rank - 2 && out[d] != in[d])
+        fail(fmt::format("{}: resizing axis {} of {} is not supported", p.label, d, in.str()), hint);
     }
-    std::vector<int64_t> split = {0, 0}, expand = {1, 1}, merged = {0, 0};
-    for (int d = 2; d < rank; ++d) {
-      split.push_back(in[d]);
-      expand.push_back(1);
-      if (factor[d] > 1) {
-        split.push_back(1);
-        expand.push_back(factor[d]);
-      }
-      merged.push_back(in[d] * factor[d]);
-    }
+    // The block form: nearest, whole factors, coordinates that map each block of outputs to one pixel.
+    bool blocks =
+        mode == "nearest" && ((ctm == "asymmetric" && nearest == "floor") ||
+                              ((ctm == "half_pixel" || ctm == "pytorch_half_pixel") &&
+                               (nearest == "round_prefer_floor" || nearest == "round_prefer_ceil")));
+    for (int d = 0; d < rank && blocks; ++d)
+      blocks = out[d] % in[d] == 0 && scale[d] == static_cast<double>(out[d] / in[d]) &&
+               (d >= 2 || out[d] == in[d]);
     const std::string base = p.base();
     auto dims = [&](const std::string& what, const std::vector<int64_t>& v) {
       return g().add_constant(g().unique_name(base + "/" + what),
                               Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
     };
+    if (blocks) {
+      std::vector<int64_t> split = {0, 0}, expand = {1, 1}, merged = {0, 0};
+      for (int d = 2; d < rank; ++d) {
+        const int64_t f = out[d] / in[d];
+        split.push_back(in[d]);
+        expand.push_back(1);
+        if (f > 1) {
+          split.push_back(1);
+          expand.push_back(f);
+        }
+        merged.push_back(out[d]);
+      }
+      wrap(p.label, [&] {
+        NodeId r1 = g().add_node_named("Reshape", {p.inputs[0], dims("split", split)}, {},
+                                       {g().unique_name(base + "/split")}, base + "/split");
+        mark_batched(r1);
+        NodeId e = g().add_node_named("Expand", {g().node(r1).outputs[0], dims("repeat", expand)}, {},
+                                      {g().unique_name(base + "/repeated")}, base + "/repeat");
+        mark_batched(e);
+        mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
+                                        p.outputs, p.name));
+      });
+      return;
+    }
+    const double a = p.attrs.has("cubic_coeff_a") ? p.attrs.f("cubic_coeff_a") : -0.75;
+    const bool exclude = p.attrs.has("exclude_outside") && p.attrs.i("exclude_outside") != 0;
+    const DType t = g().value(p.inputs[0]).dtype;
+    // The interpolation matrix of one axis, [n, m]: column o holds the weights of output o.
+    auto matrix = [&](int64_t n, int64_t m, double s) {
+      std::vector<double> w(static_cast<size_t>(n * m), 0.0);
+      for (int64_t o = 0; o < m; ++o) {
+        // ONNX measures the resized length as n * scale before flooring it (2.4 for 4 elements at 0.6).
+        const double length = static_cast<double>(n) * s;
+        double x;
+        if (ctm == "half_pixel")
+          x = (o + 0.5) / s - 0.5;
+        else if (ctm == "pytorch_half_pixel")
+          x = length > 1 ? (o + 0.5) / s - 0.5 : 0.0;
+        else if (ctm == "align_corners")
+          x = length == 1 ? 0.0 : static_cast<double>(o) * static_cast<double>(n - 1) / (length - 1);
+        else if (ctm == "asymmetric")
+          x = o / s;
+        else  // tf_half_pixel_for_nn
+          x = (o + 0.5) / s;
+        auto clamp = [&](int64_t i) { return std::clamp<int64_t>(i, 0, n - 1); };
+        if (mode == "nearest") {
+          const double f = std::floor(x), frac = x - f;
+          int64_t i;
+          if (nearest == "floor")
+            i = static_cast<int64_t>(f);
+          else if (nearest == "ceil")
+            i = static_cast<int64_t>(std::ceil(x));
+          else if (nearest == "round_prefer_ceil")
+            i = static_cast<int64_t>(frac >= 0.5 ? f + 1 : f);
+          else
+            i = static_cast<int64_t>(frac > 0.5 ? f + 1 : f);
+          w[static_cast<size_t>(clamp(i) * m + o)] += 1.0;
+          continue;
+        }
+        // The taps around x: i0 = ceil(x) - 1 and its neighbours, with ratio x - i0 in (0, 1], as ONNX's
+        // reference takes them; taps past the edges repeat the edge element.
+        const int64_t i0 = static_cast<int64_t>(std::ceil(x)) - 1;
+        const double r = x - static_cast<double>(i0);
+        std::vector<std::pair<int64_t, double>> taps;
+        if (mode == "linear") {
+          taps = {{i0, 1 - r}, {i0 + 1, r}};
+        } else {
+          auto far = [&](double u) { return ((a * u - 5 * a) * u + 8 * a) * u - 4 * a; };  // 1 < u < 2
+          auto near = [&](double u) { return ((a + 2) * u - (a + 3)) * u * u + 1; };       // u <= 1
+          taps = {{i0 - 1, far(r + 1)}, {i0, near(r)}, {i0 + 1, near(1 - r)}, {i0 + 2, far(2 - r)}};
+        }
+        double total = 0;
+        for (auto& [i, c] : taps) {
+          if (exclude && (i < 0 || i >= n)) c = 0;
+          total += c;
+        }
+        for (const auto& [i, c] : taps)
+          w[static_cast<size_t>(clamp(i) * m + o)] += exclude && total != 0 ? c / total : c;
+      }
+      return w;
+    };
     wrap(p.label, [&] {
-      NodeId r1 = g().add_node_named("Reshape", {p.inputs[0], dims("split", split)}, {},
-                                     {g().unique_name(base + "/split")}, base + "/split");
-      mark_batched(r1);
-      NodeId e = g().add_node_named("Expand", {g().node(r1).outputs[0], dims("repeat", expand)}, {},
-                                    {g().unique_name(base + "/repeated")}, base + "/repeat");
-      mark_batched(e);
-      mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
-                                      p.outputs, p.name));
+      ValueId v = p.inputs[0];
+      const int last = rank - 1;
+      std::vector<int> axes;
+      for (int d = std::max(rank - 2, 0); d < rank; ++d)
+        if (out[d] != in[d] || scale[d] != 1.0) axes.push_back(d);
+      if (axes.empty()) {
+        mark_batched(g().add_node_named("Identity", {v}, {}, p.outputs, p.name));
+        return;
+      }
+      for (size_t k = 0; k < axes.size(); ++k) {
+        const int d = axes[k];
+        const std::vector<double> w = matrix(in[d], out[d], scale[d]);
+        const bool along_last = d == last;
+        // Along the last axis, x [.., n] times M [n, m]; along the one before, M^T [m, n] times x [.., n, W].
+        Tensor mt(t, along_last ? Shape{in[d], out[d]} : Shape{out[d], in[d]});
+        for (int64_t i = 0; i < in[d]; ++i)
+          for (int64_t o = 0; o < out[d]; ++o)
+            mt.set_f64(along_last ? i * out[d] + o : o * in[d] + i, w[static_cast<size_t>(i * out[d] + o)]);
+        ValueId mc = g().add_constant(g().unique_name(base + (along_last ? "/weights_w" : "/weights_h")),
+                                      std::move(mt));
+        const bool final_node = k + 1 == axes.size();
+        const std::string name = final_node ? p.name : base + (along_last ? "/resize_w" : "/resize_h");
+        std::vector<std::string> outs = {final_node ? p.outputs[0] : g().unique_name(name)};
+        NodeId id = g().add_node_named(
+            "MatMul", along_last ? std::vector<ValueId>{v, mc} : std::vector<ValueId>{mc, v}, {}, outs, name);
+        mark_batched(id);
+        v = g().node(id).outputs[0];
+      }
     });
   }
 

@@ -592,9 +592,9 @@ class Net(torch.nn.Module):
 
     @cli_util.skip_without_fashion
     def test_pytorch_exported_encoder_decoder_with_conv_transpose_fine_tunes(self):
-        # A U-Net-like block: strided convolutions down, ConvTranspose (with output_padding, and grouped) and
-        # nearest-neighbour upsampling (Resize) up, a skip connection, group and instance normalization (both
-        # InstanceNormalization in the export), and reflection padding.
+        # A U-Net-like block: strided convolutions down; ConvTranspose (with output_padding, and grouped),
+        # nearest-neighbour and bilinear upsampling (Resize) up; a skip connection; group and instance
+        # normalization (both InstanceNormalization in the export); reflection padding.
         path = self.path("torch_unet.onnx")
         original = self.torch_export("""
 class Net(torch.nn.Module):
@@ -603,7 +603,7 @@ class Net(torch.nn.Module):
         self.down = torch.nn.Conv2d(1, 8, 3, stride=2)
         self.up = torch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
         self.up2 = torch.nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2, bias=False)
-        self.head = torch.nn.Conv2d(13, 8, 3, stride=2)
+        self.head = torch.nn.Conv2d(15, 8, 3, stride=2)
         self.fc = torch.nn.Linear(8, 10)
         self.instance = torch.nn.InstanceNorm2d(8, affine=True)
         self.group = torch.nn.GroupNorm(2, 4)
@@ -611,7 +611,8 @@ class Net(torch.nn.Module):
         d = torch.relu(self.instance(self.down(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))))
         h = torch.relu(self.up2(torch.relu(self.group(self.up(d)))))
         u = torch.nn.functional.interpolate(d, scale_factor=2, mode="nearest")
-        h = torch.relu(self.head(torch.cat([h, x, u], 1)))
+        b = torch.nn.functional.interpolate(d[:, :2], scale_factor=2, mode="bilinear", align_corners=False)
+        h = torch.relu(self.head(torch.cat([h, x, u, b], 1)))
         return self.fc(h.mean((2, 3)))
 """, "torch.zeros(2, 1, 28, 28)", "x", path)
         self.assertLessEqual({"ConvTranspose", "Resize", "InstanceNormalization", "Pad"},
