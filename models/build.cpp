@@ -38,10 +38,13 @@ DType input_dtype(const formats::InputSpec& input) {
 }
 
 // NCHW -> NHWC for a model whose last layer leaves an image: its output is channels-last, as its shape says.
-ValueId nhwc(Graph& g, ValueId v, const std::string& prefix) {
+// A channels-first output back in Keras's layout: [N, C, H, W] -> [N, H, W, C], [N, F, T] -> [N, T, F].
+ValueId channels_last(Graph& g, ValueId v, size_t keras_rank, const std::string& prefix) {
   if (v == kNoValue) return v;
-  NodeId n = g.add_node("Transpose", {v}, {{"perm", std::vector<int64_t>{0, 2, 3, 1}}}, 1,
-                        g.unique_name(prefix + "/Transpose"));
+  NodeId n = g.add_node(
+      "Transpose", {v},
+      {{"perm", keras_rank == 3 ? std::vector<int64_t>{0, 2, 3, 1} : std::vector<int64_t>{0, 2, 1}}}, 1,
+      g.unique_name(prefix + "/Transpose"));
   return g.node(n).outputs[0];
 }
 
@@ -183,8 +186,8 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
 
   LayerValue out = values[previous];
   if (out.channels_first) {
-    out.value = nhwc(g, out.value, previous);
-    out.pre_activation = nhwc(g, out.pre_activation, previous + "/logits");
+    out.value = channels_last(g, out.value, out.shape.size(), previous);
+    out.pre_activation = channels_last(g, out.pre_activation, out.shape.size(), previous + "/logits");
   }
   m.output = out.value;
   m.logits = out.pre_activation;

@@ -132,20 +132,35 @@ std::string LayerBuilder::initializer(const std::string& arg) const {
                    fmt::join(initializer_names(), ", ")));
 }
 
+namespace {
+int64_t numel_of(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+}  // namespace
+
 int LayerBuilder::ir_axis(const LayerValue& x, int k) const {
-  if (x.channels_first) return k == 2 ? 1 : k + 2;
+  if (x.channels_first) return k == static_cast<int>(x.shape.size()) - 1 ? 1 : k + 2;
   return k + 1;
 }
 
+// Images (H, W, C) and sequences (T, F): the channels (features) move between the last axis and axis 1. A
+// Reshape does it when the other axes hold one element in all (the bytes are already in order), else a
+// Transpose.
 LayerValue LayerBuilder::to_channels_first(const LayerValue& x) {
-  if (x.channels_first || x.shape.size() != 3) return x;
+  if (x.channels_first || (x.shape.size() != 3 && x.shape.size() != 2)) return x;
   LayerValue y = x;
   y.channels_first = true;
-  const int64_t h = x.shape[0], w = x.shape[1], c = x.shape[2];
-  if (c == 1 || h * w == 1)
-    y.value = op("Reshape", {x.value, shape_constant("nchw_shape", {-1, c, h, w})});
+  const int64_t c = x.shape.back(), rest = numel_of(x.shape) / std::max<int64_t>(c, 1);
+  std::vector<int64_t> dims = {-1, c};
+  dims.insert(dims.end(), x.shape.begin(), x.shape.end() - 1);
+  if (c == 1 || rest == 1)
+    y.value = op("Reshape", {x.value, shape_constant("channels_first_shape", dims)});
   else
-    y.value = op("Transpose", {x.value}, {{"perm", std::vector<int64_t>{0, 3, 1, 2}}});
+    y.value = op(
+        "Transpose", {x.value},
+        {{"perm", x.shape.size() == 3 ? std::vector<int64_t>{0, 3, 1, 2} : std::vector<int64_t>{0, 2, 1}}});
   y.pre_activation = kNoValue;
   return y;
 }
@@ -154,11 +169,15 @@ LayerValue LayerBuilder::to_channels_last(const LayerValue& x) {
   if (!x.channels_first) return x;
   LayerValue y = x;
   y.channels_first = false;
-  const int64_t h = x.shape[0], w = x.shape[1], c = x.shape[2];
-  if (c == 1 || h * w == 1)
-    y.value = op("Reshape", {x.value, shape_constant("nhwc_shape", {-1, h, w, c})});
+  const int64_t c = x.shape.back(), rest = numel_of(x.shape) / std::max<int64_t>(c, 1);
+  std::vector<int64_t> dims = {-1};
+  dims.insert(dims.end(), x.shape.begin(), x.shape.end());
+  if (c == 1 || rest == 1)
+    y.value = op("Reshape", {x.value, shape_constant("channels_last_shape", dims)});
   else
-    y.value = op("Transpose", {x.value}, {{"perm", std::vector<int64_t>{0, 2, 3, 1}}});
+    y.value = op(
+        "Transpose", {x.value},
+        {{"perm", x.shape.size() == 3 ? std::vector<int64_t>{0, 2, 3, 1} : std::vector<int64_t>{0, 2, 1}}});
   y.pre_activation = kNoValue;
   return y;
 }

@@ -1,7 +1,8 @@
 // Sequence layers over (steps, features): Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D and
-// GlobalMaxPooling1D. A sequence stays [N, steps, features] between layers, as the recurrent layers take it;
-// the window layers transpose it to ONNX's [N, features, steps] around their op. Padding "same" places the
-// odd step at the end, as TensorFlow does; "causal" pads the start only.
+// GlobalMaxPooling1D. The window layers work on ONNX's [N, features, steps] and leave their result so (the
+// channels-first layout of images), so a stack of them transposes once; a layer that needs [N, steps,
+// features] (a recurrent one, Dense) turns it back. Padding "same" places the odd step at the end, as
+// TensorFlow does; "causal" pads the start only.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -47,11 +48,6 @@ Window1d window1d(int64_t steps, int64_t kernel, int64_t stride, int64_t dilatio
   return w;
 }
 
-// [N, steps, features] <-> [N, features, steps].
-ValueId swap_last_two(LayerBuilder& b, ValueId v) {
-  return b.op("Transpose", {v}, {{"perm", std::vector<int64_t>{0, 2, 1}}});
-}
-
 LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t filters = b.positive("filters");
   const int64_t kernel = b.positive("kernel_size");
@@ -76,7 +72,8 @@ LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   // [filters, in / groups, k], ONNX's layout (Keras keeps (k, in / groups, filters)); Keras's fans.
   ValueId weight = b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel},
                             {kernel * per_group, kernel * filters, filters, per_group * kernel});
-  std::vector<ValueId> inputs = {swap_last_two(b, in[0].value), weight};
+  LayerValue x = b.to_channels_first(in[0]);
+  std::vector<ValueId> inputs = {x.value, weight};
   if (b.args.boolean("use_bias"))
     inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
   Attributes attrs{{"kernel_shape", std::vector<int64_t>{kernel}},
@@ -84,8 +81,7 @@ LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
                    {"dilations", std::vector<int64_t>{dilation}},
                    {"pads", std::vector<int64_t>{w.begin, w.end}},
                    {"group", groups}};
-  LayerValue x = in[0];
-  x.value = swap_last_two(b, b.op("Conv", inputs, attrs));
+  x.value = b.op("Conv", inputs, attrs);
   x.shape = {w.out, filters};
   x.pre_activation = kNoValue;
   b.info.flops_per_sample = 2 * w.out * filters * per_group * kernel;
@@ -108,8 +104,8 @@ LayerValue build_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in, cons
                    {"pads", std::vector<int64_t>{w.begin, w.end}}};
   // As TensorFlow, average pooling divides by the steps inside the sequence only.
   if (std::string(op) == "AveragePool") attrs.set("count_include_pad", int64_t{0});
-  LayerValue x = in[0];
-  x.value = swap_last_two(b, b.op(op, {swap_last_two(b, in[0].value)}, attrs));
+  LayerValue x = b.to_channels_first(in[0]);
+  x.value = b.op(op, {x.value}, attrs);
   x.shape = {w.out, in[0].shape[1]};
   x.activation.clear();
   x.pre_activation = kNoValue;
@@ -124,14 +120,16 @@ LayerValue build_average_pool1d(LayerBuilder& b, const std::vector<LayerValue>& 
   return build_pool1d(b, in, "AveragePool");
 }
 
-// The mean or maximum over the steps, with no transpose: a reduction over axis 1 of [N, steps, features].
+// The mean or maximum over the steps, in whichever layout the sequence is: no transpose.
 LayerValue build_global_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in, bool max) {
   require_sequence(b, in[0]);
   const bool keep = b.args.boolean("keepdims");
   LayerValue x = in[0];
-  x.value = b.op(max ? "ReduceMax" : "ReduceMean", {in[0].value, b.shape_constant("axes", {1})},
-                 {{"keepdims", int64_t{keep ? 1 : 0}}});
+  x.value =
+      b.op(max ? "ReduceMax" : "ReduceMean", {in[0].value, b.shape_constant("axes", {b.ir_axis(in[0], 0)})},
+           {{"keepdims", int64_t{keep ? 1 : 0}}});
   x.shape = keep ? std::vector<int64_t>{1, in[0].shape[1]} : std::vector<int64_t>{in[0].shape[1]};
+  if (!keep) x.channels_first = false;  // [N, F] in either layout
   x.activation.clear();
   x.pre_activation = kNoValue;
   return x;

@@ -87,8 +87,9 @@ LayerValue build_prelu_layer(LayerBuilder& b, const std::vector<LayerValue>& in)
       keras[static_cast<size_t>(a - 1)] = 1;
     }
   std::vector<int64_t> dims = keras;
-  if (x.channels_first) {  // (H, W, C) -> (C, H, W)
-    dims = {keras[2], keras[0], keras[1]};
+  if (x.channels_first) {  // (H, W, C) -> (C, H, W), (T, F) -> (F, T)
+    dims = {keras.back()};
+    dims.insert(dims.end(), keras.begin(), keras.end() - 1);
   }
   int64_t n = 1;
   for (int64_t d : dims) n *= d;

@@ -62,7 +62,7 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   const int64_t units = b.positive("units");
   const std::string act = cell_activation(b, "activation");
   const std::string rec_act = cell_activation(b, "recurrent_activation");
-  const LayerValue& x = in[0];
+  const LayerValue x = b.to_channels_last(in[0]);  // ONNX's layout 1 is [N, T, F]
   if (x.shape.size() != 2)
     b.fail_layer(fmt::format("needs a sequence input (None, timesteps, features), got {} from '{}'",
                              keras_shape(x.shape), x.from),
