@@ -568,6 +568,34 @@ class Importer {
     insert(p);
   }
 
+  // Helpers of the rewrites below, which write one ONNX node as several IR nodes named after it.
+  // A 1-D int64 constant "<node>/<what>".
+  ValueId ints_constant(const PendingNode& p, const std::string& what, const std::vector<int64_t>& v) {
+    return g().add_constant(g().unique_name(p.base() + "/" + what),
+                            Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
+  }
+  // A node "<node>/<what>" with a fresh output; or, the `last` of the rewrite, one that takes the node's name
+  // and output.
+  ValueId add_part(const PendingNode& p, const std::string& op, std::vector<ValueId> ins,
+                   engine::Attributes a, const std::string& what, bool last = false) {
+    const std::string part = p.base() + "/" + what;
+    NodeId id = g().add_node_named(op, std::move(ins), std::move(a),
+                                   {last ? p.outputs[0] : g().unique_name(part)}, last ? p.name : part);
+    mark_batched(id);
+    return g().node(id).outputs[0];
+  }
+  // Input 0 repeated: Reshape to `split`, Expand to `repeat`, Reshape to `merged` (the Reshapes with
+  // `reshape_attrs`), the last taking the node's name and output.
+  void add_repeat(const PendingNode& p, const std::vector<int64_t>& split, const std::vector<int64_t>& repeat,
+                  const std::vector<int64_t>& merged, const engine::Attributes& reshape_attrs) {
+    wrap(p.label, [&] {
+      ValueId v =
+          add_part(p, "Reshape", {p.inputs[0], ints_constant(p, "split", split)}, reshape_attrs, "split");
+      v = add_part(p, "Expand", {v, ints_constant(p, "repeat", repeat)}, {}, "repeat");
+      add_part(p, "Reshape", {v, ints_constant(p, "merged", merged)}, reshape_attrs, "merged", true);
+    });
+  }
+
   // Split along `axis` into the parts that the `split` input gives, or into num_outputs (opset 18) parts of
   // ceil(d / n) elements (the last one smaller), or into as many equal parts as there are outputs: one Slice
   // per output. The first Slice keeps the node's name.
@@ -611,19 +639,16 @@ class Importer {
     if (static_cast<int64_t>(sizes.size()) != parts || total != dim)
       fail(fmt::format("{}: split sizes {} for {} outputs do not add up to {}, the size of axis {}", p.label,
                        fmt::join(sizes, ","), parts, dim, axis));
-    const std::string base = p.base();
     wrap(p.label, [&] {
       int64_t start = 0;
-      auto ints = [&](const std::string& what, int64_t v) {
-        return g().add_constant(g().unique_name(base + "/" + what), Tensor::from<int64_t>(Shape{1}, {v}));
-      };
       for (int64_t k = 0; k < parts; ++k) {
         const int64_t end = start + sizes[k];
         if (!p.outputs[k].empty()) {
-          const std::string name = k == 0 ? p.name : fmt::format("{}/{}", base, k);
-          mark_batched(g().add_node_named(
-              "Slice", {p.inputs[0], ints("starts", start), ints("ends", end), ints("axes", axis)}, {},
-              {p.outputs[k]}, name));
+          const std::string name = k == 0 ? p.name : fmt::format("{}/{}", p.base(), k);
+          mark_batched(g().add_node_named("Slice",
+                                          {p.inputs[0], ints_constant(p, "starts", {start}),
+                                           ints_constant(p, "ends", {end}), ints_constant(p, "axes", {axis})},
+                                          {}, {p.outputs[k]}, name));
         }
         start = end;
       }
@@ -700,11 +725,6 @@ class Importer {
     for (int d = 0; d < rank && blocks; ++d)
       blocks = out[d] % in[d] == 0 && scale[d] == static_cast<double>(out[d] / in[d]) &&
                (d >= 2 || out[d] == in[d]);
-    const std::string base = p.base();
-    auto dims = [&](const std::string& what, const std::vector<int64_t>& v) {
-      return g().add_constant(g().unique_name(base + "/" + what),
-                              Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
-    };
     if (blocks) {
       std::vector<int64_t> split = {0, 0}, expand = {1, 1}, merged = {0, 0};
       for (int d = 2; d < rank; ++d) {
@@ -717,18 +737,10 @@ class Importer {
         }
         merged.push_back(out[d]);
       }
-      wrap(p.label, [&] {
-        NodeId r1 = g().add_node_named("Reshape", {p.inputs[0], dims("split", split)}, {},
-                                       {g().unique_name(base + "/split")}, base + "/split");
-        mark_batched(r1);
-        NodeId e = g().add_node_named("Expand", {g().node(r1).outputs[0], dims("repeat", expand)}, {},
-                                      {g().unique_name(base + "/repeated")}, base + "/repeat");
-        mark_batched(e);
-        mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)}, {},
-                                        p.outputs, p.name));
-      });
+      add_repeat(p, split, expand, merged, {});
       return;
     }
+    const std::string base = p.base();
     const double a = p.attrs.has("cubic_coeff_a") ? p.attrs.f("cubic_coeff_a") : -0.75;
     const bool exclude = p.attrs.has("exclude_outside") && p.attrs.i("exclude_outside") != 0;
     const DType t = g().value(p.inputs[0]).dtype;
@@ -846,22 +858,7 @@ class Importer {
       expand.push_back(in[d]);
       merged.push_back(r * in[d]);
     }
-    const std::string base = p.base();
-    auto dims = [&](const std::string& what, const std::vector<int64_t>& v) {
-      return g().add_constant(g().unique_name(base + "/" + what),
-                              Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
-    };
-    wrap(p.label, [&] {
-      NodeId r1 =
-          g().add_node_named("Reshape", {p.inputs[0], dims("split", split)}, {{"allowzero", int64_t{1}}},
-                             {g().unique_name(base + "/split")}, base + "/split");
-      mark_batched(r1);
-      NodeId e = g().add_node_named("Expand", {g().node(r1).outputs[0], dims("repeat", expand)}, {},
-                                    {g().unique_name(base + "/repeated")}, base + "/repeat");
-      mark_batched(e);
-      mark_batched(g().add_node_named("Reshape", {g().node(e).outputs[0], dims("merged", merged)},
-                                      {{"allowzero", int64_t{1}}}, p.outputs, p.name));
-    });
+    add_repeat(p, split, expand, merged, {{"allowzero", int64_t{1}}});
   }
 
   // The reductions ONNX has beyond ReduceSum, ReduceMean and ReduceMax, written with those: each IR reduce
@@ -870,16 +867,10 @@ class Importer {
     if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
       fail(fmt::format("{} has no input or more than one output", p.label),
            p.op + " takes data and gives one output");
-    const std::string base = p.base();
     const ValueId axes = p.inputs.size() > 1 ? p.inputs[1] : engine::kNoValue;
     auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
-                    const std::string& what, bool last) {
-      NodeId id = g().add_node_named(op, std::move(ins), std::move(a),
-                                     {last ? p.outputs[0] : g().unique_name(base + "/" + what)},
-                                     last ? p.name : base + "/" + what);
-      mark_batched(id);
-      return g().node(id).outputs[0];
-    };
+                    const std::string& what,
+                    bool last) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
     auto reduce = [&](const std::string& op, ValueId x, int64_t keepdims, const std::string& what,
                       bool last) {
       engine::Attributes a = p.attrs;
@@ -934,18 +925,11 @@ class Importer {
       axes.push_back(d);
       per_channel.push_back(1);
     }
-    const std::string base = p.base();
     auto ints = [&](const std::string& what, const std::vector<int64_t>& v) {
-      return g().add_constant(g().unique_name(base + "/" + what),
-                              Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
+      return ints_constant(p, what, v);
     };
     auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
-                    const std::string& what) {
-      NodeId id = g().add_node_named(op, std::move(ins), std::move(a), {g().unique_name(base + "/" + what)},
-                                     base + "/" + what);
-      mark_batched(id);
-      return g().node(id).outputs[0];
-    };
+                    const std::string& what) { return add_part(p, op, std::move(ins), std::move(a), what); };
     wrap(p.label, [&] {
       const engine::Attributes keep = {{"keepdims", int64_t{1}}};
       ValueId mean = node("ReduceMean", {p.inputs[0], ints("axes", axes)}, keep, "mean");
@@ -957,14 +941,14 @@ class Importer {
       eps.set_f64(0, epsilon);
       ValueId std_dev =
           node("Sqrt",
-               {node("Add", {var, g().add_constant(g().unique_name(base + "/epsilon"), std::move(eps))}, {},
-                     "var_eps")},
+               {node("Add", {var, g().add_constant(g().unique_name(p.base() + "/epsilon"), std::move(eps))},
+                     {}, "var_eps")},
                {}, "std");
       ValueId normalized = node("Div", {centered, std_dev}, {}, "normalized");
       ValueId scale = node("Reshape", {p.inputs[1], ints("scale_shape", per_channel)}, {}, "scale");
       ValueId bias = node("Reshape", {p.inputs[2], ints("bias_shape", per_channel)}, {}, "bias");
       ValueId scaled = node("Mul", {normalized, scale}, {}, "scaled");
-      mark_batched(g().add_node_named("Add", {scaled, bias}, {}, p.outputs, p.name));
+      add_part(p, "Add", {scaled, bias}, {}, "output", true);
     });
   }
 
@@ -982,10 +966,8 @@ class Importer {
     std::vector<int64_t> axes;
     for (int64_t a = 2; a < rank; ++a) axes.push_back(a);
     wrap(p.label, [&] {
-      ValueId ax = g().add_constant(g().unique_name(p.base() + "/axes"),
-                                    Tensor::from<int64_t>(Shape{static_cast<int64_t>(axes.size())}, axes));
-      mark_batched(
-          g().add_node_named("ReduceMax", {p.inputs[0], ax}, {{"keepdims", int64_t{1}}}, p.outputs, p.name));
+      add_part(p, "ReduceMax", {p.inputs[0], ints_constant(p, "axes", axes)}, {{"keepdims", int64_t{1}}},
+               "max", true);
     });
   }
 
@@ -998,7 +980,6 @@ class Importer {
     for (ValueId v : p.inputs)
       if (v == engine::kNoValue)
         fail(fmt::format("{} has an empty input name", p.label), "every input of " + p.op + " must be named");
-    const std::string base = p.base();
     const bool mean = p.op == "Mean" && p.inputs.size() > 1;
     wrap(p.label, [&] {
       if (p.inputs.size() == 1) {
@@ -1007,18 +988,13 @@ class Importer {
       }
       ValueId acc = p.inputs[0];
       for (size_t k = 1; k < p.inputs.size(); ++k) {
-        const bool last = k + 1 == p.inputs.size() && !mean;
-        const std::string part = fmt::format("{}/{}", base, k);
-        NodeId id = g().add_node_named(op, {acc, p.inputs[k]}, {},
-                                       {last ? p.outputs[0] : g().unique_name(part)}, last ? p.name : part);
-        mark_batched(id);
-        acc = g().node(id).outputs[0];
+        acc = add_part(p, op, {acc, p.inputs[k]}, {}, std::to_string(k), k + 1 == p.inputs.size() && !mean);
       }
       if (mean) {
         Tensor count(g().value(acc).dtype, Shape{});
         count.set_f64(0, static_cast<double>(p.inputs.size()));
-        ValueId c = g().add_constant(g().unique_name(base + "/count"), std::move(count));
-        mark_batched(g().add_node_named("Div", {acc, c}, {}, p.outputs, p.name));
+        ValueId c = g().add_constant(g().unique_name(p.base() + "/count"), std::move(count));
+        add_part(p, "Div", {acc, c}, {}, "mean", true);
       }
     });
   }

@@ -103,6 +103,11 @@ struct LayerDef {
 };
 
 // Registration, one function per source file.
+// The arguments of a convolution layer: `head` (filters, kernel_size, strides, ...), then activation (none),
+// use_bias (true), `kernel_init` (glorot_uniform) and bias_initializer (zeros), in Keras's order.
+std::vector<ArgDecl> conv_args(std::vector<ArgDecl> head,
+                               const std::string& kernel_init = "kernel_initializer");
+
 void add_core_layers(std::vector<LayerDef>& defs);       // layers_core.cpp
 void add_conv_layers(std::vector<LayerDef>& defs);       // layers_conv.cpp
 void add_recurrent_layers(std::vector<LayerDef>& defs);  // layers_recurrent.cpp

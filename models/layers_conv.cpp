@@ -421,54 +421,43 @@ std::vector<ArgDecl> pool_args() {
 
 }  // namespace
 
+std::vector<ArgDecl> conv_args(std::vector<ArgDecl> head, const std::string& kernel_init) {
+  head.push_back({"activation", ArgKind::string, std::string("None")});
+  head.push_back({"use_bias", ArgKind::boolean, true});
+  head.push_back({kernel_init, ArgKind::string, std::string("glorot_uniform")});
+  head.push_back({"bias_initializer", ArgKind::string, std::string("zeros")});
+  return head;
+}
+
 void add_conv_layers(std::vector<LayerDef>& defs) {
   using S = std::string;
-  defs.push_back({"Conv2D",
-                  "conv2d",
-                  {{"filters", ArgKind::integer, std::nullopt},
-                   {"kernel_size", ArgKind::int_or_pair, std::nullopt},
-                   {"strides", ArgKind::int_or_pair, int64_t{1}},
-                   {"padding", ArgKind::string, S("valid")},
-                   {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
-                   {"groups", ArgKind::integer, int64_t{1}},
-                   {"activation", ArgKind::string, S("None")},
-                   {"use_bias", ArgKind::boolean, true},
-                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
-                   {"bias_initializer", ArgKind::string, S("zeros")}},
-                  1,
-                  1,
-                  false,
-                  build_conv2d});
-  std::vector<ArgDecl> depthwise = {{"kernel_size", ArgKind::int_or_pair, std::nullopt},
-                                    {"strides", ArgKind::int_or_pair, int64_t{1}},
-                                    {"padding", ArgKind::string, S("valid")},
-                                    {"depth_multiplier", ArgKind::integer, int64_t{1}},
-                                    {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
-                                    {"activation", ArgKind::string, S("None")},
-                                    {"use_bias", ArgKind::boolean, true},
-                                    {"depthwise_initializer", ArgKind::string, S("glorot_uniform")},
-                                    {"bias_initializer", ArgKind::string, S("zeros")}};
+  defs.push_back({"Conv2D", "conv2d",
+                  conv_args({{"filters", ArgKind::integer, std::nullopt},
+                             {"kernel_size", ArgKind::int_or_pair, std::nullopt},
+                             {"strides", ArgKind::int_or_pair, int64_t{1}},
+                             {"padding", ArgKind::string, S("valid")},
+                             {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
+                             {"groups", ArgKind::integer, int64_t{1}}}),
+                  1, 1, false, build_conv2d});
+  std::vector<ArgDecl> depthwise = conv_args({{"kernel_size", ArgKind::int_or_pair, std::nullopt},
+                                              {"strides", ArgKind::int_or_pair, int64_t{1}},
+                                              {"padding", ArgKind::string, S("valid")},
+                                              {"depth_multiplier", ArgKind::integer, int64_t{1}},
+                                              {"dilation_rate", ArgKind::int_or_pair, int64_t{1}}},
+                                             "depthwise_initializer");
   defs.push_back({"DepthwiseConv2D", "depthwise_conv2d", depthwise, 1, 1, false, build_depthwise_conv2d});
   std::vector<ArgDecl> separable = depthwise;
   separable.insert(separable.begin(), {"filters", ArgKind::integer, std::nullopt});
   separable.push_back({"pointwise_initializer", ArgKind::string, S("glorot_uniform")});
   defs.push_back({"SeparableConv2D", "separable_conv2d", separable, 1, 1, false, build_separable_conv2d});
-  defs.push_back({"Conv2DTranspose",
-                  "conv2d_transpose",
-                  {{"filters", ArgKind::integer, std::nullopt},
-                   {"kernel_size", ArgKind::int_or_pair, std::nullopt},
-                   {"strides", ArgKind::int_or_pair, int64_t{1}},
-                   {"padding", ArgKind::string, S("valid")},
-                   {"output_padding", ArgKind::int_or_pair, std::nullopt, true},
-                   {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
-                   {"activation", ArgKind::string, S("None")},
-                   {"use_bias", ArgKind::boolean, true},
-                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
-                   {"bias_initializer", ArgKind::string, S("zeros")}},
-                  1,
-                  1,
-                  false,
-                  build_conv2d_transpose});
+  defs.push_back({"Conv2DTranspose", "conv2d_transpose",
+                  conv_args({{"filters", ArgKind::integer, std::nullopt},
+                             {"kernel_size", ArgKind::int_or_pair, std::nullopt},
+                             {"strides", ArgKind::int_or_pair, int64_t{1}},
+                             {"padding", ArgKind::string, S("valid")},
+                             {"output_padding", ArgKind::int_or_pair, std::nullopt, true},
+                             {"dilation_rate", ArgKind::int_or_pair, int64_t{1}}}),
+                  1, 1, false, build_conv2d_transpose});
   defs.push_back({"MaxPooling2D", "max_pooling2d", pool_args(), 1, 1, false, build_max_pool});
   defs.push_back({"AveragePooling2D", "average_pooling2d", pool_args(), 1, 1, false, build_average_pool});
   defs.push_back({"GlobalAveragePooling2D",

@@ -153,22 +153,14 @@ std::vector<ArgDecl> pool1d_args() {
 
 void add_sequence_layers(std::vector<LayerDef>& defs) {
   using S = std::string;
-  defs.push_back({"Conv1D",
-                  "conv1d",
-                  {{"filters", ArgKind::integer, std::nullopt},
-                   {"kernel_size", ArgKind::integer, std::nullopt},
-                   {"strides", ArgKind::integer, int64_t{1}},
-                   {"padding", ArgKind::string, S("valid")},
-                   {"dilation_rate", ArgKind::integer, int64_t{1}},
-                   {"groups", ArgKind::integer, int64_t{1}},
-                   {"activation", ArgKind::string, S("None")},
-                   {"use_bias", ArgKind::boolean, true},
-                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
-                   {"bias_initializer", ArgKind::string, S("zeros")}},
-                  1,
-                  1,
-                  false,
-                  build_conv1d});
+  defs.push_back({"Conv1D", "conv1d",
+                  conv_args({{"filters", ArgKind::integer, std::nullopt},
+                             {"kernel_size", ArgKind::integer, std::nullopt},
+                             {"strides", ArgKind::integer, int64_t{1}},
+                             {"padding", ArgKind::string, S("valid")},
+                             {"dilation_rate", ArgKind::integer, int64_t{1}},
+                             {"groups", ArgKind::integer, int64_t{1}}}),
+                  1, 1, false, build_conv1d});
   defs.push_back({"MaxPooling1D", "max_pooling1d", pool1d_args(), 1, 1, false, build_max_pool1d});
   defs.push_back({"AveragePooling1D", "average_pooling1d", pool1d_args(), 1, 1, false, build_average_pool1d});
   defs.push_back({"GlobalAveragePooling1D",

@@ -258,15 +258,12 @@ void infer_pad(InferContext& c) {
 // edge padding sum the outputs that read each input element (PadGrad).
 void pad_grad(GradContext& c) {
   const Shape x = c.shape(c.input(0));
-  const Tensor* pads_t = c.graph().initializer(c.input(1));
-  const Tensor* axes_t = c.input(3) != kNoValue ? c.graph().initializer(c.input(3)) : nullptr;
-  TRAINER_ASSERT(pads_t != nullptr, "Pad's pads are not a constant");
-  std::vector<int64_t> pads(pads_t->numel()), axes;
-  for (int64_t k = 0; k < pads_t->numel(); ++k) pads[k] = pads_t->get_i64(k);
-  if (axes_t)
-    for (int64_t k = 0; k < axes_t->numel(); ++k) axes.push_back(axes_t->get_i64(k));
-  std::vector<int64_t> begin, end;
-  std::string err = pad_amounts(x.rank(), pads, axes_t ? &axes : nullptr, &begin, &end);
+  std::vector<int64_t> pads, axes, begin, end;
+  const bool with_axes = c.input(3) != kNoValue;
+  const bool constants = constant_ints(c.graph(), c.input(1), &pads) &&
+                         (!with_axes || constant_ints(c.graph(), c.input(3), &axes));
+  TRAINER_ASSERT(constants, "Pad's pads or axes are not constants");
+  std::string err = pad_amounts(x.rank(), pads, with_axes ? &axes : nullptr, &begin, &end);
   TRAINER_ASSERT(err.empty(), "{}", err);
   std::vector<int64_t> full = begin;
   full.insert(full.end(), end.begin(), end.end());
