@@ -34,14 +34,15 @@ std::string logs_json(const engine::Logs& logs) {
 }
 
 std::string state_json(const engine::TrainingState& st) {
+  std::string sums;
+  for (size_t i = 0; i < st.metric_sums.size(); ++i) sums += (i ? ", " : "") + num(st.metric_sums[i]);
   std::string s = fmt::format(
-      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"loss_sum\": {}, \"correct\": {}, \"topk\": {}, "
-      "\"samples\": {}, \"seconds\": {}, \"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
+      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"seconds\": {}, "
+      "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"history\": [",
-      st.epoch, st.batch, st.global_step, num(st.loss_sum), num(st.correct), num(st.topk), st.samples,
-      num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
-      num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
+      st.epoch, st.batch, st.global_step, sums, num(st.seconds), st.have_best ? "true" : "false",
+      num(st.best), st.waited, st.best_epoch, num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
@@ -85,10 +86,16 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   st.epoch = r.i(root, "epoch");
   st.batch = r.i(root, "batch");
   st.global_step = r.i(root, "global_step");
-  st.loss_sum = r.d(root, "loss_sum");
-  st.correct = r.d(root, "correct");
-  st.topk = r.d(root, "topk");
-  st.samples = r.i(root, "samples");
+  if (root.find("metric_sums")) {
+    for (const formats::JsonValue& v : root.find("metric_sums")->items) {
+      if (v.kind != formats::JsonValue::Kind::number)
+        throw InputError(path, "the checkpoint's state has a bad 'metric_sums'", "");
+      st.metric_sums.push_back(std::strtod(v.text.c_str(), nullptr));
+    }
+  } else {
+    // Checkpoints from before metric_sums kept the loss, accuracy and top-k sums and the sample count apart.
+    st.metric_sums = {r.d(root, "loss_sum"), r.d(root, "correct"), r.d(root, "topk"), r.d(root, "samples")};
+  }
   st.seconds = r.d(root, "seconds");
   st.have_best = r.b(root, "have_best");
   st.best = r.d(root, "best");

@@ -76,7 +76,8 @@ const Keys kLosses = {"sparse_categorical_crossentropy",
                       "mae",
                       "mean_squared_error",
                       "mean_absolute_error"};
-const Keys kMetrics = {"accuracy", "top_k_accuracy"};
+const Keys kMetrics = {"accuracy", "top_k_accuracy",      "precision",         "recall", "auc", "mae",
+                       "mse",      "mean_absolute_error", "mean_squared_error"};
 const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop"};
 const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
 const Keys kModes = {"auto", "min", "max"};
@@ -955,7 +956,23 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
         r.fail(mp, "'loss' is not a metric here",
                "the loss is always reported; leave it out of train.metrics");
       if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
-      if (std::find(s.metrics.begin(), s.metrics.begin() + static_cast<ptrdiff_t>(i), m) !=
+      if (m == "mean_absolute_error") s.metrics[i] = "mae";
+      if (m == "mean_squared_error") s.metrics[i] = "mse";
+      const bool binary = s.loss == "binary_crossentropy";
+      if (m == "top_k_accuracy" && binary)
+        r.fail(mp, "metric 'top_k_accuracy' ranks classes, and binary_crossentropy's model has one output",
+               "report accuracy, precision, recall or auc");
+      if ((m == "precision" || m == "recall" || m == "auc") && !binary)
+        r.fail(mp,
+               fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, s.loss),
+               "it needs loss = \"binary_crossentropy\" (one probability per sample)");
+      if ((s.metrics[i] == "mae" || s.metrics[i] == "mse") && s.loss == "sparse_categorical_crossentropy")
+        r.fail(mp,
+               fmt::format("metric '{}' compares outputs with labels of the same shape, and "
+                           "sparse_categorical_crossentropy's labels are class ids",
+                           m),
+               "report accuracy, or use categorical_crossentropy with one-hot labels");
+      if (std::find(s.metrics.begin(), s.metrics.begin() + static_cast<ptrdiff_t>(i), s.metrics[i]) !=
           s.metrics.begin() + static_cast<ptrdiff_t>(i))
         r.fail(mp, fmt::format("metric '{}' is listed twice", m));
     }

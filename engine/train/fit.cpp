@@ -144,22 +144,52 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
   return lg;
 }
 
+// Keras's AUC: 200 thresholds, -epsilon, i / 199 for i in 1..198, and 1 + epsilon; a prediction above a
+// threshold counts as positive there.
+constexpr int kAucThresholds = 200;
+
+const std::array<float, kAucThresholds>& auc_thresholds() {
+  static const std::array<float, kAucThresholds> t = [] {
+    std::array<float, kAucThresholds> a{};
+    const double eps = 1e-7;
+    a[0] = static_cast<float>(-eps);
+    for (int i = 1; i < kAucThresholds - 1; ++i) a[i] = static_cast<float>(i / double(kAucThresholds - 1));
+    a[kAucThresholds - 1] = static_cast<float>(1 + eps);
+    return a;
+  }();
+  return t;
+}
+
 // Loss and metrics summed over samples; divided by the count at the end, so the last partial batch weighs
-// what it holds.
+// what it holds. Every metric is kept as additive counts (AUC as a histogram of the predictions over its
+// thresholds, per class of the label), so replicas and processes add theirs and a checkpoint continues them.
 struct MetricAccumulator {
+  // The slots of `extra`.
+  enum : size_t { kAbsError, kSquaredError, kTruePos, kFalsePos, kFalseNeg, kAucHistogram };
+  static constexpr size_t kAucBuckets = kAucThresholds + 1;  // predictions above 0..200 thresholds
+
   LossKind kind;
   const FitConfig* cfg;
   double loss_sum = 0;
   double correct = 0, topk = 0;
   int64_t samples = 0;
+  // Sums of mae and mse (each sample's mean over its outputs); binary true and false positives and false
+  // negatives at 0.5; then AUC's histograms, positives' then negatives'.
+  std::vector<double> extra;
+
+  MetricAccumulator(LossKind k, const FitConfig* c)
+      : kind(k), cfg(c), extra(kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0), 0.0) {}
 
   void add(double batch_loss, const float* out, const void* labels, int64_t n, int64_t classes) {
     loss_sum += batch_loss * n;
     samples += n;
-    bool acc = has("accuracy"), tk = has("top_k_accuracy");
+    const bool acc = has("accuracy"), tk = has("top_k_accuracy"), auc = has("auc");
+    const bool errors = has("mae") || has("mse");
+    const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
       const float* row = out + i * classes;
-      if (kind.sparse || kind.categorical) {
+      // Keras's rule for a regression loss: binary accuracy with one output, else categorical.
+      if (kind.sparse || kind.categorical || (kind.regression && classes > 1)) {
         int64_t label = kind.sparse
                             ? static_cast<const int64_t*>(labels)[i]
                             : std::max_element(static_cast<const float*>(labels) + i * classes,
@@ -171,23 +201,85 @@ struct MetricAccumulator {
           for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];
           topk += better < cfg->top_k;
         }
-      } else if (kind.binary && acc) {
-        float threshold = cfg->from_logits ? 0.0f : 0.5f;
-        float t = static_cast<const float*>(labels)[i];
-        correct += (row[0] > threshold) == (t > 0.5f);
+      } else if (kind.binary || kind.regression) {
+        // With logits the metrics judge the probability, as the loss does.
+        const float p = cfg->from_logits ? 1.0f / (1.0f + std::exp(-row[0])) : row[0];
+        const bool positive = static_cast<const float*>(labels)[i] > 0.5f, predicted = p > 0.5f;
+        if (acc) correct += predicted == positive;
+        topk += tk;  // one output: always among the top k
+        if (kind.binary) {
+          extra[kTruePos] += predicted && positive;
+          extra[kFalsePos] += predicted && !positive;
+          extra[kFalseNeg] += !predicted && positive;
+        }
+        if (auc) {
+          const size_t above = std::lower_bound(thresholds.begin(), thresholds.end(), p) - thresholds.begin();
+          extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += 1;
+        }
+      }
+      if (errors && !kind.sparse) {
+        const float* t = static_cast<const float*>(labels) + i * classes;
+        double abs_sum = 0, sq_sum = 0;
+        for (int64_t c = 0; c < classes; ++c) {
+          const double d = static_cast<double>(row[c]) - t[c];
+          abs_sum += std::abs(d);
+          sq_sum += d * d;
+        }
+        extra[kAbsError] += abs_sum / classes;
+        extra[kSquaredError] += sq_sum / classes;
       }
     }
   }
   bool has(const char* m) const {
     return std::find(cfg->metrics.begin(), cfg->metrics.end(), m) != cfg->metrics.end();
   }
+  // The area under the ROC curve by the trapezoidal rule over the thresholds (Keras's AUC()).
+  double auc() const {
+    const double* pos = extra.data() + kAucHistogram;
+    const double* neg = pos + kAucBuckets;
+    double positives = 0, negatives = 0;
+    for (size_t b = 0; b < kAucBuckets; ++b) positives += pos[b], negatives += neg[b];
+    // Walking the thresholds from the highest: true and false positives at threshold j count the
+    // predictions above it, those in buckets j + 1 and up.
+    double tp = 0, fp = 0, area = 0;
+    double tpr_prev = 0, fpr_prev = 0;
+    for (int j = kAucThresholds - 1; j >= 0; --j) {
+      tp += pos[j + 1];
+      fp += neg[j + 1];
+      const double tpr = positives > 0 ? tp / positives : 0, fpr = negatives > 0 ? fp / negatives : 0;
+      if (j < kAucThresholds - 1) area += (fpr - fpr_prev) * (tpr + tpr_prev) / 2;
+      tpr_prev = tpr, fpr_prev = fpr;
+    }
+    return area;
+  }
+  // Every sum in one array, for reductions across processes and for checkpoints.
+  std::vector<double> flat() const {
+    std::vector<double> v = {loss_sum, correct, topk, static_cast<double>(samples)};
+    v.insert(v.end(), extra.begin(), extra.end());
+    return v;
+  }
+  void set_flat(const std::vector<double>& v) {
+    TRAINER_ASSERT(v.size() == 4 + extra.size(), "{} metric sums for {}", v.size(), 4 + extra.size());
+    loss_sum = v[0], correct = v[1], topk = v[2], samples = std::llround(v[3]);
+    std::copy(v.begin() + 4, v.end(), extra.begin());
+  }
   Logs logs(const std::string& prefix) const {
     Logs l;
     double n = std::max<int64_t>(samples, 1);
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
     l.emplace_back(prefix + "loss", loss_sum / n);
-    if (has("accuracy") && !kind.regression) l.emplace_back(prefix + "accuracy", correct / n);
-    if (has("top_k_accuracy") && (kind.sparse || kind.categorical))
-      l.emplace_back(prefix + "top_k_accuracy", topk / n);
+    // In the order the spec lists them, as Keras reports them.
+    for (const std::string& m : cfg->metrics) {
+      if (m == "accuracy") l.emplace_back(prefix + m, correct / n);
+      if (m == "top_k_accuracy") l.emplace_back(prefix + m, topk / n);
+      if (m == "precision")
+        l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
+      if (m == "recall")
+        l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalseNeg]));
+      if (m == "auc") l.emplace_back(prefix + m, auc());
+      if (m == "mae") l.emplace_back(prefix + m, extra[kAbsError] / n);
+      if (m == "mse") l.emplace_back(prefix + m, extra[kSquaredError] / n);
+    }
     return l;
   }
 };
@@ -393,8 +485,11 @@ bool improves(bool have, double best, double value, bool maximize, double min_de
   return !have || (maximize ? value > best + min_delta : value < best - min_delta);
 }
 
+// auto: larger is better for accuracies, precision, recall and AUC; smaller for the loss and errors.
 bool maximized(const std::string& mode, const std::string& monitor) {
-  return mode == "max" || (mode == "auto" && monitor.find("acc") != std::string::npos);
+  if (mode != "auto") return mode == "max";
+  const std::string m = monitor.starts_with("val_") ? monitor.substr(4) : monitor;
+  return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc";
 }
 
 }  // namespace
@@ -647,24 +742,19 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       else
         replica_threads->run(eval_replica);
     }
-    std::array<double, 4> sums = {0, 0, 0, 0};
+    MetricAccumulator total{loss_kind(cfg.loss), &cfg};
+    std::vector<double> sums = total.flat();
     for (const MetricAccumulator& a : accs) {
-      sums[0] += a.loss_sum;
-      sums[1] += a.correct;
-      sums[2] += a.topk;
-      sums[3] += static_cast<double>(a.samples);
+      const std::vector<double> f = a.flat();
+      for (size_t i = 0; i < sums.size(); ++i) sums[i] += f[i];
     }
     if (replicas.host_comm && world > local) {
-      replicas.host_comm->all_reduce_sum(sums.data(), 4, DType::f64, {-1, st.global_step});
+      replicas.host_comm->all_reduce_sum(sums.data(), sums.size(), DType::f64, {-1, st.global_step});
       // Rank 0's numbers are the run's, bit for bit, so every rank takes the same early-stopping and
       // save_best decisions (and calls the same collectives after).
-      replicas.host_comm->broadcast(sums.data(), sizeof sums, 0, {-1, st.global_step});
+      replicas.host_comm->broadcast(sums.data(), sums.size() * sizeof(double), 0, {-1, st.global_step});
     }
-    MetricAccumulator total{loss_kind(cfg.loss), &cfg};
-    total.loss_sum = sums[0];
-    total.correct = sums[1];
-    total.topk = sums[2];
-    total.samples = std::llround(sums[3]);
+    total.set_flat(sums);
     return total.logs(prefix);
   };
   auto capture = [&]() {
@@ -709,10 +799,12 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   while (st.epoch < cfg.epochs) {
     auto t0 = std::chrono::steady_clock::now();
     MetricAccumulator acc{kind, &cfg};
-    acc.loss_sum = st.loss_sum;
-    acc.correct = st.correct;
-    acc.topk = st.topk;
-    acc.samples = st.samples;
+    if (!st.metric_sums.empty()) {
+      // A checkpoint from before a metric's counts existed holds fewer sums: the missing ones start at 0.
+      std::vector<double> sums = st.metric_sums;
+      sums.resize(acc.flat().size(), 0.0);
+      acc.set_flat(sums);
+    }
     train_loader.start_epoch(st.epoch);
     data::Batch batch;
     // A resumed epoch skips the batches it already trained on: the order is the same permutation.
@@ -809,8 +901,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       st.loss_scale = p0.loss_scale != kNoValue ? scaler.scale() : 0.0f;
       st.loss_scale_good_steps = scaler.good_steps();
       // Metrics over the slices, weighted by their sample counts.
-      const std::array<double, 4> before = {acc.loss_sum, acc.correct, acc.topk,
-                                            static_cast<double>(acc.samples)};
+      const std::vector<double> before = acc.flat();
       for (int k = 0; k < local; ++k) {
         auto [lo, hi] = slice(batch.size, replicas.first_rank + k);
         const Plan& p = devs[k]->train_plan(hi - lo);
@@ -830,22 +921,19 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       if (replicas.host_comm && world > local) {
         // The other processes' slices: every rank adds the same global sums. A signal any rank received
         // stops them all after this step (a launcher delivers it to each at its own moment).
-        std::array<double, 5> delta = {acc.loss_sum - before[0], acc.correct - before[1],
-                                       acc.topk - before[2], static_cast<double>(acc.samples) - before[3],
-                                       sig ? 1.0 : 0.0};
-        replicas.host_comm->all_reduce_sum(delta.data(), 5, DType::f64, {-1, st.global_step});
-        acc.loss_sum = before[0] + delta[0];
-        acc.correct = before[1] + delta[1];
-        acc.topk = before[2] + delta[2];
-        acc.samples = static_cast<int64_t>(before[3] + delta[3]);
-        if (delta[4] > 0 && !sig) sig = SIGTERM;
+        std::vector<double> delta = acc.flat();
+        for (size_t i = 0; i < before.size(); ++i) delta[i] -= before[i];
+        delta.push_back(sig ? 1.0 : 0.0);
+        replicas.host_comm->all_reduce_sum(delta.data(), delta.size(), DType::f64, {-1, st.global_step});
+        const bool signalled = delta.back() > 0;
+        delta.pop_back();
+        for (size_t i = 0; i < before.size(); ++i) delta[i] += before[i];
+        acc.set_flat(delta);
+        if (signalled && !sig) sig = SIGTERM;
       }
       ++st.global_step;
       ++st.batch;
-      st.loss_sum = acc.loss_sum;
-      st.correct = acc.correct;
-      st.topk = acc.topk;
-      st.samples = acc.samples;
+      st.metric_sums = acc.flat();
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
       bool last_of_epoch = st.batch == info.steps_per_epoch;
       if (saving && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
@@ -886,8 +974,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     observer.on_epoch_end(rep);
     // The next epoch starts from zero.
     st.batch = 0;
-    st.loss_sum = st.correct = st.topk = 0;
-    st.samples = 0;
+    st.metric_sums.clear();
     st.seconds = 0;
     bool stop = false;
     if (cfg.early_stopping.enabled) {

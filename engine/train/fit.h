@@ -58,7 +58,8 @@ struct FitConfig {
   std::string
       loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
   bool from_logits = false;
-  std::vector<std::string> metrics;  // accuracy, top_k_accuracy
+  // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
+  std::vector<std::string> metrics;
   int64_t top_k = 5;
   int64_t epochs = 1;
   int64_t batch_size = 32;
@@ -118,8 +119,9 @@ struct TrainingState {
   int64_t epoch = 0;        // 0-based epoch in progress (== epochs when training is complete)
   int64_t batch = 0;        // batches of that epoch already trained
   int64_t global_step = 0;  // steps trained in all
-  double loss_sum = 0, correct = 0, topk = 0;  // running sums of the epoch in progress
-  int64_t samples = 0;
+  // The running sums of the epoch in progress: loss, correct predictions, top-k hits and samples, then the
+  // other metrics' counts (their layout follows train.metrics); empty at the start of an epoch.
+  std::vector<double> metric_sums;
   double seconds = 0;      // training seconds of the epoch in progress so far
   bool have_best = false;  // early stopping
   double best = 0;

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import unittest
 
 import cli_util
@@ -130,6 +131,28 @@ class ManPages(unittest.TestCase):
                 self.assertLessEqual({"0", "2"}, codes)
                 if name in ("trainer.1", "trainer-fit.1"):
                     self.assertLessEqual({"0", "1", "2", "130", "143"}, codes)
+
+    def test_the_model_page_names_every_layer_type(self):
+        # The layer library lists its types in the hint for an unknown one.
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = os.path.join(tmp, "spec.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "NoSuchLayer"\n')
+            r = run(["check", spec])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        m = re.search(r"hint: layers: (.*)", r.stderr)
+        self.assertIsNotNone(m, r.stderr)
+        types = [t.strip() for t in m.group(1).split(",")]
+        self.assertIn("Conv2D", types)
+        page = plain(read("trainer-model.5"))
+        paragraph = page[page.index(".B type\n"):page.index(".B name\n")]
+        for t in types:
+            self.assertRegex(paragraph, rf"(?<![\w]){t}(?![\w])", f"trainer-model(5) does not list layer type {t}")
+        # ... and every layer has its arguments described, in a paragraph of its own.
+        arguments = page[page.index(".I arguments\n"):]
+        for t in types:
+            self.assertRegex(arguments, rf"\n\.(?:TP\n\.B|BR) [^\n]*(?<![\w]){t}(?![\w])",
+                             f"trainer-model(5) describes no arguments of {t}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""trainer fit's metrics beyond accuracy: precision, recall, AUC (binary), mae and mse. Each is checked against the
+same quantity computed here from the checkpoint's predictions on the validation set, and for continuity across a
+resume and across replicas."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+SPEC = """format_version = 1
+[model]
+input = [8]
+[[model.layers]]
+type = "Dense"
+units = 8
+activation = "relu"
+[[model.layers]]
+type = "Dense"
+units = 1
+activation = "{activation}"
+[data.train]
+x = "x_train.npy"
+y = "y_train.npy"
+[data.validation]
+x = "x_val.npy"
+y = "y_val.npy"
+[train]
+loss = "{loss}"
+from_logits = {from_logits}
+metrics = {metrics}
+epochs = 3
+batch_size = 32
+seed = 3
+[train.optimizer]
+learning_rate = 0.01
+"""
+
+BINARY = ["accuracy", "precision", "recall", "auc", "mae", "mse"]
+
+
+def keras_auc(p, y):
+    """The area under the ROC curve as Keras's AUC() computes it: 200 thresholds, trapezoids between them."""
+    eps = 1e-7
+    t = np.array([-eps] + [i / 199 for i in range(1, 199)] + [1 + eps], dtype=np.float32)
+    pos = y > 0.5
+    above = p[None, :] > t[:, None]
+    tp = (above & pos).sum(1).astype(np.float64)
+    fp = (above & ~pos).sum(1).astype(np.float64)
+    tpr = tp / max(pos.sum(), 1)
+    fpr = fp / max((~pos).sum(), 1)
+    return float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
+
+
+def rank_auc(p, y):
+    """The exact AUC: the chance that a positive sample scores above a negative one (ties count half)."""
+    pos, neg = p[y > 0.5], p[y <= 0.5]
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) /
+                 (len(pos) * len(neg)))
+
+
+class Metrics(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(7)
+        w = rng.normal(size=8)
+        for name, n in (("train", 320), ("val", 200)):
+            x = rng.normal(size=(n, 8)).astype(np.float32)
+            # A noisy linear rule with more negatives than positives, so precision and recall differ.
+            y = (x @ w + rng.normal(scale=1.5, size=n) > 0.8).astype(np.float32).reshape(n, 1)
+            np.save(os.path.join(cls.tmp.name, f"x_{name}.npy"), x)
+            np.save(os.path.join(cls.tmp.name, f"y_{name}.npy"), y)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def spec(self, name, loss="binary_crossentropy", activation="sigmoid", from_logits=False, metrics=BINARY,
+             extra=""):
+        path = os.path.join(self.tmp.name, name)
+        with open(path, "w") as f:
+            f.write(SPEC.format(loss=loss, activation=activation, from_logits=str(from_logits).lower(),
+                                metrics=json.dumps(metrics)) + extra)
+        return path
+
+    def fit(self, spec, out, *args):
+        r = run(["fit", spec, "--log-format", "jsonl", "--quiet", "--device", "cpu",
+                 "--output-dir", os.path.join(self.tmp.name, out)] + list(args), timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+
+    def predictions(self, out):
+        """The model's outputs on the validation set, from the run's last checkpoint."""
+        path = os.path.join(self.tmp.name, out + ".npy")
+        r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(self.tmp.name, out, "last.ckpt"),
+                            os.path.join(self.tmp.name, "x_val.npy"), "--probabilities", "--output-format", "npy",
+                            "--device", "cpu", "-q"], capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(path, "wb") as f:
+            f.write(r.stdout)
+        return np.load(path).reshape(-1).astype(np.float64)
+
+    def check_binary(self, last, p, y):
+        predicted, positive = p > 0.5, y > 0.5
+        tp = float((predicted & positive).sum())
+        self.assertAlmostEqual(last["val_accuracy"], float((predicted == positive).mean()), places=6)
+        self.assertAlmostEqual(last["val_precision"], tp / predicted.sum(), places=6)
+        self.assertAlmostEqual(last["val_recall"], tp / positive.sum(), places=6)
+        self.assertAlmostEqual(last["val_auc"], keras_auc(p.astype(np.float32), y), places=5)
+        # 200 thresholds put Keras's AUC within a few thousandths of the exact one.
+        self.assertAlmostEqual(last["val_auc"], rank_auc(p, y), delta=0.01)
+        self.assertNotAlmostEqual(last["val_precision"], last["val_recall"], places=3)
+
+    def test_binary_metrics_are_those_of_the_predictions(self):
+        epochs = self.fit(self.spec("binary.toml"), "binary")
+        last = epochs[-1]
+        self.assertEqual([k for k in last if k in BINARY], BINARY)  # in the spec's order
+        p = self.predictions("binary")
+        y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1)
+        self.check_binary(last, p, y)
+        self.assertAlmostEqual(last["val_mae"], float(np.abs(p - y).mean()), places=5)
+        self.assertAlmostEqual(last["val_mse"], float(((p - y) ** 2).mean()), places=5)
+        self.assertGreater(last["val_auc"], 0.75)  # the rule is learnable
+
+    def test_with_logits_the_metrics_judge_probabilities(self):
+        self.fit(self.spec("logits.toml", activation="linear", from_logits=True,
+                           metrics=["accuracy", "precision", "recall", "auc"]), "logits")
+        with open(os.path.join(self.tmp.name, "logits", "history.jsonl")) as f:
+            last = [e for e in map(json.loads, f) if e["event"] == "epoch"][-1]
+        z = self.predictions("logits")
+        self.assertTrue((z < 0).any() and (z > 0).any(), "the model's outputs are logits")
+        self.check_binary(last, 1 / (1 + np.exp(-z)), np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1))
+
+    def test_regression_metrics_and_keras_accuracy(self):
+        last = self.fit(self.spec("mse.toml", loss="mse", activation="linear", metrics=["mae", "mse", "accuracy"]),
+                        "mse")[-1]
+        p = self.predictions("mse")
+        y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1)
+        self.assertAlmostEqual(last["val_mae"], float(np.abs(p - y).mean()), places=5)
+        self.assertAlmostEqual(last["val_mse"], float(((p - y) ** 2).mean()), places=5)
+        self.assertAlmostEqual(last["val_mse"], last["val_loss"], places=5)  # mse is the loss itself
+        # One output: Keras's binary accuracy, at 0.5.
+        self.assertAlmostEqual(last["val_accuracy"], float(((p > 0.5) == (y > 0.5)).mean()), places=6)
+
+    def test_a_resume_in_the_middle_of_an_epoch_continues_the_counts(self):
+        spec = self.spec("resume.toml", extra="[train.checkpoint]\nevery_steps = 3\nkeep_last = 0\n")
+        straight = self.fit(spec, "straight")
+        # 10 steps per epoch: step-15 is the middle of the second.
+        r = run(["fit", "--resume", os.path.join(self.tmp.name, "straight", "step-15.ckpt"), "--log-format", "jsonl",
+                 "--quiet", "--device", "cpu", "--output-dir", os.path.join(self.tmp.name, "resumed")], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        resumed = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+        # The second epoch's training metrics count its first 5 steps from the checkpoint.
+        self.assertEqual([e["epoch"] for e in resumed], [2, 3])
+        for key in BINARY + ["val_" + m for m in BINARY]:
+            self.assertEqual(straight[1][key], resumed[0][key], key)
+
+    def test_replicas_report_the_metrics_of_the_whole_batch(self):
+        one = self.fit(self.spec("one.toml"), "one")[-1]
+        two = self.fit(self.spec("two.toml"), "two", "--devices", "2")[-1]
+        for key in BINARY + ["val_" + m for m in BINARY]:
+            self.assertAlmostEqual(one[key], two[key], delta=1e-4, msg=key)
+
+    def test_mpi_ranks_report_the_metrics_of_the_whole_batch(self):
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            self.skipTest("mpirun (openmpi-bin) is not installed")
+        one = self.fit(self.spec("mpi1.toml"), "mpi1")[-1]
+        r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER, "fit",
+                            self.spec("mpi2.toml"), "--device", "cpu", "--log-format", "jsonl", "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        two = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1]
+        for key in BINARY + ["val_" + m for m in BINARY]:
+            self.assertAlmostEqual(one[key], two[key], delta=1e-4, msg=key)
+
+
+if __name__ == "__main__":
+    cli_util.main()
