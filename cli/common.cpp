@@ -490,6 +490,7 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
     fm.input = m.input;
     fm.output = m.output;
     fm.final_activation = m.final_activation;
+    fm.penalty = m.penalty;
     return fm;
   };
 }

@@ -167,6 +167,11 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     info.type = spec.type;
     LayerBuilder builder(g, options, spec, args, info);
     LayerValue out = def->build(builder, inputs);
+    for (ValueId p : builder.penalties)
+      m.penalty = m.penalty == kNoValue
+                      ? p
+                      : g.node(g.add_node("Add", {m.penalty, p}, {}, 1, g.unique_name("regularization/Add")))
+                            .outputs[0];
     out.from = spec.name;
     info.output_shape = out.shape;
     m.layers.push_back(info);

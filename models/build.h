@@ -54,6 +54,9 @@ struct BuiltModel {
   // When the last layer ends in softmax or sigmoid, the value before it (losses fuse with it); else kNoValue.
   engine::ValueId logits = engine::kNoValue;
   std::string final_activation;  // the last layer's activation: "softmax", "sigmoid", "relu", "linear", ...
+  // The sum of the weight regularizers' penalties (a scalar), which training adds to the loss, as Keras adds
+  // them to the loss it reports and to val_loss; kNoValue without regularizers.
+  engine::ValueId penalty = engine::kNoValue;
   bool input_channels_last = false;   // the spec's input is HWC; the IR input is CHW (the loader converts)
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   std::vector<LayerInfo> layers;

@@ -34,7 +34,16 @@ const std::vector<LayerDef>& layer_defs() {
     add_conv_layers(d);
     add_recurrent_layers(d);
     add_sequence_layers(d);
-    for (LayerDef& def : d) def.args.push_back({"trainable", ArgKind::boolean, true});
+    for (LayerDef& def : d) {
+      // Keras pairs every weight's initializer argument with a regularizer argument (kernel_initializer,
+      // kernel_regularizer); the moving statistics are not weights.
+      std::vector<ArgDecl> regularizers;
+      for (const ArgDecl& a : def.args)
+        if (a.name.ends_with("_initializer") && !a.name.starts_with("moving_"))
+          regularizers.push_back({regularizer_arg(a.name), ArgKind::string, std::nullopt, true});
+      def.args.insert(def.args.end(), regularizers.begin(), regularizers.end());
+      def.args.push_back({"trainable", ArgKind::boolean, true});
+    }
     return d;
   }();
   return defs;
@@ -65,7 +74,29 @@ ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
 
 ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
                              const WeightFans& fans) {
-  return weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
+  ValueId w = weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
+  regularize(w, regularizer_arg(init_arg));
+  return w;
+}
+
+void LayerBuilder::regularize(ValueId w, const std::string& arg) {
+  if (!args.has(arg) || !trainable()) return;
+  const Regularizer r = parse_regularizer(
+      args.string(arg), [&](const std::string& what, const std::string& hint) { fail(arg, what, hint); });
+  if (r.l1 == 0 && r.l2 == 0) return;
+  const std::string& wname = graph.value(w).name;
+  const std::string at = wname.substr(name().size() + 1);  // "kernel", "forward_lstm/kernel"
+  auto scaled = [&](ValueId sum, double factor, const char* kind) {
+    return op("Mul", {sum, constant(at + "/" + kind, Tensor::scalar<float>(static_cast<float>(factor)))});
+  };
+  const Attributes all = {{"keepdims", int64_t{0}}};
+  ValueId penalty = kNoValue;
+  if (r.l1 != 0) penalty = scaled(op("ReduceSum", {op("Abs", {w})}, all), r.l1, "l1");
+  if (r.l2 != 0) {
+    ValueId l2 = scaled(op("ReduceSum", {op("Mul", {w, w})}, all), r.l2, "l2");
+    penalty = penalty == kNoValue ? l2 : op("Add", {penalty, l2});
+  }
+  penalties.push_back(penalty);
 }
 
 ValueId LayerBuilder::state(const std::string& suffix, Tensor init) {

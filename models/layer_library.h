@@ -11,6 +11,7 @@
 #include "models/args.h"
 #include "models/build.h"
 #include "models/initializers.h"
+#include "models/regularizers.h"
 
 namespace trainer::models {
 
@@ -45,8 +46,15 @@ class LayerBuilder {
   // Weights are named "<layer>/<suffix>" (Keras's names: kernel, bias, gamma, ...) and counted in info.
   engine::ValueId weight(const std::string& suffix, engine::Tensor init);
   // A weight initialized by the initializer named in argument `init_arg`, seeded by its own name.
+  // Its regularizer is argument `init_arg` with _regularizer for _initializer (kernel_regularizer), when the
+  // layer declares one (see regularize).
   engine::ValueId weight(const std::string& suffix, const std::string& init_arg, const engine::Shape& shape,
                          const WeightFans& fans);
+  // Adds the penalty of regularizer argument `arg` ("l2", "l1(0.001)", "l1_l2(l1=1e-5, l2=1e-4)", ...) on
+  // trainable weight w to `penalties`; nothing when the argument is absent or "None", or the layer is frozen.
+  void regularize(engine::ValueId w, const std::string& arg);
+  // The scalar penalties of this layer's regularizers, which build_model adds to the model's.
+  std::vector<engine::ValueId> penalties;
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
   engine::ValueId state(const std::string& suffix, engine::Tensor init);
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);

@@ -46,6 +46,7 @@ DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, b
     if (lstm && b.args.boolean("unit_forget_bias"))
       for (int64_t i = 2 * units; i < 3 * units; ++i) init.set_f64(i, 1.0);
     d.bias = b.weight(prefix + "bias", std::move(init));
+    b.regularize(d.bias, "bias_regularizer");
     if (!reset_after)
       d.bias =
           b.op("Concat", {d.bias, b.constant(prefix + "recurrent_bias", Tensor(DType::f32, Shape{1, rows}))},

@@ -139,6 +139,8 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
     lg.y = g.add_input("labels", out.dtype, os);
     lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
   }
+  // Regularization penalties count in the loss that trains and in the one reported, as in Keras.
+  if (fm.penalty != kNoValue) lg.loss = g.op("Add", {lg.loss, fm.penalty});
   g.mark_output(lg.output);
   g.mark_output(lg.loss);
   return lg;

@@ -81,6 +81,7 @@ struct ForwardModel {
   ValueId input = kNoValue;
   ValueId output = kNoValue;
   std::string final_activation;  // "softmax", "sigmoid", ... ("" when unknown)
+  ValueId penalty = kNoValue;    // a scalar added to the loss (weight regularizers), or none
 };
 using ModelFactory = std::function<ForwardModel(int64_t batch, bool training)>;
 

@@ -2,8 +2,10 @@
 // the layer, and gives a hint; misspellings get a did-you-mean.
 #include <doctest/doctest.h>
 
+#include <stdexcept>
 #include <string>
 
+#include "models/regularizers.h"
 #include "spec_builder.h"
 
 using namespace trainer;
@@ -62,10 +64,15 @@ TEST_SUITE("errors") {
     CHECK(contains(e.what(), "unknown argument 'unit'"));
     CHECK(contains(e.hint(), "did you mean 'units'?"));
 
-    Spec reg = dense_model({{"units", int64_t{2}}, {"kernel_regularizer", std::string("l2")}});
+    Spec reg = dense_model({{"units", int64_t{2}}, {"activity_regularizer", std::string("l2")}});
     InputError r = build_error(reg);
-    CHECK(r.where() == reg.arg_at(1, "kernel_regularizer"));
+    CHECK(r.where() == reg.arg_at(1, "activity_regularizer"));
     CHECK(contains(r.what(), "not supported"));
+
+    Spec bad = dense_model({{"units", int64_t{2}}, {"kernel_regularizer", std::string("l2(x)")}});
+    InputError k = build_error(bad);
+    CHECK(k.where() == bad.arg_at(1, "kernel_regularizer"));
+    CHECK(contains(k.what(), "the factor 'x' is not a number"));
   }
 
   TEST_CASE("errors: a value of the wrong type is reported at the argument") {
@@ -261,5 +268,38 @@ TEST_SUITE("errors") {
     Spec dtype({4}, "float16");
     dtype.add("Flatten");
     CHECK(build_error(dtype).where() == "model.toml:2:9");
+  }
+}
+
+TEST_SUITE("regularizers") {
+  using trainer::models::parse_regularizer;
+  using trainer::models::Regularizer;
+
+  Regularizer parse(const std::string& text) {
+    return parse_regularizer(
+        text, [&](const std::string& what, const std::string&) { throw std::runtime_error(what); });
+  }
+
+  TEST_CASE("Keras's forms and factors") {
+    CHECK(parse("None").l1 == 0);
+    CHECK(parse("None").l2 == 0);
+    CHECK(parse("l2").l2 == 0.01);
+    CHECK(parse("l2").l1 == 0);
+    CHECK(parse("L1").l1 == 0.01);
+    CHECK(parse("l2(1e-4)").l2 == 1e-4);
+    CHECK(parse(" l1 ( l1 = 0.5 ) ").l1 == 0.5);
+    Regularizer both = parse("l1_l2(0.1, 0.2)");
+    CHECK(both.l1 == 0.1);
+    CHECK(both.l2 == 0.2);
+    Regularizer named = parse("L1L2(l2=3)");
+    CHECK(named.l1 == 0);
+    CHECK(named.l2 == 3);
+    CHECK(trainer::models::regularizer_arg("recurrent_initializer") == "recurrent_regularizer");
+  }
+
+  TEST_CASE("what is not a regularizer fails") {
+    for (const char* bad : {"l3", "l2(", "l2()", "l2(1, 2)", "l1_l2", "l1_l2(l1=1, l1=2)", "l2(-0.1)",
+                            "l2(nan)", "l1(l2=0.1)", "none(1)"})
+      CHECK_THROWS_AS(parse(bad), std::runtime_error);
   }
 }

@@ -1,0 +1,97 @@
+// Parsing of Keras's regularizer forms (regularizers.h).
+#include "models/regularizers.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+namespace trainer::models {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+const char* kForms = "\"l2\", \"l2(1e-4)\", \"l1(1e-5)\" or \"l1_l2(l1=1e-5, l2=1e-4)\"";
+
+}  // namespace
+
+std::string regularizer_arg(const std::string& initializer_arg) {
+  const std::string suffix = "_initializer";
+  if (!initializer_arg.ends_with(suffix)) return {};
+  return initializer_arg.substr(0, initializer_arg.size() - suffix.size()) + "_regularizer";
+}
+
+Regularizer parse_regularizer(const std::string& text,
+                              const std::function<void(const std::string&, const std::string&)>& fail) {
+  auto bad = [&](const std::string& what) {
+    fail(what, fmt::format("write {}, or \"None\"", kForms));
+    std::abort();  // fail throws
+  };
+  const std::string t = trim(text);
+  const size_t open = t.find('(');
+  std::string name = lower(trim(t.substr(0, open)));
+  if (name == "l1l2") name = "l1_l2";
+  if (name == "none" && open == std::string::npos) return {};
+  if (name != "l1" && name != "l2" && name != "l1_l2") bad(fmt::format("unknown regularizer \"{}\"", text));
+  Regularizer r;
+  if (open == std::string::npos) {
+    // Keras's shorthand strings: 0.01. Its L1L2() alone penalizes nothing, so that form asks for factors.
+    if (name == "l1_l2")
+      fail("regularizer \"l1_l2\" needs its factors",
+           "write \"l1_l2(l1=1e-5, l2=1e-4)\"; a factor left out is 0");
+    (name == "l1" ? r.l1 : r.l2) = 0.01;
+    return r;
+  }
+  if (t.back() != ')') bad(fmt::format("regularizer \"{}\" does not end with ')'", text));
+  std::vector<std::string> parts;
+  const std::string inside = t.substr(open + 1, t.size() - open - 2);
+  for (size_t start = 0;;) {
+    size_t comma = inside.find(',', start);
+    parts.push_back(
+        trim(inside.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (parts.size() == 1 && parts[0].empty()) parts.clear();
+  const std::vector<std::string> keys =
+      name == "l1_l2" ? std::vector<std::string>{"l1", "l2"} : std::vector<std::string>{name};
+  if (parts.empty() || parts.size() > keys.size())
+    bad(fmt::format("regularizer \"{}\" takes {}", text,
+                    keys.size() == 1 ? "one factor" : "one or two factors (l1, l2)"));
+  std::vector<bool> seen(keys.size(), false);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::string value = parts[i];
+    size_t k = i;
+    if (const size_t eq = value.find('='); eq != std::string::npos) {
+      const std::string key = lower(trim(value.substr(0, eq)));
+      value = trim(value.substr(eq + 1));
+      k = keys.size();
+      for (size_t j = 0; j < keys.size(); ++j)
+        if (keys[j] == key) k = j;
+      if (k == keys.size()) bad(fmt::format("regularizer \"{}\" has no factor '{}'", text, key));
+    }
+    if (seen[k]) bad(fmt::format("regularizer \"{}\" gives {} twice", text, keys[k]));
+    seen[k] = true;
+    char* end = nullptr;
+    const double f = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || !std::isfinite(f) || f < 0)
+      bad(fmt::format("regularizer \"{}\": the factor '{}' is not a number, 0 or more", text, value));
+    (keys[k] == "l1" ? r.l1 : r.l2) = f;
+  }
+  return r;
+}
+
+}  // namespace trainer::models
