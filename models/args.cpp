@@ -108,7 +108,6 @@ bool known_unsupported(const std::string& name) {
                                                  "bias_constraint",
                                                  "recurrent_constraint",
                                                  "data_format",
-                                                 "dropout",
                                                  "recurrent_dropout",
                                                  "stateful",
                                                  "go_backwards",

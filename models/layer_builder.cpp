@@ -34,6 +34,7 @@ const std::vector<LayerDef>& layer_defs() {
     add_conv_layers(d);
     add_recurrent_layers(d);
     add_sequence_layers(d);
+    add_reshaping_layers(d);
     for (LayerDef& def : d) {
       // Keras pairs every weight's initializer argument with a regularizer argument (kernel_initializer,
       // kernel_regularizer); the moving statistics are not weights.
@@ -59,6 +60,21 @@ bool LayerBuilder::trainable() const {
 
 uint64_t LayerBuilder::seed(const std::string& suffix) const {
   return layer_seed(options.seed, name() + "/" + suffix);
+}
+
+ValueId LayerBuilder::dropout_mask(const std::string& suffix, const std::vector<int64_t>& dims, double rate,
+                                   const std::string& seed_arg) {
+  if (!options.training || rate == 0) return kNoValue;
+  Tensor ones(DType::f32, Shape(dims));
+  for (int64_t i = 0; i < ones.shape().numel(); ++i) ones.set_f64(i, 1.0);
+  ValueId ratio = constant(suffix + "/ratio", Tensor::scalar<float>(static_cast<float>(rate)));
+  ValueId mode = constant(suffix + "/training_mode", Tensor::scalar<bool>(true));
+  Attributes attrs;
+  if (!seed_arg.empty() && args.has(seed_arg)) attrs.set("seed", args.integer(seed_arg));
+  return graph
+      .node(graph.add_node("Dropout", {constant(suffix + "/ones", std::move(ones)), ratio, mode}, attrs, 1,
+                           graph.unique_name(name() + "/" + suffix)))
+      .outputs[0];
 }
 
 ValueId LayerBuilder::counted(ValueId v, bool is_trainable) {
@@ -152,6 +168,18 @@ std::string LayerBuilder::activation_name(const std::string& arg) const {
   if (std::find(names.begin(), names.end(), v) != names.end()) return v;
   fail(arg, fmt::format("unknown activation \"{}\"", v),
        fmt::format("{}activations: {}", did_you_mean(v, names), fmt::join(names, ", ")));
+}
+
+std::vector<int64_t> LayerBuilder::four_sides(const std::string& arg) const {
+  std::vector<int64_t> p = args.ints(arg);
+  if (p.size() == 1) p = {p[0], p[0], p[0], p[0]};
+  if (p.size() == 2) p = {p[0], p[0], p[1], p[1]};
+  if (p.size() != 4)
+    fail(arg, fmt::format("{} has {} values", arg, p.size()),
+         "give one number, [h, w], or [top, bottom, left, right]");
+  for (int64_t v : p)
+    if (v < 0) fail(arg, fmt::format("{} must not be negative, got {}", arg, v));
+  return p;
 }
 
 std::string LayerBuilder::initializer(const std::string& arg) const {

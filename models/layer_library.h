@@ -61,14 +61,23 @@ class LayerBuilder {
   // A 1-D int64 constant (Reshape's shape).
   engine::ValueId shape_constant(const std::string& suffix, const std::vector<int64_t>& dims);
   uint64_t seed(const std::string& suffix) const;
+  // A dropout mask of IR shape `dims` (batch first): 1 / (1 - rate) where kept, 0 where dropped, drawn anew
+  // each step as Dropout draws its own (it is a Dropout of ones), so a mask broadcast over some axes drops
+  // whole channels or whole features of a sequence. kNoValue outside training or at rate 0.
+  // `seed_arg` names the layer's optional seed argument (Dropout's seed attribute), or is empty.
+  engine::ValueId dropout_mask(const std::string& suffix, const std::vector<int64_t>& dims, double rate,
+                               const std::string& seed_arg = {});
   bool trainable() const;
 
   // Argument helpers that validate values, failing at the argument's position.
   int64_t positive(const std::string& arg) const;
   std::vector<int64_t> positive_pair(const std::string& arg) const;
   std::string choice(const std::string& arg, const std::vector<std::string>& options) const;  // lower case
-  std::string activation_name(const std::string& arg = "activation") const;                   // canonical
-  std::string initializer(const std::string& arg) const;                                      // canonical
+  // Margins of an image as [top, bottom, left, right], from one number (every side), [h, w] or all four
+  // (Keras's ((top, bottom), (left, right)) flattened); each 0 or more. ZeroPadding2D and Cropping2D.
+  std::vector<int64_t> four_sides(const std::string& arg) const;
+  std::string activation_name(const std::string& arg = "activation") const;  // canonical
+  std::string initializer(const std::string& arg) const;                     // canonical
 
   // The IR axis of per-sample Keras axis k (0-based, without the batch).
   int ir_axis(const LayerValue& x, int k) const;
@@ -120,6 +129,7 @@ void add_core_layers(std::vector<LayerDef>& defs);       // layers_core.cpp
 void add_conv_layers(std::vector<LayerDef>& defs);       // layers_conv.cpp
 void add_recurrent_layers(std::vector<LayerDef>& defs);  // layers_recurrent.cpp
 void add_sequence_layers(std::vector<LayerDef>& defs);   // layers_conv1d.cpp
+void add_reshaping_layers(std::vector<LayerDef>& defs);  // layers_reshaping.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 

@@ -277,14 +277,7 @@ LayerValue build_global_max_pool(LayerBuilder& b, const std::vector<LayerValue>&
 // ZeroPadding2D: zeros around the image, `padding` as one number (every side), [h, w] (top and bottom, left
 // and right), or [top, bottom, left, right] (Keras's ((top, bottom), (left, right)) flattened).
 LayerValue build_zero_padding2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  std::vector<int64_t> p = b.args.ints("padding");
-  if (p.size() == 1) p = {p[0], p[0], p[0], p[0]};
-  if (p.size() == 2) p = {p[0], p[0], p[1], p[1]};
-  if (p.size() != 4)
-    b.fail("padding", fmt::format("padding has {} values", p.size()),
-           "give one number, [h, w], or [top, bottom, left, right]");
-  for (int64_t v : p)
-    if (v < 0) b.fail("padding", fmt::format("padding must not be negative, got {}", v));
+  const std::vector<int64_t> p = b.four_sides("padding");
   require_image(b, in[0]);
   LayerValue x = b.to_channels_first(in[0]);
   // ONNX's pads: the begins of N, C, H, W, then their ends.

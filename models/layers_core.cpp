@@ -1,4 +1,6 @@
-// Core layers: Dense, Activation, Dropout, Flatten, Reshape, Add, Concatenate and Embedding.
+// Core layers: Dense, Activation and the activation layers, Dropout and SpatialDropout1D/2D, Rescaling,
+// Flatten, Reshape, the merges (Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate) and
+// Embedding.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -176,17 +178,80 @@ std::vector<LayerValue> same_layout(LayerBuilder& b, const std::vector<LayerValu
   return out;
 }
 
-LayerValue build_add(LayerBuilder& b, const std::vector<LayerValue>& in) {
+// An elementwise merge of inputs of one shape: `op` folds them left to right (Average adds, then scales).
+LayerValue merge(LayerBuilder& b, const std::vector<LayerValue>& in, const std::string& op) {
   for (const LayerValue& x : in)
     if (x.shape != in[0].shape)
       b.fail_layer(fmt::format("inputs must have one shape; '{}' gives {} and '{}' gives {}", in[0].from,
                                keras_shape(in[0].shape), x.from, keras_shape(x.shape)));
   std::vector<LayerValue> xs = same_layout(b, in);
   LayerValue y = xs[0];
-  for (size_t i = 1; i < xs.size(); ++i) y.value = b.op("Add", {y.value, xs[i].value});
+  for (size_t i = 1; i < xs.size(); ++i) y.value = b.op(op == "Average" ? "Add" : op, {y.value, xs[i].value});
+  if (op == "Average")
+    y.value = b.op("Mul", {y.value, b.constant("reciprocal",
+                                               Tensor::scalar<float>(1.0f / static_cast<float>(xs.size())))});
   y.activation.clear();
   y.pre_activation = kNoValue;
   return y;
+}
+
+LayerValue build_add(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return merge(b, in, "Add");
+}
+LayerValue build_subtract(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return merge(b, in, "Sub");
+}
+LayerValue build_multiply(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return merge(b, in, "Mul");
+}
+LayerValue build_average(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return merge(b, in, "Average");
+}
+LayerValue build_maximum(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return merge(b, in, "Max");
+}
+LayerValue build_minimum(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return merge(b, in, "Min");
+}
+
+// Rescaling: x * scale + offset (Keras's preprocessing layer, often Rescaling(1/255) on images).
+LayerValue build_rescaling(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = in[0];
+  x.value =
+      b.op("Mul",
+           {x.value, b.constant("scale", Tensor::scalar<float>(static_cast<float>(b.args.number("scale"))))});
+  if (const double offset = b.args.number("offset"); offset != 0)
+    x.value = b.op("Add", {x.value, b.constant("offset", Tensor::scalar<float>(static_cast<float>(offset)))});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+// SpatialDropout1D and 2D: Dropout of whole feature maps, one mask entry per sample and channel (the last
+// Keras axis), broadcast over the steps or the pixels.
+LayerValue build_spatial_dropout(LayerBuilder& b, const std::vector<LayerValue>& in, size_t rank) {
+  const double rate = b.args.number("rate");
+  if (!(rate >= 0 && rate < 1)) b.fail("rate", fmt::format("rate must be in [0, 1), got {}", rate));
+  LayerValue x = in[0];
+  if (x.shape.size() != rank)
+    b.fail_layer(
+        fmt::format("needs a {} input, got {} from '{}'",
+                    rank == 2 ? "sequence (None, steps, features)" : "image (None, height, width, channels)",
+                    keras_shape(x.shape), x.from));
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  std::vector<int64_t> dims(rank + 1, 1);
+  dims[0] = b.options.batch_size;
+  dims[static_cast<size_t>(b.ir_axis(x, static_cast<int>(rank) - 1))] = x.shape.back();
+  if (ValueId mask = b.dropout_mask("mask", dims, rate, "seed"); mask != kNoValue)
+    x.value = b.op("Mul", {x.value, mask});
+  return x;
+}
+LayerValue build_spatial_dropout1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_spatial_dropout(b, in, 2);
+}
+LayerValue build_spatial_dropout2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_spatial_dropout(b, in, 3);
 }
 
 LayerValue build_concatenate(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -291,10 +356,28 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_dropout});
+  const ArgDecl rate{"rate", ArgKind::number, std::nullopt};
+  const ArgDecl seed{"seed", ArgKind::integer, std::nullopt, true};
+  defs.push_back(
+      {"SpatialDropout1D", "spatial_dropout1d", {rate, seed}, 1, 1, false, build_spatial_dropout1d});
+  defs.push_back(
+      {"SpatialDropout2D", "spatial_dropout2d", {rate, seed}, 1, 1, false, build_spatial_dropout2d});
+  defs.push_back({"Rescaling",
+                  "rescaling",
+                  {{"scale", ArgKind::number, std::nullopt}, {"offset", ArgKind::number, 0.0}},
+                  1,
+                  1,
+                  false,
+                  build_rescaling});
   defs.push_back({"Flatten", "flatten", {}, 1, 1, false, build_flatten});
   defs.push_back(
       {"Reshape", "reshape", {{"target_shape", ArgKind::ints, std::nullopt}}, 1, 1, false, build_reshape});
   defs.push_back({"Add", "add", {}, 2, -1, false, build_add});
+  defs.push_back({"Subtract", "subtract", {}, 2, 2, false, build_subtract});
+  defs.push_back({"Multiply", "multiply", {}, 2, -1, false, build_multiply});
+  defs.push_back({"Average", "average", {}, 2, -1, false, build_average});
+  defs.push_back({"Maximum", "maximum", {}, 2, -1, false, build_maximum});
+  defs.push_back({"Minimum", "minimum", {}, 2, -1, false, build_minimum});
   defs.push_back({"Concatenate",
                   "concatenate",
                   {{"axis", ArgKind::integer, int64_t{-1}}},

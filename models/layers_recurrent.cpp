@@ -63,12 +63,18 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   const int64_t units = b.positive("units");
   const std::string act = cell_activation(b, "activation");
   const std::string rec_act = cell_activation(b, "recurrent_activation");
-  const LayerValue x = b.to_channels_last(in[0]);  // ONNX's layout 1 is [N, T, F]
+  LayerValue x = b.to_channels_last(in[0]);  // ONNX's layout 1 is [N, T, F]
   if (x.shape.size() != 2)
     b.fail_layer(fmt::format("needs a sequence input (None, timesteps, features), got {} from '{}'",
                              keras_shape(x.shape), x.from),
                  "declare [model] input = [timesteps, features], or put a Reshape layer before it");
   const int64_t steps = x.shape[0], features = x.shape[1];
+  // Keras's dropout on the inputs: one mask per sample and feature, the same at every step.
+  const double rate = b.args.number("dropout");
+  if (!(rate >= 0 && rate < 1)) b.fail("dropout", fmt::format("dropout must be in [0, 1), got {}", rate));
+  if (ValueId mask = b.dropout_mask("input_dropout", {b.options.batch_size, 1, features}, rate);
+      mask != kNoValue)
+    x.value = b.op("Mul", {x.value, mask});
   const int64_t gates = lstm ? 4 : 3, rows = gates * units;
   const bool reset_after = !lstm && b.args.boolean("reset_after");
   const std::string op = lstm ? "LSTM" : "GRU";
@@ -156,7 +162,8 @@ std::vector<ArgDecl> common_args() {
           {"return_sequences", ArgKind::boolean, false},
           {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
           {"recurrent_initializer", ArgKind::string, S("orthogonal")},
-          {"bias_initializer", ArgKind::string, S("zeros")}};
+          {"bias_initializer", ArgKind::string, S("zeros")},
+          {"dropout", ArgKind::number, 0.0}};
 }
 
 }  // namespace

@@ -253,6 +253,82 @@ activation = "softmax"
                       if a.name == "direction"]
         self.assertEqual(directions, [b"bidirectional", b"bidirectional"])
 
+    def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):
+        # Rescaling, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D, LSTM with dropout,
+        # RepeatVector and the merges, in the graph form; the dropouts train and leave nothing in the export.
+        m = self.fit_export_and_predict("reshaping", """[model]
+input = [28, 28, 1]
+[[model.layers]]
+type = "Rescaling"
+scale = 2.0
+offset = -1.0
+[[model.layers]]
+type = "Cropping2D"
+cropping = [2, 1, 0, 3]
+[[model.layers]]
+type = "Conv2D"
+filters = 4
+kernel_size = 3
+activation = "relu"
+[[model.layers]]
+type = "SpatialDropout2D"
+rate = 0.2
+[[model.layers]]
+type = "Reshape"
+target_shape = [23, 92]
+[[model.layers]]
+type = "Permute"
+dims = [2, 1]
+[[model.layers]]
+type = "Cropping1D"
+cropping = [6, 10]
+[[model.layers]]
+type = "SpatialDropout1D"
+rate = 0.1
+[[model.layers]]
+type = "LSTM"
+units = 8
+dropout = 0.2
+name = "lstm"
+[[model.layers]]
+type = "Dense"
+units = 8
+activation = "tanh"
+name = "side"
+inputs = ["lstm"]
+[[model.layers]]
+type = "Subtract"
+inputs = ["lstm", "side"]
+name = "difference"
+[[model.layers]]
+type = "Multiply"
+inputs = ["lstm", "side"]
+name = "product"
+[[model.layers]]
+type = "Average"
+inputs = ["difference", "product", "side"]
+name = "mean"
+[[model.layers]]
+type = "Maximum"
+inputs = ["mean", "lstm"]
+name = "larger"
+[[model.layers]]
+type = "Minimum"
+inputs = ["larger", "side"]
+[[model.layers]]
+type = "RepeatVector"
+n = 2
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30, :, :, None])
+        ops = {n.op_type for n in m.graph.node}
+        self.assertLessEqual({"Slice", "Transpose", "Sub", "Max", "Min", "Expand"}, ops)
+        self.assertNotIn("Dropout", ops)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])

@@ -68,6 +68,28 @@ inline BuiltModel build(const Spec& s, bool training = false, int64_t batch = 4,
   return build_model(s.section, o);
 }
 
+// The live nodes of op `op` in g.
+inline int count_ops(const engine::Graph& g, const std::string& op) {
+  int n = 0;
+  for (engine::NodeId i = 0; i < g.num_nodes(); ++i) n += !g.node(i).dead && g.node(i).op == op;
+  return n;
+}
+
+// The one live node of op `op` (the test fails unless there is exactly one).
+inline const engine::Node& only_node(const engine::Graph& g, const std::string& op) {
+  REQUIRE(count_ops(g, op) == 1);
+  for (engine::NodeId i = 0; i < g.num_nodes(); ++i)
+    if (!g.node(i).dead && g.node(i).op == op) return g.node(i);
+  throw InternalError("unreachable");
+}
+
+// Whether `part` is in `s`; says what was searched when not.
+inline bool contains(const std::string& s, const std::string& part) {
+  bool found = s.find(part) != std::string::npos;
+  if (!found) MESSAGE("'" << part << "' is not in: " << s);
+  return found;
+}
+
 // The InputError that building `s` throws; fails the test when it builds.
 inline InputError build_error(const Spec& s) {
   try {

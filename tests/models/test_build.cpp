@@ -20,19 +20,6 @@ int64_t total_params(const BuiltModel& m) {
   return n;
 }
 
-int count_ops(const Graph& g, const std::string& op) {
-  int n = 0;
-  for (NodeId i = 0; i < g.num_nodes(); ++i) n += !g.node(i).dead && g.node(i).op == op;
-  return n;
-}
-
-const Node& only_node(const Graph& g, const std::string& op) {
-  REQUIRE(count_ops(g, op) == 1);
-  for (NodeId i = 0; i < g.num_nodes(); ++i)
-    if (g.node(i).op == op) return g.node(i);
-  throw InternalError("unreachable");
-}
-
 Shape param_shape(const Graph& g, const std::string& name) {
   ValueId v = g.find(name);
   REQUIRE_MESSAGE(v != kNoValue, name);

@@ -11,16 +11,11 @@
 using namespace trainer;
 using namespace trainer::models;
 using models::testing::build_error;
+using models::testing::contains;
 using models::testing::Spec;
 using V = formats::ArgValue;
 
 namespace {
-
-bool contains(const std::string& s, const std::string& part) {
-  bool found = s.find(part) != std::string::npos;
-  if (!found) MESSAGE("'" << part << "' is not in: " << s);
-  return found;
-}
 
 std::vector<int64_t> v(std::initializer_list<int64_t> x) {
   return x;

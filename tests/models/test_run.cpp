@@ -501,3 +501,136 @@ TEST_SUITE("run") {
       }
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: the merge layers combine their inputs elementwise, as Keras") {
+    // Two Dense branches of one vector input, then each merge; outputs compared with the branches'.
+    const std::vector<std::string> merges = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"};
+    for (const std::string& type : merges) {
+      CAPTURE(type);
+      Spec s({5});
+      s.add("Dense", {{"units", int64_t{3}}}, "a").add("Dense", {{"units", int64_t{3}}}, "b", {"input"});
+      s.add(type, {}, "merged", {"a", "b"});
+      BuiltModel m = models::testing::build(s);
+      CHECK(m.layers[2].output_shape == v({3}));
+      Tensor x = ops::random_tensor(m.graph.value(m.input).shape, -1, 1, 91, DType::f32);
+      // The branch outputs, read from a model that ends at each one.
+      auto branch = [&](const std::string& name) {
+        BuiltModel b = models::testing::build(s);
+        b.output = b.graph.node(b.graph.value(b.graph.find(name + "/kernel")).consumers.at(0)).outputs[0];
+        b.output = b.graph.node(b.graph.value(b.output).consumers.at(0)).outputs[0];  // after the bias
+        return forward(std::move(b), x);
+      };
+      const Tensor a = branch("a"), bb = branch("b");
+      const Tensor y = forward(std::move(m), x);
+      REQUIRE(y.shape() == a.shape());
+      for (int64_t i = 0; i < y.numel(); ++i) {
+        const double p = a.get_f64(i), q = bb.get_f64(i);
+        const double want = type == "Add"        ? p + q
+                            : type == "Subtract" ? p - q
+                            : type == "Multiply" ? p * q
+                            : type == "Average"  ? (p + q) / 2
+                            : type == "Maximum"  ? std::max(p, q)
+                                                 : std::min(p, q);
+        CHECK(y.get_f64(i) == doctest::Approx(want).epsilon(1e-6));
+      }
+    }
+    Spec three({4});
+    three.add("Dense", {{"units", int64_t{2}}}, "a").add("Dense", {{"units", int64_t{2}}}, "b", {"input"});
+    three.add("Dense", {{"units", int64_t{2}}}, "c", {"input"}).add("Subtract", {}, "d", {"a", "b", "c"});
+    CHECK(contains(build_error(three).what(), "takes 2 inputs, got 3"));
+  }
+
+  TEST_CASE("run: Rescaling, RepeatVector and Permute") {
+    Spec s({2, 3});
+    s.add("Rescaling", {{"scale", 0.5}, {"offset", -1.0}}).add("Permute", {{"dims", v({2, 1})}});
+    s.add("Flatten").add("RepeatVector", {{"n", int64_t{4}}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[1].output_shape == v({3, 2}));
+    CHECK(m.layers[3].output_shape == v({4, 6}));
+    const Shape in = m.graph.value(m.input).shape;
+    Tensor x = ops::random_tensor(in, -1, 1, 92, DType::f32);
+    Tensor y = forward(std::move(m), x);
+    const int64_t n = in[0];
+    REQUIRE(y.shape() == Shape{n, 4, 6});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t r = 0; r < 4; ++r)
+        for (int64_t i = 0; i < 3; ++i)  // permuted [3, 2], flattened row-major
+          for (int64_t j = 0; j < 2; ++j)
+            CHECK(y.get_f64((b * 4 + r) * 6 + i * 2 + j) ==
+                  doctest::Approx(x.get_f64((b * 2 + j) * 3 + i) * 0.5 - 1.0));
+    Spec bad({2, 3});
+    bad.add("Permute", {{"dims", v({1, 1})}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "dims"));
+  }
+
+  TEST_CASE("run: Cropping2D and Cropping1D cut Keras's rows, columns and steps") {
+    Spec s({5, 6, 2});
+    s.add("Cropping2D", {{"cropping", v({1, 0, 2, 1})}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({4, 3, 2}));
+    const Shape in = m.graph.value(m.input).shape;  // NCHW
+    Tensor x = ops::random_tensor(in, -1, 1, 93, DType::f32);
+    Tensor y = forward(std::move(m), x);  // NHWC
+    const int64_t n = in[0], c = in[1], h = in[2], w = in[3];
+    REQUIRE(y.shape() == Shape{n, 4, 3, c});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t i = 0; i < 4; ++i)
+        for (int64_t j = 0; j < 3; ++j)
+          for (int64_t k = 0; k < c; ++k)
+            CHECK(y.get_f64(((b * 4 + i) * 3 + j) * c + k) ==
+                  x.get_f64(((b * c + k) * h + i + 1) * w + j + 2));
+
+    // After a Conv1D the sequence is channels-first inside; the crop is along the steps all the same.
+    Spec q({7, 2});
+    q.add("Conv1D", {{"filters", int64_t{3}}, {"kernel_size", int64_t{1}}})
+        .add("Cropping1D", {{"cropping", v({2, 1})}});
+    BuiltModel mq = models::testing::build(q);
+    CHECK(mq.layers[1].output_shape == v({4, 3}));
+    Spec full({7, 2});
+    full.add("Conv1D", {{"filters", int64_t{3}}, {"kernel_size", int64_t{1}}});
+    BuiltModel mf = models::testing::build(full);
+    Tensor xs = ops::random_tensor(mq.graph.value(mq.input).shape, -1, 1, 94, DType::f32);
+    Tensor cropped = forward(std::move(mq), xs), whole = forward(std::move(mf), xs);  // [N, steps, 3]
+    for (int64_t b = 0; b < xs.shape()[0]; ++b)
+      for (int64_t t = 0; t < 4; ++t)
+        for (int64_t k = 0; k < 3; ++k)
+          CHECK(cropped.get_f64((b * 4 + t) * 3 + k) == whole.get_f64((b * 7 + t + 2) * 3 + k));
+
+    Spec bad({5, 6, 2});
+    bad.add("Cropping2D", {{"cropping", v({3, 2})}});
+    CHECK(contains(build_error(bad).what(), "leaves nothing of axis 1"));
+  }
+
+  TEST_CASE("run: SpatialDropout2D drops whole channels, LSTM's dropout whole features at every step") {
+    Spec s({4, 4, 6});
+    s.add("SpatialDropout2D", {{"rate", 0.5}});
+    BuiltModel m = models::testing::build(s, true, 8);
+    const Shape in = m.graph.value(m.input).shape;  // [8, 6, 4, 4]
+    Tensor x = ops::random_tensor(in, 1, 2, 95, DType::f32);
+    Tensor y = forward(std::move(m), x);  // NHWC
+    int dropped = 0;
+    for (int64_t b = 0; b < 8; ++b)
+      for (int64_t k = 0; k < 6; ++k) {
+        const bool zero = y.get_f64(((b * 4 + 0) * 4 + 0) * 6 + k) == 0;
+        dropped += zero;
+        for (int64_t i = 0; i < 16; ++i)
+          CHECK(y.get_f64((b * 16 + i) * 6 + k) ==
+                (zero ? 0.0 : doctest::Approx(2 * x.get_f64((b * 6 + k) * 16 + i))));
+      }
+    CHECK(dropped > 8);
+    CHECK(dropped < 40);
+    CHECK(count_ops(models::testing::build(s, false, 8).graph, "Dropout") == 0);
+
+    Spec r({5, 3});
+    r.add("LSTM", {{"units", int64_t{2}}, {"dropout", 0.25}});
+    BuiltModel lstm = models::testing::build(r, true, 8);
+    const Node& drop = only_node(lstm.graph, "Dropout");
+    CHECK(lstm.graph.value(drop.outputs[0]).shape ==
+          Shape{8, 1, 3});  // one mask entry per sample and feature
+    CHECK(count_ops(models::testing::build(r, false, 8).graph, "Dropout") == 0);
+    Spec bad({5, 3});
+    bad.add("GRU", {{"units", int64_t{2}}, {"dropout", 1.0}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "dropout"));
+  }
+}

@@ -1,0 +1,132 @@
+// Keras's reshaping layers beyond Reshape and Flatten: RepeatVector, Permute, Cropping1D and Cropping2D.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+LayerValue plain(LayerValue x) {
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
+// RepeatVector: [N, F] -> [N, n, F], the vector repeated n times (an Expand of [N, 1, F]).
+LayerValue build_repeat_vector(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t n = b.positive("n");
+  LayerValue x = plain(in[0]);
+  if (x.shape.size() != 1)
+    b.fail_layer(
+        fmt::format("needs a vector input (None, features), got {} from '{}'", keras_shape(x.shape), x.from),
+        "put a Flatten layer before it");
+  const int64_t f = x.shape[0];
+  ValueId column = b.op("Reshape", {x.value, b.shape_constant("column", {0, 1, f})});
+  x.value = b.op("Expand", {column, b.shape_constant("repeat", {1, n, 1})});
+  x.shape = {n, f};
+  return x;
+}
+
+// Permute: the per-sample axes in the order `dims` gives (1-based, as Keras counts them after the batch).
+LayerValue build_permute(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = plain(b.to_channels_last(in[0]));
+  const std::vector<int64_t> dims = b.args.ints("dims");
+  const int64_t rank = static_cast<int64_t>(x.shape.size());
+  std::vector<int64_t> sorted = dims;
+  std::sort(sorted.begin(), sorted.end());
+  bool ok = static_cast<int64_t>(dims.size()) == rank;
+  for (int64_t i = 0; ok && i < rank; ++i) ok = sorted[static_cast<size_t>(i)] == i + 1;
+  if (!ok)
+    b.fail("dims",
+           fmt::format("dims [{}] is not a permutation of the input's axes 1 to {} ({})",
+                       fmt::join(dims, ", "), rank, keras_shape(x.shape)),
+           "list each axis after the batch once, counting from 1, e.g. dims = [2, 1]");
+  std::vector<int64_t> perm = {0}, shape;
+  for (int64_t d : dims) {
+    perm.push_back(d);
+    shape.push_back(x.shape[static_cast<size_t>(d - 1)]);
+  }
+  x.value = b.op("Transpose", {x.value}, {{"perm", perm}});
+  x.shape = shape;
+  // An image whose channels moved is no longer channels-last in the builder's sense; Keras's shape is the
+  // permuted one, held row-major, which is what the builder assumes of a value that is not channels_first.
+  return x;
+}
+
+// Cropping along Keras axes `axes` (per-sample, 0-based) of `begin`/`end` elements: one Slice.
+LayerValue crop(LayerBuilder& b, const LayerValue& in, const std::vector<int>& axes,
+                const std::vector<int64_t>& begin, const std::vector<int64_t>& end) {
+  LayerValue x = plain(in);
+  std::vector<int64_t> starts, ends, ir_axes;
+  for (size_t i = 0; i < axes.size(); ++i) {
+    const int64_t size = x.shape[static_cast<size_t>(axes[i])];
+    if (begin[i] < 0 || end[i] < 0)
+      b.fail("cropping", fmt::format("cropping must not be negative, got {}", std::min(begin[i], end[i])));
+    if (begin[i] + end[i] >= size)
+      b.fail("cropping",
+             fmt::format("cropping {} + {} leaves nothing of axis {} (size {}) of {}", begin[i], end[i],
+                         axes[i] + 1, size, keras_shape(x.shape)),
+             "crop less than the axis holds");
+    starts.push_back(begin[i]);
+    ends.push_back(size - end[i]);
+    ir_axes.push_back(b.ir_axis(x, axes[i]));
+    x.shape[static_cast<size_t>(axes[i])] = size - begin[i] - end[i];
+  }
+  x.value = b.op("Slice", {x.value, b.shape_constant("starts", starts), b.shape_constant("ends", ends),
+                           b.shape_constant("axes", ir_axes)});
+  return x;
+}
+
+// Cropping1D: cropping = n (both ends) or [begin, end] steps of a sequence.
+LayerValue build_cropping1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  if (in[0].shape.size() != 2)
+    b.fail_layer(fmt::format("needs a sequence input (None, steps, features), got {} from '{}'",
+                             keras_shape(in[0].shape), in[0].from));
+  std::vector<int64_t> c = b.args.pair("cropping");
+  return crop(b, in[0], {0}, {c[0]}, {c[1]});
+}
+
+// Cropping2D: cropping = n (every side), [h, w] (top and bottom, left and right) or [top, bottom, left,
+// right] (Keras's ((top, bottom), (left, right)) flattened).
+LayerValue build_cropping2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  if (in[0].shape.size() != 3)
+    b.fail_layer(fmt::format("needs an image input (None, height, width, channels), got {} from '{}'",
+                             keras_shape(in[0].shape), in[0].from));
+  const std::vector<int64_t> c = b.four_sides("cropping");
+  return crop(b, in[0], {0, 1}, {c[0], c[2]}, {c[1], c[3]});
+}
+
+}  // namespace
+
+void add_reshaping_layers(std::vector<LayerDef>& defs) {
+  defs.push_back({"RepeatVector",
+                  "repeat_vector",
+                  {{"n", ArgKind::integer, std::nullopt}},
+                  1,
+                  1,
+                  false,
+                  build_repeat_vector});
+  defs.push_back({"Permute", "permute", {{"dims", ArgKind::ints, std::nullopt}}, 1, 1, false, build_permute});
+  defs.push_back({"Cropping1D",
+                  "cropping1d",
+                  {{"cropping", ArgKind::int_or_pair, int64_t{1}}},
+                  1,
+                  1,
+                  false,
+                  build_cropping1d});
+  defs.push_back({"Cropping2D",
+                  "cropping2d",
+                  {{"cropping", ArgKind::int_or_ints, int64_t{0}}},
+                  1,
+                  1,
+                  false,
+                  build_cropping2d});
+}
+
+}  // namespace trainer::models
