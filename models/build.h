@@ -33,8 +33,9 @@ struct LayerInfo {
   std::vector<int64_t> output_shape;  // per sample, Keras-style (channels last), without the batch dimension
   int64_t params = 0;                 // trainable and non-trainable
   int64_t trainable_params = 0;
-  // Forward FLOPs: 2 x the multiply-adds of Dense, Conv2D, LSTM and GRU (their matrix products). Elementwise
-  // work (bias, activations, pooling, normalization) and lookups count 0.
+  // Forward FLOPs: 2 x the multiply-adds of the matrix products (Dense, convolutions, LSTM and GRU gates,
+  // MultiHeadAttention's projections and attention). Elementwise work (bias, activations, pooling,
+  // normalization) and lookups count 0.
   int64_t flops_per_sample = 0;
 };
 

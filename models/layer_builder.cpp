@@ -35,6 +35,7 @@ const std::vector<LayerDef>& layer_defs() {
     add_recurrent_layers(d);
     add_sequence_layers(d);
     add_reshaping_layers(d);
+    add_attention_layers(d);
     for (LayerDef& def : d) {
       // Keras pairs every weight's initializer argument with a regularizer argument (kernel_initializer,
       // kernel_regularizer); the moving statistics are not weights.

@@ -130,6 +130,7 @@ void add_conv_layers(std::vector<LayerDef>& defs);       // layers_conv.cpp
 void add_recurrent_layers(std::vector<LayerDef>& defs);  // layers_recurrent.cpp
 void add_sequence_layers(std::vector<LayerDef>& defs);   // layers_conv1d.cpp
 void add_reshaping_layers(std::vector<LayerDef>& defs);  // layers_reshaping.cpp
+void add_attention_layers(std::vector<LayerDef>& defs);  // layers_attention.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 

@@ -19,7 +19,7 @@ DATA_DIR = None
 
 # Every sample spec of the repository, relative to samples/.
 SAMPLE_SPECS = ["fashion_mnist/mlp.toml", "fashion_mnist/cnn.toml", "fashion_mnist/lstm.toml", "cifar10/cnn.toml",
-                "imdb/lstm.toml", "imdb/cnn.toml"]
+                "imdb/lstm.toml", "imdb/cnn.toml", "imdb/transformer.toml"]
 
 
 def main():

@@ -329,6 +329,45 @@ activation = "softmax"
         self.assertLessEqual({"Slice", "Transpose", "Sub", "Max", "Min", "Expand"}, ops)
         self.assertNotIn("Dropout", ops)
 
+    def test_attention_exports_and_runs_as_predict_does(self):
+        # MultiHeadAttention (causal, and query/value from two layers) on the images' rows as 28 steps.
+        m = self.fit_export_and_predict("attention", """[model]
+input = [28, 28]
+[[model.layers]]
+type = "Dense"
+units = 16
+name = "rows"
+[[model.layers]]
+type = "MultiHeadAttention"
+num_heads = 2
+key_dim = 8
+dropout = 0.1
+use_causal_mask = true
+name = "self"
+[[model.layers]]
+type = "Add"
+inputs = ["rows", "self"]
+[[model.layers]]
+type = "LayerNormalization"
+name = "norm"
+[[model.layers]]
+type = "MultiHeadAttention"
+inputs = ["norm", "rows"]
+num_heads = 1
+key_dim = 4
+value_dim = 6
+output_shape = 12
+[[model.layers]]
+type = "GlobalAveragePooling1D"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30])
+        ops = [n.op_type for n in m.graph.node]
+        self.assertEqual(ops.count("Softmax"), 3)  # two attentions and the head
+        self.assertNotIn("Dropout", ops)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])

@@ -7,30 +7,30 @@ import unittest
 import cli_util
 from cli_util import assert_finite_number, data_sets, json_lines, run, sample, skip_without_fashion
 
-EPOCH_KEYS = ["event", "epoch", "epochs", "loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s", "seconds"]
 METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
 # Epoch 1/2 · 16/16 · 0.4s · loss 2.0310 · accuracy 0.3130 · val_loss 1.1424 · val_accuracy 0.6160
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) · (\d+)/(\d+) · [0-9.]+s((?: · \w+ [0-9.]+)+)$", re.M)
 
 
 class Fit(unittest.TestCase):
-    def fit(self, spec, epochs, train, val, extra=(), timeout=120):
-        """Runs a short fit and checks everything that does not depend on the model; returns the events."""
+    def fit(self, spec, epochs, train, val, extra=(), timeout=120, batch=64, metrics=METRICS):
+        """Runs a short fit and checks everything that does not depend on the model; returns the events.
+        `metrics`: the reported values in order, the training ones then the validation ones."""
         args = ["fit", sample(spec), "--set", f"train.epochs={epochs}", *extra]
         r = run(args, timeout=timeout)
         self.assertEqual(r.returncode, 0, f"trainer {' '.join(args)}\nstderr:\n{r.stderr}")
         self.assertIn(f"Training on {train} samples, validating on {val}", r.stderr)
         events = json_lines(self, r.stdout)
         self.assertEqual([e.get("event") for e in events], ["epoch"] * epochs + ["fit_end"], r.stdout)
-        batch = 64
         steps = -(-train // batch)
         for i, e in enumerate(events[:-1]):
-            self.assertEqual(list(e.keys()), EPOCH_KEYS, e)
+            self.assertEqual(list(e.keys()), ["event", "epoch", "epochs"] + metrics + ["samples_per_s", "seconds"], e)
             self.assertEqual((e["epoch"], e["epochs"]), (i + 1, epochs))
-            for k in METRICS + ["samples_per_s", "seconds"]:
+            for k in metrics + ["samples_per_s", "seconds"]:
                 assert_finite_number(self, e, k)
-            for k in ("accuracy", "val_accuracy"):
-                self.assertTrue(0 <= e[k] <= 1, e)
+            for k in metrics:
+                if k != "loss" and k != "val_loss":
+                    self.assertTrue(0 <= e[k] <= 1, e)
             self.assertGreaterEqual(e["loss"], 0)
             self.assertGreater(e["samples_per_s"], 0)
             self.assertGreater(e["seconds"], 0)
@@ -41,7 +41,7 @@ class Fit(unittest.TestCase):
         self.assertIs(end["stopped_early"], False)
         self.assertNotIn("interrupted_by", end)
         assert_finite_number(self, end, "seconds")
-        for k in METRICS:
+        for k in metrics:
             self.assertEqual(end[k], events[-2][k], f"fit_end repeats the last epoch's {k}")
         # stderr: one Keras-like line per epoch, with the same numbers to 4 decimals.
         lines = EPOCH_LINE.findall(r.stderr)
@@ -50,8 +50,8 @@ class Fit(unittest.TestCase):
             self.assertEqual((int(ep), int(eps)), (e["epoch"], epochs))
             self.assertEqual((int(step), int(steps_seen)), (steps, steps))
             shown = dict(item.split(" ") for item in logs.split(" · ")[1:])
-            self.assertEqual(sorted(shown), sorted(METRICS))
-            for k in METRICS:
+            self.assertEqual(sorted(shown), sorted(metrics))
+            for k in metrics:
                 self.assertAlmostEqual(float(shown[k]), e[k], delta=0.00005 + 1e-9, msg=k)
         return events
 
@@ -81,6 +81,10 @@ class Fit(unittest.TestCase):
         # 200 time steps per review make this the slowest sample: a few batches are enough.
         self.fit("imdb/lstm.toml", 1, 128, 64,
                  data_sets("imdb") + ["--set", "data.train.limit=128", "--set", "data.validation.limit=64"])
+
+    def test_imdb_transformer(self):
+        self.fit("imdb/transformer.toml", 1, 128, 64, data_sets("imdb") + ["--set", "data.validation.limit=64"],
+                 batch=32, metrics=["loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"])
 
     def test_imdb_cnn(self):
         # The generated IMDB files hold 128 training reviews.

@@ -27,6 +27,12 @@ def embedding(input_dim, output_dim):
     return input_dim * output_dim
 
 
+def attention(width, heads, key_dim):
+    # Query, key and value projections [width, heads, key_dim] with biases [heads, key_dim], and the output
+    # projection [heads, key_dim, width] with its bias.
+    return 3 * (width * heads * key_dim + heads * key_dim) + heads * key_dim * width + width
+
+
 # Per sample, per layer: (name, type, output shape as Keras prints it without the batch, parameters).
 EXPECTED = {
     "fashion_mnist/mlp.toml": [
@@ -62,6 +68,23 @@ EXPECTED = {
         ("dense", "Dense", [32], dense(64, 32)),
         ("dense_1", "Dense", [1], dense(32, 1)),
     ],
+    "imdb/transformer.toml": [
+        ("embed", "TokenAndPositionEmbedding", [200, 32], embedding(10000, 32) + embedding(200, 32)),
+        ("attention", "MultiHeadAttention", [200, 32], attention(32, 2, 32)),
+        ("dropout", "Dropout", [200, 32], 0),
+        ("residual", "Add", [200, 32], 0),
+        ("norm", "LayerNormalization", [200, 32], 2 * 32),
+        ("dense", "Dense", [200, 32], dense(32, 32)),
+        ("dense_1", "Dense", [200, 32], dense(32, 32)),
+        ("dropout_1", "Dropout", [200, 32], 0),
+        ("residual_1", "Add", [200, 32], 0),
+        ("layer_normalization", "LayerNormalization", [200, 32], 2 * 32),
+        ("global_average_pooling1d", "GlobalAveragePooling1D", [32], 0),
+        ("dropout_2", "Dropout", [32], 0),
+        ("dense_2", "Dense", [20], dense(32, 20)),
+        ("dropout_3", "Dropout", [20], 0),
+        ("dense_3", "Dense", [1], dense(20, 1)),
+    ],
     "imdb/lstm.toml": [
         ("embedding", "Embedding", [200, 16], embedding(10000, 16)),
         ("lstm", "LSTM", [128], lstm(16, 128)),
@@ -78,6 +101,7 @@ TOTALS = {
     "cifar10/cnn.toml": 3_692_938,
     "imdb/lstm.toml": 236_321,  # 160,000 + 74,240 + 2,064 + 17
     "imdb/cnn.toml": 332_417,  # 320,000 + 10,304 + 2,080 + 33
+    "imdb/transformer.toml": 337_737,  # 326,400 + 8,416 + 2 x 64 + 2 x 1,056 + 660 + 21, as Keras's example counts
 }
 
 
@@ -100,7 +124,7 @@ class Summary(unittest.TestCase):
                 self.assertEqual(got, layers)
                 self.assertEqual(s["total_params"], TOTALS[spec])
                 self.assertEqual(s["trainable_params"], TOTALS[spec])
-                self.assertEqual(s["batch_size"], 64)
+                self.assertEqual(s["batch_size"], 32 if spec == "imdb/transformer.toml" else 64)  # the specs
                 self.assertGreater(s["planned_bytes"], 0)
                 self.assertEqual(s["flops_per_sample"], sum(l["flops_per_sample"] for l in s["layers"]))
 

@@ -21,7 +21,7 @@ HUNG = []  # the command of a fit that did not end: the fits after it are not st
 FP32 = ["--set", "train.precision=fp32"]
 SAMPLES = {"fashion_mnist/mlp.toml": "fashion", "fashion_mnist/cnn.toml": "fashion",
            "fashion_mnist/lstm.toml": "fashion", "cifar10/cnn.toml": "cifar10", "imdb/lstm.toml": "imdb",
-           "imdb/cnn.toml": "imdb"}
+           "imdb/cnn.toml": "imdb", "imdb/transformer.toml": "imdb"}
 
 
 def data_sets(kind):

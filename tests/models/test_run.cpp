@@ -634,3 +634,107 @@ TEST_SUITE("run") {
     CHECK(build_error(bad).where() == bad.arg_at(0, "dropout"));
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: MultiHeadAttention computes Keras's attention, causal or not") {
+    for (bool causal : {false, true}) {
+      CAPTURE(causal);
+      const int64_t steps = 4, width = 3, heads = 2, kd = 3, vd = 2, out = 5;
+      Spec s({steps, width});
+      s.add("MultiHeadAttention", {{"num_heads", heads},
+                                   {"key_dim", kd},
+                                   {"value_dim", vd},
+                                   {"output_shape", out},
+                                   {"use_causal_mask", causal},
+                                   {"bias_initializer", std::string("glorot_uniform")}});
+      BuiltModel m = models::testing::build(s, false, 2);
+      CHECK(m.layers[0].output_shape == v({steps, out}));
+      // Keras's parameter count: 3 input projections and the output one, with their biases.
+      CHECK(m.layers[0].params ==
+            2 * (width * heads * kd + heads * kd) + width * heads * vd + heads * vd + heads * vd * out + out);
+      auto w = [&](const std::string& name) { return weight(m, "multi_head_attention/" + name); };
+      const Tensor wq = w("query/kernel"), bq = w("query/bias"), wk = w("key/kernel"), bk = w("key/bias");
+      const Tensor wv = w("value/kernel"), bv = w("value/bias"), wo = w("attention_output/kernel");
+      const Tensor bo = w("attention_output/bias");
+      CHECK(wq.shape() == Shape{width, heads, kd});
+      CHECK(wo.shape() == Shape{heads, vd, out});
+      const Shape in = m.graph.value(m.input).shape;
+      Tensor x = ops::random_tensor(in, -1, 1, 96, DType::f32);
+      Tensor y = forward(std::move(m), x);
+      REQUIRE(y.shape() == Shape{2, steps, out});
+      for (int64_t n = 0; n < 2; ++n) {
+        auto proj = [&](const Tensor& k, const Tensor& bias, int64_t t, int64_t h, int64_t d, int64_t dim) {
+          double acc = bias.get_f64(h * dim + d);
+          for (int64_t c = 0; c < width; ++c)
+            acc += x.get_f64((n * steps + t) * width + c) * k.get_f64((c * heads + h) * dim + d);
+          return acc;
+        };
+        std::vector<double> ctx(steps * heads * vd, 0.0);
+        for (int64_t h = 0; h < heads; ++h)
+          for (int64_t i = 0; i < steps; ++i) {
+            std::vector<double> score(steps);
+            double top = -1e300;
+            for (int64_t j = 0; j < steps; ++j) {
+              double dot = 0;
+              for (int64_t d = 0; d < kd; ++d) dot += proj(wq, bq, i, h, d, kd) * proj(wk, bk, j, h, d, kd);
+              score[j] = causal && j > i ? -1e300 : dot / std::sqrt(double(kd));
+              top = std::max(top, score[j]);
+            }
+            double total = 0;
+            for (double& e : score) total += (e = std::exp(e - top));
+            for (int64_t j = 0; j < steps; ++j)
+              for (int64_t d = 0; d < vd; ++d)
+                ctx[(i * heads + h) * vd + d] += score[j] / total * proj(wv, bv, j, h, d, vd);
+          }
+        for (int64_t i = 0; i < steps; ++i)
+          for (int64_t o = 0; o < out; ++o) {
+            double want = bo.get_f64(o);
+            for (int64_t h = 0; h < heads; ++h)
+              for (int64_t d = 0; d < vd; ++d)
+                want += ctx[(i * heads + h) * vd + d] * wo.get_f64((h * vd + d) * out + o);
+            CHECK(y.get_f64((n * steps + i) * out + o) == doctest::Approx(want).epsilon(1e-4));
+          }
+      }
+    }
+  }
+
+  TEST_CASE("run: a transformer encoder block trains; TokenAndPositionEmbedding adds its positions") {
+    Spec s({6}, "int64");
+    s.add("TokenAndPositionEmbedding",
+          {{"vocabulary_size", int64_t{12}}, {"sequence_length", int64_t{8}}, {"embedding_dim", int64_t{8}}},
+          "embed")
+        .add("MultiHeadAttention", {{"num_heads", int64_t{2}}, {"key_dim", int64_t{4}}, {"dropout", 0.1}},
+             "attn", {"embed", "embed"})
+        .add("Add", {}, "residual", {"embed", "attn"})
+        .add("LayerNormalization", {{"epsilon", 1e-6}})
+        .add("GlobalAveragePooling1D")
+        .add("Dense", {{"units", int64_t{3}}, {"activation", std::string("softmax")}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({6, 8}));
+    CHECK(m.layers[0].params == 12 * 8 + 8 * 8);
+    CHECK(weight(m, "embed/position_embedding/embeddings").shape() == Shape{8, 8});
+    auto [first, last] = train_steps(s, 8, 3, 12, 30, 1e-2f);
+    CHECK(last < first * 0.7f);
+
+    // Token t at step i: row t of the token table plus row i of the position table.
+    Spec e({3}, "int64");
+    e.add("TokenAndPositionEmbedding",
+          {{"vocabulary_size", int64_t{5}}, {"sequence_length", int64_t{4}}, {"embedding_dim", int64_t{2}}});
+    BuiltModel me = models::testing::build(e, false, 2);
+    const Tensor tokens = weight(me, "token_and_position_embedding/token_embedding/embeddings");
+    const Tensor positions = weight(me, "token_and_position_embedding/position_embedding/embeddings");
+    Tensor ids = Tensor::from<int64_t>(Shape{2, 3}, {4, 0, 2, 1, 1, 3});
+    Tensor y = forward(std::move(me), ids);
+    for (int64_t n = 0; n < 2; ++n)
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t d = 0; d < 2; ++d)
+          CHECK(
+              y.get_f64((n * 3 + i) * 2 + d) ==
+              doctest::Approx(tokens.get_f64(ids.get_f64(n * 3 + i) * 2 + d) + positions.get_f64(i * 2 + d)));
+    Spec longer({9}, "int64");
+    longer.add(
+        "TokenAndPositionEmbedding",
+        {{"vocabulary_size", int64_t{5}}, {"sequence_length", int64_t{4}}, {"embedding_dim", int64_t{2}}});
+    CHECK(build_error(longer).where() == longer.arg_at(0, "sequence_length"));
+  }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput of `trainer fit` against PyTorch on the CPU, for the Fashion-MNIST samples and the IMDB
-1-D CNN (imdb-cnn: samples/imdb/cnn.toml on random token ids, as the reviews are not shipped).
+1-D CNN and transformer (imdb-cnn, imdb-transformer: samples/imdb/*.toml on random token ids, as the reviews are
+not shipped).
 
 For each sample spec, in one run and with the same thread count: trainer's training samples/s (from its JSON
 lines), PyTorch's samples/s for the same model, optimizer, loss and batch size on the same data (in-memory
@@ -32,7 +33,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-SAMPLES = ["mlp", "cnn", "lstm", "imdb-cnn"]
+SAMPLES = ["mlp", "cnn", "lstm", "imdb-cnn", "imdb-transformer"]
 
 # Stand-ins with the product's models for sample specs that are not in the tree yet; the data, loss and
 # optimizer sections are taken from mlp.toml.
@@ -425,7 +426,8 @@ def load_train_data(cfg, folder, limit, np):
 
 
 def build_torch_model(model, torch):
-    """The spec's sequential layer stack as torch modules; images run channels-first (NCHW)."""
+    """The spec's layers as torch modules, sequential or in the graph form (inputs = [...]); images run
+    channels-first (NCHW)."""
     nn = torch.nn
     shape = model["input"]
     if isinstance(shape, dict):
@@ -472,15 +474,82 @@ def build_torch_model(model, torch):
         def forward(self, v):
             return v.amax(1) if self.max else v.mean(1)
 
+    class TokenAndPosition(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.tokens = nn.Embedding(layer["vocabulary_size"], layer["embedding_dim"])
+            self.positions = nn.Parameter(torch.randn(layer["sequence_length"], layer["embedding_dim"]) * 0.05)
+
+        def forward(self, v):
+            return self.tokens(v) + self.positions[:v.shape[1]]
+
+    class Attention(nn.Module):
+        """Keras's MultiHeadAttention: projections to heads x key_dim (wider than the model when Keras's
+        key_dim is), scaled dot-product attention, and the output projection."""
+
+        def __init__(self, width, layer):
+            super().__init__()
+            self.heads, kd = layer["num_heads"], layer["key_dim"]
+            vd = layer.get("value_dim", kd)
+            self.q, self.k = nn.Linear(width, self.heads * kd), nn.Linear(width, self.heads * kd)
+            self.v = nn.Linear(width, self.heads * vd)
+            self.o = nn.Linear(self.heads * vd, layer.get("output_shape", width))
+            self.dropout = layer.get("dropout", 0.0)
+            self.causal = layer.get("use_causal_mask", False)
+
+        def forward(self, query, value=None, key=None):
+            value = query if value is None else value
+            key = value if key is None else key
+            n, tq, tv = query.shape[0], query.shape[1], value.shape[1]
+            q = self.q(query).view(n, tq, self.heads, -1).transpose(1, 2)
+            k = self.k(key).view(n, tv, self.heads, -1).transpose(1, 2)
+            v = self.v(value).view(n, tv, self.heads, -1).transpose(1, 2)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            if self.causal:
+                scores = scores.masked_fill(torch.ones(tq, tv, dtype=torch.bool).triu(1), float("-inf"))
+            w = torch.nn.functional.dropout(scores.softmax(-1), self.dropout, self.training)
+            a = w @ v
+            return self.o(a.transpose(1, 2).reshape(n, tq, -1))
+
+    class Sum(nn.Module):
+        def forward(self, *vs):
+            return sum(vs)
+
+    class Graph(nn.Module):
+        """Layers in order, each applied to the outputs of the layers it names."""
+
+        def __init__(self, steps):
+            super().__init__()
+            self.mods = nn.ModuleList(m for m, _, _ in steps)
+            self.wiring = [(name, inputs) for _, name, inputs in steps]
+
+        def forward(self, v):
+            out = {"input": v}
+            for mod, (name, inputs) in zip(self.mods, self.wiring):
+                v = mod(*[out[i] for i in inputs])
+                out[name] = v
+            return v
+
     def pair(v):
         return tuple(v) if isinstance(v, list) else (v, v)
 
     layers = []
+    graph = any("inputs" in layer for layer in model["layers"])
+    steps, shapes, previous, counts = [], {"input": shape}, "input", {}
+    explicit = {layer["name"] for layer in model["layers"] if "name" in layer}
     for i, layer in enumerate(model["layers"]):
         kind = layer["type"]
         last = i == len(model["layers"]) - 1
-        if "inputs" in layer:
-            sys.exit("bench_fit: the PyTorch side builds sequential models only")
+        base = "".join("_" + c.lower() if c.isupper() and j and kind[j - 1].islower() else c.lower()
+                       for j, c in enumerate(kind))
+        name = layer.get("name")
+        while name is None or (name in explicit and "name" not in layer):  # Keras's generated names
+            k = counts.get(base, 0)
+            counts[base] = k + 1
+            name = base if k == 0 else f"{base}_{k}"
+        inputs = layer.get("inputs", [previous])
+        shape = shapes[inputs[0]]
+        before = len(layers)
         if kind == "Flatten":
             layers.append(nn.Flatten())
             shape = (math.prod(shape),)
@@ -525,15 +594,29 @@ def build_torch_model(model, torch):
             seq = layer.get("return_sequences", False)
             layers.append(LastStep(shape[-1], layer["units"], seq))
             shape = (shape[0], layer["units"]) if seq else (layer["units"],)
+        elif kind == "TokenAndPositionEmbedding":
+            layers.append(TokenAndPosition(layer))
+            shape = shape + (layer["embedding_dim"],)
+        elif kind == "MultiHeadAttention":
+            layers.append(Attention(shape[-1], layer))
+            shape = (shape[0], layer.get("output_shape", shape[-1]))
+        elif kind == "LayerNormalization":
+            layers.append(nn.LayerNorm(shape[-1], eps=layer.get("epsilon", 1e-3)))
+        elif kind == "Add":
+            layers.append(Sum())
         else:
             sys.exit(f"bench_fit: the PyTorch side does not build {kind} layers")
         act = layer.get("activation")
-        if act in (None, "linear") or (act in ("softmax", "sigmoid") and last):
-            continue  # a final softmax or sigmoid is part of the loss, as in the trainer's fused cross-entropy
-        if act not in acts:
-            sys.exit(f"bench_fit: the PyTorch side does not build activation {act}")
-        layers.append(acts[act]())
-    return nn.Sequential(*layers), in_shape
+        if not (act in (None, "linear") or (act in ("softmax", "sigmoid") and last)):
+            # (a final softmax or sigmoid is part of the loss, as in the trainer's fused cross-entropy)
+            if act not in acts:
+                sys.exit(f"bench_fit: the PyTorch side does not build activation {act}")
+            layers.append(acts[act]())
+        added = layers[before:]
+        steps.append((added[0] if len(added) == 1 else nn.Sequential(*added), name, inputs))
+        shapes[name] = shape
+        previous = name
+    return (Graph(steps) if graph else nn.Sequential(*layers)), in_shape
 
 
 def build_torch_optimizer(train, params, torch):
@@ -575,7 +658,7 @@ def fmt_num(v, spec=".0f"):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: mlp,cnn,lstm,imdb-cnn")
+    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: mlp,cnn,lstm,imdb-cnn,imdb-transformer")
     p.add_argument("--build-dir", help="build folder holding cli/trainer and tools/bench/bench_cpu (default: build)")
     p.add_argument("--trainer", help="path of the trainer binary")
     p.add_argument("--bench-cpu", help="path of bench_cpu (the GEMM ceiling)")

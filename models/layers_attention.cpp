@@ -1,0 +1,167 @@
+// Attention layers: Keras's MultiHeadAttention, and KerasHub's TokenAndPositionEmbedding, which together with
+// LayerNormalization, Dense and the merges make a transformer encoder in a spec. Both are plain IR subgraphs
+// (MatMul, Softmax, Gather), so they train, export and run on every backend like the rest.
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "models/layer_library.h"
+
+namespace trainer::models {
+
+using namespace trainer::engine;
+
+namespace {
+
+// A sequence [steps, features] in the builder's row-major layout ([N, T, F] in the IR).
+LayerValue sequence_input(LayerBuilder& b, const LayerValue& in, const char* role) {
+  LayerValue x = b.to_channels_last(in);
+  if (x.shape.size() != 2)
+    b.fail_layer(fmt::format("its {} must be a sequence (None, steps, features), got {} from '{}'", role,
+                             keras_shape(x.shape), x.from),
+                 "give it the output of an Embedding, a recurrent layer with return_sequences, or a Conv1D");
+  return x;
+}
+
+// Keras's EinsumDense as MultiHeadAttention uses it, by one MatMul against the kernel viewed as a matrix:
+// the input projections take x [N, T, D] with a kernel [D, heads, dim] and a bias [heads, dim]; the output
+// projection (`output`) takes [N, T, heads * dim] with a kernel [heads, dim, width] and a bias [width].
+// Keras's fans for a rank-3 kernel count its leading axis as a receptive field.
+ValueId projection(LayerBuilder& b, ValueId x, const std::string& name, const std::vector<int64_t>& shape,
+                   bool output, bool bias) {
+  const int64_t numel = shape[0] * shape[1] * shape[2];
+  const int64_t rows = output ? shape[0] * shape[1] : shape[0], cols = numel / rows;
+  const WeightFans fans{shape[0] * shape[1], shape[0] * shape[2], numel / shape[2], shape[2]};
+  ValueId w = b.weight(name + "/kernel", "kernel_initializer", Shape(shape), fans);
+  ValueId y = b.op("MatMul", {x, b.op("Reshape", {w, b.shape_constant(name + "/matrix", {rows, cols})})});
+  if (!bias) return y;
+  const Shape bshape = output ? Shape{shape[2]} : Shape{shape[1], shape[2]};
+  ValueId bv = b.weight(name + "/bias", "bias_initializer", bshape, {cols, cols, 1, cols});
+  if (!output) bv = b.op("Reshape", {bv, b.shape_constant(name + "/flat_bias", {cols})});
+  return b.op("Add", {y, bv});
+}
+
+// MultiHeadAttention: inputs [query] (self-attention), [query, value] or [query, value, key], as Keras calls
+// it. Per head h: softmax(Q_h K_h^T / sqrt(key_dim)) V_h, the heads' results projected back to the query's
+// width (or output_shape). use_causal_mask lets step i attend to steps <= i only.
+LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t heads = b.positive("num_heads");
+  const int64_t key_dim = b.positive("key_dim");
+  const int64_t value_dim = b.args.has("value_dim") ? b.positive("value_dim") : key_dim;
+  const bool bias = b.args.boolean("use_bias");
+  const double rate = b.args.number("dropout");
+  if (!(rate >= 0 && rate < 1)) b.fail("dropout", fmt::format("dropout must be in [0, 1), got {}", rate));
+  const LayerValue q = sequence_input(b, in[0], "query");
+  const LayerValue v = in.size() > 1 ? sequence_input(b, in[1], "value") : q;
+  const LayerValue k = in.size() > 2 ? sequence_input(b, in[2], "key") : v;
+  if (k.shape[0] != v.shape[0])
+    b.fail_layer(fmt::format("key and value must have as many steps; '{}' gives {} and '{}' gives {}", k.from,
+                             keras_shape(k.shape), v.from, keras_shape(v.shape)));
+  const int64_t tq = q.shape[0], tv = v.shape[0];
+  const int64_t out_dim = b.args.has("output_shape") ? b.positive("output_shape") : q.shape[1];
+  const bool causal = b.args.boolean("use_causal_mask");
+  if (causal && tq != tv)
+    b.fail("use_causal_mask",
+           fmt::format("a causal mask needs as many query steps as value steps, got {} and {}", tq, tv));
+
+  // [N, T, H * d] -> [N, T, H, d] -> the heads first.
+  auto split_heads = [&](ValueId x, int64_t steps, int64_t d, const char* name, std::vector<int64_t> perm) {
+    ValueId r = b.op("Reshape", {x, b.shape_constant(fmt::format("{}/heads", name), {0, steps, heads, d})});
+    return b.op("Transpose", {r}, {{"perm", perm}});
+  };
+  ValueId query = projection(b, q.value, "query", {q.shape[1], heads, key_dim}, false, bias);
+  ValueId key = projection(b, k.value, "key", {k.shape[1], heads, key_dim}, false, bias);
+  ValueId value = projection(b, v.value, "value", {v.shape[1], heads, value_dim}, false, bias);
+  query = split_heads(query, tq, key_dim, "query", {0, 2, 1, 3});    // [N, H, Tq, d]
+  key = split_heads(key, tv, key_dim, "key", {0, 2, 3, 1});          // [N, H, d, Tv]
+  value = split_heads(value, tv, value_dim, "value", {0, 2, 1, 3});  // [N, H, Tv, dv]
+  // Keras scales the query before the product.
+  query = b.op("Mul", {query, b.constant("scale", Tensor::scalar<float>(static_cast<float>(
+                                                      1.0 / std::sqrt(double(key_dim)))))});
+  ValueId scores = b.op("MatMul", {query, key});  // [N, H, Tq, Tv]
+  if (causal) {
+    // Keras's masked softmax adds a large negative number where the mask is off.
+    Tensor mask(DType::f32, Shape{tq, tv});
+    for (int64_t i = 0; i < tq; ++i)
+      for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
+    scores = b.op("Add", {scores, b.constant("causal_mask", std::move(mask))});
+  }
+  ValueId weights = b.op("Softmax", {scores}, {{"axis", int64_t{-1}}});
+  if (b.options.training && rate > 0)  // Keras drops attention weights, each on its own
+    weights = b.op("Dropout", {weights, b.constant("ratio", Tensor::scalar<float>(static_cast<float>(rate))),
+                               b.constant("training_mode", Tensor::scalar<bool>(true))});
+  ValueId context = b.op("MatMul", {weights, value});  // [N, H, Tq, dv]
+  context = b.op("Transpose", {context}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
+  context = b.op("Reshape", {context, b.shape_constant("merged", {0, tq, heads * value_dim})});
+  LayerValue y;
+  y.from = q.from;
+  y.value = projection(b, context, "attention_output", {heads, value_dim, out_dim}, true, bias);
+  y.shape = {tq, out_dim};
+  b.info.flops_per_sample =
+      2 * heads *
+      (tq * q.shape[1] * key_dim + tv * k.shape[1] * key_dim + tv * v.shape[1] * value_dim +
+       tq * tv * (key_dim + value_dim) + tq * value_dim * out_dim);
+  return y;
+}
+
+// TokenAndPositionEmbedding (KerasHub): token ids [N, T] -> the token's embedding plus a learned embedding of
+// its position, [N, T, embedding_dim]; T may be shorter than sequence_length (the first T positions).
+LayerValue build_token_and_position_embedding(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t vocab = b.positive("vocabulary_size");
+  const int64_t length = b.positive("sequence_length");
+  const int64_t dim = b.positive("embedding_dim");
+  if (in[0].shape.size() != 1)
+    b.fail_layer(
+        fmt::format("takes token ids (None, steps), got {} from '{}'", keras_shape(in[0].shape), in[0].from));
+  const int64_t steps = in[0].shape[0];
+  if (steps > length)
+    b.fail("sequence_length",
+           fmt::format("sequence_length {} is shorter than the input's {} steps", length, steps),
+           fmt::format("sequence_length = {} or more", steps));
+  ValueId tokens = b.weight("token_embedding/embeddings", "embeddings_initializer", Shape{vocab, dim},
+                            {vocab, dim, vocab, dim});
+  // KerasHub initializes both tables with embeddings_initializer.
+  ValueId positions = b.weight("position_embedding/embeddings", "embeddings_initializer", Shape{length, dim},
+                               {length, dim, length, dim});
+  if (steps < length)
+    positions = b.op("Slice", {positions, b.shape_constant("first", {0}), b.shape_constant("last", {steps}),
+                               b.shape_constant("axis", {0})});
+  LayerValue y;
+  y.from = in[0].from;
+  y.shape = {steps, dim};
+  y.value = b.op("Add", {b.op("Gather", {tokens, in[0].value}, {{"axis", int64_t{0}}}), positions});
+  return y;
+}
+
+}  // namespace
+
+void add_attention_layers(std::vector<LayerDef>& defs) {
+  using S = std::string;
+  defs.push_back({"MultiHeadAttention",
+                  "multi_head_attention",
+                  {{"num_heads", ArgKind::integer, std::nullopt},
+                   {"key_dim", ArgKind::integer, std::nullopt},
+                   {"value_dim", ArgKind::integer, std::nullopt, true},
+                   {"dropout", ArgKind::number, 0.0},
+                   {"use_bias", ArgKind::boolean, true},
+                   {"output_shape", ArgKind::integer, std::nullopt, true},
+                   {"use_causal_mask", ArgKind::boolean, false},
+                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
+                   {"bias_initializer", ArgKind::string, S("zeros")}},
+                  1,
+                  3,
+                  false,
+                  build_multi_head_attention});
+  defs.push_back({"TokenAndPositionEmbedding",
+                  "token_and_position_embedding",
+                  {{"vocabulary_size", ArgKind::integer, std::nullopt},
+                   {"sequence_length", ArgKind::integer, std::nullopt},
+                   {"embedding_dim", ArgKind::integer, std::nullopt},
+                   {"embeddings_initializer", ArgKind::string, S("uniform")}},
+                  1,
+                  1,
+                  true,
+                  build_token_and_position_embedding});
+}
+
+}  // namespace trainer::models
