@@ -37,12 +37,16 @@ std::string state_json(const engine::TrainingState& st) {
   std::string sums;
   for (size_t i = 0; i < st.metric_sums.size(); ++i) sums += (i ? ", " : "") + num(st.metric_sums[i]);
   std::string s = fmt::format(
-      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"seconds\": {}, "
+      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"lr_factor\": {}, "
+      "\"plateau_have_best\": {}, \"plateau_best\": {}, \"plateau_wait\": {}, \"plateau_cooldown\": {}, "
+      "\"seconds\": {}, "
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"history\": [",
-      st.epoch, st.batch, st.global_step, sums, num(st.seconds), st.have_best ? "true" : "false",
-      num(st.best), st.waited, st.best_epoch, num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
+      st.epoch, st.batch, st.global_step, sums, num(st.lr_factor), st.plateau_have_best ? "true" : "false",
+      num(st.plateau_best), st.plateau_wait, st.plateau_cooldown, num(st.seconds),
+      st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch, num(st.loss_scale),
+      st.loss_scale_good_steps, st.skipped_steps);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
@@ -95,6 +99,14 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   } else {
     // Checkpoints from before metric_sums kept the loss, accuracy and top-k sums and the sample count apart.
     st.metric_sums = {r.d(root, "loss_sum"), r.d(root, "correct"), r.d(root, "topk"), r.d(root, "samples")};
+  }
+  // ReduceLROnPlateau came later: a checkpoint without it ran at the schedule's rate.
+  if (root.find("lr_factor")) {
+    st.lr_factor = r.d(root, "lr_factor");
+    st.plateau_have_best = r.b(root, "plateau_have_best");
+    st.plateau_best = r.d(root, "plateau_best");
+    st.plateau_wait = r.i(root, "plateau_wait");
+    st.plateau_cooldown = r.i(root, "plateau_cooldown");
   }
   st.seconds = r.d(root, "seconds");
   st.have_best = r.b(root, "have_best");

@@ -535,6 +535,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.early_stopping.min_delta = e.min_delta;
   c.early_stopping.patience = e.patience;
   c.early_stopping.restore_best_weights = e.restore_best_weights;
+  const formats::ReduceLrSpec& p = t.reduce_lr;
+  c.reduce_lr = {p.enabled, p.monitor, p.factor, p.patience, p.mode, p.min_delta, p.cooldown, p.min_lr};
   return c;
 }
 
@@ -679,6 +681,8 @@ void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) 
     pos = &spec.train.loss_pos;
   else if (e.where().starts_with("train.early_stopping"))
     pos = &spec.train.early_stopping.pos;
+  else if (e.where().starts_with("train.reduce_lr_on_plateau"))
+    pos = &spec.train.reduce_lr.pos;
   if (!pos || pos->file.empty()) throw e;
   std::string what = e.what();
   throw InputError(pos->str(), what.substr(std::min(what.size(), e.where().size() + 2)), e.hint());

@@ -42,8 +42,9 @@ const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
-const Keys kTrainKeys = {"loss", "from_logits", "metrics",        "top_k",      "epochs",   "batch_size",
-                         "seed", "optimizer",   "early_stopping", "checkpoint", "precision"};
+const Keys kTrainKeys = {"loss",      "from_logits", "metrics",        "top_k",
+                         "epochs",    "batch_size",  "seed",           "optimizer",
+                         "precision", "checkpoint",  "early_stopping", "reduce_lr_on_plateau"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
                              "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
@@ -51,6 +52,7 @@ const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
                             "decay_rate", "staircase", "alpha", "warmup_steps"};
 const Keys kEarlyStoppingKeys = {"monitor", "mode", "min_delta", "patience", "restore_best_weights"};
 const Keys kCheckpointKeys = {"every_epochs", "every_steps", "keep_last", "save_best", "mode"};
+const Keys kReduceLrKeys = {"monitor", "factor", "patience", "mode", "min_delta", "cooldown", "min_lr"};
 
 // Every table of the schema, to tell a user who put a key in the wrong table where it belongs.
 const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
@@ -64,6 +66,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
     {"[train.optimizer.schedule]", &kScheduleKeys},
     {"[train.early_stopping]", &kEarlyStoppingKeys},
     {"[train.checkpoint]", &kCheckpointKeys},
+    {"[train.reduce_lr_on_plateau]", &kReduceLrKeys},
     {"[parallel]", &kParallelKeys},
 };
 
@@ -868,31 +871,65 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
   return o;
 }
 
+// A monitored quantity (early stopping, save_best, reduce_lr_on_plateau) must be one the run reports: the
+// loss or a listed metric, with or without val_; a val_ one needs a validation set (known when [data] is
+// read).
+void check_monitor(const Reader& r, const Table& t, const char* key, const char* who,
+                   const std::string& monitor, const std::vector<std::string>& metrics,
+                   const DataSection* data) {
+  std::vector<std::string> names = {"loss"};
+  for (const std::string& m : metrics) names.push_back(m);
+  std::vector<std::string> monitors = names;
+  for (const std::string& m : names) monitors.push_back("val_" + m);
+  if (std::find(monitors.begin(), monitors.end(), monitor) == monitors.end()) {
+    const std::string metric = monitor.starts_with("val_") ? monitor.substr(4) : monitor;
+    t.fail(key, fmt::format("{} '{}' is not a reported quantity", t.name(key), monitor),
+           contains(kMetrics, metric) ? fmt::format("add \"{}\" to train.metrics", metric)
+                                      : choice_hint(monitor, Keys(monitors.begin(), monitors.end())));
+  }
+  const bool has_validation = data && (data->validation || data->validation_split > 0);
+  if (data && monitor.starts_with("val_") && !has_validation)
+    r.fail(t.find(key) ? t.pos(key) : t.pos(),
+           fmt::format("{} monitors '{}' but [data] has no validation set", who, monitor),
+           fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", monitor.substr(4)));
+}
+
+ReduceLrSpec read_reduce_lr(const Reader& r, const toml::node& n, const std::vector<std::string>& metrics,
+                            const DataSection* data) {
+  Table t(r, n, "train.reduce_lr_on_plateau", kReduceLrKeys);
+  ReduceLrSpec s;
+  s.enabled = true;
+  s.pos = t.pos();
+  t.get("monitor", s.monitor);
+  check_monitor(r, t, "monitor", "reduce_lr_on_plateau", s.monitor, metrics, data);
+  if (t.get("factor", s.factor) && !(s.factor > 0 && s.factor < 1))
+    t.fail("factor",
+           fmt::format("train.reduce_lr_on_plateau.factor must be in (0, 1), not {}", toml_float(s.factor)),
+           "the learning rate is multiplied by it: 0.1 or 0.5, say");
+  if (t.get("patience", s.patience) && s.patience < 0)
+    t.fail("patience",
+           fmt::format("train.reduce_lr_on_plateau.patience must be 0 or more, not {}", s.patience));
+  t.get_choice("mode", s.mode, kModes, "reduce_lr_on_plateau mode");
+  if (t.get("min_delta", s.min_delta) && s.min_delta < 0)
+    t.fail("min_delta", fmt::format("train.reduce_lr_on_plateau.min_delta must be 0 or more, not {}",
+                                    toml_float(s.min_delta)));
+  if (t.get("cooldown", s.cooldown) && s.cooldown < 0)
+    t.fail("cooldown",
+           fmt::format("train.reduce_lr_on_plateau.cooldown must be 0 or more, not {}", s.cooldown));
+  if (t.get("min_lr", s.min_lr) && s.min_lr < 0)
+    t.fail("min_lr",
+           fmt::format("train.reduce_lr_on_plateau.min_lr must be 0 or more, not {}", toml_float(s.min_lr)));
+  return s;
+}
+
 EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n,
                                       const std::vector<std::string>& metrics, const DataSection* data) {
   Table t(r, n, "train.early_stopping", kEarlyStoppingKeys);
   EarlyStoppingSpec e;
   e.enabled = true;
   e.pos = t.pos();
-  std::vector<std::string> names = {"loss"};
-  for (const std::string& m : metrics) names.push_back(m);
-  std::vector<std::string> monitors = names;
-  for (const std::string& m : names) monitors.push_back("val_" + m);
-  if (t.get("monitor", e.monitor)) {
-    if (std::find(monitors.begin(), monitors.end(), e.monitor) == monitors.end()) {
-      const std::string metric = e.monitor.starts_with("val_") ? e.monitor.substr(4) : e.monitor;
-      t.fail("monitor",
-             fmt::format("train.early_stopping.monitor '{}' is not a reported quantity", e.monitor),
-             contains(kMetrics, metric) ? fmt::format("add \"{}\" to train.metrics", metric)
-                                        : choice_hint(e.monitor, Keys(monitors.begin(), monitors.end())));
-    }
-  }
-  const bool has_validation = data && (data->validation || data->validation_split > 0);
-  if (data && e.monitor.starts_with("val_") && !has_validation)
-    r.fail(
-        t.find("monitor") ? t.pos("monitor") : e.pos,
-        fmt::format("early stopping monitors '{}' but [data] has no validation set", e.monitor),
-        fmt::format("add [data.validation] or data.validation_split, or monitor '{}'", e.monitor.substr(4)));
+  t.get("monitor", e.monitor);
+  check_monitor(r, t, "monitor", "early stopping", e.monitor, metrics, data);
   t.get_choice("mode", e.mode, kModes, "early-stopping mode");
   if (t.get("min_delta", e.min_delta) && e.min_delta < 0)
     t.fail("min_delta",
@@ -917,22 +954,8 @@ CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::
            fmt::format("train.checkpoint.every_steps must be 0 or more, not {}", c.every_steps));
   if (t.get("keep_last", c.keep_last) && c.keep_last < 0)
     t.fail("keep_last", fmt::format("train.checkpoint.keep_last must be 0 or more, not {}", c.keep_last));
-  if (t.get("save_best", c.save_best)) {
-    std::vector<std::string> names = {"loss"};
-    for (const std::string& m : metrics) names.push_back(m);
-    std::vector<std::string> monitors = names;
-    for (const std::string& m : names) monitors.push_back("val_" + m);
-    if (std::find(monitors.begin(), monitors.end(), c.save_best) == monitors.end())
-      t.fail("save_best",
-             fmt::format("train.checkpoint.save_best '{}' is not a reported quantity", c.save_best),
-             choice_hint(c.save_best, Keys(monitors.begin(), monitors.end())));
-    const bool has_validation = data && (data->validation || data->validation_split > 0);
-    if (data && c.save_best.starts_with("val_") && !has_validation)
-      t.fail("save_best",
-             fmt::format("save_best monitors '{}' but [data] has no validation set", c.save_best),
-             fmt::format("add [data.validation] or data.validation_split, or monitor '{}'",
-                         c.save_best.substr(4)));
-  }
+  if (t.get("save_best", c.save_best))
+    check_monitor(r, t, "save_best", "save_best", c.save_best, metrics, data);
   t.get_choice("mode", c.mode, kModes, "checkpoint mode");
   return c;
 }
@@ -997,6 +1020,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
   if (const toml::node* e = t.find("early_stopping"))
     s.early_stopping = read_early_stopping(r, *e, s.metrics, data);
   if (const toml::node* c = t.find("checkpoint")) s.checkpoint = read_checkpoint(r, *c, s.metrics, data);
+  if (const toml::node* p = t.find("reduce_lr_on_plateau"))
+    s.reduce_lr = read_reduce_lr(r, *p, s.metrics, data);
   return s;
 }
 

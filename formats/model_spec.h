@@ -142,6 +142,20 @@ struct EarlyStoppingSpec {
   bool operator==(const EarlyStoppingSpec&) const = default;
 };
 
+// [train.reduce_lr_on_plateau]: Keras's ReduceLROnPlateau. The table's presence turns it on.
+struct ReduceLrSpec {
+  bool enabled = false;
+  std::string monitor = "val_loss";
+  double factor = 0.1;        // in (0, 1): the learning rate is multiplied by it
+  int64_t patience = 10;      // epochs without improvement before a reduction
+  std::string mode = "auto";  // auto | min | max
+  double min_delta = 1e-4;
+  int64_t cooldown = 0;  // epochs after a reduction before counting again
+  double min_lr = 0.0;   // the learning rate is not reduced below this
+  SourcePos pos;
+  bool operator==(const ReduceLrSpec&) const = default;
+};
+
 // [train.checkpoint]: when `trainer fit` writes checkpoints under --output-dir. The table's presence turns it
 // on; without it, a run with --output-dir still writes one checkpoint at the end and one when interrupted.
 struct CheckpointSpec {
@@ -161,7 +175,8 @@ struct TrainSection {
   // for summary and check; fit needs a loss).
   std::string loss;
   bool from_logits = false;
-  std::vector<std::string> metrics;  // accuracy | top_k_accuracy (with top_k) ; loss is always reported
+  // accuracy, top_k_accuracy (with top_k), precision, recall, auc, mae, mse; the loss is always reported
+  std::vector<std::string> metrics;
   int64_t top_k = 5;
   int64_t epochs = 1;
   int64_t batch_size = 32;  // global
@@ -171,6 +186,7 @@ struct TrainSection {
   std::string precision = "auto";
   OptimizerSpec optimizer;
   EarlyStoppingSpec early_stopping;
+  ReduceLrSpec reduce_lr;
   CheckpointSpec checkpoint;
   SourcePos pos;
   SourcePos loss_pos;

@@ -92,7 +92,8 @@ void clear_positions(ModelSpec& s) {
   for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})
     if (*src) (*src)->pos = {};
   s.train.pos = s.train.loss_pos = {};
-  s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos = {};
+  s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos =
+      s.train.reduce_lr.pos = {};
   s.train.checkpoint.pos = {};
 }
 
@@ -187,6 +188,17 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("min_delta", e.min_delta);
       w.kv("patience", e.patience);
       w.kv("restore_best_weights", e.restore_best_weights);
+    }
+    const ReduceLrSpec& p = t.reduce_lr;
+    if (p.enabled) {
+      w.header("[train.reduce_lr_on_plateau]");
+      w.kv("monitor", p.monitor);
+      w.kv("factor", p.factor);
+      w.kv("patience", p.patience);
+      w.kv("mode", p.mode);
+      w.kv("min_delta", p.min_delta);
+      w.kv("cooldown", p.cooldown);
+      w.kv("min_lr", p.min_lr);
     }
     const CheckpointSpec& c = t.checkpoint;
     if (c.enabled) {

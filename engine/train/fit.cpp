@@ -833,7 +833,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     bool have = train_loader.next(&batch), fed = false;
     while (have) {
       if (!fed) feed(batch);
-      const float lr = static_cast<float>(schedule.at(st.global_step));
+      const float lr = static_cast<float>(schedule.at(st.global_step) * st.lr_factor);
       // The optimizer counts the updates it made: a step skipped for overflow does not advance it.
       const int64_t iteration = scaler.applied_steps() + 1;
       const float scale = scaler.scale();
@@ -972,6 +972,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
     rep.seconds =
         train_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_eval).count();
+    // As Keras's ReduceLROnPlateau logs it: the rate the epoch ended with.
+    if (cfg.reduce_lr.enabled)
+      rep.logs.emplace_back("learning_rate", schedule.at(st.global_step - 1) * st.lr_factor);
     result.history.push_back(rep);
     observer.on_epoch_end(rep);
     // The next epoch starts from zero.
@@ -997,6 +1000,34 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         if (es.restore_best_weights) st.best_values = capture().values;
       } else if (++st.waited > es.patience) {
         stop = true;
+      }
+    }
+    if (cfg.reduce_lr.enabled) {
+      // Keras's ReduceLROnPlateau.on_epoch_end: a cooldown epoch resets the wait; otherwise an epoch without
+      // improvement counts, and `patience` of them multiply the rate by `factor` (not below min_lr).
+      const ReduceLrOnPlateau& p = cfg.reduce_lr;
+      bool found;
+      const double value = find_log(rep.logs, p.monitor, &found);
+      if (!found)
+        throw InputError(
+            "train.reduce_lr_on_plateau.monitor",
+            fmt::format("reduce_lr_on_plateau monitors '{}', which this run does not report", p.monitor),
+            "monitor loss, val_loss, or a metric the spec lists");
+      if (st.plateau_cooldown > 0) {
+        --st.plateau_cooldown;
+        st.plateau_wait = 0;
+      }
+      if (improves(st.plateau_have_best, st.plateau_best, value, maximized(p.mode, p.monitor), p.min_delta)) {
+        st.plateau_have_best = true;
+        st.plateau_best = value;
+        st.plateau_wait = 0;
+      } else if (st.plateau_cooldown == 0 && ++st.plateau_wait >= p.patience) {
+        const double rate = schedule.base * st.lr_factor;
+        if (rate > p.min_lr) {
+          st.lr_factor = std::max(rate * p.factor, p.min_lr) / schedule.base;
+          st.plateau_cooldown = p.cooldown;
+          st.plateau_wait = 0;
+        }
       }
     }
     ++st.epoch;

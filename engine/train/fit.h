@@ -54,6 +54,20 @@ struct EarlyStopping {
   bool restore_best_weights = false;
 };
 
+// Keras's ReduceLROnPlateau: the learning rate (the schedule's, times a factor the run keeps) is multiplied
+// by `factor` when `monitor` has not improved by min_delta for `patience` epochs, then left alone for
+// `cooldown` epochs; it is not reduced below min_lr.
+struct ReduceLrOnPlateau {
+  bool enabled = false;
+  std::string monitor = "val_loss";
+  double factor = 0.1;
+  int64_t patience = 10;
+  std::string mode = "auto";
+  double min_delta = 1e-4;
+  int64_t cooldown = 0;
+  double min_lr = 0.0;
+};
+
 struct FitConfig {
   std::string
       loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
@@ -69,6 +83,7 @@ struct FitConfig {
   LearningRateSchedule schedule;
   float clipnorm = 0;
   EarlyStopping early_stopping;
+  ReduceLrOnPlateau reduce_lr;
   Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h
   size_t bucket_bytes = 25'000'000;       // gradients per reduction bucket with several replicas
   bool shard_optimizer = false;           // ZeRO-1 across replicas (see Replicas)
@@ -129,6 +144,11 @@ struct TrainingState {
   int64_t waited = 0, best_epoch = 0;
   // Dynamic loss scaling (fp16): the scale, finite steps since it last changed, and the steps skipped for
   // overflow (the optimizer's update count is global_step - skipped_steps).
+  // ReduceLROnPlateau: the factor on the schedule's rate, and the callback's memory.
+  double lr_factor = 1.0;
+  bool plateau_have_best = false;
+  double plateau_best = 0;
+  int64_t plateau_wait = 0, plateau_cooldown = 0;
   float loss_scale = 0;  // 0: not scaling
   int64_t loss_scale_good_steps = 0;
   int64_t skipped_steps = 0;

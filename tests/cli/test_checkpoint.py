@@ -76,6 +76,20 @@ class Resume(unittest.TestCase):
         with open(os.path.join(self.dir, "second", "history.jsonl")) as f:
             self.assertEqual([e["epoch"] for e in events(f.read()) if e["event"] == "epoch"], [1, 2])
 
+    def test_a_reduced_learning_rate_resumes(self):
+        # Max mode on a falling loss halves the rate after every epoch but the first: 1e-3, 1e-3, 5e-4.
+        spec = self.with_checkpoints('every_epochs = 1\nkeep_last = 0\n[train.reduce_lr_on_plateau]\n'
+                                     'monitor = "loss"\nmode = "max"\npatience = 0\nfactor = 0.5\n')
+        straight = self.fit([spec, "--epochs", "3", "--set", "train.optimizer.schedule.kind=constant"], "straight")
+        rates = [e["learning_rate"] for e in straight if e["event"] == "epoch"]
+        self.assertEqual(rates, [0.001, 0.001, 0.0005])
+        resumed = self.fit(["--resume", os.path.join(self.dir, "straight", "epoch-2.ckpt")], "second")
+        self.assertEqual([e["learning_rate"] for e in resumed if e["event"] == "epoch"], [0.0005])
+        _, a = tensors(os.path.join(self.dir, "straight", "last.ckpt"))
+        _, b = tensors(os.path.join(self.dir, "second", "last.ckpt"))
+        for k in a:
+            self.assertEqual(a[k], b[k], f"{k} differs")
+
     def test_resume_in_the_middle_of_an_epoch(self):
         spec = self.with_checkpoints("every_steps = 10\nkeep_last = 0\n")
         self.fit([spec, "--epochs", "2"], "straight")

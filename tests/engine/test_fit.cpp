@@ -179,6 +179,70 @@ TEST_SUITE("fit") {
     for (const EpochReport& e : r.history) CHECK(log_of(e.logs, "loss") >= best);
   }
 
+  TEST_CASE("fit: ReduceLROnPlateau follows Keras's rule and trains at the rate it reports") {
+    auto all = data::spirals(40, 3, 0.1f, 6);
+    auto train = std::make_shared<TensorDataset>(all.x, all.y);
+    FitConfig cfg = base_config();
+    cfg.epochs = 30;
+    cfg.schedule.base = 0.5;  // large enough to make the loss bounce
+    cfg.reduce_lr = {true, "loss", 0.5, 1, "auto", 1e-4, 1, 0.05};
+    auto backend = make_cpu_backend();
+    Recorder rec;
+    FitResult r = fit(mlp(3, 2), train, nullptr, nullptr, data::BatchFormat{}, cfg, *backend, rec);
+    REQUIRE(r.history.size() == 30);
+    // Keras's ReduceLROnPlateau.on_epoch_end, replayed on the reported losses.
+    double lr = 0.5, best = 1e300;
+    int64_t wait = 0, cooldown = 0, reductions = 0;
+    for (const EpochReport& e : r.history) {
+      CAPTURE(e.epoch);
+      CHECK(log_of(e.logs, "learning_rate") == doctest::Approx(lr).epsilon(1e-6));
+      const double loss = log_of(e.logs, "loss");
+      if (cooldown > 0) --cooldown, wait = 0;
+      if (loss < best - 1e-4) {
+        best = loss, wait = 0;
+      } else if (cooldown == 0 && ++wait >= 1 && lr > 0.05) {
+        lr = std::max(lr * 0.5, 0.05), cooldown = 1, wait = 0, ++reductions;
+      }
+    }
+    CHECK(reductions >= 2);
+    CHECK(lr == doctest::Approx(0.05));  // the floor was reached and kept
+
+    // The rate reported is the rate trained at. With max mode on a falling loss only the first epoch
+    // improves, so patience 0 halves the rate after every later epoch: epochs at 0.01, 0.01, 0.005. The same
+    // as two epochs at 0.01 and a third resumed at 0.005.
+    FitConfig halving = base_config();
+    halving.epochs = 3;
+    halving.optimizer.kind = "sgd";
+    halving.reduce_lr = {true, "loss", 0.5, 0, "max", 0.0, 0, 0.0};
+    TrainingState last[2];
+    CheckpointPolicy each_epoch;
+    each_epoch.every_epochs = 1;
+    Recorder q;
+    FitResult fr = fit(mlp(3, 2), train, nullptr, nullptr, data::BatchFormat{}, halving, *backend, q,
+                       each_epoch, [&](const TrainingState& st, SaveReason) { last[0] = st; });
+    REQUIRE(fr.history.size() == 3);
+    CHECK(log_of(fr.history[2].logs, "learning_rate") == doctest::Approx(0.005));
+    CHECK(last[0].lr_factor == doctest::Approx(0.25));  // after the third epoch, for the next
+    FitConfig plain = halving;
+    plain.reduce_lr.enabled = false;
+    plain.epochs = 2;
+    TrainingState two;
+    fit(mlp(3, 2), train, nullptr, nullptr, data::BatchFormat{}, plain, *backend, q, each_epoch,
+        [&](const TrainingState& st, SaveReason) { two = st; });
+    plain.epochs = 3;
+    plain.schedule.base = 0.005;
+    fit(
+        mlp(3, 2), train, nullptr, nullptr, data::BatchFormat{}, plain, *backend, q, each_epoch,
+        [&](const TrainingState& st, SaveReason) { last[1] = st; }, &two);
+    REQUIRE(last[0].values.size() == last[1].values.size());
+    for (size_t i = 0; i < last[0].values.size(); ++i) {
+      CAPTURE(last[0].values[i].first);
+      for (int64_t j = 0; j < last[0].values[i].second.numel(); ++j)
+        CHECK(last[0].values[i].second.get_f64(j) ==
+              doctest::Approx(last[1].values[i].second.get_f64(j)).epsilon(1e-6));
+    }
+  }
+
   TEST_CASE("fit: a loss that is no longer finite is a run-time error naming the step") {
     // A learning rate far too large blows the weights up within a few steps.
     auto all = data::spirals(20, 3, 0.1f, 7);

@@ -408,6 +408,15 @@ TEST_SUITE("model_spec") {
         {T + "loss = \"mse\"\n[train.early_stopping]\nmonitor = \"val_accuracy\"\n", "spec.toml:10:11",
          "train.early_stopping.monitor 'val_accuracy' is not a reported quantity",
          "add \"accuracy\" to train.metrics"},
+        {T + "loss = \"mse\"\n[train.reduce_lr_on_plateau]\nfactor = 1.5\n", "spec.toml:10:10",
+         "train.reduce_lr_on_plateau.factor must be in (0, 1), not 1.5",
+         "the learning rate is multiplied by it: 0.1 or 0.5, say"},
+        {T + "loss = \"mse\"\n[train.reduce_lr_on_plateau]\nmonitor = \"val_mae\"\n", "spec.toml:10:11",
+         "train.reduce_lr_on_plateau.monitor 'val_mae' is not a reported quantity",
+         "add \"mae\" to train.metrics"},
+        {T + "loss = \"mse\"\n[train.reduce_lr_on_plateau]\npatience = 2\ncooldown = -1\n", "spec.toml:11:12",
+         "train.reduce_lr_on_plateau.cooldown must be 0 or more, not -1", ""},
+        {T + "loss = \"mse\"\n[train.reduce_lr_on_plateau]\nmin_lr = 1e-5\nmode = \"min\"\n", "", "", ""},
         {T + "epochs = 3\n", "spec.toml:7:1", "[train] has no loss",
          "e.g. loss = \"sparse_categorical_crossentropy\""},
         {kHead + "[data]\nvalidation_split = 1.0\n[data.train]\nx = \"a.npy\"\n", "spec.toml:8:20",
@@ -572,10 +581,15 @@ TEST_SUITE("model_spec") {
                              "[train.optimizer]\nname = \"rmsprop\"\nrho = 0.8\nmomentum = 0.5\n"
                              "[train.optimizer.schedule]\nkind = \"exponential\"\ndecay_steps = 7\n"
                              "decay_rate = 0.5\nstaircase = true\n"
-                             "[train.early_stopping]\nmode = \"min\"\nmin_delta = 0.01\n",
+                             "[train.early_stopping]\nmode = \"min\"\nmin_delta = 0.01\n"
+                             "[train.reduce_lr_on_plateau]\nmonitor = \"loss\"\nfactor = 0.2\npatience = 3\n"
+                             "mode = \"min\"\nmin_delta = 0.0\ncooldown = 2\nmin_lr = 1e-6\n",
                          "c.toml");
     const ModelSpec d = parse_model_spec(to_toml(c), "c.toml");
     CHECK(same_settings(c, d));
+    CHECK(d.train.reduce_lr.enabled);
+    CHECK(d.train.reduce_lr.cooldown == 2);
+    CHECK(d.train.reduce_lr.min_lr == 1e-6);
     CHECK(d.data.validation->label_column == "label");
     CHECK(d.train.optimizer.schedule.staircase);
     CHECK(!same_settings(a, c));
