@@ -9,7 +9,9 @@
 #include <onnx/onnx_pb.h>
 
 #include <algorithm>
+#include <cctype>
 #include <climits>
+#include <map>
 #include <optional>
 #include <set>
 
@@ -100,8 +102,8 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 // InstanceNormalization is its formula in ReduceMean, Sub, Mul, Sqrt, Div and Add; ReduceMin, ReduceL1,
 // ReduceL2, ReduceSumSquare and ReduceLogSumExp are ReduceMax or ReduceSum of Neg, Abs or Mul
 // (ReduceLogSumExp shifted by the maximum, so exp never overflows); Tile is a Reshape, an Expand and a
-// Reshape. A gradient flows to the inputs that rewritten_input_has_grad names (which decides what
-// initializers become parameters).
+// Reshape; Einsum of one or two operands is ReduceSum, Transpose, Reshape and one MatMul. A gradient flows to
+// the inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
   static const std::set<std::string> ops = {"Sum",
@@ -117,13 +119,14 @@ bool rewritten(const onnx::NodeProto& n) {
                                             "ReduceL2",
                                             "ReduceSumSquare",
                                             "ReduceLogSumExp",
-                                            "Tile"};
+                                            "Tile",
+                                            "Einsum"};
   return ops.count(n.op_type()) > 0;
 }
 
 bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   const std::string& op = n.op_type();
-  if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min") return true;
+  if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min" || op == "Einsum") return true;
   if (op == "InstanceNormalization") return i <= 2;
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
@@ -562,6 +565,7 @@ class Importer {
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
     if (p.op == "Tile" && domain.empty()) return add_tile(p);
+    if (p.op == "Einsum" && domain.empty()) return add_einsum(p);
     if (rewritten(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
       return add_variadic(p, p.op == "Sum" || p.op == "Mean" ? "Add" : p.op);
     if (options_.fold_constants && fold(p)) return;
@@ -859,6 +863,204 @@ class Importer {
       merged.push_back(r * in[d]);
     }
     add_repeat(p, split, expand, merged, {{"allowzero", int64_t{1}}});
+  }
+
+  // Einsum of one operand (sums over the indices the output lacks, then a Transpose) or two: indices only
+  // one operand has and the output lacks are summed first; then each operand is transposed to [batch,
+  // free, summed] (the other: [batch, summed, free]) and reshaped to [batch..., free, summed], one MatMul
+  // contracts them (batch indices broadcast as MatMul's batch dimensions do), and the result is reshaped to
+  // [batch..., free of the first..., free of the second...] and transposed to the output's order. An
+  // ellipsis stands for the leading dimensions, aligned from the right. An index repeated within one operand
+  // takes the diagonal: the operand times an identity mask, summed over the repeat.
+  void add_einsum(const PendingNode& p) {
+    if (p.outputs.size() != 1 || !p.attrs.has("equation"))
+      fail(fmt::format("{} needs an equation and one output", p.label), "the exporter is broken");
+    if (p.inputs.empty() || p.inputs.size() > 2)
+      fail(fmt::format("{} has {} operands; Einsum of one or two is supported", p.label, p.inputs.size()),
+           "write a product of more operands as a chain of two-operand einsums");
+    std::string eq;
+    for (char c : p.attrs.s("equation"))
+      if (c != ' ') eq += c;
+    const size_t arrow = eq.find("->");
+    const std::string lhs = eq.substr(0, arrow);
+    std::vector<std::string> terms;
+    for (size_t start = 0;;) {
+      const size_t comma = lhs.find(',', start);
+      terms.push_back(lhs.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    auto bad = [&](const std::string& why) {
+      fail(fmt::format("{}: equation '{}' {}", p.label, p.attrs.s("equation"), why),
+           "Einsum takes letters, an optional ellipsis per operand, and an output after ->");
+    };
+    if (terms.size() != p.inputs.size())
+      bad(fmt::format("names {} operands for {} inputs", terms.size(), p.inputs.size()));
+    // Labels: a letter is its character; the ellipsis's dimensions are 256 + their place from the right.
+    std::vector<std::vector<int>> labels;
+    std::vector<Shape> shapes;
+    int ellipsis = 0;
+    auto parse = [&](const std::string& term, int64_t rank) {
+      std::vector<int> out;
+      const size_t dots = term.find("...");
+      const int64_t letters = static_cast<int64_t>(term.size()) - (dots == std::string::npos ? 0 : 3);
+      const int64_t e = dots == std::string::npos ? 0 : rank - letters;
+      if (e < 0 || (dots == std::string::npos && letters != rank))
+        bad(fmt::format("gives operand '{}' {} indices, and its rank is {}", term, letters, rank));
+      ellipsis = std::max<int>(ellipsis, static_cast<int>(e));
+      for (size_t i = 0; i < term.size(); ++i) {
+        if (i == dots) {
+          for (int64_t k = e; k > 0; --k) out.push_back(256 + static_cast<int>(k) - 1);
+          i += 2;
+          continue;
+        }
+        if (!std::isalpha(static_cast<unsigned char>(term[i])))
+          bad(fmt::format("has '{}', which is not an index letter", term[i]));
+        out.push_back(term[i]);
+      }
+      return out;
+    };
+    for (size_t k = 0; k < terms.size(); ++k) {
+      shapes.push_back(g().value(p.inputs[k]).shape);
+      labels.push_back(parse(terms[k], shapes[k].rank()));
+    }
+    std::vector<int> out;
+    if (arrow != std::string::npos) {
+      const std::string rhs = eq.substr(arrow + 2);
+      const bool dots = rhs.find("...") != std::string::npos;
+      if (ellipsis > 0 && !dots) bad("drops the ellipsis's dimensions from the output");
+      out = parse(rhs, static_cast<int64_t>(rhs.size()) - (dots ? 3 - ellipsis : 0));
+      std::vector<int> seen = out;
+      std::sort(seen.begin(), seen.end());
+      if (std::adjacent_find(seen.begin(), seen.end()) != seen.end()) bad("repeats an output index");
+    } else {  // implicit output: the ellipsis, then the letters used once, in alphabetical order
+      for (int k = ellipsis; k > 0; --k) out.push_back(256 + k - 1);
+      std::map<int, int> uses;
+      for (const auto& l : labels)
+        for (int c : l)
+          if (c < 256) ++uses[c];
+      for (const auto& [c, n] : uses)
+        if (n == 1) out.push_back(c);
+    }
+    auto has = [](const std::vector<int>& v, int c) { return std::find(v.begin(), v.end(), c) != v.end(); };
+    for (int c : out)
+      if (!std::any_of(labels.begin(), labels.end(), [&](const std::vector<int>& l) { return has(l, c); }))
+        bad(fmt::format("has output index '{}', which no operand has", static_cast<char>(c)));
+    std::map<int, int64_t> size;  // the broadcast size of each label
+    for (size_t k = 0; k < labels.size(); ++k)
+      for (size_t d = 0; d < labels[k].size(); ++d) {
+        int64_t& s = size[labels[k][d]];
+        const int64_t n = shapes[k][static_cast<int>(d)];
+        if (s > 1 && n > 1 && s != n)
+          fail(fmt::format("{}: index '{}' has sizes {} and {}", p.label,
+                           labels[k][d] < 256 ? std::string(1, static_cast<char>(labels[k][d])) : "...", s,
+                           n));
+        s = std::max(s, n);
+      }
+
+    wrap(p.label, [&] {
+      int part = 0;
+      auto next = [&](const char* what) { return fmt::format("{}{}", what, part++); };
+      std::vector<ValueId> operands(p.inputs.begin(), p.inputs.end());
+      for (size_t k = 0; k < labels.size(); ++k)
+        for (;;) {
+          std::vector<int>& l = labels[k];
+          size_t first = 0, second = 0;
+          for (size_t i = 0; i < l.size() && !second; ++i)
+            for (size_t j = i + 1; j < l.size() && !second; ++j)
+              if (l[i] == l[j]) first = i, second = j;
+          if (!second) break;
+          const std::vector<int64_t> d = g().value(operands[k]).shape.dims();
+          if (d[first] != d[second])
+            fail(fmt::format("{}: the repeated index '{}' has sizes {} and {}", p.label,
+                             static_cast<char>(l[first]), d[first], d[second]));
+          std::vector<int64_t> mask_dims(d.size(), 1);
+          mask_dims[first] = mask_dims[second] = d[first];
+          Tensor mask(g().value(operands[k]).dtype, Shape(mask_dims));
+          for (int64_t i = 0; i < d[first]; ++i) mask.set_f64(i * d[first] + i, 1.0);
+          ValueId m = g().add_constant(g().unique_name(p.base() + "/" + next("diagonal")), std::move(mask));
+          ValueId v = add_part(p, "Mul", {operands[k], m}, {}, next("masked"));
+          operands[k] =
+              add_part(p, "ReduceSum", {v, ints_constant(p, next("axes"), {static_cast<int64_t>(second)})},
+                       {{"keepdims", int64_t{0}}}, next("diagonal"));
+          l.erase(l.begin() + static_cast<std::ptrdiff_t>(second));
+        }
+      // Sums over the labels of operand k that nothing else has.
+      auto sum_alone = [&](size_t k, ValueId v) {
+        std::vector<int64_t> axes;
+        std::vector<int> kept;
+        for (size_t d = 0; d < labels[k].size(); ++d) {
+          const int c = labels[k][d];
+          const bool elsewhere = has(out, c) || (labels.size() == 2 && has(labels[1 - k], c));
+          if (elsewhere)
+            kept.push_back(c);
+          else
+            axes.push_back(static_cast<int64_t>(d));
+        }
+        if (!axes.empty())
+          v = add_part(p, "ReduceSum", {v, ints_constant(p, next("axes"), axes)}, {{"keepdims", int64_t{0}}},
+                       next("sum"));
+        labels[k] = kept;
+        return v;
+      };
+      // v (labels `from`) in the order `to`; nothing when it already is.
+      auto permute = [&](ValueId v, const std::vector<int>& from, const std::vector<int>& to, bool last) {
+        std::vector<int64_t> perm;
+        for (int c : to) perm.push_back(std::find(from.begin(), from.end(), c) - from.begin());
+        bool identity = true;
+        for (size_t i = 0; i < perm.size(); ++i) identity = identity && perm[i] == static_cast<int64_t>(i);
+        if (identity && !last) return v;
+        if (identity) return add_part(p, "Identity", {v}, {}, "identity", true);
+        return add_part(p, "Transpose", {v}, {{"perm", perm}}, next("transpose"), last);
+      };
+      auto dims = [&](ValueId v) { return g().value(v).shape.dims(); };
+      if (labels.size() == 1) {
+        ValueId v = sum_alone(0, operands[0]);
+        permute(v, labels[0], out, true);
+        return;
+      }
+      ValueId a = sum_alone(0, operands[0]), b = sum_alone(1, operands[1]);
+      std::vector<int> batch, free_a, free_b, summed;
+      for (int c : labels[0]) {
+        if (has(labels[1], c))
+          (has(out, c) ? batch : summed).push_back(c);
+        else
+          free_a.push_back(c);
+      }
+      for (int c : labels[1])
+        if (!has(labels[0], c)) free_b.push_back(c);
+      auto concat = [](std::vector<int> x, const std::vector<int>& y) {
+        x.insert(x.end(), y.begin(), y.end());
+        return x;
+      };
+      auto product = [&](const std::vector<int>& ls) {
+        int64_t n = 1;
+        for (int c : ls) n *= size[c];
+        return n;
+      };
+      // An operand as [its own sizes of the batch labels (MatMul broadcasts ones), rows, columns].
+      auto matrix = [&](ValueId v, int64_t rows, int64_t cols) {
+        std::vector<int64_t> shape = dims(v);
+        shape.resize(batch.size());
+        shape.insert(shape.end(), {rows, cols});
+        return add_part(p, "Reshape", {v, ints_constant(p, next("shape"), shape)}, {}, next("matrix"));
+      };
+      a = permute(a, labels[0], concat(concat(batch, free_a), summed), false);
+      b = permute(b, labels[1], concat(concat(batch, summed), free_b), false);
+      a = matrix(a, product(free_a), product(summed));
+      b = matrix(b, product(summed), product(free_b));
+      ValueId c = add_part(p, "MatMul", {a, b}, {}, "product");
+      std::vector<int64_t> split;
+      for (int l : batch) split.push_back(size[l]);
+      for (int l : concat(free_a, free_b)) split.push_back(size[l]);
+      const std::vector<int> have = concat(concat(batch, free_a), free_b);
+      std::vector<int64_t> perm;
+      for (int l : out) perm.push_back(std::find(have.begin(), have.end(), l) - have.begin());
+      bool identity = true;
+      for (size_t i = 0; i < perm.size(); ++i) identity = identity && perm[i] == static_cast<int64_t>(i);
+      c = add_part(p, "Reshape", {c, ints_constant(p, next("shape"), split)}, {}, next("split"), identity);
+      if (!identity) permute(c, have, out, true);
+    });
   }
 
   // The reductions ONNX has beyond ReduceSum, ReduceMean and ReduceMax, written with those: each IR reduce

@@ -664,6 +664,36 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_einsums_fine_tune(self):
+        # Einsum: a projection to heads (a weight of three indices), attention-like batched products, a diagonal,
+        # a sum over an index one operand has alone, and an implicit output.
+        path = self.path("torch_einsum.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(28, 4, 8) * 0.1)
+        self.d = torch.nn.Parameter(torch.randn(8, 8) * 0.1)
+        self.fc = torch.nn.Linear(4 * 28 * 8 + 8, 10)
+    def forward(self, x):
+        rows = x.flatten(1, 2)  # [N, 28, 28]: 28 rows of 28 pixels
+        h = torch.einsum("nti,ihd->nhtd", rows, self.w)
+        a = torch.einsum("nhtd,nhsd->nhts", h, h).softmax(-1)
+        h = torch.einsum("nhts,nhsd->nhtd", a, h)
+        diag = torch.einsum("ii->i", self.d) + torch.einsum("nhtd->nd", h)
+        pooled = torch.einsum("ahtd,de", h, self.d)  # implicit output: a, e, h, t
+        return self.fc(torch.cat([pooled.flatten(1), diag], 1))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertEqual([n.op_type for n in original.graph.node].count("Einsum"), 6)
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("einsum.toml", from_logits=True, epochs=1)],
+                                self.path("run_einsum"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_einsum_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_transformer_fine_tunes_and_exports_its_own_graph(self):
         # PyTorch's attention reshapes to [seq, batch * heads, dim]: the folded shape holds the batch, so the
         # export gives back the imported graph with the trained weights.

@@ -340,6 +340,46 @@ TEST_SUITE("onnx_import") {
     }
   }
 
+  TEST_CASE("Einsum equations the rewrite cannot take are errors that name the node") {
+    struct Case {
+      std::string equation;
+      int operands;
+      std::string what;
+    };
+    const Case cases[] = {{"ij,jk,kl->il", 3, "has 3 operands"},
+                          {"ij,jk->ik", 1, "names 2 operands for 1 inputs"},
+                          {"ijk,jk->ik", 2, "gives operand 'ijk' 3 indices, and its rank is 2"},
+                          {"ij,jk->iz", 2, "has output index 'z', which no operand has"},
+                          {"i1,jk->ik", 2, "has '1', which is not an index letter"},
+                          {"ij,jk->ii", 2, "repeats an output index"},
+                          {"ij,il->il", 2, "index 'i' has sizes 2 and 3"}};
+    for (const Case& c : cases) {
+      CAPTURE(c.equation);
+      onnx::ModelProto m = make_model(17);
+      auto* g = m.mutable_graph();
+      add_input(g, "a", onnx::TensorProto::FLOAT, {2, 3});
+      std::vector<std::string> ins = {"a"};
+      for (int k = 1; k < c.operands; ++k) {
+        const std::string name = "b" + std::to_string(k);
+        add_input(g, name, onnx::TensorProto::FLOAT, {3, 2});
+        ins.push_back(name);
+      }
+      onnx::NodeProto* n = add_node(g, "Einsum", ins, {"y"}, "mix");
+      auto* a = n->add_attribute();
+      a->set_name("equation");
+      a->set_type(onnx::AttributeProto::STRING);
+      a->set_s(c.equation);
+      add_output(g, "y");
+      try {
+        import_onnx_model(m, "einsum.onnx");
+        FAIL("expected an error");
+      } catch (const InputError& e) {
+        CHECK(std::string(e.what()).find("node 'mix' (Einsum)") != std::string::npos);
+        CHECK(std::string(e.what()).find(c.what) != std::string::npos);
+      }
+    }
+  }
+
   TEST_CASE("opsets outside the supported range are rejected with a hint") {
     onnx::ModelProto m = make_model(kMaxOnnxOpset + 1);
     auto* g = m.mutable_graph();
