@@ -1,11 +1,12 @@
 // Image and normalization layers: Conv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D,
-// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, ZeroPadding2D, BatchNormalization and
+// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, ZeroPadding2D, RandomFlip, BatchNormalization and
 // LayerNormalization. Images
 // run as NCHW (ONNX's layout); padding "same" places the odd pixel at the end, as TensorFlow does.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "models/layer_library.h"
 
@@ -289,6 +290,32 @@ LayerValue build_zero_padding2d(LayerBuilder& b, const std::vector<LayerValue>& 
   return x;
 }
 
+// RandomFlip: in training, each image flipped left to right (horizontal), top to bottom (vertical), or each
+// of the two on its own draw (horizontal_and_vertical), with probability 1/2, as Keras's augmentation layer;
+// the identity otherwise. A flip is a Slice with step -1; the draw a Dropout mask of one entry per sample.
+LayerValue build_random_flip(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const std::string mode = b.choice("mode", {"horizontal", "vertical", "horizontal_and_vertical"});
+  require_image(b, in[0]);
+  LayerValue x = b.to_channels_first(in[0]);
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  if (!b.options.training) return x;
+  for (const char* kind : {"horizontal", "vertical"}) {
+    if (mode != kind && mode != "horizontal_and_vertical") continue;
+    const int64_t axis = std::string(kind) == "horizontal" ? 3 : 2;
+    const std::string k = kind;
+    ValueId flipped =
+        b.op("Slice", {x.value, b.shape_constant(k + "/starts", {-1}),
+                       b.shape_constant(k + "/ends", {std::numeric_limits<int64_t>::min()}),
+                       b.shape_constant(k + "/axes", {axis}), b.shape_constant(k + "/steps", {-1})});
+    // The mask is 0 or 2 (a Dropout of ones at rate 1/2); where it is 2 the flipped image is taken, whole.
+    ValueId draw = b.dropout_mask(k + "/draw", {b.options.batch_size, 1, 1, 1}, 0.5, "seed");
+    ValueId pick = b.op("Greater", {draw, b.constant(k + "/one", Tensor::scalar<float>(1.0f))});
+    x.value = b.op("Where", {pick, flipped, x.value});
+  }
+  return x;
+}
+
 // UpSampling2D with nearest-neighbour interpolation: each pixel repeated as a size[0] x size[1] block, as
 // Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s0, W s1] (what ONNX import makes of Resize).
 LayerValue build_upsampling2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -482,6 +509,14 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
        1,
        false,
        build_upsampling2d});
+  defs.push_back({"RandomFlip",
+                  "random_flip",
+                  {{"mode", ArgKind::string, S("horizontal_and_vertical")},
+                   {"seed", ArgKind::integer, std::nullopt, true}},
+                  1,
+                  1,
+                  false,
+                  build_random_flip});
   defs.push_back({"BatchNormalization",
                   "batch_normalization",
                   {{"axis", ArgKind::integer, int64_t{-1}},

@@ -254,14 +254,18 @@ activation = "softmax"
         self.assertEqual(directions, [b"bidirectional", b"bidirectional"])
 
     def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):
-        # Rescaling, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D, LSTM with dropout,
-        # RepeatVector and the merges, in the graph form; the dropouts train and leave nothing in the export.
+        # Rescaling, RandomFlip, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D, LSTM with dropout,
+        # RepeatVector and the merges, in the graph form; the dropouts and the flip train and leave nothing in
+        # the export.
         m = self.fit_export_and_predict("reshaping", """[model]
 input = [28, 28, 1]
 [[model.layers]]
 type = "Rescaling"
 scale = 2.0
 offset = -1.0
+[[model.layers]]
+type = "RandomFlip"
+mode = "horizontal"
 [[model.layers]]
 type = "Cropping2D"
 cropping = [2, 1, 0, 3]

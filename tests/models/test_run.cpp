@@ -738,3 +738,43 @@ TEST_SUITE("run") {
     CHECK(build_error(longer).where() == longer.arg_at(0, "sequence_length"));
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: RandomFlip flips whole images, about half of them, in training only") {
+    for (const std::string mode : {"horizontal", "vertical"}) {
+      CAPTURE(mode);
+      Spec s({3, 4, 2});
+      s.add("RandomFlip", {{"mode", mode}});
+      BuiltModel m = models::testing::build(s, true, 64);
+      const Shape in = m.graph.value(m.input).shape;  // [64, 2, 3, 4]
+      Tensor x = ops::random_tensor(in, -1, 1, 97, DType::f32);
+      Tensor y = forward(std::move(m), x);  // NHWC [64, 3, 4, 2]
+      const int64_t c = 2, h = 3, w = 4;
+      int flipped = 0;
+      for (int64_t b = 0; b < 64; ++b) {
+        bool same = true, mirrored = true;
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t j = 0; j < w; ++j)
+            for (int64_t k = 0; k < c; ++k) {
+              const double got = y.get_f64(((b * h + i) * w + j) * c + k);
+              const int64_t si = mode == "vertical" ? h - 1 - i : i,
+                            sj = mode == "horizontal" ? w - 1 - j : j;
+              same = same && got == x.get_f64(((b * c + k) * h + i) * w + j);
+              mirrored = mirrored && got == x.get_f64(((b * c + k) * h + si) * w + sj);
+            }
+        CHECK((same || mirrored));
+        flipped += mirrored && !same;
+      }
+      CHECK(flipped > 16);
+      CHECK(flipped < 48);
+      BuiltModel inference = models::testing::build(s, false, 64);
+      CHECK(count_ops(inference.graph, "Slice") == 0);
+    }
+    Spec both({3, 4, 2});
+    both.add("RandomFlip");
+    CHECK(count_ops(models::testing::build(both, true, 8).graph, "Slice") == 2);
+    Spec bad({3, 4, 2});
+    bad.add("RandomFlip", {{"mode", std::string("diagonal")}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "mode"));
+  }
+}
