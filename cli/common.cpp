@@ -502,6 +502,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.from_logits = t.from_logits;
   c.metrics = t.metrics;
   c.top_k = t.top_k;
+  c.class_weight = t.class_weight;
   c.epochs = t.epochs;
   c.batch_size = t.batch_size;
   c.seed = t.seed;
@@ -683,6 +684,8 @@ void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) 
     pos = &spec.train.early_stopping.pos;
   else if (e.where().starts_with("train.reduce_lr_on_plateau"))
     pos = &spec.train.reduce_lr.pos;
+  else if (e.where() == "train.class_weight")
+    pos = &spec.train.class_weight_pos;
   if (!pos || pos->file.empty()) throw e;
   std::string what = e.what();
   throw InputError(pos->str(), what.substr(std::min(what.size(), e.where().size() + 2)), e.hint());

@@ -42,9 +42,19 @@ const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
-const Keys kTrainKeys = {"loss",      "from_logits", "metrics",        "top_k",
-                         "epochs",    "batch_size",  "seed",           "optimizer",
-                         "precision", "checkpoint",  "early_stopping", "reduce_lr_on_plateau"};
+const Keys kTrainKeys = {"loss",
+                         "from_logits",
+                         "metrics",
+                         "top_k",
+                         "class_weight",
+                         "epochs",
+                         "batch_size",
+                         "seed",
+                         "optimizer",
+                         "precision",
+                         "checkpoint",
+                         "early_stopping",
+                         "reduce_lr_on_plateau"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
                              "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
@@ -1005,6 +1015,43 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
     if (!contains(Keys(s.metrics.begin(), s.metrics.end()), "top_k_accuracy"))
       t.fail("top_k", "train.top_k is set but train.metrics has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
+  }
+  if (const toml::node* cw = t.find("class_weight")) {
+    s.class_weight_pos = r.pos(*cw);
+    if (cw->is_table()) {
+      // Keras's dict form, keys being class ids: { "0" = 1.0, "1" = 5.0 }; a class left out weighs 1.
+      for (const auto& [key, v] : *cw->as_table()) {
+        const std::string k(key.str());
+        char* end = nullptr;
+        const long long id = std::strtoll(k.c_str(), &end, 10);
+        if (k.empty() || *end != '\0' || id < 0 || id > 100000)
+          r.fail(r.pos(v), fmt::format("train.class_weight has key '{}', which is not a class id", k),
+                 "key each weight by its class: class_weight = { \"0\" = 1.0, \"1\" = 5.0 }");
+        if (!v.is_number())
+          r.fail(r.pos(v), fmt::format("train.class_weight.{} must be a number, not {}", k, describe(v)));
+        if (static_cast<size_t>(id) >= s.class_weight.size()) s.class_weight.resize(id + 1, 1.0);
+        s.class_weight[id] = v.is_integer() ? static_cast<double>(*v.value<int64_t>()) : *v.value<double>();
+      }
+    } else if (!cw->is_array()) {
+      t.fail("class_weight",
+             fmt::format("train.class_weight must be an array or a table, not {}", describe(*cw)),
+             "one weight per class, [1.0, 5.0], or by class id, { \"1\" = 5.0 }");
+    } else {
+      t.get_numbers("class_weight", s.class_weight);
+    }
+    if (s.class_weight.empty())
+      t.fail("class_weight", "train.class_weight is empty", "leave it out, or give weights");
+    for (double w : s.class_weight)
+      if (!(w >= 0) || !std::isfinite(w))
+        t.fail("class_weight", fmt::format("train.class_weight holds {}; weights must be 0 or more", w));
+    if (s.loss == "mse" || s.loss == "mae")
+      t.fail("class_weight",
+             fmt::format("train.class_weight weighs classes, and the loss {} has none", s.loss),
+             "use it with a cross-entropy loss");
+    if (s.loss == "binary_crossentropy" && s.class_weight.size() > 2)
+      t.fail("class_weight",
+             fmt::format("train.class_weight has {} weights, and binary_crossentropy has 2 classes (0 and 1)",
+                         s.class_weight.size()));
   }
   if (t.get("epochs", s.epochs) && s.epochs < 1)
     t.fail("epochs", fmt::format("train.epochs must be 1 or more, not {}", s.epochs));

@@ -178,6 +178,10 @@ struct TrainSection {
   // accuracy, top_k_accuracy (with top_k), precision, recall, auc, mae, mse; the loss is always reported
   std::vector<std::string> metrics;
   int64_t top_k = 5;
+  // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
+  // 1).
+  std::vector<double> class_weight;
+  SourcePos class_weight_pos;
   int64_t epochs = 1;
   int64_t batch_size = 32;  // global
   uint64_t seed = 0;

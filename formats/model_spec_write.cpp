@@ -93,7 +93,7 @@ void clear_positions(ModelSpec& s) {
     if (*src) (*src)->pos = {};
   s.train.pos = s.train.loss_pos = {};
   s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos =
-      s.train.reduce_lr.pos = {};
+      s.train.reduce_lr.pos = s.train.class_weight_pos = {};
   s.train.checkpoint.pos = {};
 }
 
@@ -142,6 +142,7 @@ std::string to_toml(const ModelSpec& spec) {
     w.kv("from_logits", t.from_logits);
     w.kv("metrics", t.metrics);
     if (has(t.metrics, "top_k_accuracy")) w.kv("top_k", t.top_k);
+    if (!t.class_weight.empty()) w.kv("class_weight", t.class_weight);
     w.kv("epochs", t.epochs);
     w.kv("batch_size", t.batch_size);
     w.kv("seed", t.seed);

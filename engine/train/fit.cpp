@@ -89,7 +89,8 @@ TrainingOptions training_options(const FitConfig& cfg) {
   return o;
 }
 
-LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
+// The training plans' loss weighs samples by cfg.class_weight; `training` false (evaluation) never does.
+LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool training = true) {
   LossGraph lg;
   lg.graph = std::make_shared<Graph>(std::move(fm.graph));
   Graph& g = *lg.graph;
@@ -99,6 +100,24 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
   LossKind k = loss_kind(cfg.loss);
   const Shape& os = out.shape;
   auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
+  auto scalar = [&](double v, DType dtype) {
+    Tensor t(dtype, Shape{});
+    t.set_f64(0, v);
+    return g.add_constant(g.unique_name("scalar"), std::move(t));
+  };
+  // Class weights, one per class of the output (a class the spec leaves out weighs 1).
+  const bool weighted = training && !cfg.class_weight.empty();
+  auto class_weights = [&](int64_t classes) {
+    if (static_cast<int64_t>(cfg.class_weight.size()) > classes)
+      throw InputError("train.class_weight",
+                       fmt::format("train.class_weight has {} weights, and the model has {} classes",
+                                   cfg.class_weight.size(), classes),
+                       "give one weight per class of the output");
+    Tensor w(out.dtype, Shape{classes});
+    for (int64_t c = 0; c < classes; ++c)
+      w.set_f64(c, c < static_cast<int64_t>(cfg.class_weight.size()) ? cfg.class_weight[c] : 1.0);
+    return g.add_constant(g.unique_name("class_weight"), std::move(w));
+  };
   if (k.sparse) {
     if (os.rank() != 2)
       throw InputError("train.loss",
@@ -107,11 +126,17 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
                                    os.str()),
                        "end the model with a Dense layer of one unit per class");
     lg.y = g.add_input("labels", DType::i64, Shape{batch});
-    if (cfg.from_logits) lg.loss = g.op("SoftmaxCrossEntropyLoss", {fm.output, lg.y});
     // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable
-    // op.
-    else
-      lg.loss = g.op("NegativeLogLikelihoodLoss", {g.op("Log", {fm.output}), lg.y});
+    // op. With class weights: ONNX's weighted sum, over the batch's samples (Keras's mean of weighted losses,
+    // where ONNX's weighted mean would divide by the weights).
+    std::vector<ValueId> ins = {cfg.from_logits ? fm.output : g.op("Log", {fm.output}), lg.y};
+    Attributes reduction;
+    if (weighted) {
+      ins.push_back(class_weights(os[1]));
+      reduction.set("reduction", std::string("sum"));
+    }
+    lg.loss = g.op(cfg.from_logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
+    if (weighted) lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch), out.dtype)});
   } else if (k.categorical) {
     if (os.rank() != 2)
       throw InputError("train.loss",
@@ -124,6 +149,10 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
         cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}}) : g.op("Log", {fm.output});
     ValueId per = g.op("ReduceSum", {g.op("Mul", {lg.y, logp})},
                        {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
+    // A sample's weight: its one-hot label's class's (a soft label's mix of them).
+    if (weighted)
+      per = g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(os[1])})},
+                                   {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}})});
     lg.loss = g.op("Neg", {mean_of(per)});
   } else if (k.binary) {
     if (os.numel() != batch)
@@ -133,8 +162,17 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg) {
                       Shape(std::vector<int64_t>(os.dims().begin() + 1, os.dims().end())).str()),
           "end the model with Dense(1, activation=\"sigmoid\"), or use sparse_categorical_crossentropy");
     lg.y = g.add_input("labels", out.dtype, os);
-    lg.loss =
-        g.op(cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy", {fm.output, lg.y});
+    const char* bce = cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
+    if (!weighted) {
+      lg.loss = g.op(bce, {fm.output, lg.y});
+    } else {
+      // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
+      const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
+      ValueId sample_w =
+          g.op("Add", {scalar(w0, out.dtype), g.op("Mul", {lg.y, scalar(w1 - w0, out.dtype)})});
+      lg.loss = mean_of(
+          g.op("Mul", {g.op(bce, {fm.output, lg.y}, {{"reduction", std::string("none")}}), sample_w}));
+    }
   } else {
     lg.y = g.add_input("labels", out.dtype, os);
     lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
@@ -347,7 +385,7 @@ class Device {
     }
     for (int64_t batch : eval) {
       if (eval_.count(batch)) continue;
-      LossGraph lg = add_loss(factory(batch, false), batch, cfg);
+      LossGraph lg = add_loss(factory(batch, false), batch, cfg, false);
       apply_precision(*lg.graph, cfg.precision);
       eval_[batch] = make_plan(plans_.add(lg.graph), lg, kNoValue, kNoValue, batch);
     }

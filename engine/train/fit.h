@@ -75,6 +75,9 @@ struct FitConfig {
   // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
   std::vector<std::string> metrics;
   int64_t top_k = 5;
+  // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
+  // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
+  std::vector<double> class_weight;
   int64_t epochs = 1;
   int64_t batch_size = 32;
   uint64_t seed = 0;

@@ -572,21 +572,22 @@ TEST_SUITE("model_spec") {
         text.find("[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.05\nmomentum = 0.9\nnesterov = true\n"
                   "weight_decay = 0.0\nclipnorm = 1.0\n") != std::string::npos);
     // Every setting the reader understands survives, including ones a second spec sets differently.
-    const ModelSpec c =
-        parse_model_spec(kHead +
-                             "[data]\nshuffle = false\n[data.train]\nformat = \"npz\"\nx = \"a.npz\"\n"
-                             "x_key = \"images\"\n[data.validation]\nformat = \"csv\"\nx = \"v.csv\"\n"
-                             "label_column = \"label\"\n"
-                             "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\n"
-                             "[train.optimizer]\nname = \"rmsprop\"\nrho = 0.8\nmomentum = 0.5\n"
-                             "[train.optimizer.schedule]\nkind = \"exponential\"\ndecay_steps = 7\n"
-                             "decay_rate = 0.5\nstaircase = true\n"
-                             "[train.early_stopping]\nmode = \"min\"\nmin_delta = 0.01\n"
-                             "[train.reduce_lr_on_plateau]\nmonitor = \"loss\"\nfactor = 0.2\npatience = 3\n"
-                             "mode = \"min\"\nmin_delta = 0.0\ncooldown = 2\nmin_lr = 1e-6\n",
-                         "c.toml");
+    const ModelSpec c = parse_model_spec(
+        kHead +
+            "[data]\nshuffle = false\n[data.train]\nformat = \"npz\"\nx = \"a.npz\"\n"
+            "x_key = \"images\"\n[data.validation]\nformat = \"csv\"\nx = \"v.csv\"\n"
+            "label_column = \"label\"\n"
+            "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\nclass_weight = { \"1\" = 3 }\n"
+            "[train.optimizer]\nname = \"rmsprop\"\nrho = 0.8\nmomentum = 0.5\n"
+            "[train.optimizer.schedule]\nkind = \"exponential\"\ndecay_steps = 7\n"
+            "decay_rate = 0.5\nstaircase = true\n"
+            "[train.early_stopping]\nmode = \"min\"\nmin_delta = 0.01\n"
+            "[train.reduce_lr_on_plateau]\nmonitor = \"loss\"\nfactor = 0.2\npatience = 3\n"
+            "mode = \"min\"\nmin_delta = 0.0\ncooldown = 2\nmin_lr = 1e-6\n",
+        "c.toml");
     const ModelSpec d = parse_model_spec(to_toml(c), "c.toml");
     CHECK(same_settings(c, d));
+    CHECK(d.train.class_weight == std::vector<double>{1.0, 3.0});
     CHECK(d.train.reduce_lr.enabled);
     CHECK(d.train.reduce_lr.cooldown == 2);
     CHECK(d.train.reduce_lr.min_lr == 1e-6);
