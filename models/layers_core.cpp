@@ -1,8 +1,11 @@
-// Core layers: Dense, Activation and the activation layers, Dropout and SpatialDropout1D/2D, Rescaling,
+// Core layers: Dense, Activation and the activation layers, Dropout, SpatialDropout1D/2D, GaussianNoise and
+// GaussianDropout, Rescaling,
 // Flatten, Reshape, the merges (Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate) and
 // Embedding.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include <cmath>
 
 #include "models/layer_library.h"
 
@@ -133,6 +136,31 @@ LayerValue build_dropout(LayerBuilder& b, const std::vector<LayerValue>& in) {
   ValueId mode = b.constant("training_mode", Tensor::scalar<bool>(true));
   x.value = b.op("Dropout", {x.value, ratio, mode}, attrs);
   return x;
+}
+
+// GaussianNoise (x + N(0, stddev^2)) and GaussianDropout (x times N(1, rate / (1 - rate))), in training only:
+// a RandomNormalLike of x's shape, drawn anew each step from Philox as Dropout's masks are.
+LayerValue gaussian(LayerBuilder& b, const std::vector<LayerValue>& in, bool dropout) {
+  const char* arg = dropout ? "rate" : "stddev";
+  const double v = b.args.number(arg);
+  if (dropout && !(v >= 0 && v < 1)) b.fail(arg, fmt::format("rate must be in [0, 1), got {}", v));
+  if (!dropout && v < 0) b.fail(arg, fmt::format("stddev must not be negative, got {}", v));
+  LayerValue x = in[0];
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  if (!b.options.training || v == 0) return x;
+  Attributes attrs{{"mean", dropout ? 1.0f : 0.0f},
+                   {"scale", static_cast<float>(dropout ? std::sqrt(v / (1 - v)) : v)}};
+  if (b.args.has("seed")) attrs.set("seed", static_cast<float>(b.args.integer("seed")));
+  ValueId noise = b.op("RandomNormalLike", {x.value}, attrs);
+  x.value = b.op(dropout ? "Mul" : "Add", {x.value, noise});
+  return x;
+}
+LayerValue build_gaussian_noise(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return gaussian(b, in, false);
+}
+LayerValue build_gaussian_dropout(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return gaussian(b, in, true);
 }
 
 // Flatten keeps the IR's order: after convolutions that is C, H, W, where Keras flattens H, W, C. The two
@@ -362,6 +390,14 @@ void add_core_layers(std::vector<LayerDef>& defs) {
       {"SpatialDropout1D", "spatial_dropout1d", {rate, seed}, 1, 1, false, build_spatial_dropout1d});
   defs.push_back(
       {"SpatialDropout2D", "spatial_dropout2d", {rate, seed}, 1, 1, false, build_spatial_dropout2d});
+  defs.push_back({"GaussianNoise",
+                  "gaussian_noise",
+                  {{"stddev", ArgKind::number, std::nullopt}, seed},
+                  1,
+                  1,
+                  false,
+                  build_gaussian_noise});
+  defs.push_back({"GaussianDropout", "gaussian_dropout", {rate, seed}, 1, 1, false, build_gaussian_dropout});
   defs.push_back({"Rescaling",
                   "rescaling",
                   {{"scale", ArgKind::number, std::nullopt}, {"offset", ArgKind::number, 0.0}},

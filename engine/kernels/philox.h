@@ -2,6 +2,7 @@
 // function of (seed, stream, step, element) and every backend, replica count and resume sees the same stream.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "engine/kernels/hd.h"
@@ -44,6 +45,15 @@ TRAINER_HD Philox4x32 philox_block(uint64_t seed, uint64_t stream, uint64_t step
 // A uniform float in [0, 1) from 24 random bits: exact in float, so every backend rounds the same way.
 TRAINER_HD float uniform01(uint32_t bits) {
   return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
+}
+
+// A standard normal number for element i: Box-Muller on the first two words of block i, with u1 in (0, 1]
+// so that its log is finite. Every backend evaluates this same float expression.
+TRAINER_HD float philox_normal(uint64_t seed, uint64_t stream, uint64_t step, uint64_t i) {
+  const Philox4x32 b = philox_block(seed, stream, step, i);
+  const float u1 = static_cast<float>((b.v[0] >> 8) + 1u) * (1.0f / 16777216.0f);
+  const float u2 = uniform01(b.v[1]);
+  return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.28318530717958647692f * u2);
 }
 
 // The uniform number of element i.

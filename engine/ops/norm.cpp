@@ -203,6 +203,50 @@ void grad_dropout(GradContext& c) {
   c.set_grad(0, c.op("DropoutGrad", {c.dy(), c.input(1), c.input(2)}, a));
 }
 
+// RandomNormalLike and RandomUniformLike: the input gives the shape (and, without dtype, the type) of the
+// draw. ONNX's dtype is a TensorProto type: float (1) or double (11) here.
+void infer_random_like(InferContext& c) {
+  DType t = c.dtype(0);
+  if (c.attrs().has("dtype")) {
+    const int64_t d = c.attrs().i("dtype");
+    if (d != 1 && d != 11) c.fail("dtype {} is not supported; use float (1) or double (11)", d);
+    t = d == 1 ? DType::f32 : DType::f64;
+  }
+  if (t != DType::f32 && t != DType::f64) c.fail("the draw must be float or double, got {}", dtype_name(t));
+  c.set_output(0, t, c.shape(0));
+}
+
+std::vector<OpExample> random_like_examples(bool normal) {
+  std::vector<OpExample> out;
+  OpExample plain = example("default", {random_tensor({4, 6}, -1, 1, 65)});
+  Attributes moved = normal ? Attributes{{"mean", 2.0f}, {"scale", 0.5f}, {"seed", 3.0f}}
+                            : Attributes{{"low", -2.0f}, {"high", 4.0f}, {"seed", 3.0f}};
+  OpExample shifted = example("moved, seeded", {random_tensor({3, 2, 5}, -1, 1, 66)}, std::move(moved));
+  for (OpExample* e : {&plain, &shifted}) {
+    e->grad_check = false;
+    out.push_back(std::move(*e));
+  }
+  return out;
+}
+
+// The schema of RandomNormalLike and RandomUniformLike, with their two float attributes and defaults.
+OpSchema random_like_schema(const char* name, const char* doc, std::pair<const char*, float> first,
+                            std::pair<const char*, float> second) {
+  const bool normal = std::string(name) == "RandomNormalLike";
+  OpSchema s(name);
+  s.since(1)
+      .doc(doc)
+      .inputs(1, 1)
+      .attr_optional("dtype", AttrType::i)
+      .attr(first.first, first.second)
+      .attr(second.first, second.second)
+      .attr_optional("seed", AttrType::f)
+      .infer(infer_random_like)
+      .non_differentiable("a random draw: its values do not depend on the input's")
+      .examples([normal] { return random_like_examples(normal); });
+  return s;
+}
+
 std::vector<OpExample> dropout_examples() {
   std::vector<OpExample> out;
   OpExample inference = example("inference", {random_tensor({3, 4}, -1, 1, 61)});
@@ -290,6 +334,16 @@ void register_norm_ops(OpRegistry& r) {
             .infer(infer_dropout)
             .grad(grad_dropout)
             .examples(dropout_examples));
+  r.add(random_like_schema(
+      "RandomNormalLike",
+      "A draw of N(mean, scale^2) of the input's shape, from Philox keyed as Dropout's masks "
+      "are (step seed ^ seed attribute, hash of the node name, step, element): the same on "
+      "every backend, replica count and resume",
+      {"mean", 0.0f}, {"scale", 1.0f}));
+  r.add(random_like_schema("RandomUniformLike",
+                           "A draw of U[low, high) of the input's shape, keyed as "
+                           "RandomNormalLike's",
+                           {"low", 0.0f}, {"high", 1.0f}));
   r.add(OpSchema("DropoutGrad", kPrivateDomain)
             .doc("(dy, [ratio], [training_mode]) -> dx: regenerates the forward node's mask from its stream")
             .inputs(1, 3)

@@ -12,7 +12,9 @@ namespace trainer::engine {
 
 bool is_foldable_op(const std::string& op, const std::string& domain) {
   if (domain == kTrainingDomain) return false;  // optimizer steps: they update state
-  if (op == "Dropout" || op == "DropoutGrad") return false;
+  // Random draws change every step, even of a constant input.
+  if (op == "Dropout" || op == "DropoutGrad" || op == "RandomNormalLike" || op == "RandomUniformLike")
+    return false;
   const OpSchema* s = OpRegistry::global().find(op);
   return s != nullptr && s->domain() == domain;
 }

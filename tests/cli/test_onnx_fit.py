@@ -694,6 +694,35 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_reparameterization_trains_with_its_random_draws(self):
+        # A variational bottleneck: z = mu + randn_like(mu) * exp(logvar / 2) (RandomNormalLike), trained through
+        # the draw: the gradient reaches mu and logvar, and the draw changes every step.
+        path = self.path("torch_vae.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 64)
+        self.mu = torch.nn.Linear(64, 16)
+        self.logvar = torch.nn.Linear(64, 16)
+        self.out = torch.nn.Linear(16, 10)
+    def forward(self, x):
+        h = torch.relu(self.fc(x.flatten(1)))
+        mu = self.mu(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * self.logvar(h))
+        return self.out(z)
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertIn("RandomNormalLike", {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("vae.toml", from_logits=True, epochs=2)],
+                                self.path("run_vae"))
+        self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
+        self.assertLess(epochs[-1]["val_loss"], 1.5)  # far below chance's 2.3
+        # The noise's scale trained: logvar's weights moved, which only the path through the draw reaches.
+        start = {t.name: nh.to_array(t) for t in original.graph.initializer}
+        trained = read_checkpoint(ckpt)
+        self.assertGreater(np.abs(trained["logvar.weight"] - start["logvar.weight"]).max(), 1e-3)
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_transformer_fine_tunes_and_exports_its_own_graph(self):
         # PyTorch's attention reshapes to [seq, batch * heads, dim]: the folded shape holds the batch, so the
         # export gives back the imported graph with the trained weights.

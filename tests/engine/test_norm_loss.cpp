@@ -545,3 +545,43 @@ TEST_SUITE("norm_loss") {
     CHECK(checked >= 25);
   }
 }
+
+TEST_SUITE("norm_loss") {
+  TEST_CASE(
+      "norm_loss: RandomNormalLike and RandomUniformLike draw Philox's numbers, the same on replica slices") {
+    const int64_t n = 40000;
+    Tensor x = ops::random_tensor({n / 8, 8}, -1, 1, 5, DType::f32);
+    auto normal = run_op("RandomNormalLike", {In{x}}, {{"mean", 1.0f}, {"scale", 2.0f}}, 1, {3, 42}, "noise");
+    auto again = run_op("RandomNormalLike", {In{x}}, {{"mean", 1.0f}, {"scale", 2.0f}}, 1, {3, 42}, "noise");
+    auto next = run_op("RandomNormalLike", {In{x}}, {{"mean", 1.0f}, {"scale", 2.0f}}, 1, {4, 42}, "noise");
+    auto uniform = run_op("RandomUniformLike", {In{x}}, {{"low", -1.0f}, {"high", 3.0f}}, 1, {3, 42}, "u");
+    REQUIRE(normal[0].shape() == x.shape());
+    double sum = 0, sq = 0, usum = 0, lo = 1e9, hi = -1e9;
+    int64_t repeats = 0, same_next = 0;
+    const uint64_t stream = ops::dropout_stream("noise");
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = normal[0].get_f64(i), u = uniform[0].get_f64(i);
+      sum += v, sq += v * v, usum += u, lo = std::min(lo, u), hi = std::max(hi, u);
+      repeats += v == again[0].get_f64(i);
+      same_next += v == next[0].get_f64(i);
+      if (i < 100)
+        CHECK(v == doctest::Approx(1.0 + 2.0 * kernels::philox_normal(42, stream, 3, i)).epsilon(1e-6));
+    }
+    const double mean = sum / n, sd = std::sqrt(sq / n - mean * mean);
+    CHECK(mean == doctest::Approx(1.0).epsilon(0.05));
+    CHECK(sd == doctest::Approx(2.0).epsilon(0.03));
+    CHECK(usum / n == doctest::Approx(1.0).epsilon(0.05));
+    CHECK(lo >= -1.0);
+    CHECK(hi < 3.0);
+    CHECK(hi > 2.99);
+    CHECK(repeats == n);  // a pure function of (seed, stream, step, element)
+    CHECK(same_next == 0);
+    // A replica with rows [2000, 5000) draws those rows' numbers of the whole batch.
+    Tensor part(DType::f32, Shape{3000, 8});
+    auto slice =
+        run_op("RandomNormalLike", {In{part}}, {{"mean", 1.0f}, {"scale", 2.0f}}, 1, {3, 42, 2000}, "noise");
+    CHECK(std::memcmp(slice[0].raw(),
+                      static_cast<const std::byte*>(normal[0].raw()) + 2000 * 8 * sizeof(float),
+                      slice[0].nbytes()) == 0);
+  }
+}

@@ -778,3 +778,32 @@ TEST_SUITE("run") {
     CHECK(build_error(bad).where() == bad.arg_at(0, "mode"));
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE(
+      "run: GaussianNoise adds N(0, stddev^2) and GaussianDropout multiplies by N(1, rate / (1 - rate))") {
+    for (const std::string type : {"GaussianNoise", "GaussianDropout"}) {
+      CAPTURE(type);
+      const bool dropout = type == "GaussianDropout";
+      Spec s({50, 40});
+      s.add(type, {{dropout ? "rate" : "stddev", dropout ? 0.2 : 0.5}});
+      BuiltModel m = models::testing::build(s, true, 4);
+      Tensor x = ops::random_tensor(m.graph.value(m.input).shape, 0.5, 1.5, 98, DType::f32);
+      Tensor y = forward(std::move(m), x);
+      double sum = 0, sq = 0;
+      const int64_t n = x.numel();
+      for (int64_t i = 0; i < n; ++i) {
+        // The noise: y - x, or y / x - 1.
+        const double e = dropout ? y.get_f64(i) / x.get_f64(i) - 1 : y.get_f64(i) - x.get_f64(i);
+        sum += e, sq += e * e;
+      }
+      const double mean = sum / n, sd = std::sqrt(sq / n - mean * mean);
+      CHECK(std::fabs(mean) < 0.03);
+      CHECK(sd == doctest::Approx(dropout ? 0.5 : 0.5).epsilon(0.04));  // sqrt(0.2 / 0.8) = 0.5
+      CHECK(count_ops(models::testing::build(s, false, 4).graph, "RandomNormalLike") == 0);
+    }
+    Spec bad({3});
+    bad.add("GaussianDropout", {{"rate", 1.0}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "rate"));
+  }
+}

@@ -464,6 +464,33 @@ KernelPtr dropout_grad(const KernelArgs& a) {
   return kp;
 }
 
+// RandomNormalLike and RandomUniformLike: element i of this replica is global element base + i, as Dropout's.
+KernelPtr random_like(const KernelArgs& a) {
+  KernelPtr kp;
+  const bool normal = a.node.op == "RandomNormalLike";
+  dispatch_float(a.out(0).dtype, a.node.op.c_str(), [&]<class T>() {
+    T* y = a.out_ptr<T>(0);
+    const int64_t n = a.out(0).shape.numel();
+    const int64_t per_sample = a.out(0).shape.rank() ? n / std::max<int64_t>(a.out(0).shape[0], 1) : n;
+    const double shift = normal ? a.attrs().f("mean") : a.attrs().f("low");
+    const double width = normal ? a.attrs().f("scale") : a.attrs().f("high") - a.attrs().f("low");
+    const bool has_seed = a.attrs().has("seed");
+    const int64_t attr_seed = has_seed ? static_cast<int64_t>(a.attrs().f("seed")) : 0;
+    const uint64_t stream = ops::dropout_stream(a.node.name);
+    kp = make_kernel([=](const StepContext& ctx) {
+      const uint64_t seed = ops::dropout_seed(ctx.seed, has_seed, attr_seed), step = ctx.step;
+      const uint64_t base = ctx.sample_offset * static_cast<uint64_t>(per_sample);
+      parallel_for(n, [&](int64_t i) {
+        const uint64_t j = base + static_cast<uint64_t>(i);
+        const float z = normal ? kernels::philox_normal(seed, stream, step, j)
+                               : kernels::philox_uniform(seed, stream, step, j);
+        y[i] = static_cast<T>(shift + width * static_cast<double>(z));
+      });
+    });
+  });
+  return kp;
+}
+
 }  // namespace
 
 void register_norm_cpu_kernels(KernelRegistry& r) {
@@ -473,6 +500,8 @@ void register_norm_cpu_kernels(KernelRegistry& r) {
   r.add("LayerNormalizationGrad", layer_norm_grad);
   r.add("Dropout", dropout);
   r.add("DropoutGrad", dropout_grad);
+  r.add("RandomNormalLike", random_like);
+  r.add("RandomUniformLike", random_like);
 }
 
 }  // namespace trainer::engine::cpu

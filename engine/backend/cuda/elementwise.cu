@@ -246,6 +246,20 @@ __global__ void dropout_kernel(DropoutArgs a, const DeviceStepContext* ctx, cons
   }
 }
 
+// RandomNormalLike and RandomUniformLike: element i of this replica is global element base + i, as for
+// Dropout, and its number is the CPU kernel's (kernels_norm.cpp) from the same shared functions.
+template <class T>
+__global__ void random_kernel(RandomArgs a, const DeviceStepContext* ctx, T* y, int64_t n) {
+  const uint64_t seed = a.has_seed ? ctx->seed ^ static_cast<uint64_t>(a.seed) : ctx->seed;
+  const uint64_t step = ctx->step, base = ctx->sample_offset * static_cast<uint64_t>(a.per_sample);
+  GRID_STRIDE_LOOP(i, n) {
+    const uint64_t j = base + static_cast<uint64_t>(i);
+    const float z =
+        a.normal ? k::philox_normal(seed, a.stream, step, j) : k::philox_uniform(seed, a.stream, step, j);
+    y[i] = static_cast<T>(a.shift + a.width * static_cast<double>(z));
+  }
+}
+
 template <class U>
 __global__ void strided_copy_kernel(bool scatter, U* strided, U* dense, IndexMap m, int64_t n) {
   GRID_STRIDE_LOOP(i, n) {
@@ -804,6 +818,23 @@ cudaError_t launch_cast(ElemType from, ElemType to, const void* x, void* y, int6
   if (n <= 0) return cudaSuccess;
   if (!x || !y) return cudaErrorInvalidValue;
   cast_kernel<<<blocks_for(n), kBlock, 0, stream>>>(from, to, x, y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_random(ElemType t, const RandomArgs& a, const DeviceStepContext* ctx, void* y, int64_t n,
+                          cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (!ctx || !y || a.per_sample < 0) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      random_kernel<float><<<blocks_for(n), kBlock, 0, stream>>>(a, ctx, static_cast<float*>(y), n);
+      break;
+    case ElemType::f64:
+      random_kernel<double><<<blocks_for(n), kBlock, 0, stream>>>(a, ctx, static_cast<double*>(y), n);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
   return cudaGetLastError();
 }
 

@@ -309,6 +309,25 @@ KernelPtr dropout(const KernelArgs& a) {
   return dropout_with(a, ops::dropout_stream(a.node.name), true);
 }
 
+// RandomNormalLike and RandomUniformLike: the CPU's draw (kernels_norm.cpp), keyed as Dropout's mask.
+KernelPtr random_like(const KernelArgs& a) {
+  if (!is_float_type(a.out(0).dtype)) return nullptr;
+  RandomArgs r;
+  r.normal = a.node.op == "RandomNormalLike";
+  r.shift = r.normal ? a.attrs().f("mean") : a.attrs().f("low");
+  r.width = r.normal ? a.attrs().f("scale") : a.attrs().f("high") - a.attrs().f("low");
+  r.has_seed = a.attrs().has("seed");
+  if (r.has_seed) r.seed = static_cast<int64_t>(a.attrs().f("seed"));
+  r.stream = ops::dropout_stream(a.node.name);
+  const Shape& shape = a.out(0).shape;
+  const int64_t n = shape.numel();
+  r.per_sample = shape.rank() ? n / std::max<int64_t>(shape[0], 1) : n;
+  const ElemType t = elem_type(a.out(0).dtype);
+  const DeviceStepContext* ctx = a.ctx;
+  void* y = a.outputs[0];
+  return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_random(t, r, ctx, y, n, s)); });
+}
+
 KernelPtr dropout_grad(const KernelArgs& a) {
   return dropout_with(a, static_cast<uint64_t>(a.attrs().i("stream")), false);
 }
@@ -599,6 +618,8 @@ void register_elementwise_kernels(KernelRegistry& r) {
   // Dropout of the CPU's kernels_norm.cpp: here, because its mask is an elementwise Philox draw.
   r.add("Dropout", dropout);
   r.add("DropoutGrad", dropout_grad);
+  r.add("RandomNormalLike", random_like);
+  r.add("RandomUniformLike", random_like);
 }
 
 }  // namespace trainer::engine::cuda

@@ -95,6 +95,17 @@ struct DropoutArgs {
   int64_t per_sample = 1;  // elements per sample: sample_offset * per_sample is element 0's index
 };
 
+// RandomNormalLike (normal) and RandomUniformLike: y = shift + width * z, z from kernels::philox_normal or
+// philox_uniform of the global element, keyed as Dropout's masks are.
+struct RandomArgs {
+  bool normal = true;
+  double shift = 0, width = 1;  // mean and scale, or low and high - low
+  bool has_seed = false;
+  int64_t seed = 0;
+  uint64_t stream = 0;
+  int64_t per_sample = 1;
+};
+
 // A few int64 values, written by a kernel so the write is part of the captured step (Shape's output).
 struct SmallInts {
   int count = 0;
@@ -136,6 +147,9 @@ cudaError_t launch_cast(ElemType from, ElemType to, const void* x, void* y, int6
 // t: f32 or f64. In place (x == y) is allowed.
 cudaError_t launch_dropout(ElemType t, const DropoutArgs& a, const DeviceStepContext* ctx, const void* x,
                            void* y, uint8_t* mask, int64_t n, cudaStream_t stream);
+// The draw of RandomNormalLike or RandomUniformLike into y (f32 or f64), the CPU's numbers.
+cudaError_t launch_random(ElemType t, const RandomArgs& a, const DeviceStepContext* ctx, void* y, int64_t n,
+                          cudaStream_t stream);
 // Gather (scatter = false): dense[i] = strided[off_0(i)]; scatter: strided[off_0(i)] = dense[i]. Elements of
 // elem_bytes bytes: 1, 2, 4, 8 or 16.
 cudaError_t launch_strided_copy(int elem_bytes, bool scatter, void* strided, void* dense, const IndexMap& map,
