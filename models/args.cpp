@@ -49,6 +49,8 @@ const char* kind_text(ArgKind k) {
       return "an integer or a list of integers";
     case ArgKind::ints:
       return "a list of integers";
+    case ArgKind::number_pair:
+      return "a number or a list of two numbers";
   }
   return "";
 }
@@ -69,6 +71,8 @@ const char* example_text(ArgKind k) {
       return "-1 or [1, 2]";
     case ArgKind::ints:
       return "[7, 7, 64]";
+    case ArgKind::number_pair:
+      return "0.2 or [-0.2, 0.3]";
   }
   return "";
 }
@@ -96,6 +100,12 @@ bool fits(const ArgValue& v, ArgKind k) {
     case ArgKind::ints: {
       auto* p = std::get_if<std::vector<int64_t>>(&v);
       return p && !p->empty();
+    }
+    case ArgKind::number_pair: {
+      if (std::holds_alternative<int64_t>(v) || std::holds_alternative<double>(v)) return true;
+      auto* i = std::get_if<std::vector<int64_t>>(&v);
+      auto* d = std::get_if<std::vector<double>>(&v);
+      return (i && i->size() == 2) || (d && d->size() == 2);
     }
   }
   return false;
@@ -241,6 +251,15 @@ std::vector<int64_t> LayerArgs::pair(const std::string& name) const {
   const ArgValue& v = value(name);
   if (auto* i = std::get_if<int64_t>(&v)) return {*i, *i};
   return std::get<std::vector<int64_t>>(v);
+}
+
+std::pair<double, double> LayerArgs::number_pair(const std::string& name, bool symmetric) const {
+  const ArgValue& v = value(name);
+  if (auto* i = std::get_if<std::vector<int64_t>>(&v))
+    return {static_cast<double>((*i)[0]), static_cast<double>((*i)[1])};
+  if (auto* d = std::get_if<std::vector<double>>(&v)) return {(*d)[0], (*d)[1]};
+  const double x = number(name);
+  return {symmetric ? -x : x, x};
 }
 
 std::vector<int64_t> LayerArgs::ints(const std::string& name) const {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "formats/model_spec.h"
@@ -19,6 +20,7 @@ enum class ArgKind {
   int_or_pair,  // 3 or [3, 3]
   int_or_ints,  // -1 or [1, 2, 3]
   ints,         // [7, 7, 64]
+  number_pair,  // 0.2 or [-0.2, 0.3]
 };
 
 struct ArgDecl {
@@ -49,6 +51,8 @@ class LayerArgs {
   // An int_or_pair as two values; an int_or_ints as a list.
   std::vector<int64_t> pair(const std::string& name) const;
   std::vector<int64_t> ints(const std::string& name) const;
+  // A number_pair as [lower, upper]; a single number v as [-v, v] when `symmetric`, else [v, v].
+  std::pair<double, double> number_pair(const std::string& name, bool symmetric) const;
 
   // Where the argument was written; the layer's table when it was not.
   const formats::SourcePos& pos(const std::string& name) const;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 
 #include "models/layer_library.h"
 
@@ -316,6 +317,55 @@ LayerValue build_random_flip(LayerBuilder& b, const std::vector<LayerValue>& in)
   return x;
 }
 
+// One uniform number per image, in [low, high): a RandomUniformLike of ones [N, 1, 1, 1] (not folded: it
+// draws anew each step).
+ValueId per_image_uniform(LayerBuilder& b, double low, double high) {
+  Tensor ones(DType::f32, Shape{b.options.batch_size, 1, 1, 1});
+  for (int64_t i = 0; i < ones.numel(); ++i) ones.set_f64(i, 1.0);
+  Attributes attrs{{"low", static_cast<float>(low)}, {"high", static_cast<float>(high)}};
+  if (b.args.has("seed")) attrs.set("seed", static_cast<float>(b.args.integer("seed")));
+  return b.op("RandomUniformLike", {b.constant("ones", std::move(ones))}, attrs);
+}
+
+// RandomBrightness and RandomContrast, Keras's augmentation layers, in training only. Brightness adds one
+// draw per image from [lower, upper] times the width of value_range; contrast scales each image's deviation
+// from its per-channel mean by one draw from [1 - lower, 1 + upper]. Both clip to value_range.
+LayerValue build_random_color(LayerBuilder& b, const std::vector<LayerValue>& in, bool contrast) {
+  auto [lower, upper] = b.args.number_pair("factor", !contrast);
+  auto [lo, hi] = b.args.number_pair("value_range", false);
+  if (!(hi > lo))
+    b.fail("value_range", fmt::format("value_range [{}, {}] is empty", lo, hi), "e.g. [0, 255]");
+  if (contrast ? !(lower >= 0 && lower <= 1 && upper >= 0) : !(lower >= -1 && upper <= 1 && lower <= upper))
+    b.fail("factor",
+           contrast
+               ? fmt::format("the contrast factors [{}, {}] must be 0 or more, the lower at most 1", lower,
+                             upper)
+               : fmt::format("the brightness factors [{}, {}] must be in [-1, 1], lower first", lower, upper),
+           contrast ? "e.g. factor = 0.2: contrast scaled by [0.8, 1.2]" : "e.g. factor = 0.2: [-0.2, 0.2]");
+  require_image(b, in[0]);
+  LayerValue x = b.to_channels_first(in[0]);
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  if (!b.options.training) return x;
+  if (contrast) {
+    ValueId f = per_image_uniform(b, 1 - lower, 1 + upper);
+    ValueId mean =
+        b.op("ReduceMean", {x.value, b.shape_constant("spatial", {2, 3})}, {{"keepdims", int64_t{1}}});
+    x.value = b.op("Add", {b.op("Mul", {b.op("Sub", {x.value, mean}), f}), mean});
+  } else {
+    x.value = b.op("Add", {x.value, per_image_uniform(b, lower * (hi - lo), upper * (hi - lo))});
+  }
+  x.value = b.op("Clip", {x.value, b.constant("low", Tensor::scalar<float>(static_cast<float>(lo))),
+                          b.constant("high", Tensor::scalar<float>(static_cast<float>(hi)))});
+  return x;
+}
+LayerValue build_random_brightness(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_random_color(b, in, false);
+}
+LayerValue build_random_contrast(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_random_color(b, in, true);
+}
+
 // UpSampling2D with nearest-neighbour interpolation: each pixel repeated as a size[0] x size[1] block, as
 // Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s0, W s1] (what ONNX import makes of Resize).
 LayerValue build_upsampling2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -509,6 +559,20 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
        1,
        false,
        build_upsampling2d});
+  for (const auto& [type, base, build] :
+       {std::tuple<const char*, const char*, BuildFn>{"RandomBrightness", "random_brightness",
+                                                      build_random_brightness},
+        std::tuple<const char*, const char*, BuildFn>{"RandomContrast", "random_contrast",
+                                                      build_random_contrast}})
+    defs.push_back({type,
+                    base,
+                    {{"factor", ArgKind::number_pair, std::nullopt},
+                     {"value_range", ArgKind::number_pair, std::vector<int64_t>{0, 255}},
+                     {"seed", ArgKind::integer, std::nullopt, true}},
+                    1,
+                    1,
+                    false,
+                    build});
   defs.push_back({"RandomFlip",
                   "random_flip",
                   {{"mode", ArgKind::string, S("horizontal_and_vertical")},

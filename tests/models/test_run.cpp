@@ -807,3 +807,52 @@ TEST_SUITE("run") {
     CHECK(build_error(bad).where() == bad.arg_at(0, "rate"));
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE("run: RandomBrightness shifts and RandomContrast scales each image by one draw, clipped") {
+    Spec s({4, 5, 3});
+    s.add("RandomBrightness", {{"factor", 0.1}});
+    BuiltModel m = models::testing::build(s, true, 16);
+    const Shape in = m.graph.value(m.input).shape;               // [16, 3, 4, 5]
+    Tensor x = ops::random_tensor(in, 30, 225, 99, DType::f32);  // inside [0, 255] with room for a 25.5 shift
+    Tensor y = forward(std::move(m), x);                         // NHWC
+    const int64_t c = 3, h = 4, w = 5, hw = h * w;
+    double lo = 1e9, hi = -1e9;
+    for (int64_t b = 0; b < 16; ++b) {
+      const double delta = y.get_f64(b * hw * c) - x.get_f64(b * c * hw);
+      lo = std::min(lo, delta), hi = std::max(hi, delta);
+      CHECK(std::fabs(delta) <= 25.5 + 1e-3);
+      for (int64_t k = 0; k < c; ++k)
+        for (int64_t p = 0; p < hw; ++p)
+          CHECK(y.get_f64((b * hw + p) * c + k) == doctest::Approx(x.get_f64((b * c + k) * hw + p) + delta));
+    }
+    CHECK(hi - lo > 5);  // the images drew different shifts
+
+    Spec q({4, 5, 3});
+    q.add("RandomContrast",
+          {{"factor", std::vector<double>{0.5, 0.5}}, {"value_range", std::vector<int64_t>{-1, 1}}});
+    BuiltModel mq = models::testing::build(q, true, 16);
+    Tensor xq = ops::random_tensor(in, -0.5, 0.5, 100, DType::f32);
+    Tensor yq = forward(std::move(mq), xq);
+    for (int64_t b = 0; b < 16; ++b) {
+      double factor = 0;
+      for (int64_t k = 0; k < c; ++k) {
+        double mean = 0;
+        for (int64_t p = 0; p < hw; ++p) mean += xq.get_f64((b * c + k) * hw + p) / hw;
+        const double d0 = xq.get_f64((b * c + k) * hw) - mean;
+        if (k == 0) factor = (yq.get_f64(b * hw * c) - mean) / d0;
+        CHECK(factor >= 0.5 - 1e-4);
+        CHECK(factor <= 1.5 + 1e-4);
+        for (int64_t p = 0; p < hw; ++p) {
+          const double want =
+              std::clamp(mean + factor * (xq.get_f64((b * c + k) * hw + p) - mean), -1.0, 1.0);
+          CHECK(yq.get_f64((b * hw + p) * c + k) == doctest::Approx(want).epsilon(1e-4));
+        }
+      }
+    }
+    CHECK(count_ops(models::testing::build(q, false, 16).graph, "RandomUniformLike") == 0);
+    Spec bad({4, 5, 3});
+    bad.add("RandomBrightness", {{"factor", 1.5}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "factor"));
+  }
+}
