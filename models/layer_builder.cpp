@@ -36,6 +36,7 @@ const std::vector<LayerDef>& layer_defs() {
     add_sequence_layers(d);
     add_reshaping_layers(d);
     add_attention_layers(d);
+    add_augmentation_layers(d);
     for (LayerDef& def : d) {
       // Keras pairs every weight's initializer argument with a regularizer argument (kernel_initializer,
       // kernel_regularizer); the moving statistics are not weights.
@@ -199,6 +200,13 @@ int64_t numel_of(const std::vector<int64_t>& s) {
   return n;
 }
 }  // namespace
+
+void LayerBuilder::require_image(const LayerValue& x) const {
+  if (x.shape.size() != 3)
+    fail_layer(fmt::format("needs an image input (None, height, width, channels), got {} from '{}'",
+                           keras_shape(x.shape), x.from),
+               "declare [model] input = [height, width, channels], or put a Reshape layer before it");
+}
 
 int LayerBuilder::ir_axis(const LayerValue& x, int k) const {
   if (x.channels_first) return k == static_cast<int>(x.shape.size()) - 1 ? 1 : k + 2;

@@ -79,6 +79,8 @@ class LayerBuilder {
   std::string activation_name(const std::string& arg = "activation") const;  // canonical
   std::string initializer(const std::string& arg) const;                     // canonical
 
+  // Fails unless x is an image, (height, width, channels).
+  void require_image(const LayerValue& x) const;
   // The IR axis of per-sample Keras axis k (0-based, without the batch).
   int ir_axis(const LayerValue& x, int k) const;
   // Layout changes of a rank-3 image. A Reshape when C == 1 or H * W == 1 (the bytes are already in order),
@@ -125,12 +127,13 @@ struct LayerDef {
 std::vector<ArgDecl> conv_args(std::vector<ArgDecl> head,
                                const std::string& kernel_init = "kernel_initializer");
 
-void add_core_layers(std::vector<LayerDef>& defs);       // layers_core.cpp
-void add_conv_layers(std::vector<LayerDef>& defs);       // layers_conv.cpp
-void add_recurrent_layers(std::vector<LayerDef>& defs);  // layers_recurrent.cpp
-void add_sequence_layers(std::vector<LayerDef>& defs);   // layers_conv1d.cpp
-void add_reshaping_layers(std::vector<LayerDef>& defs);  // layers_reshaping.cpp
-void add_attention_layers(std::vector<LayerDef>& defs);  // layers_attention.cpp
+void add_core_layers(std::vector<LayerDef>& defs);          // layers_core.cpp
+void add_conv_layers(std::vector<LayerDef>& defs);          // layers_conv.cpp
+void add_recurrent_layers(std::vector<LayerDef>& defs);     // layers_recurrent.cpp
+void add_sequence_layers(std::vector<LayerDef>& defs);      // layers_conv1d.cpp
+void add_reshaping_layers(std::vector<LayerDef>& defs);     // layers_reshaping.cpp
+void add_attention_layers(std::vector<LayerDef>& defs);     // layers_attention.cpp
+void add_augmentation_layers(std::vector<LayerDef>& defs);  // layers_augment.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 

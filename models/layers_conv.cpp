@@ -1,13 +1,11 @@
 // Image and normalization layers: Conv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D,
-// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, ZeroPadding2D, RandomFlip, BatchNormalization and
+// GlobalAveragePooling2D, GlobalMaxPooling2D, UpSampling2D, ZeroPadding2D, BatchNormalization and
 // LayerNormalization. Images
 // run as NCHW (ONNX's layout); padding "same" places the odd pixel at the end, as TensorFlow does.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <limits>
-#include <tuple>
 
 #include "models/layer_library.h"
 
@@ -18,10 +16,7 @@ using namespace trainer::engine;
 namespace {
 
 void require_image(LayerBuilder& b, const LayerValue& x) {
-  if (x.shape.size() != 3)
-    b.fail_layer(fmt::format("needs an image input (None, height, width, channels), got {} from '{}'",
-                             keras_shape(x.shape), x.from),
-                 "declare [model] input = [height, width, channels], or put a Reshape layer before it");
+  b.require_image(x);
 }
 
 // Output sizes and explicit ONNX pads ([top, left, bottom, right]) of a 2-D window; `fits` is false when a
@@ -291,81 +286,6 @@ LayerValue build_zero_padding2d(LayerBuilder& b, const std::vector<LayerValue>& 
   return x;
 }
 
-// RandomFlip: in training, each image flipped left to right (horizontal), top to bottom (vertical), or each
-// of the two on its own draw (horizontal_and_vertical), with probability 1/2, as Keras's augmentation layer;
-// the identity otherwise. A flip is a Slice with step -1; the draw a Dropout mask of one entry per sample.
-LayerValue build_random_flip(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  const std::string mode = b.choice("mode", {"horizontal", "vertical", "horizontal_and_vertical"});
-  require_image(b, in[0]);
-  LayerValue x = b.to_channels_first(in[0]);
-  x.activation.clear();
-  x.pre_activation = kNoValue;
-  if (!b.options.training) return x;
-  for (const char* kind : {"horizontal", "vertical"}) {
-    if (mode != kind && mode != "horizontal_and_vertical") continue;
-    const int64_t axis = std::string(kind) == "horizontal" ? 3 : 2;
-    const std::string k = kind;
-    ValueId flipped =
-        b.op("Slice", {x.value, b.shape_constant(k + "/starts", {-1}),
-                       b.shape_constant(k + "/ends", {std::numeric_limits<int64_t>::min()}),
-                       b.shape_constant(k + "/axes", {axis}), b.shape_constant(k + "/steps", {-1})});
-    // The mask is 0 or 2 (a Dropout of ones at rate 1/2); where it is 2 the flipped image is taken, whole.
-    ValueId draw = b.dropout_mask(k + "/draw", {b.options.batch_size, 1, 1, 1}, 0.5, "seed");
-    ValueId pick = b.op("Greater", {draw, b.constant(k + "/one", Tensor::scalar<float>(1.0f))});
-    x.value = b.op("Where", {pick, flipped, x.value});
-  }
-  return x;
-}
-
-// One uniform number per image, in [low, high): a RandomUniformLike of ones [N, 1, 1, 1] (not folded: it
-// draws anew each step).
-ValueId per_image_uniform(LayerBuilder& b, double low, double high) {
-  Tensor ones(DType::f32, Shape{b.options.batch_size, 1, 1, 1});
-  for (int64_t i = 0; i < ones.numel(); ++i) ones.set_f64(i, 1.0);
-  Attributes attrs{{"low", static_cast<float>(low)}, {"high", static_cast<float>(high)}};
-  if (b.args.has("seed")) attrs.set("seed", static_cast<float>(b.args.integer("seed")));
-  return b.op("RandomUniformLike", {b.constant("ones", std::move(ones))}, attrs);
-}
-
-// RandomBrightness and RandomContrast, Keras's augmentation layers, in training only. Brightness adds one
-// draw per image from [lower, upper] times the width of value_range; contrast scales each image's deviation
-// from its per-channel mean by one draw from [1 - lower, 1 + upper]. Both clip to value_range.
-LayerValue build_random_color(LayerBuilder& b, const std::vector<LayerValue>& in, bool contrast) {
-  auto [lower, upper] = b.args.number_pair("factor", !contrast);
-  auto [lo, hi] = b.args.number_pair("value_range", false);
-  if (!(hi > lo))
-    b.fail("value_range", fmt::format("value_range [{}, {}] is empty", lo, hi), "e.g. [0, 255]");
-  if (contrast ? !(lower >= 0 && lower <= 1 && upper >= 0) : !(lower >= -1 && upper <= 1 && lower <= upper))
-    b.fail("factor",
-           contrast
-               ? fmt::format("the contrast factors [{}, {}] must be 0 or more, the lower at most 1", lower,
-                             upper)
-               : fmt::format("the brightness factors [{}, {}] must be in [-1, 1], lower first", lower, upper),
-           contrast ? "e.g. factor = 0.2: contrast scaled by [0.8, 1.2]" : "e.g. factor = 0.2: [-0.2, 0.2]");
-  require_image(b, in[0]);
-  LayerValue x = b.to_channels_first(in[0]);
-  x.activation.clear();
-  x.pre_activation = kNoValue;
-  if (!b.options.training) return x;
-  if (contrast) {
-    ValueId f = per_image_uniform(b, 1 - lower, 1 + upper);
-    ValueId mean =
-        b.op("ReduceMean", {x.value, b.shape_constant("spatial", {2, 3})}, {{"keepdims", int64_t{1}}});
-    x.value = b.op("Add", {b.op("Mul", {b.op("Sub", {x.value, mean}), f}), mean});
-  } else {
-    x.value = b.op("Add", {x.value, per_image_uniform(b, lower * (hi - lo), upper * (hi - lo))});
-  }
-  x.value = b.op("Clip", {x.value, b.constant("low", Tensor::scalar<float>(static_cast<float>(lo))),
-                          b.constant("high", Tensor::scalar<float>(static_cast<float>(hi)))});
-  return x;
-}
-LayerValue build_random_brightness(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  return build_random_color(b, in, false);
-}
-LayerValue build_random_contrast(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  return build_random_color(b, in, true);
-}
-
 // UpSampling2D with nearest-neighbour interpolation: each pixel repeated as a size[0] x size[1] block, as
 // Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s0, W s1] (what ONNX import makes of Resize).
 LayerValue build_upsampling2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -559,28 +479,6 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
        1,
        false,
        build_upsampling2d});
-  for (const auto& [type, base, build] :
-       {std::tuple<const char*, const char*, BuildFn>{"RandomBrightness", "random_brightness",
-                                                      build_random_brightness},
-        std::tuple<const char*, const char*, BuildFn>{"RandomContrast", "random_contrast",
-                                                      build_random_contrast}})
-    defs.push_back({type,
-                    base,
-                    {{"factor", ArgKind::number_pair, std::nullopt},
-                     {"value_range", ArgKind::number_pair, std::vector<int64_t>{0, 255}},
-                     {"seed", ArgKind::integer, std::nullopt, true}},
-                    1,
-                    1,
-                    false,
-                    build});
-  defs.push_back({"RandomFlip",
-                  "random_flip",
-                  {{"mode", ArgKind::string, S("horizontal_and_vertical")},
-                   {"seed", ArgKind::integer, std::nullopt, true}},
-                  1,
-                  1,
-                  false,
-                  build_random_flip});
   defs.push_back({"BatchNormalization",
                   "batch_normalization",
                   {{"axis", ArgKind::integer, int64_t{-1}},

@@ -254,7 +254,7 @@ activation = "softmax"
         self.assertEqual(directions, [b"bidirectional", b"bidirectional"])
 
     def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):
-        # Rescaling, RandomFlip, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D, LSTM with dropout,
+        # Rescaling, the augmentations, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D, LSTM with dropout,
         # RepeatVector and the merges, in the graph form; the dropouts and the flip train and leave nothing in
         # the export.
         m = self.fit_export_and_predict("reshaping", """[model]
@@ -266,6 +266,18 @@ offset = -1.0
 [[model.layers]]
 type = "RandomFlip"
 mode = "horizontal"
+[[model.layers]]
+type = "RandomTranslation"
+height_factor = 0.1
+width_factor = [-0.1, 0.05]
+[[model.layers]]
+type = "RandomZoom"
+height_factor = 0.2
+fill_mode = "nearest"
+[[model.layers]]
+type = "RandomContrast"
+factor = 0.3
+value_range = [-1, 1]
 [[model.layers]]
 type = "Cropping2D"
 cropping = [2, 1, 0, 3]

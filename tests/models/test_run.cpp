@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 
 #include "engine/backend/backend.h"
 #include "engine/ops/op_helpers.h"
@@ -854,5 +855,81 @@ TEST_SUITE("run") {
     Spec bad({4, 5, 3});
     bad.add("RandomBrightness", {{"factor", 1.5}});
     CHECK(build_error(bad).where() == bad.arg_at(0, "factor"));
+  }
+}
+
+TEST_SUITE("run") {
+  // A reference of Keras's resampling along one axis: bilinear between the two neighbours of src, each index
+  // mapped by the fill mode (reflect, nearest; constant gives 0 outside).
+  double sample_axis(const std::function<double(int64_t)>& at, int64_t n, double src,
+                     const std::string& fill) {
+    const int64_t k0 = static_cast<int64_t>(std::floor(src));
+    const double t = src - static_cast<double>(k0);
+    double v = 0;
+    for (auto [k, wgt] : {std::pair<int64_t, double>{k0, 1 - t}, {k0 + 1, t}}) {
+      if (wgt == 0) continue;
+      int64_t p = k;
+      if (fill == "reflect") p = p < 0 ? -p - 1 : p >= n ? 2 * n - 1 - p : p;
+      if (fill == "nearest") p = std::clamp<int64_t>(p, 0, n - 1);
+      if (p >= 0 && p < n) v += wgt * at(p);
+    }
+    return v;
+  }
+
+  TEST_CASE("run: RandomTranslation and RandomZoom resample each image as Keras, with its fill mode") {
+    const int64_t h = 6, w = 5, c = 2, n = 3;
+    struct Case {
+      std::string type, fill;
+      double hf, wf;  // fixed draws: lower == upper
+    };
+    for (const Case& k :
+         {Case{"RandomTranslation", "reflect", 1.0 / 3, -0.2},
+          Case{"RandomTranslation", "constant", -0.25, 0.3}, Case{"RandomZoom", "reflect", 0.5, -0.2},
+          Case{"RandomZoom", "nearest", -0.3, 0.4}}) {
+      CAPTURE(k.type);
+      CAPTURE(k.fill);
+      Spec s({h, w, c});
+      s.add(k.type, {{"height_factor", std::vector<double>{k.hf, k.hf}},
+                     {"width_factor", std::vector<double>{k.wf, k.wf}},
+                     {"fill_mode", k.fill}});
+      BuiltModel m = models::testing::build(s, true, n);
+      Tensor x = ops::random_tensor(m.graph.value(m.input).shape, -1, 1, 101, DType::f32);  // NCHW
+      Tensor y = forward(std::move(m), x);                                                  // NHWC
+      const bool zoom = k.type == "RandomZoom";
+      auto src = [&](int64_t i, int64_t size, double f) {
+        const double centre = (size - 1) / 2.0;
+        return zoom ? (i - centre) * (1 + f) + centre : i - f * size;
+      };
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t ch = 0; ch < c; ++ch)
+          for (int64_t i = 0; i < h; ++i)
+            for (int64_t j = 0; j < w; ++j) {
+              auto row = [&](int64_t r) {
+                return sample_axis([&](int64_t q) { return x.get_f64(((b * c + ch) * h + r) * w + q); }, w,
+                                   src(j, w, k.wf), k.fill);
+              };
+              const double want = sample_axis(row, h, src(i, h, k.hf), k.fill);
+              CHECK(y.get_f64(((b * h + i) * w + j) * c + ch) == doctest::Approx(want).epsilon(1e-4));
+            }
+      CHECK(count_ops(models::testing::build(s, false, n).graph, "MatMul") == 0);
+    }
+    // Drawn shifts differ between images.
+    Spec r({h, w, c});
+    r.add("RandomTranslation",
+          {{"height_factor", 0.5}, {"width_factor", 0.0}, {"fill_mode", std::string("constant")}});
+    BuiltModel m = models::testing::build(r, true, 8);
+    Tensor ones(DType::f32, m.graph.value(m.input).shape);
+    for (int64_t i = 0; i < ones.numel(); ++i) ones.set_f64(i, 1.0);
+    Tensor y = forward(std::move(m), ones);
+    std::set<double> sums;
+    for (int64_t b = 0; b < 8; ++b) {
+      double total = 0;
+      for (int64_t i = 0; i < h * w * c; ++i) total += y.get_f64(b * h * w * c + i);
+      sums.insert(std::round(total * 1000) / 1000);
+    }
+    CHECK(sums.size() > 4);
+    Spec bad({h, w, c});
+    bad.add("RandomZoom", {{"height_factor", -1.0}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "height_factor"));
   }
 }
