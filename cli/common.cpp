@@ -515,6 +515,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.optimizer.momentum = static_cast<float>(o.momentum);
   c.optimizer.nesterov = o.nesterov;
   c.optimizer.rho = static_cast<float>(o.rho);
+  c.optimizer.initial_accumulator_value = static_cast<float>(o.initial_accumulator_value);
   c.optimizer.weight_decay = static_cast<float>(o.weight_decay);
   c.clipnorm = static_cast<float>(o.clipnorm);
   c.bucket_bytes = static_cast<size_t>(spec.parallel.bucket_mb * 1e6);

@@ -56,8 +56,10 @@ const Keys kTrainKeys = {"loss",
                          "early_stopping",
                          "reduce_lr_on_plateau"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
-const Keys kOptimizerKeys = {"name",     "learning_rate", "beta_1",       "beta_2",   "epsilon", "momentum",
-                             "nesterov", "rho",           "weight_decay", "clipnorm", "schedule"};
+const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
+                             "beta_2",       "epsilon",       "momentum",
+                             "nesterov",     "rho",           "initial_accumulator_value",
+                             "weight_decay", "clipnorm",      "schedule"};
 const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
                             "decay_rate", "staircase", "alpha", "warmup_steps"};
 const Keys kEarlyStoppingKeys = {"monitor", "mode", "min_delta", "patience", "restore_best_weights"};
@@ -91,7 +93,7 @@ const Keys kLosses = {"sparse_categorical_crossentropy",
                       "mean_absolute_error"};
 const Keys kMetrics = {"accuracy", "top_k_accuracy",      "precision",         "recall", "auc", "mae",
                        "mse",      "mean_absolute_error", "mean_squared_error"};
-const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop"};
+const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
 const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
 const Keys kModes = {"auto", "min", "max"};
 
@@ -102,6 +104,7 @@ const std::map<std::string_view, Keys> kOptimizerArgs = {
     {"adam", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
     {"adamw", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
     {"rmsprop", {"learning_rate", "rho", "momentum", "epsilon", "weight_decay", "clipnorm"}},
+    {"adagrad", {"learning_rate", "initial_accumulator_value", "epsilon", "weight_decay", "clipnorm"}},
 };
 const std::map<std::string_view, Keys> kScheduleArgs = {
     {"constant", {"warmup_steps"}},
@@ -869,6 +872,8 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
       {"epsilon", &o.epsilon, [](double v) { return v > 0; }, "positive"},
       {"momentum", &o.momentum, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)"},
       {"rho", &o.rho, [](double v) { return v >= 0 && v < 1; }, "in [0, 1)"},
+      {"initial_accumulator_value", &o.initial_accumulator_value, [](double v) { return v >= 0; },
+       "0 or more"},
       {"weight_decay", &o.weight_decay, [](double v) { return v >= 0; }, "0 or more"},
       {"clipnorm", &o.clipnorm, [](double v) { return v >= 0; }, "0 (no clipping) or more"},
   };

@@ -118,14 +118,15 @@ struct ScheduleSpec {
 };
 
 struct OptimizerSpec {
-  std::string name = "adam";  // sgd | adam | adamw | rmsprop
+  std::string name = "adam";  // sgd | adam | adamw | rmsprop | adagrad
   double learning_rate = 0.001;
   double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7;
   double momentum = 0.0;
   bool nesterov = false;
   double rho = 0.9;
-  double weight_decay = 0.0;  // when not given: 0, or Keras's 0.004 for adamw
-  double clipnorm = 0.0;      // clip gradients by global norm when > 0
+  double initial_accumulator_value = 0.1;  // adagrad
+  double weight_decay = 0.0;               // when not given: 0, or Keras's 0.004 for adamw
+  double clipnorm = 0.0;                   // clip gradients by global norm when > 0
   ScheduleSpec schedule;
   SourcePos pos;
   bool operator==(const OptimizerSpec&) const = default;

@@ -160,6 +160,7 @@ std::string to_toml(const ModelSpec& spec) {
     if (o.name == "sgd" || o.name == "rmsprop") w.kv("momentum", o.momentum);
     if (o.name == "sgd") w.kv("nesterov", o.nesterov);
     if (o.name == "rmsprop") w.kv("rho", o.rho);
+    if (o.name == "adagrad") w.kv("initial_accumulator_value", o.initial_accumulator_value);
     if (o.name != "sgd") w.kv("epsilon", o.epsilon);
     w.kv("weight_decay", o.weight_decay);
     w.kv("clipnorm", o.clipnorm);

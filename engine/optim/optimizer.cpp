@@ -16,9 +16,14 @@ void check_range(const char* name, float v, float lo, float hi, bool hi_open) {
 }
 
 void validate(const OptimizerConfig& c) {
-  if (c.kind != "sgd" && c.kind != "adam" && c.kind != "adamw" && c.kind != "rmsprop")
+  if (c.kind != "sgd" && c.kind != "adam" && c.kind != "adamw" && c.kind != "rmsprop" && c.kind != "adagrad")
     throw InputError("optimizer", fmt::format("unknown optimizer '{}'", c.kind),
-                     "use sgd, adam, adamw or rmsprop");
+                     "use sgd, adam, adamw, rmsprop or adagrad");
+  if (!(c.initial_accumulator_value >= 0))
+    throw InputError(
+        "optimizer",
+        fmt::format("initial_accumulator_value = {} must be 0 or more", c.initial_accumulator_value),
+        "Keras's default is 0.1");
   check_range("momentum", c.momentum, 0, 1, false);
   check_range("beta1", c.beta1, 0, 1, true);
   check_range("beta2", c.beta2, 0, 1, true);
@@ -80,6 +85,16 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
                {"beta2", config.beta2},
                {"epsilon", config.epsilon},
                {"weight_decay", config.weight_decay}};
+    } else if (kind == "adagrad") {
+      // ONNX Adagrad without decay is Keras's: H += g^2, x -= lr g / (sqrt(H) + epsilon), H starting at
+      // initial_accumulator_value.
+      op = "Adagrad";
+      Tensor init(dtype, shape);
+      for (int64_t i = 0; i < init.numel(); ++i) init.set_f64(i, config.initial_accumulator_value);
+      st.slots.push_back(g.add_state(name + "/adagrad_accumulator", std::move(init)));
+      inputs.push_back(st.slots.back());
+      attrs = {
+          {"decay_factor", 0.0f}, {"epsilon", config.epsilon}, {"norm_coefficient", config.weight_decay}};
     } else {  // rmsprop
       op = "RMSpropUpdate";
       inputs.push_back(slot("rms_v"));

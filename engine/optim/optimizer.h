@@ -11,19 +11,20 @@
 namespace trainer::engine {
 
 // Keras's optimizers and defaults. weight_decay by kind:
-//   sgd, adam, rmsprop: L2, weight_decay*param added to the gradient (ONNX's norm_coefficient), so it also
-//   feeds
+//   sgd, adam, rmsprop, adagrad: L2, weight_decay*param added to the gradient (ONNX's norm_coefficient), so
+//   it also feeds
 //     the moments; for plain SGD this equals Keras's decoupled decay.
 //   adamw: decoupled, param -= lr*weight_decay*param before the Adam step, as Keras's AdamW.
 struct OptimizerConfig {
-  std::string kind = "adam";  // sgd | adam | adamw | rmsprop
-  float beta1 = 0.9f;         // adam, adamw
-  float beta2 = 0.999f;       // adam, adamw
-  float epsilon = 1e-7f;      // adam, adamw, rmsprop (Keras's default)
-  float momentum = 0.0f;      // sgd, rmsprop
-  bool nesterov = false;      // sgd
-  float rho = 0.9f;           // rmsprop
-  float weight_decay = 0.0f;  // see above
+  std::string kind = "adam";               // sgd | adam | adamw | rmsprop | adagrad
+  float beta1 = 0.9f;                      // adam, adamw
+  float beta2 = 0.999f;                    // adam, adamw
+  float epsilon = 1e-7f;                   // adam, adamw, rmsprop (Keras's default)
+  float momentum = 0.0f;                   // sgd, rmsprop
+  bool nesterov = false;                   // sgd
+  float rho = 0.9f;                        // rmsprop
+  float initial_accumulator_value = 0.1f;  // adagrad
+  float weight_decay = 0.0f;               // see above
 };
 
 struct OptimizerState {
@@ -38,7 +39,8 @@ struct OptimizerState {
 // holding the 1-based iteration number. Returns the states in parameter order. State values are named after
 // their parameter:
 //   sgd with momentum: "<param>/momentum"; adam, adamw: "<param>/adam_m", "<param>/adam_v";
-//   rmsprop: "<param>/rms_v" and, with momentum, "<param>/rms_momentum". Plain SGD has none.
+//   rmsprop: "<param>/rms_v" and, with momentum, "<param>/rms_momentum"; adagrad:
+//   "<param>/adagrad_accumulator" (starting at initial_accumulator_value). Plain SGD has none.
 // Throws InputError for an unknown kind or an out-of-range hyperparameter.
 std::vector<OptimizerState> add_optimizer(Graph& g,
                                           const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,

@@ -102,7 +102,7 @@ struct KerasReference {
 
   void step(Vec& w, const Vec& grad, double lr, int64_t t) {
     size_t n = w.size();
-    if (m.empty()) m.assign(n, 0), v.assign(n, 0);
+    if (m.empty()) m.assign(n, 0), v.assign(n, c.kind == "adagrad" ? c.initial_accumulator_value : 0.0);
     double wd = c.weight_decay;
     for (size_t i = 0; i < n; ++i) {
       double g = grad[i];
@@ -123,6 +123,10 @@ struct KerasReference {
         v[i] += (g * g - v[i]) * (1 - c.beta2);
         double alpha = lr * std::sqrt(1 - std::pow(c.beta2, t)) / (1 - std::pow(c.beta1, t));
         w[i] -= m[i] * alpha / (std::sqrt(v[i]) + c.epsilon);
+      } else if (c.kind == "adagrad") {  // epsilon outside the square root, as ONNX and Keras 2 place it
+        g += wd * w[i];
+        v[i] += g * g;
+        w[i] -= lr * g / (std::sqrt(v[i]) + c.epsilon);
       } else {  // rmsprop
         g += wd * w[i];
         v[i] = c.rho * v[i] + (1 - c.rho) * g * g;
@@ -173,6 +177,8 @@ std::vector<BuilderCase> builder_cases() {
       {"adamw", config("adamw", 0, false, 0.05f)},
       {"rmsprop", config("rmsprop")},
       {"rmsprop momentum l2", config("rmsprop", 0.5f, false, 0.01f)},
+      {"adagrad", config("adagrad")},
+      {"adagrad l2", config("adagrad", 0, false, 0.01f)},
   };
 }
 
@@ -332,11 +338,14 @@ TEST_SUITE("optimizer") {
         }
         if (bc.config.kind == "rmsprop")
           check_close(values(sess.read(g->find("w/rms_v"))), ref.v, 1e-5, "rms_v");
+        if (bc.config.kind == "adagrad")
+          check_close(values(sess.read(g->find("w/adagrad_accumulator"))), ref.v, 1e-5,
+                      "adagrad_accumulator");
       }
   }
 
   TEST_CASE("add_optimizer trains through autodiff: loss = sum(w*w)") {
-    for (const char* kind : {"sgd", "adam", "adamw", "rmsprop"}) {
+    for (const char* kind : {"sgd", "adam", "adamw", "rmsprop", "adagrad"}) {
       CAPTURE(kind);
       OptimizerConfig c = config(kind, std::string(kind) == "sgd" ? 0.9f : 0.0f, false,
                                  std::string(kind) == "adamw" ? 0.01f : 0.0f);
