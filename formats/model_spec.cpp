@@ -91,8 +91,28 @@ const Keys kLosses = {"sparse_categorical_crossentropy",
                       "mae",
                       "mean_squared_error",
                       "mean_absolute_error"};
-const Keys kMetrics = {"accuracy", "top_k_accuracy",      "precision",         "recall", "auc", "mae",
-                       "mse",      "mean_absolute_error", "mean_squared_error"};
+const Keys kMetrics = {"accuracy",
+                       "top_k_accuracy",
+                       "precision",
+                       "recall",
+                       "auc",
+                       "mae",
+                       "mse",
+                       "mean_absolute_error",
+                       "mean_squared_error",
+                       "acc",
+                       "binary_accuracy",
+                       "categorical_accuracy",
+                       "sparse_categorical_accuracy",
+                       "top_k_categorical_accuracy",
+                       "sparse_top_k_categorical_accuracy"};
+// Keras's accuracy metrics by their explicit names, each tied to the labels its loss takes.
+const std::map<std::string_view, std::string_view> kAccuracyLoss = {
+    {"binary_accuracy", "binary_crossentropy"},
+    {"categorical_accuracy", "categorical_crossentropy"},
+    {"top_k_categorical_accuracy", "categorical_crossentropy"},
+    {"sparse_categorical_accuracy", "sparse_categorical_crossentropy"},
+    {"sparse_top_k_categorical_accuracy", "sparse_categorical_crossentropy"}};
 const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
 const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
 const Keys kModes = {"auto", "min", "max"};
@@ -997,8 +1017,14 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
       if (m == "mean_absolute_error") s.metrics[i] = "mae";
       if (m == "mean_squared_error") s.metrics[i] = "mse";
       const bool binary = s.loss == "binary_crossentropy";
-      if (m == "top_k_accuracy" && binary)
-        r.fail(mp, "metric 'top_k_accuracy' ranks classes, and binary_crossentropy's model has one output",
+      if (auto it = kAccuracyLoss.find(m);
+          it != kAccuracyLoss.end() && s.loss != it->second && !(s.loss == "mse" || s.loss == "mae"))
+        r.fail(mp,
+               fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, s.loss),
+               "use 'accuracy', which follows the loss, as Keras does");
+      if (m.find("top_k") != std::string::npos && binary)
+        r.fail(mp,
+               fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
                "report accuracy, precision, recall or auc");
       if ((m == "precision" || m == "recall" || m == "auc") && !binary)
         r.fail(mp,
@@ -1017,7 +1043,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
   }
   if (t.get("top_k", s.top_k)) {
     if (s.top_k < 1) t.fail("top_k", fmt::format("train.top_k must be 1 or more, not {}", s.top_k));
-    if (!contains(Keys(s.metrics.begin(), s.metrics.end()), "top_k_accuracy"))
+    if (std::none_of(s.metrics.begin(), s.metrics.end(),
+                     [](const std::string& m) { return m.find("top_k") != std::string::npos; }))
       t.fail("top_k", "train.top_k is set but train.metrics has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
   }

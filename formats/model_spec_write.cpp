@@ -2,6 +2,7 @@
 // by their settings, and resolves data paths against the spec's folder.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -71,12 +72,6 @@ void write_source(Writer& w, std::string_view name, const DataSource& s) {
   w.kv("limit", s.limit);
 }
 
-bool has(const std::vector<std::string>& v, std::string_view s) {
-  for (const auto& x : v)
-    if (x == s) return true;
-  return false;
-}
-
 void clear_positions(ModelSpec& s) {
   s.path.clear();
   s.base_dir.clear();
@@ -141,7 +136,9 @@ std::string to_toml(const ModelSpec& spec) {
     w.kv("loss", t.loss);
     w.kv("from_logits", t.from_logits);
     w.kv("metrics", t.metrics);
-    if (has(t.metrics, "top_k_accuracy")) w.kv("top_k", t.top_k);
+    if (std::any_of(t.metrics.begin(), t.metrics.end(),
+                    [](const std::string& m) { return m.find("top_k") != std::string::npos; }))
+      w.kv("top_k", t.top_k);
     if (!t.class_weight.empty()) w.kv("class_weight", t.class_weight);
     w.kv("epochs", t.epochs);
     w.kv("batch_size", t.batch_size);

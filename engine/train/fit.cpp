@@ -200,6 +200,16 @@ const std::array<float, kAucThresholds>& auc_thresholds() {
   return t;
 }
 
+// Keras's names for accuracy (the spec reader checks that each fits the loss's labels) and top-k accuracy.
+bool is_accuracy(const std::string& m) {
+  return m == "accuracy" || m == "acc" || m == "binary_accuracy" || m == "categorical_accuracy" ||
+         m == "sparse_categorical_accuracy";
+}
+bool is_top_k(const std::string& m) {
+  return m == "top_k_accuracy" || m == "top_k_categorical_accuracy" ||
+         m == "sparse_top_k_categorical_accuracy";
+}
+
 // Loss and metrics summed over samples; divided by the count at the end, so the last partial batch weighs
 // what it holds. Every metric is kept as additive counts (AUC as a histogram of the predictions over its
 // thresholds, per class of the label), so replicas and processes add theirs and a checkpoint continues them.
@@ -223,7 +233,9 @@ struct MetricAccumulator {
   void add(double batch_loss, const float* out, const void* labels, int64_t n, int64_t classes) {
     loss_sum += batch_loss * n;
     samples += n;
-    const bool acc = has("accuracy"), tk = has("top_k_accuracy"), auc = has("auc");
+    const bool acc = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_accuracy);
+    const bool tk = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_top_k);
+    const bool auc = has("auc");
     const bool errors = has("mae") || has("mse");
     const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
@@ -310,8 +322,8 @@ struct MetricAccumulator {
     l.emplace_back(prefix + "loss", loss_sum / n);
     // In the order the spec lists them, as Keras reports them.
     for (const std::string& m : cfg->metrics) {
-      if (m == "accuracy") l.emplace_back(prefix + m, correct / n);
-      if (m == "top_k_accuracy") l.emplace_back(prefix + m, topk / n);
+      if (is_accuracy(m)) l.emplace_back(prefix + m, correct / n);
+      if (is_top_k(m)) l.emplace_back(prefix + m, topk / n);
       if (m == "precision")
         l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
       if (m == "recall")

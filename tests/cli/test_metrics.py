@@ -168,6 +168,32 @@ class Metrics(unittest.TestCase):
         for key in BINARY + ["val_" + m for m in BINARY]:
             self.assertAlmostEqual(one[key], two[key], delta=1e-4, msg=key)
 
+    def test_keras_accuracy_names_are_reported_as_written(self):
+        epochs = self.fit(self.spec("names.toml", metrics=["binary_accuracy", "acc", "accuracy"]), "names")
+        for e in epochs:
+            self.assertEqual(e["val_binary_accuracy"], e["val_accuracy"])
+            self.assertEqual(e["acc"], e["accuracy"])
+
+    @cli_util.skip_without_fashion
+    def test_sparse_accuracy_names_on_the_fashion_mlp(self):
+        spec = cli_util.sample("fashion_mnist/mlp.toml")
+        small = ["--set", "data.train.limit=512", "--set", "data.validation.limit=256", "--set", "train.epochs=1",
+                 "--log-format", "jsonl", "-q", "--device", "cpu"]
+        runs = []
+        for metrics in ('["accuracy", "top_k_accuracy"]',
+                        '["sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy"]'):
+            r = run(["fit", spec, "--set", f"train.metrics={metrics}", "--set", "train.top_k=2"] + small, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            runs.append([e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1])
+        a, b = runs
+        self.assertEqual(a["val_accuracy"], b["val_sparse_categorical_accuracy"])
+        self.assertEqual(a["val_top_k_accuracy"], b["val_sparse_top_k_categorical_accuracy"])
+        self.assertGreater(a["val_top_k_accuracy"], a["val_accuracy"])  # k = 2 counts more
+        r = run(["check", spec, "--set", 'train.metrics=["categorical_accuracy"]'])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("reads the labels of categorical_crossentropy, and the loss is sparse_categorical_crossentropy",
+                      r.stderr)
+
     def test_mpi_ranks_report_the_metrics_of_the_whole_batch(self):
         mpirun = shutil.which("mpirun")
         if not mpirun:
