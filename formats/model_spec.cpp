@@ -90,7 +90,15 @@ const Keys kLosses = {"sparse_categorical_crossentropy",
                       "mse",
                       "mae",
                       "mean_squared_error",
-                      "mean_absolute_error"};
+                      "mean_absolute_error",
+                      "huber",
+                      "log_cosh",
+                      "poisson",
+                      "kl_divergence",
+                      "kld",
+                      "hinge",
+                      "squared_hinge",
+                      "cosine_similarity"};
 const Keys kMetrics = {"accuracy",
                        "top_k_accuracy",
                        "precision",
@@ -1003,6 +1011,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
     r.fail(s.pos, "[train] has no loss", "e.g. loss = \"sparse_categorical_crossentropy\"");
   s.loss_pos = t.pos("loss");
   if (s.loss == "mean_squared_error") s.loss = "mse";
+  if (s.loss == "kld") s.loss = "kl_divergence";
   if (s.loss == "mean_absolute_error") s.loss = "mae";
   t.get("from_logits", s.from_logits);
   if (t.get_strings("metrics", s.metrics)) {
@@ -1018,7 +1027,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
       if (m == "mean_squared_error") s.metrics[i] = "mse";
       const bool binary = s.loss == "binary_crossentropy";
       if (auto it = kAccuracyLoss.find(m);
-          it != kAccuracyLoss.end() && s.loss != it->second && !(s.loss == "mse" || s.loss == "mae"))
+          it != kAccuracyLoss.end() && s.loss != it->second && s.loss.ends_with("crossentropy"))
         r.fail(mp,
                fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, s.loss),
                "use 'accuracy', which follows the loss, as Keras does");
@@ -1076,7 +1085,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
     for (double w : s.class_weight)
       if (!(w >= 0) || !std::isfinite(w))
         t.fail("class_weight", fmt::format("train.class_weight holds {}; weights must be 0 or more", w));
-    if (s.loss == "mse" || s.loss == "mae")
+    if (!s.loss.ends_with("crossentropy"))
       t.fail("class_weight",
              fmt::format("train.class_weight weighs classes, and the loss {} has none", s.loss),
              "use it with a cross-entropy loss");

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <numbers>
 
@@ -65,12 +66,15 @@ LossKind loss_kind(const std::string& loss) {
     k.categorical = true;
   else if (loss == "binary_crossentropy")
     k.binary = true;
-  else if (loss == "mse" || loss == "mae")
-    k.regression = true;
+  else if (loss == "mse" || loss == "mae" || loss == "huber" || loss == "log_cosh" || loss == "poisson" ||
+           loss == "kl_divergence" || loss == "hinge" || loss == "squared_hinge" ||
+           loss == "cosine_similarity")
+    k.regression = true;  // labels of the output's shape
   else
-    throw InputError(
-        "train.loss", fmt::format("unknown loss '{}'", loss),
-        "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, mse or mae");
+    throw InputError("train.loss", fmt::format("unknown loss '{}'", loss),
+                     "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
+                     "mse, mae, huber, "
+                     "log_cosh, poisson, kl_divergence, hinge, squared_hinge or cosine_similarity");
   return k;
 }
 
@@ -87,6 +91,50 @@ TrainingOptions training_options(const FitConfig& cfg) {
   o.precision = cfg.precision;
   o.loss_scaling = cfg.precision == Precision::fp16;
   return o;
+}
+
+// Keras's other losses, written in IR ops as Keras defines them (so autodiff gives their gradients): each a
+// per-sample value (a mean or sum over the sample's outputs), averaged over the batch. p is the model's
+// output and y the labels, of one shape.
+ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
+                   const std::function<ValueId(double, DType)>& scalar) {
+  const DType t = g.value(p).dtype;
+  auto c = [&](double v) { return scalar(v, t); };
+  auto op = [&](const char* name, std::vector<ValueId> in) { return g.op(name, std::move(in)); };
+  auto mean = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
+  auto last_axis_sum = [&](ValueId v) {
+    return g.op("ReduceSum", {v}, {{"axes", std::vector<int64_t>{-1}}, {"keepdims", int64_t{0}}});
+  };
+  const ValueId e = op("Sub", {p, y});
+  if (loss == "huber") {  // delta 1: 0.5 e^2 where |e| <= 1, |e| - 0.5 beyond
+    const ValueId a = op("Abs", {e});
+    return mean(op("Where", {op("LessOrEqual", {a, c(1.0)}), op("Mul", {c(0.5), op("Mul", {e, e})}),
+                             op("Sub", {a, c(0.5)})}));
+  }
+  if (loss == "log_cosh")  // log(cosh(e)) = e + softplus(-2e) - log 2, without overflow
+    return mean(op("Sub", {op("Add", {e, op("Softplus", {op("Mul", {e, c(-2.0)})})}), c(std::log(2.0))}));
+  if (loss == "poisson")  // p - y log(p + 1e-7)
+    return mean(op("Sub", {p, op("Mul", {y, op("Log", {op("Add", {p, c(1e-7)})})})}));
+  if (loss == "kl_divergence") {  // sum of y log(y / p), both clipped to [1e-7, 1]
+    auto clip = [&](ValueId v) { return op("Clip", {v, c(1e-7), c(1.0)}); };
+    const ValueId yc = clip(y);
+    return mean(last_axis_sum(op("Mul", {yc, op("Log", {op("Div", {yc, clip(p)})})})));
+  }
+  if (loss == "hinge" || loss == "squared_hinge") {
+    // Labels 0/1 become -1/1 as Keras converts them (and -1/1 stay).
+    const ValueId sign = op("Where", {op("Greater", {y, c(0.0)}), c(1.0), c(-1.0)});
+    ValueId margin = op("Relu", {op("Sub", {c(1.0), op("Mul", {sign, p})})});
+    if (loss == "squared_hinge") margin = op("Mul", {margin, margin});
+    return mean(margin);
+  }
+  // cosine_similarity: minus the cosine of the sample's outputs and labels, each l2-normalized with Keras's
+  // 1e-12 floor on the squared norm.
+  auto normalized = [&](ValueId v) {
+    const ValueId sq = g.op("ReduceSum", {op("Mul", {v, v})},
+                            {{"axes", std::vector<int64_t>{-1}}, {"keepdims", int64_t{1}}});
+    return op("Div", {v, op("Sqrt", {op("Max", {sq, c(1e-12)})})});
+  };
+  return op("Neg", {mean(last_axis_sum(op("Mul", {normalized(y), normalized(p)})))});
 }
 
 // The training plans' loss weighs samples by cfg.class_weight; `training` false (evaluation) never does.
@@ -175,7 +223,10 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     }
   } else {
     lg.y = g.add_input("labels", out.dtype, os);
-    lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
+    if (cfg.loss == "mse" || cfg.loss == "mae")
+      lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
+    else
+      lg.loss = keras_loss(g, cfg.loss, fm.output, lg.y, scalar);
   }
   // Regularization penalties count in the loss that trains and in the one reported, as in Keras.
   if (fm.penalty != kNoValue) lg.loss = g.op("Add", {lg.loss, fm.penalty});

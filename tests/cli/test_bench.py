@@ -270,7 +270,7 @@ class Bench(unittest.TestCase):
         r = run(["bench"])
         self.assertEqual(r.returncode, 2, r.stderr)
         cli_util.assert_input_error(self, run(["bench", "/no/such/spec.toml"]), "/no/such/spec.toml")
-        cli_util.assert_input_error(self, run(["bench", MLP, "--set", "train.loss=hinge", *FAST]), "hinge")
+        cli_util.assert_input_error(self, run(["bench", MLP, "--set", "train.loss=focal", *FAST]), "focal")
 
 
 if __name__ == "__main__":

@@ -365,10 +365,10 @@ TEST_SUITE("model_spec") {
          "train.loss must be a string, not a table",
          "name the loss, and set its option beside it: loss = \"sparse_categorical_crossentropy\" and "
          "from_logits = true under [train]"},
-        {T + "loss = \"hinge\"\n", "spec.toml:8:8", "unknown loss 'hinge'",
+        {T + "loss = \"focal\"\n", "spec.toml:8:8", "unknown loss 'focal'",
          "expected one of: sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
-         "mse, "
-         "mae, mean_squared_error, mean_absolute_error"},
+         "mse, mae, mean_squared_error, mean_absolute_error, huber, log_cosh, poisson, kl_divergence, kld, "
+         "hinge, squared_hinge, cosine_similarity"},
         {T + "loss = \"mse\"\nmetrics = [\"accuracy\", \"acuracy\"]\n", "spec.toml:9:24",
          "unknown metric 'acuracy'", "did you mean 'accuracy'?"},
         {T + "loss = \"sparse_categorical_crossentropy\"\nmetrics = [\"accuracy\", \"auc\"]\n",

@@ -1,0 +1,135 @@
+"""Keras's regression, distribution and margin losses (huber, log_cosh, poisson, kl_divergence, hinge,
+squared_hinge, cosine_similarity): each model trains, and `trainer evaluate` reports the loss that Keras's formula
+gives on the outputs `trainer predict` writes for the same checkpoint."""
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+SPEC = """format_version = 1
+[model]
+input = [6]
+[[model.layers]]
+type = "Dense"
+units = 8
+activation = "tanh"
+[[model.layers]]
+type = "Dense"
+units = {units}
+activation = "{activation}"
+[data.train]
+x = "x.npy"
+y = "{y}"
+[data.validation]
+x = "x.npy"
+y = "{y}"
+[train]
+loss = "{loss}"
+epochs = 3
+batch_size = 16
+seed = 2
+[train.optimizer]
+learning_rate = 0.01
+"""
+
+
+def keras(loss, p, y):
+    """Keras's loss per sample, averaged over the samples."""
+    e = p - y
+    if loss == "huber":
+        a = np.abs(e)
+        per = np.where(a <= 1, 0.5 * e * e, a - 0.5).mean(-1)
+    elif loss == "log_cosh":
+        per = np.log(np.cosh(e)).mean(-1)
+    elif loss == "poisson":
+        per = (p - y * np.log(p + 1e-7)).mean(-1)
+    elif loss == "kl_divergence":
+        yc, pc = np.clip(y, 1e-7, 1), np.clip(p, 1e-7, 1)
+        per = (yc * np.log(yc / pc)).sum(-1)
+    elif loss in ("hinge", "squared_hinge"):
+        m = np.maximum(1 - np.where(y > 0, 1.0, -1.0) * p, 0)
+        per = (m * m if loss == "squared_hinge" else m).mean(-1)
+    else:  # cosine_similarity
+        def unit(v):
+            return v / np.sqrt(np.maximum((v * v).sum(-1, keepdims=True), 1e-12))
+        per = -(unit(y) * unit(p)).sum(-1)
+    return float(per.mean())
+
+
+class Losses(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        d = cls.tmp.name
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(96, 6)).astype(np.float32)
+        np.save(os.path.join(d, "x.npy"), x)
+        w = rng.normal(size=(6, 3))
+        np.save(os.path.join(d, "real.npy"), (x @ w).astype(np.float32))                       # 3 real targets
+        np.save(os.path.join(d, "counts.npy"), rng.poisson(np.exp(0.3 * x[:, :3])).astype(np.float32))
+        logits = x @ w
+        dist = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        np.save(os.path.join(d, "dist.npy"), dist.astype(np.float32))                           # distributions
+        np.save(os.path.join(d, "binary.npy"), (x[:, :1] > 0).astype(np.float32))               # 0/1 labels
+        np.save(os.path.join(d, "signs.npy"), np.where(x[:, :1] > 0, 1.0, -1.0).astype(np.float32))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check(self, loss, units, activation, labels):
+        d = self.tmp.name
+        spec = os.path.join(d, f"{loss}_{labels}.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(units=units, activation=activation, loss=loss, y=labels))
+        out = os.path.join(d, f"run_{loss}_{labels}")
+        r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        epochs = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+        self.assertLess(epochs[-1]["loss"], epochs[0]["loss"], "it trains")
+        ckpt = os.path.join(out, "last.ckpt")
+        r = run(["evaluate", ckpt, "--device", "cpu", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        reported = json.loads(r.stdout)["loss"]
+        r = subprocess.run([cli_util.TRAINER, "predict", ckpt, os.path.join(d, "x.npy"), "--probabilities",
+                            "--output-format", "npy", "--device", "cpu", "-q"], capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path = os.path.join(d, f"p_{loss}.npy")
+        with open(path, "wb") as f:
+            f.write(r.stdout)
+        p = np.load(path).astype(np.float64).reshape(96, units)
+        y = np.load(os.path.join(d, labels)).astype(np.float64).reshape(96, units)
+        self.assertAlmostEqual(reported, keras(loss, p, y), places=5)
+
+    def test_huber(self):
+        self.check("huber", 3, "linear", "real.npy")
+
+    def test_log_cosh(self):
+        self.check("log_cosh", 3, "linear", "real.npy")
+
+    def test_poisson(self):
+        self.check("poisson", 3, "exponential", "counts.npy")
+
+    def test_kl_divergence(self):
+        self.check("kl_divergence", 3, "softmax", "dist.npy")
+
+    def test_hinge_on_zero_one_and_signed_labels(self):
+        self.check("hinge", 1, "tanh", "binary.npy")
+        self.check("hinge", 1, "tanh", "signs.npy")
+
+    def test_squared_hinge(self):
+        self.check("squared_hinge", 1, "tanh", "binary.npy")
+
+    def test_cosine_similarity(self):
+        self.check("cosine_similarity", 3, "linear", "real.npy")
+
+
+if __name__ == "__main__":
+    cli_util.main()
