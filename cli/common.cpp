@@ -500,6 +500,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   engine::FitConfig c;
   c.loss = t.loss;
   c.from_logits = t.from_logits;
+  c.label_smoothing = t.label_smoothing;
   c.metrics = t.metrics;
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;

@@ -42,19 +42,10 @@ const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
-const Keys kTrainKeys = {"loss",
-                         "from_logits",
-                         "metrics",
-                         "top_k",
-                         "class_weight",
-                         "epochs",
-                         "batch_size",
-                         "seed",
-                         "optimizer",
-                         "precision",
-                         "checkpoint",
-                         "early_stopping",
-                         "reduce_lr_on_plateau"};
+const Keys kTrainKeys = {"loss",           "from_logits",         "label_smoothing", "metrics",
+                         "top_k",          "class_weight",        "epochs",          "batch_size",
+                         "seed",           "optimizer",           "precision",       "checkpoint",
+                         "early_stopping", "reduce_lr_on_plateau"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
                              "beta_2",       "epsilon",       "momentum",
@@ -1014,6 +1005,18 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
   if (s.loss == "kld") s.loss = "kl_divergence";
   if (s.loss == "mean_absolute_error") s.loss = "mae";
   t.get("from_logits", s.from_logits);
+  if (t.get("label_smoothing", s.label_smoothing)) {
+    if (!(s.label_smoothing >= 0 && s.label_smoothing <= 1))
+      t.fail("label_smoothing",
+             fmt::format("train.label_smoothing must be in [0, 1], not {}", toml_float(s.label_smoothing)));
+    if (s.loss != "categorical_crossentropy" && s.loss != "binary_crossentropy")
+      t.fail("label_smoothing",
+             fmt::format("train.label_smoothing applies to categorical_crossentropy and binary_crossentropy, "
+                         "and the loss is {}",
+                         s.loss),
+             s.loss == "sparse_categorical_crossentropy" ? "use one-hot labels with categorical_crossentropy"
+                                                         : "leave label_smoothing out");
+  }
   if (t.get_strings("metrics", s.metrics)) {
     const toml::node* mn = t.find("metrics");
     for (size_t i = 0; i < s.metrics.size(); ++i) {

@@ -176,6 +176,7 @@ struct TrainSection {
   // for summary and check; fit needs a loss).
   std::string loss;
   bool from_logits = false;
+  double label_smoothing = 0;  // categorical and binary cross-entropy, as Keras's
   // accuracy, top_k_accuracy (with top_k), precision, recall, auc, mae, mse; the loss is always reported
   std::vector<std::string> metrics;
   int64_t top_k = 5;

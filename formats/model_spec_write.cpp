@@ -135,6 +135,7 @@ std::string to_toml(const ModelSpec& spec) {
     w.header("[train]");
     w.kv("loss", t.loss);
     w.kv("from_logits", t.from_logits);
+    if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
     w.kv("metrics", t.metrics);
     if (std::any_of(t.metrics.begin(), t.metrics.end(),
                     [](const std::string& m) { return m.find("top_k") != std::string::npos; }))

@@ -153,6 +153,13 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     t.set_f64(0, v);
     return g.add_constant(g.unique_name("scalar"), std::move(t));
   };
+  // Keras's label smoothing: y (1 - s) + s / classes (binary: 2), in training and evaluation alike.
+  auto smoothed = [&](ValueId y, int64_t classes) {
+    if (cfg.label_smoothing == 0) return y;
+    const double s = cfg.label_smoothing;
+    return g.op("Add", {g.op("Mul", {y, scalar(1 - s, out.dtype)}),
+                        scalar(s / static_cast<double>(classes), out.dtype)});
+  };
   // Class weights, one per class of the output (a class the spec leaves out weighs 1).
   const bool weighted = training && !cfg.class_weight.empty();
   auto class_weights = [&](int64_t classes) {
@@ -195,7 +202,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     lg.y = g.add_input("labels", out.dtype, os);
     ValueId logp =
         cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}}) : g.op("Log", {fm.output});
-    ValueId per = g.op("ReduceSum", {g.op("Mul", {lg.y, logp})},
+    ValueId per = g.op("ReduceSum", {g.op("Mul", {smoothed(lg.y, os[1]), logp})},
                        {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
     // A sample's weight: its one-hot label's class's (a soft label's mix of them).
     if (weighted)
@@ -212,14 +219,15 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     lg.y = g.add_input("labels", out.dtype, os);
     const char* bce = cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
     if (!weighted) {
-      lg.loss = g.op(bce, {fm.output, lg.y});
+      lg.loss = g.op(bce, {fm.output, smoothed(lg.y, 2)});
     } else {
       // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
       const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
       ValueId sample_w =
           g.op("Add", {scalar(w0, out.dtype), g.op("Mul", {lg.y, scalar(w1 - w0, out.dtype)})});
       lg.loss = mean_of(
-          g.op("Mul", {g.op(bce, {fm.output, lg.y}, {{"reduction", std::string("none")}}), sample_w}));
+          g.op("Mul",
+               {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), sample_w}));
     }
   } else {
     lg.y = g.add_input("labels", out.dtype, os);

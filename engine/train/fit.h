@@ -72,6 +72,7 @@ struct FitConfig {
   std::string
       loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
   bool from_logits = false;
+  double label_smoothing = 0;  // categorical and binary cross-entropy: labels y (1 - s) + s / classes
   // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
   std::vector<std::string> metrics;
   int64_t top_k = 5;

@@ -56,6 +56,12 @@ def keras(loss, p, y):
     elif loss in ("hinge", "squared_hinge"):
         m = np.maximum(1 - np.where(y > 0, 1.0, -1.0) * p, 0)
         per = (m * m if loss == "squared_hinge" else m).mean(-1)
+    elif loss == "categorical_crossentropy":
+        pc = np.clip(p, 1e-7, 1 - 1e-7)
+        per = -(y * np.log(pc)).sum(-1)
+    elif loss == "binary_crossentropy":
+        pc = np.clip(p, 1e-7, 1 - 1e-7)
+        per = -(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean(-1)
     else:  # cosine_similarity
         def unit(v):
             return v / np.sqrt(np.maximum((v * v).sum(-1, keepdims=True), 1e-12))
@@ -84,11 +90,14 @@ class Losses(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def check(self, loss, units, activation, labels):
+    def check(self, loss, units, activation, labels, smoothing=0.0):
         d = self.tmp.name
         spec = os.path.join(d, f"{loss}_{labels}.toml")
         with open(spec, "w") as f:
-            f.write(SPEC.format(units=units, activation=activation, loss=loss, y=labels))
+            text = SPEC.format(units=units, activation=activation, loss=loss, y=labels)
+            if smoothing:
+                text = text.replace(f'loss = "{loss}"\n', f'loss = "{loss}"\nlabel_smoothing = {smoothing}\n')
+            f.write(text)
         out = os.path.join(d, f"run_{loss}_{labels}")
         r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out])
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -106,6 +115,8 @@ class Losses(unittest.TestCase):
             f.write(r.stdout)
         p = np.load(path).astype(np.float64).reshape(96, units)
         y = np.load(os.path.join(d, labels)).astype(np.float64).reshape(96, units)
+        if smoothing:  # Keras's smoothing of the labels, in evaluation too
+            y = y * (1 - smoothing) + smoothing / (2 if units == 1 else units)
         self.assertAlmostEqual(reported, keras(loss, p, y), places=5)
 
     def test_huber(self):
@@ -126,6 +137,16 @@ class Losses(unittest.TestCase):
 
     def test_squared_hinge(self):
         self.check("squared_hinge", 1, "tanh", "binary.npy")
+
+    def test_label_smoothing(self):
+        np.save(os.path.join(self.tmp.name, "onehot.npy"),
+                np.eye(3, dtype=np.float32)[np.argmax(np.load(os.path.join(self.tmp.name, "dist.npy")), 1)])
+        self.check("categorical_crossentropy", 3, "softmax", "onehot.npy", smoothing=0.2)
+        self.check("binary_crossentropy", 1, "sigmoid", "binary.npy", smoothing=0.1)
+        r = run(["check", os.path.join(self.tmp.name, "categorical_crossentropy_onehot.npy.toml"), "--set",
+                 "train.loss=huber"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("label_smoothing applies to categorical_crossentropy and binary_crossentropy", r.stderr)
 
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")

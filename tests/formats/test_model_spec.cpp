@@ -583,6 +583,7 @@ TEST_SUITE("model_spec") {
             "x_key = \"images\"\n[data.validation]\nformat = \"csv\"\nx = \"v.csv\"\n"
             "label_column = \"label\"\n"
             "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\nclass_weight = { \"1\" = 3 }\n"
+            "label_smoothing = 0.1\n"
             "[train.optimizer]\nname = \"rmsprop\"\nrho = 0.8\nmomentum = 0.5\n"
             "[train.optimizer.schedule]\nkind = \"exponential\"\ndecay_steps = 7\n"
             "decay_rate = 0.5\nstaircase = true\n"
@@ -593,6 +594,7 @@ TEST_SUITE("model_spec") {
     const ModelSpec d = parse_model_spec(to_toml(c), "c.toml");
     CHECK(same_settings(c, d));
     CHECK(d.train.class_weight == std::vector<double>{1.0, 3.0});
+    CHECK(d.train.label_smoothing == 0.1);
     CHECK(d.train.reduce_lr.enabled);
     CHECK(d.train.reduce_lr.cooldown == 2);
     CHECK(d.train.reduce_lr.min_lr == 1e-6);
