@@ -99,6 +99,9 @@ const Keys kMetrics = {"accuracy",
                        "mse",
                        "mean_absolute_error",
                        "mean_squared_error",
+                       "root_mean_squared_error",
+                       "mape",
+                       "mean_absolute_percentage_error",
                        "acc",
                        "binary_accuracy",
                        "categorical_accuracy",
@@ -1028,6 +1031,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
       if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
       if (m == "mean_absolute_error") s.metrics[i] = "mae";
       if (m == "mean_squared_error") s.metrics[i] = "mse";
+      if (m == "mean_absolute_percentage_error") s.metrics[i] = "mape";
       const bool binary = s.loss == "binary_crossentropy";
       if (auto it = kAccuracyLoss.find(m);
           it != kAccuracyLoss.end() && s.loss != it->second && s.loss.ends_with("crossentropy"))
@@ -1042,7 +1046,9 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
         r.fail(mp,
                fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, s.loss),
                "it needs loss = \"binary_crossentropy\" (one probability per sample)");
-      if ((s.metrics[i] == "mae" || s.metrics[i] == "mse") && s.loss == "sparse_categorical_crossentropy")
+      if ((s.metrics[i] == "mae" || s.metrics[i] == "mse" || s.metrics[i] == "mape" ||
+           s.metrics[i] == "root_mean_squared_error") &&
+          s.loss == "sparse_categorical_crossentropy")
         r.fail(mp,
                fmt::format("metric '{}' compares outputs with labels of the same shape, and "
                            "sparse_categorical_crossentropy's labels are class ids",

@@ -274,7 +274,7 @@ bool is_top_k(const std::string& m) {
 // thresholds, per class of the label), so replicas and processes add theirs and a checkpoint continues them.
 struct MetricAccumulator {
   // The slots of `extra`.
-  enum : size_t { kAbsError, kSquaredError, kTruePos, kFalsePos, kFalseNeg, kAucHistogram };
+  enum : size_t { kAbsError, kSquaredError, kPercentError, kTruePos, kFalsePos, kFalseNeg, kAucHistogram };
   static constexpr size_t kAucBuckets = kAucThresholds + 1;  // predictions above 0..200 thresholds
 
   LossKind kind;
@@ -295,7 +295,7 @@ struct MetricAccumulator {
     const bool acc = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_accuracy);
     const bool tk = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_top_k);
     const bool auc = has("auc");
-    const bool errors = has("mae") || has("mse");
+    const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape");
     const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
       const float* row = out + i * classes;
@@ -330,14 +330,16 @@ struct MetricAccumulator {
       }
       if (errors && !kind.sparse) {
         const float* t = static_cast<const float*>(labels) + i * classes;
-        double abs_sum = 0, sq_sum = 0;
+        double abs_sum = 0, sq_sum = 0, pct_sum = 0;
         for (int64_t c = 0; c < classes; ++c) {
           const double d = static_cast<double>(row[c]) - t[c];
           abs_sum += std::abs(d);
           sq_sum += d * d;
+          pct_sum += std::abs(d) / std::max<double>(std::abs(t[c]), 1e-7);  // Keras's epsilon
         }
         extra[kAbsError] += abs_sum / classes;
         extra[kSquaredError] += sq_sum / classes;
+        extra[kPercentError] += 100 * pct_sum / classes;
       }
     }
   }
@@ -390,6 +392,8 @@ struct MetricAccumulator {
       if (m == "auc") l.emplace_back(prefix + m, auc());
       if (m == "mae") l.emplace_back(prefix + m, extra[kAbsError] / n);
       if (m == "mse") l.emplace_back(prefix + m, extra[kSquaredError] / n);
+      if (m == "root_mean_squared_error") l.emplace_back(prefix + m, std::sqrt(extra[kSquaredError] / n));
+      if (m == "mape") l.emplace_back(prefix + m, extra[kPercentError] / n);
     }
     return l;
   }

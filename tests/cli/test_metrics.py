@@ -139,13 +139,18 @@ class Metrics(unittest.TestCase):
         self.check_binary(last, 1 / (1 + np.exp(-z)), np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1))
 
     def test_regression_metrics_and_keras_accuracy(self):
-        last = self.fit(self.spec("mse.toml", loss="mse", activation="linear", metrics=["mae", "mse", "accuracy"]),
-                        "mse")[-1]
+        last = self.fit(self.spec("mse.toml", loss="mse", activation="linear",
+                                  metrics=["mae", "mse", "accuracy", "root_mean_squared_error",
+                                           "mean_absolute_percentage_error"]), "mse")[-1]
         p = self.predictions("mse")
         y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1)
         self.assertAlmostEqual(last["val_mae"], float(np.abs(p - y).mean()), places=5)
         self.assertAlmostEqual(last["val_mse"], float(((p - y) ** 2).mean()), places=5)
         self.assertAlmostEqual(last["val_mse"], last["val_loss"], places=5)  # mse is the loss itself
+        self.assertAlmostEqual(last["val_root_mean_squared_error"], float(np.sqrt(((p - y) ** 2).mean())), places=5)
+        # Keras's MAPE: 100 |y - p| / max(|y|, 1e-7); labels of 0 make it large, and count all the same.
+        self.assertAlmostEqual(last["val_mape"] / (100 * np.mean(np.abs(y - p) / np.maximum(np.abs(y), 1e-7))), 1.0,
+                               places=5)
         # One output: Keras's binary accuracy, at 0.5.
         self.assertAlmostEqual(last["val_accuracy"], float(((p > 0.5) == (y > 0.5)).mean()), places=6)
 
