@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cctype>
 #include <climits>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <set>
@@ -93,7 +94,7 @@ int attribute_type(const onnx::AttributeProto& a) {
 bool imported_by_importer(const onnx::NodeProto& n) {
   const std::string& op = n.op_type();
   return normalize_domain(n.domain()).empty() &&
-         (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape");
+         (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape" || op == "Range");
 }
 
 // ai.onnx ops that the importer writes with other IR ops. Sum, Mean, Max and Min of any number of inputs
@@ -102,7 +103,10 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 // InstanceNormalization is its formula in ReduceMean, Sub, Mul, Sqrt, Div and Add; ReduceMin, ReduceL1,
 // ReduceL2, ReduceSumSquare and ReduceLogSumExp are ReduceMax or ReduceSum of Neg, Abs or Mul
 // (ReduceLogSumExp shifted by the maximum, so exp never overflows); Tile is a Reshape, an Expand and a
-// Reshape; Einsum of one or two operands is ReduceSum, Transpose, Reshape and one MatMul. A gradient flows to
+// Reshape; Einsum of one or two operands is ReduceSum, Transpose, Reshape and one MatMul; DepthToSpace and
+// SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
+// ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
+// an Equal against the class ids feeding a Where. A gradient flows to
 // the inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
@@ -120,7 +124,19 @@ bool rewritten(const onnx::NodeProto& n) {
                                             "ReduceSumSquare",
                                             "ReduceLogSumExp",
                                             "Tile",
-                                            "Einsum"};
+                                            "Einsum",
+                                            "ReduceLogSum",
+                                            "DepthToSpace",
+                                            "SpaceToDepth",
+                                            "Trilu",
+                                            "CastLike",
+                                            "Celu",
+                                            "ThresholdedRelu",
+                                            "Cosh",
+                                            "Sinh",
+                                            "Tan",
+                                            "MeanVarianceNormalization",
+                                            "OneHot"};
   return ops.count(n.op_type()) > 0;
 }
 
@@ -128,6 +144,7 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   const std::string& op = n.op_type();
   if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min" || op == "Einsum") return true;
   if (op == "InstanceNormalization") return i <= 2;
+  if (op == "OneHot") return i == 2;  // the values; indices and depth take none
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -519,6 +536,37 @@ class Importer {
     result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
+  // Range(start, limit, delta) of constants (torch.arange of a length the shapes fix): a constant,
+  // max(ceil((limit - start) / delta), 0) elements start + i delta, of the inputs' dtype.
+  void add_range(const onnx::NodeProto& n, int index) {
+    std::string label = node_label(n, index);
+    if (n.input_size() != 3 || n.output_size() != 1)
+      fail(fmt::format("{} must have three inputs and one output", label), "the exporter is broken");
+    PendingNode p;
+    for (int i = 0; i < 3; ++i) p.inputs.push_back(lookup(n.input(i), label));
+    restore_folded_values(p);
+    double v[3];
+    DType t = DType::f32;
+    for (int i = 0; i < 3; ++i) {
+      const engine::Value& in = g().value(p.inputs[i]);
+      if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
+        fail(fmt::format("{}: its {} '{}' is not a constant scalar", label,
+                         i == 0   ? "start"
+                         : i == 1 ? "limit"
+                                  : "delta",
+                         in.name),
+             "the engine needs static shapes: compute the range from constants and input shapes only");
+      v[i] = g().initializer(p.inputs[i])->get_f64(0);
+      t = in.dtype;
+    }
+    if (v[2] == 0) fail(fmt::format("{}: delta is 0", label));
+    const int64_t count = std::max<int64_t>(static_cast<int64_t>(std::ceil((v[1] - v[0]) / v[2])), 0);
+    Tensor out(t, Shape{count});
+    for (int64_t i = 0; i < count; ++i) out.set_f64(i, v[0] + static_cast<double>(i) * v[2]);
+    wrap(label, [&] { folded_.insert(g().add_constant(n.output(0), std::move(out))); });
+    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+  }
+
   // A node as the engine takes it: ONNX's inputs, attributes and output names after the rewrites below.
   struct PendingNode {
     std::string op, domain, name, label;
@@ -535,6 +583,7 @@ class Importer {
     if (domain.empty() && n.op_type() == "Constant") return add_constant_node(n, index);
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
     if (domain.empty() && n.op_type() == "ConstantOfShape") return add_constant_of_shape(n, index);
+    if (domain.empty() && n.op_type() == "Range") return add_range(n, index);
     PendingNode p;
     p.op = n.op_type();
     p.domain = domain;
@@ -566,6 +615,7 @@ class Importer {
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
     if (p.op == "Tile" && domain.empty()) return add_tile(p);
     if (p.op == "Einsum" && domain.empty()) return add_einsum(p);
+    if (domain.empty() && rewritten(n) && add_formula(p)) return;
     if (rewritten(n) && (p.op == "Sum" || p.op == "Mean" || p.inputs.size() != 2))
       return add_variadic(p, p.op == "Sum" || p.op == "Mean" ? "Add" : p.op);
     if (options_.fold_constants && fold(p)) return;
@@ -1063,6 +1113,148 @@ class Importer {
     });
   }
 
+  // A scalar constant "<node>/<what>" of dtype t.
+  ValueId scalar_constant(const PendingNode& p, const std::string& what, double v, DType t) {
+    Tensor c(t, Shape{});
+    c.set_f64(0, v);
+    return g().add_constant(g().unique_name(p.base() + "/" + what), std::move(c));
+  }
+
+  // The rewrites that are short formulas of other ops (see rewritten()); false for an op that is not one.
+  bool add_formula(const PendingNode& p) {
+    static const std::set<std::string> ops = {
+        "DepthToSpace",    "SpaceToDepth", "Trilu", "CastLike", "Celu",
+        "ThresholdedRelu", "Cosh",         "Sinh",  "Tan",      "MeanVarianceNormalization",
+        "OneHot"};
+    if (!ops.count(p.op)) return false;
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
+      fail(fmt::format("{} has no input or more than one output", p.label), "the exporter is broken");
+    const ValueId x = p.inputs[0];
+    const Shape xs = g().value(x).shape;
+    const DType t = g().value(x).dtype;
+    auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                    const std::string& what,
+                    bool last = false) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
+    auto c = [&](const std::string& what, double v) { return scalar_constant(p, what, v, t); };
+    auto float_attr = [&](const char* name, double d) { return p.attrs.has(name) ? p.attrs.f(name) : d; };
+    auto constant_input = [&](size_t i, const char* what) -> const Tensor& {
+      if (p.inputs.size() <= i || p.inputs[i] == engine::kNoValue ||
+          g().value(p.inputs[i]).kind != engine::ValueKind::constant)
+        fail(fmt::format("{}: its {} must be a constant", p.label, what),
+             "the engine needs static shapes: compute it from constants and input shapes only");
+      return *g().initializer(p.inputs[i]);
+    };
+    wrap(p.label, [&] {
+      if (p.op == "DepthToSpace" || p.op == "SpaceToDepth") {
+        if (xs.rank() != 4) fail(fmt::format("{}: the input {} is not [N, C, H, W]", p.label, xs.str()));
+        const int64_t b = p.attrs.has("blocksize") ? p.attrs.i("blocksize") : 0;
+        const int64_t ch = xs[1], h = xs[2], w = xs[3];
+        const bool to_space = p.op == "DepthToSpace";
+        if (b < 1 || (to_space ? ch % (b * b) : h % b + w % b) != 0)
+          fail(fmt::format("{}: blocksize {} does not divide the input {}", p.label, b, xs.str()));
+        const bool crd = to_space && p.attrs.has("mode") && p.attrs.s("mode") == "CRD";
+        std::vector<int64_t> split, perm, merged;
+        if (!to_space) {
+          split = {0, ch, h / b, b, w / b, b}, perm = {0, 3, 5, 1, 2, 4},
+          merged = {0, ch * b * b, h / b, w / b};
+        } else if (crd) {
+          split = {0, ch / (b * b), b, b, h, w}, perm = {0, 1, 4, 2, 5, 3},
+          merged = {0, ch / (b * b), h * b, w * b};
+        } else {  // DCR
+          split = {0, b, b, ch / (b * b), h, w}, perm = {0, 3, 4, 1, 5, 2},
+          merged = {0, ch / (b * b), h * b, w * b};
+        }
+        ValueId v = node("Reshape", {x, ints_constant(p, "split", split)}, {}, "split");
+        v = node("Transpose", {v}, {{"perm", perm}}, "transpose");
+        node("Reshape", {v, ints_constant(p, "merged", merged)}, {}, "merged", true);
+      } else if (p.op == "Trilu") {
+        // Keeps j - i >= k (upper, the default) or j - i <= k (lower) of the last two axes.
+        if (xs.rank() < 2) fail(fmt::format("{}: the input {} has fewer than two axes", p.label, xs.str()));
+        const int64_t k =
+            p.inputs.size() > 1 && p.inputs[1] != engine::kNoValue ? constant_input(1, "k").get_i64(0) : 0;
+        const bool upper = !p.attrs.has("upper") || p.attrs.i("upper") != 0;
+        const int64_t rows = xs[xs.rank() - 2], cols = xs[xs.rank() - 1];
+        Tensor keep(DType::boolean, Shape{rows, cols});
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < cols; ++j) keep.set_f64(i * cols + j, upper ? j - i >= k : j - i <= k);
+        ValueId m = g().add_constant(g().unique_name(p.base() + "/triangle"), std::move(keep));
+        node("Where", {m, x, c("zero", 0)}, {}, "where", true);
+      } else if (p.op == "CastLike") {
+        if (p.inputs.size() != 2 || p.inputs[1] == engine::kNoValue)
+          fail(fmt::format("{} needs an input and a target", p.label), "the exporter is broken");
+        node("Cast", {x}, {{"to", int64_t{engine::dtype_to_onnx(g().value(p.inputs[1]).dtype)}}}, "cast",
+             true);
+      } else if (p.op == "Celu") {  // max(0, x) + min(0, alpha (exp(x / alpha) - 1))
+        const double a = float_attr("alpha", 1.0);
+        ValueId e = node("Exp", {node("Mul", {x, c("inverse_alpha", 1 / a)}, {}, "scaled")}, {}, "exp");
+        ValueId neg =
+            node("Min",
+                 {c("zero", 0),
+                  node("Mul", {node("Sub", {e, c("one", 1)}, {}, "expm1"), c("alpha", a)}, {}, "elu")},
+                 {}, "negative");
+        node("Add", {node("Relu", {x}, {}, "positive"), neg}, {}, "celu", true);
+      } else if (p.op == "ThresholdedRelu") {  // x where x > alpha, else 0
+        ValueId above = node("Greater", {x, c("alpha", float_attr("alpha", 1.0))}, {}, "above");
+        node("Where", {above, x, c("zero", 0)}, {}, "where", true);
+      } else if (p.op == "Cosh" || p.op == "Sinh") {  // (exp(x) +- exp(-x)) / 2
+        ValueId ep = node("Exp", {x}, {}, "exp");
+        ValueId en = node("Exp", {node("Neg", {x}, {}, "negated")}, {}, "exp_negated");
+        ValueId s = node(p.op == "Cosh" ? "Add" : "Sub", {ep, en}, {}, "sum");
+        node("Mul", {s, c("half", 0.5)}, {}, "half", true);
+      } else if (p.op == "Tan") {
+        node("Div", {node("Sin", {x}, {}, "sin"), node("Cos", {x}, {}, "cos")}, {}, "tan", true);
+      } else if (p.op == "MeanVarianceNormalization") {  // (x - E[x]) / (sqrt(E[(x - E[x])^2]) + 1e-9)
+        const std::vector<int64_t> axes =
+            p.attrs.has("axes") ? p.attrs.ints("axes") : std::vector<int64_t>{0, 2, 3};
+        const engine::Attributes keep{{"axes", axes}, {"keepdims", int64_t{1}}};
+        ValueId d = node("Sub", {x, node("ReduceMean", {x}, keep, "mean")}, {}, "centred");
+        ValueId sd = node(
+            "Sqrt", {node("ReduceMean", {node("Mul", {d, d}, {}, "squares")}, keep, "variance")}, {}, "sd");
+        node("Div", {d, node("Add", {sd, c("epsilon", 1e-9)}, {}, "guarded")}, {}, "normalized", true);
+      } else {  // OneHot(indices, depth, values [off, on]), the class axis at `axis` (default last)
+        if (p.inputs.size() != 3 || p.inputs[2] == engine::kNoValue)
+          fail(fmt::format("{} needs indices, depth and values", p.label), "the exporter is broken");
+        const int64_t depth = static_cast<int64_t>(constant_input(1, "depth").get_f64(0));
+        if (depth < 1) fail(fmt::format("{}: depth {} is not positive", p.label, depth));
+        const int64_t rank = xs.rank() + 1;
+        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
+        if (axis < 0) axis += rank;
+        if (axis < 0 || axis >= rank) fail(fmt::format("{}: axis {} is out of range", p.label, axis));
+        // Negative indices count from the end, as ONNX says.
+        const ValueId ids = node("Cast", {x}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
+        auto i64 = [&](const std::string& what, double v) { return scalar_constant(p, what, v, DType::i64); };
+        const ValueId wrapped =
+            node("Where",
+                 {node("Less", {ids, i64("zero", 0)}, {}, "negative"),
+                  node("Add", {ids, i64("depth", static_cast<double>(depth))}, {}, "shifted"), ids},
+                 {}, "wrapped");
+        std::vector<int64_t> with_axis = xs.dims(), class_shape(static_cast<size_t>(rank), 1);
+        with_axis.insert(with_axis.begin() + axis, 1);
+        class_shape[static_cast<size_t>(axis)] = depth;
+        std::vector<int64_t> class_ids(static_cast<size_t>(depth));
+        for (int64_t k = 0; k < depth; ++k) class_ids[static_cast<size_t>(k)] = k;
+        const ValueId classes = g().add_constant(g().unique_name(p.base() + "/classes"),
+                                                 Tensor::from<int64_t>(Shape(class_shape), class_ids));
+        const ValueId hot = node(
+            "Equal",
+            {node("Reshape", {wrapped, ints_constant(p, "with_axis", with_axis)}, {}, "column"), classes}, {},
+            "hot");
+        const ValueId values = p.inputs[2];
+        auto pick = [&](int64_t k, const char* what) {
+          return node("Reshape",
+                      {node("Slice",
+                            {values, ints_constant(p, std::string(what) + "_start", {k}),
+                             ints_constant(p, std::string(what) + "_end", {k + 1})},
+                            {}, what),
+                       ints_constant(p, std::string(what) + "_scalar", {})},
+                      {}, std::string(what) + "_value");
+        };
+        node("Where", {hot, pick(1, "on"), pick(0, "off")}, {}, "one_hot", true);
+      }
+    });
+    return true;
+  }
+
   // The reductions ONNX has beyond ReduceSum, ReduceMean and ReduceMax, written with those: each IR reduce
   // node takes the node's axes (input or attribute), keepdims and noop_with_empty_axes.
   void add_reduction(const PendingNode& p) {
@@ -1089,6 +1281,8 @@ class Importer {
         node("Neg", {m}, {}, "min", true);
       } else if (p.op == "ReduceL1") {
         reduce("ReduceSum", node("Abs", {x}, {}, "abs", false), keep, "sum", true);
+      } else if (p.op == "ReduceLogSum") {
+        node("Log", {reduce("ReduceSum", x, keep, "sum", false)}, {}, "log", true);
       } else if (p.op == "ReduceSumSquare" || p.op == "ReduceL2") {
         const bool l2 = p.op == "ReduceL2";
         ValueId s = reduce("ReduceSum", node("Mul", {x, x}, {}, "squares", false), keep, "sum", !l2);

@@ -182,7 +182,7 @@ def lstm_model(opset=14, seed=3):
 def unsupported_model():
     nodes = [h.make_node("Relu", ["x"], ["a"], name="fine"),
              h.make_node("Hardmax", ["a"], ["b"], name="hardmax_here"),
-             h.make_node("Trilu", ["b"], ["c"]),  # unnamed: reported by its index
+             h.make_node("Acos", ["b"], ["c"]),  # unnamed: reported by its index
              h.make_node("Softmax", ["c"], ["y"], name="softmax")]
     return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 784])],
                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 784])], [], 17)
@@ -694,6 +694,32 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_pixel_shuffle_fine_tunes(self):
+        # PixelShuffle (DepthToSpace in CRD mode), CELU and a lower triangle (Trilu).
+        path = self.path("torch_shuffle.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 28 * 28, 10)
+    def forward(self, x):
+        h = torch.nn.functional.pixel_unshuffle(x, 2)      # [N, 4, 14, 14]
+        h = torch.nn.functional.pixel_shuffle(self.conv(h), 2)  # [N, 4, 28, 28]
+        h = torch.tril(torch.nn.functional.celu(h, 0.5))
+        return self.fc(h.flatten(1))
+""", "torch.zeros(2, 1, 28, 28)", "x", path, opset=14)
+        ops = {n.op_type for n in original.graph.node}
+        self.assertLessEqual({"DepthToSpace", "Celu", "Trilu"}, ops)  # pixel_unshuffle exports as Reshape, Transpose
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("shuffle.toml", from_logits=True, epochs=1)],
+                                self.path("run_shuffle"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_shuffle_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_reparameterization_trains_with_its_random_draws(self):
         # A variational bottleneck: z = mu + randn_like(mu) * exp(logvar / 2) (RandomNormalLike), trained through
         # the draw: the gradient reaches mu and logvar, and the draw changes every step.
@@ -823,7 +849,7 @@ class Net(torch.nn.Module):
         out = self.path("run_unsupported")
         r = run(["fit", path, "--train", self.write_train_toml(), "--output-dir", out])
         err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'hardmax_here' (Hardmax)",
-                                          "graph.node[2] '#2' (Trilu)")
+                                          "graph.node[2] '#2' (Acos)")
         self.assertEqual(err.count("trainer: error"), 1)
         self.assertNotIn("'fine'", err)
         self.assert_nothing_ran(r, out)
