@@ -97,6 +97,16 @@ bool imported_by_importer(const onnx::NodeProto& n) {
          (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape" || op == "Range");
 }
 
+// The rewrites that are short formulas of other ops (Importer::add_formula).
+bool formula_op(const std::string& op) {
+  static const std::set<std::string> ops = {
+      "DepthToSpace",    "SpaceToDepth", "Trilu", "CastLike", "Celu",
+      "ThresholdedRelu", "Cosh",         "Sinh",  "Tan",      "MeanVarianceNormalization",
+      "OneHot",          "And",          "Or",    "Xor",      "Not",
+      "IsNaN",           "IsInf"};
+  return ops.count(op) > 0;
+}
+
 // ai.onnx ops that the importer writes with other IR ops. Sum, Mean, Max and Min of any number of inputs
 // become chains of the two-input op; Split becomes one Slice per output; GlobalMaxPool is a ReduceMax over
 // the spatial axes; Resize (nearest, integer scales) is a Reshape, an Expand and a Reshape;
@@ -106,8 +116,9 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 // Reshape; Einsum of one or two operands is ReduceSum, Transpose, Reshape and one MatMul; DepthToSpace and
 // SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
 // ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
-// an Equal against the class ids feeding a Where. A gradient flows to
-// the inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
+// an Equal against the class ids feeding a Where; And, Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or
+// comparisons. A gradient flows to the inputs that rewritten_input_has_grad names (which decides what
+// initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
   static const std::set<std::string> ops = {"Sum",
@@ -125,19 +136,8 @@ bool rewritten(const onnx::NodeProto& n) {
                                             "ReduceLogSumExp",
                                             "Tile",
                                             "Einsum",
-                                            "ReduceLogSum",
-                                            "DepthToSpace",
-                                            "SpaceToDepth",
-                                            "Trilu",
-                                            "CastLike",
-                                            "Celu",
-                                            "ThresholdedRelu",
-                                            "Cosh",
-                                            "Sinh",
-                                            "Tan",
-                                            "MeanVarianceNormalization",
-                                            "OneHot"};
-  return ops.count(n.op_type()) > 0;
+                                            "ReduceLogSum"};
+  return ops.count(n.op_type()) > 0 || formula_op(n.op_type());
 }
 
 bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
@@ -1122,11 +1122,7 @@ class Importer {
 
   // The rewrites that are short formulas of other ops (see rewritten()); false for an op that is not one.
   bool add_formula(const PendingNode& p) {
-    static const std::set<std::string> ops = {
-        "DepthToSpace",    "SpaceToDepth", "Trilu", "CastLike", "Celu",
-        "ThresholdedRelu", "Cosh",         "Sinh",  "Tan",      "MeanVarianceNormalization",
-        "OneHot"};
-    if (!ops.count(p.op)) return false;
+    if (!formula_op(p.op)) return false;
     if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
       fail(fmt::format("{} has no input or more than one output", p.label), "the exporter is broken");
     const ValueId x = p.inputs[0];
@@ -1201,6 +1197,38 @@ class Importer {
         ValueId en = node("Exp", {node("Neg", {x}, {}, "negated")}, {}, "exp_negated");
         ValueId s = node(p.op == "Cosh" ? "Add" : "Sub", {ep, en}, {}, "sum");
         node("Mul", {s, c("half", 0.5)}, {}, "half", true);
+      } else if (p.op == "And" || p.op == "Or" || p.op == "Xor" || p.op == "Not") {
+        // On bytes: And is a product, Or a maximum, Xor a difference that is not 0, Not 1 minus the byte.
+        const int64_t u8 = engine::dtype_to_onnx(DType::u8), boolean = engine::dtype_to_onnx(DType::boolean);
+        auto bytes = [&](ValueId v, const char* what) { return node("Cast", {v}, {{"to", u8}}, what); };
+        const ValueId a = bytes(x, "a");
+        ValueId r;
+        if (p.op == "Not") {
+          r = node("Sub", {scalar_constant(p, "one", 1, DType::u8), a}, {}, "not");
+        } else {
+          if (p.inputs.size() != 2 || p.inputs[1] == engine::kNoValue)
+            fail(fmt::format("{} needs two inputs", p.label), "the exporter is broken");
+          const ValueId b = bytes(p.inputs[1], "b");
+          r = node(p.op == "And" ? "Mul" : p.op == "Or" ? "Max" : "Sub", {a, b}, {}, "bytes");
+        }
+        node("Cast", {r}, {{"to", boolean}}, "bool", true);
+      } else if (p.op == "IsNaN") {  // not equal to itself
+        const ValueId same = node("Cast", {node("Equal", {x, x}, {}, "equal")},
+                                  {{"to", int64_t{engine::dtype_to_onnx(DType::u8)}}}, "bytes");
+        node("Cast", {node("Sub", {scalar_constant(p, "one", 1, DType::u8), same}, {}, "not")},
+             {{"to", int64_t{engine::dtype_to_onnx(DType::boolean)}}}, "bool", true);
+      } else if (p.op == "IsInf") {
+        const bool pos = !p.attrs.has("detect_positive") || p.attrs.i("detect_positive") != 0;
+        const bool neg = !p.attrs.has("detect_negative") || p.attrs.i("detect_negative") != 0;
+        const double inf = std::numeric_limits<double>::infinity();
+        if (pos && neg)
+          node("Equal", {node("Abs", {x}, {}, "abs"), c("inf", inf)}, {}, "inf", true);
+        else
+          node("Equal",
+               {x, c("inf", pos   ? inf
+                            : neg ? -inf
+                                  : 0.5)},
+               {}, "inf", true);  // neither: 0.5 is never
       } else if (p.op == "Tan") {
         node("Div", {node("Sin", {x}, {}, "sin"), node("Cos", {x}, {}, "cos")}, {}, "tan", true);
       } else if (p.op == "MeanVarianceNormalization") {  // (x - E[x]) / (sqrt(E[(x - E[x])^2]) + 1e-9)
@@ -1396,6 +1424,9 @@ class Importer {
   }
 
   void insert(const PendingNode& p) {
+    // find_unsupported_nodes let through only registered ops and the rewrites, which never get here.
+    TRAINER_ASSERT(engine::OpRegistry::global().find(p.op) != nullptr,
+                   "{}: op {} is neither registered nor rewritten", p.label, p.op);
     NodeId id = -1;
     wrap(p.label, [&] { id = g().add_node_named(p.op, p.inputs, p.attrs, p.outputs, p.name); });
     for (const auto& [k, state] : p.updates) g().bind_update(g().node(id).outputs.at(k), state);

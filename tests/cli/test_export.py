@@ -255,9 +255,8 @@ activation = "softmax"
 
     def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):
         # Rescaling, the augmentations, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D,
-        # LSTM with dropout,
-        # RepeatVector and the merges, in the graph form; the dropouts and the flip train and leave nothing in
-        # the export.
+        # LSTM with dropout, RepeatVector and the merges, in the graph form; the dropouts and the augmentations
+        # train and leave nothing in the export.
         m = self.fit_export_and_predict("reshaping", """[model]
 input = [28, 28, 1]
 [[model.layers]]
