@@ -170,9 +170,10 @@ class Runner {
     plans_.finalize();
     const engine::Value& out = plan_.at(batch_).second.graph->value(plan_.at(batch_).second.output);
     out_dtype_ = out.dtype;
-    if (out_dtype_ != DType::f32 && out_dtype_ != DType::f64)
+    if (out_dtype_ != DType::f32 && out_dtype_ != DType::f64 && !integer_output())
       throw InputError(model.path,
-                       fmt::format("the output has dtype {}; predict reads float32 or float64 outputs",
+                       fmt::format("the output has dtype {}; predict reads float32, float64, int32 or int64 "
+                                   "outputs",
                                    engine::dtype_name(out_dtype_)),
                        "");
     out_shape_ = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()),
@@ -183,7 +184,12 @@ class Runner {
     if (model.fixed_batch) padded_.resize(static_cast<size_t>(batch_) * in_sample_bytes_);
     out_.resize(static_cast<size_t>(batch_ * columns_));
     if (out_dtype_ == DType::f64) out64_.resize(out_.size());
+    if (out_dtype_ == DType::i64) outi64_.resize(out_.size());
+    if (out_dtype_ == DType::i32) outi32_.resize(out_.size());
   }
+
+  // A model that gives integers (class ids from an exported ArgMax): predict writes them as they are.
+  bool integer_output() const { return out_dtype_ == DType::i64 || out_dtype_ == DType::i32; }
 
   int64_t batch() const { return batch_; }
   int64_t columns() const { return columns_; }
@@ -208,9 +214,15 @@ class Runner {
     const size_t values = static_cast<size_t>(b * columns_);
     if (out_dtype_ == DType::f32) {
       s.read(g.output, out_.data(), values * sizeof(float));
-    } else {
+    } else if (out_dtype_ == DType::f64) {
       s.read(g.output, out64_.data(), values * sizeof(double));
       for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(out64_[i]);
+    } else if (out_dtype_ == DType::i64) {  // exact as floats below 2^24, as class ids are
+      s.read(g.output, outi64_.data(), values * sizeof(int64_t));
+      for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(outi64_[i]);
+    } else {
+      s.read(g.output, outi32_.data(), values * sizeof(int32_t));
+      for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(outi32_[i]);
     }
     return out_.data();
   }
@@ -245,6 +257,8 @@ class Runner {
   std::vector<uint8_t> padded_;
   std::vector<float> out_;
   std::vector<double> out64_;
+  std::vector<int64_t> outi64_;
+  std::vector<int32_t> outi32_;
 };
 
 }  // namespace
@@ -296,6 +310,11 @@ Command add_predict_command(CLI::App& app) {
     Runner runner(model, *backend, *batch, in.count());
     const int64_t b = runner.batch(), columns = runner.columns();
     const bool single = columns == 1;
+    if (runner.integer_output() && !*probabilities && !single)
+      throw InputError(model.path,
+                       fmt::format("the model gives integer rows [batch, {}], not one class id per sample",
+                                   fmt::join(runner.output_shape(), ", ")),
+                       "use --probabilities to write the output rows");
     if (!*probabilities && !single && runner.output_shape().size() != 1)
       throw InputError(
           model.path,
@@ -323,7 +342,9 @@ Command add_predict_command(CLI::App& app) {
       }
       for (int64_t i = 0; i < n; ++i) {
         const float* r = rows + i * columns;
-        ids[i] = single ? (r[0] > model.threshold ? 1 : 0) : std::max_element(r, r + columns) - r;
+        ids[i] = runner.integer_output() ? std::llround(r[0])
+                 : single                ? (r[0] > model.threshold ? 1 : 0)
+                                         : std::max_element(r, r + columns) - r;
       }
       open = out.write(ids.data(), n);
     }

@@ -100,10 +100,10 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 // The rewrites that are short formulas of other ops (Importer::add_formula).
 bool formula_op(const std::string& op) {
   static const std::set<std::string> ops = {
-      "DepthToSpace",    "SpaceToDepth", "Trilu", "CastLike", "Celu",
-      "ThresholdedRelu", "Cosh",         "Sinh",  "Tan",      "MeanVarianceNormalization",
-      "OneHot",          "And",          "Or",    "Xor",      "Not",
-      "IsNaN",           "IsInf"};
+      "DepthToSpace",    "SpaceToDepth", "Trilu",  "CastLike", "Celu",
+      "ThresholdedRelu", "Cosh",         "Sinh",   "Tan",      "MeanVarianceNormalization",
+      "OneHot",          "And",          "Or",     "Xor",      "Not",
+      "IsNaN",           "IsInf",        "ArgMax", "ArgMin"};
   return ops.count(op) > 0;
 }
 
@@ -117,8 +117,8 @@ bool formula_op(const std::string& op) {
 // SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
 // ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
 // an Equal against the class ids feeding a Where; And, Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or
-// comparisons. A gradient flows to the inputs that rewritten_input_has_grad names (which decides what
-// initializers become parameters).
+// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is. A gradient flows to the
+// inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
   static const std::set<std::string> ops = {"Sum",
@@ -1212,6 +1212,37 @@ class Importer {
           r = node(p.op == "And" ? "Mul" : p.op == "Or" ? "Max" : "Sub", {a, b}, {}, "bytes");
         }
         node("Cast", {r}, {{"to", boolean}}, "bool", true);
+      } else if (p.op == "ArgMax" || p.op == "ArgMin") {
+        // The extreme's index along the axis: the positions equal to the ReduceMax (of -x for ArgMin) keep
+        // their index, negated to find the first (or, with select_last_index, the last) by another ReduceMax;
+        // indices travel as floats (exact below 2^24) and end as int64.
+        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : 0;
+        if (axis < 0) axis += xs.rank();
+        if (axis < 0 || axis >= xs.rank())
+          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const bool keepdims = !p.attrs.has("keepdims") || p.attrs.i("keepdims") != 0;
+        const bool last = p.attrs.has("select_last_index") && p.attrs.i("select_last_index") != 0;
+        const int64_t n = xs[static_cast<int>(axis)];
+        const DType f = DType::f32;
+        ValueId v = x;
+        if (t != f) v = node("Cast", {v}, {{"to", int64_t{engine::dtype_to_onnx(f)}}}, "float");
+        if (p.op == "ArgMin") v = node("Neg", {v}, {}, "negated");
+        const engine::Attributes along{{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{1}}};
+        const ValueId top = node("ReduceMax", {v}, along, "top");
+        const ValueId hit = node("Equal", {v, top}, {}, "hit");
+        std::vector<int64_t> index_shape(static_cast<size_t>(xs.rank()), 1);
+        index_shape[static_cast<size_t>(axis)] = n;
+        Tensor index(f, Shape(index_shape));
+        for (int64_t k = 0; k < n; ++k)
+          index.set_f64(k, last ? static_cast<double>(k) : -static_cast<double>(k));
+        const ValueId ids = g().add_constant(g().unique_name(p.base() + "/index"), std::move(index));
+        ValueId best = node("Where", {hit, ids, scalar_constant(p, "miss", -static_cast<double>(n) - 1, f)},
+                            {}, "candidates");
+        best =
+            node("ReduceMax", {best},
+                 {{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{keepdims ? 1 : 0}}}, "chosen");
+        if (!last) best = node("Neg", {best}, {}, "first");
+        node("Cast", {best}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "index", true);
       } else if (p.op == "IsNaN") {  // not equal to itself
         const ValueId same = node("Cast", {node("Equal", {x, x}, {}, "equal")},
                                   {{"to", int64_t{engine::dtype_to_onnx(DType::u8)}}}, "bytes");

@@ -292,5 +292,28 @@ class PredictChannelsLast(unittest.TestCase):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+
+@unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
+class PredictIntegerOutputs(unittest.TestCase):
+    def test_a_model_that_ends_in_argmax_gives_its_class_ids(self):
+        import onnx
+        from onnx import TensorProto as T
+        from onnx import helper as h
+        from onnx import numpy_helper as nh
+        rng = np.random.default_rng(3)
+        w = nh.from_array(rng.normal(size=(4, 5)).astype(np.float32), "w")
+        nodes = [h.make_node("MatMul", ["x", "w"], ["s"]), h.make_node("ArgMax", ["s"], ["y"], axis=1, keepdims=0)]
+        g = h.make_graph(nodes, "argmax", [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                         [h.make_tensor_value_info("y", T.INT64, ["N"])], [w])
+        x = rng.normal(size=(37, 4)).astype(np.float32)
+        with tempfile.TemporaryDirectory() as t:
+            path = os.path.join(t, "argmax.onnx")
+            onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+            want = ort.InferenceSession(path).run(None, {"x": x})[0]
+            r = predict([path, "-", "--batch-size", "8"], stdin=npy_bytes(x))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual([int(v) for v in r.stdout.split()], want.tolist())
+            self.assertGreater(len(set(want.tolist())), 2)
+
 if __name__ == "__main__":
     cli_util.main()
