@@ -103,7 +103,7 @@ bool formula_op(const std::string& op) {
       "DepthToSpace",    "SpaceToDepth", "Trilu",  "CastLike", "Celu",
       "ThresholdedRelu", "Cosh",         "Sinh",   "Tan",      "MeanVarianceNormalization",
       "OneHot",          "And",          "Or",     "Xor",      "Not",
-      "IsNaN",           "IsInf",        "ArgMax", "ArgMin"};
+      "IsNaN",           "IsInf",        "ArgMax", "ArgMin",   "CumSum"};
   return ops.count(op) > 0;
 }
 
@@ -117,7 +117,8 @@ bool formula_op(const std::string& op) {
 // SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
 // ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
 // an Equal against the class ids feeding a Where; And, Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or
-// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is. A gradient flows to the
+// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is; CumSum a MatMul with a
+// triangle of ones. A gradient flows to the
 // inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
@@ -1243,6 +1244,39 @@ class Importer {
                  {{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{keepdims ? 1 : 0}}}, "chosen");
         if (!last) best = node("Neg", {best}, {}, "first");
         node("Cast", {best}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "index", true);
+      } else if (p.op == "CumSum") {
+        // A product with a constant triangle of ones along the axis (moved last and back): j <= i sums the
+        // elements up to i; exclusive and reverse change the triangle. Integers go through float64.
+        const int64_t rank = xs.rank();
+        int64_t axis = constant_input(1, "axis").get_i64(0);
+        if (axis < 0) axis += rank;
+        if (axis < 0 || axis >= rank)
+          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const bool exclusive = p.attrs.has("exclusive") && p.attrs.i("exclusive") != 0;
+        const bool reverse = p.attrs.has("reverse") && p.attrs.i("reverse") != 0;
+        const int64_t n = xs[static_cast<int>(axis)];
+        const DType f = t == DType::f32 || t == DType::f64 ? t : DType::f64;
+        Tensor tri(f, Shape{n, n});
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t i = 0; i < n; ++i) {
+            const bool in = reverse ? (exclusive ? j > i : j >= i) : (exclusive ? j < i : j <= i);
+            tri.set_f64(j * n + i, in ? 1.0 : 0.0);
+          }
+        std::vector<int64_t> perm;
+        for (int64_t d = 0; d < rank; ++d)
+          if (d != axis) perm.push_back(d);
+        perm.push_back(axis);
+        std::vector<int64_t> back(static_cast<size_t>(rank));
+        for (int64_t d = 0; d < rank; ++d) back[static_cast<size_t>(perm[static_cast<size_t>(d)])] = d;
+        const bool moved = axis != rank - 1;
+        ValueId v = x;
+        if (f != t) v = node("Cast", {v}, {{"to", int64_t{engine::dtype_to_onnx(f)}}}, "float");
+        if (moved) v = node("Transpose", {v}, {{"perm", perm}}, "last");
+        const bool done = !moved && f == t;
+        v = node("MatMul", {v, g().add_constant(g().unique_name(p.base() + "/triangle"), std::move(tri))}, {},
+                 "sums", done);
+        if (moved) v = node("Transpose", {v}, {{"perm", back}}, "back", f == t);
+        if (f != t) node("Cast", {v}, {{"to", int64_t{engine::dtype_to_onnx(t)}}}, "cast", true);
       } else if (p.op == "IsNaN") {  // not equal to itself
         const ValueId same = node("Cast", {node("Equal", {x, x}, {}, "equal")},
                                   {{"to", int64_t{engine::dtype_to_onnx(DType::u8)}}}, "bytes");

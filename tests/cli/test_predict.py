@@ -315,5 +315,27 @@ class PredictIntegerOutputs(unittest.TestCase):
             self.assertEqual([int(v) for v in r.stdout.split()], want.tolist())
             self.assertGreater(len(set(want.tolist())), 2)
 
+    def test_integer_rows_of_a_cumulative_sum(self):
+        import onnx
+        from onnx import TensorProto as T
+        from onnx import helper as h
+        from onnx import numpy_helper as nh
+        axis = nh.from_array(np.array(1, np.int64), "axis")
+        nodes = [h.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1)]
+        g = h.make_graph(nodes, "cumsum", [h.make_tensor_value_info("x", T.INT64, ["N", 5])],
+                         [h.make_tensor_value_info("y", T.INT64, ["N", 5])], [axis])
+        x = np.random.default_rng(4).integers(-50, 50, size=(9, 5)).astype(np.int64)
+        with tempfile.TemporaryDirectory() as t:
+            path = os.path.join(t, "cumsum.onnx")
+            onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+            want = ort.InferenceSession(path).run(None, {"x": x})[0]
+            r = predict([path, "-"], stdin=npy_bytes(x))
+            self.assertEqual(r.returncode, 2, r.stderr)  # rows of integers are not class ids
+            self.assertIn(b"use --probabilities", r.stderr)
+            r = predict([path, "-", "--probabilities"], stdin=npy_bytes(x))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = np.array([[float(v) for v in line.split(",")] for line in r.stdout.decode().split()])
+            np.testing.assert_array_equal(got, want.astype(np.float64))
+
 if __name__ == "__main__":
     cli_util.main()
