@@ -99,11 +99,17 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 
 // The rewrites that are short formulas of other ops (Importer::add_formula).
 bool formula_op(const std::string& op) {
-  static const std::set<std::string> ops = {
-      "DepthToSpace",    "SpaceToDepth", "Trilu",  "CastLike", "Celu",
-      "ThresholdedRelu", "Cosh",         "Sinh",   "Tan",      "MeanVarianceNormalization",
-      "OneHot",          "And",          "Or",     "Xor",      "Not",
-      "IsNaN",           "IsInf",        "ArgMax", "ArgMin",   "CumSum"};
+  static const std::set<std::string> ops = {"DepthToSpace", "SpaceToDepth",
+                                            "Trilu",        "CastLike",
+                                            "Celu",         "ThresholdedRelu",
+                                            "Cosh",         "Sinh",
+                                            "Tan",          "MeanVarianceNormalization",
+                                            "OneHot",       "And",
+                                            "Or",           "Xor",
+                                            "Not",          "IsNaN",
+                                            "IsInf",        "ArgMax",
+                                            "ArgMin",       "CumSum",
+                                            "TopK"};
   return ops.count(op) > 0;
 }
 
@@ -117,8 +123,8 @@ bool formula_op(const std::string& op) {
 // SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
 // ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
 // an Equal against the class ids feeding a Where; And, Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or
-// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is; CumSum a MatMul with a
-// triangle of ones. A gradient flows to the
+// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is, TopK K of those rounds;
+// CumSum a MatMul with a triangle of ones. A gradient flows to the
 // inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
@@ -1124,8 +1130,8 @@ class Importer {
   // The rewrites that are short formulas of other ops (see rewritten()); false for an op that is not one.
   bool add_formula(const PendingNode& p) {
     if (!formula_op(p.op)) return false;
-    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
-      fail(fmt::format("{} has no input or more than one output", p.label), "the exporter is broken");
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != (p.op == "TopK" ? 2u : 1u))
+      fail(fmt::format("{} has no input or a wrong number of outputs", p.label), "the exporter is broken");
     const ValueId x = p.inputs[0];
     const Shape xs = g().value(x).shape;
     const DType t = g().value(x).dtype;
@@ -1244,6 +1250,59 @@ class Importer {
                  {{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{keepdims ? 1 : 0}}}, "chosen");
         if (!last) best = node("Neg", {best}, {}, "first");
         node("Cast", {best}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "index", true);
+      } else if (p.op == "TopK") {
+        // K rounds of the ArgMax above: each takes the first largest (smallest) element left, reads its value
+        // from x through a one-hot Where (so values carry gradients), and masks it out; the rounds are
+        // concatenated along the axis, sorted, ties broken by the lower index as ONNX says.
+        const int64_t rank = xs.rank();
+        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
+        if (axis < 0) axis += rank;
+        if (axis < 0 || axis >= rank)
+          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const int64_t n = xs[static_cast<int>(axis)];
+        const int64_t k = constant_input(1, "K").get_i64(0);
+        if (k < 1 || k > n) fail(fmt::format("{}: K = {} is not in [1, {}]", p.label, k, n));
+        const bool largest = !p.attrs.has("largest") || p.attrs.i("largest") != 0;
+        const DType f = t == DType::f32 || t == DType::f64 ? t : DType::f64;
+        ValueId v = f == t ? x : node("Cast", {x}, {{"to", int64_t{engine::dtype_to_onnx(f)}}}, "float");
+        const ValueId source = v;
+        if (!largest) v = node("Neg", {v}, {}, "negated");
+        std::vector<int64_t> index_shape(static_cast<size_t>(rank), 1);
+        index_shape[static_cast<size_t>(axis)] = n;
+        Tensor up(f, Shape(index_shape)), down(f, Shape(index_shape));
+        for (int64_t i = 0; i < n; ++i)
+          up.set_f64(i, static_cast<double>(i)), down.set_f64(i, -static_cast<double>(i));
+        const ValueId ids = g().add_constant(g().unique_name(p.base() + "/index"), std::move(up));
+        const ValueId neg_ids =
+            g().add_constant(g().unique_name(p.base() + "/negated_index"), std::move(down));
+        const engine::Attributes along{{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{1}}};
+        const ValueId miss = scalar_constant(p, "miss", -static_cast<double>(n) - 1, f);
+        const ValueId zero = scalar_constant(p, "zero", 0, f);
+        const ValueId gone = scalar_constant(p, "gone", -std::numeric_limits<double>::infinity(), f);
+        std::vector<ValueId> values, indices;
+        for (int64_t r = 0; r < k; ++r) {
+          const std::string s = std::to_string(r);
+          const ValueId hit = node("Equal", {v, node("ReduceMax", {v}, along, "top" + s)}, {}, "hit" + s);
+          const ValueId first =
+              node("Neg",
+                   {node("ReduceMax", {node("Where", {hit, neg_ids, miss}, {}, "candidates" + s)}, along,
+                         "chosen" + s)},
+                   {}, "first" + s);
+          const ValueId pick = node("Equal", {ids, first}, {}, "pick" + s);
+          values.push_back(
+              node("ReduceSum", {node("Where", {pick, source, zero}, {}, "picked" + s)}, along, "value" + s));
+          indices.push_back(
+              node("Cast", {first}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "index" + s));
+          if (r + 1 < k) v = node("Where", {pick, gone, v}, {}, "rest" + s);
+        }
+        const engine::Attributes cat{{"axis", axis}};
+        ValueId vals = values.size() == 1 ? values[0] : node("Concat", values, cat, "values");
+        if (f != t) vals = node("Cast", {vals}, {{"to", int64_t{engine::dtype_to_onnx(t)}}}, "cast");
+        const ValueId idx = indices.size() == 1 ? indices[0] : node("Concat", indices, cat, "indices");
+        mark_batched(g().add_node_named("Identity", {vals}, {}, {p.outputs[0]},
+                                        p.name.empty() ? g().unique_name(p.base() + "/Values") : p.name));
+        mark_batched(g().add_node_named("Identity", {idx}, {}, {p.outputs[1]},
+                                        g().unique_name(p.base() + "/Indices")));
       } else if (p.op == "CumSum") {
         // A product with a constant triangle of ones along the axis (moved last and back): j <= i sums the
         // elements up to i; exclusive and reverse change the triangle. Integers go through float64.

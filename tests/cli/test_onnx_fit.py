@@ -720,6 +720,30 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_topk_pooling_fine_tunes(self):
+        # The 8 largest of 64 features (TopK: the gradient reaches the chosen ones) and a cumulative sum.
+        path = self.path("torch_topk.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 64)
+        self.fc2 = torch.nn.Linear(16, 10)
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        top = h.topk(8, dim=1).values
+        return self.fc2(torch.cat([top, top.cumsum(1)], 1))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertLessEqual({"TopK", "CumSum"}, {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("topk.toml", from_logits=True, epochs=1)],
+                                self.path("run_topk"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_topk_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_reparameterization_trains_with_its_random_draws(self):
         # A variational bottleneck: z = mu + randn_like(mu) * exp(logvar / 2) (RandomNormalLike), trained through
         # the draw: the gradient reaches mu and logvar, and the draw changes every step.
