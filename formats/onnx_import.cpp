@@ -109,7 +109,8 @@ bool formula_op(const std::string& op) {
                                             "Not",          "IsNaN",
                                             "IsInf",        "ArgMax",
                                             "ArgMin",       "CumSum",
-                                            "TopK"};
+                                            "TopK",         "Shrink",
+                                            "Hardmax",      "EyeLike"};
   return ops.count(op) > 0;
 }
 
@@ -123,9 +124,10 @@ bool formula_op(const std::string& op) {
 // SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
 // ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
 // an Equal against the class ids feeding a Where; And, Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or
-// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is, TopK K of those rounds;
-// CumSum a MatMul with a triangle of ones. A gradient flows to the
-// inputs that rewritten_input_has_grad names (which decides what initializers become parameters).
+// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is, TopK K of those rounds
+// and Hardmax one; Shrink two Wheres; EyeLike a constant; CumSum a MatMul with a triangle of ones. A gradient
+// flows to the inputs that rewritten_input_has_grad names (which decides what initializers become
+// parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
   static const std::set<std::string> ops = {"Sum",
@@ -1303,6 +1305,56 @@ class Importer {
                                         p.name.empty() ? g().unique_name(p.base() + "/Values") : p.name));
         mark_batched(g().add_node_named("Identity", {idx}, {}, {p.outputs[1]},
                                         g().unique_name(p.base() + "/Indices")));
+      } else if (p.op == "Shrink") {  // x - bias above lambd, x + bias below -lambd, 0 between
+        const double lambd = float_attr("lambd", 0.5), bias = float_attr("bias", 0.0);
+        const ValueId above = node("Greater", {x, c("lambd", lambd)}, {}, "above");
+        const ValueId below = node("Less", {x, c("minus_lambd", -lambd)}, {}, "below");
+        const ValueId low =
+            node("Where", {below, node("Add", {x, c("bias", bias)}, {}, "raised"), c("zero", 0)}, {}, "low");
+        node("Where", {above, node("Sub", {x, c("minus_bias", bias)}, {}, "lowered"), low}, {}, "shrink",
+             true);
+      } else if (p.op == "Hardmax") {  // 1 at the first maximum along the axis (default -1), 0 elsewhere
+        const int64_t rank = xs.rank();
+        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
+        if (axis < 0) axis += rank;
+        if (axis < 0 || axis >= rank)
+          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const int64_t n = xs[static_cast<int>(axis)];
+        std::vector<int64_t> index_shape(static_cast<size_t>(rank), 1);
+        index_shape[static_cast<size_t>(axis)] = n;
+        Tensor up(t, Shape(index_shape)), down(t, Shape(index_shape));
+        for (int64_t i = 0; i < n; ++i)
+          up.set_f64(i, static_cast<double>(i)), down.set_f64(i, -static_cast<double>(i));
+        const engine::Attributes along{{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{1}}};
+        const ValueId hit = node("Equal", {x, node("ReduceMax", {x}, along, "top")}, {}, "hit");
+        const ValueId neg = g().add_constant(g().unique_name(p.base() + "/negated_index"), std::move(down));
+        const ValueId first =
+            node("Neg",
+                 {node("ReduceMax",
+                       {node("Where", {hit, neg, c("miss", -static_cast<double>(n) - 1)}, {}, "candidates")},
+                       along, "chosen")},
+                 {}, "first");
+        const ValueId ids = g().add_constant(g().unique_name(p.base() + "/index"), std::move(up));
+        node("Cast", {node("Equal", {ids, first}, {}, "one")}, {{"to", int64_t{engine::dtype_to_onnx(t)}}},
+             "hardmax", true);
+      } else if (p.op == "EyeLike") {  // a constant: ones on diagonal k of the input's 2-D shape
+        if (xs.rank() != 2) fail(fmt::format("{}: the input {} is not 2-D", p.label, xs.str()));
+        const int64_t k = p.attrs.has("k") ? p.attrs.i("k") : 0;
+        DType dt = t;
+        if (p.attrs.has("dtype")) {
+          const int64_t d = p.attrs.i("dtype");
+          if (d != 1 && d != 11 && d != 6 && d != 7 && d != 9)
+            fail(fmt::format("{}: dtype {} is not supported", p.label, d));
+          dt = d == 1    ? DType::f32
+               : d == 11 ? DType::f64
+               : d == 6  ? DType::i32
+               : d == 7  ? DType::i64
+                         : DType::boolean;
+        }
+        Tensor eye(dt, xs);
+        for (int64_t i = 0; i < xs[0]; ++i)
+          if (i + k >= 0 && i + k < xs[1]) eye.set_f64(i * xs[1] + i + k, 1.0);
+        folded_.insert(g().add_constant(p.outputs[0], std::move(eye)));
       } else if (p.op == "CumSum") {
         // A product with a constant triangle of ones along the axis (moved last and back): j <= i sums the
         // elements up to i; exclusive and reverse change the triangle. Integers go through float64.

@@ -181,7 +181,7 @@ def lstm_model(opset=14, seed=3):
 
 def unsupported_model():
     nodes = [h.make_node("Relu", ["x"], ["a"], name="fine"),
-             h.make_node("Hardmax", ["a"], ["b"], name="hardmax_here"),
+             h.make_node("Asin", ["a"], ["b"], name="asin_here"),
              h.make_node("Acos", ["b"], ["c"]),  # unnamed: reported by its index
              h.make_node("Softmax", ["c"], ["y"], name="softmax")]
     return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 784])],
@@ -872,7 +872,7 @@ class Net(torch.nn.Module):
         path = self.save(unsupported_model(), "unsupported.onnx")
         out = self.path("run_unsupported")
         r = run(["fit", path, "--train", self.write_train_toml(), "--output-dir", out])
-        err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'hardmax_here' (Hardmax)",
+        err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'asin_here' (Asin)",
                                           "graph.node[2] '#2' (Acos)")
         self.assertEqual(err.count("trainer: error"), 1)
         self.assertNotIn("'fine'", err)
