@@ -1149,6 +1149,14 @@ class Importer {
              "the engine needs static shapes: compute it from constants and input shapes only");
       return *g().initializer(p.inputs[i]);
     };
+    // The node's axis attribute (default d), made non-negative and checked against the input's rank.
+    auto axis_attr = [&](int64_t d) {
+      int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : d;
+      if (axis < 0) axis += xs.rank();
+      if (axis < 0 || axis >= xs.rank())
+        fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+      return axis;
+    };
     wrap(p.label, [&] {
       if (p.op == "DepthToSpace" || p.op == "SpaceToDepth") {
         if (xs.rank() != 4) fail(fmt::format("{}: the input {} is not [N, C, H, W]", p.label, xs.str()));
@@ -1225,10 +1233,7 @@ class Importer {
         // The extreme's index along the axis: the positions equal to the ReduceMax (of -x for ArgMin) keep
         // their index, negated to find the first (or, with select_last_index, the last) by another ReduceMax;
         // indices travel as floats (exact below 2^24) and end as int64.
-        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : 0;
-        if (axis < 0) axis += xs.rank();
-        if (axis < 0 || axis >= xs.rank())
-          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const int64_t axis = axis_attr(0);
         const bool keepdims = !p.attrs.has("keepdims") || p.attrs.i("keepdims") != 0;
         const bool last = p.attrs.has("select_last_index") && p.attrs.i("select_last_index") != 0;
         const int64_t n = xs[static_cast<int>(axis)];
@@ -1257,10 +1262,7 @@ class Importer {
         // from x through a one-hot Where (so values carry gradients), and masks it out; the rounds are
         // concatenated along the axis, sorted, ties broken by the lower index as ONNX says.
         const int64_t rank = xs.rank();
-        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
-        if (axis < 0) axis += rank;
-        if (axis < 0 || axis >= rank)
-          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const int64_t axis = axis_attr(-1);
         const int64_t n = xs[static_cast<int>(axis)];
         const int64_t k = constant_input(1, "K").get_i64(0);
         if (k < 1 || k > n) fail(fmt::format("{}: K = {} is not in [1, {}]", p.label, k, n));
@@ -1315,10 +1317,7 @@ class Importer {
              true);
       } else if (p.op == "Hardmax") {  // 1 at the first maximum along the axis (default -1), 0 elsewhere
         const int64_t rank = xs.rank();
-        int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
-        if (axis < 0) axis += rank;
-        if (axis < 0 || axis >= rank)
-          fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
+        const int64_t axis = axis_attr(-1);
         const int64_t n = xs[static_cast<int>(axis)];
         std::vector<int64_t> index_shape(static_cast<size_t>(rank), 1);
         index_shape[static_cast<size_t>(axis)] = n;
