@@ -122,12 +122,12 @@ bool formula_op(const std::string& op) {
 // (ReduceLogSumExp shifted by the maximum, so exp never overflows); Tile is a Reshape, an Expand and a
 // Reshape; Einsum of one or two operands is ReduceSum, Transpose, Reshape and one MatMul; DepthToSpace and
 // SpaceToDepth are Reshape, Transpose, Reshape; Trilu a Where with a constant triangle; CastLike a Cast;
-// ReduceLogSum, Celu, ThresholdedRelu, Cosh, Sinh, Tan and MeanVarianceNormalization their formulas; OneHot
-// an Equal against the class ids feeding a Where; And, Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or
-// comparisons; ArgMax and ArgMin a ReduceMax over the indices where the extreme is, TopK K of those rounds
-// and Hardmax one; Shrink two Wheres; EyeLike a constant; CumSum a MatMul with a triangle of ones. A gradient
-// flows to the inputs that rewritten_input_has_grad names (which decides what initializers become
-// parameters).
+// ReduceLogSum, ReduceProd (exp of the summed log magnitudes, signed), Celu, ThresholdedRelu, Cosh, Sinh, Tan
+// and MeanVarianceNormalization their formulas; OneHot an Equal against the class ids feeding a Where; And,
+// Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or comparisons; ArgMax and ArgMin a ReduceMax over the
+// indices where the extreme is, TopK K of those rounds and Hardmax one; Shrink two Wheres; EyeLike a
+// constant; CumSum a MatMul with a triangle of ones. A gradient flows to the inputs that
+// rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
   static const std::set<std::string> ops = {"Sum",
@@ -145,7 +145,8 @@ bool rewritten(const onnx::NodeProto& n) {
                                             "ReduceLogSumExp",
                                             "Tile",
                                             "Einsum",
-                                            "ReduceLogSum"};
+                                            "ReduceLogSum",
+                                            "ReduceProd"};
   return ops.count(n.op_type()) > 0 || formula_op(n.op_type());
 }
 
@@ -1484,6 +1485,20 @@ class Importer {
         node("Neg", {m}, {}, "min", true);
       } else if (p.op == "ReduceL1") {
         reduce("ReduceSum", node("Abs", {x}, {}, "abs", false), keep, "sum", true);
+      } else if (p.op == "ReduceProd") {
+        // exp(sum log|x|) with the sign of the negatives' count (cos(pi n)); a zero gives exp(-inf) = 0.
+        const DType t = g().value(x).dtype;
+        ValueId logs = node("Log", {node("Abs", {x}, {}, "abs", false)}, {}, "log", false);
+        ValueId size = node("Exp", {reduce("ReduceSum", logs, keep, "sum", false)}, {}, "size", false);
+        ValueId negatives =
+            node("Cast", {node("Less", {x, scalar_constant(p, "zero", 0, t)}, {}, "negative", false)},
+                 {{"to", int64_t{engine::dtype_to_onnx(t)}}}, "negative_count", false);
+        ValueId count = reduce("ReduceSum", negatives, keep, "count", false);
+        ValueId sign = node(
+            "Cos",
+            {node("Mul", {count, scalar_constant(p, "pi", 3.14159265358979323846, t)}, {}, "angle", false)},
+            {}, "sign", false);
+        node("Mul", {size, sign}, {}, "prod", true);
       } else if (p.op == "ReduceLogSum") {
         node("Log", {reduce("ReduceSum", x, keep, "sum", false)}, {}, "log", true);
       } else if (p.op == "ReduceSumSquare" || p.op == "ReduceL2") {
