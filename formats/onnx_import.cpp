@@ -99,18 +99,31 @@ bool imported_by_importer(const onnx::NodeProto& n) {
 
 // The rewrites that are short formulas of other ops (Importer::add_formula).
 bool formula_op(const std::string& op) {
-  static const std::set<std::string> ops = {"DepthToSpace", "SpaceToDepth",
-                                            "Trilu",        "CastLike",
-                                            "Celu",         "ThresholdedRelu",
-                                            "Cosh",         "Sinh",
-                                            "Tan",          "MeanVarianceNormalization",
-                                            "OneHot",       "And",
-                                            "Or",           "Xor",
-                                            "Not",          "IsNaN",
-                                            "IsInf",        "ArgMax",
-                                            "ArgMin",       "CumSum",
-                                            "TopK",         "Shrink",
-                                            "Hardmax",      "EyeLike"};
+  static const std::set<std::string> ops = {"DepthToSpace",
+                                            "SpaceToDepth",
+                                            "Trilu",
+                                            "CastLike",
+                                            "Celu",
+                                            "ThresholdedRelu",
+                                            "Cosh",
+                                            "Sinh",
+                                            "Tan",
+                                            "MeanVarianceNormalization",
+                                            "OneHot",
+                                            "And",
+                                            "Or",
+                                            "Xor",
+                                            "Not",
+                                            "IsNaN",
+                                            "IsInf",
+                                            "ArgMax",
+                                            "ArgMin",
+                                            "CumSum",
+                                            "TopK",
+                                            "Shrink",
+                                            "Hardmax",
+                                            "EyeLike",
+                                            "GatherElements"};
   return ops.count(op) > 0;
 }
 
@@ -126,7 +139,8 @@ bool formula_op(const std::string& op) {
 // and MeanVarianceNormalization their formulas; OneHot an Equal against the class ids feeding a Where; And,
 // Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or comparisons; ArgMax and ArgMin a ReduceMax over the
 // indices where the extreme is, TopK K of those rounds and Hardmax one; Shrink two Wheres; EyeLike a
-// constant; CumSum a MatMul with a triangle of ones. A gradient flows to the inputs that
+// constant; CumSum a MatMul with a triangle of ones; GatherElements a Where over one-hot rows of the
+// indices, summed. A gradient flows to the inputs that
 // rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
@@ -155,6 +169,7 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min" || op == "Einsum") return true;
   if (op == "InstanceNormalization") return i <= 2;
   if (op == "OneHot") return i == 2;  // the values; indices and depth take none
+  if (op == "GatherElements") return i == 0;
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -1308,6 +1323,47 @@ class Importer {
                                         p.name.empty() ? g().unique_name(p.base() + "/Values") : p.name));
         mark_batched(g().add_node_named("Identity", {idx}, {}, {p.outputs[1]},
                                         g().unique_name(p.base() + "/Indices")));
+      } else if (p.op == "GatherElements") {
+        // out[..i..] = data[..indices[..i..]..] along the axis (torch.gather): each index as a one-hot row
+        // over the data's axis, the data picked by a Where and summed over that axis, so the gradient reaches
+        // it.
+        if (p.inputs.size() != 2 || p.inputs[1] == engine::kNoValue)
+          fail(fmt::format("{} needs data and indices", p.label), "the exporter is broken");
+        const int64_t axis = axis_attr(0), rank = xs.rank();
+        const Shape is = g().value(p.inputs[1]).shape;
+        bool fits = is.rank() == rank;
+        for (int64_t d = 0; fits && d < rank; ++d)
+          fits = d == axis || is[static_cast<int>(d)] == xs[static_cast<int>(d)];
+        if (!fits)
+          fail(fmt::format("{}: indices {} must match the data {} but along axis {}", p.label, is.str(),
+                           xs.str(), axis),
+               "gather from data of the indices' size (slice it first)");
+        const int64_t n = xs[static_cast<int>(axis)];
+        auto with_one = [&](const Shape& s, int64_t at) {  // s with a dimension of 1 inserted at `at`
+          std::vector<int64_t> d = s.dims();
+          d.insert(d.begin() + at, 1);
+          return d;
+        };
+        const ValueId ids =
+            node("Cast", {p.inputs[1]}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
+        auto i64 = [&](const std::string& what, double v) { return scalar_constant(p, what, v, DType::i64); };
+        const ValueId wrapped =
+            node("Where",
+                 {node("Less", {ids, i64("zero", 0)}, {}, "negative"),
+                  node("Add", {ids, i64("size", static_cast<double>(n))}, {}, "shifted"), ids},
+                 {}, "wrapped");
+        std::vector<int64_t> class_shape(static_cast<size_t>(rank + 1), 1), class_ids(static_cast<size_t>(n));
+        class_shape[static_cast<size_t>(axis + 1)] = n;
+        for (int64_t k = 0; k < n; ++k) class_ids[static_cast<size_t>(k)] = k;
+        const ValueId classes = g().add_constant(g().unique_name(p.base() + "/classes"),
+                                                 Tensor::from<int64_t>(Shape(class_shape), class_ids));
+        const ValueId rows =
+            node("Reshape", {wrapped, ints_constant(p, "rows", with_one(is, axis + 1))}, {}, "rows");
+        const ValueId hot = node("Equal", {rows, classes}, {}, "hot");  // [.., m, n, ..]
+        const ValueId data = node("Reshape", {x, ints_constant(p, "data", with_one(xs, axis))}, {}, "data");
+        const ValueId picked = node("Where", {hot, data, c("zero", 0)}, {}, "picked");
+        node("ReduceSum", {picked}, {{"axes", std::vector<int64_t>{axis + 1}}, {"keepdims", int64_t{0}}},
+             "gathered", true);
       } else if (p.op == "Shrink") {  // x - bias above lambd, x + bias below -lambd, 0 between
         const double lambd = float_attr("lambd", 0.5), bias = float_attr("bias", 0.0);
         const ValueId above = node("Greater", {x, c("lambd", lambd)}, {}, "above");

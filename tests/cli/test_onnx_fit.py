@@ -744,6 +744,31 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_gather_fine_tunes(self):
+        # torch.gather (GatherElements) picking features in a fixed scrambled order: the gradient reaches the
+        # gathered data.
+        path = self.path("torch_gather.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 64)
+        self.fc2 = torch.nn.Linear(32, 10)
+        self.register_buffer("order", (torch.arange(32) * 7 % 64).unsqueeze(0))
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(torch.gather(h, 1, self.order.expand(h.shape[0], -1)))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        self.assertIn("GatherElements", {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("gather.toml", from_logits=True, epochs=1)],
+                                self.path("run_gather"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_gather_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_reparameterization_trains_with_its_random_draws(self):
         # A variational bottleneck: z = mu + randn_like(mu) * exp(logvar / 2) (RandomNormalLike), trained through
         # the draw: the gradient reaches mu and logvar, and the draw changes every step.
