@@ -1173,6 +1173,23 @@ class Importer {
         fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
       return axis;
     };
+    // Integer indices as int64, negative ones counted from the end of an axis of n, as ONNX says.
+    auto class_index = [&](ValueId v, int64_t n) {
+      const ValueId ids = node("Cast", {v}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
+      auto i64 = [&](const std::string& what, double d) { return scalar_constant(p, what, d, DType::i64); };
+      return node("Where",
+                  {node("Less", {ids, i64("zero", 0)}, {}, "negative"),
+                   node("Add", {ids, i64("count", static_cast<double>(n))}, {}, "shifted"), ids},
+                  {}, "wrapped");
+    };
+    // The int64 constant 0..n-1 along axis `at` of a rank-`rank` shape of ones.
+    auto class_ids = [&](int64_t rank, int64_t at, int64_t n) {
+      std::vector<int64_t> shape(static_cast<size_t>(rank), 1), ids(static_cast<size_t>(n));
+      shape[static_cast<size_t>(at)] = n;
+      for (int64_t k = 0; k < n; ++k) ids[static_cast<size_t>(k)] = k;
+      return g().add_constant(g().unique_name(p.base() + "/classes"),
+                              Tensor::from<int64_t>(Shape(shape), ids));
+    };
     wrap(p.label, [&] {
       if (p.op == "DepthToSpace" || p.op == "SpaceToDepth") {
         if (xs.rank() != 4) fail(fmt::format("{}: the input {} is not [N, C, H, W]", p.label, xs.str()));
@@ -1344,19 +1361,8 @@ class Importer {
           d.insert(d.begin() + at, 1);
           return d;
         };
-        const ValueId ids =
-            node("Cast", {p.inputs[1]}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
-        auto i64 = [&](const std::string& what, double v) { return scalar_constant(p, what, v, DType::i64); };
-        const ValueId wrapped =
-            node("Where",
-                 {node("Less", {ids, i64("zero", 0)}, {}, "negative"),
-                  node("Add", {ids, i64("size", static_cast<double>(n))}, {}, "shifted"), ids},
-                 {}, "wrapped");
-        std::vector<int64_t> class_shape(static_cast<size_t>(rank + 1), 1), class_ids(static_cast<size_t>(n));
-        class_shape[static_cast<size_t>(axis + 1)] = n;
-        for (int64_t k = 0; k < n; ++k) class_ids[static_cast<size_t>(k)] = k;
-        const ValueId classes = g().add_constant(g().unique_name(p.base() + "/classes"),
-                                                 Tensor::from<int64_t>(Shape(class_shape), class_ids));
+        const ValueId wrapped = class_index(p.inputs[1], n);
+        const ValueId classes = class_ids(rank + 1, axis + 1, n);
         const ValueId rows =
             node("Reshape", {wrapped, ints_constant(p, "rows", with_one(is, axis + 1))}, {}, "rows");
         const ValueId hot = node("Equal", {rows, classes}, {}, "hot");  // [.., m, n, ..]
@@ -1480,21 +1486,10 @@ class Importer {
         int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
         if (axis < 0) axis += rank;
         if (axis < 0 || axis >= rank) fail(fmt::format("{}: axis {} is out of range", p.label, axis));
-        // Negative indices count from the end, as ONNX says.
-        const ValueId ids = node("Cast", {x}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
-        auto i64 = [&](const std::string& what, double v) { return scalar_constant(p, what, v, DType::i64); };
-        const ValueId wrapped =
-            node("Where",
-                 {node("Less", {ids, i64("zero", 0)}, {}, "negative"),
-                  node("Add", {ids, i64("depth", static_cast<double>(depth))}, {}, "shifted"), ids},
-                 {}, "wrapped");
-        std::vector<int64_t> with_axis = xs.dims(), class_shape(static_cast<size_t>(rank), 1);
+        const ValueId wrapped = class_index(x, depth);
+        std::vector<int64_t> with_axis = xs.dims();
         with_axis.insert(with_axis.begin() + axis, 1);
-        class_shape[static_cast<size_t>(axis)] = depth;
-        std::vector<int64_t> class_ids(static_cast<size_t>(depth));
-        for (int64_t k = 0; k < depth; ++k) class_ids[static_cast<size_t>(k)] = k;
-        const ValueId classes = g().add_constant(g().unique_name(p.base() + "/classes"),
-                                                 Tensor::from<int64_t>(Shape(class_shape), class_ids));
+        const ValueId classes = class_ids(rank, axis, depth);
         const ValueId hot = node(
             "Equal",
             {node("Reshape", {wrapped, ints_constant(p, "with_axis", with_axis)}, {}, "column"), classes}, {},

@@ -64,17 +64,21 @@ uint64_t LayerBuilder::seed(const std::string& suffix) const {
   return layer_seed(options.seed, name() + "/" + suffix);
 }
 
+ValueId LayerBuilder::ones(const std::string& suffix, const std::vector<int64_t>& dims) {
+  Tensor t(DType::f32, Shape(dims));
+  for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, 1.0);
+  return constant(suffix, std::move(t));
+}
+
 ValueId LayerBuilder::dropout_mask(const std::string& suffix, const std::vector<int64_t>& dims, double rate,
                                    const std::string& seed_arg) {
   if (!options.training || rate == 0) return kNoValue;
-  Tensor ones(DType::f32, Shape(dims));
-  for (int64_t i = 0; i < ones.shape().numel(); ++i) ones.set_f64(i, 1.0);
   ValueId ratio = constant(suffix + "/ratio", Tensor::scalar<float>(static_cast<float>(rate)));
   ValueId mode = constant(suffix + "/training_mode", Tensor::scalar<bool>(true));
   Attributes attrs;
   if (!seed_arg.empty() && args.has(seed_arg)) attrs.set("seed", args.integer(seed_arg));
   return graph
-      .node(graph.add_node("Dropout", {constant(suffix + "/ones", std::move(ones)), ratio, mode}, attrs, 1,
+      .node(graph.add_node("Dropout", {ones(suffix + "/ones", dims), ratio, mode}, attrs, 1,
                            graph.unique_name(name() + "/" + suffix)))
       .outputs[0];
 }

@@ -58,6 +58,8 @@ class LayerBuilder {
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
   engine::ValueId state(const std::string& suffix, engine::Tensor init);
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);
+  // A float32 constant of ones of shape `dims`: the shape a random draw (Dropout, RandomUniformLike) takes.
+  engine::ValueId ones(const std::string& suffix, const std::vector<int64_t>& dims);
   // A 1-D int64 constant (Reshape's shape).
   engine::ValueId shape_constant(const std::string& suffix, const std::vector<int64_t>& dims);
   uint64_t seed(const std::string& suffix) const;

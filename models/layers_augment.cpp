@@ -47,11 +47,9 @@ LayerValue build_random_flip(LayerBuilder& b, const std::vector<LayerValue>& in)
 ValueId per_image_uniform(LayerBuilder& b, double low, double high, int rank = 4) {
   std::vector<int64_t> dims(static_cast<size_t>(rank), 1);
   dims[0] = b.options.batch_size;
-  Tensor ones(DType::f32, Shape(dims));
-  for (int64_t i = 0; i < ones.numel(); ++i) ones.set_f64(i, 1.0);
   Attributes attrs{{"low", static_cast<float>(low)}, {"high", static_cast<float>(high)}};
   if (b.args.has("seed")) attrs.set("seed", static_cast<float>(b.args.integer("seed")));
-  return b.op("RandomUniformLike", {b.constant("ones", std::move(ones))}, attrs);
+  return b.op("RandomUniformLike", {b.ones("ones", dims)}, attrs);
 }
 
 // RandomBrightness and RandomContrast, Keras's augmentation layers, in training only. Brightness adds one

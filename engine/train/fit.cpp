@@ -9,7 +9,6 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <numbers>
 
@@ -93,13 +92,19 @@ TrainingOptions training_options(const FitConfig& cfg) {
   return o;
 }
 
+// A rank-0 constant of dtype t.
+ValueId scalar_constant(Graph& g, double v, DType t) {
+  Tensor c(t, Shape{});
+  c.set_f64(0, v);
+  return g.add_constant(g.unique_name("scalar"), std::move(c));
+}
+
 // Keras's other losses, written in IR ops as Keras defines them (so autodiff gives their gradients): each a
 // per-sample value (a mean or sum over the sample's outputs), averaged over the batch. p is the model's
 // output and y the labels, of one shape.
-ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
-                   const std::function<ValueId(double, DType)>& scalar) {
+ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y) {
   const DType t = g.value(p).dtype;
-  auto c = [&](double v) { return scalar(v, t); };
+  auto c = [&](double v) { return scalar_constant(g, v, t); };
   auto op = [&](const char* name, std::vector<ValueId> in) { return g.op(name, std::move(in)); };
   auto mean = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
   auto last_axis_sum = [&](ValueId v) {
@@ -148,11 +153,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   LossKind k = loss_kind(cfg.loss);
   const Shape& os = out.shape;
   auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
-  auto scalar = [&](double v, DType dtype) {
-    Tensor t(dtype, Shape{});
-    t.set_f64(0, v);
-    return g.add_constant(g.unique_name("scalar"), std::move(t));
-  };
+  auto scalar = [&](double v, DType dtype) { return scalar_constant(g, v, dtype); };
   // Keras's label smoothing: y (1 - s) + s / classes (binary: 2), in training and evaluation alike.
   auto smoothed = [&](ValueId y, int64_t classes) {
     if (cfg.label_smoothing == 0) return y;
@@ -234,7 +235,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     if (cfg.loss == "mse" || cfg.loss == "mae")
       lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
     else
-      lg.loss = keras_loss(g, cfg.loss, fm.output, lg.y, scalar);
+      lg.loss = keras_loss(g, cfg.loss, fm.output, lg.y);
   }
   // Regularization penalties count in the loss that trains and in the one reported, as in Keras.
   if (fm.penalty != kNoValue) lg.loss = g.op("Add", {lg.loss, fm.penalty});
@@ -366,13 +367,15 @@ struct MetricAccumulator {
     return area;
   }
   // Every sum in one array, for reductions across processes and for checkpoints.
-  std::vector<double> flat() const {
-    std::vector<double> v = {loss_sum, correct, topk, static_cast<double>(samples)};
-    v.insert(v.end(), extra.begin(), extra.end());
-    return v;
+  // Into *out, whose storage is reused: the training loop calls this every step.
+  void flat(std::vector<double>* out) const {
+    out->resize(flat_size());
+    (*out)[0] = loss_sum, (*out)[1] = correct, (*out)[2] = topk, (*out)[3] = static_cast<double>(samples);
+    std::copy(extra.begin(), extra.end(), out->begin() + 4);
   }
+  size_t flat_size() const { return 4 + extra.size(); }
   void set_flat(const std::vector<double>& v) {
-    TRAINER_ASSERT(v.size() == 4 + extra.size(), "{} metric sums for {}", v.size(), 4 + extra.size());
+    TRAINER_ASSERT(v.size() == flat_size(), "{} metric sums for {}", v.size(), flat_size());
     loss_sum = v[0], correct = v[1], topk = v[2], samples = std::llround(v[3]);
     std::copy(v.begin() + 4, v.end(), extra.begin());
   }
@@ -858,9 +861,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         replica_threads->run(eval_replica);
     }
     MetricAccumulator total{loss_kind(cfg.loss), &cfg};
-    std::vector<double> sums = total.flat();
+    std::vector<double> sums, f;
+    total.flat(&sums);
     for (const MetricAccumulator& a : accs) {
-      const std::vector<double> f = a.flat();
+      a.flat(&f);
       for (size_t i = 0; i < sums.size(); ++i) sums[i] += f[i];
     }
     if (replicas.host_comm && world > local) {
@@ -917,7 +921,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     if (!st.metric_sums.empty()) {
       // A checkpoint from before a metric's counts existed holds fewer sums: the missing ones start at 0.
       std::vector<double> sums = st.metric_sums;
-      sums.resize(acc.flat().size(), 0.0);
+      sums.resize(acc.flat_size(), 0.0);
       acc.set_flat(sums);
     }
     train_loader.start_epoch(st.epoch);
@@ -942,7 +946,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       const size_t limit = replicas.backends[k]->unblocked_copy_bytes();
       feed_waits = feed_waits || g.value(p.x).nbytes() > limit || g.value(p.y).nbytes() > limit;
     }
-    std::vector<std::byte> labels;  // the current batch's labels, kept once the loader moves on
+    std::vector<std::byte> labels;      // the current batch's labels, kept once the loader moves on
+    std::vector<double> before, delta;  // metric sums around a step, for the sum across processes
     bool have = train_loader.next(&batch), fed = false;
     while (have) {
       if (!fed) feed(batch);
@@ -1016,7 +1021,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       st.loss_scale = p0.loss_scale != kNoValue ? scaler.scale() : 0.0f;
       st.loss_scale_good_steps = scaler.good_steps();
       // Metrics over the slices, weighted by their sample counts.
-      const std::vector<double> before = acc.flat();
+      const bool across_processes = replicas.host_comm && world > local;
+      if (across_processes) acc.flat(&before);
       for (int k = 0; k < local; ++k) {
         auto [lo, hi] = slice(batch.size, replicas.first_rank + k);
         const Plan& p = devs[k]->train_plan(hi - lo);
@@ -1033,10 +1039,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, classes_of(g, p.output));
       }
       int sig = g_stop_signal.load();
-      if (replicas.host_comm && world > local) {
+      if (across_processes) {
         // The other processes' slices: every rank adds the same global sums. A signal any rank received
         // stops them all after this step (a launcher delivers it to each at its own moment).
-        std::vector<double> delta = acc.flat();
+        acc.flat(&delta);
         for (size_t i = 0; i < before.size(); ++i) delta[i] -= before[i];
         delta.push_back(sig ? 1.0 : 0.0);
         replicas.host_comm->all_reduce_sum(delta.data(), delta.size(), DType::f64, {-1, st.global_step});
@@ -1048,7 +1054,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       }
       ++st.global_step;
       ++st.batch;
-      st.metric_sums = acc.flat();
+      acc.flat(&st.metric_sums);
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
       bool last_of_epoch = st.batch == info.steps_per_epoch;
       if (saving && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
