@@ -118,7 +118,6 @@ bool known_unsupported(const std::string& name) {
                                                  "bias_constraint",
                                                  "recurrent_constraint",
                                                  "data_format",
-                                                 "recurrent_dropout",
                                                  "stateful",
                                                  "go_backwards",
                                                  "unroll",

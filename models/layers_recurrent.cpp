@@ -3,6 +3,7 @@
 // and recurrent_kernel [1, gates * units, units] are Keras's kernels transposed with the gates reordered.
 #include <fmt/format.h>
 
+#include "engine/ops/rnn_config.h"
 #include "models/layer_library.h"
 
 namespace trainer::models {
@@ -104,7 +105,19 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   const std::string node_name = b.graph.unique_name(b.name() + "/" + op);
   std::vector<std::string> outs = {sequences ? b.graph.unique_name(node_name + ":Y") : std::string(),
                                    sequences ? std::string() : b.graph.unique_name(node_name + ":Y_h")};
-  NodeId n = b.graph.add_node_named(op, {x.value, w, r, bias}, attrs, outs, node_name);
+  std::vector<ValueId> inputs = {x.value, w, r, bias};
+  // Keras's recurrent_dropout: one mask per sample, direction and unit, the same at every step, on the state
+  // where it enters the recurrent product (the engine's private trailing input of LSTM and GRU).
+  const double rec_rate = b.args.number("recurrent_dropout");
+  if (!(rec_rate >= 0 && rec_rate < 1))
+    b.fail("recurrent_dropout", fmt::format("recurrent_dropout must be in [0, 1), got {}", rec_rate));
+  const int64_t dirs = bidirectional ? 2 : 1;
+  if (ValueId mask = b.dropout_mask("recurrent_dropout", {b.options.batch_size, dirs, units}, rec_rate);
+      mask != kNoValue) {
+    inputs.resize(ops::rnn_mask_input(lstm ? ops::RnnCell::lstm : ops::RnnCell::gru), kNoValue);
+    inputs.push_back(mask);
+  }
+  NodeId n = b.graph.add_node_named(op, inputs, attrs, outs, node_name);
   ValueId y = b.graph.node(n).outputs[sequences ? 0 : 1];
 
   LayerValue out;
@@ -163,7 +176,8 @@ std::vector<ArgDecl> common_args() {
           {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
           {"recurrent_initializer", ArgKind::string, S("orthogonal")},
           {"bias_initializer", ArgKind::string, S("zeros")},
-          {"dropout", ArgKind::number, 0.0}};
+          {"dropout", ArgKind::number, 0.0},
+          {"recurrent_dropout", ArgKind::number, 0.0}};
 }
 
 }  // namespace

@@ -11,9 +11,9 @@ namespace {
 
 const char* kGradOpReason = "a gradient op: training needs first derivatives only";
 
-// Forward inputs: X, W, R, B, sequence_lens, initial_h, then (LSTM) initial_c, P.
+// Forward inputs: see rnn_forward_inputs.
 int num_forward_inputs(RnnCell cell) {
-  return cell == RnnCell::lstm ? 8 : 6;
+  return rnn_forward_inputs(cell);
 }
 int num_forward_outputs(RnnCell cell) {
   return cell == RnnCell::lstm ? 3 : 2;
@@ -73,6 +73,12 @@ RnnConfig check_inputs(InferContext& c, RnnCell cell) {
     c.expect_same_dtype(0, 7);
     if (c.shape(7) != Shape{cfg.dirs, 3 * cfg.hidden})
       c.fail("P must be [{}, {}], got {}", cfg.dirs, 3 * cfg.hidden, c.shape(7).str());
+  }
+  if (const int m = rnn_mask_input(cell); c.has_input(m)) {
+    c.expect_same_dtype(0, m);
+    if (c.shape(m) != cfg.state_shape())
+      c.fail("the recurrent dropout mask must be {} (layout {}), got {}", cfg.state_shape().str(), cfg.layout,
+             c.shape(m).str());
   }
   return cfg;
 }
@@ -158,7 +164,7 @@ struct ExampleSpec {
   std::string label;
   int dirs = 1;
   int layout = 0;
-  bool bias = true, lens = false, h0 = true, c0 = true, peep = false;
+  bool bias = true, lens = false, h0 = true, c0 = true, peep = false, mask = false;
   Attributes attrs;
 };
 
@@ -176,7 +182,11 @@ OpExample make_example(RnnCell cell, const ExampleSpec& s, uint64_t seed) {
     in.push_back(random_tensor(st, -1, 1, seed + 5));
     in.push_back(random_tensor({s.dirs, 3 * kHid}, -0.5, 0.5, seed + 6));
   }
+  in.push_back(random_tensor(st, 0, 2, seed + 7));  // the recurrent dropout mask
   OpExample e = example(s.label, std::move(in), s.attrs);
+  const int mask = rnn_mask_input(cell);
+  e.constant[mask] = true;
+  e.absent[mask] = !s.mask;
   e.constant[4] = true;
   e.absent[3] = !s.bias;
   e.absent[4] = !s.lens;
@@ -193,7 +203,7 @@ OpExample make_example(RnnCell cell, const ExampleSpec& s, uint64_t seed) {
 }
 
 std::vector<OpExample> lstm_examples() {
-  std::vector<ExampleSpec> specs(6);
+  std::vector<ExampleSpec> specs(7);
   specs[0].label = "forward with bias and initial states";
   specs[1].label = "bidirectional, batch-major (layout 1), initial states";
   specs[1].dirs = 2;
@@ -212,6 +222,10 @@ std::vector<OpExample> lstm_examples() {
   specs[5].attrs.set("activations", std::string("HardSigmoid,Tanh,Relu,Sigmoid,Tanh,Tanh"));
   specs[5].attrs.set("activation_alpha", std::vector<float>{0.3f});
   specs[5].attrs.set("activation_beta", std::vector<float>{0.45f});
+  specs[6].label = "bidirectional, batch-major, recurrent dropout mask";
+  specs[6].dirs = 2;
+  specs[6].layout = 1;
+  specs[6].mask = true;
   std::vector<OpExample> out;
   for (size_t i = 0; i < specs.size(); ++i)
     out.push_back(make_example(RnnCell::lstm, specs[i], 100 + 10 * i));
@@ -219,7 +233,7 @@ std::vector<OpExample> lstm_examples() {
 }
 
 std::vector<OpExample> gru_examples() {
-  std::vector<ExampleSpec> specs(5);
+  std::vector<ExampleSpec> specs(7);
   specs[0].label = "forward with bias and initial state";
   specs[1].label = "bidirectional, batch-major (layout 1), linear_before_reset";
   specs[1].dirs = 2;
@@ -237,6 +251,13 @@ std::vector<OpExample> gru_examples() {
   specs[4].attrs.set("linear_before_reset", int64_t{1});
   specs[4].attrs.set("activations", std::string("Sigmoid,LeakyRelu"));
   specs[4].attrs.set("activation_alpha", std::vector<float>{0.2f});
+  specs[5].label = "recurrent dropout mask, reset before the linear map";
+  specs[5].mask = true;
+  specs[6].label = "bidirectional, batch-major, recurrent dropout mask, linear_before_reset";
+  specs[6].dirs = 2;
+  specs[6].layout = 1;
+  specs[6].mask = true;
+  specs[6].attrs.set("linear_before_reset", int64_t{1});
   std::vector<OpExample> out;
   for (size_t i = 0; i < specs.size(); ++i) out.push_back(make_example(RnnCell::gru, specs[i], 200 + 10 * i));
   return out;
@@ -247,7 +268,7 @@ std::vector<OpExample> gru_examples() {
 std::vector<OpExample> grad_examples(RnnCell cell) {
   std::vector<OpExample> fwd = cell == RnnCell::lstm ? lstm_examples() : gru_examples();
   std::vector<OpExample> out;
-  for (size_t k : {size_t{1}, size_t{2}}) {
+  for (size_t k : {size_t{1}, size_t{2}, size_t{6}}) {
     OpExample e = fwd[k];
     RnnConfig cfg;
     const Shape& x = e.inputs[0].shape();
@@ -270,7 +291,7 @@ OpSchema forward_schema(const char* name, RnnCell cell, const char* grad_op) {
   OpSchema s(name);
   s.since(14).inputs(3, num_forward_inputs(cell)).outputs(1, num_forward_outputs(cell));
   declare_attrs(s, cell);
-  s.no_grad_inputs({4})
+  s.no_grad_inputs({4, rnn_mask_input(cell)})
       .infer([cell](InferContext& c) { infer_forward(c, cell); })
       .grad([cell, grad_op](GradContext& c) { grad_rule(c, cell, grad_op); })
       .examples(cell == RnnCell::lstm ? ExamplesFn(lstm_examples) : ExamplesFn(gru_examples));
@@ -293,10 +314,10 @@ OpSchema grad_schema(const char* name, RnnCell cell) {
 void register_rnn_ops(OpRegistry& r) {
   r.add(forward_schema("LSTM", RnnCell::lstm, "LSTMGrad")
             .doc("ONNX LSTM: gates i, o, f, c; optional peepholes, clip, input_forget, sequence_lens and "
-                 "batch-major layout"));
+                 "batch-major layout; a private trailing input, the recurrent dropout mask"));
   r.add(forward_schema("GRU", RnnCell::gru, "GRUGrad")
             .doc("ONNX GRU: gates z, r, h; linear_before_reset 0 or 1; optional clip, sequence_lens and "
-                 "batch-major layout"));
+                 "batch-major layout; a private trailing input, the recurrent dropout mask"));
   r.add(grad_schema("LSTMGrad", RnnCell::lstm)
             .doc("LSTM backpropagation through time: (LSTM inputs, dY, dY_h, dY_c) -> dX, dW, dR, dB, "
                  "dinitial_h, "

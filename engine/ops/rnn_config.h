@@ -23,6 +23,18 @@ struct RnnActivation {
   float beta = 0;
 };
 
+// Forward inputs: ONNX's (X, W, R, B, sequence_lens, initial_h, then LSTM's initial_c and P), then one
+// private input that ONNX does not define: the recurrent dropout mask, [dirs, batch, hidden] (or [batch,
+// dirs, hidden] under layout 1, as the states), which multiplies the previous hidden state where it enters
+// the recurrent product H·Rᵀ, never where it is carried (Keras's recurrent_dropout). Only training graphs
+// hold it, so an exported model never does.
+inline int rnn_mask_input(RnnCell cell) {
+  return cell == RnnCell::lstm ? 8 : 6;
+}
+inline int rnn_forward_inputs(RnnCell cell) {
+  return rnn_mask_input(cell) + 1;
+}
+
 struct RnnConfig {
   RnnCell cell = RnnCell::lstm;
   int64_t seq = 0, batch = 0, input = 0, hidden = 0;

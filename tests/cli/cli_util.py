@@ -48,6 +48,28 @@ def run(args, timeout=120, **kw):
     return subprocess.run([TRAINER] + list(args), capture_output=True, text=True, timeout=timeout, **kw)
 
 
+# The checkpoint's safetensors dtype names as numpy's.
+CHECKPOINT_DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1", "BOOL": "?"}
+
+
+def read_checkpoint(path, blobs=False):
+    """A checkpoint's tensors (its safetensors layout) by name as numpy arrays; with `blobs`, also the files it
+    embeds (names starting with '@', such as an imported model's '@model.onnx')."""
+    import numpy as np
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__" or (name.startswith("@") and not blobs):
+            continue
+        b, e = info["data_offsets"]
+        out[name] = np.frombuffer(data[8 + n + b:8 + n + e], dtype=CHECKPOINT_DTYPES[info["dtype"]]).reshape(
+            info["shape"])
+    return out
+
+
 def have_fashion():
     return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in
                ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

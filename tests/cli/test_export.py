@@ -202,7 +202,8 @@ activation = "softmax"
 
     def test_sequence_layers_export_and_run_as_predict_does(self):
         # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM
-        # (merged by product and mean) and global pooling, on the images' rows as 28 steps of 28 features.
+        # (merged by product and mean; trained with dropout and recurrent_dropout, which inference leaves out) and
+        # global pooling, on the images' rows as 28 steps of 28 features.
         m = self.fit_export_and_predict("sequence", """[model]
 input = [28, 28]
 [[model.layers]]
@@ -235,12 +236,15 @@ layer = "GRU"
 units = 5
 return_sequences = true
 merge_mode = "mul"
+recurrent_dropout = 0.3
 [[model.layers]]
 type = "Bidirectional"
 layer = "LSTM"
 units = 6
 return_sequences = true
 merge_mode = "ave"
+dropout = 0.2
+recurrent_dropout = 0.2
 [[model.layers]]
 type = "GlobalMaxPooling1D"
 [[model.layers]]

@@ -30,7 +30,6 @@ except ImportError:  # reported as a skip, never as a pass
     np = onnx = ort = None
 
 TRAIN_N, VAL_N = 1500, 400
-CHECKPOINT_DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1", "BOOL": "?"}
 
 
 def idx(path):
@@ -39,22 +38,6 @@ def idx(path):
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def read_checkpoint(path):
-    """The tensors of a checkpoint (safetensors layout) by name, read with numpy alone."""
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        b, e = info["data_offsets"]
-        out[name] = np.frombuffer(data[8 + n + b:8 + n + e], dtype=CHECKPOINT_DTYPES[info["dtype"]]).reshape(
-            info["shape"])
-    return out
 
 
 # --- models -----------------------------------------------------------------------------------------------------
@@ -299,7 +282,7 @@ learning_rate = 0.002
         exported_inits = weights_of(exported)
         used = {i for n in original.graph.node for i in n.input}
         self.assertLessEqual({i.name for i in original.graph.initializer if i.name in used}, set(exported_inits))
-        trained = read_checkpoint(ckpt)
+        trained = cli_util.read_checkpoint(ckpt)
         for name, value in weights_of(original).items():
             if name in trained:
                 np.testing.assert_array_equal(exported_inits[name], trained[name], err_msg=name)
@@ -341,7 +324,7 @@ learning_rate = 0.002
         for name, extra in (("one", []), ("two", ["--devices", "2"]),
                             ("two_sharded", ["--devices", "2", "--set", "parallel.shard_optimizer=true"])):
             epochs, ckpt = self.fit(spec + extra, self.path(f"run_replicas_{name}"))
-            runs[name] = (epochs, ckpt, read_checkpoint(ckpt))
+            runs[name] = (epochs, ckpt, cli_util.read_checkpoint(ckpt))
         one_epochs, _, one = runs["one"]
         for name in ("two", "two_sharded"):
             epochs, _, got = runs[name]
@@ -383,7 +366,7 @@ learning_rate = 0.002
         extra = '[model]\nonnx = "frozen.onnx"\nfreeze = ["conv1.*", "bn1.*"]\n'
         spec = self.fashion_toml("frozen.toml", from_logits=True, epochs=1, extra=extra)
         _, ckpt = self.fit([spec], self.path("run_frozen"))
-        trained = read_checkpoint(ckpt)
+        trained = cli_util.read_checkpoint(ckpt)
         # Frozen ones are constants: not in the checkpoint, so the export takes them from the model file.
         for name in ("conv1.weight", "conv1.bias", "bn1.weight", "bn1.running_mean"):
             self.assertNotIn(name, trained)
@@ -794,7 +777,7 @@ class Net(torch.nn.Module):
         self.assertLess(epochs[-1]["val_loss"], 1.5)  # far below chance's 2.3
         # The noise's scale trained: logvar's weights moved, which only the path through the draw reaches.
         start = {t.name: nh.to_array(t) for t in original.graph.initializer}
-        trained = read_checkpoint(ckpt)
+        trained = cli_util.read_checkpoint(ckpt)
         self.assertGreater(np.abs(trained["logvar.weight"] - start["logvar.weight"]).max(), 1e-3)
 
     @cli_util.skip_without_fashion
@@ -998,7 +981,7 @@ class Net(torch.nn.Module):
         np.save(self.path("gone_y.npy"), np.arange(8, dtype=np.int64) % 10)
         out = self.path("run_gone")
         _, ckpt = self.fit([model_path, "--train", t], out)
-        self.assertEqual(read_checkpoint(ckpt)["@model.onnx"].tobytes(), model_bytes)
+        self.assertEqual(cli_util.read_checkpoint(ckpt, blobs=True)["@model.onnx"].tobytes(), model_bytes)
         os.remove(model_path)
         r = run(["fit", "--resume", ckpt, "--epochs", "2", "--output-dir", out, "--quiet"])
         self.assertEqual(r.returncode, 0, r.stderr)

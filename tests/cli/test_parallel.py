@@ -21,23 +21,6 @@ from cli_util import assert_input_error, run, sample, skip_without_fashion
 STEPS, BATCH = 50, 64
 SUBSET = ["--set", f"data.train.limit={STEPS * BATCH}", "--set", "data.validation.limit=256",
           "--set", f"train.batch_size={BATCH}", "--log-format", "jsonl", "--quiet"]
-DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "U8": "u1", "BOOL": "?"}
-
-
-def read_checkpoint(path):
-    """The tensors of a checkpoint (safetensors layout) by name, read with numpy alone."""
-    import json
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__" or name.startswith("@"):
-            continue
-        b, e = info["data_offsets"]
-        out[name] = np.frombuffer(data[8 + n + b:8 + n + e], dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
 
 
 @skip_without_fashion
@@ -53,7 +36,7 @@ class Parallel(unittest.TestCase):
                  "--output-dir", out, *SUBSET, *extra], timeout=600)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.events = cli_util.json_lines(self, r.stdout)
-        return read_checkpoint(os.path.join(out, "last.ckpt"))
+        return cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
 
     def assert_same_metrics(self, want, got, what):
         """The epochs' training and validation metrics: summed over the replicas, weighted by sample count."""
@@ -69,7 +52,7 @@ class Parallel(unittest.TestCase):
         r = run(["fit", "--resume", checkpoint, "--device", "cpu", "--devices", str(devices), "--output-dir", out,
                  "--quiet"], timeout=600)
         self.assertEqual(r.returncode, 0, r.stderr)
-        return read_checkpoint(os.path.join(out, "last.ckpt"))
+        return cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
 
     def assert_close(self, want, got, what, tolerance=1e-5):
         self.assertEqual(sorted(want), sorted(got), what)
@@ -99,7 +82,7 @@ class Parallel(unittest.TestCase):
                              "--output-dir", out, "--log-format", "jsonl", *cli_util.data_sets(kind), *extra],
                             timeout=600)
                     self.assertEqual(r.returncode, 0, r.stderr)
-                    return cli_util.json_lines(self, r.stdout)[-1], read_checkpoint(os.path.join(out, "last.ckpt"))
+                    return cli_util.json_lines(self, r.stdout)[-1], cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
                 end1, one = fit(1, base + "_1")
                 end2, two = fit(2, base + "_2")
                 end2s, two_sharded = fit(2, base + "_2s", "--set", "parallel.shard_optimizer=true")
@@ -216,7 +199,7 @@ batch_size = 64
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("Learning rate 0.001 x 2 = 0.002, as the checkpoint's run (--scale-lr linear on 2 replicas).",
                       r.stderr)
-        self.assert_close(scaled, read_checkpoint(os.path.join(out, "last.ckpt")), "scaled, resumed on 1")
+        self.assert_close(scaled, cli_util.read_checkpoint(os.path.join(out, "last.ckpt")), "scaled, resumed on 1")
         # Asking for another factor is allowed and said.
         r = run(["fit", "--resume", os.path.join(scaled_dir, "epoch-1.ckpt"), "--device", "cpu", "--output-dir",
                  os.path.join(self.tmp.name, "unscaled"), "--scale-lr", "none", "--log-format", "jsonl"], timeout=600)
@@ -246,7 +229,7 @@ batch_size = 64
                 one_events = self.events
                 events = cli_util.json_lines(self, r.stdout)
                 self.assertEqual([e["event"] for e in events], ["epoch", "fit_end"], r.stdout)
-                self.assert_close(one, read_checkpoint(os.path.join(out, "last.ckpt")), f"{spec}, mpirun -np 2")
+                self.assert_close(one, cli_util.read_checkpoint(os.path.join(out, "last.ckpt")), f"{spec}, mpirun -np 2")
                 self.assert_same_metrics(one_events, events, f"{spec}, mpirun -np 2")
                 self.assertEqual(r.stderr.count("Training on"), 1, r.stderr)  # rank 0 alone speaks
         spec = "fashion_mnist/mlp.toml"
@@ -286,7 +269,7 @@ batch_size = 64
                          "--set", f"data.train.limit={STEPS * BATCH // 2}", "--set", "parallel.shard_optimizer=true",
                          "--set", "train.checkpoint.every_epochs=1"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        straight = read_checkpoint(os.path.join(out, "last.ckpt"))
+        straight = cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
         self.assert_close(two, straight, "mpirun -np 2, sharded", tolerance=1e-6)
         self.assert_close(straight, self.resume(os.path.join(out, "epoch-1.ckpt"), 1, "mpi_shard_resumed"),
                           "sharded by MPI, resumed on 1")
@@ -325,7 +308,7 @@ batch_size = 64
         self.assertNotEqual(p.returncode, 0)
         self.assertLess(time.monotonic() - t0, 30, "the other rank waited")
         # The checkpoints written before the death are whole.
-        params = read_checkpoint(os.path.join(out, "epoch-1.ckpt"))
+        params = cli_util.read_checkpoint(os.path.join(out, "epoch-1.ckpt"))
         self.assertIn("dense/kernel", params)
 
     def test_a_signal_to_one_rank_stops_every_rank(self):

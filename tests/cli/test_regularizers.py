@@ -3,7 +3,6 @@ val_loss, with the value Keras gives it, and its gradient moves the weights as K
 
 import json
 import os
-import struct
 import tempfile
 import unittest
 
@@ -41,21 +40,6 @@ learning_rate = 0.05
 """
 
 
-def tensors(path):
-    """A checkpoint's float32 tensors by name (its safetensors layout)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    header.pop("__metadata__")
-    out = {}
-    for k, v in header.items():
-        if v["dtype"] == "F32":
-            a, b = v["data_offsets"]
-            out[k] = np.frombuffer(data[8 + n + a:8 + n + b], dtype=np.float32).reshape(v["shape"])
-    return out
-
-
 class Regularizers(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -78,7 +62,7 @@ class Regularizers(unittest.TestCase):
         r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out])
         self.assertEqual(r.returncode, 0, r.stderr)
         epoch = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1]
-        return epoch, tensors(os.path.join(out, "last.ckpt")), os.path.join(out, "last.ckpt")
+        return epoch, cli_util.read_checkpoint(os.path.join(out, "last.ckpt")), os.path.join(out, "last.ckpt")
 
     def evaluate(self, ckpt, *sets):
         r = run(["evaluate", ckpt, "--device", "cpu", "-q"] + [a for s in sets for a in ("--set", s)])
@@ -129,7 +113,7 @@ class Regularizers(unittest.TestCase):
         r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", out])
         self.assertEqual(r.returncode, 0, r.stderr)
         ckpt = os.path.join(out, "last.ckpt")
-        w = {k: v.astype(np.float64) for k, v in tensors(ckpt).items()}
+        w = {k: v.astype(np.float64) for k, v in cli_util.read_checkpoint(ckpt).items()}
         sq = lambda k: (w[k] ** 2).sum()  # noqa: E731
         ab = lambda k: np.abs(w[k]).sum()  # noqa: E731
         lstm = "bidirectional/{}_lstm/".format

@@ -231,7 +231,7 @@ TEST_SUITE("cpu_fast_paths") {
     }
   }
 
-  TEST_CASE("LSTM and GRU in f32 on batch slices match f64 on one thread, with sequence lengths") {
+  TEST_CASE("LSTM and GRU in f32 on batch slices match f64 on one thread, with sequence lengths and masks") {
     const int64_t S = 5, B = 7, I = 3, H = 4;
     for (const char* op : {"LSTM", "GRU"})
       for (int64_t lbr : {0, 1}) {
@@ -248,8 +248,9 @@ TEST_SUITE("cpu_fast_paths") {
         Tensor lens = Tensor::from<int32_t>(Shape{B}, {5, 3, 0, 5, 1, 4, 2});
         const bool lstm = G == 4;
         std::vector<std::optional<Tensor>> fwd_in = {x, w, r, b, lens, h0};
-        if (lstm) fwd_in.push_back(std::nullopt);  // initial_c
-        if (lstm) fwd_in.push_back(std::nullopt);  // P
+        if (lstm) fwd_in.push_back(std::nullopt);                              // initial_c
+        if (lstm) fwd_in.push_back(std::nullopt);                              // P
+        fwd_in.push_back(ops::random_tensor({2, B, H}, 0, 2, 8, DType::f64));  // a recurrent dropout mask
         std::vector<std::string> fwd_out = {"y", "yh"};
         if (lstm) fwd_out.push_back("yc");
         std::vector<std::optional<Tensor>> grad_in = fwd_in;
@@ -282,70 +283,77 @@ TEST_SUITE("cpu_fast_paths") {
 
   TEST_CASE("LSTMGrad and GRUGrad after their forward node in one plan match a standalone gradient exactly") {
     const int64_t S = 6, B = 5, I = 3, H = 4;
-    for (const char* op : {"LSTM", "GRU"}) {
-      CAPTURE(op);
-      const bool lstm = std::string(op) == "LSTM";
-      const int64_t G = lstm ? 4 : 3;
-      const int nf = lstm ? 8 : 6;
-      Attributes at = {{"hidden_size", H}};
-      // One graph with both nodes (the gradient kernel takes the forward kernel's records) and one with the
-      // gradient node alone (it reruns the forward pass).
-      auto build = [&](bool with_forward, std::vector<ValueId>* ins, std::vector<ValueId>* outs) {
-        auto g = std::make_shared<Graph>();
-        ValueId x = g->add_input("x", DType::f32, Shape{S, B, I});
-        ValueId w = g->add_input("w", DType::f32, Shape{1, G * H, I});
-        ValueId r = g->add_input("r", DType::f32, Shape{1, G * H, H});
-        ValueId b = g->add_input("b", DType::f32, Shape{1, 2 * G * H});
-        ValueId lens = g->add_input("lens", DType::i32, Shape{B});
-        ValueId dyh = g->add_input("dyh", DType::f32, Shape{1, B, H});
-        *ins = {x, w, r, b, lens, dyh};
-        std::vector<ValueId> fwd = {x, w, r, b, lens};
-        if (with_forward) {
-          NodeId n = g->add_node_named(op, fwd, at, {"y", "yh"}, "fwd");
-          for (ValueId v : g->node(n).outputs)
-            if (v != kNoValue) g->mark_output(v);
-        }
-        std::vector<ValueId> gin = fwd;
-        while (static_cast<int>(gin.size()) < nf) gin.push_back(kNoValue);
-        gin.push_back(kNoValue);  // dY
-        gin.push_back(dyh);
-        if (lstm) gin.push_back(kNoValue);  // dY_c
-        std::vector<std::string> names = {"dx", "dw", "dr", "db", ""};
-        if (lstm) names.insert(names.end(), {"", ""});
-        NodeId n = g->add_node_named(std::string(op) + "Grad", gin, at, names, "grad");
-        outs->clear();
-        for (ValueId v : g->node(n).outputs)
-          if (v != kNoValue) {
-            g->mark_output(v);
-            outs->push_back(v);
+    for (const char* op : {"LSTM", "GRU"})
+      for (bool masked : {false, true}) {
+        CAPTURE(op);
+        CAPTURE(masked);
+        const bool lstm = std::string(op) == "LSTM";
+        const int64_t G = lstm ? 4 : 3;
+        const int nf = lstm ? 9 : 7;  // the recurrent dropout mask is the last forward input
+        Attributes at = {{"hidden_size", H}};
+        // One graph with both nodes (the gradient kernel takes the forward kernel's records) and one with the
+        // gradient node alone (it reruns the forward pass).
+        auto build = [&](bool with_forward, std::vector<ValueId>* ins, std::vector<ValueId>* outs) {
+          auto g = std::make_shared<Graph>();
+          ValueId x = g->add_input("x", DType::f32, Shape{S, B, I});
+          ValueId w = g->add_input("w", DType::f32, Shape{1, G * H, I});
+          ValueId r = g->add_input("r", DType::f32, Shape{1, G * H, H});
+          ValueId b = g->add_input("b", DType::f32, Shape{1, 2 * G * H});
+          ValueId lens = g->add_input("lens", DType::i32, Shape{B});
+          ValueId dyh = g->add_input("dyh", DType::f32, Shape{1, B, H});
+          *ins = {x, w, r, b, lens, dyh};
+          std::vector<ValueId> fwd = {x, w, r, b, lens};
+          if (masked) {
+            while (static_cast<int>(fwd.size()) < nf - 1) fwd.push_back(kNoValue);
+            fwd.push_back(g->add_input("mask", DType::f32, Shape{1, B, H}));
+            ins->push_back(fwd.back());
           }
-        return g;
-      };
-      std::vector<ValueId> in_a, out_a, in_b, out_b;
-      auto ga = build(true, &in_a, &out_a);
-      auto gb = build(false, &in_b, &out_b);
-      auto backend = make_cpu_backend(CpuOptions{2});
-      Session sa(ga, *backend), sb(gb, *backend);
-      // Several steps with new inputs: the records must be this step's.
-      for (uint64_t step = 0; step < 3; ++step) {
-        CAPTURE(step);
-        for (size_t i = 0; i < in_a.size(); ++i) {
-          const Value& v = ga->value(in_a[i]);
-          Tensor t = v.dtype == DType::i32
-                         ? Tensor::from<int32_t>(Shape{B}, {6, 2, 0, 5, 3})
-                         : ops::random_tensor(v.shape, -0.7, 0.7, 10 * step + i, DType::f32);
-          sa.write(in_a[i], t);
-          sb.write(in_b[i], t);
-        }
-        sa.run({});
-        sb.run({});
-        REQUIRE(out_a.size() == out_b.size());
-        for (size_t k = 0; k < out_a.size(); ++k) {
-          Tensor ta = sa.read(out_a[k]), tb = sb.read(out_b[k]);
-          CAPTURE(k);
-          for (int64_t i = 0; i < ta.numel(); ++i) CHECK(ta.get_f64(i) == tb.get_f64(i));
+          if (with_forward) {
+            NodeId n = g->add_node_named(op, fwd, at, {"y", "yh"}, "fwd");
+            for (ValueId v : g->node(n).outputs)
+              if (v != kNoValue) g->mark_output(v);
+          }
+          std::vector<ValueId> gin = fwd;
+          while (static_cast<int>(gin.size()) < nf) gin.push_back(kNoValue);
+          gin.push_back(kNoValue);  // dY
+          gin.push_back(dyh);
+          if (lstm) gin.push_back(kNoValue);  // dY_c
+          std::vector<std::string> names = {"dx", "dw", "dr", "db", ""};
+          if (lstm) names.insert(names.end(), {"", ""});
+          NodeId n = g->add_node_named(std::string(op) + "Grad", gin, at, names, "grad");
+          outs->clear();
+          for (ValueId v : g->node(n).outputs)
+            if (v != kNoValue) {
+              g->mark_output(v);
+              outs->push_back(v);
+            }
+          return g;
+        };
+        std::vector<ValueId> in_a, out_a, in_b, out_b;
+        auto ga = build(true, &in_a, &out_a);
+        auto gb = build(false, &in_b, &out_b);
+        auto backend = make_cpu_backend(CpuOptions{2});
+        Session sa(ga, *backend), sb(gb, *backend);
+        // Several steps with new inputs: the records must be this step's.
+        for (uint64_t step = 0; step < 3; ++step) {
+          CAPTURE(step);
+          for (size_t i = 0; i < in_a.size(); ++i) {
+            const Value& v = ga->value(in_a[i]);
+            Tensor t = v.dtype == DType::i32
+                           ? Tensor::from<int32_t>(Shape{B}, {6, 2, 0, 5, 3})
+                           : ops::random_tensor(v.shape, -0.7, 0.7, 10 * step + i, DType::f32);
+            sa.write(in_a[i], t);
+            sb.write(in_b[i], t);
+          }
+          sa.run({});
+          sb.run({});
+          REQUIRE(out_a.size() == out_b.size());
+          for (size_t k = 0; k < out_a.size(); ++k) {
+            Tensor ta = sa.read(out_a[k]), tb = sb.read(out_b[k]);
+            CAPTURE(k);
+            for (int64_t i = 0; i < ta.numel(); ++i) CHECK(ta.get_f64(i) == tb.get_f64(i));
+          }
         }
       }
-    }
   }
 }

@@ -123,7 +123,7 @@ void check_grad_op(const std::string& op, const Inputs& inputs, const Attributes
     return l;
   };
   Inputs gin = inputs;
-  gin.resize(lstm ? 8 : 6);
+  gin.resize(lstm ? 9 : 7);  // the forward inputs, the recurrent dropout mask last
   for (auto& d : dout) gin.push_back(d);
   // Only outputs for present inputs, as the gradient rule emits them.
   std::vector<std::string> names;
@@ -838,6 +838,7 @@ TEST_SUITE("rnn") {
       }
       Shape y = {S, 2, B, H}, st = {2, B, H};
       in.resize(lstm ? 8 : 6);
+      in.push_back(rt(st, 61));  // a recurrent dropout mask
       in.push_back(rt(y, 58));
       in.push_back(rt(st, 59));
       if (lstm) in.push_back(rt(st, 60));
@@ -860,7 +861,7 @@ TEST_SUITE("rnn") {
       // on f64: in f32 the GEMMs are oneDNN primitives, and oneDNN 2.6 builds an argument map on every
       // execution.
       CHECK(r32.step()[1].get_f64(7) == b[1].get_f64(7));
-      Inputs fin(in.begin(), in.begin() + (lstm ? 8 : 6));
+      Inputs fin(in.begin(), in.begin() + (lstm ? 9 : 7));
       Run fwd64 = make_run(op, fin, attrs, lstm ? 3 : 2);
       fwd64.step();
       test::arm_allocation_counter();
@@ -898,5 +899,89 @@ TEST_SUITE("rnn") {
     CHECK(message("GRU", {x, w, r}, {}).find("3 gates") != std::string::npos);
     CHECK(message("LSTM", {x, w, r}, {{"hidden_size", int64_t{4}}}).find("hidden_size is 4") !=
           std::string::npos);
+    ValueId mask_bad = g.add_input("mask_bad", DType::f32, Shape{1, 2, 4});
+    CHECK(message("LSTM", {x, w, r, kNoValue, kNoValue, kNoValue, kNoValue, kNoValue, mask_bad}, {})
+              .find("recurrent dropout mask must be [1, 2, 5]") != std::string::npos);
+  }
+
+  TEST_CASE("rnn: the recurrent dropout mask scales the state only where it enters the recurrent product") {
+    // A reference in plain loops (time-major, one direction, with B, initial states and the mask) against
+    // the kernels, in f64 and f32, for LSTM and both GRU reset placements.
+    const int64_t S = 4, B = 3, I = 2, H = 3;
+    for (const std::string op : {"LSTM", "GRU", "GRU lbr"}) {
+      CAPTURE(op);
+      const bool lstm = op == "LSTM", lbr = op == "GRU lbr";
+      const int64_t G = lstm ? 4 : 3;
+      Tensor x = ops::random_tensor({S, B, I}, -1, 1, 1, DType::f64);
+      Tensor w = ops::random_tensor({1, G * H, I}, -0.8, 0.8, 2, DType::f64);
+      Tensor r = ops::random_tensor({1, G * H, H}, -0.8, 0.8, 3, DType::f64);
+      Tensor bias = ops::random_tensor({1, 2 * G * H}, -0.5, 0.5, 4, DType::f64);
+      Tensor h0 = ops::random_tensor({1, B, H}, -1, 1, 5, DType::f64);
+      Tensor c0 = ops::random_tensor({1, B, H}, -1, 1, 6, DType::f64);
+      Tensor mask(DType::f64, Shape{1, B, H});
+      for (int64_t i = 0; i < mask.numel(); ++i) mask.set_f64(i, i % 3 == 1 ? 0.0 : 1.5);
+
+      auto sig = [](double v) { return 1 / (1 + std::exp(-v)); };
+      // Gate k's pre-activation for batch row b from input row xt and recurrent input hin, with both biases
+      // (or, for the candidate of a linear-before-reset GRU, without the recurrent part).
+      auto xpart = [&](int64_t k, int64_t t, int64_t b) {
+        double v = bias.get_f64(k);
+        for (int64_t i = 0; i < I; ++i) v += w.get_f64(k * I + i) * x.get_f64((t * B + b) * I + i);
+        return v;
+      };
+      auto rpart = [&](int64_t k, const std::vector<double>& hin) {
+        double v = bias.get_f64(G * H + k);
+        for (int64_t i = 0; i < H; ++i) v += r.get_f64(k * H + i) * hin[i];
+        return v;
+      };
+      std::vector<double> expect_y;
+      std::vector<std::vector<double>> h(B), c(B);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < H; ++j) {
+          h[b].push_back(h0.get_f64(b * H + j));
+          c[b].push_back(c0.get_f64(b * H + j));
+        }
+      for (int64_t t = 0; t < S; ++t)
+        for (int64_t b = 0; b < B; ++b) {
+          std::vector<double> hin(H), hn(H);
+          for (int64_t j = 0; j < H; ++j) hin[j] = h[b][j] * mask.get_f64(b * H + j);
+          for (int64_t j = 0; j < H; ++j) {
+            if (lstm) {
+              const double gi = sig(xpart(j, t, b) + rpart(j, hin)),
+                           go = sig(xpart(H + j, t, b) + rpart(H + j, hin)),
+                           gf = sig(xpart(2 * H + j, t, b) + rpart(2 * H + j, hin)),
+                           gc = std::tanh(xpart(3 * H + j, t, b) + rpart(3 * H + j, hin));
+              c[b][j] = gf * c[b][j] + gi * gc;
+              hn[j] = go * std::tanh(c[b][j]);
+              continue;
+            }
+            const double z = sig(xpart(j, t, b) + rpart(j, hin));
+            const double rg = sig(xpart(H + j, t, b) + rpart(H + j, hin));
+            double cand;
+            if (lbr) {
+              cand = std::tanh(xpart(2 * H + j, t, b) + rg * rpart(2 * H + j, hin));
+            } else {
+              // (r ⊙ hin)·R_hᵀ, with the recurrent bias outside the product.
+              std::vector<double> rh(H);
+              for (int64_t i = 0; i < H; ++i) rh[i] = sig(xpart(H + i, t, b) + rpart(H + i, hin)) * hin[i];
+              cand = std::tanh(xpart(2 * H + j, t, b) + rpart(2 * H + j, rh));
+            }
+            hn[j] = (1 - z) * cand + z * h[b][j];  // the carried state is not masked
+          }
+          h[b] = hn;
+          expect_y.insert(expect_y.end(), hn.begin(), hn.end());
+        }
+
+      Inputs in = {x, w, r, bias, std::nullopt, h0};
+      if (lstm) in.insert(in.end(), {c0, std::nullopt});
+      in.push_back(mask);
+      Attributes attrs = {{"hidden_size", H}};
+      if (lbr) attrs.set("linear_before_reset", int64_t{1});
+      for (DType t : {DType::f64, DType::f32}) {
+        CAPTURE(dtype_name(t));
+        std::vector<Tensor> out = run_once(lstm ? "LSTM" : "GRU", cast_all(in, t), attrs, lstm ? 3 : 2);
+        CHECK(max_abs_diff(out[0], expect_y) < (t == DType::f64 ? 1e-12 : 2e-6));
+      }
+    }
   }
 }

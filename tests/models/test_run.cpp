@@ -634,6 +634,34 @@ TEST_SUITE("run") {
     bad.add("GRU", {{"units", int64_t{2}}, {"dropout", 1.0}});
     CHECK(build_error(bad).where() == bad.arg_at(0, "dropout"));
   }
+
+  TEST_CASE("run: recurrent_dropout feeds one mask per sample, direction and unit to the recurrent node") {
+    for (const char* type : {"LSTM", "GRU"})
+      for (bool bidirectional : {false, true}) {
+        CAPTURE(type);
+        CAPTURE(bidirectional);
+        const bool lstm = std::string(type) == "LSTM";
+        Spec s({5, 3});
+        std::vector<std::pair<std::string, formats::ArgValue>> args = {{"units", int64_t{4}},
+                                                                       {"recurrent_dropout", 0.3}};
+        if (bidirectional) args.push_back({"layer", std::string(type)});
+        s.add(bidirectional ? "Bidirectional" : type, args);
+        BuiltModel m = models::testing::build(s, true, 8);
+        const Node& rnn = only_node(m.graph, type);
+        const size_t mask_input = lstm ? 8 : 6;
+        REQUIRE(rnn.inputs.size() == mask_input + 1);
+        const Node& drop = only_node(m.graph, "Dropout");
+        CHECK(rnn.inputs[mask_input] == drop.outputs[0]);
+        CHECK(m.graph.value(drop.outputs[0]).shape == Shape{8, bidirectional ? 2 : 1, 4});
+        // Inference holds no mask, so the node is ONNX's.
+        BuiltModel inference = models::testing::build(s, false, 8);
+        CHECK(count_ops(inference.graph, "Dropout") == 0);
+        CHECK(only_node(inference.graph, type).inputs.size() <= mask_input);
+      }
+    Spec bad({5, 3});
+    bad.add("LSTM", {{"units", int64_t{2}}, {"recurrent_dropout", -0.1}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "recurrent_dropout"));
+  }
 }
 
 TEST_SUITE("run") {

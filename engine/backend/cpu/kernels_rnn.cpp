@@ -164,11 +164,12 @@ void copy_row(T* dst, const T* src, int64_t n) {
 }
 
 // What backward needs from the forward pass, in X's row order (row = x_row(t, b)): gate activations,
-// pre-activations (with clip), states before and after each step, and the GRU's reset product (r ⊙ H_prev,
-// or H_prev·R[h]ᵀ + Rb[h]). `fresh`: written by a forward kernel since a gradient kernel last read them.
+// pre-activations (with clip), states before and after each step, the GRU's reset product (r ⊙ H_prev,
+// or H_prev·R[h]ᵀ + Rb[h]), and with a recurrent dropout mask the recurrent product's input H_prev ⊙ mask
+// (rin). `fresh`: written by a forward kernel since a gradient kernel last read them.
 template <class T>
 struct RnnRecords {
-  std::vector<T> act, pre, hprev, cprev, c, aux;
+  std::vector<T> act, pre, hprev, cprev, c, aux, rin;
   bool fresh = false;
 };
 
@@ -202,7 +203,8 @@ class RnnRunner {
       c0_ = a.has_input(6) ? a.in_ptr<T>(6) : nullptr;
       p_ = a.has_input(7) ? a.in_ptr<T>(7) : nullptr;
     }
-    const int nf = lstm ? 8 : 6;
+    const int nf = ops::rnn_forward_inputs(cell);
+    if (const int m = ops::rnn_mask_input(cell); a.has_input(m)) mask_ = a.in_ptr<T>(m);
     if (!backward) {
       y_ = a.has_output(0) ? a.out_ptr<T>(0) : nullptr;
       yh_ = a.has_output(1) ? a.out_ptr<T>(1) : nullptr;
@@ -228,6 +230,7 @@ class RnnRunner {
     rh_.assign(Bt * GH_, T(0));
     gate_.assign(Bt * GH_, T(0));
     h_.assign(Bt * H_, T(0));
+    if (mask_) hin_.assign(Bt * H_, T(0));
     act_row_.assign(Bt * H_, T(0));
     if (lstm) c_.assign(Bt * H_, T(0));
     if (!lstm && !lbr_) rhp_.assign(Bt * H_, T(0));
@@ -266,7 +269,8 @@ class RnnRunner {
         for (const Slice& sl : slices_) {
           const int64_t b0 = sl.b0, rows = sl.b1 - sl.b0;
           StepGemms sg;
-          T* h = h_.data() + b0 * H_;
+          // The recurrent product reads H_prev ⊙ mask under recurrent dropout.
+          T* h = (mask_ ? hin_.data() : h_.data()) + b0 * H_;
           T* rh = rh_.data() + b0 * GH_;
           if (lstm || lbr_) {
             sg.rh = FixedGemm<T>(rows, GH_, H_, {h, H_, 1}, {rd, 1, H_}, rh, GH_, false);
@@ -299,15 +303,13 @@ class RnnRunner {
           g.dw = FixedGemm<T>(GH_, I, N_, {daw_.data(), 1, GH_}, {x_, I, 1}, dw_ + d * GH_ * I, I, false);
         if (dr_) {
           T* drd = dr_ + d * GH_ * H_;
+          const T* hin = mask_ ? rec_->rin.data() : rec_->hprev.data();
           if (lstm) {
-            g.dr =
-                FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {rec_->hprev.data(), H_, 1}, drd, H_, false);
+            g.dr = FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {hin, H_, 1}, drd, H_, false);
           } else if (lbr_) {
-            g.dr =
-                FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {rec_->hprev.data(), H_, 1}, drd, H_, false);
+            g.dr = FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {hin, H_, 1}, drd, H_, false);
           } else {
-            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {rec_->hprev.data(), H_, 1}, drd, H_,
-                                false);
+            g.dr = FixedGemm<T>(2 * H_, H_, N_, {daw_.data(), 1, GH_}, {hin, H_, 1}, drd, H_, false);
             g.dr2 = FixedGemm<T>(H_, H_, N_, {daw_.data() + 2 * H_, 1, GH_}, {rec_->aux.data(), H_, 1},
                                  drd + 2 * H_ * H_, H_, false);
           }
@@ -364,6 +366,7 @@ class RnnRunner {
     r.act.assign(N_ * GH_, T(0));
     if (cfg_.clip) r.pre.assign(N_ * GH_, T(0));
     r.hprev.assign(N_ * H_, T(0));
+    if (mask_) r.rin.assign(N_ * H_, T(0));
     if (lstm) {
       r.cprev.assign(N_ * H_, T(0));
       r.c.assign(N_ * H_, T(0));
@@ -458,11 +461,33 @@ class RnnRunner {
         if (y_) std::fill(y_ + cfg_.y_offset(t, d, b), y_ + cfg_.y_offset(t, d, b) + H_, T(0));
         if (record_) {
           const int64_t row = cfg_.x_row(t, b);
-          for (std::vector<T>* v : {&rec_->hprev, &rec_->cprev, &rec_->c, &rec_->aux})
+          for (std::vector<T>* v : {&rec_->hprev, &rec_->cprev, &rec_->c, &rec_->aux, &rec_->rin})
             if (!v->empty()) std::fill(v->data() + row * H_, v->data() + (row + 1) * H_, T(0));
         }
       }
     }
+  }
+
+  // Under recurrent dropout, sets the recurrent product's input H_prev ⊙ mask for the slice's rows that take
+  // a step s, and records it.
+  void mask_state(int d, int64_t s, const Slice& sl) {
+    if (!mask_) return;
+    for (int64_t b = sl.b0; b < sl.b1; ++b) {
+      if (s >= len_[b]) continue;
+      const T* m = mask_ + cfg_.state_offset(d, b);
+      const T* h = h_.data() + b * H_;
+      T* hin = hin_.data() + b * H_;
+      for (int64_t j = 0; j < H_; ++j) hin[j] = h[j] * m[j];
+      if (record_) copy_row(rec_->rin.data() + cfg_.x_row(time_of(d, s, b), b) * H_, hin, H_);
+    }
+  }
+
+  // Under recurrent dropout, the recurrent product's input gradient reaches H_prev through the mask: g ⊙=
+  // mask for row b.
+  void mask_grad(int d, int64_t b, T* g) const {
+    if (!mask_) return;
+    const T* m = mask_ + cfg_.state_offset(d, b);
+    for (int64_t j = 0; j < H_; ++j) g[j] *= m[j];
   }
 
   void combine_bias(int d) {
@@ -501,6 +526,7 @@ class RnnRunner {
       const Slice& sl = slices_[k];
       StepGemms& sg = g.step[k];
       for (int64_t s = 0; s < S; ++s) {
+        mask_state(d, s, sl);
         sg.rh();
         for (int64_t b = sl.b0; b < sl.b1; ++b) {
           if (s >= len_[b]) continue;
@@ -647,7 +673,10 @@ class RnnRunner {
         }
         sg.dh();
         for (int64_t b = sl.b0; b < sl.b1; ++b)
-          if (s < len_[b]) copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
+          if (s < len_[b]) {
+            copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
+            mask_grad(d, b, dh_.data() + b * H);
+          }
       }
     });
     write_state_grad(d, dh_.data(), dh0_);
@@ -720,6 +749,7 @@ class RnnRunner {
       const Slice& sl = slices_[k];
       StepGemms& sg = g.step[k];
       for (int64_t s = 0; s < S; ++s) {
+        mask_state(d, s, sl);
         sg.rh();
         // Update and reset gates; with linear_before_reset also the candidate, else the reset hidden state.
         for (int64_t b = sl.b0; b < sl.b1; ++b) {
@@ -743,7 +773,8 @@ class RnnRunner {
             }
           } else {
             T* rp = rhp_.data() + b * H;
-            for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hb[j];
+            const T* hr = mask_ ? hin_.data() + b * H : hb;  // the state as the recurrent product sees it
+            for (int64_t j = 0; j < H; ++j) rp[j] = gr[j] * hr[j];
             if (rec) copy_row(rec_->aux.data() + row * H, rp, H);
           }
         }
@@ -831,14 +862,15 @@ class RnnRunner {
             if (s >= len_[b]) continue;
             const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
             const T* r = rec_->act.data() + row * GH + H;
-            const T* hp = rec_->hprev.data() + row * H;
+            const T* hp = (mask_ ? rec_->rin.data() : rec_->hprev.data()) + row * H;
             const T* pre = cfg_.clip ? rec_->pre.data() + row * GH : nullptr;
             const T* drp = drh_.data() + b * H;
+            const T* m = mask_ ? mask_ + cfg_.state_offset(d, b) : nullptr;
             T* da = da_step_.data() + b * GH;
             T* dh = dh_.data() + b * H;
             for (int64_t j = 0; j < H; ++j) {
               da[H + j] = drp[j] * hp[j] * act_slope(fa, r[j]) * clip_pass(pre, H + j, clip);
-              dh[j] += drp[j] * r[j];
+              dh[j] += drp[j] * r[j] * (m ? m[j] : T(1));
             }
           }
         }
@@ -853,7 +885,8 @@ class RnnRunner {
           if (s >= len_[b]) continue;
           T* dh = dh_.data() + b * H;
           const T* dr = dhr_.data() + b * H;
-          for (int64_t j = 0; j < H; ++j) dh[j] += dr[j];
+          const T* m = mask_ ? mask_ + cfg_.state_offset(d, b) : nullptr;
+          for (int64_t j = 0; j < H; ++j) dh[j] += dr[j] * (m ? m[j] : T(1));
         }
       }
     });
@@ -865,7 +898,7 @@ class RnnRunner {
   bool backward_ = false, lbr_ = false, lens_i64_ = false;
   int64_t H_ = 0, GH_ = 0, N_ = 0;
   const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr,
-          *p_ = nullptr;
+          *p_ = nullptr, *mask_ = nullptr;
   const void* lens_ = nullptr;
   T *y_ = nullptr, *yh_ = nullptr, *yc_ = nullptr;
   const T *dy_ = nullptr, *dyh_ = nullptr, *dyc_ = nullptr;
@@ -876,6 +909,7 @@ class RnnRunner {
   // Forward workspace: input projections of the whole sequence, and per-step recurrent projections, gates,
   // states.
   std::vector<T> xw_, rh_, gate_, h_, c_, rhp_, bias_;
+  std::vector<T> hin_;      // under recurrent dropout: H_prev ⊙ mask, the recurrent product's input
   std::vector<T> act_row_;  // per batch row: an activation of the cell state (LSTM's h(C))
   std::vector<Slice> slices_;
   std::shared_ptr<RnnRecords<T>> rec_;  // null in a forward kernel nobody shares records with
@@ -890,7 +924,7 @@ class RnnRunner {
 // and the arena pointers bound to them, which tell apart plans of one graph on different arenas) and the
 // configuration. A gradient node lists the same forward inputs first.
 std::string share_key(const KernelArgs& a, RnnCell cell) {
-  const int nf = cell == RnnCell::lstm ? 8 : 6;
+  const int nf = ops::rnn_forward_inputs(cell);
   std::string key = fmt::format("{}", static_cast<const void*>(&a.graph));
   for (int i = 0; i < nf; ++i) {
     bool present = i < static_cast<int>(a.node.inputs.size()) && a.node.inputs[i] != kNoValue;

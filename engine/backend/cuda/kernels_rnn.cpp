@@ -5,9 +5,9 @@
 // whole-sequence products for dW, dR, dB (a product with a ones vector: column sums in a fixed order, no
 // atomics) and dX. Every pointer and every product's algorithm is fixed in the factory, so launch() replays a
 // prepared list of calls (a CUDA graph holds all steps). Covered: forward, reverse and bidirectional, both
-// layouts, default activations, with or without B and initial states, GRU's linear_before_reset 0 and 1, f32
-// and f64. Sequence lengths, clip, peepholes, input_forget and other activations return nullptr: the host
-// runs those.
+// layouts, default activations, with or without B and initial states, GRU's linear_before_reset 0 and 1, the
+// recurrent dropout mask, f32 and f64. Sequence lengths, clip, peepholes, input_forget and other activations
+// return nullptr: the host runs those.
 #include <cublasLt.h>
 #include <fmt/format.h>
 
@@ -204,11 +204,12 @@ bool supported(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg) {
 
 // What the backward pass reads from the forward pass of one direction, in X's row order (row x_row(t, b)):
 // the gate activations, the hidden state before each step, and the LSTM's cell state before each step or the
-// GRU's aux (r ⊙ H_prev, or H_prev·R_hᵀ + Rb_h with linear_before_reset).
+// GRU's aux (r ⊙ H_prev, or H_prev·R_hᵀ + Rb_h with linear_before_reset); under recurrent dropout also the
+// recurrent product's input H_prev ⊙ mask (rin).
 template <class T>
 struct Records {
   std::unique_ptr<KernelMemory> mem;
-  T *act = nullptr, *hprev = nullptr, *cprev = nullptr, *aux = nullptr;
+  T *act = nullptr, *hprev = nullptr, *cprev = nullptr, *aux = nullptr, *rin = nullptr;
 };
 
 template <class T>
@@ -229,7 +230,8 @@ class RnnRunner {
     b_ = a.has_input(3) ? a.in_ptr<const T>(3) : nullptr;
     h0_ = a.has_input(5) ? a.in_ptr<const T>(5) : nullptr;
     if (lstm_) c0_ = a.has_input(6) ? a.in_ptr<const T>(6) : nullptr;
-    const int nf = lstm_ ? 8 : 6;
+    const int nf = ops::rnn_forward_inputs(cell);
+    if (const int m = ops::rnn_mask_input(cell); a.has_input(m)) mask_ = a.in_ptr<const T>(m);
     if (!backward) {
       y_ = a.has_output(0) ? a.out_ptr<T>(0) : nullptr;
       yh_ = a.has_output(1) ? a.out_ptr<T>(1) : nullptr;
@@ -254,10 +256,12 @@ class RnnRunner {
     } else {
       rec_ = std::make_shared<Records<T>>();
       Carver c;
-      const size_t o_act = c.add(N * GH, es), o_h = c.add(N * H, es), o_c = c.add(N * H, es);
+      const size_t o_act = c.add(N * GH, es), o_h = c.add(N * H, es), o_c = c.add(N * H, es),
+                   o_rin = c.add(mask_ ? N * H : 0, es);
       rec_->mem = std::make_unique<KernelMemory>(*a.libs, c.bytes());
       rec_->act = reinterpret_cast<T*>(rec_->mem->data() + o_act);
       rec_->hprev = reinterpret_cast<T*>(rec_->mem->data() + o_h);
+      if (mask_) rec_->rin = reinterpret_cast<T*>(rec_->mem->data() + o_rin);
       (lstm_ ? rec_->cprev : rec_->aux) = reinterpret_cast<T*>(rec_->mem->data() + o_c);
     }
     Carver c;
@@ -335,8 +339,11 @@ class RnnRunner {
     ops_.push_back([gp, i](cudaStream_t stream) { gp->run(i, stream); });
   }
 
-  void rows_sum(T* dst, int64_t dst_ld, const T* a, int64_t a_ld, const T* b, int64_t b_ld) {
+  void rows_sum(T* dst, int64_t dst_ld, const T* a, int64_t a_ld, const T* b, int64_t b_ld,
+                const T* m = nullptr, int64_t m_ld = 0) {
     RowsSumArgs<T> r;
+    r.m = m;
+    r.m_ld = m_ld;
     r.rows = cfg_.batch;
     r.cols = H_;
     r.dst = dst;
@@ -367,12 +374,19 @@ class RnnRunner {
       const bool last = s + 1 == S;
       const int64_t tn = last ? 0 : time_of(d, s + 1);
       const T* hp = step_rows(rec_->hprev, t, H);
+      // The recurrent product's input: H_prev, or H_prev ⊙ mask under recurrent dropout (recorded for dR).
+      const T* hin = hp;
+      if (mask_) {
+        T* rin = step_rows(rec_->rin, t, H);
+        rows_sum(rin, row_ld(H), nullptr, 0, hp, row_ld(H), mask_ + sd, state_ld());
+        hin = rin;
+      }
       // Where the new states go: the next step's records, or the final states.
       T* h_next = last ? (yh_ ? yh_ + sd : hlast_) : step_rows(rec_->hprev, tn, H);
       const int64_t h_next_ld = last ? (yh_ ? state_ld() : H) : row_ld(H);
       T* y = y_ ? y_ + cfg_.y_offset(t, d, 0) : nullptr;
       if (lstm_) {
-        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hp, rd, rh_);
+        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
         LstmStepArgs<T> p;
         p.batch = Bt;
         p.hidden = H;
@@ -406,6 +420,10 @@ class RnnRunner {
       p.rb = rb;
       p.hp = hp;
       p.hp_ld = row_ld(H);
+      if (mask_) {
+        p.hin = hin;
+        p.hin_ld = row_ld(H);
+      }
       p.act = step_rows(rec_->act, t, GH);
       p.act_ld = row_ld(GH);
       p.aux = step_rows(rec_->aux, t, H);
@@ -416,12 +434,12 @@ class RnnRunner {
       p.y = y;
       p.y_ld = y_ld();
       if (lbr_) {
-        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hp, rd, rh_);
+        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
         p.phase = 0;
         ops_.push_back([p](cudaStream_t stream) { TRAINER_CUDA_CHECK(launch_gru_step(p, stream)); });
       } else {
         // z and r from H·R[z,r]ᵀ; then the candidate from (r ⊙ H)·R[h]ᵀ.
-        gemm(g_rh_, {Bt, 2 * H, H, false, true, row_ld(H), H, GH}, hp, rd, rh_);
+        gemm(g_rh_, {Bt, 2 * H, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
         p.phase = 1;
         ops_.push_back([p](cudaStream_t stream) { TRAINER_CUDA_CHECK(launch_gru_step(p, stream)); });
         gemm(g_rh2_, {Bt, H, H, false, true, H, H, GH}, rhp_, rd + 2 * H * H, rh_ + 2 * H);
@@ -456,6 +474,10 @@ class RnnRunner {
         p.cp_ld = row_ld(H);
         p.dh = first ? (dyh_ ? dyh_ + sd : nullptr) : dhr_;
         p.dh_ld = first ? state_ld() : H;
+        if (mask_ && !first) {  // dhr_ is the recurrent product's input gradient
+          p.dh_mask = mask_ + sd;
+          p.dh_mask_ld = state_ld();
+        }
         p.dy = dy;
         p.dy_ld = y_ld();
         p.dc = dc_;
@@ -472,6 +494,12 @@ class RnnRunner {
       p.act_ld = row_ld(GH);
       p.hp = step_rows(rec_->hprev, t, H);
       p.hp_ld = row_ld(H);
+      if (mask_) {
+        p.hin = step_rows(rec_->rin, t, H);
+        p.hin_ld = row_ld(H);
+        p.mask = mask_ + sd;
+        p.mask_ld = state_ld();
+      }
       p.aux = step_rows(rec_->aux, t, H);
       p.aux_ld = row_ld(H);
       p.dhd = dhd_;
@@ -497,17 +525,20 @@ class RnnRunner {
         gemm(g_dh_, {Bt, H, 2 * H, false, false, row_ld(GH), H, H}, da, rd, dhr_);
       }
     }
-    if (dh0_) rows_sum(dh0_ + sd, state_ld(), lstm_ ? nullptr : dhd_, H, dhr_, H);
+    if (dh0_)
+      rows_sum(dh0_ + sd, state_ld(), lstm_ ? nullptr : dhd_, H, dhr_, H, mask_ ? mask_ + sd : nullptr,
+               state_ld());
     if (lstm_ && dc0_) rows_sum(dc0_ + sd, state_ld(), dc_, H, nullptr, 0);
 
     // Whole-sequence products over the rows of every step (X's row order throughout).
     if (dw_) gemm(g_dw_, {GH, I, N, true, false, GH, I, I}, daw_, x_, dw_ + d * GH * I);
     if (dr_) {
       T* drd = dr_ + d * GH * H;
+      const T* hin = mask_ ? rec_->rin : rec_->hprev;
       if (lstm_ || lbr_) {
-        gemm(g_dr_, {GH, H, N, true, false, GH, H, H}, dar_, rec_->hprev, drd);
+        gemm(g_dr_, {GH, H, N, true, false, GH, H, H}, dar_, hin, drd);
       } else {
-        gemm(g_dr_, {2 * H, H, N, true, false, GH, H, H}, daw_, rec_->hprev, drd);
+        gemm(g_dr_, {2 * H, H, N, true, false, GH, H, H}, daw_, hin, drd);
         gemm(g_dr2_, {H, H, N, true, false, GH, H, H}, daw_ + 2 * H, rec_->aux, drd + 2 * H * H);
       }
     }
@@ -532,7 +563,8 @@ class RnnRunner {
   RnnConfig cfg_;
   bool lstm_ = false, lbr_ = false, backward_ = false, rec_shared_ = false;
   int64_t H_ = 0, GH_ = 0;
-  const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr;
+  const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr,
+          *mask_ = nullptr;
   T *y_ = nullptr, *yh_ = nullptr, *yc_ = nullptr;
   const T *dy_ = nullptr, *dyh_ = nullptr, *dyc_ = nullptr;
   T *dx_ = nullptr, *dw_ = nullptr, *dr_ = nullptr, *db_ = nullptr, *dh0_ = nullptr, *dc0_ = nullptr;
@@ -558,7 +590,7 @@ class RnnRunner {
 // and their arena pointers) and the dtype. Only supported nodes share, so their attributes are the defaults
 // except those listed.
 std::string share_key(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg) {
-  const int nf = cell == RnnCell::lstm ? 8 : 6;
+  const int nf = ops::rnn_forward_inputs(cell);
   std::string key = fmt::format("{}", static_cast<const void*>(&a.graph));
   for (int i = 0; i < nf; ++i) {
     const bool present = i < static_cast<int>(a.node.inputs.size()) && a.node.inputs[i] != kNoValue;

@@ -35,9 +35,9 @@ struct LstmStepArgs {
   int64_t y_ld = 0;
 };
 
-// The gate gradients of one LSTM step. dH = dh + dy (either may be null: zero); dc is the cell state's
-// gradient, read and replaced by the previous step's. The cell state is recomputed from act and cp, as the
-// forward did.
+// The gate gradients of one LSTM step. dH = dh + dy (either may be null: zero), or dh ⊙ dh_mask + dy under
+// recurrent dropout, where dh is the recurrent product's input gradient; dc is the cell state's gradient,
+// read and replaced by the previous step's. The cell state is recomputed from act and cp, as the forward did.
 template <class T>
 struct LstmStepGradArgs {
   int64_t batch = 0, hidden = 0;
@@ -47,6 +47,8 @@ struct LstmStepGradArgs {
   int64_t cp_ld = 0;
   const T* dh = nullptr;
   int64_t dh_ld = 0;
+  const T* dh_mask = nullptr;  // optional
+  int64_t dh_mask_ld = 0;
   const T* dy = nullptr;
   int64_t dy_ld = 0;
   T* dc = nullptr;  // [batch, H] contiguous
@@ -57,7 +59,8 @@ struct LstmStepGradArgs {
 // One GRU step (sigmoid gates z, r; tanh candidate), in phases around the products:
 //   0: linear_before_reset: the whole step from rh = H_prev·Rᵀ [batch, 3H] (aux: the record of
 //      rh_h + Rb_h, optional).
-//   1: reset before linear: z and r from rh's first 2H columns; rhp = r ⊙ H_prev (aux: its record, optional).
+//   1: reset before linear: z and r from rh's first 2H columns; rhp = r ⊙ H_prev, or r ⊙ hin under recurrent
+//      dropout (hin = H_prev ⊙ mask) (aux: its record, optional).
 //   2: reset before linear: the candidate from rh's last H columns (= rhp·R_hᵀ) and the new state.
 template <class T>
 struct GruStepArgs {
@@ -69,6 +72,8 @@ struct GruStepArgs {
   const T *wb = nullptr, *rb = nullptr;
   const T* hp = nullptr;
   int64_t hp_ld = 0;
+  const T* hin = nullptr;  // optional (phase 1)
+  int64_t hin_ld = 0;
   T* act = nullptr;  // [batch, 3H]
   int64_t act_ld = 0;
   T* aux = nullptr;
@@ -85,7 +90,8 @@ struct GruStepArgs {
 //   1: reset before linear: da_z and da_h.
 //   2: reset before linear: da_r from drh = da_h·R_h [batch, H] contiguous; dhd += drh ⊙ r.
 // Phases 0 and 1 read dH = dhd + dhr + dy (dhr and dy may be null) and leave dhd = dH ⊙ z, the direct part of
-// the previous state's gradient.
+// the previous state's gradient. Under recurrent dropout the recurrent parts reach H_prev through the mask:
+// dhr ⊙ mask, and in phase 2 da_r from drh ⊙ hin (hin = H_prev ⊙ mask) and dhd += drh ⊙ r ⊙ mask.
 template <class T>
 struct GruStepGradArgs {
   int phase = 0;
@@ -94,6 +100,8 @@ struct GruStepGradArgs {
   int64_t act_ld = 0;
   const T* hp = nullptr;
   int64_t hp_ld = 0;
+  const T *hin = nullptr, *mask = nullptr;  // both set or both null
+  int64_t hin_ld = 0, mask_ld = 0;
   const T* aux = nullptr;  // phase 0: rh_h + Rb_h of the forward
   int64_t aux_ld = 0;
   T* dhd = nullptr;        // [batch, H] contiguous
@@ -107,7 +115,7 @@ struct GruStepGradArgs {
   int64_t dar_ld = 0;
 };
 
-// dst = a + b over [rows, cols] (a or b null: zero).
+// dst = a + b, or a + b ⊙ m, over [rows, cols] (a or b null: zero; m null: ones).
 template <class T>
 struct RowsSumArgs {
   int64_t rows = 0, cols = 0;
@@ -117,6 +125,8 @@ struct RowsSumArgs {
   int64_t a_ld = 0;
   const T* b = nullptr;
   int64_t b_ld = 0;
+  const T* m = nullptr;
+  int64_t m_ld = 0;
 };
 
 template <class T>

@@ -61,6 +61,7 @@ __global__ void lstm_step_grad(LstmStepGradArgs<T> a) {
     const T cp = a.cp[b * a.cp_ld + j];
     const T hc = tanh_(gf * cp + gi * gc);  // h(C) of the forward, from the same expression
     T dH = a.dh ? a.dh[b * a.dh_ld + j] : T(0);
+    if (a.dh_mask) dH *= a.dh_mask[b * a.dh_mask_ld + j];
     if (a.dy) dH += a.dy[b * a.dy_ld + j];
     const T dC = a.dc[i] + dH * go * (T(1) - hc * hc);
     T* da = a.da + b * a.da_ld;
@@ -99,7 +100,7 @@ __global__ void gru_step(GruStepArgs<T> a) {
       act[j] = z;
       act[H + j] = r;
       if (a.phase == 1) {
-        const T rp = r * hp;
+        const T rp = r * (a.hin ? a.hin[b * a.hin_ld + j] : hp);
         a.rhp[i] = rp;
         if (a.aux) a.aux[b * a.aux_ld + j] = rp;
         continue;
@@ -126,14 +127,16 @@ __global__ void gru_step_grad(GruStepGradArgs<T> a) {
     const T z = act[j], r = act[H + j], hh = act[2 * H + j];
     const T hp = a.hp[b * a.hp_ld + j];
     T* da = a.da + b * a.da_ld;
+    const T m = a.mask ? a.mask[b * a.mask_ld + j] : T(1);
     if (a.phase == 2) {
       const T drh = a.drh[i];
-      da[H + j] = drh * hp * (r * (T(1) - r));
-      a.dhd[i] += drh * r;
+      const T hr = a.hin ? a.hin[b * a.hin_ld + j] : hp;  // the state as the recurrent product saw it
+      da[H + j] = drh * hr * (r * (T(1) - r));
+      a.dhd[i] += drh * r * m;
       continue;
     }
     T dH = a.dhd[i];
-    if (a.dhr) dH += a.dhr[i];
+    if (a.dhr) dH += a.dhr[i] * m;
     if (a.dy) dH += a.dy[b * a.dy_ld + j];
     const T daz = dH * (hp - hh) * (z * (T(1) - z));
     const T dah = dH * (T(1) - z) * (T(1) - hh * hh);
@@ -158,7 +161,7 @@ __global__ void rows_sum(RowsSumArgs<T> a) {
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / a.cols, c = i % a.cols;
     T v = a.a ? a.a[r * a.a_ld + c] : T(0);
-    if (a.b) v += a.b[r * a.b_ld + c];
+    if (a.b) v += a.m ? a.b[r * a.b_ld + c] * a.m[r * a.m_ld + c] : a.b[r * a.b_ld + c];
     a.dst[r * a.dst_ld + c] = v;
   }
 }
@@ -204,7 +207,7 @@ cudaError_t launch_gru_step(const GruStepArgs<T>& a, cudaStream_t stream) {
 template <class T>
 cudaError_t launch_gru_step_grad(const GruStepGradArgs<T>& a, cudaStream_t stream) {
   if (a.batch * a.hidden <= 0) return cudaSuccess;
-  if (a.phase < 0 || a.phase > 2 || !a.act || !a.hp || !a.dhd || !a.da ||
+  if (a.phase < 0 || a.phase > 2 || !a.act || !a.hp || !a.dhd || !a.da || !a.hin != !a.mask ||
       (a.phase == 0 && (!a.aux || !a.dar)) || (a.phase == 2 && !a.drh))
     return cudaErrorInvalidValue;
   gru_step_grad<T><<<grid_of(a.batch * a.hidden), kBlock, 0, stream>>>(a);
