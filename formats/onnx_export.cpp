@@ -39,6 +39,7 @@ int op_since(const std::string& op) {
   if (op == "LayerNormalization") return 17;
   if (op == "Gelu") return 20;
   if (op == "HardSwish") return 14;
+  if (op == "GridSample") return 16;
   return 0;
 }
 
@@ -519,6 +520,14 @@ class Exporter {
       ins = {ins[0], starts, ends, axes};
     }
 
+    // Opset 20 renamed GridSample's modes bilinear and bicubic to linear and cubic.
+    if (n.op == "GridSample" && attrs.has("mode")) {
+      const std::string m = attrs.s("mode");
+      const bool renamed = o_.opset >= 20;
+      if (m == (renamed ? "bilinear" : "linear"))
+        attrs.set("mode", std::string(renamed ? "linear" : "bilinear"));
+      if (m == (renamed ? "bicubic" : "cubic")) attrs.set("mode", std::string(renamed ? "cubic" : "bicubic"));
+    }
     const bool rnn = n.op == "LSTM" || n.op == "GRU" || n.op == "RNN";
     // The engine's private trailing input (the recurrent dropout mask) exists in training graphs only.
     if ((n.op == "LSTM" && ins.size() > 8) || (n.op == "GRU" && ins.size() > 6))

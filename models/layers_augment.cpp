@@ -1,10 +1,11 @@
 // Keras's image augmentation layers, active in training only (the identity in evaluation, prediction and
-// export): RandomFlip, RandomBrightness, RandomContrast, RandomTranslation and RandomZoom. Each image draws
-// its own numbers from the Philox streams of Dropout (a Dropout mask or a RandomUniformLike per image), so
-// the draws are the same for any replica count and after a resume.
+// export): RandomFlip, RandomBrightness, RandomContrast, RandomTranslation, RandomZoom and RandomRotation.
+// Each image draws its own numbers from the Philox streams of Dropout (a Dropout mask or a RandomUniformLike
+// per image), so the draws are the same for any replica count and after a resume.
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <tuple>
 
@@ -169,6 +170,55 @@ LayerValue build_random_zoom(LayerBuilder& b, const std::vector<LayerValue>& in)
   return build_random_affine(b, in, true);
 }
 
+// RandomRotation: each image turned about its centre by its own angle, factor * 2π (positive:
+// counter-clockwise as displayed, rows running down), in training only. Output pixel (u, v) from the centre
+// samples the input at (cos θ u - sin θ v, sin θ u + cos θ v), through GridSample without align_corners,
+// whose reflection about the outer pixel edges is Keras's reflect (d c b a | a b c d), border its nearest and
+// zeros its constant 0.
+LayerValue build_random_rotation(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  b.require_image(in[0]);
+  auto [lower, upper] = b.args.number_pair("factor", true);
+  if (!(lower <= upper))
+    b.fail("factor", fmt::format("the rotation factors [{}, {}] must be lower first", lower, upper),
+           "e.g. factor = 0.1: turned by up to 10% of a full turn either way");
+  const std::string fill = b.choice("fill_mode", {"reflect", "constant", "nearest", "wrap"});
+  if (fill == "wrap")
+    b.fail("fill_mode", "fill_mode = \"wrap\" is not supported", "use reflect, constant or nearest");
+  const std::string interpolation = b.choice("interpolation", {"bilinear", "nearest"});
+  if (b.args.number("fill_value") != 0)
+    b.fail("fill_value", "only fill_value = 0 is supported", "leave fill_value out");
+  LayerValue x = b.to_channels_first(in[0]);
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  const int64_t h = x.shape[0], w = x.shape[1];
+  if (!b.options.training) return x;
+  // Offsets from the centre, normalized as GridSample reads them: 2 / W along x, 2 / H along y.
+  auto offsets = [&](const std::string& name, bool columns, double size) {
+    Tensor t(DType::f32, Shape{1, h, w});
+    for (int64_t i = 0; i < h; ++i)
+      for (int64_t j = 0; j < w; ++j)
+        t.set_f64(i * w + j, (columns ? j - (w - 1) / 2.0 : i - (h - 1) / 2.0) * 2 / size);
+    return b.constant(name, std::move(t));
+  };
+  const double turn = 2 * M_PI;
+  ValueId theta = per_image_uniform(b, lower * turn, upper * turn, 3);  // [N, 1, 1]
+  ValueId cos = b.op("Cos", {theta}), sin = b.op("Sin", {theta});
+  ValueId gx = b.op(
+      "Sub", {b.op("Mul", {cos, offsets("u_x", true, w)}), b.op("Mul", {sin, offsets("v_x", false, w)})});
+  ValueId gy = b.op(
+      "Add", {b.op("Mul", {sin, offsets("u_y", true, h)}), b.op("Mul", {cos, offsets("v_y", false, h)})});
+  ValueId last = b.shape_constant("last_axis", {3});
+  ValueId grid =
+      b.op("Concat", {b.op("Unsqueeze", {gx, last}), b.op("Unsqueeze", {gy, last})}, {{"axis", int64_t{3}}});
+  x.value = b.op("GridSample", {x.value, grid},
+                 {{"align_corners", int64_t{0}},
+                  {"mode", interpolation},
+                  {"padding_mode", std::string(fill == "reflect"   ? "reflection"
+                                               : fill == "nearest" ? "border"
+                                                                   : "zeros")}});
+  return x;
+}
+
 }  // namespace
 
 void add_augmentation_layers(std::vector<LayerDef>& defs) {
@@ -208,6 +258,17 @@ void add_augmentation_layers(std::vector<LayerDef>& defs) {
                              {"seed", ArgKind::integer, std::nullopt, true}});
     defs.push_back({type, base, args, 1, 1, false, build});
   }
+  defs.push_back({"RandomRotation",
+                  "random_rotation",
+                  {{"factor", ArgKind::number_pair, std::nullopt},
+                   {"fill_mode", ArgKind::string, S("reflect")},
+                   {"interpolation", ArgKind::string, S("bilinear")},
+                   {"fill_value", ArgKind::number, 0.0},
+                   {"seed", ArgKind::integer, std::nullopt, true}},
+                  1,
+                  1,
+                  false,
+                  build_random_rotation});
 }
 
 }  // namespace trainer::models

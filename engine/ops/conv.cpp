@@ -1,7 +1,10 @@
 // Op family 'conv': Conv, ConvTranspose, MaxPool, AveragePool and GlobalAveragePool over 1-D and 2-D NCHW
 // data, with private gradient ops (ConvGradInput, ConvGradWeight, MaxPoolGrad, AveragePoolGrad,
 // GlobalAveragePoolGrad) that carry the forward window resolved into explicit pads, so backward kernels never
-// redo auto_pad or ceil_mode logic.
+// redo auto_pad or ceil_mode logic; and GridSample (bilinear or nearest resampling of NCHW images at grid
+// points) with GridSampleGrad.
+#include <tuple>
+
 #include "engine/ir/op_schema.h"
 #include "engine/ops/conv_geometry.h"
 #include "engine/ops/op_helpers.h"
@@ -308,6 +311,55 @@ std::vector<OpExample> pool_examples(bool average) {
   return e;
 }
 
+// ---- GridSample ----
+
+// Validates X (input x) and grid (input g) and the attributes.
+void check_grid_sample(InferContext& c, int x, int g) {
+  c.expect_float(x);
+  c.expect_same_dtype(x, g);
+  if (c.rank(x) != 4) c.fail("X must be [N, C, H, W] (rank 4), got rank {}", c.rank(x));
+  const Shape& xs = c.shape(x);
+  const Shape& gs = c.shape(g);
+  if (gs.rank() != 4 || gs[3] != 2 || gs[0] != xs[0])
+    c.fail("grid must be [N, H_out, W_out, 2] with N = {}, got {}", xs[0], gs.str());
+  const std::string mode = c.attrs().s("mode");
+  if (mode != "bilinear" && mode != "linear" && mode != "nearest" && mode != "bicubic" && mode != "cubic")
+    c.fail("mode must be bilinear (linear), nearest or bicubic (cubic), got '{}'", mode);
+  const std::string pad = c.attrs().s("padding_mode");
+  if (pad != "zeros" && pad != "border" && pad != "reflection")
+    c.fail("padding_mode must be zeros, border or reflection, got '{}'", pad);
+}
+
+void infer_grid_sample(InferContext& c) {
+  check_grid_sample(c, 0, 1);
+  const Shape& x = c.shape(0);
+  const Shape& g = c.shape(1);
+  c.set_output(0, c.dtype(0), Shape{x[0], x[1], g[1], g[2]});
+}
+
+std::vector<OpExample> grid_sample_examples() {
+  std::vector<OpExample> out;
+  const std::vector<std::tuple<const char*, const char*, int64_t, const char*>> cases = {
+      {"bilinear, zeros", "bilinear", 0, "zeros"},
+      {"bilinear, border, align_corners", "bilinear", 1, "border"},
+      {"bilinear, reflection", "bilinear", 0, "reflection"},
+      {"linear, reflection, align_corners", "linear", 1, "reflection"},
+      {"nearest, zeros", "nearest", 0, "zeros"},
+      {"bicubic, zeros", "bicubic", 0, "zeros"},
+      {"cubic, border, align_corners", "cubic", 1, "border"},
+      {"bicubic, reflection", "bicubic", 0, "reflection"}};
+  uint64_t seed = 311;
+  for (const auto& [label, mode, align, pad] : cases) {
+    // Grid points reach past the borders, so every padding rule is exercised.
+    OpExample e = example(
+        label, {random_tensor({2, 3, 4, 5}, -1, 1, seed), random_tensor({2, 3, 2, 2}, -1.6, 1.6, seed + 1)},
+        {{"mode", std::string(mode)}, {"align_corners", align}, {"padding_mode", std::string(pad)}});
+    seed += 2;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_conv_ops(OpRegistry& r) {
@@ -427,6 +479,48 @@ void register_conv_ops(OpRegistry& r) {
         .non_differentiable(kGradOpReason);
     r.add(std::move(s));
   }
+  r.add(OpSchema("GridSample")
+            .since(16)
+            .doc("Samples X [N, C, H, W] at grid [N, H_out, W_out, 2] (x then y, normalized to [-1, 1]): "
+                 "mode bilinear (linear), nearest or bicubic (cubic), padding_mode zeros, border or "
+                 "reflection, align_corners.")
+            .inputs(2, 2)
+            .attr("align_corners", int64_t{0})
+            .attr("mode", std::string("bilinear"))
+            .attr("padding_mode", std::string("zeros"))
+            .infer(infer_grid_sample)
+            .grad([](GradContext& c) {
+              Graph& g = c.graph();
+              const std::string base = c.node().name + "/grad/";
+              std::vector<std::string> names = {
+                  c.needs_grad(0) ? g.unique_name(base + "dX") : std::string(),
+                  c.needs_grad(1) ? g.unique_name(base + "dgrid") : std::string()};
+              if (names[0].empty() && names[1].empty()) return;
+              NodeId n = g.add_node_named("GridSampleGrad", {c.dy(), c.input(0), c.input(1)}, c.attrs(),
+                                          names, g.unique_name(base + "GridSampleGrad"));
+              const std::vector<ValueId> outs = g.node(n).outputs;
+              for (int k = 0; k < 2; ++k)
+                if (!names[k].empty()) c.set_grad(k, outs[k]);
+            })
+            .examples(grid_sample_examples));
+  r.add(OpSchema("GridSampleGrad", kPrivateDomain)
+            .doc("Gradient of GridSample: (dy, X, grid) -> dX, dgrid (each present when needed); dX sums "
+                 "every output's weights in a fixed order.")
+            .inputs(3, 3)
+            .outputs(1, 2)
+            .attr("align_corners", int64_t{0})
+            .attr("mode", std::string("bilinear"))
+            .attr("padding_mode", std::string("zeros"))
+            .infer([](InferContext& c) {
+              Shape x = c.shape(1), grid = c.shape(2);
+              check_grid_sample(c, 1, 2);
+              const Shape y{x[0], x[1], grid[1], grid[2]};
+              if (c.shape(0) != y) c.fail("dy must be {}, got {}", y.str(), c.shape(0).str());
+              c.expect_same_dtype(0, 1);
+              c.set_output(0, c.dtype(1), x);
+              c.set_output(1, c.dtype(2), grid);
+            })
+            .non_differentiable(kGradOpReason));
   r.add(OpSchema("GlobalAveragePool")
             .doc("Mean over every spatial dim: [N, C, ...] -> [N, C, 1, ...].")
             .inputs(1, 1)

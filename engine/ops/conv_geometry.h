@@ -1,6 +1,6 @@
 // Sliding-window geometry shared by Conv, the pooling ops, their gradient ops and their kernels: ONNX's
 // kernel, strides, dilations, pads, auto_pad and ceil_mode resolved into explicit per-dimension numbers and
-// output sizes.
+// output sizes; and GridSample's geometry.
 #pragma once
 
 #include <fmt/format.h>
@@ -11,6 +11,7 @@
 
 #include "engine/ir/attribute.h"
 #include "engine/ir/graph.h"
+#include "engine/kernels/grid_sample.h"
 
 namespace trainer::engine::ops {
 
@@ -182,6 +183,28 @@ inline bool conv_transpose_as_grad_input(const Node& n, const Shape& x, const Sh
   out->attrs.set("group", n.attrs.i("group"));
   out->attrs.set("input_shape", y.dims());
   return true;
+}
+
+// GridSample's geometry from X [N, C, H, W], grid [N, H_out, W_out, 2] and the node's attributes (which shape
+// inference has checked).
+inline kernels::GridGeom grid_geom(const Shape& x, const Shape& grid, const Attributes& a) {
+  kernels::GridGeom g;
+  g.n = x[0];
+  g.c = x[1];
+  g.h = x[2];
+  g.w = x[3];
+  g.oh = grid[1];
+  g.ow = grid[2];
+  g.align_corners = a.i_or("align_corners", 0) != 0;
+  const std::string mode = a.has("mode") ? a.s("mode") : std::string("bilinear");
+  g.mode = mode == "nearest"                      ? kernels::GridMode::nearest
+           : mode == "bicubic" || mode == "cubic" ? kernels::GridMode::bicubic
+                                                  : kernels::GridMode::bilinear;
+  const std::string pad = a.has("padding_mode") ? a.s("padding_mode") : std::string("zeros");
+  g.padding = pad == "border"       ? kernels::GridPadding::border
+              : pad == "reflection" ? kernels::GridPadding::reflection
+                                    : kernels::GridPadding::zeros;
+  return g;
 }
 
 }  // namespace trainer::engine::ops

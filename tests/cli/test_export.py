@@ -279,6 +279,9 @@ type = "RandomZoom"
 height_factor = 0.2
 fill_mode = "nearest"
 [[model.layers]]
+type = "RandomRotation"
+factor = 0.05
+[[model.layers]]
 type = "RandomContrast"
 factor = 0.3
 value_range = [-1, 1]

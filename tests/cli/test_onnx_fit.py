@@ -752,6 +752,41 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_spatial_transformer_fine_tunes(self):
+        # A spatial transformer: a linear localization net (identity at the start) predicts an affine map whose
+        # grid warps the image through GridSample; the gradient reaches the localization net through the grid.
+        path = self.path("torch_stn.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.loc = torch.nn.Linear(784, 6)
+        torch.nn.init.zeros_(self.loc.weight)
+        with torch.no_grad():
+            self.loc.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
+        self.register_buffer("base", torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(1, 784, 3))
+        self.fc1 = torch.nn.Linear(784, 64)
+        self.fc2 = torch.nn.Linear(64, 10)
+    def forward(self, x):
+        theta = self.loc(x.flatten(1)).view(-1, 2, 3)
+        grid = torch.matmul(self.base, theta.transpose(1, 2)).view(-1, 28, 28, 2)
+        warped = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                                 align_corners=True)
+        return self.fc2(torch.relu(self.fc1(warped.flatten(1))))
+""", "torch.zeros(2, 1, 28, 28)", "x", path, opset=16)
+        self.assertIn("GridSample", {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("stn.toml", from_logits=True, epochs=1)],
+                                self.path("run_stn"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        trained = cli_util.read_checkpoint(ckpt)
+        self.assertGreater(np.abs(trained["loc.weight"]).max(), 1e-4)  # it started at zero
+        exported = self.export(ckpt, "torch_stn_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_reparameterization_trains_with_its_random_draws(self):
         # A variational bottleneck: z = mu + randn_like(mu) * exp(logvar / 2) (RandomNormalLike), trained through
         # the draw: the gradient reaches mu and logvar, and the draw changes every step.

@@ -723,6 +723,26 @@ TEST_SUITE("onnx_export") {
     }
   }
 
+  TEST_CASE("GridSample's modes take the opset's names (linear and cubic from 20); below 16 it is an error") {
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{2, 1, 4, 5});
+    ValueId grid = g.add_input("grid", DType::f32, Shape{2, 3, 3, 2});
+    ValueId a = g.node(g.add_node("GridSample", {x, grid}, {{"mode", std::string("linear")}}, 1, "linear"))
+                    .outputs[0];
+    ValueId b = g.node(g.add_node("GridSample", {x, grid}, {{"mode", std::string("bicubic")}}, 1, "cubic"))
+                    .outputs[0];
+    ValueId y = g.node(g.add_node("Add", {a, b}, {}, 1, "sum")).outputs[0];
+    for (int opset : {17, 20}) {
+      CAPTURE(opset);
+      onnx::ModelProto m = export_onnx(g, {x, grid}, {y}, plain(opset));
+      check_exported(m, g, opset);
+      CHECK(find_attr(*find_node(m, "linear"), "mode")->s() == (opset >= 20 ? "linear" : "bilinear"));
+      CHECK(find_attr(*find_node(m, "cubic"), "mode")->s() == (opset >= 20 ? "cubic" : "bicubic"));
+    }
+    InputError e = export_error([&] { export_onnx(g, {x, grid}, {y}, plain(15)); });
+    CHECK(std::string(e.what()).find("opset 16") != std::string::npos);
+  }
+
   TEST_CASE("a private op without an ONNX form is an error naming the node") {
     Graph g;
     ValueId x = g.add_input("x", DType::f32, Shape{4, 3});

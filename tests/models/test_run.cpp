@@ -960,4 +960,37 @@ TEST_SUITE("run") {
     bad.add("RandomZoom", {{"height_factor", -1.0}});
     CHECK(build_error(bad).where() == bad.arg_at(0, "height_factor"));
   }
+
+  TEST_CASE("run: RandomRotation turns each image about its centre as Keras, with its fill mode") {
+    const int64_t h = 6, w = 5, c = 2, n = 2;
+    for (const std::string fill : {"reflect", "constant", "nearest"}) {
+      CAPTURE(fill);
+      const double factor = 0.07;  // a fixed draw: lower == upper
+      Spec s({h, w, c});
+      s.add("RandomRotation", {{"factor", std::vector<double>{factor, factor}}, {"fill_mode", fill}});
+      BuiltModel m = models::testing::build(s, true, n);
+      Tensor x = ops::random_tensor(m.graph.value(m.input).shape, -1, 1, 103, DType::f32);  // NCHW
+      Tensor y = forward(std::move(m), x);                                                  // NHWC
+      const double theta = factor * 2 * M_PI, cy = (h - 1) / 2.0, cx = (w - 1) / 2.0;
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t ch = 0; ch < c; ++ch)
+          for (int64_t i = 0; i < h; ++i)
+            for (int64_t j = 0; j < w; ++j) {
+              // Output pixel (i, j) reads the input at its offset from the centre turned by theta.
+              const double u = j - cx, v = i - cy;
+              const double xs = std::cos(theta) * u - std::sin(theta) * v + cx;
+              const double ys = std::sin(theta) * u + std::cos(theta) * v + cy;
+              auto row = [&](int64_t r) {
+                return sample_axis([&](int64_t q) { return x.get_f64(((b * c + ch) * h + r) * w + q); }, w,
+                                   xs, fill);
+              };
+              CHECK(y.get_f64(((b * h + i) * w + j) * c + ch) ==
+                    doctest::Approx(sample_axis(row, h, ys, fill)).epsilon(1e-4));
+            }
+      CHECK(count_ops(models::testing::build(s, false, n).graph, "GridSample") == 0);
+    }
+    Spec bad({h, w, c});
+    bad.add("RandomRotation", {{"factor", 0.1}, {"fill_mode", std::string("wrap")}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "fill_mode"));
+  }
 }

@@ -1,7 +1,7 @@
 // CPU kernels of op family 'conv': oneDNN convolution (forward, backward data, backward weights; f32 and
 // bf16) and pooling (f32) on plain NCHW/OIHW buffers; plain loops for f64 and for the cases oneDNN defines
-// differently from ONNX. 1-D data runs as 2-D data of height 1. Every loop gives each output plane to one
-// thread, so sums are deterministic.
+// differently from ONNX; GridSample. 1-D data runs as 2-D data of height 1. Every loop gives each output
+// plane to one thread, so sums are deterministic.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -806,6 +806,84 @@ KernelPtr global_avg_pool_grad(const KernelArgs& a) {
   return kp;
 }
 
+// ---- GridSample ----
+
+// Each output pixel's coordinates are computed once and serve every channel; threads own output rows.
+KernelPtr grid_sample(const KernelArgs& a) {
+  const kernels::GridGeom g = ops::grid_geom(a.in(0).shape, a.in(1).shape, a.attrs());
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "GridSample", [&]<class T>() {
+    const T* x = a.in_ptr<T>(0);
+    const T* grid = a.in_ptr<T>(1);
+    T* y = a.out_ptr<T>(0);
+    kp = make_kernel([=](const StepContext&) {
+      const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow;
+      parallel_for(
+          g.n * g.oh,
+          [&](int64_t row) {
+            const int64_t n = row / g.oh;
+            for (int64_t j = 0; j < g.ow; ++j) {
+              const int64_t p = row * g.ow + j;  // the pixel in grid order
+              const kernels::GridTaps<T> t = kernels::grid_taps(g, grid, p);
+              const int64_t q = p - n * out_plane;
+              for (int64_t c = 0; c < g.c; ++c)
+                y[(n * g.c + c) * out_plane + q] =
+                    kernels::grid_sample_plane(x + (n * g.c + c) * plane, g, t);
+            }
+          },
+          std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, g.ow * g.c * 8)));
+    });
+  });
+  return kp;
+}
+
+// dX: each (image, channel) plane belongs to one thread, which adds the samples' weights in pixel order, so
+// the sums do not depend on the thread count. dgrid: per output pixel, summed over the channels in order
+// (zero for nearest, whose samples are flat in the grid).
+KernelPtr grid_sample_grad(const KernelArgs& a) {
+  const kernels::GridGeom g = ops::grid_geom(a.in(1).shape, a.in(2).shape, a.attrs());
+  KernelPtr kp;
+  dispatch_float(a.in(0).dtype, "GridSampleGrad", [&]<class T>() {
+    const T* dy = a.in_ptr<T>(0);
+    const T* x = a.in_ptr<T>(1);
+    const T* grid = a.in_ptr<T>(2);
+    T* dx = a.has_output(0) ? a.out_ptr<T>(0) : nullptr;
+    T* dgrid = a.has_output(1) ? a.out_ptr<T>(1) : nullptr;
+    kp = make_kernel([=](const StepContext&) {
+      const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow;
+      if (dx)
+        parallel_for(
+            g.n * g.c,
+            [&](int64_t nc) {
+              T* d = dx + nc * plane;
+              std::fill(d, d + plane, T(0));
+              const int64_t n = nc / g.c;
+              for (int64_t q = 0; q < out_plane; ++q)
+                kernels::grid_scatter_plane(d, g, kernels::grid_taps(g, grid, n * out_plane + q),
+                                            dy[nc * out_plane + q]);
+            },
+            std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, out_plane * 8)));
+      if (dgrid)
+        parallel_for(
+            g.n * out_plane,
+            [&](int64_t p) {
+              T gx = 0, gy = 0;
+              const kernels::GridTaps<T> t = kernels::grid_taps(g, grid, p);
+              if (g.mode != kernels::GridMode::nearest) {
+                const int64_t n = p / out_plane, q = p % out_plane;
+                for (int64_t c = 0; c < g.c; ++c)
+                  kernels::grid_coord_grad(x + (n * g.c + c) * plane, g, t, dy[(n * g.c + c) * out_plane + q],
+                                           &gx, &gy);
+              }
+              dgrid[2 * p] = gx * t.cx.dx;
+              dgrid[2 * p + 1] = gy * t.cy.dx;
+            },
+            std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, g.c * 8)));
+    });
+  });
+  return kp;
+}
+
 }  // namespace
 
 void register_conv_cpu_kernels(KernelRegistry& r) {
@@ -819,6 +897,8 @@ void register_conv_cpu_kernels(KernelRegistry& r) {
   r.add("AveragePoolGrad", avg_pool_grad);
   r.add("GlobalAveragePool", global_avg_pool);
   r.add("GlobalAveragePoolGrad", global_avg_pool_grad);
+  r.add("GridSample", grid_sample);
+  r.add("GridSampleGrad", grid_sample_grad);
 }
 
 }  // namespace trainer::engine::cpu

@@ -11,6 +11,7 @@
 
 #include "engine/backend/cuda/launch_elementwise.h"
 #include "engine/kernels/functors.h"
+#include "engine/kernels/grid_sample.h"
 #include "engine/kernels/philox.h"
 
 namespace trainer::engine::cuda {
@@ -538,6 +539,63 @@ cudaError_t gather_grad_typed(bool idx64, const void* dy, const void* idx, void*
   return cudaGetLastError();
 }
 
+// ---- GridSample (the per-pixel math is engine/kernels/grid_sample.h's, shared with the CPU) ----
+
+// One thread per output element, in y's order (n, c, pixel), so writes coalesce; each recomputes its pixel's
+// taps, which costs less than a pass to store them.
+template <class T>
+__global__ void grid_sample_kernel(const T* x, const T* grid, T* y, k::GridGeom g) {
+  const int64_t out_plane = g.oh * g.ow;
+  GRID_STRIDE_LOOP(i, g.n * g.c * out_plane) {
+    const int64_t q = i % out_plane, nc = i / out_plane, n = nc / g.c;
+    const k::GridTaps<T> t = k::grid_taps(g, grid, n * out_plane + q);
+    y[i] = k::grid_sample_plane(x + nc * g.h * g.w, g, t);
+  }
+}
+
+// dX: one thread per (image, channel) plane walks the output pixels in order and adds their weights, so the
+// sums are deterministic (no atomics). The parallelism is N x C; GridSample's usual place (augmentation ahead
+// of the first layer) needs no dX at all.
+template <class T>
+__global__ void grid_sample_dx_kernel(const T* dy, const T* grid, T* dx, k::GridGeom g) {
+  const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow;
+  GRID_STRIDE_LOOP(nc, g.n * g.c) {
+    T* d = dx + nc * plane;
+    for (int64_t j = 0; j < plane; ++j) d[j] = T(0);
+    const int64_t n = nc / g.c;
+    for (int64_t q = 0; q < out_plane; ++q)
+      k::grid_scatter_plane(d, g, k::grid_taps(g, grid, n * out_plane + q), dy[nc * out_plane + q]);
+  }
+}
+
+// dgrid: one thread per output pixel, summing over the channels in order.
+template <class T>
+__global__ void grid_sample_dgrid_kernel(const T* dy, const T* x, const T* grid, T* dgrid, k::GridGeom g) {
+  const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow;
+  GRID_STRIDE_LOOP(p, g.n * out_plane) {
+    const k::GridTaps<T> t = k::grid_taps(g, grid, p);
+    T gx = 0, gy = 0;
+    if (g.mode != k::GridMode::nearest) {
+      const int64_t n = p / out_plane, q = p % out_plane;
+      for (int64_t c = 0; c < g.c; ++c)
+        k::grid_coord_grad(x + (n * g.c + c) * plane, g, t, dy[(n * g.c + c) * out_plane + q], &gx, &gy);
+    }
+    dgrid[2 * p] = gx * t.cx.dx;
+    dgrid[2 * p + 1] = gy * t.cy.dx;
+  }
+}
+
+template <class T>
+void grid_sample_grad_typed(const void* dy, const void* x, const void* grid, void* dx, void* dgrid,
+                            const k::GridGeom& g, cudaStream_t s) {
+  const T* dyt = static_cast<const T*>(dy);
+  const T* gt = static_cast<const T*>(grid);
+  if (dx) grid_sample_dx_kernel<T><<<blocks_for(g.n * g.c), kBlock, 0, s>>>(dyt, gt, static_cast<T*>(dx), g);
+  if (dgrid)
+    grid_sample_dgrid_kernel<T><<<blocks_for(g.n * g.oh * g.ow), kBlock, 0, s>>>(
+        dyt, static_cast<const T*>(x), gt, static_cast<T*>(dgrid), g);
+}
+
 bool valid_map(const IndexMap& m) {
   if (m.rank < 1 || m.rank > kMaxDims) return false;
   for (int d = 0; d < m.rank; ++d)
@@ -929,6 +987,43 @@ cudaError_t launch_gather_grad(ElemType t, bool idx64, const void* dy, const voi
     default:
       return cudaErrorInvalidValue;
   }
+}
+
+cudaError_t launch_grid_sample(ElemType t, const void* x, const void* grid, void* y, const k::GridGeom& g,
+                               cudaStream_t stream) {
+  const int64_t n = g.n * g.c * g.oh * g.ow;
+  if (n <= 0) return cudaSuccess;
+  if (!x || !grid || !y || g.h < 1 || g.w < 1) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      grid_sample_kernel<float><<<blocks_for(n), kBlock, 0, stream>>>(
+          static_cast<const float*>(x), static_cast<const float*>(grid), static_cast<float*>(y), g);
+      break;
+    case ElemType::f64:
+      grid_sample_kernel<double><<<blocks_for(n), kBlock, 0, stream>>>(
+          static_cast<const double*>(x), static_cast<const double*>(grid), static_cast<double*>(y), g);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_grid_sample_grad(ElemType t, const void* dy, const void* x, const void* grid, void* dx,
+                                    void* dgrid, const k::GridGeom& g, cudaStream_t stream) {
+  if (g.n * g.c <= 0 || g.h < 1 || g.w < 1) return cudaSuccess;
+  if (!dy || !x || !grid) return cudaErrorInvalidValue;
+  switch (t) {
+    case ElemType::f32:
+      grid_sample_grad_typed<float>(dy, x, grid, dx, dgrid, g, stream);
+      break;
+    case ElemType::f64:
+      grid_sample_grad_typed<double>(dy, x, grid, dx, dgrid, g, stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 
 cudaError_t launch_write_ints(const SmallInts& v, int64_t* y, cudaStream_t stream) {

@@ -6,6 +6,7 @@
 
 #include "engine/backend/cuda/cuda_kernel.h"
 #include "engine/backend/cuda/launch_elementwise.h"
+#include "engine/ops/conv_geometry.h"
 #include "engine/ops/norm_dropout.h"
 #include "engine/ops/pad_geometry.h"
 #include "engine/ops/shape_slice.h"
@@ -528,6 +529,31 @@ KernelPtr gather_grad(const KernelArgs& a) {
       [=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_gather_grad(t, idx64, dy, idx, dx, g, s)); });
 }
 
+KernelPtr grid_sample(const KernelArgs& a) {
+  const DType dt = a.in(0).dtype;
+  if (dt != DType::f32 && dt != DType::f64) return nullptr;
+  const kernels::GridGeom g = ops::grid_geom(a.in(0).shape, a.in(1).shape, a.attrs());
+  const ElemType t = elem_type(dt);
+  const void* x = a.inputs[0];
+  const void* grid = a.inputs[1];
+  void* y = a.outputs[0];
+  return make_kernel([=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_grid_sample(t, x, grid, y, g, s)); });
+}
+
+KernelPtr grid_sample_grad(const KernelArgs& a) {
+  const DType dt = a.in(0).dtype;
+  if (dt != DType::f32 && dt != DType::f64) return nullptr;
+  const kernels::GridGeom g = ops::grid_geom(a.in(1).shape, a.in(2).shape, a.attrs());
+  const ElemType t = elem_type(dt);
+  const void* dy = a.inputs[0];
+  const void* x = a.inputs[1];
+  const void* grid = a.inputs[2];
+  void* dx = a.has_output(0) ? a.outputs[0] : nullptr;
+  void* dgrid = a.has_output(1) ? a.outputs[1] : nullptr;
+  return make_kernel(
+      [=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_grid_sample_grad(t, dy, x, grid, dx, dgrid, g, s)); });
+}
+
 // Shape: the dims are known now; each step writes them, as the output buffer may be reused between steps.
 KernelPtr shape_of(const KernelArgs& a) {
   const Shape& in = a.in(0).shape;
@@ -614,6 +640,8 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("PadGrad", pad_grad);
   r.add("Gather", gather);
   r.add("GatherGrad", gather_grad);
+  r.add("GridSample", grid_sample);
+  r.add("GridSampleGrad", grid_sample_grad);
   r.add("Shape", shape_of);
   // Dropout of the CPU's kernels_norm.cpp: here, because its mask is an elementwise Philox draw.
   r.add("Dropout", dropout);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "engine/backend/cuda/launch_step.h"
+#include "engine/kernels/grid_sample.h"
 #include "engine/kernels/pad.h"
 
 namespace trainer::engine::cuda {
@@ -165,6 +166,12 @@ cudaError_t launch_gather(int unit_bytes, bool idx64, const void* x, const void*
 // owns one column of dx, so sums are deterministic and bitwise equal to the CPU's. t: f32 or f64.
 cudaError_t launch_gather_grad(ElemType t, bool idx64, const void* dy, const void* idx, void* dx,
                                const GatherGeom& g, cudaStream_t stream);
+// GridSample: y [N, C, H_out, W_out] from x and grid; its gradient's dx (deterministic: no atomics) and
+// dgrid, each skipped when null. f32 and f64.
+cudaError_t launch_grid_sample(ElemType t, const void* x, const void* grid, void* y,
+                               const kernels::GridGeom& g, cudaStream_t stream);
+cudaError_t launch_grid_sample_grad(ElemType t, const void* dy, const void* x, const void* grid, void* dx,
+                                    void* dgrid, const kernels::GridGeom& g, cudaStream_t stream);
 // y[0 .. v.count) = v.
 cudaError_t launch_write_ints(const SmallInts& v, int64_t* y, cudaStream_t stream);
 
