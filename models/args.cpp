@@ -122,7 +122,6 @@ bool known_unsupported(const std::string& name) {
                                                  "go_backwards",
                                                  "unroll",
                                                  "return_state",
-                                                 "mask_zero",
                                                  "noise_shape",
                                                  "input_length",
                                                  "dtype",

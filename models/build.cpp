@@ -167,6 +167,12 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     info.type = spec.type;
     LayerBuilder builder(g, options, spec, args, info);
     LayerValue out = def->build(builder, inputs);
+    // A mask goes on only through layers that keep it and the steps it describes; a layer that made a new one
+    // (Embedding, Masking) keeps its own.
+    if (!inputs.empty() && inputs[0].mask != kNoValue && out.mask == inputs[0].mask) {
+      const bool same_steps = out.shape.size() >= 2 && out.shape[0] == inputs[0].shape[0];
+      if (!def->keeps_mask || !same_steps) out.mask = kNoValue;
+    }
     for (ValueId p : builder.penalties)
       m.penalty = m.penalty == kNoValue
                       ? p

@@ -83,6 +83,11 @@ ValueId LayerBuilder::dropout_mask(const std::string& suffix, const std::vector<
       .outputs[0];
 }
 
+void keep_masks(std::vector<LayerDef>& defs, const std::vector<std::string>& types) {
+  for (LayerDef& d : defs)
+    if (std::find(types.begin(), types.end(), d.type) != types.end()) d.keeps_mask = true;
+}
+
 ValueId LayerBuilder::counted(ValueId v, bool is_trainable) {
   int64_t n = graph.value(v).shape.numel();
   info.params += n;

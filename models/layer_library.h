@@ -26,6 +26,11 @@ struct LayerValue {
   std::string activation;
   engine::ValueId pre_activation = engine::kNoValue;
   std::string from;  // the layer that produced it ("input" for the model's input), for messages
+  // Keras's mask of a sequence: [N, steps] float, 1 for the steps that count and 0 for padding, from an
+  // Embedding with mask_zero or a Masking layer; layers that keep the steps pass it on
+  // (LayerDef::keeps_mask), the recurrent layers and GlobalAveragePooling1D honour it, and every other layer
+  // drops it.
+  engine::ValueId mask = engine::kNoValue;
 };
 
 // "(None, 28, 28, 1)": a per-sample shape with the batch, as Keras prints it.
@@ -121,7 +126,11 @@ struct LayerDef {
   int max_inputs = 1;      // -1: any number
   bool takes_ids = false;  // Embedding: integer token ids in; every other layer takes floats
   BuildFn build = nullptr;
+  bool keeps_mask = false;  // passes its input's mask on when its output keeps the input's steps
 };
+
+// Marks the layers named in `types` as keeping their input's mask (Keras's supports_masking).
+void keep_masks(std::vector<LayerDef>& defs, const std::vector<std::string>& types);
 
 // Registration, one function per source file.
 // The arguments of a convolution layer: `head` (filters, kernel_size, strides, ...), then activation (none),

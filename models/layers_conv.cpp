@@ -506,6 +506,7 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_layer_norm});
+  keep_masks(defs, {"LayerNormalization"});
 }
 
 }  // namespace trainer::models

@@ -124,6 +124,22 @@ LayerValue build_average_pool1d(LayerBuilder& b, const std::vector<LayerValue>& 
 LayerValue build_global_pool1d(LayerBuilder& b, const std::vector<LayerValue>& in, bool max) {
   require_sequence(b, in[0]);
   const bool keep = b.args.boolean("keepdims");
+  if (!max && in[0].mask != kNoValue) {
+    // Keras's masked mean: the sum over the unmasked steps over their count (at least 1: an all-padding
+    // sequence averages to zeros).
+    LayerValue x = b.to_channels_last(in[0]);
+    ValueId m3 = b.op("Unsqueeze", {x.mask, b.shape_constant("mask/feature_axis", {2})});
+    ValueId axes = b.shape_constant("axes", {1});
+    const Attributes keepdims{{"keepdims", int64_t{keep ? 1 : 0}}};
+    ValueId sum = b.op("ReduceSum", {b.op("Mul", {x.value, m3}), axes}, keepdims);
+    ValueId count = b.op("Max", {b.op("ReduceSum", {m3, axes}, keepdims),
+                                 b.constant("mask/one", Tensor::scalar<float>(1.0f))});
+    x.value = b.op("Div", {sum, count});
+    x.shape = keep ? std::vector<int64_t>{1, in[0].shape[1]} : std::vector<int64_t>{in[0].shape[1]};
+    x.activation.clear();
+    x.pre_activation = kNoValue;
+    return x;
+  }
   LayerValue x = in[0];
   x.value =
       b.op(max ? "ReduceMax" : "ReduceMean", {in[0].value, b.shape_constant("axes", {b.ir_axis(in[0], 0)})},

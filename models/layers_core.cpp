@@ -324,7 +324,42 @@ LayerValue build_embedding(LayerBuilder& b, const std::vector<LayerValue>& in) {
   y.shape = in[0].shape;
   y.shape.push_back(dim);
   y.value = b.op("Gather", {table, in[0].value}, {{"axis", int64_t{0}}});
+  // mask_zero: token id 0 is padding; the mask marks the other steps for the layers that honour it.
+  if (b.args.boolean("mask_zero")) {
+    if (in[0].shape.size() != 1)
+      b.fail("mask_zero", fmt::format("mask_zero needs a sequence of token ids (None, steps), got {}",
+                                      keras_shape(in[0].shape)));
+    const DType ids = b.graph.value(in[0].value).dtype;
+    ValueId zero =
+        b.constant("padding_id", ids == DType::i64 ? Tensor::scalar<int64_t>(0) : Tensor::scalar<int32_t>(0));
+    ValueId pad =
+        b.op("Cast", {b.op("Equal", {in[0].value, zero})}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+    y.mask = b.op("Sub", {b.constant("one", Tensor::scalar<float>(1.0f)), pad});
+  }
   return y;
+}
+
+// Masking: the steps whose features all equal mask_value are padding: zeroed, and masked for the layers that
+// honour masks.
+LayerValue build_masking(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = b.to_channels_last(in[0]);
+  if (x.shape.size() != 2)
+    b.fail_layer(fmt::format("needs a sequence (None, steps, features), got {} from '{}'",
+                             keras_shape(x.shape), x.from),
+                 "Masking marks the padded steps of a sequence");
+  ValueId value =
+      b.constant("mask_value", Tensor::scalar<float>(static_cast<float>(b.args.number("mask_value"))));
+  ValueId same =
+      b.op("Cast", {b.op("Equal", {x.value, value})}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+  // A step counts when some feature differs: the maximum over the features of "not equal".
+  x.mask = b.op("ReduceMax",
+                {b.op("Sub", {b.constant("one", Tensor::scalar<float>(1.0f)), same}),
+                 b.shape_constant("features", {2})},
+                {{"keepdims", int64_t{0}}});
+  x.value = b.op("Mul", {x.value, b.op("Unsqueeze", {x.mask, b.shape_constant("feature_axis", {2})})});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
 }
 
 }  // namespace
@@ -425,11 +460,15 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   "embedding",
                   {{"input_dim", ArgKind::integer, std::nullopt},
                    {"output_dim", ArgKind::integer, std::nullopt},
-                   {"embeddings_initializer", ArgKind::string, std::string("uniform")}},
+                   {"embeddings_initializer", ArgKind::string, std::string("uniform")},
+                   {"mask_zero", ArgKind::boolean, false}},
                   1,
                   1,
                   true,
                   build_embedding});
+  defs.push_back({"Masking", "masking", {{"mask_value", ArgKind::number, 0.0}}, 1, 1, false, build_masking});
+  keep_masks(defs, {"Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "Dropout",
+                    "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "Rescaling"});
 }
 
 }  // namespace trainer::models

@@ -56,6 +56,70 @@ DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, b
   return d;
 }
 
+// Keras's masked recurrence in ONNX's terms. A masked step leaves the states as they were, so the final
+// states are those of the unmasked steps alone, in order: the steps are compacted to the front (row s of the
+// compacted sequence is the s-th unmasked step) and the node runs with sequence_lens = their count. Outputs
+// go back to every step: at step t the forward direction's is its output after the last unmasked step up to
+// t (zeros before the first), the reverse direction's its output at the first unmasked step from t on (zeros
+// after the last), as Keras carries them over masked steps. Compaction and its inverse are products with
+// one-hot [N, steps, steps] matrices, so the graph stays ONNX's and the gradient reaches the inputs.
+struct MaskedSteps {
+  ValueId mask3 = kNoValue;      // [N, T, 1]
+  ValueId inclusive = kNoValue;  // [N, T, 1]: unmasked steps up to and including t
+  ValueId lengths = kNoValue;    // [N] int32
+  int64_t steps = 0;
+};
+
+// [N, T, T]: 1 at (t, s) where v[t] == s.
+ValueId one_hot_steps(LayerBuilder& b, ValueId v, int64_t steps, const std::string& name) {
+  Tensor positions(DType::f32, Shape{1, 1, steps});
+  for (int64_t s = 0; s < steps; ++s) positions.set_f64(s, static_cast<double>(s));
+  return b.op("Cast", {b.op("Equal", {v, b.constant(name + "/positions", std::move(positions))})},
+              {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+}
+
+MaskedSteps masked_steps(LayerBuilder& b, ValueId mask, int64_t steps) {
+  MaskedSteps m;
+  m.steps = steps;
+  Tensor upper(DType::f32, Shape{steps, steps});  // [t', t]: 1 where t' <= t
+  for (int64_t i = 0; i < steps; ++i)
+    for (int64_t j = i; j < steps; ++j) upper.set_f64(i * steps + j, 1.0);
+  ValueId axis2 = b.shape_constant("mask/step_axis", {2});
+  m.mask3 = b.op("Unsqueeze", {mask, axis2});
+  m.inclusive =
+      b.op("Unsqueeze", {b.op("MatMul", {mask, b.constant("mask/upper", std::move(upper))}), axis2});
+  m.lengths = b.op(
+      "Cast", {b.op("ReduceSum", {mask, b.shape_constant("mask/steps", {1})}, {{"keepdims", int64_t{0}}})},
+      {{"to", int64_t{dtype_to_onnx(DType::i32)}}});
+  return m;
+}
+
+// x [N, T, F] with its unmasked steps moved to the front, in order.
+ValueId compact_steps(LayerBuilder& b, const MaskedSteps& m, ValueId x) {
+  ValueId rank = b.op("Sub", {m.inclusive, b.constant("mask/one", Tensor::scalar<float>(1.0f))});
+  ValueId pick = b.op("Mul", {one_hot_steps(b, rank, m.steps, "mask/compact"), m.mask3});  // [N, t, s]
+  return b.op("MatMul", {b.op("Transpose", {pick}, {{"perm", std::vector<int64_t>{0, 2, 1}}}), x});
+}
+
+// y [N, T, dirs, H] of the compacted sequence back at every step (see MaskedSteps).
+ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs, int64_t units) {
+  std::vector<ValueId> per_direction;
+  for (int d = 0; d < dirs; ++d) {
+    const std::string k = fmt::format("mask/direction{}", d);
+    // Forward: the output after unmasked step inclusive - 1; reverse: at unmasked step inclusive - mask.
+    ValueId source =
+        b.op("Sub", {m.inclusive, d == 0 ? b.constant(k + "/one", Tensor::scalar<float>(1.0f)) : m.mask3});
+    ValueId yd =
+        b.op("Reshape",
+             {b.op("Slice", {y, b.shape_constant(k + "/start", {d}), b.shape_constant(k + "/end", {d + 1}),
+                             b.shape_constant(k + "/axis", {2})}),
+              b.shape_constant(k + "/shape", {0, m.steps, units})});
+    ValueId spread = b.op("MatMul", {one_hot_steps(b, source, m.steps, k), yd});  // [N, T, H]
+    per_direction.push_back(b.op("Unsqueeze", {spread, b.shape_constant(k + "/axis2", {2})}));
+  }
+  return dirs == 1 ? per_direction[0] : b.op("Concat", per_direction, {{"axis", int64_t{2}}});
+}
+
 // An LSTM or GRU layer, or (`bidirectional`) both directions of one as Keras's Bidirectional wraps it: one
 // ONNX node with direction = bidirectional, whose two outputs are merged by `merge_mode` (concat: forward
 // then backward features; sum, ave or mul).
@@ -76,6 +140,11 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   if (ValueId mask = b.dropout_mask("input_dropout", {b.options.batch_size, 1, features}, rate);
       mask != kNoValue)
     x.value = b.op("Mul", {x.value, mask});
+  MaskedSteps masked;
+  if (x.mask != kNoValue) {
+    masked = masked_steps(b, x.mask, steps);
+    x.value = compact_steps(b, masked, x.value);
+  }
   const int64_t gates = lstm ? 4 : 3, rows = gates * units;
   const bool reset_after = !lstm && b.args.boolean("reset_after");
   const std::string op = lstm ? "LSTM" : "GRU";
@@ -106,6 +175,7 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   std::vector<std::string> outs = {sequences ? b.graph.unique_name(node_name + ":Y") : std::string(),
                                    sequences ? std::string() : b.graph.unique_name(node_name + ":Y_h")};
   std::vector<ValueId> inputs = {x.value, w, r, bias};
+  if (masked.lengths != kNoValue) inputs.push_back(masked.lengths);
   // Keras's recurrent_dropout: one mask per sample, direction and unit, the same at every step, on the state
   // where it enters the recurrent product (the engine's private trailing input of LSTM and GRU).
   const double rec_rate = b.args.number("recurrent_dropout");
@@ -119,9 +189,11 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   }
   NodeId n = b.graph.add_node_named(op, inputs, attrs, outs, node_name);
   ValueId y = b.graph.node(n).outputs[sequences ? 0 : 1];
+  if (sequences && masked.lengths != kNoValue) y = expand_steps(b, masked, y, bidirectional ? 2 : 1, units);
 
   LayerValue out;
   out.from = x.from;
+  out.mask = x.mask;  // kept for the steps of a whole sequence (build.cpp drops it otherwise)
   const int64_t width = merge == "concat" ? 2 * units : units;
   out.shape = sequences ? std::vector<int64_t>{steps, width} : std::vector<int64_t>{width};
   const int64_t dir_axis = sequences ? 2 : 1;
@@ -194,6 +266,7 @@ void add_recurrent_layers(std::vector<LayerDef>& defs) {
   both.push_back({"unit_forget_bias", ArgKind::boolean, true});
   both.push_back({"reset_after", ArgKind::boolean, true});
   defs.push_back({"Bidirectional", "bidirectional", both, 1, 1, false, build_bidirectional});
+  keep_masks(defs, {"LSTM", "GRU", "Bidirectional"});
 }
 
 }  // namespace trainer::models

@@ -665,6 +665,127 @@ TEST_SUITE("run") {
 }
 
 TEST_SUITE("run") {
+  // Keras's masking against the plain layers run on each sample's unmasked steps alone: the forward direction
+  // at step t gives its output after the last unmasked step up to t (zeros before any), the backward
+  // direction its output at the first unmasked step from t on (zeros after the last).
+  TEST_CASE("run: mask_zero: LSTM, GRU and Bidirectional skip padded steps wherever they are") {
+    const int64_t steps = 6, dim = 3, units = 4;
+    // Pre-padded, holes, all padding, no padding.
+    const std::vector<int32_t> ids = {0, 0, 3, 5, 1, 2, 4, 0, 6, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6};
+    const int64_t n = 4;
+    for (const char* layer : {"LSTM", "GRU"})
+      for (bool sequences : {true, false}) {
+        CAPTURE(layer);
+        CAPTURE(sequences);
+        const std::string inner = std::string(layer) == "LSTM" ? "lstm" : "gru";
+        Spec s({steps}, "int32");
+        s.add("Embedding", {{"input_dim", int64_t{7}}, {"output_dim", dim}, {"mask_zero", true}})
+            .add("Bidirectional", {{"layer", std::string(layer)},
+                                   {"units", units},
+                                   {"return_sequences", sequences},
+                                   {"bias_initializer", std::string("uniform")}});
+        BuiltModel m = models::testing::build(s, false, n);
+        const Tensor table = weight(m, "embedding/embeddings");
+        Tensor w[2][3];
+        const char* dirs[2] = {"forward_", "backward_"};
+        const char* names[3] = {"kernel", "recurrent_kernel", "bias"};
+        for (int d = 0; d < 2; ++d)
+          for (int k = 0; k < 3; ++k)
+            w[d][k] = weight(m, "bidirectional/" + std::string(dirs[d]) + inner + "/" + names[k]);
+        Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
+        REQUIRE(y.shape() == (sequences ? Shape{n, steps, 2 * units} : Shape{n, 2 * units}));
+        for (int64_t b = 0; b < n; ++b) {
+          CAPTURE(b);
+          std::vector<int32_t> kept;
+          for (int64_t t = 0; t < steps; ++t)
+            if (ids[b * steps + t] != 0) kept.push_back(ids[b * steps + t]);
+          const int64_t len = static_cast<int64_t>(kept.size());
+          // The plain layer over the kept steps (reversed for the backward direction), every step's output.
+          Tensor plain[2];
+          for (int d = 0; d < 2 && len > 0; ++d) {
+            Spec p({len, dim});
+            p.add(layer, {{"units", units}, {"return_sequences", true}});
+            BuiltModel one = models::testing::build(p, false, 1);
+            for (int k = 0; k < 3; ++k)
+              *one.graph.mutable_initializer(one.graph.find(inner + "/" + names[k])) = w[d][k];
+            Tensor x(DType::f32, Shape{1, len, dim});
+            for (int64_t q = 0; q < len; ++q)
+              for (int64_t f = 0; f < dim; ++f)
+                x.set_f64(q * dim + f, table.get_f64(kept[d == 0 ? q : len - 1 - q] * dim + f));
+            plain[d] = forward(std::move(one), x);  // [1, len, units]
+          }
+          // Plain output of direction d after `count` kept steps (0: the zero state).
+          auto after = [&](int d, int64_t count, int64_t u) {
+            return count == 0 ? 0.0 : plain[d].get_f64((count - 1) * units + u);
+          };
+          if (!sequences) {
+            for (int64_t u = 0; u < units; ++u) {
+              CHECK(y.get_f64(b * 2 * units + u) == doctest::Approx(after(0, len, u)).epsilon(1e-5));
+              CHECK(y.get_f64(b * 2 * units + units + u) == doctest::Approx(after(1, len, u)).epsilon(1e-5));
+            }
+            continue;
+          }
+          int64_t before = 0;  // kept steps before t
+          for (int64_t t = 0; t < steps; ++t) {
+            const bool keep = ids[b * steps + t] != 0;
+            for (int64_t u = 0; u < units; ++u) {
+              const double fwd = after(0, before + keep, u);
+              const double bwd =
+                  after(1, len - before, u);  // the backward pass has seen the kept steps from t on
+              CHECK(y.get_f64((b * steps + t) * 2 * units + u) == doctest::Approx(fwd).epsilon(1e-5));
+              CHECK(y.get_f64((b * steps + t) * 2 * units + units + u) == doctest::Approx(bwd).epsilon(1e-5));
+            }
+            before += keep;
+          }
+        }
+      }
+  }
+
+  TEST_CASE("run: masks: GlobalAveragePooling1D averages the kept steps; Masking marks steps of mask_value") {
+    const int64_t steps = 4, dim = 2;
+    Spec s({steps}, "int32");
+    s.add("Embedding", {{"input_dim", int64_t{5}}, {"output_dim", dim}, {"mask_zero", true}})
+        .add("Dropout", {{"rate", 0.5}})  // keeps the mask
+        .add("GlobalAveragePooling1D");
+    BuiltModel m = models::testing::build(s, false, 3);
+    const Tensor table = weight(m, "embedding/embeddings");
+    const std::vector<int32_t> ids = {0, 2, 0, 4, 1, 2, 3, 4, 0, 0, 0, 0};
+    Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{3, steps}, ids));
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t f = 0; f < dim; ++f) {
+        double sum = 0;
+        int count = 0;
+        for (int64_t t = 0; t < steps; ++t)
+          if (ids[b * steps + t] != 0) sum += table.get_f64(ids[b * steps + t] * dim + f), ++count;
+        CHECK(y.get_f64(b * dim + f) == doctest::Approx(count ? sum / count : 0.0));
+      }
+
+    // Masking on float steps: the padded steps (all features 0) are skipped by the LSTM, so its final output
+    // is that of the kept steps alone.
+    Spec mk({5, 2});
+    mk.add("Masking").add("LSTM", {{"units", int64_t{3}}});
+    Spec kept({3, 2});
+    kept.add("LSTM", {{"units", int64_t{3}}});
+    BuiltModel masked = models::testing::build(mk, false, 1), plain = models::testing::build(kept, false, 1);
+    for (const char* name : {"lstm/kernel", "lstm/recurrent_kernel", "lstm/bias"})
+      *plain.graph.mutable_initializer(plain.graph.find(name)) = weight(masked, name);
+    Tensor xm = Tensor::from<float>(Shape{1, 5, 2}, {0, 0, 0.5f, -1, 0, 0, 2, 0, 0.25f, 0.75f});
+    Tensor xk = Tensor::from<float>(Shape{1, 3, 2}, {0.5f, -1, 2, 0, 0.25f, 0.75f});
+    Tensor ym = forward(std::move(masked), xm), yk = forward(std::move(plain), xk);
+    for (int64_t u = 0; u < 3; ++u) CHECK(ym.get_f64(u) == doctest::Approx(yk.get_f64(u)).epsilon(1e-5));
+    // A layer that does not keep masks ends them: after a Conv1D the average is over every step, as without
+    // mask_zero.
+    auto conv_mean = [&](bool mask_zero) {
+      Spec c({4}, "int32");
+      c.add("Embedding", {{"input_dim", int64_t{5}}, {"output_dim", int64_t{2}}, {"mask_zero", mask_zero}})
+          .add("Conv1D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{1}}})
+          .add("GlobalAveragePooling1D");
+      return forward(models::testing::build(c, false, 3), Tensor::from<int32_t>(Shape{3, steps}, ids));
+    };
+    Tensor with = conv_mean(true), without = conv_mean(false);
+    for (int64_t i = 0; i < with.numel(); ++i) CHECK(with.get_f64(i) == without.get_f64(i));
+  }
+
   TEST_CASE("run: MultiHeadAttention computes Keras's attention, causal or not") {
     for (bool causal : {false, true}) {
       CAPTURE(causal);

@@ -1,0 +1,134 @@
+"""Keras's masking (Embedding mask_zero): padded reviews train alike on 1 and 2 CPU replicas, where the padding
+sits changes nothing a masked model computes, and the export (compaction, sequence_lens) runs in onnxruntime as
+trainer predict does, all-padding rows included."""
+
+import json
+import os
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+try:
+    import onnxruntime as ort
+except ImportError:
+    ort = None
+
+SPEC = """format_version = 1
+[model]
+input = {{ shape = [{steps}], dtype = "int32" }}
+[[model.layers]]
+type = "Embedding"
+input_dim = 50
+output_dim = 8
+mask_zero = true
+[[model.layers]]
+type = "Bidirectional"
+layer = "LSTM"
+units = 6
+return_sequences = true
+[[model.layers]]
+type = "GRU"
+units = 5
+return_sequences = true
+[[model.layers]]
+type = "GlobalAveragePooling1D"
+[[model.layers]]
+type = "Dense"
+units = 1
+activation = "sigmoid"
+[data.train]
+x = "x.npy"
+y = "y.npy"
+[data.validation]
+x = "x.npy"
+y = "y.npy"
+[train]
+loss = "binary_crossentropy"
+metrics = ["accuracy"]
+epochs = 3
+batch_size = 32
+seed = 3
+[train.optimizer]
+name = "adam"
+learning_rate = 0.01
+"""
+
+
+def reviews(rng, n, steps):
+    """Token ids 1..49 of random lengths, pre-padded with 0 as Keras's pad_sequences does; the label is whether
+    token 7 occurs."""
+    x = np.zeros((n, steps), dtype=np.int32)
+    for i in range(n):
+        length = rng.integers(0, steps + 1)
+        if length:
+            x[i, steps - length:] = rng.integers(1, 50, size=length)
+    return x, np.isin(x, [7]).any(axis=1).astype(np.float32)
+
+
+class Masking(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(8)
+        cls.x, cls.y = reviews(rng, 128, 12)
+        cls.x[:3] = 0  # all padding
+        np.save(os.path.join(cls.tmp.name, "x.npy"), cls.x)
+        np.save(os.path.join(cls.tmp.name, "y.npy"), cls.y)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def fit(self, name, devices=1, steps=12):
+        spec = os.path.join(self.tmp.name, name + ".toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(steps=steps))
+        out = os.path.join(self.tmp.name, name)
+        r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--log-format", "jsonl", "-q",
+                 "--output-dir", out], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        epochs = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+        return epochs, os.path.join(out, "last.ckpt")
+
+    def predict(self, ckpt, x):
+        path = os.path.join(self.tmp.name, "predict_x.npy")
+        np.save(path, x)
+        r = run(["predict", ckpt, path, "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+
+    def test_one_and_two_replicas_train_alike(self):
+        one_epochs, one = self.fit("one")
+        two_epochs, two = self.fit("two", devices=2)
+        self.assertLess(one_epochs[-1]["loss"], one_epochs[0]["loss"])
+        a, b = cli_util.read_checkpoint(one), cli_util.read_checkpoint(two)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, np.abs(a[k]).max()), err_msg=k)
+        self.assertAlmostEqual(one_epochs[-1]["val_loss"], two_epochs[-1]["val_loss"], delta=1e-5)
+
+    def test_where_the_padding_sits_changes_nothing(self):
+        # The same tokens in order, pre-padded or post-padded, predict the same: the padded steps are skipped.
+        _, ckpt = self.fit("padding")
+        post = np.zeros_like(self.x)
+        for i, row in enumerate(self.x):
+            kept = row[row != 0]
+            post[i, :len(kept)] = kept
+        self.assertFalse(np.array_equal(post, self.x))
+        np.testing.assert_allclose(self.predict(ckpt, post), self.predict(ckpt, self.x), rtol=1e-5, atol=1e-6)
+
+    @unittest.skipIf(ort is None, "onnxruntime is needed (tools/install-deps.sh installs it)")
+    def test_export_runs_in_onnxruntime_as_predict_does(self):
+        _, ckpt = self.fit("export")
+        model = os.path.join(self.tmp.name, "masked.onnx")
+        r = run(["export", ckpt, "-o", model, "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = ort.InferenceSession(model).run(None, {"input": self.x[:40]})[0]
+        np.testing.assert_allclose(got, self.predict(ckpt, self.x[:40]), rtol=1e-4, atol=1e-5)
+
+
+if __name__ == "__main__":
+    cli_util.main()
