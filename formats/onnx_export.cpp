@@ -530,7 +530,7 @@ class Exporter {
     }
     const bool rnn = n.op == "LSTM" || n.op == "GRU" || n.op == "RNN";
     // The engine's private trailing input (the recurrent dropout mask) exists in training graphs only.
-    if ((n.op == "LSTM" && ins.size() > 8) || (n.op == "GRU" && ins.size() > 6))
+    if ((n.op == "LSTM" && ins.size() > 8) || ((n.op == "GRU" || n.op == "RNN") && ins.size() > 6))
       if (!ins.back().empty())
         fail(n, fmt::format("{} has a recurrent dropout mask, which only a training graph holds", n.op));
     // Batch-major recurrences (layout 1, Keras's [batch, time, features]) are written time-major between

@@ -1,5 +1,6 @@
-// LSTM and GRU as ONNX LSTM/GRU nodes with layout = 1 ([batch, timesteps, features], as Keras). Weights are
-// stored in ONNX's layout and gate order (LSTM i, o, f, c; GRU z, r, h): kernel [1, gates * units, features]
+// LSTM, GRU and SimpleRNN as ONNX LSTM/GRU/RNN nodes with layout = 1 ([batch, timesteps, features], as
+// Keras). Weights are stored in ONNX's layout and gate order (LSTM i, o, f, c; GRU z, r, h; RNN one "gate"):
+// kernel [1, gates * units, features]
 // and recurrent_kernel [1, gates * units, units] are Keras's kernels transposed with the gates reordered.
 #include <fmt/format.h>
 
@@ -28,17 +29,18 @@ struct DirectionWeights {
   ValueId w = kNoValue, r = kNoValue, bias = kNoValue;
 };
 
-DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, bool lstm, int64_t units,
-                                   int64_t features, bool reset_after) {
-  const int64_t rows = (lstm ? 4 : 3) * units;
+DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, ops::RnnCell cell,
+                                   int64_t units, int64_t features, bool reset_after) {
+  const bool lstm = cell == ops::RnnCell::lstm;
+  const int64_t rows = (lstm ? 4 : cell == ops::RnnCell::gru ? 3 : 1) * units;
   DirectionWeights d;
   d.w = b.weight(prefix + "kernel", "kernel_initializer", Shape{1, rows, features},
                  {features, rows, rows, features});
   d.r = b.weight(prefix + "recurrent_kernel", "recurrent_initializer", Shape{1, rows, units},
                  {units, rows, rows, units});
-  // ONNX's B holds an input bias and a recurrent bias per gate. Keras's LSTM (and GRU with reset_after =
-  // false) has one bias per gate, so the recurrent half is a constant zero; GRU with reset_after keeps both,
-  // as Keras.
+  // ONNX's B holds an input bias and a recurrent bias per gate. Keras's LSTM and SimpleRNN (and GRU with
+  // reset_after = false) have one bias per gate, so the recurrent half is a constant zero; GRU with
+  // reset_after keeps both, as Keras.
   if (b.args.boolean("use_bias")) {
     const int64_t n = reset_after ? 2 * rows : rows;
     Tensor init =
@@ -120,14 +122,15 @@ ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs,
   return dirs == 1 ? per_direction[0] : b.op("Concat", per_direction, {{"axis", int64_t{2}}});
 }
 
-// An LSTM or GRU layer, or (`bidirectional`) both directions of one as Keras's Bidirectional wraps it: one
-// ONNX node with direction = bidirectional, whose two outputs are merged by `merge_mode` (concat: forward
-// then backward features; sum, ave or mul).
-LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, bool lstm,
+// An LSTM, GRU or SimpleRNN layer, or (`bidirectional`) both directions of one as Keras's Bidirectional wraps
+// it: one ONNX node with direction = bidirectional, whose two outputs are merged by `merge_mode` (concat:
+// forward then backward features; sum, ave or mul).
+LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, ops::RnnCell cell,
                            bool bidirectional) {
+  const bool lstm = cell == ops::RnnCell::lstm, simple = cell == ops::RnnCell::rnn;
   const int64_t units = b.positive("units");
   const std::string act = cell_activation(b, "activation");
-  const std::string rec_act = cell_activation(b, "recurrent_activation");
+  const std::string rec_act = simple ? std::string() : cell_activation(b, "recurrent_activation");
   LayerValue x = b.to_channels_last(in[0]);  // ONNX's layout 1 is [N, T, F]
   if (x.shape.size() != 2)
     b.fail_layer(fmt::format("needs a sequence input (None, timesteps, features), got {} from '{}'",
@@ -145,18 +148,18 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
     masked = masked_steps(b, x.mask, steps);
     x.value = compact_steps(b, masked, x.value);
   }
-  const int64_t gates = lstm ? 4 : 3, rows = gates * units;
-  const bool reset_after = !lstm && b.args.boolean("reset_after");
-  const std::string op = lstm ? "LSTM" : "GRU";
-  const std::string inner = lstm ? "lstm" : "gru";
+  const int64_t gates = lstm ? 4 : simple ? 1 : 3, rows = gates * units;
+  const bool reset_after = cell == ops::RnnCell::gru && b.args.boolean("reset_after");
+  const std::string op = ops::rnn_op_name(cell);
+  const std::string inner = lstm ? "lstm" : simple ? "simple_rnn" : "gru";
   const std::string merge = bidirectional ? b.choice("merge_mode", {"concat", "sum", "ave", "mul"}) : "";
   ValueId w, r, bias = kNoValue;
   if (!bidirectional) {
-    DirectionWeights d = direction_weights(b, "", lstm, units, features, reset_after);
+    DirectionWeights d = direction_weights(b, "", cell, units, features, reset_after);
     w = d.w, r = d.r, bias = d.bias;
   } else {
-    DirectionWeights f = direction_weights(b, "forward_" + inner + "/", lstm, units, features, reset_after);
-    DirectionWeights k = direction_weights(b, "backward_" + inner + "/", lstm, units, features, reset_after);
+    DirectionWeights f = direction_weights(b, "forward_" + inner + "/", cell, units, features, reset_after);
+    DirectionWeights k = direction_weights(b, "backward_" + inner + "/", cell, units, features, reset_after);
     const Attributes axis0{{"axis", int64_t{0}}};
     w = b.op("Concat", {f.w, k.w}, axis0);
     r = b.op("Concat", {f.r, k.r}, axis0);
@@ -164,11 +167,12 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   }
 
   Attributes attrs{{"hidden_size", units}, {"layout", int64_t{1}}};
-  const std::string acts =
-      lstm ? fmt::format("{},{},{}", rec_act, act, act) : fmt::format("{},{}", rec_act, act);
+  const std::string acts = lstm     ? fmt::format("{},{},{}", rec_act, act, act)
+                           : simple ? act
+                                    : fmt::format("{},{}", rec_act, act);
   attrs.set("activations", bidirectional ? acts + "," + acts : acts);
   if (bidirectional) attrs.set("direction", std::string("bidirectional"));
-  if (!lstm) attrs.set("linear_before_reset", int64_t{reset_after ? 1 : 0});
+  if (cell == ops::RnnCell::gru) attrs.set("linear_before_reset", int64_t{reset_after ? 1 : 0});
   const bool sequences = b.args.boolean("return_sequences");
   // Y [N, T, directions, units] for the whole sequence, or only Y_h [N, directions, units], the last step.
   const std::string node_name = b.graph.unique_name(b.name() + "/" + op);
@@ -184,7 +188,7 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
   const int64_t dirs = bidirectional ? 2 : 1;
   if (ValueId mask = b.dropout_mask("recurrent_dropout", {b.options.batch_size, dirs, units}, rec_rate);
       mask != kNoValue) {
-    inputs.resize(ops::rnn_mask_input(lstm ? ops::RnnCell::lstm : ops::RnnCell::gru), kNoValue);
+    inputs.resize(ops::rnn_mask_input(cell), kNoValue);
     inputs.push_back(mask);
   }
   NodeId n = b.graph.add_node_named(op, inputs, attrs, outs, node_name);
@@ -216,26 +220,34 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, b
 }
 
 LayerValue build_lstm(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  return build_recurrent(b, in, true, false);
+  return build_recurrent(b, in, ops::RnnCell::lstm, false);
 }
 
 LayerValue build_gru(LayerBuilder& b, const std::vector<LayerValue>& in) {
-  return build_recurrent(b, in, false, false);
+  return build_recurrent(b, in, ops::RnnCell::gru, false);
 }
 
-// Bidirectional: `layer` names the wrapped LSTM or GRU, whose arguments sit beside it (Keras nests a layer
-// object; a spec's layer table holds them flat).
+LayerValue build_simple_rnn(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_recurrent(b, in, ops::RnnCell::rnn, false);
+}
+
+// Bidirectional: `layer` names the wrapped LSTM, GRU or SimpleRNN, whose arguments sit beside it (Keras nests
+// a layer object; a spec's layer table holds them flat).
 LayerValue build_bidirectional(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const std::string layer = b.args.string("layer");
-  if (layer != "LSTM" && layer != "GRU")
-    b.fail("layer", fmt::format("Bidirectional wraps LSTM or GRU, not \"{}\"", layer),
-           "layer = \"LSTM\" or layer = \"GRU\"");
-  const bool lstm = layer == "LSTM";
-  const char* other = lstm ? "reset_after" : "unit_forget_bias";
-  if (b.args.has(other))
-    b.fail(other, fmt::format("{} is an argument of {}, not of the {} this wraps", other,
-                              lstm ? "GRU" : "LSTM", layer));
-  return build_recurrent(b, in, lstm, true);
+  if (layer != "LSTM" && layer != "GRU" && layer != "SimpleRNN")
+    b.fail("layer", fmt::format("Bidirectional wraps LSTM, GRU or SimpleRNN, not \"{}\"", layer),
+           "layer = \"LSTM\", \"GRU\" or \"SimpleRNN\"");
+  const ops::RnnCell cell = layer == "LSTM"  ? ops::RnnCell::lstm
+                            : layer == "GRU" ? ops::RnnCell::gru
+                                             : ops::RnnCell::rnn;
+  // The arguments only another wrapped layer takes.
+  const std::vector<std::pair<std::string, std::string>> owned = {
+      {"unit_forget_bias", "LSTM"}, {"reset_after", "GRU"}, {"recurrent_activation", "LSTM and GRU"}};
+  for (const auto& [arg, owner] : owned)
+    if (b.args.has(arg) && owner.find(layer) == std::string::npos)
+      b.fail(arg, fmt::format("{} is an argument of {}, not of the {} this wraps", arg, owner, layer));
+  return build_recurrent(b, in, cell, true);
 }
 
 std::vector<ArgDecl> common_args() {
@@ -260,13 +272,17 @@ void add_recurrent_layers(std::vector<LayerDef>& defs) {
   gru.push_back({"reset_after", ArgKind::boolean, true});
   defs.push_back({"LSTM", "lstm", lstm, 1, 1, false, build_lstm});
   defs.push_back({"GRU", "gru", gru, 1, 1, false, build_gru});
+  std::vector<ArgDecl> simple;
+  for (const ArgDecl& a : common_args())
+    if (a.name != "recurrent_activation") simple.push_back(a);
+  defs.push_back({"SimpleRNN", "simple_rnn", simple, 1, 1, false, build_simple_rnn});
   std::vector<ArgDecl> both = common_args();
   both.push_back({"layer", ArgKind::string, std::nullopt});
   both.push_back({"merge_mode", ArgKind::string, std::string("concat")});
   both.push_back({"unit_forget_bias", ArgKind::boolean, true});
   both.push_back({"reset_after", ArgKind::boolean, true});
   defs.push_back({"Bidirectional", "bidirectional", both, 1, 1, false, build_bidirectional});
-  keep_masks(defs, {"LSTM", "GRU", "Bidirectional"});
+  keep_masks(defs, {"LSTM", "GRU", "SimpleRNN", "Bidirectional"});
 }
 
 }  // namespace trainer::models

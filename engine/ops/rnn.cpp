@@ -1,6 +1,6 @@
-// Op family 'rnn': ONNX LSTM and GRU (opset 14) and their gradients. Backpropagation through time is one
-// private op per cell (LSTMGrad, GRUGrad) that recomputes the forward gates from the forward inputs, so the
-// ONNX ops keep their ONNX outputs and nothing extra lives in the arena between forward and backward.
+// Op family 'rnn': ONNX LSTM, GRU (opset 14) and RNN and their gradients. Backpropagation through time is one
+// private op per cell (LSTMGrad, GRUGrad, RNNGrad) that recomputes the forward gates from the forward inputs,
+// so the ONNX ops keep their ONNX outputs and nothing extra lives in the arena between forward and backward.
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/ops/rnn_config.h"
@@ -32,10 +32,8 @@ void declare_attrs(OpSchema& s, RnnCell cell) {
       .attr_optional("activation_beta", AttrType::floats)
       .attr_optional("clip", AttrType::f)
       .attr("layout", int64_t{0});
-  if (cell == RnnCell::lstm)
-    s.attr("input_forget", int64_t{0});
-  else
-    s.attr("linear_before_reset", int64_t{0});
+  if (cell == RnnCell::lstm) s.attr("input_forget", int64_t{0});
+  if (cell == RnnCell::gru) s.attr("linear_before_reset", int64_t{0});
 }
 
 // Validates the forward inputs (shared by the gradient ops, whose first inputs are the same) and returns the
@@ -169,7 +167,7 @@ struct ExampleSpec {
 };
 
 OpExample make_example(RnnCell cell, const ExampleSpec& s, uint64_t seed) {
-  const int64_t gh = (cell == RnnCell::lstm ? 4 : 3) * kHid;
+  const int64_t gh = (cell == RnnCell::lstm ? 4 : cell == RnnCell::gru ? 3 : 1) * kHid;
   Shape x = s.layout == 0 ? Shape{kSeq, kBatch, kIn} : Shape{kBatch, kSeq, kIn};
   Shape st = s.layout == 0 ? Shape{s.dirs, kBatch, kHid} : Shape{kBatch, s.dirs, kHid};
   std::vector<Tensor> in = {random_tensor(x, -1, 1, seed),
@@ -263,12 +261,42 @@ std::vector<OpExample> gru_examples() {
   return out;
 }
 
+std::vector<OpExample> rnn_examples() {
+  std::vector<ExampleSpec> specs(5);
+  specs[0].label = "forward with bias and initial state";
+  specs[1].label = "bidirectional, batch-major (layout 1), recurrent dropout mask";
+  specs[1].dirs = 2;
+  specs[1].layout = 1;
+  specs[1].mask = true;
+  specs[2].label = "reverse with sequence lengths and clip";
+  specs[2].lens = true;
+  specs[2].attrs.set("direction", std::string("reverse"));
+  specs[2].attrs.set("clip", 1.2f);
+  specs[3].label = "X, W, R only, Relu";
+  specs[3].bias = specs[3].h0 = false;
+  specs[3].attrs.set("activations", std::string("Relu"));
+  specs[4].label = "bidirectional with sequence lengths, Sigmoid and LeakyRelu";
+  specs[4].dirs = 2;
+  specs[4].lens = true;
+  specs[4].attrs.set("activations", std::string("Sigmoid,LeakyRelu"));
+  specs[4].attrs.set("activation_alpha", std::vector<float>{0.2f});
+  std::vector<OpExample> out;
+  for (size_t i = 0; i < specs.size(); ++i) out.push_back(make_example(RnnCell::rnn, specs[i], 400 + 10 * i));
+  return out;
+}
+
+ExamplesFn examples_of(RnnCell cell) {
+  return cell == RnnCell::lstm  ? ExamplesFn(lstm_examples)
+         : cell == RnnCell::gru ? ExamplesFn(gru_examples)
+                                : ExamplesFn(rnn_examples);
+}
+
 // Gradient-op examples run the kernel forward only (the forward ops' gradient checks cover their values): the
 // forward example's inputs plus random output gradients, one of them absent.
 std::vector<OpExample> grad_examples(RnnCell cell) {
-  std::vector<OpExample> fwd = cell == RnnCell::lstm ? lstm_examples() : gru_examples();
+  std::vector<OpExample> fwd = examples_of(cell)();
   std::vector<OpExample> out;
-  for (size_t k : {size_t{1}, size_t{2}, size_t{6}}) {
+  for (size_t k : {size_t{1}, size_t{2}, fwd.size() - 1}) {
     OpExample e = fwd[k];
     RnnConfig cfg;
     const Shape& x = e.inputs[0].shape();
@@ -294,7 +322,7 @@ OpSchema forward_schema(const char* name, RnnCell cell, const char* grad_op) {
   s.no_grad_inputs({4, rnn_mask_input(cell)})
       .infer([cell](InferContext& c) { infer_forward(c, cell); })
       .grad([cell, grad_op](GradContext& c) { grad_rule(c, cell, grad_op); })
-      .examples(cell == RnnCell::lstm ? ExamplesFn(lstm_examples) : ExamplesFn(gru_examples));
+      .examples(examples_of(cell));
   return s;
 }
 
@@ -318,6 +346,12 @@ void register_rnn_ops(OpRegistry& r) {
   r.add(forward_schema("GRU", RnnCell::gru, "GRUGrad")
             .doc("ONNX GRU: gates z, r, h; linear_before_reset 0 or 1; optional clip, sequence_lens and "
                  "batch-major layout; a private trailing input, the recurrent dropout mask"));
+  r.add(
+      forward_schema("RNN", RnnCell::rnn, "RNNGrad")
+          .doc("ONNX RNN: H = f(X·Wᵀ + H·Rᵀ + Wb + Rb); optional clip, sequence_lens and batch-major layout; "
+               "a private trailing input, the recurrent dropout mask"));
+  r.add(grad_schema("RNNGrad", RnnCell::rnn)
+            .doc("RNN backpropagation through time: (RNN inputs, dY, dY_h) -> dX, dW, dR, dB, dinitial_h"));
   r.add(grad_schema("LSTMGrad", RnnCell::lstm)
             .doc("LSTM backpropagation through time: (LSTM inputs, dY, dY_h, dY_c) -> dX, dW, dR, dB, "
                  "dinitial_h, "

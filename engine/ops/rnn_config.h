@@ -1,5 +1,5 @@
-// The attributes and shapes of an ONNX LSTM or GRU node (and of their gradient ops), parsed once into one
-// struct that shape inference validates and the kernels read.
+// The attributes and shapes of an ONNX LSTM, GRU or RNN node (and of their gradient ops), parsed once into
+// one struct that shape inference validates and the kernels read.
 #pragma once
 
 #include <optional>
@@ -11,7 +11,7 @@
 
 namespace trainer::engine::ops {
 
-enum class RnnCell { lstm, gru };
+enum class RnnCell { lstm, gru, rnn };  // rnn: ONNX's simple RNN, H = f(X·Wᵀ + H·Rᵀ + b)
 
 // The activations ONNX allows in recurrent cells that this engine implements. Each has a derivative that can
 // be computed from its output alone, so the backward pass keeps activations only.
@@ -34,6 +34,9 @@ inline int rnn_mask_input(RnnCell cell) {
 inline int rnn_forward_inputs(RnnCell cell) {
   return rnn_mask_input(cell) + 1;
 }
+inline const char* rnn_op_name(RnnCell cell) {
+  return cell == RnnCell::lstm ? "LSTM" : cell == RnnCell::gru ? "GRU" : "RNN";
+}
 
 struct RnnConfig {
   RnnCell cell = RnnCell::lstm;
@@ -44,11 +47,11 @@ struct RnnConfig {
   std::optional<float> clip;
   bool input_forget = false;         // LSTM: the forget gate is 1 - input gate
   bool linear_before_reset = false;  // GRU
-  // acts_per_dir() entries per direction: LSTM f, g, h; GRU f, g.
+  // acts_per_dir() entries per direction: LSTM f, g, h; GRU f, g; RNN f.
   std::vector<RnnActivation> acts;
 
-  int gates() const { return cell == RnnCell::lstm ? 4 : 3; }
-  int acts_per_dir() const { return cell == RnnCell::lstm ? 3 : 2; }
+  int gates() const { return cell == RnnCell::lstm ? 4 : cell == RnnCell::gru ? 3 : 1; }
+  int acts_per_dir() const { return cell == RnnCell::lstm ? 3 : cell == RnnCell::gru ? 2 : 1; }
   bool dir_reversed(int d) const { return reverse || d == 1; }
   const RnnActivation& act(int d, int k) const { return acts[d * acts_per_dir() + k]; }
 
@@ -143,14 +146,16 @@ inline std::string parse_rnn_config(RnnCell cell, const Attributes& a, const Sha
 
   // Activations: defaults per cell; a list of acts_per_dir() names (applied to every direction) or of
   // acts_per_dir() * dirs names. Alphas and betas are consumed in order by the functions that take them.
-  std::vector<std::string> names = cell == RnnCell::lstm ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
-                                                         : std::vector<std::string>{"Sigmoid", "Tanh"};
+  std::vector<std::string> names = cell == RnnCell::rnn ? std::vector<std::string>{"Tanh"}
+                                   : cell == RnnCell::lstm
+                                       ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
+                                       : std::vector<std::string>{"Sigmoid", "Tanh"};
   if (a.has("activations")) {
     std::vector<std::string> given = rnn_detail::split_names(a.s("activations"));
     size_t per = static_cast<size_t>(c.acts_per_dir());
     if (given.size() != per && given.size() != per * c.dirs)
       return fmt::format("activations lists {} functions; {} takes {} per direction", given.size(),
-                         cell == RnnCell::lstm ? "LSTM" : "GRU", per);
+                         rnn_op_name(cell), per);
     names = given;
   }
   if (static_cast<int>(names.size()) < c.acts_per_dir() * c.dirs) {

@@ -86,13 +86,13 @@ int64_t node_flops(const Graph& g, const Node& n) {
     if (!dy || !dw) return 0;
     return conv_flops(*dy, *dw) + (has_output(n, 1) ? dy->numel() : 0);
   }
-  if (op == "LSTM" || op == "GRU") {
+  if (op == "LSTM" || op == "GRU" || op == "RNN") {
     const Shape* x = input_shape(g, n, 0);
     const Shape* w = input_shape(g, n, 1);
     const Shape* r = input_shape(g, n, 2);
     return x && w && r ? 2 * rnn_rows(*x) * (w->numel() + r->numel()) : 0;
   }
-  if (op == "LSTMGrad" || op == "GRUGrad") {
+  if (op == "LSTMGrad" || op == "GRUGrad" || op == "RNNGrad") {
     // Outputs 0, 1, 2 are dX, dW, dR (each present only when that gradient is needed).
     const Shape* x = input_shape(g, n, 0);
     const Shape* w = input_shape(g, n, 1);

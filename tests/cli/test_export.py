@@ -201,7 +201,7 @@ activation = "softmax"
         self.assertIn("Pad", {n.op_type for n in m.graph.node})
 
     def test_sequence_layers_export_and_run_as_predict_does(self):
-        # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM
+        # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM, SimpleRNN
         # (merged by product and mean; trained with dropout and recurrent_dropout, which inference leaves out) and
         # global pooling, on the images' rows as 28 steps of 28 features.
         m = self.fit_export_and_predict("sequence", """[model]
@@ -246,6 +246,12 @@ merge_mode = "ave"
 dropout = 0.2
 recurrent_dropout = 0.2
 [[model.layers]]
+type = "SimpleRNN"
+units = 5
+activation = "relu"
+return_sequences = true
+recurrent_dropout = 0.1
+[[model.layers]]
 type = "GlobalMaxPooling1D"
 [[model.layers]]
 type = "Dense"
@@ -256,6 +262,7 @@ activation = "softmax"
         directions = [a.s for n in m.graph.node if n.op_type in ("GRU", "LSTM") for a in n.attribute
                       if a.name == "direction"]
         self.assertEqual(directions, [b"bidirectional", b"bidirectional"])
+        self.assertIn("RNN", {n.op_type for n in m.graph.node})
 
     def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):
         # Rescaling, the augmentations, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D,

@@ -448,11 +448,31 @@ TEST_SUITE("build") {
     m.graph.validate();
     CHECK_THROWS_WITH(models::testing::build(Spec({7, 3}).add(
                           "Bidirectional", {{"layer", std::string("Dense")}, {"units", int64_t{4}}})),
-                      doctest::Contains("Bidirectional wraps LSTM or GRU"));
+                      doctest::Contains("Bidirectional wraps LSTM, GRU or SimpleRNN"));
     CHECK_THROWS_WITH(models::testing::build(Spec({7, 3}).add(
                           "Bidirectional",
                           {{"layer", std::string("LSTM")}, {"units", int64_t{4}}, {"reset_after", false}})),
                       doctest::Contains("reset_after is an argument of GRU"));
+  }
+
+  TEST_CASE("build: SimpleRNN has Keras's weight names and parameter count, alone and wrapped") {
+    Spec s({7, 3});
+    s.add("SimpleRNN", {{"units", int64_t{5}}, {"return_sequences", true}})
+        .add("Bidirectional", {{"layer", std::string("SimpleRNN")}, {"units", int64_t{2}}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({7, 5}));
+    CHECK(m.layers[1].output_shape == v({4}));
+    CHECK(param_shape(m.graph, "simple_rnn/kernel") == Shape{1, 5, 3});
+    CHECK(param_shape(m.graph, "simple_rnn/recurrent_kernel") == Shape{1, 5, 5});
+    CHECK(param_shape(m.graph, "simple_rnn/bias") == Shape{1, 5});
+    CHECK(param_shape(m.graph, "bidirectional/backward_simple_rnn/kernel") == Shape{1, 2, 5});
+    CHECK(m.layers[0].params == 5 * (3 + 5 + 1));
+    CHECK(m.layers[1].params == 2 * 2 * (5 + 2 + 1));
+    CHECK_THROWS_WITH(models::testing::build(
+                          Spec({7, 3}).add("Bidirectional", {{"layer", std::string("SimpleRNN")},
+                                                             {"units", int64_t{4}},
+                                                             {"recurrent_activation", std::string("relu")}})),
+                      doctest::Contains("recurrent_activation is an argument of LSTM and GRU"));
   }
 }
 

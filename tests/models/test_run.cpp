@@ -252,6 +252,40 @@ TEST_SUITE("run") {
     }
   }
 
+  TEST_CASE("run: SimpleRNN computes h = activation(x W + h U + b) at every step") {
+    for (const char* act : {"tanh", "relu"}) {
+      CAPTURE(act);
+      const int64_t steps = 4, features = 3, units = 2, n = 2;
+      Spec s({steps, features});
+      s.add("SimpleRNN", {{"units", units},
+                          {"activation", std::string(act)},
+                          {"return_sequences", true},
+                          {"bias_initializer", std::string("uniform")}});
+      BuiltModel m = models::testing::build(s, false, n);
+      const Tensor w = weight(m, "simple_rnn/kernel"), r = weight(m, "simple_rnn/recurrent_kernel");
+      const Tensor bias = weight(m, "simple_rnn/bias");
+      Tensor x = random_input(m, 7);
+      Tensor y = forward(std::move(m), x);
+      REQUIRE(y.shape() == Shape{n, steps, units});
+      for (int64_t b = 0; b < n; ++b) {
+        std::vector<double> h(units, 0.0);
+        for (int64_t t = 0; t < steps; ++t) {
+          std::vector<double> next(units);
+          for (int64_t u = 0; u < units; ++u) {
+            double z = bias.get_f64(u);
+            for (int64_t f = 0; f < features; ++f)
+              z += w.get_f64(u * features + f) * x.get_f64((b * steps + t) * features + f);
+            for (int64_t k = 0; k < units; ++k) z += r.get_f64(u * units + k) * h[k];
+            next[u] = std::string(act) == "tanh" ? std::tanh(z) : std::max(z, 0.0);
+          }
+          h = next;
+          for (int64_t u = 0; u < units; ++u)
+            CHECK(y.get_f64((b * steps + t) * units + u) == doctest::Approx(h[u]).epsilon(1e-5));
+        }
+      }
+    }
+  }
+
   TEST_CASE("run: Embedding looks up rows; BatchNormalization in inference uses the moving statistics") {
     Spec s({4}, "int32");
     s.add("Embedding", {{"input_dim", int64_t{9}}, {"output_dim", int64_t{3}}});

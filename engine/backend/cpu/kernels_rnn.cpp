@@ -1,4 +1,4 @@
-// CPU kernels of ONNX LSTM and GRU and of their gradients (backpropagation through time).
+// CPU kernels of ONNX LSTM, GRU and RNN and of their gradients (backpropagation through time).
 // Per direction: one GEMM projects the whole sequence's inputs (X·Wᵀ), then each time step runs a small GEMM
 // for the recurrence (H·Rᵀ) and one fused elementwise pass over the gates. The gradient kernels need the
 // forward pass's gate activations and states: a single-direction node's forward kernel records them for its
@@ -183,7 +183,7 @@ class RnnRunner {
       : backward_(backward) {
     std::string err = ops::parse_rnn_config(cell, a.attrs(), a.in(0).shape, a.in(2).shape, &cfg_);
     TRAINER_ASSERT(err.empty(), "{} passed shape inference but: {}", a.node.op, err);
-    const bool lstm = cell == RnnCell::lstm;
+    const bool lstm = cell == RnnCell::lstm, gru = cell == RnnCell::gru;
     H_ = cfg_.hidden;
     GH_ = cfg_.gates() * H_;
     N_ = cfg_.seq * cfg_.batch;
@@ -233,7 +233,7 @@ class RnnRunner {
     if (mask_) hin_.assign(Bt * H_, T(0));
     act_row_.assign(Bt * H_, T(0));
     if (lstm) c_.assign(Bt * H_, T(0));
-    if (!lstm && !lbr_) rhp_.assign(Bt * H_, T(0));
+    if (gru && !lbr_) rhp_.assign(Bt * H_, T(0));
     bias_.assign(GH_ + H_, T(0));
 
     if (backward) {
@@ -241,7 +241,7 @@ class RnnRunner {
       allocate_records();
       record_ = true;
       daw_.assign(N_ * GH_, T(0));
-      if (!lstm && lbr_) {
+      if (gru && lbr_) {
         dar_.assign(N_ * GH_, T(0));
         dar_step_.assign(Bt * GH_, T(0));
       }
@@ -249,7 +249,7 @@ class RnnRunner {
       dh_.assign(Bt * H_, T(0));
       if (lstm) dc_.assign(Bt * H_, T(0));
       dhr_.assign(Bt * H_, T(0));
-      if (!lstm && !lbr_) drh_.assign(Bt * H_, T(0));
+      if (gru && !lbr_) drh_.assign(Bt * H_, T(0));
     }
 
     // Batch slices, one per thread (see the file comment).
@@ -272,7 +272,7 @@ class RnnRunner {
           // The recurrent product reads H_prev ⊙ mask under recurrent dropout.
           T* h = (mask_ ? hin_.data() : h_.data()) + b0 * H_;
           T* rh = rh_.data() + b0 * GH_;
-          if (lstm || lbr_) {
+          if (!gru || lbr_) {
             sg.rh = FixedGemm<T>(rows, GH_, H_, {h, H_, 1}, {rd, 1, H_}, rh, GH_, false);
           } else {
             // Reset-before-linear GRU: z and r from H·R[z,r]ᵀ, then the candidate from (r ⊙ H)·R[h]ᵀ.
@@ -283,7 +283,7 @@ class RnnRunner {
           if (backward) {
             T* da = da_step_.data() + b0 * GH_;
             T* dhr = dhr_.data() + b0 * H_;
-            if (lstm) {
+            if (!gru) {
               sg.dh = FixedGemm<T>(rows, H_, GH_, {da, GH_, 1}, {rd, H_, 1}, dhr, H_, false);
             } else if (lbr_) {
               sg.dh = FixedGemm<T>(rows, H_, GH_, {dar_step_.data() + b0 * GH_, GH_, 1}, {rd, H_, 1}, dhr, H_,
@@ -304,7 +304,7 @@ class RnnRunner {
         if (dr_) {
           T* drd = dr_ + d * GH_ * H_;
           const T* hin = mask_ ? rec_->rin.data() : rec_->hprev.data();
-          if (lstm) {
+          if (!gru) {
             g.dr = FixedGemm<T>(GH_, H_, N_, {daw_.data(), 1, GH_}, {hin, H_, 1}, drd, H_, false);
           } else if (lbr_) {
             g.dr = FixedGemm<T>(GH_, H_, N_, {dar_.data(), 1, GH_}, {hin, H_, 1}, drd, H_, false);
@@ -343,15 +343,19 @@ class RnnRunner {
       if (!recorded) {
         if (lstm)
           lstm_forward(d);
-        else
+        else if (cfg_.cell == RnnCell::gru)
           gru_forward(d);
+        else
+          rnn_forward(d);
       }
       if (backward_) {
         rec_->fresh = false;
         if (lstm)
           lstm_backward(d);
-        else
+        else if (cfg_.cell == RnnCell::gru)
           gru_backward(d);
+        else
+          rnn_backward(d);
       } else if (record_) {
         rec_->fresh = true;
       }
@@ -370,7 +374,7 @@ class RnnRunner {
     if (lstm) {
       r.cprev.assign(N_ * H_, T(0));
       r.c.assign(N_ * H_, T(0));
-    } else {
+    } else if (cfg_.cell == RnnCell::gru) {
       r.aux.assign(N_ * H_, T(0));
     }
   }
@@ -733,6 +737,84 @@ class RnnRunner {
     if (dx_) g.dx();
   }
 
+  // ---- RNN: H = f(X·Wᵀ + H_prev·Rᵀ + Wb + Rb); the record of the "gates" is H itself ----
+
+  void rnn_forward(int d) {
+    const int64_t S = cfg_.seq, H = H_;
+    const RnnActivation& fa = cfg_.act(d, 0);
+    Dir& g = dirs_[d];
+    g.xw();
+    combine_bias(d);
+    init_state(d, h0_, h_.data());
+    const T* bias = bias_.data();
+    const bool rec = record_;
+    for_slices([&](int k) {
+      const Slice& sl = slices_[k];
+      StepGemms& sg = g.step[k];
+      for (int64_t s = 0; s < S; ++s) {
+        mask_state(d, s, sl);
+        sg.rh();
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          if (s >= len_[b]) continue;
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          const T* xr = xw_.data() + row * H;
+          const T* rr = rh_.data() + b * H;
+          T* a = rec ? rec_->act.data() + row * H : gate_.data() + b * H;
+          T* hb = h_.data() + b * H;
+          if (rec) copy_row(rec_->hprev.data() + row * H, hb, H);
+          for (int64_t j = 0; j < H; ++j) a[j] = xr[j] + rr[j] + bias[j];
+          if (rec && cfg_.clip) copy_row(rec_->pre.data() + row * H, a, H);
+          clip_inplace(cfg_.clip, a, H);
+          act_inplace(fa, a, H);
+          copy_row(hb, a, H);
+          if (y_) copy_row(y_ + cfg_.y_offset(t, d, b), hb, H);
+        }
+      }
+    });
+    write_final_state(d, h_.data(), yh_);
+    clear_past_end(d);
+  }
+
+  void rnn_backward(int d) {
+    const int64_t S = cfg_.seq, H = H_;
+    const RnnActivation& fa = cfg_.act(d, 0);
+    const T clip = cfg_.clip ? T(*cfg_.clip) : T(0);
+    Dir& g = dirs_[d];
+    init_state_grad(d, dyh_, dh_.data());
+    for_slices([&](int k) {
+      const Slice& sl = slices_[k];
+      StepGemms& sg = g.step[k];
+      zero_unvisited_rows(daw_, H, sl);
+      for (int64_t s = S - 1; s >= 0; --s) {
+        for (int64_t b = sl.b0; b < sl.b1; ++b) {
+          T* da = da_step_.data() + b * H;
+          if (s >= len_[b]) {
+            std::fill(da, da + H, T(0));
+            continue;
+          }
+          const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
+          T* dh = dh_.data() + b * H;
+          if (dy_) {
+            const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+            for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
+          }
+          const T* a = rec_->act.data() + row * H;
+          const T* pre = cfg_.clip ? rec_->pre.data() + row * H : nullptr;
+          for (int64_t j = 0; j < H; ++j) da[j] = dh[j] * act_slope(fa, a[j]) * clip_pass(pre, j, clip);
+          copy_row(daw_.data() + row * H, da, H);
+        }
+        sg.dh();
+        for (int64_t b = sl.b0; b < sl.b1; ++b)
+          if (s < len_[b]) {
+            copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
+            mask_grad(d, b, dh_.data() + b * H);
+          }
+      }
+    });
+    write_state_grad(d, dh_.data(), dh0_);
+    finish_weight_grads(d);
+  }
+
   // ---- GRU: gates z, r, h ----
 
   void gru_forward(int d) {
@@ -969,6 +1051,8 @@ void register_rnn_cpu_kernels(KernelRegistry& r) {
   r.add("LSTM", rnn_factory(RnnCell::lstm, false));
   r.add("GRU", rnn_factory(RnnCell::gru, false));
   r.add("LSTMGrad", rnn_factory(RnnCell::lstm, true));
+  r.add("RNN", rnn_factory(RnnCell::rnn, false));
+  r.add("RNNGrad", rnn_factory(RnnCell::rnn, true));
   r.add("GRUGrad", rnn_factory(RnnCell::gru, true));
 }
 

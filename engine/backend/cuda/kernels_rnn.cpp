@@ -1,13 +1,13 @@
-// CUDA kernels of ONNX LSTM and GRU and of their gradients (LSTMGrad, GRUGrad), matching the CPU's
-// engine/backend/cpu/kernels_rnn.cpp. Per direction: one cuBLASLt product projects the whole sequence (X·Wᵀ),
-// then each time step runs a product for the recurrence (H·Rᵀ) and one pointwise kernel (rnn.cu) for the
-// gates. Backward mirrors it: per step in reverse a pointwise kernel and a product for dH, then
+// CUDA kernels of ONNX LSTM, GRU and RNN and of their gradients (LSTMGrad, GRUGrad, RNNGrad), matching the
+// CPU's engine/backend/cpu/kernels_rnn.cpp. Per direction: one cuBLASLt product projects the whole sequence
+// (X·Wᵀ), then each time step runs a product for the recurrence (H·Rᵀ) and one pointwise kernel (rnn.cu) for
+// the gates. Backward mirrors it: per step in reverse a pointwise kernel and a product for dH, then
 // whole-sequence products for dW, dR, dB (a product with a ones vector: column sums in a fixed order, no
 // atomics) and dX. Every pointer and every product's algorithm is fixed in the factory, so launch() replays a
 // prepared list of calls (a CUDA graph holds all steps). Covered: forward, reverse and bidirectional, both
-// layouts, default activations, with or without B and initial states, GRU's linear_before_reset 0 and 1, the
-// recurrent dropout mask, f32 and f64. Sequence lengths, clip, peepholes, input_forget and other activations
-// return nullptr: the host runs those.
+// layouts, default activations (RNN: tanh), with or without B and initial states, GRU's linear_before_reset 0
+// and 1, the recurrent dropout mask, f32 and f64. Sequence lengths, clip, peepholes, input_forget and other
+// activations return nullptr: the host runs those.
 #include <cublasLt.h>
 #include <fmt/format.h>
 
@@ -196,6 +196,10 @@ bool supported(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg) {
   if (a.has_input(4) || cfg.clip || cfg.input_forget) return false;
   if (cell == RnnCell::lstm && a.has_input(7)) return false;
   for (int d = 0; d < cfg.dirs; ++d) {
+    if (cell == RnnCell::rnn) {
+      if (cfg.act(d, 0).kind != RnnActKind::tanh) return false;
+      continue;
+    }
     if (cfg.act(d, 0).kind != RnnActKind::sigmoid || cfg.act(d, 1).kind != RnnActKind::tanh) return false;
     if (cell == RnnCell::lstm && cfg.act(d, 2).kind != RnnActKind::tanh) return false;
   }
@@ -219,7 +223,11 @@ class RnnRunner {
   // pass is then not rerun.
   RnnRunner(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg, bool backward,
             std::shared_ptr<Records<T>> shared)
-      : cfg_(cfg), lstm_(cell == RnnCell::lstm), lbr_(cfg.linear_before_reset), backward_(backward) {
+      : cfg_(cfg),
+        lstm_(cell == RnnCell::lstm),
+        rnn_(cell == RnnCell::rnn),
+        lbr_(cfg.linear_before_reset),
+        backward_(backward) {
     const int64_t S = cfg.seq, Bt = cfg.batch, H = cfg.hidden, GH = cfg.gates() * H;
     const int64_t N = S * Bt;
     H_ = H;
@@ -256,13 +264,13 @@ class RnnRunner {
     } else {
       rec_ = std::make_shared<Records<T>>();
       Carver c;
-      const size_t o_act = c.add(N * GH, es), o_h = c.add(N * H, es), o_c = c.add(N * H, es),
+      const size_t o_act = c.add(N * GH, es), o_h = c.add(N * H, es), o_c = c.add(rnn_ ? 0 : N * H, es),
                    o_rin = c.add(mask_ ? N * H : 0, es);
       rec_->mem = std::make_unique<KernelMemory>(*a.libs, c.bytes());
       rec_->act = reinterpret_cast<T*>(rec_->mem->data() + o_act);
       rec_->hprev = reinterpret_cast<T*>(rec_->mem->data() + o_h);
       if (mask_) rec_->rin = reinterpret_cast<T*>(rec_->mem->data() + o_rin);
-      (lstm_ ? rec_->cprev : rec_->aux) = reinterpret_cast<T*>(rec_->mem->data() + o_c);
+      if (!rnn_) (lstm_ ? rec_->cprev : rec_->aux) = reinterpret_cast<T*>(rec_->mem->data() + o_c);
     }
     Carver c;
     const bool fwd = !shared;  // this kernel runs the forward pass
@@ -385,6 +393,25 @@ class RnnRunner {
       T* h_next = last ? (yh_ ? yh_ + sd : hlast_) : step_rows(rec_->hprev, tn, H);
       const int64_t h_next_ld = last ? (yh_ ? state_ld() : H) : row_ld(H);
       T* y = y_ ? y_ + cfg_.y_offset(t, d, 0) : nullptr;
+      if (rnn_) {
+        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
+        RnnStepArgs<T> p;
+        p.batch = Bt;
+        p.hidden = H;
+        p.xw = step_rows(xw_, t, GH);
+        p.xw_ld = row_ld(GH);
+        p.rh = rh_;
+        p.wb = wb;
+        p.rb = rb;
+        p.act = step_rows(rec_->act, t, GH);
+        p.act_ld = row_ld(GH);
+        p.h = h_next;
+        p.h_ld = h_next_ld;
+        p.y = y;
+        p.y_ld = y_ld();
+        ops_.push_back([p](cudaStream_t stream) { TRAINER_CUDA_CHECK(launch_rnn_step(p, stream)); });
+        continue;
+      }
       if (lstm_) {
         gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
         LstmStepArgs<T> p;
@@ -457,13 +484,33 @@ class RnnRunner {
     // The gradients flowing into the final states.
     if (lstm_)
       rows_sum(dc_, H, dyc_ ? dyc_ + sd : nullptr, state_ld(), nullptr, 0);
-    else
+    else if (!rnn_)
       rows_sum(dhd_, H, dyh_ ? dyh_ + sd : nullptr, state_ld(), nullptr, 0);
     for (int64_t s = S - 1; s >= 0; --s) {
       const int64_t t = time_of(d, s);
       const bool first = s == S - 1;  // the first step backward: no recurrent gradient yet
       const T* dy = dy_ ? dy_ + cfg_.y_offset(t, d, 0) : nullptr;
       T* da = step_rows(daw_, t, GH);
+      if (rnn_) {
+        RnnStepGradArgs<T> p;
+        p.batch = Bt;
+        p.hidden = H;
+        p.act = step_rows(rec_->act, t, GH);
+        p.act_ld = row_ld(GH);
+        p.dh = first ? (dyh_ ? dyh_ + sd : nullptr) : dhr_;
+        p.dh_ld = first ? state_ld() : H;
+        if (mask_ && !first) {  // dhr_ is the recurrent product's input gradient
+          p.dh_mask = mask_ + sd;
+          p.dh_mask_ld = state_ld();
+        }
+        p.dy = dy;
+        p.dy_ld = y_ld();
+        p.da = da;
+        p.da_ld = row_ld(GH);
+        ops_.push_back([p](cudaStream_t stream) { TRAINER_CUDA_CHECK(launch_rnn_step_grad(p, stream)); });
+        gemm(g_dh_, {Bt, H, GH, false, false, row_ld(GH), H, H}, da, rd, dhr_);
+        continue;
+      }
       if (lstm_) {
         LstmStepGradArgs<T> p;
         p.batch = Bt;
@@ -526,8 +573,8 @@ class RnnRunner {
       }
     }
     if (dh0_)
-      rows_sum(dh0_ + sd, state_ld(), lstm_ ? nullptr : dhd_, H, dhr_, H, mask_ ? mask_ + sd : nullptr,
-               state_ld());
+      rows_sum(dh0_ + sd, state_ld(), lstm_ || rnn_ ? nullptr : dhd_, H, dhr_, H,
+               mask_ ? mask_ + sd : nullptr, state_ld());
     if (lstm_ && dc0_) rows_sum(dc0_ + sd, state_ld(), dc_, H, nullptr, 0);
 
     // Whole-sequence products over the rows of every step (X's row order throughout).
@@ -535,7 +582,7 @@ class RnnRunner {
     if (dr_) {
       T* drd = dr_ + d * GH * H;
       const T* hin = mask_ ? rec_->rin : rec_->hprev;
-      if (lstm_ || lbr_) {
+      if (lstm_ || rnn_ || lbr_) {
         gemm(g_dr_, {GH, H, N, true, false, GH, H, H}, dar_, hin, drd);
       } else {
         gemm(g_dr_, {2 * H, H, N, true, false, GH, H, H}, daw_, hin, drd);
@@ -561,7 +608,7 @@ class RnnRunner {
   }
 
   RnnConfig cfg_;
-  bool lstm_ = false, lbr_ = false, backward_ = false, rec_shared_ = false;
+  bool lstm_ = false, rnn_ = false, lbr_ = false, backward_ = false, rec_shared_ = false;
   int64_t H_ = 0, GH_ = 0;
   const T *x_ = nullptr, *w_ = nullptr, *r_ = nullptr, *b_ = nullptr, *h0_ = nullptr, *c0_ = nullptr,
           *mask_ = nullptr;
@@ -639,6 +686,8 @@ void register_rnn_kernels(KernelRegistry& r) {
   r.add("GRU", rnn_factory(RnnCell::gru, false));
   r.add("LSTMGrad", rnn_factory(RnnCell::lstm, true));
   r.add("GRUGrad", rnn_factory(RnnCell::gru, true));
+  r.add("RNN", rnn_factory(RnnCell::rnn, false));
+  r.add("RNNGrad", rnn_factory(RnnCell::rnn, true));
 }
 
 }  // namespace trainer::engine::cuda

@@ -1,5 +1,5 @@
-// Launchers of the recurrent cells' pointwise kernels (rnn.cu): one time step's gate math for LSTM and GRU,
-// forward and backward, between the per-step cuBLASLt products that kernels_rnn.cpp enqueues. Plain
+// Launchers of the recurrent cells' pointwise kernels (rnn.cu): one time step's gate math for LSTM, GRU and
+// RNN, forward and backward, between the per-step cuBLASLt products that kernels_rnn.cpp enqueues. Plain
 // declarations that g++ and nvcc both read; T is float or double.
 #pragma once
 
@@ -115,6 +115,38 @@ struct GruStepGradArgs {
   int64_t dar_ld = 0;
 };
 
+// One simple RNN step with tanh: h = act = tanh(xw + rh + (wb + rb)), also to y when y is set.
+template <class T>
+struct RnnStepArgs {
+  int64_t batch = 0, hidden = 0;
+  const T* xw = nullptr;  // [batch, H]
+  int64_t xw_ld = 0;
+  const T* rh = nullptr;                 // [batch, H] contiguous
+  const T *wb = nullptr, *rb = nullptr;  // [H] each, or both null
+  T* act = nullptr;                      // the record of h
+  int64_t act_ld = 0;
+  T* h = nullptr;
+  int64_t h_ld = 0;
+  T* y = nullptr;  // optional
+  int64_t y_ld = 0;
+};
+
+// The pre-activation gradient of one simple RNN step: da = (dh [⊙ dh_mask] + dy) ⊙ (1 - act²).
+template <class T>
+struct RnnStepGradArgs {
+  int64_t batch = 0, hidden = 0;
+  const T* act = nullptr;
+  int64_t act_ld = 0;
+  const T* dh = nullptr;  // optional
+  int64_t dh_ld = 0;
+  const T* dh_mask = nullptr;  // optional
+  int64_t dh_mask_ld = 0;
+  const T* dy = nullptr;  // optional
+  int64_t dy_ld = 0;
+  T* da = nullptr;
+  int64_t da_ld = 0;
+};
+
 // dst = a + b, or a + b ⊙ m, over [rows, cols] (a or b null: zero; m null: ones).
 template <class T>
 struct RowsSumArgs {
@@ -137,6 +169,10 @@ template <class T>
 cudaError_t launch_gru_step(const GruStepArgs<T>& a, cudaStream_t stream);
 template <class T>
 cudaError_t launch_gru_step_grad(const GruStepGradArgs<T>& a, cudaStream_t stream);
+template <class T>
+cudaError_t launch_rnn_step(const RnnStepArgs<T>& a, cudaStream_t stream);
+template <class T>
+cudaError_t launch_rnn_step_grad(const RnnStepGradArgs<T>& a, cudaStream_t stream);
 template <class T>
 cudaError_t launch_rows_sum(const RowsSumArgs<T>& a, cudaStream_t stream);
 

@@ -1,4 +1,5 @@
-// Device code of the recurrent cells: the pointwise part of one LSTM or GRU time step, forward and backward.
+// Device code of the recurrent cells: the pointwise part of one LSTM, GRU or RNN time step, forward and
+// backward.
 // The products (X·Wᵀ, H·Rᵀ, dA·R, ...) run in cuBLASLt around these kernels (kernels_rnn.cpp); each kernel
 // here is one pass over [batch, hidden] in which a thread owns one (row, unit) and all of its gates, so a
 // step's gate math is one launch and reads each operand once.
@@ -155,6 +156,35 @@ __global__ void gru_step_grad(GruStepGradArgs<T> a) {
 }
 
 template <class T>
+__global__ void rnn_step(RnnStepArgs<T> a) {
+  const int64_t H = a.hidden, n = a.batch * H;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / H, j = i % H;
+    T pre = a.xw[b * a.xw_ld + j] + a.rh[b * H + j];
+    if (a.wb) pre += a.wb[j] + a.rb[j];
+    const T hn = tanh_(pre);
+    a.act[b * a.act_ld + j] = hn;
+    a.h[b * a.h_ld + j] = hn;
+    if (a.y) a.y[b * a.y_ld + j] = hn;
+  }
+}
+
+template <class T>
+__global__ void rnn_step_grad(RnnStepGradArgs<T> a) {
+  const int64_t H = a.hidden, n = a.batch * H;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t b = i / H, j = i % H;
+    T dH = a.dh ? a.dh[b * a.dh_ld + j] : T(0);
+    if (a.dh_mask) dH *= a.dh_mask[b * a.dh_mask_ld + j];
+    if (a.dy) dH += a.dy[b * a.dy_ld + j];
+    const T h = a.act[b * a.act_ld + j];
+    a.da[b * a.da_ld + j] = dH * (T(1) - h * h);
+  }
+}
+
+template <class T>
 __global__ void rows_sum(RowsSumArgs<T> a) {
   const int64_t n = a.rows * a.cols;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -215,6 +245,22 @@ cudaError_t launch_gru_step_grad(const GruStepGradArgs<T>& a, cudaStream_t strea
 }
 
 template <class T>
+cudaError_t launch_rnn_step(const RnnStepArgs<T>& a, cudaStream_t stream) {
+  if (a.batch * a.hidden <= 0) return cudaSuccess;
+  if (!a.xw || !a.rh || !a.act || !a.h || !a.wb != !a.rb) return cudaErrorInvalidValue;
+  rnn_step<T><<<grid_of(a.batch * a.hidden), kBlock, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_rnn_step_grad(const RnnStepGradArgs<T>& a, cudaStream_t stream) {
+  if (a.batch * a.hidden <= 0) return cudaSuccess;
+  if (!a.act || !a.da) return cudaErrorInvalidValue;
+  rnn_step_grad<T><<<grid_of(a.batch * a.hidden), kBlock, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <class T>
 cudaError_t launch_rows_sum(const RowsSumArgs<T>& a, cudaStream_t stream) {
   if (a.rows * a.cols <= 0) return cudaSuccess;
   if (!a.dst) return cudaErrorInvalidValue;
@@ -227,6 +273,8 @@ cudaError_t launch_rows_sum(const RowsSumArgs<T>& a, cudaStream_t stream) {
   template cudaError_t launch_lstm_step_grad<T>(const LstmStepGradArgs<T>&, cudaStream_t); \
   template cudaError_t launch_gru_step<T>(const GruStepArgs<T>&, cudaStream_t);            \
   template cudaError_t launch_gru_step_grad<T>(const GruStepGradArgs<T>&, cudaStream_t);   \
+  template cudaError_t launch_rnn_step<T>(const RnnStepArgs<T>&, cudaStream_t);            \
+  template cudaError_t launch_rnn_step_grad<T>(const RnnStepGradArgs<T>&, cudaStream_t);   \
   template cudaError_t launch_rows_sum<T>(const RowsSumArgs<T>&, cudaStream_t);
 TRAINER_RNN_INSTANTIATE(float)
 TRAINER_RNN_INSTANTIATE(double)
