@@ -494,6 +494,23 @@ class RnnRunner {
     for (int64_t j = 0; j < H_; ++j) g[j] *= m[j];
   }
 
+  // Adds the output gradient of step t to row b's state gradient dh.
+  void add_output_grad(int d, int64_t t, int64_t b, T* dh) const {
+    if (!dy_) return;
+    const T* dyr = dy_ + cfg_.y_offset(t, d, b);
+    for (int64_t j = 0; j < H_; ++j) dh[j] += dyr[j];
+  }
+
+  // After step s's product dA·R (dhr_): for LSTM and RNN, whose previous state enters nothing but the
+  // recurrent product, that is the previous state's gradient (through the recurrent dropout mask).
+  void take_recurrent_grad(int d, int64_t s, const Slice& sl) {
+    for (int64_t b = sl.b0; b < sl.b1; ++b)
+      if (s < len_[b]) {
+        copy_row(dh_.data() + b * H_, dhr_.data() + b * H_, H_);
+        mask_grad(d, b, dh_.data() + b * H_);
+      }
+  }
+
   void combine_bias(int d) {
     // bias_[0, GH): added to every gate's pre-activation (Wb + Rb, except Rb of a linear-before-reset
     // candidate); bias_[GH, GH + H): that Rb, added inside the reset product.
@@ -631,10 +648,7 @@ class RnnRunner {
           const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
           T* dh = dh_.data() + b * H;
           T* dc = dc_.data() + b * H;
-          if (dy_) {
-            const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-            for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-          }
+          add_output_grad(d, t, b, dh);
           const T* a = rec_->act.data() + row * GH;
           const T *gi = a, *go = a + H, *gf = a + 2 * H, *gc = a + 3 * H;
           const T* C = rec_->c.data() + row * H;
@@ -676,11 +690,7 @@ class RnnRunner {
           copy_row(daw_.data() + row * GH, da, GH);
         }
         sg.dh();
-        for (int64_t b = sl.b0; b < sl.b1; ++b)
-          if (s < len_[b]) {
-            copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
-            mask_grad(d, b, dh_.data() + b * H);
-          }
+        take_recurrent_grad(d, s, sl);
       }
     });
     write_state_grad(d, dh_.data(), dh0_);
@@ -794,21 +804,14 @@ class RnnRunner {
           }
           const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
           T* dh = dh_.data() + b * H;
-          if (dy_) {
-            const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-            for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-          }
+          add_output_grad(d, t, b, dh);
           const T* a = rec_->act.data() + row * H;
           const T* pre = cfg_.clip ? rec_->pre.data() + row * H : nullptr;
           for (int64_t j = 0; j < H; ++j) da[j] = dh[j] * act_slope(fa, a[j]) * clip_pass(pre, j, clip);
           copy_row(daw_.data() + row * H, da, H);
         }
         sg.dh();
-        for (int64_t b = sl.b0; b < sl.b1; ++b)
-          if (s < len_[b]) {
-            copy_row(dh_.data() + b * H, dhr_.data() + b * H, H);
-            mask_grad(d, b, dh_.data() + b * H);
-          }
+        take_recurrent_grad(d, s, sl);
       }
     });
     write_state_grad(d, dh_.data(), dh0_);
@@ -913,10 +916,7 @@ class RnnRunner {
           }
           const int64_t t = time_of(d, s, b), row = cfg_.x_row(t, b);
           T* dh = dh_.data() + b * H;
-          if (dy_) {
-            const T* dyr = dy_ + cfg_.y_offset(t, d, b);
-            for (int64_t j = 0; j < H; ++j) dh[j] += dyr[j];
-          }
+          add_output_grad(d, t, b, dh);
           const T* a = rec_->act.data() + row * GH;
           const T *z = a, *r = a + H, *hh = a + 2 * H;
           const T* hp = rec_->hprev.data() + row * H;

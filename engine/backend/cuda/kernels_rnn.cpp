@@ -347,6 +347,18 @@ class RnnRunner {
     ops_.push_back([gp, i](cudaStream_t stream) { gp->run(i, stream); });
   }
 
+  // The state gradient a step's LSTM or RNN gradient kernel reads: the final state's on the first step
+  // backward, else the recurrent product's input gradient dhr_, through the recurrent dropout mask.
+  template <class Args>
+  void state_grad(Args& p, bool first, int64_t sd) const {
+    p.dh = first ? (dyh_ ? dyh_ + sd : nullptr) : dhr_;
+    p.dh_ld = first ? state_ld() : H_;
+    if (mask_ && !first) {
+      p.dh_mask = mask_ + sd;
+      p.dh_mask_ld = state_ld();
+    }
+  }
+
   void rows_sum(T* dst, int64_t dst_ld, const T* a, int64_t a_ld, const T* b, int64_t b_ld,
                 const T* m = nullptr, int64_t m_ld = 0) {
     RowsSumArgs<T> r;
@@ -497,12 +509,7 @@ class RnnRunner {
         p.hidden = H;
         p.act = step_rows(rec_->act, t, GH);
         p.act_ld = row_ld(GH);
-        p.dh = first ? (dyh_ ? dyh_ + sd : nullptr) : dhr_;
-        p.dh_ld = first ? state_ld() : H;
-        if (mask_ && !first) {  // dhr_ is the recurrent product's input gradient
-          p.dh_mask = mask_ + sd;
-          p.dh_mask_ld = state_ld();
-        }
+        state_grad(p, first, sd);
         p.dy = dy;
         p.dy_ld = y_ld();
         p.da = da;
@@ -519,12 +526,7 @@ class RnnRunner {
         p.act_ld = row_ld(GH);
         p.cp = step_rows(rec_->cprev, t, H);
         p.cp_ld = row_ld(H);
-        p.dh = first ? (dyh_ ? dyh_ + sd : nullptr) : dhr_;
-        p.dh_ld = first ? state_ld() : H;
-        if (mask_ && !first) {  // dhr_ is the recurrent product's input gradient
-          p.dh_mask = mask_ + sd;
-          p.dh_mask_ld = state_ld();
-        }
+        state_grad(p, first, sd);
         p.dy = dy;
         p.dy_ld = y_ld();
         p.dc = dc_;
