@@ -457,6 +457,7 @@ class Exporter {
   void emit(const Node& n) {
     if (n.domain == engine::kPrivateDomain && n.op == "FusedGemm") return lower_fused_gemm(n);
     if (n.domain == engine::kPrivateDomain && n.op == "MatMulTransposed") return lower_matmul_transposed(n);
+    if (n.domain == engine::kPrivateDomain && n.op == "GatherGrad") return lower_gather_grad(n);
     if (!n.domain.empty())
       fail(n, fmt::format("the {} op {} has no ONNX equivalent", n.domain, n.op),
            "only inference graphs export: gradient, loss and optimizer ops do not");
@@ -631,6 +632,27 @@ class Exporter {
   }
 
   // MatMulTransposed(A, B) = alpha op(A) op(B), op transposing the last two dimensions.
+  // GatherGrad in a forward graph (an imported ScatterND or ScatterElements) along axis 0: ONNX's ScatterND
+  // with reduction add into zeros, each index a one-element row index.
+  void lower_gather_grad(const Node& n) {
+    if (n.attrs.i("axis") != 0) fail(n, "a scatter-add along an axis other than 0 has no ONNX form here");
+    if (o_.opset < 16)
+      fail(n, fmt::format("a scatter-add needs opset 16 or newer, and the export is for opset {}", o_.opset),
+           "export with opset 16 or newer");
+    const ValueId dy = n.inputs[0], idx = n.inputs[1];
+    const Shape shape(n.attrs.ints("shape"));
+    std::string ids = name(idx);
+    if (g_.value(idx).dtype != DType::i64)
+      ids = add_part("Cast", n.name, {ids}, {}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}});
+    const std::string rows = add_part(
+        "Unsqueeze", n.name,
+        {ids,
+         add_constant(n.name + "/last_axis", Tensor::from<int64_t>(Shape{1}, std::vector<int64_t>{-1}))});
+    const std::string zeros = add_constant(n.name + "/zeros", Tensor(g_.value(dy).dtype, shape));
+    onnx::NodeProto* p = add_node("ScatterND", n.name, {zeros, rows, name(dy)}, {name(n.outputs[0])});
+    set_attribute(p->add_attribute(), "reduction", std::string("add"), false);
+  }
+
   void lower_matmul_transposed(const Node& n) {
     const bool ta = n.attrs.i("transA") != 0, tb = n.attrs.i("transB") != 0;
     const float alpha = n.attrs.f("alpha");

@@ -123,7 +123,10 @@ bool formula_op(const std::string& op) {
                                             "Shrink",
                                             "Hardmax",
                                             "EyeLike",
-                                            "GatherElements"};
+                                            "GatherElements",
+                                            "GatherND",
+                                            "ScatterND",
+                                            "ScatterElements"};
   return ops.count(op) > 0;
 }
 
@@ -140,7 +143,9 @@ bool formula_op(const std::string& op) {
 // Or, Xor, Not, IsNaN and IsInf arithmetic on bytes or comparisons; ArgMax and ArgMin a ReduceMax over the
 // indices where the extreme is, TopK K of those rounds and Hardmax one; Shrink two Wheres; EyeLike a
 // constant; CumSum a MatMul with a triangle of ones; GatherElements a Where over one-hot rows of the
-// indices, summed. A gradient flows to the inputs that
+// indices, summed; GatherND a Gather of flat row numbers from the data seen as a table, and ScatterND and
+// ScatterElements the data with the rows the indices name cleared (reduction none) plus a scatter-add of the
+// updates (GatherGrad) there. A gradient flows to the inputs that
 // rewritten_input_has_grad names (which decides what initializers become parameters).
 bool rewritten(const onnx::NodeProto& n) {
   if (!normalize_domain(n.domain()).empty()) return false;
@@ -169,7 +174,8 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "Sum" || op == "Mean" || op == "Max" || op == "Min" || op == "Einsum") return true;
   if (op == "InstanceNormalization") return i <= 2;
   if (op == "OneHot") return i == 2;  // the values; indices and depth take none
-  if (op == "GatherElements") return i == 0;
+  if (op == "GatherElements" || op == "GatherND") return i == 0;
+  if (op == "ScatterND" || op == "ScatterElements") return i == 0 || i == 2;  // not the indices
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -1370,6 +1376,148 @@ class Importer {
         const ValueId picked = node("Where", {hot, data, c("zero", 0)}, {}, "picked");
         node("ReduceSum", {picked}, {{"axes", std::vector<int64_t>{axis + 1}}, {"keepdims", int64_t{0}}},
              "gathered", true);
+      } else if (p.op == "GatherND" || p.op == "ScatterND" || p.op == "ScatterElements") {
+        // The data as a table [rows, rest...] and each index as a flat row number: GatherND gathers the rows;
+        // ScatterND and ScatterElements add the updates into them (GatherGrad, a deterministic scatter-add)
+        // after clearing them unless the reduction is add.
+        const bool gather = p.op == "GatherND", elements = p.op == "ScatterElements";
+        const size_t arity = gather ? 2 : 3;
+        if (p.inputs.size() != arity || p.inputs[1] == engine::kNoValue ||
+            (!gather && p.inputs[2] == engine::kNoValue))
+          fail(fmt::format("{} needs {} inputs", p.label, arity), "the exporter is broken");
+        const Shape is = g().value(p.inputs[1]).shape;
+        const int64_t rank = xs.rank();
+        const int64_t to_i64 = engine::dtype_to_onnx(DType::i64);
+        auto i64 = [&](const std::string& what, double d) { return scalar_constant(p, what, d, DType::i64); };
+        const ValueId ids = node("Cast", {p.inputs[1]}, {{"to", to_i64}}, "ids");
+        auto wrapped = [&](ValueId v, int64_t n, const std::string& what) {  // negative counts from the end
+          return node(
+              "Where",
+              {node("Less", {v, i64(what + "/zero", 0)}, {}, what + "/negative"),
+               node("Add", {v, i64(what + "/size", static_cast<double>(n))}, {}, what + "/shifted"), v},
+              {}, what + "/wrapped");
+        };
+        ValueId rows;  // flat row numbers
+        int64_t table_rows = 1, count = 1;
+        std::vector<int64_t> rest;
+        if (elements) {
+          const int64_t axis = axis_attr(0);
+          bool fits = is.rank() == rank;
+          for (int64_t d = 0; fits && d < rank; ++d)
+            fits = is[static_cast<int>(d)] <= xs[static_cast<int>(d)];
+          if (!fits)
+            fail(fmt::format("{}: indices {} must have the data's rank and fit in {}", p.label, is.str(),
+                             xs.str()));
+          // Row number = the position's offset in the data with the axis coordinate replaced by the index.
+          std::vector<int64_t> stride(static_cast<size_t>(rank), 1), base(static_cast<size_t>(is.numel()));
+          for (int64_t d = rank - 2; d >= 0; --d)
+            stride[static_cast<size_t>(d)] = stride[static_cast<size_t>(d) + 1] * xs[static_cast<int>(d) + 1];
+          for (int64_t i = 0; i < is.numel(); ++i) {
+            int64_t rem = i, off = 0;
+            for (int64_t d = rank - 1; d >= 0; --d) {
+              const int64_t coord = rem % is[static_cast<int>(d)];
+              rem /= is[static_cast<int>(d)];
+              if (d != axis) off += coord * stride[static_cast<size_t>(d)];
+            }
+            base[static_cast<size_t>(i)] = off;
+          }
+          const ValueId offsets =
+              g().add_constant(g().unique_name(p.base() + "/offsets"), Tensor::from<int64_t>(is, base));
+          const ValueId along = node("Mul",
+                                     {wrapped(ids, xs[static_cast<int>(axis)], "index"),
+                                      i64("stride", static_cast<double>(stride[static_cast<size_t>(axis)]))},
+                                     {}, "along");
+          rows = node("Reshape",
+                      {node("Add", {offsets, along}, {}, "rows"), ints_constant(p, "flat", {is.numel()})}, {},
+                      "row_numbers");
+          table_rows = xs.numel();
+          count = is.numel();
+        } else {
+          const int64_t batch = gather && p.attrs.has("batch_dims") ? p.attrs.i("batch_dims") : 0;
+          const int64_t k = is.rank() > 0 ? is[is.rank() - 1] : 0;
+          bool fits = is.rank() >= 1 && batch >= 0 && batch < is.rank() && k >= 1 && batch + k <= rank;
+          for (int64_t d = 0; fits && d < batch; ++d)
+            fits = is[static_cast<int>(d)] == xs[static_cast<int>(d)];
+          if (!fits)
+            fail(fmt::format("{}: indices {} do not index the data {}{}", p.label, is.str(), xs.str(),
+                             batch ? fmt::format(" after {} batch dims", batch) : std::string()));
+          // Horner over the index columns: ((i0 * d1 + i1) * d2 + i2) ...
+          int64_t span = 1;
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t n = xs[static_cast<int>(batch + j)];
+            const std::string col = fmt::format("column{}", j);
+            const ValueId c =
+                wrapped(node("Slice",
+                             {ids, ints_constant(p, col + "/start", {j}),
+                              ints_constant(p, col + "/end", {j + 1}), ints_constant(p, col + "/axis", {-1})},
+                             {}, col),
+                        n, col);
+            rows = j == 0 ? c
+                          : node("Add",
+                                 {node("Mul", {rows, i64(col + "/scale", static_cast<double>(n))}, {},
+                                       col + "/scaled"),
+                                  c},
+                                 {}, col + "/row");
+            span *= n;
+          }
+          if (batch > 0) {  // rows of batch item b start at b * span
+            std::vector<int64_t> shape = is.dims(), starts;
+            shape.back() = 1;
+            int64_t items = 1;
+            for (int64_t d = 0; d < batch; ++d) items *= is[static_cast<int>(d)];
+            for (int64_t d = batch; d < is.rank(); ++d) shape[static_cast<size_t>(d)] = 1;
+            for (int64_t b = 0; b < items; ++b) starts.push_back(b * span);
+            rows = node("Add",
+                        {rows, g().add_constant(g().unique_name(p.base() + "/batch_rows"),
+                                                Tensor::from<int64_t>(Shape(shape), starts))},
+                        {}, "rows");
+          }
+          for (int64_t d = 0; d < batch + k; ++d) table_rows *= xs[static_cast<int>(d)];
+          rest.assign(xs.dims().begin() + batch + k, xs.dims().end());
+          std::vector<int64_t> lead(is.dims().begin(), is.dims().end() - 1);
+          for (int64_t d : lead) count *= d;
+          // The row numbers in the indices' leading shape (a gather keeps it; a scatter takes them flat).
+          rows = node("Reshape",
+                      {rows, ints_constant(p, "row_shape", gather ? lead : std::vector<int64_t>{count})}, {},
+                      "row_numbers");
+        }
+        std::vector<int64_t> table = {table_rows};
+        table.insert(table.end(), rest.begin(), rest.end());
+        ValueId data = node("Reshape", {x, ints_constant(p, "table", table)}, {}, "table");
+        if (gather) {
+          node("Gather", {data, rows}, {{"axis", int64_t{0}}}, "gathered", true);
+        } else {
+          const std::string reduction =
+              p.attrs.has("reduction") ? p.attrs.s("reduction") : std::string("none");
+          if (reduction != "none" && reduction != "add")
+            fail(fmt::format("{}: reduction '{}' is not supported", p.label, reduction), "use none or add");
+          std::vector<int64_t> flat_updates = {count};
+          flat_updates.insert(flat_updates.end(), rest.begin(), rest.end());
+          if (g().value(p.inputs[2]).shape.numel() !=
+              count * (table.empty() ? 1 : Shape(table).numel() / table_rows))
+            fail(fmt::format("{}: updates {} do not fit indices {} into {}", p.label,
+                             g().value(p.inputs[2]).shape.str(), is.str(), xs.str()));
+          const ValueId updates = node(
+              "Reshape", {p.inputs[2], ints_constant(p, "update_rows", flat_updates)}, {}, "update_rows");
+          const engine::Attributes into{{"axis", int64_t{0}}, {"shape", table}};
+          if (reduction == "none") {
+            // Rows that some index names are replaced: cleared by a mask of where a scatter of ones lands.
+            std::vector<int64_t> ones_shape(flat_updates.size(), 1), hit_shape(table.size(), 1);
+            ones_shape[0] = count;
+            hit_shape[0] = table_rows;
+            Tensor ones(t, Shape(ones_shape));
+            for (int64_t i = 0; i < count; ++i) ones.set_f64(i, 1.0);
+            const ValueId hits = node(
+                "GatherGrad", {g().add_constant(g().unique_name(p.base() + "/ones"), std::move(ones)), rows},
+                {{"axis", int64_t{0}}, {"shape", hit_shape}}, "hits");
+            const ValueId keep = node("Cast", {node("Equal", {hits, c("zero", 0)}, {}, "untouched")},
+                                      {{"to", int64_t{engine::dtype_to_onnx(t)}}}, "keep");
+            data = node("Mul", {data, keep}, {}, "cleared");
+          }
+          const ValueId added =
+              node("Add", {data, node("GatherGrad", {updates, rows}, into, "scattered")}, {}, "updated");
+          node("Reshape", {added, ints_constant(p, "shape", xs.dims())}, {}, "result", true);
+        }
       } else if (p.op == "Shrink") {  // x - bias above lambd, x + bias below -lambd, 0 between
         const double lambd = float_attr("lambd", 0.5), bias = float_attr("bias", 0.0);
         const ValueId above = node("Greater", {x, c("lambd", lambd)}, {}, "above");

@@ -589,7 +589,8 @@ void register_shape_ops(OpRegistry& r) {
 
   r.add(OpSchema("GatherGrad", kPrivateDomain)
             .doc("(dy, indices) -> zeros of `shape` with dy added at the gathered positions along `axis`, "
-                 "in index order (deterministic for repeated indices).")
+                 "in index order (deterministic for repeated indices). Also the forward form of a "
+                 "scatter-add (imported ScatterND and ScatterElements), so it has a gradient: a Gather.")
             .inputs(2, 2)
             .attr_required("axis", AttrType::i)
             .attr_required("shape", AttrType::ints)
@@ -603,7 +604,29 @@ void register_shape_ops(OpRegistry& r) {
                        c.shape(1).str(), s.str());
               c.set_output(0, c.dtype(0), std::move(s));
             })
-            .non_differentiable(kGradOpReason));
+            .no_grad_inputs({1})
+            .grad([](GradContext& c) {
+              // The gathered rows come in the indices' shape; dy may have held them flat.
+              ValueId g = c.op("Gather", {c.dy(), c.input(1)}, {{"axis", c.attrs().i("axis")}});
+              const Shape want = c.shape(c.input(0));
+              if (c.shape(g) != want) g = c.op("Reshape", {g, c.constant_i64(want.dims())});
+              c.set_grad(0, g);
+            })
+            .examples([] {
+              OpExample rows =
+                  example("rows with repeats", {random_tensor({4, 3}, -1, 1, 145), i64_tensor({2, 0, 2, -1})},
+                          {{"axis", int64_t{0}}, {"shape", std::vector<int64_t>{5, 3}}});
+              rows.constant[1] = true;
+              OpExample mid = example("axis 1", {random_tensor({2, 2, 3}, -1, 1, 146), i64_tensor({3, 1})},
+                                      {{"axis", int64_t{1}}, {"shape", std::vector<int64_t>{2, 4, 3}}});
+              mid.constant[1] = true;
+              OpExample flat = example(
+                  "flat dy, 2-D indices",
+                  {random_tensor({6}, -1, 1, 147), Tensor::from<int64_t>(Shape{2, 3}, {4, 0, 4, 1, 2, 0})},
+                  {{"axis", int64_t{0}}, {"shape", std::vector<int64_t>{5}}});
+              flat.constant[1] = true;
+              return std::vector<OpExample>{rows, mid, flat};
+            }));
 }
 
 }  // namespace trainer::engine::ops

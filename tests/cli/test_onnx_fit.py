@@ -752,6 +752,33 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_scatters_fine_tune(self):
+        # Tensor.scatter (ScatterElements) permuting features and a slice assignment (ScatterND): the gradient
+        # reaches the scattered values, and not the overwritten ones.
+        path = self.path("torch_scatter.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 32)
+        self.fc2 = torch.nn.Linear(32, 10)
+        self.register_buffer("perm", (torch.arange(32) * 5 % 32).unsqueeze(0))
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.flatten(1)))
+        s = torch.zeros_like(h).scatter(1, self.perm.expand(h.shape[0], -1), h)
+        s[:, 0:4] = s[:, 4:8] * 2
+        return self.fc2(s)
+""", "torch.zeros(2, 1, 28, 28)", "x", path, opset=16)
+        self.assertLessEqual({"ScatterElements", "ScatterND"}, {n.op_type for n in original.graph.node})
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("scatter.toml", from_logits=True, epochs=1)],
+                                self.path("run_scatter"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_scatter_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_spatial_transformer_fine_tunes(self):
         # A spatial transformer: a linear localization net (identity at the start) predicts an affine map whose
         # grid warps the image through GridSample; the gradient reaches the localization net through the grid.

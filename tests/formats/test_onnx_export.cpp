@@ -743,6 +743,38 @@ TEST_SUITE("onnx_export") {
     CHECK(std::string(e.what()).find("opset 16") != std::string::npos);
   }
 
+  TEST_CASE("a scatter-add in a forward graph (an imported ScatterND) exports as ScatterND with add") {
+    auto build = [](int64_t batch, Graph& g, ValueId* x, ValueId* y) {
+      *x = g.add_input("x", DType::f32, Shape{batch, 4});
+      ValueId rows = g.add_parameter("rows", f32_random({3, 2}, 41));
+      ValueId table =
+          g.node(g.add_node("GatherGrad", {rows, g.add_constant("ids", ops::i64_tensor({2, 0, 2}))},
+                            {{"axis", int64_t{0}}, {"shape", std::vector<int64_t>{4, 2}}}, 1, "scatter"))
+              .outputs[0];
+      *y = g.node(g.add_node("MatMul", {*x, table}, {}, 1, "project")).outputs[0];
+    };
+    Graph g;
+    ValueId x, y;
+    build(3, g, &x, &y);
+    onnx::ModelProto m = export_onnx(g, {x}, {y}, plain(17));
+    check_exported(m, g, 17);
+    const onnx::NodeProto* scatter = find_node(m, "scatter");
+    REQUIRE(scatter != nullptr);
+    CHECK(scatter->op_type() == "ScatterND");
+    CHECK(find_attr(*scatter, "reduction")->s() == "add");
+    Fixture f("scatter_add", m, {});
+    for (int64_t batch : {3, 5}) {
+      Graph gb;
+      ValueId xb, yb;
+      build(batch, gb, &xb, &yb);
+      Tensor in = f32_random({batch, 4}, 50 + batch);
+      f.add_run({in}, run_engine(gb, {xb}, {in}, {yb}));
+    }
+    f.finish();
+    InputError e = export_error([&] { export_onnx(g, {x}, {y}, plain(15)); });
+    CHECK(std::string(e.what()).find("opset 16") != std::string::npos);
+  }
+
   TEST_CASE("a private op without an ONNX form is an error naming the node") {
     Graph g;
     ValueId x = g.add_input("x", DType::f32, Shape{4, 3});
