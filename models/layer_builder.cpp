@@ -88,6 +88,14 @@ void keep_masks(std::vector<LayerDef>& defs, const std::vector<std::string>& typ
     if (std::find(types.begin(), types.end(), d.type) != types.end()) d.keeps_mask = true;
 }
 
+ValueId LayerBuilder::nonzero_mask(ValueId ids) {
+  const DType t = graph.value(ids).dtype;
+  ValueId zero =
+      constant("padding_id", t == DType::i64 ? Tensor::scalar<int64_t>(0) : Tensor::scalar<int32_t>(0));
+  ValueId pad = op("Cast", {op("Equal", {ids, zero})}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+  return op("Sub", {constant("one", Tensor::scalar<float>(1.0f)), pad});
+}
+
 ValueId LayerBuilder::counted(ValueId v, bool is_trainable) {
   int64_t n = graph.value(v).shape.numel();
   info.params += n;

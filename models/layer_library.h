@@ -65,6 +65,8 @@ class LayerBuilder {
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);
   // A float32 constant of ones of shape `dims`: the shape a random draw (Dropout, RandomUniformLike) takes.
   engine::ValueId ones(const std::string& suffix, const std::vector<int64_t>& dims);
+  // Keras's mask_zero: [N, steps] float, 1 where token id `ids` is not 0 (padding).
+  engine::ValueId nonzero_mask(engine::ValueId ids);
   // A 1-D int64 constant (Reshape's shape).
   engine::ValueId shape_constant(const std::string& suffix, const std::vector<int64_t>& dims);
   uint64_t seed(const std::string& suffix) const;

@@ -1,6 +1,7 @@
-// Attention layers: Keras's MultiHeadAttention, and KerasHub's TokenAndPositionEmbedding, which together with
-// LayerNormalization, Dense and the merges make a transformer encoder in a spec. Both are plain IR subgraphs
-// (MatMul, Softmax, Gather), so they train, export and run on every backend like the rest.
+// Attention layers: Keras's MultiHeadAttention, Attention and AdditiveAttention, and KerasHub's
+// TokenAndPositionEmbedding, which together with LayerNormalization, Dense and the merges make a transformer
+// encoder in a spec. All are plain IR subgraphs (MatMul, Softmax, Gather), so they train, export and run on
+// every backend like the rest. Masks (mask_zero) keep padded keys out of the softmax, as Keras's do.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -39,6 +40,25 @@ ValueId projection(LayerBuilder& b, ValueId x, const std::string& name, const st
   ValueId bv = b.weight(name + "/bias", "bias_initializer", bshape, {cols, cols, 1, cols});
   if (!output) bv = b.op("Reshape", {bv, b.shape_constant(name + "/flat_bias", {cols})});
   return b.op("Add", {y, bv});
+}
+
+// Keras's masked softmax: a large negative number added to the scores [N, (heads,) Tq, Tv] of the query and
+// key steps the masks turn off (a query row that is all off then weighs every key alike, as Keras's does);
+// scores unchanged without masks.
+ValueId mask_scores(LayerBuilder& b, ValueId scores, const LayerValue& q, const LayerValue& k, bool heads) {
+  if (q.mask == kNoValue && k.mask == kNoValue) return scores;
+  const int64_t tq = q.shape[0], tv = k.shape[0];
+  ValueId on;
+  if (q.mask != kNoValue && k.mask != kNoValue)
+    on = b.op("Mul", {b.op("Reshape", {q.mask, b.shape_constant("mask/query", {0, tq, 1})}),
+                      b.op("Reshape", {k.mask, b.shape_constant("mask/key", {0, 1, tv})})});
+  else if (q.mask != kNoValue)
+    on = b.op("Reshape", {q.mask, b.shape_constant("mask/query", {0, tq, 1})});
+  else
+    on = b.op("Reshape", {k.mask, b.shape_constant("mask/key", {0, 1, tv})});
+  if (heads) on = b.op("Unsqueeze", {on, b.shape_constant("mask/head_axis", {1})});
+  ValueId off = b.op("Sub", {b.constant("mask/one", Tensor::scalar<float>(1.0f)), on});
+  return b.op("Add", {scores, b.op("Mul", {off, b.constant("mask/large", Tensor::scalar<float>(-1e9f))})});
 }
 
 // MultiHeadAttention: inputs [query] (self-attention), [query, value] or [query, value, key], as Keras calls
@@ -86,6 +106,7 @@ LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerVa
       for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
     scores = b.op("Add", {scores, b.constant("causal_mask", std::move(mask))});
   }
+  scores = mask_scores(b, scores, q, k, true);
   ValueId weights = b.op("Softmax", {scores}, {{"axis", int64_t{-1}}});
   if (b.options.training && rate > 0)  // Keras drops attention weights, each on its own
     weights = b.op("Dropout", {weights, b.constant("ratio", Tensor::scalar<float>(static_cast<float>(rate))),
@@ -97,11 +118,94 @@ LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerVa
   y.from = q.from;
   y.value = projection(b, context, "attention_output", {heads, value_dim, out_dim}, true, bias);
   y.shape = {tq, out_dim};
+  y.mask = q.mask;
   b.info.flops_per_sample =
       2 * heads *
       (tq * q.shape[1] * key_dim + tv * k.shape[1] * key_dim + tv * v.shape[1] * value_dim +
        tq * tv * (key_dim + value_dim) + tq * value_dim * out_dim);
   return y;
+}
+
+// Keras's Attention (Luong: score_mode dot, or concat) and AdditiveAttention (Bahdanau): inputs [query,
+// value] or [query, value, key] (key defaults to value), each [steps, dim]. Scores: dot, Q·Kᵀ times a
+// trainable scalar `scale` with use_scale; concat, concat_score_weight · Σ tanh(scale (q + k)); additive,
+// Σ scale ⊙ tanh(q + k) with a trainable vector `scale` (use_scale, its default). Softmax over the keys
+// (causal with use_causal_mask), dropout of the weights in training, then the weights times V; outputs at
+// masked query steps are zero, as Keras's.
+LayerValue build_score_attention(LayerBuilder& b, const std::vector<LayerValue>& in, bool additive) {
+  const LayerValue q = sequence_input(b, in[0], "query");
+  const LayerValue v = sequence_input(b, in[1], "value");
+  const LayerValue k = in.size() > 2 ? sequence_input(b, in[2], "key") : v;
+  const int64_t tq = q.shape[0], tv = v.shape[0], dim = q.shape[1];
+  if (k.shape != std::vector<int64_t>{tv, dim})
+    b.fail_layer(
+        fmt::format("the key must be (None, {}, {}) for the value's steps and the query's width; '{}' "
+                    "gives {}",
+                    tv, dim, k.from, keras_shape(k.shape)));
+  const double rate = b.args.number("dropout");
+  if (!(rate >= 0 && rate < 1)) b.fail("dropout", fmt::format("dropout must be in [0, 1), got {}", rate));
+  const std::string mode = additive ? "concat" : b.choice("score_mode", {"dot", "concat"});
+  const bool use_scale = b.args.boolean("use_scale");
+  auto scalar_weight = [&](const char* name) {
+    return b.weight(name, Tensor::scalar<float>(1.0f));  // Keras initializes both scalars to ones
+  };
+  ValueId scores;
+  if (mode == "dot") {
+    scores =
+        b.op("MatMul", {q.value, b.op("Transpose", {k.value}, {{"perm", std::vector<int64_t>{0, 2, 1}}})});
+    if (use_scale) scores = b.op("Mul", {scores, scalar_weight("scale")});
+  } else {
+    ValueId sum =
+        b.op("Add", {b.op("Unsqueeze", {q.value, b.shape_constant("query_axis", {2})}),
+                     b.op("Unsqueeze", {k.value, b.shape_constant("key_axis", {1})})});  // [N, Tq, Tv, D]
+    const ValueId last = b.shape_constant("features", {3});
+    const Attributes drop{{"keepdims", int64_t{0}}};
+    if (additive) {
+      ValueId t = b.op("Tanh", {sum});
+      if (use_scale)  // Keras's scale vector starts glorot_uniform
+        t = b.op("Mul", {t, b.weight("scale", initialize("glorot_uniform", Shape{dim}, {dim, dim, 1, dim},
+                                                         b.seed("scale")))});
+      scores = b.op("ReduceSum", {t, last}, drop);
+    } else {
+      if (use_scale) sum = b.op("Mul", {sum, scalar_weight("scale")});
+      scores = b.op("Mul", {b.op("ReduceSum", {b.op("Tanh", {sum}), last}, drop),
+                            scalar_weight("concat_score_weight")});
+    }
+  }
+  if (b.args.boolean("use_causal_mask")) {
+    if (tq != tv)
+      b.fail("use_causal_mask",
+             fmt::format("a causal mask needs as many query steps as value steps, got {} and {}", tq, tv));
+    Tensor mask(DType::f32, Shape{tq, tv});
+    for (int64_t i = 0; i < tq; ++i)
+      for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
+    scores = b.op("Add", {scores, b.constant("causal_mask", std::move(mask))});
+  }
+  LayerValue key_mask = k;
+  key_mask.mask = v.mask;  // Keras masks the keys by the value's mask
+  LayerValue no_query = q;
+  no_query.mask = kNoValue;  // masked query rows are zeroed below instead
+  scores = mask_scores(b, scores, no_query, key_mask, false);
+  ValueId weights = b.op("Softmax", {scores}, {{"axis", int64_t{-1}}});
+  if (ValueId drop = b.dropout_mask("dropout", {b.options.batch_size, tq, tv}, rate, "seed");
+      drop != kNoValue)
+    weights = b.op("Mul", {weights, drop});
+  LayerValue y;
+  y.from = q.from;
+  y.shape = {tq, v.shape[1]};
+  y.value = b.op("MatMul", {weights, v.value});
+  if (q.mask != kNoValue) {
+    y.value = b.op("Mul", {y.value, b.op("Unsqueeze", {q.mask, b.shape_constant("mask/feature_axis", {2})})});
+    y.mask = q.mask;
+  }
+  b.info.flops_per_sample = 2 * tq * tv * (dim + v.shape[1]);
+  return y;
+}
+LayerValue build_attention(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_score_attention(b, in, false);
+}
+LayerValue build_additive_attention(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_score_attention(b, in, true);
 }
 
 // TokenAndPositionEmbedding (KerasHub): token ids [N, T] -> the token's embedding plus a learned embedding of
@@ -130,6 +234,7 @@ LayerValue build_token_and_position_embedding(LayerBuilder& b, const std::vector
   y.from = in[0].from;
   y.shape = {steps, dim};
   y.value = b.op("Add", {b.op("Gather", {tokens, in[0].value}, {{"axis", int64_t{0}}}), positions});
+  if (b.args.boolean("mask_zero")) y.mask = b.nonzero_mask(in[0].value);  // as Embedding's
   return y;
 }
 
@@ -157,11 +262,23 @@ void add_attention_layers(std::vector<LayerDef>& defs) {
                   {{"vocabulary_size", ArgKind::integer, std::nullopt},
                    {"sequence_length", ArgKind::integer, std::nullopt},
                    {"embedding_dim", ArgKind::integer, std::nullopt},
-                   {"embeddings_initializer", ArgKind::string, S("uniform")}},
+                   {"embeddings_initializer", ArgKind::string, S("uniform")},
+                   {"mask_zero", ArgKind::boolean, false}},
                   1,
                   1,
                   true,
                   build_token_and_position_embedding});
+  for (bool additive : {false, true}) {
+    std::vector<ArgDecl> args = {{"use_scale", ArgKind::boolean, additive},
+                                 {"dropout", ArgKind::number, 0.0},
+                                 {"use_causal_mask", ArgKind::boolean, false},
+                                 {"seed", ArgKind::integer, std::nullopt, true}};
+    if (!additive) args.push_back({"score_mode", ArgKind::string, S("dot")});
+    defs.push_back({additive ? "AdditiveAttention" : "Attention",
+                    additive ? "additive_attention" : "attention", args, 2, 3, false,
+                    additive ? build_additive_attention : build_attention});
+  }
+  keep_masks(defs, {"MultiHeadAttention", "Attention", "AdditiveAttention"});
 }
 
 }  // namespace trainer::models

@@ -403,6 +403,80 @@ LayerValue build_layer_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   return x;
 }
 
+// GroupNormalization: the channels (the last Keras axis) in `groups` groups, each normalized per sample over
+// its channels and every position (mean and population variance), then scaled and shifted per channel.
+LayerValue build_group_norm(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t groups = b.positive("groups");
+  const int rank = static_cast<int>(in[0].shape.size());
+  if (const int64_t axis = b.args.integer("axis"); axis != -1 && axis != rank)
+    b.fail("axis",
+           fmt::format("axis = {} is not supported: the groups are of the last axis (the channels)", axis),
+           "leave axis out (-1)");
+  check_epsilon_momentum(b, false);
+  LayerValue x = in[0];
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  const int64_t channels = x.shape.back();
+  if (channels % groups != 0)
+    b.fail("groups", fmt::format("{} channels do not split into {} groups", channels, groups),
+           "use a number of groups that divides the channels");
+  int64_t positions = 1;
+  for (size_t d = 0; d + 1 < x.shape.size(); ++d) positions *= x.shape[d];
+  const int64_t per = channels / groups;
+  // Grouped views: channels-first [N, C, ...] -> [N, G, per * positions]; channels-last [N, ..., C] ->
+  // [N, positions, G, per].
+  const bool first = x.channels_first;
+  ValueId v =
+      b.op("Reshape",
+           {x.value, b.shape_constant("grouped", first ? std::vector<int64_t>{0, groups, per * positions}
+                                                       : std::vector<int64_t>{0, positions, groups, per})});
+  ValueId axes = b.shape_constant("group_axes", first ? std::vector<int64_t>{2} : std::vector<int64_t>{1, 3});
+  const Attributes keep{{"keepdims", int64_t{1}}};
+  ValueId centred = b.op("Sub", {v, b.op("ReduceMean", {v, axes}, keep)});
+  ValueId var = b.op("ReduceMean", {b.op("Mul", {centred, centred}), axes}, keep);
+  ValueId eps = b.constant("epsilon", Tensor::scalar<float>(static_cast<float>(b.args.number("epsilon"))));
+  ValueId y = b.op("Div", {centred, b.op("Sqrt", {b.op("Add", {var, eps})})});
+  std::vector<int64_t> ir = {0};  // the input's IR shape, batch left as is
+  if (first) {
+    ir.push_back(channels);
+    ir.insert(ir.end(), x.shape.begin(), x.shape.end() - 1);
+  } else {
+    ir.insert(ir.end(), x.shape.begin(), x.shape.end());
+  }
+  y = b.op("Reshape", {y, b.shape_constant("ungrouped", ir)});
+  // Per-channel scale and shift, broadcast along the channel axis of the layout.
+  Shape pshape{channels};
+  std::vector<int64_t> along = {channels};
+  if (first) along.insert(along.end(), static_cast<size_t>(rank - 1), 1);
+  auto per_channel = [&](ValueId p, const char* name) {
+    return first ? b.op("Reshape", {p, b.shape_constant(name, along)}) : p;
+  };
+  if (b.args.boolean("scale"))
+    y = b.op("Mul",
+             {y, per_channel(norm_param(b, true, "gamma", "gamma_initializer", pshape, 1.0), "gamma_shape")});
+  if (b.args.boolean("center"))
+    y = b.op("Add",
+             {y, per_channel(norm_param(b, true, "beta", "beta_initializer", pshape, 0.0), "beta_shape")});
+  x.value = y;
+  return x;
+}
+
+// UnitNormalization: each sample's last axis scaled to unit L2 norm, x / sqrt(max(Σx², 1e-12)).
+LayerValue build_unit_norm(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int rank = static_cast<int>(in[0].shape.size());
+  const std::vector<int64_t> axes = b.args.ints("axis");
+  if (axes.size() != 1 || (axes[0] != -1 && axes[0] != rank))
+    b.fail("axis", "only the last axis is supported", "leave axis out (-1)");
+  LayerValue x = b.to_channels_last(in[0]);
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  ValueId squares = b.op("ReduceSum", {b.op("Mul", {x.value, x.value}), b.shape_constant("last", {rank})},
+                         {{"keepdims", int64_t{1}}});
+  ValueId norm = b.op("Sqrt", {b.op("Max", {squares, b.constant("epsilon", Tensor::scalar<float>(1e-12f))})});
+  x.value = b.op("Div", {x.value, norm});
+  return x;
+}
+
 std::vector<ArgDecl> pool_args() {
   return {{"pool_size", ArgKind::int_or_pair, int64_t{2}},
           {"strides", ArgKind::int_or_pair, std::nullopt, true},
@@ -494,19 +568,27 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_batch_norm});
-  defs.push_back({"LayerNormalization",
-                  "layer_normalization",
-                  {{"axis", ArgKind::int_or_ints, int64_t{-1}},
-                   {"epsilon", ArgKind::number, 1e-3},
-                   {"center", ArgKind::boolean, true},
-                   {"scale", ArgKind::boolean, true},
-                   {"beta_initializer", ArgKind::string, S("zeros")},
-                   {"gamma_initializer", ArgKind::string, S("ones")}},
+  // LayerNormalization's and GroupNormalization's arguments after their first.
+  const std::vector<ArgDecl> norm_tail = {{"epsilon", ArgKind::number, 1e-3},
+                                          {"center", ArgKind::boolean, true},
+                                          {"scale", ArgKind::boolean, true},
+                                          {"beta_initializer", ArgKind::string, S("zeros")},
+                                          {"gamma_initializer", ArgKind::string, S("ones")}};
+  std::vector<ArgDecl> layer_norm = {{"axis", ArgKind::int_or_ints, int64_t{-1}}};
+  layer_norm.insert(layer_norm.end(), norm_tail.begin(), norm_tail.end());
+  defs.push_back({"LayerNormalization", "layer_normalization", layer_norm, 1, 1, false, build_layer_norm});
+  std::vector<ArgDecl> group_norm = {{"groups", ArgKind::integer, int64_t{32}},
+                                     {"axis", ArgKind::integer, int64_t{-1}}};
+  group_norm.insert(group_norm.end(), norm_tail.begin(), norm_tail.end());
+  defs.push_back({"GroupNormalization", "group_normalization", group_norm, 1, 1, false, build_group_norm});
+  defs.push_back({"UnitNormalization",
+                  "unit_normalization",
+                  {{"axis", ArgKind::int_or_ints, int64_t{-1}}},
                   1,
                   1,
                   false,
-                  build_layer_norm});
-  keep_masks(defs, {"LayerNormalization"});
+                  build_unit_norm});
+  keep_masks(defs, {"LayerNormalization", "UnitNormalization"});
 }
 
 }  // namespace trainer::models

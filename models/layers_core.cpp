@@ -206,6 +206,15 @@ std::vector<LayerValue> same_layout(LayerBuilder& b, const std::vector<LayerValu
   return out;
 }
 
+// The mask of a merge, as Keras combines them: the product of the inputs' masks (a step counts where every
+// masked input counts it); kNoValue when none has one.
+ValueId merged_mask(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  ValueId m = kNoValue;
+  for (const LayerValue& x : in)
+    if (x.mask != kNoValue) m = m == kNoValue ? x.mask : b.op("Mul", {m, x.mask});
+  return m;
+}
+
 // An elementwise merge of inputs of one shape: `op` folds them left to right (Average adds, then scales).
 LayerValue merge(LayerBuilder& b, const std::vector<LayerValue>& in, const std::string& op) {
   for (const LayerValue& x : in)
@@ -220,6 +229,60 @@ LayerValue merge(LayerBuilder& b, const std::vector<LayerValue>& in, const std::
                                                Tensor::scalar<float>(1.0f / static_cast<float>(xs.size())))});
   y.activation.clear();
   y.pre_activation = kNoValue;
+  y.mask = merged_mask(b, in);
+  return y;
+}
+
+// Dot: the batched dot product of two inputs along `axes` (one per input; an int for both; Keras counts the
+// batch as axis 0), of vectors ([N, F] -> [N, 1]) or sequences ([N, T1, F]·[N, T2, F] along the features
+// -> [N, T1, T2]; along the steps -> [N, F1, F2]); `normalize` takes the cosine instead (each input
+// L2-normalized along its axis first).
+LayerValue build_dot(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const std::vector<int64_t> axes = b.args.pair("axes");
+  const bool normalize = b.args.boolean("normalize");
+  std::vector<LayerValue> xs = {b.to_channels_last(in[0]), b.to_channels_last(in[1])};
+  const int rank = static_cast<int>(xs[0].shape.size());
+  if (rank != static_cast<int>(xs[1].shape.size()) || rank < 1 || rank > 2)
+    b.fail_layer(fmt::format("takes two vectors or two sequences, got {} from '{}' and {} from '{}'",
+                             keras_shape(xs[0].shape), xs[0].from, keras_shape(xs[1].shape), xs[1].from));
+  int k[2];
+  for (int i = 0; i < 2; ++i) {
+    const int64_t a = axes[static_cast<size_t>(i)] < 0 ? axes[static_cast<size_t>(i)] + rank + 1
+                                                       : axes[static_cast<size_t>(i)];
+    if (a < 1 || a > rank)
+      b.fail("axes",
+             fmt::format("axis {} is out of range for {}", axes[static_cast<size_t>(i)],
+                         keras_shape(xs[i].shape)),
+             a == 0 ? "axis 0 is the batch" : "");
+    k[i] = static_cast<int>(a - 1);
+  }
+  if (xs[0].shape[k[0]] != xs[1].shape[k[1]])
+    b.fail("axes",
+           fmt::format("the axes must have one length; {} has {} and {} has {}", keras_shape(xs[0].shape),
+                       xs[0].shape[k[0]], keras_shape(xs[1].shape), xs[1].shape[k[1]]));
+  if (normalize)
+    for (int i = 0; i < 2; ++i) {
+      ValueId axis = b.shape_constant(fmt::format("norm{}/axis", i), {k[i] + 1});
+      ValueId squares =
+          b.op("ReduceSum", {b.op("Mul", {xs[i].value, xs[i].value}), axis}, {{"keepdims", int64_t{1}}});
+      ValueId norm = b.op("Sqrt", {b.op("Max", {squares, b.constant(fmt::format("norm{}/epsilon", i),
+                                                                    Tensor::scalar<float>(1e-12f))})});
+      xs[i].value = b.op("Div", {xs[i].value, norm});
+    }
+  LayerValue y;
+  y.from = xs[0].from;
+  if (rank == 1) {
+    y.value = b.op("ReduceSum", {b.op("Mul", {xs[0].value, xs[1].value}), b.shape_constant("features", {1})},
+                   {{"keepdims", int64_t{1}}});
+    y.shape = {1};
+    return y;
+  }
+  const std::vector<int64_t> swap = {0, 2, 1};
+  // [N, a, k] · [N, k, c]: the first input's contracted axis last, the second's first.
+  ValueId a = k[0] == 1 ? xs[0].value : b.op("Transpose", {xs[0].value}, {{"perm", swap}});
+  ValueId c = k[1] == 0 ? xs[1].value : b.op("Transpose", {xs[1].value}, {{"perm", swap}});
+  y.value = b.op("MatMul", {a, c});
+  y.shape = {xs[0].shape[1 - k[0]], xs[1].shape[1 - k[1]]};
   return y;
 }
 
@@ -310,6 +373,14 @@ LayerValue build_concatenate(LayerBuilder& b, const std::vector<LayerValue>& in)
   y.value = b.op("Concat", values, {{"axis", int64_t{b.ir_axis(xs[0], k)}}});
   y.activation.clear();
   y.pre_activation = kNoValue;
+  if (rank == 2 && k == 0) {  // along the steps of sequences: their masks joined, when every input has one
+    std::vector<ValueId> masks;
+    for (const LayerValue& x : in)
+      if (x.mask != kNoValue) masks.push_back(x.mask);
+    if (masks.size() == in.size()) y.mask = b.op("Concat", masks, {{"axis", int64_t{1}}});
+  } else {
+    y.mask = merged_mask(b, in);
+  }
   return y;
 }
 
@@ -329,12 +400,7 @@ LayerValue build_embedding(LayerBuilder& b, const std::vector<LayerValue>& in) {
     if (in[0].shape.size() != 1)
       b.fail("mask_zero", fmt::format("mask_zero needs a sequence of token ids (None, steps), got {}",
                                       keras_shape(in[0].shape)));
-    const DType ids = b.graph.value(in[0].value).dtype;
-    ValueId zero =
-        b.constant("padding_id", ids == DType::i64 ? Tensor::scalar<int64_t>(0) : Tensor::scalar<int32_t>(0));
-    ValueId pad =
-        b.op("Cast", {b.op("Equal", {in[0].value, zero})}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
-    y.mask = b.op("Sub", {b.constant("one", Tensor::scalar<float>(1.0f)), pad});
+    y.mask = b.nonzero_mask(in[0].value);
   }
   return y;
 }
@@ -467,8 +533,16 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   true,
                   build_embedding});
   defs.push_back({"Masking", "masking", {{"mask_value", ArgKind::number, 0.0}}, 1, 1, false, build_masking});
+  defs.push_back({"Dot",
+                  "dot",
+                  {{"axes", ArgKind::int_or_pair, std::nullopt}, {"normalize", ArgKind::boolean, false}},
+                  2,
+                  2,
+                  false,
+                  build_dot});
   keep_masks(defs, {"Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "Dropout",
-                    "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "Rescaling"});
+                    "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "Rescaling", "Add", "Subtract",
+                    "Multiply", "Average", "Maximum", "Minimum", "Concatenate"});
 }
 
 }  // namespace trainer::models

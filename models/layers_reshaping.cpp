@@ -1,4 +1,5 @@
-// Keras's reshaping layers beyond Reshape and Flatten: RepeatVector, Permute, Cropping1D and Cropping2D.
+// Keras's reshaping layers beyond Reshape and Flatten: RepeatVector, Permute, Cropping1D, Cropping2D,
+// UpSampling1D and ZeroPadding1D.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -102,9 +103,66 @@ LayerValue build_cropping2d(LayerBuilder& b, const std::vector<LayerValue>& in) 
   return crop(b, in[0], {0, 1}, {c[0], c[2]}, {c[1], c[3]});
 }
 
+void require_steps(LayerBuilder& b, const LayerValue& x) {
+  if (x.shape.size() != 2)
+    b.fail_layer(fmt::format("needs a sequence input (None, steps, features), got {} from '{}'",
+                             keras_shape(x.shape), x.from));
+}
+
+// UpSampling1D: each step repeated `size` times, in whichever layout the sequence is: a Reshape that opens an
+// axis of 1 after the steps, an Expand of it and a Reshape that merges it back.
+LayerValue build_upsampling1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t size = b.positive("size");
+  require_steps(b, in[0]);
+  LayerValue x = plain(in[0]);
+  const int64_t steps = x.shape[0], features = x.shape[1];
+  const bool first = x.channels_first;  // [N, F, T] after Conv1D, else [N, T, F]
+  std::vector<int64_t> split =
+      first ? std::vector<int64_t>{0, features, steps, 1} : std::vector<int64_t>{0, steps, 1, features};
+  std::vector<int64_t> repeat =
+      first ? std::vector<int64_t>{1, 1, 1, size} : std::vector<int64_t>{1, 1, size, 1};
+  std::vector<int64_t> merged = first ? std::vector<int64_t>{0, features, steps * size}
+                                      : std::vector<int64_t>{0, steps * size, features};
+  ValueId v = b.op("Reshape", {x.value, b.shape_constant("split", split)});
+  v = b.op("Expand", {v, b.shape_constant("repeat", repeat)});
+  x.value = b.op("Reshape", {v, b.shape_constant("merged", merged)});
+  x.shape = {steps * size, features};
+  return x;
+}
+
+// ZeroPadding1D: padding = n (both ends) or [begin, end] zero steps.
+LayerValue build_zero_padding1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  require_steps(b, in[0]);
+  const std::vector<int64_t> p = b.args.pair("padding");
+  if (p[0] < 0 || p[1] < 0)
+    b.fail("padding", fmt::format("padding must not be negative, got [{}, {}]", p[0], p[1]));
+  LayerValue x = plain(in[0]);
+  std::vector<int64_t> pads(6, 0);  // ONNX's: the begins of the three axes, then their ends
+  const int axis = b.ir_axis(x, 0);
+  pads[static_cast<size_t>(axis)] = p[0];
+  pads[static_cast<size_t>(axis) + 3] = p[1];
+  x.value = b.op("Pad", {x.value, b.shape_constant("pads", pads)}, {{"mode", std::string("constant")}});
+  x.shape[0] += p[0] + p[1];
+  return x;
+}
+
 }  // namespace
 
 void add_reshaping_layers(std::vector<LayerDef>& defs) {
+  defs.push_back({"UpSampling1D",
+                  "up_sampling1d",
+                  {{"size", ArgKind::integer, int64_t{2}}},
+                  1,
+                  1,
+                  false,
+                  build_upsampling1d});
+  defs.push_back({"ZeroPadding1D",
+                  "zero_padding1d",
+                  {{"padding", ArgKind::int_or_pair, int64_t{1}}},
+                  1,
+                  1,
+                  false,
+                  build_zero_padding1d});
   defs.push_back({"RepeatVector",
                   "repeat_vector",
                   {{"n", ArgKind::integer, std::nullopt}},

@@ -398,6 +398,52 @@ activation = "softmax"
         self.assertEqual(ops.count("Softmax"), 3)  # two attentions and the head
         self.assertNotIn("Dropout", ops)
 
+    def test_score_attention_and_group_layers_export_and_run_as_predict_does(self):
+        # Attention (concat scores) and AdditiveAttention, Dot, GroupNormalization, UnitNormalization,
+        # UpSampling1D and ZeroPadding1D on the images' rows as 28 steps.
+        m = self.fit_export_and_predict("score_attention", """[model]
+input = [28, 28]
+[[model.layers]]
+type = "Dense"
+units = 8
+name = "rows"
+[[model.layers]]
+type = "Attention"
+inputs = ["rows", "rows"]
+use_scale = true
+score_mode = "concat"
+dropout = 0.1
+name = "luong"
+[[model.layers]]
+type = "AdditiveAttention"
+inputs = ["rows", "luong"]
+name = "bahdanau"
+[[model.layers]]
+type = "GroupNormalization"
+groups = 4
+[[model.layers]]
+type = "Dot"
+inputs = ["group_normalization", "rows"]
+axes = 2
+normalize = true
+[[model.layers]]
+type = "UnitNormalization"
+[[model.layers]]
+type = "UpSampling1D"
+[[model.layers]]
+type = "ZeroPadding1D"
+padding = [1, 2]
+[[model.layers]]
+type = "GlobalAveragePooling1D"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30])
+        ops = [n.op_type for n in m.graph.node]
+        self.assertEqual(ops.count("Softmax"), 3)  # two attentions and the head
+        self.assertNotIn("Dropout", ops)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])

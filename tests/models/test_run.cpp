@@ -816,6 +816,29 @@ TEST_SUITE("run") {
           .add("GlobalAveragePooling1D");
       return forward(models::testing::build(c, false, 3), Tensor::from<int32_t>(Shape{3, steps}, ids));
     };
+    // A merge takes the mask of any input that has one: Add(zeros from a Conv1D, which ends the mask, e)
+    // averaged over e's kept steps.
+    Spec merged({steps}, "int32");
+    merged.add("Embedding", {{"input_dim", int64_t{5}}, {"output_dim", dim}, {"mask_zero", true}}, "e")
+        .add("Conv1D",
+             {{"filters", dim},
+              {"kernel_size", int64_t{1}},
+              {"use_bias", false},
+              {"kernel_initializer", std::string("zeros")}},
+             "zeros", {"e"})
+        .add("Add", {}, "sum", {"zeros", "e"})
+        .add("GlobalAveragePooling1D", {}, "mean", {"sum"});
+    BuiltModel mm = models::testing::build(merged, false, 3);
+    const Tensor mtable = weight(mm, "e/embeddings");
+    Tensor ymerged = forward(std::move(mm), Tensor::from<int32_t>(Shape{3, steps}, ids));
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t f = 0; f < dim; ++f) {
+        double sum = 0;
+        int count = 0;
+        for (int64_t t = 0; t < steps; ++t)
+          if (ids[b * steps + t] != 0) sum += mtable.get_f64(ids[b * steps + t] * dim + f), ++count;
+        CHECK(ymerged.get_f64(b * dim + f) == doctest::Approx(count ? sum / count : 0.0));
+      }
     Tensor with = conv_mean(true), without = conv_mean(false);
     for (int64_t i = 0; i < with.numel(); ++i) CHECK(with.get_f64(i) == without.get_f64(i));
   }
@@ -1147,5 +1170,208 @@ TEST_SUITE("run") {
     Spec bad({h, w, c});
     bad.add("RandomRotation", {{"factor", 0.1}, {"fill_mode", std::string("wrap")}});
     CHECK(build_error(bad).where() == bad.arg_at(0, "fill_mode"));
+  }
+}
+
+TEST_SUITE("run") {
+  TEST_CASE("run: UpSampling1D repeats steps and ZeroPadding1D adds zero steps, in either layout") {
+    for (bool after_conv : {false, true}) {
+      CAPTURE(after_conv);
+      auto model = [&](bool reshaped) {
+        Spec s({4, 2});
+        if (after_conv)  // a Conv1D leaves the sequence channels-first
+          s.add("Conv1D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{1}}});
+        if (reshaped)
+          s.add("UpSampling1D", {{"size", int64_t{3}}}).add("ZeroPadding1D", {{"padding", v({1, 2})}});
+        return models::testing::build(s, false, 2);
+      };
+      BuiltModel m = model(true);
+      CHECK(m.layers.back().output_shape == v({15, 2}));
+      Tensor x = random_input(m, 11);
+      Tensor z = x;  // the sequence before the two layers
+      if (after_conv) {
+        BuiltModel base = model(false);
+        for (const char* name : {"conv1d/kernel", "conv1d/bias"})
+          *base.graph.mutable_initializer(base.graph.find(name)) = weight(m, name);
+        z = forward(std::move(base), x);
+      }
+      Tensor y = forward(std::move(m), x);
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t t = 0; t < 15; ++t)
+          for (int64_t f = 0; f < 2; ++f) {
+            const int64_t src = t - 1;  // one zero step first, then each step three times, then two zeros
+            const double want = src >= 0 && src < 12 ? z.get_f64((b * 4 + src / 3) * 2 + f) : 0.0;
+            CHECK(y.get_f64((b * 15 + t) * 2 + f) == doctest::Approx(want));
+          }
+    }
+  }
+
+  TEST_CASE("run: GroupNormalization normalizes each group of channels over every position") {
+    for (bool image : {true, false}) {
+      CAPTURE(image);
+      const std::vector<int64_t> shape = image ? v({3, 2, 6}) : v({5, 6});
+      Spec s(shape);
+      s.add("GroupNormalization", {{"groups", int64_t{3}},
+                                   {"epsilon", 0.01},
+                                   {"gamma_initializer", std::string("uniform")},
+                                   {"beta_initializer", std::string("uniform")}});
+      BuiltModel m = models::testing::build(s, false, 2);
+      CHECK(m.layers[0].params == 12);
+      const Tensor gamma = weight(m, "group_normalization/gamma"),
+                   beta = weight(m, "group_normalization/beta");
+      Tensor x = random_input(m, 12);       // the IR layout: NCHW for an image
+      Tensor y = forward(std::move(m), x);  // channels-last
+      const int64_t positions = image ? 6 : 5, channels = 6;
+      auto at = [&](int64_t b, int64_t p, int64_t c) {  // x at position p, channel c
+        return image ? x.get_f64((b * channels + c) * positions + p)
+                     : x.get_f64((b * positions + p) * channels + c);
+      };
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t g = 0; g < 3; ++g) {
+          double mean = 0, var = 0;
+          for (int64_t p = 0; p < positions; ++p)
+            for (int64_t c = 2 * g; c < 2 * g + 2; ++c) mean += at(b, p, c) / (2.0 * positions);
+          for (int64_t p = 0; p < positions; ++p)
+            for (int64_t c = 2 * g; c < 2 * g + 2; ++c)
+              var += std::pow(at(b, p, c) - mean, 2) / (2.0 * positions);
+          for (int64_t p = 0; p < positions; ++p)
+            for (int64_t c = 2 * g; c < 2 * g + 2; ++c) {
+              const double want =
+                  (at(b, p, c) - mean) / std::sqrt(var + 0.01) * gamma.get_f64(c) + beta.get_f64(c);
+              CHECK(y.get_f64((b * positions + p) * channels + c) == doctest::Approx(want).epsilon(1e-4));
+            }
+        }
+    }
+    Spec bad({5, 6});
+    bad.add("GroupNormalization", {{"groups", int64_t{4}}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "groups"));
+  }
+
+  TEST_CASE("run: UnitNormalization and Dot (plain and normalized) as Keras computes them") {
+    Spec u({4});
+    u.add("UnitNormalization");
+    BuiltModel mu = models::testing::build(u, false, 2);
+    Tensor x = random_input(mu, 13);
+    Tensor y = forward(std::move(mu), x);
+    for (int64_t b = 0; b < 2; ++b) {
+      double norm = 0;
+      for (int64_t f = 0; f < 4; ++f) norm += x.get_f64(b * 4 + f) * x.get_f64(b * 4 + f);
+      for (int64_t f = 0; f < 4; ++f)
+        CHECK(y.get_f64(b * 4 + f) == doctest::Approx(x.get_f64(b * 4 + f) / std::sqrt(norm)));
+    }
+    // Sequences a [3, 2] and b [4, 2] (the input's halves): along the features, [3, 4]; along the steps of
+    // two [3, 2] halves, [2, 2].
+    for (bool normalize : {false, true})
+      for (int64_t axis : {2, 1}) {
+        CAPTURE(normalize);
+        CAPTURE(axis);
+        const int64_t ta = 3, tb = axis == 2 ? 4 : 3;
+        Spec s({ta + tb, 2});
+        s.add("Cropping1D", {{"cropping", v({0, tb})}}, "a", {"input"})
+            .add("Cropping1D", {{"cropping", v({ta, 0})}}, "b", {"input"})
+            .add("Dot", {{"axes", axis}, {"normalize", normalize}}, "dot", {"a", "b"});
+        BuiltModel m = models::testing::build(s, false, 2);
+        Tensor in = random_input(m, 14);
+        Tensor out = forward(std::move(m), in);
+        auto a = [&](int64_t b, int64_t t, int64_t f) { return in.get_f64((b * (ta + tb) + t) * 2 + f); };
+        auto bb = [&](int64_t b, int64_t t, int64_t f) {
+          return in.get_f64((b * (ta + tb) + ta + t) * 2 + f);
+        };
+        const int64_t rows = axis == 2 ? ta : 2, cols = axis == 2 ? tb : 2, len = axis == 2 ? 2 : ta;
+        REQUIRE(out.shape() == Shape{2, rows, cols});
+        for (int64_t b = 0; b < 2; ++b)
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) {
+              double dot = 0, na = 0, nb = 0;
+              for (int64_t k = 0; k < len; ++k) {
+                const double p = axis == 2 ? a(b, i, k) : a(b, k, i),
+                             q = axis == 2 ? bb(b, j, k) : bb(b, k, j);
+                dot += p * q;
+                na += p * p;
+                nb += q * q;
+              }
+              const double want = normalize ? dot / std::sqrt(na * nb) : dot;
+              CHECK(out.get_f64((b * rows + i) * cols + j) == doctest::Approx(want).epsilon(1e-5));
+            }
+      }
+  }
+
+  TEST_CASE("run: Attention and AdditiveAttention score, mask and mix the values as Keras") {
+    const int64_t steps = 4, dim = 3, n = 2;
+    // Token ids with padding (0) so the masks count: keys at padded steps get no weight, padded queries give
+    // zeros.
+    const std::vector<int32_t> ids = {3, 1, 0, 0, 2, 4, 5, 0};
+    for (const std::string kind : {"dot", "concat", "additive"}) {
+      CAPTURE(kind);
+      Spec s({steps}, "int32");
+      s.add("Embedding", {{"input_dim", int64_t{6}}, {"output_dim", dim}, {"mask_zero", true}}, "e");
+      if (kind == "additive")
+        s.add("AdditiveAttention", {}, "att", {"e", "e"});
+      else
+        s.add("Attention", {{"use_scale", true}, {"score_mode", kind}}, "att", {"e", "e"});
+      BuiltModel m = models::testing::build(s, false, n);
+      const Tensor table = weight(m, "e/embeddings");
+      const Tensor scale = weight(m, "att/scale");
+      Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
+      auto e = [&](int64_t b, int64_t t, int64_t f) { return table.get_f64(ids[b * steps + t] * dim + f); };
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t i = 0; i < steps; ++i) {
+          std::vector<double> w(steps);
+          double top = -1e300;
+          for (int64_t j = 0; j < steps; ++j) {
+            double sc = 0;
+            for (int64_t f = 0; f < dim; ++f) {
+              if (kind == "dot")
+                sc += e(b, i, f) * e(b, j, f);
+              else if (kind == "concat")
+                sc += std::tanh(scale.get_f64(0) * (e(b, i, f) + e(b, j, f)));
+              else
+                sc += scale.get_f64(f) * std::tanh(e(b, i, f) + e(b, j, f));
+            }
+            if (kind == "dot") sc *= scale.get_f64(0);  // concat_score_weight starts at 1
+            w[j] = ids[b * steps + j] == 0 ? -1e300 : sc;
+            top = std::max(top, w[j]);
+          }
+          double total = 0;
+          for (double& wj : w) total += wj = wj == -1e300 ? 0.0 : std::exp(wj - top);
+          for (int64_t f = 0; f < dim; ++f) {
+            double want = 0;
+            for (int64_t j = 0; j < steps; ++j) want += w[j] / total * e(b, j, f);
+            if (ids[b * steps + i] == 0) want = 0;
+            CHECK(y.get_f64((b * steps + i) * dim + f) == doctest::Approx(want).epsilon(1e-5));
+          }
+        }
+    }
+  }
+
+  TEST_CASE("run: MultiHeadAttention with mask_zero ignores the padded keys") {
+    // Changing what a padded step holds (row 0 of the token table) changes nothing at the unmasked queries.
+    Spec s({5}, "int32");
+    s.add("TokenAndPositionEmbedding",
+          {{"vocabulary_size", int64_t{7}},
+           {"sequence_length", int64_t{5}},
+           {"embedding_dim", int64_t{4}},
+           {"mask_zero", true}},
+          "tok")
+        .add("MultiHeadAttention", {{"num_heads", int64_t{2}}, {"key_dim", int64_t{2}}}, "mha",
+             {"tok", "tok"});
+    const std::vector<int32_t> ids = {4, 2, 6, 0, 0, 1, 0, 3, 5, 0};
+    Tensor outs[2];
+    for (int k = 0; k < 2; ++k) {
+      BuiltModel m = models::testing::build(s, false, 2);
+      Tensor* table = m.graph.mutable_initializer(m.graph.find("tok/token_embedding/embeddings"));
+      REQUIRE(table != nullptr);
+      for (int64_t f = 0; f < 4; ++f) table->set_f64(f, k == 0 ? 0.3 : -2.0);
+      outs[k] = forward(std::move(m), Tensor::from<int32_t>(Shape{2, 5}, ids));
+    }
+    int compared = 0;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t < 5; ++t) {
+        if (ids[b * 5 + t] == 0) continue;
+        for (int64_t f = 0; f < 4; ++f, ++compared)
+          CHECK(outs[0].get_f64((b * 5 + t) * 4 + f) ==
+                doctest::Approx(outs[1].get_f64((b * 5 + t) * 4 + f)));
+      }
+    CHECK(compared == 24);
   }
 }
