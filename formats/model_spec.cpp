@@ -115,7 +115,8 @@ const std::map<std::string_view, std::string_view> kAccuracyLoss = {
     {"top_k_categorical_accuracy", "categorical_crossentropy"},
     {"sparse_categorical_accuracy", "sparse_categorical_crossentropy"},
     {"sparse_top_k_categorical_accuracy", "sparse_categorical_crossentropy"}};
-const Keys kOptimizers = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
+const Keys kOptimizers = {"sgd",    "adam",  "adamw", "rmsprop", "adagrad",
+                          "adamax", "nadam", "lion",  "adadelta"};
 const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
 const Keys kModes = {"auto", "min", "max"};
 
@@ -127,6 +128,10 @@ const std::map<std::string_view, Keys> kOptimizerArgs = {
     {"adamw", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
     {"rmsprop", {"learning_rate", "rho", "momentum", "epsilon", "weight_decay", "clipnorm"}},
     {"adagrad", {"learning_rate", "initial_accumulator_value", "epsilon", "weight_decay", "clipnorm"}},
+    {"adamax", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
+    {"nadam", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
+    {"lion", {"learning_rate", "beta_1", "beta_2", "weight_decay", "clipnorm"}},
+    {"adadelta", {"learning_rate", "rho", "epsilon", "weight_decay", "clipnorm"}},
 };
 const std::map<std::string_view, Keys> kScheduleArgs = {
     {"constant", {"warmup_steps"}},
@@ -881,6 +886,8 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
            fmt::format("{} takes: {}", o.name, join(args)));
   }
   if (o.name == "adamw") o.weight_decay = 0.004;  // Keras's AdamW default
+  if (o.name == "lion") o.beta_2 = 0.99;          // Keras's Lion default
+  if (o.name == "adadelta") o.rho = 0.95;         // Keras's Adadelta default
   struct Rule {
     std::string_view key;
     double* value;

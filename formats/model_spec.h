@@ -118,12 +118,12 @@ struct ScheduleSpec {
 };
 
 struct OptimizerSpec {
-  std::string name = "adam";  // sgd | adam | adamw | rmsprop | adagrad
+  std::string name = "adam";  // sgd | adam | adamw | rmsprop | adagrad | adamax | nadam | lion | adadelta
   double learning_rate = 0.001;
-  double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7;
+  double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7;  // beta_2: Keras's 0.99 for lion
   double momentum = 0.0;
   bool nesterov = false;
-  double rho = 0.9;
+  double rho = 0.9;                        // Keras's 0.95 for adadelta
   double initial_accumulator_value = 0.1;  // adagrad
   double weight_decay = 0.0;               // when not given: 0, or Keras's 0.004 for adamw
   double clipnorm = 0.0;                   // clip gradients by global norm when > 0

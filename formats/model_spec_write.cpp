@@ -151,15 +151,16 @@ std::string to_toml(const ModelSpec& spec) {
     w.header("[train.optimizer]");
     w.kv("name", o.name);
     w.kv("learning_rate", o.learning_rate);
-    if (o.name == "adam" || o.name == "adamw") {
+    if (o.name == "adam" || o.name == "adamw" || o.name == "adamax" || o.name == "nadam" ||
+        o.name == "lion") {
       w.kv("beta_1", o.beta_1);
       w.kv("beta_2", o.beta_2);
     }
     if (o.name == "sgd" || o.name == "rmsprop") w.kv("momentum", o.momentum);
     if (o.name == "sgd") w.kv("nesterov", o.nesterov);
-    if (o.name == "rmsprop") w.kv("rho", o.rho);
+    if (o.name == "rmsprop" || o.name == "adadelta") w.kv("rho", o.rho);
     if (o.name == "adagrad") w.kv("initial_accumulator_value", o.initial_accumulator_value);
-    if (o.name != "sgd") w.kv("epsilon", o.epsilon);
+    if (o.name != "sgd" && o.name != "lion") w.kv("epsilon", o.epsilon);
     w.kv("weight_decay", o.weight_decay);
     w.kv("clipnorm", o.clipnorm);
 

@@ -1,8 +1,11 @@
 // Optimizer update ops: ONNX's training-domain Adam, Momentum and Adagrad (variadic over tensors), and
-// private single-tensor updates for what ONNX lacks (AdamW's decoupled decay, Keras's RMSprop, stateless
-// SGD). Every op takes (R, T, X..., G..., S1..., Sk...) and returns (X_new..., S1_new..., Sk_new...): R is
-// the learning rate (float scalar), T the int64 update count. Training graphs bind each output onto its
-// input's buffer.
+// private single-tensor updates for what ONNX lacks (AdamW's decoupled decay, Keras's RMSprop, Adamax, Nadam,
+// Lion and Adadelta, stateless SGD). Every op takes (R, T, X..., G..., S1..., Sk...) and returns (X_new...,
+// S1_new..., Sk_new...): R is the learning rate (float scalar), T the int64 update count. Training graphs
+// bind each output onto its input's buffer.
+#include <string>
+#include <tuple>
+
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
 
@@ -216,6 +219,39 @@ void register_optimizer_ops(OpRegistry& r) {
                                   {{"norm_coefficient", 0.01f}}, 1),
               };
             }));
+
+  // Keras 3's Adamax, Nadam, Lion and Adadelta, one tensor each. Inputs R, T, X, G, then the states; outputs
+  // X_new and the new states. Each first decays X by R*weight_decay*X (Keras 3's decoupled decay).
+  //   Adamax (M, U): M = beta1*M + (1-beta1)*G;  U = max(beta2*U, |G|);  X -= R*M / ((1-beta1^T)*(U+eps))
+  //   Nadam (M, V): u_t = beta1*(1 - 0.5*0.96^t), P_t = u_1...u_t;  M, V as Adam's;
+  //     X -= R*(u_{T+1}*M/(1-P_{T+1}) + (1-u_T)*G/(1-P_T)) / (sqrt(V/(1-beta2^T)) + eps)
+  //   Lion (M): X -= R*sign(beta1*M + (1-beta1)*G);  M = beta2*M + (1-beta2)*G
+  //   Adadelta (A, D), rho: A = rho*A + (1-rho)*G^2;  d = -sqrt(D+eps)*G/sqrt(A+eps);
+  //     D = rho*D + (1-rho)*d^2;  X += R*d
+  for (const auto& [name, slots, doc] :
+       {std::tuple<const char*, int, const char*>{"AdamaxUpdate", 2, "Adamax (Keras 3), one tensor"},
+        std::tuple<const char*, int, const char*>{"NadamUpdate", 2, "Nadam (Keras 3), one tensor"},
+        std::tuple<const char*, int, const char*>{"LionUpdate", 1, "Lion (Keras 3), one tensor"},
+        std::tuple<const char*, int, const char*>{"AdadeltaUpdate", 2, "Adadelta (Keras 3), one tensor"}}) {
+    const bool adadelta = std::string(name) == "AdadeltaUpdate";
+    OpSchema s = update_op(name, kPrivateDomain, slots);
+    s.doc(doc).inputs(4 + slots, 4 + slots).outputs(1 + slots, 1 + slots).attr("weight_decay", 0.0f);
+    if (adadelta)
+      s.attr("rho", 0.95f).attr("epsilon", 1e-7f);
+    else
+      s.attr("beta1", 0.9f).attr("beta2", std::string(name) == "LionUpdate" ? 0.99f : 0.999f);
+    if (std::string(name) == "AdamaxUpdate" || std::string(name) == "NadamUpdate") s.attr("epsilon", 1e-7f);
+    const int n = slots;
+    s.examples([n, adadelta] {
+      Attributes decay{{"weight_decay", 0.01f}};
+      if (adadelta) decay.set("rho", 0.8f);
+      return std::vector<OpExample>{
+          forward_example("third step", update_inputs(0.01, 3, {{2, 3}}, n, true, 95), {}, 1 + n),
+          forward_example("first step, decay", update_inputs(0.1, 1, {{4}}, n, true, 97), decay, 1 + n),
+      };
+    });
+    r.add(std::move(s));
+  }
 
   // Clipping by global norm, all gradients at once (Keras's global_clipnorm):
   //   n = sqrt(sum over every G of sum(G^2));  G_i' = G_i * clipnorm / max(n, clipnorm)

@@ -1,6 +1,8 @@
 // Optimizer graph construction: state values, one update node per parameter, and the in-place bindings.
 #include "engine/optim/optimizer.h"
 
+#include <algorithm>
+
 #include "engine/ir/op_schema.h"
 
 namespace trainer::engine {
@@ -16,9 +18,11 @@ void check_range(const char* name, float v, float lo, float hi, bool hi_open) {
 }
 
 void validate(const OptimizerConfig& c) {
-  if (c.kind != "sgd" && c.kind != "adam" && c.kind != "adamw" && c.kind != "rmsprop" && c.kind != "adagrad")
+  static const std::vector<std::string> kinds = {"sgd",    "adam",  "adamw", "rmsprop", "adagrad",
+                                                 "adamax", "nadam", "lion",  "adadelta"};
+  if (std::find(kinds.begin(), kinds.end(), c.kind) == kinds.end())
     throw InputError("optimizer", fmt::format("unknown optimizer '{}'", c.kind),
-                     "use sgd, adam, adamw, rmsprop or adagrad");
+                     "use sgd, adam, adamw, rmsprop, adagrad, adamax, nadam, lion or adadelta");
   if (!(c.initial_accumulator_value >= 0))
     throw InputError(
         "optimizer",
@@ -95,6 +99,17 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       inputs.push_back(st.slots.back());
       attrs = {
           {"decay_factor", 0.0f}, {"epsilon", config.epsilon}, {"norm_coefficient", config.weight_decay}};
+    } else if (kind == "adamax" || kind == "nadam" || kind == "lion") {
+      op = kind == "adamax" ? "AdamaxUpdate" : kind == "nadam" ? "NadamUpdate" : "LionUpdate";
+      inputs.push_back(slot(kind == "adamax" ? "adamax_m" : kind == "nadam" ? "nadam_m" : "lion_m"));
+      if (kind != "lion") inputs.push_back(slot(kind == "adamax" ? "adamax_u" : "nadam_v"));
+      attrs = {{"beta1", config.beta1}, {"beta2", config.beta2}, {"weight_decay", config.weight_decay}};
+      if (kind != "lion") attrs.set("epsilon", config.epsilon);
+    } else if (kind == "adadelta") {
+      op = "AdadeltaUpdate";
+      inputs.push_back(slot("adadelta_grad"));
+      inputs.push_back(slot("adadelta_delta"));
+      attrs = {{"rho", config.rho}, {"epsilon", config.epsilon}, {"weight_decay", config.weight_decay}};
     } else {  // rmsprop
       op = "RMSpropUpdate";
       inputs.push_back(slot("rms_v"));

@@ -14,15 +14,16 @@ namespace trainer::engine {
 //   sgd, adam, rmsprop, adagrad: L2, weight_decay*param added to the gradient (ONNX's norm_coefficient), so
 //   it also feeds
 //     the moments; for plain SGD this equals Keras's decoupled decay.
-//   adamw: decoupled, param -= lr*weight_decay*param before the Adam step, as Keras's AdamW.
+//   adamw, adamax, nadam, lion, adadelta: decoupled, param -= lr*weight_decay*param before the step, as
+//   Keras 3 decays.
 struct OptimizerConfig {
-  std::string kind = "adam";               // sgd | adam | adamw | rmsprop | adagrad
-  float beta1 = 0.9f;                      // adam, adamw
-  float beta2 = 0.999f;                    // adam, adamw
-  float epsilon = 1e-7f;                   // adam, adamw, rmsprop (Keras's default)
-  float momentum = 0.0f;                   // sgd, rmsprop
-  bool nesterov = false;                   // sgd
-  float rho = 0.9f;                        // rmsprop
+  std::string kind = "adam";  // sgd | adam | adamw | rmsprop | adagrad | adamax | nadam | lion | adadelta
+  float beta1 = 0.9f;         // adam, adamw
+  float beta2 = 0.999f;       // adam, adamw
+  float epsilon = 1e-7f;      // adam, adamw, rmsprop (Keras's default)
+  float momentum = 0.0f;      // sgd, rmsprop
+  bool nesterov = false;      // sgd
+  float rho = 0.9f;           // rmsprop
   float initial_accumulator_value = 0.1f;  // adagrad
   float weight_decay = 0.0f;               // see above
 };
@@ -40,7 +41,9 @@ struct OptimizerState {
 // their parameter:
 //   sgd with momentum: "<param>/momentum"; adam, adamw: "<param>/adam_m", "<param>/adam_v";
 //   rmsprop: "<param>/rms_v" and, with momentum, "<param>/rms_momentum"; adagrad:
-//   "<param>/adagrad_accumulator" (starting at initial_accumulator_value). Plain SGD has none.
+//   "<param>/adagrad_accumulator" (starting at initial_accumulator_value); adamax: "<param>/adamax_m",
+//   "<param>/adamax_u"; nadam: "<param>/nadam_m", "<param>/nadam_v"; lion: "<param>/lion_m"; adadelta:
+//   "<param>/adadelta_grad", "<param>/adadelta_delta" (accumulated squares). Plain SGD has none.
 // Throws InputError for an unknown kind or an out-of-range hyperparameter.
 std::vector<OptimizerState> add_optimizer(Graph& g,
                                           const std::vector<std::pair<ValueId, ValueId>>& params_and_grads,

@@ -98,14 +98,44 @@ void check_onnx_case(const std::string& op, const Attributes& attrs, const std::
 // Keras's update rules, in double, one tensor. weight_decay follows OptimizerConfig's documented semantics.
 struct KerasReference {
   OptimizerConfig c;
-  Vec m, v;  // sgd: velocity (Keras's sign and scale); adam: moments; rmsprop: v = mean square, m = momentum
+  Vec m, v;  // sgd: velocity (Keras's sign and scale); adam: moments; rmsprop: v = mean square, m = momentum;
+             // adamax: m, u; nadam: m, v; lion: m; adadelta: v = accumulated gradient squares, m = deltas'
+  double u_product = 1;  // nadam: Keras's running product of the momentum schedule
 
   void step(Vec& w, const Vec& grad, double lr, int64_t t) {
     size_t n = w.size();
     if (m.empty()) m.assign(n, 0), v.assign(n, c.kind == "adagrad" ? c.initial_accumulator_value : 0.0);
     double wd = c.weight_decay;
+    const double td = static_cast<double>(t);
+    const double u_t = c.beta1 * (1 - 0.5 * std::pow(0.96, td)),
+                 u_next = c.beta1 * (1 - 0.5 * std::pow(0.96, td + 1));
+    if (c.kind == "nadam") u_product *= u_t;  // as Keras updates it before each step
     for (size_t i = 0; i < n; ++i) {
       double g = grad[i];
+      if (c.kind == "adamax" || c.kind == "nadam" || c.kind == "lion" || c.kind == "adadelta") {
+        w[i] -= w[i] * wd * lr;  // Keras 3's decoupled decay, before the step
+        if (c.kind == "adamax") {
+          m[i] += (g - m[i]) * (1 - c.beta1);
+          v[i] = std::max(c.beta2 * v[i], std::abs(g));
+          w[i] -= lr * m[i] / ((1 - std::pow(c.beta1, td)) * (v[i] + c.epsilon));
+        } else if (c.kind == "nadam") {
+          m[i] += (g - m[i]) * (1 - c.beta1);
+          v[i] += (g * g - v[i]) * (1 - c.beta2);
+          const double m_hat = u_next * m[i] / (1 - u_product * u_next) + (1 - u_t) * g / (1 - u_product);
+          const double v_hat = v[i] / (1 - std::pow(c.beta2, td));
+          w[i] -= m_hat * lr / (std::sqrt(v_hat) + c.epsilon);
+        } else if (c.kind == "lion") {
+          const double d = m[i] * c.beta1 + g * (1 - c.beta1);
+          w[i] -= lr * (d > 0 ? 1 : d < 0 ? -1 : 0);
+          m[i] = m[i] * c.beta2 + g * (1 - c.beta2);
+        } else {  // adadelta
+          v[i] = c.rho * v[i] + (1 - c.rho) * g * g;
+          const double delta = -std::sqrt(m[i] + c.epsilon) * g / std::sqrt(v[i] + c.epsilon);
+          m[i] = c.rho * m[i] + (1 - c.rho) * delta * delta;
+          w[i] += lr * delta;
+        }
+        continue;
+      }
       if (c.kind == "sgd") {
         g += wd * w[i];
         if (c.momentum == 0) {
@@ -167,6 +197,18 @@ OptimizerConfig config(const char* kind, float momentum = 0, bool nesterov = fal
   return c;
 }
 
+OptimizerConfig lion_config(float wd) {  // Keras's Lion takes beta_2 = 0.99
+  OptimizerConfig c = config("lion", 0, false, wd);
+  c.beta2 = 0.99f;
+  return c;
+}
+
+OptimizerConfig adadelta_config(float wd) {  // Keras's Adadelta takes rho = 0.95
+  OptimizerConfig c = config("adadelta", 0, false, wd);
+  c.rho = 0.95f;
+  return c;
+}
+
 std::vector<BuilderCase> builder_cases() {
   return {
       {"sgd", config("sgd", 0, false, 0.01f)},
@@ -179,6 +221,14 @@ std::vector<BuilderCase> builder_cases() {
       {"rmsprop momentum l2", config("rmsprop", 0.5f, false, 0.01f)},
       {"adagrad", config("adagrad")},
       {"adagrad l2", config("adagrad", 0, false, 0.01f)},
+      {"adamax", config("adamax")},
+      {"adamax decay", config("adamax", 0, false, 0.02f)},
+      {"nadam", config("nadam")},
+      {"nadam decay", config("nadam", 0, false, 0.02f)},
+      {"lion", lion_config(0.0f)},
+      {"lion decay", lion_config(0.02f)},
+      {"adadelta", adadelta_config(0.0f)},
+      {"adadelta decay", adadelta_config(0.02f)},
   };
 }
 
@@ -345,7 +395,8 @@ TEST_SUITE("optimizer") {
   }
 
   TEST_CASE("add_optimizer trains through autodiff: loss = sum(w*w)") {
-    for (const char* kind : {"sgd", "adam", "adamw", "rmsprop", "adagrad"}) {
+    for (const char* kind :
+         {"sgd", "adam", "adamw", "rmsprop", "adagrad", "adamax", "nadam", "lion", "adadelta"}) {
       CAPTURE(kind);
       OptimizerConfig c = config(kind, std::string(kind) == "sgd" ? 0.9f : 0.0f, false,
                                  std::string(kind) == "adamw" ? 0.01f : 0.0f);
@@ -421,7 +472,7 @@ TEST_SUITE("optimizer") {
     ValueId gr = g.add_input("g", DType::f32, Shape{2});
     ValueId lr = g.add_input("lr", DType::f32, Shape{});
     ValueId step = g.add_input("step", DType::i64, Shape{});
-    CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, config("adamax")), InputError);
+    CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, config("adafactor")), InputError);
     CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, config("sgd", 1.5f)), InputError);
     OptimizerConfig c = config("adam");
     c.beta1 = 1.0f;

@@ -606,6 +606,20 @@ TEST_SUITE("model_spec") {
     CHECK(!same_settings(a, e));
   }
 
+  TEST_CASE("adamax, nadam, lion and adadelta take Keras's defaults and round-trip") {
+    const std::string train = "[train]\nloss = \"mse\"\n[train.optimizer]\n";
+    for (const char* name : {"adamax", "nadam", "lion", "adadelta"}) {
+      CAPTURE(name);
+      const ModelSpec a = parse_model_spec(kHead + train + "name = \"" + name + "\"\n", "a.toml");
+      CHECK(a.train.optimizer.beta_2 == (std::string(name) == "lion" ? 0.99 : 0.999));
+      CHECK(a.train.optimizer.rho == (std::string(name) == "adadelta" ? 0.95 : 0.9));
+      CHECK(same_settings(a, parse_model_spec(to_toml(a), "a.toml")));
+    }
+    const Failure f = failure(kHead + train + "name = \"lion\"\nepsilon = 1e-6\n");
+    CHECK(f.where == "spec.toml:11:1");
+    CHECK(f.what == "train.optimizer.epsilon does not apply to lion");
+  }
+
   TEST_CASE("load_model_spec reads a file and resolves data paths against its folder") {
     const auto dir = std::filesystem::temp_directory_path() / ("model_spec_test_" + std::to_string(getpid()));
     std::filesystem::create_directories(dir / "sub");

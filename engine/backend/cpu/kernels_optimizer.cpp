@@ -11,6 +11,7 @@
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/parallel.h"
 #include "engine/backend/cpu/vec_math.h"
+#include "engine/kernels/nadam.h"
 
 namespace trainer::engine::cpu {
 
@@ -208,6 +209,70 @@ KernelPtr adamw(const KernelArgs& a) {
   });
 }
 
+// Keras 3's Adamax, Nadam, Lion and Adadelta (see engine/ops/optimizer.cpp), each after the decoupled decay.
+KernelPtr adamax(const KernelArgs& a) {
+  const Attributes& at = a.attrs();
+  double beta1 = at.f("beta1"), beta2 = at.f("beta2"), eps = at.f("epsilon"), wd = at.f("weight_decay");
+  return update_kernel<2>(a, [=]<class T>(double r, int64_t t) {
+    T rate = static_cast<T>(r / (1 - std::pow(beta1, static_cast<double>(t))));
+    T decay = static_cast<T>(r * wd), b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2),
+      e = static_cast<T>(eps);
+    return [=](T x, T g, T s0, T s1) {
+      x = x - decay * x;
+      T m = b1 * s0 + (1 - b1) * g;
+      T u = std::max(b2 * s1, std::abs(g));
+      return Updated<T>{x - rate * m / (u + e), m, u};
+    };
+  });
+}
+
+KernelPtr nadam(const KernelArgs& a) {
+  const Attributes& at = a.attrs();
+  double beta1 = at.f("beta1"), beta2 = at.f("beta2"), eps = at.f("epsilon"), wd = at.f("weight_decay");
+  return update_kernel<2>(a, [=]<class T>(double r, int64_t t) {
+    const kernels::NadamFactors f = kernels::nadam_factors(beta1, beta2, t);
+    T rate = static_cast<T>(r), decay = static_cast<T>(r * wd), b1 = static_cast<T>(beta1),
+      b2 = static_cast<T>(beta2), e = static_cast<T>(eps), cm = static_cast<T>(f.moment),
+      cg = static_cast<T>(f.gradient), cv = static_cast<T>(f.second);
+    return [=](T x, T g, T s0, T s1) {
+      x = x - decay * x;
+      T m = b1 * s0 + (1 - b1) * g;
+      T v = b2 * s1 + (1 - b2) * g * g;
+      return Updated<T>{x - rate * (cm * m + cg * g) / (std::sqrt(v * cv) + e), m, v};
+    };
+  });
+}
+
+KernelPtr lion(const KernelArgs& a) {
+  const Attributes& at = a.attrs();
+  double beta1 = at.f("beta1"), beta2 = at.f("beta2"), wd = at.f("weight_decay");
+  return update_kernel<1>(a, [=]<class T>(double r, int64_t) {
+    T rate = static_cast<T>(r), decay = static_cast<T>(r * wd), b1 = static_cast<T>(beta1),
+      b2 = static_cast<T>(beta2);
+    return [=](T x, T g, T s0, T) {
+      x = x - decay * x;
+      const T c = b1 * s0 + (1 - b1) * g;
+      const T sign = c > T(0) ? T(1) : c < T(0) ? T(-1) : T(0);
+      return Updated<T>{x - rate * sign, b2 * s0 + (1 - b2) * g, T(0)};
+    };
+  });
+}
+
+KernelPtr adadelta(const KernelArgs& a) {
+  const Attributes& at = a.attrs();
+  double rho = at.f("rho"), eps = at.f("epsilon"), wd = at.f("weight_decay");
+  return update_kernel<2>(a, [=]<class T>(double r, int64_t) {
+    T rate = static_cast<T>(r), decay = static_cast<T>(r * wd), p = static_cast<T>(rho),
+      e = static_cast<T>(eps);
+    return [=](T x, T g, T s0, T s1) {
+      x = x - decay * x;
+      T acc = p * s0 + (1 - p) * g * g;
+      T d = -std::sqrt(s1 + e) * g / std::sqrt(acc + e);
+      return Updated<T>{x + rate * d, acc, p * s1 + (1 - p) * d * d};
+    };
+  });
+}
+
 KernelPtr rmsprop(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   double rho = at.f("rho"), eps = at.f("epsilon"), mom = at.f("momentum"), nc = at.f("norm_coefficient");
@@ -325,6 +390,10 @@ void register_optimizer_cpu_kernels(KernelRegistry& r) {
   r.add("Adagrad", adagrad);
   r.add("AdamWUpdate", adamw);
   r.add("RMSpropUpdate", rmsprop);
+  r.add("AdamaxUpdate", adamax);
+  r.add("NadamUpdate", nadam);
+  r.add("LionUpdate", lion);
+  r.add("AdadeltaUpdate", adadelta);
   r.add("SGDUpdate", sgd);
 }
 

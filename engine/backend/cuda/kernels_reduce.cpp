@@ -434,6 +434,22 @@ KernelPtr rmsprop(const KernelArgs& a) {
   return update_factory(a, h, mom ? 2 : 1);
 }
 
+// Keras 3's Adamax, Nadam, Lion (beta1, beta2 in alpha, beta) and Adadelta (rho), each with decoupled decay.
+KernelPtr keras_update(const KernelArgs& a, UpdateRule rule, int states) {
+  const Attributes& at = a.attrs();
+  UpdateHyper h;
+  h.rule = rule;
+  if (rule == UpdateRule::adadelta) {
+    h.rho = at.f("rho");
+  } else {
+    h.alpha = at.f("beta1");
+    h.beta = at.f("beta2");
+  }
+  if (rule != UpdateRule::lion) h.eps = at.f("epsilon");
+  h.decay = at.f("weight_decay");
+  return update_factory(a, h, states);
+}
+
 KernelPtr sgd(const KernelArgs& a) {
   UpdateHyper h;
   h.rule = UpdateRule::sgd;
@@ -514,6 +530,10 @@ void register_reduce_kernels(KernelRegistry& r) {
   r.add("Momentum", momentum);
   r.add("Adagrad", adagrad);
   r.add("RMSpropUpdate", rmsprop);
+  r.add("AdamaxUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::adamax, 2); });
+  r.add("NadamUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::nadam, 2); });
+  r.add("LionUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::lion, 1); });
+  r.add("AdadeltaUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::adadelta, 2); });
   r.add("SGDUpdate", sgd);
 }
 

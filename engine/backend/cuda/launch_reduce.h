@@ -123,14 +123,27 @@ cudaError_t launch_layer_norm_grad(Real t, const void* dy, const void* x, const 
 
 // ---- optimizer updates and ClipByGlobalNorm ----
 
-enum class UpdateRule : int { adam, adamw, momentum, nesterov, adagrad, rmsprop, rmsprop_momentum, sgd };
+enum class UpdateRule : int {
+  adam,
+  adamw,
+  momentum,
+  nesterov,
+  adagrad,
+  rmsprop,
+  rmsprop_momentum,
+  sgd,
+  adamax,
+  nadam,
+  lion,
+  adadelta
+};
 // The attributes of one update node (the fields its rule reads; see engine/ops/optimizer.cpp).
 struct UpdateHyper {
   UpdateRule rule = UpdateRule::sgd;
   double alpha = 0, beta = 0;  // Adam/Momentum alpha, beta; AdamW beta1, beta2
   double eps = 0, l2 = 0;      // epsilon, norm_coefficient
   double post = 0;             // Adam norm_coefficient_post
-  double decay = 0;            // AdamW weight_decay; Adagrad decay_factor
+  double decay = 0;            // AdamW, Adamax, Nadam, Lion, Adadelta weight_decay; Adagrad decay_factor
   double rho = 0, momentum = 0;
 };
 // The learning rate R (f32 or f64 scalar) and update count T (i64 scalar), read on the device at run time.

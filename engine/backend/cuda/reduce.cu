@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "engine/backend/cuda/launch_reduce.h"
+#include "engine/kernels/nadam.h"
 #include "engine/ops/loss_functors.h"
 
 namespace trainer::engine::cuda {
@@ -706,6 +707,35 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         c[0] = static_cast<T>(r);
         c[4] = static_cast<T>(h.l2);
         break;
+      case UpdateRule::adamax:
+        c[0] = static_cast<T>(r / (1 - pow(h.alpha, static_cast<double>(t))));
+        c[1] = static_cast<T>(h.alpha);
+        c[2] = static_cast<T>(h.beta);
+        c[3] = static_cast<T>(h.eps);
+        c[4] = static_cast<T>(r * h.decay);
+        break;
+      case UpdateRule::nadam: {
+        const kernels::NadamFactors f = kernels::nadam_factors(h.alpha, h.beta, t);
+        c[0] = static_cast<T>(r);
+        c[1] = static_cast<T>(f.moment);
+        c[2] = static_cast<T>(f.gradient);
+        c[3] = static_cast<T>(h.eps);
+        c[4] = static_cast<T>(r * h.decay);
+        c[5] = static_cast<T>(f.second);
+        break;
+      }
+      case UpdateRule::lion:
+        c[0] = static_cast<T>(r);
+        c[1] = static_cast<T>(h.alpha);
+        c[2] = static_cast<T>(h.beta);
+        c[4] = static_cast<T>(r * h.decay);
+        break;
+      case UpdateRule::adadelta:
+        c[0] = static_cast<T>(r);
+        c[1] = static_cast<T>(h.rho);
+        c[3] = static_cast<T>(h.eps);
+        c[4] = static_cast<T>(r * h.decay);
+        break;
     }
   }
   __syncthreads();
@@ -764,6 +794,36 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         n0 = c1 * s0 + (T(1) - c1) * gr * gr;
         n1 = c2 * s1 + rate * gr / sqrt(n0 + e);
         nx = x - n1;
+        break;
+      }
+      case UpdateRule::adamax: {  // c1 = beta1, c2 = beta2, c4 = R * weight_decay
+        x = x - c4 * x;
+        n0 = c1 * s0 + (T(1) - c1) * g;
+        n1 = c2 * s1 > fabs(g) ? c2 * s1 : fabs(g);
+        nx = x - rate * n0 / (n1 + e);
+        break;
+      }
+      case UpdateRule::nadam: {  // c1, c2: the moment's and the gradient's weights, post: 1 / (1 - beta2^T)
+        const T b1 = static_cast<T>(h.alpha), b2 = static_cast<T>(h.beta);
+        x = x - c4 * x;
+        n0 = b1 * s0 + (T(1) - b1) * g;
+        n1 = b2 * s1 + (T(1) - b2) * g * g;
+        nx = x - rate * (c1 * n0 + c2 * g) / (sqrt(n1 * post) + e);
+        break;
+      }
+      case UpdateRule::lion: {  // c1 = beta1, c2 = beta2
+        x = x - c4 * x;
+        const T d = c1 * s0 + (T(1) - c1) * g;
+        nx = x - rate * (d > T(0) ? T(1) : d < T(0) ? T(-1) : T(0));
+        n0 = c2 * s0 + (T(1) - c2) * g;
+        break;
+      }
+      case UpdateRule::adadelta: {  // c1 = rho
+        x = x - c4 * x;
+        n0 = c1 * s0 + (T(1) - c1) * g * g;
+        const T d = -sqrt(s1 + e) * g / sqrt(n0 + e);
+        n1 = c1 * s1 + (T(1) - c1) * d * d;
+        nx = x + rate * d;
         break;
       }
       default:  // sgd
