@@ -90,10 +90,10 @@ SyntheticBatch synthetic_batch(const engine::TrainingStep& step, const engine::F
   if (cfg.loss == "sparse_categorical_crossentropy") {
     std::uniform_int_distribution<int64_t> label(0, std::max<int64_t>(classes, 1) - 1);
     for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, static_cast<double>(label(rng)));
-  } else if (cfg.loss == "categorical_crossentropy") {
+  } else if (formats::label_family(cfg.loss) == "categorical_crossentropy") {
     std::uniform_int_distribution<int64_t> label(0, std::max<int64_t>(classes, 1) - 1);
     for (int64_t i = 0; i < batch; ++i) b.y.set_f64(i * classes + label(rng), 1.0);
-  } else if (cfg.loss == "binary_crossentropy") {
+  } else if (formats::label_family(cfg.loss) == "binary_crossentropy") {
     for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng) < 0.5 ? 0.0 : 1.0);
   } else {
     for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng));

@@ -670,7 +670,8 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   }
   // The label kind must fit the loss.
   const Shape& ls = out.train->label_shape();
-  if ((loss == "sparse_categorical_crossentropy" || loss == "binary_crossentropy") && ls.numel() != 1)
+  if ((loss == "sparse_categorical_crossentropy" || formats::label_family(loss) == "binary_crossentropy") &&
+      ls.numel() != 1)
     throw InputError(ds.train->pos.str(),
                      fmt::format("{} needs one label per sample, {} has labels of shape {}", loss,
                                  out.train->describe(), ls.str()),

@@ -78,6 +78,8 @@ const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv"};
 const Keys kLosses = {"sparse_categorical_crossentropy",
                       "categorical_crossentropy",
                       "binary_crossentropy",
+                      "binary_focal_crossentropy",
+                      "categorical_focal_crossentropy",
                       "mse",
                       "mae",
                       "mean_squared_error",
@@ -94,6 +96,7 @@ const Keys kMetrics = {"accuracy",
                        "top_k_accuracy",
                        "precision",
                        "recall",
+                       "f1_score",
                        "auc",
                        "mae",
                        "mse",
@@ -1019,10 +1022,10 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
     if (!(s.label_smoothing >= 0 && s.label_smoothing <= 1))
       t.fail("label_smoothing",
              fmt::format("train.label_smoothing must be in [0, 1], not {}", toml_float(s.label_smoothing)));
-    if (s.loss != "categorical_crossentropy" && s.loss != "binary_crossentropy")
+    if (label_family(s.loss) != "categorical_crossentropy" && label_family(s.loss) != "binary_crossentropy")
       t.fail("label_smoothing",
-             fmt::format("train.label_smoothing applies to categorical_crossentropy and binary_crossentropy, "
-                         "and the loss is {}",
+             fmt::format("train.label_smoothing applies to the categorical and binary cross-entropies (focal "
+                         "or not), and the loss is {}",
                          s.loss),
              s.loss == "sparse_categorical_crossentropy" ? "use one-hot labels with categorical_crossentropy"
                                                          : "leave label_smoothing out");
@@ -1039,9 +1042,9 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
       if (m == "mean_absolute_error") s.metrics[i] = "mae";
       if (m == "mean_squared_error") s.metrics[i] = "mse";
       if (m == "mean_absolute_percentage_error") s.metrics[i] = "mape";
-      const bool binary = s.loss == "binary_crossentropy";
+      const bool binary = label_family(s.loss) == "binary_crossentropy";
       if (auto it = kAccuracyLoss.find(m);
-          it != kAccuracyLoss.end() && s.loss != it->second && s.loss.ends_with("crossentropy"))
+          it != kAccuracyLoss.end() && label_family(s.loss) != it->second && s.loss.ends_with("crossentropy"))
         r.fail(mp,
                fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, s.loss),
                "use 'accuracy', which follows the loss, as Keras does");
@@ -1049,10 +1052,11 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
         r.fail(mp,
                fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
                "report accuracy, precision, recall or auc");
-      if ((m == "precision" || m == "recall" || m == "auc") && !binary)
+      if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc") && !binary)
         r.fail(mp,
                fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, s.loss),
-               "it needs loss = \"binary_crossentropy\" (one probability per sample)");
+               "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
+               "sample)");
       if ((s.metrics[i] == "mae" || s.metrics[i] == "mse" || s.metrics[i] == "mape" ||
            s.metrics[i] == "root_mean_squared_error") &&
           s.loss == "sparse_categorical_crossentropy")
@@ -1105,10 +1109,9 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
       t.fail("class_weight",
              fmt::format("train.class_weight weighs classes, and the loss {} has none", s.loss),
              "use it with a cross-entropy loss");
-    if (s.loss == "binary_crossentropy" && s.class_weight.size() > 2)
-      t.fail("class_weight",
-             fmt::format("train.class_weight has {} weights, and binary_crossentropy has 2 classes (0 and 1)",
-                         s.class_weight.size()));
+    if (label_family(s.loss) == "binary_crossentropy" && s.class_weight.size() > 2)
+      t.fail("class_weight", fmt::format("train.class_weight has {} weights, and {} has 2 classes (0 and 1)",
+                                         s.class_weight.size(), s.loss));
   }
   if (t.get("epochs", s.epochs) && s.epochs < 1)
     t.fail("epochs", fmt::format("train.epochs must be 1 or more, not {}", s.epochs));
@@ -1224,6 +1227,12 @@ std::string read_spec_text(const std::string& path) {
 }
 
 }  // namespace
+
+std::string label_family(const std::string& loss) {
+  if (loss == "binary_focal_crossentropy") return "binary_crossentropy";
+  if (loss == "categorical_focal_crossentropy") return "categorical_crossentropy";
+  return loss;
+}
 
 ModelSpec parse_model_spec(const std::string& text, const std::string& path,
                            const std::vector<std::string>& overrides) {

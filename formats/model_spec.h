@@ -117,6 +117,10 @@ struct ScheduleSpec {
   bool operator==(const ScheduleSpec&) const = default;
 };
 
+// The loss whose labels and outputs `loss` takes: binary_crossentropy for binary_focal_crossentropy,
+// categorical_crossentropy for categorical_focal_crossentropy, else the loss itself.
+std::string label_family(const std::string& loss);
+
 struct OptimizerSpec {
   std::string name = "adam";  // sgd | adam | adamw | rmsprop | adagrad | adamax | nadam | lion | adadelta
   double learning_rate = 0.001;

@@ -107,6 +107,10 @@ TRAINER_HD GridTaps<T> grid_taps(const GridGeom& g, const T* grid, int64_t p) {
   const GridPadding pad = g.mode == GridMode::bicubic ? GridPadding::zeros : g.padding;
   t.cx = grid_source(grid[2 * p], g.w, g.align_corners, pad);
   t.cy = grid_source(grid[2 * p + 1], g.h, g.align_corners, pad);
+  // A coordinate that is not finite, or too far out to convert to an index, samples outside the image
+  // (zeros), alike on every backend.
+  if (!(t.cx.x > T(-1e9) && t.cx.x < T(1e9))) t.cx.x = T(-2);
+  if (!(t.cy.x > T(-1e9) && t.cy.x < T(1e9))) t.cy.x = T(-2);
   if (g.mode == GridMode::nearest) {
     t.x0 = grid_nearest(t.cx.x);
     t.y0 = grid_nearest(t.cy.x);

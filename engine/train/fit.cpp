@@ -61,9 +61,9 @@ LossKind loss_kind(const std::string& loss) {
   LossKind k;
   if (loss == "sparse_categorical_crossentropy")
     k.sparse = true;
-  else if (loss == "categorical_crossentropy")
+  else if (loss == "categorical_crossentropy" || loss == "categorical_focal_crossentropy")
     k.categorical = true;
-  else if (loss == "binary_crossentropy")
+  else if (loss == "binary_crossentropy" || loss == "binary_focal_crossentropy")
     k.binary = true;
   else if (loss == "mse" || loss == "mae" || loss == "huber" || loss == "log_cosh" || loss == "poisson" ||
            loss == "kl_divergence" || loss == "hinge" || loss == "squared_hinge" ||
@@ -72,7 +72,7 @@ LossKind loss_kind(const std::string& loss) {
   else
     throw InputError("train.loss", fmt::format("unknown loss '{}'", loss),
                      "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
-                     "mse, mae, huber, "
+                     "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, huber, "
                      "log_cosh, poisson, kl_divergence, hinge, squared_hinge or cosine_similarity");
   return k;
 }
@@ -149,17 +149,17 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   Graph& g = *lg.graph;
   lg.x = fm.input;
   lg.output = fm.output;
-  const Value& out = g.value(fm.output);
+  // By value: adding nodes moves the graph's values.
+  const DType odt = g.value(fm.output).dtype;
+  const Shape os = g.value(fm.output).shape;
   LossKind k = loss_kind(cfg.loss);
-  const Shape& os = out.shape;
   auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
   auto scalar = [&](double v, DType dtype) { return scalar_constant(g, v, dtype); };
   // Keras's label smoothing: y (1 - s) + s / classes (binary: 2), in training and evaluation alike.
   auto smoothed = [&](ValueId y, int64_t classes) {
     if (cfg.label_smoothing == 0) return y;
     const double s = cfg.label_smoothing;
-    return g.op("Add", {g.op("Mul", {y, scalar(1 - s, out.dtype)}),
-                        scalar(s / static_cast<double>(classes), out.dtype)});
+    return g.op("Add", {g.op("Mul", {y, scalar(1 - s, odt)}), scalar(s / static_cast<double>(classes), odt)});
   };
   // Class weights, one per class of the output (a class the spec leaves out weighs 1).
   const bool weighted = training && !cfg.class_weight.empty();
@@ -169,7 +169,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                        fmt::format("train.class_weight has {} weights, and the model has {} classes",
                                    cfg.class_weight.size(), classes),
                        "give one weight per class of the output");
-    Tensor w(out.dtype, Shape{classes});
+    Tensor w(odt, Shape{classes});
     for (int64_t c = 0; c < classes; ++c)
       w.set_f64(c, c < static_cast<int64_t>(cfg.class_weight.size()) ? cfg.class_weight[c] : 1.0);
     return g.add_constant(g.unique_name("class_weight"), std::move(w));
@@ -192,7 +192,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       reduction.set("reduction", std::string("sum"));
     }
     lg.loss = g.op(cfg.from_logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
-    if (weighted) lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch), out.dtype)});
+    if (weighted) lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch), odt)});
   } else if (k.categorical) {
     if (os.rank() != 2)
       throw InputError("train.loss",
@@ -200,11 +200,25 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                                    "model gives {}",
                                    os.str()),
                        "");
-    lg.y = g.add_input("labels", out.dtype, os);
-    ValueId logp =
-        cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}}) : g.op("Log", {fm.output});
-    ValueId per = g.op("ReduceSum", {g.op("Mul", {smoothed(lg.y, os[1]), logp})},
-                       {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
+    lg.y = g.add_input("labels", odt, os);
+    const Attributes classes_axis{{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}};
+    ValueId per;
+    if (cfg.loss == "categorical_focal_crossentropy") {
+      // Keras's: probabilities renormalized and clipped to [1e-7, 1 - 1e-7], then per class
+      // alpha (1 - p)^gamma (-y log p), summed (alpha 0.25, gamma 2).
+      ValueId p = cfg.from_logits ? g.op("Softmax", {fm.output}, {{"axis", int64_t{1}}}) : fm.output;
+      p = g.op("Div",
+               {p, g.op("ReduceSum", {p}, {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{1}}})});
+      p = g.op("Clip", {p, scalar(1e-7, odt), scalar(1 - 1e-7, odt)});
+      ValueId modulating = g.op("Pow", {g.op("Sub", {scalar(1, odt), p}), scalar(2, odt)});
+      ValueId focal = g.op("Mul", {g.op("Mul", {modulating, scalar(0.25, odt)}),
+                                   g.op("Mul", {smoothed(lg.y, os[1]), g.op("Log", {p})})});
+      per = g.op("ReduceSum", {focal}, classes_axis);  // minus the loss, as the cross-entropy below
+    } else {
+      ValueId logp = cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}})
+                                     : g.op("Log", {fm.output});
+      per = g.op("ReduceSum", {g.op("Mul", {smoothed(lg.y, os[1]), logp})}, classes_axis);
+    }
     // A sample's weight: its one-hot label's class's (a soft label's mix of them).
     if (weighted)
       per = g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(os[1])})},
@@ -217,21 +231,35 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
           fmt::format("binary_crossentropy needs one output per sample, the model gives {}",
                       Shape(std::vector<int64_t>(os.dims().begin() + 1, os.dims().end())).str()),
           "end the model with Dense(1, activation=\"sigmoid\"), or use sparse_categorical_crossentropy");
-    lg.y = g.add_input("labels", out.dtype, os);
+    lg.y = g.add_input("labels", odt, os);
     const char* bce = cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
-    if (!weighted) {
+    if (cfg.loss == "binary_focal_crossentropy") {
+      // Keras's: each sample's cross-entropy times (1 - p_t)^gamma, p_t = y p + (1 - y)(1 - p), gamma 2 (no
+      // class balancing, Keras's default).
+      const ValueId y = smoothed(lg.y, 2);
+      const ValueId p = cfg.from_logits ? g.op("Sigmoid", {fm.output}) : fm.output;
+      const ValueId one = scalar(1, odt);
+      const ValueId p_t =
+          g.op("Add", {g.op("Mul", {y, p}), g.op("Mul", {g.op("Sub", {one, y}), g.op("Sub", {one, p})})});
+      ValueId per = g.op("Mul", {g.op("Pow", {g.op("Sub", {one, p_t}), scalar(2, odt)}),
+                                 g.op(bce, {fm.output, y}, {{"reduction", std::string("none")}})});
+      if (weighted) {
+        const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
+        per = g.op("Mul", {per, g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})})});
+      }
+      lg.loss = mean_of(per);
+    } else if (!weighted) {
       lg.loss = g.op(bce, {fm.output, smoothed(lg.y, 2)});
     } else {
       // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
       const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
-      ValueId sample_w =
-          g.op("Add", {scalar(w0, out.dtype), g.op("Mul", {lg.y, scalar(w1 - w0, out.dtype)})});
+      ValueId sample_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})});
       lg.loss = mean_of(
           g.op("Mul",
                {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), sample_w}));
     }
   } else {
-    lg.y = g.add_input("labels", out.dtype, os);
+    lg.y = g.add_input("labels", odt, os);
     if (cfg.loss == "mse" || cfg.loss == "mae")
       lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
     else
@@ -276,6 +304,7 @@ bool is_top_k(const std::string& m) {
 struct MetricAccumulator {
   // The slots of `extra`.
   enum : size_t { kAbsError, kSquaredError, kPercentError, kTruePos, kFalsePos, kFalseNeg, kAucHistogram };
+  // (f1_score reads the true and false positives and false negatives.)
   static constexpr size_t kAucBuckets = kAucThresholds + 1;  // predictions above 0..200 thresholds
 
   LossKind kind;
@@ -392,6 +421,9 @@ struct MetricAccumulator {
         l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
       if (m == "recall")
         l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalseNeg]));
+      if (m == "f1_score")  // of the positive class at 0.5: 2 TP / (2 TP + FP + FN)
+        l.emplace_back(prefix + m,
+                       ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(prefix + m, auc());
       if (m == "mae") l.emplace_back(prefix + m, extra[kAbsError] / n);
       if (m == "mse") l.emplace_back(prefix + m, extra[kSquaredError] / n);
@@ -603,11 +635,12 @@ bool improves(bool have, double best, double value, bool maximize, double min_de
   return !have || (maximize ? value > best + min_delta : value < best - min_delta);
 }
 
-// auto: larger is better for accuracies, precision, recall and AUC; smaller for the loss and errors.
+// auto: larger is better for accuracies, precision, recall, F1 and AUC; smaller for the loss and errors.
 bool maximized(const std::string& mode, const std::string& monitor) {
   if (mode != "auto") return mode == "max";
   const std::string m = monitor.starts_with("val_") ? monitor.substr(4) : monitor;
-  return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc";
+  return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
+         m == "f1_score";
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-"""Keras's regression, distribution and margin losses (huber, log_cosh, poisson, kl_divergence, hinge,
-squared_hinge, cosine_similarity): each model trains, and `trainer evaluate` reports the loss that Keras's formula
+"""Keras's regression, distribution, margin and focal losses (huber, log_cosh, poisson, kl_divergence, hinge,
+squared_hinge, cosine_similarity, binary_focal_crossentropy, categorical_focal_crossentropy): each model trains, and `trainer evaluate` reports the loss that Keras's formula
 gives on the outputs `trainer predict` writes for the same checkpoint."""
 
 import json
@@ -62,6 +62,14 @@ def keras(loss, p, y):
     elif loss == "binary_crossentropy":
         pc = np.clip(p, 1e-7, 1 - 1e-7)
         per = -(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean(-1)
+    elif loss == "binary_focal_crossentropy":  # gamma 2, no class balancing
+        pc = np.clip(p, 1e-7, 1 - 1e-7)
+        bce = -(y * np.log(pc) + (1 - y) * np.log(1 - pc))
+        p_t = y * p + (1 - y) * (1 - p)
+        per = ((1 - p_t) ** 2 * bce).mean(-1)
+    elif loss == "categorical_focal_crossentropy":  # alpha 0.25, gamma 2
+        pc = np.clip(p / p.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
+        per = (0.25 * (1 - pc) ** 2 * -(y * np.log(pc))).sum(-1)
     else:  # cosine_similarity
         def unit(v):
             return v / np.sqrt(np.maximum((v * v).sum(-1, keepdims=True), 1e-12))
@@ -146,7 +154,15 @@ class Losses(unittest.TestCase):
         r = run(["check", os.path.join(self.tmp.name, "categorical_crossentropy_onehot.npy.toml"), "--set",
                  "train.loss=huber"])
         self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("label_smoothing applies to categorical_crossentropy and binary_crossentropy", r.stderr)
+        self.assertIn("label_smoothing applies to the categorical and binary cross-entropies", r.stderr)
+
+    def test_focal_losses(self):
+        np.save(os.path.join(self.tmp.name, "onehot3.npy"),
+                np.eye(3, dtype=np.float32)[np.argmax(np.load(os.path.join(self.tmp.name, "dist.npy")), 1)])
+        self.check("binary_focal_crossentropy", 1, "sigmoid", "binary.npy")
+        self.check("binary_focal_crossentropy", 1, "sigmoid", "binary.npy", smoothing=0.1)
+        self.check("categorical_focal_crossentropy", 3, "softmax", "onehot3.npy")
+        self.check("categorical_focal_crossentropy", 3, "softmax", "onehot3.npy", smoothing=0.2)
 
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")

@@ -1,4 +1,4 @@
-"""trainer fit's metrics beyond accuracy: precision, recall, AUC (binary), mae and mse. Each is checked against the
+"""trainer fit's metrics beyond accuracy: precision, recall, F1, AUC (binary), mae and mse. Each is checked against the
 same quantity computed here from the checkpoint's predictions on the validation set, and for continuity across a
 resume and across replicas."""
 
@@ -42,7 +42,7 @@ seed = 3
 learning_rate = 0.01
 """
 
-BINARY = ["accuracy", "precision", "recall", "auc", "mae", "mse"]
+BINARY = ["accuracy", "precision", "recall", "f1_score", "auc", "mae", "mse"]
 
 
 def keras_auc(p, y):
@@ -113,6 +113,8 @@ class Metrics(unittest.TestCase):
         self.assertAlmostEqual(last["val_accuracy"], float((predicted == positive).mean()), places=6)
         self.assertAlmostEqual(last["val_precision"], tp / predicted.sum(), places=6)
         self.assertAlmostEqual(last["val_recall"], tp / positive.sum(), places=6)
+        if "val_f1_score" in last:  # the positive class's F1 at 0.5
+            self.assertAlmostEqual(last["val_f1_score"], 2 * tp / (predicted.sum() + positive.sum()), places=6)
         self.assertAlmostEqual(last["val_auc"], keras_auc(p.astype(np.float32), y), places=5)
         # 200 thresholds put Keras's AUC within a few thousandths of the exact one.
         self.assertAlmostEqual(last["val_auc"], rank_auc(p, y), delta=0.01)

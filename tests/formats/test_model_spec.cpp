@@ -367,7 +367,8 @@ TEST_SUITE("model_spec") {
          "from_logits = true under [train]"},
         {T + "loss = \"focal\"\n", "spec.toml:8:8", "unknown loss 'focal'",
          "expected one of: sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
-         "mse, mae, mean_squared_error, mean_absolute_error, huber, log_cosh, poisson, kl_divergence, kld, "
+         "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, mean_squared_error, "
+         "mean_absolute_error, huber, log_cosh, poisson, kl_divergence, kld, "
          "hinge, squared_hinge, cosine_similarity"},
         {T + "loss = \"mse\"\nmetrics = [\"accuracy\", \"acuracy\"]\n", "spec.toml:9:24",
          "unknown metric 'acuracy'", "did you mean 'accuracy'?"},
@@ -375,7 +376,7 @@ TEST_SUITE("model_spec") {
          "spec.toml:9:24",
          "metric 'auc' is a binary classification metric, and the loss is "
          "sparse_categorical_crossentropy",
-         "it needs loss = \"binary_crossentropy\" (one probability per sample)"},
+         "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per sample)"},
         {T + "loss = \"binary_crossentropy\"\nmetrics = [\"AUC\"]\n", "spec.toml:9:12",
          "unknown metric 'AUC'", "did you mean 'auc'?"},
         {T + "loss = \"binary_crossentropy\"\nmetrics = [\"top_k_accuracy\"]\n", "spec.toml:9:12",

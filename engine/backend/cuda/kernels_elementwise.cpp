@@ -529,10 +529,12 @@ KernelPtr gather_grad(const KernelArgs& a) {
       [=](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_gather_grad(t, idx64, dy, idx, dx, g, s)); });
 }
 
+// Empty images (no channel, row or column) go to the host, which writes the zeros they sample.
 KernelPtr grid_sample(const KernelArgs& a) {
   const DType dt = a.in(0).dtype;
   if (dt != DType::f32 && dt != DType::f64) return nullptr;
   const kernels::GridGeom g = ops::grid_geom(a.in(0).shape, a.in(1).shape, a.attrs());
+  if (g.c == 0 || g.h < 1 || g.w < 1) return nullptr;
   const ElemType t = elem_type(dt);
   const void* x = a.inputs[0];
   const void* grid = a.inputs[1];
@@ -544,6 +546,7 @@ KernelPtr grid_sample_grad(const KernelArgs& a) {
   const DType dt = a.in(0).dtype;
   if (dt != DType::f32 && dt != DType::f64) return nullptr;
   const kernels::GridGeom g = ops::grid_geom(a.in(1).shape, a.in(2).shape, a.attrs());
+  if (g.c == 0 || g.h < 1 || g.w < 1) return nullptr;
   const ElemType t = elem_type(dt);
   const void* dy = a.inputs[0];
   const void* x = a.inputs[1];

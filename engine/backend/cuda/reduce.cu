@@ -799,7 +799,7 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
       case UpdateRule::adamax: {  // c1 = beta1, c2 = beta2, c4 = R * weight_decay
         x = x - c4 * x;
         n0 = c1 * s0 + (T(1) - c1) * g;
-        n1 = c2 * s1 > fabs(g) ? c2 * s1 : fabs(g);
+        n1 = c2 * s1 < fabs(g) ? fabs(g) : c2 * s1;  // std::max's choice, NaN included, as the CPU
         nx = x - rate * n0 / (n1 + e);
         break;
       }
