@@ -18,7 +18,8 @@ std::vector<ValueId> trainable_parameters(const Graph& g) {
 
 namespace {
 
-ValueId sum_all(Graph& g, const std::vector<ValueId>& parts, const std::string& name) {
+// `name` by value: callers pass a value's name, which adding nodes can move.
+ValueId sum_all(Graph& g, const std::vector<ValueId>& parts, std::string name) {
   ValueId acc = parts[0];
   for (size_t i = 1; i < parts.size(); ++i)
     acc = g.node(g.add_node("Add", {acc, parts[i]}, {}, 1, g.unique_name(name + "/accum"))).outputs[0];

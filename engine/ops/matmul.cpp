@@ -49,7 +49,8 @@ ValueId mm(GradContext& c, ValueId x, bool tx, ValueId y, bool ty, float alpha =
               {{"transA", int64_t{tx}}, {"transB", int64_t{ty}}, {"alpha", alpha}});
 }
 
-ValueId reshape(GradContext& c, ValueId x, const Shape& s) {
+// `s` by value: callers pass shapes that live in the graph, which emitting nodes can move.
+ValueId reshape(GradContext& c, ValueId x, Shape s) {
   if (c.shape(x) == s) return x;
   return c.op("Reshape", {x, c.constant_i64(s.dims())});
 }
