@@ -1,9 +1,10 @@
 // Keras's reshaping layers beyond Reshape and Flatten: RepeatVector, Permute, Cropping1D, Cropping2D,
-// UpSampling1D and ZeroPadding1D.
+// UpSampling1D and ZeroPadding1D; and the image preprocessing layers Resizing and CenterCrop.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "models/layer_library.h"
 
@@ -146,9 +147,92 @@ LayerValue build_zero_padding1d(LayerBuilder& b, const std::vector<LayerValue>& 
   return x;
 }
 
+// The [out, in] matrix that resamples an axis of `in` pixels to `out` as TensorFlow's resize does with
+// half-pixel centres (Keras's Resizing): bilinear, source (i + 0.5) in / out - 0.5 between its two neighbours
+// (clamped at the edges); nearest, floor((i + 0.5) in / out).
+Tensor resize_matrix(int64_t out, int64_t in, bool nearest) {
+  Tensor m(DType::f32, Shape{out, in});
+  const double scale = static_cast<double>(in) / static_cast<double>(out);
+  for (int64_t i = 0; i < out; ++i) {
+    if (nearest) {
+      const int64_t j = std::min<int64_t>(static_cast<int64_t>(std::floor((i + 0.5) * scale)), in - 1);
+      m.set_f64(i * in + j, 1.0);
+      continue;
+    }
+    const double src = (i + 0.5) * scale - 0.5, lo = std::floor(src);
+    const int64_t lower = std::max<int64_t>(static_cast<int64_t>(lo), 0);
+    const int64_t upper = std::min<int64_t>(static_cast<int64_t>(std::ceil(src)), in - 1);
+    const double frac = src - lo;
+    m.set_f64(i * in + lower, m.get_f64(i * in + lower) + 1 - frac);
+    m.set_f64(i * in + upper, m.get_f64(i * in + upper) + frac);
+  }
+  return m;
+}
+
+// Resizing: images to (height, width), bilinear or nearest, as two products with constant matrices (rows,
+// then columns); crop_to_aspect_ratio first crops the largest centred window of the target's aspect ratio, as
+// Keras.
+LayerValue build_resizing(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t out_h = b.positive("height"), out_w = b.positive("width");
+  const bool nearest = b.choice("interpolation", {"bilinear", "nearest"}) == "nearest";
+  b.require_image(in[0]);
+  LayerValue x = plain(b.to_channels_first(in[0]));
+  int64_t h = x.shape[0], w = x.shape[1];
+  if (b.args.boolean("crop_to_aspect_ratio")) {
+    const int64_t ch = std::max<int64_t>(
+        std::min<int64_t>(h, static_cast<int64_t>(static_cast<float>(w * out_h) / out_w)), 1);
+    const int64_t cw = std::max<int64_t>(
+        std::min<int64_t>(w, static_cast<int64_t>(static_cast<float>(h * out_w) / out_h)), 1);
+    const int64_t top = (h - ch) / 2, left = (w - cw) / 2;
+    x.value = b.op("Slice", {x.value, b.shape_constant("crop/starts", {top, left}),
+                             b.shape_constant("crop/ends", {top + ch, left + cw}),
+                             b.shape_constant("crop/axes", {2, 3})});
+    h = ch, w = cw;
+  }
+  if (h != out_h) x.value = b.op("MatMul", {b.constant("rows", resize_matrix(out_h, h, nearest)), x.value});
+  if (w != out_w) {
+    Tensor cols = resize_matrix(out_w, w, nearest);
+    x.value = b.op("MatMul", {x.value, b.op("Transpose", {b.constant("columns", std::move(cols))},
+                                            {{"perm", std::vector<int64_t>{1, 0}}})});
+  }
+  x.shape = {out_h, out_w, x.shape[2]};
+  return x;
+}
+
+// CenterCrop: the centred (height, width) window of each image (the extra pixel of an odd margin on the
+// bottom and right, as Keras).
+LayerValue build_center_crop(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t out_h = b.positive("height"), out_w = b.positive("width");
+  b.require_image(in[0]);
+  const int64_t h = in[0].shape[0], w = in[0].shape[1];
+  if (out_h > h || out_w > w)
+    b.fail_layer(fmt::format("crops ({}, {}) out of a smaller image {} from '{}'", out_h, out_w,
+                             keras_shape(in[0].shape), in[0].from),
+                 "put a Resizing layer before it, or crop less");
+  const int64_t top = (h - out_h) / 2, left = (w - out_w) / 2;
+  return crop(b, in[0], {0, 1}, {top, left}, {h - out_h - top, w - out_w - left});
+}
+
 }  // namespace
 
 void add_reshaping_layers(std::vector<LayerDef>& defs) {
+  defs.push_back({"Resizing",
+                  "resizing",
+                  {{"height", ArgKind::integer, std::nullopt},
+                   {"width", ArgKind::integer, std::nullopt},
+                   {"interpolation", ArgKind::string, std::string("bilinear")},
+                   {"crop_to_aspect_ratio", ArgKind::boolean, false}},
+                  1,
+                  1,
+                  false,
+                  build_resizing});
+  defs.push_back({"CenterCrop",
+                  "center_crop",
+                  {{"height", ArgKind::integer, std::nullopt}, {"width", ArgKind::integer, std::nullopt}},
+                  1,
+                  1,
+                  false,
+                  build_center_crop});
   defs.push_back({"UpSampling1D",
                   "up_sampling1d",
                   {{"size", ArgKind::integer, int64_t{2}}},

@@ -1375,3 +1375,56 @@ TEST_SUITE("run") {
     CHECK(compared == 24);
   }
 }
+
+TEST_SUITE("run") {
+  TEST_CASE(
+      "run: Resizing halves by 2x2 means (bilinear), doubles by repeats (nearest); CenterCrop centres") {
+    const int64_t h = 4, w = 6, c = 2, n = 2;
+    const Tensor x = ops::random_tensor(Shape{n, c, h, w}, -1, 1, 121, DType::f32);  // the IR's NCHW
+    // Runs one layer on x; returns its NHWC output.
+    auto run_layer = [&](const std::string& type,
+                         std::vector<std::pair<std::string, formats::ArgValue>> args) {
+      Spec s({h, w, c});
+      s.add(type, std::move(args));
+      BuiltModel m = models::testing::build(s, false, n);
+      return forward(std::move(m), x);
+    };
+    auto px = [&](int64_t b, int64_t i, int64_t j, int64_t k) {
+      return x.get_f64(((b * c + k) * h + i) * w + j);
+    };
+    // The mean of the 2 x 2 block at (2i, left + 2j).
+    auto block = [&](int64_t b, int64_t i, int64_t j, int64_t k, int64_t left) {
+      return (px(b, 2 * i, left + 2 * j, k) + px(b, 2 * i + 1, left + 2 * j, k) +
+              px(b, 2 * i, left + 2 * j + 1, k) + px(b, 2 * i + 1, left + 2 * j + 1, k)) /
+             4;
+    };
+    Tensor half = run_layer("Resizing", {{"height", int64_t{2}}, {"width", int64_t{3}}});
+    Tensor twice = run_layer(
+        "Resizing",
+        {{"height", int64_t{8}}, {"width", int64_t{12}}, {"interpolation", std::string("nearest")}});
+    Tensor square = run_layer(
+        "Resizing", {{"height", int64_t{2}}, {"width", int64_t{2}}, {"crop_to_aspect_ratio", true}});
+    Tensor centre = run_layer("CenterCrop", {{"height", int64_t{1}}, {"width", int64_t{3}}});
+    REQUIRE(half.shape() == Shape{n, 2, 3, c});
+    REQUIRE(twice.shape() == Shape{n, 8, 12, c});
+    REQUIRE(square.shape() == Shape{n, 2, 2, c});
+    REQUIRE(centre.shape() == Shape{n, 1, 3, c});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t k = 0; k < c; ++k) {
+        for (int64_t i = 0; i < 2; ++i)
+          for (int64_t j = 0; j < 3; ++j)
+            CHECK(half.get_f64(((b * 2 + i) * 3 + j) * c + k) == doctest::Approx(block(b, i, j, k, 0)));
+        for (int64_t i = 0; i < 8; ++i)
+          for (int64_t j = 0; j < 12; ++j)
+            CHECK(twice.get_f64(((b * 8 + i) * 12 + j) * c + k) == doctest::Approx(px(b, i / 2, j / 2, k)));
+        for (int64_t i = 0; i < 2; ++i)  // the centred 4 x 4 window (columns 1..4), halved
+          for (int64_t j = 0; j < 2; ++j)
+            CHECK(square.get_f64(((b * 2 + i) * 2 + j) * c + k) == doctest::Approx(block(b, i, j, k, 1)));
+        for (int64_t j = 0; j < 3; ++j)  // row 1 (an odd margin's extra row at the bottom), columns 1..3
+          CHECK(centre.get_f64((b * 3 + j) * c + k) == doctest::Approx(px(b, 1, 1 + j, k)));
+      }
+    Spec bad({4, 6, 2});
+    bad.add("CenterCrop", {{"height", int64_t{5}}, {"width", int64_t{2}}});
+    CHECK(contains(build_error(bad).what(), "smaller image"));
+  }
+}
