@@ -56,6 +56,7 @@ Xxh64::Xxh64(uint64_t seed) : seed_(seed) {
 }
 
 void Xxh64::update(const void* data, size_t n) {
+  if (n == 0) return;  // an empty tensor's data may be null, which memcpy must not get
   const auto* p = static_cast<const unsigned char*>(data);
   total_bytes_ += n;
   if (stripe_bytes_ > 0) {

@@ -23,6 +23,7 @@ namespace {
 
 // Copies little-endian elements of `elem_bytes` each into host order.
 void copy_little_endian(void* dst, const void* src, size_t nbytes, size_t elem_bytes) {
+  if (nbytes == 0) return;  // an empty tensor's data may be null
   std::memcpy(dst, src, nbytes);
   if constexpr (std::endian::native == std::endian::big) {
     auto* p = static_cast<unsigned char*>(dst);

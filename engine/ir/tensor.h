@@ -25,7 +25,7 @@ class Tensor {
     if constexpr (std::is_same_v<T, bool>) {
       for (size_t i = 0; i < values.size(); ++i)
         t.bytes_[i] = std::byte{static_cast<unsigned char>(values[i] ? 1 : 0)};
-    } else {
+    } else if (t.nbytes() > 0) {  // an empty tensor has no storage to copy into
       std::memcpy(t.bytes_.data(), values.data(), t.nbytes());
     }
     return t;

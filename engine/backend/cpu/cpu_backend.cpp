@@ -275,11 +275,12 @@ class CpuBackend final : public Backend {
                                            std::move(labels), threads_);
   }
 
+  // Empty copies (an empty tensor's null data) touch nothing: memcpy's pointers must not be null.
   void copy_to_device(DeviceBuffer& dst, size_t offset, const void* src, size_t bytes) override {
-    std::memcpy(static_cast<std::byte*>(dst.data()) + offset, src, bytes);
+    if (bytes > 0) std::memcpy(static_cast<std::byte*>(dst.data()) + offset, src, bytes);
   }
   void copy_to_host(void* dst, const DeviceBuffer& src, size_t offset, size_t bytes) override {
-    std::memcpy(dst, static_cast<const std::byte*>(src.data()) + offset, bytes);
+    if (bytes > 0) std::memcpy(dst, static_cast<const std::byte*>(src.data()) + offset, bytes);
   }
   std::unique_ptr<Event> record_event() override { return std::make_unique<CompletedEvent>(); }
   void synchronize() override {}
