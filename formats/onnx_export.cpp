@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "engine/ir/op_schema.h"
+#include "engine/ops/rnn_config.h"
 #include "engine/util/error.h"
 #include "formats/atomic_file.h"
 #include "formats/onnx_tensor.h"
@@ -531,9 +532,13 @@ class Exporter {
     }
     const bool rnn = n.op == "LSTM" || n.op == "GRU" || n.op == "RNN";
     // The engine's private trailing input (the recurrent dropout mask) exists in training graphs only.
-    if ((n.op == "LSTM" && ins.size() > 8) || ((n.op == "GRU" || n.op == "RNN") && ins.size() > 6))
-      if (!ins.back().empty())
+    if (rnn) {
+      const int mask = engine::ops::rnn_mask_input(n.op == "LSTM"  ? engine::ops::RnnCell::lstm
+                                                   : n.op == "GRU" ? engine::ops::RnnCell::gru
+                                                                   : engine::ops::RnnCell::rnn);
+      if (static_cast<int>(ins.size()) > mask && !ins[static_cast<size_t>(mask)].empty())
         fail(n, fmt::format("{} has a recurrent dropout mask, which only a training graph holds", n.op));
+    }
     // Batch-major recurrences (layout 1, Keras's [batch, time, features]) are written time-major between
     // Transposes: onnxruntime's CPU kernels take layout 0 only, and opset 13 has no layout attribute.
     std::vector<std::string> batch_major_outs;

@@ -405,9 +405,8 @@ class RnnRunner {
       T* h_next = last ? (yh_ ? yh_ + sd : hlast_) : step_rows(rec_->hprev, tn, H);
       const int64_t h_next_ld = last ? (yh_ ? state_ld() : H) : row_ld(H);
       T* y = y_ ? y_ + cfg_.y_offset(t, d, 0) : nullptr;
-      if (rnn_) {
-        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
-        RnnStepArgs<T> p;
+      // The operands every cell's step kernel takes.
+      auto step_operands = [&](auto& p) {
         p.batch = Bt;
         p.hidden = H;
         p.xw = step_rows(xw_, t, GH);
@@ -421,57 +420,38 @@ class RnnRunner {
         p.h_ld = h_next_ld;
         p.y = y;
         p.y_ld = y_ld();
+      };
+      if (rnn_) {
+        gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
+        RnnStepArgs<T> p;
+        step_operands(p);
         ops_.push_back([p](cudaStream_t stream) { TRAINER_CUDA_CHECK(launch_rnn_step(p, stream)); });
         continue;
       }
       if (lstm_) {
         gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
         LstmStepArgs<T> p;
-        p.batch = Bt;
-        p.hidden = H;
-        p.xw = step_rows(xw_, t, GH);
-        p.xw_ld = row_ld(GH);
-        p.rh = rh_;
-        p.wb = wb;
-        p.rb = rb;
+        step_operands(p);
         p.hp = hp;
         p.hp_ld = row_ld(H);
         p.cp = step_rows(rec_->cprev, t, H);
         p.cp_ld = row_ld(H);
-        p.act = step_rows(rec_->act, t, GH);
-        p.act_ld = row_ld(GH);
-        p.h = h_next;
-        p.h_ld = h_next_ld;
         p.c = last ? (yc_ ? yc_ + sd : clast_) : step_rows(rec_->cprev, tn, H);
         p.c_ld = last ? (yc_ ? state_ld() : H) : row_ld(H);
-        p.y = y;
-        p.y_ld = y_ld();
         ops_.push_back([p](cudaStream_t stream) { TRAINER_CUDA_CHECK(launch_lstm_step(p, stream)); });
         continue;
       }
       GruStepArgs<T> p;
-      p.batch = Bt;
-      p.hidden = H;
-      p.xw = step_rows(xw_, t, GH);
-      p.xw_ld = row_ld(GH);
-      p.rh = rh_;
-      p.wb = wb;
-      p.rb = rb;
+      step_operands(p);
       p.hp = hp;
       p.hp_ld = row_ld(H);
       if (mask_) {
         p.hin = hin;
         p.hin_ld = row_ld(H);
       }
-      p.act = step_rows(rec_->act, t, GH);
-      p.act_ld = row_ld(GH);
       p.aux = step_rows(rec_->aux, t, H);
       p.aux_ld = row_ld(H);
       p.rhp = rhp_;
-      p.h = h_next;
-      p.h_ld = h_next_ld;
-      p.y = y;
-      p.y_ld = y_ld();
       if (lbr_) {
         gemm(g_rh_, {Bt, GH, H, false, true, row_ld(H), H, GH}, hin, rd, rh_);
         p.phase = 0;
