@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -20,6 +21,7 @@
 #include "engine/ir/op_schema.h"
 #include "engine/util/error.h"
 #include "formats/model_spec_text.h"
+#include "formats/onnx_import.h"
 
 // OpenMP's default is to spin for a long time before an idle thread sleeps. On a machine whose cores other
 // processes also use, a spinning thread waits on a descheduled partner and steps slow down tenfold or more; a
@@ -119,7 +121,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("trainer ") + TRAINER_VERSION);
   app.require_subcommand(0, 1);
   bool list_ops = false;
-  app.add_flag("--list-ops", list_ops, "List the ops the engine implements, one per line: name, domain");
+  app.add_flag(
+      "--list-ops", list_ops,
+      "List the ops a model may use, one per line: name, domain, and engine (an engine op) or import "
+      "(ONNX ops imported as constants or as other ops)");
   std::vector<cli::Command> commands = {cli::add_fit_command(app),     cli::add_summary_command(app),
                                         cli::add_check_command(app),   cli::add_export_command(app),
                                         cli::add_predict_command(app), cli::add_evaluate_command(app),
@@ -136,8 +141,11 @@ int main(int argc, char** argv) {
   }
   try {
     if (list_ops) {
+      std::map<std::string, std::string> lines;  // by name: domain, then how the op runs
       for (const auto& [name, schema] : engine::OpRegistry::global().all())
-        fmt::print("{}\t{}\n", name, schema.domain().empty() ? "ai.onnx" : schema.domain());
+        lines[name] = fmt::format("{}\tengine", schema.domain().empty() ? "ai.onnx" : schema.domain());
+      for (const std::string& name : formats::onnx_ops_imported_as_others()) lines[name] = "ai.onnx\timport";
+      for (const auto& [name, rest] : lines) fmt::print("{}\t{}\n", name, rest);
       return 0;
     }
     if (help->parsed()) {

@@ -90,15 +90,19 @@ int attribute_type(const onnx::AttributeProto& a) {
   return onnx::AttributeProto::UNDEFINED;
 }
 
-// Ops the importer turns into constants itself (see add_constant_node and add_shape_node).
+// Ops the importer turns into constants itself (add_constant_node, add_shape_node, add_range, add_window...).
+const std::set<std::string>& constant_ops() {
+  static const std::set<std::string> ops = {"Constant", "Shape",      "Size",          "ConstantOfShape",
+                                            "Range",    "HannWindow", "HammingWindow", "BlackmanWindow"};
+  return ops;
+}
+
 bool imported_by_importer(const onnx::NodeProto& n) {
-  const std::string& op = n.op_type();
-  return normalize_domain(n.domain()).empty() &&
-         (op == "Constant" || op == "Shape" || op == "Size" || op == "ConstantOfShape" || op == "Range");
+  return normalize_domain(n.domain()).empty() && constant_ops().count(n.op_type()) > 0;
 }
 
 // The rewrites that are short formulas of other ops (Importer::add_formula).
-bool formula_op(const std::string& op) {
+const std::set<std::string>& formula_ops() {
   static const std::set<std::string> ops = {"DepthToSpace",
                                             "SpaceToDepth",
                                             "Trilu",
@@ -126,8 +130,16 @@ bool formula_op(const std::string& op) {
                                             "GatherElements",
                                             "GatherND",
                                             "ScatterND",
-                                            "ScatterElements"};
-  return ops.count(op) > 0;
+                                            "ScatterElements",
+                                            "Scatter",
+                                            "LRN",
+                                            "ReverseSequence",
+                                            "Bernoulli"};
+  return ops;
+}
+
+bool formula_op(const std::string& op) {
+  return formula_ops().count(op) > 0;
 }
 
 // ai.onnx ops that the importer writes with other IR ops. Sum, Mean, Max and Min of any number of inputs
@@ -147,8 +159,7 @@ bool formula_op(const std::string& op) {
 // ScatterElements the data with the rows the indices name cleared (reduction none) plus a scatter-add of the
 // updates (GatherGrad) there. A gradient flows to the inputs that
 // rewritten_input_has_grad names (which decides what initializers become parameters).
-bool rewritten(const onnx::NodeProto& n) {
-  if (!normalize_domain(n.domain()).empty()) return false;
+const std::set<std::string>& other_rewritten_ops() {
   static const std::set<std::string> ops = {"Sum",
                                             "Mean",
                                             "Max",
@@ -165,8 +176,14 @@ bool rewritten(const onnx::NodeProto& n) {
                                             "Tile",
                                             "Einsum",
                                             "ReduceLogSum",
-                                            "ReduceProd"};
-  return ops.count(n.op_type()) > 0 || formula_op(n.op_type());
+                                            "ReduceProd",
+                                            "Upsample"};
+  return ops;
+}
+
+bool rewritten(const onnx::NodeProto& n) {
+  if (!normalize_domain(n.domain()).empty()) return false;
+  return other_rewritten_ops().count(n.op_type()) > 0 || formula_op(n.op_type());
 }
 
 bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
@@ -175,7 +192,9 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "InstanceNormalization") return i <= 2;
   if (op == "OneHot") return i == 2;  // the values; indices and depth take none
   if (op == "GatherElements" || op == "GatherND") return i == 0;
-  if (op == "ScatterND" || op == "ScatterElements") return i == 0 || i == 2;  // not the indices
+  if (op == "ScatterND" || op == "ScatterElements" || op == "Scatter")
+    return i == 0 || i == 2;            // not indices
+  if (op == "Bernoulli") return false;  // a random draw
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -251,6 +270,10 @@ class Importer {
     for (int i = 0; i < nodes.size(); ++i) {
       const auto& n = nodes[i];
       if (!normalize_domain(n.domain()).empty() || imported_by_importer(n)) continue;
+      // Upsample (7, 9), Resize-10 and Scatter (9) are read by their old definitions (add_upsample; Scatter
+      // is ScatterElements without a reduction).
+      if (n.op_type() == "Upsample" || n.op_type() == "Scatter" || (n.op_type() == "Resize" && opset == 10))
+        continue;
       const auto* then = onnx::OpSchemaRegistry::Schema(n.op_type(), static_cast<int>(opset), "");
       const auto* now = onnx::OpSchemaRegistry::Schema(n.op_type(), kMaxOnnxOpset, "");
       if (then == nullptr) {
@@ -598,6 +621,43 @@ class Importer {
     result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
+  // HannWindow, HammingWindow and BlackmanWindow of a constant size: the window as a constant, from ONNX's
+  // definitions (periodic: N = size, symmetric: N = size - 1; w[n] = a0 - a1 cos(2 pi n / N) + a2 cos(4 pi n
+  // / N)).
+  void add_window(const onnx::NodeProto& n, int index) {
+    const std::string label = node_label(n, index);
+    if (n.input_size() != 1 || n.output_size() != 1)
+      fail(fmt::format("{} must have one input and one output", label), "the exporter is broken");
+    PendingNode p;
+    p.inputs.push_back(lookup(n.input(0), label));
+    restore_folded_values(p);
+    const engine::Value& in = g().value(p.inputs[0]);
+    if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
+      fail(fmt::format("{}: its size '{}' is not a constant scalar", label, in.name),
+           "the engine needs static shapes: give the window's length as a constant");
+    const int64_t size = static_cast<int64_t>(g().initializer(p.inputs[0])->get_f64(0));
+    if (size < 0) fail(fmt::format("{}: size {} is negative", label, size));
+    int64_t periodic = 1, type = 1;
+    for (const auto& a : n.attribute()) {
+      if (a.name() == "periodic") periodic = a.i();
+      if (a.name() == "output_datatype") type = a.i();
+    }
+    const double pi = 3.14159265358979323846;
+    double a0 = 0.5, a1 = 0.5, a2 = 0;  // Hann
+    if (n.op_type() == "HammingWindow") a0 = 25.0 / 46.0, a1 = 1 - a0;
+    if (n.op_type() == "BlackmanWindow") a0 = 0.42, a1 = 0.5, a2 = 0.08;
+    const double period = static_cast<double>(periodic ? size : size - 1);
+    wrap(label, [&] {
+      Tensor out(engine::dtype_from_onnx(static_cast<int>(type)), Shape{size});
+      for (int64_t i = 0; i < size; ++i) {
+        const double x = period > 0 ? 2 * pi * static_cast<double>(i) / period : 0;
+        out.set_f64(i, a0 - a1 * std::cos(x) + a2 * std::cos(2 * x));
+      }
+      folded_.insert(g().add_constant(n.output(0), std::move(out)));
+    });
+    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+  }
+
   // A node as the engine takes it: ONNX's inputs, attributes and output names after the rewrites below.
   struct PendingNode {
     std::string op, domain, name, label;
@@ -615,6 +675,7 @@ class Importer {
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
     if (domain.empty() && n.op_type() == "ConstantOfShape") return add_constant_of_shape(n, index);
     if (domain.empty() && n.op_type() == "Range") return add_range(n, index);
+    if (domain.empty() && n.op_type().ends_with("Window")) return add_window(n, index);
     PendingNode p;
     p.op = n.op_type();
     p.domain = domain;
@@ -641,6 +702,8 @@ class Importer {
     restore_folded_values(p);
     if (p.op == "Split" && domain.empty()) return add_split(p);
     if (p.op == "GlobalMaxPool" && domain.empty()) return add_global_max_pool(p);
+    if ((p.op == "Upsample" || (p.op == "Resize" && result_.info.opset < 11)) && domain.empty())
+      return add_upsample(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
@@ -738,6 +801,35 @@ class Importer {
         start = end;
       }
     });
+  }
+
+  // Upsample (opset 7: scales as an attribute; 9: as input 1) and Resize-10 (input 1), both from before
+  // Resize had coordinate modes: output size floor(d * scale); nearest samples floor(x / scale) and linear
+  // interpolates at x / scale, which is Resize's asymmetric transformation with nearest_mode floor.
+  void add_upsample(const PendingNode& p) {
+    PendingNode r = p;
+    r.op = "Resize";
+    ValueId scales = engine::kNoValue;
+    if (p.attrs.has("scales")) {
+      std::vector<double> v;
+      for (float f : p.attrs.floats("scales")) v.push_back(f);
+      Tensor t(DType::f32, Shape{static_cast<int64_t>(v.size())});
+      for (size_t i = 0; i < v.size(); ++i) t.set_f64(static_cast<int64_t>(i), v[i]);
+      scales = g().add_constant(g().unique_name(p.base() + "/scales"), std::move(t));
+    } else if (p.inputs.size() == 2) {
+      scales = p.inputs[1];
+    } else {
+      fail(fmt::format("{} has neither a scales attribute nor a scales input", p.label),
+           "the exporter is broken");
+    }
+    const std::string mode = p.attrs.has("mode") ? p.attrs.s("mode") : "nearest";
+    if (mode != "nearest" && mode != "linear")
+      fail(fmt::format("{}: mode '{}' is not one of nearest, linear", p.label, mode));
+    r.inputs = {p.inputs.at(0), engine::kNoValue, scales};
+    r.attrs = engine::Attributes{{"mode", mode},
+                                 {"coordinate_transformation_mode", std::string("asymmetric")},
+                                 {"nearest_mode", std::string("floor")}};
+    add_resize(r);
   }
 
   // Resize: nearest-neighbour by whole factors, with coordinates that repeat each pixel as a block (PyTorch's
@@ -1376,11 +1468,12 @@ class Importer {
         const ValueId picked = node("Where", {hot, data, c("zero", 0)}, {}, "picked");
         node("ReduceSum", {picked}, {{"axes", std::vector<int64_t>{axis + 1}}, {"keepdims", int64_t{0}}},
              "gathered", true);
-      } else if (p.op == "GatherND" || p.op == "ScatterND" || p.op == "ScatterElements") {
+      } else if (p.op == "GatherND" || p.op == "ScatterND" || p.op == "ScatterElements" ||
+                 p.op == "Scatter") {
         // The data as a table [rows, rest...] and each index as a flat row number: GatherND gathers the rows;
         // ScatterND and ScatterElements add the updates into them (GatherGrad, a deterministic scatter-add)
         // after clearing them unless the reduction is add.
-        const bool gather = p.op == "GatherND", elements = p.op == "ScatterElements";
+        const bool gather = p.op == "GatherND", elements = p.op == "ScatterElements" || p.op == "Scatter";
         const size_t arity = gather ? 2 : 3;
         if (p.inputs.size() != arity || p.inputs[1] == engine::kNoValue ||
             (!gather && p.inputs[2] == engine::kNoValue))
@@ -1617,6 +1710,83 @@ class Importer {
                {}, "inf", true);  // neither: 0.5 is never
       } else if (p.op == "Tan") {
         node("Div", {node("Sin", {x}, {}, "sin"), node("Cos", {x}, {}, "cos")}, {}, "tan", true);
+      } else if (p.op == "LRN") {
+        // y = x / (bias + alpha / size * S)^beta, S the sum of squares over channels c - floor((size - 1) /
+        // 2)
+        // .. c + ceil((size - 1) / 2): a MatMul of a constant band of ones with the squares seen as [N, C,
+        // rest].
+        const int64_t size = p.attrs.has("size") ? p.attrs.i("size") : 0;
+        if (xs.rank() < 3 || size < 1)
+          fail(fmt::format("{}: needs an input [N, C, D1, ...] and a size of 1 or more (got {} and {})",
+                           p.label, xs.str(), size));
+        const int64_t ch = xs[1], before = (size - 1) / 2, after = size - 1 - before;
+        Tensor band(t, Shape{ch, ch});
+        for (int64_t i = 0; i < ch; ++i)
+          for (int64_t j = 0; j < ch; ++j)
+            band.set_f64(i * ch + j, j >= i - before && j <= i + after ? 1 : 0);
+        const ValueId b = g().add_constant(g().unique_name(p.base() + "/band"), std::move(band));
+        std::vector<int64_t> back(xs.dims().begin(), xs.dims().end());
+        back[0] = 0;
+        const ValueId sq =
+            node("Reshape", {node("Mul", {x, x}, {}, "squares"), ints_constant(p, "rows", {0, ch, -1})}, {},
+                 "rows");
+        const ValueId sums = node(
+            "Reshape", {node("MatMul", {b, sq}, {}, "window"), ints_constant(p, "back", back)}, {}, "sums");
+        const ValueId scaled =
+            node("Add",
+                 {node("Mul", {sums, c("alpha", float_attr("alpha", 1e-4) / size)}, {}, "scaled"),
+                  c("bias", float_attr("bias", 1.0))},
+                 {}, "base");
+        node("Div", {x, node("Pow", {scaled, c("beta", float_attr("beta", 0.75))}, {}, "denominator")}, {},
+             "lrn", true);
+      } else if (p.op == "ReverseSequence") {
+        // Row b's first len[b] steps reversed: the data as [B, T, rest] multiplied by one-hot rows [B, T, T]
+        // that pick step len[b] - 1 - t for t < len[b] and t itself after.
+        if (p.inputs.size() != 2 || p.inputs[1] == engine::kNoValue)
+          fail(fmt::format("{} needs the data and sequence_lens", p.label), "the exporter is broken");
+        const int64_t batch_axis = p.attrs.has("batch_axis") ? p.attrs.i("batch_axis") : 1;
+        const int64_t time_axis = p.attrs.has("time_axis") ? p.attrs.i("time_axis") : 0;
+        if (xs.rank() < 2 || batch_axis + time_axis != 1 || std::min(batch_axis, time_axis) != 0)
+          fail(fmt::format(
+              "{}: batch_axis {} and time_axis {} must be 0 and 1 of an input of rank 2 or more, got {}",
+              p.label, batch_axis, time_axis, xs.str()));
+        const int64_t steps = xs[static_cast<int>(time_axis)];
+        std::vector<int64_t> flat = {0, 0, -1};
+        flat[static_cast<size_t>(time_axis)] = steps;
+        auto i64 = [&](const std::string& what, double d) { return scalar_constant(p, what, d, DType::i64); };
+        const ValueId lens = node(
+            "Reshape",
+            {node("Cast", {p.inputs[1]}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "lengths"),
+             ints_constant(p, "column", {-1, 1})},
+            {}, "length_column");                     // [B, 1]
+        const ValueId time = class_ids(2, 1, steps);  // [1, T]
+        const ValueId source = node(                  // [B, T]
+            "Where",
+            {node("Less", {time, lens}, {}, "inside"),
+             node("Sub", {node("Sub", {lens, i64("one", 1)}, {}, "last"), time}, {}, "reversed"), time},
+            {}, "source");
+        const ValueId hot =
+            node("Cast",
+                 {node("Equal",
+                       {node("Unsqueeze", {source, ints_constant(p, "axis", {2})}, {}, "source_column"),
+                        class_ids(3, 2, steps)},
+                       {}, "picks")},
+                 {{"to", int64_t{engine::dtype_to_onnx(t)}}}, "one_hot");  // [B, T, T]
+        ValueId v = node("Reshape", {x, ints_constant(p, "flat", flat)}, {}, "flat");
+        if (time_axis == 0)
+          v = node("Transpose", {v}, {{"perm", std::vector<int64_t>{1, 0, 2}}}, "batch_major");
+        v = node("MatMul", {hot, v}, {}, "picked");
+        if (time_axis == 0)
+          v = node("Transpose", {v}, {{"perm", std::vector<int64_t>{1, 0, 2}}}, "time_major");
+        std::vector<int64_t> back(xs.dims().begin(), xs.dims().end());
+        back[static_cast<size_t>(batch_axis)] = 0;
+        node("Reshape", {v, ints_constant(p, "back", back)}, {}, "reversed_sequences", true);
+      } else if (p.op == "Bernoulli") {  // 1 where a uniform draw falls below the probability
+        engine::Attributes draw;
+        if (p.attrs.has("seed")) draw.set("seed", p.attrs.f("seed"));
+        const ValueId u = node("RandomUniformLike", {x}, std::move(draw), "uniform");
+        const int64_t to = p.attrs.has("dtype") ? p.attrs.i("dtype") : int64_t{engine::dtype_to_onnx(t)};
+        node("Cast", {node("Less", {u, x}, {}, "below")}, {{"to", to}}, "bernoulli", true);
       } else if (p.op == "MeanVarianceNormalization") {  // (x - E[x]) / (sqrt(E[(x - E[x])^2]) + 1e-9)
         const std::vector<int64_t> axes =
             p.attrs.has("axes") ? p.attrs.ints("axes") : std::vector<int64_t>{0, 2, 3};
@@ -2283,6 +2453,17 @@ OnnxImportResult OnnxModelFile::import(const OnnxImportOptions& options) const {
 
 bool imported_as_other_ops(const onnx::NodeProto& n) {
   return imported_by_importer(n) || rewritten(n);
+}
+
+std::vector<std::string> onnx_ops_imported_as_others() {
+  std::set<std::string> all = constant_ops();
+  all.insert(formula_ops().begin(), formula_ops().end());
+  all.insert(other_rewritten_ops().begin(), other_rewritten_ops().end());
+  // Max and Min of two inputs are engine ops; the importer only chains them for more.
+  std::vector<std::string> out;
+  for (const std::string& op : all)
+    if (engine::OpRegistry::global().find(op) == nullptr) out.push_back(op);
+  return out;
 }
 
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model) {

@@ -118,6 +118,10 @@ class OnnxModelFile {
 // nodes become constants in the importer itself and are never listed.
 std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model);
 
+// The ai.onnx ops that the importer takes without an engine op of that name: as constants (Shape, Range, the
+// windows ...) or as other IR ops (Einsum, Resize, LRN ...). Sorted.
+std::vector<std::string> onnx_ops_imported_as_others();
+
 // Whether import writes node n as something other than the engine op of its name: constants (Constant,
 // Shape, Size, ConstantOfShape) or other ops (Sum, Split, Resize, InstanceNormalization, ReduceL2, ...).
 bool imported_as_other_ops(const onnx::NodeProto& n);

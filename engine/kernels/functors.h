@@ -34,6 +34,32 @@ struct DivOp {
     return a / b;
   }
 };
+// ONNX Mod. fmod = false: the remainder takes the divisor's sign (Python's %, numpy's mod); fmod = true: the
+// dividend's (C's fmod and %). An integer divisor of 0 gives 0 rather than trapping; -1 gives 0 as well,
+// which also keeps INT_MIN % -1 from overflowing.
+struct ModOp {
+  bool fmod = false;
+  template <class T>
+  TRAINER_HD T operator()(T a, T b) const {
+    if constexpr (std::is_integral_v<T>) {
+      if (b == T(0)) return T(0);
+      if constexpr (std::is_signed_v<T>) {
+        if (b == T(-1)) return T(0);
+        T r = static_cast<T>(a % b);
+        if (!fmod && r != T(0) && ((r < T(0)) != (b < T(0)))) r = static_cast<T>(r + b);
+        return r;
+      } else {
+        return static_cast<T>(a % b);
+      }
+    } else {
+      using F = std::conditional_t<std::is_same_v<T, double>, double, float>;
+      const F fb = static_cast<F>(b);
+      F r = std::fmod(static_cast<F>(a), fb);
+      if (!fmod && r != F(0) && ((r < F(0)) != (fb < F(0)))) r += fb;
+      return static_cast<T>(r);
+    }
+  }
+};
 struct PowOp {
   template <class T>
   TRAINER_HD T operator()(T a, T b) const {
@@ -182,6 +208,43 @@ struct CosOp {
   template <class T>
   TRAINER_HD T operator()(T x) const {
     return std::cos(x);
+  }
+};
+// Inverse trigonometric and hyperbolic functions (ONNX Asin ... Atanh); NaN outside their domains.
+struct AsinOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::asin(x);
+  }
+};
+struct AcosOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::acos(x);
+  }
+};
+struct AtanOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::atan(x);
+  }
+};
+struct AsinhOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::asinh(x);
+  }
+};
+struct AcoshOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::acosh(x);
+  }
+};
+struct AtanhOp {
+  template <class T>
+  TRAINER_HD T operator()(T x) const {
+    return std::atanh(x);
   }
 };
 struct ErfOp {

@@ -195,6 +195,38 @@ void register_elementwise_ops(OpRegistry& r) {
       },
       0.5, 2, -1, 2));
 
+  {
+    // a = q b + y with q a whole number (floor(a / b) or, under fmod, its truncation), so dy/da = 1 and
+    // dy/db = -q away from the jumps; q is recovered exactly as round((a - y) / b).
+    OpSchema s = binary(
+        "Mod",
+        [](GradContext& c) {
+          if (c.needs_grad(0)) c.set_grad(0, c.reduce_to(c.dy(), c.shape(c.input(0))));
+          if (c.needs_grad(1)) {
+            ValueId q = c.op("Round", {c.op("Div", {c.op("Sub", {c.input(0), c.output(0)}), c.input(1)})});
+            c.set_grad(1, c.reduce_to(c.op("Neg", {c.op("Mul", {c.dy(), q})}), c.shape(c.input(1))));
+          }
+        },
+        -3, 3, 0.7, 1.9);
+    s.since(13).attr("fmod", int64_t{0}).examples([] {
+      auto e = binary_examples(-3, 3, 0.7, 1.9);
+      OpExample f = e[0];
+      f.label = "fmod with negative divisors";
+      f.inputs[1] = random_tensor({2, 3}, -1.9, -0.7, 9);
+      f.attrs.set("fmod", int64_t{1});
+      e.push_back(f);
+      OpExample i = example("int32 mixed signs", {Tensor::from<int32_t>({6}, {-7, 7, -7, 7, 9, -9}),
+                                                  Tensor::from<int32_t>({6}, {3, 3, -3, -3, 0, 4})});
+      i.grad_check = false;
+      e.push_back(i);
+      OpExample j = i;
+      j.label = "int32 mixed signs, fmod";
+      j.attrs.set("fmod", int64_t{1});
+      e.push_back(j);
+      return e;
+    });
+    r.add(std::move(s));
+  }
   r.add(unary(
       "Neg", [](GradContext& c) { c.set_grad(0, c.op("Neg", {c.dy()})); }, -1, 1));
   r.add(unary(
@@ -311,6 +343,60 @@ void register_elementwise_ops(OpRegistry& r) {
             },
             -3, 3)
             .since(7));
+  // Inverse trigonometric and hyperbolic functions; each gradient is dy times its derivative in x, written
+  // with Sqrt and Div. The examples stay inside the domains, away from the poles of the derivatives.
+  {
+    auto one_minus_square = [](GradContext& c) {  // 1 - x^2
+      ValueId x = c.input(0);
+      return c.op("Sub", {c.scalar(1, c.dtype(x)), c.op("Mul", {x, x})});
+    };
+    auto square_plus = [](GradContext& c, double k) {  // x^2 + k
+      ValueId x = c.input(0);
+      return c.op("Add", {c.op("Mul", {x, x}), c.scalar(k, c.dtype(x))});
+    };
+    r.add(unary(
+              "Asin",
+              [=](GradContext& c) {
+                c.set_grad(0, c.op("Div", {c.dy(), c.op("Sqrt", {one_minus_square(c)})}));
+              },
+              -0.8, 0.8)
+              .since(7));
+    r.add(unary(
+              "Acos",
+              [=](GradContext& c) {
+                c.set_grad(0, c.op("Neg", {c.op("Div", {c.dy(), c.op("Sqrt", {one_minus_square(c)})})}));
+              },
+              -0.8, 0.8)
+              .since(7));
+    r.add(unary(
+              "Atan",
+              [=](GradContext& c) {
+                c.set_grad(0, c.op("Div", {c.dy(), square_plus(c, 1)}));
+              },
+              -3, 3)
+              .since(7));
+    r.add(unary(
+              "Asinh",
+              [=](GradContext& c) {
+                c.set_grad(0, c.op("Div", {c.dy(), c.op("Sqrt", {square_plus(c, 1)})}));
+              },
+              -3, 3)
+              .since(9));
+    r.add(unary(
+              "Acosh",
+              [=](GradContext& c) {
+                c.set_grad(0, c.op("Div", {c.dy(), c.op("Sqrt", {square_plus(c, -1)})}));
+              },
+              1.2, 3)
+              .since(9));
+    r.add(unary(
+              "Atanh",
+              [=](GradContext& c) {
+                c.set_grad(0, c.op("Div", {c.dy(), one_minus_square(c)}));
+              },
+              -0.8, 0.8)
+              .since(9));
+  }
   // Piecewise-constant ops: no gradient flows through them (zero almost everywhere), as in PyTorch.
   for (const char* name : {"Floor", "Ceil", "Round", "Sign"})
     r.add(OpSchema(name)

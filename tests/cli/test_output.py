@@ -58,5 +58,21 @@ class Output(unittest.TestCase):
         self.assertEqual(len(json_lines(self, r.stdout)), 3)
 
 
+
+class ListOps(unittest.TestCase):
+    def test_three_tab_separated_columns(self):
+        r = run(["--list-ops"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [line.split("\t") for line in r.stdout.splitlines()]
+        self.assertTrue(all(len(row) == 3 and row[2] in ("engine", "import") for row in rows), rows[:5])
+        names = [row[0] for row in rows]
+        self.assertEqual(names, sorted(names))
+        self.assertEqual(len(names), len(set(names)))
+        kinds = {row[0]: (row[1], row[2]) for row in rows}
+        self.assertEqual(kinds["Conv"], ("ai.onnx", "engine"))
+        self.assertEqual(kinds["Einsum"], ("ai.onnx", "import"))
+        self.assertEqual(kinds["LRN"], ("ai.onnx", "import"))
+        self.assertEqual(kinds["AdamWUpdate"], ("com.trainer", "engine"))
+
 if __name__ == "__main__":
     cli_util.main()

@@ -7,8 +7,10 @@
 #include <cmath>
 #include <memory>
 
+#include "engine/autodiff/autodiff.h"
 #include "engine/backend/backend.h"
 #include "engine/ir/op_schema.h"
+#include "engine/ops/op_helpers.h"
 #include "engine/plan/constant_folding.h"
 #include "engine/train/session.h"
 #include "formats/model_spec.h"
@@ -107,9 +109,128 @@ Tensor run_once(const OnnxImportResult& r, const Tensor& x) {
   return s.read(r.outputs.at(0));
 }
 
+void set_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(v);
+}
+
+// A model of one node reading the double input x (and initializers): y = op(x, ...).
+onnx::ModelProto one_node_model(int opset, const std::string& op, const std::vector<int64_t>& dims,
+                                std::vector<std::string> extra_inputs = {}) {
+  onnx::ModelProto m = make_model(opset);
+  auto* g = m.mutable_graph();
+  add_input(g, "x", dims, onnx::TensorProto::DOUBLE);
+  extra_inputs.insert(extra_inputs.begin(), "x");
+  add_node(g, op, extra_inputs, {"y"}, "node");
+  g->add_output()->set_name("y");
+  return m;
+}
+
+// Checks the backward graph of an imported model against central differences: loss = sum(y * w) for fixed
+// random weights w, differentiated with respect to the model's first input at x0.
+void check_import_gradient(const onnx::ModelProto& m, const Tensor& x0) {
+  OnnxImportResult r = import_onnx_model(m, m.graph().node(0).op_type());
+  auto g = std::make_shared<Graph>(std::move(r.graph));
+  const ValueId x = r.inputs.at(0), y = r.outputs.at(0);
+  const ValueId w = g->add_constant("w", ops::random_tensor(g->value(y).shape, -1, 1, 5, DType::f64));
+  const ValueId loss = g->op("ReduceSum", {g->op("Mul", {y, w})}, {{"keepdims", int64_t{0}}});
+  const ValueId dx = build_backward(*g, loss, {x}).at(x);
+  g->mark_output(loss);
+  g->mark_output(dx);
+  auto backend = make_cpu_backend();
+  Session s(g, *backend);
+  s.write(x, x0);
+  s.run(StepContext{});
+  const Tensor analytic = s.read(dx);
+  Tensor probe = x0;
+  for (int64_t j = 0; j < probe.numel(); ++j) {
+    const double v = probe.get_f64(j), h = 1e-6;
+    double l[2];
+    for (int side = 0; side < 2; ++side) {
+      probe.set_f64(j, side ? v - h : v + h);
+      s.write(x, probe);
+      s.run(StepContext{});
+      l[side] = s.read(loss).get_f64(0);
+    }
+    probe.set_f64(j, v);
+    const double numeric = (l[0] - l[1]) / (2 * h);
+    CHECK_MESSAGE(std::fabs(analytic.get_f64(j) - numeric) <= 1e-6 * (1 + std::fabs(numeric)),
+                  m.graph().node(0).op_type()
+                      << " d/dx[" << j << "]: analytic " << analytic.get_f64(j) << ", numeric " << numeric);
+  }
+}
+
 }  // namespace
 
 TEST_SUITE("onnx_fit") {
+  TEST_CASE("gradients flow through the ops the importer writes as formulas") {
+    SUBCASE("LRN: a band of ones over the channels") {
+      onnx::ModelProto m = one_node_model(13, "LRN", {2, 5, 2, 2});
+      auto* n = m.mutable_graph()->mutable_node(0);
+      set_int(n, "size", 4);  // an even size: one more channel after than before
+      set_float(n, "alpha", 0.5f);
+      set_float(n, "bias", 1.5f);
+      check_import_gradient(m, ops::random_tensor({2, 5, 2, 2}, -1, 1, 21, DType::f64));
+    }
+    SUBCASE("ReverseSequence, time-major and batch-major") {
+      for (int64_t time_axis : {0, 1}) {
+        const std::vector<int64_t> dims =
+            time_axis == 0 ? std::vector<int64_t>{4, 3, 2} : std::vector<int64_t>{3, 4, 2};
+        onnx::ModelProto m = one_node_model(13, "ReverseSequence", dims, {"lens"});
+        add_init(m.mutable_graph(), "lens", Tensor::from<int64_t>(Shape{3}, {4, 1, 2}));
+        set_int(m.mutable_graph()->mutable_node(0), "time_axis", time_axis);
+        set_int(m.mutable_graph()->mutable_node(0), "batch_axis", 1 - time_axis);
+        check_import_gradient(m, ops::random_tensor(Shape(dims), -1, 1, 22, DType::f64));
+      }
+    }
+    SUBCASE("Upsample (opset 9), linear: asymmetric coordinates") {
+      onnx::ModelProto m = one_node_model(9, "Upsample", {1, 1, 2, 2}, {"scales"});
+      add_init(m.mutable_graph(), "scales", Tensor::from<float>(Shape{4}, {1, 1, 2, 2}));
+      auto* mode = m.mutable_graph()->mutable_node(0)->add_attribute();
+      mode->set_name("mode");
+      mode->set_type(onnx::AttributeProto::STRING);
+      mode->set_s("linear");
+      const Tensor y =
+          run_once(import_onnx_model(m, "upsample"), Tensor::from<double>(Shape{1, 1, 2, 2}, {1, 2, 3, 4}));
+      REQUIRE(y.shape() == Shape{1, 1, 4, 4});
+      const std::vector<double> first_rows = {1, 1.5, 2, 2, 2, 2.5, 3, 3};  // rows at 0 and 0.5
+      for (int64_t i = 0; i < 8; ++i)
+        CHECK(y.get_f64(i) == doctest::Approx(first_rows[static_cast<size_t>(i)]));
+      check_import_gradient(m, ops::random_tensor({1, 1, 2, 2}, -1, 1, 23, DType::f64));
+    }
+    SUBCASE("Scatter (opset 10): the data's named elements replaced") {
+      onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
+      add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));
+      add_init(m.mutable_graph(), "updates", Tensor::from<double>(Shape{2, 3}, {10, 11, 12, 13, 14, 15}));
+      const Tensor y = run_once(import_onnx_model(m, "scatter"),
+                                Tensor::from<double>(Shape{3, 3}, {0, 1, 2, 3, 4, 5, 6, 7, 8}));
+      CHECK(y.to_vector<double>() == std::vector<double>{13, 11, 2, 10, 4, 15, 6, 14, 12});
+      check_import_gradient(m, ops::random_tensor({3, 3}, -1, 1, 24, DType::f64));
+    }
+  }
+
+  TEST_CASE("Bernoulli draws ones with the input's probabilities") {
+    onnx::ModelProto m = make_model(15);
+    auto* g = m.mutable_graph();
+    add_input(g, "p", {3, 4000});
+    add_node(g, "Bernoulli", {"p"}, {"y"}, "coin");
+    g->add_output()->set_name("y");
+    std::vector<float> p(3 * 4000);
+    for (size_t i = 0; i < p.size(); ++i) p[i] = i < 4000 ? 0.0f : i < 8000 ? 1.0f : 0.3f;
+    const Tensor y = run_once(import_onnx_model(m, "bernoulli"), Tensor::from<float>(Shape{3, 4000}, p));
+    double sums[3] = {0, 0, 0};
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const double v = y.get_f64(i);
+      REQUIRE((v == 0 || v == 1));
+      sums[i / 4000] += v;
+    }
+    CHECK(sums[0] == 0);
+    CHECK(sums[1] == 4000);
+    CHECK(sums[2] / 4000 == doctest::Approx(0.3).epsilon(0.1));  // 0.03: four standard deviations
+  }
+
   TEST_CASE("fold_constants evaluates constant chains and rewires their readers") {
     Graph g;
     ValueId x = g.add_input("x", DType::f32, Shape{3});

@@ -584,9 +584,9 @@ def build_torch_model(model, torch):
         elif kind == "Conv1D":
             k, s, d = layer["kernel_size"], layer.get("strides", 1), layer.get("dilation_rate", 1)
             layers.append(Conv1d(shape[-1], layer))
-            steps = (math.ceil(shape[0] / s) if layer.get("padding", "valid") == "same"
-                     else (shape[0] - d * (k - 1) - 1) // s + 1)
-            shape = (steps, layer["filters"])
+            length = (math.ceil(shape[0] / s) if layer.get("padding", "valid") == "same"
+                      else (shape[0] - d * (k - 1) - 1) // s + 1)
+            shape = (length, layer["filters"])
         elif kind in ("GlobalMaxPooling1D", "GlobalAveragePooling1D"):
             layers.append(GlobalPool1d(kind == "GlobalMaxPooling1D"))
             shape = (shape[-1],)

@@ -307,6 +307,7 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Mul", binary<k::MulOp>());
   r.add("Div", binary<k::DivOp>());
   r.add("Pow", binary<k::PowOp>());
+  r.add("Mod", [](const KernelArgs& a) { return binary(k::ModOp{a.attrs().i("fmod") != 0})(a); });
   r.add("Neg", unary_numeric<k::NegOp>());
   r.add("Exp", unary<k::ExpOp>());
   r.add("Log", unary<k::LogOp>());
@@ -336,6 +337,12 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Round", unary<k::RoundOp>());
   r.add("Sin", unary<k::SinOp>());
   r.add("Cos", unary<k::CosOp>());
+  r.add("Asin", unary<k::AsinOp>());
+  r.add("Acos", unary<k::AcosOp>());
+  r.add("Atan", unary<k::AtanOp>());
+  r.add("Asinh", unary<k::AsinhOp>());
+  r.add("Acosh", unary<k::AcoshOp>());
+  r.add("Atanh", unary<k::AtanhOp>());
   r.add("Reciprocal", unary<k::ReciprocalOp>());
   r.add("Erf", erf_family(ErfFamily::erf, ErfFamily::erf, unary<k::ErfOp>()));
   r.add("Softplus", unary<k::SoftplusOp>());

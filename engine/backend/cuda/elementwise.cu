@@ -633,6 +633,10 @@ cudaError_t launch_binary(BinaryOp op, ElemType t, const void* a, const void* b,
       return binary_typed(k::MinOp{}, t, a, b, out, map, n, stream);
     case BinaryOp::prelu:
       return binary_typed(k::PReluOp{}, t, a, b, out, map, n, stream);
+    case BinaryOp::mod:
+      return binary_typed(k::ModOp{false}, t, a, b, out, map, n, stream);
+    case BinaryOp::fmod:
+      return binary_typed(k::ModOp{true}, t, a, b, out, map, n, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -781,6 +785,18 @@ cudaError_t launch_unary(UnaryOp op, UnaryParams p, ElemType t, const void* x, v
       return unary_float(k::SinOp{}, t, x, y, n, stream);
     case UnaryOp::cos:
       return unary_float(k::CosOp{}, t, x, y, n, stream);
+    case UnaryOp::asin:
+      return unary_float(k::AsinOp{}, t, x, y, n, stream);
+    case UnaryOp::acos:
+      return unary_float(k::AcosOp{}, t, x, y, n, stream);
+    case UnaryOp::atan:
+      return unary_float(k::AtanOp{}, t, x, y, n, stream);
+    case UnaryOp::asinh:
+      return unary_float(k::AsinhOp{}, t, x, y, n, stream);
+    case UnaryOp::acosh:
+      return unary_float(k::AcoshOp{}, t, x, y, n, stream);
+    case UnaryOp::atanh:
+      return unary_float(k::AtanhOp{}, t, x, y, n, stream);
     case UnaryOp::exp:
       return unary_float(k::ExpOp{}, t, x, y, n, stream);
     case UnaryOp::log:

@@ -579,6 +579,9 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Mul", binary<BinaryOp::mul>);
   r.add("Div", binary<BinaryOp::div>);
   r.add("Pow", binary<BinaryOp::pow>);
+  r.add("Mod", [](const KernelArgs& a) {
+    return a.attrs().i("fmod") ? binary<BinaryOp::fmod>(a) : binary<BinaryOp::mod>(a);
+  });
   r.add("Neg", unary<UnaryOp::neg>);
   r.add("Exp", unary<UnaryOp::exp>);
   r.add("Log", unary<UnaryOp::log>);
@@ -605,6 +608,12 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("Round", unary<UnaryOp::round>);
   r.add("Sin", unary<UnaryOp::sin>);
   r.add("Cos", unary<UnaryOp::cos>);
+  r.add("Asin", unary<UnaryOp::asin>);
+  r.add("Acos", unary<UnaryOp::acos>);
+  r.add("Atan", unary<UnaryOp::atan>);
+  r.add("Asinh", unary<UnaryOp::asinh>);
+  r.add("Acosh", unary<UnaryOp::acosh>);
+  r.add("Atanh", unary<UnaryOp::atanh>);
   r.add("Reciprocal", unary<UnaryOp::reciprocal>);
   r.add("Erf", unary<UnaryOp::erf>);
   r.add("Softplus", unary<UnaryOp::softplus>);

@@ -15,7 +15,7 @@ namespace trainer::engine::cuda {
 // Element types, in the order of engine::DType (the factory maps one to the other explicitly).
 enum class ElemType : int { f32, f64, bf16, f16, i32, i64, u8, boolean };
 
-enum class BinaryOp : int { add, sub, mul, div, pow, max, min, prelu };
+enum class BinaryOp : int { add, sub, mul, div, pow, max, min, prelu, mod, fmod };
 enum class CompareOp : int { greater, less, equal, greater_or_equal, less_or_equal };
 enum class UnaryOp : int {
   neg,
@@ -41,7 +41,13 @@ enum class UnaryOp : int {
   ceil,
   round,
   sin,
-  cos
+  cos,
+  asin,
+  acos,
+  atan,
+  asinh,
+  acosh,
+  atanh
 };
 // (dy, x or y) -> dx; which operand each takes is that of the functors in engine/kernels/functors.h.
 enum class ActivationGrad : int {
