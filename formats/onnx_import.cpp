@@ -92,8 +92,9 @@ int attribute_type(const onnx::AttributeProto& a) {
 
 // Ops the importer turns into constants itself (add_constant_node, add_shape_node, add_range, add_window...).
 const std::set<std::string>& constant_ops() {
-  static const std::set<std::string> ops = {"Constant", "Shape",      "Size",          "ConstantOfShape",
-                                            "Range",    "HannWindow", "HammingWindow", "BlackmanWindow"};
+  static const std::set<std::string> ops = {"Constant",        "Shape",          "Size",
+                                            "ConstantOfShape", "Range",          "HannWindow",
+                                            "HammingWindow",   "BlackmanWindow", "MelWeightMatrix"};
   return ops;
 }
 
@@ -177,7 +178,9 @@ const std::set<std::string>& other_rewritten_ops() {
                                             "Einsum",
                                             "ReduceLogSum",
                                             "ReduceProd",
-                                            "Upsample"};
+                                            "Upsample",
+                                            "DFT",
+                                            "STFT"};
   return ops;
 }
 
@@ -193,8 +196,9 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "OneHot") return i == 2;  // the values; indices and depth take none
   if (op == "GatherElements" || op == "GatherND") return i == 0;
   if (op == "ScatterND" || op == "ScatterElements" || op == "Scatter")
-    return i == 0 || i == 2;            // not indices
-  if (op == "Bernoulli") return false;  // a random draw
+    return i == 0 || i == 2;                  // not indices
+  if (op == "Bernoulli") return false;        // a random draw
+  if (op == "STFT") return i == 0 || i == 2;  // the signal and the window
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -658,6 +662,65 @@ class Importer {
     result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
+  // MelWeightMatrix of constant inputs: the [dft_length / 2 + 1, num_mel_bins] matrix of triangular filters
+  // as ONNX defines it (num_mel_bins + 2 edges evenly spaced in mel = 2595 log10(1 + f / 700), each mapped to
+  // the DFT bin floor((dft_length + 1) f / sample_rate); filter i rises from edge i to edge i + 1 and falls
+  // to i + 2).
+  void add_mel_weight_matrix(const onnx::NodeProto& n, int index) {
+    const std::string label = node_label(n, index);
+    if (n.input_size() != 5 || n.output_size() != 1)
+      fail(fmt::format("{} must have five inputs and one output", label), "the exporter is broken");
+    PendingNode p;
+    for (int i = 0; i < 5; ++i) p.inputs.push_back(lookup(n.input(i), label));
+    restore_folded_values(p);
+    double v[5];
+    const char* names[5] = {"num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz",
+                            "upper_edge_hertz"};
+    for (int i = 0; i < 5; ++i) {
+      const engine::Value& in = g().value(p.inputs[static_cast<size_t>(i)]);
+      if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
+        fail(fmt::format("{}: its {} '{}' is not a constant scalar", label, names[i], in.name),
+             "the engine needs static shapes: give MelWeightMatrix constants");
+      v[i] = g().initializer(p.inputs[static_cast<size_t>(i)])->get_f64(0);
+    }
+    const int64_t mels = static_cast<int64_t>(v[0]), dft = static_cast<int64_t>(v[1]);
+    const int64_t rate = static_cast<int64_t>(v[2]);
+    if (mels < 1 || dft < 1 || rate < 1 || v[3] < 0 || v[4] <= v[3])
+      fail(fmt::format(
+          "{}: needs num_mel_bins, dft_length and sample_rate of 1 or more and 0 <= lower_edge_hertz "
+          "< upper_edge_hertz (got {}, {}, {}, {}, {})",
+          label, mels, dft, rate, v[3], v[4]));
+    const int64_t bins = dft / 2 + 1;
+    auto mel = [](double f) { return 2595 * std::log10(1 + f / 700); };
+    const double low = mel(v[3]), step = (mel(v[4]) - low) / static_cast<double>(mels + 2);
+    std::vector<int64_t> edge(static_cast<size_t>(mels + 2));
+    for (int64_t i = 0; i < mels + 2; ++i) {
+      const double hz = 700 * (std::pow(10.0, (low + static_cast<double>(i) * step) / 2595) - 1);
+      edge[static_cast<size_t>(i)] =
+          static_cast<int64_t>(std::floor(static_cast<double>(dft + 1) * hz / static_cast<double>(rate)));
+    }
+    int64_t type = 1;
+    for (const auto& a : n.attribute())
+      if (a.name() == "output_datatype") type = a.i();
+    wrap(label, [&] {
+      Tensor out(engine::dtype_from_onnx(static_cast<int>(type)), Shape{bins, mels});
+      auto set = [&](int64_t bin, int64_t filter, double w) {
+        if (bin >= 0 && bin < bins) out.set_f64(bin * mels + filter, w);
+      };
+      for (int64_t i = 0; i < mels; ++i) {
+        const int64_t left = edge[static_cast<size_t>(i)], centre = edge[static_cast<size_t>(i) + 1],
+                      right = edge[static_cast<size_t>(i) + 2];
+        if (centre == left) set(centre, i, 1);
+        for (int64_t j = left; centre > left && j <= centre; ++j)
+          set(j, i, static_cast<double>(j - left) / static_cast<double>(centre - left));
+        for (int64_t j = centre; right > centre && j < right; ++j)
+          set(j, i, static_cast<double>(right - j) / static_cast<double>(right - centre));
+      }
+      folded_.insert(g().add_constant(n.output(0), std::move(out)));
+    });
+    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+  }
+
   // A node as the engine takes it: ONNX's inputs, attributes and output names after the rewrites below.
   struct PendingNode {
     std::string op, domain, name, label;
@@ -676,6 +739,7 @@ class Importer {
     if (domain.empty() && n.op_type() == "ConstantOfShape") return add_constant_of_shape(n, index);
     if (domain.empty() && n.op_type() == "Range") return add_range(n, index);
     if (domain.empty() && n.op_type().ends_with("Window")) return add_window(n, index);
+    if (domain.empty() && n.op_type() == "MelWeightMatrix") return add_mel_weight_matrix(n, index);
     PendingNode p;
     p.op = n.op_type();
     p.domain = domain;
@@ -705,6 +769,7 @@ class Importer {
     if ((p.op == "Upsample" || (p.op == "Resize" && result_.info.opset < 11)) && domain.empty())
       return add_upsample(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
+    if ((p.op == "DFT" || p.op == "STFT") && domain.empty()) return add_fourier(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
     if (p.op == "Tile" && domain.empty()) return add_tile(p);
@@ -1932,6 +1997,133 @@ class Importer {
       ValueId bias = node("Reshape", {p.inputs[2], ints("bias_shape", per_channel)}, {}, "bias");
       ValueId scaled = node("Mul", {normalized, scale}, {}, "scaled");
       add_part(p, "Add", {scaled, bias}, {}, "output", true);
+    });
+  }
+
+  // DFT (opset 17: axis an attribute, default 1; 20: an input, default -2) and STFT. The transform is two
+  // MatMuls with constant cosine and sine matrices along the signal axis, moved last by a Transpose: forward
+  // X_k = sum_n x_n e^(-2 pi i k n / L), inverse the conjugate divided by L, where L is dft_length (the
+  // signal zero-padded or cut to it) and onesided keeps bins 0 .. L / 2. A real input ([.., 1]) skips the
+  // imaginary products. STFT gathers frames [batch, frames, frame_length, c] with constant indices,
+  // multiplies them by the window, and transforms along the frame axis (onesided by default). Both are
+  // differentiable in the signal (and the window).
+  void add_fourier(const PendingNode& p) {
+    const bool stft = p.op == "STFT";
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != 1)
+      fail(fmt::format("{} has no input or more than one output", p.label), "the exporter is broken");
+    auto input_at = [&](size_t i) { return i < p.inputs.size() ? p.inputs[i] : engine::kNoValue; };
+    auto constant_int = [&](size_t i, const char* what) -> std::optional<int64_t> {
+      const ValueId v = input_at(i);
+      if (v == engine::kNoValue) return std::nullopt;
+      const engine::Value& val = g().value(v);
+      if (val.kind != engine::ValueKind::constant || val.shape.numel() != 1)
+        fail(fmt::format("{}: its {} '{}' is not a constant scalar", p.label, what, val.name),
+             "the engine needs static shapes: give it as a constant");
+      return static_cast<int64_t>(g().initializer(v)->get_f64(0));
+    };
+    auto int_attr = [&](const char* name, int64_t d) { return p.attrs.has(name) ? p.attrs.i(name) : d; };
+    const Shape xs = g().value(p.inputs[0]).shape;
+    const DType t = g().value(p.inputs[0]).dtype;
+    const int rank = xs.rank();
+    if (rank < 3 || (xs[rank - 1] != 1 && xs[rank - 1] != 2))
+      fail(fmt::format("{}: the input {} must be [batch, signal..., 1 or 2] (real or complex)", p.label,
+                       xs.str()));
+    const bool complex = xs[rank - 1] == 2;
+    wrap(p.label, [&] {
+      auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                      const std::string& what, bool last = false) {
+        return add_part(p, op, std::move(ins), std::move(a), what, last);
+      };
+      ValueId x = p.inputs[0];
+      int64_t axis = 0, length = 0;
+      bool inverse = false, onesided = false;
+      if (stft) {
+        // Frames: indices [frames, frame_length] into axis 1 (Gather gives [batch, frames, frame_length, c]).
+        const int64_t step = constant_int(1, "frame_step").value_or(0);
+        const ValueId window = input_at(2);
+        std::optional<int64_t> frame = constant_int(3, "frame_length");
+        if (window != engine::kNoValue) {
+          const Shape ws = g().value(window).shape;
+          if (ws.rank() != 1 || (frame && *frame != ws[0]))
+            fail(fmt::format("{}: the window {} must be 1-D of frame_length", p.label, ws.str()));
+          frame = ws[0];
+        }
+        if (!frame || *frame < 1 || *frame > xs[1] || step < 1)
+          fail(fmt::format("{}: needs frame_step >= 1 and a frame_length (or window) of 1 .. {} samples",
+                           p.label, xs[1]));
+        const int64_t frames = (xs[1] - *frame) / step + 1;
+        std::vector<int64_t> at(static_cast<size_t>(frames * *frame));
+        for (int64_t f = 0; f < frames; ++f)
+          for (int64_t j = 0; j < *frame; ++j) at[static_cast<size_t>(f * *frame + j)] = f * step + j;
+        const ValueId idx = g().add_constant(g().unique_name(p.base() + "/frame_indices"),
+                                             Tensor::from<int64_t>(Shape{frames, *frame}, at));
+        x = node("Gather", {x, idx}, {{"axis", int64_t{1}}}, "frames");
+        if (window != engine::kNoValue)
+          x = node("Mul",
+                   {x, node("Reshape", {window, ints_constant(p, "window_shape", {1, 1, *frame, 1})}, {},
+                            "window_column")},
+                   {}, "windowed");
+        axis = 2, length = *frame, onesided = int_attr("onesided", 1) != 0;
+      } else {
+        axis = int_attr("axis", 1);
+        if (const auto a = constant_int(2, "axis"))
+          axis = *a;
+        else if (result_.info.opset >= 20 && !p.attrs.has("axis"))
+          axis = -2;
+        if (axis < 0) axis += rank;
+        if (axis < 1 || axis >= rank - 1)
+          fail(fmt::format("{}: axis {} is not a signal axis of {}", p.label, axis, xs.str()));
+        length = constant_int(1, "dft_length").value_or(xs[static_cast<int>(axis)]);
+        inverse = int_attr("inverse", 0) != 0, onesided = int_attr("onesided", 0) != 0;
+        if (inverse && onesided)
+          fail(fmt::format("{}: onesided inverse transforms are not supported", p.label));
+        if (length < 1) fail(fmt::format("{}: dft_length {} is not positive", p.label, length));
+      }
+      const Shape fs = g().value(x).shape;  // [.., signal at axis, .., c]
+      const int q = fs.rank() - 1;          // rank without the complex axis
+      const int64_t in_len = fs[static_cast<int>(axis)], bins = onesided ? length / 2 + 1 : length;
+      // The parts as [.., c] -> [..] with the signal axis last.
+      std::vector<int64_t> perm, back(static_cast<size_t>(q));
+      for (int d = 0; d < q; ++d)
+        if (d != axis) perm.push_back(d);
+      perm.push_back(axis);
+      for (int d = 0; d < q; ++d) back[static_cast<size_t>(perm[static_cast<size_t>(d)])] = d;
+      const bool moved = axis != q - 1;
+      auto part = [&](int64_t k, const std::string& what) {
+        ValueId v = node("Slice",
+                         {x, ints_constant(p, what + "/start", {k}), ints_constant(p, what + "/end", {k + 1}),
+                          ints_constant(p, what + "/axis", {q})},
+                         {}, what);
+        v = node("Squeeze", {v, ints_constant(p, what + "/squeezed", {q})}, {}, what + "_part");
+        return moved ? node("Transpose", {v}, {{"perm", perm}}, what + "_last") : v;
+      };
+      // cos and sin of 2 pi k n / L for input sample n (zero rows past L) and output bin k.
+      const double pi = 3.14159265358979323846, scale = inverse ? 1.0 / static_cast<double>(length) : 1.0;
+      Tensor cs(t, Shape{in_len, bins}), sn(t, Shape{in_len, bins});
+      for (int64_t n = 0; n < in_len; ++n)
+        for (int64_t k = 0; k < bins; ++k) {
+          const double th = 2 * pi * static_cast<double>((k * n) % length) / static_cast<double>(length);
+          cs.set_f64(n * bins + k, n < length ? scale * std::cos(th) : 0);
+          sn.set_f64(n * bins + k, n < length ? scale * std::sin(th) : 0);
+        }
+      const ValueId cm = g().add_constant(g().unique_name(p.base() + "/cos"), std::move(cs));
+      const ValueId sm = g().add_constant(g().unique_name(p.base() + "/sin"), std::move(sn));
+      const ValueId re = part(0, "real");
+      ValueId yr = node("MatMul", {re, cm}, {}, "real_cos");
+      ValueId yi = node("Neg", {node("MatMul", {re, sm}, {}, "real_sin")}, {}, "minus_real_sin");
+      if (inverse) yi = node("Neg", {yi}, {}, "real_sin_inverse");
+      if (complex) {
+        const ValueId im = part(1, "imaginary");
+        const ValueId is = node("MatMul", {im, sm}, {}, "imaginary_sin");
+        yr = node(inverse ? "Sub" : "Add", {yr, is}, {}, "real_out");
+        yi = node("Add", {yi, node("MatMul", {im, cm}, {}, "imaginary_cos")}, {}, "imaginary_out");
+      }
+      auto finish = [&](ValueId v, const std::string& what) {
+        if (moved) v = node("Transpose", {v}, {{"perm", back}}, what + "_back");
+        return node("Unsqueeze", {v, ints_constant(p, what + "/axis", {q})}, {}, what + "_column");
+      };
+      node("Concat", {finish(yr, "real_result"), finish(yi, "imaginary_result")}, {{"axis", int64_t{q}}},
+           "complex", true);
     });
   }
 

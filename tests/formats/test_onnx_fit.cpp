@@ -200,6 +200,28 @@ TEST_SUITE("onnx_fit") {
         CHECK(y.get_f64(i) == doctest::Approx(first_rows[static_cast<size_t>(i)]));
       check_import_gradient(m, ops::random_tensor({1, 1, 2, 2}, -1, 1, 23, DType::f64));
     }
+    SUBCASE("DFT: complex along axis 2 cut to 4, and real onesided along axis 1") {
+      onnx::ModelProto m = one_node_model(17, "DFT", {2, 3, 5, 2}, {"length"});
+      add_init(m.mutable_graph(), "length", Tensor::scalar<int64_t>(4));
+      set_int(m.mutable_graph()->mutable_node(0), "axis", 2);
+      check_import_gradient(m, ops::random_tensor({2, 3, 5, 2}, -1, 1, 25, DType::f64));
+      onnx::ModelProto r = one_node_model(17, "DFT", {2, 6, 1});
+      set_int(r.mutable_graph()->mutable_node(0), "onesided", 1);
+      const Tensor x = ops::random_tensor({2, 6, 1}, -1, 1, 26, DType::f64);
+      const Tensor y = run_once(import_onnx_model(r, "dft"), x);
+      REQUIRE(y.shape() == Shape{2, 4, 2});
+      double sum = 0;  // bin 0 is the sum of the samples, with no imaginary part
+      for (int64_t n = 0; n < 6; ++n) sum += x.get_f64(n);
+      CHECK(y.get_f64(0) == doctest::Approx(sum));
+      CHECK(y.get_f64(1) == doctest::Approx(0));
+      check_import_gradient(r, x);
+    }
+    SUBCASE("STFT with a window") {
+      onnx::ModelProto m = one_node_model(17, "STFT", {2, 12, 1}, {"step", "window"});
+      add_init(m.mutable_graph(), "step", Tensor::scalar<int64_t>(3));
+      add_init(m.mutable_graph(), "window", Tensor::from<double>(Shape{4}, {0.1, 0.6, 0.9, 0.4}));
+      check_import_gradient(m, ops::random_tensor({2, 12, 1}, -1, 1, 27, DType::f64));
+    }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
       add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));
