@@ -17,6 +17,7 @@
 #include <set>
 
 #include "engine/ir/op_schema.h"
+#include "engine/ops/conv_geometry.h"
 #include "engine/plan/constant_folding.h"
 #include "formats/onnx_tensor.h"
 
@@ -180,7 +181,8 @@ const std::set<std::string>& other_rewritten_ops() {
                                             "ReduceProd",
                                             "Upsample",
                                             "DFT",
-                                            "STFT"};
+                                            "STFT",
+                                            "If"};
   return ops;
 }
 
@@ -196,9 +198,9 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "OneHot") return i == 2;  // the values; indices and depth take none
   if (op == "GatherElements" || op == "GatherND") return i == 0;
   if (op == "ScatterND" || op == "ScatterElements" || op == "Scatter")
-    return i == 0 || i == 2;                  // not indices
-  if (op == "Bernoulli") return false;        // a random draw
-  if (op == "STFT") return i == 0 || i == 2;  // the signal and the window
+    return i == 0 || i == 2;                          // not indices
+  if (op == "Bernoulli" || op == "If") return false;  // a random draw; a condition
+  if (op == "STFT") return i == 0 || i == 2;          // the signal and the window
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -315,10 +317,16 @@ class Importer {
 
   // Which values nodes read where a gradient flows, and which are BatchNormalization's running statistics:
   // that decides between parameters, state and constants for initializers.
-  void scan_uses() {
+  void scan_uses() { scan_uses_in(model_.graph()); }
+
+  // The nodes of `graph`, and of the branches of its If nodes (any of which may be imported).
+  void scan_uses_in(const onnx::GraphProto& graph) {
     const auto& registry = engine::OpRegistry::global();
-    for (const auto& n : model_.graph().node()) {
+    for (const auto& n : graph.node()) {
       if (imported_by_importer(n)) continue;
+      if (normalize_domain(n.domain()).empty() && n.op_type() == "If")
+        for (const auto& a : n.attribute())
+          if (a.type() == onnx::AttributeProto::GRAPH) scan_uses_in(a.g());
       const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
       const bool other_ops = rewritten(n);
       const engine::OpSchema* schema = registry.find(n.op_type());
@@ -334,6 +342,8 @@ class Importer {
       }
       for (const std::string& name : n.input()) read_names_.insert(name);
     }
+    for (const auto& out : graph.output()) read_names_.insert(out.name());
+    if (&graph != &model_.graph()) return;
     for (const auto& out : model_.graph().output()) {
       read_names_.insert(out.name());
       graph_outputs_.insert(out.name());
@@ -721,6 +731,55 @@ class Importer {
     result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
+  // If whose condition is a constant once shapes are static (PyTorch's squeeze of an axis that may be 1,
+  // checks of sizes): the chosen branch's initializers and nodes are imported in its place, and the If's
+  // outputs are the branch's (constants stay constants, so shape arithmetic keeps folding). A condition
+  // computed from the data is an error: a static plan cannot branch.
+  void add_if(const onnx::NodeProto& n, int index) {
+    const std::string label = node_label(n, index);
+    if (n.input_size() != 1)
+      fail(fmt::format("{} must have one input, the condition", label), "the exporter is broken");
+    PendingNode p;
+    p.inputs.push_back(lookup(n.input(0), label));
+    restore_folded_values(p);
+    const engine::Value& cond = g().value(p.inputs[0]);
+    if (cond.kind != engine::ValueKind::constant || cond.shape.numel() != 1)
+      fail(fmt::format("{}: its condition '{}' is computed from the data, and a static plan cannot branch",
+                       label, cond.name),
+           "export the model with the condition decided: make it depend on shapes only (torch.jit.trace "
+           "rather "
+           "than script)");
+    const char* chosen = g().initializer(p.inputs[0])->get_f64(0) != 0 ? "then_branch" : "else_branch";
+    const onnx::GraphProto* branch = nullptr;
+    for (const auto& a : n.attribute())
+      if (a.name() == chosen && a.type() == onnx::AttributeProto::GRAPH) branch = &a.g();
+    if (branch == nullptr || branch->output_size() != n.output_size())
+      fail(fmt::format("{}: its {} is missing or has {} outputs for the If's {}", label, chosen,
+                       branch ? branch->output_size() : 0, n.output_size()),
+           "the exporter is broken");
+    for (const auto& init : branch->initializer())
+      wrap(label, [&] {
+        folded_.insert(g().add_constant(
+            init.name(),
+            read_tensor(init, fmt::format("{}: {} initializer '{}'", label, chosen, init.name()))));
+      });
+    for (int i = 0; i < branch->node_size(); ++i) add_node(branch->node(i), i);
+    for (int k = 0; k < n.output_size(); ++k) {
+      if (n.output(k).empty()) continue;
+      const ValueId out = lookup(branch->output(k).name(), label);
+      wrap(label, [&] {
+        if (g().value(out).kind == engine::ValueKind::constant) {
+          folded_.insert(g().add_constant(n.output(k), *g().initializer(out)));
+        } else {
+          mark_batched(
+              g().add_node_named("Identity", {out}, {}, {n.output(k)},
+                                 n.name().empty() ? n.output(k) : fmt::format("{}/{}", n.name(), k)));
+        }
+      });
+    }
+    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+  }
+
   // A node as the engine takes it: ONNX's inputs, attributes and output names after the rewrites below.
   struct PendingNode {
     std::string op, domain, name, label;
@@ -738,6 +797,7 @@ class Importer {
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
     if (domain.empty() && n.op_type() == "ConstantOfShape") return add_constant_of_shape(n, index);
     if (domain.empty() && n.op_type() == "Range") return add_range(n, index);
+    if (domain.empty() && n.op_type() == "If") return add_if(n, index);
     if (domain.empty() && n.op_type().ends_with("Window")) return add_window(n, index);
     if (domain.empty() && n.op_type() == "MelWeightMatrix") return add_mel_weight_matrix(n, index);
     PendingNode p;
@@ -770,6 +830,9 @@ class Importer {
       return add_upsample(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if ((p.op == "DFT" || p.op == "STFT") && domain.empty()) return add_fourier(p);
+    if ((p.op == "MaxPool" || p.op == "AveragePool") && domain.empty() &&
+        g().value(p.inputs.at(0)).shape.rank() == 5)
+      return add_pool3d(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
     if (p.op == "Tile" && domain.empty()) return add_tile(p);
@@ -2127,6 +2190,58 @@ class Importer {
     });
   }
 
+  // MaxPool and AveragePool over 3-D data [N, C, D, H, W], which the engine's 2-D pooling does in two passes:
+  // a box window is separable for the maximum and for the mean (whose divisor, with or without the padding,
+  // is the product of the per-axis counts). First over (H, W) with the data as [N, C D, H, W], then over D
+  // with it as [N, C, D, H' W'] and a window of 1 along the merged axis; each pass keeps its axes' pads,
+  // strides, dilations and ceil_mode.
+  void add_pool3d(const PendingNode& p) {
+    if (p.outputs.size() != 1)
+      fail(fmt::format("{}: MaxPool's Indices output is not supported", p.label),
+           "export the pooling without return_indices");
+    const Shape xs = g().value(p.inputs[0]).shape;
+    const std::vector<int64_t> kernel =
+        p.attrs.has("kernel_shape") ? p.attrs.ints("kernel_shape") : std::vector<int64_t>{};
+    const bool ceil_mode = p.attrs.has("ceil_mode") && p.attrs.i("ceil_mode") != 0;
+    engine::ops::WindowGeometry w;
+    const std::string err =
+        engine::ops::resolve_window(p.attrs, {xs[2], xs[3], xs[4]}, kernel, ceil_mode, &w);
+    if (!err.empty()) fail(fmt::format("{}: {}", p.label, err));
+    const int64_t n = xs[1], depth = xs[2];
+    wrap(p.label, [&] {
+      auto pass = [&](ValueId v, std::vector<int64_t> axes, const std::string& what, bool last) {
+        engine::Attributes a;
+        std::vector<int64_t> k, st, dil, pads(4, 0);
+        for (size_t j = 0; j < 2; ++j) {
+          const int64_t d = axes[j];
+          k.push_back(d < 0 ? 1 : w.kernel[static_cast<size_t>(d)]);
+          st.push_back(d < 0 ? 1 : w.stride[static_cast<size_t>(d)]);
+          dil.push_back(d < 0 ? 1 : w.dilation[static_cast<size_t>(d)]);
+          pads[j] = d < 0 ? 0 : w.pad_begin[static_cast<size_t>(d)];
+          pads[j + 2] = d < 0 ? 0 : w.pad_end[static_cast<size_t>(d)];
+        }
+        a.set("kernel_shape", k);
+        a.set("strides", st);
+        a.set("pads", pads);
+        if (p.op == "MaxPool") a.set("dilations", dil);
+        if (ceil_mode) a.set("ceil_mode", int64_t{1});
+        if (p.attrs.has("count_include_pad")) a.set("count_include_pad", p.attrs.i("count_include_pad"));
+        return add_part(p, p.op, {v}, std::move(a), what, last);
+      };
+      ValueId v =
+          add_part(p, "Reshape", {p.inputs[0], ints_constant(p, "planes", {0, n * depth, xs[3], xs[4]})}, {},
+                   "planes");
+      v = pass(v, {1, 2}, "pooled_planes", false);
+      const Shape ps = g().value(v).shape;
+      v = add_part(p, "Reshape", {v, ints_constant(p, "columns", {0, n, depth, ps[2] * ps[3]})}, {},
+                   "columns");
+      v = pass(v, {0, -1}, "pooled_depth", false);
+      const int64_t out_depth = g().value(v).shape[2];
+      add_part(p, "Reshape", {v, ints_constant(p, "volume", {0, n, out_depth, ps[2], ps[3]})}, {}, "volume",
+               true);
+    });
+  }
+
   // GlobalMaxPool of [N, C, D1, ...]: the maximum over D1... with the dims kept (a ReduceMax that keeps the
   // node's name).
   void add_global_max_pool(const PendingNode& p) {
@@ -2658,18 +2773,36 @@ std::vector<std::string> onnx_ops_imported_as_others() {
   return out;
 }
 
-std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model) {
-  std::vector<UnsupportedNode> out;
+namespace {
+
+// The nodes of `graph` and of its If branches (reported at the If's index, named after the If) that no engine
+// op or rewrite takes.
+void find_unsupported_in(const onnx::GraphProto& graph, const std::string& scope, int scope_index,
+                         std::vector<UnsupportedNode>* out) {
   const auto& registry = engine::OpRegistry::global();
-  const auto& nodes = model.graph().node();
+  const auto& nodes = graph.node();
   for (int i = 0; i < nodes.size(); ++i) {
     const auto& n = nodes[i];
-    std::string domain = normalize_domain(n.domain());
+    const std::string domain = normalize_domain(n.domain());
+    const std::string name = n.name().empty() ? fmt::format("#{}", i) : n.name();
+    const int index = scope.empty() ? i : scope_index;
+    if (domain.empty() && n.op_type() == "If")
+      for (const auto& a : n.attribute())
+        if (a.type() == onnx::AttributeProto::GRAPH)
+          find_unsupported_in(a.g(), (scope.empty() ? name : scope + "/" + name) + "/" + a.name(), index,
+                              out);
     if (imported_by_importer(n) || rewritten(n)) continue;
     const engine::OpSchema* s = registry.find(n.op_type());
     if (s != nullptr && s->domain() == domain) continue;
-    out.push_back({n.name().empty() ? fmt::format("#{}", i) : n.name(), n.op_type(), domain, i});
+    out->push_back({scope.empty() ? name : scope + "/" + name, n.op_type(), domain, index});
   }
+}
+
+}  // namespace
+
+std::vector<UnsupportedNode> find_unsupported_nodes(const onnx::ModelProto& model) {
+  std::vector<UnsupportedNode> out;
+  find_unsupported_in(model.graph(), "", 0, &out);
   return out;
 }
 

@@ -648,6 +648,37 @@ class Net(torch.nn.Module):
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
     @cli_util.skip_without_fashion
+    def test_pytorch_exported_lrn_3d_pooling_and_inverse_trigonometry_fine_tune(self):
+        # LocalResponseNorm exports as Pad, a 3-D AveragePool and an If (squeeze of an axis that may be 1) on a
+        # condition the shapes decide; AvgPool3d and MaxPool3d (padding, ceil_mode); Atan, Asin, Acos, Mod.
+        path = self.path("torch_lrn.onnx")
+        original = self.torch_export("""
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, stride=2)
+        self.lrn = torch.nn.LocalResponseNorm(3)
+        self.avg3 = torch.nn.AvgPool3d(2, stride=(2, 1, 1), padding=(0, 1, 1), count_include_pad=False)
+        self.max3 = torch.nn.MaxPool3d(2, ceil_mode=True)
+        self.fc = torch.nn.Linear(4 * 14 * 14 + 4 * 7 * 7, 10)
+    def forward(self, x):
+        h = self.lrn(torch.relu(self.conv(x))).unsqueeze(1)
+        a = torch.atan(self.avg3(h).flatten(1))
+        b = self.max3(h).flatten(1)
+        b = torch.fmod(b, 0.5) + torch.asin(torch.tanh(b)) + torch.acos(torch.tanh(b))
+        return self.fc(torch.cat([a, b], 1))
+""", "torch.zeros(2, 1, 28, 28)", "x", path)
+        ops = {n.op_type for n in original.graph.node}
+        self.assertLessEqual({"If", "AveragePool", "MaxPool", "Atan", "Asin", "Acos", "Mod"}, ops)
+        epochs, ckpt = self.fit([path, "--train", self.fashion_toml("lrn.toml", from_logits=True, epochs=1)],
+                                self.path("run_lrn"))
+        before = cross_entropy(run_onnx(original, {"x": self.val_x[:, None]}), self.val_y, True)
+        self.assertLess(epochs[-1]["val_loss"], before)
+        exported = self.export(ckpt, "torch_lrn_out.onnx")
+        x = self.val_x[:20, None]
+        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+
+    @cli_util.skip_without_fashion
     def test_pytorch_exported_einsums_fine_tune(self):
         # Einsum: a projection to heads (a weight of three indices), attention-like batched products, a diagonal,
         # a sum over an index one operand has alone, and an implicit output.

@@ -222,6 +222,80 @@ TEST_SUITE("onnx_fit") {
       add_init(m.mutable_graph(), "window", Tensor::from<double>(Shape{4}, {0.1, 0.6, 0.9, 0.4}));
       check_import_gradient(m, ops::random_tensor({2, 12, 1}, -1, 1, 27, DType::f64));
     }
+    SUBCASE("3-D MaxPool and AveragePool, in two 2-D passes, against a direct loop") {
+      struct Case {
+        const char* op;
+        std::vector<int64_t> kernel, strides, pads, dilations;
+        int64_t ceil, include_pad;
+      };
+      const Case cases[] = {
+          {"AveragePool", {2, 3, 2}, {2, 1, 2}, {1, 1, 0, 0, 1, 1}, {}, 1, 0},
+          {"AveragePool", {3, 2, 2}, {1, 2, 1}, {1, 0, 1, 1, 1, 0}, {}, 0, 1},
+          {"MaxPool", {2, 2, 3}, {2, 1, 1}, {0, 1, 1, 1, 0, 1}, {1, 2, 1}, 1, 0},
+      };
+      const Shape xs{2, 2, 5, 6, 4};
+      const Tensor x = ops::random_tensor(xs, -1, 1, 28, DType::f64);
+      for (const Case& k : cases) {
+        onnx::ModelProto m = one_node_model(13, k.op, xs.dims());
+        auto* n = m.mutable_graph()->mutable_node(0);
+        auto ints = [&](const char* name, const std::vector<int64_t>& v) {
+          if (v.empty()) return;
+          auto* a = n->add_attribute();
+          a->set_name(name);
+          a->set_type(onnx::AttributeProto::INTS);
+          for (int64_t e : v) a->add_ints(e);
+        };
+        ints("kernel_shape", k.kernel);
+        ints("strides", k.strides);
+        ints("pads", k.pads);
+        ints("dilations", k.dilations);
+        set_int(n, "ceil_mode", k.ceil);
+        if (std::string(k.op) == "AveragePool") set_int(n, "count_include_pad", k.include_pad);
+        const Tensor y = run_once(import_onnx_model(m, k.op), x);
+        // The direct loop: out = floor or ceil((in + pads - span) / stride) + 1, a window starting in the
+        // padding is dropped under ceil_mode.
+        std::vector<int64_t> out(3), dil = k.dilations.empty() ? std::vector<int64_t>{1, 1, 1} : k.dilations;
+        for (size_t d = 0; d < 3; ++d) {
+          const int64_t in = xs[static_cast<int>(d) + 2], span = dil[d] * (k.kernel[d] - 1) + 1;
+          const int64_t room = in + k.pads[d] + k.pads[d + 3] - span;
+          out[d] = (k.ceil ? (room + k.strides[d] - 1) / k.strides[d] : room / k.strides[d]) + 1;
+          if (k.ceil && (out[d] - 1) * k.strides[d] >= in + k.pads[d]) --out[d];
+        }
+        REQUIRE(y.shape() == Shape{2, 2, out[0], out[1], out[2]});
+        const bool max = std::string(k.op) == "MaxPool";
+        int64_t at = 0;
+        for (int64_t nc = 0; nc < 4; ++nc)
+          for (int64_t a = 0; a < out[0]; ++a)
+            for (int64_t b = 0; b < out[1]; ++b)
+              for (int64_t c = 0; c < out[2]; ++c, ++at) {
+                double acc = max ? -1e300 : 0;
+                int64_t count[3] = {0, 0, 0};
+                const int64_t o[3] = {a, b, c};
+                for (int d = 0; d < 3; ++d)  // per-axis counts: inside the data, or inside data and pads
+                  for (int64_t i = 0; i < k.kernel[static_cast<size_t>(d)]; ++i) {
+                    const int64_t pos = o[d] * k.strides[static_cast<size_t>(d)] -
+                                        k.pads[static_cast<size_t>(d)] + i * dil[static_cast<size_t>(d)];
+                    const bool inside = pos >= 0 && pos < xs[d + 2];
+                    const bool padded = pos >= -k.pads[static_cast<size_t>(d)] &&
+                                        pos < xs[d + 2] + k.pads[static_cast<size_t>(d) + 3];
+                    count[d] += k.include_pad ? padded : inside;
+                  }
+                for (int64_t i = 0; i < k.kernel[0]; ++i)
+                  for (int64_t j = 0; j < k.kernel[1]; ++j)
+                    for (int64_t l = 0; l < k.kernel[2]; ++l) {
+                      const int64_t p0 = a * k.strides[0] - k.pads[0] + i * dil[0];
+                      const int64_t p1 = b * k.strides[1] - k.pads[1] + j * dil[1];
+                      const int64_t p2 = c * k.strides[2] - k.pads[2] + l * dil[2];
+                      if (p0 < 0 || p0 >= xs[2] || p1 < 0 || p1 >= xs[3] || p2 < 0 || p2 >= xs[4]) continue;
+                      const double v = x.get_f64(((nc * xs[2] + p0) * xs[3] + p1) * xs[4] + p2);
+                      acc = max ? std::max(acc, v) : acc + v;
+                    }
+                const double want = max ? acc : acc / static_cast<double>(count[0] * count[1] * count[2]);
+                CHECK_MESSAGE(y.get_f64(at) == doctest::Approx(want), k.op << " at " << at);
+              }
+        check_import_gradient(m, x);
+      }
+    }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
       add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));

@@ -91,6 +91,7 @@ const std::map<std::string, std::vector<int>>& shape_operands() {
       {"Resize", {1, 2, 3}},
       {"Upsample", {1}},
       {"HannWindow", {0}},
+      {"If", {0}},
       {"DFT", {1, 2}},
       {"STFT", {1, 3}},
       {"MelWeightMatrix", {0, 1, 2, 3, 4}},
