@@ -334,6 +334,48 @@ TEST_SUITE("onnx_import") {
     CHECK(bad[0].op_type == "Det");
   }
 
+  TEST_CASE("If: a branch's unsupported nodes are reported; a condition computed from data is an error") {
+    // y = If(cond) then Relu(x) else Det(x) (Det: no engine op).
+    auto if_model = [](bool cond_from_data) {
+      onnx::ModelProto m = make_model(17);
+      auto* g = m.mutable_graph();
+      add_input(g, "x", onnx::TensorProto::FLOAT, {2, 2});
+      if (cond_from_data) {
+        add_input(g, "cond", onnx::TensorProto::BOOL, {});
+      } else {
+        tensor_to_onnx(Tensor::scalar<bool>(true), "cond", g->add_initializer());
+      }
+      auto* n = add_node(g, "If", {"cond"}, {"y"}, "choose");
+      for (const char* branch : {"then_branch", "else_branch"}) {
+        auto* a = n->add_attribute();
+        a->set_name(branch);
+        a->set_type(onnx::AttributeProto::GRAPH);
+        const bool then = std::string(branch) == "then_branch";
+        add_node(a->mutable_g(), then ? "Relu" : "Det", {"x"}, {then ? "r" : "d"}, then ? "relu" : "det");
+        add_output(a->mutable_g(), then ? "r" : "d");
+      }
+      add_output(g, "y");
+      return m;
+    };
+    const std::vector<UnsupportedNode> bad = find_unsupported_nodes(if_model(false));
+    REQUIRE(bad.size() == 1);
+    CHECK(bad[0].name == "choose/else_branch/det");
+    CHECK(bad[0].index == 0);
+    CHECK_THROWS_WITH_AS(import_onnx_model(if_model(false), "if.onnx"), doctest::Contains("(Det)"),
+                         InputError);
+    // Without Det the taken branch imports, and the If's output is the branch's.
+    onnx::ModelProto fine = if_model(false);
+    fine.mutable_graph()->mutable_node(0)->mutable_attribute(1)->mutable_g()->mutable_node(0)->set_op_type(
+        "Neg");
+    OnnxImportResult r = import_onnx_model(fine, "if.onnx");
+    CHECK(r.graph.node(r.graph.value(r.outputs.at(0)).producer).op == "Identity");
+    onnx::ModelProto data = if_model(true);
+    data.mutable_graph()->mutable_node(0)->mutable_attribute(1)->mutable_g()->mutable_node(0)->set_op_type(
+        "Neg");
+    CHECK_THROWS_WITH_AS(import_onnx_model(data, "if.onnx"), doctest::Contains("computed from the data"),
+                         InputError);
+  }
+
   TEST_CASE("a node error names the file, the node and its op") {
     onnx::ModelProto m = make_model(17);
     auto* g = m.mutable_graph();
