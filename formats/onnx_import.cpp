@@ -18,6 +18,7 @@
 
 #include "engine/ir/op_schema.h"
 #include "engine/ops/conv_geometry.h"
+#include "engine/ops/conv_volume.h"
 #include "engine/plan/constant_folding.h"
 #include "formats/onnx_tensor.h"
 
@@ -830,9 +831,9 @@ class Importer {
       return add_upsample(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if ((p.op == "DFT" || p.op == "STFT") && domain.empty()) return add_fourier(p);
-    if ((p.op == "MaxPool" || p.op == "AveragePool") && domain.empty() &&
+    if ((p.op == "MaxPool" || p.op == "AveragePool" || p.op == "Conv") && domain.empty() &&
         g().value(p.inputs.at(0)).shape.rank() == 5)
-      return add_pool3d(p);
+      return add_volume_op(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
     if (p.op == "Tile" && domain.empty()) return add_tile(p);
@@ -2190,55 +2191,50 @@ class Importer {
     });
   }
 
-  // MaxPool and AveragePool over 3-D data [N, C, D, H, W], which the engine's 2-D pooling does in two passes:
-  // a box window is separable for the maximum and for the mean (whose divisor, with or without the padding,
-  // is the product of the per-axis counts). First over (H, W) with the data as [N, C D, H, W], then over D
-  // with it as [N, C, D, H' W'] and a window of 1 along the merged axis; each pass keeps its axes' pads,
-  // strides, dilations and ceil_mode.
-  void add_pool3d(const PendingNode& p) {
+  // Conv, MaxPool and AveragePool over 3-D data [N, C, D, H, W], written with the 2-D ops
+  // (engine/ops/conv_volume.h): a convolution as one 2-D convolution per depth tap, a pool as two separable
+  // 2-D passes.
+  void add_volume_op(const PendingNode& p) {
+    const bool conv = p.op == "Conv";
     if (p.outputs.size() != 1)
       fail(fmt::format("{}: MaxPool's Indices output is not supported", p.label),
            "export the pooling without return_indices");
     const Shape xs = g().value(p.inputs[0]).shape;
-    const std::vector<int64_t> kernel =
-        p.attrs.has("kernel_shape") ? p.attrs.ints("kernel_shape") : std::vector<int64_t>{};
-    const bool ceil_mode = p.attrs.has("ceil_mode") && p.attrs.i("ceil_mode") != 0;
+    Shape ws;
+    if (conv) {
+      if (p.inputs.size() < 2 || p.inputs[1] == engine::kNoValue)
+        fail(fmt::format("{} has no weight", p.label), "the exporter is broken");
+      ws = g().value(p.inputs[1]).shape;
+      if (ws.rank() != 5)
+        fail(fmt::format("{}: the weight {} is not [M, C / group, kD, kH, kW]", p.label, ws.str()));
+    }
+    const std::vector<int64_t> kernel = p.attrs.has("kernel_shape") ? p.attrs.ints("kernel_shape")
+                                        : conv ? std::vector<int64_t>{ws[2], ws[3], ws[4]}
+                                               : std::vector<int64_t>{};
+    const bool ceil_mode = !conv && p.attrs.has("ceil_mode") && p.attrs.i("ceil_mode") != 0;
     engine::ops::WindowGeometry w;
     const std::string err =
         engine::ops::resolve_window(p.attrs, {xs[2], xs[3], xs[4]}, kernel, ceil_mode, &w);
     if (!err.empty()) fail(fmt::format("{}: {}", p.label, err));
-    const int64_t n = xs[1], depth = xs[2];
+    const int64_t group = conv && p.attrs.has("group") ? p.attrs.i("group") : 1;
+    if (conv && (group < 1 || xs[1] != ws[1] * group || ws[0] % group != 0))
+      fail(fmt::format("{}: the input {} and weight {} do not match for group {}", p.label, xs.str(),
+                       ws.str(), group));
     wrap(p.label, [&] {
-      auto pass = [&](ValueId v, std::vector<int64_t> axes, const std::string& what, bool last) {
-        engine::Attributes a;
-        std::vector<int64_t> k, st, dil, pads(4, 0);
-        for (size_t j = 0; j < 2; ++j) {
-          const int64_t d = axes[j];
-          k.push_back(d < 0 ? 1 : w.kernel[static_cast<size_t>(d)]);
-          st.push_back(d < 0 ? 1 : w.stride[static_cast<size_t>(d)]);
-          dil.push_back(d < 0 ? 1 : w.dilation[static_cast<size_t>(d)]);
-          pads[j] = d < 0 ? 0 : w.pad_begin[static_cast<size_t>(d)];
-          pads[j + 2] = d < 0 ? 0 : w.pad_end[static_cast<size_t>(d)];
-        }
-        a.set("kernel_shape", k);
-        a.set("strides", st);
-        a.set("pads", pads);
-        if (p.op == "MaxPool") a.set("dilations", dil);
-        if (ceil_mode) a.set("ceil_mode", int64_t{1});
-        if (p.attrs.has("count_include_pad")) a.set("count_include_pad", p.attrs.i("count_include_pad"));
-        return add_part(p, p.op, {v}, std::move(a), what, last);
+      engine::ops::VolumeEmitter e;
+      e.op = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                 const std::string& what,
+                 bool last) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
+      e.constant = [&](Tensor t, const std::string& what) {
+        return g().add_constant(g().unique_name(p.base() + "/" + what), std::move(t));
       };
-      ValueId v =
-          add_part(p, "Reshape", {p.inputs[0], ints_constant(p, "planes", {0, n * depth, xs[3], xs[4]})}, {},
-                   "planes");
-      v = pass(v, {1, 2}, "pooled_planes", false);
-      const Shape ps = g().value(v).shape;
-      v = add_part(p, "Reshape", {v, ints_constant(p, "columns", {0, n, depth, ps[2] * ps[3]})}, {},
-                   "columns");
-      v = pass(v, {0, -1}, "pooled_depth", false);
-      const int64_t out_depth = g().value(v).shape[2];
-      add_part(p, "Reshape", {v, ints_constant(p, "volume", {0, n, out_depth, ps[2], ps[3]})}, {}, "volume",
-               true);
+      if (conv) {
+        const ValueId bias = p.inputs.size() > 2 ? p.inputs[2] : engine::kNoValue;
+        engine::ops::conv3d_as_2d(e, p.inputs[0], xs, p.inputs[1], ws, bias, w, group);
+      } else {
+        engine::ops::pool3d_as_2d(e, p.op, p.inputs[0], xs, w, ceil_mode,
+                                  p.attrs.has("count_include_pad") ? p.attrs.i("count_include_pad") : 0);
+      }
     });
   }
 

@@ -45,6 +45,8 @@ const char* kind_text(ArgKind k) {
       return "a string";
     case ArgKind::int_or_pair:
       return "an integer or a list of two integers";
+    case ArgKind::int_or_triple:
+      return "an integer or a list of three integers";
     case ArgKind::int_or_ints:
       return "an integer or a list of integers";
     case ArgKind::ints:
@@ -67,6 +69,8 @@ const char* example_text(ArgKind k) {
       return "\"same\"";
     case ArgKind::int_or_pair:
       return "3 or [3, 3]";
+    case ArgKind::int_or_triple:
+      return "3 or [3, 3, 3]";
     case ArgKind::int_or_ints:
       return "-1 or [1, 2]";
     case ArgKind::ints:
@@ -91,6 +95,11 @@ bool fits(const ArgValue& v, ArgKind k) {
       if (std::holds_alternative<int64_t>(v)) return true;
       auto* p = std::get_if<std::vector<int64_t>>(&v);
       return p && p->size() == 2;
+    }
+    case ArgKind::int_or_triple: {
+      if (std::holds_alternative<int64_t>(v)) return true;
+      auto* p = std::get_if<std::vector<int64_t>>(&v);
+      return p && p->size() == 3;
     }
     case ArgKind::int_or_ints: {
       if (std::holds_alternative<int64_t>(v)) return true;
@@ -248,6 +257,12 @@ std::string LayerArgs::string(const std::string& name) const {
 std::vector<int64_t> LayerArgs::pair(const std::string& name) const {
   const ArgValue& v = value(name);
   if (auto* i = std::get_if<int64_t>(&v)) return {*i, *i};
+  return std::get<std::vector<int64_t>>(v);
+}
+
+std::vector<int64_t> LayerArgs::triple(const std::string& name) const {
+  const ArgValue& v = value(name);
+  if (auto* i = std::get_if<int64_t>(&v)) return {*i, *i, *i};
   return std::get<std::vector<int64_t>>(v);
 }
 

@@ -13,14 +13,15 @@
 namespace trainer::models {
 
 enum class ArgKind {
-  integer,      // 64
-  number,       // 0.5 or 1
-  boolean,      // true
-  string,       // "same"
-  int_or_pair,  // 3 or [3, 3]
-  int_or_ints,  // -1 or [1, 2, 3]
-  ints,         // [7, 7, 64]
-  number_pair,  // 0.2 or [-0.2, 0.3]
+  integer,        // 64
+  number,         // 0.5 or 1
+  boolean,        // true
+  string,         // "same"
+  int_or_pair,    // 3 or [3, 3]
+  int_or_triple,  // 3 or [3, 3, 3]
+  int_or_ints,    // -1 or [1, 2, 3]
+  ints,           // [7, 7, 64]
+  number_pair,    // 0.2 or [-0.2, 0.3]
 };
 
 struct ArgDecl {
@@ -50,6 +51,8 @@ class LayerArgs {
   std::string string(const std::string& name) const;
   // An int_or_pair as two values; an int_or_ints as a list.
   std::vector<int64_t> pair(const std::string& name) const;
+  // An int_or_triple as three values.
+  std::vector<int64_t> triple(const std::string& name) const;
   std::vector<int64_t> ints(const std::string& name) const;
   // A number_pair as [lower, upper]; a single number v as [-v, v] when `symmetric`, else [v, v].
   std::pair<double, double> number_pair(const std::string& name, bool symmetric) const;

@@ -41,10 +41,8 @@ DType input_dtype(const formats::InputSpec& input) {
 // A channels-first output back in Keras's layout: [N, C, H, W] -> [N, H, W, C], [N, F, T] -> [N, T, F].
 ValueId channels_last(Graph& g, ValueId v, size_t keras_rank, const std::string& prefix) {
   if (v == kNoValue) return v;
-  NodeId n = g.add_node(
-      "Transpose", {v},
-      {{"perm", keras_rank == 3 ? std::vector<int64_t>{0, 2, 3, 1} : std::vector<int64_t>{0, 2, 1}}}, 1,
-      g.unique_name(prefix + "/Transpose"));
+  NodeId n = g.add_node("Transpose", {v}, {{"perm", channels_last_perm(keras_rank)}}, 1,
+                        g.unique_name(prefix + "/Transpose"));
   return g.node(n).outputs[0];
 }
 

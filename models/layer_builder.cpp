@@ -37,6 +37,7 @@ const std::vector<LayerDef>& layer_defs() {
     add_reshaping_layers(d);
     add_attention_layers(d);
     add_augmentation_layers(d);
+    add_volume_layers(d);
     for (LayerDef& def : d) {
       // Keras pairs every weight's initializer argument with a regularizer argument (kernel_initializer,
       // kernel_regularizer); the moving statistics are not weights.
@@ -201,6 +202,18 @@ std::vector<int64_t> LayerBuilder::four_sides(const std::string& arg) const {
   return p;
 }
 
+std::vector<int64_t> LayerBuilder::six_sides(const std::string& arg) const {
+  std::vector<int64_t> p = args.ints(arg);
+  if (p.size() == 1) p = {p[0], p[0], p[0], p[0], p[0], p[0]};
+  if (p.size() == 3) p = {p[0], p[0], p[1], p[1], p[2], p[2]};
+  if (p.size() != 6)
+    fail(arg, fmt::format("{} has {} values", arg, p.size()),
+         "give one number, [d, h, w], or [front, back, top, bottom, left, right]");
+  for (int64_t v : p)
+    if (v < 0) fail(arg, fmt::format("{} must not be negative, got {}", arg, v));
+  return p;
+}
+
 std::string LayerBuilder::initializer(const std::string& arg) const {
   std::string v = args.string(arg);
   std::string c = canonical_initializer(v);
@@ -230,11 +243,24 @@ int LayerBuilder::ir_axis(const LayerValue& x, int k) const {
   return k + 1;
 }
 
-// Images (H, W, C) and sequences (T, F): the channels (features) move between the last axis and axis 1. A
-// Reshape does it when the other axes hold one element in all (the bytes are already in order), else a
-// Transpose.
+std::vector<int64_t> channels_first_perm(size_t keras_rank) {
+  std::vector<int64_t> perm = {0, static_cast<int64_t>(keras_rank)};
+  for (int64_t d = 1; d < static_cast<int64_t>(keras_rank); ++d) perm.push_back(d);
+  return perm;
+}
+
+std::vector<int64_t> channels_last_perm(size_t keras_rank) {
+  std::vector<int64_t> perm = {0};
+  for (int64_t d = 2; d <= static_cast<int64_t>(keras_rank); ++d) perm.push_back(d);
+  perm.push_back(1);
+  return perm;
+}
+
+// Volumes (D, H, W, C), images (H, W, C) and sequences (T, F): the channels (features) move between the last
+// axis and axis 1. A Reshape does it when the other axes hold one element in all (the bytes are already in
+// order), else a Transpose.
 LayerValue LayerBuilder::to_channels_first(const LayerValue& x) {
-  if (x.channels_first || (x.shape.size() != 3 && x.shape.size() != 2)) return x;
+  if (x.channels_first || x.shape.size() < 2 || x.shape.size() > 4) return x;
   LayerValue y = x;
   y.channels_first = true;
   const int64_t c = x.shape.back(), rest = numel_of(x.shape) / std::max<int64_t>(c, 1);
@@ -243,9 +269,7 @@ LayerValue LayerBuilder::to_channels_first(const LayerValue& x) {
   if (c == 1 || rest == 1)
     y.value = op("Reshape", {x.value, shape_constant("channels_first_shape", dims)});
   else
-    y.value = op(
-        "Transpose", {x.value},
-        {{"perm", x.shape.size() == 3 ? std::vector<int64_t>{0, 3, 1, 2} : std::vector<int64_t>{0, 2, 1}}});
+    y.value = op("Transpose", {x.value}, {{"perm", channels_first_perm(x.shape.size())}});
   y.pre_activation = kNoValue;
   return y;
 }
@@ -260,9 +284,7 @@ LayerValue LayerBuilder::to_channels_last(const LayerValue& x) {
   if (c == 1 || rest == 1)
     y.value = op("Reshape", {x.value, shape_constant("channels_last_shape", dims)});
   else
-    y.value = op(
-        "Transpose", {x.value},
-        {{"perm", x.shape.size() == 3 ? std::vector<int64_t>{0, 2, 3, 1} : std::vector<int64_t>{0, 2, 1}}});
+    y.value = op("Transpose", {x.value}, {{"perm", channels_last_perm(x.shape.size())}});
   y.pre_activation = kNoValue;
   return y;
 }

@@ -33,6 +33,11 @@ struct LayerValue {
   engine::ValueId mask = engine::kNoValue;
 };
 
+// The Transpose permutations between [N, D1, ..., C] and [N, C, D1, ...] for a per-sample rank (2: sequences,
+// 3: images, 4: volumes).
+std::vector<int64_t> channels_first_perm(size_t keras_rank);
+std::vector<int64_t> channels_last_perm(size_t keras_rank);
+
 // "(None, 28, 28, 1)": a per-sample shape with the batch, as Keras prints it.
 std::string keras_shape(const std::vector<int64_t>& shape);
 
@@ -85,6 +90,9 @@ class LayerBuilder {
   // Margins of an image as [top, bottom, left, right], from one number (every side), [h, w] or all four
   // (Keras's ((top, bottom), (left, right)) flattened); each 0 or more. ZeroPadding2D and Cropping2D.
   std::vector<int64_t> four_sides(const std::string& arg) const;
+  // Margins of a volume as [front, back, top, bottom, left, right], from one number, [d, h, w] or all six
+  // (Keras's ((front, back), (top, bottom), (left, right)) flattened). ZeroPadding3D and Cropping3D.
+  std::vector<int64_t> six_sides(const std::string& arg) const;
   std::string activation_name(const std::string& arg = "activation") const;  // canonical
   std::string initializer(const std::string& arg) const;                     // canonical
 
@@ -147,6 +155,7 @@ void add_sequence_layers(std::vector<LayerDef>& defs);      // layers_conv1d.cpp
 void add_reshaping_layers(std::vector<LayerDef>& defs);     // layers_reshaping.cpp
 void add_attention_layers(std::vector<LayerDef>& defs);     // layers_attention.cpp
 void add_augmentation_layers(std::vector<LayerDef>& defs);  // layers_augment.cpp
+void add_volume_layers(std::vector<LayerDef>& defs);        // layers_conv3d.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 

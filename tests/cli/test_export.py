@@ -200,6 +200,51 @@ activation = "softmax"
         self.assertIn(4, groups)  # the depthwise convolution: one group per channel
         self.assertIn("Pad", {n.op_type for n in m.graph.node})
 
+    def test_volume_layers_export_and_run_as_predict_does(self):
+        # Conv3D, MaxPooling3D, ZeroPadding3D, AveragePooling3D, UpSampling3D, Cropping3D and
+        # GlobalAveragePooling3D on each image seen as a 4 x 7 x 28 volume.
+        m = self.fit_export_and_predict("volume", """[model]
+input = [28, 28, 1]
+[[model.layers]]
+type = "Reshape"
+target_shape = [4, 7, 28, 1]
+[[model.layers]]
+type = "Conv3D"
+filters = 4
+kernel_size = 3
+padding = "same"
+activation = "relu"
+[[model.layers]]
+type = "MaxPooling3D"
+pool_size = [1, 2, 2]
+[[model.layers]]
+type = "ZeroPadding3D"
+padding = 1
+[[model.layers]]
+type = "AveragePooling3D"
+pool_size = 2
+padding = "same"
+[[model.layers]]
+type = "UpSampling3D"
+size = [1, 2, 1]
+[[model.layers]]
+type = "Cropping3D"
+cropping = [0, 1, 1]
+[[model.layers]]
+type = "Conv3D"
+filters = 3
+kernel_size = 2
+strides = 2
+groups = 1
+[[model.layers]]
+type = "GlobalAveragePooling3D"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30, :, :, None])
+        self.assertIn("Conv", {n.op_type for n in m.graph.node})
+
     def test_sequence_layers_export_and_run_as_predict_does(self):
         # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM, SimpleRNN
         # (merged by product and mean; trained with dropout and recurrent_dropout, which inference leaves out) and

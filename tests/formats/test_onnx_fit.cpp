@@ -129,22 +129,24 @@ onnx::ModelProto one_node_model(int opset, const std::string& op, const std::vec
 }
 
 // Checks the backward graph of an imported model against central differences: loss = sum(y * w) for fixed
-// random weights w, differentiated with respect to the model's first input at x0.
-void check_import_gradient(const onnx::ModelProto& m, const Tensor& x0) {
+// random weights w, differentiated with respect to graph input `k` at feeds[k] (feeds: every graph input).
+void check_import_gradient(const onnx::ModelProto& m, const std::vector<Tensor>& feeds, size_t k = 0) {
   OnnxImportResult r = import_onnx_model(m, m.graph().node(0).op_type());
   auto g = std::make_shared<Graph>(std::move(r.graph));
-  const ValueId x = r.inputs.at(0), y = r.outputs.at(0);
-  const ValueId w = g->add_constant("w", ops::random_tensor(g->value(y).shape, -1, 1, 5, DType::f64));
+  REQUIRE(r.inputs.size() == feeds.size());
+  const ValueId x = r.inputs.at(k), y = r.outputs.at(0);
+  const ValueId w =
+      g->add_constant("loss_weights", ops::random_tensor(g->value(y).shape, -1, 1, 5, DType::f64));
   const ValueId loss = g->op("ReduceSum", {g->op("Mul", {y, w})}, {{"keepdims", int64_t{0}}});
   const ValueId dx = build_backward(*g, loss, {x}).at(x);
   g->mark_output(loss);
   g->mark_output(dx);
   auto backend = make_cpu_backend();
   Session s(g, *backend);
-  s.write(x, x0);
+  for (size_t i = 0; i < feeds.size(); ++i) s.write(r.inputs[i], feeds[i]);
   s.run(StepContext{});
   const Tensor analytic = s.read(dx);
-  Tensor probe = x0;
+  Tensor probe = feeds[k];
   for (int64_t j = 0; j < probe.numel(); ++j) {
     const double v = probe.get_f64(j), h = 1e-6;
     double l[2];
@@ -155,11 +157,16 @@ void check_import_gradient(const onnx::ModelProto& m, const Tensor& x0) {
       l[side] = s.read(loss).get_f64(0);
     }
     probe.set_f64(j, v);
+    s.write(x, probe);
     const double numeric = (l[0] - l[1]) / (2 * h);
     CHECK_MESSAGE(std::fabs(analytic.get_f64(j) - numeric) <= 1e-6 * (1 + std::fabs(numeric)),
-                  m.graph().node(0).op_type()
-                      << " d/dx[" << j << "]: analytic " << analytic.get_f64(j) << ", numeric " << numeric);
+                  m.graph().node(0).op_type() << " d/d(input " << k << ")[" << j << "]: analytic "
+                                              << analytic.get_f64(j) << ", numeric " << numeric);
   }
+}
+
+void check_import_gradient(const onnx::ModelProto& m, const Tensor& x0) {
+  check_import_gradient(m, std::vector<Tensor>{x0}, 0);
 }
 
 }  // namespace
@@ -295,6 +302,69 @@ TEST_SUITE("onnx_fit") {
               }
         check_import_gradient(m, x);
       }
+    }
+    SUBCASE("3-D Conv, one 2-D convolution per depth tap, against a direct loop") {
+      // Input 6x5x4 with 4 channels in 2 groups, 3 filters per group, kernel 3x2x2, strides (2, 1, 2),
+      // dilations (1, 2, 1), pads (1, 0, 1 | 1, 1, 0), a bias.
+      const Shape xs{2, 4, 6, 5, 4}, ws{6, 2, 3, 2, 2};
+      onnx::ModelProto m = make_model(13);
+      auto* g = m.mutable_graph();
+      add_input(g, "x", xs.dims(), onnx::TensorProto::DOUBLE);
+      add_input(g, "w", ws.dims(), onnx::TensorProto::DOUBLE);
+      add_init(g, "b", ops::random_tensor({6}, -1, 1, 29, DType::f64));
+      auto* n = add_node(g, "Conv", {"x", "w", "b"}, {"y"}, "conv3d");
+      g->add_output()->set_name("y");
+      const std::vector<int64_t> st{2, 1, 2}, dil{1, 2, 1}, pads{1, 0, 1, 1, 1, 0};
+      for (auto [name, v] :
+           {std::pair{"strides", st}, std::pair{"dilations", dil}, std::pair{"pads", pads}}) {
+        auto* a = n->add_attribute();
+        a->set_name(name);
+        a->set_type(onnx::AttributeProto::INTS);
+        for (int64_t e : v) a->add_ints(e);
+      }
+      set_int(n, "group", 2);
+      const Tensor x = ops::random_tensor(xs, -1, 1, 30, DType::f64),
+                   w = ops::random_tensor(ws, -1, 1, 31, DType::f64);
+      const Tensor b = tensor_from_onnx(g->initializer(0), "b");
+      OnnxImportResult r = import_onnx_model(m, "conv3d");
+      auto backend = make_cpu_backend();
+      auto graph = std::make_shared<Graph>(r.graph);
+      Session s(graph, *backend);
+      s.write(r.inputs.at(0), x);
+      s.write(r.inputs.at(1), w);
+      s.run(StepContext{});
+      const Tensor y = s.read(r.outputs.at(0));
+      std::vector<int64_t> out(3);
+      for (size_t d = 0; d < 3; ++d)
+        out[d] = (xs[static_cast<int>(d) + 2] + pads[d] + pads[d + 3] -
+                  dil[d] * (ws[static_cast<int>(d) + 2] - 1) - 1) /
+                     st[d] +
+                 1;
+      REQUIRE(y.shape() == Shape{2, 6, out[0], out[1], out[2]});
+      int64_t at = 0;
+      for (int64_t bn = 0; bn < 2; ++bn)
+        for (int64_t f = 0; f < 6; ++f)
+          for (int64_t a0 = 0; a0 < out[0]; ++a0)
+            for (int64_t a1 = 0; a1 < out[1]; ++a1)
+              for (int64_t a2 = 0; a2 < out[2]; ++a2, ++at) {
+                double acc = b.get_f64(f);
+                const int64_t group = f / 3;
+                for (int64_t ci = 0; ci < 2; ++ci)
+                  for (int64_t i = 0; i < 3; ++i)
+                    for (int64_t j = 0; j < 2; ++j)
+                      for (int64_t l = 0; l < 2; ++l) {
+                        const int64_t p0 = a0 * st[0] - pads[0] + i * dil[0];
+                        const int64_t p1 = a1 * st[1] - pads[1] + j * dil[1];
+                        const int64_t p2 = a2 * st[2] - pads[2] + l * dil[2];
+                        if (p0 < 0 || p0 >= xs[2] || p1 < 0 || p1 >= xs[3] || p2 < 0 || p2 >= xs[4]) continue;
+                        const int64_t c = group * 2 + ci;
+                        acc += x.get_f64((((bn * 4 + c) * xs[2] + p0) * xs[3] + p1) * xs[4] + p2) *
+                               w.get_f64((((f * 2 + ci) * 3 + i) * 2 + j) * 2 + l);
+                      }
+                CHECK_MESSAGE(y.get_f64(at) == doctest::Approx(acc), "at " << at);
+              }
+      check_import_gradient(m, {x, w}, 0);
+      check_import_gradient(m, {x, w}, 1);
     }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});

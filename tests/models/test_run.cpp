@@ -188,6 +188,160 @@ TEST_SUITE("run") {
     CHECK(var_moved);
   }
 
+  TEST_CASE(
+      "run: Conv3D, MaxPooling3D and AveragePooling3D compute Keras's outputs on channels-last volumes") {
+    // A direct loop over an NDHWC volume with Keras's "same" (the odd element of padding at the end) or
+    // "valid".
+    const int64_t n = 2, d = 4, h = 5, w = 3, c = 2;
+    const Tensor x = ops::random_tensor(Shape{n, d, h, w, c}, -1, 1, 11, DType::f32);
+    auto at = [&](int64_t b, int64_t z, int64_t y, int64_t xx, int64_t k) {
+      return x.get_f64((((b * d + z) * h + y) * w + xx) * c + k);
+    };
+    struct Window {
+      std::vector<int64_t> k, s, out, pad;
+    };
+    auto window = [&](std::vector<int64_t> k, std::vector<int64_t> st, bool same) {
+      Window win{k, st, {}, {}};
+      const int64_t in[3] = {d, h, w};
+      for (int i = 0; i < 3; ++i) {
+        const int64_t out = same ? (in[i] + st[i] - 1) / st[i] : (in[i] - k[i]) / st[i] + 1;
+        win.out.push_back(out);
+        win.pad.push_back(same ? std::max<int64_t>((out - 1) * st[i] + k[i] - in[i], 0) / 2 : 0);
+      }
+      return win;
+    };
+    SUBCASE("Conv3D, padding same, strides (1, 2, 1), a bias") {
+      Spec s({d, h, w, c});
+      s.add("Conv3D", {{"filters", int64_t{3}},
+                       {"kernel_size", v({2, 3, 2})},
+                       {"strides", v({1, 2, 1})},
+                       {"padding", std::string("same")},
+                       {"bias_initializer", std::string("uniform")}});
+      BuiltModel m = models::testing::build(s, false, n);
+      CHECK_FALSE(m.input_channels_last);
+      const Tensor k = weight(m, "conv3d/kernel"), bias = weight(m, "conv3d/bias");  // [3, 2, 2, 3, 2]
+      REQUIRE(k.shape() == Shape{3, 2, 2, 3, 2});
+      const Window win = window({2, 3, 2}, {1, 2, 1}, true);
+      const Tensor y = forward(std::move(m), x);
+      REQUIRE(y.shape() == Shape{n, win.out[0], win.out[1], win.out[2], 3});
+      int64_t i = 0;
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t oz = 0; oz < win.out[0]; ++oz)
+          for (int64_t oy = 0; oy < win.out[1]; ++oy)
+            for (int64_t ox = 0; ox < win.out[2]; ++ox)
+              for (int64_t f = 0; f < 3; ++f, ++i) {
+                double want = bias.get_f64(f);
+                for (int64_t kz = 0; kz < 2; ++kz)
+                  for (int64_t ky = 0; ky < 3; ++ky)
+                    for (int64_t kx = 0; kx < 2; ++kx) {
+                      const int64_t z = oz - win.pad[0] + kz, y0 = oy * 2 - win.pad[1] + ky,
+                                    x0 = ox - win.pad[2] + kx;
+                      if (z < 0 || z >= d || y0 < 0 || y0 >= h || x0 < 0 || x0 >= w) continue;
+                      for (int64_t ch = 0; ch < c; ++ch)
+                        want += at(b, z, y0, x0, ch) * k.get_f64((((f * c + ch) * 2 + kz) * 3 + ky) * 2 + kx);
+                    }
+                CHECK_MESSAGE(y.get_f64(i) == doctest::Approx(want).epsilon(1e-5), "output " << i);
+              }
+    }
+    SUBCASE("MaxPooling3D and AveragePooling3D, padding same and valid") {
+      for (const char* type : {"MaxPooling3D", "AveragePooling3D"})
+        for (bool same : {true, false}) {
+          CAPTURE(type);
+          CAPTURE(same);
+          Spec s({d, h, w, c});
+          s.add(type, {{"pool_size", v({2, 2, 2})},
+                       {"strides", v({2, 2, 1})},
+                       {"padding", std::string(same ? "same" : "valid")}});
+          const Window win = window({2, 2, 2}, {2, 2, 1}, same);
+          const Tensor y = forward(models::testing::build(s, false, n), x);
+          REQUIRE(y.shape() == Shape{n, win.out[0], win.out[1], win.out[2], c});
+          const bool max = std::string(type) == "MaxPooling3D";
+          int64_t i = 0;
+          for (int64_t b = 0; b < n; ++b)
+            for (int64_t oz = 0; oz < win.out[0]; ++oz)
+              for (int64_t oy = 0; oy < win.out[1]; ++oy)
+                for (int64_t ox = 0; ox < win.out[2]; ++ox)
+                  for (int64_t ch = 0; ch < c; ++ch, ++i) {
+                    double acc = max ? -1e30 : 0;
+                    int count = 0;
+                    for (int64_t kz = 0; kz < 2; ++kz)
+                      for (int64_t ky = 0; ky < 2; ++ky)
+                        for (int64_t kx = 0; kx < 2; ++kx) {
+                          const int64_t z = oz * 2 - win.pad[0] + kz, y0 = oy * 2 - win.pad[1] + ky,
+                                        x0 = ox - win.pad[2] + kx;
+                          if (z < 0 || z >= d || y0 < 0 || y0 >= h || x0 < 0 || x0 >= w) continue;
+                          acc = max ? std::max(acc, at(b, z, y0, x0, ch)) : acc + at(b, z, y0, x0, ch);
+                          ++count;
+                        }
+                    CHECK(y.get_f64(i) == doctest::Approx(max ? acc : acc / count).epsilon(1e-5));
+                  }
+        }
+    }
+  }
+
+  TEST_CASE("run: ZeroPadding3D, Cropping3D, UpSampling3D and GlobalAveragePooling3D move Keras's elements") {
+    const Tensor x = ops::random_tensor(Shape{1, 2, 3, 2, 2}, -1, 1, 12, DType::f32);  // NDHWC
+    auto at = [&](int64_t z, int64_t y, int64_t xx, int64_t k) {
+      return x.get_f64(((z * 3 + y) * 2 + xx) * 2 + k);
+    };
+    {
+      Spec s({2, 3, 2, 2});
+      s.add("ZeroPadding3D", {{"padding", v({1, 0, 0, 0, 2, 1})}})
+          .add("Cropping3D", {{"cropping", v({1, 0, 0, 1, 2, 0})}});
+      const Tensor y = forward(models::testing::build(s, false, 1), x);
+      // Padded to 3 x 3 x 5 (front 1, left 2, right 1), then cropped to 2 x 2 x 3 (front 1, bottom 1, left
+      // 2): what is left is the original volume's first two rows, all depths, and its two columns plus a
+      // zero.
+      REQUIRE(y.shape() == Shape{1, 2, 2, 3, 2});
+      for (int64_t z = 0; z < 2; ++z)
+        for (int64_t yy = 0; yy < 2; ++yy)
+          for (int64_t xx = 0; xx < 3; ++xx)
+            for (int64_t k = 0; k < 2; ++k)
+              CHECK(y.get_f64(((z * 2 + yy) * 3 + xx) * 2 + k) ==
+                    (xx < 2 ? doctest::Approx(at(z, yy, xx, k)) : 0));
+    }
+    {
+      Spec s({2, 3, 2, 2});
+      s.add("UpSampling3D", {{"size", v({2, 1, 3})}});
+      const Tensor y = forward(models::testing::build(s, false, 1), x);
+      REQUIRE(y.shape() == Shape{1, 4, 3, 6, 2});
+      for (int64_t z = 0; z < 4; ++z)
+        for (int64_t yy = 0; yy < 3; ++yy)
+          for (int64_t xx = 0; xx < 6; ++xx)
+            for (int64_t k = 0; k < 2; ++k)
+              CHECK(y.get_f64(((z * 3 + yy) * 6 + xx) * 2 + k) == doctest::Approx(at(z / 2, yy, xx / 3, k)));
+    }
+    {
+      Spec s({2, 3, 2, 2});
+      s.add("Conv3D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{1}}, {"use_bias", false}})
+          .add("GlobalAveragePooling3D");
+      BuiltModel m = models::testing::build(s, false, 1);
+      const Tensor k = weight(m, "conv3d/kernel");
+      const Tensor y = forward(std::move(m), x);
+      REQUIRE(y.shape() == Shape{1, 2});
+      for (int64_t f = 0; f < 2; ++f) {
+        double want = 0;
+        for (int64_t p = 0; p < 12; ++p)
+          for (int64_t ch = 0; ch < 2; ++ch) want += x.get_f64(p * 2 + ch) * k.get_f64(f * 2 + ch) / 12;
+        CHECK(y.get_f64(f) == doctest::Approx(want).epsilon(1e-5));
+      }
+    }
+  }
+
+  TEST_CASE("run: a Conv3D classifier trains") {
+    Spec s({4, 6, 6, 1});
+    s.add("Conv3D", {{"filters", int64_t{4}},
+                     {"kernel_size", int64_t{3}},
+                     {"padding", std::string("same")},
+                     {"activation", std::string("relu")}})
+        .add("MaxPooling3D", {{"pool_size", v({1, 2, 2})}})
+        .add("Conv3D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{2}}, {"strides", int64_t{2}}})
+        .add("GlobalMaxPooling3D")
+        .add("Dense", {{"units", int64_t{3}}, {"activation", std::string("softmax")}});
+    const auto [first, last] = train_steps(s, 8, 3, 0, 30, 1e-2f);
+    CHECK(last < 0.5f * first);
+  }
+
   TEST_CASE("run: a channels-last image input and a Conv2D output keep Keras's pixel and channel order") {
     Spec s({3, 2, 3});
     s.add(
