@@ -46,6 +46,36 @@ ValueId channels_last(Graph& g, ValueId v, size_t keras_rank, const std::string&
   return g.node(n).outputs[0];
 }
 
+// TimeDistributed: the wrapped layer applied to every step of a [N, T, ...] input, as one layer on [N T, ...]
+// (the steps moved to the batch by a Reshape, and back after). Keras's weights are shared over the steps,
+// which is what a layer on the merged batch does.
+LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDef& wrapped) {
+  if (in.shape.size() < 2)
+    b.fail_layer(fmt::format("needs steps to distribute over, (None, steps, ...), got {} from '{}'",
+                             keras_shape(in.shape), in.from),
+                 "a TimeDistributed layer takes sequences of samples: frames, steps of features");
+  const LayerValue x = b.to_channels_last(in);
+  const int64_t steps = x.shape[0];
+  LayerValue merged;
+  merged.shape.assign(x.shape.begin() + 1, x.shape.end());
+  merged.from = x.from;
+  std::vector<int64_t> dims = {-1};
+  dims.insert(dims.end(), merged.shape.begin(), merged.shape.end());
+  merged.value = b.op("Reshape", {x.value, b.shape_constant("merged_shape", dims)});
+  LayerValue y = b.to_channels_last(wrapped.build(b, {merged}));
+  LayerValue out = y;
+  out.shape = {steps};
+  out.shape.insert(out.shape.end(), y.shape.begin(), y.shape.end());
+  dims = {-1};
+  dims.insert(dims.end(), out.shape.begin(), out.shape.end());
+  const ValueId split = b.shape_constant("split_shape", dims);
+  out.value = b.op("Reshape", {y.value, split});
+  if (y.pre_activation != kNoValue) out.pre_activation = b.op("Reshape", {y.pre_activation, split});
+  out.mask = in.mask;
+  b.info.flops_per_sample *= steps;
+  return out;
+}
+
 }  // namespace
 
 BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& options) {
@@ -135,6 +165,27 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
       throw InputError(spec.pos.str(), fmt::format("layer '{}' takes an unknown input '{}'", spec.name, name),
                        fmt::format("{}known so far: {}", did_you_mean(name, known), fmt::join(known, ", ")));
     }
+    // TimeDistributed: `layer` names the wrapped layer, whose arguments sit beside it (as Bidirectional's).
+    const LayerDef* wrapped = nullptr;
+    std::vector<ArgDecl> decls = def->args;
+    if (def->type == "TimeDistributed") {
+      auto it = spec.args.find("layer");
+      const std::string* type = it == spec.args.end() ? nullptr : std::get_if<std::string>(&it->second.value);
+      if (type == nullptr)
+        throw InputError(it == spec.args.end() ? spec.pos.str() : it->second.pos.str(),
+                         "TimeDistributed needs layer = \"<type>\", the layer it applies to every step",
+                         "e.g. layer = \"Dense\" with the Dense layer's arguments beside it: units = 8");
+      formats::LayerSpec inner = spec;
+      inner.type = *type;
+      inner.pos = it->second.pos;
+      wrapped = find_def(inner);
+      if (wrapped->type == "TimeDistributed" || wrapped->min_inputs != 1 || wrapped->max_inputs != 1)
+        throw InputError(it->second.pos.str(),
+                         fmt::format("TimeDistributed wraps a layer of one input, not {}", wrapped->type));
+      decls = wrapped->args;
+      decls.push_back({"layer", ArgKind::string, std::nullopt});
+    }
+    const LayerDef* shape_def = wrapped ? wrapped : def;
     const int count = static_cast<int>(inputs.size());
     if (count < def->min_inputs || (def->max_inputs >= 0 && count > def->max_inputs)) {
       std::string want = def->max_inputs < 0 ? fmt::format("at least {} inputs", def->min_inputs)
@@ -147,24 +198,24 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     }
     for (const LayerValue& x : inputs) {
       const bool ids = is_integer(g.value(x.value).dtype);
-      if (def->takes_ids && !ids)
+      if (shape_def->takes_ids && !ids)
         throw InputError(spec.pos.str(),
                          fmt::format("{} layer '{}' takes integer token ids, got float values from '{}'",
                                      spec.type, spec.name, x.from),
                          "declare the model's input with dtype = \"int64\"");
-      if (!def->takes_ids && ids)
+      if (!shape_def->takes_ids && ids)
         throw InputError(spec.pos.str(),
                          fmt::format("{} layer '{}' takes float values, got integer token ids from '{}'",
                                      spec.type, spec.name, x.from),
                          "start with an Embedding layer, or declare the input with dtype = \"float32\"");
     }
 
-    LayerArgs args(spec, def->args);
+    LayerArgs args(spec, decls);
     LayerInfo info;
     info.name = spec.name;
     info.type = spec.type;
     LayerBuilder builder(g, options, spec, args, info);
-    LayerValue out = def->build(builder, inputs);
+    LayerValue out = wrapped ? time_distributed(builder, inputs[0], *wrapped) : def->build(builder, inputs);
     // A mask goes on only through layers that keep it and the steps it describes; a layer that made a new one
     // (Embedding, Masking) keeps its own.
     if (!inputs.empty() && inputs[0].mask != kNoValue && out.mask == inputs[0].mask) {

@@ -428,6 +428,10 @@ LayerValue build_masking(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return x;
 }
 
+LayerValue build_time_distributed(LayerBuilder& b, const std::vector<LayerValue>&) {
+  b.fail_layer("TimeDistributed is built around its wrapped layer by build_model");
+}
+
 }  // namespace
 
 void add_core_layers(std::vector<LayerDef>& defs) {
@@ -540,9 +544,18 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   2,
                   false,
                   build_dot});
-  keep_masks(defs, {"Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "Dropout",
-                    "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "Rescaling", "Add", "Subtract",
-                    "Multiply", "Average", "Maximum", "Minimum", "Concatenate"});
+  // TimeDistributed's arguments are `layer` and the wrapped layer's; build_model builds it around that layer.
+  defs.push_back({"TimeDistributed",
+                  "time_distributed",
+                  {{"layer", ArgKind::string, std::nullopt}},
+                  1,
+                  1,
+                  false,
+                  build_time_distributed});
+  keep_masks(defs, {"Dense",           "Activation", "ReLU",    "LeakyReLU",        "ELU",
+                    "PReLU",           "Softmax",    "Dropout", "SpatialDropout1D", "GaussianNoise",
+                    "GaussianDropout", "Rescaling",  "Add",     "Subtract",         "Multiply",
+                    "Average",         "Maximum",    "Minimum", "Concatenate",      "TimeDistributed"});
 }
 
 }  // namespace trainer::models

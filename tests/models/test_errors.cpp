@@ -70,6 +70,33 @@ TEST_SUITE("errors") {
     CHECK(contains(k.what(), "the factor 'x' is not a number"));
   }
 
+  TEST_CASE("errors: TimeDistributed names its wrapped layer; that layer's arguments are checked") {
+    Spec none({3, 4});
+    none.add("TimeDistributed", {{"units", int64_t{2}}});
+    InputError e = build_error(none);
+    CHECK(contains(e.what(), "TimeDistributed needs layer"));
+
+    Spec typo({3, 4});
+    typo.add("TimeDistributed", {{"layer", std::string("Dens")}, {"units", int64_t{2}}});
+    InputError t = build_error(typo);
+    CHECK(t.where() == typo.arg_at(0, "layer"));
+    CHECK(contains(t.hint(), "did you mean 'Dense'?"));
+
+    Spec arg({3, 4});
+    arg.add("TimeDistributed", {{"layer", std::string("Dense")}, {"unit", int64_t{2}}});
+    InputError a = build_error(arg);
+    CHECK(a.where() == arg.arg_at(0, "unit"));
+    CHECK(contains(a.hint(), "did you mean 'units'?"));
+
+    Spec two({3, 4});
+    two.add("TimeDistributed", {{"layer", std::string("Add")}});
+    CHECK(contains(build_error(two).what(), "wraps a layer of one input, not Add"));
+
+    Spec flat({4});
+    flat.add("TimeDistributed", {{"layer", std::string("Dense")}, {"units", int64_t{2}}});
+    CHECK(contains(build_error(flat).what(), "needs steps to distribute over"));
+  }
+
   TEST_CASE("errors: a value of the wrong type is reported at the argument") {
     Spec s = dense_model({{"units", std::string("64")}});
     InputError e = build_error(s);

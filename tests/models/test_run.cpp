@@ -328,6 +328,40 @@ TEST_SUITE("run") {
     }
   }
 
+  TEST_CASE("run: TimeDistributed applies its layer to every step with the same weights") {
+    // Frames [T, H, W, C] through TimeDistributed(Conv2D 1x1): each frame's pixels times the kernel.
+    Spec s({3, 2, 2, 2});
+    s.add("TimeDistributed", {{"layer", std::string("Conv2D")},
+                              {"filters", int64_t{2}},
+                              {"kernel_size", int64_t{1}},
+                              {"bias_initializer", std::string("uniform")}});
+    BuiltModel m = models::testing::build(s, false, 2);
+    REQUIRE(m.layers.at(0).output_shape == v({3, 2, 2, 2}));
+    const Tensor k = weight(m, "time_distributed/kernel"), bias = weight(m, "time_distributed/bias");
+    const Tensor x = ops::random_tensor(Shape{2, 3, 2, 2, 2}, -1, 1, 13, DType::f32);
+    const Tensor y = forward(std::move(m), x);
+    REQUIRE(y.shape() == Shape{2, 3, 2, 2, 2});
+    for (int64_t p = 0; p < 2 * 3 * 2 * 2; ++p)  // every pixel of every frame, channels last
+      for (int64_t f = 0; f < 2; ++f) {
+        double want = bias.get_f64(f);
+        for (int64_t ch = 0; ch < 2; ++ch) want += x.get_f64(p * 2 + ch) * k.get_f64(f * 2 + ch);
+        CHECK(y.get_f64(p * 2 + f) == doctest::Approx(want).epsilon(1e-5));
+      }
+    // A video classifier: per-frame convolution and pooling, then an LSTM over the frames.
+    Spec video({4, 6, 6, 1});
+    video
+        .add("TimeDistributed", {{"layer", std::string("Conv2D")},
+                                 {"filters", int64_t{4}},
+                                 {"kernel_size", int64_t{3}},
+                                 {"activation", std::string("relu")}})
+        .add("TimeDistributed", {{"layer", std::string("MaxPooling2D")}})
+        .add("TimeDistributed", {{"layer", std::string("Flatten")}})
+        .add("LSTM", {{"units", int64_t{8}}})
+        .add("Dense", {{"units", int64_t{3}}, {"activation", std::string("softmax")}});
+    const auto [first, last] = train_steps(video, 8, 3, 0, 30, 1e-2f);
+    CHECK(last < 0.5f * first);
+  }
+
   TEST_CASE("run: a Conv3D classifier trains") {
     Spec s({4, 6, 6, 1});
     s.add("Conv3D", {{"filters", int64_t{4}},
