@@ -668,14 +668,42 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     engine::data::BatchFormat tf = f;
     check_samples(*out.test, *ds.test, model, spec, &tf);
   }
-  // The label kind must fit the loss.
+  // The label kind must fit the loss: one class id (or binary label) per position the output classifies, a
+  // sample or each step of a [steps, classes] output.
   const Shape& ls = out.train->label_shape();
-  if ((loss == "sparse_categorical_crossentropy" || formats::label_family(loss) == "binary_crossentropy") &&
-      ls.numel() != 1)
-    throw InputError(ds.train->pos.str(),
-                     fmt::format("{} needs one label per sample, {} has labels of shape {}", loss,
-                                 out.train->describe(), ls.str()),
-                     "use categorical_crossentropy for one-hot labels");
+  const bool sparse = loss == "sparse_categorical_crossentropy";
+  if (sparse || formats::label_family(loss) == "binary_crossentropy") {
+    int64_t positions = 1;
+    for (int64_t d : model.output_shape) positions *= d;
+    if (sparse && !model.output_shape.empty()) positions /= std::max<int64_t>(model.output_shape.back(), 1);
+    if (ls.numel() != positions)
+      throw InputError(
+          ds.train->pos.str(),
+          positions == 1 ? fmt::format("{} needs one label per sample, {} has labels of shape {}", loss,
+                                       out.train->describe(), ls.str())
+                         : fmt::format("{} needs {} labels per sample, one per {} of the output [{}], {} has "
+                                       "labels of shape {}",
+                                       loss, positions, sparse ? "position" : "value",
+                                       fmt::join(model.output_shape, ", "), out.train->describe(), ls.str()),
+          positions == 1 ? "use categorical_crossentropy for one-hot labels"
+          : sparse       ? "give one class id per step"
+                   : "binary_crossentropy with several outputs is multi-label (one 0/1 label per output); "
+                     "for one class id per sample, use sparse_categorical_crossentropy");
+  } else if (!model.output_shape.empty()) {
+    // One-hot labels and regression targets have the output's shape.
+    int64_t outputs = 1;
+    for (int64_t d : model.output_shape) outputs *= d;
+    if (ls.numel() != outputs)
+      throw InputError(
+          ds.train->pos.str(),
+          fmt::format("{} compares the output [{}] with a label of the same shape, {} has labels "
+                      "of shape {}",
+                      loss, fmt::join(model.output_shape, ", "), out.train->describe(), ls.str()),
+          loss.find("categorical") != std::string::npos
+              ? "give one-hot labels of one value per class, or use sparse_categorical_crossentropy "
+                "for class ids"
+              : "give targets of the output's shape");
+  }
   return out;
 }
 

@@ -315,18 +315,20 @@ Command add_predict_command(CLI::App& app) {
                        fmt::format("the model gives integer rows [batch, {}], not one class id per sample",
                                    fmt::join(runner.output_shape(), ", ")),
                        "use --probabilities to write the output rows");
-    if (!*probabilities && !single && runner.output_shape().size() != 1)
-      throw InputError(
-          model.path,
-          fmt::format("class ids need an output of [batch, classes]; the model gives [batch, {}]",
-                      fmt::join(runner.output_shape(), ", ")),
-          "use --probabilities to write the output rows");
+    // Class ids: one per sample, or, for an output of [batch, steps..., classes] (a classification of every
+    // step), one per position, written as a row per sample. A last axis of 1 is a binary probability.
+    const std::vector<int64_t>& shape = runner.output_shape();
+    const int64_t last = shape.empty() ? 1 : shape.back();
+    const int64_t positions = single ? 1 : columns / last;
     formats::SampleConverter convert(model.format, model.sample_shape, in.dtype(), in.name());
     std::vector<uint8_t> raw(static_cast<size_t>(b) * in.sample_bytes());
     std::vector<uint8_t> x(static_cast<size_t>(b) * convert.out_sample_bytes());
-    std::vector<int64_t> ids(static_cast<size_t>(b));
+    std::vector<int64_t> ids(static_cast<size_t>(b * positions));
     formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
-                           *probabilities ? DType::f32 : DType::i64, *probabilities ? columns : 0,
+                           *probabilities ? DType::f32 : DType::i64,
+                           *probabilities  ? columns
+                           : positions > 1 ? positions
+                                           : 0,
                            in.count());
     // A reader that stops early (`| head`) closes the pipe: writes then fail with EPIPE and predict stops
     // reading and exits 0, instead of being killed by SIGPIPE.
@@ -340,11 +342,11 @@ Command add_predict_command(CLI::App& app) {
         open = out.write(rows, n);
         continue;
       }
-      for (int64_t i = 0; i < n; ++i) {
-        const float* r = rows + i * columns;
+      for (int64_t i = 0; i < n * positions; ++i) {
+        const float* r = rows + i * (single ? columns : last);
         ids[i] = runner.integer_output() ? std::llround(r[0])
-                 : single                ? (r[0] > model.threshold ? 1 : 0)
-                                         : std::max_element(r, r + columns) - r;
+                 : single || last == 1   ? (r[0] > model.threshold ? 1 : 0)
+                                         : std::max_element(r, r + last) - r;
       }
       open = out.write(ids.data(), n);
     }

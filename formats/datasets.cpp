@@ -208,10 +208,6 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
         "the sample and label files must match one to one");
   }
   if (x.size() == 0) throw InputError(where, fmt::format("{} holds no samples", x_desc));
-  if (y.shape().rank() > 1) {
-    throw InputError(where, fmt::format("labels of shape {} per sample: labels are class ids or vectors",
-                                        y.shape().str()));
-  }
   if (src.limit < 0) throw InputError(where, fmt::format("limit {} is negative", src.limit));
   std::shared_ptr<const engine::data::Dataset> ds =
       std::make_shared<ArrayDataset>(std::move(x), std::move(y), layout, x_desc);

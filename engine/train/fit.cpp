@@ -174,63 +174,87 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       w.set_f64(c, c < static_cast<int64_t>(cfg.class_weight.size()) ? cfg.class_weight[c] : 1.0);
     return g.add_constant(g.unique_name("class_weight"), std::move(w));
   };
+  // The classes are the output's last axis. An output of more axes ([batch, steps, classes]: a
+  // TimeDistributed or return_sequences head) classifies every position, and the loss is the mean over all of
+  // them, as Keras's.
+  const int64_t classes = os.rank() >= 2 ? os[os.rank() - 1] : 1;
+  const int64_t positions = os.rank() >= 2 ? os.numel() / batch / classes : 1;
   if (k.sparse) {
-    if (os.rank() != 2)
+    if (os.rank() < 2)
       throw InputError("train.loss",
-                       fmt::format("sparse_categorical_crossentropy needs an output of [batch, classes], "
-                                   "the model gives {}",
+                       fmt::format("sparse_categorical_crossentropy needs an output of [batch, classes] (or "
+                                   "[batch, steps, classes]), the model gives {}",
                                    os.str()),
                        "end the model with a Dense layer of one unit per class");
-    lg.y = g.add_input("labels", DType::i64, Shape{batch});
+    // One class id per position: [batch] or [batch, steps...].
+    lg.y = g.add_input("labels", DType::i64,
+                       Shape(std::vector<int64_t>(os.dims().begin(), os.dims().end() - 1)));
     // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable
-    // op. With class weights: ONNX's weighted sum, over the batch's samples (Keras's mean of weighted losses,
-    // where ONNX's weighted mean would divide by the weights).
-    std::vector<ValueId> ins = {cfg.from_logits ? fm.output : g.op("Log", {fm.output}), lg.y};
+    // op. Per-position outputs are seen as [batch positions, classes] rows, a Softmax over their classes
+    // folded into the loss (its input is the logits). With class weights: ONNX's weighted sum, over the
+    // batch's positions (Keras's mean of weighted losses, where ONNX's weighted mean would divide by the
+    // weights).
+    ValueId scores = fm.output;
+    bool logits = cfg.from_logits;
+    if (os.rank() > 2 && !logits) {
+      const Value& out = g.value(fm.output);
+      if (out.producer >= 0 && g.node(out.producer).op == "Softmax" &&
+          normalize_axis(g.node(out.producer).attrs.i("axis"), os.rank()) == os.rank() - 1) {
+        scores = g.node(out.producer).inputs[0];
+        logits = true;
+      }
+    }
+    ValueId labels = lg.y;
+    if (os.rank() > 2) {
+      scores = g.op("Reshape", {scores, g.add_constant(g.unique_name("rows_shape"),
+                                                       Tensor::from<int64_t>(Shape{2}, {-1, classes}))});
+      labels =
+          g.op("Reshape",
+               {labels, g.add_constant(g.unique_name("ids_shape"), Tensor::from<int64_t>(Shape{1}, {-1}))});
+    }
+    std::vector<ValueId> ins = {logits ? scores : g.op("Log", {scores}), labels};
     Attributes reduction;
     if (weighted) {
-      ins.push_back(class_weights(os[1]));
+      ins.push_back(class_weights(classes));
       reduction.set("reduction", std::string("sum"));
     }
-    lg.loss = g.op(cfg.from_logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
-    if (weighted) lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch), odt)});
+    lg.loss = g.op(logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
+    if (weighted) lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch * positions), odt)});
   } else if (k.categorical) {
-    if (os.rank() != 2)
+    if (os.rank() < 2)
       throw InputError("train.loss",
-                       fmt::format("categorical_crossentropy needs an output of [batch, classes], the "
-                                   "model gives {}",
+                       fmt::format("categorical_crossentropy needs an output of [batch, classes] (or "
+                                   "[batch, steps, classes]), the model gives {}",
                                    os.str()),
                        "");
     lg.y = g.add_input("labels", odt, os);
-    const Attributes classes_axis{{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}};
+    const int64_t last = os.rank() - 1;
+    const Attributes classes_axis{{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{0}}};
     ValueId per;
     if (cfg.loss == "categorical_focal_crossentropy") {
       // Keras's: probabilities renormalized and clipped to [1e-7, 1 - 1e-7], then per class
       // alpha (1 - p)^gamma (-y log p), summed (alpha 0.25, gamma 2).
-      ValueId p = cfg.from_logits ? g.op("Softmax", {fm.output}, {{"axis", int64_t{1}}}) : fm.output;
+      ValueId p = cfg.from_logits ? g.op("Softmax", {fm.output}, {{"axis", last}}) : fm.output;
       p = g.op("Div",
-               {p, g.op("ReduceSum", {p}, {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{1}}})});
+               {p, g.op("ReduceSum", {p}, {{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{1}}})});
       p = g.op("Clip", {p, scalar(1e-7, odt), scalar(1 - 1e-7, odt)});
       ValueId modulating = g.op("Pow", {g.op("Sub", {scalar(1, odt), p}), scalar(2, odt)});
       ValueId focal = g.op("Mul", {g.op("Mul", {modulating, scalar(0.25, odt)}),
-                                   g.op("Mul", {smoothed(lg.y, os[1]), g.op("Log", {p})})});
+                                   g.op("Mul", {smoothed(lg.y, classes), g.op("Log", {p})})});
       per = g.op("ReduceSum", {focal}, classes_axis);  // minus the loss, as the cross-entropy below
     } else {
-      ValueId logp = cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", int64_t{1}}})
-                                     : g.op("Log", {fm.output});
-      per = g.op("ReduceSum", {g.op("Mul", {smoothed(lg.y, os[1]), logp})}, classes_axis);
+      ValueId logp =
+          cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", last}}) : g.op("Log", {fm.output});
+      per = g.op("ReduceSum", {g.op("Mul", {smoothed(lg.y, classes), logp})}, classes_axis);
     }
-    // A sample's weight: its one-hot label's class's (a soft label's mix of them).
+    // A position's weight: its one-hot label's class's (a soft label's mix of them).
     if (weighted)
-      per = g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(os[1])})},
-                                   {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}})});
+      per =
+          g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(classes)})}, classes_axis)});
     lg.loss = g.op("Neg", {mean_of(per)});
   } else if (k.binary) {
-    if (os.numel() != batch)
-      throw InputError(
-          "train.loss",
-          fmt::format("binary_crossentropy needs one output per sample, the model gives {}",
-                      Shape(std::vector<int64_t>(os.dims().begin() + 1, os.dims().end())).str()),
-          "end the model with Dense(1, activation=\"sigmoid\"), or use sparse_categorical_crossentropy");
+    // One probability per sample, or one per position ([batch, steps] or [batch, steps, 1]), each with its
+    // label; the loss is their mean.
     lg.y = g.add_input("labels", odt, os);
     const char* bce = cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
     if (cfg.loss == "binary_focal_crossentropy") {
@@ -309,6 +333,7 @@ struct MetricAccumulator {
 
   LossKind kind;
   const FitConfig* cfg;
+  int64_t positions = 1;  // judged positions per sample (the steps of a per-step classification)
   double loss_sum = 0;
   double correct = 0, topk = 0;
   int64_t samples = 0;
@@ -319,9 +344,16 @@ struct MetricAccumulator {
   MetricAccumulator(LossKind k, const FitConfig* c)
       : kind(k), cfg(c), extra(kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0), 0.0) {}
 
-  void add(double batch_loss, const float* out, const void* labels, int64_t n, int64_t classes) {
-    loss_sum += batch_loss * n;
-    samples += n;
+  // `per_sample` outputs per sample, of which the last axis holds `last`. A classification judges each
+  // position (a sample, or each step of a [batch, steps, classes] output) with its own label.
+  void add(double batch_loss, const float* out, const void* labels, int64_t samples_in, int64_t per_sample,
+           int64_t last) {
+    loss_sum += batch_loss * samples_in;
+    samples += samples_in;
+    const bool classify = kind.sparse || kind.categorical || kind.binary;
+    const int64_t classes = kind.binary ? 1 : classify ? last : per_sample;
+    positions = classify ? per_sample / classes : 1;
+    const int64_t n = samples_in * positions;
     const bool acc = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_accuracy);
     const bool tk = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_top_k);
     const bool auc = has("auc");
@@ -415,8 +447,8 @@ struct MetricAccumulator {
     l.emplace_back(prefix + "loss", loss_sum / n);
     // In the order the spec lists them, as Keras reports them.
     for (const std::string& m : cfg->metrics) {
-      if (is_accuracy(m)) l.emplace_back(prefix + m, correct / n);
-      if (is_top_k(m)) l.emplace_back(prefix + m, topk / n);
+      if (is_accuracy(m)) l.emplace_back(prefix + m, correct / (n * positions));
+      if (is_top_k(m)) l.emplace_back(prefix + m, topk / (n * positions));
       if (m == "precision")
         l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
       if (m == "recall")
@@ -425,10 +457,11 @@ struct MetricAccumulator {
         l.emplace_back(prefix + m,
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(prefix + m, auc());
-      if (m == "mae") l.emplace_back(prefix + m, extra[kAbsError] / n);
-      if (m == "mse") l.emplace_back(prefix + m, extra[kSquaredError] / n);
-      if (m == "root_mean_squared_error") l.emplace_back(prefix + m, std::sqrt(extra[kSquaredError] / n));
-      if (m == "mape") l.emplace_back(prefix + m, extra[kPercentError] / n);
+      if (m == "mae") l.emplace_back(prefix + m, extra[kAbsError] / (n * positions));
+      if (m == "mse") l.emplace_back(prefix + m, extra[kSquaredError] / (n * positions));
+      if (m == "root_mean_squared_error")
+        l.emplace_back(prefix + m, std::sqrt(extra[kSquaredError] / (n * positions)));
+      if (m == "mape") l.emplace_back(prefix + m, extra[kPercentError] / (n * positions));
     }
     return l;
   }
@@ -547,9 +580,11 @@ std::vector<std::pair<ValueId, Tensor>> snapshot(Session& s) {
   return out;
 }
 
-int64_t classes_of(const Graph& g, ValueId output) {
+// Outputs per sample, and the size of the output's last axis (the classes of a classification).
+std::pair<int64_t, int64_t> output_dims(const Graph& g, ValueId output) {
   const Shape& s = g.value(output).shape;
-  return s.rank() >= 2 ? s.numel() / s[0] : 1;
+  if (s.rank() < 2) return {1, 1};
+  return {s.numel() / s[0], s[s.rank() - 1]};
 }
 
 // Rows [lo, hi) of a batch into a plan's inputs (a replica's share); returns where those rows' labels start.
@@ -574,7 +609,8 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
   const size_t out_bytes = g.value(p.output).nbytes();
   out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
   s.read(p.output, out_buf.data(), out_bytes);
-  acc.add(loss, out_buf.data(), labels, hi - lo, classes_of(g, p.output));
+  const auto [per_sample, last] = output_dims(g, p.output);
+  acc.add(loss, out_buf.data(), labels, hi - lo, per_sample, last);
 }
 
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
@@ -1069,7 +1105,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
         s.read(p.output, out_buf.data(), out_bytes);
         const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
-        acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, classes_of(g, p.output));
+        const auto [per_sample, last] = output_dims(g, p.output);
+        acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, per_sample, last);
       }
       int sig = g_stop_signal.load();
       if (across_processes) {

@@ -1,0 +1,141 @@
+"""Per-step and multi-label classification: a tagger whose output is [steps, classes] (LSTM with
+return_sequences, then TimeDistributed(Dense)) trains on one class id per step under
+sparse_categorical_crossentropy, one-hot [steps, classes] labels under categorical_crossentropy, and 0/1 labels
+per step or per output under binary_crossentropy. `trainer evaluate` reports the mean over every position of
+the loss Keras's formula gives on what `trainer predict` writes, accuracy counts positions, and predict writes
+one class id per step."""
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+STEPS, VOCAB, CLASSES = 6, 12, 3
+
+SPEC = """format_version = 1
+[model]
+input = {{ shape = [{steps}], dtype = "int64" }}
+[[model.layers]]
+type = "Embedding"
+input_dim = {vocab}
+output_dim = 8
+[[model.layers]]
+type = "LSTM"
+units = 16
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+units = {units}
+activation = "{activation}"
+[data.train]
+x = "x.npy"
+y = "{y}"
+[data.validation]
+x = "x.npy"
+y = "{y}"
+[train]
+loss = "{loss}"
+metrics = ["accuracy"]
+epochs = {epochs}
+batch_size = 32
+seed = 3
+[train.optimizer]
+learning_rate = 0.02
+"""
+
+
+class SequenceLabels(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(5)
+        cls.x = rng.integers(0, VOCAB, (256, STEPS)).astype(np.int64)
+        # Each step's tag is a function of its token and the one before: learnable only position by position.
+        prev = np.concatenate([np.zeros((256, 1), np.int64), cls.x[:, :-1]], 1)
+        cls.tags = (cls.x + prev) % CLASSES
+        np.save(cls.path("x.npy"), cls.x)
+        np.save(cls.path("tags.npy"), cls.tags)
+        np.save(cls.path("onehot.npy"), np.eye(CLASSES, dtype=np.float32)[cls.tags])
+        np.save(cls.path("bits.npy"), (cls.tags == 0).astype(np.float32))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.tmp.name, name)
+
+    def fit(self, name, **fields):
+        spec = self.path(f"{name}.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(steps=STEPS, vocab=VOCAB, **fields))
+        out = self.path(name)
+        r = run(["fit", spec, "--output-dir", out, "--log-format", "jsonl"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        epochs = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+        ckpt = os.path.join(out, "last.ckpt")
+        r = run(["evaluate", ckpt, "--data", "train"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        evaluated = [e for e in map(json.loads, r.stdout.splitlines()) if e.get("data") == "train"][0]
+        r = run(["predict", ckpt, self.path("x.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        probs = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2).reshape(256, STEPS, -1)
+        return epochs, evaluated, probs, ckpt
+
+    def test_sparse_tags_train_and_match_keras_on_every_position(self):
+        epochs, ev, p, ckpt = self.fit("sparse", units=CLASSES, activation="softmax", y="tags.npy",
+                                       loss="sparse_categorical_crossentropy", epochs=25)
+        self.assertGreater(epochs[-1]["val_accuracy"], 0.9, epochs[-1])
+        picked = np.take_along_axis(p, self.tags[..., None], 2)[..., 0]
+        self.assertAlmostEqual(ev["loss"], float(np.mean(-np.log(picked))), places=4)
+        self.assertAlmostEqual(ev["accuracy"], float(np.mean(p.argmax(2) == self.tags)), places=6)
+        # Class ids: one row of STEPS ids per sample, as CSV and as NPY.
+        r = run(["predict", ckpt, self.path("x.npy")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ids = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        np.testing.assert_array_equal(ids, p.argmax(2))
+        r = subprocess.run([cli_util.TRAINER, "predict", ckpt, self.path("x.npy"), "--output-format", "npy"],
+                           capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_array_equal(np.load(io.BytesIO(r.stdout)), p.argmax(2))
+
+    def test_one_hot_tags(self):
+        epochs, ev, p, _ = self.fit("onehot", units=CLASSES, activation="softmax", y="onehot.npy",
+                                    loss="categorical_crossentropy", epochs=3)
+        self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
+        picked = np.take_along_axis(p, self.tags[..., None], 2)[..., 0]
+        self.assertAlmostEqual(ev["loss"], float(np.mean(-np.log(picked))), places=4)
+        self.assertAlmostEqual(ev["accuracy"], float(np.mean(p.argmax(2) == self.tags)), places=6)
+
+    def test_binary_per_step(self):
+        epochs, ev, p, _ = self.fit("bits", units=1, activation="sigmoid", y="bits.npy",
+                                    loss="binary_crossentropy", epochs=3)
+        self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
+        q = np.clip(p[..., 0], 1e-7, 1 - 1e-7)
+        bits = (self.tags == 0)
+        self.assertAlmostEqual(ev["loss"], float(np.mean(-np.where(bits, np.log(q), np.log(1 - q)))), places=4)
+        self.assertAlmostEqual(ev["accuracy"], float(np.mean((q > 0.5) == bits)), places=6)
+
+    def test_wrong_label_shapes_name_what_fits(self):
+        spec = self.path("bad.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(steps=STEPS, vocab=VOCAB, units=CLASSES, activation="softmax", y="onehot.npy",
+                                loss="sparse_categorical_crossentropy", epochs=1))
+        cli_util.assert_input_error(self, run(["fit", spec]), "needs 6 labels per sample", "shape [6, 3]")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(steps=STEPS, vocab=VOCAB, units=CLASSES, activation="softmax", y="tags.npy",
+                                loss="categorical_crossentropy", epochs=1))
+        cli_util.assert_input_error(self, run(["fit", spec]), "output [6, 3]", "shape [6]")
+
+
+if __name__ == "__main__":
+    cli_util.main()
