@@ -491,6 +491,7 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
     fm.output = m.output;
     fm.final_activation = m.final_activation;
     fm.penalty = m.penalty;
+    fm.output_mask = m.output_mask;
     return fm;
   };
 }

@@ -1619,7 +1619,7 @@ class Importer {
                node("Add", {v, i64(what + "/size", static_cast<double>(n))}, {}, what + "/shifted"), v},
               {}, what + "/wrapped");
         };
-        ValueId rows;  // flat row numbers
+        ValueId rows = engine::kNoValue;  // flat row numbers
         int64_t table_rows = 1, count = 1;
         std::vector<int64_t> rest;
         if (elements) {

@@ -253,6 +253,7 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   m.logits = out.pre_activation;
   m.final_activation = out.activation.empty() ? "linear" : out.activation;
   m.output_shape = out.shape;
+  if (out.mask != kNoValue && out.shape.size() >= 2) m.output_mask = out.mask;
   return m;
 }
 

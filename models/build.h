@@ -58,6 +58,10 @@ struct BuiltModel {
   // The sum of the weight regularizers' penalties (a scalar), which training adds to the loss, as Keras adds
   // them to the loss it reports and to val_loss; kNoValue without regularizers.
   engine::ValueId penalty = engine::kNoValue;
+  // The Keras mask of an output of steps ([batch, steps] float, 1 for the steps that count) that the last
+  // layer passed on (Embedding mask_zero through layers that keep masks); losses and metrics skip the other
+  // steps. kNoValue when there is none.
+  engine::ValueId output_mask = engine::kNoValue;
   bool input_channels_last = false;   // the spec's input is HWC; the IR input is CHW (the loader converts)
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   std::vector<LayerInfo> layers;

@@ -81,6 +81,7 @@ LossKind loss_kind(const std::string& loss) {
 struct LossGraph {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
+  ValueId mask = kNoValue;  // [batch, steps]: the positions the loss and metrics count, when masked
 };
 
 TrainingOptions training_options(const FitConfig& cfg) {
@@ -179,6 +180,22 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   // them, as Keras's.
   const int64_t classes = os.rank() >= 2 ? os[os.rank() - 1] : 1;
   const int64_t positions = os.rank() >= 2 ? os.numel() / batch / classes : 1;
+  // A Keras mask over the steps of a per-step classification: the loss is the mean over the steps that count
+  // (Keras divides by their number; a batch with none gives 0), and the metrics skip the others.
+  const bool masked = fm.output_mask != kNoValue && positions > 1 &&
+                      (k.sparse || k.categorical || k.binary) &&
+                      g.value(fm.output_mask).shape.numel() == batch * positions;
+  if (masked) lg.mask = fm.output_mask;
+  auto masked_mean = [&](ValueId per) {  // per: batch * positions losses
+    const ValueId flat =
+        g.add_constant(g.unique_name("positions_shape"), Tensor::from<int64_t>(Shape{1}, {-1}));
+    ValueId m = g.op("Reshape", {lg.mask, flat});
+    if (g.value(m).dtype != odt) m = g.op("Cast", {m}, {{"to", int64_t{dtype_to_onnx(odt)}}});
+    const ValueId sum =
+        g.op("ReduceSum", {g.op("Mul", {g.op("Reshape", {per, flat}), m})}, {{"keepdims", int64_t{0}}});
+    const ValueId count = g.op("Max", {g.op("ReduceSum", {m}, {{"keepdims", int64_t{0}}}), scalar(1, odt)});
+    return g.op("Div", {sum, count});
+  };
   if (k.sparse) {
     if (os.rank() < 2)
       throw InputError("train.loss",
@@ -218,8 +235,12 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       ins.push_back(class_weights(classes));
       reduction.set("reduction", std::string("sum"));
     }
+    if (masked) reduction.set("reduction", std::string("none"));
     lg.loss = g.op(logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
-    if (weighted) lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch * positions), odt)});
+    if (masked)
+      lg.loss = masked_mean(lg.loss);
+    else if (weighted)
+      lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch * positions), odt)});
   } else if (k.categorical) {
     if (os.rank() < 2)
       throw InputError("train.loss",
@@ -251,7 +272,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     if (weighted)
       per =
           g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(classes)})}, classes_axis)});
-    lg.loss = g.op("Neg", {mean_of(per)});
+    lg.loss = g.op("Neg", {masked ? masked_mean(per) : mean_of(per)});
   } else if (k.binary) {
     // One probability per sample, or one per position ([batch, steps] or [batch, steps, 1]), each with its
     // label; the loss is their mean.
@@ -271,16 +292,18 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
         const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
         per = g.op("Mul", {per, g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})})});
       }
-      lg.loss = mean_of(per);
+      lg.loss = masked ? masked_mean(per) : mean_of(per);
+    } else if (masked && !weighted) {
+      lg.loss = masked_mean(g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}));
     } else if (!weighted) {
       lg.loss = g.op(bce, {fm.output, smoothed(lg.y, 2)});
     } else {
       // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
       const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
       ValueId sample_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})});
-      lg.loss = mean_of(
-          g.op("Mul",
-               {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), sample_w}));
+      const ValueId per = g.op(
+          "Mul", {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), sample_w});
+      lg.loss = masked ? masked_mean(per) : mean_of(per);
     }
   } else {
     lg.y = g.add_input("labels", odt, os);
@@ -293,6 +316,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   if (fm.penalty != kNoValue) lg.loss = g.op("Add", {lg.loss, fm.penalty});
   g.mark_output(lg.output);
   g.mark_output(lg.loss);
+  if (lg.mask != kNoValue) g.mark_output(lg.mask);  // the metrics read it
   return lg;
 }
 
@@ -342,12 +366,21 @@ struct MetricAccumulator {
   std::vector<double> extra;
 
   MetricAccumulator(LossKind k, const FitConfig* c)
-      : kind(k), cfg(c), extra(kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0), 0.0) {}
+      : kind(k), cfg(c), extra(kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0) + 1, 0.0) {}
+
+  // The last slot of `extra`: the positions a masked output counted (its mask's ones).
+  size_t counted_slot() const { return extra.size() - 1; }
+  // What the per-position metrics divide by: every position, or under a mask the counted ones.
+  double judged(double samples_done) const {
+    const double counted = extra[counted_slot()];
+    return counted > 0 ? counted : samples_done * static_cast<double>(positions);
+  }
 
   // `per_sample` outputs per sample, of which the last axis holds `last`. A classification judges each
   // position (a sample, or each step of a [batch, steps, classes] output) with its own label.
+  // `mask` (or null): one value per position, 0 for those a Keras mask leaves out.
   void add(double batch_loss, const float* out, const void* labels, int64_t samples_in, int64_t per_sample,
-           int64_t last) {
+           int64_t last, const float* mask = nullptr) {
     loss_sum += batch_loss * samples_in;
     samples += samples_in;
     const bool classify = kind.sparse || kind.categorical || kind.binary;
@@ -360,6 +393,8 @@ struct MetricAccumulator {
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape");
     const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
+      if (mask && mask[i] == 0.0f) continue;
+      if (mask) extra[counted_slot()] += 1;
       const float* row = out + i * classes;
       // Keras's rule for a regression loss: binary accuracy with one output, else categorical.
       if (kind.sparse || kind.categorical || (kind.regression && classes > 1)) {
@@ -447,8 +482,8 @@ struct MetricAccumulator {
     l.emplace_back(prefix + "loss", loss_sum / n);
     // In the order the spec lists them, as Keras reports them.
     for (const std::string& m : cfg->metrics) {
-      if (is_accuracy(m)) l.emplace_back(prefix + m, correct / (n * positions));
-      if (is_top_k(m)) l.emplace_back(prefix + m, topk / (n * positions));
+      if (is_accuracy(m)) l.emplace_back(prefix + m, ratio(correct, judged(n)));
+      if (is_top_k(m)) l.emplace_back(prefix + m, ratio(topk, judged(n)));
       if (m == "precision")
         l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
       if (m == "recall")
@@ -457,11 +492,11 @@ struct MetricAccumulator {
         l.emplace_back(prefix + m,
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(prefix + m, auc());
-      if (m == "mae") l.emplace_back(prefix + m, extra[kAbsError] / (n * positions));
-      if (m == "mse") l.emplace_back(prefix + m, extra[kSquaredError] / (n * positions));
+      if (m == "mae") l.emplace_back(prefix + m, ratio(extra[kAbsError], judged(n)));
+      if (m == "mse") l.emplace_back(prefix + m, ratio(extra[kSquaredError], judged(n)));
       if (m == "root_mean_squared_error")
-        l.emplace_back(prefix + m, std::sqrt(extra[kSquaredError] / (n * positions)));
-      if (m == "mape") l.emplace_back(prefix + m, extra[kPercentError] / (n * positions));
+        l.emplace_back(prefix + m, std::sqrt(ratio(extra[kSquaredError], judged(n))));
+      if (m == "mape") l.emplace_back(prefix + m, ratio(extra[kPercentError], judged(n)));
     }
     return l;
   }
@@ -471,6 +506,7 @@ struct MetricAccumulator {
 struct Plan {
   int index = -1;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue, lr = kNoValue, iteration = kNoValue;
+  ValueId mask = kNoValue;  // a masked per-step output's [batch, steps] mask
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
@@ -542,6 +578,7 @@ class Device {
     p.y = lg.y;
     p.output = lg.output;
     p.loss = lg.loss;
+    p.mask = lg.mask;
     p.lr = lr;
     p.iteration = iteration;
     p.batch = batch;
@@ -580,6 +617,22 @@ std::vector<std::pair<ValueId, Tensor>> snapshot(Session& s) {
   return out;
 }
 
+// A plan's output mask as floats, in a buffer of the thread's that is reused (no allocation once grown), or
+// null when the plan has none.
+const float* read_mask(Session& s, const Plan& p) {
+  if (p.mask == kNoValue) return nullptr;
+  thread_local std::vector<float> buf;
+  const Value& v = s.graph().value(p.mask);
+  buf.resize(static_cast<size_t>(v.shape.numel()));
+  if (v.dtype == DType::f32) {
+    s.read(p.mask, buf.data(), v.nbytes());
+  } else {
+    const Tensor t = s.read(p.mask);
+    for (int64_t i = 0; i < t.numel(); ++i) buf[static_cast<size_t>(i)] = static_cast<float>(t.get_f64(i));
+  }
+  return buf.data();
+}
+
 // Outputs per sample, and the size of the output's last axis (the classes of a classification).
 std::pair<int64_t, int64_t> output_dims(const Graph& g, ValueId output) {
   const Shape& s = g.value(output).shape;
@@ -610,7 +663,7 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
   out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
   s.read(p.output, out_buf.data(), out_bytes);
   const auto [per_sample, last] = output_dims(g, p.output);
-  acc.add(loss, out_buf.data(), labels, hi - lo, per_sample, last);
+  acc.add(loss, out_buf.data(), labels, hi - lo, per_sample, last, read_mask(s, p));
 }
 
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
@@ -1106,7 +1159,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         s.read(p.output, out_buf.data(), out_bytes);
         const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
         const auto [per_sample, last] = output_dims(g, p.output);
-        acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, per_sample, last);
+        acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, per_sample, last, read_mask(s, p));
       }
       int sig = g_stop_signal.load();
       if (across_processes) {

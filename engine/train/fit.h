@@ -101,6 +101,8 @@ struct ForwardModel {
   ValueId output = kNoValue;
   std::string final_activation;  // "softmax", "sigmoid", ... ("" when unknown)
   ValueId penalty = kNoValue;    // a scalar added to the loss (weight regularizers), or none
+  // [batch, steps] float: which steps of a per-step output count (a Keras mask), or none.
+  ValueId output_mask = kNoValue;
 };
 using ModelFactory = std::function<ForwardModel(int64_t batch, bool training)>;
 

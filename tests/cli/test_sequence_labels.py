@@ -125,6 +125,48 @@ class SequenceLabels(unittest.TestCase):
         self.assertAlmostEqual(ev["loss"], float(np.mean(-np.where(bits, np.log(q), np.log(1 - q)))), places=4)
         self.assertAlmostEqual(ev["accuracy"], float(np.mean((q > 0.5) == bits)), places=6)
 
+    def test_masked_steps_do_not_count(self):
+        # Sequences padded with token 0 after their length, under mask_zero: the padded steps' labels (here
+        # class 2 or 1, never learned from) are left out of the loss and the accuracy, as Keras leaves them.
+        rng = np.random.default_rng(7)
+        lengths = rng.integers(2, STEPS + 1, 256)
+        pad = np.arange(STEPS)[None, :] >= lengths[:, None]
+        x = np.where(pad, 0, rng.integers(1, VOCAB, (256, STEPS))).astype(np.int64)
+        tags = np.where(pad, 2, x % 2)
+        np.save(self.path("xm.npy"), x)
+        np.save(self.path("tm.npy"), tags)
+        np.save(self.path("bm.npy"), np.where(pad, 1, x % 2).astype(np.float32))
+        for loss, units, activation, y in (("sparse_categorical_crossentropy", CLASSES, "softmax", "tm.npy"),
+                                           ("binary_crossentropy", 1, "sigmoid", "bm.npy")):
+            with self.subTest(loss=loss):
+                spec = self.path(f"masked_{units}.toml")
+                text = SPEC.format(steps=STEPS, vocab=VOCAB, units=units, activation=activation, y=y, loss=loss,
+                                   epochs=8).replace("output_dim = 8", "output_dim = 8\nmask_zero = true")
+                with open(spec, "w") as f:
+                    f.write(text.replace('"x.npy"', '"xm.npy"'))
+                out = self.path(f"masked_{units}")
+                r = run(["fit", spec, "--output-dir", out], timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ckpt = os.path.join(out, "last.ckpt")
+                r = run(["evaluate", ckpt, "--data", "train"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ev = [e for e in map(json.loads, r.stdout.splitlines()) if e.get("data") == "train"][0]
+                r = run(["predict", ckpt, self.path("xm.npy"), "--probabilities"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                p = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2).reshape(256, STEPS, -1)
+                keep = ~pad
+                if units == 1:
+                    q = np.clip(p[..., 0], 1e-7, 1 - 1e-7)
+                    bit = x % 2 == 1
+                    per = -np.where(bit, np.log(q), np.log(1 - q))
+                    hit = (q > 0.5) == bit
+                else:
+                    per = -np.log(np.take_along_axis(p, tags[..., None], 2)[..., 0])
+                    hit = p.argmax(2) == tags
+                self.assertAlmostEqual(ev["loss"], float(per[keep].mean()), places=4)
+                self.assertAlmostEqual(ev["accuracy"], float(hit[keep].mean()), places=6)
+                self.assertGreater(ev["accuracy"], 0.9)
+
     def test_wrong_label_shapes_name_what_fits(self):
         spec = self.path("bad.toml")
         with open(spec, "w") as f:
