@@ -708,6 +708,67 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   return out;
 }
 
+std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const SpecData& data,
+                                             const models::BuiltModel& model) {
+  std::vector<std::string> adapted;
+  auto& layers = spec.model.layers;
+  for (size_t k = 0; k < layers.size(); ++k) {
+    formats::LayerSpec& l = layers[k];
+    if (l.type != "Normalization" || l.args.count("mean") || l.args.count("variance")) continue;
+    const std::string name = k < model.layers.size() ? model.layers[k].name : l.name;
+    const bool on_input = l.inputs.empty() ? k == 0 : l.inputs == std::vector<std::string>{"input"};
+    if (!on_input || !spec.model.onnx.empty())
+      throw InputError(l.pos.str(),
+                       fmt::format("Normalization layer '{}' has no mean and variance, and does not take the "
+                                   "model's input, from which trainer fit would compute them",
+                                   name),
+                       "give mean = [...] and variance = [...], or put the layer first");
+    if (data.format.x_dtype != DType::f32)
+      throw InputError(l.pos.str(), fmt::format("Normalization layer '{}' takes token ids", name),
+                       "normalize float features");
+    // The feature axis in the IR's sample layout (images are CHW there, with the channels first).
+    const std::vector<int64_t>& keras = spec.model.input.shape;
+    const int rank = static_cast<int>(keras.size());
+    int64_t axis = -1;  // Keras's default
+    if (auto it = l.args.find("axis");
+        it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
+      axis = std::get<int64_t>(it->second.value);
+    if (axis < 0) axis += rank;
+    if (axis < 0 || axis >= rank) continue;  // the layer's build reports it
+    const Shape ir = model.graph.value(model.input).shape;
+    const int ir_axis = model.input_channels_last ? (axis == rank - 1 ? 0 : static_cast<int>(axis) + 1)
+                                                  : static_cast<int>(axis);
+    const int64_t features = ir[ir_axis + 1];
+    int64_t inner = 1;
+    for (int d = ir_axis + 2; d < ir.rank(); ++d) inner *= ir[d];
+    const int64_t per_sample = ir.numel() / ir[0];
+    std::vector<double> sum(static_cast<size_t>(features), 0.0), sq(static_cast<size_t>(features), 0.0);
+    int64_t samples = 0;
+    engine::data::BatchLoader loader(data.train, 256, data.format, false, 0);
+    loader.start_epoch(0);
+    engine::data::Batch b;
+    while (loader.next(&b)) {
+      const float* x = static_cast<const float*>(b.x);
+      for (int64_t i = 0; i < b.size * per_sample; ++i) {
+        const size_t f = static_cast<size_t>((i % per_sample) / inner % features);
+        sum[f] += x[i];
+        sq[f] += static_cast<double>(x[i]) * x[i];
+      }
+      samples += b.size;
+    }
+    const double count = static_cast<double>(samples) * static_cast<double>(per_sample / features);
+    std::vector<double> mean(sum.size()), variance(sum.size());
+    for (size_t f = 0; f < sum.size(); ++f) {
+      mean[f] = count > 0 ? sum[f] / count : 0.0;
+      variance[f] = count > 0 ? std::max(sq[f] / count - mean[f] * mean[f], 0.0) : 1.0;
+    }
+    l.args["mean"] = formats::Arg{mean, l.pos};
+    l.args["variance"] = formats::Arg{variance, l.pos};
+    adapted.push_back(name);
+  }
+  return adapted;
+}
+
 void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) {
   const formats::SourcePos* pos = nullptr;
   if (e.where() == "train.loss")

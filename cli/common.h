@@ -111,6 +111,13 @@ struct SpecData {
 // split holds out the last samples of train, as Keras does.
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
 
+// Keras's Normalization.adapt: each Normalization layer of `spec` without mean and variance that takes the
+// model's input gets them from the training data as fed to the model (after [data] scale, mean and std), per
+// feature along its axis (the population variance), written into the spec so that checkpoints, export and
+// predict carry them. Such a layer elsewhere is an error. Returns the layers adapted.
+std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const SpecData& data,
+                                             const models::BuiltModel& model);
+
 // The engine names the spec keys it rejects by their dotted path ("train.loss"): rethrows such an error with
 // the key's place in the spec (file:line:col, or the --set override), any other error as it is.
 [[noreturn]] void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e);

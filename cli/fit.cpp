@@ -272,6 +272,9 @@ Command add_fit_command(CLI::App& app) {
     auto& backend = opened.backend;
     models::BuiltModel probe = build(s, 1, false);
     SpecData data = open_data(s, probe);
+    for (const std::string& layer : adapt_normalization(s, data, probe))
+      out.say("Normalization layer '{}': mean and variance from the {} training samples (adapt).\n", layer,
+              data.train->size());
     engine::FitConfig cfg = fit_config(s);
     cfg.precision = opened.precision;
     // --devices N: N CPU replicas in threads of this process, each with its share of the CPU threads.

@@ -53,6 +53,8 @@ const char* kind_text(ArgKind k) {
       return "a list of integers";
     case ArgKind::number_pair:
       return "a number or a list of two numbers";
+    case ArgKind::numbers:
+      return "a number or a list of numbers";
   }
   return "";
 }
@@ -77,6 +79,8 @@ const char* example_text(ArgKind k) {
       return "[7, 7, 64]";
     case ArgKind::number_pair:
       return "0.2 or [-0.2, 0.3]";
+    case ArgKind::numbers:
+      return "0.5 or [0.1, 2.5]";
   }
   return "";
 }
@@ -115,6 +119,12 @@ bool fits(const ArgValue& v, ArgKind k) {
       auto* i = std::get_if<std::vector<int64_t>>(&v);
       auto* d = std::get_if<std::vector<double>>(&v);
       return (i && i->size() == 2) || (d && d->size() == 2);
+    }
+    case ArgKind::numbers: {
+      if (std::holds_alternative<int64_t>(v) || std::holds_alternative<double>(v)) return true;
+      auto* i = std::get_if<std::vector<int64_t>>(&v);
+      auto* d = std::get_if<std::vector<double>>(&v);
+      return (i && !i->empty()) || (d && !d->empty());
     }
   }
   return false;
@@ -273,6 +283,13 @@ std::pair<double, double> LayerArgs::number_pair(const std::string& name, bool s
   if (auto* d = std::get_if<std::vector<double>>(&v)) return {(*d)[0], (*d)[1]};
   const double x = number(name);
   return {symmetric ? -x : x, x};
+}
+
+std::vector<double> LayerArgs::numbers(const std::string& name) const {
+  const ArgValue& v = value(name);
+  if (auto* i = std::get_if<std::vector<int64_t>>(&v)) return std::vector<double>(i->begin(), i->end());
+  if (auto* d = std::get_if<std::vector<double>>(&v)) return *d;
+  return {number(name)};
 }
 
 std::vector<int64_t> LayerArgs::ints(const std::string& name) const {

@@ -22,6 +22,7 @@ enum class ArgKind {
   int_or_ints,    // -1 or [1, 2, 3]
   ints,           // [7, 7, 64]
   number_pair,    // 0.2 or [-0.2, 0.3]
+  numbers,        // 0.5 or [0.1, 2, 3.5]
 };
 
 struct ArgDecl {
@@ -56,6 +57,8 @@ class LayerArgs {
   std::vector<int64_t> ints(const std::string& name) const;
   // A number_pair as [lower, upper]; a single number v as [-v, v] when `symmetric`, else [v, v].
   std::pair<double, double> number_pair(const std::string& name, bool symmetric) const;
+  // A `numbers` argument as a list (one number: a list of one).
+  std::vector<double> numbers(const std::string& name) const;
 
   // Where the argument was written; the layer's table when it was not.
   const formats::SourcePos& pos(const std::string& name) const;

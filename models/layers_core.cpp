@@ -318,6 +318,55 @@ LayerValue build_rescaling(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return x;
 }
 
+// Normalization: (x - mean) / max(sqrt(variance), 1e-7) per feature along `axis` (Keras's default -1, the
+// features or channels), or the inverse with invert. mean and variance are given, or, for a layer on the
+// model's input, computed from the training data by trainer fit (Keras's adapt) and written into the spec.
+// Both are non-trainable weights, as in Keras.
+LayerValue build_normalization(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  LayerValue x = in[0];
+  const int rank = static_cast<int>(x.shape.size());
+  int64_t axis = b.args.integer("axis");
+  if (axis < 0) axis += rank;
+  if (axis < 0 || axis >= rank)
+    b.fail(
+        "axis",
+        fmt::format("axis {} is not an axis of the input {}", b.args.integer("axis"), keras_shape(x.shape)),
+        "-1 (the default) normalizes each feature of the last axis");
+  if (b.args.has("mean") != b.args.has("variance"))
+    b.fail(b.args.has("mean") ? "mean" : "variance", "mean and variance go together",
+           "give both, or neither for trainer fit to compute them from the training data");
+  const int64_t features = x.shape[static_cast<size_t>(axis)];
+  // Without them (a spec before trainer fit's adapt, as check and summary read it): 0 and 1, which leave the
+  // data as it is.
+  const bool given = b.args.has("mean");
+  std::vector<double> mean = given ? b.args.numbers("mean") : std::vector<double>{0.0};
+  std::vector<double> variance = given ? b.args.numbers("variance") : std::vector<double>{1.0};
+  for (auto [arg, v] : {std::pair{"mean", &mean}, std::pair{"variance", &variance}}) {
+    if (v->size() == 1) v->assign(static_cast<size_t>(features), v->front());
+    if (static_cast<int64_t>(v->size()) != features)
+      b.fail(arg,
+             fmt::format("{} has {} values for the {} features of axis {} of {}", arg, v->size(), features,
+                         axis + 1, keras_shape(x.shape)),
+             "give one value, or one per feature");
+  }
+  for (double v : variance)
+    if (!(v >= 0)) b.fail("variance", fmt::format("variance must not be negative, got {}", v));
+  std::vector<int64_t> dims(static_cast<size_t>(rank) + 1, 1);
+  dims[static_cast<size_t>(b.ir_axis(x, static_cast<int>(axis)))] = features;
+  Tensor m(DType::f32, Shape(dims)), var(DType::f32, Shape(dims));
+  for (int64_t i = 0; i < features; ++i) {
+    m.set_f64(i, mean[static_cast<size_t>(i)]);
+    var.set_f64(i, variance[static_cast<size_t>(i)]);
+  }
+  const ValueId mv = b.state("mean", std::move(m)), vv = b.state("variance", std::move(var));
+  const ValueId sd = b.op("Max", {b.op("Sqrt", {vv}), b.constant("epsilon", Tensor::scalar<float>(1e-7f))});
+  x.value = b.args.boolean("invert") ? b.op("Add", {b.op("Mul", {x.value, sd}), mv})
+                                     : b.op("Div", {b.op("Sub", {x.value, mv}), sd});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
 // SpatialDropout1D and 2D: Dropout of whole feature maps, one mask entry per sample and channel (the last
 // Keras axis), broadcast over the steps or the pixels.
 LayerValue build_spatial_dropout(LayerBuilder& b, const std::vector<LayerValue>& in, size_t rank) {
@@ -544,6 +593,16 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   2,
                   false,
                   build_dot});
+  defs.push_back({"Normalization",
+                  "normalization",
+                  {{"axis", ArgKind::integer, int64_t{-1}},
+                   {"mean", ArgKind::numbers, std::nullopt, true},
+                   {"variance", ArgKind::numbers, std::nullopt, true},
+                   {"invert", ArgKind::boolean, false}},
+                  1,
+                  1,
+                  false,
+                  build_normalization});
   // TimeDistributed's arguments are `layer` and the wrapped layer's; build_model builds it around that layer.
   defs.push_back({"TimeDistributed",
                   "time_distributed",
@@ -555,7 +614,8 @@ void add_core_layers(std::vector<LayerDef>& defs) {
   keep_masks(defs, {"Dense",           "Activation", "ReLU",    "LeakyReLU",        "ELU",
                     "PReLU",           "Softmax",    "Dropout", "SpatialDropout1D", "GaussianNoise",
                     "GaussianDropout", "Rescaling",  "Add",     "Subtract",         "Multiply",
-                    "Average",         "Maximum",    "Minimum", "Concatenate",      "TimeDistributed"});
+                    "Average",         "Maximum",    "Minimum", "Concatenate",      "TimeDistributed",
+                    "Normalization"});
 }
 
 }  // namespace trainer::models
