@@ -831,8 +831,8 @@ class Importer {
       return add_upsample(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if ((p.op == "DFT" || p.op == "STFT") && domain.empty()) return add_fourier(p);
-    if ((p.op == "MaxPool" || p.op == "AveragePool" || p.op == "Conv") && domain.empty() &&
-        g().value(p.inputs.at(0)).shape.rank() == 5)
+    if ((p.op == "MaxPool" || p.op == "AveragePool" || p.op == "Conv" || p.op == "ConvTranspose") &&
+        domain.empty() && g().value(p.inputs.at(0)).shape.rank() == 5)
       return add_volume_op(p);
     if (p.op == "InstanceNormalization" && domain.empty()) return add_instance_norm(p);
     if (p.op.starts_with("Reduce") && rewritten(n)) return add_reduction(p);
@@ -2195,6 +2195,7 @@ class Importer {
   // (engine/ops/conv_volume.h): a convolution as one 2-D convolution per depth tap, a pool as two separable
   // 2-D passes.
   void add_volume_op(const PendingNode& p) {
+    if (p.op == "ConvTranspose") return add_conv_transpose3d(p);
     const bool conv = p.op == "Conv";
     if (p.outputs.size() != 1)
       fail(fmt::format("{}: MaxPool's Indices output is not supported", p.label),
@@ -2235,6 +2236,28 @@ class Importer {
         engine::ops::pool3d_as_2d(e, p.op, p.inputs[0], xs, w, ceil_mode,
                                   p.attrs.has("count_include_pad") ? p.attrs.i("count_include_pad") : 0);
       }
+    });
+  }
+
+  // ConvTranspose over 3-D data: one 2-D transposed convolution per depth tap (engine/ops/conv_volume.h).
+  void add_conv_transpose3d(const PendingNode& p) {
+    if (p.inputs.size() < 2 || p.inputs[1] == engine::kNoValue || p.outputs.size() != 1)
+      fail(fmt::format("{} needs an input and a weight", p.label), "the exporter is broken");
+    const Shape xs = g().value(p.inputs[0]).shape, ws = g().value(p.inputs[1]).shape;
+    if (ws.rank() != 5)
+      fail(fmt::format("{}: the weight {} is not [C, M / group, kD, kH, kW]", p.label, ws.str()));
+    wrap(p.label, [&] {
+      engine::ops::VolumeEmitter e;
+      e.op = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                 const std::string& what,
+                 bool last) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
+      e.constant = [&](Tensor t, const std::string& what) {
+        return g().add_constant(g().unique_name(p.base() + "/" + what), std::move(t));
+      };
+      std::string err;
+      const ValueId bias = p.inputs.size() > 2 ? p.inputs[2] : engine::kNoValue;
+      engine::ops::conv_transpose3d_as_2d(e, p.inputs[0], xs, p.inputs[1], ws, bias, p.attrs, &err);
+      if (!err.empty()) fail(fmt::format("{}: {}", p.label, err));
     });
   }
 

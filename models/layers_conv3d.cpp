@@ -1,6 +1,7 @@
-// Volume layers, on (depth, height, width, channels) samples: Conv3D, MaxPooling3D, AveragePooling3D,
-// GlobalAveragePooling3D, GlobalMaxPooling3D, ZeroPadding3D, Cropping3D and UpSampling3D. Volumes run as
-// NCDHW; the convolution and the pools are written with the 2-D ops (engine/ops/conv_volume.h).
+// Volume layers, on (depth, height, width, channels) samples: Conv3D, Conv3DTranspose, MaxPooling3D,
+// AveragePooling3D, GlobalAveragePooling3D, GlobalMaxPooling3D, ZeroPadding3D, Cropping3D and UpSampling3D.
+// Volumes run as NCDHW; the convolution and the pools are written with the 2-D ops
+// (engine/ops/conv_volume.h).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -97,6 +98,71 @@ LayerValue build_conv3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   x.value = ops::conv3d_as_2d(emitter(b), x.value, b.graph.value(x.value).shape, weight, ws, bias, g, groups);
   x.shape = {g.out[0], g.out[1], g.out[2], filters};
   b.info.flops_per_sample = 2 * g.out[0] * g.out[1] * g.out[2] * filters * per_group * volume;
+  return b.activate(x, act);
+}
+
+// Conv3DTranspose: ONNX's ConvTranspose with Keras's output sizes, as Conv2DTranspose (without
+// output_padding, in * strides for "same" and in * strides + max(kernel - strides, 0) for "valid"; with it,
+// (in - 1) * strides + kernel - 2 pad + output_padding, pad = kernel // 2 for "same"), written with the 2-D
+// op per depth tap.
+LayerValue build_conv3d_transpose(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t filters = b.positive("filters");
+  const std::vector<int64_t> kernel = positive_triple(b, "kernel_size");
+  const std::vector<int64_t> strides = positive_triple(b, "strides");
+  const std::vector<int64_t> dilation = positive_triple(b, "dilation_rate");
+  const bool same = b.choice("padding", {"valid", "same"}) == "same";
+  const std::string act = b.activation_name();
+  const bool given_extra = b.args.has("output_padding");
+  std::vector<int64_t> extra = given_extra ? b.args.triple("output_padding") : std::vector<int64_t>{0, 0, 0};
+  require_volume(b, in[0]);
+  const int64_t channels = in[0].shape[3];
+  std::vector<int64_t> out(3), pads(6, 0);
+  for (size_t i = 0; i < 3; ++i) {
+    const int64_t n = in[0].shape[i], s = strides[i];
+    const int64_t span = dilation[i] * (kernel[i] - 1) + 1, reach = s * (n - 1) + span;
+    if (given_extra) {
+      if (extra[i] < 0 || extra[i] >= s)
+        b.fail("output_padding",
+               fmt::format("output_padding [{}] must be at least 0 and smaller than strides [{}]",
+                           fmt::join(extra, ", "), fmt::join(strides, ", ")));
+      const int64_t pad = same ? span / 2 : 0;
+      pads[i] = pads[i + 3] = pad;
+      out[i] = reach - 2 * pad + extra[i];
+      if (out[i] < 1)
+        b.fail("kernel_size", fmt::format("the output would have {} elements along axis {}", out[i], i + 1),
+               "use a larger input, or padding = \"valid\"");
+      continue;
+    }
+    out[i] = same ? n * s : n * s + std::max<int64_t>(span - s, 0);
+    const int64_t total = reach - out[i];
+    if (total >= 0) {
+      pads[i] = total / 2;
+      pads[i + 3] = total - total / 2;
+    } else {
+      extra[i] = -total;  // zeros at the end: less than a stride, as output_padding
+    }
+  }
+  LayerValue x = b.to_channels_first(in[0]);
+  const int64_t volume = kernel[0] * kernel[1] * kernel[2];
+  // [C_in, filters, kD, kH, kW], ONNX's layout; fans as Keras computes them.
+  const Shape ws{channels, filters, kernel[0], kernel[1], kernel[2]};
+  const ValueId weight = b.weight("kernel", "kernel_initializer", ws,
+                                  {volume * filters, volume * channels, channels, filters * volume});
+  const ValueId bias = b.args.boolean("use_bias") ? b.weight("bias", "bias_initializer", Shape{filters},
+                                                             {filters, filters, 1, filters})
+                                                  : kNoValue;
+  const Attributes attrs{{"kernel_shape", kernel},
+                         {"strides", strides},
+                         {"dilations", dilation},
+                         {"pads", pads},
+                         {"output_padding", extra}};
+  std::string err;
+  x.value = ops::conv_transpose3d_as_2d(emitter(b), x.value, b.graph.value(x.value).shape, weight, ws, bias,
+                                        attrs, &err);
+  TRAINER_ASSERT(err.empty(), "Conv3DTranspose: {}", err);
+  x.shape = {out[0], out[1], out[2], filters};
+  b.info.flops_per_sample =
+      2 * in[0].shape[0] * in[0].shape[1] * in[0].shape[2] * channels * filters * volume;
   return b.activate(x, act);
 }
 
@@ -222,6 +288,14 @@ void add_volume_layers(std::vector<LayerDef>& defs) {
                              {"dilation_rate", ArgKind::int_or_triple, int64_t{1}},
                              {"groups", ArgKind::integer, int64_t{1}}}),
                   1, 1, false, build_conv3d});
+  defs.push_back({"Conv3DTranspose", "conv3d_transpose",
+                  conv_args({{"filters", ArgKind::integer, std::nullopt},
+                             {"kernel_size", ArgKind::int_or_triple, std::nullopt},
+                             {"strides", ArgKind::int_or_triple, int64_t{1}},
+                             {"padding", ArgKind::string, S("valid")},
+                             {"output_padding", ArgKind::int_or_triple, std::nullopt, true},
+                             {"dilation_rate", ArgKind::int_or_triple, int64_t{1}}}),
+                  1, 1, false, build_conv3d_transpose});
   defs.push_back({"MaxPooling3D", "max_pooling3d", pool3d_args(), 1, 1, false, build_max_pool3d});
   defs.push_back({"AveragePooling3D", "average_pooling3d", pool3d_args(), 1, 1, false, build_average_pool3d});
   defs.push_back({"GlobalAveragePooling3D",

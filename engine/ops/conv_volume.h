@@ -29,6 +29,14 @@ struct VolumeEmitter {
 ValueId conv3d_as_2d(const VolumeEmitter& e, ValueId x, const Shape& xs, ValueId w, const Shape& ws,
                      ValueId bias, const WindowGeometry& g, int64_t group);
 
+// ConvTranspose of x [N, C, D, H, W] with weight [C, M / group, kd, kh, kw] and an optional bias [M], with
+// ConvTranspose's attributes `a` (strides, dilations, pads, output_padding, output_shape, auto_pad, group):
+// kd 2-D transposed convolutions, one per depth tap, over every input depth plane moved to the batch, each
+// spread to output depths d * stride + tap * dilation (zeros between) and summed, then cut by the depth pads.
+// Returns [N, M, D', H', W'], or an error message in *err (empty on success).
+ValueId conv_transpose3d_as_2d(const VolumeEmitter& e, ValueId x, const Shape& xs, ValueId w, const Shape& ws,
+                               ValueId bias, const Attributes& a, std::string* err);
+
 // MaxPool or AveragePool (`op`) of x [N, C, D, H, W] in window `g` (with ceil_mode and, for the average,
 // count_include_pad): a box window is separable for the maximum and for the mean, whose divisor (with or
 // without the padding) is the product of per-axis counts, so it runs as a 2-D pool over (H, W) with the data

@@ -366,6 +366,100 @@ TEST_SUITE("onnx_fit") {
       check_import_gradient(m, {x, w}, 0);
       check_import_gradient(m, {x, w}, 1);
     }
+    SUBCASE("3-D ConvTranspose, one 2-D transposed convolution per depth tap, against a direct loop") {
+      struct Case {
+        std::vector<int64_t> strides, dilations, pads, output_padding, output_shape;
+        int64_t group;
+      };
+      const Case cases[] = {
+          {{2, 1, 2}, {1, 2, 1}, {1, 0, 1, 0, 1, 0}, {1, 0, 1}, {}, 2},
+          {{3, 2, 1}, {2, 1, 1}, {}, {}, {10, 6, 3}, 1},  // output_shape past the reach in depth: zeros there
+          {{1, 1, 1}, {1, 1, 1}, {0, 1, 0, 2, 0, 1}, {}, {}, 1},
+      };
+      const Shape xs{2, 4, 3, 3, 2}, ws{4, 3, 2, 2, 2};  // 2 groups: [C, M / group, kD, kH, kW]
+      const Tensor x = ops::random_tensor(xs, -1, 1, 32, DType::f64),
+                   w = ops::random_tensor(ws, -1, 1, 33, DType::f64);
+      for (const Case& k : cases) {
+        const int64_t group = k.group, m = ws[1] * group;
+        onnx::ModelProto model = make_model(13);
+        auto* g = model.mutable_graph();
+        add_input(g, "x", xs.dims(), onnx::TensorProto::DOUBLE);
+        add_input(g, "w", group == 2 ? ws.dims() : std::vector<int64_t>{4, 3, 2, 2, 2},
+                  onnx::TensorProto::DOUBLE);
+        add_init(g, "b", ops::random_tensor({m}, -1, 1, 34, DType::f64));
+        auto* n = add_node(g, "ConvTranspose", {"x", "w", "b"}, {"y"}, "deconv3d");
+        g->add_output()->set_name("y");
+        auto ints = [&](const char* name, const std::vector<int64_t>& v) {
+          if (v.empty()) return;
+          auto* at = n->add_attribute();
+          at->set_name(name);
+          at->set_type(onnx::AttributeProto::INTS);
+          for (int64_t e : v) at->add_ints(e);
+        };
+        ints("strides", k.strides);
+        ints("dilations", k.dilations);
+        ints("pads", k.pads);
+        ints("output_padding", k.output_padding);
+        ints("output_shape", k.output_shape);
+        set_int(n, "group", group);
+        OnnxImportResult r = import_onnx_model(model, "deconv3d");
+        auto backend = make_cpu_backend();
+        auto graph = std::make_shared<Graph>(r.graph);
+        Session s(graph, *backend);
+        s.write(r.inputs.at(0), x);
+        s.write(r.inputs.at(1), w);
+        s.run(StepContext{});
+        const Tensor y = s.read(r.outputs.at(0));
+        const Tensor b = *graph->initializer(graph->find("b"));
+        // Sizes: the given output_shape, else stride (in - 1) + span + output_padding - pads.
+        std::vector<int64_t> out(3), begin(3);
+        for (size_t d = 0; d < 3; ++d) {
+          const int64_t span = k.dilations[d] * (ws[static_cast<int>(d) + 2] - 1) + 1;
+          const int64_t full = k.strides[d] * (xs[static_cast<int>(d) + 2] - 1) + span +
+                               (k.output_padding.empty() ? 0 : k.output_padding[d]);
+          if (!k.output_shape.empty()) {
+            out[d] = k.output_shape[d];
+            const int64_t total = std::max<int64_t>(full - out[d], 0);
+            begin[d] = total - total / 2;
+          } else {
+            begin[d] = k.pads.empty() ? 0 : k.pads[d];
+            out[d] = full - begin[d] - (k.pads.empty() ? 0 : k.pads[d + 3]);
+          }
+        }
+        REQUIRE(y.shape() == Shape{2, m, out[0], out[1], out[2]});
+        std::vector<double> want(static_cast<size_t>(y.numel()));
+        for (int64_t bn = 0; bn < 2; ++bn)
+          for (int64_t f = 0; f < m; ++f)
+            for (int64_t i = 0; i < out[0] * out[1] * out[2]; ++i)
+              want[static_cast<size_t>((bn * m + f) * out[0] * out[1] * out[2] + i)] = b.get_f64(f);
+        const int64_t per_group_in = 4 / group, per_group_out = ws[1];
+        for (int64_t bn = 0; bn < 2; ++bn)
+          for (int64_t c = 0; c < 4; ++c)
+            for (int64_t d0 = 0; d0 < xs[2]; ++d0)
+              for (int64_t d1 = 0; d1 < xs[3]; ++d1)
+                for (int64_t d2 = 0; d2 < xs[4]; ++d2)
+                  for (int64_t fl = 0; fl < per_group_out; ++fl)
+                    for (int64_t t0 = 0; t0 < 2; ++t0)
+                      for (int64_t t1 = 0; t1 < 2; ++t1)
+                        for (int64_t t2 = 0; t2 < 2; ++t2) {
+                          const int64_t o0 = d0 * k.strides[0] + t0 * k.dilations[0] - begin[0];
+                          const int64_t o1 = d1 * k.strides[1] + t1 * k.dilations[1] - begin[1];
+                          const int64_t o2 = d2 * k.strides[2] + t2 * k.dilations[2] - begin[2];
+                          if (o0 < 0 || o0 >= out[0] || o1 < 0 || o1 >= out[1] || o2 < 0 || o2 >= out[2])
+                            continue;
+                          const int64_t f = c / per_group_in * per_group_out + fl;
+                          want[static_cast<size_t>((((bn * m + f) * out[0] + o0) * out[1] + o1) * out[2] +
+                                                   o2)] +=
+                              x.get_f64((((bn * 4 + c) * xs[2] + d0) * xs[3] + d1) * xs[4] + d2) *
+                              w.get_f64((((c * per_group_out + fl) * 2 + t0) * 2 + t1) * 2 + t2);
+                        }
+        for (int64_t i = 0; i < y.numel(); ++i)
+          CHECK_MESSAGE(y.get_f64(i) == doctest::Approx(want[static_cast<size_t>(i)]),
+                        "group " << group << " at " << i);
+        check_import_gradient(model, {x, w}, 0);
+        check_import_gradient(model, {x, w}, 1);
+      }
+    }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
       add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));

@@ -362,6 +362,47 @@ TEST_SUITE("run") {
     CHECK(last < 0.5f * first);
   }
 
+  TEST_CASE("run: Conv3DTranspose has Keras's output sizes and spreads the input by its strides") {
+    struct Case {
+      std::vector<int64_t> kernel, strides;
+      std::string padding;
+      std::vector<int64_t> output_padding, want;
+    };
+    // Input 3 x 4 x 2: same gives in * strides; valid in * strides + max(kernel - strides, 0); output_padding
+    // (in - 1) * strides + kernel - 2 pad + output_padding.
+    const Case cases[] = {{{3, 3, 3}, {2, 1, 2}, "same", {}, {6, 4, 4}},
+                          {{3, 2, 1}, {2, 1, 2}, "valid", {}, {7, 5, 4}},
+                          {{3, 3, 3}, {2, 2, 2}, "same", {1, 0, 1}, {6, 7, 4}}};
+    for (const Case& c : cases) {
+      Spec s({3, 4, 2, 2});
+      std::vector<std::pair<std::string, formats::ArgValue>> args = {
+          {"filters", int64_t{2}}, {"kernel_size", c.kernel}, {"strides", c.strides}, {"padding", c.padding}};
+      if (!c.output_padding.empty()) args.push_back({"output_padding", c.output_padding});
+      s.add("Conv3DTranspose", args);
+      BuiltModel m = models::testing::build(s, false, 1);
+      CHECK(m.layers.at(0).output_shape == std::vector<int64_t>{c.want[0], c.want[1], c.want[2], 2});
+      CHECK(forward(std::move(m), ops::random_tensor(Shape{1, 3, 4, 2, 2}, -1, 1, 14, DType::f32)).shape() ==
+            Shape{1, c.want[0], c.want[1], c.want[2], 2});
+    }
+    // A 1 x 1 x 1 kernel at strides 2: each element's product lands at twice its coordinates, zeros between.
+    Spec s({2, 2, 2, 1});
+    s.add(
+        "Conv3DTranspose",
+        {{"filters", int64_t{1}}, {"kernel_size", int64_t{1}}, {"strides", int64_t{2}}, {"use_bias", false}});
+    BuiltModel m = models::testing::build(s, false, 1);
+    const double k = weight(m, "conv3d_transpose/kernel").get_f64(0);
+    const Tensor x = ops::random_tensor(Shape{1, 2, 2, 2, 1}, -1, 1, 15, DType::f32);
+    const Tensor y = forward(std::move(m), x);
+    REQUIRE(y.shape() == Shape{1, 4, 4, 4, 1});
+    for (int64_t z = 0; z < 4; ++z)
+      for (int64_t r = 0; r < 4; ++r)
+        for (int64_t q = 0; q < 4; ++q) {
+          const bool hit = z % 2 == 0 && r % 2 == 0 && q % 2 == 0;
+          const double want = hit ? k * x.get_f64(((z / 2) * 2 + r / 2) * 2 + q / 2) : 0.0;
+          CHECK(y.get_f64((z * 4 + r) * 4 + q) == doctest::Approx(want).epsilon(1e-5));
+        }
+  }
+
   TEST_CASE("run: a Conv3D classifier trains") {
     Spec s({4, 6, 6, 1});
     s.add("Conv3D", {{"filters", int64_t{4}},
@@ -374,6 +415,22 @@ TEST_SUITE("run") {
         .add("Dense", {{"units", int64_t{3}}, {"activation", std::string("softmax")}});
     const auto [first, last] = train_steps(s, 8, 3, 0, 30, 1e-2f);
     CHECK(last < 0.5f * first);
+    // Down and up again (a 3-D U-Net's shape) before the classifier head.
+    Spec u({4, 6, 6, 1});
+    u.add("Conv3D", {{"filters", int64_t{4}},
+                     {"kernel_size", int64_t{3}},
+                     {"strides", int64_t{2}},
+                     {"padding", std::string("same")},
+                     {"activation", std::string("relu")}})
+        .add("Conv3DTranspose", {{"filters", int64_t{2}},
+                                 {"kernel_size", int64_t{3}},
+                                 {"strides", int64_t{2}},
+                                 {"padding", std::string("same")},
+                                 {"activation", std::string("relu")}})
+        .add("GlobalAveragePooling3D")
+        .add("Dense", {{"units", int64_t{3}}, {"activation", std::string("softmax")}});
+    const auto [u_first, u_last] = train_steps(u, 8, 3, 0, 40, 2e-2f);
+    CHECK(u_last < 0.7f * u_first);
   }
 
   TEST_CASE("run: a channels-last image input and a Conv2D output keep Keras's pixel and channel order") {
