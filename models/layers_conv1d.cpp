@@ -1,8 +1,8 @@
-// Sequence layers over (steps, features): Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D and
-// GlobalMaxPooling1D. The window layers work on ONNX's [N, features, steps] and leave their result so (the
-// channels-first layout of images), so a stack of them transposes once; a layer that needs [N, steps,
-// features] (a recurrent one, Dense) turns it back. Padding "same" places the odd step at the end, as
-// TensorFlow does; "causal" pads the start only.
+// Sequence layers over (steps, features): Conv1D, Conv1DTranspose, MaxPooling1D, AveragePooling1D,
+// GlobalAveragePooling1D and GlobalMaxPooling1D. The window layers work on ONNX's [N, features, steps] and
+// leave their result so (the channels-first layout of images), so a stack of them transposes once; a layer
+// that needs [N, steps, features] (a recurrent one, Dense) turns it back. Padding "same" places the odd step
+// at the end, as TensorFlow does; "causal" pads the start only.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -85,6 +85,59 @@ LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   x.shape = {w.out, filters};
   x.pre_activation = kNoValue;
   b.info.flops_per_sample = 2 * w.out * filters * per_group * kernel;
+  return b.activate(x, act);
+}
+
+// Conv1DTranspose: ONNX's 1-D ConvTranspose with Keras's output lengths, as Conv2DTranspose's per axis:
+// without output_padding, steps * strides for "same" and steps * strides + max(kernel - strides, 0) for
+// "valid"; with it, (steps - 1) * strides + kernel - 2 pad + output_padding, pad = kernel // 2 for "same".
+LayerValue build_conv1d_transpose(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t filters = b.positive("filters");
+  const int64_t kernel = b.positive("kernel_size");
+  const int64_t stride = b.positive("strides");
+  const int64_t dilation = b.positive("dilation_rate");
+  const bool same = b.choice("padding", {"valid", "same"}) == "same";
+  const std::string act = b.activation_name();
+  require_sequence(b, in[0]);
+  const int64_t steps = in[0].shape[0], channels = in[0].shape[1];
+  const int64_t span = dilation * (kernel - 1) + 1, reach = stride * (steps - 1) + span;
+  int64_t out = 0, begin = 0, end = 0, extra = 0;
+  if (b.args.has("output_padding")) {
+    extra = b.args.integer("output_padding");
+    if (extra < 0 || extra >= stride)
+      b.fail("output_padding",
+             fmt::format("output_padding {} must be at least 0 and smaller than strides {}", extra, stride));
+    begin = end = same ? span / 2 : 0;
+    out = reach - 2 * begin + extra;
+    if (out < 1)
+      b.fail("kernel_size", fmt::format("the output would have {} steps", out),
+             "use a longer input, or padding = \"valid\"");
+  } else {
+    out = same ? steps * stride : steps * stride + std::max<int64_t>(span - stride, 0);
+    const int64_t total = reach - out;
+    if (total >= 0) {
+      begin = total / 2;
+      end = total - begin;
+    } else {
+      extra = -total;  // zeros at the end: less than a stride, as output_padding
+    }
+  }
+  // [in, filters, k], ONNX's layout; Keras's fans.
+  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel},
+                            {kernel * filters, kernel * channels, channels, filters * kernel});
+  LayerValue x = b.to_channels_first(in[0]);
+  std::vector<ValueId> inputs = {x.value, weight};
+  if (b.args.boolean("use_bias"))
+    inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
+  x.value = b.op("ConvTranspose", inputs,
+                 {{"kernel_shape", std::vector<int64_t>{kernel}},
+                  {"strides", std::vector<int64_t>{stride}},
+                  {"dilations", std::vector<int64_t>{dilation}},
+                  {"pads", std::vector<int64_t>{begin, end}},
+                  {"output_padding", std::vector<int64_t>{extra}}});
+  x.shape = {out, filters};
+  x.pre_activation = kNoValue;
+  b.info.flops_per_sample = 2 * steps * channels * filters * kernel;
   return b.activate(x, act);
 }
 
@@ -177,6 +230,14 @@ void add_sequence_layers(std::vector<LayerDef>& defs) {
                              {"dilation_rate", ArgKind::integer, int64_t{1}},
                              {"groups", ArgKind::integer, int64_t{1}}}),
                   1, 1, false, build_conv1d});
+  defs.push_back({"Conv1DTranspose", "conv1d_transpose",
+                  conv_args({{"filters", ArgKind::integer, std::nullopt},
+                             {"kernel_size", ArgKind::integer, std::nullopt},
+                             {"strides", ArgKind::integer, int64_t{1}},
+                             {"padding", ArgKind::string, S("valid")},
+                             {"output_padding", ArgKind::integer, std::nullopt, true},
+                             {"dilation_rate", ArgKind::integer, int64_t{1}}}),
+                  1, 1, false, build_conv1d_transpose});
   defs.push_back({"MaxPooling1D", "max_pooling1d", pool1d_args(), 1, 1, false, build_max_pool1d});
   defs.push_back({"AveragePooling1D", "average_pooling1d", pool1d_args(), 1, 1, false, build_average_pool1d});
   defs.push_back({"GlobalAveragePooling1D",

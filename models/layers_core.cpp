@@ -1,7 +1,6 @@
-// Core layers: Dense, Activation and the activation layers, Dropout, SpatialDropout1D/2D, GaussianNoise and
-// GaussianDropout, Rescaling,
-// Flatten, Reshape, the merges (Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate) and
-// Embedding.
+// Core layers: Dense, Activation and the activation layers, Dropout, SpatialDropout1D/2D/3D, GaussianNoise
+// and GaussianDropout, Rescaling, Flatten, Reshape, the merges (Add, Subtract, Multiply, Average, Maximum,
+// Minimum, Concatenate) and Embedding.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -367,17 +366,18 @@ LayerValue build_normalization(LayerBuilder& b, const std::vector<LayerValue>& i
   return x;
 }
 
-// SpatialDropout1D and 2D: Dropout of whole feature maps, one mask entry per sample and channel (the last
-// Keras axis), broadcast over the steps or the pixels.
+// SpatialDropout1D, 2D and 3D: Dropout of whole feature maps, one mask entry per sample and channel (the last
+// Keras axis), broadcast over the steps, the pixels or the voxels.
 LayerValue build_spatial_dropout(LayerBuilder& b, const std::vector<LayerValue>& in, size_t rank) {
   const double rate = b.args.number("rate");
   if (!(rate >= 0 && rate < 1)) b.fail("rate", fmt::format("rate must be in [0, 1), got {}", rate));
   LayerValue x = in[0];
   if (x.shape.size() != rank)
-    b.fail_layer(
-        fmt::format("needs a {} input, got {} from '{}'",
-                    rank == 2 ? "sequence (None, steps, features)" : "image (None, height, width, channels)",
-                    keras_shape(x.shape), x.from));
+    b.fail_layer(fmt::format("needs a {} input, got {} from '{}'",
+                             rank == 2   ? "sequence (None, steps, features)"
+                             : rank == 3 ? "image (None, height, width, channels)"
+                                         : "volume (None, depth, height, width, channels)",
+                             keras_shape(x.shape), x.from));
   x.activation.clear();
   x.pre_activation = kNoValue;
   std::vector<int64_t> dims(rank + 1, 1);
@@ -392,6 +392,14 @@ LayerValue build_spatial_dropout1d(LayerBuilder& b, const std::vector<LayerValue
 }
 LayerValue build_spatial_dropout2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return build_spatial_dropout(b, in, 3);
+}
+LayerValue build_spatial_dropout3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_spatial_dropout(b, in, 4);
+}
+
+// Identity: its input, unchanged (Keras's placeholder layer).
+LayerValue build_identity(LayerBuilder&, const std::vector<LayerValue>& in) {
+  return in[0];
 }
 
 LayerValue build_concatenate(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -544,6 +552,9 @@ void add_core_layers(std::vector<LayerDef>& defs) {
       {"SpatialDropout1D", "spatial_dropout1d", {rate, seed}, 1, 1, false, build_spatial_dropout1d});
   defs.push_back(
       {"SpatialDropout2D", "spatial_dropout2d", {rate, seed}, 1, 1, false, build_spatial_dropout2d});
+  defs.push_back(
+      {"SpatialDropout3D", "spatial_dropout3d", {rate, seed}, 1, 1, false, build_spatial_dropout3d});
+  defs.push_back({"Identity", "identity", {}, 1, 1, false, build_identity});
   defs.push_back({"GaussianNoise",
                   "gaussian_noise",
                   {{"stddev", ArgKind::number, std::nullopt}, seed},
@@ -615,7 +626,7 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                     "PReLU",           "Softmax",    "Dropout", "SpatialDropout1D", "GaussianNoise",
                     "GaussianDropout", "Rescaling",  "Add",     "Subtract",         "Multiply",
                     "Average",         "Maximum",    "Minimum", "Concatenate",      "TimeDistributed",
-                    "Normalization"});
+                    "Normalization",   "Identity"});
 }
 
 }  // namespace trainer::models

@@ -367,6 +367,40 @@ TEST_SUITE("build") {
                       doctest::Contains("must be at least 0 and smaller than strides"));
   }
 
+  TEST_CASE("build: Conv1DTranspose has Keras's output lengths") {
+    using Args = std::vector<std::pair<std::string, formats::ArgValue>>;
+    struct Case {
+      Args args;
+      int64_t out;  // Keras's length from 5 steps
+    };
+    const std::vector<Case> cases = {
+        {{{"kernel_size", int64_t{3}}, {"strides", int64_t{2}}}, 11},
+        {{{"kernel_size", int64_t{2}}, {"strides", int64_t{2}}, {"padding", std::string("same")}}, 10},
+        {{{"kernel_size", int64_t{1}}, {"strides", int64_t{3}}}, 15},
+        {{{"kernel_size", int64_t{3}},
+          {"strides", int64_t{2}},
+          {"padding", std::string("same")},
+          {"output_padding", int64_t{1}}},
+         10},
+        {{{"kernel_size", int64_t{3}}, {"dilation_rate", int64_t{2}}}, 9},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.out);
+      Args args = c.args;
+      args.emplace_back("filters", int64_t{4});
+      Spec s({5, 3});
+      s.add("Conv1DTranspose", args);
+      BuiltModel m = models::testing::build(s);
+      CHECK(m.layers[0].output_shape == v({c.out, 4}));
+      const Shape& kernel = param_shape(m.graph, "conv1d_transpose/kernel");  // [in, filters, k]
+      CHECK(kernel[0] == 3);
+      CHECK(kernel[1] == 4);
+      const Shape& out = m.graph.value(only_node(m.graph, "ConvTranspose").outputs[0]).shape;
+      CHECK(out == Shape{m.graph.value(m.input).shape[0], 4, c.out});
+      m.graph.validate();
+    }
+  }
+
   TEST_CASE("build: layers without names get Keras's generated names; given names are kept") {
     Spec s({4});
     s.add("Dense", {{"units", int64_t{3}}}, "dense_1")

@@ -403,6 +403,33 @@ TEST_SUITE("run") {
         }
   }
 
+  TEST_CASE("run: SpatialDropout3D drops whole channels of a volume in training; Identity passes its input") {
+    Spec s({2, 3, 2, 4});
+    s.add("SpatialDropout3D", {{"rate", 0.5}}).add("Identity");
+    const Tensor x = ops::random_tensor(Shape{3, 2, 3, 2, 4}, 1, 2, 16, DType::f32);  // never 0
+    const Tensor y = forward(models::testing::build(s, true, 3), x);
+    REQUIRE(y.shape() == x.shape());
+    int dropped = 0, kept = 0;
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t ch = 0; ch < 4; ++ch) {
+        // Every voxel of one sample's channel shares the draw: all zero, or all scaled by 1 / (1 - rate).
+        int zeros = 0;
+        for (int64_t p = 0; p < 12; ++p) {
+          const int64_t i = (b * 12 + p) * 4 + ch;
+          if (y.get_f64(i) == 0)
+            ++zeros;
+          else
+            CHECK(y.get_f64(i) == doctest::Approx(2 * x.get_f64(i)));
+        }
+        CHECK((zeros == 0 || zeros == 12));
+        (zeros == 12 ? dropped : kept) += 1;
+      }
+    CHECK(dropped > 0);
+    CHECK(kept > 0);
+    const Tensor z = forward(models::testing::build(s, false, 3), x);  // inference: the identity
+    for (int64_t i = 0; i < x.numel(); ++i) CHECK(z.get_f64(i) == x.get_f64(i));
+  }
+
   TEST_CASE("run: a Conv3D classifier trains") {
     Spec s({4, 6, 6, 1});
     s.add("Conv3D", {{"filters", int64_t{4}},
