@@ -641,8 +641,8 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     }
   if (engine::is_integer(f.x_dtype))
     for (const formats::LayerSpec& l : spec.model.layers)
-      if (l.type == "Embedding") {
-        auto it = l.args.find("input_dim");
+      if (l.type == "Embedding" || l.type == "CategoryEncoding") {
+        auto it = l.args.find(l.type == "Embedding" ? "input_dim" : "num_tokens");
         if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
           f.num_tokens = std::get<int64_t>(it->second.value);
         break;

@@ -462,6 +462,61 @@ LayerValue build_embedding(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return y;
 }
 
+// CategoryEncoding: integer ids as one_hot (one row per id: [num_tokens] per sample for one id per sample),
+// multi_hot (1 for each id the sample holds) or count (how often it holds each), via an Equal against the
+// constant ids 0 .. num_tokens - 1.
+LayerValue build_category_encoding(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t tokens = b.positive("num_tokens");
+  const std::string mode = b.choice("output_mode", {"multi_hot", "one_hot", "count"});
+  const LayerValue& x = in[0];
+  if (x.shape.size() > 1)
+    b.fail_layer(
+        fmt::format("needs one id or a list of ids per sample, (None,) or (None, k), got {} from '{}'",
+                    keras_shape(x.shape), x.from));
+  const DType t = b.graph.value(x.value).dtype;
+  Tensor classes(t, Shape{tokens});
+  for (int64_t i = 0; i < tokens; ++i) classes.set_f64(i, static_cast<double>(i));
+  // [N] or [N, k] ids against the classes: [N, 1, T] or [N, k, T].
+  ValueId column = x.shape.empty() ? b.op("Unsqueeze", {x.value, b.shape_constant("id_axis", {1})}) : x.value;
+  const int64_t k = x.shape.empty() ? 1 : x.shape[0];
+  const ValueId hot = b.op("Cast",
+                           {b.op("Equal", {b.op("Unsqueeze", {column, b.shape_constant("class_axis", {2})}),
+                                           b.constant("ids", classes)})},
+                           {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+  LayerValue y;
+  y.from = x.from;
+  if (mode == "one_hot" && k > 1) {
+    y.value = hot;
+    y.shape = {k, tokens};
+    return y;
+  }
+  const ValueId axis = b.shape_constant("ids_axis", {1});
+  y.value = b.op(mode == "count" ? "ReduceSum" : "ReduceMax", {hot, axis}, {{"keepdims", int64_t{0}}});
+  y.shape = {tokens};
+  return y;
+}
+
+// Discretization: each float value's bucket among bin_boundaries (sorted): the count of boundaries at or
+// below it, as int64 ids (for an Embedding or a CategoryEncoding after it).
+LayerValue build_discretization(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const std::vector<double> bounds = b.args.numbers("bin_boundaries");
+  b.choice("output_mode", {"int"});
+  if (!std::is_sorted(bounds.begin(), bounds.end()))
+    b.fail("bin_boundaries", "bin_boundaries must be sorted", "list them from the smallest");
+  LayerValue x = b.to_channels_last(in[0]);
+  const int rank = static_cast<int>(x.shape.size());
+  Tensor bt(DType::f32, Shape{static_cast<int64_t>(bounds.size())});
+  for (size_t i = 0; i < bounds.size(); ++i) bt.set_f64(static_cast<int64_t>(i), bounds[i]);
+  const ValueId last = b.shape_constant("bucket_axis", {rank + 1});
+  const ValueId above = b.op(
+      "Cast", {b.op("GreaterOrEqual", {b.op("Unsqueeze", {x.value, last}), b.constant("boundaries", bt)})},
+      {{"to", int64_t{dtype_to_onnx(DType::i64)}}});
+  x.value = b.op("ReduceSum", {above, last}, {{"keepdims", int64_t{0}}});
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
+
 // Masking: the steps whose features all equal mask_value are padding: zeroed, and masked for the layers that
 // honour masks.
 LayerValue build_masking(LayerBuilder& b, const std::vector<LayerValue>& in) {
@@ -597,6 +652,22 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   true,
                   build_embedding});
   defs.push_back({"Masking", "masking", {{"mask_value", ArgKind::number, 0.0}}, 1, 1, false, build_masking});
+  defs.push_back({"CategoryEncoding",
+                  "category_encoding",
+                  {{"num_tokens", ArgKind::integer, std::nullopt},
+                   {"output_mode", ArgKind::string, std::string("multi_hot")}},
+                  1,
+                  1,
+                  true,
+                  build_category_encoding});
+  defs.push_back({"Discretization",
+                  "discretization",
+                  {{"bin_boundaries", ArgKind::numbers, std::nullopt},
+                   {"output_mode", ArgKind::string, std::string("int")}},
+                  1,
+                  1,
+                  false,
+                  build_discretization});
   defs.push_back({"Dot",
                   "dot",
                   {{"axes", ArgKind::int_or_pair, std::nullopt}, {"normalize", ArgKind::boolean, false}},

@@ -430,6 +430,36 @@ TEST_SUITE("run") {
     for (int64_t i = 0; i < x.numel(); ++i) CHECK(z.get_f64(i) == x.get_f64(i));
   }
 
+  TEST_CASE("run: CategoryEncoding's modes and Discretization's buckets") {
+    const Tensor ids = Tensor::from<int64_t>(Shape{2, 3}, {1, 3, 1, 0, 0, 2});
+    const std::map<std::string, std::vector<double>> want = {{"multi_hot", {0, 1, 0, 1, 1, 0, 1, 0}},
+                                                             {"count", {0, 2, 0, 1, 2, 0, 1, 0}}};
+    for (const auto& [mode, values] : want) {
+      Spec s({3}, "int64");
+      s.add("CategoryEncoding", {{"num_tokens", int64_t{4}}, {"output_mode", mode}});
+      const Tensor y = forward(models::testing::build(s, false, 2), ids);
+      REQUIRE(y.shape() == Shape{2, 4});
+      for (int64_t i = 0; i < 8; ++i) CHECK_MESSAGE(y.get_f64(i) == values[static_cast<size_t>(i)], mode);
+    }
+    Spec one({3}, "int64");
+    one.add("CategoryEncoding", {{"num_tokens", int64_t{4}}, {"output_mode", std::string("one_hot")}});
+    const Tensor y = forward(models::testing::build(one, false, 2), ids);
+    REQUIRE(y.shape() == Shape{2, 3, 4});
+    for (int64_t i = 0; i < 6; ++i)
+      for (int64_t t = 0; t < 4; ++t) CHECK(y.get_f64(i * 4 + t) == (ids.get_f64(i) == t ? 1 : 0));
+    // Buckets of [0, 1, 2]: (-inf, 0) 0, [0, 1) 1, [1, 2) 2, [2, inf) 3; then one-hot rows of them.
+    Spec d({4});
+    d.add("Discretization", {{"bin_boundaries", std::vector<double>{0, 1, 2}}})
+        .add("CategoryEncoding", {{"num_tokens", int64_t{4}}, {"output_mode", std::string("count")}});
+    const Tensor x = Tensor::from<float>(Shape{1, 4}, {-0.5f, 0.0f, 1.5f, 7.0f});
+    const Tensor c = forward(models::testing::build(d, false, 1), x);
+    REQUIRE(c.shape() == Shape{1, 4});
+    for (int64_t t = 0; t < 4; ++t) CHECK(c.get_f64(t) == 1);
+    Spec unsorted({4});
+    unsorted.add("Discretization", {{"bin_boundaries", std::vector<double>{1, 0}}});
+    CHECK_THROWS_WITH(models::testing::build(unsorted), doctest::Contains("must be sorted"));
+  }
+
   TEST_CASE("run: a Conv3D classifier trains") {
     Spec s({4, 6, 6, 1});
     s.add("Conv3D", {{"filters", int64_t{4}},
