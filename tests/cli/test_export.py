@@ -245,6 +245,50 @@ activation = "softmax"
 """, self.x[:30, :, :, None])
         self.assertIn("Conv", {n.op_type for n in m.graph.node})
 
+    def test_preprocessing_and_time_distributed_layers_export_and_run_as_predict_does(self):
+        # Normalization (adapted by fit), TimeDistributed(Dense) over the rows, Discretization and
+        # CategoryEncoding (count) on a second branch.
+        m = self.fit_export_and_predict("preprocessing", """[model]
+input = [28, 28, 1]
+[[model.layers]]
+type = "Normalization"
+[[model.layers]]
+type = "Reshape"
+target_shape = [28, 28]
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+units = 4
+activation = "relu"
+[[model.layers]]
+type = "Flatten"
+name = "rows"
+[[model.layers]]
+type = "Reshape"
+target_shape = [784]
+inputs = ["input"]
+name = "pixels"
+[[model.layers]]
+type = "Discretization"
+bin_boundaries = [0.25, 0.5, 0.75]
+[[model.layers]]
+type = "CategoryEncoding"
+num_tokens = 4
+output_mode = "count"
+[[model.layers]]
+type = "Rescaling"
+scale = 0.001
+name = "histogram"
+[[model.layers]]
+type = "Concatenate"
+inputs = ["rows", "histogram"]
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:30, :, :, None])
+        self.assertIn("Equal", {n.op_type for n in m.graph.node})
+
     def test_sequence_layers_export_and_run_as_predict_does(self):
         # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM, SimpleRNN
         # (merged by product and mean; trained with dropout and recurrent_dropout, which inference leaves out) and
