@@ -226,6 +226,17 @@ Command add_fit_command(CLI::App& app) {
       s = ck->spec(spec->overrides());
       if (!spec->path.empty()) {
         formats::ModelSpec given = load_given();
+        // The statistics trainer fit computed for a Normalization layer (adapt) are in the checkpoint's spec,
+        // not in the file it was read from.
+        for (size_t k = 0; k < given.model.layers.size() && k < s.model.layers.size(); ++k) {
+          formats::LayerSpec& l = given.model.layers[k];
+          const formats::LayerSpec& adapted = s.model.layers[k];
+          if (l.type == "Normalization" && adapted.type == l.type && !l.args.count("mean") &&
+              !l.args.count("variance") && adapted.args.count("mean") && adapted.args.count("variance")) {
+            l.args["mean"] = adapted.args.at("mean");
+            l.args["variance"] = adapted.args.at("variance");
+          }
+        }
         if (!formats::same_settings(given, s))
           throw InputError(spec->path,
                            fmt::format("the spec does not match the checkpoint {}: {}", *resume,

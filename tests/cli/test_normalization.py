@@ -83,6 +83,30 @@ class Normalization(unittest.TestCase):
                 want = z.reshape(len(x), -1) @ tensors["dense/kernel"].reshape(-1) + tensors["dense/bias"][0]
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
+    def test_a_run_with_adapted_statistics_resumes_from_its_spec_file(self):
+        x = np.random.default_rng(4).normal(3, 2, (64, 3)).astype(np.float32)
+        np.save(self.path("x.npy"), x)
+        np.save(self.path("y.npy"), np.zeros((64, 1), np.float32))
+        spec = self.path("spec.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(input="[3]", norm="").replace("epochs = 1", "epochs = 2")
+                    + "[train.checkpoint]\nevery_epochs = 1\n")
+        out = self.path("run")
+        r = run(["fit", spec, "--output-dir", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        first = os.path.join(out, "epoch-1.ckpt")
+        self.assertTrue(os.path.exists(first), os.listdir(out))
+        r = run(["fit", spec, "--resume", first, "--output-dir", self.path("resumed")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("(adapt)", r.stderr)  # the checkpoint's statistics, not new ones
+        # A spec that changed is still told apart.
+        with open(spec) as f:
+            text = f.read()
+        with open(spec, "w") as f:
+            f.write(text.replace("batch_size = 32", "batch_size = 16"))
+        r = run(["fit", spec, "--resume", first, "--output-dir", self.path("other")])
+        cli_util.assert_input_error(self, r, "does not match the checkpoint")
+
     def test_given_mean_and_variance_and_invert(self):
         x = np.array([[1, 2], [3, 6]], np.float32)
         r, ckpt = self.fit(x, "mean = [1, 2]\nvariance = [4, 16]", "[2]")
