@@ -137,6 +137,30 @@ LayerValue build_dropout(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return x;
 }
 
+// AlphaDropout (for SELU networks), in training only: dropped values become SELU's negative saturation
+// -alpha scale, then a x + b with Keras's a = ((1 - rate)(1 + rate alpha_p^2))^-1/2 and b = -a alpha_p rate
+// keep the mean and variance. The keep mask is a Dropout of ones (Philox, as Dropout's), times 1 - rate.
+LayerValue build_alpha_dropout(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const double rate = b.args.number("rate");
+  if (!(rate >= 0 && rate < 1)) b.fail("rate", fmt::format("rate must be in [0, 1), got {}", rate));
+  LayerValue x = in[0];
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  const Shape s = b.graph.value(x.value).shape;
+  const ValueId mask = b.dropout_mask("mask", s.dims(), rate, "seed");
+  if (mask == kNoValue) return x;
+  const double alpha_p = -1.6732632423543772848170429916717 * 1.0507009873554804934193349852946;
+  const double a = 1.0 / std::sqrt((1 - rate) * (1 + rate * alpha_p * alpha_p)), shift = -a * alpha_p * rate;
+  auto c = [&](const char* what, double v) {
+    return b.constant(what, Tensor::scalar<float>(static_cast<float>(v)));
+  };
+  const ValueId kept = b.op("Mul", {mask, c("keep_scale", 1 - rate)});  // 1 kept, 0 dropped
+  const ValueId dropped = b.op("Mul", {b.op("Sub", {c("one", 1), kept}), c("alpha_p", alpha_p)});
+  x.value = b.op(
+      "Add", {b.op("Mul", {b.op("Add", {b.op("Mul", {x.value, kept}), dropped}), c("a", a)}), c("b", shift)});
+  return x;
+}
+
 // GaussianNoise (x + N(0, stddev^2)) and GaussianDropout (x times N(1, rate / (1 - rate))), in training only:
 // a RandomNormalLike of x's shape, drawn anew each step from Philox as Dropout's masks are.
 LayerValue gaussian(LayerBuilder& b, const std::vector<LayerValue>& in, bool dropout) {
@@ -610,6 +634,7 @@ void add_core_layers(std::vector<LayerDef>& defs) {
   defs.push_back(
       {"SpatialDropout3D", "spatial_dropout3d", {rate, seed}, 1, 1, false, build_spatial_dropout3d});
   defs.push_back({"Identity", "identity", {}, 1, 1, false, build_identity});
+  defs.push_back({"AlphaDropout", "alpha_dropout", {rate, seed}, 1, 1, false, build_alpha_dropout});
   defs.push_back({"GaussianNoise",
                   "gaussian_noise",
                   {{"stddev", ArgKind::number, std::nullopt}, seed},
@@ -693,11 +718,11 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_time_distributed});
-  keep_masks(defs, {"Dense",           "Activation", "ReLU",    "LeakyReLU",        "ELU",
-                    "PReLU",           "Softmax",    "Dropout", "SpatialDropout1D", "GaussianNoise",
-                    "GaussianDropout", "Rescaling",  "Add",     "Subtract",         "Multiply",
-                    "Average",         "Maximum",    "Minimum", "Concatenate",      "TimeDistributed",
-                    "Normalization",   "Identity"});
+  keep_masks(defs, {"Dense",           "Activation", "ReLU",        "LeakyReLU",        "ELU",
+                    "PReLU",           "Softmax",    "Dropout",     "SpatialDropout1D", "GaussianNoise",
+                    "GaussianDropout", "Rescaling",  "Add",         "Subtract",         "Multiply",
+                    "Average",         "Maximum",    "Minimum",     "Concatenate",      "TimeDistributed",
+                    "Normalization",   "Identity",   "AlphaDropout"});
 }
 
 }  // namespace trainer::models

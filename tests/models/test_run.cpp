@@ -430,6 +430,27 @@ TEST_SUITE("run") {
     for (int64_t i = 0; i < x.numel(); ++i) CHECK(z.get_f64(i) == x.get_f64(i));
   }
 
+  TEST_CASE("run: AlphaDropout keeps or saturates each value, then shifts and scales as Keras") {
+    Spec s({400});
+    s.add("AlphaDropout", {{"rate", 0.25}});
+    const Tensor x = ops::random_tensor(Shape{2, 400}, -1, 1, 17, DType::f32);
+    const Tensor y = forward(models::testing::build(s, true, 2), x);
+    const double alpha_p = -1.6732632423543772 * 1.0507009873554805, rate = 0.25;
+    const double a = 1 / std::sqrt((1 - rate) * (1 + rate * alpha_p * alpha_p)), b = -a * alpha_p * rate;
+    int dropped = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double kept = a * x.get_f64(i) + b, gone = a * alpha_p + b;
+      const bool is_kept = std::fabs(y.get_f64(i) - kept) < 1e-5,
+                 is_gone = std::fabs(y.get_f64(i) - gone) < 1e-5;
+      CHECK((is_kept || is_gone));
+      dropped += !is_kept;
+    }
+    CHECK(dropped > 120);  // a quarter of 800, give or take
+    CHECK(dropped < 280);
+    const Tensor z = forward(models::testing::build(s, false, 2), x);  // inference: the identity
+    for (int64_t i = 0; i < x.numel(); ++i) CHECK(z.get_f64(i) == x.get_f64(i));
+  }
+
   TEST_CASE("run: CategoryEncoding's modes and Discretization's buckets") {
     const Tensor ids = Tensor::from<int64_t>(Shape{2, 3}, {1, 3, 1, 0, 0, 2});
     const std::map<std::string, std::vector<double>> want = {{"multi_hot", {0, 1, 0, 1, 1, 0, 1, 0}},
