@@ -137,7 +137,9 @@ const std::set<std::string>& formula_ops() {
                                             "Scatter",
                                             "LRN",
                                             "ReverseSequence",
-                                            "Bernoulli"};
+                                            "Bernoulli",
+                                            "GroupNormalization",
+                                            "AffineGrid"};
   return ops;
 }
 
@@ -202,6 +204,7 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
     return i == 0 || i == 2;                          // not indices
   if (op == "Bernoulli" || op == "If") return false;  // a random draw; a condition
   if (op == "STFT") return i == 0 || i == 2;          // the signal and the window
+  if (op == "GroupNormalization") return i <= 2;
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -1910,6 +1913,96 @@ class Importer {
         std::vector<int64_t> back(xs.dims().begin(), xs.dims().end());
         back[static_cast<size_t>(batch_axis)] = 0;
         node("Reshape", {v, ints_constant(p, "back", back)}, {}, "reversed_sequences", true);
+      } else if (p.op == "GroupNormalization") {
+        // x [N, C, D...] in num_groups groups of C / G channels, each normalized over its values, then scaled
+        // and shifted: per group in opsets 18 to 20 (scale and bias [G]), per channel from 21 ([C]).
+        if (p.inputs.size() != 3 || p.inputs[1] == engine::kNoValue || p.inputs[2] == engine::kNoValue)
+          fail(fmt::format("{} needs the data, a scale and a bias", p.label), "the exporter is broken");
+        const int64_t groups = p.attrs.has("num_groups") ? p.attrs.i("num_groups") : 0;
+        const int64_t ch = xs.rank() >= 2 ? xs[1] : 0;
+        const bool per_group = result_.info.opset < 21;
+        const int64_t params = per_group ? groups : ch;
+        if (xs.rank() < 3 || groups < 1 || ch % groups != 0 ||
+            g().value(p.inputs[1]).shape.numel() != params || g().value(p.inputs[2]).shape.numel() != params)
+          fail(fmt::format(
+              "{}: needs [N, C, D...] data whose C a num_groups of {} divides, and a scale and bias of {} "
+              "values ({}), got {}",
+              p.label, groups, params, per_group ? "one per group before opset 21" : "one per channel",
+              xs.str()));
+        const engine::Attributes last{{"axes", std::vector<int64_t>{2}}, {"keepdims", int64_t{1}}};
+        const ValueId v = node("Reshape", {x, ints_constant(p, "groups", {0, groups, -1})}, {}, "grouped");
+        const ValueId d = node("Sub", {v, node("ReduceMean", {v}, last, "mean")}, {}, "centred");
+        const ValueId var = node("ReduceMean", {node("Mul", {d, d}, {}, "squares")}, last, "variance");
+        const ValueId n = node(
+            "Div",
+            {d, node("Sqrt", {node("Add", {var, c("epsilon", float_attr("epsilon", 1e-5))}, {}, "guarded")},
+                     {}, "sd")},
+            {}, "normalized");
+        std::vector<int64_t> back(xs.dims().begin(), xs.dims().end()),
+            column(static_cast<size_t>(xs.rank() - 1), 1);
+        back[0] = 0;
+        column[0] = ch;
+        auto channels = [&](ValueId param, const std::string& what) {  // [G] or [C] -> [C, 1, ...]
+          ValueId v2 = param;
+          if (per_group)
+            v2 = node("Reshape",
+                      {node("Expand",
+                            {node("Reshape", {param, ints_constant(p, what + "/group_column", {groups, 1})},
+                                  {}, what + "/groups"),
+                             ints_constant(p, what + "/per_channel", {groups, ch / groups})},
+                            {}, what + "/expanded"),
+                       ints_constant(p, what + "/flat", {ch})},
+                      {}, what + "/channels");
+          return node("Reshape", {v2, ints_constant(p, what + "/column", column)}, {},
+                      what + "/column_shape");
+        };
+        const ValueId y = node("Reshape", {n, ints_constant(p, "back", back)}, {}, "ungrouped");
+        node("Add",
+             {node("Mul", {y, channels(p.inputs[1], "scale")}, {}, "scaled"), channels(p.inputs[2], "bias")},
+             {}, "shifted", true);
+      } else if (p.op == "AffineGrid") {
+        // theta [N, 2, 3] (or [N, 3, 4]) applied to each output position's normalized coordinates (x, y[, z],
+        // 1): a constant [positions, 3 or 4] base grid times theta transposed, as [N, H, W, 2] (or [N, D, H,
+        // W, 3]).
+        const Tensor& size = constant_input(1, "size");
+        const int64_t dims = size.numel() - 2;  // 2 or 3 spatial dims
+        if ((dims != 2 && dims != 3) || xs.rank() != 3 || xs[1] != dims || xs[2] != dims + 1)
+          fail(fmt::format(
+              "{}: needs theta [N, 2, 3] with a size of 4 values, or [N, 3, 4] with 5; got {} and {} values",
+              p.label, xs.str(), size.numel()));
+        const bool align = p.attrs.has("align_corners") && p.attrs.i("align_corners") != 0;
+        std::vector<int64_t> extent(static_cast<size_t>(dims));  // (D,) H, W
+        int64_t positions = 1;
+        for (int64_t k = 0; k < dims; ++k) {
+          extent[static_cast<size_t>(k)] = static_cast<int64_t>(size.get_f64(2 + k));
+          positions *= extent[static_cast<size_t>(k)];
+        }
+        auto coord = [&](int64_t i, int64_t n) {  // the i-th of n positions in [-1, 1]
+          if (align) return n > 1 ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(n - 1) : 0.0;
+          return (2.0 * static_cast<double>(i) + 1.0) / static_cast<double>(n) - 1.0;
+        };
+        Tensor base(t, Shape{positions, dims + 1});
+        for (int64_t pos = 0; pos < positions; ++pos) {
+          int64_t rem = pos;
+          std::vector<int64_t> idx(static_cast<size_t>(dims));
+          for (int64_t k = dims - 1; k >= 0; --k) {
+            idx[static_cast<size_t>(k)] = rem % extent[static_cast<size_t>(k)];
+            rem /= extent[static_cast<size_t>(k)];
+          }
+          // Columns x (the last axis), y, (z), then 1.
+          for (int64_t k = 0; k < dims; ++k) {
+            const size_t axis = static_cast<size_t>(dims - 1 - k);
+            base.set_f64(pos * (dims + 1) + k, coord(idx[axis], extent[axis]));
+          }
+          base.set_f64(pos * (dims + 1) + dims, 1.0);
+        }
+        const ValueId b = g().add_constant(g().unique_name(p.base() + "/base_grid"), std::move(base));
+        const ValueId tt = node("Transpose", {x}, {{"perm", std::vector<int64_t>{0, 2, 1}}}, "theta_columns");
+        std::vector<int64_t> shape = {-1};
+        shape.insert(shape.end(), extent.begin(), extent.end());
+        shape.push_back(dims);
+        node("Reshape", {node("MatMul", {b, tt}, {}, "points"), ints_constant(p, "grid_shape", shape)}, {},
+             "grid", true);
       } else if (p.op == "Bernoulli") {  // 1 where a uniform draw falls below the probability
         engine::Attributes draw;
         if (p.attrs.has("seed")) draw.set("seed", p.attrs.f("seed"));

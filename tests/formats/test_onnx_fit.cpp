@@ -460,6 +460,59 @@ TEST_SUITE("onnx_fit") {
         check_import_gradient(model, {x, w}, 1);
       }
     }
+    SUBCASE("GroupNormalization: scale and bias per group (opset 18), per channel (opset 21)") {
+      const Tensor x = ops::random_tensor({2, 4, 3}, -1, 1, 35, DType::f64);
+      for (int opset : {18, 21}) {
+        CAPTURE(opset);
+        const int64_t params = opset < 21 ? 2 : 4;
+        onnx::ModelProto m = one_node_model(opset, "GroupNormalization", {2, 4, 3}, {"scale", "bias"});
+        const Tensor scale = ops::random_tensor({params}, 0.5, 2, 36, DType::f64);
+        const Tensor bias = ops::random_tensor({params}, -1, 1, 37, DType::f64);
+        add_init(m.mutable_graph(), "scale", scale);
+        add_init(m.mutable_graph(), "bias", bias);
+        set_int(m.mutable_graph()->mutable_node(0), "num_groups", 2);
+        const Tensor y = run_once(import_onnx_model(m, "group_norm"), x);
+        REQUIRE(y.shape() == Shape{2, 4, 3});
+        for (int64_t n = 0; n < 2; ++n)
+          for (int64_t grp = 0; grp < 2; ++grp) {  // channels 2 grp and 2 grp + 1: 6 values
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < 6; ++i) mean += x.get_f64(n * 12 + grp * 6 + i) / 6;
+            for (int64_t i = 0; i < 6; ++i) var += std::pow(x.get_f64(n * 12 + grp * 6 + i) - mean, 2) / 6;
+            for (int64_t i = 0; i < 6; ++i) {
+              const int64_t ch = grp * 2 + i / 3, k = opset < 21 ? grp : ch;
+              const double want =
+                  (x.get_f64(n * 12 + grp * 6 + i) - mean) / std::sqrt(var + 1e-5) * scale.get_f64(k) +
+                  bias.get_f64(k);
+              CHECK(y.get_f64(n * 12 + grp * 6 + i) == doctest::Approx(want));
+            }
+          }
+        check_import_gradient(m, x);
+      }
+    }
+    SUBCASE("AffineGrid: theta on the normalized coordinates, with and without align_corners") {
+      const Tensor theta = ops::random_tensor({2, 2, 3}, -1, 1, 38, DType::f64);
+      for (int64_t align : {0, 1}) {
+        onnx::ModelProto m = one_node_model(20, "AffineGrid", {2, 2, 3}, {"size"});
+        add_init(m.mutable_graph(), "size", Tensor::from<int64_t>(Shape{4}, {2, 1, 3, 4}));
+        set_int(m.mutable_graph()->mutable_node(0), "align_corners", align);
+        const Tensor y = run_once(import_onnx_model(m, "affine_grid"), theta);
+        REQUIRE(y.shape() == Shape{2, 3, 4, 2});
+        auto coord = [&](int64_t i, int64_t n) {
+          return align ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(n - 1)
+                       : (2.0 * static_cast<double>(i) + 1.0) / static_cast<double>(n) - 1.0;
+        };
+        for (int64_t n = 0; n < 2; ++n)
+          for (int64_t r = 0; r < 3; ++r)
+            for (int64_t q = 0; q < 4; ++q)
+              for (int64_t o = 0; o < 2; ++o) {
+                const double want = theta.get_f64(n * 6 + o * 3) * coord(q, 4) +
+                                    theta.get_f64(n * 6 + o * 3 + 1) * coord(r, 3) +
+                                    theta.get_f64(n * 6 + o * 3 + 2);
+                CHECK(y.get_f64(((n * 3 + r) * 4 + q) * 2 + o) == doctest::Approx(want));
+              }
+        check_import_gradient(m, theta);
+      }
+    }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
       add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));
