@@ -139,7 +139,8 @@ const std::set<std::string>& formula_ops() {
                                             "ReverseSequence",
                                             "Bernoulli",
                                             "GroupNormalization",
-                                            "AffineGrid"};
+                                            "AffineGrid",
+                                            "CenterCropPad"};
   return ops;
 }
 
@@ -2003,6 +2004,43 @@ class Importer {
         shape.push_back(dims);
         node("Reshape", {node("MatMul", {b, tt}, {}, "points"), ints_constant(p, "grid_shape", shape)}, {},
              "grid", true);
+      } else if (p.op == "CenterCropPad") {
+        // Each axis (all, or `axes`) cut or zero-padded to the target size around its centre: a Slice from
+        // (size - target) / 2 where it is longer, a Pad of (target - size) / 2 before where it is shorter.
+        const Tensor& target = constant_input(1, "shape");
+        std::vector<int64_t> axes;
+        if (p.attrs.has("axes")) {
+          for (int64_t a : p.attrs.ints("axes")) axes.push_back(a < 0 ? a + xs.rank() : a);
+        } else {
+          for (int64_t a = 0; a < xs.rank(); ++a) axes.push_back(a);
+        }
+        if (static_cast<int64_t>(axes.size()) != target.numel())
+          fail(fmt::format("{}: {} target sizes for {} axes", p.label, target.numel(), axes.size()));
+        std::vector<int64_t> starts, ends, cut_axes, pads(static_cast<size_t>(2 * xs.rank()), 0);
+        bool pad = false;
+        for (size_t k = 0; k < axes.size(); ++k) {
+          const int64_t a = axes[k], size = xs[static_cast<int>(a)],
+                        want = static_cast<int64_t>(target.get_f64(k));
+          if (a < 0 || a >= xs.rank() || want < 1)
+            fail(fmt::format("{}: axis {} or size {} is out of range", p.label, a, want));
+          if (want < size) {
+            starts.push_back((size - want) / 2);
+            ends.push_back((size - want) / 2 + want);
+            cut_axes.push_back(a);
+          } else if (want > size) {
+            pads[static_cast<size_t>(a)] = (want - size) / 2;
+            pads[static_cast<size_t>(a + xs.rank())] = want - size - (want - size) / 2;
+            pad = true;
+          }
+        }
+        ValueId v = x;
+        if (!cut_axes.empty())
+          v = node("Slice",
+                   {v, ints_constant(p, "starts", starts), ints_constant(p, "ends", ends),
+                    ints_constant(p, "axes", cut_axes)},
+                   {}, "cropped", !pad);
+        if (pad) v = node("Pad", {v, ints_constant(p, "pads", pads)}, {}, "padded", true);
+        if (cut_axes.empty() && !pad) node("Identity", {v}, {}, "same", true);
       } else if (p.op == "Bernoulli") {  // 1 where a uniform draw falls below the probability
         engine::Attributes draw;
         if (p.attrs.has("seed")) draw.set("seed", p.attrs.f("seed"));

@@ -513,6 +513,27 @@ TEST_SUITE("onnx_fit") {
         check_import_gradient(m, theta);
       }
     }
+    SUBCASE("CenterCropPad: cut around the centre where longer, zeros around where shorter") {
+      onnx::ModelProto m = one_node_model(18, "CenterCropPad", {2, 5, 2}, {"shape"});
+      add_init(m.mutable_graph(), "shape", Tensor::from<int64_t>(Shape{2}, {2, 5}));
+      auto* at = m.mutable_graph()->mutable_node(0)->add_attribute();
+      at->set_name("axes");
+      at->set_type(onnx::AttributeProto::INTS);
+      at->add_ints(1);
+      at->add_ints(-1);
+      Tensor x(DType::f64, Shape{2, 5, 2});
+      for (int64_t i = 0; i < 20; ++i) x.set_f64(i, static_cast<double>(i + 1));
+      const Tensor y = run_once(import_onnx_model(m, "center_crop_pad"), x);
+      REQUIRE(y.shape() == Shape{2, 2, 5});
+      // Rows 1 and 2 of the 5 (start (5 - 2) / 2 = 1); columns padded by (5 - 2) / 2 = 1 before, 2 after.
+      for (int64_t n = 0; n < 2; ++n)
+        for (int64_t r = 0; r < 2; ++r)
+          for (int64_t q = 0; q < 5; ++q) {
+            const double want = q >= 1 && q < 3 ? x.get_f64((n * 5 + r + 1) * 2 + q - 1) : 0.0;
+            CHECK(y.get_f64((n * 2 + r) * 5 + q) == want);
+          }
+      check_import_gradient(m, x);
+    }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
       add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));
