@@ -140,7 +140,8 @@ const std::set<std::string>& formula_ops() {
                                             "Bernoulli",
                                             "GroupNormalization",
                                             "AffineGrid",
-                                            "CenterCropPad"};
+                                            "CenterCropPad",
+                                            "MaxUnpool"};
   return ops;
 }
 
@@ -835,6 +836,9 @@ class Importer {
       return add_upsample(p);
     if (p.op == "Resize" && domain.empty()) return add_resize(p);
     if ((p.op == "DFT" || p.op == "STFT") && domain.empty()) return add_fourier(p);
+    if (p.op == "MaxPool" && domain.empty() && p.outputs.size() == 2 && !p.outputs[1].empty() &&
+        g().value(p.inputs.at(0)).shape.rank() == 4)
+      return add_max_pool_with_indices(p);
     if ((p.op == "MaxPool" || p.op == "AveragePool" || p.op == "Conv" || p.op == "ConvTranspose") &&
         domain.empty() && g().value(p.inputs.at(0)).shape.rank() == 5)
       return add_volume_op(p);
@@ -2041,6 +2045,63 @@ class Importer {
                    {}, "cropped", !pad);
         if (pad) v = node("Pad", {v, ints_constant(p, "pads", pads)}, {}, "padded", true);
         if (cut_axes.empty() && !pad) node("Identity", {v}, {}, "same", true);
+      } else if (p.op == "MaxUnpool") {
+        // Each value at its flat index (MaxPool's Indices) in zeros of the pooled input's shape, (in - 1)
+        // stride + kernel - pads per axis: a scatter-add (GatherGrad) into the flat tensor, divided by how
+        // often each index is named; a larger output_shape adds zeros at the end of each axis, keeping the
+        // positions.
+        if (p.inputs.size() < 2 || p.inputs[1] == engine::kNoValue)
+          fail(fmt::format("{} needs the values and their indices", p.label), "the exporter is broken");
+        const std::vector<int64_t> kernel =
+            p.attrs.has("kernel_shape") ? p.attrs.ints("kernel_shape") : std::vector<int64_t>{};
+        const int64_t spatial = xs.rank() - 2;
+        if (spatial < 1 || static_cast<int64_t>(kernel.size()) != spatial)
+          fail(fmt::format("{}: kernel_shape {} does not fit the input {}", p.label, fmt::join(kernel, ","),
+                           xs.str()));
+        const std::vector<int64_t> stride =
+            p.attrs.has("strides") ? p.attrs.ints("strides") : std::vector<int64_t>(spatial, 1);
+        const std::vector<int64_t> pads =
+            p.attrs.has("pads") ? p.attrs.ints("pads") : std::vector<int64_t>(2 * spatial, 0);
+        std::vector<int64_t> shape = {xs[0], xs[1]};
+        for (int64_t d = 0; d < spatial; ++d)
+          shape.push_back((xs[static_cast<int>(d) + 2] - 1) * stride[static_cast<size_t>(d)] +
+                          kernel[static_cast<size_t>(d)] - pads[static_cast<size_t>(d)] -
+                          pads[static_cast<size_t>(d + spatial)]);
+        int64_t total = 1;
+        for (int64_t v : shape) total *= v;
+        const ValueId flat = ints_constant(p, "flat", {-1});
+        const ValueId ids = node("Cast", {node("Reshape", {p.inputs[1], flat}, {}, "index_rows")},
+                                 {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
+        const engine::Attributes into{{"axis", int64_t{0}}, {"shape", std::vector<int64_t>{total}}};
+        const ValueId summed =
+            node("GatherGrad", {node("Reshape", {x, flat}, {}, "value_rows"), ids}, into, "summed");
+        // An index named twice (overlapping windows share a maximum) holds the mean of its values, which is
+        // the value itself when they are that maximum.
+        Tensor ones(t, Shape{xs.numel()});
+        for (int64_t k = 0; k < xs.numel(); ++k) ones.set_f64(k, 1.0);
+        const ValueId hits =
+            node("GatherGrad", {g().add_constant(g().unique_name(p.base() + "/ones"), std::move(ones)), ids},
+                 into, "hits");
+        const ValueId spread =
+            node("Div", {summed, node("Max", {hits, c("one", 1)}, {}, "count")}, {}, "spread");
+        const bool larger = p.inputs.size() > 2 && p.inputs[2] != engine::kNoValue;
+        ValueId y =
+            node("Reshape", {spread, ints_constant(p, "unpooled_shape", shape)}, {}, "unpooled", !larger);
+        if (larger) {
+          const Tensor& want = constant_input(2, "output_shape");
+          std::vector<int64_t> pad_end(static_cast<size_t>(2 * xs.rank()), 0);
+          for (int64_t d = 0; d < xs.rank(); ++d) {
+            const int64_t extra = static_cast<int64_t>(want.get_f64(d)) - shape[static_cast<size_t>(d)];
+            if (extra < 0 || (d < 2 && extra != 0))
+              fail(fmt::format(
+                  "{}: output_shape [{}] is smaller than the unpooled [{}]", p.label,
+                  fmt::join(std::vector<double>(want.data<int64_t>(), want.data<int64_t>() + want.numel()),
+                            ", "),
+                  fmt::join(shape, ", ")));
+            pad_end[static_cast<size_t>(xs.rank() + d)] = extra;
+          }
+          node("Pad", {y, ints_constant(p, "output_pads", pad_end)}, {}, "output", true);
+        }
       } else if (p.op == "Bernoulli") {  // 1 where a uniform draw falls below the probability
         engine::Attributes draw;
         if (p.attrs.has("seed")) draw.set("seed", p.attrs.f("seed"));
@@ -2389,6 +2450,79 @@ class Importer {
       const ValueId bias = p.inputs.size() > 2 ? p.inputs[2] : engine::kNoValue;
       engine::ops::conv_transpose3d_as_2d(e, p.inputs[0], xs, p.inputs[1], ws, bias, p.attrs, &err);
       if (!err.empty()) fail(fmt::format("{}: {}", p.label, err));
+    });
+  }
+
+  // MaxPool of [N, C, H, W] with its Indices output: the pool itself, then for every tap of the window (in
+  // row-major order) the data at that tap for every output position (a strided Slice of the data padded with
+  // -inf), compared with the maximum; the first tap that equals it gives its flat index into x (row-major, or
+  // column-major within the image under storage_order 1), in int64 arithmetic.
+  void add_max_pool_with_indices(const PendingNode& p) {
+    const Shape xs = g().value(p.inputs[0]).shape;
+    const DType t = g().value(p.inputs[0]).dtype;
+    const std::vector<int64_t> kernel =
+        p.attrs.has("kernel_shape") ? p.attrs.ints("kernel_shape") : std::vector<int64_t>{};
+    const bool ceil_mode = p.attrs.has("ceil_mode") && p.attrs.i("ceil_mode") != 0;
+    engine::ops::WindowGeometry w;
+    const std::string err = engine::ops::resolve_window(p.attrs, {xs[2], xs[3]}, kernel, ceil_mode, &w);
+    if (!err.empty()) fail(fmt::format("{}: {}", p.label, err));
+    const bool column_major = p.attrs.has("storage_order") && p.attrs.i("storage_order") != 0;
+    const int64_t n = xs[0], ch = xs[1], h = xs[2], wd = xs[3], oh = w.out[0], ow = w.out[1];
+    wrap(p.label, [&] {
+      auto node = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                      const std::string& what, bool last = false) {
+        return add_part(p, op, std::move(ins), std::move(a), what, last);
+      };
+      engine::Attributes pool = p.attrs;
+      const ValueId y = node("MaxPool", {p.inputs[0]}, pool, "pool", true);
+      auto i64 = [&](const std::string& what, const std::vector<int64_t>& v, Shape s) {
+        return g().add_constant(g().unique_name(p.base() + "/" + what),
+                                Tensor::from<int64_t>(std::move(s), v));
+      };
+      const ValueId padded =
+          node("Pad",
+               {p.inputs[0],
+                ints_constant(p, "pads",
+                              {0, 0, w.pad_begin[0], w.pad_begin[1], 0, 0, w.reach_end(0), w.reach_end(1)}),
+                scalar_constant(p, "minus_infinity", -std::numeric_limits<double>::infinity(), t)},
+               {}, "padded");
+      const ValueId one = scalar_constant(p, "one", 1, DType::i64);
+      ValueId found = engine::kNoValue, index = engine::kNoValue;
+      for (int64_t i = 0; i < w.kernel[0]; ++i)
+        for (int64_t j = 0; j < w.kernel[1]; ++j) {
+          const std::string tap = fmt::format("tap{}_{}", i, j);
+          const int64_t r0 = i * w.dilation[0], c0 = j * w.dilation[1];
+          const ValueId values =
+              node("Slice",
+                   {padded, ints_constant(p, tap + "/starts", {r0, c0}),
+                    ints_constant(p, tap + "/ends",
+                                  {r0 + (oh - 1) * w.stride[0] + 1, c0 + (ow - 1) * w.stride[1] + 1}),
+                    ints_constant(p, tap + "/axes", {2, 3}),
+                    ints_constant(p, tap + "/steps", {w.stride[0], w.stride[1]})},
+                   {}, tap + "/values");
+          std::vector<int64_t> at(static_cast<size_t>(oh * ow));
+          for (int64_t a = 0; a < oh; ++a)
+            for (int64_t b = 0; b < ow; ++b) {
+              const int64_t r = a * w.stride[0] - w.pad_begin[0] + r0,
+                            c = b * w.stride[1] - w.pad_begin[1] + c0;
+              at[static_cast<size_t>(a * ow + b)] = column_major ? c * h + r : r * wd + c;
+            }
+          ValueId hit = node("Cast", {node("Equal", {values, y}, {}, tap + "/is_max")},
+                             {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, tap + "/hit");
+          if (found != engine::kNoValue)
+            hit = node("Mul", {hit, node("Sub", {one, found}, {}, tap + "/open")}, {}, tap + "/first");
+          const ValueId contribution =
+              node("Mul", {hit, i64(tap + "/at", at, Shape{oh, ow})}, {}, tap + "/index");
+          found = found == engine::kNoValue ? hit : node("Add", {found, hit}, {}, tap + "/found");
+          index =
+              index == engine::kNoValue ? contribution : node("Add", {index, contribution}, {}, tap + "/sum");
+        }
+      // Flat over the whole tensor: (n C + c) H W on top.
+      std::vector<int64_t> base(static_cast<size_t>(n * ch));
+      for (int64_t k = 0; k < n * ch; ++k) base[static_cast<size_t>(k)] = k * h * wd;
+      const ValueId offsets = i64("image_offsets", base, Shape{n, ch, 1, 1});
+      mark_batched(g().add_node_named("Add", {index, offsets}, {}, {p.outputs[1]},
+                                      g().unique_name(p.base() + "/indices")));
     });
   }
 

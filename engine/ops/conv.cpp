@@ -419,7 +419,10 @@ void register_conv_ops(OpRegistry& r) {
   {
     OpSchema s("MaxPool");
     s.since(12)
-        .doc("Max pooling over 1-D or 2-D windows. The optional Indices output is not supported.")
+        .doc(
+            "Max pooling over 1-D or 2-D windows. Its Indices output is not this op's: the ONNX importer "
+            "writes "
+            "it with other ops.")
         .inputs(1, 1)
         .outputs(1, 2)
         .attr("ceil_mode", int64_t{0})

@@ -534,6 +534,70 @@ TEST_SUITE("onnx_fit") {
           }
       check_import_gradient(m, x);
     }
+    SUBCASE("MaxPool's Indices against a direct loop (first maximum on ties), and MaxUnpool of them") {
+      const Shape xs{2, 3, 7, 7};
+      auto pool_model = [&](bool unpool) {
+        onnx::ModelProto m = make_model(12);
+        auto* g = m.mutable_graph();
+        add_input(g, "x", xs.dims(), onnx::TensorProto::DOUBLE);
+        auto* n = add_node(g, "MaxPool", {"x"}, {"y", "i"}, "pool");
+        for (auto [name, v] : {std::pair{"kernel_shape", std::vector<int64_t>{3, 2}},
+                               std::pair{"strides", std::vector<int64_t>{2, 2}},
+                               std::pair{"pads", std::vector<int64_t>{1, 0, 1, 1}}}) {
+          auto* at = n->add_attribute();
+          at->set_name(name);
+          at->set_type(onnx::AttributeProto::INTS);
+          for (int64_t e : v) at->add_ints(e);
+        }
+        set_int(n, "ceil_mode", 1);
+        if (unpool) {
+          auto* u = add_node(g, "MaxUnpool", {"y", "i", "shape"}, {"z"}, "unpool");
+          add_init(g, "shape", Tensor::from<int64_t>(Shape{4}, xs.dims()));
+          for (auto [name, v] : {std::pair{"kernel_shape", std::vector<int64_t>{3, 2}},
+                                 std::pair{"strides", std::vector<int64_t>{2, 2}},
+                                 std::pair{"pads", std::vector<int64_t>{1, 0, 1, 1}}}) {
+            auto* at = u->add_attribute();
+            at->set_name(name);
+            at->set_type(onnx::AttributeProto::INTS);
+            for (int64_t e : v) at->add_ints(e);
+          }
+          g->add_output()->set_name("z");
+        } else {
+          g->add_output()->set_name("i");
+        }
+        return m;
+      };
+      for (bool ties : {false, true}) {
+        CAPTURE(ties);
+        Tensor x = ops::random_tensor(xs, -1, 1, 39, DType::f64);
+        if (ties)
+          for (int64_t k = 0; k < x.numel(); ++k)
+            x.set_f64(k, std::round(x.get_f64(k)));  // -1, 0, 1: many ties
+        const Tensor idx = run_once(import_onnx_model(pool_model(false), "pool"), x);
+        // Output 4 x 4 (ceil((7 + 2 - 3) / 2) + 1 = 4, ceil((7 + 1 - 2) / 2) + 1 = 4).
+        REQUIRE(idx.shape() == Shape{2, 3, 4, 4});
+        for (int64_t img = 0; img < 6; ++img)
+          for (int64_t a = 0; a < 4; ++a)
+            for (int64_t b = 0; b < 4; ++b) {
+              int64_t best = -1;
+              for (int64_t i = 0; i < 3; ++i)
+                for (int64_t j = 0; j < 2; ++j) {
+                  const int64_t r = a * 2 - 1 + i, c = b * 2 + j;
+                  if (r < 0 || r >= 7 || c < 0 || c >= 7) continue;
+                  const int64_t flat = img * 49 + r * 7 + c;
+                  if (best < 0 || x.get_f64(flat) > x.get_f64(best)) best = flat;
+                }
+              CHECK(idx.get_f64((img * 4 + a) * 4 + b) == best);
+            }
+      }
+      // Pool then unpool: each window's maximum back where it was, zeros elsewhere; the gradient reaches the
+      // maxima only.
+      const Tensor x = ops::random_tensor(xs, -1, 1, 40, DType::f64);
+      const Tensor z = run_once(import_onnx_model(pool_model(true), "unpool"), x);
+      REQUIRE(z.shape() == xs);
+      for (int64_t k = 0; k < x.numel(); ++k) CHECK((z.get_f64(k) == 0 || z.get_f64(k) == x.get_f64(k)));
+      check_import_gradient(pool_model(true), x);
+    }
     SUBCASE("Scatter (opset 10): the data's named elements replaced") {
       onnx::ModelProto m = one_node_model(10, "Scatter", {3, 3}, {"indices", "updates"});
       add_init(m.mutable_graph(), "indices", Tensor::from<int64_t>(Shape{2, 3}, {1, 0, 2, 0, 2, 1}));

@@ -92,6 +92,7 @@ const std::map<std::string, std::vector<int>>& shape_operands() {
       {"Upsample", {1}},
       {"HannWindow", {0}},
       {"If", {0}},
+      {"MaxUnpool", {2}},
       {"DFT", {1, 2}},
       {"STFT", {1, 3}},
       {"MelWeightMatrix", {0, 1, 2, 3, 4}},
