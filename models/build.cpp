@@ -62,7 +62,12 @@ LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDe
   std::vector<int64_t> dims = {-1};
   dims.insert(dims.end(), merged.shape.begin(), merged.shape.end());
   merged.value = b.op("Reshape", {x.value, b.shape_constant("merged_shape", dims)});
-  LayerValue y = b.to_channels_last(wrapped.build(b, {merged}));
+  // The wrapped layer sees a batch of N T samples (its dropout masks are drawn per merged sample).
+  BuildOptions merged_options = b.options;
+  merged_options.batch_size = b.options.batch_size * steps;
+  LayerBuilder inner(b.graph, merged_options, b.spec, b.args, b.info);
+  LayerValue y = inner.to_channels_last(wrapped.build(inner, {merged}));
+  b.penalties.insert(b.penalties.end(), inner.penalties.begin(), inner.penalties.end());
   LayerValue out = y;
   out.shape = {steps};
   out.shape.insert(out.shape.end(), y.shape.begin(), y.shape.end());

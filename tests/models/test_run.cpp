@@ -347,6 +347,15 @@ TEST_SUITE("run") {
         for (int64_t ch = 0; ch < 2; ++ch) want += x.get_f64(p * 2 + ch) * k.get_f64(f * 2 + ch);
         CHECK(y.get_f64(p * 2 + f) == doctest::Approx(want).epsilon(1e-5));
       }
+    // Layers that draw per-sample masks draw them per frame, and regularizers inside count.
+    Spec drop({3, 2, 2, 2});
+    drop.add("TimeDistributed", {{"layer", std::string("SpatialDropout2D")}, {"rate", 0.5}})
+        .add("TimeDistributed", {{"layer", std::string("Dense")},
+                                 {"units", int64_t{2}},
+                                 {"kernel_regularizer", std::string("l2(0.5)")}});
+    BuiltModel dm = models::testing::build(drop, true, 2);
+    CHECK(dm.penalty != kNoValue);
+    CHECK(forward(std::move(dm), x).shape() == Shape{2, 3, 2, 2, 2});
     // A video classifier: per-frame convolution and pooling, then an LSTM over the frames.
     Spec video({4, 6, 6, 1});
     video
