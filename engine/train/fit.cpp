@@ -983,6 +983,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         replica_threads->run(eval_replica);
     }
     MetricAccumulator total{loss_kind(cfg.loss), &cfg};
+    for (const MetricAccumulator& a : accs) total.positions = std::max(total.positions, a.positions);
     std::vector<double> sums, f;
     total.flat(&sums);
     for (const MetricAccumulator& a : accs) {

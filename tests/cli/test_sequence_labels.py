@@ -108,6 +108,23 @@ class SequenceLabels(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         np.testing.assert_array_equal(np.load(io.BytesIO(r.stdout)), p.argmax(2))
 
+    def test_replicas_report_what_one_device_does(self):
+        # Two CPU replicas evaluate halves of the validation data; their accuracy counts positions as one
+        # device's does.
+        spec = self.path("replicas.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(steps=STEPS, vocab=VOCAB, units=CLASSES, activation="softmax", y="tags.npy",
+                                loss="sparse_categorical_crossentropy", epochs=2))
+        out = self.path("replicas")
+        r = run(["fit", spec, "--device", "cpu", "--devices", "2", "--output-dir", out], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        last = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1]
+        r = run(["evaluate", os.path.join(out, "last.ckpt")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ev = json.loads(r.stdout.splitlines()[-1])
+        self.assertAlmostEqual(last["val_accuracy"], ev["accuracy"], places=5)
+        self.assertAlmostEqual(last["val_loss"], ev["loss"], places=4)
+
     def test_one_hot_tags(self):
         epochs, ev, p, _ = self.fit("onehot", units=CLASSES, activation="softmax", y="onehot.npy",
                                     loss="categorical_crossentropy", epochs=3)
