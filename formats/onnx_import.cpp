@@ -141,7 +141,12 @@ const std::set<std::string>& formula_ops() {
                                             "GroupNormalization",
                                             "AffineGrid",
                                             "CenterCropPad",
-                                            "MaxUnpool"};
+                                            "MaxUnpool",
+                                            "QuantizeLinear",
+                                            "DequantizeLinear",
+                                            "DynamicQuantizeLinear",
+                                            "MatMulInteger",
+                                            "QLinearMatMul"};
   return ops;
 }
 
@@ -207,6 +212,8 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "Bernoulli" || op == "If") return false;  // a random draw; a condition
   if (op == "STFT") return i == 0 || i == 2;          // the signal and the window
   if (op == "GroupNormalization") return i <= 2;
+  if (op.find("Quantize") != std::string::npos || op == "MatMulInteger" || op == "QLinearMatMul")
+    return false;  // integers and their scales: no gradient
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
 }
@@ -1383,7 +1390,8 @@ class Importer {
   // The rewrites that are short formulas of other ops (see rewritten()); false for an op that is not one.
   bool add_formula(const PendingNode& p) {
     if (!formula_op(p.op)) return false;
-    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != (p.op == "TopK" ? 2u : 1u))
+    const size_t outputs = p.op == "TopK" ? 2u : p.op == "DynamicQuantizeLinear" ? 3u : 1u;
+    if (p.inputs.empty() || p.inputs[0] == engine::kNoValue || p.outputs.size() != outputs)
       fail(fmt::format("{} has no input or a wrong number of outputs", p.label), "the exporter is broken");
     const ValueId x = p.inputs[0];
     const Shape xs = g().value(x).shape;
@@ -2101,6 +2109,111 @@ class Importer {
             pad_end[static_cast<size_t>(xs.rank() + d)] = extra;
           }
           node("Pad", {y, ints_constant(p, "output_pads", pad_end)}, {}, "output", true);
+        }
+      } else if (p.op == "QuantizeLinear" || p.op == "DequantizeLinear" || p.op == "DynamicQuantizeLinear" ||
+                 p.op == "MatMulInteger" || p.op == "QLinearMatMul") {
+        // Quantized integers (uint8, int32) in float arithmetic: dequantize (q - zero_point) scale, quantize
+        // saturate(round_half_even(x / scale) + zero_point) to [0, 255]; the integer products in f64, exact.
+        const auto f32 = int64_t{engine::dtype_to_onnx(DType::f32)},
+                   f64 = int64_t{engine::dtype_to_onnx(DType::f64)};
+        const auto u8 = int64_t{engine::dtype_to_onnx(DType::u8)};
+        auto input = [&](size_t i) { return i < p.inputs.size() ? p.inputs[i] : engine::kNoValue; };
+        auto as = [&](ValueId v, int64_t to, const std::string& what) {
+          return node("Cast", {v}, {{"to", to}}, what);
+        };
+        auto k = [&](const std::string& what, double v, DType d) { return scalar_constant(p, what, v, d); };
+        // A per-axis scale or zero point [C] as [C, 1, ...] along `axis` of x; a scalar as it is.
+        auto along = [&](ValueId v, const std::string& what) {
+          const Shape vs = g().value(v).shape;
+          if (vs.numel() == 1 && vs.rank() <= 1)
+            return vs.rank() == 0
+                       ? v
+                       : node("Reshape", {v, ints_constant(p, what + "/scalar", std::vector<int64_t>{})}, {},
+                              what + "/scalar_value");
+          int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : 1;
+          if (axis < 0) axis += xs.rank();
+          std::vector<int64_t> shape(static_cast<size_t>(xs.rank() - axis), 1);
+          shape[0] = vs.numel();
+          return node("Reshape", {v, ints_constant(p, what + "/along", shape)}, {}, what + "/along_axis");
+        };
+        auto quantize = [&](ValueId real, ValueId scale, ValueId zero, const std::string& what, bool last) {
+          ValueId q =
+              node("Round", {node("Div", {real, scale}, {}, what + "/scaled")}, {}, what + "/rounded");
+          if (zero != engine::kNoValue) q = node("Add", {q, zero}, {}, what + "/shifted");
+          q = node("Clip",
+                   {q, k(what + "/low", 0, g().value(q).dtype), k(what + "/high", 255, g().value(q).dtype)},
+                   {}, what + "/saturated");
+          return node("Cast", {q}, {{"to", u8}}, what, last);
+        };
+        if (p.op == "DequantizeLinear") {
+          ValueId v = as(x, f32, "real");
+          if (input(2) != engine::kNoValue)
+            v = node("Sub", {v, along(as(input(2), f32, "zero_real"), "zero")}, {}, "centred");
+          node("Mul", {v, along(input(1), "scale")}, {}, "dequantized", true);
+        } else if (p.op == "QuantizeLinear") {
+          if (input(2) != engine::kNoValue && g().value(input(2)).dtype != DType::u8)
+            fail(fmt::format("{}: only uint8 zero points are supported", p.label), "int8 is not an IR dtype");
+          const ValueId zero =
+              input(2) == engine::kNoValue ? engine::kNoValue : along(as(input(2), f32, "zero_real"), "zero");
+          quantize(as(x, f32, "real"), along(input(1), "scale"), zero, "quantized", true);
+        } else if (p.op == "DynamicQuantizeLinear") {
+          // The range of x widened to hold 0, over 255 steps; the zero point where 0 falls.
+          const ValueId xr = as(x, f32, "real");
+          const engine::Attributes all{{"keepdims", int64_t{0}}};
+          const ValueId lo =
+              node("Min",
+                   {node("Neg", {node("ReduceMax", {node("Neg", {xr}, {}, "negated")}, all, "max_negated")},
+                         {}, "min"),
+                    k("zero", 0, DType::f32)},
+                   {}, "low");
+          const ValueId hi =
+              node("Max", {node("ReduceMax", {xr}, all, "max"), k("zero_high", 0, DType::f32)}, {}, "high");
+          const ValueId scale = node("Div", {node("Sub", {hi, lo}, {}, "range"), k("steps", 255, DType::f32)},
+                                     {}, "scale_value");
+          const ValueId zero = node(
+              "Clip",
+              {node("Round", {node("Div", {node("Neg", {lo}, {}, "minus_low"), scale}, {}, "zero_scaled")},
+                    {}, "zero_rounded"),
+               k("zero_low", 0, DType::f32), k("zero_top", 255, DType::f32)},
+              {}, "zero_value");
+          quantize(xr, scale, zero, "quantized", true);
+          mark_batched(g().add_node_named("Identity", {scale}, {}, {p.outputs[1]},
+                                          g().unique_name(p.base() + "/scale")));
+          mark_batched(g().add_node_named("Cast", {zero}, {{"to", u8}}, {p.outputs[2]},
+                                          g().unique_name(p.base() + "/zero_point")));
+        } else {  // MatMulInteger (A, B, a_zero, b_zero) -> int32; QLinearMatMul (a, a_scale, a_zero, b, ...)
+                  // -> uint8
+          const bool qlinear = p.op == "QLinearMatMul";
+          const ValueId a = x, b = input(qlinear ? 3 : 1);
+          const ValueId az = input(qlinear ? 2 : 2), bz = input(qlinear ? 5 : 3);
+          if (b == engine::kNoValue)
+            fail(fmt::format("{} needs two matrices", p.label), "the exporter is broken");
+          ValueId af = as(a, f64, "a_real"), bf = as(b, f64, "b_real");
+          if (az != engine::kNoValue) {
+            ValueId z = as(az, f64, "a_zero_real");
+            const Shape zs = g().value(az).shape;
+            if (zs.numel() > 1)
+              z = node("Reshape", {z, ints_constant(p, "a_zero_rows", {zs.numel(), 1})}, {},
+                       "a_zero_column");  // per row
+            af = node("Sub", {af, z}, {}, "a_centred");
+          }
+          if (bz != engine::kNoValue)
+            bf = node("Sub", {bf, as(bz, f64, "b_zero_real")}, {}, "b_centred");  // per column
+          const ValueId product = node("MatMul", {af, bf}, {}, "product");
+          if (!qlinear) {
+            node("Cast", {product}, {{"to", int64_t{engine::dtype_to_onnx(DType::i32)}}}, "integers", true);
+          } else {
+            const ValueId multiplier =
+                node("Div",
+                     {node("Mul", {as(input(1), f64, "a_scale_real"), as(input(4), f64, "b_scale_real")}, {},
+                           "ab_scale"),
+                      as(input(6), f64, "y_scale_real")},
+                     {}, "multiplier");
+            const ValueId yz =
+                input(7) == engine::kNoValue ? engine::kNoValue : as(input(7), f64, "y_zero_real");
+            quantize(node("Mul", {product, multiplier}, {}, "rescaled"), k("unit", 1, DType::f64), yz,
+                     "quantized", true);
+          }
         }
       } else if (p.op == "Bernoulli") {  // 1 where a uniform draw falls below the probability
         engine::Attributes draw;
