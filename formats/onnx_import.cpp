@@ -146,7 +146,9 @@ const std::set<std::string>& formula_ops() {
                                             "DequantizeLinear",
                                             "DynamicQuantizeLinear",
                                             "MatMulInteger",
-                                            "QLinearMatMul"};
+                                            "QLinearMatMul",
+                                            "ConvInteger",
+                                            "QLinearConv"};
   return ops;
 }
 
@@ -212,7 +214,8 @@ bool rewritten_input_has_grad(const onnx::NodeProto& n, int i) {
   if (op == "Bernoulli" || op == "If") return false;  // a random draw; a condition
   if (op == "STFT") return i == 0 || i == 2;          // the signal and the window
   if (op == "GroupNormalization") return i <= 2;
-  if (op.find("Quantize") != std::string::npos || op == "MatMulInteger" || op == "QLinearMatMul")
+  if (op.find("Quantize") != std::string::npos || op == "MatMulInteger" || op == "QLinearMatMul" ||
+      op == "ConvInteger" || op == "QLinearConv")
     return false;  // integers and their scales: no gradient
   if (op.starts_with("Reduce")) return i == 0;
   return i == 0;
@@ -2111,7 +2114,8 @@ class Importer {
           node("Pad", {y, ints_constant(p, "output_pads", pad_end)}, {}, "output", true);
         }
       } else if (p.op == "QuantizeLinear" || p.op == "DequantizeLinear" || p.op == "DynamicQuantizeLinear" ||
-                 p.op == "MatMulInteger" || p.op == "QLinearMatMul") {
+                 p.op == "MatMulInteger" || p.op == "QLinearMatMul" || p.op == "ConvInteger" ||
+                 p.op == "QLinearConv") {
         // Quantized integers (uint8, int32) in float arithmetic: dequantize (q - zero_point) scale, quantize
         // saturate(round_half_even(x / scale) + zero_point) to [0, 255]; the integer products in f64, exact.
         const auto f32 = int64_t{engine::dtype_to_onnx(DType::f32)},
@@ -2181,6 +2185,51 @@ class Importer {
                                           g().unique_name(p.base() + "/scale")));
           mark_batched(g().add_node_named("Cast", {zero}, {{"to", u8}}, {p.outputs[2]},
                                           g().unique_name(p.base() + "/zero_point")));
+        } else if (p.op == "ConvInteger" || p.op == "QLinearConv") {
+          // ConvInteger (x, w, x_zero, w_zero) -> int32; QLinearConv (x, x_scale, x_zero, w, w_scale, w_zero,
+          // y_scale, y_zero[, B int32]) -> uint8. A weight zero point or scale per output channel applies
+          // along the weight's first axis, and the output's second.
+          const bool qlinear = p.op == "QLinearConv";
+          const ValueId w = input(qlinear ? 3 : 1), xz = input(qlinear ? 2 : 2), wz = input(qlinear ? 5 : 3);
+          if (w == engine::kNoValue)
+            fail(fmt::format("{} needs a weight", p.label), "the exporter is broken");
+          const Shape ws = g().value(w).shape;
+          std::vector<int64_t> per_filter(static_cast<size_t>(ws.rank()), 1),
+              per_channel(static_cast<size_t>(ws.rank() - 1), 1);
+          per_filter[0] = ws[0];
+          per_channel[0] = ws[0];
+          auto filters = [&](ValueId v, const std::vector<int64_t>& shape, const std::string& what) {
+            return g().value(v).shape.numel() > 1
+                       ? node("Reshape", {v, ints_constant(p, what + "/shape", shape)}, {}, what)
+                       : v;
+          };
+          ValueId xf = as(x, f64, "x_real"), wf = as(w, f64, "w_real");
+          if (xz != engine::kNoValue) xf = node("Sub", {xf, as(xz, f64, "x_zero_real")}, {}, "x_centred");
+          if (wz != engine::kNoValue)
+            wf = node("Sub", {wf, filters(as(wz, f64, "w_zero_real"), per_filter, "w_zero_filters")}, {},
+                      "w_centred");
+          engine::Attributes conv = p.attrs;
+          ValueId product = node("Conv", {xf, wf}, conv, "product");
+          if (!qlinear) {
+            node("Cast", {product}, {{"to", int64_t{engine::dtype_to_onnx(DType::i32)}}}, "integers", true);
+          } else {
+            if (input(8) != engine::kNoValue)
+              product = node("Add",
+                             {product, filters(as(input(8), f64, "bias_real"), per_channel, "bias_channels")},
+                             {}, "biased");
+            const ValueId multiplier =
+                node("Div",
+                     {node("Mul",
+                           {as(input(1), f64, "x_scale_real"),
+                            filters(as(input(4), f64, "w_scale_real"), per_channel, "w_scale_channels")},
+                           {}, "xw_scale"),
+                      as(input(6), f64, "y_scale_real")},
+                     {}, "multiplier");
+            const ValueId yz =
+                input(7) == engine::kNoValue ? engine::kNoValue : as(input(7), f64, "y_zero_real");
+            quantize(node("Mul", {product, multiplier}, {}, "rescaled"), k("unit", 1, DType::f64), yz,
+                     "quantized", true);
+          }
         } else {  // MatMulInteger (A, B, a_zero, b_zero) -> int32; QLinearMatMul (a, a_scale, a_zero, b, ...)
                   // -> uint8
           const bool qlinear = p.op == "QLinearMatMul";
