@@ -148,7 +148,9 @@ const std::set<std::string>& formula_ops() {
                                             "MatMulInteger",
                                             "QLinearMatMul",
                                             "ConvInteger",
-                                            "QLinearConv"};
+                                            "QLinearConv",
+                                            "Compress",
+                                            "NonZero"};
   return ops;
 }
 
@@ -2263,6 +2265,48 @@ class Importer {
             quantize(node("Mul", {product, multiplier}, {}, "rescaled"), k("unit", 1, DType::f64), yz,
                      "quantized", true);
           }
+        }
+      } else if (p.op == "Compress" || p.op == "NonZero") {
+        // Shapes that depend on values: taken when those values are constants. Compress keeps the slices
+        // (along axis, or of the flattened input) whose condition is true: a Gather of their constant
+        // positions. NonZero of a constant is a constant: the coordinates [rank, count] of its nonzero
+        // elements.
+        const bool nonzero = p.op == "NonZero";
+        const Tensor& values = constant_input(nonzero ? 0 : 1, nonzero ? "input" : "condition");
+        if (nonzero) {
+          const Shape vs = values.shape();
+          std::vector<int64_t> hits;
+          for (int64_t i = 0; i < values.numel(); ++i)
+            if (values.get_f64(i) != 0) hits.push_back(i);
+          const int64_t rank = std::max(vs.rank(), 1), count = static_cast<int64_t>(hits.size());
+          std::vector<int64_t> coords(static_cast<size_t>(rank * count));
+          for (int64_t h = 0; h < count; ++h) {
+            int64_t rem = hits[static_cast<size_t>(h)];
+            for (int64_t d = rank - 1; d >= 0; --d) {
+              const int64_t n = vs.rank() ? vs[static_cast<int>(d)] : 1;
+              coords[static_cast<size_t>(d * count + h)] = rem % n;
+              rem /= n;
+            }
+          }
+          node("Identity",
+               {g().add_constant(g().unique_name(p.base() + "/coordinates"),
+                                 Tensor::from<int64_t>(Shape{rank, count}, coords))},
+               {}, "nonzero", true);
+        } else {
+          std::vector<int64_t> kept;
+          for (int64_t i = 0; i < values.numel(); ++i)
+            if (values.get_f64(i) != 0) kept.push_back(i);
+          const bool flat = !p.attrs.has("axis");
+          const int64_t axis = flat ? 0 : axis_attr(0);
+          const int64_t size = flat ? xs.numel() : xs[static_cast<int>(axis)];
+          while (!kept.empty() && kept.back() >= size)
+            kept.pop_back();  // a longer condition: its tail is unused
+          const ValueId data = flat ? node("Reshape", {x, ints_constant(p, "flat", {-1})}, {}, "flat") : x;
+          node(
+              "Gather",
+              {data, g().add_constant(g().unique_name(p.base() + "/kept"),
+                                      Tensor::from<int64_t>(Shape{static_cast<int64_t>(kept.size())}, kept))},
+              {{"axis", axis}}, "compressed", true);
         }
       } else if (p.op == "Bernoulli") {  // 1 where a uniform draw falls below the probability
         engine::Attributes draw;

@@ -166,7 +166,7 @@ def unsupported_model():
     nodes = [h.make_node("Relu", ["x"], ["a"], name="fine"),
              # Side branches whose shapes depend on values, which a static plan cannot hold.
              h.make_node("Unique", ["a"], ["b"], name="unique_here"),
-             h.make_node("NonZero", ["a"], ["c"]),  # unnamed: reported by its index
+             h.make_node("Unique", ["a"], ["c"]),  # unnamed: reported by its index
              h.make_node("Softmax", ["a"], ["y"], name="softmax")]
     return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 784])],
                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 784])], [], 17)
@@ -975,7 +975,7 @@ class Net(torch.nn.Module):
         out = self.path("run_unsupported")
         r = run(["fit", path, "--train", self.write_train_toml(), "--output-dir", out])
         err = cli_util.assert_input_error(self, r, path, "graph.node[1] 'unique_here' (Unique)",
-                                          "graph.node[2] '#2' (NonZero)")
+                                          "graph.node[2] '#2' (Unique)")
         self.assertEqual(err.count("trainer: error"), 1)
         self.assertNotIn("'fine'", err)
         self.assert_nothing_ran(r, out)

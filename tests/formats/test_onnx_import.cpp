@@ -376,6 +376,24 @@ TEST_SUITE("onnx_import") {
                          InputError);
   }
 
+  TEST_CASE(
+      "NonZero and Compress of values computed from the data are errors: a static plan needs constants") {
+    for (const char* op : {"NonZero", "Compress"}) {
+      onnx::ModelProto m = make_model(13);
+      auto* g = m.mutable_graph();
+      add_input(g, "x", onnx::TensorProto::FLOAT, {2, 3});
+      add_input(g, "cond", onnx::TensorProto::BOOL, {2});
+      add_node(g, op,
+               std::string(op) == "NonZero" ? std::vector<std::string>{"x"}
+                                            : std::vector<std::string>{"x", "cond"},
+               {"y"}, "dynamic");
+      add_output(g, "y");
+      CHECK(find_unsupported_nodes(m).empty());
+      CHECK_THROWS_WITH_AS(import_onnx_model(m, "dynamic.onnx"), doctest::Contains("must be a constant"),
+                           InputError);
+    }
+  }
+
   TEST_CASE("a node error names the file, the node and its op") {
     onnx::ModelProto m = make_model(17);
     auto* g = m.mutable_graph();

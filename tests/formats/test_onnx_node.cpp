@@ -92,6 +92,8 @@ const std::map<std::string, std::vector<int>>& shape_operands() {
       {"Upsample", {1}},
       {"HannWindow", {0}},
       {"If", {0}},
+      {"Compress", {1}},
+      {"NonZero", {0}},
       {"MaxUnpool", {2}},
       {"DFT", {1, 2}},
       {"STFT", {1, 3}},
