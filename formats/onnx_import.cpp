@@ -622,35 +622,53 @@ class Importer {
     result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
+  // The inputs of a node that generates a constant (Range, the windows, MelWeightMatrix): each must be a
+  // constant scalar; `names` name them in errors, `hint` says why. `dtype`, when given, receives the last
+  // one's type.
+  std::vector<double> constant_scalars(const onnx::NodeProto& n, const std::string& label,
+                                       const std::vector<const char*>& names, const char* hint,
+                                       DType* dtype = nullptr) {
+    static const char* const counts[] = {"no inputs",    "one input",   "two inputs",
+                                         "three inputs", "four inputs", "five inputs"};
+    if (n.input_size() != static_cast<int>(names.size()) || n.output_size() != 1)
+      fail(fmt::format("{} must have {} and one output", label, counts[names.size()]),
+           "the exporter is broken");
+    PendingNode p;
+    for (const std::string& in : n.input()) p.inputs.push_back(lookup(in, label));
+    restore_folded_values(p);
+    std::vector<double> v;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const engine::Value& in = g().value(p.inputs[i]);
+      if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
+        fail(fmt::format("{}: its {} '{}' is not a constant scalar", label, names[i], in.name), hint);
+      v.push_back(g().initializer(p.inputs[i])->get_f64(0));
+      if (dtype) *dtype = in.dtype;
+    }
+    return v;
+  }
+
+  // The output of such a node, `make`'s tensor, as a constant named after it.
+  template <class F>
+  void add_generated(const onnx::NodeProto& n, const std::string& label, F&& make) {
+    wrap(label, [&] { folded_.insert(g().add_constant(n.output(0), make())); });
+    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+  }
+
   // Range(start, limit, delta) of constants (torch.arange of a length the shapes fix): a constant,
   // max(ceil((limit - start) / delta), 0) elements start + i delta, of the inputs' dtype.
   void add_range(const onnx::NodeProto& n, int index) {
-    std::string label = node_label(n, index);
-    if (n.input_size() != 3 || n.output_size() != 1)
-      fail(fmt::format("{} must have three inputs and one output", label), "the exporter is broken");
-    PendingNode p;
-    for (int i = 0; i < 3; ++i) p.inputs.push_back(lookup(n.input(i), label));
-    restore_folded_values(p);
-    double v[3];
+    const std::string label = node_label(n, index);
     DType t = DType::f32;
-    for (int i = 0; i < 3; ++i) {
-      const engine::Value& in = g().value(p.inputs[i]);
-      if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
-        fail(fmt::format("{}: its {} '{}' is not a constant scalar", label,
-                         i == 0   ? "start"
-                         : i == 1 ? "limit"
-                                  : "delta",
-                         in.name),
-             "the engine needs static shapes: compute the range from constants and input shapes only");
-      v[i] = g().initializer(p.inputs[i])->get_f64(0);
-      t = in.dtype;
-    }
+    const std::vector<double> v = constant_scalars(
+        n, label, {"start", "limit", "delta"},
+        "the engine needs static shapes: compute the range from constants and input shapes only", &t);
     if (v[2] == 0) fail(fmt::format("{}: delta is 0", label));
     const int64_t count = std::max<int64_t>(static_cast<int64_t>(std::ceil((v[1] - v[0]) / v[2])), 0);
-    Tensor out(t, Shape{count});
-    for (int64_t i = 0; i < count; ++i) out.set_f64(i, v[0] + static_cast<double>(i) * v[2]);
-    wrap(label, [&] { folded_.insert(g().add_constant(n.output(0), std::move(out))); });
-    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
+    add_generated(n, label, [&] {
+      Tensor out(t, Shape{count});
+      for (int64_t i = 0; i < count; ++i) out.set_f64(i, v[0] + static_cast<double>(i) * v[2]);
+      return out;
+    });
   }
 
   // HannWindow, HammingWindow and BlackmanWindow of a constant size: the window as a constant, from ONNX's
@@ -658,16 +676,8 @@ class Importer {
   // / N)).
   void add_window(const onnx::NodeProto& n, int index) {
     const std::string label = node_label(n, index);
-    if (n.input_size() != 1 || n.output_size() != 1)
-      fail(fmt::format("{} must have one input and one output", label), "the exporter is broken");
-    PendingNode p;
-    p.inputs.push_back(lookup(n.input(0), label));
-    restore_folded_values(p);
-    const engine::Value& in = g().value(p.inputs[0]);
-    if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
-      fail(fmt::format("{}: its size '{}' is not a constant scalar", label, in.name),
-           "the engine needs static shapes: give the window's length as a constant");
-    const int64_t size = static_cast<int64_t>(g().initializer(p.inputs[0])->get_f64(0));
+    const int64_t size = static_cast<int64_t>(constant_scalars(
+        n, label, {"size"}, "the engine needs static shapes: give the window's length as a constant")[0]);
     if (size < 0) fail(fmt::format("{}: size {} is negative", label, size));
     int64_t periodic = 1, type = 1;
     for (const auto& a : n.attribute()) {
@@ -679,15 +689,14 @@ class Importer {
     if (n.op_type() == "HammingWindow") a0 = 25.0 / 46.0, a1 = 1 - a0;
     if (n.op_type() == "BlackmanWindow") a0 = 0.42, a1 = 0.5, a2 = 0.08;
     const double period = static_cast<double>(periodic ? size : size - 1);
-    wrap(label, [&] {
+    add_generated(n, label, [&] {
       Tensor out(engine::dtype_from_onnx(static_cast<int>(type)), Shape{size});
       for (int64_t i = 0; i < size; ++i) {
         const double x = period > 0 ? 2 * pi * static_cast<double>(i) / period : 0;
         out.set_f64(i, a0 - a1 * std::cos(x) + a2 * std::cos(2 * x));
       }
-      folded_.insert(g().add_constant(n.output(0), std::move(out)));
+      return out;
     });
-    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
   // MelWeightMatrix of constant inputs: the [dft_length / 2 + 1, num_mel_bins] matrix of triangular filters
@@ -696,21 +705,9 @@ class Importer {
   // to i + 2).
   void add_mel_weight_matrix(const onnx::NodeProto& n, int index) {
     const std::string label = node_label(n, index);
-    if (n.input_size() != 5 || n.output_size() != 1)
-      fail(fmt::format("{} must have five inputs and one output", label), "the exporter is broken");
-    PendingNode p;
-    for (int i = 0; i < 5; ++i) p.inputs.push_back(lookup(n.input(i), label));
-    restore_folded_values(p);
-    double v[5];
-    const char* names[5] = {"num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz",
-                            "upper_edge_hertz"};
-    for (int i = 0; i < 5; ++i) {
-      const engine::Value& in = g().value(p.inputs[static_cast<size_t>(i)]);
-      if (in.kind != engine::ValueKind::constant || in.shape.numel() != 1)
-        fail(fmt::format("{}: its {} '{}' is not a constant scalar", label, names[i], in.name),
-             "the engine needs static shapes: give MelWeightMatrix constants");
-      v[i] = g().initializer(p.inputs[static_cast<size_t>(i)])->get_f64(0);
-    }
+    const std::vector<double> v = constant_scalars(
+        n, label, {"num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz"},
+        "the engine needs static shapes: give MelWeightMatrix constants");
     const int64_t mels = static_cast<int64_t>(v[0]), dft = static_cast<int64_t>(v[1]);
     const int64_t rate = static_cast<int64_t>(v[2]);
     if (mels < 1 || dft < 1 || rate < 1 || v[3] < 0 || v[4] <= v[3])
@@ -730,7 +727,7 @@ class Importer {
     int64_t type = 1;
     for (const auto& a : n.attribute())
       if (a.name() == "output_datatype") type = a.i();
-    wrap(label, [&] {
+    add_generated(n, label, [&] {
       Tensor out(engine::dtype_from_onnx(static_cast<int>(type)), Shape{bins, mels});
       auto set = [&](int64_t bin, int64_t filter, double w) {
         if (bin >= 0 && bin < bins) out.set_f64(bin * mels + filter, w);
@@ -744,9 +741,8 @@ class Importer {
         for (int64_t j = centre; right > centre && j < right; ++j)
           set(j, i, static_cast<double>(right - j) / static_cast<double>(right - centre));
       }
-      folded_.insert(g().add_constant(n.output(0), std::move(out)));
+      return out;
     });
-    result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
   // If whose condition is a constant once shapes are static (PyTorch's squeeze of an axis that may be 1,
@@ -2620,13 +2616,7 @@ class Importer {
       fail(fmt::format("{}: the input {} and weight {} do not match for group {}", p.label, xs.str(),
                        ws.str(), group));
     wrap(p.label, [&] {
-      engine::ops::VolumeEmitter e;
-      e.op = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
-                 const std::string& what,
-                 bool last) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
-      e.constant = [&](Tensor t, const std::string& what) {
-        return g().add_constant(g().unique_name(p.base() + "/" + what), std::move(t));
-      };
+      const engine::ops::VolumeEmitter e = volume_emitter(p);
       if (conv) {
         const ValueId bias = p.inputs.size() > 2 ? p.inputs[2] : engine::kNoValue;
         engine::ops::conv3d_as_2d(e, p.inputs[0], xs, p.inputs[1], ws, bias, w, group);
@@ -2637,6 +2627,18 @@ class Importer {
     });
   }
 
+  // How engine/ops/conv_volume.h adds node p's parts: named after it, the last one taking its output.
+  engine::ops::VolumeEmitter volume_emitter(const PendingNode& p) {
+    engine::ops::VolumeEmitter e;
+    e.op = [this, &p](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
+                      const std::string& what,
+                      bool last) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
+    e.constant = [this, &p](Tensor t, const std::string& what) {
+      return g().add_constant(g().unique_name(p.base() + "/" + what), std::move(t));
+    };
+    return e;
+  }
+
   // ConvTranspose over 3-D data: one 2-D transposed convolution per depth tap (engine/ops/conv_volume.h).
   void add_conv_transpose3d(const PendingNode& p) {
     if (p.inputs.size() < 2 || p.inputs[1] == engine::kNoValue || p.outputs.size() != 1)
@@ -2645,13 +2647,7 @@ class Importer {
     if (ws.rank() != 5)
       fail(fmt::format("{}: the weight {} is not [C, M / group, kD, kH, kW]", p.label, ws.str()));
     wrap(p.label, [&] {
-      engine::ops::VolumeEmitter e;
-      e.op = [&](const std::string& op, std::vector<ValueId> ins, engine::Attributes a,
-                 const std::string& what,
-                 bool last) { return add_part(p, op, std::move(ins), std::move(a), what, last); };
-      e.constant = [&](Tensor t, const std::string& what) {
-        return g().add_constant(g().unique_name(p.base() + "/" + what), std::move(t));
-      };
+      const engine::ops::VolumeEmitter e = volume_emitter(p);
       std::string err;
       const ValueId bias = p.inputs.size() > 2 ? p.inputs[2] : engine::kNoValue;
       engine::ops::conv_transpose3d_as_2d(e, p.inputs[0], xs, p.inputs[1], ws, bias, p.attrs, &err);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -141,6 +142,17 @@ struct LayerDef {
 
 // Marks the layers named in `types` as keeping their input's mask (Keras's supports_masking).
 void keep_masks(std::vector<LayerDef>& defs, const std::vector<std::string>& types);
+
+// One axis of a Keras transposed convolution (keras.ops.deconv_output_length) as ONNX's ConvTranspose takes
+// it: without output_padding, in * stride for "same" and in * stride + max(span - stride, 0) for "valid",
+// padded as the convolution it is the gradient of (the odd element at the end), output past the kernel's
+// reach given as `extra` zeros (less than a stride, as output_padding); with output_padding p, (in - 1) *
+// stride + span - 2 pad + p, pad = span / 2 for "same". The caller checks p (0 <= p < stride) and out >= 1.
+struct DeconvAxis {
+  int64_t out = 0, pad_begin = 0, pad_end = 0, extra = 0;
+};
+DeconvAxis deconv_axis(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, bool same,
+                       std::optional<int64_t> output_padding);
 
 // Registration, one function per source file.
 // The arguments of a convolution layer: `head` (filters, kernel_size, strides, ...), then activation (none),

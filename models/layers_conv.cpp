@@ -171,29 +171,18 @@ LayerValue build_conv2d_transpose(LayerBuilder& b, const std::vector<LayerValue>
   const int64_t channels = in[0].shape[2];
   std::vector<int64_t> out(2), pads(4, 0);
   for (int i = 0; i < 2; ++i) {
-    const int64_t n = in[0].shape[static_cast<size_t>(i)], s = strides[i];
-    const int64_t span = dilation[i] * (kernel[i] - 1) + 1, reach = s * (n - 1) + span;
-    if (given_extra) {
-      if (extra[i] < 0 || extra[i] >= s)
-        b.fail("output_padding",
-               fmt::format("output_padding {} must be at least 0 and smaller than strides {}",
-                           pair_text(extra), pair_text(strides)));
-      const int64_t pad = same ? span / 2 : 0;
-      pads[static_cast<size_t>(i)] = pads[static_cast<size_t>(i + 2)] = pad;
-      out[i] = reach - 2 * pad + extra[i];
-      if (out[i] < 1)
-        b.fail("kernel_size", fmt::format("the output would have {} rows or columns", out[i]),
-               "use a larger input, or padding = \"valid\"");
-      continue;
-    }
-    out[i] = same ? n * s : n * s + std::max<int64_t>(span - s, 0);
-    const int64_t total = reach - out[i];
-    if (total >= 0) {
-      pads[static_cast<size_t>(i)] = total / 2;
-      pads[static_cast<size_t>(i + 2)] = total - total / 2;
-    } else {
-      extra[i] = -total;  // zeros at the end: less than a stride, as output_padding
-    }
+    if (given_extra && (extra[i] < 0 || extra[i] >= strides[i]))
+      b.fail("output_padding", fmt::format("output_padding {} must be at least 0 and smaller than strides {}",
+                                           pair_text(extra), pair_text(strides)));
+    const DeconvAxis d = deconv_axis(in[0].shape[static_cast<size_t>(i)], kernel[i], strides[i], dilation[i],
+                                     same, given_extra ? std::optional<int64_t>(extra[i]) : std::nullopt);
+    if (d.out < 1)
+      b.fail("kernel_size", fmt::format("the output would have {} rows or columns", d.out),
+             "use a larger input, or padding = \"valid\"");
+    out[i] = d.out;
+    pads[static_cast<size_t>(i)] = d.pad_begin;
+    pads[static_cast<size_t>(i + 2)] = d.pad_end;
+    extra[i] = d.extra;
   }
   LayerValue x = b.to_channels_first(in[0]);
   const int64_t area = kernel[0] * kernel[1];
@@ -484,6 +473,27 @@ std::vector<ArgDecl> pool_args() {
 }
 
 }  // namespace
+
+DeconvAxis deconv_axis(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, bool same,
+                       std::optional<int64_t> output_padding) {
+  DeconvAxis d;
+  const int64_t span = dilation * (kernel - 1) + 1, reach = stride * (in - 1) + span;
+  if (output_padding) {
+    d.pad_begin = d.pad_end = same ? span / 2 : 0;
+    d.extra = *output_padding;
+    d.out = reach - 2 * d.pad_begin + d.extra;
+    return d;
+  }
+  d.out = same ? in * stride : in * stride + std::max<int64_t>(span - stride, 0);
+  const int64_t total = reach - d.out;
+  if (total >= 0) {
+    d.pad_begin = total / 2;
+    d.pad_end = total - total / 2;
+  } else {
+    d.extra = -total;
+  }
+  return d;
+}
 
 std::vector<ArgDecl> conv_args(std::vector<ArgDecl> head, const std::string& kernel_init) {
   head.push_back({"activation", ArgKind::string, std::string("None")});

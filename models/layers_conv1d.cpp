@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "models/layer_library.h"
 
@@ -100,28 +101,17 @@ LayerValue build_conv1d_transpose(LayerBuilder& b, const std::vector<LayerValue>
   const std::string act = b.activation_name();
   require_sequence(b, in[0]);
   const int64_t steps = in[0].shape[0], channels = in[0].shape[1];
-  const int64_t span = dilation * (kernel - 1) + 1, reach = stride * (steps - 1) + span;
-  int64_t out = 0, begin = 0, end = 0, extra = 0;
+  std::optional<int64_t> given;
   if (b.args.has("output_padding")) {
-    extra = b.args.integer("output_padding");
-    if (extra < 0 || extra >= stride)
+    given = b.args.integer("output_padding");
+    if (*given < 0 || *given >= stride)
       b.fail("output_padding",
-             fmt::format("output_padding {} must be at least 0 and smaller than strides {}", extra, stride));
-    begin = end = same ? span / 2 : 0;
-    out = reach - 2 * begin + extra;
-    if (out < 1)
-      b.fail("kernel_size", fmt::format("the output would have {} steps", out),
-             "use a longer input, or padding = \"valid\"");
-  } else {
-    out = same ? steps * stride : steps * stride + std::max<int64_t>(span - stride, 0);
-    const int64_t total = reach - out;
-    if (total >= 0) {
-      begin = total / 2;
-      end = total - begin;
-    } else {
-      extra = -total;  // zeros at the end: less than a stride, as output_padding
-    }
+             fmt::format("output_padding {} must be at least 0 and smaller than strides {}", *given, stride));
   }
+  const DeconvAxis d = deconv_axis(steps, kernel, stride, dilation, same, given);
+  if (d.out < 1)
+    b.fail("kernel_size", fmt::format("the output would have {} steps", d.out),
+           "use a longer input, or padding = \"valid\"");
   // [in, filters, k], ONNX's layout; Keras's fans.
   ValueId weight = b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel},
                             {kernel * filters, kernel * channels, channels, filters * kernel});
@@ -133,9 +123,9 @@ LayerValue build_conv1d_transpose(LayerBuilder& b, const std::vector<LayerValue>
                  {{"kernel_shape", std::vector<int64_t>{kernel}},
                   {"strides", std::vector<int64_t>{stride}},
                   {"dilations", std::vector<int64_t>{dilation}},
-                  {"pads", std::vector<int64_t>{begin, end}},
-                  {"output_padding", std::vector<int64_t>{extra}}});
-  x.shape = {out, filters};
+                  {"pads", std::vector<int64_t>{d.pad_begin, d.pad_end}},
+                  {"output_padding", std::vector<int64_t>{d.extra}}});
+  x.shape = {d.out, filters};
   x.pre_activation = kNoValue;
   b.info.flops_per_sample = 2 * steps * channels * filters * kernel;
   return b.activate(x, act);

@@ -118,29 +118,19 @@ LayerValue build_conv3d_transpose(LayerBuilder& b, const std::vector<LayerValue>
   const int64_t channels = in[0].shape[3];
   std::vector<int64_t> out(3), pads(6, 0);
   for (size_t i = 0; i < 3; ++i) {
-    const int64_t n = in[0].shape[i], s = strides[i];
-    const int64_t span = dilation[i] * (kernel[i] - 1) + 1, reach = s * (n - 1) + span;
-    if (given_extra) {
-      if (extra[i] < 0 || extra[i] >= s)
-        b.fail("output_padding",
-               fmt::format("output_padding [{}] must be at least 0 and smaller than strides [{}]",
-                           fmt::join(extra, ", "), fmt::join(strides, ", ")));
-      const int64_t pad = same ? span / 2 : 0;
-      pads[i] = pads[i + 3] = pad;
-      out[i] = reach - 2 * pad + extra[i];
-      if (out[i] < 1)
-        b.fail("kernel_size", fmt::format("the output would have {} elements along axis {}", out[i], i + 1),
-               "use a larger input, or padding = \"valid\"");
-      continue;
-    }
-    out[i] = same ? n * s : n * s + std::max<int64_t>(span - s, 0);
-    const int64_t total = reach - out[i];
-    if (total >= 0) {
-      pads[i] = total / 2;
-      pads[i + 3] = total - total / 2;
-    } else {
-      extra[i] = -total;  // zeros at the end: less than a stride, as output_padding
-    }
+    if (given_extra && (extra[i] < 0 || extra[i] >= strides[i]))
+      b.fail("output_padding",
+             fmt::format("output_padding [{}] must be at least 0 and smaller than strides [{}]",
+                         fmt::join(extra, ", "), fmt::join(strides, ", ")));
+    const DeconvAxis d = deconv_axis(in[0].shape[i], kernel[i], strides[i], dilation[i], same,
+                                     given_extra ? std::optional<int64_t>(extra[i]) : std::nullopt);
+    if (d.out < 1)
+      b.fail("kernel_size", fmt::format("the output would have {} elements along axis {}", d.out, i + 1),
+             "use a larger input, or padding = \"valid\"");
+    out[i] = d.out;
+    pads[i] = d.pad_begin;
+    pads[i + 3] = d.pad_end;
+    extra[i] = d.extra;
   }
   LayerValue x = b.to_channels_first(in[0]);
   const int64_t volume = kernel[0] * kernel[1] * kernel[2];

@@ -116,6 +116,15 @@ void set_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
   a->set_i(v);
 }
 
+// An INTS attribute; none when v is empty (the attribute left at its default).
+void set_ints(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
+  if (v.empty()) return;
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INTS);
+  for (int64_t e : v) a->add_ints(e);
+}
+
 // A model of one node reading the double input x (and initializers): y = op(x, ...).
 onnx::ModelProto one_node_model(int opset, const std::string& op, const std::vector<int64_t>& dims,
                                 std::vector<std::string> extra_inputs = {}) {
@@ -245,17 +254,10 @@ TEST_SUITE("onnx_fit") {
       for (const Case& k : cases) {
         onnx::ModelProto m = one_node_model(13, k.op, xs.dims());
         auto* n = m.mutable_graph()->mutable_node(0);
-        auto ints = [&](const char* name, const std::vector<int64_t>& v) {
-          if (v.empty()) return;
-          auto* a = n->add_attribute();
-          a->set_name(name);
-          a->set_type(onnx::AttributeProto::INTS);
-          for (int64_t e : v) a->add_ints(e);
-        };
-        ints("kernel_shape", k.kernel);
-        ints("strides", k.strides);
-        ints("pads", k.pads);
-        ints("dilations", k.dilations);
+        set_ints(n, "kernel_shape", k.kernel);
+        set_ints(n, "strides", k.strides);
+        set_ints(n, "pads", k.pads);
+        set_ints(n, "dilations", k.dilations);
         set_int(n, "ceil_mode", k.ceil);
         if (std::string(k.op) == "AveragePool") set_int(n, "count_include_pad", k.include_pad);
         const Tensor y = run_once(import_onnx_model(m, k.op), x);
@@ -315,13 +317,9 @@ TEST_SUITE("onnx_fit") {
       auto* n = add_node(g, "Conv", {"x", "w", "b"}, {"y"}, "conv3d");
       g->add_output()->set_name("y");
       const std::vector<int64_t> st{2, 1, 2}, dil{1, 2, 1}, pads{1, 0, 1, 1, 1, 0};
-      for (auto [name, v] :
-           {std::pair{"strides", st}, std::pair{"dilations", dil}, std::pair{"pads", pads}}) {
-        auto* a = n->add_attribute();
-        a->set_name(name);
-        a->set_type(onnx::AttributeProto::INTS);
-        for (int64_t e : v) a->add_ints(e);
-      }
+      set_ints(n, "strides", st);
+      set_ints(n, "dilations", dil);
+      set_ints(n, "pads", pads);
       set_int(n, "group", 2);
       const Tensor x = ops::random_tensor(xs, -1, 1, 30, DType::f64),
                    w = ops::random_tensor(ws, -1, 1, 31, DType::f64);
@@ -389,18 +387,11 @@ TEST_SUITE("onnx_fit") {
         add_init(g, "b", ops::random_tensor({m}, -1, 1, 34, DType::f64));
         auto* n = add_node(g, "ConvTranspose", {"x", "w", "b"}, {"y"}, "deconv3d");
         g->add_output()->set_name("y");
-        auto ints = [&](const char* name, const std::vector<int64_t>& v) {
-          if (v.empty()) return;
-          auto* at = n->add_attribute();
-          at->set_name(name);
-          at->set_type(onnx::AttributeProto::INTS);
-          for (int64_t e : v) at->add_ints(e);
-        };
-        ints("strides", k.strides);
-        ints("dilations", k.dilations);
-        ints("pads", k.pads);
-        ints("output_padding", k.output_padding);
-        ints("output_shape", k.output_shape);
+        set_ints(n, "strides", k.strides);
+        set_ints(n, "dilations", k.dilations);
+        set_ints(n, "pads", k.pads);
+        set_ints(n, "output_padding", k.output_padding);
+        set_ints(n, "output_shape", k.output_shape);
         set_int(n, "group", group);
         OnnxImportResult r = import_onnx_model(model, "deconv3d");
         auto backend = make_cpu_backend();
@@ -541,26 +532,16 @@ TEST_SUITE("onnx_fit") {
         auto* g = m.mutable_graph();
         add_input(g, "x", xs.dims(), onnx::TensorProto::DOUBLE);
         auto* n = add_node(g, "MaxPool", {"x"}, {"y", "i"}, "pool");
-        for (auto [name, v] : {std::pair{"kernel_shape", std::vector<int64_t>{3, 2}},
-                               std::pair{"strides", std::vector<int64_t>{2, 2}},
-                               std::pair{"pads", std::vector<int64_t>{1, 0, 1, 1}}}) {
-          auto* at = n->add_attribute();
-          at->set_name(name);
-          at->set_type(onnx::AttributeProto::INTS);
-          for (int64_t e : v) at->add_ints(e);
-        }
+        set_ints(n, "kernel_shape", {3, 2});
+        set_ints(n, "strides", {2, 2});
+        set_ints(n, "pads", {1, 0, 1, 1});
         set_int(n, "ceil_mode", 1);
         if (unpool) {
           auto* u = add_node(g, "MaxUnpool", {"y", "i", "shape"}, {"z"}, "unpool");
           add_init(g, "shape", Tensor::from<int64_t>(Shape{4}, xs.dims()));
-          for (auto [name, v] : {std::pair{"kernel_shape", std::vector<int64_t>{3, 2}},
-                                 std::pair{"strides", std::vector<int64_t>{2, 2}},
-                                 std::pair{"pads", std::vector<int64_t>{1, 0, 1, 1}}}) {
-            auto* at = u->add_attribute();
-            at->set_name(name);
-            at->set_type(onnx::AttributeProto::INTS);
-            for (int64_t e : v) at->add_ints(e);
-          }
+          set_ints(u, "kernel_shape", {3, 2});
+          set_ints(u, "strides", {2, 2});
+          set_ints(u, "pads", {1, 0, 1, 1});
           g->add_output()->set_name("z");
         } else {
           g->add_output()->set_name("i");
