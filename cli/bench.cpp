@@ -60,30 +60,39 @@ Stats stats_of(std::vector<double> v) {
 // dataset is read and the loss stays finite.
 struct SyntheticBatch {
   Tensor x, y;
+  std::vector<Tensor> more_x;  // a model's further inputs
 };
 
-SyntheticBatch synthetic_batch(const engine::TrainingStep& step, const engine::FitConfig& cfg) {
-  const engine::Graph& g = *step.graph;
-  const engine::Value& xv = g.value(step.x);
-  const engine::Value& yv = g.value(step.y);
-  std::mt19937_64 rng(cfg.seed);
+// Values for input `v`: token ids valid for the tables that Gather them, or features in [0, 1).
+Tensor synthetic_input(const engine::Graph& g, engine::ValueId v, std::mt19937_64& rng) {
+  const engine::Value& xv = g.value(v);
+  Tensor x(xv.dtype, xv.shape);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
-  SyntheticBatch b{Tensor(xv.dtype, xv.shape), Tensor(yv.dtype, yv.shape)};
   if (engine::is_integer(xv.dtype)) {
     // Token ids index the tables that Gather them (an Embedding): ids beyond the smallest table are invalid.
     int64_t tokens = 0;
     for (engine::NodeId c : xv.consumers) {
       const engine::Node& n = g.node(c);
-      if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == step.x) {
+      if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == v) {
         const int64_t rows = g.value(n.inputs[0]).shape.rank() > 0 ? g.value(n.inputs[0]).shape[0] : 1;
         tokens = tokens == 0 ? rows : std::min(tokens, rows);
       }
     }
     std::uniform_int_distribution<int64_t> id(0, std::max<int64_t>(tokens, 1) - 1);
-    for (int64_t i = 0; i < b.x.numel(); ++i) b.x.set_f64(i, static_cast<double>(id(rng)));
+    for (int64_t i = 0; i < x.numel(); ++i) x.set_f64(i, static_cast<double>(id(rng)));
   } else {
-    for (int64_t i = 0; i < b.x.numel(); ++i) b.x.set_f64(i, unit(rng));
+    for (int64_t i = 0; i < x.numel(); ++i) x.set_f64(i, unit(rng));
   }
+  return x;
+}
+
+SyntheticBatch synthetic_batch(const engine::TrainingStep& step, const engine::FitConfig& cfg) {
+  const engine::Graph& g = *step.graph;
+  const engine::Value& yv = g.value(step.y);
+  std::mt19937_64 rng(cfg.seed);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  SyntheticBatch b{synthetic_input(g, step.x, rng), Tensor(yv.dtype, yv.shape), {}};
+  for (engine::ValueId v : step.more_x) b.more_x.push_back(synthetic_input(g, v, rng));
   const engine::Shape& os = g.value(step.output).shape;
   const int64_t batch = os.rank() > 0 ? os[0] : 1;
   const int64_t classes = batch > 0 ? os.numel() / batch : 1;
@@ -134,6 +143,7 @@ Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, 
   // Writes the batch and the step's scalars: in-place kernels may have overwritten the inputs last step.
   auto feed = [&] {
     session.write(step.x, batch.x);
+    for (size_t k = 0; k < step.more_x.size(); ++k) session.write(step.more_x[k], batch.more_x[k]);
     session.write(step.y, batch.y);
     const int64_t iteration = done + 1;
     session.write(step.learning_rate, &lr, sizeof lr);
@@ -250,6 +260,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
       engine::Session& s = *sessions[k];
       const engine::TrainingStep& step = steps[k];
       s.write(step.x, data.x);
+      for (size_t q = 0; q < step.more_x.size(); ++q) s.write(step.more_x[q], data.more_x[q]);
       s.write(step.y, data.y);
       const int64_t iteration = i + 1;
       s.write(step.learning_rate, &lr, sizeof lr);

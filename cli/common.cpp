@@ -386,7 +386,7 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
   return out;
 }
 
-// The model of an ONNX spec: its initializers trainable unless frozen, its single input fed the data, its
+// The model of an ONNX spec: its initializers trainable unless frozen, its inputs fed the data, its
 // single output the model's output.
 models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::OnnxModelFile& file,
                               int64_t batch, bool training) {
@@ -416,12 +416,9 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
                                        r.initializer_names.size() > some.size() ? ", ..." : ""));
   }
   engine::Graph& g = r.graph;
-  if (r.inputs.size() != 1)
-    throw InputError(file.path(),
-                     fmt::format("the model has {} graph inputs ({}); trainer trains a model with one input, "
-                                 "which takes the data",
-                                 r.inputs.size(), names_text(g, r.inputs)),
-                     "export the model with a single input (initializers are not inputs)");
+  if (r.inputs.empty())
+    throw InputError(file.path(), "the model has no graph inputs: nothing takes the data",
+                     "export the model with its input (initializers are not inputs)");
   if (r.outputs.size() != 1)
     throw InputError(
         file.path(),
@@ -430,16 +427,25 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
         "export the model with the output the loss compares with the labels only");
   models::BuiltModel m;
   m.input = r.inputs[0];
+  for (size_t k = 1; k < r.inputs.size(); ++k) m.more_inputs.push_back({r.inputs[k], false});
   m.output = r.outputs[0];
-  const engine::Value& in = g.value(m.input);
+  for (engine::ValueId v : r.inputs) {
+    const engine::Value& in = g.value(v);
+    if (in.dtype != DType::f32 && in.dtype != DType::i32 && in.dtype != DType::i64)
+      throw InputError(
+          file.path(),
+          fmt::format("the model's input '{}' is {}; the data feeds float32 features or int32/int64 "
+                      "token ids",
+                      in.name, engine::dtype_name(in.dtype)),
+          "export the model with float32 (or integer) inputs");
+    if (in.shape.rank() < 1 || in.shape[0] != batch)
+      throw InputError(file.path(),
+                       fmt::format("the model's input '{}' has shape {} at a batch of {}: it does not lead "
+                                   "with the batch",
+                                   in.name, in.shape.str(), batch),
+                       "every input must be [batch, ...], one row per sample");
+  }
   const engine::Value& out = g.value(m.output);
-  if (in.dtype != DType::f32 && in.dtype != DType::i32 && in.dtype != DType::i64)
-    throw InputError(
-        file.path(),
-        fmt::format("the model's input '{}' is {}; the data feeds float32 features or int32/int64 "
-                    "token ids",
-                    in.name, engine::dtype_name(in.dtype)),
-        "export the model with a float32 (or integer) input");
   if (out.dtype != DType::f32)
     throw InputError(file.path(),
                      fmt::format("the model's output '{}' is {}; losses and metrics take float32", out.name,
@@ -488,6 +494,7 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
     engine::ForwardModel fm;
     fm.graph = std::move(m.graph);
     fm.input = m.input;
+    for (const models::BuiltModel::Input& in : m.more_inputs) fm.more_inputs.push_back(in.value);
     fm.output = m.output;
     fm.final_activation = m.final_activation;
     fm.penalty = m.penalty;
@@ -550,13 +557,29 @@ std::string shape_str(const Shape& s) {
   return s.str();
 }
 
-// The dataset's samples must hold exactly the model's input values; images stored HWC become CHW.
+// One input of the model, as the data must feed it.
+struct ModelInput {
+  engine::ValueId value = engine::kNoValue;
+  const formats::InputSpec* keras = nullptr;  // its spec (null for an ONNX model)
+  bool channels_last = false;                 // a Keras image input: HWC in the spec, CHW in the IR
+};
+
+std::vector<ModelInput> model_inputs(const formats::ModelSpec& spec, const models::BuiltModel& m) {
+  const bool onnx = !spec.model.onnx.empty();
+  std::vector<ModelInput> out = {{m.input, onnx ? nullptr : &spec.model.input, m.input_channels_last}};
+  for (size_t k = 0; k < m.more_inputs.size(); ++k)
+    out.push_back({m.more_inputs[k].value, onnx ? nullptr : &spec.model.more_inputs.at(k),
+                   m.more_inputs[k].channels_last});
+  return out;
+}
+
+// The dataset's samples must hold exactly the input's values; images stored HWC become CHW.
 void check_samples(const engine::data::Dataset& d, const formats::DataSource& src,
-                   const models::BuiltModel& m, const formats::ModelSpec& spec,
-                   engine::data::BatchFormat* fmt) {
+                   const models::BuiltModel& m, const ModelInput& input, engine::data::InputFormat* fmt) {
   const Shape& s = d.sample_shape();
-  if (!spec.model.onnx.empty()) {
-    const engine::Value& in = m.graph.value(m.input);
+  const engine::Value& in = m.graph.value(input.value);
+  const std::string named = m.more_inputs.empty() ? "" : fmt::format(" '{}'", in.name);
+  if (!input.keras) {
     const std::vector<int64_t> want(in.shape.dims().begin() + 1, in.shape.dims().end());
     const int64_t want_n = in.shape.numel() / std::max<int64_t>(in.shape[0], 1);
     if (s.numel() != want_n)
@@ -574,22 +597,33 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
     }
     return;
   }
-  const std::vector<int64_t>& want = spec.model.input.shape;
+  const std::vector<int64_t>& want = input.keras->shape;
   int64_t want_n = 1;
   for (int64_t v : want) want_n *= v;
   if (s.numel() != want_n)
     throw InputError(
         src.pos.str(),
-        fmt::format("{} holds samples of shape {} ({} values), but the model's input is [{}] ({} values)",
-                    d.describe(), shape_str(s), s.numel(), fmt::join(want, ", "), want_n),
-        "set [model] input to the data's sample shape");
-  if (m.input_channels_last && want.size() == 3 && want[2] > 1) {
+        fmt::format("{} holds samples of shape {} ({} values), but the model's input{} is [{}] ({} values)",
+                    d.describe(), shape_str(s), s.numel(), named, fmt::join(want, ", "), want_n),
+        named.empty() ? "set [model] input to the data's sample shape"
+                      : fmt::format("set the shape of input{} to the data's sample shape", named));
+  if (input.channels_last && want.size() == 3 && want[2] > 1) {
     // CHW data (CIFAR-10) is already what the IR takes; plain or HWC data of shape [H, W, C] is converted.
     bool chw = d.layout() == engine::data::Layout::chw ||
                (s.rank() == 3 && s[0] == want[2] && s[1] == want[0] && s[2] == want[1] &&
                 d.layout() != engine::data::Layout::hwc);
     fmt->to_chw = !chw;
   }
+}
+
+// The input formats of a dataset of the model's inputs (the first's is `f` itself).
+void check_all_samples(const engine::data::Dataset& d, const formats::DataSource& src,
+                       const models::BuiltModel& m, const std::vector<ModelInput>& inputs,
+                       engine::data::BatchFormat* f) {
+  const auto more = d.more_inputs();
+  TRAINER_ASSERT(more.size() + 1 == inputs.size() && f->more_inputs.size() == more.size());
+  check_samples(d, src, m, inputs[0], f);
+  for (size_t k = 0; k < more.size(); ++k) check_samples(*more[k], src, m, inputs[k + 1], &f->more_inputs[k]);
 }
 
 // Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,
@@ -613,46 +647,74 @@ void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m
 
 }  // namespace
 
+std::vector<std::string> input_names(const models::BuiltModel& model) {
+  std::vector<std::string> out = {model.graph.value(model.input).name};
+  for (const models::BuiltModel::Input& in : model.more_inputs)
+    out.push_back(model.graph.value(in.value).name);
+  return out;
+}
+
+engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const models::BuiltModel& model) {
+  const std::vector<ModelInput> inputs = model_inputs(spec, model);
+  const std::vector<std::string> names = input_names(model);
+  engine::data::BatchFormat f;
+  f.scale = spec.data.scale;
+  f.mean = spec.data.mean;
+  f.std = spec.data.std;
+  f.more_inputs.resize(inputs.size() - 1);
+  const std::string& loss = spec.train.loss;
+  f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
+  if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty())
+    f.num_classes = model.output_shape.back();
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    engine::data::InputFormat& inf = k == 0 ? f : f.more_inputs[k - 1];
+    const engine::ValueId v = inputs[k].value;
+    inf.x_dtype = model.graph.value(v).dtype;
+    if (!engine::is_integer(inf.x_dtype)) continue;
+    // Token ids feed an Embedding (an ONNX model's Gather from a table): ids outside its table are bad data,
+    // named by sample.
+    if (!spec.model.onnx.empty())
+      for (engine::ValueId c : model.graph.value(v).consumers) {
+        const engine::Node& n = model.graph.node(c);
+        if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == v &&
+            (!n.attrs.has("axis") || n.attrs.i("axis") == 0) && model.graph.initializer(n.inputs[0])) {
+          inf.num_tokens = model.graph.value(n.inputs[0]).shape[0];
+          break;
+        }
+      }
+    // The Embedding (or CategoryEncoding) of the input: the first one, or with several inputs the first that
+    // takes this input.
+    const std::string& name = names[k];
+    for (size_t li = 0; li < spec.model.layers.size(); ++li) {
+      const formats::LayerSpec& l = spec.model.layers[li];
+      if (l.type != "Embedding" && l.type != "CategoryEncoding") continue;
+      const bool takes = l.inputs.empty() ? li == 0 && k == 0 : l.inputs == std::vector<std::string>{name};
+      if (inputs.size() > 1 && !takes) continue;
+      auto it = l.args.find(l.type == "Embedding" ? "input_dim" : "num_tokens");
+      if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
+        inf.num_tokens = std::get<int64_t>(it->second.value);
+      break;
+    }
+  }
+  return f;
+}
+
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model) {
   SpecData out;
   const formats::DataSection& ds = spec.data;
   if (!ds.train)
     throw InputError(ds.pos.str(), "the spec has no [data.train] source", "add a [data.train] table");
-  out.train = formats::open_dataset(*ds.train, spec.base_dir);
+  const std::vector<ModelInput> inputs = model_inputs(spec, model);
+  const std::vector<std::string> names = input_names(model);
+  out.train = formats::open_dataset(*ds.train, spec.base_dir, names);
   engine::data::BatchFormat& f = out.format;
-  f.x_dtype = model.graph.value(model.input).dtype;
-  f.scale = ds.scale;
-  f.mean = ds.mean;
-  f.std = ds.std;
-  const std::string& loss = spec.train.loss;
-  f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
-  if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty())
-    f.num_classes = model.output_shape.back();
-  // Token ids feed an Embedding (an ONNX model's Gather from a table): ids outside its table are bad data,
-  // named by sample.
-  if (engine::is_integer(f.x_dtype) && !spec.model.onnx.empty())
-    for (engine::ValueId c : model.graph.value(model.input).consumers) {
-      const engine::Node& n = model.graph.node(c);
-      if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == model.input &&
-          (!n.attrs.has("axis") || n.attrs.i("axis") == 0) && model.graph.initializer(n.inputs[0])) {
-        f.num_tokens = model.graph.value(n.inputs[0]).shape[0];
-        break;
-      }
-    }
-  if (engine::is_integer(f.x_dtype))
-    for (const formats::LayerSpec& l : spec.model.layers)
-      if (l.type == "Embedding" || l.type == "CategoryEncoding") {
-        auto it = l.args.find(l.type == "Embedding" ? "input_dim" : "num_tokens");
-        if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
-          f.num_tokens = std::get<int64_t>(it->second.value);
-        break;
-      }
+  f = batch_format(spec, model);
   check_onnx_loss(spec, model);
-  check_samples(*out.train, *ds.train, model, spec, &f);
+  check_all_samples(*out.train, *ds.train, model, inputs, &f);
   if (ds.validation) {
-    out.validation = formats::open_dataset(*ds.validation, spec.base_dir);
+    out.validation = formats::open_dataset(*ds.validation, spec.base_dir, names);
     engine::data::BatchFormat vf = f;
-    check_samples(*out.validation, *ds.validation, model, spec, &vf);
+    check_all_samples(*out.validation, *ds.validation, model, inputs, &vf);
   } else if (ds.validation_split > 0) {
     int64_t n = out.train->size();
     int64_t held = static_cast<int64_t>(std::floor(n * ds.validation_split));
@@ -665,13 +727,14 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     out.train = engine::data::subset(out.train, 0, n - held);
   }
   if (ds.test) {
-    out.test = formats::open_dataset(*ds.test, spec.base_dir);
+    out.test = formats::open_dataset(*ds.test, spec.base_dir, names);
     engine::data::BatchFormat tf = f;
-    check_samples(*out.test, *ds.test, model, spec, &tf);
+    check_all_samples(*out.test, *ds.test, model, inputs, &tf);
   }
   // The label kind must fit the loss: one class id (or binary label) per position the output classifies, a
   // sample or each step of a [steps, classes] output.
   const Shape& ls = out.train->label_shape();
+  const std::string& loss = spec.train.loss;
   const bool sparse = loss == "sparse_categorical_crossentropy";
   if (sparse || formats::label_family(loss) == "binary_crossentropy") {
     int64_t positions = 1;
@@ -716,18 +779,24 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
     formats::LayerSpec& l = layers[k];
     if (l.type != "Normalization" || l.args.count("mean") || l.args.count("variance")) continue;
     const std::string name = k < model.layers.size() ? model.layers[k].name : l.name;
-    const bool on_input = l.inputs.empty() ? k == 0 : l.inputs == std::vector<std::string>{"input"};
-    if (!on_input || !spec.model.onnx.empty())
+    // The input it takes, if it takes one of the model's inputs.
+    const std::vector<ModelInput> inputs = model_inputs(spec, model);
+    size_t q = inputs.size();
+    for (size_t i = 0; i < inputs.size() && spec.model.onnx.empty(); ++i)
+      if (l.inputs.empty() ? k == 0 && i == 0 : l.inputs == std::vector<std::string>{inputs[i].keras->name})
+        q = i;
+    if (q == inputs.size())
       throw InputError(l.pos.str(),
-                       fmt::format("Normalization layer '{}' has no mean and variance, and does not take the "
-                                   "model's input, from which trainer fit would compute them",
+                       fmt::format("Normalization layer '{}' has no mean and variance, and does not take "
+                                   "a model input, from which trainer fit would compute them",
                                    name),
-                       "give mean = [...] and variance = [...], or put the layer first");
-    if (data.format.x_dtype != DType::f32)
+                       "give mean = [...] and variance = [...], or put the layer on an input");
+    const engine::data::InputFormat& inf = q == 0 ? data.format : data.format.more_inputs.at(q - 1);
+    if (inf.x_dtype != DType::f32)
       throw InputError(l.pos.str(), fmt::format("Normalization layer '{}' takes token ids", name),
                        "normalize float features");
     // The feature axis in the IR's sample layout (images are CHW there, with the channels first).
-    const std::vector<int64_t>& keras = spec.model.input.shape;
+    const std::vector<int64_t>& keras = inputs[q].keras->shape;
     const int rank = static_cast<int>(keras.size());
     int64_t axis = -1;  // Keras's default
     if (auto it = l.args.find("axis");
@@ -735,9 +804,9 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
       axis = std::get<int64_t>(it->second.value);
     if (axis < 0) axis += rank;
     if (axis < 0 || axis >= rank) continue;  // the layer's build reports it
-    const Shape ir = model.graph.value(model.input).shape;
-    const int ir_axis = model.input_channels_last ? (axis == rank - 1 ? 0 : static_cast<int>(axis) + 1)
-                                                  : static_cast<int>(axis);
+    const Shape ir = model.graph.value(inputs[q].value).shape;
+    const int ir_axis = inputs[q].channels_last ? (axis == rank - 1 ? 0 : static_cast<int>(axis) + 1)
+                                                : static_cast<int>(axis);
     const int64_t features = ir[ir_axis + 1];
     int64_t inner = 1;
     for (int d = ir_axis + 2; d < ir.rank(); ++d) inner *= ir[d];
@@ -748,7 +817,7 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
     loader.start_epoch(0);
     engine::data::Batch b;
     while (loader.next(&b)) {
-      const float* x = static_cast<const float*>(b.x);
+      const float* x = static_cast<const float*>(b.xs[q]);
       for (int64_t i = 0; i < b.size * per_sample; ++i) {
         const size_t f = static_cast<size_t>((i % per_sample) / inner % features);
         sum[f] += x[i];

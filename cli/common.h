@@ -103,6 +103,12 @@ void read_onnx_bytes(formats::ModelSpec& spec);
 engine::ModelFactory model_factory(const formats::ModelSpec& spec);
 engine::FitConfig fit_config(const formats::ModelSpec& spec);
 
+// The names of the model's inputs, in the order the data feeds them.
+std::vector<std::string> input_names(const models::BuiltModel& model);
+// How the loader prepares each input of the model (dtype, [data] scaling, the token range of the Embedding
+// that takes it) and the labels for the spec's loss; to_chw is left to the data (open_data).
+engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const models::BuiltModel& model);
+
 struct SpecData {
   std::shared_ptr<const engine::data::Dataset> train, validation, test;
   engine::data::BatchFormat format;

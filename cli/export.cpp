@@ -1,6 +1,7 @@
 // trainer export: a checkpoint's model as an ONNX inference graph (dropout removed, batch normalization in
 // its inference form, the final activation kept), with the trained weights as initializers named like the
 // parameters.
+#include <fmt/ranges.h>
 #include <onnx/onnx_pb.h>
 
 #include "cli/checkpoint_io.h"
@@ -41,10 +42,16 @@ Command add_export_command(CLI::App& app) {
     formats::OnnxExportOptions o;
     o.opset = *opset;
     o.producer_version = TRAINER_VERSION;
-    o.channels_last_input = m.input_channels_last;
-    // A spec's model is named input -> output; an imported ONNX model keeps its own names.
+    std::vector<engine::ValueId> inputs = {m.input};
+    o.channels_last_inputs = {m.input_channels_last};
+    for (const models::BuiltModel::Input& in : m.more_inputs) {
+      inputs.push_back(in.value);
+      o.channels_last_inputs.push_back(in.channels_last);
+    }
+    // A spec's model is named input -> output (or after its inputs); an imported ONNX model keeps its own
+    // names.
     if (spec.model.onnx.empty()) {
-      o.input_names = {"input"};
+      for (engine::ValueId v : inputs) o.input_names.push_back(m.graph.value(v).name);
       o.output_names = {"output"};
     }
     o.metadata = {{"trainer.spec", ck.spec_text},
@@ -53,7 +60,7 @@ Command add_export_command(CLI::App& app) {
     onnx::ModelProto model;
     bool own_graph = false;
     try {
-      model = formats::export_onnx(m.graph, {m.input}, {m.output}, o);
+      model = formats::export_onnx(m.graph, inputs, {m.output}, o);
     } catch (const formats::BatchDependentError& e) {
       // The engine folds an imported model's shape arithmetic at one batch size; where the folded shapes
       // hold the batch (PyTorch's attention reshapes [seq, batch * heads, dim]), the model goes back as the
@@ -74,9 +81,16 @@ Command add_export_command(CLI::App& app) {
       int model_opset = *opset;
       for (const auto& imp : model.opset_import())
         if (imp.domain().empty() || imp.domain() == "ai.onnx") model_opset = static_cast<int>(imp.version());
-      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input '{}'{}{}\n",
-                 *out, model.graph().node_size(), model.graph().initializer_size(), loaded, model_opset,
-                 model.graph().input(0).name(), m.input_channels_last ? " (NHWC)" : "",
+      std::vector<std::string> names;
+      for (int i = 0; i < model.graph().input_size(); ++i)
+        names.push_back(fmt::format("'{}'{}", model.graph().input(i).name(),
+                                    static_cast<size_t>(i) < o.channels_last_inputs.size() &&
+                                            o.channels_last_inputs[static_cast<size_t>(i)]
+                                        ? " (NHWC)"
+                                        : ""));
+      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input{} {}{}\n", *out,
+                 model.graph().node_size(), model.graph().initializer_size(), loaded, model_opset,
+                 names.size() == 1 ? "" : "s", fmt::join(names, ", "),
                  own_graph
                      ? "; the imported graph with its trained values (its shapes depend on the batch as "
                        "the engine folds them)"

@@ -29,17 +29,22 @@ using engine::Shape;
 // An inference graph for one batch size, with the values predict feeds and reads.
 struct InferenceGraph {
   std::shared_ptr<engine::Graph> graph;
-  engine::ValueId input = engine::kNoValue, output = engine::kNoValue;
+  std::vector<engine::ValueId> inputs;  // in the model's order
+  engine::ValueId output = engine::kNoValue;
 };
 
 // What predict needs of a model, whichever file it came from.
 struct PredictModel {
   std::function<InferenceGraph(int64_t batch)> build;
-  std::vector<int64_t> sample_shape;  // per sample, as the samples are given (channels last for images)
-  engine::data::BatchFormat format;   // dtype, scaling and layout of the input
-  int64_t fixed_batch = 0;            // an ONNX input whose batch dimension is a number
-  double threshold = 0.5;             // class ids of a single output: 1 above it
-  std::string kind;                   // "checkpoint" or "ONNX model"
+  struct Input {
+    std::string name;
+    std::vector<int64_t> sample_shape;  // per sample, as the samples are given (channels last for images)
+    engine::data::BatchFormat format;   // dtype, scaling and layout (BatchFormat's InputFormat part)
+  };
+  std::vector<Input> inputs;  // in the model's order: one INPUT file each
+  int64_t fixed_batch = 0;    // an ONNX input whose batch dimension is a number
+  double threshold = 0.5;     // class ids of a single output: 1 above it
+  std::string kind;           // "checkpoint" or "ONNX model"
   std::string path;
 };
 
@@ -59,32 +64,33 @@ PredictModel checkpoint_model(const std::string& path) {
   PredictModel m;
   m.kind = "checkpoint";
   m.path = path;
-  m.sample_shape = spec.model.input.shape;
-  if (!spec.model.onnx.empty()) {  // an ONNX model's input says it: its dimensions after the batch
-    const std::vector<int64_t> dims = probe.graph.value(probe.input).shape.dims();
-    m.sample_shape.assign(dims.begin() + 1, dims.end());
-  }
-  engine::data::BatchFormat& f = m.format;
-  f.x_dtype = probe.graph.value(probe.input).dtype;
   // The loader's preparation of the training data, so the model sees inputs as it did in training.
-  f.scale = spec.data.scale;
-  f.mean = spec.data.mean;
-  f.std = spec.data.std;
-  f.to_chw = probe.input_channels_last && m.sample_shape.size() == 3 && m.sample_shape[2] > 1;
-  if (engine::is_integer(f.x_dtype))
-    for (const formats::LayerSpec& l : spec.model.layers)
-      if (l.type == "Embedding") {
-        auto it = l.args.find("input_dim");
-        if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
-          f.num_tokens = std::get<int64_t>(it->second.value);
-        break;
-      }
+  const engine::data::BatchFormat all = batch_format(spec, probe);
+  const std::vector<std::string> names = input_names(probe);
+  for (size_t k = 0; k < names.size(); ++k) {
+    PredictModel::Input in;
+    in.name = names[k];
+    const engine::ValueId v = k == 0 ? probe.input : probe.more_inputs[k - 1].value;
+    const bool channels_last = k == 0 ? probe.input_channels_last : probe.more_inputs[k - 1].channels_last;
+    if (spec.model.onnx.empty()) {
+      in.sample_shape = k == 0 ? spec.model.input.shape : spec.model.more_inputs.at(k - 1).shape;
+    } else {  // an ONNX model's input says it: its dimensions after the batch
+      const std::vector<int64_t> dims = probe.graph.value(v).shape.dims();
+      in.sample_shape.assign(dims.begin() + 1, dims.end());
+    }
+    static_cast<engine::data::InputFormat&>(in.format) =
+        k == 0 ? static_cast<const engine::data::InputFormat&>(all) : all.more_inputs[k - 1];
+    in.format.to_chw = channels_last && in.sample_shape.size() == 3 && in.sample_shape[2] > 1;
+    m.inputs.push_back(std::move(in));
+  }
   // A model trained on logits has its decision boundary at 0.
   if (spec.train.from_logits) m.threshold = 0.0;
   engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
   m.build = [factory](int64_t batch) {
     engine::ForwardModel fm = factory(batch, false);
-    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), fm.input, fm.output};
+    std::vector<engine::ValueId> inputs = {fm.input};
+    inputs.insert(inputs.end(), fm.more_inputs.begin(), fm.more_inputs.end());
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), inputs, fm.output};
     g.graph->mark_output(g.output);
     return g;
   };
@@ -103,23 +109,33 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     return formats::import_onnx_file(path, o);
   };
   formats::OnnxImportResult r = import(batch);
-  if (r.inputs.size() != 1)
-    throw InputError(path, fmt::format("the model has {} inputs; predict feeds one", r.inputs.size()),
-                     "export a model with a single input");
+  if (r.inputs.empty()) throw InputError(path, "the model has no inputs", "");
   if (r.outputs.empty()) throw InputError(path, "the model has no outputs", "");
-  const engine::Value& in = r.graph.value(r.inputs[0]);
   PredictModel m;
   m.kind = "ONNX model";
   m.path = path;
-  if (in.shape.rank() == 0)
-    throw InputError(path,
-                     fmt::format("the input '{}' is a scalar; predict needs a batch dimension", in.name), "");
-  m.sample_shape.assign(in.shape.dims().begin() + 1, in.shape.dims().end());
-  m.format.x_dtype = in.dtype;
-  if (in.shape[0] != batch) m.fixed_batch = in.shape[0];
+  for (engine::ValueId v : r.inputs) {
+    const engine::Value& in = r.graph.value(v);
+    if (in.shape.rank() == 0)
+      throw InputError(
+          path, fmt::format("the input '{}' is a scalar; predict needs a batch dimension", in.name), "");
+    PredictModel::Input pi;
+    pi.name = in.name;
+    pi.sample_shape.assign(in.shape.dims().begin() + 1, in.shape.dims().end());
+    pi.format.x_dtype = in.dtype;
+    if (in.shape[0] != batch) {
+      if (m.fixed_batch && m.fixed_batch != in.shape[0])
+        throw InputError(path,
+                         fmt::format("the model's inputs fix different batch sizes ({} and {} for '{}')",
+                                     m.fixed_batch, in.shape[0], in.name),
+                         "export the model with one batch dimension for every input");
+      m.fixed_batch = in.shape[0];
+    }
+    m.inputs.push_back(std::move(pi));
+  }
   m.build = [import](int64_t b) {
     formats::OnnxImportResult r = import(b);
-    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs[0], r.outputs[0]};
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs, r.outputs[0]};
     return g;
   };
   return m;
@@ -134,18 +150,19 @@ std::vector<int64_t> squeezed(const std::vector<int64_t>& s) {
 
 // The samples must be the model's per-sample input: the same shape, the same values as flat rows (CSV, or a
 // 2-D array), or the same shape but for dimensions of 1 ([28, 28] for [28, 28, 1]).
-void check_sample_shape(const formats::SampleReader& in, const PredictModel& m) {
+void check_sample_shape(const formats::SampleReader& in, const PredictModel& m, size_t input) {
   const std::vector<int64_t>& got = in.sample_shape();
-  const std::vector<int64_t>& want = m.sample_shape;
+  const std::vector<int64_t>& want = m.inputs[input].sample_shape;
+  const std::string named = m.inputs.size() > 1 ? fmt::format(" input '{}'", m.inputs[input].name) : "";
   const int64_t got_n = Shape(got).numel(), want_n = Shape(want).numel();
   if (got == want) return;
   if (got_n == want_n && (got.size() == 1 || squeezed(got) == squeezed(want))) return;
   const bool csv = in.format() == formats::StreamFormat::csv;
   throw InputError(
       in.name(),
-      fmt::format("the {} input holds samples of shape {} ({} values), but the {} takes samples of "
+      fmt::format("the {} input holds samples of shape {} ({} values), but the {}{} takes samples of "
                   "shape [{}] ({} values)",
-                  formats::stream_format_name(in.format()), Shape(got).str(), got_n, m.kind,
+                  formats::stream_format_name(in.format()), Shape(got).str(), got_n, m.kind, named,
                   fmt::join(want, ", "), want_n),
       csv ? fmt::format("each CSV row is one sample of {} values", want_n)
           : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
@@ -179,9 +196,11 @@ class Runner {
     out_shape_ = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()),
                                       out.shape.dims().end());
     columns_ = Shape(out_shape_).numel();
-    in_sample_bytes_ =
-        static_cast<size_t>(Shape(model.sample_shape).numel()) * engine::dtype_bytes(model.format.x_dtype);
-    if (model.fixed_batch) padded_.resize(static_cast<size_t>(batch_) * in_sample_bytes_);
+    for (const PredictModel::Input& in : model.inputs) {
+      in_sample_bytes_.push_back(static_cast<size_t>(Shape(in.sample_shape).numel()) *
+                                 engine::dtype_bytes(in.format.x_dtype));
+      if (model.fixed_batch) padded_.emplace_back(static_cast<size_t>(batch_) * in_sample_bytes_.back());
+    }
     out_.resize(static_cast<size_t>(batch_ * columns_));
     if (out_dtype_ == DType::f64) out64_.resize(out_.size());
     if (out_dtype_ == DType::i64) outi64_.resize(out_.size());
@@ -196,20 +215,23 @@ class Runner {
   const std::vector<int64_t>& output_shape() const { return out_shape_; }
   size_t arena_bytes() const { return plans_.arena_bytes(); }
 
-  // Runs n <= batch() samples of model input; returns their n output rows (valid until the next call).
-  const float* run(const void* x, int64_t n) {
-    const void* feed = x;
-    int64_t b = n;
-    if (model_.fixed_batch) {
-      std::memcpy(padded_.data(), x, static_cast<size_t>(n) * in_sample_bytes_);
-      std::memset(padded_.data() + static_cast<size_t>(n) * in_sample_bytes_, 0,
-                  static_cast<size_t>(batch_ - n) * in_sample_bytes_);
-      feed = padded_.data();
-      b = batch_;
-    }
+  // Runs n <= batch() samples of model input (xs[k]: input k's); returns their n output rows (valid until
+  // the next call).
+  const float* run(const std::vector<const void*>& xs, int64_t n) {
+    const int64_t b = model_.fixed_batch ? batch_ : n;
     engine::Session& s = session(b);
     const InferenceGraph& g = graph(b);
-    s.write(g.input, feed, static_cast<size_t>(b) * in_sample_bytes_);
+    for (size_t k = 0; k < xs.size(); ++k) {
+      const size_t row = in_sample_bytes_[k];
+      const void* feed = xs[k];
+      if (model_.fixed_batch) {
+        std::memcpy(padded_[k].data(), xs[k], static_cast<size_t>(n) * row);
+        std::memset(padded_[k].data() + static_cast<size_t>(n) * row, 0,
+                    static_cast<size_t>(batch_ - n) * row);
+        feed = padded_[k].data();
+      }
+      s.write(g.inputs[k], feed, static_cast<size_t>(b) * row);
+    }
     s.run(engine::StepContext{0, 0, 0});
     const size_t values = static_cast<size_t>(b * columns_);
     if (out_dtype_ == DType::f32) {
@@ -253,8 +275,8 @@ class Runner {
   int64_t batch_ = 0, columns_ = 0;
   DType out_dtype_ = DType::f32;
   std::vector<int64_t> out_shape_;
-  size_t in_sample_bytes_ = 0;
-  std::vector<uint8_t> padded_;
+  std::vector<size_t> in_sample_bytes_;       // per input
+  std::vector<std::vector<uint8_t>> padded_;  // per input, for a fixed batch
   std::vector<float> out_;
   std::vector<double> out64_;
   std::vector<int64_t> outi64_;
@@ -267,15 +289,16 @@ Command add_predict_command(CLI::App& app) {
   auto* cmd =
       app.add_subcommand("predict", "Apply a model to samples from a file or stdin; results to stdout");
   auto model_path = std::make_shared<std::string>();
-  auto input = std::make_shared<std::string>("-");
+  auto inputs = std::make_shared<std::vector<std::string>>();
   auto batch = std::make_shared<int64_t>(256);
   auto format = std::make_shared<std::string>("csv");
   auto probabilities = std::make_shared<bool>(false);
   auto quiet = std::make_shared<bool>(false);
   auto device = std::make_shared<DeviceOptions>();
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
-  cmd->add_option("INPUT", *input,
-                  "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input");
+  cmd->add_option("INPUT", *inputs,
+                  "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input. A model of "
+                  "several inputs takes one file per input, in the model's order");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));
@@ -288,7 +311,10 @@ Command add_predict_command(CLI::App& app) {
   auto run = [=]() -> int {
     auto t0 = std::chrono::steady_clock::now();
     const bool npy = *format == "npy";
-    if (*input == "-" && isatty(STDIN_FILENO))
+    std::vector<std::string> paths = inputs->empty() ? std::vector<std::string>{"-"} : *inputs;
+    if (std::count(paths.begin(), paths.end(), "-") > 1)
+      throw InputError("stdin", "standard input (-) is given for two inputs", "give files for all but one");
+    if (std::count(paths.begin(), paths.end(), "-") == 1 && isatty(STDIN_FILENO))
       throw InputError(
           "stdin", "no INPUT was given and standard input is a terminal",
           fmt::format("trainer predict {} x.npy, or pipe samples in: cat x.npy | trainer predict {} -",
@@ -299,15 +325,37 @@ Command add_predict_command(CLI::App& app) {
     // The model and the input's header come first: every mistake is found before anything is written.
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
-    formats::SampleReader in(*input);
-    check_sample_shape(in, model);
-    if (npy && in.count() < 0)
+    if (paths.size() != model.inputs.size()) {
+      std::vector<std::string> names;
+      for (const PredictModel::Input& i : model.inputs) names.push_back(i.name);
+      throw InputError(model.path,
+                       fmt::format("the {} has {} input{} ({}), and {} INPUT{} given", model.kind,
+                                   model.inputs.size(), model.inputs.size() == 1 ? "" : "s",
+                                   fmt::join(names, ", "), paths.size(), paths.size() == 1 ? " is" : "s are"),
+                       fmt::format("give one file per input, in this order: trainer predict {} {}",
+                                   *model_path, fmt::format("{}.npy", fmt::join(names, ".npy "))));
+    }
+    std::vector<std::unique_ptr<formats::SampleReader>> readers;
+    int64_t count = -1;
+    for (size_t k = 0; k < paths.size(); ++k) {
+      readers.push_back(std::make_unique<formats::SampleReader>(paths[k]));
+      const formats::SampleReader& r = *readers.back();
+      check_sample_shape(r, model, k);
+      if (r.count() >= 0 && count >= 0 && r.count() != count)
+        throw InputError(r.name(),
+                         fmt::format("{} holds {} samples for input '{}', and {} holds {}", r.name(),
+                                     r.count(), model.inputs[k].name, readers[0]->name(), count),
+                         "every input needs one sample per prediction: give files of equal length");
+      if (r.count() >= 0) count = r.count();
+    }
+    formats::SampleReader& in = *readers[0];
+    if (npy && count < 0)
       throw InputError(in.name(),
                        "NPY output needs the number of samples before the first row, and CSV input does "
                        "not say it",
                        "use --output-format csv, or give the samples as NPY or IDX");
     auto backend = device->make_backend(*quiet);
-    Runner runner(model, *backend, *batch, in.count());
+    Runner runner(model, *backend, *batch, count);
     const int64_t b = runner.batch(), columns = runner.columns();
     const bool single = columns == 1;
     if (runner.integer_output() && !*probabilities && !single)
@@ -320,24 +368,47 @@ Command add_predict_command(CLI::App& app) {
     const std::vector<int64_t>& shape = runner.output_shape();
     const int64_t last = shape.empty() ? 1 : shape.back();
     const int64_t positions = single ? 1 : columns / last;
-    formats::SampleConverter convert(model.format, model.sample_shape, in.dtype(), in.name());
-    std::vector<uint8_t> raw(static_cast<size_t>(b) * in.sample_bytes());
-    std::vector<uint8_t> x(static_cast<size_t>(b) * convert.out_sample_bytes());
+    std::vector<formats::SampleConverter> converters;
+    std::vector<std::vector<uint8_t>> raw, x;
+    std::vector<const void*> xs;
+    for (size_t k = 0; k < readers.size(); ++k) {
+      const PredictModel::Input& mi = model.inputs[k];
+      converters.emplace_back(mi.format, mi.sample_shape, readers[k]->dtype(), readers[k]->name());
+      raw.emplace_back(static_cast<size_t>(b) * readers[k]->sample_bytes());
+      x.emplace_back(static_cast<size_t>(b) * converters.back().out_sample_bytes());
+      xs.push_back(x.back().data());
+    }
     std::vector<int64_t> ids(static_cast<size_t>(b * positions));
     formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
                            *probabilities ? DType::f32 : DType::i64,
                            *probabilities  ? columns
                            : positions > 1 ? positions
                                            : 0,
-                           in.count());
+                           count);
     // A reader that stops early (`| head`) closes the pipe: writes then fail with EPIPE and predict stops
     // reading and exits 0, instead of being killed by SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
     int64_t done = 0;
     bool open = true;
-    for (int64_t n; open && (n = in.read(b, raw.data())) > 0; done += n) {
-      convert.convert(raw.data(), n, done, x.data());
-      const float* rows = runner.run(x.data(), n);
+    // Reads the next samples of every input: the same number from each, or the inputs disagree in length.
+    auto read = [&]() -> int64_t {
+      int64_t n = -1;
+      for (size_t k = 0; k < readers.size(); ++k) {
+        const int64_t got = readers[k]->read(b, raw[k].data());
+        if (n >= 0 && got != n)
+          throw InputError(
+              got < n ? readers[k]->name() : readers[0]->name(),
+              fmt::format("{} ends after {} samples, and {} has more",
+                          got < n ? readers[k]->name() : readers[0]->name(), done + std::min(got, n),
+                          got < n ? readers[0]->name() : readers[k]->name()),
+              "every input needs one sample per prediction: give files of equal length");
+        n = got;
+        if (got > 0) converters[k].convert(raw[k].data(), got, done, x[k].data());
+      }
+      return n;
+    };
+    for (int64_t n; open && (n = read()) > 0; done += n) {
+      const float* rows = runner.run(xs, n);
       if (*probabilities) {
         open = out.write(rows, n);
         continue;
@@ -353,9 +424,10 @@ Command add_predict_command(CLI::App& app) {
     if (open) out.finish();
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!*quiet)
-      fmt::print(stderr, "{} samples ({}{}, {}) through the {} at batch {} in {:.2f}s{}\n", done,
+      fmt::print(stderr, "{} samples ({}{}, {}{}) through the {} at batch {} in {:.2f}s{}\n", done,
                  formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(),
-                 model.kind, b, seconds, out.closed() ? "; the reader closed the output early" : "");
+                 readers.size() > 1 ? fmt::format(" and {} more", readers.size() - 1) : "", model.kind, b,
+                 seconds, out.closed() ? "; the reader closed the output early" : "");
     return 0;
   };
   return {cmd, run};

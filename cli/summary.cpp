@@ -54,6 +54,28 @@ Command add_summary_command(CLI::App& app) {
     }
     const int64_t per_replica = (batch + *devices - 1) / *devices;
     auto when_training = [&](auto v) { return training ? std::to_string(v) : std::string("null"); };
+    // The model's inputs: name, per-sample shape as the data gives it (Keras's for a spec), dtype.
+    struct InputRow {
+      std::string name, dtype;
+      std::vector<int64_t> shape;
+    };
+    std::vector<InputRow> inputs;
+    const std::vector<std::string> names = input_names(m);
+    for (size_t k = 0; k < names.size(); ++k) {
+      const engine::Value& v = m.graph.value(k == 0 ? m.input : m.more_inputs[k - 1].value);
+      InputRow r{names[k], "", {}};
+      if (s.model.onnx.empty()) {
+        const formats::InputSpec& in = k == 0 ? s.model.input : s.model.more_inputs.at(k - 1);
+        r.shape = in.shape;
+        r.dtype = in.dtype;
+      } else {
+        r.shape.assign(v.shape.dims().begin() + 1, v.shape.dims().end());
+        r.dtype = v.dtype == engine::DType::i64   ? "int64"
+                  : v.dtype == engine::DType::i32 ? "int32"
+                                                  : "float32";
+      }
+      inputs.push_back(std::move(r));
+    }
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;
@@ -70,8 +92,16 @@ Command add_summary_command(CLI::App& app) {
                                {"params", std::to_string(l.params)},
                                {"flops_per_sample", std::to_string(l.flops_per_sample)}});
       }
+      std::string input_list;
+      for (const InputRow& r : inputs) {
+        if (!input_list.empty()) input_list += ", ";
+        input_list += json_object({{"name", json_string(r.name)},
+                                   {"shape", fmt::format("[{}]", fmt::join(r.shape, ", "))},
+                                   {"dtype", json_string(r.dtype)}});
+      }
       fmt::print("{}\n",
-                 json_object({{"layers", "[" + layers + "]"},
+                 json_object({{"inputs", "[" + input_list + "]"},
+                              {"layers", "[" + layers + "]"},
                               {"total_params", std::to_string(total)},
                               {"trainable_params", std::to_string(trainable)},
                               {"flops_per_sample", std::to_string(flops)},
@@ -82,6 +112,12 @@ Command add_summary_command(CLI::App& app) {
                               {"replicas", std::to_string(*devices)},
                               {"optimizer_state_bytes_per_replica", when_training(state.per_replica)}}));
       return 0;
+    }
+    if (inputs.size() > 1) {
+      std::vector<std::string> parts;
+      for (const InputRow& r : inputs)
+        parts.push_back(fmt::format("{} {} {}", r.name, shape_text(r.shape), r.dtype));
+      fmt::print("Inputs: {}\n", fmt::join(parts, " · "));
     }
     size_t wn = 5, wt = 4, ws = 12;
     for (const models::LayerInfo& l : m.layers) {

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <glob.h>
 #include <sys/stat.h>
 
@@ -213,6 +214,62 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
       std::make_shared<ArrayDataset>(std::move(x), std::move(y), layout, x_desc);
   if (src.limit > 0 && src.limit < ds->size()) ds = engine::data::subset(ds, 0, src.limit);
   return ds;
+}
+
+std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
+                                                          const std::vector<std::string>& inputs,
+                                                          const DatasetOptions& options) {
+  TRAINER_ASSERT(!inputs.empty());
+  const std::string where = where_in_spec(src.pos);
+  // Every name in the tables must be an input, and x = { ... } must name each input.
+  auto check_names = [&](const auto& table, const char* key) {
+    for (const auto& [name, v] : table)
+      if (std::find(inputs.begin(), inputs.end(), name) == inputs.end())
+        throw InputError(
+            where, fmt::format("{} names '{}', which is not an input of the model", key, name),
+            fmt::format("{}the model's inputs: {}", did_you_mean(name, inputs), fmt::join(inputs, ", ")));
+  };
+  check_names(src.x_by_input, "x");
+  check_names(src.x_keys, "x_key");
+  if (!src.x_by_input.empty())
+    for (const std::string& name : inputs)
+      if (!src.x_by_input.count(name))
+        throw InputError(where, fmt::format("x names no files for the model's input '{}'", name),
+                         fmt::format("add {} = \"FILE.npy\" to x", name));
+  if (inputs.size() == 1 && src.x_by_input.empty() && src.x_keys.empty())
+    return open_dataset(src, base_dir, options);
+
+  std::string format = src.format;
+  if (format.empty()) {
+    const std::vector<std::string>& some = src.x_by_input.empty() ? src.x : src.x_by_input.begin()->second;
+    format = some.empty() ? "" : data_format_from_name(some[0]);
+  }
+  if (format != "npy" && format != "npz")
+    throw InputError(
+        where,
+        fmt::format("the model has {} inputs ({}); its data comes in .npz or .npy files, not {}",
+                    inputs.size(), fmt::join(inputs, ", "), format.empty() ? "these" : format),
+        "an .npz with one array per input (named after it), or x = { NAME = \"FILE.npy\", ... }");
+  if (format == "npy" && src.x_by_input.empty())
+    throw InputError(where,
+                     fmt::format("the model has {} inputs ({}); x names one set of .npy files", inputs.size(),
+                                 fmt::join(inputs, ", ")),
+                     fmt::format("name each input's files: x = {{ {} = \"...npy\", ... }}", inputs[0]));
+  std::vector<std::shared_ptr<const engine::data::Dataset>> parts;
+  for (const std::string& name : inputs) {
+    DataSource one = src;
+    one.format = format;
+    one.x_by_input.clear();
+    one.x_keys.clear();
+    if (!src.x_by_input.empty()) one.x = src.x_by_input.at(name);
+    auto key = src.x_keys.find(name);
+    one.x_key = key != src.x_keys.end() ? key->second : inputs.size() == 1 ? src.x_key : name;
+    parts.push_back(open_dataset(one, base_dir, options));
+  }
+  std::shared_ptr<const engine::data::Dataset> first = parts[0];
+  parts.erase(parts.begin());
+  if (parts.empty()) return first;
+  return engine::data::with_more_inputs(std::move(first), std::move(parts));
 }
 
 }  // namespace trainer::formats

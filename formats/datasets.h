@@ -24,6 +24,14 @@ struct DatasetOptions {
 std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
                                                           const DatasetOptions& options = {});
 
+// The data of a model whose inputs have these names, in order. A model of one input reads `src` as above
+// (or x = { NAME = ... }). A model of several gets a dataset with Dataset::more_inputs(), each input's
+// samples read from its own .npy files (x = { NAME = "FILE.npy", ... }) or from the array of the .npz file
+// named after it (or after x_key = { NAME = "ARRAY", ... }); the labels come from y or y_key.
+std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
+                                                          const std::vector<std::string>& inputs,
+                                                          const DatasetOptions& options = {});
+
 // The files that `patterns` name, each pattern's matches in natural order ("data_batch_2" before
 // "data_batch_10"). A file that does not exist or a glob that matches nothing is an InputError at `pos`.
 std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns,

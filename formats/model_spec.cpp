@@ -38,8 +38,9 @@ constexpr std::string_view kSetPrefix = "--set ";
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
 const Keys kRootKeys = {"format_version", "model", "data", "train", "parallel"};
 const Keys kParallelKeys = {"bucket_mb", "shard_optimizer"};
-const Keys kModelKeys = {"input", "layers", "onnx", "freeze"};
+const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
+const Keys kNamedInputKeys = {"name", "shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
 const Keys kTrainKeys = {"loss",           "from_logits",         "label_smoothing", "metrics",
@@ -62,6 +63,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
     {"the top level", &kRootKeys},
     {"[model]", &kModelKeys},
     {"[model.input]", &kInputKeys},
+    {"[[model.inputs]]", &kNamedInputKeys},
     {"[data]", &kDataKeys},
     {"[data.train], [data.validation] and [data.test]", &kSourceKeys},
     {"[train]", &kTrainKeys},
@@ -540,6 +542,46 @@ InputSpec read_input(const Reader& r, const toml::node& n) {
   return in;
 }
 
+// [[model.inputs]]: a model of several inputs, each named (layers take them by name) and in the order the
+// data and `trainer predict` give them.
+std::vector<InputSpec> read_inputs(const Reader& r, const toml::node& n) {
+  const SourcePos list_pos = r.pos(n);
+  auto* arr = n.as_array();
+  if (!arr || arr->empty())
+    r.fail(list_pos, fmt::format("model.inputs must hold [[model.inputs]] tables, not {}", describe(n)),
+           "write each input as its own [[model.inputs]] table with a name and a shape");
+  std::vector<InputSpec> out;
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const toml::node& e = *arr->get(i);
+    const std::string where = fmt::format("model.inputs[{}]", i);
+    if (!e.is_table())
+      r.fail(r.pos(e), fmt::format("{} must be a table, not {}", where, describe(e)),
+             "write each input as its own [[model.inputs]] table");
+    Table t(r, e, where, kNamedInputKeys);
+    InputSpec in;
+    in.pos = r.pos(e);
+    if (!t.get("name", in.name))
+      r.fail(in.pos, fmt::format("{} has no name", where),
+             "name each input, e.g. name = \"tokens\": layers take it by that name");
+    if (in.name.empty() || std::any_of(in.name.begin(), in.name.end(), [](char c) {
+          return c == '/' || std::isspace(static_cast<unsigned char>(c)) ||
+                 std::iscntrl(static_cast<unsigned char>(c));
+        }))
+      t.fail("name", fmt::format("{}.name {} is not a valid input name", where, toml_string(in.name)),
+             "use letters, digits, '_', '-' or '.', without '/' or spaces");
+    for (const InputSpec& o : out)
+      if (o.name == in.name)
+        t.fail("name", fmt::format("two inputs are named '{}'", in.name),
+               fmt::format("the other one is at {}; names must be unique", o.pos.str()));
+    const toml::node* shape = t.find("shape");
+    if (!shape) r.fail(in.pos, fmt::format("{} has no shape", where), "e.g. shape = [28, 28, 1]");
+    in.shape = read_shape(r, *shape, where + ".shape");
+    t.get_choice("dtype", in.dtype, kDtypes, "input dtype");
+    out.push_back(std::move(in));
+  }
+  return out;
+}
+
 // Keras's default layer name: the class name in snake_case ("MaxPooling2D" -> "max_pooling2d", "ReLU" ->
 // "re_lu").
 std::string snake_case(const std::string& type) {
@@ -585,7 +627,8 @@ ArgValue read_arg(const Reader& r, const toml::node& n, const std::string& what)
          "layer arguments take scalars and flat arrays, e.g. kernel_initializer = \"he_normal\"");
 }
 
-std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
+// `inputs`: the model's input names, which layers may take and no layer may have.
+std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const Keys& inputs) {
   const SourcePos list_pos = r.pos(n);
   auto* arr = n.as_array();
   if (!arr)
@@ -631,9 +674,9 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
           }))
         r.fail(npos, fmt::format("{}.name {} is not a valid layer name", where, toml_string(L.name)),
                "use letters, digits, '_', '-' or '.', without '/' or spaces");
-      if (L.name == "input")
-        r.fail(npos, fmt::format("{}.name 'input' is reserved", where),
-               "'input' stands for the model's input in `inputs`; choose another name");
+      if (contains(inputs, L.name))
+        r.fail(npos, fmt::format("{}.name '{}' is the name of a model input", where, L.name),
+               fmt::format("'{}' stands for that input in `inputs`; choose another name", L.name));
     }
     std::vector<SourcePos> ipos;
     if (const toml::node* inputs = t->get("inputs")) {
@@ -686,7 +729,7 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
     do {
       const int n = counters[base]++;
       name = n == 0 ? base : fmt::format("{}_{}", base, n);
-    } while (index.count(name) || name == "input");
+    } while (index.count(name) || contains(inputs, name));
     layers[i].name = name;
     index.emplace(name, i);
   }
@@ -695,7 +738,7 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
   for (size_t i = 0; i < layers.size(); ++i) {
     for (size_t j = 0; j < layers[i].inputs.size(); ++j) {
       const std::string& in = layers[i].inputs[j];
-      if (in == "input") continue;
+      if (contains(inputs, in)) continue;
       auto it = index.find(in);
       if (it != index.end() && it->second < i) continue;
       if (it != index.end())
@@ -704,7 +747,7 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n) {
                                : fmt::format("layer '{}' takes '{}', which comes later in model.layers",
                                              layers[i].name, in),
                "a layer takes the model input or layers listed before it");
-      Keys earlier = {"input"};
+      Keys earlier = inputs;
       for (size_t k = 0; k < i; ++k) earlier.push_back(layers[k].name);
       r.fail(input_pos[i][j],
              fmt::format("layer '{}' takes '{}', which is not a layer before it", layers[i].name, in),
@@ -723,7 +766,7 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
     if (m.onnx.empty())
       t.fail("onnx", "model.onnx is empty", "name the ONNX file, e.g. onnx = \"model.onnx\"");
     // The ONNX file defines the input and the layers; a second definition beside it would be ignored.
-    for (const char* key : {"input", "layers"})
+    for (const char* key : {"input", "inputs", "layers"})
       if (t.find(key))
         t.fail(
             key,
@@ -746,14 +789,27 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
   }
   if (!m.onnx.empty()) return m;
   const toml::node* input = t.find("input");
-  if (!input)
+  const toml::node* inputs = t.find("inputs");
+  if (!input && !inputs)
     r.fail(m.pos, "[model] has no input",
-           "give the per-sample input shape, e.g. input = [28, 28, 1]; or onnx = \"model.onnx\" for an ONNX "
-           "model");
-  m.input = read_input(r, *input);
+           "give the per-sample input shape, e.g. input = [28, 28, 1]; [[model.inputs]] tables for a model "
+           "of several inputs; or onnx = \"model.onnx\" for an ONNX model");
+  if (input && inputs)
+    t.fail("inputs", "model.input and [[model.inputs]] both define the model's input",
+           "keep input for a model of one input, or [[model.inputs]] (named) for several");
+  Keys names;
+  if (input) {
+    m.input = read_input(r, *input);
+  } else {
+    std::vector<InputSpec> all = read_inputs(r, *inputs);
+    m.input = all[0];
+    m.more_inputs.assign(all.begin() + 1, all.end());
+  }
+  names.push_back(m.input.name);
+  for (const InputSpec& in : m.more_inputs) names.push_back(in.name);
   const toml::node* layers = t.find("layers");
   if (!layers) r.fail(m.pos, "[model] has no layers", "add one [[model.layers]] table per layer");
-  m.layers = read_layers(r, *layers);
+  m.layers = read_layers(r, *layers, names);
   return m;
 }
 
@@ -762,10 +818,33 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   DataSource s;
   s.pos = t.pos();
   t.get_choice("format", s.format, kFormats, "data format");
-  if (!t.get_strings("x", s.x))
+  // A table of files by input name, for a model of several inputs; each entry is what x is otherwise.
+  if (const toml::node* x = t.find("x"); x && x->is_table()) {
+    const std::string xpath = t.name("x");
+    for (auto&& [k, v] : *x->as_table()) {
+      std::vector<std::string>& files = s.x_by_input[std::string(k.str())];
+      auto* a = v.as_array();
+      if (!v.is_string() && !a)
+        r.fail(r.pos(v), fmt::format("{}.{} must be a file name or an array of them, not {}", xpath, k.str(),
+                                     describe(v)));
+      for (size_t i = 0; i < (a ? a->size() : 1); ++i) {
+        const toml::node& f = a ? *a->get(i) : v;
+        if (!f.is_string() || f.as_string()->get().empty())
+          r.fail(r.pos(f), fmt::format("{}.{} must hold file names", xpath, k.str()),
+                 "e.g. x = { tokens = \"tokens.npy\", meta = \"meta.npy\" }");
+        files.push_back(f.as_string()->get());
+      }
+      if (files.empty())
+        r.fail(r.pos(v), fmt::format("{}.{} is empty", xpath, k.str()), "name at least one file");
+    }
+    if (s.x_by_input.empty())
+      t.fail("x", fmt::format("{} is empty", xpath), "name each input's files: x = { tokens = \"t.npy\" }");
+  } else if (!t.get_strings("x", s.x)) {
     r.fail(s.pos, fmt::format("[{}] has no x", path),
            "name the feature files, e.g. x = \"train-images-idx3-ubyte.gz\"");
-  if (s.x.empty()) t.fail("x", fmt::format("{}.x is empty", path), "name at least one file");
+  } else if (s.x.empty()) {
+    t.fail("x", fmt::format("{}.x is empty", path), "name at least one file");
+  }
   t.get_strings("y", s.y);
   for (const char* key : {"x", "y"}) {
     if (!t.find(key)) continue;
@@ -773,11 +852,19 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
     for (const std::string& f : files)
       if (f.empty()) t.fail(key, fmt::format("{} has an empty file name", t.name(key)));
   }
-  for (const char* key : {"x_key", "y_key"}) {
-    std::string& v = std::string_view(key) == "x_key" ? s.x_key : s.y_key;
-    if (t.get(key, v) && v.empty())
-      t.fail(key, fmt::format("{} is empty", t.name(key)), "name an array of the .npz");
+  // x_key as a table: the array of each input of a model of several inputs, by input name.
+  if (const toml::node* xk = t.find("x_key"); xk && xk->is_table()) {
+    for (auto&& [k, v] : *xk->as_table()) {
+      if (!v.is_string() || v.as_string()->get().empty())
+        r.fail(r.pos(v), fmt::format("{}.{} must name an array of the .npz", t.name("x_key"), k.str()),
+               "e.g. x_key = { tokens = \"input_ids\" }");
+      s.x_keys[std::string(k.str())] = v.as_string()->get();
+    }
+  } else if (t.get("x_key", s.x_key) && s.x_key.empty()) {
+    t.fail("x_key", fmt::format("{} is empty", t.name("x_key")), "name an array of the .npz");
   }
+  if (t.get("y_key", s.y_key) && s.y_key.empty())
+    t.fail("y_key", fmt::format("{} is empty", t.name("y_key")), "name an array of the .npz");
   t.get("header", s.header);
   if (const toml::node* lc = t.find("label_column")) {
     if (auto* i = lc->as_integer()) {
@@ -816,6 +903,16 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
       t.fail("validation_split", "data.validation_split and [data.validation] both give a validation set",
              "keep one of them");
   }
+  // Preprocessing in the loader is for the one input of a model; a model of several normalizes each input
+  // with its own layer.
+  double scale = 1;
+  if (!model.more_inputs.empty())
+    for (const char* key : {"scale", "mean", "std"})
+      if (t.find(key) && (std::string_view(key) != "scale" || (t.get(key, scale) && scale != 1)))
+        t.fail(key,
+               fmt::format("data.{} applies to a model of one input, and this model has {}", key,
+                           model.more_inputs.size() + 1),
+               "put a Rescaling or Normalization layer on the inputs that need it");
   if (t.get("scale", d.scale) && d.scale == 0)
     t.fail("scale", "data.scale must not be 0", "e.g. scale = 0.00392156862745098 (1/255) for 8-bit images");
   t.get("shuffle", d.shuffle);

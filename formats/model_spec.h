@@ -39,7 +39,8 @@ struct Arg {
 struct LayerSpec {
   std::string type;  // Keras class name: "Dense", "Conv2D", "LSTM", ...
   std::string name;  // given, or generated Keras-style: "dense", "dense_1", ...
-  // Graph form: the layers (or "input") it takes, each defined earlier; empty: the previous layer.
+  // Graph form: the layers (or model inputs) it takes, each defined earlier; empty: the previous layer (the
+  // first input for the first layer).
   std::vector<std::string> inputs;
   std::map<std::string, Arg> args;  // every other key of the layer's table
   SourcePos pos;                    // the layer's table
@@ -48,6 +49,8 @@ struct LayerSpec {
 };
 
 struct InputSpec {
+  // "input" for `input = ...`; a [[model.inputs]] table's name, which layers name in their `inputs`.
+  std::string name = "input";
   std::vector<int64_t> shape;     // per sample, Keras-style (channels last for images): [28, 28, 1]
   std::string dtype = "float32";  // float32 | int32 | int64 (token ids for Embedding)
   SourcePos pos;
@@ -56,7 +59,10 @@ struct InputSpec {
 
 // Either layers in Keras's vocabulary (input and layers), or an ONNX model file (onnx, with freeze).
 struct ModelSection {
-  InputSpec input;
+  InputSpec input;  // the first input: `input`, or the first [[model.inputs]] table
+  // A model of several inputs ([[model.inputs]]): the second, third, ...; sample i of each goes with sample
+  // i of the first.
+  std::vector<InputSpec> more_inputs;
   std::vector<LayerSpec> layers;
   // An ONNX model file, relative to the spec's folder (resolve_data_path). It defines the input and the
   // layers: its single graph input takes the data and its single output is the model's output.
@@ -81,6 +87,10 @@ struct DataSource {
   std::vector<std::string> y;  // label files, for formats that keep labels apart (idx, npy); empty otherwise
   std::string x_key = "x";     // npz array names
   std::string y_key = "y";
+  // A model of several inputs. npy: each input's feature files, by input name (`x` written as a table; `x`
+  // is then empty). npz: each input's array name when it is not the input's name (`x_key` as a table).
+  std::map<std::string, std::vector<std::string>> x_by_input;
+  std::map<std::string, std::string> x_keys;
   bool header = true;        // csv
   std::string label_column;  // csv: a column name, or a 0-based index written as digits; "" = last column
   int64_t limit = 0;         // use only the first N samples (0: all); handy for quick runs

@@ -46,6 +46,15 @@ std::string value(const std::vector<T>& v) {
   return out + "]";
 }
 
+// An inline table: { key = value, ... }.
+template <typename T>
+std::string value(const std::map<std::string, T>& m) {
+  std::string out;
+  for (const auto& [k, v] : m)
+    out += fmt::format("{}{} = {}", out.empty() ? "" : ", ", toml_key(k), value(v));
+  return "{ " + out + " }";
+}
+
 class Writer {
  public:
   template <typename T>
@@ -63,9 +72,15 @@ class Writer {
 void write_source(Writer& w, std::string_view name, const DataSource& s) {
   w.header(fmt::format("[data.{}]", name));
   if (!s.format.empty()) w.kv("format", s.format);
-  w.kv("x", s.x);
+  if (s.x_by_input.empty())
+    w.kv("x", s.x);
+  else
+    w.kv("x", s.x_by_input);
   if (!s.y.empty()) w.kv("y", s.y);
-  w.kv("x_key", s.x_key);
+  if (s.x_keys.empty())
+    w.kv("x_key", s.x_key);
+  else
+    w.kv("x_key", s.x_keys);
   w.kv("y_key", s.y_key);
   w.kv("header", s.header);
   if (!s.label_column.empty()) w.kv("label_column", s.label_column);
@@ -76,6 +91,7 @@ void clear_positions(ModelSpec& s) {
   s.path.clear();
   s.base_dir.clear();
   s.model.pos = s.model.input.pos = s.model.onnx_pos = {};
+  for (InputSpec& in : s.model.more_inputs) in.pos = {};
   s.model.freeze_pos.clear();
   s.model.onnx_bytes.reset();
   s.parallel.pos = {};
@@ -105,7 +121,19 @@ std::string to_toml(const ModelSpec& spec) {
     w.kv("onnx", m.onnx);
     if (!m.freeze.empty()) w.kv("freeze", m.freeze);
   } else {
-    w.raw(fmt::format("input = {{ shape = {}, dtype = {} }}\n", value(m.input.shape), value(m.input.dtype)));
+    if (m.more_inputs.empty() && m.input.name == "input") {
+      w.raw(
+          fmt::format("input = {{ shape = {}, dtype = {} }}\n", value(m.input.shape), value(m.input.dtype)));
+    } else {
+      std::vector<const InputSpec*> all = {&m.input};
+      for (const InputSpec& in : m.more_inputs) all.push_back(&in);
+      for (const InputSpec* in : all) {
+        w.header("[[model.inputs]]");
+        w.kv("name", in->name);
+        w.kv("shape", in->shape);
+        w.kv("dtype", in->dtype);
+      }
+    }
   }
   for (const LayerSpec& l : m.layers) {
     w.header("[[model.layers]]");

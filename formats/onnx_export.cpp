@@ -191,6 +191,9 @@ class Exporter {
   std::unordered_set<std::string> taken_;           // ONNX value names in use
   std::unordered_set<std::string> node_names_;      // ONNX node names in use
   std::vector<std::string> input_names_, output_names_;
+  bool channels_last(size_t input) const {
+    return input < o_.channels_last_inputs.size() && o_.channels_last_inputs[input];
+  }
   std::vector<bool> output_direct_;  // output i is its producer's own output (else an Identity makes it)
 
   std::vector<ValueId> initializer_order_;
@@ -365,7 +368,7 @@ class Exporter {
       if (direct) names_[v] = name;
     }
     for (size_t i = 0; i < inputs_.size(); ++i) {
-      const bool nhwc = o_.channels_last_input && g_.value(inputs_[i]).shape.rank() == 4;
+      const bool nhwc = channels_last(i) && g_.value(inputs_[i]).shape.rank() == 4;
       names_[inputs_[i]] = nhwc ? fresh(input_names_[i] + "/nchw") : input_names_[i];
     }
     auto name_value = [&](ValueId v) {
@@ -433,7 +436,7 @@ class Exporter {
     for (size_t i = 0; i < inputs_.size(); ++i) {
       const engine::Value& v = g_.value(inputs_[i]);
       std::vector<int64_t> dims(v.shape.dims().begin() + 1, v.shape.dims().end());
-      const bool nhwc = o_.channels_last_input && v.shape.rank() == 4;
+      const bool nhwc = channels_last(i) && v.shape.rank() == 4;
       if (nhwc) dims = {dims[1], dims[2], dims[0]};
       set_value_info(gp_->add_input(), input_names_[i], v.dtype, dims);
       if (nhwc)

@@ -27,8 +27,9 @@ struct OnnxExportOptions {
   // dim_param of the leading (batch) dimension of every graph input and output.
   std::string batch_dim_name = "batch";
   // Rank-4 inputs (the IR's NCHW images) are taken as NHWC, Keras's layout that the spec documents: a
-  // Transpose at the graph input turns them into the NCHW the graph computes in.
-  bool channels_last_input = false;
+  // Transpose at the graph input turns them into the NCHW the graph computes in. One flag per exported
+  // input; inputs past the end of the list are taken as they are.
+  std::vector<bool> channels_last_inputs;
   // Names of the graph inputs and outputs, one per exported value; empty: the values' own names (the layer
   // library names its input "input"; outputs are named after the nodes that produce them). A value elsewhere
   // in the graph that already holds a requested name is renamed (a "_1" suffix).

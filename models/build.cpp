@@ -16,8 +16,6 @@ using namespace trainer::engine;
 
 namespace {
 
-const char* kInputName = "input";
-
 const LayerDef* find_def(const formats::LayerSpec& spec) {
   const std::vector<LayerDef>& defs = layer_defs();
   for (const LayerDef& d : defs)
@@ -87,32 +85,46 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   TRAINER_ASSERT(options.batch_size >= 1, "batch_size {}", options.batch_size);
   BuiltModel m;
   Graph& g = m.graph;
-  const formats::InputSpec& input = model.input;
-  if (input.shape.empty())
-    throw InputError(input.pos.str(), "the model's input shape is empty",
-                     "give the shape of one sample, e.g. input = [28, 28, 1] or input = [784]");
-  for (int64_t d : input.shape)
-    if (d < 1)
-      throw InputError(input.pos.str(), fmt::format("the model's input shape [{}] must hold positive sizes",
-                                                    fmt::join(input.shape, ", ")));
+  std::vector<const formats::InputSpec*> model_inputs = {&model.input};
+  for (const formats::InputSpec& in : model.more_inputs) model_inputs.push_back(&in);
   if (model.layers.empty())
     throw InputError(model.pos.str(), "the model has no layers", "add [[model.layers]] tables");
 
-  // The input: a rank-3 float sample is an image, fed as NCHW (the loader transposes each sample).
-  const DType dtype = input_dtype(input);
-  LayerValue in;
-  in.shape = input.shape;
-  in.from = kInputName;
-  in.channels_first = !is_integer(dtype) && input.shape.size() == 3;
-  m.input_channels_last = in.channels_first;
-  std::vector<int64_t> dims = {options.batch_size};
-  if (in.channels_first)
-    dims.insert(dims.end(), {input.shape[2], input.shape[0], input.shape[1]});
-  else
-    dims.insert(dims.end(), input.shape.begin(), input.shape.end());
-  in.value = m.input = g.add_input(kInputName, dtype, Shape(dims));
-
-  std::map<std::string, LayerValue> values = {{kInputName, in}};
+  std::map<std::string, LayerValue> values;
+  std::vector<std::string> input_names;
+  for (const formats::InputSpec* input : model_inputs) {
+    const std::string what =
+        model_inputs.size() == 1 ? "the model's input" : fmt::format("input '{}'", input->name);
+    if (input->shape.empty())
+      throw InputError(input->pos.str(), fmt::format("{} has an empty shape", what),
+                       "give the shape of one sample, e.g. input = [28, 28, 1] or input = [784]");
+    for (int64_t d : input->shape)
+      if (d < 1)
+        throw InputError(input->pos.str(), fmt::format("{} shape [{}] must hold positive sizes", what,
+                                                       fmt::join(input->shape, ", ")));
+    if (values.count(input->name))
+      throw InputError(input->pos.str(), fmt::format("two inputs are named '{}'", input->name));
+    // A rank-3 float sample is an image, fed as NCHW (the loader transposes each sample).
+    const DType dtype = input_dtype(*input);
+    LayerValue in;
+    in.shape = input->shape;
+    in.from = input->name;
+    in.channels_first = !is_integer(dtype) && input->shape.size() == 3;
+    std::vector<int64_t> dims = {options.batch_size};
+    if (in.channels_first)
+      dims.insert(dims.end(), {input->shape[2], input->shape[0], input->shape[1]});
+    else
+      dims.insert(dims.end(), input->shape.begin(), input->shape.end());
+    in.value = g.add_input(input->name, dtype, Shape(dims));
+    if (input == &model.input) {
+      m.input = in.value;
+      m.input_channels_last = in.channels_first;
+    } else {
+      m.more_inputs.push_back({in.value, in.channels_first});
+    }
+    values[input->name] = in;
+    input_names.push_back(input->name);
+  }
   std::map<std::string, int> uses;
   std::map<std::string, const formats::LayerSpec*> specs;
   std::map<std::string, int> generated;
@@ -136,11 +148,12 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   }
   for (const formats::LayerSpec& spec : layers) all_names.push_back(spec.name);
 
-  std::string previous = kInputName;
+  std::string previous = model.input.name;
   for (const formats::LayerSpec& spec : layers) {
     const LayerDef* def = find_def(spec);
-    if (spec.name == kInputName)
-      throw InputError(spec.pos.str(), "a layer cannot be named 'input'", "'input' names the model's input");
+    if (std::find(input_names.begin(), input_names.end(), spec.name) != input_names.end())
+      throw InputError(spec.pos.str(), fmt::format("a layer cannot be named '{}'", spec.name),
+                       fmt::format("'{}' names a model input", spec.name));
     // Weights are named "<layer>/kernel", so a '/' in a layer's name could collide with another layer's
     // weights.
     if (spec.name.find('/') != std::string::npos)
@@ -248,6 +261,11 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
                        fmt::format("the model's output is its last layer, '{}'; name '{}' in a later layer's "
                                    "inputs or remove it",
                                    previous, spec.name));
+
+  for (const formats::InputSpec* input : model_inputs)
+    if (uses[input->name] == 0)
+      throw InputError(input->pos.str(), fmt::format("the model's input '{}' is not used", input->name),
+                       fmt::format("name '{}' in a layer's inputs, or remove the input", input->name));
 
   LayerValue out = values[previous];
   if (out.channels_first) {

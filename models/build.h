@@ -2,10 +2,11 @@
 // argument names, defaults and initializers, and the table `trainer summary` prints comes with it.
 //
 // Conventions of the built graph:
-// - The input value is named "input": [batch] + the spec's shape, except for a rank-3 float input
-//   ([H, W, C], Keras's channels-last), which is [batch, C, H, W]; input_channels_last tells the loader to
-//   convert each sample. Conv2D, pooling and BatchNormalization run NCHW. Layouts change only where a layer
-//   needs it: by a Reshape when C or H * W is 1, else by a Transpose.
+// - The input value is named "input" (each input of a model of several has its name): [batch] + the
+//   spec's shape, except for a rank-3 float input ([H, W, C], Keras's channels-last), which is
+//   [batch, C, H, W]; input_channels_last tells the loader to convert each sample. Conv2D, pooling and
+//   BatchNormalization run NCHW. Layouts change only where a layer needs it: by a Reshape when C or H * W is
+//   1, else by a Transpose.
 // - Flatten after convolutions flattens C, H, W (Keras: H, W, C). This changes only which row of the next
 //   Dense kernel meets which feature; models train the same.
 // - Weights: "<layer>/kernel", "/bias", "/recurrent_kernel", "/embeddings", "/gamma", "/beta"; the state
@@ -62,7 +63,14 @@ struct BuiltModel {
   // layer passed on (Embedding mask_zero through layers that keep masks); losses and metrics skip the other
   // steps. kNoValue when there is none.
   engine::ValueId output_mask = engine::kNoValue;
-  bool input_channels_last = false;   // the spec's input is HWC; the IR input is CHW (the loader converts)
+  bool input_channels_last = false;  // the spec's input is HWC; the IR input is CHW (the loader converts)
+  // A model of several inputs ([[model.inputs]]): the second, third, ..., named as the spec names them (the
+  // first input too then).
+  struct Input {
+    engine::ValueId value = engine::kNoValue;
+    bool channels_last = false;
+  };
+  std::vector<Input> more_inputs;
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   std::vector<LayerInfo> layers;
 };

@@ -36,6 +36,28 @@ class SubsetDataset final : public Dataset {
   int64_t begin_, size_;
 };
 
+// A model's inputs side by side: the first one, with the labels, answers for the sample and label reads.
+class JoinedDataset final : public Dataset {
+ public:
+  JoinedDataset(std::shared_ptr<const Dataset> first, std::vector<std::shared_ptr<const Dataset>> more)
+      : first_(std::move(first)), more_(std::move(more)) {}
+  int64_t size() const override { return first_->size(); }
+  const Shape& sample_shape() const override { return first_->sample_shape(); }
+  DType sample_dtype() const override { return first_->sample_dtype(); }
+  Layout layout() const override { return first_->layout(); }
+  const Shape& label_shape() const override { return first_->label_shape(); }
+  DType label_dtype() const override { return first_->label_dtype(); }
+  void read_sample(int64_t i, void* out) const override { first_->read_sample(i, out); }
+  void read_label(int64_t i, void* out) const override { first_->read_label(i, out); }
+  std::string describe() const override { return first_->describe(); }
+  std::string locate(int64_t i) const override { return first_->locate(i); }
+  std::vector<std::shared_ptr<const Dataset>> more_inputs() const override { return more_; }
+
+ private:
+  std::shared_ptr<const Dataset> first_;
+  std::vector<std::shared_ptr<const Dataset>> more_;
+};
+
 // The Philox stream of shuffles: distinct from the small stream ids that ops (Dropout) take.
 constexpr uint64_t kShuffleStream = 0x53485546464c45ull;  // "SHUFFLE"
 
@@ -45,7 +67,25 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t beg
   TRAINER_ASSERT(base != nullptr);
   TRAINER_ASSERT(0 <= begin && begin <= end && end <= base->size(), "subset [{}, {}) of {} samples", begin,
                  end, base->size());
-  return std::make_shared<SubsetDataset>(std::move(base), begin, end);
+  std::vector<std::shared_ptr<const Dataset>> more = base->more_inputs();
+  if (more.empty()) return std::make_shared<SubsetDataset>(std::move(base), begin, end);
+  for (auto& d : more) d = subset(d, begin, end);
+  return with_more_inputs(std::make_shared<SubsetDataset>(std::move(base), begin, end), std::move(more));
+}
+
+std::shared_ptr<Dataset> with_more_inputs(std::shared_ptr<const Dataset> first,
+                                          std::vector<std::shared_ptr<const Dataset>> more) {
+  TRAINER_ASSERT(first != nullptr && first->more_inputs().empty());
+  for (size_t k = 0; k < more.size(); ++k) {
+    TRAINER_ASSERT(more[k] != nullptr);
+    if (more[k]->size() != first->size())
+      throw InputError(
+          more[k]->describe(),
+          fmt::format("{} holds {} samples for the model's input {}, and {} holds {} for its first",
+                      more[k]->describe(), more[k]->size(), k + 2, first->describe(), first->size()),
+          "every input needs one sample per label: give arrays of equal length");
+  }
+  return std::make_shared<JoinedDataset>(std::move(first), std::move(more));
 }
 
 void epoch_permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t* out) {

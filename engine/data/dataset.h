@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,32 +36,49 @@ class Dataset {
   // Where sample i comes from, for messages about it: "data_batch_3.bin: sample 1234" (the file and the index
   // in it).
   virtual std::string locate(int64_t i) const;
+  // A model of several inputs: the samples of its second, third, ... input, sample i of each going with
+  // sample i here (their own labels are not read). Empty for a model of one input.
+  virtual std::vector<std::shared_ptr<const Dataset>> more_inputs() const { return {}; }
 };
 
-// Samples [begin, end) of another dataset (validation_split, limit).
+// The samples of a model's first input (with the labels) joined with those of its further inputs, each of
+// the same size (an InputError names the first that is not).
+std::shared_ptr<Dataset> with_more_inputs(std::shared_ptr<const Dataset> first,
+                                          std::vector<std::shared_ptr<const Dataset>> more);
+
+// Samples [begin, end) of another dataset (validation_split, limit), and of its further inputs.
 std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t begin, int64_t end);
 
-// What a batch must look like for the model.
-struct BatchFormat {
+// How one model input's samples become its batch value.
+struct InputFormat {
   DType x_dtype = DType::f32;  // f32 for features; i32/i64 for token ids (no scaling then)
   bool to_chw = false;         // convert HWC samples to CHW
   double scale = 1.0;          // x = (x * scale - mean[c]) / std[c]
   // Empty, one value, or one per channel. The channel is the first dimension of CHW output and the last one
   // otherwise (HWC images; CSV features, one value per column).
   std::vector<double> mean, std;
-  DType y_dtype = DType::i64;  // i64 class ids, or f32 targets
-  // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample
-  // index. With f32 targets the values must lie in [0, num_classes - 1] (binary labels in [0, 1]).
-  int64_t num_classes = 0;
   // Token ids (integer x_dtype) must lie in [0, num_tokens) when > 0 (an Embedding's input_dim).
   int64_t num_tokens = 0;
 };
 
+// What a batch must look like for the model: its first input (the InputFormat it extends), its labels, and
+// its further inputs, if any.
+struct BatchFormat : InputFormat {
+  DType y_dtype = DType::i64;  // i64 class ids, or f32 targets
+  // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample
+  // index. With f32 targets the values must lie in [0, num_classes - 1] (binary labels in [0, 1]).
+  int64_t num_classes = 0;
+  // The formats of a model's second, third, ... input, each read from its own dataset (see BatchLoader).
+  std::vector<InputFormat> more_inputs;
+};
+
 struct Batch {
-  int64_t size = 0;  // samples in this batch (the last one may be short)
-  const void* x = nullptr;
+  int64_t size = 0;         // samples in this batch (the last one may be short)
+  const void* x = nullptr;  // the first input's values
   const void* y = nullptr;
   int64_t first = 0;  // index of the batch's first sample in the epoch's order
+  // Every input's values, in the model's order (xs[0] == x); valid as long as x is.
+  std::span<const void* const> xs;
 };
 
 // Produces the batches of one epoch after another on a background thread, `prefetch` batches ahead.
@@ -68,6 +86,8 @@ class BatchLoader {
  public:
   BatchLoader(std::shared_ptr<const Dataset> dataset, int64_t batch_size, BatchFormat format, bool shuffle,
               uint64_t seed, int prefetch = 2);
+  // A dataset with more_inputs() fills one value per input: format.more_inputs[k] converts the samples of
+  // more_inputs()[k].
   ~BatchLoader();
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
@@ -75,7 +95,8 @@ class BatchLoader {
   int64_t batches_per_epoch() const;  // ceil(size / batch_size): no sample is dropped
   // [batch, ...] in the model's layout. With to_chw: HWC samples become [batch, C, H, W], CHW ones stay,
   // plain [H, W] images become [batch, 1, H, W] (same bytes).
-  Shape x_shape(int64_t batch) const;
+  Shape x_shape(int64_t batch, size_t input = 0) const;
+  size_t inputs() const;
   Shape y_shape(int64_t batch) const;
   // Starts epoch `epoch` (0-based); its order is a pure function of (seed, epoch): a permutation from the
   // counter-based generator, identical on every machine and after a resume.

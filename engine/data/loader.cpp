@@ -52,7 +52,7 @@ double as_double(const void* p, int64_t i) {
 // What the per-sample converters need: read-only after construction, shared by the gathering threads.
 struct Conversion {
   const Dataset* ds = nullptr;
-  BatchFormat format;
+  InputFormat format;
   int64_t sample_elems = 0;
   Geometry geo;
   std::vector<double> alpha, beta;  // per normalization channel: x * alpha + beta
@@ -63,24 +63,34 @@ using XConvert = void (*)(const Conversion&, const void* src, void* dst, int64_t
 }  // namespace
 
 struct BatchLoader::Impl {
-  std::shared_ptr<const Dataset> ds;
+  std::shared_ptr<const Dataset> ds;  // the first input's samples, and the labels
   int64_t n = 0, batch_size = 0, bpe = 0;
   BatchFormat format;
   bool shuffle = true;
   uint64_t seed = 0;
   int nslots = 0;
 
-  // Per-sample geometry and conversion.
-  DType src_dtype = DType::f32, label_src_dtype = DType::i64;
-  size_t src_sample_bytes = 0, src_label_bytes = 0, dst_sample_bytes = 0, dst_label_bytes = 0;
-  int64_t sample_elems = 0, label_elems = 0;
-  Shape out_sample_shape;
-  Conversion cv;
-  bool direct_copy = false;  // stored bytes are already the batch's bytes
-  XConvert x_convert = nullptr;
+  // Per-sample geometry and conversion of one input.
+  struct Input {
+    std::shared_ptr<const Dataset> ds;
+    InputFormat format;
+    DType src_dtype = DType::f32;
+    size_t src_sample_bytes = 0, dst_sample_bytes = 0;
+    int64_t sample_elems = 0;
+    Shape out_sample_shape;
+    Conversion cv;
+    bool direct_copy = false;  // stored bytes are already the batch's bytes
+    XConvert x_convert = nullptr;
+  };
+  std::vector<Input> inputs;
+  DType label_src_dtype = DType::i64;
+  size_t src_label_bytes = 0, dst_label_bytes = 0;
+  int64_t label_elems = 0;
 
   struct Slot {
-    Buffer x, y;
+    std::vector<Buffer> x;        // one per input
+    std::vector<const void*> xs;  // their addresses, as a Batch shows them
+    Buffer y;
   };
   std::vector<Slot> slots;
 
@@ -102,13 +112,13 @@ struct BatchLoader::Impl {
 
   // Helpers that gather parts of a large batch in parallel with the producer.
   struct Worker {
-    Buffer x_scratch, y_scratch;
+    std::vector<Buffer> x_scratch;  // one per input
+    Buffer y_scratch;
     std::exception_ptr error;
   };
   std::vector<Worker> workers;  // [0] is the producer itself
   struct Job {
-    std::byte* x = nullptr;
-    std::byte* y = nullptr;
+    const Slot* slot = nullptr;
     const int64_t* order = nullptr;  // sample of batch position k: order[k], or first + k when null
     int64_t first = 0, count = 0;
     uint64_t gen = 0;
@@ -122,6 +132,7 @@ struct BatchLoader::Impl {
   std::vector<std::thread> helpers;
 
   void plan();
+  void plan_input(Input& in) const;
   void gather(const Job& j, int w, int parts);
   void convert_label(const void* src, std::byte* dst, int64_t sample) const;
   void fill(int64_t seq, int64_t epoch, uint64_t g);
@@ -248,24 +259,34 @@ double read_as_double(DType t, const void* p, int64_t i) {
 }  // namespace
 
 void BatchLoader::Impl::plan() {
-  const Shape& s = ds->sample_shape();
-  const Layout layout = ds->layout();
-  src_dtype = ds->sample_dtype();
   label_src_dtype = ds->label_dtype();
-  TRAINER_ASSERT(is_supported_sample_dtype(src_dtype), "sample dtype {}", dtype_name(src_dtype));
   TRAINER_ASSERT(is_supported_sample_dtype(label_src_dtype), "label dtype {}", dtype_name(label_src_dtype));
-  sample_elems = s.numel();
   label_elems = ds->label_shape().numel();
-  src_sample_bytes = static_cast<size_t>(sample_elems) * dtype_bytes(src_dtype);
   src_label_bytes = static_cast<size_t>(label_elems) * dtype_bytes(label_src_dtype);
-  dst_sample_bytes = static_cast<size_t>(sample_elems) * dtype_bytes(format.x_dtype);
   dst_label_bytes = static_cast<size_t>(label_elems) * dtype_bytes(format.y_dtype);
-  TRAINER_ASSERT(format.x_dtype == DType::f32 || format.x_dtype == DType::f64 ||
-                     format.x_dtype == DType::i32 || format.x_dtype == DType::i64,
-                 "batch x dtype {}", dtype_name(format.x_dtype));
   TRAINER_ASSERT(format.y_dtype == DType::i64 || format.y_dtype == DType::i32 ||
                      format.y_dtype == DType::f32 || format.y_dtype == DType::f64,
                  "batch y dtype {}", dtype_name(format.y_dtype));
+  for (Input& in : inputs) plan_input(in);
+}
+
+void BatchLoader::Impl::plan_input(Input& in) const {
+  const Dataset* const ds = in.ds.get();
+  const InputFormat& format = in.format;
+  const Shape& s = ds->sample_shape();
+  const Layout layout = ds->layout();
+  DType& src_dtype = in.src_dtype;
+  int64_t& sample_elems = in.sample_elems;
+  Shape& out_sample_shape = in.out_sample_shape;
+  Conversion& cv = in.cv;
+  src_dtype = ds->sample_dtype();
+  TRAINER_ASSERT(is_supported_sample_dtype(src_dtype), "sample dtype {}", dtype_name(src_dtype));
+  sample_elems = s.numel();
+  in.src_sample_bytes = static_cast<size_t>(sample_elems) * dtype_bytes(src_dtype);
+  in.dst_sample_bytes = static_cast<size_t>(sample_elems) * dtype_bytes(format.x_dtype);
+  TRAINER_ASSERT(format.x_dtype == DType::f32 || format.x_dtype == DType::f64 ||
+                     format.x_dtype == DType::i32 || format.x_dtype == DType::i64,
+                 "batch x dtype {}", dtype_name(format.x_dtype));
 
   // The output layout and where the channel sits in it.
   bool channel_first = layout == Layout::chw;
@@ -337,12 +358,13 @@ void BatchLoader::Impl::plan() {
     cv.geo = Geometry{1, sample_elems, 0, 1, 0, 1};
   }
   const bool identity_values = format.scale == 1.0 && format.mean.empty() && format.std.empty();
-  direct_copy = src_dtype == format.x_dtype && !transpose && (ids ? format.num_tokens == 0 : identity_values);
-  cv.ds = ds.get();
+  in.direct_copy =
+      src_dtype == format.x_dtype && !transpose && (ids ? format.num_tokens == 0 : identity_values);
+  cv.ds = ds;
   cv.format = format;
   cv.sample_elems = sample_elems;
-  x_convert = pick_converter(src_dtype, format.x_dtype);
-  TRAINER_ASSERT(x_convert != nullptr);
+  in.x_convert = pick_converter(src_dtype, format.x_dtype);
+  TRAINER_ASSERT(in.x_convert != nullptr);
 }
 
 void BatchLoader::Impl::convert_label(const void* src, std::byte* dst, int64_t sample) const {
@@ -385,15 +407,18 @@ void BatchLoader::Impl::gather(const Job& j, int w, int parts) {
   for (int64_t k = k0; k < k1; ++k) {
     if (gen_now.load(std::memory_order_relaxed) != j.gen || stopping.load(std::memory_order_relaxed)) return;
     const int64_t i = j.order ? j.order[k] : j.first + k;
-    std::byte* x = j.x + static_cast<size_t>(k) * dst_sample_bytes;
-    if (direct_copy) {
-      ds->read_sample(i, x);
-    } else {
-      ds->read_sample(i, wk.x_scratch.get());
-      x_convert(cv, wk.x_scratch.get(), x, i);
+    for (size_t q = 0; q < inputs.size(); ++q) {
+      const Input& in = inputs[q];
+      std::byte* x = j.slot->x[q].get() + static_cast<size_t>(k) * in.dst_sample_bytes;
+      if (in.direct_copy) {
+        in.ds->read_sample(i, x);
+      } else {
+        in.ds->read_sample(i, wk.x_scratch[q].get());
+        in.x_convert(in.cv, wk.x_scratch[q].get(), x, i);
+      }
     }
     ds->read_label(i, wk.y_scratch.get());
-    convert_label(wk.y_scratch.get(), j.y + static_cast<size_t>(k) * dst_label_bytes, i);
+    convert_label(wk.y_scratch.get(), j.slot->y.get() + static_cast<size_t>(k) * dst_label_bytes, i);
   }
 }
 
@@ -401,8 +426,7 @@ void BatchLoader::Impl::fill(int64_t seq, int64_t epoch, uint64_t g) {
   const int64_t b = seq % bpe;
   Job j;
   Slot& slot = slots[static_cast<size_t>(seq % nslots)];
-  j.x = slot.x.get();
-  j.y = slot.y.get();
+  j.slot = &slot;
   j.first = b * batch_size;
   j.count = batch_count(b);
   j.gen = g;
@@ -492,30 +516,45 @@ BatchLoader::BatchLoader(std::shared_ptr<const Dataset> dataset, int64_t batch_s
   Impl& im = *impl_;
   TRAINER_ASSERT(dataset != nullptr);
   TRAINER_ASSERT(batch_size > 0, "batch size {}", batch_size);
+  std::vector<std::shared_ptr<const Dataset>> inputs = {dataset};
+  for (auto& d : dataset->more_inputs()) inputs.push_back(d);
+  TRAINER_ASSERT(inputs.size() == format.more_inputs.size() + 1, "{} inputs, {} formats", inputs.size(),
+                 format.more_inputs.size() + 1);
   im.ds = std::move(dataset);
   im.n = im.ds->size();
   im.batch_size = batch_size;
   im.bpe = (im.n + batch_size - 1) / batch_size;
   im.format = std::move(format);
+  for (size_t q = 0; q < inputs.size(); ++q) {
+    Impl::Input in;
+    in.ds = inputs[q];
+    in.format = q == 0 ? static_cast<const InputFormat&>(im.format) : im.format.more_inputs[q - 1];
+    im.inputs.push_back(std::move(in));
+  }
   im.shuffle = shuffle;
   im.seed = seed;
   // One slot more than the batches kept ready: the trainer holds the batch it is working on.
   im.nslots = std::max(1, prefetch) + 1;
   im.plan();
   im.slots.resize(static_cast<size_t>(im.nslots));
+  size_t work_bytes = 0;
   for (auto& s : im.slots) {
-    s.x = aligned_buffer(static_cast<size_t>(batch_size) * im.dst_sample_bytes);
+    for (const Impl::Input& in : im.inputs) {
+      s.x.push_back(aligned_buffer(static_cast<size_t>(batch_size) * in.dst_sample_bytes));
+      s.xs.push_back(s.x.back().get());
+    }
     s.y = aligned_buffer(static_cast<size_t>(batch_size) * im.dst_label_bytes);
   }
+  for (const Impl::Input& in : im.inputs)
+    work_bytes += static_cast<size_t>(batch_size) * (in.src_sample_bytes + in.dst_sample_bytes);
   if (shuffle) im.perm.resize(static_cast<size_t>(im.n));
   // Gathering is memory-bound and cheap next to a training step; helpers pay off only for large batches,
   // whose reads may also wait on the disk when a dataset does not fit in memory.
-  const size_t work_bytes = static_cast<size_t>(batch_size) * (im.src_sample_bytes + im.dst_sample_bytes);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int helpers = std::clamp(static_cast<int>(work_bytes >> 20), 0, std::min(3, cores - 1));
   im.workers.resize(static_cast<size_t>(1 + helpers));
   for (auto& w : im.workers) {
-    w.x_scratch = aligned_buffer(im.src_sample_bytes);
+    for (const Impl::Input& in : im.inputs) w.x_scratch.push_back(aligned_buffer(in.src_sample_bytes));
     w.y_scratch = aligned_buffer(im.src_label_bytes);
   }
   for (int w = 1; w <= helpers; ++w) im.helpers.emplace_back([&im, w] { im.helper_loop(w); });
@@ -543,10 +582,14 @@ int64_t BatchLoader::batches_per_epoch() const {
   return impl_->bpe;
 }
 
-Shape BatchLoader::x_shape(int64_t batch) const {
+Shape BatchLoader::x_shape(int64_t batch, size_t input) const {
   std::vector<int64_t> d{batch};
-  for (int64_t v : impl_->out_sample_shape.dims()) d.push_back(v);
+  for (int64_t v : impl_->inputs.at(input).out_sample_shape.dims()) d.push_back(v);
   return Shape(std::move(d));
+}
+
+size_t BatchLoader::inputs() const {
+  return impl_->inputs.size();
 }
 
 Shape BatchLoader::y_shape(int64_t batch) const {
@@ -598,7 +641,8 @@ bool BatchLoader::next(Batch* out) {
   const int64_t b = seq % im.bpe;
   const Impl::Slot& slot = im.slots[static_cast<size_t>(seq % im.nslots)];
   out->size = im.batch_count(b);
-  out->x = slot.x.get();
+  out->x = slot.x[0].get();
+  out->xs = slot.xs;
   out->y = slot.y.get();
   out->first = b * im.batch_size;
   ++im.consumed;

@@ -81,7 +81,8 @@ LossKind loss_kind(const std::string& loss) {
 struct LossGraph {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
-  ValueId mask = kNoValue;  // [batch, steps]: the positions the loss and metrics count, when masked
+  std::vector<ValueId> more_x;  // the further inputs
+  ValueId mask = kNoValue;      // [batch, steps]: the positions the loss and metrics count, when masked
 };
 
 TrainingOptions training_options(const FitConfig& cfg) {
@@ -149,6 +150,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   lg.graph = std::make_shared<Graph>(std::move(fm.graph));
   Graph& g = *lg.graph;
   lg.x = fm.input;
+  lg.more_x = fm.more_inputs;
   lg.output = fm.output;
   // By value: adding nodes moves the graph's values.
   const DType odt = g.value(fm.output).dtype;
@@ -506,7 +508,8 @@ struct MetricAccumulator {
 struct Plan {
   int index = -1;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue, lr = kNoValue, iteration = kNoValue;
-  ValueId mask = kNoValue;  // a masked per-step output's [batch, steps] mask
+  std::vector<ValueId> more_x;  // the further inputs
+  ValueId mask = kNoValue;      // a masked per-step output's [batch, steps] mask
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
@@ -575,6 +578,7 @@ class Device {
     Plan p;
     p.index = index;
     p.x = lg.x;
+    p.more_x = lg.more_x;
     p.y = lg.y;
     p.output = lg.output;
     p.loss = lg.loss;
@@ -646,6 +650,12 @@ const std::byte* write_rows(Session& s, const Plan& p, const data::Batch& b, int
   const size_t x_row = g.value(p.x).nbytes() / (hi - lo), y_row = g.value(p.y).nbytes() / (hi - lo);
   const std::byte* labels = static_cast<const std::byte*>(b.y) + lo * y_row;
   s.write(p.x, static_cast<const std::byte*>(b.x) + lo * x_row, g.value(p.x).nbytes());
+  TRAINER_ASSERT(b.xs.size() == p.more_x.size() + 1, "{} inputs fed, the model has {}", b.xs.size(),
+                 p.more_x.size() + 1);
+  for (size_t k = 0; k < p.more_x.size(); ++k) {
+    const size_t bytes = g.value(p.more_x[k]).nbytes(), row = bytes / (hi - lo);
+    s.write(p.more_x[k], static_cast<const std::byte*>(b.xs[k + 1]) + lo * row, bytes);
+  }
   s.write(p.y, labels, g.value(p.y).nbytes());
   return labels;
 }
@@ -1068,6 +1078,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       const Graph& g = devs[k]->plans().session(p.index).graph();
       const size_t limit = replicas.backends[k]->unblocked_copy_bytes();
       feed_waits = feed_waits || g.value(p.x).nbytes() > limit || g.value(p.y).nbytes() > limit;
+      for (ValueId v : p.more_x) feed_waits = feed_waits || g.value(v).nbytes() > limit;
     }
     std::vector<std::byte> labels;      // the current batch's labels, kept once the loader moves on
     std::vector<double> before, delta;  // metric sums around a step, for the sum across processes
@@ -1403,6 +1414,7 @@ TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, in
   TrainingStep st;
   st.graph = tg.graph;
   st.x = lg.x;
+  st.more_x = lg.more_x;
   st.y = lg.y;
   st.output = lg.output;
   st.loss = lg.loss;

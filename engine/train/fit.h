@@ -98,6 +98,7 @@ struct FitConfig {
 struct ForwardModel {
   Graph graph;
   ValueId input = kNoValue;
+  std::vector<ValueId> more_inputs;  // a model's second, third, ... input, fed from Dataset::more_inputs()
   ValueId output = kNoValue;
   std::string final_activation;  // "softmax", "sigmoid", ... ("" when unknown)
   ValueId penalty = kNoValue;    // a scalar added to the loss (weight regularizers), or none
@@ -242,6 +243,7 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& conf
 struct TrainingStep {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
+  std::vector<ValueId> more_x;  // a model's second, third, ... input
   ValueId learning_rate = kNoValue, iteration = kNoValue;
   std::vector<ValueId> gradients;             // per trainable parameter: what PlanOptions::gradients buckets
   std::map<ValueId, std::string> grad_param;  // gradient -> its parameter's name

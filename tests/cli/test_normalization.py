@@ -141,7 +141,7 @@ class Normalization(unittest.TestCase):
             f.write(SPEC.format(input="[2]", norm="").replace(
                 '[[model.layers]]\ntype = "Normalization"',
                 '[[model.layers]]\ntype = "Dense"\nunits = 2\n[[model.layers]]\ntype = "Normalization"'))
-        cli_util.assert_input_error(self, run(["fit", spec]), "does not take the model's input",
+        cli_util.assert_input_error(self, run(["fit", spec]), "does not take a model input",
                                     "mean = [...]")
         # check and summary read such a spec as it is.
         r = run(["check", spec])

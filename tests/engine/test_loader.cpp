@@ -420,4 +420,64 @@ TEST_SUITE("loader") {
     CHECK(samples == 2000);
     CHECK(allocations == 0);
   }
+
+  TEST_CASE("a model's further inputs come sample by sample with the first, each converted its own way") {
+    // Input 0: f32 rows (i * 1000 + e); input 1: token ids i % 7 as f64; input 2: an HWC image whose
+    // element (h, w, c) is i + 10 c, to be laid out CHW.
+    const int64_t n = 45;
+    std::vector<double> ids, img, none(n, 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      ids.push_back(static_cast<double>(i % 7));
+      ids.push_back(static_cast<double>((i + 1) % 7));
+      for (int64_t hw = 0; hw < 4; ++hw)
+        for (int64_t c = 0; c < 3; ++c) img.push_back(static_cast<double>(i + 10 * c));
+    }
+    auto tokens = std::make_shared<MemoryDataset>(n, Shape{2}, DType::f64, Layout::plain, ids, none);
+    auto image = std::make_shared<MemoryDataset>(n, Shape{2, 2, 3}, DType::u8, Layout::hwc, img, none);
+    std::shared_ptr<const Dataset> joined = with_more_inputs(indexed(n), {tokens, image});
+    REQUIRE(joined->more_inputs().size() == 2);
+    BatchFormat f;
+    f.more_inputs.resize(2);
+    f.more_inputs[0].x_dtype = DType::i64;
+    f.more_inputs[0].num_tokens = 7;
+    f.more_inputs[1].to_chw = true;
+    f.more_inputs[1].scale = 0.5;
+    // validation_split's subset cuts every input alike.
+    for (std::shared_ptr<const Dataset> ds :
+         {joined, std::shared_ptr<const Dataset>(subset(joined, 5, 45))}) {
+      BatchLoader loader(ds, 8, f, true, 3);
+      CHECK(loader.inputs() == 3);
+      CHECK(loader.x_shape(8, 2) == Shape{8, 3, 2, 2});
+      CHECK(loader.x_shape(8, 1) == Shape{8, 2});
+      loader.start_epoch(1);
+      Batch b;
+      std::set<int64_t> seen;
+      while (loader.next(&b)) {
+        REQUIRE(b.xs.size() == 3);
+        CHECK(b.xs[0] == b.x);
+        const float* x = static_cast<const float*>(b.xs[0]);
+        const int64_t* t = static_cast<const int64_t*>(b.xs[1]);
+        const float* im = static_cast<const float*>(b.xs[2]);
+        for (int64_t k = 0; k < b.size; ++k) {
+          const auto i = static_cast<int64_t>(x[k * 2] / 1000);
+          seen.insert(i);
+          CHECK(t[k * 2] == i % 7);
+          CHECK(t[k * 2 + 1] == (i + 1) % 7);
+          for (int64_t c = 0; c < 3; ++c)
+            for (int64_t p = 0; p < 4; ++p)
+              CHECK(im[k * 12 + c * 4 + p] == doctest::Approx(0.5 * (i + 10 * c)));
+        }
+      }
+      CHECK(static_cast<int64_t>(seen.size()) == ds->size());
+      CHECK(*seen.begin() == (ds == joined ? 0 : 5));
+    }
+    // Token ids are checked per input, and arrays of other lengths are refused.
+    f.more_inputs[0].num_tokens = 6;
+    BatchLoader bad(joined, 8, f, false, 0);
+    bad.start_epoch(0);
+    Batch b;
+    CHECK_THROWS_WITH_AS(bad.next(&b), doctest::Contains("token id 6"), InputError);
+    CHECK_THROWS_WITH_AS(with_more_inputs(indexed(n), {indexed(n - 1)}),
+                         doctest::Contains("44 samples for the model's input 2"), InputError);
+  }
 }

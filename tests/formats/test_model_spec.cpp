@@ -672,4 +672,57 @@ TEST_SUITE("model_spec") {
     f = failure(kHead + "[train]\nloss = \"mse\"\n[train.checkpoint]\nevery_steps = -1\n");
     CHECK(f.where == "spec.toml:10:15");
   }
+
+  TEST_CASE("[[model.inputs]] and the data of several inputs are read, checked and written back") {
+    const std::string model =
+        "format_version = 1\n"
+        "[[model.inputs]]\nname = \"tokens\"\nshape = [20]\ndtype = \"int64\"\n"
+        "[[model.inputs]]\nname = \"meta\"\nshape = [4]\n"
+        "[[model.layers]]\ntype = \"Embedding\"\ninput_dim = 9\noutput_dim = 2\n"
+        "[[model.layers]]\ntype = \"Flatten\"\n"
+        "[[model.layers]]\ntype = \"Concatenate\"\ninputs = [\"flatten\", \"meta\"]\n";
+    const ModelSpec s = parse_model_spec(
+        model +
+            "[data.train]\nx = { tokens = [\"t1.npy\", \"t2.npy\"], meta = \"m.npy\" }\ny = \"y.npy\"\n"
+            "[data.validation]\nx = \"v.npz\"\nx_key = { meta = \"features\" }\n[train]\nloss = \"mse\"\n",
+        "spec.toml");
+    CHECK(s.model.input.name == "tokens");
+    CHECK(s.model.input.dtype == "int64");
+    CHECK(s.model.input.pos.str() == "spec.toml:2:1");
+    REQUIRE(s.model.more_inputs.size() == 1);
+    CHECK(s.model.more_inputs[0].name == "meta");
+    CHECK(s.model.more_inputs[0].shape == std::vector<int64_t>{4});
+    CHECK(s.model.layers[2].inputs == std::vector<std::string>{"flatten", "meta"});
+    CHECK(s.data.train->x.empty());
+    CHECK(s.data.train->x_by_input.at("tokens") == std::vector<std::string>{"t1.npy", "t2.npy"});
+    CHECK(s.data.train->x_by_input.at("meta") == std::vector<std::string>{"m.npy"});
+    CHECK(s.data.validation->x_keys.at("meta") == "features");
+    const ModelSpec back = parse_model_spec(to_toml(s), "spec.toml");
+    CHECK(same_settings(s, back));
+    CHECK(back.model.more_inputs.at(0).name == "meta");
+    // A model of one input named in [[model.inputs]] keeps its name through the round trip.
+    const ModelSpec one = parse_model_spec(
+        "format_version = 1\n[[model.inputs]]\nname = \"pixels\"\nshape = [3]\n[[model.layers]]\ntype = "
+        "\"Dense\"\nunits = 1\n",
+        "spec.toml");
+    CHECK(parse_model_spec(to_toml(one), "spec.toml").model.input.name == "pixels");
+
+    Failure f = failure(model.substr(0, model.find("[[model.layers]]")) +
+                        "[[model.inputs]]\nname = \"meta\"\nshape = [1]\n" +
+                        model.substr(model.find("[[model.layers]]")));
+    CHECK(f.what == "two inputs are named 'meta'");
+    f = failure(model + "[[model.layers]]\ntype = \"Dense\"\nname = \"tokens\"\nunits = 1\n");
+    CHECK(f.what == "model.layers[3].name 'tokens' is the name of a model input");
+    f = failure(model + "[[model.layers]]\ntype = \"Dense\"\ninputs = [\"metta\"]\nunits = 1\n");
+    CHECK(f.what == "layer 'dense' takes 'metta', which is not a layer before it");
+    CHECK(f.hint.find("meta") != std::string::npos);
+    f = failure("format_version = 1\n[model]\ninput = [2]\n" + model.substr(model.find("[[model.inputs]]")));
+    CHECK(f.what == "model.input and [[model.inputs]] both define the model's input");
+    f = failure("format_version = 1\n[[model.inputs]]\nname = \"a b\"\nshape = [2]\n");
+    CHECK(f.what == "model.inputs[0].name \"a b\" is not a valid input name");
+    f = failure(model + "[data]\nmean = 0.5\n[data.train]\nx = \"a.npz\"\n");
+    CHECK(f.what == "data.mean applies to a model of one input, and this model has 2");
+    f = failure(model + "[data.train]\nx = { tokens = 3 }\n");
+    CHECK(f.what == "data.train.x.tokens must be a file name or an array of them, not an integer (3)");
+  }
 }

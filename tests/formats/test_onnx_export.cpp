@@ -310,7 +310,7 @@ OnnxExportOptions options_for(const models::BuiltModel& m, int opset) {
   OnnxExportOptions o;
   o.opset = opset;
   o.producer_version = "test-1";
-  o.channels_last_input = m.input_channels_last;
+  o.channels_last_inputs = {m.input_channels_last};
   o.input_names = {"input"};
   o.output_names = {"output"};
   o.metadata = {{"final_activation", m.final_activation}};
