@@ -15,6 +15,7 @@
 #include "cli/common.h"
 #include "engine/train/session.h"
 #include "engine/util/error.h"
+#include "formats/data_npy.h"
 #include "formats/onnx_import.h"
 #include "formats/stream_input.h"
 #include "formats/stream_output.h"
@@ -168,6 +169,41 @@ void check_sample_shape(const formats::SampleReader& in, const PredictModel& m, 
           : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
 }
 
+// A zip archive (an .npz) starts with a local file header.
+bool is_npz(const std::string& path) {
+  if (path == "-") return false;
+  std::ifstream f(path, std::ios::binary);
+  char head[4] = {};
+  return f.read(head, sizeof head) && std::memcmp(head, "PK\x03\x04", 4) == 0;
+}
+
+// The readers of an .npz INPUT: each input's array, named after the input; a model of one input reads the
+// array x (as training data does by default), or the one named after its input.
+std::vector<std::unique_ptr<formats::SampleReader>> npz_readers(const std::string& path,
+                                                                const PredictModel& m) {
+  std::vector<std::unique_ptr<formats::SampleReader>> out;
+  const formats::ZipArchive zip(path);
+  std::string key = m.inputs[0].name;
+  if (m.inputs.size() == 1 && zip.find("x.npy")) key = "x";
+  std::vector<std::string> names;
+  for (const PredictModel::Input& in : m.inputs) names.push_back(in.name);
+  for (size_t k = 0; k < m.inputs.size(); ++k) {
+    const std::string want = k == 0 ? key : m.inputs[k].name;
+    if (zip.find(want + ".npy")) continue;
+    std::vector<std::string> arrays;
+    for (const auto& e : zip.members()) arrays.push_back(e.name);
+    throw InputError(
+        path,
+        fmt::format("has no array '{}' for the {}'s input '{}'; its arrays: {}", want, m.kind,
+                    m.inputs[k].name, arrays.empty() ? "none" : fmt::format("{}", fmt::join(arrays, ", "))),
+        m.inputs.size() == 1 ? fmt::format("name the array x or {}", m.inputs[0].name)
+                             : fmt::format("name the arrays after the inputs: {}", fmt::join(names, ", ")));
+  }
+  for (size_t k = 0; k < m.inputs.size(); ++k)
+    out.push_back(std::make_unique<formats::SampleReader>(path, k == 0 ? key : m.inputs[k].name));
+  return out;
+}
+
 // The device's plans for the batch sizes a pass over the input uses. With a known count, the full batch and
 // the remainder share one arena (and the weights) from the start; with an unknown count (CSV) the remainder's
 // plan is made when the input ends short. An input whose batch dimension the model fixes runs padded batches.
@@ -298,7 +334,8 @@ Command add_predict_command(CLI::App& app) {
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
   cmd->add_option("INPUT", *inputs,
                   "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input. A model of "
-                  "several inputs takes one file per input, in the model's order");
+                  "several inputs takes one file per input, in the model's order, or an NPZ of arrays named "
+                  "after the inputs");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));
@@ -325,21 +362,29 @@ Command add_predict_command(CLI::App& app) {
     // The model and the input's header come first: every mistake is found before anything is written.
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
-    if (paths.size() != model.inputs.size()) {
+    const bool npz = paths.size() == 1 && is_npz(paths[0]);
+    for (const std::string& p : paths)
+      if (paths.size() > 1 && is_npz(p))
+        throw InputError(p, "an .npz INPUT holds the array of every input, and other INPUTs are given",
+                         fmt::format("give the .npz alone: trainer predict {} {}", *model_path, p));
+    if (!npz && paths.size() != model.inputs.size()) {
       std::vector<std::string> names;
       for (const PredictModel::Input& i : model.inputs) names.push_back(i.name);
-      throw InputError(model.path,
-                       fmt::format("the {} has {} input{} ({}), and {} INPUT{} given", model.kind,
-                                   model.inputs.size(), model.inputs.size() == 1 ? "" : "s",
-                                   fmt::join(names, ", "), paths.size(), paths.size() == 1 ? " is" : "s are"),
-                       fmt::format("give one file per input, in this order: trainer predict {} {}",
-                                   *model_path, fmt::format("{}.npy", fmt::join(names, ".npy "))));
+      throw InputError(
+          model.path,
+          fmt::format("the {} has {} input{} ({}), and {} INPUT{} given", model.kind, model.inputs.size(),
+                      model.inputs.size() == 1 ? "" : "s", fmt::join(names, ", "), paths.size(),
+                      paths.size() == 1 ? " is" : "s are"),
+          fmt::format("give one file per input, in this order: trainer predict {} {}, or an .npz "
+                      "of arrays named so",
+                      *model_path, fmt::format("{}.npy", fmt::join(names, ".npy "))));
     }
     std::vector<std::unique_ptr<formats::SampleReader>> readers;
+    if (npz) readers = npz_readers(paths[0], model);
     int64_t count = -1;
-    for (size_t k = 0; k < paths.size(); ++k) {
-      readers.push_back(std::make_unique<formats::SampleReader>(paths[k]));
-      const formats::SampleReader& r = *readers.back();
+    for (size_t k = 0; k < model.inputs.size(); ++k) {
+      if (!npz) readers.push_back(std::make_unique<formats::SampleReader>(paths[k]));
+      const formats::SampleReader& r = *readers[k];
       check_sample_shape(r, model, k);
       if (r.count() >= 0 && count >= 0 && r.count() != count)
         throw InputError(r.name(),

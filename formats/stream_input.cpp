@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <bit>
@@ -18,7 +19,9 @@
 
 #include "engine/ir/shape.h"
 #include "engine/util/error.h"
+#include "formats/data_array.h"
 #include "formats/data_bytes.h"
+#include "formats/data_npy.h"
 
 namespace trainer::formats {
 
@@ -188,6 +191,9 @@ bool parse_number(std::string_view s, double* out) {
 struct SampleReader::Impl {
   std::string name;
   gzFile gz = nullptr;
+  // Or an array of an .npz archive: its NPY bytes in memory, [mem_pos, mem_end) still unread.
+  std::shared_ptr<const Bytes> mem;
+  uint64_t mem_pos = 0, mem_end = 0;
   StreamFormat format = StreamFormat::csv;
   bool compressed = false;
   std::vector<int64_t> shape;
@@ -227,6 +233,14 @@ struct SampleReader::Impl {
       std::memmove(buf.data(), buf.data() + pos, end - pos);
       end -= pos;
       pos = 0;
+    }
+    if (mem) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size() - end, mem_end - mem_pos));
+      std::memcpy(buf.data() + end, mem->data() + mem_pos, n);
+      mem_pos += n;
+      end += n;
+      eof = n == 0;
+      return n > 0;
     }
     int n = gzread(gz, buf.data() + end, static_cast<unsigned>(buf.size() - end));
     if (n < 0) gz_fail();
@@ -488,9 +502,35 @@ SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Imp
     throw std::bad_alloc();
   }
   gzbuffer(m.gz, 1 << 17);
+  m.compressed = m.ensure(8) > 0 && gzdirect(m.gz) == 0;
+  open();
+}
+
+SampleReader::SampleReader(const std::string& npz_path, const std::string& key)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  ZipArchive zip(npz_path);
+  const std::string member = key + ".npy";
+  const ZipArchive::Member* z = zip.find(member);
+  if (!z) {
+    std::vector<std::string> keys;
+    for (const auto& e : zip.members())
+      keys.push_back(e.name.ends_with(".npy") ? e.name.substr(0, e.name.size() - 4) : e.name);
+    throw InputError(npz_path,
+                     fmt::format("has no array '{}'; its arrays: {}", key,
+                                 keys.empty() ? "none" : fmt::format("{}", fmt::join(keys, ", "))),
+                     did_you_mean(key, keys));
+  }
+  m.name = fmt::format("{}/{}", npz_path, member);
+  m.mem = zip.open(*z, &m.mem_pos, kDefaultSpillBytes);
+  m.mem_end = m.mem_pos + z->size;
+  open();
+}
+
+void SampleReader::open() {
+  Impl& m = *impl_;
   const size_t have = m.ensure(8);
   if (have == 0) throw InputError(m.name, "the input is empty", "give samples as NPY, IDX or CSV");
-  m.compressed = gzdirect(m.gz) == 0;
   const uint8_t* p = m.buf.data();
   if (have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) {
     m.format = StreamFormat::npy;

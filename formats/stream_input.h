@@ -32,6 +32,9 @@ class SampleReader {
  public:
   // `path` "-" is standard input.
   explicit SampleReader(const std::string& path);
+  // The array `key` of an .npz archive (a member `key`.npy, stored or deflated, inflated in memory or, when
+  // large, in a temporary file). A missing array is an InputError listing the archive's arrays.
+  SampleReader(const std::string& npz_path, const std::string& key);
   ~SampleReader();
   SampleReader(const SampleReader&) = delete;
   SampleReader& operator=(const SampleReader&) = delete;
@@ -50,6 +53,7 @@ class SampleReader {
   int64_t samples_read() const;
 
  private:
+  void open();  // reads the header or first row of the source the constructor set up
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

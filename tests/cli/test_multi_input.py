@@ -1,7 +1,7 @@
 """Models of several inputs: a spec with [[model.inputs]] (token ids and features, or an image and features)
 trains from an .npz with one array per input or from .npy files named by input, gives the same parameters
 on 1 and 2 replicas and after a resume, exports an ONNX model of as many inputs that onnxruntime runs as
-`trainer predict` does (one INPUT file per input); an ONNX model of two inputs (ids and an attention mask)
+`trainer predict` does (one INPUT file per input, or an .npz of arrays named after the inputs); an ONNX model of two inputs (ids and an attention mask)
 fine-tunes the same way. Mistakes in the inputs or their data are exit-2 errors naming them."""
 
 import os
@@ -164,6 +164,14 @@ class MultiInput(unittest.TestCase):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
             ids = run(["predict", model, self.path("p_tokens.npy"), self.path("p_meta.npy")])
             self.assertEqual([int(v) for v in ids.stdout.split()], [int(p > 0.5) for p in want])
+        # An .npz of arrays named after the inputs (deflated here) is read the same way.
+        np.savez_compressed(self.path("p.npz"), meta=meta, tokens=tok)
+        r = run(["predict", onnx_path, self.path("p.npz"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        np.savez(self.path("misnamed.npz"), tokens=tok, features=meta)
+        cli_util.assert_input_error(self, run(["predict", onnx_path, self.path("misnamed.npz")]),
+                                    "no array 'meta'", "name the arrays after the inputs: tokens, meta")
         # One input from stdin: the features piped in, the token ids from a file.
         with open(self.path("p_meta.npy"), "rb") as f:
             r = run(["predict", onnx_path, self.path("p_tokens.npy"), "-", "--probabilities"], stdin=f)

@@ -128,6 +128,22 @@ class Predict(unittest.TestCase):
                     # The same weights, one argmax apart at most (a near-tie between two classes).
                     self.assertLessEqual(int((ids != want).sum()), 1)
 
+    def test_an_npz_of_x_or_of_the_input_name(self):
+        # A model of one input reads the array x of an .npz, as training data does, or the one named after its
+        # input; a large deflated array is inflated as it is read.
+        for key, compress in (("x", np.savez), ("input", np.savez_compressed)):
+            with self.subTest(key=key):
+                path = os.path.join(self.tmp.name, f"{key}.npz")
+                compress(path, **{key: self.xf, "other": self.xf[:3]})
+                p = rows(self.ok(predict([self.onnx, path, "--probabilities", "--batch-size", str(BATCH)])))
+                np.testing.assert_allclose(p, self.reference, rtol=0, atol=1e-5)
+        path = os.path.join(self.tmp.name, "misnamed.npz")
+        np.savez(path, images=self.xf)
+        r = predict([self.onnx, path])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no array 'input'", r.stderr.decode())
+        self.assertIn("name the array x or input", r.stderr.decode())
+
     def test_npy_output(self):
         out = self.ok(predict([self.onnx, self.files["npy_f32"], "--output-format", "npy", "--probabilities"]))
         p = np.load(io.BytesIO(out))
