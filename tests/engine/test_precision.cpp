@@ -8,6 +8,7 @@
 
 #include "engine/data/synthetic.h"
 #include "engine/plan/precision.h"
+#include "engine/train/session.h"
 #include "engine/train/training.h"
 #include "models/layers.h"
 
@@ -222,5 +223,43 @@ TEST_SUITE("precision") {
     unscaled.update(false, false);  // without scaling every step counts
     CHECK(unscaled.applied_steps() == 1);
     CHECK(unscaled.skipped_steps() == 0);
+  }
+
+  TEST_CASE("precision: the CPU's casts between f32 and bf16 round as Tensor's conversions, bit for bit") {
+    // Ties to even both ways, values that round up into the next binade or to infinity, NaN, infinities,
+    // subnormals and zeros of both signs; enough of them to split among threads.
+    const std::vector<uint32_t> special = {0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x7f7fffffu, 0x7fc00001u,
+                                           0xff800001u, 0x7f800000u, 0xff800000u, 0x00000001u, 0x80000000u,
+                                           0x00000000u, 0x3f7fffffu, 0xc0490fdbu};
+    const int64_t n = 100000;
+    Tensor x(DType::f32, Shape{n});
+    uint32_t state = 12345u;
+    for (int64_t i = 0; i < n; ++i) {
+      state = state * 1664525u + 1013904223u;  // every bit pattern is fair game
+      const uint32_t bits =
+          i < static_cast<int64_t>(special.size()) ? special[static_cast<size_t>(i)] : state;
+      std::memcpy(x.data<float>() + i, &bits, 4);
+    }
+    auto g = std::make_shared<Graph>();
+    const ValueId in = g->add_input("x", DType::f32, Shape{n});
+    const ValueId half = g->op("Cast", {in}, {{"to", int64_t{dtype_to_onnx(DType::bf16)}}});
+    const ValueId back = g->op("Cast", {half}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+    g->mark_output(half);
+    g->mark_output(back);
+    auto backend = make_cpu_backend();
+    Session s(g, *backend);
+    s.write(in, x);
+    s.run(StepContext{});
+    const Tensor h = s.read(half), f = s.read(back);
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t want = f32_to_bf16(x.data<float>()[i]);
+      const uint16_t got = static_cast<const uint16_t*>(h.raw())[i];
+      uint32_t round_trip;
+      std::memcpy(&round_trip, f.data<float>() + i, 4);
+      if (got != want || round_trip != static_cast<uint32_t>(want) << 16) ++wrong;
+      if (i < static_cast<int64_t>(special.size())) CHECK_MESSAGE(got == want, "element " << i);
+    }
+    CHECK(wrong == 0);
   }
 }
