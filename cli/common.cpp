@@ -512,6 +512,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.metrics = t.metrics;
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;
+  for (const auto* src : {&spec.data.train, &spec.data.validation, &spec.data.test})
+    c.sample_weights = c.sample_weights || (*src && formats::has_sample_weights(**src));
   c.epochs = t.epochs;
   c.batch_size = t.batch_size;
   c.seed = t.seed;
@@ -620,10 +622,12 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
 void check_all_samples(const engine::data::Dataset& d, const formats::DataSource& src,
                        const models::BuiltModel& m, const std::vector<ModelInput>& inputs,
                        engine::data::BatchFormat* f) {
+  // The further inputs are the model's, then the sample weights, if any.
   const auto more = d.more_inputs();
-  TRAINER_ASSERT(more.size() + 1 == inputs.size() && f->more_inputs.size() == more.size());
+  TRAINER_ASSERT(more.size() + 1 >= inputs.size() && f->more_inputs.size() == more.size());
   check_samples(d, src, m, inputs[0], f);
-  for (size_t k = 0; k < more.size(); ++k) check_samples(*more[k], src, m, inputs[k + 1], &f->more_inputs[k]);
+  for (size_t k = 0; k + 1 < inputs.size(); ++k)
+    check_samples(*more[k], src, m, inputs[k + 1], &f->more_inputs[k]);
 }
 
 // Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,
@@ -706,13 +710,20 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     throw InputError(ds.pos.str(), "the spec has no [data.train] source", "add a [data.train] table");
   const std::vector<ModelInput> inputs = model_inputs(spec, model);
   const std::vector<std::string> names = input_names(model);
-  out.train = formats::open_dataset(*ds.train, spec.base_dir, names);
+  // With sample weights anywhere, every source feeds them (1 for a source that gives none).
+  const bool weighted = fit_config(spec).sample_weights;
+  auto open = [&](const formats::DataSource& src) {
+    std::shared_ptr<const engine::data::Dataset> d = formats::open_dataset(src, spec.base_dir, names);
+    return weighted ? formats::with_sample_weights(std::move(d), src, spec.base_dir) : d;
+  };
+  out.train = open(*ds.train);
   engine::data::BatchFormat& f = out.format;
   f = batch_format(spec, model);
+  if (weighted) f.more_inputs.push_back(engine::data::InputFormat{});  // f32 weights, as stored
   check_onnx_loss(spec, model);
   check_all_samples(*out.train, *ds.train, model, inputs, &f);
   if (ds.validation) {
-    out.validation = formats::open_dataset(*ds.validation, spec.base_dir, names);
+    out.validation = open(*ds.validation);
     engine::data::BatchFormat vf = f;
     check_all_samples(*out.validation, *ds.validation, model, inputs, &vf);
   } else if (ds.validation_split > 0) {
@@ -727,7 +738,7 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     out.train = engine::data::subset(out.train, 0, n - held);
   }
   if (ds.test) {
-    out.test = formats::open_dataset(*ds.test, spec.base_dir, names);
+    out.test = open(*ds.test);
     engine::data::BatchFormat tf = f;
     check_all_samples(*out.test, *ds.test, model, inputs, &tf);
   }

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstring>
 
 #include "engine/util/error.h"
 #include "formats/data_array.h"
@@ -214,6 +216,105 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
       std::make_shared<ArrayDataset>(std::move(x), std::move(y), layout, x_desc);
   if (src.limit > 0 && src.limit < ds->size()) ds = engine::data::subset(ds, 0, src.limit);
   return ds;
+}
+
+namespace {
+
+// The weights of a source that gives none: every sample weighs 1.
+class UnitWeights final : public engine::data::Dataset {
+ public:
+  explicit UnitWeights(int64_t n) : n_(n) {}
+  int64_t size() const override { return n_; }
+  const engine::Shape& sample_shape() const override { return shape_; }
+  engine::DType sample_dtype() const override { return engine::DType::f32; }
+  const engine::Shape& label_shape() const override { return shape_; }
+  engine::DType label_dtype() const override { return engine::DType::f32; }
+  void read_sample(int64_t, void* out) const override { *static_cast<float*>(out) = 1.0f; }
+  void read_label(int64_t, void* out) const override { *static_cast<float*>(out) = 1.0f; }
+  std::string describe() const override { return "sample weights of 1"; }
+
+ private:
+  int64_t n_;
+  engine::Shape shape_;
+};
+
+// Record i of a one-value column, as double.
+double weight_at(const Column& c, int64_t i) {
+  uint8_t raw[8] = {};
+  c.read(i, raw);
+  auto as = [&]<class T>(T) {
+    T v;
+    std::memcpy(&v, raw, sizeof v);
+    return static_cast<double>(v);
+  };
+  switch (c.dtype()) {
+    case engine::DType::f32:
+      return as(float{});
+    case engine::DType::f64:
+      return as(double{});
+    case engine::DType::i32:
+      return as(int32_t{});
+    case engine::DType::i64:
+      return as(int64_t{});
+    default:
+      return raw[0];
+  }
+}
+
+}  // namespace
+
+bool has_sample_weights(const DataSource& src) {
+  return !src.sample_weight.empty() || !src.sample_weight_key.empty();
+}
+
+std::shared_ptr<const engine::data::Dataset> with_sample_weights(
+    std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
+    const DatasetOptions& options) {
+  const int64_t n = data->size();
+  if (!has_sample_weights(src))
+    return engine::data::with_more_inputs(std::move(data), {std::make_shared<UnitWeights>(n)});
+  const std::string where = where_in_spec(src.pos);
+  Column w;
+  std::vector<std::string> files;
+  if (!src.sample_weight.empty()) {
+    files = resolve_data_files(src.sample_weight, base_dir, src.pos);
+    for (const auto& f : files) w.append(read_npy(f, options.spill_bytes));
+  } else {
+    const std::string format = !src.format.empty() ? src.format
+                               : src.x.empty()     ? std::string()
+                                                   : data_format_from_name(src.x[0]);
+    if (format != "npz" || src.x.empty())
+      throw InputError(where, "sample_weight_key names an array of .npz x files, and x names none",
+                       "give the weights in .npy files: sample_weight = \"w.npy\"");
+    files = resolve_data_files(src.x, base_dir, src.pos);
+    for (const auto& f : files) {
+      ZipArchive zip(f);
+      w.append(read_npz_array(zip, src.sample_weight_key, options.spill_bytes));
+    }
+  }
+  const std::string desc = describe_files(files);
+  const engine::DType t = w.dtype();
+  if (t != engine::DType::f32 && t != engine::DType::f64 && t != engine::DType::i32 &&
+      t != engine::DType::i64 && t != engine::DType::u8)
+    throw InputError(desc, fmt::format("holds sample weights of dtype {}", engine::dtype_name(t)),
+                     "store the weights as floats");
+  if (w.shape().numel() != 1)
+    throw InputError(
+        desc, fmt::format("holds sample weights of shape {}; a sample has one weight", w.shape().str()),
+        "give an array of shape [N]: one weight per sample");
+  const int64_t count = src.limit > 0 ? std::min(src.limit, w.size()) : w.size();
+  if (count != n)
+    throw InputError(desc, fmt::format("holds {} sample weights for {} samples", count, n),
+                     "give one weight per sample, in the samples' order");
+  for (int64_t i = 0; i < count; ++i) {
+    const double v = weight_at(w, i);
+    if (!std::isfinite(v) || v < 0)
+      throw InputError(desc, fmt::format("sample {} weighs {}", i, v), "weights are finite and not negative");
+  }
+  std::shared_ptr<const engine::data::Dataset> weights =
+      std::make_shared<ArrayDataset>(w, w, engine::data::Layout::plain, desc);
+  if (count < weights->size()) weights = engine::data::subset(weights, 0, count);
+  return engine::data::with_more_inputs(std::move(data), {std::move(weights)});
 }
 
 std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,

@@ -32,6 +32,16 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                                                           const std::vector<std::string>& inputs,
                                                           const DatasetOptions& options = {});
 
+// Whether a source gives sample weights (sample_weight or sample_weight_key).
+bool has_sample_weights(const DataSource& src);
+// The dataset `data` (opened from `src`) with its sample weights as its last further input: one f32 per
+// sample, from src's sample_weight files or sample_weight_key array, or 1 for every sample when it names
+// none. Weights must be finite and not negative, one per sample (after `limit`): an InputError names the file
+// and sample otherwise.
+std::shared_ptr<const engine::data::Dataset> with_sample_weights(
+    std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
+    const DatasetOptions& options = {});
+
 // The files that `patterns` name, each pattern's matches in natural order ("data_batch_2" before
 // "data_batch_10"). A file that does not exist or a glob that matches nothing is an InputError at `pos`.
 std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns,

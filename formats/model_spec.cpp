@@ -42,7 +42,9 @@ const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kNamedInputKeys = {"name", "shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
-const Keys kSourceKeys = {"format", "x", "y", "x_key", "y_key", "header", "label_column", "limit"};
+const Keys kSourceKeys = {
+    "format",           "x", "y", "x_key", "y_key", "header", "label_column", "limit", "sample_weight",
+    "sample_weight_key"};
 const Keys kTrainKeys = {"loss",           "from_logits",         "label_smoothing", "metrics",
                          "top_k",          "class_weight",        "epochs",          "batch_size",
                          "seed",           "optimizer",           "precision",       "checkpoint",
@@ -865,6 +867,23 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   }
   if (t.get("y_key", s.y_key) && s.y_key.empty())
     t.fail("y_key", fmt::format("{} is empty", t.name("y_key")), "name an array of the .npz");
+  if (t.get_strings("sample_weight", s.sample_weight)) {
+    if (s.sample_weight.empty())
+      t.fail("sample_weight", fmt::format("{} is empty", t.name("sample_weight")), "name the .npy file(s)");
+    for (const std::string& f : s.sample_weight)
+      if (f.empty())
+        t.fail("sample_weight", fmt::format("{} has an empty file name", t.name("sample_weight")));
+  }
+  if (t.get("sample_weight_key", s.sample_weight_key)) {
+    if (s.sample_weight_key.empty())
+      t.fail("sample_weight_key", fmt::format("{} is empty", t.name("sample_weight_key")),
+             "name an array of the .npz");
+    if (!s.sample_weight.empty())
+      t.fail("sample_weight_key",
+             fmt::format("{} and {} both give the sample weights", t.name("sample_weight"),
+                         t.name("sample_weight_key")),
+             "keep sample_weight (.npy files) or sample_weight_key (an array of the .npz)");
+  }
   t.get("header", s.header);
   if (const toml::node* lc = t.find("label_column")) {
     if (auto* i = lc->as_integer()) {

@@ -91,6 +91,10 @@ struct DataSource {
   // is then empty). npz: each input's array name when it is not the input's name (`x_key` as a table).
   std::map<std::string, std::vector<std::string>> x_by_input;
   std::map<std::string, std::string> x_keys;
+  // Keras's sample_weight: one weight per sample, from .npy files (sample_weight) or from an array of the
+  // .npz x files (sample_weight_key); neither: every sample weighs 1.
+  std::vector<std::string> sample_weight;
+  std::string sample_weight_key;
   bool header = true;        // csv
   std::string label_column;  // csv: a column name, or a 0-based index written as digits; "" = last column
   int64_t limit = 0;         // use only the first N samples (0: all); handy for quick runs

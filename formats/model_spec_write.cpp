@@ -82,6 +82,8 @@ void write_source(Writer& w, std::string_view name, const DataSource& s) {
   else
     w.kv("x_key", s.x_keys);
   w.kv("y_key", s.y_key);
+  if (!s.sample_weight.empty()) w.kv("sample_weight", s.sample_weight);
+  if (!s.sample_weight_key.empty()) w.kv("sample_weight_key", s.sample_weight_key);
   w.kv("header", s.header);
   if (!s.label_column.empty()) w.kv("label_column", s.label_column);
   w.kv("limit", s.limit);

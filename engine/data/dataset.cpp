@@ -75,17 +75,20 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t beg
 
 std::shared_ptr<Dataset> with_more_inputs(std::shared_ptr<const Dataset> first,
                                           std::vector<std::shared_ptr<const Dataset>> more) {
-  TRAINER_ASSERT(first != nullptr && first->more_inputs().empty());
+  TRAINER_ASSERT(first != nullptr);
+  // A dataset that has further inputs already keeps them first (its reads go through to its own first).
+  std::vector<std::shared_ptr<const Dataset>> all = first->more_inputs();
   for (size_t k = 0; k < more.size(); ++k) {
     TRAINER_ASSERT(more[k] != nullptr);
     if (more[k]->size() != first->size())
       throw InputError(
           more[k]->describe(),
           fmt::format("{} holds {} samples for the model's input {}, and {} holds {} for its first",
-                      more[k]->describe(), more[k]->size(), k + 2, first->describe(), first->size()),
+                      more[k]->describe(), more[k]->size(), all.size() + 2, first->describe(), first->size()),
           "every input needs one sample per label: give arrays of equal length");
+    all.push_back(std::move(more[k]));
   }
-  return std::make_shared<JoinedDataset>(std::move(first), std::move(more));
+  return std::make_shared<JoinedDataset>(std::move(first), std::move(all));
 }
 
 void epoch_permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t* out) {

@@ -42,7 +42,8 @@ class Dataset {
 };
 
 // The samples of a model's first input (with the labels) joined with those of its further inputs, each of
-// the same size (an InputError names the first that is not).
+// the same size (an InputError names the first that is not). When `first` has further inputs already, `more`
+// come after them.
 std::shared_ptr<Dataset> with_more_inputs(std::shared_ptr<const Dataset> first,
                                           std::vector<std::shared_ptr<const Dataset>> more);
 

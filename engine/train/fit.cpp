@@ -103,12 +103,14 @@ ValueId scalar_constant(Graph& g, double v, DType t) {
 
 // Keras's other losses, written in IR ops as Keras defines them (so autodiff gives their gradients): each a
 // per-sample value (a mean or sum over the sample's outputs), averaged over the batch. p is the model's
-// output and y the labels, of one shape.
-ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y) {
+// output and y the labels, of one shape. `weigh` multiplies values that lead with the batch by their
+// samples' weights (the identity without sample weights).
+ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
+                   const std::function<ValueId(ValueId)>& weigh) {
   const DType t = g.value(p).dtype;
   auto c = [&](double v) { return scalar_constant(g, v, t); };
   auto op = [&](const char* name, std::vector<ValueId> in) { return g.op(name, std::move(in)); };
-  auto mean = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
+  auto mean = [&](ValueId v) { return g.op("ReduceMean", {weigh(v)}, {{"keepdims", int64_t{0}}}); };
   auto last_axis_sum = [&](ValueId v) {
     return g.op("ReduceSum", {v}, {{"axes", std::vector<int64_t>{-1}}, {"keepdims", int64_t{0}}});
   };
@@ -188,6 +190,31 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                       (k.sparse || k.categorical || k.binary) &&
                       g.value(fm.output_mask).shape.numel() == batch * positions;
   if (masked) lg.mask = fm.output_mask;
+  // Sample weights: one per sample, fed after the model's inputs; `weigh` scales values that lead with the
+  // batch ([batch, ...]) by them.
+  ValueId sample_w = kNoValue;
+  if (cfg.sample_weights) {
+    sample_w = g.add_input("sample_weight", DType::f32, Shape{batch});
+    lg.more_x.push_back(sample_w);
+    if (odt != DType::f32) sample_w = g.op("Cast", {sample_w}, {{"to", int64_t{dtype_to_onnx(odt)}}});
+  }
+  auto weigh = [&](ValueId v) {
+    if (sample_w == kNoValue) return v;
+    const int rank = g.value(v).shape.rank();
+    TRAINER_ASSERT(rank >= 1 && g.value(v).shape[0] == batch, "weighing {}", g.value(v).shape.str());
+    std::vector<int64_t> dims(static_cast<size_t>(rank), 1);
+    dims[0] = batch;
+    const ValueId w =
+        rank == 1 ? sample_w
+                  : g.op("Reshape", {sample_w, g.add_constant(g.unique_name("weight_shape"),
+                                                              Tensor::from<int64_t>(Shape{rank}, dims))});
+    return g.op("Mul", {v, w});
+  };
+  // Per-position losses of a [batch positions] run, as [batch, positions] weighted rows.
+  auto weigh_rows = [&](ValueId per) {
+    return weigh(g.op("Reshape", {per, g.add_constant(g.unique_name("rows_shape"),
+                                                      Tensor::from<int64_t>(Shape{2}, {batch, -1}))}));
+  };
   auto masked_mean = [&](ValueId per) {  // per: batch * positions losses
     const ValueId flat =
         g.add_constant(g.unique_name("positions_shape"), Tensor::from<int64_t>(Shape{1}, {-1}));
@@ -237,12 +264,17 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       ins.push_back(class_weights(classes));
       reduction.set("reduction", std::string("sum"));
     }
-    if (masked) reduction.set("reduction", std::string("none"));
+    if (masked || sample_w != kNoValue) reduction.set("reduction", std::string("none"));
     lg.loss = g.op(logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
-    if (masked)
+    if (sample_w != kNoValue) {
+      // Per position (class-weighted when asked), times its sample's weight, averaged over the positions.
+      const ValueId per = weigh_rows(lg.loss);
+      lg.loss = masked ? masked_mean(per) : mean_of(per);
+    } else if (masked) {
       lg.loss = masked_mean(lg.loss);
-    else if (weighted)
+    } else if (weighted) {
       lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch * positions), odt)});
+    }
   } else if (k.categorical) {
     if (os.rank() < 2)
       throw InputError("train.loss",
@@ -274,6 +306,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     if (weighted)
       per =
           g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(classes)})}, classes_axis)});
+    per = weigh(per);
     lg.loss = g.op("Neg", {masked ? masked_mean(per) : mean_of(per)});
   } else if (k.binary) {
     // One probability per sample, or one per position ([batch, steps] or [batch, steps, 1]), each with its
@@ -294,25 +327,32 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
         const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
         per = g.op("Mul", {per, g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})})});
       }
+      per = weigh(per);
       lg.loss = masked ? masked_mean(per) : mean_of(per);
-    } else if (masked && !weighted) {
-      lg.loss = masked_mean(g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}));
+    } else if (!weighted && (masked || sample_w != kNoValue)) {
+      const ValueId per =
+          weigh(g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}));
+      lg.loss = masked ? masked_mean(per) : mean_of(per);
     } else if (!weighted) {
       lg.loss = g.op(bce, {fm.output, smoothed(lg.y, 2)});
     } else {
       // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
       const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
-      ValueId sample_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})});
-      const ValueId per = g.op(
-          "Mul", {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), sample_w});
+      ValueId class_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})});
+      const ValueId per = weigh(g.op(
+          "Mul", {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), class_w}));
       lg.loss = masked ? masked_mean(per) : mean_of(per);
     }
   } else {
     lg.y = g.add_input("labels", odt, os);
-    if (cfg.loss == "mse" || cfg.loss == "mae")
+    if ((cfg.loss == "mse" || cfg.loss == "mae") && sample_w == kNoValue) {
       lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
-    else
-      lg.loss = keras_loss(g, cfg.loss, fm.output, lg.y);
+    } else if (cfg.loss == "mse" || cfg.loss == "mae") {
+      const ValueId e = g.op("Sub", {fm.output, lg.y});
+      lg.loss = mean_of(weigh(cfg.loss == "mse" ? g.op("Mul", {e, e}) : g.op("Abs", {e})));
+    } else {
+      lg.loss = keras_loss(g, cfg.loss, fm.output, lg.y, weigh);
+    }
   }
   // Regularization penalties count in the loss that trains and in the one reported, as in Keras.
   if (fm.penalty != kNoValue) lg.loss = g.op("Add", {lg.loss, fm.penalty});

@@ -79,6 +79,11 @@ struct FitConfig {
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;
+  // Keras's sample_weight: every loss graph (training and evaluation) takes one f32 weight per sample, fed
+  // after the model's inputs (the last of Dataset::more_inputs()), and the loss is the mean of the weighted
+  // per-sample losses (divided by the batch, or by the unmasked positions under a mask, not by the weights'
+  // sum). Metrics are unweighted, as Keras's `metrics`.
+  bool sample_weights = false;
   int64_t epochs = 1;
   int64_t batch_size = 32;
   uint64_t seed = 0;

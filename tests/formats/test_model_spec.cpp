@@ -725,4 +725,21 @@ TEST_SUITE("model_spec") {
     f = failure(model + "[data.train]\nx = { tokens = 3 }\n");
     CHECK(f.what == "data.train.x.tokens must be a file name or an array of them, not an integer (3)");
   }
+
+  TEST_CASE("sample weights: files or an .npz array, one of the two, written back") {
+    const ModelSpec s =
+        parse_model_spec(kHead +
+                             "[data.train]\nx = \"a.npz\"\nsample_weight_key = \"w\"\n"
+                             "[data.validation]\nx = \"v.npy\"\ny = \"vy.npy\"\n"
+                             "sample_weight = [\"w1.npy\", \"w2.npy\"]\n[train]\nloss = \"mse\"\n",
+                         "spec.toml");
+    CHECK(s.data.train->sample_weight_key == "w");
+    CHECK(s.data.validation->sample_weight == std::vector<std::string>{"w1.npy", "w2.npy"});
+    CHECK(same_settings(s, parse_model_spec(to_toml(s), "spec.toml")));
+    Failure f = failure(
+        kHead + "[data.train]\nx = \"a.npz\"\nsample_weight = \"w.npy\"\nsample_weight_key = \"w\"\n");
+    CHECK(f.what == "data.train.sample_weight and data.train.sample_weight_key both give the sample weights");
+    f = failure(kHead + "[data.train]\nx = \"a.npz\"\nsample_weights = \"w.npy\"\n");
+    CHECK(f.hint == "did you mean 'sample_weight'?");
+  }
 }

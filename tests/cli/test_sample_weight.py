@@ -1,0 +1,178 @@
+"""Keras's sample_weight: weights from .npy files (sample_weight) or from an array of the .npz (sample_weight_key)
+weigh each sample's loss, in training and in evaluation (trainer evaluate's loss is the weighted mean that numpy
+computes from trainer predict's outputs, for the cross-entropies, mse and huber); a source without weights weighs
+every sample 1; samples that weigh 0 do not train the model; 1 and 2 replicas train the same parameters; bad
+weights are exit-2 errors naming the file and sample."""
+
+import json
+import os
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+N = 320
+
+SPEC = """format_version = 1
+[model]
+input = [5]
+[[model.layers]]
+type = "Dense"
+units = 8
+activation = "relu"
+[[model.layers]]
+type = "Dense"
+{head}
+[data.train]
+x = "d.npz"
+{train_weights}
+[data.validation]
+x = "d.npz"
+sample_weight = "w.npy"
+[data.test]
+x = "d.npz"
+[train]
+loss = "{loss}"
+epochs = {epochs}
+batch_size = 32
+seed = 2
+[train.optimizer]
+name = "sgd"
+learning_rate = 0.1
+"""
+
+HEADS = {
+    "sparse_categorical_crossentropy": 'units = 3\nactivation = "softmax"',
+    "binary_crossentropy": 'units = 1\nactivation = "sigmoid"',
+    "mse": "units = 1",
+    "huber": "units = 1",
+}
+
+
+def per_sample_loss(loss, p, y):
+    if loss == "sparse_categorical_crossentropy":
+        return -np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-7, 1))
+    p = p.reshape(len(y))
+    if loss == "binary_crossentropy":
+        q = np.clip(p, 1e-7, 1 - 1e-7)
+        return -(y * np.log(q) + (1 - y) * np.log(1 - q))
+    e = p - y
+    if loss == "mse":
+        return e * e
+    a = np.abs(e)
+    return np.where(a <= 1, 0.5 * e * e, a - 0.5)
+
+
+class SampleWeight(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(3)
+        cls.x = rng.normal(size=(N, 5)).astype(np.float32)
+        cls.w = rng.uniform(0, 2, N).astype(np.float32)
+        cls.w[::7] = 0
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def labels(self, loss):
+        score = self.x[:, 0] + 0.5 * self.x[:, 1]
+        if loss == "sparse_categorical_crossentropy":
+            return np.digitize(score, [-0.5, 0.5]).astype(np.int64)
+        if loss == "binary_crossentropy":
+            return (score > 0).astype(np.float32)
+        return score.astype(np.float32)
+
+    def spec(self, name, loss, y, epochs=2, train_weights='sample_weight_key = "w"', w=None):
+        np.savez(self.path(f"{name}.npz"), x=self.x, y=y, w=self.w if w is None else w)
+        np.save(self.path("w.npy"), self.w)
+        p = self.path(f"{name}.toml")
+        with open(p, "w") as f:
+            f.write(SPEC.format(head=HEADS[loss], loss=loss, epochs=epochs, train_weights=train_weights)
+                    .replace('"d.npz"', f'"{name}.npz"'))
+        return p
+
+    def fit(self, args):
+        r = run(["fit"] + args, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return cli_util.json_lines(self, r.stdout)
+
+    def test_the_loss_is_the_weighted_mean_of_the_samples_losses(self):
+        for loss in HEADS:
+            with self.subTest(loss=loss):
+                y = self.labels(loss)
+                spec = self.spec(loss, loss, y)
+                out = self.path(f"run_{loss}")
+                events = self.fit([spec, "--output-dir", out])
+                ckpt = os.path.join(out, "last.ckpt")
+                r = run(["predict", ckpt, self.path(f"{loss}.npz"), "--probabilities", "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                p = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+                per = per_sample_loss(loss, p, y)
+                weighted, plain = float(np.mean(self.w * per)), float(np.mean(per))
+                self.assertGreater(abs(weighted - plain), 1e-3)  # the weights matter here
+                # Validation (weights from w.npy) after the last epoch, and trainer evaluate alike.
+                self.assertAlmostEqual(events[-1]["val_loss"], weighted, delta=2e-5 * max(1, weighted))
+                for data, want in (("validation", weighted), ("test", plain)):
+                    r = run(["evaluate", ckpt, "--data", data])
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    got = json.loads(r.stdout.splitlines()[-1])["loss"]
+                    self.assertAlmostEqual(got, want, delta=2e-5 * max(1, want), msg=data)
+
+    def test_samples_that_weigh_nothing_do_not_train(self):
+        loss = "sparse_categorical_crossentropy"
+        y = self.labels(loss)
+        zero = self.w == 0
+        other = y.copy()
+        other[zero] = (y[zero] + 1) % 3
+        a = self.spec("zero_a", loss, y, epochs=3)
+        b = self.spec("zero_b", loss, other, epochs=3)
+        self.fit([a, "--output-dir", self.path("za")])
+        self.fit([b, "--output-dir", self.path("zb")])
+        pa = cli_util.read_checkpoint(self.path("za/last.ckpt"))
+        pb = cli_util.read_checkpoint(self.path("zb/last.ckpt"))
+        for n in ("dense/kernel", "dense_1/kernel", "dense_1/bias"):
+            np.testing.assert_array_equal(pa[n], pb[n], err_msg=n)
+        # Without the weights the changed labels do change the model.
+        c = self.spec("zero_c", loss, other, epochs=3, train_weights="")
+        self.fit([c, "--output-dir", self.path("zc")])
+        self.assertFalse(np.array_equal(pa["dense_1/kernel"],
+                                        cli_util.read_checkpoint(self.path("zc/last.ckpt"))["dense_1/kernel"]))
+
+    def test_replicas_train_the_same_parameters(self):
+        loss = "binary_crossentropy"
+        spec = self.spec("dist", loss, self.labels(loss), epochs=2)
+        self.fit([spec, "--output-dir", self.path("d1")])
+        self.fit([spec, "--device", "cpu", "--devices", "2", "--output-dir", self.path("d2")])
+        p1 = cli_util.read_checkpoint(self.path("d1/last.ckpt"))
+        p2 = cli_util.read_checkpoint(self.path("d2/last.ckpt"))
+        for n in ("dense/kernel", "dense_1/kernel"):
+            np.testing.assert_allclose(p2[n], p1[n], rtol=1e-5, atol=1e-6, err_msg=n)
+
+    def test_bad_weights_are_named(self):
+        loss = "mse"
+        y = self.labels(loss)
+        negative = self.w.copy()
+        negative[11] = -1
+        cases = [
+            (dict(w=negative), ["sample 11 weighs -1"]),
+            (dict(w=self.w[:-3]), ["317 sample weights for 320 samples"]),
+            (dict(w=np.stack([self.w, self.w], 1)), ["one weight per sample"]),
+            (dict(train_weights='sample_weight_key = "weights"'), ["no array 'weights'"]),
+            (dict(train_weights='sample_weight = "w.npy"\nsample_weight_key = "w"'), ["both give the sample weights"]),
+        ]
+        for i, (kw, needles) in enumerate(cases):
+            with self.subTest(case=i):
+                spec = self.spec(f"bad{i}", loss, y, **kw)
+                cli_util.assert_input_error(self, run(["fit", spec]), *needles)
+
+
+if __name__ == "__main__":
+    cli_util.main()
