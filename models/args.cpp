@@ -132,8 +132,7 @@ bool fits(const ArgValue& v, ArgKind k) {
 
 // Keras arguments that trainer knows but does not implement: naming them as such beats "unknown argument".
 bool known_unsupported(const std::string& name) {
-  static const std::vector<std::string> names = {"activity_regularizer",
-                                                 "kernel_constraint",
+  static const std::vector<std::string> names = {"kernel_constraint",
                                                  "bias_constraint",
                                                  "recurrent_constraint",
                                                  "data_format",

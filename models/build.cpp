@@ -9,6 +9,7 @@
 #include "engine/util/error.h"
 #include "models/build.h"
 #include "models/layer_library.h"
+#include "models/regularizers.h"
 
 namespace trainer::models {
 
@@ -239,6 +240,14 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     if (!inputs.empty() && inputs[0].mask != kNoValue && out.mask == inputs[0].mask) {
       const bool same_steps = out.shape.size() >= 2 && out.shape[0] == inputs[0].shape[0];
       if (!def->keeps_mask || !same_steps) out.mask = kNoValue;
+    }
+    // An activity regularizer on the layer's output: its values, whatever the layout they are in.
+    if (args.has("activity_regularizer")) {
+      const Regularizer r = parse_regularizer(args.string("activity_regularizer"),
+                                              [&](const std::string& what, const std::string& hint) {
+                                                builder.fail("activity_regularizer", what, hint);
+                                              });
+      builder.penalize_activity(out.value, r.l1, r.l2);
     }
     for (ValueId p : builder.penalties)
       m.penalty = m.penalty == kNoValue

@@ -46,6 +46,9 @@ const std::vector<LayerDef>& layer_defs() {
         if (a.name.ends_with("_initializer") && !a.name.starts_with("moving_"))
           regularizers.push_back({regularizer_arg(a.name), ArgKind::string, std::nullopt, true});
       def.args.insert(def.args.end(), regularizers.begin(), regularizers.end());
+      // Every Keras layer takes an activity regularizer on its output (build_model applies it).
+      if (def.type != "ActivityRegularization")
+        def.args.push_back({"activity_regularizer", ArgKind::string, std::nullopt, true});
       def.args.push_back({"trainable", ArgKind::boolean, true});
     }
     return d;
@@ -131,6 +134,23 @@ void LayerBuilder::regularize(ValueId w, const std::string& arg) {
   if (r.l2 != 0) {
     ValueId l2 = scaled(op("ReduceSum", {op("Mul", {w, w})}, all), r.l2, "l2");
     penalty = penalty == kNoValue ? l2 : op("Add", {penalty, l2});
+  }
+  penalties.push_back(penalty);
+}
+
+void LayerBuilder::penalize_activity(ValueId v, double l1, double l2) {
+  if (l1 == 0 && l2 == 0) return;
+  const Attributes all = {{"keepdims", int64_t{0}}};
+  const double per_sample = 1.0 / static_cast<double>(options.batch_size);
+  auto scaled = [&](ValueId sum, double factor, const char* kind) {
+    return op("Mul", {sum, constant(std::string("activity/") + kind,
+                                    Tensor::scalar<float>(static_cast<float>(factor * per_sample)))});
+  };
+  ValueId penalty = kNoValue;
+  if (l1 != 0) penalty = scaled(op("ReduceSum", {op("Abs", {v})}, all), l1, "l1");
+  if (l2 != 0) {
+    const ValueId p2 = scaled(op("ReduceSum", {op("Mul", {v, v})}, all), l2, "l2");
+    penalty = penalty == kNoValue ? p2 : op("Add", {penalty, p2});
   }
   penalties.push_back(penalty);
 }

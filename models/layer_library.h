@@ -64,6 +64,10 @@ class LayerBuilder {
   // Adds the penalty of regularizer argument `arg` ("l2", "l1(0.001)", "l1_l2(l1=1e-5, l2=1e-4)", ...) on
   // trainable weight w to `penalties`; nothing when the argument is absent or "None", or the layer is frozen.
   void regularize(engine::ValueId w, const std::string& arg);
+  // An activity regularizer on v (the layer's output, [batch, ...]): l1 sum |v| + l2 sum v^2 over the batch,
+  // divided by the batch size as tf.keras divides it, so the strength does not depend on the batch size or
+  // on how many replicas share it. Nothing when both are 0.
+  void penalize_activity(engine::ValueId v, double l1, double l2);
   // The scalar penalties of this layer's regularizers, which build_model adds to the model's.
   std::vector<engine::ValueId> penalties;
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.

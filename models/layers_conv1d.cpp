@@ -1,8 +1,8 @@
-// Sequence layers over (steps, features): Conv1D, Conv1DTranspose, MaxPooling1D, AveragePooling1D,
-// GlobalAveragePooling1D and GlobalMaxPooling1D. The window layers work on ONNX's [N, features, steps] and
-// leave their result so (the channels-first layout of images), so a stack of them transposes once; a layer
-// that needs [N, steps, features] (a recurrent one, Dense) turns it back. Padding "same" places the odd step
-// at the end, as TensorFlow does; "causal" pads the start only.
+// Sequence layers over (steps, features): Conv1D, DepthwiseConv1D, SeparableConv1D, Conv1DTranspose,
+// MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D and GlobalMaxPooling1D. The window layers work on
+// ONNX's [N, features, steps] and leave their result so (the channels-first layout of images), so a stack of
+// them transposes once; a layer that needs [N, steps, features] (a recurrent one, Dense) turns it back.
+// Padding "same" places the odd step at the end, as TensorFlow does; "causal" pads the start only.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -87,6 +87,66 @@ LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   x.pre_activation = kNoValue;
   b.info.flops_per_sample = 2 * w.out * filters * per_group * kernel;
   return b.activate(x, act);
+}
+
+// DepthwiseConv1D and SeparableConv1D: a 1-D convolution with one group per input feature, each giving
+// depth_multiplier features; SeparableConv1D then mixes them with a convolution of width 1. Weights as Keras
+// names them (depthwise_kernel, pointwise_kernel, bias), in ONNX's layout, with Keras's fans.
+LayerValue build_depthwise1d(LayerBuilder& b, const std::vector<LayerValue>& in, bool separable) {
+  const int64_t kernel = b.positive("kernel_size");
+  const int64_t stride = b.positive("strides");
+  const int64_t dilation = b.positive("dilation_rate");
+  const std::string padding = b.choice("padding", {"valid", "same", "causal"});
+  const int64_t multiplier = b.positive("depth_multiplier");
+  const int64_t filters = separable ? b.positive("filters") : 0;
+  const std::string act = b.activation_name();
+  require_sequence(b, in[0]);
+  const int64_t steps = in[0].shape[0], channels = in[0].shape[1], depth = channels * multiplier;
+  const Window1d w = window1d(steps, kernel, stride, dilation, padding);
+  if (!w.fits)
+    b.fail(
+        "kernel_size",
+        fmt::format("kernel_size {} (with dilation_rate {}: {} steps) is longer than its input {} from '{}'",
+                    kernel, dilation, dilation * (kernel - 1) + 1, keras_shape(in[0].shape), in[0].from),
+        "use a smaller kernel_size, or padding = \"same\"");
+  LayerValue x = b.to_channels_first(in[0]);
+  // Keras's depthwise kernel is (k, features, multiplier): fan_in = k * features, fan_out = k * multiplier.
+  ValueId dw = b.weight("depthwise_kernel", "depthwise_initializer", Shape{depth, 1, kernel},
+                        {kernel * channels, kernel * multiplier, depth, kernel});
+  std::vector<ValueId> inputs = {x.value, dw};
+  const bool bias = b.args.boolean("use_bias");
+  if (bias && !separable)
+    inputs.push_back(b.weight("bias", "bias_initializer", Shape{depth}, {depth, depth, 1, depth}));
+  x.value = b.op("Conv", inputs,
+                 {{"kernel_shape", std::vector<int64_t>{kernel}},
+                  {"strides", std::vector<int64_t>{stride}},
+                  {"dilations", std::vector<int64_t>{dilation}},
+                  {"pads", std::vector<int64_t>{w.begin, w.end}},
+                  {"group", channels}});
+  int64_t out_features = depth;
+  b.info.flops_per_sample = 2 * w.out * depth * kernel;
+  if (separable) {
+    // Keras's pointwise kernel is (1, depth, filters).
+    ValueId pw = b.weight("pointwise_kernel", "pointwise_initializer", Shape{filters, depth, 1},
+                          {depth, filters, filters, depth});
+    std::vector<ValueId> pin = {x.value, pw};
+    if (bias)
+      pin.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
+    x.value = b.op("Conv", pin, {{"kernel_shape", std::vector<int64_t>{1}}});
+    out_features = filters;
+    b.info.flops_per_sample += 2 * w.out * depth * filters;
+  }
+  x.shape = {w.out, out_features};
+  x.pre_activation = kNoValue;
+  return b.activate(x, act);
+}
+
+LayerValue build_depthwise_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_depthwise1d(b, in, false);
+}
+
+LayerValue build_separable_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_depthwise1d(b, in, true);
 }
 
 // Conv1DTranspose: ONNX's 1-D ConvTranspose with Keras's output lengths, as Conv2DTranspose's per axis:
@@ -220,6 +280,17 @@ void add_sequence_layers(std::vector<LayerDef>& defs) {
                              {"dilation_rate", ArgKind::integer, int64_t{1}},
                              {"groups", ArgKind::integer, int64_t{1}}}),
                   1, 1, false, build_conv1d});
+  std::vector<ArgDecl> depthwise = conv_args({{"kernel_size", ArgKind::integer, std::nullopt},
+                                              {"strides", ArgKind::integer, int64_t{1}},
+                                              {"padding", ArgKind::string, S("valid")},
+                                              {"depth_multiplier", ArgKind::integer, int64_t{1}},
+                                              {"dilation_rate", ArgKind::integer, int64_t{1}}},
+                                             "depthwise_initializer");
+  defs.push_back({"DepthwiseConv1D", "depthwise_conv1d", depthwise, 1, 1, false, build_depthwise_conv1d});
+  std::vector<ArgDecl> separable = depthwise;
+  separable.insert(separable.begin(), {"filters", ArgKind::integer, std::nullopt});
+  separable.push_back({"pointwise_initializer", ArgKind::string, S("glorot_uniform")});
+  defs.push_back({"SeparableConv1D", "separable_conv1d", separable, 1, 1, false, build_separable_conv1d});
   defs.push_back({"Conv1DTranspose", "conv1d_transpose",
                   conv_args({{"filters", ArgKind::integer, std::nullopt},
                              {"kernel_size", ArgKind::integer, std::nullopt},

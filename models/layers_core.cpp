@@ -426,6 +426,16 @@ LayerValue build_identity(LayerBuilder&, const std::vector<LayerValue>& in) {
   return in[0];
 }
 
+// ActivityRegularization: its input unchanged, with l1 sum |x| + l2 sum x^2 (per sample) added to the loss.
+LayerValue build_activity_regularization(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const double l1 = b.args.number("l1"), l2 = b.args.number("l2");
+  for (const char* k : {"l1", "l2"})
+    if (!(b.args.number(k) >= 0)) b.fail(k, fmt::format("{} = {} must be 0 or more", k, b.args.number(k)));
+  LayerValue x = b.to_channels_last(in[0]);
+  b.penalize_activity(x.value, l1, l2);
+  return in[0];
+}
+
 LayerValue build_concatenate(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int rank = static_cast<int>(in[0].shape.size());
   // Keras counts the batch as axis 0: axis -1 and axis `rank` are the last per-sample axis.
@@ -634,6 +644,13 @@ void add_core_layers(std::vector<LayerDef>& defs) {
   defs.push_back(
       {"SpatialDropout3D", "spatial_dropout3d", {rate, seed}, 1, 1, false, build_spatial_dropout3d});
   defs.push_back({"Identity", "identity", {}, 1, 1, false, build_identity});
+  defs.push_back({"ActivityRegularization",
+                  "activity_regularization",
+                  {{"l1", ArgKind::number, 0.0}, {"l2", ArgKind::number, 0.0}},
+                  1,
+                  1,
+                  false,
+                  build_activity_regularization});
   defs.push_back({"AlphaDropout", "alpha_dropout", {rate, seed}, 1, 1, false, build_alpha_dropout});
   defs.push_back({"GaussianNoise",
                   "gaussian_noise",
@@ -718,11 +735,30 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_time_distributed});
-  keep_masks(defs, {"Dense",           "Activation", "ReLU",        "LeakyReLU",        "ELU",
-                    "PReLU",           "Softmax",    "Dropout",     "SpatialDropout1D", "GaussianNoise",
-                    "GaussianDropout", "Rescaling",  "Add",         "Subtract",         "Multiply",
-                    "Average",         "Maximum",    "Minimum",     "Concatenate",      "TimeDistributed",
-                    "Normalization",   "Identity",   "AlphaDropout"});
+  keep_masks(defs, {"Dense",
+                    "Activation",
+                    "ReLU",
+                    "LeakyReLU",
+                    "ELU",
+                    "PReLU",
+                    "Softmax",
+                    "Dropout",
+                    "SpatialDropout1D",
+                    "GaussianNoise",
+                    "GaussianDropout",
+                    "Rescaling",
+                    "Add",
+                    "Subtract",
+                    "Multiply",
+                    "Average",
+                    "Maximum",
+                    "Minimum",
+                    "Concatenate",
+                    "TimeDistributed",
+                    "Normalization",
+                    "Identity",
+                    "AlphaDropout",
+                    "ActivityRegularization"});
 }
 
 }  // namespace trainer::models

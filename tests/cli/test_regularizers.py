@@ -1,5 +1,6 @@
 """Keras's weight regularizers (kernel_regularizer = "l2(0.01)", ...): the penalty is in the reported loss and in
-val_loss, with the value Keras gives it, and its gradient moves the weights as Keras's does."""
+val_loss, with the value Keras gives it, and its gradient moves the weights as Keras's does; activity
+regularizers (activity_regularizer, the ActivityRegularization layer) penalize outputs per sample."""
 
 import json
 import os
@@ -126,6 +127,20 @@ class Regularizers(unittest.TestCase):
                                self.evaluate(ckpt, "data.validation.x=tokens.npy", "data.validation.y=labels.npy",
                                              *off), penalty, places=4)
 
+    def test_activity_regularizers_penalize_each_sample_s_outputs(self):
+        # activity_regularizer on the tanh layer's output h, and an ActivityRegularization layer after it: the
+        # penalties are sums over the batch's outputs divided by the batch size (as tf.keras divides them).
+        _, w, ckpt = self.fit("activity", 'activity_regularizer = "l1(0.03)"\n'
+                                          '[[model.layers]]\ntype = "ActivityRegularization"\nl2 = 0.5')
+        x = np.load(os.path.join(self.tmp.name, "x.npy")).astype(np.float64)
+        h = np.tanh(x @ w["dense/kernel"].astype(np.float64) + w["dense/bias"].astype(np.float64))
+        full = self.evaluate(ckpt)
+        no_l1 = self.evaluate(ckpt, "model.layers.0.activity_regularizer=None")
+        none = self.evaluate(ckpt, "model.layers.0.activity_regularizer=None", "model.layers.1.l2=0")
+        self.assertAlmostEqual(full - no_l1, 0.03 * np.abs(h).sum() / len(x), places=5)
+        self.assertAlmostEqual(no_l1 - none, 0.5 * (h ** 2).sum() / len(x), places=5)
+        self.assertGreater(no_l1 - none, 0.01)
+
     def test_bad_regularizers_are_errors_at_their_place(self):
         cases = [('"l3"', 'unknown regularizer "l3"'), ('"l2(-1)"', "the factor '-1' is not a number, 0 or more"),
                  ('"l1_l2"', 'regularizer "l1_l2" needs its factors'),
@@ -139,12 +154,17 @@ class Regularizers(unittest.TestCase):
                 self.assertEqual(r.returncode, 2, r.stderr)
                 self.assertIn("bad.toml:8:22", r.stderr)
                 self.assertIn(what, r.stderr)
-        spec = os.path.join(self.tmp.name, "activity.toml")
-        with open(spec, "w") as f:
-            f.write(SPEC.format(regularizers='activity_regularizer = "l2"'))
-        r = run(["check", spec])
-        self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("activity_regularizer", r.stderr)
+        for text, where, what in (('activity_regularizer = "l3"', "bad.toml:8:24", 'unknown regularizer "l3"'),
+                                  ('[[model.layers]]\ntype = "ActivityRegularization"\nl1 = -1', "bad.toml:10:6",
+                                   "l1 = -1 must be 0 or more")):
+            with self.subTest(text=text):
+                spec = os.path.join(self.tmp.name, "bad.toml")
+                with open(spec, "w") as f:
+                    f.write(SPEC.format(regularizers=text))
+                r = run(["check", spec])
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(where, r.stderr)
+                self.assertIn(what, r.stderr)
 
 
 if __name__ == "__main__":

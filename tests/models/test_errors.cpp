@@ -59,10 +59,15 @@ TEST_SUITE("errors") {
     CHECK(contains(e.what(), "unknown argument 'unit'"));
     CHECK(contains(e.hint(), "did you mean 'units'?"));
 
-    Spec reg = dense_model({{"units", int64_t{2}}, {"activity_regularizer", std::string("l2")}});
+    // A known Keras argument that trainer does not implement says so.
+    Spec reg = dense_model({{"units", int64_t{2}}, {"kernel_constraint", std::string("NonNeg")}});
     InputError r = build_error(reg);
-    CHECK(r.where() == reg.arg_at(1, "activity_regularizer"));
+    CHECK(r.where() == reg.arg_at(1, "kernel_constraint"));
     CHECK(contains(r.what(), "not supported"));
+    Spec act = dense_model({{"units", int64_t{2}}, {"activity_regularizer", std::string("l2(x)")}});
+    InputError a = build_error(act);
+    CHECK(a.where() == act.arg_at(1, "activity_regularizer"));
+    CHECK(contains(a.what(), "the factor 'x' is not a number"));
 
     Spec bad = dense_model({{"units", int64_t{2}}, {"kernel_regularizer", std::string("l2(x)")}});
     InputError k = build_error(bad);

@@ -779,6 +779,53 @@ TEST_SUITE("run") {
 }
 
 TEST_SUITE("run") {
+  TEST_CASE("run: DepthwiseConv1D filters each feature alone, SeparableConv1D then mixes them, as in Keras") {
+    // Features 3, multiplier 2 (depth 6), kernel 3 with "same" padding (one step each side), stride 1; then
+    // 4 filters of width 1 with a bias. Keras's depth order: feature f gives channels f * 2 + m.
+    Spec s({7, 3});
+    s.add("SeparableConv1D", {{"filters", int64_t{4}},
+                              {"kernel_size", int64_t{3}},
+                              {"depth_multiplier", int64_t{2}},
+                              {"padding", std::string("same")},
+                              {"bias_initializer", std::string("ones")}});
+    BuiltModel m = models::testing::build(s);
+    CHECK(m.layers[0].output_shape == v({7, 4}));
+    CHECK(m.layers[0].params == 3 * 3 * 2 + 6 * 4 + 4);
+    const Tensor dw = weight(m, "separable_conv1d/depthwise_kernel");  // [6, 1, 3]
+    const Tensor pw = weight(m, "separable_conv1d/pointwise_kernel");  // [4, 6, 1]
+    CHECK(dw.shape() == Shape{6, 1, 3});
+    const Shape in = m.graph.value(m.input).shape;
+    const Tensor x = ops::random_tensor(in, -1, 1, 86, DType::f32);  // [N, steps, features]
+    const Tensor y = forward(std::move(m), x);
+    const int64_t n = in[0], steps = 7;
+    REQUIRE(y.shape() == Shape{n, steps, 4});
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t t = 0; t < steps; ++t)
+        for (int64_t o = 0; o < 4; ++o) {
+          double want = 1.0;  // the bias
+          for (int64_t d = 0; d < 6; ++d) {
+            double depth = 0;
+            for (int64_t k = 0; k < 3; ++k) {
+              const int64_t src = t + k - 1;
+              if (src >= 0 && src < steps)
+                depth += x.get_f64((b * steps + src) * 3 + d / 2) * dw.get_f64(d * 3 + k);
+            }
+            want += depth * pw.get_f64(o * 6 + d);
+          }
+          CHECK(y.get_f64((b * steps + t) * 4 + o) == doctest::Approx(want).epsilon(1e-5));
+        }
+    // DepthwiseConv1D alone: a "valid" window of 3 with stride 2 over 7 steps gives 3, one bias per channel.
+    Spec d({7, 3});
+    d.add("DepthwiseConv1D",
+          {{"kernel_size", int64_t{3}}, {"strides", int64_t{2}}, {"depth_multiplier", int64_t{2}}});
+    BuiltModel dm = models::testing::build(d);
+    CHECK(dm.layers[0].output_shape == v({3, 6}));
+    CHECK(dm.layers[0].params == 3 * 3 * 2 + 6);
+    const auto [first, last] =
+        train_steps(d.add("Flatten", {}).add("Dense", {{"units", int64_t{2}}}), 8, 2, 0, 20, 1e-2f);
+    CHECK(last < first);
+  }
+
   TEST_CASE("run: Bidirectional concatenates a forward layer and a backward one over the reversed sequence") {
     for (const char* layer : {"LSTM", "GRU"}) {
       CAPTURE(layer);
