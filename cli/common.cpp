@@ -470,6 +470,14 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
   }
   m.layers = onnx_layers(g, r.initializer_names, batch);
   m.graph = std::move(r.graph);
+  // Layers in Keras's vocabulary on top of the ONNX model (a new head on a pretrained network).
+  if (!ms.layers.empty()) {
+    models::BuildOptions o;
+    o.batch_size = batch;
+    o.training = training;
+    o.seed = spec.train.seed;
+    models::build_head(m, ms, o);
+  }
   return m;
 }
 
@@ -634,7 +642,9 @@ void check_all_samples(const engine::data::Dataset& d, const formats::DataSource
 // and the log of a logit would train to NaN. PyTorch classifiers usually end so.
 void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
   const std::string& loss = spec.train.loss;
-  if (spec.model.onnx.empty() || spec.train.from_logits || !loss.ends_with("crossentropy")) return;
+  if (spec.model.onnx.empty() || !spec.model.layers.empty() || spec.train.from_logits ||
+      !loss.ends_with("crossentropy"))
+    return;
   const engine::Value& out = m.graph.value(m.output);
   if (out.producer < 0) return;
   const engine::Node& last = m.graph.node(out.producer);

@@ -53,6 +53,8 @@ Command add_export_command(CLI::App& app) {
     if (spec.model.onnx.empty()) {
       for (engine::ValueId v : inputs) o.input_names.push_back(m.graph.value(v).name);
       o.output_names = {"output"};
+    } else if (!spec.model.layers.empty()) {
+      o.output_names = {"output"};  // the output of the layers on top of the ONNX model
     }
     o.metadata = {{"trainer.spec", ck.spec_text},
                   {"trainer.epoch", std::to_string(ck.state.epoch)},
@@ -66,6 +68,14 @@ Command add_export_command(CLI::App& app) {
       // hold the batch (PyTorch's attention reshapes [seq, batch * heads, dim]), the model goes back as the
       // graph it came as, with the trained values.
       if (spec.model.onnx.empty() || !spec.model.onnx_bytes) throw;
+      // The imported graph as it came has no place for layers put on top of it.
+      if (!spec.model.layers.empty())
+        throw InputError(e.where(),
+                         std::string(e.what()) +
+                             "; the model would go back as the imported graph, which cannot "
+                             "hold the [[model.layers]] on top of it",
+                         "export the ONNX model with a symbolic batch dimension, so that its shapes do not "
+                         "hold the batch");
       if (*opset != formats::kDefaultOnnxExportOpset)
         throw InputError(e.where(),
                          std::string(e.what()) + "; so the model is written as its own graph, " +

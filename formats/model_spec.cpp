@@ -708,6 +708,7 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
       L.args.emplace(std::string(key), Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v)});
     }
     named.push_back(!L.name.empty());
+    L.named = named.back();
     name_pos.push_back(npos);
     input_pos.push_back(std::move(ipos));
     layers.push_back(std::move(L));
@@ -767,15 +768,13 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
     m.onnx_pos = t.pos("onnx");
     if (m.onnx.empty())
       t.fail("onnx", "model.onnx is empty", "name the ONNX file, e.g. onnx = \"model.onnx\"");
-    // The ONNX file defines the input and the layers; a second definition beside it would be ignored.
-    for (const char* key : {"input", "inputs", "layers"})
+    // The ONNX file defines the inputs; a second definition beside it would be ignored. Layers go on top of
+    // its output.
+    for (const char* key : {"input", "inputs"})
       if (t.find(key))
-        t.fail(
-            key,
-            fmt::format("model.{} does not go with model.onnx: the ONNX model defines its input and layers",
-                        key),
-            fmt::format("remove model.{} (and [[model.layers]]), or remove onnx to describe the layers here",
-                        key));
+        t.fail(key,
+               fmt::format("model.{} does not go with model.onnx: the ONNX model defines its inputs", key),
+               fmt::format("remove model.{}, or remove onnx to describe the model here", key));
   }
   if (t.get_strings("freeze", m.freeze)) {
     const toml::node* f = t.find("freeze");
@@ -789,7 +788,11 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
       t.fail("freeze", "model.freeze applies to ONNX models: it names initializers of model.onnx",
              "set onnx = \"model.onnx\", or remove freeze");
   }
-  if (!m.onnx.empty()) return m;
+  if (!m.onnx.empty()) {
+    // Layers on top of the ONNX model take its output, named "onnx".
+    if (const toml::node* layers = t.find("layers")) m.layers = read_layers(r, *layers, {"onnx"});
+    return m;
+  }
   const toml::node* input = t.find("input");
   const toml::node* inputs = t.find("inputs");
   if (!input && !inputs)
@@ -1257,18 +1260,19 @@ std::string base_dir_of(const std::string& path) {
 }
 
 // `trainer fit MODEL.onnx --train FILE`: model.onnx comes from the command line, relative to the spec's
-// folder, with the path as given for its place; the file's [model] may hold only freeze.
+// folder, with the path as given for its place; the file's [model] may hold only freeze and layers.
 void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path,
                        const std::string& base_dir) {
   if (const toml::node* m = doc.get("model"); m && !m->is_table())
     r.fail(r.pos(*m), fmt::format("model must be a table, not {}", describe(*m)),
-           "with an ONNX model, [model] may hold only freeze");
+           "with an ONNX model, [model] may hold only freeze and [[model.layers]]");
   if (!doc.get("model")) doc.insert("model", toml::table{});
   toml::table& model = *doc.get_as<toml::table>("model");
-  for (const char* key : {"onnx", "input", "layers"})
+  for (const char* key : {"onnx", "input", "inputs"})
     if (const toml::node* v = model.get(key))
       r.fail(r.pos(*v), fmt::format("model.{} is set, but the model comes from {}", key, onnx_path),
-             "with trainer fit MODEL.onnx --train FILE, the file's [model] table may hold only freeze");
+             "with trainer fit MODEL.onnx --train FILE, the file's [model] table may hold only freeze and "
+             "[[model.layers]] on top of the ONNX model");
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path abs = fs::absolute(onnx_path, ec).lexically_normal();

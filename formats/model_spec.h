@@ -37,8 +37,9 @@ struct Arg {
 // One layer in Keras's vocabulary. The parser checks the table's structure (type, name, inputs); the layer
 // library checks the arguments against each layer's Keras signature and reports unknown ones.
 struct LayerSpec {
-  std::string type;  // Keras class name: "Dense", "Conv2D", "LSTM", ...
-  std::string name;  // given, or generated Keras-style: "dense", "dense_1", ...
+  std::string type;    // Keras class name: "Dense", "Conv2D", "LSTM", ...
+  std::string name;    // given, or generated Keras-style: "dense", "dense_1", ...
+  bool named = false;  // the spec gives the name (to_toml writes only such names)
   // Graph form: the layers (or model inputs) it takes, each defined earlier; empty: the previous layer (the
   // first input for the first layer).
   std::vector<std::string> inputs;
@@ -64,8 +65,9 @@ struct ModelSection {
   // i of the first.
   std::vector<InputSpec> more_inputs;
   std::vector<LayerSpec> layers;
-  // An ONNX model file, relative to the spec's folder (resolve_data_path). It defines the input and the
-  // layers: its single graph input takes the data and its single output is the model's output.
+  // An ONNX model file, relative to the spec's folder (resolve_data_path). It defines the inputs and the
+  // layers, its graph inputs taking the data; its single output is the model's output, or what `layers`,
+  // when given, take (as "onnx" in their inputs).
   std::string onnx;
   // Glob patterns (fnmatch(3): *, ?, [...]) on the ONNX model's initializer names: the initializers they
   // match stay fixed while training; matched running statistics keep their BatchNormalization in inference
@@ -249,8 +251,8 @@ ModelSpec parse_model_spec(const std::string& text, const std::string& path,
                            const std::vector<std::string>& overrides = {});
 
 // `trainer fit MODEL.onnx --train TRAIN.toml`: the TOML file supplies data, loss, optimizer and metrics, and
-// its [model] table, if any, only `freeze`; model.onnx is `onnx_path`, taken relative to the TOML's folder
-// (its place in errors is the path as given).
+// its [model] table, if any, only `freeze` and layers on top of the model; model.onnx is `onnx_path`, taken
+// relative to the TOML's folder (its place in errors is the path as given).
 ModelSpec load_onnx_training_spec(const std::string& onnx_path, const std::string& toml_path,
                                   const std::vector<std::string>& overrides = {});
 // A spec of an ONNX model alone, with no data or training settings (`trainer summary MODEL.onnx`).

@@ -140,7 +140,9 @@ std::string to_toml(const ModelSpec& spec) {
   for (const LayerSpec& l : m.layers) {
     w.header("[[model.layers]]");
     w.kv("type", l.type);
-    w.kv("name", l.name);
+    // A generated name is generated again when the text is read: left out, it stays free to change (on top
+    // of an ONNX model, to the next name that no value of the model holds).
+    if (l.named) w.kv("name", l.name);
     if (!l.inputs.empty()) w.kv("inputs", l.inputs);
     for (const auto& [k, a] : l.args) std::visit([&, &key = k](const auto& v) { w.kv(key, v); }, a.value);
   }

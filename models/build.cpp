@@ -80,6 +80,25 @@ LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDe
   return out;
 }
 
+// Whether the graph has values named "<name>/...": the weights a layer of that name would make.
+bool taken_in_graph(const Graph& g, const std::string& name) {
+  const std::string prefix = name + "/";
+  for (ValueId v = 0; v < g.num_values(); ++v)
+    if (g.value(v).name.starts_with(prefix)) return true;
+  return false;
+}
+
+// An input of the layers and where it is defined, for messages.
+struct SourcePlace {
+  std::string name, where;
+};
+
+// Expands `spec_layers` on `values` (the model's inputs, named as `inputs` lists them; the first layer takes
+// the first), sets m's output from the last layer, and adds the layers' rows and penalties.
+void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_layers,
+                  const BuildOptions& options, std::map<std::string, LayerValue> values,
+                  const std::vector<SourcePlace>& inputs);
+
 }  // namespace
 
 BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& options) {
@@ -126,11 +145,87 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     values[input->name] = in;
     input_names.push_back(input->name);
   }
+  std::vector<SourcePlace> places;
+  for (const formats::InputSpec* input : model_inputs) places.push_back({input->name, input->pos.str()});
+  build_layers(m, model.layers, options, std::move(values), places);
+  return m;
+}
+
+void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOptions& options) {
+  Graph& g = m.graph;
+  const Value& out = g.value(m.output);
+  const std::string where = model.onnx_pos.str();
+  if (!is_float(out.dtype))
+    throw InputError(where,
+                     fmt::format("the ONNX model's output '{}' is {}; [[model.layers]] take float values",
+                                 out.name, dtype_name(out.dtype)),
+                     "end the ONNX model with float features");
+  if (out.shape.rank() < 2 || out.shape[0] != options.batch_size)
+    throw InputError(
+        where,
+        fmt::format("the ONNX model's output '{}' has shape {}: [[model.layers]] take [batch, ...] "
+                    "features",
+                    out.name, out.shape.str()),
+        "export the model with the batch as its output's first dimension");
+  // The ONNX output in Keras's terms: [N, C, H, W] (and [N, C, D, H, W]) are channels-first images (volumes),
+  // [N, T, F] a sequence, [N, F] features.
+  LayerValue x;
+  x.value = m.output;
+  x.from = kOnnxOutputName;
+  const std::vector<int64_t>& d = out.shape.dims();
+  x.channels_first = d.size() >= 4;
+  if (x.channels_first) {
+    x.shape.assign(d.begin() + 2, d.end());
+    x.shape.push_back(d[1]);
+  } else {
+    x.shape.assign(d.begin() + 1, d.end());
+  }
+  // Layer names must not name weights like the ONNX model's values ("dense/kernel" of a model that trainer
+  // exported): a given name that does is an error; a generated one moves to the next free name of its kind
+  // (dense -> dense_1), and the layers that take it by that name follow.
+  std::vector<formats::LayerSpec> layers = model.layers;
+  std::map<std::string, std::string> renamed;
+  auto free = [&](const std::string& n) {
+    return !taken_in_graph(g, n) && n != kOnnxOutputName &&
+           std::none_of(layers.begin(), layers.end(),
+                        [&](const formats::LayerSpec& l) { return l.name == n; });
+  };
+  for (formats::LayerSpec& l : layers) {
+    if (l.name.empty() || !taken_in_graph(g, l.name)) continue;
+    if (l.named)
+      throw InputError(
+          l.pos.str(),
+          fmt::format("layer name '{}' names values of the ONNX model already ('{}/...')", l.name, l.name),
+          "give the layer another name");
+    const size_t cut = l.name.find_last_of('_');
+    const bool numbered = cut != std::string::npos && cut + 1 < l.name.size() &&
+                          l.name.find_first_not_of("0123456789", cut + 1) == std::string::npos;
+    const std::string base = numbered ? l.name.substr(0, cut) : l.name;
+    std::string n;
+    for (int k = 1; !free(n = fmt::format("{}_{}", base, k)); ++k) {
+    }
+    renamed[l.name] = n;
+    l.name = n;
+  }
+  for (formats::LayerSpec& l : layers)
+    for (std::string& in : l.inputs)
+      if (auto it = renamed.find(in); it != renamed.end()) in = it->second;
+  build_layers(m, layers, options, {{kOnnxOutputName, x}}, {{kOnnxOutputName, where}});
+}
+
+namespace {
+
+void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_layers,
+                  const BuildOptions& options, std::map<std::string, LayerValue> values,
+                  const std::vector<SourcePlace>& inputs) {
+  Graph& g = m.graph;
+  std::vector<std::string> input_names;
+  for (const SourcePlace& p : inputs) input_names.push_back(p.name);
   std::map<std::string, int> uses;
   std::map<std::string, const formats::LayerSpec*> specs;
   std::map<std::string, int> generated;
   std::vector<std::string> all_names;  // every layer's name, to tell "defined later" from "unknown"
-  std::vector<formats::LayerSpec> layers = model.layers;
+  std::vector<formats::LayerSpec> layers = spec_layers;
   for (formats::LayerSpec& spec : layers) {
     if (!spec.name.empty()) continue;
     const LayerDef* def = find_def(spec);
@@ -139,8 +234,9 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
       int& k = generated[def->base_name];
       std::string n = k == 0 ? def->base_name : fmt::format("{}_{}", def->base_name, k);
       ++k;
-      bool taken = std::any_of(model.layers.begin(), model.layers.end(),
-                               [&](const formats::LayerSpec& s) { return s.name == n; });
+      bool taken = std::any_of(spec_layers.begin(), spec_layers.end(),
+                               [&](const formats::LayerSpec& s) { return s.name == n; }) ||
+                   taken_in_graph(g, n);
       if (!taken) {
         spec.name = n;
         break;
@@ -149,7 +245,7 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   }
   for (const formats::LayerSpec& spec : layers) all_names.push_back(spec.name);
 
-  std::string previous = model.input.name;
+  std::string previous = input_names.at(0);
   for (const formats::LayerSpec& spec : layers) {
     const LayerDef* def = find_def(spec);
     if (std::find(input_names.begin(), input_names.end(), spec.name) != input_names.end())
@@ -271,10 +367,10 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
                                    "inputs or remove it",
                                    previous, spec.name));
 
-  for (const formats::InputSpec* input : model_inputs)
-    if (uses[input->name] == 0)
-      throw InputError(input->pos.str(), fmt::format("the model's input '{}' is not used", input->name),
-                       fmt::format("name '{}' in a layer's inputs, or remove the input", input->name));
+  for (const SourcePlace& input : inputs)
+    if (uses[input.name] == 0)
+      throw InputError(input.where, fmt::format("the model's input '{}' is not used", input.name),
+                       fmt::format("name '{}' in a layer's inputs, or remove the input", input.name));
 
   LayerValue out = values[previous];
   if (out.channels_first) {
@@ -286,7 +382,8 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   m.final_activation = out.activation.empty() ? "linear" : out.activation;
   m.output_shape = out.shape;
   if (out.mask != kNoValue && out.shape.size() >= 2) m.output_mask = out.mask;
-  return m;
 }
+
+}  // namespace
 
 }  // namespace trainer::models

@@ -80,4 +80,13 @@ struct BuiltModel {
 // fit (a kernel larger than its input names both shapes), unknown or unused layer names in the graph form.
 BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& options);
 
+// The name the layers of an ONNX spec use, in their `inputs`, for the ONNX model's output.
+inline constexpr const char* kOnnxOutputName = "onnx";
+
+// An ONNX spec's [[model.layers]] on top of its imported model `m`: the first takes m's output (named "onnx"
+// in `inputs`), an [N, C, H, W] output taken as channels-first images, [N, T, F] as a sequence, [N, F] as
+// features; the last layer becomes m's output (with its activation and penalties), and the layers' rows
+// follow the imported ones. Layer names that would name weights like the ONNX model's values are errors.
+void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOptions& options);
+
 }  // namespace trainer::models

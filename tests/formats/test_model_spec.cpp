@@ -1,6 +1,7 @@
 // The TOML model-spec reader: a full spec read into ModelSpec, every error class at its exact line:col with
 // its hint, --set overrides, and the round trip through to_toml.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -571,8 +572,12 @@ TEST_SUITE("model_spec") {
     CHECK(b.model.layers[3].inputs == a.model.layers[3].inputs);
     CHECK(text.starts_with(
         "format_version = 1\n\n[model]\ninput = { shape = [28, 28, 1], dtype = \"float32\" }\n"));
-    CHECK(text.find("\n[[model.layers]]\ntype = \"Dropout\"\nname = \"dropout\"\nnoise_shape = [1.0, 2.5]\n"
-                    "rate = 0.25\n") != std::string::npos);
+    // A generated name is left out, to be generated again; a given one is written.
+    CHECK(text.find("\n[[model.layers]]\ntype = \"Dropout\"\nnoise_shape = [1.0, 2.5]\nrate = 0.25\n") !=
+          std::string::npos);
+    CHECK(b.model.layers[4].name == a.model.layers[4].name);
+    for (const LayerSpec& l : a.model.layers)
+      CHECK((text.find(fmt::format("name = \"{}\"", l.name)) != std::string::npos) == l.named);
     CHECK(text.find("scale = 0.00392156862745098\n") != std::string::npos);
     CHECK(
         text.find("[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.05\nmomentum = 0.9\nnesterov = true\n"

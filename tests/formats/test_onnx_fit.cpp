@@ -830,8 +830,18 @@ TEST_SUITE("onnx_fit") {
       }
       return std::string("no error");
     };
-    CHECK(error("format_version = 1\n[model]\nonnx = \"m.onnx\"\n[[model.layers]]\ntype = \"Dense\"\n")
-              .find("model.layers does not go with model.onnx") != std::string::npos);
+    CHECK(error("format_version = 1\n[model]\nonnx = \"m.onnx\"\ninput = [3]\n")
+              .find("model.input does not go with model.onnx") != std::string::npos);
+    // Layers on top of the model take its output as "onnx".
+    const ModelSpec head = parse_model_spec(
+        "format_version = 1\n[model]\nonnx = \"m.onnx\"\n[[model.layers]]\ntype = \"Dense\"\ninputs = "
+        "[\"onnx\"]\nunits = 2\n",
+        "e.toml");
+    REQUIRE(head.model.layers.size() == 1);
+    CHECK(head.model.layers[0].inputs == std::vector<std::string>{"onnx"});
+    CHECK(error("format_version = 1\n[model]\nonnx = \"m.onnx\"\n[[model.layers]]\ntype = \"Dense\"\nname = "
+                "\"onnx\"\n")
+              .find("'onnx' is the name of a model input") != std::string::npos);
     CHECK(error("format_version = 1\n[model]\nonnx = \"\"\n").find("e.toml:3:8: model.onnx is empty") == 0);
     CHECK(
         error(
