@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include <onnx/onnx_pb.h>
 #include "engine/util/error.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
@@ -395,6 +396,7 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
   o.batch_size = batch;
   o.replace_fixed_batch = true;
   o.mode = training ? formats::OnnxGraphMode::training : formats::OnnxGraphMode::inference;
+  if (!ms.output.empty()) o.outputs = {ms.output};
   o.initializer_is_trainable = [&ms](const std::string& name, const engine::Tensor&) {
     return !frozen(ms, name);
   };
@@ -476,7 +478,13 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
     o.batch_size = batch;
     o.training = training;
     o.seed = spec.train.seed;
-    models::build_head(m, ms, o);
+    std::set<std::string> names;
+    const onnx::GraphProto& graph = file.model().graph();
+    for (const auto& i : graph.initializer()) names.insert(i.name());
+    for (const auto& i : graph.input()) names.insert(i.name());
+    for (const auto& n : graph.node())
+      for (const std::string& out : n.output()) names.insert(out);
+    models::build_head(m, ms, o, names);
   }
   return m;
 }
@@ -672,6 +680,16 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
   const std::vector<ModelInput> inputs = model_inputs(spec, model);
   const std::vector<std::string> names = input_names(model);
   engine::data::BatchFormat f;
+  // The loader's scaling is for a model of one input (a spec of several rejects it when read; an ONNX
+  // model's inputs are known only now).
+  if (inputs.size() > 1 && (spec.data.scale != 1 || !spec.data.mean.empty() || !spec.data.std.empty()))
+    throw InputError(
+        spec.data.pos.str(),
+        fmt::format("data.scale, mean and std apply to a model of one input, and this model has {} "
+                    "({})",
+                    inputs.size(), fmt::join(names, ", ")),
+        "scale the arrays before training, or put Rescaling or Normalization layers on top of the "
+        "inputs in a Keras spec");
   f.scale = spec.data.scale;
   f.mean = spec.data.mean;
   f.std = spec.data.std;
@@ -799,7 +817,9 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
   for (size_t k = 0; k < layers.size(); ++k) {
     formats::LayerSpec& l = layers[k];
     if (l.type != "Normalization" || l.args.count("mean") || l.args.count("variance")) continue;
-    const std::string name = k < model.layers.size() ? model.layers[k].name : l.name;
+    // (Past an ONNX model's own rows, the spec's layers come after them.)
+    const size_t row = spec.model.onnx.empty() ? k : model.layers.size() - layers.size() + k;
+    const std::string name = row < model.layers.size() ? model.layers[row].name : l.name;
     // The input it takes, if it takes one of the model's inputs.
     const std::vector<ModelInput> inputs = model_inputs(spec, model);
     size_t q = inputs.size();
@@ -811,7 +831,9 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
                        fmt::format("Normalization layer '{}' has no mean and variance, and does not take "
                                    "a model input, from which trainer fit would compute them",
                                    name),
-                       "give mean = [...] and variance = [...], or put the layer on an input");
+                       spec.model.onnx.empty()
+                           ? "give mean = [...] and variance = [...], or put the layer on an input"
+                           : "give mean = [...] and variance = [...]: layers on an ONNX model do not adapt");
     const engine::data::InputFormat& inf = q == 0 ? data.format : data.format.more_inputs.at(q - 1);
     if (inf.x_dtype != DType::f32)
       throw InputError(l.pos.str(), fmt::format("Normalization layer '{}' takes token ids", name),

@@ -69,11 +69,11 @@ Command add_export_command(CLI::App& app) {
       // graph it came as, with the trained values.
       if (spec.model.onnx.empty() || !spec.model.onnx_bytes) throw;
       // The imported graph as it came has no place for layers put on top of it.
-      if (!spec.model.layers.empty())
+      if (!spec.model.layers.empty() || !spec.model.output.empty())
         throw InputError(e.where(),
                          std::string(e.what()) +
                              "; the model would go back as the imported graph, which cannot "
-                             "hold the [[model.layers]] on top of it",
+                             "hold the layers on top of it or its cut at model.output",
                          "export the ONNX model with a symbolic batch dimension, so that its shapes do not "
                          "hold the batch");
       if (*opset != formats::kDefaultOnnxExportOpset)

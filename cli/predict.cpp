@@ -191,7 +191,8 @@ std::vector<std::unique_ptr<formats::SampleReader>> npz_readers(const std::strin
     const std::string want = k == 0 ? key : m.inputs[k].name;
     if (zip.find(want + ".npy")) continue;
     std::vector<std::string> arrays;
-    for (const auto& e : zip.members()) arrays.push_back(e.name);
+    for (const auto& e : zip.members())
+      arrays.push_back(e.name.ends_with(".npy") ? e.name.substr(0, e.name.size() - 4) : e.name);
     throw InputError(
         path,
         fmt::format("has no array '{}' for the {}'s input '{}'; its arrays: {}", want, m.kind,

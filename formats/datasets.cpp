@@ -283,8 +283,14 @@ std::shared_ptr<const engine::data::Dataset> with_sample_weights(
     const std::string format = !src.format.empty() ? src.format
                                : src.x.empty()     ? std::string()
                                                    : data_format_from_name(src.x[0]);
-    if (format != "npz" || src.x.empty())
-      throw InputError(where, "sample_weight_key names an array of .npz x files, and x names none",
+    if (!src.x_by_input.empty())
+      throw InputError(where,
+                       "sample_weight_key reads the .npz files that x names, and x names files by input",
+                       "give the weights in .npy files: sample_weight = \"w.npy\"");
+    if (format != "npz")
+      throw InputError(where,
+                       fmt::format("sample_weight_key names an array of .npz files, and x names {} files",
+                                   format.empty() ? "other" : format),
                        "give the weights in .npy files: sample_weight = \"w.npy\"");
     files = resolve_data_files(src.x, base_dir, src.pos);
     for (const auto& f : files) {
@@ -365,7 +371,17 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     if (!src.x_by_input.empty()) one.x = src.x_by_input.at(name);
     auto key = src.x_keys.find(name);
     one.x_key = key != src.x_keys.end() ? key->second : inputs.size() == 1 ? src.x_key : name;
-    parts.push_back(open_dataset(one, base_dir, options));
+    try {
+      parts.push_back(open_dataset(one, base_dir, options));
+    } catch (const InputError& e) {  // name the input whose data is wrong
+      const std::string what = e.what();
+      throw InputError(
+          e.where(),
+          fmt::format("{} (the data of the model's input '{}')",
+                      e.where().empty() ? what : what.substr(std::min(what.size(), e.where().size() + 2)),
+                      name),
+          e.hint());
+    }
   }
   std::shared_ptr<const engine::data::Dataset> first = parts[0];
   parts.erase(parts.begin());

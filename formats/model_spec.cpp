@@ -38,7 +38,7 @@ constexpr std::string_view kSetPrefix = "--set ";
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
 const Keys kRootKeys = {"format_version", "model", "data", "train", "parallel"};
 const Keys kParallelKeys = {"bucket_mb", "shard_optimizer"};
-const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze"};
+const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze", "output"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kNamedInputKeys = {"name", "shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
@@ -677,8 +677,11 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
         r.fail(npos, fmt::format("{}.name {} is not a valid layer name", where, toml_string(L.name)),
                "use letters, digits, '_', '-' or '.', without '/' or spaces");
       if (contains(inputs, L.name))
-        r.fail(npos, fmt::format("{}.name '{}' is the name of a model input", where, L.name),
-               fmt::format("'{}' stands for that input in `inputs`; choose another name", L.name));
+        r.fail(npos,
+               inputs == Keys{"onnx"}
+                   ? fmt::format("{}.name 'onnx' is reserved for the ONNX model's output", where)
+                   : fmt::format("{}.name '{}' is the name of a model input", where, L.name),
+               fmt::format("'{}' stands for it in `inputs`; choose another name", L.name));
     }
     std::vector<SourcePos> ipos;
     if (const toml::node* inputs = t->get("inputs")) {
@@ -787,6 +790,14 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
     if (m.onnx.empty())
       t.fail("freeze", "model.freeze applies to ONNX models: it names initializers of model.onnx",
              "set onnx = \"model.onnx\", or remove freeze");
+  }
+  if (t.get("output", m.output)) {
+    m.output_pos = t.pos("output");
+    if (m.onnx.empty())
+      t.fail("output", "model.output names a value of the ONNX model, and there is no model.onnx",
+             "set onnx = \"model.onnx\", or remove output");
+    if (m.output.empty())
+      t.fail("output", "model.output is empty", "name a value of the ONNX model, or leave output out");
   }
   if (!m.onnx.empty()) {
     // Layers on top of the ONNX model take its output, named "onnx".

@@ -73,6 +73,11 @@ struct ModelSection {
   // match stay fixed while training; matched running statistics keep their BatchNormalization in inference
   // form.
   std::vector<std::string> freeze;
+  // With onnx: the value to take as the ONNX model's output instead of its own: one of several graph
+  // outputs, or an intermediate value, which cuts the model there (a pretrained network without its
+  // classifier, for new layers on top). "" = the model's single output.
+  std::string output;
+  SourcePos output_pos;
   // The ONNX file's bytes when they came from a checkpoint, which embeds them so that it needs no other file;
   // null when the model is read from `onnx`. Not a setting: same_settings ignores it.
   std::shared_ptr<const std::string> onnx_bytes;

@@ -92,13 +92,15 @@ void write_source(Writer& w, std::string_view name, const DataSource& s) {
 void clear_positions(ModelSpec& s) {
   s.path.clear();
   s.base_dir.clear();
-  s.model.pos = s.model.input.pos = s.model.onnx_pos = {};
+  s.model.pos = s.model.input.pos = s.model.onnx_pos = s.model.output_pos = {};
   for (InputSpec& in : s.model.more_inputs) in.pos = {};
   s.model.freeze_pos.clear();
   s.model.onnx_bytes.reset();
   s.parallel.pos = {};
   for (LayerSpec& l : s.model.layers) {
     l.pos = l.type_pos = {};
+    // Whether the name was written or generated is not a setting (older checkpoints wrote every name).
+    l.named = false;
     for (auto& [k, a] : l.args) a.pos = {};
   }
   s.data.pos = {};
@@ -122,6 +124,7 @@ std::string to_toml(const ModelSpec& spec) {
     // The ONNX file defines the input and the layers.
     w.kv("onnx", m.onnx);
     if (!m.freeze.empty()) w.kv("freeze", m.freeze);
+    if (!m.output.empty()) w.kv("output", m.output);
   } else {
     if (m.more_inputs.empty() && m.input.name == "input") {
       w.raw(

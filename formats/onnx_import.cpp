@@ -5,6 +5,7 @@
 #include "formats/onnx_import.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 
@@ -20,6 +21,7 @@
 #include "engine/ops/conv_geometry.h"
 #include "engine/ops/conv_volume.h"
 #include "engine/plan/constant_folding.h"
+#include "formats/data_array.h"
 #include "formats/onnx_tensor.h"
 
 namespace trainer::formats {
@@ -3209,8 +3211,94 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
   }
 }
 
+namespace {
+
+// Every name the nodes of `graph` (and of their subgraphs) read.
+void names_read(const onnx::GraphProto& graph, std::set<std::string>* out) {
+  for (const auto& n : graph.node()) {
+    for (const std::string& name : n.input())
+      if (!name.empty()) out->insert(name);
+    for (const auto& a : n.attribute())
+      if (a.type() == onnx::AttributeProto::GRAPH) names_read(a.g(), out);
+  }
+  for (const auto& o : graph.output()) out->insert(o.name());
+}
+
+// The model cut at `outputs`: the nodes they need (a backward walk in the nodes' topological order; a node
+// with a subgraph needs every name its subgraph reads), and the initializers and graph inputs those read.
+onnx::ModelProto cut_at(const onnx::ModelProto& model, const std::vector<std::string>& outputs,
+                        const std::string& source) {
+  const onnx::GraphProto& g = model.graph();
+  std::set<std::string> known;
+  for (const auto& n : g.node())
+    for (const std::string& o : n.output()) known.insert(o);
+  for (const auto& i : g.input()) known.insert(i.name());
+  for (const auto& i : g.initializer()) known.insert(i.name());
+  for (const std::string& o : outputs)
+    if (!known.count(o)) {
+      std::vector<std::string> names;
+      for (const auto& n : g.node())
+        for (const std::string& v : n.output()) names.push_back(v);
+      for (const auto& out : g.output()) names.push_back(out.name());
+      std::vector<std::string> listed(g.output_size());
+      for (int i = 0; i < g.output_size(); ++i) listed[static_cast<size_t>(i)] = g.output(i).name();
+      const std::string near = did_you_mean(o, names);
+      throw InputError(source, fmt::format("the model has no value named '{}' to take as its output", o),
+                       near.empty() ? fmt::format("its graph outputs: {}", fmt::join(listed, ", ")) : near);
+    }
+  std::set<std::string> needed(outputs.begin(), outputs.end());
+  std::vector<bool> keep(static_cast<size_t>(g.node_size()), false);
+  for (int i = g.node_size() - 1; i >= 0; --i) {
+    const onnx::NodeProto& n = g.node(i);
+    bool used = false;
+    for (const std::string& o : n.output()) used = used || needed.count(o);
+    if (!used) continue;
+    keep[static_cast<size_t>(i)] = true;
+    for (const std::string& in : n.input())
+      if (!in.empty()) needed.insert(in);
+    for (const auto& a : n.attribute())
+      if (a.type() == onnx::AttributeProto::GRAPH) names_read(a.g(), &needed);
+  }
+  onnx::ModelProto cut;
+  cut.set_ir_version(model.ir_version());
+  *cut.mutable_opset_import() = model.opset_import();
+  cut.set_producer_name(model.producer_name());
+  cut.set_producer_version(model.producer_version());
+  cut.set_domain(model.domain());
+  cut.set_model_version(model.model_version());
+  cut.set_doc_string(model.doc_string());
+  *cut.mutable_metadata_props() = model.metadata_props();
+  *cut.mutable_functions() = model.functions();
+  onnx::GraphProto& c = *cut.mutable_graph();
+  c.set_name(g.name());
+  for (int i = 0; i < g.node_size(); ++i)
+    if (keep[static_cast<size_t>(i)]) *c.add_node() = g.node(i);
+  for (const auto& in : g.input())
+    if (needed.count(in.name())) *c.add_input() = in;
+  for (const auto& init : g.initializer())
+    if (needed.count(init.name())) *c.add_initializer() = init;
+  for (const auto& init : g.sparse_initializer()) *c.add_sparse_initializer() = init;
+  for (const auto& vi : g.value_info())
+    if (needed.count(vi.name())) *c.add_value_info() = vi;
+  for (const std::string& o : outputs) {
+    onnx::ValueInfoProto* vi = c.add_output();
+    vi->set_name(o);
+    for (const auto& out : g.output())
+      if (out.name() == o) *vi = out;
+    for (const auto& v : g.value_info())
+      if (v.name() == o) *vi = v;
+  }
+  return cut;
+}
+
+}  // namespace
+
 OnnxImportResult import_onnx_model(const onnx::ModelProto& model, const std::string& source,
                                    const OnnxImportOptions& options, const std::string& base_dir) {
+  if (!options.outputs.empty() && model.has_graph()) {
+    const onnx::ModelProto cut = cut_at(model, options.outputs, source);
+    return Importer(cut, source, options, base_dir).run();
+  }
   return Importer(model, source, options, base_dir).run();
 }
 

@@ -80,12 +80,11 @@ LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDe
   return out;
 }
 
-// Whether the graph has values named "<name>/...": the weights a layer of that name would make.
-bool taken_in_graph(const Graph& g, const std::string& name) {
+// Whether `names` hold "<name>" or "<name>/...": the weights a layer of that name would make.
+bool taken_in(const std::set<std::string>& names, const std::string& name) {
   const std::string prefix = name + "/";
-  for (ValueId v = 0; v < g.num_values(); ++v)
-    if (g.value(v).name.starts_with(prefix)) return true;
-  return false;
+  auto it = names.lower_bound(prefix);  // the first name of the prefix sorts first among them
+  return names.count(name) || (it != names.end() && it->starts_with(prefix));
 }
 
 // An input of the layers and where it is defined, for messages.
@@ -151,7 +150,8 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   return m;
 }
 
-void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOptions& options) {
+void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOptions& options,
+                const std::set<std::string>& onnx_names) {
   Graph& g = m.graph;
   const Value& out = g.value(m.output);
   const std::string where = model.onnx_pos.str();
@@ -186,12 +186,12 @@ void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOp
   std::vector<formats::LayerSpec> layers = model.layers;
   std::map<std::string, std::string> renamed;
   auto free = [&](const std::string& n) {
-    return !taken_in_graph(g, n) && n != kOnnxOutputName &&
+    return !taken_in(onnx_names, n) && n != kOnnxOutputName &&
            std::none_of(layers.begin(), layers.end(),
                         [&](const formats::LayerSpec& l) { return l.name == n; });
   };
   for (formats::LayerSpec& l : layers) {
-    if (l.name.empty() || !taken_in_graph(g, l.name)) continue;
+    if (l.name.empty() || !taken_in(onnx_names, l.name)) continue;
     if (l.named)
       throw InputError(
           l.pos.str(),
@@ -235,8 +235,7 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
       std::string n = k == 0 ? def->base_name : fmt::format("{}_{}", def->base_name, k);
       ++k;
       bool taken = std::any_of(spec_layers.begin(), spec_layers.end(),
-                               [&](const formats::LayerSpec& s) { return s.name == n; }) ||
-                   taken_in_graph(g, n);
+                               [&](const formats::LayerSpec& s) { return s.name == n; });
       if (!taken) {
         spec.name = n;
         break;

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -86,7 +87,11 @@ inline constexpr const char* kOnnxOutputName = "onnx";
 // An ONNX spec's [[model.layers]] on top of its imported model `m`: the first takes m's output (named "onnx"
 // in `inputs`), an [N, C, H, W] output taken as channels-first images, [N, T, F] as a sequence, [N, F] as
 // features; the last layer becomes m's output (with its activation and penalties), and the layers' rows
-// follow the imported ones. Layer names that would name weights like the ONNX model's values are errors.
-void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOptions& options);
+// follow the imported ones. `onnx_names` are the ONNX file's value names (initializers, inputs, node
+// outputs): a layer name that would name weights like them ("dense" for "dense/kernel") is an error when
+// given and moves to the next free name when generated; taking them from the file keeps that choice the same
+// in every mode the model is imported in.
+void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOptions& options,
+                const std::set<std::string>& onnx_names);
 
 }  // namespace trainer::models

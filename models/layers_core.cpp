@@ -431,8 +431,7 @@ LayerValue build_activity_regularization(LayerBuilder& b, const std::vector<Laye
   const double l1 = b.args.number("l1"), l2 = b.args.number("l2");
   for (const char* k : {"l1", "l2"})
     if (!(b.args.number(k) >= 0)) b.fail(k, fmt::format("{} = {} must be 0 or more", k, b.args.number(k)));
-  LayerValue x = b.to_channels_last(in[0]);
-  b.penalize_activity(x.value, l1, l2);
+  b.penalize_activity(in[0].value, l1, l2);  // sums: the layout does not matter
   return in[0];
 }
 

@@ -194,14 +194,20 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   // batch ([batch, ...]) by them.
   ValueId sample_w = kNoValue;
   if (cfg.sample_weights) {
-    sample_w = g.add_input("sample_weight", DType::f32, Shape{batch});
+    sample_w = g.add_input(g.unique_name("sample_weight"), DType::f32, Shape{batch});
     lg.more_x.push_back(sample_w);
     if (odt != DType::f32) sample_w = g.op("Cast", {sample_w}, {{"to", int64_t{dtype_to_onnx(odt)}}});
   }
   auto weigh = [&](ValueId v) {
     if (sample_w == kNoValue) return v;
     const int rank = g.value(v).shape.rank();
-    TRAINER_ASSERT(rank >= 1 && g.value(v).shape[0] == batch, "weighing {}", g.value(v).shape.str());
+    if (rank == 0)  // a loss that sums a [batch] output's last axis leaves no per-sample values
+      throw InputError("train.loss",
+                       fmt::format("{} with sample weights needs an output of [batch, values], and the model "
+                                   "gives {}",
+                                   cfg.loss, os.str()),
+                       "end the model with a Dense layer, or leave out the sample weights");
+    TRAINER_ASSERT(g.value(v).shape[0] == batch, "weighing {}", g.value(v).shape.str());
     std::vector<int64_t> dims(static_cast<size_t>(rank), 1);
     dims[0] = batch;
     const ValueId w =
@@ -233,7 +239,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                                    os.str()),
                        "end the model with a Dense layer of one unit per class");
     // One class id per position: [batch] or [batch, steps...].
-    lg.y = g.add_input("labels", DType::i64,
+    lg.y = g.add_input(g.unique_name("labels"), DType::i64,
                        Shape(std::vector<int64_t>(os.dims().begin(), os.dims().end() - 1)));
     // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable
     // op. Per-position outputs are seen as [batch positions, classes] rows, a Softmax over their classes
@@ -282,7 +288,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                                    "[batch, steps, classes]), the model gives {}",
                                    os.str()),
                        "");
-    lg.y = g.add_input("labels", odt, os);
+    lg.y = g.add_input(g.unique_name("labels"), odt, os);
     const int64_t last = os.rank() - 1;
     const Attributes classes_axis{{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{0}}};
     ValueId per;
@@ -311,7 +317,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   } else if (k.binary) {
     // One probability per sample, or one per position ([batch, steps] or [batch, steps, 1]), each with its
     // label; the loss is their mean.
-    lg.y = g.add_input("labels", odt, os);
+    lg.y = g.add_input(g.unique_name("labels"), odt, os);
     const char* bce = cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
     if (cfg.loss == "binary_focal_crossentropy") {
       // Keras's: each sample's cross-entropy times (1 - p_t)^gamma, p_t = y p + (1 - y)(1 - p), gamma 2 (no
@@ -344,7 +350,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       lg.loss = masked ? masked_mean(per) : mean_of(per);
     }
   } else {
-    lg.y = g.add_input("labels", odt, os);
+    lg.y = g.add_input(g.unique_name("labels"), odt, os);
     if ((cfg.loss == "mse" || cfg.loss == "mae") && sample_w == kNoValue) {
       lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
     } else if (cfg.loss == "mse" || cfg.loss == "mae") {

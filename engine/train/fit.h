@@ -248,7 +248,7 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& conf
 struct TrainingStep {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
-  std::vector<ValueId> more_x;  // a model's second, third, ... input
+  std::vector<ValueId> more_x;  // a model's second, third, ... input, then the sample weights if any
   ValueId learning_rate = kNoValue, iteration = kNoValue;
   std::vector<ValueId> gradients;             // per trainable parameter: what PlanOptions::gradients buckets
   std::map<ValueId, std::string> grad_param;  // gradient -> its parameter's name

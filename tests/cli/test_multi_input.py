@@ -321,10 +321,19 @@ learning_rate = 0.05
                  "--probabilities"])
         self.assertEqual(r.returncode, 0, r.stderr)
         np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        # The loader's scaling is for a model of one input.
+        r = run(["fit", onnx_path, "--train", train, "--set", "data.scale=0.5"])
+        cli_util.assert_input_error(self, r, "apply to a model of one input", "input_ids, attention_mask")
         # The data must give each of the model's inputs.
         np.savez(self.path("no_mask.npz"), input_ids=ids, y=y)
         r = run(["fit", onnx_path, "--train", train, "--set", "data.train.x=no_mask.npz"])
         cli_util.assert_input_error(self, r, "attention_mask")
+
+    def test_inputs_may_take_the_names_the_loss_uses(self):
+        # "labels" and "sample_weight" are names of the loss graph's own inputs too.
+        text = SPEC.format(steps=STEPS, vocab=VOCAB, data=NPZ, epochs=1).replace('"meta"', '"labels"')
+        np.savez(self.path("labels.npz"), tokens=self.tokens, labels=self.meta, y=self.y)
+        self.fit([self.spec("labels.toml", text=text.replace('"train.npz"', '"labels.npz"'))])
 
     def test_mistakes_are_named(self):
         base = SPEC.format(steps=STEPS, vocab=VOCAB, data=NPZ, epochs=1)

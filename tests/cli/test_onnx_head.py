@@ -1,6 +1,7 @@
 """Layers in Keras's vocabulary on top of an ONNX model: a new head on a pretrained network. A frozen
 convolutional backbone (channels-first feature maps) under GlobalAveragePooling2D and Dense trains its head
-only and exports as one ONNX model that onnxruntime runs as `trainer predict` does; `trainer fit MODEL.onnx
+only and exports as one ONNX model that onnxruntime runs as `trainer predict` does; model.output cuts a
+classifier at its hidden features (or picks one of its outputs); `trainer fit MODEL.onnx
 --train FILE` takes the head from FILE, on features that keep training, the same on 1 and 2 replicas; layer
 names that would collide with the ONNX model's values, and an input beside onnx, are errors."""
 
@@ -149,6 +150,68 @@ seed = 1
         self.assertGreater(np.abs(one["dense/kernel"] - original["dense/kernel"]).max(), 1e-4)
         for n in ("dense/kernel", "dense_1/kernel", "dense_1/bias"):
             np.testing.assert_allclose(two[n], one[n], rtol=1e-5, atol=1e-6, err_msg=n)
+
+    def test_a_classifier_cut_at_its_hidden_features_takes_a_new_head(self):
+        # A two-output classifier (probabilities and logits); model.output picks a value to end at.
+        rng = np.random.default_rng(9)
+        w1, w2 = rng.normal(0, 0.4, (10, 16)).astype(np.float32), rng.normal(0, 0.4, (16, 5)).astype(np.float32)
+        nodes = [helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h1"]),
+                 helper.make_node("Relu", ["h1"], ["hidden"]),
+                 helper.make_node("Gemm", ["hidden", "fc2.weight", "fc2.bias"], ["logits"]),
+                 helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+        graph = helper.make_graph(
+            nodes, "clf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
+            [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 5]),
+             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+            [numpy_helper.from_array(w1, "fc1.weight"), numpy_helper.from_array(np.zeros(16, np.float32), "fc1.bias"),
+             numpy_helper.from_array(w2, "fc2.weight"), numpy_helper.from_array(np.zeros(5, np.float32), "fc2.bias")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), self.path("clf.onnx"))
+        head = """format_version = 1
+[model]
+onnx = "clf.onnx"
+output = "{output}"
+freeze = ["fc1.*"]
+[[model.layers]]
+type = "Dense"
+units = 1
+activation = "sigmoid"
+[data.train]
+x = "vectors.npz"
+[train]
+loss = "binary_crossentropy"
+epochs = 20
+[train.optimizer]
+learning_rate = 0.02
+"""
+        spec = self.write("cut.toml", head.format(output="hidden"))
+        r = run(["summary", spec])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("17 trainable, 176 non-trainable", r.stdout)  # fc2 and the softmax are gone
+        epochs = self.fit([spec, "--output-dir", self.path("cut")])
+        self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
+        out = self.path("cut.onnx")
+        r = run(["export", self.path("cut/last.ckpt"), "-o", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        exported = onnx.load(out)
+        self.assertEqual(sorted(i.name for i in exported.graph.initializer),
+                         ["dense/bias", "dense/kernel", "fc1.bias", "fc1.weight"])
+        want = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": self.x[:30]})[0]
+        np.save(self.path("x30.npy"), self.x[:30])
+        r = run(["predict", self.path("cut/last.ckpt"), self.path("x30.npy"), "--probabilities", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want.ravel(), rtol=1e-5,
+                                   atol=1e-6)
+        # One of the graph outputs, for the loss itself; without model.output two outputs are an error.
+        np.savez(self.path("five.npz"), x=self.x, y=(self.x[:, 0] > 0).astype(np.int64))
+        logits = self.write("logits.toml", 'format_version = 1\n[model]\nonnx = "clf.onnx"\noutput = "logits"\n'
+                            '[data.train]\nx = "five.npz"\n[train]\nloss = "sparse_categorical_crossentropy"\n'
+                            'from_logits = true\n')
+        self.fit([logits])
+        both = self.write("both.toml", 'format_version = 1\n[model]\nonnx = "clf.onnx"\n[data.train]\n'
+                          'x = "five.npz"\n[train]\nloss = "sparse_categorical_crossentropy"\n')
+        cli_util.assert_input_error(self, run(["fit", both]), "2 graph outputs")
+        cli_util.assert_input_error(self, run(["check", self.write("typo.toml", head.format(output="hiden"))]),
+                                    "no value named 'hiden'", "did you mean 'hidden'")
 
     def test_mistakes_are_named(self):
         base = 'format_version = 1\n[model]\nonnx = "mlp.onnx"\n'

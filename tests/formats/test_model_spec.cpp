@@ -576,6 +576,11 @@ TEST_SUITE("model_spec") {
     CHECK(text.find("\n[[model.layers]]\ntype = \"Dropout\"\nnoise_shape = [1.0, 2.5]\nrate = 0.25\n") !=
           std::string::npos);
     CHECK(b.model.layers[4].name == a.model.layers[4].name);
+    // A text that writes a generated name (as checkpoints did) has the same settings; another name does not.
+    CHECK(same_settings(parse_model_spec(kHead, "spec.toml"),
+                        parse_model_spec(kHead + "name = \"dense\"\n", "spec.toml")));
+    CHECK_FALSE(same_settings(parse_model_spec(kHead, "spec.toml"),
+                              parse_model_spec(kHead + "name = \"dense_9\"\n", "spec.toml")));
     for (const LayerSpec& l : a.model.layers)
       CHECK((text.find(fmt::format("name = \"{}\"", l.name)) != std::string::npos) == l.named);
     CHECK(text.find("scale = 0.00392156862745098\n") != std::string::npos);

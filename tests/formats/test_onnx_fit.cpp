@@ -841,7 +841,7 @@ TEST_SUITE("onnx_fit") {
     CHECK(head.model.layers[0].inputs == std::vector<std::string>{"onnx"});
     CHECK(error("format_version = 1\n[model]\nonnx = \"m.onnx\"\n[[model.layers]]\ntype = \"Dense\"\nname = "
                 "\"onnx\"\n")
-              .find("'onnx' is the name of a model input") != std::string::npos);
+              .find("'onnx' is reserved for the ONNX model's output") != std::string::npos);
     CHECK(error("format_version = 1\n[model]\nonnx = \"\"\n").find("e.toml:3:8: model.onnx is empty") == 0);
     CHECK(
         error(
