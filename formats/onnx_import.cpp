@@ -3226,7 +3226,7 @@ void names_read(const onnx::GraphProto& graph, std::set<std::string>* out) {
 
 // The model cut at `outputs`: the nodes they need (a backward walk in the nodes' topological order; a node
 // with a subgraph needs every name its subgraph reads), and the initializers and graph inputs those read.
-onnx::ModelProto cut_at(const onnx::ModelProto& model, const std::vector<std::string>& outputs,
+onnx::ModelProto cut_at(const onnx::ModelProto& model, std::vector<std::string> outputs,
                         const std::string& source) {
   const onnx::GraphProto& g = model.graph();
   std::set<std::string> known;
@@ -3234,16 +3234,24 @@ onnx::ModelProto cut_at(const onnx::ModelProto& model, const std::vector<std::st
     for (const std::string& o : n.output()) known.insert(o);
   for (const auto& i : g.input()) known.insert(i.name());
   for (const auto& i : g.initializer()) known.insert(i.name());
+  // A node's name stands for its first output (the names `trainer summary` lists as layers).
+  for (std::string& o : outputs)
+    if (!known.count(o))
+      for (const auto& n : g.node())
+        if (n.name() == o && n.output_size() > 0 && !n.output(0).empty()) o = n.output(0);
   for (const std::string& o : outputs)
     if (!known.count(o)) {
       std::vector<std::string> names;
-      for (const auto& n : g.node())
+      for (const auto& n : g.node()) {
         for (const std::string& v : n.output()) names.push_back(v);
+        if (!n.name().empty()) names.push_back(n.name());
+      }
       for (const auto& out : g.output()) names.push_back(out.name());
       std::vector<std::string> listed(g.output_size());
       for (int i = 0; i < g.output_size(); ++i) listed[static_cast<size_t>(i)] = g.output(i).name();
       const std::string near = did_you_mean(o, names);
-      throw InputError(source, fmt::format("the model has no value named '{}' to take as its output", o),
+      throw InputError(source,
+                       fmt::format("the model has no value or node named '{}' to take as its output", o),
                        near.empty() ? fmt::format("its graph outputs: {}", fmt::join(listed, ", ")) : near);
     }
   std::set<std::string> needed(outputs.begin(), outputs.end());

@@ -5,8 +5,8 @@ classifier at its hidden features (or picks one of its outputs); `trainer fit MO
 --train FILE` takes the head from FILE, on features that keep training, the same on 1 and 2 replicas; layer
 names that would collide with the ONNX model's values, and an input beside onnx, are errors."""
 
-import json
 import os
+import subprocess
 import tempfile
 import unittest
 
@@ -211,7 +211,64 @@ learning_rate = 0.02
                           'x = "five.npz"\n[train]\nloss = "sparse_categorical_crossentropy"\n')
         cli_util.assert_input_error(self, run(["fit", both]), "2 graph outputs")
         cli_util.assert_input_error(self, run(["check", self.write("typo.toml", head.format(output="hiden"))]),
-                                    "no value named 'hiden'", "did you mean 'hidden'")
+                                    "no value or node named 'hiden'", "did you mean 'hidden'")
+
+    def test_a_pytorch_cnn_cut_before_its_classifier(self):
+        # torch.onnx.export of a CNN whose classifier is a Linear over pooled features; the spec ends the model
+        # at the node before the classifier (a name `trainer summary` lists) and trains a new head.
+        torch_python = "/usr/bin/python3"
+        probe = subprocess.run([torch_python, "-c", "import torch"], capture_output=True) if os.path.exists(
+            torch_python) else None
+        if probe is None or probe.returncode != 0:
+            self.skipTest("Debian's python3-torch is not importable by /usr/bin/python3")
+        path = self.path("torch_cnn.onnx")
+        script = f"""
+import inspect, torch
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                          torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+kw = dict(input_names=["pixels"], output_names=["logits"], opset_version=13,
+          dynamic_axes={{"pixels": {{0: "batch"}}, "logits": {{0: "batch"}}}})
+if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+    kw["dynamo"] = False
+torch.onnx.export(net.eval(), torch.zeros(2, 3, 8, 8), {path!r}, **kw)
+"""
+        r = subprocess.run([torch_python, "-c", script], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        model = onnx.load(path)
+        gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+        before = next(n for n in model.graph.node if gemm.input[0] in n.output)
+        cut = before.name or gemm.input[0]
+        spec = self.write("torch_head.toml", f"""format_version = 1
+[model]
+onnx = "torch_cnn.onnx"
+output = "{cut}"
+freeze = ["*"]
+[[model.layers]]
+type = "Dense"
+units = 2
+activation = "softmax"
+[data.train]
+x = "images.npz"
+[train]
+loss = "sparse_categorical_crossentropy"
+epochs = 10
+[train.optimizer]
+learning_rate = 0.05
+""")
+        epochs = self.fit([spec, "--output-dir", self.path("torch_head")])
+        self.assertLess(epochs[-1]["loss"], epochs[0]["loss"])
+        out = self.path("torch_head.onnx")
+        r = run(["export", self.path("torch_head/last.ckpt"), "-o", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        exported = onnx.load(out)
+        self.assertNotIn("Gemm", [n.op_type for n in exported.graph.node])  # the old classifier is gone
+        x = np.ascontiguousarray(self.img[:25].transpose(0, 3, 1, 2))
+        want = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"pixels": x})[0]
+        np.save(self.path("torch_x.npy"), x)
+        r = run(["predict", self.path("torch_head/last.ckpt"), self.path("torch_x.npy"), "--probabilities", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
 
     def test_mistakes_are_named(self):
         base = 'format_version = 1\n[model]\nonnx = "mlp.onnx"\n'
