@@ -59,8 +59,9 @@ struct OnnxImportOptions {
   // shapes (Reshape's shape, Slice's starts, ...) as constants; test data feeds them as inputs.
   std::map<std::string, engine::Tensor> constant_inputs;
   // The values to take as the model's outputs instead of its own: any value names (a graph output of
-  // several, or an intermediate value, which cuts the model there), or node names for their first output. Only the nodes, initializers and graph
-  // inputs that they need are imported. A name that no value of the model has is an InputError.
+  // several, or an intermediate value, which cuts the model there), or node names for their first output.
+  // Only the nodes, initializers and graph inputs that they need are imported. A name that no value of the
+  // model has is an InputError.
   std::vector<std::string> outputs;
 };
 
