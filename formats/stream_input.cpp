@@ -535,6 +535,11 @@ void SampleReader::open() {
   if (have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) {
     m.format = StreamFormat::npy;
     m.open_npy();
+  } else if (have >= 4 && std::memcmp(p, "PK\x03\x04", 4) == 0) {
+    // A zip archive (an .npz) lists its members at its end: it is read from a file, never streamed.
+    throw InputError(m.name, "is a zip archive (an .npz), which cannot be read as a stream",
+                     m.name == "stdin" ? "give the .npz file's path instead of piping it"
+                                       : "give it as the only INPUT of trainer predict, which reads its arrays");
   } else if (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1) {
     m.format = StreamFormat::idx;
     m.open_idx();

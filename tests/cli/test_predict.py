@@ -137,6 +137,10 @@ class Predict(unittest.TestCase):
                 compress(path, **{key: self.xf, "other": self.xf[:3]})
                 p = rows(self.ok(predict([self.onnx, path, "--probabilities", "--batch-size", str(BATCH)])))
                 np.testing.assert_allclose(p, self.reference, rtol=0, atol=1e-5)
+        with open(os.path.join(self.tmp.name, "x.npz"), "rb") as f:
+            r = predict([self.onnx, "-"], stdin=f.read())
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("give the .npz file's path", r.stderr.decode())
         path = os.path.join(self.tmp.name, "misnamed.npz")
         np.savez(path, images=self.xf)
         r = predict([self.onnx, path])
