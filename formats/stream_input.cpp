@@ -538,8 +538,9 @@ void SampleReader::open() {
   } else if (have >= 4 && std::memcmp(p, "PK\x03\x04", 4) == 0) {
     // A zip archive (an .npz) lists its members at its end: it is read from a file, never streamed.
     throw InputError(m.name, "is a zip archive (an .npz), which cannot be read as a stream",
-                     m.name == "stdin" ? "give the .npz file's path instead of piping it"
-                                       : "give it as the only INPUT of trainer predict, which reads its arrays");
+                     m.name == "stdin"
+                         ? "give the .npz file's path instead of piping it"
+                         : "give it as the only INPUT of trainer predict, which reads its arrays");
   } else if (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1) {
     m.format = StreamFormat::idx;
     m.open_idx();
