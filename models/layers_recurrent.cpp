@@ -172,6 +172,15 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
                                     : fmt::format("{},{}", rec_act, act);
   attrs.set("activations", bidirectional ? acts + "," + acts : acts);
   if (bidirectional) attrs.set("direction", std::string("bidirectional"));
+  // Keras's go_backwards: the sequence processed from its last step to its first, ONNX's reverse direction;
+  // the outputs of every step come in that order too (the first is the last step's).
+  const bool backwards = !bidirectional && b.args.boolean("go_backwards");
+  if (backwards) {
+    if (x.mask != kNoValue)
+      b.fail("go_backwards", "go_backwards on a masked sequence is not supported",
+             "use Bidirectional for both directions, or drop the mask (mask_zero)");
+    attrs.set("direction", std::string("reverse"));
+  }
   if (cell == ops::RnnCell::gru) attrs.set("linear_before_reset", int64_t{reset_after ? 1 : 0});
   const bool sequences = b.args.boolean("return_sequences");
   // Y [N, T, directions, units] for the whole sequence, or only Y_h [N, directions, units], the last step.
@@ -194,6 +203,11 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
   NodeId n = b.graph.add_node_named(op, inputs, attrs, outs, node_name);
   ValueId y = b.graph.node(n).outputs[sequences ? 0 : 1];
   if (sequences && masked.lengths != kNoValue) y = expand_steps(b, masked, y, bidirectional ? 2 : 1, units);
+  if (sequences && backwards) {  // ONNX keeps step t's output at t; Keras lists them in processing order
+    Tensor order(DType::i64, Shape{steps});
+    for (int64_t t = 0; t < steps; ++t) order.set_f64(t, static_cast<double>(steps - 1 - t));
+    y = b.op("Gather", {y, b.constant("backwards_order", std::move(order))}, {{"axis", int64_t{1}}});
+  }
 
   LayerValue out;
   out.from = x.from;
@@ -264,18 +278,24 @@ std::vector<ArgDecl> common_args() {
           {"recurrent_dropout", ArgKind::number, 0.0}};
 }
 
+// go_backwards, which the single-direction layers take (Bidirectional runs both directions itself).
+std::vector<ArgDecl> one_direction(std::vector<ArgDecl> args) {
+  args.push_back({"go_backwards", ArgKind::boolean, false});
+  return args;
+}
+
 }  // namespace
 
 void add_recurrent_layers(std::vector<LayerDef>& defs) {
   std::vector<ArgDecl> lstm = common_args(), gru = common_args();
   lstm.push_back({"unit_forget_bias", ArgKind::boolean, true});
   gru.push_back({"reset_after", ArgKind::boolean, true});
-  defs.push_back({"LSTM", "lstm", lstm, 1, 1, false, build_lstm});
-  defs.push_back({"GRU", "gru", gru, 1, 1, false, build_gru});
+  defs.push_back({"LSTM", "lstm", one_direction(lstm), 1, 1, false, build_lstm});
+  defs.push_back({"GRU", "gru", one_direction(gru), 1, 1, false, build_gru});
   std::vector<ArgDecl> simple;
   for (const ArgDecl& a : common_args())
     if (a.name != "recurrent_activation") simple.push_back(a);
-  defs.push_back({"SimpleRNN", "simple_rnn", simple, 1, 1, false, build_simple_rnn});
+  defs.push_back({"SimpleRNN", "simple_rnn", one_direction(simple), 1, 1, false, build_simple_rnn});
   std::vector<ArgDecl> both = common_args();
   both.push_back({"layer", ArgKind::string, std::nullopt});
   both.push_back({"merge_mode", ArgKind::string, std::string("concat")});

@@ -291,8 +291,8 @@ activation = "softmax"
 
     def test_sequence_layers_export_and_run_as_predict_does(self):
         # Conv1D (valid, same, causal, dilated), MaxPooling1D, AveragePooling1D, Bidirectional GRU and LSTM, SimpleRNN
-        # (merged by product and mean; trained with dropout and recurrent_dropout, which inference leaves out) and
-        # global pooling, on the images' rows as 28 steps of 28 features.
+        # (merged by product and mean; trained with dropout and recurrent_dropout, which inference leaves out), a GRU
+        # with go_backwards and global pooling, on the images' rows as 28 steps of 28 features.
         m = self.fit_export_and_predict("sequence", """[model]
 input = [28, 28]
 [[model.layers]]
@@ -341,6 +341,11 @@ activation = "relu"
 return_sequences = true
 recurrent_dropout = 0.1
 [[model.layers]]
+type = "GRU"
+units = 4
+return_sequences = true
+go_backwards = true
+[[model.layers]]
 type = "GlobalMaxPooling1D"
 [[model.layers]]
 type = "Dense"
@@ -350,7 +355,7 @@ activation = "softmax"
         self.assertEqual([n.op_type for n in m.graph.node].count("Conv"), 3)
         directions = [a.s for n in m.graph.node if n.op_type in ("GRU", "LSTM") for a in n.attribute
                       if a.name == "direction"]
-        self.assertEqual(directions, [b"bidirectional", b"bidirectional"])
+        self.assertEqual(directions, [b"bidirectional", b"bidirectional", b"reverse"])  # go_backwards: reverse
         self.assertIn("RNN", {n.op_type for n in m.graph.node})
 
     def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):

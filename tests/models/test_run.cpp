@@ -826,6 +826,35 @@ TEST_SUITE("run") {
     CHECK(last < first);
   }
 
+  TEST_CASE(
+      "run: go_backwards runs the layer on the reversed sequence, its outputs in that order, as Keras") {
+    for (const char* layer : {"LSTM", "GRU", "SimpleRNN"})
+      for (bool sequences : {true, false}) {
+        const std::string kind = layer;
+        CAPTURE(kind);
+        CAPTURE(sequences);
+        auto spec = [&](bool backwards) {
+          Spec s({5, 3});
+          s.add(layer, {{"units", int64_t{4}}, {"return_sequences", sequences}, {"go_backwards", backwards}});
+          return s;
+        };
+        BuiltModel back = models::testing::build(spec(true));
+        const Shape in = back.graph.value(back.input).shape;
+        Tensor x = ops::random_tensor(in, -1, 1, 87, DType::f32);
+        Tensor rx(DType::f32, in);  // the same sequences reversed in time
+        for (int64_t b = 0; b < in[0]; ++b)
+          for (int64_t t = 0; t < in[1]; ++t)
+            for (int64_t f = 0; f < in[2]; ++f)
+              rx.set_f64((b * in[1] + t) * in[2] + f, x.get_f64((b * in[1] + in[1] - 1 - t) * in[2] + f));
+        // The same weights (seeded by the layer's generated name) forward over the reversed sequence.
+        const Tensor got = forward(std::move(back), x);
+        const Tensor want = forward(models::testing::build(spec(false)), rx);
+        REQUIRE(got.shape() == want.shape());
+        for (int64_t i = 0; i < got.numel(); ++i)
+          CHECK(got.get_f64(i) == doctest::Approx(want.get_f64(i)).epsilon(1e-5));
+      }
+  }
+
   TEST_CASE("run: Bidirectional concatenates a forward layer and a backward one over the reversed sequence") {
     for (const char* layer : {"LSTM", "GRU"}) {
       CAPTURE(layer);
