@@ -138,6 +138,19 @@ bool known_unsupported(const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
+// Keras arguments whose value changes nothing here, so that a layer copied from Keras code reads as it is:
+// unroll (a speed choice of the backend), input_length (Embedding's old, unused argument),
+// data_format = "channels_last" (the layout every spec writes) and dtype = "float32" (what layers compute
+// in).
+bool without_effect(const std::string& name, const formats::ArgValue& v) {
+  const std::string* s = std::get_if<std::string>(&v);
+  if (name == "unroll") return std::holds_alternative<bool>(v);
+  if (name == "input_length") return std::holds_alternative<int64_t>(v);
+  if (name == "data_format") return s && *s == "channels_last";
+  if (name == "dtype") return s && *s == "float32";
+  return false;
+}
+
 }  // namespace
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
@@ -190,6 +203,7 @@ LayerArgs::LayerArgs(const formats::LayerSpec& spec, const std::vector<ArgDecl>&
   for (const ArgDecl& d : decls) names.push_back(d.name);
   for (const auto& [name, arg] : spec.args) {
     auto it = std::find_if(decls.begin(), decls.end(), [&](const ArgDecl& d) { return d.name == name; });
+    if (it == decls.end() && without_effect(name, arg.value)) continue;
     if (it == decls.end()) {
       std::string takes = fmt::format("{} takes: {}", spec.type, fmt::join(names, ", "));
       if (known_unsupported(name))

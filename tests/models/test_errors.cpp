@@ -64,6 +64,15 @@ TEST_SUITE("errors") {
     InputError r = build_error(reg);
     CHECK(r.where() == reg.arg_at(1, "kernel_constraint"));
     CHECK(contains(r.what(), "not supported"));
+    // Keras arguments that change nothing here are taken as written; their other values are not.
+    Spec same = dense_model({{"units", int64_t{2}},
+                             {"dtype", std::string("float32")},
+                             {"data_format", std::string("channels_last")}});
+    CHECK_NOTHROW(models::testing::build(same));
+    Spec first = dense_model({{"units", int64_t{2}}, {"data_format", std::string("channels_first")}});
+    InputError df = build_error(first);
+    CHECK(df.where() == first.arg_at(1, "data_format"));
+    CHECK(contains(df.what(), "not supported"));
     Spec act = dense_model({{"units", int64_t{2}}, {"activity_regularizer", std::string("l2(x)")}});
     InputError a = build_error(act);
     CHECK(a.where() == act.arg_at(1, "activity_regularizer"));
