@@ -515,6 +515,7 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
     fm.final_activation = m.final_activation;
     fm.penalty = m.penalty;
     fm.output_mask = m.output_mask;
+    fm.constraints = m.constraints;
     return fm;
   };
 }

@@ -132,9 +132,8 @@ bool fits(const ArgValue& v, ArgKind k) {
 
 // Keras arguments that trainer knows but does not implement: naming them as such beats "unknown argument".
 bool known_unsupported(const std::string& name) {
-  static const std::vector<std::string> names = {
-      "kernel_constraint", "bias_constraint", "recurrent_constraint", "data_format", "stateful", "unroll",
-      "return_state",      "noise_shape",     "input_length",         "dtype",       "lora_rank"};
+  static const std::vector<std::string> names = {"data_format", "stateful",     "unroll", "return_state",
+                                                 "noise_shape", "input_length", "dtype",  "lora_rank"};
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 

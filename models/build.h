@@ -20,11 +20,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "engine/ir/graph.h"
+#include "engine/optim/optimizer.h"
 #include "formats/model_spec.h"
 
 namespace trainer::models {
@@ -72,6 +74,8 @@ struct BuiltModel {
     bool channels_last = false;
   };
   std::vector<Input> more_inputs;
+  // Keras's weight constraints (kernel_constraint, ...), by parameter name.
+  std::map<std::string, engine::WeightConstraint> constraints;
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   std::vector<LayerInfo> layers;
 };

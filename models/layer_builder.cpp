@@ -41,10 +41,13 @@ const std::vector<LayerDef>& layer_defs() {
     for (LayerDef& def : d) {
       // Keras pairs every weight's initializer argument with a regularizer argument (kernel_initializer,
       // kernel_regularizer); the moving statistics are not weights.
+      // Constraints pair with them the same way (kernel_constraint).
       std::vector<ArgDecl> regularizers;
       for (const ArgDecl& a : def.args)
-        if (a.name.ends_with("_initializer") && !a.name.starts_with("moving_"))
+        if (a.name.ends_with("_initializer") && !a.name.starts_with("moving_")) {
           regularizers.push_back({regularizer_arg(a.name), ArgKind::string, std::nullopt, true});
+          regularizers.push_back({constraint_arg(a.name), ArgKind::string, std::nullopt, true});
+        }
       def.args.insert(def.args.end(), regularizers.begin(), regularizers.end());
       // Every Keras layer takes an activity regularizer on its output (build_model applies it).
       if (def.type != "ActivityRegularization")
@@ -115,7 +118,35 @@ ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_
                              const WeightFans& fans) {
   ValueId w = weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
   regularize(w, regularizer_arg(init_arg));
+  constrain(w, constraint_arg(init_arg), fans);
   return w;
+}
+
+void LayerBuilder::constrain(ValueId w, const std::string& arg, const WeightFans& fans) {
+  if (!args.has(arg) || !trainable()) return;
+  const Constraint c = parse_constraint(
+      args.string(arg), [&](const std::string& what, const std::string& hint) { fail(arg, what, hint); });
+  if (c.kind.empty()) return;
+  const Shape& s = graph.value(w).shape;
+  WeightConstraint wc{c.kind, c.min_value, c.max_value, c.rate, {}};
+  if (c.kind != "non_neg") {
+    // Keras's axis counts in Keras's layout of the weight; a vector, and a matrix kept as Keras keeps it
+    // (Dense's kernel, Embedding's table), have the same layout here. Convolution and recurrent kernels do
+    // not.
+    const bool same_layout = s.rank() <= 1 || (s.rank() == 2 && s[0] == fans.rows && s[1] == fans.cols);
+    if (!same_layout)
+      fail(arg,
+           fmt::format("{} on the weight {} (shape {}) is not supported: its layout here is not Keras's",
+                       c.kind, graph.value(w).name, s.str()),
+           "use non_neg, or put the norm constraint on a Dense kernel, an embedding table or a bias");
+    const int64_t rank = std::max<int64_t>(s.rank(), 1);
+    const int64_t axis = c.axis < 0 ? c.axis + rank : c.axis;
+    if (axis < 0 || axis >= rank)
+      fail(arg, fmt::format("axis {} is out of range for the weight {} of shape {}", c.axis,
+                            graph.value(w).name, s.str()));
+    wc.axes = {axis};
+  }
+  constraints[graph.value(w).name] = wc;
 }
 
 void LayerBuilder::regularize(ValueId w, const std::string& arg) {

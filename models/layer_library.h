@@ -70,6 +70,11 @@ class LayerBuilder {
   void penalize_activity(engine::ValueId v, double l1, double l2);
   // The scalar penalties of this layer's regularizers, which build_model adds to the model's.
   std::vector<engine::ValueId> penalties;
+  // Adds the constraint of argument `arg` ("max_norm(3)", "non_neg", ...) on trainable weight w to
+  // `constraints`; nothing when the argument is absent or "None", or the layer is frozen.
+  void constrain(engine::ValueId w, const std::string& arg, const WeightFans& fans);
+  // This layer's weight constraints, by weight name, which training applies after each update.
+  std::map<std::string, engine::WeightConstraint> constraints;
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
   engine::ValueId state(const std::string& suffix, engine::Tensor init);
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);

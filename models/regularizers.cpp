@@ -3,9 +3,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 namespace trainer::models {
@@ -27,6 +29,84 @@ std::string lower(std::string s) {
 const char* kForms = "\"l2\", \"l2(1e-4)\", \"l1(1e-5)\" or \"l1_l2(l1=1e-5, l2=1e-4)\"";
 
 }  // namespace
+
+std::string constraint_arg(const std::string& initializer_arg) {
+  const std::string suffix = "_initializer";
+  if (!initializer_arg.ends_with(suffix)) return {};
+  return initializer_arg.substr(0, initializer_arg.size() - suffix.size()) + "_constraint";
+}
+
+Constraint parse_constraint(const std::string& text,
+                            const std::function<void(const std::string&, const std::string&)>& fail) {
+  const char* forms =
+      "\"non_neg\", \"max_norm(3)\", \"unit_norm(axis=0)\" or "
+      "\"min_max_norm(min_value=0.5, max_value=1)\"";
+  auto bad = [&](const std::string& what) {
+    fail(what, fmt::format("write {}, or \"None\"", forms));
+    std::abort();  // fail throws
+  };
+  const std::string t = trim(text);
+  const size_t open = t.find('(');
+  std::string name = lower(trim(t.substr(0, open)));
+  for (const auto& [keras, ours] :
+       std::vector<std::pair<std::string, std::string>>{{"nonneg", "non_neg"},
+                                                        {"maxnorm", "max_norm"},
+                                                        {"unitnorm", "unit_norm"},
+                                                        {"minmaxnorm", "min_max_norm"}})
+    if (name == keras) name = ours;
+  Constraint c;
+  if (name == "none" && open == std::string::npos) return c;
+  if (name != "non_neg" && name != "max_norm" && name != "unit_norm" && name != "min_max_norm")
+    bad(fmt::format("unknown constraint \"{}\"", text));
+  c.kind = name;
+  if (name == "min_max_norm") c.max_value = 1;
+  if (open == std::string::npos) return c;
+  if (t.back() != ')') bad(fmt::format("constraint \"{}\" does not end with ')'", text));
+  std::vector<std::string> keys;
+  if (name == "max_norm") keys = {"max_value", "axis"};
+  if (name == "unit_norm") keys = {"axis"};
+  if (name == "min_max_norm") keys = {"min_value", "max_value", "rate", "axis"};
+  const std::string inside = trim(t.substr(open + 1, t.size() - open - 2));
+  std::vector<std::string> parts;
+  for (size_t start = 0; !inside.empty();) {
+    const size_t comma = inside.find(',', start);
+    parts.push_back(
+        trim(inside.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (parts.size() > keys.size())
+    bad(fmt::format("constraint \"{}\" takes at most {} argument{}", text, keys.size(),
+                    keys.size() == 1 ? "" : "s"));
+  std::vector<bool> seen(keys.size(), false);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::string value = parts[i];
+    size_t k = i;
+    if (const size_t eq = value.find('='); eq != std::string::npos) {
+      const std::string key = lower(trim(value.substr(0, eq)));
+      value = trim(value.substr(eq + 1));
+      k = std::find(keys.begin(), keys.end(), key) - keys.begin();
+      if (k == keys.size()) bad(fmt::format("constraint \"{}\" has no argument '{}'", text, key));
+    }
+    if (seen[k]) bad(fmt::format("constraint \"{}\" gives {} twice", text, keys[k]));
+    seen[k] = true;
+    char* end = nullptr;
+    const double f = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || !std::isfinite(f))
+      bad(fmt::format("constraint \"{}\": {} '{}' is not a number", text, keys[k], value));
+    if (keys[k] == "axis") {
+      if (f != std::floor(f)) bad(fmt::format("constraint \"{}\": axis '{}' is not an integer", text, value));
+      c.axis = static_cast<int64_t>(f);
+    } else if (f < 0 || (keys[k] == "rate" && f > 1)) {
+      bad(fmt::format("constraint \"{}\": {} {} is out of range", text, keys[k], value));
+    } else {
+      (keys[k] == "min_value" ? c.min_value : keys[k] == "max_value" ? c.max_value : c.rate) = f;
+    }
+  }
+  if (c.min_value > c.max_value)
+    bad(fmt::format("constraint \"{}\": min_value {} is above max_value {}", text, c.min_value, c.max_value));
+  return c;
+}
 
 std::string regularizer_arg(const std::string& initializer_arg) {
   const std::string suffix = "_initializer";

@@ -2,6 +2,7 @@
 // builder turns one into the penalty l1 * sum(|w|) + l2 * sum(w^2), which training adds to the loss.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -21,5 +22,21 @@ std::string regularizer_arg(const std::string& initializer_arg);
 Regularizer parse_regularizer(
     const std::string& text,
     const std::function<void(const std::string& what, const std::string& hint)>& fail);
+
+// Keras's weight constraints as a spec writes them: "non_neg", "max_norm(3)", "max_norm(max_value=3,
+// axis=0)", "unit_norm(axis=1)", "min_max_norm(min_value=0.5, max_value=1, rate=1, axis=0)", or "None" (kind
+// ""). Names are case-insensitive and Keras's class names (NonNeg, MaxNorm, UnitNorm, MinMaxNorm) are
+// accepted; the defaults are Keras's (max_norm 2, min_max_norm 0 to 1, rate 1, axis 0).
+struct Constraint {
+  std::string kind;  // "" | non_neg | max_norm | unit_norm | min_max_norm
+  double min_value = 0, max_value = 2, rate = 1;
+  int64_t axis = 0;
+};
+Constraint parse_constraint(
+    const std::string& text,
+    const std::function<void(const std::string& what, const std::string& hint)>& fail);
+
+// The constraint argument that goes with an initializer argument: kernel_initializer -> kernel_constraint.
+std::string constraint_arg(const std::string& initializer_arg);
 
 }  // namespace trainer::models

@@ -2,6 +2,7 @@
 // result is bound back onto the parameter, so the update is part of the step's Program.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -16,6 +17,14 @@ namespace trainer::engine {
 //     the moments; for plain SGD this equals Keras's decoupled decay.
 //   adamw, adamax, nadam, lion, adadelta: decoupled, param -= lr*weight_decay*param before the step, as
 //   Keras 3 decays.
+// Keras's weight constraints: a parameter's new value after each update is projected, as Keras's optimizers
+// apply a variable's constraint after assigning it.
+struct WeightConstraint {
+  std::string kind;  // non_neg | max_norm | unit_norm | min_max_norm
+  double min_value = 0, max_value = 2, rate = 1;
+  std::vector<int64_t> axes = {0};  // the norms' axes, in the parameter's layout
+};
+
 struct OptimizerConfig {
   std::string kind = "adam";  // sgd | adam | adamw | rmsprop | adagrad | adamax | nadam | lion | adadelta
   float beta1 = 0.9f;         // adam, adamw

@@ -83,10 +83,12 @@ struct LossGraph {
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
   std::vector<ValueId> more_x;  // the further inputs
   ValueId mask = kNoValue;      // [batch, steps]: the positions the loss and metrics count, when masked
+  std::map<std::string, WeightConstraint> constraints;  // the model's, for the training graph
 };
 
-TrainingOptions training_options(const FitConfig& cfg) {
+TrainingOptions training_options(const FitConfig& cfg, const LossGraph& lg) {
   TrainingOptions o;
+  o.constraints = lg.constraints;
   o.optimizer = cfg.optimizer;
   o.clipnorm = cfg.clipnorm;
   o.precision = cfg.precision;
@@ -153,6 +155,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   Graph& g = *lg.graph;
   lg.x = fm.input;
   lg.more_x = fm.more_inputs;
+  lg.constraints = std::move(fm.constraints);
   lg.output = fm.output;
   // By value: adding nodes moves the graph's values.
   const DType odt = g.value(fm.output).dtype;
@@ -595,10 +598,10 @@ class Device {
          const std::vector<int64_t>& train, const std::vector<int64_t>& eval,
          std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard = std::nullopt)
       : plans_(backend) {
-    TrainingOptions topt = training_options(cfg);
-    topt.shard = std::move(shard);
     for (int64_t batch : train) {
       LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+      TrainingOptions topt = training_options(cfg, lg);
+      topt.shard = shard;
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
       tg.graph->mark_output(lg.output);
       PlanOptions po;
@@ -1367,7 +1370,7 @@ size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg,
   replicas = std::max(1, replicas);
   const int64_t rows = (batch + replicas - 1) / replicas;  // the largest slice (fit's slice rule)
   LossGraph lg = add_loss(factory(rows, true), rows, cfg);
-  TrainingOptions topt = training_options(cfg);
+  TrainingOptions topt = training_options(cfg, lg);
   if (cfg.shard_optimizer && replicas > 1) topt.shard = split_of(*lg.graph, replicas).ranges_of(0);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do
@@ -1434,7 +1437,8 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
                                           int replicas) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
   const std::vector<ShardSplit::Piece> pieces = split_of(*lg.graph, std::max(1, replicas)).pieces;
-  TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, training_options(cfg));
+  const TrainingOptions topt = training_options(cfg, lg);
+  TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   OptimizerStateBytes out;
   std::map<std::string, size_t> per_element;  // optimizer state bytes per parameter element
   for (const OptimizerState& p : tg.parameters)
@@ -1453,7 +1457,7 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
 TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                            const std::map<std::string, TrainingOptions::ShardRange>* shard) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
-  TrainingOptions topt = training_options(cfg);
+  TrainingOptions topt = training_options(cfg, lg);
   if (shard) topt.shard = *shard;
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do: metrics read it

@@ -109,6 +109,8 @@ struct ForwardModel {
   ValueId penalty = kNoValue;    // a scalar added to the loss (weight regularizers), or none
   // [batch, steps] float: which steps of a per-step output count (a Keras mask), or none.
   ValueId output_mask = kNoValue;
+  // Weight constraints applied after each update, by parameter name (TrainingOptions::constraints).
+  std::map<std::string, WeightConstraint> constraints;
 };
 using ModelFactory = std::function<ForwardModel(int64_t batch, bool training)>;
 

@@ -1,6 +1,8 @@
 // Training graph assembly (fusion, backward, optimizer) and the single-device Trainer.
 #include "engine/train/training.h"
 
+#include <fmt/format.h>
+
 #include <cstring>
 #include <map>
 #include <set>
@@ -8,8 +10,68 @@
 #include "engine/autodiff/autodiff.h"
 
 #include "engine/ir/op_schema.h"
+#include "engine/util/error.h"
 
 namespace trainer::engine {
+
+namespace {
+
+// Each constrained parameter's updated value, projected: non_neg keeps w >= 0; the norms (over the axes, with
+// Keras's epsilon 1e-7) rescale w to norm min(n, max) (max_norm), 1 (unit_norm) or
+// rate clip(n, min, max) + (1 - rate) n (min_max_norm).
+void apply_constraints(Graph& g, const std::vector<OptimizerState>& params, const TrainingOptions& options) {
+  std::map<ValueId, ValueId> next_of;
+  for (const auto& [next, state] : g.updates()) next_of[state] = next;
+  for (const OptimizerState& p : params) {
+    std::string name = g.value(p.param).name;
+    const bool shard = name.ends_with(kShardSuffix);
+    if (shard) name.resize(name.size() - std::string_view(kShardSuffix).size());
+    auto it = options.constraints.find(name);
+    auto next = next_of.find(p.param);
+    if (it == options.constraints.end() || next == next_of.end()) continue;
+    const WeightConstraint& c = it->second;
+    const ValueId w = next->second;
+    const DType t = g.value(w).dtype;
+    auto scalar = [&](double v) {
+      Tensor s(t, Shape{});
+      s.set_f64(0, v);
+      return g.add_constant(g.unique_name(name + "/constraint/c"), std::move(s));
+    };
+    ValueId out;
+    if (c.kind == "non_neg") {
+      out = g.op("Relu", {w});
+    } else {
+      if (shard)
+        throw InputError("parallel.shard_optimizer",
+                         fmt::format("the {} constraint of '{}' needs the whole weight, and shard_optimizer "
+                                     "updates each replica's share of it",
+                                     c.kind, name),
+                         "set [parallel] shard_optimizer = false, or use non_neg");
+      const ValueId norms = g.op(
+          "Sqrt",
+          {g.op("ReduceSum",
+                {g.op("Mul", {w, w}),
+                 g.add_constant(g.unique_name(name + "/constraint/axes"),
+                                Tensor::from<int64_t>(Shape{static_cast<int64_t>(c.axes.size())}, c.axes))},
+                {{"keepdims", int64_t{1}}})});
+      ValueId desired;
+      if (c.kind == "unit_norm") {
+        desired = scalar(1.0);
+      } else if (c.kind == "max_norm") {
+        desired = g.op("Clip", {norms, scalar(0.0), scalar(c.max_value)});
+      } else {  // min_max_norm
+        desired = g.op(
+            "Add",
+            {g.op("Mul", {scalar(c.rate), g.op("Clip", {norms, scalar(c.min_value), scalar(c.max_value)})}),
+             g.op("Mul", {scalar(1 - c.rate), norms})});
+      }
+      out = g.op("Mul", {w, g.op("Div", {desired, g.op("Add", {norms, scalar(1e-7)})})});
+    }
+    g.rebind_update(p.param, out);
+  }
+}
+
+}  // namespace
 
 TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOptions& options) {
   TrainingGraph tg;
@@ -106,6 +168,7 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     pg.emplace_back(shard, g.op("Slice", {flat, constant(offset), constant(offset + count)}));
   }
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
+  if (!options.constraints.empty()) apply_constraints(g, tg.parameters, options);
   if (tg.grads_finite != kNoValue) {
     // An overflowed step keeps every parameter and optimizer state: each update is selected against the old
     // value, and the selection, not the update, is what the state becomes.

@@ -19,6 +19,9 @@ namespace trainer::engine {
 
 struct TrainingOptions {
   OptimizerConfig optimizer;
+  // By parameter name. With `shard`, only non_neg (elementwise) applies to a replica's shard; a norm needs
+  // the whole parameter and is an InputError there.
+  std::map<std::string, WeightConstraint> constraints;
   FusionOptions fusion;
   bool fuse = true;
   size_t bucket_bytes = 25u << 20;        // gradient bucket size for reductions
