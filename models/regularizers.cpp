@@ -28,12 +28,42 @@ std::string lower(std::string s) {
 
 const char* kForms = "\"l2\", \"l2(1e-4)\", \"l1(1e-5)\" or \"l1_l2(l1=1e-5, l2=1e-4)\"";
 
+// The comma-separated arguments between a form's parentheses, trimmed; none for "()".
+std::vector<std::string> split_arguments(const std::string& inside) {
+  std::vector<std::string> parts;
+  for (size_t start = 0;;) {
+    const size_t comma = inside.find(',', start);
+    parts.push_back(
+        trim(inside.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (parts.size() == 1 && parts[0].empty()) parts.clear();
+  return parts;
+}
+
+// Which of `keys` argument `position` sets: its own "key=" (stripped from `value`, the key left in `key`), or
+// its position. keys.size() for a key that is not one of them.
+size_t key_index(std::string& value, size_t position, const std::vector<std::string>& keys,
+                 std::string& key) {
+  const size_t eq = value.find('=');
+  if (eq == std::string::npos) return position;
+  key = lower(trim(value.substr(0, eq)));
+  value = trim(value.substr(eq + 1));
+  return static_cast<size_t>(std::find(keys.begin(), keys.end(), key) - keys.begin());
+}
+
+// The argument that goes with an initializer argument: kernel_initializer -> kernel_<kind>.
+std::string paired_arg(const std::string& initializer_arg, const char* kind) {
+  const std::string suffix = "_initializer";
+  if (!initializer_arg.ends_with(suffix)) return {};
+  return initializer_arg.substr(0, initializer_arg.size() - suffix.size()) + "_" + kind;
+}
+
 }  // namespace
 
 std::string constraint_arg(const std::string& initializer_arg) {
-  const std::string suffix = "_initializer";
-  if (!initializer_arg.ends_with(suffix)) return {};
-  return initializer_arg.substr(0, initializer_arg.size() - suffix.size()) + "_constraint";
+  return paired_arg(initializer_arg, "constraint");
 }
 
 Constraint parse_constraint(const std::string& text,
@@ -66,28 +96,15 @@ Constraint parse_constraint(const std::string& text,
   if (name == "max_norm") keys = {"max_value", "axis"};
   if (name == "unit_norm") keys = {"axis"};
   if (name == "min_max_norm") keys = {"min_value", "max_value", "rate", "axis"};
-  const std::string inside = trim(t.substr(open + 1, t.size() - open - 2));
-  std::vector<std::string> parts;
-  for (size_t start = 0; !inside.empty();) {
-    const size_t comma = inside.find(',', start);
-    parts.push_back(
-        trim(inside.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
+  const std::vector<std::string> parts = split_arguments(t.substr(open + 1, t.size() - open - 2));
   if (parts.size() > keys.size())
     bad(fmt::format("constraint \"{}\" takes at most {} argument{}", text, keys.size(),
                     keys.size() == 1 ? "" : "s"));
   std::vector<bool> seen(keys.size(), false);
   for (size_t i = 0; i < parts.size(); ++i) {
-    std::string value = parts[i];
-    size_t k = i;
-    if (const size_t eq = value.find('='); eq != std::string::npos) {
-      const std::string key = lower(trim(value.substr(0, eq)));
-      value = trim(value.substr(eq + 1));
-      k = std::find(keys.begin(), keys.end(), key) - keys.begin();
-      if (k == keys.size()) bad(fmt::format("constraint \"{}\" has no argument '{}'", text, key));
-    }
+    std::string value = parts[i], key;
+    const size_t k = key_index(value, i, keys, key);
+    if (k == keys.size()) bad(fmt::format("constraint \"{}\" has no argument '{}'", text, key));
     if (seen[k]) bad(fmt::format("constraint \"{}\" gives {} twice", text, keys[k]));
     seen[k] = true;
     char* end = nullptr;
@@ -109,9 +126,7 @@ Constraint parse_constraint(const std::string& text,
 }
 
 std::string regularizer_arg(const std::string& initializer_arg) {
-  const std::string suffix = "_initializer";
-  if (!initializer_arg.ends_with(suffix)) return {};
-  return initializer_arg.substr(0, initializer_arg.size() - suffix.size()) + "_regularizer";
+  return paired_arg(initializer_arg, "regularizer");
 }
 
 Regularizer parse_regularizer(const std::string& text,
@@ -136,16 +151,7 @@ Regularizer parse_regularizer(const std::string& text,
     return r;
   }
   if (t.back() != ')') bad(fmt::format("regularizer \"{}\" does not end with ')'", text));
-  std::vector<std::string> parts;
-  const std::string inside = t.substr(open + 1, t.size() - open - 2);
-  for (size_t start = 0;;) {
-    size_t comma = inside.find(',', start);
-    parts.push_back(
-        trim(inside.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  if (parts.size() == 1 && parts[0].empty()) parts.clear();
+  const std::vector<std::string> parts = split_arguments(t.substr(open + 1, t.size() - open - 2));
   const std::vector<std::string> keys =
       name == "l1_l2" ? std::vector<std::string>{"l1", "l2"} : std::vector<std::string>{name};
   if (parts.empty() || parts.size() > keys.size())
@@ -153,16 +159,9 @@ Regularizer parse_regularizer(const std::string& text,
                     keys.size() == 1 ? "one factor" : "one or two factors (l1, l2)"));
   std::vector<bool> seen(keys.size(), false);
   for (size_t i = 0; i < parts.size(); ++i) {
-    std::string value = parts[i];
-    size_t k = i;
-    if (const size_t eq = value.find('='); eq != std::string::npos) {
-      const std::string key = lower(trim(value.substr(0, eq)));
-      value = trim(value.substr(eq + 1));
-      k = keys.size();
-      for (size_t j = 0; j < keys.size(); ++j)
-        if (keys[j] == key) k = j;
-      if (k == keys.size()) bad(fmt::format("regularizer \"{}\" has no factor '{}'", text, key));
-    }
+    std::string value = parts[i], key;
+    const size_t k = key_index(value, i, keys, key);
+    if (k == keys.size()) bad(fmt::format("regularizer \"{}\" has no factor '{}'", text, key));
     if (seen[k]) bad(fmt::format("regularizer \"{}\" gives {} twice", text, keys[k]));
     seen[k] = true;
     char* end = nullptr;
