@@ -520,6 +520,17 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
   };
 }
 
+namespace {
+
+// Whether any data source gives sample weights: then every source feeds them (1 where it gives none).
+bool any_sample_weights(const formats::ModelSpec& spec) {
+  for (const auto* src : {&spec.data.train, &spec.data.validation, &spec.data.test})
+    if (*src && formats::has_sample_weights(**src)) return true;
+  return false;
+}
+
+}  // namespace
+
 engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   const formats::TrainSection& t = spec.train;
   engine::FitConfig c;
@@ -529,8 +540,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.metrics = t.metrics;
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;
-  for (const auto* src : {&spec.data.train, &spec.data.validation, &spec.data.test})
-    c.sample_weights = c.sample_weights || (*src && formats::has_sample_weights(**src));
+  c.sample_weights = any_sample_weights(spec);
   c.epochs = t.epochs;
   c.batch_size = t.batch_size;
   c.seed = t.seed;
@@ -740,7 +750,7 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const std::vector<ModelInput> inputs = model_inputs(spec, model);
   const std::vector<std::string> names = input_names(model);
   // With sample weights anywhere, every source feeds them (1 for a source that gives none).
-  const bool weighted = fit_config(spec).sample_weights;
+  const bool weighted = any_sample_weights(spec);
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d = formats::open_dataset(src, spec.base_dir, names);
     return weighted ? formats::with_sample_weights(std::move(d), src, spec.base_dir) : d;

@@ -49,6 +49,20 @@ Window1d window1d(int64_t steps, int64_t kernel, int64_t stride, int64_t dilatio
   return w;
 }
 
+// A convolution's window over the steps of x; a kernel longer than a "valid" or "causal" input is an error at
+// kernel_size.
+Window1d kernel_window1d(LayerBuilder& b, const LayerValue& x, int64_t kernel, int64_t stride,
+                         int64_t dilation, const std::string& padding) {
+  const Window1d w = window1d(x.shape[0], kernel, stride, dilation, padding);
+  if (!w.fits)
+    b.fail(
+        "kernel_size",
+        fmt::format("kernel_size {} (with dilation_rate {}: {} steps) is longer than its input {} from '{}'",
+                    kernel, dilation, dilation * (kernel - 1) + 1, keras_shape(x.shape), x.from),
+        "use a smaller kernel_size, or padding = \"same\"");
+  return w;
+}
+
 LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t filters = b.positive("filters");
   const int64_t kernel = b.positive("kernel_size");
@@ -58,17 +72,11 @@ LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t groups = b.positive("groups");
   const std::string act = b.activation_name();
   require_sequence(b, in[0]);
-  const int64_t steps = in[0].shape[0], channels = in[0].shape[1];
+  const int64_t channels = in[0].shape[1];
   if (channels % groups != 0 || filters % groups != 0)
     b.fail("groups", fmt::format("groups = {} must divide the input features ({}) and filters ({})", groups,
                                  channels, filters));
-  const Window1d w = window1d(steps, kernel, stride, dilation, padding);
-  if (!w.fits)
-    b.fail(
-        "kernel_size",
-        fmt::format("kernel_size {} (with dilation_rate {}: {} steps) is longer than its input {} from '{}'",
-                    kernel, dilation, dilation * (kernel - 1) + 1, keras_shape(in[0].shape), in[0].from),
-        "use a smaller kernel_size, or padding = \"same\"");
+  const Window1d w = kernel_window1d(b, in[0], kernel, stride, dilation, padding);
   const int64_t per_group = channels / groups;
   // [filters, in / groups, k], ONNX's layout (Keras keeps (k, in / groups, filters)); Keras's fans.
   ValueId weight = b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel},
@@ -101,14 +109,8 @@ LayerValue build_depthwise1d(LayerBuilder& b, const std::vector<LayerValue>& in,
   const int64_t filters = separable ? b.positive("filters") : 0;
   const std::string act = b.activation_name();
   require_sequence(b, in[0]);
-  const int64_t steps = in[0].shape[0], channels = in[0].shape[1], depth = channels * multiplier;
-  const Window1d w = window1d(steps, kernel, stride, dilation, padding);
-  if (!w.fits)
-    b.fail(
-        "kernel_size",
-        fmt::format("kernel_size {} (with dilation_rate {}: {} steps) is longer than its input {} from '{}'",
-                    kernel, dilation, dilation * (kernel - 1) + 1, keras_shape(in[0].shape), in[0].from),
-        "use a smaller kernel_size, or padding = \"same\"");
+  const int64_t channels = in[0].shape[1], depth = channels * multiplier;
+  const Window1d w = kernel_window1d(b, in[0], kernel, stride, dilation, padding);
   LayerValue x = b.to_channels_first(in[0]);
   // Keras's depthwise kernel is (k, features, multiplier): fan_in = k * features, fan_out = k * multiplier.
   ValueId dw = b.weight("depthwise_kernel", "depthwise_initializer", Shape{depth, 1, kernel},

@@ -112,6 +112,15 @@ def assert_finite_number(test, obj, key):
     return v
 
 
+def predict_rows(test, args, ndmin=0, **kw):
+    """Runs `trainer predict ARGS --probabilities -q` (kw: stdin, ...), checks that it succeeded, and returns the
+    rows it wrote as an array."""
+    import numpy as np
+    r = run(["predict", *args, "--probabilities", "-q"], **kw)
+    test.assertEqual(r.returncode, 0, r.stderr)
+    return np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=ndmin)
+
+
 def assert_input_error(test, result, *needles):
     """Bad input: exit code 2 (a crash gives a negative code), a `trainer: error:` message that contains every
     needle (the place, what is wrong), and no internal error."""

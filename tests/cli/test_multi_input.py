@@ -158,25 +158,21 @@ class MultiInput(unittest.TestCase):
         np.save(self.path("p_meta.npy"), meta)
         want = sess.run(None, {"tokens": tok, "meta": meta})[0].ravel()
         for model in (self.path("exp/last.ckpt"), onnx_path):
-            r = run(["predict", model, self.path("p_tokens.npy"), self.path("p_meta.npy"), "--probabilities"])
-            self.assertEqual(r.returncode, 0, r.stderr)
-            got = np.loadtxt(r.stdout.splitlines(), delimiter=",")
+            got = cli_util.predict_rows(self, [model, self.path("p_tokens.npy"), self.path("p_meta.npy")])
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
             ids = run(["predict", model, self.path("p_tokens.npy"), self.path("p_meta.npy")])
             self.assertEqual([int(v) for v in ids.stdout.split()], [int(p > 0.5) for p in want])
         # An .npz of arrays named after the inputs (deflated here) is read the same way.
         np.savez_compressed(self.path("p.npz"), meta=meta, tokens=tok)
-        r = run(["predict", onnx_path, self.path("p.npz"), "--probabilities"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        got = cli_util.predict_rows(self, [onnx_path, self.path("p.npz")])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         np.savez(self.path("misnamed.npz"), tokens=tok, features=meta)
         cli_util.assert_input_error(self, run(["predict", onnx_path, self.path("misnamed.npz")]),
                                     "no array 'meta'", "name the arrays after the inputs: tokens, meta")
         # One input from stdin: the features piped in, the token ids from a file.
         with open(self.path("p_meta.npy"), "rb") as f:
-            r = run(["predict", onnx_path, self.path("p_tokens.npy"), "-", "--probabilities"], stdin=f)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+            got = cli_util.predict_rows(self, [onnx_path, self.path("p_tokens.npy"), "-"], stdin=f)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         # One file per input, of equal lengths.
         ckpt = self.path("exp/last.ckpt")
         cli_util.assert_input_error(self, run(["predict", ckpt, self.path("p_tokens.npy")]),
@@ -252,10 +248,9 @@ batch_size = 32
         np.save(self.path("f.npy"), feat[:30])
         np.save(self.path("p.npy"), img[:30])
         np.save(self.path("s.npy"), stats[:30])
-        r = run(["predict", self.path("img/last.ckpt"), self.path("f.npy"), self.path("p.npy"), self.path("s.npy"),
-                 "--probabilities"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        got = cli_util.predict_rows(self, [self.path("img/last.ckpt"), self.path("f.npy"), self.path("p.npy"),
+                                           self.path("s.npy")])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
     def test_an_onnx_model_of_ids_and_attention_mask_fine_tunes(self):
         import onnx
@@ -317,10 +312,8 @@ learning_rate = 0.05
         self.assertLess(sigmoid_bce(want, y[:40]), before)
         np.save(self.path("ids.npy"), ids[:40])
         np.save(self.path("mask.npy"), mask[:40])
-        r = run(["predict", self.path("masked/last.ckpt"), self.path("ids.npy"), self.path("mask.npy"),
-                 "--probabilities"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        got = cli_util.predict_rows(self, [self.path("masked/last.ckpt"), self.path("ids.npy"), self.path("mask.npy")])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         # The loader's scaling is for a model of one input.
         r = run(["fit", onnx_path, "--train", train, "--set", "data.scale=0.5"])
         cli_util.assert_input_error(self, r, "apply to a model of one input", "input_ids, attention_mask")

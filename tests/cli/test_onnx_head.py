@@ -120,9 +120,8 @@ learning_rate = 0.05
         x = np.ascontiguousarray(self.img[:40].transpose(0, 3, 1, 2))  # the ONNX model takes NCHW
         want = sess.run(None, {"pixels": x})[0]
         np.save(self.path("nchw.npy"), x)
-        r = run(["predict", ckpt, self.path("nchw.npy"), "--probabilities", "-q"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cli_util.predict_rows(self, [ckpt, self.path("nchw.npy")]), want, rtol=1e-5,
+                                   atol=1e-6)
 
     def test_fit_model_onnx_takes_the_head_from_the_training_file(self):
         train = self.write("mlp_head.toml", """format_version = 1
@@ -197,10 +196,8 @@ learning_rate = 0.02
                          ["dense/bias", "dense/kernel", "fc1.bias", "fc1.weight"])
         want = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": self.x[:30]})[0]
         np.save(self.path("x30.npy"), self.x[:30])
-        r = run(["predict", self.path("cut/last.ckpt"), self.path("x30.npy"), "--probabilities", "-q"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want.ravel(), rtol=1e-5,
-                                   atol=1e-6)
+        got = cli_util.predict_rows(self, [self.path("cut/last.ckpt"), self.path("x30.npy")])
+        np.testing.assert_allclose(got, want.ravel(), rtol=1e-5, atol=1e-6)
         # One of the graph outputs, for the loss itself; without model.output two outputs are an error.
         np.savez(self.path("five.npz"), x=self.x, y=(self.x[:, 0] > 0).astype(np.int64))
         logits = self.write("logits.toml", 'format_version = 1\n[model]\nonnx = "clf.onnx"\noutput = "logits"\n'
@@ -266,9 +263,8 @@ learning_rate = 0.05
         x = np.ascontiguousarray(self.img[:25].transpose(0, 3, 1, 2))
         want = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"pixels": x})[0]
         np.save(self.path("torch_x.npy"), x)
-        r = run(["predict", self.path("torch_head/last.ckpt"), self.path("torch_x.npy"), "--probabilities", "-q"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","), want, rtol=1e-5, atol=1e-6)
+        got = cli_util.predict_rows(self, [self.path("torch_head/last.ckpt"), self.path("torch_x.npy")])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
     def test_mistakes_are_named(self):
         base = 'format_version = 1\n[model]\nonnx = "mlp.onnx"\n'

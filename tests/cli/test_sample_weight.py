@@ -112,9 +112,7 @@ class SampleWeight(unittest.TestCase):
                 out = self.path(f"run_{loss}")
                 events = self.fit([spec, "--output-dir", out])
                 ckpt = os.path.join(out, "last.ckpt")
-                r = run(["predict", ckpt, self.path(f"{loss}.npz"), "--probabilities", "-q"])
-                self.assertEqual(r.returncode, 0, r.stderr)
-                p = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+                p = cli_util.predict_rows(self, [ckpt, self.path(f"{loss}.npz")], ndmin=2)
                 per = per_sample_loss(loss, p, y)
                 weighted, plain = float(np.mean(self.w * per)), float(np.mean(per))
                 self.assertGreater(abs(weighted - plain), 1e-3)  # the weights matter here
