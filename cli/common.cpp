@@ -515,6 +515,10 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
     fm.final_activation = m.final_activation;
     fm.penalty = m.penalty;
     fm.output_mask = m.output_mask;
+    for (const models::BuiltModel::Output& o : m.more_outputs) {
+      fm.more_outputs.push_back(o.value);
+      fm.more_output_masks.push_back(o.mask);
+    }
     fm.constraints = m.constraints;
     return fm;
   };
@@ -541,6 +545,15 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;
   c.sample_weights = any_sample_weights(spec);
+  if (!t.outputs.empty()) {
+    c.output_name = t.outputs[0].name;
+    c.loss_weight = t.outputs[0].loss_weight;
+    for (size_t k = 1; k < t.outputs.size(); ++k) {
+      const formats::OutputTrainSpec& o = t.outputs[k];
+      c.more_outputs.push_back(
+          {o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k, o.loss_weight});
+    }
+  }
   c.epochs = t.epochs;
   c.batch_size = t.batch_size;
   c.seed = t.seed;
@@ -678,6 +691,47 @@ void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m
       "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
 }
 
+// The labels of an output (`output` names it in a model of several; "" otherwise) must fit its loss: one
+// class id (or binary label) per position the output classifies, a sample or each step of a [steps, classes]
+// output; one-hot labels and regression targets have the output's shape.
+void check_labels(const std::string& loss, const std::vector<int64_t>& output_shape, const Shape& ls,
+                  const engine::data::Dataset& d, const formats::DataSource& src, const std::string& output) {
+  const std::string of = output.empty() ? "" : fmt::format(" (the output '{}')", output);
+  const bool sparse = loss == "sparse_categorical_crossentropy";
+  if (sparse || formats::label_family(loss) == "binary_crossentropy") {
+    int64_t positions = 1;
+    for (int64_t v : output_shape) positions *= v;
+    if (sparse && !output_shape.empty()) positions /= std::max<int64_t>(output_shape.back(), 1);
+    if (ls.numel() != positions)
+      throw InputError(
+          src.pos.str(),
+          positions == 1
+              ? fmt::format("{}{} needs one label per sample, {} has labels of shape {}", loss, of,
+                            d.describe(), ls.str())
+              : fmt::format("{}{} needs {} labels per sample, one per {} of the output [{}], {} has "
+                            "labels of shape {}",
+                            loss, of, positions, sparse ? "position" : "value", fmt::join(output_shape, ", "),
+                            d.describe(), ls.str()),
+          positions == 1 ? "use categorical_crossentropy for one-hot labels"
+          : sparse       ? "give one class id per step"
+                   : "binary_crossentropy with several outputs is multi-label (one 0/1 label per output); "
+                     "for one class id per sample, use sparse_categorical_crossentropy");
+  } else if (!output_shape.empty()) {
+    int64_t values = 1;
+    for (int64_t v : output_shape) values *= v;
+    if (ls.numel() != values)
+      throw InputError(
+          src.pos.str(),
+          fmt::format("{}{} compares the output [{}] with a label of the same shape, {} has labels "
+                      "of shape {}",
+                      loss, of, fmt::join(output_shape, ", "), d.describe(), ls.str()),
+          loss.find("categorical") != std::string::npos
+              ? "give one-hot labels of one value per class, or use sparse_categorical_crossentropy "
+                "for class ids"
+              : "give targets of the output's shape");
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> input_names(const models::BuiltModel& model) {
@@ -739,6 +793,17 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
       break;
     }
   }
+  // The further outputs' labels follow the inputs: class ids for sparse_categorical_crossentropy (checked
+  // against the output's classes), else float targets.
+  for (size_t k = 1; k < spec.train.outputs.size() && k - 1 < model.more_outputs.size(); ++k) {
+    engine::data::InputFormat lf;
+    lf.labels = true;
+    const bool sparse = spec.train.outputs[k].loss == "sparse_categorical_crossentropy";
+    lf.x_dtype = sparse ? DType::i64 : DType::f32;
+    if (sparse && !model.more_outputs[k - 1].shape.empty())
+      lf.label_classes = model.more_outputs[k - 1].shape.back();
+    f.more_inputs.push_back(lf);
+  }
   return f;
 }
 
@@ -751,8 +816,11 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const std::vector<std::string> names = input_names(model);
   // With sample weights anywhere, every source feeds them (1 for a source that gives none).
   const bool weighted = any_sample_weights(spec);
+  std::vector<std::string> outputs = {model.output_name};
+  for (const models::BuiltModel::Output& o : model.more_outputs) outputs.push_back(o.name);
   auto open = [&](const formats::DataSource& src) {
-    std::shared_ptr<const engine::data::Dataset> d = formats::open_dataset(src, spec.base_dir, names);
+    std::shared_ptr<const engine::data::Dataset> d =
+        formats::open_dataset(src, spec.base_dir, names, outputs);
     return weighted ? formats::with_sample_weights(std::move(d), src, spec.base_dir) : d;
   };
   out.train = open(*ds.train);
@@ -781,42 +849,14 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     engine::data::BatchFormat tf = f;
     check_all_samples(*out.test, *ds.test, model, inputs, &tf);
   }
-  // The label kind must fit the loss: one class id (or binary label) per position the output classifies, a
-  // sample or each step of a [steps, classes] output.
-  const Shape& ls = out.train->label_shape();
-  const std::string& loss = spec.train.loss;
-  const bool sparse = loss == "sparse_categorical_crossentropy";
-  if (sparse || formats::label_family(loss) == "binary_crossentropy") {
-    int64_t positions = 1;
-    for (int64_t d : model.output_shape) positions *= d;
-    if (sparse && !model.output_shape.empty()) positions /= std::max<int64_t>(model.output_shape.back(), 1);
-    if (ls.numel() != positions)
-      throw InputError(
-          ds.train->pos.str(),
-          positions == 1 ? fmt::format("{} needs one label per sample, {} has labels of shape {}", loss,
-                                       out.train->describe(), ls.str())
-                         : fmt::format("{} needs {} labels per sample, one per {} of the output [{}], {} has "
-                                       "labels of shape {}",
-                                       loss, positions, sparse ? "position" : "value",
-                                       fmt::join(model.output_shape, ", "), out.train->describe(), ls.str()),
-          positions == 1 ? "use categorical_crossentropy for one-hot labels"
-          : sparse       ? "give one class id per step"
-                   : "binary_crossentropy with several outputs is multi-label (one 0/1 label per output); "
-                     "for one class id per sample, use sparse_categorical_crossentropy");
-  } else if (!model.output_shape.empty()) {
-    // One-hot labels and regression targets have the output's shape.
-    int64_t outputs = 1;
-    for (int64_t d : model.output_shape) outputs *= d;
-    if (ls.numel() != outputs)
-      throw InputError(
-          ds.train->pos.str(),
-          fmt::format("{} compares the output [{}] with a label of the same shape, {} has labels "
-                      "of shape {}",
-                      loss, fmt::join(model.output_shape, ", "), out.train->describe(), ls.str()),
-          loss.find("categorical") != std::string::npos
-              ? "give one-hot labels of one value per class, or use sparse_categorical_crossentropy "
-                "for class ids"
-              : "give targets of the output's shape");
+  // The label kind must fit each output's loss.
+  check_labels(spec.train.loss, model.output_shape, out.train->label_shape(), *out.train, *ds.train,
+               model.more_outputs.empty() ? "" : model.output_name);
+  const auto more = out.train->more_inputs();
+  for (size_t k = 0; k < model.more_outputs.size(); ++k) {
+    const engine::data::Dataset& labels = *more.at(inputs.size() - 1 + k);
+    check_labels(spec.train.outputs.at(k + 1).loss, model.more_outputs[k].shape, labels.sample_shape(),
+                 labels, *ds.train, model.more_outputs[k].name);
   }
   return out;
 }

@@ -50,11 +50,18 @@ Command add_export_command(CLI::App& app) {
     }
     // A spec's model is named input -> output (or after its inputs); an imported ONNX model keeps its own
     // names.
+    // A model of several outputs names each after its layer, as Keras's converters do.
+    std::vector<engine::ValueId> outputs = {m.output};
+    for (const models::BuiltModel::Output& out : m.more_outputs) outputs.push_back(out.value);
     if (spec.model.onnx.empty()) {
       for (engine::ValueId v : inputs) o.input_names.push_back(m.graph.value(v).name);
       o.output_names = {"output"};
     } else if (!spec.model.layers.empty()) {
       o.output_names = {"output"};  // the output of the layers on top of the ONNX model
+    }
+    if (!m.more_outputs.empty()) {
+      o.output_names = {m.output_name};
+      for (const models::BuiltModel::Output& out : m.more_outputs) o.output_names.push_back(out.name);
     }
     o.metadata = {{"trainer.spec", ck.spec_text},
                   {"trainer.epoch", std::to_string(ck.state.epoch)},
@@ -62,7 +69,7 @@ Command add_export_command(CLI::App& app) {
     onnx::ModelProto model;
     bool own_graph = false;
     try {
-      model = formats::export_onnx(m.graph, inputs, {m.output}, o);
+      model = formats::export_onnx(m.graph, inputs, outputs, o);
     } catch (const formats::BatchDependentError& e) {
       // The engine folds an imported model's shape arithmetic at one batch size; where the folded shapes
       // hold the batch (PyTorch's attention reshapes [seq, batch * heads, dim]), the model goes back as the

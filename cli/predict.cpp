@@ -36,7 +36,8 @@ struct InferenceGraph {
 
 // What predict needs of a model, whichever file it came from.
 struct PredictModel {
-  std::function<InferenceGraph(int64_t batch)> build;
+  // The inference graph at a batch size, giving output `output` (an index into `outputs`).
+  std::function<InferenceGraph(int64_t batch, size_t output)> build;
   struct Input {
     std::string name;
     std::vector<int64_t> sample_shape;  // per sample, as the samples are given (channels last for images)
@@ -44,8 +45,12 @@ struct PredictModel {
   };
   std::vector<Input> inputs;  // in the model's order: one INPUT file each
   int64_t fixed_batch = 0;    // an ONNX input whose batch dimension is a number
-  double threshold = 0.5;     // class ids of a single output: 1 above it
-  std::string kind;           // "checkpoint" or "ONNX model"
+  // The model's outputs: the output layers of a spec of several (else "output"), an ONNX model's graph
+  // outputs; and for each, where a single output's class id turns 1 (0 for a model trained on logits).
+  std::vector<std::string> outputs;
+  std::vector<double> thresholds;
+  size_t output = 0;  // the one predict writes (--output)
+  std::string kind;   // "checkpoint" or "ONNX model"
   std::string path;
 };
 
@@ -85,13 +90,20 @@ PredictModel checkpoint_model(const std::string& path) {
     m.inputs.push_back(std::move(in));
   }
   // A model trained on logits has its decision boundary at 0.
-  if (spec.train.from_logits) m.threshold = 0.0;
+  m.outputs = {probe.more_outputs.empty() ? std::string("output") : probe.output_name};
+  m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
+  for (size_t k = 0; k < probe.more_outputs.size(); ++k) {
+    m.outputs.push_back(probe.more_outputs[k].name);
+    const bool logits = k + 1 < spec.train.outputs.size() && spec.train.outputs[k + 1].from_logits;
+    m.thresholds.push_back(logits ? 0.0 : 0.5);
+  }
   engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
-  m.build = [factory](int64_t batch) {
+  m.build = [factory](int64_t batch, size_t output) {
     engine::ForwardModel fm = factory(batch, false);
     std::vector<engine::ValueId> inputs = {fm.input};
     inputs.insert(inputs.end(), fm.more_inputs.begin(), fm.more_inputs.end());
-    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), inputs, fm.output};
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), inputs,
+                     output == 0 ? fm.output : fm.more_outputs.at(output - 1)};
     g.graph->mark_output(g.output);
     return g;
   };
@@ -134,9 +146,13 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     }
     m.inputs.push_back(std::move(pi));
   }
-  m.build = [import](int64_t b) {
+  for (engine::ValueId v : r.outputs) {
+    m.outputs.push_back(r.graph.value(v).name);
+    m.thresholds.push_back(0.5);
+  }
+  m.build = [import](int64_t b, size_t output) {
     formats::OnnxImportResult r = import(b);
-    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs, r.outputs[0]};
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs, r.outputs.at(output)};
     return g;
   };
   return m;
@@ -218,7 +234,7 @@ class Runner {
     std::vector<int64_t> sizes = {batch_};
     if (!model.fixed_batch && count > batch_ && count % batch_) sizes.push_back(count % batch_);
     for (int64_t b : sizes) {
-      InferenceGraph g = model.build(b);
+      InferenceGraph g = model.build(b, model.output);
       plan_[b] = {plans_.add(g.graph), g};
     }
     plans_.finalize();
@@ -291,7 +307,7 @@ class Runner {
     auto it = plan_.find(b);
     if (it != plan_.end()) return plans_.session(it->second.first);
     // The input ended short and its length was not known: a plan of its own for this one batch.
-    InferenceGraph g = model_.build(b);
+    InferenceGraph g = model_.build(b, model_.output);
     extra_graph_ = g;
     extra_ = std::make_unique<engine::Session>(g.graph, backend_);
     extra_batch_ = b;
@@ -331,6 +347,7 @@ Command add_predict_command(CLI::App& app) {
   auto format = std::make_shared<std::string>("csv");
   auto probabilities = std::make_shared<bool>(false);
   auto quiet = std::make_shared<bool>(false);
+  auto output = std::make_shared<std::string>();
   auto device = std::make_shared<DeviceOptions>();
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
   cmd->add_option("INPUT", *inputs,
@@ -344,6 +361,8 @@ Command add_predict_command(CLI::App& app) {
       "--probabilities", *probabilities,
       "Write the model's output rows (the probabilities of a softmax or sigmoid model) instead of class "
       "ids");
+  cmd->add_option("--output", *output,
+                  "The output to write, by name, for a model of several outputs (default: the first)");
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on stderr but errors");
   device->add(cmd);
   auto run = [=]() -> int {
@@ -363,6 +382,16 @@ Command add_predict_command(CLI::App& app) {
     // The model and the input's header come first: every mistake is found before anything is written.
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
+    if (!output->empty()) {
+      auto it = std::find(model.outputs.begin(), model.outputs.end(), *output);
+      if (it == model.outputs.end())
+        throw InputError("--output",
+                         fmt::format("the {} has no output '{}'; its outputs: {}", model.kind, *output,
+                                     fmt::join(model.outputs, ", ")),
+                         formats::did_you_mean(*output, model.outputs));
+      model.output = static_cast<size_t>(it - model.outputs.begin());
+    }
+    const double threshold = model.thresholds.at(model.output);
     const bool npz = paths.size() == 1 && is_npz(paths[0]);
     for (const std::string& p : paths)
       if (paths.size() > 1 && is_npz(p))
@@ -462,7 +491,7 @@ Command add_predict_command(CLI::App& app) {
       for (int64_t i = 0; i < n * positions; ++i) {
         const float* r = rows + i * (single ? columns : last);
         ids[i] = runner.integer_output() ? std::llround(r[0])
-                 : single || last == 1   ? (r[0] > model.threshold ? 1 : 0)
+                 : single || last == 1   ? (r[0] > threshold ? 1 : 0)
                                          : std::max_element(r, r + last) - r;
       }
       open = out.write(ids.data(), n);
@@ -470,10 +499,14 @@ Command add_predict_command(CLI::App& app) {
     if (open) out.finish();
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!*quiet)
-      fmt::print(stderr, "{} samples ({}{}, {}{}) through the {} at batch {} in {:.2f}s{}\n", done,
+      fmt::print(stderr, "{} samples ({}{}, {}{}) through the {}{} at batch {} in {:.2f}s{}\n", done,
                  formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(),
-                 readers.size() > 1 ? fmt::format(" and {} more", readers.size() - 1) : "", model.kind, b,
-                 seconds, out.closed() ? "; the reader closed the output early" : "");
+                 readers.size() > 1 ? fmt::format(" and {} more", readers.size() - 1) : "", model.kind,
+                 model.outputs.size() > 1
+                     ? fmt::format(" (its output '{}' of {})", model.outputs[model.output],
+                                   fmt::join(model.outputs, ", "))
+                     : "",
+                 b, seconds, out.closed() ? "; the reader closed the output early" : "");
     return 0;
   };
   return {cmd, run};

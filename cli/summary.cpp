@@ -76,6 +76,12 @@ Command add_summary_command(CLI::App& app) {
       }
       inputs.push_back(std::move(r));
     }
+    // A model of several outputs: each output's layer and per-sample shape.
+    std::vector<std::pair<std::string, std::vector<int64_t>>> outputs;
+    if (!m.more_outputs.empty()) {
+      outputs.emplace_back(m.output_name, m.output_shape);
+      for (const models::BuiltModel::Output& o : m.more_outputs) outputs.emplace_back(o.name, o.shape);
+    }
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;
@@ -99,8 +105,15 @@ Command add_summary_command(CLI::App& app) {
                                    {"shape", fmt::format("[{}]", fmt::join(r.shape, ", "))},
                                    {"dtype", json_string(r.dtype)}});
       }
+      std::string output_list;
+      for (const auto& [name, shape] : outputs) {
+        if (!output_list.empty()) output_list += ", ";
+        output_list += json_object(
+            {{"name", json_string(name)}, {"shape", fmt::format("[{}]", fmt::join(shape, ", "))}});
+      }
       fmt::print("{}\n",
                  json_object({{"inputs", "[" + input_list + "]"},
+                              {"outputs", "[" + output_list + "]"},
                               {"layers", "[" + layers + "]"},
                               {"total_params", std::to_string(total)},
                               {"trainable_params", std::to_string(trainable)},
@@ -118,6 +131,12 @@ Command add_summary_command(CLI::App& app) {
       for (const InputRow& r : inputs)
         parts.push_back(fmt::format("{} {} {}", r.name, shape_text(r.shape), r.dtype));
       fmt::print("Inputs: {}\n", fmt::join(parts, " · "));
+    }
+    if (!outputs.empty()) {
+      std::vector<std::string> parts;
+      for (const auto& [name, shape] : outputs)
+        parts.push_back(fmt::format("{} {}", name, shape_text(shape)));
+      fmt::print("Outputs: {}\n", fmt::join(parts, " · "));
     }
     size_t wn = 5, wt = 4, ws = 12;
     for (const models::LayerInfo& l : m.layers) {

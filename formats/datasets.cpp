@@ -323,34 +323,60 @@ std::shared_ptr<const engine::data::Dataset> with_sample_weights(
   return engine::data::with_more_inputs(std::move(data), {std::move(weights)});
 }
 
+namespace {
+
+// A source's tables by input (x, x_key) or by output (y, y_key): every name must be one of the model's
+// `names` (of `what`: "input" or "output"), and a table of files must name each of them.
+void check_named(const std::string& where, const std::map<std::string, std::vector<std::string>>& files,
+                 const std::map<std::string, std::string>& arrays, const char* files_key,
+                 const char* arrays_key, const std::vector<std::string>& names, const char* what,
+                 const char* kind) {
+  auto known = [&](const auto& table, const char* key) {
+    for (const auto& [name, v] : table)
+      if (std::find(names.begin(), names.end(), name) == names.end())
+        throw InputError(
+            where, fmt::format("{} names '{}', which is not an {} of the model", key, name, what),
+            fmt::format("{}the model's {}s: {}", did_you_mean(name, names), what, fmt::join(names, ", ")));
+  };
+  known(files, files_key);
+  known(arrays, arrays_key);
+  if (!files.empty())
+    for (const std::string& name : names)
+      if (!files.count(name))
+        throw InputError(
+            where, fmt::format("{} names no {}files for the model's {} '{}'", files_key, kind, what, name),
+            fmt::format("add {} = \"FILE.npy\" to {}", name, files_key));
+}
+
+// The format of a source of arrays: given, or from its first file's name ("" when it tells none).
+std::string array_format(const DataSource& src) {
+  if (!src.format.empty()) return src.format;
+  const std::vector<std::string>& some = src.x_by_input.empty() ? src.x : src.x_by_input.begin()->second;
+  return some.empty() ? "" : data_format_from_name(some[0]);
+}
+
+// An error in the data of one input or output, saying whose (`whose`: "the data of the model's input 'x'").
+InputError naming(const InputError& e, const std::string& whose) {
+  const std::string what = e.what();
+  return InputError(
+      e.where(),
+      fmt::format("{} ({})",
+                  e.where().empty() ? what : what.substr(std::min(what.size(), e.where().size() + 2)), whose),
+      e.hint());
+}
+
+}  // namespace
+
 std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
                                                           const std::vector<std::string>& inputs,
                                                           const DatasetOptions& options) {
   TRAINER_ASSERT(!inputs.empty());
   const std::string where = where_in_spec(src.pos);
   // Every name in the tables must be an input, and x = { ... } must name each input.
-  auto check_names = [&](const auto& table, const char* key) {
-    for (const auto& [name, v] : table)
-      if (std::find(inputs.begin(), inputs.end(), name) == inputs.end())
-        throw InputError(
-            where, fmt::format("{} names '{}', which is not an input of the model", key, name),
-            fmt::format("{}the model's inputs: {}", did_you_mean(name, inputs), fmt::join(inputs, ", ")));
-  };
-  check_names(src.x_by_input, "x");
-  check_names(src.x_keys, "x_key");
-  if (!src.x_by_input.empty())
-    for (const std::string& name : inputs)
-      if (!src.x_by_input.count(name))
-        throw InputError(where, fmt::format("x names no files for the model's input '{}'", name),
-                         fmt::format("add {} = \"FILE.npy\" to x", name));
+  check_named(where, src.x_by_input, src.x_keys, "x", "x_key", inputs, "input", "");
   if (inputs.size() == 1 && src.x_by_input.empty() && src.x_keys.empty())
     return open_dataset(src, base_dir, options);
-
-  std::string format = src.format;
-  if (format.empty()) {
-    const std::vector<std::string>& some = src.x_by_input.empty() ? src.x : src.x_by_input.begin()->second;
-    format = some.empty() ? "" : data_format_from_name(some[0]);
-  }
+  const std::string format = array_format(src);
   if (format != "npy" && format != "npz")
     throw InputError(
         where,
@@ -374,19 +400,92 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     try {
       parts.push_back(open_dataset(one, base_dir, options));
     } catch (const InputError& e) {  // name the input whose data is wrong
-      const std::string what = e.what();
-      throw InputError(
-          e.where(),
-          fmt::format("{} (the data of the model's input '{}')",
-                      e.where().empty() ? what : what.substr(std::min(what.size(), e.where().size() + 2)),
-                      name),
-          e.hint());
+      throw naming(e, fmt::format("the data of the model's input '{}'", name));
     }
   }
   std::shared_ptr<const engine::data::Dataset> first = parts[0];
   parts.erase(parts.begin());
   if (parts.empty()) return first;
   return engine::data::with_more_inputs(std::move(first), std::move(parts));
+}
+
+std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
+                                                          const std::vector<std::string>& inputs,
+                                                          const std::vector<std::string>& outputs,
+                                                          const DatasetOptions& options) {
+  TRAINER_ASSERT(!outputs.empty());
+  const std::string where = where_in_spec(src.pos);
+  check_named(where, src.y_by_output, src.y_keys, "y", "y_key", outputs, "output", "label ");
+  if (outputs.size() == 1 && src.y_by_output.empty() && src.y_keys.empty())
+    return open_dataset(src, base_dir, inputs, options);
+  const std::string format = array_format(src);
+  if (format != "npy" && format != "npz")
+    throw InputError(
+        where,
+        fmt::format("the model has {} outputs ({}); their labels come in .npz or .npy files, not {}",
+                    outputs.size(), fmt::join(outputs, ", "), format.empty() ? "these" : format),
+        "an .npz with one label array per output (named after it), or y = { NAME = \"FILE.npy\", ... }");
+  if (format == "npy" && src.y_by_output.empty())
+    throw InputError(where,
+                     fmt::format("the model has {} outputs ({}); y names one set of label files",
+                                 outputs.size(), fmt::join(outputs, ", ")),
+                     fmt::format("name each output's labels: y = {{ {} = \"...npy\", ... }}", outputs[0]));
+  if (format == "npz" && !src.y_by_output.empty())
+    throw InputError(where, "npz files hold their labels; y names other files",
+                     "name each output's label array with y_key = { NAME = \"ARRAY\" }, or name the arrays "
+                     "after the outputs");
+  // The array (npz) or files (npy) of output k's labels.
+  auto key_of = [&](const std::string& name) {
+    auto it = src.y_keys.find(name);
+    return it != src.y_keys.end() ? it->second : outputs.size() == 1 ? src.y_key : name;
+  };
+  DataSource first = src;
+  first.format = format;
+  first.y_by_output.clear();
+  first.y_keys.clear();
+  if (format == "npy")
+    first.y = src.y_by_output.at(outputs[0]);
+  else
+    first.y_key = key_of(outputs[0]);
+  std::shared_ptr<const engine::data::Dataset> data;
+  try {
+    data = open_dataset(first, base_dir, inputs, options);
+  } catch (const InputError& e) {
+    throw naming(e, fmt::format("the labels of the model's output '{}'", outputs[0]));
+  }
+  std::vector<std::shared_ptr<const engine::data::Dataset>> labels;
+  for (size_t k = 1; k < outputs.size(); ++k) {
+    const std::string& name = outputs[k];
+    try {
+      Column y;
+      std::vector<std::string> files;
+      if (format == "npy") {
+        files = resolve_data_files(src.y_by_output.at(name), base_dir, src.pos);
+        for (const auto& f : files) y.append(read_npy(f, options.spill_bytes));
+      } else {
+        if (!src.x_by_input.empty())
+          throw InputError(where, "the label arrays of .npz files need x to name the .npz files",
+                           "x = \"train.npz\" with an array per input and per output");
+        files = resolve_data_files(src.x, base_dir, src.pos);
+        for (const auto& f : files) {
+          ZipArchive zip(f);
+          y.append(read_npz_array(zip, key_of(name), options.spill_bytes));
+        }
+      }
+      const std::string desc = describe_files(files);
+      const int64_t count = src.limit > 0 ? std::min(src.limit, y.size()) : y.size();
+      if (count != data->size())
+        throw InputError(desc, fmt::format("holds {} labels for {} samples", count, data->size()),
+                         "give one label per sample, in the samples' order");
+      std::shared_ptr<const engine::data::Dataset> d =
+          std::make_shared<ArrayDataset>(y, y, engine::data::Layout::plain, desc);
+      if (count < d->size()) d = engine::data::subset(d, 0, count);
+      labels.push_back(std::move(d));
+    } catch (const InputError& e) {
+      throw naming(e, fmt::format("the labels of the model's output '{}'", name));
+    }
+  }
+  return engine::data::with_more_inputs(std::move(data), std::move(labels));
 }
 
 }  // namespace trainer::formats

@@ -32,6 +32,16 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                                                           const std::vector<std::string>& inputs,
                                                           const DatasetOptions& options = {});
 
+// The data of a model whose outputs have these names (and inputs, as above). The first output's labels are
+// the dataset's labels; a model of several outputs reads them from .npy files (y = { NAME = "FILE.npy",
+// ... }) or from the .npz arrays named after the outputs (or after y_key = { NAME = "ARRAY", ... }), and the
+// further outputs' labels follow the model's further inputs in Dataset::more_inputs(), one dataset per
+// output whose samples are the labels.
+std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src, const std::string& base_dir,
+                                                          const std::vector<std::string>& inputs,
+                                                          const std::vector<std::string>& outputs,
+                                                          const DatasetOptions& options = {});
+
 // Whether a source gives sample weights (sample_weight or sample_weight_key).
 bool has_sample_weights(const DataSource& src);
 // The dataset `data` (opened from `src`) with its sample weights as its last further input: one f32 per

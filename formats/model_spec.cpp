@@ -38,17 +38,17 @@ constexpr std::string_view kSetPrefix = "--set ";
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
 const Keys kRootKeys = {"format_version", "model", "data", "train", "parallel"};
 const Keys kParallelKeys = {"bucket_mb", "shard_optimizer"};
-const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze", "output"};
+const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze", "output", "outputs"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kNamedInputKeys = {"name", "shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
 const Keys kSourceKeys = {
     "format",           "x", "y", "x_key", "y_key", "header", "label_column", "limit", "sample_weight",
     "sample_weight_key"};
-const Keys kTrainKeys = {"loss",           "from_logits",         "label_smoothing", "metrics",
-                         "top_k",          "class_weight",        "epochs",          "batch_size",
-                         "seed",           "optimizer",           "precision",       "checkpoint",
-                         "early_stopping", "reduce_lr_on_plateau"};
+const Keys kTrainKeys = {"loss",         "from_logits",    "label_smoothing",     "metrics",
+                         "loss_weights", "top_k",          "class_weight",        "epochs",
+                         "batch_size",   "seed",           "optimizer",           "precision",
+                         "checkpoint",   "early_stopping", "reduce_lr_on_plateau"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
                              "beta_2",       "epsilon",       "momentum",
@@ -799,6 +799,21 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
     if (m.output.empty())
       t.fail("output", "model.output is empty", "name a value of the ONNX model, or leave output out");
   }
+  if (t.get_strings("outputs", m.outputs)) {
+    const toml::node* o = t.find("outputs");
+    if (!m.onnx.empty() && m.layers.empty() && !t.find("layers"))
+      t.fail("outputs", "model.outputs names layers of the spec, and an ONNX model has none",
+             "take one value of the ONNX model with output = \"NAME\"");
+    if (m.outputs.empty())
+      t.fail("outputs", "model.outputs is empty", "name the output layers, or leave it out");
+    for (size_t i = 0; i < m.outputs.size(); ++i) {
+      m.outputs_pos.push_back(o->is_array() ? r.pos(*o->as_array()->get(i)) : r.pos(*o));
+      if (m.outputs[i].empty()) r.fail(m.outputs_pos.back(), "model.outputs has an empty name");
+      for (size_t j = 0; j < i; ++j)
+        if (m.outputs[j] == m.outputs[i])
+          r.fail(m.outputs_pos.back(), fmt::format("model.outputs lists '{}' twice", m.outputs[i]));
+    }
+  }
   if (!m.onnx.empty()) {
     // Layers on top of the ONNX model take its output, named "onnx".
     if (const toml::node* layers = t.find("layers")) m.layers = read_layers(r, *layers, {"onnx"});
@@ -861,7 +876,27 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   } else if (s.x.empty()) {
     t.fail("x", fmt::format("{}.x is empty", path), "name at least one file");
   }
-  t.get_strings("y", s.y);
+  // A table of label files by output name, for a model of several outputs.
+  if (const toml::node* y = t.find("y"); y && y->is_table()) {
+    for (auto&& [k, v] : *y->as_table()) {
+      std::vector<std::string>& files = s.y_by_output[std::string(k.str())];
+      auto* a = v.as_array();
+      for (size_t i = 0; i < (a ? a->size() : 1) && (a || v.is_string()); ++i) {
+        const toml::node& f = a ? *a->get(i) : v;
+        if (!f.is_string() || f.as_string()->get().empty())
+          r.fail(r.pos(f), fmt::format("{}.{} must hold file names", t.name("y"), k.str()),
+                 "e.g. y = { digit = \"digit.npy\", parity = \"parity.npy\" }");
+        files.push_back(f.as_string()->get());
+      }
+      if (files.empty())
+        r.fail(r.pos(v), fmt::format("{}.{} must name the output's label files", t.name("y"), k.str()),
+               "e.g. y = { digit = \"digit.npy\", parity = \"parity.npy\" }");
+    }
+    if (s.y_by_output.empty())
+      t.fail("y", fmt::format("{} is empty", t.name("y")), "name each output's label files");
+  } else {
+    t.get_strings("y", s.y);
+  }
   for (const char* key : {"x", "y"}) {
     if (!t.find(key)) continue;
     const auto& files = std::string_view(key) == "x" ? s.x : s.y;
@@ -879,7 +914,14 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   } else if (t.get("x_key", s.x_key) && s.x_key.empty()) {
     t.fail("x_key", fmt::format("{} is empty", t.name("x_key")), "name an array of the .npz");
   }
-  if (t.get("y_key", s.y_key) && s.y_key.empty())
+  if (const toml::node* yk = t.find("y_key"); yk && yk->is_table()) {
+    for (auto&& [k, v] : *yk->as_table()) {
+      if (!v.is_string() || v.as_string()->get().empty())
+        r.fail(r.pos(v), fmt::format("{}.{} must name an array of the .npz", t.name("y_key"), k.str()),
+               "e.g. y_key = { digit = \"y_digit\" }");
+      s.y_keys[std::string(k.str())] = v.as_string()->get();
+    }
+  } else if (t.get("y_key", s.y_key) && s.y_key.empty())
     t.fail("y_key", fmt::format("{} is empty", t.name("y_key")), "name an array of the .npz");
   if (t.get_strings("sample_weight", s.sample_weight)) {
     if (s.sample_weight.empty())
@@ -1048,14 +1090,28 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
   return o;
 }
 
+}  // namespace
+
+std::vector<std::string> reported_quantities(const TrainSection& train) {
+  std::vector<std::string> names = {"loss"};
+  if (train.outputs.empty()) {
+    names.insert(names.end(), train.metrics.begin(), train.metrics.end());
+    return names;
+  }
+  for (const OutputTrainSpec& o : train.outputs) names.push_back(o.name + "_loss");
+  for (const OutputTrainSpec& o : train.outputs)
+    for (const std::string& m : o.metrics) names.push_back(o.name + "_" + m);
+  return names;
+}
+
+namespace {
+
 // A monitored quantity (early stopping, save_best, reduce_lr_on_plateau) must be one the run reports: the
 // loss or a listed metric, with or without val_; a val_ one needs a validation set (known when [data] is
 // read).
 void check_monitor(const Reader& r, const Table& t, const char* key, const char* who,
-                   const std::string& monitor, const std::vector<std::string>& metrics,
+                   const std::string& monitor, const std::vector<std::string>& names,
                    const DataSection* data) {
-  std::vector<std::string> names = {"loss"};
-  for (const std::string& m : metrics) names.push_back(m);
   std::vector<std::string> monitors = names;
   for (const std::string& m : names) monitors.push_back("val_" + m);
   if (std::find(monitors.begin(), monitors.end(), monitor) == monitors.end()) {
@@ -1137,78 +1193,177 @@ CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::
   return c;
 }
 
-TrainSection read_train(const Reader& r, const toml::node& n, const DataSection* data) {
+// Checks one output's metrics (`mn`: the string or array that lists them, `what` its name in messages)
+// against its loss, and writes Keras's short names.
+void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
+                   std::vector<std::string>& metrics) {
+  for (size_t i = 0; i < metrics.size(); ++i) {
+    const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
+    const std::string& m = metrics[i];
+    if (m == "loss")
+      r.fail(mp, "'loss' is not a metric here",
+             fmt::format("the loss is always reported; leave it out of {}", what));
+    if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
+    if (m == "mean_absolute_error") metrics[i] = "mae";
+    if (m == "mean_squared_error") metrics[i] = "mse";
+    if (m == "mean_absolute_percentage_error") metrics[i] = "mape";
+    const bool binary = label_family(loss) == "binary_crossentropy";
+    if (auto it = kAccuracyLoss.find(m);
+        it != kAccuracyLoss.end() && label_family(loss) != it->second && loss.ends_with("crossentropy"))
+      r.fail(mp, fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, loss),
+             "use 'accuracy', which follows the loss, as Keras does");
+    if (m.find("top_k") != std::string::npos && binary)
+      r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
+             "report accuracy, precision, recall or auc");
+    if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc") && !binary)
+      r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
+             "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
+             "sample)");
+    if ((metrics[i] == "mae" || metrics[i] == "mse" || metrics[i] == "mape" ||
+         metrics[i] == "root_mean_squared_error") &&
+        loss == "sparse_categorical_crossentropy")
+      r.fail(mp,
+             fmt::format("metric '{}' compares outputs with labels of the same shape, and "
+                         "sparse_categorical_crossentropy's labels are class ids",
+                         m),
+             "report accuracy, or use categorical_crossentropy with one-hot labels");
+    if (std::find(metrics.begin(), metrics.begin() + static_cast<ptrdiff_t>(i), metrics[i]) !=
+        metrics.begin() + static_cast<ptrdiff_t>(i))
+      r.fail(mp, fmt::format("metric '{}' is listed twice", m));
+  }
+}
+
+// The loss and metrics of one output from the [train] keys that hold them (loss, from_logits,
+// label_smoothing, metrics): each key a value for every output or, in a model of several outputs, a table by
+// output name (`outputs`). `output` "" reads the keys' values as they are (a model of one output).
+OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys& outputs,
+                                     const std::string& output) {
+  OutputTrainSpec o;
+  o.name = output;
+  std::vector<std::unique_ptr<Table>> tables;
+  // The table and key that hold `key`'s value for this output.
+  auto at = [&](std::string_view key) -> std::pair<const Table*, std::string> {
+    const toml::node* n = t.find(key);
+    if (!output.empty() && n && n->is_table()) {
+      tables.push_back(std::make_unique<Table>(r, *n, t.name(key), outputs));
+      return {tables.back().get(), output};
+    }
+    return {&t, std::string(key)};
+  };
+  const auto [lt, lk] = at("loss");
+  if (!lt->get_choice(lk, o.loss, kLosses, "loss")) {
+    if (lt != &t)
+      r.fail(lt->pos(), fmt::format("train.loss gives no loss for the output '{}'", output),
+             fmt::format("add {} = \"...\" to it, or give one loss for every output", output));
+    r.fail(t.pos(), "[train] has no loss", "e.g. loss = \"sparse_categorical_crossentropy\"");
+  }
+  o.loss_pos = lt->pos(lk);
+  if (o.loss == "mean_squared_error") o.loss = "mse";
+  if (o.loss == "kld") o.loss = "kl_divergence";
+  if (o.loss == "mean_absolute_error") o.loss = "mae";
+  {
+    const auto [ft, fk] = at("from_logits");
+    ft->get(fk, o.from_logits);
+  }
+  if (const auto [st, sk] = at("label_smoothing"); st->get(sk, o.label_smoothing)) {
+    if (!(o.label_smoothing >= 0 && o.label_smoothing <= 1))
+      st->fail(sk, fmt::format("{} must be in [0, 1], not {}", st->name(sk), toml_float(o.label_smoothing)));
+    if (label_family(o.loss) != "categorical_crossentropy" && label_family(o.loss) != "binary_crossentropy")
+      st->fail(sk,
+               fmt::format("{} applies to the categorical and binary cross-entropies (focal or not), and the "
+                           "loss is {}",
+                           st->name(sk), o.loss),
+               o.loss == "sparse_categorical_crossentropy"
+                   ? "use one-hot labels with categorical_crossentropy"
+                   : "leave label_smoothing out");
+  }
+  if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
+    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.metrics);
+  return o;
+}
+
+TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection& model,
+                        const DataSection* data) {
   Table t(r, n, "train", kTrainKeys);
   TrainSection s;
   s.pos = t.pos();
-  if (!t.get_choice("loss", s.loss, kLosses, "loss"))
-    r.fail(s.pos, "[train] has no loss", "e.g. loss = \"sparse_categorical_crossentropy\"");
-  s.loss_pos = t.pos("loss");
-  if (s.loss == "mean_squared_error") s.loss = "mse";
-  if (s.loss == "kld") s.loss = "kl_divergence";
-  if (s.loss == "mean_absolute_error") s.loss = "mae";
-  t.get("from_logits", s.from_logits);
-  if (t.get("label_smoothing", s.label_smoothing)) {
-    if (!(s.label_smoothing >= 0 && s.label_smoothing <= 1))
-      t.fail("label_smoothing",
-             fmt::format("train.label_smoothing must be in [0, 1], not {}", toml_float(s.label_smoothing)));
-    if (label_family(s.loss) != "categorical_crossentropy" && label_family(s.loss) != "binary_crossentropy")
-      t.fail("label_smoothing",
-             fmt::format("train.label_smoothing applies to the categorical and binary cross-entropies (focal "
-                         "or not), and the loss is {}",
-                         s.loss),
-             s.loss == "sparse_categorical_crossentropy" ? "use one-hot labels with categorical_crossentropy"
-                                                         : "leave label_smoothing out");
+  const Keys outputs(model.outputs.begin(), model.outputs.end());
+  const char* const per_output[] = {"loss", "from_logits", "label_smoothing", "metrics", "loss_weights"};
+  for (const char* key : per_output) {
+    const toml::node* v = t.find(key);
+    const bool by_name = v && v->is_table() && (std::string_view(key) != "loss" || !outputs.empty());
+    if (by_name && outputs.empty())
+      t.fail(key, fmt::format("train.{} is a table by output name, and the model names no outputs", key),
+             "list the output layers in [model] outputs = [\"a\", \"b\"], or give one value");
+    if (by_name)
+      for (auto&& [k, val] : *v->as_table())
+        if (!contains(outputs, k.str()))
+          r.fail(r.pos(k, val),
+                 fmt::format("train.{} names '{}', which model.outputs does not list ({})", key, k.str(),
+                             join(outputs)),
+                 choice_hint(k.str(), outputs));
   }
-  if (t.get_strings("metrics", s.metrics)) {
-    const toml::node* mn = t.find("metrics");
-    for (size_t i = 0; i < s.metrics.size(); ++i) {
-      const SourcePos mp = mn->is_array() ? r.pos(*mn->as_array()->get(i)) : r.pos(*mn);
-      const std::string& m = s.metrics[i];
-      if (m == "loss")
-        r.fail(mp, "'loss' is not a metric here",
-               "the loss is always reported; leave it out of train.metrics");
-      if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
-      if (m == "mean_absolute_error") s.metrics[i] = "mae";
-      if (m == "mean_squared_error") s.metrics[i] = "mse";
-      if (m == "mean_absolute_percentage_error") s.metrics[i] = "mape";
-      const bool binary = label_family(s.loss) == "binary_crossentropy";
-      if (auto it = kAccuracyLoss.find(m);
-          it != kAccuracyLoss.end() && label_family(s.loss) != it->second && s.loss.ends_with("crossentropy"))
-        r.fail(mp,
-               fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, s.loss),
-               "use 'accuracy', which follows the loss, as Keras does");
-      if (m.find("top_k") != std::string::npos && binary)
-        r.fail(mp,
-               fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
-               "report accuracy, precision, recall or auc");
-      if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc") && !binary)
-        r.fail(mp,
-               fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, s.loss),
-               "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
-               "sample)");
-      if ((s.metrics[i] == "mae" || s.metrics[i] == "mse" || s.metrics[i] == "mape" ||
-           s.metrics[i] == "root_mean_squared_error") &&
-          s.loss == "sparse_categorical_crossentropy")
-        r.fail(mp,
-               fmt::format("metric '{}' compares outputs with labels of the same shape, and "
-                           "sparse_categorical_crossentropy's labels are class ids",
-                           m),
-               "report accuracy, or use categorical_crossentropy with one-hot labels");
-      if (std::find(s.metrics.begin(), s.metrics.begin() + static_cast<ptrdiff_t>(i), s.metrics[i]) !=
-          s.metrics.begin() + static_cast<ptrdiff_t>(i))
-        r.fail(mp, fmt::format("metric '{}' is listed twice", m));
+  if (outputs.size() > 1) {
+    for (const auto& name : model.outputs) s.outputs.push_back(read_output_settings(r, t, outputs, name));
+    const OutputTrainSpec& first = s.outputs[0];
+    s.loss = first.loss;
+    s.loss_pos = first.loss_pos;
+    s.from_logits = first.from_logits;
+    s.label_smoothing = first.label_smoothing;
+    s.metrics = first.metrics;
+  } else {
+    const OutputTrainSpec o = read_output_settings(r, t, outputs, outputs.empty() ? "" : model.outputs[0]);
+    s.loss = o.loss;
+    s.loss_pos = o.loss_pos;
+    s.from_logits = o.from_logits;
+    s.label_smoothing = o.label_smoothing;
+    s.metrics = o.metrics;
+  }
+  if (const toml::node* lw = t.find("loss_weights")) {
+    if (outputs.size() < 2)
+      t.fail("loss_weights", "train.loss_weights weighs the losses of a model's several outputs",
+             "list the output layers in [model] outputs, or leave loss_weights out");
+    std::vector<double> weights;
+    if (lw->is_table()) {
+      Table wt(r, *lw, "train.loss_weights", outputs);
+      for (size_t k = 0; k < outputs.size(); ++k) {
+        double w = 1;
+        if (wt.get(outputs[k], w) && !(w >= 0))
+          wt.fail(outputs[k],
+                  fmt::format("{} must be 0 or more, not {}", wt.name(outputs[k]), toml_float(w)));
+        s.outputs[k].loss_weight = w;
+      }
+    } else {
+      t.get_numbers("loss_weights", weights);
+      if (weights.size() != outputs.size())
+        t.fail("loss_weights",
+               fmt::format("train.loss_weights has {} weights, and the model has {} outputs", weights.size(),
+                           outputs.size()),
+               "give one weight per output, in [model] outputs' order, or a table by output name");
+      for (size_t k = 0; k < weights.size(); ++k) {
+        if (!(weights[k] >= 0))
+          t.fail("loss_weights", fmt::format("train.loss_weights holds {}; weights must be 0 or more",
+                                             toml_float(weights[k])));
+        s.outputs[k].loss_weight = weights[k];
+      }
     }
   }
   if (t.get("top_k", s.top_k)) {
     if (s.top_k < 1) t.fail("top_k", fmt::format("train.top_k must be 1 or more, not {}", s.top_k));
-    if (std::none_of(s.metrics.begin(), s.metrics.end(),
-                     [](const std::string& m) { return m.find("top_k") != std::string::npos; }))
+    bool ranked = std::any_of(s.metrics.begin(), s.metrics.end(),
+                              [](const std::string& m) { return m.find("top_k") != std::string::npos; });
+    for (const OutputTrainSpec& o : s.outputs)
+      for (const std::string& m : o.metrics) ranked = ranked || m.find("top_k") != std::string::npos;
+    if (!ranked)
       t.fail("top_k", "train.top_k is set but train.metrics has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
   }
   if (const toml::node* cw = t.find("class_weight")) {
     s.class_weight_pos = r.pos(*cw);
+    if (!s.outputs.empty())
+      t.fail("class_weight", "train.class_weight weighs the classes of a model of one output",
+             "give sample weights instead (sample_weight in the data sources), as Keras asks of a model of "
+             "several outputs");
     if (cw->is_table()) {
       // Keras's dict form, keys being class ids: { "0" = 1.0, "1" = 5.0 }; a class left out weighs 1.
       for (const auto& [key, v] : *cw->as_table()) {
@@ -1254,11 +1409,12 @@ TrainSection read_train(const Reader& r, const toml::node& n, const DataSection*
   }
   t.get_choice("precision", s.precision, kPrecisions, "precision");
   if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
+  const std::vector<std::string> reported = reported_quantities(s);
   if (const toml::node* e = t.find("early_stopping"))
-    s.early_stopping = read_early_stopping(r, *e, s.metrics, data);
-  if (const toml::node* c = t.find("checkpoint")) s.checkpoint = read_checkpoint(r, *c, s.metrics, data);
+    s.early_stopping = read_early_stopping(r, *e, reported, data);
+  if (const toml::node* c = t.find("checkpoint")) s.checkpoint = read_checkpoint(r, *c, reported, data);
   if (const toml::node* p = t.find("reduce_lr_on_plateau"))
-    s.reduce_lr = read_reduce_lr(r, *p, s.metrics, data);
+    s.reduce_lr = read_reduce_lr(r, *p, reported, data);
   return s;
 }
 
@@ -1332,7 +1488,7 @@ ModelSpec parse_spec(const std::string& text, const std::string& path,
   const toml::node* data = root.find("data");
   if (data) spec.data = read_data(r, *data, spec.model);
   if (const toml::node* train = root.find("train"))
-    spec.train = read_train(r, *train, data ? &spec.data : nullptr);
+    spec.train = read_train(r, *train, spec.model, data ? &spec.data : nullptr);
   if (const toml::node* parallel = root.find("parallel")) {
     Table t(r, *parallel, "parallel", kParallelKeys);
     spec.parallel.pos = t.pos();

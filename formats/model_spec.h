@@ -78,6 +78,10 @@ struct ModelSection {
   // classifier, for new layers on top). "" = the model's single output.
   std::string output;
   SourcePos output_pos;
+  // Keras's Model(outputs=[...]): the layers whose outputs the model gives, in order, each with its own
+  // labels, loss and metrics ([train] keys written as tables by output name). Empty: the last layer.
+  std::vector<std::string> outputs;
+  std::vector<SourcePos> outputs_pos;  // one per name
   // The ONNX file's bytes when they came from a checkpoint, which embeds them so that it needs no other file;
   // null when the model is read from `onnx`. Not a setting: same_settings ignores it.
   std::shared_ptr<const std::string> onnx_bytes;
@@ -98,6 +102,10 @@ struct DataSource {
   // is then empty). npz: each input's array name when it is not the input's name (`x_key` as a table).
   std::map<std::string, std::vector<std::string>> x_by_input;
   std::map<std::string, std::string> x_keys;
+  // A model of several outputs: each output's label files, by output name (`y` written as a table; `y` is
+  // then empty), or each output's array of the .npz when it is not the output's name (`y_key` as a table).
+  std::map<std::string, std::vector<std::string>> y_by_output;
+  std::map<std::string, std::string> y_keys;
   // Keras's sample_weight: one weight per sample, from .npy files (sample_weight) or from an array of the
   // .npz x files (sample_weight_key); neither: every sample weighs 1.
   std::vector<std::string> sample_weight;
@@ -195,6 +203,18 @@ struct CheckpointSpec {
   bool operator==(const CheckpointSpec&) const = default;
 };
 
+// One output's loss and metrics in a model of several outputs (Keras's compile with dicts by output name).
+struct OutputTrainSpec {
+  std::string name;  // the output layer's: the prefix of its reported quantities (digit_loss, ...)
+  std::string loss;
+  bool from_logits = false;
+  double label_smoothing = 0;
+  std::vector<std::string> metrics;
+  double loss_weight = 1;  // its loss counts this much in the loss that trains (loss_weights)
+  SourcePos loss_pos;
+  bool operator==(const OutputTrainSpec&) const = default;
+};
+
 struct TrainSection {
   // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae (the reader
   // maps Keras's mean_squared_error and mean_absolute_error). "" only when the spec has no [train] (enough
@@ -204,6 +224,9 @@ struct TrainSection {
   double label_smoothing = 0;  // categorical and binary cross-entropy, as Keras's
   // accuracy, top_k_accuracy (with top_k), precision, recall, auc, mae, mse; the loss is always reported
   std::vector<std::string> metrics;
+  // A model of several outputs ([model] outputs): each output's settings, in the model's order (loss,
+  // from_logits, label_smoothing and metrics above are then the first output's). Empty for one output.
+  std::vector<OutputTrainSpec> outputs;
   int64_t top_k = 5;
   // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
   // 1).
@@ -223,6 +246,10 @@ struct TrainSection {
   SourcePos loss_pos;
   bool operator==(const TrainSection&) const = default;
 };
+
+// The quantities a run reports for its training data: loss, then per output (several) its loss, then the
+// metrics, each output's prefixed with its name ("digit_accuracy"), as Keras names them.
+std::vector<std::string> reported_quantities(const TrainSection& train);
 
 // Data parallelism: how gradients are grouped for their reduction across replicas.
 struct ParallelSection {

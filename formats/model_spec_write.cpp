@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -76,12 +77,18 @@ void write_source(Writer& w, std::string_view name, const DataSource& s) {
     w.kv("x", s.x);
   else
     w.kv("x", s.x_by_input);
-  if (!s.y.empty()) w.kv("y", s.y);
+  if (!s.y_by_output.empty())
+    w.kv("y", s.y_by_output);
+  else if (!s.y.empty())
+    w.kv("y", s.y);
   if (s.x_keys.empty())
     w.kv("x_key", s.x_key);
   else
     w.kv("x_key", s.x_keys);
-  w.kv("y_key", s.y_key);
+  if (s.y_keys.empty())
+    w.kv("y_key", s.y_key);
+  else
+    w.kv("y_key", s.y_keys);
   if (!s.sample_weight.empty()) w.kv("sample_weight", s.sample_weight);
   if (!s.sample_weight_key.empty()) w.kv("sample_weight_key", s.sample_weight_key);
   w.kv("header", s.header);
@@ -95,6 +102,8 @@ void clear_positions(ModelSpec& s) {
   s.model.pos = s.model.input.pos = s.model.onnx_pos = s.model.output_pos = {};
   for (InputSpec& in : s.model.more_inputs) in.pos = {};
   s.model.freeze_pos.clear();
+  s.model.outputs_pos.clear();
+  for (OutputTrainSpec& o : s.train.outputs) o.loss_pos = {};
   s.model.onnx_bytes.reset();
   s.parallel.pos = {};
   for (LayerSpec& l : s.model.layers) {
@@ -120,6 +129,7 @@ std::string to_toml(const ModelSpec& spec) {
 
   const ModelSection& m = spec.model;
   w.header("[model]");
+  if (!m.outputs.empty()) w.kv("outputs", m.outputs);
   if (!m.onnx.empty()) {
     // The ONNX file defines the input and the layers.
     w.kv("onnx", m.onnx);
@@ -168,13 +178,34 @@ std::string to_toml(const ModelSpec& spec) {
   const TrainSection& t = spec.train;
   if (!t.loss.empty()) {
     w.header("[train]");
-    w.kv("loss", t.loss);
-    w.kv("from_logits", t.from_logits);
-    if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
-    w.kv("metrics", t.metrics);
-    if (std::any_of(t.metrics.begin(), t.metrics.end(),
-                    [](const std::string& m) { return m.find("top_k") != std::string::npos; }))
-      w.kv("top_k", t.top_k);
+    bool ranked = std::any_of(t.metrics.begin(), t.metrics.end(),
+                              [](const std::string& m) { return m.find("top_k") != std::string::npos; });
+    if (t.outputs.empty()) {
+      w.kv("loss", t.loss);
+      w.kv("from_logits", t.from_logits);
+      if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
+      w.kv("metrics", t.metrics);
+    } else {
+      // Each setting as a table by output name, as Keras's compile takes dicts.
+      std::map<std::string, std::string> loss;
+      std::map<std::string, bool> from_logits;
+      std::map<std::string, double> smoothing, weights;
+      std::map<std::string, std::vector<std::string>> metrics;
+      for (const OutputTrainSpec& o : t.outputs) {
+        loss[o.name] = o.loss;
+        from_logits[o.name] = o.from_logits;
+        if (o.label_smoothing != 0) smoothing[o.name] = o.label_smoothing;
+        weights[o.name] = o.loss_weight;
+        metrics[o.name] = o.metrics;
+        for (const std::string& m : o.metrics) ranked = ranked || m.find("top_k") != std::string::npos;
+      }
+      w.kv("loss", loss);
+      w.kv("from_logits", from_logits);
+      if (!smoothing.empty()) w.kv("label_smoothing", smoothing);
+      w.kv("metrics", metrics);
+      w.kv("loss_weights", weights);
+    }
+    if (ranked) w.kv("top_k", t.top_k);
     if (!t.class_weight.empty()) w.kv("class_weight", t.class_weight);
     w.kv("epochs", t.epochs);
     w.kv("batch_size", t.batch_size);

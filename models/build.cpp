@@ -94,9 +94,10 @@ struct SourcePlace {
 
 // Expands `spec_layers` on `values` (the model's inputs, named as `inputs` lists them; the first layer takes
 // the first), sets m's output from the last layer, and adds the layers' rows and penalties.
+// `outputs` ([model] outputs) names the layers whose outputs the model gives; empty: the last layer's.
 void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_layers,
                   const BuildOptions& options, std::map<std::string, LayerValue> values,
-                  const std::vector<SourcePlace>& inputs);
+                  const std::vector<SourcePlace>& inputs, const formats::ModelSection& model);
 
 }  // namespace
 
@@ -146,7 +147,7 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
   }
   std::vector<SourcePlace> places;
   for (const formats::InputSpec* input : model_inputs) places.push_back({input->name, input->pos.str()});
-  build_layers(m, model.layers, options, std::move(values), places);
+  build_layers(m, model.layers, options, std::move(values), places, model);
   return m;
 }
 
@@ -210,14 +211,17 @@ void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOp
   for (formats::LayerSpec& l : layers)
     for (std::string& in : l.inputs)
       if (auto it = renamed.find(in); it != renamed.end()) in = it->second;
-  build_layers(m, layers, options, {{kOnnxOutputName, x}}, {{kOnnxOutputName, where}});
+  formats::ModelSection named = model;  // outputs follow the renamed layers
+  for (std::string& o : named.outputs)
+    if (auto it = renamed.find(o); it != renamed.end()) o = it->second;
+  build_layers(m, layers, options, {{kOnnxOutputName, x}}, {{kOnnxOutputName, where}}, named);
 }
 
 namespace {
 
 void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_layers,
                   const BuildOptions& options, std::map<std::string, LayerValue> values,
-                  const std::vector<SourcePlace>& inputs) {
+                  const std::vector<SourcePlace>& inputs, const formats::ModelSection& model) {
   Graph& g = m.graph;
   std::vector<std::string> input_names;
   for (const SourcePlace& p : inputs) input_names.push_back(p.name);
@@ -359,29 +363,59 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
     previous = spec.name;
   }
 
+  // The model's outputs: the layers [model] outputs names, or the last one.
+  std::vector<std::string> outputs = model.outputs;
+  for (size_t k = 0; k < outputs.size(); ++k)
+    if (!specs.count(outputs[k]))
+      throw InputError(k < model.outputs_pos.size() ? model.outputs_pos[k].str() : model.pos.str(),
+                       fmt::format("model.outputs names '{}', which is not a layer of the model", outputs[k]),
+                       std::find(input_names.begin(), input_names.end(), outputs[k]) != input_names.end()
+                           ? "an output is a layer's: put a layer after the input"
+                           : fmt::format("{}the layers: {}", did_you_mean(outputs[k], all_names),
+                                         fmt::join(all_names, ", ")));
+  if (outputs.empty()) outputs = {previous};
   // A layer whose output reaches nothing would be computed every step for nothing: almost surely a mistake.
   for (const formats::LayerSpec& spec : layers)
-    if (spec.name != previous && uses[spec.name] == 0)
+    if (uses[spec.name] == 0 && std::find(outputs.begin(), outputs.end(), spec.name) == outputs.end())
       throw InputError(spec.pos.str(), fmt::format("the output of layer '{}' is not used", spec.name),
-                       fmt::format("the model's output is its last layer, '{}'; name '{}' in a later layer's "
-                                   "inputs or remove it",
-                                   previous, spec.name));
+                       model.outputs.empty()
+                           ? fmt::format("the model's output is its last layer, '{}'; name '{}' in a later "
+                                         "layer's inputs, list the outputs in [model] outputs, or remove it",
+                                         previous, spec.name)
+                           : fmt::format("name '{}' in a later layer's inputs or in [model] outputs, or "
+                                         "remove it",
+                                         spec.name));
 
   for (const SourcePlace& input : inputs)
     if (uses[input.name] == 0)
       throw InputError(input.where, fmt::format("the model's input '{}' is not used", input.name),
                        fmt::format("name '{}' in a layer's inputs, or remove the input", input.name));
 
-  LayerValue out = values[previous];
-  if (out.channels_first) {
-    out.value = channels_last(g, out.value, out.shape.size(), previous);
-    out.pre_activation = channels_last(g, out.pre_activation, out.shape.size(), previous + "/logits");
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    const std::string& name = outputs[k];
+    LayerValue out = values[name];
+    if (out.channels_first) {
+      out.value = channels_last(g, out.value, out.shape.size(), name);
+      out.pre_activation = channels_last(g, out.pre_activation, out.shape.size(), name + "/logits");
+    }
+    BuiltModel::Output o;
+    o.name = name;
+    o.value = out.value;
+    o.logits = out.pre_activation;
+    o.final_activation = out.activation.empty() ? "linear" : out.activation;
+    o.shape = out.shape;
+    if (out.mask != kNoValue && out.shape.size() >= 2) o.mask = out.mask;
+    if (k > 0) {
+      m.more_outputs.push_back(std::move(o));
+      continue;
+    }
+    m.output = o.value;
+    m.logits = o.logits;
+    m.final_activation = o.final_activation;
+    m.output_shape = o.shape;
+    m.output_mask = o.mask;
+    if (!model.outputs.empty()) m.output_name = name;
   }
-  m.output = out.value;
-  m.logits = out.pre_activation;
-  m.final_activation = out.activation.empty() ? "linear" : out.activation;
-  m.output_shape = out.shape;
-  if (out.mask != kNoValue && out.shape.size() >= 2) m.output_mask = out.mask;
 }
 
 }  // namespace

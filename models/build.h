@@ -77,6 +77,16 @@ struct BuiltModel {
   // Keras's weight constraints (kernel_constraint, ...), by parameter name.
   std::map<std::string, engine::WeightConstraint> constraints;
   std::vector<int64_t> output_shape;  // per sample, Keras-style
+  // A model of several outputs ([model] outputs): the layer the first output comes from, and the second,
+  // third, ... output, each with what the first has above.
+  std::string output_name;
+  struct Output {
+    std::string name;  // its layer's
+    engine::ValueId value = engine::kNoValue, logits = engine::kNoValue, mask = engine::kNoValue;
+    std::string final_activation;
+    std::vector<int64_t> shape;  // per sample, Keras-style
+  };
+  std::vector<Output> more_outputs;
   std::vector<LayerInfo> layers;
 };
 

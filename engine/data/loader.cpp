@@ -256,6 +256,47 @@ double read_as_double(DType t, const void* p, int64_t i) {
   }
 }
 
+// Sample `sample`'s n labels from src (of dtype src_t) into dst (of dtype dst_t): class ids (integer dst_t)
+// must be whole numbers in [0, k), other targets lie in [0, k - 1] (binary labels in [0, 1]), when k > 0.
+void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int64_t n, int64_t k,
+                  const Dataset& ds, int64_t sample) {
+  for (int64_t e = 0; e < n; ++e) {
+    double v = read_as_double(src_t, src, e);
+    const bool class_ids = dst_t == DType::i64 || dst_t == DType::i32;
+    if (class_ids && !(v == std::floor(v))) {
+      throw InputError(
+          ds.locate(sample), fmt::format("label {} is not a class id", v),
+          "class ids are whole numbers; use categorical_crossentropy or mse for fractional targets");
+    }
+    if (k > 0 &&
+        (class_ids ? (v < 0 || v >= static_cast<double>(k)) : !(v >= 0 && v <= static_cast<double>(k - 1)))) {
+      throw InputError(
+          ds.locate(sample), fmt::format("label {} is out of range for {} classes", v, k),
+          fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));
+    }
+    switch (dst_t) {
+      case DType::i64:
+        reinterpret_cast<int64_t*>(dst)[e] = static_cast<int64_t>(v);
+        break;
+      case DType::i32:
+        reinterpret_cast<int32_t*>(dst)[e] = static_cast<int32_t>(v);
+        break;
+      case DType::f32:
+        reinterpret_cast<float*>(dst)[e] = static_cast<float>(v);
+        break;
+      default:
+        reinterpret_cast<double*>(dst)[e] = v;
+        break;
+    }
+  }
+}
+
+// The labels of a further output, fed as an input (InputFormat::labels).
+void convert_labels(const Conversion& im, const void* src, void* dst, int64_t sample) {
+  store_labels(im.ds->sample_dtype(), src, im.format.x_dtype, static_cast<std::byte*>(dst), im.sample_elems,
+               im.format.label_classes, *im.ds, sample);
+}
+
 }  // namespace
 
 void BatchLoader::Impl::plan() {
@@ -364,40 +405,15 @@ void BatchLoader::Impl::plan_input(Input& in) const {
   cv.format = format;
   cv.sample_elems = sample_elems;
   in.x_convert = pick_converter(src_dtype, format.x_dtype);
+  if (format.labels) {
+    in.direct_copy = false;
+    in.x_convert = &convert_labels;
+  }
   TRAINER_ASSERT(in.x_convert != nullptr);
 }
 
 void BatchLoader::Impl::convert_label(const void* src, std::byte* dst, int64_t sample) const {
-  const int64_t k = format.num_classes;
-  for (int64_t e = 0; e < label_elems; ++e) {
-    double v = read_as_double(label_src_dtype, src, e);
-    const bool class_ids = format.y_dtype == DType::i64 || format.y_dtype == DType::i32;
-    if (class_ids && !(v == std::floor(v))) {
-      throw InputError(
-          ds->locate(sample), fmt::format("label {} is not a class id", v),
-          "class ids are whole numbers; use categorical_crossentropy or mse for fractional targets");
-    }
-    if (k > 0 &&
-        (class_ids ? (v < 0 || v >= static_cast<double>(k)) : !(v >= 0 && v <= static_cast<double>(k - 1)))) {
-      throw InputError(
-          ds->locate(sample), fmt::format("label {} is out of range for {} classes", v, k),
-          fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));
-    }
-    switch (format.y_dtype) {
-      case DType::i64:
-        reinterpret_cast<int64_t*>(dst)[e] = static_cast<int64_t>(v);
-        break;
-      case DType::i32:
-        reinterpret_cast<int32_t*>(dst)[e] = static_cast<int32_t>(v);
-        break;
-      case DType::f32:
-        reinterpret_cast<float*>(dst)[e] = static_cast<float>(v);
-        break;
-      default:
-        reinterpret_cast<double*>(dst)[e] = v;
-        break;
-    }
-  }
+  store_labels(label_src_dtype, src, format.y_dtype, dst, label_elems, format.num_classes, *ds, sample);
 }
 
 // Gathers part w of `parts` of a batch. Abandons the work as soon as the loader is reset or destroyed.

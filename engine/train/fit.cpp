@@ -31,6 +31,16 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
   return s;
 }
 
+std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
+  std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
+                                            cfg.metrics, cfg.top_k, cfg.loss_weight}};
+  for (OutputLoss o : cfg.more_outputs) {
+    o.top_k = cfg.top_k;
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
 double LearningRateSchedule::at(int64_t step) const {
   if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step + 1) / warmup_steps;
   int64_t s = step - warmup_steps;
@@ -81,8 +91,14 @@ LossKind loss_kind(const std::string& loss) {
 struct LossGraph {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
-  std::vector<ValueId> more_x;  // the further inputs
-  ValueId mask = kNoValue;      // [batch, steps]: the positions the loss and metrics count, when masked
+  // The further inputs: the model's, then the further outputs' labels (from more_x[labels_at - 1] on), then
+  // the sample weights.
+  std::vector<ValueId> more_x;
+  size_t labels_at = 1;
+  ValueId mask = kNoValue;  // [batch, steps]: the positions the loss and metrics count, when masked
+  // A model of several outputs: the second, third, ... output, its labels and mask (or none), and every
+  // output's own loss (the first's included); head_loss is empty for a model of one output.
+  std::vector<ValueId> more_output, more_y, more_mask, head_loss;
   std::map<std::string, WeightConstraint> constraints;  // the model's, for the training graph
 };
 
@@ -148,38 +164,40 @@ ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
   return op("Neg", {mean(last_axis_sum(op("Mul", {normalized(y), normalized(p)})))});
 }
 
-// The training plans' loss weighs samples by cfg.class_weight; `training` false (evaluation) never does.
-LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool training = true) {
-  LossGraph lg;
-  lg.graph = std::make_shared<Graph>(std::move(fm.graph));
-  Graph& g = *lg.graph;
-  lg.x = fm.input;
-  lg.more_x = fm.more_inputs;
-  lg.constraints = std::move(fm.constraints);
-  lg.output = fm.output;
+// One output's labels input, loss and mask, in a loss graph.
+struct HeadLoss {
+  ValueId y = kNoValue, loss = kNoValue, mask = kNoValue;
+};
+
+// The loss of one output (`output`, with its Keras mask `output_mask` or none) under `h`: adds its labels
+// input. `class_weight` weighs the classes (training only); `sample_w` is the [batch] f32 input of sample
+// weights, or none.
+HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch, const OutputLoss& h,
+                   const std::vector<double>& class_weight, bool training, ValueId sample_w) {
+  HeadLoss r;
   // By value: adding nodes moves the graph's values.
-  const DType odt = g.value(fm.output).dtype;
-  const Shape os = g.value(fm.output).shape;
-  LossKind k = loss_kind(cfg.loss);
+  const DType odt = g.value(output).dtype;
+  const Shape os = g.value(output).shape;
+  LossKind k = loss_kind(h.loss);
   auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
   auto scalar = [&](double v, DType dtype) { return scalar_constant(g, v, dtype); };
   // Keras's label smoothing: y (1 - s) + s / classes (binary: 2), in training and evaluation alike.
   auto smoothed = [&](ValueId y, int64_t classes) {
-    if (cfg.label_smoothing == 0) return y;
-    const double s = cfg.label_smoothing;
+    if (h.label_smoothing == 0) return y;
+    const double s = h.label_smoothing;
     return g.op("Add", {g.op("Mul", {y, scalar(1 - s, odt)}), scalar(s / static_cast<double>(classes), odt)});
   };
   // Class weights, one per class of the output (a class the spec leaves out weighs 1).
-  const bool weighted = training && !cfg.class_weight.empty();
+  const bool weighted = training && !class_weight.empty();
   auto class_weights = [&](int64_t classes) {
-    if (static_cast<int64_t>(cfg.class_weight.size()) > classes)
+    if (static_cast<int64_t>(class_weight.size()) > classes)
       throw InputError("train.class_weight",
                        fmt::format("train.class_weight has {} weights, and the model has {} classes",
-                                   cfg.class_weight.size(), classes),
+                                   class_weight.size(), classes),
                        "give one weight per class of the output");
     Tensor w(odt, Shape{classes});
     for (int64_t c = 0; c < classes; ++c)
-      w.set_f64(c, c < static_cast<int64_t>(cfg.class_weight.size()) ? cfg.class_weight[c] : 1.0);
+      w.set_f64(c, c < static_cast<int64_t>(class_weight.size()) ? class_weight[c] : 1.0);
     return g.add_constant(g.unique_name("class_weight"), std::move(w));
   };
   // The classes are the output's last axis. An output of more axes ([batch, steps, classes]: a
@@ -189,18 +207,11 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   const int64_t positions = os.rank() >= 2 ? os.numel() / batch / classes : 1;
   // A Keras mask over the steps of a per-step classification: the loss is the mean over the steps that count
   // (Keras divides by their number; a batch with none gives 0), and the metrics skip the others.
-  const bool masked = fm.output_mask != kNoValue && positions > 1 &&
-                      (k.sparse || k.categorical || k.binary) &&
-                      g.value(fm.output_mask).shape.numel() == batch * positions;
-  if (masked) lg.mask = fm.output_mask;
-  // Sample weights: one per sample, fed after the model's inputs; `weigh` scales values that lead with the
-  // batch ([batch, ...]) by them.
-  ValueId sample_w = kNoValue;
-  if (cfg.sample_weights) {
-    sample_w = g.add_input(g.unique_name("sample_weight"), DType::f32, Shape{batch});
-    lg.more_x.push_back(sample_w);
-    if (odt != DType::f32) sample_w = g.op("Cast", {sample_w}, {{"to", int64_t{dtype_to_onnx(odt)}}});
-  }
+  const bool masked = output_mask != kNoValue && positions > 1 && (k.sparse || k.categorical || k.binary) &&
+                      g.value(output_mask).shape.numel() == batch * positions;
+  if (masked) r.mask = output_mask;
+  if (sample_w != kNoValue && odt != DType::f32)
+    sample_w = g.op("Cast", {sample_w}, {{"to", int64_t{dtype_to_onnx(odt)}}});
   auto weigh = [&](ValueId v) {
     if (sample_w == kNoValue) return v;
     const int rank = g.value(v).shape.rank();
@@ -208,7 +219,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       throw InputError("train.loss",
                        fmt::format("{} with sample weights needs an output of [batch, values], and the model "
                                    "gives {}",
-                                   cfg.loss, os.str()),
+                                   h.loss, os.str()),
                        "end the model with a Dense layer, or leave out the sample weights");
     TRAINER_ASSERT(g.value(v).shape[0] == batch, "weighing {}", g.value(v).shape.str());
     std::vector<int64_t> dims(static_cast<size_t>(rank), 1);
@@ -227,7 +238,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   auto masked_mean = [&](ValueId per) {  // per: batch * positions losses
     const ValueId flat =
         g.add_constant(g.unique_name("positions_shape"), Tensor::from<int64_t>(Shape{1}, {-1}));
-    ValueId m = g.op("Reshape", {lg.mask, flat});
+    ValueId m = g.op("Reshape", {r.mask, flat});
     if (g.value(m).dtype != odt) m = g.op("Cast", {m}, {{"to", int64_t{dtype_to_onnx(odt)}}});
     const ValueId sum =
         g.op("ReduceSum", {g.op("Mul", {g.op("Reshape", {per, flat}), m})}, {{"keepdims", int64_t{0}}});
@@ -242,24 +253,24 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                                    os.str()),
                        "end the model with a Dense layer of one unit per class");
     // One class id per position: [batch] or [batch, steps...].
-    lg.y = g.add_input(g.unique_name("labels"), DType::i64,
-                       Shape(std::vector<int64_t>(os.dims().begin(), os.dims().end() - 1)));
+    r.y = g.add_input(g.unique_name("labels"), DType::i64,
+                      Shape(std::vector<int64_t>(os.dims().begin(), os.dims().end() - 1)));
     // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable
     // op. Per-position outputs are seen as [batch positions, classes] rows, a Softmax over their classes
     // folded into the loss (its input is the logits). With class weights: ONNX's weighted sum, over the
     // batch's positions (Keras's mean of weighted losses, where ONNX's weighted mean would divide by the
     // weights).
-    ValueId scores = fm.output;
-    bool logits = cfg.from_logits;
+    ValueId scores = output;
+    bool logits = h.from_logits;
     if (os.rank() > 2 && !logits) {
-      const Value& out = g.value(fm.output);
+      const Value& out = g.value(output);
       if (out.producer >= 0 && g.node(out.producer).op == "Softmax" &&
           normalize_axis(g.node(out.producer).attrs.i("axis"), os.rank()) == os.rank() - 1) {
         scores = g.node(out.producer).inputs[0];
         logits = true;
       }
     }
-    ValueId labels = lg.y;
+    ValueId labels = r.y;
     if (os.rank() > 2) {
       scores = g.op("Reshape", {scores, g.add_constant(g.unique_name("rows_shape"),
                                                        Tensor::from<int64_t>(Shape{2}, {-1, classes}))});
@@ -274,15 +285,15 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
       reduction.set("reduction", std::string("sum"));
     }
     if (masked || sample_w != kNoValue) reduction.set("reduction", std::string("none"));
-    lg.loss = g.op(logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
+    r.loss = g.op(logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
     if (sample_w != kNoValue) {
       // Per position (class-weighted when asked), times its sample's weight, averaged over the positions.
-      const ValueId per = weigh_rows(lg.loss);
-      lg.loss = masked ? masked_mean(per) : mean_of(per);
+      const ValueId per = weigh_rows(r.loss);
+      r.loss = masked ? masked_mean(per) : mean_of(per);
     } else if (masked) {
-      lg.loss = masked_mean(lg.loss);
+      r.loss = masked_mean(r.loss);
     } else if (weighted) {
-      lg.loss = g.op("Div", {lg.loss, scalar(static_cast<double>(batch * positions), odt)});
+      r.loss = g.op("Div", {r.loss, scalar(static_cast<double>(batch * positions), odt)});
     }
   } else if (k.categorical) {
     if (os.rank() < 2)
@@ -291,76 +302,124 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                                    "[batch, steps, classes]), the model gives {}",
                                    os.str()),
                        "");
-    lg.y = g.add_input(g.unique_name("labels"), odt, os);
+    r.y = g.add_input(g.unique_name("labels"), odt, os);
     const int64_t last = os.rank() - 1;
     const Attributes classes_axis{{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{0}}};
     ValueId per;
-    if (cfg.loss == "categorical_focal_crossentropy") {
+    if (h.loss == "categorical_focal_crossentropy") {
       // Keras's: probabilities renormalized and clipped to [1e-7, 1 - 1e-7], then per class
       // alpha (1 - p)^gamma (-y log p), summed (alpha 0.25, gamma 2).
-      ValueId p = cfg.from_logits ? g.op("Softmax", {fm.output}, {{"axis", last}}) : fm.output;
+      ValueId p = h.from_logits ? g.op("Softmax", {output}, {{"axis", last}}) : output;
       p = g.op("Div",
                {p, g.op("ReduceSum", {p}, {{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{1}}})});
       p = g.op("Clip", {p, scalar(1e-7, odt), scalar(1 - 1e-7, odt)});
       ValueId modulating = g.op("Pow", {g.op("Sub", {scalar(1, odt), p}), scalar(2, odt)});
       ValueId focal = g.op("Mul", {g.op("Mul", {modulating, scalar(0.25, odt)}),
-                                   g.op("Mul", {smoothed(lg.y, classes), g.op("Log", {p})})});
+                                   g.op("Mul", {smoothed(r.y, classes), g.op("Log", {p})})});
       per = g.op("ReduceSum", {focal}, classes_axis);  // minus the loss, as the cross-entropy below
     } else {
-      ValueId logp =
-          cfg.from_logits ? g.op("LogSoftmax", {fm.output}, {{"axis", last}}) : g.op("Log", {fm.output});
-      per = g.op("ReduceSum", {g.op("Mul", {smoothed(lg.y, classes), logp})}, classes_axis);
+      ValueId logp = h.from_logits ? g.op("LogSoftmax", {output}, {{"axis", last}}) : g.op("Log", {output});
+      per = g.op("ReduceSum", {g.op("Mul", {smoothed(r.y, classes), logp})}, classes_axis);
     }
     // A position's weight: its one-hot label's class's (a soft label's mix of them).
     if (weighted)
-      per =
-          g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {lg.y, class_weights(classes)})}, classes_axis)});
+      per = g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {r.y, class_weights(classes)})}, classes_axis)});
     per = weigh(per);
-    lg.loss = g.op("Neg", {masked ? masked_mean(per) : mean_of(per)});
+    r.loss = g.op("Neg", {masked ? masked_mean(per) : mean_of(per)});
   } else if (k.binary) {
     // One probability per sample, or one per position ([batch, steps] or [batch, steps, 1]), each with its
     // label; the loss is their mean.
-    lg.y = g.add_input(g.unique_name("labels"), odt, os);
-    const char* bce = cfg.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
-    if (cfg.loss == "binary_focal_crossentropy") {
+    r.y = g.add_input(g.unique_name("labels"), odt, os);
+    const char* bce = h.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
+    if (h.loss == "binary_focal_crossentropy") {
       // Keras's: each sample's cross-entropy times (1 - p_t)^gamma, p_t = y p + (1 - y)(1 - p), gamma 2 (no
       // class balancing, Keras's default).
-      const ValueId y = smoothed(lg.y, 2);
-      const ValueId p = cfg.from_logits ? g.op("Sigmoid", {fm.output}) : fm.output;
+      const ValueId y = smoothed(r.y, 2);
+      const ValueId p = h.from_logits ? g.op("Sigmoid", {output}) : output;
       const ValueId one = scalar(1, odt);
       const ValueId p_t =
           g.op("Add", {g.op("Mul", {y, p}), g.op("Mul", {g.op("Sub", {one, y}), g.op("Sub", {one, p})})});
       ValueId per = g.op("Mul", {g.op("Pow", {g.op("Sub", {one, p_t}), scalar(2, odt)}),
-                                 g.op(bce, {fm.output, y}, {{"reduction", std::string("none")}})});
+                                 g.op(bce, {output, y}, {{"reduction", std::string("none")}})});
       if (weighted) {
-        const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
-        per = g.op("Mul", {per, g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})})});
+        const double w0 = class_weight[0], w1 = class_weight.size() > 1 ? class_weight[1] : 1.0;
+        per = g.op("Mul", {per, g.op("Add", {scalar(w0, odt), g.op("Mul", {r.y, scalar(w1 - w0, odt)})})});
       }
       per = weigh(per);
-      lg.loss = masked ? masked_mean(per) : mean_of(per);
+      r.loss = masked ? masked_mean(per) : mean_of(per);
     } else if (!weighted && (masked || sample_w != kNoValue)) {
-      const ValueId per =
-          weigh(g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}));
-      lg.loss = masked ? masked_mean(per) : mean_of(per);
+      const ValueId per = weigh(g.op(bce, {output, smoothed(r.y, 2)}, {{"reduction", std::string("none")}}));
+      r.loss = masked ? masked_mean(per) : mean_of(per);
     } else if (!weighted) {
-      lg.loss = g.op(bce, {fm.output, smoothed(lg.y, 2)});
+      r.loss = g.op(bce, {output, smoothed(r.y, 2)});
     } else {
       // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
-      const double w0 = cfg.class_weight[0], w1 = cfg.class_weight.size() > 1 ? cfg.class_weight[1] : 1.0;
-      ValueId class_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {lg.y, scalar(w1 - w0, odt)})});
+      const double w0 = class_weight[0], w1 = class_weight.size() > 1 ? class_weight[1] : 1.0;
+      ValueId class_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {r.y, scalar(w1 - w0, odt)})});
       const ValueId per = weigh(g.op(
-          "Mul", {g.op(bce, {fm.output, smoothed(lg.y, 2)}, {{"reduction", std::string("none")}}), class_w}));
-      lg.loss = masked ? masked_mean(per) : mean_of(per);
+          "Mul", {g.op(bce, {output, smoothed(r.y, 2)}, {{"reduction", std::string("none")}}), class_w}));
+      r.loss = masked ? masked_mean(per) : mean_of(per);
     }
   } else {
-    lg.y = g.add_input(g.unique_name("labels"), odt, os);
-    if ((cfg.loss == "mse" || cfg.loss == "mae") && sample_w == kNoValue) {
-      lg.loss = g.op(cfg.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {fm.output, lg.y});
-    } else if (cfg.loss == "mse" || cfg.loss == "mae") {
-      const ValueId e = g.op("Sub", {fm.output, lg.y});
-      lg.loss = mean_of(weigh(cfg.loss == "mse" ? g.op("Mul", {e, e}) : g.op("Abs", {e})));
+    r.y = g.add_input(g.unique_name("labels"), odt, os);
+    if ((h.loss == "mse" || h.loss == "mae") && sample_w == kNoValue) {
+      r.loss = g.op(h.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {output, r.y});
+    } else if (h.loss == "mse" || h.loss == "mae") {
+      const ValueId e = g.op("Sub", {output, r.y});
+      r.loss = mean_of(weigh(h.loss == "mse" ? g.op("Mul", {e, e}) : g.op("Abs", {e})));
     } else {
-      lg.loss = keras_loss(g, cfg.loss, fm.output, lg.y, weigh);
+      r.loss = keras_loss(g, h.loss, output, r.y, weigh);
+    }
+  }
+  return r;
+}
+
+// The training plans' loss weighs samples by cfg.class_weight; `training` false (evaluation) never does. A
+// model of several outputs trains on the sum of their losses, each times its weight.
+LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool training = true) {
+  LossGraph lg;
+  lg.graph = std::make_shared<Graph>(std::move(fm.graph));
+  Graph& g = *lg.graph;
+  lg.x = fm.input;
+  lg.more_x = fm.more_inputs;
+  lg.constraints = std::move(fm.constraints);
+  lg.output = fm.output;
+  lg.labels_at = 1 + fm.more_inputs.size();
+  const std::vector<OutputLoss> hs = output_losses(cfg);
+  TRAINER_ASSERT(hs.size() == 1 + fm.more_outputs.size(), "{} outputs, {} losses", 1 + fm.more_outputs.size(),
+                 hs.size());
+  // Sample weights: one per sample, fed after the model's inputs and the further outputs' labels.
+  const ValueId sample_w =
+      cfg.sample_weights ? g.add_input(g.unique_name("sample_weight"), DType::f32, Shape{batch}) : kNoValue;
+  for (size_t i = 0; i < hs.size(); ++i) {
+    const ValueId out = i == 0 ? fm.output : fm.more_outputs[i - 1];
+    const ValueId mask = i == 0                                ? fm.output_mask
+                         : i - 1 < fm.more_output_masks.size() ? fm.more_output_masks[i - 1]
+                                                               : kNoValue;
+    const HeadLoss h = head_loss(g, out, mask, batch, hs[i],
+                                 i == 0 ? cfg.class_weight : std::vector<double>{}, training, sample_w);
+    if (i == 0) {
+      lg.y = h.y;
+      lg.mask = h.mask;
+    } else {
+      lg.more_output.push_back(out);
+      lg.more_y.push_back(h.y);
+      lg.more_mask.push_back(h.mask);
+      lg.more_x.push_back(h.y);
+    }
+    lg.head_loss.push_back(h.loss);
+  }
+  if (sample_w != kNoValue) lg.more_x.push_back(sample_w);
+  // One output: its loss. Several: the weighted sum (Keras's loss_weights), each output's loss reported too.
+  lg.loss = lg.head_loss[0];
+  if (hs.size() == 1) {
+    lg.head_loss.clear();
+  } else {
+    for (size_t i = 0; i < hs.size(); ++i) {
+      ValueId term = lg.head_loss[i];
+      if (hs[i].weight != 1)
+        term = g.op("Mul", {term, scalar_constant(g, hs[i].weight, g.value(term).dtype)});
+      lg.loss = i == 0 ? term : g.op("Add", {lg.loss, term});
     }
   }
   // Regularization penalties count in the loss that trains and in the one reported, as in Keras.
@@ -368,6 +427,11 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   g.mark_output(lg.output);
   g.mark_output(lg.loss);
   if (lg.mask != kNoValue) g.mark_output(lg.mask);  // the metrics read it
+  for (size_t i = 0; i < lg.more_output.size(); ++i) {
+    g.mark_output(lg.more_output[i]);
+    if (lg.more_mask[i] != kNoValue) g.mark_output(lg.more_mask[i]);
+  }
+  for (ValueId v : lg.head_loss) g.mark_output(v);
   return lg;
 }
 
@@ -407,7 +471,7 @@ struct MetricAccumulator {
   static constexpr size_t kAucBuckets = kAucThresholds + 1;  // predictions above 0..200 thresholds
 
   LossKind kind;
-  const FitConfig* cfg;
+  const OutputLoss* cfg;
   int64_t positions = 1;  // judged positions per sample (the steps of a per-step classification)
   double loss_sum = 0;
   double correct = 0, topk = 0;
@@ -416,7 +480,7 @@ struct MetricAccumulator {
   // negatives at 0.5; then AUC's histograms, positives' then negatives'.
   std::vector<double> extra;
 
-  MetricAccumulator(LossKind k, const FitConfig* c)
+  MetricAccumulator(LossKind k, const OutputLoss* c)
       : kind(k), cfg(c), extra(kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0) + 1, 0.0) {}
 
   // The last slot of `extra`: the positions a masked output counted (its mask's ones).
@@ -515,16 +579,14 @@ struct MetricAccumulator {
   }
   // Every sum in one array, for reductions across processes and for checkpoints.
   // Into *out, whose storage is reused: the training loop calls this every step.
-  void flat(std::vector<double>* out) const {
-    out->resize(flat_size());
-    (*out)[0] = loss_sum, (*out)[1] = correct, (*out)[2] = topk, (*out)[3] = static_cast<double>(samples);
-    std::copy(extra.begin(), extra.end(), out->begin() + 4);
+  void flat(double* out) const {
+    out[0] = loss_sum, out[1] = correct, out[2] = topk, out[3] = static_cast<double>(samples);
+    std::copy(extra.begin(), extra.end(), out + 4);
   }
   size_t flat_size() const { return 4 + extra.size(); }
-  void set_flat(const std::vector<double>& v) {
-    TRAINER_ASSERT(v.size() == flat_size(), "{} metric sums for {}", v.size(), flat_size());
+  void set_flat(const double* v) {
     loss_sum = v[0], correct = v[1], topk = v[2], samples = std::llround(v[3]);
-    std::copy(v.begin() + 4, v.end(), extra.begin());
+    std::copy(v + 4, v + flat_size(), extra.begin());
   }
   Logs logs(const std::string& prefix) const {
     Logs l;
@@ -553,12 +615,71 @@ struct MetricAccumulator {
   }
 };
 
+// The loss and metrics of every output of a run: an accumulator per output (its own loss and metrics) and,
+// for a model of several outputs, the sum of the loss that trains (the outputs' weighted losses and the
+// penalties).
+struct Metrics {
+  std::vector<MetricAccumulator> heads;
+  double loss_sum = 0;
+
+  explicit Metrics(const std::vector<OutputLoss>& outputs) {
+    for (const OutputLoss& o : outputs) heads.emplace_back(loss_kind(o.loss), &o);
+  }
+  bool several() const { return heads.size() > 1; }
+  int64_t samples() const { return heads[0].samples; }
+  // Every sum in one array (one output: its accumulator's alone, as checkpoints have always held them).
+  // Into *out, whose storage is reused: the training loop calls this every step.
+  size_t flat_size() const {
+    size_t n = several() ? 1 : 0;
+    for (const MetricAccumulator& h : heads) n += h.flat_size();
+    return n;
+  }
+  void flat(std::vector<double>* out) const {
+    out->resize(flat_size());
+    double* at = out->data();
+    if (several()) *at++ = loss_sum;
+    for (const MetricAccumulator& h : heads) {
+      h.flat(at);
+      at += h.flat_size();
+    }
+  }
+  void set_flat(const std::vector<double>& v) {
+    TRAINER_ASSERT(v.size() == flat_size(), "{} metric sums for {}", v.size(), flat_size());
+    const double* at = v.data();
+    if (several()) loss_sum = *at++;
+    for (MetricAccumulator& h : heads) {
+      h.set_flat(at);
+      at += h.flat_size();
+    }
+  }
+  // The judged positions per sample, as the replicas that saw any rows found them.
+  void merge_positions(const Metrics& other) {
+    for (size_t i = 0; i < heads.size(); ++i)
+      heads[i].positions = std::max(heads[i].positions, other.heads[i].positions);
+  }
+  // Keras's names: loss, then each output's NAME_loss, then each output's NAME_METRIC.
+  Logs logs(const std::string& prefix) const {
+    if (!several()) return heads[0].logs(prefix);
+    Logs l, metrics;
+    l.emplace_back(prefix + "loss", loss_sum / static_cast<double>(std::max<int64_t>(samples(), 1)));
+    for (const MetricAccumulator& h : heads) {
+      Logs own = h.logs(prefix + h.cfg->name + "_");
+      l.push_back(own[0]);
+      metrics.insert(metrics.end(), own.begin() + 1, own.end());
+    }
+    l.insert(l.end(), metrics.begin(), metrics.end());
+    return l;
+  }
+};
+
 // One plan of the device with the values the loop feeds and reads.
 struct Plan {
   int index = -1;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue, lr = kNoValue, iteration = kNoValue;
-  std::vector<ValueId> more_x;  // the further inputs
+  std::vector<ValueId> more_x;  // the further inputs (LossGraph::more_x)
+  size_t labels_at = 1;         // the further outputs' labels: Batch::xs[labels_at] on
   ValueId mask = kNoValue;      // a masked per-step output's [batch, steps] mask
+  std::vector<ValueId> more_output, more_y, more_mask, head_loss;  // LossGraph's
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
@@ -628,6 +749,11 @@ class Device {
     p.index = index;
     p.x = lg.x;
     p.more_x = lg.more_x;
+    p.labels_at = lg.labels_at;
+    p.more_output = lg.more_output;
+    p.more_y = lg.more_y;
+    p.more_mask = lg.more_mask;
+    p.head_loss = lg.head_loss;
     p.y = lg.y;
     p.output = lg.output;
     p.loss = lg.loss;
@@ -672,15 +798,15 @@ std::vector<std::pair<ValueId, Tensor>> snapshot(Session& s) {
 
 // A plan's output mask as floats, in a buffer of the thread's that is reused (no allocation once grown), or
 // null when the plan has none.
-const float* read_mask(Session& s, const Plan& p) {
-  if (p.mask == kNoValue) return nullptr;
+const float* read_mask(Session& s, ValueId mask) {
+  if (mask == kNoValue) return nullptr;
   thread_local std::vector<float> buf;
-  const Value& v = s.graph().value(p.mask);
+  const Value& v = s.graph().value(mask);
   buf.resize(static_cast<size_t>(v.shape.numel()));
   if (v.dtype == DType::f32) {
-    s.read(p.mask, buf.data(), v.nbytes());
+    s.read(mask, buf.data(), v.nbytes());
   } else {
-    const Tensor t = s.read(p.mask);
+    const Tensor t = s.read(mask);
     for (int64_t i = 0; i < t.numel(); ++i) buf[static_cast<size_t>(i)] = static_cast<float>(t.get_f64(i));
   }
   return buf.data();
@@ -709,25 +835,42 @@ const std::byte* write_rows(Session& s, const Plan& p, const data::Batch& b, int
   return labels;
 }
 
-// Evaluates rows [lo, hi) of a batch on `dev`, adding their loss and metrics to `acc`.
+// Adds the results of `rows` rows that plan p (on session s) has run to `m`: `loss` is the plan's loss,
+// read already, and labels[i] output i's labels of those rows.
+void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t rows,
+                 const std::vector<const std::byte*>& labels, std::vector<float>& out_buf) {
+  const Graph& g = s.graph();
+  if (m.several()) m.loss_sum += loss * static_cast<double>(rows);
+  for (size_t i = 0; i < m.heads.size(); ++i) {
+    const ValueId out = i == 0 ? p.output : p.more_output[i - 1];
+    const size_t out_bytes = g.value(out).nbytes();
+    out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
+    s.read(out, out_buf.data(), out_bytes);
+    const auto [per_sample, last] = output_dims(g, out);
+    const double own = m.several() ? read_scalar(s, p.head_loss[i]) : loss;
+    m.heads[i].add(own, out_buf.data(), labels[i], rows, per_sample, last,
+                   read_mask(s, i == 0 ? p.mask : p.more_mask[i - 1]));
+  }
+}
+
+// Evaluates rows [lo, hi) of a batch on `dev`, adding their loss and metrics to `m`.
 void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, const FitConfig& cfg,
-                   MetricAccumulator& acc, std::vector<float>& out_buf) {
+                   Metrics& m, std::vector<float>& out_buf) {
   const Plan& p = dev.eval_plan(hi - lo);
   Session& s = dev.plans().session(p.index);
   const Graph& g = s.graph();
-  const std::byte* labels = write_rows(s, p, b, lo, hi);
+  std::vector<const std::byte*> labels = {write_rows(s, p, b, lo, hi)};
+  for (size_t i = 0; i < p.more_y.size(); ++i)
+    labels.push_back(static_cast<const std::byte*>(b.xs[p.labels_at + i]) +
+                     lo * (g.value(p.more_y[i]).nbytes() / (hi - lo)));
   s.run(StepContext{0, cfg.seed, static_cast<uint64_t>(lo)});
-  const double loss = read_scalar(s, p.loss);
-  const size_t out_bytes = g.value(p.output).nbytes();
-  out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
-  s.read(p.output, out_buf.data(), out_bytes);
-  const auto [per_sample, last] = output_dims(g, p.output);
-  acc.add(loss, out_buf.data(), labels, hi - lo, per_sample, last, read_mask(s, p));
+  add_results(s, p, m, read_scalar(s, p.loss), hi - lo, labels, out_buf);
 }
 
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
                  std::vector<float>& out_buf) {
-  MetricAccumulator acc{loss_kind(cfg.loss), &cfg};
+  const std::vector<OutputLoss> outputs = output_losses(cfg);
+  Metrics acc(outputs);
   loader.start_epoch(0);
   data::Batch batch;
   while (loader.next(&batch)) evaluate_rows(dev, batch, 0, batch.size, cfg, acc, out_buf);
@@ -808,7 +951,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
               FitObserver& observer, const CheckpointPolicy& policy, const SaveFn& save,
               const TrainingState* resume) {
   auto t_start = std::chrono::steady_clock::now();
-  LossKind kind = loss_kind(cfg.loss);
+  const std::vector<OutputLoss> outputs = output_losses(cfg);  // the accumulators point into it
   int64_t n_train = train ? train->size() : 0;
   int64_t n_val = validation ? validation->size() : 0;
   const int local = static_cast<int>(replicas.backends.size());
@@ -1028,7 +1171,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   auto evaluate_all = [&](data::BatchLoader& loader, const std::string& prefix) -> Logs {
     if (world == 1) return evaluate_on(dev, loader, cfg, prefix, out_buf);
     sync_model_state();
-    std::vector<MetricAccumulator> accs(local, MetricAccumulator{loss_kind(cfg.loss), &cfg});
+    std::vector<Metrics> accs(local, Metrics(outputs));
     loader.start_epoch(0);
     data::Batch b;
     auto eval_replica = [&](int k) {
@@ -1041,11 +1184,11 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       else
         replica_threads->run(eval_replica);
     }
-    MetricAccumulator total{loss_kind(cfg.loss), &cfg};
-    for (const MetricAccumulator& a : accs) total.positions = std::max(total.positions, a.positions);
+    Metrics total(outputs);
+    for (const Metrics& a : accs) total.merge_positions(a);
     std::vector<double> sums, f;
     total.flat(&sums);
-    for (const MetricAccumulator& a : accs) {
+    for (const Metrics& a : accs) {
       a.flat(&f);
       for (size_t i = 0; i < sums.size(); ++i) sums[i] += f[i];
     }
@@ -1099,7 +1242,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   double saved_best = 0;
   while (st.epoch < cfg.epochs) {
     auto t0 = std::chrono::steady_clock::now();
-    MetricAccumulator acc{kind, &cfg};
+    Metrics acc(outputs);
     if (!st.metric_sums.empty()) {
       // A checkpoint from before a metric's counts existed holds fewer sums: the missing ones start at 0.
       std::vector<double> sums = st.metric_sums;
@@ -1129,7 +1272,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       feed_waits = feed_waits || g.value(p.x).nbytes() > limit || g.value(p.y).nbytes() > limit;
       for (ValueId v : p.more_x) feed_waits = feed_waits || g.value(v).nbytes() > limit;
     }
-    std::vector<std::byte> labels;      // the current batch's labels, kept once the loader moves on
+    // The current batch's labels of every output, kept once the loader moves on.
+    std::vector<std::vector<std::byte>> labels(outputs.size());
+    std::vector<const std::byte*> label_rows(outputs.size());
     std::vector<double> before, delta;  // metric sums around a step, for the sum across processes
     bool have = train_loader.next(&batch), fed = false;
     while (have) {
@@ -1179,9 +1324,13 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         const Graph& g = dev.plans().session(p.index).graph();
         const int64_t rows =
             slice(batch.size, replicas.first_rank).second - slice(batch.size, replicas.first_rank).first;
-        const size_t y_bytes = g.value(p.y).nbytes() / rows * batch.size;
-        labels.assign(static_cast<const std::byte*>(batch.y),
-                      static_cast<const std::byte*>(batch.y) + y_bytes);
+        auto keep_labels = [&](size_t i, const void* from, ValueId v) {
+          const size_t bytes = g.value(v).nbytes() / rows * batch.size;
+          labels[i].assign(static_cast<const std::byte*>(from), static_cast<const std::byte*>(from) + bytes);
+        };
+        keep_labels(0, batch.y, p.y);
+        for (size_t i = 0; i < p.more_y.size(); ++i)
+          keep_labels(i + 1, batch.xs[p.labels_at + i], p.more_y[i]);
       }
       data::Batch next;
       const bool have_next = train_loader.next(&next);
@@ -1215,12 +1364,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         if (!std::isfinite(loss))
           throw RuntimeError(
               fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
-        size_t out_bytes = g.value(p.output).nbytes();
-        out_buf.resize(std::max(out_buf.size(), out_bytes / sizeof(float)));
-        s.read(p.output, out_buf.data(), out_bytes);
-        const size_t y_row = g.value(p.y).nbytes() / (hi - lo);
-        const auto [per_sample, last] = output_dims(g, p.output);
-        acc.add(loss, out_buf.data(), labels.data() + lo * y_row, hi - lo, per_sample, last, read_mask(s, p));
+        label_rows[0] = labels[0].data() + lo * (g.value(p.y).nbytes() / (hi - lo));
+        for (size_t i = 0; i < p.more_y.size(); ++i)
+          label_rows[i + 1] = labels[i + 1].data() + lo * (g.value(p.more_y[i]).nbytes() / (hi - lo));
+        add_results(s, p, acc, loss, hi - lo, label_rows, out_buf);
       }
       int sig = g_stop_signal.load();
       if (across_processes) {
@@ -1267,7 +1414,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     rep.epochs = cfg.epochs;
     rep.steps = st.batch;
     rep.logs = acc.logs("");
-    rep.samples_per_s = acc.samples / std::max(train_seconds, 1e-9);
+    rep.samples_per_s = acc.samples() / std::max(train_seconds, 1e-9);
     auto t_eval = std::chrono::steady_clock::now();
     if (val_loader) {
       Logs v = evaluate_all(*val_loader, "val_");

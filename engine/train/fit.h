@@ -68,6 +68,17 @@ struct ReduceLrOnPlateau {
   double min_lr = 0.0;
 };
 
+// One output's loss and metrics (Keras's compile with dicts by output name, for a model of several).
+struct OutputLoss {
+  std::string name;  // the prefix of its reported quantities ("digit" -> digit_loss); "" for one output
+  std::string loss;
+  bool from_logits = false;
+  double label_smoothing = 0;
+  std::vector<std::string> metrics;
+  int64_t top_k = 5;
+  double weight = 1;  // its loss's weight in the loss that trains (loss_weights)
+};
+
 struct FitConfig {
   std::string
       loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
@@ -84,6 +95,15 @@ struct FitConfig {
   // per-sample losses (divided by the batch, or by the unmasked positions under a mask, not by the weights'
   // sum). Metrics are unweighted, as Keras's `metrics`.
   bool sample_weights = false;
+  // A model of several outputs (ForwardModel::more_outputs): the fields above are the first output's, named
+  // output_name and weighing loss_weight; more_outputs are the others'. The loss that trains and is reported
+  // as `loss` is the weighted sum of the outputs' losses (plus the penalties); each output's own loss is
+  // reported as NAME_loss and its metrics as NAME_METRIC, as Keras reports them. The further outputs' labels
+  // are fed after the model's further inputs (Dataset::more_inputs()), before the sample weights; class
+  // weights apply to a model of one output only.
+  std::string output_name;
+  double loss_weight = 1;
+  std::vector<OutputLoss> more_outputs;
   int64_t epochs = 1;
   int64_t batch_size = 32;
   uint64_t seed = 0;
@@ -105,6 +125,8 @@ struct ForwardModel {
   ValueId input = kNoValue;
   std::vector<ValueId> more_inputs;  // a model's second, third, ... input, fed from Dataset::more_inputs()
   ValueId output = kNoValue;
+  // A model of several outputs: the second, third, ... output and each one's Keras mask (or kNoValue).
+  std::vector<ValueId> more_outputs, more_output_masks;
   std::string final_activation;  // "softmax", "sigmoid", ... ("" when unknown)
   ValueId penalty = kNoValue;    // a scalar added to the loss (weight regularizers), or none
   // [batch, steps] float: which steps of a per-step output count (a Keras mask), or none.
@@ -113,6 +135,9 @@ struct ForwardModel {
   std::map<std::string, WeightConstraint> constraints;
 };
 using ModelFactory = std::function<ForwardModel(int64_t batch, bool training)>;
+
+// Every output's loss settings, the first output's (FitConfig's own fields) first.
+std::vector<OutputLoss> output_losses(const FitConfig& cfg);
 
 using Logs = std::vector<std::pair<std::string, double>>;  // in display order: loss, metrics, val_loss, ...
 

@@ -736,6 +736,76 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "data.train.x.tokens must be a file name or an array of them, not an integer (3)");
   }
 
+  TEST_CASE("[model] outputs and [train]'s tables by output name are read, checked and written back") {
+    const std::string model =
+        "format_version = 1\n[model]\ninput = [4]\noutputs = [\"cls\", \"reg\"]\n"
+        "[[model.layers]]\ntype = \"Dense\"\nname = \"cls\"\nunits = 3\n"
+        "[[model.layers]]\ntype = \"Dense\"\nname = \"reg\"\nunits = 1\ninputs = [\"input\"]\n";
+    const std::string data =
+        "[data.train]\nx = \"x.npy\"\ny = { reg = \"r.npy\", cls = [\"c1.npy\", \"c2.npy\"] }\n"
+        "[data.validation]\nx = \"v.npz\"\ny_key = { cls = \"labels\" }\n";
+    const ModelSpec s = parse_model_spec(
+        model + data +
+            "[train]\nloss = { cls = \"sparse_categorical_crossentropy\", reg = \"mean_squared_error\" }\n"
+            "from_logits = { cls = true }\nmetrics = { cls = [\"accuracy\", \"top_k_accuracy\"], reg = "
+            "\"mean_absolute_error\" }\nloss_weights = [2, 0.5]\ntop_k = 2\n"
+            "[train.early_stopping]\nmonitor = \"val_reg_mae\"\n",
+        "spec.toml");
+    CHECK(s.model.outputs == std::vector<std::string>{"cls", "reg"});
+    CHECK(s.model.outputs_pos.at(1).str() == "spec.toml:4:19");
+    REQUIRE(s.train.outputs.size() == 2);
+    CHECK(s.train.outputs[0].name == "cls");
+    CHECK(s.train.outputs[0].from_logits);
+    CHECK(s.train.outputs[0].loss_weight == 2);
+    CHECK(s.train.outputs[1].loss == "mse");
+    CHECK(!s.train.outputs[1].from_logits);
+    CHECK(s.train.outputs[1].metrics == std::vector<std::string>{"mae"});
+    CHECK(s.train.outputs[1].loss_weight == 0.5);
+    CHECK(s.train.loss == "sparse_categorical_crossentropy");  // the first output's
+    CHECK(s.train.from_logits);
+    CHECK(reported_quantities(s.train) == std::vector<std::string>{"loss", "cls_loss", "reg_loss",
+                                                                   "cls_accuracy", "cls_top_k_accuracy",
+                                                                   "reg_mae"});
+    CHECK(s.data.train->y.empty());
+    CHECK(s.data.train->y_by_output.at("cls") == std::vector<std::string>{"c1.npy", "c2.npy"});
+    CHECK(s.data.validation->y_keys.at("cls") == "labels");
+    CHECK(same_settings(s, parse_model_spec(to_toml(s), "spec.toml")));
+    // One loss for every output; label smoothing for one of them.
+    const ModelSpec all = parse_model_spec(model + "[train]\nloss = \"mse\"\n", "spec.toml");
+    CHECK(all.train.outputs.at(0).loss == "mse");
+    CHECK(all.train.outputs.at(1).loss == "mse");
+    const ModelSpec smooth = parse_model_spec(
+        model +
+            "[train]\nloss = { cls = \"categorical_crossentropy\", reg = \"mse\" }\nlabel_smoothing = { cls "
+            "= 0.1 }\n",
+        "spec.toml");
+    CHECK(smooth.train.outputs.at(0).label_smoothing == 0.1);
+    CHECK(smooth.train.outputs.at(1).label_smoothing == 0);
+    CHECK(same_settings(smooth, parse_model_spec(to_toml(smooth), "spec.toml")));
+
+    const std::string train =
+        "[train]\nloss = { cls = \"sparse_categorical_crossentropy\", reg = \"mse\" }\n";
+    Failure f = failure(model + "[train]\nloss = { cls = \"mse\", rge = \"mse\" }\n");
+    CHECK(f.what == "train.loss names 'rge', which model.outputs does not list (cls, reg)");
+    CHECK(f.hint == "did you mean 'reg'?");
+    f = failure(model + "[train]\nloss = { cls = \"mse\" }\n");
+    CHECK(f.what == "train.loss gives no loss for the output 'reg'");
+    f = failure(model + train + "metrics = { reg = [\"accuracy\", \"auc\"] }\n");
+    CHECK(f.what == "metric 'auc' is a binary classification metric, and the loss is mse");
+    f = failure(model + train + "label_smoothing = { reg = 0.1 }\n");
+    CHECK(f.what.starts_with("train.label_smoothing.reg applies to the categorical and binary"));
+    f = failure(model + train + "loss_weights = { reg = -1 }\n");
+    CHECK(f.what == "train.loss_weights.reg must be 0 or more, not -1.0");
+    f = failure(model + train + "[train.early_stopping]\nmonitor = \"val_accuracy\"\n");
+    CHECK(f.what == "train.early_stopping.monitor 'val_accuracy' is not a reported quantity");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = { dense = [\"mae\"] }\n");
+    CHECK(f.what == "train.metrics is a table by output name, and the model names no outputs");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nloss_weights = [1]\n");
+    CHECK(f.what == "train.loss_weights weighs the losses of a model's several outputs");
+    f = failure("format_version = 1\n[model]\ninput = [4]\noutputs = [\"a\", \"a\"]\n");
+    CHECK(f.what == "model.outputs lists 'a' twice");
+  }
+
   TEST_CASE("sample weights: files or an .npz array, one of the two, written back") {
     const ModelSpec s =
         parse_model_spec(kHead +
