@@ -396,7 +396,10 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
   o.batch_size = batch;
   o.replace_fixed_batch = true;
   o.mode = training ? formats::OnnxGraphMode::training : formats::OnnxGraphMode::inference;
+  // Layers on top take the ONNX model's one output; without them, [model] outputs are the ONNX model's.
+  const bool several = ms.layers.empty() && !ms.outputs.empty();
   if (!ms.output.empty()) o.outputs = {ms.output};
+  if (several) o.outputs = ms.outputs;
   o.initializer_is_trainable = [&ms](const std::string& name, const engine::Tensor&) {
     return !frozen(ms, name);
   };
@@ -421,12 +424,13 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
   if (r.inputs.empty())
     throw InputError(file.path(), "the model has no graph inputs: nothing takes the data",
                      "export the model with its input (initializers are not inputs)");
-  if (r.outputs.size() != 1)
+  if (r.outputs.size() != 1 && !several)
     throw InputError(
         file.path(),
-        fmt::format("the model has {} graph outputs ({}); trainer trains a model with one output",
+        fmt::format("the model has {} graph outputs ({}); a model of one output takes one of them",
                     r.outputs.size(), names_text(g, r.outputs)),
-        "export the model with the output the loss compares with the labels only");
+        "take the output the loss compares with the labels by [model] output = \"NAME\", or train them all: "
+        "[model] outputs = [...] with a loss for each in [train]");
   models::BuiltModel m;
   m.input = r.inputs[0];
   for (size_t k = 1; k < r.inputs.size(); ++k) m.more_inputs.push_back({r.inputs[k], false});
@@ -447,28 +451,40 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
                                    in.name, in.shape.str(), batch),
                        "every input must be [batch, ...], one row per sample");
   }
-  const engine::Value& out = g.value(m.output);
-  if (out.dtype != DType::f32)
-    throw InputError(file.path(),
-                     fmt::format("the model's output '{}' is {}; losses and metrics take float32", out.name,
-                                 engine::dtype_name(out.dtype)),
-                     "export the model with a float32 output");
-  if (out.shape.rank() < 1 || out.shape[0] != batch)
-    throw InputError(
-        file.path(),
-        fmt::format("the model's output '{}' has shape {} at a batch of {}: it does not lead with "
-                    "the batch",
-                    out.name, out.shape.str(), batch),
-        "the output must be [batch, ...], one row per sample");
-  m.output_shape.assign(out.shape.dims().begin() + 1, out.shape.dims().end());
-  // A final Softmax or Sigmoid is the activation that losses fuse with and that predictions report.
-  m.final_activation = "";
-  if (out.producer >= 0) {
-    const engine::Node& last = g.node(out.producer);
-    if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid")) {
-      m.final_activation = last.op == "Softmax" ? "softmax" : "sigmoid";
-      m.logits = last.inputs[0];
+  for (size_t k = 0; k < r.outputs.size(); ++k) {
+    const engine::Value& out = g.value(r.outputs[k]);
+    if (out.dtype != DType::f32)
+      throw InputError(file.path(),
+                       fmt::format("the model's output '{}' is {}; losses and metrics take float32", out.name,
+                                   engine::dtype_name(out.dtype)),
+                       "export the model with a float32 output");
+    if (out.shape.rank() < 1 || out.shape[0] != batch)
+      throw InputError(
+          file.path(),
+          fmt::format("the model's output '{}' has shape {} at a batch of {}: it does not lead with "
+                      "the batch",
+                      out.name, out.shape.str(), batch),
+          "the output must be [batch, ...], one row per sample");
+    models::BuiltModel::Output o;
+    o.name = several ? ms.outputs[k] : "";
+    o.value = r.outputs[k];
+    o.shape.assign(out.shape.dims().begin() + 1, out.shape.dims().end());
+    // A final Softmax or Sigmoid is the activation that losses fuse with and that predictions report.
+    if (out.producer >= 0) {
+      const engine::Node& last = g.node(out.producer);
+      if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid")) {
+        o.final_activation = last.op == "Softmax" ? "softmax" : "sigmoid";
+        o.logits = last.inputs[0];
+      }
     }
+    if (k > 0) {
+      m.more_outputs.push_back(std::move(o));
+      continue;
+    }
+    m.output_name = o.name;
+    m.output_shape = o.shape;
+    m.final_activation = o.final_activation;
+    m.logits = o.logits;
   }
   m.layers = onnx_layers(g, r.initializer_names, batch);
   m.graph = std::move(r.graph);
@@ -673,22 +689,29 @@ void check_all_samples(const engine::data::Dataset& d, const formats::DataSource
 // Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,
 // and the log of a logit would train to NaN. PyTorch classifiers usually end so.
 void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
-  const std::string& loss = spec.train.loss;
-  if (spec.model.onnx.empty() || !spec.model.layers.empty() || spec.train.from_logits ||
-      !loss.ends_with("crossentropy"))
-    return;
-  const engine::Value& out = m.graph.value(m.output);
-  if (out.producer < 0) return;
-  const engine::Node& last = m.graph.node(out.producer);
-  static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub"};
-  if (!last.domain.empty() || !linear.count(last.op)) return;
-  const formats::SourcePos& where = spec.train.loss_pos.file.empty() ? spec.train.pos : spec.train.loss_pos;
-  throw InputError(
-      where.str(),
-      fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
-                  "('{}'): it gives logits",
-                  loss, out.name, last.op, last.name),
-      "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
+  if (spec.model.onnx.empty() || !spec.model.layers.empty()) return;
+  const formats::TrainSection& t = spec.train;
+  for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
+    const bool several = !t.outputs.empty();
+    const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
+    if ((several ? t.outputs.at(k).from_logits : t.from_logits) || !loss.ends_with("crossentropy")) continue;
+    const engine::Value& out = m.graph.value(k == 0 ? m.output : m.more_outputs[k - 1].value);
+    if (out.producer < 0) continue;
+    const engine::Node& last = m.graph.node(out.producer);
+    static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub"};
+    if (!last.domain.empty() || !linear.count(last.op)) continue;
+    const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
+    throw InputError(
+        (at.file.empty() ? t.pos : at).str(),
+        fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
+                    "('{}'): it gives logits",
+                    loss, out.name, last.op, last.name),
+        several
+            ? fmt::format("add from_logits = {{ {} = true }} to [train] (the loss then applies the softmax "
+                          "or sigmoid itself)",
+                          t.outputs.at(k).name)
+            : "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
+  }
 }
 
 // The labels of an output (`output` names it in a model of several; "" otherwise) must fit its loss: one

@@ -76,7 +76,7 @@ Command add_export_command(CLI::App& app) {
       // graph it came as, with the trained values.
       if (spec.model.onnx.empty() || !spec.model.onnx_bytes) throw;
       // The imported graph as it came has no place for layers put on top of it.
-      if (!spec.model.layers.empty() || !spec.model.output.empty())
+      if (!spec.model.layers.empty() || !spec.model.output.empty() || !spec.model.outputs.empty())
         throw InputError(e.where(),
                          std::string(e.what()) +
                              "; the model would go back as the imported graph, which cannot "

@@ -801,9 +801,10 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
   }
   if (t.get_strings("outputs", m.outputs)) {
     const toml::node* o = t.find("outputs");
-    if (!m.onnx.empty() && m.layers.empty() && !t.find("layers"))
-      t.fail("outputs", "model.outputs names layers of the spec, and an ONNX model has none",
-             "take one value of the ONNX model with output = \"NAME\"");
+    // Layers of the spec, or (an ONNX model without layers on top) values of the ONNX model.
+    if (!m.output.empty())
+      t.fail("outputs", "model.output and model.outputs both name the model's output",
+             "keep output for one value of the ONNX model, or outputs for several");
     if (m.outputs.empty())
       t.fail("outputs", "model.outputs is empty", "name the output layers, or leave it out");
     for (size_t i = 0; i < m.outputs.size(); ++i) {

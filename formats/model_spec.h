@@ -79,7 +79,8 @@ struct ModelSection {
   std::string output;
   SourcePos output_pos;
   // Keras's Model(outputs=[...]): the layers whose outputs the model gives, in order, each with its own
-  // labels, loss and metrics ([train] keys written as tables by output name). Empty: the last layer.
+  // labels, loss and metrics ([train] keys written as tables by output name). Empty: the last layer. With
+  // onnx and no layers on top, values of the ONNX model (its graph outputs, or any others, as `output`).
   std::vector<std::string> outputs;
   std::vector<SourcePos> outputs_pos;  // one per name
   // The ONNX file's bytes when they came from a checkpoint, which embeds them so that it needs no other file;

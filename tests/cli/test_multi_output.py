@@ -233,6 +233,73 @@ class MultiOutput(unittest.TestCase):
         cli_util.assert_input_error(self, run(["fit", self.spec("stop_bad.toml", text=bad)]),
                                     "'val_accuracy' is not a reported quantity")
 
+    def test_an_onnx_model_of_two_outputs_trains_both(self):
+        try:
+            import onnx
+            import onnxruntime as ort
+            from onnx import TensorProto, helper, numpy_helper
+        except ImportError:  # pragma: no cover - install-deps installs them
+            self.skipTest("onnx and onnxruntime are not installed")
+        rng = np.random.default_rng(8)
+        init = [numpy_helper.from_array(rng.normal(0, 0.4, (8, 16)).astype(np.float32), "trunk.weight"),
+                numpy_helper.from_array(np.zeros(16, np.float32), "trunk.bias"),
+                numpy_helper.from_array(rng.normal(0, 0.4, (16, 4)).astype(np.float32), "cls.weight"),
+                numpy_helper.from_array(np.zeros(4, np.float32), "cls.bias"),
+                numpy_helper.from_array(rng.normal(0, 0.4, (16, 1)).astype(np.float32), "score.weight"),
+                numpy_helper.from_array(np.zeros(1, np.float32), "score.bias")]
+        nodes = [helper.make_node("Gemm", ["x", "trunk.weight", "trunk.bias"], ["h"]),
+                 helper.make_node("Relu", ["h"], ["trunk"]),
+                 helper.make_node("Gemm", ["trunk", "cls.weight", "cls.bias"], ["class_logits"]),
+                 helper.make_node("Gemm", ["trunk", "score.weight", "score.bias"], ["s"]),
+                 helper.make_node("Sigmoid", ["s"], ["score"])]
+        outputs = [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["batch", 4]),
+                   helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])]
+        model = helper.make_model(
+            helper.make_graph(nodes, "two_heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              outputs, init), opset_imports=[helper.make_opsetid("", 13)])
+        onnx.checker.check_model(model)
+        onnx_path = self.path("two_heads.onnx")
+        onnx.save(model, onnx_path)
+        np.savez(self.path("heads.npz"), x=self.x, class_logits=self.digit, score=self.parity)
+        train = """format_version = 1
+[model]
+outputs = ["class_logits", "score"]
+[data]
+validation_split = 0.25
+[data.train]
+x = "heads.npz"
+[train]
+loss = { class_logits = "sparse_categorical_crossentropy", score = "binary_crossentropy" }
+%smetrics = { class_logits = ["accuracy"], score = ["auc"] }
+epochs = 15
+batch_size = 40
+[train.optimizer]
+learning_rate = 0.01
+"""
+        # Cross-entropy on the logits output needs from_logits for that output.
+        cli_util.assert_input_error(self, run(["fit", onnx_path, "--train", self.spec("heads_bad.toml", text=train % "")]),
+                                    "'class_logits' comes from a Gemm node", "from_logits = { class_logits = true }")
+        one = self.spec("heads_one.toml", text=(
+            "format_version = 1\n[data.train]\nx = \"heads.npz\"\ny_key = \"score\"\n"
+            "[train]\nloss = \"binary_crossentropy\"\n"))
+        cli_util.assert_input_error(self, run(["fit", onnx_path, "--train", one]),
+                                    "2 graph outputs ('class_logits', 'score')", "[model] outputs")
+        spec = self.spec("heads.toml", text=train % "from_logits = { class_logits = true }\n")
+        last = self.fit([onnx_path, "--train", spec, "--output-dir", self.path("heads")])[-1]
+        self.assertGreater(last["val_class_logits_accuracy"], 0.8, last)
+        self.assertGreater(last["val_score_auc"], 0.9, last)
+        exported = self.path("heads_trained.onnx")
+        r = run(["export", self.path("heads/last.ckpt"), "-o", exported])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sess = ort.InferenceSession(exported, providers=["CPUExecutionProvider"])
+        self.assertEqual([o.name for o in sess.get_outputs()], ["class_logits", "score"])
+        np.save(self.path("heads_x.npy"), self.x[:40])
+        want = sess.run(None, {"x": self.x[:40]})
+        for k, name in enumerate(("class_logits", "score")):
+            got = cli_util.predict_rows(self, [self.path("heads/last.ckpt"), self.path("heads_x.npy"), "--output", name],
+                                        ndmin=2)
+            np.testing.assert_allclose(got, want[k].reshape(got.shape), rtol=1e-5, atol=1e-6, err_msg=name)
+
     def test_mistakes_are_named(self):
         base = self.text(epochs=1)
         np.savez(self.path("no_parity.npz"), x=self.x, digit=self.digit, level=self.level)
