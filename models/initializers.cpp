@@ -204,4 +204,12 @@ Tensor initialize(const std::string& name, const Shape& shape, const WeightFans&
   return {};
 }
 
+std::vector<int64_t> kernel_keras_axes(int rank) {
+  std::vector<int64_t> out;
+  for (int a = 0; a < rank - 2; ++a) out.push_back(a + 2);
+  out.push_back(1);
+  out.push_back(0);
+  return out;
+}
+
 }  // namespace trainer::models

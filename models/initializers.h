@@ -19,7 +19,17 @@ struct WeightFans {
   int64_t fan_out = 1;
   int64_t rows = 1;
   int64_t cols = 1;
+  // For the axes of Keras's norm constraints: the IR axis of each axis of the weight's Keras shape, where
+  // the layouts differ by a permutation (a convolution's OIHW kernel for Keras's HWIO; an LSTM's
+  // [directions, gates * units, features] kernel for Keras's (features, gates * units)). Empty: the IR keeps
+  // Keras's layout, or (other_layout) one that is no permutation of it.
+  std::vector<int64_t> keras_axes = {};
+  bool other_layout = false;
 };
+
+// keras_axes of a convolution kernel of `rank` axes: Keras keeps the window's axes first, then the channels
+// (in, out; out, in for a transposed convolution), and ONNX the channels first, in the reverse order.
+std::vector<int64_t> kernel_keras_axes(int rank);
 
 // The seed of a weight: a hash of the model seed and a name ("dense_1/kernel"), so adding a layer does not
 // reshuffle the others.

@@ -130,21 +130,32 @@ void LayerBuilder::constrain(ValueId w, const std::string& arg, const WeightFans
   const Shape& s = graph.value(w).shape;
   WeightConstraint wc{c.kind, c.min_value, c.max_value, c.rate, {}};
   if (c.kind != "non_neg") {
-    // Keras's axis counts in Keras's layout of the weight; a vector, and a matrix kept as Keras keeps it
-    // (Dense's kernel, Embedding's table), have the same layout here. Convolution and recurrent kernels do
-    // not.
-    const bool same_layout = s.rank() <= 1 || (s.rank() == 2 && s[0] == fans.rows && s[1] == fans.cols);
-    if (!same_layout)
-      fail(arg,
-           fmt::format("{} on the weight {} (shape {}) is not supported: its layout here is not Keras's",
-                       c.kind, graph.value(w).name, s.str()),
-           "use non_neg, or put the norm constraint on a Dense kernel, an embedding table or a bias");
-    const int64_t rank = std::max<int64_t>(s.rank(), 1);
-    const int64_t axis = c.axis < 0 ? c.axis + rank : c.axis;
-    if (axis < 0 || axis >= rank)
-      fail(arg, fmt::format("axis {} is out of range for the weight {} of shape {}", c.axis,
-                            graph.value(w).name, s.str()));
-    wc.axes = {axis};
+    // Keras's axes count in Keras's layout of the weight. A vector, and a matrix kept as Keras keeps it
+    // (Dense's kernel, Embedding's table), have the same layout here; convolution and recurrent kernels are
+    // permutations of it (fans.keras_axes); a depthwise kernel is neither.
+    std::vector<int64_t> ir_axis = fans.keras_axes;
+    if (ir_axis.empty()) {
+      const bool same_layout =
+          !fans.other_layout && (s.rank() <= 1 || (s.rank() == 2 && s[0] == fans.rows && s[1] == fans.cols));
+      if (!same_layout)
+        fail(arg,
+             fmt::format("{} on the weight {} (shape {}) is not supported: its layout here is not Keras's",
+                         c.kind, graph.value(w).name, s.str()),
+             "use non_neg, or put the norm constraint on a Dense, convolution or recurrent kernel, an "
+             "embedding table or a bias");
+      for (int64_t a = 0; a < std::max<int64_t>(s.rank(), 1); ++a) ir_axis.push_back(a);
+    }
+    const int64_t rank = static_cast<int64_t>(ir_axis.size());
+    for (const int64_t keras : c.axes) {
+      const int64_t axis = keras < 0 ? keras + rank : keras;
+      if (axis < 0 || axis >= rank)
+        fail(arg, fmt::format("axis {} is out of range for the weight {}, of {} axes in Keras's layout",
+                              keras, graph.value(w).name, rank));
+      if (std::find(wc.axes.begin(), wc.axes.end(), ir_axis[axis]) != wc.axes.end())
+        fail(arg, fmt::format("axis {} is listed twice", keras));
+      wc.axes.push_back(ir_axis[axis]);
+    }
+    std::sort(wc.axes.begin(), wc.axes.end());
   }
   constraints[graph.value(w).name] = wc;
 }

@@ -78,8 +78,9 @@ LayerValue build_conv2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   LayerValue x = b.to_channels_first(in[0]);
   const int64_t per_group = channels / groups, area = kernel[0] * kernel[1];
   // OIHW, ONNX's layout (Keras keeps HWIO); fans as Keras computes them for its (kh, kw, in/groups, filters).
-  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel[0], kernel[1]},
-                            {area * per_group, area * filters, filters, per_group * area});
+  ValueId weight =
+      b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel[0], kernel[1]},
+               {area * per_group, area * filters, filters, per_group * area, kernel_keras_axes(4)});
   std::vector<ValueId> inputs = {x.value, weight};
   if (b.args.boolean("use_bias"))
     inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
@@ -133,7 +134,7 @@ LayerValue build_depthwise(LayerBuilder& b, const std::vector<LayerValue>& in, b
   if (separable) {
     // Keras's pointwise kernel is (1, 1, depth, filters).
     ValueId pw = b.weight("pointwise_kernel", "pointwise_initializer", Shape{filters, depth, 1, 1},
-                          {depth, filters, filters, depth});
+                          {depth, filters, filters, depth, kernel_keras_axes(4)});
     std::vector<ValueId> pin = {x.value, pw};
     if (bias)
       pin.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
@@ -187,8 +188,9 @@ LayerValue build_conv2d_transpose(LayerBuilder& b, const std::vector<LayerValue>
   LayerValue x = b.to_channels_first(in[0]);
   const int64_t area = kernel[0] * kernel[1];
   // [C_in, filters, kH, kW], ONNX's layout (Keras keeps (kh, kw, filters, in)); fans as Keras computes them.
-  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel[0], kernel[1]},
-                            {area * filters, area * channels, channels, filters * area});
+  ValueId weight =
+      b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel[0], kernel[1]},
+               {area * filters, area * channels, channels, filters * area, kernel_keras_axes(4)});
   std::vector<ValueId> inputs = {x.value, weight};
   if (b.args.boolean("use_bias"))
     inputs.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));

@@ -79,8 +79,9 @@ LayerValue build_conv1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const Window1d w = kernel_window1d(b, in[0], kernel, stride, dilation, padding);
   const int64_t per_group = channels / groups;
   // [filters, in / groups, k], ONNX's layout (Keras keeps (k, in / groups, filters)); Keras's fans.
-  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel},
-                            {kernel * per_group, kernel * filters, filters, per_group * kernel});
+  ValueId weight =
+      b.weight("kernel", "kernel_initializer", Shape{filters, per_group, kernel},
+               {kernel * per_group, kernel * filters, filters, per_group * kernel, kernel_keras_axes(3)});
   LayerValue x = b.to_channels_first(in[0]);
   std::vector<ValueId> inputs = {x.value, weight};
   if (b.args.boolean("use_bias"))
@@ -130,7 +131,7 @@ LayerValue build_depthwise1d(LayerBuilder& b, const std::vector<LayerValue>& in,
   if (separable) {
     // Keras's pointwise kernel is (1, depth, filters).
     ValueId pw = b.weight("pointwise_kernel", "pointwise_initializer", Shape{filters, depth, 1},
-                          {depth, filters, filters, depth});
+                          {depth, filters, filters, depth, kernel_keras_axes(3)});
     std::vector<ValueId> pin = {x.value, pw};
     if (bias)
       pin.push_back(b.weight("bias", "bias_initializer", Shape{filters}, {filters, filters, 1, filters}));
@@ -175,8 +176,9 @@ LayerValue build_conv1d_transpose(LayerBuilder& b, const std::vector<LayerValue>
     b.fail("kernel_size", fmt::format("the output would have {} steps", d.out),
            "use a longer input, or padding = \"valid\"");
   // [in, filters, k], ONNX's layout; Keras's fans.
-  ValueId weight = b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel},
-                            {kernel * filters, kernel * channels, channels, filters * kernel});
+  ValueId weight =
+      b.weight("kernel", "kernel_initializer", Shape{channels, filters, kernel},
+               {kernel * filters, kernel * channels, channels, filters * kernel, kernel_keras_axes(3)});
   LayerValue x = b.to_channels_first(in[0]);
   std::vector<ValueId> inputs = {x.value, weight};
   if (b.args.boolean("use_bias"))

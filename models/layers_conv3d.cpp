@@ -90,8 +90,9 @@ LayerValue build_conv3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t per_group = channels / groups, volume = kernel[0] * kernel[1] * kernel[2];
   // OIDHW, ONNX's layout (Keras keeps DHWIO); fans as Keras computes them.
   const Shape ws{filters, per_group, kernel[0], kernel[1], kernel[2]};
-  const ValueId weight = b.weight("kernel", "kernel_initializer", ws,
-                                  {volume * per_group, volume * filters, filters, per_group * volume});
+  const ValueId weight =
+      b.weight("kernel", "kernel_initializer", ws,
+               {volume * per_group, volume * filters, filters, per_group * volume, kernel_keras_axes(5)});
   const ValueId bias = b.args.boolean("use_bias") ? b.weight("bias", "bias_initializer", Shape{filters},
                                                              {filters, filters, 1, filters})
                                                   : kNoValue;
@@ -136,8 +137,9 @@ LayerValue build_conv3d_transpose(LayerBuilder& b, const std::vector<LayerValue>
   const int64_t volume = kernel[0] * kernel[1] * kernel[2];
   // [C_in, filters, kD, kH, kW], ONNX's layout; fans as Keras computes them.
   const Shape ws{channels, filters, kernel[0], kernel[1], kernel[2]};
-  const ValueId weight = b.weight("kernel", "kernel_initializer", ws,
-                                  {volume * filters, volume * channels, channels, filters * volume});
+  const ValueId weight =
+      b.weight("kernel", "kernel_initializer", ws,
+               {volume * filters, volume * channels, channels, filters * volume, kernel_keras_axes(5)});
   const ValueId bias = b.args.boolean("use_bias") ? b.weight("bias", "bias_initializer", Shape{filters},
                                                              {filters, filters, 1, filters})
                                                   : kNoValue;

@@ -34,10 +34,11 @@ DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, o
   const bool lstm = cell == ops::RnnCell::lstm;
   const int64_t rows = (lstm ? 4 : cell == ops::RnnCell::gru ? 3 : 1) * units;
   DirectionWeights d;
+  // Keras's (features, rows) and (units, rows): its axis 0 is the IR's 2, its axis 1 the IR's 1.
   d.w = b.weight(prefix + "kernel", "kernel_initializer", Shape{1, rows, features},
-                 {features, rows, rows, features});
+                 {features, rows, rows, features, {2, 1}});
   d.r = b.weight(prefix + "recurrent_kernel", "recurrent_initializer", Shape{1, rows, units},
-                 {units, rows, rows, units});
+                 {units, rows, rows, units, {2, 1}});
   // ONNX's B holds an input bias and a recurrent bias per gate. Keras's LSTM and SimpleRNN (and GRU with
   // reset_after = false) have one bias per gate, so the recurrent half is a constant zero; GRU with
   // reset_after keeps both, as Keras.
@@ -50,6 +51,10 @@ DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, o
       for (int64_t i = 2 * units; i < 3 * units; ++i) init.set_f64(i, 1.0);
     d.bias = b.weight(prefix + "bias", std::move(init));
     b.regularize(d.bias, "bias_regularizer");
+    // Keras's bias is (rows) here, (2, rows) for GRU's reset_after: not the IR's [1, 2 rows] in another
+    // order.
+    b.constrain(d.bias, "bias_constraint",
+                {n, n, 1, n, reset_after ? std::vector<int64_t>{} : std::vector<int64_t>{1}, reset_after});
     if (!reset_after)
       d.bias =
           b.op("Concat", {d.bias, b.constant(prefix + "recurrent_bias", Tensor(DType::f32, Shape{1, rows}))},

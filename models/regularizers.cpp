@@ -28,15 +28,19 @@ std::string lower(std::string s) {
 
 const char* kForms = "\"l2\", \"l2(1e-4)\", \"l1(1e-5)\" or \"l1_l2(l1=1e-5, l2=1e-4)\"";
 
-// The comma-separated arguments between a form's parentheses, trimmed; none for "()".
+// The comma-separated arguments between a form's parentheses, trimmed; none for "()". A list's commas
+// ("axis=[0, 1, 2]") stay in its argument.
 std::vector<std::string> split_arguments(const std::string& inside) {
   std::vector<std::string> parts;
-  for (size_t start = 0;;) {
-    const size_t comma = inside.find(',', start);
-    parts.push_back(
-        trim(inside.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
+  int depth = 0;
+  size_t start = 0;
+  for (size_t i = 0; i <= inside.size(); ++i) {
+    const char c = i < inside.size() ? inside[i] : ',';
+    if (c == '[' || c == '(') ++depth;
+    if (c == ']' || c == ')') --depth;
+    if (c != ',' || (depth > 0 && i < inside.size())) continue;
+    parts.push_back(trim(inside.substr(start, i - start)));
+    start = i + 1;
   }
   if (parts.size() == 1 && parts[0].empty()) parts.clear();
   return parts;
@@ -107,14 +111,29 @@ Constraint parse_constraint(const std::string& text,
     if (k == keys.size()) bad(fmt::format("constraint \"{}\" has no argument '{}'", text, key));
     if (seen[k]) bad(fmt::format("constraint \"{}\" gives {} twice", text, keys[k]));
     seen[k] = true;
+    if (keys[k] == "axis") {
+      // One axis, or a list of them: [0, 1, 2] (a convolution kernel's window and input channels).
+      const bool list = value.size() >= 2 && value.front() == '[' && value.back() == ']';
+      const std::vector<std::string> items =
+          list ? split_arguments(value.substr(1, value.size() - 2)) : std::vector<std::string>{value};
+      if (items.empty()) bad(fmt::format("constraint \"{}\": axis [] names no axis", text));
+      c.axes.clear();
+      for (const std::string& item : items) {
+        char* end = nullptr;
+        const long long a = std::strtoll(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0')
+          bad(fmt::format("constraint \"{}\": axis '{}' is not an integer", text, item));
+        if (std::find(c.axes.begin(), c.axes.end(), a) != c.axes.end())
+          bad(fmt::format("constraint \"{}\": axis {} is listed twice", text, a));
+        c.axes.push_back(a);
+      }
+      continue;
+    }
     char* end = nullptr;
     const double f = std::strtod(value.c_str(), &end);
     if (value.empty() || *end != '\0' || !std::isfinite(f))
       bad(fmt::format("constraint \"{}\": {} '{}' is not a number", text, keys[k], value));
-    if (keys[k] == "axis") {
-      if (f != std::floor(f)) bad(fmt::format("constraint \"{}\": axis '{}' is not an integer", text, value));
-      c.axis = static_cast<int64_t>(f);
-    } else if (f < 0 || (keys[k] == "rate" && f > 1)) {
+    if (f < 0 || (keys[k] == "rate" && f > 1)) {
       bad(fmt::format("constraint \"{}\": {} {} is out of range", text, keys[k], value));
     } else {
       (keys[k] == "min_value" ? c.min_value : keys[k] == "max_value" ? c.max_value : c.rate) = f;

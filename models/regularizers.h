@@ -24,13 +24,14 @@ Regularizer parse_regularizer(
     const std::function<void(const std::string& what, const std::string& hint)>& fail);
 
 // Keras's weight constraints as a spec writes them: "non_neg", "max_norm(3)", "max_norm(max_value=3,
-// axis=0)", "unit_norm(axis=1)", "min_max_norm(min_value=0.5, max_value=1, rate=1, axis=0)", or "None" (kind
-// ""). Names are case-insensitive and Keras's class names (NonNeg, MaxNorm, UnitNorm, MinMaxNorm) are
-// accepted; the defaults are Keras's (max_norm 2, min_max_norm 0 to 1, rate 1, axis 0).
+// axis=0)", "unit_norm(axis=1)", "min_max_norm(min_value=0.5, max_value=1, rate=1, axis=0)", "max_norm(3,
+// axis=[0, 1, 2])", or "None" (kind ""). Names are case-insensitive and Keras's class names (NonNeg, MaxNorm,
+// UnitNorm, MinMaxNorm) are accepted; the defaults are Keras's (max_norm 2, min_max_norm 0 to 1, rate 1,
+// axis 0).
 struct Constraint {
   std::string kind;  // "" | non_neg | max_norm | unit_norm | min_max_norm
   double min_value = 0, max_value = 2, rate = 1;
-  int64_t axis = 0;
+  std::vector<int64_t> axes = {0};  // in Keras's layout of the weight; negative ones count from the end
 };
 Constraint parse_constraint(
     const std::string& text,
