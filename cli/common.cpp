@@ -872,15 +872,20 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     engine::data::BatchFormat tf = f;
     check_all_samples(*out.test, *ds.test, model, inputs, &tf);
   }
-  // The label kind must fit each output's loss.
-  check_labels(spec.train.loss, model.output_shape, out.train->label_shape(), *out.train, *ds.train,
-               model.more_outputs.empty() ? "" : model.output_name);
-  const auto more = out.train->more_inputs();
-  for (size_t k = 0; k < model.more_outputs.size(); ++k) {
-    const engine::data::Dataset& labels = *more.at(inputs.size() - 1 + k);
-    check_labels(spec.train.outputs.at(k + 1).loss, model.more_outputs[k].shape, labels.sample_shape(),
-                 labels, *ds.train, model.more_outputs[k].name);
-  }
+  // The label kind must fit each output's loss, in every source.
+  auto check_source = [&](const engine::data::Dataset& d, const formats::DataSource& src) {
+    check_labels(spec.train.loss, model.output_shape, d.label_shape(), d, src,
+                 model.more_outputs.empty() ? "" : model.output_name);
+    const auto more = d.more_inputs();
+    for (size_t k = 0; k < model.more_outputs.size(); ++k) {
+      const engine::data::Dataset& labels = *more.at(inputs.size() - 1 + k);
+      check_labels(spec.train.outputs.at(k + 1).loss, model.more_outputs[k].shape, labels.sample_shape(),
+                   labels, src, model.more_outputs[k].name);
+    }
+  };
+  check_source(*out.train, *ds.train);
+  if (ds.validation) check_source(*out.validation, *ds.validation);
+  if (ds.test) check_source(*out.test, *ds.test);
   return out;
 }
 
@@ -957,6 +962,7 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
 
 void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) {
   const formats::SourcePos* pos = nullptr;
+  std::string whose;  // a model of several outputs: the output whose loss is at fault
   if (e.where() == "train.loss")
     pos = &spec.train.loss_pos;
   else if (e.where().starts_with("train.early_stopping"))
@@ -965,9 +971,14 @@ void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) 
     pos = &spec.train.reduce_lr.pos;
   else if (e.where() == "train.class_weight")
     pos = &spec.train.class_weight_pos;
+  for (const formats::OutputTrainSpec& o : spec.train.outputs)
+    if (e.where() == "train.loss." + o.name) {
+      pos = &o.loss_pos;
+      whose = fmt::format(" (the output '{}')", o.name);
+    }
   if (!pos || pos->file.empty()) throw e;
   std::string what = e.what();
-  throw InputError(pos->str(), what.substr(std::min(what.size(), e.where().size() + 2)), e.hint());
+  throw InputError(pos->str(), what.substr(std::min(what.size(), e.where().size() + 2)) + whose, e.hint());
 }
 
 }  // namespace trainer::cli

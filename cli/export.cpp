@@ -59,7 +59,7 @@ Command add_export_command(CLI::App& app) {
     } else if (!spec.model.layers.empty()) {
       o.output_names = {"output"};  // the output of the layers on top of the ONNX model
     }
-    if (!m.more_outputs.empty()) {
+    if (!m.output_name.empty()) {  // [model] outputs
       o.output_names = {m.output_name};
       for (const models::BuiltModel::Output& out : m.more_outputs) o.output_names.push_back(out.name);
     }

@@ -90,7 +90,7 @@ PredictModel checkpoint_model(const std::string& path) {
     m.inputs.push_back(std::move(in));
   }
   // A model trained on logits has its decision boundary at 0.
-  m.outputs = {probe.more_outputs.empty() ? std::string("output") : probe.output_name};
+  m.outputs = {probe.output_name.empty() ? std::string("output") : probe.output_name};
   m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
   for (size_t k = 0; k < probe.more_outputs.size(); ++k) {
     m.outputs.push_back(probe.more_outputs[k].name);

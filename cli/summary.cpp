@@ -78,7 +78,7 @@ Command add_summary_command(CLI::App& app) {
     }
     // A model of several outputs: each output's layer and per-sample shape.
     std::vector<std::pair<std::string, std::vector<int64_t>>> outputs;
-    if (!m.more_outputs.empty()) {
+    if (!m.output_name.empty()) {
       outputs.emplace_back(m.output_name, m.output_shape);
       for (const models::BuiltModel::Output& o : m.more_outputs) outputs.emplace_back(o.name, o.shape);
     }

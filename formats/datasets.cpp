@@ -430,6 +430,16 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                      fmt::format("the model has {} outputs ({}); y names one set of label files",
                                  outputs.size(), fmt::join(outputs, ", ")),
                      fmt::format("name each output's labels: y = {{ {} = \"...npy\", ... }}", outputs[0]));
+  if (format == "npy" && !src.y_keys.empty())
+    throw InputError(where, "y_key names arrays of .npz files, and the labels come from .npy files",
+                     "name each output's label files: y = { NAME = \"FILE.npy\", ... }");
+  if (format == "npz" && src.y_keys.empty() && src.y_key != "y")
+    throw InputError(
+        where,
+        fmt::format("y_key names one array, '{}', and the model has {} outputs ({})", src.y_key,
+                    outputs.size(), fmt::join(outputs, ", ")),
+        "name each output's array: y_key = { NAME = \"ARRAY\", ... }, or name the arrays after the "
+        "outputs");
   if (format == "npz" && !src.y_by_output.empty())
     throw InputError(where, "npz files hold their labels; y names other files",
                      "name each output's label array with y_key = { NAME = \"ARRAY\" }, or name the arrays "

@@ -802,7 +802,8 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
   if (t.get_strings("outputs", m.outputs)) {
     const toml::node* o = t.find("outputs");
     // Layers of the spec, or (an ONNX model without layers on top) values of the ONNX model.
-    if (!m.output.empty())
+    // (With layers on top, output picks the ONNX value they take, and outputs names layers.)
+    if (!m.output.empty() && !t.find("layers"))
       t.fail("outputs", "model.output and model.outputs both name the model's output",
              "keep output for one value of the ONNX model, or outputs for several");
     if (m.outputs.empty())
@@ -810,6 +811,14 @@ ModelSection read_model(const Reader& r, const toml::node& n) {
     for (size_t i = 0; i < m.outputs.size(); ++i) {
       m.outputs_pos.push_back(o->is_array() ? r.pos(*o->as_array()->get(i)) : r.pos(*o));
       if (m.outputs[i].empty()) r.fail(m.outputs_pos.back(), "model.outputs has an empty name");
+      // Reported quantities are NAME_loss, NAME_accuracy, and val_ or test_ before them.
+      for (const char* prefix : {"val", "test"})
+        if (m.outputs[i] == prefix || m.outputs[i].starts_with(std::string(prefix) + "_"))
+          r.fail(m.outputs_pos.back(),
+                 fmt::format("model.outputs names '{}', which would make its reported quantities read as "
+                             "{} data's",
+                             m.outputs[i], prefix == std::string_view("val") ? "validation" : "test"),
+                 "rename the layer");
       for (size_t j = 0; j < i; ++j)
         if (m.outputs[j] == m.outputs[i])
           r.fail(m.outputs_pos.back(), fmt::format("model.outputs lists '{}' twice", m.outputs[i]));

@@ -175,6 +175,8 @@ struct HeadLoss {
 HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch, const OutputLoss& h,
                    const std::vector<double>& class_weight, bool training, ValueId sample_w) {
   HeadLoss r;
+  // Errors name the spec key, the output's own entry in a model of several ("train.loss.digit").
+  const std::string loss_key = h.name.empty() ? "train.loss" : "train.loss." + h.name;
   // By value: adding nodes moves the graph's values.
   const DType odt = g.value(output).dtype;
   const Shape os = g.value(output).shape;
@@ -216,7 +218,7 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     if (sample_w == kNoValue) return v;
     const int rank = g.value(v).shape.rank();
     if (rank == 0)  // a loss that sums a [batch] output's last axis leaves no per-sample values
-      throw InputError("train.loss",
+      throw InputError(loss_key,
                        fmt::format("{} with sample weights needs an output of [batch, values], and the model "
                                    "gives {}",
                                    h.loss, os.str()),
@@ -247,7 +249,7 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
   };
   if (k.sparse) {
     if (os.rank() < 2)
-      throw InputError("train.loss",
+      throw InputError(loss_key,
                        fmt::format("sparse_categorical_crossentropy needs an output of [batch, classes] (or "
                                    "[batch, steps, classes]), the model gives {}",
                                    os.str()),
@@ -297,7 +299,7 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     }
   } else if (k.categorical) {
     if (os.rank() < 2)
-      throw InputError("train.loss",
+      throw InputError(loss_key,
                        fmt::format("categorical_crossentropy needs an output of [batch, classes] (or "
                                    "[batch, steps, classes]), the model gives {}",
                                    os.str()),
@@ -927,9 +929,17 @@ bool improves(bool have, double best, double value, bool maximize, double min_de
 }
 
 // auto: larger is better for accuracies, precision, recall, F1 and AUC; smaller for the loss and errors.
-bool maximized(const std::string& mode, const std::string& monitor) {
+// A model of several outputs prefixes each output's quantities with its name (`outputs`), which the rule
+// looks past: parity_auc is maximized, accent_loss minimized.
+bool maximized(const std::string& mode, const std::string& monitor, const std::vector<OutputLoss>& outputs) {
   if (mode != "auto") return mode == "max";
-  const std::string m = monitor.starts_with("val_") ? monitor.substr(4) : monitor;
+  std::string m = monitor.starts_with("val_") ? monitor.substr(4) : monitor;
+  if (outputs.size() > 1)
+    for (const OutputLoss& o : outputs)
+      if (m.starts_with(o.name + "_")) {
+        m = m.substr(o.name.size() + 1);
+        break;
+      }
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
          m == "f1_score";
 }
@@ -1441,7 +1451,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
             "train.early_stopping.monitor",
             fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
             "monitor loss, val_loss, or a metric the spec lists");
-      if (improves(st.have_best, st.best, value, maximized(es.mode, es.monitor), es.min_delta)) {
+      if (improves(st.have_best, st.best, value, maximized(es.mode, es.monitor, outputs), es.min_delta)) {
         st.have_best = true;
         st.best = value;
         st.waited = 0;
@@ -1467,7 +1477,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         --st.plateau_cooldown;
         st.plateau_wait = 0;
       }
-      if (improves(st.plateau_have_best, st.plateau_best, value, maximized(p.mode, p.monitor), p.min_delta)) {
+      if (improves(st.plateau_have_best, st.plateau_best, value, maximized(p.mode, p.monitor, outputs),
+                   p.min_delta)) {
         st.plateau_have_best = true;
         st.plateau_best = value;
         st.plateau_wait = 0;
@@ -1490,7 +1501,8 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
             "train.checkpoint.save_best",
             fmt::format("save_best monitors '{}', which this run does not report", policy.save_best),
             "monitor loss, val_loss, or a metric the spec lists");
-      if (improves(have_saved_best, saved_best, value, maximized(policy.mode, policy.save_best), 0)) {
+      if (improves(have_saved_best, saved_best, value, maximized(policy.mode, policy.save_best, outputs),
+                   0)) {
         have_saved_best = true;
         saved_best = value;
         keep(SaveReason::best);

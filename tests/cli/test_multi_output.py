@@ -229,6 +229,15 @@ class MultiOutput(unittest.TestCase):
         text = self.text(epochs=30) + "\n[train.early_stopping]\nmonitor = \"val_digit_accuracy\"\npatience = 0\n"
         events = self.fit([self.spec("stop.toml", text=text)])
         self.assertTrue(events[-1]["stopped_early"], events[-1])
+        # An output's AUC is maximized, its loss minimized (mode auto looks past the output's name).
+        text = self.text(epochs=6) + "\n[train.checkpoint]\nsave_best = \"val_parity_auc\"\n"
+        events = [e for e in self.fit([self.spec("best.toml", text=text), "--output-dir", self.path("best")])
+                  if e.get("event") == "epoch"]
+        aucs = [e["val_parity_auc"] for e in events]
+        self.assertNotEqual(max(aucs), min(aucs), aucs)
+        r = run(["evaluate", self.path("best/best.ckpt")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertAlmostEqual(cli_util.json_lines(self, r.stdout)[-1]["parity_auc"], max(aucs), places=6)
         bad = self.text() + "\n[train.early_stopping]\nmonitor = \"val_accuracy\"\n"
         cli_util.assert_input_error(self, run(["fit", self.spec("stop_bad.toml", text=bad)]),
                                     "'val_accuracy' is not a reported quantity")
@@ -251,7 +260,9 @@ class MultiOutput(unittest.TestCase):
                  helper.make_node("Relu", ["h"], ["trunk"]),
                  helper.make_node("Gemm", ["trunk", "cls.weight", "cls.bias"], ["class_logits"]),
                  helper.make_node("Gemm", ["trunk", "score.weight", "score.bias"], ["s"]),
-                 helper.make_node("Sigmoid", ["s"], ["score"])]
+                 helper.make_node("Sigmoid", ["s"], ["score"]),
+                 helper.make_node("Squeeze", ["score", "one"], ["score_flat"])]
+        init.append(numpy_helper.from_array(np.array([1], np.int64), "one"))
         outputs = [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["batch", 4]),
                    helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])]
         model = helper.make_model(
@@ -288,6 +299,30 @@ learning_rate = 0.01
         last = self.fit([onnx_path, "--train", spec, "--output-dir", self.path("heads")])[-1]
         self.assertGreater(last["val_class_logits_accuracy"], 0.8, last)
         self.assertGreater(last["val_score_auc"], 0.9, last)
+        # A further output whose shape does not fit its loss is named.
+        flat = self.spec("heads_flat.toml", text=(train % "from_logits = { class_logits = true }\n")
+                         .replace('"score"]', '"score_flat"]').replace("score = ", "score_flat = ")
+                         .replace('score_flat = "binary_crossentropy"', 'score_flat = "sparse_categorical_crossentropy"')
+                         .replace("score_flat = [\"auc\"]", "score_flat = [\"accuracy\"]"))
+        np.savez(self.path("heads_flat.npz"), x=self.x, class_logits=self.digit, score_flat=self.digit)
+        with open(flat) as f:
+            text = f.read().replace('"heads.npz"', '"heads_flat.npz"')
+        with open(flat, "w") as f:
+            f.write(text)
+        cli_util.assert_input_error(self, run(["fit", onnx_path, "--train", flat]),
+                                    "sparse_categorical_crossentropy needs an output of [batch, classes]",
+                                    "(the output 'score_flat')", "heads_flat.toml:9:")
+        # Keras layers of two outputs on the ONNX model's trunk.
+        head = ('format_version = 1\n[model]\noutput = "trunk"\noutputs = ["a", "b"]\n'
+                '[[model.layers]]\ntype = "Dense"\nname = "a"\nunits = 4\nactivation = "softmax"\ninputs = ["onnx"]\n'
+                '[[model.layers]]\ntype = "Dense"\nname = "b"\nunits = 1\nactivation = "sigmoid"\ninputs = ["onnx"]\n'
+                '[data.train]\nx = "heads_ab.npz"\n[train]\nloss = { a = "sparse_categorical_crossentropy", '
+                'b = "binary_crossentropy" }\nmetrics = { a = ["accuracy"], b = ["accuracy"] }\nepochs = 10\n'
+                'batch_size = 40\n[train.optimizer]\nlearning_rate = 0.01\n')
+        np.savez(self.path("heads_ab.npz"), x=self.x, a=self.digit, b=self.parity)
+        last = self.fit([onnx_path, "--train", self.spec("heads_ab.toml", text=head)])[-1]
+        self.assertGreater(last["a_accuracy"], 0.8, last)
+        self.assertGreater(last["b_accuracy"], 0.8, last)
         exported = self.path("heads_trained.onnx")
         r = run(["export", self.path("heads/last.ckpt"), "-o", exported])
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -304,6 +339,7 @@ learning_rate = 0.01
         base = self.text(epochs=1)
         np.savez(self.path("no_parity.npz"), x=self.x, digit=self.digit, level=self.level)
         self.save_npz("bad_digit.npz", digit=np.where(np.arange(N) == 7, 9, self.digit))
+        self.save_npz("bad_level.npz", level=self.level[:, :1])
         cases = [
             # An output that is not a layer; an unused layer not listed as an output.
             (base.replace('name = "level"', 'name = "lvl"'), ["model.outputs names 'level', which is not a layer"]),
@@ -329,6 +365,10 @@ learning_rate = 0.01
              ["no label files for the model's output 'parity'"]),
             (base.replace(NPZ, 'x = "no_parity.npz"'), ["parity", "the labels of the model's output 'parity'"]),
             (base.replace(NPZ, 'x = "bad_digit.npz"'), ["label 9 is out of range for 4 classes"]),
+            (base.replace("validation_split = 0.25", "[data.validation]\nx = \"bad_level.npz\""),
+             ["mse (the output 'level') compares the output [2] with a label of the same shape"]),
+            (base.replace(NPZ, 'x = "train.npz"\ny_key = "digit"'), ["y_key names one array, 'digit'"]),
+            (base.replace('"parity", "level"]', '"parity", "val_level"]'), ["model.outputs names 'val_level'"]),
             (base.replace(NPZ, 'x = "train.npz"\ny_key = { parity = "level" }'),
              ["binary_crossentropy (the output 'parity') needs one label per sample"]),
         ]
