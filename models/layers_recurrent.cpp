@@ -108,14 +108,17 @@ ValueId compact_steps(LayerBuilder& b, const MaskedSteps& m, ValueId x) {
   return b.op("MatMul", {b.op("Transpose", {pick}, {{"perm", std::vector<int64_t>{0, 2, 1}}}), x});
 }
 
-// y [N, T, dirs, H] of the compacted sequence back at every step (see MaskedSteps).
-ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs, int64_t units) {
+// y [N, T, dirs, H] of the compacted sequence back at every step (see MaskedSteps). `reverse`: the one
+// direction runs in reverse (go_backwards), and takes the reverse direction's rule.
+ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs, int64_t units,
+                     bool reverse = false) {
   std::vector<ValueId> per_direction;
   for (int d = 0; d < dirs; ++d) {
     const std::string k = fmt::format("mask/direction{}", d);
     // Forward: the output after unmasked step inclusive - 1; reverse: at unmasked step inclusive - mask.
+    const bool forward = d == 0 && !reverse;
     ValueId source =
-        b.op("Sub", {m.inclusive, d == 0 ? b.constant(k + "/one", Tensor::scalar<float>(1.0f)) : m.mask3});
+        b.op("Sub", {m.inclusive, forward ? b.constant(k + "/one", Tensor::scalar<float>(1.0f)) : m.mask3});
     ValueId yd =
         b.op("Reshape",
              {b.op("Slice", {y, b.shape_constant(k + "/start", {d}), b.shape_constant(k + "/end", {d + 1}),
@@ -178,14 +181,12 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
   attrs.set("activations", bidirectional ? acts + "," + acts : acts);
   if (bidirectional) attrs.set("direction", std::string("bidirectional"));
   // Keras's go_backwards: the sequence processed from its last step to its first, ONNX's reverse direction;
-  // the outputs of every step come in that order too (the first is the last step's).
+  // the outputs of every step come in that order too (the first is the last step's). Under a mask the
+  // unmasked steps run last to first (the compacted ones, in reverse up to their count), and each position's
+  // output is the one after the unmasked steps from its step on, as Keras reverses the sequence and its mask
+  // together; the mask passed on is the input's, unreversed, as Keras's.
   const bool backwards = !bidirectional && b.args.boolean("go_backwards");
-  if (backwards) {
-    if (x.mask != kNoValue)
-      b.fail("go_backwards", "go_backwards on a masked sequence is not supported",
-             "use Bidirectional for both directions, or drop the mask (mask_zero)");
-    attrs.set("direction", std::string("reverse"));
-  }
+  if (backwards) attrs.set("direction", std::string("reverse"));
   if (cell == ops::RnnCell::gru) attrs.set("linear_before_reset", int64_t{reset_after ? 1 : 0});
   const bool sequences = b.args.boolean("return_sequences");
   // Y [N, T, directions, units] for the whole sequence, or only Y_h [N, directions, units], the last step.
@@ -207,7 +208,8 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
   }
   NodeId n = b.graph.add_node_named(op, inputs, attrs, outs, node_name);
   ValueId y = b.graph.node(n).outputs[sequences ? 0 : 1];
-  if (sequences && masked.lengths != kNoValue) y = expand_steps(b, masked, y, bidirectional ? 2 : 1, units);
+  if (sequences && masked.lengths != kNoValue)
+    y = expand_steps(b, masked, y, bidirectional ? 2 : 1, units, backwards);
   if (sequences && backwards) {  // ONNX keeps step t's output at t; Keras lists them in processing order
     Tensor order(DType::i64, Shape{steps});
     for (int64_t t = 0; t < steps; ++t) order.set_f64(t, static_cast<double>(steps - 1 - t));

@@ -83,10 +83,10 @@ class Masking(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def fit(self, name, devices=1, steps=12):
+    def fit(self, name, devices=1, steps=12, text=SPEC):
         spec = os.path.join(self.tmp.name, name + ".toml")
         with open(spec, "w") as f:
-            f.write(SPEC.format(steps=steps))
+            f.write(text.format(steps=steps))
         out = os.path.join(self.tmp.name, name)
         r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--log-format", "jsonl", "-q",
                  "--output-dir", out], timeout=300)
@@ -110,15 +110,39 @@ class Masking(unittest.TestCase):
             np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, np.abs(a[k]).max()), err_msg=k)
         self.assertAlmostEqual(one_epochs[-1]["val_loss"], two_epochs[-1]["val_loss"], delta=1e-5)
 
-    def test_where_the_padding_sits_changes_nothing(self):
-        # The same tokens in order, pre-padded or post-padded, predict the same: the padded steps are skipped.
-        _, ckpt = self.fit("padding")
+    def post_padded(self):
         post = np.zeros_like(self.x)
         for i, row in enumerate(self.x):
             kept = row[row != 0]
             post[i, :len(kept)] = kept
         self.assertFalse(np.array_equal(post, self.x))
-        np.testing.assert_allclose(self.predict(ckpt, post), self.predict(ckpt, self.x), rtol=1e-5, atol=1e-6)
+        return post
+
+    def test_where_the_padding_sits_changes_nothing(self):
+        # The same tokens in order, pre-padded or post-padded, predict the same: the padded steps are skipped.
+        _, ckpt = self.fit("padding")
+        np.testing.assert_allclose(self.predict(ckpt, self.post_padded()), self.predict(ckpt, self.x), rtol=1e-5,
+                                   atol=1e-6)
+
+    def test_go_backwards_runs_the_kept_steps_in_reverse(self):
+        # A GRU with go_backwards (its final state) under the mask: the kept steps last to first, wherever the
+        # padding sits; reversing each row's kept tokens changes the prediction; the export runs in
+        # onnxruntime as predict does.
+        text = SPEC.replace("units = 5\nreturn_sequences = true", "units = 5\ngo_backwards = true").replace(
+            '[[model.layers]]\ntype = "GlobalAveragePooling1D"\n', "")
+        _, ckpt = self.fit("backwards", text=text)
+        got = self.predict(ckpt, self.x)
+        np.testing.assert_allclose(self.predict(ckpt, self.post_padded()), got, rtol=1e-5, atol=1e-6)
+        flipped = self.x.copy()
+        for row in flipped:
+            row[row != 0] = row[row != 0][::-1]
+        self.assertGreater(np.abs(self.predict(ckpt, flipped) - got).max(), 1e-4)
+        if ort is not None:
+            model = os.path.join(self.tmp.name, "backwards.onnx")
+            r = run(["export", ckpt, "-o", model, "--quiet"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            want = ort.InferenceSession(model).run(None, {"input": self.x[:40]})[0]
+            np.testing.assert_allclose(want, got[:40], rtol=1e-4, atol=1e-5)
 
     @unittest.skipIf(ort is None, "onnxruntime is needed (tools/install-deps.sh installs it)")
     def test_export_runs_in_onnxruntime_as_predict_does(self):

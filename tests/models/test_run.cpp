@@ -1183,6 +1183,71 @@ TEST_SUITE("run") {
       }
   }
 
+  // go_backwards under a mask, as Keras runs it: the sequence and its mask reversed together, so the kept
+  // steps run last to first and the output at position i (step T - 1 - i) is the one after the kept steps
+  // from that step on (zeros before any).
+  TEST_CASE("run: mask_zero with go_backwards: the kept steps run in reverse, outputs in that order") {
+    const int64_t steps = 6, dim = 3, units = 4, n = 4;
+    const std::vector<int32_t> ids = {0, 0, 3, 5, 1, 2, 4, 0, 6, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6};
+    for (const char* layer : {"LSTM", "GRU", "SimpleRNN"})
+      for (bool sequences : {true, false}) {
+        CAPTURE(layer);
+        CAPTURE(sequences);
+        const std::string inner = std::string(layer) == "LSTM"  ? "lstm"
+                                  : std::string(layer) == "GRU" ? "gru"
+                                                                : "simple_rnn";
+        Spec s({steps}, "int32");
+        s.add("Embedding", {{"input_dim", int64_t{7}}, {"output_dim", dim}, {"mask_zero", true}})
+            .add(layer, {{"units", units},
+                         {"return_sequences", sequences},
+                         {"go_backwards", true},
+                         {"bias_initializer", std::string("uniform")}});
+        BuiltModel m = models::testing::build(s, false, n);
+        const Tensor table = weight(m, "embedding/embeddings");
+        const char* names[3] = {"kernel", "recurrent_kernel", "bias"};
+        Tensor w[3];
+        for (int k = 0; k < 3; ++k) w[k] = weight(m, inner + "/" + names[k]);
+        Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
+        REQUIRE(y.shape() == (sequences ? Shape{n, steps, units} : Shape{n, units}));
+        for (int64_t b = 0; b < n; ++b) {
+          CAPTURE(b);
+          std::vector<int32_t> kept;
+          for (int64_t t = 0; t < steps; ++t)
+            if (ids[b * steps + t] != 0) kept.push_back(ids[b * steps + t]);
+          const int64_t len = static_cast<int64_t>(kept.size());
+          // The plain layer over the kept steps, last to first.
+          Tensor plain;
+          if (len > 0) {
+            Spec p({len, dim});
+            p.add(layer, {{"units", units}, {"return_sequences", true}});
+            BuiltModel one = models::testing::build(p, false, 1);
+            for (int k = 0; k < 3; ++k)
+              *one.graph.mutable_initializer(one.graph.find(inner + "/" + names[k])) = w[k];
+            Tensor x(DType::f32, Shape{1, len, dim});
+            for (int64_t q = 0; q < len; ++q)
+              for (int64_t f = 0; f < dim; ++f)
+                x.set_f64(q * dim + f, table.get_f64(kept[len - 1 - q] * dim + f));
+            plain = forward(std::move(one), x);
+          }
+          auto after = [&](int64_t count, int64_t u) {
+            return count == 0 ? 0.0 : plain.get_f64((count - 1) * units + u);
+          };
+          if (!sequences) {
+            for (int64_t u = 0; u < units; ++u)
+              CHECK(y.get_f64(b * units + u) == doctest::Approx(after(len, u)).epsilon(1e-5));
+            continue;
+          }
+          int64_t from = 0;  // kept steps from step t on
+          for (int64_t i = 0; i < steps; ++i) {
+            const int64_t t = steps - 1 - i;
+            from += ids[b * steps + t] != 0;
+            for (int64_t u = 0; u < units; ++u)
+              CHECK(y.get_f64((b * steps + i) * units + u) == doctest::Approx(after(from, u)).epsilon(1e-5));
+          }
+        }
+      }
+  }
+
   TEST_CASE("run: masks: GlobalAveragePooling1D averages the kept steps; Masking marks steps of mask_value") {
     const int64_t steps = 4, dim = 2;
     Spec s({steps}, "int32");
