@@ -571,6 +571,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     }
   }
   c.epochs = t.epochs;
+  c.validation_freq = t.validation_freq;
   c.batch_size = t.batch_size;
   c.seed = t.seed;
   c.shuffle = spec.data.shuffle;

@@ -45,10 +45,10 @@ const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scal
 const Keys kSourceKeys = {
     "format",           "x", "y", "x_key", "y_key", "header", "label_column", "limit", "sample_weight",
     "sample_weight_key"};
-const Keys kTrainKeys = {"loss",         "from_logits",    "label_smoothing",     "metrics",
-                         "loss_weights", "top_k",          "class_weight",        "epochs",
-                         "batch_size",   "seed",           "optimizer",           "precision",
-                         "checkpoint",   "early_stopping", "reduce_lr_on_plateau"};
+const Keys kTrainKeys = {
+    "loss",         "from_logits",    "label_smoothing",      "metrics",        "loss_weights", "top_k",
+    "class_weight", "epochs",         "batch_size",           "seed",           "optimizer",    "precision",
+    "checkpoint",   "early_stopping", "reduce_lr_on_plateau", "validation_freq"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
                              "beta_2",       "epsilon",       "momentum",
@@ -1410,6 +1410,10 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
   }
   if (t.get("epochs", s.epochs) && s.epochs < 1)
     t.fail("epochs", fmt::format("train.epochs must be 1 or more, not {}", s.epochs));
+  if (t.get("validation_freq", s.validation_freq) && s.validation_freq < 1)
+    t.fail("validation_freq",
+           fmt::format("train.validation_freq must be 1 or more, not {}", s.validation_freq),
+           "the validation data is evaluated after every validation_freq-th epoch");
   if (t.get("batch_size", s.batch_size) && s.batch_size < 1)
     t.fail("batch_size", fmt::format("train.batch_size must be 1 or more, not {}", s.batch_size));
   int64_t seed = 0;

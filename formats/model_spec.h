@@ -234,6 +234,9 @@ struct TrainSection {
   std::vector<double> class_weight;
   SourcePos class_weight_pos;
   int64_t epochs = 1;
+  // Keras's validation_freq: the validation data is evaluated after every N-th epoch (N, 2N, ...); monitors
+  // of val_ quantities skip the epochs between.
+  int64_t validation_freq = 1;
   int64_t batch_size = 32;  // global
   uint64_t seed = 0;
   // auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on a GPU of compute capability 8.0 or newer, else fp32. The

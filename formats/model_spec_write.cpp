@@ -208,6 +208,7 @@ std::string to_toml(const ModelSpec& spec) {
     if (ranked) w.kv("top_k", t.top_k);
     if (!t.class_weight.empty()) w.kv("class_weight", t.class_weight);
     w.kv("epochs", t.epochs);
+    if (t.validation_freq != 1) w.kv("validation_freq", t.validation_freq);
     w.kv("batch_size", t.batch_size);
     w.kv("seed", t.seed);
     w.kv("precision", t.precision);

@@ -1426,10 +1426,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     rep.logs = acc.logs("");
     rep.samples_per_s = acc.samples() / std::max(train_seconds, 1e-9);
     auto t_eval = std::chrono::steady_clock::now();
-    if (val_loader) {
+    // Keras's validation_freq: the validation data after every N-th epoch only.
+    const bool validated = val_loader && (st.epoch + 1) % std::max<int64_t>(cfg.validation_freq, 1) == 0;
+    if (validated) {
       Logs v = evaluate_all(*val_loader, "val_");
       rep.logs.insert(rep.logs.end(), v.begin(), v.end());
     }
+    // A val_ monitor waits for the epochs that have validation, as Keras's callbacks skip a missing quantity.
+    auto waits = [&](const std::string& monitor) {
+      return val_loader && !validated && monitor.starts_with("val_");
+    };
     rep.seconds =
         train_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_eval).count();
     // As Keras's ReduceLROnPlateau logs it: the rate the epoch ended with.
@@ -1442,7 +1448,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     st.metric_sums.clear();
     st.seconds = 0;
     bool stop = false;
-    if (cfg.early_stopping.enabled) {
+    if (cfg.early_stopping.enabled && !waits(cfg.early_stopping.monitor)) {
       const EarlyStopping& es = cfg.early_stopping;
       bool found;
       double value = find_log(rep.logs, es.monitor, &found);
@@ -1462,7 +1468,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         stop = true;
       }
     }
-    if (cfg.reduce_lr.enabled) {
+    if (cfg.reduce_lr.enabled && !waits(cfg.reduce_lr.monitor)) {
       // Keras's ReduceLROnPlateau.on_epoch_end: a cooldown epoch resets the wait; otherwise an epoch without
       // improvement counts, and `patience` of them multiply the rate by `factor` (not below min_lr).
       const ReduceLrOnPlateau& p = cfg.reduce_lr;
@@ -1493,7 +1499,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
     ++st.epoch;
     if (saving && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) keep(SaveReason::epoch);
-    if (saving && !policy.save_best.empty()) {
+    if (saving && !policy.save_best.empty() && !waits(policy.save_best)) {
       bool found;
       double value = find_log(rep.logs, policy.save_best, &found);
       if (!found)

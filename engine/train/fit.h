@@ -105,6 +105,9 @@ struct FitConfig {
   double loss_weight = 1;
   std::vector<OutputLoss> more_outputs;
   int64_t epochs = 1;
+  // Keras's validation_freq: validation runs after epochs N, 2N, ...; early stopping, ReduceLROnPlateau and
+  // save_best skip a val_ monitor on the epochs between, as Keras's callbacks skip a missing quantity.
+  int64_t validation_freq = 1;
   int64_t batch_size = 32;
   uint64_t seed = 0;
   bool shuffle = true;

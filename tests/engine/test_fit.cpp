@@ -179,6 +179,39 @@ TEST_SUITE("fit") {
     for (const EpochReport& e : r.history) CHECK(log_of(e.logs, "loss") >= best);
   }
 
+  TEST_CASE("fit: validation_freq validates every N-th epoch, and val_ monitors wait for those epochs") {
+    auto all = data::spirals(40, 3, 0.1f, 6);
+    auto train = std::make_shared<TensorDataset>(all.x, all.y);
+    auto val = std::make_shared<TensorDataset>(all.x, all.y);
+    FitConfig cfg = base_config();
+    cfg.epochs = 40;
+    cfg.validation_freq = 3;
+    cfg.schedule.base = 0.5;  // large enough to make the loss bounce
+    cfg.early_stopping.enabled = true;
+    cfg.early_stopping.monitor = "val_loss";
+    cfg.early_stopping.patience = 1;
+    auto backend = make_cpu_backend();
+    Recorder rec;
+    FitResult r = fit(mlp(3, 2), train, val, nullptr, data::BatchFormat{}, cfg, *backend, rec);
+    REQUIRE(r.stopped_early);
+    // Validation after epochs 3, 6, 9, ... only; the run stops after one of them, two validations without
+    // improvement after its best (patience 1 counts validations, not epochs).
+    std::vector<double> seen;
+    for (const EpochReport& e : r.history) {
+      CAPTURE(e.epoch);
+      bool found = false;
+      for (const auto& [k, v] : e.logs)
+        if (k == "val_loss") found = true, seen.push_back(v);
+      CHECK(found == (e.epoch % 3 == 0));
+    }
+    CHECK(r.history.size() % 3 == 0);
+    REQUIRE(seen.size() >= 3);
+    CHECK(r.best_epoch % 3 == 0);
+    const double best = *std::min_element(seen.begin(), seen.end());
+    CHECK(seen[seen.size() - 3] == best);
+    CHECK(seen.back() >= best);
+  }
+
   TEST_CASE("fit: ReduceLROnPlateau follows Keras's rule and trains at the rate it reports") {
     auto all = data::spirals(40, 3, 0.1f, 6);
     auto train = std::make_shared<TensorDataset>(all.x, all.y);

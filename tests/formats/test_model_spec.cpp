@@ -806,6 +806,16 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "model.outputs lists 'a' twice");
   }
 
+  TEST_CASE("validation_freq is read, checked and written back") {
+    const ModelSpec s =
+        parse_model_spec(kHead + "[train]\nloss = \"mse\"\nvalidation_freq = 3\n", "spec.toml");
+    CHECK(s.train.validation_freq == 3);
+    CHECK(parse_model_spec(to_toml(s), "spec.toml").train.validation_freq == 3);
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"mse\"\n", "spec.toml").train.validation_freq == 1);
+    const Failure f = failure(kHead + "[train]\nloss = \"mse\"\nvalidation_freq = 0\n");
+    CHECK(f.what == "train.validation_freq must be 1 or more, not 0");
+  }
+
   TEST_CASE("sample weights: files or an .npz array, one of the two, written back") {
     const ModelSpec s =
         parse_model_spec(kHead +
