@@ -95,7 +95,11 @@ const Keys kLosses = {"sparse_categorical_crossentropy",
                       "kld",
                       "hinge",
                       "squared_hinge",
-                      "cosine_similarity"};
+                      "cosine_similarity",
+                      "msle",
+                      "mean_squared_logarithmic_error",
+                      "mape",
+                      "mean_absolute_percentage_error"};
 const Keys kMetrics = {"accuracy",
                        "top_k_accuracy",
                        "precision",
@@ -109,6 +113,9 @@ const Keys kMetrics = {"accuracy",
                        "root_mean_squared_error",
                        "mape",
                        "mean_absolute_percentage_error",
+                       "msle",
+                       "mean_squared_logarithmic_error",
+                       "r2_score",
                        "acc",
                        "binary_accuracy",
                        "categorical_accuracy",
@@ -1217,6 +1224,7 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
     if (m == "mean_absolute_error") metrics[i] = "mae";
     if (m == "mean_squared_error") metrics[i] = "mse";
     if (m == "mean_absolute_percentage_error") metrics[i] = "mape";
+    if (m == "mean_squared_logarithmic_error") metrics[i] = "msle";
     const bool binary = label_family(loss) == "binary_crossentropy";
     if (auto it = kAccuracyLoss.find(m);
         it != kAccuracyLoss.end() && label_family(loss) != it->second && loss.ends_with("crossentropy"))
@@ -1229,8 +1237,8 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
       r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
              "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
              "sample)");
-    if ((metrics[i] == "mae" || metrics[i] == "mse" || metrics[i] == "mape" ||
-         metrics[i] == "root_mean_squared_error") &&
+    if ((metrics[i] == "mae" || metrics[i] == "mse" || metrics[i] == "mape" || metrics[i] == "msle" ||
+         metrics[i] == "r2_score" || metrics[i] == "root_mean_squared_error") &&
         loss == "sparse_categorical_crossentropy")
       r.fail(mp,
              fmt::format("metric '{}' compares outputs with labels of the same shape, and "
@@ -1271,6 +1279,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (o.loss == "mean_squared_error") o.loss = "mse";
   if (o.loss == "kld") o.loss = "kl_divergence";
   if (o.loss == "mean_absolute_error") o.loss = "mae";
+  if (o.loss == "mean_squared_logarithmic_error") o.loss = "msle";
+  if (o.loss == "mean_absolute_percentage_error") o.loss = "mape";
   {
     const auto [ft, fk] = at("from_logits");
     ft->get(fk, o.from_logits);

@@ -77,13 +77,14 @@ LossKind loss_kind(const std::string& loss) {
     k.binary = true;
   else if (loss == "mse" || loss == "mae" || loss == "huber" || loss == "log_cosh" || loss == "poisson" ||
            loss == "kl_divergence" || loss == "hinge" || loss == "squared_hinge" ||
-           loss == "cosine_similarity")
+           loss == "cosine_similarity" || loss == "msle" || loss == "mape")
     k.regression = true;  // labels of the output's shape
   else
-    throw InputError("train.loss", fmt::format("unknown loss '{}'", loss),
-                     "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
-                     "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, huber, "
-                     "log_cosh, poisson, kl_divergence, hinge, squared_hinge or cosine_similarity");
+    throw InputError(
+        "train.loss", fmt::format("unknown loss '{}'", loss),
+        "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
+        "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, huber, "
+        "log_cosh, poisson, kl_divergence, hinge, squared_hinge, cosine_similarity, msle or mape");
   return k;
 }
 
@@ -140,6 +141,13 @@ ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
   }
   if (loss == "log_cosh")  // log(cosh(e)) = e + softplus(-2e) - log 2, without overflow
     return mean(op("Sub", {op("Add", {e, op("Softplus", {op("Mul", {e, c(-2.0)})})}), c(std::log(2.0))}));
+  if (loss == "msle") {  // (log(1 + p) - log(1 + y))^2, both clipped at 1e-7 below
+    auto log1p = [&](ValueId v) { return op("Log", {op("Add", {op("Max", {v, c(1e-7)}), c(1.0)})}); };
+    const ValueId d = op("Sub", {log1p(p), log1p(y)});
+    return mean(op("Mul", {d, d}));
+  }
+  if (loss == "mape")  // 100 |y - p| / max(|y|, 1e-7)
+    return mean(op("Mul", {c(100.0), op("Div", {op("Abs", {e}), op("Max", {op("Abs", {y}), c(1e-7)})})}));
   if (loss == "poisson")  // p - y log(p + 1e-7)
     return mean(op("Sub", {p, op("Mul", {y, op("Log", {op("Add", {p, c(1e-7)})})})}));
   if (loss == "kl_divergence") {  // sum of y log(y / p), both clipped to [1e-7, 1]
@@ -479,11 +487,16 @@ struct MetricAccumulator {
   double correct = 0, topk = 0;
   int64_t samples = 0;
   // Sums of mae and mse (each sample's mean over its outputs); binary true and false positives and false
-  // negatives at 0.5; then AUC's histograms, positives' then negatives'.
+  // negatives at 0.5; then AUC's histograms, positives' then negatives'; msle's sum; r2_score's sums of the
+  // labels, their squares and the squared errors, per column; the counted positions.
   std::vector<double> extra;
+  size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
 
-  MetricAccumulator(LossKind k, const OutputLoss* c)
-      : kind(k), cfg(c), extra(kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0) + 1, 0.0) {}
+  MetricAccumulator(LossKind k, const OutputLoss* c) : kind(k), cfg(c) {
+    log_slot = kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0);
+    r2_slot = log_slot + (has("msle") ? 1 : 0);
+    extra.assign(r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0) + 1, 0.0);
+  }
 
   // The last slot of `extra`: the positions a masked output counted (its mask's ones).
   size_t counted_slot() const { return extra.size() - 1; }
@@ -507,7 +520,11 @@ struct MetricAccumulator {
     const bool acc = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_accuracy);
     const bool tk = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_top_k);
     const bool auc = has("auc");
-    const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape");
+    const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
+                        has("msle") || has("r2_score");
+    const bool msle = has("msle"), r2 = has("r2_score");
+    TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
+                   cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
       if (mask && mask[i] == 0.0f) continue;
@@ -544,21 +561,44 @@ struct MetricAccumulator {
       }
       if (errors && !kind.sparse) {
         const float* t = static_cast<const float*>(labels) + i * classes;
-        double abs_sum = 0, sq_sum = 0, pct_sum = 0;
+        double abs_sum = 0, sq_sum = 0, pct_sum = 0, log_sum = 0;
         for (int64_t c = 0; c < classes; ++c) {
           const double d = static_cast<double>(row[c]) - t[c];
           abs_sum += std::abs(d);
           sq_sum += d * d;
           pct_sum += std::abs(d) / std::max<double>(std::abs(t[c]), 1e-7);  // Keras's epsilon
+          if (msle) {  // Keras's: both clipped at epsilon below
+            const double l =
+                std::log1p(std::max<double>(row[c], 1e-7)) - std::log1p(std::max<double>(t[c], 1e-7));
+            log_sum += l * l;
+          }
+          if (r2) {
+            double* col = extra.data() + r2_slot + 3 * static_cast<size_t>(c);
+            col[0] += t[c];
+            col[1] += static_cast<double>(t[c]) * t[c];
+            col[2] += d * d;
+          }
         }
         extra[kAbsError] += abs_sum / classes;
         extra[kSquaredError] += sq_sum / classes;
         extra[kPercentError] += 100 * pct_sum / classes;
+        if (msle) extra[log_slot] += log_sum / classes;
       }
     }
   }
   bool has(const char* m) const {
     return std::find(cfg->metrics.begin(), cfg->metrics.end(), m) != cfg->metrics.end();
+  }
+  // Keras's R2Score (uniform_average): 1 - squared errors / the labels' total sum of squares per column,
+  // averaged over the columns; a column of constant labels scores 0.
+  double r2_score(double rows) const {
+    double total = 0;
+    for (int64_t c = 0; c < cfg->columns; ++c) {
+      const double* col = extra.data() + r2_slot + 3 * static_cast<size_t>(c);
+      const double sst = rows > 0 ? col[1] - col[0] * col[0] / rows : 0;
+      total += sst > 0 ? 1 - col[2] / sst : 0;
+    }
+    return total / static_cast<double>(std::max<int64_t>(cfg->columns, 1));
   }
   // The area under the ROC curve by the trapezoidal rule over the thresholds (Keras's AUC()).
   double auc() const {
@@ -612,6 +652,8 @@ struct MetricAccumulator {
       if (m == "root_mean_squared_error")
         l.emplace_back(prefix + m, std::sqrt(ratio(extra[kSquaredError], judged(n))));
       if (m == "mape") l.emplace_back(prefix + m, ratio(extra[kPercentError], judged(n)));
+      if (m == "msle") l.emplace_back(prefix + m, ratio(extra[log_slot], judged(n)));
+      if (m == "r2_score") l.emplace_back(prefix + m, r2_score(judged(n)));
     }
     return l;
   }
@@ -778,6 +820,8 @@ class Device {
   const Plan& train_plan(int64_t n) const { return train_.at(n); }
   const Plan& largest_train_plan() const { return train_.rbegin()->second; }
   const Plan& eval_plan(int64_t n) const { return eval_.at(n); }
+  // A plan that evaluates, or else one that trains: each has every output.
+  const Plan& any_plan() const { return eval_.empty() ? train_.begin()->second : eval_.begin()->second; }
   // A plan holding every parameter and state value: a training plan.
   Session& weights_session() { return plans_.session(train_.begin()->second.index); }
 
@@ -819,6 +863,17 @@ std::pair<int64_t, int64_t> output_dims(const Graph& g, ValueId output) {
   const Shape& s = g.value(output).shape;
   if (s.rank() < 2) return {1, 1};
   return {s.numel() / s[0], s[s.rank() - 1]};
+}
+
+// Each output's OutputLoss::columns, as MetricAccumulator::add will see its rows.
+void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
+  const Plan& p = dev.any_plan();
+  const Graph& g = dev.plans().session(p.index).graph();
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto [per_sample, last] = output_dims(g, i == 0 ? p.output : p.more_output.at(i - 1));
+    const LossKind k = loss_kind(outputs[i].loss);
+    outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical ? last : per_sample;
+  }
 }
 
 // Rows [lo, hi) of a batch into a plan's inputs (a replica's share); returns where those rows' labels start.
@@ -871,7 +926,8 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
 
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
                  std::vector<float>& out_buf) {
-  const std::vector<OutputLoss> outputs = output_losses(cfg);
+  std::vector<OutputLoss> outputs = output_losses(cfg);
+  set_columns(outputs, dev);
   Metrics acc(outputs);
   loader.start_epoch(0);
   data::Batch batch;
@@ -961,7 +1017,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
               FitObserver& observer, const CheckpointPolicy& policy, const SaveFn& save,
               const TrainingState* resume) {
   auto t_start = std::chrono::steady_clock::now();
-  const std::vector<OutputLoss> outputs = output_losses(cfg);  // the accumulators point into it
+  std::vector<OutputLoss> outputs = output_losses(cfg);  // the accumulators point into it
   int64_t n_train = train ? train->size() : 0;
   int64_t n_val = validation ? validation->size() : 0;
   const int local = static_cast<int>(replicas.backends.size());
@@ -1024,6 +1080,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, shard));
   }
   Device& dev = *devs[0];
+  set_columns(outputs, dev);
   std::vector<Session*> weight_sessions;
   for (auto& d : devs) weight_sessions.push_back(&d->weights_session());
   // ZeRO-1: after the update, each shard goes from its owner to that range of the parameter on every replica

@@ -77,6 +77,9 @@ struct OutputLoss {
   std::vector<std::string> metrics;
   int64_t top_k = 5;
   double weight = 1;  // its loss's weight in the loss that trains (loss_weights)
+  // The values per judged row: a regression's outputs per sample, a classification's classes (1 for binary);
+  // r2_score keeps sums per column. Set by fit and evaluate from the model.
+  int64_t columns = 1;
 };
 
 struct FitConfig {

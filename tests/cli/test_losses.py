@@ -48,6 +48,10 @@ def keras(loss, p, y):
         per = np.where(a <= 1, 0.5 * e * e, a - 0.5).mean(-1)
     elif loss == "log_cosh":
         per = np.log(np.cosh(e)).mean(-1)
+    elif loss in ("msle", "mean_squared_logarithmic_error"):
+        per = ((np.log1p(np.maximum(p, 1e-7)) - np.log1p(np.maximum(y, 1e-7))) ** 2).mean(-1)
+    elif loss == "mape":
+        per = (100 * np.abs(y - p) / np.maximum(np.abs(y), 1e-7)).mean(-1)
     elif loss == "poisson":
         per = (p - y * np.log(p + 1e-7)).mean(-1)
     elif loss == "kl_divergence":
@@ -126,6 +130,11 @@ class Losses(unittest.TestCase):
         if smoothing:  # Keras's smoothing of the labels, in evaluation too
             y = y * (1 - smoothing) + smoothing / (2 if units == 1 else units)
         self.assertAlmostEqual(reported, keras(loss, p, y), places=5)
+
+    def test_msle_and_mape(self):
+        self.check("msle", 3, "softplus", "counts.npy")
+        self.check("mean_squared_logarithmic_error", 3, "relu", "counts.npy")
+        self.check("mape", 3, "linear", "real.npy")
 
     def test_huber(self):
         self.check("huber", 3, "linear", "real.npy")

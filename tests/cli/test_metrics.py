@@ -156,6 +156,17 @@ class Metrics(unittest.TestCase):
         # One output: Keras's binary accuracy, at 0.5.
         self.assertAlmostEqual(last["val_accuracy"], float(((p > 0.5) == (y > 0.5)).mean()), places=6)
 
+    def test_r2_score_and_msle(self):
+        last = self.fit(self.spec("r2.toml", loss="mse", activation="linear",
+                                  metrics=["r2_score", "mean_squared_logarithmic_error"]), "r2")[-1]
+        p = self.predictions("r2")
+        y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1)
+        # Keras's R2Score: 1 - SS_res / SS_tot.
+        self.assertAlmostEqual(last["val_r2_score"], float(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()),
+                               places=5)
+        msle = np.mean((np.log1p(np.maximum(p, 1e-7)) - np.log1p(np.maximum(y, 1e-7))) ** 2)
+        self.assertAlmostEqual(last["val_msle"], float(msle), places=5)
+
     def test_a_resume_in_the_middle_of_an_epoch_continues_the_counts(self):
         spec = self.spec("resume.toml", extra="[train.checkpoint]\nevery_steps = 3\nkeep_last = 0\n")
         straight = self.fit(spec, "straight")

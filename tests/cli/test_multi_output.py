@@ -55,7 +55,7 @@ validation_split = 0.25
 
 [train]
 loss = {{ digit = "sparse_categorical_crossentropy", parity = "binary_crossentropy", level = "mse" }}
-{from_logits}metrics = {{ digit = ["accuracy"], parity = ["accuracy", "auc"], level = ["mae"] }}
+{from_logits}metrics = {{ digit = ["accuracy"], parity = ["accuracy", "auc"], level = ["mae", "r2_score"] }}
 loss_weights = {{ digit = 1.0, parity = {parity_weight}, level = 0.25 }}
 epochs = {epochs}
 batch_size = 40
@@ -160,6 +160,11 @@ class MultiOutput(unittest.TestCase):
             self.assertAlmostEqual(got[key], want, delta=2e-5 * max(1, want), msg=key)
         acc = float(np.mean(rows["digit"].argmax(1) == self.digit[held]))
         self.assertAlmostEqual(got["digit_accuracy"], acc, places=6)
+        # Keras's R2Score averages the columns' scores (uniform_average).
+        yl = self.level[held]
+        r2 = 1 - ((yl - rows["level"]) ** 2).sum(0) / ((yl - yl.mean(0)) ** 2).sum(0)
+        self.assertAlmostEqual(got["level_r2_score"], float(r2.mean()), places=5)
+        self.assertNotAlmostEqual(r2[0], r2[1], places=3)
         # Without --output, predict writes the first output's class ids.
         ids = run(["predict", ckpt, self.path("val_x.npy")])
         self.assertEqual(ids.returncode, 0, ids.stderr)
@@ -347,7 +352,7 @@ learning_rate = 0.01
              ["train.loss names 'level', which model.outputs does not list (digit, parity, levels)",
               "did you mean 'levels'"]),
             (base.replace('outputs = ["digit", "parity", "level"]', 'outputs = ["digit", "parity"]')
-                 .replace(', level = "mse"', "").replace(', level = ["mae"]', "").replace(", level = 0.25", ""),
+                 .replace(', level = "mse"', "").replace(', level = ["mae", "r2_score"]', "").replace(", level = 0.25", ""),
              ["the output of layer 'level' is not used", "[model] outputs"]),
             # A loss table that misses an output, or names one the model lacks.
             (base.replace(', level = "mse"', ""), ["train.loss gives no loss for the output 'level'"]),

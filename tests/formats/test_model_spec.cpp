@@ -370,7 +370,8 @@ TEST_SUITE("model_spec") {
          "expected one of: sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
          "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, mean_squared_error, "
          "mean_absolute_error, huber, log_cosh, poisson, kl_divergence, kld, "
-         "hinge, squared_hinge, cosine_similarity"},
+         "hinge, squared_hinge, cosine_similarity, msle, mean_squared_logarithmic_error, mape, "
+         "mean_absolute_percentage_error"},
         {T + "loss = \"mse\"\nmetrics = [\"accuracy\", \"acuracy\"]\n", "spec.toml:9:24",
          "unknown metric 'acuracy'", "did you mean 'accuracy'?"},
         {T + "loss = \"sparse_categorical_crossentropy\"\nmetrics = [\"accuracy\", \"auc\"]\n",
