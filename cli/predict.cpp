@@ -30,14 +30,14 @@ using engine::Shape;
 // An inference graph for one batch size, with the values predict feeds and reads.
 struct InferenceGraph {
   std::shared_ptr<engine::Graph> graph;
-  std::vector<engine::ValueId> inputs;  // in the model's order
-  engine::ValueId output = engine::kNoValue;
+  std::vector<engine::ValueId> inputs;   // in the model's order
+  std::vector<engine::ValueId> outputs;  // the ones predict writes, in the model's order
 };
 
 // What predict needs of a model, whichever file it came from.
 struct PredictModel {
-  // The inference graph at a batch size, giving output `output` (an index into `outputs`).
-  std::function<InferenceGraph(int64_t batch, size_t output)> build;
+  // The inference graph at a batch size, giving the outputs `outputs` (indices into the model's).
+  std::function<InferenceGraph(int64_t batch, const std::vector<size_t>& outputs)> build;
   struct Input {
     std::string name;
     std::vector<int64_t> sample_shape;  // per sample, as the samples are given (channels last for images)
@@ -49,8 +49,8 @@ struct PredictModel {
   // outputs; and for each, where a single output's class id turns 1 (0 for a model trained on logits).
   std::vector<std::string> outputs;
   std::vector<double> thresholds;
-  size_t output = 0;  // the one predict writes (--output)
-  std::string kind;   // "checkpoint" or "ONNX model"
+  std::vector<size_t> written = {0};  // the ones predict writes (--output): one, or all in order
+  std::string kind;                   // "checkpoint" or "ONNX model"
   std::string path;
 };
 
@@ -98,13 +98,15 @@ PredictModel checkpoint_model(const std::string& path) {
     m.thresholds.push_back(logits ? 0.0 : 0.5);
   }
   engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
-  m.build = [factory](int64_t batch, size_t output) {
+  m.build = [factory](int64_t batch, const std::vector<size_t>& outputs) {
     engine::ForwardModel fm = factory(batch, false);
     std::vector<engine::ValueId> inputs = {fm.input};
     inputs.insert(inputs.end(), fm.more_inputs.begin(), fm.more_inputs.end());
-    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), inputs,
-                     output == 0 ? fm.output : fm.more_outputs.at(output - 1)};
-    g.graph->mark_output(g.output);
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), inputs, {}};
+    for (size_t k : outputs) {
+      g.outputs.push_back(k == 0 ? fm.output : fm.more_outputs.at(k - 1));
+      g.graph->mark_output(g.outputs.back());
+    }
     return g;
   };
   return m;
@@ -150,9 +152,10 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     m.outputs.push_back(r.graph.value(v).name);
     m.thresholds.push_back(0.5);
   }
-  m.build = [import](int64_t b, size_t output) {
+  m.build = [import](int64_t b, const std::vector<size_t>& outputs) {
     formats::OnnxImportResult r = import(b);
-    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs, r.outputs.at(output)};
+    InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs, {}};
+    for (size_t k : outputs) g.outputs.push_back(r.outputs.at(k));
     return g;
   };
   return m;
@@ -224,6 +227,7 @@ std::vector<std::unique_ptr<formats::SampleReader>> npz_readers(const std::strin
 // The device's plans for the batch sizes a pass over the input uses. With a known count, the full batch and
 // the remainder share one arena (and the weights) from the start; with an unknown count (CSV) the remainder's
 // plan is made when the input ends short. An input whose batch dimension the model fixes runs padded batches.
+// Each sample's row holds the written outputs' values one after the other.
 class Runner {
  public:
   Runner(const PredictModel& model, engine::Backend& backend, int64_t batch, int64_t count)
@@ -234,42 +238,57 @@ class Runner {
     std::vector<int64_t> sizes = {batch_};
     if (!model.fixed_batch && count > batch_ && count % batch_) sizes.push_back(count % batch_);
     for (int64_t b : sizes) {
-      InferenceGraph g = model.build(b, model.output);
+      InferenceGraph g = model.build(b, model.written);
       plan_[b] = {plans_.add(g.graph), g};
     }
     plans_.finalize();
-    const engine::Value& out = plan_.at(batch_).second.graph->value(plan_.at(batch_).second.output);
-    out_dtype_ = out.dtype;
-    if (out_dtype_ != DType::f32 && out_dtype_ != DType::f64 && !integer_output())
-      throw InputError(model.path,
-                       fmt::format("the output has dtype {}; predict reads float32, float64, int32 or int64 "
-                                   "outputs",
-                                   engine::dtype_name(out_dtype_)),
-                       "");
-    out_shape_ = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()),
-                                      out.shape.dims().end());
-    columns_ = Shape(out_shape_).numel();
+    const InferenceGraph& g = plan_.at(batch_).second;
+    for (size_t k = 0; k < g.outputs.size(); ++k) {
+      const engine::Value& out = g.graph->value(g.outputs[k]);
+      Output o;
+      o.dtype = out.dtype;
+      const std::string& name = model.outputs.at(model.written[k]);
+      const bool integer = o.dtype == DType::i64 || o.dtype == DType::i32;
+      if (o.dtype != DType::f32 && o.dtype != DType::f64 && !integer)
+        throw InputError(
+            model.path,
+            fmt::format("the output{} has dtype {}; predict reads float32, float64, int32 or int64 "
+                        "outputs",
+                        model.outputs.size() > 1 ? fmt::format(" '{}'", name) : "",
+                        engine::dtype_name(o.dtype)),
+            "");
+      o.shape = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()),
+                                     out.shape.dims().end());
+      o.columns = Shape(o.shape).numel();
+      o.offset = columns_;
+      columns_ += o.columns;
+      outputs_.push_back(std::move(o));
+    }
     for (const PredictModel::Input& in : model.inputs) {
       in_sample_bytes_.push_back(static_cast<size_t>(Shape(in.sample_shape).numel()) *
                                  engine::dtype_bytes(in.format.x_dtype));
       if (model.fixed_batch) padded_.emplace_back(static_cast<size_t>(batch_) * in_sample_bytes_.back());
     }
     out_.resize(static_cast<size_t>(batch_ * columns_));
-    if (out_dtype_ == DType::f64) out64_.resize(out_.size());
-    if (out_dtype_ == DType::i64) outi64_.resize(out_.size());
-    if (out_dtype_ == DType::i32) outi32_.resize(out_.size());
+    one_.resize(out_.size());
+    raw_.resize(out_.size() * sizeof(double));
   }
 
-  // A model that gives integers (class ids from an exported ArgMax): predict writes them as they are.
-  bool integer_output() const { return out_dtype_ == DType::i64 || out_dtype_ == DType::i32; }
-
+  struct Output {
+    DType dtype = DType::f32;
+    std::vector<int64_t> shape;  // per sample
+    int64_t columns = 0;         // values per sample
+    int64_t offset = 0;          // where its values start in a sample's row
+    // A model that gives integers (class ids from an exported ArgMax): predict writes them as they are.
+    bool integer() const { return dtype == DType::i64 || dtype == DType::i32; }
+  };
+  const std::vector<Output>& outputs() const { return outputs_; }
   int64_t batch() const { return batch_; }
   int64_t columns() const { return columns_; }
-  const std::vector<int64_t>& output_shape() const { return out_shape_; }
   size_t arena_bytes() const { return plans_.arena_bytes(); }
 
-  // Runs n <= batch() samples of model input (xs[k]: input k's); returns their n output rows (valid until
-  // the next call).
+  // Runs n <= batch() samples of model input (xs[k]: input k's); returns their n rows (valid until the next
+  // call), each the written outputs' values as floats.
   const float* run(const std::vector<const void*>& xs, int64_t n) {
     const int64_t b = model_.fixed_batch ? batch_ : n;
     engine::Session& s = session(b);
@@ -286,18 +305,24 @@ class Runner {
       s.write(g.inputs[k], feed, static_cast<size_t>(b) * row);
     }
     s.run(engine::StepContext{0, 0, 0});
-    const size_t values = static_cast<size_t>(b * columns_);
-    if (out_dtype_ == DType::f32) {
-      s.read(g.output, out_.data(), values * sizeof(float));
-    } else if (out_dtype_ == DType::f64) {
-      s.read(g.output, out64_.data(), values * sizeof(double));
-      for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(out64_[i]);
-    } else if (out_dtype_ == DType::i64) {  // exact as floats below 2^24, as class ids are
-      s.read(g.output, outi64_.data(), values * sizeof(int64_t));
-      for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(outi64_[i]);
-    } else {
-      s.read(g.output, outi32_.data(), values * sizeof(int32_t));
-      for (size_t i = 0; i < values; ++i) out_[i] = static_cast<float>(outi32_[i]);
+    for (size_t k = 0; k < outputs_.size(); ++k) {
+      const Output& o = outputs_[k];
+      const size_t values = static_cast<size_t>(b * o.columns);
+      float* dst = outputs_.size() == 1 ? out_.data() : one_.data();
+      if (o.dtype == DType::f32) {
+        s.read(g.outputs[k], dst, values * sizeof(float));
+      } else {  // f64, or integers (exact as floats below 2^24, as class ids are)
+        s.read(g.outputs[k], raw_.data(), values * engine::dtype_bytes(o.dtype));
+        for (size_t i = 0; i < values; ++i)
+          dst[i] = o.dtype == DType::f64 ? static_cast<float>(reinterpret_cast<const double*>(raw_.data())[i])
+                   : o.dtype == DType::i64
+                       ? static_cast<float>(reinterpret_cast<const int64_t*>(raw_.data())[i])
+                       : static_cast<float>(reinterpret_cast<const int32_t*>(raw_.data())[i]);
+      }
+      if (outputs_.size() == 1) continue;
+      for (int64_t r = 0; r < b; ++r)
+        std::memcpy(out_.data() + r * columns_ + o.offset, one_.data() + r * o.columns,
+                    static_cast<size_t>(o.columns) * sizeof(float));
     }
     return out_.data();
   }
@@ -307,7 +332,7 @@ class Runner {
     auto it = plan_.find(b);
     if (it != plan_.end()) return plans_.session(it->second.first);
     // The input ended short and its length was not known: a plan of its own for this one batch.
-    InferenceGraph g = model_.build(b, model_.output);
+    InferenceGraph g = model_.build(b, model_.written);
     extra_graph_ = g;
     extra_ = std::make_unique<engine::Session>(g.graph, backend_);
     extra_batch_ = b;
@@ -326,14 +351,11 @@ class Runner {
   InferenceGraph extra_graph_;
   int64_t extra_batch_ = 0;
   int64_t batch_ = 0, columns_ = 0;
-  DType out_dtype_ = DType::f32;
-  std::vector<int64_t> out_shape_;
+  std::vector<Output> outputs_;
   std::vector<size_t> in_sample_bytes_;       // per input
   std::vector<std::vector<uint8_t>> padded_;  // per input, for a fixed batch
-  std::vector<float> out_;
-  std::vector<double> out64_;
-  std::vector<int64_t> outi64_;
-  std::vector<int32_t> outi32_;
+  std::vector<float> out_, one_;              // the rows; one output's values
+  std::vector<std::byte> raw_;                // an output's values in its own dtype
 };
 
 }  // namespace
@@ -362,7 +384,8 @@ Command add_predict_command(CLI::App& app) {
       "Write the model's output rows (the probabilities of a softmax or sigmoid model) instead of class "
       "ids");
   cmd->add_option("--output", *output,
-                  "The output to write, by name, for a model of several outputs (default: the first)");
+                  "The output to write, by name, for a model of several outputs (default: the first); all: "
+                  "every output, side by side in each row");
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on stderr but errors");
   device->add(cmd);
   auto run = [=]() -> int {
@@ -382,16 +405,19 @@ Command add_predict_command(CLI::App& app) {
     // The model and the input's header come first: every mistake is found before anything is written.
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
-    if (!output->empty()) {
+    if (*output == "all") {
+      model.written.clear();
+      for (size_t k = 0; k < model.outputs.size(); ++k) model.written.push_back(k);
+    } else if (!output->empty()) {
       auto it = std::find(model.outputs.begin(), model.outputs.end(), *output);
       if (it == model.outputs.end())
         throw InputError("--output",
                          fmt::format("the {} has no output '{}'; its outputs: {}", model.kind, *output,
                                      fmt::join(model.outputs, ", ")),
-                         formats::did_you_mean(*output, model.outputs));
-      model.output = static_cast<size_t>(it - model.outputs.begin());
+                         formats::did_you_mean(*output, model.outputs) +
+                             (model.outputs.size() > 1 ? "; --output all writes them all" : ""));
+      model.written = {static_cast<size_t>(it - model.outputs.begin())};
     }
-    const double threshold = model.thresholds.at(model.output);
     const bool npz = paths.size() == 1 && is_npz(paths[0]);
     for (const std::string& p : paths)
       if (paths.size() > 1 && is_npz(p))
@@ -432,17 +458,34 @@ Command add_predict_command(CLI::App& app) {
     auto backend = device->make_backend(*quiet);
     Runner runner(model, *backend, *batch, count);
     const int64_t b = runner.batch(), columns = runner.columns();
-    const bool single = columns == 1;
-    if (runner.integer_output() && !*probabilities && !single)
-      throw InputError(model.path,
-                       fmt::format("the model gives integer rows [batch, {}], not one class id per sample",
-                                   fmt::join(runner.output_shape(), ", ")),
-                       "use --probabilities to write the output rows");
-    // Class ids: one per sample, or, for an output of [batch, steps..., classes] (a classification of every
-    // step), one per position, written as a row per sample. A last axis of 1 is a binary probability.
-    const std::vector<int64_t>& shape = runner.output_shape();
-    const int64_t last = shape.empty() ? 1 : shape.back();
-    const int64_t positions = single ? 1 : columns / last;
+    // Class ids of each written output: one per sample, or, for an output of [batch, steps..., classes] (a
+    // classification of every step), one per position, the outputs' ids side by side in a sample's row. A
+    // last axis of 1 is a binary probability.
+    struct Ids {
+      int64_t last = 1, positions = 1, offset = 0;
+      bool single = false, integer = false;
+      double threshold = 0.5;
+    };
+    std::vector<Ids> id_of;
+    int64_t positions = 0;  // ids per sample
+    for (size_t k = 0; k < runner.outputs().size(); ++k) {
+      const Runner::Output& o = runner.outputs()[k];
+      Ids d;
+      d.single = o.columns == 1;
+      d.integer = o.integer();
+      d.last = o.shape.empty() ? 1 : o.shape.back();
+      d.positions = d.single ? 1 : o.columns / d.last;
+      d.offset = o.offset;
+      d.threshold = model.thresholds.at(model.written[k]);
+      if (d.integer && !*probabilities && !d.single)
+        throw InputError(model.path,
+                         fmt::format("the model gives integer rows [batch, {}], not one class id per sample",
+                                     fmt::join(o.shape, ", ")),
+                         "use --probabilities to write the output rows");
+      positions += d.positions;
+      id_of.push_back(d);
+    }
+    const bool several = id_of.size() > 1;
     std::vector<formats::SampleConverter> converters;
     std::vector<std::vector<uint8_t>> raw, x;
     std::vector<const void*> xs;
@@ -456,9 +499,9 @@ Command add_predict_command(CLI::App& app) {
     std::vector<int64_t> ids(static_cast<size_t>(b * positions));
     formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
                            *probabilities ? DType::f32 : DType::i64,
-                           *probabilities  ? columns
-                           : positions > 1 ? positions
-                                           : 0,
+                           *probabilities             ? columns
+                           : positions > 1 || several ? positions
+                                                      : 0,
                            count);
     // A reader that stops early (`| head`) closes the pipe: writes then fail with EPIPE and predict stops
     // reading and exits 0, instead of being killed by SIGPIPE.
@@ -488,12 +531,15 @@ Command add_predict_command(CLI::App& app) {
         open = out.write(rows, n);
         continue;
       }
-      for (int64_t i = 0; i < n * positions; ++i) {
-        const float* r = rows + i * (single ? columns : last);
-        ids[i] = runner.integer_output() ? std::llround(r[0])
-                 : single || last == 1   ? (r[0] > threshold ? 1 : 0)
-                                         : std::max_element(r, r + last) - r;
-      }
+      int64_t* id = ids.data();
+      for (int64_t i = 0; i < n; ++i)
+        for (const Ids& d : id_of)
+          for (int64_t q = 0; q < d.positions; ++q) {
+            const float* r = rows + i * columns + d.offset + q * d.last;
+            *id++ = d.integer                 ? std::llround(r[0])
+                    : d.single || d.last == 1 ? (r[0] > d.threshold ? 1 : 0)
+                                              : std::max_element(r, r + d.last) - r;
+          }
       open = out.write(ids.data(), n);
     }
     if (open) out.finish();
@@ -502,10 +548,11 @@ Command add_predict_command(CLI::App& app) {
       fmt::print(stderr, "{} samples ({}{}, {}{}) through the {}{} at batch {} in {:.2f}s{}\n", done,
                  formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(),
                  readers.size() > 1 ? fmt::format(" and {} more", readers.size() - 1) : "", model.kind,
-                 model.outputs.size() > 1
-                     ? fmt::format(" (its output '{}' of {})", model.outputs[model.output],
+                 model.outputs.size() > 1 && !several
+                     ? fmt::format(" (its output '{}' of {})", model.outputs[model.written[0]],
                                    fmt::join(model.outputs, ", "))
-                     : "",
+                 : several ? fmt::format(" (its outputs {}, side by side)", fmt::join(model.outputs, ", "))
+                           : "",
                  b, seconds, out.closed() ? "; the reader closed the output early" : "");
     return 0;
   };

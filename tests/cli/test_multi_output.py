@@ -6,6 +6,7 @@ replicas and a resume give the same parameters; export writes one ONNX output pe
 runs as `trainer predict --output NAME` does. Mistakes are exit-2 errors naming the output."""
 
 import os
+import subprocess
 import tempfile
 import unittest
 
@@ -219,6 +220,23 @@ class MultiOutput(unittest.TestCase):
                 got = cli_util.predict_rows(self, [model, self.path("p_x.npy"), "--output", name], ndmin=2)
                 np.testing.assert_allclose(got, want[name].reshape(got.shape), rtol=1e-5, atol=1e-6,
                                            err_msg=f"{model}: {name}")
+        # --output all: every output's values side by side in each row, as CSV or NPY, or their class ids.
+        both = np.concatenate([want[n].reshape(50, -1) for n in ("digit", "parity", "level")], axis=1)
+        for model in (ckpt, onnx_path):
+            np.testing.assert_allclose(cli_util.predict_rows(self, [model, self.path("p_x.npy"), "--output", "all"]),
+                                       both, rtol=1e-5, atol=1e-6, err_msg=model)
+        r = subprocess.run([cli_util.TRAINER, "predict", ckpt, self.path("p_x.npy"), "--output", "all",
+                            "--probabilities", "--output-format", "npy", "-q"], capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(self.path("all.npy"), "wb") as f:
+            f.write(r.stdout)
+        np.testing.assert_allclose(np.load(self.path("all.npy")), both, rtol=1e-5, atol=1e-6)
+        ids = run(["predict", ckpt, self.path("p_x.npy"), "--output", "all"])
+        self.assertIn("its outputs digit, parity, level, side by side", ids.stderr)
+        got = np.loadtxt(ids.stdout.splitlines(), delimiter=",", dtype=np.int64)
+        np.testing.assert_array_equal(got[:, 0], want["digit"].argmax(1))
+        np.testing.assert_array_equal(got[:, 1], (want["parity"].ravel() > 0).astype(np.int64))
+        np.testing.assert_array_equal(got[:, 2], want["level"].argmax(1))
         # A model trained on parity's logits decides at 0.
         ids = run(["predict", ckpt, self.path("p_x.npy"), "--output", "parity"])
         self.assertEqual([int(v) for v in ids.stdout.split()], [int(v > 0) for v in want["parity"].ravel()])
