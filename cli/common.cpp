@@ -549,6 +549,13 @@ bool any_sample_weights(const formats::ModelSpec& spec) {
   return false;
 }
 
+// Whether any data source weighs a model's outputs apart: then every source feeds one set per output.
+bool output_sample_weights(const formats::ModelSpec& spec) {
+  for (const auto* src : {&spec.data.train, &spec.data.validation, &spec.data.test})
+    if (*src && formats::has_output_sample_weights(**src)) return true;
+  return false;
+}
+
 }  // namespace
 
 engine::FitConfig fit_config(const formats::ModelSpec& spec) {
@@ -561,6 +568,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;
   c.sample_weights = any_sample_weights(spec);
+  c.sample_weights_per_output = output_sample_weights(spec);
   if (!t.outputs.empty()) {
     c.output_name = t.outputs[0].name;
     c.loss_weight = t.outputs[0].loss_weight;
@@ -839,18 +847,20 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const std::vector<ModelInput> inputs = model_inputs(spec, model);
   const std::vector<std::string> names = input_names(model);
   // With sample weights anywhere, every source feeds them (1 for a source that gives none).
-  const bool weighted = any_sample_weights(spec);
+  const bool weighted = any_sample_weights(spec), per_output = output_sample_weights(spec);
   std::vector<std::string> outputs = {model.output_name};
   for (const models::BuiltModel::Output& o : model.more_outputs) outputs.push_back(o.name);
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
         formats::open_dataset(src, spec.base_dir, names, outputs);
+    if (per_output) return formats::with_output_sample_weights(std::move(d), src, spec.base_dir, outputs);
     return weighted ? formats::with_sample_weights(std::move(d), src, spec.base_dir) : d;
   };
   out.train = open(*ds.train);
   engine::data::BatchFormat& f = out.format;
   f = batch_format(spec, model);
-  if (weighted) f.more_inputs.push_back(engine::data::InputFormat{});  // f32 weights, as stored
+  // f32 weights, as stored: one set, or one per output.
+  if (weighted) f.more_inputs.resize(f.more_inputs.size() + (per_output ? outputs.size() : 1));
   check_onnx_loss(spec, model);
   check_all_samples(*out.train, *ds.train, model, inputs, &f);
   if (ds.validation) {

@@ -264,7 +264,11 @@ double weight_at(const Column& c, int64_t i) {
 }  // namespace
 
 bool has_sample_weights(const DataSource& src) {
-  return !src.sample_weight.empty() || !src.sample_weight_key.empty();
+  return !src.sample_weight.empty() || !src.sample_weight_key.empty() || has_output_sample_weights(src);
+}
+
+bool has_output_sample_weights(const DataSource& src) {
+  return !src.sample_weight_by_output.empty() || !src.sample_weight_keys.empty();
 }
 
 std::shared_ptr<const engine::data::Dataset> with_sample_weights(
@@ -496,6 +500,39 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     }
   }
   return engine::data::with_more_inputs(std::move(data), std::move(labels));
+}
+
+std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
+    std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
+    const std::vector<std::string>& outputs, const DatasetOptions& options) {
+  const std::string where = where_in_spec(src.pos);
+  std::vector<std::pair<std::string, const char*>> named;
+  for (const auto& [name, files] : src.sample_weight_by_output) named.emplace_back(name, "sample_weight");
+  for (const auto& [name, key] : src.sample_weight_keys) named.emplace_back(name, "sample_weight_key");
+  for (const auto& [name, key] : named)
+    if (std::find(outputs.begin(), outputs.end(), name) == outputs.end())
+      throw InputError(
+          where, fmt::format("{} names '{}', which is not an output of the model", key, name),
+          fmt::format("{}the model's outputs: {}", did_you_mean(name, outputs), fmt::join(outputs, ", ")));
+  for (const std::string& name : outputs) {
+    DataSource one = src;
+    one.sample_weight_by_output.clear();
+    one.sample_weight_keys.clear();
+    if (has_output_sample_weights(src)) {
+      one.sample_weight.clear();
+      one.sample_weight_key.clear();
+      if (auto it = src.sample_weight_by_output.find(name); it != src.sample_weight_by_output.end())
+        one.sample_weight = it->second;
+      if (auto it = src.sample_weight_keys.find(name); it != src.sample_weight_keys.end())
+        one.sample_weight_key = it->second;
+    }
+    try {
+      data = with_sample_weights(std::move(data), one, base_dir, options);
+    } catch (const InputError& e) {
+      throw naming(e, fmt::format("the sample weights of the model's output '{}'", name));
+    }
+  }
+  return data;
 }
 
 }  // namespace trainer::formats

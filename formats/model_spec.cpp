@@ -940,23 +940,50 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
     }
   } else if (t.get("y_key", s.y_key) && s.y_key.empty())
     t.fail("y_key", fmt::format("{} is empty", t.name("y_key")), "name an array of the .npz");
-  if (t.get_strings("sample_weight", s.sample_weight)) {
+  // A table of weight files, or of .npz arrays, by output name: a model of several outputs weighs each apart.
+  if (const toml::node* sw = t.find("sample_weight"); sw && sw->is_table()) {
+    for (auto&& [k, v] : *sw->as_table()) {
+      std::vector<std::string>& files = s.sample_weight_by_output[std::string(k.str())];
+      auto* a = v.as_array();
+      for (size_t i = 0; i < (a ? a->size() : 1) && (a || v.is_string()); ++i) {
+        const toml::node& f = a ? *a->get(i) : v;
+        if (!f.is_string() || f.as_string()->get().empty())
+          r.fail(r.pos(f), fmt::format("{}.{} must hold file names", t.name("sample_weight"), k.str()),
+                 "e.g. sample_weight = { digit = \"w_digit.npy\" }");
+        files.push_back(f.as_string()->get());
+      }
+      if (files.empty())
+        r.fail(r.pos(v),
+               fmt::format("{}.{} must name the output's weight files", t.name("sample_weight"), k.str()),
+               "e.g. sample_weight = { digit = \"w_digit.npy\" }");
+    }
+    if (s.sample_weight_by_output.empty())
+      t.fail("sample_weight", fmt::format("{} is empty", t.name("sample_weight")),
+             "name each output's weights");
+  } else if (t.get_strings("sample_weight", s.sample_weight)) {
     if (s.sample_weight.empty())
       t.fail("sample_weight", fmt::format("{} is empty", t.name("sample_weight")), "name the .npy file(s)");
     for (const std::string& f : s.sample_weight)
       if (f.empty())
         t.fail("sample_weight", fmt::format("{} has an empty file name", t.name("sample_weight")));
   }
-  if (t.get("sample_weight_key", s.sample_weight_key)) {
-    if (s.sample_weight_key.empty())
-      t.fail("sample_weight_key", fmt::format("{} is empty", t.name("sample_weight_key")),
-             "name an array of the .npz");
-    if (!s.sample_weight.empty())
-      t.fail("sample_weight_key",
-             fmt::format("{} and {} both give the sample weights", t.name("sample_weight"),
-                         t.name("sample_weight_key")),
-             "keep sample_weight (.npy files) or sample_weight_key (an array of the .npz)");
+  if (const toml::node* sk = t.find("sample_weight_key"); sk && sk->is_table()) {
+    for (auto&& [k, v] : *sk->as_table()) {
+      if (!v.is_string() || v.as_string()->get().empty())
+        r.fail(r.pos(v),
+               fmt::format("{}.{} must name an array of the .npz", t.name("sample_weight_key"), k.str()),
+               "e.g. sample_weight_key = { digit = \"w_digit\" }");
+      s.sample_weight_keys[std::string(k.str())] = v.as_string()->get();
+    }
+  } else if (t.get("sample_weight_key", s.sample_weight_key) && s.sample_weight_key.empty()) {
+    t.fail("sample_weight_key", fmt::format("{} is empty", t.name("sample_weight_key")),
+           "name an array of the .npz");
   }
+  if (t.find("sample_weight") && t.find("sample_weight_key"))
+    t.fail("sample_weight_key",
+           fmt::format("{} and {} both give the sample weights", t.name("sample_weight"),
+                       t.name("sample_weight_key")),
+           "keep sample_weight (.npy files) or sample_weight_key (an array of the .npz)");
   t.get("header", s.header);
   if (const toml::node* lc = t.find("label_column")) {
     if (auto* i = lc->as_integer()) {
@@ -985,6 +1012,12 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
   if (const toml::node* s = t.find("train")) d.train = read_source(r, *s, "data.train");
   if (const toml::node* s = t.find("validation")) d.validation = read_source(r, *s, "data.validation");
   if (const toml::node* s = t.find("test")) d.test = read_source(r, *s, "data.test");
+  // Weights by output name are for a model of several outputs.
+  for (const auto* src : {&d.train, &d.validation, &d.test})
+    if (*src && model.outputs.size() < 2 &&
+        (!(*src)->sample_weight_by_output.empty() || !(*src)->sample_weight_keys.empty()))
+      r.fail((*src)->pos, "sample weights by output name are for a model of several outputs",
+             "give one set of weights: sample_weight = \"w.npy\", or list the outputs in [model] outputs");
   if (!d.train) r.fail(d.pos, "[data] has no [data.train]", "add a [data.train] table with x = \"...\"");
   if (t.get("validation_split", d.validation_split)) {
     if (d.validation_split < 0 || d.validation_split >= 1)

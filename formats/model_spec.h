@@ -111,6 +111,11 @@ struct DataSource {
   // .npz x files (sample_weight_key); neither: every sample weighs 1.
   std::vector<std::string> sample_weight;
   std::string sample_weight_key;
+  // A model of several outputs: each output's weights apart (Keras's sample_weight dict), .npy files by
+  // output name (`sample_weight` written as a table) or arrays of the .npz by output name
+  // (`sample_weight_key` as a table); an output left out weighs 1.
+  std::map<std::string, std::vector<std::string>> sample_weight_by_output;
+  std::map<std::string, std::string> sample_weight_keys;
   bool header = true;        // csv
   std::string label_column;  // csv: a column name, or a 0-based index written as digits; "" = last column
   int64_t limit = 0;         // use only the first N samples (0: all); handy for quick runs

@@ -90,7 +90,9 @@ void write_source(Writer& w, std::string_view name, const DataSource& s) {
   else
     w.kv("y_key", s.y_keys);
   if (!s.sample_weight.empty()) w.kv("sample_weight", s.sample_weight);
+  if (!s.sample_weight_by_output.empty()) w.kv("sample_weight", s.sample_weight_by_output);
   if (!s.sample_weight_key.empty()) w.kv("sample_weight_key", s.sample_weight_key);
+  if (!s.sample_weight_keys.empty()) w.kv("sample_weight_key", s.sample_weight_keys);
   w.kv("header", s.header);
   if (!s.label_column.empty()) w.kv("label_column", s.label_column);
   w.kv("limit", s.limit);

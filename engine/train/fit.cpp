@@ -398,16 +398,22 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   const std::vector<OutputLoss> hs = output_losses(cfg);
   TRAINER_ASSERT(hs.size() == 1 + fm.more_outputs.size(), "{} outputs, {} losses", 1 + fm.more_outputs.size(),
                  hs.size());
-  // Sample weights: one per sample, fed after the model's inputs and the further outputs' labels.
-  const ValueId sample_w =
-      cfg.sample_weights ? g.add_input(g.unique_name("sample_weight"), DType::f32, Shape{batch}) : kNoValue;
+  // Sample weights: one per sample, fed after the model's inputs and the further outputs' labels; for every
+  // output, or one set per output.
+  std::vector<ValueId> sample_ws;
+  if (cfg.sample_weights)
+    for (size_t i = 0; i < (cfg.sample_weights_per_output ? hs.size() : 1); ++i)
+      sample_ws.push_back(g.add_input(g.unique_name("sample_weight"), DType::f32, Shape{batch}));
+  auto sample_w_of = [&](size_t i) {
+    return sample_ws.empty() ? kNoValue : sample_ws[std::min(i, sample_ws.size() - 1)];
+  };
   for (size_t i = 0; i < hs.size(); ++i) {
     const ValueId out = i == 0 ? fm.output : fm.more_outputs[i - 1];
     const ValueId mask = i == 0                                ? fm.output_mask
                          : i - 1 < fm.more_output_masks.size() ? fm.more_output_masks[i - 1]
                                                                : kNoValue;
     const HeadLoss h = head_loss(g, out, mask, batch, hs[i],
-                                 i == 0 ? cfg.class_weight : std::vector<double>{}, training, sample_w);
+                                 i == 0 ? cfg.class_weight : std::vector<double>{}, training, sample_w_of(i));
     if (i == 0) {
       lg.y = h.y;
       lg.mask = h.mask;
@@ -419,7 +425,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     }
     lg.head_loss.push_back(h.loss);
   }
-  if (sample_w != kNoValue) lg.more_x.push_back(sample_w);
+  lg.more_x.insert(lg.more_x.end(), sample_ws.begin(), sample_ws.end());
   // One output: its loss. Several: the weighted sum (Keras's loss_weights), each output's loss reported too.
   lg.loss = lg.head_loss[0];
   if (hs.size() == 1) {

@@ -98,6 +98,9 @@ struct FitConfig {
   // per-sample losses (divided by the batch, or by the unmasked positions under a mask, not by the weights'
   // sum). Metrics are unweighted, as Keras's `metrics`.
   bool sample_weights = false;
+  // With several outputs: one weight input per output, in the outputs' order (Keras's sample_weight by output
+  // name), instead of one for all.
+  bool sample_weights_per_output = false;
   // A model of several outputs (ForwardModel::more_outputs): the fields above are the first output's, named
   // output_name and weighing loss_weight; more_outputs are the others'. The loss that trains and is reported
   // as `loss` is the weighted sum of the outputs' losses (plus the penalties); each output's own loss is

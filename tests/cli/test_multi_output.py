@@ -187,6 +187,50 @@ class MultiOutput(unittest.TestCase):
             for n in names:
                 np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-6, err_msg=f"{other}: {n}")
 
+    def test_sample_weights_by_output_weigh_only_their_output(self):
+        # Keras's sample_weight by output name: parity's loss weighs each sample, digit's and level's do not.
+        rng = np.random.default_rng(9)
+        w = np.where(rng.random(N) < 0.3, 0.0, rng.uniform(0.5, 2.0, N)).astype(np.float32)
+        self.save_npz("weighted.npz", w_parity=w)
+        spec = self.spec("weighted.toml", data='x = "weighted.npz"\nsample_weight_key = { parity = "w_parity" }',
+                         epochs=3)
+        self.fit([spec, "--output-dir", self.path("weighted")])
+        ckpt = self.path("weighted/last.ckpt")
+        r = run(["evaluate", ckpt])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = cli_util.json_lines(self, r.stdout)[-1]
+        held = slice(N - N // 4, N)
+        np.save(self.path("w_x.npy"), self.x[held])
+        rows = {name: cli_util.predict_rows(self, [ckpt, self.path("w_x.npy"), "--output", name], ndmin=2)
+                for name in ("digit", "parity")}
+        p = np.clip(rows["parity"].ravel(), 1e-7, 1 - 1e-7)
+        y = self.parity[held]
+        parity = float(np.mean(w[held] * -(y * np.log(p) + (1 - y) * np.log(1 - p))))
+        self.assertAlmostEqual(got["parity_loss"], parity, delta=2e-5)
+        self.assertAlmostEqual(got["digit_loss"], sparse_ce(rows["digit"], self.digit[held]), delta=2e-5)
+        # Samples of parity weight 0 train nothing through parity: flipping their parity labels changes no
+        # parameter.
+        flipped = np.where(w == 0, 1 - self.parity, self.parity)
+        self.save_npz("weighted_flipped.npz", w_parity=w, parity=flipped)
+        spec = self.spec("weighted_flipped.toml",
+                         data='x = "weighted_flipped.npz"\nsample_weight_key = { parity = "w_parity" }', epochs=3)
+        self.fit([spec, "--output-dir", self.path("weighted_flipped")])
+        a = cli_util.read_checkpoint(ckpt)
+        b = cli_util.read_checkpoint(self.path("weighted_flipped/last.ckpt"))
+        for n in a:
+            if n.endswith(("kernel", "bias")):
+                np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+        # Files by output name, and names that are not outputs.
+        np.save(self.path("w_parity.npy"), w)
+        same = self.fit([self.spec("weighted_npy.toml", data=NPY + '\nsample_weight = { parity = "w_parity.npy" }',
+                                   epochs=3)])[-1]
+        self.assertIn("parity_loss", same)
+        bad = self.spec("weighted_bad.toml", data=NPY + '\nsample_weight = { parityy = "w_parity.npy" }')
+        cli_util.assert_input_error(self, run(["fit", bad]), "sample_weight names 'parityy'", "did you mean 'parity'")
+        one = self.spec("weighted_one.toml", text=self.text().replace('outputs = ["digit", "parity", "level"]', "")
+                        .replace("[data.train]\nx", "[data.train]\nsample_weight = { parity = \"w_parity.npy\" }\nx"))
+        cli_util.assert_input_error(self, run(["fit", one]), "sample weights by output name are for a model of several")
+
     def test_a_zero_loss_weight_makes_the_outputs_labels_irrelevant(self):
         # With parity's weight 0 its labels change nothing that trains (its own layer keeps its initial weights
         # under Adam), so flipping them leaves every parameter bit-identical; its loss is still reported.

@@ -744,7 +744,9 @@ TEST_SUITE("model_spec") {
         "[[model.layers]]\ntype = \"Dense\"\nname = \"reg\"\nunits = 1\ninputs = [\"input\"]\n";
     const std::string data =
         "[data.train]\nx = \"x.npy\"\ny = { reg = \"r.npy\", cls = [\"c1.npy\", \"c2.npy\"] }\n"
-        "[data.validation]\nx = \"v.npz\"\ny_key = { cls = \"labels\" }\n";
+        "sample_weight = { reg = \"w.npy\" }\n"
+        "[data.validation]\nx = \"v.npz\"\ny_key = { cls = \"labels\" }\nsample_weight_key = { cls = \"wc\" "
+        "}\n";
     const ModelSpec s = parse_model_spec(
         model + data +
             "[train]\nloss = { cls = \"sparse_categorical_crossentropy\", reg = \"mean_squared_error\" }\n"
@@ -770,6 +772,8 @@ TEST_SUITE("model_spec") {
     CHECK(s.data.train->y.empty());
     CHECK(s.data.train->y_by_output.at("cls") == std::vector<std::string>{"c1.npy", "c2.npy"});
     CHECK(s.data.validation->y_keys.at("cls") == "labels");
+    CHECK(s.data.train->sample_weight_by_output.at("reg") == std::vector<std::string>{"w.npy"});
+    CHECK(s.data.validation->sample_weight_keys.at("cls") == "wc");
     CHECK(same_settings(s, parse_model_spec(to_toml(s), "spec.toml")));
     // One loss for every output; label smoothing for one of them.
     const ModelSpec all = parse_model_spec(model + "[train]\nloss = \"mse\"\n", "spec.toml");
