@@ -144,6 +144,13 @@ Command add_export_command(CLI::App& app);
 Command add_predict_command(CLI::App& app);
 Command add_evaluate_command(CLI::App& app);
 
+// Sets the initial values of g's weights and state to a checkpoint's (by name; values g does not have, such
+// as optimizer state, are skipped) and returns how many it set. A weight or state of g that the checkpoint
+// lacks or holds in another shape is an InputError naming `ckpt`: its model is not g.
+int64_t load_trained_values(engine::Graph& g,
+                            const std::vector<std::pair<std::string, engine::Tensor>>& values,
+                            const std::string& ckpt);
+
 // The model of a checkpoint's spec with the checkpoint's weights (parameters and state, by name) as its
 // initializers; values the model does not have (optimizer state) are skipped. `ckpt` names the file in
 // errors.

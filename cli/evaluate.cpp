@@ -3,12 +3,39 @@
 #include <fmt/ranges.h>
 
 #include <chrono>
+#include <set>
 
 #include "cli/checkpoint_io.h"
 #include "cli/common.h"
 #include "engine/util/error.h"
 
 namespace trainer::cli {
+
+int64_t load_trained_values(engine::Graph& g,
+                            const std::vector<std::pair<std::string, engine::Tensor>>& values,
+                            const std::string& ckpt) {
+  std::set<std::string> held;
+  int64_t loaded = 0;
+  for (const auto& [name, t] : values) {
+    held.insert(name);
+    engine::ValueId v = g.find(name);
+    if (v == engine::kNoValue) continue;  // optimizer state: no place in the forward graph
+    engine::Tensor* init = g.mutable_initializer(v);
+    if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
+      throw InputError(ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
+                       "the checkpoint and its spec disagree: the file is damaged or was edited");
+    *init = t;
+    ++loaded;
+  }
+  for (engine::ValueId v = 0; v < g.num_values(); ++v) {
+    const engine::Value& val = g.value(v);
+    if ((val.kind == engine::ValueKind::parameter || val.kind == engine::ValueKind::state) &&
+        !held.count(val.name))
+      throw InputError(ckpt, fmt::format("the checkpoint has no '{}', which its model has", val.name),
+                       "the checkpoint and its spec disagree: the file is damaged or was edited");
+  }
+  return loaded;
+}
 
 engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
                                            std::vector<std::pair<std::string, engine::Tensor>> values,
@@ -18,15 +45,7 @@ engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
       std::make_shared<const std::vector<std::pair<std::string, engine::Tensor>>>(std::move(values));
   return [base, weights, ckpt](int64_t batch, bool training) {
     engine::ForwardModel fm = base(batch, training);
-    for (const auto& [name, t] : *weights) {
-      engine::ValueId v = fm.graph.find(name);
-      if (v == engine::kNoValue) continue;  // optimizer state: no place in the forward graph
-      engine::Tensor* init = fm.graph.mutable_initializer(v);
-      if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
-        throw InputError(ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
-                         "the checkpoint and its spec disagree: the file is damaged or was edited");
-      *init = t;
-    }
+    load_trained_values(fm.graph, *weights, ckpt);
     return fm;
   };
 }

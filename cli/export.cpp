@@ -28,17 +28,7 @@ Command add_export_command(CLI::App& app) {
     formats::ModelSpec spec = ck.spec();
     models::BuiltModel m = build(spec, 1, false);
     // The trained weights replace the initial ones, by name; optimizer state has no place in inference.
-    int64_t loaded = 0;
-    for (const auto& [name, t] : ck.state.values) {
-      engine::ValueId v = m.graph.find(name);
-      if (v == engine::kNoValue) continue;
-      engine::Tensor* init = m.graph.mutable_initializer(v);
-      if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
-        throw InputError(*ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
-                         "the checkpoint and its spec disagree: the file is damaged or was edited");
-      *init = t;
-      ++loaded;
-    }
+    int64_t loaded = load_trained_values(m.graph, ck.state.values, *ckpt);
     formats::OnnxExportOptions o;
     o.opset = *opset;
     o.producer_version = TRAINER_VERSION;

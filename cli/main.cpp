@@ -113,6 +113,17 @@ static void print_usage_error(CLI::App& app, const CLI::ParseError& e) {
   fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", what, hint);
 }
 
+namespace {
+
+// Memory the run needs and cannot have: one line and a hint, exit 1 (a failure at run time).
+int out_of_memory(const char* what, const char* hint) {
+  std::fflush(stdout);
+  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", what, hint);
+  return 1;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
@@ -183,6 +194,14 @@ int main(int argc, char** argv) {
   } catch (const RuntimeError& e) {
     fmt::print(stderr, "trainer: {}\n", e.what());
     return 1;
+  } catch (const std::bad_alloc&) {
+    return out_of_memory("out of memory",
+                         "a smaller batch_size, model or data, or a machine with more memory; "
+                         "trainer summary shows a model's sizes");
+  } catch (const std::length_error&) {
+    return out_of_memory(
+        "out of memory: a size too large to hold",
+        "check the sizes the model and data give (units, filters, input shapes, batch_size)");
   } catch (const std::exception& e) {
     fmt::print(stderr, "trainer: internal error: {}\n", e.what());
     return 1;

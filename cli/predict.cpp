@@ -248,6 +248,18 @@ class Runner {
       Output o;
       o.dtype = out.dtype;
       const std::string& name = model.outputs.at(model.written[k]);
+      if (out.kind != engine::ValueKind::intermediate)
+        throw InputError(model.path,
+                         fmt::format("the output '{}' is {}, not computed from the inputs", name,
+                                     out.kind == engine::ValueKind::input ? "an input" : "an initializer"),
+                         "export the model with the outputs its nodes compute");
+      if (out.shape.rank() < 1 || out.shape[0] != batch_)
+        throw InputError(
+            model.path,
+            fmt::format("the output '{}' has shape {} at a batch of {}: it does not lead with the "
+                        "batch",
+                        name, out.shape.str(), batch_),
+            "the output must be [batch, ...], one row per sample");
       const bool integer = o.dtype == DType::i64 || o.dtype == DType::i32;
       if (o.dtype != DType::f32 && o.dtype != DType::f64 && !integer)
         throw InputError(

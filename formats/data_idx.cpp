@@ -2,6 +2,7 @@
 #include "formats/data_idx.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstring>
 
@@ -104,12 +105,19 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
         "the file is truncated: download it again");
   }
   std::vector<int64_t> dims(static_cast<size_t>(rank));
-  uint64_t elems = 1;
+  uint64_t data_bytes = type->bytes;
+  bool too_large = false;
   for (int d = 0; d < rank; ++d) {
     dims[static_cast<size_t>(d)] = be32(p + 4 + 4 * d);
-    elems *= static_cast<uint64_t>(dims[static_cast<size_t>(d)]);
+    too_large =
+        too_large ||
+        __builtin_mul_overflow(data_bytes, static_cast<uint64_t>(dims[static_cast<size_t>(d)]), &data_bytes);
   }
-  const uint64_t data_bytes = elems * static_cast<uint64_t>(type->bytes);
+  if (too_large)
+    throw InputError(at_byte(name, 4),
+                     fmt::format("the header's dimensions [{}] of {} need more than 2^64 data bytes",
+                                 fmt::join(dims, ", "), type->name),
+                     "the header is damaged: download the file again");
   engine::Shape record_shape(std::vector<int64_t>(dims.begin() + 1, dims.end()));
   if (size < header + data_bytes) {
     throw InputError(
@@ -134,7 +142,7 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
     seg.bytes = std::move(bytes);
     seg.offset = header;
   } else {
-    seg.bytes = convert_elements(p + header, elems, *type, name, spill_bytes);
+    seg.bytes = convert_elements(p + header, data_bytes / type->bytes, *type, name, spill_bytes);
     seg.offset = 0;
   }
   col.add(std::move(seg));

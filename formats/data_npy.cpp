@@ -51,8 +51,8 @@ class HeaderParser {
       } else if (key == "shape") {
         *shape = tuple();
         have_shape = true;
-      } else {
-        skip_value();
+      } else {  // numpy.load refuses other keys too
+        fail(fmt::format("unexpected key '{}'", key));
       }
       skip();
       if (peek() == ',') ++i_;
@@ -116,24 +116,6 @@ class HeaderParser {
     ++i_;
     return dims;
   }
-  void skip_value() {
-    int depth = 0;
-    while (i_ < s_.size()) {
-      char c = s_[i_];
-      if (c == '\'' || c == '"') {
-        string_literal();
-        continue;
-      }
-      if (c == '(' || c == '[' || c == '{') ++depth;
-      if (c == ')' || c == ']' || c == '}') {
-        if (depth == 0) return;
-        --depth;
-      }
-      if (c == ',' && depth == 0) return;
-      ++i_;
-    }
-  }
-
   std::string_view s_;
   size_t i_ = 0;
   std::string where_;

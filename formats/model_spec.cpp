@@ -393,7 +393,9 @@ class Table {
  private:
   [[noreturn]] void unknown_key(const toml::key& k, const toml::node& v, const Keys& keys) const {
     const SourcePos where = r_.pos(k, v);
-    const std::string key = std::string(k.str());
+    // A key is named in full unless it is absurdly long (a file fed as a spec by mistake).
+    const std::string key =
+        k.str().size() > 64 ? std::string(k.str().substr(0, 61)) + "..." : std::string(k.str());
     std::string hint;
     if (auto n = nearest(key, keys)) {
       hint = fmt::format("did you mean '{}'?", Reader::from_set(where) ? name(*n) : *n);

@@ -807,8 +807,28 @@ class Importer {
     std::string base() const { return name.empty() ? outputs.at(0) : name; }
   };
 
+  // The inputs the ONNX schema of a node's op requires must be there, and no more than it takes: a node
+  // without them is malformed, whatever its op.
+  void check_arity(const onnx::NodeProto& n, int index) const {
+    const int opset = result_.info.opset > 0 ? static_cast<int>(result_.info.opset) : kMaxOnnxOpset;
+    const auto* schema = onnx::OpSchemaRegistry::Schema(n.op_type(), std::min(opset, kMaxOnnxOpset), "");
+    if (schema == nullptr) return;
+    const auto& formal = schema->inputs();
+    for (size_t i = 0; i < formal.size(); ++i)
+      if (formal[i].GetOption() == onnx::OpSchema::Single &&
+          (static_cast<int>(i) >= n.input_size() || n.input(static_cast<int>(i)).empty()))
+        fail(fmt::format("{} has no input {} ('{}'), which {} requires", node_label(n, index), i,
+                         formal[i].GetName(), n.op_type()),
+             "the exporter is broken, or the file was edited");
+    if (n.input_size() < schema->min_input() || n.input_size() > schema->max_input())
+      fail(fmt::format("{} has {} inputs; {} takes {} to {}", node_label(n, index), n.input_size(),
+                       n.op_type(), schema->min_input(), schema->max_input()),
+           "the exporter is broken, or the file was edited");
+  }
+
   void add_node(const onnx::NodeProto& n, int index) {
     const std::string domain = normalize_domain(n.domain());
+    if (domain.empty()) check_arity(n, index);
     if (domain.empty() && n.op_type() == "Constant") return add_constant_node(n, index);
     if (domain.empty() && (n.op_type() == "Shape" || n.op_type() == "Size")) return add_shape_node(n, index);
     if (domain.empty() && n.op_type() == "ConstantOfShape") return add_constant_of_shape(n, index);
@@ -1411,6 +1431,12 @@ class Importer {
              "the engine needs static shapes: compute it from constants and input shapes only");
       return *g().initializer(p.inputs[i]);
     };
+    // A constant input that holds one integer (TopK's K, CumSum's axis).
+    auto single_value = [&](const Tensor& t, const char* what) {
+      if (t.numel() != 1)
+        fail(fmt::format("its {} holds {} values, not one", what, t.numel()), "the exporter is broken");
+      return t.get_i64(0);
+    };
     // The node's axis attribute (default d), made non-negative and checked against the input's rank.
     auto axis_attr = [&](int64_t d) {
       int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : d;
@@ -1462,8 +1488,9 @@ class Importer {
       } else if (p.op == "Trilu") {
         // Keeps j - i >= k (upper, the default) or j - i <= k (lower) of the last two axes.
         if (xs.rank() < 2) fail(fmt::format("{}: the input {} has fewer than two axes", p.label, xs.str()));
-        const int64_t k =
-            p.inputs.size() > 1 && p.inputs[1] != engine::kNoValue ? constant_input(1, "k").get_i64(0) : 0;
+        const int64_t k = p.inputs.size() > 1 && p.inputs[1] != engine::kNoValue
+                              ? single_value(constant_input(1, "k"), "k")
+                              : 0;
         const bool upper = !p.attrs.has("upper") || p.attrs.i("upper") != 0;
         const int64_t rows = xs[xs.rank() - 2], cols = xs[xs.rank() - 1];
         Tensor keep(DType::boolean, Shape{rows, cols});
@@ -1543,7 +1570,7 @@ class Importer {
         const int64_t rank = xs.rank();
         const int64_t axis = axis_attr(-1);
         const int64_t n = xs[static_cast<int>(axis)];
-        const int64_t k = constant_input(1, "K").get_i64(0);
+        const int64_t k = single_value(constant_input(1, "K"), "K");
         if (k < 1 || k > n) fail(fmt::format("{}: K = {} is not in [1, {}]", p.label, k, n));
         const bool largest = !p.attrs.has("largest") || p.attrs.i("largest") != 0;
         const DType f = t == DType::f32 || t == DType::f64 ? t : DType::f64;
@@ -1810,7 +1837,7 @@ class Importer {
         // A product with a constant triangle of ones along the axis (moved last and back): j <= i sums the
         // elements up to i; exclusive and reverse change the triangle. Integers go through float64.
         const int64_t rank = xs.rank();
-        int64_t axis = constant_input(1, "axis").get_i64(0);
+        int64_t axis = single_value(constant_input(1, "axis"), "axis");
         if (axis < 0) axis += rank;
         if (axis < 0 || axis >= rank)
           fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
@@ -2136,6 +2163,10 @@ class Importer {
                               what + "/scalar_value");
           int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : 1;
           if (axis < 0) axis += xs.rank();
+          if (axis < 0 || axis >= xs.rank() || vs.numel() != xs[axis])
+            fail(fmt::format("its {} of {} values does not fit axis {} of the input {}", what, vs.numel(),
+                             p.attrs.has("axis") ? p.attrs.i("axis") : 1, xs.str()),
+                 "give one value, or one per element of the axis");
           std::vector<int64_t> shape(static_cast<size_t>(xs.rank() - axis), 1);
           shape[0] = vs.numel();
           return node("Reshape", {v, ints_constant(p, what + "/along", shape)}, {}, what + "/along_axis");
@@ -2194,6 +2225,10 @@ class Importer {
           if (w == engine::kNoValue)
             fail(fmt::format("{} needs a weight", p.label), "the exporter is broken");
           const Shape ws = g().value(w).shape;
+          if (ws.rank() < 3)
+            fail(fmt::format("its weight has shape {}; a convolution's is [filters, channels, kernel...]",
+                             ws.str()),
+                 "the exporter is broken");
           std::vector<int64_t> per_filter(static_cast<size_t>(ws.rank()), 1),
               per_channel(static_cast<size_t>(ws.rank() - 1), 1);
           per_filter[0] = ws[0];

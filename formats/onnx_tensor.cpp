@@ -8,6 +8,7 @@
 #include <bit>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -51,21 +52,39 @@ std::string read_external(const onnx::TensorProto& t, const std::string& where, 
   std::string location;
   int64_t offset = 0, length = -1;
   for (const auto& kv : t.external_data()) {
-    try {
-      if (kv.key() == "location")
-        location = kv.value();
-      else if (kv.key() == "offset")
-        offset = std::stoll(kv.value());
-      else if (kv.key() == "length")
-        length = std::stoll(kv.value());
-    } catch (const std::exception&) {
-      throw InputError(where, fmt::format("{} has a malformed external_data '{}': '{}'", tensor_label(t),
-                                          kv.key(), kv.value()));
+    if (kv.key() == "location") {
+      location = kv.value();
+      continue;
     }
+    if (kv.key() != "offset" && kv.key() != "length") continue;
+    // A whole non-negative number, nothing after it.
+    size_t used = 0;
+    int64_t v = -1;
+    try {
+      v = std::stoll(kv.value(), &used);
+    } catch (const std::exception&) {
+    }
+    if (v < 0 || used != kv.value().size())
+      throw InputError(
+          where,
+          fmt::format("{} has a malformed external_data '{}': '{}'", tensor_label(t), kv.key(), kv.value()),
+          "offsets and lengths are whole numbers of bytes");
+    (kv.key() == "offset" ? offset : length) = v;
   }
   if (location.empty())
     throw InputError(where, fmt::format("{} is stored externally but names no location", tensor_label(t)));
+  // As ONNX's checker asks: a path relative to the model's folder, inside it.
+  const std::filesystem::path rel(location);
+  if (rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const auto& part) { return part == ".."; }))
+    throw InputError(
+        where, fmt::format("{} is stored in '{}', outside the model's folder", tensor_label(t), location),
+        "external data files are named relative to the model's folder, within it");
   std::string path = base_dir.empty() ? location : base_dir + "/" + location;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw InputError(where,
+                     fmt::format("{} is stored in '{}', which is not a readable file", tensor_label(t), path),
+                     "keep the external data files next to the model");
   std::ifstream f(path, std::ios::binary);
   if (!f)
     throw InputError(where,
@@ -73,11 +92,11 @@ std::string read_external(const onnx::TensorProto& t, const std::string& where, 
                      "keep the external data files next to the model");
   f.seekg(0, std::ios::end);
   int64_t size = f.tellg();
-  if (length < 0) length = size - offset;
-  if (offset < 0 || offset + length > size)
+  if (length < 0) length = std::max<int64_t>(size - offset, 0);
+  if (offset > size || length > size - offset)
     throw InputError(where,
-                     fmt::format("{} reads bytes {}..{} of '{}', which has {}", tensor_label(t), offset,
-                                 offset + length, path, size),
+                     fmt::format("{} reads {} bytes from offset {} of '{}', which has {}", tensor_label(t),
+                                 length, offset, path, size),
                      "the external data file is truncated");
   std::string bytes(static_cast<size_t>(length), '\0');
   f.seekg(offset);

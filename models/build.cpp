@@ -118,6 +118,10 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
     if (input->shape.empty())
       throw InputError(input->pos.str(), fmt::format("{} has an empty shape", what),
                        "give the shape of one sample, e.g. input = [28, 28, 1] or input = [784]");
+    if (input->shape.size() > 8)
+      throw InputError(input->pos.str(),
+                       fmt::format("{} has {} dimensions; a sample has at most 8", what, input->shape.size()),
+                       "flatten the samples' leading dimensions, or Reshape them in the model");
     for (int64_t d : input->shape)
       if (d < 1)
         throw InputError(input->pos.str(), fmt::format("{} shape [{}] must hold positive sizes", what,
@@ -135,6 +139,13 @@ BuiltModel build_model(const formats::ModelSection& model, const BuildOptions& o
       dims.insert(dims.end(), {input->shape[2], input->shape[0], input->shape[1]});
     else
       dims.insert(dims.end(), input->shape.begin(), input->shape.end());
+    try {
+      engine::tensor_bytes(Shape(dims), dtype);  // sizes no batch of this input could have
+    } catch (const InputError& e) {
+      throw InputError(input->pos.str(),
+                       fmt::format("{} of shape [{}]: {}", what, fmt::join(input->shape, ", "), e.what()),
+                       e.hint());
+    }
     in.value = g.add_input(input->name, dtype, Shape(dims));
     if (input == &model.input) {
       m.input = in.value;

@@ -6,6 +6,19 @@
 
 namespace trainer::engine {
 
+size_t tensor_bytes(const Shape& shape, DType dtype) {
+  constexpr int64_t kLimit = int64_t{1} << 40;
+  int64_t bytes = static_cast<int64_t>(dtype_bytes(dtype));
+  for (int64_t d : shape.dims())
+    if (d < 0 || __builtin_mul_overflow(bytes, d, &bytes) || bytes > kLimit)
+      throw InputError("",
+                       fmt::format("a tensor of shape {} ({}) is too large: over 2^40 bytes", shape.str(),
+                                   dtype_name(dtype)),
+                       "check the sizes the model and data give: units, filters, input shapes, batch_size, "
+                       "and an ONNX file's dimensions");
+  return static_cast<size_t>(bytes);
+}
+
 float bf16_to_f32(uint16_t h) {
   return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
 }

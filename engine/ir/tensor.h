@@ -11,11 +11,16 @@
 
 namespace trainer::engine {
 
+// The bytes a tensor of `shape` holds. Sizes no model or batch here needs (a negative dimension, or more than
+// 2^40 bytes: a mistyped `units = 2000000000`, a corrupt file's dimensions) are an InputError naming the
+// shape, before anything is allocated.
+size_t tensor_bytes(const Shape& shape, DType dtype);
+
 class Tensor {
  public:
   Tensor() = default;
   Tensor(DType dtype, Shape shape)
-      : dtype_(dtype), shape_(std::move(shape)), bytes_(shape_.numel() * dtype_bytes(dtype)) {}
+      : dtype_(dtype), shape_(std::move(shape)), bytes_(tensor_bytes(shape_, dtype)) {}
 
   template <class T>
   static Tensor from(Shape shape, const std::vector<T>& values) {

@@ -1,10 +1,12 @@
 """Bad input, one case per mistake a user makes: each must exit with status 2 and a message that names the place
 (file:line:col, the file and byte, the CSV line, the sample index, or the --set override), without a crash."""
 
+import json
 import os
 import random
 import shutil
 import struct
+import sys
 import tempfile
 import unittest
 
@@ -195,6 +197,65 @@ loss = "sparse_categorical_crossentropy"
         self.assertIn("did you mean 'train.epochs'?", err)
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", "model.layers.1.unitz=3"),
                            "--set model.layers.1.unitz=3:", "unknown argument 'unitz'")
+
+
+    def test_absurd_sizes_and_ranks(self):
+        # Sizes no machine holds are errors naming the tensor, before anything is allocated; a sample of more
+        # than 8 dimensions is named at its place.
+        for text in (SPEC.replace("units = 10", "units = 9223372036854775807"),
+                     SPEC.replace("input = [28, 28]", "input = [28, 9223372036854775807]")):
+            assert_input_error(self, self.trainer("check", self.spec(text)), "is too large: over 2^40 bytes")
+        text = SPEC.replace("input = [28, 28]", "input = [" + ", ".join(["1"] * 30) + ", 784]")
+        line, col = line_col(text, "[1, 1")
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                           "31 dimensions; a sample has at most 8")
+        # An absurdly long unknown key is cut short in the message.
+        err = assert_input_error(self, self.trainer("check", self.spec(SPEC.replace("epochs = 1", "e" * 5000 + " = 1"))),
+                                 "unknown key 'eeee")
+        self.assertLess(len(err), 1000)
+
+    def test_idx_dimensions_past_the_file(self):
+        self.write("x.idx", struct.pack(">IIII", 0x803, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF) + bytes(64))
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC)), "x.idx", "need more than 2^64 data bytes")
+        self.write("x.idx", struct.pack(">IIII", 0x803, 1000, 28, 28) + bytes(64))
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC)), "x.idx", "64 of its 784000 data bytes")
+
+    def test_npy_header_with_a_key_numpy_refuses(self):
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 784), 'extra': 1, }"
+        header += " " * (118 - len(header)) + "\n"
+        self.write("x.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() +
+                   bytes(8 * 784 * 4))
+        text = SPEC.replace('x = "x.idx"', 'x = "x.npy"\nformat = "npy"').replace('y = "y.idx"', 'y = "y.idx"')
+        assert_input_error(self, self.trainer("fit", self.spec(text.replace('format = "npy"', ""))),
+                           "unexpected key 'extra'")
+
+
+    def test_a_checkpoint_without_a_weight_of_its_model(self):
+        # A checkpoint whose tensors miss a weight of the model its spec describes (edited, the checksum made
+        # right again) is refused by every command that reads it, not run with the weight's initial values.
+        sys.path.insert(0, os.path.join(cli_util.ROOT, "tests", "formats"))
+        from checkpoint_numpy_check import xxh64
+        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(self.dir, "run", "last.ckpt"), "rb") as f:
+            data = f.read()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        header["dense/kernelX"] = header.pop("dense/kernel")
+        header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + header["__metadata__"]["checksum"][-16:]
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-(8 + len(text)) % 8)
+        signed = len(text).to_bytes(8, "little") + text
+        at = signed.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
+        signed = signed[:at] + f"{xxh64(signed):016x}".encode() + signed[at + 16:]
+        self.write("edited.ckpt", signed + data[8 + n:])
+        self.write("p.idx", idx_images(4))
+        for args in (["evaluate", "edited.ckpt"], ["export", "edited.ckpt", "-o", "out.onnx"],
+                     ["predict", "edited.ckpt", "p.idx"]):
+            with self.subTest(args=args):
+                assert_input_error(self, self.trainer(*args), "edited.ckpt",
+                                   "the checkpoint has no 'dense/kernel', which its model has")
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "out.onnx")))
 
 
 class BadUsage(unittest.TestCase):

@@ -356,6 +356,28 @@ class PredictIntegerOutputs(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             got = np.array([[float(v) for v in line.split(",")] for line in r.stdout.decode().split()])
             np.testing.assert_array_equal(got, want.astype(np.float64))
+    def test_outputs_that_are_no_rows_per_sample_are_refused(self):
+        # An output that does not lead with the batch, or that is an initializer, gives no row per sample:
+        # an error naming it, before anything is written.
+        import onnx
+        from onnx import TensorProto as T
+        from onnx import helper as h
+        from onnx import numpy_helper as nh
+        shape = nh.from_array(np.array([-1, 6], np.int64), "shape")
+        w = nh.from_array(np.ones((3, 3), np.float32), "w")
+        cases = [([h.make_node("Reshape", ["x", "shape"], ["y"])], "y", [shape], "does not lead with the batch"),
+                 ([h.make_node("Relu", ["x"], ["r"])], "w", [w], "the output 'w' is an initializer")]
+        x = np.ones((8, 3), np.float32)
+        for nodes, out, inits, needle in cases:
+            with self.subTest(needle=needle), tempfile.TemporaryDirectory() as t:
+                g = h.make_graph(nodes, "bad", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3])],
+                                 [h.make_tensor_value_info(out, T.FLOAT, None)], inits)
+                path = os.path.join(t, "bad.onnx")
+                onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+                r = predict([path, "-"], stdin=npy_bytes(x))
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(needle.encode(), r.stderr)
+                self.assertEqual(r.stdout, b"")
 
 if __name__ == "__main__":
     cli_util.main()

@@ -601,8 +601,72 @@ TEST_SUITE("onnx_tensor") {
     add_kv("offset", "8");
     add_kv("length", "16");
     CHECK(tensor_from_onnx(p, "m.onnx", dir).to_vector<float>() == vals);
+    // Offsets and lengths that do not fit the file, however large, and malformed ones.
+    auto with = [&](const char* key, const std::string& v) {
+      onnx::TensorProto q = p;
+      for (auto& kv : *q.mutable_external_data())
+        if (kv.key() == key) kv.set_value(v);
+      return q;
+    };
+    for (const char* offset : {"9223372036854775807", "20"})
+      CHECK_THROWS_WITH_AS(tensor_from_onnx(with("offset", offset), "m.onnx", dir),
+                           doctest::Contains("which has 24"), InputError);
+    CHECK_THROWS_WITH_AS(tensor_from_onnx(with("length", "9223372036854775807"), "m.onnx", dir),
+                         doctest::Contains("which has 24"), InputError);
+    for (const char* bad : {"8junk", "-8", ""})
+      CHECK_THROWS_WITH_AS(tensor_from_onnx(with("offset", bad), "m.onnx", dir),
+                           doctest::Contains("malformed external_data 'offset'"), InputError);
+    // Locations outside the model's folder, and ones that are not files.
+    for (const std::string& where : {std::string("../") + name, dir + "/" + name})
+      CHECK_THROWS_WITH_AS(tensor_from_onnx(with("location", where), "m.onnx", dir),
+                           doctest::Contains("outside the model's folder"), InputError);
+    CHECK_THROWS_WITH_AS(tensor_from_onnx(with("location", "."), "m.onnx", dir),
+                         doctest::Contains("not a readable file"), InputError);
     std::remove((dir + "/" + name).c_str());
-    CHECK_THROWS_WITH_AS(tensor_from_onnx(p, "m.onnx", dir), doctest::Contains("cannot be opened"),
+    CHECK_THROWS_WITH_AS(tensor_from_onnx(p, "m.onnx", dir), doctest::Contains("not a readable file"),
                          InputError);
+  }
+
+  TEST_CASE("malformed nodes are errors that name them, whatever their op") {
+    auto error_of = [](const onnx::ModelProto& m) {
+      try {
+        import_onnx_model(m, "bad.onnx");
+      } catch (const InputError& e) {
+        return error_text(e);
+      }
+      return std::string("no error");
+    };
+    auto one_node = [](const std::string& op, std::vector<std::string> inputs,
+                       const std::vector<Tensor>& initializers, std::vector<std::string> outputs = {"y"}) {
+      onnx::ModelProto m = make_model(17);
+      auto* g = m.mutable_graph();
+      add_input(g, "x", onnx::TensorProto::FLOAT, {4, 3, 8, 8});
+      for (size_t i = 0; i < initializers.size(); ++i)
+        tensor_to_onnx(initializers[i], fmt::format("c{}", i), g->add_initializer());
+      add_node(g, op, std::move(inputs), std::move(outputs), "n");
+      add_output(g, "y");
+      return m;
+    };
+    // Required inputs missing or left empty, for any op (the ONNX schema says which).
+    CHECK(error_of(one_node("Conv", {}, {}))
+              .find("node 'n' (Conv) has no input 0 ('X'), which Conv requires") != std::string::npos);
+    CHECK(error_of(one_node("MaxPool", {""}, {})).find("has no input 0 ('X')") != std::string::npos);
+    CHECK(error_of(one_node("DequantizeLinear", {"x"}, {})).find("has no input 1 ('x_scale')") !=
+          std::string::npos);
+    CHECK(error_of(one_node("Relu", {"x", "x"}, {})).find("has 2 inputs; Relu takes 1 to 1") !=
+          std::string::npos);
+    // Inputs that hold no value where one is needed, or do not fit the input.
+    const Tensor none = Tensor(DType::i64, Shape{0});
+    CHECK(error_of(one_node("TopK", {"x", "c0"}, {none}, {"y", "i"})).find("its K holds 0 values, not one") !=
+          std::string::npos);
+    CHECK(error_of(one_node("CumSum", {"x", "c0"}, {none})).find("its axis holds 0 values, not one") !=
+          std::string::npos);
+    CHECK(
+        error_of(one_node("DequantizeLinear", {"x", "c0"}, {Tensor::from<float>(Shape{5}, {1, 1, 1, 1, 1})}))
+            .find("its scale of 5 values does not fit axis 1 of the input [4, 3, 8, 8]") !=
+        std::string::npos);
+    // A shape no machine holds.
+    CHECK(error_of(one_node("ConstantOfShape", {"c0"}, {Tensor::from<int64_t>(Shape{1}, {int64_t{1} << 40})}))
+              .find("is too large: over 2^40 bytes") != std::string::npos);
   }
 }
