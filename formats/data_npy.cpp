@@ -42,7 +42,7 @@ class HeaderParser {
       expect(':');
       skip();
       if (key == "descr") {
-        if (peek() == '[') fail("a structured dtype (a list of fields): datasets need plain numeric arrays");
+        if (peek() == '[') fail("a structured dtype (a list of fields): trainer reads plain numeric arrays");
         *descr = string_literal();
         have_descr = true;
       } else if (key == "fortran_order") {
@@ -121,7 +121,7 @@ class HeaderParser {
   std::string where_;
 };
 
-engine::DType npy_dtype(const std::string& descr, const std::string& where) {
+engine::DType dtype_of_descr(const std::string& descr, const std::string& where) {
   const char order = descr.empty() ? '?' : descr[0];
   const std::string code =
       (order == '<' || order == '>' || order == '|' || order == '=') ? descr.substr(1) : descr;
@@ -155,6 +155,16 @@ engine::DType npy_dtype(const std::string& descr, const std::string& where) {
 
 }  // namespace
 
+NpyDict parse_npy_dict(std::string_view text, const std::string& where) {
+  NpyDict d;
+  HeaderParser(text, where).parse(&d.descr, &d.fortran, &d.shape);
+  return d;
+}
+
+engine::DType npy_dtype(const std::string& descr, const std::string& where) {
+  return dtype_of_descr(descr, where);
+}
+
 NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name) {
   const uint8_t* p = bytes.data() + base;
   if (size < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0) {
@@ -182,12 +192,11 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
         "the file is truncated: write it again");
   }
   std::string_view text(reinterpret_cast<const char*>(p + start), header_len);
-  std::string descr;
-  bool fortran = false;
   NpyHeader h;
-  HeaderParser(text, at_byte(name, start)).parse(&descr, &fortran, &h.shape);
-  h.dtype = npy_dtype(descr, name);
-  if (fortran) {
+  const NpyDict d = parse_npy_dict(text, at_byte(name, start));
+  h.shape = d.shape;
+  h.dtype = npy_dtype(d.descr, name);
+  if (d.fortran) {
     throw InputError(name, "the array is in Fortran (column-major) order",
                      "save a C-ordered copy: numpy.save(path, numpy.ascontiguousarray(x))");
   }
@@ -202,7 +211,7 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
   if (size - h.data_offset < need) {
     throw InputError(at_byte(name, size),
                      fmt::format("the file ends after {} of its {} data bytes (shape {}, {})",
-                                 size - h.data_offset, need, engine::Shape(h.shape).str(), descr),
+                                 size - h.data_offset, need, engine::Shape(h.shape).str(), d.descr),
                      "the file is truncated: write it again");
   }
   return h;

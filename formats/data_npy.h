@@ -3,6 +3,7 @@
 
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "formats/data_array.h"
@@ -15,6 +16,19 @@ struct NpyHeader {
   std::vector<int64_t> shape;
   uint64_t data_offset = 0;  // from the start of the .npy bytes
 };
+
+// The dict of an .npy header as numpy writes it: {'descr': '<f4', 'fortran_order': False, 'shape': (60000,
+// 28, 28), }. Other keys (numpy refuses them too), a structured dtype or a bad shape are an InputError at
+// `where`.
+struct NpyDict {
+  std::string descr;
+  bool fortran = false;
+  std::vector<int64_t> shape;
+};
+NpyDict parse_npy_dict(std::string_view text, const std::string& where);
+// The dtype an .npy descr names ('<f4', '|u1', ...): uint8 and bool, int32, int64, float32, float64,
+// little-endian; anything else is an InputError at `where` with a hint.
+engine::DType npy_dtype(const std::string& descr, const std::string& where);
 
 // Parses the header of the .npy bytes [base, base + size) of `bytes` (v1, v2 or v3; little-endian u1, b1, i4,
 // i8, f4, f8; C order). Anything else is an InputError naming `name` and the byte offset.

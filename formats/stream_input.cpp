@@ -45,119 +45,6 @@ static_assert(std::endian::native == std::endian::little, "NPY data is read in p
 
 constexpr size_t kBufferBytes = size_t{1} << 16;
 
-// The dict of an NPY header: {'descr': '<f4', 'fortran_order': False, 'shape': (60000, 28, 28), }
-struct NpyDict {
-  std::string descr;
-  bool fortran = false;
-  std::vector<int64_t> shape;
-};
-
-class NpyDictParser {
- public:
-  NpyDictParser(std::string_view s, std::string where) : s_(s), where_(std::move(where)) {}
-
-  NpyDict parse() {
-    NpyDict d;
-    bool descr = false, fortran = false, shape = false;
-    expect('{');
-    for (skip(); peek() != '}'; skip()) {
-      std::string key = quoted();
-      expect(':');
-      skip();
-      if (key == "descr") {
-        if (peek() == '[') fail("a structured dtype; predict needs a plain numeric array");
-        d.descr = quoted();
-        descr = true;
-      } else if (key == "fortran_order") {
-        d.fortran = word() == "True";
-        fortran = true;
-      } else if (key == "shape") {
-        d.shape = tuple();
-        shape = true;
-      } else {
-        fail(fmt::format("unexpected key '{}'", key));
-      }
-      skip();
-      if (peek() == ',') ++i_;
-    }
-    if (!descr || !fortran || !shape) fail("the header lacks 'descr', 'fortran_order' or 'shape'");
-    return d;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw InputError(where_, fmt::format("bad NPY header: {}", what), "write the array with numpy.save");
-  }
-  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
-  void skip() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\t')) ++i_;
-  }
-  void expect(char c) {
-    skip();
-    if (peek() != c) fail(fmt::format("expected '{}' at column {} of {}", c, i_ + 1, s_));
-    ++i_;
-  }
-  std::string quoted() {
-    skip();
-    char q = peek();
-    if (q != '\'' && q != '"') fail(fmt::format("expected a quoted string at column {} of {}", i_ + 1, s_));
-    size_t end = s_.find(q, i_ + 1);
-    if (end == std::string_view::npos) fail("an unterminated string");
-    std::string out(s_.substr(i_ + 1, end - i_ - 1));
-    i_ = end + 1;
-    return out;
-  }
-  std::string word() {
-    size_t b = i_;
-    while (i_ < s_.size() && std::isalpha(static_cast<unsigned char>(s_[i_]))) ++i_;
-    std::string w(s_.substr(b, i_ - b));
-    if (w != "True" && w != "False") fail(fmt::format("expected True or False, not '{}'", w));
-    return w;
-  }
-  std::vector<int64_t> tuple() {
-    std::vector<int64_t> out;
-    expect('(');
-    for (skip(); peek() != ')'; skip()) {
-      int64_t v = 0;
-      auto r = std::from_chars(s_.data() + i_, s_.data() + s_.size(), v);
-      if (r.ec != std::errc() || v < 0) fail(fmt::format("a bad dimension at column {} of {}", i_ + 1, s_));
-      i_ = r.ptr - s_.data();
-      out.push_back(v);
-      skip();
-      if (peek() == ',') ++i_;
-    }
-    ++i_;
-    return out;
-  }
-
-  std::string_view s_;
-  std::string where_;
-  size_t i_ = 0;
-};
-
-DType npy_dtype(const std::string& descr, const std::string& where) {
-  const char order = descr.empty() ? '?' : descr[0];
-  const std::string code = std::string("<>|=").find(order) != std::string::npos ? descr.substr(1) : descr;
-  DType t;
-  if (code == "u1" || code == "b1")
-    t = DType::u8;
-  else if (code == "i4")
-    t = DType::i32;
-  else if (code == "i8")
-    t = DType::i64;
-  else if (code == "f4")
-    t = DType::f32;
-  else if (code == "f8")
-    t = DType::f64;
-  else
-    throw InputError(where, fmt::format("NPY dtype '{}' is not supported", descr),
-                     "use uint8, bool, int32, int64, float32 or float64: x.astype('float32')");
-  if (order == '>' && engine::dtype_bytes(t) > 1)
-    throw InputError(where, fmt::format("the array is big-endian ('{}')", descr),
-                     fmt::format("convert it with numpy: x.astype('<{}')", code));
-  return t;
-}
-
 // IDX element types: the code in byte 2 of the magic number.
 struct IdxType {
   uint8_t code;
@@ -316,7 +203,7 @@ struct SampleReader::Impl {
     const uint64_t start = offset;
     std::string text(len, '\0');
     take_exact(text.data(), len, "NPY header");
-    NpyDict d = NpyDictParser(text, at_byte(name, start)).parse();
+    const NpyDict d = parse_npy_dict(text, at_byte(name, start));
     dtype = npy_dtype(d.descr, name);
     if (d.fortran)
       throw InputError(name, "the array is in Fortran (column-major) order",
