@@ -606,6 +606,14 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.schedule.staircase = s.staircase;
   c.schedule.alpha = s.alpha;
   c.schedule.warmup_steps = s.warmup_steps;
+  c.schedule.end_learning_rate = s.end_learning_rate;
+  c.schedule.power = s.power;
+  c.schedule.cycle = s.cycle;
+  c.schedule.first_decay_steps = s.first_decay_steps;
+  c.schedule.t_mul = s.t_mul;
+  c.schedule.m_mul = s.m_mul;
+  c.schedule.boundaries = s.boundaries;
+  c.schedule.values = s.values;
   const formats::EarlyStoppingSpec& e = t.early_stopping;
   c.early_stopping.enabled = e.enabled;
   c.early_stopping.monitor = e.monitor;

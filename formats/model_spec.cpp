@@ -54,8 +54,12 @@ const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
                              "beta_2",       "epsilon",       "momentum",
                              "nesterov",     "rho",           "initial_accumulator_value",
                              "weight_decay", "clipnorm",      "schedule"};
-const Keys kScheduleKeys = {"kind",       "step_size", "gamma", "decay_steps",
-                            "decay_rate", "staircase", "alpha", "warmup_steps"};
+const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
+                            "decay_steps", "decay_rate",   "staircase",
+                            "alpha",       "warmup_steps", "end_learning_rate",
+                            "power",       "cycle",        "first_decay_steps",
+                            "t_mul",       "m_mul",        "boundaries",
+                            "values"};
 const Keys kEarlyStoppingKeys = {"monitor", "mode", "min_delta", "patience", "restore_best_weights"};
 const Keys kCheckpointKeys = {"every_epochs", "every_steps", "keep_last", "save_best", "mode"};
 const Keys kReduceLrKeys = {"monitor", "factor", "patience", "mode", "min_delta", "cooldown", "min_lr"};
@@ -131,7 +135,8 @@ const std::map<std::string_view, std::string_view> kAccuracyLoss = {
     {"sparse_top_k_categorical_accuracy", "sparse_categorical_crossentropy"}};
 const Keys kOptimizers = {"sgd",    "adam",  "adamw", "rmsprop", "adagrad",
                           "adamax", "nadam", "lion",  "adadelta"};
-const Keys kSchedules = {"constant", "step", "exponential", "cosine"};
+const Keys kSchedules = {"constant",   "step",         "exponential",     "cosine",
+                         "polynomial", "inverse_time", "cosine_restarts", "piecewise_constant"};
 const Keys kModes = {"auto", "min", "max"};
 
 // Which optimizer and schedule keys apply to which kind: a key that does not apply is an error, as an
@@ -152,6 +157,10 @@ const std::map<std::string_view, Keys> kScheduleArgs = {
     {"step", {"step_size", "gamma", "warmup_steps"}},
     {"exponential", {"decay_steps", "decay_rate", "staircase", "warmup_steps"}},
     {"cosine", {"decay_steps", "alpha", "warmup_steps"}},
+    {"polynomial", {"decay_steps", "end_learning_rate", "power", "cycle", "warmup_steps"}},
+    {"inverse_time", {"decay_steps", "decay_rate", "staircase", "warmup_steps"}},
+    {"cosine_restarts", {"first_decay_steps", "t_mul", "m_mul", "alpha", "warmup_steps"}},
+    {"piecewise_constant", {"boundaries", "values", "warmup_steps"}},
 };
 
 bool contains(const Keys& keys, std::string_view k) {
@@ -1084,8 +1093,42 @@ ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
   };
   if (s.kind == "step") positive("step_size", s.step_size, true);
   // A cosine without decay_steps spans the whole run (every epoch's steps after the warmup).
-  if (s.kind == "exponential" || s.kind == "cosine")
-    positive("decay_steps", s.decay_steps, s.kind == "exponential");
+  if (s.kind == "exponential" || s.kind == "cosine" || s.kind == "polynomial" || s.kind == "inverse_time")
+    positive("decay_steps", s.decay_steps, s.kind != "cosine");
+  if (s.kind == "cosine_restarts") positive("first_decay_steps", s.first_decay_steps, true);
+  if (s.kind == "inverse_time" && !t.find("decay_rate"))
+    r.fail(s.pos, "the inverse_time schedule needs decay_rate", "add decay_rate = 0.5, say, as Keras asks");
+  if (t.get("end_learning_rate", s.end_learning_rate) && s.end_learning_rate < 0)
+    t.fail("end_learning_rate", fmt::format("{} must be 0 or more, not {}", t.name("end_learning_rate"),
+                                            toml_float(s.end_learning_rate)));
+  if (t.get("power", s.power) && s.power <= 0)
+    t.fail("power", fmt::format("{} must be positive, not {}", t.name("power"), toml_float(s.power)));
+  t.get("cycle", s.cycle);
+  for (const char* key : {"t_mul", "m_mul"}) {
+    double& v = std::string_view(key) == "t_mul" ? s.t_mul : s.m_mul;
+    if (t.get(key, v) && v <= 0)
+      t.fail(key, fmt::format("{} must be positive, not {}", t.name(key), toml_float(v)));
+  }
+  if (s.kind == "piecewise_constant") {
+    // Keras's PiecewiseConstantDecay: values[i] up to boundaries[i] (inclusive), the last value after.
+    std::vector<double> bounds;
+    if (!t.get_numbers("boundaries", bounds) || !t.get_numbers("values", s.values))
+      r.fail(
+          s.pos, "the piecewise_constant schedule needs boundaries and values",
+          "e.g. boundaries = [1000, 2000] and values = [0.01, 0.005, 0.001]: the rate up to each boundary, "
+          "then the last");
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      if (bounds[i] != std::floor(bounds[i]) || bounds[i] < 0 || (i > 0 && bounds[i] <= bounds[i - 1]))
+        t.fail("boundaries", fmt::format("{} must be increasing whole step numbers", t.name("boundaries")));
+      s.boundaries.push_back(static_cast<int64_t>(bounds[i]));
+    }
+    if (s.values.size() != s.boundaries.size() + 1)
+      t.fail("values",
+             fmt::format("{} has {} rates for {} boundaries; it needs one more rate than boundaries",
+                         t.name("values"), s.values.size(), s.boundaries.size()));
+    for (double v : s.values)
+      if (!(v > 0)) t.fail("values", fmt::format("{} holds {}; rates must be positive", t.name("values"), v));
+  }
   if (t.get("gamma", s.gamma) && s.gamma <= 0)
     t.fail("gamma", fmt::format("{} must be positive, not {}", t.name("gamma"), toml_float(s.gamma)));
   if (t.get("decay_rate", s.decay_rate) && s.decay_rate <= 0)
@@ -1139,6 +1182,15 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
              fmt::format("{} must be {}, not {}", t.name(rule.key), rule.range, toml_float(*rule.value)));
   t.get("nesterov", o.nesterov);
   if (const toml::node* s = t.find("schedule")) o.schedule = read_schedule(r, *s);
+  // A piecewise constant schedule's values are the rates themselves: learning_rate would say another.
+  if (o.schedule.kind == "piecewise_constant") {
+    if (t.find("learning_rate"))
+      t.fail("learning_rate",
+             "train.optimizer.learning_rate is set, and the piecewise_constant schedule's values are "
+             "the rates",
+             "leave learning_rate out: the first of the schedule's values is the initial rate");
+    o.learning_rate = o.schedule.values.at(0);
+  }
   return o;
 }
 

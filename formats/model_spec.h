@@ -140,14 +140,23 @@ struct DataSection {
 };
 
 struct ScheduleSpec {
-  std::string kind = "constant";  // constant | step | exponential | cosine
-  int64_t step_size = 0;          // step: decay every step_size steps
-  double gamma = 0.1;             // step: factor
-  int64_t decay_steps = 0;        // exponential, cosine
-  double decay_rate = 0.96;       // exponential
-  bool staircase = false;         // exponential
-  double alpha = 0.0;             // cosine: final fraction of the learning rate
-  int64_t warmup_steps = 0;       // linear warmup from 0 (any kind)
+  // constant | step | exponential | cosine, and Keras's polynomial (PolynomialDecay), inverse_time
+  // (InverseTimeDecay), cosine_restarts (CosineDecayRestarts), piecewise_constant (PiecewiseConstantDecay)
+  std::string kind = "constant";
+  int64_t step_size = 0;              // step: decay every step_size steps
+  double gamma = 0.1;                 // step: factor
+  int64_t decay_steps = 0;            // exponential, cosine, polynomial, inverse_time
+  double decay_rate = 0.96;           // exponential, inverse_time
+  bool staircase = false;             // exponential, inverse_time
+  double alpha = 0.0;                 // cosine, cosine_restarts: final fraction of the learning rate
+  double end_learning_rate = 0.0001;  // polynomial
+  double power = 1.0;                 // polynomial
+  bool cycle = false;                 // polynomial
+  int64_t first_decay_steps = 0;      // cosine_restarts
+  double t_mul = 2.0, m_mul = 1.0;    // cosine_restarts: period and height factors of each restart
+  std::vector<int64_t> boundaries;    // piecewise_constant: steps where the rate changes
+  std::vector<double> values;         // piecewise_constant: the rates (one more than boundaries)
+  int64_t warmup_steps = 0;           // linear warmup from 0 (any kind)
   SourcePos pos;
   bool operator==(const ScheduleSpec&) const = default;
 };

@@ -219,7 +219,8 @@ std::string to_toml(const ModelSpec& spec) {
     const OptimizerSpec& o = t.optimizer;
     w.header("[train.optimizer]");
     w.kv("name", o.name);
-    w.kv("learning_rate", o.learning_rate);
+    if (o.schedule.kind != "piecewise_constant")
+      w.kv("learning_rate", o.learning_rate);  // its values are the rates
     if (o.name == "adam" || o.name == "adamw" || o.name == "adamax" || o.name == "nadam" ||
         o.name == "lion") {
       w.kv("beta_1", o.beta_1);
@@ -248,6 +249,26 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("staircase", s.staircase);
     }
     if (s.kind == "cosine") w.kv("alpha", s.alpha);
+    if (s.kind == "polynomial" || s.kind == "inverse_time") w.kv("decay_steps", s.decay_steps);
+    if (s.kind == "polynomial") {
+      w.kv("end_learning_rate", s.end_learning_rate);
+      w.kv("power", s.power);
+      w.kv("cycle", s.cycle);
+    }
+    if (s.kind == "inverse_time") {
+      w.kv("decay_rate", s.decay_rate);
+      w.kv("staircase", s.staircase);
+    }
+    if (s.kind == "cosine_restarts") {
+      w.kv("first_decay_steps", s.first_decay_steps);
+      w.kv("t_mul", s.t_mul);
+      w.kv("m_mul", s.m_mul);
+      w.kv("alpha", s.alpha);
+    }
+    if (s.kind == "piecewise_constant") {
+      w.kv("boundaries", s.boundaries);
+      w.kv("values", s.values);
+    }
     w.kv("warmup_steps", s.warmup_steps);
 
     const EarlyStoppingSpec& e = t.early_stopping;

@@ -58,6 +58,40 @@ double LearningRateSchedule::at(int64_t step) const {
     double c = 0.5 * (1 + std::cos(std::numbers::pi * p));
     return base * ((1 - alpha) * c + alpha);
   }
+  if (kind == "polynomial") {
+    if (decay_steps <= 0) return base;
+    double steps = static_cast<double>(decay_steps), t = static_cast<double>(s);
+    if (cycle)  // each cycle decays over the next multiple of decay_steps
+      steps *= s == 0 ? 1.0 : std::ceil(t / steps);
+    else
+      t = std::min(t, steps);
+    return (base - end_learning_rate) * std::pow(1 - t / steps, power) + end_learning_rate;
+  }
+  if (kind == "inverse_time") {
+    if (decay_steps <= 0) return base;
+    double p = static_cast<double>(s) / decay_steps;
+    if (staircase) p = std::floor(p);
+    return base / (1 + decay_rate * p);
+  }
+  if (kind == "cosine_restarts") {
+    if (first_decay_steps <= 0) return base;
+    double done = static_cast<double>(s) / first_decay_steps, restart;
+    if (t_mul == 1.0) {
+      restart = std::floor(done);
+      done -= restart;
+    } else {
+      restart = std::floor(std::log(1 - done * (1 - t_mul)) / std::log(t_mul));
+      const double before = (1 - std::pow(t_mul, restart)) / (1 - t_mul);
+      done = (done - before) / std::pow(t_mul, restart);
+    }
+    const double c = 0.5 * std::pow(m_mul, restart) * (1 + std::cos(std::numbers::pi * done));
+    return base * ((1 - alpha) * c + alpha);
+  }
+  if (kind == "piecewise_constant" && !values.empty()) {
+    size_t i = 0;
+    while (i < boundaries.size() && s > boundaries[i]) ++i;
+    return values[std::min(i, values.size() - 1)];
+  }
   return base;
 }
 

@@ -28,14 +28,22 @@
 namespace trainer::engine {
 
 struct LearningRateSchedule {
-  std::string kind = "constant";  // constant | step | exponential | cosine
-  double base = 0.001;
-  int64_t step_size = 0;          // step
-  double gamma = 0.1;             // step
-  int64_t decay_steps = 0;        // exponential, cosine (cosine: 0 = the whole run, set by fit)
-  double decay_rate = 0.96;       // exponential
-  bool staircase = false;         // exponential
-  double alpha = 0.0;             // cosine: final fraction
+  // constant | step | exponential | cosine | polynomial | inverse_time | cosine_restarts | piecewise_constant
+  // (Keras's PolynomialDecay, InverseTimeDecay, CosineDecayRestarts and PiecewiseConstantDecay formulas)
+  std::string kind = "constant";
+  double base = 0.001;       // piecewise_constant: values[0]
+  int64_t step_size = 0;     // step
+  double gamma = 0.1;        // step
+  int64_t decay_steps = 0;   // exponential, cosine (0 = the whole run, set by fit), polynomial, inverse_time
+  double decay_rate = 0.96;  // exponential, inverse_time
+  bool staircase = false;    // exponential, inverse_time
+  double alpha = 0.0;        // cosine, cosine_restarts: final fraction
+  double end_learning_rate = 0.0001, power = 1.0;  // polynomial
+  bool cycle = false;                              // polynomial
+  int64_t first_decay_steps = 0;                   // cosine_restarts
+  double t_mul = 2.0, m_mul = 1.0;                 // cosine_restarts
+  std::vector<int64_t> boundaries;                 // piecewise_constant
+  std::vector<double> values;                      // piecewise_constant
   int64_t warmup_steps = 0;       // linear warmup from base/warmup_steps to base, then the schedule (shifted)
   double at(int64_t step) const;  // step is 0-based
 };

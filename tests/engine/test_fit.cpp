@@ -146,6 +146,41 @@ TEST_SUITE("fit") {
     CHECK(s.at(0) == doctest::Approx(0.01));
     CHECK(s.at(9) == doctest::Approx(0.1));
     CHECK(s.at(10) == doctest::Approx(0.1));  // the cosine starts after the warmup
+    // Keras's PolynomialDecay, InverseTimeDecay, CosineDecayRestarts and PiecewiseConstantDecay (values of
+    // their Python formulas).
+    LearningRateSchedule k;
+    k.base = 0.1;
+    k.kind = "polynomial";
+    k.decay_steps = 100;
+    k.end_learning_rate = 0.001;
+    k.power = 2;
+    CHECK(k.at(50) == doctest::Approx(0.02575));
+    CHECK(k.at(150) == doctest::Approx(0.001));
+    k.cycle = true;
+    CHECK(k.at(150) == doctest::Approx(0.0071875));
+    CHECK(k.at(0) == doctest::Approx(0.1));
+    k.kind = "inverse_time";
+    k.decay_steps = 10;
+    k.decay_rate = 0.5;
+    CHECK(k.at(15) == doctest::Approx(0.05714285714285715));
+    k.staircase = true;
+    CHECK(k.at(15) == doctest::Approx(0.06666666666666667));
+    k.kind = "cosine_restarts";
+    k.first_decay_steps = 10;
+    k.t_mul = 2;
+    k.m_mul = 0.5;
+    k.alpha = 0.1;
+    CHECK(k.at(5) == doctest::Approx(0.055));
+    CHECK(k.at(10) == doctest::Approx(0.055));  // the first restart, at half height
+    CHECK(k.at(25) == doctest::Approx(0.016590097423302683));
+    CHECK(k.at(35) == doctest::Approx(0.03164364474075198));
+    k.kind = "piecewise_constant";
+    k.boundaries = {10, 20};
+    k.values = {0.5, 0.25, 0.125};
+    CHECK(k.at(10) == doctest::Approx(0.5));  // up to the boundary, inclusive
+    CHECK(k.at(11) == doctest::Approx(0.25));
+    CHECK(k.at(20) == doctest::Approx(0.25));
+    CHECK(k.at(21) == doctest::Approx(0.125));
     // Without decay_steps a cosine spans the whole run: 3 epochs of 40 steps, after 10 warmup steps.
     FitConfig run;
     run.epochs = 3;

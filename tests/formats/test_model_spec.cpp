@@ -811,6 +811,44 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "model.outputs lists 'a' twice");
   }
 
+  TEST_CASE("Keras's other schedules are read, checked and written back") {
+    const std::string head = kHead + "[train]\nloss = \"mse\"\n[train.optimizer]\n";
+    for (const char* schedule :
+         {"kind = \"polynomial\"\ndecay_steps = 100\nend_learning_rate = 0.001\npower = 2\ncycle = true\n",
+          "kind = \"inverse_time\"\ndecay_steps = 10\ndecay_rate = 0.5\nstaircase = true\n",
+          "kind = \"cosine_restarts\"\nfirst_decay_steps = 10\nt_mul = 1.5\nm_mul = 0.9\nalpha = 0.1\n",
+          "kind = \"piecewise_constant\"\nboundaries = [10, 20]\nvalues = [0.5, 0.25, 0.125]\n"}) {
+      CAPTURE(schedule);
+      const ModelSpec s = parse_model_spec(head + "[train.optimizer.schedule]\n" + schedule, "spec.toml");
+      CHECK(same_settings(s, parse_model_spec(to_toml(s), "spec.toml")));
+    }
+    const ModelSpec p = parse_model_spec(
+        head +
+            "[train.optimizer.schedule]\nkind = \"piecewise_constant\"\nboundaries = [10]\nvalues = [0.5, "
+            "0.1]\n",
+        "spec.toml");
+    CHECK(p.train.optimizer.learning_rate == 0.5);
+    CHECK(p.train.optimizer.schedule.boundaries == std::vector<int64_t>{10});
+    Failure f = failure(head +
+                        "learning_rate = 0.1\n[train.optimizer.schedule]\nkind = \"piecewise_constant\"\n"
+                        "boundaries = [10]\nvalues = [0.5, 0.1]\n");
+    CHECK(f.what.find("the piecewise_constant schedule's values are the rates") != std::string::npos);
+    f = failure(head +
+                "[train.optimizer.schedule]\nkind = \"piecewise_constant\"\nboundaries = [10, 5]\nvalues = "
+                "[0.5, 0.1, 0.01]\n");
+    CHECK(f.what == "train.optimizer.schedule.boundaries must be increasing whole step numbers");
+    f = failure(head +
+                "[train.optimizer.schedule]\nkind = \"piecewise_constant\"\nboundaries = [10]\nvalues = "
+                "[0.5]\n");
+    CHECK(f.what ==
+          "train.optimizer.schedule.values has 1 rates for 1 boundaries; it needs one more rate than "
+          "boundaries");
+    f = failure(head + "[train.optimizer.schedule]\nkind = \"inverse_time\"\ndecay_steps = 10\n");
+    CHECK(f.what == "the inverse_time schedule needs decay_rate");
+    f = failure(head + "[train.optimizer.schedule]\nkind = \"polynomial\"\ndecay_steps = 10\nt_mul = 2\n");
+    CHECK(f.what == "train.optimizer.schedule.t_mul does not apply to the polynomial schedule");
+  }
+
   TEST_CASE("validation_freq is read, checked and written back") {
     const ModelSpec s =
         parse_model_spec(kHead + "[train]\nloss = \"mse\"\nvalidation_freq = 3\n", "spec.toml");
