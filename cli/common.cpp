@@ -374,7 +374,7 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
         l.flops_per_sample = 2 * per * (n.attrs.has("transA") && n.attrs.i("transA") ? (*a)[0] : (*a)[1]);
       else if (n.op == "MatMul" && a->rank() >= 1)
         l.flops_per_sample = 2 * per * a->dims().back();
-      else if (n.op == "Conv" && w->rank() >= 2)
+      else if (n.op == "Conv" && w->rank() >= 2 && (*w)[0] > 0)
         l.flops_per_sample = 2 * per * (w->numel() / (*w)[0]);
       else if ((n.op == "LSTM" || n.op == "GRU") && a->rank() == 3 && w->rank() == 3 && shape(n, 2)) {
         const bool batch_major = n.attrs.has("layout") && n.attrs.i("layout") == 1;
@@ -465,6 +465,11 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
                       "the batch",
                       out.name, out.shape.str(), batch),
           "the output must be [batch, ...], one row per sample");
+    if (out.shape.numel() == 0)
+      throw InputError(file.path(),
+                       fmt::format("the model's output '{}' has shape {}: no values per sample", out.name,
+                                   out.shape.str()),
+                       "the output must hold values for the loss to compare with the labels");
     models::BuiltModel::Output o;
     o.name = several ? ms.outputs[k] : "";
     o.value = r.outputs[k];

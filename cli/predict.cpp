@@ -272,6 +272,11 @@ class Runner {
       o.shape = std::vector<int64_t>(out.shape.dims().begin() + std::min(1, out.shape.rank()),
                                      out.shape.dims().end());
       o.columns = Shape(o.shape).numel();
+      if (o.columns == 0)
+        throw InputError(
+            model.path,
+            fmt::format("the output '{}' has shape {}: no values per sample", name, out.shape.str()),
+            "export the model with an output that holds values");
       o.offset = columns_;
       columns_ += o.columns;
       outputs_.push_back(std::move(o));

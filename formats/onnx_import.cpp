@@ -712,9 +712,11 @@ class Importer {
         "the engine needs static shapes: give MelWeightMatrix constants");
     const int64_t mels = static_cast<int64_t>(v[0]), dft = static_cast<int64_t>(v[1]);
     const int64_t rate = static_cast<int64_t>(v[2]);
-    if (mels < 1 || dft < 1 || rate < 1 || v[3] < 0 || v[4] <= v[3])
+    // (Beyond 2^20 mel bins or DFT points no audio model goes; the table would take minutes to fill.)
+    if (mels < 1 || dft < 1 || rate < 1 || v[3] < 0 || v[4] <= v[3] || mels > (1 << 20) || dft > (1 << 20))
       fail(fmt::format(
-          "{}: needs num_mel_bins, dft_length and sample_rate of 1 or more and 0 <= lower_edge_hertz "
+          "{}: needs num_mel_bins and dft_length from 1 to 2^20, a sample_rate of 1 or more and 0 <= "
+          "lower_edge_hertz "
           "< upper_edge_hertz (got {}, {}, {}, {}, {})",
           label, mels, dft, rate, v[3], v[4]));
     const int64_t bins = dft / 2 + 1;
@@ -824,6 +826,17 @@ class Importer {
       fail(fmt::format("{} has {} inputs; {} takes {} to {}", node_label(n, index), n.input_size(),
                        n.op_type(), schema->min_input(), schema->max_input()),
            "the exporter is broken, or the file was edited");
+    // Attributes of the types the schema gives them (an axis that is a string would be read as an int).
+    for (const onnx::AttributeProto& a : n.attribute()) {
+      auto it = schema->attributes().find(a.name());
+      if (it == schema->attributes().end() || a.type() == onnx::AttributeProto::UNDEFINED ||
+          a.type() == it->second.type)
+        continue;
+      fail(fmt::format("{}: attribute '{}' is of type {}; {} takes {}", node_label(n, index), a.name(),
+                       onnx::AttributeProto_AttributeType_Name(a.type()), n.op_type(),
+                       onnx::AttributeProto_AttributeType_Name(it->second.type)),
+           "the exporter is broken, or the file was edited");
+    }
   }
 
   void add_node(const onnx::NodeProto& n, int index) {
@@ -1468,7 +1481,7 @@ class Importer {
         const int64_t b = p.attrs.has("blocksize") ? p.attrs.i("blocksize") : 0;
         const int64_t ch = xs[1], h = xs[2], w = xs[3];
         const bool to_space = p.op == "DepthToSpace";
-        if (b < 1 || (to_space ? ch % (b * b) : h % b + w % b) != 0)
+        if (b < 1 || b > (int64_t{1} << 20) || (to_space ? ch % (b * b) : h % b + w % b) != 0)
           fail(fmt::format("{}: blocksize {} does not divide the input {}", p.label, b, xs.str()));
         const bool crd = to_space && p.attrs.has("mode") && p.attrs.s("mode") == "CRD";
         std::vector<int64_t> split, perm, merged;

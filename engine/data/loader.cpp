@@ -262,6 +262,9 @@ void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int
                   const Dataset& ds, int64_t sample) {
   for (int64_t e = 0; e < n; ++e) {
     double v = read_as_double(src_t, src, e);
+    if (!std::isfinite(v))
+      throw InputError(ds.locate(sample), fmt::format("label {} (element {}) is not a finite number", v, e),
+                       "the loss would be NaN: fix or drop the samples whose labels are NaN or infinite");
     const bool class_ids = dst_t == DType::i64 || dst_t == DType::i32;
     if (class_ids && !(v == std::floor(v))) {
       throw InputError(

@@ -36,6 +36,13 @@ void InferContext::set_output(int i, DType dtype, Shape shape) {
   if (i >= static_cast<int>(outs_.size())) outs_.resize(i + 1);
   for (int64_t d : shape.dims())
     if (d < 0) fail("output {} would have a negative dimension {}", i, shape.str());
+  // Sizes no tensor of a model has (a product that overflowed, a Tile or Pad of 2^40): refused here, before
+  // any plan allocates them.
+  try {
+    tensor_bytes(shape, dtype);
+  } catch (const InputError&) {
+    fail("output {} of shape {} would take more than 2^40 bytes", i, shape.str());
+  }
   outs_[i] = OutputMeta{true, dtype, std::move(shape)};
 }
 

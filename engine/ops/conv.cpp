@@ -61,6 +61,7 @@ void infer_conv(InferContext& c) {
   const Shape& x = c.shape(0);
   const Shape& w = c.shape(1);
   int64_t group = c.attrs().i("group");
+  if (w.numel() == 0 || x[1] == 0) c.fail("W {} or X {} holds no values", w.str(), x.str());
   if (group < 1 || x[1] % group != 0 || w[0] % group != 0)
     c.fail("group {} must divide the input channels ({}) and the output channels ({})", group, x[1], w[0]);
   if (w[1] * group != x[1])
@@ -459,7 +460,16 @@ void register_conv_ops(OpRegistry& r) {
         .attr("count_include_pad", int64_t{0})
         .attr_required("kernel_shape", AttrType::ints);
     window_schema(s, true)
-        .infer([](InferContext& c) { infer_pool(c, true); })
+        .infer([](InferContext& c) {
+          infer_pool(c, true);
+          // A window wholly in the padding would average nothing (oneDNN and cuDNN refuse it).
+          const WindowGeometry g =
+              window(c, c.shape(0), c.attrs().ints("kernel_shape"), c.attrs().i("ceil_mode") != 0);
+          for (int i = 0; i < g.spatial; ++i)
+            if (g.pad_begin[i] >= g.kernel[i] || g.pad_end[i] >= g.kernel[i])
+              c.fail("pads {} must be smaller than the kernel {}", fmt::join(g.onnx_pads(), ", "),
+                     fmt::join(g.kernel, ", "));
+        })
         .grad([](GradContext& c) {
           Attributes a = pool_grad_attrs(c);
           a.set("count_include_pad", c.attrs().i("count_include_pad"));

@@ -51,10 +51,15 @@ inline std::string resolve_window(const Attributes& a, const std::vector<int64_t
     return fmt::format("strides has {} values, expected {}", g->stride.size(), n);
   if (static_cast<int>(g->dilation.size()) != n)
     return fmt::format("dilations has {} values, expected {}", g->dilation.size(), n);
+  // No window of a real model measures 2^31; larger numbers would overflow the arithmetic below.
+  constexpr int64_t kLarge = int64_t{1} << 31;
   for (int i = 0; i < n; ++i) {
     if (g->stride[i] < 1) return fmt::format("strides must be positive, got {}", g->stride[i]);
     if (g->dilation[i] < 1) return fmt::format("dilations must be positive, got {}", g->dilation[i]);
     if (kernel[i] < 1) return fmt::format("kernel sizes must be positive, got {}", kernel[i]);
+    if (g->stride[i] >= kLarge || g->dilation[i] >= kLarge || kernel[i] >= kLarge)
+      return fmt::format("strides, dilations and kernel sizes must be below 2^31, got {}, {} and {}",
+                         g->stride[i], g->dilation[i], kernel[i]);
   }
   std::string auto_pad = a.has("auto_pad") ? a.s("auto_pad") : "NOTSET";
   g->pad_begin.assign(n, 0);
@@ -80,6 +85,7 @@ inline std::string resolve_window(const Attributes& a, const std::vector<int64_t
         return fmt::format("pads has {} values, expected {}", p.size(), 2 * n);
       for (int i = 0; i < n; ++i) {
         if (p[i] < 0 || p[n + i] < 0) return "pads must not be negative";
+        if (p[i] >= kLarge || p[n + i] >= kLarge) return "pads must be below 2^31";
         g->pad_begin[i] = p[i];
         g->pad_end[i] = p[n + i];
       }

@@ -220,6 +220,17 @@ loss = "sparse_categorical_crossentropy"
         self.write("x.idx", struct.pack(">IIII", 0x803, 1000, 28, 28) + bytes(64))
         assert_input_error(self, self.trainer("fit", self.spec(SPEC)), "x.idx", "64 of its 784000 data bytes")
 
+    def test_labels_that_are_not_finite(self):
+        # NaN targets would only show as a NaN loss after a step: named with their sample instead.
+        import numpy as np
+        y = np.linspace(0, 1, N).astype(np.float32)
+        y[5] = np.nan
+        np.save(os.path.join(self.dir, "x.npy"), np.ones((N, 28, 28), np.float32))
+        np.save(os.path.join(self.dir, "y.npy"), y)
+        text = SPEC.replace('x.idx', 'x.npy').replace('y.idx', 'y.npy').replace("units = 10", "units = 1").replace(
+            '"sparse_categorical_crossentropy"', '"mse"').replace('metrics = ["accuracy"]\n', "")
+        assert_input_error(self, self.trainer("fit", self.spec(text)), "sample 5", "label nan (element 0) is not a finite number")
+
     def test_npy_header_with_a_key_numpy_refuses(self):
         header = "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 784), 'extra': 1, }"
         header += " " * (118 - len(header)) + "\n"

@@ -365,8 +365,10 @@ class PredictIntegerOutputs(unittest.TestCase):
         from onnx import numpy_helper as nh
         shape = nh.from_array(np.array([-1, 6], np.int64), "shape")
         w = nh.from_array(np.ones((3, 3), np.float32), "w")
+        empty = nh.from_array(np.zeros((3, 0), np.float32), "empty")
         cases = [([h.make_node("Reshape", ["x", "shape"], ["y"])], "y", [shape], "does not lead with the batch"),
-                 ([h.make_node("Relu", ["x"], ["r"])], "w", [w], "the output 'w' is an initializer")]
+                 ([h.make_node("Relu", ["x"], ["r"])], "w", [w], "the output 'w' is an initializer"),
+                 ([h.make_node("MatMul", ["x", "empty"], ["y"])], "y", [empty], "no values per sample")]
         x = np.ones((8, 3), np.float32)
         for nodes, out, inits, needle in cases:
             with self.subTest(needle=needle), tempfile.TemporaryDirectory() as t:

@@ -668,5 +668,33 @@ TEST_SUITE("onnx_tensor") {
     // A shape no machine holds.
     CHECK(error_of(one_node("ConstantOfShape", {"c0"}, {Tensor::from<int64_t>(Shape{1}, {int64_t{1} << 40})}))
               .find("is too large: over 2^40 bytes") != std::string::npos);
+    CHECK(error_of(one_node("Tile", {"x", "c0"}, {Tensor::from<int64_t>(Shape{4}, {1, 1 << 30, 1 << 30, 1})}))
+              .find("would take more than 2^40 bytes") != std::string::npos);
+    // Attributes of another type than the op's schema gives them.
+    auto with_attr = [&](onnx::ModelProto m, const std::string& name, auto set) {
+      auto* a = m.mutable_graph()->mutable_node(0)->add_attribute();
+      a->set_name(name);
+      set(a);
+      return m;
+    };
+    CHECK(error_of(with_attr(one_node("ArgMax", {"x"}, {}), "axis", [](onnx::AttributeProto* a) {
+            a->set_type(onnx::AttributeProto::STRING);
+            a->set_s("1");
+          })).find("attribute 'axis' is of type STRING; ArgMax takes INT") != std::string::npos);
+    // Windows no convolution or pooling can have: no filters, strides past 2^31, pads as wide as the kernel.
+    CHECK(error_of(one_node("Conv", {"x", "c0"}, {Tensor(DType::f32, Shape{0, 3, 3, 3})}))
+              .find("holds no values") != std::string::npos);
+    auto ints = [](const std::vector<int64_t>& v) {
+      return [v](onnx::AttributeProto* a) {
+        a->set_type(onnx::AttributeProto::INTS);
+        for (int64_t i : v) a->add_ints(i);
+      };
+    };
+    CHECK(error_of(with_attr(one_node("Conv", {"x", "c0"}, {Tensor(DType::f32, Shape{2, 3, 3, 3})}),
+                             "strides", ints({int64_t{1} << 62, 1})))
+              .find("must be below 2^31") != std::string::npos);
+    onnx::ModelProto pool = with_attr(one_node("AveragePool", {"x"}, {}), "kernel_shape", ints({2, 2}));
+    CHECK(error_of(with_attr(pool, "pads", ints({2, 2, 2, 2})))
+              .find("pads 2, 2, 2, 2 must be smaller than the kernel") != std::string::npos);
   }
 }
