@@ -863,17 +863,52 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const bool weighted = any_sample_weights(spec), per_output = output_sample_weights(spec);
   std::vector<std::string> outputs = {model.output_name};
   for (const models::BuiltModel::Output& o : model.more_outputs) outputs.push_back(o.name);
+  // The weight inputs' values per sample (Keras's temporal weights: one per step), as the training source
+  // gives them; the other sources must give the same, and feed ones of that shape where they give none.
+  std::vector<std::vector<int64_t>>& weight_shapes = out.sample_weight_shapes;
+  const size_t weight_sets = weighted ? (per_output ? outputs.size() : 1) : 0;
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
         formats::open_dataset(src, spec.base_dir, names, outputs);
-    if (per_output) return formats::with_output_sample_weights(std::move(d), src, spec.base_dir, outputs);
-    return weighted ? formats::with_sample_weights(std::move(d), src, spec.base_dir) : d;
+    if (per_output)
+      d = formats::with_output_sample_weights(std::move(d), src, spec.base_dir, outputs, {}, weight_shapes);
+    else if (weighted)
+      d = formats::with_sample_weights(std::move(d), src, spec.base_dir, {},
+                                       weight_shapes.empty() ? std::vector<int64_t>{} : weight_shapes[0]);
+    const auto more = d->more_inputs();
+    for (size_t k = 0; k < weight_sets; ++k) {
+      const engine::data::Dataset& w = *more.at(more.size() - weight_sets + k);
+      const std::vector<int64_t>& got = w.sample_shape().dims();
+      if (weight_shapes.size() <= k) {
+        // Keras's temporal weights: [steps] per sample, for outputs of [steps, ...].
+        for (size_t o = per_output ? k : 0; o < (per_output ? k + 1 : outputs.size()); ++o) {
+          const std::vector<int64_t>& os = o == 0 ? model.output_shape : model.more_outputs.at(o - 1).shape;
+          if (!got.empty() && (got.size() != 1 || os.size() < 2 || os[0] != got[0]))
+            throw InputError(
+                src.pos.str(),
+                fmt::format("{} holds {} sample weights per sample, and the model's output{} is "
+                            "[{}]",
+                            w.describe(), engine::Shape(got).numel(),
+                            outputs.size() > 1 ? fmt::format(" '{}'", outputs[o]) : "", fmt::join(os, ", ")),
+                "give one weight per sample, or one per step of an output of steps");
+        }
+        weight_shapes.push_back(got);
+      } else if (got != weight_shapes[k]) {
+        throw InputError(
+            src.pos.str(),
+            fmt::format("{} holds sample weights of shape {} per sample, and the training data's "
+                        "are {}",
+                        w.describe(), engine::Shape(got).str(), engine::Shape(weight_shapes[k]).str()),
+            "give every source weights of one shape (the training data's decide it)");
+      }
+    }
+    return d;
   };
   out.train = open(*ds.train);
   engine::data::BatchFormat& f = out.format;
   f = batch_format(spec, model);
   // f32 weights, as stored: one set, or one per output.
-  if (weighted) f.more_inputs.resize(f.more_inputs.size() + (per_output ? outputs.size() : 1));
+  if (weighted) f.more_inputs.resize(f.more_inputs.size() + weight_sets);
   check_onnx_loss(spec, model);
   check_all_samples(*out.train, *ds.train, model, inputs, &f);
   if (ds.validation) {

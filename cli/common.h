@@ -112,6 +112,8 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
 struct SpecData {
   std::shared_ptr<const engine::data::Dataset> train, validation, test;
   engine::data::BatchFormat format;
+  // The sample weight inputs' values per sample (FitConfig::sample_weight_shapes): [] or [steps] each.
+  std::vector<std::vector<int64_t>> sample_weight_shapes;
 };
 // Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation
 // split holds out the last samples of train, as Keras does.

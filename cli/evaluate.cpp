@@ -100,6 +100,7 @@ Command add_evaluate_command(CLI::App& app) {
                                    fmt::join(kSplits, ", "), name, name));
     if (ds->size() == 0) throw InputError(ds->describe(), "holds no samples", "");
     engine::FitConfig cfg = fit_config(spec);
+    cfg.sample_weight_shapes = data.sample_weight_shapes;
     DeviceOptions::Opened opened = device->open(spec, *quiet);
     if (!opened.more.empty())
       throw InputError(

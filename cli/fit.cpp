@@ -287,6 +287,7 @@ Command add_fit_command(CLI::App& app) {
       out.say("Normalization layer '{}': mean and variance from the {} training samples (adapt).\n", layer,
               data.train->size());
     engine::FitConfig cfg = fit_config(s);
+    cfg.sample_weight_shapes = data.sample_weight_shapes;
     cfg.precision = opened.precision;
     // --devices N: N CPU replicas in threads of this process, each with its share of the CPU threads.
     engine::Replicas replicas;

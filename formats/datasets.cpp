@@ -223,14 +223,16 @@ namespace {
 // The weights of a source that gives none: every sample weighs 1.
 class UnitWeights final : public engine::data::Dataset {
  public:
-  explicit UnitWeights(int64_t n) : n_(n) {}
+  UnitWeights(int64_t n, engine::Shape shape) : n_(n), shape_(std::move(shape)) {}
   int64_t size() const override { return n_; }
   const engine::Shape& sample_shape() const override { return shape_; }
   engine::DType sample_dtype() const override { return engine::DType::f32; }
   const engine::Shape& label_shape() const override { return shape_; }
   engine::DType label_dtype() const override { return engine::DType::f32; }
-  void read_sample(int64_t, void* out) const override { *static_cast<float*>(out) = 1.0f; }
-  void read_label(int64_t, void* out) const override { *static_cast<float*>(out) = 1.0f; }
+  void read_sample(int64_t, void* out) const override {
+    std::fill_n(static_cast<float*>(out), shape_.numel(), 1.0f);
+  }
+  void read_label(int64_t i, void* out) const override { read_sample(i, out); }
   std::string describe() const override { return "sample weights of 1"; }
 
  private:
@@ -238,16 +240,14 @@ class UnitWeights final : public engine::data::Dataset {
   engine::Shape shape_;
 };
 
-// Record i of a one-value column, as double.
-double weight_at(const Column& c, int64_t i) {
-  uint8_t raw[8] = {};
-  c.read(i, raw);
+// Element e of a record's bytes `raw` of dtype t, as double.
+double element_at(engine::DType t, const uint8_t* raw, int64_t e) {
   auto as = [&]<class T>(T) {
     T v;
-    std::memcpy(&v, raw, sizeof v);
+    std::memcpy(&v, raw + e * static_cast<int64_t>(sizeof v), sizeof v);
     return static_cast<double>(v);
   };
-  switch (c.dtype()) {
+  switch (t) {
     case engine::DType::f32:
       return as(float{});
     case engine::DType::f64:
@@ -257,7 +257,7 @@ double weight_at(const Column& c, int64_t i) {
     case engine::DType::i64:
       return as(int64_t{});
     default:
-      return raw[0];
+      return raw[e];
   }
 }
 
@@ -273,10 +273,11 @@ bool has_output_sample_weights(const DataSource& src) {
 
 std::shared_ptr<const engine::data::Dataset> with_sample_weights(
     std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
-    const DatasetOptions& options) {
+    const DatasetOptions& options, const std::vector<int64_t>& unit_shape) {
   const int64_t n = data->size();
   if (!has_sample_weights(src))
-    return engine::data::with_more_inputs(std::move(data), {std::make_shared<UnitWeights>(n)});
+    return engine::data::with_more_inputs(std::move(data),
+                                          {std::make_shared<UnitWeights>(n, engine::Shape(unit_shape))});
   const std::string where = where_in_spec(src.pos);
   Column w;
   std::vector<std::string> files;
@@ -308,18 +309,26 @@ std::shared_ptr<const engine::data::Dataset> with_sample_weights(
       t != engine::DType::i64 && t != engine::DType::u8)
     throw InputError(desc, fmt::format("holds sample weights of dtype {}", engine::dtype_name(t)),
                      "store the weights as floats");
-  if (w.shape().numel() != 1)
-    throw InputError(
-        desc, fmt::format("holds sample weights of shape {}; a sample has one weight", w.shape().str()),
-        "give an array of shape [N]: one weight per sample");
+  if (w.shape().rank() > 1)
+    throw InputError(desc,
+                     fmt::format("holds sample weights of shape {}; a sample has one weight, or one per step",
+                                 w.shape().str()),
+                     "give an array of shape [N], or [N, steps] for an output of steps");
   const int64_t count = src.limit > 0 ? std::min(src.limit, w.size()) : w.size();
   if (count != n)
     throw InputError(desc, fmt::format("holds {} sample weights for {} samples", count, n),
                      "give one weight per sample, in the samples' order");
+  std::vector<uint8_t> record(w.record_bytes());
   for (int64_t i = 0; i < count; ++i) {
-    const double v = weight_at(w, i);
-    if (!std::isfinite(v) || v < 0)
-      throw InputError(desc, fmt::format("sample {} weighs {}", i, v), "weights are finite and not negative");
+    w.read(i, record.data());
+    for (int64_t e = 0; e < w.shape().numel(); ++e) {
+      const double v = element_at(w.dtype(), record.data(), e);
+      if (!std::isfinite(v) || v < 0)
+        throw InputError(desc,
+                         w.shape().rank() == 0 ? fmt::format("sample {} weighs {}", i, v)
+                                               : fmt::format("sample {} weighs {} at step {}", i, v, e),
+                         "weights are finite and not negative");
+    }
   }
   std::shared_ptr<const engine::data::Dataset> weights =
       std::make_shared<ArrayDataset>(w, w, engine::data::Layout::plain, desc);
@@ -504,7 +513,8 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
 
 std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
     std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
-    const std::vector<std::string>& outputs, const DatasetOptions& options) {
+    const std::vector<std::string>& outputs, const DatasetOptions& options,
+    const std::vector<std::vector<int64_t>>& unit_shapes) {
   const std::string where = where_in_spec(src.pos);
   std::vector<std::pair<std::string, const char*>> named;
   for (const auto& [name, files] : src.sample_weight_by_output) named.emplace_back(name, "sample_weight");
@@ -527,7 +537,9 @@ std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
         one.sample_weight_key = it->second;
     }
     try {
-      data = with_sample_weights(std::move(data), one, base_dir, options);
+      const size_t k = static_cast<size_t>(&name - outputs.data());
+      data = with_sample_weights(std::move(data), one, base_dir, options,
+                                 k < unit_shapes.size() ? unit_shapes[k] : std::vector<int64_t>{});
     } catch (const InputError& e) {
       throw naming(e, fmt::format("the sample weights of the model's output '{}'", name));
     }

@@ -47,19 +47,21 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
 bool has_sample_weights(const DataSource& src);
 bool has_output_sample_weights(const DataSource& src);
 // The dataset `data` (opened from `src`) with its sample weights as its last further input: one f32 per
-// sample, from src's sample_weight files or sample_weight_key array, or 1 for every sample when it names
-// none. Weights must be finite and not negative, one per sample (after `limit`): an InputError names the file
-// and sample otherwise.
+// sample (or, for an output of steps, Keras's temporal weights: one per step), from src's sample_weight
+// files or sample_weight_key array, or 1 for every sample (weights of `unit_shape` per sample) when it names
+// none. Weights must be finite and not negative, one record per sample (after `limit`): an InputError names
+// the file and sample otherwise.
 std::shared_ptr<const engine::data::Dataset> with_sample_weights(
     std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
-    const DatasetOptions& options = {});
+    const DatasetOptions& options = {}, const std::vector<int64_t>& unit_shape = {});
 
 // A model of several outputs whose losses are weighed apart: `data` with one weights dataset per output (in
 // `outputs`' order) as its last further inputs: the output's own weights from src's tables, src's one set
 // of weights for every output, or 1 for every sample.
 std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
     std::shared_ptr<const engine::data::Dataset> data, const DataSource& src, const std::string& base_dir,
-    const std::vector<std::string>& outputs, const DatasetOptions& options = {});
+    const std::vector<std::string>& outputs, const DatasetOptions& options = {},
+    const std::vector<std::vector<int64_t>>& unit_shapes = {});
 
 // The files that `patterns` name, each pattern's matches in natural order ("data_batch_2" before
 // "data_batch_10"). A file that does not exist or a glob that matches nothing is an InputError at `pos`.

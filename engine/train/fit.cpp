@@ -256,9 +256,29 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
   if (masked) r.mask = output_mask;
   if (sample_w != kNoValue && odt != DType::f32)
     sample_w = g.op("Cast", {sample_w}, {{"to", int64_t{dtype_to_onnx(odt)}}});
+  // Keras's temporal weights: one per step of an output of [batch, steps, ...], weighing the steps' losses.
+  const int64_t weight_steps =
+      sample_w == kNoValue || g.value(sample_w).shape.rank() < 2 ? 0 : g.value(sample_w).shape[1];
   auto weigh = [&](ValueId v) {
     if (sample_w == kNoValue) return v;
     const int rank = g.value(v).shape.rank();
+    if (weight_steps > 0) {
+      if (rank < 2 || g.value(v).shape[1] != weight_steps)
+        throw InputError(
+            loss_key,
+            fmt::format("{} with sample weights of {} steps needs an output of [batch, {}, ...], "
+                        "and the model gives {}",
+                        h.loss, weight_steps, weight_steps, os.str()),
+            "give one weight per sample, or one per step of the output");
+      std::vector<int64_t> dims(static_cast<size_t>(rank), 1);
+      dims[0] = batch;
+      dims[1] = weight_steps;
+      const ValueId w =
+          rank == 2 ? sample_w
+                    : g.op("Reshape", {sample_w, g.add_constant(g.unique_name("weight_shape"),
+                                                                Tensor::from<int64_t>(Shape{rank}, dims))});
+      return g.op("Mul", {v, w});
+    }
     if (rank == 0)  // a loss that sums a [batch] output's last axis leaves no per-sample values
       throw InputError(loss_key,
                        fmt::format("{} with sample weights needs an output of [batch, values], and the model "
@@ -437,7 +457,12 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
   std::vector<ValueId> sample_ws;
   if (cfg.sample_weights)
     for (size_t i = 0; i < (cfg.sample_weights_per_output ? hs.size() : 1); ++i)
-      sample_ws.push_back(g.add_input(g.unique_name("sample_weight"), DType::f32, Shape{batch}));
+      sample_ws.push_back(g.add_input(g.unique_name("sample_weight"), DType::f32, [&] {
+        std::vector<int64_t> dims = {batch};
+        if (i < cfg.sample_weight_shapes.size())
+          dims.insert(dims.end(), cfg.sample_weight_shapes[i].begin(), cfg.sample_weight_shapes[i].end());
+        return Shape(dims);
+      }()));
   auto sample_w_of = [&](size_t i) {
     return sample_ws.empty() ? kNoValue : sample_ws[std::min(i, sample_ws.size() - 1)];
   };

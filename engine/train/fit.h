@@ -109,6 +109,9 @@ struct FitConfig {
   // With several outputs: one weight input per output, in the outputs' order (Keras's sample_weight by output
   // name), instead of one for all.
   bool sample_weights_per_output = false;
+  // Each weight input's values per sample: empty (one weight), or [steps] (Keras's temporal weights, one
+  // per step of an output of [batch, steps, ...]). Missing entries are empty.
+  std::vector<std::vector<int64_t>> sample_weight_shapes;
   // A model of several outputs (ForwardModel::more_outputs): the fields above are the first output's, named
   // output_name and weighing loss_weight; more_outputs are the others'. The loss that trains and is reported
   // as `loss` is the weighted sum of the outputs' losses (plus the penalties); each output's own loss is

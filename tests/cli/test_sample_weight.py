@@ -154,6 +154,68 @@ class SampleWeight(unittest.TestCase):
         for n in ("dense/kernel", "dense_1/kernel"):
             np.testing.assert_allclose(p2[n], p1[n], rtol=1e-5, atol=1e-6, err_msg=n)
 
+    def test_temporal_weights_weigh_each_step(self):
+        # Keras's temporal sample weights ([N, steps]) on a per-step classification: the loss is the mean over
+        # every step of each step's loss times its weight, and the steps that weigh 0 do not train.
+        rng = np.random.default_rng(4)
+        steps = 6
+        tokens = rng.integers(1, 10, (N, steps)).astype(np.int64)
+        tags = (tokens % 3).astype(np.int64)
+        w = rng.uniform(0, 2, (N, steps)).astype(np.float32)
+        w[rng.random((N, steps)) < 0.25] = 0
+        text = """format_version = 1
+[model]
+input = {{ shape = [6], dtype = "int64" }}
+[[model.layers]]
+type = "Embedding"
+input_dim = 10
+output_dim = 4
+[[model.layers]]
+type = "LSTM"
+units = 8
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+units = 3
+activation = "softmax"
+[data.train]
+x = "{data}"
+sample_weight_key = "w"
+[train]
+loss = "sparse_categorical_crossentropy"
+epochs = 3
+batch_size = 32
+[train.optimizer]
+learning_rate = 0.02
+"""
+        runs = []
+        for name, y in (("tags", tags), ("changed", np.where(w == 0, (tags + 1) % 3, tags))):
+            np.savez(self.path(f"{name}.npz"), x=tokens, y=y, w=w)
+            spec = self.path(f"{name}.toml")
+            with open(spec, "w") as f:
+                f.write(text.format(data=f"{name}.npz"))
+            self.fit([spec, "--output-dir", self.path(name)])
+            runs.append(cli_util.read_checkpoint(self.path(f"{name}/last.ckpt")))
+        for n in runs[0]:
+            if n.endswith(("kernel", "bias", "embeddings")):
+                np.testing.assert_array_equal(runs[0][n], runs[1][n], err_msg=n)
+        r = run(["evaluate", self.path("tags/last.ckpt"), "--data", "train"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout.splitlines()[-1])["loss"]
+        p = cli_util.predict_rows(self, [self.path("tags/last.ckpt"), self.path("tags.npz")], ndmin=2)
+        p = p.reshape(N, steps, 3)
+        ce = -np.log(np.clip(np.take_along_axis(p, tags[..., None], 2)[..., 0], 1e-7, 1))
+        self.assertAlmostEqual(got, float(np.mean(w * ce)), delta=2e-5)
+        self.assertGreater(abs(float(np.mean(w * ce)) - float(np.mean(ce))), 1e-3)
+        # Weights of another number of steps than the output's.
+        np.savez(self.path("bad_steps.npz"), x=tokens, y=tags, w=w[:, :4])
+        spec = self.path("bad_steps.toml")
+        with open(spec, "w") as f:
+            f.write(text.format(data="bad_steps.npz"))
+        cli_util.assert_input_error(self, run(["fit", spec]), "holds 4 sample weights per sample",
+                                    "one per step of an output of steps")
+
     def test_bad_weights_are_named(self):
         loss = "mse"
         y = self.labels(loss)
@@ -162,7 +224,8 @@ class SampleWeight(unittest.TestCase):
         cases = [
             (dict(w=negative), ["sample 11 weighs -1"]),
             (dict(w=self.w[:-3]), ["317 sample weights for 320 samples"]),
-            (dict(w=np.stack([self.w, self.w], 1)), ["one weight per sample"]),
+            (dict(w=np.stack([self.w, self.w], 1)), ["2 sample weights per sample", "the model's output is [1]"]),
+            (dict(w=self.w.reshape(N, 1, 1)), ["a sample has one weight, or one per step"]),
             (dict(train_weights='sample_weight_key = "weights"'), ["no array 'weights'"]),
             (dict(train_weights='sample_weight = "w.npy"\nsample_weight_key = "w"'), ["both give the sample weights"]),
         ]
