@@ -172,6 +172,7 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   LoadedCheckpoint out;
   out.spec_text = formats::checkpoint_value(ck.metadata, key::kSpec, path);
   out.spec_path = formats::checkpoint_value(ck.metadata, kSpecPathKey, path);
+  out.path = path;
   out.plan_signature =
       std::strtoull(formats::checkpoint_value(ck.metadata, key::kPlanSignature, path).c_str(), nullptr, 16);
   out.state = parse_state(formats::checkpoint_value(ck.metadata, kStateKey, path), path);
@@ -197,7 +198,14 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
 }
 
 formats::ModelSpec LoadedCheckpoint::spec(const std::vector<std::string>& overrides) const {
-  formats::ModelSpec s = formats::parse_model_spec(spec_text, spec_path, overrides);
+  // Places in it are lines of the spec the checkpoint holds (resolved, every setting spelled out), not of the
+  // file it was once read from; its data paths still resolve against that file's folder.
+  formats::ModelSpec s =
+      formats::parse_model_spec(spec_text, fmt::format("{} (the spec it holds)", path), overrides);
+  s.path = spec_path;
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(spec_path, ec);
+  if (!ec) s.base_dir = abs.lexically_normal().parent_path().string();
   if (!s.model.onnx.empty()) {
     if (!onnx_bytes)
       throw InputError(spec_path, "the checkpoint of an ONNX model lacks its embedded model",

@@ -30,6 +30,7 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
 struct LoadedCheckpoint {
   std::string spec_text;  // the resolved spec, TOML
   std::string spec_path;
+  std::string path;  // the checkpoint file, as given
   uint64_t plan_signature = 0;
   double lr_scale = 1;  // what the run multiplied the spec's learning rate by (--scale-lr)
   engine::TrainingState state;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -51,6 +52,33 @@ void SpecOptions::check_combination() const {
     throw InputError(train_toml, "--train goes with an ONNX model as SPEC",
                      path.empty() ? fmt::format("trainer {} model.onnx --train train.toml", command)
                                   : "a TOML spec holds its training settings itself: leave out --train");
+}
+
+void check_output_file(const std::string& path, const char* option, const std::vector<std::string>& inputs) {
+  namespace fs = std::filesystem;
+  if (path.empty()) throw InputError(option, "names no file", "give a file name");
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw InputError(option, fmt::format("'{}': the folder {} does not exist", path, dir.string()),
+                     "create the folder first, or name a file in an existing one");
+  if (!fs::exists(p, ec)) return;
+  if (!fs::is_regular_file(p, ec))
+    throw InputError(option, fmt::format("'{}' is not a regular file, and writing would replace it", path),
+                     "name a file, or a new path");
+  for (const std::string& in : inputs)
+    if (fs::equivalent(p, in, ec))
+      throw InputError(option, fmt::format("'{}' is the input {}: writing would destroy it", path, in),
+                       "name another file");
+  // A trainer checkpoint: the safetensors header length, then a header that says so.
+  std::ifstream f(path, std::ios::binary);
+  std::string head(4096, '\0');
+  f.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(f.gcount()));
+  if (head.size() > 9 && head[8] == '{' && head.find("trainer-checkpoint") != std::string::npos)
+    throw InputError(option, fmt::format("'{}' is a checkpoint: writing would destroy it", path),
+                     "name another file");
 }
 
 void require_training(const formats::ModelSpec& spec) {
@@ -779,6 +807,19 @@ void check_labels(const std::string& loss, const std::vector<int64_t>& output_sh
 
 }  // namespace
 
+int64_t onnx_token_count(const engine::Graph& g, engine::ValueId v) {
+  for (engine::ValueId c : g.value(v).consumers) {
+    const engine::Node& n = g.node(c);
+    // Through a Cast of the ids (an exported model's int64 -> int32) to the Gather of a table.
+    if (n.op == "Cast" && engine::is_integer(g.value(n.outputs[0]).dtype))
+      if (const int64_t k = onnx_token_count(g, n.outputs[0]); k > 0) return k;
+    if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == v &&
+        (!n.attrs.has("axis") || n.attrs.i("axis") == 0) && g.initializer(n.inputs[0]))
+      return g.value(n.inputs[0]).shape[0];
+  }
+  return 0;
+}
+
 std::vector<std::string> input_names(const models::BuiltModel& model) {
   std::vector<std::string> out = {model.graph.value(model.input).name};
   for (const models::BuiltModel::Input& in : model.more_inputs)
@@ -815,15 +856,7 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     if (!engine::is_integer(inf.x_dtype)) continue;
     // Token ids feed an Embedding (an ONNX model's Gather from a table): ids outside its table are bad data,
     // named by sample.
-    if (!spec.model.onnx.empty())
-      for (engine::ValueId c : model.graph.value(v).consumers) {
-        const engine::Node& n = model.graph.node(c);
-        if (n.op == "Gather" && n.inputs.size() == 2 && n.inputs[1] == v &&
-            (!n.attrs.has("axis") || n.attrs.i("axis") == 0) && model.graph.initializer(n.inputs[0])) {
-          inf.num_tokens = model.graph.value(n.inputs[0]).shape[0];
-          break;
-        }
-      }
+    if (!spec.model.onnx.empty()) inf.num_tokens = onnx_token_count(model.graph, v);
     // The Embedding (or CategoryEncoding) of the input: the first one, or with several inputs the first that
     // takes this input.
     const std::string& name = names[k];

@@ -52,6 +52,11 @@ struct SpecOptions {
   formats::ModelSpec load() const;
 };
 
+// A file a command will write (export's -o, fit's --trace), checked before any work so that a run does not
+// end in an error after training: its folder must exist, and it must not be what writing would destroy (one
+// of the command's `inputs`, a checkpoint, something that is not a regular file). InputError naming `option`.
+void check_output_file(const std::string& path, const char* option, const std::vector<std::string>& inputs);
+
 // Training needs the spec's [train] section (its loss): a model-only spec gets an error naming the file.
 void require_training(const formats::ModelSpec& spec);
 
@@ -102,6 +107,10 @@ models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool tra
 void read_onnx_bytes(formats::ModelSpec& spec);
 engine::ModelFactory model_factory(const formats::ModelSpec& spec);
 engine::FitConfig fit_config(const formats::ModelSpec& spec);
+
+// The rows of the table an ONNX model's integer input indexes (a Gather of an initializer, after a Cast of
+// the ids or not): the token ids it takes lie in [0, rows); 0 when it feeds no such table.
+int64_t onnx_token_count(const engine::Graph& g, engine::ValueId v);
 
 // The names of the model's inputs, in the order the data feeds them.
 std::vector<std::string> input_names(const models::BuiltModel& model);

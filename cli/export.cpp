@@ -24,6 +24,7 @@ Command add_export_command(CLI::App& app) {
       ->check(whole_number(formats::kMinOnnxExportOpset, formats::kMaxOnnxExportOpset));
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on success");
   auto run = [=]() -> int {
+    check_output_file(*out, "-o", {*ckpt});
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
     formats::ModelSpec spec = ck.spec();
     models::BuiltModel m = build(spec, 1, false);

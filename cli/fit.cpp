@@ -193,10 +193,11 @@ Command add_fit_command(CLI::App& app) {
                   "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
       ->type_name("CKPT");
   cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl");
-  cmd->add_option(
-         "--trace", *trace_path,
-         "Write a timeline of the replicas' steps and gradient reductions (Chrome trace JSON) to FILE")
-      ->type_name("FILE");
+  CLI::Option* trace_option =
+      cmd->add_option(
+             "--trace", *trace_path,
+             "Write a timeline of the replicas' steps and gradient reductions (Chrome trace JSON) to FILE")
+          ->type_name("FILE");
   output->add(cmd);
   device->add(cmd, true);
   parallel->add(cmd);
@@ -218,6 +219,8 @@ Command add_fit_command(CLI::App& app) {
                        "add --device cpu; GPUs are chosen with --gpus");
     // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
     spec->check_combination();
+    // --trace is written at the end: a path that cannot take it is found now, not after training.
+    if (trace_option->count() > 0) check_output_file(*trace_path, "--trace", {});
     auto load_given = [&] { return spec->load(); };
     std::optional<LoadedCheckpoint> ck;
     formats::ModelSpec s;
@@ -242,6 +245,17 @@ Command add_fit_command(CLI::App& app) {
                            fmt::format("the spec does not match the checkpoint {}: {}", *resume,
                                        first_difference(formats::to_toml(s), formats::to_toml(given))),
                            "resume with the spec the checkpoint was written with, or leave SPEC out");
+        // An ONNX model is the same settings only if it is the same model: the checkpoint embeds its bytes.
+        if (!given.model.onnx.empty()) {
+          read_onnx_bytes(given);
+          if (s.model.onnx_bytes && *given.model.onnx_bytes != *s.model.onnx_bytes)
+            throw InputError(
+                given.model.onnx_pos.file.empty() ? spec->path : given.model.onnx_pos.str(),
+                fmt::format("the ONNX model {} is not the one the checkpoint {} was trained from",
+                            given.model.onnx, *resume),
+                "resume with the model the checkpoint was written with, or leave SPEC out (the "
+                "checkpoint holds its model)");
+        }
       }
     } else {
       s = load_given();
@@ -423,7 +437,21 @@ Command add_fit_command(CLI::App& app) {
       policy.mode = s.train.checkpoint.mode;
     }
     if (!output_dir->empty() && speaks) {
-      std::filesystem::create_directories(*output_dir);
+      std::error_code ec;
+      std::filesystem::create_directories(*output_dir, ec);
+      if (ec || !std::filesystem::is_directory(*output_dir))
+        throw InputError(*output_dir,
+                         fmt::format("cannot be the output directory: {}",
+                                     ec ? ec.message() : std::string("it is not a directory")),
+                         "give a directory, or a path where one can be made");
+      for (const char* name : {"last.ckpt", "best.ckpt"}) {
+        const std::filesystem::path p = std::filesystem::path(*output_dir) / name;
+        if (std::filesystem::exists(std::filesystem::symlink_status(p)) &&
+            !std::filesystem::is_regular_file(p) &&
+            !std::filesystem::is_symlink(std::filesystem::symlink_status(p)))
+          throw InputError(p.string(), "is in the way of the run's checkpoint: it is not a file",
+                           "remove it, or give another --output-dir");
+      }
       writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last, lr_scale);
       save = [&](const engine::TrainingState& st, engine::SaveReason why) {
         writer->save(st, why, observer.signature);

@@ -2,6 +2,9 @@
 // (0 ok, 1 run-time failure, 2 bad input or usage, 128+signal when interrupted).
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
+#include <system_error>
 
 #include <algorithm>
 #include <chrono>
@@ -122,6 +125,18 @@ int out_of_memory(const char* what, const char* hint) {
   return 1;
 }
 
+// What a command wrote to stdout must have reached it: a full disk or a closed device is an error (exit 1),
+// not a silent success.
+int stdout_written() {
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return 0;
+  const int err = errno;
+  fmt::print(stderr,
+             "trainer: error: writing to standard output failed: {}\n  hint: check the space left where "
+             "the output goes\n",
+             std::strerror(err != 0 ? err : EIO));
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,7 +172,7 @@ int main(int argc, char** argv) {
         lines[name] = fmt::format("{}\tengine", schema.domain().empty() ? "ai.onnx" : schema.domain());
       for (const std::string& name : formats::onnx_ops_imported_as_others()) lines[name] = "ai.onnx\timport";
       for (const auto& [name, rest] : lines) fmt::print("{}\t{}\n", name, rest);
-      return 0;
+      return stdout_written();
     }
     if (help->parsed()) {
       if (help_topic.empty()) {
@@ -178,7 +193,10 @@ int main(int argc, char** argv) {
       return 2;
     }
     for (const cli::Command& c : commands)
-      if (c.app->parsed()) return c.run();
+      if (c.app->parsed()) {
+        const int rc = c.run();
+        return rc == 0 ? stdout_written() : rc;
+      }
     fmt::print(stderr, "{}", app.help());
     return 2;
   } catch (const InputError& e) {
@@ -193,6 +211,10 @@ int main(int argc, char** argv) {
     end_run_on_collective_failure(e, {});
   } catch (const RuntimeError& e) {
     fmt::print(stderr, "trainer: {}\n", e.what());
+    return 1;
+  } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
+    std::fflush(stdout);
+    fmt::print(stderr, "trainer: error: {}\n  hint: check the space left where the output goes\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
     return out_of_memory("out of memory",

@@ -138,6 +138,8 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     pi.name = in.name;
     pi.sample_shape.assign(in.shape.dims().begin() + 1, in.shape.dims().end());
     pi.format.x_dtype = in.dtype;
+    // Token ids outside the table an input indexes are bad data, named by sample (not wrapped or clamped).
+    if (engine::is_integer(in.dtype)) pi.format.num_tokens = onnx_token_count(r.graph, v);
     if (in.shape[0] != batch) {
       if (m.fixed_batch && m.fixed_batch != in.shape[0])
         throw InputError(path,

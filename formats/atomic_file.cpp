@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "engine/util/error.h"
@@ -52,6 +53,17 @@ std::string temp_suffix() {
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   if (path_.empty() || path_.back() == '/')
     throw InputError(path_.empty() ? "(empty path)" : path_, "a file name is needed, not a directory");
+  // A symbolic link is written through: its target is replaced and the link stays. What is not a regular file
+  // (a directory, a FIFO, a device such as /dev/null) is never replaced by one.
+  struct stat st {};
+  if (::lstat(path_.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    std::error_code ec;
+    const std::filesystem::path target = std::filesystem::weakly_canonical(path_, ec);
+    if (!ec) path_ = target.string();
+  }
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw InputError(path_, "is not a regular file, and writing would replace it with one",
+                     "name a file, or a new path");
   const std::string dir = directory_of(path_);
   const std::string name = base_name(path_);
   for (int attempt = 0;; ++attempt) {

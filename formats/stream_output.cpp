@@ -57,7 +57,7 @@ bool RowWriter::flush() {
     } else if (errno == EPIPE) {
       closed_ = true;
     } else if (errno != EINTR) {
-      throw RuntimeError(fmt::format("writing to {}: {}", name_, std::strerror(errno)));
+      throw RuntimeError(fmt::format("error: writing to {} failed: {}", name_, std::strerror(errno)));
     }
   }
   buf_.clear();

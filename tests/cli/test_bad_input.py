@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -267,6 +268,64 @@ loss = "sparse_categorical_crossentropy"
                 assert_input_error(self, self.trainer(*args), "edited.ckpt",
                                    "the checkpoint has no 'dense/kernel', which its model has")
         self.assertFalse(os.path.exists(os.path.join(self.dir, "out.onnx")))
+
+
+    def test_outputs_that_cannot_be_written_are_found_before_any_work(self):
+        # An --output-dir that is a file, a checkpoint path taken by a folder, a --trace in a missing folder: errors
+        # before training, so an existing run's checkpoints are not replaced by a run that then fails.
+        self.write("a_file", "x")
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "a_file"), "a_file",
+                           "cannot be the output directory")
+        os.makedirs(os.path.join(self.dir, "taken", "last.ckpt"))
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "taken"),
+                           "last.ckpt: is in the way of the run's checkpoint")
+        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ckpt = os.path.join(self.dir, "run", "last.ckpt")
+        with open(ckpt, "rb") as f:
+            before = f.read()
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "--trace", "nodir/t.json"),
+                           "--trace", "the folder nodir does not exist")
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "x", "--trace", "run/last.ckpt"),
+                           "is a checkpoint: writing would destroy it")
+        # export's -o: not the checkpoint it reads, not a FIFO; a symbolic link is written through.
+        assert_input_error(self, self.trainer("export", "run/last.ckpt", "-o", "run/last.ckpt"),
+                           "is the input run/last.ckpt: writing would destroy it")
+        os.mkfifo(os.path.join(self.dir, "fifo"))
+        assert_input_error(self, self.trainer("export", "run/last.ckpt", "-o", "fifo"), "is not a regular file")
+        with open(ckpt, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.write("target.onnx", "old")
+        os.symlink("target.onnx", os.path.join(self.dir, "link.onnx"))
+        r = self.trainer("export", "run/last.ckpt", "-o", "link.onnx", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.islink(os.path.join(self.dir, "link.onnx")))
+        self.assertGreater(os.path.getsize(os.path.join(self.dir, "target.onnx")), 1000)
+        # Output that cannot reach stdout (a full device) is an error, not a silent success.
+        if os.path.exists("/dev/full"):
+            with open("/dev/full", "w") as full:
+                r = subprocess.run([cli_util.TRAINER, "evaluate", "run/last.ckpt", "--data", "train", "-q"],
+                                   cwd=self.dir, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("trainer: error: writing to standard output failed", r.stderr)
+
+    def test_a_resumed_onnx_model_must_be_the_checkpoints(self):
+        # The checkpoint embeds its ONNX model: resuming with another model file is an error, not ignored.
+        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "a", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "b", "--seed", "7", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for run_dir in ("a", "b"):
+            r = self.trainer("export", f"{run_dir}/last.ckpt", "-o", f"{run_dir}.onnx", "-q")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        train = self.write("t.toml", "format_version = 1\n" + SPEC[SPEC.index("[data.train]"):])
+        shutil.copy(os.path.join(self.dir, "a.onnx"), os.path.join(self.dir, "m.onnx"))
+        r = self.trainer("fit", "m.onnx", "--train", train, "--output-dir", "m", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        shutil.copy(os.path.join(self.dir, "b.onnx"), os.path.join(self.dir, "m.onnx"))
+        assert_input_error(self, self.trainer("fit", "m.onnx", "--train", train, "--resume", "m/last.ckpt", "--epochs",
+                                              "2", "--output-dir", "m2"),
+                           "is not the one the checkpoint m/last.ckpt was trained from")
 
 
 class BadUsage(unittest.TestCase):

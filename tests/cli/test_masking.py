@@ -152,6 +152,14 @@ class Masking(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         got = ort.InferenceSession(model).run(None, {"input": self.x[:40]})[0]
         np.testing.assert_allclose(got, self.predict(ckpt, self.x[:40]), rtol=1e-4, atol=1e-5)
+        # Token ids outside the Embedding's table are bad data for the exported model too (its Gather reads the
+        # ids after a Cast), not wrapped into the table.
+        bad = self.x[:4].copy()
+        bad[2, 5] = 50
+        path = os.path.join(self.tmp.name, "bad_ids.npy")
+        np.save(path, bad)
+        for m in (ckpt, model):
+            cli_util.assert_input_error(self, run(["predict", m, path]), "sample 2", "out of range for 50 tokens")
 
 
 if __name__ == "__main__":
