@@ -911,7 +911,16 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     const auto more = d->more_inputs();
     for (size_t k = 0; k < weight_sets; ++k) {
       const engine::data::Dataset& w = *more.at(more.size() - weight_sets + k);
-      const std::vector<int64_t>& got = w.sample_shape().dims();
+      std::vector<int64_t> got = w.sample_shape().dims();
+      // [N, 1] is one weight per sample (as Keras takes it), unless an output has a single step.
+      if (got == std::vector<int64_t>{1}) {
+        bool one_step = false;
+        for (size_t o = per_output ? k : 0; o < (per_output ? k + 1 : outputs.size()); ++o) {
+          const std::vector<int64_t>& os = o == 0 ? model.output_shape : model.more_outputs.at(o - 1).shape;
+          one_step = one_step || (os.size() >= 2 && os[0] == 1);
+        }
+        if (!one_step) got.clear();
+      }
       if (weight_shapes.size() <= k) {
         // Keras's temporal weights: [steps] per sample, for outputs of [steps, ...].
         for (size_t o = per_output ? k : 0; o < (per_output ? k + 1 : outputs.size()); ++o) {

@@ -812,8 +812,14 @@ class Importer {
   // The inputs the ONNX schema of a node's op requires must be there, and no more than it takes: a node
   // without them is malformed, whatever its op.
   void check_arity(const onnx::NodeProto& n, int index) const {
+    // The ONNX library knows the schemas up to its own newest opset: for a model past it, the schema found is
+    // an older version, so only the inputs it requires are checked (later versions add optional inputs and
+    // attributes, such as ReduceMean-18's axes).
+    static const int known = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map().at("").second;
     const int opset = result_.info.opset > 0 ? static_cast<int>(result_.info.opset) : kMaxOnnxOpset;
-    const auto* schema = onnx::OpSchemaRegistry::Schema(n.op_type(), std::min(opset, kMaxOnnxOpset), "");
+    const bool newer = opset > known;
+    const auto* schema =
+        onnx::OpSchemaRegistry::Schema(n.op_type(), std::min({opset, kMaxOnnxOpset, known}), "");
     if (schema == nullptr) return;
     const auto& formal = schema->inputs();
     for (size_t i = 0; i < formal.size(); ++i)
@@ -822,6 +828,7 @@ class Importer {
         fail(fmt::format("{} has no input {} ('{}'), which {} requires", node_label(n, index), i,
                          formal[i].GetName(), n.op_type()),
              "the exporter is broken, or the file was edited");
+    if (newer) return;
     if (n.input_size() < schema->min_input() || n.input_size() > schema->max_input())
       fail(fmt::format("{} has {} inputs; {} takes {} to {}", node_label(n, index), n.input_size(),
                        n.op_type(), schema->min_input(), schema->max_input()),

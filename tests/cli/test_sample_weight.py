@@ -216,6 +216,12 @@ learning_rate = 0.02
         cli_util.assert_input_error(self, run(["fit", spec]), "holds 4 sample weights per sample",
                                     "one per step of an output of steps")
 
+    def test_weights_of_shape_n_by_1_are_one_per_sample(self):
+        loss = "binary_crossentropy"
+        a = self.fit([self.spec("flat", loss, self.labels(loss))])[-1]
+        b = self.fit([self.spec("column", loss, self.labels(loss), w=self.w.reshape(N, 1))])[-1]
+        self.assertEqual(a["loss"], b["loss"])
+
     def test_bad_weights_are_named(self):
         loss = "mse"
         y = self.labels(loss)

@@ -627,6 +627,24 @@ TEST_SUITE("onnx_tensor") {
                          InputError);
   }
 
+  TEST_CASE("ops of opsets past the ONNX library's schemas keep their newer inputs") {
+    // ReduceMean-18 takes its axes as an input, Pad-18 an axes input: valid at opsets 18 to 21, whatever the
+    // linked ONNX library's newest schemas are.
+    for (int opset : {18, 21}) {
+      CAPTURE(opset);
+      onnx::ModelProto m = make_model(opset);
+      auto* g = m.mutable_graph();
+      add_input(g, "x", onnx::TensorProto::FLOAT, {4, 3, 8});
+      tensor_to_onnx(Tensor::from<int64_t>(Shape{1}, {2}), "axes", g->add_initializer());
+      tensor_to_onnx(Tensor::from<int64_t>(Shape{2}, {1, 1}), "pads", g->add_initializer());
+      add_node(g, "ReduceMean", {"x", "axes"}, {"m"}, "mean");
+      add_node(g, "Pad", {"m", "pads", "", "axes"}, {"y"}, "pad");
+      add_output(g, "y");
+      OnnxImportResult r = import_onnx_model(m, "new.onnx");
+      CHECK(r.graph.value(r.outputs[0]).shape == Shape{4, 3, 3});
+    }
+  }
+
   TEST_CASE("malformed nodes are errors that name them, whatever their op") {
     auto error_of = [](const onnx::ModelProto& m) {
       try {
