@@ -116,10 +116,15 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
                        "give the column's 0-based index, or set header = true");
     }
     for (size_t k = 0; k < names.size(); ++k) {
-      if (names[k] == lc) {
-        label = static_cast<int64_t>(k);
-        return;
-      }
+      if (names[k] != lc) continue;
+      // A name the header gives twice does not say which column holds the labels.
+      for (size_t j = k + 1; j < names.size(); ++j)
+        if (names[j] == lc)
+          throw InputError(fmt::format("{}:{}", name, first_line),
+                           fmt::format("label_column '{}' names columns {} and {}", lc, k, j),
+                           "give the column's 0-based index, or rename one of the columns");
+      label = static_cast<int64_t>(k);
+      return;
     }
     std::string hint = did_you_mean(lc, names);
     std::string listed;

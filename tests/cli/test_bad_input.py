@@ -167,6 +167,10 @@ x = "rows.csv"
 loss = "sparse_categorical_crossentropy"
 """
         assert_input_error(self, self.trainer("fit", self.spec(text)), "rows.csv:4:", "3 fields", "4")
+        # A label column named twice in the header is ambiguous.
+        self.write("rows.csv", "a,label,c,label\n1,2,3,0\n4,5,6,1\n")
+        named = text.replace('x = "rows.csv"', 'x = "rows.csv"\nlabel_column = "label"')
+        assert_input_error(self, self.trainer("fit", self.spec(named)), "label_column 'label' names columns 1 and 3")
 
     def test_label_out_of_range(self):
         self.write("y.idx", idx_labels([1, 2, 3, 4, 12, 6, 7, 8]))
