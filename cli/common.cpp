@@ -462,7 +462,6 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
   models::BuiltModel m;
   m.input = r.inputs[0];
   for (size_t k = 1; k < r.inputs.size(); ++k) m.more_inputs.push_back({r.inputs[k], false});
-  m.output = r.outputs[0];
   for (engine::ValueId v : r.inputs) {
     const engine::Value& in = g.value(v);
     if (in.dtype != DType::f32 && in.dtype != DType::i32 && in.dtype != DType::i64)
@@ -510,14 +509,7 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
         o.logits = last.inputs[0];
       }
     }
-    if (k > 0) {
-      m.more_outputs.push_back(std::move(o));
-      continue;
-    }
-    m.output_name = o.name;
-    m.output_shape = o.shape;
-    m.final_activation = o.final_activation;
-    m.logits = o.logits;
+    models::add_output(m, std::move(o));
   }
   m.layers = onnx_layers(g, r.initializer_names, batch);
   m.graph = std::move(r.graph);

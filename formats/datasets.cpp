@@ -524,7 +524,8 @@ std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
       throw InputError(
           where, fmt::format("{} names '{}', which is not an output of the model", key, name),
           fmt::format("{}the model's outputs: {}", did_you_mean(name, outputs), fmt::join(outputs, ", ")));
-  for (const std::string& name : outputs) {
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    const std::string& name = outputs[k];
     DataSource one = src;
     one.sample_weight_by_output.clear();
     one.sample_weight_keys.clear();
@@ -537,7 +538,6 @@ std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
         one.sample_weight_key = it->second;
     }
     try {
-      const size_t k = static_cast<size_t>(&name - outputs.data());
       data = with_sample_weights(std::move(data), one, base_dir, options,
                                  k < unit_shapes.size() ? unit_shapes[k] : std::vector<int64_t>{});
     } catch (const InputError& e) {

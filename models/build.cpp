@@ -402,6 +402,9 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
       throw InputError(input.where, fmt::format("the model's input '{}' is not used", input.name),
                        fmt::format("name '{}' in a layer's inputs, or remove the input", input.name));
 
+  // The layers' outputs are the model's (on an ONNX model, in place of the output the layers take).
+  m.output = kNoValue;
+  m.more_outputs.clear();
   for (size_t k = 0; k < outputs.size(); ++k) {
     const std::string& name = outputs[k];
     LayerValue out = values[name];
@@ -410,25 +413,29 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
       out.pre_activation = channels_last(g, out.pre_activation, out.shape.size(), name + "/logits");
     }
     BuiltModel::Output o;
-    o.name = name;
+    o.name = model.outputs.empty() ? "" : name;
     o.value = out.value;
     o.logits = out.pre_activation;
     o.final_activation = out.activation.empty() ? "linear" : out.activation;
     o.shape = out.shape;
     if (out.mask != kNoValue && out.shape.size() >= 2) o.mask = out.mask;
-    if (k > 0) {
-      m.more_outputs.push_back(std::move(o));
-      continue;
-    }
-    m.output = o.value;
-    m.logits = o.logits;
-    m.final_activation = o.final_activation;
-    m.output_shape = o.shape;
-    m.output_mask = o.mask;
-    if (!model.outputs.empty()) m.output_name = name;
+    add_output(m, std::move(o));
   }
 }
 
 }  // namespace
+
+void add_output(BuiltModel& m, BuiltModel::Output o) {
+  if (m.output != kNoValue) {
+    m.more_outputs.push_back(std::move(o));
+    return;
+  }
+  m.output = o.value;
+  m.logits = o.logits;
+  m.final_activation = o.final_activation;
+  m.output_shape = o.shape;
+  m.output_mask = o.mask;
+  m.output_name = o.name;
+}
 
 }  // namespace trainer::models

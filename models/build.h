@@ -90,6 +90,10 @@ struct BuiltModel {
   std::vector<LayerInfo> layers;
 };
 
+// Adds an output to m: the first sets BuiltModel's own fields (output, logits, final_activation,
+// output_shape, output_mask, output_name), the others go to more_outputs.
+void add_output(BuiltModel& m, BuiltModel::Output o);
+
 // Throws InputError at the argument's position (or the layer's table when no argument is to blame): unknown
 // layer type or argument (with did-you-mean), wrong types, impossible values (zero units), shapes that do not
 // fit (a kernel larger than its input names both shapes), unknown or unused layer names in the graph form.
