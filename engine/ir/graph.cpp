@@ -246,4 +246,44 @@ std::vector<NodeId> Graph::topo_order() const {
   return order;
 }
 
+std::optional<Graph> input_subgraph(const Graph& g, const std::vector<ValueId>& outs) {
+  std::vector<char> needed(static_cast<size_t>(g.num_values()), 0);
+  std::vector<ValueId> stack(outs.begin(), outs.end());
+  while (!stack.empty()) {
+    const ValueId v = stack.back();
+    stack.pop_back();
+    if (needed[v]) continue;
+    needed[v] = 1;
+    const Value& val = g.value(v);
+    if (val.kind == ValueKind::parameter || val.kind == ValueKind::state) return std::nullopt;
+    if (val.producer >= 0)
+      for (ValueId in : g.node(val.producer).inputs)
+        if (in != kNoValue) stack.push_back(in);
+  }
+  Graph sub;
+  std::vector<ValueId> to(static_cast<size_t>(g.num_values()), kNoValue);
+  for (ValueId v : g.inputs())
+    if (needed[v]) to[v] = sub.add_input(g.value(v).name, g.value(v).dtype, g.value(v).shape);
+  auto mapped = [&](ValueId v) {
+    if (v == kNoValue || to[v] != kNoValue) return v == kNoValue ? kNoValue : to[v];
+    TRAINER_ASSERT(g.value(v).kind == ValueKind::constant, "'{}' is read before it is made", g.value(v).name);
+    return to[v] = sub.add_constant(g.value(v).name, *g.initializer(v));
+  };
+  for (NodeId id : g.topo_order()) {
+    const Node& n = g.node(id);
+    if (std::none_of(n.outputs.begin(), n.outputs.end(),
+                     [&](ValueId o) { return o != kNoValue && needed[o]; }))
+      continue;
+    std::vector<ValueId> ins;
+    for (ValueId in : n.inputs) ins.push_back(mapped(in));
+    std::vector<std::string> names;
+    for (ValueId o : n.outputs) names.push_back(o == kNoValue ? "" : g.value(o).name);
+    const Node& copy = sub.node(sub.add_node_named(n.op, std::move(ins), n.attrs, names, n.name));
+    for (size_t i = 0; i < n.outputs.size(); ++i)
+      if (n.outputs[i] != kNoValue) to[n.outputs[i]] = copy.outputs[i];
+  }
+  for (ValueId o : outs) sub.mark_output(mapped(o));
+  return sub;
+}
+
 }  // namespace trainer::engine

@@ -128,4 +128,9 @@ class Graph {
   std::vector<std::pair<ValueId, ValueId>> updates_;
 };
 
+// The part of `g` that computes `outs` from its inputs and constants alone, as a graph of its own: the inputs
+// it reads (by their names), the nodes between, and `outs` (by their names) as its outputs. nullopt when one
+// of `outs` depends on a parameter or state value.
+std::optional<Graph> input_subgraph(const Graph& g, const std::vector<ValueId>& outs);
+
 }  // namespace trainer::engine

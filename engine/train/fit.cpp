@@ -131,6 +131,8 @@ struct LossGraph {
   std::vector<ValueId> more_x;
   size_t labels_at = 1;
   ValueId mask = kNoValue;  // [batch, steps]: the positions the loss and metrics count, when masked
+  // With fed_counts, per output: the scalar input its masked loss's sum is divided by, or kNoValue.
+  std::vector<ValueId> mask_counts;
   // A model of several outputs: the second, third, ... output, its labels and mask (or none), and every
   // output's own loss (the first's included); head_loss is empty for a model of one output.
   std::vector<ValueId> more_output, more_y, more_mask, head_loss;
@@ -209,13 +211,16 @@ ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
 // One output's labels input, loss and mask, in a loss graph.
 struct HeadLoss {
   ValueId y = kNoValue, loss = kNoValue, mask = kNoValue;
+  ValueId mask_count = kNoValue;  // with fed_count: the scalar input the masked sum is divided by
 };
 
 // The loss of one output (`output`, with its Keras mask `output_mask` or none) under `h`: adds its labels
 // input. `class_weight` weighs the classes (training only); `sample_w` is the [batch] f32 input of sample
-// weights, or none.
+// weights, or none. `fed_count`: a masked loss divides its sum by a scalar input (HeadLoss::mask_count)
+// instead of by its own rows' unmasked positions (a replica's share of the whole batch's count, fed by fit).
 HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch, const OutputLoss& h,
-                   const std::vector<double>& class_weight, bool training, ValueId sample_w) {
+                   const std::vector<double>& class_weight, bool training, ValueId sample_w,
+                   bool fed_count = false) {
   HeadLoss r;
   // Errors name the spec key, the output's own entry in a model of several ("train.loss.digit").
   const std::string loss_key = h.name.empty() ? "train.loss" : "train.loss." + h.name;
@@ -306,6 +311,11 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     if (g.value(m).dtype != odt) m = g.op("Cast", {m}, {{"to", int64_t{dtype_to_onnx(odt)}}});
     const ValueId sum =
         g.op("ReduceSum", {g.op("Mul", {g.op("Reshape", {per, flat}), m})}, {{"keepdims", int64_t{0}}});
+    if (fed_count) {
+      TRAINER_ASSERT(r.mask_count == kNoValue, "a second masked mean of one output");
+      r.mask_count = g.add_input(g.unique_name("mask_count"), odt, Shape{});
+      return g.op("Div", {sum, r.mask_count});
+    }
     const ValueId count = g.op("Max", {g.op("ReduceSum", {m}, {{"keepdims", int64_t{0}}}), scalar(1, odt)});
     return g.op("Div", {sum, count});
   };
@@ -439,8 +449,10 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
 }
 
 // The training plans' loss weighs samples by cfg.class_weight; `training` false (evaluation) never does. A
-// model of several outputs trains on the sum of their losses, each times its weight.
-LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool training = true) {
+// model of several outputs trains on the sum of their losses, each times its weight. `fed_counts`: masked
+// losses divide by fed inputs (LossGraph::mask_counts), as replicas do.
+LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool training = true,
+                   bool fed_counts = false) {
   LossGraph lg;
   lg.graph = std::make_shared<Graph>(std::move(fm.graph));
   Graph& g = *lg.graph;
@@ -471,8 +483,10 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     const ValueId mask = i == 0                                ? fm.output_mask
                          : i - 1 < fm.more_output_masks.size() ? fm.more_output_masks[i - 1]
                                                                : kNoValue;
-    const HeadLoss h = head_loss(g, out, mask, batch, hs[i],
-                                 i == 0 ? cfg.class_weight : std::vector<double>{}, training, sample_w_of(i));
+    const HeadLoss h =
+        head_loss(g, out, mask, batch, hs[i], i == 0 ? cfg.class_weight : std::vector<double>{}, training,
+                  sample_w_of(i), fed_counts);
+    lg.mask_counts.push_back(h.mask_count);
     if (i == 0) {
       lg.y = h.y;
       lg.mask = h.mask;
@@ -789,6 +803,7 @@ struct Plan {
   size_t labels_at = 1;         // the further outputs' labels: Batch::xs[labels_at] on
   ValueId mask = kNoValue;      // a masked per-step output's [batch, steps] mask
   std::vector<ValueId> more_output, more_y, more_mask, head_loss;  // LossGraph's
+  std::vector<ValueId> mask_counts;  // per output, its fed masked-loss divisor or kNoValue (replicas only)
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
@@ -824,12 +839,14 @@ class Device {
 
   // Plans for exactly these training and evaluation batch sizes (a replica plans its slices of the batches).
   // `shard`: ZeRO-1's ranges of the parameters this replica updates (TrainingOptions::shard).
+  // `fed_counts`: masked losses divide by fed counts (Plan::mask_counts), as a replica of several does.
   Device(const ModelFactory& factory, const FitConfig& cfg, Backend& backend,
          const std::vector<int64_t>& train, const std::vector<int64_t>& eval,
-         std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard = std::nullopt)
+         std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard = std::nullopt,
+         bool fed_counts = false)
       : plans_(backend) {
     for (int64_t batch : train) {
-      LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+      LossGraph lg = add_loss(factory(batch, true), batch, cfg, true, fed_counts);
       TrainingOptions topt = training_options(cfg, lg);
       topt.shard = shard;
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
@@ -846,7 +863,7 @@ class Device {
     }
     for (int64_t batch : eval) {
       if (eval_.count(batch)) continue;
-      LossGraph lg = add_loss(factory(batch, false), batch, cfg, false);
+      LossGraph lg = add_loss(factory(batch, false), batch, cfg, false, fed_counts);
       apply_precision(*lg.graph, cfg.precision);
       eval_[batch] = make_plan(plans_.add(lg.graph), lg, kNoValue, kNoValue, batch);
     }
@@ -863,6 +880,7 @@ class Device {
     p.more_y = lg.more_y;
     p.more_mask = lg.more_mask;
     p.head_loss = lg.head_loss;
+    p.mask_counts = lg.mask_counts;
     p.y = lg.y;
     p.output = lg.output;
     p.loss = lg.loss;
@@ -957,6 +975,100 @@ const std::byte* write_rows(Session& s, const Plan& p, const data::Batch& b, int
   return labels;
 }
 
+// The unmasked positions of each masked per-step output over a whole global batch, counted on the host before
+// the replicas run it. Each replica's masked loss divides its own sum by its share of that count (the count
+// times its share of the rows: Plan::mask_counts), so the replicas' weighted sum is the global batch's masked
+// mean however the padding falls among them, as one device computes it. The counts come from the forward
+// model's mask values alone (computed from the inputs), planned on the CPU for each global batch size.
+class MaskCounter {
+ public:
+  // nullptr when no output of the model is masked.
+  static std::unique_ptr<MaskCounter> make(const ModelFactory& factory, const FitConfig& cfg,
+                                           const std::vector<int64_t>& batch_sizes) {
+    std::unique_ptr<MaskCounter> c(new MaskCounter);
+    for (int64_t n : batch_sizes) {
+      if (c->plans_.count(n)) continue;
+      LossGraph lg = add_loss(factory(n, false), n, cfg, false, true);
+      if (std::all_of(lg.mask_counts.begin(), lg.mask_counts.end(), [](ValueId v) { return v == kNoValue; }))
+        return nullptr;
+      std::vector<ValueId> masks;
+      for (size_t i = 0; i < lg.mask_counts.size(); ++i)
+        if (lg.mask_counts[i] != kNoValue) masks.push_back(i == 0 ? lg.mask : lg.more_mask[i - 1]);
+      std::optional<Graph> sub = input_subgraph(*lg.graph, masks);
+      if (!sub)
+        throw InputError(
+            "model",
+            "the mask of a per-step output depends on the model's weights (a Masking layer after "
+            "a trained layer), so replicas cannot count the whole batch's masked steps",
+            "mask the inputs (Embedding mask_zero, or Masking as the first layer), or train on "
+            "one device");
+      if (!c->cpu_) c->cpu_ = make_cpu_backend(CpuOptions{1});
+      Counting& k = c->plans_[n];
+      k.session = std::make_unique<Session>(std::make_shared<const Graph>(std::move(*sub)), *c->cpu_);
+      const Graph& g = k.session->graph();
+      for (ValueId v : g.inputs()) {
+        const std::string& name = g.value(v).name;
+        int slot = name == lg.graph->value(lg.x).name ? 0 : -1;
+        for (size_t j = 0; j < lg.more_x.size() && slot < 0; ++j)
+          if (lg.graph->value(lg.more_x[j]).name == name) slot = static_cast<int>(j) + 1;
+        TRAINER_ASSERT(slot >= 0, "the mask reads '{}', which is not fed", name);
+        k.inputs.emplace_back(v, slot);
+      }
+      size_t at = 0;
+      for (ValueId v : lg.mask_counts) k.masks.push_back(v == kNoValue ? kNoValue : g.outputs()[at++]);
+    }
+    return c;
+  }
+
+  // Counts batch b's unmasked positions, row by row, for write().
+  void count(const data::Batch& b) {
+    Counting& k = plans_.at(b.size);
+    const Graph& g = k.session->graph();
+    for (const auto& [v, slot] : k.inputs)
+      k.session->write(v, slot == 0 ? b.x : b.xs[static_cast<size_t>(slot)], g.value(v).nbytes());
+    k.session->run(StepContext{});
+    prefix_.assign(k.masks.size(), {});
+    for (size_t i = 0; i < k.masks.size(); ++i) {
+      if (k.masks[i] == kNoValue) continue;
+      const Tensor m = k.session->read(k.masks[i]);
+      const int64_t per_row = m.shape().numel() / b.size;
+      std::vector<double>& pre = prefix_[i];
+      pre.assign(static_cast<size_t>(b.size) + 1, 0.0);
+      for (int64_t r = 0; r < b.size; ++r) {
+        double n = 0;
+        for (int64_t j = 0; j < per_row; ++j) n += m.get_f64(r * per_row + j);
+        pre[r + 1] = pre[r] + n;
+      }
+    }
+    rows_ = b.size;
+  }
+
+  // Writes the divisors of plan p (on session s), which runs rows [lo, hi) of the batch counted last.
+  void write(Session& s, const Plan& p, int64_t lo, int64_t hi) const {
+    for (size_t i = 0; i < p.mask_counts.size(); ++i) {
+      const ValueId v = p.mask_counts[i];
+      if (v == kNoValue) continue;
+      TRAINER_ASSERT(i < prefix_.size() && !prefix_[i].empty(), "output {} was not counted", i);
+      Tensor d(s.graph().value(v).dtype, Shape{});
+      d.set_f64(0,
+                std::max(prefix_[i].back(), 1.0) * static_cast<double>(hi - lo) / static_cast<double>(rows_));
+      s.write(v, d);
+    }
+  }
+
+ private:
+  MaskCounter() = default;
+  struct Counting {
+    std::unique_ptr<Session> session;
+    std::vector<std::pair<ValueId, int>> inputs;  // each with its place in a Batch: 0 x, k xs[k]
+    std::vector<ValueId> masks;                   // per output, its mask's value or kNoValue
+  };
+  std::unique_ptr<Backend> cpu_;  // declared before the sessions that run on it
+  std::map<int64_t, Counting> plans_;
+  std::vector<std::vector<double>> prefix_;  // per masked output: unmasked positions of rows [0, r)
+  int64_t rows_ = 0;
+};
+
 // Adds the results of `rows` rows that plan p (on session s) has run to `m`: `loss` is the plan's loss,
 // read already, and labels[i] output i's labels of those rows.
 void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t rows,
@@ -976,10 +1088,12 @@ void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t row
 }
 
 // Evaluates rows [lo, hi) of a batch on `dev`, adding their loss and metrics to `m`.
+// `counts`: the batch's masked positions (replicas), or nullptr.
 void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, const FitConfig& cfg,
-                   Metrics& m, std::vector<float>& out_buf) {
+                   Metrics& m, std::vector<float>& out_buf, const MaskCounter* counts = nullptr) {
   const Plan& p = dev.eval_plan(hi - lo);
   Session& s = dev.plans().session(p.index);
+  if (counts) counts->write(s, p, lo, hi);
   const Graph& g = s.graph();
   std::vector<const std::byte*> labels = {write_rows(s, p, b, lo, hi)};
   for (size_t i = 0; i < p.more_y.size(); ++i)
@@ -1142,7 +1256,16 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     }
     std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard;
     if (sharded) shard = split.ranges_of(replicas.first_rank + k);
-    devs.push_back(std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, shard));
+    devs.push_back(
+        std::make_unique<Device>(factory, cfg, *replicas.backends[k], slices, eval, shard, world > 1));
+  }
+  // Replicas of a model with masked per-step outputs: the whole batch's masked steps, counted before each
+  // step.
+  std::unique_ptr<MaskCounter> mask_counter;
+  if (world > 1) {
+    std::vector<int64_t> sizes = batch_sizes(n_train, cfg.batch_size);
+    for (int64_t n : Device::eval_batches({n_val, test ? test->size() : 0}, cfg)) sizes.push_back(n);
+    mask_counter = MaskCounter::make(factory, cfg, sizes);
   }
   Device& dev = *devs[0];
   set_columns(outputs, dev);
@@ -1308,9 +1431,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     data::Batch b;
     auto eval_replica = [&](int k) {
       auto [lo, hi] = slice(b.size, replicas.first_rank + k);
-      if (hi > lo) evaluate_rows(*devs[k], b, lo, hi, cfg, accs[k], eval_bufs[k]);
+      if (hi > lo) evaluate_rows(*devs[k], b, lo, hi, cfg, accs[k], eval_bufs[k], mask_counter.get());
     };
     while (loader.next(&b)) {
+      if (mask_counter) mask_counter->count(b);
       if (local == 1)
         eval_replica(0);
       else
@@ -1389,10 +1513,12 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     // launched, before its results are read, when it takes the same plans: on a GPU its copy then overlaps
     // the step (the copy stream), and the plan's inputs are not what the step's outputs occupy.
     auto feed = [&](const data::Batch& b) {
+      if (mask_counter) mask_counter->count(b);
       for (int k = 0; k < local; ++k) {
         auto [lo, hi] = slice(b.size, replicas.first_rank + k);
         const Plan& p = devs[k]->train_plan(hi - lo);
         write_rows(devs[k]->plans().session(p.index), p, b, lo, hi);
+        if (mask_counter) mask_counter->write(devs[k]->plans().session(p.index), p, lo, hi);
       }
     };
     // Whether feeding a full batch could wait for the step in flight (see the watchdog below).

@@ -8,6 +8,7 @@ one class id per step."""
 import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -183,6 +184,103 @@ class SequenceLabels(unittest.TestCase):
                 self.assertAlmostEqual(ev["loss"], float(per[keep].mean()), places=4)
                 self.assertAlmostEqual(ev["accuracy"], float(hit[keep].mean()), places=6)
                 self.assertGreater(ev["accuracy"], 0.9)
+
+    def test_masked_steps_split_unevenly_among_replicas_train_as_one_device(self):
+        # Each replica's rows hold a different number of unmasked steps; its loss divides by its share of the
+        # whole batch's count, so 1, 2 and 4 replicas compute the global batch's masked mean alike.
+        rng = np.random.default_rng(11)
+        lengths = np.where(np.arange(256) % 3 == 0, STEPS, rng.integers(1, 3, 256))
+        pad = np.arange(STEPS)[None, :] >= lengths[:, None]
+        x = np.where(pad, 0, rng.integers(1, VOCAB, (256, STEPS))).astype(np.int64)
+        np.save(self.path("xu.npy"), x)
+        np.save(self.path("tu.npy"), np.where(pad, 2, x % 2))
+        spec = self.path("uneven.toml")
+        text = SPEC.format(steps=STEPS, vocab=VOCAB, units=CLASSES, activation="softmax", y="tu.npy",
+                           loss="sparse_categorical_crossentropy", epochs=2)
+        with open(spec, "w") as f:
+            f.write(text.replace("output_dim = 8", "output_dim = 8\nmask_zero = true").replace('"x.npy"', '"xu.npy"'))
+        runs = {}
+        for devices in (1, 2, 4):
+            out = self.path(f"uneven_{devices}")
+            r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--output-dir", out,
+                     "--log-format", "jsonl", "-q"], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            epochs = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+            runs[devices] = epochs, cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
+        # Two processes under MPI: each counts the whole batch it loads.
+        mpirun = shutil.which("mpirun")
+        if mpirun:
+            out = self.path("uneven_mpi")
+            r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER, "fit",
+                                spec, "--device", "cpu", "--output-dir", out, "--log-format", "jsonl", "-q"],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            epochs = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+            runs["mpirun -np 2"] = epochs, cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
+        one_epochs, one = runs.pop(1)
+        for devices in runs:
+            epochs, weights = runs[devices]
+            for a, b in zip(one_epochs, epochs):
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                    self.assertAlmostEqual(b[key], a[key], delta=1e-5, msg=f"{devices} replicas: {key}")
+            for k in one:
+                np.testing.assert_allclose(weights[k], one[k], rtol=0, atol=1e-5 * max(1.0, np.abs(one[k]).max()),
+                                           err_msg=f"{devices} replicas: {k}")
+
+    def test_masking_layer_counts_on_replicas(self):
+        # Masking as the first layer: rows of all-zero features are padding, counted from the inputs; a Masking
+        # layer after a trained one makes the mask depend on the weights, which replicas cannot count.
+        rng = np.random.default_rng(12)
+        lengths = np.where(np.arange(128) % 4 == 0, STEPS, rng.integers(1, 3, 128))
+        pad = np.arange(STEPS)[None, :] >= lengths[:, None]
+        x = np.where(pad[..., None], 0, rng.normal(size=(128, STEPS, 4))).astype(np.float32)
+        np.save(self.path("xf.npy"), x)
+        np.save(self.path("tf.npy"), np.where(pad, 2, (x[..., 0] > 0).astype(np.int64)))
+        spec = self.path("masking.toml")
+        layers = '''[[model.layers]]
+type = "Masking"
+[[model.layers]]
+type = "LSTM"
+units = 8
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+units = 3
+activation = "softmax"
+'''
+        text = f'''format_version = 1
+[model]
+input = {{ shape = [{STEPS}, 4] }}
+{{layers}}[data.train]
+x = "xf.npy"
+y = "tf.npy"
+[data.validation]
+x = "xf.npy"
+y = "tf.npy"
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+epochs = 2
+batch_size = 16
+'''
+        with open(spec, "w") as f:
+            f.write(text.replace("{layers}", layers))
+        logs = []
+        for devices in (1, 2):
+            r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--log-format", "jsonl", "-q",
+                     "--output-dir", self.path(f"masking_{devices}")], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            logs.append([e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"])
+        for a, b in zip(*logs):
+            for key in ("loss", "val_loss", "val_accuracy"):
+                self.assertAlmostEqual(b[key], a[key], delta=1e-5, msg=key)
+        with open(spec, "w") as f:
+            f.write(text.replace("{layers}", '[[model.layers]]\ntype = "TimeDistributed"\nlayer = "Dense"\nunits = 4\n'
+                                 + layers))
+        cli_util.assert_input_error(
+            self, run(["fit", spec, "--device", "cpu", "--devices", "2", "--output-dir", self.path("masking_w")]),
+            "model: the mask of a per-step output depends on the model's weights", "train on one device")
 
     def test_wrong_label_shapes_name_what_fits(self):
         spec = self.path("bad.toml")

@@ -34,6 +34,31 @@ TEST_SUITE("ir") {
     CHECK(bf16_to_f32(f32_to_bf16(1.00390625f)) == 1.0f);                             // tie goes to even
   }
 
+  TEST_CASE("input_subgraph keeps what computes the outputs from inputs and constants") {
+    Graph g;
+    const ValueId ids = g.add_input("ids", DType::i64, Shape{2, 3});
+    const ValueId other = g.add_input("other", DType::f32, Shape{2, 3});
+    const ValueId zero = g.add_constant("zero", Tensor::scalar<int64_t>(0));
+    const ValueId w = g.add_parameter("w", Tensor::scalar<float>(2.0f));
+    const ValueId one = g.add_constant("one", Tensor::scalar<float>(1.0f));
+    const ValueId mask = g.op("Sub", {one, g.op("Cast", {g.op("Equal", {ids, zero})}, {{"to", int64_t{1}}})});
+    const ValueId scaled = g.op("Mul", {other, w});
+    g.op("Add", {scaled, mask});
+    std::optional<Graph> sub = input_subgraph(g, {mask});
+    REQUIRE(sub.has_value());
+    REQUIRE(sub->inputs().size() == 1);
+    CHECK(sub->value(sub->inputs()[0]).name == "ids");
+    CHECK(sub->num_nodes() == 3);
+    REQUIRE(sub->outputs().size() == 1);
+    CHECK(sub->value(sub->outputs()[0]).name == g.value(mask).name);
+    CHECK(sub->value(sub->outputs()[0]).shape == Shape{2, 3});
+    REQUIRE(sub->find("zero") != kNoValue);
+    CHECK(sub->initializer(sub->find("zero"))->get_f64(0) == 0.0);
+    CHECK(sub->find("w") == kNoValue);
+    CHECK(sub->find("other") == kNoValue);
+    CHECK_FALSE(input_subgraph(g, {scaled}).has_value());  // it reads a parameter
+  }
+
   TEST_CASE("a malformed node is rejected with its name and shapes") {
     Graph g;
     ValueId a = g.add_input("a", DType::f32, Shape{2, 3});
