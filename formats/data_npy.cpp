@@ -3,7 +3,9 @@
 #include "formats/data_npy.h"
 
 #include <fmt/format.h>
+#include <zlib.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 
@@ -338,6 +340,19 @@ std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset,
       throw InputError(where, fmt::format("stored member '{}' has {} bytes but says it has {}", m.name,
                                           m.compressed_size, m.size));
     }
+    // numpy checks a member's CRC-32 when it reads it; so does this, once, before the bytes are used in
+    // place.
+    uLong crc = crc32(0, nullptr, 0);
+    for (uint64_t at = 0; at < m.size;) {
+      const uInt n = static_cast<uInt>(std::min<uint64_t>(m.size - at, uint64_t{1} << 30));
+      crc = crc32(crc, p + start + at, n);
+      at += n;
+    }
+    if (static_cast<uint32_t>(crc) != m.crc)
+      throw InputError(
+          member,
+          fmt::format("CRC-32 {:08x} does not match the archive's {:08x}", static_cast<uint32_t>(crc), m.crc),
+          "the archive is damaged: write it again");
     *offset = start;
     return bytes_;
   }

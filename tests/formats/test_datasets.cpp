@@ -530,6 +530,13 @@ TEST_SUITE("datasets") {
     dir.write("damaged.npz", z);
     CHECK(input_error([&] { open_dataset(source({"damaged.npz"}), dir.path); }).find("damaged.npz/x.npy") ==
           0);
+    // A stored member is used in place, after its CRC: a flipped bit in its numbers is not read as data.
+    Blob st = zip({{"x.npy", xn, false}, {"y.npy", yn, false}});
+    st[30 + 5 + xn.size() - 1] ^= 0x01;
+    dir.write("flipped.npz", st);
+    const std::string flipped = input_error([&] { open_dataset(source({"flipped.npz"}), dir.path); });
+    CHECK(flipped.find("flipped.npz/x.npy: CRC-32 ") == 0);
+    CHECK(flipped.find("hint: the archive is damaged") != std::string::npos);
     dir.write("plain.npz", xn);
     CHECK(input_error([&] { open_dataset(source({"plain.npz"}), dir.path); }).find("this is an .npy file") !=
           std::string::npos);
