@@ -590,6 +590,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.from_logits = t.from_logits;
   c.label_smoothing = t.label_smoothing;
   c.metrics = t.metrics;
+  c.weighted_metrics = t.weighted_metrics;
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;
   c.sample_weights = any_sample_weights(spec);
@@ -601,6 +602,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
       const formats::OutputTrainSpec& o = t.outputs[k];
       c.more_outputs.push_back(
           {o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k, o.loss_weight});
+      c.more_outputs.back().weighted_metrics = o.weighted_metrics;
     }
   }
   c.epochs = t.epochs;

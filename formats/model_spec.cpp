@@ -18,6 +18,7 @@
 #include <set>
 #include <sstream>
 
+#include "engine/train/fit.h"
 #include "engine/util/error.h"
 #include "formats/model_spec_text.h"
 
@@ -45,10 +46,23 @@ const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scal
 const Keys kSourceKeys = {
     "format",           "x", "y", "x_key", "y_key", "header", "label_column", "limit", "sample_weight",
     "sample_weight_key"};
-const Keys kTrainKeys = {
-    "loss",         "from_logits",    "label_smoothing",      "metrics",        "loss_weights", "top_k",
-    "class_weight", "epochs",         "batch_size",           "seed",           "optimizer",    "precision",
-    "checkpoint",   "early_stopping", "reduce_lr_on_plateau", "validation_freq"};
+const Keys kTrainKeys = {"loss",
+                         "from_logits",
+                         "label_smoothing",
+                         "metrics",
+                         "loss_weights",
+                         "top_k",
+                         "weighted_metrics",
+                         "class_weight",
+                         "epochs",
+                         "batch_size",
+                         "seed",
+                         "optimizer",
+                         "precision",
+                         "checkpoint",
+                         "early_stopping",
+                         "reduce_lr_on_plateau",
+                         "validation_freq"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
                              "beta_2",       "epsilon",       "momentum",
@@ -1200,11 +1214,16 @@ std::vector<std::string> reported_quantities(const TrainSection& train) {
   std::vector<std::string> names = {"loss"};
   if (train.outputs.empty()) {
     names.insert(names.end(), train.metrics.begin(), train.metrics.end());
+    for (const std::string& m : train.weighted_metrics)
+      names.push_back(engine::weighted_metric_name(train.metrics, m));
     return names;
   }
   for (const OutputTrainSpec& o : train.outputs) names.push_back(o.name + "_loss");
   for (const OutputTrainSpec& o : train.outputs)
     for (const std::string& m : o.metrics) names.push_back(o.name + "_" + m);
+  for (const OutputTrainSpec& o : train.outputs)
+    for (const std::string& m : o.weighted_metrics)
+      names.push_back(o.name + "_" + engine::weighted_metric_name(o.metrics, m));
   return names;
 }
 
@@ -1386,6 +1405,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   }
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
     check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.metrics);
+  if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
+    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.weighted_metrics);
   return o;
 }
 
@@ -1395,7 +1416,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
   TrainSection s;
   s.pos = t.pos();
   const Keys outputs(model.outputs.begin(), model.outputs.end());
-  const char* const per_output[] = {"loss", "from_logits", "label_smoothing", "metrics", "loss_weights"};
+  const char* const per_output[] = {"loss",    "from_logits",  "label_smoothing",
+                                    "metrics", "loss_weights", "weighted_metrics"};
   for (const char* key : per_output) {
     const toml::node* v = t.find(key);
     const bool by_name = v && v->is_table() && (std::string_view(key) != "loss" || !outputs.empty());
@@ -1418,6 +1440,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.from_logits = first.from_logits;
     s.label_smoothing = first.label_smoothing;
     s.metrics = first.metrics;
+    s.weighted_metrics = first.weighted_metrics;
   } else {
     const OutputTrainSpec o = read_output_settings(r, t, outputs, outputs.empty() ? "" : model.outputs[0]);
     s.loss = o.loss;
@@ -1425,6 +1448,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.from_logits = o.from_logits;
     s.label_smoothing = o.label_smoothing;
     s.metrics = o.metrics;
+    s.weighted_metrics = o.weighted_metrics;
   }
   if (const toml::node* lw = t.find("loss_weights")) {
     if (outputs.size() < 2)
@@ -1457,10 +1481,12 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
   }
   if (t.get("top_k", s.top_k)) {
     if (s.top_k < 1) t.fail("top_k", fmt::format("train.top_k must be 1 or more, not {}", s.top_k));
-    bool ranked = std::any_of(s.metrics.begin(), s.metrics.end(),
-                              [](const std::string& m) { return m.find("top_k") != std::string::npos; });
+    bool ranked = false;
+    for (const auto* list : {&s.metrics, &s.weighted_metrics})
+      for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
     for (const OutputTrainSpec& o : s.outputs)
-      for (const std::string& m : o.metrics) ranked = ranked || m.find("top_k") != std::string::npos;
+      for (const auto* list : {&o.metrics, &o.weighted_metrics})
+        for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
     if (!ranked)
       t.fail("top_k", "train.top_k is set but train.metrics has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");

@@ -225,6 +225,7 @@ struct OutputTrainSpec {
   bool from_logits = false;
   double label_smoothing = 0;
   std::vector<std::string> metrics;
+  std::vector<std::string> weighted_metrics;  // Keras's: counting the sample (and class) weights
   double loss_weight = 1;  // its loss counts this much in the loss that trains (loss_weights)
   SourcePos loss_pos;
   bool operator==(const OutputTrainSpec&) const = default;
@@ -239,6 +240,9 @@ struct TrainSection {
   double label_smoothing = 0;  // categorical and binary cross-entropy, as Keras's
   // accuracy, top_k_accuracy (with top_k), precision, recall, auc, mae, mse; the loss is always reported
   std::vector<std::string> metrics;
+  // Keras's weighted_metrics: the same metrics, each judged position counting its sample weight (and its
+  // class weight in training); reported as NAME, or weighted_NAME when `metrics` reports NAME too.
+  std::vector<std::string> weighted_metrics;
   // A model of several outputs ([model] outputs): each output's settings, in the model's order (loss,
   // from_logits, label_smoothing and metrics above are then the first output's). Empty for one output.
   std::vector<OutputTrainSpec> outputs;

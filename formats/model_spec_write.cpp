@@ -180,31 +180,36 @@ std::string to_toml(const ModelSpec& spec) {
   const TrainSection& t = spec.train;
   if (!t.loss.empty()) {
     w.header("[train]");
-    bool ranked = std::any_of(t.metrics.begin(), t.metrics.end(),
-                              [](const std::string& m) { return m.find("top_k") != std::string::npos; });
+    bool ranked = false;
+    for (const auto* list : {&t.metrics, &t.weighted_metrics})
+      for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
     if (t.outputs.empty()) {
       w.kv("loss", t.loss);
       w.kv("from_logits", t.from_logits);
       if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
       w.kv("metrics", t.metrics);
+      if (!t.weighted_metrics.empty()) w.kv("weighted_metrics", t.weighted_metrics);
     } else {
       // Each setting as a table by output name, as Keras's compile takes dicts.
       std::map<std::string, std::string> loss;
       std::map<std::string, bool> from_logits;
       std::map<std::string, double> smoothing, weights;
-      std::map<std::string, std::vector<std::string>> metrics;
+      std::map<std::string, std::vector<std::string>> metrics, weighted;
       for (const OutputTrainSpec& o : t.outputs) {
         loss[o.name] = o.loss;
         from_logits[o.name] = o.from_logits;
         if (o.label_smoothing != 0) smoothing[o.name] = o.label_smoothing;
         weights[o.name] = o.loss_weight;
         metrics[o.name] = o.metrics;
-        for (const std::string& m : o.metrics) ranked = ranked || m.find("top_k") != std::string::npos;
+        if (!o.weighted_metrics.empty()) weighted[o.name] = o.weighted_metrics;
+        for (const auto* list : {&o.metrics, &o.weighted_metrics})
+          for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
       }
       w.kv("loss", loss);
       w.kv("from_logits", from_logits);
       if (!smoothing.empty()) w.kv("label_smoothing", smoothing);
       w.kv("metrics", metrics);
+      if (!weighted.empty()) w.kv("weighted_metrics", weighted);
       w.kv("loss_weights", weights);
     }
     if (ranked) w.kv("top_k", t.top_k);

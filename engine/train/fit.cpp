@@ -34,6 +34,7 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
                                             cfg.metrics, cfg.top_k, cfg.loss_weight}};
+  out[0].weighted_metrics = cfg.weighted_metrics;
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -133,6 +134,7 @@ struct LossGraph {
   ValueId mask = kNoValue;  // [batch, steps]: the positions the loss and metrics count, when masked
   // With fed_counts, per output: the scalar input its masked loss's sum is divided by, or kNoValue.
   std::vector<ValueId> mask_counts;
+  std::vector<ValueId> sample_ws;  // the sample weight inputs: the last of more_x (one, or one per output)
   // A model of several outputs: the second, third, ... output, its labels and mask (or none), and every
   // output's own loss (the first's included); head_loss is empty for a model of one output.
   std::vector<ValueId> more_output, more_y, more_mask, head_loss;
@@ -499,6 +501,7 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
     lg.head_loss.push_back(h.loss);
   }
   lg.more_x.insert(lg.more_x.end(), sample_ws.begin(), sample_ws.end());
+  lg.sample_ws = sample_ws;
   // One output: its loss. Several: the weighted sum (Keras's loss_weights), each output's loss reported too.
   lg.loss = lg.head_loss[0];
   if (hs.size() == 1) {
@@ -561,6 +564,10 @@ struct MetricAccumulator {
 
   LossKind kind;
   const OutputLoss* cfg;
+  // Keras's weighted_metrics: each judged position counts its weight (its sample's, or its step's, times its
+  // class's in training), and the metrics are weighted means; the accumulator then reports no loss.
+  bool weighted = false;
+  const std::vector<std::string>* names;  // the metrics it computes: cfg's metrics or weighted_metrics
   int64_t positions = 1;  // judged positions per sample (the steps of a per-step classification)
   double loss_sum = 0;
   double correct = 0, topk = 0;
@@ -571,7 +578,8 @@ struct MetricAccumulator {
   std::vector<double> extra;
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
 
-  MetricAccumulator(LossKind k, const OutputLoss* c) : kind(k), cfg(c) {
+  MetricAccumulator(LossKind k, const OutputLoss* c, bool w = false)
+      : kind(k), cfg(c), weighted(w), names(w ? &c->weighted_metrics : &c->metrics) {
     log_slot = kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0);
     r2_slot = log_slot + (has("msle") ? 1 : 0);
     extra.assign(r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0) + 1, 0.0);
@@ -579,25 +587,32 @@ struct MetricAccumulator {
 
   // The last slot of `extra`: the positions a masked output counted (its mask's ones).
   size_t counted_slot() const { return extra.size() - 1; }
-  // What the per-position metrics divide by: every position, or under a mask the counted ones.
+  // What the per-position metrics divide by: every position, or under a mask the counted ones; weighted, the
+  // weights' sum.
   double judged(double samples_done) const {
     const double counted = extra[counted_slot()];
+    if (weighted) return counted;
     return counted > 0 ? counted : samples_done * static_cast<double>(positions);
   }
 
   // `per_sample` outputs per sample, of which the last axis holds `last`. A classification judges each
   // position (a sample, or each step of a [batch, steps, classes] output) with its own label.
-  // `mask` (or null): one value per position, 0 for those a Keras mask leaves out.
+  // `mask` (or null): one value per position, 0 for those a Keras mask leaves out. A weighted accumulator
+  // takes `weights` (or null: 1), `weights_per_row` per sample (1, or one per position), and
+  // `class_weight` (or null), the weight of each label's class.
   void add(double batch_loss, const float* out, const void* labels, int64_t samples_in, int64_t per_sample,
-           int64_t last, const float* mask = nullptr) {
+           int64_t last, const float* mask = nullptr, const float* weights = nullptr,
+           int64_t weights_per_row = 1, const std::vector<double>* class_weight = nullptr) {
     loss_sum += batch_loss * samples_in;
     samples += samples_in;
     const bool classify = kind.sparse || kind.categorical || kind.binary;
     const int64_t classes = kind.binary ? 1 : classify ? last : per_sample;
     positions = classify ? per_sample / classes : 1;
     const int64_t n = samples_in * positions;
-    const bool acc = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_accuracy);
-    const bool tk = std::any_of(cfg->metrics.begin(), cfg->metrics.end(), is_top_k);
+    const bool acc = std::any_of(names->begin(), names->end(), is_accuracy);
+    const bool tk = std::any_of(names->begin(), names->end(), is_top_k);
+    TRAINER_ASSERT(!weighted || weights_per_row == 1 || weights_per_row == positions,
+                   "{} weights per sample for {} positions", weights_per_row, positions);
     const bool auc = has("auc");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
@@ -607,7 +622,21 @@ struct MetricAccumulator {
     const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
       if (mask && mask[i] == 0.0f) continue;
-      if (mask) extra[counted_slot()] += 1;
+      double w = 1;
+      if (weighted && weights) w = weights[weights_per_row == 1 ? i / positions : i];
+      if (weighted && class_weight && !class_weight->empty() && !kind.regression) {
+        int64_t c;
+        if (kind.sparse)
+          c = static_cast<const int64_t*>(labels)[i];
+        else if (kind.binary)
+          c = static_cast<const float*>(labels)[i] > 0.5f;
+        else
+          c = std::max_element(static_cast<const float*>(labels) + i * classes,
+                               static_cast<const float*>(labels) + (i + 1) * classes) -
+              (static_cast<const float*>(labels) + i * classes);
+        if (c >= 0 && c < static_cast<int64_t>(class_weight->size())) w *= (*class_weight)[c];
+      }
+      if (mask || weighted) extra[counted_slot()] += w;
       const float* row = out + i * classes;
       // Keras's rule for a regression loss: binary accuracy with one output, else categorical.
       if (kind.sparse || kind.categorical || (kind.regression && classes > 1)) {
@@ -616,26 +645,26 @@ struct MetricAccumulator {
                             : std::max_element(static_cast<const float*>(labels) + i * classes,
                                                static_cast<const float*>(labels) + (i + 1) * classes) -
                                   (static_cast<const float*>(labels) + i * classes);
-        if (acc) correct += (std::max_element(row, row + classes) - row) == label;
+        if (acc) correct += w * ((std::max_element(row, row + classes) - row) == label);
         if (tk) {
           int64_t better = 0;
           for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];
-          topk += better < cfg->top_k;
+          topk += w * (better < cfg->top_k);
         }
       } else if (kind.binary || kind.regression) {
         // With logits the metrics judge the probability, as the loss does.
         const float p = cfg->from_logits ? 1.0f / (1.0f + std::exp(-row[0])) : row[0];
         const bool positive = static_cast<const float*>(labels)[i] > 0.5f, predicted = p > 0.5f;
-        if (acc) correct += predicted == positive;
-        topk += tk;  // one output: always among the top k
+        if (acc) correct += w * (predicted == positive);
+        topk += w * tk;  // one output: always among the top k
         if (kind.binary) {
-          extra[kTruePos] += predicted && positive;
-          extra[kFalsePos] += predicted && !positive;
-          extra[kFalseNeg] += !predicted && positive;
+          extra[kTruePos] += w * (predicted && positive);
+          extra[kFalsePos] += w * (predicted && !positive);
+          extra[kFalseNeg] += w * (!predicted && positive);
         }
         if (auc) {
           const size_t above = std::lower_bound(thresholds.begin(), thresholds.end(), p) - thresholds.begin();
-          extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += 1;
+          extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += w;
         }
       }
       if (errors && !kind.sparse) {
@@ -653,21 +682,19 @@ struct MetricAccumulator {
           }
           if (r2) {
             double* col = extra.data() + r2_slot + 3 * static_cast<size_t>(c);
-            col[0] += t[c];
-            col[1] += static_cast<double>(t[c]) * t[c];
-            col[2] += d * d;
+            col[0] += w * t[c];
+            col[1] += w * t[c] * t[c];
+            col[2] += w * d * d;
           }
         }
-        extra[kAbsError] += abs_sum / classes;
-        extra[kSquaredError] += sq_sum / classes;
-        extra[kPercentError] += 100 * pct_sum / classes;
-        if (msle) extra[log_slot] += log_sum / classes;
+        extra[kAbsError] += w * abs_sum / classes;
+        extra[kSquaredError] += w * sq_sum / classes;
+        extra[kPercentError] += w * 100 * pct_sum / classes;
+        if (msle) extra[log_slot] += w * log_sum / classes;
       }
     }
   }
-  bool has(const char* m) const {
-    return std::find(cfg->metrics.begin(), cfg->metrics.end(), m) != cfg->metrics.end();
-  }
+  bool has(const char* m) const { return std::find(names->begin(), names->end(), m) != names->end(); }
   // Keras's R2Score (uniform_average): 1 - squared errors / the labels' total sum of squares per column,
   // averaged over the columns; a column of constant labels scores 0.
   double r2_score(double rows) const {
@@ -709,30 +736,31 @@ struct MetricAccumulator {
     loss_sum = v[0], correct = v[1], topk = v[2], samples = std::llround(v[3]);
     std::copy(v + 4, v + flat_size(), extra.begin());
   }
+  // The loss, then the metrics; weighted, only the metrics, each named as Keras names it (weighted_NAME when
+  // the output's metrics report NAME too).
   Logs logs(const std::string& prefix) const {
     Logs l;
     double n = std::max<int64_t>(samples, 1);
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    l.emplace_back(prefix + "loss", loss_sum / n);
+    if (!weighted) l.emplace_back(prefix + "loss", loss_sum / n);
     // In the order the spec lists them, as Keras reports them.
-    for (const std::string& m : cfg->metrics) {
-      if (is_accuracy(m)) l.emplace_back(prefix + m, ratio(correct, judged(n)));
-      if (is_top_k(m)) l.emplace_back(prefix + m, ratio(topk, judged(n)));
-      if (m == "precision")
-        l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
-      if (m == "recall")
-        l.emplace_back(prefix + m, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalseNeg]));
+    for (const std::string& m : *names) {
+      const std::string name = prefix + (weighted ? weighted_metric_name(cfg->metrics, m) : m);
+      if (is_accuracy(m)) l.emplace_back(name, ratio(correct, judged(n)));
+      if (is_top_k(m)) l.emplace_back(name, ratio(topk, judged(n)));
+      if (m == "precision") l.emplace_back(name, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
+      if (m == "recall") l.emplace_back(name, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalseNeg]));
       if (m == "f1_score")  // of the positive class at 0.5: 2 TP / (2 TP + FP + FN)
-        l.emplace_back(prefix + m,
+        l.emplace_back(name,
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
-      if (m == "auc") l.emplace_back(prefix + m, auc());
-      if (m == "mae") l.emplace_back(prefix + m, ratio(extra[kAbsError], judged(n)));
-      if (m == "mse") l.emplace_back(prefix + m, ratio(extra[kSquaredError], judged(n)));
+      if (m == "auc") l.emplace_back(name, auc());
+      if (m == "mae") l.emplace_back(name, ratio(extra[kAbsError], judged(n)));
+      if (m == "mse") l.emplace_back(name, ratio(extra[kSquaredError], judged(n)));
       if (m == "root_mean_squared_error")
-        l.emplace_back(prefix + m, std::sqrt(ratio(extra[kSquaredError], judged(n))));
-      if (m == "mape") l.emplace_back(prefix + m, ratio(extra[kPercentError], judged(n)));
-      if (m == "msle") l.emplace_back(prefix + m, ratio(extra[log_slot], judged(n)));
-      if (m == "r2_score") l.emplace_back(prefix + m, r2_score(judged(n)));
+        l.emplace_back(name, std::sqrt(ratio(extra[kSquaredError], judged(n))));
+      if (m == "mape") l.emplace_back(name, ratio(extra[kPercentError], judged(n)));
+      if (m == "msle") l.emplace_back(name, ratio(extra[log_slot], judged(n)));
+      if (m == "r2_score") l.emplace_back(name, r2_score(judged(n)));
     }
     return l;
   }
@@ -743,10 +771,18 @@ struct MetricAccumulator {
 // penalties).
 struct Metrics {
   std::vector<MetricAccumulator> heads;
+  // Keras's weighted_metrics: an accumulator for each output that lists any, in the outputs' order, and
+  // per output its index there (or -1).
+  std::vector<MetricAccumulator> weighted;
+  std::vector<int> weighted_at;
   double loss_sum = 0;
 
   explicit Metrics(const std::vector<OutputLoss>& outputs) {
-    for (const OutputLoss& o : outputs) heads.emplace_back(loss_kind(o.loss), &o);
+    for (const OutputLoss& o : outputs) {
+      heads.emplace_back(loss_kind(o.loss), &o);
+      weighted_at.push_back(o.weighted_metrics.empty() ? -1 : static_cast<int>(weighted.size()));
+      if (!o.weighted_metrics.empty()) weighted.emplace_back(loss_kind(o.loss), &o, true);
+    }
   }
   bool several() const { return heads.size() > 1; }
   int64_t samples() const { return heads[0].samples; }
@@ -755,40 +791,53 @@ struct Metrics {
   size_t flat_size() const {
     size_t n = several() ? 1 : 0;
     for (const MetricAccumulator& h : heads) n += h.flat_size();
+    for (const MetricAccumulator& h : weighted) n += h.flat_size();
     return n;
   }
   void flat(std::vector<double>* out) const {
     out->resize(flat_size());
     double* at = out->data();
     if (several()) *at++ = loss_sum;
-    for (const MetricAccumulator& h : heads) {
-      h.flat(at);
-      at += h.flat_size();
-    }
+    for (const auto* list : {&heads, &weighted})
+      for (const MetricAccumulator& h : *list) {
+        h.flat(at);
+        at += h.flat_size();
+      }
   }
   void set_flat(const std::vector<double>& v) {
     TRAINER_ASSERT(v.size() == flat_size(), "{} metric sums for {}", v.size(), flat_size());
     const double* at = v.data();
     if (several()) loss_sum = *at++;
-    for (MetricAccumulator& h : heads) {
-      h.set_flat(at);
-      at += h.flat_size();
-    }
+    for (auto* list : {&heads, &weighted})
+      for (MetricAccumulator& h : *list) {
+        h.set_flat(at);
+        at += h.flat_size();
+      }
   }
   // The judged positions per sample, as the replicas that saw any rows found them.
   void merge_positions(const Metrics& other) {
     for (size_t i = 0; i < heads.size(); ++i)
       heads[i].positions = std::max(heads[i].positions, other.heads[i].positions);
+    for (size_t i = 0; i < weighted.size(); ++i)
+      weighted[i].positions = std::max(weighted[i].positions, other.weighted[i].positions);
   }
-  // Keras's names: loss, then each output's NAME_loss, then each output's NAME_METRIC.
+  // Keras's names: loss, then each output's NAME_loss, then each output's NAME_METRIC, then its weighted
+  // metrics.
   Logs logs(const std::string& prefix) const {
-    if (!several()) return heads[0].logs(prefix);
     Logs l, metrics;
-    l.emplace_back(prefix + "loss", loss_sum / static_cast<double>(std::max<int64_t>(samples(), 1)));
-    for (const MetricAccumulator& h : heads) {
-      Logs own = h.logs(prefix + h.cfg->name + "_");
-      l.push_back(own[0]);
-      metrics.insert(metrics.end(), own.begin() + 1, own.end());
+    if (!several()) {
+      l = heads[0].logs(prefix);
+    } else {
+      l.emplace_back(prefix + "loss", loss_sum / static_cast<double>(std::max<int64_t>(samples(), 1)));
+      for (const MetricAccumulator& h : heads) {
+        Logs own = h.logs(prefix + h.cfg->name + "_");
+        l.push_back(own[0]);
+        metrics.insert(metrics.end(), own.begin() + 1, own.end());
+      }
+    }
+    for (const MetricAccumulator& h : weighted) {
+      Logs own = h.logs(several() ? prefix + h.cfg->name + "_" : prefix);
+      metrics.insert(metrics.end(), own.begin(), own.end());
     }
     l.insert(l.end(), metrics.begin(), metrics.end());
     return l;
@@ -804,6 +853,8 @@ struct Plan {
   ValueId mask = kNoValue;      // a masked per-step output's [batch, steps] mask
   std::vector<ValueId> more_output, more_y, more_mask, head_loss;  // LossGraph's
   std::vector<ValueId> mask_counts;  // per output, its fed masked-loss divisor or kNoValue (replicas only)
+  std::vector<ValueId> sample_ws;    // LossGraph's: Batch::xs[weights_at] on
+  size_t weights_at = 0;
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
@@ -881,6 +932,8 @@ class Device {
     p.more_mask = lg.more_mask;
     p.head_loss = lg.head_loss;
     p.mask_counts = lg.mask_counts;
+    p.sample_ws = lg.sample_ws;
+    p.weights_at = 1 + lg.more_x.size() - lg.sample_ws.size();
     p.y = lg.y;
     p.output = lg.output;
     p.loss = lg.loss;
@@ -956,6 +1009,17 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
     const auto [per_sample, last] = output_dims(g, i == 0 ? p.output : p.more_output.at(i - 1));
     const LossKind k = loss_kind(outputs[i].loss);
     outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical ? last : per_sample;
+    // Weighted metrics judge a regression output's samples whole: one weight each.
+    if (k.regression && !outputs[i].weighted_metrics.empty() && !p.sample_ws.empty()) {
+      const Shape& ws = g.value(p.sample_ws[std::min(i, p.sample_ws.size() - 1)]).shape;
+      if (ws.rank() > 1 && ws.numel() != ws[0])
+        throw InputError(
+            outputs[i].name.empty() ? "train.weighted_metrics" : "train.weighted_metrics." + outputs[i].name,
+            fmt::format("the weighted metrics of a {} output weigh whole samples, and the sample "
+                        "weights give {} per sample",
+                        outputs[i].loss, ws.numel() / ws[0]),
+            "give one weight per sample, or report these metrics unweighted (train.metrics)");
+    }
   }
 }
 
@@ -1070,9 +1134,12 @@ class MaskCounter {
 };
 
 // Adds the results of `rows` rows that plan p (on session s) has run to `m`: `loss` is the plan's loss,
-// read already, and labels[i] output i's labels of those rows.
+// read already, labels[i] output i's labels of those rows, and weights[j] the rows of sample weight input j
+// (Plan::sample_ws; for weighted metrics). `class_weight`: the first output's class weights, in training.
 void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t rows,
-                 const std::vector<const std::byte*>& labels, std::vector<float>& out_buf) {
+                 const std::vector<const std::byte*>& labels, std::vector<float>& out_buf,
+                 const std::vector<const float*>& weights = {},
+                 const std::vector<double>* class_weight = nullptr) {
   const Graph& g = s.graph();
   if (m.several()) m.loss_sum += loss * static_cast<double>(rows);
   for (size_t i = 0; i < m.heads.size(); ++i) {
@@ -1082,9 +1149,31 @@ void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t row
     s.read(out, out_buf.data(), out_bytes);
     const auto [per_sample, last] = output_dims(g, out);
     const double own = m.several() ? read_scalar(s, p.head_loss[i]) : loss;
-    m.heads[i].add(own, out_buf.data(), labels[i], rows, per_sample, last,
-                   read_mask(s, i == 0 ? p.mask : p.more_mask[i - 1]));
+    const float* mask = read_mask(s, i == 0 ? p.mask : p.more_mask[i - 1]);
+    m.heads[i].add(own, out_buf.data(), labels[i], rows, per_sample, last, mask);
+    if (m.weighted_at[i] < 0) continue;
+    const float* w = nullptr;
+    int64_t per_row = 1;
+    if (!p.sample_ws.empty()) {
+      const size_t j = std::min(i, p.sample_ws.size() - 1);
+      TRAINER_ASSERT(j < weights.size() && weights[j], "no weights of output {}", i);
+      w = weights[j];
+      per_row = g.value(p.sample_ws[j]).shape.numel() / rows;
+    }
+    m.weighted[static_cast<size_t>(m.weighted_at[i])].add(own, out_buf.data(), labels[i], rows, per_sample,
+                                                          last, mask, w, per_row,
+                                                          i == 0 ? class_weight : nullptr);
   }
+}
+
+// The rows [lo, hi) of a plan's sample weight inputs in batch b (for weighted metrics).
+std::vector<const float*> weight_rows(const Graph& g, const Plan& p, const data::Batch& b, int64_t lo,
+                                      int64_t hi) {
+  std::vector<const float*> out;
+  for (size_t j = 0; j < p.sample_ws.size(); ++j)
+    out.push_back(reinterpret_cast<const float*>(static_cast<const std::byte*>(b.xs[p.weights_at + j]) +
+                                                 lo * (g.value(p.sample_ws[j]).nbytes() / (hi - lo))));
+  return out;
 }
 
 // Evaluates rows [lo, hi) of a batch on `dev`, adding their loss and metrics to `m`.
@@ -1100,7 +1189,7 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
     labels.push_back(static_cast<const std::byte*>(b.xs[p.labels_at + i]) +
                      lo * (g.value(p.more_y[i]).nbytes() / (hi - lo)));
   s.run(StepContext{0, cfg.seed, static_cast<uint64_t>(lo)});
-  add_results(s, p, m, read_scalar(s, p.loss), hi - lo, labels, out_buf);
+  add_results(s, p, m, read_scalar(s, p.loss), hi - lo, labels, out_buf, weight_rows(g, p, b, lo, hi));
 }
 
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
@@ -1175,8 +1264,9 @@ bool maximized(const std::string& mode, const std::string& monitor, const std::v
         m = m.substr(o.name.size() + 1);
         break;
       }
+  if (m.starts_with("weighted_")) m = m.substr(9);
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
-         m == "f1_score";
+         m == "f1_score" || m == "r2_score";
 }
 
 }  // namespace
@@ -1533,6 +1623,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     // The current batch's labels of every output, kept once the loader moves on.
     std::vector<std::vector<std::byte>> labels(outputs.size());
     std::vector<const std::byte*> label_rows(outputs.size());
+    // Weighted metrics: the current batch's sample weights, kept likewise.
+    const bool keep_weights = !acc.weighted.empty() && !dev.any_plan().sample_ws.empty();
+    std::vector<std::vector<std::byte>> kept_weights(keep_weights ? dev.any_plan().sample_ws.size() : 0);
+    std::vector<const float*> weight_rows_of(kept_weights.size());
     std::vector<double> before, delta;  // metric sums around a step, for the sum across processes
     bool have = train_loader.next(&batch), fed = false;
     while (have) {
@@ -1589,6 +1683,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         keep_labels(0, batch.y, p.y);
         for (size_t i = 0; i < p.more_y.size(); ++i)
           keep_labels(i + 1, batch.xs[p.labels_at + i], p.more_y[i]);
+        for (size_t j = 0; j < kept_weights.size(); ++j) {
+          const auto* from = static_cast<const std::byte*>(batch.xs[p.weights_at + j]);
+          kept_weights[j].assign(from, from + g.value(p.sample_ws[j]).nbytes() / rows * batch.size);
+        }
       }
       data::Batch next;
       const bool have_next = train_loader.next(&next);
@@ -1625,7 +1723,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
         label_rows[0] = labels[0].data() + lo * (g.value(p.y).nbytes() / (hi - lo));
         for (size_t i = 0; i < p.more_y.size(); ++i)
           label_rows[i + 1] = labels[i + 1].data() + lo * (g.value(p.more_y[i]).nbytes() / (hi - lo));
-        add_results(s, p, acc, loss, hi - lo, label_rows, out_buf);
+        for (size_t j = 0; j < kept_weights.size(); ++j)
+          weight_rows_of[j] = reinterpret_cast<const float*>(
+              kept_weights[j].data() + lo * (g.value(p.sample_ws[j]).nbytes() / (hi - lo)));
+        add_results(s, p, acc, loss, hi - lo, label_rows, out_buf, weight_rows_of, &cfg.class_weight);
       }
       int sig = g_stop_signal.load();
       if (across_processes) {

@@ -88,7 +88,18 @@ struct OutputLoss {
   // The values per judged row: a regression's outputs per sample, a classification's classes (1 for binary);
   // r2_score keeps sums per column. Set by fit and evaluate from the model.
   int64_t columns = 1;
+  // Keras's weighted_metrics: metrics whose judged positions count their sample weights (and, in training,
+  // their class weights), reported after `metrics` under weighted_metric_name.
+  std::vector<std::string> weighted_metrics;
 };
+
+// The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the
+// output's (unweighted) `metrics` report that name already.
+inline std::string weighted_metric_name(const std::vector<std::string>& metrics, const std::string& metric) {
+  for (const std::string& m : metrics)
+    if (m == metric) return "weighted_" + metric;
+  return metric;
+}
 
 struct FitConfig {
   std::string
@@ -104,8 +115,9 @@ struct FitConfig {
   // Keras's sample_weight: every loss graph (training and evaluation) takes one f32 weight per sample, fed
   // after the model's inputs (the last of Dataset::more_inputs()), and the loss is the mean of the weighted
   // per-sample losses (divided by the batch, or by the unmasked positions under a mask, not by the weights'
-  // sum). Metrics are unweighted, as Keras's `metrics`.
+  // sum). Metrics are unweighted, as Keras's `metrics`; weighted_metrics count the weights.
   bool sample_weights = false;
+  std::vector<std::string> weighted_metrics;  // the first output's (OutputLoss::weighted_metrics)
   // With several outputs: one weight input per output, in the outputs' order (Keras's sample_weight by output
   // name), instead of one for all.
   bool sample_weights_per_output = false;

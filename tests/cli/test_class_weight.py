@@ -84,10 +84,16 @@ class ClassWeight(unittest.TestCase):
         rep = np.concatenate([np.arange(n)] + [np.nonzero(heavy)[0]] * (k - 1))
         xr, yr = self.data(f"{loss}_rep", x[rep], y[rep])
         common = dict(units=units, activation=activation, loss=loss)
-        a, ca = self.fit(f"{loss}_weighted", x=xw, y=yw, batch=n, lr=0.5, extra=f"class_weight = {class_weight}",
+        # Weighted metrics count the class weights in training (as Keras, which turns them into sample
+        # weights), and not in validation.
+        a, ca = self.fit(f"{loss}_weighted", x=xw, y=yw, batch=n, lr=0.5,
+                         extra=f'class_weight = {class_weight}\nmetrics = ["accuracy"]\nweighted_metrics = ["accuracy"]',
                          **common)
-        b, cb = self.fit(f"{loss}_repeated", x=xr, y=yr, batch=len(rep), lr=0.5 * scale, extra="", **common)
+        b, cb = self.fit(f"{loss}_repeated", x=xr, y=yr, batch=len(rep), lr=0.5 * scale,
+                         extra='metrics = ["accuracy"]', **common)
         self.assertAlmostEqual(a["loss"], b["loss"] * scale, places=5)
+        self.assertAlmostEqual(a["weighted_accuracy"], b["accuracy"], places=6)
+        self.assertAlmostEqual(a["val_weighted_accuracy"], a["val_accuracy"], places=6)
         self.assertAlmostEqual(a["val_loss"], b["val_loss"], places=5)  # the same model, evaluated unweighted
         wa, wb = self.weights(ca), self.weights(cb)
         for name in wa:

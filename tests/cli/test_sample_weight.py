@@ -208,6 +208,18 @@ learning_rate = 0.02
         ce = -np.log(np.clip(np.take_along_axis(p, tags[..., None], 2)[..., 0], 1e-7, 1))
         self.assertAlmostEqual(got, float(np.mean(w * ce)), delta=2e-5)
         self.assertGreater(abs(float(np.mean(w * ce)) - float(np.mean(ce))), 1e-3)
+        # Weighted metrics weigh each step by its own weight.
+        spec = self.path("tags_weighted.toml")
+        with open(spec, "w") as f:
+            f.write(text.format(data="tags.npz").replace("epochs = 3", 'epochs = 1\nweighted_metrics = ["accuracy"]'))
+        self.fit([spec, "--output-dir", self.path("tags_weighted")])
+        r = run(["evaluate", self.path("tags_weighted/last.ckpt"), "--data", "train"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout.splitlines()[-1])["accuracy"]
+        p = cli_util.predict_rows(self, [self.path("tags_weighted/last.ckpt"), self.path("tags.npz")], ndmin=2)
+        hit = p.reshape(N, steps, 3).argmax(2) == tags
+        self.assertAlmostEqual(got, float((w * hit).sum() / w.sum()), delta=1e-6)
+        self.assertGreater(abs(float(hit.mean()) - float((w * hit).sum() / w.sum())), 1e-4)
         # Weights of another number of steps than the output's.
         np.savez(self.path("bad_steps.npz"), x=tokens, y=tags, w=w[:, :4])
         spec = self.path("bad_steps.toml")
@@ -215,6 +227,104 @@ learning_rate = 0.02
             f.write(text.format(data="bad_steps.npz"))
         cli_util.assert_input_error(self, run(["fit", spec]), "holds 4 sample weights per sample",
                                     "one per step of an output of steps")
+
+    def test_weighted_metrics_count_the_weights(self):
+        # Keras's weighted_metrics: the weighted mean over the samples (validation weights from w.npy), next to
+        # the unweighted metrics; a name both lists give is reported as weighted_NAME, and early stopping may
+        # monitor it.
+        for loss, metrics, weighted in (("binary_crossentropy", '["accuracy"]', '["accuracy", "auc", "precision"]'),
+                                        ("sparse_categorical_crossentropy", '[]', '["accuracy"]'),
+                                        ("mse", '["mae"]', '["mae", "mse", "r2_score"]')):
+            with self.subTest(loss=loss):
+                y = self.labels(loss)
+                spec = self.spec(f"wm_{loss}", loss, y)
+                with open(spec) as f:
+                    text = f.read()
+                with open(spec, "w") as f:
+                    f.write(text.replace("epochs = 2", f"epochs = 2\nmetrics = {metrics}\nweighted_metrics = {weighted}"))
+                out = self.path(f"wm_{loss}")
+                last = self.fit([spec, "--output-dir", out])[-1]
+                ckpt = os.path.join(out, "last.ckpt")
+                p = cli_util.predict_rows(self, [ckpt, self.path(f"wm_{loss}.npz")], ndmin=2)
+                w = self.w.astype(np.float64)
+                if loss == "binary_crossentropy":
+                    hit = (p[:, 0] > 0.5) == (y > 0.5)
+                    self.assertAlmostEqual(last["val_accuracy"], float(hit.mean()), delta=1e-6)
+                    self.assertAlmostEqual(last["val_weighted_accuracy"], float((w * hit).sum() / w.sum()),
+                                           delta=1e-6)
+                    predicted, positive = p[:, 0] > 0.5, y > 0.5
+                    tp, fp = (w * (predicted & positive)).sum(), (w * (predicted & ~positive)).sum()
+                    self.assertAlmostEqual(last["val_precision"], float(tp / (tp + fp)), delta=1e-6)
+                    self.assertIn("val_auc", last)
+                    self.assertNotIn("val_weighted_auc", last)
+                elif loss == "sparse_categorical_crossentropy":
+                    hit = p.argmax(1) == y
+                    self.assertAlmostEqual(last["val_accuracy"], float((w * hit).sum() / w.sum()), delta=1e-6)
+                    self.assertGreater(abs(float(hit.mean()) - float((w * hit).sum() / w.sum())), 1e-4)
+                else:
+                    e = p[:, 0] - y
+                    self.assertAlmostEqual(last["val_mae"], float(np.abs(e).mean()), delta=1e-5)
+                    self.assertAlmostEqual(last["val_weighted_mae"], float((w * np.abs(e)).sum() / w.sum()),
+                                           delta=1e-5)
+                    self.assertAlmostEqual(last["val_mse"], float((w * e * e).sum() / w.sum()), delta=1e-5)
+                    mean = (w * y).sum() / w.sum()
+                    r2 = 1 - (w * e * e).sum() / (w * (y - mean) ** 2).sum()
+                    self.assertAlmostEqual(last["val_r2_score"], float(r2), delta=1e-5)
+                # trainer evaluate reports them too, with the data's weights.
+                r = run(["evaluate", ckpt, "--data", "validation"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ev = json.loads(r.stdout.splitlines()[-1])
+                for k, v in last.items():
+                    if k.startswith("val_") and k != "val_loss":
+                        self.assertAlmostEqual(ev[k[4:]], v, delta=1e-6, msg=k)
+        # The weighted name is a reported quantity: early stopping monitors it (maximized, as accuracy).
+        spec = self.spec("wm_monitor", "binary_crossentropy", self.labels("binary_crossentropy"))
+        with open(spec) as f:
+            text = f.read()
+        with open(spec, "w") as f:
+            f.write(text.replace("epochs = 2", 'epochs = 2\nmetrics = ["accuracy"]\nweighted_metrics = ["accuracy"]')
+                    + '[train.early_stopping]\nmonitor = "val_weighted_accuracy"\npatience = 1\n')
+        self.fit([spec, "--output-dir", self.path("wm_monitor")])
+        with open(spec, "w") as f:
+            f.write(text.replace("epochs = 2", 'epochs = 2\nweighted_metrics = ["acuracy"]'))
+        cli_util.assert_input_error(self, run(["fit", spec]), "unknown metric 'acuracy'", "accuracy")
+
+    def test_weighted_metrics_of_a_per_step_regression_need_one_weight_per_sample(self):
+        rng = np.random.default_rng(5)
+        np.savez(self.path("steps_reg.npz"), x=rng.integers(1, 10, (64, 6)),
+                 y=rng.normal(size=(64, 6, 1)).astype(np.float32), w=rng.uniform(0, 1, (64, 6)).astype(np.float32))
+        spec = self.path("steps_reg.toml")
+        text = """format_version = 1
+[model]
+input = {{ shape = [6], dtype = "int64" }}
+[[model.layers]]
+type = "Embedding"
+input_dim = 10
+output_dim = 4
+[[model.layers]]
+type = "LSTM"
+units = 8
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+units = 1
+[data.train]
+x = "steps_reg.npz"
+sample_weight_key = "w"
+[train]
+loss = "mse"
+{metrics}
+"""
+        with open(spec, "w") as f:
+            f.write(text.format(metrics='weighted_metrics = ["mae"]'))
+        cli_util.assert_input_error(self, run(["fit", spec, "--output-dir", self.path("steps_reg")]),
+                                    "train.weighted_metrics: the weighted metrics of a mse output weigh whole samples",
+                                    "6 per sample", "train.metrics")
+        self.assertFalse(os.path.exists(self.path("steps_reg/last.ckpt")))
+        with open(spec, "w") as f:
+            f.write(text.format(metrics='metrics = ["mae"]'))
+        self.fit([spec, "--output-dir", self.path("steps_reg")])
 
     def test_weights_of_shape_n_by_1_are_one_per_sample(self):
         loss = "binary_crossentropy"

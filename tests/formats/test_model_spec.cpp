@@ -752,7 +752,8 @@ TEST_SUITE("model_spec") {
             "[train]\nloss = { cls = \"sparse_categorical_crossentropy\", reg = \"mean_squared_error\" }\n"
             "from_logits = { cls = true }\nmetrics = { cls = [\"accuracy\", \"top_k_accuracy\"], reg = "
             "\"mean_absolute_error\" }\nloss_weights = [2, 0.5]\ntop_k = 2\n"
-            "[train.early_stopping]\nmonitor = \"val_reg_mae\"\n",
+            "weighted_metrics = { reg = [\"mae\", \"mse\"] }\n"
+            "[train.early_stopping]\nmonitor = \"val_reg_weighted_mae\"\n",
         "spec.toml");
     CHECK(s.model.outputs == std::vector<std::string>{"cls", "reg"});
     CHECK(s.model.outputs_pos.at(1).str() == "spec.toml:4:19");
@@ -766,9 +767,12 @@ TEST_SUITE("model_spec") {
     CHECK(s.train.outputs[1].loss_weight == 0.5);
     CHECK(s.train.loss == "sparse_categorical_crossentropy");  // the first output's
     CHECK(s.train.from_logits);
+    CHECK(s.train.outputs[0].weighted_metrics.empty());
+    CHECK(s.train.outputs[1].weighted_metrics == std::vector<std::string>{"mae", "mse"});
+    // A weighted metric that the unweighted ones name too is reported as weighted_NAME, as Keras reports it.
     CHECK(reported_quantities(s.train) == std::vector<std::string>{"loss", "cls_loss", "reg_loss",
                                                                    "cls_accuracy", "cls_top_k_accuracy",
-                                                                   "reg_mae"});
+                                                                   "reg_mae", "reg_weighted_mae", "reg_mse"});
     CHECK(s.data.train->y.empty());
     CHECK(s.data.train->y_by_output.at("cls") == std::vector<std::string>{"c1.npy", "c2.npy"});
     CHECK(s.data.validation->y_keys.at("cls") == "labels");
@@ -797,6 +801,10 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "train.loss gives no loss for the output 'reg'");
     f = failure(model + train + "metrics = { reg = [\"accuracy\", \"auc\"] }\n");
     CHECK(f.what == "metric 'auc' is a binary classification metric, and the loss is mse");
+    f = failure(model + train + "weighted_metrics = { reg = [\"auc\"] }\n");
+    CHECK(f.what == "metric 'auc' is a binary classification metric, and the loss is mse");
+    f = failure(model + train + "weighted_metrics = { rgx = [\"mae\"] }\n");
+    CHECK(f.what == "train.weighted_metrics names 'rgx', which model.outputs does not list (cls, reg)");
     f = failure(model + train + "label_smoothing = { reg = 0.1 }\n");
     CHECK(f.what.starts_with("train.label_smoothing.reg applies to the categorical and binary"));
     f = failure(model + train + "loss_weights = { reg = -1 }\n");
