@@ -1,8 +1,10 @@
 // Temporary file, fsync, rename, directory fsync; and removal of the temporary file on every failure path.
 #include "formats/atomic_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <random>
 
@@ -48,6 +51,38 @@ std::string temp_suffix() {
   return fmt::format("{:016x}", v);
 }
 
+// Removes the temporary files that writers killed mid-write (SIGKILL, a power loss) left in `dir`: this
+// class's ".NAME.tmp-<16 hex digits>" of files of `name`'s kind (its extension: every checkpoint of an output
+// directory, say). A live writer holds an exclusive lock on its file, which a dead one's kernel released;
+// files touched within the last minute are left alone, so that one just created, not yet locked, is never
+// taken.
+void remove_stale_temporaries(const std::string& dir, const std::string& name, const std::string& own) {
+  const size_t dot = name.find_last_of('.');
+  const std::string kind = dot == std::string::npos || dot == 0 ? name : name.substr(dot);
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  const time_t now = ::time(nullptr);
+  while (const dirent* e = ::readdir(d)) {
+    const std::string entry = e->d_name;
+    constexpr size_t kSuffix = 5 + 16;  // ".tmp-" and the digits
+    if (entry.size() <= 1 + kind.size() + kSuffix || entry[0] != '.') continue;
+    const std::string target = entry.substr(1, entry.size() - 1 - kSuffix);
+    const std::string suffix = entry.substr(entry.size() - kSuffix);
+    if (!target.ends_with(kind) || !suffix.starts_with(".tmp-") ||
+        suffix.find_first_not_of("0123456789abcdef", 5) != std::string::npos)
+      continue;
+    const std::string path = dir + "/" + entry;
+    struct stat st {};
+    if (path == own || ::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || now - st.st_mtime < 60)
+      continue;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) ::unlink(path.c_str());
+    ::close(fd);
+  }
+  ::closedir(d);
+}
+
 }  // namespace
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
@@ -70,7 +105,12 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
     temp_path_ = fmt::format("{}/.{}.tmp-{}", dir, name, temp_suffix());
     // 0666 before the umask: the same permissions a plain open() of the destination would give.
     fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd_ >= 0) break;
+    if (fd_ >= 0) {
+      // Held until the file is renamed or removed: it tells a later writer that this one is alive.
+      (void)::flock(fd_, LOCK_EX | LOCK_NB);
+      remove_stale_temporaries(dir, name, temp_path_);
+      break;
+    }
     int err = errno;
     if (err == EEXIST && attempt < 100) continue;
     temp_path_.clear();

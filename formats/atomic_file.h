@@ -12,8 +12,9 @@ namespace trainer::formats {
 
 class AtomicFile {
  public:
-  // Creates the temporary file "<dir>/.<name>.tmp-<random>" beside `path`. A directory that is missing or not
-  // writable is an InputError naming `path`.
+  // Creates the temporary file "<dir>/.<name>.tmp-<random>" beside `path`, locked (flock) while it is
+  // written, and removes those that dead writers left beside it for files of its extension (unlocked,
+  // untouched for a minute). A directory that is missing or not writable is an InputError naming `path`.
   explicit AtomicFile(std::string path);
   // Without commit() (an exception, an early return), the temporary file is removed and `path` is untouched.
   ~AtomicFile();

@@ -127,6 +127,53 @@ class Resume(unittest.TestCase):
             self.assertEqual(a[k], b[k], f"{k} differs")
 
 
+class Leftovers(unittest.TestCase):
+    SPEC = """format_version = 1
+[model]
+input = [3]
+[[model.layers]]
+type = "Dense"
+units = 1
+[data.train]
+x = "x.npy"
+y = "y.npy"
+[train]
+loss = "mse"
+"""
+
+    def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(self):
+        import fcntl
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            np.save(os.path.join(d, "x.npy"), np.ones((8, 3), np.float32))
+            np.save(os.path.join(d, "y.npy"), np.ones(8, np.float32))
+            spec = os.path.join(d, "spec.toml")
+            with open(spec, "w") as f:
+                f.write(self.SPEC)
+            out = os.path.join(d, "out")
+            os.makedirs(out)
+            # What SIGKILL leaves: an unlocked temporary file an hour old. Beside it, one that a live writer
+            # holds locked, one just made (not yet locked by its writer), and another file's.
+            def leftover(name, age):
+                path = os.path.join(out, name)
+                with open(path, "wb") as f:
+                    f.write(b"partial")
+                os.utime(path, (time.time() - age, time.time() - age))
+                return path
+            dead = leftover(".epoch-7.ckpt.tmp-00000000deadbeef", 3600)
+            held = leftover(".epoch-7.ckpt.tmp-00000000000a11fe", 3600)
+            fresh = leftover(".step-90.ckpt.tmp-0000000000000001", 0)
+            other = leftover(".notes.txt.tmp-00000000deadbeef", 3600)
+            with open(held, "rb") as h:
+                fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                r = run(["fit", spec, "--output-dir", out, "-q"], timeout=120)
+                self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertTrue(os.path.exists(os.path.join(out, "last.ckpt")))
+            self.assertFalse(os.path.exists(dead), "the dead writer's file stays")
+            for kept in (held, fresh, other):
+                self.assertTrue(os.path.exists(kept), kept)
+
+
 @cli_util.skip_without_fashion
 class BadCheckpoints(unittest.TestCase):
     @classmethod
