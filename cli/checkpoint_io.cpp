@@ -34,19 +34,22 @@ std::string logs_json(const engine::Logs& logs) {
 }
 
 std::string state_json(const engine::TrainingState& st) {
+  std::string layout;
+  formats::append_json_string(layout, st.metric_layout);
   std::string sums;
   for (size_t i = 0; i < st.metric_sums.size(); ++i) sums += (i ? ", " : "") + num(st.metric_sums[i]);
   std::string s = fmt::format(
-      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"lr_factor\": {}, "
+      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"metric_layout\": {}, "
+      "\"lr_factor\": {}, "
       "\"plateau_have_best\": {}, \"plateau_best\": {}, \"plateau_wait\": {}, \"plateau_cooldown\": {}, "
       "\"seconds\": {}, "
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"history\": [",
-      st.epoch, st.batch, st.global_step, sums, num(st.lr_factor), st.plateau_have_best ? "true" : "false",
-      num(st.plateau_best), st.plateau_wait, st.plateau_cooldown, num(st.seconds),
-      st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch, num(st.loss_scale),
-      st.loss_scale_good_steps, st.skipped_steps);
+      st.epoch, st.batch, st.global_step, sums, layout, num(st.lr_factor),
+      st.plateau_have_best ? "true" : "false", num(st.plateau_best), st.plateau_wait, st.plateau_cooldown,
+      num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
+      num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
@@ -95,6 +98,11 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
       if (v.kind != formats::JsonValue::Kind::number)
         throw InputError(path, "the checkpoint's state has a bad 'metric_sums'", "");
       st.metric_sums.push_back(std::strtod(v.text.c_str(), nullptr));
+    }
+    if (const formats::JsonValue* l = root.find("metric_layout")) {
+      if (l->kind != formats::JsonValue::Kind::string)
+        throw InputError(path, "the checkpoint's state has a bad 'metric_layout'", "");
+      st.metric_layout = l->text;
     }
   } else {
     // Checkpoints from before metric_sums kept the loss, accuracy and top-k sums and the sample count apart.

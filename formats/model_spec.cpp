@@ -1488,7 +1488,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
       for (const auto* list : {&o.metrics, &o.weighted_metrics})
         for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
     if (!ranked)
-      t.fail("top_k", "train.top_k is set but train.metrics has no top_k_accuracy",
+      t.fail("top_k", "train.top_k is set but train.metrics (or weighted_metrics) has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
   }
   if (const toml::node* cw = t.find("class_weight")) {

@@ -598,7 +598,7 @@ struct MetricAccumulator {
   // `per_sample` outputs per sample, of which the last axis holds `last`. A classification judges each
   // position (a sample, or each step of a [batch, steps, classes] output) with its own label.
   // `mask` (or null): one value per position, 0 for those a Keras mask leaves out. A weighted accumulator
-  // takes `weights` (or null: 1), `weights_per_row` per sample (1, or one per position), and
+  // takes `weights` (or null: 1), `weights_per_row` per sample (1, or one per step of the positions), and
   // `class_weight` (or null), the weight of each label's class.
   void add(double batch_loss, const float* out, const void* labels, int64_t samples_in, int64_t per_sample,
            int64_t last, const float* mask = nullptr, const float* weights = nullptr,
@@ -611,8 +611,10 @@ struct MetricAccumulator {
     const int64_t n = samples_in * positions;
     const bool acc = std::any_of(names->begin(), names->end(), is_accuracy);
     const bool tk = std::any_of(names->begin(), names->end(), is_top_k);
-    TRAINER_ASSERT(!weighted || weights_per_row == 1 || weights_per_row == positions,
-                   "{} weights per sample for {} positions", weights_per_row, positions);
+    // A step's weight weighs each of its positions (a multi-label step's labels).
+    TRAINER_ASSERT(!weighted || positions % weights_per_row == 0, "{} weights per sample for {} positions",
+                   weights_per_row, positions);
+    const int64_t per_weight = weighted ? positions / weights_per_row : 1;
     const bool auc = has("auc");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
@@ -623,7 +625,7 @@ struct MetricAccumulator {
     for (int64_t i = 0; i < n; ++i) {
       if (mask && mask[i] == 0.0f) continue;
       double w = 1;
-      if (weighted && weights) w = weights[weights_per_row == 1 ? i / positions : i];
+      if (weighted && weights) w = weights[i / positions * weights_per_row + i % positions / per_weight];
       if (weighted && class_weight && !class_weight->empty() && !kind.regression) {
         int64_t c;
         if (kind.sparse)
@@ -844,6 +846,13 @@ struct Metrics {
   }
 };
 
+// The names of the quantities `m` reports, comma-separated (TrainingState::metric_layout).
+std::string metric_layout(const Metrics& m) {
+  std::string out;
+  for (const auto& [name, value] : m.logs("")) out += (out.empty() ? "" : ",") + name;
+  return out;
+}
+
 // One plan of the device with the values the loop feeds and reads.
 struct Plan {
   int index = -1;
@@ -1043,54 +1052,71 @@ const std::byte* write_rows(Session& s, const Plan& p, const data::Batch& b, int
 // the replicas run it. Each replica's masked loss divides its own sum by its share of that count (the count
 // times its share of the rows: Plan::mask_counts), so the replicas' weighted sum is the global batch's masked
 // mean however the padding falls among them, as one device computes it. The counts come from the forward
-// model's mask values alone (computed from the inputs), planned on the CPU for each global batch size.
+// model's mask values alone (computed from the inputs, through Dropout and the like when training: their
+// draws are keyed by the rows' places in the global batch, so the whole batch draws what the replicas draw),
+// planned on the CPU for each global batch size, in training and in evaluation.
 class MaskCounter {
  public:
   // nullptr when no output of the model is masked.
   static std::unique_ptr<MaskCounter> make(const ModelFactory& factory, const FitConfig& cfg,
-                                           const std::vector<int64_t>& batch_sizes) {
+                                           const std::vector<int64_t>& train_sizes,
+                                           const std::vector<int64_t>& eval_sizes) {
     std::unique_ptr<MaskCounter> c(new MaskCounter);
-    for (int64_t n : batch_sizes) {
-      if (c->plans_.count(n)) continue;
-      LossGraph lg = add_loss(factory(n, false), n, cfg, false, true);
-      if (std::all_of(lg.mask_counts.begin(), lg.mask_counts.end(), [](ValueId v) { return v == kNoValue; }))
-        return nullptr;
-      std::vector<ValueId> masks;
-      for (size_t i = 0; i < lg.mask_counts.size(); ++i)
-        if (lg.mask_counts[i] != kNoValue) masks.push_back(i == 0 ? lg.mask : lg.more_mask[i - 1]);
-      std::optional<Graph> sub = input_subgraph(*lg.graph, masks);
-      if (!sub)
-        throw InputError(
-            "model",
-            "the mask of a per-step output depends on the model's weights (a Masking layer after "
-            "a trained layer), so replicas cannot count the whole batch's masked steps",
-            "mask the inputs (Embedding mask_zero, or Masking as the first layer), or train on "
-            "one device");
-      if (!c->cpu_) c->cpu_ = make_cpu_backend(CpuOptions{1});
-      Counting& k = c->plans_[n];
-      k.session = std::make_unique<Session>(std::make_shared<const Graph>(std::move(*sub)), *c->cpu_);
-      const Graph& g = k.session->graph();
-      for (ValueId v : g.inputs()) {
-        const std::string& name = g.value(v).name;
-        int slot = name == lg.graph->value(lg.x).name ? 0 : -1;
-        for (size_t j = 0; j < lg.more_x.size() && slot < 0; ++j)
-          if (lg.graph->value(lg.more_x[j]).name == name) slot = static_cast<int>(j) + 1;
-        TRAINER_ASSERT(slot >= 0, "the mask reads '{}', which is not fed", name);
-        k.inputs.emplace_back(v, slot);
+    for (const bool training : {true, false})
+      for (int64_t n : training ? train_sizes : eval_sizes) {
+        if (c->plans_.count({training, n})) continue;
+        LossGraph lg = add_loss(factory(n, training), n, cfg, training, true);
+        if (std::all_of(lg.mask_counts.begin(), lg.mask_counts.end(),
+                        [](ValueId v) { return v == kNoValue; }))
+          return nullptr;
+        // Outputs of one masked trunk share its mask: each distinct mask is one output of the counting graph.
+        std::vector<ValueId> masks;
+        std::vector<int> mask_of;
+        for (size_t i = 0; i < lg.mask_counts.size(); ++i) {
+          if (lg.mask_counts[i] == kNoValue) {
+            mask_of.push_back(-1);
+            continue;
+          }
+          const ValueId m = i == 0 ? lg.mask : lg.more_mask[i - 1];
+          const auto at = std::find(masks.begin(), masks.end(), m);
+          mask_of.push_back(static_cast<int>(at - masks.begin()));
+          if (at == masks.end()) masks.push_back(m);
+        }
+        std::optional<Graph> sub = input_subgraph(*lg.graph, masks);
+        if (!sub)
+          throw InputError(
+              "model",
+              "the mask of a per-step output depends on the model's weights (a Masking layer after "
+              "a trained layer), so replicas cannot count the whole batch's masked steps",
+              "mask the inputs (Embedding mask_zero, or Masking as the first layer), or train on "
+              "one device");
+        if (!c->cpu_) c->cpu_ = make_cpu_backend(CpuOptions{1});
+        Counting& k = c->plans_[{training, n}];
+        k.session = std::make_unique<Session>(std::make_shared<const Graph>(std::move(*sub)), *c->cpu_);
+        const Graph& g = k.session->graph();
+        TRAINER_ASSERT(g.outputs().size() == masks.size(), "{} masks counted, {} asked", g.outputs().size(),
+                       masks.size());
+        for (ValueId v : g.inputs()) {
+          const std::string& name = g.value(v).name;
+          int slot = name == lg.graph->value(lg.x).name ? 0 : -1;
+          for (size_t j = 0; j < lg.more_x.size() && slot < 0; ++j)
+            if (lg.graph->value(lg.more_x[j]).name == name) slot = static_cast<int>(j) + 1;
+          TRAINER_ASSERT(slot >= 0, "the mask reads '{}', which is not fed", name);
+          k.inputs.emplace_back(v, slot);
+        }
+        for (int m : mask_of) k.masks.push_back(m < 0 ? kNoValue : g.outputs()[static_cast<size_t>(m)]);
       }
-      size_t at = 0;
-      for (ValueId v : lg.mask_counts) k.masks.push_back(v == kNoValue ? kNoValue : g.outputs()[at++]);
-    }
     return c;
   }
 
-  // Counts batch b's unmasked positions, row by row, for write().
-  void count(const data::Batch& b) {
-    Counting& k = plans_.at(b.size);
+  // Counts batch b's unmasked positions, row by row, for write(): a training step's (`ctx`: the step's, from
+  // the batch's first row), or an evaluation's.
+  void count(const data::Batch& b, bool training, const StepContext& ctx = {}) {
+    Counting& k = plans_.at({training, b.size});
     const Graph& g = k.session->graph();
     for (const auto& [v, slot] : k.inputs)
       k.session->write(v, slot == 0 ? b.x : b.xs[static_cast<size_t>(slot)], g.value(v).nbytes());
-    k.session->run(StepContext{});
+    k.session->run(ctx);
     prefix_.assign(k.masks.size(), {});
     for (size_t i = 0; i < k.masks.size(); ++i) {
       if (k.masks[i] == kNoValue) continue;
@@ -1127,8 +1153,8 @@ class MaskCounter {
     std::vector<std::pair<ValueId, int>> inputs;  // each with its place in a Batch: 0 x, k xs[k]
     std::vector<ValueId> masks;                   // per output, its mask's value or kNoValue
   };
-  std::unique_ptr<Backend> cpu_;  // declared before the sessions that run on it
-  std::map<int64_t, Counting> plans_;
+  std::unique_ptr<Backend> cpu_;                        // declared before the sessions that run on it
+  std::map<std::pair<bool, int64_t>, Counting> plans_;  // by (training, global batch size)
   std::vector<std::vector<double>> prefix_;  // per masked output: unmasked positions of rows [0, r)
   int64_t rows_ = 0;
 };
@@ -1352,11 +1378,9 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   // Replicas of a model with masked per-step outputs: the whole batch's masked steps, counted before each
   // step.
   std::unique_ptr<MaskCounter> mask_counter;
-  if (world > 1) {
-    std::vector<int64_t> sizes = batch_sizes(n_train, cfg.batch_size);
-    for (int64_t n : Device::eval_batches({n_val, test ? test->size() : 0}, cfg)) sizes.push_back(n);
-    mask_counter = MaskCounter::make(factory, cfg, sizes);
-  }
+  if (world > 1)
+    mask_counter = MaskCounter::make(factory, cfg, batch_sizes(n_train, cfg.batch_size),
+                                     Device::eval_batches({n_val, test ? test->size() : 0}, cfg));
   Device& dev = *devs[0];
   set_columns(outputs, dev);
   std::vector<Session*> weight_sessions;
@@ -1524,7 +1548,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       if (hi > lo) evaluate_rows(*devs[k], b, lo, hi, cfg, accs[k], eval_bufs[k], mask_counter.get());
     };
     while (loader.next(&b)) {
-      if (mask_counter) mask_counter->count(b);
+      if (mask_counter) mask_counter->count(b, false);
       if (local == 1)
         eval_replica(0);
       else
@@ -1589,7 +1613,18 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   while (st.epoch < cfg.epochs) {
     auto t0 = std::chrono::steady_clock::now();
     Metrics acc(outputs);
+    const std::string layout = metric_layout(acc);
     if (!st.metric_sums.empty()) {
+      // The epoch's sums go on only for the quantities they count: other metrics (a --set on resume) would
+      // report numbers the uninterrupted run never had.
+      if (!st.metric_layout.empty() && st.metric_layout != layout)
+        throw InputError(
+            "train.metrics",
+            fmt::format("the checkpoint stopped in the middle of epoch {}, whose running sums are of "
+                        "{}, and this run reports {}",
+                        st.epoch + 1, st.metric_layout, layout),
+            "resume with the metrics of the checkpoint's run, or from a checkpoint written at the "
+            "end of an epoch");
       // A checkpoint from before a metric's counts existed holds fewer sums: the missing ones start at 0.
       std::vector<double> sums = st.metric_sums;
       sums.resize(acc.flat_size(), 0.0);
@@ -1603,12 +1638,10 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     // launched, before its results are read, when it takes the same plans: on a GPU its copy then overlaps
     // the step (the copy stream), and the plan's inputs are not what the step's outputs occupy.
     auto feed = [&](const data::Batch& b) {
-      if (mask_counter) mask_counter->count(b);
       for (int k = 0; k < local; ++k) {
         auto [lo, hi] = slice(b.size, replicas.first_rank + k);
         const Plan& p = devs[k]->train_plan(hi - lo);
         write_rows(devs[k]->plans().session(p.index), p, b, lo, hi);
-        if (mask_counter) mask_counter->write(devs[k]->plans().session(p.index), p, lo, hi);
       }
     };
     // Whether feeding a full batch could wait for the step in flight (see the watchdog below).
@@ -1637,11 +1670,14 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       const float scale = scaler.scale();
       // Replica k takes its rank's rows of the batch; StepContext::sample_offset keys its dropout masks by
       // the rows' places in the global batch, so every replica count draws the same masks.
+      if (mask_counter)
+        mask_counter->count(batch, true, StepContext{static_cast<uint64_t>(st.global_step), cfg.seed});
       auto run_replica = [&](int k) {
         auto [lo, hi] = slice(batch.size, replicas.first_rank + k);
         Device& d = *devs[k];
         const Plan& p = d.train_plan(hi - lo);
         Session& s = d.plans().session(p.index);
+        if (mask_counter) mask_counter->write(s, p, lo, hi);
         s.write(p.lr, &lr, sizeof lr);
         s.write(p.iteration, &iteration, sizeof iteration);
         if (p.loss_scale != kNoValue) s.write(p.loss_scale, &scale, sizeof scale);
@@ -1745,6 +1781,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       ++st.global_step;
       ++st.batch;
       acc.flat(&st.metric_sums);
+      st.metric_layout = layout;
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
       bool last_of_epoch = st.batch == info.steps_per_epoch;
       if (saving && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
@@ -1795,6 +1832,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
     // The next epoch starts from zero.
     st.batch = 0;
     st.metric_sums.clear();
+    st.metric_layout.clear();
     st.seconds = 0;
     bool stop = false;
     if (cfg.early_stopping.enabled && !waits(cfg.early_stopping.monitor)) {

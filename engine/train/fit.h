@@ -209,6 +209,9 @@ struct TrainingState {
   // The running sums of the epoch in progress: loss, correct predictions, top-k hits and samples, then the
   // other metrics' counts (their layout follows train.metrics); empty at the start of an epoch.
   std::vector<double> metric_sums;
+  // The quantities those sums report ("loss,accuracy,weighted_accuracy"): a run resumed in the middle of the
+  // epoch must report the same. Empty in checkpoints from before it was kept.
+  std::string metric_layout;
   double seconds = 0;      // training seconds of the epoch in progress so far
   bool have_best = false;  // early stopping
   double best = 0;

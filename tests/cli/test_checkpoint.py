@@ -174,6 +174,43 @@ loss = "mse"
                 self.assertTrue(os.path.exists(kept), kept)
 
 
+class MetricsOnResume(unittest.TestCase):
+    def test_a_run_resumed_mid_epoch_reports_the_checkpoints_metrics_or_refuses(self):
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(1)
+            np.save(os.path.join(d, "x.npy"), rng.normal(size=(96, 3)).astype(np.float32))
+            np.save(os.path.join(d, "y.npy"), (rng.random(96) > 0.5).astype(np.float32))
+            spec = os.path.join(d, "spec.toml")
+            with open(spec, "w") as f:
+                f.write(Leftovers.SPEC.replace('units = 1', 'units = 1\nactivation = "sigmoid"')
+                        .replace('loss = "mse"', 'loss = "binary_crossentropy"\nmetrics = ["accuracy"]\n'
+                                 'weighted_metrics = ["auc"]\nepochs = 2\nbatch_size = 16\n'
+                                 '[train.checkpoint]\nevery_steps = 2\nkeep_last = 0'))
+            def fit(*args):
+                return run(["fit", *args, "--log-format", "jsonl", "-q"], timeout=120)
+            r = fit(spec, "--output-dir", os.path.join(d, "straight"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            want = events(r.stdout)[-1]
+            mid = os.path.join(d, "straight", "step-8.ckpt")  # epoch 2, batch 2 of 6
+            r = fit("--resume", mid, "--output-dir", os.path.join(d, "resumed"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = events(r.stdout)[-1]
+            for k in ("loss", "accuracy", "auc"):
+                self.assertAlmostEqual(got[k], want[k], places=6, msg=k)
+            # Other metrics than the sums count: refused, not reported from part of the epoch.
+            r = fit("--resume", mid, "--set", 'train.metrics=["accuracy", "auc"]', "--output-dir",
+                    os.path.join(d, "other"))
+            cli_util.assert_input_error(self, r, "train.metrics: the checkpoint stopped in the middle of epoch 2",
+                                        "loss,accuracy,auc", "loss,accuracy,auc,weighted_auc",
+                                        "end of an epoch")
+            # From an epoch's end, new metrics start with the next epoch.
+            r = fit("--resume", os.path.join(d, "straight", "epoch-1.ckpt"), "--set",
+                    'train.metrics=["accuracy", "auc"]', "--output-dir", os.path.join(d, "from_epoch"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertAlmostEqual(events(r.stdout)[-1]["weighted_auc"], want["auc"], places=6)
+
+
 @cli_util.skip_without_fashion
 class BadCheckpoints(unittest.TestCase):
     @classmethod

@@ -289,6 +289,50 @@ learning_rate = 0.02
             f.write(text.replace("epochs = 2", 'epochs = 2\nweighted_metrics = ["acuracy"]'))
         cli_util.assert_input_error(self, run(["fit", spec]), "unknown metric 'acuracy'", "accuracy")
 
+    def test_a_steps_weight_weighs_each_of_its_labels(self):
+        # Temporal weights on a per-step multi-label output ([steps, 2] sigmoid): each step's weight counts for
+        # both of its labels in the weighted accuracy, as Keras broadcasts it.
+        rng = np.random.default_rng(6)
+        x = rng.integers(1, 10, (64, 6)).astype(np.int64)
+        y = np.stack([x % 2, x % 3 == 0], -1).astype(np.float32)
+        w = rng.uniform(0, 2, (64, 6)).astype(np.float32)
+        np.savez(self.path("multi_label.npz"), x=x, y=y, w=w)
+        spec = self.path("multi_label.toml")
+        with open(spec, "w") as f:
+            f.write("""format_version = 1
+[model]
+input = { shape = [6], dtype = "int64" }
+[[model.layers]]
+type = "Embedding"
+input_dim = 10
+output_dim = 4
+[[model.layers]]
+type = "LSTM"
+units = 8
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+units = 2
+activation = "sigmoid"
+[data.train]
+x = "multi_label.npz"
+sample_weight_key = "w"
+[train]
+loss = "binary_crossentropy"
+weighted_metrics = ["accuracy"]
+batch_size = 16
+""")
+        self.fit([spec, "--output-dir", self.path("multi_label")])
+        ckpt = self.path("multi_label/last.ckpt")
+        r = run(["evaluate", ckpt, "--data", "train"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout.splitlines()[-1])["accuracy"]
+        p = cli_util.predict_rows(self, [ckpt, self.path("multi_label.npz"), "--probabilities"], ndmin=2)
+        hit = (p.reshape(64, 6, 2) > 0.5) == (y > 0.5)
+        ww = np.broadcast_to(w[..., None], hit.shape)
+        self.assertAlmostEqual(got, float((ww * hit).sum() / ww.sum()), delta=1e-6)
+
     def test_weighted_metrics_of_a_per_step_regression_need_one_weight_per_sample(self):
         rng = np.random.default_rng(5)
         np.savez(self.path("steps_reg.npz"), x=rng.integers(1, 10, (64, 6)),

@@ -227,6 +227,62 @@ class SequenceLabels(unittest.TestCase):
                 np.testing.assert_allclose(weights[k], one[k], rtol=0, atol=1e-5 * max(1.0, np.abs(one[k]).max()),
                                            err_msg=f"{devices} replicas: {k}")
 
+    def test_two_outputs_of_one_masked_trunk_on_replicas(self):
+        # Both heads read the LSTM's mask: counted once, divided into each head's loss.
+        rng = np.random.default_rng(13)
+        lengths = np.where(np.arange(128) % 3 == 0, STEPS, rng.integers(1, 3, 128))
+        pad = np.arange(STEPS)[None, :] >= lengths[:, None]
+        x = np.where(pad, 0, rng.integers(1, VOCAB, (128, STEPS))).astype(np.int64)
+        np.savez(self.path("two.npz"), x=x, a=np.where(pad, 0, x % 2), b=np.where(pad, 0, x % 3))
+        spec = self.path("two.toml")
+        with open(spec, "w") as f:
+            f.write(f'''format_version = 1
+[model]
+input = {{ shape = [{STEPS}], dtype = "int64" }}
+outputs = ["a", "b"]
+[[model.layers]]
+type = "Embedding"
+input_dim = {VOCAB}
+output_dim = 4
+mask_zero = true
+[[model.layers]]
+type = "LSTM"
+name = "rnn"
+units = 8
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+name = "a"
+layer = "Dense"
+units = 2
+activation = "softmax"
+[[model.layers]]
+type = "TimeDistributed"
+name = "b"
+inputs = ["rnn"]
+layer = "Dense"
+units = 3
+activation = "softmax"
+[data.train]
+x = "two.npz"
+[data.validation]
+x = "two.npz"
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+epochs = 2
+batch_size = 16
+''')
+        logs = []
+        for devices in (1, 2):
+            r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--log-format", "jsonl", "-q",
+                     "--output-dir", self.path(f"two_{devices}")], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            logs.append([e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"])
+        for a, b in zip(*logs):
+            for key in ("loss", "a_loss", "b_loss", "val_a_loss", "val_b_loss"):
+                self.assertAlmostEqual(b[key], a[key], delta=1e-5, msg=key)
+
     def test_masking_layer_counts_on_replicas(self):
         # Masking as the first layer: rows of all-zero features are padding, counted from the inputs; a Masking
         # layer after a trained one makes the mask depend on the weights, which replicas cannot count.
@@ -264,17 +320,21 @@ metrics = ["accuracy"]
 epochs = 2
 batch_size = 16
 '''
-        with open(spec, "w") as f:
-            f.write(text.replace("{layers}", layers))
-        logs = []
-        for devices in (1, 2):
-            r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--log-format", "jsonl", "-q",
-                     "--output-dir", self.path(f"masking_{devices}")], timeout=300)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            logs.append([e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"])
-        for a, b in zip(*logs):
-            for key in ("loss", "val_loss", "val_accuracy"):
-                self.assertAlmostEqual(b[key], a[key], delta=1e-5, msg=key)
+        # Dropout before the Masking layer: a step whose features all drop is masked in training; the whole
+        # batch's count draws what the replicas draw.
+        dropped = '[[model.layers]]\ntype = "Dropout"\nrate = 0.5\n'
+        for name, first in (("masking", ""), ("dropped", dropped)):
+            with open(spec, "w") as f:
+                f.write(text.replace("{layers}", first + layers))
+            logs = []
+            for devices in (1, 2):
+                r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--log-format", "jsonl", "-q",
+                         "--output-dir", self.path(f"{name}_{devices}")], timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                logs.append([e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"])
+            for a, b in zip(*logs):
+                for key in ("loss", "val_loss", "val_accuracy"):
+                    self.assertAlmostEqual(b[key], a[key], delta=1e-5, msg=f"{name}: {key}")
         with open(spec, "w") as f:
             f.write(text.replace("{layers}", '[[model.layers]]\ntype = "TimeDistributed"\nlayer = "Dense"\nunits = 4\n'
                                  + layers))

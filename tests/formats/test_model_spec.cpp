@@ -404,7 +404,7 @@ TEST_SUITE("model_spec") {
          "the exponential schedule needs decay_steps",
          "add decay_steps = <steps> to [train.optimizer.schedule]"},
         {T + "loss = \"mse\"\ntop_k = 3\n", "spec.toml:9:9",
-         "train.top_k is set but train.metrics has no top_k_accuracy",
+         "train.top_k is set but train.metrics (or weighted_metrics) has no top_k_accuracy",
          "add \"top_k_accuracy\" to train.metrics, or leave out top_k"},
         {T + "loss = \"mse\"\n[train.early_stopping]\nmonitor = \"val_los\"\n", "spec.toml:10:11",
          "train.early_stopping.monitor 'val_los' is not a reported quantity", "did you mean 'val_loss'?"},
