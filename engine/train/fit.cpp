@@ -306,13 +306,23 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     return weigh(g.op("Reshape", {per, g.add_constant(g.unique_name("rows_shape"),
                                                       Tensor::from<int64_t>(Shape{2}, {batch, -1}))}));
   };
-  auto masked_mean = [&](ValueId per) {  // per: batch * positions losses
+  // per: batch * positions losses; or, for a multi-label binary output, batch * positions * labels, whose
+  // mean over each step's labels is its loss (Keras's binary cross-entropy averages the last axis).
+  auto masked_mean = [&](ValueId per) {
     const ValueId flat =
         g.add_constant(g.unique_name("positions_shape"), Tensor::from<int64_t>(Shape{1}, {-1}));
     ValueId m = g.op("Reshape", {r.mask, flat});
     if (g.value(m).dtype != odt) m = g.op("Cast", {m}, {{"to", int64_t{dtype_to_onnx(odt)}}});
-    const ValueId sum =
-        g.op("ReduceSum", {g.op("Mul", {g.op("Reshape", {per, flat}), m})}, {{"keepdims", int64_t{0}}});
+    const int64_t steps = g.value(r.mask).shape.numel(), values = g.value(per).shape.numel();
+    ValueId per_step = g.op("Reshape", {per, flat});
+    if (values != steps) {
+      TRAINER_ASSERT(values % steps == 0, "{} losses for {} masked positions", values, steps);
+      per_step = g.op("ReduceMean",
+                      {g.op("Reshape", {per, g.add_constant(g.unique_name("labels_shape"),
+                                                            Tensor::from<int64_t>(Shape{2}, {steps, -1}))})},
+                      {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
+    }
+    const ValueId sum = g.op("ReduceSum", {g.op("Mul", {per_step, m})}, {{"keepdims", int64_t{0}}});
     if (fed_count) {
       TRAINER_ASSERT(r.mask_count == kNoValue, "a second masked mean of one output");
       r.mask_count = g.add_input(g.unique_name("mask_count"), odt, Shape{});
@@ -601,8 +611,9 @@ struct MetricAccumulator {
   // takes `weights` (or null: 1), `weights_per_row` per sample (1, or one per step of the positions), and
   // `class_weight` (or null), the weight of each label's class.
   void add(double batch_loss, const float* out, const void* labels, int64_t samples_in, int64_t per_sample,
-           int64_t last, const float* mask = nullptr, const float* weights = nullptr,
-           int64_t weights_per_row = 1, const std::vector<double>* class_weight = nullptr) {
+           int64_t last, const float* mask = nullptr, int64_t mask_per_row = 0,
+           const float* weights = nullptr, int64_t weights_per_row = 1,
+           const std::vector<double>* class_weight = nullptr) {
     loss_sum += batch_loss * samples_in;
     samples += samples_in;
     const bool classify = kind.sparse || kind.categorical || kind.binary;
@@ -615,6 +626,11 @@ struct MetricAccumulator {
     TRAINER_ASSERT(!weighted || positions % weights_per_row == 0, "{} weights per sample for {} positions",
                    weights_per_row, positions);
     const int64_t per_weight = weighted ? positions / weights_per_row : 1;
+    // A mask of one value per step covers each of a multi-label step's labels.
+    if (mask_per_row == 0) mask_per_row = positions;
+    TRAINER_ASSERT(!mask || positions % mask_per_row == 0, "{} mask values per sample for {} positions",
+                   mask_per_row, positions);
+    const int64_t per_mask = positions / mask_per_row;
     const bool auc = has("auc");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
@@ -623,7 +639,7 @@ struct MetricAccumulator {
                    cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
     for (int64_t i = 0; i < n; ++i) {
-      if (mask && mask[i] == 0.0f) continue;
+      if (mask && mask[i / positions * mask_per_row + i % positions / per_mask] == 0.0f) continue;
       double w = 1;
       if (weighted && weights) w = weights[i / positions * weights_per_row + i % positions / per_weight];
       if (weighted && class_weight && !class_weight->empty() && !kind.regression) {
@@ -1175,8 +1191,10 @@ void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t row
     s.read(out, out_buf.data(), out_bytes);
     const auto [per_sample, last] = output_dims(g, out);
     const double own = m.several() ? read_scalar(s, p.head_loss[i]) : loss;
-    const float* mask = read_mask(s, i == 0 ? p.mask : p.more_mask[i - 1]);
-    m.heads[i].add(own, out_buf.data(), labels[i], rows, per_sample, last, mask);
+    const ValueId mask_value = i == 0 ? p.mask : p.more_mask[i - 1];
+    const float* mask = read_mask(s, mask_value);
+    const int64_t mask_per_row = mask ? g.value(mask_value).shape.numel() / rows : 0;
+    m.heads[i].add(own, out_buf.data(), labels[i], rows, per_sample, last, mask, mask_per_row);
     if (m.weighted_at[i] < 0) continue;
     const float* w = nullptr;
     int64_t per_row = 1;
@@ -1187,7 +1205,7 @@ void add_results(Session& s, const Plan& p, Metrics& m, double loss, int64_t row
       per_row = g.value(p.sample_ws[j]).shape.numel() / rows;
     }
     m.weighted[static_cast<size_t>(m.weighted_at[i])].add(own, out_buf.data(), labels[i], rows, per_sample,
-                                                          last, mask, w, per_row,
+                                                          last, mask, mask_per_row, w, per_row,
                                                           i == 0 ? class_weight : nullptr);
   }
 }

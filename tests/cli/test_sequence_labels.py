@@ -342,6 +342,52 @@ batch_size = 16
             self, run(["fit", spec, "--device", "cpu", "--devices", "2", "--output-dir", self.path("masking_w")]),
             "model: the mask of a per-step output depends on the model's weights", "train on one device")
 
+    def test_masked_multi_label_steps(self):
+        # Two 0/1 labels per step under mask_zero: a step's loss is the mean of its labels' (Keras's binary
+        # cross-entropy averages the last axis), the loss the mean over the unmasked steps, and accuracy counts
+        # the unmasked steps' labels.
+        rng = np.random.default_rng(9)
+        lengths = rng.integers(2, STEPS + 1, 256)
+        pad = np.arange(STEPS)[None, :] >= lengths[:, None]
+        x = np.where(pad, 0, rng.integers(1, VOCAB, (256, STEPS))).astype(np.int64)
+        bits = np.stack([x % 2, x % 3 == 0], -1).astype(np.float32)
+        bits[pad] = 1
+        np.save(self.path("xml.npy"), x)
+        np.save(self.path("bml.npy"), bits)
+        spec = self.path("multi_label.toml")
+        text = SPEC.format(steps=STEPS, vocab=VOCAB, units=2, activation="sigmoid", y="bml.npy",
+                           loss="binary_crossentropy", epochs=2)
+        with open(spec, "w") as f:
+            f.write(text.replace("output_dim = 8", "output_dim = 8\nmask_zero = true").replace('"x.npy"', '"xml.npy"'))
+        out = self.path("multi_label")
+        r = run(["fit", spec, "--output-dir", out], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ckpt = os.path.join(out, "last.ckpt")
+        r = run(["evaluate", ckpt, "--data", "train"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ev = [e for e in map(json.loads, r.stdout.splitlines()) if e.get("data") == "train"][0]
+        r = run(["predict", ckpt, self.path("xml.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        q = np.clip(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2).reshape(256, STEPS, 2), 1e-7, 1 - 1e-7)
+        per = -np.where(bits > 0.5, np.log(q), np.log(1 - q)).mean(-1)
+        keep = ~pad
+        # Keras's epoch loss: the mean of each batch's (32 samples') masked mean.
+        batches = [per[i:i + 32][keep[i:i + 32]].mean() for i in range(0, 256, 32)]
+        self.assertAlmostEqual(ev["loss"], float(np.mean(batches)), places=5)
+        hit = (q > 0.5) == (bits > 0.5)
+        self.assertAlmostEqual(ev["accuracy"], float(hit[keep].mean()), places=6)
+        self.assertNotAlmostEqual(ev["accuracy"], float(hit.mean()), places=3)
+        # Replicas count the masked steps alike.
+        r = run(["fit", spec, "--device", "cpu", "--devices", "2", "--output-dir", self.path("multi_label_2"),
+                 "--log-format", "jsonl", "-q"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        two = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1]
+        r = run(["fit", spec, "--device", "cpu", "--output-dir", self.path("multi_label_1"), "--log-format", "jsonl",
+                 "-q"], timeout=300)
+        one = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            self.assertAlmostEqual(two[key], one[key], delta=1e-5, msg=key)
+
     def test_wrong_label_shapes_name_what_fits(self):
         spec = self.path("bad.toml")
         with open(spec, "w") as f:
