@@ -619,7 +619,7 @@ std::vector<InputSpec> read_inputs(const Reader& r, const toml::node& n) {
 // Keras's default layer name: the class name in snake_case ("MaxPooling2D" -> "max_pooling2d", "ReLU" ->
 // "re_lu").
 std::string snake_case(const std::string& type) {
-  static const std::regex word("(.)([A-Z][a-z0-9]+)");
+  static const std::regex word("(.)([A-Z][a-z]+)");
   static const std::regex lower_upper("([a-z])([A-Z])");
   std::string s = std::regex_replace(std::regex_replace(type, word, "$1_$2"), lower_upper, "$1_$2");
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

@@ -33,6 +33,7 @@ const std::vector<LayerDef>& layer_defs() {
     add_core_layers(d);
     add_conv_layers(d);
     add_recurrent_layers(d);
+    add_conv_recurrent_layers(d);
     add_sequence_layers(d);
     add_reshaping_layers(d);
     add_attention_layers(d);

@@ -169,14 +169,15 @@ DeconvAxis deconv_axis(int64_t in, int64_t kernel, int64_t stride, int64_t dilat
 std::vector<ArgDecl> conv_args(std::vector<ArgDecl> head,
                                const std::string& kernel_init = "kernel_initializer");
 
-void add_core_layers(std::vector<LayerDef>& defs);          // layers_core.cpp
-void add_conv_layers(std::vector<LayerDef>& defs);          // layers_conv.cpp
-void add_recurrent_layers(std::vector<LayerDef>& defs);     // layers_recurrent.cpp
-void add_sequence_layers(std::vector<LayerDef>& defs);      // layers_conv1d.cpp
-void add_reshaping_layers(std::vector<LayerDef>& defs);     // layers_reshaping.cpp
-void add_attention_layers(std::vector<LayerDef>& defs);     // layers_attention.cpp
-void add_augmentation_layers(std::vector<LayerDef>& defs);  // layers_augment.cpp
-void add_volume_layers(std::vector<LayerDef>& defs);        // layers_conv3d.cpp
+void add_core_layers(std::vector<LayerDef>& defs);            // layers_core.cpp
+void add_conv_layers(std::vector<LayerDef>& defs);            // layers_conv.cpp
+void add_recurrent_layers(std::vector<LayerDef>& defs);       // layers_recurrent.cpp
+void add_conv_recurrent_layers(std::vector<LayerDef>& defs);  // layers_conv_lstm.cpp
+void add_sequence_layers(std::vector<LayerDef>& defs);        // layers_conv1d.cpp
+void add_reshaping_layers(std::vector<LayerDef>& defs);       // layers_reshaping.cpp
+void add_attention_layers(std::vector<LayerDef>& defs);       // layers_attention.cpp
+void add_augmentation_layers(std::vector<LayerDef>& defs);    // layers_augment.cpp
+void add_volume_layers(std::vector<LayerDef>& defs);          // layers_conv3d.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 
