@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <map>
 
+#include "engine/ops/norm_dropout.h"
 #include "engine/util/error.h"
 #include "models/build.h"
 #include "models/layer_library.h"
@@ -65,7 +66,19 @@ LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDe
   BuildOptions merged_options = b.options;
   merged_options.batch_size = b.options.batch_size * steps;
   LayerBuilder inner(b.graph, merged_options, b.spec, b.args, b.info);
+  const NodeId first_node = b.graph.num_nodes();
   LayerValue y = inner.to_channels_last(wrapped.build(inner, {merged}));
+  // Its random draws count `steps` rows per sample of the batch, so that replicas, which take other samples'
+  // rows, draw what one device draws (ops::kRowsPerSample; nested, the factors multiply).
+  for (NodeId id = first_node; id < b.graph.num_nodes(); ++id) {
+    Node& n = b.graph.node(id);
+    const bool draws = n.op == "Dropout" || n.op == "RandomUniformLike" || n.op == "RandomNormalLike";
+    if (n.dead || !draws) continue;
+    const Shape& s = b.graph.value(n.op == "Dropout" ? n.inputs[0] : n.outputs[0]).shape;
+    const int64_t rows = n.attrs.has(ops::kRowsPerSample) ? n.attrs.i(ops::kRowsPerSample) : 1;
+    if (s.rank() > 0 && s[0] == merged_options.batch_size * rows)
+      n.attrs.set(ops::kRowsPerSample, rows * steps);
+  }
   b.penalties.insert(b.penalties.end(), inner.penalties.begin(), inner.penalties.end());
   LayerValue out = y;
   out.shape = {steps};

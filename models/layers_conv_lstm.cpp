@@ -57,13 +57,15 @@ LayerValue build_conv_lstm2d(LayerBuilder& b, const std::vector<LayerValue>& in)
     }
   }
   const int64_t h = out[0], w = out[1], area = kernel[0] * kernel[1], gates = 4 * filters;
-  // Keras's fans of its (kh, kw, channels, 4 filters) and (kh, kw, filters, 4 filters) kernels.
+  // Keras's fans of its (kh, kw, channels, 4 filters) and (kh, kw, filters, 4 filters) kernels; an orthogonal
+  // initializer's matrix is the IR's [4 filters, channels kh kw] (Keras's matrix transposed, its rows
+  // permuted).
   const ValueId kernel_w =
       b.weight("kernel", "kernel_initializer", Shape{gates, channels, kernel[0], kernel[1]},
-               {area * channels, area * gates, area * channels, gates, kernel_keras_axes(4)});
+               {area * channels, area * gates, gates, channels * area, kernel_keras_axes(4)});
   const ValueId recurrent_w =
       b.weight("recurrent_kernel", "recurrent_initializer", Shape{gates, filters, kernel[0], kernel[1]},
-               {area * filters, area * gates, area * filters, gates, kernel_keras_axes(4)});
+               {area * filters, area * gates, gates, filters * area, kernel_keras_axes(4)});
   ValueId bias = kNoValue;
   if (b.args.boolean("use_bias")) {
     Tensor init =

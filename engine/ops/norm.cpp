@@ -200,6 +200,7 @@ void grad_dropout(GradContext& c) {
   // alive between forward and backward. The stream is the forward node's, passed explicitly.
   Attributes a{{"stream", static_cast<int64_t>(dropout_stream(c.node().name))}};
   if (c.attrs().has("seed")) a.set("seed", c.attrs().i("seed"));
+  if (c.attrs().has(kRowsPerSample)) a.set(kRowsPerSample, c.attrs().i(kRowsPerSample));
   c.set_grad(0, c.op("DropoutGrad", {c.dy(), c.input(1), c.input(2)}, a));
 }
 
@@ -241,6 +242,7 @@ OpSchema random_like_schema(const char* name, const char* doc, std::pair<const c
       .attr(first.first, first.second)
       .attr(second.first, second.second)
       .attr_optional("seed", AttrType::f)
+      .attr_optional(kRowsPerSample, AttrType::i)
       .infer(infer_random_like)
       .non_differentiable("a random draw: its values do not depend on the input's")
       .examples([normal] { return random_like_examples(normal); });
@@ -329,6 +331,7 @@ void register_norm_ops(OpRegistry& r) {
             .inputs(1, 3)
             .outputs(1, 2)
             .attr_optional("seed", AttrType::i)
+            .attr_optional(kRowsPerSample, AttrType::i)
             .no_grad_inputs({1, 2})
             .inplace(0, 0)
             .infer(infer_dropout)
@@ -348,6 +351,7 @@ void register_norm_ops(OpRegistry& r) {
             .doc("(dy, [ratio], [training_mode]) -> dx: regenerates the forward node's mask from its stream")
             .inputs(1, 3)
             .attr_optional("seed", AttrType::i)
+            .attr_optional(kRowsPerSample, AttrType::i)
             .attr_required("stream", AttrType::i)
             .inplace(0, 0)
             .infer(infer_dropout)

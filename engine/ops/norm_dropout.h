@@ -21,6 +21,17 @@ inline uint64_t dropout_stream(std::string_view node_name) {
   return h;
 }
 
+// The attribute of a Dropout, RandomUniformLike or RandomNormalLike node (and DropoutGrad) whose tensor's
+// leading axis holds several rows per sample of the batch (TimeDistributed folds its steps into the batch):
+// how many. Element keys count whole samples from the replica's first (StepContext::sample_offset), so a
+// replica that takes other rows of the batch draws what one device draws. Absent: 1.
+inline constexpr const char* kRowsPerSample = "rows_per_sample";
+
+// Elements per sample of such a tensor: `n` elements, `rows` along its leading axis (rank 0: 0).
+inline int64_t elements_per_sample(int64_t n, int64_t rows, int64_t rows_per_sample) {
+  return (rows > 0 ? n / rows : n) * rows_per_sample;
+}
+
 // The seed a Dropout node draws with: the step's seed, mixed with the node's own `seed` attribute when it has
 // one.
 inline uint64_t dropout_seed(uint64_t step_seed, bool has_attr, int64_t attr_seed) {

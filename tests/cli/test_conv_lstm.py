@@ -160,6 +160,22 @@ class ConvLstm(unittest.TestCase):
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, np.abs(a[k]).max()), err_msg=k)
 
+    def test_orthogonal_kernels_are_orthogonal_in_keras_layout(self):
+        # The recurrent kernel's default initializer, and the input kernel's when asked: Keras's (kh kw in, 4F)
+        # matrix has orthonormal columns. One SGD step at a negligible rate keeps the initial weights.
+        spec = self.path("ortho.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(T=T, H=H, W=W, C=C, epochs=1,
+                                args='kernel_size = 3\npadding = "same"\nkernel_initializer = "orthogonal"')
+                    .replace("learning_rate = 0.01", 'name = "sgd"\nlearning_rate = 1e-12'))
+        r = run(["fit", spec, "--output-dir", self.path("ortho"), "-q"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wts = cli_util.read_checkpoint(self.path("ortho/last.ckpt"))
+        for name in ("conv_lstm2d/kernel", "conv_lstm2d/recurrent_kernel"):
+            k = wts[name]
+            keras = k.transpose(2, 3, 1, 0).reshape(-1, k.shape[0])
+            np.testing.assert_allclose(np.linalg.svd(keras, compute_uv=False), 1.0, atol=1e-4, err_msg=name)
+
     def test_bad_input_is_named(self):
         spec = self.path("bad.toml")
         with open(spec, "w") as f:

@@ -86,6 +86,53 @@ class RecurrentDropout(unittest.TestCase):
                 self.assert_close(one, two, 1e-5)
                 self.assertAlmostEqual(one_epochs[-1]["loss"], two_epochs[-1]["loss"], delta=1e-5)
 
+    def test_replicas_draw_the_masks_of_one_replica_inside_time_distributed(self):
+        # TimeDistributed folds the steps into the batch: its layers' draws still count whole samples, so a
+        # replica's rows draw what they draw on one device (Dropout, recurrent dropout, GaussianNoise).
+        spec = os.path.join(self.tmp.name, "td.toml")
+        with open(spec, "w") as f:
+            f.write("""format_version = 1
+[model]
+input = [4, 3, 3]
+[[model.layers]]
+type = "TimeDistributed"
+layer = "LSTM"
+units = 4
+dropout = 0.3
+recurrent_dropout = 0.3
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dropout"
+rate = 0.4
+[[model.layers]]
+type = "TimeDistributed"
+layer = "GaussianNoise"
+stddev = 0.3
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 1
+activation = "sigmoid"
+[data.train]
+x = "xtd.npy"
+y = "y.npy"
+[train]
+loss = "binary_crossentropy"
+epochs = 2
+batch_size = 32
+seed = 7
+""")
+        np.save(os.path.join(self.tmp.name, "xtd.npy"),
+                np.load(os.path.join(self.tmp.name, "x.npy")).reshape(128, 4, 3, 3))
+        runs = []
+        for devices in (1, 2):
+            out = os.path.join(self.tmp.name, f"td_{devices}")
+            r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "-q", "--output-dir", out])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            runs.append(cli_util.read_checkpoint(os.path.join(out, "last.ckpt")))
+        self.assert_close(runs[0], runs[1], 1e-5)
+
     def test_the_mask_changes_training_and_is_the_same_each_run(self):
         _, none, _, _ = self.fit("rate0", 0.0)
         _, first, _, _ = self.fit("rate4a", 0.4)

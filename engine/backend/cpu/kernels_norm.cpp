@@ -366,6 +366,10 @@ struct DropoutParams {
   bool is_training() const { return training && *training; }
 };
 
+int64_t rows_per_sample(const KernelArgs& a) {
+  return a.attrs().has(ops::kRowsPerSample) ? a.attrs().i(ops::kRowsPerSample) : 1;
+}
+
 DropoutParams dropout_params(const KernelArgs& a, uint64_t stream) {
   DropoutParams p;
   if (a.has_input(1)) {
@@ -444,7 +448,8 @@ KernelPtr dropout(const KernelArgs& a) {
     T* y = a.out_ptr<T>(0);
     uint8_t* mask = a.has_output(1) ? a.out_ptr<uint8_t>(1) : nullptr;
     int64_t n = a.in(0).shape.numel();
-    int64_t per_sample = a.in(0).shape.rank() ? n / std::max<int64_t>(a.in(0).shape[0], 1) : n;
+    const int64_t per_sample =
+        ops::elements_per_sample(n, a.in(0).shape.rank() ? a.in(0).shape[0] : 0, rows_per_sample(a));
     kp = make_kernel([=](const StepContext& ctx) { apply_dropout(p, ctx, x, y, mask, n, per_sample); });
   });
   return kp;
@@ -457,7 +462,8 @@ KernelPtr dropout_grad(const KernelArgs& a) {
     const T* dy = a.in_ptr<T>(0);
     T* dx = a.out_ptr<T>(0);
     int64_t n = a.in(0).shape.numel();
-    int64_t per_sample = a.in(0).shape.rank() ? n / std::max<int64_t>(a.in(0).shape[0], 1) : n;
+    const int64_t per_sample =
+        ops::elements_per_sample(n, a.in(0).shape.rank() ? a.in(0).shape[0] : 0, rows_per_sample(a));
     kp = make_kernel(
         [=](const StepContext& ctx) { apply_dropout<T>(p, ctx, dy, dx, nullptr, n, per_sample); });
   });
@@ -471,7 +477,8 @@ KernelPtr random_like(const KernelArgs& a) {
   dispatch_float(a.out(0).dtype, a.node.op.c_str(), [&]<class T>() {
     T* y = a.out_ptr<T>(0);
     const int64_t n = a.out(0).shape.numel();
-    const int64_t per_sample = a.out(0).shape.rank() ? n / std::max<int64_t>(a.out(0).shape[0], 1) : n;
+    const int64_t per_sample =
+        ops::elements_per_sample(n, a.out(0).shape.rank() ? a.out(0).shape[0] : 0, rows_per_sample(a));
     const double shift = normal ? a.attrs().f("mean") : a.attrs().f("low");
     const double width = normal ? a.attrs().f("scale") : a.attrs().f("high") - a.attrs().f("low");
     const bool has_seed = a.attrs().has("seed");

@@ -296,7 +296,9 @@ KernelPtr dropout_with(const KernelArgs& a, uint64_t stream, bool with_mask) {
   d.stream = stream;
   const Shape& shape = a.in(0).shape;
   const int64_t n = shape.numel();
-  d.per_sample = shape.rank() ? n / std::max<int64_t>(shape[0], 1) : n;
+  d.per_sample =
+      ops::elements_per_sample(n, shape.rank() ? shape[0] : 0,
+                               a.attrs().has(ops::kRowsPerSample) ? a.attrs().i(ops::kRowsPerSample) : 1);
   const ElemType t = elem_type(a.in(0).dtype);
   const DeviceStepContext* ctx = a.ctx;
   const void* x = a.inputs[0];
@@ -322,7 +324,9 @@ KernelPtr random_like(const KernelArgs& a) {
   r.stream = ops::dropout_stream(a.node.name);
   const Shape& shape = a.out(0).shape;
   const int64_t n = shape.numel();
-  r.per_sample = shape.rank() ? n / std::max<int64_t>(shape[0], 1) : n;
+  r.per_sample =
+      ops::elements_per_sample(n, shape.rank() ? shape[0] : 0,
+                               a.attrs().has(ops::kRowsPerSample) ? a.attrs().i(ops::kRowsPerSample) : 1);
   const ElemType t = elem_type(a.out(0).dtype);
   const DeviceStepContext* ctx = a.ctx;
   void* y = a.outputs[0];
