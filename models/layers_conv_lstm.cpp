@@ -1,13 +1,15 @@
-// ConvLSTM2D: Keras's convolutional LSTM over a sequence of images [N, T, H, W, C], as IR ops. The input's
-// convolution runs once over every step (the steps folded into the batch); the recurrence is unrolled, each
-// step a "same" convolution of the hidden state (stride 1, as Keras's recurrent_conv) and the gates as Keras
-// computes them (i, f, c, o):
+// ConvLSTM1D, ConvLSTM2D and ConvLSTM3D: Keras's convolutional LSTMs over a sequence of sequences, images or
+// volumes ([N, T, S..., C]), as IR ops. The input's convolution runs once over every step (the steps folded
+// into the batch); the recurrence is unrolled, each step a "same" convolution of the hidden state (stride 1,
+// as Keras's recurrent_conv) and the gates as Keras computes them (i, f, c, o):
 //   i = σ(x_i + h_i), f = σ(x_f + h_f), c = f c + i tanh(x_c + h_c), o = σ(x_o + h_o), h = o tanh(c).
-// Weights in ONNX's layout (kernel [4F, C, kh, kw], recurrent_kernel [4F, F, kh, kw]; Keras keeps HWIO), the
-// gates along the output channels in Keras's order. Unrolled, the graph is plain ONNX and autodiff needs
-// nothing new; it grows with the sequence's length.
+// Weights in ONNX's layout (kernel [4F, C, k...], recurrent_kernel [4F, F, k...]; Keras keeps (k..., in,
+// out)), the gates along the output channels in Keras's order. Unrolled, the graph is plain ONNX and autodiff
+// needs nothing new; it grows with the sequence's length.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include "engine/ops/conv_volume.h"
 #include "models/layer_library.h"
 
 namespace trainer::models {
@@ -16,56 +18,82 @@ using namespace trainer::engine;
 
 namespace {
 
-LayerValue build_conv_lstm2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+// kernel_size, strides or dilation_rate of a layer of `rank` spatial axes: an integer (1), an integer or a
+// pair (2), an integer or a triple (3); each positive.
+std::vector<int64_t> sizes(LayerBuilder& b, const std::string& arg, int rank) {
+  std::vector<int64_t> v = rank == 1   ? std::vector<int64_t>{b.args.integer(arg)}
+                           : rank == 2 ? b.args.pair(arg)
+                                       : b.args.triple(arg);
+  for (int64_t x : v)
+    if (x < 1) b.fail(arg, fmt::format("{} must hold positive integers, got [{}]", arg, fmt::join(v, ", ")));
+  return v;
+}
+
+// ConvLSTM1D, 2D and 3D: `rank` spatial axes between the steps and the channels.
+LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, int rank) {
+  const size_t r = static_cast<size_t>(rank);
   const int64_t filters = b.positive("filters");
-  const std::vector<int64_t> kernel = b.positive_pair("kernel_size");
-  const std::vector<int64_t> strides = b.positive_pair("strides");
-  const std::vector<int64_t> dilation = b.positive_pair("dilation_rate");
+  const std::vector<int64_t> kernel = sizes(b, "kernel_size", rank);
+  const std::vector<int64_t> strides = sizes(b, "strides", rank);
+  const std::vector<int64_t> dilation = sizes(b, "dilation_rate", rank);
   const bool same = b.choice("padding", {"valid", "same"}) == "same";
   const std::string act = b.activation_name("activation");
   const std::string gate_act = b.activation_name("recurrent_activation");
   const bool sequences = b.args.boolean("return_sequences");
   const bool backwards = b.args.boolean("go_backwards");
   const double rate = b.args.number("dropout"), recurrent_rate = b.args.number("recurrent_dropout");
-  for (const auto& [arg, r] : {std::pair{"dropout", rate}, std::pair{"recurrent_dropout", recurrent_rate}})
-    if (!(r >= 0 && r < 1)) b.fail(arg, fmt::format("{} must be in [0, 1), not {}", arg, r));
-  const LayerValue& x = in[0];
-  if (x.shape.size() != 4)
-    b.fail_layer(
-        fmt::format("ConvLSTM2D takes a sequence of images (steps, height, width, channels), and '{}' "
-                    "gives {}",
-                    x.from, keras_shape(x.shape)),
-        "give the input shape [steps, height, width, channels]");
-  const int64_t steps = x.shape[0], channels = x.shape[3];
-  // The input convolution's output size and pads ([top, left, bottom, right]), as Conv2D's.
-  std::vector<int64_t> out(2), pads(4, 0);
-  for (int i = 0; i < 2; ++i) {
-    const int64_t n = x.shape[static_cast<size_t>(i + 1)], span = dilation[i] * (kernel[i] - 1) + 1;
+  for (const auto& [arg, v] : {std::pair{"dropout", rate}, std::pair{"recurrent_dropout", recurrent_rate}})
+    if (!(v >= 0 && v < 1)) b.fail(arg, fmt::format("{} must be in [0, 1), not {}", arg, v));
+  const LayerValue x = b.to_channels_last(in[0]);  // a model input of (steps, width, channels) comes NCHW
+  static const char* const kAxes[] = {"(steps, width, channels)", "(steps, height, width, channels)",
+                                      "(steps, depth, height, width, channels)"};
+  static const char* const kShapes[] = {"[steps, width, channels]", "[steps, height, width, channels]",
+                                        "[steps, depth, height, width, channels]"};
+  if (x.shape.size() != r + 2)
+    b.fail_layer(fmt::format("{} takes a sequence of {}, {}, and '{}' gives {}", b.spec.type,
+                             rank == 1   ? "sequences"
+                             : rank == 2 ? "images"
+                                         : "volumes",
+                             kAxes[rank - 1], x.from, keras_shape(x.shape)),
+                 fmt::format("give the input shape {}", kShapes[rank - 1]));
+  const int64_t steps = x.shape[0], channels = x.shape[r + 1];
+  const std::vector<int64_t> space(x.shape.begin() + 1, x.shape.begin() + 1 + rank);
+  // The input convolution's output sizes and ONNX pads (every axis's start, then every axis's end), as the
+  // convolution layers'.
+  std::vector<int64_t> out(r), pads(2 * r, 0);
+  int64_t area = 1, cells = 1;
+  for (size_t i = 0; i < r; ++i) {
+    const int64_t n = space[i], span = dilation[i] * (kernel[i] - 1) + 1;
     if (same) {
       out[i] = (n + strides[i] - 1) / strides[i];
       const int64_t total = std::max<int64_t>((out[i] - 1) * strides[i] + span - n, 0);
-      pads[static_cast<size_t>(i)] = total / 2;
-      pads[static_cast<size_t>(i + 2)] = total - total / 2;
+      pads[i] = total / 2;
+      pads[i + r] = total - total / 2;
     } else {
       if (n < span)
         b.fail("kernel_size",
-               fmt::format("kernel_size ({}, {}) spans {} x {} pixels, more than the images {} from '{}'",
-                           kernel[0], kernel[1], dilation[0] * (kernel[0] - 1) + 1,
-                           dilation[1] * (kernel[1] - 1) + 1, keras_shape(x.shape), x.from),
+               fmt::format("kernel_size ({}) spans more than the input {} from '{}' along axis {}",
+                           fmt::join(kernel, ", "), keras_shape(x.shape), x.from, i + 2),
                "use a smaller kernel_size or padding = \"same\"");
       out[i] = (n - span) / strides[i] + 1;
     }
+    area *= kernel[i];
+    cells *= out[i];
   }
-  const int64_t h = out[0], w = out[1], area = kernel[0] * kernel[1], gates = 4 * filters;
-  // Keras's fans of its (kh, kw, channels, 4 filters) and (kh, kw, filters, 4 filters) kernels; an orthogonal
-  // initializer's matrix is the IR's [4 filters, channels kh kw] (Keras's matrix transposed, its rows
+  const int64_t gates = 4 * filters;
+  auto dims = [](std::vector<int64_t> head, const std::vector<int64_t>& tail) {
+    head.insert(head.end(), tail.begin(), tail.end());
+    return head;
+  };
+  // Keras's fans of its (k..., channels, 4 filters) and (k..., filters, 4 filters) kernels; an orthogonal
+  // initializer's matrix is the IR's [4 filters, channels k...] (Keras's matrix transposed, its rows
   // permuted).
   const ValueId kernel_w =
-      b.weight("kernel", "kernel_initializer", Shape{gates, channels, kernel[0], kernel[1]},
-               {area * channels, area * gates, gates, channels * area, kernel_keras_axes(4)});
+      b.weight("kernel", "kernel_initializer", Shape(dims({gates, channels}, kernel)),
+               {area * channels, area * gates, gates, channels * area, kernel_keras_axes(rank + 2)});
   const ValueId recurrent_w =
-      b.weight("recurrent_kernel", "recurrent_initializer", Shape{gates, filters, kernel[0], kernel[1]},
-               {area * filters, area * gates, gates, filters * area, kernel_keras_axes(4)});
+      b.weight("recurrent_kernel", "recurrent_initializer", Shape(dims({gates, filters}, kernel)),
+               {area * filters, area * gates, gates, filters * area, kernel_keras_axes(rank + 2)});
   ValueId bias = kNoValue;
   if (b.args.boolean("use_bias")) {
     Tensor init =
@@ -77,25 +105,56 @@ LayerValue build_conv_lstm2d(LayerBuilder& b, const std::vector<LayerValue>& in)
     b.regularize(bias, "bias_regularizer");
     b.constrain(bias, "bias_constraint", {gates, gates, 1, gates});
   }
-  // [N, T, H, W, C] -> [N, T, C, H, W]; Keras's input dropout: one mask per sequence, the same at every step.
-  ValueId seq = b.op("Transpose", {x.value}, {{"perm", std::vector<int64_t>{0, 1, 4, 2, 3}}});
+  // [N, T, S..., C] -> [N, T, C, S...]; Keras's input dropout: one mask per sequence, the same at every step.
+  std::vector<int64_t> to_first = {0, 1, rank + 2};
+  for (int i = 0; i < rank; ++i) to_first.push_back(i + 2);
+  ValueId seq = b.op("Transpose", {x.value}, {{"perm", to_first}});
   const int64_t batch = b.options.batch_size;
-  if (ValueId m = b.dropout_mask("input_mask", {batch, 1, channels, x.shape[1], x.shape[2]}, rate);
-      m != kNoValue)
+  if (ValueId m = b.dropout_mask("input_mask", dims({batch, 1, channels}, space), rate); m != kNoValue)
     seq = b.op("Mul", {seq, m});
-  // Every step's input convolution at once: [N T, 4F, h, w], then [N, T, 4F, h, w].
-  std::vector<ValueId> conv_in = {
-      b.op("Reshape", {seq, b.shape_constant("steps_in_batch", {-1, channels, x.shape[1], x.shape[2]})}),
-      kernel_w};
-  if (bias != kNoValue) conv_in.push_back(bias);
+  // A convolution of `v` [M, in, s...] by w: ONNX's Conv, or for volumes the engine's 2-D convolutions
+  // (ops::conv3d_as_2d, as Conv3D's).
+  auto convolve = [&](ValueId v, ValueId w, ValueId with_bias, const std::vector<int64_t>& stride,
+                      const std::vector<int64_t>& dilations, const std::vector<int64_t>& onnx_pads) {
+    if (rank < 3) {
+      std::vector<ValueId> ins = {v, w};
+      if (with_bias != kNoValue) ins.push_back(with_bias);
+      return b.op(
+          "Conv", ins,
+          {{"kernel_shape", kernel}, {"strides", stride}, {"dilations", dilations}, {"pads", onnx_pads}});
+    }
+    const Shape vs = b.graph.value(v).shape;
+    ops::WindowGeometry g;
+    g.spatial = 3;
+    g.kernel = kernel;
+    g.stride = stride;
+    g.dilation = dilations;
+    g.pad_begin.assign(onnx_pads.begin(), onnx_pads.begin() + 3);
+    g.pad_end.assign(onnx_pads.begin() + 3, onnx_pads.end());
+    for (int i = 0; i < 3; ++i) {
+      g.in.push_back(vs[i + 2]);
+      g.out.push_back((vs[i + 2] + g.pad_begin[i] + g.pad_end[i] - g.span(i)) / stride[i] + 1);
+    }
+    ops::VolumeEmitter e;
+    e.op = [&b](const std::string& op, std::vector<ValueId> ins, Attributes a, const std::string&, bool) {
+      return b.op(op, std::move(ins), std::move(a));
+    };
+    e.constant = [&b](Tensor t, const std::string& what) { return b.constant(what, std::move(t)); };
+    return ops::conv3d_as_2d(e, v, vs, w, b.graph.value(w).shape, with_bias, g, 1);
+  };
+  // Every step's input convolution at once: [N T, 4F, s...], then [N, T, 4F, s...].
   ValueId xs =
-      b.op("Conv", conv_in,
-           {{"kernel_shape", kernel}, {"strides", strides}, {"dilations", dilation}, {"pads", pads}});
-  xs = b.op("Reshape", {xs, b.shape_constant("steps", {-1, steps, gates, h, w})});
-  const ValueId recurrent_mask = b.dropout_mask("recurrent_mask", {batch, filters, h, w}, recurrent_rate);
+      convolve(b.op("Reshape", {seq, b.shape_constant("steps_in_batch", dims({-1, channels}, space))}),
+               kernel_w, bias, strides, dilation, pads);
+  xs = b.op("Reshape", {xs, b.shape_constant("steps", dims({-1, steps, gates}, out))});
+  const ValueId recurrent_mask =
+      b.dropout_mask("recurrent_mask", dims({batch, filters}, out), recurrent_rate);
   // The recurrent convolution keeps the state's size: "same" padding at stride 1.
-  const std::vector<int64_t> recurrent_pads = {(kernel[0] - 1) / 2, (kernel[1] - 1) / 2, kernel[0] / 2,
-                                               kernel[1] / 2};
+  std::vector<int64_t> recurrent_pads(2 * r);
+  for (size_t i = 0; i < r; ++i) {
+    recurrent_pads[i] = (kernel[i] - 1) / 2;
+    recurrent_pads[i + r] = kernel[i] / 2;
+  }
   ActivationOps ops{[&](const std::string& o, std::vector<ValueId> v, Attributes a) {
                       return b.op(o, std::move(v), std::move(a));
                     },
@@ -113,13 +172,11 @@ LayerValue build_conv_lstm2d(LayerBuilder& b, const std::vector<LayerValue>& in)
   std::vector<ValueId> outputs;
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t t = backwards ? steps - 1 - k : k;
-    ValueId z = b.op("Reshape", {slice(xs, 1, t, t + 1), b.shape_constant("step", {-1, gates, h, w})});
+    ValueId z = b.op("Reshape", {slice(xs, 1, t, t + 1), b.shape_constant("step", dims({-1, gates}, out))});
     if (hidden != kNoValue) {  // the first step's state is zero
       const ValueId from = recurrent_mask != kNoValue ? b.op("Mul", {hidden, recurrent_mask}) : hidden;
-      z = b.op("Add", {z, b.op("Conv", {from, recurrent_w},
-                               {{"kernel_shape", kernel},
-                                {"strides", std::vector<int64_t>{1, 1}},
-                                {"pads", recurrent_pads}})});
+      const std::vector<int64_t> ones(r, 1);
+      z = b.op("Add", {z, convolve(from, recurrent_w, kNoValue, ones, ones, recurrent_pads)});
     }
     const ValueId i = apply(gate_act, slice(z, 1, 0, filters));
     const ValueId candidate = apply(act, slice(z, 1, 2 * filters, 3 * filters));
@@ -131,48 +188,66 @@ LayerValue build_conv_lstm2d(LayerBuilder& b, const std::vector<LayerValue>& in)
     hidden = b.op("Mul", {o, apply(act, cell)});
     if (sequences) outputs.push_back(b.op("Unsqueeze", {hidden, b.shape_constant("step_axis", {1})}));
   }
-  b.info.flops_per_sample = 2 * steps * h * w * gates * area * (channels + filters);
+  b.info.flops_per_sample = 2 * steps * cells * gates * area * (channels + filters);
   LayerValue y;
   y.from = b.name();
   if (!sequences) {
-    y.value = hidden;  // [N, F, h, w]
-    y.shape = {h, w, filters};
+    y.value = hidden;  // [N, F, s...]: channels first
+    y.shape = dims(out, {filters});
     y.channels_first = true;
     return y;
   }
-  // In the order the steps ran (reversed with go_backwards, as Keras's), [N, T, h, w, F].
+  // In the order the steps ran (reversed with go_backwards, as Keras's), [N, T, s..., F].
   ValueId all = outputs.size() == 1 ? outputs[0] : b.op("Concat", outputs, {{"axis", int64_t{1}}});
-  y.value = b.op("Transpose", {all}, {{"perm", std::vector<int64_t>{0, 1, 3, 4, 2}}});
-  y.shape = {steps, h, w, filters};
+  std::vector<int64_t> to_last = {0, 1};
+  for (int i = 0; i < rank; ++i) to_last.push_back(i + 3);
+  to_last.push_back(2);
+  y.value = b.op("Transpose", {all}, {{"perm", to_last}});
+  y.shape = dims({steps}, dims(out, {filters}));
   return y;
+}
+
+LayerValue build_conv_lstm1d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_conv_lstm(b, in, 1);
+}
+LayerValue build_conv_lstm2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_conv_lstm(b, in, 2);
+}
+LayerValue build_conv_lstm3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  return build_conv_lstm(b, in, 3);
 }
 
 }  // namespace
 
 void add_conv_recurrent_layers(std::vector<LayerDef>& defs) {
   using S = std::string;
-  defs.push_back({"ConvLSTM2D",
-                  "conv_lstm2d",
-                  {{"filters", ArgKind::integer, std::nullopt},
-                   {"kernel_size", ArgKind::int_or_pair, std::nullopt},
-                   {"strides", ArgKind::int_or_pair, int64_t{1}},
-                   {"padding", ArgKind::string, S("valid")},
-                   {"dilation_rate", ArgKind::int_or_pair, int64_t{1}},
-                   {"activation", ArgKind::string, S("tanh")},
-                   {"recurrent_activation", ArgKind::string, S("sigmoid")},
-                   {"use_bias", ArgKind::boolean, true},
-                   {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
-                   {"recurrent_initializer", ArgKind::string, S("orthogonal")},
-                   {"bias_initializer", ArgKind::string, S("zeros")},
-                   {"unit_forget_bias", ArgKind::boolean, true},
-                   {"return_sequences", ArgKind::boolean, false},
-                   {"go_backwards", ArgKind::boolean, false},
-                   {"dropout", ArgKind::number, 0.0},
-                   {"recurrent_dropout", ArgKind::number, 0.0}},
-                  1,
-                  1,
-                  false,
-                  build_conv_lstm2d});
+  const ArgKind size_kinds[] = {ArgKind::integer, ArgKind::int_or_pair, ArgKind::int_or_triple};
+  const BuildFn builds[] = {build_conv_lstm1d, build_conv_lstm2d, build_conv_lstm3d};
+  for (int rank = 1; rank <= 3; ++rank) {
+    const ArgKind size = size_kinds[rank - 1];
+    defs.push_back({fmt::format("ConvLSTM{}D", rank),
+                    fmt::format("conv_lstm{}d", rank),
+                    {{"filters", ArgKind::integer, std::nullopt},
+                     {"kernel_size", size, std::nullopt},
+                     {"strides", size, int64_t{1}},
+                     {"padding", ArgKind::string, S("valid")},
+                     {"dilation_rate", size, int64_t{1}},
+                     {"activation", ArgKind::string, S("tanh")},
+                     {"recurrent_activation", ArgKind::string, S("sigmoid")},
+                     {"use_bias", ArgKind::boolean, true},
+                     {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
+                     {"recurrent_initializer", ArgKind::string, S("orthogonal")},
+                     {"bias_initializer", ArgKind::string, S("zeros")},
+                     {"unit_forget_bias", ArgKind::boolean, true},
+                     {"return_sequences", ArgKind::boolean, false},
+                     {"go_backwards", ArgKind::boolean, false},
+                     {"dropout", ArgKind::number, 0.0},
+                     {"recurrent_dropout", ArgKind::number, 0.0}},
+                    1,
+                    1,
+                    false,
+                    builds[rank - 1]});
+  }
 }
 
 }  // namespace trainer::models

@@ -1,9 +1,10 @@
-"""ConvLSTM2D: trainer predict equals a numpy ConvLSTM written from Keras's cell (gates i, f, c, o; the input's
+"""ConvLSTM1D, 2D and 3D: trainer predict equals a numpy ConvLSTM written from Keras's cell (gates i, f, c, o; the input's
 convolution as the layer's padding and strides say, the state's "same" at stride 1) on the trained weights, with
 "same" and "valid" padding, strides, return_sequences and go_backwards; the model learns; 1 and 2 replicas train
 the same weights (dropout included); the export runs in onnxruntime as predict does; a wrong input is an
 error."""
 
+import itertools
 import os
 import tempfile
 import unittest
@@ -51,18 +52,19 @@ def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
 
-def conv(x, w, strides, pads, dilation=(1, 1)):
-    """x [N, C, H, W], w [O, C, kh, kw] (ONNX's layout), pads [top, left, bottom, right]: a direct loop."""
-    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    o, _, kh, kw = w.shape
-    oh = (x.shape[2] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (x.shape[3] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-    out = np.zeros((x.shape[0], o, oh, ow))
-    for i in range(kh):
-        for j in range(kw):
-            patch = x[:, :, i * dilation[0]:i * dilation[0] + strides[0] * (oh - 1) + 1:strides[0],
-                      j * dilation[1]:j * dilation[1] + strides[1] * (ow - 1) + 1:strides[1]]
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+def conv(x, w, strides, pads, dilation=None):
+    """x [N, C, S...], w [O, C, k...] (ONNX's layout), pads (every axis's start, then every axis's end): a direct
+    loop over the kernel's offsets, for 1 to 3 spatial axes."""
+    r = w.ndim - 2
+    dilation = dilation or (1,) * r
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + r]) for i in range(r)])
+    k = w.shape[2:]
+    size = [(x.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // strides[i] + 1 for i in range(r)]
+    out = np.zeros((x.shape[0], w.shape[0], *size))
+    for offset in itertools.product(*[range(n) for n in k]):
+        window = tuple(slice(offset[i] * dilation[i], offset[i] * dilation[i] + strides[i] * (size[i] - 1) + 1,
+                             strides[i]) for i in range(r))
+        out += np.einsum("nc...,oc->no...", x[(slice(None), slice(None)) + window], w[(slice(None), slice(None)) + offset])
     return out
 
 
@@ -73,25 +75,30 @@ def same_pads(n, k, s):
 
 
 def conv_lstm(x, kernel, recurrent, bias, strides, same, sequences, backwards):
-    """Keras's ConvLSTM2D on x [N, T, H, W, C]: the last hidden state as the model holds it, [N, F, h, w] (a
-    Flatten after it keeps that order), or every step's, [N, T, h, w, F]."""
-    kh, kw = kernel.shape[2:]
+    """Keras's ConvLSTM on x [N, T, S..., C]: the last hidden state as the model holds it, [N, F, s...] (a
+    Flatten after it keeps that order), or every step's, [N, T, s..., F]."""
+    k = kernel.shape[2:]
+    r = len(k)
     if same:
-        (pt, pb), (pl, pr) = same_pads(x.shape[2], kh, strides[0]), same_pads(x.shape[3], kw, strides[1])
+        ends = [same_pads(x.shape[2 + i], k[i], strides[i]) for i in range(r)]
+        pads = [e[0] for e in ends] + [e[1] for e in ends]
     else:
-        pt = pb = pl = pr = 0
+        pads = [0] * (2 * r)
+    recurrent_pads = [(n - 1) // 2 for n in k] + [n // 2 for n in k]
     f = recurrent.shape[1]
     h = c = None
     outs = []
+    to_first = (0, r + 1) + tuple(range(1, r + 1))
+    to_last = (0,) + tuple(range(2, r + 2)) + (1,)
     steps = range(x.shape[1] - 1, -1, -1) if backwards else range(x.shape[1])
     for t in steps:
-        z = conv(x[:, t].transpose(0, 3, 1, 2), kernel, strides, (pt, pl, pb, pr)) + bias[None, :, None, None]
+        z = conv(x[:, t].transpose(to_first), kernel, strides, pads) + bias.reshape((1, -1) + (1,) * r)
         if h is not None:
-            z = z + conv(h, recurrent, (1, 1), ((kh - 1) // 2, (kw - 1) // 2, kh // 2, kw // 2))
+            z = z + conv(h, recurrent, (1,) * r, recurrent_pads)
         i, fg, g, o = sigmoid(z[:, :f]), sigmoid(z[:, f:2 * f]), np.tanh(z[:, 2 * f:3 * f]), sigmoid(z[:, 3 * f:])
         c = i * g if c is None else fg * c + i * g
         h = o * np.tanh(c)
-        outs.append(h.transpose(0, 2, 3, 1))
+        outs.append(h.transpose(to_last))
     return np.stack(outs, 1) if sequences else h
 
 
@@ -148,6 +155,45 @@ class ConvLstm(unittest.TestCase):
                     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
                     (out,) = sess.run(None, {sess.get_inputs()[0].name: self.x})
                     np.testing.assert_allclose(out.reshape(got.shape), got, rtol=1e-5, atol=1e-6)
+
+    def test_one_and_three_spatial_axes(self):
+        # ConvLSTM1D over sequences of sequences and ConvLSTM3D over sequences of volumes, against the same
+        # numpy cell.
+        rng = np.random.default_rng(4)
+        cases = {
+            "ConvLSTM1D": ((N, 4, 6, 2), 'kernel_size = 3\npadding = "same"\nreturn_sequences = true', (1,), True,
+                           True, False),
+            "ConvLSTM3D": ((N, 3, 3, 4, 3, 2), 'kernel_size = [2, 3, 2]\nstrides = [1, 2, 1]\ngo_backwards = true',
+                           (1, 2, 1), False, False, True),
+        }
+        for layer, (shape, args, strides, same, sequences, backwards) in cases.items():
+            with self.subTest(layer):
+                x = rng.normal(size=shape).astype(np.float32)
+                np.save(self.path(f"x_{layer}.npy"), x)
+                spec = self.path(f"{layer}.toml")
+                with open(spec, "w") as f:
+                    f.write(SPEC.format(T=T, H=H, W=W, C=C, args=args, epochs=2)
+                            .replace(f"input = [{T}, {H}, {W}, {C}]", f"input = {list(shape[1:])}")
+                            .replace('type = "ConvLSTM2D"', f'type = "{layer}"')
+                            .replace('x = "x.npy"', f'x = "x_{layer}.npy"'))
+                out = self.path(layer)
+                r = run(["fit", spec, "--output-dir", out, "-q"], timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ckpt = os.path.join(out, "last.ckpt")
+                wts = cli_util.read_checkpoint(ckpt)
+                name = layer.replace("ConvLSTM", "conv_lstm").lower()
+                self.assertEqual(wts[f"{name}/kernel"].ndim, len(shape) - 1)
+                hidden = conv_lstm(x.astype(np.float64), wts[f"{name}/kernel"], wts[f"{name}/recurrent_kernel"],
+                                   wts[f"{name}/bias"], strides, same, sequences, backwards)
+                want = sigmoid(hidden.reshape(N, -1) @ wts["dense/kernel"] + wts["dense/bias"])
+                got = cli_util.predict_rows(self, [ckpt, self.path(f"x_{layer}.npy"), "--probabilities"], ndmin=2)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+                if ort is not None:
+                    r = run(["export", ckpt, "-o", self.path(f"{layer}.onnx"), "-q"])
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    sess = ort.InferenceSession(self.path(f"{layer}.onnx"), providers=["CPUExecutionProvider"])
+                    (onnx_out,) = sess.run(None, {sess.get_inputs()[0].name: x})
+                    np.testing.assert_allclose(onnx_out.reshape(got.shape), got, rtol=1e-5, atol=1e-6)
 
     def test_it_learns_and_replicas_agree(self):
         args = 'kernel_size = 3\npadding = "same"\ndropout = 0.2\nrecurrent_dropout = 0.2'
