@@ -71,10 +71,15 @@ LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, i
       pads[i + r] = total - total / 2;
     } else {
       if (n < span)
-        b.fail("kernel_size",
-               fmt::format("kernel_size ({}) spans more than the input {} from '{}' along axis {}",
-                           fmt::join(kernel, ", "), keras_shape(x.shape), x.from, i + 2),
-               "use a smaller kernel_size or padding = \"same\"");
+        b.fail(
+            "kernel_size",
+            fmt::format("kernel_size ({}){} spans {} elements along axis {}, more than the input {} from "
+                        "'{}' holds",
+                        fmt::join(kernel, ", "),
+                        dilation[i] > 1 ? fmt::format(" with dilation_rate ({})", fmt::join(dilation, ", "))
+                                        : std::string(),
+                        span, i + 2, keras_shape(x.shape), x.from),
+            "use a smaller kernel_size or dilation_rate, or padding = \"same\"");
       out[i] = (n - span) / strides[i] + 1;
     }
     area *= kernel[i];

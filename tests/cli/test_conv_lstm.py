@@ -231,7 +231,8 @@ class ConvLstm(unittest.TestCase):
                                     "(None, 4, 6, 10)")
         with open(spec, "w") as f:
             f.write(SPEC.format(T=T, H=H, W=W, C=C, args="kernel_size = 7", epochs=1))
-        cli_util.assert_input_error(self, run(["summary", spec]), "kernel_size (7, 7)", "padding = \"same\"")
+        cli_util.assert_input_error(self, run(["summary", spec]), "kernel_size (7, 7) spans 7 elements along axis 2",
+                                    "padding = \"same\"")
 
 
 if __name__ == "__main__":
