@@ -173,11 +173,15 @@ void add_core_layers(std::vector<LayerDef>& defs);            // layers_core.cpp
 void add_conv_layers(std::vector<LayerDef>& defs);            // layers_conv.cpp
 void add_recurrent_layers(std::vector<LayerDef>& defs);       // layers_recurrent.cpp
 void add_conv_recurrent_layers(std::vector<LayerDef>& defs);  // layers_conv_lstm.cpp
-void add_sequence_layers(std::vector<LayerDef>& defs);        // layers_conv1d.cpp
-void add_reshaping_layers(std::vector<LayerDef>& defs);       // layers_reshaping.cpp
-void add_attention_layers(std::vector<LayerDef>& defs);       // layers_attention.cpp
-void add_augmentation_layers(std::vector<LayerDef>& defs);    // layers_augment.cpp
-void add_volume_layers(std::vector<LayerDef>& defs);          // layers_conv3d.cpp
+// ConvLSTM1D/2D/3D (`rank` spatial axes); with Bidirectional's merge_mode ("concat", ...) a forward and a
+// backward layer merged, with "" one (layers_conv_lstm.cpp).
+LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, int rank,
+                           const std::string& merge);
+void add_sequence_layers(std::vector<LayerDef>& defs);      // layers_conv1d.cpp
+void add_reshaping_layers(std::vector<LayerDef>& defs);     // layers_reshaping.cpp
+void add_attention_layers(std::vector<LayerDef>& defs);     // layers_attention.cpp
+void add_augmentation_layers(std::vector<LayerDef>& defs);  // layers_augment.cpp
+void add_volume_layers(std::vector<LayerDef>& defs);        // layers_conv3d.cpp
 // Every layer, in the order above; `trainable` is appended to each signature.
 const std::vector<LayerDef>& layer_defs();
 

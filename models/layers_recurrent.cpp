@@ -4,6 +4,8 @@
 // and recurrent_kernel [1, gates * units, units] are Keras's kernels transposed with the gates reordered.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "engine/ops/rnn_config.h"
 #include "models/layer_library.h"
 
@@ -256,18 +258,40 @@ LayerValue build_simple_rnn(LayerBuilder& b, const std::vector<LayerValue>& in) 
 // a layer object; a spec's layer table holds them flat).
 LayerValue build_bidirectional(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const std::string layer = b.args.string("layer");
-  if (layer != "LSTM" && layer != "GRU" && layer != "SimpleRNN")
-    b.fail("layer", fmt::format("Bidirectional wraps LSTM, GRU or SimpleRNN, not \"{}\"", layer),
-           "layer = \"LSTM\", \"GRU\" or \"SimpleRNN\"");
+  const int conv_rank = layer == "ConvLSTM1D" ? 1 : layer == "ConvLSTM2D" ? 2 : layer == "ConvLSTM3D" ? 3 : 0;
+  if (layer != "LSTM" && layer != "GRU" && layer != "SimpleRNN" && conv_rank == 0)
+    b.fail("layer",
+           fmt::format("Bidirectional wraps LSTM, GRU, SimpleRNN or ConvLSTM1D/2D/3D, not \"{}\"", layer),
+           "layer = \"LSTM\", \"GRU\", \"SimpleRNN\" or \"ConvLSTM2D\"");
+  // The arguments only other wrapped layers take, with the layers that take them ("ConvLSTM": the three).
+  struct Owned {
+    const char* arg;
+    std::vector<std::string> layers;
+    const char* owners;
+  };
+  const Owned owned[] = {{"unit_forget_bias", {"LSTM", "ConvLSTM"}, "LSTM and the ConvLSTMs"},
+                         {"reset_after", {"GRU"}, "GRU"},
+                         {"recurrent_activation", {"LSTM", "GRU", "ConvLSTM"}, "LSTM, GRU and the ConvLSTMs"},
+                         {"units", {"LSTM", "GRU", "SimpleRNN"}, "LSTM, GRU and SimpleRNN"},
+                         {"filters", {"ConvLSTM"}, "the ConvLSTMs"},
+                         {"kernel_size", {"ConvLSTM"}, "the ConvLSTMs"},
+                         {"strides", {"ConvLSTM"}, "the ConvLSTMs"},
+                         {"padding", {"ConvLSTM"}, "the ConvLSTMs"},
+                         {"dilation_rate", {"ConvLSTM"}, "the ConvLSTMs"}};
+  const std::string kind = conv_rank > 0 ? "ConvLSTM" : layer;
+  for (const Owned& o : owned)
+    if (b.args.has(o.arg) && std::find(o.layers.begin(), o.layers.end(), kind) == o.layers.end())
+      b.fail(o.arg, fmt::format("{} is an argument of {}, not of the {} this wraps", o.arg, o.owners, layer));
+  const std::string merge = b.choice("merge_mode", {"concat", "sum", "ave", "mul"});
+  if (conv_rank > 0) {
+    for (const char* arg : {"filters", "kernel_size"})
+      if (!b.args.has(arg)) b.fail_layer(fmt::format("Bidirectional {} needs {}", layer, arg));
+    return build_conv_lstm(b, in, conv_rank, merge);
+  }
+  if (!b.args.has("units")) b.fail_layer(fmt::format("Bidirectional {} needs units", layer));
   const ops::RnnCell cell = layer == "LSTM"  ? ops::RnnCell::lstm
                             : layer == "GRU" ? ops::RnnCell::gru
                                              : ops::RnnCell::rnn;
-  // The arguments only another wrapped layer takes.
-  const std::vector<std::pair<std::string, std::string>> owned = {
-      {"unit_forget_bias", "LSTM"}, {"reset_after", "GRU"}, {"recurrent_activation", "LSTM and GRU"}};
-  for (const auto& [arg, owner] : owned)
-    if (b.args.has(arg) && owner.find(layer) == std::string::npos)
-      b.fail(arg, fmt::format("{} is an argument of {}, not of the {} this wraps", arg, owner, layer));
   return build_recurrent(b, in, cell, true);
 }
 
@@ -303,7 +327,18 @@ void add_recurrent_layers(std::vector<LayerDef>& defs) {
   for (const ArgDecl& a : common_args())
     if (a.name != "recurrent_activation") simple.push_back(a);
   defs.push_back({"SimpleRNN", "simple_rnn", one_direction(simple), 1, 1, false, build_simple_rnn});
-  std::vector<ArgDecl> both = common_args();
+  // Bidirectional takes the arguments of every layer it wraps: units is for LSTM, GRU and SimpleRNN, the
+  // convolution's for the ConvLSTMs (build_bidirectional checks which).
+  std::vector<ArgDecl> both;
+  for (ArgDecl a : common_args()) {
+    if (a.name == "units") a.optional = true;
+    both.push_back(a);
+  }
+  both.push_back({"filters", ArgKind::integer, std::nullopt, true});
+  both.push_back({"kernel_size", ArgKind::int_or_ints, std::nullopt, true});
+  both.push_back({"strides", ArgKind::int_or_ints, int64_t{1}});
+  both.push_back({"padding", ArgKind::string, std::string("valid")});
+  both.push_back({"dilation_rate", ArgKind::int_or_ints, int64_t{1}});
   both.push_back({"layer", ArgKind::string, std::nullopt});
   both.push_back({"merge_mode", ArgKind::string, std::string("concat")});
   both.push_back({"unit_forget_bias", ArgKind::boolean, true});

@@ -195,6 +195,43 @@ class ConvLstm(unittest.TestCase):
                     (onnx_out,) = sess.run(None, {sess.get_inputs()[0].name: x})
                     np.testing.assert_allclose(onnx_out.reshape(got.shape), got, rtol=1e-5, atol=1e-6)
 
+    def test_bidirectional(self):
+        # Keras's Bidirectional(ConvLSTM2D): a forward and a backward layer, the backward one's steps flipped back
+        # into the input's order, merged on the channels.
+        for merge, sequences in (("concat", True), ("sum", False)):
+            with self.subTest(merge=merge):
+                name = f"bi_{merge}"
+                spec = self.path(f"{name}.toml")
+                args = f'kernel_size = 3\npadding = "same"\nmerge_mode = "{merge}"\nreturn_sequences = {str(sequences).lower()}'
+                with open(spec, "w") as f:
+                    f.write(SPEC.format(T=T, H=H, W=W, C=C, args=args, epochs=2)
+                            .replace('type = "ConvLSTM2D"', 'type = "Bidirectional"\nlayer = "ConvLSTM2D"'))
+                out = self.path(name)
+                r = run(["fit", spec, "--output-dir", out, "-q"], timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ckpt = os.path.join(out, "last.ckpt")
+                wts = cli_util.read_checkpoint(ckpt)
+                x = self.x.astype(np.float64)
+
+                def direction(d, backwards):
+                    p = f"bidirectional/{d}_conv_lstm2d/"
+                    return conv_lstm(x, wts[p + "kernel"], wts[p + "recurrent_kernel"], wts[p + "bias"], (1, 1), True,
+                                     sequences, backwards)
+                forward, backward = direction("forward", False), direction("backward", True)
+                if sequences:
+                    merged = np.concatenate([forward, backward[:, ::-1]], -1)
+                else:
+                    merged = forward + backward
+                want = sigmoid(merged.reshape(N, -1) @ wts["dense/kernel"] + wts["dense/bias"])
+                got = cli_util.predict_rows(self, [ckpt, self.path("x.npy"), "--probabilities"], ndmin=2)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        spec = self.path("bi_bad.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(T=T, H=H, W=W, C=C, args="units = 3", epochs=1)
+                    .replace('type = "ConvLSTM2D"', 'type = "Bidirectional"\nlayer = "ConvLSTM2D"'))
+        cli_util.assert_input_error(self, run(["summary", spec]), "units is an argument of LSTM, GRU and SimpleRNN",
+                                    "not of the ConvLSTM2D this wraps")
+
     def test_it_learns_and_replicas_agree(self):
         args = 'kernel_size = 3\npadding = "same"\ndropout = 0.2\nrecurrent_dropout = 0.2'
         events, one = self.fit("learn", args, epochs=12)

@@ -480,9 +480,10 @@ TEST_SUITE("build") {
     CHECK(m.layers[0].params == 2 * 4 * 4 * (3 + 4 + 1));
     CHECK(m.layers[1].params == 2 * (3 * 2 * (8 + 2) + 2 * 3 * 2));
     m.graph.validate();
-    CHECK_THROWS_WITH(models::testing::build(Spec({7, 3}).add(
-                          "Bidirectional", {{"layer", std::string("Dense")}, {"units", int64_t{4}}})),
-                      doctest::Contains("Bidirectional wraps LSTM, GRU or SimpleRNN"));
+    CHECK_THROWS_WITH(
+        models::testing::build(
+            Spec({7, 3}).add("Bidirectional", {{"layer", std::string("Dense")}, {"units", int64_t{4}}})),
+        doctest::Contains("Bidirectional wraps LSTM, GRU, SimpleRNN or ConvLSTM1D/2D/3D, not \"Dense\""));
     CHECK_THROWS_WITH(models::testing::build(Spec({7, 3}).add(
                           "Bidirectional",
                           {{"layer", std::string("LSTM")}, {"units", int64_t{4}}, {"reset_after", false}})),
@@ -506,7 +507,8 @@ TEST_SUITE("build") {
                           Spec({7, 3}).add("Bidirectional", {{"layer", std::string("SimpleRNN")},
                                                              {"units", int64_t{4}},
                                                              {"recurrent_activation", std::string("relu")}})),
-                      doctest::Contains("recurrent_activation is an argument of LSTM and GRU"));
+                      doctest::Contains("recurrent_activation is an argument of LSTM, GRU and the ConvLSTMs, "
+                                        "not of the SimpleRNN this wraps"));
   }
 }
 
