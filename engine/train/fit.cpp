@@ -1140,9 +1140,10 @@ class MaskCounter {
       const int64_t per_row = m.shape().numel() / b.size;
       std::vector<double>& pre = prefix_[i];
       pre.assign(static_cast<size_t>(b.size) + 1, 0.0);
+      const float* f32 = m.dtype() == DType::f32 ? m.data<float>() : nullptr;  // what masks are
       for (int64_t r = 0; r < b.size; ++r) {
         double n = 0;
-        for (int64_t j = 0; j < per_row; ++j) n += m.get_f64(r * per_row + j);
+        for (int64_t j = 0; j < per_row; ++j) n += f32 ? f32[r * per_row + j] : m.get_f64(r * per_row + j);
         pre[r + 1] = pre[r] + n;
       }
     }
