@@ -1499,13 +1499,19 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
              "several outputs");
     if (cw->is_table()) {
       // Keras's dict form, keys being class ids: { "0" = 1.0, "1" = 5.0 }; a class left out weighs 1.
+      std::map<long long, std::string> keys;  // each class's key, for a class keyed twice ("1" and "01")
       for (const auto& [key, v] : *cw->as_table()) {
         const std::string k(key.str());
         char* end = nullptr;
         const long long id = std::strtoll(k.c_str(), &end, 10);
-        if (k.empty() || *end != '\0' || id < 0 || id > 100000)
+        if (k.empty() || !std::isdigit(static_cast<unsigned char>(k[0])) || *end != '\0' || id < 0 ||
+            id > 100000)
           r.fail(r.pos(v), fmt::format("train.class_weight has key '{}', which is not a class id", k),
                  "key each weight by its class: class_weight = { \"0\" = 1.0, \"1\" = 5.0 }");
+        if (const auto [at, fresh] = keys.emplace(id, k); !fresh)
+          r.fail(r.pos(v),
+                 fmt::format("train.class_weight keys class {} twice, as '{}' and '{}'", id, at->second, k),
+                 "give each class one weight");
         if (!v.is_number())
           r.fail(r.pos(v), fmt::format("train.class_weight.{} must be a number, not {}", k, describe(v)));
         if (static_cast<size_t>(id) >= s.class_weight.size()) s.class_weight.resize(id + 1, 1.0);

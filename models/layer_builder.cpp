@@ -223,13 +223,18 @@ ValueId LayerBuilder::op(const std::string& op, std::vector<ValueId> inputs, Att
 int64_t LayerBuilder::positive(const std::string& arg) const {
   int64_t v = args.integer(arg);
   if (v < 1) fail(arg, fmt::format("{} must be a positive integer, got {}", arg, v));
+  if (v > kLargestSize)
+    fail(arg, fmt::format("{} = {} is too large (at most {})", arg, v, kLargestSize),
+         "a layer's sizes (units, filters, kernels, vocabularies) fit in 32 bits");
   return v;
 }
 
 std::vector<int64_t> LayerBuilder::positive_pair(const std::string& arg) const {
   std::vector<int64_t> v = args.pair(arg);
   for (int64_t x : v)
-    if (x < 1) fail(arg, fmt::format("{} must hold positive integers, got [{}]", arg, fmt::join(v, ", ")));
+    if (x < 1 || x > kLargestSize)
+      fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg, kLargestSize,
+                            fmt::join(v, ", ")));
   return v;
 }
 

@@ -42,6 +42,10 @@ std::vector<int64_t> channels_last_perm(size_t keras_rank);
 // "(None, 28, 28, 1)": a per-sample shape with the batch, as Keras prints it.
 std::string keras_shape(const std::vector<int64_t>& shape);
 
+// The largest size a layer's argument may give (units, filters, kernel sizes, strides, vocabularies):
+// anything larger overflows the tensors it shapes.
+inline constexpr int64_t kLargestSize = (int64_t{1} << 31) - 1;
+
 class LayerBuilder {
  public:
   LayerBuilder(engine::Graph& graph, const BuildOptions& options, const formats::LayerSpec& spec,

@@ -862,13 +862,6 @@ struct Metrics {
   }
 };
 
-// The names of the quantities `m` reports, comma-separated (TrainingState::metric_layout).
-std::string metric_layout(const Metrics& m) {
-  std::string out;
-  for (const auto& [name, value] : m.logs("")) out += (out.empty() ? "" : ",") + name;
-  return out;
-}
-
 // One plan of the device with the values the loop feeds and reads.
 struct Plan {
   int index = -1;
@@ -884,6 +877,22 @@ struct Plan {
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
 };
+
+// What an epoch's running sums count (TrainingState::metric_layout): the quantities `m` reports, then the
+// batches (their size, from how many samples: the data's position in the epoch) and what weighs or masks the
+// counts, which a resumed run must share to go on with them.
+std::string metric_layout(const Metrics& m, const FitConfig& cfg, int64_t train_samples, const Plan& p) {
+  std::string out;
+  for (const auto& [name, value] : m.logs("")) out += (out.empty() ? "" : ", ") + name;
+  out += fmt::format(" (batches of {} from {} samples", cfg.batch_size, train_samples);
+  std::vector<std::string> masked;
+  for (size_t i = 0; i <= p.more_mask.size(); ++i)
+    if ((i == 0 ? p.mask : p.more_mask[i - 1]) != kNoValue) masked.push_back(std::to_string(i + 1));
+  if (!masked.empty()) out += fmt::format("; masked output {}", fmt::join(masked, ", "));
+  if (cfg.sample_weights) out += "; sample weights";
+  if (!cfg.class_weight.empty()) out += fmt::format("; class_weight [{}]", fmt::join(cfg.class_weight, ", "));
+  return out + ")";
+}
 
 double read_scalar(Session& s, ValueId v) {
   const Value& val = s.graph().value(v);
@@ -1632,18 +1641,18 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   while (st.epoch < cfg.epochs) {
     auto t0 = std::chrono::steady_clock::now();
     Metrics acc(outputs);
-    const std::string layout = metric_layout(acc);
+    const std::string layout = metric_layout(acc, cfg, n_train, dev.any_plan());
     if (!st.metric_sums.empty()) {
-      // The epoch's sums go on only for the quantities they count: other metrics (a --set on resume) would
-      // report numbers the uninterrupted run never had.
+      // The epoch goes on only as it began: other batches would skip or repeat samples, and other metrics,
+      // masks or weights would mix their counts with the sums (a --set or --batch-size on resume).
       if (!st.metric_layout.empty() && st.metric_layout != layout)
         throw InputError(
-            "train.metrics",
-            fmt::format("the checkpoint stopped in the middle of epoch {}, whose running sums are of "
-                        "{}, and this run reports {}",
+            "--resume",
+            fmt::format("the checkpoint stopped in the middle of epoch {}, whose running sums count {}, and "
+                        "this run counts {}",
                         st.epoch + 1, st.metric_layout, layout),
-            "resume with the metrics of the checkpoint's run, or from a checkpoint written at the "
-            "end of an epoch");
+            "resume with the batch_size, data, metrics, masks and weights of the checkpoint's run, or from a "
+            "checkpoint written at the end of an epoch");
       // A checkpoint from before a metric's counts existed holds fewer sums: the missing ones start at 0.
       std::vector<double> sums = st.metric_sums;
       sums.resize(acc.flat_size(), 0.0);

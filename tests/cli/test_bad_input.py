@@ -207,9 +207,12 @@ loss = "sparse_categorical_crossentropy"
     def test_absurd_sizes_and_ranks(self):
         # Sizes no machine holds are errors naming the tensor, before anything is allocated; a sample of more
         # than 8 dimensions is named at its place.
-        for text in (SPEC.replace("units = 10", "units = 9223372036854775807"),
-                     SPEC.replace("input = [28, 28]", "input = [28, 9223372036854775807]")):
-            assert_input_error(self, self.trainer("check", self.spec(text)), "is too large: over 2^40 bytes")
+        text = SPEC.replace("input = [28, 28]", "input = [28, 9223372036854775807]")
+        assert_input_error(self, self.trainer("check", self.spec(text)), "is too large: over 2^40 bytes")
+        # A layer's sizes are named at their argument first.
+        text = SPEC.replace("units = 10", "units = 9223372036854775807")
+        assert_input_error(self, self.trainer("check", self.spec(text)),
+                           "units = 9223372036854775807 is too large (at most 2147483647)")
         text = SPEC.replace("input = [28, 28]", "input = [" + ", ".join(["1"] * 30) + ", 784]")
         line, col = line_col(text, "[1, 1")
         assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",

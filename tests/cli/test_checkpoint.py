@@ -201,9 +201,14 @@ class MetricsOnResume(unittest.TestCase):
             # Other metrics than the sums count: refused, not reported from part of the epoch.
             r = fit("--resume", mid, "--set", 'train.metrics=["accuracy", "auc"]', "--output-dir",
                     os.path.join(d, "other"))
-            cli_util.assert_input_error(self, r, "train.metrics: the checkpoint stopped in the middle of epoch 2",
-                                        "loss,accuracy,auc", "loss,accuracy,auc,weighted_auc",
-                                        "end of an epoch")
+            cli_util.assert_input_error(self, r, "--resume: the checkpoint stopped in the middle of epoch 2",
+                                        "count loss, accuracy, auc (batches of 16 from 96 samples)",
+                                        "this run counts loss, accuracy, auc, weighted_auc", "end of an epoch")
+            # So are other batches (samples skipped or repeated) and other weights.
+            r = fit("--resume", mid, "--batch-size", "32", "--output-dir", os.path.join(d, "batches"))
+            cli_util.assert_input_error(self, r, "(batches of 32 from 96 samples)")
+            r = fit("--resume", mid, "--set", "train.class_weight=[1, 2]", "--output-dir", os.path.join(d, "cw"))
+            cli_util.assert_input_error(self, r, "class_weight [1, 2]")
             # From an epoch's end, new metrics start with the next epoch.
             r = fit("--resume", os.path.join(d, "straight", "epoch-1.ckpt"), "--set",
                     'train.metrics=["accuracy", "auc"]', "--output-dir", os.path.join(d, "from_epoch"))

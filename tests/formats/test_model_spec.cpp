@@ -618,6 +618,14 @@ TEST_SUITE("model_spec") {
     CHECK(!same_settings(a, e));
   }
 
+  TEST_CASE("a class keyed twice in class_weight is an error") {
+    const std::string train = "[train]\nloss = \"sparse_categorical_crossentropy\"\n";
+    Failure f = failure(kHead + train + "class_weight = { \"1\" = 2, \"01\" = 3 }\n");
+    CHECK(f.what == "train.class_weight keys class 1 twice, as '01' and '1'");
+    f = failure(kHead + train + "class_weight = { \" 1\" = 2 }\n");
+    CHECK(f.what == "train.class_weight has key ' 1', which is not a class id");
+  }
+
   TEST_CASE("adamax, nadam, lion and adadelta take Keras's defaults and round-trip") {
     const std::string train = "[train]\nloss = \"mse\"\n[train.optimizer]\n";
     for (const char* name : {"adamax", "nadam", "lion", "adadelta"}) {

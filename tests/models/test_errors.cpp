@@ -145,6 +145,17 @@ TEST_SUITE("errors") {
     Spec l({4, 4});
     l.add("LSTM", {{"units", int64_t{-3}}});
     CHECK(build_error(l).where() == l.arg_at(0, "units"));
+    // Sizes that would overflow the tensors they shape (4 units, a kernel's area) are refused at the
+    // argument.
+    Spec huge({4, 4});
+    huge.add("LSTM", {{"units", int64_t{1} << 62}});
+    CHECK(build_error(huge).where() == huge.arg_at(0, "units"));
+    CHECK(
+        contains(build_error(huge).what(), "units = 4611686018427387904 is too large (at most 2147483647)"));
+    Spec wide({8, 8, 1});
+    wide.add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", std::vector<int64_t>{3, int64_t{1} << 32}}});
+    CHECK(
+        contains(build_error(wide).what(), "kernel_size must hold positive integers of at most 2147483647"));
 
     Spec d({4});
     d.add("Dropout", {{"rate", 1.0}});
