@@ -175,6 +175,13 @@ std::string did_you_mean_only(const std::string& word, const std::vector<std::st
   return m.empty() ? std::string() : fmt::format("did you mean '{}'?", m);
 }
 
+// A float as TOML writes it: 2.0, not 2 (which reads as an integer).
+std::string float_text(double x) {
+  std::string s = fmt::format("{}", x);
+  if (s.find_first_of(".eEna") == std::string::npos) s += ".0";
+  return s;
+}
+
 std::string describe_value(const ArgValue& v) {
   return std::visit(
       [](const auto& x) -> std::string {
@@ -187,11 +194,17 @@ std::string describe_value(const ArgValue& v) {
           std::vector<std::string> q;
           for (const std::string& s : x) q.push_back(fmt::format("\"{}\"", s));
           return fmt::format("[{}]", fmt::join(q, ", "));
-        } else if constexpr (std::is_same_v<T, std::vector<int64_t>> ||
-                             std::is_same_v<T, std::vector<double>>)
+        } else if constexpr (std::is_same_v<T, std::vector<double>>) {
+          std::vector<std::string> q;
+          for (double d : x) q.push_back(float_text(d));
+          return fmt::format("[{}]", fmt::join(q, ", "));
+        } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
           return fmt::format("[{}]", fmt::join(x, ", "));
-        else
+        } else if constexpr (std::is_same_v<T, double>) {
+          return float_text(x);
+        } else {
           return fmt::format("{}", x);
+        }
       },
       v);
 }

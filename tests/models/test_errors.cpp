@@ -119,6 +119,8 @@ TEST_SUITE("errors") {
 
     Spec f = dense_model({{"units", 2.5}});
     CHECK(build_error(f).where() == f.arg_at(1, "units"));
+    // A float with nothing after the point is shown as one: 2.0 is not an integer here.
+    CHECK(contains(build_error(dense_model({{"units", 2.0}})).what(), "must be an integer, got 2.0"));
 
     Spec b = dense_model({{"units", int64_t{2}}, {"use_bias", int64_t{1}}});
     InputError eb = build_error(b);
