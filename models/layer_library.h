@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/ir/graph.h"
+#include "engine/ops/conv_volume.h"
 #include "models/args.h"
 #include "models/build.h"
 #include "models/initializers.h"
@@ -177,6 +178,9 @@ void add_core_layers(std::vector<LayerDef>& defs);            // layers_core.cpp
 void add_conv_layers(std::vector<LayerDef>& defs);            // layers_conv.cpp
 void add_recurrent_layers(std::vector<LayerDef>& defs);       // layers_recurrent.cpp
 void add_conv_recurrent_layers(std::vector<LayerDef>& defs);  // layers_conv_lstm.cpp
+// How the volume helpers of engine/ops/conv_volume.h add nodes and constants to b's graph
+// (layers_conv3d.cpp).
+engine::ops::VolumeEmitter volume_emitter(LayerBuilder& b);
 // ConvLSTM1D/2D/3D (`rank` spatial axes); with Bidirectional's merge_mode ("concat", ...) a forward and a
 // backward layer merged, with "" one (layers_conv_lstm.cpp).
 LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, int rank,

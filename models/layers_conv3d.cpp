@@ -65,15 +65,6 @@ ops::WindowGeometry keras_window(LayerBuilder& b, const LayerValue& x, const std
   return g;
 }
 
-ops::VolumeEmitter emitter(LayerBuilder& b) {
-  ops::VolumeEmitter e;
-  e.op = [&b](const std::string& op, std::vector<ValueId> ins, Attributes a, const std::string&, bool) {
-    return b.op(op, std::move(ins), std::move(a));
-  };
-  e.constant = [&b](Tensor t, const std::string& what) { return b.constant(what, std::move(t)); };
-  return e;
-}
-
 LayerValue build_conv3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t filters = b.positive("filters");
   const std::vector<int64_t> kernel = positive_triple(b, "kernel_size");
@@ -98,7 +89,8 @@ LayerValue build_conv3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const ValueId bias = b.args.boolean("use_bias") ? b.weight("bias", "bias_initializer", Shape{filters},
                                                              {filters, filters, 1, filters})
                                                   : kNoValue;
-  x.value = ops::conv3d_as_2d(emitter(b), x.value, b.graph.value(x.value).shape, weight, ws, bias, g, groups);
+  x.value = ops::conv3d_as_2d(volume_emitter(b), x.value, b.graph.value(x.value).shape, weight, ws, bias, g,
+                              groups);
   x.shape = {g.out[0], g.out[1], g.out[2], filters};
   b.info.flops_per_sample = 2 * g.out[0] * g.out[1] * g.out[2] * filters * per_group * volume;
   return b.activate(x, act);
@@ -151,8 +143,8 @@ LayerValue build_conv3d_transpose(LayerBuilder& b, const std::vector<LayerValue>
                          {"pads", pads},
                          {"output_padding", extra}};
   std::string err;
-  x.value = ops::conv_transpose3d_as_2d(emitter(b), x.value, b.graph.value(x.value).shape, weight, ws, bias,
-                                        attrs, &err);
+  x.value = ops::conv_transpose3d_as_2d(volume_emitter(b), x.value, b.graph.value(x.value).shape, weight, ws,
+                                        bias, attrs, &err);
   TRAINER_ASSERT(err.empty(), "Conv3DTranspose: {}", err);
   x.shape = {out[0], out[1], out[2], filters};
   b.info.flops_per_sample =
@@ -168,7 +160,7 @@ LayerValue build_pool3d(LayerBuilder& b, const std::vector<LayerValue>& in, cons
   const ops::WindowGeometry g = keras_window(b, in[0], pool, strides, {1, 1, 1}, same, "pool_size");
   LayerValue x = b.to_channels_first(in[0]);
   // As TensorFlow, average pooling divides by the elements inside the volume only.
-  x.value = ops::pool3d_as_2d(emitter(b), op, x.value, b.graph.value(x.value).shape, g, false, 0);
+  x.value = ops::pool3d_as_2d(volume_emitter(b), op, x.value, b.graph.value(x.value).shape, g, false, 0);
   x.shape = {g.out[0], g.out[1], g.out[2], x.shape[3]};
   x.activation.clear();
   x.pre_activation = kNoValue;
@@ -327,6 +319,15 @@ void add_volume_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_upsampling3d});
+}
+
+ops::VolumeEmitter volume_emitter(LayerBuilder& b) {
+  ops::VolumeEmitter e;
+  e.op = [&b](const std::string& op, std::vector<ValueId> ins, Attributes a, const std::string&, bool) {
+    return b.op(op, std::move(ins), std::move(a));
+  };
+  e.constant = [&b](Tensor t, const std::string& what) { return b.constant(what, std::move(t)); };
+  return e;
 }
 
 }  // namespace trainer::models

@@ -157,12 +157,7 @@ LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, i
         g.in.push_back(vs[i + 2]);
         g.out.push_back((vs[i + 2] + g.pad_begin[i] + g.pad_end[i] - g.span(i)) / stride[i] + 1);
       }
-      ops::VolumeEmitter e;
-      e.op = [&b](const std::string& op, std::vector<ValueId> ins, Attributes a, const std::string&, bool) {
-        return b.op(op, std::move(ins), std::move(a));
-      };
-      e.constant = [&b](Tensor t, const std::string& what) { return b.constant(what, std::move(t)); };
-      return ops::conv3d_as_2d(e, v, vs, w, b.graph.value(w).shape, with_bias, g, 1);
+      return ops::conv3d_as_2d(volume_emitter(b), v, vs, w, b.graph.value(w).shape, with_bias, g, 1);
     };
     // Every step's input convolution at once: [N T, 4F, s...], then [N, T, 4F, s...].
     ValueId xs =

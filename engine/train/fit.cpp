@@ -213,7 +213,7 @@ ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
 // One output's labels input, loss and mask, in a loss graph.
 struct HeadLoss {
   ValueId y = kNoValue, loss = kNoValue, mask = kNoValue;
-  ValueId mask_count = kNoValue;  // with fed_count: the scalar input the masked sum is divided by
+  ValueId mask_count = kNoValue;  // with fed_count: the f32 scalar input the masked sum is divided by
 };
 
 // The loss of one output (`output`, with its Keras mask `output_mask` or none) under `h`: adds its labels
@@ -323,10 +323,13 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
                       {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t{0}}});
     }
     const ValueId sum = g.op("ReduceSum", {g.op("Mul", {per_step, m})}, {{"keepdims", int64_t{0}}});
-    if (fed_count) {
+    if (fed_count) {  // an f32 scalar, so the loop writes it as it is
       TRAINER_ASSERT(r.mask_count == kNoValue, "a second masked mean of one output");
-      r.mask_count = g.add_input(g.unique_name("mask_count"), odt, Shape{});
-      return g.op("Div", {sum, r.mask_count});
+      r.mask_count = g.add_input(g.unique_name("mask_count"), DType::f32, Shape{});
+      const ValueId count = odt == DType::f32
+                                ? r.mask_count
+                                : g.op("Cast", {r.mask_count}, {{"to", int64_t{dtype_to_onnx(odt)}}});
+      return g.op("Div", {sum, count});
     }
     const ValueId count = g.op("Max", {g.op("ReduceSum", {m}, {{"keepdims", int64_t{0}}}), scalar(1, odt)});
     return g.op("Div", {sum, count});
@@ -638,31 +641,31 @@ struct MetricAccumulator {
     TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
                    cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
+    // Position i's value of a per-sample array holding `per_row` values per sample, each covering
+    // positions / per_row consecutive positions (a step's labels).
+    auto at = [&](const float* v, int64_t per_row, int64_t per_value, int64_t i) {
+      return v[i / positions * per_row + i % positions / per_value];
+    };
+    // Position i's label class: its class id, its one-hot label's largest entry, or (binary) whether it is 1.
+    auto label_class = [&](int64_t i) -> int64_t {
+      if (kind.sparse) return static_cast<const int64_t*>(labels)[i];
+      const float* t = static_cast<const float*>(labels);
+      if (kind.binary) return t[i] > 0.5f;
+      return std::max_element(t + i * classes, t + (i + 1) * classes) - (t + i * classes);
+    };
     for (int64_t i = 0; i < n; ++i) {
-      if (mask && mask[i / positions * mask_per_row + i % positions / per_mask] == 0.0f) continue;
+      if (mask && at(mask, mask_per_row, per_mask, i) == 0.0f) continue;
       double w = 1;
-      if (weighted && weights) w = weights[i / positions * weights_per_row + i % positions / per_weight];
+      if (weighted && weights) w = at(weights, weights_per_row, per_weight, i);
       if (weighted && class_weight && !class_weight->empty() && !kind.regression) {
-        int64_t c;
-        if (kind.sparse)
-          c = static_cast<const int64_t*>(labels)[i];
-        else if (kind.binary)
-          c = static_cast<const float*>(labels)[i] > 0.5f;
-        else
-          c = std::max_element(static_cast<const float*>(labels) + i * classes,
-                               static_cast<const float*>(labels) + (i + 1) * classes) -
-              (static_cast<const float*>(labels) + i * classes);
+        const int64_t c = label_class(i);
         if (c >= 0 && c < static_cast<int64_t>(class_weight->size())) w *= (*class_weight)[c];
       }
       if (mask || weighted) extra[counted_slot()] += w;
       const float* row = out + i * classes;
       // Keras's rule for a regression loss: binary accuracy with one output, else categorical.
       if (kind.sparse || kind.categorical || (kind.regression && classes > 1)) {
-        int64_t label = kind.sparse
-                            ? static_cast<const int64_t*>(labels)[i]
-                            : std::max_element(static_cast<const float*>(labels) + i * classes,
-                                               static_cast<const float*>(labels) + (i + 1) * classes) -
-                                  (static_cast<const float*>(labels) + i * classes);
+        const int64_t label = label_class(i);
         if (acc) correct += w * ((std::max_element(row, row + classes) - row) == label);
         if (tk) {
           int64_t better = 0;
@@ -1142,17 +1145,22 @@ class MaskCounter {
     for (const auto& [v, slot] : k.inputs)
       k.session->write(v, slot == 0 ? b.x : b.xs[static_cast<size_t>(slot)], g.value(v).nbytes());
     k.session->run(ctx);
-    prefix_.assign(k.masks.size(), {});
+    // Every step: the buffers keep their storage, so steady steps allocate nothing.
+    prefix_.resize(k.masks.size());
     for (size_t i = 0; i < k.masks.size(); ++i) {
-      if (k.masks[i] == kNoValue) continue;
-      const Tensor m = k.session->read(k.masks[i]);
-      const int64_t per_row = m.shape().numel() / b.size;
       std::vector<double>& pre = prefix_[i];
+      pre.clear();
+      if (k.masks[i] == kNoValue) continue;
+      const Value& mv = g.value(k.masks[i]);
+      TRAINER_ASSERT(mv.dtype == DType::f32, "a mask of {}",
+                     dtype_name(mv.dtype));  // Keras masks are f32 here
+      mask_.resize(static_cast<size_t>(mv.shape.numel()));
+      k.session->read(k.masks[i], mask_.data(), mv.nbytes());
+      const int64_t per_row = mv.shape.numel() / b.size;
       pre.assign(static_cast<size_t>(b.size) + 1, 0.0);
-      const float* f32 = m.dtype() == DType::f32 ? m.data<float>() : nullptr;  // what masks are
       for (int64_t r = 0; r < b.size; ++r) {
         double n = 0;
-        for (int64_t j = 0; j < per_row; ++j) n += f32 ? f32[r * per_row + j] : m.get_f64(r * per_row + j);
+        for (int64_t j = 0; j < per_row; ++j) n += mask_[static_cast<size_t>(r * per_row + j)];
         pre[r + 1] = pre[r] + n;
       }
     }
@@ -1165,10 +1173,9 @@ class MaskCounter {
       const ValueId v = p.mask_counts[i];
       if (v == kNoValue) continue;
       TRAINER_ASSERT(i < prefix_.size() && !prefix_[i].empty(), "output {} was not counted", i);
-      Tensor d(s.graph().value(v).dtype, Shape{});
-      d.set_f64(0,
-                std::max(prefix_[i].back(), 1.0) * static_cast<double>(hi - lo) / static_cast<double>(rows_));
-      s.write(v, d);
+      const float d = static_cast<float>(std::max(prefix_[i].back(), 1.0) * static_cast<double>(hi - lo) /
+                                         static_cast<double>(rows_));
+      s.write(v, &d, sizeof d);
     }
   }
 
@@ -1182,6 +1189,7 @@ class MaskCounter {
   std::unique_ptr<Backend> cpu_;                        // declared before the sessions that run on it
   std::map<std::pair<bool, int64_t>, Counting> plans_;  // by (training, global batch size)
   std::vector<std::vector<double>> prefix_;  // per masked output: unmasked positions of rows [0, r)
+  std::vector<float> mask_;                  // a mask read back
   int64_t rows_ = 0;
 };
 
@@ -1658,6 +1666,7 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       sums.resize(acc.flat_size(), 0.0);
       acc.set_flat(sums);
     }
+    st.metric_layout = layout;  // what the sums of this epoch's checkpoints count
     train_loader.start_epoch(st.epoch);
     data::Batch batch;
     // A resumed epoch skips the batches it already trained on: the order is the same permutation.
@@ -1809,7 +1818,6 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
       ++st.global_step;
       ++st.batch;
       acc.flat(&st.metric_sums);
-      st.metric_layout = layout;
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
       bool last_of_epoch = st.batch == info.steps_per_epoch;
       if (saving && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&

@@ -52,6 +52,33 @@ HEADS = {
 }
 
 
+# A tagger of 6 token steps whose per-step head is `head`, trained on `data` (an npz with x, y and the weights w).
+STEPS_SPEC = """format_version = 1
+[model]
+input = {{ shape = [6], dtype = "int64" }}
+[[model.layers]]
+type = "Embedding"
+input_dim = 10
+output_dim = 4
+[[model.layers]]
+type = "LSTM"
+units = 8
+return_sequences = true
+[[model.layers]]
+type = "TimeDistributed"
+layer = "Dense"
+{head}
+[data.train]
+x = "{data}"
+sample_weight_key = "w"
+[train]
+{train}
+"""
+
+TAGS_HEAD = 'units = 3\nactivation = "softmax"'
+TAGS_TRAIN = 'loss = "sparse_categorical_crossentropy"\nepochs = 3\nbatch_size = 32\n[train.optimizer]\nlearning_rate = 0.02'
+
+
 def per_sample_loss(loss, p, y):
     if loss == "sparse_categorical_crossentropy":
         return -np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-7, 1))
@@ -163,38 +190,12 @@ class SampleWeight(unittest.TestCase):
         tags = (tokens % 3).astype(np.int64)
         w = rng.uniform(0, 2, (N, steps)).astype(np.float32)
         w[rng.random((N, steps)) < 0.25] = 0
-        text = """format_version = 1
-[model]
-input = {{ shape = [6], dtype = "int64" }}
-[[model.layers]]
-type = "Embedding"
-input_dim = 10
-output_dim = 4
-[[model.layers]]
-type = "LSTM"
-units = 8
-return_sequences = true
-[[model.layers]]
-type = "TimeDistributed"
-layer = "Dense"
-units = 3
-activation = "softmax"
-[data.train]
-x = "{data}"
-sample_weight_key = "w"
-[train]
-loss = "sparse_categorical_crossentropy"
-epochs = 3
-batch_size = 32
-[train.optimizer]
-learning_rate = 0.02
-"""
         runs = []
         for name, y in (("tags", tags), ("changed", np.where(w == 0, (tags + 1) % 3, tags))):
             np.savez(self.path(f"{name}.npz"), x=tokens, y=y, w=w)
             spec = self.path(f"{name}.toml")
             with open(spec, "w") as f:
-                f.write(text.format(data=f"{name}.npz"))
+                f.write(STEPS_SPEC.format(head=TAGS_HEAD, data=f"{name}.npz", train=TAGS_TRAIN))
             self.fit([spec, "--output-dir", self.path(name)])
             runs.append(cli_util.read_checkpoint(self.path(f"{name}/last.ckpt")))
         for n in runs[0]:
@@ -211,7 +212,8 @@ learning_rate = 0.02
         # Weighted metrics weigh each step by its own weight.
         spec = self.path("tags_weighted.toml")
         with open(spec, "w") as f:
-            f.write(text.format(data="tags.npz").replace("epochs = 3", 'epochs = 1\nweighted_metrics = ["accuracy"]'))
+            f.write(STEPS_SPEC.format(head=TAGS_HEAD, data="tags.npz", train=TAGS_TRAIN)
+                    .replace("epochs = 3", 'epochs = 1\nweighted_metrics = ["accuracy"]'))
         self.fit([spec, "--output-dir", self.path("tags_weighted")])
         r = run(["evaluate", self.path("tags_weighted/last.ckpt"), "--data", "train"])
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -224,7 +226,7 @@ learning_rate = 0.02
         np.savez(self.path("bad_steps.npz"), x=tokens, y=tags, w=w[:, :4])
         spec = self.path("bad_steps.toml")
         with open(spec, "w") as f:
-            f.write(text.format(data="bad_steps.npz"))
+            f.write(STEPS_SPEC.format(head=TAGS_HEAD, data="bad_steps.npz", train=TAGS_TRAIN))
         cli_util.assert_input_error(self, run(["fit", spec]), "holds 4 sample weights per sample",
                                     "one per step of an output of steps")
 
@@ -299,30 +301,9 @@ learning_rate = 0.02
         np.savez(self.path("multi_label.npz"), x=x, y=y, w=w)
         spec = self.path("multi_label.toml")
         with open(spec, "w") as f:
-            f.write("""format_version = 1
-[model]
-input = { shape = [6], dtype = "int64" }
-[[model.layers]]
-type = "Embedding"
-input_dim = 10
-output_dim = 4
-[[model.layers]]
-type = "LSTM"
-units = 8
-return_sequences = true
-[[model.layers]]
-type = "TimeDistributed"
-layer = "Dense"
-units = 2
-activation = "sigmoid"
-[data.train]
-x = "multi_label.npz"
-sample_weight_key = "w"
-[train]
-loss = "binary_crossentropy"
-weighted_metrics = ["accuracy"]
-batch_size = 16
-""")
+            f.write(STEPS_SPEC.format(head='units = 2\nactivation = "sigmoid"', data="multi_label.npz",
+                                      train='loss = "binary_crossentropy"\nweighted_metrics = ["accuracy"]\n'
+                                            'batch_size = 16'))
         self.fit([spec, "--output-dir", self.path("multi_label")])
         ckpt = self.path("multi_label/last.ckpt")
         r = run(["evaluate", ckpt, "--data", "train"])
@@ -338,36 +319,16 @@ batch_size = 16
         np.savez(self.path("steps_reg.npz"), x=rng.integers(1, 10, (64, 6)),
                  y=rng.normal(size=(64, 6, 1)).astype(np.float32), w=rng.uniform(0, 1, (64, 6)).astype(np.float32))
         spec = self.path("steps_reg.toml")
-        text = """format_version = 1
-[model]
-input = {{ shape = [6], dtype = "int64" }}
-[[model.layers]]
-type = "Embedding"
-input_dim = 10
-output_dim = 4
-[[model.layers]]
-type = "LSTM"
-units = 8
-return_sequences = true
-[[model.layers]]
-type = "TimeDistributed"
-layer = "Dense"
-units = 1
-[data.train]
-x = "steps_reg.npz"
-sample_weight_key = "w"
-[train]
-loss = "mse"
-{metrics}
-"""
+        def text(metrics):
+            return STEPS_SPEC.format(head="units = 1", data="steps_reg.npz", train=f'loss = "mse"\n{metrics}')
         with open(spec, "w") as f:
-            f.write(text.format(metrics='weighted_metrics = ["mae"]'))
+            f.write(text('weighted_metrics = ["mae"]'))
         cli_util.assert_input_error(self, run(["fit", spec, "--output-dir", self.path("steps_reg")]),
                                     "train.weighted_metrics: the weighted metrics of a mse output weigh whole samples",
                                     "6 per sample", "train.metrics")
         self.assertFalse(os.path.exists(self.path("steps_reg/last.ckpt")))
         with open(spec, "w") as f:
-            f.write(text.format(metrics='metrics = ["mae"]'))
+            f.write(text('metrics = ["mae"]'))
         self.fit([spec, "--output-dir", self.path("steps_reg")])
 
     def test_weights_of_shape_n_by_1_are_one_per_sample(self):
