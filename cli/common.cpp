@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include <onnx/onnx_pb.h>
+#include "engine/ops/sync_batch_norm.h"
 #include "engine/util/error.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
@@ -550,6 +551,7 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
         onnx ? build_onnx(*shared, *onnx, batch, training) : build(*shared, batch, training);
     engine::ForwardModel fm;
     fm.graph = std::move(m.graph);
+    if (training && shared->parallel.sync_batch_norm) engine::ops::synchronize_batch_norms(fm.graph);
     fm.input = m.input;
     for (const models::BuiltModel::Input& in : m.more_inputs) fm.more_inputs.push_back(in.value);
     fm.output = m.output;

@@ -38,7 +38,7 @@ constexpr std::string_view kSetPrefix = "--set ";
 
 // The schema: the keys each table may hold. Layer tables are free-form (models/ checks their arguments).
 const Keys kRootKeys = {"format_version", "model", "data", "train", "parallel"};
-const Keys kParallelKeys = {"bucket_mb", "shard_optimizer"};
+const Keys kParallelKeys = {"bucket_mb", "shard_optimizer", "sync_batch_norm"};
 const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze", "output", "outputs"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kNamedInputKeys = {"name", "shape", "dtype"};
@@ -1639,6 +1639,7 @@ ModelSpec parse_spec(const std::string& text, const std::string& path,
       t.fail("bucket_mb", fmt::format("parallel.bucket_mb must be positive, not {}", spec.parallel.bucket_mb),
              "25 (MB of gradients per reduction) suits most models");
     t.get("shard_optimizer", spec.parallel.shard_optimizer);
+    t.get("sync_batch_norm", spec.parallel.sync_batch_norm);
   }
   return spec;
 }

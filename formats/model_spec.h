@@ -280,6 +280,9 @@ struct ParallelSection {
   // ZeRO-1: each replica keeps the optimizer state of its share of the parameters, updates only those, and
   // sends the new values to the others.
   bool shard_optimizer = false;
+  // Every BatchNormalization of the model (its layers', an ONNX model's) normalizes with the global batch's
+  // statistics across replicas, as BatchNormalization(synchronized = true) does.
+  bool sync_batch_norm = false;
   SourcePos pos;
   bool operator==(const ParallelSection&) const = default;
 };

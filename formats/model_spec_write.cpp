@@ -309,6 +309,7 @@ std::string to_toml(const ModelSpec& spec) {
   w.header("[parallel]");
   w.kv("bucket_mb", spec.parallel.bucket_mb);
   w.kv("shard_optimizer", spec.parallel.shard_optimizer);
+  w.kv("sync_batch_norm", spec.parallel.sync_batch_norm);
   return std::move(w).str();
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "engine/ops/sync_batch_norm.h"
 #include "models/layer_library.h"
 
 namespace trainer::models {
@@ -346,6 +347,9 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   if (training) {
     b.graph.bind_update(b.graph.node(n).outputs[1], mean);
     b.graph.bind_update(b.graph.node(n).outputs[2], var);
+    // synchronized: the global batch's statistics across data-parallel replicas (the node's outputs keep
+    // their values).
+    if (b.args.boolean("synchronized")) ops::synchronize_batch_norm(b.graph, n);
   }
   if (!direct) {
     std::vector<int64_t> back = {-1};
@@ -575,7 +579,8 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                    {"beta_initializer", ArgKind::string, S("zeros")},
                    {"gamma_initializer", ArgKind::string, S("ones")},
                    {"moving_mean_initializer", ArgKind::string, S("zeros")},
-                   {"moving_variance_initializer", ArgKind::string, S("ones")}},
+                   {"moving_variance_initializer", ArgKind::string, S("ones")},
+                   {"synchronized", ArgKind::boolean, false}},
                   1,
                   1,
                   false,

@@ -135,7 +135,8 @@ run_checks() {
   check nccl 60 "$t" - "$tests" "-tc=cuda: NCCL*"
   check ops 150 "$t" - "$tests" "-tc=cuda: every registered op*"
   check steps 150 "$t" - "$tests" "-tce=cuda: NCCL*,cuda: every registered op*"
-  check cli-gpus1 180 "$c" - python3 "$cli" "$trainer" ${cases}gpus_1_through_nccl_equals_one_device
+  check cli-gpus1 240 "$c" - python3 "$cli" "$trainer" ${cases}gpus_1_through_nccl_equals_one_device \
+    ${cases}synchronized_batch_norm_through_nccl
   # What only several GPUs show: sums across them, ZeRO-1 through NCCL, and the measured scaling.
   local gpus
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)

@@ -4,6 +4,7 @@
 #include "engine/ir/op_schema.h"
 #include "engine/ops/norm_dropout.h"
 #include "engine/ops/op_helpers.h"
+#include "engine/ops/sync_batch_norm.h"
 
 namespace trainer::engine::ops {
 
@@ -77,6 +78,17 @@ std::vector<OpExample> batch_norm_examples() {
   out.push_back(make("training NCL momentum", {2, 2, 3}, true, 3, 45));
   out.back().attrs.set("momentum", 0.7f);
   out.back().attrs.set("epsilon", 1e-3f);
+  return out;
+}
+
+// ---- ReplicaMean ----
+
+// The examples run on one device, where the op is the identity; tests/cli/test_sync_batch_norm.py checks it
+// across replicas.
+std::vector<OpExample> replica_mean_examples() {
+  std::vector<OpExample> out;
+  out.push_back(example("channel statistics", {random_tensor({1, 3, 1, 1}, -2, 2, 61)}));
+  out.push_back(example("vector", {random_tensor({5}, -2, 2, 62)}));
   return out;
 }
 
@@ -274,6 +286,72 @@ std::vector<OpExample> dropout_examples() {
 
 }  // namespace
 
+bool synchronize_batch_norm(Graph& g, NodeId id) {
+  const Node bn = g.node(id);  // a copy: adding nodes below can reallocate the node table
+  if (bn.dead || bn.op != "BatchNormalization" || bn.attrs.i("training_mode") == 0) return false;
+  const ValueId x = bn.inputs[0];
+  const DType dt = g.value(x).dtype;
+  if (dt != DType::f32 && dt != DType::f64)
+    throw InputError(bn.name,
+                     fmt::format("synchronized batch normalization '{}' takes f32 or f64 input, got {}",
+                                 bn.name, dtype_name(dt)),
+                     "run the model in f32, or leave its batch normalization unsynchronized");
+  const Shape xs = g.value(x).shape;
+  const int64_t channels = xs[1];
+  std::vector<int64_t> axes{0}, stat_shape(static_cast<size_t>(xs.rank()), 1);
+  for (int k = 2; k < xs.rank(); ++k) axes.push_back(k);
+  stat_shape[1] = channels;
+  auto name = [&](const std::string& what) { return g.unique_name(bn.name + "/" + what); };
+  auto i64s = [&](const std::string& what, const std::vector<int64_t>& v) {
+    return g.add_constant(name(what), Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
+  };
+  auto scalar = [&](const std::string& what, double v) {
+    Tensor t(dt, Shape{});
+    t.set_f64(0, v);
+    return g.add_constant(name(what), std::move(t));
+  };
+  auto op = [&](const std::string& what, const char* op, std::vector<ValueId> in, Attributes a = {}) {
+    return g.node(g.add_node(op, std::move(in), std::move(a), 1, name(what))).outputs[0];
+  };
+  const Attributes keep{{"keepdims", int64_t{1}}};
+  const ValueId reduce_axes = i64s("axes", axes);
+  const ValueId mean = op("mean", "ReplicaMean", {op("local_mean", "ReduceMean", {x, reduce_axes}, keep)});
+  const ValueId centred = op("centred", "Sub", {x, mean});
+  const ValueId var =
+      op("variance", "ReplicaMean",
+         {op("local_variance", "ReduceMean", {op("squares", "Mul", {centred, centred}), reduce_axes}, keep)});
+  const ValueId stddev =
+      op("stddev", "Sqrt", {op("variance_epsilon", "Add", {var, scalar("epsilon", bn.attrs.f("epsilon"))})});
+  const ValueId per_channel = i64s("channel_shape", stat_shape);
+  ValueId y = op("normalized", "Div", {centred, stddev});
+  y = op("scaled", "Mul", {y, op("scale", "Reshape", {bn.inputs[1], per_channel})});
+  y = op("y", "Add", {y, op("bias", "Reshape", {bn.inputs[2], per_channel})});
+  // ONNX's running statistics: running * momentum + batch * (1 - momentum), with the biased variance.
+  const double momentum = bn.attrs.f("momentum");
+  const ValueId flat = i64s("flat_shape", {channels});
+  auto running = [&](const std::string& what, ValueId batch, ValueId old) {
+    return op(
+        what, "Add",
+        {op(what + "_kept", "Mul", {old, scalar("momentum", momentum)}),
+         op(what + "_new", "Mul",
+            {op(what + "_batch", "Reshape", {batch, flat}), scalar("one_minus_momentum", 1 - momentum)})});
+  };
+  auto wanted = [&](size_t i) { return bn.outputs.size() > i && bn.outputs[i] != kNoValue; };
+  const ValueId made[3] = {y, wanted(1) ? running("running_mean", mean, bn.inputs[3]) : kNoValue,
+                           wanted(2) ? running("running_var", var, bn.inputs[4]) : kNoValue};
+  g.erase_node(id);
+  for (size_t i = 0; i < 3; ++i)
+    if (made[i] != kNoValue) g.move_output(g.value(made[i]).producer, 0, bn.outputs[i]);
+  return true;
+}
+
+int synchronize_batch_norms(Graph& g) {
+  int n = 0;
+  for (NodeId id = 0, end = g.num_nodes(); id < end; ++id)
+    if (synchronize_batch_norm(g, id)) ++n;
+  return n;
+}
+
 void register_norm_ops(OpRegistry& r) {
   r.add(OpSchema("BatchNormalization")
             .since(15)
@@ -299,6 +377,24 @@ void register_norm_ops(OpRegistry& r) {
           .attr("training_mode", int64_t{0})
           .infer(infer_batch_norm_grad)
           .non_differentiable(kGradOpReason));
+
+  // Across data-parallel replicas, replica r holding share w_r of the global batch's rows: y = sum_r w_r x_r,
+  // the same on every replica (the mean over the global batch, when each x_r is a mean over replica r's
+  // rows). Its gradient is the same op: replica r's loss gradient is weighted by w_r where the replicas'
+  // gradients are summed, so dL/dx_r = w_r sum_s w_s dy_s takes the place of w_r dx_r. One device: the
+  // identity. The plan turns every output into a reduction bucket of its own (engine/plan/planner.cpp).
+  r.add(OpSchema("ReplicaMean", kPrivateDomain)
+            .doc("Mean across data-parallel replicas, weighted by each replica's share of the global batch; "
+                 "the identity on one device")
+            .inputs(1, 1)
+            .infer([](InferContext& c) {
+              if (c.dtype(0) != DType::f32 && c.dtype(0) != DType::f64)
+                c.fail("X must be f32 or f64, got {}", dtype_name(c.dtype(0)));
+              c.set_output(0, c.dtype(0), c.shape(0));
+            })
+            .inplace(0, 0)
+            .grad([](GradContext& c) { c.set_grad(0, c.op("ReplicaMean", {c.dy()})); })
+            .examples(replica_mean_examples));
 
   r.add(OpSchema("LayerNormalization")
             .since(17)

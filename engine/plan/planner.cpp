@@ -259,6 +259,8 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   // change bytes that other readers of its group still need, so it is one only where that group dies.
   std::vector<bool> bucketed(nv, false);
   for (ValueId v : opt.gradients) bucketed[v] = true;
+  for (int s = 0; s < end; ++s)
+    if (const Node& n = g.node(prog.steps[s]); n.op == "ReplicaMean") bucketed[n.outputs[0]] = true;
   if (opt.reuse_memory) {
     for (int s = 0; s < end; ++s) {
       const Node& n = g.node(prog.steps[s]);
@@ -422,6 +424,16 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
     b.grads.push_back(v);
     b.bytes += g.value(v).nbytes();
     b.ready_after_step = std::max(b.ready_after_step, ready_at(v));
+  }
+  // Each ReplicaMean output is a bucket of its own, averaged across the replicas as the gradients are: the
+  // statistics of synchronized batch normalization, needed right after they are made.
+  for (int s = 0; s < end; ++s) {
+    const Node& n = g.node(prog.steps[s]);
+    if (n.op != "ReplicaMean") continue;
+    GradBucket& b = prog.buckets.emplace_back();
+    b.grads.push_back(n.outputs[0]);
+    b.bytes = g.value(n.outputs[0]).nbytes();
+    b.ready_after_step = s;
   }
   for (GradBucket& b : prog.buckets) {
     b.needed_by_step = end;

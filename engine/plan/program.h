@@ -21,7 +21,8 @@ struct Slot {
 
 // Gradients that become ready together. Reduction of bucket b may start right after step `ready_after_step`
 // and must finish before step `needed_by_step` (the first reader of any of its gradients, usually an
-// optimizer update).
+// optimizer update). The output of each ReplicaMean node (synchronized batch normalization's statistics and
+// their gradients) is a bucket of its own, reduced the same way.
 struct GradBucket {
   std::vector<ValueId> grads;
   size_t bytes = 0;

@@ -1992,7 +1992,8 @@ std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& s,
     out.emplace_back();
     for (ValueId v : b.grads) {
       const Value& gv = s.graph().value(v);
-      if (!to_owner) {
+      // Values that are no parameter's gradient (ReplicaMean's) are needed whole by every replica.
+      if (!to_owner || !param_of.count(v)) {
         out.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
         continue;
       }

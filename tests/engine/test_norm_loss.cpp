@@ -14,6 +14,8 @@
 #include "engine/kernels/philox.h"
 #include "engine/ops/norm_dropout.h"
 #include "engine/ops/op_helpers.h"
+#include "engine/ops/sync_batch_norm.h"
+#include "engine/plan/program.h"
 #include "engine/train/session.h"
 
 using namespace trainer;
@@ -267,6 +269,94 @@ TEST_SUITE("norm_loss") {
       check_values(s.read(mean), {rm[0], rm[1]}, 1e-7);
       check_values(s.read(var), {rv[0], rv[1]}, 1e-7);
     }
+  }
+
+  TEST_CASE(
+      "norm_loss: synchronized BatchNormalization computes on one device what BatchNormalization does") {
+    // y, the running statistics and the gradients of x, scale and B, for NCHW and [N, C], against the plain
+    // node, in f64: the rewrite is exact math, so only rounding separates them.
+    for (Shape xs : {Shape{3, 2, 2, 3}, Shape{5, 3}}) {
+      CAPTURE(xs.str());
+      const int64_t c = xs[1];
+      struct Run {
+        Tensor y, mean, var, dx, dscale, dbias;
+      };
+      auto run = [&](bool synchronized) {
+        auto g = std::make_shared<Graph>();
+        ValueId x = g->add_input("x", DType::f64, xs);
+        ValueId scale = g->add_parameter("scale", ops::random_tensor({c}, 0.5, 1.5, 11));
+        ValueId bias = g->add_parameter("bias", ops::random_tensor({c}, -0.5, 0.5, 12));
+        ValueId mean = g->add_state("mean", ops::random_tensor({c}, -0.5, 0.5, 13));
+        ValueId var = g->add_state("var", ops::random_tensor({c}, 0.5, 1.5, 14));
+        NodeId bn =
+            g->add_node("BatchNormalization", {x, scale, bias, mean, var},
+                        {{"training_mode", int64_t{1}}, {"momentum", 0.7f}, {"epsilon", 1e-3f}}, 3, "bn");
+        const std::vector<ValueId> outs = g->node(bn).outputs;
+        g->bind_update(outs[1], mean);
+        g->bind_update(outs[2], var);
+        if (synchronized) {
+          CHECK(ops::synchronize_batch_norms(*g) == 1);
+          CHECK(g->node(bn).dead);
+          CHECK(g->value(outs[0]).name == "bn:0");  // the values keep their ids and names
+          CHECK(g->value(outs[0]).producer != bn);
+        }
+        ValueId w = g->add_constant("w", ops::random_tensor(xs, -1, 1, 15));
+        ValueId loss = g->op("ReduceSum", {g->op("Mul", {outs[0], w})}, {{"keepdims", int64_t{0}}});
+        auto grads = build_backward(*g, loss, {x, scale, bias});
+        int collectives = 0;
+        for (NodeId n = 0; n < g->num_nodes(); ++n)
+          collectives += !g->node(n).dead && g->node(n).op == "ReplicaMean";
+        CHECK(collectives == (synchronized ? 4 : 0));  // the mean and variance, and their gradients
+        for (ValueId v : {outs[0], grads.at(x), grads.at(scale), grads.at(bias)}) g->mark_output(v);
+        auto backend = make_cpu_backend();
+        Session s(g, *backend);
+        // Every ReplicaMean output is a reduction bucket of its own, complete before its first reader.
+        int stat_buckets = 0;
+        for (const GradBucket& b : s.program().buckets) {
+          if (b.grads.size() != 1 || g->node(g->value(b.grads[0]).producer).op != "ReplicaMean") continue;
+          ++stat_buckets;
+          CHECK(b.ready_after_step >= 0);
+          CHECK(b.needed_by_step > b.ready_after_step);
+        }
+        CHECK(stat_buckets == collectives);
+        s.write(x, ops::random_tensor(xs, -2, 3, 16));
+        s.run({0, 1});
+        return Run{s.read(outs[0]),         s.read(mean),          s.read(var), s.read(grads.at(x)),
+                   s.read(grads.at(scale)), s.read(grads.at(bias))};
+      };
+      const Run plain = run(false), synced = run(true);
+      auto same = [](const Tensor& a, const Tensor& b, const char* what) {
+        CAPTURE(what);
+        REQUIRE(a.shape() == b.shape());
+        for (int64_t i = 0; i < a.numel(); ++i)
+          CHECK(b.get_f64(i) == doctest::Approx(a.get_f64(i)).epsilon(1e-9));
+      };
+      same(plain.y, synced.y, "y");
+      same(plain.mean, synced.mean, "running mean");
+      same(plain.var, synced.var, "running variance");
+      same(plain.dx, synced.dx, "dx");
+      same(plain.dscale, synced.dscale, "dscale");
+      same(plain.dbias, synced.dbias, "dB");
+    }
+  }
+
+  TEST_CASE("norm_loss: a BatchNormalization outside training mode is left alone, and f16 is refused") {
+    auto g = std::make_shared<Graph>();
+    ValueId x = g->add_input("x", DType::f64, Shape{4, 2});
+    std::vector<ValueId> p;
+    for (const char* n : {"s", "b", "m", "v"}) p.push_back(g->add_constant(n, f64({2}, {1.0, 1.0})));
+    NodeId bn = g->add_node("BatchNormalization", {x, p[0], p[1], p[2], p[3]}, {}, 1, "bn");
+    CHECK_FALSE(ops::synchronize_batch_norm(*g, bn));
+    CHECK_FALSE(g->node(bn).dead);
+    Graph h;
+    ValueId xh = h.add_input("x", DType::f16, Shape{4, 2});
+    std::vector<ValueId> q;
+    for (const char* n : {"s", "b", "m", "v"}) q.push_back(h.add_constant(n, Tensor(DType::f16, Shape{2})));
+    NodeId bh = h.add_node("BatchNormalization", {xh, q[0], q[1], q[2], q[3]},
+                           {{"training_mode", int64_t{1}}}, 1, "bn16");
+    CHECK_THROWS_WITH_AS(ops::synchronize_batch_norm(h, bh),
+                         doctest::Contains("synchronized batch normalization 'bn16' takes f32 or f64"),
+                         InputError);
   }
 
   TEST_CASE("norm_loss: LayerNormalization and its Mean and InvStdDev outputs") {

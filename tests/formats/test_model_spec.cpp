@@ -601,7 +601,8 @@ TEST_SUITE("model_spec") {
             "decay_rate = 0.5\nstaircase = true\n"
             "[train.early_stopping]\nmode = \"min\"\nmin_delta = 0.01\n"
             "[train.reduce_lr_on_plateau]\nmonitor = \"loss\"\nfactor = 0.2\npatience = 3\n"
-            "mode = \"min\"\nmin_delta = 0.0\ncooldown = 2\nmin_lr = 1e-6\n",
+            "mode = \"min\"\nmin_delta = 0.0\ncooldown = 2\nmin_lr = 1e-6\n"
+            "[parallel]\nshard_optimizer = true\nsync_batch_norm = true\n",
         "c.toml");
     const ModelSpec d = parse_model_spec(to_toml(c), "c.toml");
     CHECK(same_settings(c, d));
@@ -612,6 +613,8 @@ TEST_SUITE("model_spec") {
     CHECK(d.train.reduce_lr.min_lr == 1e-6);
     CHECK(d.data.validation->label_column == "label");
     CHECK(d.train.optimizer.schedule.staircase);
+    CHECK(d.parallel.shard_optimizer);
+    CHECK(d.parallel.sync_batch_norm);
     CHECK(!same_settings(a, c));
     ModelSpec e = b;
     e.model.layers[0].args["filters"].value = int64_t{9};

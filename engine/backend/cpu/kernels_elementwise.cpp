@@ -408,6 +408,8 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
                                  return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};
                                })));
   r.add("Identity", identity);
+  // The copy only: the data-parallel layer averages the output across replicas (its plan bucket).
+  r.add("ReplicaMean", identity);
   r.add("Cast", cast);
   r.add("Where", where);
 }

@@ -640,6 +640,8 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("LeakyReluGrad", activation_grad<ActivationGrad::leaky_relu>);
   r.add("GeluGrad", activation_grad<ActivationGrad::gelu>);
   r.add("Identity", view_copy);
+  // The copy only: the data-parallel layer averages the output across replicas (its plan bucket).
+  r.add("ReplicaMean", view_copy);
   r.add("Cast", cast);
   r.add("Where", where);
   // kernels_shape.cpp of the CPU
