@@ -82,6 +82,19 @@ Command add_summary_command(CLI::App& app) {
       outputs.emplace_back(m.output_name, m.output_shape);
       for (const models::BuiltModel::Output& o : m.more_outputs) outputs.emplace_back(o.name, o.shape);
     }
+    // Batch normalizations in training mode, and those synchronized across replicas (the layer flag has
+    // rewritten each into two ReplicaMean statistics; the [parallel] switch rewrites them all when fit
+    // builds).
+    int64_t batch_norms = 0, synchronized_norms = 0;
+    for (engine::NodeId id = 0; id < m.graph.num_nodes(); ++id) {
+      const engine::Node& n = m.graph.node(id);
+      if (n.dead) continue;
+      if (n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0) ++batch_norms;
+      if (n.op == "ReplicaMean") ++synchronized_norms;
+    }
+    synchronized_norms /= 2;  // the mean and the variance
+    batch_norms += synchronized_norms;
+    if (s.parallel.sync_batch_norm) synchronized_norms = batch_norms;
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;
@@ -123,7 +136,9 @@ Command add_summary_command(CLI::App& app) {
                               {"batch_per_replica", when_training(per_replica)},
                               {"optimizer_state_bytes", when_training(state.total)},
                               {"replicas", std::to_string(*devices)},
-                              {"optimizer_state_bytes_per_replica", when_training(state.per_replica)}}));
+                              {"optimizer_state_bytes_per_replica", when_training(state.per_replica)},
+                              {"batch_norm_layers", std::to_string(batch_norms)},
+                              {"synchronized_batch_norm_layers", std::to_string(synchronized_norms)}}));
       return 0;
     }
     if (inputs.size() > 1) {
@@ -173,6 +188,18 @@ Command add_summary_command(CLI::App& app) {
     else
       fmt::print("Optimizer state: {:.2f} MiB per replica{}\n", state.total / 1048576.0,
                  *devices > 1 ? " ([parallel] shard_optimizer = true divides it among the replicas)" : "");
+    if (*devices > 1 && batch_norms > 0) {
+      if (synchronized_norms == batch_norms)
+        fmt::print(
+            "BatchNormalization: {} synchronized across the replicas (the global batch's statistics; "
+            "4 small collectives each per step)\n",
+            batch_norms == 1 ? "1 layer" : fmt::format("{} layers", batch_norms));
+      else
+        fmt::print(
+            "BatchNormalization: {} of {} normalize each replica's own rows (synchronized = true, or "
+            "[parallel] sync_batch_norm = true, for the global batch's statistics)\n",
+            batch_norms - synchronized_norms, batch_norms);
+    }
     return 0;
   };
   return {cmd, run};

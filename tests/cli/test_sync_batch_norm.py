@@ -182,6 +182,22 @@ class SyncBatchNorm(unittest.TestCase):
         worst, _ = self.largest_difference(one[0], self.fit(plain, 2, "onnx_plain_two")[0])
         self.assertGreater(worst, 100 * TOLERANCE)
 
+    def test_summary_says_which_layers_are_synchronized(self):
+        for name, kw, synchronized, extra in (("plain", {"synchronized": False}, 0, []),
+                                              ("layers", {}, 2, []),
+                                              ("switch", {"synchronized": False}, 2,
+                                               ["--set", "parallel.sync_batch_norm=true"])):
+            with self.subTest(name):
+                spec = self.spec(name, **kw)
+                r = run(["summary", spec, "--json", *extra])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                s = json.loads(r.stdout)
+                self.assertEqual((s["batch_norm_layers"], s["synchronized_batch_norm_layers"]), (2, synchronized))
+                last = run(["summary", spec, "--devices", "2", *extra]).stdout.splitlines()[-1]
+                self.assertEqual(last.startswith("BatchNormalization: 2 layers synchronized across the replicas"),
+                                 synchronized == 2, last)
+                self.assertEqual("2 of 2 normalize each replica's own rows" in last, synchronized == 0, last)
+
     def test_bad_values_are_input_errors(self):
         spec = self.spec("sync")
         with open(spec) as f:
