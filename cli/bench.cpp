@@ -400,7 +400,8 @@ Command add_bench_command(CLI::App& app) {
         const auto ranges =
             split ? split->ranges_of(k) : std::map<std::string, engine::TrainingOptions::ShardRange>{};
         rsteps.push_back(at_spec_places(s, [&] {
-          return engine::training_step(model_factory(s), cfg, per_replica, split ? &ranges : nullptr);
+          return engine::training_step(engine::synchronized_factory(model_factory(s)), cfg, per_replica,
+                                       split ? &ranges : nullptr);
         }));
       }
       const engine::TrainingStep& rstep = rsteps.front();

@@ -82,19 +82,14 @@ Command add_summary_command(CLI::App& app) {
       outputs.emplace_back(m.output_name, m.output_shape);
       for (const models::BuiltModel::Output& o : m.more_outputs) outputs.emplace_back(o.name, o.shape);
     }
-    // Batch normalizations in training mode, and those synchronized across replicas (the layer flag has
-    // rewritten each into two ReplicaMean statistics; the [parallel] switch rewrites them all when fit
-    // builds).
-    int64_t batch_norms = 0, synchronized_norms = 0;
+    // Batch normalizations in training mode, and those a data-parallel run synchronizes.
+    int64_t batch_norms = 0;
     for (engine::NodeId id = 0; id < m.graph.num_nodes(); ++id) {
       const engine::Node& n = m.graph.node(id);
-      if (n.dead) continue;
-      if (n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0) ++batch_norms;
-      if (n.op == "ReplicaMean") ++synchronized_norms;
+      if (!n.dead && n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0) ++batch_norms;
     }
-    synchronized_norms /= 2;  // the mean and the variance
-    batch_norms += synchronized_norms;
-    if (s.parallel.sync_batch_norm) synchronized_norms = batch_norms;
+    const int64_t synchronized_norms =
+        s.parallel.sync_batch_norm ? batch_norms : static_cast<int64_t>(m.synchronized_norms.size());
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;

@@ -373,6 +373,8 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
       builder.penalize_activity(out.value, r.l1, r.l2);
     }
     m.constraints.insert(builder.constraints.begin(), builder.constraints.end());
+    m.synchronized_norms.insert(m.synchronized_norms.end(), builder.synchronized_norms.begin(),
+                                builder.synchronized_norms.end());
     for (ValueId p : builder.penalties)
       m.penalty = m.penalty == kNoValue
                       ? p

@@ -76,6 +76,8 @@ struct BuiltModel {
   std::vector<Input> more_inputs;
   // Keras's weight constraints (kernel_constraint, ...), by parameter name.
   std::map<std::string, engine::WeightConstraint> constraints;
+  // Synchronized BatchNormalization nodes (training mode): see LayerBuilder::synchronized_norms.
+  std::vector<engine::NodeId> synchronized_norms;
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   // A model of several outputs ([model] outputs): the layer the first output comes from, and the second,
   // third, ... output, each with what the first has above.

@@ -80,6 +80,9 @@ class LayerBuilder {
   void constrain(engine::ValueId w, const std::string& arg, const WeightFans& fans);
   // This layer's weight constraints, by weight name, which training applies after each update.
   std::map<std::string, engine::WeightConstraint> constraints;
+  // BatchNormalization(synchronized = true) in training mode: its node, which a data-parallel run rewrites
+  // to normalize with the global batch's statistics (engine::ForwardModel::synchronized_batch_norms).
+  std::vector<engine::NodeId> synchronized_norms;
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
   engine::ValueId state(const std::string& suffix, engine::Tensor init);
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 
-#include "engine/ops/sync_batch_norm.h"
 #include "models/layer_library.h"
 
 namespace trainer::models {
@@ -347,9 +346,8 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   if (training) {
     b.graph.bind_update(b.graph.node(n).outputs[1], mean);
     b.graph.bind_update(b.graph.node(n).outputs[2], var);
-    // synchronized: the global batch's statistics across data-parallel replicas (the node's outputs keep
-    // their values).
-    if (b.args.boolean("synchronized")) ops::synchronize_batch_norm(b.graph, n);
+    // synchronized: a data-parallel run rewrites the node to use the global batch's statistics.
+    if (b.args.boolean("synchronized")) b.synchronized_norms.push_back(n);
   }
   if (!direct) {
     std::vector<int64_t> back = {-1};

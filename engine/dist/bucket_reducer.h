@@ -95,8 +95,9 @@ class BucketReducer {
           std::chrono::steady_clock::now() >= progress_ + limit) {
         const int64_t step = step_;
         lock.unlock();
-        fail_collective(CollectiveTimeout(comm_->rank(), host_name(), "the reduction of a gradient bucket",
-                                          {b, step}, std::chrono::duration<double>(limit).count()));
+        fail_collective(CollectiveTimeout(comm_->rank(), host_name(),
+                                          "the reduction of a gradient or statistics bucket", {b, step},
+                                          std::chrono::duration<double>(limit).count()));
       }
     }
     waited_ += Trace::Clock::now() - start;

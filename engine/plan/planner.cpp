@@ -216,6 +216,12 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
     prog.last_step[v] = end;
     used[v] = 1;
   }
+  // A ReplicaMean output is a bucket reduced in place while later steps run: one that nothing reads is
+  // waited for at the end of the step, and its bytes must live until then.
+  for (int s = 0; s < end; ++s)
+    if (const Node& n = g.node(prog.steps[s]);
+        n.op == "ReplicaMean" && g.value(n.outputs[0]).consumers.empty())
+      prog.last_step[n.outputs[0]] = end;
   for (ValueId v : g.inputs()) used[v] = 1;  // fed every step even when unused
   for (ValueId v = 0; v < nv; ++v) {
     const Value& val = g.value(v);

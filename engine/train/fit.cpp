@@ -16,6 +16,7 @@
 #include "engine/dist/bucket_reducer.h"
 #include "engine/dist/replica_threads.h"
 #include "engine/ir/op_schema.h"
+#include "engine/ops/sync_batch_norm.h"
 #include "engine/train/session.h"
 #include "engine/train/training.h"
 #include "engine/util/error.h"
@@ -1342,12 +1343,14 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   return fit(factory, train, validation, test, format, cfg, one, observer, policy, save, resume);
 }
 
-FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> train,
+FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> train,
               std::shared_ptr<const data::Dataset> validation, std::shared_ptr<const data::Dataset> test,
               const data::BatchFormat& format, const FitConfig& cfg, const Replicas& replicas,
               FitObserver& observer, const CheckpointPolicy& policy, const SaveFn& save,
               const TrainingState* resume) {
   auto t_start = std::chrono::steady_clock::now();
+  // Replicas (communicators: --devices N, --gpus, MPI) synchronize the batch normalizations that ask for it.
+  const ModelFactory factory = replicas.comms.empty() ? given : synchronized_factory(given);
   std::vector<OutputLoss> outputs = output_losses(cfg);  // the accumulators point into it
   int64_t n_train = train ? train->size() : 0;
   int64_t n_val = validation ? validation->size() : 0;
@@ -1953,9 +1956,19 @@ FitResult fit(const ModelFactory& factory, std::shared_ptr<const data::Dataset> 
   return result;
 }
 
-size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
+ModelFactory synchronized_factory(ModelFactory factory) {
+  return [factory = std::move(factory)](int64_t batch, bool training) {
+    ForwardModel m = factory(batch, training);
+    if (training)
+      for (NodeId n : m.synchronized_batch_norms) ops::synchronize_batch_norm(m.graph, n);
+    return m;
+  };
+}
+
+size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, int64_t batch,
                               Backend& backend, int replicas) {
   replicas = std::max(1, replicas);
+  const ModelFactory factory = replicas > 1 ? synchronized_factory(given) : given;
   const int64_t rows = (batch + replicas - 1) / replicas;  // the largest slice (fit's slice rule)
   LossGraph lg = add_loss(factory(rows, true), rows, cfg);
   TrainingOptions topt = training_options(cfg, lg);

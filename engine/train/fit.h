@@ -165,8 +165,16 @@ struct ForwardModel {
   ValueId output_mask = kNoValue;
   // Weight constraints applied after each update, by parameter name (TrainingOptions::constraints).
   std::map<std::string, WeightConstraint> constraints;
+  // Training-mode BatchNormalization nodes to normalize with the global batch's statistics across replicas
+  // (BatchNormalization(synchronized = true), [parallel] sync_batch_norm). A data-parallel run rewrites them
+  // (synchronized_factory); a single device keeps the fused op, which computes the same.
+  std::vector<NodeId> synchronized_batch_norms;
 };
 using ModelFactory = std::function<ForwardModel(int64_t batch, bool training)>;
+
+// What a data-parallel run plans with: `factory`'s training models with their synchronized_batch_norms
+// rewritten into per-replica statistics averaged across the replicas (ops::synchronize_batch_norm).
+ModelFactory synchronized_factory(ModelFactory factory);
 
 // Every output's loss settings, the first output's (FitConfig's own fields) first.
 std::vector<OutputLoss> output_losses(const FitConfig& cfg);

@@ -175,6 +175,41 @@ TEST_SUITE("plan") {
       }
   }
 
+  TEST_CASE("plan: a ReplicaMean output is a bucket of its own, its bytes alive until it is waited for") {
+    // Reduced in place on the communication thread between its step and its first reader (or the end of the
+    // step when nothing reads it): its buffer must not be another value's meanwhile.
+    for (const bool read : {true, false}) {
+      CAPTURE(read);
+      Graph g;
+      ValueId x = g.add_input("x", DType::f32, Shape{8, 4});
+      ValueId m = g.op("ReplicaMean", {g.op("ReduceMean", {x, constant(g, 0)}, {{"keepdims", int64_t{1}}})});
+      // Values of m's size made after it: a dead m's bytes would be theirs.
+      ValueId y = g.op(
+          "Relu",
+          {g.op("Neg", {g.op("Exp", {g.op("ReduceMax", {x, constant(g, 0)}, {{"keepdims", int64_t{1}}})})})});
+      if (read) y = g.op("Sub", {y, m});
+      g.mark_output(y);
+      auto gp = std::make_shared<Graph>(g);
+      const Program p = plan_program(gp, {});
+      REQUIRE(p.buckets.size() == 1);
+      const GradBucket& b = p.buckets[0];
+      CHECK(b.grads == std::vector<ValueId>{m});
+      CHECK(b.ready_after_step == p.first_step[m]);
+      const int end = static_cast<int>(p.steps.size());
+      CHECK(b.needed_by_step == (read ? end - 1 : end));
+      CHECK(p.last_step[m] >= b.needed_by_step);
+      // No value written after m overlaps it while it lives.
+      for (ValueId v = 0; v < g.num_values(); ++v) {
+        if (v == m || !p.slots[v].assigned || p.first_step[v] <= p.first_step[m] ||
+            p.first_step[v] > p.last_step[m])
+          continue;
+        CAPTURE(g.value(v).name);
+        const Slot &a = p.slots[m], &o = p.slots[v];
+        CHECK((o.offset + o.bytes <= a.offset || a.offset + a.bytes <= o.offset));
+      }
+    }
+  }
+
   TEST_CASE("plan: the writer of a state update runs after every other reader") {
     Graph g;
     ValueId s = g.add_state("s", Tensor(DType::f32, Shape{4}));
