@@ -106,7 +106,8 @@ TEST_SUITE("cpu_fast_paths") {
     CHECK(std::isnan(cpu::erf_f(std::numeric_limits<float>::quiet_NaN())));
   }
 
-  TEST_CASE("the f32 Erf, Gelu and their gradient kernels (vectorized loops) match the f64 functors") {
+  TEST_CASE(
+      "the f32 Erf, Gelu, Tanh, Sigmoid and gradient kernels (vectorized loops) match the f64 functors") {
     const Tensor x64 = ops::random_tensor({3, 1000}, -6, 6, 71);
     const Tensor dy64 = ops::random_tensor({3, 1000}, -1, 1, 72);
     Tensor x32(DType::f32, x64.shape()), dy32(DType::f32, x64.shape());
@@ -121,7 +122,8 @@ TEST_SUITE("cpu_fast_paths") {
     };
     for (const Case& c :
          {Case{"Erf", false, nullptr}, Case{"ErfGrad", true, nullptr}, Case{"Gelu", false, "none"},
-          Case{"Gelu", false, "tanh"}, Case{"GeluGrad", true, "none"}, Case{"GeluGrad", true, "tanh"}}) {
+          Case{"Gelu", false, "tanh"}, Case{"GeluGrad", true, "none"}, Case{"GeluGrad", true, "tanh"},
+          Case{"Tanh", false, nullptr}, Case{"Sigmoid", false, nullptr}}) {
       CAPTURE(c.op);
       CAPTURE(c.approximate ? c.approximate : "");
       Attributes a;

@@ -278,9 +278,10 @@ KernelPtr where(const KernelArgs& a) {
   return kp;
 }
 
-// Erf and GELU in f32: loops over vec_math's erf_f, exp_clamped and tanh_f, compiled for the widest vectors
-// (libm's erff and expf are scalar calls); f64 keeps the shared functors' libm.
-enum class ErfFamily { erf, erf_grad, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad };
+// Erf, GELU, Tanh and Sigmoid in f32: loops over vec_math's erf_f, exp_clamped, tanh_f and sigmoid_f,
+// compiled for the widest vectors (libm's erff, expf and tanhf are scalar calls, ten times slower); f64 keeps
+// the shared functors' libm.
+enum class ErfFamily { erf, erf_grad, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, tanh, sigmoid };
 
 TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, const float* a, const float* b, float* y, int64_t n) {
   switch (f) {
@@ -301,6 +302,12 @@ TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, const float* a, const float
       break;
     case ErfFamily::gelu_tanh_grad:
       for (int64_t i = 0; i < n; ++i) y[i] = gelu_grad_f(a[i], b[i], true);
+      break;
+    case ErfFamily::tanh:
+      for (int64_t i = 0; i < n; ++i) y[i] = tanh_f(a[i]);
+      break;
+    case ErfFamily::sigmoid:
+      for (int64_t i = 0; i < n; ++i) y[i] = sigmoid_f(a[i]);
       break;
   }
 }
@@ -337,8 +344,8 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Log", unary<k::LogOp>());
   r.add("Sqrt", unary<k::SqrtOp>());
   r.add("Relu", unary<k::ReluOp>());
-  r.add("Sigmoid", unary<k::SigmoidOp>());
-  r.add("Tanh", unary<k::TanhOp>());
+  r.add("Sigmoid", erf_family(ErfFamily::sigmoid, ErfFamily::sigmoid, unary<k::SigmoidOp>()));
+  r.add("Tanh", erf_family(ErfFamily::tanh, ErfFamily::tanh, unary<k::TanhOp>()));
   r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
   r.add("Gelu", erf_family(ErfFamily::gelu, ErfFamily::gelu_tanh, [](const KernelArgs& a) {
           return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a);
