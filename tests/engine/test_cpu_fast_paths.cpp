@@ -87,6 +87,41 @@ TEST_SUITE("cpu_fast_paths") {
     CHECK(std::isnan(cpu::exp_clamped(nan)));
   }
 
+  TEST_CASE("expm1_f, log1p_unit_f and softplus_f stay within a few ulp of libm, near zero too") {
+    double worst_expm1 = 0, worst_log1p = 0, worst_softplus = 0;
+    auto rel = [](double got, double ref) {
+      return std::fabs(got - ref) /
+             std::max(std::fabs(ref), static_cast<double>(std::numeric_limits<float>::min()));
+    };
+    auto sweep = [&](double lo, double hi, double step) {
+      for (double x = lo; x <= hi; x += step) {
+        const float xf = static_cast<float>(x);
+        const double xd = xf;
+        worst_expm1 = std::max(worst_expm1, rel(cpu::expm1_f(xf), std::expm1(xd)));
+        worst_softplus = std::max(worst_softplus, rel(cpu::softplus_f(xf), std::log1p(std::exp(xd))));
+      }
+    };
+    sweep(-40, 40, 0.00731);
+    sweep(-0.4, 0.4, 1.3e-5);  // expm1's switch from the series at |x| = 0.3
+    for (double y = 0; y <= 1; y += 3.7e-6) {
+      const float yf = static_cast<float>(y);
+      worst_log1p = std::max(worst_log1p, rel(cpu::log1p_unit_f(yf), std::log1p(static_cast<double>(yf))));
+    }
+    for (float y = 1e-30f; y < 1e-3f; y *= 1.37f)  // where 1 + y rounds away most of y
+      worst_log1p = std::max(worst_log1p, rel(cpu::log1p_unit_f(y), std::log1p(static_cast<double>(y))));
+    CHECK(worst_expm1 < 5e-7);
+    CHECK(worst_log1p < 5e-7);
+    CHECK(worst_softplus < 5e-7);
+    CHECK(cpu::expm1_f(0.0f) == 0.0f);
+    CHECK(cpu::expm1_f(-100.0f) == -1.0f);
+    CHECK(cpu::softplus_f(100.0f) == 100.0f);
+    CHECK(cpu::softplus_f(-100.0f) >= 0.0f);
+    CHECK(cpu::softplus_f(-100.0f) < 1e-37f);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    CHECK(std::isnan(cpu::expm1_f(nan)));
+    CHECK(std::isnan(cpu::softplus_f(nan)));
+  }
+
   TEST_CASE("erf_f stays within 3 ulp of libm's erf, is odd, saturates, and passes NaN") {
     double worst = 0;
     for (double x = -6; x <= 6; x += 1.7e-5) {
@@ -123,7 +158,10 @@ TEST_SUITE("cpu_fast_paths") {
     for (const Case& c :
          {Case{"Erf", false, nullptr}, Case{"ErfGrad", true, nullptr}, Case{"Gelu", false, "none"},
           Case{"Gelu", false, "tanh"}, Case{"GeluGrad", true, "none"}, Case{"GeluGrad", true, "tanh"},
-          Case{"Tanh", false, nullptr}, Case{"Sigmoid", false, nullptr}}) {
+          Case{"Tanh", false, nullptr}, Case{"Sigmoid", false, nullptr}, Case{"Elu", false, nullptr},
+          Case{"EluGrad", true, nullptr}, Case{"Selu", false, nullptr}, Case{"SeluGrad", true, nullptr},
+          Case{"Softplus", false, nullptr}, Case{"SoftplusGrad", true, nullptr},
+          Case{"LeakyRelu", false, nullptr}, Case{"LeakyReluGrad", true, nullptr}}) {
       CAPTURE(c.op);
       CAPTURE(c.approximate ? c.approximate : "");
       Attributes a;

@@ -278,12 +278,31 @@ KernelPtr where(const KernelArgs& a) {
   return kp;
 }
 
-// Erf, GELU, Tanh and Sigmoid in f32: loops over vec_math's erf_f, exp_clamped, tanh_f and sigmoid_f,
-// compiled for the widest vectors (libm's erff, expf and tanhf are scalar calls, ten times slower); f64 keeps
-// the shared functors' libm.
-enum class ErfFamily { erf, erf_grad, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, tanh, sigmoid };
+// Activations in f32 as loops over vec_math's functions (erf_f, exp_clamped, expm1_f, tanh_f, sigmoid_f,
+// softplus_f), compiled for the widest vectors: libm's erff, expf, expm1f, log1pf and tanhf are scalar
+// calls, ten to fifty times slower. f64 keeps the shared functors' libm. `alpha` and `gamma` are the node's
+// attributes where it has them (Elu, Selu, LeakyRelu).
+enum class ErfFamily {
+  erf,
+  erf_grad,
+  gelu,
+  gelu_grad,
+  gelu_tanh,
+  gelu_tanh_grad,
+  tanh,
+  sigmoid,
+  elu,
+  elu_grad,
+  selu,
+  selu_grad,
+  softplus,
+  softplus_grad,
+  leaky_relu,
+  leaky_relu_grad
+};
 
-TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, const float* a, const float* b, float* y, int64_t n) {
+TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, float alpha, float gamma, const float* a, const float* b,
+                                        float* y, int64_t n) {
   switch (f) {
     case ErfFamily::erf:
       for (int64_t i = 0; i < n; ++i) y[i] = erf_f(a[i]);
@@ -309,6 +328,30 @@ TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, const float* a, const float
     case ErfFamily::sigmoid:
       for (int64_t i = 0; i < n; ++i) y[i] = sigmoid_f(a[i]);
       break;
+    case ErfFamily::elu:
+      for (int64_t i = 0; i < n; ++i) y[i] = a[i] > 0.0f ? a[i] : alpha * expm1_f(a[i]);
+      break;
+    case ErfFamily::elu_grad:  // a = dy, b = x
+      for (int64_t i = 0; i < n; ++i) y[i] = b[i] > 0.0f ? a[i] : a[i] * alpha * exp_clamped(b[i]);
+      break;
+    case ErfFamily::selu:
+      for (int64_t i = 0; i < n; ++i) y[i] = gamma * (a[i] > 0.0f ? a[i] : alpha * expm1_f(a[i]));
+      break;
+    case ErfFamily::selu_grad:
+      for (int64_t i = 0; i < n; ++i) y[i] = gamma * (b[i] > 0.0f ? a[i] : a[i] * alpha * exp_clamped(b[i]));
+      break;
+    case ErfFamily::softplus:
+      for (int64_t i = 0; i < n; ++i) y[i] = softplus_f(a[i]);
+      break;
+    case ErfFamily::softplus_grad:
+      for (int64_t i = 0; i < n; ++i) y[i] = a[i] * sigmoid_f(b[i]);
+      break;
+    case ErfFamily::leaky_relu:
+      for (int64_t i = 0; i < n; ++i) y[i] = a[i] >= 0.0f ? a[i] : alpha * a[i];
+      break;
+    case ErfFamily::leaky_relu_grad:
+      for (int64_t i = 0; i < n; ++i) y[i] = b[i] >= 0.0f ? a[i] : alpha * a[i];
+      break;
   }
 }
 
@@ -318,13 +361,15 @@ KernelFactory erf_family(ErfFamily f, ErfFamily f_tanh, KernelFactory generic) {
     if (a.in(0).dtype != DType::f32) return generic(a);
     const bool tanh = a.attrs().has("approximate") && a.attrs().s("approximate") == "tanh";
     const ErfFamily which = tanh ? f_tanh : f;
+    const float alpha = a.attrs().has("alpha") ? a.attrs().f("alpha") : 0.0f;
+    const float gamma = a.attrs().has("gamma") ? a.attrs().f("gamma") : 0.0f;
     const float* x = a.in_ptr<float>(0);
     const float* second = a.inputs.size() > 1 ? a.in_ptr<float>(1) : nullptr;
     float* y = a.out_ptr<float>(0);
     const int64_t n = a.in(0).shape.numel();
     return make_kernel([=](const StepContext&) {
       parallel_chunks(n, [&](int64_t b, int64_t e) {
-        erf_family_loop(which, x + b, second ? second + b : nullptr, y + b, e - b);
+        erf_family_loop(which, alpha, gamma, x + b, second ? second + b : nullptr, y + b, e - b);
       });
     });
   };
@@ -346,7 +391,9 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Relu", unary<k::ReluOp>());
   r.add("Sigmoid", erf_family(ErfFamily::sigmoid, ErfFamily::sigmoid, unary<k::SigmoidOp>()));
   r.add("Tanh", erf_family(ErfFamily::tanh, ErfFamily::tanh, unary<k::TanhOp>()));
-  r.add("LeakyRelu", [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); });
+  r.add("LeakyRelu", erf_family(ErfFamily::leaky_relu, ErfFamily::leaky_relu, [](const KernelArgs& a) {
+          return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a);
+        }));
   r.add("Gelu", erf_family(ErfFamily::gelu, ErfFamily::gelu_tanh, [](const KernelArgs& a) {
           return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a);
         }));
@@ -376,11 +423,12 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Atanh", unary<k::AtanhOp>());
   r.add("Reciprocal", unary<k::ReciprocalOp>());
   r.add("Erf", erf_family(ErfFamily::erf, ErfFamily::erf, unary<k::ErfOp>()));
-  r.add("Softplus", unary<k::SoftplusOp>());
-  r.add("Elu", [](const KernelArgs& a) { return unary(k::EluOp{a.attrs().f("alpha")})(a); });
-  r.add("Selu", [](const KernelArgs& a) {
-    return unary(k::SeluOp{a.attrs().f("alpha"), a.attrs().f("gamma")})(a);
-  });
+  r.add("Softplus", erf_family(ErfFamily::softplus, ErfFamily::softplus, unary<k::SoftplusOp>()));
+  r.add("Elu", erf_family(ErfFamily::elu, ErfFamily::elu,
+                          [](const KernelArgs& a) { return unary(k::EluOp{a.attrs().f("alpha")})(a); }));
+  r.add("Selu", erf_family(ErfFamily::selu, ErfFamily::selu, [](const KernelArgs& a) {
+          return unary(k::SeluOp{a.attrs().f("alpha"), a.attrs().f("gamma")})(a);
+        }));
   r.add("HardSigmoid", [](const KernelArgs& a) {
     return unary(k::HardSigmoidOp{a.attrs().f("alpha"), a.attrs().f("beta")})(a);
   });
@@ -390,13 +438,17 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("ErfGrad",
         erf_family(ErfFamily::erf_grad, ErfFamily::erf_grad,
                    grad_binary<k::ErfGradFromX>([](const KernelArgs&) { return k::ErfGradFromX{}; })));
-  r.add("SoftplusGrad",
-        grad_binary<k::SoftplusGradFromX>([](const KernelArgs&) { return k::SoftplusGradFromX{}; }));
-  r.add("EluGrad", grad_binary<k::EluGradFromX>(
-                       [](const KernelArgs& a) { return k::EluGradFromX{a.attrs().f("alpha")}; }));
-  r.add("SeluGrad", grad_binary<k::SeluGradFromX>([](const KernelArgs& a) {
-          return k::SeluGradFromX{a.attrs().f("alpha"), a.attrs().f("gamma")};
-        }));
+  r.add("SoftplusGrad", erf_family(ErfFamily::softplus_grad, ErfFamily::softplus_grad,
+                                   grad_binary<k::SoftplusGradFromX>(
+                                       [](const KernelArgs&) { return k::SoftplusGradFromX{}; })));
+  r.add("EluGrad", erf_family(ErfFamily::elu_grad, ErfFamily::elu_grad,
+                              grad_binary<k::EluGradFromX>([](const KernelArgs& a) {
+                                return k::EluGradFromX{a.attrs().f("alpha")};
+                              })));
+  r.add("SeluGrad", erf_family(ErfFamily::selu_grad, ErfFamily::selu_grad,
+                               grad_binary<k::SeluGradFromX>([](const KernelArgs& a) {
+                                 return k::SeluGradFromX{a.attrs().f("alpha"), a.attrs().f("gamma")};
+                               })));
   r.add("HardSigmoidGrad", grad_binary<k::HardSigmoidGradFromX>([](const KernelArgs& a) {
           return k::HardSigmoidGradFromX{a.attrs().f("alpha"), a.attrs().f("beta")};
         }));
@@ -407,9 +459,10 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("SigmoidGrad",
         grad_binary<k::SigmoidGradFromY>([](const KernelArgs&) { return k::SigmoidGradFromY{}; }));
   r.add("TanhGrad", grad_binary<k::TanhGradFromY>([](const KernelArgs&) { return k::TanhGradFromY{}; }));
-  r.add("LeakyReluGrad", grad_binary<k::LeakyReluGradFromX>([](const KernelArgs& a) {
-          return k::LeakyReluGradFromX{a.attrs().f("alpha")};
-        }));
+  r.add("LeakyReluGrad", erf_family(ErfFamily::leaky_relu_grad, ErfFamily::leaky_relu_grad,
+                                    grad_binary<k::LeakyReluGradFromX>([](const KernelArgs& a) {
+                                      return k::LeakyReluGradFromX{a.attrs().f("alpha")};
+                                    })));
   r.add("GeluGrad", erf_family(ErfFamily::gelu_grad, ErfFamily::gelu_tanh_grad,
                                grad_binary<k::GeluGradFromX>([](const KernelArgs& a) {
                                  return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};

@@ -96,6 +96,49 @@ inline float erf_f(float x) {
   return ax < 1.0f ? near : far;
 }
 
+// exp(x) - 1 within a few ulp: a Taylor polynomial for |x| < 0.3, where exp(x) - 1 would cancel, and
+// exp_clamped(x) - 1 elsewhere (-1 below -87). NaN stays NaN.
+inline float expm1_f(float x) {
+  // x + x^2/2! + ... + x^8/8!: the next term is below 2^-24 relative for |x| < 0.3.
+  float p = 1.0f / 40320.0f;
+  p = p * x + 1.0f / 5040.0f;
+  p = p * x + 1.0f / 720.0f;
+  p = p * x + 1.0f / 120.0f;
+  p = p * x + 1.0f / 24.0f;
+  p = p * x + 1.0f / 6.0f;
+  p = p * x + 0.5f;
+  const float near = x + x * x * p;
+  const float far = exp_clamped(x) - 1.0f;
+  const float ax = x < 0.0f ? -x : x;
+  return ax < 0.3f ? near : far;
+}
+
+// log(1 + y) for y in [0, 1] within a few ulp (softplus's tail): u = 1 + y rounded, log(u) by the series of
+// 2 atanh((m - 1) / (m + 1)) on u or u / 2 (m within [0.7, 1.42]), times y / (u - 1), which puts back what
+// rounding u lost; y itself where u rounds to 1.
+inline float log1p_unit_f(float y) {
+  const float u = 1.0f + y;
+  const bool halve = u > 1.41421356f;
+  const float m = halve ? 0.5f * u : u;
+  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+  // 2 (s + s^3/3 + ... + s^11/11): the next term is below 2^-24 relative for |s| <= 0.172.
+  float p = 2.0f / 11.0f;
+  p = p * s2 + 2.0f / 9.0f;
+  p = p * s2 + 2.0f / 7.0f;
+  p = p * s2 + 2.0f / 5.0f;
+  p = p * s2 + 2.0f / 3.0f;
+  p = p * s2 + 2.0f;
+  const float log_u = s * p + (halve ? 0.693147180559945f : 0.0f);
+  const float d = u - 1.0f;
+  return d == 0.0f ? y : log_u * (y / d);
+}
+
+// softplus(x) = max(x, 0) + log(1 + exp(-|x|)).
+inline float softplus_f(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  return (x > 0.0f ? x : 0.0f) + log1p_unit_f(exp_clamped(-ax));
+}
+
 // GELU, x Phi(x), and its derivative Phi(x) + x phi(x), in f32 with the functions above; with tanh_approx,
 // Phi(x) ~ 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) as in engine/kernels/functors.h.
 inline float gelu_f(float x, bool tanh_approx) {
