@@ -117,6 +117,11 @@ TEST_SUITE("cpu_fast_paths") {
     CHECK(cpu::softplus_f(100.0f) == 100.0f);
     CHECK(cpu::softplus_f(-100.0f) >= 0.0f);
     CHECK(cpu::softplus_f(-100.0f) < 1e-37f);
+    const float inf = std::numeric_limits<float>::infinity();
+    CHECK(cpu::expm1_f(-inf) == -1.0f);
+    CHECK(cpu::softplus_f(inf) == inf);
+    CHECK(cpu::softplus_f(-inf) >= 0.0f);
+    CHECK(cpu::softplus_f(-inf) < 1e-37f);
     const float nan = std::numeric_limits<float>::quiet_NaN();
     CHECK(std::isnan(cpu::expm1_f(nan)));
     CHECK(std::isnan(cpu::softplus_f(nan)));
