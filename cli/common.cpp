@@ -519,6 +519,7 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
     o.batch_size = batch;
     o.training = training;
     o.seed = spec.train.seed;
+    o.sync_batch_norm = spec.parallel.sync_batch_norm;
     std::set<std::string> names;
     const onnx::GraphProto& graph = file.model().graph();
     for (const auto& i : graph.initializer()) names.insert(i.name());
@@ -538,6 +539,7 @@ models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool tra
   o.batch_size = batch;
   o.training = training;
   o.seed = spec.train.seed;
+  o.sync_batch_norm = spec.parallel.sync_batch_norm;
   return models::build_model(spec.model, o);
 }
 

@@ -88,8 +88,11 @@ Command add_summary_command(CLI::App& app) {
       const engine::Node& n = m.graph.node(id);
       if (!n.dead && n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0) ++batch_norms;
     }
+    batch_norms += m.masked_norms;
     const int64_t synchronized_norms =
-        s.parallel.sync_batch_norm ? batch_norms : static_cast<int64_t>(m.synchronized_norms.size());
+        s.parallel.sync_batch_norm
+            ? batch_norms
+            : static_cast<int64_t>(m.synchronized_norms.size()) + m.synchronized_masked_norms;
     int64_t total = 0, trainable = 0, flops = 0;
     for (const models::LayerInfo& l : m.layers) {
       total += l.params;

@@ -375,6 +375,8 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
     m.constraints.insert(builder.constraints.begin(), builder.constraints.end());
     m.synchronized_norms.insert(m.synchronized_norms.end(), builder.synchronized_norms.begin(),
                                 builder.synchronized_norms.end());
+    m.masked_norms += builder.masked_norms;
+    m.synchronized_masked_norms += builder.synchronized_masked_norms;
     for (ValueId p : builder.penalties)
       m.penalty = m.penalty == kNoValue
                       ? p

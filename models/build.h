@@ -50,6 +50,8 @@ struct BuildOptions {
   // moving ones.
   bool training = true;
   uint64_t seed = 0;  // initializers: each weight seeded by (seed, "<layer>/<weight>")
+  // [parallel] sync_batch_norm: every BatchNormalization is synchronized, as with synchronized = true.
+  bool sync_batch_norm = false;
 };
 
 struct BuiltModel {
@@ -78,6 +80,8 @@ struct BuiltModel {
   std::map<std::string, engine::WeightConstraint> constraints;
   // Synchronized BatchNormalization nodes (training mode): see LayerBuilder::synchronized_norms.
   std::vector<engine::NodeId> synchronized_norms;
+  // BatchNormalizations under a mask, built as weighted moments, and the synchronized ones among them.
+  int64_t masked_norms = 0, synchronized_masked_norms = 0;
   std::vector<int64_t> output_shape;  // per sample, Keras-style
   // A model of several outputs ([model] outputs): the layer the first output comes from, and the second,
   // third, ... output, each with what the first has above.

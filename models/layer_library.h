@@ -83,6 +83,8 @@ class LayerBuilder {
   // BatchNormalization(synchronized = true) in training mode: its node, which a data-parallel run rewrites
   // to normalize with the global batch's statistics (engine::ForwardModel::synchronized_batch_norms).
   std::vector<engine::NodeId> synchronized_norms;
+  // BatchNormalizations built as masked moments (no BatchNormalization node), and how many are synchronized.
+  int64_t masked_norms = 0, synchronized_masked_norms = 0;
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
   engine::ValueId state(const std::string& suffix, engine::Tensor init);
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);

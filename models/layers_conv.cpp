@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "engine/ops/sync_batch_norm.h"
 #include "models/layer_library.h"
 
 namespace trainer::models {
@@ -334,6 +335,36 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
                                                       fans, b.seed("moving_variance")));
   // A frozen BatchNormalization (trainable = false) runs in inference mode, as in Keras.
   const bool training = b.options.training && b.trainable();
+  const bool synchronized = b.args.boolean("synchronized") || b.options.sync_batch_norm;
+  // Under a Keras mask (a sequence from Embedding mask_zero or Masking), training takes the moments of the
+  // steps that count only, as Keras's masked moments do: each row of [N * steps, C] weighs its mask. The
+  // normalization applies to every step, and the mask goes on.
+  if (training && x.mask != kNoValue && rank == 2) {
+    ops::BatchNormInputs bi;
+    bi.name = b.graph.unique_name(b.name() + "/BatchNormalization");
+    bi.x = b.op("Reshape", {x.value, b.shape_constant("rows_shape", {-1, channels})});
+    bi.weights = b.op("Reshape", {x.mask, b.shape_constant("mask_rows", {-1, 1})});
+    bi.scale = gamma;
+    bi.bias = beta;
+    bi.running_mean = mean;
+    bi.running_var = var;
+    bi.epsilon = b.args.number("epsilon");
+    bi.momentum = b.args.number("momentum");
+    // Synchronized, the weighted sums are averaged across replicas by ReplicaMean (the identity on one
+    // device).
+    bi.across_replicas = synchronized;
+    const ops::BatchNormGraph made = ops::batch_norm_graph(b.graph, bi);
+    ++b.masked_norms;
+    if (synchronized) ++b.synchronized_masked_norms;
+    b.graph.bind_update(made.running_mean, mean);
+    b.graph.bind_update(made.running_var, var);
+    std::vector<int64_t> back = {-1};
+    back.insert(back.end(), x.shape.begin(), x.shape.end());
+    x.value = b.op("Reshape", {made.y, b.shape_constant("shape", back)});
+    x.activation.clear();
+    x.pre_activation = kNoValue;
+    return x;
+  }
   // ONNX normalizes axis 1. NCHW images and [N, C] features have their channels there; anything else with the
   // channels last is viewed as [N * ..., C], which is the same normalization at no cost.
   const bool direct = x.channels_first || rank == 1;
@@ -347,7 +378,7 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
     b.graph.bind_update(b.graph.node(n).outputs[1], mean);
     b.graph.bind_update(b.graph.node(n).outputs[2], var);
     // synchronized: a data-parallel run rewrites the node to use the global batch's statistics.
-    if (b.args.boolean("synchronized")) b.synchronized_norms.push_back(n);
+    if (synchronized) b.synchronized_norms.push_back(n);
   }
   if (!direct) {
     std::vector<int64_t> back = {-1};
@@ -603,7 +634,7 @@ void add_conv_layers(std::vector<LayerDef>& defs) {
                   1,
                   false,
                   build_unit_norm});
-  keep_masks(defs, {"LayerNormalization", "UnitNormalization"});
+  keep_masks(defs, {"BatchNormalization", "LayerNormalization", "UnitNormalization"});
 }
 
 }  // namespace trainer::models

@@ -286,22 +286,14 @@ std::vector<OpExample> dropout_examples() {
 
 }  // namespace
 
-bool synchronize_batch_norm(Graph& g, NodeId id) {
-  const Node bn = g.node(id);  // a copy: adding nodes below can reallocate the node table
-  if (bn.dead || bn.op != "BatchNormalization" || bn.attrs.i("training_mode") == 0) return false;
-  const ValueId x = bn.inputs[0];
-  const DType dt = g.value(x).dtype;
-  if (dt != DType::f32 && dt != DType::f64)
-    throw InputError(bn.name,
-                     fmt::format("synchronized batch normalization '{}' takes f32 or f64 input, got {}",
-                                 bn.name, dtype_name(dt)),
-                     "run the model in f32, or leave its batch normalization unsynchronized");
-  const Shape xs = g.value(x).shape;
+BatchNormGraph batch_norm_graph(Graph& g, const BatchNormInputs& in) {
+  const DType dt = g.value(in.x).dtype;
+  const Shape xs = g.value(in.x).shape;
   const int64_t channels = xs[1];
   std::vector<int64_t> axes{0}, stat_shape(static_cast<size_t>(xs.rank()), 1);
   for (int k = 2; k < xs.rank(); ++k) axes.push_back(k);
   stat_shape[1] = channels;
-  auto name = [&](const std::string& what) { return g.unique_name(bn.name + "/" + what); };
+  auto name = [&](const std::string& what) { return g.unique_name(in.name + "/" + what); };
   auto i64s = [&](const std::string& what, const std::vector<int64_t>& v) {
     return g.add_constant(name(what), Tensor::from<int64_t>(Shape{static_cast<int64_t>(v.size())}, v));
   };
@@ -310,38 +302,74 @@ bool synchronize_batch_norm(Graph& g, NodeId id) {
     t.set_f64(0, v);
     return g.add_constant(name(what), std::move(t));
   };
-  auto op = [&](const std::string& what, const char* op, std::vector<ValueId> in, Attributes a = {}) {
-    return g.node(g.add_node(op, std::move(in), std::move(a), 1, name(what))).outputs[0];
+  auto op = [&](const std::string& what, const char* op, std::vector<ValueId> ins, Attributes a = {}) {
+    return g.node(g.add_node(op, std::move(ins), std::move(a), 1, name(what))).outputs[0];
   };
   const Attributes keep{{"keepdims", int64_t{1}}};
   const ValueId reduce_axes = i64s("axes", axes);
-  const ValueId mean = op("mean", "ReplicaMean", {op("local_mean", "ReduceMean", {x, reduce_axes}, keep)});
-  const ValueId centred = op("centred", "Sub", {x, mean});
-  const ValueId var =
-      op("variance", "ReplicaMean",
-         {op("local_variance", "ReduceMean", {op("squares", "Mul", {centred, centred}), reduce_axes}, keep)});
+  // A mean over the rows, of this replica's or (across replicas) the global batch's.
+  auto mean_of = [&](const std::string& what, ValueId v) {
+    const ValueId local = op("local_" + what, "ReduceMean", {v, reduce_axes}, keep);
+    return in.across_replicas ? op(what, "ReplicaMean", {local}) : local;
+  };
+  // With weights, each mean is a weighted sum over the sum of the weights; a batch with no weight (every step
+  // masked) has a zero mean and variance.
+  ValueId weight_mean = kNoValue;
+  auto weighted_mean_of = [&](const std::string& what, ValueId v) {
+    if (in.weights == kNoValue) return mean_of(what, v);
+    const ValueId sum = mean_of(what + "_weighted", op(what + "_terms", "Mul", {v, in.weights}));
+    if (weight_mean == kNoValue)
+      weight_mean = op("weight_floor", "Max", {mean_of("weights", in.weights), scalar("tiny", 1e-30)});
+    return op(what, "Div", {sum, weight_mean});
+  };
+  const ValueId mean = weighted_mean_of("mean", in.x);
+  const ValueId centred = op("centred", "Sub", {in.x, mean});
+  const ValueId var = weighted_mean_of("variance", op("squares", "Mul", {centred, centred}));
   const ValueId stddev =
-      op("stddev", "Sqrt", {op("variance_epsilon", "Add", {var, scalar("epsilon", bn.attrs.f("epsilon"))})});
+      op("stddev", "Sqrt", {op("variance_epsilon", "Add", {var, scalar("epsilon", in.epsilon)})});
   const ValueId per_channel = i64s("channel_shape", stat_shape);
   ValueId y = op("normalized", "Div", {centred, stddev});
-  y = op("scaled", "Mul", {y, op("scale", "Reshape", {bn.inputs[1], per_channel})});
-  y = op("y", "Add", {y, op("bias", "Reshape", {bn.inputs[2], per_channel})});
-  // ONNX's running statistics: running * momentum + batch * (1 - momentum), with the biased variance.
-  const double momentum = bn.attrs.f("momentum");
+  if (in.scale != kNoValue) y = op("scaled", "Mul", {y, op("scale", "Reshape", {in.scale, per_channel})});
+  if (in.bias != kNoValue) y = op("y", "Add", {y, op("bias", "Reshape", {in.bias, per_channel})});
+  // ONNX's and Keras's running statistics: running * momentum + batch * (1 - momentum), with the biased
+  // variance.
   const ValueId flat = i64s("flat_shape", {channels});
   auto running = [&](const std::string& what, ValueId batch, ValueId old) {
+    if (old == kNoValue) return kNoValue;
     return op(
         what, "Add",
-        {op(what + "_kept", "Mul", {old, scalar("momentum", momentum)}),
+        {op(what + "_kept", "Mul", {old, scalar("momentum", in.momentum)}),
          op(what + "_new", "Mul",
-            {op(what + "_batch", "Reshape", {batch, flat}), scalar("one_minus_momentum", 1 - momentum)})});
+            {op(what + "_batch", "Reshape", {batch, flat}), scalar("one_minus_momentum", 1 - in.momentum)})});
   };
+  return {y, running("running_mean", mean, in.running_mean), running("running_var", var, in.running_var)};
+}
+
+bool synchronize_batch_norm(Graph& g, NodeId id) {
+  const Node bn = g.node(id);  // a copy: adding nodes below can reallocate the node table
+  if (bn.dead || bn.op != "BatchNormalization" || bn.attrs.i("training_mode") == 0) return false;
+  const DType dt = g.value(bn.inputs[0]).dtype;
+  if (dt != DType::f32 && dt != DType::f64)
+    throw InputError(bn.name,
+                     fmt::format("synchronized batch normalization '{}' takes f32 or f64 input, got {}",
+                                 bn.name, dtype_name(dt)),
+                     "run the model in f32, or leave its batch normalization unsynchronized");
   auto wanted = [&](size_t i) { return bn.outputs.size() > i && bn.outputs[i] != kNoValue; };
-  const ValueId made[3] = {y, wanted(1) ? running("running_mean", mean, bn.inputs[3]) : kNoValue,
-                           wanted(2) ? running("running_var", var, bn.inputs[4]) : kNoValue};
+  BatchNormInputs in;
+  in.name = bn.name;
+  in.x = bn.inputs[0];
+  in.scale = bn.inputs[1];
+  in.bias = bn.inputs[2];
+  in.running_mean = wanted(1) ? bn.inputs[3] : kNoValue;
+  in.running_var = wanted(2) ? bn.inputs[4] : kNoValue;
+  in.epsilon = bn.attrs.f("epsilon");
+  in.momentum = bn.attrs.f("momentum");
+  in.across_replicas = true;
+  const BatchNormGraph made = batch_norm_graph(g, in);
   g.erase_node(id);
+  const ValueId outs[3] = {made.y, made.running_mean, made.running_var};
   for (size_t i = 0; i < 3; ++i)
-    if (made[i] != kNoValue) g.move_output(g.value(made[i]).producer, 0, bn.outputs[i]);
+    if (outs[i] != kNoValue) g.move_output(g.value(outs[i]).producer, 0, bn.outputs[i]);
   return true;
 }
 

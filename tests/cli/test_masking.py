@@ -1,6 +1,7 @@
 """Keras's masking (Embedding mask_zero): padded reviews train alike on 1 and 2 CPU replicas, where the padding
 sits changes nothing a masked model computes, and the export (compaction, sequence_lens) runs in onnxruntime as
-trainer predict does, all-padding rows included."""
+trainer predict does, all-padding rows included. BatchNormalization passes the mask on and, in training, takes
+the moments of the kept steps only (Keras's masked moments), synchronized across replicas too."""
 
 import json
 import os
@@ -123,6 +124,58 @@ class Masking(unittest.TestCase):
         _, ckpt = self.fit("padding")
         np.testing.assert_allclose(self.predict(ckpt, self.post_padded()), self.predict(ckpt, self.x), rtol=1e-5,
                                    atol=1e-6)
+
+    BN_SPEC = """format_version = 1
+[model]
+input = {{ shape = [{steps}], dtype = "int32" }}
+[[model.layers]]
+type = "Embedding"
+input_dim = 50
+output_dim = 8
+mask_zero = true
+trainable = false
+[[model.layers]]
+type = "BatchNormalization"
+momentum = 0.0
+synchronized = true
+[[model.layers]]
+type = "LSTM"
+units = 4
+[[model.layers]]
+type = "Dense"
+units = 1
+activation = "sigmoid"
+[data.train]
+x = "x.npy"
+y = "y.npy"
+[train]
+loss = "binary_crossentropy"
+epochs = 1
+batch_size = 128
+seed = 3
+"""
+
+    def test_batch_normalization_takes_masked_moments_and_passes_the_mask_on(self):
+        # One step over the whole data with momentum 0: the moving statistics are that batch's moments. The
+        # embedding is frozen, so the normalized values are its initial vectors, and the moments are numpy's
+        # over the tokens that are not padding.
+        _, ckpt = self.fit("bn_one", text=self.BN_SPEC)
+        w = cli_util.read_checkpoint(ckpt)
+        vectors = w["embedding/embeddings"].astype(np.float64)[self.x[self.x != 0]]
+        np.testing.assert_allclose(w["batch_normalization/moving_mean"], vectors.mean(axis=0), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(w["batch_normalization/moving_variance"], vectors.var(axis=0), rtol=1e-5,
+                                   atol=1e-7)
+        # The padded steps' moments would differ: padding is embedded as row 0.
+        everything = w["embedding/embeddings"].astype(np.float64)[self.x.ravel()]
+        self.assertGreater(np.abs(everything.mean(axis=0) - vectors.mean(axis=0)).max(), 1e-3)
+        # The LSTM after it still skips the padding.
+        np.testing.assert_allclose(self.predict(ckpt, self.post_padded()), self.predict(ckpt, self.x), rtol=1e-5,
+                                   atol=1e-6)
+        # Synchronized across 2 replicas: the masked sums of the global batch, so the same moments.
+        _, two = self.fit("bn_two", devices=2, text=self.BN_SPEC)
+        b = cli_util.read_checkpoint(two)
+        for k in w:
+            np.testing.assert_allclose(b[k], w[k], rtol=0, atol=1e-5 * max(1.0, np.abs(w[k]).max()), err_msg=k)
 
     def test_go_backwards_runs_the_kept_steps_in_reverse(self):
         # A GRU with go_backwards (its final state) under the mask: the kept steps last to first, wherever the
