@@ -190,7 +190,7 @@ Command add_summary_command(CLI::App& app) {
       if (synchronized_norms == batch_norms)
         fmt::print(
             "BatchNormalization: {} synchronized across the replicas (the global batch's statistics; "
-            "4 small collectives each per step)\n",
+            "a few small collectives each per step)\n",
             batch_norms == 1 ? "1 layer" : fmt::format("{} layers", batch_norms));
       else
         fmt::print(

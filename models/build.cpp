@@ -79,7 +79,7 @@ LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDe
     if (s.rank() > 0 && s[0] == merged_options.batch_size * rows)
       n.attrs.set(ops::kRowsPerSample, rows * steps);
   }
-  b.penalties.insert(b.penalties.end(), inner.penalties.begin(), inner.penalties.end());
+  b.absorb(inner);
   LayerValue out = y;
   out.shape = {steps};
   out.shape.insert(out.shape.end(), y.shape.begin(), y.shape.end());

@@ -91,6 +91,15 @@ ValueId LayerBuilder::dropout_mask(const std::string& suffix, const std::vector<
       .outputs[0];
 }
 
+void LayerBuilder::absorb(const LayerBuilder& inner) {
+  penalties.insert(penalties.end(), inner.penalties.begin(), inner.penalties.end());
+  constraints.insert(inner.constraints.begin(), inner.constraints.end());
+  synchronized_norms.insert(synchronized_norms.end(), inner.synchronized_norms.begin(),
+                            inner.synchronized_norms.end());
+  masked_norms += inner.masked_norms;
+  synchronized_masked_norms += inner.synchronized_masked_norms;
+}
+
 void keep_masks(std::vector<LayerDef>& defs, const std::vector<std::string>& types) {
   for (LayerDef& d : defs)
     if (std::find(types.begin(), types.end(), d.type) != types.end()) d.keeps_mask = true;

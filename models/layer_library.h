@@ -85,6 +85,9 @@ class LayerBuilder {
   std::vector<engine::NodeId> synchronized_norms;
   // BatchNormalizations built as masked moments (no BatchNormalization node), and how many are synchronized.
   int64_t masked_norms = 0, synchronized_masked_norms = 0;
+  // Takes over what a builder of a wrapped layer (TimeDistributed's) collected: penalties, constraints and
+  // batch normalizations, which build_model reads from this one.
+  void absorb(const LayerBuilder& inner);
   // Persistent, never trained (BatchNorm's moving statistics); counted as non-trainable parameters.
   engine::ValueId state(const std::string& suffix, engine::Tensor init);
   engine::ValueId constant(const std::string& suffix, engine::Tensor value);

@@ -339,7 +339,7 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   // Under a Keras mask (a sequence from Embedding mask_zero or Masking), training takes the moments of the
   // steps that count only, as Keras's masked moments do: each row of [N * steps, C] weighs its mask. The
   // normalization applies to every step, and the mask goes on.
-  if (training && x.mask != kNoValue && rank == 2) {
+  if (training && x.mask != kNoValue && rank == 2 && !x.channels_first) {
     ops::BatchNormInputs bi;
     bi.name = b.graph.unique_name(b.name() + "/BatchNormalization");
     bi.x = b.op("Reshape", {x.value, b.shape_constant("rows_shape", {-1, channels})});

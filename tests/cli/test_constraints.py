@@ -47,6 +47,7 @@ class Constraints(unittest.TestCase):
         x = (3 * rng.normal(size=(192, 6))).astype(np.float32)
         np.save(os.path.join(cls.tmp.name, "x.npy"), x)
         np.save(os.path.join(cls.tmp.name, "y.npy"), (x[:, :1] - x[:, 1:2] > 0).astype(np.float32))
+        np.save(os.path.join(cls.tmp.name, "steps.npy"), x.reshape(192, 2, 3))
 
     @classmethod
     def tearDownClass(cls):
@@ -80,6 +81,23 @@ class Constraints(unittest.TestCase):
         m = self.weights("minmax", 'kernel_constraint = "MinMaxNorm(min_value=0.8, max_value=0.9, axis=1)"')
         n = np.linalg.norm(m["dense/kernel"], axis=1)
         self.assertTrue(np.all((n >= 0.8 - 1e-5) & (n <= 0.9 + 1e-5)), n)
+
+    def test_a_time_distributed_layer_keeps_its_constraint(self):
+        spec = SPEC.replace("input = [6]", "input = [2, 3]").replace('x = "x.npy"', 'x = "steps.npy"')
+        spec = spec.replace('type = "Dense"\nunits = 8', 'type = "TimeDistributed"\nlayer = "Dense"\nunits = 8', 1)
+        spec = spec.replace('[[model.layers]]\ntype = "Dense"\nunits = 1',
+                            '[[model.layers]]\ntype = "Flatten"\n[[model.layers]]\ntype = "Dense"\nunits = 1')
+        kernels = {}
+        for name, first in (("td_free", ""), ("td_non_neg", 'kernel_constraint = "non_neg"')):
+            path = os.path.join(self.tmp.name, name + ".toml")
+            with open(path, "w") as f:
+                f.write(spec.format(first=first, second=""))
+            out = os.path.join(self.tmp.name, name)
+            r = run(["fit", path, "--output-dir", out, "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            kernels[name] = cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))["time_distributed/kernel"]
+        self.assertLess(kernels["td_free"].min(), 0)
+        self.assertGreaterEqual(kernels["td_non_neg"].min(), 0)
 
     def test_convolution_and_recurrent_kernels_take_keras_axes(self):
         # The IR keeps a Conv2D kernel as OIHW and an LSTM's as [1, 4 units, features]; a constraint's axes are

@@ -183,6 +183,49 @@ class SyncBatchNorm(unittest.TestCase):
         worst, _ = self.largest_difference(one[0], self.fit(plain, 2, "onnx_plain_two")[0])
         self.assertGreater(worst, 100 * TOLERANCE)
 
+    def test_a_time_distributed_layer_is_synchronized(self):
+        # TimeDistributed(BatchNormalization(synchronized = true)) over [4 steps, 3 features], momentum 0: the
+        # moving statistics are the last batch's, over all its samples' steps, on 1 and on 2 replicas.
+        d = self.tmp.name
+        rng = np.random.default_rng(5)
+        x = (rng.normal(size=(16, 4, 3)) * rng.uniform(0.5, 10, size=(16, 1, 1))).astype(np.float32)
+        np.save(os.path.join(d, "td_x.npy"), x)
+        np.save(os.path.join(d, "td_y.npy"), rng.normal(size=(16, 1)).astype(np.float32))
+        spec = os.path.join(d, "td.toml")
+        with open(spec, "w") as f:
+            f.write(f"""format_version = 1
+[model]
+input = [4, 3]
+[[model.layers]]
+type = "TimeDistributed"
+layer = "BatchNormalization"
+momentum = 0.0
+synchronized = true
+[[model.layers]]
+type = "GlobalAveragePooling1D"
+[[model.layers]]
+type = "Dense"
+units = 1
+[data.train]
+x = "{d}/td_x.npy"
+y = "{d}/td_y.npy"
+[train]
+loss = "mse"
+epochs = 1
+batch_size = 16
+""")
+        for devices in (1, 2):
+            with self.subTest(devices=devices):
+                out = os.path.join(d, f"td_{devices}")
+                r = run(["fit", spec, "--device", "cpu", "--devices", str(devices), "--output-dir", out, "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                w = cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
+                rows = x.reshape(-1, 3).astype(np.float64)
+                np.testing.assert_allclose(w["time_distributed/moving_mean"], rows.mean(axis=0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(w["time_distributed/moving_variance"], rows.var(axis=0), rtol=1e-5)
+        r = run(["summary", spec, "--devices", "2"])
+        self.assertIn("BatchNormalization: 1 layer synchronized across the replicas", r.stdout)
+
     def test_summary_says_which_layers_are_synchronized(self):
         for name, kw, synchronized, extra in (("plain", {"synchronized": False}, 0, []),
                                               ("layers", {}, 2, []),

@@ -120,8 +120,12 @@ TEST_SUITE("cpu_fast_paths") {
     const float inf = std::numeric_limits<float>::infinity();
     CHECK(cpu::expm1_f(-inf) == -1.0f);
     CHECK(cpu::softplus_f(inf) == inf);
-    CHECK(cpu::softplus_f(-inf) >= 0.0f);
-    CHECK(cpu::softplus_f(-inf) < 1e-37f);
+    CHECK(cpu::softplus_f(-inf) == 0.0f);
+    CHECK(cpu::sigmoid_f(-inf) == 0.0f);
+    CHECK(cpu::sigmoid_f(-88.5f) == 0.0f);  // below the smallest normal float
+    // -0 keeps its sign, as libm's tanh and expm1 keep it.
+    CHECK(std::signbit(cpu::tanh_f(-0.0f)));
+    CHECK(std::signbit(cpu::expm1_f(-0.0f)));
     const float nan = std::numeric_limits<float>::quiet_NaN();
     CHECK(std::isnan(cpu::expm1_f(nan)));
     CHECK(std::isnan(cpu::softplus_f(nan)));

@@ -43,8 +43,11 @@ inline float exp_clamped(float x) {
   return p * scale;
 }
 
+// 0 below -88, where the true value is below the smallest normal float (as flushed denormals would be),
+// rather than exp_clamped's floor.
 inline float sigmoid_f(float x) {
-  return 1.0f / (1.0f + exp_clamped(-x));
+  const float s = 1.0f / (1.0f + exp_clamped(-x));
+  return x < -88.0f ? 0.0f : s;
 }
 
 // tanh within a few ulp: an odd Taylor polynomial near 0, where (1 - e) / (1 + e) would cancel, and
@@ -60,7 +63,7 @@ inline float tanh_f(float x) {
   p = p * x2 - 17.0f / 315.0f;
   p = p * x2 + 2.0f / 15.0f;
   p = p * x2 - 1.0f / 3.0f;
-  float near = x + x * x2 * p;
+  float near = x * (1.0f + x2 * p);  // a product keeps the sign of -0
   return ax < 0.3f ? near : far;
 }
 
@@ -107,7 +110,7 @@ inline float expm1_f(float x) {
   p = p * x + 1.0f / 24.0f;
   p = p * x + 1.0f / 6.0f;
   p = p * x + 0.5f;
-  const float near = x + x * x * p;
+  const float near = x * (1.0f + x * p);  // a product keeps the sign of -0
   const float far = exp_clamped(x) - 1.0f;
   const float ax = x < 0.0f ? -x : x;
   return ax < 0.3f ? near : far;
@@ -136,7 +139,9 @@ inline float log1p_unit_f(float y) {
 // softplus(x) = max(x, 0) + log(1 + exp(-|x|)).
 inline float softplus_f(float x) {
   const float ax = x < 0.0f ? -x : x;
-  return (x > 0.0f ? x : 0.0f) + log1p_unit_f(exp_clamped(-ax));
+  // Past 88 the tail is below the smallest normal float: 0, not exp_clamped's floor.
+  const float tail = log1p_unit_f(exp_clamped(-ax));
+  return (x > 0.0f ? x : 0.0f) + (ax > 88.0f ? 0.0f : tail);
 }
 
 // GELU, x Phi(x), and its derivative Phi(x) + x phi(x), in f32 with the functions above; with tanh_approx,
