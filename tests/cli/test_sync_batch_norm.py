@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 
 import numpy as np
@@ -225,6 +226,19 @@ batch_size = 16
                 np.testing.assert_allclose(w["time_distributed/moving_variance"], rows.var(axis=0), rtol=1e-5)
         r = run(["summary", spec, "--devices", "2"])
         self.assertIn("BatchNormalization: 1 layer synchronized across the replicas", r.stdout)
+
+    def test_a_rank_stalled_in_a_statistics_collective_ends_the_run(self):
+        # Rank 1 stalls before its first collective: the forward pass's first mean, which the other rank reduces
+        # on its own thread. The watchdog ends the run within the collective timeout, naming rank and bucket.
+        out = os.path.join(self.tmp.name, "stalled")
+        start = time.monotonic()
+        r = subprocess.run([cli_util.TRAINER, "fit", self.spec("sync"), "--device", "cpu", "--devices", "2",
+                            "--collective-timeout", "3", "--output-dir", out, "-q"], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, TRAINER_FAULT_STALL="1:0:60"))
+        self.assertLess(time.monotonic() - start, 40)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"rank \d+ on .*\(bucket \d+ of step 0\) did not complete within 3 s")
+        self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
 
     def test_summary_says_which_layers_are_synchronized(self):
         for name, kw, synchronized, extra in (("plain", {"synchronized": False}, 0, []),
