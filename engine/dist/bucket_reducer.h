@@ -27,9 +27,6 @@ class BucketReducer {
     DType dtype;
     int owner =
         -1;  // ZeRO-1: the rank that updates these elements, the only one that needs their sum; -1: all
-    // Needed by the very next steps (ReplicaMean's statistics): reduced on the compute thread once the
-    // communication thread has drained, instead of handed to it and waited for (two thread switches fewer).
-    bool inline_reduce = false;
   };
   using Bucket = std::vector<Grad>;
 
@@ -129,60 +126,10 @@ class BucketReducer {
     return weight_;
   }
 
-  // On the compute thread: waits until the communication thread has reduced every bucket queued before (the
-  // replicas' collectives keep one order), then reduces this one here, and marks it done.
-  void reduce_inline(const Bucket* bucket, int b) {
-    const auto start = Trace::Clock::now();
-    int64_t step;
-    double weight;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      const auto limit = comm_->timeout() +
-                         std::max<std::chrono::milliseconds>(std::chrono::seconds(5), comm_->timeout() / 4);
-      while (!error_ && (head_ < queue_.size() || busy_)) {
-        if (cv_.wait_until(lock, progress_ + limit) == std::cv_status::timeout && !error_ &&
-            (head_ < queue_.size() || busy_) && std::chrono::steady_clock::now() >= progress_ + limit) {
-          const int64_t s = step_;
-          lock.unlock();
-          fail_collective(CollectiveTimeout(comm_->rank(), host_name(),
-                                            "the reduction of a gradient or statistics bucket", {b, s},
-                                            std::chrono::duration<double>(limit).count()));
-        }
-      }
-      if (error_) std::rethrow_exception(error_);
-      busy_ = true;
-      step = step_;
-      weight = weight_;
-    }
-    std::exception_ptr error;
-    try {
-      reduce(bucket, b, step, weight);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      busy_ = false;
-      progress_ = std::chrono::steady_clock::now();
-      if (error) error_ = error;
-      if (b < static_cast<int>(done_.size())) done_[b] = true;
-    }
-    cv_.notify_all();
-    if (error) std::rethrow_exception(error);
-    waited_ += Trace::Clock::now() - start;
-  }
-
-  // Sets a training plan's hooks: buckets are reduced on this reducer's thread as backward produces them (or
-  // inline, see Grad::inline_reduce), or recorded into the step's CUDA graph when the executable captures
-  // one.
+  // Sets a training plan's hooks: buckets are reduced on this reducer's thread as backward produces them, or
+  // recorded into the step's CUDA graph when the executable captures one.
   void attach(Executable& e, const std::vector<Bucket>* buckets) {
-    e.set_bucket_ready_hook([this, buckets](int b) {
-      const Bucket* bucket = &(*buckets)[b];
-      if (!bucket->empty() && bucket->front().inline_reduce)
-        reduce_inline(bucket, b);
-      else
-        ready(bucket, b);
-    });
+    e.set_bucket_ready_hook([this, buckets](int b) { ready(&(*buckets)[b], b); });
     e.set_bucket_wait_hook([this](int b) { wait(b); });
     e.set_bucket_capture_hooks([this, buckets](int b) { reduce_now(&(*buckets)[b], b); },
                                [this](int b) { order_after(b); }, [this] { return captured_weight(); });
@@ -205,7 +152,6 @@ class BucketReducer {
       }
       const int64_t step = step_;
       const double weight = weight_;
-      busy_ = true;
       lock.unlock();
       std::exception_ptr error;
       try {
@@ -214,7 +160,6 @@ class BucketReducer {
         error = std::current_exception();
       }
       lock.lock();
-      busy_ = false;
       progress_ = std::chrono::steady_clock::now();
       if (error) error_ = error;
       if (b < static_cast<int>(done_.size())) done_[b] = true;
@@ -278,7 +223,6 @@ class BucketReducer {
   int64_t step_ = 0;
   double weight_ = 1;
   bool stop_ = false, exited_ = false;
-  bool busy_ = false;  // a bucket is being reduced (by the communication thread or inline)
   std::exception_ptr error_;
   Trace::Clock::duration waited_{};
   std::thread thread_;  // last: it starts once everything above exists

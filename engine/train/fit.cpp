@@ -2007,7 +2007,7 @@ std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& s,
       const Value& gv = s.graph().value(v);
       // Values that are no parameter's gradient (ReplicaMean's) are needed whole by every replica.
       if (!to_owner || !param_of.count(v)) {
-        out.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1, !param_of.count(v)});
+        out.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
         continue;
       }
       // ZeRO-1: each range of the gradient is summed into its owner.
