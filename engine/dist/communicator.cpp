@@ -247,7 +247,10 @@ class ThreadCommunicator final : public Communicator {
     auto fail = [&] {
       s_.broken = true;
       s_.cv.notify_all();
-      throw CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count());
+      // Through the program's handler, which ends the process without unwinding: a stalled replica that
+      // wakes during an unwinding would touch what the other replicas' teardown frees.
+      fail_collective(
+          CollectiveTimeout(rank_, host_name(), what, tag, std::chrono::duration<double>(timeout_).count()));
     };
     if (s_.broken) fail();
     const int64_t gen = s_.generation;

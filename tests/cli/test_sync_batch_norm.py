@@ -228,17 +228,22 @@ batch_size = 16
         self.assertIn("BatchNormalization: 1 layer synchronized across the replicas", r.stdout)
 
     def test_a_rank_stalled_in_a_statistics_collective_ends_the_run(self):
-        # Rank 1 stalls before its first collective: the forward pass's first mean, which the other rank reduces
-        # on its own thread. The watchdog ends the run within the collective timeout, naming rank and bucket.
-        out = os.path.join(self.tmp.name, "stalled")
-        start = time.monotonic()
-        r = subprocess.run([cli_util.TRAINER, "fit", self.spec("sync"), "--device", "cpu", "--devices", "2",
-                            "--collective-timeout", "3", "--output-dir", out, "-q"], capture_output=True, text=True,
-                           timeout=120, env=dict(os.environ, TRAINER_FAULT_STALL="1:0:60"))
-        self.assertLess(time.monotonic() - start, 40)
-        self.assertEqual(r.returncode, 1, r.stderr)
-        self.assertRegex(r.stderr, r"rank \d+ on .*\(bucket \d+ of step 0\) did not complete within 3 s")
-        self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
+        # A rank stalls before its first collective, the forward pass's first mean (replica 0 runs on the
+        # process's main thread, replica 1 on a worker). The watchdog ends the run within the collective timeout
+        # (and its grace), naming rank, bucket and step.
+        # A stall of 4.002 s wakes the rank while the run ends (3 s, plus the report): it must not crash it
+        # (it once did, touching what the other replica's unwinding had freed: exit 134 or 139).
+        for rank, seconds in ((0, 60), (1, 60), (1, 4.002)):
+            with self.subTest(stalled_rank=rank, seconds=seconds):
+                out = os.path.join(self.tmp.name, f"stalled_{rank}_{seconds}")
+                start = time.monotonic()
+                r = subprocess.run([cli_util.TRAINER, "fit", self.spec("sync"), "--device", "cpu", "--devices", "2",
+                                    "--collective-timeout", "3", "--output-dir", out, "-q"], capture_output=True,
+                                   text=True, timeout=120, env=dict(os.environ, TRAINER_FAULT_STALL=f"{rank}:0:{seconds}"))
+                self.assertLess(time.monotonic() - start, 40)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertRegex(r.stderr, r"rank \d+ on .*\(bucket \d+ of step 0\) did not complete within \d+ s")
+                self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
 
     def test_summary_says_which_layers_are_synchronized(self):
         for name, kw, synchronized, extra in (("plain", {"synchronized": False}, 0, []),
