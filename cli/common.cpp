@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include <onnx/onnx_pb.h>
+#include "engine/ops/sync_batch_norm.h"
 #include "engine/util/error.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
@@ -555,14 +556,8 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
     // Batch normalizations a data-parallel run synchronizes: the layers that ask, or every one in training
     // mode with [parallel] sync_batch_norm (an ONNX model's too).
     fm.synchronized_batch_norms = m.synchronized_norms;
-    if (training && shared->parallel.sync_batch_norm) {
-      fm.synchronized_batch_norms.clear();
-      for (engine::NodeId id = 0; id < fm.graph.num_nodes(); ++id) {
-        const engine::Node& n = fm.graph.node(id);
-        if (!n.dead && n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0)
-          fm.synchronized_batch_norms.push_back(id);
-      }
-    }
+    if (training && shared->parallel.sync_batch_norm)
+      fm.synchronized_batch_norms = engine::ops::training_batch_norms(fm.graph);
     fm.input = m.input;
     for (const models::BuiltModel::Input& in : m.more_inputs) fm.more_inputs.push_back(in.value);
     fm.output = m.output;

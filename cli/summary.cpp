@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include "cli/common.h"
+#include "engine/ops/sync_batch_norm.h"
 
 namespace trainer::cli {
 
@@ -83,12 +84,8 @@ Command add_summary_command(CLI::App& app) {
       for (const models::BuiltModel::Output& o : m.more_outputs) outputs.emplace_back(o.name, o.shape);
     }
     // Batch normalizations in training mode, and those a data-parallel run synchronizes.
-    int64_t batch_norms = 0;
-    for (engine::NodeId id = 0; id < m.graph.num_nodes(); ++id) {
-      const engine::Node& n = m.graph.node(id);
-      if (!n.dead && n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0) ++batch_norms;
-    }
-    batch_norms += m.masked_norms;
+    const int64_t batch_norms =
+        static_cast<int64_t>(engine::ops::training_batch_norms(m.graph).size()) + m.masked_norms;
     const int64_t synchronized_norms =
         s.parallel.sync_batch_norm
             ? batch_norms

@@ -339,10 +339,15 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   // Under a Keras mask (a sequence from Embedding mask_zero or Masking), training takes the moments of the
   // steps that count only, as Keras's masked moments do: each row of [N * steps, C] weighs its mask. The
   // normalization applies to every step, and the mask goes on.
-  if (training && x.mask != kNoValue && rank == 2 && !x.channels_first) {
+  const bool masked = training && x.mask != kNoValue && rank == 2 && !x.channels_first;
+  // ONNX normalizes axis 1. NCHW images and [N, C] features have their channels there; anything else with the
+  // channels last is viewed as [N * ..., C], which is the same normalization at no cost.
+  const bool direct = !masked && (x.channels_first || rank == 1);
+  ValueId v = direct ? x.value : b.op("Reshape", {x.value, b.shape_constant("rows_shape", {-1, channels})});
+  if (masked) {
     ops::BatchNormInputs bi;
     bi.name = b.graph.unique_name(b.name() + "/BatchNormalization");
-    bi.x = b.op("Reshape", {x.value, b.shape_constant("rows_shape", {-1, channels})});
+    bi.x = v;
     bi.weights = b.op("Reshape", {x.mask, b.shape_constant("mask_rows", {-1, 1})});
     bi.scale = gamma;
     bi.bias = beta;
@@ -358,27 +363,19 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
     if (synchronized) ++b.synchronized_masked_norms;
     b.graph.bind_update(made.running_mean, mean);
     b.graph.bind_update(made.running_var, var);
-    std::vector<int64_t> back = {-1};
-    back.insert(back.end(), x.shape.begin(), x.shape.end());
-    x.value = b.op("Reshape", {made.y, b.shape_constant("shape", back)});
-    x.activation.clear();
-    x.pre_activation = kNoValue;
-    return x;
-  }
-  // ONNX normalizes axis 1. NCHW images and [N, C] features have their channels there; anything else with the
-  // channels last is viewed as [N * ..., C], which is the same normalization at no cost.
-  const bool direct = x.channels_first || rank == 1;
-  ValueId v = direct ? x.value : b.op("Reshape", {x.value, b.shape_constant("rows_shape", {-1, channels})});
-  Attributes attrs{{"epsilon", static_cast<float>(b.args.number("epsilon"))},
-                   {"momentum", static_cast<float>(b.args.number("momentum"))},
-                   {"training_mode", int64_t{training ? 1 : 0}}};
-  NodeId n = b.node("BatchNormalization", {v, gamma, beta, mean, var}, attrs, training ? 3 : 1);
-  v = b.graph.node(n).outputs[0];
-  if (training) {
-    b.graph.bind_update(b.graph.node(n).outputs[1], mean);
-    b.graph.bind_update(b.graph.node(n).outputs[2], var);
-    // synchronized: a data-parallel run rewrites the node to use the global batch's statistics.
-    if (synchronized) b.synchronized_norms.push_back(n);
+    v = made.y;
+  } else {
+    Attributes attrs{{"epsilon", static_cast<float>(b.args.number("epsilon"))},
+                     {"momentum", static_cast<float>(b.args.number("momentum"))},
+                     {"training_mode", int64_t{training ? 1 : 0}}};
+    NodeId n = b.node("BatchNormalization", {v, gamma, beta, mean, var}, attrs, training ? 3 : 1);
+    v = b.graph.node(n).outputs[0];
+    if (training) {
+      b.graph.bind_update(b.graph.node(n).outputs[1], mean);
+      b.graph.bind_update(b.graph.node(n).outputs[2], var);
+      // synchronized: a data-parallel run rewrites the node to use the global batch's statistics.
+      if (synchronized) b.synchronized_norms.push_back(n);
+    }
   }
   if (!direct) {
     std::vector<int64_t> back = {-1};

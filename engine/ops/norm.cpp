@@ -373,11 +373,13 @@ bool synchronize_batch_norm(Graph& g, NodeId id) {
   return true;
 }
 
-int synchronize_batch_norms(Graph& g) {
-  int n = 0;
-  for (NodeId id = 0, end = g.num_nodes(); id < end; ++id)
-    if (synchronize_batch_norm(g, id)) ++n;
-  return n;
+std::vector<NodeId> training_batch_norms(const Graph& g) {
+  std::vector<NodeId> out;
+  for (NodeId id = 0; id < g.num_nodes(); ++id) {
+    const Node& n = g.node(id);
+    if (!n.dead && n.op == "BatchNormalization" && n.attrs.i("training_mode") != 0) out.push_back(id);
+  }
+  return out;
 }
 
 void register_norm_ops(OpRegistry& r) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "engine/ir/graph.h"
 
@@ -36,7 +37,7 @@ BatchNormGraph batch_norm_graph(Graph& g, const BatchNormInputs& in);
 // node for an input that is not f32 or f64.
 bool synchronize_batch_norm(Graph& g, NodeId bn);
 
-// Every training-mode BatchNormalization of `g`; returns how many were rewritten.
-int synchronize_batch_norms(Graph& g);
+// The live training-mode BatchNormalization nodes of `g` (those synchronize_batch_norm rewrites).
+std::vector<NodeId> training_batch_norms(const Graph& g);
 
 }  // namespace trainer::engine::ops

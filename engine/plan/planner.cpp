@@ -216,12 +216,14 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
     prog.last_step[v] = end;
     used[v] = 1;
   }
-  // A ReplicaMean output is a bucket reduced in place while later steps run: one that nothing reads is
-  // waited for at the end of the step, and its bytes must live until then.
+  // The steps of ReplicaMean nodes: each output is a reduction bucket, summed in place while later steps run.
+  // One that nothing reads is waited for at the end of the step, and its bytes must live until then.
+  std::vector<int> replica_means;
   for (int s = 0; s < end; ++s)
-    if (const Node& n = g.node(prog.steps[s]);
-        n.op == "ReplicaMean" && g.value(n.outputs[0]).consumers.empty())
-      prog.last_step[n.outputs[0]] = end;
+    if (const Node& n = g.node(prog.steps[s]); n.op == "ReplicaMean") {
+      replica_means.push_back(s);
+      if (g.value(n.outputs[0]).consumers.empty()) prog.last_step[n.outputs[0]] = end;
+    }
   for (ValueId v : g.inputs()) used[v] = 1;  // fed every step even when unused
   for (ValueId v = 0; v < nv; ++v) {
     const Value& val = g.value(v);
@@ -265,8 +267,7 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   // change bytes that other readers of its group still need, so it is one only where that group dies.
   std::vector<bool> bucketed(nv, false);
   for (ValueId v : opt.gradients) bucketed[v] = true;
-  for (int s = 0; s < end; ++s)
-    if (const Node& n = g.node(prog.steps[s]); n.op == "ReplicaMean") bucketed[n.outputs[0]] = true;
+  for (int s : replica_means) bucketed[g.node(prog.steps[s]).outputs[0]] = true;
   if (opt.reuse_memory) {
     for (int s = 0; s < end; ++s) {
       const Node& n = g.node(prog.steps[s]);
@@ -433,12 +434,11 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   }
   // Each ReplicaMean output is a bucket of its own, averaged across the replicas as the gradients are: the
   // statistics of synchronized batch normalization, needed right after they are made.
-  for (int s = 0; s < end; ++s) {
-    const Node& n = g.node(prog.steps[s]);
-    if (n.op != "ReplicaMean") continue;
+  for (int s : replica_means) {
+    const ValueId out = g.node(prog.steps[s]).outputs[0];
     GradBucket& b = prog.buckets.emplace_back();
-    b.grads.push_back(n.outputs[0]);
-    b.bytes = g.value(n.outputs[0]).nbytes();
+    b.grads.push_back(out);
+    b.bytes = g.value(out).nbytes();
     b.ready_after_step = s;
   }
   for (GradBucket& b : prog.buckets) {

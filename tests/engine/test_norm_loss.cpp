@@ -295,7 +295,9 @@ TEST_SUITE("norm_loss") {
         g->bind_update(outs[1], mean);
         g->bind_update(outs[2], var);
         if (synchronized) {
-          CHECK(ops::synchronize_batch_norms(*g) == 1);
+          const std::vector<NodeId> norms = ops::training_batch_norms(*g);
+          CHECK(norms == std::vector<NodeId>{bn});
+          for (NodeId n : norms) CHECK(ops::synchronize_batch_norm(*g, n));
           CHECK(g->node(bn).dead);
           CHECK(g->value(outs[0]).name == "bn:0");  // the values keep their ids and names
           CHECK(g->value(outs[0]).producer != bn);

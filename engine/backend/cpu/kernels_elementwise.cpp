@@ -282,7 +282,7 @@ KernelPtr where(const KernelArgs& a) {
 // softplus_f), compiled for the widest vectors: libm's erff, expf, expm1f, log1pf and tanhf are scalar
 // calls, ten to fifty times slower. f64 keeps the shared functors' libm. `alpha` and `gamma` are the node's
 // attributes where it has them (Elu, Selu, LeakyRelu).
-enum class ErfFamily {
+enum class FastActivation {
   erf,
   erf_grad,
   gelu,
@@ -301,66 +301,66 @@ enum class ErfFamily {
   leaky_relu_grad
 };
 
-TRAINER_CPU_CLONES void erf_family_loop(ErfFamily f, float alpha, float gamma, const float* a, const float* b,
-                                        float* y, int64_t n) {
+TRAINER_CPU_CLONES void fast_activation_loop(FastActivation f, float alpha, float gamma, const float* a,
+                                             const float* b, float* y, int64_t n) {
   switch (f) {
-    case ErfFamily::erf:
+    case FastActivation::erf:
       for (int64_t i = 0; i < n; ++i) y[i] = erf_f(a[i]);
       break;
-    case ErfFamily::erf_grad:  // a = dy, b = x
+    case FastActivation::erf_grad:  // a = dy, b = x
       for (int64_t i = 0; i < n; ++i) y[i] = a[i] * 1.1283791670955126f * exp_clamped(-b[i] * b[i]);
       break;
-    case ErfFamily::gelu:
+    case FastActivation::gelu:
       for (int64_t i = 0; i < n; ++i) y[i] = gelu_f(a[i], false);
       break;
-    case ErfFamily::gelu_tanh:
+    case FastActivation::gelu_tanh:
       for (int64_t i = 0; i < n; ++i) y[i] = gelu_f(a[i], true);
       break;
-    case ErfFamily::gelu_grad:
+    case FastActivation::gelu_grad:
       for (int64_t i = 0; i < n; ++i) y[i] = gelu_grad_f(a[i], b[i], false);
       break;
-    case ErfFamily::gelu_tanh_grad:
+    case FastActivation::gelu_tanh_grad:
       for (int64_t i = 0; i < n; ++i) y[i] = gelu_grad_f(a[i], b[i], true);
       break;
-    case ErfFamily::tanh:
+    case FastActivation::tanh:
       for (int64_t i = 0; i < n; ++i) y[i] = tanh_f(a[i]);
       break;
-    case ErfFamily::sigmoid:
+    case FastActivation::sigmoid:
       for (int64_t i = 0; i < n; ++i) y[i] = sigmoid_f(a[i]);
       break;
-    case ErfFamily::elu:
+    case FastActivation::elu:
       for (int64_t i = 0; i < n; ++i) y[i] = a[i] > 0.0f ? a[i] : alpha * expm1_f(a[i]);
       break;
-    case ErfFamily::elu_grad:  // a = dy, b = x
+    case FastActivation::elu_grad:  // a = dy, b = x
       for (int64_t i = 0; i < n; ++i) y[i] = b[i] > 0.0f ? a[i] : a[i] * alpha * exp_clamped(b[i]);
       break;
-    case ErfFamily::selu:
+    case FastActivation::selu:
       for (int64_t i = 0; i < n; ++i) y[i] = gamma * (a[i] > 0.0f ? a[i] : alpha * expm1_f(a[i]));
       break;
-    case ErfFamily::selu_grad:
+    case FastActivation::selu_grad:
       for (int64_t i = 0; i < n; ++i) y[i] = gamma * (b[i] > 0.0f ? a[i] : a[i] * alpha * exp_clamped(b[i]));
       break;
-    case ErfFamily::softplus:
+    case FastActivation::softplus:
       for (int64_t i = 0; i < n; ++i) y[i] = softplus_f(a[i]);
       break;
-    case ErfFamily::softplus_grad:
+    case FastActivation::softplus_grad:
       for (int64_t i = 0; i < n; ++i) y[i] = a[i] * sigmoid_f(b[i]);
       break;
-    case ErfFamily::leaky_relu:
+    case FastActivation::leaky_relu:
       for (int64_t i = 0; i < n; ++i) y[i] = a[i] >= 0.0f ? a[i] : alpha * a[i];
       break;
-    case ErfFamily::leaky_relu_grad:
+    case FastActivation::leaky_relu_grad:
       for (int64_t i = 0; i < n; ++i) y[i] = b[i] >= 0.0f ? a[i] : alpha * a[i];
       break;
   }
 }
 
 // A factory for one member of the family: the f32 loop, or `generic` (the shared functors) for f64.
-KernelFactory erf_family(ErfFamily f, ErfFamily f_tanh, KernelFactory generic) {
+KernelFactory fast_activation(FastActivation f, FastActivation f_tanh, KernelFactory generic) {
   return [=](const KernelArgs& a) -> KernelPtr {
     if (a.in(0).dtype != DType::f32) return generic(a);
     const bool tanh = a.attrs().has("approximate") && a.attrs().s("approximate") == "tanh";
-    const ErfFamily which = tanh ? f_tanh : f;
+    const FastActivation which = tanh ? f_tanh : f;
     const float alpha = a.attrs().has("alpha") ? a.attrs().f("alpha") : 0.0f;
     const float gamma = a.attrs().has("gamma") ? a.attrs().f("gamma") : 0.0f;
     const float* x = a.in_ptr<float>(0);
@@ -369,7 +369,7 @@ KernelFactory erf_family(ErfFamily f, ErfFamily f_tanh, KernelFactory generic) {
     const int64_t n = a.in(0).shape.numel();
     return make_kernel([=](const StepContext&) {
       parallel_chunks(n, [&](int64_t b, int64_t e) {
-        erf_family_loop(which, alpha, gamma, x + b, second ? second + b : nullptr, y + b, e - b);
+        fast_activation_loop(which, alpha, gamma, x + b, second ? second + b : nullptr, y + b, e - b);
       });
     });
   };
@@ -389,12 +389,12 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Log", unary<k::LogOp>());
   r.add("Sqrt", unary<k::SqrtOp>());
   r.add("Relu", unary<k::ReluOp>());
-  r.add("Sigmoid", erf_family(ErfFamily::sigmoid, ErfFamily::sigmoid, unary<k::SigmoidOp>()));
-  r.add("Tanh", erf_family(ErfFamily::tanh, ErfFamily::tanh, unary<k::TanhOp>()));
-  r.add("LeakyRelu", erf_family(ErfFamily::leaky_relu, ErfFamily::leaky_relu, [](const KernelArgs& a) {
-          return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a);
-        }));
-  r.add("Gelu", erf_family(ErfFamily::gelu, ErfFamily::gelu_tanh, [](const KernelArgs& a) {
+  r.add("Sigmoid", fast_activation(FastActivation::sigmoid, FastActivation::sigmoid, unary<k::SigmoidOp>()));
+  r.add("Tanh", fast_activation(FastActivation::tanh, FastActivation::tanh, unary<k::TanhOp>()));
+  r.add("LeakyRelu",
+        fast_activation(FastActivation::leaky_relu, FastActivation::leaky_relu,
+                        [](const KernelArgs& a) { return unary(k::LeakyReluOp{a.attrs().f("alpha")})(a); }));
+  r.add("Gelu", fast_activation(FastActivation::gelu, FastActivation::gelu_tanh, [](const KernelArgs& a) {
           return unary(k::GeluOp{a.attrs().s("approximate") == "tanh"})(a);
         }));
   r.add("PRelu", binary<k::PReluOp>());
@@ -422,11 +422,12 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Acosh", unary<k::AcoshOp>());
   r.add("Atanh", unary<k::AtanhOp>());
   r.add("Reciprocal", unary<k::ReciprocalOp>());
-  r.add("Erf", erf_family(ErfFamily::erf, ErfFamily::erf, unary<k::ErfOp>()));
-  r.add("Softplus", erf_family(ErfFamily::softplus, ErfFamily::softplus, unary<k::SoftplusOp>()));
-  r.add("Elu", erf_family(ErfFamily::elu, ErfFamily::elu,
-                          [](const KernelArgs& a) { return unary(k::EluOp{a.attrs().f("alpha")})(a); }));
-  r.add("Selu", erf_family(ErfFamily::selu, ErfFamily::selu, [](const KernelArgs& a) {
+  r.add("Erf", fast_activation(FastActivation::erf, FastActivation::erf, unary<k::ErfOp>()));
+  r.add("Softplus",
+        fast_activation(FastActivation::softplus, FastActivation::softplus, unary<k::SoftplusOp>()));
+  r.add("Elu", fast_activation(FastActivation::elu, FastActivation::elu,
+                               [](const KernelArgs& a) { return unary(k::EluOp{a.attrs().f("alpha")})(a); }));
+  r.add("Selu", fast_activation(FastActivation::selu, FastActivation::selu, [](const KernelArgs& a) {
           return unary(k::SeluOp{a.attrs().f("alpha"), a.attrs().f("gamma")})(a);
         }));
   r.add("HardSigmoid", [](const KernelArgs& a) {
@@ -436,19 +437,19 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("Clip", clip);
   r.add("AbsGrad", grad_binary<k::AbsGradFromX>([](const KernelArgs&) { return k::AbsGradFromX{}; }));
   r.add("ErfGrad",
-        erf_family(ErfFamily::erf_grad, ErfFamily::erf_grad,
-                   grad_binary<k::ErfGradFromX>([](const KernelArgs&) { return k::ErfGradFromX{}; })));
-  r.add("SoftplusGrad", erf_family(ErfFamily::softplus_grad, ErfFamily::softplus_grad,
-                                   grad_binary<k::SoftplusGradFromX>(
-                                       [](const KernelArgs&) { return k::SoftplusGradFromX{}; })));
-  r.add("EluGrad", erf_family(ErfFamily::elu_grad, ErfFamily::elu_grad,
-                              grad_binary<k::EluGradFromX>([](const KernelArgs& a) {
-                                return k::EluGradFromX{a.attrs().f("alpha")};
-                              })));
-  r.add("SeluGrad", erf_family(ErfFamily::selu_grad, ErfFamily::selu_grad,
-                               grad_binary<k::SeluGradFromX>([](const KernelArgs& a) {
-                                 return k::SeluGradFromX{a.attrs().f("alpha"), a.attrs().f("gamma")};
-                               })));
+        fast_activation(FastActivation::erf_grad, FastActivation::erf_grad,
+                        grad_binary<k::ErfGradFromX>([](const KernelArgs&) { return k::ErfGradFromX{}; })));
+  r.add("SoftplusGrad", fast_activation(FastActivation::softplus_grad, FastActivation::softplus_grad,
+                                        grad_binary<k::SoftplusGradFromX>(
+                                            [](const KernelArgs&) { return k::SoftplusGradFromX{}; })));
+  r.add("EluGrad", fast_activation(FastActivation::elu_grad, FastActivation::elu_grad,
+                                   grad_binary<k::EluGradFromX>([](const KernelArgs& a) {
+                                     return k::EluGradFromX{a.attrs().f("alpha")};
+                                   })));
+  r.add("SeluGrad", fast_activation(FastActivation::selu_grad, FastActivation::selu_grad,
+                                    grad_binary<k::SeluGradFromX>([](const KernelArgs& a) {
+                                      return k::SeluGradFromX{a.attrs().f("alpha"), a.attrs().f("gamma")};
+                                    })));
   r.add("HardSigmoidGrad", grad_binary<k::HardSigmoidGradFromX>([](const KernelArgs& a) {
           return k::HardSigmoidGradFromX{a.attrs().f("alpha"), a.attrs().f("beta")};
         }));
@@ -459,14 +460,14 @@ void register_elementwise_cpu_kernels(KernelRegistry& r) {
   r.add("SigmoidGrad",
         grad_binary<k::SigmoidGradFromY>([](const KernelArgs&) { return k::SigmoidGradFromY{}; }));
   r.add("TanhGrad", grad_binary<k::TanhGradFromY>([](const KernelArgs&) { return k::TanhGradFromY{}; }));
-  r.add("LeakyReluGrad", erf_family(ErfFamily::leaky_relu_grad, ErfFamily::leaky_relu_grad,
-                                    grad_binary<k::LeakyReluGradFromX>([](const KernelArgs& a) {
-                                      return k::LeakyReluGradFromX{a.attrs().f("alpha")};
+  r.add("LeakyReluGrad", fast_activation(FastActivation::leaky_relu_grad, FastActivation::leaky_relu_grad,
+                                         grad_binary<k::LeakyReluGradFromX>([](const KernelArgs& a) {
+                                           return k::LeakyReluGradFromX{a.attrs().f("alpha")};
+                                         })));
+  r.add("GeluGrad", fast_activation(FastActivation::gelu_grad, FastActivation::gelu_tanh_grad,
+                                    grad_binary<k::GeluGradFromX>([](const KernelArgs& a) {
+                                      return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};
                                     })));
-  r.add("GeluGrad", erf_family(ErfFamily::gelu_grad, ErfFamily::gelu_tanh_grad,
-                               grad_binary<k::GeluGradFromX>([](const KernelArgs& a) {
-                                 return k::GeluGradFromX{a.attrs().s("approximate") == "tanh"};
-                               })));
   r.add("Identity", identity);
   // The copy only: the data-parallel layer averages the output across replicas (its plan bucket).
   r.add("ReplicaMean", identity);
