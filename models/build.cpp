@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "engine/ops/norm_dropout.h"
 #include "engine/util/error.h"
@@ -46,6 +47,45 @@ ValueId channels_last(Graph& g, ValueId v, size_t keras_rank, const std::string&
   return g.node(n).outputs[0];
 }
 
+// A Flatten's value in Keras's feature order (LayerValue::flattened_channels_first): back to [N, C, D...],
+// moved to channels last, flattened again.
+LayerValue in_keras_order(Graph& g, LayerValue x, const std::string& prefix) {
+  if (x.flattened_channels_first.empty()) return x;
+  const std::vector<int64_t> keras = std::move(x.flattened_channels_first);
+  x.flattened_channels_first.clear();
+  std::vector<int64_t> dims = {-1, keras.back()};
+  dims.insert(dims.end(), keras.begin(), keras.end() - 1);
+  auto move = [&](ValueId v, const std::string& name) {
+    if (v == kNoValue) return v;
+    const ValueId shape =
+        g.add_constant(g.unique_name(name + "/channels_first_shape"),
+                       Tensor::from<int64_t>(Shape{static_cast<int64_t>(dims.size())}, dims));
+    NodeId r = g.add_node("Reshape", {v, shape}, {}, 1, g.unique_name(name + "/Reshape"));
+    const ValueId last = channels_last(g, g.node(r).outputs[0], keras.size(), name);
+    return g.node(g.add_node("Flatten", {last}, {{"axis", int64_t{1}}}, 1, g.unique_name(name + "/Flatten")))
+        .outputs[0];
+  };
+  x.value = move(x.value, prefix + "/keras_order");
+  x.pre_activation = move(x.pre_activation, prefix + "/keras_order_logits");
+  return x;
+}
+
+// The elementwise layers: a Flatten's features keep their order through them (in_keras_order).
+bool passes_feature_order(const std::string& type) {
+  static const std::set<std::string> elementwise = {"Activation",      "ReLU",
+                                                    "LeakyReLU",       "ELU",
+                                                    "Identity",        "Dropout",
+                                                    "AlphaDropout",    "GaussianNoise",
+                                                    "GaussianDropout", "ActivityRegularization"};
+  return elementwise.count(type) > 0;
+}
+
+// Layers that take a Flatten's features in whatever order they come (in_keras_order): Dense, whose kernel
+// rows meet them in that order, and the elementwise layers, which pass the order on.
+bool takes_any_feature_order(const std::string& type) {
+  return type == "Dense" || passes_feature_order(type);
+}
+
 // TimeDistributed: the wrapped layer applied to every step of a [N, T, ...] input, as one layer on [N T, ...]
 // (the steps moved to the batch by a Reshape, and back after). Keras's weights are shared over the steps,
 // which is what a layer on the merged batch does.
@@ -67,7 +107,8 @@ LayerValue time_distributed(LayerBuilder& b, const LayerValue& in, const LayerDe
   merged_options.batch_size = b.options.batch_size * steps;
   LayerBuilder inner(b.graph, merged_options, b.spec, b.args, b.info);
   const NodeId first_node = b.graph.num_nodes();
-  LayerValue y = inner.to_channels_last(wrapped.build(inner, {merged}));
+  LayerValue y =
+      inner.to_channels_last(in_keras_order(b.graph, wrapped.build(inner, {merged}), b.name() + "/step"));
   // Its random draws count `steps` rows per sample of the batch, so that replicas, which take other samples'
   // rows, draw what one device draws (ops::kRowsPerSample; nested, the factors multiply).
   for (NodeId id = first_node; id < b.graph.num_nodes(); ++id) {
@@ -357,7 +398,15 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
     info.name = spec.name;
     info.type = spec.type;
     LayerBuilder builder(g, options, spec, args, info);
+    if (!takes_any_feature_order(def->type))
+      for (size_t k = 0; k < inputs.size(); ++k)
+        if (!inputs[k].flattened_channels_first.empty())
+          values[input_names[k]] = inputs[k] = in_keras_order(g, inputs[k], spec.name);
     LayerValue out = wrapped ? time_distributed(builder, inputs[0], *wrapped) : def->build(builder, inputs);
+    if (passes_feature_order(def->type) && out.shape == inputs[0].shape)
+      out.flattened_channels_first = inputs[0].flattened_channels_first;
+    else if (def->type != "Flatten")
+      out.flattened_channels_first.clear();
     // A mask goes on only through layers that keep it and the steps it describes; a layer that made a new one
     // (Embedding, Masking) keeps its own.
     if (!inputs.empty() && inputs[0].mask != kNoValue && out.mask == inputs[0].mask) {
@@ -424,7 +473,7 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
   m.more_outputs.clear();
   for (size_t k = 0; k < outputs.size(); ++k) {
     const std::string& name = outputs[k];
-    LayerValue out = values[name];
+    LayerValue out = in_keras_order(g, values[name], name);
     if (out.channels_first) {
       out.value = channels_last(g, out.value, out.shape.size(), name);
       out.pre_activation = channels_last(g, out.pre_activation, out.shape.size(), name + "/logits");

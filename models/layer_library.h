@@ -33,6 +33,11 @@ struct LayerValue {
   // (LayerDef::keeps_mask), the recurrent layers and GlobalAveragePooling1D honour it, and every other layer
   // drops it.
   engine::ValueId mask = engine::kNoValue;
+  // Non-empty: a Flatten of a channels-first value of this per-sample (Keras) shape, its features left in the
+  // engine's order (C, H, W) where Keras's is (H, W, C). Dense (whose kernel rows then follow that order) and
+  // the elementwise layers take it as it is, which costs no transpose; build_model gives every other layer,
+  // and the model's outputs, Keras's order.
+  std::vector<int64_t> flattened_channels_first;
 };
 
 // The Transpose permutations between [N, D1, ..., C] and [N, C, D1, ...] for a per-sample rank (2: sequences,
@@ -165,11 +170,13 @@ struct LayerDef {
 // Marks the layers named in `types` as keeping their input's mask (Keras's supports_masking).
 void keep_masks(std::vector<LayerDef>& defs, const std::vector<std::string>& types);
 
-// One axis of a Keras transposed convolution (keras.ops.deconv_output_length) as ONNX's ConvTranspose takes
-// it: without output_padding, in * stride for "same" and in * stride + max(span - stride, 0) for "valid",
-// padded as the convolution it is the gradient of (the odd element at the end), output past the kernel's
-// reach given as `extra` zeros (less than a stride, as output_padding); with output_padding p, (in - 1) *
-// stride + span - 2 pad + p, pad = span / 2 for "same". The caller checks p (0 <= p < stride) and out >= 1.
+// One axis of a Keras transposed convolution as ONNX's ConvTranspose takes it. Its length is Keras's
+// (keras.ops.deconv_output_length): without output_padding, in * stride for "same" and in * stride +
+// max(span - stride, 0) for "valid"; with output_padding p, (in - 1) * stride + span - 2 pad + p, pad = span
+// / 2 for "same" and 0 for "valid". Either way it is cropped from the full transposed convolution as
+// TensorFlow's conv_transpose does, the gradient of the convolution of that output: the odd element of the
+// crop at the end, output past the kernel's reach given as `extra` zeros (less than a stride, as
+// output_padding). The caller checks p (0 <= p < stride) and out >= 1.
 struct DeconvAxis {
   int64_t out = 0, pad_begin = 0, pad_end = 0, extra = 0;
 };

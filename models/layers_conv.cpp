@@ -156,10 +156,7 @@ LayerValue build_separable_conv2d(LayerBuilder& b, const std::vector<LayerValue>
   return build_depthwise(b, in, true);
 }
 
-// Conv2DTranspose: ONNX's ConvTranspose with Keras's output sizes (keras.ops.deconv_output_length): without
-// output_padding, in * strides for "same" and in * strides + max(kernel - strides, 0) for "valid"; with it,
-// (in - 1) * strides + kernel - 2 * pad + output_padding, pad = kernel // 2 for "same". "same" pads as the
-// convolution it is the gradient of, the odd pixel at the end; output beyond what the kernel reaches is zero.
+// Conv2DTranspose: ONNX's ConvTranspose with Keras's output sizes and TensorFlow's crop (deconv_axis).
 LayerValue build_conv2d_transpose(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t filters = b.positive("filters");
   const std::vector<int64_t> kernel = b.positive_pair("kernel_size");
@@ -510,13 +507,10 @@ DeconvAxis deconv_axis(int64_t in, int64_t kernel, int64_t stride, int64_t dilat
                        std::optional<int64_t> output_padding) {
   DeconvAxis d;
   const int64_t span = dilation * (kernel - 1) + 1, reach = stride * (in - 1) + span;
-  if (output_padding) {
-    d.pad_begin = d.pad_end = same ? span / 2 : 0;
-    d.extra = *output_padding;
-    d.out = reach - 2 * d.pad_begin + d.extra;
-    return d;
-  }
-  d.out = same ? in * stride : in * stride + std::max<int64_t>(span - stride, 0);
+  if (output_padding)
+    d.out = reach - 2 * (same ? span / 2 : 0) + *output_padding;
+  else
+    d.out = same ? in * stride : in * stride + std::max<int64_t>(span - stride, 0);
   const int64_t total = reach - d.out;
   if (total >= 0) {
     d.pad_begin = total / 2;

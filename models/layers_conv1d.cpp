@@ -152,9 +152,7 @@ LayerValue build_separable_conv1d(LayerBuilder& b, const std::vector<LayerValue>
   return build_depthwise1d(b, in, true);
 }
 
-// Conv1DTranspose: ONNX's 1-D ConvTranspose with Keras's output lengths, as Conv2DTranspose's per axis:
-// without output_padding, steps * strides for "same" and steps * strides + max(kernel - strides, 0) for
-// "valid"; with it, (steps - 1) * strides + kernel - 2 pad + output_padding, pad = kernel // 2 for "same".
+// Conv1DTranspose: ONNX's 1-D ConvTranspose with Keras's output length and TensorFlow's crop (deconv_axis).
 LayerValue build_conv1d_transpose(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t filters = b.positive("filters");
   const int64_t kernel = b.positive("kernel_size");

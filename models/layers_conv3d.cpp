@@ -96,10 +96,8 @@ LayerValue build_conv3d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return b.activate(x, act);
 }
 
-// Conv3DTranspose: ONNX's ConvTranspose with Keras's output sizes, as Conv2DTranspose (without
-// output_padding, in * strides for "same" and in * strides + max(kernel - strides, 0) for "valid"; with it,
-// (in - 1) * strides + kernel - 2 pad + output_padding, pad = kernel // 2 for "same"), written with the 2-D
-// op per depth tap.
+// Conv3DTranspose: ONNX's ConvTranspose with Keras's output sizes and TensorFlow's crop (deconv_axis),
+// written with the 2-D op per depth tap.
 LayerValue build_conv3d_transpose(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int64_t filters = b.positive("filters");
   const std::vector<int64_t> kernel = positive_triple(b, "kernel_size");

@@ -186,13 +186,21 @@ LayerValue build_gaussian_dropout(LayerBuilder& b, const std::vector<LayerValue>
   return gaussian(b, in, true);
 }
 
-// Flatten keeps the IR's order: after convolutions that is C, H, W, where Keras flattens H, W, C. The two
-// differ only in which row of the next Dense kernel meets which feature, so trained models are equivalent.
+// Flatten: Keras's order is (H, W, C). A channels-first value (after convolutions) is flattened as it lies,
+// (C, H, W), and marked so (LayerValue::flattened_channels_first): the Dense layer that usually comes next
+// only meets its features with other kernel rows, and build_model moves them into Keras's order for any
+// other consumer. Where the move is a Reshape (one channel, or one pixel), it is done here.
 LayerValue build_flatten(LayerBuilder& b, const std::vector<LayerValue>& in) {
   LayerValue x = in[0];
+  const bool moves =
+      x.channels_first && x.shape.size() >= 2 && x.shape.back() > 1 && numel(x.shape) / x.shape.back() > 1;
   LayerValue y;
   y.from = x.from;
   y.shape = {numel(x.shape)};
+  if (moves)
+    y.flattened_channels_first = x.shape;
+  else
+    x = b.to_channels_last(x);
   y.value = x.shape.size() == 1 ? x.value : b.op("Flatten", {x.value}, {{"axis", int64_t{1}}});
   return y;
 }

@@ -70,8 +70,9 @@ DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, o
 // compacted sequence is the s-th unmasked step) and the node runs with sequence_lens = their count. Outputs
 // go back to every step: at step t the forward direction's is its output after the last unmasked step up to
 // t (zeros before the first), the reverse direction's its output at the first unmasked step from t on (zeros
-// after the last), as Keras carries them over masked steps. Compaction and its inverse are products with
-// one-hot [N, steps, steps] matrices, so the graph stays ONNX's and the gradient reaches the inputs.
+// after the last), as Keras carries them over masked steps; Bidirectional gives zeros at masked steps.
+// Compaction and its inverse are products with one-hot [N, steps, steps] matrices, so the graph stays ONNX's
+// and the gradient reaches the inputs.
 struct MaskedSteps {
   ValueId mask3 = kNoValue;      // [N, T, 1]
   ValueId inclusive = kNoValue;  // [N, T, 1]: unmasked steps up to and including t
@@ -111,9 +112,10 @@ ValueId compact_steps(LayerBuilder& b, const MaskedSteps& m, ValueId x) {
 }
 
 // y [N, T, dirs, H] of the compacted sequence back at every step (see MaskedSteps). `reverse`: the one
-// direction runs in reverse (go_backwards), and takes the reverse direction's rule.
-ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs, int64_t units,
-                     bool reverse = false) {
+// direction runs in reverse (go_backwards), and takes the reverse direction's rule. `zero_masked`: masked
+// steps give zeros instead (Keras's zero_output_for_mask, which Bidirectional sets for sequences).
+ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs, int64_t units, bool reverse,
+                     bool zero_masked) {
   std::vector<ValueId> per_direction;
   for (int d = 0; d < dirs; ++d) {
     const std::string k = fmt::format("mask/direction{}", d);
@@ -126,7 +128,9 @@ ValueId expand_steps(LayerBuilder& b, const MaskedSteps& m, ValueId y, int dirs,
              {b.op("Slice", {y, b.shape_constant(k + "/start", {d}), b.shape_constant(k + "/end", {d + 1}),
                              b.shape_constant(k + "/axis", {2})}),
               b.shape_constant(k + "/shape", {0, m.steps, units})});
-    ValueId spread = b.op("MatMul", {one_hot_steps(b, source, m.steps, k), yd});  // [N, T, H]
+    ValueId pick = one_hot_steps(b, source, m.steps, k);  // [N, T, T]
+    if (zero_masked) pick = b.op("Mul", {pick, m.mask3});
+    ValueId spread = b.op("MatMul", {pick, yd});  // [N, T, H]
     per_direction.push_back(b.op("Unsqueeze", {spread, b.shape_constant(k + "/axis2", {2})}));
   }
   return dirs == 1 ? per_direction[0] : b.op("Concat", per_direction, {{"axis", int64_t{2}}});
@@ -211,7 +215,7 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
   NodeId n = b.graph.add_node_named(op, inputs, attrs, outs, node_name);
   ValueId y = b.graph.node(n).outputs[sequences ? 0 : 1];
   if (sequences && masked.lengths != kNoValue)
-    y = expand_steps(b, masked, y, bidirectional ? 2 : 1, units, backwards);
+    y = expand_steps(b, masked, y, bidirectional ? 2 : 1, units, backwards, bidirectional);
   if (sequences && backwards) {  // ONNX keeps step t's output at t; Keras lists them in processing order
     Tensor order(DType::i64, Shape{steps});
     for (int64_t t = 0; t < steps; ++t) order.set_f64(t, static_cast<double>(steps - 1 - t));

@@ -325,21 +325,52 @@ TEST_SUITE("build") {
 
   TEST_CASE("build: Conv2DTranspose has Keras's output sizes, weights and pads") {
     using Args = std::vector<std::pair<std::string, formats::ArgValue>>;
+    // pads crop the full transposed convolution ((5 - 1) * strides + span) as TensorFlow's does: the
+    // gradient of the "same" convolution of the output, whose odd padded pixel is at the end; extra (ONNX's
+    // output_padding) is output past the kernel's reach.
     struct Case {
       Args args;
       std::vector<int64_t> out;  // Keras's (height, width) from 5 x 5
+      std::vector<int64_t> pads, extra;
     };
     const std::vector<Case> cases = {
-        {{{"kernel_size", int64_t{3}}, {"strides", int64_t{2}}}, {11, 11}},  // 5 * 2 + max(3 - 2, 0)
-        {{{"kernel_size", int64_t{2}}, {"strides", int64_t{2}}, {"padding", std::string("same")}}, {10, 10}},
+        {{{"kernel_size", int64_t{3}}, {"strides", int64_t{2}}},
+         {11, 11},
+         {0, 0, 0, 0},
+         {0, 0}},  // 5 * 2 + 1
+        {{{"kernel_size", int64_t{2}}, {"strides", int64_t{2}}, {"padding", std::string("same")}},
+         {10, 10},
+         {0, 0, 0, 0},
+         {0, 0}},
         {{{"kernel_size", int64_t{1}}, {"strides", int64_t{3}}},
-         {15, 15}},  // beyond the kernel's reach: zeros
+         {15, 15},
+         {0, 0, 0, 0},
+         {2, 2}},  // beyond the kernel's reach (13): zeros
         {{{"kernel_size", int64_t{3}},
           {"strides", int64_t{2}},
           {"padding", std::string("same")},
           {"output_padding", int64_t{1}}},
-         {10, 10}},  // (5 - 1) * 2 + 3 - 2 * 1 + 1
-        {{{"kernel_size", v({3, 1})}, {"strides", v({1, 2})}, {"dilation_rate", v({2, 1})}}, {9, 10}},
+         {10, 10},  // (5 - 1) * 2 + 3 - 2 * 1 + 1, of 11: the pixel past the output cropped at the end
+         {0, 0, 1, 1},
+         {0, 0}},
+        {{{"kernel_size", int64_t{4}},
+          {"strides", int64_t{3}},
+          {"padding", std::string("same")},
+          {"output_padding", int64_t{2}}},
+         {14, 14},  // (5 - 1) * 3 + 4 - 2 * 2 + 2, of 16
+         {1, 1, 1, 1},
+         {0, 0}},
+        {{{"kernel_size", int64_t{3}},
+          {"strides", int64_t{2}},
+          {"padding", std::string("valid")},
+          {"output_padding", int64_t{1}}},
+         {12, 12},
+         {0, 0, 0, 0},
+         {1, 1}},
+        {{{"kernel_size", v({3, 1})}, {"strides", v({1, 2})}, {"dilation_rate", v({2, 1})}},
+         {9, 10},
+         {0, 0, 0, 0},
+         {0, 1}},
     };
     for (const Case& c : cases) {
       CAPTURE(c.out[0]);
@@ -354,8 +385,11 @@ TEST_SUITE("build") {
       CHECK(kernel[1] == 4);
       CHECK(m.layers[0].params == kernel.numel() + 4);
       // The graph computes the shape the layer reports (NCHW inside).
-      const Shape& out = m.graph.value(only_node(m.graph, "ConvTranspose").outputs[0]).shape;
+      const Node& node = only_node(m.graph, "ConvTranspose");
+      const Shape& out = m.graph.value(node.outputs[0]).shape;
       CHECK(out == Shape{m.graph.value(m.input).shape[0], 4, c.out[0], c.out[1]});
+      CHECK(node.attrs.ints("pads") == c.pads);
+      CHECK(node.attrs.ints("output_padding") == c.extra);
       m.graph.validate();
     }
     Spec bad({5, 5, 3});

@@ -539,23 +539,43 @@ TEST_SUITE("run") {
       }
   }
 
-  TEST_CASE("run: Reshape is row-major channels-last as in Keras; Flatten after convolutions is CHW") {
+  TEST_CASE("run: Reshape is row-major channels-last as in Keras; Flatten after convolutions is HWC") {
     Spec s({12});
     s.add("Reshape", {{"target_shape", v({2, 2, 3})}})
         .add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", int64_t{1}}, {"use_bias", false}})
-        .add("Flatten");
+        .add("Flatten")
+        .add("Dropout", {{"rate", 0.5}});
     BuiltModel m = models::testing::build(s, false, 1);
     Tensor w = weight(m, "conv2d/kernel");
     Tensor x = ops::random_tensor(Shape{1, 12}, -1, 1, 2, DType::f32);
     Tensor y = forward(std::move(m), x);
     REQUIRE(y.shape() == Shape{1, 8});
-    // x is (h, w, c) row-major; the flattened output is (filter, h, w).
+    // x is (h, w, c) row-major; the flattened output is (h, w, filter), as Keras's, through the Dropout.
     for (int64_t f = 0; f < 2; ++f)
       for (int64_t p = 0; p < 4; ++p) {
         double want = 0;
         for (int64_t c = 0; c < 3; ++c) want += x.get_f64(p * 3 + c) * w.get_f64(f * 3 + c);
-        CHECK(y.get_f64(f * 4 + p) == doctest::Approx(want).epsilon(1e-5));
+        CHECK(y.get_f64(p * 2 + f) == doctest::Approx(want).epsilon(1e-5));
       }
+  }
+
+  TEST_CASE(
+      "run: Flatten's features reach a Dense layer without a transpose, any other layer in Keras's order") {
+    // The Dense layer (through elementwise layers) takes the channels-first order as it is: its kernel rows
+    // meet the features in that order. A Reshape, a Concatenate and the model's output get Keras's order.
+    auto transposes = [](const BuiltModel& m) { return count_ops(m.graph, "Transpose"); };
+    Spec plain({6, 6, 1});
+    plain.add("Conv2D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}}).add("MaxPooling2D");
+    Spec dense = plain;
+    dense.add("Flatten")
+        .add("Dropout", {{"rate", 0.3}})
+        .add("Activation", {{"activation", std::string("relu")}});
+    dense.add("Dense", {{"units", int64_t{3}}});
+    const int64_t base = transposes(models::testing::build(plain, true, 4)) - 1;  // less the output's
+    CHECK(transposes(models::testing::build(dense, true, 4)) == base);
+    Spec reshaped = plain;
+    reshaped.add("Flatten").add("Reshape", {{"target_shape", v({4, 4})}});
+    CHECK(transposes(models::testing::build(reshaped, true, 4)) == base + 1);
   }
 
   TEST_CASE("run: LSTM and GRU: the last step of return_sequences is the output without it") {
@@ -1107,80 +1127,89 @@ TEST_SUITE("run") {
 }
 
 TEST_SUITE("run") {
-  // Keras's masking against the plain layers run on each sample's unmasked steps alone: the forward direction
-  // at step t gives its output after the last unmasked step up to t (zeros before any), the backward
-  // direction its output at the first unmasked step from t on (zeros after the last).
+  // Keras's masking against the plain layers run on each sample's unmasked steps alone. A single layer at
+  // step t gives its output after the unmasked steps up to t (zeros before any): a masked step repeats the
+  // output before it. In a Bidirectional, the forward direction at unmasked step t gives its output after the
+  // unmasked steps up to t, the backward direction its output after the unmasked steps from t on, and a
+  // masked step gives zeros in both (Keras's Bidirectional sets zero_output_for_mask for sequences).
   TEST_CASE("run: mask_zero: LSTM, GRU and Bidirectional skip padded steps wherever they are") {
     const int64_t steps = 6, dim = 3, units = 4;
     // Pre-padded, holes, all padding, no padding.
     const std::vector<int32_t> ids = {0, 0, 3, 5, 1, 2, 4, 0, 6, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6};
     const int64_t n = 4;
     for (const char* layer : {"LSTM", "GRU"})
-      for (bool sequences : {true, false}) {
-        CAPTURE(layer);
-        CAPTURE(sequences);
-        const std::string inner = std::string(layer) == "LSTM" ? "lstm" : "gru";
-        Spec s({steps}, "int32");
-        s.add("Embedding", {{"input_dim", int64_t{7}}, {"output_dim", dim}, {"mask_zero", true}})
-            .add("Bidirectional", {{"layer", std::string(layer)},
-                                   {"units", units},
-                                   {"return_sequences", sequences},
-                                   {"bias_initializer", std::string("uniform")}});
-        BuiltModel m = models::testing::build(s, false, n);
-        const Tensor table = weight(m, "embedding/embeddings");
-        Tensor w[2][3];
-        const char* dirs[2] = {"forward_", "backward_"};
-        const char* names[3] = {"kernel", "recurrent_kernel", "bias"};
-        for (int d = 0; d < 2; ++d)
-          for (int k = 0; k < 3; ++k)
-            w[d][k] = weight(m, "bidirectional/" + std::string(dirs[d]) + inner + "/" + names[k]);
-        Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
-        REQUIRE(y.shape() == (sequences ? Shape{n, steps, 2 * units} : Shape{n, 2 * units}));
-        for (int64_t b = 0; b < n; ++b) {
-          CAPTURE(b);
-          std::vector<int32_t> kept;
-          for (int64_t t = 0; t < steps; ++t)
-            if (ids[b * steps + t] != 0) kept.push_back(ids[b * steps + t]);
-          const int64_t len = static_cast<int64_t>(kept.size());
-          // The plain layer over the kept steps (reversed for the backward direction), every step's output.
-          Tensor plain[2];
-          for (int d = 0; d < 2 && len > 0; ++d) {
-            Spec p({len, dim});
-            p.add(layer, {{"units", units}, {"return_sequences", true}});
-            BuiltModel one = models::testing::build(p, false, 1);
+      for (bool bidirectional : {true, false})
+        for (bool sequences : {true, false}) {
+          CAPTURE(layer);
+          CAPTURE(bidirectional);
+          CAPTURE(sequences);
+          const std::string inner = std::string(layer) == "LSTM" ? "lstm" : "gru";
+          const int dirs = bidirectional ? 2 : 1;
+          Spec s({steps}, "int32");
+          std::vector<std::pair<std::string, formats::ArgValue>> args = {
+              {"units", units},
+              {"return_sequences", sequences},
+              {"bias_initializer", std::string("uniform")}};
+          if (bidirectional) args.push_back({"layer", std::string(layer)});
+          s.add("Embedding", {{"input_dim", int64_t{7}}, {"output_dim", dim}, {"mask_zero", true}})
+              .add(bidirectional ? "Bidirectional" : layer, args);
+          BuiltModel m = models::testing::build(s, false, n);
+          const Tensor table = weight(m, "embedding/embeddings");
+          Tensor w[2][3];
+          const char* prefixes[2] = {"bidirectional/forward_", "bidirectional/backward_"};
+          const char* names[3] = {"kernel", "recurrent_kernel", "bias"};
+          for (int d = 0; d < dirs; ++d)
             for (int k = 0; k < 3; ++k)
-              *one.graph.mutable_initializer(one.graph.find(inner + "/" + names[k])) = w[d][k];
-            Tensor x(DType::f32, Shape{1, len, dim});
-            for (int64_t q = 0; q < len; ++q)
-              for (int64_t f = 0; f < dim; ++f)
-                x.set_f64(q * dim + f, table.get_f64(kept[d == 0 ? q : len - 1 - q] * dim + f));
-            plain[d] = forward(std::move(one), x);  // [1, len, units]
-          }
-          // Plain output of direction d after `count` kept steps (0: the zero state).
-          auto after = [&](int d, int64_t count, int64_t u) {
-            return count == 0 ? 0.0 : plain[d].get_f64((count - 1) * units + u);
-          };
-          if (!sequences) {
-            for (int64_t u = 0; u < units; ++u) {
-              CHECK(y.get_f64(b * 2 * units + u) == doctest::Approx(after(0, len, u)).epsilon(1e-5));
-              CHECK(y.get_f64(b * 2 * units + units + u) == doctest::Approx(after(1, len, u)).epsilon(1e-5));
+              w[d][k] = weight(m, (bidirectional ? prefixes[d] : "") + inner + "/" + names[k]);
+          Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
+          const int64_t width = dirs * units;
+          REQUIRE(y.shape() == (sequences ? Shape{n, steps, width} : Shape{n, width}));
+          for (int64_t b = 0; b < n; ++b) {
+            CAPTURE(b);
+            std::vector<int32_t> kept;
+            for (int64_t t = 0; t < steps; ++t)
+              if (ids[b * steps + t] != 0) kept.push_back(ids[b * steps + t]);
+            const int64_t len = static_cast<int64_t>(kept.size());
+            // The plain layer over the kept steps (reversed for the backward direction), every step's output.
+            Tensor plain[2];
+            for (int d = 0; d < dirs && len > 0; ++d) {
+              Spec p({len, dim});
+              p.add(layer, {{"units", units}, {"return_sequences", true}});
+              BuiltModel one = models::testing::build(p, false, 1);
+              for (int k = 0; k < 3; ++k)
+                *one.graph.mutable_initializer(one.graph.find(inner + "/" + names[k])) = w[d][k];
+              Tensor x(DType::f32, Shape{1, len, dim});
+              for (int64_t q = 0; q < len; ++q)
+                for (int64_t f = 0; f < dim; ++f)
+                  x.set_f64(q * dim + f, table.get_f64(kept[d == 0 ? q : len - 1 - q] * dim + f));
+              plain[d] = forward(std::move(one), x);  // [1, len, units]
             }
-            continue;
-          }
-          int64_t before = 0;  // kept steps before t
-          for (int64_t t = 0; t < steps; ++t) {
-            const bool keep = ids[b * steps + t] != 0;
-            for (int64_t u = 0; u < units; ++u) {
-              const double fwd = after(0, before + keep, u);
-              const double bwd =
-                  after(1, len - before, u);  // the backward pass has seen the kept steps from t on
-              CHECK(y.get_f64((b * steps + t) * 2 * units + u) == doctest::Approx(fwd).epsilon(1e-5));
-              CHECK(y.get_f64((b * steps + t) * 2 * units + units + u) == doctest::Approx(bwd).epsilon(1e-5));
+            // Plain output of direction d after `count` kept steps (0: the zero state).
+            auto after = [&](int d, int64_t count, int64_t u) {
+              return count == 0 ? 0.0 : plain[d].get_f64((count - 1) * units + u);
+            };
+            if (!sequences) {
+              for (int d = 0; d < dirs; ++d)
+                for (int64_t u = 0; u < units; ++u)
+                  CHECK(y.get_f64(b * width + d * units + u) ==
+                        doctest::Approx(after(d, len, u)).epsilon(1e-5));
+              continue;
             }
-            before += keep;
+            int64_t before = 0;  // kept steps before t
+            for (int64_t t = 0; t < steps; ++t) {
+              const bool keep = ids[b * steps + t] != 0;
+              for (int64_t u = 0; u < units; ++u) {
+                const double fwd = bidirectional && !keep ? 0.0 : after(0, before + keep, u);
+                CHECK(y.get_f64((b * steps + t) * width + u) == doctest::Approx(fwd).epsilon(1e-5));
+                if (!bidirectional) continue;
+                // The backward pass has seen the kept steps from t on.
+                const double bwd = keep ? after(1, len - before, u) : 0.0;
+                CHECK(y.get_f64((b * steps + t) * width + units + u) == doctest::Approx(bwd).epsilon(1e-5));
+              }
+              before += keep;
+            }
           }
         }
-      }
   }
 
   // go_backwards under a mask, as Keras runs it: the sequence and its mask reversed together, so the kept
