@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -44,12 +45,12 @@ std::string state_json(const engine::TrainingState& st) {
       "\"plateau_have_best\": {}, \"plateau_best\": {}, \"plateau_wait\": {}, \"plateau_cooldown\": {}, "
       "\"seconds\": {}, "
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
-      "{}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
+      "{}, \"stopped\": {}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"history\": [",
       st.epoch, st.batch, st.global_step, sums, layout, num(st.lr_factor),
       st.plateau_have_best ? "true" : "false", num(st.plateau_best), st.plateau_wait, st.plateau_cooldown,
       num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
-      num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
+      st.stopped ? "true" : "false", num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
@@ -77,7 +78,16 @@ struct StateReader {
       throw InputError(path, fmt::format("the checkpoint's state has a bad '{}'", key), "");
     return std::strtod(v.text.c_str(), nullptr);
   }
-  int64_t i(const formats::JsonValue& o, const char* key) const { return static_cast<int64_t>(d(o, key)); }
+  // A count: a whole number, 0 or more.
+  int64_t i(const formats::JsonValue& o, const char* key) const {
+    const double v = d(o, key);
+    if (!(v >= 0 && v <= 9.0e15 && v == std::floor(v)))
+      throw InputError(
+          path,
+          fmt::format("the checkpoint's state has '{}' = {}, which is not a count", key, get(o, key).text),
+          "the file is damaged or was edited");
+    return static_cast<int64_t>(v);
+  }
   bool b(const formats::JsonValue& o, const char* key) const { return get(o, key).boolean; }
 };
 
@@ -121,6 +131,8 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   st.best = r.d(root, "best");
   st.waited = r.i(root, "waited");
   st.best_epoch = r.i(root, "best_epoch");
+  // Older checkpoints did not say that early stopping ended the run.
+  if (root.find("stopped")) st.stopped = r.b(root, "stopped");
   // Loss scaling (fp16) came later: a checkpoint without it was written by an unscaled run.
   if (root.find("loss_scale")) {
     st.loss_scale = static_cast<float>(r.d(root, "loss_scale"));

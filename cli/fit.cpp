@@ -4,13 +4,16 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "cli/checkpoint_io.h"
@@ -103,12 +106,31 @@ class FitPrinter final : public engine::FitObserver {
 };
 
 // Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
-// atomically), and prunes periodic ones beyond keep_last.
+// atomically), and prunes periodic ones beyond keep_last. It holds a lock on DIR (flock on the directory
+// itself, so nothing is left in it) from the start: two runs writing one directory would replace each
+// other's last.ckpt. A directory that cannot be written is found then too, before any training.
 class CheckpointWriter {
  public:
   CheckpointWriter(std::filesystem::path dir, const formats::ModelSpec& spec, int64_t keep_last,
                    double lr_scale)
-      : dir_(std::move(dir)), spec_(spec), keep_last_(keep_last), lr_scale_(lr_scale) {}
+      : dir_(std::move(dir)), spec_(spec), keep_last_(keep_last), lr_scale_(lr_scale) {
+    lock_fd_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (lock_fd_ < 0 || ::access(dir_.c_str(), W_OK) != 0)
+      throw InputError(dir_.string(),
+                       fmt::format("cannot write in the output directory: {}", std::strerror(errno)),
+                       "give a directory this user can write to");
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(lock_fd_);
+      lock_fd_ = -1;
+      throw InputError(dir_.string(), "another trainer fit is writing its checkpoints in this directory",
+                       "give each run its own --output-dir, or wait for the other one to end");
+    }
+  }
+  ~CheckpointWriter() {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+  }
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
   std::filesystem::path save(const engine::TrainingState& st, engine::SaveReason why, uint64_t signature) {
     std::string name;
@@ -119,6 +141,9 @@ class CheckpointWriter {
       case engine::SaveReason::best:
         name = "best.ckpt";
         break;
+      case engine::SaveReason::restored:
+        name = "final.ckpt";
+        break;
       case engine::SaveReason::steps:
       case engine::SaveReason::interrupt:
         name = fmt::format("step-{}.ckpt", st.global_step);
@@ -127,7 +152,7 @@ class CheckpointWriter {
     std::filesystem::path path = dir_ / name;
     save_training_checkpoint(path.string(), spec_, signature, st, lr_scale_);
     point_last_at(path);
-    if (why != engine::SaveReason::best && why != engine::SaveReason::interrupt) {
+    if (why == engine::SaveReason::epoch || why == engine::SaveReason::steps) {
       if (periodic_.empty() || periodic_.back() != path) periodic_.push_back(path);
       while (keep_last_ > 0 && static_cast<int64_t>(periodic_.size()) > keep_last_) {
         std::error_code ec;
@@ -143,7 +168,7 @@ class CheckpointWriter {
 
  private:
   void point_last_at(const std::filesystem::path& path) {
-    std::filesystem::path tmp = dir_ / "last.ckpt.tmp";
+    std::filesystem::path tmp = dir_ / fmt::format("last.ckpt.tmp.{}", ::getpid());
     std::error_code ec;
     std::filesystem::remove(tmp, ec);
     std::filesystem::create_hard_link(path, tmp, ec);
@@ -157,6 +182,7 @@ class CheckpointWriter {
   double lr_scale_;
   std::vector<std::filesystem::path> periodic_;
   int64_t last_saved_step_ = -1;
+  int lock_fd_ = -1;
 };
 
 class SignatureGrabber final : public engine::FitObserver {
@@ -472,8 +498,11 @@ Command add_fit_command(CLI::App& app) {
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
     if (!trace_path->empty() && speaks) formats::write_file_atomically(*trace_path, trace.json());
-    // The end of a run always leaves a checkpoint of where it ended.
-    if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
+    // The end of a run always leaves a checkpoint of where it ended: final.ckpt when restore_best_weights
+    // put back other weights than its last epoch's checkpoint holds.
+    if (writer && !r.interrupted_by && r.restored_best)
+      writer->save(r.final_state, engine::SaveReason::restored, observer.signature);
+    else if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
       writer->save(r.final_state, engine::SaveReason::epoch, observer.signature);
     std::vector<std::pair<std::string, std::string>> f = {
         {"event", json_string("fit_end")},

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <map>
 #include <numbers>
+#include <optional>
 
 #include "engine/autodiff/autodiff.h"
 #include "engine/dist/bucket_reducer.h"
@@ -882,10 +883,41 @@ struct Plan {
   std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
 };
 
+// A fingerprint of the training data: its sizes, every label and the samples at up to 64 evenly spaced
+// places (of each input), FNV-1a over their bytes. A mid-epoch resume on other data would train on other
+// samples than the permutation's rest; this finds another file, not every edit of one.
+uint64_t data_fingerprint(const data::Dataset& d) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 0x100000001b3ull;
+  };
+  const int64_t n = d.size();
+  mix(&n, sizeof n);
+  std::vector<std::byte> buf(static_cast<size_t>(d.label_shape().numel() * dtype_bytes(d.label_dtype())));
+  for (int64_t i = 0; i < n; ++i) {
+    d.read_label(i, buf.data());
+    mix(buf.data(), buf.size());
+  }
+  std::vector<const data::Dataset*> inputs = {&d};
+  const auto more = d.more_inputs();
+  for (const auto& m : more) inputs.push_back(m.get());
+  for (const data::Dataset* in : inputs) {
+    buf.resize(static_cast<size_t>(in->sample_shape().numel() * dtype_bytes(in->sample_dtype())));
+    const int64_t picks = std::min<int64_t>(n, 64);
+    for (int64_t k = 0; k < picks; ++k) {
+      in->read_sample(k * n / picks, buf.data());
+      mix(buf.data(), buf.size());
+    }
+  }
+  return h;
+}
+
 // What an epoch's running sums count (TrainingState::metric_layout): the quantities `m` reports, then the
 // batches (their size, from how many samples: the data's position in the epoch) and what weighs or masks the
-// counts, which a resumed run must share to go on with them.
-std::string metric_layout(const Metrics& m, const FitConfig& cfg, int64_t train_samples, const Plan& p) {
+// counts, which a resumed run must share to go on with them. `order`: also the order of the samples (shuffled
+// by which seed, or not) and the data's fingerprint; checkpoints before those were kept hold the rest alone.
+std::string metric_layout(const Metrics& m, const FitConfig& cfg, int64_t train_samples, const Plan& p,
+                          std::optional<uint64_t> order) {
   std::string out;
   for (const auto& [name, value] : m.logs("")) out += (out.empty() ? "" : ", ") + name;
   out += fmt::format(" (batches of {} from {} samples", cfg.batch_size, train_samples);
@@ -895,6 +927,10 @@ std::string metric_layout(const Metrics& m, const FitConfig& cfg, int64_t train_
   if (!masked.empty()) out += fmt::format("; masked output {}", fmt::join(masked, ", "));
   if (cfg.sample_weights) out += "; sample weights";
   if (!cfg.class_weight.empty()) out += fmt::format("; class_weight [{}]", fmt::join(cfg.class_weight, ", "));
+  if (order) {
+    out += cfg.shuffle ? fmt::format("; shuffled by seed {}", cfg.seed) : std::string("; in order");
+    out += fmt::format("; data {:016x}", *order);
+  }
   return out + ")";
 }
 
@@ -1649,21 +1685,26 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   };
   bool have_saved_best = false;
   double saved_best = 0;
-  while (st.epoch < cfg.epochs) {
+  const uint64_t fingerprint = train ? data_fingerprint(*train) : 0;
+  while (st.epoch < cfg.epochs && !st.stopped) {
     auto t0 = std::chrono::steady_clock::now();
     Metrics acc(outputs);
-    const std::string layout = metric_layout(acc, cfg, n_train, dev.any_plan());
+    const std::string layout = metric_layout(acc, cfg, n_train, dev.any_plan(), fingerprint);
     if (!st.metric_sums.empty()) {
-      // The epoch goes on only as it began: other batches would skip or repeat samples, and other metrics,
-      // masks or weights would mix their counts with the sums (a --set or --batch-size on resume).
-      if (!st.metric_layout.empty() && st.metric_layout != layout)
+      // The epoch goes on only as it began: another order, other data or other batches would skip or repeat
+      // samples, and other metrics, masks or weights would mix their counts with the sums (a --set or
+      // --batch-size on resume). A checkpoint from before the order was kept is held to the rest.
+      const bool older = st.metric_layout.find("; data ") == std::string::npos;
+      const std::string compared =
+          older ? metric_layout(acc, cfg, n_train, dev.any_plan(), std::nullopt) : layout;
+      if (!st.metric_layout.empty() && st.metric_layout != compared)
         throw InputError(
             "--resume",
             fmt::format("the checkpoint stopped in the middle of epoch {}, whose running sums count {}, and "
                         "this run counts {}",
                         st.epoch + 1, st.metric_layout, layout),
-            "resume with the batch_size, data, metrics, masks and weights of the checkpoint's run, or from a "
-            "checkpoint written at the end of an epoch");
+            "resume with the batch_size, seed, shuffle, data, metrics, masks and weights of the checkpoint's "
+            "run, or from a checkpoint written at the end of an epoch");
       // A checkpoint from before a metric's counts existed holds fewer sums: the missing ones start at 0.
       std::vector<double> sums = st.metric_sums;
       sums.resize(acc.flat_size(), 0.0);
@@ -1890,10 +1931,11 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         st.best_epoch = rep.epoch;
         result.best_epoch = rep.epoch;
         if (es.restore_best_weights) st.best_values = capture().values;
-      } else if (++st.waited > es.patience) {
-        stop = true;
+      } else if (++st.waited >= es.patience && rep.epoch > 1) {
+        stop = true;  // Keras's rule: `patience` epochs without improvement, never after the first epoch
       }
     }
+    st.stopped = stop;
     if (cfg.reduce_lr.enabled && !waits(cfg.reduce_lr.monitor)) {
       // Keras's ReduceLROnPlateau.on_epoch_end: a cooldown epoch resets the wait; otherwise an epoch without
       // improvement counts, and `patience` of them multiply the rate by `factor` (not below min_lr).
@@ -1945,8 +1987,15 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       break;
     }
   }
-  if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty())
+  // A resumed run that early stopping had ended trains nothing and ends as that run did.
+  if (st.stopped) {
+    result.stopped_early = true;
+    result.best_epoch = st.best_epoch;
+  }
+  if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
     load_values(st.best_values);
+    result.restored_best = true;
+  }
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
     result.test = evaluate_all(test_loader, "test_");

@@ -224,6 +224,8 @@ struct TrainingState {
   bool have_best = false;  // early stopping
   double best = 0;
   int64_t waited = 0, best_epoch = 0;
+  // Early stopping ended the run (at the end of epoch `epoch`): a resumed run trains no more.
+  bool stopped = false;
   // Dynamic loss scaling (fp16): the scale, finite steps since it last changed, and the steps skipped for
   // overflow (the optimizer's update count is global_step - skipped_steps).
   // ReduceLROnPlateau: the factor on the schedule's rate, and the callback's memory.
@@ -244,6 +246,9 @@ struct FitResult {
   std::vector<EpochReport> history;
   bool stopped_early = false;
   int64_t best_epoch = 0;  // with early stopping: the epoch whose weights were kept
+  // restore_best_weights put the best epoch's weights back after the last epoch: final_state holds them, and
+  // no checkpoint written during the run does.
+  bool restored_best = false;
   int interrupted_by = 0;  // a signal number when a stop was requested, else 0
   double seconds = 0;
   Logs test;                  // loss and metrics on the test data, when given (prefixed "test_")
@@ -258,7 +263,8 @@ struct CheckpointPolicy {
   std::string mode = "auto";  // for save_best: min | max | auto (max for accuracies)
   bool on_interrupt = true;   // save when a stop is requested
 };
-enum class SaveReason { epoch, steps, best, interrupt };
+// restored: the end of a run whose weights restore_best_weights put back after its last epoch.
+enum class SaveReason { epoch, steps, best, interrupt, restored };
 using SaveFn = std::function<void(const TrainingState&, SaveReason)>;
 
 // Requests a stop after the current step (set from a signal handler with the signal's number).

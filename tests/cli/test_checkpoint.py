@@ -202,11 +202,20 @@ class MetricsOnResume(unittest.TestCase):
             r = fit("--resume", mid, "--set", 'train.metrics=["accuracy", "auc"]', "--output-dir",
                     os.path.join(d, "other"))
             cli_util.assert_input_error(self, r, "--resume: the checkpoint stopped in the middle of epoch 2",
-                                        "count loss, accuracy, auc (batches of 16 from 96 samples)",
+                                        "count loss, accuracy, auc (batches of 16 from 96 samples;",
                                         "this run counts loss, accuracy, auc, weighted_auc", "end of an epoch")
+            # So are another order (seed, shuffle) and other data of the same size: the rest of the epoch's
+            # permutation would skip some samples and repeat others.
+            r = fit("--resume", mid, "--seed", "7", "--output-dir", os.path.join(d, "seed"))
+            cli_util.assert_input_error(self, r, "shuffled by seed 0;", "shuffled by seed 7;")
+            r = fit("--resume", mid, "--set", "data.shuffle=false", "--output-dir", os.path.join(d, "order"))
+            cli_util.assert_input_error(self, r, "shuffled by seed 0;", "in order;")
+            np.save(os.path.join(d, "y2.npy"), 1 - np.load(os.path.join(d, "y.npy")))
+            r = fit("--resume", mid, "--set", 'data.train.y="y2.npy"', "--output-dir", os.path.join(d, "data"))
+            cli_util.assert_input_error(self, r, "the checkpoint stopped in the middle of epoch 2", "; data ")
             # So are other batches (samples skipped or repeated) and other weights.
             r = fit("--resume", mid, "--batch-size", "32", "--output-dir", os.path.join(d, "batches"))
-            cli_util.assert_input_error(self, r, "(batches of 32 from 96 samples)")
+            cli_util.assert_input_error(self, r, "(batches of 32 from 96 samples;")
             r = fit("--resume", mid, "--set", "train.class_weight=[1, 2]", "--output-dir", os.path.join(d, "cw"))
             cli_util.assert_input_error(self, r, "class_weight [1, 2]")
             # From an epoch's end, new metrics start with the next epoch.
@@ -214,6 +223,85 @@ class MetricsOnResume(unittest.TestCase):
                     'train.metrics=["accuracy", "auc"]', "--output-dir", os.path.join(d, "from_epoch"))
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertAlmostEqual(events(r.stdout)[-1]["weighted_auc"], want["auc"], places=6)
+
+
+class EarlyStopping(unittest.TestCase):
+    """A run that early stopping ends: last.ckpt holds the weights restore_best_weights put back (final.ckpt),
+    and resuming any checkpoint of the stopped run trains nothing more."""
+
+    def test_restored_weights_are_the_last_checkpoint_and_a_stopped_run_stays_stopped(self):
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(2)
+            x = rng.normal(size=(64, 3)).astype(np.float32)
+            np.save(os.path.join(d, "x.npy"), x)
+            np.save(os.path.join(d, "y.npy"), (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32))
+            spec = os.path.join(d, "spec.toml")
+            # The loss falls every epoch and mode = "max" calls that worse: epoch 1 stays the best, and
+            # patience 2 stops the run after epoch 3 (Keras's rule), with epoch 1's weights put back.
+            with open(spec, "w") as f:
+                f.write(Leftovers.SPEC.replace("[train]", "[data.validation]\nx = \"x.npy\"\ny = \"y.npy\"\n[train]")
+                        + "epochs = 10\nbatch_size = 16\n[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.05\n"
+                        "[train.early_stopping]\nmonitor = \"val_loss\"\nmode = \"max\"\npatience = 2\n"
+                        "restore_best_weights = true\n[train.checkpoint]\nevery_epochs = 1\n")
+            def fit(*args):
+                r = run(["fit", *args, "--device", "cpu", "--log-format", "jsonl", "-q"], timeout=120)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                return events(r.stdout)
+            def evaluate(ckpt):
+                r = run(["evaluate", ckpt, "--device", "cpu", "-q"], timeout=120)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                return json.loads(r.stdout)["loss"]
+            out = os.path.join(d, "run")
+            ev = fit(spec, "--output-dir", out)
+            end = ev[-1]
+            self.assertEqual(end["event"], "fit_end")
+            self.assertTrue(end["stopped_early"])
+            self.assertEqual((end["epochs_run"], end["best_epoch"]), (3, 1))
+            first = ev[0]["val_loss"]
+            self.assertLess(ev[2]["val_loss"], first - 1e-3)
+            self.assertEqual(sorted(os.listdir(out)),
+                             ["epoch-1.ckpt", "epoch-2.ckpt", "epoch-3.ckpt", "final.ckpt", "history.jsonl",
+                              "last.ckpt"])
+            self.assertEqual(tensors(os.path.join(out, "last.ckpt")), tensors(os.path.join(out, "final.ckpt")))
+            self.assertAlmostEqual(evaluate(os.path.join(out, "last.ckpt")), first, places=6)
+            self.assertAlmostEqual(evaluate(os.path.join(out, "epoch-3.ckpt")), ev[2]["val_loss"], places=6)
+            # Resuming the stopped run, from its last epoch or its final checkpoint, trains no more epochs
+            # and ends with the weights the run ended with.
+            want = tensors(os.path.join(out, "final.ckpt"))[1]
+            for ckpt in ("epoch-3.ckpt", "final.ckpt"):
+                again = os.path.join(d, "again-" + ckpt)
+                ev = fit("--resume", os.path.join(out, ckpt), "--output-dir", again)
+                self.assertEqual([e["event"] for e in ev], ["fit_end"], ckpt)
+                self.assertTrue(ev[-1]["stopped_early"])
+                self.assertEqual(tensors(os.path.join(again, "last.ckpt"))[1], want, ckpt)
+
+
+class OutputDirectory(unittest.TestCase):
+    def test_a_directory_another_run_writes_in_is_refused(self):
+        # Two runs in one directory would replace each other's last.ckpt: the second is refused at once.
+        import fcntl
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            np.save(os.path.join(d, "x.npy"), np.zeros((8, 3), np.float32))
+            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
+            spec = os.path.join(d, "spec.toml")
+            with open(spec, "w") as f:
+                f.write(Leftovers.SPEC)
+            out = os.path.join(d, "run")
+            os.mkdir(out)
+            held = os.open(out, os.O_RDONLY)
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running trainer fit holds it
+                r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+                cli_util.assert_input_error(self, r, out, "another trainer fit is writing its checkpoints",
+                                            "--output-dir")
+                self.assertEqual(os.listdir(out), [])
+            finally:
+                os.close(held)
+            r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(sorted(os.listdir(out)), ["epoch-1.ckpt", "history.jsonl", "last.ckpt"])
 
 
 @cli_util.skip_without_fashion
