@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "engine/util/error.h"
@@ -188,6 +189,17 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
 
 LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   namespace key = formats::checkpoint_key;
+  // An ONNX model (by its name, or by a protobuf's first field where a checkpoint has its header length)
+  // would otherwise read as a damaged checkpoint.
+  {
+    std::ifstream f(path, std::ios::binary);
+    char head[9] = {};
+    const bool read = static_cast<bool>(f.read(head, sizeof head));
+    if (path.ends_with(".onnx") || (read && head[0] == 0x08 && head[8] != '{'))
+      throw InputError(path, "is an ONNX model, not a checkpoint of trainer fit",
+                       "a checkpoint is what trainer fit writes under --output-dir (DIR/last.ckpt); trainer "
+                       "predict runs ONNX models, and trainer fit MODEL.onnx --train TOML trains them");
+  }
   formats::Checkpoint ck = formats::read_checkpoint(path);
   LoadedCheckpoint out;
   out.spec_text = formats::checkpoint_value(ck.metadata, key::kSpec, path);

@@ -351,6 +351,36 @@ std::shared_ptr<const formats::OnnxModelFile> open_onnx(formats::ModelSpec spec)
                                                         formats::resolve_data_path(spec, spec.model.onnx));
 }
 
+}  // namespace
+
+OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec) {
+  const std::shared_ptr<const formats::OnnxModelFile> file = open_onnx(spec);
+  const onnx::GraphProto& g = file->model().graph();
+  std::set<std::string> initializers;
+  for (const onnx::TensorProto& t : g.initializer()) initializers.insert(t.name());
+  OnnxModelFacts f;
+  bool agree = true;
+  for (const onnx::ValueInfoProto& in : g.input()) {
+    if (initializers.count(in.name())) continue;
+    const bool fixed = in.type().has_tensor_type() && in.type().tensor_type().has_shape() &&
+                       in.type().tensor_type().shape().dim_size() > 0 &&
+                       in.type().tensor_type().shape().dim(0).has_dim_value();
+    const int64_t b = fixed ? in.type().tensor_type().shape().dim(0).dim_value() : 0;
+    if (f.fixed_batch != 0 && b != f.fixed_batch) agree = false;
+    if (f.fixed_batch == 0) f.fixed_batch = b;
+    if (b == 0) agree = false;
+  }
+  if (!agree || f.fixed_batch < 1) f.fixed_batch = 0;
+  for (const onnx::ValueInfoProto& out : g.output()) f.outputs.push_back(out.name());
+  return f;
+}
+
+int64_t probe_batch(const formats::ModelSpec& spec) {
+  return !spec.model.onnx.empty() && onnx_model_facts(spec).fixed_batch > 0 ? spec.train.batch_size : 1;
+}
+
+namespace {
+
 bool frozen(const formats::ModelSection& m, const std::string& name) {
   for (const std::string& p : m.freeze)
     if (fnmatch(p.c_str(), name.c_str(), 0) == 0) return true;

@@ -112,6 +112,18 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec);
 // the ids or not): the token ids it takes lie in [0, rows); 0 when it feeds no such table.
 int64_t onnx_token_count(const engine::Graph& g, engine::ValueId v);
 
+// What an ONNX spec's model file says of itself: the batch size its graph inputs fix (0 when symbolic, or
+// when they disagree), and its graph outputs' names in order.
+struct OnnxModelFacts {
+  int64_t fixed_batch = 0;
+  std::vector<std::string> outputs;
+};
+OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec);
+// The batch size at which to build a spec's model to learn its inputs' and outputs' shapes: 1, or for an
+// ONNX model whose inputs fix the batch dimension (which its shape constants may hold), the training batch
+// size, at which training builds it anyway.
+int64_t probe_batch(const formats::ModelSpec& spec);
+
 // The names of the model's inputs, in the order the data feeds them.
 std::vector<std::string> input_names(const models::BuiltModel& model);
 // How the loader prepares each input of the model (dtype, [data] scaling, the token range of the Embedding

@@ -86,7 +86,7 @@ Command add_evaluate_command(CLI::App& app) {
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
     formats::ModelSpec spec = ck.spec(*sets);
     if (*batch > 0) spec.train.batch_size = *batch;
-    models::BuiltModel probe = build(spec, 1, false);
+    models::BuiltModel probe = build(spec, probe_batch(spec), false);
     SpecData data = open_data(spec, probe);
     std::string name = *split;
     if (name.empty()) name = data.validation ? "validation" : data.test ? "test" : "train";

@@ -69,14 +69,14 @@ Command add_export_command(CLI::App& app) {
       // The imported graph as it came has no place for layers put on top of it.
       if (!spec.model.layers.empty() || !spec.model.output.empty() || !spec.model.outputs.empty())
         throw InputError(e.where(),
-                         std::string(e.what()) +
+                         e.message() +
                              "; the model would go back as the imported graph, which cannot "
                              "hold the layers on top of it or its cut at model.output",
                          "export the ONNX model with a symbolic batch dimension, so that its shapes do not "
                          "hold the batch");
       if (*opset != formats::kDefaultOnnxExportOpset)
         throw InputError(e.where(),
-                         std::string(e.what()) + "; so the model is written as its own graph, " +
+                         e.message() + "; so the model is written as its own graph, " +
                              "in its own opset, and --opset cannot apply",
                          "leave out --opset");
       onnx::ModelProto original;

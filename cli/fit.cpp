@@ -321,7 +321,7 @@ Command add_fit_command(CLI::App& app) {
     }
     DeviceOptions::Opened opened = chosen.open(s, output->quiet || !speaks);
     auto& backend = opened.backend;
-    models::BuiltModel probe = build(s, 1, false);
+    models::BuiltModel probe = build(s, probe_batch(s), false);
     SpecData data = open_data(s, probe);
     for (const std::string& layer : adapt_normalization(s, data, probe))
       out.say("Normalization layer '{}': mean and variance from the {} training samples (adapt).\n", layer,

@@ -210,7 +210,8 @@ int main(int argc, char** argv) {
     // process, a stalled replica's thread may still be running, so nothing is destroyed under it.
     end_run_on_collective_failure(e, {});
   } catch (const RuntimeError& e) {
-    fmt::print(stderr, "trainer: {}\n", e.what());
+    std::fflush(stdout);
+    fmt::print(stderr, "trainer: error: {}\n", e.what());
     return 1;
   } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
     std::fflush(stdout);

@@ -1,5 +1,6 @@
 // trainer predict: a model (a checkpoint or an ONNX file) applied to samples streamed from a file or stdin,
 // one batch at a time in constant memory, with class ids or output rows written to stdout as CSV or NPY.
+#include <onnx/onnx_pb.h>
 #include <unistd.h>
 
 #include <fmt/ranges.h>
@@ -52,6 +53,7 @@ struct PredictModel {
   std::vector<size_t> written = {0};  // the ones predict writes (--output): one, or all in order
   std::string kind;                   // "checkpoint" or "ONNX model"
   std::string path;
+  std::vector<std::string> notes;  // for stderr: how predict reads the model where that may surprise
 };
 
 // A checkpoint starts with the safetensors header length and '{'; anything else is taken as ONNX (whose
@@ -66,8 +68,12 @@ bool is_checkpoint(const std::string& path) {
 PredictModel checkpoint_model(const std::string& path) {
   LoadedCheckpoint ck = load_training_checkpoint(path);
   formats::ModelSpec spec = ck.spec();
-  models::BuiltModel probe = build(spec, 1, false);
   PredictModel m;
+  // An ONNX model whose inputs fix the batch dimension may hold it in shape constants, so that the graph
+  // builds at few batch sizes: it runs at the batch size it trained at (which built), the last batch padded.
+  const int64_t probe_at = probe_batch(spec);
+  if (probe_at > 1) m.fixed_batch = probe_at;
+  models::BuiltModel probe = build(spec, probe_at, false);
   m.kind = "checkpoint";
   m.path = path;
   // The loader's preparation of the training data, so the model sees inputs as it did in training.
@@ -127,6 +133,24 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
   if (r.inputs.empty()) throw InputError(path, "the model has no inputs", "");
   if (r.outputs.empty()) throw InputError(path, "the model has no outputs", "");
   PredictModel m;
+  // A model exported in training mode (PyTorch's TrainingMode.TRAINING) normalizes each batch by its own
+  // statistics as written; prediction uses the running statistics, as every inference does.
+  {
+    const formats::OnnxModelFile file(path);
+    std::vector<std::string> training;
+    for (const onnx::NodeProto& n : file.model().graph().node())
+      if (n.op_type() == "BatchNormalization" && (n.domain().empty() || n.domain() == "ai.onnx"))
+        for (const onnx::AttributeProto& a : n.attribute())
+          if (a.name() == "training_mode" && a.i() != 0)
+            training.push_back(n.name().empty() ? "#" : n.name());
+    if (!training.empty())
+      m.notes.push_back(
+          fmt::format("note: {} BatchNormalization node{} ({}{}) {} training_mode = 1; predict normalizes "
+                      "with the running "
+                      "statistics, as inference does (onnxruntime would use each batch's own statistics)",
+                      training.size(), training.size() == 1 ? "" : "s", training[0],
+                      training.size() > 1 ? ", ..." : "", training.size() == 1 ? "has" : "have"));
+  }
   m.kind = "ONNX model";
   m.path = path;
   for (engine::ValueId v : r.inputs) {
@@ -424,6 +448,8 @@ Command add_predict_command(CLI::App& app) {
     // The model and the input's header come first: every mistake is found before anything is written.
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
+    if (!*quiet)
+      for (const std::string& note : model.notes) fmt::print(stderr, "{}\n", note);
     if (*output == "all") {
       model.written.clear();
       for (size_t k = 0; k < model.outputs.size(); ++k) model.written.push_back(k);

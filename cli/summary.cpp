@@ -38,7 +38,21 @@ Command add_summary_command(CLI::App& app) {
                   "and the optimizer state it holds with [parallel] shard_optimizer")
       ->check(whole_number(1, 1024));
   auto run = [=]() -> int {
-    formats::ModelSpec s = spec->load();
+    // --batch-size sets the batch of the table and the planned memory, also for a model without [train]
+    // (where --set train.batch_size would need a loss).
+    SpecOptions without_batch = *spec;
+    without_batch.batch_size.reset();
+    formats::ModelSpec s = without_batch.load();
+    if (spec->batch_size) s.train.batch_size = *spec->batch_size;
+    // An ONNX model alone is shown as the file has it: at the batch size its inputs fix, if they do (its
+    // shape constants may hold it), with all its outputs.
+    if (!s.model.onnx.empty() && s.train.loss.empty()) {
+      const OnnxModelFacts facts = onnx_model_facts(s);
+      if (facts.fixed_batch > 0 && !spec->batch_size) s.train.batch_size = facts.fixed_batch;
+      if (s.model.layers.empty() && s.model.output.empty() && s.model.outputs.empty() &&
+          facts.outputs.size() > 1)
+        s.model.outputs = facts.outputs;
+    }
     int64_t batch = s.train.batch_size;
     models::BuiltModel m = build(s, batch, true);
     // The memory of a training step needs the training settings; a model alone has its layers only.

@@ -141,7 +141,11 @@ void AtomicFile::write_at(uint64_t offset, const void* data, size_t n) {
     ssize_t w = ::pwrite(fd_, p, n, static_cast<off_t>(offset));
     if (w < 0) {
       if (errno == EINTR) continue;
-      throw RuntimeError(fmt::format("{}: writing failed: {}", path_, errno_text(errno)));
+      const int e = errno;
+      throw RuntimeError(fmt::format("{}: writing failed: {}{}", path_, errno_text(e),
+                                     e == ENOSPC || e == EDQUOT ? " (the last good file is kept; free some "
+                                                                  "space, then resume from it)"
+                                                                : ""));
     }
     p += w;
     n -= static_cast<size_t>(w);

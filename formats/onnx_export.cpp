@@ -130,11 +130,6 @@ void set_attribute(onnx::AttributeProto* a, const std::string& name, const AttrV
 }
 
 // An InputError's message without its "where: " prefix, to quote inside another message.
-std::string without_where(const InputError& e) {
-  std::string what = e.what();
-  const std::string prefix = e.where() + ": ";
-  return e.where().empty() || what.rfind(prefix, 0) != 0 ? what : what.substr(prefix.size());
-}
 
 std::string node_label(const Node& n) {
   return fmt::format("node '{}' ({})", n.name, n.op);
@@ -298,7 +293,7 @@ class Exporter {
         throw BatchDependentError(
             n.name,
             fmt::format("{} depends on the batch size: with {} samples instead of {} it fails: {}",
-                        node_label(n), other, batch_, without_where(e)),
+                        node_label(n), other, batch_, e.message()),
             "shape constants must say -1 (or 0) for the batch dimension, and no constant may "
             "be shaped by the batch");
       }

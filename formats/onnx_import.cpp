@@ -2936,6 +2936,27 @@ class Importer {
       p.updates = {{1, p.inputs[3]}, {2, p.inputs[4]}};
       return;
     }
+    // Running statistics that are frozen (constants) keep the inference form in training; ones that are
+    // another node's result or a trainable tensor too (PyTorch merges equal initializers, so an untrained
+    // model's zero running mean may be some layer's zero bias) cannot be updated without changing that.
+    if (options_.mode == OnnxGraphMode::training)
+      for (size_t i = 3; i <= 4 && i < p.inputs.size(); ++i) {
+        if (p.inputs[i] == engine::kNoValue || is_state(i)) continue;
+        const engine::Value& v = g().value(p.inputs[i]);
+        if (v.kind == engine::ValueKind::constant) continue;
+        fail(
+            fmt::format("{}: its running {} '{}' is {}, not an initializer of its own, so training cannot "
+                        "update it",
+                        p.label, i == 3 ? "mean" : "variance", v.name,
+                        v.kind == engine::ValueKind::parameter
+                            ? "a trainable tensor that other nodes read too"
+                            : "computed by other nodes"),
+            "export the model with each BatchNormalization's running statistics as initializers of their own "
+            "(PyTorch shares equal initializers of an untrained model: export with "
+            "training=torch.onnx.TrainingMode.TRAINING), or freeze the tensors they come from with [model] "
+            "freeze "
+            "(the layer then normalizes with them as they are)");
+      }
     // Inference form: normalization with the running statistics, which the node then does not output.
     if (read_later(1) || read_later(2))
       fail(fmt::format("{}: other nodes read the running statistics it outputs in training mode, which it "

@@ -16,12 +16,15 @@ class InputError : public std::runtime_error {
   InputError(std::string where, std::string what, std::string hint = {})
       : std::runtime_error(where.empty() ? what : where + ": " + what),
         where_(std::move(where)),
+        message_(std::move(what)),
         hint_(std::move(hint)) {}
   const std::string& where() const { return where_; }
+  const std::string& message() const { return message_; }  // what() without the place
   const std::string& hint() const { return hint_; }
 
  private:
   std::string where_;
+  std::string message_;
   std::string hint_;
 };
 

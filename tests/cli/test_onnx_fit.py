@@ -916,6 +916,9 @@ class Net(torch.nn.Module):
         # --opset cannot apply to the imported graph.
         r = run(["export", ckpt, "-o", self.path("tx_opset.onnx"), "--opset", "19"])
         cli_util.assert_input_error(self, r, "depends on the batch size", "--opset")
+        first = r.stderr.splitlines()[0]  # "trainer: error: NODE: node 'NODE' ...", the place said once
+        where = first.split(": ")[2]
+        self.assertNotIn(where + ": " + where, first)
         self.assertFalse(os.path.exists(self.path("tx_opset.onnx")))
 
     @cli_util.skip_without_fashion
@@ -1084,6 +1087,126 @@ class Net(torch.nn.Module):
         self.assertEqual(r.returncode, 0, r.stderr)
         got = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
         np.testing.assert_allclose(got, run_onnx(exported, {"x": x}), rtol=1e-5, atol=1e-6)
+
+
+@unittest.skipIf(ort is None, "numpy, onnx and onnxruntime are needed (tools/install-deps.sh installs them)")
+class ModelFileForms(unittest.TestCase):
+    """ONNX files as exporters write them: a batch dimension fixed and held in a shape constant, several outputs,
+    BatchNormalization in training mode or with running statistics shared with another tensor, and an ONNX file
+    where a checkpoint is expected."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        rng = np.random.default_rng(4)
+        cls.x = rng.standard_normal((9, 4)).astype(np.float32)
+        np.save(cls.path("x.npy"), cls.x)
+        np.save(cls.path("y.npy"), (np.arange(9) % 3).astype(np.int64))
+        with open(cls.path("train.toml"), "w") as f:
+            # 8 of the 9 samples: such a graph has no partial batch of 1.
+            f.write('format_version = 1\n[data.train]\nx = "x.npy"\ny = "y.npy"\nlimit = 8\n[train]\n'
+                    'loss = "sparse_categorical_crossentropy"\nfrom_logits = true\nepochs = 2\nbatch_size = 2\n'
+                    '[train.optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.dir, name)
+
+    def save(self, m, name):
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, self.path(name))
+        return self.path(name)
+
+    def fixed_batch_model(self):
+        # y = x W + b expanded to [2, 3]: the batch of 2 is in a shape constant, as in PyTorch's exports without
+        # dynamic_axes (an LSTM's initial state), so the graph builds at batch 2 (and 1) only.
+        rng = np.random.default_rng(5)
+        nodes = [h.make_node("MatMul", ["x", "W"], ["xw"]),
+                 h.make_node("Expand", ["b", "shape"], ["bb"]),
+                 h.make_node("Add", ["xw", "bb"], ["y"])]
+        return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2, 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, 3])],
+                     [nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+                      vector("b", [[0.1, -0.2, 0.3]]), ints("shape", [2, 3])], 17)
+
+    def test_a_fixed_batch_model_is_summarized_trained_and_predicted_at_its_batch(self):
+        def onnx_weights(m):
+            return {t.name: nh.to_array(t) for t in m.graph.initializer}
+        path = self.save(self.fixed_batch_model(), "fixed.onnx")
+        r = run(["summary", path])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("MatMul", r.stdout)
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--output-dir",
+                 self.path("fixed_run")], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ckpt = self.path("fixed_run/last.ckpt")
+        # The checkpoint predicts at the batch it trained at, the last of 9 samples padded.
+        r = run(["predict", ckpt, self.path("x.npy"), "--device", "cpu", "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        w = cli_util.read_checkpoint(ckpt)
+        self.assertGreater(np.abs(w["W"] - onnx_weights(self.fixed_batch_model())["W"]).max(), 1e-4)  # trained
+        np.testing.assert_allclose(got, self.x @ w["W"] + w["b"], rtol=1e-5, atol=1e-6)
+
+    def test_a_model_of_two_outputs_is_summarized_alone(self):
+        nodes = [h.make_node("MatMul", ["x", "W"], ["y"]), h.make_node("Relu", ["y"], ["z"])]
+        m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 3]), h.make_tensor_value_info("z", T.FLOAT, ["N", 3])],
+                  [vector("W", np.ones((4, 3)))], 17)
+        r = run(["summary", self.save(m, "two.onnx")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Relu", r.stdout)
+
+    def batch_norm_model(self, training_mode, shared):
+        # x [N, 2, 1, 1] -> BatchNormalization -> Flatten -> Gemm. `shared`: the running mean is an Identity of
+        # the Gemm's bias, as PyTorch writes an untrained model whose equal initializers it merged.
+        mean = "gb_copy" if shared else "mean"
+        nodes = ([h.make_node("Identity", ["gb"], ["gb_copy"])] if shared else []) + [
+            h.make_node("BatchNormalization", ["x", "scale", "bias", mean, "var"], ["n", "rm", "rv"],
+                        training_mode=training_mode) if training_mode else
+            h.make_node("BatchNormalization", ["x", "scale", "bias", mean, "var"], ["n"]),
+            h.make_node("Flatten", ["n"], ["f"]), h.make_node("Gemm", ["f", "gw", "gb2"], ["y"])]
+        inits = [vector("scale", [1, 1]), vector("bias", [0, 0]), vector("var", [1, 1]), vector("gw", np.ones((2, 3))),
+                 vector("gb2", [0, 0, 0]), vector("gb", [0, 0])] + ([] if shared else [vector("mean", [0, 0])])
+        return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 2, 1, 1])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])], inits, 17)
+
+    def test_a_training_mode_batch_norm_is_predicted_on_its_running_statistics_and_says_so(self):
+        path = self.save(self.batch_norm_model(1, False), "bn_train.onnx")
+        np.save(self.path("bn_x.npy"), np.arange(8, dtype=np.float32).reshape(4, 2, 1, 1))
+        r = run(["predict", path, self.path("bn_x.npy"), "--device", "cpu", "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("training_mode = 1; predict normalizes with the running statistics", r.stderr)
+        r = run(["predict", self.save(self.batch_norm_model(0, False), "bn_eval.onnx"), self.path("bn_x.npy"),
+                 "--device", "cpu", "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("training_mode", r.stderr)
+
+    def test_running_statistics_shared_with_a_trainable_tensor_are_refused_for_training(self):
+        path = self.save(self.batch_norm_model(0, True), "bn_shared.onnx")
+        np.save(self.path("bn_x.npy"), np.arange(8, dtype=np.float32).reshape(4, 2, 1, 1))
+        np.save(self.path("bn_y.npy"), np.arange(4, dtype=np.int64) % 3)
+        with open(self.path("bn.toml"), "w") as f:
+            f.write('format_version = 1\n[data.train]\nx = "bn_x.npy"\ny = "bn_y.npy"\n[train]\n'
+                    'loss = "sparse_categorical_crossentropy"\nfrom_logits = true\nepochs = 1\nbatch_size = 2\n')
+        r = run(["fit", path, "--train", self.path("bn.toml"), "--device", "cpu"])
+        cli_util.assert_input_error(self, r, "BatchNormalization", "running mean 'gb_copy'",
+                                    "not an initializer of its own", "TrainingMode.TRAINING")
+
+    def test_an_onnx_model_given_as_a_checkpoint_is_named_as_such(self):
+        path = self.save(self.fixed_batch_model(), "not_a_checkpoint.onnx")
+        plain = self.path("renamed_model")
+        shutil.copy(path, plain)
+        for given in (path, plain):
+            for args in (["export", given, "-o", self.path("out.onnx")], ["fit", "--resume", given]):
+                r = run(args)
+                cli_util.assert_input_error(self, r, given, "is an ONNX model, not a checkpoint")
+        self.assertFalse(os.path.exists(self.path("out.onnx")))
 
 
 if __name__ == "__main__":
