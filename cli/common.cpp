@@ -659,6 +659,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.optimizer.initial_accumulator_value = static_cast<float>(o.initial_accumulator_value);
   c.optimizer.weight_decay = static_cast<float>(o.weight_decay);
   c.clipnorm = static_cast<float>(o.clipnorm);
+  c.global_clipnorm = static_cast<float>(o.global_clipnorm);
+  c.clipvalue = static_cast<float>(o.clipvalue);
   c.bucket_bytes = static_cast<size_t>(spec.parallel.bucket_mb * 1e6);
   c.shard_optimizer = spec.parallel.shard_optimizer;
   const formats::ScheduleSpec& s = o.schedule;

@@ -67,7 +67,8 @@ const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
                              "beta_2",       "epsilon",       "momentum",
                              "nesterov",     "rho",           "initial_accumulator_value",
-                             "weight_decay", "clipnorm",      "schedule"};
+                             "weight_decay", "clipnorm",      "global_clipnorm",
+                             "clipvalue",    "schedule"};
 const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
                             "decay_steps", "decay_rate",   "staircase",
                             "alpha",       "warmup_steps", "end_learning_rate",
@@ -156,15 +157,30 @@ const Keys kModes = {"auto", "min", "max"};
 // Which optimizer and schedule keys apply to which kind: a key that does not apply is an error, as an
 // unexpected keyword argument is in Keras, rather than a setting silently ignored.
 const std::map<std::string_view, Keys> kOptimizerArgs = {
-    {"sgd", {"learning_rate", "momentum", "nesterov", "weight_decay", "clipnorm"}},
-    {"adam", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
-    {"adamw", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
-    {"rmsprop", {"learning_rate", "rho", "momentum", "epsilon", "weight_decay", "clipnorm"}},
-    {"adagrad", {"learning_rate", "initial_accumulator_value", "epsilon", "weight_decay", "clipnorm"}},
-    {"adamax", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
-    {"nadam", {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm"}},
-    {"lion", {"learning_rate", "beta_1", "beta_2", "weight_decay", "clipnorm"}},
-    {"adadelta", {"learning_rate", "rho", "epsilon", "weight_decay", "clipnorm"}},
+    {"sgd",
+     {"learning_rate", "momentum", "nesterov", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}},
+    {"adam",
+     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
+      "clipvalue"}},
+    {"adamw",
+     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
+      "clipvalue"}},
+    {"rmsprop",
+     {"learning_rate", "rho", "momentum", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
+      "clipvalue"}},
+    {"adagrad",
+     {"learning_rate", "initial_accumulator_value", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
+      "clipvalue"}},
+    {"adamax",
+     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
+      "clipvalue"}},
+    {"nadam",
+     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
+      "clipvalue"}},
+    {"lion",
+     {"learning_rate", "beta_1", "beta_2", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}},
+    {"adadelta",
+     {"learning_rate", "rho", "epsilon", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}},
 };
 const std::map<std::string_view, Keys> kScheduleArgs = {
     {"constant", {"warmup_steps"}},
@@ -1189,11 +1205,26 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
        "0 or more"},
       {"weight_decay", &o.weight_decay, [](double v) { return v >= 0; }, "0 or more"},
       {"clipnorm", &o.clipnorm, [](double v) { return v >= 0; }, "0 (no clipping) or more"},
+      {"global_clipnorm", &o.global_clipnorm, [](double v) { return v >= 0; }, "0 (no clipping) or more"},
+      {"clipvalue", &o.clipvalue, [](double v) { return v >= 0; }, "0 (no clipping) or more"},
   };
   for (const Rule& rule : rules)
     if (t.get(rule.key, *rule.value) && !rule.ok(*rule.value))
       t.fail(rule.key,
              fmt::format("{} must be {}, not {}", t.name(rule.key), rule.range, toml_float(*rule.value)));
+  // Keras takes one way of clipping.
+  std::vector<std::string_view> clipping;
+  for (std::string_view key : {"clipnorm", "global_clipnorm", "clipvalue"}) {
+    double v = 0;
+    if (t.get(key, v) && v > 0) clipping.push_back(key);
+  }
+  if (clipping.size() > 1)
+    t.fail(
+        clipping[1],
+        fmt::format("{} and {} are both set; gradients are clipped one way", t.name(clipping[0]),
+                    t.name(clipping[1])),
+        "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue (each "
+        "element)");
   t.get("nesterov", o.nesterov);
   if (const toml::node* s = t.find("schedule")) o.schedule = read_schedule(r, *s);
   // A piecewise constant schedule's values are the rates themselves: learning_rate would say another.

@@ -174,7 +174,9 @@ struct OptimizerSpec {
   double rho = 0.9;                        // Keras's 0.95 for adadelta
   double initial_accumulator_value = 0.1;  // adagrad
   double weight_decay = 0.0;               // when not given: 0, or Keras's 0.004 for adamw
-  double clipnorm = 0.0;                   // clip gradients by global norm when > 0
+  // Keras's gradient clipping, at most one of them > 0: each gradient to this L2 norm, all of them together
+  // to this global norm, each element to [-clipvalue, clipvalue].
+  double clipnorm = 0.0, global_clipnorm = 0.0, clipvalue = 0.0;
   ScheduleSpec schedule;
   SourcePos pos;
   bool operator==(const OptimizerSpec&) const = default;

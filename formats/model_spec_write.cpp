@@ -238,6 +238,8 @@ std::string to_toml(const ModelSpec& spec) {
     if (o.name != "sgd" && o.name != "lion") w.kv("epsilon", o.epsilon);
     w.kv("weight_decay", o.weight_decay);
     w.kv("clipnorm", o.clipnorm);
+    w.kv("global_clipnorm", o.global_clipnorm);
+    w.kv("clipvalue", o.clipvalue);
 
     const ScheduleSpec& s = o.schedule;
     w.header("[train.optimizer.schedule]");

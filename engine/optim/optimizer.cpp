@@ -2,6 +2,7 @@
 #include "engine/optim/optimizer.h"
 
 #include <algorithm>
+#include <map>
 
 #include "engine/ir/op_schema.h"
 
@@ -44,6 +45,25 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
   validate(config);
   std::vector<OptimizerState> states;
   states.reserve(params_and_grads.size());
+  // Keras 3's decoupled weight decay, param -= lr * weight_decay * param before the step: inside the update
+  // ops that have it, and as two nodes before the ONNX ops (whose norm_coefficient would add it to the
+  // gradient, L2, which feeds the moments).
+  const std::string& kind = config.kind;
+  const bool decay_in_op =
+      kind == "adamw" || kind == "adamax" || kind == "nadam" || kind == "lion" || kind == "adadelta";
+  // lr * weight_decay in each parameter dtype, computed in it (an f64 model's parameters take the f32 rate).
+  std::map<DType, ValueId> decay_rate;
+  auto rate_in = [&](DType dtype) {
+    auto [it, added] = decay_rate.try_emplace(dtype, kNoValue);
+    if (added) {
+      const ValueId rate =
+          g.value(lr).dtype == dtype ? lr : g.op("Cast", {lr}, {{"to", int64_t{dtype_to_onnx(dtype)}}});
+      Tensor wd(dtype, Shape{});
+      wd.set_f64(0, config.weight_decay);
+      it->second = g.op("Mul", {rate, g.add_constant(g.unique_name("weight_decay"), std::move(wd))});
+    }
+    return it->second;
+  };
   for (auto [param, grad] : params_and_grads) {
     const Value& p = g.value(param);
     TRAINER_ASSERT(p.kind == ValueKind::parameter, "'{}' is not a parameter", p.name);
@@ -58,11 +78,12 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
 
     std::string op;
     std::vector<ValueId> inputs{lr, step, param, grad};
+    if (!decay_in_op && config.weight_decay > 0)
+      inputs[2] = g.op("Sub", {param, g.op("Mul", {param, rate_in(dtype)})});
     Attributes attrs;
-    const std::string& kind = config.kind;
     if (kind == "sgd" && config.momentum == 0) {
       op = "SGDUpdate";
-      attrs = {{"norm_coefficient", config.weight_decay}};
+      attrs = {{"norm_coefficient", 0.0f}};
     } else if (kind == "sgd") {
       // Keras's velocity v = m*v - lr*g is -lr times Momentum's V (see the Momentum kernel): equal updates
       // under a constant learning rate.
@@ -71,7 +92,7 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       attrs = {{"alpha", config.momentum},
                {"beta", 1.0f},
                {"mode", std::string(config.nesterov ? "nesterov" : "standard")},
-               {"norm_coefficient", config.weight_decay}};
+               {"norm_coefficient", 0.0f}};
     } else if (kind == "adam") {
       // With the 1-based step as T, ONNX Adam's bias correction and epsilon placement are Keras's.
       op = "Adam";
@@ -80,7 +101,7 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       attrs = {{"alpha", config.beta1},
                {"beta", config.beta2},
                {"epsilon", config.epsilon},
-               {"norm_coefficient", config.weight_decay}};
+               {"norm_coefficient", 0.0f}};
     } else if (kind == "adamw") {
       op = "AdamWUpdate";
       inputs.push_back(slot("adam_m"));
@@ -97,8 +118,7 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       for (int64_t i = 0; i < init.numel(); ++i) init.set_f64(i, config.initial_accumulator_value);
       st.slots.push_back(g.add_state(name + "/adagrad_accumulator", std::move(init)));
       inputs.push_back(st.slots.back());
-      attrs = {
-          {"decay_factor", 0.0f}, {"epsilon", config.epsilon}, {"norm_coefficient", config.weight_decay}};
+      attrs = {{"decay_factor", 0.0f}, {"epsilon", config.epsilon}, {"norm_coefficient", 0.0f}};
     } else if (kind == "adamax" || kind == "nadam" || kind == "lion") {
       op = kind == "adamax" ? "AdamaxUpdate" : kind == "nadam" ? "NadamUpdate" : "LionUpdate";
       inputs.push_back(slot(kind == "adamax" ? "adamax_m" : kind == "nadam" ? "nadam_m" : "lion_m"));
@@ -117,7 +137,7 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       attrs = {{"rho", config.rho},
                {"epsilon", config.epsilon},
                {"momentum", config.momentum},
-               {"norm_coefficient", config.weight_decay}};
+               {"norm_coefficient", 0.0f}};
     }
 
     int num_outputs = static_cast<int>(inputs.size()) - 3;  // X_new and one per state

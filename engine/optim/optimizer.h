@@ -11,12 +11,8 @@
 
 namespace trainer::engine {
 
-// Keras's optimizers and defaults. weight_decay by kind:
-//   sgd, adam, rmsprop, adagrad: L2, weight_decay*param added to the gradient (ONNX's norm_coefficient), so
-//   it also feeds
-//     the moments; for plain SGD this equals Keras's decoupled decay.
-//   adamw, adamax, nadam, lion, adadelta: decoupled, param -= lr*weight_decay*param before the step, as
-//   Keras 3 decays.
+// Keras's optimizers and defaults. weight_decay, for every kind, is Keras 3's: decoupled, param -=
+// lr*weight_decay*param before the step (not added to the gradient, so the moments never see it).
 // Keras's weight constraints: a parameter's new value after each update is projected, as Keras's optimizers
 // apply a variable's constraint after assigning it.
 struct WeightConstraint {

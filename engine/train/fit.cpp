@@ -148,6 +148,8 @@ TrainingOptions training_options(const FitConfig& cfg, const LossGraph& lg) {
   o.constraints = lg.constraints;
   o.optimizer = cfg.optimizer;
   o.clipnorm = cfg.clipnorm;
+  o.global_clipnorm = cfg.global_clipnorm;
+  o.clipvalue = cfg.clipvalue;
   o.precision = cfg.precision;
   o.loss_scaling = cfg.precision == Precision::fp16;
   return o;
@@ -2039,7 +2041,7 @@ std::map<std::string, TrainingOptions::ShardRange> ShardSplit::ranges_of(int ran
 }
 
 bool shard_reduces_to_owner(const FitConfig& cfg) {
-  return cfg.clipnorm <= 0 && cfg.precision != Precision::fp16;
+  return cfg.clipnorm <= 0 && cfg.global_clipnorm <= 0 && cfg.precision != Precision::fp16;
 }
 
 ShardSplit shard_split(const ModelFactory& factory, const FitConfig& cfg, int world) {

@@ -142,7 +142,7 @@ struct FitConfig {
   bool shuffle = true;
   OptimizerConfig optimizer;
   LearningRateSchedule schedule;
-  float clipnorm = 0;
+  float clipnorm = 0, global_clipnorm = 0, clipvalue = 0;  // see TrainingOptions
   EarlyStopping early_stopping;
   ReduceLrOnPlateau reduce_lr;
   Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h

@@ -131,13 +131,30 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     tg.grads_finite = outs.back();
     g.mark_output(tg.grads_finite);
   }
-  if (options.clipnorm > 0 && !params.empty()) {
-    NodeId clip = g.add_node("ClipByGlobalNorm", applied, {{"clipnorm", options.clipnorm}},
+  if (options.global_clipnorm > 0 && !params.empty()) {
+    NodeId clip = g.add_node("ClipByGlobalNorm", applied, {{"clipnorm", options.global_clipnorm}},
                              static_cast<int>(applied.size()) + 1, "clip_by_global_norm");
     const std::vector<ValueId>& outs = g.node(clip).outputs;
     applied.assign(outs.begin(), outs.end() - 1);
     tg.gradient_norm = outs.back();
     g.mark_output(tg.gradient_norm);
+  }
+  for (size_t i = 0; i < applied.size() && options.clipnorm > 0; ++i) {
+    // Keras's clipnorm: each gradient on its own (the joint norm of one).
+    const std::string name = g.value(params[i]).name;
+    NodeId clip = g.add_node("ClipByGlobalNorm", {applied[i]}, {{"clipnorm", options.clipnorm}}, 2,
+                             name + "/clip_norm");
+    applied[i] = g.node(clip).outputs[0];
+  }
+  for (size_t i = 0; i < applied.size() && options.clipvalue > 0; ++i) {
+    const DType dtype = g.value(applied[i]).dtype;
+    auto bound = [&](double v, const char* which) {
+      Tensor t(dtype, Shape{});
+      t.set_f64(0, v);
+      return g.add_constant(g.unique_name(g.value(params[i]).name + "/clip_value/" + which), std::move(t));
+    };
+    applied[i] =
+        g.op("Clip", {applied[i], bound(-options.clipvalue, "min"), bound(options.clipvalue, "max")});
   }
   std::vector<std::pair<ValueId, ValueId>> pg;
   for (size_t i = 0; i < params.size(); ++i) {

@@ -24,8 +24,11 @@ struct TrainingOptions {
   std::map<std::string, WeightConstraint> constraints;
   FusionOptions fusion;
   bool fuse = true;
-  size_t bucket_bytes = 25u << 20;        // gradient bucket size for reductions
-  float clipnorm = 0;                     // > 0: gradients clipped by their global norm before the update
+  size_t bucket_bytes = 25u << 20;  // gradient bucket size for reductions
+  // Gradient clipping before the update, as Keras's (one of them > 0): clipnorm scales each gradient to at
+  // most that L2 norm, global_clipnorm all of them together to at most that joint norm, clipvalue clips each
+  // element to [-clipvalue, clipvalue].
+  float clipnorm = 0, global_clipnorm = 0, clipvalue = 0;
   Precision precision = Precision::fp32;  // bf16/fp16: GEMMs and convolutions rewritten (plan/precision.h)
   // Dynamic loss scaling (fp16): backward runs on loss * scale (a fed input); the gradients are unscaled and
   // checked, and a step whose gradients are not all finite leaves parameters and optimizer state as they

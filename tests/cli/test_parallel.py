@@ -405,6 +405,14 @@ batch_size = 64
         sharded = self.fit(spec, 2, os.path.join(self.tmp.name, "shard2_clip"), *shard, *clip)
         for name in plain:
             np.testing.assert_array_equal(plain[name], sharded[name], err_msg=f"{name}, clipped")
+        # Clipping each element needs no other: the ranges are reduced to their owners and clipped there.
+        clip = ["--set", "train.optimizer.clipvalue=0.002"]
+        plain = self.fit(spec, 2, os.path.join(self.tmp.name, "plain2_clipvalue"), *clip)
+        sharded = self.fit(spec, 2, os.path.join(self.tmp.name, "shard2_clipvalue"), *shard, *clip)
+        unclipped = self.fit(spec, 2, os.path.join(self.tmp.name, "plain2_unclipped"))
+        for name in plain:
+            np.testing.assert_array_equal(plain[name], sharded[name], err_msg=f"{name}, clipped by value")
+        self.assertTrue(any(np.abs(plain[n] - unclipped[n]).max() > 1e-6 for n in plain), "clipvalue clipped")
         one = self.fit(spec, 1, os.path.join(self.tmp.name, "one"))
         self.assert_close(one, self.fit(spec, 4, os.path.join(self.tmp.name, "shard4"), *shard), "sharded on 4")
         run_dir = os.path.join(self.tmp.name, "shard_ckpt")

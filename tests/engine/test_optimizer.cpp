@@ -112,8 +112,8 @@ struct KerasReference {
     if (c.kind == "nadam") u_product *= u_t;  // as Keras updates it before each step
     for (size_t i = 0; i < n; ++i) {
       double g = grad[i];
+      w[i] -= w[i] * wd * lr;  // Keras 3's decoupled decay, before the step, for every kind
       if (c.kind == "adamax" || c.kind == "nadam" || c.kind == "lion" || c.kind == "adadelta") {
-        w[i] -= w[i] * wd * lr;  // Keras 3's decoupled decay, before the step
         if (c.kind == "adamax") {
           m[i] += (g - m[i]) * (1 - c.beta1);
           v[i] = std::max(c.beta2 * v[i], std::abs(g));
@@ -137,7 +137,6 @@ struct KerasReference {
         continue;
       }
       if (c.kind == "sgd") {
-        g += wd * w[i];
         if (c.momentum == 0) {
           w[i] -= lr * g;
         } else {
@@ -145,20 +144,14 @@ struct KerasReference {
           w[i] += c.nesterov ? c.momentum * m[i] - lr * g : m[i];
         }
       } else if (c.kind == "adam" || c.kind == "adamw") {
-        if (c.kind == "adamw")
-          w[i] -= w[i] * wd * lr;
-        else
-          g += wd * w[i];
         m[i] += (g - m[i]) * (1 - c.beta1);
         v[i] += (g * g - v[i]) * (1 - c.beta2);
         double alpha = lr * std::sqrt(1 - std::pow(c.beta2, t)) / (1 - std::pow(c.beta1, t));
         w[i] -= m[i] * alpha / (std::sqrt(v[i]) + c.epsilon);
       } else if (c.kind == "adagrad") {  // epsilon outside the square root, as ONNX and Keras 2 place it
-        g += wd * w[i];
         v[i] += g * g;
         w[i] -= lr * g / (std::sqrt(v[i]) + c.epsilon);
       } else {  // rmsprop
-        g += wd * w[i];
         v[i] = c.rho * v[i] + (1 - c.rho) * g * g;
         double inc = lr * g / std::sqrt(v[i] + c.epsilon);
         if (c.momentum > 0) {
@@ -213,14 +206,14 @@ std::vector<BuilderCase> builder_cases() {
   return {
       {"sgd", config("sgd", 0, false, 0.01f)},
       {"sgd momentum", config("sgd", 0.9f), true},
-      {"sgd nesterov l2", config("sgd", 0.9f, true, 0.01f), true},
+      {"sgd nesterov decay", config("sgd", 0.9f, true, 0.01f), true},
       {"adam", config("adam")},
-      {"adam l2", config("adam", 0, false, 0.01f)},
+      {"adam decay", config("adam", 0, false, 0.01f)},
       {"adamw", config("adamw", 0, false, 0.05f)},
       {"rmsprop", config("rmsprop")},
-      {"rmsprop momentum l2", config("rmsprop", 0.5f, false, 0.01f)},
+      {"rmsprop momentum decay", config("rmsprop", 0.5f, false, 0.01f)},
       {"adagrad", config("adagrad")},
-      {"adagrad l2", config("adagrad", 0, false, 0.01f)},
+      {"adagrad decay", config("adagrad", 0, false, 0.01f)},
       {"adamax", config("adamax")},
       {"adamax decay", config("adamax", 0, false, 0.02f)},
       {"nadam", config("nadam")},

@@ -4,7 +4,9 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <map>
 #include <set>
 
 #include "alloc_counter.h"
@@ -238,7 +240,7 @@ TEST_SUITE("training") {
     ValueId loss = g.op("ReduceSum", {g.op("Mul", {w, x})}, {{"keepdims", int64_t{0}}});
     TrainingOptions opt;
     opt.optimizer.kind = "sgd";
-    opt.clipnorm = 2.0f;
+    opt.global_clipnorm = 2.0f;
     opt.fuse = false;
     TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
     REQUIRE(tg.gradient_norm != kNoValue);
@@ -254,6 +256,54 @@ TEST_SUITE("training") {
     tr.feed(x, Tensor::from<float>({4}, {0, 0, 0.3f, 0.4f}));
     tr.step(1.0f);
     CHECK(tr.parameter("w").data<float>()[2] == doctest::Approx(-0.3));
+  }
+
+  // Two parameters, loss = sum(a * x) + sum(b * y): the gradients are x and y. Keras's three ways of clipping
+  // them before one SGD step at rate 1.
+  std::map<std::string, std::vector<float>> clipped_step(float clipnorm, float global_clipnorm,
+                                                         float clipvalue) {
+    Graph g;
+    ValueId x = g.add_input("x", DType::f32, Shape{2});
+    ValueId y = g.add_input("y", DType::f32, Shape{2});
+    ValueId a = g.add_parameter("a", Tensor::from<float>({2}, {0, 0}));
+    ValueId b = g.add_parameter("b", Tensor::from<float>({2}, {0, 0}));
+    ValueId loss = g.op("Add", {g.op("ReduceSum", {g.op("Mul", {a, x})}, {{"keepdims", int64_t{0}}}),
+                                g.op("ReduceSum", {g.op("Mul", {b, y})}, {{"keepdims", int64_t{0}}})});
+    TrainingOptions opt;
+    opt.optimizer.kind = "sgd";
+    opt.clipnorm = clipnorm;
+    opt.global_clipnorm = global_clipnorm;
+    opt.clipvalue = clipvalue;
+    opt.fuse = false;
+    TrainingGraph tg = build_training_graph(std::move(g), loss, opt);
+    auto backend = make_cpu_backend();
+    Trainer tr(tg, *backend, 1, opt);
+    tr.feed(x, Tensor::from<float>({2}, {3, 4}));      // norm 5
+    tr.feed(y, Tensor::from<float>({2}, {0.3f, -2}));  // norm 2.02
+    tr.step(1.0f);
+    std::map<std::string, std::vector<float>> out;
+    for (const char* name : {"a", "b"}) {
+      const Tensor t = tr.parameter(name);
+      out[name] = {t.data<float>()[0], t.data<float>()[1]};
+    }
+    return out;
+  }
+
+  TEST_CASE("training: clipnorm clips each gradient, global_clipnorm all together, clipvalue each element") {
+    auto each = clipped_step(2.5f, 0, 0);  // a's gradient (norm 5) halved; b's (norm 2.02) as it is
+    CHECK(each["a"][0] == doctest::Approx(-1.5));
+    CHECK(each["a"][1] == doctest::Approx(-2.0));
+    CHECK(each["b"][0] == doctest::Approx(-0.3));
+    CHECK(each["b"][1] == doctest::Approx(2.0));
+    auto together = clipped_step(0, 2.5f, 0);  // the joint norm sqrt(25 + 4.09) scaled to 2.5
+    const double joint = std::sqrt(25.0 + 0.09 + 4.0);
+    CHECK(together["a"][0] == doctest::Approx(-3 * 2.5 / joint));
+    CHECK(together["b"][1] == doctest::Approx(2 * 2.5 / joint));
+    auto elements = clipped_step(0, 0, 1.0f);  // each element to [-1, 1]
+    CHECK(elements["a"][0] == doctest::Approx(-1.0));
+    CHECK(elements["a"][1] == doctest::Approx(-1.0));
+    CHECK(elements["b"][0] == doctest::Approx(-0.3));
+    CHECK(elements["b"][1] == doctest::Approx(1.0));
   }
 }
 

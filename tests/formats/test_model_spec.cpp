@@ -397,7 +397,8 @@ TEST_SUITE("model_spec") {
          "did you mean 'adam'?"},
         {T + "loss = \"mse\"\n[train.optimizer]\nname = \"adam\"\nmomentum = 0.9\n", "spec.toml:11:1",
          "train.optimizer.momentum does not apply to adam",
-         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm"},
+         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, global_clipnorm, "
+         "clipvalue"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"cosin\"\n", "spec.toml:10:8",
          "unknown schedule kind 'cosin'", "did you mean 'cosine'?"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"exponential\"\n", "spec.toml:9:1",
@@ -424,7 +425,13 @@ TEST_SUITE("model_spec") {
          "spec.toml:11:29", "train.optimizer.initial_accumulator_value must be 0 or more, not -1.0", ""},
         {T + "loss = \"mse\"\n[train.optimizer]\ninitial_accumulator_value = 0.5\n", "spec.toml:10:1",
          "train.optimizer.initial_accumulator_value does not apply to adam",
-         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm"},
+         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, global_clipnorm, "
+         "clipvalue"},
+        {T + "loss = \"mse\"\n[train.optimizer]\nclipnorm = 1.0\nclipvalue = 0.5\n", "spec.toml:11:13",
+         "train.optimizer.clipnorm and train.optimizer.clipvalue are both set; gradients are clipped one way",
+         "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue "
+         "(each "
+         "element)"},
         {T + "epochs = 3\n", "spec.toml:7:1", "[train] has no loss",
          "e.g. loss = \"sparse_categorical_crossentropy\""},
         {kHead + "[data]\nvalidation_split = 1.0\n[data.train]\nx = \"a.npy\"\n", "spec.toml:8:20",
