@@ -156,32 +156,26 @@ const Keys kModes = {"auto", "min", "max"};
 
 // Which optimizer and schedule keys apply to which kind: a key that does not apply is an error, as an
 // unexpected keyword argument is in Keras, rather than a setting silently ignored.
-const std::map<std::string_view, Keys> kOptimizerArgs = {
-    {"sgd",
-     {"learning_rate", "momentum", "nesterov", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}},
-    {"adam",
-     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
-      "clipvalue"}},
-    {"adamw",
-     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
-      "clipvalue"}},
-    {"rmsprop",
-     {"learning_rate", "rho", "momentum", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
-      "clipvalue"}},
-    {"adagrad",
-     {"learning_rate", "initial_accumulator_value", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
-      "clipvalue"}},
-    {"adamax",
-     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
-      "clipvalue"}},
-    {"nadam",
-     {"learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "global_clipnorm",
-      "clipvalue"}},
-    {"lion",
-     {"learning_rate", "beta_1", "beta_2", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}},
-    {"adadelta",
-     {"learning_rate", "rho", "epsilon", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}},
+// Each optimizer's own keys; learning_rate comes before them and the decay and clipping keys after them.
+const std::map<std::string_view, Keys> kOptimizerOwnArgs = {
+    {"sgd", {"momentum", "nesterov"}},
+    {"adam", {"beta_1", "beta_2", "epsilon"}},
+    {"adamw", {"beta_1", "beta_2", "epsilon"}},
+    {"rmsprop", {"rho", "momentum", "epsilon"}},
+    {"adagrad", {"initial_accumulator_value", "epsilon"}},
+    {"adamax", {"beta_1", "beta_2", "epsilon"}},
+    {"nadam", {"beta_1", "beta_2", "epsilon"}},
+    {"lion", {"beta_1", "beta_2"}},
+    {"adadelta", {"rho", "epsilon"}},
 };
+
+Keys optimizer_args(std::string_view name) {
+  Keys keys = {"learning_rate"};
+  const Keys& own = kOptimizerOwnArgs.at(name);
+  keys.insert(keys.end(), own.begin(), own.end());
+  for (const char* k : {"weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}) keys.push_back(k);
+  return keys;
+}
 const std::map<std::string_view, Keys> kScheduleArgs = {
     {"constant", {"warmup_steps"}},
     {"step", {"step_size", "gamma", "warmup_steps"}},
@@ -1179,7 +1173,7 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
   OptimizerSpec o;
   o.pos = t.pos();
   t.get_choice("name", o.name, kOptimizers, "optimizer");
-  const Keys& args = kOptimizerArgs.at(o.name);
+  const Keys args = optimizer_args(o.name);
   for (auto&& [k, v] : t.table()) {
     if (k.str() == "name" || k.str() == "schedule" || contains(args, k.str())) continue;
     r.fail(r.pos(k, v), fmt::format("{} does not apply to {}", t.name(k.str()), o.name),
