@@ -353,9 +353,9 @@ std::shared_ptr<const formats::OnnxModelFile> open_onnx(formats::ModelSpec spec)
 
 }  // namespace
 
-OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec) {
-  const std::shared_ptr<const formats::OnnxModelFile> file = open_onnx(spec);
-  const onnx::GraphProto& g = file->model().graph();
+namespace {
+
+OnnxModelFacts facts_of(const onnx::GraphProto& g) {
   std::set<std::string> initializers;
   for (const onnx::TensorProto& t : g.initializer()) initializers.insert(t.name());
   OnnxModelFacts f;
@@ -373,6 +373,13 @@ OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec) {
   if (!agree || f.fixed_batch < 1) f.fixed_batch = 0;
   for (const onnx::ValueInfoProto& out : g.output()) f.outputs.push_back(out.name());
   return f;
+}
+
+}  // namespace
+
+OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec) {
+  const std::shared_ptr<const formats::OnnxModelFile> file = open_onnx(spec);
+  return facts_of(file->model().graph());
 }
 
 int64_t probe_batch(const formats::ModelSpec& spec) {
@@ -516,13 +523,27 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
                        fmt::format("the model's output '{}' is {}; losses and metrics take float32", out.name,
                                    engine::dtype_name(out.dtype)),
                        "export the model with a float32 output");
-    if (out.shape.rank() < 1 || out.shape[0] != batch)
+    if (out.shape.rank() < 1 || out.shape[0] != batch) {
+      // A batch the file fixes may be held in its shape constants: the graph then builds at that batch only.
+      const int64_t fixed = facts_of(file.model().graph()).fixed_batch;
+      if (fixed > 0 && fixed != batch)
+        throw InputError(
+            file.path(),
+            fmt::format("the model's output '{}' has shape {} at a batch of {}: the model fixes its batch at "
+                        "{}, and its shapes hold it",
+                        out.name, out.shape.str(), batch, fixed),
+            fmt::format(
+                "export the model with a symbolic batch dimension (torch.onnx.export(..., "
+                "dynamic_axes={{'{}': {{0: 'batch'}}}})), or train at batch_size = {} on a multiple of "
+                "{} samples (data.train.limit), so that no batch is partial",
+                g.value(r.inputs[0]).name, fixed, fixed));
       throw InputError(
           file.path(),
           fmt::format("the model's output '{}' has shape {} at a batch of {}: it does not lead with "
                       "the batch",
                       out.name, out.shape.str(), batch),
           "the output must be [batch, ...], one row per sample");
+    }
     if (out.shape.numel() == 0)
       throw InputError(file.path(),
                        fmt::format("the model's output '{}' has shape {}: no values per sample", out.name,

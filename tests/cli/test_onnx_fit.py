@@ -1145,6 +1145,11 @@ class ModelFileForms(unittest.TestCase):
                  self.path("fixed_run")], timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
         ckpt = self.path("fixed_run/last.ckpt")
+        # All 9 samples: the last batch of 1 cannot be built, and the error says why.
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--set",
+                 "data.train.limit=9"], timeout=120)
+        cli_util.assert_input_error(self, r, "fixes its batch at 2", "dynamic_axes={'x': {0: 'batch'}}",
+                                    "multiple of 2 samples")
         # The checkpoint predicts at the batch it trained at, the last of 9 samples padded.
         r = run(["predict", ckpt, self.path("x.npy"), "--device", "cpu", "--probabilities"])
         self.assertEqual(r.returncode, 0, r.stderr)
