@@ -187,19 +187,21 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   formats::write_checkpoint(path, meta, tensors);
 }
 
+bool looks_like_onnx(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char head[9] = {};
+  const bool read = static_cast<bool>(f.read(head, sizeof head));
+  if (read && head[8] == '{') return false;  // a checkpoint's header, whatever the file's name
+  return path.ends_with(".onnx") || (read && head[0] == 0x08);
+}
+
 LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   namespace key = formats::checkpoint_key;
-  // An ONNX model (by its name, or by a protobuf's first field where a checkpoint has its header length)
-  // would otherwise read as a damaged checkpoint.
-  {
-    std::ifstream f(path, std::ios::binary);
-    char head[9] = {};
-    const bool read = static_cast<bool>(f.read(head, sizeof head));
-    if (path.ends_with(".onnx") || (read && head[0] == 0x08 && head[8] != '{'))
-      throw InputError(path, "is an ONNX model, not a checkpoint of trainer fit",
-                       "a checkpoint is what trainer fit writes under --output-dir (DIR/last.ckpt); trainer "
-                       "predict runs ONNX models, and trainer fit MODEL.onnx --train TOML trains them");
-  }
+  // An ONNX model would otherwise read as a damaged checkpoint.
+  if (looks_like_onnx(path))
+    throw InputError(path, "is an ONNX model, not a checkpoint of trainer fit",
+                     "a checkpoint is what trainer fit writes under --output-dir (DIR/last.ckpt); trainer "
+                     "predict runs ONNX models, and trainer fit MODEL.onnx --train TOML trains them");
   formats::Checkpoint ck = formats::read_checkpoint(path);
   LoadedCheckpoint out;
   out.spec_text = formats::checkpoint_value(ck.metadata, key::kSpec, path);

@@ -41,6 +41,9 @@ struct LoadedCheckpoint {
 };
 // Reads and verifies (checksum included) a checkpoint written by save_training_checkpoint.
 LoadedCheckpoint load_training_checkpoint(const std::string& path);
+// Whether a file given as a checkpoint is an ONNX model instead: not a checkpoint by its first bytes, and
+// named .onnx or starting as a ModelProto does (its ir_version field).
+bool looks_like_onnx(const std::string& path);
 
 // The first line where two specs' TOML texts differ, as "line N: 'a' vs 'b'", or "" when they are equal.
 std::string first_difference(const std::string& a, const std::string& b);

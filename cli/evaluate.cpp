@@ -79,7 +79,7 @@ Command add_evaluate_command(CLI::App& app) {
   device->add(cmd);
   auto run = [=]() -> int {
     auto t0 = std::chrono::steady_clock::now();
-    if (ckpt->ends_with(".onnx"))
+    if (looks_like_onnx(*ckpt))
       throw InputError(
           *ckpt, "evaluate needs a checkpoint: its spec names the data, the loss and the metrics",
           "evaluate the checkpoint the model was exported from; trainer predict runs ONNX models");

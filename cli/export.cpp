@@ -27,7 +27,9 @@ Command add_export_command(CLI::App& app) {
     check_output_file(*out, "-o", {*ckpt});
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
     formats::ModelSpec spec = ck.spec();
-    models::BuiltModel m = build(spec, 1, false);
+    // At a batch the model builds at (a fixed-batch ONNX model's may be its training batch only); the
+    // export then checks that its batch dimension is symbolic.
+    models::BuiltModel m = build(spec, probe_batch(spec), false);
     // The trained weights replace the initial ones, by name; optimizer state has no place in inference.
     int64_t loaded = load_trained_values(m.graph, ck.state.values, *ckpt);
     formats::OnnxExportOptions o;

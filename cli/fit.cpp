@@ -164,11 +164,26 @@ class CheckpointWriter {
     return path;
   }
   int64_t last_saved_step() const { return last_saved_step_; }
+  // A resumed run that writes where its checkpoint's run wrote: that run's periodic checkpoints count
+  // towards keep_last too, oldest first.
+  void adopt_periodic() {
+    std::vector<std::pair<std::filesystem::file_time_type, std::filesystem::path>> found;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
+      const std::string name = e.path().filename().string();
+      const bool periodic =
+          (name.starts_with("epoch-") || name.starts_with("step-")) && name.ends_with(".ckpt");
+      if (periodic && e.is_regular_file(ec)) found.emplace_back(e.last_write_time(ec), e.path());
+    }
+    std::sort(found.begin(), found.end());
+    for (const auto& [when, path] : found) periodic_.push_back(path);
+  }
   std::filesystem::path last() const { return dir_ / "last.ckpt"; }
 
  private:
   void point_last_at(const std::filesystem::path& path) {
-    std::filesystem::path tmp = dir_ / fmt::format("last.ckpt.tmp.{}", ::getpid());
+    // One name: the directory's lock keeps other writers out, and a killed writer's file is replaced.
+    std::filesystem::path tmp = dir_ / "last.ckpt.tmp";
     std::error_code ec;
     std::filesystem::remove(tmp, ec);
     std::filesystem::create_hard_link(path, tmp, ec);
@@ -479,6 +494,12 @@ Command add_fit_command(CLI::App& app) {
                            "remove it, or give another --output-dir");
       }
       writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last, lr_scale);
+      std::error_code same_ec;
+      if (ck && std::filesystem::equivalent(std::filesystem::path(*resume).parent_path().empty()
+                                                ? std::filesystem::path(".")
+                                                : std::filesystem::path(*resume).parent_path(),
+                                            *output_dir, same_ec))
+        writer->adopt_periodic();
       save = [&](const engine::TrainingState& st, engine::SaveReason why) {
         writer->save(st, why, observer.signature);
       };

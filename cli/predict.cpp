@@ -56,10 +56,9 @@ struct PredictModel {
   std::vector<std::string> notes;  // for stderr: how predict reads the model where that may surprise
 };
 
-// A checkpoint starts with the safetensors header length and '{'; anything else is taken as ONNX (whose
-// parser then names what is wrong with it).
+// A checkpoint starts with the safetensors header length and '{' (whatever its name); anything else is taken
+// as ONNX (whose parser then names what is wrong with it).
 bool is_checkpoint(const std::string& path) {
-  if (path.ends_with(".onnx")) return false;
   std::ifstream f(path, std::ios::binary);
   char head[9] = {};
   return f.read(head, sizeof head) && head[8] == '{';
@@ -72,7 +71,7 @@ PredictModel checkpoint_model(const std::string& path) {
   // An ONNX model whose inputs fix the batch dimension may hold it in shape constants, so that the graph
   // builds at few batch sizes: it runs at the batch size it trained at (which built), the last batch padded.
   const int64_t probe_at = probe_batch(spec);
-  if (probe_at > 1) m.fixed_batch = probe_at;
+  if (!spec.model.onnx.empty() && onnx_model_facts(spec).fixed_batch > 0) m.fixed_batch = probe_at;
   models::BuiltModel probe = build(spec, probe_at, false);
   m.kind = "checkpoint";
   m.path = path;
@@ -138,16 +137,19 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
   {
     const formats::OnnxModelFile file(path);
     std::vector<std::string> training;
-    for (const onnx::NodeProto& n : file.model().graph().node())
+    const auto& nodes = file.model().graph().node();
+    for (int k = 0; k < nodes.size(); ++k) {
+      const onnx::NodeProto& n = nodes.Get(k);
       if (n.op_type() == "BatchNormalization" && (n.domain().empty() || n.domain() == "ai.onnx"))
         for (const onnx::AttributeProto& a : n.attribute())
           if (a.name() == "training_mode" && a.i() != 0)
-            training.push_back(n.name().empty() ? "#" : n.name());
+            training.push_back(n.name().empty() ? fmt::format("node #{}", k) : n.name());
+    }
     if (!training.empty())
       m.notes.push_back(
           fmt::format("note: {} BatchNormalization node{} ({}{}) {} training_mode = 1; predict normalizes "
-                      "with the running "
-                      "statistics, as inference does (onnxruntime would use each batch's own statistics)",
+                      "with the running statistics, as inference does (onnxruntime would use each batch's "
+                      "own statistics)",
                       training.size(), training.size() == 1 ? "" : "s", training[0],
                       training.size() > 1 ? ", ..." : "", training.size() == 1 ? "has" : "have"));
   }

@@ -54,7 +54,10 @@ Command add_summary_command(CLI::App& app) {
         s.model.outputs = facts.outputs;
     }
     int64_t batch = s.train.batch_size;
-    models::BuiltModel m = build(s, batch, true);
+    // The training model when there is training to plan; an ONNX model alone as it runs for predictions (its
+    // BatchNormalization's running statistics need not be trainable to be shown).
+    const bool alone = !s.model.onnx.empty() && s.train.loss.empty();
+    models::BuiltModel m = build(s, batch, !alone);
     // The memory of a training step needs the training settings; a model alone has its layers only.
     const bool training = !s.train.loss.empty();
     size_t bytes = 0;

@@ -360,7 +360,10 @@ class Importer {
           differentiable_.insert(name);
         }
       }
-      for (const std::string& name : n.input()) read_names_.insert(name);
+      for (const std::string& name : n.input()) {
+        read_names_.insert(name);
+        if (!name.empty()) ++input_uses_[name];
+      }
     }
     for (const auto& out : graph.output()) read_names_.insert(out.name());
     if (&graph != &model_.graph()) return;
@@ -2928,6 +2931,32 @@ class Importer {
       return i < p.inputs.size() && p.inputs[i] != engine::kNoValue &&
              g().value(p.inputs[i]).kind == engine::ValueKind::state;
     };
+    // Running statistics that are frozen (constants) keep the inference form in training. Ones that are
+    // another node's result, a tensor other nodes train (PyTorch merges equal initializers, so an untrained
+    // model's zero running mean may be some layer's zero bias), or an initializer that other inputs read too
+    // (a deduplicating optimizer's work: the scale that is also the running variance) cannot be updated
+    // without changing what those read.
+    if (options_.mode == OnnxGraphMode::training)
+      for (size_t i = 3; i <= 4 && i < p.inputs.size(); ++i) {
+        if (p.inputs[i] == engine::kNoValue) continue;
+        const engine::Value& v = g().value(p.inputs[i]);
+        if (v.kind == engine::ValueKind::constant) continue;
+        const auto uses = input_uses_.find(v.name);
+        const bool shared = uses != input_uses_.end() && uses->second > 1;
+        if (v.kind == engine::ValueKind::state && !shared) continue;
+        fail(
+            fmt::format("{}: its running {} '{}' is {}, not an initializer of its own, so training cannot "
+                        "update it",
+                        p.label, i == 3 ? "mean" : "variance", v.name,
+                        v.kind == engine::ValueKind::intermediate ? "computed by other nodes"
+                        : v.kind == engine::ValueKind::state
+                            ? "an initializer that other inputs read too"
+                            : "a trainable tensor that other nodes read too"),
+            "export the model with each BatchNormalization's running statistics as initializers of their own "
+            "(PyTorch shares equal initializers of an untrained model: export with "
+            "training=torch.onnx.TrainingMode.TRAINING; a graph optimizer may merge them too), or freeze the "
+            "tensors they come from with [model] freeze (the layer then normalizes with them as they are)");
+      }
     if (options_.mode == OnnxGraphMode::training && is_state(3) && is_state(4)) {
       p.attrs.set("training_mode", int64_t{1});
       p.outputs.resize(3);
@@ -2936,27 +2965,6 @@ class Importer {
       p.updates = {{1, p.inputs[3]}, {2, p.inputs[4]}};
       return;
     }
-    // Running statistics that are frozen (constants) keep the inference form in training; ones that are
-    // another node's result or a trainable tensor too (PyTorch merges equal initializers, so an untrained
-    // model's zero running mean may be some layer's zero bias) cannot be updated without changing that.
-    if (options_.mode == OnnxGraphMode::training)
-      for (size_t i = 3; i <= 4 && i < p.inputs.size(); ++i) {
-        if (p.inputs[i] == engine::kNoValue || is_state(i)) continue;
-        const engine::Value& v = g().value(p.inputs[i]);
-        if (v.kind == engine::ValueKind::constant) continue;
-        fail(
-            fmt::format("{}: its running {} '{}' is {}, not an initializer of its own, so training cannot "
-                        "update it",
-                        p.label, i == 3 ? "mean" : "variance", v.name,
-                        v.kind == engine::ValueKind::parameter
-                            ? "a trainable tensor that other nodes read too"
-                            : "computed by other nodes"),
-            "export the model with each BatchNormalization's running statistics as initializers of their own "
-            "(PyTorch shares equal initializers of an untrained model: export with "
-            "training=torch.onnx.TrainingMode.TRAINING), or freeze the tensors they come from with [model] "
-            "freeze "
-            "(the layer then normalizes with them as they are)");
-      }
     // Inference form: normalization with the running statistics, which the node then does not output.
     if (read_later(1) || read_later(2))
       fail(fmt::format("{}: other nodes read the running statistics it outputs in training mode, which it "
@@ -3093,9 +3101,10 @@ class Importer {
   const OnnxImportOptions& options_;
   std::string base_dir_;
   OnnxImportResult result_;
-  std::set<std::string> differentiable_;  // values some node input with a gradient reads
-  std::set<std::string> running_stats_;   // inputs 3 and 4 of BatchNormalization nodes
-  std::set<std::string> read_names_;      // values some node or the graph's outputs read
+  std::set<std::string> differentiable_;   // values some node input with a gradient reads
+  std::set<std::string> running_stats_;    // inputs 3 and 4 of BatchNormalization nodes
+  std::map<std::string, int> input_uses_;  // how many node inputs name each value (an input read twice: 2)
+  std::set<std::string> read_names_;       // values some node or the graph's outputs read
   std::set<std::string> graph_outputs_;
   std::set<ValueId> batched_;          // values whose leading dimension is the batch
   std::set<ValueId> shape_constants_;  // outputs of Shape and Size

@@ -291,6 +291,7 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
   std::vector<std::string> input_names;
   for (const SourcePlace& p : inputs) input_names.push_back(p.name);
   std::map<std::string, int> uses;
+  std::map<std::string, LayerValue> keras_ordered;  // Flatten values in Keras's order (in_keras_order)
   std::map<std::string, const formats::LayerSpec*> specs;
   std::map<std::string, int> generated;
   std::vector<std::string> all_names;  // every layer's name, to tell "defined later" from "unknown"
@@ -398,10 +399,15 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
     info.name = spec.name;
     info.type = spec.type;
     LayerBuilder builder(g, options, spec, args, info);
+    // Keras's order for the readers that need it, made once per value (a Dense reading the same value keeps
+    // the channels-first order whatever the layers' order in the spec).
     if (!takes_any_feature_order(def->type))
       for (size_t k = 0; k < inputs.size(); ++k)
-        if (!inputs[k].flattened_channels_first.empty())
-          values[input_names[k]] = inputs[k] = in_keras_order(g, inputs[k], spec.name);
+        if (!inputs[k].flattened_channels_first.empty()) {
+          auto [it, added] = keras_ordered.try_emplace(input_names[k]);
+          if (added) it->second = in_keras_order(g, inputs[k], spec.name);
+          inputs[k] = it->second;
+        }
     LayerValue out = wrapped ? time_distributed(builder, inputs[0], *wrapped) : def->build(builder, inputs);
     if (passes_feature_order(def->type) && out.shape == inputs[0].shape)
       out.flattened_channels_first = inputs[0].flattened_channels_first;
@@ -473,7 +479,8 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
   m.more_outputs.clear();
   for (size_t k = 0; k < outputs.size(); ++k) {
     const std::string& name = outputs[k];
-    LayerValue out = in_keras_order(g, values[name], name);
+    auto ordered = keras_ordered.find(name);
+    LayerValue out = ordered != keras_ordered.end() ? ordered->second : in_keras_order(g, values[name], name);
     if (out.channels_first) {
       out.value = channels_last(g, out.value, out.shape.size(), name);
       out.pre_activation = channels_last(g, out.pre_activation, out.shape.size(), name + "/logits");

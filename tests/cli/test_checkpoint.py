@@ -303,6 +303,23 @@ class OutputDirectory(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(sorted(os.listdir(out)), ["epoch-1.ckpt", "history.jsonl", "last.ckpt"])
 
+    def test_keep_last_counts_the_checkpoints_a_resumed_run_finds_in_its_directory(self):
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            np.save(os.path.join(d, "x.npy"), np.zeros((8, 3), np.float32))
+            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
+            spec = os.path.join(d, "spec.toml")
+            with open(spec, "w") as f:
+                f.write(Leftovers.SPEC + "epochs = 3\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 2\n")
+            out = os.path.join(d, "run")
+            r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(sorted(os.listdir(out)), ["epoch-2.ckpt", "epoch-3.ckpt", "history.jsonl", "last.ckpt"])
+            r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "5", "--device", "cpu",
+                     "--output-dir", out, "-q"], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(sorted(os.listdir(out)), ["epoch-4.ckpt", "epoch-5.ckpt", "history.jsonl", "last.ckpt"])
+
 
 @cli_util.skip_without_fashion
 class BadCheckpoints(unittest.TestCase):

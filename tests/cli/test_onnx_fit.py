@@ -1122,17 +1122,19 @@ class ModelFileForms(unittest.TestCase):
         onnx.save(m, self.path(name))
         return self.path(name)
 
-    def fixed_batch_model(self):
+    def fixed_batch_model(self, batch=2):
         # y = x W + b expanded to [2, 3]: the batch of 2 is in a shape constant, as in PyTorch's exports without
-        # dynamic_axes (an LSTM's initial state), so the graph builds at batch 2 (and 1) only.
+        # dynamic_axes (an LSTM's initial state), so the graph builds at batch 2 (and 1) only. At batch 1 the
+        # batch is held by a Reshape of x W to [1, 3], as a batch-1 export's flattening.
         rng = np.random.default_rng(5)
         nodes = [h.make_node("MatMul", ["x", "W"], ["xw"]),
-                 h.make_node("Expand", ["b", "shape"], ["bb"]),
-                 h.make_node("Add", ["xw", "bb"], ["y"])]
-        return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [2, 4])],
-                     [h.make_tensor_value_info("y", T.FLOAT, [2, 3])],
+                 h.make_node("Reshape" if batch == 1 else "Expand", ["xw" if batch == 1 else "b", "shape"],
+                             ["xr" if batch == 1 else "bb"]),
+                 h.make_node("Add", ["xr", "b"] if batch == 1 else ["xw", "bb"], ["y"])]
+        return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [batch, 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [batch, 3])],
                      [nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
-                      vector("b", [[0.1, -0.2, 0.3]]), ints("shape", [2, 3])], 17)
+                      vector("b", [[0.1, -0.2, 0.3]]), ints("shape", [batch, 3])], 17)
 
     def test_a_fixed_batch_model_is_summarized_trained_and_predicted_at_its_batch(self):
         def onnx_weights(m):
@@ -1157,6 +1159,17 @@ class ModelFileForms(unittest.TestCase):
         w = cli_util.read_checkpoint(ckpt)
         self.assertGreater(np.abs(w["W"] - onnx_weights(self.fixed_batch_model())["W"]).max(), 1e-4)  # trained
         np.testing.assert_allclose(got, self.x @ w["W"] + w["b"], rtol=1e-5, atol=1e-6)
+        # Fixed at 1 (a batch-1 export): trained at batch 1, its checkpoint predicts one sample at a time.
+        path = self.save(self.fixed_batch_model(1), "fixed1.onnx")
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--batch-size", "1",
+                 "--output-dir", self.path("fixed1_run")], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ckpt = self.path("fixed1_run/last.ckpt")
+        r = run(["predict", ckpt, self.path("x.npy"), "--device", "cpu", "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        w = cli_util.read_checkpoint(ckpt)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
+                                   self.x @ w["W"] + w["b"], rtol=1e-5, atol=1e-6)
 
     def test_a_model_of_two_outputs_is_summarized_alone(self):
         nodes = [h.make_node("MatMul", ["x", "W"], ["y"]), h.make_node("Relu", ["y"], ["z"])]
@@ -1169,15 +1182,23 @@ class ModelFileForms(unittest.TestCase):
 
     def batch_norm_model(self, training_mode, shared):
         # x [N, 2, 1, 1] -> BatchNormalization -> Flatten -> Gemm. `shared`: the running mean is an Identity of
-        # the Gemm's bias, as PyTorch writes an untrained model whose equal initializers it merged.
-        mean = "gb_copy" if shared else "mean"
-        nodes = ([h.make_node("Identity", ["gb"], ["gb_copy"])] if shared else []) + [
+        # the Gemm's bias, as PyTorch writes an untrained model whose equal initializers it merged; "direct":
+        # the bias initializer itself, as a graph optimizer merges them.
+        mean = {True: "gb_copy", "direct": "gb", False: "mean"}[shared]
+        nodes = ([h.make_node("Identity", ["gb"], ["gb_copy"])] if shared is True else []) + [
             h.make_node("BatchNormalization", ["x", "scale", "bias", mean, "var"], ["n", "rm", "rv"],
                         training_mode=training_mode) if training_mode else
             h.make_node("BatchNormalization", ["x", "scale", "bias", mean, "var"], ["n"]),
             h.make_node("Flatten", ["n"], ["f"]), h.make_node("Gemm", ["f", "gw", "gb2"], ["y"])]
         inits = [vector("scale", [1, 1]), vector("bias", [0, 0]), vector("var", [1, 1]), vector("gw", np.ones((2, 3))),
                  vector("gb2", [0, 0, 0]), vector("gb", [0, 0])] + ([] if shared else [vector("mean", [0, 0])])
+        if shared == "direct":  # the running mean is also the Gemm's bias input (a 2-unit Gemm)
+            nodes = [h.make_node("BatchNormalization", ["x", "scale", "bias", "gb", "var"], ["n"]),
+                     h.make_node("Flatten", ["n"], ["f"]), h.make_node("Gemm", ["f", "gw2", "gb"], ["y"])]
+            inits = [vector("scale", [1, 1]), vector("bias", [0, 0]), vector("var", [1, 1]),
+                     vector("gw2", np.ones((2, 2))), vector("gb", [0, 0])]
+            return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 2, 1, 1])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 2])], inits, 17)
         return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 2, 1, 1])],
                      [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])], inits, 17)
 
@@ -1202,16 +1223,33 @@ class ModelFileForms(unittest.TestCase):
         r = run(["fit", path, "--train", self.path("bn.toml"), "--device", "cpu"])
         cli_util.assert_input_error(self, r, "BatchNormalization", "running mean 'gb_copy'",
                                     "not an initializer of its own", "TrainingMode.TRAINING")
+        # Shown alone, the model is what it computes in inference: no error.
+        r = run(["summary", path])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The same initializer as the running mean and another node's input (a graph optimizer's merge).
+        path = self.save(self.batch_norm_model(0, "direct"), "bn_direct.onnx")
+        r = run(["fit", path, "--train", self.path("bn.toml"), "--device", "cpu"])
+        cli_util.assert_input_error(self, r, "BatchNormalization", "running mean 'gb'",
+                                    "an initializer that other inputs read too")
 
     def test_an_onnx_model_given_as_a_checkpoint_is_named_as_such(self):
         path = self.save(self.fixed_batch_model(), "not_a_checkpoint.onnx")
         plain = self.path("renamed_model")
         shutil.copy(path, plain)
         for given in (path, plain):
-            for args in (["export", given, "-o", self.path("out.onnx")], ["fit", "--resume", given]):
+            for args in (["export", given, "-o", self.path("out.onnx")], ["fit", "--resume", given],
+                         ["evaluate", given]):
                 r = run(args)
-                cli_util.assert_input_error(self, r, given, "is an ONNX model, not a checkpoint")
+                cli_util.assert_input_error(self, r, given, "ONNX model")
         self.assertFalse(os.path.exists(self.path("out.onnx")))
+        # A checkpoint is one by its bytes, whatever its name.
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--output-dir",
+                 self.path("named_run")], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        named = self.path("checkpoint_named.onnx")
+        shutil.copy(self.path("named_run/last.ckpt"), named)
+        r = run(["export", named, "-o", self.path("from_named.onnx"), "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
 
 
 if __name__ == "__main__":

@@ -576,6 +576,33 @@ TEST_SUITE("run") {
     Spec reshaped = plain;
     reshaped.add("Flatten").add("Reshape", {{"target_shape", v({4, 4})}});
     CHECK(transposes(models::testing::build(reshaped, true, 4)) == base + 1);
+    // A Dense layer takes the channels-first order also when a reader of Keras's order comes first in the
+    // spec (the order its kernel's rows follow does not depend on the spec's layout).
+    for (bool concatenate_first : {true, false}) {
+      CAPTURE(concatenate_first);
+      Spec both = plain;
+      both.add("Flatten", {}, "flat");
+      auto concatenate = [&] {
+        both.add("Dense", {{"units", int64_t{2}}}, "side", {"flat"})
+            .add("Concatenate", {}, "joined", {"flat", "side"});
+      };
+      if (concatenate_first) concatenate();
+      both.add("Dense", {{"units", int64_t{3}}}, "d", {"flat"});
+      if (!concatenate_first) concatenate();
+      both.add("Concatenate", {}, "all", {"joined", "d"});
+      BuiltModel m = models::testing::build(both, true, 4);
+      CHECK(transposes(m) == base + 1);  // the Concatenate's one
+      int dense_matmuls = 0;
+      for (NodeId id = 0; id < m.graph.num_nodes(); ++id) {
+        const Node& n = m.graph.node(id);
+        if (n.dead || n.op != "MatMul" || n.name.rfind("d/", 0) != 0) continue;
+        const Node& reads = m.graph.node(m.graph.value(n.inputs[0]).producer);
+        CHECK(reads.op == "Flatten");
+        CHECK(reads.name.rfind("flat/", 0) == 0);
+        ++dense_matmuls;
+      }
+      CHECK(dense_matmuls == 1);
+    }
   }
 
   TEST_CASE("run: LSTM and GRU: the last step of return_sequences is the output without it") {
