@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "engine/util/error.h"
@@ -20,8 +21,30 @@ namespace trainer::cli {
 
 namespace {
 
+// A number of the state as JSON: exact (17 digits); NaN and the infinities, which JSON has no numbers for
+// (a validation loss on bad data), as the strings "NaN", "Infinity" and "-Infinity".
 std::string num(double v) {
+  if (std::isnan(v)) return "\"NaN\"";
+  if (std::isinf(v)) return v > 0 ? "\"Infinity\"" : "\"-Infinity\"";
   return fmt::format("{:.17g}", v);
+}
+
+// The value of num's JSON (a number, or one of its strings); false when it is neither.
+bool read_num(const formats::JsonValue& v, double* out) {
+  if (v.kind == formats::JsonValue::Kind::number) {
+    *out = std::strtod(v.text.c_str(), nullptr);
+    return true;
+  }
+  if (v.kind != formats::JsonValue::Kind::string) return false;
+  if (v.text == "NaN")
+    *out = std::numeric_limits<double>::quiet_NaN();
+  else if (v.text == "Infinity")
+    *out = std::numeric_limits<double>::infinity();
+  else if (v.text == "-Infinity")
+    *out = -std::numeric_limits<double>::infinity();
+  else
+    return false;
+  return true;
 }
 
 std::string logs_json(const engine::Logs& logs) {
@@ -74,10 +97,10 @@ struct StateReader {
     return *v;
   }
   double d(const formats::JsonValue& o, const char* key) const {
-    const formats::JsonValue& v = get(o, key);
-    if (v.kind != formats::JsonValue::Kind::number)
+    double out = 0;
+    if (!read_num(get(o, key), &out))
       throw InputError(path, fmt::format("the checkpoint's state has a bad '{}'", key), "");
-    return std::strtod(v.text.c_str(), nullptr);
+    return out;
   }
   // A count: a whole number, 0 or more.
   int64_t i(const formats::JsonValue& o, const char* key) const {
@@ -106,9 +129,9 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   st.global_step = r.i(root, "global_step");
   if (root.find("metric_sums")) {
     for (const formats::JsonValue& v : root.find("metric_sums")->items) {
-      if (v.kind != formats::JsonValue::Kind::number)
-        throw InputError(path, "the checkpoint's state has a bad 'metric_sums'", "");
-      st.metric_sums.push_back(std::strtod(v.text.c_str(), nullptr));
+      double sum = 0;
+      if (!read_num(v, &sum)) throw InputError(path, "the checkpoint's state has a bad 'metric_sums'", "");
+      st.metric_sums.push_back(sum);
     }
     if (const formats::JsonValue* l = root.find("metric_layout")) {
       if (l->kind != formats::JsonValue::Kind::string)
@@ -148,8 +171,10 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
     rep.seconds = r.d(e, "seconds");
     rep.samples_per_s = r.d(e, "samples_per_s");
     for (const formats::JsonValue& kv : r.get(e, "logs").items) {
-      if (kv.items.size() != 2) throw InputError(path, "the checkpoint's history is malformed", "");
-      rep.logs.emplace_back(kv.items[0].text, std::strtod(kv.items[1].text.c_str(), nullptr));
+      double value = 0;
+      if (kv.items.size() != 2 || !read_num(kv.items[1], &value))
+        throw InputError(path, "the checkpoint's history is malformed", "");
+      rep.logs.emplace_back(kv.items[0].text, value);
     }
     st.history.push_back(std::move(rep));
   }

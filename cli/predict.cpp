@@ -461,8 +461,12 @@ Command add_predict_command(CLI::App& app) {
         throw InputError("--output",
                          fmt::format("the {} has no output '{}'; its outputs: {}", model.kind, *output,
                                      fmt::join(model.outputs, ", ")),
-                         formats::did_you_mean(*output, model.outputs) +
-                             (model.outputs.size() > 1 ? "; --output all writes them all" : ""));
+                         [&] {
+                           std::string hint = formats::did_you_mean(*output, model.outputs);
+                           if (model.outputs.size() > 1)
+                             hint += (hint.empty() ? "" : "; ") + std::string("--output all writes them all");
+                           return hint;
+                         }());
       model.written = {static_cast<size_t>(it - model.outputs.begin())};
     }
     const bool npz = paths.size() == 1 && is_npz(paths[0]);

@@ -245,6 +245,7 @@ struct SampleReader::Impl {
       if (!any) return false;
       ++line_no;
       if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line_no == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a UTF-8 byte-order mark
       if (line.find_first_not_of(" \t") != std::string::npos) return true;
       if (pos == end && eof) return false;
     }

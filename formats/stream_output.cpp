@@ -46,7 +46,15 @@ RowWriter::RowWriter(int fd, std::string name, RowFormat format, engine::DType d
   }
 }
 
-RowWriter::~RowWriter() = default;
+// An error ends the output at the last complete rows: CSV's are written (NPY's header promised more rows, so
+// the array is left short, as the error says).
+RowWriter::~RowWriter() {
+  if (format_ != RowFormat::csv || closed_) return;
+  try {
+    flush();
+  } catch (const std::exception&) {  // the error being reported is the one that matters
+  }
+}
 
 bool RowWriter::flush() {
   size_t done = 0;
@@ -57,7 +65,7 @@ bool RowWriter::flush() {
     } else if (errno == EPIPE) {
       closed_ = true;
     } else if (errno != EINTR) {
-      throw RuntimeError(fmt::format("error: writing to {} failed: {}", name_, std::strerror(errno)));
+      throw RuntimeError(fmt::format("writing to {} failed: {}", name_, std::strerror(errno)));
     }
   }
   buf_.clear();
@@ -86,7 +94,8 @@ bool RowWriter::write(const void* values, int64_t n) {
     }
   }
   rows_written_ += n;
-  return true;
+  // Each batch's rows go out as they are computed, so a reader sees them while later input is read.
+  return flush();
 }
 
 bool RowWriter::finish() {

@@ -111,6 +111,9 @@ class BatchLoader {
   // the epoch. Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates
   // nothing.
   bool next(Batch* out);
+  // Checks every sample's labels now, as next() would when their batch comes: an InputError naming the first
+  // bad one, before any step rather than an epoch in.
+  void check_labels() const;
 
  private:
   struct Impl;

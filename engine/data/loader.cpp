@@ -419,6 +419,20 @@ void BatchLoader::Impl::convert_label(const void* src, std::byte* dst, int64_t s
   store_labels(label_src_dtype, src, format.y_dtype, dst, label_elems, format.num_classes, *ds, sample);
 }
 
+namespace {
+
+// A float feature that is NaN or infinite would make the loss NaN steps later, far from its cause.
+template <class T>
+void check_finite_features(const T* v, int64_t n, const Dataset& ds, int64_t sample) {
+  for (int64_t e = 0; e < n; ++e)
+    if (!std::isfinite(v[e]))
+      throw InputError(ds.locate(sample),
+                       fmt::format("feature {} (element {}) is not a finite number", v[e], e),
+                       "the loss would be NaN: fix or drop the samples whose features are NaN or infinite");
+}
+
+}  // namespace
+
 // Gathers part w of `parts` of a batch. Abandons the work as soon as the loader is reset or destroyed.
 void BatchLoader::Impl::gather(const Job& j, int w, int parts) {
   const int64_t k0 = j.count * w / parts, k1 = j.count * (w + 1) / parts;
@@ -434,6 +448,12 @@ void BatchLoader::Impl::gather(const Job& j, int w, int parts) {
       } else {
         in.ds->read_sample(i, wk.x_scratch[q].get());
         in.x_convert(in.cv, wk.x_scratch[q].get(), x, i);
+      }
+      if (is_float(in.src_dtype) && !in.format.labels) {
+        if (in.format.x_dtype == DType::f32)
+          check_finite_features(reinterpret_cast<const float*>(x), in.sample_elems, *in.ds, i);
+        else if (in.format.x_dtype == DType::f64)
+          check_finite_features(reinterpret_cast<const double*>(x), in.sample_elems, *in.ds, i);
       }
     }
     ds->read_label(i, wk.y_scratch.get());
@@ -642,6 +662,15 @@ void BatchLoader::start_epoch(int64_t epoch) {
     im.epoch_end = im.consumed + im.bpe;
   }
   im.producer_cv.notify_all();
+}
+
+void BatchLoader::check_labels() const {
+  const Impl& m = *impl_;
+  std::vector<std::byte> src(m.src_label_bytes), dst(m.dst_label_bytes);
+  for (int64_t i = 0; i < m.n; ++i) {
+    m.ds->read_label(i, src.data());
+    m.convert_label(src.data(), dst.data(), i);
+  }
 }
 
 bool BatchLoader::next(Batch* out) {

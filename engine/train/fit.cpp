@@ -1517,9 +1517,15 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     }
 
   data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
+  // Bad labels are found before the first step (also the validation and test data's): later, a run would
+  // end an epoch in with nothing saved.
+  train_loader.check_labels();
   std::unique_ptr<data::BatchLoader> val_loader;
-  if (validation)
+  if (validation) {
     val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
+    val_loader->check_labels();
+  }
+  if (test) data::BatchLoader(test, cfg.batch_size, format, false, cfg.seed).check_labels();
 
   const LearningRateSchedule schedule = run_schedule(cfg, train_loader.batches_per_epoch());
 

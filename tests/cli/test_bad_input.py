@@ -239,6 +239,29 @@ loss = "sparse_categorical_crossentropy"
             '"sparse_categorical_crossentropy"', '"mse"').replace('metrics = ["accuracy"]\n', "")
         assert_input_error(self, self.trainer("fit", self.spec(text)), "sample 5", "label nan (element 0) is not a finite number")
 
+    def test_features_that_are_not_finite(self):
+        # A NaN or infinite feature is named with its sample before its step (the loss would turn NaN there).
+        import numpy as np
+        for bad in (np.nan, np.inf):
+            x = np.ones((N, 28, 28), np.float32)
+            x[6, 3, 4] = bad
+            np.save(os.path.join(self.dir, "x.npy"), x)
+            np.save(os.path.join(self.dir, "y.npy"), np.arange(1, N + 1, dtype=np.int64) % 10)
+            text = SPEC.replace('x.idx', 'x.npy').replace('y.idx', 'y.npy')
+            assert_input_error(self, self.trainer("fit", self.spec(text), "--device", "cpu"), "x.npy", "sample 6",
+                               f"feature {'nan' if np.isnan(bad) else 'inf'} (element {3 * 28 + 4}) is not a finite")
+
+    def test_bad_labels_of_any_split_are_found_before_training(self):
+        # A test label out of range ends the run at its start, not after the last epoch with nothing saved.
+        import numpy as np
+        np.save(os.path.join(self.dir, "x.npy"), np.ones((N, 28, 28), np.float32))
+        np.save(os.path.join(self.dir, "yt.npy"), np.array([1, 2, 3, 4, 5, 6, 10, 8], np.int64))
+        np.save(os.path.join(self.dir, "y.npy"), np.arange(1, N + 1, dtype=np.int64) % 10)
+        text = SPEC.replace('x.idx', 'x.npy').replace('y.idx', 'y.npy') + '[data.test]\nx = "x.npy"\ny = "yt.npy"\n'
+        r = self.trainer("fit", self.spec(text), "--device", "cpu", "--epochs", "3", "--log-format", "jsonl")
+        assert_input_error(self, r, "yt.npy", "sample 6", "label 10 is out of range for 10 classes")
+        self.assertNotIn('"event": "epoch"', r.stdout)
+
     def test_npy_header_with_a_key_numpy_refuses(self):
         header = "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 784), 'extra': 1, }"
         header += " " * (118 - len(header)) + "\n"

@@ -303,6 +303,29 @@ class OutputDirectory(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(sorted(os.listdir(out)), ["epoch-1.ckpt", "history.jsonl", "last.ckpt"])
 
+    def test_a_run_whose_validation_loss_is_not_finite_leaves_a_readable_checkpoint(self):
+        # Validation features that overflow the model (finite, huge) give a NaN or infinite val_loss; the
+        # checkpoint's history holds it (JSON has no number for it) and reads back.
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            np.save(os.path.join(d, "x.npy"), np.ones((8, 3), np.float32))
+            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
+            np.save(os.path.join(d, "xv.npy"), np.full((8, 3), 3e38, np.float32))
+            spec = os.path.join(d, "spec.toml")
+            with open(spec, "w") as f:
+                f.write(Leftovers.SPEC.replace("[train]", '[data.validation]\nx = "xv.npy"\ny = "y.npy"\n[train]')
+                        + "epochs = 2\n[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.01\n")
+            out = os.path.join(d, "run")
+            r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "--log-format", "jsonl", "-q"],
+                    timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIsNone(events(r.stdout)[-1]["val_loss"])  # null on stdout
+            r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "3", "--device", "cpu", "--output-dir",
+                     os.path.join(d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_keep_last_counts_the_checkpoints_a_resumed_run_finds_in_its_directory(self):
         import numpy as np
         with tempfile.TemporaryDirectory() as d:

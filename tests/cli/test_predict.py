@@ -197,6 +197,30 @@ class Predict(unittest.TestCase):
         r.stderr = r.stderr.decode()
         cli_util.assert_input_error(self, r, "stdin: byte", f"of its {VAL} samples")
 
+    def test_a_later_input_error_keeps_the_complete_batches_rows(self):
+        # CSV rows, then a ragged row: the rows of the batches before it are written, then the error.
+        with open(self.files["csv"]) as f:
+            lines = f.read().splitlines()
+        bad = os.path.join(self.tmp.name, "ragged.csv")
+        with open(bad, "w") as f:
+            f.write("\n".join(lines[:301]) + "\n1,2,3\n")  # the header and 300 samples
+        r = predict([self.ckpt, bad, "--batch-size", "64"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(len(r.stdout.decode().splitlines()), 256)  # 4 whole batches of 64
+        self.assertIn(b"ragged.csv:302", r.stderr)
+
+    def test_a_byte_order_mark_is_no_sample(self):
+        # A headerless CSV that starts with a UTF-8 byte-order mark (as spreadsheets write it): every sample.
+        with open(self.files["csv"]) as f:
+            rows = f.read().splitlines()[1:11]
+        path = os.path.join(self.tmp.name, "bom.csv")
+        with open(path, "wb") as f:
+            f.write(b"\xef\xbb\xbf" + "\n".join(rows).encode() + b"\n")
+        r = predict([self.ckpt, path])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        want = predict([self.ckpt, self.files["npy"], "--batch-size", "10"]).stdout.decode().splitlines()[:10]
+        self.assertEqual(r.stdout.decode().splitlines(), want)
+
     def test_a_reader_that_stops_early_ends_predict_quietly(self):
         # cat x.npy | trainer predict m.onnx - | head -n 2: predict sees a closed pipe and exits 0, quietly.
         many = npy_bytes(np.concatenate([self.xf] * 20))
