@@ -90,6 +90,9 @@ class FitPrinter final : public engine::FitObserver {
              logs_text(r.logs));
     std::string line = epoch_json(r);
     out_.json_line(line);
+    // Nobody reads the metrics any more (`trainer fit ... | head -1`): the run stops after this step as a
+    // signal stops it, with a checkpoint to resume from.
+    if (out_.stdout_closed()) engine::g_stop_signal.store(SIGPIPE);
     history_ += line + "\n";
     epoch_start_ = std::chrono::steady_clock::now();
   }
@@ -109,6 +112,11 @@ class FitPrinter final : public engine::FitObserver {
 // atomically), and prunes periodic ones beyond keep_last. It holds a lock on DIR (flock on the directory
 // itself, so nothing is left in it) from the start: two runs writing one directory would replace each
 // other's last.ckpt. A directory that cannot be written is found then too, before any training.
+// SIGPIPE stands for a closed standard output (see FitPrinter).
+const char* signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGPIPE (standard output closed)";
+}
+
 class CheckpointWriter {
  public:
   CheckpointWriter(std::filesystem::path dir, const formats::ModelSpec& spec, int64_t keep_last,
@@ -512,6 +520,7 @@ Command add_fit_command(CLI::App& app) {
     engine::g_stop_signal.store(0);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
+    std::signal(SIGPIPE, SIG_IGN);  // a closed stdout ends the run with a checkpoint (FitPrinter)
     engine::FitResult r = at_spec_places(s, [&] {
       return engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, replicas,
                          observer, policy, save, ck ? &ck->state : nullptr);
@@ -531,8 +540,7 @@ Command add_fit_command(CLI::App& app) {
         {"seconds", json_number(r.seconds)},
         {"stopped_early", r.stopped_early ? "true" : "false"}};
     if (r.stopped_early) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
-    if (r.interrupted_by)
-      f.emplace_back("interrupted_by", json_string(r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM"));
+    if (r.interrupted_by) f.emplace_back("interrupted_by", json_string(signal_name(r.interrupted_by)));
     if (writer) f.emplace_back("checkpoint", json_string(writer->last().string()));
     if (!r.history.empty())
       for (auto& kv : logs_json(r.history.back().logs)) f.push_back(kv);
@@ -543,8 +551,7 @@ Command add_fit_command(CLI::App& app) {
       formats::write_file_atomically((std::filesystem::path(*output_dir) / "history.jsonl").string(),
                                      printer.history() + end_line + "\n");
     if (r.interrupted_by) {
-      out.say("Interrupted by {} after {} epochs.\n", r.interrupted_by == SIGINT ? "SIGINT" : "SIGTERM",
-              r.history.size());
+      out.say("Interrupted by {} after {} epochs.\n", signal_name(r.interrupted_by), r.history.size());
       if (writer)
         out.say("Resume with: trainer fit --resume {}\n", writer->last().string());
       else

@@ -5,7 +5,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 
 namespace trainer::cli {
 
@@ -18,9 +20,14 @@ Output::Output(LogFormat format, bool quiet) : quiet_(quiet) {
 void Output::json_line(const std::string& object) {
   if (!json_) return;
   clear_bar();
+  if (stdout_closed_) return;
+  errno = 0;
   std::fwrite(object.data(), 1, object.size(), stdout);
   std::fputc('\n', stdout);
-  std::fflush(stdout);
+  if (std::fflush(stdout) != 0 && errno == EPIPE) {
+    stdout_closed_ = true;
+    std::clearerr(stdout);  // the run ends as interrupted, not as a failed write
+  }
 }
 
 void Output::bar(const std::string& text) {

@@ -28,14 +28,16 @@ class Output {
     clear_bar();
     fmt::print(stderr, f, std::forward<Args>(args)...);
   }
-  // One JSON object per line on stdout, flushed so pipelines see it at once.
+  // One JSON object per line on stdout, flushed so pipelines see it at once. With SIGPIPE ignored, a reader
+  // that has gone (`| head -1`) makes stdout_closed() true instead of ending the process.
   void json_line(const std::string& object);
+  bool stdout_closed() const { return stdout_closed_; }
   // Redraws the progress bar in place (stderr terminals only).
   void bar(const std::string& text);
   void clear_bar();
 
  private:
-  bool json_ = false, quiet_ = false, bar_ = false, bar_shown_ = false;
+  bool json_ = false, quiet_ = false, bar_ = false, bar_shown_ = false, stdout_closed_ = false;
 };
 
 // JSON helpers: a string literal with escapes, and a number that stays valid JSON (NaN and infinities as

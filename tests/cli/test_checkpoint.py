@@ -326,6 +326,34 @@ class OutputDirectory(unittest.TestCase):
             r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"], timeout=120)
             self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_a_closed_stdout_stops_the_run_with_a_checkpoint(self):
+        # `trainer fit ... | head -1`: the reader goes after one line; the run stops as a signal stops it,
+        # with a checkpoint that resumes, and exit status 141 (128 + SIGPIPE).
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            np.save(os.path.join(d, "x.npy"), np.ones((8, 3), np.float32))
+            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
+            spec = os.path.join(d, "spec.toml")
+            with open(spec, "w") as f:
+                f.write(Leftovers.SPEC + "epochs = 200\nbatch_size = 2\n")
+            out = os.path.join(d, "run")
+            p = subprocess.Popen([cli_util.TRAINER, "fit", spec, "--device", "cpu", "--output-dir", out,
+                                  "--log-format", "jsonl", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            first = p.stdout.readline()
+            p.stdout.close()
+            _, err = p.communicate(timeout=120)
+            self.assertEqual(json.loads(first)["epoch"], 1)
+            self.assertEqual(p.returncode, 141, err.decode())
+            self.assertEqual(err.decode(), "")  # -q: nothing to say about it
+            with open(os.path.join(out, "history.jsonl")) as f:
+                end = json.loads(f.read().splitlines()[-1])
+            self.assertEqual(end["event"], "fit_end")
+            self.assertLess(end["epochs_run"], 200)
+            r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--device", "cpu", "--output-dir",
+                     os.path.join(d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(events(r.stdout)[-1]["epochs_run"], 200)
+
     def test_keep_last_counts_the_checkpoints_a_resumed_run_finds_in_its_directory(self):
         import numpy as np
         with tempfile.TemporaryDirectory() as d:
