@@ -1013,13 +1013,17 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     engine::data::BatchFormat vf = f;
     check_all_samples(*out.validation, *ds.validation, model, inputs, &vf);
   } else if (ds.validation_split > 0) {
+    // Keras's split: the first floor(n * (1 - validation_split)) samples train, the rest validate.
     int64_t n = out.train->size();
-    int64_t held = static_cast<int64_t>(std::floor(n * ds.validation_split));
+    const int64_t kept =
+        static_cast<int64_t>(std::floor(static_cast<double>(n) * (1.0 - ds.validation_split)));
+    int64_t held = n - kept;
     if (held < 1 || held >= n)
-      throw InputError(ds.pos.str(),
-                       fmt::format("validation_split {} of {} samples leaves {} for validation",
-                                   ds.validation_split, n, held),
-                       "");
+      throw InputError(
+          ds.pos.str(),
+          fmt::format("validation_split {} of {} samples leaves {} for validation and {} for training",
+                      ds.validation_split, n, held, n - held),
+          "a split of more samples: each part needs one at least");
     out.validation = engine::data::subset(out.train, n - held, n);
     out.train = engine::data::subset(out.train, 0, n - held);
   }

@@ -262,6 +262,14 @@ loss = "sparse_categorical_crossentropy"
         assert_input_error(self, r, "yt.npy", "sample 6", "label 10 is out of range for 10 classes")
         self.assertNotIn('"event": "epoch"', r.stdout)
 
+    def test_validation_split_counts_as_keras(self):
+        # Keras trains on the first floor(N * (1 - split)) samples: 8 at 0.3 -> 5 and 3; at 0.01 -> 7 and 1.
+        for split, train, held in ((0.3, 5, 3), (0.01, 7, 1)):
+            text = SPEC.replace("[data.train]", f"[data]\nvalidation_split = {split}\n[data.train]")
+            r = self.trainer("fit", self.spec(text), "--device", "cpu", "--log-format", "text")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"Training on {train} samples, validating on {held}", r.stderr)
+
     def test_npy_header_with_a_key_numpy_refuses(self):
         header = "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 784), 'extra': 1, }"
         header += " " * (118 - len(header)) + "\n"
