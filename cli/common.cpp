@@ -659,9 +659,16 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     c.loss_weight = t.outputs[0].loss_weight;
     for (size_t k = 1; k < t.outputs.size(); ++k) {
       const formats::OutputTrainSpec& o = t.outputs[k];
-      c.more_outputs.push_back(
-          {o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k, o.loss_weight});
-      c.more_outputs.back().weighted_metrics = o.weighted_metrics;
+      engine::OutputLoss out;
+      out.name = o.name;
+      out.loss = o.loss;
+      out.from_logits = o.from_logits;
+      out.label_smoothing = o.label_smoothing;
+      out.metrics = o.metrics;
+      out.top_k = t.top_k;
+      out.weight = o.loss_weight;
+      out.weighted_metrics = o.weighted_metrics;
+      c.more_outputs.push_back(std::move(out));
     }
   }
   c.epochs = t.epochs;
@@ -825,6 +832,8 @@ void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m
 void check_labels(const std::string& loss, const std::vector<int64_t>& output_shape, const Shape& ls,
                   const engine::data::Dataset& d, const formats::DataSource& src, const std::string& output) {
   const std::string of = output.empty() ? "" : fmt::format(" (the output '{}')", output);
+  // Where the labels come from: their own files when the source has them, else the samples' files.
+  const std::string from = src.y.empty() ? d.describe() : fmt::format("{}", fmt::join(src.y, ", "));
   const bool sparse = loss == "sparse_categorical_crossentropy";
   if (sparse || formats::label_family(loss) == "binary_crossentropy") {
     int64_t positions = 1;
@@ -834,12 +843,12 @@ void check_labels(const std::string& loss, const std::vector<int64_t>& output_sh
       throw InputError(
           src.pos.str(),
           positions == 1
-              ? fmt::format("{}{} needs one label per sample, {} has labels of shape {}", loss, of,
-                            d.describe(), ls.str())
+              ? fmt::format("{}{} needs one label per sample, {} has labels of shape {}", loss, of, from,
+                            ls.str())
               : fmt::format("{}{} needs {} labels per sample, one per {} of the output [{}], {} has "
                             "labels of shape {}",
                             loss, of, positions, sparse ? "position" : "value", fmt::join(output_shape, ", "),
-                            d.describe(), ls.str()),
+                            from, ls.str()),
           positions == 1 ? "use categorical_crossentropy for one-hot labels"
           : sparse       ? "give one class id per step"
                    : "binary_crossentropy with several outputs is multi-label (one 0/1 label per output); "
@@ -852,7 +861,7 @@ void check_labels(const std::string& loss, const std::vector<int64_t>& output_sh
           src.pos.str(),
           fmt::format("{}{} compares the output [{}] with a label of the same shape, {} has labels "
                       "of shape {}",
-                      loss, of, fmt::join(output_shape, ", "), d.describe(), ls.str()),
+                      loss, of, fmt::join(output_shape, ", "), from, ls.str()),
           loss.find("categorical") != std::string::npos
               ? "give one-hot labels of one value per class, or use sparse_categorical_crossentropy "
                 "for class ids"

@@ -128,8 +128,10 @@ int out_of_memory(const char* what, const char* hint) {
 // What a command wrote to stdout must have reached it: a full disk or a closed device is an error (exit 1),
 // not a silent success.
 int stdout_written() {
+  errno = 0;
   if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return 0;
-  const int err = errno;
+  // The error of the write that failed, when an earlier flush (a JSON line) saw it; errno is later's.
+  const int err = trainer::cli::stdout_error() != 0 ? trainer::cli::stdout_error() : errno;
   fmt::print(stderr,
              "trainer: error: writing to standard output failed: {}\n  hint: check the space left where "
              "the output goes\n",
@@ -161,7 +163,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {  // --help
+      app.exit(e);
+      return stdout_written();
+    }
     print_usage_error(app, e);
     return 2;
   }
@@ -177,12 +182,12 @@ int main(int argc, char** argv) {
     if (help->parsed()) {
       if (help_topic.empty()) {
         fmt::print("{}", app.help());
-        return 0;
+        return stdout_written();
       }
       for (const cli::Command& c : commands)
         if (c.app->get_name() == help_topic) {
           fmt::print("{}", c.app->help(app.get_name()));
-          return 0;
+          return stdout_written();
         }
       std::vector<std::string> names;
       for (const cli::Command& c : commands) names.push_back(c.app->get_name());

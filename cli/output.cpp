@@ -11,6 +11,10 @@
 
 namespace trainer::cli {
 
+namespace {
+int first_stdout_error = 0;
+}  // namespace
+
 Output::Output(LogFormat format, bool quiet) : quiet_(quiet) {
   bool stdout_tty = isatty(STDOUT_FILENO), stderr_tty = isatty(STDERR_FILENO);
   json_ = format == LogFormat::jsonl || (format == LogFormat::automatic && !stdout_tty);
@@ -24,10 +28,18 @@ void Output::json_line(const std::string& object) {
   errno = 0;
   std::fwrite(object.data(), 1, object.size(), stdout);
   std::fputc('\n', stdout);
-  if (std::fflush(stdout) != 0 && errno == EPIPE) {
-    stdout_closed_ = true;
-    std::clearerr(stdout);  // the run ends as interrupted, not as a failed write
+  if (std::fflush(stdout) != 0) {
+    if (errno == EPIPE) {
+      stdout_closed_ = true;
+      std::clearerr(stdout);  // the run ends as interrupted, not as a failed write
+    } else if (first_stdout_error == 0) {
+      first_stdout_error = errno;
+    }
   }
+}
+
+int stdout_error() {
+  return first_stdout_error;
 }
 
 void Output::bar(const std::string& text) {

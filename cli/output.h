@@ -40,6 +40,9 @@ class Output {
   bool json_ = false, quiet_ = false, bar_ = false, bar_shown_ = false, stdout_closed_ = false;
 };
 
+// The errno of the first failed write of a JSON line to stdout (0: none failed).
+int stdout_error();
+
 // JSON helpers: a string literal with escapes, and a number that stays valid JSON (NaN and infinities as
 // null).
 std::string json_string(const std::string& s);

@@ -308,6 +308,25 @@ loss = "sparse_categorical_crossentropy"
         self.assertFalse(os.path.exists(os.path.join(self.dir, "out.onnx")))
 
 
+    @unittest.skipUnless(os.path.exists("/dev/full"), "needs /dev/full")
+    def test_a_full_standard_output_is_named_with_its_error(self):
+        # The write that failed says why (not a later call's errno), help included.
+        for args in (["fit", self.spec(SPEC), "--output-dir", "full", "-q", "--log-format", "jsonl"],
+                     ["fit", "--help"], ["help", "fit"]):
+            with self.subTest(args=args), open("/dev/full", "w") as full:
+                r = subprocess.run([cli_util.TRAINER] + args, cwd=self.dir, stdout=full, stderr=subprocess.PIPE,
+                                   text=True, timeout=60)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn("writing to standard output failed: No space left on device", r.stderr)
+
+    def test_a_label_shape_error_names_the_label_file(self):
+        import numpy as np
+        np.save(os.path.join(self.dir, "x.npy"), np.ones((N, 28, 28), np.float32))
+        np.save(os.path.join(self.dir, "onehot.npy"), np.eye(10, dtype=np.float32)[:N])
+        text = SPEC.replace('x.idx', 'x.npy').replace('y.idx', 'onehot.npy')
+        assert_input_error(self, self.trainer("fit", self.spec(text), "--device", "cpu"),
+                           "onehot.npy has labels of shape [10]", "categorical_crossentropy")
+
     def test_outputs_that_cannot_be_written_are_found_before_any_work(self):
         # An --output-dir that is a file, a checkpoint path taken by a folder, a --trace in a missing folder: errors
         # before training, so an existing run's checkpoints are not replaced by a run that then fails.
