@@ -127,7 +127,8 @@ class CheckpointWriter {
       throw InputError(dir_.string(),
                        fmt::format("cannot write in the output directory: {}", std::strerror(errno)),
                        "give a directory this user can write to");
-    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    // A filesystem that cannot lock (some network mounts: ENOLCK) goes on unlocked.
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
       ::close(lock_fd_);
       lock_fd_ = -1;
       throw InputError(dir_.string(), "another trainer fit is writing its checkpoints in this directory",
