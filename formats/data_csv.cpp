@@ -174,7 +174,9 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
         throw InputError(fmt::format("{}:{}:{}", name, line_no, c.col),
                          c.text.empty() ? fmt::format("column {} is empty", field)
                                         : fmt::format("column {} holds '{}', not a number", field, c.text),
-                         first_line == line_no ? "is this row a header? set header = true" : "");
+                         first_line == line_no ? "is this row a header? set header = true"
+                         : c.text.empty() ? "every row holds a number in every column: fill or drop this row"
+                                          : "CSV data holds numbers only: encode text as numbers first");
       }
       if (k == label) {
         labels.push_back(v);
@@ -186,7 +188,7 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
     features.append(row.data(), row.size() * sizeof(float));
     lines.push_back(line_no);
   }
-  if (ncols < 0) throw InputError(name, "the file is empty");
+  if (ncols < 0) throw InputError(name, "the file is empty", "give a CSV file of one sample per row");
   const auto n = static_cast<int64_t>(labels.size());
 
   Column xs(engine::DType::f32, engine::Shape{ncols - 1});
