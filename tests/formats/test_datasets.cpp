@@ -593,7 +593,9 @@ TEST_SUITE("datasets") {
           "of comma-separated fields");
     dir.write_text("cell.csv", "x1,x2,y\n1,2,0\n3, abc,1\n");
     CHECK(input_error([&] { open_dataset(source({"cell.csv"}), dir.path); }) ==
-          "cell.csv:3:4: column 'x2' holds 'abc', not a number");
+          "cell.csv:3:4: column 'x2' holds 'abc', not a number | hint: CSV data holds numbers only: encode "
+          "text "
+          "as numbers first");
     dir.write_text("headerless.csv", "x1,x2,y\n1,2,0\n");
     DataSource nh = source({"headerless.csv"});
     nh.header = false;
