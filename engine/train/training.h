@@ -57,7 +57,7 @@ struct TrainingGraph {
   ValueId iteration = kNoValue;      // i64 scalar input: the 1-based step number (Adam's bias correction)
   std::vector<OptimizerState> parameters;
   std::vector<ValueId> gradients;    // per parameter, in parameter order (before clipping)
-  ValueId gradient_norm = kNoValue;  // with clipnorm: the global norm before clipping (a graph output)
+  ValueId gradient_norm = kNoValue;  // with global_clipnorm: the norm before clipping (a graph output)
   ValueId loss_scale = kNoValue;     // with loss_scaling: the f32 scalar input the loss is multiplied by
   ValueId grads_finite = kNoValue;   // with loss_scaling: bool scalar output, false when the step was skipped
   // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from
