@@ -382,8 +382,10 @@ OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec) {
   return facts_of(file->model().graph());
 }
 
-int64_t probe_batch(const formats::ModelSpec& spec) {
-  return !spec.model.onnx.empty() && onnx_model_facts(spec).fixed_batch > 0 ? spec.train.batch_size : 1;
+int64_t probe_batch(const formats::ModelSpec& spec, bool* fixed) {
+  const bool fixes = !spec.model.onnx.empty() && onnx_model_facts(spec).fixed_batch > 0;
+  if (fixed) *fixed = fixes;
+  return fixes ? spec.train.batch_size : 1;
 }
 
 namespace {
@@ -659,16 +661,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     c.loss_weight = t.outputs[0].loss_weight;
     for (size_t k = 1; k < t.outputs.size(); ++k) {
       const formats::OutputTrainSpec& o = t.outputs[k];
-      engine::OutputLoss out;
-      out.name = o.name;
-      out.loss = o.loss;
-      out.from_logits = o.from_logits;
-      out.label_smoothing = o.label_smoothing;
-      out.metrics = o.metrics;
-      out.top_k = t.top_k;
-      out.weight = o.loss_weight;
-      out.weighted_metrics = o.weighted_metrics;
-      c.more_outputs.push_back(std::move(out));
+      c.more_outputs.push_back({o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k,
+                                o.loss_weight, 1, o.weighted_metrics});
     }
   }
   c.epochs = t.epochs;

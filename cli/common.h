@@ -121,8 +121,8 @@ struct OnnxModelFacts {
 OnnxModelFacts onnx_model_facts(const formats::ModelSpec& spec);
 // The batch size at which to build a spec's model to learn its inputs' and outputs' shapes: 1, or for an
 // ONNX model whose inputs fix the batch dimension (which its shape constants may hold), the training batch
-// size, at which training builds it anyway.
-int64_t probe_batch(const formats::ModelSpec& spec);
+// size, at which training builds it anyway. `fixed` (when given) says whether the model fixes its batch.
+int64_t probe_batch(const formats::ModelSpec& spec, bool* fixed = nullptr);
 
 // The names of the model's inputs, in the order the data feeds them.
 std::vector<std::string> input_names(const models::BuiltModel& model);

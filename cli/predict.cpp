@@ -70,8 +70,9 @@ PredictModel checkpoint_model(const std::string& path) {
   PredictModel m;
   // An ONNX model whose inputs fix the batch dimension may hold it in shape constants, so that the graph
   // builds at few batch sizes: it runs at the batch size it trained at (which built), the last batch padded.
-  const int64_t probe_at = probe_batch(spec);
-  if (!spec.model.onnx.empty() && onnx_model_facts(spec).fixed_batch > 0) m.fixed_batch = probe_at;
+  bool fixed = false;
+  const int64_t probe_at = probe_batch(spec, &fixed);
+  if (fixed) m.fixed_batch = probe_at;
   models::BuiltModel probe = build(spec, probe_at, false);
   m.kind = "checkpoint";
   m.path = path;

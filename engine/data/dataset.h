@@ -111,14 +111,15 @@ class BatchLoader {
   // the epoch. Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates
   // nothing.
   bool next(Batch* out);
-  // Checks every sample's labels now, as next() would when their batch comes: an InputError naming the first
-  // bad one, before any step rather than an epoch in.
-  void check_labels() const;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Checks every sample's labels as a BatchLoader of `format` converts them when their batch comes: an
+// InputError naming the first bad one, before any step rather than an epoch in.
+void check_labels(const Dataset& ds, const BatchFormat& format);
 
 // The epoch's sample order: a Fisher-Yates permutation driven by Philox keyed by (seed, epoch).
 std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch);

@@ -664,12 +664,13 @@ void BatchLoader::start_epoch(int64_t epoch) {
   im.producer_cv.notify_all();
 }
 
-void BatchLoader::check_labels() const {
-  const Impl& m = *impl_;
-  std::vector<std::byte> src(m.src_label_bytes), dst(m.dst_label_bytes);
-  for (int64_t i = 0; i < m.n; ++i) {
-    m.ds->read_label(i, src.data());
-    m.convert_label(src.data(), dst.data(), i);
+void check_labels(const Dataset& ds, const BatchFormat& format) {
+  const int64_t elems = ds.label_shape().numel();
+  std::vector<std::byte> src(static_cast<size_t>(elems) * dtype_bytes(ds.label_dtype()));
+  std::vector<std::byte> dst(static_cast<size_t>(elems) * dtype_bytes(format.y_dtype));
+  for (int64_t i = 0; i < ds.size(); ++i) {
+    ds.read_label(i, src.data());
+    store_labels(ds.label_dtype(), src.data(), format.y_dtype, dst.data(), elems, format.num_classes, ds, i);
   }
 }
 

@@ -35,8 +35,8 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
-                                            cfg.metrics, cfg.top_k, cfg.loss_weight}};
-  out[0].weighted_metrics = cfg.weighted_metrics;
+                                            cfg.metrics, cfg.top_k, cfg.loss_weight, 1,
+                                            cfg.weighted_metrics}};
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -1516,16 +1516,14 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       }
     }
 
-  data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
   // Bad labels are found before the first step (also the validation and test data's): later, a run would
   // end an epoch in with nothing saved.
-  train_loader.check_labels();
+  for (const auto& d : {train, validation, test})
+    if (d) data::check_labels(*d, format);
+  data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
   std::unique_ptr<data::BatchLoader> val_loader;
-  if (validation) {
+  if (validation)
     val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
-    val_loader->check_labels();
-  }
-  if (test) data::BatchLoader(test, cfg.batch_size, format, false, cfg.seed).check_labels();
 
   const LearningRateSchedule schedule = run_schedule(cfg, train_loader.batches_per_epoch());
 

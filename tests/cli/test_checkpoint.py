@@ -278,98 +278,93 @@ class EarlyStopping(unittest.TestCase):
 
 
 class OutputDirectory(unittest.TestCase):
+    """What a run leaves in its --output-dir: a Dense layer on 8 samples of 3 features (x.npy, y.npy)."""
+
+    def setUp(self):
+        import numpy as np
+        self.tmp = tempfile.TemporaryDirectory()
+        self.d = self.tmp.name
+        np.save(os.path.join(self.d, "x.npy"), np.ones((8, 3), np.float32))
+        np.save(os.path.join(self.d, "y.npy"), np.zeros((8,), np.float32))
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def spec(self, extra="", data=""):
+        """Leftovers.SPEC with `data` before [train] and `extra` after it."""
+        path = os.path.join(self.d, "spec.toml")
+        with open(path, "w") as f:
+            f.write(Leftovers.SPEC.replace("[train]", data + "[train]") + extra)
+        return path
+
     def test_a_directory_another_run_writes_in_is_refused(self):
         # Two runs in one directory would replace each other's last.ckpt: the second is refused at once.
         import fcntl
-        import numpy as np
-        with tempfile.TemporaryDirectory() as d:
-            np.save(os.path.join(d, "x.npy"), np.zeros((8, 3), np.float32))
-            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
-            spec = os.path.join(d, "spec.toml")
-            with open(spec, "w") as f:
-                f.write(Leftovers.SPEC)
-            out = os.path.join(d, "run")
-            os.mkdir(out)
-            held = os.open(out, os.O_RDONLY)
-            try:
-                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running trainer fit holds it
-                r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
-                cli_util.assert_input_error(self, r, out, "another trainer fit is writing its checkpoints",
-                                            "--output-dir")
-                self.assertEqual(os.listdir(out), [])
-            finally:
-                os.close(held)
+        spec = self.spec()
+        out = os.path.join(self.d, "run")
+        os.mkdir(out)
+        held = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running trainer fit holds it
             r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(sorted(os.listdir(out)), ["epoch-1.ckpt", "history.jsonl", "last.ckpt"])
+            cli_util.assert_input_error(self, r, out, "another trainer fit is writing its checkpoints",
+                                        "--output-dir")
+            self.assertEqual(os.listdir(out), [])
+        finally:
+            os.close(held)
+        r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(out)), ["epoch-1.ckpt", "history.jsonl", "last.ckpt"])
 
     def test_a_run_whose_validation_loss_is_not_finite_leaves_a_readable_checkpoint(self):
         # Validation features that overflow the model (finite, huge) give a NaN or infinite val_loss; the
         # checkpoint's history holds it (JSON has no number for it) and reads back.
         import numpy as np
-        with tempfile.TemporaryDirectory() as d:
-            np.save(os.path.join(d, "x.npy"), np.ones((8, 3), np.float32))
-            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
-            np.save(os.path.join(d, "xv.npy"), np.full((8, 3), 3e38, np.float32))
-            spec = os.path.join(d, "spec.toml")
-            with open(spec, "w") as f:
-                f.write(Leftovers.SPEC.replace("[train]", '[data.validation]\nx = "xv.npy"\ny = "y.npy"\n[train]')
-                        + "epochs = 2\n[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.01\n")
-            out = os.path.join(d, "run")
-            r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "--log-format", "jsonl", "-q"],
-                    timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIsNone(events(r.stdout)[-1]["val_loss"])  # null on stdout
-            r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "3", "--device", "cpu", "--output-dir",
-                     os.path.join(d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"], timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
+        np.save(os.path.join(self.d, "xv.npy"), np.full((8, 3), 3e38, np.float32))
+        spec = self.spec("epochs = 2\n[train.optimizer]\nname = \"sgd\"\nlearning_rate = 0.01\n",
+                         data='[data.validation]\nx = "xv.npy"\ny = "y.npy"\n')
+        out = os.path.join(self.d, "run")
+        r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "--log-format", "jsonl", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIsNone(events(r.stdout)[-1]["val_loss"])  # null on stdout
+        r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "3", "--device", "cpu",
+                 "--output-dir", os.path.join(self.d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_a_closed_stdout_stops_the_run_with_a_checkpoint(self):
         # `trainer fit ... | head -1`: the reader goes after one line; the run stops as a signal stops it,
         # with a checkpoint that resumes, and exit status 141 (128 + SIGPIPE).
-        import numpy as np
-        with tempfile.TemporaryDirectory() as d:
-            np.save(os.path.join(d, "x.npy"), np.ones((8, 3), np.float32))
-            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
-            spec = os.path.join(d, "spec.toml")
-            with open(spec, "w") as f:
-                f.write(Leftovers.SPEC + "epochs = 200\nbatch_size = 2\n")
-            out = os.path.join(d, "run")
-            p = subprocess.Popen([cli_util.TRAINER, "fit", spec, "--device", "cpu", "--output-dir", out,
-                                  "--log-format", "jsonl", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            first = p.stdout.readline()
-            p.stdout.close()
-            _, err = p.communicate(timeout=120)
-            self.assertEqual(json.loads(first)["epoch"], 1)
-            self.assertEqual(p.returncode, 141, err.decode())
-            self.assertEqual(err.decode(), "")  # -q: nothing to say about it
-            with open(os.path.join(out, "history.jsonl")) as f:
-                end = json.loads(f.read().splitlines()[-1])
-            self.assertEqual(end["event"], "fit_end")
-            self.assertLess(end["epochs_run"], 200)
-            r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--device", "cpu", "--output-dir",
-                     os.path.join(d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(events(r.stdout)[-1]["epochs_run"], 200)
+        spec = self.spec("epochs = 200\nbatch_size = 2\n")
+        out = os.path.join(self.d, "run")
+        p = subprocess.Popen([cli_util.TRAINER, "fit", spec, "--device", "cpu", "--output-dir", out,
+                              "--log-format", "jsonl", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = p.stdout.readline()
+        p.stdout.close()
+        _, err = p.communicate(timeout=120)
+        self.assertEqual(json.loads(first)["epoch"], 1)
+        self.assertEqual(p.returncode, 141, err.decode())
+        self.assertEqual(err.decode(), "")  # -q: nothing to say about it
+        with open(os.path.join(out, "history.jsonl")) as f:
+            end = json.loads(f.read().splitlines()[-1])
+        self.assertEqual(end["event"], "fit_end")
+        self.assertLess(end["epochs_run"], 200)
+        r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--device", "cpu", "--output-dir",
+                 os.path.join(self.d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(events(r.stdout)[-1]["epochs_run"], 200)
 
     def test_keep_last_counts_the_checkpoints_a_resumed_run_finds_in_its_directory(self):
-        import numpy as np
-        with tempfile.TemporaryDirectory() as d:
-            np.save(os.path.join(d, "x.npy"), np.zeros((8, 3), np.float32))
-            np.save(os.path.join(d, "y.npy"), np.zeros((8,), np.float32))
-            spec = os.path.join(d, "spec.toml")
-            with open(spec, "w") as f:
-                f.write(Leftovers.SPEC + "epochs = 3\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 2\n")
-            out = os.path.join(d, "run")
-            r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(sorted(os.listdir(out)), ["epoch-2.ckpt", "epoch-3.ckpt", "history.jsonl", "last.ckpt"])
-            r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "5", "--device", "cpu",
-                     "--output-dir", out, "-q"], timeout=120)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertEqual(sorted(os.listdir(out)), ["epoch-4.ckpt", "epoch-5.ckpt", "history.jsonl", "last.ckpt"])
+        spec = self.spec("epochs = 3\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 2\n")
+        out = os.path.join(self.d, "run")
+        r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(out)), ["epoch-2.ckpt", "epoch-3.ckpt", "history.jsonl", "last.ckpt"])
+        r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "5", "--device", "cpu",
+                 "--output-dir", out, "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(out)), ["epoch-4.ckpt", "epoch-5.ckpt", "history.jsonl", "last.ckpt"])
 
 
 @cli_util.skip_without_fashion
