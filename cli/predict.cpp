@@ -202,6 +202,7 @@ std::vector<int64_t> squeezed(const std::vector<int64_t>& s) {
 void check_sample_shape(const formats::SampleReader& in, const PredictModel& m, size_t input) {
   const std::vector<int64_t>& got = in.sample_shape();
   const std::vector<int64_t>& want = m.inputs[input].sample_shape;
+  if (in.count() == 0 && got.empty()) return;  // an empty input: no samples to check
   const std::string named = m.inputs.size() > 1 ? fmt::format(" input '{}'", m.inputs[input].name) : "";
   const int64_t got_n = Shape(got).numel(), want_n = Shape(want).numel();
   if (got == want) return;
@@ -313,8 +314,8 @@ class Runner {
     for (const PredictModel::Input& in : model.inputs) {
       in_sample_bytes_.push_back(static_cast<size_t>(Shape(in.sample_shape).numel()) *
                                  engine::dtype_bytes(in.format.x_dtype));
-      if (model.fixed_batch) padded_.emplace_back(static_cast<size_t>(batch_) * in_sample_bytes_.back());
     }
+    padded_.resize(model.inputs.size());
     out_.resize(static_cast<size_t>(batch_ * columns_));
     one_.resize(out_.size());
     raw_.resize(out_.size() * sizeof(double));
@@ -334,15 +335,18 @@ class Runner {
   size_t arena_bytes() const { return plans_.arena_bytes(); }
 
   // Runs n <= batch() samples of model input (xs[k]: input k's); returns their n rows (valid until the next
-  // call), each the written outputs' values as floats.
-  const float* run(const std::vector<const void*>& xs, int64_t n) {
-    const int64_t b = model_.fixed_batch ? batch_ : n;
+  // call), each the written outputs' values as floats. `more`: the input goes on after these (a slow pipe
+  // gave fewer than a batch): they run padded in the full batch's plan rather than in a plan of their own.
+  const float* run(const std::vector<const void*>& xs, int64_t n, bool more = false) {
+    const bool pad = n < batch_ && (model_.fixed_batch || (more && !plan_.contains(n)));
+    const int64_t b = pad ? batch_ : n;
     engine::Session& s = session(b);
     const InferenceGraph& g = graph(b);
     for (size_t k = 0; k < xs.size(); ++k) {
       const size_t row = in_sample_bytes_[k];
       const void* feed = xs[k];
-      if (model_.fixed_batch) {
+      if (pad) {
+        padded_[k].resize(static_cast<size_t>(batch_) * row);
         std::memcpy(padded_[k].data(), xs[k], static_cast<size_t>(n) * row);
         std::memset(padded_[k].data() + static_cast<size_t>(n) * row, 0,
                     static_cast<size_t>(batch_ - n) * row);
@@ -399,7 +403,7 @@ class Runner {
   int64_t batch_ = 0, columns_ = 0;
   std::vector<Output> outputs_;
   std::vector<size_t> in_sample_bytes_;       // per input
-  std::vector<std::vector<uint8_t>> padded_;  // per input, for a fixed batch
+  std::vector<std::vector<uint8_t>> padded_;  // per input, a short batch padded to the full one
   std::vector<float> out_, one_;              // the rows; one output's values
   std::vector<std::byte> raw_;                // an output's values in its own dtype
 };
@@ -561,10 +565,12 @@ Command add_predict_command(CLI::App& app) {
     int64_t done = 0;
     bool open = true;
     // Reads the next samples of every input: the same number from each, or the inputs disagree in length.
+    // The first input's samples are taken as they arrive (a batch of fewer when a pipe is slow); the others
+    // give as many.
     auto read = [&]() -> int64_t {
       int64_t n = -1;
       for (size_t k = 0; k < readers.size(); ++k) {
-        const int64_t got = readers[k]->read(b, raw[k].data());
+        const int64_t got = readers[k]->read(k == 0 ? b : std::max<int64_t>(n, 1), raw[k].data(), k == 0);
         if (n >= 0 && got != n)
           throw InputError(
               got < n ? readers[k]->name() : readers[0]->name(),
@@ -578,7 +584,7 @@ Command add_predict_command(CLI::App& app) {
       return n;
     };
     for (int64_t n; open && (n = read()) > 0; done += n) {
-      const float* rows = runner.run(xs, n);
+      const float* rows = runner.run(xs, n, in.waiting());
       if (*probabilities) {
         open = out.write(rows, n);
         continue;

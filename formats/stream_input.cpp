@@ -1,8 +1,9 @@
-// The streaming sample reader (NPY, IDX, CSV through zlib, which passes plain bytes through and inflates gzip
-// on the fly) and the per-sample conversion to a model's input.
+// The streaming sample reader (NPY, IDX, CSV; gzip inflated on the fly) and the per-sample conversion to a
+// model's input.
 #include "formats/stream_input.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -44,6 +45,8 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "NPY data is read in place as little-endian");
 
 constexpr size_t kBufferBytes = size_t{1} << 16;
+// How long a pipe may stay silent before the samples already read are handed out (read(..., partial)).
+constexpr int kQuietMs = 50;
 
 // IDX element types: the code in byte 2 of the magic number.
 struct IdxType {
@@ -77,12 +80,15 @@ bool parse_number(std::string_view s, double* out) {
 
 struct SampleReader::Impl {
   std::string name;
-  gzFile gz = nullptr;
+  int fd = -1;
   // Or an array of an .npz archive: its NPY bytes in memory, [mem_pos, mem_end) still unread.
   std::shared_ptr<const Bytes> mem;
   uint64_t mem_pos = 0, mem_end = 0;
   StreamFormat format = StreamFormat::csv;
-  bool compressed = false;
+  bool compressed = false;  // gzip: `raw` holds its compressed bytes, zs.next_in the unread ones
+  z_stream zs{};
+  bool zs_open = false, member_done = false, raw_eof = false;
+  std::vector<uint8_t> raw;
   std::vector<int64_t> shape;
   DType dtype = DType::f64;
   size_t sample_bytes = 0;
@@ -94,6 +100,7 @@ struct SampleReader::Impl {
   size_t pos = 0, end = 0;
   bool eof = false;
   uint64_t offset = 0;
+  bool waiting = false;  // the last read stopped because no further sample had arrived
 
   // IDX: the stored element type, and scratch for the big-endian bytes of a batch.
   const IdxType* idx = nullptr;
@@ -108,19 +115,75 @@ struct SampleReader::Impl {
   bool have_first_row = false;
 
   ~Impl() {
-    if (gz) gzclose(gz);
+    if (zs_open) inflateEnd(&zs);
+    if (fd >= 0) ::close(fd);
   }
 
   std::string at() const { return at_byte(name, offset); }
 
-  // Refills buf after moving the unconsumed bytes to its front; false at the end of the input.
-  bool fill() {
+  // Whether the descriptor has bytes (or its end, or an error) to read now, waiting up to `ms` for them.
+  bool readable(int ms) const {
+    pollfd p{fd, POLLIN, 0};
+    int r;
+    while ((r = ::poll(&p, 1, ms)) < 0 && errno == EINTR) {
+    }
+    return r != 0;
+  }
+
+  // One read(2) of up to n bytes; 0 at the end of the input.
+  size_t read_some(uint8_t* dst, size_t n) {
+    for (;;) {
+      const ssize_t got = ::read(fd, dst, n);
+      if (got >= 0) return static_cast<size_t>(got);
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {  // a non-blocking descriptor: wait for it
+        readable(-1);
+        continue;
+      }
+      throw InputError(name, fmt::format("cannot read: {}", std::strerror(errno)), "");
+    }
+  }
+
+  // Reads the first bytes and tells gzip (magic 1f 8b) from plain data, which goes straight to buf.
+  void open_fd() {
+    raw.resize(kBufferBytes);
+    size_t have = 0;
+    while (have < 2) {
+      const size_t got = read_some(raw.data() + have, raw.size() - have);
+      if (got == 0) break;
+      have += got;
+    }
+    if (have >= 2 && raw[0] == 0x1f && raw[1] == 0x8b) {
+      compressed = true;
+      if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw std::bad_alloc();
+      zs_open = true;
+      zs.next_in = raw.data();
+      zs.avail_in = static_cast<uInt>(have);
+      return;
+    }
+    raw_eof = have == 0;
+    std::memcpy(buf.data(), raw.data(), have);
+    end = have;
+    eof = have == 0;
+    raw.clear();
+    raw.shrink_to_fit();
+  }
+
+  [[noreturn]] void gz_fail(const char* msg) {
+    throw InputError(at(), fmt::format("the gzip data is damaged: {}", msg ? msg : "unknown error"),
+                     "the file is truncated or corrupt: compress it again");
+  }
+
+  // Refills buf after moving the unconsumed bytes to its front; false when nothing was added: at the end of
+  // the input, or, when `wait` is false, when no byte arrives within kQuietMs.
+  bool fill(bool wait = true) {
     if (eof) return false;
     if (pos > 0) {
       std::memmove(buf.data(), buf.data() + pos, end - pos);
       end -= pos;
       pos = 0;
     }
+    if (end == buf.size()) return false;
     if (mem) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size() - end, mem_end - mem_pos));
       std::memcpy(buf.data() + end, mem->data() + mem_pos, n);
@@ -129,30 +192,76 @@ struct SampleReader::Impl {
       eof = n == 0;
       return n > 0;
     }
-    int n = gzread(gz, buf.data() + end, static_cast<unsigned>(buf.size() - end));
-    if (n < 0) gz_fail();
-    if (n == 0) {
-      // A truncated gzip stream reads as an early end; zlib reports it here.
-      int err = Z_OK;
-      gzerror(gz, &err);
-      if (err != Z_OK && err != Z_STREAM_END) gz_fail();
-      eof = true;
-      return false;
+    if (!compressed) {
+      if (!wait && !readable(kQuietMs)) return false;
+      const size_t n = read_some(buf.data() + end, buf.size() - end);
+      end += n;
+      eof = n == 0;
+      return n > 0;
     }
-    end += static_cast<size_t>(n);
-    return true;
+    for (;;) {
+      if (zs.avail_in == 0) {
+        if (raw_eof) {
+          if (!member_done) gz_fail("the gzip stream ends early");
+          eof = true;
+          return false;
+        }
+        if (!wait && !readable(kQuietMs)) return false;
+        const size_t n = read_some(raw.data(), raw.size());
+        raw_eof = n == 0;
+        zs.next_in = raw.data();
+        zs.avail_in = static_cast<uInt>(n);
+        continue;
+      }
+      if (member_done) {
+        // Another gzip member follows (concatenated files), or bytes that are not gzip, ignored as gzip -d
+        // and zlib do.
+        if (zs.avail_in == 1 && !raw_eof) {
+          raw[0] = *zs.next_in;
+          const size_t n = read_some(raw.data() + 1, raw.size() - 1);
+          raw_eof = n == 0;
+          zs.next_in = raw.data();
+          zs.avail_in = static_cast<uInt>(n + 1);
+        }
+        if (zs.avail_in < 2 || zs.next_in[0] != 0x1f || zs.next_in[1] != 0x8b) {
+          zs.avail_in = 0;
+          raw_eof = true;
+          eof = true;
+          return false;
+        }
+        inflateReset(&zs);
+        member_done = false;
+      }
+      zs.next_out = buf.data() + end;
+      zs.avail_out = static_cast<uInt>(buf.size() - end);
+      const int r = inflate(&zs, Z_NO_FLUSH);
+      const size_t made = buf.size() - end - zs.avail_out;
+      end += made;
+      if (r == Z_STREAM_END)
+        member_done = true;
+      else if (r != Z_OK && r != Z_BUF_ERROR)
+        gz_fail(zs.msg);
+      if (made > 0) return true;
+    }
   }
 
-  [[noreturn]] void gz_fail() {
-    int err = Z_OK;
-    const char* msg = gzerror(gz, &err);
-    if (err == Z_ERRNO) throw InputError(name, fmt::format("cannot read: {}", std::strerror(errno)));
-    // zlib prefixes its message with the descriptor ("<fd:3>: "), which names nothing to the user.
-    std::string_view text = msg ? msg : "unknown error";
-    if (text.starts_with("<fd:") && text.find(": ") != std::string_view::npos)
-      text.remove_prefix(text.find(": ") + 2);
-    throw InputError(at(), fmt::format("the gzip data is damaged: {}", text),
-                     "the file is truncated or corrupt: compress it again");
+  // Bytes one stored sample takes (CSV: unknown, a line).
+  size_t stored_sample_bytes() const {
+    if (!idx) return sample_bytes;
+    return sample_bytes / engine::dtype_bytes(dtype) * idx->bytes;
+  }
+
+  // Whether the next sample can be read without waiting on the input (or the input has ended): false when a
+  // pipe stays silent for kQuietMs before the sample is complete in buf.
+  bool sample_ready() {
+    if (mem) return true;
+    for (;;) {
+      if (format == StreamFormat::csv ? std::memchr(buf.data() + pos, '\n', end - pos) != nullptr
+                                      : end - pos >= stored_sample_bytes())
+        return true;
+      if (eof || (pos == 0 && end == buf.size())) return true;  // or a sample larger than buf: read it
+      if (!fill(false)) return eof;
+    }
   }
 
   // Makes n bytes available in buf[pos, pos + n) when the input has them; returns how many are.
@@ -290,7 +399,10 @@ struct SampleReader::Impl {
 
   void open_csv() {
     dtype = DType::f64;
-    if (!next_line()) throw InputError(name, "the input is empty", "give samples as NPY, IDX or CSV");
+    if (!next_line()) {  // blank lines only: no samples
+      count = 0;
+      return;
+    }
     split();
     shape = {static_cast<int64_t>(cells.size())};
     first_row.resize(cells.size());
@@ -302,7 +414,8 @@ struct SampleReader::Impl {
     }
   }
 
-  int64_t read_csv(int64_t max, double* out) {
+  int64_t read_csv(int64_t max, double* out, bool partial) {
+    if (shape.empty()) return 0;  // an empty input
     const int64_t cols = shape[0];
     int64_t n = 0;
     if (have_first_row && max > 0) {
@@ -310,35 +423,55 @@ struct SampleReader::Impl {
       have_first_row = false;
       ++n;
     }
-    while (n < max && next_line()) {
+    while (n < max) {
+      if (partial && n > 0 && !sample_ready()) {
+        waiting = true;
+        break;
+      }
+      if (!next_line()) break;
       parse_row(out + n * cols, false);
       ++n;
     }
     return n;
   }
 
-  int64_t read_fixed(int64_t max, void* out) {
+  int64_t read_fixed(int64_t max, void* out, bool partial) {
     const int64_t left = count - read_samples;
     const int64_t n = std::min(max, left);
     if (n <= 0) return 0;
     const size_t elems = sample_bytes / engine::dtype_bytes(dtype);
-    const size_t stored_sample = idx ? elems * idx->bytes : sample_bytes;
-    const size_t want = static_cast<size_t>(n) * stored_sample;
+    const size_t stored_sample = stored_sample_bytes();
     void* dst = out;
     if (idx && (idx->bytes > 1 || idx->out != DType::u8)) {
-      scratch.resize(std::max(scratch.size(), want));
+      scratch.resize(std::max(scratch.size(), static_cast<size_t>(n) * stored_sample));
       dst = scratch.data();
     }
-    const uint64_t start = offset;
-    size_t got = take(dst, want);
-    if (got != want) {
-      int64_t whole = read_samples + static_cast<int64_t>(got / stored_sample);
-      throw InputError(at_byte(name, start + got),
-                       fmt::format("the input ends after {} of its {} samples", whole, count),
-                       "the file is truncated: write it again");
+    // Whole samples: all n, or with `partial`, those the input holds now (at least one).
+    int64_t got = 0;
+    while (got < n) {
+      int64_t k = n - got;
+      if (partial && got > 0) {
+        if (!sample_ready()) {
+          waiting = true;
+          break;
+        }
+        k = std::clamp<int64_t>(static_cast<int64_t>((end - pos) / std::max<size_t>(stored_sample, 1)), 1, k);
+      } else if (partial) {
+        k = 1;
+      }
+      const size_t want = static_cast<size_t>(k) * stored_sample;
+      const uint64_t start = offset;
+      const size_t have = take(static_cast<uint8_t*>(dst) + static_cast<size_t>(got) * stored_sample, want);
+      if (have != want) {
+        const int64_t whole = read_samples + got + static_cast<int64_t>(have / stored_sample);
+        throw InputError(at_byte(name, start + have),
+                         fmt::format("the input ends after {} of its {} samples", whole, count),
+                         "the file is truncated: write it again");
+      }
+      got += k;
     }
-    if (dst != out) widen_idx(static_cast<size_t>(n) * elems, out);
-    return n;
+    if (dst != out) widen_idx(static_cast<size_t>(got) * elems, out);
+    return got;
   }
 
   // Big-endian IDX elements to host order, i8/i16 widened to i32.
@@ -375,7 +508,7 @@ SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Imp
   Impl& m = *impl_;
   const bool is_stdin = path == "-";
   m.name = is_stdin ? "stdin" : path;
-  int fd = is_stdin ? dup(STDIN_FILENO) : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = is_stdin ? dup(STDIN_FILENO) : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     throw InputError(m.name, fmt::format("cannot open: {}", std::strerror(errno)),
                      is_stdin ? "" : "check the path");
@@ -384,13 +517,8 @@ SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Imp
     ::close(fd);
     throw InputError(m.name, "is a directory", "give a NPY, IDX or CSV file, or - for standard input");
   }
-  m.gz = gzdopen(fd, "rb");
-  if (!m.gz) {
-    ::close(fd);
-    throw std::bad_alloc();
-  }
-  gzbuffer(m.gz, 1 << 17);
-  m.compressed = m.ensure(8) > 0 && gzdirect(m.gz) == 0;
+  m.fd = fd;
+  m.open_fd();
   open();
 }
 
@@ -418,7 +546,10 @@ SampleReader::SampleReader(const std::string& npz_path, const std::string& key)
 void SampleReader::open() {
   Impl& m = *impl_;
   const size_t have = m.ensure(8);
-  if (have == 0) throw InputError(m.name, "the input is empty", "give samples as NPY, IDX or CSV");
+  if (have == 0) {  // no samples: CSV of no rows
+    m.count = 0;
+    return;
+  }
   const uint8_t* p = m.buf.data();
   if (have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) {
     m.format = StreamFormat::npy;
@@ -470,12 +601,17 @@ int64_t SampleReader::samples_read() const {
   return impl_->read_samples;
 }
 
-int64_t SampleReader::read(int64_t max_samples, void* out) {
+int64_t SampleReader::read(int64_t max_samples, void* out, bool partial) {
   Impl& m = *impl_;
-  int64_t n = m.format == StreamFormat::csv ? m.read_csv(max_samples, static_cast<double*>(out))
-                                            : m.read_fixed(max_samples, out);
+  m.waiting = false;
+  int64_t n = m.format == StreamFormat::csv ? m.read_csv(max_samples, static_cast<double*>(out), partial)
+                                            : m.read_fixed(max_samples, out, partial);
   m.read_samples += n;
   return n;
+}
+
+bool SampleReader::waiting() const {
+  return impl_->waiting;
 }
 
 // ---- conversion to the model's input ----

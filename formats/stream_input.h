@@ -26,8 +26,10 @@ const char* stream_format_name(StreamFormat f);
 // column.
 //   A first line that is not all numbers is a header and is skipped; blank lines are skipped; "\r\n" line
 //   ends are accepted. Values are read as f64. The sample count is unknown until the end.
-// gzip data (magic 1f 8b) is decompressed on the fly. Errors (unreadable file, bad header, truncated data, a
-// ragged row or a cell that is not a number) are InputErrors naming the input and the byte offset or line.
+// - An empty input (or blank lines only) holds no samples: CSV, count() 0, sample_shape() empty.
+// gzip data (magic 1f 8b, one member or several concatenated) is decompressed on the fly. Errors (unreadable
+// file, bad header, truncated data, a ragged row or a cell that is not a number) are InputErrors naming the
+// input and the byte offset or line.
 class SampleReader {
  public:
   // `path` "-" is standard input.
@@ -45,11 +47,15 @@ class SampleReader {
   const std::vector<int64_t>& sample_shape() const;  // CSV: [columns]
   engine::DType dtype() const;                       // of the values read() returns: u8, i32, i64, f32 or f64
   size_t sample_bytes() const;
-  int64_t count() const;  // samples in all (NPY, IDX), or -1 when unknown (CSV)
+  int64_t count() const;  // samples in all (NPY, IDX, an empty input), or -1 when unknown (CSV)
 
   // Reads the next samples, up to `max_samples`, into `out` (max_samples * sample_bytes(), host byte order).
-  // Returns how many were read: fewer only at the end of the input, 0 after it.
-  int64_t read(int64_t max_samples, void* out);
+  // Returns how many were read: fewer only at the end of the input, 0 after it. With `partial`, it returns
+  // early, with at least one sample, when a pipe or terminal stays silent for 50 ms before the next sample is
+  // complete (waiting() then says so), so that a slow writer's samples are used as they arrive.
+  int64_t read(int64_t max_samples, void* out, bool partial = false);
+  // Whether the last read stopped early because the input had no further sample ready (it has not ended).
+  bool waiting() const;
   int64_t samples_read() const;
 
  private:

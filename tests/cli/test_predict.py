@@ -7,11 +7,14 @@ import gzip
 import io
 import json
 import os
+import select
 import struct
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
+import zlib
 
 import cli_util
 from cli_util import run
@@ -242,6 +245,77 @@ class Predict(unittest.TestCase):
         self.assertEqual(p.wait(timeout=120), 0, err)
         self.assertNotIn("error", err)
         self.assertEqual(len(out.decode().splitlines()), 2)
+
+    def stream(self, pieces, compress=False):
+        """Writes `pieces` to predict's stdin one at a time, waiting after each (the pipe still open) for the rows
+        of every sample sent so far; returns those counts, the whole output and predict's exit."""
+        p = subprocess.Popen([cli_util.TRAINER, "predict", self.ckpt, "-", "--probabilities", "-q"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        z = zlib.compressobj(wbits=31) if compress else None  # gzip, flushed after every piece
+        out, seen = b"", []
+        try:
+            for data, samples in pieces:
+                p.stdin.write(z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH) if z else data)
+                p.stdin.flush()
+                deadline = time.monotonic() + 20
+                while out.count(b"\n") < samples and time.monotonic() < deadline:
+                    if select.select([p.stdout], [], [], 0.2)[0]:
+                        out += os.read(p.stdout.fileno(), 1 << 16)
+                seen.append(out.count(b"\n"))
+            if z:
+                p.stdin.write(z.flush())
+        finally:
+            p.stdin.close()
+            rest, err = p.stdout.read(), p.stderr.read()
+            p.stdout.close()
+            p.stderr.close()
+        return seen, out + rest, p.wait(timeout=60), err.decode()
+
+    def test_a_slow_pipe_gets_its_rows_as_the_samples_arrive(self):
+        # A writer that sends 3 samples, then 7, then the rest, and waits in between with the pipe open: each
+        # sample's row comes out before the next piece is sent (a batch of 256 is never filled), as CSV, as gzip
+        # flushed after each piece, and as NPY; the rows equal those of the whole input read from a file.
+        x = self.x[:40].reshape(40, -1)
+        want = rows(self.ok(predict([self.ckpt, self.files["npy"], "--probabilities"])))[:40]
+        csv = [",".join(map(str, r)).encode() + b"\n" for r in x]
+        npy = npy_bytes(self.x[:40])
+        head = len(npy) - x.nbytes
+        cases = {
+            "csv": [(b"".join(csv[:3]), 3), (b"".join(csv[3:10]), 10), (b"".join(csv[10:]), 40)],
+            "npy": [(npy[:head + 3 * 784], 3), (npy[head + 3 * 784:head + 10 * 784], 10),
+                    (npy[head + 10 * 784:], 40)],
+        }
+        for kind, compress in (("csv", False), ("csv", True), ("npy", False)):
+            with self.subTest(input=kind, gzip=compress):
+                seen, out, code, err = self.stream(cases[kind], compress)
+                self.assertEqual(code, 0, err)
+                self.assertEqual(seen[:2], [3, 10])
+                np.testing.assert_allclose(rows(out), want, rtol=0, atol=1e-6)
+
+    def test_an_empty_input_gives_no_rows(self):
+        # Nothing on stdin (or blank lines only) is no samples, as a CSV of a header alone: no rows, exit 0.
+        for data in (b"", b"\n \n"):
+            with self.subTest(stdin=data):
+                r = predict([self.ckpt, "-"], stdin=data)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout, b"")
+                self.assertIn(b"0 samples", r.stderr)
+        for args, shape in (([], (0,)), (["--probabilities"], (0, 10))):
+            r = predict([self.ckpt, "-", "--output-format", "npy"] + args, stdin=b"")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(np.load(io.BytesIO(r.stdout)).shape, shape)
+
+    def test_concatenated_gzip_members_are_one_input(self):
+        # cat a.csv.gz b.csv.gz | trainer predict: the samples of both members, in order.
+        lines = [",".join(map(str, r)) for r in self.x[:30].reshape(30, -1)]
+        data = gzip.compress(("\n".join(lines[:12]) + "\n").encode()) + gzip.compress(
+            ("\n".join(lines[12:]) + "\n").encode())
+        got = rows(self.ok(predict([self.ckpt, "-", "--probabilities"], stdin=data)))
+        want = rows(self.ok(predict([self.ckpt, self.files["npy"], "--probabilities"])))[:30]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        r = predict([self.ckpt, "-"], stdin=data[:-9])  # the second member cut short
+        r.stderr = r.stderr.decode()
+        cli_util.assert_input_error(self, r, "stdin", "gzip")
 
     def test_memory_stays_constant_however_long_the_input(self):
         # 200,000 samples (157 MB) streamed from this process: predict's peak memory (VmHWM of its own address
