@@ -236,6 +236,20 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
   LossKind k = loss_kind(h.loss);
   auto mean_of = [&](ValueId v) { return g.op("ReduceMean", {v}, {{"keepdims", int64_t{0}}}); };
   auto scalar = [&](double v, DType dtype) { return scalar_constant(g, v, dtype); };
+  // The logits of a probability output that the model's own final Softmax (over the last axis) or Sigmoid
+  // makes, or kNoValue: the cross-entropies then take them, as Keras (TensorFlow) does, exact where the
+  // probabilities would round to 0 or 1; training and evaluation compute the same function.
+  auto logits_of = [&](const char* activation) -> ValueId {
+    if (h.from_logits) return kNoValue;
+    const Value& out = g.value(output);
+    if (out.producer < 0) return kNoValue;
+    const Node& n = g.node(out.producer);
+    if (n.op != activation) return kNoValue;
+    if (n.op == std::string("Softmax") && normalize_axis(n.attrs.i("axis"), os.rank()) != os.rank() - 1)
+      return kNoValue;
+    return n.inputs[0];
+  };
+  constexpr double kEpsilon = 1e-7;  // Keras's clip of probabilities
   // Keras's label smoothing: y (1 - s) + s / classes (binary: 2), in training and evaluation alike.
   auto smoothed = [&](ValueId y, int64_t classes) {
     if (h.label_smoothing == 0) return y;
@@ -348,21 +362,16 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     // One class id per position: [batch] or [batch, steps...].
     r.y = g.add_input(g.unique_name("labels"), DType::i64,
                       Shape(std::vector<int64_t>(os.dims().begin(), os.dims().end() - 1)));
-    // Probabilities: written as Keras defines it; the fusion pass turns Softmax -> Log -> NLL into one stable
-    // op. Per-position outputs are seen as [batch positions, classes] rows, a Softmax over their classes
-    // folded into the loss (its input is the logits). With class weights: ONNX's weighted sum, over the
-    // batch's positions (Keras's mean of weighted losses, where ONNX's weighted mean would divide by the
-    // weights).
-    ValueId scores = output;
-    bool logits = h.from_logits;
-    if (os.rank() > 2 && !logits) {
-      const Value& out = g.value(output);
-      if (out.producer >= 0 && g.node(out.producer).op == "Softmax" &&
-          normalize_axis(g.node(out.producer).attrs.i("axis"), os.rank()) == os.rank() - 1) {
-        scores = g.node(out.producer).inputs[0];
-        logits = true;
-      }
-    }
+    // A final Softmax's logits go to the stable log-softmax cross-entropy. Other probabilities are clipped to
+    // [1e-7, 1 - 1e-7] and renormalized, as Keras does: the log-softmax of their logs is log(p / sum p).
+    // Per-position outputs are seen as [batch positions, classes] rows. With class weights: ONNX's weighted
+    // sum, over the batch's positions (Keras's mean of weighted losses, where ONNX's weighted mean would
+    // divide by the weights).
+    ValueId scores = logits_of("Softmax");
+    if (scores == kNoValue)
+      scores = h.from_logits
+                   ? output
+                   : g.op("Log", {g.op("Clip", {output, scalar(kEpsilon, odt), scalar(1 - kEpsilon, odt)})});
     ValueId labels = r.y;
     if (os.rank() > 2) {
       scores = g.op("Reshape", {scores, g.add_constant(g.unique_name("rows_shape"),
@@ -371,14 +380,14 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
           g.op("Reshape",
                {labels, g.add_constant(g.unique_name("ids_shape"), Tensor::from<int64_t>(Shape{1}, {-1}))});
     }
-    std::vector<ValueId> ins = {logits ? scores : g.op("Log", {scores}), labels};
+    std::vector<ValueId> ins = {scores, labels};
     Attributes reduction;
     if (weighted) {
       ins.push_back(class_weights(classes));
       reduction.set("reduction", std::string("sum"));
     }
     if (masked || sample_w != kNoValue) reduction.set("reduction", std::string("none"));
-    r.loss = g.op(logits ? "SoftmaxCrossEntropyLoss" : "NegativeLogLikelihoodLoss", ins, reduction);
+    r.loss = g.op("SoftmaxCrossEntropyLoss", ins, reduction);
     if (sample_w != kNoValue) {
       // Per position (class-weighted when asked), times its sample's weight, averaged over the positions.
       const ValueId per = weigh_rows(r.loss);
@@ -411,19 +420,49 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
                                    g.op("Mul", {smoothed(r.y, classes), g.op("Log", {p})})});
       per = g.op("ReduceSum", {focal}, classes_axis);  // minus the loss, as the cross-entropy below
     } else {
-      ValueId logp = h.from_logits ? g.op("LogSoftmax", {output}, {{"axis", last}}) : g.op("Log", {output});
+      // Logits (given, or a final Softmax's) through log-softmax; other probabilities renormalized and
+      // clipped to [1e-7, 1 - 1e-7], as Keras does.
+      ValueId logp;
+      const ValueId z = h.from_logits ? output : logits_of("Softmax");
+      if (z != kNoValue) {
+        logp = g.op("LogSoftmax", {z}, {{"axis", last}});
+      } else {
+        ValueId p =
+            g.op("Div", {output, g.op("ReduceSum", {output},
+                                      {{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{1}}})});
+        logp = g.op("Log", {g.op("Clip", {p, scalar(kEpsilon, odt), scalar(1 - kEpsilon, odt)})});
+      }
       per = g.op("ReduceSum", {g.op("Mul", {smoothed(r.y, classes), logp})}, classes_axis);
     }
-    // A position's weight: its one-hot label's class's (a soft label's mix of them).
-    if (weighted)
-      per = g.op("Mul", {per, g.op("ReduceSum", {g.op("Mul", {r.y, class_weights(classes)})}, classes_axis)});
+    // A position's weight: its label's class's, the class of its largest entry as Keras picks it (ties
+    // share).
+    if (weighted) {
+      const ValueId top =
+          g.op("Cast",
+               {g.op("Equal", {r.y, g.op("ReduceMax", {r.y},
+                                         {{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{1}}})})},
+               {{"to", int64_t{dtype_to_onnx(odt)}}});
+      per = g.op(
+          "Mul",
+          {per, g.op("Div", {g.op("ReduceSum", {g.op("Mul", {top, class_weights(classes)})}, classes_axis),
+                             g.op("ReduceSum", {top}, classes_axis)})});
+    }
     per = weigh(per);
     r.loss = g.op("Neg", {masked ? masked_mean(per) : mean_of(per)});
   } else if (k.binary) {
     // One probability per sample, or one per position ([batch, steps] or [batch, steps, 1]), each with its
     // label; the loss is their mean.
     r.y = g.add_input(g.unique_name("labels"), odt, os);
-    const char* bce = h.from_logits ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
+    // A final Sigmoid's logits go to the exact logits form (as Keras on TensorFlow); other probabilities are
+    // clamped to [1e-7, 1 - 1e-7].
+    const ValueId z = logits_of("Sigmoid");
+    const char* bce = h.from_logits || z != kNoValue ? "BinaryCrossEntropyWithLogits" : "BinaryCrossEntropy";
+    const ValueId scored = z != kNoValue ? z : output;
+    // A sample's class weight: class 1's for a label above 0.5, class 0's otherwise (Keras rounds labels).
+    auto class_w = [&]() {
+      const double w0 = class_weight[0], w1 = class_weight.size() > 1 ? class_weight[1] : 1.0;
+      return g.op("Where", {g.op("Greater", {r.y, scalar(0.5, odt)}), scalar(w1, odt), scalar(w0, odt)});
+    };
     if (h.loss == "binary_focal_crossentropy") {
       // Keras's: each sample's cross-entropy times (1 - p_t)^gamma, p_t = y p + (1 - y)(1 - p), gamma 2 (no
       // class balancing, Keras's default).
@@ -433,24 +472,18 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
       const ValueId p_t =
           g.op("Add", {g.op("Mul", {y, p}), g.op("Mul", {g.op("Sub", {one, y}), g.op("Sub", {one, p})})});
       ValueId per = g.op("Mul", {g.op("Pow", {g.op("Sub", {one, p_t}), scalar(2, odt)}),
-                                 g.op(bce, {output, y}, {{"reduction", std::string("none")}})});
-      if (weighted) {
-        const double w0 = class_weight[0], w1 = class_weight.size() > 1 ? class_weight[1] : 1.0;
-        per = g.op("Mul", {per, g.op("Add", {scalar(w0, odt), g.op("Mul", {r.y, scalar(w1 - w0, odt)})})});
-      }
+                                 g.op(bce, {scored, y}, {{"reduction", std::string("none")}})});
+      if (weighted) per = g.op("Mul", {per, class_w()});
       per = weigh(per);
       r.loss = masked ? masked_mean(per) : mean_of(per);
     } else if (!weighted && (masked || sample_w != kNoValue)) {
-      const ValueId per = weigh(g.op(bce, {output, smoothed(r.y, 2)}, {{"reduction", std::string("none")}}));
+      const ValueId per = weigh(g.op(bce, {scored, smoothed(r.y, 2)}, {{"reduction", std::string("none")}}));
       r.loss = masked ? masked_mean(per) : mean_of(per);
     } else if (!weighted) {
-      r.loss = g.op(bce, {output, smoothed(r.y, 2)});
+      r.loss = g.op(bce, {scored, smoothed(r.y, 2)});
     } else {
-      // Per-sample losses times w0 + (w1 - w0) y: class 1's weight for a positive label, class 0's otherwise.
-      const double w0 = class_weight[0], w1 = class_weight.size() > 1 ? class_weight[1] : 1.0;
-      ValueId class_w = g.op("Add", {scalar(w0, odt), g.op("Mul", {r.y, scalar(w1 - w0, odt)})});
       const ValueId per = weigh(g.op(
-          "Mul", {g.op(bce, {output, smoothed(r.y, 2)}, {{"reduction", std::string("none")}}), class_w}));
+          "Mul", {g.op(bce, {scored, smoothed(r.y, 2)}, {{"reduction", std::string("none")}}), class_w()}));
       r.loss = masked ? masked_mean(per) : mean_of(per);
     }
   } else {
@@ -727,7 +760,9 @@ struct MetricAccumulator {
     for (int64_t c = 0; c < cfg->columns; ++c) {
       const double* col = extra.data() + r2_slot + 3 * static_cast<size_t>(c);
       const double sst = rows > 0 ? col[1] - col[0] * col[0] / rows : 0;
-      total += sst > 0 ? 1 - col[2] / sst : 0;
+      // Constant labels leave only the sums' rounding: sum t^2 - (sum t)^2 / n cancels to about n * 1e-16 *
+      // sum t^2, which is no variance.
+      total += sst > 1e-14 * std::max(rows, 1.0) * col[1] ? 1 - col[2] / sst : 0;
     }
     return total / static_cast<double>(std::max<int64_t>(cfg->columns, 1));
   }

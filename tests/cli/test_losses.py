@@ -1,6 +1,9 @@
 """Keras's regression, distribution, margin and focal losses (huber, log_cosh, poisson, kl_divergence, hinge,
-squared_hinge, cosine_similarity, binary_focal_crossentropy, categorical_focal_crossentropy): each model trains, and `trainer evaluate` reports the loss that Keras's formula
-gives on the outputs `trainer predict` writes for the same checkpoint."""
+squared_hinge, cosine_similarity, binary_focal_crossentropy, categorical_focal_crossentropy): each model trains, and
+`trainer evaluate` reports the loss that Keras's formula gives on the outputs `trainer predict` writes for the same
+checkpoint. The cross-entropies' forms: a final softmax or sigmoid gives the exact logits form in training,
+validation and evaluate alike; other probabilities are clipped and renormalized; class weights follow the label's
+rounded or largest class; r2_score of a constant label column."""
 
 import json
 import os
@@ -175,6 +178,131 @@ class Losses(unittest.TestCase):
 
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")
+
+
+# The identity model: input -> Dense of zeros -> Add(input, it) -> Activation, trained at a learning rate that
+# moves nothing, so its outputs are activation(x) exactly and every loss can be computed here.
+IDENTITY = """format_version = 1
+[model]
+input = [{k}]
+[[model.layers]]
+type = "Dense"
+name = "z"
+units = {k}
+kernel_initializer = "zeros"
+[[model.layers]]
+type = "Add"
+name = "add"
+inputs = ["input", "z"]
+[[model.layers]]
+type = "Activation"
+activation = "{activation}"
+[data]
+shuffle = false
+[data.train]
+x = "x.npy"
+y = "y.npy"
+[data.validation]
+x = "x.npy"
+y = "y.npy"
+[train]
+loss = "{loss}"
+metrics = {metrics}
+epochs = 1
+batch_size = {batch}
+{extra}
+[train.optimizer]
+name = "sgd"
+learning_rate = 1e-30
+"""
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+class ProbabilityForms(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def fit(self, x, y, loss, activation, metrics=(), extra=""):
+        """Fits the identity model on (x, y), validated on the same data; returns the epoch line and evaluate's."""
+        d = self.tmp.name
+        np.save(os.path.join(d, "x.npy"), x.astype(np.float32))
+        np.save(os.path.join(d, "y.npy"), y)
+        spec = os.path.join(d, "s.toml")
+        with open(spec, "w") as f:
+            f.write(IDENTITY.format(k=x.shape[1], activation=activation, loss=loss, metrics=json.dumps(list(metrics)),
+                                    batch=len(x), extra=extra))
+        out = os.path.join(d, "run")
+        r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", out], cwd=d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        epoch = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][0]
+        r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"], cwd=d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return epoch, json.loads(r.stdout)
+
+    def same_everywhere(self, epoch, evaluated, want):
+        # Training, validation and evaluate compute one function: Keras's, here.
+        for name, got in (("loss", epoch["loss"]), ("val_loss", epoch["val_loss"]), ("evaluate", evaluated["loss"])):
+            self.assertIsNotNone(got, name)
+            self.assertAlmostEqual(got / want, 1.0, places=5, msg=f"{name}: {got} vs {want}")
+
+    def test_a_final_softmax_or_sigmoid_gives_the_exact_logits_form(self):
+        # Logits whose softmax rounds to 0 and 1 in float32: the probability form gives inf or NaN (or, clamped, a
+        # loss far from the true one); the logits form is exact.
+        z = np.array([[0, -200, 0], [50, -50, 0], [3, 1, -2], [-90, 0, 90]], np.float64)
+        ids = np.array([1, 1, 0, 0])
+        want = -log_softmax(z)[np.arange(4), ids].mean()
+        self.same_everywhere(*self.fit(z, np.eye(3, dtype=np.float32)[ids], "categorical_crossentropy", "softmax"),
+                             want)
+        self.same_everywhere(*self.fit(z, ids.astype(np.int64), "sparse_categorical_crossentropy", "softmax"), want)
+        t = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 1]], np.float32)
+        bce = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+        self.same_everywhere(*self.fit(z, t, "binary_crossentropy", "sigmoid"), bce.mean())
+
+    def test_other_probabilities_are_clipped_and_renormalized(self):
+        # Sigmoid outputs under a categorical cross-entropy: Keras divides them by their sum first; ReLU outputs
+        # with zeros: clipped to 1e-7 rather than log 0.
+        x = np.array([[0.5, -1.0, 2.0], [1.5, 0.2, -0.7], [-2.0, 3.0, 0.1]], np.float64)
+        ids = np.array([0, 1, 2])
+        p = 1 / (1 + np.exp(-x))
+        pc = np.clip(p / p.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
+        want = -np.log(pc[np.arange(3), ids]).mean()
+        self.same_everywhere(*self.fit(x, np.eye(3, dtype=np.float32)[ids], "categorical_crossentropy", "sigmoid"),
+                             want)
+        self.same_everywhere(*self.fit(x, ids.astype(np.int64), "sparse_categorical_crossentropy", "sigmoid"), want)
+        r = np.clip(np.maximum(x, 0), 1e-7, 1 - 1e-7)
+        want = -np.log(r[np.arange(3), ids] / r.sum(-1)).mean()
+        self.same_everywhere(*self.fit(x, ids.astype(np.int64), "sparse_categorical_crossentropy", "relu"), want)
+
+    def test_class_weights_follow_the_rounded_or_largest_label(self):
+        # Keras turns class_weight into sample weights by the label's class: a binary label rounded, a soft
+        # categorical label's largest entry.
+        x = np.array([[2.0], [-1.0], [0.5], [-3.0], [1.0]], np.float64)
+        t = np.array([[0.7], [0.2], [0.9], [0.6], [0.4]], np.float32)
+        w = np.where(t > 0.5, 5.0, 1.0)
+        bce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+        epoch, _ = self.fit(x, t, "binary_crossentropy", "sigmoid", extra="class_weight = [1, 5]")
+        self.assertAlmostEqual(epoch["loss"] / (w * bce).mean(), 1.0, places=5)
+        z = np.array([[1.0, 0.0, -1.0], [0.3, 2.0, 0.1], [0.0, 0.0, 1.0]], np.float64)
+        y = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]], np.float32)
+        cw = np.array([2.0, 3.0, 7.0])
+        per = -(y * log_softmax(z)).sum(-1) * cw[y.argmax(-1)]
+        epoch, _ = self.fit(z, y, "categorical_crossentropy", "softmax", extra="class_weight = [2, 3, 7]")
+        self.assertAlmostEqual(epoch["loss"] / per.mean(), 1.0, places=5)
+
+    def test_r2_score_of_a_constant_label_column_is_zero_for_it(self):
+        # Column 1's labels are all 3.3: its R2 is 0 (no variance to explain), not the ratio to rounding noise.
+        x = np.array([[1.0, 2.0], [2.0, 3.0], [0.5, 3.5], [4.0, 2.5], [-1.0, 3.0], [3.0, 1.0], [2.5, 4.0]])
+        y = np.stack([x[:, 0] * 0.5 + 1, np.full(7, 3.3)], 1).astype(np.float32)
+        epoch, _ = self.fit(x, y, "mse", "linear", metrics=["r2_score"])
+        col0 = 1 - ((y[:, 0] - x[:, 0]) ** 2).sum() / ((y[:, 0] - y[:, 0].mean()) ** 2).sum()
+        self.assertAlmostEqual(epoch["r2_score"], (col0 + 0) / 2, places=5)
 
 
 if __name__ == "__main__":
