@@ -94,18 +94,29 @@ class FitPrinter final : public engine::FitObserver {
     // signal stops it, with a checkpoint to resume from.
     if (out_.stdout_closed()) engine::g_stop_signal.store(SIGPIPE);
     history_ += line + "\n";
+    write_history();
     epoch_start_ = std::chrono::steady_clock::now();
+  }
+
+  // history.jsonl (with --output-dir) holds the epochs so far after every epoch, so that a run that fails
+  // later leaves the file of the checkpoints it wrote; the fit_end line is added at the end.
+  void keep_history_in(std::string path) {
+    history_path_ = std::move(path);
+    write_history();
+  }
+  void write_history(const std::string& end_line = "") const {
+    if (!history_path_.empty())
+      formats::write_file_atomically(history_path_, history_ + (end_line.empty() ? "" : end_line + "\n"));
   }
 
   // An epoch trained before a resume: its line goes into history.jsonl again, so the file tells the whole
   // run.
   void replay(const engine::EpochReport& r) { history_ += epoch_json(r) + "\n"; }
-  const std::string& history() const { return history_; }
 
  private:
   Output& out_;
   std::chrono::steady_clock::time_point epoch_start_{}, last_draw_{};
-  std::string history_;
+  std::string history_, history_path_;
 };
 
 // Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
@@ -518,6 +529,7 @@ Command add_fit_command(CLI::App& app) {
               ck->state.global_step);
       for (const engine::EpochReport& r : ck->state.history) printer.replay(r);
     }
+    if (writer) printer.keep_history_in((std::filesystem::path(*output_dir) / "history.jsonl").string());
     engine::g_stop_signal.store(0);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
@@ -548,9 +560,7 @@ Command add_fit_command(CLI::App& app) {
     for (auto& kv : logs_json(r.test)) f.push_back(kv);
     std::string end_line = json_object(f);
     out.json_line(end_line);
-    if (writer)
-      formats::write_file_atomically((std::filesystem::path(*output_dir) / "history.jsonl").string(),
-                                     printer.history() + end_line + "\n");
+    printer.write_history(end_line);
     if (r.interrupted_by) {
       out.say("Interrupted by {} after {} epochs.\n", signal_name(r.interrupted_by), r.history.size());
       if (writer)

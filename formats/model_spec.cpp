@@ -1677,9 +1677,16 @@ std::string read_spec_text(const std::string& path) {
   if (!in)
     throw InputError(path, fmt::format("cannot read the spec: {}", std::strerror(errno)),
                      "check the path; trainer-model(5) describes the file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  // A spec is text of a few KiB: a path to a device or a huge file is a mistake, found before it fills
+  // memory.
+  constexpr size_t kMostBytes = size_t{16} << 20;
+  std::string text(kMostBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMostBytes)
+    throw InputError(path, "is larger than 16 MiB, which no spec is",
+                     "give the .toml spec file (trainer-model(5) describes it)");
+  return text;
 }
 
 }  // namespace

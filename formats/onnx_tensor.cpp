@@ -37,12 +37,12 @@ std::string tensor_label(const onnx::TensorProto& t) {
 }
 
 template <class Repeated>
-void check_count(const Repeated& field, const char* field_name, const Tensor& out, const onnx::TensorProto& t,
+void check_count(const Repeated& field, const char* field_name, uint64_t numel, const onnx::TensorProto& t,
                  const std::string& where) {
-  if (static_cast<int64_t>(field.size()) != out.numel())
+  if (static_cast<uint64_t>(field.size()) != numel)
     throw InputError(where,
-                     fmt::format("{} has {} values in {} but its shape {} holds {}", tensor_label(t),
-                                 field.size(), field_name, out.shape().str(), out.numel()),
+                     fmt::format("{} has {} values in {} but its shape [{}] holds {}", tensor_label(t),
+                                 field.size(), field_name, fmt::join(t.dims(), ", "), numel),
                      "the file is corrupt or was written by a broken exporter");
 }
 
@@ -118,26 +118,44 @@ Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, co
   std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
   for (int64_t d : dims)
     if (d < 0) throw InputError(where, fmt::format("{} has a negative dimension {}", tensor_label(t), d));
-  Tensor out(dtype, Shape(dims));
-  size_t elem = engine::dtype_bytes(dtype);
+  const size_t elem = engine::dtype_bytes(dtype);
+  // The size its dimensions claim, checked against its data before anything is allocated: a damaged file
+  // may claim terabytes.
+  constexpr uint64_t kMostBytes = uint64_t{1} << 40;
+  uint64_t numel = 1;
+  bool huge = false;
+  for (int64_t d : dims) {
+    if (d == 0) {
+      numel = 0, huge = false;
+      break;
+    }
+    if (!huge && numel > kMostBytes / static_cast<uint64_t>(d)) huge = true;
+    if (!huge) numel *= static_cast<uint64_t>(d);
+  }
+  if (huge || numel * elem > kMostBytes)
+    throw InputError(where,
+                     fmt::format("{} has shape [{}] of {}: over 2^40 bytes, more than one tensor may hold",
+                                 tensor_label(t), fmt::join(dims, ", "), engine::dtype_name(dtype)),
+                     "the file is corrupt, or the model is too large to load");
+  const uint64_t nbytes = numel * elem;
+  auto size_error = [&](size_t have, const char* what) {
+    return InputError(where,
+                      fmt::format("{} has {} bytes of {} but its shape [{}] of {} needs {}", tensor_label(t),
+                                  have, what, fmt::join(dims, ", "), engine::dtype_name(dtype), nbytes),
+                      "the file is truncated or corrupt");
+  };
 
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     std::string bytes = read_external(t, where, base_dir);
-    if (bytes.size() != out.nbytes())
-      throw InputError(where, fmt::format("{} has {} bytes of external data but its shape {} of {} needs {}",
-                                          tensor_label(t), bytes.size(), out.shape().str(),
-                                          engine::dtype_name(dtype), out.nbytes()));
+    if (bytes.size() != nbytes) throw size_error(bytes.size(), "external data");
+    Tensor out(dtype, Shape(dims));
     copy_little_endian(out.raw(), bytes.data(), bytes.size(), elem);
     return out;
   }
   if (t.has_raw_data()) {
     const std::string& raw = t.raw_data();
-    if (raw.size() != out.nbytes())
-      throw InputError(
-          where,
-          fmt::format("{} has {} bytes of raw_data but its shape {} of {} needs {}", tensor_label(t),
-                      raw.size(), out.shape().str(), engine::dtype_name(dtype), out.nbytes()),
-          "the file is truncated or corrupt");
+    if (raw.size() != nbytes) throw size_error(raw.size(), "raw_data");
+    Tensor out(dtype, Shape(dims));
     copy_little_endian(out.raw(), raw.data(), raw.size(), elem);
     if (dtype == DType::boolean) {
       auto* p = static_cast<uint8_t*>(out.raw());
@@ -145,31 +163,40 @@ Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, co
     }
     return out;
   }
+  switch (dtype) {  // the typed field's count first
+    case DType::f32:
+      check_count(t.float_data(), "float_data", numel, t, where);
+      break;
+    case DType::f64:
+      check_count(t.double_data(), "double_data", numel, t, where);
+      break;
+    case DType::i64:
+      check_count(t.int64_data(), "int64_data", numel, t, where);
+      break;
+    default:  // i32, u8, boolean, f16, bf16: ONNX carries them in int32_data
+      check_count(t.int32_data(), "int32_data", numel, t, where);
+  }
+  Tensor out(dtype, Shape(dims));
   switch (dtype) {
     case DType::f32: {
-      check_count(t.float_data(), "float_data", out, t, where);
       std::copy(t.float_data().begin(), t.float_data().end(), out.data<float>());
       break;
     }
     case DType::f64: {
-      check_count(t.double_data(), "double_data", out, t, where);
       std::copy(t.double_data().begin(), t.double_data().end(), out.data<double>());
       break;
     }
     case DType::i64: {
-      check_count(t.int64_data(), "int64_data", out, t, where);
       std::copy(t.int64_data().begin(), t.int64_data().end(), out.data<int64_t>());
       break;
     }
     case DType::i32: {
-      check_count(t.int32_data(), "int32_data", out, t, where);
       std::copy(t.int32_data().begin(), t.int32_data().end(), out.data<int32_t>());
       break;
     }
     case DType::u8:
     case DType::boolean: {
       // ONNX widens 8-bit types to int32 in the typed field.
-      check_count(t.int32_data(), "int32_data", out, t, where);
       auto* p = static_cast<uint8_t*>(out.raw());
       for (int i = 0; i < t.int32_data_size(); ++i) {
         int32_t v = t.int32_data(i);
@@ -180,7 +207,6 @@ Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, co
     case DType::f16:
     case DType::bf16: {
       // Half-precision values travel as their 16-bit patterns in int32_data.
-      check_count(t.int32_data(), "int32_data", out, t, where);
       auto* p = static_cast<uint16_t*>(out.raw());
       for (int i = 0; i < t.int32_data_size(); ++i) p[i] = static_cast<uint16_t>(t.int32_data(i) & 0xffff);
       break;

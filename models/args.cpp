@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 
 #include "engine/util/error.h"
 
@@ -229,6 +230,17 @@ LayerArgs::LayerArgs(const formats::LayerSpec& spec, const std::vector<ArgDecl>&
       throw InputError(arg.pos.str(),
                        fmt::format("{}: argument '{}' must be {}, got {}", subject(), name,
                                    kind_text(it->kind), describe_value(arg.value)),
+                       fmt::format("for example {} = {}", name, example_text(it->kind)));
+    // TOML's nan and inf read as numbers; no layer argument means anything by them.
+    const double* d = std::get_if<double>(&arg.value);
+    const auto* ds = std::get_if<std::vector<double>>(&arg.value);
+    const bool finite =
+        (!d || std::isfinite(*d)) &&
+        (!ds || std::all_of(ds->begin(), ds->end(), [](double x) { return std::isfinite(x); }));
+    if (!finite)
+      throw InputError(arg.pos.str(),
+                       fmt::format("{}: argument '{}' must be a finite number, got {}", subject(), name,
+                                   describe_value(arg.value)),
                        fmt::format("for example {} = {}", name, example_text(it->kind)));
   }
   for (const ArgDecl& d : decls)

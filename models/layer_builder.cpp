@@ -260,7 +260,7 @@ std::string LayerBuilder::choice(const std::string& arg, const std::vector<std::
 
 std::string LayerBuilder::activation_name(const std::string& arg) const {
   std::string v = args.string(arg);
-  if (v == "None" || v.empty()) return "linear";
+  if (v == "None") return "linear";
   const auto& names = activation_names();
   if (std::find(names.begin(), names.end(), v) != names.end()) return v;
   fail(arg, fmt::format("unknown activation \"{}\"", v),

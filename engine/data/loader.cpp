@@ -577,15 +577,16 @@ BatchLoader::BatchLoader(std::shared_ptr<const Dataset> dataset, int64_t batch_s
   im.plan();
   im.slots.resize(static_cast<size_t>(im.nslots));
   size_t work_bytes = 0;
+  // A batch holds at most the dataset's samples (a batch_size beyond them gives one batch of them all).
+  const auto most = static_cast<size_t>(std::min<int64_t>(batch_size, std::max<int64_t>(im.n, 1)));
   for (auto& s : im.slots) {
     for (const Impl::Input& in : im.inputs) {
-      s.x.push_back(aligned_buffer(static_cast<size_t>(batch_size) * in.dst_sample_bytes));
+      s.x.push_back(aligned_buffer(most * in.dst_sample_bytes));
       s.xs.push_back(s.x.back().get());
     }
-    s.y = aligned_buffer(static_cast<size_t>(batch_size) * im.dst_label_bytes);
+    s.y = aligned_buffer(most * im.dst_label_bytes);
   }
-  for (const Impl::Input& in : im.inputs)
-    work_bytes += static_cast<size_t>(batch_size) * (in.src_sample_bytes + in.dst_sample_bytes);
+  for (const Impl::Input& in : im.inputs) work_bytes += most * (in.src_sample_bytes + in.dst_sample_bytes);
   if (shuffle) im.perm.resize(static_cast<size_t>(im.n));
   // Gathering is memory-bound and cheap next to a training step; helpers pay off only for large batches,
   // whose reads may also wait on the disk when a dataset does not fit in memory.

@@ -384,6 +384,47 @@ loss = "sparse_categorical_crossentropy"
                                               "2", "--output-dir", "m2"),
                            "is not the one the checkpoint m/last.ckpt was trained from")
 
+    def test_non_finite_layer_arguments(self):
+        # TOML's nan and inf are numbers; no layer argument takes them (they trained NaN weights).
+        for layer, arg in (('type = "GaussianNoise"', "stddev"), ('type = "Rescaling"\nscale = 1.0', "offset"),
+                           ('type = "LeakyReLU"', "negative_slope")):
+            for value in ("nan", "inf", "-inf"):
+                with self.subTest(layer=layer, value=value):
+                    text = SPEC.replace('type = "Flatten"', f'type = "Flatten"\n[[model.layers]]\n{layer}\n{arg} = {value}')
+                    line, col = line_col(text, f"{arg} = {value}")
+                    assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:",
+                                       f"argument '{arg}' must be a finite number, got {value}")
+
+    def test_an_empty_activation_is_unknown(self):
+        text = SPEC.replace('activation = "softmax"', 'activation = ""')
+        line, col = line_col(text, '""')
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                           'unknown activation ""')
+
+    def test_a_spec_path_to_a_device_is_refused_before_it_fills_memory(self):
+        if not os.path.exists("/dev/zero"):
+            self.skipTest("no /dev/zero")
+        assert_input_error(self, self.trainer("check", "/dev/zero"), "/dev/zero", "larger than 16 MiB")
+
+    def test_an_onnx_initializer_that_claims_more_than_its_data(self):
+        # 4 bytes of data for a [262144, 65536] float initializer (64 GiB): the size is compared before anything
+        # is allocated (it ran out of memory), and a claim beyond what a tensor may hold names the initializer.
+        try:
+            import onnx
+            from onnx import TensorProto, helper
+        except ImportError:
+            self.skipTest("onnx is needed (tools/install-deps.sh installs it)")
+        for dims, needle in (([262144, 65536], "raw_data"), ([1 << 40, 1 << 30], "over 2^40 bytes")):
+            w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=dims, raw_data=b"\0\0\0\0")
+            graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            with self.subTest(dims=dims):
+                self.write("huge.onnx", model.SerializeToString())
+                assert_input_error(self, self.trainer("summary", "huge.onnx"), "huge.onnx", "initializer", "'w'",
+                                   needle)
+
 
 class BadUsage(unittest.TestCase):
     """Command-line mistakes also exit with 2."""

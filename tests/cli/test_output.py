@@ -58,6 +58,38 @@ class Output(unittest.TestCase):
         self.assertEqual(len(json_lines(self, r.stdout)), 3)
 
 
+class HistoryOfAFailedRun(unittest.TestCase):
+    def test_a_run_that_fails_keeps_the_history_of_its_checkpoints(self):
+        # SGD at a rate that diverges: the loss becomes inf in a later epoch and the run fails (exit 1) after
+        # writing checkpoints. history.jsonl holds the epochs those checkpoints finished, in a new folder and in
+        # one where an earlier, shorter run left its own history.
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(0)
+            np.save(os.path.join(d, "x.npy"), (rng.normal(size=(16, 64)) * 10).astype(np.float32))
+            np.save(os.path.join(d, "y.npy"), rng.normal(size=(16, 1)).astype(np.float32))
+            spec = os.path.join(d, "s.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [64]\n[[model.layers]]\ntype = "Dense"\nunits = 1\n'
+                        '[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "mse"\nepochs = 30\n'
+                        'batch_size = 4\n[train.optimizer]\nname = "sgd"\nlearning_rate = 0.5\n'
+                        '[train.checkpoint]\nevery_epochs = 1\n')
+            for out, first in ((os.path.join(d, "new"), None), (os.path.join(d, "again"), "2")):
+                if first:
+                    r = run(["fit", spec, "-q", "--output-dir", out, "--set", f"train.epochs={first}"], cwd=d)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                r = run(["fit", spec, "-q", "--output-dir", out], cwd=d)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn("the loss became", r.stderr)
+                with open(os.path.join(out, "history.jsonl")) as f:
+                    events = json_lines(self, f.read())
+                epochs = [e["epoch"] for e in events if e["event"] == "epoch"]
+                self.assertGreaterEqual(len(epochs), 2)
+                self.assertEqual(epochs, list(range(1, len(epochs) + 1)))
+                self.assertNotIn("fit_end", [e["event"] for e in events])
+                self.assertEqual(events[0]["epochs"], 30)  # this run's lines, not the earlier run's
+                self.assertTrue(os.path.exists(os.path.join(out, f"epoch-{epochs[-1]}.ckpt")))
+
 
 class ListOps(unittest.TestCase):
     def test_three_tab_separated_columns(self):

@@ -469,7 +469,9 @@ batch_size = 64
                                    r"within 2 s")
         # Replica 1's sixth collective is step 3's second bucket: the checkpoints of steps 1 and 2 are whole,
         # and the last of them resumes.
-        self.assertEqual(sorted(os.listdir(out)), ["last.ckpt", "step-1.ckpt", "step-2.ckpt"])
+        self.assertEqual(sorted(os.listdir(out)), ["history.jsonl", "last.ckpt", "step-1.ckpt", "step-2.ckpt"])
+        with open(os.path.join(out, "history.jsonl")) as f:
+            self.assertEqual(f.read(), "")  # no epoch finished
         self.assertEqual(os.path.samefile(os.path.join(out, "last.ckpt"), os.path.join(out, "step-2.ckpt")), True)
         resumed = os.path.join(self.tmp.name, "stall_resumed")
         r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--device", "cpu", "--devices", "2",
