@@ -237,6 +237,44 @@ class SignatureGrabber final : public engine::FitObserver {
   engine::FitObserver& next_;
 };
 
+// What a rank of an MPI run trains: the resolved spec (flags and --set included), the ONNX model, the data's
+// sizes and where a resume starts, hashed (FNV-1a).
+uint64_t run_fingerprint(const formats::ModelSpec& s, const std::optional<LoadedCheckpoint>& ck,
+                         const SpecData& data) {
+  uint64_t h = 1469598103934665603ull;
+  auto add = [&h](std::string_view text) {
+    for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  };
+  add(formats::to_toml(s));
+  if (s.model.onnx_bytes) add(*s.model.onnx_bytes);
+  add(fmt::format("|{}|{}|{}|{}", data.train ? data.train->size() : 0,
+                  data.validation ? data.validation->size() : 0, data.test ? data.test->size() : 0,
+                  ck ? ck->state.global_step : -1));
+  return h;
+}
+
+// Every rank must train the same run: a rank started with other flags (another --seed, an MPMD launch)
+// would average another model's gradients into this one's and report numbers of neither. Each rank learns
+// which ranks differ from rank 0, and every rank stops.
+void check_ranks_agree(engine::dist::Communicator& world, uint64_t fingerprint, const std::string& launcher) {
+  uint64_t first = fingerprint;
+  world.broadcast(&first, sizeof first, 0);
+  std::vector<double> differs(static_cast<size_t>(world.size()), 0.0);
+  differs[static_cast<size_t>(world.rank())] = first != fingerprint ? 1.0 : 0.0;
+  world.all_reduce_sum(differs.data(), static_cast<int64_t>(differs.size()), engine::DType::f64);
+  std::vector<int> ranks;
+  for (size_t r = 0; r < differs.size(); ++r)
+    if (differs[r] != 0) ranks.push_back(static_cast<int>(r));
+  if (ranks.empty()) return;
+  throw InputError(
+      "",
+      fmt::format("{} rank{} {} of {} train{} another run than rank 0: another spec, --set, flag "
+                  "(--seed, --epochs, --batch-size, ...), data or checkpoint",
+                  launcher, ranks.size() == 1 ? "" : "s", fmt::join(ranks, ", "), world.size(),
+                  ranks.size() == 1 ? "s" : ""),
+      "start every rank with the same command line and files");
+}
+
 }  // namespace
 
 Command add_fit_command(CLI::App& app) {
@@ -402,6 +440,7 @@ Command add_fit_command(CLI::App& app) {
                 ? "run srun with the process-management interface this MPI was built for (srun --mpi=pmix; "
                   "srun --mpi=list shows them), or start the run with mpirun"
                 : "start the run with the mpirun of the MPI library trainer was built with");
+      check_ranks_agree(*world, run_fingerprint(s, ck, data), launch.launcher);
       if (backend->name() != "cpu") {
 #if TRAINER_HAVE_CUDA
         // NCCL sums the GPUs' gradients; MPI hands out its unique id from rank 0 and sums the metrics.

@@ -12,6 +12,7 @@
 #include <map>
 #include <numbers>
 #include <optional>
+#include <set>
 
 #include "engine/autodiff/autodiff.h"
 #include "engine/dist/bucket_reducer.h"
@@ -1445,6 +1446,12 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
           fmt::format("use a batch_size that {} divides, or --allow-uneven (the ranks' gradients "
                       "are then weighted by their sample counts)",
                       world));
+    if (std::min(cfg.batch_size, n_train) < world)
+      throw InputError(
+          "train.batch_size",
+          fmt::format("a batch of {} training samples leaves some of {} replicas without a sample",
+                      std::min(cfg.batch_size, n_train), world),
+          fmt::format("use a batch_size of {} or more, or fewer replicas", world));
     for (int64_t n : batch_sizes(n_train, cfg.batch_size))
       if (n < world)
         throw InputError(
@@ -1507,6 +1514,14 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   };
   std::vector<std::vector<dist::Communicator::Copy>> gathers(local);
   std::vector<std::vector<ShardValue>> shard_values(local);
+  // Every shard's checkpoint names, whichever replica owns it: an MPI rank holds its own shards only, and a
+  // checkpoint's values of the others' land on them.
+  std::set<std::string> world_shard_names;
+  if (sharded)
+    for (const ShardSplit::Piece& sp : split.pieces) {
+      world_shard_names.insert(sp.param);
+      for (const std::string& slot : slots) world_shard_names.insert(sp.param + "/" + slot);
+    }
   if (sharded)
     for (int k = 0; k < local; ++k) {
       Session& w = devs[k]->weights_session();
@@ -1574,7 +1589,8 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   info.signature = dev.weights_session().program().signature;
 
   // Parameters and optimizer state by their checkpoint names, into every replica that holds them; a shard
-  // (ZeRO-1) takes its range. Every value must land somewhere.
+  // (ZeRO-1) takes its range. Every value must land somewhere: in this process, or in another MPI rank's
+  // shard.
   auto load_values = [&](const std::vector<std::pair<std::string, Tensor>>& values) {
     for (const auto& [name, t] : values) {
       bool landed = false;
@@ -1596,7 +1612,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
           landed = true;
         }
       }
-      if (!landed)
+      if (!landed && !world_shard_names.count(name))
         throw InputError(name, fmt::format("the checkpoint holds '{}', which this model does not have", name),
                          "resume with the spec the checkpoint was written with");
     }

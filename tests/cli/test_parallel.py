@@ -273,6 +273,30 @@ batch_size = 64
         self.assert_close(two, straight, "mpirun -np 2, sharded", tolerance=1e-6)
         self.assert_close(straight, self.resume(os.path.join(out, "epoch-1.ckpt"), 1, "mpi_shard_resumed"),
                           "sharded by MPI, resumed on 1")
+        # And resumed by sharded MPI ranks again: each rank takes its shards of the checkpoint's state and leaves
+        # the other rank's (every rank refused the optimizer state it does not own).
+        again = os.path.join(self.tmp.name, "mpi_shard_again")
+        r = self.mpirun(["fit", "--resume", os.path.join(out, "epoch-1.ckpt"), "--device", "cpu", "--output-dir", again,
+                         "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_close(straight, cli_util.read_checkpoint(os.path.join(again, "last.ckpt")),
+                          "sharded by MPI, resumed by sharded MPI ranks")
+
+    def test_ranks_started_with_other_flags_are_refused(self):
+        # mpirun -np 1 trainer fit ... : -np 1 trainer fit ... --seed 9: rank 1 would average another model's
+        # gradients into rank 0's and the run would report numbers of neither. Every rank stops, exit 2, nothing
+        # written.
+        mpirun = self.mpirun_command([])[:-1]  # mpirun and its flags, then the two programs
+        out = os.path.join(self.tmp.name, "mismatch")
+        base = [cli_util.TRAINER, "fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
+                *SUBSET[:-1], "--output-dir", out, "-q"]
+        for other in (["--seed", "9"], ["--set", "train.optimizer.learning_rate=0.5"]):
+            with self.subTest(other=other):
+                cmd = [mpirun[0], "-np", "1", *mpirun[3:], *base, ":", "-np", "1", *mpirun[3:], *base, *other]
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                self.assertNotEqual(r.returncode, 0, r.stderr)
+                self.assertIn("trainer: error: mpirun rank 1 of 2 trains another run than rank 0", r.stderr)
+                self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
 
     def rank_pid(self, rank, marker):
         """The pid of the MPI rank whose command line holds `marker`."""
@@ -336,8 +360,9 @@ batch_size = 64
         self.assertTrue(os.path.exists(os.path.join(out, "last.ckpt")), "the interrupted run's checkpoint")
 
     def test_a_stalled_rank_stops_every_rank(self):
-        # Rank 1's fifth collective is step 2's gradient bucket (one MPI call per bucket, one for the metrics).
-        env = dict(os.environ, TRAINER_FAULT_STALL="1:4:60")
+        # Rank 1's seventh collective is step 2's gradient bucket (two at the start compare the ranks' runs, then
+        # one MPI call per bucket, one for the metrics).
+        env = dict(os.environ, TRAINER_FAULT_STALL="1:6:60")
         t0 = time.monotonic()
         r = self.mpirun(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
                          "--collective-timeout", "2", "--allow-uneven", *SUBSET], env=env, timeout=120, ranks=3)
