@@ -915,15 +915,18 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     // Token ids feed an Embedding (an ONNX model's Gather from a table): ids outside its table are bad data,
     // named by sample.
     if (!spec.model.onnx.empty()) inf.num_tokens = onnx_token_count(model.graph, v);
-    // The Embedding (or CategoryEncoding) of the input: the first one, or with several inputs the first that
-    // takes this input.
+    // The Embedding (TokenAndPositionEmbedding, CategoryEncoding) of the input: the first one, or with
+    // several inputs the first that takes this input.
     const std::string& name = names[k];
     for (size_t li = 0; li < spec.model.layers.size(); ++li) {
       const formats::LayerSpec& l = spec.model.layers[li];
-      if (l.type != "Embedding" && l.type != "CategoryEncoding") continue;
+      if (l.type != "Embedding" && l.type != "CategoryEncoding" && l.type != "TokenAndPositionEmbedding")
+        continue;
       const bool takes = l.inputs.empty() ? li == 0 && k == 0 : l.inputs == std::vector<std::string>{name};
       if (inputs.size() > 1 && !takes) continue;
-      auto it = l.args.find(l.type == "Embedding" ? "input_dim" : "num_tokens");
+      auto it = l.args.find(l.type == "Embedding"                   ? "input_dim"
+                            : l.type == "TokenAndPositionEmbedding" ? "vocabulary_size"
+                                                                    : "num_tokens");
       if (it != l.args.end() && std::holds_alternative<int64_t>(it->second.value))
         inf.num_tokens = std::get<int64_t>(it->second.value);
       break;

@@ -167,9 +167,10 @@ Command add_export_command(CLI::App& app);
 Command add_predict_command(CLI::App& app);
 Command add_evaluate_command(CLI::App& app);
 
-// Sets the initial values of g's weights and state to a checkpoint's (by name; values g does not have, such
-// as optimizer state, are skipped) and returns how many it set. A weight or state of g that the checkpoint
-// lacks or holds in another shape is an InputError naming `ckpt`: its model is not g.
+// Sets the initial values of g's weights and state to a checkpoint's (by name; the optimizer state of g's
+// parameters is skipped) and returns how many it set. A weight or state of g that the checkpoint lacks or
+// holds in another shape, or a value of the checkpoint that is neither g's nor a parameter's optimizer state,
+// is an InputError naming `ckpt`: its model is not g.
 int64_t load_trained_values(engine::Graph& g,
                             const std::vector<std::pair<std::string, engine::Tensor>>& values,
                             const std::string& ckpt);

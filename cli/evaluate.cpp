@@ -15,11 +15,21 @@ int64_t load_trained_values(engine::Graph& g,
                             const std::vector<std::pair<std::string, engine::Tensor>>& values,
                             const std::string& ckpt) {
   std::set<std::string> held;
+  std::string foreign;  // a value of the checkpoint that the model does not have
   int64_t loaded = 0;
   for (const auto& [name, t] : values) {
     held.insert(name);
     engine::ValueId v = g.find(name);
-    if (v == engine::kNoValue) continue;  // optimizer state: no place in the forward graph
+    if (v == engine::kNoValue) {
+      // Optimizer state ("dense/kernel/adam_m") has no place in the forward graph; anything else means that
+      // the model is not the checkpoint's (a --set that changed it).
+      const size_t slash = name.rfind('/');
+      const engine::ValueId of =
+          slash == std::string::npos ? engine::kNoValue : g.find(name.substr(0, slash));
+      if ((of == engine::kNoValue || g.value(of).kind != engine::ValueKind::parameter) && foreign.empty())
+        foreign = name;
+      continue;
+    }
     engine::Tensor* init = g.mutable_initializer(v);
     if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
       throw InputError(ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
@@ -34,6 +44,9 @@ int64_t load_trained_values(engine::Graph& g,
       throw InputError(ckpt, fmt::format("the checkpoint has no '{}', which its model has", val.name),
                        "the checkpoint and its spec disagree: the file is damaged or was edited");
   }
+  if (!foreign.empty())
+    throw InputError(ckpt, fmt::format("the checkpoint holds '{}', which the model does not have", foreign),
+                     "the model differs from the checkpoint's: a --set changed it, or the file was edited");
   return loaded;
 }
 

@@ -743,7 +743,8 @@ void SampleConverter::convert(const void* stored, int64_t n, int64_t first, void
               throw InputError(
                   fmt::format("{}: sample {}", source_, first + i),
                   fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
-                  fmt::format("the Embedding's input_dim is {}: ids lie in [0, {}]", limit, limit - 1));
+                  fmt::format("the model takes {} distinct token ids: ids must lie in [0, {}]", limit,
+                              limit - 1));
             d[e] = static_cast<D>(s[e]);
           }
         }

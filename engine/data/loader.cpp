@@ -188,7 +188,7 @@ void convert_ids(const Conversion& im, const void* src_v, void* dst_v, int64_t s
         throw InputError(
             im.ds->locate(sample),
             fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
-            fmt::format("the Embedding's input_dim is {}: ids must lie in [0, {}]", limit, limit - 1));
+            fmt::format("the model takes {} distinct token ids: ids must lie in [0, {}]", limit, limit - 1));
       }
       dst[c * g.dst_c + p * g.dst_p] = static_cast<D>(v);
     }

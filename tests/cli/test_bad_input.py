@@ -307,6 +307,15 @@ loss = "sparse_categorical_crossentropy"
                                    "the checkpoint has no 'dense/kernel', which its model has")
         self.assertFalse(os.path.exists(os.path.join(self.dir, "out.onnx")))
 
+    def test_a_set_that_drops_a_trained_weight_is_refused(self):
+        # evaluate --set model.layers.1.use_bias=false builds a model without the trained bias: it ran without
+        # it (another loss, exit 0); the checkpoint's bias has no place in that model.
+        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        assert_input_error(self, self.trainer("evaluate", "run/last.ckpt", "--set", "model.layers.1.use_bias=false"),
+                           "run/last.ckpt", "the checkpoint holds 'dense/bias', which the model does not have")
+        r = self.trainer("evaluate", "run/last.ckpt", "-q")  # the optimizer state is no such value
+        self.assertEqual(r.returncode, 0, r.stderr)
 
     @unittest.skipUnless(os.path.exists("/dev/full"), "needs /dev/full")
     def test_a_full_standard_output_is_named_with_its_error(self):
@@ -424,6 +433,21 @@ loss = "sparse_categorical_crossentropy"
                 self.write("huge.onnx", model.SerializeToString())
                 assert_input_error(self, self.trainer("summary", "huge.onnx"), "huge.onnx", "initializer", "'w'",
                                    needle)
+
+    def test_a_token_beyond_a_token_and_position_embedding_names_its_sample(self):
+        # Checked as the batch is gathered, as for an Embedding (it failed inside the Gather, naming no sample).
+        import numpy as np
+        x = np.arange(40, dtype=np.int32).reshape(8, 5) % 10
+        x[6, 1] = 12
+        np.save(os.path.join(self.dir, "tok.npy"), x)
+        np.save(os.path.join(self.dir, "lab.npy"), np.zeros((8, 1), np.float32))
+        text = ('format_version = 1\n[model]\ninput = { shape = [5], dtype = "int32" }\n[[model.layers]]\n'
+                'type = "TokenAndPositionEmbedding"\nvocabulary_size = 10\nsequence_length = 5\nembedding_dim = 4\n'
+                '[[model.layers]]\ntype = "GlobalAveragePooling1D"\n[[model.layers]]\ntype = "Dense"\nunits = 1\n'
+                'activation = "sigmoid"\n[data.train]\nx = "tok.npy"\ny = "lab.npy"\n[train]\n'
+                'loss = "binary_crossentropy"\nbatch_size = 4\n')
+        assert_input_error(self, self.trainer("fit", self.spec(text), "-q"), "tok.npy", "sample 6",
+                           "token id 12", "[0, 9]")
 
 
 class BadUsage(unittest.TestCase):
