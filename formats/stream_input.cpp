@@ -255,11 +255,25 @@ struct SampleReader::Impl {
   // pipe stays silent for kQuietMs before the sample is complete in buf.
   bool sample_ready() {
     if (mem) return true;
+    size_t scanned = pos;  // CSV: lines before this one are blank
     for (;;) {
-      if (format == StreamFormat::csv ? std::memchr(buf.data() + pos, '\n', end - pos) != nullptr
-                                      : end - pos >= stored_sample_bytes())
+      if (format == StreamFormat::csv) {
+        // A complete line that is not blank (blank lines are skipped, and the sample after them may not have
+        // arrived).
+        for (;;) {
+          const void* nl = std::memchr(buf.data() + scanned, '\n', end - scanned);
+          if (!nl) break;
+          const size_t e = static_cast<size_t>(static_cast<const uint8_t*>(nl) - buf.data());
+          for (size_t i = scanned; i < e; ++i)
+            if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r') return true;
+          scanned = e + 1;
+        }
+      } else if (end - pos >= stored_sample_bytes()) {
         return true;
-      if (eof || (pos == 0 && end == buf.size())) return true;  // or a sample larger than buf: read it
+      }
+      if (eof) return true;
+      if (pos == 0 && end == buf.size()) buf.resize(2 * buf.size());  // a line longer than buf
+      scanned -= pos;                                                 // fill moves buf[pos, end) to the front
       if (!fill(false)) return eof;
     }
   }
@@ -572,6 +586,8 @@ void SampleReader::open() {
     m.open_csv();
   }
   m.sample_bytes = static_cast<size_t>(engine::Shape(m.shape).numel()) * engine::dtype_bytes(m.dtype);
+  // A whole stored sample fits in buf, so that whether the next one has arrived can be seen.
+  if (m.format != StreamFormat::csv) m.buf.resize(std::max(m.buf.size(), m.stored_sample_bytes()));
 }
 
 SampleReader::~SampleReader() = default;

@@ -761,9 +761,9 @@ struct MetricAccumulator {
     for (int64_t c = 0; c < cfg->columns; ++c) {
       const double* col = extra.data() + r2_slot + 3 * static_cast<size_t>(c);
       const double sst = rows > 0 ? col[1] - col[0] * col[0] / rows : 0;
-      // Constant labels leave only the sums' rounding: sum t^2 - (sum t)^2 / n cancels to about n * 1e-16 *
-      // sum t^2, which is no variance.
-      total += sst > 1e-14 * std::max(rows, 1.0) * col[1] ? 1 - col[2] / sst : 0;
+      // Constant labels leave only the sums' rounding: sum t^2 - (sum t)^2 / n of n terms is off by up to
+      // about 4 n u sum t^2 (u = 1.1e-16), and a column within that bound has no variance the sums resolve.
+      total += sst > 4.4e-16 * std::max(rows, 1.0) * col[1] ? 1 - col[2] / sst : 0;
     }
     return total / static_cast<double>(std::max<int64_t>(cfg->columns, 1));
   }

@@ -298,6 +298,37 @@ batch_size = 64
                 self.assertIn("trainer: error: mpirun rank 1 of 2 trains another run than rank 0", r.stderr)
                 self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
 
+    def test_ranks_resuming_different_checkpoints_are_refused(self):
+        # Two folders with the same spec and data of the same size but other values, trained alike: their
+        # epoch-1 checkpoints have the same step. Ranks resuming one each (a stale copy of a checkpoint on one
+        # machine) would average two models; they are refused.
+        mpirun = self.mpirun_command([])[:-1]
+        spec = ('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "Dense"\nunits = 3\n'
+                'activation = "softmax"\n[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\n'
+                'loss = "sparse_categorical_crossentropy"\nepochs = 2\nbatch_size = 8\nseed = 1\n'
+                '[train.checkpoint]\nevery_epochs = 1\n')
+        dirs = []
+        for seed in (0, 1):
+            d = os.path.join(self.tmp.name, f"machine{seed}")
+            os.makedirs(d)
+            rng = np.random.default_rng(seed)
+            np.save(os.path.join(d, "x.npy"), rng.normal(size=(32, 4)).astype(np.float32))
+            np.save(os.path.join(d, "y.npy"), rng.integers(0, 3, 32).astype(np.int64))
+            with open(os.path.join(d, "m.toml"), "w") as f:
+                f.write(spec)
+            r = run(["fit", "m.toml", "--output-dir", "run", "-q"], cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            dirs.append(d)
+        def resume(second, out):
+            args = [cli_util.TRAINER, "fit", "--resume", "run/epoch-1.ckpt", "--output-dir", out, "-q"]
+            return subprocess.run([mpirun[0], "-np", "1", *mpirun[3:], "-wdir", dirs[0], *args, ":", "-np", "1",
+                                   *mpirun[3:], "-wdir", second, *args], capture_output=True, text=True, timeout=300)
+        r = resume(dirs[1], "again")
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("trainer: error: mpirun rank 1 of 2 trains another run than rank 0", r.stderr)
+        r = resume(dirs[0], "again2")  # the same checkpoint on both ranks is one run
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def rank_pid(self, rank, marker):
         """The pid of the MPI rank whose command line holds `marker`."""
         for pid in filter(str.isdigit, os.listdir("/proc")):

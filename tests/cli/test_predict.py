@@ -246,10 +246,11 @@ class Predict(unittest.TestCase):
         self.assertNotIn("error", err)
         self.assertEqual(len(out.decode().splitlines()), 2)
 
-    def stream(self, pieces, compress=False):
-        """Writes `pieces` to predict's stdin one at a time, waiting after each (the pipe still open) for the rows
-        of every sample sent so far; returns those counts, the whole output and predict's exit."""
-        p = subprocess.Popen([cli_util.TRAINER, "predict", self.ckpt, "-", "--probabilities", "-q"],
+    def stream(self, pieces, compress=False, model=None):
+        """Writes `pieces` (bytes, and the rows expected once they are in) to predict's stdin one at a time, waiting
+        after each (the pipe still open) for those rows; returns the rows seen after each, the whole output and
+        predict's exit."""
+        p = subprocess.Popen([cli_util.TRAINER, "predict", model or self.ckpt, "-", "--probabilities", "-q"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         z = zlib.compressobj(wbits=31) if compress else None  # gzip, flushed after every piece
         out, seen = b"", []
@@ -282,15 +283,45 @@ class Predict(unittest.TestCase):
         head = len(npy) - x.nbytes
         cases = {
             "csv": [(b"".join(csv[:3]), 3), (b"".join(csv[3:10]), 10), (b"".join(csv[10:]), 40)],
+            # Blank lines after the rows: skipped, and no reason to wait for the next row.
+            "csv_blank": [(b"\n \n".join(csv[:3]) + b"\n\n", 3), (b"\n".join(csv[3:10]) + b" \n\n", 10),
+                          (b"".join(csv[10:]), 40)],
             "npy": [(npy[:head + 3 * 784], 3), (npy[head + 3 * 784:head + 10 * 784], 10),
                     (npy[head + 10 * 784:], 40)],
         }
-        for kind, compress in (("csv", False), ("csv", True), ("npy", False)):
+        for kind, compress in (("csv", False), ("csv", True), ("csv_blank", False), ("npy", False)):
             with self.subTest(input=kind, gzip=compress):
                 seen, out, code, err = self.stream(cases[kind], compress)
                 self.assertEqual(code, 0, err)
                 self.assertEqual(seen[:2], [3, 10])
                 np.testing.assert_allclose(rows(out), want, rtol=0, atol=1e-6)
+
+    def test_samples_larger_than_the_read_buffer_stream_too(self):
+        # Samples of 20,000 values (80 kB as float32 NPY, 180 kB as CSV), the writer pausing after a whole
+        # sample and most of the next: the whole one's row comes out at the pause.
+        from onnx import TensorProto, helper
+        model = os.path.join(self.tmp.name, "wide.onnx")
+        graph = helper.make_graph(
+            [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "wide",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 20000])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+            [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+        with open(model, "wb") as f:
+            f.write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+        x = np.random.default_rng(3).integers(0, 9, size=(5, 20000)).astype(np.float32)
+        npy = npy_bytes(x)
+        head, row = len(npy) - x.nbytes, 80000
+        csv = [",".join(f"{v:.6f}" for v in r).encode() + b"\n" for r in x]  # 180 kB rows
+        for kind, pieces in (
+                ("npy", [(npy[:head + row + 70000], 1), (npy[head + row + 70000:head + 3 * row + 70000], 3),
+                         (npy[head + 3 * row + 70000:], 5)]),
+                ("csv", [(csv[0] + csv[1][:100000], 1), (csv[1][100000:] + csv[2] + csv[3][:100000], 3),
+                         (csv[3][100000:] + csv[4], 5)])):
+            with self.subTest(input=kind):
+                seen, out, code, err = self.stream(pieces, model=model)
+                self.assertEqual(code, 0, err)
+                self.assertEqual(seen[:2], [1, 3])
+                np.testing.assert_allclose(rows(out)[:, 0], x.sum(1), rtol=1e-6)
 
     def test_an_empty_input_gives_no_rows(self):
         # Nothing on stdin (or blank lines only) is no samples, as a CSV of a header alone: no rows, exit 0.
