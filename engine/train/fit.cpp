@@ -165,14 +165,13 @@ ValueId scalar_constant(Graph& g, double v, DType t) {
 
 // Keras's other losses, written in IR ops as Keras defines them (so autodiff gives their gradients): each a
 // per-sample value (a mean or sum over the sample's outputs), averaged over the batch. p is the model's
-// output and y the labels, of one shape. `weigh` multiplies values that lead with the batch by their
-// samples' weights (the identity without sample weights).
+// output and y the labels, of one shape. `mean` reduces values that lead with the batch to the loss: their
+// mean, weighted by their samples' weights, over the positions a mask keeps.
 ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
-                   const std::function<ValueId(ValueId)>& weigh) {
+                   const std::function<ValueId(ValueId)>& mean) {
   const DType t = g.value(p).dtype;
   auto c = [&](double v) { return scalar_constant(g, v, t); };
   auto op = [&](const char* name, std::vector<ValueId> in) { return g.op(name, std::move(in)); };
-  auto mean = [&](ValueId v) { return g.op("ReduceMean", {weigh(v)}, {{"keepdims", int64_t{0}}}); };
   auto last_axis_sum = [&](ValueId v) {
     return g.op("ReduceSum", {v}, {{"axes", std::vector<int64_t>{-1}}, {"keepdims", int64_t{0}}});
   };
@@ -275,10 +274,11 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
   // them, as Keras's.
   const int64_t classes = os.rank() >= 2 ? os[os.rank() - 1] : 1;
   const int64_t positions = os.rank() >= 2 ? os.numel() / batch / classes : 1;
-  // A Keras mask over the steps of a per-step classification: the loss is the mean over the steps that count
-  // (Keras divides by their number; a batch with none gives 0), and the metrics skip the others.
-  const bool masked = output_mask != kNoValue && positions > 1 && (k.sparse || k.categorical || k.binary) &&
-                      g.value(output_mask).shape.numel() == batch * positions;
+  // A Keras mask over the steps of a per-step output (a classification, or a regression of [batch, steps,
+  // values]): the loss is the mean over the steps that count (Keras divides by their number; a batch with
+  // none gives 0), and the metrics skip the others.
+  const bool masked =
+      output_mask != kNoValue && positions > 1 && g.value(output_mask).shape.numel() == batch * positions;
   if (masked) r.mask = output_mask;
   if (sample_w != kNoValue && odt != DType::f32)
     sample_w = g.op("Cast", {sample_w}, {{"to", int64_t{dtype_to_onnx(odt)}}});
@@ -489,13 +489,14 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     }
   } else {
     r.y = g.add_input(g.unique_name("labels"), odt, os);
-    if ((h.loss == "mse" || h.loss == "mae") && sample_w == kNoValue) {
+    auto mean = [&](ValueId v) { return masked ? masked_mean(weigh(v)) : mean_of(weigh(v)); };
+    if ((h.loss == "mse" || h.loss == "mae") && sample_w == kNoValue && !masked) {
       r.loss = g.op(h.loss == "mse" ? "MeanSquaredError" : "MeanAbsoluteError", {output, r.y});
     } else if (h.loss == "mse" || h.loss == "mae") {
       const ValueId e = g.op("Sub", {output, r.y});
-      r.loss = mean_of(weigh(h.loss == "mse" ? g.op("Mul", {e, e}) : g.op("Abs", {e})));
+      r.loss = mean(h.loss == "mse" ? g.op("Mul", {e, e}) : g.op("Abs", {e}));
     } else {
-      r.loss = keras_loss(g, h.loss, output, r.y, weigh);
+      r.loss = keras_loss(g, h.loss, output, r.y, mean);
     }
   }
   return r;
@@ -658,8 +659,10 @@ struct MetricAccumulator {
     loss_sum += batch_loss * samples_in;
     samples += samples_in;
     const bool classify = kind.sparse || kind.categorical || kind.binary;
-    const int64_t classes = kind.binary ? 1 : classify ? last : per_sample;
-    positions = classify ? per_sample / classes : 1;
+    // A regression output is judged per sample, or under a mask per step ([batch, steps, values]).
+    const bool per_step = classify || mask;
+    const int64_t classes = kind.binary ? 1 : per_step ? last : per_sample;
+    positions = per_step ? per_sample / classes : 1;
     const int64_t n = samples_in * positions;
     const bool acc = std::any_of(names->begin(), names->end(), is_accuracy);
     const bool tk = std::any_of(names->begin(), names->end(), is_top_k);
@@ -1120,7 +1123,8 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto [per_sample, last] = output_dims(g, i == 0 ? p.output : p.more_output.at(i - 1));
     const LossKind k = loss_kind(outputs[i].loss);
-    outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical ? last : per_sample;
+    const bool masked = (i == 0 ? p.mask : p.more_mask.at(i - 1)) != kNoValue;
+    outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical || masked ? last : per_sample;
     // Weighted metrics judge a regression output's samples whole: one weight each.
     if (k.regression && !outputs[i].weighted_metrics.empty() && !p.sample_ws.empty()) {
       const Shape& ws = g.value(p.sample_ws[std::min(i, p.sample_ws.size() - 1)]).shape;

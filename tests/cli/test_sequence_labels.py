@@ -185,6 +185,39 @@ class SequenceLabels(unittest.TestCase):
                 self.assertAlmostEqual(ev["accuracy"], float(hit[keep].mean()), places=6)
                 self.assertGreater(ev["accuracy"], 0.9)
 
+    def test_masked_steps_of_a_regression_do_not_count(self):
+        # Keras masks every loss: mse and huber over [batch, steps, 2] targets average the unmasked steps only (the
+        # padded steps' targets, 100, would dominate otherwise), and so does the mae metric.
+        rng = np.random.default_rng(8)
+        lengths = rng.integers(2, STEPS + 1, 256)
+        pad = np.arange(STEPS)[None, :] >= lengths[:, None]
+        x = np.where(pad, 0, rng.integers(1, VOCAB, (256, STEPS))).astype(np.int64)
+        y = np.where(pad[..., None], 100.0, np.stack([x % 3, x % 2], -1) * 0.5).astype(np.float32)
+        np.save(self.path("xr.npy"), x)
+        np.save(self.path("yr.npy"), y)
+        for loss in ("mse", "huber"):
+            with self.subTest(loss=loss):
+                spec = self.path(f"masked_{loss}.toml")
+                text = SPEC.format(steps=STEPS, vocab=VOCAB, units=2, activation="linear", y="yr.npy", loss=loss,
+                                   epochs=2).replace("output_dim = 8", "output_dim = 8\nmask_zero = true")
+                with open(spec, "w") as f:
+                    f.write(text.replace('"x.npy"', '"xr.npy"').replace('metrics = ["accuracy"]', 'metrics = ["mae"]'))
+                out = self.path(f"masked_{loss}")
+                r = run(["fit", spec, "--output-dir", out, "-q"], timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ckpt = os.path.join(out, "last.ckpt")
+                r = run(["evaluate", ckpt, "--data", "train", "--batch-size", "256", "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ev = json.loads(r.stdout)
+                r = run(["predict", ckpt, self.path("xr.npy"), "--probabilities", "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                p = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2).reshape(256, STEPS, 2)
+                e, keep = p - y, ~pad
+                per = (e * e).mean(-1) if loss == "mse" else np.where(np.abs(e) <= 1, 0.5 * e * e,
+                                                                        np.abs(e) - 0.5).mean(-1)
+                self.assertAlmostEqual(ev["loss"] / float(per[keep].mean()), 1.0, places=5)
+                self.assertAlmostEqual(ev["mae"] / float(np.abs(e).mean(-1)[keep].mean()), 1.0, places=5)
+
     def test_masked_steps_split_unevenly_among_replicas_train_as_one_device(self):
         # Each replica's rows hold a different number of unmasked steps; its loss divides by its share of the
         # whole batch's count, so 1, 2 and 4 replicas compute the global batch's masked mean alike.
