@@ -40,6 +40,24 @@ namespace trainer::cli {
 Command add_bench_command(CLI::App& app);  // cli/bench.cpp
 }  // namespace trainer::cli
 
+// A message as the terminal shows it: bytes of a damaged input that it quotes (a NUL, control characters)
+// escaped as \xNN, and a quote of a long input (a whole NPY header, a CSV row) cut at 2,000 bytes.
+static std::string printable(std::string_view s) {
+  constexpr size_t kMost = 2000;
+  std::string out;
+  size_t n = std::min(s.size(), kMost);
+  while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // whole UTF-8
+  for (size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f)
+      out += fmt::format("\\x{:02x}", c);
+    else
+      out += static_cast<char>(c);
+  }
+  if (n < s.size()) out += fmt::format(" ... ({} more bytes)", s.size() - n);
+  return out;
+}
+
 // A collective that timed out or failed ends the run: its line, then every rank of an MPI run, without
 // unwinding the stack (on GPUs a destructor would wait for a stream stuck behind the collective). Under MPI
 // the world ends a moment later, so that the other ranks waiting on the same collective say theirs too.
@@ -206,8 +224,9 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const InputError& e) {
     std::fflush(stdout);
-    fmt::print(stderr, "trainer: error: {}\n", e.what());
-    if (!e.hint().empty()) fmt::print(stderr, "  hint: {}\n", e.hint());
+    const std::string what = e.where().empty() ? e.message() : e.where() + ": " + e.message();
+    fmt::print(stderr, "trainer: error: {}\n", printable(what));
+    if (!e.hint().empty()) fmt::print(stderr, "  hint: {}\n", printable(e.hint()));
     return 2;
   } catch (const engine::dist::CollectiveTimeout& e) {
     // The watchdog: this rank says what it waited for, then the whole run ends. Under mpirun or srun the
@@ -216,7 +235,7 @@ int main(int argc, char** argv) {
     end_run_on_collective_failure(e, {});
   } catch (const RuntimeError& e) {
     std::fflush(stdout);
-    fmt::print(stderr, "trainer: error: {}\n", e.what());
+    fmt::print(stderr, "trainer: error: {}\n", printable(e.what()));
     return 1;
   } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
     std::fflush(stdout);

@@ -104,9 +104,10 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
     auto r = std::from_chars(lc.data(), lc.data() + lc.size(), idx);
     if (r.ec == std::errc() && r.ptr == lc.data() + lc.size()) {
       if (idx < -ncols || idx >= ncols) {
-        throw InputError(fmt::format("{}:{}", name, first_line),
-                         fmt::format("label_column {} is out of range: the rows have {} columns", idx, ncols),
-                         fmt::format("columns are numbered 0 to {} (or -1 for the last)", ncols - 1));
+        throw InputError(
+            fmt::format("{}:{}", name, first_line),
+            fmt::format("label_column {} is out of range: the rows have {} columns", idx, ncols),
+            fmt::format("columns are numbered 0 to {}; leave label_column out for the last", ncols - 1));
       }
       label = idx < 0 ? ncols + idx : idx;
       return;

@@ -261,8 +261,10 @@ class Reader {
   // Tables made from a shorthand (`input = [28, 28, 1]`) take the position of the value they replace.
   void set_pos(const toml::node& n, SourcePos p) { synthetic_[&n] = std::move(p); }
 
+  // Every spec error has a hint: the caller's, or where the manual describes the spec.
   [[noreturn]] void fail(const SourcePos& where, std::string what, std::string hint = {}) const {
-    throw InputError(where.str(), std::move(what), std::move(hint));
+    throw InputError(where.str(), std::move(what),
+                     hint.empty() ? "trainer-model(5) describes every key and its values" : std::move(hint));
   }
 
  private:

@@ -327,11 +327,18 @@ std::vector<int64_t> LayerArgs::ints(const std::string& name) const {
 }
 
 void LayerArgs::fail(const std::string& name, const std::string& what, const std::string& hint) const {
-  throw InputError(pos(name).str(), fmt::format("{}: {}", subject(), what), hint);
+  throw InputError(
+      pos(name).str(), fmt::format("{}: {}", subject(), what),
+      hint.empty()
+          ? fmt::format("trainer-model(5) describes {}'s arguments under [[model.layers]]", spec_.type)
+          : hint);
 }
 
 void LayerArgs::fail_layer(const std::string& what, const std::string& hint) const {
-  throw InputError(spec_.pos.str(), fmt::format("{}: {}", subject(), what), hint);
+  throw InputError(
+      spec_.pos.str(), fmt::format("{}: {}", subject(), what),
+      hint.empty() ? fmt::format("trainer-model(5) describes the {} layer under [[model.layers]]", spec_.type)
+                   : hint);
 }
 
 }  // namespace trainer::models

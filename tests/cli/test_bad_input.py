@@ -449,6 +449,23 @@ loss = "sparse_categorical_crossentropy"
         assert_input_error(self, self.trainer("fit", self.spec(text), "-q"), "tok.npy", "sample 6",
                            "token id 12", "[0, 9]")
 
+    def test_messages_quote_damaged_input_printably_and_briefly(self):
+        # A NUL in an NPY header's dtype cut the message short; a 40 kB header was quoted whole.
+        def npy(header):
+            header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+            return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8 * 784)
+        self.write("nul.npy", npy("{'descr': '<f4\0', 'fortran_order': False, 'shape': (8, 28, 28), }"))
+        self.write("deep.npy", npy("{'descr': '<f4', 'fortran_order': False, 'shape': " + "(" * 40000 + "8, }"))
+        self.write("y.npy", b"\x93NUMPY\x01\x00v\x00" + (b"{'descr': '<i8', 'fortran_order': False, 'shape': (8,), }"
+                                                          .ljust(117) + b"\n") + bytes(64))
+        spec = SPEC.replace('y = "y.idx"', 'y = "y.npy"')
+        r = self.trainer("fit", self.spec(spec.replace('x = "x.idx"', 'x = "nul.npy"')))
+        assert_input_error(self, r, "nul.npy", "dtype '<f4\\x00' is not supported")
+        self.assertNotIn("\0", r.stderr)
+        r = self.trainer("fit", self.spec(spec.replace('x = "x.idx"', 'x = "deep.npy"')))
+        assert_input_error(self, r, "deep.npy", "more bytes)")
+        self.assertLess(len(r.stderr), 4500)
+
 
 class BadUsage(unittest.TestCase):
     """Command-line mistakes also exit with 2."""
