@@ -232,18 +232,20 @@ ValueId LayerBuilder::op(const std::string& op, std::vector<ValueId> inputs, Att
 int64_t LayerBuilder::positive(const std::string& arg) const {
   int64_t v = args.integer(arg);
   if (v < 1) fail(arg, fmt::format("{} must be a positive integer, got {}", arg, v));
-  if (v > kLargestSize)
-    fail(arg, fmt::format("{} = {} is too large (at most {})", arg, v, kLargestSize),
-         "a layer's sizes (units, filters, kernels, vocabularies) fit in 32 bits");
+  if (v > largest_value_of(arg))
+    fail(arg, fmt::format("{} = {} is too large (at most {})", arg, v, largest_value_of(arg)),
+         largest_value_of(arg) == kLargestSize
+             ? "a layer's sizes (units, filters, kernels, vocabularies) fit in 32 bits"
+             : "windows, strides and dilations are at most 2^20");
   return v;
 }
 
 std::vector<int64_t> LayerBuilder::positive_pair(const std::string& arg) const {
   std::vector<int64_t> v = args.pair(arg);
   for (int64_t x : v)
-    if (x < 1 || x > kLargestSize)
-      fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg, kLargestSize,
-                            fmt::join(v, ", ")));
+    if (x < 1 || x > largest_value_of(arg))
+      fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg,
+                            largest_value_of(arg), fmt::join(v, ", ")));
   return v;
 }
 

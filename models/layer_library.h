@@ -51,6 +51,14 @@ std::string keras_shape(const std::vector<int64_t>& shape);
 // The largest size a layer's argument may give (units, filters, kernel sizes, strides, vocabularies):
 // anything larger overflows the tensors it shapes.
 inline constexpr int64_t kLargestSize = (int64_t{1} << 31) - 1;
+// The largest a window argument (kernel_size, pool_size, strides, dilation_rate) may be: far beyond any
+// model's, and small enough that a window's extent and its padding stay exact and a pooling loop stays short.
+inline constexpr int64_t kLargestWindow = int64_t{1} << 20;
+inline int64_t largest_value_of(const std::string& arg) {
+  return arg == "kernel_size" || arg == "pool_size" || arg == "strides" || arg == "dilation_rate"
+             ? kLargestWindow
+             : kLargestSize;
+}
 
 class LayerBuilder {
  public:

@@ -27,9 +27,9 @@ void require_volume(LayerBuilder& b, const LayerValue& x) {
 std::vector<int64_t> positive_triple(LayerBuilder& b, const std::string& arg) {
   std::vector<int64_t> v = b.args.triple(arg);
   for (int64_t x : v)
-    if (x < 1 || x > kLargestSize)
-      b.fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg, kLargestSize,
-                              fmt::join(v, ", ")));
+    if (x < 1 || x > largest_value_of(arg))
+      b.fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg,
+                              largest_value_of(arg), fmt::join(v, ", ")));
   return v;
 }
 

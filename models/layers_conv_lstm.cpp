@@ -29,9 +29,9 @@ std::vector<int64_t> sizes(LayerBuilder& b, const std::string& arg, int rank) {
     b.fail(arg, fmt::format("{} of a layer of {} spatial axes is an integer or {} of them, not [{}]", arg,
                             rank, rank, fmt::join(v, ", ")));
   for (int64_t x : v)
-    if (x < 1 || x > kLargestSize)
-      b.fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg, kLargestSize,
-                              fmt::join(v, ", ")));
+    if (x < 1 || x > largest_value_of(arg))
+      b.fail(arg, fmt::format("{} must hold positive integers of at most {}, got [{}]", arg,
+                              largest_value_of(arg), fmt::join(v, ", ")));
   return v;
 }
 

@@ -404,6 +404,18 @@ loss = "sparse_categorical_crossentropy"
                     assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:",
                                        f"argument '{arg}' must be a finite number, got {value}")
 
+    def test_windows_beyond_two_to_the_twentieth(self):
+        # A dilation of 2^31 - 1 was an internal error of the convolution library; a pool of 2^31 - 1 took minutes
+        # a step.
+        for layer, arg in (('type = "Reshape"\ntarget_shape = [28, 28, 1]\n[[model.layers]]\ntype = "Conv2D"\n'
+                            'filters = 2\nkernel_size = 3\npadding = "same"', "dilation_rate"),
+                           ('type = "MaxPooling1D"\npadding = "same"', "pool_size")):
+            with self.subTest(arg=arg):
+                text = SPEC.replace('type = "Flatten"', f'{layer}\n{arg} = 2147483647\n[[model.layers]]\ntype = "Flatten"')
+                line, col = line_col(text, f"{arg} = 2147483647")
+                assert_input_error(self, self.trainer("fit", self.spec(text), "-q"), f"spec.toml:{line}:",
+                                   "at most 1048576")
+
     def test_an_empty_activation_is_unknown(self):
         text = SPEC.replace('activation = "softmax"', 'activation = ""')
         line, col = line_col(text, '""')
