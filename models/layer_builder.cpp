@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -126,6 +128,16 @@ ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
 
 ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
                              const WeightFans& fans) {
+  // A weight larger than the machine's memory is a spec mistake (units = 100000000), said before allocating.
+  static const double memory =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const double bytes = static_cast<double>(shape.numel()) * 4.0;
+  if (memory > 0 && bytes > memory)
+    fail_layer(
+        fmt::format("its weight '{}' of shape {} needs {:.1f} GiB, more than this machine's {:.1f} GiB of "
+                    "memory",
+                    suffix, shape.str(), bytes / (1 << 30), memory / (1 << 30)),
+        "check the layer's sizes (units, filters, kernel_size, input_dim)");
   ValueId w = weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
   regularize(w, regularizer_arg(init_arg));
   constrain(w, constraint_arg(init_arg), fans);

@@ -416,6 +416,15 @@ loss = "sparse_categorical_crossentropy"
                 assert_input_error(self, self.trainer("fit", self.spec(text), "-q"), f"spec.toml:{line}:",
                                    "at most 1048576")
 
+    def test_a_weight_larger_than_memory_is_a_spec_error(self):
+        # 784 x 300,000,000 floats: 876 GiB, more than this machine's memory and under a tensor's 2^40 bytes. It ran
+        # out of memory (exit 1) in check and summary alike.
+        text = SPEC.replace("units = 10", "units = 300000000")
+        for command in ("check", "summary"):
+            with self.subTest(command=command):
+                assert_input_error(self, self.trainer(command, self.spec(text)), "Dense layer 'dense'",
+                                   "its weight 'kernel' of shape [784, 300000000]", "of memory")
+
     def test_an_empty_activation_is_unknown(self):
         text = SPEC.replace('activation = "softmax"', 'activation = ""')
         line, col = line_col(text, '""')

@@ -156,8 +156,7 @@ TEST_SUITE("errors") {
         contains(build_error(huge).what(), "units = 4611686018427387904 is too large (at most 2147483647)"));
     Spec wide({8, 8, 1});
     wide.add("Conv2D", {{"filters", int64_t{2}}, {"kernel_size", std::vector<int64_t>{3, int64_t{1} << 32}}});
-    CHECK(
-        contains(build_error(wide).what(), "kernel_size must hold positive integers of at most 1048576"));
+    CHECK(contains(build_error(wide).what(), "kernel_size must hold positive integers of at most 1048576"));
 
     Spec d({4});
     d.add("Dropout", {{"rate", 1.0}});
