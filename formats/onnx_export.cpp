@@ -11,6 +11,7 @@
 #include <climits>
 #include <cmath>
 #include <numbers>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -728,6 +729,7 @@ onnx::ModelProto with_trained_values(const onnx::ModelProto& original,
     tensor_to_onnx(t, name, &init);
     ++count;
   }
+  std::set<std::string> dropped;  // inputs no longer read by the node that read them
   for (auto& n : *graph->mutable_node()) {
     if (!n.domain().empty() && n.domain() != "ai.onnx") continue;
     if (n.op_type() == "BatchNormalization") {
@@ -736,9 +738,18 @@ onnx::ModelProto with_trained_values(const onnx::ModelProto& original,
         if (attrs->Get(i).name() == "training_mode") attrs->DeleteSubrange(i, 1);
       while (n.output_size() > 1) n.mutable_output()->RemoveLast();
     } else if (n.op_type() == "Dropout" && n.input_size() > 2) {
-      while (n.input_size() > 2) n.mutable_input()->RemoveLast();
+      while (n.input_size() > 2) {
+        dropped.insert(n.input(n.input_size() - 1));
+        n.mutable_input()->RemoveLast();
+      }
     }
   }
+  // A Dropout's training_mode constant that nothing reads any more goes too (onnxruntime warns of it).
+  for (const auto& n : graph->node())
+    for (const std::string& in : n.input()) dropped.erase(in);
+  for (const auto& in : graph->input()) dropped.erase(in.name());
+  for (int i = graph->initializer_size() - 1; i >= 0; --i)
+    if (dropped.count(graph->initializer(i).name())) graph->mutable_initializer()->DeleteSubrange(i, 1);
   model.set_producer_name("trainer");
   model.set_producer_version(options.producer_version);
   for (const auto& [key, value] : options.metadata) {
