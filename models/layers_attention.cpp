@@ -106,7 +106,11 @@ LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerVa
       for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
     scores = b.op("Add", {scores, b.constant("causal_mask", std::move(mask))});
   }
-  scores = mask_scores(b, scores, q, k, true);
+  // Keras combines the value's and the key's masks (with a key of its own, both count).
+  LayerValue attended = k;
+  if (in.size() > 2 && v.mask != kNoValue)
+    attended.mask = k.mask == kNoValue ? v.mask : b.op("Mul", {k.mask, v.mask});
+  scores = mask_scores(b, scores, q, attended, true);
   ValueId weights = b.op("Softmax", {scores}, {{"axis", int64_t{-1}}});
   if (b.options.training && rate > 0)  // Keras drops attention weights, each on its own
     weights = b.op("Dropout", {weights, b.constant("ratio", Tensor::scalar<float>(static_cast<float>(rate))),

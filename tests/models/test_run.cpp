@@ -1903,6 +1903,38 @@ TEST_SUITE("run") {
       }
     CHECK(compared == 24);
   }
+
+  TEST_CASE("run: MultiHeadAttention with a key of its own still ignores the value's padded steps") {
+    // query and value from a masked embedding, the key from one without a mask: Keras combines the value's
+    // mask with the key's, so the padded values (row 0 of the value's table) weigh nothing.
+    Spec s({5}, "int32");
+    const std::vector<std::pair<std::string, formats::ArgValue>> embedding = {
+        {"vocabulary_size", int64_t{7}}, {"sequence_length", int64_t{5}}, {"embedding_dim", int64_t{4}}};
+    auto masked = embedding;
+    masked.push_back({"mask_zero", true});
+    s.add("TokenAndPositionEmbedding", masked, "tok")
+        .add("TokenAndPositionEmbedding", embedding, "plain", {"input"})
+        .add("MultiHeadAttention", {{"num_heads", int64_t{2}}, {"key_dim", int64_t{2}}}, "mha",
+             {"tok", "tok", "plain"});
+    const std::vector<int32_t> ids = {4, 2, 6, 0, 0, 1, 0, 3, 5, 0};
+    Tensor outs[2];
+    for (int k = 0; k < 2; ++k) {
+      BuiltModel m = models::testing::build(s, false, 2);
+      Tensor* table = m.graph.mutable_initializer(m.graph.find("tok/token_embedding/embeddings"));
+      REQUIRE(table != nullptr);
+      for (int64_t f = 0; f < 4; ++f) table->set_f64(f, k == 0 ? 0.3 : -2.0);
+      outs[k] = forward(std::move(m), Tensor::from<int32_t>(Shape{2, 5}, ids));
+    }
+    int compared = 0;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t < 5; ++t) {
+        if (ids[b * 5 + t] == 0) continue;
+        for (int64_t f = 0; f < 4; ++f, ++compared)
+          CHECK(outs[0].get_f64((b * 5 + t) * 4 + f) ==
+                doctest::Approx(outs[1].get_f64((b * 5 + t) * 4 + f)));
+      }
+    CHECK(compared == 24);
+  }
 }
 
 TEST_SUITE("run") {
