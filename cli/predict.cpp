@@ -198,11 +198,21 @@ std::vector<int64_t> squeezed(const std::vector<int64_t>& s) {
 }
 
 // The samples must be the model's per-sample input: the same shape, the same values as flat rows (CSV, or a
-// 2-D array), or the same shape but for dimensions of 1 ([28, 28] for [28, 28, 1]).
-void check_sample_shape(const formats::SampleReader& in, const PredictModel& m, size_t input) {
+// 2-D array), the same shape but for dimensions of 1 ([28, 28] for [28, 28, 1]), or, for an input of
+// [C, H, W], images stored channels last (then converted).
+void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t input) {
   const std::vector<int64_t>& got = in.sample_shape();
   const std::vector<int64_t>& want = m.inputs[input].sample_shape;
   if (in.count() == 0 && got.empty()) return;  // an empty input: no samples to check
+  // Images stored channels last ([H, W, C]) for an input of [C, H, W] (an ONNX model's, or a checkpoint of
+  // one) are transposed, as trainer fit takes them.
+  engine::data::BatchFormat& format = m.inputs[input].format;
+  if (!format.to_chw && want.size() == 3 && got.size() == 3 && want[0] > 1 && got != want &&
+      got == std::vector<int64_t>{want[1], want[2], want[0]}) {
+    format.to_chw = true;
+    m.inputs[input].sample_shape = got;
+    return;
+  }
   const std::string named = m.inputs.size() > 1 ? fmt::format(" input '{}'", m.inputs[input].name) : "";
   const int64_t got_n = Shape(got).numel(), want_n = Shape(want).numel();
   if (got == want) return;

@@ -443,6 +443,34 @@ class PredictChannelsLast(unittest.TestCase):
 
 
 @unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
+class PredictChannelsLastImagesOfAnOnnxModel(unittest.TestCase):
+    def test_hwc_images_are_transposed_for_a_chw_input(self):
+        # An ONNX model's [3, 6, 6] input takes [6, 6, 3] images (as trainer fit takes them): the same rows as
+        # the CHW array.
+        from onnx import TensorProto as T
+        from onnx import helper as h
+        from onnx import numpy_helper as nh
+        rng = np.random.default_rng(4)
+        w = nh.from_array(rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "w")
+        nodes = [h.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3]), h.make_node("Flatten", ["c"], ["y"])]
+        g = h.make_graph(nodes, "conv", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 6, 6])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 32])], [w])
+        x = rng.normal(size=(5, 3, 6, 6)).astype(np.float32)
+        with tempfile.TemporaryDirectory() as t:
+            model = os.path.join(t, "conv.onnx")
+            with open(model, "wb") as f:
+                f.write(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]).SerializeToString())
+            np.save(os.path.join(t, "chw.npy"), x)
+            np.save(os.path.join(t, "hwc.npy"), np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            out = {}
+            for name in ("chw", "hwc"):
+                r = predict([model, os.path.join(t, f"{name}.npy"), "--probabilities", "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                out[name] = rows(r.stdout)
+            self.assertEqual(out["hwc"].shape, (5, 32))
+            np.testing.assert_array_equal(out["hwc"], out["chw"])
+
+
 class PredictIntegerOutputs(unittest.TestCase):
     def test_a_model_that_ends_in_argmax_gives_its_class_ids(self):
         import onnx
