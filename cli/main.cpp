@@ -217,6 +217,18 @@ int main(int argc, char** argv) {
     }
     for (const cli::Command& c : commands)
       if (c.app->parsed()) {
+        // Only fit trains with a rank per replica; any other subcommand under mpirun or srun would run once
+        // per rank, each writing the same output. Rank 0 says so; the others end quietly.
+        const engine::dist::LaunchInfo launch = engine::dist::LaunchInfo::from_environment();
+        if (launch.size > 1 && c.app->get_name() != "fit") {
+          if (launch.rank != 0) return 2;
+          throw InputError(
+              launch.launcher,
+              fmt::format("trainer {} runs in one process, and {} started {} ranks of it", c.app->get_name(),
+                          launch.launcher, launch.size),
+              fmt::format("run trainer {} without {}; only trainer fit trains with a rank per replica",
+                          c.app->get_name(), launch.launcher));
+        }
         const int rc = c.run();
         return rc == 0 ? stdout_written() : rc;
       }

@@ -298,6 +298,15 @@ batch_size = 64
                 self.assertIn("trainer: error: mpirun rank 1 of 2 trains another run than rank 0", r.stderr)
                 self.assertFalse(os.path.exists(os.path.join(out, "last.ckpt")))
 
+    def test_other_subcommands_refuse_mpirun(self):
+        # trainer evaluate (or predict, export, ...) under mpirun would run once per rank, each writing the same
+        # output: rank 0 says so once, and nothing is written to stdout.
+        r = self.mpirun(["summary", sample("fashion_mnist/mlp.toml")])
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(r.stderr.count("trainer: error: mpirun: trainer summary runs in one process, and mpirun "
+                                        "started 2 ranks of it"), 1, r.stderr)
+
     def test_ranks_resuming_different_checkpoints_are_refused(self):
         # Two folders with the same spec and data of the same size but other values, trained alike: their
         # epoch-1 checkpoints have the same step. Ranks resuming one each (a stale copy of a checkpoint on one
