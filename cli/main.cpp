@@ -41,9 +41,10 @@ Command add_bench_command(CLI::App& app);  // cli/bench.cpp
 }  // namespace trainer::cli
 
 // A message as the terminal shows it: bytes of a damaged input that it quotes (a NUL, control characters)
-// escaped as \xNN, and a quote of a long input (a whole NPY header, a CSV row) cut at 2,000 bytes.
+// escaped as \xNN. Quotes of input are clipped where they are made (formats::clipped); a message is cut at
+// 64 KiB only as a last resort.
 static std::string printable(std::string_view s) {
-  constexpr size_t kMost = 2000;
+  constexpr size_t kMost = size_t{64} << 10;
   std::string out;
   size_t n = std::min(s.size(), kMost);
   while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // whole UTF-8
@@ -131,7 +132,7 @@ static void print_usage_error(CLI::App& app, const CLI::ParseError& e) {
     else if (what.find("At Most") != std::string::npos)
       what = fmt::format("{}: given more than once; give it once", name);
   }
-  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", what, hint);
+  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", printable(what), printable(hint));
 }
 
 namespace {
@@ -139,7 +140,7 @@ namespace {
 // Memory the run needs and cannot have: one line and a hint, exit 1 (a failure at run time).
 int out_of_memory(const char* what, const char* hint) {
   std::fflush(stdout);
-  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", what, hint);
+  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", printable(what), printable(hint));
   return 1;
 }
 

@@ -204,11 +204,11 @@ void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t
   const std::vector<int64_t>& got = in.sample_shape();
   const std::vector<int64_t>& want = m.inputs[input].sample_shape;
   if (in.count() == 0 && got.empty()) return;  // an empty input: no samples to check
-  // Images stored channels last ([H, W, C]) for an input of [C, H, W] (an ONNX model's, or a checkpoint of
-  // one) are transposed, as trainer fit takes them.
+  // Images stored channels last ([H, W, C]) for a float input of [C, H, W] (an ONNX model's, or a checkpoint
+  // of one) are transposed, as trainer fit takes them.
   engine::data::BatchFormat& format = m.inputs[input].format;
-  if (!format.to_chw && want.size() == 3 && got.size() == 3 && want[0] > 1 && got != want &&
-      got == std::vector<int64_t>{want[1], want[2], want[0]}) {
+  if (!format.to_chw && !engine::is_integer(format.x_dtype) && want.size() == 3 && got.size() == 3 &&
+      want[0] > 1 && got != want && got == std::vector<int64_t>{want[1], want[2], want[0]}) {
     format.to_chw = true;
     m.inputs[input].sample_shape = got;
     return;

@@ -37,6 +37,13 @@ std::string at_byte(const std::string& file, uint64_t offset) {
   return fmt::format("{}: byte {}", file, offset);
 }
 
+std::string clipped(std::string_view text, size_t most) {
+  if (text.size() <= most) return std::string(text);
+  size_t n = most;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // whole UTF-8 characters
+  return fmt::format("{}... ({} more bytes)", text.substr(0, n), text.size() - n);
+}
+
 Bytes::~Bytes() {
   if (map_) munmap(map_, size_);
 }

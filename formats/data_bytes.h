@@ -85,4 +85,7 @@ std::string file_name(const std::string& path);
 // The `where` of a message about a byte of a file: "t10k-images-idx3-ubyte.gz: byte 16".
 std::string at_byte(const std::string& file, uint64_t offset);
 
+// Text of a damaged input as a message quotes it: its first `most` bytes, then how many more there are.
+std::string clipped(std::string_view text, size_t most = 200);
+
 }  // namespace trainer::formats

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "engine/util/error.h"
+#include "formats/data_bytes.h"
 
 namespace trainer::formats {
 
@@ -173,8 +174,9 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
         std::string field =
             k < static_cast<int64_t>(names.size()) ? fmt::format("'{}'", names[k]) : fmt::format("{}", k);
         throw InputError(fmt::format("{}:{}:{}", name, line_no, c.col),
-                         c.text.empty() ? fmt::format("column {} is empty", field)
-                                        : fmt::format("column {} holds '{}', not a number", field, c.text),
+                         c.text.empty()
+                             ? fmt::format("column {} is empty", field)
+                             : fmt::format("column {} holds '{}', not a number", field, clipped(c.text)),
                          first_line == line_no ? "is this row a header? set header = true"
                          : c.text.empty() ? "every row holds a number in every column: fill or drop this row"
                                           : "CSV data holds numbers only: encode text as numbers first");

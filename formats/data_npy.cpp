@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "engine/util/error.h"
+#include "formats/data_bytes.h"
 
 namespace trainer::formats {
 
@@ -73,13 +74,14 @@ class HeaderParser {
   }
   void expect(char c) {
     skip();
-    if (peek() != c) fail(fmt::format("expected '{}' at column {} of '{}'", c, i_ + 1, s_));
+    if (peek() != c) fail(fmt::format("expected '{}' at column {} of '{}'", c, i_ + 1, clipped(s_)));
     ++i_;
   }
   std::string string_literal() {
     skip();
     char q = peek();
-    if (q != '\'' && q != '"') fail(fmt::format("expected a quoted string at column {} of '{}'", i_ + 1, s_));
+    if (q != '\'' && q != '"')
+      fail(fmt::format("expected a quoted string at column {} of '{}'", i_ + 1, clipped(s_)));
     size_t end = s_.find(q, i_ + 1);
     if (end == std::string_view::npos) fail("an unterminated string");
     std::string out(s_.substr(i_ + 1, end - i_ - 1));
@@ -103,7 +105,8 @@ class HeaderParser {
     for (;;) {
       skip();
       if (peek() == ')') break;
-      if (!std::isdigit(static_cast<unsigned char>(peek()))) fail(fmt::format("a bad shape in '{}'", s_));
+      if (!std::isdigit(static_cast<unsigned char>(peek())))
+        fail(fmt::format("a bad shape in '{}'", clipped(s_)));
       int64_t v = 0;
       while (std::isdigit(static_cast<unsigned char>(peek()))) {
         v = v * 10 + (s_[i_] - '0');

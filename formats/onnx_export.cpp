@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <functional>
 #include <numbers>
 #include <set>
 #include <unordered_map>
@@ -744,9 +745,18 @@ onnx::ModelProto with_trained_values(const onnx::ModelProto& original,
       }
     }
   }
-  // A Dropout's training_mode constant that nothing reads any more goes too (onnxruntime warns of it).
-  for (const auto& n : graph->node())
-    for (const std::string& in : n.input()) dropped.erase(in);
+  // A Dropout's training_mode constant that nothing reads any more goes too (onnxruntime warns of it); a
+  // node of a subgraph (an If's branch, a Loop's body) may still read it.
+  std::function<void(const onnx::GraphProto&)> keep_read = [&](const onnx::GraphProto& g) {
+    for (const auto& n : g.node()) {
+      for (const std::string& in : n.input()) dropped.erase(in);
+      for (const auto& a : n.attribute()) {
+        if (a.has_g()) keep_read(a.g());
+        for (const auto& sub : a.graphs()) keep_read(sub);
+      }
+    }
+  };
+  keep_read(*graph);
   for (const auto& in : graph->input()) dropped.erase(in.name());
   for (int i = graph->initializer_size() - 1; i >= 0; --i)
     if (dropped.count(graph->initializer(i).name())) graph->mutable_initializer()->DeleteSubrange(i, 1);

@@ -255,26 +255,27 @@ struct SampleReader::Impl {
   // pipe stays silent for kQuietMs before the sample is complete in buf.
   bool sample_ready() {
     if (mem) return true;
-    size_t scanned = pos;  // CSV: lines before this one are blank
+    // CSV: whether a complete line that is not blank has arrived (blank lines are skipped, and the sample
+    // after them may not have). Each byte is looked at once: `scanned` bytes from pos are, and the line they
+    // end in holds text when `text`.
+    size_t scanned = 0;
+    bool text = false;
     for (;;) {
       if (format == StreamFormat::csv) {
-        // A complete line that is not blank (blank lines are skipped, and the sample after them may not have
-        // arrived).
-        for (;;) {
-          const void* nl = std::memchr(buf.data() + scanned, '\n', end - scanned);
-          if (!nl) break;
-          const size_t e = static_cast<size_t>(static_cast<const uint8_t*>(nl) - buf.data());
-          for (size_t i = scanned; i < e; ++i)
-            if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r') return true;
-          scanned = e + 1;
+        for (; pos + scanned < end; ++scanned) {
+          const uint8_t c = buf[pos + scanned];
+          if (c == '\n') {
+            if (text) return true;
+          } else if (c != ' ' && c != '\t' && c != '\r') {
+            text = true;
+          }
         }
       } else if (end - pos >= stored_sample_bytes()) {
         return true;
       }
       if (eof) return true;
       if (pos == 0 && end == buf.size()) buf.resize(2 * buf.size());  // a line longer than buf
-      scanned -= pos;                                                 // fill moves buf[pos, end) to the front
-      if (!fill(false)) return eof;
+      if (!fill(false)) return eof;  // (fill moves buf[pos, end) to the front: `scanned` counts from pos)
     }
   }
 
@@ -405,7 +406,7 @@ struct SampleReader::Impl {
       if (parse_number(cells[c], &out[c])) continue;
       if (header_ok) return false;
       throw InputError(fmt::format("{}:{}:{}", name, line_no, cell_cols[c]),
-                       fmt::format("'{}' is not a number", cells[c]),
+                       fmt::format("'{}' is not a number", clipped(cells[c])),
                        "CSV input holds numbers only (a first line of column names is skipped)");
     }
     return true;

@@ -131,7 +131,8 @@ ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_
   // A weight larger than the machine's memory is a spec mistake (units = 100000000), said before allocating.
   static const double memory =
       static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-  const double bytes = static_cast<double>(shape.numel()) * 4.0;
+  double bytes = 4.0;  // in double: a product of huge sizes overflows int64
+  for (int64_t d : shape.dims()) bytes *= static_cast<double>(d);
   if (memory > 0 && bytes > memory)
     fail_layer(
         fmt::format("its weight '{}' of shape {} needs {:.1f} GiB, more than this machine's {:.1f} GiB of "

@@ -402,34 +402,46 @@ learning_rate = 0.002
     def test_a_graph_written_back_keeps_no_unused_training_mode(self):
         # A batch-dependent reshape ([N, 3, 4] -> [3N, 4] -> Gemm -> [N, 6]) is exported as the imported graph with
         # its trained values; its Dropout's training_mode input, a constant the inference form does not read, goes
-        # with its initializer (onnxruntime warned of the unused one).
+        # with its initializer (onnxruntime warned of the unused one), unless an If's branch still reads it.
         rng = np.random.default_rng(0)
-        nodes = [h.make_node("Shape", ["x"], ["shape"]), h.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
-                 h.make_node("Mul", ["n", "three"], ["n3"]), h.make_node("Unsqueeze", ["n3", "axis0"], ["n3u"]),
-                 h.make_node("Concat", ["n3u", "four"], ["rows"], axis=0),
-                 h.make_node("Reshape", ["x", "rows"], ["x2"]),
-                 h.make_node("Dropout", ["x2", "ratio", "training_mode"], ["d"]),
-                 h.make_node("Gemm", ["d", "w", "b"], ["g"], transB=1),
-                 h.make_node("Unsqueeze", ["n", "axis0"], ["nu"]), h.make_node("Concat", ["nu", "minus1"], ["out"], axis=0),
-                 h.make_node("Reshape", ["g", "out"], ["y"])]
-        inits = [ints("zero", 0), ints("three", 3), ints("axis0", [0]), ints("four", [4]), ints("minus1", [-1]),
-                 vector("ratio", 0.3), nh.from_array(np.array(False), "training_mode"), weight(rng, "w", (2, 4)),
-                 vector("b", np.zeros(2))]
-        original = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 4])],
-                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 6])], inits, 15)
-        path = self.save(original, "written_back.onnx")
         np.save(self.path("wb_x.npy"), rng.standard_normal((32, 3, 4)).astype(np.float32))
         np.save(self.path("wb_y.npy"), rng.standard_normal((32, 6)).astype(np.float32))
         train = self.path("written_back.toml")
         with open(train, "w") as f:
             f.write('format_version = 1\n[data.train]\nx = "wb_x.npy"\ny = "wb_y.npy"\n[train]\nloss = "mse"\n'
                     'epochs = 1\nbatch_size = 8\n')
-        epochs, ckpt = self.fit([path, "--train", train], self.path("run_written_back"))
-        exported = self.export(ckpt, "written_back_out.onnx")
-        used = {i for n in exported.graph.node for i in n.input}
-        self.assertEqual([i.name for i in exported.graph.initializer if i.name not in used], [])
-        x = np.load(self.path("wb_x.npy"))[:5]
-        self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
+        for branch in (False, True):
+            with self.subTest(if_branch_reads_it=branch):
+                nodes = [h.make_node("Shape", ["x"], ["shape"]), h.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+                         h.make_node("Mul", ["n", "three"], ["n3"]), h.make_node("Unsqueeze", ["n3", "axis0"], ["n3u"]),
+                         h.make_node("Concat", ["n3u", "four"], ["rows"], axis=0),
+                         h.make_node("Reshape", ["x", "rows"], ["x2"]),
+                         h.make_node("Dropout", ["x2", "ratio", "training_mode"], ["d"]),
+                         h.make_node("Gemm", ["d", "w", "b"], ["g"], transB=1),
+                         h.make_node("Unsqueeze", ["n", "axis0"], ["nu"]),
+                         h.make_node("Concat", ["nu", "minus1"], ["out"], axis=0),
+                         h.make_node("Reshape", ["g", "out"], ["y0" if branch else "y"])]
+                inits = [ints("zero", 0), ints("three", 3), ints("axis0", [0]), ints("four", [4]), ints("minus1", [-1]),
+                         vector("ratio", 0.3), nh.from_array(np.array(False), "training_mode"),
+                         weight(rng, "w", (2, 4)), vector("b", np.zeros(2))]
+                if branch:
+                    then = h.make_graph([h.make_node("Cast", ["training_mode"], ["t"], to=T.FLOAT)], "then", [],
+                                        [h.make_tensor_value_info("t", T.FLOAT, [])])
+                    other = h.make_graph([h.make_node("Constant", [], ["e"], value=vector("zero_f", 0.0))], "else",
+                                         [], [h.make_tensor_value_info("e", T.FLOAT, [])])
+                    nodes += [h.make_node("If", ["cond"], ["flag"], then_branch=then, else_branch=other),
+                              h.make_node("Add", ["y0", "flag"], ["y"])]
+                    inits.append(nh.from_array(np.array(True), "cond"))
+                original = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 4])],
+                                 [h.make_tensor_value_info("y", T.FLOAT, ["N", 6])], inits, 15)
+                path = self.save(original, f"written_back_{branch}.onnx")
+                epochs, ckpt = self.fit([path, "--train", train], self.path(f"run_written_back_{branch}"))
+                exported = self.export(ckpt, f"written_back_{branch}_out.onnx")
+                read = {i for n in exported.graph.node for i in n.input}
+                unread = [i.name for i in exported.graph.initializer if i.name not in read]
+                self.assertEqual(unread, ["training_mode"] if branch else [])
+                x = np.load(self.path("wb_x.npy"))[:5]
+                self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})  # onnxruntime runs it
 
     def test_embedding_lstm_classifier_learns(self):
         rng = np.random.default_rng(5)

@@ -469,6 +469,16 @@ class PredictChannelsLastImagesOfAnOnnxModel(unittest.TestCase):
                 out[name] = rows(r.stdout)
             self.assertEqual(out["hwc"].shape, (5, 32))
             np.testing.assert_array_equal(out["hwc"], out["chw"])
+            # Integer inputs (token ids) are never transposed: their [H, W, C] arrays stay a shape error.
+            cast = h.make_graph([h.make_node("Cast", ["x"], ["f"], to=T.FLOAT), h.make_node("Flatten", ["f"], ["y"])],
+                                "ints", [h.make_tensor_value_info("x", T.INT64, ["N", 2, 3, 4])],
+                                [h.make_tensor_value_info("y", T.FLOAT, ["N", 24])])
+            with open(model, "wb") as f:
+                f.write(h.make_model(cast, opset_imports=[h.make_opsetid("", 17)]).SerializeToString())
+            np.save(os.path.join(t, "ids.npy"), np.arange(120, dtype=np.int64).reshape(5, 3, 4, 2))
+            r = predict([model, os.path.join(t, "ids.npy"), "--probabilities", "-q"])
+            r.stderr = r.stderr.decode()
+            cli_util.assert_input_error(self, r, "ids.npy", "[3, 4, 2]")
 
 
 class PredictIntegerOutputs(unittest.TestCase):
