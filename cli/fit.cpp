@@ -24,6 +24,7 @@
 #endif
 #include "engine/util/error.h"
 #include "formats/atomic_file.h"
+#include "formats/checkpoint_hash.h"
 
 namespace trainer::cli {
 
@@ -238,34 +239,23 @@ class SignatureGrabber final : public engine::FitObserver {
 };
 
 // What a rank of an MPI run trains: the resolved spec (flags and --set included), the ONNX model, the data's
-// sizes and the checkpoint a resume starts from, hashed (FNV-1a).
+// sizes and the checkpoint a resume starts from (its values too: a stale copy of last.ckpt on one machine has
+// the same step), hashed with the checkpoints' XXH64.
 uint64_t run_fingerprint(const formats::ModelSpec& s, const std::optional<LoadedCheckpoint>& ck,
                          const SpecData& data) {
-  uint64_t h = 1469598103934665603ull;
-  auto add = [&h](std::string_view text) {
-    for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
-  };
+  formats::Xxh64 h;
+  auto add = [&h](std::string_view text) { h.update(text.data(), text.size()); };
   add(formats::to_toml(s));
   if (s.model.onnx_bytes) add(*s.model.onnx_bytes);
   add(fmt::format("|{}|{}|{}|{}", data.train ? data.train->size() : 0,
                   data.validation ? data.validation->size() : 0, data.test ? data.test->size() : 0,
                   ck ? ck->state.global_step : -1));
-  // A resumed checkpoint's values too (a stale copy of last.ckpt on one machine has the same step), a word at
-  // a time.
   if (ck)
     for (const auto& [name, t] : ck->state.values) {
       add(name);
-      const auto* p = static_cast<const unsigned char*>(t.raw());
-      const size_t n = t.nbytes();
-      size_t i = 0;
-      for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, p + i, 8);
-        h = (h ^ w) * 1099511628211ull;
-      }
-      add(std::string_view(reinterpret_cast<const char*>(p + i), n - i));
+      h.update(t.raw(), t.nbytes());
     }
-  return h;
+  return h.digest();
 }
 
 // Every rank must train the same run: a rank started with other flags (another --seed, an MPMD launch)
