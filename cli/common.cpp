@@ -677,6 +677,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.optimizer.epsilon = static_cast<float>(o.epsilon);
   c.optimizer.momentum = static_cast<float>(o.momentum);
   c.optimizer.nesterov = o.nesterov;
+  c.optimizer.amsgrad = o.amsgrad;
+  c.optimizer.centered = o.centered;
   c.optimizer.rho = static_cast<float>(o.rho);
   c.optimizer.initial_accumulator_value = static_cast<float>(o.initial_accumulator_value);
   c.optimizer.weight_decay = static_cast<float>(o.weight_decay);

@@ -64,11 +64,22 @@ const Keys kTrainKeys = {"loss",
                          "reduce_lr_on_plateau",
                          "validation_freq"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
-const Keys kOptimizerKeys = {"name",         "learning_rate", "beta_1",
-                             "beta_2",       "epsilon",       "momentum",
-                             "nesterov",     "rho",           "initial_accumulator_value",
-                             "weight_decay", "clipnorm",      "global_clipnorm",
-                             "clipvalue",    "schedule"};
+const Keys kOptimizerKeys = {"name",
+                             "learning_rate",
+                             "beta_1",
+                             "beta_2",
+                             "epsilon",
+                             "amsgrad",
+                             "momentum",
+                             "nesterov",
+                             "rho",
+                             "centered",
+                             "initial_accumulator_value",
+                             "weight_decay",
+                             "clipnorm",
+                             "global_clipnorm",
+                             "clipvalue",
+                             "schedule"};
 const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
                             "decay_steps", "decay_rate",   "staircase",
                             "alpha",       "warmup_steps", "end_learning_rate",
@@ -159,9 +170,9 @@ const Keys kModes = {"auto", "min", "max"};
 // Each optimizer's own keys; learning_rate comes before them and the decay and clipping keys after them.
 const std::map<std::string_view, Keys> kOptimizerOwnArgs = {
     {"sgd", {"momentum", "nesterov"}},
-    {"adam", {"beta_1", "beta_2", "epsilon"}},
-    {"adamw", {"beta_1", "beta_2", "epsilon"}},
-    {"rmsprop", {"rho", "momentum", "epsilon"}},
+    {"adam", {"beta_1", "beta_2", "epsilon", "amsgrad"}},
+    {"adamw", {"beta_1", "beta_2", "epsilon", "amsgrad"}},
+    {"rmsprop", {"rho", "momentum", "epsilon", "centered"}},
     {"adagrad", {"initial_accumulator_value", "epsilon"}},
     {"adamax", {"beta_1", "beta_2", "epsilon"}},
     {"nadam", {"beta_1", "beta_2", "epsilon"}},
@@ -1181,6 +1192,7 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
     r.fail(r.pos(k, v), fmt::format("{} does not apply to {}", t.name(k.str()), o.name),
            fmt::format("{} takes: {}", o.name, join(args)));
   }
+  if (o.name == "sgd") o.learning_rate = 0.01;    // Keras's SGD default (0.001 for the others)
   if (o.name == "adamw") o.weight_decay = 0.004;  // Keras's AdamW default
   if (o.name == "lion") o.beta_2 = 0.99;          // Keras's Lion default
   if (o.name == "adadelta") o.rho = 0.95;         // Keras's Adadelta default
@@ -1222,6 +1234,8 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
         "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue (each "
         "element)");
   t.get("nesterov", o.nesterov);
+  t.get("amsgrad", o.amsgrad);
+  t.get("centered", o.centered);
   if (const toml::node* s = t.find("schedule")) o.schedule = read_schedule(r, *s);
   // A piecewise constant schedule's values are the rates themselves: learning_rate would say another.
   if (o.schedule.kind == "piecewise_constant") {

@@ -171,6 +171,8 @@ struct OptimizerSpec {
   double beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7;  // beta_2: Keras's 0.99 for lion
   double momentum = 0.0;
   bool nesterov = false;
+  bool amsgrad = false;                    // adam, adamw
+  bool centered = false;                   // rmsprop
   double rho = 0.9;                        // Keras's 0.95 for adadelta
   double initial_accumulator_value = 0.1;  // adagrad
   double weight_decay = 0.0;               // when not given: 0, or Keras's 0.004 for adamw

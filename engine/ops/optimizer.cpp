@@ -77,6 +77,14 @@ std::vector<Tensor> update_inputs(double r, int64_t t, const std::vector<Shape>&
   return in;
 }
 
+// RMSprop's centered inputs with the last state (the mean gradient MG) small enough that V - MG^2 > 0, as
+// every reachable state has it (MG^2 <= V by Jensen's inequality).
+std::vector<Tensor> centered_inputs(int64_t t, const Shape& shape, int slots, uint64_t seed) {
+  std::vector<Tensor> in = update_inputs(0.01, t, {shape}, slots, true, seed);
+  in.back() = random_tensor(shape, -0.05, 0.05, seed + 100);
+  return in;
+}
+
 OpExample forward_example(std::string label, std::vector<Tensor> inputs, Attributes attrs, int num_outputs) {
   OpExample e = example(std::move(label), std::move(inputs), std::move(attrs));
   e.num_outputs = num_outputs;
@@ -155,52 +163,76 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // Keras's AdamW, one tensor. Inputs R, T, X, G, M, V; outputs X_new, M_new, V_new.
+  // Keras's Adam and AdamW with decoupled decay, one tensor. Inputs R, T, X, G, M, V[, VMAX]; outputs X_new,
+  // M_new, V_new[, VMAX_new].
   //   X = X - R*weight_decay*X  (decoupled decay, scaled by the learning rate)
   //   M = beta1*M + (1-beta1)*G;  V = beta2*V + (1-beta2)*G^2
+  //   amsgrad: VMAX = max(VMAX, V), and VMAX takes V's place below
   //   R' = T > 0 ? R*sqrt(1-beta2^T)/(1-beta1^T) : R;  X = X - R'*M/(sqrt(V)+epsilon)
   // ONNX Adam's norm_coefficient_post decays after the step and ignores R, which is not AdamW.
-  r.add(update_op("AdamWUpdate", kPrivateDomain, 2)
-            .doc("AdamW: Adam with decoupled weight decay, one tensor (Keras semantics)")
-            .inputs(6, 6)
-            .outputs(3, 3)
+  r.add(OpSchema("AdamWUpdate", kPrivateDomain)
+            .doc("Adam with decoupled weight decay and optional AMSGrad, one tensor (Keras semantics)")
+            .inputs(6, 7)
+            .outputs(3, 4)
             .attr("beta1", 0.9f)
             .attr("beta2", 0.999f)
             .attr("epsilon", 1e-7f)
             .attr("weight_decay", 0.004f)
+            .attr("amsgrad", int64_t{0})
+            .non_differentiable(kUpdateReason)
+            .infer([](InferContext& c) {
+              const int slots = c.attrs().i("amsgrad") ? 3 : 2;
+              if (c.num_inputs() != 4 + slots)
+                c.fail("amsgrad = {} takes {} inputs (R, T, X, G and {} states), got {}",
+                       c.attrs().i("amsgrad"), 4 + slots, slots, c.num_inputs());
+              infer_update(c, slots);
+            })
             .examples([] {
               return std::vector<OpExample>{
                   forward_example("decay", update_inputs(0.01, 4, {{2, 3}}, 2, true, 61),
                                   {{"weight_decay", 0.1f}}, 3),
+                  forward_example("amsgrad", update_inputs(0.01, 3, {{5}}, 3, true, 63),
+                                  {{"weight_decay", 0.0f}, {"amsgrad", int64_t{1}}}, 4),
               };
             }));
 
-  // Keras's RMSprop, one tensor. Inputs R, T, X, G, V[, MOM]; outputs X_new, V_new[, MOM_new].
+  // Keras's RMSprop, one tensor. Inputs R, T, X, G, V[, MOM][, MG]; outputs X_new, V_new[, MOM_new][,
+  // MG_new]. MOM is there when momentum is not 0 (or given with momentum 0), MG when centered is 1.
   //   G' = G + norm_coefficient*X  (L2);  V = rho*V + (1-rho)*G'^2
+  //   centered: MG = rho*MG + (1-rho)*G', and the denominator's V becomes V - MG^2
   //   D = R*G'/sqrt(V + epsilon)  (epsilon inside the root, as Keras)
   //   with MOM: MOM = momentum*MOM + D, X = X - MOM;  without: X = X - D
   // T is unused and kept for the common update layout.
   r.add(OpSchema("RMSpropUpdate", kPrivateDomain)
-            .doc("RMSprop with optional momentum, one tensor (Keras semantics)")
-            .inputs(5, 6)
-            .outputs(2, 3)
+            .doc("RMSprop with optional momentum and centering, one tensor (Keras semantics)")
+            .inputs(5, 7)
+            .outputs(2, 4)
             .attr("rho", 0.9f)
             .attr("epsilon", 1e-7f)
             .attr("momentum", 0.0f)
             .attr("norm_coefficient", 0.0f)
+            .attr("centered", int64_t{0})
             .non_differentiable(kUpdateReason)
             .infer([](InferContext& c) {
-              bool mom = c.has_input(5);
-              if (c.num_inputs() == 6 && !mom) c.fail("an absent MOM input is written by leaving it out");
-              if (!mom && c.attrs().f("momentum") != 0.0f)
+              const int centered = c.attrs().i("centered") ? 1 : 0;
+              const int states = c.num_inputs() - 4;
+              if (states - centered < 1 || states - centered > 2)
+                c.fail("centered = {} takes {} to {} inputs, got {}", centered, 5 + centered, 6 + centered,
+                       c.num_inputs());
+              for (int i = 4; i < c.num_inputs(); ++i)
+                if (!c.has_input(i)) c.fail("an absent state input is written by leaving it out");
+              if (states - centered == 1 && c.attrs().f("momentum") != 0.0f)
                 c.fail("momentum {} needs the MOM input", c.attrs().f("momentum"));
-              infer_update(c, mom ? 2 : 1);
+              infer_update(c, states);
             })
             .examples([] {
               return std::vector<OpExample>{
                   forward_example("plain", update_inputs(0.01, 1, {{3, 2}}, 1, true, 71), {{"rho", 0.8f}}, 2),
                   forward_example("momentum", update_inputs(0.01, 2, {{4}}, 2, true, 81),
                                   {{"momentum", 0.9f}, {"norm_coefficient", 0.01f}}, 3),
+                  forward_example("centered", centered_inputs(2, {3}, 2, 83), {{"centered", int64_t{1}}}, 3),
+                  forward_example("centered momentum", centered_inputs(2, {2, 2}, 3, 85),
+                                  {{"centered", int64_t{1}}, {"momentum", 0.5f}}, 4),
               };
             }));
 
@@ -220,27 +252,31 @@ void register_optimizer_ops(OpRegistry& r) {
               };
             }));
 
-  // Keras 3's Adamax, Nadam, Lion and Adadelta, one tensor each. Inputs R, T, X, G, then the states; outputs
-  // X_new and the new states. Each first decays X by R*weight_decay*X (Keras 3's decoupled decay).
+  // Keras 3's Adamax, Nadam, Lion, Adadelta and Adagrad, one tensor each. Inputs R, T, X, G, then the states;
+  // outputs X_new and the new states. Each first decays X by R*weight_decay*X (Keras 3's decoupled decay).
   //   Adamax (M, U): M = beta1*M + (1-beta1)*G;  U = max(beta2*U, |G|);  X -= R*M / ((1-beta1^T)*(U+eps))
   //   Nadam (M, V): u_t = beta1*(1 - 0.5*0.96^t), P_t = u_1...u_t;  M, V as Adam's;
   //     X -= R*(u_{T+1}*M/(1-P_{T+1}) + (1-u_T)*G/(1-P_T)) / (sqrt(V/(1-beta2^T)) + eps)
   //   Lion (M): X -= R*sign(beta1*M + (1-beta1)*G);  M = beta2*M + (1-beta2)*G
   //   Adadelta (A, D), rho: A = rho*A + (1-rho)*G^2;  d = -sqrt(D+eps)*G/sqrt(A+eps);
   //     D = rho*D + (1-rho)*d^2;  X += R*d
+  //   Adagrad (A): A = A + G^2;  X -= R*G/sqrt(A+eps)  (epsilon inside the root; ONNX's Adagrad, above, and
+  //     Keras 2 put it outside)
   for (const auto& [name, slots, doc] :
        {std::tuple<const char*, int, const char*>{"AdamaxUpdate", 2, "Adamax (Keras 3), one tensor"},
         std::tuple<const char*, int, const char*>{"NadamUpdate", 2, "Nadam (Keras 3), one tensor"},
         std::tuple<const char*, int, const char*>{"LionUpdate", 1, "Lion (Keras 3), one tensor"},
-        std::tuple<const char*, int, const char*>{"AdadeltaUpdate", 2, "Adadelta (Keras 3), one tensor"}}) {
-    const bool adadelta = std::string(name) == "AdadeltaUpdate";
+        std::tuple<const char*, int, const char*>{"AdadeltaUpdate", 2, "Adadelta (Keras 3), one tensor"},
+        std::tuple<const char*, int, const char*>{"AdagradUpdate", 1, "Adagrad (Keras 3), one tensor"}}) {
+    const std::string op = name;
+    const bool adadelta = op == "AdadeltaUpdate";
     OpSchema s = update_op(name, kPrivateDomain, slots);
     s.doc(doc).inputs(4 + slots, 4 + slots).outputs(1 + slots, 1 + slots).attr("weight_decay", 0.0f);
     if (adadelta)
-      s.attr("rho", 0.95f).attr("epsilon", 1e-7f);
-    else
-      s.attr("beta1", 0.9f).attr("beta2", std::string(name) == "LionUpdate" ? 0.99f : 0.999f);
-    if (std::string(name) == "AdamaxUpdate" || std::string(name) == "NadamUpdate") s.attr("epsilon", 1e-7f);
+      s.attr("rho", 0.95f);
+    else if (op != "AdagradUpdate")
+      s.attr("beta1", 0.9f).attr("beta2", op == "LionUpdate" ? 0.99f : 0.999f);
+    if (op != "LionUpdate") s.attr("epsilon", 1e-7f);
     const int n = slots;
     s.examples([n, adadelta] {
       Attributes decay{{"weight_decay", 0.01f}};

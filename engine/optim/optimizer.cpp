@@ -29,6 +29,11 @@ void validate(const OptimizerConfig& c) {
         "optimizer",
         fmt::format("initial_accumulator_value = {} must be 0 or more", c.initial_accumulator_value),
         "Keras's default is 0.1");
+  if (c.amsgrad && c.kind != "adam" && c.kind != "adamw")
+    throw InputError("optimizer", fmt::format("amsgrad does not apply to {}", c.kind),
+                     "adam and adamw take it");
+  if (c.centered && c.kind != "rmsprop")
+    throw InputError("optimizer", fmt::format("centered does not apply to {}", c.kind), "rmsprop takes it");
   check_range("momentum", c.momentum, 0, 1, false);
   check_range("beta1", c.beta1, 0, 1, true);
   check_range("beta2", c.beta2, 0, 1, true);
@@ -49,8 +54,10 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
   // ops that have it, and as two nodes before the ONNX ops (whose norm_coefficient would add it to the
   // gradient, L2, which feeds the moments).
   const std::string& kind = config.kind;
-  const bool decay_in_op =
-      kind == "adamw" || kind == "adamax" || kind == "nadam" || kind == "lion" || kind == "adadelta";
+  // Adam with amsgrad runs as AdamWUpdate, which has it (and the same decoupled decay).
+  const bool adam_op = kind == "adamw" || (kind == "adam" && config.amsgrad);
+  const bool decay_in_op = adam_op || kind == "adamax" || kind == "nadam" || kind == "lion" ||
+                           kind == "adadelta" || kind == "adagrad";
   // lr * weight_decay in each parameter dtype, computed in it (an f64 model's parameters take the f32 rate).
   std::map<DType, ValueId> decay_rate;
   auto rate_in = [&](DType dtype) {
@@ -93,7 +100,7 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
                {"beta", 1.0f},
                {"mode", std::string(config.nesterov ? "nesterov" : "standard")},
                {"norm_coefficient", 0.0f}};
-    } else if (kind == "adam") {
+    } else if (kind == "adam" && !adam_op) {
       // With the 1-based step as T, ONNX Adam's bias correction and epsilon placement are Keras's.
       op = "Adam";
       inputs.push_back(slot("adam_m"));
@@ -102,23 +109,24 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
                {"beta", config.beta2},
                {"epsilon", config.epsilon},
                {"norm_coefficient", 0.0f}};
-    } else if (kind == "adamw") {
+    } else if (adam_op) {
       op = "AdamWUpdate";
       inputs.push_back(slot("adam_m"));
       inputs.push_back(slot("adam_v"));
+      if (config.amsgrad) inputs.push_back(slot("adam_vhat"));
       attrs = {{"beta1", config.beta1},
                {"beta2", config.beta2},
                {"epsilon", config.epsilon},
-               {"weight_decay", config.weight_decay}};
+               {"weight_decay", config.weight_decay},
+               {"amsgrad", int64_t{config.amsgrad ? 1 : 0}}};
     } else if (kind == "adagrad") {
-      // ONNX Adagrad without decay is Keras's: H += g^2, x -= lr g / (sqrt(H) + epsilon), H starting at
-      // initial_accumulator_value.
-      op = "Adagrad";
+      // Keras 3's: H += g^2, x -= lr g / sqrt(H + epsilon), H starting at initial_accumulator_value.
+      op = "AdagradUpdate";
       Tensor init(dtype, shape);
       for (int64_t i = 0; i < init.numel(); ++i) init.set_f64(i, config.initial_accumulator_value);
       st.slots.push_back(g.add_state(name + "/adagrad_accumulator", std::move(init)));
       inputs.push_back(st.slots.back());
-      attrs = {{"decay_factor", 0.0f}, {"epsilon", config.epsilon}, {"norm_coefficient", 0.0f}};
+      attrs = {{"epsilon", config.epsilon}, {"weight_decay", config.weight_decay}};
     } else if (kind == "adamax" || kind == "nadam" || kind == "lion") {
       op = kind == "adamax" ? "AdamaxUpdate" : kind == "nadam" ? "NadamUpdate" : "LionUpdate";
       inputs.push_back(slot(kind == "adamax" ? "adamax_m" : kind == "nadam" ? "nadam_m" : "lion_m"));
@@ -134,10 +142,12 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       op = "RMSpropUpdate";
       inputs.push_back(slot("rms_v"));
       if (config.momentum != 0) inputs.push_back(slot("rms_momentum"));
+      if (config.centered) inputs.push_back(slot("rms_mg"));
       attrs = {{"rho", config.rho},
                {"epsilon", config.epsilon},
                {"momentum", config.momentum},
-               {"norm_coefficient", 0.0f}};
+               {"norm_coefficient", 0.0f},
+               {"centered", int64_t{config.centered ? 1 : 0}}};
     }
 
     int num_outputs = static_cast<int>(inputs.size()) - 3;  // X_new and one per state

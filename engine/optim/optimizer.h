@@ -28,6 +28,8 @@ struct OptimizerConfig {
   float epsilon = 1e-7f;      // adam, adamw, rmsprop (Keras's default)
   float momentum = 0.0f;      // sgd, rmsprop
   bool nesterov = false;      // sgd
+  bool amsgrad = false;       // adam, adamw: the denominator takes the largest second moment so far
+  bool centered = false;      // rmsprop: the mean square less the squared mean gradient
   float rho = 0.9f;           // rmsprop
   float initial_accumulator_value = 0.1f;  // adagrad
   float weight_decay = 0.0f;               // see above
@@ -44,8 +46,9 @@ struct OptimizerState {
 // Adds update nodes for every (param, grad) pair. `lr` is an f32 scalar input; `step` an i64 scalar input
 // holding the 1-based iteration number. Returns the states in parameter order. State values are named after
 // their parameter:
-//   sgd with momentum: "<param>/momentum"; adam, adamw: "<param>/adam_m", "<param>/adam_v";
-//   rmsprop: "<param>/rms_v" and, with momentum, "<param>/rms_momentum"; adagrad:
+//   sgd with momentum: "<param>/momentum"; adam, adamw: "<param>/adam_m", "<param>/adam_v" and, with
+//   amsgrad, "<param>/adam_vhat"; rmsprop: "<param>/rms_v", with momentum "<param>/rms_momentum" and,
+//   centered, "<param>/rms_mg" (the mean gradient); adagrad:
 //   "<param>/adagrad_accumulator" (starting at initial_accumulator_value); adamax: "<param>/adamax_m",
 //   "<param>/adamax_u"; nadam: "<param>/nadam_m", "<param>/nadam_v"; lion: "<param>/lion_m"; adadelta:
 //   "<param>/adadelta_grad", "<param>/adadelta_delta" (accumulated squares). Plain SGD has none.

@@ -100,11 +100,13 @@ struct KerasReference {
   OptimizerConfig c;
   Vec m, v;  // sgd: velocity (Keras's sign and scale); adam: moments; rmsprop: v = mean square, m = momentum;
              // adamax: m, u; nadam: m, v; lion: m; adadelta: v = accumulated gradient squares, m = deltas'
+  Vec h;     // adam's amsgrad: the largest v so far; centered rmsprop: the mean gradient
   double u_product = 1;  // nadam: Keras's running product of the momentum schedule
 
   void step(Vec& w, const Vec& grad, double lr, int64_t t) {
     size_t n = w.size();
-    if (m.empty()) m.assign(n, 0), v.assign(n, c.kind == "adagrad" ? c.initial_accumulator_value : 0.0);
+    if (m.empty())
+      m.assign(n, 0), v.assign(n, c.kind == "adagrad" ? c.initial_accumulator_value : 0.0), h.assign(n, 0);
     double wd = c.weight_decay;
     const double td = static_cast<double>(t);
     const double u_t = c.beta1 * (1 - 0.5 * std::pow(0.96, td)),
@@ -146,14 +148,16 @@ struct KerasReference {
       } else if (c.kind == "adam" || c.kind == "adamw") {
         m[i] += (g - m[i]) * (1 - c.beta1);
         v[i] += (g * g - v[i]) * (1 - c.beta2);
+        if (c.amsgrad) h[i] = std::max(h[i], v[i]);
         double alpha = lr * std::sqrt(1 - std::pow(c.beta2, t)) / (1 - std::pow(c.beta1, t));
-        w[i] -= m[i] * alpha / (std::sqrt(v[i]) + c.epsilon);
-      } else if (c.kind == "adagrad") {  // epsilon outside the square root, as ONNX and Keras 2 place it
+        w[i] -= m[i] * alpha / (std::sqrt(c.amsgrad ? h[i] : v[i]) + c.epsilon);
+      } else if (c.kind == "adagrad") {  // Keras 3: epsilon inside the square root
         v[i] += g * g;
-        w[i] -= lr * g / (std::sqrt(v[i]) + c.epsilon);
+        w[i] -= lr * g / std::sqrt(v[i] + c.epsilon);
       } else {  // rmsprop
         v[i] = c.rho * v[i] + (1 - c.rho) * g * g;
-        double inc = lr * g / std::sqrt(v[i] + c.epsilon);
+        if (c.centered) h[i] = c.rho * h[i] + (1 - c.rho) * g;
+        double inc = lr * g / std::sqrt(v[i] - (c.centered ? h[i] * h[i] : 0.0) + c.epsilon);
         if (c.momentum > 0) {
           m[i] = c.momentum * m[i] + inc;
           w[i] -= m[i];
@@ -202,6 +206,18 @@ OptimizerConfig adadelta_config(float wd) {  // Keras's Adadelta takes rho = 0.9
   return c;
 }
 
+OptimizerConfig centered_config(float momentum, float wd) {
+  OptimizerConfig c = config("rmsprop", momentum, false, wd);
+  c.centered = true;
+  return c;
+}
+
+OptimizerConfig amsgrad_config(const char* kind, float wd) {
+  OptimizerConfig c = config(kind, 0, false, wd);
+  c.amsgrad = true;
+  return c;
+}
+
 std::vector<BuilderCase> builder_cases() {
   return {
       {"sgd", config("sgd", 0, false, 0.01f)},
@@ -212,6 +228,11 @@ std::vector<BuilderCase> builder_cases() {
       {"adamw", config("adamw", 0, false, 0.05f)},
       {"rmsprop", config("rmsprop")},
       {"rmsprop momentum decay", config("rmsprop", 0.5f, false, 0.01f)},
+      {"rmsprop centered", centered_config(0.0f, 0.0f)},
+      {"rmsprop centered momentum decay", centered_config(0.5f, 0.01f)},
+      {"adam amsgrad", amsgrad_config("adam", 0.0f)},
+      {"adam amsgrad decay", amsgrad_config("adam", 0.01f)},
+      {"adamw amsgrad", amsgrad_config("adamw", 0.05f)},
       {"adagrad", config("adagrad")},
       {"adagrad decay", config("adagrad", 0, false, 0.01f)},
       {"adamax", config("adamax")},
@@ -361,7 +382,7 @@ TEST_SUITE("optimizer") {
         for (size_t k = 0; k < states[0].slots.size(); ++k)
           CHECK(sess.program().aliases(upd.outputs[k + 1], states[0].slots[k]));
 
-        KerasReference ref{bc.config, {}, {}};
+        KerasReference ref{bc.config, {}, {}, {}};
         Vec want = w0;
         for (int64_t t = 1; t <= 6; ++t) {
           Vec gv = pseudo_random(6, 100 + t, -2, 2);
@@ -379,8 +400,11 @@ TEST_SUITE("optimizer") {
           check_close(values(sess.read(g->find("w/adam_m"))), ref.m, 1e-5, "adam_m");
           check_close(values(sess.read(g->find("w/adam_v"))), ref.v, 1e-5, "adam_v");
         }
+        if (bc.config.amsgrad)
+          check_close(values(sess.read(g->find("w/adam_vhat"))), ref.h, 1e-5, "adam_vhat");
         if (bc.config.kind == "rmsprop")
           check_close(values(sess.read(g->find("w/rms_v"))), ref.v, 1e-5, "rms_v");
+        if (bc.config.centered) check_close(values(sess.read(g->find("w/rms_mg"))), ref.h, 1e-5, "rms_mg");
         if (bc.config.kind == "adagrad")
           check_close(values(sess.read(g->find("w/adagrad_accumulator"))), ref.v, 1e-5,
                       "adagrad_accumulator");
@@ -404,7 +428,7 @@ TEST_SUITE("optimizer") {
       g->mark_output(loss);
       auto backend = make_cpu_backend();
       Session sess(g, *backend);
-      KerasReference ref{c, {}, {}};
+      KerasReference ref{c, {}, {}, {}};
       Vec want = w0;
       double first_loss = 0, last_loss = 0;
       for (int64_t t = 1; t <= 5; ++t) {
@@ -469,6 +493,10 @@ TEST_SUITE("optimizer") {
     CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, config("sgd", 1.5f)), InputError);
     OptimizerConfig c = config("adam");
     c.beta1 = 1.0f;
+    CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, c), InputError);
+    CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, amsgrad_config("nadam", 0)), InputError);
+    c = config("adam");
+    c.centered = true;
     CHECK_THROWS_AS(add_optimizer(g, {{w, gr}}, lr, step, c), InputError);
     // Plain SGD keeps no state; momentum SGD one velocity; Adam two moments.
     CHECK(add_optimizer(g, {{w, gr}}, lr, step, config("sgd"))[0].slots.empty());

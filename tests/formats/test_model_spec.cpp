@@ -397,8 +397,8 @@ TEST_SUITE("model_spec") {
          "did you mean 'adam'?"},
         {T + "loss = \"mse\"\n[train.optimizer]\nname = \"adam\"\nmomentum = 0.9\n", "spec.toml:11:1",
          "train.optimizer.momentum does not apply to adam",
-         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, global_clipnorm, "
-         "clipvalue"},
+         "adam takes: learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, "
+         "global_clipnorm, clipvalue"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"cosin\"\n", "spec.toml:10:8",
          "unknown schedule kind 'cosin'", "did you mean 'cosine'?"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"exponential\"\n", "spec.toml:9:1",
@@ -425,8 +425,8 @@ TEST_SUITE("model_spec") {
          "spec.toml:11:29", "train.optimizer.initial_accumulator_value must be 0 or more, not -1.0", ""},
         {T + "loss = \"mse\"\n[train.optimizer]\ninitial_accumulator_value = 0.5\n", "spec.toml:10:1",
          "train.optimizer.initial_accumulator_value does not apply to adam",
-         "adam takes: learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, global_clipnorm, "
-         "clipvalue"},
+         "adam takes: learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, "
+         "global_clipnorm, clipvalue"},
         {T + "loss = \"mse\"\n[train.optimizer]\nclipnorm = 1.0\nclipvalue = 0.5\n", "spec.toml:11:13",
          "train.optimizer.clipnorm and train.optimizer.clipvalue are both set; gradients are clipped one way",
          "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue "
@@ -648,6 +648,31 @@ TEST_SUITE("model_spec") {
     const Failure f = failure(kHead + train + "name = \"lion\"\nepsilon = 1e-6\n");
     CHECK(f.where == "spec.toml:11:1");
     CHECK(f.what == "train.optimizer.epsilon does not apply to lion");
+  }
+
+  TEST_CASE("amsgrad, centered and SGD's learning rate are Keras's, and round-trip") {
+    const std::string train = "[train]\nloss = \"mse\"\n[train.optimizer]\n";
+    const ModelSpec sgd = parse_model_spec(kHead + train + "name = \"sgd\"\n", "a.toml");
+    CHECK(sgd.train.optimizer.learning_rate == 0.01);  // Keras's SGD default; the others take 0.001
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"mse\"\noptimizer = \"sgd\"\n", "a.toml")
+              .train.optimizer.learning_rate == 0.01);
+    CHECK(parse_model_spec(kHead + train + "name = \"rmsprop\"\n", "a.toml").train.optimizer.learning_rate ==
+          0.001);
+    for (const char* text : {"name = \"adam\"\namsgrad = true\n", "name = \"adamw\"\namsgrad = true\n",
+                             "name = \"rmsprop\"\ncentered = true\nmomentum = 0.5\n"}) {
+      CAPTURE(text);
+      const ModelSpec a = parse_model_spec(kHead + train + text, "a.toml");
+      CHECK(a.train.optimizer.amsgrad == (a.train.optimizer.name != "rmsprop"));
+      CHECK(a.train.optimizer.centered == (a.train.optimizer.name == "rmsprop"));
+      CHECK(same_settings(a, parse_model_spec(to_toml(a), "a.toml")));
+    }
+    Failure f = failure(kHead + train + "name = \"nadam\"\namsgrad = true\n");
+    CHECK(f.where == "spec.toml:11:1");
+    CHECK(f.what == "train.optimizer.amsgrad does not apply to nadam");
+    f = failure(kHead + train + "name = \"adam\"\ncentered = true\n");
+    CHECK(f.what == "train.optimizer.centered does not apply to adam");
+    f = failure(kHead + train + "name = \"rmsprop\"\ncentered = 1\n");
+    CHECK(f.where == "spec.toml:11:12");
   }
 
   TEST_CASE("load_model_spec reads a file and resolves data paths against its folder") {

@@ -33,11 +33,20 @@ struct UpdateTensor {
   }
 };
 
-// What a step function returns for one element: the new X and up to two new states.
+// What a step function returns for one element: the new X and up to three new states.
 template <class T>
 struct Updated {
-  T x, s0, s1;
+  T x, s0, s1, s2 = T(0);
 };
+
+// One element's step: (x, g, s0, s1) for up to two states, (x, g, s0, s1, s2) for three.
+template <class T, int K, class Step>
+inline Updated<T> step_of(const Step& step, T x, T g, T s0, T s1, T s2) {
+  if constexpr (K > 2)
+    return step(x, g, s0, s1, s2);
+  else
+    return step(x, g, s0, s1);
+}
 
 // Element-wise updates are memory bound; a smaller grain than the default lets large parameters use every
 // core.
@@ -52,8 +61,10 @@ TRAINER_CPU_CLONES void update_range(const UpdateTensor<T, K>& u, int64_t b, int
   const T* g = u.g;
   const T* s0 = nullptr;
   const T* s1 = nullptr;
+  const T* s2 = nullptr;
   T* o0 = nullptr;
   T* o1 = nullptr;
+  T* o2 = nullptr;
   if constexpr (K > 0) {
     s0 = u.s[0];
     o0 = u.s_out[0];
@@ -62,13 +73,19 @@ TRAINER_CPU_CLONES void update_range(const UpdateTensor<T, K>& u, int64_t b, int
     s1 = u.s[1];
     o1 = u.s_out[1];
   }
+  if constexpr (K > 2) {
+    s2 = u.s[2];
+    o2 = u.s_out[2];
+  }
   T* xo = u.x_out;
 #pragma omp simd
   for (int64_t i = b; i < e; ++i) {
-    Updated<T> r = step(x[i], g[i], K > 0 ? s0[i] : T(0), K > 1 ? s1[i] : T(0));
+    Updated<T> r =
+        step_of<T, K>(step, x[i], g[i], K > 0 ? s0[i] : T(0), K > 1 ? s1[i] : T(0), K > 2 ? s2[i] : T(0));
     xo[i] = r.x;
     if constexpr (K > 0) o0[i] = r.s0;
     if constexpr (K > 1) o1[i] = r.s1;
+    if constexpr (K > 2) o2[i] = r.s2;
   }
 }
 
@@ -76,13 +93,13 @@ TRAINER_CPU_CLONES void update_range(const UpdateTensor<T, K>& u, int64_t b, int
 template <class T, int K, class Step>
 void update_range_partial(const UpdateTensor<T, K>& u, int64_t b, int64_t e, const Step& step) {
   for (int64_t i = b; i < e; ++i) {
-    Updated<T> r = step(u.x[i], u.g[i], K > 0 ? u.s[std::min(0, K - 1)][i] : T(0),
-                        K > 1 ? u.s[std::min(1, K - 1)][i] : T(0));
+    T st[3] = {T(0), T(0), T(0)};
+    for (int k = 0; k < K; ++k) st[k] = u.s[k][i];
+    Updated<T> r = step_of<T, K>(step, u.x[i], u.g[i], st[0], st[1], st[2]);
+    const T out[3] = {r.s0, r.s1, r.s2};
     if (u.x_out) u.x_out[i] = r.x;
-    if constexpr (K > 0)
-      if (u.s_out[0]) u.s_out[0][i] = r.s0;
-    if constexpr (K > 1)
-      if (u.s_out[1]) u.s_out[1][i] = r.s1;
+    for (int k = 0; k < K; ++k)
+      if (u.s_out[k]) u.s_out[k][i] = out[k];
   }
 }
 
@@ -102,7 +119,7 @@ void apply(const UpdateTensor<T, K>& u, const Step& step) {
 
 // Builds the kernel of an update op with K state tensors per updated value. make.template operator()<T>(r, t)
 // returns the per-element step for one run, given the learning rate r and the update count t: a function
-// (x, g, s0, s1) -> Updated<T> (states past K are passed as 0 and ignored).
+// (x, g, s0, s1) -> Updated<T> (states past K are passed as 0 and ignored), or (x, g, s0, s1, s2) for K = 3.
 template <int K, class Make>
 KernelPtr update_kernel(const KernelArgs& a, Make make) {
   int nin = static_cast<int>(a.inputs.size());
@@ -196,10 +213,23 @@ KernelPtr adagrad(const KernelArgs& a) {
 KernelPtr adamw(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   double beta1 = at.f("beta1"), beta2 = at.f("beta2"), eps = at.f("epsilon"), wd = at.f("weight_decay");
+  auto coeffs = [=]<class T>(double r, int64_t t) {
+    return std::array<T, 5>{static_cast<T>(adam_rate(r, t, beta1, beta2)), static_cast<T>(r * wd),
+                            static_cast<T>(beta1), static_cast<T>(beta2), static_cast<T>(eps)};
+  };
+  if (at.i("amsgrad"))
+    return update_kernel<3>(a, [=]<class T>(double r, int64_t t) {
+      const auto [rate, decay, b1, b2, e] = coeffs.template operator()<T>(r, t);
+      return [=](T x, T g, T s0, T s1, T s2) {
+        x = x - decay * x;
+        T m = b1 * s0 + (1 - b1) * g;
+        T v = b2 * s1 + (1 - b2) * g * g;
+        T vmax = std::max(s2, v);
+        return Updated<T>{x - rate * (m / (std::sqrt(vmax) + e)), m, v, vmax};
+      };
+    });
   return update_kernel<2>(a, [=]<class T>(double r, int64_t t) {
-    T rate = static_cast<T>(adam_rate(r, t, beta1, beta2));
-    T decay = static_cast<T>(r * wd);
-    T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2), e = static_cast<T>(eps);
+    const auto [rate, decay, b1, b2, e] = coeffs.template operator()<T>(r, t);
     return [=](T x, T g, T s0, T s1) {
       x = x - decay * x;
       T m = b1 * s0 + (1 - b1) * g;
@@ -209,7 +239,8 @@ KernelPtr adamw(const KernelArgs& a) {
   });
 }
 
-// Keras 3's Adamax, Nadam, Lion and Adadelta (see engine/ops/optimizer.cpp), each after the decoupled decay.
+// Keras 3's Adamax, Nadam, Lion, Adadelta and Adagrad (see engine/ops/optimizer.cpp), each after the
+// decoupled decay.
 KernelPtr adamax(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   double beta1 = at.f("beta1"), beta2 = at.f("beta2"), eps = at.f("epsilon"), wd = at.f("weight_decay");
@@ -273,6 +304,19 @@ KernelPtr adadelta(const KernelArgs& a) {
   });
 }
 
+KernelPtr keras_adagrad(const KernelArgs& a) {
+  const Attributes& at = a.attrs();
+  double eps = at.f("epsilon"), wd = at.f("weight_decay");
+  return update_kernel<1>(a, [=]<class T>(double r, int64_t) {
+    T rate = static_cast<T>(r), decay = static_cast<T>(r * wd), e = static_cast<T>(eps);
+    return [=](T x, T g, T s0, T) {
+      x = x - decay * x;
+      T acc = s0 + g * g;
+      return Updated<T>{x - rate * g / std::sqrt(acc + e), acc, T(0)};
+    };
+  });
+}
+
 KernelPtr rmsprop(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   double rho = at.f("rho"), eps = at.f("epsilon"), mom = at.f("momentum"), nc = at.f("norm_coefficient");
@@ -283,7 +327,31 @@ KernelPtr rmsprop(const KernelArgs& a) {
     return Coeffs{static_cast<T>(r), static_cast<T>(rho), static_cast<T>(eps), static_cast<T>(mom),
                   static_cast<T>(nc)};
   };
-  if (a.inputs.size() == 6)
+  // The states: V, then MOM when there are two (or three), then MG when centered.
+  const bool centered = at.i("centered") != 0;
+  const int states = static_cast<int>(a.inputs.size()) - 4;
+  if (centered && states == 3)
+    return update_kernel<3>(a, [=]<class T>(double r, int64_t) {
+      auto c = make.template operator()<T>(r);
+      return [=](T x, T g, T s0, T s1, T s2) {
+        T gr = g + c.l2 * x;
+        T v = c.rho * s0 + (1 - c.rho) * gr * gr;
+        T mg = c.rho * s2 + (1 - c.rho) * gr;
+        T m = c.mom * s1 + c.rate * gr / std::sqrt(v - mg * mg + c.eps);
+        return Updated<T>{x - m, v, m, mg};
+      };
+    });
+  if (centered)
+    return update_kernel<2>(a, [=]<class T>(double r, int64_t) {
+      auto c = make.template operator()<T>(r);
+      return [=](T x, T g, T s0, T s1) {
+        T gr = g + c.l2 * x;
+        T v = c.rho * s0 + (1 - c.rho) * gr * gr;
+        T mg = c.rho * s1 + (1 - c.rho) * gr;
+        return Updated<T>{x - c.rate * gr / std::sqrt(v - mg * mg + c.eps), v, mg};
+      };
+    });
+  if (states == 2)
     return update_kernel<2>(a, [=]<class T>(double r, int64_t) {
       auto c = make.template operator()<T>(r);
       return [=](T x, T g, T s0, T s1) {
@@ -394,6 +462,7 @@ void register_optimizer_cpu_kernels(KernelRegistry& r) {
   r.add("NadamUpdate", nadam);
   r.add("LionUpdate", lion);
   r.add("AdadeltaUpdate", adadelta);
+  r.add("AdagradUpdate", keras_adagrad);
   r.add("SGDUpdate", sgd);
 }
 

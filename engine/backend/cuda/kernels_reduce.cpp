@@ -368,9 +368,11 @@ KernelPtr update_factory(const KernelArgs& a, const UpdateHyper& h, int states) 
     u.g = a.inputs[2 + n + j];
     if (states > 0) u.s0 = a.inputs[2 + 2 * n + j];
     if (states > 1) u.s1 = a.inputs[2 + 3 * n + j];
+    if (states > 2) u.s2 = a.inputs[2 + 4 * n + j];
     u.x_out = a.has_output(j) ? a.outputs[j] : nullptr;
     if (states > 0 && a.has_output(n + j)) u.s0_out = a.outputs[n + j];
     if (states > 1 && a.has_output(2 * n + j)) u.s1_out = a.outputs[2 * n + j];
+    if (states > 2 && a.has_output(3 * n + j)) u.s2_out = a.outputs[3 * n + j];
     u.n = a.in(2 + j).shape.numel();
   }
   UpdateScalars sc{a.inputs[0], r_type == DType::f64, static_cast<const int64_t*>(a.inputs[1])};
@@ -394,12 +396,13 @@ KernelPtr adam(const KernelArgs& a) {
 KernelPtr adamw(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   UpdateHyper h;
-  h.rule = UpdateRule::adamw;
+  const bool amsgrad = at.i("amsgrad") != 0;
+  h.rule = amsgrad ? UpdateRule::adamw_amsgrad : UpdateRule::adamw;
   h.alpha = at.f("beta1");
   h.beta = at.f("beta2");
   h.eps = at.f("epsilon");
   h.decay = at.f("weight_decay");
-  return update_factory(a, h, 2);
+  return update_factory(a, h, amsgrad ? 3 : 2);
 }
 
 KernelPtr momentum(const KernelArgs& a) {
@@ -424,24 +427,29 @@ KernelPtr adagrad(const KernelArgs& a) {
 
 KernelPtr rmsprop(const KernelArgs& a) {
   const Attributes& at = a.attrs();
-  bool mom = a.inputs.size() == 6;
+  // The states: V, then MOM when there are two (or three), then MG when centered.
+  const bool centered = at.i("centered") != 0;
+  const int states = static_cast<int>(a.inputs.size()) - 4;
+  const bool mom = states - (centered ? 1 : 0) == 2;
   UpdateHyper h;
-  h.rule = mom ? UpdateRule::rmsprop_momentum : UpdateRule::rmsprop;
+  h.rule = centered ? (mom ? UpdateRule::rmsprop_centered_momentum : UpdateRule::rmsprop_centered)
+                    : (mom ? UpdateRule::rmsprop_momentum : UpdateRule::rmsprop);
   h.rho = at.f("rho");
   h.eps = at.f("epsilon");
   h.momentum = at.f("momentum");
   h.l2 = at.f("norm_coefficient");
-  return update_factory(a, h, mom ? 2 : 1);
+  return update_factory(a, h, states);
 }
 
-// Keras 3's Adamax, Nadam, Lion (beta1, beta2 in alpha, beta) and Adadelta (rho), each with decoupled decay.
+// Keras 3's Adamax, Nadam, Lion (beta1, beta2 in alpha, beta), Adadelta (rho) and Adagrad, each with
+// decoupled decay.
 KernelPtr keras_update(const KernelArgs& a, UpdateRule rule, int states) {
   const Attributes& at = a.attrs();
   UpdateHyper h;
   h.rule = rule;
   if (rule == UpdateRule::adadelta) {
     h.rho = at.f("rho");
-  } else {
+  } else if (rule != UpdateRule::adagrad_keras) {
     h.alpha = at.f("beta1");
     h.beta = at.f("beta2");
   }
@@ -534,6 +542,7 @@ void register_reduce_kernels(KernelRegistry& r) {
   r.add("NadamUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::nadam, 2); });
   r.add("LionUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::lion, 1); });
   r.add("AdadeltaUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::adadelta, 2); });
+  r.add("AdagradUpdate", [](const KernelArgs& a) { return keras_update(a, UpdateRule::adagrad_keras, 1); });
   r.add("SGDUpdate", sgd);
 }
 

@@ -135,7 +135,11 @@ enum class UpdateRule : int {
   adamax,
   nadam,
   lion,
-  adadelta
+  adadelta,
+  adamw_amsgrad,
+  rmsprop_centered,
+  rmsprop_centered_momentum,
+  adagrad_keras
 };
 // The attributes of one update node (the fields its rule reads; see engine/ops/optimizer.cpp).
 struct UpdateHyper {
@@ -143,7 +147,7 @@ struct UpdateHyper {
   double alpha = 0, beta = 0;  // Adam/Momentum alpha, beta; AdamW beta1, beta2
   double eps = 0, l2 = 0;      // epsilon, norm_coefficient
   double post = 0;             // Adam norm_coefficient_post
-  double decay = 0;            // AdamW, Adamax, Nadam, Lion, Adadelta weight_decay; Adagrad decay_factor
+  double decay = 0;            // weight_decay of the private updates; ONNX Adagrad's decay_factor
   double rho = 0, momentum = 0;
 };
 // The learning rate R (f32 or f64 scalar) and update count T (i64 scalar), read on the device at run time.
@@ -152,16 +156,18 @@ struct UpdateScalars {
   bool r_f64 = false;
   const int64_t* t = nullptr;
 };
-// One updated tensor: X, G and up to two states, their outputs (nullptr when absent; an output may be its
+// One updated tensor: X, G and up to three states, their outputs (nullptr when absent; an output may be its
 // input's buffer).
 struct UpdateTensor {
   const void* x = nullptr;
   const void* g = nullptr;
   const void* s0 = nullptr;
   const void* s1 = nullptr;
+  const void* s2 = nullptr;
   void* x_out = nullptr;
   void* s0_out = nullptr;
   void* s1_out = nullptr;
+  void* s2_out = nullptr;
   int64_t n = 0;
 };
 // All tensors of the node in one pass (one launch per batch of up to a few dozen tensors).

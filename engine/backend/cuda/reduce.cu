@@ -677,6 +677,7 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         c[5] = static_cast<T>(1 - h.post);
         break;
       case UpdateRule::adamw:
+      case UpdateRule::adamw_amsgrad:
         c[0] = static_cast<T>(adam_rate(r, t, h.alpha, h.beta));
         c[1] = static_cast<T>(h.alpha);
         c[2] = static_cast<T>(h.beta);
@@ -697,6 +698,8 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         break;
       case UpdateRule::rmsprop:
       case UpdateRule::rmsprop_momentum:
+      case UpdateRule::rmsprop_centered:
+      case UpdateRule::rmsprop_centered_momentum:
         c[0] = static_cast<T>(r);
         c[1] = static_cast<T>(h.rho);
         c[2] = static_cast<T>(h.momentum);
@@ -736,6 +739,11 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         c[3] = static_cast<T>(h.eps);
         c[4] = static_cast<T>(r * h.decay);
         break;
+      case UpdateRule::adagrad_keras:
+        c[0] = static_cast<T>(r);
+        c[3] = static_cast<T>(h.eps);
+        c[4] = static_cast<T>(r * h.decay);
+        break;
     }
   }
   __syncthreads();
@@ -747,14 +755,16 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
   const T* gs = static_cast<const T*>(u.g);
   const T* s0s = static_cast<const T*>(u.s0);
   const T* s1s = static_cast<const T*>(u.s1);
+  const T* s2s = static_cast<const T*>(u.s2);
   T* xo = static_cast<T*>(u.x_out);
   T* s0o = static_cast<T*>(u.s0_out);
   T* s1o = static_cast<T*>(u.s1_out);
+  T* s2o = static_cast<T*>(u.s2_out);
   const T rate = c[0], c1 = c[1], c2 = c[2], e = c[3], c4 = c[4], post = c[5];
   for (int64_t i = begin + threadIdx.x; i < end; i += kBlock) {
     T x = xs[i], g = gs[i];
-    T s0 = s0s ? s0s[i] : T(0), s1 = s1s ? s1s[i] : T(0);
-    T nx, n0 = 0, n1 = 0;
+    T s0 = s0s ? s0s[i] : T(0), s1 = s1s ? s1s[i] : T(0), s2 = s2s ? s2s[i] : T(0);
+    T nx, n0 = 0, n1 = 0, n2 = 0;
     switch (h.rule) {
       case UpdateRule::adam: {  // c1 = alpha, c2 = beta, c4 = norm_coefficient
         T gr = g + c4 * x;
@@ -768,6 +778,14 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         n0 = c1 * s0 + (T(1) - c1) * g;
         n1 = c2 * s1 + (T(1) - c2) * g * g;
         nx = x - rate * (n0 / (sqrt(n1) + e));
+        break;
+      }
+      case UpdateRule::adamw_amsgrad: {  // as adamw; s2 = the largest second moment so far
+        x = x - c4 * x;
+        n0 = c1 * s0 + (T(1) - c1) * g;
+        n1 = c2 * s1 + (T(1) - c2) * g * g;
+        n2 = s2 < n1 ? n1 : s2;  // std::max's choice, as the CPU
+        nx = x - rate * (n0 / (sqrt(n2) + e));
         break;
       }
       case UpdateRule::momentum:
@@ -794,6 +812,27 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
         n0 = c1 * s0 + (T(1) - c1) * gr * gr;
         n1 = c2 * s1 + rate * gr / sqrt(n0 + e);
         nx = x - n1;
+        break;
+      }
+      case UpdateRule::rmsprop_centered: {  // c1 = rho; s1 = the mean gradient
+        T gr = g + c4 * x;
+        n0 = c1 * s0 + (T(1) - c1) * gr * gr;
+        n1 = c1 * s1 + (T(1) - c1) * gr;
+        nx = x - rate * gr / sqrt(n0 - n1 * n1 + e);
+        break;
+      }
+      case UpdateRule::rmsprop_centered_momentum: {  // c1 = rho, c2 = momentum; s2 = the mean gradient
+        T gr = g + c4 * x;
+        n0 = c1 * s0 + (T(1) - c1) * gr * gr;
+        n2 = c1 * s2 + (T(1) - c1) * gr;
+        n1 = c2 * s1 + rate * gr / sqrt(n0 - n2 * n2 + e);
+        nx = x - n1;
+        break;
+      }
+      case UpdateRule::adagrad_keras: {  // c4 = R * weight_decay
+        x = x - c4 * x;
+        n0 = s0 + g * g;
+        nx = x - rate * g / sqrt(n0 + e);
         break;
       }
       case UpdateRule::adamax: {  // c1 = beta1, c2 = beta2, c4 = R * weight_decay
@@ -833,6 +872,7 @@ __global__ void update_kernel(UpdateBatch batch, UpdateHyper h, UpdateScalars sc
     if (xo) xo[i] = nx;
     if (s0o) s0o[i] = n0;
     if (s1o) s1o[i] = n1;
+    if (s2o) s2o[i] = n2;
   }
 }
 
