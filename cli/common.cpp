@@ -755,12 +755,19 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
                       "takes [{}] ({} values) per sample",
                       d.describe(), shape_str(s), s.numel(), in.name, fmt::join(want, ", "), want_n),
           "give data whose samples fit the model's input");
-    // ONNX images are [C, H, W]: samples stored channels last ([H, W, C]) are converted.
-    if (want.size() == 3 && want[0] > 1 && s.rank() == 3 && d.layout() != engine::data::Layout::chw) {
+    fmt->to_chw = false;
+    fmt->chw_channels = 0;
+    // ONNX images are [C, H, W]: float samples stored channels last ([H, W, C]) are converted, as predict
+    // converts them; samples of the input's own shape (NCHW arrays, as PyTorch users save them) are taken
+    // as they are.
+    if (want.size() == 3 && want[0] > 1 && s.rank() == 3 && d.layout() == engine::data::Layout::hwc &&
+        !engine::is_integer(in.dtype)) {
       const bool hwc_shape = s[0] == want[1] && s[1] == want[2] && s[2] == want[0];
       const bool chw_shape = s[0] == want[0] && s[1] == want[1] && s[2] == want[2];
-      fmt->to_chw = d.layout() == engine::data::Layout::hwc || (hwc_shape && !chw_shape);
+      fmt->to_chw = hwc_shape && !chw_shape;
     }
+    // Otherwise the values are in the input's own [C, H, W] order.
+    if (want.size() == 3 && !fmt->to_chw) fmt->chw_channels = want[0];
     return;
   }
   const std::vector<int64_t>& want = input.keras->shape;
@@ -774,11 +781,13 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
         named.empty() ? "set [model] input to the data's sample shape"
                       : fmt::format("set the shape of input{} to the data's sample shape", named));
   if (input.channels_last && want.size() == 3 && want[2] > 1) {
-    // CHW data (CIFAR-10) is already what the IR takes; plain or HWC data of shape [H, W, C] is converted.
-    bool chw = d.layout() == engine::data::Layout::chw ||
-               (s.rank() == 3 && s[0] == want[2] && s[1] == want[0] && s[2] == want[1] &&
-                d.layout() != engine::data::Layout::hwc);
+    // CHW data (CIFAR-10, or an array of samples of shape [C, H, W] that [H, W, C] is not) is already what
+    // the IR takes; data of shape [H, W, C] is converted.
+    const bool chw_shape = s.rank() == 3 && s[0] == want[2] && s[1] == want[0] && s[2] == want[1];
+    const bool hwc_shape = s.rank() == 3 && s[0] == want[0] && s[1] == want[1] && s[2] == want[2];
+    bool chw = d.layout() == engine::data::Layout::chw || (chw_shape && !hwc_shape);
     fmt->to_chw = !chw;
+    fmt->chw_channels = chw ? want[2] : 0;
   }
 }
 
@@ -802,18 +811,32 @@ void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m
   for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
     const bool several = !t.outputs.empty();
     const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
-    if ((several ? t.outputs.at(k).from_logits : t.from_logits) || !loss.ends_with("crossentropy")) continue;
+    const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
+    if (!loss.ends_with("crossentropy")) continue;
     const engine::Value& out = m.graph.value(k == 0 ? m.output : m.more_outputs[k - 1].value);
     if (out.producer < 0) continue;
     const engine::Node& last = m.graph.node(out.producer);
-    static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub"};
-    if (!last.domain.empty() || !linear.count(last.op)) continue;
     const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
+    if (from_logits) {
+      // Probabilities taken as logits go through a second softmax or sigmoid: the loss is never small.
+      if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid"))
+        throw InputError((at.file.empty() ? t.pos : at).str(),
+                         fmt::format("from_logits is set, but the ONNX model's output '{}' comes from a {} "
+                                     "node ('{}'): it gives probabilities",
+                                     out.name, last.op, last.name),
+                         "leave from_logits out (the loss then takes the probabilities)");
+      continue;
+    }
+    // LogSoftmax gives log-probabilities (PyTorch's pairing with NLLLoss): as logits, softmax recovers the
+    // probabilities; as probabilities, every value is clipped and nothing trains.
+    static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub", "LogSoftmax"};
+    if (!last.domain.empty() || !linear.count(last.op)) continue;
     throw InputError(
         (at.file.empty() ? t.pos : at).str(),
         fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
-                    "('{}'): it gives logits",
-                    loss, out.name, last.op, last.name),
+                    "('{}'): it gives {}",
+                    loss, out.name, last.op, last.name,
+                    last.op == "LogSoftmax" ? "log-probabilities" : "logits"),
         several
             ? fmt::format("add from_logits = {{ {} = true }} to [train] (the loss then applies the softmax "
                           "or sigmoid itself)",

@@ -93,6 +93,9 @@ PredictModel checkpoint_model(const std::string& path) {
     static_cast<engine::data::InputFormat&>(in.format) =
         k == 0 ? static_cast<const engine::data::InputFormat&>(all) : all.more_inputs[k - 1];
     in.format.to_chw = channels_last && in.sample_shape.size() == 3 && in.sample_shape[2] > 1;
+    // An ONNX model's [C, H, W] input fed in its own order takes per-channel constants channel first, as fit
+    // gives them (check_sample_shape turns on to_chw instead for data stored channels last).
+    in.format.chw_channels = !spec.model.onnx.empty() && in.sample_shape.size() == 3 ? in.sample_shape[0] : 0;
     m.inputs.push_back(std::move(in));
   }
   // A model trained on logits has its decision boundary at 0.

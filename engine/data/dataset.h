@@ -54,7 +54,10 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t beg
 struct InputFormat {
   DType x_dtype = DType::f32;  // f32 for features; i32/i64 for token ids (no scaling then)
   bool to_chw = false;         // convert HWC samples to CHW
-  double scale = 1.0;          // x = (x * scale - mean[c]) / std[c]
+  // > 0: the samples' values are already in [C, H, W] order with this many channels (a model's CHW input
+  // fed NCHW arrays or flat rows), which per-channel mean and std follow; 0: see mean and std below.
+  int64_t chw_channels = 0;
+  double scale = 1.0;  // x = (x * scale - mean[c]) / std[c]
   // Empty, one value, or one per channel. The channel is the first dimension of CHW output and the last one
   // otherwise (HWC images; CSV features, one value per column).
   std::vector<double> mean, std;

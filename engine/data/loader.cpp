@@ -336,7 +336,9 @@ void BatchLoader::Impl::plan_input(Input& in) const {
   bool channel_first = layout == Layout::chw;
   bool transpose = false;
   out_sample_shape = s;
-  if (format.to_chw) {
+  if (!format.to_chw && format.chw_channels > 0) {
+    channel_first = true;
+  } else if (format.to_chw) {
     if (layout == Layout::hwc) {
       if (s.rank() != 3) {
         throw InputError(ds->describe(), fmt::format("HWC samples must have rank 3, not shape {}", s.str()));
@@ -358,6 +360,8 @@ void BatchLoader::Impl::plan_input(Input& in) const {
   int64_t channels = 1;
   if (transpose) {
     channels = s[2];
+  } else if (!format.to_chw && format.chw_channels > 0) {
+    channels = format.chw_channels;
   } else if (channel_first) {
     channels = out_sample_shape[0];
   } else if (rank > 0) {

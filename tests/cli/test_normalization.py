@@ -55,6 +55,17 @@ class Normalization(unittest.TestCase):
         r = run(["fit", spec, "--output-dir", out])
         return r, os.path.join(out, "last.ckpt")
 
+    def test_images_stored_channels_first_adapt_per_channel(self):
+        # Images of an input of [4, 5, 3] stored channels first (N, 3, 4, 5), as PyTorch keeps them: taken as
+        # they are, so the channels' statistics are those of the first axis.
+        rng = np.random.default_rng(4)
+        x = rng.normal([[[1.0]], [[20.0]], [[-5.0]]], [[[0.5]], [[2.0]], [[1.0]]], (200, 3, 4, 5))
+        r, ckpt = self.fit(x.astype(np.float32), "", "[4, 5, 3]")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        tensors = cli_util.read_checkpoint(ckpt)
+        np.testing.assert_allclose(tensors["normalization/mean"].ravel(), x.mean((0, 2, 3)), rtol=1e-4)
+        np.testing.assert_allclose(tensors["normalization/variance"].ravel(), x.var((0, 2, 3)), rtol=1e-3)
+
     def test_adapt_per_feature_and_per_channel(self):
         rng = np.random.default_rng(3)
         # Features on very different scales, then images whose three channels differ.

@@ -1216,6 +1216,68 @@ class ModelFileForms(unittest.TestCase):
         np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
                                    self.x @ w["W"] + w["b"], rtol=1e-5, atol=1e-6)
 
+    def test_image_arrays_channels_first_or_last_train_alike(self):
+        # x [N, 3, 4, 5] -> Flatten -> Gemm: every value has its own weight, so a scrambled sample trains
+        # another model. The same images saved NCHW (PyTorch's order) and NHWC (Keras's) train the same
+        # weights, with per-channel mean and std taken per channel either way, and predict the same.
+        rng = np.random.default_rng(7)
+        nodes = [h.make_node("Flatten", ["x"], ["f"], axis=1),
+                 h.make_node("Gemm", ["f", "W", "b"], ["logits"], transB=1)]
+        m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 4, 5])],
+                  [h.make_tensor_value_info("logits", T.FLOAT, ["N", 2])],
+                  [nh.from_array((rng.standard_normal((2, 60)) * 0.1).astype(np.float32), "W"),
+                   vector("b", [0.0, 0.0])], 17)
+        path = self.save(m, "image.onnx")
+        x = rng.standard_normal((16, 3, 4, 5)).astype(np.float32) * [[[1.0]], [[2.0]], [[3.0]]] + 5
+        np.save(self.path("nchw.npy"), x)
+        np.save(self.path("nhwc.npy"), np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        np.save(self.path("image_y.npy"), (x[:, 0, 1, 2] > 5).astype(np.int64))
+        weights, predictions = {}, {}
+        for layout in ("nchw", "nhwc"):
+            with open(self.path(layout + ".toml"), "w") as f:
+                f.write(f'format_version = 1\n[data]\nshuffle = false\nmean = [5.0, 5.0, 5.0]\n'
+                        f'std = [1.0, 2.0, 3.0]\n[data.train]\nx = "{layout}.npy"\ny = "image_y.npy"\n'
+                        '[train]\nloss = "sparse_categorical_crossentropy"\nfrom_logits = true\nepochs = 2\n'
+                        'batch_size = 4\n[train.optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+            out = self.path(layout + "_run")
+            r = run(["fit", path, "--train", self.path(layout + ".toml"), "--device", "cpu", "-q",
+                     "--output-dir", out], timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            weights[layout] = cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
+            r = run(["predict", os.path.join(out, "last.ckpt"), self.path(layout + ".npy"), "--device", "cpu",
+                     "--probabilities"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            predictions[layout] = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
+        self.assertGreater(np.abs(weights["nchw"]["W"] - weights_of(m)["W"]).max(), 1e-3)  # trained
+        np.testing.assert_allclose(weights["nchw"]["W"], weights["nhwc"]["W"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predictions["nchw"], predictions["nhwc"], rtol=1e-5, atol=1e-6)
+        # What the weights compute on the standardized NCHW images, as onnxruntime runs the model.
+        z = (x - 5) / np.array([1.0, 2.0, 3.0], dtype=np.float32)[:, None, None]
+        want = run_onnx(with_weights(m, weights["nchw"]), {"x": z.astype(np.float32)})
+        np.testing.assert_allclose(predictions["nchw"], want, rtol=1e-4, atol=1e-5)
+
+    def test_log_probabilities_and_double_softmax_are_refused(self):
+        # A model ending in LogSoftmax (PyTorch's pairing with NLLLoss) gives log-probabilities: a loss that
+        # takes probabilities trains nothing on them. One ending in Softmax gives probabilities: from_logits
+        # would apply a second softmax.
+        rng = np.random.default_rng(8)
+        for op, from_logits, said in (("LogSoftmax", "false", "log-probabilities"),
+                                      ("Softmax", "true", "probabilities")):
+            m = model([h.make_node("MatMul", ["x", "W"], ["z"]), h.make_node(op, ["z"], ["y"], name="head")],
+                      [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                      [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])],
+                      [nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")], 17)
+            path = self.save(m, op + ".onnx")
+            r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q",
+                     "--set", f"train.from_logits={from_logits}", "--output-dir", self.path(op + "_run")])
+            cli_util.assert_input_error(self, r, f"comes from a {op} node ('head'): it gives {said}",
+                                        "from_logits")
+            self.assertFalse(os.path.exists(self.path(op + "_run/last.ckpt")))
+        # As logits, log-probabilities train: softmax recovers the probabilities.
+        r = run(["fit", self.path("LogSoftmax.onnx"), "--train", self.path("train.toml"), "--device", "cpu",
+                 "-q", "--output-dir", self.path("logsoftmax_logits")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_a_model_of_two_outputs_is_summarized_alone(self):
         nodes = [h.make_node("MatMul", ["x", "W"], ["y"]), h.make_node("Relu", ["y"], ["z"])]
         m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
