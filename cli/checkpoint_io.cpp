@@ -63,15 +63,18 @@ std::string state_json(const engine::TrainingState& st) {
   formats::append_json_string(layout, st.metric_layout);
   std::string sums;
   for (size_t i = 0; i < st.metric_sums.size(); ++i) sums += (i ? ", " : "") + num(st.metric_sums[i]);
+  std::string best_of;
+  formats::append_json_string(best_of, st.saved_best_of);
   std::string s = fmt::format(
       "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"metric_layout\": {}, "
+      "\"saved_best_of\": {}, \"saved_best\": {}, "
       "\"lr_factor\": {}, "
       "\"plateau_have_best\": {}, \"plateau_best\": {}, \"plateau_wait\": {}, \"plateau_cooldown\": {}, "
       "\"seconds\": {}, "
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"stopped\": {}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"history\": [",
-      st.epoch, st.batch, st.global_step, sums, layout, num(st.lr_factor),
+      st.epoch, st.batch, st.global_step, sums, layout, best_of, num(st.saved_best), num(st.lr_factor),
       st.plateau_have_best ? "true" : "false", num(st.plateau_best), st.plateau_wait, st.plateau_cooldown,
       num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
       st.stopped ? "true" : "false", num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
@@ -141,6 +144,13 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   } else {
     // Checkpoints from before metric_sums kept the loss, accuracy and top-k sums and the sample count apart.
     st.metric_sums = {r.d(root, "loss_sum"), r.d(root, "correct"), r.d(root, "topk"), r.d(root, "samples")};
+  }
+  // save_best's memory came later: a checkpoint without it starts save_best afresh.
+  if (const formats::JsonValue* of = root.find("saved_best_of")) {
+    if (of->kind != formats::JsonValue::Kind::string)
+      throw InputError(path, "the checkpoint's state has a bad 'saved_best_of'", "");
+    st.saved_best_of = of->text;
+    st.saved_best = r.d(root, "saved_best");
   }
   // ReduceLROnPlateau came later: a checkpoint without it ran at the schedule's rate.
   if (root.find("lr_factor")) {

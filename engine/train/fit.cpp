@@ -1744,8 +1744,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     TrainingState c = capture();
     if (save) save(c, why);
   };
-  bool have_saved_best = false;
-  double saved_best = 0;
+  if (st.saved_best_of != policy.save_best) st.saved_best_of.clear();
   const uint64_t fingerprint = train ? data_fingerprint(*train) : 0;
   while (st.epoch < cfg.epochs && !st.stopped) {
     auto t0 = std::chrono::steady_clock::now();
@@ -2027,7 +2026,9 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       }
     }
     ++st.epoch;
-    if (saving && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) keep(SaveReason::epoch);
+    // save_best's memory is updated before either checkpoint of this epoch captures the state, so that a
+    // run resumed from it never takes a worse epoch for the best.
+    bool best_now = false;
     if (saving && !policy.save_best.empty() && !waits(policy.save_best)) {
       bool found;
       double value = find_log(rep.logs, policy.save_best, &found);
@@ -2036,13 +2037,15 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
             "train.checkpoint.save_best",
             fmt::format("save_best monitors '{}', which this run does not report", policy.save_best),
             "monitor loss, val_loss, or a metric the spec lists");
-      if (improves(have_saved_best, saved_best, value, maximized(policy.mode, policy.save_best, outputs),
-                   0)) {
-        have_saved_best = true;
-        saved_best = value;
-        keep(SaveReason::best);
+      if (improves(!st.saved_best_of.empty(), st.saved_best, value,
+                   maximized(policy.mode, policy.save_best, outputs), 0)) {
+        st.saved_best_of = policy.save_best;
+        st.saved_best = value;
+        best_now = true;
       }
     }
+    if (saving && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) keep(SaveReason::epoch);
+    if (best_now) keep(SaveReason::best);
     if (stop) {
       result.stopped_early = true;
       break;

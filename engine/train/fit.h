@@ -233,6 +233,10 @@ struct TrainingState {
   bool plateau_have_best = false;
   double plateau_best = 0;
   int64_t plateau_wait = 0, plateau_cooldown = 0;
+  // save_best's memory: the best value so far of the quantity it monitors (named, so that a run resumed
+  // monitoring another starts afresh).
+  std::string saved_best_of;
+  double saved_best = 0;
   float loss_scale = 0;  // 0: not scaling
   int64_t loss_scale_good_steps = 0;
   int64_t skipped_steps = 0;

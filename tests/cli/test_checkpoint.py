@@ -90,6 +90,21 @@ class Resume(unittest.TestCase):
         for k in a:
             self.assertEqual(a[k], b[k], f"{k} differs")
 
+    def test_save_best_remembers_its_best_across_a_resume(self):
+        # Max mode on a falling loss: the first epoch stays the best. A run resumed into its own directory from
+        # the first epoch's checkpoint (written in the same epoch as best.ckpt) keeps best.ckpt at epoch 1.
+        spec = self.with_checkpoints('every_epochs = 1\nkeep_last = 0\nsave_best = "loss"\nmode = "max"\n')
+        straight = self.fit([spec, "--epochs", "3"], "straight")
+        losses = [e["loss"] for e in straight if e["event"] == "epoch"]
+        self.assertEqual(losses, sorted(losses, reverse=True))  # falling, so epoch 1 is the best
+        best = os.path.join(self.dir, "straight", "best.ckpt")
+        self.assertEqual(tensors(best)[0]["cursor"], "epoch 1 batch 0")
+        for name in ("epoch-2.ckpt", "epoch-3.ckpt", "last.ckpt"):
+            os.remove(os.path.join(self.dir, "straight", name))
+        self.fit(["--resume", os.path.join(self.dir, "straight", "epoch-1.ckpt")], "straight")
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "straight", "epoch-3.ckpt")))
+        self.assertEqual(tensors(best)[0]["cursor"], "epoch 1 batch 0")
+
     def test_resume_in_the_middle_of_an_epoch(self):
         spec = self.with_checkpoints("every_steps = 10\nkeep_last = 0\n")
         self.fit([spec, "--epochs", "2"], "straight")
