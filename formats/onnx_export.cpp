@@ -474,10 +474,13 @@ class Exporter {
     // `axes`: an attribute up to some opset, input 1 from it on.
     const int axes_since = axes_input_since(n.op);
     const bool fold_axes = axes_since > o_.opset && n.inputs.size() > 1 && n.inputs[1] != kNoValue;
+    // Opset 18 gave Pad an axes input: below it, the pads of those axes spread over every axis.
+    const bool spread_pads = n.op == "Pad" && o_.opset < 18 && n.inputs.size() > 3 && n.inputs[3] != kNoValue;
     std::vector<std::string> ins, outs;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       const ValueId v = n.inputs[i];
-      ins.push_back(v == kNoValue || (fold_axes && i == 1) ? std::string() : name(v));
+      const bool replaced = (fold_axes && i == 1) || (spread_pads && (i == 1 || i == 3));
+      ins.push_back(v == kNoValue || replaced ? std::string() : name(v));
     }
     for (ValueId v : n.outputs) outs.push_back(v == kNoValue ? std::string() : name(v));
     engine::Attributes attrs = n.attrs;
@@ -520,6 +523,27 @@ class Exporter {
       std::string starts = as_input("starts"), ends = as_input("ends");
       std::string axes = attrs.has("axes") ? as_input("axes") : std::string();
       ins = {ins[0], starts, ends, axes};
+    }
+
+    if (spread_pads) {
+      const Tensor* axes = g_.initializer(n.inputs[3]);
+      const Tensor* pads = g_.initializer(n.inputs[1]);
+      if (!axes || !pads)
+        fail(n,
+             fmt::format("computed pads or axes need opset 18 or newer, and the export is for opset {}",
+                         o_.opset),
+             "export with opset 18 or newer");
+      const int64_t rank = g_.value(n.inputs[0]).shape.rank(), k = axes->numel();
+      TRAINER_ASSERT(pads->numel() == 2 * k, "Pad: {} pads for {} axes", pads->numel(), k);
+      std::vector<int64_t> full(static_cast<size_t>(2 * rank), 0);
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t a = axes->get_i64(i) < 0 ? axes->get_i64(i) + rank : axes->get_i64(i);
+        full[static_cast<size_t>(a)] = pads->get_i64(i);
+        full[static_cast<size_t>(a + rank)] = pads->get_i64(i + k);
+      }
+      ins[1] = add_constant(n.name + "/pads", Tensor::from<int64_t>(Shape{2 * rank}, full));
+      ins.resize(3);
+      while (!ins.empty() && ins.back().empty()) ins.pop_back();
     }
 
     // Opset 20 renamed GridSample's modes bilinear and bicubic to linear and cubic.

@@ -2439,18 +2439,30 @@ class Importer {
         reduce("ReduceSum", node("Abs", {x}, {}, "abs", false), keep, "sum", true);
       } else if (p.op == "ReduceProd") {
         // exp(sum log|x|) with the sign of the negatives' count (cos(pi n)); a zero gives exp(-inf) = 0.
-        const DType t = g().value(x).dtype;
-        ValueId logs = node("Log", {node("Abs", {x}, {}, "abs", false)}, {}, "log", false);
+        // Integers (PyTorch's element counts of shapes, as in x.std(dim)) go through f64 and come back
+        // rounded: exact for every product of a shape's dimensions.
+        const DType given = g().value(x).dtype;
+        const bool integer = engine::is_integer(given);
+        const DType t = integer ? DType::f64 : given;
+        const ValueId xf = integer ? node("Cast", {p.inputs[0]}, {{"to", int64_t{engine::dtype_to_onnx(t)}}},
+                                          "as_f64", false)
+                                   : x;
+        ValueId logs = node("Log", {node("Abs", {xf}, {}, "abs", false)}, {}, "log", false);
         ValueId size = node("Exp", {reduce("ReduceSum", logs, keep, "sum", false)}, {}, "size", false);
         ValueId negatives =
-            node("Cast", {node("Less", {x, scalar_constant(p, "zero", 0, t)}, {}, "negative", false)},
+            node("Cast", {node("Less", {xf, scalar_constant(p, "zero", 0, t)}, {}, "negative", false)},
                  {{"to", int64_t{engine::dtype_to_onnx(t)}}}, "negative_count", false);
         ValueId count = reduce("ReduceSum", negatives, keep, "count", false);
         ValueId sign = node(
             "Cos",
             {node("Mul", {count, scalar_constant(p, "pi", 3.14159265358979323846, t)}, {}, "angle", false)},
             {}, "sign", false);
-        node("Mul", {size, sign}, {}, "prod", true);
+        if (!integer) {
+          node("Mul", {size, sign}, {}, "prod", true);
+        } else {
+          ValueId prod = node("Round", {node("Mul", {size, sign}, {}, "prod", false)}, {}, "rounded", false);
+          node("Cast", {prod}, {{"to", int64_t{engine::dtype_to_onnx(given)}}}, "as_given", true);
+        }
       } else if (p.op == "ReduceLogSum") {
         node("Log", {reduce("ReduceSum", x, keep, "sum", false)}, {}, "log", true);
       } else if (p.op == "ReduceSumSquare" || p.op == "ReduceL2") {

@@ -1278,6 +1278,67 @@ class ModelFileForms(unittest.TestCase):
                  "-q", "--output-dir", self.path("logsoftmax_logits")])
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_an_integer_product_of_shape_dimensions_trains_and_predicts(self):
+        # x.mean(dim) as some exporters write it: the sum over the steps divided by the steps' count, which a
+        # ReduceProd over an int64 slice of the shape computes (as x.std(dim) does in PyTorch's exports).
+        rng = np.random.default_rng(9)
+        nodes = [h.make_node("Shape", ["x"], ["shape"]),
+                 h.make_node("Gather", ["shape", "step_axis"], ["steps"], axis=0),
+                 h.make_node("ReduceProd", ["steps"], ["count"], keepdims=0),
+                 h.make_node("Cast", ["count"], ["count_f"], to=T.FLOAT),
+                 h.make_node("ReduceSum", ["x", "sum_axes"], ["total"], keepdims=0),
+                 h.make_node("Div", ["total", "count_f"], ["mean"]),
+                 h.make_node("MatMul", ["mean", "W"], ["y"])]
+        m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 8, 4])],
+                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])],
+                  [ints("step_axis", [1]), ints("sum_axes", [1]),
+                   nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")], 17)
+        path = self.save(m, "count.onnx")
+        x = rng.standard_normal((8, 8, 4)).astype(np.float32)
+        np.save(self.path("count_x.npy"), x)
+        r = run(["predict", path, self.path("count_x.npy"), "--device", "cpu", "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
+                                   run_onnx(m, {"x": x}), rtol=1e-5, atol=1e-6)
+        np.save(self.path("count_y.npy"), (np.arange(8) % 3).astype(np.int64))
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--set",
+                 f"data.train.x={self.path('count_x.npy')}", "--set", f"data.train.y={self.path('count_y.npy')}",
+                 "--output-dir", self.path("count_run")], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_an_opset_18_pad_of_some_axes_exports_at_opset_17(self):
+        # Pad's axes input came in opset 18: an export for 17 spreads the pads over every axis.
+        rng = np.random.default_rng(10)
+        nodes = [h.make_node("Pad", ["x", "pads", "", "axes"], ["p"], name="pad"),
+                 h.make_node("Flatten", ["p"], ["f"]),
+                 h.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+        m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4, 6])],
+                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])],
+                  [ints("pads", [1, 2]), ints("axes", [-1]),
+                   nh.from_array((rng.standard_normal((3, 36)) * 0.1).astype(np.float32), "W"),
+                   vector("b", [0.0, 0.0, 0.0])], 18)
+        path = self.save(m, "pad18.onnx")
+        x = rng.standard_normal((8, 4, 6)).astype(np.float32)
+        np.save(self.path("pad_x.npy"), x)
+        np.save(self.path("pad_y.npy"), (np.arange(8) % 3).astype(np.int64))
+        out = self.path("pad_run")
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--set",
+                 f"data.train.x={self.path('pad_x.npy')}", "--set", f"data.train.y={self.path('pad_y.npy')}",
+                 "--output-dir", out], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        exported = self.path("pad17.onnx")
+        r = run(["export", os.path.join(out, "last.ckpt"), "-o", exported])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        e = onnx.load(exported)
+        onnx.checker.check_model(e, full_check=True)
+        self.assertEqual([o.version for o in e.opset_import if o.domain in ("", "ai.onnx")], [17])
+        self.assertEqual(sorted(i.name for i in e.graph.initializer if i.name in ("pads", "axes")), [])
+        r = run(["predict", os.path.join(out, "last.ckpt"), self.path("pad_x.npy"), "--device", "cpu",
+                 "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(run_onnx(e, {"x": x}), np.loadtxt(r.stdout.splitlines(), delimiter=","),
+                                   rtol=1e-5, atol=1e-6)
+
     def test_a_model_of_two_outputs_is_summarized_alone(self):
         nodes = [h.make_node("MatMul", ["x", "W"], ["y"]), h.make_node("Relu", ["y"], ["z"])]
         m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
