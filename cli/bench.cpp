@@ -94,14 +94,16 @@ SyntheticBatch synthetic_batch(const engine::TrainingStep& step, const engine::F
   SyntheticBatch b{synthetic_input(g, step.x, rng), Tensor(yv.dtype, yv.shape), {}};
   for (engine::ValueId v : step.more_x) b.more_x.push_back(synthetic_input(g, v, rng));
   const engine::Shape& os = g.value(step.output).shape;
-  const int64_t batch = os.rank() > 0 ? os[0] : 1;
-  const int64_t classes = batch > 0 ? os.numel() / batch : 1;
+  // The classes are the output's last axis: one label per sample, or per step of a [batch, steps, classes]
+  // output.
+  const int64_t classes = os.rank() > 1 ? std::max<int64_t>(os[os.rank() - 1], 1) : 1;
+  const int64_t positions = os.numel() / classes;
   if (cfg.loss == "sparse_categorical_crossentropy") {
-    std::uniform_int_distribution<int64_t> label(0, std::max<int64_t>(classes, 1) - 1);
+    std::uniform_int_distribution<int64_t> label(0, classes - 1);
     for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, static_cast<double>(label(rng)));
   } else if (formats::label_family(cfg.loss) == "categorical_crossentropy") {
-    std::uniform_int_distribution<int64_t> label(0, std::max<int64_t>(classes, 1) - 1);
-    for (int64_t i = 0; i < batch; ++i) b.y.set_f64(i * classes + label(rng), 1.0);
+    std::uniform_int_distribution<int64_t> label(0, classes - 1);
+    for (int64_t i = 0; i < positions; ++i) b.y.set_f64(i * classes + label(rng), 1.0);
   } else if (formats::label_family(cfg.loss) == "binary_crossentropy") {
     for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng) < 0.5 ? 0.0 : 1.0);
   } else {
@@ -502,6 +504,7 @@ Command add_bench_command(CLI::App& app) {
         {"samples_per_s", json_number(samples_per_s)},
         {"flops_per_step", std::to_string(flops)},
         {"achieved_gflops", json_number(gflops(static_cast<double>(flops), step_s))},
+        {"loss", json_number(eager.loss)},
         {"ops_ms_per_step", timed_ops ? json_number(1e3 * ops_s) : "null"},
         {"phases", timed_ops ? json_object(phases) : "null"},
         {"ops", "[" + fmt::format("{}", fmt::join(ops_json, ", ")) + "]"},

@@ -148,6 +148,27 @@ class Bench(unittest.TestCase):
         self.assertEqual(err, "")
         self.assertTrue(math.isfinite(d["step_ms"]["median"]))
 
+    def test_per_step_classifier_labels(self):
+        # A [batch, steps, classes] output takes a class id (or a one-hot row) per step: the synthetic labels
+        # lie in the classes, so the step runs and its loss stays finite (no warning).
+        with tempfile.TemporaryDirectory() as d:
+            spec = os.path.join(d, "tagger.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = { shape = [12], dtype = "int32" }\n'
+                        '[[model.layers]]\ntype = "Embedding"\ninput_dim = 40\noutput_dim = 8\n'
+                        '[[model.layers]]\ntype = "LSTM"\nunits = 6\nreturn_sequences = true\n'
+                        '[[model.layers]]\ntype = "TimeDistributed"\nlayer = "Dense"\nunits = 3\n'
+                        'activation = "softmax"\n[train]\nloss = "sparse_categorical_crossentropy"\n')
+            for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+                with self.subTest(loss=loss):
+                    d_, err = bench(self, spec, "--set", f"train.loss={loss}")
+                    self.assertNotIn("warning", err)
+                    self.assertTrue(math.isfinite(d_["loss"]), d_)
+                    # Random labels over 3 classes, one per step: about log(3) = 1.1 (labels drawn over 36
+                    # classes would fail; one-hot rows left empty at most steps would give far less).
+                    self.assertGreater(d_["loss"], 0.5)
+                    self.assertLess(d_["loss"], 3.0)
+
     def test_cpu_replicas(self):
         # --devices 2: the step on two CPU replicas sharing the batch, with the communication backward did not
         # hide; a batch they do not share evenly is refused.
