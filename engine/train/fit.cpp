@@ -1908,16 +1908,21 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       int sig = g_stop_signal.load();
       if (across_processes) {
         // The other processes' slices: every rank adds the same global sums. A signal any rank received
-        // stops them all after this step (a launcher delivers it to each at its own moment).
+        // stops them all after this step (a launcher delivers it to each at its own moment); the signals
+        // travel as counts per number, and every rank takes the lowest, so all report and exit alike.
+        constexpr int kSignals = 32;
         acc.flat(&delta);
         for (size_t i = 0; i < before.size(); ++i) delta[i] -= before[i];
-        delta.push_back(sig ? 1.0 : 0.0);
+        const size_t sums = delta.size();
+        delta.resize(sums + kSignals, 0.0);
+        if (sig > 0) delta[sums + static_cast<size_t>(std::min(sig, kSignals - 1))] = 1.0;
         replicas.host_comm->all_reduce_sum(delta.data(), delta.size(), DType::f64, {-1, st.global_step});
-        const bool signalled = delta.back() > 0;
-        delta.pop_back();
+        sig = 0;
+        for (int k = 1; k < kSignals && !sig; ++k)
+          if (delta[sums + static_cast<size_t>(k)] > 0) sig = k;
+        delta.resize(sums);
         for (size_t i = 0; i < before.size(); ++i) delta[i] += before[i];
         acc.set_flat(delta);
-        if (signalled && !sig) sig = SIGTERM;
       }
       ++st.global_step;
       ++st.batch;
