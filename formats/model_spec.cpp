@@ -676,8 +676,22 @@ ArgValue read_arg(const Reader& r, const toml::node& n, const std::string& what)
       for (const toml::node& e : *a) out.push_back(e.as_string()->get());
       return out;
     }
+    // Keras's nested pairs, ((top, bottom), (left, right)) for ZeroPadding2D and Cropping2D, read as the flat
+    // [top, bottom, left, right] the layers take.
+    bool pairs = true;
+    for (const toml::node& e : *a) {
+      const toml::array* p = e.as_array();
+      pairs = pairs && p && p->size() == 2 && (*p)[0].is_integer() && (*p)[1].is_integer();
+    }
+    if (pairs) {
+      std::vector<int64_t> out;
+      for (const toml::node& e : *a)
+        for (const toml::node& v : *e.as_array()) out.push_back(v.as_integer()->get());
+      return out;
+    }
     r.fail(r.pos(n), fmt::format("{} must be an array of numbers or of strings", what),
-           "layer arguments take scalars and flat arrays of one kind, e.g. kernel_size = [3, 3]");
+           "layer arguments take scalars and flat arrays of one kind, e.g. kernel_size = [3, 3], or "
+           "pairs of integers, e.g. padding = [[1, 1], [2, 2]]");
   }
   r.fail(r.pos(n),
          fmt::format("{} must be a number, a boolean, a string or an array, not {}", what, describe(n)),
@@ -763,7 +777,8 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
     for (auto&& [k, v] : *t) {
       const std::string_view key = k.str();
       if (key == "type" || key == "name" || key == "inputs") continue;
-      L.args.emplace(std::string(key), Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v)});
+      L.args.emplace(std::string(key),
+                     Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v), r.pos(k, v)});
     }
     named.push_back(!L.name.empty());
     L.named = named.back();

@@ -30,8 +30,10 @@ using ArgValue = std::variant<bool, int64_t, double, std::string, std::vector<in
 
 struct Arg {
   ArgValue value;
-  SourcePos pos;
+  SourcePos pos;      // the value's
+  SourcePos key_pos;  // the key's (an unknown argument is reported there); empty: the value's
   bool operator==(const Arg&) const = default;
+  const SourcePos& where_key() const { return key_pos.file.empty() ? pos : key_pos; }
 };
 
 // One layer in Keras's vocabulary. The parser checks the table's structure (type, name, inputs); the layer

@@ -112,7 +112,7 @@ void clear_positions(ModelSpec& s) {
     l.pos = l.type_pos = {};
     // Whether the name was written or generated is not a setting (older checkpoints wrote every name).
     l.named = false;
-    for (auto& [k, a] : l.args) a.pos = {};
+    for (auto& [k, a] : l.args) a.pos = a.key_pos = {};
   }
   s.data.pos = {};
   for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})

@@ -133,8 +133,10 @@ bool fits(const ArgValue& v, ArgKind k) {
 
 // Keras arguments that trainer knows but does not implement: naming them as such beats "unknown argument".
 bool known_unsupported(const std::string& name) {
-  static const std::vector<std::string> names = {"data_format", "stateful",     "unroll", "return_state",
-                                                 "noise_shape", "input_length", "dtype",  "lora_rank"};
+  static const std::vector<std::string> names = {
+      "data_format",  "stateful", "unroll",     "return_state",   "noise_shape",
+      "input_length", "dtype",    "lora_rank",  "rms_scaling",    "attention_axes",
+      "time_major",   "sparse",   "lora_alpha", "backward_layer", "quantization_config"};
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
@@ -221,9 +223,9 @@ LayerArgs::LayerArgs(const formats::LayerSpec& spec, const std::vector<ArgDecl>&
       std::string takes = fmt::format("{} takes: {}", spec.type, fmt::join(names, ", "));
       if (known_unsupported(name))
         throw InputError(
-            arg.pos.str(),
+            arg.where_key().str(),
             fmt::format("{}: Keras's argument '{}' is not supported by trainer", subject(), name), takes);
-      throw InputError(arg.pos.str(), fmt::format("{}: unknown argument '{}'", subject(), name),
+      throw InputError(arg.where_key().str(), fmt::format("{}: unknown argument '{}'", subject(), name),
                        did_you_mean(name, names) + takes);
     }
     if (!fits(arg.value, it->kind))

@@ -103,9 +103,14 @@ class BadInput(unittest.TestCase):
     def test_unknown_layer_argument(self):
         text = SPEC.replace("units = 10", "units = 10\nunitz = 3")
         line, col = line_col(text, "unitz")
-        err = assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:",
+        # At the key, as an unknown key of [train] is.
+        err = assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
                                  "Dense layer 'dense'", "unknown argument 'unitz'")
         self.assertIn("did you mean 'units'?", err)
+        text = SPEC.replace("units = 10", "units = 10\nstateful = true")
+        line, col = line_col(text, "stateful")
+        assert_input_error(self, self.trainer("check", self.spec(text)), f"spec.toml:{line}:{col}:",
+                           "Keras's argument 'stateful' is not supported")
 
     def test_wrong_type(self):
         text = SPEC.replace("units = 10", 'units = "ten"')

@@ -503,6 +503,14 @@ TEST_SUITE("model_spec") {
     const ModelSpec s = parse_model_spec(M + "[[model.layers]]\ntype = \"Dense\"\nunitz = 3\n", "spec.toml");
     CHECK(arg<int64_t>(s.model.layers[0], "unitz") == 3);
     CHECK(s.model.layers[0].args.at("unitz").pos.str() == "spec.toml:6:9");
+    CHECK(s.model.layers[0].args.at("unitz").where_key().str() == "spec.toml:6:1");
+    // Keras's nested pairs read as the flat list.
+    const ModelSpec pad = parse_model_spec(
+        M + "[[model.layers]]\ntype = \"ZeroPadding2D\"\npadding = [[1, 2], [3, 4]]\n", "spec.toml");
+    CHECK(arg<std::vector<int64_t>>(pad.model.layers[0], "padding") == std::vector<int64_t>{1, 2, 3, 4});
+    f = failure(M + "[[model.layers]]\ntype = \"ZeroPadding2D\"\npadding = [[1, 2], [3]]\n");
+    CHECK(f.where == "spec.toml:6:11");
+    CHECK(f.what == "model.layers[0].padding must be an array of numbers or of strings");
   }
 
   TEST_CASE("--set overrides existing keys and creates omitted ones") {
