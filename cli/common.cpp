@@ -755,19 +755,42 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
                       "takes [{}] ({} values) per sample",
                       d.describe(), shape_str(s), s.numel(), in.name, fmt::join(want, ", "), want_n),
           "give data whose samples fit the model's input");
-    fmt->to_chw = false;
+    fmt->to_chw = fmt->to_hwc = false;
     fmt->chw_channels = 0;
-    // ONNX images are [C, H, W]: float samples stored channels last ([H, W, C]) are converted, as predict
-    // converts them; samples of the input's own shape (NCHW arrays, as PyTorch users save them) are taken
-    // as they are.
-    if (want.size() == 3 && want[0] > 1 && s.rank() == 3 && d.layout() == engine::data::Layout::hwc &&
-        !engine::is_integer(in.dtype)) {
-      const bool hwc_shape = s[0] == want[1] && s[1] == want[2] && s[2] == want[0];
-      const bool chw_shape = s[0] == want[0] && s[1] == want[1] && s[2] == want[2];
-      fmt->to_chw = hwc_shape && !chw_shape;
+    if (want.size() == 3) {
+      // An image input: channels first ([C, H, W], ONNX's and PyTorch's order) unless its last axis is the
+      // smaller (a Keras model's export, [H, W, C]).
+      const bool channels_first = want[0] <= want[2];
+      auto squeezed = [](std::vector<int64_t> v) {
+        std::erase(v, int64_t{1});
+        return v;
+      };
+      if (s.rank() == 3 && !engine::is_integer(in.dtype)) {
+        const std::vector<int64_t> got = {s[0], s[1], s[2]};
+        // Float samples stored channels last for a [C, H, W] input are converted, as predict converts them,
+        // and channels first for an [H, W, C] input (CIFAR-10 for a Keras model's export); samples in the
+        // input's own order (NCHW arrays, as PyTorch saves them) are taken as they are; any other order would
+        // feed scrambled images.
+        const bool hwc_of_chw = channels_first && got == std::vector<int64_t>{want[1], want[2], want[0]};
+        const bool chw_of_hwc = !channels_first && got == std::vector<int64_t>{want[2], want[0], want[1]};
+        if (squeezed(got) != squeezed(want) && hwc_of_chw && d.layout() == engine::data::Layout::hwc)
+          fmt->to_chw = true;
+        else if (squeezed(got) != squeezed(want) && chw_of_hwc)
+          fmt->to_hwc = true;
+        else if (squeezed(got) != squeezed(want))
+          throw InputError(
+              src.pos.str(),
+              fmt::format("{} holds samples of shape {}, and the ONNX model's input '{}' takes [{}]: the "
+                          "images are in another order",
+                          d.describe(), shape_str(s), in.name, fmt::join(want, ", ")),
+              channels_first ? "store the images channels first, as the input takes them, or channels last "
+                               "([H, W, C]) to have them converted"
+                             : "store the images channels last, as the input takes them, or channels first "
+                               "([C, H, W]) to have them converted");
+      }
+      // Per-channel mean and std follow the input's channel axis.
+      if (!fmt->to_chw && !fmt->to_hwc && channels_first) fmt->chw_channels = want[0];
     }
-    // Otherwise the values are in the input's own [C, H, W] order.
-    if (want.size() == 3 && !fmt->to_chw) fmt->chw_channels = want[0];
     return;
   }
   const std::vector<int64_t>& want = input.keras->shape;
@@ -1043,6 +1066,7 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
     out.validation = open(*ds.validation);
     engine::data::BatchFormat vf = f;
     check_all_samples(*out.validation, *ds.validation, model, inputs, &vf);
+    f.validation = std::make_shared<const engine::data::BatchFormat>(std::move(vf));
   } else if (ds.validation_split > 0) {
     // Keras's split: the first floor(n * (1 - validation_split)) samples train, the rest validate.
     int64_t n = out.train->size();
@@ -1061,7 +1085,9 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   if (ds.test) {
     out.test = open(*ds.test);
     engine::data::BatchFormat tf = f;
+    tf.validation.reset();
     check_all_samples(*out.test, *ds.test, model, inputs, &tf);
+    f.test = std::make_shared<const engine::data::BatchFormat>(std::move(tf));
   }
   // The label kind must fit each output's loss, in every source.
   auto check_source = [&](const engine::data::Dataset& d, const formats::DataSource& src) {

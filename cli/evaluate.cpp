@@ -123,8 +123,11 @@ Command add_evaluate_command(CLI::App& app) {
     auto& backend = opened.backend;
     cfg.precision = opened.precision;
     engine::Logs logs = at_spec_places(spec, [&] {
-      return engine::evaluate(trained_model_factory(spec, std::move(ck.state.values), *ckpt), ds, data.format,
-                              cfg, *backend);
+      const engine::data::BatchFormat& format = name == "validation" ? data.format.of_validation()
+                                                : name == "test"     ? data.format.of_test()
+                                                                     : data.format;
+      return engine::evaluate(trained_model_factory(spec, std::move(ck.state.values), *ckpt), ds, format, cfg,
+                              *backend);
     });
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::vector<std::pair<std::string, std::string>> f = {{"data", json_string(name)},

@@ -95,7 +95,9 @@ PredictModel checkpoint_model(const std::string& path) {
     in.format.to_chw = channels_last && in.sample_shape.size() == 3 && in.sample_shape[2] > 1;
     // An ONNX model's [C, H, W] input fed in its own order takes per-channel constants channel first, as fit
     // gives them (check_sample_shape turns on to_chw instead for data stored channels last).
-    in.format.chw_channels = !spec.model.onnx.empty() && in.sample_shape.size() == 3 ? in.sample_shape[0] : 0;
+    // (An input whose last axis is the smaller is taken for channels last, as fit takes it.)
+    const std::vector<int64_t>& ss = in.sample_shape;
+    in.format.chw_channels = !spec.model.onnx.empty() && ss.size() == 3 && ss[0] <= ss[2] ? ss[0] : 0;
     m.inputs.push_back(std::move(in));
   }
   // A model trained on logits has its decision boundary at 0.

@@ -54,6 +54,7 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<const Dataset> base, int64_t beg
 struct InputFormat {
   DType x_dtype = DType::f32;  // f32 for features; i32/i64 for token ids (no scaling then)
   bool to_chw = false;         // convert HWC samples to CHW
+  bool to_hwc = false;         // convert CHW samples to HWC (an exported channels-last model fed CIFAR-10)
   // > 0: the samples' values are already in [C, H, W] order with this many channels (a model's CHW input
   // fed NCHW arrays or flat rows), which per-channel mean and std follow; 0: see mean and std below.
   int64_t chw_channels = 0;
@@ -79,6 +80,11 @@ struct BatchFormat : InputFormat {
   int64_t num_classes = 0;
   // The formats of a model's second, third, ... input, each read from its own dataset (see BatchLoader).
   std::vector<InputFormat> more_inputs;
+  // The validation and test data's own formats where their files store samples otherwise than the training
+  // data's (channels first or last): null, this one.
+  std::shared_ptr<const BatchFormat> validation, test;
+  const BatchFormat& of_validation() const { return validation ? *validation : *this; }
+  const BatchFormat& of_test() const { return test ? *test : *this; }
 };
 
 struct Batch {

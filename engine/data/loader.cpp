@@ -334,9 +334,13 @@ void BatchLoader::Impl::plan_input(Input& in) const {
 
   // The output layout and where the channel sits in it.
   bool channel_first = layout == Layout::chw;
-  bool transpose = false;
+  bool transpose = false, transpose_back = false;
   out_sample_shape = s;
-  if (!format.to_chw && format.chw_channels > 0) {
+  if (format.to_hwc) {
+    TRAINER_ASSERT(s.rank() == 3 && !format.to_chw, "to_hwc of samples of shape {}", s.str());
+    out_sample_shape = Shape{s[1], s[2], s[0]};
+    transpose_back = true;
+  } else if (!format.to_chw && format.chw_channels > 0) {
     channel_first = true;
   } else if (format.to_chw) {
     if (layout == Layout::hwc) {
@@ -360,6 +364,8 @@ void BatchLoader::Impl::plan_input(Input& in) const {
   int64_t channels = 1;
   if (transpose) {
     channels = s[2];
+  } else if (transpose_back) {
+    channels = s[0];
   } else if (!format.to_chw && format.chw_channels > 0) {
     channels = format.chw_channels;
   } else if (channel_first) {
@@ -398,6 +404,8 @@ void BatchLoader::Impl::plan_input(Input& in) const {
   const int64_t positions = channels > 0 ? sample_elems / channels : 0;
   if (transpose) {
     cv.geo = Geometry{channels, positions, 1, channels, positions, 1};
+  } else if (transpose_back) {  // [C, H, W] -> [H, W, C]
+    cv.geo = Geometry{channels, positions, positions, 1, 1, channels};
   } else if (norm_channels > 1 && channel_first) {
     cv.geo = Geometry{channels, positions, positions, 1, positions, 1};
   } else if (norm_channels > 1) {
@@ -406,8 +414,8 @@ void BatchLoader::Impl::plan_input(Input& in) const {
     cv.geo = Geometry{1, sample_elems, 0, 1, 0, 1};
   }
   const bool identity_values = format.scale == 1.0 && format.mean.empty() && format.std.empty();
-  in.direct_copy =
-      src_dtype == format.x_dtype && !transpose && (ids ? format.num_tokens == 0 : identity_values);
+  in.direct_copy = src_dtype == format.x_dtype && !transpose && !transpose_back &&
+                   (ids ? format.num_tokens == 0 : identity_values);
   cv.ds = ds;
   cv.format = format;
   cv.sample_elems = sample_elems;

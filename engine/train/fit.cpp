@@ -1577,7 +1577,8 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   data::BatchLoader train_loader(train, cfg.batch_size, format, cfg.shuffle, cfg.seed);
   std::unique_ptr<data::BatchLoader> val_loader;
   if (validation)
-    val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format, false, cfg.seed);
+    val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format.of_validation(),
+                                                     false, cfg.seed);
 
   const LearningRateSchedule schedule = run_schedule(cfg, train_loader.batches_per_epoch());
 
@@ -2066,7 +2067,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     result.restored_best = true;
   }
   if (test && !result.interrupted_by) {
-    data::BatchLoader test_loader(test, cfg.batch_size, format, false, cfg.seed);
+    data::BatchLoader test_loader(test, cfg.batch_size, format.of_test(), false, cfg.seed);
     result.test = evaluate_all(test_loader, "test_");
   }
   result.final_state = capture();

@@ -1,0 +1,159 @@
+"""Images stored channels last ([N, H, W, C], Keras's arrays) or channels first ([N, C, H, W], PyTorch's arrays and
+the CIFAR-10 batches): each data source is read in its own order, for the training, validation and test data
+alike, for a spec's channels-last input and for an ONNX model's input in either order; an order that fits no
+input is an error."""
+
+import json
+import os
+import tempfile
+import unittest
+
+import cli_util
+from cli_util import run
+
+try:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+except ImportError:  # reported as a skip, never as a pass
+    np = onnx = None
+
+N, HEIGHT, WIDTH, CHANNELS = 24, 4, 5, 3
+
+SPEC = """format_version = 1
+[model]
+input = [4, 5, 3]
+[[model.layers]]
+type = "Conv2D"
+filters = 2
+kernel_size = 2
+activation = "relu"
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 2
+activation = "softmax"
+[data]
+shuffle = false
+mean = [5.0, 5.0, 5.0]
+std = [1.0, 2.0, 3.0]
+[data.train]
+x = "{train}"
+y = "y.npy"
+[data.validation]
+x = "{validation}"
+y = "y.npy"
+[data.test]
+x = "{test}"
+y = "y.npy"
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+epochs = 2
+batch_size = 8
+[train.optimizer]
+name = "sgd"
+learning_rate = 0.05
+"""
+
+
+@unittest.skipIf(np is None, "numpy and onnx are needed (tools/install-deps.sh installs them)")
+class ImageLayouts(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(11)
+        # Channels of different scales around 5: a scrambled image or a per-channel constant on the wrong
+        # axis changes every number.
+        cls.x = (rng.standard_normal((N, CHANNELS, HEIGHT, WIDTH)) * np.array([1.0, 2.0, 3.0])[:, None, None]
+                 + 5).astype(np.float32)
+        np.save(cls.path("nchw.npy"), cls.x)
+        np.save(cls.path("nhwc.npy"), np.ascontiguousarray(cls.x.transpose(0, 2, 3, 1)))
+        np.save(cls.path("nwhc.npy"), np.ascontiguousarray(cls.x.transpose(0, 3, 2, 1)))  # no input's order
+        np.save(cls.path("y.npy"), (cls.x[:, 0, 1, 2] > 5).astype(np.int64))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.tmp.name, name)
+
+    def fit(self, name, args):
+        out = self.path(name)
+        r = run(["fit", *args, "--device", "cpu", "-q", "--log-format", "jsonl", "--output-dir", out], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return [json.loads(line) for line in r.stdout.splitlines()], os.path.join(out, "last.ckpt")
+
+    def test_each_split_of_a_spec_is_read_in_its_own_order(self):
+        results = {}
+        for train, validation, test in (("nhwc", "nhwc", "nhwc"), ("nhwc", "nchw", "nchw"),
+                                        ("nchw", "nhwc", "nchw"), ("nchw", "nchw", "nhwc")):
+            spec = self.path(f"{train}_{validation}_{test}.toml")
+            with open(spec, "w") as f:
+                f.write(SPEC.format(train=self.path(train + ".npy"), validation=self.path(validation + ".npy"),
+                                    test=self.path(test + ".npy")))
+            events, ckpt = self.fit(f"run_{train}_{validation}_{test}", [spec])
+            epoch = [e for e in events if e["event"] == "epoch"][-1]
+            end = events[-1]
+            results[(train, validation, test)] = (epoch["loss"], epoch["val_loss"], end["test_loss"])
+            # evaluate reads the split it is given in that split's order.
+            for split in ("validation", "test"):
+                r = run(["evaluate", ckpt, "--data", split, "--device", "cpu", "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(json.loads(r.stdout)["loss"], epoch["val_loss"] if split == "validation"
+                                 else end["test_loss"], split)
+        first = results[("nhwc", "nhwc", "nhwc")]
+        for key, got in results.items():
+            self.assertEqual(got, first, key)  # the same images, whatever their order in the files
+
+    def model(self, dims):
+        rng = np.random.default_rng(12)
+        nodes = [h.make_node("Flatten", ["x"], ["f"], axis=1), h.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+        m = h.make_model(h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", *dims])],
+                                      [h.make_tensor_value_info("y", T.FLOAT, ["N", 2])],
+                                      [nh.from_array((rng.standard_normal((2, 60)) * 0.1).astype(np.float32), "W"),
+                                       nh.from_array(np.zeros(2, np.float32), "b")]),
+                         opset_imports=[h.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    def test_an_onnx_input_of_either_order_takes_images_of_either_order(self):
+        # A channels-last input (as trainer exports a spec's model) and a channels-first one (PyTorch's): fed
+        # the images in either order, each trains the same weights, with per-channel constants per channel.
+        with open(self.path("onnx_train.toml"), "w") as f:
+            f.write('format_version = 1\n[data]\nshuffle = false\nmean = [5.0, 5.0, 5.0]\nstd = [1.0, 2.0, 3.0]\n'
+                    '[data.train]\ny = "y.npy"\n[train]\nloss = "sparse_categorical_crossentropy"\n'
+                    'from_logits = true\nepochs = 2\nbatch_size = 8\n[train.optimizer]\nname = "sgd"\n'
+                    'learning_rate = 0.1\n')
+        for order, dims in (("last", (HEIGHT, WIDTH, CHANNELS)), ("first", (CHANNELS, HEIGHT, WIDTH))):
+            path = self.path(f"channels_{order}.onnx")
+            onnx.save(self.model(dims), path)
+            weights = []
+            for data in ("nhwc", "nchw"):
+                _, ckpt = self.fit(f"onnx_{order}_{data}", [path, "--train", self.path("onnx_train.toml"), "--set",
+                                                            f"data.train.x={self.path(data + '.npy')}"])
+                weights.append(cli_util.read_checkpoint(ckpt)["W"])
+            np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-6, err_msg=order)
+            # What the weights compute: the standardized images in the input's order.
+            z = (self.x - 5) / np.array([1.0, 2.0, 3.0], dtype=np.float32)[:, None, None]
+            if order == "last":
+                z = z.transpose(0, 2, 3, 1)
+            r = run(["predict", ckpt, self.path(("nhwc" if order == "last" else "nchw") + ".npy"), "--device", "cpu",
+                     "--probabilities"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            b = cli_util.read_checkpoint(ckpt)["b"]
+            np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","),
+                                       z.reshape(N, -1) @ weights[1].T + b, rtol=1e-4, atol=1e-5)
+            r = run(["fit", path, "--train", self.path("onnx_train.toml"), "--device", "cpu", "-q", "--set",
+                     f"data.train.x={self.path('nwhc.npy')}"])
+            cli_util.assert_input_error(self, r, "holds samples of shape [5, 4, 3]", "the images are in another order",
+                                        f"store the images channels {order}")
+
+
+if __name__ == "__main__":
+    cli_util.main()
