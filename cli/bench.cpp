@@ -86,29 +86,44 @@ Tensor synthetic_input(const engine::Graph& g, engine::ValueId v, std::mt19937_6
   return x;
 }
 
+// Labels for an output of shape `os` that suit `loss`. The classes are the output's last axis: one label per
+// sample, or per step of a [batch, steps, classes] output.
+void fill_labels(Tensor& y, const engine::Shape& os, const std::string& loss, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  const int64_t classes = os.rank() > 1 ? std::max<int64_t>(os[os.rank() - 1], 1) : 1;
+  const int64_t positions = os.numel() / classes;
+  for (int64_t i = 0; i < y.numel(); ++i) y.set_f64(i, 0.0);
+  if (loss == "sparse_categorical_crossentropy") {
+    std::uniform_int_distribution<int64_t> label(0, classes - 1);
+    for (int64_t i = 0; i < y.numel(); ++i) y.set_f64(i, static_cast<double>(label(rng)));
+  } else if (formats::label_family(loss) == "categorical_crossentropy") {
+    std::uniform_int_distribution<int64_t> label(0, classes - 1);
+    for (int64_t i = 0; i < positions; ++i) y.set_f64(i * classes + label(rng), 1.0);
+  } else if (formats::label_family(loss) == "binary_crossentropy") {
+    for (int64_t i = 0; i < y.numel(); ++i) y.set_f64(i, unit(rng) < 0.5 ? 0.0 : 1.0);
+  } else {
+    for (int64_t i = 0; i < y.numel(); ++i) y.set_f64(i, unit(rng));
+  }
+}
+
 SyntheticBatch synthetic_batch(const engine::TrainingStep& step, const engine::FitConfig& cfg) {
   const engine::Graph& g = *step.graph;
   const engine::Value& yv = g.value(step.y);
   std::mt19937_64 rng(cfg.seed);
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
   SyntheticBatch b{synthetic_input(g, step.x, rng), Tensor(yv.dtype, yv.shape), {}};
-  for (engine::ValueId v : step.more_x) b.more_x.push_back(synthetic_input(g, v, rng));
-  const engine::Shape& os = g.value(step.output).shape;
-  // The classes are the output's last axis: one label per sample, or per step of a [batch, steps, classes]
-  // output.
-  const int64_t classes = os.rank() > 1 ? std::max<int64_t>(os[os.rank() - 1], 1) : 1;
-  const int64_t positions = os.numel() / classes;
-  if (cfg.loss == "sparse_categorical_crossentropy") {
-    std::uniform_int_distribution<int64_t> label(0, classes - 1);
-    for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, static_cast<double>(label(rng)));
-  } else if (formats::label_family(cfg.loss) == "categorical_crossentropy") {
-    std::uniform_int_distribution<int64_t> label(0, classes - 1);
-    for (int64_t i = 0; i < positions; ++i) b.y.set_f64(i * classes + label(rng), 1.0);
-  } else if (formats::label_family(cfg.loss) == "binary_crossentropy") {
-    for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng) < 0.5 ? 0.0 : 1.0);
-  } else {
-    for (int64_t i = 0; i < b.y.numel(); ++i) b.y.set_f64(i, unit(rng));
+  for (engine::ValueId v : step.more_x) {
+    // A further output's labels suit its own loss; the model's inputs and the sample weights are features.
+    const auto it = std::find(step.more_y.begin(), step.more_y.end(), v);
+    if (it == step.more_y.end()) {
+      b.more_x.push_back(synthetic_input(g, v, rng));
+      continue;
+    }
+    const size_t k = static_cast<size_t>(it - step.more_y.begin());
+    Tensor y(g.value(v).dtype, g.value(v).shape);
+    fill_labels(y, g.value(step.more_output.at(k)).shape, cfg.more_outputs.at(k).loss, rng);
+    b.more_x.push_back(std::move(y));
   }
+  fill_labels(b.y, g.value(step.output).shape, cfg.loss, rng);
   return b;
 }
 

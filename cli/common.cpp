@@ -826,48 +826,6 @@ void check_all_samples(const engine::data::Dataset& d, const formats::DataSource
     check_samples(*more[k], src, m, inputs[k + 1], &f->more_inputs[k]);
 }
 
-// Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,
-// and the log of a logit would train to NaN. PyTorch classifiers usually end so.
-void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
-  if (spec.model.onnx.empty() || !spec.model.layers.empty()) return;
-  const formats::TrainSection& t = spec.train;
-  for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
-    const bool several = !t.outputs.empty();
-    const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
-    const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
-    if (!loss.ends_with("crossentropy")) continue;
-    const engine::Value& out = m.graph.value(k == 0 ? m.output : m.more_outputs[k - 1].value);
-    if (out.producer < 0) continue;
-    const engine::Node& last = m.graph.node(out.producer);
-    const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
-    if (from_logits) {
-      // Probabilities taken as logits go through a second softmax or sigmoid: the loss is never small.
-      if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid"))
-        throw InputError((at.file.empty() ? t.pos : at).str(),
-                         fmt::format("from_logits is set, but the ONNX model's output '{}' comes from a {} "
-                                     "node ('{}'): it gives probabilities",
-                                     out.name, last.op, last.name),
-                         "leave from_logits out (the loss then takes the probabilities)");
-      continue;
-    }
-    // LogSoftmax gives log-probabilities (PyTorch's pairing with NLLLoss): as logits, softmax recovers the
-    // probabilities; as probabilities, every value is clipped and nothing trains.
-    static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub", "LogSoftmax"};
-    if (!last.domain.empty() || !linear.count(last.op)) continue;
-    throw InputError(
-        (at.file.empty() ? t.pos : at).str(),
-        fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
-                    "('{}'): it gives {}",
-                    loss, out.name, last.op, last.name,
-                    last.op == "LogSoftmax" ? "log-probabilities" : "logits"),
-        several
-            ? fmt::format("add from_logits = {{ {} = true }} to [train] (the loss then applies the softmax "
-                          "or sigmoid itself)",
-                          t.outputs.at(k).name)
-            : "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
-  }
-}
-
 // The labels of an output (`output` names it in a model of several; "" otherwise) must fit its loss: one
 // class id (or binary label) per position the output classifies, a sample or each step of a [steps, classes]
 // output; one-hot labels and regression targets have the output's shape.
@@ -994,6 +952,48 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
   return f;
 }
 
+// Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,
+// and the log of a logit would train to NaN. PyTorch classifiers usually end so.
+void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
+  if (spec.model.onnx.empty() || !spec.model.layers.empty()) return;
+  const formats::TrainSection& t = spec.train;
+  for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
+    const bool several = !t.outputs.empty();
+    const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
+    const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
+    if (!loss.ends_with("crossentropy")) continue;
+    const engine::Value& out = m.graph.value(k == 0 ? m.output : m.more_outputs[k - 1].value);
+    if (out.producer < 0) continue;
+    const engine::Node& last = m.graph.node(out.producer);
+    const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
+    if (from_logits) {
+      // Probabilities taken as logits go through a second softmax or sigmoid: the loss is never small.
+      if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid"))
+        throw InputError((at.file.empty() ? t.pos : at).str(),
+                         fmt::format("from_logits is set, but the ONNX model's output '{}' comes from a {} "
+                                     "node ('{}'): it gives probabilities",
+                                     out.name, last.op, last.name),
+                         "leave from_logits out (the loss then takes the probabilities)");
+      continue;
+    }
+    // LogSoftmax gives log-probabilities (PyTorch's pairing with NLLLoss): as logits, softmax recovers the
+    // probabilities; as probabilities, every value is clipped and nothing trains.
+    static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub", "LogSoftmax"};
+    if (!last.domain.empty() || !linear.count(last.op)) continue;
+    throw InputError(
+        (at.file.empty() ? t.pos : at).str(),
+        fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
+                    "('{}'): it gives {}",
+                    loss, out.name, last.op, last.name,
+                    last.op == "LogSoftmax" ? "log-probabilities" : "logits"),
+        several
+            ? fmt::format("add from_logits = {{ {} = true }} to [train] (the loss then applies the softmax "
+                          "or sigmoid itself)",
+                          t.outputs.at(k).name)
+            : "add from_logits = true to [train] (the loss then applies the softmax or sigmoid itself)");
+  }
+}
+
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model) {
   SpecData out;
   const formats::DataSection& ds = spec.data;
@@ -1060,7 +1060,6 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   f = batch_format(spec, model);
   // f32 weights, as stored: one set, or one per output.
   if (weighted) f.more_inputs.resize(f.more_inputs.size() + weight_sets);
-  check_onnx_loss(spec, model);
   check_all_samples(*out.train, *ds.train, model, inputs, &f);
   if (ds.validation) {
     out.validation = open(*ds.validation);

@@ -140,6 +140,11 @@ struct SpecData {
 // split holds out the last samples of train, as Keras does.
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
 
+// An ONNX model's output and its cross-entropy must agree on what the output is: logits or log-probabilities
+// (a Gemm, MatMul, Conv or LogSoftmax at the end) need from_logits, probabilities (Softmax or Sigmoid) refuse
+// it. Checked by fit and check, before training; evaluate takes a checkpoint as it was trained.
+void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m);
+
 // Keras's Normalization.adapt: each Normalization layer of `spec` without mean and variance that takes the
 // model's input gets them from the training data as fed to the model (after [data] scale, mean and std), per
 // feature along its axis (the population variance), written into the spec so that checkpoints, export and

@@ -203,20 +203,33 @@ std::vector<int64_t> squeezed(const std::vector<int64_t>& s) {
 }
 
 // The samples must be the model's per-sample input: the same shape, the same values as flat rows (CSV, or a
-// 2-D array), the same shape but for dimensions of 1 ([28, 28] for [28, 28, 1]), or, for an input of
-// [C, H, W], images stored channels last (then converted).
+// 2-D array), the same shape but for dimensions of 1 ([28, 28] for [28, 28, 1]), or images in the other
+// order (channels last for an input of [C, H, W], channels first for one of [H, W, C]), then converted.
 void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t input) {
   const std::vector<int64_t>& got = in.sample_shape();
   const std::vector<int64_t>& want = m.inputs[input].sample_shape;
   if (in.count() == 0 && got.empty()) return;  // an empty input: no samples to check
   // Images stored channels last ([H, W, C]) for a float input of [C, H, W] (an ONNX model's, or a checkpoint
   // of one) are transposed, as trainer fit takes them.
+  // Images stored channels first for a channels-last input (a spec's, or the export of one) are taken as
+  // they are or transposed, as fit takes them.
   engine::data::BatchFormat& format = m.inputs[input].format;
-  if (!format.to_chw && !engine::is_integer(format.x_dtype) && want.size() == 3 && got.size() == 3 &&
-      want[0] > 1 && got != want && got == std::vector<int64_t>{want[1], want[2], want[0]}) {
-    format.to_chw = true;
-    m.inputs[input].sample_shape = got;
-    return;
+  if (!engine::is_integer(format.x_dtype) && want.size() == 3 && got.size() == 3 && got != want) {
+    const bool keras = format.to_chw;  // a spec's channels-last input, which the engine takes as [C, H, W]
+    const bool channels_first = !keras && want[0] <= want[2];
+    if (!keras && channels_first && want[0] > 1 && got == std::vector<int64_t>{want[1], want[2], want[0]}) {
+      format.to_chw = true;
+      format.chw_channels = 0;
+      m.inputs[input].sample_shape = got;
+      return;
+    }
+    if (got == std::vector<int64_t>{want[2], want[0], want[1]} && (keras || !channels_first)) {
+      format.to_chw = false;
+      format.to_hwc = !keras;  // an ONNX input of [H, W, C]; a spec's computes in [C, H, W]
+      format.chw_channels = keras ? want[2] : 0;
+      m.inputs[input].sample_shape = got;
+      return;
+    }
   }
   const std::string named = m.inputs.size() > 1 ? fmt::format(" input '{}'", m.inputs[input].name) : "";
   const int64_t got_n = Shape(got).numel(), want_n = Shape(want).numel();

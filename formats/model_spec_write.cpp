@@ -233,8 +233,9 @@ std::string to_toml(const ModelSpec& spec) {
     }
     if (o.name == "sgd" || o.name == "rmsprop") w.kv("momentum", o.momentum);
     if (o.name == "sgd") w.kv("nesterov", o.nesterov);
-    if (o.name == "adam" || o.name == "adamw") w.kv("amsgrad", o.amsgrad);
-    if (o.name == "rmsprop") w.kv("centered", o.centered);
+    // Only when set, so that a checkpoint that does not use them reads in versions before them.
+    if (o.amsgrad) w.kv("amsgrad", true);
+    if (o.centered) w.kv("centered", true);
     if (o.name == "rmsprop" || o.name == "adadelta") w.kv("rho", o.rho);
     if (o.name == "adagrad") w.kv("initial_accumulator_value", o.initial_accumulator_value);
     if (o.name != "sgd" && o.name != "lion") w.kv("epsilon", o.epsilon);

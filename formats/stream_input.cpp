@@ -637,8 +637,14 @@ namespace {
 
 template <class S, class D>
 void convert_floats(const S* s, D* d, int64_t channels, int64_t positions, bool transpose, bool channel_first,
-                    const std::vector<double>& alpha, const std::vector<double>& beta) {
-  if (channel_first && alpha.size() > 1) {  // per-channel constants, channel first
+                    bool transpose_back, const std::vector<double>& alpha, const std::vector<double>& beta) {
+  if (transpose_back) {  // [C, H, W] -> [H, W, C]
+    for (int64_t c = 0; c < channels; ++c) {
+      const double a = alpha[alpha.size() > 1 ? c : 0], b = beta[beta.size() > 1 ? c : 0];
+      for (int64_t p = 0; p < positions; ++p)
+        d[p * channels + c] = static_cast<D>(static_cast<double>(s[c * positions + p]) * a + b);
+    }
+  } else if (channel_first && alpha.size() > 1) {  // per-channel constants, channel first
     for (int64_t c = 0; c < channels; ++c)
       for (int64_t p = 0; p < positions; ++p)
         d[c * positions + p] = static_cast<D>(static_cast<double>(s[c * positions + p]) * alpha[c] + beta[c]);
@@ -711,13 +717,16 @@ SampleConverter::SampleConverter(const engine::data::BatchFormat& format,
   transpose_ = !ids && format.to_chw && sample_shape.size() == 3;
   TRAINER_ASSERT(!format.to_chw || sample_shape.size() == 3, "to_chw needs [H, W, C] samples");
   const size_t norm = ids ? 1 : std::max<size_t>({1, format.mean.size(), format.std.size()});
+  transpose_back_ = !ids && format.to_hwc && sample_shape.size() == 3;
+  TRAINER_ASSERT(!format.to_hwc || sample_shape.size() == 3, "to_hwc needs [C, H, W] samples");
   // Values already in a CHW input's order take per-channel constants channel first.
-  channel_first_ = !ids && !transpose_ && format.chw_channels > 0 && norm > 1;
-  channels_ = channel_first_                                      ? format.chw_channels
+  channel_first_ = !ids && !transpose_ && !transpose_back_ && format.chw_channels > 0 && norm > 1;
+  channels_ = transpose_back_                                     ? sample_shape.front()
+              : channel_first_                                    ? format.chw_channels
               : (transpose_ || norm > 1) && !sample_shape.empty() ? sample_shape.back()
                                                                   : 1;
   positions_ = channels_ > 0 ? elems_ / channels_ : 0;
-  if (!transpose_ && norm == 1) {
+  if (!transpose_ && !transpose_back_ && norm == 1) {
     channels_ = 1;
     positions_ = elems_;
   }
@@ -755,7 +764,8 @@ void SampleConverter::convert(const void* stored, int64_t n, int64_t first, void
       D* d = static_cast<D*>(out);
       for (int64_t i = 0; i < n; ++i, s += elems_, d += elems_) {
         if constexpr (std::is_floating_point_v<D>) {
-          convert_floats(s, d, channels_, positions_, transpose_, channel_first_, alpha_, beta_);
+          convert_floats(s, d, channels_, positions_, transpose_, channel_first_, transpose_back_, alpha_,
+                         beta_);
         } else {
           const int64_t limit = format_.num_tokens;
           for (int64_t e = 0; e < elems_; ++e) {

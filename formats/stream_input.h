@@ -84,8 +84,9 @@ class SampleConverter {
   engine::DType stored_;
   std::string source_;
   int64_t elems_ = 0, channels_ = 1, positions_ = 0;
-  bool transpose_ = false;      // HWC to CHW
-  bool channel_first_ = false;  // per-channel constants on values in CHW order
+  bool transpose_ = false;       // HWC to CHW
+  bool channel_first_ = false;   // per-channel constants on values in CHW order
+  bool transpose_back_ = false;  // CHW to HWC
   std::vector<double> alpha_, beta_;
 };
 

@@ -2186,6 +2186,8 @@ TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, in
   st.graph = tg.graph;
   st.x = lg.x;
   st.more_x = lg.more_x;
+  st.more_output = lg.more_output;
+  st.more_y = lg.more_y;
   st.y = lg.y;
   st.output = lg.output;
   st.loss = lg.loss;

@@ -329,6 +329,8 @@ struct TrainingStep {
   std::shared_ptr<Graph> graph;
   ValueId x = kNoValue, y = kNoValue, output = kNoValue, loss = kNoValue;
   std::vector<ValueId> more_x;  // a model's second, third, ... input, then the sample weights if any
+  // A model of several outputs: the second, third, ... output and the labels input of each (among more_x).
+  std::vector<ValueId> more_output, more_y;
   ValueId learning_rate = kNoValue, iteration = kNoValue;
   std::vector<ValueId> gradients;             // per trainable parameter: what PlanOptions::gradients buckets
   std::map<ValueId, std::string> grad_param;  // gradient -> its parameter's name

@@ -169,6 +169,26 @@ class Bench(unittest.TestCase):
                     self.assertGreater(d_["loss"], 0.5)
                     self.assertLess(d_["loss"], 3.0)
 
+    def test_every_output_gets_labels_that_suit_its_loss(self):
+        # Two outputs, in either order: a 5-class softmax with one-hot labels and a sigmoid with 0/1 labels.
+        # Their summed loss is about log(5) + log(2) = 2.3 whichever comes first (the second's labels were
+        # plain features: a constant class or fractions).
+        losses = []
+        with tempfile.TemporaryDirectory() as d:
+            for order in ('["seq", "parity"]', '["parity", "seq"]'):
+                spec = os.path.join(d, "two.toml")
+                with open(spec, "w") as f:
+                    f.write(f'format_version = 1\n[model]\ninput = [8]\noutputs = {order}\n'
+                            '[[model.layers]]\ntype = "Dense"\nname = "shared"\nunits = 32\nactivation = "relu"\n'
+                            '[[model.layers]]\ntype = "Dense"\nname = "parity"\ninputs = ["shared"]\nunits = 1\n'
+                            'activation = "sigmoid"\n[[model.layers]]\ntype = "Dense"\nname = "seq"\n'
+                            'inputs = ["shared"]\nunits = 5\nactivation = "softmax"\n[train]\n'
+                            'loss = { parity = "binary_crossentropy", seq = "categorical_crossentropy" }\n')
+                result, _ = bench(self, spec, "--set", "train.optimizer.learning_rate=1e-9")
+                losses.append(result["loss"])
+        for loss in losses:
+            self.assertAlmostEqual(loss, math.log(5) + math.log(2), delta=0.3, msg=losses)
+
     def test_cpu_replicas(self):
         # --devices 2: the step on two CPU replicas sharing the batch, with the communication backward did not
         # hide; a batch they do not share evenly is refused.

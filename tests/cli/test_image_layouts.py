@@ -110,6 +110,16 @@ class ImageLayouts(unittest.TestCase):
         first = results[("nhwc", "nhwc", "nhwc")]
         for key, got in results.items():
             self.assertEqual(got, first, key)  # the same images, whatever their order in the files
+        # predict takes the images in either order too.
+        self.assert_same_predictions(self.path("run_nhwc_nhwc_nhwc/last.ckpt"))
+
+    def assert_same_predictions(self, model):
+        out = []
+        for data in ("nhwc", "nchw"):
+            r = run(["predict", model, self.path(data + ".npy"), "--device", "cpu", "--probabilities"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out.append(np.loadtxt(r.stdout.splitlines(), delimiter=","))
+        np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-7)
 
     def model(self, dims):
         rng = np.random.default_rng(12)
@@ -149,6 +159,7 @@ class ImageLayouts(unittest.TestCase):
             b = cli_util.read_checkpoint(ckpt)["b"]
             np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=","),
                                        z.reshape(N, -1) @ weights[1].T + b, rtol=1e-4, atol=1e-5)
+            self.assert_same_predictions(ckpt)
             r = run(["fit", path, "--train", self.path("onnx_train.toml"), "--device", "cpu", "-q", "--set",
                      f"data.train.x={self.path('nwhc.npy')}"])
             cli_util.assert_input_error(self, r, "holds samples of shape [5, 4, 3]", "the images are in another order",

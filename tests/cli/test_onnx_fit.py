@@ -1273,6 +1273,8 @@ class ModelFileForms(unittest.TestCase):
             cli_util.assert_input_error(self, r, f"comes from a {op} node ('head'): it gives {said}",
                                         "from_logits")
             self.assertFalse(os.path.exists(self.path(op + "_run/last.ckpt")))
+            r = run(["check", path, "--train", self.path("train.toml"), "--set", f"train.from_logits={from_logits}"])
+            cli_util.assert_input_error(self, r, f"comes from a {op} node ('head'): it gives {said}")
         # As logits, log-probabilities train: softmax recovers the probabilities.
         r = run(["fit", self.path("LogSoftmax.onnx"), "--train", self.path("train.toml"), "--device", "cpu",
                  "-q", "--output-dir", self.path("logsoftmax_logits")])

@@ -674,6 +674,11 @@ TEST_SUITE("model_spec") {
       CHECK(a.train.optimizer.centered == (a.train.optimizer.name == "rmsprop"));
       CHECK(same_settings(a, parse_model_spec(to_toml(a), "a.toml")));
     }
+    // Written only when set: a spec without them reads in versions that lack them.
+    const std::string plain = to_toml(parse_model_spec(kHead + train + "name = \"rmsprop\"\n", "a.toml")) +
+                              to_toml(parse_model_spec(kHead + train + "name = \"adam\"\n", "a.toml"));
+    CHECK(plain.find("amsgrad") == std::string::npos);
+    CHECK(plain.find("centered") == std::string::npos);
     Failure f = failure(kHead + train + "name = \"nadam\"\namsgrad = true\n");
     CHECK(f.where == "spec.toml:11:1");
     CHECK(f.what == "train.optimizer.amsgrad does not apply to nadam");
