@@ -330,6 +330,11 @@ Command add_fit_command(CLI::App& app) {
     formats::ModelSpec s;
     if (!resume->empty()) {
       ck = load_training_checkpoint(*resume);
+      // A resumed run goes on in its run's folder unless told otherwise: it keeps leaving checkpoints.
+      if (output_dir->empty()) {
+        const std::filesystem::path folder = std::filesystem::path(*resume).parent_path();
+        *output_dir = folder.empty() ? std::string(".") : folder.string();
+      }
       s = ck->spec(spec->overrides());
       if (!spec->path.empty()) {
         formats::ModelSpec given = load_given();

@@ -90,6 +90,18 @@ class Resume(unittest.TestCase):
         for k in a:
             self.assertEqual(a[k], b[k], f"{k} differs")
 
+    def test_a_resume_without_an_output_dir_goes_on_in_its_runs_folder(self):
+        # As the interrupted run's message says: `trainer fit --resume DIR/last.ckpt` keeps writing into DIR.
+        self.fit([self.spec, "--epochs", "1"], "run")
+        last = os.path.join(self.dir, "run", "last.ckpt")
+        self.assertEqual(tensors(last)[0]["cursor"], "epoch 1 batch 0")
+        r = run(["fit", "--resume", last, "--epochs", "2"] + SMALL, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(events(r.stdout)[-1]["checkpoint"], last)
+        self.assertEqual(tensors(last)[0]["cursor"], "epoch 2 batch 0")
+        with open(os.path.join(self.dir, "run", "history.jsonl")) as f:
+            self.assertEqual([e["epoch"] for e in events(f.read()) if e["event"] == "epoch"], [1, 2])
+
     def test_save_best_remembers_its_best_across_a_resume(self):
         # Max mode on a falling loss: the first epoch stays the best. A run resumed into its own directory from
         # the first epoch's checkpoint (written in the same epoch as best.ckpt) keeps best.ckpt at epoch 1.
