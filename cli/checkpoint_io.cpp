@@ -3,6 +3,7 @@
 #include "cli/checkpoint_io.h"
 
 #include <fmt/format.h>
+#include <algorithm>
 
 #include <cmath>
 #include <cstdlib>
@@ -228,6 +229,32 @@ bool looks_like_onnx(const std::string& path) {
   const bool read = static_cast<bool>(f.read(head, sizeof head));
   if (read && head[8] == '{') return false;  // a checkpoint's header, whatever the file's name
   return path.ends_with(".onnx") || (read && head[0] == 0x08);
+}
+
+bool looks_like_spec(const std::string& path) {
+  if (path.ends_with(".toml")) return true;
+  std::ifstream f(path, std::ios::binary);
+  std::string head(4096, '\0');
+  f.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(f.gcount()));
+  const bool text = std::all_of(head.begin(), head.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x20 || c == '\n' || c == '\r' || c == '\t';
+  });
+  return text && head.find("format_version") != std::string::npos;
+}
+
+void refuse_spec_as_model(const std::string& path, const std::string& command) {
+  if (!looks_like_spec(path)) return;
+  if (command == "fit --resume")
+    throw InputError(path, "is a model spec, not a checkpoint: --resume takes a checkpoint a run wrote",
+                     fmt::format("trainer fit {} trains the spec from the start", path));
+  throw InputError(
+      path,
+      fmt::format("is a model spec, not a trained model: trainer {} takes a checkpoint{}", command,
+                  command == "predict" ? " or an ONNX model" : ""),
+      fmt::format("train it first: trainer fit {} --output-dir DIR, then trainer {} DIR/last.ckpt", path,
+                  command));
 }
 
 LoadedCheckpoint load_training_checkpoint(const std::string& path) {

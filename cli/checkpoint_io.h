@@ -44,6 +44,11 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path);
 // Whether a file given as a checkpoint is an ONNX model instead: not a checkpoint by its first bytes, and
 // named .onnx or starting as a ModelProto does (its ir_version field).
 bool looks_like_onnx(const std::string& path);
+// Whether a file given as a trained model is a model spec (TOML) instead: named .toml, or text that sets
+// format_version. `command` ("predict", "fit --resume", ...) refuses it with a hint on how a spec becomes a
+// trained model.
+bool looks_like_spec(const std::string& path);
+void refuse_spec_as_model(const std::string& path, const std::string& command);
 
 // The first line where two specs' TOML texts differ, as "line N: 'a' vs 'b'", or "" when they are equal.
 std::string first_difference(const std::string& a, const std::string& b);

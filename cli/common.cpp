@@ -850,7 +850,10 @@ void check_labels(const std::string& loss, const std::vector<int64_t>& output_sh
                             loss, of, positions, sparse ? "position" : "value", fmt::join(output_shape, ", "),
                             from, ls.str()),
           positions == 1 ? "use categorical_crossentropy for one-hot labels"
-          : sparse       ? "give one class id per step"
+          : sparse && output_shape.size() > 2
+              ? "for one class per sample, put Flatten or a global pooling layer before the Dense layers"
+          : sparse ? "give one class id per step, or put Flatten or a global pooling layer before the Dense "
+                     "layers for one per sample"
                    : "binary_crossentropy with several outputs is multi-label (one 0/1 label per output); "
                      "for one class id per sample, use sparse_categorical_crossentropy");
   } else if (!output_shape.empty()) {

@@ -92,6 +92,7 @@ Command add_evaluate_command(CLI::App& app) {
   device->add(cmd);
   auto run = [=]() -> int {
     auto t0 = std::chrono::steady_clock::now();
+    refuse_spec_as_model(*ckpt, "evaluate");
     if (looks_like_onnx(*ckpt))
       throw InputError(
           *ckpt, "evaluate needs a checkpoint: its spec names the data, the loss and the metrics",

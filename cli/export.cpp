@@ -25,6 +25,7 @@ Command add_export_command(CLI::App& app) {
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing on success");
   auto run = [=]() -> int {
     check_output_file(*out, "-o", {*ckpt});
+    refuse_spec_as_model(*ckpt, "export");
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
     formats::ModelSpec spec = ck.spec();
     // At a batch the model builds at (a fixed-batch ONNX model's may be its training batch only); the

@@ -329,6 +329,7 @@ Command add_fit_command(CLI::App& app) {
     std::optional<LoadedCheckpoint> ck;
     formats::ModelSpec s;
     if (!resume->empty()) {
+      refuse_spec_as_model(*resume, "fit --resume");
       ck = load_training_checkpoint(*resume);
       // A resumed run goes on in its run's folder unless told otherwise: it keeps leaving checkpoints.
       if (output_dir->empty()) {

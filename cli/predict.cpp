@@ -297,6 +297,13 @@ class Runner {
     if (!model.fixed_batch && count > batch_ && count % batch_) sizes.push_back(count % batch_);
     for (int64_t b : sizes) {
       InferenceGraph g = model.build(b, model.written);
+      // A model that passes an input through (a lone Dropout or Identity layer, whose inference graph is
+      // empty) outputs a copy of it.
+      for (engine::ValueId& o : g.outputs)
+        if (g.graph->value(o).kind == engine::ValueKind::input) {
+          o = g.graph->op("Identity", {o});
+          g.graph->mark_output(o);
+        }
       plan_[b] = {plans_.add(g.graph), g};
     }
     plans_.finalize();
@@ -481,6 +488,7 @@ Command add_predict_command(CLI::App& app) {
       throw InputError("stdout", "NPY output is binary and standard output is a terminal",
                        "redirect it: trainer predict ... --output-format npy > y.npy");
     // The model and the input's header come first: every mistake is found before anything is written.
+    refuse_spec_as_model(*model_path, "predict");
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
     if (!*quiet)

@@ -273,6 +273,11 @@ void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int
     }
     if (k > 0 &&
         (class_ids ? (v < 0 || v >= static_cast<double>(k)) : !(v >= 0 && v <= static_cast<double>(k - 1)))) {
+      if (class_ids && k == 1)
+        throw InputError(
+            ds.locate(sample), fmt::format("label {} is a class id, and the model's output has one unit", v),
+            "one unit gives one probability: use binary_crossentropy with 0/1 labels, or give the "
+            "last layer one unit per class");
       throw InputError(
           ds.locate(sample), fmt::format("label {} is out of range for {} classes", v, k),
           fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));

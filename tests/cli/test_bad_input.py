@@ -183,6 +183,32 @@ loss = "sparse_categorical_crossentropy"
                                  "label 12", "10 classes")
         self.assertIn("[0, 9]", err)
 
+    def test_class_ids_for_one_unit(self):
+        # A sigmoid unit under sparse_categorical_crossentropy: one probability, and labels 0 and 1.
+        self.write("y.idx", idx_labels([0, 1, 0, 1, 0, 1, 0, 1]))
+        text = SPEC.replace("units = 10", "units = 1").replace('"softmax"', '"sigmoid"').replace(
+            'metrics = ["accuracy"]\n', "")
+        err = assert_input_error(self, self.trainer("fit", self.spec(text)), "y.idx", "sample 1",
+                                 "label 1 is a class id, and the model's output has one unit")
+        self.assertIn("binary_crossentropy", err)
+
+    def test_a_classifier_without_flatten(self):
+        # Dense layers on [28, 28] act on the last axis: the output classifies each of 28 rows.
+        text = SPEC.replace('type = "Flatten"', 'type = "Dropout"\nrate = 0.1')
+        err = assert_input_error(self, self.trainer("fit", self.spec(text)),
+                                 "sparse_categorical_crossentropy needs 28 labels per sample")
+        self.assertIn("put Flatten or a global pooling layer before the Dense layers", err)
+
+    def test_a_spec_where_a_trained_model_belongs(self):
+        spec = self.spec(SPEC)
+        self.write("x.npy", b"")
+        for args in (["predict", spec, "x.npy"], ["evaluate", spec], ["export", spec, "-o", "m.onnx"]):
+            err = assert_input_error(self, self.trainer(*args), "spec.toml: is a model spec, not a trained model",
+                                     f"trainer {args[0]} takes a checkpoint")
+            self.assertIn(f"trainer fit {spec} --output-dir DIR, then trainer {args[0]} DIR/last.ckpt", err)
+        assert_input_error(self, self.trainer("fit", "--resume", spec), "is a model spec, not a checkpoint")
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "m.onnx")))
+
     def test_binary_crossentropy_on_10_units_with_class_ids(self):
         # Ten outputs under binary_crossentropy are a multi-label classification (valid Keras, so check
         # accepts it); class-id labels do not fit it, and fit says so at the data, naming the way out.

@@ -481,6 +481,24 @@ class PredictChannelsLastImagesOfAnOnnxModel(unittest.TestCase):
             cli_util.assert_input_error(self, r, "ids.npy", "[3, 4, 2]")
 
 
+@unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
+class PredictAPassThroughModel(unittest.TestCase):
+    def test_a_model_that_passes_its_input_through_predicts_it(self):
+        # A lone Dropout: in inference its graph is empty, and the output is the input.
+        with tempfile.TemporaryDirectory() as t:
+            x = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+            np.save(os.path.join(t, "x.npy"), x)
+            spec = os.path.join(t, "id.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [3]\n[[model.layers]]\ntype = "Dropout"\nrate = 0.5\n'
+                        '[data.train]\nx = "x.npy"\ny = "x.npy"\n[train]\nloss = "mse"\nepochs = 1\n'
+                        'batch_size = 2\n')
+            r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", t])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = rows(predict([os.path.join(t, "last.ckpt"), os.path.join(t, "x.npy"), "--probabilities"]).stdout)
+            np.testing.assert_allclose(got, x, rtol=1e-6)
+
+
 class PredictIntegerOutputs(unittest.TestCase):
     def test_a_model_that_ends_in_argmax_gives_its_class_ids(self):
         import onnx
