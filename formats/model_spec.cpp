@@ -202,6 +202,29 @@ bool contains(const Keys& keys, std::string_view k) {
   return std::find(keys.begin(), keys.end(), k) != keys.end();
 }
 
+// Keras's class names, as keras.losses.get and keras.metrics.get take them: "SparseCategoricalCrossentropy"
+// and "KLDivergence" read as sparse_categorical_crossentropy and kl_divergence, "AUC" as auc, "Adam" as adam.
+// A capital starts a word after a lower-case letter or a digit, and so does the last capital of a run before
+// a lower-case letter. Returns `name` itself when the result is not one of `valid`.
+std::string keras_class_name(const std::string& name, const Keys& valid) {
+  if (contains(valid, name) || std::none_of(name.begin(), name.end(), [](char c) { return std::isupper(c); }))
+    return name;
+  std::string lower;
+  for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (contains(valid, lower)) return lower;  // Adam, SGD, RMSprop
+  std::string snake;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    if (std::isupper(c) && i > 0) {
+      const auto prev = static_cast<unsigned char>(name[i - 1]);
+      const bool next_lower = i + 1 < name.size() && std::islower(static_cast<unsigned char>(name[i + 1]));
+      if (std::islower(prev) || std::isdigit(prev) || (std::isupper(prev) && next_lower)) snake += '_';
+    }
+    snake += static_cast<char>(std::tolower(c));
+  }
+  return contains(valid, snake) ? snake : name;
+}
+
 std::string type_name(const toml::node& n) {
   switch (n.type()) {
     case toml::node_type::string:
@@ -359,8 +382,11 @@ class Table {
     wrong_type(key, *n, "a string");
   }
   // A string one of `valid`.
-  bool get_choice(std::string_view key, std::string& out, const Keys& valid, std::string_view what) const {
+  // `keras`: Keras's class names of the choices are taken too (see keras_class_name).
+  bool get_choice(std::string_view key, std::string& out, const Keys& valid, std::string_view what,
+                  bool keras = false) const {
     if (!get(key, out)) return false;
+    if (keras) out = keras_class_name(out, valid);
     if (!contains(valid, out)) fail(key, fmt::format("unknown {} '{}'", what, out), choice_hint(out, valid));
     return true;
   }
@@ -1200,7 +1226,7 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
   Table t(r, n, "train.optimizer", kOptimizerKeys);
   OptimizerSpec o;
   o.pos = t.pos();
-  t.get_choice("name", o.name, kOptimizers, "optimizer");
+  t.get_choice("name", o.name, kOptimizers, "optimizer", true);
   const Keys args = optimizer_args(o.name);
   for (auto&& [k, v] : t.table()) {
     if (k.str() == "name" || k.str() == "schedule" || contains(args, k.str())) continue;
@@ -1378,6 +1404,7 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
                    std::vector<std::string>& metrics) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
+    metrics[i] = keras_class_name(metrics[i], kMetrics);
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
@@ -1431,7 +1458,7 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
     return {&t, std::string(key)};
   };
   const auto [lt, lk] = at("loss");
-  if (!lt->get_choice(lk, o.loss, kLosses, "loss")) {
+  if (!lt->get_choice(lk, o.loss, kLosses, "loss", true)) {
     if (lt != &t)
       r.fail(lt->pos(), fmt::format("train.loss gives no loss for the output '{}'", output),
              fmt::format("add {} = \"...\" to it, or give one loss for every output", output));

@@ -379,8 +379,8 @@ TEST_SUITE("model_spec") {
          "metric 'auc' is a binary classification metric, and the loss is "
          "sparse_categorical_crossentropy",
          "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per sample)"},
-        {T + "loss = \"binary_crossentropy\"\nmetrics = [\"AUC\"]\n", "spec.toml:9:12",
-         "unknown metric 'AUC'", "did you mean 'auc'?"},
+        {T + "loss = \"binary_crossentropy\"\nmetrics = [\"AUCC\"]\n", "spec.toml:9:12",
+         "unknown metric 'AUCC'", "did you mean 'auc'?"},
         {T + "loss = \"binary_crossentropy\"\nmetrics = [\"top_k_accuracy\"]\n", "spec.toml:9:12",
          "metric 'top_k_accuracy' ranks classes, and binary_crossentropy's model has one output",
          "report accuracy, precision, recall or auc"},
@@ -686,6 +686,34 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "train.optimizer.centered does not apply to adam");
     f = failure(kHead + train + "name = \"rmsprop\"\ncentered = 1\n");
     CHECK(f.where == "spec.toml:11:12");
+  }
+
+  TEST_CASE("Keras's class names of optimizers, losses and metrics read as their names") {
+    const ModelSpec a =
+        parse_model_spec(kHead +
+                             "[train]\nloss = \"BinaryCrossentropy\"\n"
+                             "metrics = [\"AUC\", \"BinaryAccuracy\", \"F1Score\", \"Precision\"]\n"
+                             "optimizer = \"RMSprop\"\n",
+                         "a.toml");
+    CHECK(a.train.loss == "binary_crossentropy");
+    CHECK(a.train.metrics == std::vector<std::string>{"auc", "binary_accuracy", "f1_score", "precision"});
+    CHECK(a.train.optimizer.name == "rmsprop");
+    for (const auto& [given, name] : std::vector<std::pair<std::string, std::string>>{
+             {"SparseCategoricalCrossentropy", "sparse_categorical_crossentropy"},
+             {"KLDivergence", "kl_divergence"},
+             {"MeanSquaredError", "mse"},
+             {"Huber", "huber"}}) {
+      CAPTURE(given);
+      CHECK(parse_model_spec(kHead + "[train]\nloss = \"" + given + "\"\n", "a.toml").train.loss == name);
+    }
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"mse\"\noptimizer = \"SGD\"\n", "a.toml")
+              .train.optimizer.name == "sgd");
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"SparseCategoricalCrossentropy\"\n"
+                                   "metrics = [\"SparseTopKCategoricalAccuracy\"]\n",
+                           "a.toml")
+              .train.metrics == std::vector<std::string>{"sparse_top_k_categorical_accuracy"});
+    const Failure f = failure(kHead + "[train]\nloss = \"MeanSquareError\"\n");
+    CHECK(f.what == "unknown loss 'MeanSquareError'");
   }
 
   TEST_CASE("load_model_spec reads a file and resolves data paths against its folder") {
