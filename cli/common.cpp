@@ -712,6 +712,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.early_stopping.min_delta = e.min_delta;
   c.early_stopping.patience = e.patience;
   c.early_stopping.restore_best_weights = e.restore_best_weights;
+  c.early_stopping.baseline = e.baseline;
+  c.early_stopping.start_from_epoch = e.start_from_epoch;
   const formats::ReduceLrSpec& p = t.reduce_lr;
   c.reduce_lr = {p.enabled, p.monitor, p.factor, p.patience, p.mode, p.min_delta, p.cooldown, p.min_lr};
   return c;

@@ -86,7 +86,8 @@ const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
                             "power",       "cycle",        "first_decay_steps",
                             "t_mul",       "m_mul",        "boundaries",
                             "values"};
-const Keys kEarlyStoppingKeys = {"monitor", "mode", "min_delta", "patience", "restore_best_weights"};
+const Keys kEarlyStoppingKeys = {
+    "monitor", "mode", "min_delta", "patience", "restore_best_weights", "baseline", "start_from_epoch"};
 const Keys kCheckpointKeys = {"every_epochs", "every_steps", "keep_last", "save_best", "mode"};
 const Keys kReduceLrKeys = {"monitor", "factor", "patience", "mode", "min_delta", "cooldown", "min_lr"};
 
@@ -1375,6 +1376,11 @@ EarlyStoppingSpec read_early_stopping(const Reader& r, const toml::node& n,
   if (t.get("patience", e.patience) && e.patience < 0)
     t.fail("patience", fmt::format("train.early_stopping.patience must be 0 or more, not {}", e.patience));
   t.get("restore_best_weights", e.restore_best_weights);
+  double baseline = 0;
+  if (t.get("baseline", baseline)) e.baseline = baseline;
+  if (t.get("start_from_epoch", e.start_from_epoch) && e.start_from_epoch < 0)
+    t.fail("start_from_epoch", fmt::format("train.early_stopping.start_from_epoch must be 0 or more, not {}",
+                                           e.start_from_epoch));
   return e;
 }
 

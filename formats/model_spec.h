@@ -193,6 +193,8 @@ struct EarlyStoppingSpec {
   double min_delta = 0.0;
   int64_t patience = 0;
   bool restore_best_weights = false;
+  std::optional<double> baseline;  // Keras's: the value the monitor must beat for the wait to restart
+  int64_t start_from_epoch = 0;    // Keras's: epochs trained before the monitor is watched
   SourcePos pos;
   bool operator==(const EarlyStoppingSpec&) const = default;
 };

@@ -289,6 +289,9 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("min_delta", e.min_delta);
       w.kv("patience", e.patience);
       w.kv("restore_best_weights", e.restore_best_weights);
+      // Only when set, so that a spec without them reads in versions before them.
+      if (e.baseline) w.kv("baseline", *e.baseline);
+      if (e.start_from_epoch > 0) w.kv("start_from_epoch", e.start_from_epoch);
     }
     const ReduceLrSpec& p = t.reduce_lr;
     if (p.enabled) {

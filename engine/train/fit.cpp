@@ -1981,7 +1981,8 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     st.metric_layout.clear();
     st.seconds = 0;
     bool stop = false;
-    if (cfg.early_stopping.enabled && !waits(cfg.early_stopping.monitor)) {
+    if (cfg.early_stopping.enabled && !waits(cfg.early_stopping.monitor) &&
+        rep.epoch > cfg.early_stopping.start_from_epoch) {
       const EarlyStopping& es = cfg.early_stopping;
       bool found;
       double value = find_log(rep.logs, es.monitor, &found);
@@ -1990,10 +1991,16 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
             "train.early_stopping.monitor",
             fmt::format("early stopping monitors '{}', which this run does not report", es.monitor),
             "monitor loss, val_loss, or a metric the spec lists");
-      if (improves(st.have_best, st.best, value, maximized(es.mode, es.monitor, outputs), es.min_delta)) {
+      const bool maximize = maximized(es.mode, es.monitor, outputs);
+      if (improves(st.have_best, st.best, value, maximize, es.min_delta)) {
         st.have_best = true;
         st.best = value;
-        st.waited = 0;
+        // Keras's rule: the wait restarts only for an improvement that also beats the baseline; an
+        // improvement short of it counts as a waited epoch, and never stops the run by itself.
+        if (!es.baseline || improves(true, *es.baseline, value, maximize, es.min_delta))
+          st.waited = 0;
+        else
+          ++st.waited;
         st.best_epoch = rep.epoch;
         result.best_epoch = rep.epoch;
         if (es.restore_best_weights) st.best_values = capture().values;

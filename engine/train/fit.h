@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -60,6 +61,10 @@ struct EarlyStopping {
   double min_delta = 0.0;
   int64_t patience = 0;
   bool restore_best_weights = false;
+  // Keras's baseline: an improvement restarts the wait only when it also beats this value (none: always).
+  std::optional<double> baseline;
+  // Keras's start_from_epoch: the first this many epochs are not watched (nothing improves or waits).
+  int64_t start_from_epoch = 0;
 };
 
 // Keras's ReduceLROnPlateau: the learning rate (the schedule's, times a factor the run keeps) is multiplied

@@ -102,6 +102,19 @@ class Resume(unittest.TestCase):
         with open(os.path.join(self.dir, "run", "history.jsonl")) as f:
             self.assertEqual([e["epoch"] for e in events(f.read()) if e["event"] == "epoch"], [1, 2])
 
+    def test_early_stopping_baseline_and_start_from_epoch(self):
+        # Max mode on a falling loss: epoch 1 is the best, and every later epoch waits. Keras's rules: with
+        # patience 2 the run stops after epoch 3; a baseline that epoch 1 does not beat makes its improvement a
+        # waited epoch too (stop after 2); start_from_epoch 2 watches from epoch 3 on (stop after 5).
+        def epochs_run(extra):
+            spec = self.with_checkpoints("every_epochs = 0\n[train.early_stopping]\nmonitor = \"loss\"\n"
+                                         "mode = \"max\"\npatience = 2\n" + extra)
+            return self.fit([spec, "--epochs", "8"], "es")[-1]["epochs_run"]
+        self.assertEqual(epochs_run(""), 3)
+        self.assertEqual(epochs_run("baseline = 1e9\n"), 2)
+        self.assertEqual(epochs_run("baseline = 0.0\n"), 3)  # beaten by epoch 1: as without one
+        self.assertEqual(epochs_run("start_from_epoch = 2\n"), 5)
+
     def test_save_best_remembers_its_best_across_a_resume(self):
         # Max mode on a falling loss: the first epoch stays the best. A run resumed into its own directory from
         # the first epoch's checkpoint (written in the same epoch as best.ckpt) keeps best.ckpt at epoch 1.

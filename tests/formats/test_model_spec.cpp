@@ -716,6 +716,19 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "unknown loss 'MeanSquareError'");
   }
 
+  TEST_CASE("early stopping's baseline and start_from_epoch are read, checked and written back") {
+    const std::string es = "[train]\nloss = \"mse\"\n[train.early_stopping]\nmonitor = \"loss\"\n";
+    const ModelSpec a = parse_model_spec(kHead + es + "baseline = 0.5\nstart_from_epoch = 3\n", "a.toml");
+    CHECK(a.train.early_stopping.baseline == 0.5);
+    CHECK(a.train.early_stopping.start_from_epoch == 3);
+    CHECK(same_settings(a, parse_model_spec(to_toml(a), "a.toml")));
+    const ModelSpec b = parse_model_spec(kHead + es, "b.toml");
+    CHECK(!b.train.early_stopping.baseline);
+    CHECK(to_toml(b).find("baseline") == std::string::npos);  // written only when set
+    const Failure f = failure(kHead + es + "start_from_epoch = -1\n");
+    CHECK(f.what == "train.early_stopping.start_from_epoch must be 0 or more, not -1");
+  }
+
   TEST_CASE("load_model_spec reads a file and resolves data paths against its folder") {
     const auto dir = std::filesystem::temp_directory_path() / ("model_spec_test_" + std::to_string(getpid()));
     std::filesystem::create_directories(dir / "sub");
