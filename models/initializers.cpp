@@ -6,6 +6,11 @@
 #include <cctype>
 #include <cmath>
 #include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "engine/ops/op_helpers.h"
 #include "engine/util/error.h"
@@ -88,9 +93,9 @@ uint64_t layer_seed(uint64_t model_seed, const std::string& name) {
 
 const std::vector<std::string>& initializer_names() {
   static const std::vector<std::string> names = {
-      "glorot_uniform", "glorot_normal",    "he_uniform", "he_normal", "lecun_uniform",
-      "lecun_normal",   "orthogonal",       "zeros",      "ones",      "random_uniform",
-      "random_normal",  "truncated_normal", "uniform",    "normal"};
+      "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",       "lecun_uniform", "lecun_normal",
+      "orthogonal",     "zeros",         "ones",       "random_uniform",  "random_normal", "truncated_normal",
+      "uniform",        "normal",        "constant",   "variance_scaling"};
   return names;
 }
 
@@ -173,9 +178,148 @@ Tensor orthogonal(const Shape& shape, int64_t rows, int64_t cols, uint64_t seed,
   return t;
 }
 
-Tensor initialize(const std::string& name, const Shape& shape, const WeightFans& fans, uint64_t seed,
+namespace {
+
+// An initializer's arguments, in the order Keras's constructor takes them, with their defaults.
+struct InitArg {
+  const char* key;
+  double number = 0;
+  const char* text = nullptr;  // a string argument's default; null for a number
+};
+std::vector<InitArg> init_args(const std::string& c) {
+  if (c == "random_normal" || c == "truncated_normal") return {{"mean", 0.0}, {"stddev", 0.05}, {"seed", -1}};
+  if (c == "random_uniform") return {{"minval", -0.05}, {"maxval", 0.05}, {"seed", -1}};
+  if (c == "constant") return {{"value", 0.0}};
+  if (c == "orthogonal") return {{"gain", 1.0}, {"seed", -1}};
+  if (c == "variance_scaling")
+    return {{"scale", 1.0}, {"mode", 0, "fan_in"}, {"distribution", 0, "truncated_normal"}, {"seed", -1}};
+  if (c == "zeros" || c == "ones") return {};
+  return {{"seed", -1}};  // glorot, he and lecun
+}
+
+std::string trimmed(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+struct ParsedInit {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> given;  // key, value text (strings unquoted)
+};
+
+// "Name(a, k=v)" -> the canonical name and each argument with its key (by position where none is given).
+ParsedInit parse_init(const std::string& text) {
+  const std::string forms =
+      "e.g. \"he_normal\", \"RandomNormal(stddev=0.02)\", \"Constant(0.1)\" or "
+      "\"VarianceScaling(scale=2.0, mode='fan_out')\"";
+  const std::string t = trimmed(text);
+  const size_t open = t.find('(');
+  ParsedInit p;
+  p.name = canonical_initializer(trimmed(t.substr(0, open)));
+  if (p.name.empty()) throw InputError("", fmt::format("unknown initializer \"{}\"", text), forms);
+  if (open == std::string::npos) return p;
+  if (t.back() != ')')
+    throw InputError("", fmt::format("initializer \"{}\" does not end with ')'", text), forms);
+  const std::vector<InitArg> args = init_args(p.name);
+  std::vector<std::string> parts;
+  for (size_t start = open + 1, i = open + 1; i < t.size(); ++i)
+    if (t[i] == ',' || i + 1 == t.size()) {
+      parts.push_back(trimmed(t.substr(start, i - start)));
+      start = i + 1;
+    }
+  if (parts.size() == 1 && parts[0].empty()) parts.clear();
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::string key, value = parts[i];
+    if (const size_t eq = value.find('='); eq != std::string::npos) {
+      key = trimmed(value.substr(0, eq));
+      value = trimmed(value.substr(eq + 1));
+    } else if (i < args.size()) {
+      key = args[i].key;
+    } else {
+      throw InputError("",
+                       fmt::format("initializer \"{}\" takes {} argument{}", text, args.size(),
+                                   args.size() == 1 ? "" : "s"),
+                       forms);
+    }
+    if (value.size() >= 2 && (value.front() == '\'' || value.front() == '"') && value.back() == value.front())
+      value = value.substr(1, value.size() - 2);
+    p.given.emplace_back(key, value);
+  }
+  return p;
+}
+
+}  // namespace
+
+std::string canonical_initializer_call(const std::string& text) {
+  const ParsedInit p = parse_init(text);
+  const std::vector<InitArg> args = init_args(p.name);
+  std::vector<std::string> keys;
+  for (const InitArg& a : args) keys.push_back(a.key);
+  std::vector<std::string> out(args.size());
+  for (const auto& [key, value] : p.given) {
+    const auto it = std::find(keys.begin(), keys.end(), key);
+    if (it == keys.end())
+      throw InputError("", fmt::format("initializer \"{}\" has no argument '{}'", text, key),
+                       keys.empty() ? fmt::format("{} takes none", p.name)
+                                    : fmt::format("{} takes: {}", p.name, fmt::join(keys, ", ")));
+    const InitArg& a = args[static_cast<size_t>(it - keys.begin())];
+    std::string& slot = out[static_cast<size_t>(it - keys.begin())];
+    if (!slot.empty()) throw InputError("", fmt::format("initializer \"{}\" gives {} twice", text, key), "");
+    if (a.text) {
+      static const std::vector<std::string> modes = {"fan_in", "fan_out", "fan_avg"};
+      static const std::vector<std::string> dists = {"truncated_normal", "untruncated_normal", "normal",
+                                                     "uniform"};
+      const std::vector<std::string>& ok = key == "mode" ? modes : dists;
+      if (std::find(ok.begin(), ok.end(), value) == ok.end())
+        throw InputError("",
+                         fmt::format("initializer \"{}\": {} '{}' is not one of {}", text, key, value,
+                                     fmt::join(ok, ", ")),
+                         "");
+      slot = fmt::format("{}='{}'", key, value == "normal" ? "truncated_normal" : value);
+      continue;
+    }
+    char* end = nullptr;
+    const double v = std::strtod(value.c_str(), &end);
+    const bool whole = v == std::floor(v) && v >= 0 && v < 9.0e15;
+    if (value.empty() || *end != '\0' || !std::isfinite(v) || (key == "seed" && !whole) ||
+        ((key == "stddev" || key == "scale" || key == "gain") && !(v > 0)))
+      throw InputError("",
+                       fmt::format("initializer \"{}\": {} = {} is not {}", text, key, value,
+                                   key == "seed" ? "a seed (a whole number, 0 or more)"
+                                   : key == "stddev" || key == "scale" || key == "gain" ? "a positive number"
+                                                                                        : "a number"),
+                       "");
+    slot = fmt::format("{}={}", key, v);
+  }
+  std::vector<std::string> given;
+  for (const std::string& s : out)
+    if (!s.empty()) given.push_back(s);
+  return given.empty() ? p.name : fmt::format("{}({})", p.name, fmt::join(given, ", "));
+}
+
+Tensor initialize(const std::string& text, const Shape& shape, const WeightFans& fans, uint64_t given_seed,
                   DType dtype) {
-  const std::string c = canonical_initializer(name);
+  const ParsedInit p = parse_init(text);
+  const std::string& c = p.name;
+  // The arguments: the defaults, then what the call gives (canonical_initializer_call checked them).
+  std::map<std::string, double> num;
+  std::map<std::string, std::string> str;
+  for (const InitArg& a : init_args(c)) {
+    if (a.text)
+      str[a.key] = a.text;
+    else
+      num[a.key] = a.number;
+  }
+  for (const auto& [key, value] : p.given) {
+    if (str.count(key))
+      str[key] = value;
+    else
+      num[key] = std::strtod(value.c_str(), nullptr);
+  }
+  // A seeded initializer draws from its own seed alone (the same values wherever it is used, as in Keras).
+  const uint64_t seed = num.count("seed") && num["seed"] >= 0
+                            ? layer_seed(static_cast<uint64_t>(num["seed"]), "initializer seed")
+                            : given_seed;
   const double fan_in = static_cast<double>(std::max<int64_t>(fans.fan_in, 1));
   const double fan_out = static_cast<double>(std::max<int64_t>(fans.fan_out, 1));
   const double fan_avg = (fan_in + fan_out) / 2;
@@ -194,13 +338,34 @@ Tensor initialize(const std::string& name, const Shape& shape, const WeightFans&
   if (c == "he_normal") return scaled(2.0, fan_in, false);
   if (c == "lecun_uniform") return scaled(1.0, fan_in, true);
   if (c == "lecun_normal") return scaled(1.0, fan_in, false);
-  if (c == "orthogonal") return orthogonal(shape, fans.rows, fans.cols, seed, dtype);
+  if (c == "orthogonal") {
+    Tensor t = orthogonal(shape, fans.rows, fans.cols, seed, dtype);
+    if (num["gain"] != 1.0)
+      for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) * num["gain"]);
+    return t;
+  }
   if (c == "zeros") return filled(shape, 0.0, dtype);
   if (c == "ones") return filled(shape, 1.0, dtype);
-  if (c == "random_uniform") return ops::random_tensor(shape, -0.05, 0.05, seed, dtype);
-  if (c == "random_normal") return normal_tensor(shape, 0.05, false, seed, dtype);
-  if (c == "truncated_normal") return normal_tensor(shape, 0.05, true, seed, dtype);
-  TRAINER_ASSERT(false, "unknown initializer '{}'", name);
+  if (c == "constant") return filled(shape, num["value"], dtype);
+  auto shifted = [&](Tensor t, double by) {
+    if (by != 0)
+      for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) + by);
+    return t;
+  };
+  if (c == "random_uniform") return ops::random_tensor(shape, num["minval"], num["maxval"], seed, dtype);
+  if (c == "random_normal")
+    return shifted(normal_tensor(shape, num["stddev"], false, seed, dtype), num["mean"]);
+  if (c == "truncated_normal")
+    return shifted(normal_tensor(shape, num["stddev"], true, seed, dtype), num["mean"]);
+  if (c == "variance_scaling") {
+    const std::string& mode = str["mode"];
+    const double fan = mode == "fan_in" ? fan_in : mode == "fan_out" ? fan_out : fan_avg;
+    const std::string& d = str["distribution"];
+    if (d == "untruncated_normal")
+      return normal_tensor(shape, std::sqrt(num["scale"] / fan), false, seed, dtype);
+    return scaled(num["scale"], fan, d == "uniform");
+  }
+  TRAINER_ASSERT(false, "unknown initializer '{}'", text);
   return {};
 }
 

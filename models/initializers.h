@@ -41,8 +41,17 @@ const std::vector<std::string>& initializer_names();
 // The canonical snake_case name of `name`, or "" when it is not an initializer.
 std::string canonical_initializer(const std::string& name);
 
-// A weight initialized by `name` (see initializer_names()); an unknown name is an internal error (the layer
-// library validates names first).
+// An initializer as a spec writes it: a name, or Keras's call form with arguments by keyword or position,
+// "RandomNormal(stddev=0.02)", "Constant(0.1)", "VarianceScaling(scale=2.0, mode='fan_out')",
+// "HeNormal(seed=7)". Returns its canonical text ("random_normal(stddev=0.02)": snake_case name, keyword
+// arguments in the initializer's order), which initialize() takes; throws InputError (where = "", what and
+// hint) for an unknown initializer, argument or value.
+std::string canonical_initializer_call(const std::string& text);
+
+// A weight initialized by `name` (see initializer_names(), or a canonical call of
+// canonical_initializer_call); an unknown name is an internal error (the layer library validates names
+// first). An initializer given a seed draws from it alone, as Keras's seeded initializers do; otherwise from
+// `seed`.
 engine::Tensor initialize(const std::string& name, const engine::Shape& shape, const WeightFans& fans,
                           uint64_t seed, engine::DType dtype = engine::DType::f32);
 

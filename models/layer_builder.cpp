@@ -308,11 +308,16 @@ std::vector<int64_t> LayerBuilder::six_sides(const std::string& arg) const {
 
 std::string LayerBuilder::initializer(const std::string& arg) const {
   std::string v = args.string(arg);
-  std::string c = canonical_initializer(v);
-  if (!c.empty()) return c;
-  fail(arg, fmt::format("unknown initializer \"{}\"", v),
-       fmt::format("{}initializers: {}", did_you_mean(v, initializer_names()),
-                   fmt::join(initializer_names(), ", ")));
+  const std::string name = v.substr(0, v.find('('));
+  if (canonical_initializer(name).empty())
+    fail(arg, fmt::format("unknown initializer \"{}\"", v),
+         fmt::format("{}initializers: {}", did_you_mean(name, initializer_names()),
+                     fmt::join(initializer_names(), ", ")));
+  try {
+    return canonical_initializer_call(v);
+  } catch (const InputError& e) {
+    fail(arg, e.message(), e.hint());
+  }
 }
 
 namespace {

@@ -134,6 +134,38 @@ TEST_SUITE("init") {
     CHECK(stats(weight(m, "batch_normalization/gamma")).max_abs <= 0.05);
   }
 
+  TEST_CASE("init: Keras's initializer calls take their arguments") {
+    auto kernel = [](const std::string& init, uint64_t seed = 1) {
+      Spec s({300});
+      s.add("Dense", {{"units", int64_t{200}}, {"kernel_initializer", init}}, "d");
+      return weight(models::testing::build(s, false, 4, seed), "d/kernel");
+    };
+    Stats n = stats(kernel("RandomNormal(mean=1.0, stddev=0.02)"));
+    CHECK(n.mean == doctest::Approx(1.0).epsilon(0.001));
+    CHECK(std::sqrt(n.variance) == doctest::Approx(0.02).epsilon(0.03));
+    Stats u = stats(kernel("random_uniform(0.1, 0.3)"));  // by position: minval, maxval
+    CHECK(u.mean == doctest::Approx(0.2).epsilon(0.01));
+    CHECK(u.max_abs <= 0.3);
+    const Tensor c = kernel("Constant(0.25)");
+    for (int64_t i = 0; i < c.numel(); i += 997) CHECK(c.get_f64(i) == 0.25);
+    // VarianceScaling spells out the named ones: he_uniform is scale 2, fan_in, uniform.
+    CHECK(same_bytes(kernel("VarianceScaling(scale=2.0, mode='fan_in', distribution='uniform')"),
+                     kernel("he_uniform")));
+    CHECK(same_bytes(kernel("variance_scaling"), kernel("lecun_normal")));
+    Stats o = stats(kernel("VarianceScaling(mode=\"fan_out\", distribution=\"untruncated_normal\")"));
+    CHECK(n.max_abs > 0);
+    CHECK(o.variance == doctest::Approx(1.0 / 200).epsilon(0.05).scale(0));
+    // A seeded initializer draws the same values whatever the model's seed; an unseeded one does not.
+    CHECK(same_bytes(kernel("HeNormal(seed=7)", 1), kernel("he_normal(seed=7)", 2)));
+    CHECK(!same_bytes(kernel("he_normal", 1), kernel("he_normal", 2)));
+    CHECK(canonical_initializer_call("RandomNormal(0.0, 0.02)") == "random_normal(mean=0, stddev=0.02)");
+    for (const char* bad : {"RandomNormal(std=0.1)", "VarianceScaling(mode='fan_sideways')",
+                            "HeNormal(seed=-1)", "RandomNormal(stddev=0)", "Zeros(1)", "Constant(0.1"}) {
+      CAPTURE(bad);
+      CHECK_THROWS_AS(kernel(bad), InputError);
+    }
+  }
+
   TEST_CASE("init: weights depend on the seed and their own name only") {
     auto model = [](bool extra_layer) {
       Spec s({6, 5});
