@@ -760,9 +760,9 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
     fmt->to_chw = fmt->to_hwc = false;
     fmt->chw_channels = 0;
     if (want.size() == 3) {
-      // An image input: channels first ([C, H, W], ONNX's and PyTorch's order) unless its last axis is the
-      // smaller (a Keras model's export, [H, W, C]).
-      const bool channels_first = want[0] <= want[2];
+      // An image input: channels first ([C, H, W], ONNX's and PyTorch's order) unless the model transposes
+      // it from channels last (a spec's or a Keras model's export, [H, W, C]).
+      const bool channels_first = !onnx_input_channels_last(m.graph, input.value);
       auto squeezed = [](std::vector<int64_t> v) {
         std::erase(v, int64_t{1});
         return v;
@@ -785,10 +785,10 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
               fmt::format("{} holds samples of shape {}, and the ONNX model's input '{}' takes [{}]: the "
                           "images are in another order",
                           d.describe(), shape_str(s), in.name, fmt::join(want, ", ")),
-              channels_first ? "store the images channels first, as the input takes them, or channels last "
-                               "([H, W, C]) to have them converted"
-                             : "store the images channels last, as the input takes them, or channels first "
-                               "([C, H, W]) to have them converted");
+              channels_first ? "the input is channels first ([C, H, W], as ONNX lays images out): store the "
+                               "images so, or channels last ([H, W, C]) to have them converted"
+                             : "the input is channels last (the model transposes it from [H, W, C]): store "
+                               "the images so, or channels first ([C, H, W]) to have them converted");
       }
       // Per-channel mean and std follow the input's channel axis.
       if (!fmt->to_chw && !fmt->to_hwc && channels_first) fmt->chw_channels = want[0];
@@ -955,6 +955,17 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     f.more_inputs.push_back(lf);
   }
   return f;
+}
+
+bool onnx_input_channels_last(const engine::Graph& g, engine::ValueId input) {
+  if (g.value(input).shape.rank() != 4) return false;
+  for (engine::NodeId c : g.value(input).consumers) {
+    const engine::Node& n = g.node(c);
+    if (n.op == "Transpose" && n.domain.empty() && n.attrs.has("perm") &&
+        n.attrs.ints("perm") == std::vector<int64_t>{0, 3, 1, 2})
+      return true;
+  }
+  return false;
 }
 
 // Cross-entropy on probabilities needs probabilities: an ONNX model that ends in a linear op gives logits,

@@ -140,6 +140,11 @@ struct SpecData {
 // split holds out the last samples of train, as Keras does.
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
 
+// Whether an ONNX model's image input is channels last ([N, H, W, C]): the model transposes it to NCHW first
+// (perm [0, 3, 1, 2]), as trainer's own exports of a spec and TensorFlow's exports do. Otherwise an image
+// input is taken for ONNX's channels first.
+bool onnx_input_channels_last(const engine::Graph& g, engine::ValueId input);
+
 // An ONNX model's output and its cross-entropy must agree on what the output is: logits or log-probabilities
 // (a Gemm, MatMul, Conv or LogSoftmax at the end) need from_logits, probabilities (Softmax or Sigmoid) refuse
 // it. Checked by fit and check, before training; evaluate takes a checkpoint as it was trained.

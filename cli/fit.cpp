@@ -331,11 +331,6 @@ Command add_fit_command(CLI::App& app) {
     if (!resume->empty()) {
       refuse_spec_as_model(*resume, "fit --resume");
       ck = load_training_checkpoint(*resume);
-      // A resumed run goes on in its run's folder unless told otherwise: it keeps leaving checkpoints.
-      if (output_dir->empty()) {
-        const std::filesystem::path folder = std::filesystem::path(*resume).parent_path();
-        *output_dir = folder.empty() ? std::string(".") : folder.string();
-      }
       s = ck->spec(spec->overrides());
       if (!spec->path.empty()) {
         formats::ModelSpec given = load_given();
@@ -615,7 +610,8 @@ Command add_fit_command(CLI::App& app) {
     if (r.interrupted_by) {
       out.say("Interrupted by {} after {} epochs.\n", signal_name(r.interrupted_by), r.history.size());
       if (writer)
-        out.say("Resume with: trainer fit --resume {}\n", writer->last().string());
+        out.say("Resume with: trainer fit --resume {} --output-dir {}\n", writer->last().string(),
+                writer->last().parent_path().empty() ? "." : writer->last().parent_path().string());
       else
         out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
       return 128 + r.interrupted_by;

@@ -43,6 +43,7 @@ struct PredictModel {
     std::string name;
     std::vector<int64_t> sample_shape;  // per sample, as the samples are given (channels last for images)
     engine::data::BatchFormat format;   // dtype, scaling and layout (BatchFormat's InputFormat part)
+    bool onnx_channels_last = false;    // an ONNX image input the model transposes from [H, W, C]
   };
   std::vector<Input> inputs;  // in the model's order: one INPUT file each
   int64_t fixed_batch = 0;    // an ONNX input whose batch dimension is a number
@@ -95,9 +96,9 @@ PredictModel checkpoint_model(const std::string& path) {
     in.format.to_chw = channels_last && in.sample_shape.size() == 3 && in.sample_shape[2] > 1;
     // An ONNX model's [C, H, W] input fed in its own order takes per-channel constants channel first, as fit
     // gives them (check_sample_shape turns on to_chw instead for data stored channels last).
-    // (An input whose last axis is the smaller is taken for channels last, as fit takes it.)
     const std::vector<int64_t>& ss = in.sample_shape;
-    in.format.chw_channels = !spec.model.onnx.empty() && ss.size() == 3 && ss[0] <= ss[2] ? ss[0] : 0;
+    in.onnx_channels_last = !spec.model.onnx.empty() && onnx_input_channels_last(probe.graph, v);
+    in.format.chw_channels = !spec.model.onnx.empty() && ss.size() == 3 && !in.onnx_channels_last ? ss[0] : 0;
     m.inputs.push_back(std::move(in));
   }
   // A model trained on logits has its decision boundary at 0.
@@ -172,6 +173,7 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     pi.format.x_dtype = in.dtype;
     // Token ids outside the table an input indexes are bad data, named by sample (not wrapped or clamped).
     if (engine::is_integer(in.dtype)) pi.format.num_tokens = onnx_token_count(r.graph, v);
+    pi.onnx_channels_last = onnx_input_channels_last(r.graph, v);
     if (in.shape[0] != batch) {
       if (m.fixed_batch && m.fixed_batch != in.shape[0])
         throw InputError(path,
@@ -216,7 +218,7 @@ void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t
   engine::data::BatchFormat& format = m.inputs[input].format;
   if (!engine::is_integer(format.x_dtype) && want.size() == 3 && got.size() == 3 && got != want) {
     const bool keras = format.to_chw;  // a spec's channels-last input, which the engine takes as [C, H, W]
-    const bool channels_first = !keras && want[0] <= want[2];
+    const bool channels_first = !keras && !m.inputs[input].onnx_channels_last;
     if (!keras && channels_first && want[0] > 1 && got == std::vector<int64_t>{want[1], want[2], want[0]}) {
       format.to_chw = true;
       format.chw_channels = 0;

@@ -210,6 +210,8 @@ bool contains(const Keys& keys, std::string_view k) {
 std::string keras_class_name(const std::string& name, const Keys& valid) {
   if (contains(valid, name) || std::none_of(name.begin(), name.end(), [](char c) { return std::isupper(c); }))
     return name;
+  // Keras's Accuracy class counts exact matches of values, which the loss-dependent "accuracy" does not.
+  if (name == "Accuracy") return name;
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (contains(valid, lower)) return lower;  // Adam, SGD, RMSprop

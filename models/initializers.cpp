@@ -227,7 +227,7 @@ ParsedInit parse_init(const std::string& text) {
       parts.push_back(trimmed(t.substr(start, i - start)));
       start = i + 1;
     }
-  if (parts.size() == 1 && parts[0].empty()) parts.clear();
+  if (!parts.empty() && parts.back().empty()) parts.pop_back();  // "()", or a trailing comma as Python allows
   for (size_t i = 0; i < parts.size(); ++i) {
     std::string key, value = parts[i];
     if (const size_t eq = value.find('='); eq != std::string::npos) {
@@ -243,6 +243,7 @@ ParsedInit parse_init(const std::string& text) {
     }
     if (value.size() >= 2 && (value.front() == '\'' || value.front() == '"') && value.back() == value.front())
       value = value.substr(1, value.size() - 2);
+    if (key == "seed" && value == "None") continue;  // Keras's default: unseeded
     p.given.emplace_back(key, value);
   }
   return p;

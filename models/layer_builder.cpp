@@ -308,7 +308,9 @@ std::vector<int64_t> LayerBuilder::six_sides(const std::string& arg) const {
 
 std::string LayerBuilder::initializer(const std::string& arg) const {
   std::string v = args.string(arg);
-  const std::string name = v.substr(0, v.find('('));
+  std::string name = v.substr(0, v.find('('));
+  name.erase(0, name.find_first_not_of(" \t"));
+  name.erase(name.find_last_not_of(" \t") + 1);
   if (canonical_initializer(name).empty())
     fail(arg, fmt::format("unknown initializer \"{}\"", v),
          fmt::format("{}initializers: {}", did_you_mean(name, initializer_names()),

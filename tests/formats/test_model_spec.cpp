@@ -712,8 +712,11 @@ TEST_SUITE("model_spec") {
                                    "metrics = [\"SparseTopKCategoricalAccuracy\"]\n",
                            "a.toml")
               .train.metrics == std::vector<std::string>{"sparse_top_k_categorical_accuracy"});
-    const Failure f = failure(kHead + "[train]\nloss = \"MeanSquareError\"\n");
+    Failure f = failure(kHead + "[train]\nloss = \"MeanSquareError\"\n");
     CHECK(f.what == "unknown loss 'MeanSquareError'");
+    // Keras's Accuracy class is an exact match of values, not the loss's accuracy: not taken for it.
+    f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = [\"Accuracy\"]\n");
+    CHECK(f.what == "unknown metric 'Accuracy'");
   }
 
   TEST_CASE("early stopping's baseline and start_from_epoch are read, checked and written back") {
