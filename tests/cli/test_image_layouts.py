@@ -167,6 +167,34 @@ class ImageLayouts(unittest.TestCase):
             cli_util.assert_input_error(self, r, "holds samples of shape [5, 4, 3]", "the images are in another order",
                                         f"the input is channels {order}")
 
+    def test_the_layout_of_an_onnx_input_is_its_models_not_its_shapes(self):
+        # [6, 4, 4]: more channels than columns, and channels first all the same (no transpose in the model):
+        # NHWC arrays are converted for it, as NCHW ones are taken, and both train the same weights.
+        rng = np.random.default_rng(13)
+        x = rng.standard_normal((8, 6, 4, 4)).astype(np.float32)
+        np.save(self.path("wide_nchw.npy"), x)
+        np.save(self.path("wide_nhwc.npy"), np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        np.save(self.path("wide_y.npy"), (x[:, 0, 0, 0] > 0).astype(np.int64))
+        nodes = [h.make_node("Flatten", ["x"], ["f"], axis=1), h.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+        m = h.make_model(h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 6, 4, 4])],
+                                      [h.make_tensor_value_info("y", T.FLOAT, ["N", 2])],
+                                      [nh.from_array((rng.standard_normal((2, 96)) * 0.1).astype(np.float32), "W"),
+                                       nh.from_array(np.zeros(2, np.float32), "b")]),
+                         opset_imports=[h.make_opsetid("", 17)])
+        m.ir_version = 8
+        path = self.path("wide.onnx")
+        onnx.save(m, path)
+        with open(self.path("wide.toml"), "w") as f:
+            f.write('format_version = 1\n[data]\nshuffle = false\n[data.train]\ny = "wide_y.npy"\n[train]\n'
+                    'loss = "sparse_categorical_crossentropy"\nfrom_logits = true\nepochs = 1\nbatch_size = 4\n'
+                    '[train.optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+        weights = []
+        for data in ("wide_nchw", "wide_nhwc"):
+            _, ckpt = self.fit("run_" + data, [path, "--train", self.path("wide.toml"), "--set",
+                                               f"data.train.x={self.path(data + '.npy')}"])
+            weights.append(cli_util.read_checkpoint(ckpt)["W"])
+        np.testing.assert_allclose(weights[0], weights[1], rtol=1e-6, atol=1e-7)
+
 
 if __name__ == "__main__":
     cli_util.main()
