@@ -131,7 +131,9 @@ Command add_evaluate_command(CLI::App& app) {
                               *backend);
     });
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::vector<std::pair<std::string, std::string>> f = {{"data", json_string(name)},
+    // Led by its event, as fit's and bench's JSON lines are: one jq filter reads them all.
+    std::vector<std::pair<std::string, std::string>> f = {{"event", json_string("evaluate")},
+                                                          {"data", json_string(name)},
                                                           {"samples", std::to_string(ds->size())}};
     std::string text;
     for (const auto& [k, v] : logs) {

@@ -390,7 +390,7 @@ class Predict(unittest.TestCase):
         lines = r.stdout.splitlines()
         self.assertEqual(len(lines), 1, r.stdout)
         e = json.loads(lines[0])
-        self.assertEqual((e["data"], e["samples"]), ("validation", VAL))
+        self.assertEqual((e["event"], e["data"], e["samples"]), ("evaluate", "validation", VAL))
         self.assertAlmostEqual(e["loss"], self.fit_end["val_loss"], delta=1e-6 * abs(self.fit_end["val_loss"]))
         self.assertEqual(e["accuracy"], self.fit_end["val_accuracy"])
         self.assertIn("accuracy", r.stderr)  # the human summary
