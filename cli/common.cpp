@@ -775,11 +775,12 @@ void check_samples(const engine::data::Dataset& d, const formats::DataSource& sr
         // feed scrambled images.
         const bool hwc_of_chw = channels_first && got == std::vector<int64_t>{want[1], want[2], want[0]};
         const bool chw_of_hwc = !channels_first && got == std::vector<int64_t>{want[2], want[0], want[1]};
-        if (squeezed(got) != squeezed(want) && hwc_of_chw && d.layout() == engine::data::Layout::hwc)
+        const bool same_order = squeezed(got) == squeezed(want);  // dimensions of 1 aside
+        if (!same_order && hwc_of_chw && d.layout() == engine::data::Layout::hwc)
           fmt->to_chw = true;
-        else if (squeezed(got) != squeezed(want) && chw_of_hwc)
+        else if (!same_order && chw_of_hwc)
           fmt->to_hwc = true;
-        else if (squeezed(got) != squeezed(want))
+        else if (!same_order)
           throw InputError(
               src.pos.str(),
               fmt::format("{} holds samples of shape {}, and the ONNX model's input '{}' takes [{}]: the "
