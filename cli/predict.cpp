@@ -245,6 +245,10 @@ void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t
                   formats::stream_format_name(in.format()), Shape(got).str(), got_n, m.kind, named,
                   fmt::join(want, ", "), want_n),
       csv ? fmt::format("each CSV row is one sample of {} values", want_n)
+      : in.format() == formats::StreamFormat::cifar10
+          ? fmt::format("a file named .bin is read as a CIFAR-10 batch of 32x32 colour images; give samples "
+                        "of shape [{}] as NPY, IDX or CSV",
+                        fmt::join(want, ", "))
           : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
 }
 
@@ -460,7 +464,8 @@ Command add_predict_command(CLI::App& app) {
   auto device = std::make_shared<DeviceOptions>();
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
   cmd->add_option("INPUT", *inputs,
-                  "Samples: an NPY, IDX or CSV file (gzip allowed); - or none: standard input. A model of "
+                  "Samples: an NPY, IDX or CSV file, or a CIFAR-10 batch (.bin), gzip allowed; - or none: "
+                  "standard input. A model of "
                   "several inputs takes one file per input, in the model's order, or an NPZ of arrays named "
                   "after the inputs");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));

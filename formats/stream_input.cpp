@@ -22,6 +22,7 @@
 #include "engine/util/error.h"
 #include "formats/data_array.h"
 #include "formats/data_bytes.h"
+#include "formats/data_cifar.h"
 #include "formats/data_npy.h"
 
 namespace trainer::formats {
@@ -36,6 +37,8 @@ const char* stream_format_name(StreamFormat f) {
       return "IDX";
     case StreamFormat::csv:
       return "CSV";
+    case StreamFormat::cifar10:
+      return "CIFAR-10";
   }
   return "?";
 }
@@ -102,9 +105,12 @@ struct SampleReader::Impl {
   uint64_t offset = 0;
   bool waiting = false;  // the last read stopped because no further sample had arrived
 
-  // IDX: the stored element type, and scratch for the big-endian bytes of a batch.
+  // IDX: the stored element type, and scratch for the big-endian bytes of a batch (CIFAR-10: its records).
   const IdxType* idx = nullptr;
   std::vector<uint8_t> scratch;
+  // CIFAR-10: the input's name ends in .bin (or .bin.gz); the file's size when it is a regular file.
+  bool cifar = false;
+  int64_t file_bytes = -1;
 
   // CSV: the line being parsed, its number, and the first data row (read to learn the column count).
   std::string line;
@@ -247,6 +253,7 @@ struct SampleReader::Impl {
 
   // Bytes one stored sample takes (CSV: unknown, a line).
   size_t stored_sample_bytes() const {
+    if (cifar) return formats::kCifar10RecordBytes;
     if (!idx) return sample_bytes;
     return sample_bytes / engine::dtype_bytes(dtype) * idx->bytes;
   }
@@ -350,6 +357,25 @@ struct SampleReader::Impl {
     dtype = idx->out;
   }
 
+  // A CIFAR-10 binary batch: records of a label byte (skipped) and a [3, 32, 32] image. Its sample count is
+  // known from a plain file's size; compressed or piped, the input's end tells it.
+  void open_cifar() {
+    format = StreamFormat::cifar10;
+    shape = {3, 32, 32};
+    dtype = DType::u8;
+    if (compressed || file_bytes < 0) return;
+    const int64_t whole = file_bytes / kCifar10RecordBytes;
+    if (file_bytes % kCifar10RecordBytes != 0)
+      throw InputError(
+          name,
+          fmt::format("the size {} bytes is not a multiple of {} (1 label byte and a 3x32x32 "
+                      "image per record): {} whole records and {} bytes more",
+                      file_bytes, kCifar10RecordBytes, whole, file_bytes - whole * kCifar10RecordBytes),
+          "a file named .bin is read as a CIFAR-10 binary batch; CIFAR-100 (2 label bytes) is "
+          "another format");
+    count = whole;
+  }
+
   // The next line that is not blank, without its line end; false at the end of the input.
   bool next_line() {
     for (;;) {
@@ -451,13 +477,13 @@ struct SampleReader::Impl {
   }
 
   int64_t read_fixed(int64_t max, void* out, bool partial) {
-    const int64_t left = count - read_samples;
+    const int64_t left = count >= 0 ? count - read_samples : max;  // unknown: a CIFAR-10 stream
     const int64_t n = std::min(max, left);
     if (n <= 0) return 0;
     const size_t elems = sample_bytes / engine::dtype_bytes(dtype);
     const size_t stored_sample = stored_sample_bytes();
     void* dst = out;
-    if (idx && (idx->bytes > 1 || idx->out != DType::u8)) {
+    if (cifar || (idx && (idx->bytes > 1 || idx->out != DType::u8))) {
       scratch.resize(std::max(scratch.size(), static_cast<size_t>(n) * stored_sample));
       dst = scratch.data();
     }
@@ -477,6 +503,17 @@ struct SampleReader::Impl {
       const size_t want = static_cast<size_t>(k) * stored_sample;
       const uint64_t start = offset;
       const size_t have = take(static_cast<uint8_t*>(dst) + static_cast<size_t>(got) * stored_sample, want);
+      if (have != want && count < 0 && have % stored_sample == 0) {  // the end of a stream of records
+        got += static_cast<int64_t>(have / stored_sample);
+        break;
+      }
+      if (have != want && count < 0) {
+        throw InputError(at_byte(name, start + have),
+                         fmt::format("the input ends inside record {} ({} of its {} bytes)",
+                                     read_samples + got + static_cast<int64_t>(have / stored_sample) + 1,
+                                     have % stored_sample, stored_sample),
+                         "the file is truncated: write it again");
+      }
       if (have != want) {
         const int64_t whole = read_samples + got + static_cast<int64_t>(have / stored_sample);
         throw InputError(at_byte(name, start + have),
@@ -485,7 +522,13 @@ struct SampleReader::Impl {
       }
       got += k;
     }
-    if (dst != out) widen_idx(static_cast<size_t>(got) * elems, out);
+    if (cifar) {  // the images without their label bytes
+      for (int64_t k = 0; k < got; ++k)
+        std::memcpy(static_cast<uint8_t*>(out) + static_cast<size_t>(k) * sample_bytes,
+                    scratch.data() + static_cast<size_t>(k) * stored_sample + 1, sample_bytes);
+    } else if (dst != out) {
+      widen_idx(static_cast<size_t>(got) * elems, out);
+    }
     return got;
   }
 
@@ -533,6 +576,8 @@ SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Imp
     throw InputError(m.name, "is a directory", "give a NPY, IDX or CSV file, or - for standard input");
   }
   m.fd = fd;
+  m.cifar = !is_stdin && (path.ends_with(".bin") || path.ends_with(".bin.gz"));
+  if (S_ISREG(st.st_mode)) m.file_bytes = static_cast<int64_t>(st.st_size);
   m.open_fd();
   open();
 }
@@ -567,8 +612,11 @@ void SampleReader::open() {
   }
   const uint8_t* p = m.buf.data();
   if (have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) {
+    m.cifar = false;  // an NPY file, whatever its name
     m.format = StreamFormat::npy;
     m.open_npy();
+  } else if (m.cifar) {
+    m.open_cifar();
   } else if (have >= 4 && std::memcmp(p, "PK\x03\x04", 4) == 0) {
     // A zip archive (an .npz) lists its members at its end: it is read from a file, never streamed.
     throw InputError(m.name, "is a zip archive (an .npz), which cannot be read as a stream",

@@ -1,5 +1,6 @@
 // Samples streamed from a file or standard input, a batch at a time in constant memory: NPY, IDX or CSV (any
-// of them gzip-compressed), told apart by their first bytes. `trainer predict` reads its input through this.
+// of them gzip-compressed), told apart by their first bytes, and CIFAR-10 binary batches, told by their name.
+// `trainer predict` reads its input through this.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,7 @@
 
 namespace trainer::formats {
 
-enum class StreamFormat { npy, idx, csv };
+enum class StreamFormat { npy, idx, csv, cifar10 };
 const char* stream_format_name(StreamFormat f);
 
 // Reads samples in order. Construction reads the header (NPY, IDX) or the first row (CSV), so the sample
@@ -26,6 +27,9 @@ const char* stream_format_name(StreamFormat f);
 // column.
 //   A first line that is not all numbers is a header and is skipped; blank lines are skipped; "\r\n" line
 //   ends are accepted. Values are read as f64. The sample count is unknown until the end.
+// - CIFAR-10 (a file whose name ends in .bin or .bin.gz and that is not NPY): records of a label byte, which
+//   is skipped, and a u8 [3, 32, 32] image. count() is the plain file's size / 3073 (a size that is not a
+//   multiple is an error), or -1 when compressed; a record cut short is an error.
 // - An empty input (or blank lines only) holds no samples: CSV, count() 0, sample_shape() empty.
 // gzip data (magic 1f 8b, one member or several concatenated) is decompressed on the fly. Errors (unreadable
 // file, bad header, truncated data, a ragged row or a cell that is not a number) are InputErrors naming the
@@ -47,7 +51,7 @@ class SampleReader {
   const std::vector<int64_t>& sample_shape() const;  // CSV: [columns]
   engine::DType dtype() const;                       // of the values read() returns: u8, i32, i64, f32 or f64
   size_t sample_bytes() const;
-  int64_t count() const;  // samples in all (NPY, IDX, an empty input), or -1 when unknown (CSV)
+  int64_t count() const;  // samples in all (NPY, IDX, an empty input), or -1 when unknown (CSV, gzip CIFAR-10)
 
   // Reads the next samples, up to `max_samples`, into `out` (max_samples * sample_bytes(), host byte order).
   // Returns how many were read: fewer only at the end of the input, 0 after it. With `partial`, it returns

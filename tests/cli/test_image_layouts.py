@@ -195,6 +195,54 @@ class ImageLayouts(unittest.TestCase):
             weights.append(cli_util.read_checkpoint(ckpt)["W"])
         np.testing.assert_allclose(weights[0], weights[1], rtol=1e-6, atol=1e-7)
 
+    def test_predict_reads_cifar10_batches_as_fit_does(self):
+        # A CIFAR-10 batch file (a label byte and a [3, 32, 32] image per record) predicts as the same images in
+        # an NHWC array do: through a spec's checkpoint (the CHW planes taken as the model computes), through its
+        # export (an NHWC input: the planes transposed), plain or gzip-compressed.
+        import gzip
+        rng = np.random.default_rng(14)
+        n = 12
+        images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        labels = (images[:, 0].mean(axis=(1, 2)) > images[:, 2].mean(axis=(1, 2))).astype(np.uint8)
+        records = np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1)
+        records.tofile(self.path("batch.bin"))
+        with gzip.open(self.path("batch.bin.gz"), "wb") as f:
+            f.write(records.tobytes())
+        np.save(self.path("cifar_nhwc.npy"), np.ascontiguousarray(images.transpose(0, 2, 3, 1)))
+        np.save(self.path("cifar_nhwc_f32.npy"), np.ascontiguousarray(images.transpose(0, 2, 3, 1)).astype(np.float32))
+        with open(self.path("cifar.toml"), "w") as f:
+            f.write('format_version = 1\n[model]\ninput = [32, 32, 3]\n[[model.layers]]\ntype = "Conv2D"\n'
+                    'filters = 2\nkernel_size = 4\nstrides = 4\n[[model.layers]]\ntype = "Flatten"\n'
+                    '[[model.layers]]\ntype = "Dense"\nunits = 2\nactivation = "softmax"\n[data]\n'
+                    'scale = 0.00392156862745098\nmean = [0.5, 0.4, 0.3]\n[data.train]\nx = "batch.bin"\n'
+                    '[train]\nloss = "sparse_categorical_crossentropy"\nepochs = 1\nbatch_size = 4\n')
+        _, ckpt = self.fit("run_cifar", [self.path("cifar.toml")])
+        onnx_path = self.path("cifar.onnx")
+        r = run(["export", ckpt, "-o", onnx_path, "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        def predict(model, data):
+            r = run(["predict", model, self.path(data), "--device", "cpu", "--probabilities", "--batch-size", "5"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return np.loadtxt(r.stdout.splitlines(), delimiter=",")
+
+        want = predict(ckpt, "cifar_nhwc.npy")
+        self.assertEqual(want.shape, (n, 2))
+        np.testing.assert_array_equal(predict(ckpt, "batch.bin"), want)
+        np.testing.assert_array_equal(predict(ckpt, "batch.bin.gz"), want)
+        # The export takes floats as given (scaled beforehand by whoever feeds it): the raw pixels here.
+        want = predict(onnx_path, "cifar_nhwc_f32.npy")
+        np.testing.assert_array_equal(predict(onnx_path, "batch.bin"), want)
+        # A file cut inside a record is an error naming its size, or for a stream, the record.
+        with open(self.path("cut.bin"), "wb") as f:
+            f.write(records.tobytes()[:3073 * 2 + 100])
+        r = run(["predict", ckpt, self.path("cut.bin"), "--device", "cpu"])
+        cli_util.assert_input_error(self, r, "the size 6246 bytes is not a multiple of 3073", "CIFAR-10")
+        with gzip.open(self.path("cut.bin.gz"), "wb") as f:
+            f.write(records.tobytes()[:3073 * 2 + 100])
+        r = run(["predict", ckpt, self.path("cut.bin.gz"), "--device", "cpu"])
+        cli_util.assert_input_error(self, r, "the input ends inside record 3 (100 of its 3073 bytes)")
+
 
 if __name__ == "__main__":
     cli_util.main()
