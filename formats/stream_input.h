@@ -51,7 +51,8 @@ class SampleReader {
   const std::vector<int64_t>& sample_shape() const;  // CSV: [columns]
   engine::DType dtype() const;                       // of the values read() returns: u8, i32, i64, f32 or f64
   size_t sample_bytes() const;
-  int64_t count() const;  // samples in all (NPY, IDX, an empty input), or -1 when unknown (CSV, gzip CIFAR-10)
+  // Samples in all (NPY, IDX, CIFAR-10 files, an empty input), or -1 when unknown (CSV, gzip CIFAR-10).
+  int64_t count() const;
 
   // Reads the next samples, up to `max_samples`, into `out` (max_samples * sample_bytes(), host byte order).
   // Returns how many were read: fewer only at the end of the input, 0 after it. With `partial`, it returns
