@@ -17,6 +17,20 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 TRAINER = None
 DATA_DIR = None
 
+
+def _cpu_runs_bf16():
+    """Whether this CPU has the AVX-512 subsets oneDNN's bf16 kernels need (AVX512F, BW, VL, DQ): on others
+    trainer refuses precision = "bf16" on the CPU, with a message the tests check instead."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))
+
+
+CPU_BF16 = _cpu_runs_bf16()
+
 # Every sample spec of the repository, relative to samples/.
 SAMPLE_SPECS = ["fashion_mnist/mlp.toml", "fashion_mnist/cnn.toml", "fashion_mnist/lstm.toml", "cifar10/cnn.toml",
                 "imdb/lstm.toml", "imdb/cnn.toml", "imdb/transformer.toml"]

@@ -236,6 +236,7 @@ class Bench(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("does not divide among 3 replicas", r.stderr)
 
+    @unittest.skipUnless(cli_util.CPU_BF16, "the scaling model reads bf16 benches, which need a CPU with AVX-512")
     def test_the_scaling_model_takes_measured_phases(self):
         # tools/bench/scaling_model.py --measured: the MLP's forward, backward and update times become the
         # bench's (the phases of the per-op times, scaled to the step), and nothing else changes.

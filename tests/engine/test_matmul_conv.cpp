@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "alloc_counter.h"
+#include "cpu_features.h"
 #include "engine/backend/backend.h"
 #include "engine/ir/op_schema.h"
 #include "engine/ops/op_helpers.h"
@@ -609,7 +610,17 @@ TEST_SUITE("matmul_conv") {
     }
   }
 
-  TEST_CASE("bf16 MatMul and MatMulTransposed match f32 on the same inputs") {
+  TEST_CASE("a CPU without AVX-512 refuses a bf16 product, naming the way out") {
+    Tensor a = rnd_bf16(Shape{4, 8}, 1), b = rnd_bf16(Shape{8, 3}, 2);
+    if (test::cpu_runs_bf16())
+      CHECK(run_op("MatMul", {a, b})[0].dtype() == DType::bf16);
+    else
+      CHECK_THROWS_WITH(run_op("MatMul", {a, b}),
+                        doctest::Contains("bf16 needs a CPU with AVX-512; use precision"));
+  }
+
+  TEST_CASE("bf16 MatMul and MatMulTransposed match f32 on the same inputs" *
+            doctest::skip(!test::cpu_runs_bf16())) {
     struct Case {
       Shape a, b;
       bool ta = false, tb = false;
@@ -636,7 +647,8 @@ TEST_SUITE("matmul_conv") {
     }
   }
 
-  TEST_CASE("bf16 Gemm: transposes, alpha, beta and C as bias or broadcast") {
+  TEST_CASE("bf16 Gemm: transposes, alpha, beta and C as bias or broadcast" *
+            doctest::skip(!test::cpu_runs_bf16())) {
     struct Case {
       Shape a, b, c;  // c rank 1 with 0: no C
       bool ta, tb;
@@ -666,7 +678,8 @@ TEST_SUITE("matmul_conv") {
     }
   }
 
-  TEST_CASE("bf16 FusedGemm: bias, relu and gelu epilogues, and gelu's saved pre-activation") {
+  TEST_CASE("bf16 FusedGemm: bias, relu and gelu epilogues, and gelu's saved pre-activation" *
+            doctest::skip(!test::cpu_runs_bf16())) {
     uint64_t seed = 700;
     for (std::string act : {"none", "relu", "gelu", "gelu_tanh"})
       for (bool tb : {false, true})
@@ -683,7 +696,8 @@ TEST_SUITE("matmul_conv") {
                   {{"activation", std::string("gelu")}}, 2, "gelu, 128 x 300 x 256");
   }
 
-  TEST_CASE("bf16 Conv, ConvGradInput and ConvGradWeight match f32 on the same inputs") {
+  TEST_CASE("bf16 Conv, ConvGradInput and ConvGradWeight match f32 on the same inputs" *
+            doctest::skip(!test::cpu_runs_bf16())) {
     struct Case {
       std::string label;
       Shape x, w;
@@ -830,7 +844,8 @@ TEST_SUITE("matmul_conv") {
     }
   }
 
-  TEST_CASE("a steady-state bf16 step of these kernels allocates nothing outside oneDNN") {
+  TEST_CASE("a steady-state bf16 step of these kernels allocates nothing outside oneDNN" *
+            doctest::skip(!test::cpu_runs_bf16())) {
     const DType t = DType::bf16;
     auto g = std::make_shared<Graph>();
     ValueId x = g->add_input("x", t, Shape{8, 16, 12, 12});

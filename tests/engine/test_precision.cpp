@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 
+#include "cpu_features.h"
 #include "engine/data/synthetic.h"
 #include "engine/plan/precision.h"
 #include "engine/train/session.h"
@@ -153,7 +154,8 @@ TEST_SUITE("precision") {
     CHECK(count_live(g, "Cast") == 0);
   }
 
-  TEST_CASE("precision: a bf16 run on the CPU follows the fp32 run and learns") {
+  TEST_CASE("precision: a bf16 run on the CPU follows the fp32 run and learns" *
+            doctest::skip(!test::cpu_runs_bf16())) {
     std::vector<float> full = train(Precision::fp32, 60).losses, half = train(Precision::bf16, 60).losses;
     // bf16 operands carry 8 significant bits: the curves agree to a few percent, not bitwise.
     CHECK(half.front() == doctest::Approx(full.front()).epsilon(0.02));
