@@ -99,12 +99,11 @@ class FitPrinter final : public engine::FitObserver {
     epoch_start_ = std::chrono::steady_clock::now();
   }
 
-  // history.jsonl (with --output-dir) holds the epochs so far after every epoch, so that a run that fails
-  // later leaves the file of the checkpoints it wrote; the fit_end line is added at the end.
-  void keep_history_in(std::string path) {
-    history_path_ = std::move(path);
-    write_history();
-  }
+  // history.jsonl (with --output-dir) holds the epochs so far after every epoch and every checkpoint, so that
+  // a run that fails later leaves the file of the checkpoints it wrote; the fit_end line is added at the end.
+  // Nothing is written before then: a run that fails before it has written anything leaves the folder's
+  // files as they were (another run's history among them).
+  void keep_history_in(std::string path) { history_path_ = std::move(path); }
   void write_history(const std::string& end_line = "") const {
     if (!history_path_.empty())
       formats::write_file_atomically(history_path_, history_ + (end_line.empty() ? "" : end_line + "\n"));
@@ -568,6 +567,7 @@ Command add_fit_command(CLI::App& app) {
         writer->adopt_periodic();
       save = [&](const engine::TrainingState& st, engine::SaveReason why) {
         writer->save(st, why, observer.signature);
+        printer.write_history();
       };
     }
     if (ck) {

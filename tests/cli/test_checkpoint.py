@@ -345,6 +345,26 @@ class OutputDirectory(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(sorted(os.listdir(out)), ["epoch-1.ckpt", "history.jsonl", "last.ckpt"])
 
+    def test_a_run_that_fails_before_writing_anything_leaves_the_folder_as_it_was(self):
+        # Another run's history and checkpoints stay as they are when a run in the same folder fails before its
+        # first epoch or checkpoint: a loss that overflows, or a resume of the folder's checkpoint that does.
+        spec = self.spec()
+        out = os.path.join(self.d, "run")
+        r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q", "--set", "train.batch_size=2"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        def files():
+            return {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
+        before = files()
+        self.assertIn(b'"fit_end"', before["history.jsonl"])
+        blow_up = ["--set", "train.optimizer.learning_rate=1e30"]
+        for args in ([spec, "--set", "train.batch_size=2", *blow_up],
+                     ["--resume", os.path.join(out, "last.ckpt"), "--epochs", "3", *blow_up]):
+            r = run(["fit", *args, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("the loss became", r.stderr)
+            self.assertEqual(files(), before, args)
+
     def test_a_run_whose_validation_loss_is_not_finite_leaves_a_readable_checkpoint(self):
         # Validation features that overflow the model (finite, huge) give a NaN or infinite val_loss; the
         # checkpoint's history holds it (JSON has no number for it) and reads back.
