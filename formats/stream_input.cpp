@@ -331,6 +331,14 @@ struct SampleReader::Impl {
                        fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
                                    static_cast<int>(pre[7])));
     }
+    // numpy writes headers of a few hundred bytes (and reads none over 10000 unless told to): a length far
+    // beyond is a damaged file, not a header to allocate.
+    constexpr uint64_t kMaxHeader = uint64_t{1} << 20;
+    if (len > kMaxHeader)
+      throw InputError(at_byte(name, 8),
+                       fmt::format("the NPY header says it is {} bytes long; headers are at most {} bytes",
+                                   len, kMaxHeader),
+                       "the file is damaged: write it again with numpy.save");
     const uint64_t start = offset;
     std::string text(len, '\0');
     take_exact(text.data(), len, "NPY header");
@@ -480,6 +488,9 @@ struct SampleReader::Impl {
     const int64_t left = count >= 0 ? count - read_samples : max;  // unknown: a CIFAR-10 stream
     const int64_t n = std::min(max, left);
     if (n <= 0) return 0;
+    // A whole stored sample fits in buf, so that whether the next one has arrived can be seen (allocated at
+    // the first read, once the caller has accepted the sample shape).
+    if (buf.size() < stored_sample_bytes()) buf.resize(stored_sample_bytes());
     const size_t elems = sample_bytes / engine::dtype_bytes(dtype);
     const size_t stored_sample = stored_sample_bytes();
     void* dst = out;
@@ -634,9 +645,18 @@ void SampleReader::open() {
     m.format = StreamFormat::csv;
     m.open_csv();
   }
-  m.sample_bytes = static_cast<size_t>(engine::Shape(m.shape).numel()) * engine::dtype_bytes(m.dtype);
-  // A whole stored sample fits in buf, so that whether the next one has arrived can be seen.
-  if (m.format != StreamFormat::csv) m.buf.resize(std::max(m.buf.size(), m.stored_sample_bytes()));
+  // A header's sample shape is checked against the model before anything is read: its size is only
+  // computed here (a damaged header's dimensions may multiply past any memory, or past 64 bits).
+  uint64_t values = 1;
+  for (int64_t d : m.shape) {
+    if (d < 0 || (d > 0 && values > (uint64_t{1} << 48) / static_cast<uint64_t>(d)))
+      throw InputError(m.name,
+                       fmt::format("the header's sample shape [{}] holds more than 2^48 values per sample",
+                                   fmt::join(m.shape, ", ")),
+                       "the file is damaged, or not what it seems: write it again");
+    values *= static_cast<uint64_t>(d);
+  }
+  m.sample_bytes = static_cast<size_t>(values) * engine::dtype_bytes(m.dtype);
 }
 
 SampleReader::~SampleReader() = default;

@@ -187,6 +187,31 @@ class Predict(unittest.TestCase):
                     cli_util.assert_input_error(self, r, "stdin", got, "[28, 28]")
                     self.assertEqual(r.stdout, b"")
 
+    def test_a_header_of_huge_samples_is_refused_before_any_allocation(self):
+        # Headers alone (no data): samples of 2^31 floats, a damaged NPY header length, IDX samples of 2^32 bytes
+        # and of 2^64. Each is refused from its header, under an address-space limit far below one such sample.
+        import resource
+
+        def limited():
+            resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        npy = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2147483648), }"
+        npy += b" " * (63 - len(npy) % 64) + b"\n"
+        cases = [("huge.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(npy)) + npy, "[2147483648]"),
+                 ("header.npy", b"\x93NUMPY\x02\x00" + struct.pack("<I", 0x7FFFFFFF) + b"{}",
+                  "the NPY header says it is 2147483647 bytes long"),
+                 ("big-idx3-ubyte", b"\0\0\x08\x03" + struct.pack(">III", 256, 65536, 65536), "[65536, 65536]"),
+                 ("huge-idx3-ubyte", b"\0\0\x08\x03" + struct.pack(">III", 256, 2**32 - 1, 2**32 - 1),
+                  "more than 2^48 values per sample")]
+        for name, data, needle in cases:
+            with self.subTest(name):
+                path = os.path.join(self.tmp.name, name)
+                with open(path, "wb") as f:
+                    f.write(data)
+                r = subprocess.run([cli_util.TRAINER, "predict", self.ckpt, path, "--device", "cpu"],
+                                   capture_output=True, text=True, timeout=120, preexec_fn=limited)
+                cli_util.assert_input_error(self, r, name, needle)
+                self.assertEqual(r.stdout, "")
+
     def test_npy_output_of_csv_input_is_refused_before_any_output(self):
         r = predict([self.ckpt, self.files["csv"], "--output-format", "npy"])
         r.stderr = r.stderr.decode()
