@@ -24,10 +24,9 @@ Command add_check_command(CLI::App& app) {
     int64_t params = 0;
     for (const models::LayerInfo& l : m.layers) params += l.params;
     if (!*quiet)
-      fmt::print(stderr,
-                 "{}: ok · {} layers · {} parameters · training step planned in {:.2f} MiB at batch {}\n",
-                 spec->onnx() ? fmt::format("{} with {}", spec->path, spec->train_toml) : s.path,
-                 m.layers.size(), params, bytes / 1048576.0, s.train.batch_size);
+      eprint("{}: ok · {} layers · {} parameters · training step planned in {:.2f} MiB at batch {}\n",
+             spec->onnx() ? fmt::format("{} with {}", spec->path, spec->train_toml) : s.path, m.layers.size(),
+             params, bytes / 1048576.0, s.train.batch_size);
     return 0;
   };
   return {cmd, run};

@@ -217,8 +217,7 @@ std::vector<int> DeviceOptions::cuda_device_ids(bool quiet) const {
   const engine::CudaDevices found = engine::cuda_devices();
   if (!want_cuda) {  // auto
     if (!found.devices.empty()) return {found.devices.front().index};
-    if (engine::cuda_built() && !quiet)
-      fmt::print(stderr, "trainer: {}; running on the CPU\n", found_text(found));
+    if (engine::cuda_built() && !quiet) eprint("trainer: {}; running on the CPU\n", found_text(found));
     return {};
   }
   const int present = static_cast<int>(found.devices.size());

@@ -144,8 +144,8 @@ Command add_evaluate_command(CLI::App& app) {
     fmt::print("{}\n", json_object(f));
     std::fflush(stdout);
     if (!*quiet)
-      fmt::print(stderr, "{} on {} data ({}, {} samples){} · {:.1f}s\n", *ckpt, name, ds->describe(),
-                 ds->size(), text, seconds);
+      eprint("{} on {} data ({}, {} samples){} · {:.1f}s\n", *ckpt, name, ds->describe(), ds->size(), text,
+             seconds);
     return 0;
   };
   return {cmd, run};

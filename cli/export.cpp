@@ -99,13 +99,12 @@ Command add_export_command(CLI::App& app) {
                                             o.channels_last_inputs[static_cast<size_t>(i)]
                                         ? " (NHWC)"
                                         : ""));
-      fmt::print(stderr, "{}: {} nodes, {} initializers ({} trained tensors), opset {}, input{} {}{}\n", *out,
-                 model.graph().node_size(), model.graph().initializer_size(), loaded, model_opset,
-                 names.size() == 1 ? "" : "s", fmt::join(names, ", "),
-                 own_graph
-                     ? "; the imported graph with its trained values (its shapes depend on the batch as "
-                       "the engine folds them)"
-                     : "");
+      eprint("{}: {} nodes, {} initializers ({} trained tensors), opset {}, input{} {}{}\n", *out,
+             model.graph().node_size(), model.graph().initializer_size(), loaded, model_opset,
+             names.size() == 1 ? "" : "s", fmt::join(names, ", "),
+             own_graph ? "; the imported graph with its trained values (its shapes depend on the batch as "
+                         "the engine folds them)"
+                       : "");
     }
     return 0;
   };

@@ -69,7 +69,7 @@ static std::string printable(std::string_view s) {
   once.lock();  // never unlocked: the process ends below
   std::fflush(stdout);
   const bool timeout = dynamic_cast<const trainer::engine::dist::CollectiveTimeout*>(&e) != nullptr;
-  fmt::print(stderr, "trainer: {}{}\n", timeout ? "error: " : "", e.what());
+  trainer::eprint("trainer: {}{}\n", timeout ? "error: " : "", e.what());
   std::fflush(stderr);
   if (before_exit) before_exit();  // said first: an NCCL abort may take seconds
   if (trainer::engine::dist::LaunchInfo::from_environment().size > 1) {
@@ -132,7 +132,7 @@ static void print_usage_error(CLI::App& app, const CLI::ParseError& e) {
     else if (what.find("At Most") != std::string::npos)
       what = fmt::format("{}: given more than once; give it once", name);
   }
-  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", printable(what), printable(hint));
+  trainer::eprint("trainer: error: {}\n  hint: {}\n", printable(what), printable(hint));
 }
 
 namespace {
@@ -140,7 +140,7 @@ namespace {
 // Memory the run needs and cannot have: one line and a hint, exit 1 (a failure at run time).
 int out_of_memory(const char* what, const char* hint) {
   std::fflush(stdout);
-  fmt::print(stderr, "trainer: error: {}\n  hint: {}\n", printable(what), printable(hint));
+  trainer::eprint("trainer: error: {}\n  hint: {}\n", printable(what), printable(hint));
   return 1;
 }
 
@@ -151,10 +151,10 @@ int stdout_written() {
   if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return 0;
   // The error of the write that failed, when an earlier flush (a JSON line) saw it; errno is later's.
   const int err = trainer::cli::stdout_error() != 0 ? trainer::cli::stdout_error() : errno;
-  fmt::print(stderr,
-             "trainer: error: writing to standard output failed: {}\n  hint: check the space left where "
-             "the output goes\n",
-             std::strerror(err != 0 ? err : EIO));
+  trainer::eprint(
+      "trainer: error: writing to standard output failed: {}\n  hint: check the space left where "
+      "the output goes\n",
+      std::strerror(err != 0 ? err : EIO));
   return 1;
 }
 
@@ -211,9 +211,9 @@ int main(int argc, char** argv) {
       std::vector<std::string> names;
       for (const cli::Command& c : commands) names.push_back(c.app->get_name());
       const std::string meant = closest(help_topic, names);
-      fmt::print(stderr,
-                 "trainer: error: '{}' is no subcommand\n  hint: {}trainer --help lists the subcommands\n",
-                 help_topic, meant.empty() ? "" : fmt::format("did you mean {}? ", meant));
+      trainer::eprint(
+          "trainer: error: '{}' is no subcommand\n  hint: {}trainer --help lists the subcommands\n",
+          help_topic, meant.empty() ? "" : fmt::format("did you mean {}? ", meant));
       return 2;
     }
     for (const cli::Command& c : commands)
@@ -233,13 +233,13 @@ int main(int argc, char** argv) {
         const int rc = c.run();
         return rc == 0 ? stdout_written() : rc;
       }
-    fmt::print(stderr, "{}", app.help());
+    trainer::eprint("{}", app.help());
     return 2;
   } catch (const InputError& e) {
     std::fflush(stdout);
     const std::string what = e.where().empty() ? e.message() : e.where() + ": " + e.message();
-    fmt::print(stderr, "trainer: error: {}\n", printable(what));
-    if (!e.hint().empty()) fmt::print(stderr, "  hint: {}\n", printable(e.hint()));
+    trainer::eprint("trainer: error: {}\n", printable(what));
+    if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));
     return 2;
   } catch (const engine::dist::CollectiveTimeout& e) {
     // The watchdog: this rank says what it waited for, then the whole run ends. Under mpirun or srun the
@@ -248,11 +248,11 @@ int main(int argc, char** argv) {
     end_run_on_collective_failure(e, {});
   } catch (const RuntimeError& e) {
     std::fflush(stdout);
-    fmt::print(stderr, "trainer: error: {}\n", printable(e.what()));
+    trainer::eprint("trainer: error: {}\n", printable(e.what()));
     return 1;
   } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
     std::fflush(stdout);
-    fmt::print(stderr, "trainer: error: {}\n  hint: check the space left where the output goes\n", e.what());
+    trainer::eprint("trainer: error: {}\n  hint: check the space left where the output goes\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
     return out_of_memory("out of memory",
@@ -263,7 +263,7 @@ int main(int argc, char** argv) {
         "out of memory: a size too large to hold",
         "check the sizes the model and data give (units, filters, input shapes, batch_size)");
   } catch (const std::exception& e) {
-    fmt::print(stderr, "trainer: internal error: {}\n", e.what());
+    trainer::eprint("trainer: internal error: {}\n", e.what());
     return 1;
   }
 }

@@ -44,14 +44,14 @@ int stdout_error() {
 
 void Output::bar(const std::string& text) {
   if (!bar_) return;
-  fmt::print(stderr, "\r\x1b[2K{}", text);
+  eprint("\r\x1b[2K{}", text);
   std::fflush(stderr);
   bar_shown_ = true;
 }
 
 void Output::clear_bar() {
   if (!bar_shown_) return;
-  fmt::print(stderr, "\r\x1b[2K");
+  eprint("\r\x1b[2K");
   bar_shown_ = false;
 }
 

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "engine/util/error.h"
+
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -26,7 +28,7 @@ class Output {
   void say(fmt::format_string<Args...> f, Args&&... args) {
     if (quiet_) return;
     clear_bar();
-    fmt::print(stderr, f, std::forward<Args>(args)...);
+    eprint(f, std::forward<Args>(args)...);
   }
   // One JSON object per line on stdout, flushed so pipelines see it at once. With SIGPIPE ignored, a reader
   // that has gone (`| head -1`) makes stdout_closed() true instead of ending the process.

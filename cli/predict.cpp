@@ -499,7 +499,7 @@ Command add_predict_command(CLI::App& app) {
     PredictModel model =
         is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
     if (!*quiet)
-      for (const std::string& note : model.notes) fmt::print(stderr, "{}\n", note);
+      for (const std::string& note : model.notes) eprint("{}\n", note);
     if (*output == "all") {
       model.written.clear();
       for (size_t k = 0; k < model.outputs.size(); ++k) model.written.push_back(k);
@@ -646,15 +646,15 @@ Command add_predict_command(CLI::App& app) {
     if (open) out.finish();
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!*quiet)
-      fmt::print(stderr, "{} samples ({}{}, {}{}) through the {}{} at batch {} in {:.2f}s{}\n", done,
-                 formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(),
-                 readers.size() > 1 ? fmt::format(" and {} more", readers.size() - 1) : "", model.kind,
-                 model.outputs.size() > 1 && !several
-                     ? fmt::format(" (its output '{}' of {})", model.outputs[model.written[0]],
-                                   fmt::join(model.outputs, ", "))
-                 : several ? fmt::format(" (its outputs {}, side by side)", fmt::join(model.outputs, ", "))
-                           : "",
-                 b, seconds, out.closed() ? "; the reader closed the output early" : "");
+      eprint("{} samples ({}{}, {}{}) through the {}{} at batch {} in {:.2f}s{}\n", done,
+             formats::stream_format_name(in.format()), in.compressed() ? " gzip" : "", in.name(),
+             readers.size() > 1 ? fmt::format(" and {} more", readers.size() - 1) : "", model.kind,
+             model.outputs.size() > 1 && !several
+                 ? fmt::format(" (its output '{}' of {})", model.outputs[model.written[0]],
+                               fmt::join(model.outputs, ", "))
+             : several ? fmt::format(" (its outputs {}, side by side)", fmt::join(model.outputs, ", "))
+                       : "",
+             b, seconds, out.closed() ? "; the reader closed the output early" : "");
     return 0;
   };
   return {cmd, run};

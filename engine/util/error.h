@@ -6,8 +6,18 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <utility>
 
 namespace trainer {
+
+// Text for people on stderr, written as far as stderr takes it: a closed or full stderr neither ends the
+// process nor turns an error's message into a crash (eprint(...) throws when a write fails).
+void write_stderr(std::string_view text) noexcept;
+template <class... Args>
+void eprint(fmt::format_string<Args...> f, Args&&... args) {
+  write_stderr(fmt::format(f, std::forward<Args>(args)...));
+}
 
 // Bad user input: a model, a data file, a flag. `where` is "file:line:col", a byte offset or a node name.
 // The CLI prints what(), then the hint, and exits 2.

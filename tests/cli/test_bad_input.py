@@ -84,6 +84,20 @@ class BadInput(unittest.TestCase):
         r = self.trainer("fit", self.spec(SPEC))
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_a_stderr_that_takes_nothing_changes_no_exit_code(self):
+        # stderr on a full device (or a closed pipe): the messages are lost, the exit codes are not (writing them
+        # used to throw, and the process aborted with 134).
+        if not os.path.exists("/dev/full"):
+            self.skipTest("no /dev/full here")
+        bad = self.spec(SPEC.replace('type = "Flatten"', 'type = "Flaten"'), "bad.toml")
+        for args, code in ((["check", bad], 2), (["fit", bad], 2), (["fit", self.spec(SPEC)], 0),
+                           (["predict", bad], 2)):
+            with self.subTest(args=args[0] + (" (bad)" if bad in args else "")):
+                with open("/dev/full", "w") as full:
+                    r = subprocess.run([cli_util.TRAINER, *args], cwd=self.dir, stdout=subprocess.DEVNULL, stderr=full,
+                                       timeout=60)
+                self.assertEqual(r.returncode, code)
+
     def test_unknown_layer_type(self):
         text = SPEC.replace('type = "Flatten"', 'type = "Flaten"')
         # Its place: the layer's table, or its type value.

@@ -113,11 +113,11 @@ struct KernelProfile {
     }
     std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_label.begin(), by_label.end());
     std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
-    fmt::print(stderr, "CPU plan profile: {} kernels, {} runs, {:.3f} ms per run (sum of medians)\n",
-               labels.size(), table_runs, 1e3 * total);
+    eprint("CPU plan profile: {} kernels, {} runs, {:.3f} ms per run (sum of medians)\n", labels.size(),
+           table_runs, 1e3 * total);
     for (const auto& [label, v] : rows)
-      fmt::print(stderr, "  {:>6.2f}%  {:>9.4f} ms  x{:<3} {}\n", 100 * v.first / std::max(total, 1e-12),
-                 1e3 * v.first, v.second, label);
+      eprint("  {:>6.2f}%  {:>9.4f} ms  x{:<3} {}\n", 100 * v.first / std::max(total, 1e-12), 1e3 * v.first,
+             v.second, label);
   }
 };
 

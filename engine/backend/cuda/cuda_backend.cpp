@@ -248,11 +248,10 @@ void report_host_fallbacks(int device, const std::set<std::string>& ops) {
   for (const std::string& op : ops)
     if (told.insert(op).second) fresh.push_back(op);
   if (fresh.empty()) return;
-  fmt::print(stderr,
-             "note: cuda:{} runs {} on the host: no CUDA kernel takes {} types or shapes; plans with {} run "
-             "kernel by kernel, not as a CUDA graph\n",
-             device, fmt::join(fresh, ", "), fresh.size() == 1 ? "its" : "their",
-             fresh.size() == 1 ? "it" : "them");
+  eprint(
+      "note: cuda:{} runs {} on the host: no CUDA kernel takes {} types or shapes; plans with {} run "
+      "kernel by kernel, not as a CUDA graph\n",
+      device, fmt::join(fresh, ", "), fresh.size() == 1 ? "its" : "their", fresh.size() == 1 ? "it" : "them");
 }
 
 class CudaExecutable final : public Executable {
@@ -443,8 +442,8 @@ class CudaExecutable final : public Executable {
             fmt::format("CUDA graph capture of a replica's step failed ({}); run again with --no-cuda-graph",
                         failure.empty() ? cudaGetErrorString(inst) : failure));
       // Said once per plan, so a GPU run shows why its steps are not replayed.
-      fmt::print(stderr, "warning: CUDA graph capture failed ({}); this plan runs kernel by kernel\n",
-                 failure.empty() ? cudaGetErrorString(inst) : failure);
+      eprint("warning: CUDA graph capture failed ({}); this plan runs kernel by kernel\n",
+             failure.empty() ? cudaGetErrorString(inst) : failure);
       run_eager(true);
       return;
     }
