@@ -188,6 +188,19 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     m.outputs.push_back(r.graph.value(v).name);
     m.thresholds.push_back(0.5);
   }
+  // A model trainer exported holds its spec: an output trained on logits has its decision boundary at 0, as
+  // for the checkpoint it came from. (A spec that no longer reads keeps 0.5: it only picks the threshold.)
+  if (auto it = r.info.metadata.find("trainer.spec"); it != r.info.metadata.end()) {
+    try {
+      const formats::ModelSpec spec = formats::parse_model_spec(it->second, path + " (the spec it holds)");
+      for (size_t k = 0; k < m.thresholds.size(); ++k) {
+        const bool logits = k == 0 ? spec.train.from_logits
+                                   : k < spec.train.outputs.size() && spec.train.outputs[k].from_logits;
+        if (logits) m.thresholds[k] = 0.0;
+      }
+    } catch (const InputError&) {
+    }
+  }
   m.build = [import](int64_t b, const std::vector<size_t>& outputs) {
     formats::OnnxImportResult r = import(b);
     InferenceGraph g{std::make_shared<engine::Graph>(std::move(r.graph)), r.inputs, {}};

@@ -507,6 +507,34 @@ class PredictChannelsLastImagesOfAnOnnxModel(unittest.TestCase):
 
 
 @unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
+class PredictAModelTrainedOnLogits(unittest.TestCase):
+    def test_the_export_decides_at_zero_as_the_checkpoint_does(self):
+        # One logit per sample (binary cross-entropy from logits): class 1 above 0, whether predict reads the
+        # checkpoint or its export (which holds the spec that says so).
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(3)
+            x = rng.standard_normal((64, 5)).astype(np.float32)
+            np.save(os.path.join(d, "x.npy"), x)
+            np.save(os.path.join(d, "y.npy"), (x[:, 0] > 0.3).astype(np.float32))
+            with open(os.path.join(d, "spec.toml"), "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [5]\n[[model.layers]]\ntype = "Dense"\nunits = 1\n'
+                        '[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "binary_crossentropy"\n'
+                        'from_logits = true\nepochs = 2\nbatch_size = 16\n')
+            r = run(["fit", os.path.join(d, "spec.toml"), "--device", "cpu", "--output-dir", os.path.join(d, "run"),
+                     "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            ckpt, model = os.path.join(d, "run", "last.ckpt"), os.path.join(d, "m.onnx")
+            r = run(["export", ckpt, "-o", model, "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            logits = ort.InferenceSession(model).run(None, {"input": x})[0][:, 0]
+            self.assertTrue((logits > 0).any() and (logits < 0).any() and ((logits > 0) != (logits > 0.5)).any(),
+                            "some logits between 0 and 0.5 tell the thresholds apart")
+            for m in (ckpt, model):
+                r = predict([m, os.path.join(d, "x.npy"), "--device", "cpu"])
+                self.assertEqual(r.returncode, 0, r.stderr.decode())
+                np.testing.assert_array_equal(rows(r.stdout)[:, 0], (logits > 0).astype(np.float64), err_msg=m)
+
+
 class PredictAPassThroughModel(unittest.TestCase):
     def test_a_model_that_passes_its_input_through_predicts_it(self):
         # A lone Dropout: in inference its graph is empty, and the output is the input.
