@@ -1681,12 +1681,17 @@ class Importer {
         const int64_t to_i64 = engine::dtype_to_onnx(DType::i64);
         auto i64 = [&](const std::string& what, double d) { return scalar_constant(p, what, d, DType::i64); };
         const ValueId ids = node("Cast", {p.inputs[1]}, {{"to", to_i64}}, "ids");
-        auto wrapped = [&](ValueId v, int64_t n, const std::string& what) {  // negative counts from the end
-          return node(
-              "Where",
-              {node("Less", {v, i64(what + "/zero", 0)}, {}, what + "/negative"),
-               node("Add", {v, i64(what + "/size", static_cast<double>(n))}, {}, what + "/shifted"), v},
-              {}, what + "/wrapped");
+        // An index along an axis of n: negative counts from the end, and one outside [-n, n) is an error
+        // naming the node (not a write into a neighbouring row of the flat table): a Gather from 0 .. n-1
+        // checks and wraps it.
+        auto wrapped = [&](ValueId v, int64_t n, const std::string& what) {
+          std::vector<int64_t> positions(static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = i;
+          return node("Gather",
+                      {g().add_constant(g().unique_name(p.base() + "/" + what + "/positions"),
+                                        Tensor::from<int64_t>(Shape{n}, positions)),
+                       v},
+                      {{"axis", int64_t{0}}}, what + "/wrapped");
         };
         ValueId rows = engine::kNoValue;  // flat row numbers
         int64_t table_rows = 1, count = 1;

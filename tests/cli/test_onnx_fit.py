@@ -828,6 +828,34 @@ class Net(torch.nn.Module):
         x = self.val_x[:20, None]
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
 
+    def test_a_scatter_index_outside_its_axis_is_an_error(self):
+        # ScatterElements along axis 1 of [N, 4] and ScatterND into [N, 4]: an index in [-4, 4) writes that
+        # column of row 0, as onnxruntime does; 4 or -5 would be another row's element in the flat table, and is
+        # an error naming the node instead.
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        np.save(self.path("scatter_x.npy"), x)
+        for op in ("ScatterElements", "ScatterND"):
+            for index in (3, -1, 4, -5):
+                with self.subTest(op=op, index=index):
+                    shape = [1, 1] if op == "ScatterElements" else [1, 2]
+                    value = [[index]] if op == "ScatterElements" else [[0, index]]
+                    attrs = {"axis": 1} if op == "ScatterElements" else {}
+                    m = model([h.make_node(op, ["x", "i", "u"], ["y"], name="scatter", **attrs)],
+                              [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                              [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+                              [ints("i", np.array(value).reshape(shape)),
+                               vector("u", np.full([1, 1] if op == "ScatterElements" else [1], 42.0))], 16)
+                    path = self.save(m, f"scatter_{op}_{index}.onnx")
+                    r = run(["predict", path, self.path("scatter_x.npy"), "--probabilities", "--device", "cpu"])
+                    if -4 <= index < 4:
+                        self.assertEqual(r.returncode, 0, r.stderr)
+                        want = run_onnx(m, {"x": x})
+                        np.testing.assert_array_equal(np.loadtxt(r.stdout.splitlines(), delimiter=","), want)
+                        self.assertEqual(want[0, index], 42)
+                    else:
+                        cli_util.assert_input_error(self, r, "scatter", f"index {index}",
+                                                    "out of range for a dim of size 4")
+
     @cli_util.skip_without_fashion
     def test_pytorch_exported_scatters_fine_tune(self):
         # Tensor.scatter (ScatterElements) permuting features and a slice assignment (ScatterND): the gradient
