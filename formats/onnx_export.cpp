@@ -167,11 +167,46 @@ class Exporter {
     write_inputs();
     for (NodeId n : nodes_) emit(g_.node(n));
     write_outputs();
-    // Initializers last: the ones the nodes (and lowerings) read, in first-use order.
-    for (ValueId v : initializer_order_)
-      tensor_to_onnx(*g_.initializer(v), names_.at(v), gp_->add_initializer());
-    for (auto& [name, t] : new_constants_) tensor_to_onnx(t, name, gp_->add_initializer());
+    // Initializers last: the ones the nodes (and lowerings) read, in first-use order. Fixed float values
+    // (constants, and state that no BatchNormalization keeps as running statistics: a Normalization's mean
+    // and variance) are Constant nodes instead, ahead of the others: an importer that trains float
+    // initializers (trainer fit model.onnx, as for PyTorch's weights) leaves them as they are.
+    google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+    nodes.Swap(gp_->mutable_node());
+    auto constant_node = [&](const Tensor& t, const std::string& name) {
+      onnx::NodeProto* n = gp_->add_node();
+      n->set_op_type("Constant");
+      n->set_name(fresh_node(name + "/Constant"));
+      n->add_output(name);
+      onnx::AttributeProto* a = n->add_attribute();
+      a->set_name("value");
+      a->set_type(onnx::AttributeProto::TENSOR);
+      tensor_to_onnx(t, "", a->mutable_t());
+    };
+    for (ValueId v : initializer_order_) {
+      if (fixed_float(v))
+        constant_node(*g_.initializer(v), names_.at(v));
+      else
+        tensor_to_onnx(*g_.initializer(v), names_.at(v), gp_->add_initializer());
+    }
+    for (auto& [name, t] : new_constants_) {
+      if (engine::is_float(t.dtype()))
+        constant_node(t, name);
+      else
+        tensor_to_onnx(t, name, gp_->add_initializer());
+    }
+    for (onnx::NodeProto& n : nodes) gp_->add_node()->Swap(&n);
     return std::move(model_);
+  }
+
+  bool fixed_float(ValueId v) const {
+    const engine::Value& val = g_.value(v);
+    if (!engine::is_float(val.dtype)) return false;
+    if (val.kind == engine::ValueKind::constant) return true;
+    if (val.kind != engine::ValueKind::state) return false;
+    for (NodeId c : val.consumers)
+      if (g_.node(c).op == "BatchNormalization") return false;
+    return true;
   }
 
  private:

@@ -538,6 +538,52 @@ activation = "softmax"
         self.assertEqual(ops.count("Softmax"), 3)  # two attentions and the head
         self.assertNotIn("Dropout", ops)
 
+    def test_fine_tuning_an_export_trains_what_the_spec_trained(self):
+        # Rescaling, Normalization and a gelu Dense: fixed values go out as Constant nodes, so that fitting the
+        # exported model trains the Dense weights alone (it trained the scale, the mean and gelu's constants)
+        # and BatchNormalization's running statistics stay initializers that fine-tuning updates.
+        d = os.path.join(self.tmp.name, "finetune")
+        os.makedirs(d)
+        rng = np.random.default_rng(5)
+        np.save(os.path.join(d, "x.npy"), rng.standard_normal((64, 7)).astype(np.float32))
+        np.save(os.path.join(d, "y.npy"), rng.standard_normal((64, 2)).astype(np.float32))
+        train = '[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "mse"\nepochs = 1\nbatch_size = 16\n'
+        with open(os.path.join(d, "spec.toml"), "w") as f:
+            f.write('format_version = 1\n[model]\ninput = [7]\n[[model.layers]]\ntype = "Rescaling"\nscale = 0.5\n'
+                    'offset = 0.1\n[[model.layers]]\ntype = "Normalization"\nmean = 0.5\nvariance = 4.0\n'
+                    '[[model.layers]]\ntype = "BatchNormalization"\n[[model.layers]]\ntype = "Dense"\nunits = 2\n'
+                    'activation = "gelu"\n' + train)
+        with open(os.path.join(d, "train.toml"), "w") as f:
+            f.write("format_version = 1\n" + train)
+
+        def fit_export(args, name):
+            r = run(["fit", *args, "--device", "cpu", "--output-dir", os.path.join(d, name), "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            path = os.path.join(d, name + ".onnx")
+            r = run(["export", os.path.join(d, name, "last.ckpt"), "-o", path, "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            m = onnx.load(path)
+            onnx.checker.check_model(m, full_check=True)
+            constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
+                         if n.op_type == "Constant"}
+            return {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}, constants, path
+
+        first, fixed, path = fit_export([os.path.join(d, "spec.toml")], "spec")
+        self.assertEqual(sorted(first), ["batch_normalization/beta", "batch_normalization/gamma",
+                                         "batch_normalization/moving_mean", "batch_normalization/moving_variance",
+                                         "dense/bias", "dense/kernel"])
+        self.assertLessEqual({"rescaling/scale", "rescaling/offset", "normalization/mean"}, set(fixed))
+        r = run(["summary", path, "--train", os.path.join(d, "train.toml")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Total params: 44 (30 trainable, 14 non-trainable)", r.stdout)  # the spec trains 30 too
+        second, fixed_again, _ = fit_export([path, "--train", os.path.join(d, "train.toml")], "tuned")
+        self.assertEqual(sorted(second), sorted(first))
+        for name in first:  # the weights and the running statistics moved
+            self.assertFalse(np.array_equal(first[name], second[name]), name)
+        for name in set(fixed) & set(fixed_again):
+            np.testing.assert_array_equal(fixed[name], fixed_again[name], err_msg=name)
+        self.assertIn("rescaling/scale", fixed_again)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])
