@@ -339,8 +339,6 @@ void read_onnx_bytes(formats::ModelSpec& spec) {
   spec.model.onnx_bytes = std::make_shared<const std::string>(formats::read_file_bytes(path));
 }
 
-namespace {
-
 // --- ONNX models ([model] onnx = "model.onnx")
 // ----------------------------------------------------------------
 
@@ -349,8 +347,6 @@ std::shared_ptr<const formats::OnnxModelFile> open_onnx(formats::ModelSpec spec)
   return std::make_shared<const formats::OnnxModelFile>(*spec.model.onnx_bytes,
                                                         formats::resolve_data_path(spec, spec.model.onnx));
 }
-
-}  // namespace
 
 namespace {
 

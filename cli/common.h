@@ -20,6 +20,10 @@
 #include "formats/model_spec.h"
 #include "models/build.h"
 
+namespace trainer::formats {
+class OnnxModelFile;
+}  // namespace trainer::formats
+
 namespace trainer::cli {
 
 // A parsed subcommand: its CLI11 app and what runs it (returns the exit code).
@@ -144,6 +148,8 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
 // (perm [0, 3, 1, 2]), as trainer's own exports of a spec and TensorFlow's exports do. Otherwise an image
 // input is taken for ONNX's channels first.
 bool onnx_input_channels_last(const engine::Graph& g, engine::ValueId input);
+// The ONNX model of a spec's [model] onnx (its embedded bytes, or the file), parsed.
+std::shared_ptr<const formats::OnnxModelFile> open_onnx(formats::ModelSpec spec);
 
 // An ONNX model's output and its cross-entropy must agree on what the output is: logits or log-probabilities
 // (a Gemm, MatMul, Conv or LogSoftmax at the end) need from_logits, probabilities (Softmax or Sigmoid) refuse

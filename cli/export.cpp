@@ -57,6 +57,11 @@ Command add_export_command(CLI::App& app) {
       o.output_names = {m.output_name};
       for (const models::BuiltModel::Output& out : m.more_outputs) o.output_names.push_back(out.name);
     }
+    o.fixed_as_constant_nodes = true;
+    if (!spec.model.onnx.empty()) {  // an imported model's initializers keep their form
+      const std::shared_ptr<const formats::OnnxModelFile> file = open_onnx(spec);
+      for (const auto& init : file->model().graph().initializer()) o.keep_as_initializers.insert(init.name());
+    }
     o.metadata = {{"trainer.spec", ck.spec_text},
                   {"trainer.epoch", std::to_string(ck.state.epoch)},
                   {"trainer.step", std::to_string(ck.state.global_step)}};

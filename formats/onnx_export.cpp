@@ -167,10 +167,10 @@ class Exporter {
     write_inputs();
     for (NodeId n : nodes_) emit(g_.node(n));
     write_outputs();
-    // Initializers last: the ones the nodes (and lowerings) read, in first-use order. Fixed float values
-    // (constants, and state that no BatchNormalization keeps as running statistics: a Normalization's mean
-    // and variance) are Constant nodes instead, ahead of the others: an importer that trains float
-    // initializers (trainer fit model.onnx, as for PyTorch's weights) leaves them as they are.
+    // Initializers last: the ones the nodes (and lowerings) read, in first-use order. With
+    // fixed_as_constant_nodes, fixed float values (a Normalization's mean and variance among them) are
+    // Constant nodes instead, ahead of the others: an importer that trains float initializers (trainer fit
+    // model.onnx, as for PyTorch's weights) leaves them as they are.
     google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
     nodes.Swap(gp_->mutable_node());
     auto constant_node = [&](const Tensor& t, const std::string& name) {
@@ -184,13 +184,13 @@ class Exporter {
       tensor_to_onnx(t, "", a->mutable_t());
     };
     for (ValueId v : initializer_order_) {
-      if (fixed_float(v))
+      if (o_.fixed_as_constant_nodes && fixed_float(v))
         constant_node(*g_.initializer(v), names_.at(v));
       else
         tensor_to_onnx(*g_.initializer(v), names_.at(v), gp_->add_initializer());
     }
     for (auto& [name, t] : new_constants_) {
-      if (engine::is_float(t.dtype()))
+      if (o_.fixed_as_constant_nodes && engine::is_float(t.dtype()))
         constant_node(t, name);
       else
         tensor_to_onnx(t, name, gp_->add_initializer());
@@ -201,7 +201,7 @@ class Exporter {
 
   bool fixed_float(ValueId v) const {
     const engine::Value& val = g_.value(v);
-    if (!engine::is_float(val.dtype)) return false;
+    if (!engine::is_float(val.dtype) || o_.keep_as_initializers.count(val.name)) return false;
     if (val.kind == engine::ValueKind::constant) return true;
     if (val.kind != engine::ValueKind::state) return false;
     for (NodeId c : val.consumers)
