@@ -295,7 +295,12 @@ Command add_fit_command(CLI::App& app) {
   cmd->add_option("--resume", *resume,
                   "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
       ->type_name("CKPT");
-  cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl");
+  cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            return v.empty() ? std::string("names no folder: give a folder's path") : "";
+          },
+          "DIR"));
   CLI::Option* trace_option =
       cmd->add_option(
              "--trace", *trace_path,

@@ -98,6 +98,11 @@ class BadInput(unittest.TestCase):
                                        timeout=60)
                 self.assertEqual(r.returncode, code)
 
+    def test_an_empty_output_dir_is_refused(self):
+        # It trained and wrote nothing, exit 0.
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", ""), "--output-dir",
+                           "names no folder")
+
     def test_unknown_layer_type(self):
         text = SPEC.replace('type = "Flatten"', 'type = "Flaten"')
         # Its place: the layer's table, or its type value.
