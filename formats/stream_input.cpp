@@ -372,16 +372,11 @@ struct SampleReader::Impl {
     shape = {3, 32, 32};
     dtype = DType::u8;
     if (compressed || file_bytes < 0) return;
-    const int64_t whole = file_bytes / kCifar10RecordBytes;
     if (file_bytes % kCifar10RecordBytes != 0)
-      throw InputError(
-          name,
-          fmt::format("the size {} bytes is not a multiple of {} (1 label byte and a 3x32x32 "
-                      "image per record): {} whole records and {} bytes more",
-                      file_bytes, kCifar10RecordBytes, whole, file_bytes - whole * kCifar10RecordBytes),
-          "a file named .bin is read as a CIFAR-10 binary batch; CIFAR-100 (2 label bytes) is "
-          "another format");
-    count = whole;
+      throw InputError(name, cifar10_size_problem(static_cast<uint64_t>(file_bytes)),
+                       "a file named .bin is read as a CIFAR-10 binary batch; CIFAR-100 (2 label bytes) is "
+                       "another format");
+    count = file_bytes / kCifar10RecordBytes;
   }
 
   // The next line that is not blank, without its line end; false at the end of the input.
