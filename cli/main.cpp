@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "cli/common.h"
@@ -34,6 +36,29 @@ static void shorten_openmp_spin(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   setenv("GOMP_SPINCOUNT", "10000", 1);
   execv("/proc/self/exe", argv);  // returns only on failure: then run with the defaults
+}
+
+// Asynchronous signals run their handlers on one thread that does nothing else. The f32 GEMM kernels that
+// oneDNN generates for AVX2 and AVX-512 (in the versions distributions ship) point the stack pointer into a
+// heap buffer while they run: a handler that runs on such a thread pushes its frame there and corrupts the
+// heap (a SIGINT that stopped a fit ended in glibc's "corrupted size vs. prev_size" now and then). The main
+// thread blocks the signals a handler may catch before any other thread exists, so every thread started
+// later (OpenMP's, MPI's, CUDA's, the data loaders') inherits the mask; the one thread left unblocked takes
+// every signal sent to the process. Default actions (ending the process) are the same on any thread.
+static void route_signals_to_one_thread() {
+  sigset_t routed, before;
+  sigemptyset(&routed);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGCHLD, SIGWINCH})
+    sigaddset(&routed, s);
+  if (pthread_sigmask(SIG_BLOCK, &routed, &before) != 0) return;
+  try {
+    std::thread([before] {
+      pthread_sigmask(SIG_SETMASK, &before, nullptr);  // what the process was started with
+      for (;;) pause();
+    }).detach();
+  } catch (const std::system_error&) {  // no thread to spare: signals stay as they were
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  }
 }
 
 namespace trainer::cli {
@@ -163,6 +188,7 @@ int stdout_written() {
 int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
+  route_signals_to_one_thread();
   engine::dist::set_fatal_collective_handler(end_run_on_collective_failure);
   CLI::App app{"trainer: train neural networks from a model description"};
   app.set_version_flag("--version", std::string("trainer ") + TRAINER_VERSION);

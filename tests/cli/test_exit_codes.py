@@ -44,6 +44,35 @@ class ExitCodes(unittest.TestCase):
     def test_sigint(self):
         self.interrupt(signal.SIGINT)
 
+    def test_signals_reach_one_thread_only(self):
+        # oneDNN's generated GEMM kernels move the stack pointer into the heap while they run: a signal handled on
+        # a thread that computes writes its frame there. Every thread but one blocks the signals trainer handles.
+        args = [cli_util.TRAINER, "fit", sample("fashion_mnist/mlp.toml"), *LONG_FIT]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = p.stdout.readline()  # training is under way: OpenMP's and the loaders' threads exist
+            self.assertEqual(json.loads(first)["event"], "epoch", first)
+            masks = {}
+            for tid in os.listdir(f"/proc/{p.pid}/task"):
+                try:
+                    with open(f"/proc/{p.pid}/task/{tid}/status") as f:
+                        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+                except FileNotFoundError:  # a thread that ended meanwhile
+                    continue
+                masks[int(tid)] = int(status["SigBlk"], 16)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 130, err)
+        self.assertGreaterEqual(len(masks), 3, masks)  # the main thread, the signal thread, a loader at least
+        bits = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        open_to = [tid for tid, m in masks.items() if m & bits == 0]
+        self.assertEqual(len(open_to), 1, {tid: hex(m) for tid, m in masks.items()})
+        self.assertNotEqual(open_to[0], p.pid, "the main thread computes")
+
     def test_sigterm_keeps_the_history(self):
         with tempfile.TemporaryDirectory() as d:
             out = self.interrupt(signal.SIGTERM, ["--output-dir", d])
