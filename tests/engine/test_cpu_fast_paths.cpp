@@ -1,6 +1,7 @@
 // The CPU backend's fast paths against plain references: the library-free sigmoid and tanh the recurrent
-// kernels vectorize, MaxPoolGrad's 2x2 stride-2 pass, the recurrent kernels' batch slices (f32 with several
-// threads against f64 on one), and gradient kernels that take their forward kernel's records.
+// kernels vectorize, MaxPool's and MaxPoolGrad's 2x2 stride-2 passes, the recurrent kernels' batch slices
+// (f32 with several threads against f64 on one), and gradient kernels that take their forward kernel's
+// records.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -241,6 +242,39 @@ TEST_SUITE("cpu_fast_paths") {
             CHECK(dx.data<float>()[(o * 5 + i) * 70 + c] == (i == best ? dy.data<float>()[o * 70 + c] : 0.f));
           }
         }
+    }
+  }
+
+  TEST_CASE("MaxPool 2x2 stride 2: each window's maximum, found as the gradient's pass finds it") {
+    Attributes a = {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}};
+    for (Shape xs : {Shape{2, 3, 6, 8}, Shape{1, 2, 7, 5}, Shape{1, 1, 4, 40}}) {
+      CAPTURE(xs.str());
+      const int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3], oh = h / 2, ow = w / 2;
+      Tensor x = ops::random_tensor(xs, -1, 1, 5, DType::f32);
+      // A NaN counts where it comes first in its window (position 4's window), and is skipped after a number.
+      x.set_f64(4, std::numeric_limits<double>::quiet_NaN());
+      x.set_f64(w + 3, std::numeric_limits<double>::quiet_NaN());
+      x.set_f64(h * w - 1, 7.0);  // an odd last row or column belongs to no window
+      Tensor ref(DType::f32, Shape{xs[0], xs[1], oh, ow});
+      for (int64_t p = 0; p < planes; ++p)
+        for (int64_t oy = 0; oy < oh; ++oy)
+          for (int64_t ox = 0; ox < ow; ++ox) {
+            double m = x.get_f64(p * h * w + 2 * oy * w + 2 * ox);
+            for (int64_t k : {int64_t{1}, w, w + 1}) {
+              const double v = x.get_f64(p * h * w + 2 * oy * w + 2 * ox + k);
+              if (v > m) m = v;
+            }
+            ref.set_f64((p * oh + oy) * ow + ox, m);
+          }
+      for (int threads : {1, 2}) {
+        Tensor y = run_node("MaxPool", {x}, a, {"y"}, threads)[0];
+        REQUIRE(y.shape() == ref.shape());
+        for (int64_t i = 0; i < ref.numel(); ++i) {
+          CAPTURE(i);
+          const double got = y.get_f64(i), want = ref.get_f64(i);
+          CHECK(((std::isnan(got) && std::isnan(want)) || got == want));
+        }
+      }
     }
   }
 

@@ -589,6 +589,30 @@ dnnl::algorithm avg_alg(bool include_pad) {
                      : dnnl::algorithm::pooling_avg_exclude_padding;
 }
 
+// Windows of 2x2 at stride 2, without padding or dilation: the common case, with kernels of its own.
+bool is_plain_2x2(const Win2d& v) {
+  return v.kh == 2 && v.kw == 2 && v.sh == 2 && v.sw == 2 && v.dh == 1 && v.dw == 1 && v.pt == 0 &&
+         v.pl == 0 && v.reach_b == 0 && v.reach_r == 0 && v.oh == v.h / 2 && v.ow == v.w / 2;
+}
+
+// 2x2 windows at stride 2 without padding or dilation (is_plain_2x2): the maximum by the chain of comparisons
+// max_pool_grad_2x2_plane makes, so a NaN counts only where it comes first in its window, as there. oneDNN's
+// plain-layout max pooling is a scalar loop; this pass is about ten times faster on the CIFAR-10 CNN's pool.
+TRAINER_CPU_CLONES void max_pool_2x2_plane(const float* x, float* y, int64_t w, int64_t oh, int64_t ow) {
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const float* r0 = x + 2 * oy * w;
+    const float* r1 = r0 + w;
+    float* out = y + oy * ow;
+#pragma omp simd simdlen(8)
+    for (int64_t j = 0; j < ow; ++j) {
+      const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
+      float m = b > a ? b : a;
+      m = c > m ? c : m;
+      out[j] = d > m ? d : m;
+    }
+  }
+}
+
 KernelPtr max_pool(const KernelArgs& a) {
   if (a.has_output(1)) throw InputError(a.node.name, "the Indices output of MaxPool is not supported", "");
   Win2d v = win2d(a.in(0).shape, a.in(0).shape[1], a.attrs().ints("kernel_shape"), a.attrs(),
@@ -598,6 +622,17 @@ KernelPtr max_pool(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(0);
     T* y = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
+      if (is_plain_2x2(v)) {
+        kp = make_kernel([=](const StepContext&) {
+          parallel_for(
+              v.n * v.c,
+              [&](int64_t p) {
+                max_pool_2x2_plane(x + p * v.in_plane(), y + p * v.out_plane(), v.w, v.oh, v.ow);
+              },
+              std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+        });
+        return;
+      }
       PoolMds d = pool_mds(v);
       auto pd = pool_fwd_pd(d, dnnl::algorithm::pooling_max, dnnl::prop_kind::forward_inference);
       DnnlCall call(dnnl::pooling_v2_forward(pd), pd,
@@ -646,11 +681,6 @@ TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy,
     for (int64_t ix = 2 * ow; ix < w; ++ix) d0[ix] = d1[ix] = 0.0f;
   }
   for (int64_t iy = 2 * oh; iy < h; ++iy) std::fill(dx + iy * w, dx + (iy + 1) * w, 0.0f);
-}
-
-bool is_plain_2x2(const Win2d& v) {
-  return v.kh == 2 && v.kw == 2 && v.sh == 2 && v.sw == 2 && v.dh == 1 && v.dw == 1 && v.pt == 0 &&
-         v.pl == 0 && v.reach_b == 0 && v.reach_r == 0 && v.oh == v.h / 2 && v.ow == v.w / 2;
 }
 
 // oneDNN's max-pooling backward needs the forward's workspace (where each maximum was). MaxPool itself runs
