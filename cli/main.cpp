@@ -275,6 +275,7 @@ int main(int argc, char** argv) {
   } catch (const RuntimeError& e) {
     std::fflush(stdout);
     trainer::eprint("trainer: error: {}\n", printable(e.what()));
+    if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));
     return 1;
   } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
     std::fflush(stdout);

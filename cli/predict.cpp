@@ -136,8 +136,12 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
     return formats::import_onnx_file(path, o);
   };
   formats::OnnxImportResult r = import(batch);
-  if (r.inputs.empty()) throw InputError(path, "the model has no inputs", "");
-  if (r.outputs.empty()) throw InputError(path, "the model has no outputs", "");
+  if (r.inputs.empty())
+    throw InputError(path, "the model has no inputs", "predict needs a graph input that takes the samples");
+  if (r.outputs.empty())
+    throw InputError(path, "the model has no outputs",
+                     "predict writes the graph's outputs: export the model again, or list an output in "
+                     "graph.output");
   PredictModel m;
   // A model exported in training mode (PyTorch's TrainingMode.TRAINING) normalizes each batch by its own
   // statistics as written; prediction uses the running statistics, as every inference does.

@@ -186,9 +186,11 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
     header_len = le32(p + 8);
     start = 12;
   } else {
-    throw InputError(at_byte(name, 6),
-                     fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
-                                 static_cast<int>(p[7])));
+    throw InputError(
+        at_byte(name, 6),
+        fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
+                    static_cast<int>(p[7])),
+        "write it with numpy.save, or check that the file is whole (the version is bytes 6 and 7)");
   }
   if (start + header_len > size) {
     throw InputError(

@@ -210,7 +210,9 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                     ys.size() == 1 || (ys.empty() && xs.size() == 1) ? "s" : "", y.size()),
         "the sample and label files must match one to one");
   }
-  if (x.size() == 0) throw InputError(where, fmt::format("{} holds no samples", x_desc));
+  if (x.size() == 0)
+    throw InputError(where, fmt::format("{} holds no samples", x_desc),
+                     "point the spec at a file with samples (a CSV file needs rows after its header line)");
   if (src.limit < 0) throw InputError(where, fmt::format("limit {} is negative", src.limit));
   std::shared_ptr<const engine::data::Dataset> ds =
       std::make_shared<ArrayDataset>(std::move(x), std::move(y), layout, x_desc);

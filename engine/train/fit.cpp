@@ -1897,7 +1897,10 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         double loss = read_scalar(s, p.loss);
         if (!std::isfinite(loss))
           throw RuntimeError(
-              fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1));
+              fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1),
+              "lower the learning rate, clip gradients (train.optimizer.clipnorm), or scale the data "
+              "(data.scale, "
+              "a Normalization layer)");
         label_rows[0] = labels[0].data() + lo * (g.value(p.y).nbytes() / (hi - lo));
         for (size_t i = 0; i < p.more_y.size(); ++i)
           label_rows[i + 1] = labels[i + 1].data() + lo * (g.value(p.more_y[i]).nbytes() / (hi - lo));

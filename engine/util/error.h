@@ -38,10 +38,17 @@ class InputError : public std::runtime_error {
   std::string hint_;
 };
 
-// A failure at run time that is not the user's input: a vendor status code, a NaN loss, a lost device.
+// A failure at run time that is not the user's input: a vendor status code, a NaN loss, a lost device. The
+// CLI prints what(), then the hint when there is one, and exits 1.
 class RuntimeError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  RuntimeError(const std::string& what, std::string hint)
+      : std::runtime_error(what), hint_(std::move(hint)) {}
+  const std::string& hint() const { return hint_; }
+
+ private:
+  std::string hint_;
 };
 
 // A broken internal invariant: a bug in trainer, never the user's fault.

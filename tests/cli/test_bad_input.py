@@ -330,6 +330,32 @@ loss = "sparse_categorical_crossentropy"
                            "unexpected key 'extra'")
 
 
+    def test_damaged_or_empty_data_gets_a_hint(self):
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 784), }"
+        header += " " * (118 - len(header)) + "\n"
+        self.write("x.npy", b"\x93NUMPY\x09\x00" + struct.pack("<H", len(header)) + header.encode() +
+                   bytes(8 * 784 * 4))
+        npy = SPEC.replace('x = "x.idx"', 'x = "x.npy"')
+        assert_input_error(self, self.trainer("fit", self.spec(npy)), "x.npy: byte 6:", "version 9.0",
+                           "\n  hint: write it with numpy.save")
+        self.write("header.csv", "a,b,c,label\n")
+        csv = SPEC.replace('input = [28, 28]', 'input = [3]').replace('type = "Flatten"', 'type = "Dense"\nunits = 3')
+        csv = csv.replace('x = "x.idx"', 'x = "header.csv"').replace('y = "y.idx"\n', "")
+        assert_input_error(self, self.trainer("fit", self.spec(csv)), "header.csv holds no samples",
+                           "\n  hint: point the spec at a file with samples (a CSV file needs rows")
+
+    def test_an_onnx_model_without_outputs_gets_a_hint(self):
+        try:
+            from onnx import TensorProto, helper
+        except ImportError:
+            self.skipTest("onnx is needed (tools/install-deps.sh installs it)")
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])], [])
+        self.write("none.onnx", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                   .SerializeToString())
+        r = self.trainer("predict", "none.onnx", self.write("in.csv", "1,2,3,4\n"))
+        assert_input_error(self, r, "none.onnx", "no outputs", "\n  hint: ")
+
     def test_a_checkpoint_without_a_weight_of_its_model(self):
         # A checkpoint whose tensors miss a weight of the model its spec describes (edited, the checksum made
         # right again) is refused by every command that reads it, not run with the weight's initial values.

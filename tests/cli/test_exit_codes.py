@@ -85,6 +85,7 @@ class ExitCodes(unittest.TestCase):
                  "train.optimizer.learning_rate=1e30"])
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertRegex(r.stderr, r"loss became (nan|inf|-inf) at epoch 1, step \d+")
+        self.assertIn("\n  hint: lower the learning rate", r.stderr)
         self.assertNotIn("internal error", r.stderr)
 
 
