@@ -103,7 +103,8 @@ struct SampleReader::Impl {
   size_t pos = 0, end = 0;
   bool eof = false;
   uint64_t offset = 0;
-  bool waiting = false;  // the last read stopped because no further sample had arrived
+  bool waiting = false;      // the last read stopped because no further sample had arrived
+  bool end_checked = false;  // a counted input (NPY, IDX) was seen to end after its last sample
 
   // IDX: the stored element type, and scratch for the big-endian bytes of a batch (CIFAR-10: its records).
   const IdxType* idx = nullptr;
@@ -484,6 +485,15 @@ struct SampleReader::Impl {
   int64_t read_fixed(int64_t max, void* out, bool partial) {
     const int64_t left = count >= 0 ? count - read_samples : max;  // unknown: a CIFAR-10 stream
     const int64_t n = std::min(max, left);
+    if (n <= 0 && count >= 0 && !end_checked) {
+      // Bytes after the samples the header declares: the header does not describe the data (fit refuses
+      // such a file too). A pipe is read to its end for this.
+      end_checked = true;
+      if (pos < end || fill())
+        throw InputError(at_byte(name, offset),
+                         fmt::format("data follows the {} samples the header declares", count),
+                         "the header does not describe this data: the file may be damaged");
+    }
     if (n <= 0) return 0;
     // A whole stored sample fits in buf, so that whether the next one has arrived can be seen (allocated at
     // the first read, once the caller has accepted the sample shape).

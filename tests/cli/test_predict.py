@@ -225,6 +225,20 @@ class Predict(unittest.TestCase):
         r.stderr = r.stderr.decode()
         cli_util.assert_input_error(self, r, "stdin: byte", f"of its {VAL} samples")
 
+    def test_bytes_after_the_declared_samples_are_an_input_error(self):
+        # fit refuses an IDX or NPY file whose header declares fewer samples than it holds; so does predict, after
+        # the rows of the samples the header declares.
+        for name in ("idx", "npy"):
+            with self.subTest(name):
+                with open(self.files[name], "rb") as f:
+                    data = f.read()
+                r = predict([self.ckpt, "-"], stdin=data + b"\0\0\0\0")
+                r.stderr = r.stderr.decode()
+                cli_util.assert_input_error(self, r, f"stdin: byte {len(data)}:", f"follows the {VAL} samples",
+                                            "hint: ")
+                self.assertEqual(len(r.stdout.decode().splitlines()), VAL)
+                self.ok(predict([self.ckpt, "-"], stdin=data))
+
     def test_a_later_input_error_keeps_the_complete_batches_rows(self):
         # CSV rows, then a ragged row: the rows of the batches before it are written, then the error.
         with open(self.files["csv"]) as f:
