@@ -113,8 +113,9 @@ Command add_evaluate_command(CLI::App& app) {
                                    "--set data.{}.y=...",
                                    fmt::join(kSplits, ", "), name, name));
     if (ds->size() == 0)
-      throw InputError(ds->describe(), "holds no samples",
-                       "choose data with samples (a CSV file needs rows after its header line)");
+      throw InputError(
+          ds->describe(), "holds no samples",
+          fmt::format("choose another with --data ({}), or files with samples", fmt::join(kSplits, ", ")));
     engine::FitConfig cfg = fit_config(spec);
     cfg.sample_weight_shapes = data.sample_weight_shapes;
     DeviceOptions::Opened opened = device->open(spec, *quiet);

@@ -42,14 +42,18 @@ static void shorten_openmp_spin(char** argv) {
 // oneDNN generates for AVX2 and AVX-512 (in the versions distributions ship) point the stack pointer into a
 // heap buffer while they run: a handler that runs on such a thread pushes its frame there and corrupts the
 // heap (a SIGINT that stopped a fit ended in glibc's "corrupted size vs. prev_size" now and then). The main
-// thread blocks the signals a handler may catch before any other thread exists, so every thread started
+// thread blocks the asynchronous signals before any other thread exists, so every thread started
 // later (OpenMP's, MPI's, CUDA's, the data loaders') inherits the mask; the one thread left unblocked takes
 // every signal sent to the process. Default actions (ending the process) are the same on any thread.
 static void route_signals_to_one_thread() {
   sigset_t routed, before;
   sigemptyset(&routed);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGCHLD, SIGWINCH})
-    sigaddset(&routed, s);
+  // The standard signals (SIGPROF of a sampling profiler too), but not those a thread raises at itself
+  // (faults, abort(), a write to a closed pipe or past the file size limit), nor the real-time ones that a
+  // library may send to a thread of its own.
+  for (int s = 1; s < SIGRTMIN; ++s) sigaddset(&routed, s);
+  for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT, SIGPIPE, SIGXFSZ})
+    sigdelset(&routed, s);
   if (pthread_sigmask(SIG_BLOCK, &routed, &before) != 0) return;
   try {
     std::thread([before] {

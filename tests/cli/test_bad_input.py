@@ -344,17 +344,25 @@ loss = "sparse_categorical_crossentropy"
         assert_input_error(self, self.trainer("fit", self.spec(csv)), "header.csv holds no samples",
                            "\n  hint: point the spec at a file with samples (a CSV file needs rows")
 
-    def test_an_onnx_model_without_outputs_gets_a_hint(self):
+    def test_an_onnx_model_without_inputs_or_outputs_gets_a_hint(self):
         try:
             from onnx import TensorProto, helper
         except ImportError:
             self.skipTest("onnx is needed (tools/install-deps.sh installs it)")
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])], [])
-        self.write("none.onnx", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                   .SerializeToString())
-        r = self.trainer("predict", "none.onnx", self.write("in.csv", "1,2,3,4\n"))
-        assert_input_error(self, r, "none.onnx", "no outputs", "\n  hint: ")
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+        one = helper.make_tensor("one", TensorProto.FLOAT, [4], [1, 1, 1, 1])
+        for name, nodes, inputs, outputs, needles in (
+                ("no-outputs", [helper.make_node("Relu", ["x"], ["y"])], [x], [],
+                 ("no outputs", "\n  hint: predict writes the graph's outputs")),
+                ("no-inputs", [helper.make_node("Constant", [], ["y"], value=one)], [], [y],
+                 ("no inputs", "\n  hint: predict needs a graph input"))):
+            with self.subTest(name):
+                graph = helper.make_graph(nodes, "g", inputs, outputs)
+                self.write(name + ".onnx", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                           .SerializeToString())
+                r = self.trainer("predict", name + ".onnx", self.write("in.csv", "1,2,3,4\n"))
+                assert_input_error(self, r, name + ".onnx", *needles)
 
     def test_a_checkpoint_without_a_weight_of_its_model(self):
         # A checkpoint whose tensors miss a weight of the model its spec describes (edited, the checksum made

@@ -251,18 +251,20 @@ TEST_SUITE("cpu_fast_paths") {
       CAPTURE(xs.str());
       const int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3], oh = h / 2, ow = w / 2;
       Tensor x = ops::random_tensor(xs, -1, 1, 5, DType::f32);
-      // A NaN counts where it comes first in its window (position 4's window), and is skipped after a number.
-      x.set_f64(4, std::numeric_limits<double>::quiet_NaN());
-      x.set_f64(w + 3, std::numeric_limits<double>::quiet_NaN());
+      // A NaN is skipped, first in its window (position 4's) or later (w + 3's); a window of NaN gives NaN.
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      x.set_f64(4, nan);
+      x.set_f64(w + 3, nan);
+      for (int64_t i : {2 * w, 2 * w + 1, 3 * w, 3 * w + 1}) x.set_f64(i, nan);
       x.set_f64(h * w - 1, 7.0);  // an odd last row or column belongs to no window
       Tensor ref(DType::f32, Shape{xs[0], xs[1], oh, ow});
       for (int64_t p = 0; p < planes; ++p)
         for (int64_t oy = 0; oy < oh; ++oy)
           for (int64_t ox = 0; ox < ow; ++ox) {
-            double m = x.get_f64(p * h * w + 2 * oy * w + 2 * ox);
-            for (int64_t k : {int64_t{1}, w, w + 1}) {
+            double m = nan;
+            for (int64_t k : {int64_t{0}, int64_t{1}, w, w + 1}) {
               const double v = x.get_f64(p * h * w + 2 * oy * w + 2 * ox + k);
-              if (v > m) m = v;
+              if (!std::isnan(v)) m = std::isnan(m) ? v : std::max(m, v);
             }
             ref.set_f64((p * oh + oy) * ow + ox, m);
           }
@@ -278,13 +280,84 @@ TEST_SUITE("cpu_fast_paths") {
     }
   }
 
+  TEST_CASE("Pooling windows wider than the input visit only the taps inside it") {
+    // A window of 100000x100000 over a 5x5 input ran every tap (oneDNN's pooling): hours, not microseconds.
+    struct Case {
+      Shape xs;
+      V kernel, strides, pads;
+    };
+    for (const Case& k : {Case{{1, 2, 6, 7}, {41, 40}, {3, 2}, {20, 35, 24, 2}},
+                          Case{{2, 1, 5, 5}, {100000, 100000}, {50000, 50000}, {99999, 99999, 99999, 99999}}})
+      for (DType t : {DType::f32, DType::f64})
+        for (int64_t include_pad : {0, 1}) {
+          CAPTURE(k.xs.str());
+          CAPTURE(dtype_name(t));
+          CAPTURE(include_pad);
+          const int64_t planes = k.xs[0] * k.xs[1], h = k.xs[2], w = k.xs[3];
+          const int64_t oh = (h + k.pads[0] + k.pads[2] - k.kernel[0]) / k.strides[0] + 1;
+          const int64_t ow = (w + k.pads[1] + k.pads[3] - k.kernel[1]) / k.strides[1] + 1;
+          Tensor x = ops::random_tensor(k.xs, -1, 1, 9, t);
+          Tensor dy = ops::random_tensor(Shape{k.xs[0], k.xs[1], oh, ow}, 0.5, 1.5, 10, t);
+          Tensor max_ref(t, dy.shape()), avg_ref(t, dy.shape()), max_dx(t, k.xs), avg_dx(t, k.xs);
+          for (int64_t i = 0; i < k.xs.numel(); ++i) max_dx.set_f64(i, 0), avg_dx.set_f64(i, 0);
+          for (int64_t p = 0; p < planes; ++p)
+            for (int64_t oy = 0; oy < oh; ++oy)
+              for (int64_t ox = 0; ox < ow; ++ox) {
+                // The window's rows and columns inside the input, and inside the padded input.
+                const int64_t y0 = oy * k.strides[0] - k.pads[0], x0 = ox * k.strides[1] - k.pads[1];
+                const int64_t y1 = y0 + k.kernel[0], x1 = x0 + k.kernel[1];
+                const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min(y1, h);
+                const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(x1, w);
+                const int64_t padded = (std::min(y1, h + k.pads[2]) - std::max(y0, -k.pads[0])) *
+                                       (std::min(x1, w + k.pads[3]) - std::max(x0, -k.pads[1]));
+                const int64_t o = (p * oh + oy) * ow + ox;
+                int64_t arg = -1;
+                double sum = 0;
+                for (int64_t iy = ya; iy < yb; ++iy)
+                  for (int64_t ix = xa; ix < xb; ++ix) {
+                    const int64_t i = (p * h + iy) * w + ix;
+                    sum += x.get_f64(i);
+                    if (arg < 0 || x.get_f64(i) > x.get_f64(arg)) arg = i;
+                  }
+                const double count =
+                    include_pad ? static_cast<double>(padded) : static_cast<double>((yb - ya) * (xb - xa));
+                max_ref.set_f64(o, x.get_f64(arg));
+                avg_ref.set_f64(o, sum / count);
+                max_dx.set_f64(arg, max_dx.get_f64(arg) + dy.get_f64(o));
+                for (int64_t iy = ya; iy < yb; ++iy)
+                  for (int64_t ix = xa; ix < xb; ++ix) {
+                    const int64_t i = (p * h + iy) * w + ix;
+                    avg_dx.set_f64(i, avg_dx.get_f64(i) + dy.get_f64(o) / count);
+                  }
+              }
+          Attributes a = {{"kernel_shape", k.kernel}, {"strides", k.strides}, {"pads", k.pads}};
+          Attributes avg = a;
+          avg.set("count_include_pad", include_pad);
+          Attributes avg_grad = avg;
+          avg_grad.set("input_shape", k.xs.dims());
+          const double tol = t == DType::f32 ? 1e-5 : 1e-12;
+          auto same = [&](const Tensor& got, const Tensor& want) {
+            REQUIRE(got.shape() == want.shape());
+            for (int64_t i = 0; i < want.numel(); ++i) {
+              CAPTURE(i);
+              CHECK(got.get_f64(i) == doctest::Approx(want.get_f64(i)).epsilon(tol));
+            }
+          };
+          same(run_node("AveragePool", {x}, avg, {"y"}, 2)[0], avg_ref);
+          same(run_node("AveragePoolGrad", {dy}, avg_grad, {"dx"}, 2)[0], avg_dx);
+          if (include_pad) continue;
+          same(run_node("MaxPool", {x}, a, {"y"}, 2)[0], max_ref);
+          same(run_node("MaxPoolGrad", {dy, x}, a, {"dx"}, 2)[0], max_dx);
+        }
+  }
+
   TEST_CASE("MaxPoolGrad 2x2 stride 2: dy at each window's first maximum, zeros elsewhere") {
     Attributes a = {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}};
     for (Shape xs : {Shape{2, 3, 6, 8}, Shape{1, 2, 7, 5}}) {
       CAPTURE(xs.str());
       const int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3], oh = h / 2, ow = w / 2;
       Tensor x = ops::random_tensor(xs, -1, 1, 3, DType::f32);
-      // Ties (the first in row-major order wins) and NaN (the comparisons skip it unless it comes first).
+      // Ties (the first in row-major order wins) and NaN (skipped, also where it comes first).
       x.set_f64(0, 0.5);
       x.set_f64(1, 0.5);
       x.set_f64(w, 0.5);
@@ -300,7 +373,7 @@ TEST_SUITE("cpu_fast_paths") {
             for (int64_t ky = 0; ky < 2; ++ky)
               for (int64_t kx = 0; kx < 2; ++kx) {
                 int64_t i = p * h * w + (2 * oy + ky) * w + 2 * ox + kx;
-                if (arg < 0 || x.get_f64(i) > x.get_f64(arg)) arg = i;
+                if (arg < 0 || x.get_f64(i) > x.get_f64(arg) || std::isnan(x.get_f64(arg))) arg = i;
               }
             ref.set_f64(arg, dy.get_f64((p * oh + oy) * ow + ox));
           }

@@ -425,14 +425,34 @@ KernelPtr conv_transpose(const KernelArgs& a) {
 
 // ---- Pooling: plain loops ----
 
-// Taps of a window start that fall inside [lo, hi).
+// The taps [first, last) of a window that begins at `start`, with k taps d apart, that fall inside [lo, hi):
+// computed, not searched, so that a window far larger than its input (a pool_size of 20000 with padding
+// "same") costs what the input does, not what the window does.
+struct Taps {
+  int64_t first = 0, last = 0;
+};
+inline Taps taps_in(int64_t start, int64_t k, int64_t d, int64_t lo, int64_t hi) {
+  auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); };
+  const int64_t first = std::max<int64_t>(0, ceil_div(lo - start, d));
+  const int64_t last = std::min<int64_t>(k, ceil_div(hi - start, d));
+  return {first, std::max(first, last)};
+}
+
 inline int64_t taps_inside(int64_t start, int64_t k, int64_t d, int64_t lo, int64_t hi) {
-  int64_t n = 0;
-  for (int64_t t = 0; t < k; ++t) {
-    int64_t i = start + t * d;
-    n += i >= lo && i < hi;
-  }
-  return n;
+  const Taps t = taps_in(start, k, d, lo, hi);
+  return t.last - t.first;
+}
+
+// Planes per parallel task: each window visits at most the input's taps.
+int64_t pool_grain(const Win2d& v) {
+  const int64_t taps = std::min(v.kh, v.h) * std::min(v.kw, v.w);
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * taps));
+}
+
+// A window longer than the input along an axis: oneDNN's pooling visits every tap of it (its time grows with
+// the window's area); the loops visit only those inside.
+bool wider_than_input(const Win2d& v) {
+  return v.kh > v.h || v.kw > v.w;
 }
 
 template <class T>
@@ -445,21 +465,27 @@ void max_pool_loops(const Win2d& v, const T* x, T* y) {
         for (int64_t oy = 0; oy < v.oh; ++oy)
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             T best = -std::numeric_limits<T>::infinity();
-            for (int64_t ky = 0; ky < v.kh; ++ky) {
+            bool any = false;
+            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
+            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-              if (iy < 0 || iy >= v.h) continue;
-              for (int64_t kx = 0; kx < v.kw; ++kx) {
+              for (int64_t kx = tx.first; kx < tx.last; ++kx) {
                 int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-                if (ix >= 0 && ix < v.w) best = std::max(best, px[iy * v.w + ix]);
+                const T val = px[iy * v.w + ix];
+                if (!any || val > best || best != best) best = val;  // NaN only where all are NaN
+                any = true;
               }
             }
             py[oy * v.ow + ox] = best;
           }
       },
-      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      pool_grain(v));
 }
 
-// Each dy goes to the first maximum of its window (row-major order), as the forward pass found it.
+// Each dy goes to the first maximum of its window (row-major order), as the forward pass found it. A NaN is
+// the maximum only of a window of NaN (then the last one), as in oneDNN, cuDNN and onnxruntime, which skip
+// it.
 template <class T>
 void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
   parallel_for(
@@ -473,14 +499,14 @@ void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             int64_t arg = -1;
             T best = -std::numeric_limits<T>::infinity();
-            for (int64_t ky = 0; ky < v.kh; ++ky) {
+            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
+            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-              if (iy < 0 || iy >= v.h) continue;
-              for (int64_t kx = 0; kx < v.kw; ++kx) {
+              for (int64_t kx = tx.first; kx < tx.last; ++kx) {
                 int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-                if (ix < 0 || ix >= v.w) continue;
                 T val = px[iy * v.w + ix];
-                if (arg < 0 || val > best) {
+                if (arg < 0 || val > best || best != best) {
                   best = val;
                   arg = iy * v.w + ix;
                 }
@@ -489,7 +515,7 @@ void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
             if (arg >= 0) pdx[arg] += pdy[oy * v.ow + ox];
           }
       },
-      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      pool_grain(v));
 }
 
 // The divisor of window (oy, ox): taps inside the input, or inside the explicitly padded input.
@@ -510,19 +536,20 @@ void avg_pool_loops(const Win2d& v, bool include_pad, const T* x, T* y) {
         for (int64_t oy = 0; oy < v.oh; ++oy)
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             T sum = 0;
-            for (int64_t ky = 0; ky < v.kh; ++ky) {
+            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
+            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-              if (iy < 0 || iy >= v.h) continue;
-              for (int64_t kx = 0; kx < v.kw; ++kx) {
+              for (int64_t kx = tx.first; kx < tx.last; ++kx) {
                 int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-                if (ix >= 0 && ix < v.w) sum += px[iy * v.w + ix];
+                sum += px[iy * v.w + ix];
               }
             }
             int64_t div = avg_divisor(v, oy, ox, include_pad);
             py[oy * v.ow + ox] = div > 0 ? sum / T(div) : T(0);
           }
       },
-      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      pool_grain(v));
 }
 
 template <class T>
@@ -538,17 +565,18 @@ void avg_pool_grad_loops(const Win2d& v, bool include_pad, const T* dy, T* dx) {
             int64_t div = avg_divisor(v, oy, ox, include_pad);
             if (div == 0) continue;
             T g = pdy[oy * v.ow + ox] / T(div);
-            for (int64_t ky = 0; ky < v.kh; ++ky) {
+            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
+            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
-              if (iy < 0 || iy >= v.h) continue;
-              for (int64_t kx = 0; kx < v.kw; ++kx) {
+              for (int64_t kx = tx.first; kx < tx.last; ++kx) {
                 int64_t ix = ox * v.sw - v.pl + kx * v.dw;
-                if (ix >= 0 && ix < v.w) pdx[iy * v.w + ix] += g;
+                pdx[iy * v.w + ix] += g;
               }
             }
           }
       },
-      std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.out_plane() * v.kh * v.kw)));
+      pool_grain(v));
 }
 
 // ---- Pooling: oneDNN ----
@@ -596,7 +624,7 @@ bool is_plain_2x2(const Win2d& v) {
 }
 
 // 2x2 windows at stride 2 without padding or dilation (is_plain_2x2): the maximum by the chain of comparisons
-// max_pool_grad_2x2_plane makes, so a NaN counts only where it comes first in its window, as there. oneDNN's
+// max_pool_grad_2x2_plane makes; a NaN is skipped unless the whole window is NaN, as in the loops. oneDNN's
 // plain-layout max pooling is a scalar loop; this pass is about ten times faster on the CIFAR-10 CNN's pool.
 TRAINER_CPU_CLONES void max_pool_2x2_plane(const float* x, float* y, int64_t w, int64_t oh, int64_t ow) {
   for (int64_t oy = 0; oy < oh; ++oy) {
@@ -606,9 +634,9 @@ TRAINER_CPU_CLONES void max_pool_2x2_plane(const float* x, float* y, int64_t w, 
 #pragma omp simd simdlen(8)
     for (int64_t j = 0; j < ow; ++j) {
       const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-      float m = b > a ? b : a;
-      m = c > m ? c : m;
-      out[j] = d > m ? d : m;
+      float m = b > a || a != a ? b : a;
+      m = c > m || m != m ? c : m;
+      out[j] = d > m || m != m ? d : m;
     }
   }
 }
@@ -622,34 +650,36 @@ KernelPtr max_pool(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(0);
     T* y = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
-      if (is_plain_2x2(v)) {
-        kp = make_kernel([=](const StepContext&) {
-          parallel_for(
-              v.n * v.c,
-              [&](int64_t p) {
-                max_pool_2x2_plane(x + p * v.in_plane(), y + p * v.out_plane(), v.w, v.oh, v.ow);
-              },
-              std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
-        });
+      if (!wider_than_input(v)) {
+        if (is_plain_2x2(v)) {
+          kp = make_kernel([=](const StepContext&) {
+            parallel_for(
+                v.n * v.c,
+                [&](int64_t p) {
+                  max_pool_2x2_plane(x + p * v.in_plane(), y + p * v.out_plane(), v.w, v.oh, v.ow);
+                },
+                std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+          });
+          return;
+        }
+        PoolMds d = pool_mds(v);
+        auto pd = pool_fwd_pd(d, dnnl::algorithm::pooling_max, dnnl::prop_kind::forward_inference);
+        DnnlCall call(dnnl::pooling_v2_forward(pd), pd,
+                      {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}});
+        kp = make_kernel([call](const StepContext&) { call(); });
         return;
       }
-      PoolMds d = pool_mds(v);
-      auto pd = pool_fwd_pd(d, dnnl::algorithm::pooling_max, dnnl::prop_kind::forward_inference);
-      DnnlCall call(dnnl::pooling_v2_forward(pd), pd,
-                    {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, dnnl_mem(d.dst, y)}});
-      kp = make_kernel([call](const StepContext&) { call(); });
-    } else {
-      kp = make_kernel([=](const StepContext&) { max_pool_loops(v, x, y); });
     }
+    kp = make_kernel([=](const StepContext&) { max_pool_loops(v, x, y); });
   });
   return kp;
 }
 
 // 2x2 windows at stride 2 without padding or dilation, the common case: windows do not overlap, so every dx
-// element is written once, with dy where its window's first maximum is (as in the loops) and 0 elsewhere,
-// and no separate zero fill is needed. An odd last row or column belongs to no window. A vectorized pass
-// like this is several times faster than oneDNN's plain-layout backward (which also needs the forward rerun
-// for its workspace).
+// element is written once, with dy where its window's first maximum is (as in the loops, NaN skipped) and 0
+// elsewhere, and no separate zero fill is needed. An odd last row or column belongs to no window. A
+// vectorized pass like this is several times faster than oneDNN's plain-layout backward (which also needs the
+// forward rerun for its workspace).
 TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy, float* dx, int64_t h,
                                                 int64_t w, int64_t oh, int64_t ow) {
   for (int64_t oy = 0; oy < oh; ++oy) {
@@ -663,11 +693,11 @@ TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy,
 #pragma omp simd simdlen(8)
     for (int64_t j = 0; j < ow; ++j) {
       const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-      const bool kb = b > a;
+      const bool kb = b > a || a != a;
       float m = kb ? b : a;
-      const bool kc = c > m;
+      const bool kc = c > m || m != m;
       m = kc ? c : m;
-      const bool kd = d > m;
+      const bool kd = d > m || m != m;
       // dy passes down the chain of selects to the winner (plain selects, which the vectorizer if-converts;
       // && would become branches).
       const float to_d = kd ? g[j] : 0.0f, past_d = kd ? 0.0f : g[j];
@@ -702,42 +732,44 @@ KernelPtr max_pool_grad(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(1);
     T* dx = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
-      if (is_plain_2x2(v)) {
-        kp = make_kernel([=](const StepContext&) {
-          parallel_for(
-              v.n * v.c,
-              [&](int64_t p) {
-                max_pool_grad_2x2_plane(x + p * v.in_plane(), dy + p * v.out_plane(), dx + p * v.in_plane(),
-                                        v.h, v.w, v.oh, v.ow);
-              },
-              std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+      if (!wider_than_input(v)) {
+        if (is_plain_2x2(v)) {
+          kp = make_kernel([=](const StepContext&) {
+            parallel_for(
+                v.n * v.c,
+                [&](int64_t p) {
+                  max_pool_grad_2x2_plane(x + p * v.in_plane(), dy + p * v.out_plane(), dx + p * v.in_plane(),
+                                          v.h, v.w, v.oh, v.ow);
+                },
+                std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+          });
+          return;
+        }
+        using namespace dnnl;
+        PoolMds d = pool_mds(v);
+        auto fwd = pool_fwd_pd(d, algorithm::pooling_max, prop_kind::forward_training);
+        pooling_v2_backward::primitive_desc bwd(
+            pooling_v2_backward::desc(algorithm::pooling_max, d.src, d.dst, d.strides, d.kernel, d.dilation,
+                                      d.pad_l, d.pad_r),
+            dnnl_attr(), dnnl_cpu_engine(), fwd);
+        auto st = std::make_shared<MaxPoolGradState>();
+        memory ws = owned_memory(fwd.workspace_desc(), &st->buffers);
+        memory y = owned_memory(d.dst, &st->buffers);
+        st->forward =
+            DnnlCall(pooling_v2_forward(fwd), fwd,
+                     {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, y}, {DNNL_ARG_WORKSPACE, ws}});
+        st->backward = DnnlCall(pooling_v2_backward(bwd), bwd,
+                                {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
+                                 {DNNL_ARG_WORKSPACE, ws},
+                                 {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
+        kp = make_kernel([st](const StepContext&) {
+          st->forward();
+          st->backward();
         });
         return;
       }
-      using namespace dnnl;
-      PoolMds d = pool_mds(v);
-      auto fwd = pool_fwd_pd(d, algorithm::pooling_max, prop_kind::forward_training);
-      pooling_v2_backward::primitive_desc bwd(
-          pooling_v2_backward::desc(algorithm::pooling_max, d.src, d.dst, d.strides, d.kernel, d.dilation,
-                                    d.pad_l, d.pad_r),
-          dnnl_attr(), dnnl_cpu_engine(), fwd);
-      auto st = std::make_shared<MaxPoolGradState>();
-      memory ws = owned_memory(fwd.workspace_desc(), &st->buffers);
-      memory y = owned_memory(d.dst, &st->buffers);
-      st->forward =
-          DnnlCall(pooling_v2_forward(fwd), fwd,
-                   {{DNNL_ARG_SRC, dnnl_mem(d.src, x)}, {DNNL_ARG_DST, y}, {DNNL_ARG_WORKSPACE, ws}});
-      st->backward = DnnlCall(pooling_v2_backward(bwd), bwd,
-                              {{DNNL_ARG_DIFF_DST, dnnl_mem(d.dst, dy)},
-                               {DNNL_ARG_WORKSPACE, ws},
-                               {DNNL_ARG_DIFF_SRC, dnnl_mem(d.src, dx)}});
-      kp = make_kernel([st](const StepContext&) {
-        st->forward();
-        st->backward();
-      });
-    } else {
-      kp = make_kernel([=](const StepContext&) { max_pool_grad_loops(v, dy, x, dx); });
     }
+    kp = make_kernel([=](const StepContext&) { max_pool_grad_loops(v, dy, x, dx); });
   });
   return kp;
 }
@@ -751,7 +783,7 @@ KernelPtr avg_pool(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(0);
     T* y = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
-      if (dnnl_avg_matches(v, include_pad)) {
+      if (!wider_than_input(v) && dnnl_avg_matches(v, include_pad)) {
         PoolMds d = pool_mds(v);
         auto pd = pool_fwd_pd(d, avg_alg(include_pad), dnnl::prop_kind::forward_inference);
         DnnlCall call(dnnl::pooling_v2_forward(pd), pd,
@@ -775,7 +807,7 @@ KernelPtr avg_pool_grad(const KernelArgs& a) {
     const T* dy = a.in_ptr<T>(0);
     T* dx = a.out_ptr<T>(0);
     if constexpr (std::is_same_v<T, float>) {
-      if (dnnl_avg_matches(v, include_pad)) {
+      if (!wider_than_input(v) && dnnl_avg_matches(v, include_pad)) {
         using namespace dnnl;
         PoolMds d = pool_mds(v);
         auto hint = pool_fwd_pd(d, avg_alg(include_pad), prop_kind::forward_training);
