@@ -3,10 +3,14 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 
 #include "engine/util/error.h"
 #include "models/layer_library.h"
@@ -126,19 +130,48 @@ ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
   return counted(graph.add_parameter(name() + "/" + suffix, std::move(init), trainable()), trainable());
 }
 
+namespace {
+
+// The memory this process may fill: the machine's, or less where a limit says so (ulimit -v or -d, a
+// container's cgroup).
+double usable_memory() {
+  double m = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
+    rlimit r{};
+    if (getrlimit(resource, &r) == 0 && r.rlim_cur != RLIM_INFINITY)
+      m = std::min(m, static_cast<double>(r.rlim_cur));
+  }
+  std::ifstream cgroup("/sys/fs/cgroup/memory.max");  // cgroup v2: a byte count, or "max"
+  std::string text;
+  if (cgroup >> text && !text.empty() && std::isdigit(static_cast<unsigned char>(text[0])))
+    m = std::min(m, std::strtod(text.c_str(), nullptr));
+  return m;
+}
+
+}  // namespace
+
 ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
                              const WeightFans& fans) {
-  // A weight larger than the machine's memory is a spec mistake (units = 100000000), said before allocating.
-  static const double memory =
-      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  // A weight larger than the machine's memory is a spec mistake (units = 100000000), said before allocating;
+  // so are weights that together outgrow it (two Dense layers of 5000000 units), which would otherwise fill
+  // the memory before the model is whole.
+  static const double memory = usable_memory();
   double bytes = 4.0;  // in double: a product of huge sizes overflows int64
   for (int64_t d : shape.dims()) bytes *= static_cast<double>(d);
   if (memory > 0 && bytes > memory)
+    fail_layer(fmt::format("its weight '{}' of shape {} needs {:.1f} GiB, more than the {:.1f} GiB of memory "
+                           "this process may use",
+                           suffix, shape.str(), bytes / (1 << 30), memory / (1 << 30)),
+               "check the layer's sizes (units, filters, kernel_size, input_dim)");
+  double before = 0;
+  for (engine::ValueId v = 0; v < graph.num_values(); ++v)
+    if (graph.value(v).persistent()) before += static_cast<double>(graph.value(v).nbytes());
+  if (memory > 0 && before + bytes > memory)
     fail_layer(
-        fmt::format("its weight '{}' of shape {} needs {:.1f} GiB, more than this machine's {:.1f} GiB of "
-                    "memory",
-                    suffix, shape.str(), bytes / (1 << 30), memory / (1 << 30)),
-        "check the layer's sizes (units, filters, kernel_size, input_dim)");
+        fmt::format("its weight '{}' of shape {} needs {:.1f} GiB, and with the {:.1f} GiB of the "
+                    "weights before it the model outgrows the {:.1f} GiB of memory this process may use",
+                    suffix, shape.str(), bytes / (1 << 30), before / (1 << 30), memory / (1 << 30)),
+        "check the sizes of this layer and those before it (units, filters, kernel_size, input_dim)");
   ValueId w = weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
   regularize(w, regularizer_arg(init_arg));
   constrain(w, constraint_arg(init_arg), fans);

@@ -509,6 +509,26 @@ loss = "sparse_categorical_crossentropy"
                 assert_input_error(self, self.trainer(command, self.spec(text)), "Dense layer 'dense'",
                                    "its weight 'kernel' of shape [784, 300000000]", "of memory")
 
+    def test_weights_that_together_outgrow_memory_are_a_spec_error(self):
+        # Each weight fits, both do not: under a 1.5 GiB address-space limit (ulimit -v; a cgroup's memory.max
+        # counts too), 0.9 GiB of Dense 300000 then 1.1 GiB of Dense 1000. Without the sum the model filled the
+        # memory: "out of memory" (exit 1) here, the kernel's OOM kill (signal 9) on the machine's own memory.
+        import resource
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))
+
+        text = SPEC.replace("units = 10\n", "units = 300000\n").replace(
+            'activation = "softmax"', 'activation = "relu"\n\n[[model.layers]]\ntype = "Dense"\nunits = 1000\n'
+            'activation = "softmax"')
+        path = self.spec(text)
+        for command in ("check", "summary"):
+            with self.subTest(command=command):
+                r = subprocess.run([cli_util.TRAINER, command, path], cwd=self.dir, capture_output=True, text=True,
+                                   timeout=120, preexec_fn=limit)
+                assert_input_error(self, r, "Dense layer 'dense_1'", "its weight 'kernel' of shape [300000, 1000]",
+                                   "weights before it", "1.5 GiB of memory this process may use")
+
     def test_an_empty_activation_is_unknown(self):
         text = SPEC.replace('activation = "softmax"', 'activation = ""')
         line, col = line_col(text, '""')
