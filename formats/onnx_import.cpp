@@ -2388,6 +2388,15 @@ class Importer {
           fail(fmt::format("{} needs indices, depth and values", p.label), "the exporter is broken");
         const int64_t depth = static_cast<int64_t>(constant_input(1, "depth").get_f64(0));
         if (depth < 1) fail(fmt::format("{}: depth {} is not positive", p.label, depth));
+        // Before the class ids [depth] and the output are made: a depth of 2^40 ran out of memory.
+        constexpr int64_t kMostClasses = (int64_t{1} << 31) - 1;
+        const double out_bytes = static_cast<double>(xs.numel()) * static_cast<double>(depth) * 4.0;
+        if (depth > kMostClasses || out_bytes > static_cast<double>(int64_t{1} << 40))
+          fail(
+              fmt::format("{}: depth {} is more classes than a one-hot output may hold ({} at most, and 2^40 "
+                          "bytes for the output of {} indices)",
+                          p.label, depth, kMostClasses, xs.numel()),
+              "check the depth input: the number of classes");
         const int64_t rank = xs.rank() + 1;
         int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
         if (axis < 0) axis += rank;
@@ -3094,8 +3103,8 @@ class Importer {
     } catch (const InputError& e) {
       std::string msg = e.what();
       if (!e.where().empty() && msg.rfind(e.where() + ": ", 0) == 0) msg = msg.substr(e.where().size() + 2);
-      // Engine messages about a node already name it ("node 'x' (Op): ...").
-      if (msg.rfind("node '", 0) != 0) msg = fmt::format("{}: {}", label, msg);
+      // Engine messages about a node already name it ("node 'x' (Op): ..."), as do the importer's own.
+      if (msg.rfind("node '", 0) != 0 && msg.rfind(label, 0) != 0) msg = fmt::format("{}: {}", label, msg);
       if (!fixed_batch_note_.empty())
         fail(fmt::format("{} ({})", msg, fixed_batch_note_),
              "export the model with a symbolic batch dimension, e.g. torch.onnx.export(..., "

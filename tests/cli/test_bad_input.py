@@ -559,6 +559,24 @@ loss = "sparse_categorical_crossentropy"
                 assert_input_error(self, self.trainer("summary", "huge.onnx"), "huge.onnx", "initializer", "'w'",
                                    needle)
 
+    def test_a_one_hot_depth_beyond_any_class_count(self):
+        # depth 2^40: the class ids alone were 8 TiB ("out of memory", exit 1). The unnamed node is named once.
+        try:
+            from onnx import TensorProto, helper
+        except ImportError:
+            self.skipTest("onnx is needed (tools/install-deps.sh installs it)")
+        graph = helper.make_graph(
+            [helper.make_node("OneHot", ["x", "depth", "values"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.INT64, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [helper.make_tensor("depth", TensorProto.INT64, [], [1 << 40]),
+             helper.make_tensor("values", TensorProto.FLOAT, [2], [0, 1])])
+        self.write("onehot.onnx", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                   .SerializeToString())
+        err = assert_input_error(self, self.trainer("summary", "onehot.onnx"), "onehot.onnx: node #0 (OneHot): depth "
+                                 "1099511627776 is more classes", "hint: check the depth input")
+        self.assertEqual(err.count("node #0 (OneHot)"), 1, err)
+
     def test_a_token_beyond_a_token_and_position_embedding_names_its_sample(self):
         # Checked as the batch is gathered, as for an Embedding (it failed inside the Gather, naming no sample).
         import numpy as np
