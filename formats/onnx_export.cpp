@@ -500,6 +500,8 @@ class Exporter {
     if (n.op == "Gelu" && o_.opset < op_since("Gelu"))
       return gelu(n.name, name(n.inputs[0]), name(n.outputs[0]), n.attrs.s("approximate"),
                   g_.value(n.inputs[0]).dtype, n.name);
+    if (n.op == "HardSwish" && o_.opset < op_since("HardSwish")) return hard_swish(n);
+    if (n.op == "LayerNormalization" && o_.opset < op_since("LayerNormalization")) return layer_norm(n);
     if (o_.opset < op_since(n.op))
       fail(n,
            fmt::format("{} needs opset {} or newer, and the export is for opset {}", n.op, op_since(n.op),
@@ -652,6 +654,46 @@ class Exporter {
       add_part("Mul", base, {q, half}, y);
     else
       add_node("Mul", node_name, {q, half}, {y});
+  }
+
+  // HardSwish below opset 14: x * HardSigmoid(x) with alpha 1/6 and beta 0.5, its definition.
+  void hard_swish(const Node& n) {
+    const std::string x = name(n.inputs[0]);
+    const std::string gate =
+        add_part("HardSigmoid", n.name, {x}, {}, {{"alpha", 1.0f / 6.0f}, {"beta", 0.5f}});
+    add_node("Mul", n.name, {x, gate}, {name(n.outputs[0])});
+  }
+
+  // LayerNormalization below opset 17, by its definition over the dims from `axis` on: d = x - mean(x),
+  // y = d / sqrt(mean(d^2) + epsilon) * scale (+ bias). Only Y: Mean and InvStdDev belong to training.
+  void layer_norm(const Node& n) {
+    for (size_t k = 1; k < n.outputs.size(); ++k)
+      if (n.outputs[k] != kNoValue)
+        fail(n,
+             fmt::format("LayerNormalization's Mean and InvStdDev outputs need opset 17, and the export is "
+                         "for opset {}",
+                         o_.opset),
+             "export with opset 17 or newer");
+    const ValueId xv = n.inputs[0];
+    const DType dtype = g_.value(xv).dtype;
+    const int64_t rank = g_.value(xv).shape.rank();
+    int64_t axis = n.attrs.has("axis") ? n.attrs.i("axis") : -1;
+    if (axis < 0) axis += rank;
+    std::vector<int64_t> axes;
+    for (int64_t a = axis; a < rank; ++a) axes.push_back(a);
+    const std::map<std::string, AttrValue> keep = {{"axes", axes}, {"keepdims", int64_t{1}}};
+    const std::string x = name(xv);
+    const std::string d = add_part("Sub", n.name, {x, add_part("ReduceMean", n.name, {x}, {}, keep)});
+    const std::string var = add_part("ReduceMean", n.name, {add_part("Mul", n.name, {d, d})}, {}, keep);
+    const double epsilon = n.attrs.has("epsilon") ? n.attrs.f("epsilon") : 1e-5;
+    const std::string sd = add_part(
+        "Sqrt", n.name, {add_part("Add", n.name, {var, scalar(dtype, epsilon, "layer_norm/epsilon")})});
+    const std::string scaled = add_part("Mul", n.name, {add_part("Div", n.name, {d, sd}), name(n.inputs[1])});
+    const bool bias = n.inputs.size() > 2 && n.inputs[2] != kNoValue;
+    if (bias)
+      add_node("Add", n.name, {scaled, name(n.inputs[2])}, {name(n.outputs[0])});
+    else
+      add_node("Identity", n.name, {scaled}, {name(n.outputs[0])});
   }
 
   // Transposes the last two dimensions of a rank-r operand.

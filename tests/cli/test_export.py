@@ -75,9 +75,9 @@ class Export(unittest.TestCase):
     def test_cnn_takes_channels_last_images(self):
         self.check("fashion_mnist/cnn.toml", self.x[..., None])  # the spec's input is [28, 28, 1]: NHWC
 
-    def fit_export_and_predict(self, name, model, x):
-        """Trains `model` (the TOML of [model] and its layers) briefly, exports it, and checks that onnxruntime
-        computes on x what trainer predict does. Returns the ONNX model."""
+    def fit_export_and_predict(self, name, model, x, opsets=(None,)):
+        """Trains `model` (the TOML of [model] and its layers) briefly, exports it (at each of `opsets`; None: the
+        default), and checks that onnxruntime computes on x what trainer predict does. Returns the ONNX models."""
         d = cli_util.FASHION_DIR
         spec = os.path.join(self.tmp.name, f"{name}.toml")
         with open(spec, "w") as f:
@@ -99,19 +99,23 @@ name = "adam"
         out = os.path.join(self.tmp.name, name)
         r = run(["fit", spec, "--output-dir", out, "--quiet"], timeout=300)
         self.assertEqual(r.returncode, 0, r.stderr)
-        path = os.path.join(out, "model.onnx")
-        r = run(["export", os.path.join(out, "last.ckpt"), "-o", path, "--quiet"])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        m = onnx.load(path)
-        onnx.checker.check_model(m, full_check=True)
-        got = ort.InferenceSession(path).run(None, {"input": x})[0]
         np.save(os.path.join(self.tmp.name, f"{name}_x.npy"), x * 255)
         r = run(["predict", os.path.join(out, "last.ckpt"), os.path.join(self.tmp.name, f"{name}_x.npy"),
                  "--probabilities"])
         self.assertEqual(r.returncode, 0, r.stderr)
         want = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-        return m
+        models = []
+        for opset in opsets:
+            path = os.path.join(out, f"model{opset or ''}.onnx")
+            r = run(["export", os.path.join(out, "last.ckpt"), "-o", path, "--quiet"] +
+                    (["--opset", str(opset)] if opset else []))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            m = onnx.load(path)
+            onnx.checker.check_model(m, full_check=True)
+            got = ort.InferenceSession(path).run(None, {"input": x})[0]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"opset {opset}")
+            models.append(m)
+        return models if len(opsets) > 1 else models[0]
 
     def test_every_activation_exports_and_runs_as_predict_does(self):
         activations = ["relu", "sigmoid", "tanh", "gelu", "leaky_relu", "elu", "selu", "softplus", "softsign",
@@ -142,6 +146,30 @@ type = "Softmax"
         self.assertLessEqual({"Elu", "Selu", "Softplus", "Softsign", "Clip", "HardSigmoid", "HardSwish", "Exp",
                               "PRelu", "LeakyRelu"},
                              {n.op_type for n in m.graph.node})
+
+    def test_every_opset_the_export_takes_runs_as_predict_does(self):
+        # HardSwish (opset 14) and LayerNormalization (opset 17) are written by their definitions below their opsets.
+        opsets = range(13, 22)
+        models = self.fit_export_and_predict("opsets", """[model]
+input = [28, 28]
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 16
+activation = "hard_silu"
+[[model.layers]]
+type = "LayerNormalization"
+[[model.layers]]
+type = "Dense"
+units = 10
+activation = "softmax"
+""", self.x[:40], opsets)
+        for opset, m in zip(opsets, models):
+            ops = {n.op_type for n in m.graph.node}
+            self.assertEqual(m.opset_import[0].version, opset)
+            self.assertEqual("HardSwish" in ops, opset >= 14, (opset, ops))
+            self.assertEqual("LayerNormalization" in ops, opset >= 17, (opset, ops))
 
     def test_image_layers_export_and_run_as_predict_does(self):
         # DepthwiseConv2D, SeparableConv2D, Conv2DTranspose, UpSampling2D, ZeroPadding2D and GlobalMaxPooling2D.
