@@ -117,6 +117,18 @@ struct StateReader {
     return static_cast<int64_t>(v);
   }
   bool b(const formats::JsonValue& o, const char* key) const { return get(o, key).boolean; }
+  // A finite number in [lowest, inf), or above lowest when `above`: what a run can have written.
+  double in_range(const formats::JsonValue& o, const char* key, double lowest, bool above) const {
+    const double v = d(o, key);
+    if (!std::isfinite(v) || v < lowest || (above && v == lowest))
+      throw InputError(
+          path,
+          fmt::format("the checkpoint's state has '{}' = {}, which no run writes (a finite number {} "
+                      "{})",
+                      key, get(o, key).text, above ? "above" : "of at least", lowest),
+          "the file is damaged or was edited");
+    return v;
+  }
 };
 
 engine::TrainingState parse_state(const std::string& text, const std::string& path) {
@@ -131,10 +143,19 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   st.epoch = r.i(root, "epoch");
   st.batch = r.i(root, "batch");
   st.global_step = r.i(root, "global_step");
+  if (st.batch > st.global_step)
+    throw InputError(path,
+                     fmt::format("the checkpoint's state is at batch {} of its epoch but step {} of the run",
+                                 st.batch, st.global_step),
+                     "the file is damaged or was edited");
   if (root.find("metric_sums")) {
     for (const formats::JsonValue& v : root.find("metric_sums")->items) {
       double sum = 0;
-      if (!read_num(v, &sum)) throw InputError(path, "the checkpoint's state has a bad 'metric_sums'", "");
+      if (!read_num(v, &sum) || !std::isfinite(sum))
+        throw InputError(path,
+                         fmt::format("the checkpoint's state has a bad 'metric_sums' entry (number {})",
+                                     st.metric_sums.size() + 1),
+                         "the file is damaged or was edited");
       st.metric_sums.push_back(sum);
     }
     if (const formats::JsonValue* l = root.find("metric_layout")) {
@@ -155,13 +176,13 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   }
   // ReduceLROnPlateau came later: a checkpoint without it ran at the schedule's rate.
   if (root.find("lr_factor")) {
-    st.lr_factor = r.d(root, "lr_factor");
+    st.lr_factor = r.in_range(root, "lr_factor", 0.0, true);
     st.plateau_have_best = r.b(root, "plateau_have_best");
     st.plateau_best = r.d(root, "plateau_best");
     st.plateau_wait = r.i(root, "plateau_wait");
     st.plateau_cooldown = r.i(root, "plateau_cooldown");
   }
-  st.seconds = r.d(root, "seconds");
+  st.seconds = r.in_range(root, "seconds", 0.0, false);
   st.have_best = r.b(root, "have_best");
   st.best = r.d(root, "best");
   st.waited = r.i(root, "waited");
@@ -170,7 +191,7 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
   if (root.find("stopped")) st.stopped = r.b(root, "stopped");
   // Loss scaling (fp16) came later: a checkpoint without it was written by an unscaled run.
   if (root.find("loss_scale")) {
-    st.loss_scale = static_cast<float>(r.d(root, "loss_scale"));
+    st.loss_scale = static_cast<float>(r.in_range(root, "loss_scale", 0.0, false));
     st.loss_scale_good_steps = r.i(root, "loss_scale_good_steps");
     st.skipped_steps = r.i(root, "skipped_steps");
   }

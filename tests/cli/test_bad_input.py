@@ -364,9 +364,9 @@ loss = "sparse_categorical_crossentropy"
                 r = self.trainer("predict", name + ".onnx", self.write("in.csv", "1,2,3,4\n"))
                 assert_input_error(self, r, name + ".onnx", *needles)
 
-    def test_a_checkpoint_without_a_weight_of_its_model(self):
-        # A checkpoint whose tensors miss a weight of the model its spec describes (edited, the checksum made
-        # right again) is refused by every command that reads it, not run with the weight's initial values.
+    def edited_checkpoint(self, edit):
+        """Trains SPEC into run/last.ckpt and writes edited.ckpt: its header changed by edit(header), the checksum
+        made right again."""
         sys.path.insert(0, os.path.join(cli_util.ROOT, "tests", "formats"))
         from checkpoint_numpy_check import xxh64
         r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "-q")
@@ -375,7 +375,7 @@ loss = "sparse_categorical_crossentropy"
             data = f.read()
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + n])
-        header["dense/kernelX"] = header.pop("dense/kernel")
+        edit(header)
         header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + header["__metadata__"]["checksum"][-16:]
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-(8 + len(text)) % 8)
@@ -383,6 +383,29 @@ loss = "sparse_categorical_crossentropy"
         at = signed.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
         signed = signed[:at] + f"{xxh64(signed):016x}".encode() + signed[at + 16:]
         self.write("edited.ckpt", signed + data[8 + n:])
+
+    def test_a_checkpoint_state_no_run_writes(self):
+        # The training state of an edited checkpoint (checksum made right again) is held to what a run writes:
+        # a learning-rate factor of 0 or below trained nothing or climbed the loss, NaN sums made NaN metrics.
+        for key, value, needle in (("lr_factor", -0.5, "'lr_factor' = -0.5"), ("lr_factor", 0, "'lr_factor' = 0"),
+                                   ("loss_scale", -1, "'loss_scale' = -1"), ("seconds", "NaN", "'seconds' = NaN"),
+                                   ("metric_sums", [1.0, "Infinity"], "'metric_sums' entry (number 2)"),
+                                   ("batch", 99, "at batch 99 of its epoch but step 2")):
+            with self.subTest(key=key, value=value):
+                def edit(header):
+                    state = json.loads(header["__metadata__"]["state"])
+                    state[key] = value
+                    header["__metadata__"]["state"] = json.dumps(state)
+                self.edited_checkpoint(edit)
+                r = self.trainer("fit", self.spec(SPEC), "--resume", "edited.ckpt")
+                assert_input_error(self, r, "edited.ckpt", needle, "hint: the file is damaged or was edited")
+
+    def test_a_checkpoint_without_a_weight_of_its_model(self):
+        # A checkpoint whose tensors miss a weight of the model its spec describes (edited, the checksum made
+        # right again) is refused by every command that reads it, not run with the weight's initial values.
+        def edit(header):
+            header["dense/kernelX"] = header.pop("dense/kernel")
+        self.edited_checkpoint(edit)
         self.write("p.idx", idx_images(4))
         for args in (["evaluate", "edited.ckpt"], ["export", "edited.ckpt", "-o", "out.onnx"],
                      ["predict", "edited.ckpt", "p.idx"]):
