@@ -618,6 +618,12 @@ dnnl::algorithm avg_alg(bool include_pad) {
 }
 
 // Windows of 2x2 at stride 2, without padding or dilation: the common case, with kernels of its own.
+// f(p) for every plane p of the input, in parallel, as the 2x2 passes take them.
+template <class F>
+void each_plane(const Win2d& v, const F& f) {
+  parallel_for(v.n * v.c, f, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+}
+
 bool is_plain_2x2(const Win2d& v) {
   return v.kh == 2 && v.kw == 2 && v.sh == 2 && v.sw == 2 && v.dh == 1 && v.dw == 1 && v.pt == 0 &&
          v.pl == 0 && v.reach_b == 0 && v.reach_r == 0 && v.oh == v.h / 2 && v.ow == v.w / 2;
@@ -653,12 +659,9 @@ KernelPtr max_pool(const KernelArgs& a) {
       if (!wider_than_input(v)) {
         if (is_plain_2x2(v)) {
           kp = make_kernel([=](const StepContext&) {
-            parallel_for(
-                v.n * v.c,
-                [&](int64_t p) {
-                  max_pool_2x2_plane(x + p * v.in_plane(), y + p * v.out_plane(), v.w, v.oh, v.ow);
-                },
-                std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+            each_plane(v, [&](int64_t p) {
+              max_pool_2x2_plane(x + p * v.in_plane(), y + p * v.out_plane(), v.w, v.oh, v.ow);
+            });
           });
           return;
         }
@@ -735,13 +738,10 @@ KernelPtr max_pool_grad(const KernelArgs& a) {
       if (!wider_than_input(v)) {
         if (is_plain_2x2(v)) {
           kp = make_kernel([=](const StepContext&) {
-            parallel_for(
-                v.n * v.c,
-                [&](int64_t p) {
-                  max_pool_grad_2x2_plane(x + p * v.in_plane(), dy + p * v.out_plane(), dx + p * v.in_plane(),
-                                          v.h, v.w, v.oh, v.ow);
-                },
-                std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
+            each_plane(v, [&](int64_t p) {
+              max_pool_grad_2x2_plane(x + p * v.in_plane(), dy + p * v.out_plane(), dx + p * v.in_plane(),
+                                      v.h, v.w, v.oh, v.ow);
+            });
           });
           return;
         }
