@@ -48,11 +48,13 @@ static void shorten_openmp_spin(char** argv) {
 static void route_signals_to_one_thread() {
   sigset_t routed, before;
   sigemptyset(&routed);
-  // The standard signals (SIGPROF of a sampling profiler too), but not those a thread raises at itself
-  // (faults, abort(), a write to a closed pipe or past the file size limit), nor the real-time ones that a
-  // library may send to a thread of its own.
+  // The standard signals, but not those a thread's own action raises (faults, abort(), a write to a closed
+  // pipe or past the file size limit, terminal I/O from the background, which a blocked SIGTTIN or SIGTTOU
+  // would let through), nor the real-time ones that a library may send to a thread of its own. SIGPROF is
+  // routed too: an interval-timer profiler then samples the signal thread only (perf does not use signals).
   for (int s = 1; s < SIGRTMIN; ++s) sigaddset(&routed, s);
-  for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT, SIGPIPE, SIGXFSZ})
+  for (int s :
+       {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT, SIGPIPE, SIGXFSZ, SIGTTIN, SIGTTOU})
     sigdelset(&routed, s);
   if (pthread_sigmask(SIG_BLOCK, &routed, &before) != 0) return;
   try {

@@ -2386,17 +2386,23 @@ class Importer {
       } else {  // OneHot(indices, depth, values [off, on]), the class axis at `axis` (default last)
         if (p.inputs.size() != 3 || p.inputs[2] == engine::kNoValue)
           fail(fmt::format("{} needs indices, depth and values", p.label), "the exporter is broken");
-        const int64_t depth = static_cast<int64_t>(constant_input(1, "depth").get_f64(0));
-        if (depth < 1) fail(fmt::format("{}: depth {} is not positive", p.label, depth));
-        // Before the class ids [depth] and the output are made: a depth of 2^40 ran out of memory.
+        // Checked as read (a float depth of 1e30 or NaN has no integer), and before the class ids [depth] and
+        // the output are made: a depth of 2^40 ran out of memory.
+        const double given = constant_input(1, "depth").get_f64(0);
+        const std::string shown = given == std::floor(given) && std::abs(given) < 9e15
+                                      ? std::to_string(static_cast<int64_t>(given))
+                                      : fmt::format("{:.7g}", given);
+        if (!(given >= 1)) fail(fmt::format("{}: depth {} is not positive", p.label, shown));
         constexpr int64_t kMostClasses = (int64_t{1} << 31) - 1;
-        const double out_bytes = static_cast<double>(xs.numel()) * static_cast<double>(depth) * 4.0;
-        if (depth > kMostClasses || out_bytes > static_cast<double>(int64_t{1} << 40))
+        const double out_bytes = static_cast<double>(xs.numel()) * std::floor(given) *
+                                 static_cast<double>(engine::dtype_bytes(g().value(p.inputs[2]).dtype));
+        if (given > static_cast<double>(kMostClasses) || out_bytes > static_cast<double>(int64_t{1} << 40))
           fail(
               fmt::format("{}: depth {} is more classes than a one-hot output may hold ({} at most, and 2^40 "
                           "bytes for the output of {} indices)",
-                          p.label, depth, kMostClasses, xs.numel()),
+                          p.label, shown, kMostClasses, xs.numel()),
               "check the depth input: the number of classes");
+        const auto depth = static_cast<int64_t>(given);
         const int64_t rank = xs.rank() + 1;
         int64_t axis = p.attrs.has("axis") ? p.attrs.i("axis") : -1;
         if (axis < 0) axis += rank;

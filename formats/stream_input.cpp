@@ -487,9 +487,10 @@ struct SampleReader::Impl {
     const int64_t n = std::min(max, left);
     if (n <= 0 && count >= 0 && !end_checked) {
       // Bytes after the samples the header declares: the header does not describe the data (fit refuses
-      // such a file too). A pipe is read to its end for this.
+      // such a file too). A pipe is not waited on: only what arrives within a moment counts, so that a
+      // writer that keeps it open after the last sample does not hold the predictions back.
       end_checked = true;
-      if (pos < end || fill())
+      if (pos < end || fill(false))
         throw InputError(at_byte(name, offset),
                          fmt::format("data follows the {} samples the header declares", count),
                          "the header does not describe this data: the file may be damaged");

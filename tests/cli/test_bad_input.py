@@ -588,17 +588,22 @@ loss = "sparse_categorical_crossentropy"
             from onnx import TensorProto, helper
         except ImportError:
             self.skipTest("onnx is needed (tools/install-deps.sh installs it)")
-        graph = helper.make_graph(
-            [helper.make_node("OneHot", ["x", "depth", "values"], ["y"])], "g",
-            [helper.make_tensor_value_info("x", TensorProto.INT64, ["n", 4])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [helper.make_tensor("depth", TensorProto.INT64, [], [1 << 40]),
-             helper.make_tensor("values", TensorProto.FLOAT, [2], [0, 1])])
-        self.write("onehot.onnx", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                   .SerializeToString())
-        err = assert_input_error(self, self.trainer("summary", "onehot.onnx"), "onehot.onnx: node #0 (OneHot): depth "
-                                 "1099511627776 is more classes", "hint: check the depth input")
-        self.assertEqual(err.count("node #0 (OneHot)"), 1, err)
+        # A float depth of 1e30 or NaN is judged as given (its cast to an integer had no meaning).
+        for depth_type, depth, needle in ((TensorProto.INT64, 1 << 40, "depth 1099511627776 is more classes"),
+                                          (TensorProto.FLOAT, 1e30, "depth 1e+30 is more classes"),
+                                          (TensorProto.FLOAT, float("nan"), "depth nan is not positive")):
+            with self.subTest(depth=depth):
+                graph = helper.make_graph(
+                    [helper.make_node("OneHot", ["x", "depth", "values"], ["y"])], "g",
+                    [helper.make_tensor_value_info("x", TensorProto.INT64, ["n", 4])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                    [helper.make_tensor("depth", depth_type, [], [depth]),
+                     helper.make_tensor("values", TensorProto.FLOAT, [2], [0, 1])])
+                self.write("onehot.onnx", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                           .SerializeToString())
+                err = assert_input_error(self, self.trainer("summary", "onehot.onnx"),
+                                         "onehot.onnx: node #0 (OneHot): " + needle)
+                self.assertEqual(err.count("node #0 (OneHot)"), 1, err)
 
     def test_a_token_beyond_a_token_and_position_embedding_names_its_sample(self):
         # Checked as the batch is gathered, as for an Embedding (it failed inside the Gather, naming no sample).

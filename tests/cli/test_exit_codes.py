@@ -72,6 +72,10 @@ class ExitCodes(unittest.TestCase):
         open_to = [tid for tid, m in masks.items() if m & bits == 0]
         self.assertEqual(len(open_to), 1, {tid: hex(m) for tid, m in masks.items()})
         self.assertNotEqual(open_to[0], p.pid, "the main thread computes")
+        # What a thread's own action raises stays open everywhere: a blocked SIGTTOU lets a background job write
+        # to a terminal that stops such writers (stty tostop); a blocked SIGPIPE would stay pending.
+        for sig in (signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE, signal.SIGSEGV):
+            self.assertEqual(masks[p.pid] & (1 << (sig - 1)), 0, sig.name)
 
     def test_sigterm_keeps_the_history(self):
         with tempfile.TemporaryDirectory() as d:

@@ -238,6 +238,21 @@ class Predict(unittest.TestCase):
                                             "hint: ")
                 self.assertEqual(len(r.stdout.decode().splitlines()), VAL)
                 self.ok(predict([self.ckpt, "-"], stdin=data))
+        # A writer that keeps the pipe open after the last sample is not waited on for that check.
+        with open(self.files["npy"], "rb") as f:
+            data = f.read()
+        p = subprocess.Popen([cli_util.TRAINER, "predict", self.ckpt, "-", "-q"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            p.stdin.write(data)
+            p.stdin.flush()
+            self.assertEqual(p.wait(timeout=20), 0, "predict waited for the end of an input it had read whole")
+            self.assertEqual(len(p.stdout.read().splitlines()), VAL)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdin.close()
 
     def test_a_later_input_error_keeps_the_complete_batches_rows(self):
         # CSV rows, then a ragged row: the rows of the batches before it are written, then the error.

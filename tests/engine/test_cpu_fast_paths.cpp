@@ -251,7 +251,8 @@ TEST_SUITE("cpu_fast_paths") {
       CAPTURE(xs.str());
       const int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3], oh = h / 2, ow = w / 2;
       Tensor x = ops::random_tensor(xs, -1, 1, 5, DType::f32);
-      // A NaN is skipped, first in its window (position 4's) or later (w + 3's); a window of NaN gives NaN.
+      // oneDNN's rule on every path: a NaN is skipped, first in its window (position 4's) or later (w + 3's);
+      // a window of NaN gives the lowest float.
       const double nan = std::numeric_limits<double>::quiet_NaN();
       x.set_f64(4, nan);
       x.set_f64(w + 3, nan);
@@ -261,10 +262,10 @@ TEST_SUITE("cpu_fast_paths") {
       for (int64_t p = 0; p < planes; ++p)
         for (int64_t oy = 0; oy < oh; ++oy)
           for (int64_t ox = 0; ox < ow; ++ox) {
-            double m = nan;
+            double m = std::numeric_limits<float>::lowest();
             for (int64_t k : {int64_t{0}, int64_t{1}, w, w + 1}) {
               const double v = x.get_f64(p * h * w + 2 * oy * w + 2 * ox + k);
-              if (!std::isnan(v)) m = std::isnan(m) ? v : std::max(m, v);
+              if (v > m) m = v;
             }
             ref.set_f64((p * oh + oy) * ow + ox, m);
           }
@@ -273,8 +274,7 @@ TEST_SUITE("cpu_fast_paths") {
         REQUIRE(y.shape() == ref.shape());
         for (int64_t i = 0; i < ref.numel(); ++i) {
           CAPTURE(i);
-          const double got = y.get_f64(i), want = ref.get_f64(i);
-          CHECK(((std::isnan(got) && std::isnan(want)) || got == want));
+          CHECK(y.get_f64(i) == ref.get_f64(i));
         }
       }
     }
@@ -351,29 +351,66 @@ TEST_SUITE("cpu_fast_paths") {
         }
   }
 
+  TEST_CASE(
+      "Max pooling takes oneDNN's NaN rule on every path: f32 (oneDNN, the 2x2 pass) and f64 (the loops)") {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    Tensor x = ops::random_tensor(Shape{1, 2, 6, 6}, -1, 1, 11, DType::f64);
+    for (int64_t i : {0, 1, 2, 6, 7, 8, 12, 13, 14, 22, 29})
+      x.set_f64(i, nan);  // a 3x3 block of NaN, and two
+    Tensor dy3 = ops::random_tensor(Shape{1, 2, 4, 4}, 0.5, 1.5, 12, DType::f64);
+    Tensor dy2 = ops::random_tensor(Shape{1, 2, 3, 3}, 0.5, 1.5, 13, DType::f64);
+    for (int64_t k : {3, 2}) {
+      CAPTURE(k);
+      Attributes a = {{"kernel_shape", V{k, k}}, {"strides", V{4 - k, 4 - k}}};
+      const Tensor& dy = k == 3 ? dy3 : dy2;
+      Tensor y64 = run_node("MaxPool", {x}, a, {"y"}, 1)[0];
+      Tensor y32 = run_node("MaxPool", {x.cast(DType::f32)}, a, {"y"}, 1)[0];
+      for (int64_t i = 0; i < y64.numel(); ++i) {
+        CAPTURE(i);
+        const double want = y64.get_f64(i) == std::numeric_limits<double>::lowest()
+                                ? std::numeric_limits<float>::lowest()
+                                : static_cast<float>(y64.get_f64(i));
+        CHECK(y32.get_f64(i) == want);
+      }
+      CHECK(y64.get_f64(0) == std::numeric_limits<double>::lowest());  // the window of NaN
+      Tensor dx64 = run_node("MaxPoolGrad", {dy, x}, a, {"dx"}, 1)[0];
+      Tensor dx32 = run_node("MaxPoolGrad", {dy.cast(DType::f32), x.cast(DType::f32)}, a, {"dx"}, 1)[0];
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        CAPTURE(i);
+        CHECK(dx32.get_f64(i) ==
+              doctest::Approx(dx64.get_f64(i)).epsilon(1e-6));  // sums of overlapping windows
+      }
+      CHECK(dx64.get_f64(0) == dy.get_f64(0));  // the window of NaN gives its dy to its first tap
+    }
+  }
+
   TEST_CASE("MaxPoolGrad 2x2 stride 2: dy at each window's first maximum, zeros elsewhere") {
     Attributes a = {{"kernel_shape", V{2, 2}}, {"strides", V{2, 2}}};
     for (Shape xs : {Shape{2, 3, 6, 8}, Shape{1, 2, 7, 5}}) {
       CAPTURE(xs.str());
       const int64_t planes = xs[0] * xs[1], h = xs[2], w = xs[3], oh = h / 2, ow = w / 2;
       Tensor x = ops::random_tensor(xs, -1, 1, 3, DType::f32);
-      // Ties (the first in row-major order wins) and NaN (skipped, also where it comes first).
+      // Ties (the first in row-major order wins), NaN (skipped, also where it comes first) and a window of
+      // NaN (its first element takes dy).
       x.set_f64(0, 0.5);
       x.set_f64(1, 0.5);
       x.set_f64(w, 0.5);
       x.set_f64(w + 1, 0.5);
       x.set_f64(2, std::numeric_limits<double>::quiet_NaN());
       x.set_f64(5, std::numeric_limits<double>::quiet_NaN());
+      for (int64_t i : {2 * w + 2, 2 * w + 3, 3 * w + 2, 3 * w + 3})
+        x.set_f64(i, std::numeric_limits<double>::quiet_NaN());
       Tensor dy = ops::random_tensor(Shape{xs[0], xs[1], oh, ow}, 0.5, 1.5, 4, DType::f32);
       Tensor ref(DType::f32, xs);
       for (int64_t p = 0; p < planes; ++p)
         for (int64_t oy = 0; oy < oh; ++oy)
           for (int64_t ox = 0; ox < ow; ++ox) {
-            int64_t arg = -1;
+            int64_t arg = p * h * w + 2 * oy * w + 2 * ox;
+            double best = std::numeric_limits<float>::lowest();
             for (int64_t ky = 0; ky < 2; ++ky)
               for (int64_t kx = 0; kx < 2; ++kx) {
                 int64_t i = p * h * w + (2 * oy + ky) * w + 2 * ox + kx;
-                if (arg < 0 || x.get_f64(i) > x.get_f64(arg) || std::isnan(x.get_f64(arg))) arg = i;
+                if (x.get_f64(i) > best) best = x.get_f64(i), arg = i;
               }
             ref.set_f64(arg, dy.get_f64((p * oh + oy) * ow + ox));
           }

@@ -464,8 +464,7 @@ void max_pool_loops(const Win2d& v, const T* x, T* y) {
         T* py = y + p * v.out_plane();
         for (int64_t oy = 0; oy < v.oh; ++oy)
           for (int64_t ox = 0; ox < v.ow; ++ox) {
-            T best = -std::numeric_limits<T>::infinity();
-            bool any = false;
+            T best = std::numeric_limits<T>::lowest();
             const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
             const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
             for (int64_t ky = ty.first; ky < ty.last; ++ky) {
@@ -473,8 +472,7 @@ void max_pool_loops(const Win2d& v, const T* x, T* y) {
               for (int64_t kx = tx.first; kx < tx.last; ++kx) {
                 int64_t ix = ox * v.sw - v.pl + kx * v.dw;
                 const T val = px[iy * v.w + ix];
-                if (!any || val > best || best != best) best = val;  // NaN only where all are NaN
-                any = true;
+                best = val > best ? val : best;
               }
             }
             py[oy * v.ow + ox] = best;
@@ -483,9 +481,10 @@ void max_pool_loops(const Win2d& v, const T* x, T* y) {
       pool_grain(v));
 }
 
-// Each dy goes to the first maximum of its window (row-major order), as the forward pass found it. A NaN is
-// the maximum only of a window of NaN (then the last one), as in oneDNN, cuDNN and onnxruntime, which skip
-// it.
+// Each dy goes to the first maximum of its window (row-major order), as the forward pass found it. Every CPU
+// path of max pooling takes oneDNN's rule: the maximum starts at the lowest finite value and rises to each
+// tap above it, so a NaN is skipped, a window of NaN gives the lowest value, and its dy goes to the first
+// tap.
 template <class T>
 void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
   parallel_for(
@@ -498,7 +497,7 @@ void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
         for (int64_t oy = 0; oy < v.oh; ++oy)
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             int64_t arg = -1;
-            T best = -std::numeric_limits<T>::infinity();
+            T best = std::numeric_limits<T>::lowest();
             const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
             const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
             for (int64_t ky = ty.first; ky < ty.last; ++ky) {
@@ -506,7 +505,8 @@ void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
               for (int64_t kx = tx.first; kx < tx.last; ++kx) {
                 int64_t ix = ox * v.sw - v.pl + kx * v.dw;
                 T val = px[iy * v.w + ix];
-                if (arg < 0 || val > best || best != best) {
+                if (arg < 0) arg = iy * v.w + ix;
+                if (val > best) {
                   best = val;
                   arg = iy * v.w + ix;
                 }
@@ -630,7 +630,7 @@ bool is_plain_2x2(const Win2d& v) {
 }
 
 // 2x2 windows at stride 2 without padding or dilation (is_plain_2x2): the maximum by the chain of comparisons
-// max_pool_grad_2x2_plane makes; a NaN is skipped unless the whole window is NaN, as in the loops. oneDNN's
+// max_pool_grad_2x2_plane makes, by oneDNN's rule (see max_pool_grad_loops). oneDNN's
 // plain-layout max pooling is a scalar loop; this pass is about ten times faster on the CIFAR-10 CNN's pool.
 TRAINER_CPU_CLONES void max_pool_2x2_plane(const float* x, float* y, int64_t w, int64_t oh, int64_t ow) {
   for (int64_t oy = 0; oy < oh; ++oy) {
@@ -640,9 +640,11 @@ TRAINER_CPU_CLONES void max_pool_2x2_plane(const float* x, float* y, int64_t w, 
 #pragma omp simd simdlen(8)
     for (int64_t j = 0; j < ow; ++j) {
       const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-      float m = b > a || a != a ? b : a;
-      m = c > m || m != m ? c : m;
-      out[j] = d > m || m != m ? d : m;
+      constexpr float lowest = std::numeric_limits<float>::lowest();
+      float m = a > lowest ? a : lowest;
+      m = b > m ? b : m;
+      m = c > m ? c : m;
+      out[j] = d > m ? d : m;
     }
   }
 }
@@ -679,8 +681,8 @@ KernelPtr max_pool(const KernelArgs& a) {
 }
 
 // 2x2 windows at stride 2 without padding or dilation, the common case: windows do not overlap, so every dx
-// element is written once, with dy where its window's first maximum is (as in the loops, NaN skipped) and 0
-// elsewhere, and no separate zero fill is needed. An odd last row or column belongs to no window. A
+// element is written once, with dy where its window's first maximum is (as in the loops) and 0 elsewhere,
+// and no separate zero fill is needed. An odd last row or column belongs to no window. A
 // vectorized pass like this is several times faster than oneDNN's plain-layout backward (which also needs the
 // forward rerun for its workspace).
 TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy, float* dx, int64_t h,
@@ -696,11 +698,13 @@ TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy,
 #pragma omp simd simdlen(8)
     for (int64_t j = 0; j < ow; ++j) {
       const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-      const bool kb = b > a || a != a;
-      float m = kb ? b : a;
-      const bool kc = c > m || m != m;
+      constexpr float lowest = std::numeric_limits<float>::lowest();
+      float m = a > lowest ? a : lowest;  // a wins when nothing beats the lowest value
+      const bool kb = b > m;
+      m = kb ? b : m;
+      const bool kc = c > m;
       m = kc ? c : m;
-      const bool kd = d > m || m != m;
+      const bool kd = d > m;
       // dy passes down the chain of selects to the winner (plain selects, which the vectorizer if-converts;
       // && would become branches).
       const float to_d = kd ? g[j] : 0.0f, past_d = kd ? 0.0f : g[j];
