@@ -170,6 +170,13 @@ engine::DType npy_dtype(const std::string& descr, const std::string& where) {
   return dtype_of_descr(descr, where);
 }
 
+InputError npy_version_error(const std::string& name, int major, int minor) {
+  return InputError(
+      at_byte(name, 6),
+      fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major, minor),
+      "write it with numpy.save, or check that the file is whole (the version is bytes 6 and 7)");
+}
+
 NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name) {
   const uint8_t* p = bytes.data() + base;
   if (size < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0) {
@@ -186,11 +193,7 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
     header_len = le32(p + 8);
     start = 12;
   } else {
-    throw InputError(
-        at_byte(name, 6),
-        fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
-                    static_cast<int>(p[7])),
-        "write it with numpy.save, or check that the file is whole (the version is bytes 6 and 7)");
+    throw npy_version_error(name, major, p[7]);
   }
   if (start + header_len > size) {
     throw InputError(

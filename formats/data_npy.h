@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/util/error.h"
 #include "formats/data_array.h"
 
 namespace trainer::formats {
@@ -29,6 +30,9 @@ NpyDict parse_npy_dict(std::string_view text, const std::string& where);
 // The dtype an .npy descr names ('<f4', '|u1', ...): uint8 and bool, int32, int64, float32, float64,
 // little-endian; anything else is an InputError at `where` with a hint.
 engine::DType npy_dtype(const std::string& descr, const std::string& where);
+
+// The error for an NPY format version other than 1, 2 and 3 (bytes 6 and 7 of file `name`).
+InputError npy_version_error(const std::string& name, int major, int minor);
 
 // Parses the header of the .npy bytes [base, base + size) of `bytes` (v1, v2 or v3; little-endian u1, b1, i4,
 // i8, f4, f8; C order). Anything else is an InputError naming `name` and the byte offset.

@@ -688,12 +688,11 @@ class Exporter {
     const double epsilon = n.attrs.has("epsilon") ? n.attrs.f("epsilon") : 1e-5;
     const std::string sd = add_part(
         "Sqrt", n.name, {add_part("Add", n.name, {var, scalar(dtype, epsilon, "layer_norm/epsilon")})});
-    const std::string scaled = add_part("Mul", n.name, {add_part("Div", n.name, {d, sd}), name(n.inputs[1])});
     const bool bias = n.inputs.size() > 2 && n.inputs[2] != kNoValue;
-    if (bias)
-      add_node("Add", n.name, {scaled, name(n.inputs[2])}, {name(n.outputs[0])});
-    else
-      add_node("Identity", n.name, {scaled}, {name(n.outputs[0])});
+    const std::string y = name(n.outputs[0]);
+    const std::string scaled =
+        add_part("Mul", n.name, {add_part("Div", n.name, {d, sd}), name(n.inputs[1])}, bias ? "" : y);
+    if (bias) add_part("Add", n.name, {scaled, name(n.inputs[2])}, y);
   }
 
   // Transposes the last two dimensions of a rank-r operand.

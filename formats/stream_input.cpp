@@ -328,11 +328,7 @@ struct SampleReader::Impl {
       len =
           uint64_t{pre[8]} | (uint64_t{pre[9]} << 8) | (uint64_t{pre[10]} << 16) | (uint64_t{pre[11]} << 24);
     } else {
-      throw InputError(
-          at_byte(name, 6),
-          fmt::format("NPY format version {}.{} is not supported (1, 2 and 3 are)", major,
-                      static_cast<int>(pre[7])),
-          "write it with numpy.save, or check that the file is whole (the version is bytes 6 and 7)");
+      throw npy_version_error(name, major, pre[7]);
     }
     // numpy writes headers of a few hundred bytes (and reads none over 10000 unless told to): a length far
     // beyond is a damaged file, not a header to allocate.

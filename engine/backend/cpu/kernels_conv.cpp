@@ -443,6 +443,14 @@ inline int64_t taps_inside(int64_t start, int64_t k, int64_t d, int64_t lo, int6
   return t.last - t.first;
 }
 
+// The kernel rows of output row oy, and the kernel columns of output column ox, that fall inside the input.
+inline Taps rows_in(const Win2d& v, int64_t oy) {
+  return taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
+}
+inline Taps cols_in(const Win2d& v, int64_t ox) {
+  return taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+}
+
 // Planes per parallel task: each window visits at most the input's taps.
 int64_t pool_grain(const Win2d& v) {
   const int64_t taps = std::min(v.kh, v.h) * std::min(v.kw, v.w);
@@ -465,8 +473,7 @@ void max_pool_loops(const Win2d& v, const T* x, T* y) {
         for (int64_t oy = 0; oy < v.oh; ++oy)
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             T best = std::numeric_limits<T>::lowest();
-            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
-            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            const Taps ty = rows_in(v, oy), tx = cols_in(v, ox);
             for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
               for (int64_t kx = tx.first; kx < tx.last; ++kx) {
@@ -498,8 +505,7 @@ void max_pool_grad_loops(const Win2d& v, const T* dy, const T* x, T* dx) {
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             int64_t arg = -1;
             T best = std::numeric_limits<T>::lowest();
-            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
-            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            const Taps ty = rows_in(v, oy), tx = cols_in(v, ox);
             for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
               for (int64_t kx = tx.first; kx < tx.last; ++kx) {
@@ -523,7 +529,8 @@ inline int64_t avg_divisor(const Win2d& v, int64_t oy, int64_t ox, bool include_
   int64_t y0 = oy * v.sh - v.pt, x0 = ox * v.sw - v.pl;
   if (include_pad)
     return taps_inside(y0, v.kh, v.dh, -v.pt, v.h + v.pb) * taps_inside(x0, v.kw, v.dw, -v.pl, v.w + v.pr);
-  return taps_inside(y0, v.kh, v.dh, 0, v.h) * taps_inside(x0, v.kw, v.dw, 0, v.w);
+  const Taps ty = rows_in(v, oy), tx = cols_in(v, ox);
+  return (ty.last - ty.first) * (tx.last - tx.first);
 }
 
 template <class T>
@@ -536,8 +543,7 @@ void avg_pool_loops(const Win2d& v, bool include_pad, const T* x, T* y) {
         for (int64_t oy = 0; oy < v.oh; ++oy)
           for (int64_t ox = 0; ox < v.ow; ++ox) {
             T sum = 0;
-            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
-            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            const Taps ty = rows_in(v, oy), tx = cols_in(v, ox);
             for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
               for (int64_t kx = tx.first; kx < tx.last; ++kx) {
@@ -565,8 +571,7 @@ void avg_pool_grad_loops(const Win2d& v, bool include_pad, const T* dy, T* dx) {
             int64_t div = avg_divisor(v, oy, ox, include_pad);
             if (div == 0) continue;
             T g = pdy[oy * v.ow + ox] / T(div);
-            const Taps ty = taps_in(oy * v.sh - v.pt, v.kh, v.dh, 0, v.h);
-            const Taps tx = taps_in(ox * v.sw - v.pl, v.kw, v.dw, 0, v.w);
+            const Taps ty = rows_in(v, oy), tx = cols_in(v, ox);
             for (int64_t ky = ty.first; ky < ty.last; ++ky) {
               int64_t iy = oy * v.sh - v.pt + ky * v.dh;
               for (int64_t kx = tx.first; kx < tx.last; ++kx) {
@@ -617,21 +622,21 @@ dnnl::algorithm avg_alg(bool include_pad) {
                      : dnnl::algorithm::pooling_avg_exclude_padding;
 }
 
-// Windows of 2x2 at stride 2, without padding or dilation: the common case, with kernels of its own.
 // f(p) for every plane p of the input, in parallel, as the 2x2 passes take them.
 template <class F>
 void each_plane(const Win2d& v, const F& f) {
   parallel_for(v.n * v.c, f, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, v.in_plane())));
 }
 
+// Windows of 2x2 at stride 2, without padding or dilation: the common case, with kernels of its own.
 bool is_plain_2x2(const Win2d& v) {
   return v.kh == 2 && v.kw == 2 && v.sh == 2 && v.sw == 2 && v.dh == 1 && v.dw == 1 && v.pt == 0 &&
          v.pl == 0 && v.reach_b == 0 && v.reach_r == 0 && v.oh == v.h / 2 && v.ow == v.w / 2;
 }
 
 // 2x2 windows at stride 2 without padding or dilation (is_plain_2x2): the maximum by the chain of comparisons
-// max_pool_grad_2x2_plane makes, by oneDNN's rule (see max_pool_grad_loops). oneDNN's
-// plain-layout max pooling is a scalar loop; this pass is about ten times faster on the CIFAR-10 CNN's pool.
+// max_pool_grad_2x2_plane makes, by oneDNN's rule (see max_pool_grad_loops). oneDNN's plain-layout max
+// pooling is a scalar loop; this pass is about ten times faster on the CIFAR-10 CNN's pool.
 TRAINER_CPU_CLONES void max_pool_2x2_plane(const float* x, float* y, int64_t w, int64_t oh, int64_t ow) {
   for (int64_t oy = 0; oy < oh; ++oy) {
     const float* r0 = x + 2 * oy * w;
@@ -682,9 +687,9 @@ KernelPtr max_pool(const KernelArgs& a) {
 
 // 2x2 windows at stride 2 without padding or dilation, the common case: windows do not overlap, so every dx
 // element is written once, with dy where its window's first maximum is (as in the loops) and 0 elsewhere,
-// and no separate zero fill is needed. An odd last row or column belongs to no window. A
-// vectorized pass like this is several times faster than oneDNN's plain-layout backward (which also needs the
-// forward rerun for its workspace).
+// and no separate zero fill is needed. An odd last row or column belongs to no window. A vectorized pass
+// like this is several times faster than oneDNN's plain-layout backward (which also needs the forward rerun
+// for its workspace).
 TRAINER_CPU_CLONES void max_pool_grad_2x2_plane(const float* x, const float* dy, float* dx, int64_t h,
                                                 int64_t w, int64_t oh, int64_t ow) {
   for (int64_t oy = 0; oy < oh; ++oy) {
