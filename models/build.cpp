@@ -25,7 +25,8 @@ const LayerDef* find_def(const formats::LayerSpec& spec) {
     if (d.type == spec.type) return &d;
   std::vector<std::string> types;
   for (const LayerDef& d : defs) types.push_back(d.type);
-  throw InputError(spec.pos.str(), fmt::format("unknown layer type '{}'", spec.type),
+  const formats::SourcePos& at = spec.type_pos.file.empty() ? spec.pos : spec.type_pos;
+  throw InputError(at.str(), fmt::format("unknown layer type '{}'", spec.type),
                    fmt::format("{}layers: {}", did_you_mean(spec.type, types), fmt::join(types, ", ")));
 }
 
@@ -361,7 +362,7 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
                          "e.g. layer = \"Dense\" with the Dense layer's arguments beside it: units = 8");
       formats::LayerSpec inner = spec;
       inner.type = *type;
-      inner.pos = it->second.pos;
+      inner.pos = inner.type_pos = it->second.pos;
       wrapped = find_def(inner);
       if (wrapped->type == "TimeDistributed" || wrapped->min_inputs != 1 || wrapped->max_inputs != 1)
         throw InputError(it->second.pos.str(),
