@@ -397,7 +397,8 @@ std::string names_text(const engine::Graph& g, const std::vector<engine::ValueId
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
-// A layer table for `trainer summary`: one row per node, each initializer counted at its first reader.
+// A layer table for `trainer summary`: one row per node, each float initializer counted at its first reader
+// (integer ones are shapes, axes and indices, which Keras would not call parameters).
 std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
                                            const std::vector<std::string>& initializers, int64_t batch) {
   std::set<std::string> unseen(initializers.begin(), initializers.end());
@@ -423,6 +424,7 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
     for (engine::ValueId v : n.inputs) {
       if (v == engine::kNoValue || !unseen.erase(g.value(v).name)) continue;
       const engine::Value& val = g.value(v);
+      if (!engine::is_float(val.dtype)) continue;
       l.params += val.shape.numel();
       if (val.kind == engine::ValueKind::parameter && val.trainable) l.trainable_params += val.shape.numel();
     }
@@ -431,7 +433,12 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
     const Shape* w = shape(n, 1);
     const engine::Value* y =
         n.outputs.empty() || n.outputs[0] == engine::kNoValue ? nullptr : &g.value(n.outputs[0]);
-    if (a && w && y && batch > 0) {
+    if ((n.op == "LSTM" || n.op == "GRU") && a && w && a->rank() == 3 && w->rank() == 3 && shape(n, 2)) {
+      // Its Y may be absent (a model that reads only Y_h).
+      const bool batch_major = n.attrs.has("layout") && n.attrs.i("layout") == 1;
+      const int64_t steps = batch_major ? (*a)[1] : (*a)[0];
+      l.flops_per_sample = 2 * steps * (w->numel() + shape(n, 2)->numel());
+    } else if (a && w && y && batch > 0) {
       const int64_t per = y->shape.numel() / batch;
       if (n.op == "Gemm" && a->rank() == 2)
         l.flops_per_sample = 2 * per * (n.attrs.has("transA") && n.attrs.i("transA") ? (*a)[0] : (*a)[1]);
@@ -439,11 +446,6 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
         l.flops_per_sample = 2 * per * a->dims().back();
       else if (n.op == "Conv" && w->rank() >= 2 && (*w)[0] > 0)
         l.flops_per_sample = 2 * per * (w->numel() / (*w)[0]);
-      else if ((n.op == "LSTM" || n.op == "GRU") && a->rank() == 3 && w->rank() == 3 && shape(n, 2)) {
-        const bool batch_major = n.attrs.has("layout") && n.attrs.i("layout") == 1;
-        const int64_t steps = batch_major ? (*a)[1] : (*a)[0];
-        l.flops_per_sample = 2 * steps * (w->numel() + shape(n, 2)->numel());
-      }
     }
     out.push_back(std::move(l));
   }

@@ -177,6 +177,36 @@ class Summary(unittest.TestCase):
                     cli_util.assert_input_error(self, r, "model.toml", "no [train] section")
             self.assertFalse(os.path.exists(os.path.join(d, "run")))
 
+    def test_an_onnx_lstm_read_by_its_last_state(self):
+        # An LSTM whose Y output is absent (only Y_h is read, as trainer's and Keras's exports do) still counts its
+        # gate products, and integer initializers (a Reshape's shape) are no parameters.
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        steps, feats, units = 5, 3, 4
+        rng = np.random.default_rng(0)
+        inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+                 for name, shape in (("W", [1, 4 * units, feats]), ("R", [1, 4 * units, units]),
+                                     ("B", [1, 8 * units]))]
+        inits.append(numpy_helper.from_array(np.array([-1, units], np.int64), "shape"))
+        nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+                 helper.make_node("LSTM", ["xt", "W", "R", "B"], ["", "yh"], hidden_size=units),
+                 helper.make_node("Reshape", ["yh", "shape"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, feats])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", units])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "lstm.onnx")
+            onnx.save(model, path)
+            r = run(["summary", path, "--json"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            s = json.loads(r.stdout)
+            self.assertEqual(s["total_params"], lstm(feats, units) + 4 * units)  # ONNX's B holds two biases
+            rows = {l["type"]: l for l in s["layers"]}
+            self.assertEqual(rows["LSTM"]["flops_per_sample"], 2 * steps * 4 * units * (feats + units))
+            self.assertEqual(rows["Reshape"]["params"], 0)
+
 
 if __name__ == "__main__":
     cli_util.main()
