@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -592,6 +594,52 @@ models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool tra
   o.seed = spec.train.seed;
   o.sync_batch_norm = spec.parallel.sync_batch_norm;
   return models::build_model(spec.model, o);
+}
+
+void mark_onnx_batch_axes(models::BuiltModel& m, const formats::ModelSpec& spec, int64_t batch,
+                          bool training) {
+  if (spec.model.onnx.empty() || batch <= 0) return;
+  std::optional<models::BuiltModel> next;
+  try {
+    next = build(spec, batch + 1, training);
+  } catch (const InputError&) {
+    return;  // its shape constants hold the batch
+  }
+  // Each node's first output, by node name.
+  auto outputs = [](const engine::Graph& g) {
+    std::map<std::string, std::pair<std::string, Shape>> out;
+    for (engine::NodeId id : g.topo_order()) {
+      const engine::Node& n = g.node(id);
+      for (engine::ValueId v : n.outputs)
+        if (v != engine::kNoValue) {
+          out.emplace(n.name, std::pair{n.op, g.value(v).shape});
+          break;
+        }
+    }
+    return out;
+  };
+  const auto here = outputs(m.graph), there = outputs(next->graph);
+  for (models::LayerInfo& l : m.layers) {
+    auto a = here.find(l.name), b = there.find(l.name);
+    // A row of a Keras head on the model has its layer's name and type, and its shape already.
+    if (a == here.end() || b == there.end() || a->second.first != l.type) continue;
+    const Shape &s1 = a->second.second, &s2 = b->second.second;
+    if (s1.rank() != s2.rank()) continue;
+    std::vector<int64_t> d;
+    bool known = true;
+    for (int i = 0; i < s1.rank(); ++i) {
+      const int64_t k = s1[i] / batch;
+      if (s1[i] == s2[i])
+        d.push_back(s1[i]);
+      else if (s1[i] % batch == 0 && s2[i] == k * (batch + 1) && k > 0)
+        d.push_back(-k);
+      else
+        known = false;  // it follows the batch some other way: keep the row as it is
+    }
+    if (!known) continue;
+    if (!d.empty() && d[0] == -1) d.erase(d.begin());
+    l.output_shape = std::move(d);
+  }
 }
 
 engine::ModelFactory model_factory(const formats::ModelSpec& spec) {

@@ -106,6 +106,12 @@ struct ParallelOptions {
 
 // Builds the model of a spec for a batch size and mode (a fresh graph each call).
 models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training);
+// For `trainer summary` of an ONNX spec: builds the model once more at batch + 1 to tell which dimensions of
+// each node's output follow the batch, and writes them into the rows of `m` (built at `batch`) as
+// LayerInfo::output_shape describes; a leading batch axis is dropped, as for a spec's layers. A model that
+// builds at one batch size only keeps the rows as they are.
+void mark_onnx_batch_axes(models::BuiltModel& m, const formats::ModelSpec& spec, int64_t batch,
+                          bool training);
 // Reads an ONNX spec's model file into spec.model.onnx_bytes, unless they are there already (from a
 // checkpoint); a missing file is an InputError at the spec's `onnx` key.
 void read_onnx_bytes(formats::ModelSpec& spec);

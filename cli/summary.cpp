@@ -9,8 +9,18 @@ namespace trainer::cli {
 
 namespace {
 
+// A dimension of k times the batch (LayerInfo::output_shape's -k) is N or kN, as in (1, N, 128).
 std::string shape_text(const std::vector<int64_t>& s) {
-  return fmt::format("({})", fmt::join(s, ", "));
+  std::vector<std::string> dims;
+  for (int64_t d : s) dims.push_back(d >= 0 ? std::to_string(d) : d == -1 ? "N" : fmt::format("{}N", -d));
+  return fmt::format("({})", fmt::join(dims, ", "));
+}
+
+// In JSON a dimension that follows the batch is null.
+std::string shape_json(const std::vector<int64_t>& s) {
+  std::vector<std::string> dims;
+  for (int64_t d : s) dims.push_back(d >= 0 ? std::to_string(d) : "null");
+  return fmt::format("[{}]", fmt::join(dims, ", "));
 }
 
 std::string grouped(int64_t n) {
@@ -58,6 +68,7 @@ Command add_summary_command(CLI::App& app) {
     // BatchNormalization's running statistics need not be trainable to be shown).
     const bool alone = !s.model.onnx.empty() && s.train.loss.empty();
     models::BuiltModel m = build(s, batch, !alone);
+    mark_onnx_batch_axes(m, s, batch, !alone);
     // The memory of a training step needs the training settings; a model alone has its layers only.
     const bool training = !s.train.loss.empty();
     size_t bytes = 0;
@@ -119,7 +130,7 @@ Command add_summary_command(CLI::App& app) {
         if (!layers.empty()) layers += ", ";
         layers += json_object({{"name", json_string(l.name)},
                                {"type", json_string(l.type)},
-                               {"output_shape", fmt::format("[{}]", fmt::join(l.output_shape, ", "))},
+                               {"output_shape", shape_json(l.output_shape)},
                                {"params", std::to_string(l.params)},
                                {"flops_per_sample", std::to_string(l.flops_per_sample)}});
       }

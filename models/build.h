@@ -34,8 +34,10 @@ namespace trainer::models {
 struct LayerInfo {
   std::string name;
   std::string type;
-  std::vector<int64_t> output_shape;  // per sample, Keras-style (channels last), without the batch dimension
-  int64_t params = 0;                 // trainable and non-trainable
+  // Per sample, Keras-style (channels last), without the batch dimension. An ONNX node's output may have
+  // the batch elsewhere (an LSTM's Y_h: [directions, batch, hidden]): a dimension of k times the batch is -k.
+  std::vector<int64_t> output_shape;
+  int64_t params = 0;  // trainable and non-trainable
   int64_t trainable_params = 0;
   // Forward FLOPs: 2 x the multiply-adds of the matrix products (Dense, convolutions, LSTM and GRU gates,
   // MultiHeadAttention's projections and attention). Elementwise work (bias, activations, pooling,

@@ -206,6 +206,13 @@ class Summary(unittest.TestCase):
             rows = {l["type"]: l for l in s["layers"]}
             self.assertEqual(rows["LSTM"]["flops_per_sample"], 2 * steps * 4 * units * (feats + units))
             self.assertEqual(rows["Reshape"]["params"], 0)
+            # The batch axis where it is not first: null in JSON, N in the table.
+            self.assertEqual(rows["LSTM"]["output_shape"], [1, None, units])
+            self.assertEqual(rows["Transpose"]["output_shape"], [steps, None, feats])
+            self.assertEqual(rows["Reshape"]["output_shape"], [units])
+            r = run(["summary", path])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, rf"\bLSTM +\(1, N, {units}\) ")
 
 
 if __name__ == "__main__":
