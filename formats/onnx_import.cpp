@@ -335,18 +335,34 @@ class Importer {
     return tensor_from_onnx(t, where, base_dir_);
   }
 
-  // Which values nodes read where a gradient flows, and which are BatchNormalization's running statistics:
-  // that decides between parameters, state and constants for initializers.
+  // Which values a gradient from the model's outputs reaches, and which are BatchNormalization's running
+  // statistics: that decides between parameters, state and constants for initializers. A float initializer
+  // that only shape arithmetic reads (tf2onnx's Cast(Shape) * 2.0 for a Resize's sizes) stays a constant.
   void scan_uses() { scan_uses_in(model_.graph()); }
 
-  // The nodes of `graph`, and of the branches of its If nodes (any of which may be imported).
+  // The nodes of `graph`, and of the branches of its If nodes (any of which may be imported). In the main
+  // graph a gradient is followed back from the outputs through the inputs that take one; in a branch every
+  // such input counts (and the If node passes one to everything its branches read).
   void scan_uses_in(const onnx::GraphProto& graph) {
+    const bool top = &graph == &model_.graph();
     const auto& registry = engine::OpRegistry::global();
+    struct Flow {
+      std::vector<std::string> from, to;  // the inputs that take a gradient; the outputs
+      // Running statistics: no gradient, but what computes them is judged as if one reached it (a tensor
+      // other nodes train makes the BatchNormalization's error below, not a silent inference form).
+      std::vector<std::string> stats;
+    };
+    std::vector<Flow> flows;
     for (const auto& n : graph.node()) {
       if (imported_by_importer(n)) continue;
+      Flow f;
+      f.to.assign(n.output().begin(), n.output().end());
       if (normalize_domain(n.domain()).empty() && n.op_type() == "If")
         for (const auto& a : n.attribute())
-          if (a.type() == onnx::AttributeProto::GRAPH) scan_uses_in(a.g());
+          if (a.type() == onnx::AttributeProto::GRAPH) {
+            scan_uses_in(a.g());
+            reads_of(a.g(), f.from);
+          }
       const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
       const bool other_ops = rewritten(n);
       const engine::OpSchema* schema = registry.find(n.op_type());
@@ -355,22 +371,58 @@ class Importer {
         if (name.empty()) continue;
         if (batch_norm && i >= 3) {
           running_stats_.insert(name);
-        } else if (other_ops ? rewritten_input_has_grad(n, i)
-                             : schema && schema->has_grad() && schema->input_has_grad(i)) {
-          differentiable_.insert(name);
+          f.stats.push_back(name);
+        } else if ((other_ops ? rewritten_input_has_grad(n, i)
+                              : schema && schema->has_grad() && schema->input_has_grad(i)) &&
+                   !casts_to_integer(n)) {
+          f.from.push_back(name);
         }
       }
+      if (top)
+        flows.push_back(std::move(f));
+      else
+        differentiable_.insert(f.from.begin(), f.from.end());
       for (const std::string& name : n.input()) {
         read_names_.insert(name);
         if (!name.empty()) ++input_uses_[name];
       }
     }
     for (const auto& out : graph.output()) read_names_.insert(out.name());
-    if (&graph != &model_.graph()) return;
+    if (!top) return;
     for (const auto& out : model_.graph().output()) {
       read_names_.insert(out.name());
       graph_outputs_.insert(out.name());
     }
+    // Nodes come in topological order: walked backwards, a node's outputs are settled before its inputs.
+    std::set<std::string> reached(graph_outputs_);
+    for (auto it = flows.rbegin(); it != flows.rend(); ++it)
+      if (std::any_of(it->to.begin(), it->to.end(), [&](const std::string& o) { return reached.count(o); })) {
+        for (const std::string& name : it->from) {
+          reached.insert(name);
+          differentiable_.insert(name);
+        }
+        reached.insert(it->stats.begin(), it->stats.end());
+      }
+  }
+
+  // Every value the nodes of `graph` (and of its nested graphs) read.
+  static void reads_of(const onnx::GraphProto& graph, std::vector<std::string>& out) {
+    for (const auto& n : graph.node()) {
+      for (const std::string& name : n.input())
+        if (!name.empty()) out.push_back(name);
+      for (const auto& a : n.attribute())
+        if (a.type() == onnx::AttributeProto::GRAPH) reads_of(a.g(), out);
+    }
+  }
+
+  // A Cast to an integer or boolean type passes no gradient.
+  static bool casts_to_integer(const onnx::NodeProto& n) {
+    if (n.op_type() != "Cast" || !normalize_domain(n.domain()).empty()) return false;
+    for (const auto& a : n.attribute())
+      if (a.name() == "to")
+        return a.i() != onnx::TensorProto::FLOAT && a.i() != onnx::TensorProto::DOUBLE &&
+               a.i() != onnx::TensorProto::FLOAT16 && a.i() != onnx::TensorProto::BFLOAT16;
+    return false;
   }
 
   bool training_flags() const { return options_.mode != OnnxGraphMode::as_written; }
@@ -668,7 +720,12 @@ class Importer {
         n, label, {"start", "limit", "delta"},
         "the engine needs static shapes: compute the range from constants and input shapes only", &t);
     if (v[2] == 0) fail(fmt::format("{}: delta is 0", label));
-    const int64_t count = std::max<int64_t>(static_cast<int64_t>(std::ceil((v[1] - v[0]) / v[2])), 0);
+    const double steps = std::ceil((v[1] - v[0]) / v[2]);
+    // Judged as a double: a cast of infinity, NaN or 1e30 to an integer is undefined.
+    if (!std::isfinite(steps) || steps > 9007199254740992.0)
+      fail(fmt::format("{}: Range({}, {}, {}) has no finite number of elements", label, v[0], v[1], v[2]),
+           "start, limit and delta must be finite and give fewer than 2^53 elements");
+    const int64_t count = std::max<int64_t>(static_cast<int64_t>(steps), 0);
     add_generated(n, label, [&] {
       Tensor out(t, Shape{count});
       for (int64_t i = 0; i < count; ++i) out.set_f64(i, v[0] + static_cast<double>(i) * v[2]);
@@ -681,9 +738,12 @@ class Importer {
   // / N)).
   void add_window(const onnx::NodeProto& n, int index) {
     const std::string label = node_label(n, index);
-    const int64_t size = static_cast<int64_t>(constant_scalars(
-        n, label, {"size"}, "the engine needs static shapes: give the window's length as a constant")[0]);
-    if (size < 0) fail(fmt::format("{}: size {} is negative", label, size));
+    const double given = constant_scalars(
+        n, label, {"size"}, "the engine needs static shapes: give the window's length as a constant")[0];
+    if (!(given >= 0 && given <= 9007199254740992.0))  // NaN too, before its integer cast
+      fail(fmt::format("{}: size {} is not a length", label, given),
+           "the size must be a whole number from 0 to 2^53");
+    const int64_t size = static_cast<int64_t>(given);
     int64_t periodic = 1, type = 1;
     for (const auto& a : n.attribute()) {
       if (a.name() == "periodic") periodic = a.i();
@@ -874,7 +934,8 @@ class Importer {
         adapt_dropout(p);
       } else if (p.op == "BatchNormalization") {
         adapt_batch_norm(p);
-      } else if ((p.op == "Softmax" || p.op == "LogSoftmax") && result_.info.opset < 13) {
+      } else if ((p.op == "Softmax" || p.op == "LogSoftmax" || p.op == "Hardmax") &&
+                 result_.info.opset < 13) {
         if (adapt_opset11_softmax(p)) return;
       } else if (p.op == "Reshape") {
         adapt_reshape(p);
@@ -917,8 +978,25 @@ class Importer {
   ValueId add_part(const PendingNode& p, const std::string& op, std::vector<ValueId> ins,
                    engine::Attributes a, const std::string& what, bool last = false) {
     const std::string part = p.base() + "/" + what;
-    NodeId id = g().add_node_named(op, std::move(ins), std::move(a),
-                                   {last ? p.outputs[0] : g().unique_name(part)}, last ? p.name : part);
+    return add_rewritten(p, op, std::move(ins), std::move(a), last ? p.outputs[0] : g().unique_name(part),
+                         last ? p.name : part);
+  }
+  // A node of a rewrite, named `name`, writing `output`; a constant instead when its inputs are all constants
+  // (shape arithmetic through an op the importer rewrites: ReduceProd of a Shape's slice, a Split of a
+  // Shape), as fold() makes one of any other node.
+  ValueId add_rewritten(const PendingNode& p, const std::string& op, std::vector<ValueId> ins,
+                        engine::Attributes a, const std::string& output, const std::string& name) {
+    if (options_.fold_constants) {
+      PendingNode part;
+      part.op = op;
+      part.name = name;
+      part.label = p.label;
+      part.inputs = ins;
+      part.attrs = a;
+      part.outputs = {output};
+      if (fold(part)) return g().find(output);
+    }
+    NodeId id = g().add_node_named(op, std::move(ins), std::move(a), {output}, name);
     mark_batched(id);
     return g().node(id).outputs[0];
   }
@@ -983,10 +1061,10 @@ class Importer {
         const int64_t end = start + sizes[k];
         if (!p.outputs[k].empty()) {
           const std::string name = k == 0 ? p.name : fmt::format("{}/{}", p.base(), k);
-          mark_batched(g().add_node_named("Slice",
-                                          {p.inputs[0], ints_constant(p, "starts", {start}),
-                                           ints_constant(p, "ends", {end}), ints_constant(p, "axes", {axis})},
-                                          {}, {p.outputs[k]}, name));
+          add_rewritten(p, "Slice",
+                        {p.inputs[0], ints_constant(p, "starts", {start}), ints_constant(p, "ends", {end}),
+                         ints_constant(p, "axes", {axis})},
+                        {}, p.outputs[k], name);
         }
         start = end;
       }
@@ -2851,7 +2929,7 @@ class Importer {
     const bool mean = p.op == "Mean" && p.inputs.size() > 1;
     wrap(p.label, [&] {
       if (p.inputs.size() == 1) {
-        mark_batched(g().add_node_named("Identity", {p.inputs[0]}, {}, p.outputs, p.name));
+        add_part(p, "Identity", {p.inputs[0]}, {}, "", true);
         return;
       }
       ValueId acc = p.inputs[0];
@@ -3007,9 +3085,10 @@ class Importer {
     p.outputs.resize(1);
   }
 
-  // Softmax and LogSoftmax before opset 13 normalize over all dimensions from `axis` (default 1) on, as one.
-  // Over the last axis that is today's op; otherwise the node becomes Flatten -> op -> Reshape. Returns true
-  // when it added the nodes itself.
+  // Softmax, LogSoftmax and Hardmax before opset 13 work over all dimensions from `axis` (default 1) on, as
+  // one. Over the last axis that is today's op; otherwise the node becomes Flatten -> op -> Reshape (the
+  // Reshape reads -1 for the first dimension, so the graph holds at any batch size). Returns true when it
+  // added the nodes itself.
   bool adapt_opset11_softmax(PendingNode& p) {
     const Shape shape = g().value(p.inputs[0]).shape;
     const int64_t rank = shape.rank();
@@ -3025,13 +3104,27 @@ class Importer {
                                     {g().unique_name(base + "/flattened")}, base + "/flatten");
       flat = g().node(f).outputs[0];
       mark_batched(f);
-      NodeId s =
-          g().add_node_named(p.op, {flat}, {{"axis", int64_t{1}}}, {g().unique_name(base + "/2d")}, p.name);
-      normalized = g().node(s).outputs[0];
-      mark_batched(s);
-      ValueId dims = g().add_constant(g().unique_name(base + "/shape"),
-                                      Tensor::from<int64_t>(Shape{rank}, shape.dims()));
-      mark_batched(g().add_node_named("Reshape", {normalized, dims}, {}, {p.outputs[0]}, base + "/reshape"));
+    });
+    if (p.op == "Hardmax") {
+      // The importer writes Hardmax as a formula: that of the 2-D form.
+      PendingNode q = p;
+      q.inputs[0] = flat;
+      q.attrs.set("axis", int64_t{1});
+      q.outputs = {g().unique_name(base + "/2d")};
+      add_formula(q);
+      normalized = lookup(q.outputs[0], p.label);
+    }
+    wrap(p.label, [&] {
+      if (normalized == engine::kNoValue) {
+        NodeId s =
+            g().add_node_named(p.op, {flat}, {{"axis", int64_t{1}}}, {g().unique_name(base + "/2d")}, p.name);
+        normalized = g().node(s).outputs[0];
+        mark_batched(s);
+      }
+      std::vector<int64_t> dims = shape.dims();
+      if (shape.numel() > 0) dims[0] = -1;
+      mark_batched(g().add_node_named("Reshape", {normalized, ints_constant(p, "shape", dims)}, {},
+                                      {p.outputs[0]}, base + "/reshape"));
     });
     return true;
   }

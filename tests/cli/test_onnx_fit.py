@@ -853,8 +853,9 @@ class Net(torch.nn.Module):
                         np.testing.assert_array_equal(np.loadtxt(r.stdout.splitlines(), delimiter=","), want)
                         self.assertEqual(want[0, index], 42)
                     else:
-                        cli_util.assert_input_error(self, r, "scatter", f"index {index}",
-                                                    "out of range for a dim of size 4")
+                        # Found when the constant indices are folded at import.
+                        cli_util.assert_input_error(self, r, "scatter", f"index {index}", "out of range",
+                                                    "of size 4")
 
     @cli_util.skip_without_fashion
     def test_pytorch_exported_scatters_fine_tune(self):
