@@ -699,6 +699,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.weighted_metrics = t.weighted_metrics;
   c.top_k = t.top_k;
   c.class_weight = t.class_weight;
+  c.class_weight_by_id = t.class_weight_by_id;
   c.sample_weights = any_sample_weights(spec);
   c.sample_weights_per_output = output_sample_weights(spec);
   if (!t.outputs.empty()) {
@@ -964,6 +965,9 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
   f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
   if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty())
     f.num_classes = model.output_shape.back();
+  // Binary labels lie in [0, 1] (0/1, or a soft label between): 5, or class ids 0..9, are a mistake that
+  // trains without a sign of it.
+  if (formats::label_family(loss) == "binary_crossentropy") f.num_classes = 2;
   for (size_t k = 0; k < inputs.size(); ++k) {
     engine::data::InputFormat& inf = k == 0 ? f : f.more_inputs[k - 1];
     const engine::ValueId v = inputs[k].value;
@@ -998,6 +1002,7 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     lf.x_dtype = sparse ? DType::i64 : DType::f32;
     if (sparse && !model.more_outputs[k - 1].shape.empty())
       lf.label_classes = model.more_outputs[k - 1].shape.back();
+    if (formats::label_family(spec.train.outputs[k].loss) == "binary_crossentropy") lf.label_classes = 2;
     f.more_inputs.push_back(lf);
   }
   return f;

@@ -1590,6 +1590,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
              "several outputs");
     if (cw->is_table()) {
       // Keras's dict form, keys being class ids: { "0" = 1.0, "1" = 5.0 }; a class left out weighs 1.
+      s.class_weight_by_id = true;
       std::map<long long, std::string> keys;  // each class's key, for a class keyed twice ("1" and "01")
       for (const auto& [key, v] : *cw->as_table()) {
         const std::string k(key.str());
@@ -1625,8 +1626,12 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
              fmt::format("train.class_weight weighs classes, and the loss {} has none", s.loss),
              "use it with a cross-entropy loss");
     if (label_family(s.loss) == "binary_crossentropy" && s.class_weight.size() > 2)
-      t.fail("class_weight", fmt::format("train.class_weight has {} weights, and {} has 2 classes (0 and 1)",
-                                         s.class_weight.size(), s.loss));
+      t.fail("class_weight",
+             s.class_weight_by_id
+                 ? fmt::format("train.class_weight keys class {}, and {} has 2 classes (0 and 1)",
+                               s.class_weight.size() - 1, s.loss)
+                 : fmt::format("train.class_weight has {} weights, and {} has 2 classes (0 and 1)",
+                               s.class_weight.size(), s.loss));
   }
   if (t.get("epochs", s.epochs) && s.epochs < 1)
     t.fail("epochs", fmt::format("train.epochs must be 1 or more, not {}", s.epochs));
@@ -1634,8 +1639,11 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     t.fail("validation_freq",
            fmt::format("train.validation_freq must be 1 or more, not {}", s.validation_freq),
            "the validation data is evaluated after every validation_freq-th epoch");
-  if (t.get("batch_size", s.batch_size) && s.batch_size < 1)
-    t.fail("batch_size", fmt::format("train.batch_size must be 1 or more, not {}", s.batch_size));
+  if (t.get("batch_size", s.batch_size) && (s.batch_size < 1 || s.batch_size > 2147483647))
+    t.fail("batch_size",
+           fmt::format("train.batch_size must be from 1 to 2147483647 (as --batch-size takes it), not {}",
+                       s.batch_size),
+           "a batch larger than the data is one batch of every sample");
   int64_t seed = 0;
   if (t.get("seed", seed)) {
     if (seed < 0) t.fail("seed", fmt::format("train.seed must be 0 or more, not {}", seed));

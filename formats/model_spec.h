@@ -258,6 +258,9 @@ struct TrainSection {
   // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
   // 1).
   std::vector<double> class_weight;
+  // Given as a table keyed by class id: the classes past its highest key weigh 1. An array has one weight
+  // per class of the output.
+  bool class_weight_by_id = false;
   SourcePos class_weight_pos;
   int64_t epochs = 1;
   // Keras's validation_freq: the validation data is evaluated after every N-th epoch (N, 2N, ...); monitors

@@ -213,7 +213,13 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("loss_weights", weights);
     }
     if (ranked) w.kv("top_k", t.top_k);
-    if (!t.class_weight.empty()) w.kv("class_weight", t.class_weight);
+    if (!t.class_weight.empty() && t.class_weight_by_id) {
+      std::map<std::string, double> by_id;
+      for (size_t c = 0; c < t.class_weight.size(); ++c) by_id[std::to_string(c)] = t.class_weight[c];
+      w.kv("class_weight", by_id);
+    } else if (!t.class_weight.empty()) {
+      w.kv("class_weight", t.class_weight);
+    }
     w.kv("epochs", t.epochs);
     if (t.validation_freq != 1) w.kv("validation_freq", t.validation_freq);
     w.kv("batch_size", t.batch_size);

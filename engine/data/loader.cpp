@@ -278,6 +278,10 @@ void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int
             ds.locate(sample), fmt::format("label {} is a class id, and the model's output has one unit", v),
             "one unit gives one probability: use binary_crossentropy with 0/1 labels, or give the "
             "last layer one unit per class");
+      if (!class_ids && k == 2)
+        throw InputError(ds.locate(sample), fmt::format("label {} (element {}) is not a binary label", v, e),
+                         "binary cross-entropy takes labels in [0, 1] (0 or 1, or a probability between); "
+                         "for class ids use sparse_categorical_crossentropy with one output unit per class");
       throw InputError(
           ds.locate(sample), fmt::format("label {} is out of range for {} classes", v, k),
           fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));

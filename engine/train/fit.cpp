@@ -225,8 +225,8 @@ struct HeadLoss {
 // weights, or none. `fed_count`: a masked loss divides its sum by a scalar input (HeadLoss::mask_count)
 // instead of by its own rows' unmasked positions (a replica's share of the whole batch's count, fed by fit).
 HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch, const OutputLoss& h,
-                   const std::vector<double>& class_weight, bool training, ValueId sample_w,
-                   bool fed_count = false) {
+                   const std::vector<double>& class_weight, bool class_weight_by_id, bool training,
+                   ValueId sample_w, bool fed_count = false) {
   HeadLoss r;
   // Errors name the spec key, the output's own entry in a model of several ("train.loss.digit").
   const std::string loss_key = h.name.empty() ? "train.loss" : "train.loss." + h.name;
@@ -258,12 +258,23 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
   };
   // Class weights, one per class of the output (a class the spec leaves out weighs 1).
   const bool weighted = training && !class_weight.empty();
-  auto class_weights = [&](int64_t classes) {
-    if (static_cast<int64_t>(class_weight.size()) > classes)
+  // One weight per class; keyed by class id, none past the last class (a class left out weighs 1).
+  auto check_class_weight = [&](int64_t classes) {
+    const auto given = static_cast<int64_t>(class_weight.size());
+    if (class_weight_by_id && given > classes)
       throw InputError("train.class_weight",
-                       fmt::format("train.class_weight has {} weights, and the model has {} classes",
-                                   class_weight.size(), classes),
-                       "give one weight per class of the output");
+                       fmt::format("train.class_weight keys class {}, and the model has {} classes (0 to {})",
+                                   given - 1, classes, classes - 1),
+                       "key the weights by the output's class ids");
+    if (!class_weight_by_id && given != classes)
+      throw InputError(
+          "train.class_weight",
+          fmt::format("train.class_weight has {} weights, and the model has {} classes", given, classes),
+          "give one weight per class of the output, or key them by class id ({ \"1\" = 5.0 }: a class "
+          "left out weighs 1)");
+  };
+  auto class_weights = [&](int64_t classes) {
+    check_class_weight(classes);
     Tensor w(odt, Shape{classes});
     for (int64_t c = 0; c < classes; ++c)
       w.set_f64(c, c < static_cast<int64_t>(class_weight.size()) ? class_weight[c] : 1.0);
@@ -461,6 +472,7 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     const ValueId scored = z != kNoValue ? z : output;
     // A sample's class weight: class 1's for a label above 0.5, class 0's otherwise (Keras rounds labels).
     auto class_w = [&]() {
+      check_class_weight(2);
       const double w0 = class_weight[0], w1 = class_weight.size() > 1 ? class_weight[1] : 1.0;
       return g.op("Where", {g.op("Greater", {r.y, scalar(0.5, odt)}), scalar(w1, odt), scalar(w0, odt)});
     };
@@ -538,8 +550,8 @@ LossGraph add_loss(ForwardModel fm, int64_t batch, const FitConfig& cfg, bool tr
                          : i - 1 < fm.more_output_masks.size() ? fm.more_output_masks[i - 1]
                                                                : kNoValue;
     const HeadLoss h =
-        head_loss(g, out, mask, batch, hs[i], i == 0 ? cfg.class_weight : std::vector<double>{}, training,
-                  sample_w_of(i), fed_counts);
+        head_loss(g, out, mask, batch, hs[i], i == 0 ? cfg.class_weight : std::vector<double>{},
+                  cfg.class_weight_by_id, training, sample_w_of(i), fed_counts);
     lg.mask_counts.push_back(h.mask_count);
     if (i == 0) {
       lg.y = h.y;

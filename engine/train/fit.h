@@ -117,6 +117,7 @@ struct FitConfig {
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;
+  bool class_weight_by_id = false;  // keyed by class id: classes past the last weigh 1 (else one per class)
   // Keras's sample_weight: every loss graph (training and evaluation) takes one f32 weight per sample, fed
   // after the model's inputs (the last of Dataset::more_inputs()), and the loss is the mean of the weighted
   // per-sample losses (divided by the batch, or by the unmasked positions under a mask, not by the weights'

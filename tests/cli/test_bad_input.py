@@ -120,6 +120,18 @@ class BadInput(unittest.TestCase):
         err = assert_input_error(self, self.trainer("check", self.spec(text)), "unknown layer type 'Dens'")
         self.assertIn(f"spec.toml:{line}:{col}: unknown layer type", err)
 
+    def test_binary_labels_outside_0_1(self):
+        # Class ids 1..8 for a one-unit sigmoid output: refused, naming the first sample past 1 (sample 1's label 2).
+        text = (SPEC.replace("units = 10", "units = 1").replace('activation = "softmax"', 'activation = "sigmoid"')
+                .replace('loss = "sparse_categorical_crossentropy"', 'loss = "binary_crossentropy"'))
+        err = assert_input_error(self, self.trainer("fit", self.spec(text)), "sample 1", "label 2",
+                                 "is not a binary label")
+        self.assertIn("sparse_categorical_crossentropy", err)  # the hint for class ids
+        # 0/1 labels train.
+        self.write("y.idx", idx_labels([0, 1, 1, 0, 1, 0, 0, 1]))
+        r = self.trainer("fit", self.spec(text))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_unknown_key(self):
         text = SPEC.replace("epochs = 1", "epoch = 1")
         line, col = line_col(text, "epoch = 1")

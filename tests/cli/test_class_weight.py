@@ -124,6 +124,11 @@ class ClassWeight(unittest.TestCase):
         cases = [("mse", 1, "[1.0, 2.0]", "the loss mse has none"),
                  ("binary_crossentropy", 1, "[1.0, 2.0, 3.0]", "binary_crossentropy has 2 classes"),
                  ("sparse_categorical_crossentropy", 3, "[1, 1, 1, 1]", "the model has 3 classes"),
+                 # An array has a weight for every class; a table keys classes the output has.
+                 ("sparse_categorical_crossentropy", 3, "[1, 2]", "has 2 weights, and the model has 3 classes"),
+                 ("binary_crossentropy", 1, "[5.0]", "has 1 weights, and the model has 2 classes"),
+                 ("sparse_categorical_crossentropy", 3, '{ "7" = 2.0 }', "keys class 7, and the model has 3 classes"),
+                 ("binary_crossentropy", 1, '{ "2" = 2.0 }', "keys class 2, and binary_crossentropy has 2"),
                  ("binary_crossentropy", 1, "[1.0, -2.0]", "weights must be 0 or more"),
                  ("binary_crossentropy", 1, '{ "one" = 2.0 }', "'one', which is not a class id"),
                  ("binary_crossentropy", 1, '"heavy"', "must be an array or a table")]

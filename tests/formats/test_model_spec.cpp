@@ -355,7 +355,12 @@ TEST_SUITE("model_spec") {
     const Case cases[] = {
         {T + "loss = \"mse\"\nepochs = 0\n", "spec.toml:9:10", "train.epochs must be 1 or more, not 0", ""},
         {T + "loss = \"mse\"\nbatch_size = -1\n", "spec.toml:9:14",
-         "train.batch_size must be 1 or more, not -1", ""},
+         "train.batch_size must be from 1 to 2147483647 (as --batch-size takes it), not -1",
+         "a batch larger than the data is one batch of every sample"},
+        // The loader's batches-per-epoch would overflow.
+        {T + "loss = \"mse\"\nbatch_size = 9223372036854775807\n", "spec.toml:9:14",
+         "train.batch_size must be from 1 to 2147483647 (as --batch-size takes it), not 9223372036854775807",
+         "a batch larger than the data is one batch of every sample"},
         {T + "loss = \"mse\"\n[train.optimizer]\nlearning_rate = 0\n", "spec.toml:10:17",
          "train.optimizer.learning_rate must be positive, not 0.0", ""},
         {T + "loss = \"mse\"\n[train.optimizer]\nbeta_2 = 1.5\n", "spec.toml:10:10",
@@ -622,6 +627,8 @@ TEST_SUITE("model_spec") {
     const ModelSpec d = parse_model_spec(to_toml(c), "c.toml");
     CHECK(same_settings(c, d));
     CHECK(d.train.class_weight == std::vector<double>{1.0, 3.0});
+    CHECK(d.train.class_weight_by_id);  // still keyed: the classes past 1 weigh 1
+    CHECK(!a.train.class_weight_by_id);
     CHECK(d.train.label_smoothing == 0.1);
     CHECK(d.train.reduce_lr.enabled);
     CHECK(d.train.reduce_lr.cooldown == 2);
