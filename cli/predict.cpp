@@ -530,6 +530,8 @@ Command add_predict_command(CLI::App& app) {
                            std::string hint = formats::did_you_mean(*output, model.outputs);
                            if (model.outputs.size() > 1)
                              hint += (hint.empty() ? "" : "; ") + std::string("--output all writes them all");
+                           else if (hint.empty())
+                             hint = "--output picks one output of a model of several; leave it out here";
                            return hint;
                          }());
       model.written = {static_cast<size_t>(it - model.outputs.begin())};

@@ -102,8 +102,10 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
       best_name = cand;
     }
   }
-  // Close means about a third of the word changed at most.
-  if (best_name.empty() || best > std::max<size_t>(1, (w.size() + 2) / 3)) return "";
+  // Close means about a third of the word changed at most, and something kept ('x' is not a typo of 'y').
+  if (best_name.empty() || best > std::max<size_t>(1, (w.size() + 2) / 3) ||
+      best >= std::max(w.size(), best_name.size()))
+    return "";
   return fmt::format("did you mean '{}'?", best_name);
 }
 

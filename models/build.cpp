@@ -365,8 +365,13 @@ void build_layers(BuiltModel& m, const std::vector<formats::LayerSpec>& spec_lay
       inner.pos = inner.type_pos = it->second.pos;
       wrapped = find_def(inner);
       if (wrapped->type == "TimeDistributed" || wrapped->min_inputs != 1 || wrapped->max_inputs != 1)
-        throw InputError(it->second.pos.str(),
-                         fmt::format("TimeDistributed wraps a layer of one input, not {}", wrapped->type));
+        throw InputError(
+            it->second.pos.str(),
+            fmt::format("TimeDistributed wraps a layer of one input, not {}", wrapped->type),
+            wrapped->type == "TimeDistributed"
+                ? "one TimeDistributed applies its layer to every step already; for steps within "
+                  "steps, Reshape them into one axis first"
+                : "apply it to each input with a TimeDistributed of its own, then combine them");
       decls = wrapped->args;
       decls.push_back({"layer", ArgKind::string, std::nullopt});
     }

@@ -132,6 +132,16 @@ class BadInput(unittest.TestCase):
         r = self.trainer("fit", self.spec(text))
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_errors_a_user_meets_carry_a_hint(self):
+        text = SPEC.replace('type = "Flatten"', 'type = "TimeDistributed"\nlayer = "TimeDistributed"')
+        err = assert_input_error(self, self.trainer("check", self.spec(text)), "wraps a layer of one input")
+        self.assertIn("hint: ", err)
+        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        err = assert_input_error(self, self.trainer("predict", "run/last.ckpt", "x.idx", "--output", "nope"),
+                                 "--output", "no output 'nope'")
+        self.assertIn("hint: ", err)
+
     def test_unknown_key(self):
         text = SPEC.replace("epochs = 1", "epoch = 1")
         line, col = line_col(text, "epoch = 1")

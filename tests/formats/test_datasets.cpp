@@ -524,6 +524,11 @@ TEST_SUITE("datasets") {
     CHECK(
         input_error([&] { open_dataset(s, dir.path); }) ==
         "deflated.npz: has no array 'x_trian'; its arrays: x_train, y_train | hint: did you mean 'x_train'?");
+    // Labels missing from an archive of x alone: 'x' is no typo of 'y'.
+    dir.write("x_only.npz", zip({{"x.npy", xn, false}}));
+    CHECK(
+        input_error([&] { open_dataset(source({"x_only.npz"}), dir.path); }) ==
+        "x_only.npz: has no array 'y'; its arrays: x | hint: set x_key / y_key to the archive's array names");
     // A damaged deflated member fails its CRC or its inflation.
     Blob z = zip({{"x.npy", xn, true}, {"y.npy", yn, false}});
     z[40] ^= 0x55;
