@@ -180,6 +180,15 @@ class OnnxImport(unittest.TestCase):
                 r = run(["predict", self.save(m, "range.onnx"), self.path("x.npy"), "--device", "cpu"])
                 cli_util.assert_input_error(self, r, "range.onnx", "Range", "no finite number of elements")
 
+    def test_arithmetic_in_float16_is_an_error_naming_the_node(self):
+        m = model([h.make_node("Cast", ["x"], ["half"], to=T.FLOAT16), h.make_node("Mul", ["half", "k"], ["m"], name="scale"),
+                   h.make_node("Cast", ["m"], ["y"], to=T.FLOAT)], ["N", 4], ["N", 4],
+                  [nh.from_array(np.array(1.5, np.float16), "k")], 17)
+        np.save(self.path("x.npy"), np.ones((2, 4), np.float32))
+        r = run(["predict", self.save(m, "half.onnx"), self.path("x.npy"), "--device", "cpu"])
+        err = cli_util.assert_input_error(self, r, "node 'scale' (Mul)", "does not support f16")
+        self.assertIn("hint: give the model float32 tensors", err)
+
 
 if __name__ == "__main__":
     cli_util.main()

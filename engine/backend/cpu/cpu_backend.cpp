@@ -250,7 +250,12 @@ class CpuBackend final : public Backend {
       cpu::KernelArgs args{g, n, {}, {}};
       for (ValueId v : n.inputs) args.inputs.push_back(ptr(v));
       for (ValueId v : n.outputs) args.outputs.push_back(ptr(v));
-      kernels.push_back((*cpu::KernelRegistry::global().find(n.op))(args));
+      try {
+        kernels.push_back((*cpu::KernelRegistry::global().find(n.op))(args));
+      } catch (const InputError& e) {
+        if (!e.where().empty()) throw;
+        throw InputError(fmt::format("node '{}' ({})", n.name, n.op), e.message(), e.hint());  // its place
+      }
       TRAINER_ASSERT(kernels.back() != nullptr, "kernel factory for {} returned nothing", n.op);
     }
     std::vector<std::vector<int>> after(p.steps.size()), before(p.steps.size() + 1);

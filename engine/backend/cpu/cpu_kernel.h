@@ -101,7 +101,8 @@ void dispatch_numeric(DType t, const char* op, F&& f) {
       f.template operator()<uint8_t>();
       return;
     default:
-      throw InputError("", fmt::format("{} on the CPU does not support {}", op, dtype_name(t)), "");
+      throw InputError("", fmt::format("{} on the CPU does not support {}", op, dtype_name(t)),
+                       "give the model float32 tensors (PyTorch: model.float() before exporting it)");
   }
 }
 
