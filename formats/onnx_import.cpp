@@ -671,11 +671,13 @@ class Importer {
     }
     for (int64_t d : dims)
       if (d < 0) fail(fmt::format("{}: negative dimension {} in shape {}", label, d, Shape(dims).str()));
-    Tensor t(fill.dtype(), Shape(dims));
-    const size_t elem = fill.nbytes();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      std::memcpy(static_cast<char*>(t.raw()) + i * elem, fill.raw(), elem);
-    wrap(label, [&] { folded_.insert(g().add_constant(n.output(0), std::move(t))); });
+    wrap(label, [&] {
+      Tensor t(fill.dtype(), Shape(dims));
+      const size_t elem = fill.nbytes();
+      for (int64_t i = 0; i < t.numel(); ++i)
+        std::memcpy(static_cast<char*>(t.raw()) + i * elem, fill.raw(), elem);
+      folded_.insert(g().add_constant(n.output(0), std::move(t)));
+    });
     result_.folded_nodes.push_back(n.name().empty() ? n.output(0) : n.name());
   }
 
@@ -1935,10 +1937,12 @@ class Importer {
                : d == 7  ? DType::i64
                          : DType::boolean;
         }
-        Tensor eye(dt, xs);
-        for (int64_t i = 0; i < xs[0]; ++i)
-          if (i + k >= 0 && i + k < xs[1]) eye.set_f64(i * xs[1] + i + k, 1.0);
-        folded_.insert(g().add_constant(p.outputs[0], std::move(eye)));
+        wrap(p.label, [&] {
+          Tensor eye(dt, xs);
+          for (int64_t i = 0; i < xs[0]; ++i)
+            if (i + k >= 0 && i + k < xs[1]) eye.set_f64(i * xs[1] + i + k, 1.0);
+          folded_.insert(g().add_constant(p.outputs[0], std::move(eye)));
+        });
       } else if (p.op == "CumSum") {
         // A product with a constant triangle of ones along the axis (moved last and back): j <= i sums the
         // elements up to i; exclusive and reverse change the triangle. Integers go through float64.

@@ -3,9 +3,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <sys/resource.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -13,6 +10,7 @@
 #include <string>
 
 #include "engine/util/error.h"
+#include "engine/util/memory.h"
 #include "models/layer_library.h"
 
 namespace trainer::models {
@@ -130,49 +128,12 @@ ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
   return counted(graph.add_parameter(name() + "/" + suffix, std::move(init), trainable()), trainable());
 }
 
-namespace {
-
-// The memory this process may fill: the machine's, or less where a limit says so (ulimit -v or -d, a
-// container's cgroup).
-double usable_memory() {
-  double m = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-  for (int resource : {RLIMIT_AS, RLIMIT_DATA}) {
-    rlimit r{};
-    if (getrlimit(resource, &r) == 0 && r.rlim_cur != RLIM_INFINITY)
-      m = std::min(m, static_cast<double>(r.rlim_cur));
-  }
-  // A byte count, or "max" (none).
-  auto limit_in = [&m](const std::string& file) {
-    std::ifstream f(file);
-    std::string text;
-    if (f >> text && !text.empty() && std::isdigit(static_cast<unsigned char>(text[0])))
-      m = std::min(m, std::strtod(text.c_str(), nullptr));
-  };
-  // The process's control groups, from /proc/self/cgroup: "0::/path" (v2), "N:memory:/path" (v1). A v2 limit
-  // of any group above the process's holds too.
-  std::ifstream groups("/proc/self/cgroup");
-  for (std::string line; std::getline(groups, line);) {
-    if (line.rfind("0::", 0) == 0) {
-      for (std::string path = line.substr(3);; path = path.substr(0, path.rfind('/'))) {
-        limit_in("/sys/fs/cgroup" + path + "/memory.max");
-        if (path.empty() || path == "/") break;
-      }
-    } else if (const size_t at = line.find(":memory:"); at != std::string::npos) {
-      limit_in("/sys/fs/cgroup/memory" + line.substr(at + 8) + "/memory.limit_in_bytes");
-    }
-  }
-  limit_in("/sys/fs/cgroup/memory.max");
-  return m;
-}
-
-}  // namespace
-
 ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
                              const WeightFans& fans) {
   // A weight larger than the machine's memory is a spec mistake (units = 100000000), said before allocating;
   // so are weights that together outgrow it (two Dense layers of 5000000 units), which would otherwise fill
   // the memory before the model is whole.
-  static const double memory = usable_memory();
+  const double memory = engine::usable_memory_bytes();
   double bytes = 4.0;  // in double: a product of huge sizes overflows int64
   for (int64_t d : shape.dims()) bytes *= static_cast<double>(d);
   if (memory > 0 && bytes > memory)

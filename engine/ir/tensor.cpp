@@ -4,6 +4,8 @@
 #include <bit>
 #include <cmath>
 
+#include "engine/util/memory.h"
+
 namespace trainer::engine {
 
 size_t tensor_bytes(const Shape& shape, DType dtype) {
@@ -16,6 +18,18 @@ size_t tensor_bytes(const Shape& shape, DType dtype) {
                                    dtype_name(dtype)),
                        "check the sizes the model and data give: units, filters, input shapes, batch_size, "
                        "and an ONNX file's dimensions");
+  // Said before allocating: an allocation past the memory this process may use fails, or draws the
+  // out-of-memory killer.
+  const double memory = usable_memory_bytes();
+  if (memory > 0 && static_cast<double>(bytes) > memory)
+    throw InputError(
+        "",
+        fmt::format("a tensor of shape {} ({}) needs {:.1f} GiB, more than the {:.1f} GiB of memory "
+                    "this process may use",
+                    shape.str(), dtype_name(dtype), static_cast<double>(bytes) / (1 << 30),
+                    memory / (1 << 30)),
+        "check the sizes the model and data give: units, filters, input shapes, batch_size, and an "
+        "ONNX file's dimensions");
   return static_cast<size_t>(bytes);
 }
 

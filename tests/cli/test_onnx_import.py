@@ -189,6 +189,22 @@ class OnnxImport(unittest.TestCase):
         err = cli_util.assert_input_error(self, r, "node 'scale' (Mul)", "does not support f16")
         self.assertIn("hint: give the model float32 tensors", err)
 
+    def test_a_constant_larger_than_memory_is_an_error_before_it_is_made(self):
+        # ConstantOfShape [100000, 100000, 4]: 149 GiB of float, under a 3 GiB address-space limit (it was "out of
+        # memory", exit 1, or the out-of-memory killer).
+        import resource
+
+        def limited():
+            resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+        nodes = [h.make_node("ConstantOfShape", ["s"], ["c"]), h.make_node("ReduceSum", ["c"], ["t"], keepdims=0),
+                 h.make_node("Add", ["x", "t"], ["y"])]
+        m = model(nodes, ["N", 4], ["N", 4], [ints("s", [100000, 100000, 4])], 17)
+        np.save(self.path("x.npy"), np.ones((2, 4), np.float32))
+        r = subprocess.run([cli_util.TRAINER, "predict", self.save(m, "big.onnx"), self.path("x.npy"), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120, preexec_fn=limited)
+        cli_util.assert_input_error(self, r, "big.onnx", "ConstantOfShape", "[100000, 100000, 4]",
+                                    "GiB, more than the", "of memory this process may use")
 
 if __name__ == "__main__":
     cli_util.main()
