@@ -320,6 +320,9 @@ formats::ModelSpec LoadedCheckpoint::spec(const std::vector<std::string>& overri
   formats::ModelSpec s =
       formats::parse_model_spec(spec_text, fmt::format("{} (the spec it holds)", path), overrides);
   s.path = spec_path;
+  // Class weights as the run took them: keyed, so that a checkpoint written when an array could leave the
+  // last classes out (at 1) resumes as it trained.
+  if (!s.train.class_weight.empty()) s.train.class_weight_by_id = true;
   std::error_code ec;
   const std::filesystem::path abs = std::filesystem::absolute(spec_path, ec);
   if (!ec) s.base_dir = abs.lexically_normal().parent_path().string();

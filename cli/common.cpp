@@ -619,9 +619,11 @@ void mark_onnx_batch_axes(models::BuiltModel& m, const formats::ModelSpec& spec,
     return out;
   };
   const auto here = outputs(m.graph), there = outputs(next->graph);
-  for (models::LayerInfo& l : m.layers) {
+  // The ONNX model's rows come first; a Keras head's layers (one row each) have their shapes already.
+  const size_t onnx_rows = m.layers.size() - std::min(m.layers.size(), spec.model.layers.size());
+  for (size_t r = 0; r < onnx_rows; ++r) {
+    models::LayerInfo& l = m.layers[r];
     auto a = here.find(l.name), b = there.find(l.name);
-    // A row of a Keras head on the model has its layer's name and type, and its shape already.
     if (a == here.end() || b == there.end() || a->second.first != l.type) continue;
     const Shape &s1 = a->second.second, &s2 = b->second.second;
     if (s1.rank() != s2.rank()) continue;
@@ -967,7 +969,9 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     f.num_classes = model.output_shape.back();
   // Binary labels lie in [0, 1] (0/1, or a soft label between): 5, or class ids 0..9, are a mistake that
   // trains without a sign of it.
-  if (formats::label_family(loss) == "binary_crossentropy") f.num_classes = 2;
+  // An output under a mask leaves its masked steps' labels alone (padding such as -1, which its loss skips).
+  if (formats::label_family(loss) == "binary_crossentropy" && model.output_mask == engine::kNoValue)
+    f.num_classes = 2;
   for (size_t k = 0; k < inputs.size(); ++k) {
     engine::data::InputFormat& inf = k == 0 ? f : f.more_inputs[k - 1];
     const engine::ValueId v = inputs[k].value;
@@ -1002,7 +1006,9 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     lf.x_dtype = sparse ? DType::i64 : DType::f32;
     if (sparse && !model.more_outputs[k - 1].shape.empty())
       lf.label_classes = model.more_outputs[k - 1].shape.back();
-    if (formats::label_family(spec.train.outputs[k].loss) == "binary_crossentropy") lf.label_classes = 2;
+    if (formats::label_family(spec.train.outputs[k].loss) == "binary_crossentropy" &&
+        model.more_outputs[k - 1].mask == engine::kNoValue)
+      lf.label_classes = 2;
     f.more_inputs.push_back(lf);
   }
   return f;

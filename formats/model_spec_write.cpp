@@ -331,6 +331,8 @@ bool same_settings(const ModelSpec& a, const ModelSpec& b) {
   ModelSpec x = a, y = b;
   clear_positions(x);
   clear_positions(y);
+  // The same weights given as an array or keyed by class id are the same setting.
+  x.train.class_weight_by_id = y.train.class_weight_by_id = false;
   return x == y;
 }
 

@@ -342,8 +342,9 @@ class Importer {
 
   // The nodes of `graph`, and of the branches of its If nodes (any of which may be imported). In the main
   // graph a gradient is followed back from the outputs through the inputs that take one; in a branch every
-  // such input counts (and the If node passes one to everything its branches read).
-  void scan_uses_in(const onnx::GraphProto& graph) {
+  // such input counts, and the If node passes a gradient to what its branches read so (`branch_reads`) and to
+  // the outer values they output.
+  void scan_uses_in(const onnx::GraphProto& graph, std::vector<std::string>* branch_reads = nullptr) {
     const bool top = &graph == &model_.graph();
     const auto& registry = engine::OpRegistry::global();
     struct Flow {
@@ -359,10 +360,7 @@ class Importer {
       f.to.assign(n.output().begin(), n.output().end());
       if (normalize_domain(n.domain()).empty() && n.op_type() == "If")
         for (const auto& a : n.attribute())
-          if (a.type() == onnx::AttributeProto::GRAPH) {
-            scan_uses_in(a.g());
-            reads_of(a.g(), f.from);
-          }
+          if (a.type() == onnx::AttributeProto::GRAPH) scan_uses_in(a.g(), top ? &f.from : branch_reads);
       const bool batch_norm = normalize_domain(n.domain()).empty() && n.op_type() == "BatchNormalization";
       const bool other_ops = rewritten(n);
       const engine::OpSchema* schema = registry.find(n.op_type());
@@ -378,16 +376,21 @@ class Importer {
           f.from.push_back(name);
         }
       }
-      if (top)
+      if (top) {
         flows.push_back(std::move(f));
-      else
+      } else {
         differentiable_.insert(f.from.begin(), f.from.end());
+        if (branch_reads) branch_reads->insert(branch_reads->end(), f.from.begin(), f.from.end());
+      }
       for (const std::string& name : n.input()) {
         read_names_.insert(name);
         if (!name.empty()) ++input_uses_[name];
       }
     }
-    for (const auto& out : graph.output()) read_names_.insert(out.name());
+    for (const auto& out : graph.output()) {
+      read_names_.insert(out.name());
+      if (!top && branch_reads) branch_reads->push_back(out.name());
+    }
     if (!top) return;
     for (const auto& out : model_.graph().output()) {
       read_names_.insert(out.name());
@@ -403,16 +406,6 @@ class Importer {
         }
         reached.insert(it->stats.begin(), it->stats.end());
       }
-  }
-
-  // Every value the nodes of `graph` (and of its nested graphs) read.
-  static void reads_of(const onnx::GraphProto& graph, std::vector<std::string>& out) {
-    for (const auto& n : graph.node()) {
-      for (const std::string& name : n.input())
-        if (!name.empty()) out.push_back(name);
-      for (const auto& a : n.attribute())
-        if (a.type() == onnx::AttributeProto::GRAPH) reads_of(a.g(), out);
-    }
   }
 
   // A Cast to an integer or boolean type passes no gradient.
@@ -742,7 +735,7 @@ class Importer {
     const std::string label = node_label(n, index);
     const double given = constant_scalars(
         n, label, {"size"}, "the engine needs static shapes: give the window's length as a constant")[0];
-    if (!(given >= 0 && given <= 9007199254740992.0))  // NaN too, before its integer cast
+    if (!(given >= 0 && given <= 9007199254740992.0 && given == std::floor(given)))  // NaN too
       fail(fmt::format("{}: size {} is not a length", label, given),
            "the size must be a whole number from 0 to 2^53");
     const int64_t size = static_cast<int64_t>(given);

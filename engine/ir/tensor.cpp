@@ -18,6 +18,11 @@ size_t tensor_bytes(const Shape& shape, DType dtype) {
                                    dtype_name(dtype)),
                        "check the sizes the model and data give: units, filters, input shapes, batch_size, "
                        "and an ONNX file's dimensions");
+  return static_cast<size_t>(bytes);
+}
+
+size_t host_tensor_bytes(const Shape& shape, DType dtype) {
+  const size_t bytes = tensor_bytes(shape, dtype);
   // Said before allocating: an allocation past the memory this process may use fails, or draws the
   // out-of-memory killer.
   const double memory = usable_memory_bytes();
@@ -30,7 +35,7 @@ size_t tensor_bytes(const Shape& shape, DType dtype) {
                     memory / (1 << 30)),
         "check the sizes the model and data give: units, filters, input shapes, batch_size, and an "
         "ONNX file's dimensions");
-  return static_cast<size_t>(bytes);
+  return bytes;
 }
 
 float bf16_to_f32(uint16_t h) {

@@ -15,12 +15,16 @@ namespace trainer::engine {
 // 2^40 bytes: a mistyped `units = 2000000000`, a corrupt file's dimensions) are an InputError naming the
 // shape, before anything is allocated.
 size_t tensor_bytes(const Shape& shape, DType dtype);
+// tensor_bytes of a tensor allocated here, in host memory: more than the memory this process may use
+// (engine/util/memory.h) is an InputError too. Shapes of device buffers and plans are judged by tensor_bytes
+// alone.
+size_t host_tensor_bytes(const Shape& shape, DType dtype);
 
 class Tensor {
  public:
   Tensor() = default;
   Tensor(DType dtype, Shape shape)
-      : dtype_(dtype), shape_(std::move(shape)), bytes_(tensor_bytes(shape_, dtype)) {}
+      : dtype_(dtype), shape_(std::move(shape)), bytes_(host_tensor_bytes(shape_, dtype)) {}
 
   template <class T>
   static Tensor from(Shape shape, const std::vector<T>& values) {

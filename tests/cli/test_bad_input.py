@@ -131,6 +131,20 @@ class BadInput(unittest.TestCase):
         self.write("y.idx", idx_labels([0, 1, 1, 0, 1, 0, 0, 1]))
         r = self.trainer("fit", self.spec(text))
         self.assertEqual(r.returncode, 0, r.stderr)
+        # Under a mask the padded steps' labels are the mask's to skip (-1 here), as Keras skips them.
+        import numpy as np
+        x = np.zeros((4, 5, 3), np.float32)
+        x[:, :3] = np.random.default_rng(0).standard_normal((4, 3, 3))
+        y = np.full((4, 5, 1), -1.0, np.float32)
+        y[:, :3] = 1.0
+        np.save(os.path.join(self.dir, "xs.npy"), x)
+        np.save(os.path.join(self.dir, "ys.npy"), y)
+        masked = ('format_version = 1\n[model]\ninput = [5, 3]\n[[model.layers]]\ntype = "Masking"\n'
+                  '[[model.layers]]\ntype = "LSTM"\nunits = 4\nreturn_sequences = true\n[[model.layers]]\n'
+                  'type = "Dense"\nunits = 1\nactivation = "sigmoid"\n[data.train]\nx = "xs.npy"\ny = "ys.npy"\n'
+                  '[train]\nloss = "binary_crossentropy"\nbatch_size = 4\n')
+        r = self.trainer("fit", self.spec(masked, "masked.toml"), "--output-dir", "masked")
+        self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_errors_a_user_meets_carry_a_hint(self):
         text = SPEC.replace('type = "Flatten"', 'type = "TimeDistributed"\nlayer = "TimeDistributed"')
@@ -581,6 +595,22 @@ loss = "sparse_categorical_crossentropy"
                                    timeout=120, preexec_fn=limit)
                 assert_input_error(self, r, "Dense layer 'dense_1'", "its weight 'kernel' of shape [300000, 1000]",
                                    "weights before it", "1.5 GiB of memory this process may use")
+
+    def test_activations_larger_than_host_memory_still_plan(self):
+        # A training step of 30 GiB of activations (RepeatVector 80000 of 100 values at batch 1000) under a 1.5 GiB
+        # address-space limit: its planned memory is for a device to hold, not host tensors, so check reports it.
+        import resource
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))
+
+        path = self.spec('format_version = 1\n[model]\ninput = [100]\n[[model.layers]]\ntype = "RepeatVector"\n'
+                         'n = 80000\n[[model.layers]]\ntype = "GlobalAveragePooling1D"\n[train]\nloss = "mse"\n'
+                         'batch_size = 1000\n')
+        r = subprocess.run([cli_util.TRAINER, "check", path], cwd=self.dir, capture_output=True, text=True, timeout=120,
+                           preexec_fn=limit)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("training step planned in 30518.72 MiB", r.stderr)
 
     def test_an_empty_activation_is_unknown(self):
         text = SPEC.replace('activation = "softmax"', 'activation = ""')

@@ -119,6 +119,20 @@ class ClassWeight(unittest.TestCase):
         y = np.eye(3, dtype=np.float32)[np.argmax(x[:, :3], 1)]
         self.check("categorical_crossentropy", 3, "softmax", x, y, y[:, 0] > 0.5, 2, "[2, 1, 1]")
 
+    def test_a_checkpoint_resumes_with_its_weights_as_it_trained(self):
+        # A checkpoint's spec holds the weights as the run took them: an array of fewer weights than classes (as
+        # checkpoints of keyed weights were once written, [1.0, 5.0] for { "1" = 5.0 }) weighs the rest 1.
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(12, 5)).astype(np.float32)
+        xw, yw = self.data("resume", x, np.argmax(x[:, :3], 1).astype(np.int64))
+        self.data("val", x[:4], np.argmax(x[:4, :3], 1).astype(np.int64))
+        _, ckpt = self.fit("keyed", x=xw, y=yw, batch=4, lr=0.1, units=3, activation="softmax",
+                           loss="sparse_categorical_crossentropy", extra='class_weight = { "1" = 5.0 }')
+        out = os.path.join(self.tmp.name, "resumed")
+        r = run(["fit", "--resume", ckpt, "--epochs", "2", "--set", "train.class_weight=[1.0, 5.0]", "--output-dir",
+                 out, "--device", "cpu", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_bad_weights_are_errors_at_their_place(self):
         self.data("val", np.zeros((4, 5), np.float32), np.zeros((4, 1), np.float32))
         cases = [("mse", 1, "[1.0, 2.0]", "the loss mse has none"),

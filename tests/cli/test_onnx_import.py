@@ -168,6 +168,38 @@ class OnnxImport(unittest.TestCase):
         got = self.predict(self.path("run/last.ckpt"), x[:3])
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
 
+    def test_what_an_if_branch_reads_without_a_gradient_stays_a_constant(self):
+        # MatMul(x, W) -> If(true): Clip(h, lo, hi), else h. W trains; Clip's bounds take no gradient and stay
+        # constants, as in the main graph.
+        rng = np.random.default_rng(4)
+
+        def branch(nodes, name):
+            return h.make_graph(nodes, name, [], [h.make_tensor_value_info("out", T.FLOAT, None)])
+
+        nodes = [h.make_node("MatMul", ["x", "W"], ["h"]),
+                 h.make_node("If", ["cond"], ["y"],
+                             then_branch=branch([h.make_node("Clip", ["h", "lo", "hi"], ["out"])], "clipped"),
+                             else_branch=branch([h.make_node("Identity", ["h"], ["out"])], "plain"))]
+        m = h.make_model(h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                                      [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+                                      [nh.from_array(rng.standard_normal((4, 4)).astype(np.float32), "W"),
+                                       nh.from_array(np.array(True), "cond"), nh.from_array(np.array(-1.0, np.float32), "lo"),
+                                       nh.from_array(np.array(1.0, np.float32), "hi")]),
+                         opset_imports=[h.make_opsetid("", 17)])
+        np.save(self.path("x.npy"), rng.standard_normal((16, 4)).astype(np.float32))
+        np.save(self.path("y.npy"), rng.standard_normal((16, 4)).astype(np.float32))
+        with open(self.path("train.toml"), "w") as f:
+            f.write('format_version = 1\n[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "mse"\nepochs = 2\n'
+                    'batch_size = 8\n[train.optimizer]\nname = "adamw"\nweight_decay = 0.5\nlearning_rate = 0.1\n')
+        r = run(["fit", self.save(m, "if.onnx"), "--train", self.path("train.toml"), "--output-dir", self.path("run"),
+                 "--device", "cpu"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["export", self.path("run/last.ckpt"), "-o", self.path("out.onnx")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("(1 trained tensor", r.stderr)
+        weights = {t.name: nh.to_array(t) for t in onnx.load(self.path("out.onnx")).graph.initializer}
+        self.assertEqual((float(weights["lo"]), float(weights["hi"])), (-1.0, 1.0))
+
     def test_a_range_without_a_finite_length_is_an_error(self):
         for limit in (float("inf"), float("nan"), 1e30):
             with self.subTest(limit=limit):

@@ -214,6 +214,31 @@ class Summary(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertRegex(r.stdout, rf"\bLSTM +\(1, N, {units}\) ")
 
+    def test_a_keras_head_keeps_its_shapes_beside_onnx_nodes_of_its_names(self):
+        # The ONNX model's last node is named softmax, as the head's Softmax layer is by default.
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32), "W")
+        nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+                 helper.make_node("Softmax", ["c"], ["y"], axis=1, name="softmax")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 5])], [w])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "convsm.onnx")
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+            head = os.path.join(d, "head.toml")
+            with open(head, "w") as f:
+                f.write('format_version = 1\n[model]\n[[model.layers]]\ntype = "Flatten"\n[[model.layers]]\n'
+                        'type = "Dense"\nunits = 2\n[[model.layers]]\ntype = "Softmax"\n[train]\n'
+                        'loss = "categorical_crossentropy"\nbatch_size = 4\n')
+            r = run(["summary", path, "--train", head, "--json"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            rows = [(l["name"], l["type"], l["output_shape"]) for l in json.loads(r.stdout)["layers"]]
+            self.assertEqual(rows[1], ("softmax", "Softmax", [8, 4, 5]))  # the ONNX node
+            self.assertEqual(rows[-1], ("softmax", "Softmax", [2]))  # the head's layer
+
 
 if __name__ == "__main__":
     cli_util.main()
