@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include <chrono>
+#include <csignal>
 #include <set>
 
 #include "cli/checkpoint_io.h"
@@ -144,8 +145,9 @@ Command add_evaluate_command(CLI::App& app) {
       text += fmt::format(" · {} {:.4f}", k, v);
     }
     f.emplace_back("seconds", json_number(seconds));
-    fmt::print("{}\n", json_object(f));
-    std::fflush(stdout);
+    // A reader that closed the pipe early (`| true`) is no failure, as for predict.
+    std::signal(SIGPIPE, SIG_IGN);
+    stdout_line(json_object(f));
     if (!*quiet)
       eprint("{} on {} data ({}, {} samples){} · {:.1f}s\n", *ckpt, name, ds->describe(), ds->size(), text,
              seconds);

@@ -25,17 +25,20 @@ void Output::json_line(const std::string& object) {
   if (!json_) return;
   clear_bar();
   if (stdout_closed_) return;
+  if (!stdout_line(object)) stdout_closed_ = true;  // the run ends as interrupted, not as a failed write
+}
+
+bool stdout_line(const std::string& line) {
   errno = 0;
-  std::fwrite(object.data(), 1, object.size(), stdout);
+  std::fwrite(line.data(), 1, line.size(), stdout);
   std::fputc('\n', stdout);
-  if (std::fflush(stdout) != 0) {
-    if (errno == EPIPE) {
-      stdout_closed_ = true;
-      std::clearerr(stdout);  // the run ends as interrupted, not as a failed write
-    } else if (first_stdout_error == 0) {
-      first_stdout_error = errno;
-    }
+  if (std::fflush(stdout) == 0) return true;
+  if (errno == EPIPE) {
+    std::clearerr(stdout);
+    return false;
   }
+  if (first_stdout_error == 0) first_stdout_error = errno;
+  return true;
 }
 
 int stdout_error() {

@@ -44,6 +44,10 @@ class Output {
 
 // The errno of the first failed write of a JSON line to stdout (0: none failed).
 int stdout_error();
+// Writes `line` and a newline to stdout and flushes it (SIGPIPE ignored by the caller). False when the reader
+// has closed the pipe (EPIPE: not an error, the line is dropped); another failed write is kept for
+// stdout_error(), which the exit status reports.
+bool stdout_line(const std::string& line);
 
 // JSON helpers: a string literal with escapes, and a number that stays valid JSON (NaN and infinities as
 // null).

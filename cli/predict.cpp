@@ -1,6 +1,7 @@
 // trainer predict: a model (a checkpoint or an ONNX file) applied to samples streamed from a file or stdin,
 // one batch at a time in constant memory, with class ids or output rows written to stdout as CSV or NPY.
 #include <onnx/onnx_pb.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/ranges.h>
@@ -57,9 +58,19 @@ struct PredictModel {
   std::vector<std::string> notes;  // for stderr: how predict reads the model where that may surprise
 };
 
+// A regular file, or a missing one (whose reader then says so); not a pipe or a device.
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode);
+}
+
 // A checkpoint starts with the safetensors header length and '{' (whatever its name); anything else is taken
 // as ONNX (whose parser then names what is wrong with it).
 bool is_checkpoint(const std::string& path) {
+  // A pipe (<(cat m.ckpt), a FIFO) cannot be peeked at and then read again.
+  if (!is_regular_file(path))
+    throw InputError(path, "the model is not a regular file (a pipe or a device)",
+                     "save the checkpoint or ONNX model to a file first; INPUT may come from a pipe");
   std::ifstream f(path, std::ios::binary);
   char head[9] = {};
   return f.read(head, sizeof head) && head[8] == '{';
@@ -271,7 +282,8 @@ void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t
 
 // A zip archive (an .npz) starts with a local file header.
 bool is_npz(const std::string& path) {
-  if (path == "-") return false;
+  // A pipe (stdin, <(cat x.npy), a FIFO) is read as it streams: peeking would take its first bytes away.
+  if (path == "-" || !is_regular_file(path)) return false;
   std::ifstream f(path, std::ios::binary);
   char head[4] = {};
   return f.read(head, sizeof head) && std::memcmp(head, "PK\x03\x04", 4) == 0;

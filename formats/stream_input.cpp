@@ -423,21 +423,19 @@ struct SampleReader::Impl {
     }
   }
 
-  // Parses the current line into out[0, columns); `header_ok` allows a header (returns false for one).
-  bool parse_row(double* out, bool header_ok) {
+  // Parses the current line into out[0, columns).
+  void parse_row(double* out) {
     split();
-    if (!header_ok && static_cast<int64_t>(cells.size()) != shape[0])
+    if (static_cast<int64_t>(cells.size()) != shape[0])
       throw InputError(fmt::format("{}:{}", name, line_no),
                        fmt::format("the row has {} values, but the first row has {}", cells.size(), shape[0]),
                        "every row is one sample of the same number of values");
     for (size_t c = 0; c < cells.size(); ++c) {
       if (parse_number(cells[c], &out[c])) continue;
-      if (header_ok) return false;
       throw InputError(fmt::format("{}:{}:{}", name, line_no, cell_cols[c]),
                        fmt::format("'{}' is not a number", clipped(cells[c])),
                        "CSV input holds numbers only (a first line of column names is skipped)");
     }
-    return true;
   }
 
   void open_csv() {
@@ -447,14 +445,20 @@ struct SampleReader::Impl {
       return;
     }
     split();
+    // Column names: a first line without a single number ("a,1" quoted is one name). A first line of numbers
+    // with a bad field is a sample, and its error is reported (it was once skipped as a header).
+    bool names = true;
+    double v = 0;
+    for (std::string_view c : cells) names = names && !parse_number(c, &v);
+    if (names && !next_line()) {  // a header alone: no samples
+      shape = {static_cast<int64_t>(cells.size())};
+      return;
+    }
+    split();  // the first sample sets the width
     shape = {static_cast<int64_t>(cells.size())};
     first_row.resize(cells.size());
-    if (parse_row(first_row.data(), true)) {
-      have_first_row = true;
-    } else if (next_line()) {  // a header: the first data row must match its width
-      parse_row(first_row.data(), false);
-      have_first_row = true;
-    }
+    parse_row(first_row.data());
+    have_first_row = true;
   }
 
   int64_t read_csv(int64_t max, double* out, bool partial) {
@@ -472,7 +476,7 @@ struct SampleReader::Impl {
         break;
       }
       if (!next_line()) break;
-      parse_row(out + n * cols, false);
+      parse_row(out + n * cols);
       ++n;
     }
     return n;

@@ -131,6 +131,61 @@ class Predict(unittest.TestCase):
                     # The same weights, one argmax apart at most (a near-tie between two classes).
                     self.assertLessEqual(int((ids != want).sum()), 1)
 
+    def test_a_pipe_given_by_path_is_read_once(self):
+        # <(cat x.npy) and a FIFO: predict once peeked at the path to tell an NPZ, which took the pipe's first
+        # bytes (0 rows and exit 0, a bogus CSV error, or a FIFO waited on forever).
+        want = self.reference.argmax(axis=1)
+        for kind in ("npy", "csv"):
+            with open(self.files[kind], "rb") as f:
+                data = f.read()
+
+            def feed(path_or_fd):
+                with open(path_or_fd, "wb") as w:
+                    w.write(data)
+
+            with self.subTest(input=kind, source="/dev/fd"):
+                r, w = os.pipe()
+                writer = threading.Thread(target=feed, args=(w,))
+                writer.start()
+                res = subprocess.run([cli_util.TRAINER, "predict", self.ckpt, f"/dev/fd/{r}"], pass_fds=(r,),
+                                     capture_output=True, timeout=120)
+                os.close(r)
+                writer.join()
+                self.assertLessEqual(int((rows(self.ok(res))[:, 0] != want).sum()), 1)
+            with self.subTest(input=kind, source="fifo"):
+                fifo = os.path.join(self.tmp.name, f"fifo_{kind}")
+                os.mkfifo(fifo)
+                writer = threading.Thread(target=feed, args=(fifo,))
+                writer.start()
+                res = predict([self.ckpt, fifo], timeout=60)
+                writer.join()
+                self.assertLessEqual(int((rows(self.ok(res))[:, 0] != want).sum()), 1)
+        # A model cannot be read from a pipe: said plainly.
+        r, w = os.pipe()
+        os.close(w)
+        res = subprocess.run([cli_util.TRAINER, "predict", f"/dev/fd/{r}", self.files["npy"]], pass_fds=(r,),
+                             capture_output=True, text=True, timeout=60)
+        os.close(r)
+        cli_util.assert_input_error(self, res, "not a regular file", "save the checkpoint or ONNX model to a file")
+
+    def test_csv_column_names_and_a_first_sample_with_a_bad_field(self):
+        rng = np.random.default_rng(7)
+        x = rng.integers(0, 255, (3, 784))
+        body = "\n".join(",".join(str(v) for v in row) for row in x) + "\n"
+        want = rows(self.ok(predict([self.ckpt, "-"], stdin=body.encode())))
+        self.assertEqual(len(want), 3)
+        # Names with a quoted comma, or a comment line: skipped, whatever their number of fields.
+        for header in ('"pixel,0",' + ",".join(f"p{i}" for i in range(1, 784)), "# exported by a tool"):
+            with self.subTest(header=header):
+                got = rows(self.ok(predict([self.ckpt, "-"], stdin=(header + "\n" + body).encode())))
+                np.testing.assert_array_equal(got, want)
+        # A first line of numbers with an empty field is a sample in error, not a header to skip.
+        bad = ",".join(["1", ""] + ["2"] * 782) + "\n" + body
+        res = predict([self.ckpt, "-"], stdin=bad.encode())
+        self.assertEqual(res.returncode, 2, res.stderr.decode())
+        self.assertIn("stdin:1:3: '' is not a number", res.stderr.decode())
+        self.assertEqual(res.stdout, b"")
+
     def test_an_npz_of_x_or_of_the_input_name(self):
         # A model of one input reads the array x of an .npz, as training data does, or the one named after its
         # input; a large deflated array is inflated as it is read.
@@ -458,6 +513,19 @@ class Predict(unittest.TestCase):
         labels = idx_images(os.path.join(cli_util.FASHION_DIR, "t10k-labels-idx1-ubyte.gz"))[:VAL]
         ids = rows(self.ok(predict([self.ckpt, self.files["npy"]])))[:, 0]
         self.assertAlmostEqual(float((ids == labels).mean()), e["accuracy"], delta=1.5 / VAL)
+
+    def test_evaluate_into_a_pipe_closed_early_is_no_failure(self):
+        # `trainer evaluate CKPT | true`: the reader is gone before the line is written (it was killed by SIGPIPE,
+        # 141); and a full disk names itself (it said "Input/output error").
+        r = subprocess.run(["bash", "-c", f'"{cli_util.TRAINER}" evaluate "{self.ckpt}" -q | true; '
+                            "exit ${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        if os.path.exists("/dev/full"):
+            with open("/dev/full", "w") as full:
+                r = subprocess.run([cli_util.TRAINER, "evaluate", self.ckpt, "-q"], stdout=full, stderr=subprocess.PIPE,
+                                   text=True, timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("No space left on device", r.stderr)
 
     def test_evaluate_bad_choices(self):
         r = run(["evaluate", self.ckpt, "--data", "test"])
