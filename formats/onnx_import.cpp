@@ -1541,6 +1541,15 @@ class Importer {
         fail(fmt::format("{}: axis {} is out of range for {}", p.label, axis, xs.str()));
       return axis;
     };
+    // Where ReduceMax's top came from: the positions equal to it, or, when it is NaN (which nothing equals),
+    // the NaN positions; "equal to the top" compared with "is a number", in float f (bools have no
+    // arithmetic).
+    auto at_top = [&](ValueId v, ValueId top, DType f, const std::string& s) {
+      const engine::Attributes to_f{{"to", int64_t{engine::dtype_to_onnx(f)}}};
+      const ValueId number = node("Cast", {node("Equal", {v, v}, {}, "self" + s)}, to_f, "number" + s);
+      const ValueId equal = node("Cast", {node("Equal", {v, top}, {}, "equal" + s)}, to_f, "at_top" + s);
+      return node("Equal", {number, equal}, {}, "hit" + s);
+    };
     // Integer indices as int64, negative ones counted from the end of an axis of n, as ONNX says.
     auto class_index = [&](ValueId v, int64_t n) {
       const ValueId ids = node("Cast", {v}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "ids");
@@ -1634,7 +1643,8 @@ class Importer {
       } else if (p.op == "ArgMax" || p.op == "ArgMin") {
         // The extreme's index along the axis: the positions equal to the ReduceMax (of -x for ArgMin) keep
         // their index, negated to find the first (or, with select_last_index, the last) by another ReduceMax;
-        // indices travel as floats (exact below 2^24) and end as int64.
+        // indices travel as floats (exact below 2^24) and end as int64. A NaN is the extreme, as numpy's
+        // argmax and argmin (ONNX's reference) take it.
         const int64_t axis = axis_attr(0);
         const bool keepdims = !p.attrs.has("keepdims") || p.attrs.i("keepdims") != 0;
         const bool last = p.attrs.has("select_last_index") && p.attrs.i("select_last_index") != 0;
@@ -1644,8 +1654,7 @@ class Importer {
         if (t != f) v = node("Cast", {v}, {{"to", int64_t{engine::dtype_to_onnx(f)}}}, "float");
         if (p.op == "ArgMin") v = node("Neg", {v}, {}, "negated");
         const engine::Attributes along{{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{1}}};
-        const ValueId top = node("ReduceMax", {v}, along, "top");
-        const ValueId hit = node("Equal", {v, top}, {}, "hit");
+        const ValueId hit = at_top(v, node("ReduceMax", {v}, along, "top"), f, "");
         std::vector<int64_t> index_shape(static_cast<size_t>(xs.rank()), 1);
         index_shape[static_cast<size_t>(axis)] = n;
         Tensor index(f, Shape(index_shape));
@@ -1660,9 +1669,12 @@ class Importer {
         if (!last) best = node("Neg", {best}, {}, "first");
         node("Cast", {best}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "index", true);
       } else if (p.op == "TopK") {
-        // K rounds of the ArgMax above: each takes the first largest (smallest) element left, reads its value
-        // from x through a one-hot Where (so values carry gradients), and masks it out; the rounds are
-        // concatenated along the axis, sorted, ties broken by the lower index as ONNX says.
+        // K rounds of the ArgMax above over the elements not yet taken (a float mask of 1s and 0s): each
+        // takes the first largest (smallest) element left, reads its value from x through a one-hot Where (so
+        // values carry gradients), and clears it from the mask; the rounds are concatenated along the axis,
+        // sorted, ties broken by the lower index as ONNX says. A NaN ranks above every number, as onnxruntime
+        // ranks it: first when largest, last when smallest (while numbers are left, only they are eligible).
+        // The mask, not a sentinel value, marks what is taken, so an input's -inf is never taken twice.
         const int64_t rank = xs.rank();
         const int64_t axis = axis_attr(-1);
         const int64_t n = xs[static_cast<int>(axis)];
@@ -1670,7 +1682,11 @@ class Importer {
         if (k < 1 || k > n) fail(fmt::format("{}: K = {} is not in [1, {}]", p.label, k, n));
         const bool largest = !p.attrs.has("largest") || p.attrs.i("largest") != 0;
         const DType f = t == DType::f32 || t == DType::f64 ? t : DType::f64;
-        ValueId v = f == t ? x : node("Cast", {x}, {{"to", int64_t{engine::dtype_to_onnx(f)}}}, "float");
+        const int64_t as_f = engine::dtype_to_onnx(f);
+        auto to_float = [&](ValueId b, const std::string& name) {
+          return node("Cast", {b}, {{"to", as_f}}, name);
+        };
+        ValueId v = f == t ? x : to_float(x, "float");
         const ValueId source = v;
         if (!largest) v = node("Neg", {v}, {}, "negated");
         std::vector<int64_t> index_shape(static_cast<size_t>(rank), 1);
@@ -1684,11 +1700,31 @@ class Importer {
         const engine::Attributes along{{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{1}}};
         const ValueId miss = scalar_constant(p, "miss", -static_cast<double>(n) - 1, f);
         const ValueId zero = scalar_constant(p, "zero", 0, f);
-        const ValueId gone = scalar_constant(p, "gone", -std::numeric_limits<double>::infinity(), f);
+        const ValueId one = scalar_constant(p, "one", 1, f);
+        const ValueId low = scalar_constant(p, "low", -std::numeric_limits<double>::infinity(), f);
+        const ValueId number =
+            largest ? engine::kNoValue : to_float(node("Equal", {v, v}, {}, "self"), "number");
+        ValueId left = engine::kNoValue;  // the mask of elements not taken; none before the first round
         std::vector<ValueId> values, indices;
         for (int64_t r = 0; r < k; ++r) {
           const std::string s = std::to_string(r);
-          const ValueId hit = node("Equal", {v, node("ReduceMax", {v}, along, "top" + s)}, {}, "hit" + s);
+          ValueId eligible = left;
+          if (!largest) {
+            const ValueId numbers =
+                left == engine::kNoValue ? number : node("Mul", {left, number}, {}, "numbers" + s);
+            const ValueId any =
+                node("Equal", {node("ReduceMax", {numbers}, along, "any" + s), one}, {}, "some" + s);
+            eligible =
+                node("Where", {any, numbers, left == engine::kNoValue ? one : left}, {}, "eligible" + s);
+          }
+          const ValueId ranked =
+              eligible == engine::kNoValue
+                  ? v
+                  : node("Where", {node("Equal", {eligible, one}, {}, "open" + s), v, low}, {}, "ranked" + s);
+          ValueId same =
+              to_float(at_top(ranked, node("ReduceMax", {ranked}, along, "top" + s), f, s), "same" + s);
+          if (eligible != engine::kNoValue) same = node("Mul", {same, eligible}, {}, "same_open" + s);
+          const ValueId hit = node("Equal", {same, one}, {}, "hit" + s);
           const ValueId first =
               node("Neg",
                    {node("ReduceMax", {node("Where", {hit, neg_ids, miss}, {}, "candidates" + s)}, along,
@@ -1699,7 +1735,9 @@ class Importer {
               node("ReduceSum", {node("Where", {pick, source, zero}, {}, "picked" + s)}, along, "value" + s));
           indices.push_back(
               node("Cast", {first}, {{"to", int64_t{engine::dtype_to_onnx(DType::i64)}}}, "index" + s));
-          if (r + 1 < k) v = node("Where", {pick, gone, v}, {}, "rest" + s);
+          if (r + 1 < k)
+            left = node("Sub", {left == engine::kNoValue ? one : left, to_float(pick, "taken" + s)}, {},
+                        "left" + s);
         }
         const engine::Attributes cat{{"axis", axis}};
         ValueId vals = values.size() == 1 ? values[0] : node("Concat", values, cat, "values");
@@ -1895,7 +1933,7 @@ class Importer {
             node("Where", {below, node("Add", {x, c("bias", bias)}, {}, "raised"), c("zero", 0)}, {}, "low");
         node("Where", {above, node("Sub", {x, c("minus_bias", bias)}, {}, "lowered"), low}, {}, "shrink",
              true);
-      } else if (p.op == "Hardmax") {  // 1 at the first maximum along the axis (default -1), 0 elsewhere
+      } else if (p.op == "Hardmax") {  // 1 at the first maximum (or NaN) along the axis, 0 elsewhere
         const int64_t rank = xs.rank();
         const int64_t axis = axis_attr(-1);
         const int64_t n = xs[static_cast<int>(axis)];
@@ -1905,7 +1943,7 @@ class Importer {
         for (int64_t i = 0; i < n; ++i)
           up.set_f64(i, static_cast<double>(i)), down.set_f64(i, -static_cast<double>(i));
         const engine::Attributes along{{"axes", std::vector<int64_t>{axis}}, {"keepdims", int64_t{1}}};
-        const ValueId hit = node("Equal", {x, node("ReduceMax", {x}, along, "top")}, {}, "hit");
+        const ValueId hit = at_top(x, node("ReduceMax", {x}, along, "top"), t, "");
         const ValueId neg = g().add_constant(g().unique_name(p.base() + "/negated_index"), std::move(down));
         const ValueId first =
             node("Neg",

@@ -5,7 +5,7 @@ Covered: opset-11 Hardmax and Softmax over every dimension from their axis (thei
 a fine-tuned model exports at a newer opset); shape arithmetic through ops the importer rewrites (ReduceProd,
 ReduceMin, Split, Max of three, Tile of shapes) folded to constants; a float initializer read only by shape
 arithmetic (tf2onnx's Cast(Shape) * 2.0 for a Resize's sizes) kept a constant, not trained; a Range without a
-finite length refused.
+finite length refused; ArgMax, ArgMin, ReduceMax and TopK over NaN and infinities.
 """
 
 import os
@@ -199,6 +199,29 @@ class OnnxImport(unittest.TestCase):
         self.assertIn("(1 trained tensor", r.stderr)
         weights = {t.name: nh.to_array(t) for t in onnx.load(self.path("out.onnx")).graph.initializer}
         self.assertEqual((float(weights["lo"]), float(weights["hi"])), (-1.0, 1.0))
+
+    def test_arg_extremes_reduce_max_and_top_k_over_nan_and_infinity_follow_onnx(self):
+        # ONNX's reference (numpy) propagates NaN through ReduceMax/ReduceMin and takes a NaN as the extreme in
+        # ArgMax/ArgMin (and Hardmax); TopK ranks NaN above every number (last when smallest), as onnxruntime does. An input's
+        # -inf is taken once by TopK (a second pick of an element already taken gave repeated indices).
+        from onnx.reference import ReferenceEvaluator
+        x = np.array([[1, -np.inf, 2, 0], [np.nan, 3, np.nan, -1], [5, 5, -np.inf, -np.inf],
+                      [-1, np.nan, 7, -8]], np.float32)
+        for largest in (1, 0):
+            nodes = [h.make_node("ArgMax", ["x"], ["a"], axis=1), h.make_node("ArgMin", ["x"], ["b"], axis=1),
+                     h.make_node("ArgMax", ["x"], ["c"], axis=1, select_last_index=1),
+                     h.make_node("ReduceMax", ["x"], ["m"], axes=[1]),
+                     h.make_node("ReduceMin", ["x"], ["n"], axes=[1]),
+                     h.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, largest=largest),
+                     h.make_node("Hardmax", ["x"], ["o"], axis=1)]
+            nodes += [h.make_node("Cast", [n], [n + "f"], to=T.FLOAT) for n in "abci"]
+            nodes.append(h.make_node("Concat", ["af", "bf", "cf", "m", "n", "v", "if", "o"], ["y"], axis=1))
+            m = model(nodes, ["N", 4], ["N", 17], [ints("k", [4])], 13)
+            path = self.save(m, "extremes.onnx")
+            want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+            got = self.predict(path, x).reshape(want.shape)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got[:, 5:13], run_onnx(path, x)[:, 5:13])
 
     def test_a_range_without_a_finite_length_is_an_error(self):
         for limit in (float("inf"), float("nan"), 1e30):

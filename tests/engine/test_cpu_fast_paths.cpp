@@ -215,7 +215,7 @@ TEST_SUITE("cpu_fast_paths") {
   }
 
   TEST_CASE(
-      "ReduceMaxGrad over one axis: dy at each column's first maximum, ties and NaN as the general loop") {
+      "ReduceMaxGrad over one axis: dy at each column's first NaN or first maximum, as the general loop") {
     // [2, 5, 70]: 70 columns span two blocks of the column-blocked pass. Rows 1 and 3 tie at the maximum of
     // every third column; a NaN leads column 5 of the first slice and sits inside column 6.
     const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -232,9 +232,11 @@ TEST_SUITE("cpu_fast_paths") {
       Tensor dx = run_node("ReduceMaxGrad", {x, dy}, {{"axes", axes}}, {"dx"}, 2)[0];
       for (int64_t o = 0; o < 2; ++o)
         for (int64_t c = 0; c < 70; ++c) {
-          int64_t best = 0;  // the general rule: the first element, replaced only by a strictly greater one
+          // The general rule: the first NaN (ReduceMax's value then), else the first of the greatest.
+          int64_t best = 0;
           for (int64_t i = 1; i < 5; ++i)
-            if (at(o, i, c) > at(o, best, c)) best = i;
+            if (!std::isnan(at(o, best, c)) && (std::isnan(at(o, i, c)) || at(o, i, c) > at(o, best, c)))
+              best = i;
           for (int64_t i = 0; i < 5; ++i) {
             CAPTURE(o);
             CAPTURE(c);
@@ -242,6 +244,62 @@ TEST_SUITE("cpu_fast_paths") {
             CHECK(dx.data<float>()[(o * 5 + i) * 70 + c] == (i == best ? dy.data<float>()[o * 70 + c] : 0.f));
           }
         }
+    }
+  }
+
+  TEST_CASE("ReduceMax propagates NaN on every path: contiguous runs, rows, the general loop") {
+    // [3, 20, 17]: runs of 17 and 20 take the eight-partial loop; a NaN at the start, middle and end of runs.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (DType t : {DType::f32, DType::f64}) {
+      Tensor x = ops::random_tensor({3, 20, 17}, -1, 1, 17, t);
+      for (int64_t i :
+           {int64_t{0}, int64_t{17 * 9 + 4}, int64_t{20 * 17 + 16}, int64_t{2 * 20 * 17 + 19 * 17}})
+        x.set_f64(i, nan);
+      for (V axes : {V{2}, V{1}, V{0, 2}, V{0, 1, 2}}) {
+        CAPTURE(axes.size());
+        CAPTURE(axes[0]);
+        auto g = std::make_shared<Graph>();
+        ValueId in = g->add_input("x", t, x.shape());
+        Tensor at(DType::i64, Shape{static_cast<int64_t>(axes.size())});
+        for (size_t k = 0; k < axes.size(); ++k)
+          at.set_f64(static_cast<int64_t>(k), static_cast<double>(axes[k]));
+        ValueId y =
+            g->op("ReduceMax", {in, g->add_constant("axes", std::move(at))}, {{"keepdims", int64_t{1}}});
+        g->mark_output(y);
+        auto backend = make_cpu_backend(CpuOptions{2});
+        Session sess(g, *backend);
+        sess.write(in, x);
+        sess.run({});
+        Tensor got = sess.read(y);
+        // numpy's max: NaN when the group holds one.
+        const int64_t dims[3] = {3, 20, 17};
+        bool reduced[3] = {};
+        for (int64_t a : axes) reduced[a] = true;
+        for (int64_t i = 0; i < got.numel(); ++i) {
+          int64_t k[3], rest = i;
+          for (int d = 2; d >= 0; --d) {
+            const int64_t n = reduced[d] ? 1 : dims[d];
+            k[d] = rest % n;
+            rest /= n;
+          }
+          double want = -std::numeric_limits<double>::infinity();
+          bool has_nan = false;
+          for (int64_t a = 0; a < 3; ++a)
+            for (int64_t b = 0; b < 20; ++b)
+              for (int64_t c = 0; c < 17; ++c) {
+                if ((!reduced[0] && a != k[0]) || (!reduced[1] && b != k[1]) || (!reduced[2] && c != k[2]))
+                  continue;
+                const double v = x.get_f64((a * 20 + b) * 17 + c);
+                has_nan = has_nan || std::isnan(v);
+                want = std::max(want, v);
+              }
+          CAPTURE(i);
+          if (has_nan)
+            CHECK(std::isnan(got.get_f64(i)));
+          else
+            CHECK(got.get_f64(i) == want);
+        }
+      }
     }
   }
 

@@ -124,7 +124,8 @@ struct MeanOp {
     return count ? a / static_cast<T>(count) : std::numeric_limits<T>::quiet_NaN();
   }
 };
-// NaN inputs are not propagated: a comparison with NaN is false, so NaN never replaces a number.
+// A NaN propagates, as numpy's max and onnxruntime's ReduceMax do: it replaces any number, and nothing
+// replaces it (a comparison with NaN is false).
 template <class T>
 struct MaxOp {
   static T init() {
@@ -133,9 +134,15 @@ struct MaxOp {
     else
       return std::numeric_limits<T>::lowest();
   }
-  static T combine(T a, T b) { return b > a ? b : a; }
+  static T combine(T a, T b) { return b > a || b != b ? b : a; }
   static T finish(T a, int64_t) { return a; }
 };
+
+// Whether x takes the place of m as the maximum found so far in a scan: a greater number, or the first NaN.
+template <class T>
+bool replaces_max(T x, T m) {
+  return x > m || (x != x && m == m);
+}
 
 // Eight independent partials (combined in a fixed tree) let the compiler vectorize and bound the rounding
 // error.
@@ -235,7 +242,8 @@ KernelPtr reduce_kernel(const KernelArgs& a, bool floats_only) {
   return kp;
 }
 
-// dx = dy at the first maximum of each group (memory order), zero elsewhere.
+// dx = dy at the first maximum of each group (memory order), or at its first NaN (the value ReduceMax gave),
+// zero elsewhere.
 KernelPtr reduce_max_grad_any(const KernelArgs& a) {
   std::vector<int> axes;
   for (int64_t v : a.attrs().ints("axes")) axes.push_back(normalize_axis(v, a.in(0).shape.rank()));
@@ -256,7 +264,7 @@ KernelPtr reduce_max_grad_any(const KernelArgs& a) {
             T m = MaxOp<T>::init();
             g->for_each_run(o, [&](int64_t off) {
               for (int64_t i = 0; i < g->run; ++i)
-                if (best < 0 || x[off + i] > m) {
+                if (best < 0 || replaces_max(x[off + i], m)) {
                   m = x[off + i];
                   best = off + i;
                 }
@@ -292,8 +300,8 @@ struct AxisGeom {
 
 // ReduceMaxGrad over one axis, [outer, n, inner]: the first maximum of each column found kCols columns at a
 // time, so every pass over the axis reads contiguous memory (the general loop strides through it one element
-// at a time). Same choice of position as reduce_max_grad_any: strictly greater replaces, so the first of
-// equal maxima wins and a leading NaN stays.
+// at a time). Same choice of position as reduce_max_grad_any: the first NaN, else the first of equal
+// maxima.
 KernelPtr reduce_max_grad(const KernelArgs& a) {
   const auto& axes = a.attrs().ints("axes");
   if (axes.size() != 1) return reduce_max_grad_any(a);
@@ -321,7 +329,7 @@ KernelPtr reduce_max_grad(const KernelArgs& a) {
             for (int64_t i = 1; i < geo.n; ++i) {
               const T* row = x + start + i * geo.inner;
               for (int64_t c = 0; c < w; ++c)
-                if (row[c] > m[c]) {
+                if (replaces_max(row[c], m[c])) {
                   m[c] = row[c];
                   at[c] = i;
                 }

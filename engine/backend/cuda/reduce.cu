@@ -45,11 +45,11 @@ struct Add {
     return a + b;
   }
 };
-// As the CPU's MaxOp: a NaN never replaces a number.
+// As the CPU's MaxOp: a NaN propagates (it replaces any number; nothing replaces it).
 struct Max {
   template <class T>
   __device__ T operator()(T a, T b) const {
-    return b > a ? b : a;
+    return b > a || b != b ? b : a;
   }
 };
 
@@ -161,27 +161,27 @@ __global__ void reduce_splits_kernel(const T* part, T* y, int64_t out_count, int
   y[o] = reduce_finish<T, kOp>(acc, red_count);
 }
 
-// A candidate for the first maximum: the CPU's scan takes element 0, then any later element greater than the
-// current maximum. As an associative rule: element 0 when it is NaN (nothing then compares greater), else the
-// greatest non-NaN element, the lowest index among ties.
+// A candidate for the position ReduceMax took its value from, as the CPU's scan finds it: the first NaN when
+// there is one, else the first of the greatest elements. An associative rule: NaN beats a number, the greater
+// number wins, and the lower index breaks ties.
 template <class T>
 struct ArgMax {
   T v;
   int64_t k;  // -1: none yet
-  int nan0;
+  int nan;
 };
 template <class T>
 __device__ ArgMax<T> better(ArgMax<T> a, ArgMax<T> b) {
-  if (a.nan0) return a;
-  if (b.nan0) return b;
   if (a.k < 0) return b;
   if (b.k < 0) return a;
-  return (b.v > a.v || (b.v == a.v && b.k < a.k)) ? b : a;
+  if (a.nan != b.nan) return a.nan ? a : b;
+  if (a.nan || b.v == a.v) return b.k < a.k ? b : a;
+  return b.v > a.v ? b : a;
 }
 template <class T>
 __device__ ArgMax<T> shfl_xor(ArgMax<T> a, int o) {
   return {__shfl_xor_sync(0xffffffffu, a.v, o), __shfl_xor_sync(0xffffffffu, a.k, o),
-          __shfl_xor_sync(0xffffffffu, a.nan0, o)};
+          __shfl_xor_sync(0xffffffffu, a.nan, o)};
 }
 template <class T>
 __device__ ArgMax<T> group_argmax(ArgMax<T> c, int tpo) {
@@ -194,7 +194,7 @@ __device__ ArgMax<T> group_argmax(ArgMax<T> c, int tpo) {
   if (threadIdx.x % 32 == 0) {
     pv[threadIdx.x / 32] = c.v;
     pk[threadIdx.x / 32] = c.k;
-    pn[threadIdx.x / 32] = c.nan0;
+    pn[threadIdx.x / 32] = c.nan;
   }
   __syncthreads();
   ArgMax<T> r{pv[0], pk[0], pn[0]};
@@ -211,10 +211,7 @@ __global__ void reduce_max_grad_kernel(const T* x, const T* dy, T* dx, ReduceGeo
   ArgMax<T> c{T(0), -1, 0};
   for (int64_t k = gi.lane; k < g.red_count; k += g.tpo) {
     T v = x[base + reduced_offset(g, k)];
-    if (k == 0 && v != v)
-      c = ArgMax<T>{v, 0, 1};
-    else if (v == v)
-      c = better(c, ArgMax<T>{v, k, 0});
+    c = better(c, ArgMax<T>{v, k, v != v ? 1 : 0});
   }
   c = group_argmax(c, g.tpo);
   if (gi.lane == 0 && c.k >= 0) dx[base + reduced_offset(g, c.k)] = dy[gi.id];
