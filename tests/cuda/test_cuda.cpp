@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "engine/autodiff/autodiff.h"
@@ -306,6 +307,42 @@ TEST_SUITE("cuda") {
     CHECK(read(dz, 8) == std::vector<unsigned char>(8, 0));
     cudaFree(dz);
     cudaFree(workspace);
+  }
+
+  TEST_CASE(
+      "cuda: ReduceMax and its gradient over NaN equal the CPU exactly (NaN propagates, dy to the first)") {
+    // Groups of 5, 100 and 6000 elements take one thread, a warp and a block (with split partials) per
+    // output.
+    auto cpu = make_cpu_backend();
+    auto gpu = cuda_backend(false);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (Shape xs : {Shape{4, 5, 3}, Shape{3, 100, 2}, Shape{2, 6000, 1}}) {
+      CAPTURE(xs.str());
+      Tensor x = ops::random_tensor(xs, -1, 1, 23, DType::f32);
+      const int64_t n = xs[1], inner = xs[2];
+      // Group 0: NaN first; group 1: NaN inside, twice; group 2: none; the rest: NaN last.
+      x.set_f64(0, nan);
+      x.set_f64(inner * (n / 2) + 1, nan);
+      x.set_f64(inner * (n - 1) + 1, nan);
+      for (int64_t o = 3; o < xs[0] * inner; ++o)
+        x.set_f64((o / inner) * n * inner + inner * (n - 1) + o % inner, nan);
+      OpCase c;
+      c.g = std::make_shared<Graph>();
+      Graph& g = *c.g;
+      const ValueId in = g.add_input("x", DType::f32, xs);
+      c.feeds.emplace_back(in, x);
+      Tensor axes(DType::i64, Shape{1});
+      axes.set_f64(0, 1);
+      const ValueId top =
+          g.op("ReduceMax", {in, g.add_constant("axes", std::move(axes))}, {{"keepdims", int64_t{1}}});
+      const ValueId dy = g.add_constant("dy", ops::random_tensor(g.value(top).shape, 1, 2, 24, DType::f32));
+      c.checked = {top, g.op("ReduceMaxGrad", {in, dy}, {{"axes", std::vector<int64_t>{1}}})};
+      for (ValueId v : c.checked) g.mark_output(v);
+      std::vector<Tensor> want = run_case(c, *cpu), got = run_case(c, *gpu);
+      CHECK(std::isnan(want[0].get_f64(0)));
+      CHECK(std::isnan(want[0].get_f64(1)));
+      for (size_t k = 0; k < want.size(); ++k) CHECK(relative_difference(want[k], got[k]) == 0.0);
+    }
   }
 
   TEST_CASE("cuda: training steps equal the CPU's within 1e-4") {
