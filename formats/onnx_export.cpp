@@ -203,7 +203,12 @@ class Exporter {
     const engine::Value& val = g_.value(v);
     if (!engine::is_float(val.dtype) || o_.keep_as_initializers.count(val.name)) return false;
     if (val.kind == engine::ValueKind::constant) return true;
+    // A frozen layer's weights and statistics: fine-tuning the export leaves them as they are (a
+    // BatchNormalization whose statistics are Constants keeps its inference form there, as a frozen one does
+    // in the spec).
+    if (val.kind == engine::ValueKind::parameter) return !val.trainable;
     if (val.kind != engine::ValueKind::state) return false;
+    if (val.frozen) return true;
     for (NodeId c : val.consumers)
       if (g_.node(c).op == "BatchNormalization") return false;
     return true;
@@ -603,8 +608,9 @@ class Exporter {
     // Batch-major recurrences (layout 1, Keras's [batch, time, features]) are written time-major between
     // Transposes: onnxruntime's CPU kernels take layout 0 only, and opset 13 has no layout attribute.
     std::vector<std::string> batch_major_outs;
-    if (rnn && attrs.i_or("layout", 0) == 1) {
-      attrs.erase("layout");
+    const bool batch_major = rnn && attrs.i_or("layout", 0) == 1;
+    if (rnn) attrs.erase("layout");  // 0 (an imported model's, filled in by the schema) is the default
+    if (batch_major) {
       const std::vector<int64_t> swap01 = {1, 0, 2};
       ins[0] = add_part("Transpose", n.name, {ins[0]}, {}, {{"perm", swap01}});
       for (size_t k : {size_t{5}, size_t{6}})  // initial_h, initial_c: [batch, directions, hidden]

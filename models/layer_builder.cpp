@@ -232,7 +232,9 @@ void LayerBuilder::penalize_activity(ValueId v, double l1, double l2) {
 }
 
 ValueId LayerBuilder::state(const std::string& suffix, Tensor init) {
-  return counted(graph.add_state(name() + "/" + suffix, std::move(init)), false);
+  const ValueId v = graph.add_state(name() + "/" + suffix, std::move(init));
+  graph.value(v).frozen = !trainable();
+  return counted(v, false);
 }
 
 ValueId LayerBuilder::constant(const std::string& suffix, Tensor value) {

@@ -34,6 +34,7 @@ struct Value {
   Shape shape;
   ValueKind kind = ValueKind::intermediate;
   bool trainable = false;  // parameters only
+  bool frozen = false;     // state only: a frozen layer's (trainable = false), which training leaves alone
   NodeId producer = -1;
   std::vector<NodeId> consumers;  // one entry per use
   size_t nbytes() const { return static_cast<size_t>(shape.numel()) * dtype_bytes(dtype); }

@@ -612,6 +612,87 @@ activation = "softmax"
             np.testing.assert_array_equal(fixed[name], fixed_again[name], err_msg=name)
         self.assertIn("rescaling/scale", fixed_again)
 
+    def test_fine_tuning_an_export_leaves_frozen_layers_as_the_spec_froze_them(self):
+        # A frozen Dense's weights and a frozen BatchNormalization's weights and statistics go out as Constant
+        # nodes: fitting the exported model trains the last Dense alone (it trained them all, and the frozen
+        # BatchNormalization normalized with batch statistics), and its loss at a learning rate of almost 0
+        # is onnxruntime's loss of the exported model (the normalization keeps its inference form).
+        d = os.path.join(self.tmp.name, "frozen")
+        os.makedirs(d)
+        rng = np.random.default_rng(6)
+        np.save(os.path.join(d, "x.npy"), rng.standard_normal((32, 4)).astype(np.float32) * 3 + 1)
+        np.save(os.path.join(d, "y.npy"), rng.integers(0, 2, 32))
+        train = ('[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "sparse_categorical_crossentropy"\n'
+                 'epochs = 1\nbatch_size = 32\n[train.optimizer]\nname = "sgd"\n')
+        with open(os.path.join(d, "spec.toml"), "w") as f:
+            f.write('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "Dense"\nunits = 3\n'
+                    'trainable = false\n[[model.layers]]\ntype = "BatchNormalization"\ntrainable = false\n'
+                    '[[model.layers]]\ntype = "Dense"\nunits = 2\nactivation = "softmax"\n' + train)
+        with open(os.path.join(d, "train.toml"), "w") as f:
+            f.write("format_version = 1\n" + train.replace('"sgd"\n', '"sgd"\nlearning_rate = 1e-30\n'))
+
+        def export(run_dir, name):
+            path = os.path.join(d, name + ".onnx")
+            r = run(["export", os.path.join(d, run_dir, "last.ckpt"), "-o", path, "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            m = onnx.load(path)
+            onnx.checker.check_model(m, full_check=True)
+            constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
+                         if n.op_type == "Constant"}
+            return {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}, constants, path
+
+        r = run(["fit", os.path.join(d, "spec.toml"), "--device", "cpu", "--output-dir", os.path.join(d, "spec"),
+                 "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        first, fixed, path = export("spec", "spec")
+        self.assertEqual(sorted(first), ["dense_1/bias", "dense_1/kernel"])
+        frozen = ["dense/kernel", "dense/bias", "batch_normalization/gamma", "batch_normalization/beta",
+                  "batch_normalization/moving_mean", "batch_normalization/moving_variance"]
+        self.assertLessEqual(set(frozen), set(fixed))
+        probabilities = ort.InferenceSession(path).run(None, {"input": np.load(os.path.join(d, "x.npy"))})[0]
+        evaluated = -np.mean(np.log(probabilities[np.arange(32), np.load(os.path.join(d, "y.npy"))]))
+        r = run(["fit", path, "--train", os.path.join(d, "train.toml"), "--device", "cpu", "--output-dir",
+                 os.path.join(d, "tuned"), "--log-format", "jsonl", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        trained = [json.loads(line) for line in r.stdout.splitlines() if '"loss"' in line][-1]["loss"]
+        self.assertAlmostEqual(trained, evaluated, places=5)
+        _, fixed_again, _ = export("tuned", "tuned")
+        for name in frozen:
+            np.testing.assert_array_equal(fixed[name], fixed_again[name], err_msg=name)
+
+    def test_a_fine_tuned_recurrent_export_exports_again_at_opset_13(self):
+        # The imported LSTM, GRU and SimpleRNN carry the schema's layout 0, which opset 13 has no attribute
+        # for: the second export failed onnx's checker ("Unrecognized attribute: layout").
+        d = os.path.join(self.tmp.name, "recurrent13")
+        os.makedirs(d)
+        rng = np.random.default_rng(7)
+        np.save(os.path.join(d, "x.npy"), rng.standard_normal((16, 5, 3)).astype(np.float32))
+        np.save(os.path.join(d, "y.npy"), rng.integers(0, 2, 16))
+        train = ('[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "sparse_categorical_crossentropy"\n'
+                 'epochs = 1\nbatch_size = 8\n')
+        with open(os.path.join(d, "train.toml"), "w") as f:
+            f.write("format_version = 1\n" + train)
+        for layer in ("LSTM", "GRU", "SimpleRNN"):
+            with open(os.path.join(d, "spec.toml"), "w") as f:
+                f.write(f'format_version = 1\n[model]\ninput = [5, 3]\n[[model.layers]]\ntype = "{layer}"\n'
+                        'units = 4\n[[model.layers]]\ntype = "Dense"\nunits = 2\nactivation = "softmax"\n' + train)
+            x = np.load(os.path.join(d, "x.npy"))
+            for name, args in (("spec", [os.path.join(d, "spec.toml")]),
+                               ("tuned", [os.path.join(d, "spec.onnx"), "--train", os.path.join(d, "train.toml")])):
+                out = os.path.join(d, layer + name)
+                r = run(["fit", *args, "--device", "cpu", "--output-dir", out, "-q"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                path = os.path.join(d, name + ".onnx")
+                r = run(["export", os.path.join(out, "last.ckpt"), "-o", path, "--opset", "13", "-q"])
+                self.assertEqual(r.returncode, 0, f"{layer} {name}: {r.stderr}")
+                m = onnx.load(path)
+                onnx.checker.check_model(m, full_check=True)
+                self.assertEqual(m.opset_import[0].version, 13)
+                r = run(["predict", os.path.join(out, "last.ckpt"), os.path.join(d, "x.npy"), "--probabilities"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                np.testing.assert_allclose(ort.InferenceSession(path).run(None, {"input": x})[0],
+                                           np.loadtxt(r.stdout.splitlines(), delimiter=","), rtol=1e-4, atol=1e-5)
+
     def test_bad_paths_exit_2_and_write_nothing(self):
         missing = os.path.join(self.tmp.name, "no-such.ckpt")
         r = run(["export", missing, "-o", os.path.join(self.tmp.name, "x.onnx")])
