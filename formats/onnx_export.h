@@ -39,8 +39,8 @@ struct OnnxExportOptions {
   std::map<std::string, std::string> metadata;  // metadata_props
   // Fixed float values (constants, frozen parameters and state, and state that no BatchNormalization keeps as
   // running statistics) go out as Constant nodes rather than initializers, so that an importer that trains
-  // float initializers leaves them alone; except those named here (an imported model's own initializers, frozen weights among them,
-  // which keep their form).
+  // float initializers leaves them alone; except those named here (an imported model's own initializers,
+  // frozen weights among them, which keep their form).
   bool fixed_as_constant_nodes = false;
   std::set<std::string> keep_as_initializers;
   // Runs check_onnx on the result (a failure is an InternalError: the exporter wrote a broken model).
