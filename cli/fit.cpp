@@ -534,7 +534,7 @@ Command add_fit_command(CLI::App& app) {
           cfg.schedule.base, lr_scale, cfg.schedule.base * lr_scale, lr_scale);
     else if (!was.empty())
       out.say("Learning rate {:g} (--scale-lr none{}).\n", cfg.schedule.base, was);
-    cfg.schedule.base *= lr_scale;
+    cfg.schedule.scale = lr_scale;
     FitPrinter printer(out);
     SignatureGrabber observer(printer);
     engine::CheckpointPolicy policy;

@@ -45,7 +45,7 @@ std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   return out;
 }
 
-double LearningRateSchedule::at(int64_t step) const {
+double LearningRateSchedule::unscaled_at(int64_t step) const {
   if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step + 1) / warmup_steps;
   int64_t s = step - warmup_steps;
   if (kind == "step")
@@ -2045,9 +2045,9 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         st.plateau_best = value;
         st.plateau_wait = 0;
       } else if (st.plateau_cooldown == 0 && ++st.plateau_wait >= p.patience) {
-        const double rate = schedule.base * st.lr_factor;
+        const double rate = schedule.scaled_base() * st.lr_factor;
         if (rate > p.min_lr) {
-          st.lr_factor = std::max(rate * p.factor, p.min_lr) / schedule.base;
+          st.lr_factor = std::max(rate * p.factor, p.min_lr) / schedule.scaled_base();
           st.plateau_cooldown = p.cooldown;
           st.plateau_wait = 0;
         }

@@ -45,8 +45,15 @@ struct LearningRateSchedule {
   double t_mul = 2.0, m_mul = 1.0;                 // cosine_restarts
   std::vector<int64_t> boundaries;                 // piecewise_constant
   std::vector<double> values;                      // piecewise_constant
-  int64_t warmup_steps = 0;       // linear warmup from base/warmup_steps to base, then the schedule (shifted)
-  double at(int64_t step) const;  // step is 0-based
+  int64_t warmup_steps = 0;  // linear warmup from base/warmup_steps to base, then the schedule (shifted)
+  // --scale-lr's factor: every rate the schedule gives (piecewise values and end_learning_rate included) is
+  // multiplied by it.
+  double scale = 1.0;
+  double at(int64_t step) const { return scale * unscaled_at(step); }  // step is 0-based
+  double scaled_base() const { return scale * base; }
+
+ private:
+  double unscaled_at(int64_t step) const;
 };
 
 struct FitConfig;

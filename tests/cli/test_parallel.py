@@ -206,6 +206,36 @@ batch_size = 64
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("Learning rate 0.001 (--scale-lr none; the checkpoint's run used 0.001 x 2 = 0.002).", r.stderr)
 
+    def test_scale_lr_multiplies_every_rate_of_a_schedule(self):
+        # piecewise_constant's values and polynomial's end_learning_rate are rates too: --scale-lr linear left
+        # them as they were (it scaled learning_rate alone, which piecewise_constant does not read).
+        # The sample without its rate and schedule (piecewise_constant takes no learning_rate).
+        with open(sample("fashion_mnist/mlp.toml")) as f:
+            text = f.read()
+        text = text.replace("learning_rate = 0.001\n", "").replace('[train.optimizer.schedule]\nkind = "cosine"', "")
+        spec = os.path.join(self.tmp.name, "mlp.toml")
+        with open(spec, "w") as f:
+            f.write(text.replace('name = "adam"', 'name = "adam"\n[train.optimizer.schedule]'))
+        limit = ["--set", f"data.train.limit={STEPS * BATCH // 2}"]
+        kinds = {
+            "piecewise": (["kind=\"piecewise_constant\"", "boundaries=[2]", "values=[0.002, 0.0005]"],
+                          ["kind=\"piecewise_constant\"", "boundaries=[2]", "values=[0.004, 0.001]"]),
+            "polynomial": (["kind=\"polynomial\"", "decay_steps=3", "end_learning_rate=0.0005"],
+                           ["kind=\"polynomial\"", "decay_steps=3", "end_learning_rate=0.001"]),
+        }
+        for kind, (spec_keys, doubled_keys) in kinds.items():
+            with self.subTest(kind=kind):
+                def schedule(keys, rate):
+                    sets = ["--set", f"train.optimizer.learning_rate={rate}"] if "polynomial" in keys[0] else []
+                    for k in keys:
+                        sets += ["--set", f"train.optimizer.schedule.{k}"]
+                    return sets
+                scaled = self.fit(spec, 2, os.path.join(self.tmp.name, kind + "_scaled"), *limit, "--scale-lr",
+                                  "linear", *schedule(spec_keys, 0.001), epochs=2)
+                doubled = self.fit(spec, 2, os.path.join(self.tmp.name, kind + "_doubled"), *limit,
+                                   *schedule(doubled_keys, 0.002), epochs=2)
+                self.assert_close(doubled, scaled, f"{kind}: --scale-lr linear vs the rates doubled", tolerance=0)
+
     def mpirun_command(self, args, ranks=2):
         mpirun = shutil.which("mpirun")
         if not mpirun:
