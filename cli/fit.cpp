@@ -547,7 +547,7 @@ Command add_fit_command(CLI::App& app) {
       policy.save_best = s.train.checkpoint.save_best;
       policy.mode = s.train.checkpoint.mode;
     }
-    if (!output_dir->empty() && speaks) {
+    auto prepare_output_dir = [&] {
       std::error_code ec;
       std::filesystem::create_directories(*output_dir, ec);
       if (ec || !std::filesystem::is_directory(*output_dir))
@@ -574,7 +574,24 @@ Command add_fit_command(CLI::App& app) {
         writer->save(st, why, observer.signature);
         printer.write_history();
       };
+    };
+    // Under mpirun or srun rank 0 alone prepares the output directory; the other ranks learn whether it
+    // could, so that a refused directory (a file, a lock of another run) ends every rank at once: they waited
+    // in the first collective until the watchdog's timeout, which then blamed a stalled rank.
+    std::exception_ptr refused;
+    if (!output_dir->empty() && speaks) {
+      try {
+        prepare_output_dir();
+      } catch (...) {
+        refused = std::current_exception();
+      }
     }
+    if (launch.size > 1 && !output_dir->empty()) {
+      double failed = refused ? 1.0 : 0.0;
+      replicas.host_comm->broadcast(&failed, sizeof failed, 0);
+      if (failed != 0 && !speaks) return 2;  // rank 0 says why
+    }
+    if (refused) std::rethrow_exception(refused);
     if (ck) {
       out.say("Resuming {} at epoch {}, batch {} (step {}).\n", *resume, ck->state.epoch + 1, ck->state.batch,
               ck->state.global_step);

@@ -337,6 +337,20 @@ batch_size = 64
         self.assertEqual(r.stderr.count("trainer: error: mpirun: trainer summary runs in one process, and mpirun "
                                         "started 2 ranks of it"), 1, r.stderr)
 
+    def test_an_output_dir_rank_0_refuses_ends_every_rank_at_once(self):
+        # Rank 0 alone prepares --output-dir; rank 1 went on into the first collective and waited there for the
+        # whole --collective-timeout (300 s by default), then exited 1 blaming a stalled rank.
+        in_the_way = os.path.join(self.tmp.name, "a_file")
+        with open(in_the_way, "w") as f:
+            f.write("not a directory\n")
+        r = self.mpirun(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
+                         "--output-dir", in_the_way, *SUBSET], timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(r.stderr.count("cannot be the output directory: Not a directory"), 1, r.stderr)
+        self.assertNotIn("did not complete", r.stderr)
+        with open(in_the_way) as f:
+            self.assertEqual(f.read(), "not a directory\n")
+
     def test_ranks_resuming_different_checkpoints_are_refused(self):
         # Two folders with the same spec and data of the same size but other values, trained alike: their
         # epoch-1 checkpoints have the same step. Ranks resuming one each (a stale copy of a checkpoint on one
