@@ -144,10 +144,10 @@ void OutputOptions::add(CLI::App* app) {
   app->add_flag("-q,--quiet", quiet, "Print nothing on stderr but errors");
 }
 
-Output OutputOptions::make() const {
-  LogFormat f = log_format == "jsonl"  ? LogFormat::jsonl
-                : log_format == "text" ? LogFormat::text
-                                       : LogFormat::automatic;
+Output OutputOptions::make(bool under_mpirun) const {
+  LogFormat f = log_format == "jsonl" || (log_format == "auto" && under_mpirun) ? LogFormat::jsonl
+                : log_format == "text"                                          ? LogFormat::text
+                                                                                : LogFormat::automatic;
   return Output(f, quiet);
 }
 

@@ -68,7 +68,9 @@ struct OutputOptions {
   std::string log_format = "auto";
   bool quiet = false;
   void add(CLI::App* app);
-  Output make() const;
+  // under_mpirun: auto takes JSON lines, since mpirun (OpenMPI) gives each rank's stdout a terminal of its
+  // own whatever the job's stdout is, so a file or pipe cannot be seen.
+  Output make(bool under_mpirun = false) const;
 };
 
 // --device auto|cpu|cuda|cuda:N, --gpus (fit and bench), --no-cuda-graph. auto takes the first CUDA device

@@ -313,7 +313,7 @@ Command add_fit_command(CLI::App& app) {
     // Under mpirun or srun every rank runs this; rank 0 alone prints and writes files.
     const engine::dist::LaunchInfo launch = engine::dist::LaunchInfo::from_environment();
     const bool speaks = launch.rank == 0;
-    Output out = speaks ? output->make() : Output(LogFormat::text, true);
+    Output out = speaks ? output->make(launch.launcher == "mpirun") : Output(LogFormat::text, true);
     if (spec->path.empty() && resume->empty())
       throw InputError("", "trainer fit needs a SPEC or --resume CKPT", "trainer fit model.toml");
     // Flags that contradict each other, refused before anything is read or any device opened.

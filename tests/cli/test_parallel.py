@@ -337,6 +337,19 @@ batch_size = 64
         self.assertEqual(r.stderr.count("trainer: error: mpirun: trainer summary runs in one process, and mpirun "
                                         "started 2 ranks of it"), 1, r.stderr)
 
+    def test_mpirun_into_a_file_writes_json_lines_without_being_asked(self):
+        # OpenMPI gives each rank's stdout a terminal even when the job's is a file: the automatic choice took
+        # text, and `mpirun ... > file` got no metrics at all.
+        r = self.mpirun(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
+                         "--output-dir", os.path.join(self.tmp.name, "mpi_auto"), *SUBSET[:-3], "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([e["event"] for e in cli_util.json_lines(self, r.stdout)], ["epoch", "fit_end"], r.stdout)
+        r = self.mpirun(["fit", sample("fashion_mnist/mlp.toml"), "--device", "cpu", "--epochs", "1",
+                         "--output-dir", os.path.join(self.tmp.name, "mpi_text"), *SUBSET[:-3], "--quiet",
+                         "--log-format", "text"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), "")
+
     def test_an_output_dir_rank_0_refuses_ends_every_rank_at_once(self):
         # Rank 0 alone prepares --output-dir; rank 1 went on into the first collective and waited there for the
         # whole --collective-timeout (300 s by default), then exited 1 blaming a stalled rank.
