@@ -1615,6 +1615,14 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         Session& w = *weight_sessions[k];
         const ValueId v = w.graph().find(name);
         if (v != kNoValue && w.graph().value(v).persistent()) {
+          const Value& val = w.graph().value(v);
+          if (t.dtype() != val.dtype || t.shape() != val.shape)
+            throw InputError(
+                name,
+                fmt::format("the checkpoint holds '{}' as {} {}, and this model has it as {} {}", name,
+                            dtype_name(t.dtype()), t.shape().str(), dtype_name(val.dtype), val.shape.str()),
+                "resume with the spec the checkpoint was written with (a --set that changes a "
+                "layer's size cannot resume it)");
           w.write(v, t);
           landed = true;
         }

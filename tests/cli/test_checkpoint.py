@@ -469,6 +469,17 @@ class BadCheckpoints(unittest.TestCase):
         self.assertIn("units = 512", r.stderr)
         self.assertIn("units = 256", r.stderr)
 
+    def test_a_set_that_changes_a_layers_size(self):
+        # The checkpoint's spec with an override: the error names the checkpoint's tensor and both shapes (it
+        # said the "data" had the wrong shape).
+        r = run(["fit", "--resume", self.ckpt, "--output-dir", os.path.join(self.tmp.name, "never"), "--set",
+                 "model.layers.1.units=256"], timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertRegex(r.stderr, r"the checkpoint holds 'dense/kernel' as f32 \[784, \d+\], and this model has "
+                                   r"it as f32 \[784, 256\]")
+        self.assertIn("resume with the spec the checkpoint was written with", r.stderr)
+        self.assertNotIn("data", r.stderr)
+
 
 if __name__ == "__main__":
     cli_util.main()
