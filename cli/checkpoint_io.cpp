@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "engine/util/error.h"
@@ -249,7 +250,14 @@ bool looks_like_onnx(const std::string& path) {
   char head[9] = {};
   const bool read = static_cast<bool>(f.read(head, sizeof head));
   if (read && head[8] == '{') return false;  // a checkpoint's header, whatever the file's name
-  return path.ends_with(".onnx") || (read && head[0] == 0x08);
+  if (path.ends_with(".onnx")) return true;
+  // A ModelProto as exporters write it: ir_version first (field 1, a small varint), then another of its
+  // fields (2 to 8: producer, domain, model_version, doc_string, graph, opset_import; 14: metadata). A
+  // 0x08 alone is a CIFAR-10 record of label 8 as well.
+  const auto u = [&](int i) { return static_cast<unsigned char>(head[i]); };
+  static constexpr unsigned char kNextTags[] = {0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42, 0x72};
+  return read && u(0) == 0x08 && u(1) >= 1 && u(1) <= 15 &&
+         std::find(std::begin(kNextTags), std::end(kNextTags), u(2)) != std::end(kNextTags);
 }
 
 bool looks_like_spec(const std::string& path) {
@@ -278,6 +286,27 @@ void refuse_spec_as_model(const std::string& path, const std::string& command) {
                   command));
 }
 
+// What a file that does not start as a checkpoint does (its header's length, then '{') is, by its first
+// bytes: "" when nothing tells; nullopt for a checkpoint's start. A dataset given in a checkpoint's place
+// would otherwise read as a damaged checkpoint.
+std::optional<std::string> other_file_kind(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string head(4096, '\0');
+  f.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(f.gcount()));
+  if (head.size() > 8 && head[8] == '{') return std::nullopt;
+  if (head.starts_with("\x93NUMPY")) return "an NPY array";
+  if (head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")) return "a zip archive (NPZ)";
+  if (head.starts_with("\x1f\x8b")) return "a gzip file";
+  if (head.size() >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E)
+    return "an IDX file";
+  const bool text = !head.empty() && std::all_of(head.begin(), head.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x20 || c == '\n' || c == '\r' || c == '\t';
+  });
+  return text ? "a text file" : "";
+}
+
 LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   namespace key = formats::checkpoint_key;
   // An ONNX model would otherwise read as a damaged checkpoint.
@@ -285,6 +314,13 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
     throw InputError(path, "is an ONNX model, not a checkpoint of trainer fit",
                      "a checkpoint is what trainer fit writes under --output-dir (DIR/last.ckpt); trainer "
                      "predict runs ONNX models, and trainer fit MODEL.onnx --train TOML trains them");
+  if (const std::optional<std::string> kind = other_file_kind(path))
+    throw InputError(path,
+                     kind->empty()
+                         ? "is not a checkpoint of trainer fit (one starts with its header's length, "
+                           "then '{'), or a checkpoint damaged at its start"
+                         : fmt::format("is {}, not a checkpoint of trainer fit", *kind),
+                     "a checkpoint is what trainer fit writes under --output-dir (DIR/last.ckpt)");
   formats::Checkpoint ck = formats::read_checkpoint(path);
   LoadedCheckpoint out;
   out.spec_text = formats::checkpoint_value(ck.metadata, key::kSpec, path);

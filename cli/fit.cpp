@@ -547,9 +547,18 @@ Command add_fit_command(CLI::App& app) {
       policy.save_best = s.train.checkpoint.save_best;
       policy.mode = s.train.checkpoint.mode;
     }
+    // A directory this run makes goes again when the run ends with nothing in it (an error before the
+    // first checkpoint: a resume whose checkpoint does not fit the model).
+    struct RemoveIfEmpty {
+      std::filesystem::path dir;
+      ~RemoveIfEmpty() {
+        std::error_code ignored;
+        if (!dir.empty() && std::filesystem::is_empty(dir, ignored)) std::filesystem::remove(dir, ignored);
+      }
+    } made_dir;
     auto prepare_output_dir = [&] {
       std::error_code ec;
-      std::filesystem::create_directories(*output_dir, ec);
+      if (std::filesystem::create_directories(*output_dir, ec)) made_dir.dir = *output_dir;
       if (ec || !std::filesystem::is_directory(*output_dir))
         throw InputError(*output_dir,
                          fmt::format("cannot be the output directory: {}",

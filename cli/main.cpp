@@ -71,20 +71,45 @@ namespace trainer::cli {
 Command add_bench_command(CLI::App& app);  // cli/bench.cpp
 }  // namespace trainer::cli
 
-// A message as the terminal shows it: bytes of a damaged input that it quotes (a NUL, control characters)
-// escaped as \xNN. Quotes of input are clipped where they are made (formats::clipped); a message is cut at
-// 64 KiB only as a last resort.
+// The length of the well-formed UTF-8 sequence that starts s (2 to 4 bytes: no overlong forms, surrogates or
+// code points past U+10FFFF), or 0.
+static size_t utf8_sequence_length(std::string_view s) {
+  if (s.empty()) return 0;
+  const auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  const size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  if (len == 0 || s.size() < len) return 0;
+  const unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+  const unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+  if (b(1) < lo || b(1) > hi) return 0;
+  for (size_t i = 2; i < len; ++i)
+    if (b(i) < 0x80 || b(i) > 0xBF) return 0;
+  return len;
+}
+
+// A message as the terminal shows it: bytes of a damaged input that it quotes (a NUL, control characters,
+// bytes that are not UTF-8) escaped as \xNN, so that stderr stays UTF-8 text. Quotes of input are clipped
+// where they are made (formats::clipped); a message is cut at 64 KiB only as a last resort.
 static std::string printable(std::string_view s) {
   constexpr size_t kMost = size_t{64} << 10;
   std::string out;
   size_t n = std::min(s.size(), kMost);
   while (n < s.size() && n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // whole UTF-8
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < n;) {
     const auto c = static_cast<unsigned char>(s[i]);
-    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f)
+    if (c >= 0x80) {  // a well-formed UTF-8 sequence goes out whole; any other byte as \xNN
+      const size_t len = utf8_sequence_length(s.substr(i, std::min<size_t>(4, n - i)));
+      if (len > 0) {
+        out.append(s.substr(i, len));
+        i += len;
+        continue;
+      }
+    }
+    if ((c < 0x20 && c != '\n' && c != '\t') || c >= 0x7f)
       out += fmt::format("\\x{:02x}", c);
     else
       out += static_cast<char>(c);
+    ++i;
   }
   if (n < s.size()) out += fmt::format(" ... ({} more bytes)", s.size() - n);
   return out;

@@ -88,13 +88,21 @@ void remove_stale_temporaries(const std::string& dir, const std::string& name, c
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   if (path_.empty() || path_.back() == '/')
     throw InputError(path_.empty() ? "(empty path)" : path_, "a file name is needed, not a directory");
-  // A symbolic link is written through: its target is replaced and the link stays. What is not a regular file
-  // (a directory, a FIFO, a device such as /dev/null) is never replaced by one.
+  // A symbolic link is written through: its target is replaced (or made, when it does not exist yet, as a
+  // plain open() would make it) and the link stays. Each link is followed by hand: a dangling one has no
+  // canonical form. What is not a regular file (a directory, a FIFO, a device such as /dev/null) is never
+  // replaced by one.
   struct stat st {};
-  if (::lstat(path_.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+  for (int hops = 0; ::lstat(path_.c_str(), &st) == 0 && S_ISLNK(st.st_mode); ++hops) {
     std::error_code ec;
-    const std::filesystem::path target = std::filesystem::weakly_canonical(path_, ec);
-    if (!ec) path_ = target.string();
+    std::filesystem::path target = std::filesystem::read_symlink(path_, ec);
+    if (ec || hops == 40)
+      throw InputError(path_,
+                       ec ? "is a symbolic link that cannot be read: " + ec.message()
+                          : std::string("is a symbolic link in a loop of links"),
+                       "name a file, or a new path");
+    if (target.is_relative()) target = std::filesystem::path(path_).parent_path() / target;
+    path_ = target.string();
   }
   if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
     throw InputError(path_, "is not a regular file, and writing would replace it with one",
@@ -142,10 +150,10 @@ void AtomicFile::write_at(uint64_t offset, const void* data, size_t n) {
     if (w < 0) {
       if (errno == EINTR) continue;
       const int e = errno;
-      throw RuntimeError(fmt::format("{}: writing failed: {}{}", path_, errno_text(e),
-                                     e == ENOSPC || e == EDQUOT ? " (the last good file is kept; free some "
-                                                                  "space, then resume from it)"
-                                                                : ""));
+      throw RuntimeError(fmt::format(
+          "{}: writing failed: {}{}", path_, errno_text(e),
+          e == ENOSPC || e == EDQUOT ? " (the file keeps what it held before; free some space and try again)"
+                                     : ""));
     }
     p += w;
     n -= static_cast<size_t>(w);

@@ -454,6 +454,44 @@ class BadCheckpoints(unittest.TestCase):
         data[40] ^= 0x01
         self.resume_fails(bytes(data), "")
 
+    def test_a_byte_that_is_not_utf8_is_quoted_escaped(self):
+        # A flipped bit after a backslash of the JSON header: the parser's message quotes the byte, which went
+        # to stderr raw (not UTF-8: a strict reader of stderr failed on it).
+        data = bytearray(self.good)
+        at = data.index(b"\\", 8)
+        data[at + 1] ^= 0x80
+        path = os.path.join(self.tmp.name, "bad.ckpt")
+        with open(path, "wb") as f:
+            f.write(data)
+        r = subprocess.run([cli_util.TRAINER, "fit", "--resume", path, "--output-dir",
+                            os.path.join(self.tmp.name, "never")], capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        stderr = r.stderr.decode("utf-8")  # strict
+        self.assertIn(f"\\x{data[at + 1]:02x}", stderr)
+
+    def test_a_data_file_in_a_checkpoints_place_is_named_for_what_it_is(self):
+        # An NPY array was "a header length that runs past the end", and a CIFAR-10 record of label 8 (its first
+        # byte 0x08, as an ONNX model's) was "an ONNX model".
+        import numpy as np
+        npy = os.path.join(self.tmp.name, "x.npy")
+        np.save(npy, np.zeros((3, 4), np.float32))
+        record = os.path.join(self.tmp.name, "data_batch_2.bin")
+        with open(record, "wb") as f:
+            f.write(bytes([8, 60, 58, 46]) + bytes(range(256)) * 12)
+        csv = os.path.join(self.tmp.name, "x.csv")
+        with open(csv, "w") as f:
+            f.write("1,2,3\n4,5,6\n")
+        for path, message in ((npy, "is an NPY array, not a checkpoint of trainer fit"),
+                              (record, "is not a checkpoint of trainer fit"),
+                              (csv, "is a text file, not a checkpoint of trainer fit")):
+            for args in (["export", path, "-o", os.path.join(self.tmp.name, "never.onnx")],
+                         ["fit", "--resume", path, "--output-dir", os.path.join(self.tmp.name, "never")]):
+                r = run(args)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(message, r.stderr)
+                self.assertNotIn("ONNX", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp.name, "never.onnx")))
+
     def test_a_truncated_checkpoint(self):
         self.resume_fails(self.good[:len(self.good) // 2], "")
 
@@ -471,9 +509,11 @@ class BadCheckpoints(unittest.TestCase):
 
     def test_a_set_that_changes_a_layers_size(self):
         # The checkpoint's spec with an override: the error names the checkpoint's tensor and both shapes (it
-        # said the "data" had the wrong shape).
-        r = run(["fit", "--resume", self.ckpt, "--output-dir", os.path.join(self.tmp.name, "never"), "--set",
-                 "model.layers.1.units=256"], timeout=120)
+        # said the "data" had the wrong shape), and the output directory the run made goes again.
+        out = os.path.join(self.tmp.name, "made")
+        r = run(["fit", "--resume", self.ckpt, "--output-dir", out, "--set", "model.layers.1.units=256"],
+                timeout=120)
+        self.assertFalse(os.path.exists(out))
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertRegex(r.stderr, r"the checkpoint holds 'dense/kernel' as f32 \[784, \d+\], and this model has "
                                    r"it as f32 \[784, 256\]")

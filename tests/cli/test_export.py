@@ -706,6 +706,24 @@ activation = "softmax"
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("no-such-dir", r.stderr)
         self.assertNotIn("internal error", r.stderr)
+        # A symbolic link is written through even when its target does not exist yet (the link was replaced
+        # by a file, and the target never written); one into a missing folder, or a loop of links, is refused
+        # and stays.
+        links = os.path.join(self.tmp.name, "links")
+        os.makedirs(os.path.join(links, "exported"))
+        os.symlink("exported/model.onnx", os.path.join(links, "dangling.onnx"))
+        r = run(["export", ckpt, "-o", os.path.join(links, "dangling.onnx"), "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.islink(os.path.join(links, "dangling.onnx")))
+        onnx.checker.check_model(onnx.load(os.path.join(links, "exported", "model.onnx")), full_check=True)
+        os.symlink("missing/model.onnx", os.path.join(links, "nowhere.onnx"))
+        os.symlink("loop_b", os.path.join(links, "loop_a"))
+        os.symlink("loop_a", os.path.join(links, "loop_b"))
+        for name, message in (("nowhere.onnx", "cannot create a file in directory"), ("loop_a", "loop of links")):
+            r = run(["export", ckpt, "-o", os.path.join(links, name)])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message, r.stderr)
+            self.assertTrue(os.path.islink(os.path.join(links, name)), name)
 
 
 if __name__ == "__main__":
