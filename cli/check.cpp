@@ -25,8 +25,8 @@ Command add_check_command(CLI::App& app) {
     for (const models::LayerInfo& l : m.layers) params += l.params;
     if (!*quiet)
       eprint("{}: ok · {} layers · {} parameters · training step planned in {:.2f} MiB at batch {}\n",
-             spec->onnx() ? fmt::format("{} with {}", spec->path, spec->train_toml) : s.path, m.layers.size(),
-             params, bytes / 1048576.0, s.train.batch_size);
+             spec->onnx() ? fmt::format("{} with {}", spec->path, spec->train_toml) : spec->path,
+             m.layers.size(), params, bytes / 1048576.0, s.train.batch_size);
     return 0;
   };
   return {cmd, run};

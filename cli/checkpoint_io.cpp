@@ -245,6 +245,12 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   formats::write_checkpoint(path, meta, tensors);
 }
 
+bool starts_as_checkpoint(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char head[9] = {};
+  return static_cast<bool>(f.read(head, sizeof head)) && head[8] == '{';
+}
+
 bool looks_like_onnx(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   char head[9] = {};

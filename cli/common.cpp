@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include <onnx/onnx_pb.h>
+#include "cli/checkpoint_io.h"
 #include "engine/ops/sync_batch_norm.h"
 #include "engine/util/error.h"
 #include "formats/datasets.h"
@@ -33,6 +34,7 @@ void SpecOptions::add_spec(CLI::App* app, const char* optional) {
                               std::string("Model description: a TOML file (see trainer-model(5)), or an ONNX "
                                           "model with --train") +
                                   (model_only ? " (or alone, for its layers)" : "") +
+                                  (command != "fit" ? "; or a checkpoint, for the model it holds" : "") +
                                   (optional ? std::string("; ") + optional : std::string()));
   if (!optional) opt->required();
   app->add_option("--train", train_toml,
@@ -130,6 +132,14 @@ std::vector<std::string> SpecOptions::overrides() const {
 
 formats::ModelSpec SpecOptions::load() const {
   check_combination();
+  // A checkpoint's model: the spec it holds (summary, check and bench show the model that was trained).
+  if (!onnx() && starts_as_checkpoint(path)) {
+    if (command == "fit")
+      throw InputError(
+          path, "is a checkpoint, not a model spec",
+          fmt::format("trainer fit --resume {} continues its run; trainer fit SPEC starts one", path));
+    return load_training_checkpoint(path).spec(overrides());
+  }
   if (!onnx()) return formats::load_model_spec(path, overrides());
   // An ONNX model holds no data or training settings: --train supplies them.
   if (!train_toml.empty()) return formats::load_onnx_training_spec(path, train_toml, overrides());

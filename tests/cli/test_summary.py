@@ -177,6 +177,27 @@ class Summary(unittest.TestCase):
                     cli_util.assert_input_error(self, r, "model.toml", "no [train] section")
             self.assertFalse(os.path.exists(os.path.join(d, "run")))
 
+    def test_a_checkpoint_shows_the_model_it_holds(self):
+        # summary, check and bench take a checkpoint for its spec (the file read as TOML: "invalid utf-8");
+        # fit refuses one with the --resume hint.
+        with tempfile.TemporaryDirectory() as d:
+            spec = sample("fashion_mnist/mlp.toml")
+            r = run(["fit", spec, "--device", "cpu", "--epochs", "1", "--set", "data.train.limit=128", "--set",
+                     "data.validation.limit=64", "--output-dir", d, "-q"], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            ckpt = os.path.join(d, "last.ckpt")
+            want = run(["summary", spec, "--json", "--set", "model.layers.1.units=32"])
+            got = run(["summary", ckpt, "--json", "--set", "model.layers.1.units=32"])
+            self.assertEqual(got.returncode, 0, got.stderr)
+            self.assertEqual(json.loads(got.stdout), json.loads(want.stdout))
+            self.assertEqual(json.loads(got.stdout)["layers"][1]["params"], dense(784, 32))
+            r = run(["check", ckpt])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"{ckpt}: ok", r.stderr)
+            r = run(["fit", ckpt, "--output-dir", os.path.join(d, "again")])
+            cli_util.assert_input_error(self, r, "last.ckpt", "is a checkpoint, not a model spec")
+            self.assertIn(f"trainer fit --resume {ckpt}", r.stderr)
+
     def test_an_onnx_lstm_read_by_its_last_state(self):
         # An LSTM whose Y output is absent (only Y_h is read, as trainer's and Keras's exports do) still counts its
         # gate products, and integer initializers (a Reshape's shape) are no parameters.
