@@ -175,7 +175,10 @@ void DeviceOptions::add(CLI::App* app, bool with_gpus) {
   if (with_gpus)
     app->add_option("--gpus", gpus,
                     "GPUs to train on, one replica each: a count (4), all, or device ids (0,2)")
-        ->type_name("N|all|IDS");
+        ->type_name("N|all|IDS")
+        ->check([](const std::string& s) -> std::string {
+          return s.empty() ? "an empty value chooses no GPU: give a count, all, or device ids" : "";
+        });
   app->add_flag("--no-cuda-graph", no_cuda_graph,
                 "Run each CUDA step kernel by kernel instead of replaying a captured CUDA graph (debugging)");
 }

@@ -723,6 +723,7 @@ class BadUsage(unittest.TestCase):
                              (["--seed", "-1"], "--seed: '-1' is not a whole number from 0 to"),
                              (["--epoch", "3"], "--epoch: trainer fit has no such option"),
                              (["--device"], "--device: a value is missing after it"),
+                             (["--gpus", ""], "--gpus: an empty value chooses no GPU"),
                              (["--epochs", "1", "--epochs", "2"], "--epochs: given more than once"),
                              (["extra_arg"], "'extra_arg': trainer fit takes no more arguments")):
             with self.subTest(args=args):
