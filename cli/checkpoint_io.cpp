@@ -300,7 +300,8 @@ std::optional<std::string> other_file_kind(const std::string& path) {
   std::string head(4096, '\0');
   f.read(head.data(), static_cast<std::streamsize>(head.size()));
   head.resize(static_cast<size_t>(f.gcount()));
-  if (head.size() > 8 && head[8] == '{') return std::nullopt;
+  // Nothing read (no such file, a directory, an empty file): the checkpoint reader says which.
+  if (head.empty() || (head.size() > 8 && head[8] == '{')) return std::nullopt;
   if (head.starts_with("\x93NUMPY")) return "an NPY array";
   if (head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")) return "a zip archive (NPZ)";
   if (head.starts_with("\x1f\x8b")) return "a gzip file";

@@ -491,6 +491,10 @@ class BadCheckpoints(unittest.TestCase):
                 self.assertIn(message, r.stderr)
                 self.assertNotIn("ONNX", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.tmp.name, "never.onnx")))
+        # What is not read at all is still the reader's to name.
+        r = run(["export", os.path.join(self.tmp.name, "missing.ckpt"), "-o", os.path.join(self.tmp.name, "m.onnx")])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("missing.ckpt: cannot open the checkpoint: No such file or directory", r.stderr)
 
     def test_a_truncated_checkpoint(self):
         self.resume_fails(self.good[:len(self.good) // 2], "")
