@@ -366,6 +366,17 @@ Command add_fit_command(CLI::App& app) {
                 "checkpoint holds its model)");
         }
       }
+      // A checkpoint past the epochs asked for would be trained no further and written back as an earlier
+      // epoch's (a mid-epoch-3 state as epoch-2.ckpt).
+      const engine::TrainingState& at = ck->state;
+      if (at.epoch > s.train.epochs || (at.epoch == s.train.epochs && at.batch > 0))
+        throw InputError(*resume,
+                         fmt::format("the checkpoint's run {}, past the {} epoch{} asked for",
+                                     at.batch > 0 ? fmt::format("is in epoch {} at batch {} (step {})",
+                                                                at.epoch + 1, at.batch, at.global_step)
+                                                  : fmt::format("has done {} epochs", at.epoch),
+                                     s.train.epochs, s.train.epochs == 1 ? "" : "s"),
+                         fmt::format("resume with --epochs {} or more", at.epoch + 1));
     } else {
       s = load_given();
       require_training(s);

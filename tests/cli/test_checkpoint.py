@@ -131,6 +131,19 @@ class Resume(unittest.TestCase):
         _, b = tensors(os.path.join(self.dir, "resumed", "last.ckpt"))
         for k in a:
             self.assertEqual(a[k], b[k], f"{k} differs")
+        # Fewer epochs than the checkpoint has reached: refused, and nothing written (it wrote epoch-1.ckpt
+        # holding the state of epoch 2, batch 6). The run's own epochs finished resume to nothing more.
+        for ck, epochs, message, hint in (
+                (ck, 1, "the checkpoint's run is in epoch 2 at batch 6 (step 30), past the 1 epoch asked for",
+                 "--epochs 2 or more"),
+                (os.path.join(self.dir, "straight", "last.ckpt"), 1,
+                 "the checkpoint's run has done 2 epochs, past the 1 epoch asked for", "--epochs 3 or more")):
+            out = os.path.join(self.dir, "fewer")
+            r = run(["fit", "--resume", ck, "--epochs", str(epochs), "--output-dir", out] + SMALL, timeout=300)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message, r.stderr)
+            self.assertIn(hint, r.stderr)
+            self.assertFalse(os.path.exists(out))
 
     def test_sigint_writes_a_checkpoint_that_resumes_exactly(self):
         straight = os.path.join(self.dir, "straight")
