@@ -651,9 +651,15 @@ Command add_fit_command(CLI::App& app) {
     printer.write_history(end_line);
     if (r.interrupted_by) {
       out.say("Interrupted by {} after {} epochs.\n", signal_name(r.interrupted_by), r.history.size());
+      // The devices this run took go with it (a checkpoint resumes on any count; the same is the least
+      // surprise).
+      std::string devices;
+      if (device->device != "auto") devices += " --device " + device->device;
+      if (!device->gpus.empty()) devices += " --gpus " + device->gpus;
+      if (parallel->devices > 1) devices += fmt::format(" --devices {}", parallel->devices);
       if (writer)
-        out.say("Resume with: trainer fit --resume {} --output-dir {}\n", writer->last().string(),
-                writer->last().parent_path().empty() ? "." : writer->last().parent_path().string());
+        out.say("Resume with: trainer fit --resume {} --output-dir {}{}\n", writer->last().string(),
+                writer->last().parent_path().empty() ? "." : writer->last().parent_path().string(), devices);
       else
         out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
       return 128 + r.interrupted_by;

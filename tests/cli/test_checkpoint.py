@@ -149,7 +149,8 @@ class Resume(unittest.TestCase):
         straight = os.path.join(self.dir, "straight")
         self.fit([self.spec, "--epochs", "2"], "straight")
         out = os.path.join(self.dir, "interrupted")
-        p = subprocess.Popen([cli_util.TRAINER, "fit", self.spec, "--epochs", "2", "--output-dir", out] + SMALL[:-1],
+        p = subprocess.Popen([cli_util.TRAINER, "fit", self.spec, "--epochs", "2", "--output-dir", out, "--device",
+                              "cpu"] + SMALL[:-1],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = p.stdout.readline()  # the first epoch line: the run is in epoch 2 now
         self.assertIn('"epoch"', first)
@@ -158,8 +159,9 @@ class Resume(unittest.TestCase):
         if p.returncode == 0:
             self.skipTest("the run finished before the signal arrived")
         self.assertEqual(p.returncode, 130, stderr)
-        # The command it prints goes on in the same folder (without --output-dir a resumed run writes nothing).
-        self.assertIn(f"Resume with: trainer fit --resume {out}/last.ckpt --output-dir {out}\n", stderr)
+        # The command it prints goes on in the same folder (without --output-dir a resumed run writes nothing),
+        # on the devices the run took.
+        self.assertIn(f"Resume with: trainer fit --resume {out}/last.ckpt --output-dir {out} --device cpu\n", stderr)
         end = events(stdout)[-1]
         self.assertEqual(end["interrupted_by"], "SIGINT")
         self.fit(["--resume", os.path.join(out, "last.ckpt")], "resumed")
