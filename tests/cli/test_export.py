@@ -566,6 +566,17 @@ activation = "softmax"
         self.assertEqual(ops.count("Softmax"), 3)  # two attentions and the head
         self.assertNotIn("Dropout", ops)
 
+    def export_values(self, ckpt, path):
+        """Exports ckpt to path (checked by onnx's full checker); returns its initializers and its Constant nodes'
+        values by name, and the path."""
+        r = run(["export", ckpt, "-o", path, "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        m = onnx.load(path)
+        onnx.checker.check_model(m, full_check=True)
+        constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
+                     if n.op_type == "Constant"}
+        return {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}, constants, path
+
     def test_fine_tuning_an_export_trains_what_the_spec_trained(self):
         # Rescaling, Normalization and a gelu Dense: fixed values go out as Constant nodes, so that fitting the
         # exported model trains the Dense weights alone (it trained the scale, the mean and gelu's constants)
@@ -587,14 +598,7 @@ activation = "softmax"
         def fit_export(args, name):
             r = run(["fit", *args, "--device", "cpu", "--output-dir", os.path.join(d, name), "-q"])
             self.assertEqual(r.returncode, 0, r.stderr)
-            path = os.path.join(d, name + ".onnx")
-            r = run(["export", os.path.join(d, name, "last.ckpt"), "-o", path, "-q"])
-            self.assertEqual(r.returncode, 0, r.stderr)
-            m = onnx.load(path)
-            onnx.checker.check_model(m, full_check=True)
-            constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
-                         if n.op_type == "Constant"}
-            return {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}, constants, path
+            return self.export_values(os.path.join(d, name, "last.ckpt"), os.path.join(d, name + ".onnx"))
 
         first, fixed, path = fit_export([os.path.join(d, "spec.toml")], "spec")
         self.assertEqual(sorted(first), ["batch_normalization/beta", "batch_normalization/gamma",
@@ -632,14 +636,7 @@ activation = "softmax"
             f.write("format_version = 1\n" + train.replace('"sgd"\n', '"sgd"\nlearning_rate = 1e-30\n'))
 
         def export(run_dir, name):
-            path = os.path.join(d, name + ".onnx")
-            r = run(["export", os.path.join(d, run_dir, "last.ckpt"), "-o", path, "-q"])
-            self.assertEqual(r.returncode, 0, r.stderr)
-            m = onnx.load(path)
-            onnx.checker.check_model(m, full_check=True)
-            constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
-                         if n.op_type == "Constant"}
-            return {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}, constants, path
+            return self.export_values(os.path.join(d, run_dir, "last.ckpt"), os.path.join(d, name + ".onnx"))
 
         r = run(["fit", os.path.join(d, "spec.toml"), "--device", "cpu", "--output-dir", os.path.join(d, "spec"),
                  "-q"])
