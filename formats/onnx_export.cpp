@@ -224,9 +224,10 @@ class Exporter {
   std::vector<NodeId> nodes_;  // exported nodes, topologically ordered
   std::unordered_set<NodeId> node_set_;
 
-  std::unordered_map<ValueId, std::string> names_;  // ONNX name of every value the export reads or writes
-  std::unordered_set<std::string> taken_;           // ONNX value names in use
-  std::unordered_set<std::string> node_names_;      // ONNX node names in use
+  std::unordered_map<ValueId, std::string> names_;      // ONNX name of every value the export reads or writes
+  std::unordered_set<std::string> taken_;               // ONNX value names in use
+  std::unordered_set<std::string> node_names_;          // ONNX node names in use
+  std::unordered_set<std::string> written_node_names_;  // names of the nodes add_node has written
   std::vector<std::string> input_names_, output_names_;
   bool channels_last(size_t input) const {
     return input < o_.channels_last_inputs.size() && o_.channels_last_inputs[input];
@@ -437,7 +438,14 @@ class Exporter {
   onnx::NodeProto* add_node(const std::string& op, const std::string& node_name,
                             const std::vector<std::string>& ins, const std::vector<std::string>& outs) {
     onnx::NodeProto* p = gp_->add_node();
-    p->set_name(node_name);
+    // Two graph nodes may share a name (parts of an imported node's rewrite can); ONNX wants them unique, so
+    // the second written gets a fresh one.
+    std::string unique = node_name;
+    if (!written_node_names_.insert(unique).second) {
+      unique = fresh_node(node_name);
+      written_node_names_.insert(unique);
+    }
+    p->set_name(unique);
     p->set_op_type(op);
     size_t n_in = ins.size(), n_out = outs.size();
     while (n_in > 0 && ins[n_in - 1].empty()) --n_in;

@@ -1724,7 +1724,7 @@ class Importer {
           ValueId same =
               to_float(at_top(ranked, node("ReduceMax", {ranked}, along, "top" + s), f, s), "same" + s);
           if (eligible != engine::kNoValue) same = node("Mul", {same, eligible}, {}, "same_open" + s);
-          const ValueId hit = node("Equal", {same, one}, {}, "hit" + s);
+          const ValueId hit = node("Equal", {same, one}, {}, "open_hit" + s);
           const ValueId first =
               node("Neg",
                    {node("ReduceMax", {node("Where", {hit, neg_ids, miss}, {}, "candidates" + s)}, along,

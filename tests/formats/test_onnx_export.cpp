@@ -688,6 +688,23 @@ TEST_SUITE("onnx_export") {
     }
   }
 
+  TEST_CASE("graph nodes that share a name get unique ONNX node names, the first keeping it") {
+    // Parts of an imported node's rewrite may share a name; onnxruntime refuses a model with two nodes of one
+    // name ("two nodes with same node name").
+    Graph g;
+    const ValueId x = g.add_input("x", DType::f32, Shape{3, 4});
+    const ValueId a = g.node(g.add_node("Relu", {x}, {}, 1, "same")).outputs[0];
+    const ValueId b = g.node(g.add_node("Neg", {a}, {}, 1, "same")).outputs[0];
+    const ValueId y = g.node(g.add_node("Abs", {b}, {}, 1, "same_1")).outputs[0];
+    onnx::ModelProto m = export_onnx(g, {x}, {y}, plain(17));
+    check_exported(m, g, 17);
+    std::set<std::string> names;
+    for (const auto& n : m.graph().node()) CHECK_MESSAGE(names.insert(n.name()).second, n.name());
+    REQUIRE(find_node(m, "same") != nullptr);
+    CHECK(find_node(m, "same")->op_type() == "Relu");
+    CHECK(find_node(m, "same_1")->op_type() == "Abs");
+  }
+
   TEST_CASE("axes move between attribute and input with the opset; Slice attributes become inputs") {
     AxesGraph a3(3);
     onnx::ModelProto m17 = export_onnx(a3.g, {a3.x}, {a3.y}, plain(17));
