@@ -44,7 +44,7 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path);
 // Whether a file given as a checkpoint is an ONNX model instead: not a checkpoint by its first bytes, and
 // named .onnx or starting as a ModelProto does (its ir_version field).
 bool looks_like_onnx(const std::string& path);
-// Whether a file starts as a checkpoint does: its header's length, then '{'.
+// Whether a file starts as a checkpoint does: its header's length (one that fits the file), then '{'.
 bool starts_as_checkpoint(const std::string& path);
 // Whether a file given as a trained model is a model spec (TOML) instead: named .toml, or text that sets
 // format_version. `command` ("predict", "fit --resume", ...) refuses it with a hint on how a spec becomes a

@@ -133,7 +133,7 @@ std::vector<std::string> SpecOptions::overrides() const {
 formats::ModelSpec SpecOptions::load() const {
   check_combination();
   // A checkpoint's model: the spec it holds (summary, check and bench show the model that was trained).
-  if (!onnx() && starts_as_checkpoint(path)) {
+  if (!onnx() && !path.ends_with(".toml") && starts_as_checkpoint(path)) {
     if (command == "fit")
       throw InputError(
           path, "is a checkpoint, not a model spec",

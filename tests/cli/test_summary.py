@@ -197,6 +197,14 @@ class Summary(unittest.TestCase):
             r = run(["fit", ckpt, "--output-dir", os.path.join(d, "again")])
             cli_util.assert_input_error(self, r, "last.ckpt", "is a checkpoint, not a model spec")
             self.assertIn(f"trainer fit --resume {ckpt}", r.stderr)
+            # A spec whose ninth byte is '{' (as a checkpoint's is, after its header's length) is still a spec.
+            with open(spec) as f:
+                text = f.read()
+            brace = os.path.join(d, "brace")
+            with open(brace, "w") as f:
+                f.write("# model {a comment}\n" + text)
+            r = run(["check", brace])
+            self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_an_onnx_lstm_read_by_its_last_state(self):
         # An LSTM whose Y output is absent (only Y_h is read, as trainer's and Keras's exports do) still counts its
