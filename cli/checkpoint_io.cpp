@@ -299,9 +299,7 @@ void refuse_spec_as_model(const std::string& path, const std::string& command) {
                   command));
 }
 
-// What a file that does not start as a checkpoint does (its header's length, then '{') is, by its first
-// bytes: "" when nothing tells; nullopt for a checkpoint's start. A dataset given in a checkpoint's place
-// would otherwise read as a damaged checkpoint.
+// A dataset given in a checkpoint's place would otherwise read as a damaged checkpoint.
 std::optional<std::string> other_file_kind(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::string head(4096, '\0');

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,10 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path);
 // Whether a file given as a checkpoint is an ONNX model instead: not a checkpoint by its first bytes, and
 // named .onnx or starting as a ModelProto does (its ir_version field).
 bool looks_like_onnx(const std::string& path);
+// What a file that does not start as a checkpoint does (its header's length, then '{') is, by its first
+// bytes ("an NPY array", "a gzip file", ...): "" when nothing tells; nullopt for a checkpoint's start, or a
+// file that reads nothing (its reader names the problem).
+std::optional<std::string> other_file_kind(const std::string& path);
 // Whether a file starts as a checkpoint does: its header's length (one that fits the file), then '{'.
 bool starts_as_checkpoint(const std::string& path);
 // Whether a file given as a trained model is a model spec (TOML) instead: named .toml, or text that sets

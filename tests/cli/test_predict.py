@@ -539,6 +539,16 @@ class Predict(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["samples"], 300)
 
+    def test_samples_given_as_the_model_are_named_for_what_they_are(self):
+        # The arguments swapped: an NPY array, an IDX file or a CSV as MODEL was "not a valid ONNX model".
+        for kind, message in (("npy", "is an NPY array, not a model"), ("idx", "is an IDX file, not a model"),
+                              ("csv", "is a text file, not a model")):
+            r = run(["predict", self.files[kind], self.ckpt])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message, r.stderr)
+            self.assertIn("MODEL comes first", r.stderr)
+            self.assertEqual(r.stdout, "")
+
 
 @unittest.skipIf(ort is None, "numpy and onnxruntime are needed (tools/install-deps.sh installs them)")
 class PredictChannelsLast(unittest.TestCase):
