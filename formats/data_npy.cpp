@@ -16,6 +16,12 @@ namespace trainer::formats {
 
 namespace {
 
+// Whether [offset, offset + length) lies within a file of `size` bytes, without the sum wrapping: zip64
+// fields are 64 bits, so a damaged one can be near 2^64.
+bool fits(uint64_t offset, uint64_t length, uint64_t size) {
+  return offset <= size && length <= size - offset;
+}
+
 uint16_t le16(const uint8_t* p) {
   return static_cast<uint16_t>(p[0] | (p[1] << 8));
 }
@@ -215,9 +221,16 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
                      "a dataset is an array whose first dimension counts samples");
   }
   h.data_offset = start + header_len;
-  uint64_t elems = 1;
-  for (int64_t d : h.shape) elems *= static_cast<uint64_t>(d);
-  const uint64_t need = elems * engine::dtype_bytes(h.dtype);
+  // The product is checked as it grows: dimensions of up to 2^48 each can wrap 64 bits ((2^48, 65536) is
+  // 2^64 elements, which wrapped to 0 and passed the size check below).
+  uint64_t need = engine::dtype_bytes(h.dtype);
+  bool overflow = false;
+  for (int64_t d : h.shape)
+    overflow = overflow || __builtin_mul_overflow(need, static_cast<uint64_t>(d), &need);
+  if (overflow)
+    throw InputError(name,
+                     fmt::format("the shape {} holds more bytes than any file", engine::Shape(h.shape).str()),
+                     "the header is damaged: write the file again");
   if (size - h.data_offset < need) {
     throw InputError(at_byte(name, size),
                      fmt::format("the file ends after {} of its {} data bytes (shape {}, {})",
@@ -279,17 +292,17 @@ ZipArchive::ZipArchive(const std::string& path) : name_(file_name(path)), bytes_
     if (eocd < 20 || le32(p + eocd - 20) != 0x07064b50)
       throw damaged(eocd, "a zip64 archive without its locator");
     const uint64_t at = le64(p + eocd - 20 + 8);
-    if (at + 56 > size || le32(p + at) != 0x06064b50)
+    if (!fits(at, 56, size) || le32(p + at) != 0x06064b50)
       throw damaged(at, "a bad zip64 end-of-directory record");
     entries = le64(p + at + 32);
     cd_size = le64(p + at + 40);
     cd_offset = le64(p + at + 48);
   }
-  if (cd_offset + cd_size > size)
+  if (!fits(cd_offset, cd_size, size))
     throw damaged(cd_offset, "the central directory lies past the end of the file");
   uint64_t at = cd_offset;
   for (uint64_t k = 0; k < entries; ++k) {
-    if (at + 46 > size || le32(p + at) != 0x02014b50) throw damaged(at, "a bad central directory entry");
+    if (!fits(at, 46, size) || le32(p + at) != 0x02014b50) throw damaged(at, "a bad central directory entry");
     const uint8_t* c = p + at;
     Member m;
     m.flags = le16(c + 8);
@@ -333,11 +346,11 @@ std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset,
   const uint8_t* p = bytes_->data();
   const uint64_t size = bytes_->size();
   const std::string where = at_byte(name_, m.local_offset);
-  if (m.local_offset + 30 > size || le32(p + m.local_offset) != 0x04034b50) {
+  if (!fits(m.local_offset, 30, size) || le32(p + m.local_offset) != 0x04034b50) {
     throw InputError(where, fmt::format("a damaged zip archive: no local header for member '{}'", m.name));
   }
   const uint64_t start = m.local_offset + 30 + le16(p + m.local_offset + 26) + le16(p + m.local_offset + 28);
-  if (start + m.compressed_size > size) {
+  if (!fits(start, m.compressed_size, size)) {
     throw InputError(at_byte(name_, size), fmt::format("the archive ends inside member '{}'", m.name),
                      "the file is truncated: write it again");
   }
@@ -365,6 +378,12 @@ std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset,
     return bytes_;
   }
   if (m.method == 8) {
+    // Deflate expands at most 1032 to 1: a larger size is a damaged entry (it would be reserved first).
+    if (m.size / 1032 > m.compressed_size + 1)
+      throw InputError(
+          where,
+          fmt::format("member '{}' says it inflates {} bytes to {}", m.name, m.compressed_size, m.size),
+          "the archive is damaged: write it again");
     *offset = 0;
     return inflate_raw(p + start, m.compressed_size, m.size, m.crc, member, spill_bytes);
   }

@@ -23,6 +23,11 @@ namespace trainer::formats {
 
 namespace {
 
+// A hint that goes before another sentence: followed by a space when there is one.
+std::string with_space(std::string hint) {
+  return hint.empty() ? hint : hint + " ";
+}
+
 bool has_glob(const std::string& s) {
   return s.find_first_of("*?[") != std::string::npos;
 }
@@ -349,9 +354,10 @@ void check_named(const std::string& where, const std::map<std::string, std::vect
   auto known = [&](const auto& table, const char* key) {
     for (const auto& [name, v] : table)
       if (std::find(names.begin(), names.end(), name) == names.end())
-        throw InputError(
-            where, fmt::format("{} names '{}', which is not an {} of the model", key, name, what),
-            fmt::format("{}the model's {}s: {}", did_you_mean(name, names), what, fmt::join(names, ", ")));
+        throw InputError(where,
+                         fmt::format("{} names '{}', which is not an {} of the model", key, name, what),
+                         fmt::format("{}the model's {}s: {}", with_space(did_you_mean(name, names)), what,
+                                     fmt::join(names, ", ")));
   };
   known(files, files_key);
   known(arrays, arrays_key);
@@ -523,9 +529,9 @@ std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
   for (const auto& [name, key] : src.sample_weight_keys) named.emplace_back(name, "sample_weight_key");
   for (const auto& [name, key] : named)
     if (std::find(outputs.begin(), outputs.end(), name) == outputs.end())
-      throw InputError(
-          where, fmt::format("{} names '{}', which is not an output of the model", key, name),
-          fmt::format("{}the model's outputs: {}", did_you_mean(name, outputs), fmt::join(outputs, ", ")));
+      throw InputError(where, fmt::format("{} names '{}', which is not an output of the model", key, name),
+                       fmt::format("{}the model's outputs: {}", with_space(did_you_mean(name, outputs)),
+                                   fmt::join(outputs, ", ")));
   for (size_t k = 0; k < outputs.size(); ++k) {
     const std::string& name = outputs[k];
     DataSource one = src;

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import zlib
 
 import cli_util
 from cli_util import assert_input_error, run
@@ -373,6 +374,40 @@ loss = "sparse_categorical_crossentropy"
         assert_input_error(self, self.trainer("fit", self.spec(text.replace('format = "npy"', ""))),
                            "unexpected key 'extra'")
 
+
+    def test_sizes_that_wrap_64_bits_are_damaged_files_not_crashes(self):
+        # An NPY shape of 2^48 x 65536 bytes (2^64: the product wrapped to 0 and passed the size check) and an
+        # NPZ member whose zip64 size is 2^64 - 10 (its end wrapped below the file size) were read past the end
+        # of the mapping: SIGBUS.
+        def npy(descr, shape, data=b""):
+            header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+            header += " " * (118 - len(header)) + "\n"
+            return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+        self.write("x.npy", npy("|u1", "(281474976710656, 65536, 1)"))
+        self.write("y.npy", npy("|u1", "(281474976710656, 65536, 1)"))
+        wide = ('format_version = 1\n[model]\ninput = [65536, 1]\n[[model.layers]]\ntype = "Dense"\nunits = 1\n'
+                '[data.train]\nx = "x.npy"\ny = "y.npy"\nlimit = 4\n[train]\nloss = "mse"\nepochs = 1\n'
+                'batch_size = 2\n')
+        assert_input_error(self, self.trainer("fit", self.spec(wide)), "x.npy", "holds more bytes than any file")
+        # A stored zip member, its sizes moved to a zip64 extra field.
+        member = npy("<f4", "(8, 784)", bytes(8 * 784 * 4))
+        name = b"x.npy"
+        local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, 0, len(member), len(member), len(name), 0)
+        huge = (1 << 64) - 10
+        extra = struct.pack("<HHQQ", 1, 16, huge, huge)
+        central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF,
+                              len(name), len(extra), 0, 0, 0, 0, 0) + name + extra
+        labels, y_name = npy("|u1", "(8,)", bytes(8)), b"y.npy"
+        y_local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(labels), len(labels),
+                              len(labels), len(y_name), 0)
+        body = local + name + member
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(labels),
+                               len(labels), len(labels), len(y_name), 0, 0, 0, 0, 0, len(body)) + y_name
+        body += y_local + y_name + labels
+        end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 2, 2, len(central), len(body), 0)
+        self.write("x.npz", body + central + end)
+        text = SPEC.replace('x = "x.idx"', 'x = "x.npz"\nx_key = "x"\ny_key = "y"').replace('y = "y.idx"\n', "")
+        assert_input_error(self, self.trainer("fit", self.spec(text)), "x.npz", "the archive ends inside member")
 
     def test_damaged_or_empty_data_gets_a_hint(self):
         header = "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 784), }"

@@ -338,7 +338,7 @@ learning_rate = 0.05
              ["'meta' is the name of a model input"]),
             # x naming an input the model lacks, or missing one.
             (base.replace(NPZ, 'x = { tokens = "tokens.npy", metta = "meta.npy" }\ny = "y.npy"'),
-             ["x names 'metta'", "did you mean 'meta'"]),
+             ["x names 'metta'", "did you mean 'meta'? the model's inputs: tokens, meta"]),
             (base.replace(NPZ, 'x = { tokens = "tokens.npy" }\ny = "y.npy"'), ["no files for the model's input 'meta'"]),
             # One .npy for a model of two inputs.
             (base.replace(NPZ, 'x = "tokens.npy"\ny = "y.npy"'), ["2 inputs (tokens, meta)", "x = { tokens ="]),
