@@ -376,7 +376,8 @@ Command add_fit_command(CLI::App& app) {
                                                                 at.epoch + 1, at.batch, at.global_step)
                                                   : fmt::format("has done {} epochs", at.epoch),
                                      s.train.epochs, s.train.epochs == 1 ? "" : "s"),
-                         fmt::format("resume with --epochs {} or more", at.epoch + 1));
+                         fmt::format("resume with --epochs {} or more{}", at.epoch + 1,
+                                     at.batch > 0 ? "" : " to train further"));
     } else {
       s = load_given();
       require_training(s);
@@ -532,19 +533,27 @@ Command add_fit_command(CLI::App& app) {
     const double lr_scale = parallel->scale_lr == "linear" ? n
                             : parallel->scale_lr == "none" ? 1.0
                                                            : ck_scale;
-    const std::string was = ck && ck_scale != lr_scale
-                                ? fmt::format("; the checkpoint's run used {:g} x {:g} = {:g}",
-                                              cfg.schedule.base, ck_scale, cfg.schedule.base * ck_scale)
-                                : "";
+    // The rates a factor gives: the learning rate, or a piecewise_constant schedule's values (which it reads
+    // instead).
+    auto rates = [&](double factor) {
+      if (cfg.schedule.kind != "piecewise_constant" || cfg.schedule.values.empty())
+        return fmt::format("{:g}", cfg.schedule.base * factor);
+      std::vector<std::string> v;
+      for (double r : cfg.schedule.values) v.push_back(fmt::format("{:g}", r * factor));
+      return fmt::format("[{}]", fmt::join(v, ", "));
+    };
+    const std::string was =
+        ck && ck_scale != lr_scale
+            ? fmt::format("; the checkpoint's run used {} x {:g} = {}", rates(1), ck_scale, rates(ck_scale))
+            : "";
     if (parallel->scale_lr == "linear" && (n > 1 || !was.empty()))
-      out.say("Learning rate {:g} x {} replica{} = {:g} (--scale-lr linear{}).\n", cfg.schedule.base, n,
-              n == 1 ? "" : "s", cfg.schedule.base * lr_scale, was);
+      out.say("Learning rate {} x {} replica{} = {} (--scale-lr linear{}).\n", rates(1), n, n == 1 ? "" : "s",
+              rates(lr_scale), was);
     else if (parallel->scale_lr.empty() && lr_scale != 1)
-      out.say(
-          "Learning rate {:g} x {:g} = {:g}, as the checkpoint's run (--scale-lr linear on {:g} replicas).\n",
-          cfg.schedule.base, lr_scale, cfg.schedule.base * lr_scale, lr_scale);
+      out.say("Learning rate {} x {:g} = {}, as the checkpoint's run (--scale-lr linear on {:g} replicas).\n",
+              rates(1), lr_scale, rates(lr_scale), lr_scale);
     else if (!was.empty())
-      out.say("Learning rate {:g} (--scale-lr none{}).\n", cfg.schedule.base, was);
+      out.say("Learning rate {} (--scale-lr none{}).\n", rates(1), was);
     cfg.schedule.scale = lr_scale;
     FitPrinter printer(out);
     SignatureGrabber observer(printer);
@@ -657,6 +666,7 @@ Command add_fit_command(CLI::App& app) {
       if (device->device != "auto") devices += " --device " + device->device;
       if (!device->gpus.empty()) devices += " --gpus " + device->gpus;
       if (parallel->devices > 1) devices += fmt::format(" --devices {}", parallel->devices);
+      if (parallel->allow_uneven) devices += " --allow-uneven";
       if (writer)
         out.say("Resume with: trainer fit --resume {} --output-dir {}{}\n", writer->last().string(),
                 writer->last().parent_path().empty() ? "." : writer->last().parent_path().string(), devices);

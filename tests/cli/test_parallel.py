@@ -235,6 +235,12 @@ batch_size = 64
                 doubled = self.fit(spec, 2, os.path.join(self.tmp.name, kind + "_doubled"), *limit,
                                    *schedule(doubled_keys, 0.002), epochs=2)
                 self.assert_close(doubled, scaled, f"{kind}: --scale-lr linear vs the rates doubled", tolerance=0)
+        # What stderr says is what trains: piecewise_constant's values, not the learning_rate it does not read.
+        r = run(["fit", spec, "--device", "cpu", "--devices", "2", "--epochs", "1", *limit, "--output-dir",
+                 os.path.join(self.tmp.name, "said"), "--scale-lr", "linear", "--log-format", "text",
+                 *schedule(kinds["piecewise"][0], 0.001)], timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Learning rate [0.002, 0.0005] x 2 replicas = [0.004, 0.001] (--scale-lr linear).", r.stderr)
 
     def mpirun_command(self, args, ranks=2):
         mpirun = shutil.which("mpirun")
