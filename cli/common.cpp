@@ -19,6 +19,7 @@
 #include "cli/checkpoint_io.h"
 #include "engine/ops/sync_batch_norm.h"
 #include "engine/util/error.h"
+#include "formats/atomic_file.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
 #include "formats/onnx_tensor.h"
@@ -62,11 +63,20 @@ void SpecOptions::check_combination() const {
 void check_output_file(const std::string& path, const char* option, const std::vector<std::string>& inputs) {
   namespace fs = std::filesystem;
   if (path.empty()) throw InputError(option, "names no file", "give a file name");
-  const fs::path p(path);
+  // The file writing replaces: through symbolic links, even one whose target does not exist yet.
+  std::string target;
+  try {
+    target = formats::written_path(path);
+  } catch (const InputError& e) {
+    throw InputError(option, fmt::format("'{}' {}", path, e.message()), e.hint());
+  }
+  const fs::path p(target);
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
-    throw InputError(option, fmt::format("'{}': the folder {} does not exist", path, dir.string()),
+    throw InputError(option,
+                     fmt::format("'{}': the folder {} does not exist", path,
+                                 target == path ? dir.string() : dir.string() + " (where its link leads)"),
                      "create the folder first, or name a file in an existing one");
   if (!fs::exists(p, ec)) return;
   if (!fs::is_regular_file(p, ec))

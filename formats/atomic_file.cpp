@@ -85,25 +85,30 @@ void remove_stale_temporaries(const std::string& dir, const std::string& name, c
 
 }  // namespace
 
-AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
-  if (path_.empty() || path_.back() == '/')
-    throw InputError(path_.empty() ? "(empty path)" : path_, "a file name is needed, not a directory");
-  // A symbolic link is written through: its target is replaced (or made, when it does not exist yet, as a
-  // plain open() would make it) and the link stays. Each link is followed by hand: a dangling one has no
-  // canonical form. What is not a regular file (a directory, a FIFO, a device such as /dev/null) is never
-  // replaced by one.
+std::string written_path(const std::string& path) {
+  std::string at = path;
   struct stat st {};
-  for (int hops = 0; ::lstat(path_.c_str(), &st) == 0 && S_ISLNK(st.st_mode); ++hops) {
+  for (int hops = 0; ::lstat(at.c_str(), &st) == 0 && S_ISLNK(st.st_mode); ++hops) {
     std::error_code ec;
-    std::filesystem::path target = std::filesystem::read_symlink(path_, ec);
+    std::filesystem::path target = std::filesystem::read_symlink(at, ec);
     if (ec || hops == 40)
-      throw InputError(path_,
+      throw InputError(path,
                        ec ? "is a symbolic link that cannot be read: " + ec.message()
                           : std::string("is a symbolic link in a loop of links"),
                        "name a file, or a new path");
-    if (target.is_relative()) target = std::filesystem::path(path_).parent_path() / target;
-    path_ = target.string();
+    if (target.is_relative()) target = std::filesystem::path(at).parent_path() / target;
+    at = target.string();
   }
+  return at;
+}
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  if (path_.empty() || path_.back() == '/')
+    throw InputError(path_.empty() ? "(empty path)" : path_, "a file name is needed, not a directory");
+  // A symbolic link is written through: its target is replaced (or made) and the link stays. What is not a
+  // regular file (a directory, a FIFO, a device such as /dev/null) is never replaced by one.
+  path_ = written_path(path_);
+  struct stat st {};
   if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
     throw InputError(path_, "is not a regular file, and writing would replace it with one",
                      "name a file, or a new path");

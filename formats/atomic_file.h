@@ -10,6 +10,11 @@
 
 namespace trainer::formats {
 
+// The file that writing `path` replaces: path itself, or the target its symbolic links lead to, followed by
+// hand (a dangling link has no canonical form; its target is made). InputError for a loop of links or a link
+// that cannot be read.
+std::string written_path(const std::string& path);
+
 class AtomicFile {
  public:
   // Creates the temporary file "<dir>/.<name>.tmp-<random>" beside `path`, locked (flock) while it is

@@ -538,6 +538,16 @@ loss = "sparse_categorical_crossentropy"
             before = f.read()
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "--trace", "nodir/t.json"),
                            "--trace", "the folder nodir does not exist")
+        # Through a symbolic link to a folder that does not exist, or a loop of links: refused before training
+        # (they passed, and the run failed after training when the trace was written).
+        os.symlink("nodir/t.json", os.path.join(self.dir, "t_link"))
+        os.symlink("loop_b", os.path.join(self.dir, "loop_a"))
+        os.symlink("loop_a", os.path.join(self.dir, "loop_b"))
+        for link, message in (("t_link", "the folder nodir (where its link leads) does not exist"),
+                              ("loop_a", "is a symbolic link in a loop of links")):
+            r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run2", "--trace", link, "--log-format", "jsonl")
+            assert_input_error(self, r, "--trace", message)
+            self.assertNotIn('"epoch"', r.stdout)
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "x", "--trace", "run/last.ckpt"),
                            "is a checkpoint: writing would destroy it")
         # export's -o: not the checkpoint it reads, not a FIFO; a symbolic link is written through.
