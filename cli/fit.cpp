@@ -567,18 +567,29 @@ Command add_fit_command(CLI::App& app) {
       policy.save_best = s.train.checkpoint.save_best;
       policy.mode = s.train.checkpoint.mode;
     }
-    // A directory this run makes goes again when the run ends with nothing in it (an error before the
-    // first checkpoint: a resume whose checkpoint does not fit the model).
+    // The directories this run makes (the output directory and any missing parents) go again, innermost
+    // first, when the run ends with nothing in them (an error before the first checkpoint: a resume whose
+    // checkpoint does not fit the model).
     struct RemoveIfEmpty {
-      std::filesystem::path dir;
+      std::vector<std::filesystem::path> made;  // innermost first
       ~RemoveIfEmpty() {
         std::error_code ignored;
-        if (!dir.empty() && std::filesystem::is_empty(dir, ignored)) std::filesystem::remove(dir, ignored);
+        for (const std::filesystem::path& dir : made)
+          if (!std::filesystem::is_empty(dir, ignored) || !std::filesystem::remove(dir, ignored)) break;
       }
-    } made_dir;
+    } made_dirs;
     auto prepare_output_dir = [&] {
       std::error_code ec;
-      if (std::filesystem::create_directories(*output_dir, ec)) made_dir.dir = *output_dir;
+      std::vector<std::filesystem::path> missing;
+      std::filesystem::path inner = std::filesystem::path(*output_dir).lexically_normal();
+      if (!inner.has_filename()) inner = inner.parent_path();  // "run/" is "run"
+      for (std::filesystem::path p = inner;
+           !p.empty() && p != p.root_path() && !std::filesystem::exists(std::filesystem::symlink_status(p));
+           p = p.parent_path()) {
+        missing.push_back(p);
+        if (!p.has_parent_path()) break;
+      }
+      if (std::filesystem::create_directories(*output_dir, ec)) made_dirs.made = missing;
       if (ec || !std::filesystem::is_directory(*output_dir))
         throw InputError(*output_dir,
                          fmt::format("cannot be the output directory: {}",

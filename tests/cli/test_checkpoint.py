@@ -530,9 +530,9 @@ class BadCheckpoints(unittest.TestCase):
         # The checkpoint's spec with an override: the error names the checkpoint's tensor and both shapes (it
         # said the "data" had the wrong shape), and the output directory the run made goes again.
         out = os.path.join(self.tmp.name, "made")
-        r = run(["fit", "--resume", self.ckpt, "--output-dir", out, "--set", "model.layers.1.units=256"],
-                timeout=120)
-        self.assertFalse(os.path.exists(out))
+        r = run(["fit", "--resume", self.ckpt, "--output-dir", os.path.join(out, "deeper", ""), "--set",
+                 "model.layers.1.units=256"], timeout=120)
+        self.assertFalse(os.path.exists(out))  # with the parent it made
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertRegex(r.stderr, r"the checkpoint holds 'dense/kernel' as f32 \[784, \d+\], and this model has "
                                    r"it as f32 \[784, 256\]")
