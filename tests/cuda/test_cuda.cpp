@@ -320,12 +320,15 @@ TEST_SUITE("cuda") {
       CAPTURE(xs.str());
       Tensor x = ops::random_tensor(xs, -1, 1, 23, DType::f32);
       const int64_t n = xs[1], inner = xs[2];
-      // Group 0: NaN first; group 1: NaN inside, twice; group 2: none; the rest: NaN last.
-      x.set_f64(0, nan);
-      x.set_f64(inner * (n / 2) + 1, nan);
-      x.set_f64(inner * (n - 1) + 1, nan);
-      for (int64_t o = 3; o < xs[0] * inner; ++o)
-        x.set_f64((o / inner) * n * inner + inner * (n - 1) + o % inner, nan);
+      // Element `row` of group o (the output [o / inner, o % inner]).
+      auto at = [&](int64_t o, int64_t row) { return ((o / inner) * n + row) * inner + o % inner; };
+      // Group 0: NaN first; group 1: NaN in the middle and last (the first one later in the block's thread
+      // order than the second: row 3000 of 6000 falls to warp 5, row 5999 to warp 3); group 2: none; the
+      // rest: NaN last.
+      x.set_f64(at(0, 0), nan);
+      x.set_f64(at(1, n / 2), nan);
+      x.set_f64(at(1, n - 1), nan);
+      for (int64_t o = 3; o < xs[0] * inner; ++o) x.set_f64(at(o, n - 1), nan);
       OpCase c;
       c.g = std::make_shared<Graph>();
       Graph& g = *c.g;
