@@ -134,9 +134,10 @@ void register_reduce_ops(OpRegistry& r) {
             .examples([] { return reduce_examples(-1, 1); }));
 
   r.add(reduce_schema("ReduceMax", 18)
-            .doc("Maximum along `axes`. Gradient: dy goes to the first position (in row-major order) "
-                 "holding the maximum of each reduced group; tied positions after it get zero, so the "
-                 "result is deterministic.")
+            .doc("Maximum along `axes`; a group holding NaN gives NaN, as numpy's max. Gradient: dy goes "
+                 "to the first position (in row-major order) holding the group's value (its first NaN, "
+                 "else its first maximum); tied positions after it get zero, so the result is "
+                 "deterministic.")
             .grad([](GradContext& c) {
               ReduceAxes ax = axes_of(c);
               if (ax.identity) {
@@ -158,8 +159,8 @@ void register_reduce_ops(OpRegistry& r) {
             }));
 
   r.add(OpSchema("ReduceMaxGrad", kPrivateDomain)
-            .doc("(x, dy) -> dx: dy at the first maximum of each group reduced over `axes` (normalized), zero"
-                 " elsewhere.")
+            .doc("(x, dy) -> dx: dy at the first NaN, else the first maximum, of each group reduced over "
+                 "`axes` (normalized), zero elsewhere.")
             .inputs(2, 2)
             .attr_required("axes", AttrType::ints)
             .infer([](InferContext& c) {
