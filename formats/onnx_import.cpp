@@ -3102,6 +3102,15 @@ class Importer {
             "training=torch.onnx.TrainingMode.TRAINING; a graph optimizer may merge them too), or freeze the "
             "tensors they come from with [model] freeze (the layer then normalizes with them as they are)");
       }
+    // One statistic frozen and the other not: the training form would update the frozen one, the inference
+    // form would leave the other as it is; neither is what was asked.
+    if (options_.mode == OnnxGraphMode::training && p.inputs.size() > 4 && is_state(3) != is_state(4))
+      fail(fmt::format("{}: its running {} '{}' is frozen and its running {} '{}' is not; a "
+                       "BatchNormalization updates both (training on batch statistics) or neither",
+                       p.label, is_state(3) ? "variance" : "mean",
+                       g().value(p.inputs[is_state(3) ? 4 : 3]).name, is_state(3) ? "mean" : "variance",
+                       g().value(p.inputs[is_state(3) ? 3 : 4]).name),
+           "freeze both running statistics (and the layer then normalizes with them), or neither");
     if (options_.mode == OnnxGraphMode::training && is_state(3) && is_state(4)) {
       p.attrs.set("training_mode", int64_t{1});
       p.outputs.resize(3);

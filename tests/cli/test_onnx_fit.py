@@ -381,6 +381,13 @@ learning_rate = 0.002
                                 extra='[model]\nonnx = "frozen.onnx"\nfreeze = ["conv1.*", "conv9.*"]\n')
         r = run(["fit", bad])
         cli_util.assert_input_error(self, r, "frozen_bad.toml:4:", "conv9.*", "matches no initializer")
+        # One running statistic frozen, the other not: neither form does that (it ran in the inference form,
+        # the unfrozen variance never updated).
+        half = self.fashion_toml("frozen_half.toml", from_logits=True, epochs=1,
+                                 extra='[model]\nonnx = "frozen.onnx"\nfreeze = ["bn1.running_mean"]\n')
+        r = run(["fit", half])
+        cli_util.assert_input_error(self, r, "running mean 'bn1.running_mean' is frozen and its running variance "
+                                    "'bn1.running_var' is not", "freeze both running statistics")
 
     @cli_util.skip_without_fashion
     def test_shape_chain_folds_and_the_export_takes_any_batch(self):
