@@ -294,6 +294,12 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const InputError& e) {
     std::fflush(stdout);
+    // Under mpirun every rank reads the same spec and flags, and meets the same mistake: the other ranks
+    // wait a moment before saying theirs, so that when rank 0 has failed too and mpirun ends the job, the
+    // message is printed once. An error rank 0 did not meet (a file missing on one machine) is still said.
+    if (const auto launch = trainer::engine::dist::LaunchInfo::from_environment();
+        launch.size > 1 && launch.rank != 0)
+      std::this_thread::sleep_for(std::chrono::seconds(2));
     const std::string what = e.where().empty() ? e.message() : e.where() + ": " + e.message();
     trainer::eprint("trainer: error: {}\n", printable(what));
     if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));

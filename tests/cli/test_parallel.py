@@ -356,6 +356,12 @@ batch_size = 64
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stdout.strip(), "")
 
+    def test_a_mistake_every_rank_meets_is_said_once(self):
+        # Each of the 3 ranks read the same missing spec and printed the same error.
+        r = self.mpirun(["fit", os.path.join(self.tmp.name, "no-such.toml")], ranks=3, timeout=120)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr.count("no-such.toml: cannot read the spec"), 1, r.stderr)
+
     def test_an_output_dir_rank_0_refuses_ends_every_rank_at_once(self):
         # Rank 0 alone prepares --output-dir; rank 1 went on into the first collective and waited there for the
         # whole --collective-timeout (300 s by default), then exited 1 blaming a stalled rank.
