@@ -280,13 +280,15 @@ void check_sample_shape(const formats::SampleReader& in, PredictModel& m, size_t
           : fmt::format("give an array of shape [N, {}]", fmt::join(want, ", ")));
 }
 
-// A zip archive (an .npz) starts with a local file header.
+// A zip archive (an .npz) starts with a local file header, or with the end record when it holds nothing
+// (numpy.savez with no arrays).
 bool is_npz(const std::string& path) {
   // A pipe (stdin, <(cat x.npy), a FIFO) is read as it streams: peeking would take its first bytes away.
   if (path == "-" || !is_regular_file(path)) return false;
   std::ifstream f(path, std::ios::binary);
   char head[4] = {};
-  return f.read(head, sizeof head) && std::memcmp(head, "PK\x03\x04", 4) == 0;
+  return f.read(head, sizeof head) &&
+         (std::memcmp(head, "PK\x03\x04", 4) == 0 || std::memcmp(head, "PK\x05\x06", 4) == 0);
 }
 
 // The readers of an .npz INPUT: each input's array, named after the input; a model of one input reads the

@@ -636,7 +636,7 @@ void SampleReader::open() {
     m.open_npy();
   } else if (m.cifar) {
     m.open_cifar();
-  } else if (have >= 4 && std::memcmp(p, "PK\x03\x04", 4) == 0) {
+  } else if (have >= 4 && (std::memcmp(p, "PK\x03\x04", 4) == 0 || std::memcmp(p, "PK\x05\x06", 4) == 0)) {
     // A zip archive (an .npz) lists its members at its end: it is read from a file, never streamed.
     throw InputError(m.name, "is a zip archive (an .npz), which cannot be read as a stream",
                      m.name == "stdin"

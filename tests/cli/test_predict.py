@@ -539,6 +539,14 @@ class Predict(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["samples"], 300)
 
+    def test_an_npz_without_arrays_says_so(self):
+        # numpy.savez() with no arrays writes only the zip's end record: it was "neither NPY, IDX nor CSV".
+        path = os.path.join(self.tmp.name, "empty.npz")
+        np.savez(path)
+        r = run(["predict", self.ckpt, path])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("its arrays: none", r.stderr)
+
     def test_samples_given_as_the_model_are_named_for_what_they_are(self):
         # The arguments swapped: an NPY array, an IDX file or a CSV as MODEL was "not a valid ONNX model".
         for kind, message in (("npy", "is an NPY array, not a model"), ("idx", "is an IDX file, not a model"),
