@@ -1599,6 +1599,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   info.val_samples = n_val;
   info.steps_per_epoch = train_loader.batches_per_epoch();
   info.arena_bytes = dev.plans().arena_bytes();
+  info.held_bytes = dev.plans().held_bytes();
   info.plans = dev.plans().size();
   info.device = replicas.backends[0]->description();
   if (world > 1) info.device = fmt::format("{} replicas · {}", world, info.device);
@@ -2128,7 +2129,12 @@ size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, i
   po.alignment = backend.alignment();
   po.gradients = tg.gradients;  // as fit plans it: the schedule depends on them
   po.bucket_bytes = cfg.bucket_bytes;
-  return plan_program(tg.graph, po).arena_bytes();
+  size_t bytes = plan_program(tg.graph, po).arena_bytes();
+  // What kernels hold beyond the arena (a recurrence's records of the forward pass and its workspaces: at a
+  // long sequence, many times the arena).
+  for (NodeId n = 0; n < tg.graph->num_nodes(); ++n)
+    if (!tg.graph->node(n).dead) bytes += backend.held_bytes(*tg.graph, tg.graph->node(n));
+  return bytes;
 }
 
 std::map<std::string, TrainingOptions::ShardRange> ShardSplit::ranges_of(int rank) const {

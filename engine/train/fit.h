@@ -206,6 +206,7 @@ struct EpochReport {
 struct FitPlanInfo {
   int64_t train_samples = 0, val_samples = 0, steps_per_epoch = 0;
   size_t arena_bytes = 0;
+  size_t held_bytes = 0;  // held by the plans' kernels outside the arena (a recurrence's records)
   int plans = 0;
   std::string device;
   uint64_t signature = 0;  // of the full-batch training plan
@@ -328,7 +329,8 @@ struct OptimizerStateBytes {
 OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
                                           int replicas);
 
-// Peak arena bytes of the training plan for one global batch size (trainer summary). With `replicas` > 1,
+// Peak arena bytes of the training plan for one global batch size (trainer summary), plus what its kernels
+// hold outside the arena on `backend` (Backend::held_bytes: a recurrence's records). With `replicas` > 1,
 // those of one replica as fit plans it: the largest slice of the batch and, with
 // [parallel] shard_optimizer, the first replica's shard of the optimizer state.
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,

@@ -114,4 +114,12 @@ void DevicePlans::finalize() {
     sessions_.push_back(std::make_unique<Session>(std::move(p), backend_, arena_, &uploaded));
 }
 
+size_t DevicePlans::held_bytes() const {
+  size_t bytes = 0;
+  for (const auto& [graph, options] : graphs_)
+    for (NodeId n = 0; n < graph->num_nodes(); ++n)
+      if (!graph->node(n).dead) bytes += backend_.held_bytes(*graph, graph->node(n));
+  return bytes;
+}
+
 }  // namespace trainer::engine

@@ -62,6 +62,8 @@ class DevicePlans {
   Session& session(int i) { return *sessions_.at(i); }
   int size() const { return static_cast<int>(graphs_.size()); }
   size_t arena_bytes() const { return arena_ ? arena_->bytes() : 0; }
+  // What the plans' kernels hold outside the arena (Backend::held_bytes: a recurrence's records).
+  size_t held_bytes() const;
   const PersistentLayout& layout() const { return layout_; }
 
  private:

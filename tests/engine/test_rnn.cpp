@@ -4,6 +4,8 @@
 // steps.
 #include <doctest/doctest.h>
 
+#include <malloc.h>
+
 #include <cmath>
 #include <optional>
 
@@ -869,6 +871,39 @@ TEST_SUITE("rnn") {
       fwd64.sess->run(StepContext{});
       const int64_t allocations = test::disarm_allocation_counter();
       CHECK(allocations == 0);
+    }
+  }
+
+  TEST_CASE("rnn: held_bytes is what the prepared kernels hold beside the arena") {
+    // Planned memory counts it (it is many times the arena at long sequences): measured here as the heap's
+    // growth while one node's session is prepared, against the arena plus Backend::held_bytes.
+    const int64_t S = 40, B = 32, I = 8, H = 48;
+    auto rt = [](Shape s, uint64_t seed) { return ops::random_tensor(std::move(s), -0.6, 0.6, seed); };
+    auto heap = [] {
+      const struct mallinfo2 m = mallinfo2();
+      return static_cast<double>(m.uordblks + m.hblkhd);
+    };
+    for (const char* op : {"LSTM", "LSTMGrad", "GRU", "GRUGrad", "RNN"}) {
+      CAPTURE(op);
+      const std::string base = std::string(op).substr(0, std::string(op).find("Grad"));
+      const bool backward = std::string(op).ends_with("Grad");
+      const int64_t G = base == "LSTM" ? 4 : base == "GRU" ? 3 : 1;
+      Inputs in = {rt({S, B, I}, 71), rt({1, G * H, I}, 72), rt({1, G * H, H}, 73)};
+      const int outputs = base == "LSTM" ? (backward ? 7 : 3) : backward ? 5 : 2;
+      if (backward) {
+        in.resize(base == "LSTM" ? 9 : 7);   // no bias, lengths, initial states, peepholes or mask
+        in.push_back(rt({S, 1, B, H}, 74));  // dY
+      }
+      const double before = heap();
+      Run r = make_run(op, in, {}, outputs);
+      const double grown = heap() - before;
+      const double want =
+          static_cast<double>(r.backend->memory_bytes() + r.backend->held_bytes(*r.g, r.g->node(0)));
+      CAPTURE(grown);
+      CAPTURE(want);
+      CHECK(r.backend->held_bytes(*r.g, r.g->node(0)) > static_cast<size_t>(S * B * H * 8));
+      CHECK(grown > 0.9 * want);
+      CHECK(grown < 1.1 * want + 256 * 1024);
     }
   }
 

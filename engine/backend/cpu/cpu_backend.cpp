@@ -225,6 +225,7 @@ class CpuBackend final : public Backend {
     return std::make_unique<HostBuffer>(bytes, held_);
   }
   size_t memory_bytes() const override { return held_->load(); }
+  size_t held_bytes(const Graph& g, const Node& n) const override { return cpu::rnn_held_bytes(g, n); }
 
   std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
     TRAINER_ASSERT(arena.bytes() >= p.arena_bytes(), "arena of {} bytes for a plan of {}", arena.bytes(),

@@ -109,4 +109,8 @@ void dispatch_numeric(DType t, const char* op, F&& f) {
 // engine/backend/cpu/cpu_kernels.cpp: one line per kernel file.
 void register_all_cpu_kernels(KernelRegistry& r);
 
+// kernels_rnn.cpp: the bytes a recurrence's kernel (LSTM, GRU, RNN and their Grad ops) holds outside the
+// arena once prepared; 0 for other nodes.
+size_t rnn_held_bytes(const Graph& g, const Node& n);
+
 }  // namespace trainer::engine::cpu

@@ -1047,6 +1047,33 @@ KernelFactory rnn_factory(RnnCell cell, bool backward) {
 
 }  // namespace
 
+size_t rnn_held_bytes(const Graph& g, const Node& n) {
+  const bool backward = n.op.ends_with("Grad");
+  const std::string base = backward ? n.op.substr(0, n.op.size() - 4) : n.op;
+  if (base != "LSTM" && base != "GRU" && base != "RNN") return 0;
+  const RnnCell cell = base == "LSTM" ? RnnCell::lstm : base == "GRU" ? RnnCell::gru : RnnCell::rnn;
+  RnnConfig cfg;
+  if (n.inputs.size() < 3 || n.inputs[0] == kNoValue || n.inputs[2] == kNoValue) return 0;
+  const Value& x = g.value(n.inputs[0]);
+  if (!ops::parse_rnn_config(cell, n.attrs, x.shape, g.value(n.inputs[2]).shape, &cfg).empty()) return 0;
+  // The vectors RnnRunner allocates (the constructor and allocate_records), counted alike.
+  const bool lstm = cell == RnnCell::lstm, gru = cell == RnnCell::gru, lbr = cfg.linear_before_reset;
+  const int m = ops::rnn_mask_input(cell);
+  const bool mask = static_cast<int>(n.inputs.size()) > m && n.inputs[static_cast<size_t>(m)] != kNoValue;
+  const int64_t H = cfg.hidden, GH = cfg.gates() * H, Bt = cfg.batch, N = cfg.seq * cfg.batch;
+  int64_t elems = N * GH + 2 * Bt * GH + 2 * Bt * H + (mask ? Bt * H : 0) + (lstm ? Bt * H : 0) +
+                  (gru && !lbr ? Bt * H : 0) + GH + H;
+  if (backward) {
+    elems += N * GH + (cfg.clip ? N * GH : 0) + N * H + (mask ? N * H : 0) +
+             (lstm  ? 2 * N * H
+              : gru ? N * H
+                    : 0);
+    elems += N * GH + (gru && lbr ? N * GH + Bt * GH : 0) + Bt * GH + 2 * Bt * H + (lstm ? Bt * H : 0) +
+             (gru && !lbr ? Bt * H : 0);
+  }
+  return static_cast<size_t>(elems) * dtype_bytes(x.dtype) + static_cast<size_t>(Bt) * sizeof(int64_t);
+}
+
 void register_rnn_cpu_kernels(KernelRegistry& r) {
   r.add("LSTM", rnn_factory(RnnCell::lstm, false));
   r.add("GRU", rnn_factory(RnnCell::gru, false));
