@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 
@@ -42,6 +43,17 @@ std::string clipped(std::string_view text, size_t most) {
   size_t n = most;
   while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // whole UTF-8 characters
   return fmt::format("{}... ({} more bytes)", text.substr(0, n), text.size() - n);
+}
+
+CsvNumber parse_csv_number(std::string_view s, double* out) {
+  if (s.empty()) return CsvNumber::not_a_number;
+  const char* b = s.data();
+  const char* e = s.data() + s.size();
+  if (*b == '+') ++b;
+  auto r = std::from_chars(b, e, *out);
+  if (r.ptr != e) return CsvNumber::not_a_number;
+  if (r.ec == std::errc::result_out_of_range) return CsvNumber::out_of_range;
+  return r.ec == std::errc() ? CsvNumber::ok : CsvNumber::not_a_number;
 }
 
 Bytes::~Bytes() {

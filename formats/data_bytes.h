@@ -88,4 +88,10 @@ std::string at_byte(const std::string& file, uint64_t offset);
 // Text of a damaged input as a message quotes it: its first `most` bytes, then how many more there are.
 std::string clipped(std::string_view text, size_t most = 200);
 
+// A CSV cell as a number: all of it in decimal or exponent form, with an optional leading '+'. What a cell
+// that is not one holds, for the message: "" when it is none at all, or a note such as "past the range of
+// numbers" for 1e400 (from_chars' out-of-range).
+enum class CsvNumber { ok, not_a_number, out_of_range };
+CsvNumber parse_csv_number(std::string_view s, double* out);
+
 }  // namespace trainer::formats

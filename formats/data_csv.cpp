@@ -65,15 +65,6 @@ void split(std::string_view line, std::vector<Cell>* cells, std::string* unquote
   }
 }
 
-bool parse_number(std::string_view s, double* out) {
-  if (s.empty()) return false;
-  const char* b = s.data();
-  const char* e = s.data() + s.size();
-  if (*b == '+') ++b;
-  auto r = std::from_chars(b, e, *out);
-  return r.ec == std::errc() && r.ptr == e;
-}
-
 }  // namespace
 
 void read_csv(const std::string& path, const CsvOptions& options, Column* x, Column* y) {
@@ -170,14 +161,18 @@ void read_csv(const std::string& path, const CsvOptions& options, Column* x, Col
     for (int64_t k = 0; k < ncols; ++k) {
       const Cell& c = cells[static_cast<size_t>(k)];
       double v = 0;
-      if (!parse_number(c.text, &v)) {
+      if (const CsvNumber n = parse_csv_number(c.text, &v); n != CsvNumber::ok) {
         std::string field =
             k < static_cast<int64_t>(names.size()) ? fmt::format("'{}'", names[k]) : fmt::format("{}", k);
         throw InputError(fmt::format("{}:{}:{}", name, line_no, c.col),
-                         c.text.empty()
-                             ? fmt::format("column {} is empty", field)
+                         c.text.empty() ? fmt::format("column {} is empty", field)
+                         : n == CsvNumber::out_of_range
+                             ? fmt::format("column {} holds '{}', a number past the range of numbers (about "
+                                           "1.8e308)",
+                                           field, clipped(c.text))
                              : fmt::format("column {} holds '{}', not a number", field, clipped(c.text)),
-                         first_line == line_no ? "is this row a header? set header = true"
+                         n == CsvNumber::out_of_range ? "scale the data into float32's range (about 3.4e38)"
+                         : first_line == line_no      ? "is this row a header? set header = true"
                          : c.text.empty() ? "every row holds a number in every column: fill or drop this row"
                                           : "CSV data holds numbers only: encode text as numbers first");
       }

@@ -70,15 +70,6 @@ uint32_t be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 
-bool parse_number(std::string_view s, double* out) {
-  if (s.empty()) return false;
-  const char* b = s.data();
-  const char* e = b + s.size();
-  if (*b == '+') ++b;
-  auto r = std::from_chars(b, e, *out);
-  return r.ec == std::errc() && r.ptr == e;
-}
-
 }  // namespace
 
 struct SampleReader::Impl {
@@ -431,10 +422,16 @@ struct SampleReader::Impl {
                        fmt::format("the row has {} values, but the first row has {}", cells.size(), shape[0]),
                        "every row is one sample of the same number of values");
     for (size_t c = 0; c < cells.size(); ++c) {
-      if (parse_number(cells[c], &out[c])) continue;
-      throw InputError(fmt::format("{}:{}:{}", name, line_no, cell_cols[c]),
-                       fmt::format("'{}' is not a number", clipped(cells[c])),
-                       "CSV input holds numbers only (a first line of column names is skipped)");
+      const CsvNumber n = parse_csv_number(cells[c], &out[c]);
+      if (n == CsvNumber::ok) continue;
+      throw InputError(
+          fmt::format("{}:{}:{}", name, line_no, cell_cols[c]),
+          n == CsvNumber::out_of_range
+              ? fmt::format("'{}' is a number past the range of numbers (about 1.8e308)", clipped(cells[c]))
+              : fmt::format("'{}' is not a number", clipped(cells[c])),
+          n == CsvNumber::out_of_range
+              ? "scale the data into float32's range (about 3.4e38)"
+              : "CSV input holds numbers only (a first line of column names is skipped)");
     }
   }
 
@@ -449,7 +446,7 @@ struct SampleReader::Impl {
     // with a bad field is a sample, and its error is reported (it was once skipped as a header).
     bool names = true;
     double v = 0;
-    for (std::string_view c : cells) names = names && !parse_number(c, &v);
+    for (std::string_view c : cells) names = names && parse_csv_number(c, &v) == CsvNumber::not_a_number;
     if (names && !next_line()) {  // a header alone: no samples
       shape = {static_cast<int64_t>(cells.size())};
       return;

@@ -422,6 +422,11 @@ loss = "sparse_categorical_crossentropy"
         csv = csv.replace('x = "x.idx"', 'x = "header.csv"').replace('y = "y.idx"\n', "")
         assert_input_error(self, self.trainer("fit", self.spec(csv)), "header.csv holds no samples",
                            "\n  hint: point the spec at a file with samples (a CSV file needs rows")
+        # A number past double's range was "not a number" (and its row taken for a header).
+        self.write("header.csv", "a,b,c,label\n1,2,3,0\n1e400,2,3,1\n")
+        assert_input_error(self, self.trainer("fit", self.spec(csv)),
+                           "header.csv:3:1: column 'a' holds '1e400', a number past the range of numbers",
+                           "hint: scale the data into float32's range")
 
     def test_an_onnx_model_without_inputs_or_outputs_gets_a_hint(self):
         try:

@@ -686,11 +686,20 @@ TEST_SUITE("onnx_fit") {
 
       // Frozen running statistics keep the node in inference form.
       o.mode = OnnxGraphMode::training;
-      o.initializer_is_trainable = [](const std::string& name, const Tensor&) { return name != "mean"; };
+      o.initializer_is_trainable = [](const std::string& name, const Tensor&) {
+        return name != "mean" && name != "var";
+      };
       OnnxImportResult rf = import_onnx_model(m, "bn.onnx", o);
       CHECK(rf.graph.value(rf.graph.find("mean")).kind == ValueKind::constant);
       CHECK(node_named(rf.graph, "bn").attrs.i("training_mode") == 0);
       CHECK(rf.graph.updates().empty());
+      // One of them frozen: neither form does what was asked.
+      o.initializer_is_trainable = [](const std::string& name, const Tensor&) { return name != "mean"; };
+      CHECK_THROWS_WITH_AS(
+          import_onnx_model(m, "bn.onnx", o),
+          doctest::Contains("its running mean 'mean' is frozen and its running variance 'var' "
+                            "is not"),
+          InputError);
     }
   }
 
