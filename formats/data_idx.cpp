@@ -94,6 +94,17 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
   }
   const int rank = p[3];
   if (p[0] != 0 || p[1] != 0 || type == nullptr || rank == 0) {
+    // Another format read as IDX (one file of a dataset whose other file is IDX): said by its name.
+    const std::string_view head(reinterpret_cast<const char*>(p), std::min<uint64_t>(size, 8));
+    const char* other = head.starts_with("\x93NUMPY") ? "an NPY array"
+                        : head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")
+                            ? "a zip archive (NPZ)"
+                        : head.starts_with("\x1f\x8b") ? "gzip data that holds no IDX file"
+                                                       : nullptr;
+    if (other)
+      throw InputError(at_byte(name, 0), fmt::format("is {}, read as IDX (the dataset's format)", other),
+                       "a dataset's files share one format (its format key, or the first file's name, sets "
+                       "it): give the samples and the labels in one format");
     throw InputError(at_byte(name, 0), fmt::format("bad magic number 0x{:08x}: not an IDX file", magic),
                      hint_magic);
   }

@@ -422,6 +422,13 @@ loss = "sparse_categorical_crossentropy"
         csv = csv.replace('x = "x.idx"', 'x = "header.csv"').replace('y = "y.idx"\n', "")
         assert_input_error(self, self.trainer("fit", self.spec(csv)), "header.csv holds no samples",
                            "\n  hint: point the spec at a file with samples (a CSV file needs rows")
+        # Labels as NPY beside IDX samples: read as IDX, they were a "bad magic number".
+        np_labels = bytes(8)
+        header = "{'descr': '|u1', 'fortran_order': False, 'shape': (8,), }"
+        header += " " * (118 - len(header)) + "\n"
+        self.write("y.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + np_labels)
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC.replace('y = "y.idx"', 'y = "y.npy"'))),
+                           "y.npy: byte 0: is an NPY array, read as IDX", "a dataset's files share one format")
         # A number past double's range was "not a number" (and its row taken for a header).
         self.write("header.csv", "a,b,c,label\n1,2,3,0\n1e400,2,3,1\n")
         assert_input_error(self, self.trainer("fit", self.spec(csv)),
