@@ -49,7 +49,7 @@ bool looks_like_onnx(const std::string& path);
 // bytes ("an NPY array", "a gzip file", ...): "" when nothing tells; nullopt for a checkpoint's start, or a
 // file that reads nothing (its reader names the problem).
 std::optional<std::string> other_file_kind(const std::string& path);
-// Whether a file starts as a checkpoint does: its header's length (one that fits the file), then '{'.
+// Whether a file starts as a checkpoint does: its header's length (below 2^40), then '{'.
 bool starts_as_checkpoint(const std::string& path);
 // Whether a file given as a trained model is a model spec (TOML) instead: named .toml, or text that sets
 // format_version. `command` ("predict", "fit --resume", ...) refuses it with a hint on how a spec becomes a

@@ -582,21 +582,24 @@ Command add_fit_command(CLI::App& app) {
     } made_dirs;
     auto prepare_output_dir = [&] {
       std::error_code ec;
-      std::vector<std::filesystem::path> missing;
-      std::filesystem::path inner = std::filesystem::path(*output_dir).lexically_normal();
-      if (!inner.has_filename()) inner = inner.parent_path();  // "run/" is "run"
-      for (std::filesystem::path p = inner;
-           !p.empty() && p != p.root_path() && !std::filesystem::exists(std::filesystem::symlink_status(p));
-           p = p.parent_path()) {
-        missing.push_back(p);
-        if (!p.has_parent_path()) break;
+      // One level at a time, as the path is written (".." and links resolve as the file system has them),
+      // keeping the ones this run made.
+      std::filesystem::path at;
+      for (const std::filesystem::path& part : std::filesystem::path(*output_dir)) {
+        at /= part;
+        if (part.empty() || at == at.root_path()) continue;
+        if (std::filesystem::create_directory(at, ec)) made_dirs.made.insert(made_dirs.made.begin(), at);
+        if (ec) break;
       }
-      if (std::filesystem::create_directories(*output_dir, ec)) made_dirs.made = missing;
       if (ec || !std::filesystem::is_directory(*output_dir))
-        throw InputError(*output_dir,
-                         fmt::format("cannot be the output directory: {}",
-                                     ec ? ec.message() : std::string("it is not a directory")),
-                         "give a directory, or a path where one can be made");
+        throw InputError(
+            *output_dir,
+            fmt::format("cannot be the output directory: {}",
+                        !ec || ec == std::errc::file_exists
+                            ? fmt::format("{} is not a directory",
+                                          (ec ? at : std::filesystem::path(*output_dir)).string())
+                            : fmt::format("{}: {}", at.string(), ec.message())),
+            "give a directory, or a path where one can be made");
       for (const char* name : {"last.ckpt", "best.ckpt"}) {
         const std::filesystem::path p = std::filesystem::path(*output_dir) / name;
         if (std::filesystem::exists(std::filesystem::symlink_status(p)) &&

@@ -115,6 +115,19 @@ static std::string printable(std::string_view s) {
   return out;
 }
 
+// An input error (a mistyped option, a bad spec) under mpirun or srun, where every rank reads the same
+// command line and files and so meets the same mistake: ranks other than 0 wait a moment before saying
+// theirs, and the rank that says it ends the whole run (MPI_Abort, once MPI has started; before that, mpirun
+// ends the job when rank 0 exits non-zero), so the message is printed once. An error rank 0 does not meet (a
+// file missing on one machine) is still said, by the rank that meets it.
+static void say_once_per_run(const std::function<void()>& say) {
+  const trainer::engine::dist::LaunchInfo launch = trainer::engine::dist::LaunchInfo::from_environment();
+  if (launch.size > 1 && launch.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+  say();
+  std::fflush(stderr);
+  if (launch.size > 1) trainer::engine::dist::abort_world(2);  // returns when MPI has not started
+}
+
 // A collective that timed out or failed ends the run: its line, then every rank of an MPI run, without
 // unwinding the stack (on GPUs a destructor would wait for a stream stuck behind the collective). Under MPI
 // the world ends a moment later, so that the other ranks waiting on the same collective say theirs too.
@@ -243,7 +256,7 @@ int main(int argc, char** argv) {
       app.exit(e);
       return stdout_written();
     }
-    print_usage_error(app, e);
+    say_once_per_run([&] { print_usage_error(app, e); });
     return 2;
   }
   try {
@@ -294,15 +307,11 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const InputError& e) {
     std::fflush(stdout);
-    // Under mpirun every rank reads the same spec and flags, and meets the same mistake: the other ranks
-    // wait a moment before saying theirs, so that when rank 0 has failed too and mpirun ends the job, the
-    // message is printed once. An error rank 0 did not meet (a file missing on one machine) is still said.
-    if (const auto launch = trainer::engine::dist::LaunchInfo::from_environment();
-        launch.size > 1 && launch.rank != 0)
-      std::this_thread::sleep_for(std::chrono::seconds(2));
     const std::string what = e.where().empty() ? e.message() : e.where() + ": " + e.message();
-    trainer::eprint("trainer: error: {}\n", printable(what));
-    if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));
+    say_once_per_run([&] {
+      trainer::eprint("trainer: error: {}\n", printable(what));
+      if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));
+    });
     return 2;
   } catch (const engine::dist::CollectiveTimeout& e) {
     // The watchdog: this rank says what it waited for, then the whole run ends. Under mpirun or srun the

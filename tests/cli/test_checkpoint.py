@@ -533,6 +533,12 @@ class BadCheckpoints(unittest.TestCase):
         r = run(["fit", "--resume", self.ckpt, "--output-dir", os.path.join(out, "deeper", ""), "--set",
                  "model.layers.1.units=256"], timeout=120)
         self.assertFalse(os.path.exists(out))  # with the parent it made
+        # Written with "..": what the run made is what the file system made, not the path's text.
+        r = run(["fit", "--resume", self.ckpt, "--output-dir", os.path.join(out, "..", "made2", "x"), "--set",
+                 "model.layers.1.units=256"], timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp.name, "made2")))
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertRegex(r.stderr, r"the checkpoint holds 'dense/kernel' as f32 \[784, \d+\], and this model has "
                                    r"it as f32 \[784, 256\]")

@@ -205,6 +205,14 @@ class Summary(unittest.TestCase):
                 f.write("# model {a comment}\n" + text)
             r = run(["check", brace])
             self.assertEqual(r.returncode, 0, r.stderr)
+            # A checkpoint cut short inside its header is still one, for its reader to say so (not a TOML error).
+            with open(ckpt, "rb") as f:
+                head = f.read(1000)
+            cut = os.path.join(d, "cut.ckpt")
+            with open(cut, "wb") as f:
+                f.write(head)
+            r = run(["summary", cut])
+            cli_util.assert_input_error(self, r, "cut.ckpt", "runs past the end of the file")
 
     def test_an_onnx_lstm_read_by_its_last_state(self):
         # An LSTM whose Y output is absent (only Y_h is read, as trainer's and Keras's exports do) still counts its
