@@ -187,10 +187,9 @@ Measurement measure(engine::Backend& backend, const engine::TrainingStep& step, 
     run();
     m.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  m.device_bytes = backend.memory_bytes();
+  m.device_bytes = backend.memory_bytes() + engine::held_bytes(backend, session.program());
   const engine::Graph& g = *step.graph;
   const std::vector<engine::NodeId>& plan = session.program().steps;
-  for (engine::NodeId id : plan) m.device_bytes += backend.held_bytes(g, g.node(id));
   for (engine::NodeId id : plan) m.flops += engine::node_flops(g, g.node(id));
   if (g.value(step.loss).dtype == DType::f32) {
     float loss = 0;

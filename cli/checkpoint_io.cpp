@@ -17,6 +17,7 @@
 #include "engine/util/error.h"
 #include "formats/checkpoint.h"
 #include "formats/checkpoint_json.h"
+#include "formats/data_bytes.h"
 #include "formats/onnx_tensor.h"
 
 namespace trainer::cli {
@@ -245,21 +246,44 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   formats::write_checkpoint(path, meta, tensors);
 }
 
-bool starts_as_checkpoint(const std::string& path) {
+namespace {
+
+// The first `n` bytes of a file (fewer when it is shorter; none when it cannot be read).
+std::string file_head(const std::string& path, size_t n) {
   std::ifstream f(path, std::ios::binary);
-  unsigned char head[9] = {};
+  std::string head(n, '\0');
+  f.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(f.gcount()));
+  return head;
+}
+
+// Text as people write it: no control bytes but line breaks and tabs.
+bool is_text(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x20 || c == '\n' || c == '\r' || c == '\t';
+  });
+}
+
+// A checkpoint's header length, then its '{' (what the checkpoint reader then reads, or says is damaged).
+bool checkpoint_brace(std::string_view head) {
+  return head.size() > 8 && head[8] == '{';
+}
+
+}  // namespace
+
+bool starts_as_checkpoint(const std::string& path) {
+  const std::string head = file_head(path, 9);
   // The header's length is little-endian and far below 2^40, so its top three bytes are 0, which text never
   // holds (a TOML spec whose ninth byte is '{', as in "model = {"). A checkpoint cut short is still one, for
   // its reader to say so.
-  return f.read(reinterpret_cast<char*>(head), sizeof head) && head[8] == '{' && head[5] == 0 &&
-         head[6] == 0 && head[7] == 0;
+  return checkpoint_brace(head) && head[5] == 0 && head[6] == 0 && head[7] == 0;
 }
 
 bool looks_like_onnx(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  char head[9] = {};
-  const bool read = static_cast<bool>(f.read(head, sizeof head));
-  if (read && head[8] == '{') return false;  // a checkpoint's header, whatever the file's name
+  const std::string head = file_head(path, 9);
+  const bool read = head.size() == 9;
+  if (checkpoint_brace(head)) return false;  // a checkpoint's header, whatever the file's name
   if (path.ends_with(".onnx")) return true;
   // A ModelProto as exporters write it: ir_version first (field 1, a small varint), then another of its
   // fields (2 to 8: producer, domain, model_version, doc_string, graph, opset_import; 14: metadata). A
@@ -272,15 +296,8 @@ bool looks_like_onnx(const std::string& path) {
 
 bool looks_like_spec(const std::string& path) {
   if (path.ends_with(".toml")) return true;
-  std::ifstream f(path, std::ios::binary);
-  std::string head(4096, '\0');
-  f.read(head.data(), static_cast<std::streamsize>(head.size()));
-  head.resize(static_cast<size_t>(f.gcount()));
-  const bool text = std::all_of(head.begin(), head.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return u >= 0x20 || c == '\n' || c == '\r' || c == '\t';
-  });
-  return text && head.find("format_version") != std::string::npos;
+  const std::string head = file_head(path, 4096);
+  return is_text(head) && head.find("format_version") != std::string::npos;
 }
 
 void refuse_spec_as_model(const std::string& path, const std::string& command) {
@@ -298,22 +315,11 @@ void refuse_spec_as_model(const std::string& path, const std::string& command) {
 
 // A dataset given in a checkpoint's place would otherwise read as a damaged checkpoint.
 std::optional<std::string> other_file_kind(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::string head(4096, '\0');
-  f.read(head.data(), static_cast<std::streamsize>(head.size()));
-  head.resize(static_cast<size_t>(f.gcount()));
+  const std::string head = file_head(path, 4096);
   // Nothing read (no such file, a directory, an empty file): the checkpoint reader says which.
-  if (head.empty() || (head.size() > 8 && head[8] == '{')) return std::nullopt;
-  if (head.starts_with("\x93NUMPY")) return "an NPY array";
-  if (head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")) return "a zip archive (NPZ)";
-  if (head.starts_with("\x1f\x8b")) return "a gzip file";
-  if (head.size() >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E)
-    return "an IDX file";
-  const bool text = !head.empty() && std::all_of(head.begin(), head.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return u >= 0x20 || c == '\n' || c == '\r' || c == '\t';
-  });
-  return text ? "a text file" : "";
+  if (head.empty() || checkpoint_brace(head)) return std::nullopt;
+  if (const char* kind = formats::data_file_kind(head)) return kind;
+  return is_text(head) ? "a text file" : "";
 }
 
 LoadedCheckpoint load_training_checkpoint(const std::string& path) {

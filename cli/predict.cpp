@@ -527,13 +527,13 @@ Command add_predict_command(CLI::App& app) {
                        "redirect it: trainer predict ... --output-format npy > y.npy");
     // The model and the input's header come first: every mistake is found before anything is written.
     refuse_spec_as_model(*model_path, "predict");
-    if (!is_checkpoint(*model_path) && !looks_like_onnx(*model_path))
+    const bool checkpoint = is_checkpoint(*model_path);
+    if (!checkpoint && !looks_like_onnx(*model_path))
       if (const std::optional<std::string> kind = other_file_kind(*model_path); kind && !kind->empty())
         throw InputError(*model_path, fmt::format("is {}, not a model", *kind),
                          "MODEL comes first: a checkpoint of trainer fit or an ONNX model, then the samples "
                          "(trainer predict MODEL INPUT)");
-    PredictModel model =
-        is_checkpoint(*model_path) ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
+    PredictModel model = checkpoint ? checkpoint_model(*model_path) : onnx_model(*model_path, *batch);
     if (!*quiet)
       for (const std::string& note : model.notes) eprint("{}\n", note);
     if (*output == "all") {

@@ -45,6 +45,15 @@ std::string clipped(std::string_view text, size_t most) {
   return fmt::format("{}... ({} more bytes)", text.substr(0, n), text.size() - n);
 }
 
+const char* data_file_kind(std::string_view head) {
+  if (head.starts_with("\x93NUMPY")) return "an NPY array";
+  if (head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")) return "a zip archive (NPZ)";
+  if (head.starts_with("\x1f\x8b")) return "a gzip file";
+  if (head.size() >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E)
+    return "an IDX file";
+  return nullptr;
+}
+
 CsvNumber parse_csv_number(std::string_view s, double* out) {
   if (s.empty()) return CsvNumber::not_a_number;
   const char* b = s.data();

@@ -88,6 +88,10 @@ std::string at_byte(const std::string& file, uint64_t offset);
 // Text of a damaged input as a message quotes it: its first `most` bytes, then how many more there are.
 std::string clipped(std::string_view text, size_t most = 200);
 
+// What a data file is by its first bytes: "an NPY array", "a zip archive (NPZ)", "a gzip file" or "an IDX
+// file"; nullptr when they tell none of these (for messages about a file given in the wrong place).
+const char* data_file_kind(std::string_view head);
+
 // A CSV cell as a number: all of it in decimal or exponent form, with an optional leading '+'. What a cell
 // that is not one holds, for the message: "" when it is none at all, or a note such as "past the range of
 // numbers" for 1e400 (from_chars' out-of-range).

@@ -96,11 +96,9 @@ Column read_idx(const std::string& path, int64_t spill_bytes) {
   if (p[0] != 0 || p[1] != 0 || type == nullptr || rank == 0) {
     // Another format read as IDX (one file of a dataset whose other file is IDX): said by its name.
     const std::string_view head(reinterpret_cast<const char*>(p), std::min<uint64_t>(size, 8));
-    const char* other = head.starts_with("\x93NUMPY") ? "an NPY array"
-                        : head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")
-                            ? "a zip archive (NPZ)"
-                        : head.starts_with("\x1f\x8b") ? "gzip data that holds no IDX file"
-                                                       : nullptr;
+    // IDX-like bytes with a bad type or rank stay a bad magic number; gzip here was inflated once already.
+    const char* other = p[0] == 0 ? nullptr : data_file_kind(head);
+    if (other && head.starts_with("\x1f\x8b")) other = "gzip data that holds no IDX file";
     if (other)
       throw InputError(at_byte(name, 0), fmt::format("is {}, read as IDX (the dataset's format)", other),
                        "a dataset's files share one format (its format key, or the first file's name, sets "

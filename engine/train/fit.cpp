@@ -2129,12 +2129,10 @@ size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, i
   po.alignment = backend.alignment();
   po.gradients = tg.gradients;  // as fit plans it: the schedule depends on them
   po.bucket_bytes = cfg.bucket_bytes;
-  size_t bytes = plan_program(tg.graph, po).arena_bytes();
-  // What kernels hold beyond the arena (a recurrence's records of the forward pass and its workspaces: at a
-  // long sequence, many times the arena).
-  for (NodeId n = 0; n < tg.graph->num_nodes(); ++n)
-    if (!tg.graph->node(n).dead) bytes += backend.held_bytes(*tg.graph, tg.graph->node(n));
-  return bytes;
+  // With what kernels hold beyond the arena (a recurrence's records of the forward pass and its workspaces:
+  // at a long sequence, many times the arena).
+  const Program program = plan_program(tg.graph, po);
+  return program.arena_bytes() + held_bytes(backend, program);
 }
 
 std::map<std::string, TrainingOptions::ShardRange> ShardSplit::ranges_of(int rank) const {

@@ -114,11 +114,15 @@ void DevicePlans::finalize() {
     sessions_.push_back(std::make_unique<Session>(std::move(p), backend_, arena_, &uploaded));
 }
 
+size_t held_bytes(const Backend& backend, const Program& program) {
+  size_t bytes = 0;
+  for (NodeId n : program.steps) bytes += backend.held_bytes(*program.graph, program.graph->node(n));
+  return bytes;
+}
+
 size_t DevicePlans::held_bytes() const {
   size_t bytes = 0;
-  for (const auto& [graph, options] : graphs_)
-    for (NodeId n = 0; n < graph->num_nodes(); ++n)
-      if (!graph->node(n).dead) bytes += backend_.held_bytes(*graph, graph->node(n));
+  for (const auto& s : sessions_) bytes += engine::held_bytes(backend_, s->program());
   return bytes;
 }
 

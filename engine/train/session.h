@@ -51,6 +51,10 @@ class Session {
 // persistent region, so the training plans for the full and the last partial batch, evaluation and prediction
 // all see the same weights; the transient region is shared too, because the plans never run at the same time:
 // a plan's fed inputs and outputs are valid until another plan of the device runs.
+// What the kernels of `program` hold outside the arena on `backend` (Backend::held_bytes of each step: a
+// recurrence's records), for the memory a plan is said to take.
+size_t held_bytes(const Backend& backend, const Program& program);
+
 class DevicePlans {
  public:
   explicit DevicePlans(Backend& backend) : backend_(backend) {}
