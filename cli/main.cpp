@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <system_error>
 
@@ -220,6 +221,7 @@ int stdout_written() {
   if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return 0;
   // The error of the write that failed, when an earlier flush (a JSON line) saw it; errno is later's.
   const int err = trainer::cli::stdout_error() != 0 ? trainer::cli::stdout_error() : errno;
+  if (err == EPIPE) return 0;  // the reader had what it wanted (`trainer summary x | head -3`)
   trainer::eprint(
       "trainer: error: writing to standard output failed: {}\n  hint: check the space left where "
       "the output goes\n",
@@ -233,6 +235,9 @@ int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
   route_signals_to_one_thread();
+  // A closed pipe is an error of the write (EPIPE), never a kill: a reader of stdout that quits early ends the
+  // command as its man page says, and stderr piped into a reader that is gone costs no output.
+  std::signal(SIGPIPE, SIG_IGN);
   engine::dist::set_fatal_collective_handler(end_run_on_collective_failure);
   CLI::App app{"trainer: train neural networks from a model description"};
   app.set_version_flag("--version", std::string("trainer ") + TRAINER_VERSION);
@@ -324,6 +329,7 @@ int main(int argc, char** argv) {
     if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));
     return 1;
   } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
+    if (e.code() == std::errc::broken_pipe) return 0;  // stdout's reader quit early (only pipes say EPIPE)
     std::fflush(stdout);
     trainer::eprint("trainer: error: {}\n  hint: check the space left where the output goes\n", e.what());
     return 1;

@@ -306,8 +306,10 @@ LayerValue build_dot(LayerBuilder& b, const std::vector<LayerValue>& in) {
     y.value = b.op("ReduceSum", {b.op("Mul", {xs[0].value, xs[1].value}), b.shape_constant("features", {1})},
                    {{"keepdims", int64_t{1}}});
     y.shape = {1};
+    b.info.flops_per_sample = 2 * xs[0].shape[0];
     return y;
   }
+  b.info.flops_per_sample = 2 * xs[0].shape[1 - k[0]] * xs[0].shape[k[0]] * xs[1].shape[1 - k[1]];
   const std::vector<int64_t> swap = {0, 2, 1};
   // [N, a, k] · [N, k, c]: the first input's contracted axis last, the second's first.
   ValueId a = k[0] == 1 ? xs[0].value : b.op("Transpose", {xs[0].value}, {{"perm", swap}});

@@ -99,6 +99,36 @@ class BadInput(unittest.TestCase):
                                        timeout=60)
                 self.assertEqual(r.returncode, code)
 
+    def test_pipes_whose_reader_is_gone_end_nothing_early(self):
+        # stderr into a reader that quit (a log reader that died): the command still does its work and says so
+        # on stdout (the first notice on stderr killed predict with SIGPIPE, before any prediction); stdout
+        # into a reader that quit (`trainer summary spec | head -1`) is no failure.
+        spec = self.spec(SPEC)
+        out = os.path.join(self.dir, "run")
+        self.assertEqual(self.trainer("fit", spec, "--output-dir", out, "-q").returncode, 0)
+        for args, want in ((["fit", spec, "--epochs", "1", "--log-format", "jsonl"], '"event": "epoch"'),
+                           (["evaluate", os.path.join(out, "last.ckpt")], '"loss"'),
+                           (["summary", spec], "Total params"),
+                           (["export", os.path.join(out, "last.ckpt"), "-o", os.path.join(self.dir, "m.onnx")], "")):
+            with self.subTest(args=args[0], closed="stderr"):
+                r, w = os.pipe()
+                os.close(r)
+                device = ["--device", "auto"] if args[0] in ("fit", "evaluate") else []  # its notice on stderr
+                res = subprocess.run([cli_util.TRAINER, *args, *device], cwd=self.dir, stdout=subprocess.PIPE,
+                                     stderr=w, text=True, timeout=120)
+                os.close(w)
+                self.assertEqual(res.returncode, 0)
+                self.assertIn(want, res.stdout)
+        for args in (["summary", spec], ["check", spec], ["--list-ops"]):
+            with self.subTest(args=args[0], closed="stdout"):
+                r, w = os.pipe()
+                os.close(r)
+                res = subprocess.run([cli_util.TRAINER, *args], cwd=self.dir, stdout=w, stderr=subprocess.PIPE,
+                                     text=True, timeout=60)
+                os.close(w)
+                self.assertEqual(res.returncode, 0)
+                self.assertNotIn("error", res.stderr)
+
     def test_an_empty_output_dir_is_refused(self):
         # It trained and wrote nothing, exit 0.
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", ""), "--output-dir",

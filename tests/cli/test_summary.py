@@ -147,6 +147,62 @@ class Summary(unittest.TestCase):
         s = json.loads(r.stdout)
         self.assertEqual(s["flops_per_sample"], 2 * (784 * 1024 + 1024 * 512 + 512 * 10))
 
+    def test_layers_built_of_matrix_products_count_them(self):
+        # Dot, Resizing and the resampling augmentations are matrix products inside; their FLOPs are those of
+        # the products, as bench counts them op by op (they were 0).
+        spec = """format_version = 1
+[model]
+outputs = ["dot", "dot_1", "resizing", "random_zoom"]
+[[model.inputs]]
+name = "a"
+shape = [5, 3]
+[[model.inputs]]
+name = "b"
+shape = [5, 4]
+[[model.inputs]]
+name = "img"
+shape = [8, 6, 2]
+[[model.layers]]
+type = "Dot"
+axes = 1
+inputs = ["a", "b"]
+[[model.layers]]
+type = "Dot"
+axes = [2, 2]
+inputs = ["a", "a"]
+[[model.layers]]
+type = "Resizing"
+height = 16
+width = 12
+inputs = ["img"]
+[[model.layers]]
+type = "RandomZoom"
+height_factor = 0.2
+inputs = ["img"]
+[train]
+loss = "mse"
+batch_size = 4
+"""
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "spec.toml")
+            with open(path, "w") as f:
+                f.write(spec)
+            s = json.loads(run(["summary", path, "--json"]).stdout)
+            rows = {l["name"]: l["flops_per_sample"] for l in s["layers"]}
+            # [3, 5] . [5, 4]; [5, 3] . [3, 5]; rows [16, 8] by [8, 6], then [16, 6] by [6, 12], per channel;
+            # the zoom builds [8, 24] x [24, 8] and [6, 18] x [18, 6], then applies both.
+            expected = {"dot": 2 * 3 * 5 * 4, "dot_1": 2 * 5 * 3 * 5,
+                        "resizing": 2 * 2 * (16 * 8 * 6 + 16 * 6 * 12),
+                        "random_zoom": 2 * 3 * (8 ** 3 + 6 ** 3) + 2 * 2 * 8 * 6 * (8 + 6)}
+            self.assertEqual({k: rows[k] for k in expected}, expected)
+            bench = json.loads(run(["bench", path, "--device", "cpu", "--steps", "1", "--warmup", "0", "-q"]).stdout)
+            by_layer = {}
+            for o in bench["ops"]:
+                if o["phase"] == "forward" and o["op"] == "MatMul":
+                    layer = o["node"].split("/")[0]
+                    by_layer[layer] = by_layer.get(layer, 0) + o["flops"]
+            self.assertEqual({k: v // 4 for k, v in by_layer.items()}, expected)
+
     def test_batch_size_changes_the_plan(self):
         small = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "8"]).stdout)
         large = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "256"]).stdout)
