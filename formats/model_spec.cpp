@@ -1649,7 +1649,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     if (seed < 0) t.fail("seed", fmt::format("train.seed must be 0 or more, not {}", seed));
     s.seed = static_cast<uint64_t>(seed);
   }
-  t.get_choice("precision", s.precision, kPrecisions, "precision");
+  if (t.get_choice("precision", s.precision, kPrecisions, "precision")) s.precision_pos = t.pos("precision");
   if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
   const std::vector<std::string> reported = reported_quantities(s);
   if (const toml::node* e = t.find("early_stopping"))

@@ -271,6 +271,7 @@ struct TrainSection {
   // auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on a GPU of compute capability 8.0 or newer, else fp32. The
   // CLI resolves it once it knows the device (cli/common.h).
   std::string precision = "auto";
+  SourcePos precision_pos;  // empty: not in the spec
   OptimizerSpec optimizer;
   EarlyStoppingSpec early_stopping;
   ReduceLrSpec reduce_lr;

@@ -117,7 +117,7 @@ void clear_positions(ModelSpec& s) {
   s.data.pos = {};
   for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})
     if (*src) (*src)->pos = {};
-  s.train.pos = s.train.loss_pos = {};
+  s.train.pos = s.train.loss_pos = s.train.precision_pos = {};
   s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos =
       s.train.reduce_lr.pos = s.train.class_weight_pos = {};
   s.train.checkpoint.pos = {};

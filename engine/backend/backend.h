@@ -120,6 +120,8 @@ struct CpuOptions {
   int threads = 0;  // 0: OMP_NUM_THREADS when set, else all hardware threads
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options = {});
+// Whether this CPU runs oneDNN's bf16 kernels (they need AVX-512); precision = "bf16" on the CPU needs it.
+bool cpu_supports_bf16();
 // What CpuOptions::threads = 0 means: OMP_NUM_THREADS when set, else every hardware thread.
 int default_cpu_threads();
 

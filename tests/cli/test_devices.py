@@ -63,7 +63,9 @@ class Devices(unittest.TestCase):
             self.assertIn("CPU, ", r.stderr)
             self.assertIn(" · bf16 · ", r.stderr)
         else:  # a CPU without AVX-512: refused before training, with the way out
-            assert_input_error(self, r, "bf16 needs a CPU with AVX-512", 'use precision = "fp32"')
+            # Named at the setting (it named an internal node), before anything is built.
+            assert_input_error(self, r, "--set train.precision=bf16", "needs a CPU with AVX-512",
+                               'use precision = "fp32"')
         self.assertNotIn("bf16", self.fit("--device", "cpu").stderr)  # auto is fp32 on the CPU
         assert_input_error(self, self.fit("--device", "cpu", "--set", "train.precision=fp16"), "fp16",
                            "GPUs only")

@@ -1,6 +1,7 @@
 // oneDNN engine/stream singletons, descriptors, and allocation-free primitive execution.
 #include "engine/backend/cpu/dnnl_util.h"
 
+#include "engine/backend/backend.h"
 #include "engine/util/error.h"
 
 namespace trainer::engine::cpu {
@@ -24,8 +25,31 @@ dnnl::primitive_attr dnnl_attr() {
 }
 
 void dnnl_bf16_unsupported(const std::string& node) {
-  throw InputError(node, "bf16 needs a CPU with AVX-512; use precision = \"fp32\"");
+  throw InputError(node, "bf16 needs a CPU with AVX-512 (oneDNN's bf16 kernels), and this one has none",
+                   "use precision = \"fp32\" on this CPU, or run on a GPU of compute capability 8.0 or newer");
 }
+
+}  // namespace trainer::engine::cpu
+
+namespace trainer::engine {
+
+bool cpu_supports_bf16() {
+  // A small bf16 product stands for the kernels a bf16 step needs: oneDNN implements them all or none.
+  static const bool supported = [] {
+    const dnnl::memory::desc md({2, 2}, dnnl::memory::data_type::bf16, dnnl::memory::format_tag::ab);
+    try {
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(md, md, md), cpu::dnnl_attr(), cpu::dnnl_cpu_engine());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return supported;
+}
+
+}  // namespace trainer::engine
+
+namespace trainer::engine::cpu {
 
 dnnl::memory::data_type dnnl_type(DType t) {
   switch (t) {
