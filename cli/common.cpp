@@ -338,16 +338,19 @@ DeviceOptions::Opened DeviceOptions::open(const formats::ModelSpec& spec, bool q
     TRAINER_ASSERT(p.has_value(), "precision '{}' passed the spec reader", setting);
     o.precision = *p;
   }
-  const std::string where = spec.train.precision_pos.file.empty() ? spec.path : spec.train.precision_pos.str();
+  const std::string where =
+      spec.train.precision_pos.file.empty() ? spec.path : spec.train.precision_pos.str();
   if (ids.empty() && o.precision == engine::Precision::fp16)
     throw InputError(where, "train.precision = \"fp16\" runs on GPUs only, and this run is on the CPU",
-                     engine::cpu_supports_bf16() ? "use precision = \"bf16\" or \"fp32\" on the CPU, or run on a GPU"
-                                                 : "use precision = \"fp32\" on this CPU, or run on a GPU");
+                     engine::cpu_supports_bf16()
+                         ? "use precision = \"bf16\" or \"fp32\" on the CPU, or run on a GPU"
+                         : "use precision = \"fp32\" on this CPU, or run on a GPU");
   if (ids.empty() && o.precision == engine::Precision::bf16 && !engine::cpu_supports_bf16())
-    throw InputError(where,
-                     "train.precision = \"bf16\" needs a CPU with AVX-512 (oneDNN's bf16 kernels), and this "
-                     "one has none",
-                     "use precision = \"fp32\" on this CPU, or run on a GPU of compute capability 8.0 or newer");
+    throw InputError(
+        where,
+        "train.precision = \"bf16\" needs a CPU with AVX-512 (oneDNN's bf16 kernels), and this "
+        "one has none",
+        "use precision = \"fp32\" on this CPU, or run on a GPU of compute capability 8.0 or newer");
   if (!ids.empty() && sm < 80 && o.precision == engine::Precision::bf16)
     throw InputError(where,
                      fmt::format("train.precision = \"bf16\" needs a GPU of compute capability 8.0 or newer; "

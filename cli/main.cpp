@@ -235,8 +235,8 @@ int main(int argc, char** argv) {
   using namespace trainer;
   shorten_openmp_spin(argv);
   route_signals_to_one_thread();
-  // A closed pipe is an error of the write (EPIPE), never a kill: a reader of stdout that quits early ends the
-  // command as its man page says, and stderr piped into a reader that is gone costs no output.
+  // A closed pipe is an error of the write (EPIPE), never a kill: a reader of stdout that quits early ends
+  // the command as its man page says, and stderr piped into a reader that is gone costs no output.
   std::signal(SIGPIPE, SIG_IGN);
   engine::dist::set_fatal_collective_handler(end_run_on_collective_failure);
   CLI::App app{"trainer: train neural networks from a model description"};
@@ -328,7 +328,7 @@ int main(int argc, char** argv) {
     trainer::eprint("trainer: error: {}\n", printable(e.what()));
     if (!e.hint().empty()) trainer::eprint("  hint: {}\n", printable(e.hint()));
     return 1;
-  } catch (const std::system_error& e) {  // a write that failed: a full disk or a closed device
+  } catch (const std::system_error& e) {               // a write that failed: a full disk or a closed device
     if (e.code() == std::errc::broken_pipe) return 0;  // stdout's reader quit early (only pipes say EPIPE)
     std::fflush(stdout);
     trainer::eprint("trainer: error: {}\n  hint: check the space left where the output goes\n", e.what());

@@ -158,10 +158,10 @@ LayerValue build_random_affine(LayerBuilder& b, const std::vector<LayerValue>& i
     ah = resampling(b, "height", h, draw(hl * h, hu * h), kNoValue, fill, nearest);
     aw = resampling(b, "width", w, draw(wl * w, wu * w), kNoValue, fill, nearest);
   }
-  // Two per multiply-add: building each axis's matrices ([n, 3n] tents by the [3n, n] fold), then applying them.
+  // Two per multiply-add: building each axis's matrices ([n, 3n] tents by the [3n, n] fold), then applying
+  // them.
   const int64_t channels = x.shape[2];
-  b.info.flops_per_sample =
-      2 * 3 * (h * h * h + w * w * w) + 2 * channels * h * w * (h + w);
+  b.info.flops_per_sample = 2 * 3 * (h * h * h + w * w * w) + 2 * channels * h * w * (h + w);
   ValueId y = b.op("MatMul", {ah, x.value});  // rows
   x.value =
       b.op("MatMul", {y, b.op("Transpose", {aw}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}})});  // columns

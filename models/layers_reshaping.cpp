@@ -191,7 +191,8 @@ LayerValue build_resizing(LayerBuilder& b, const std::vector<LayerValue>& in) {
   }
   // Two per multiply-add: [out_h, h] by each channel's [h, w], then [out_h, w] by [w, out_w].
   const int64_t channels = x.shape[2];
-  b.info.flops_per_sample = 2 * channels * ((h != out_h ? out_h * h * w : 0) + (w != out_w ? out_h * w * out_w : 0));
+  b.info.flops_per_sample =
+      2 * channels * ((h != out_h ? out_h * h * w : 0) + (w != out_w ? out_h * w * out_w : 0));
   if (h != out_h) x.value = b.op("MatMul", {b.constant("rows", resize_matrix(out_h, h, nearest)), x.value});
   if (w != out_w) {
     Tensor cols = resize_matrix(out_w, w, nearest);

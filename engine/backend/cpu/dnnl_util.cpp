@@ -25,8 +25,9 @@ dnnl::primitive_attr dnnl_attr() {
 }
 
 void dnnl_bf16_unsupported(const std::string& node) {
-  throw InputError(node, "bf16 needs a CPU with AVX-512 (oneDNN's bf16 kernels), and this one has none",
-                   "use precision = \"fp32\" on this CPU, or run on a GPU of compute capability 8.0 or newer");
+  throw InputError(
+      node, "bf16 needs a CPU with AVX-512 (oneDNN's bf16 kernels), and this one has none",
+      "use precision = \"fp32\" on this CPU, or run on a GPU of compute capability 8.0 or newer");
 }
 
 }  // namespace trainer::engine::cpu
