@@ -25,6 +25,7 @@
 #include "engine/util/error.h"
 #include "formats/atomic_file.h"
 #include "formats/checkpoint_hash.h"
+#include "formats/datasets.h"
 
 namespace trainer::cli {
 
@@ -68,8 +69,7 @@ class FitPrinter final : public engine::FitObserver {
         "arena{}\n",
         info.train_samples, info.val_samples, info.steps_per_epoch, info.device, info.plans,
         info.arena_bytes / 1048576.0,
-        info.held_bytes ? fmt::format(" + {:.1f} MiB held by recurrent kernels", info.held_bytes / 1048576.0)
-                        : "");
+        info.held_bytes ? fmt::format(" + {:.1f} MiB held by kernels", info.held_bytes / 1048576.0) : "");
     epoch_start_ = std::chrono::steady_clock::now();
   }
 
@@ -262,6 +262,30 @@ uint64_t run_fingerprint(const formats::ModelSpec& s, const std::optional<Loaded
 // Every rank must train the same run: a rank started with other flags (another --seed, an MPMD launch)
 // would average another model's gradients into this one's and report numbers of neither. Each rank learns
 // which ranks differ from rank 0, and every rank stops.
+// Every file the run reads: --trace must not name one of them. A data pattern that matches nothing is
+// left to the loader, which reports it at its place in the spec.
+std::vector<std::string> run_inputs(const formats::ModelSpec& s, const SpecOptions& spec,
+                                    const std::string& resume) {
+  std::vector<std::string> in;
+  for (const std::string& p : {spec.path, spec.train_toml, resume})
+    if (!p.empty()) in.push_back(p);
+  if (!s.model.onnx.empty()) in.push_back(formats::resolve_data_path(s, s.model.onnx));
+  auto add = [&](const std::vector<std::string>& patterns) {
+    try {
+      for (std::string& f : formats::resolve_data_files(patterns, s.base_dir, {})) in.push_back(std::move(f));
+    } catch (const InputError&) {
+    }
+  };
+  for (const auto* src : {&s.data.train, &s.data.validation, &s.data.test}) {
+    if (!*src) continue;
+    const formats::DataSource& d = **src;
+    for (const auto* v : {&d.x, &d.y, &d.sample_weight}) add(*v);
+    for (const auto* m : {&d.x_by_input, &d.y_by_output, &d.sample_weight_by_output})
+      for (const auto& [name, files] : *m) add(files);
+  }
+  return in;
+}
+
 void check_ranks_agree(engine::dist::Communicator& world, uint64_t fingerprint, const std::string& launcher) {
   uint64_t first = fingerprint;
   world.broadcast(&first, sizeof first, 0);
@@ -387,6 +411,7 @@ Command add_fit_command(CLI::App& app) {
       // the file changes during the run.
       read_onnx_bytes(s);
     }
+    if (trace_option->count() > 0) check_output_file(*trace_path, "--trace", run_inputs(s, *spec, *resume));
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");

@@ -88,9 +88,10 @@ static size_t utf8_sequence_length(std::string_view s) {
   return len;
 }
 
-// A message as the terminal shows it: bytes of a damaged input that it quotes (a NUL, control characters,
-// bytes that are not UTF-8) escaped as \xNN, so that stderr stays UTF-8 text. Quotes of input are clipped
-// where they are made (formats::clipped); a message is cut at 64 KiB only as a last resort.
+// A message as the terminal shows it, on one line: bytes of a damaged input that it quotes (a NUL, control
+// characters, bytes that are not UTF-8) escaped as \xNN, line ends as \n and \r, so that stderr stays UTF-8
+// text. Quotes of input are clipped where they are made (formats::clipped); a message is cut at 64 KiB only
+// as a last resort.
 static std::string printable(std::string_view s) {
   constexpr size_t kMost = size_t{64} << 10;
   std::string out;
@@ -106,7 +107,9 @@ static std::string printable(std::string_view s) {
         continue;
       }
     }
-    if ((c < 0x20 && c != '\n' && c != '\t') || c >= 0x7f)
+    if (c == '\n' || c == '\r')  // a message is one line: a line end in it is quoted input's
+      out += c == '\n' ? "\\n" : "\\r";
+    else if ((c < 0x20 && c != '\t') || c >= 0x7f)
       out += fmt::format("\\x{:02x}", c);
     else
       out += static_cast<char>(c);

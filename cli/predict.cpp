@@ -572,6 +572,16 @@ Command add_predict_command(CLI::App& app) {
                       "of arrays named so",
                       *model_path, fmt::format("{}.npy", fmt::join(names, ".npy "))));
     }
+    for (const PredictModel::Input& i : model.inputs) {
+      const DType t = i.format.x_dtype;
+      if (t != DType::f32 && t != DType::f64 && t != DType::i32 && t != DType::i64)
+        throw InputError(
+            model.path,
+            fmt::format("the {}'s input '{}' is {}, which predict cannot feed", model.kind, i.name,
+                        engine::dtype_name(t)),
+            "predict feeds float32, float64, int32 or int64 inputs: export the model with a float32 "
+            "input, cast inside the model");
+    }
     std::vector<std::unique_ptr<formats::SampleReader>> readers;
     if (npz) readers = npz_readers(paths[0], model);
     int64_t count = -1;
@@ -587,11 +597,14 @@ Command add_predict_command(CLI::App& app) {
       if (r.count() >= 0) count = r.count();
     }
     formats::SampleReader& in = *readers[0];
-    if (npy && count < 0)
-      throw InputError(in.name(),
-                       "NPY output needs the number of samples before the first row, and CSV input does "
-                       "not say it",
-                       "use --output-format csv, or give the samples as NPY or IDX");
+    // NPY's header holds the row count, written before the first row: every input must say how many
+    // samples it holds (CSV does not), or a shorter one would leave the array short of its header.
+    for (const auto& r : readers)
+      if (npy && r->count() < 0)
+        throw InputError(r->name(),
+                         "NPY output needs the number of samples before the first row, and CSV input does "
+                         "not say it",
+                         "use --output-format csv, or give the samples as NPY or IDX");
     auto backend = device->make_backend(*quiet);
     Runner runner(model, *backend, *batch, count);
     const int64_t b = runner.batch(), columns = runner.columns();
@@ -681,6 +694,10 @@ Command add_predict_command(CLI::App& app) {
           }
       open = out.write(ids.data(), n);
     }
+    if (open && npy && done != count)
+      throw InputError(in.name(),
+                       fmt::format("the input ends after {} of the {} samples it says it holds", done, count),
+                       "the file is truncated: write it again");
     if (open) out.finish();
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!*quiet)

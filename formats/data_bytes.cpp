@@ -147,6 +147,15 @@ std::shared_ptr<const Bytes> load_file(const std::string& path, int64_t spill_by
         inflateReset(&z);
         continue;
       }
+      // Zero bytes may pad the end (tape blocks); anything else is not part of the file's data.
+      const uint8_t* rest = raw->data() + in_pos;
+      const size_t left = raw->size() - in_pos;
+      if (std::any_of(rest, rest + left, [](uint8_t b) { return b != 0; })) {
+        inflateEnd(&z);
+        throw InputError(fmt::format("{}: byte {}", name, in_pos),
+                         fmt::format("{} bytes that are not gzip data follow the gzip stream", left),
+                         "the file is damaged, or another file was appended to it: download it again");
+      }
       break;
     }
     if (rc != Z_OK && !(rc == Z_BUF_ERROR && z.avail_in > 0)) {

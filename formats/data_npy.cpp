@@ -237,6 +237,12 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
                                  size - h.data_offset, need, engine::Shape(h.shape).str(), d.descr),
                      "the file is truncated: write it again");
   }
+  if (size - h.data_offset > need) {
+    throw InputError(at_byte(name, h.data_offset + need),
+                     fmt::format("{} bytes follow the data: the header says shape {} ({})",
+                                 size - h.data_offset - need, engine::Shape(h.shape).str(), d.descr),
+                     "the header does not describe this data: the file may be damaged; write it again");
+  }
   return h;
 }
 
@@ -345,21 +351,34 @@ const ZipArchive::Member* ZipArchive::find(const std::string& member_name) const
 std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset, int64_t spill_bytes) const {
   const uint8_t* p = bytes_->data();
   const uint64_t size = bytes_->size();
+  const char* damaged = "the archive is damaged: write it again with numpy.savez or numpy.savez_compressed";
+  if (m.local_offset >= size)
+    throw InputError(name_,
+                     fmt::format("a damaged zip archive: member '{}' starts at byte {}, past the end of the "
+                                 "file ({} bytes)",
+                                 clipped(m.name), m.local_offset, size),
+                     damaged);
   const std::string where = at_byte(name_, m.local_offset);
   if (!fits(m.local_offset, 30, size) || le32(p + m.local_offset) != 0x04034b50) {
-    throw InputError(where, fmt::format("a damaged zip archive: no local header for member '{}'", m.name));
+    throw InputError(where,
+                     fmt::format("a damaged zip archive: no local header for member '{}'", clipped(m.name)),
+                     damaged);
   }
   const uint64_t start = m.local_offset + 30 + le16(p + m.local_offset + 26) + le16(p + m.local_offset + 28);
   if (!fits(start, m.compressed_size, size)) {
     throw InputError(at_byte(name_, size), fmt::format("the archive ends inside member '{}'", m.name),
                      "the file is truncated: write it again");
   }
-  if (m.flags & 1) throw InputError(name_, fmt::format("member '{}' is encrypted", m.name));
+  if (m.flags & 1)
+    throw InputError(name_, fmt::format("member '{}' is encrypted", clipped(m.name)),
+                     "numpy reads no encrypted archive: write it with numpy.savez, without a password");
   const std::string member = fmt::format("{}/{}", name_, m.name);
   if (m.method == 0) {
     if (m.compressed_size != m.size) {
-      throw InputError(where, fmt::format("stored member '{}' has {} bytes but says it has {}", m.name,
-                                          m.compressed_size, m.size));
+      throw InputError(where,
+                       fmt::format("stored member '{}' has {} bytes but says it has {}", clipped(m.name),
+                                   m.compressed_size, m.size),
+                       damaged);
     }
     // numpy checks a member's CRC-32 when it reads it; so does this, once, before the bytes are used in
     // place.

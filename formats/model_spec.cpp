@@ -20,6 +20,7 @@
 
 #include "engine/train/fit.h"
 #include "engine/util/error.h"
+#include "formats/data_bytes.h"
 #include "formats/model_spec_text.h"
 
 namespace trainer::formats {
@@ -274,6 +275,58 @@ std::string trim(std::string_view s) {
 }
 
 // Positions: file:line:col from toml++'s source regions; values from --set carry the override as their place.
+// The parser nests one table per part of a dotted key (a.b.c) and recurses through them, so a key of
+// tens of thousands of parts exhausts the stack. No spec needs more than a handful: more than
+// kMaxKeyParts parts in one dotted chain is refused before parsing. Returns the line (1-based) of the
+// first chain that long, or 0.
+constexpr int kMaxKeyParts = 64;
+
+int overlong_key_line(std::string_view text) {
+  int line = 1, dots = 0;
+  size_t i = 0;
+  const size_t n = text.size();
+  auto skip_string = [&](char q) {
+    const bool multi = text.substr(i, 3) == std::string_view(q == '"' ? "\"\"\"" : "'''");
+    i += multi ? 3 : 1;
+    while (i < n) {
+      const char c = text[i];
+      if (c == '\\' && q == '"') {
+        i += 2;
+        continue;
+      }
+      if (c == '\n') {
+        if (!multi) return;  // an unterminated string: the parser reports it
+        ++line;
+      }
+      if (c == q && (!multi || text.substr(i, 3) == std::string_view(q == '"' ? "\"\"\"" : "'''"))) {
+        i += multi ? 3 : 1;
+        return;
+      }
+      ++i;
+    }
+  };
+  while (i < n) {
+    const char c = text[i];
+    if (c == '"' || c == '\'') {
+      skip_string(c);  // a quoted key part continues the chain
+      continue;
+    }
+    if (c == '#') {
+      while (i < n && text[i] != '\n') ++i;
+      continue;
+    }
+    if (c == '.') {
+      if (++dots >= kMaxKeyParts) return line;
+    } else if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '+' ||
+                 c == ' ' || c == '\t')) {
+      dots = 0;  // '=', ',', brackets, braces and line ends end a key
+    }
+    if (c == '\n') ++line;
+    ++i;
+  }
+  return 0;
+}
+
 class Reader {
  public:
   explicit Reader(std::string file) : file_(std::move(file)) {}
@@ -445,12 +498,12 @@ class Table {
       // A quoted number or boolean: say how to write it.
       const std::string v = trim(s->get());
       bool plain = false;
-      try {
-        toml::table parsed = toml::parse("v = " + v);
-        const toml::node* p = parsed.get("v");
-        plain = parsed.size() == 1 && p && (p->is_number() || p->is_boolean());
-      } catch (const toml::parse_error&) {
-      }
+      if (!overlong_key_line(v)) try {
+          toml::table parsed = toml::parse("v = " + v);
+          const toml::node* p = parsed.get("v");
+          plain = parsed.size() == 1 && p && (p->is_number() || p->is_boolean());
+        } catch (const toml::parse_error&) {
+        }
       if (plain) hint = fmt::format("write it without quotes: {} = {}", key, v);
     } else if (auto* f = n.as_floating_point();
                f && expected == "an integer" && std::isfinite(f->get()) && f->get() == std::floor(f->get())) {
@@ -524,6 +577,10 @@ void apply_override(Reader& r, toml::table& doc, const std::string& text) {
   const size_t eq = text.find('=');
   if (eq == std::string::npos)
     r.fail(where, "--set expects KEY=VALUE", "for example --set train.optimizer.learning_rate=3e-4");
+  if (overlong_key_line(text))
+    r.fail(SourcePos{clipped(origin, 80), 0, 0},
+           fmt::format("--set has a dotted key of more than {} parts", kMaxKeyParts),
+           "for example --set train.optimizer.learning_rate=3e-4");
   const std::string key = trim(std::string_view(text).substr(0, eq));
   const std::string value = trim(std::string_view(text).substr(eq + 1));
   std::vector<std::string> segs;
@@ -1693,6 +1750,9 @@ void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path
 ModelSpec parse_spec(const std::string& text, const std::string& path,
                      const std::vector<std::string>& overrides, const std::string* onnx_path) {
   Reader r(path);
+  if (const int line = overlong_key_line(text))
+    r.fail(SourcePos{path, line, 1}, fmt::format("a dotted key has more than {} parts", kMaxKeyParts),
+           "a spec's keys are a few parts deep, e.g. train.optimizer.learning_rate");
   toml::table doc;
   try {
     doc = toml::parse(text, std::string(path));

@@ -114,10 +114,13 @@ Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, co
     throw InputError(where, fmt::format("{}: {}", tensor_label(t), e.what()), e.hint());
   }
   if (t.has_segment())
-    throw InputError(where, fmt::format("{} is segmented, which is not supported", tensor_label(t)));
+    throw InputError(where, fmt::format("{} is segmented, which is not supported", tensor_label(t)),
+                     "store each tensor whole, as onnx.save writes it");
   std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
   for (int64_t d : dims)
-    if (d < 0) throw InputError(where, fmt::format("{} has a negative dimension {}", tensor_label(t), d));
+    if (d < 0)
+      throw InputError(where, fmt::format("{} has a negative dimension {}", tensor_label(t), d),
+                       "the model file is damaged: export it again");
   const size_t elem = engine::dtype_bytes(dtype);
   // The size its dimensions claim, checked against its data before anything is allocated: a damaged file
   // may claim terabytes.

@@ -44,6 +44,8 @@ const char* kind_text(ArgKind k) {
       return "true or false";
     case ArgKind::string:
       return "a string";
+    case ArgKind::int_or_single:
+      return "an integer or a list of one integer";
     case ArgKind::int_or_pair:
       return "an integer or a list of two integers";
     case ArgKind::int_or_triple:
@@ -70,6 +72,8 @@ const char* example_text(ArgKind k) {
       return "true";
     case ArgKind::string:
       return "\"same\"";
+    case ArgKind::int_or_single:
+      return "3 or [3]";
     case ArgKind::int_or_pair:
       return "3 or [3, 3]";
     case ArgKind::int_or_triple:
@@ -96,6 +100,11 @@ bool fits(const ArgValue& v, ArgKind k) {
       return std::holds_alternative<bool>(v);
     case ArgKind::string:
       return std::holds_alternative<std::string>(v);
+    case ArgKind::int_or_single: {
+      if (std::holds_alternative<int64_t>(v)) return true;
+      auto* p = std::get_if<std::vector<int64_t>>(&v);
+      return p && p->size() == 1;
+    }
     case ArgKind::int_or_pair: {
       if (std::holds_alternative<int64_t>(v)) return true;
       auto* p = std::get_if<std::vector<int64_t>>(&v);
@@ -277,7 +286,9 @@ const formats::SourcePos& LayerArgs::pos(const std::string& name) const {
 }
 
 int64_t LayerArgs::integer(const std::string& name) const {
-  return std::get<int64_t>(value(name));
+  const ArgValue& v = value(name);
+  if (auto* one = std::get_if<std::vector<int64_t>>(&v); one && one->size() == 1) return (*one)[0];  // [3]
+  return std::get<int64_t>(v);
 }
 
 double LayerArgs::number(const std::string& name) const {

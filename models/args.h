@@ -14,6 +14,7 @@ namespace trainer::models {
 
 enum class ArgKind {
   integer,        // 64
+  int_or_single,  // 3 or [3] (Keras's 1-D sizes, which take a tuple of one)
   number,         // 0.5 or 1
   boolean,        // true
   string,         // "same"

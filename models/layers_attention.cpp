@@ -80,9 +80,6 @@ LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerVa
   const int64_t tq = q.shape[0], tv = v.shape[0];
   const int64_t out_dim = b.args.has("output_shape") ? b.positive("output_shape") : q.shape[1];
   const bool causal = b.args.boolean("use_causal_mask");
-  if (causal && tq != tv)
-    b.fail("use_causal_mask",
-           fmt::format("a causal mask needs as many query steps as value steps, got {} and {}", tq, tv));
 
   // [N, T, H * d] -> [N, T, H, d] -> the heads first.
   auto split_heads = [&](ValueId x, int64_t steps, int64_t d, const char* name, std::vector<int64_t> perm) {
@@ -100,7 +97,8 @@ LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerVa
                                                       1.0 / std::sqrt(double(key_dim)))))});
   ValueId scores = b.op("MatMul", {query, key});  // [N, H, Tq, Tv]
   if (causal) {
-    // Keras's masked softmax adds a large negative number where the mask is off.
+    // Keras's masked softmax adds a large negative number where the mask is off. As Keras's, the mask is
+    // the lower triangle of [Tq, Tv] also when the lengths differ: query step i sees value steps 0..i.
     Tensor mask(DType::f32, Shape{tq, tv});
     for (int64_t i = 0; i < tq; ++i)
       for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
@@ -177,9 +175,6 @@ LayerValue build_score_attention(LayerBuilder& b, const std::vector<LayerValue>&
     }
   }
   if (b.args.boolean("use_causal_mask")) {
-    if (tq != tv)
-      b.fail("use_causal_mask",
-             fmt::format("a causal mask needs as many query steps as value steps, got {} and {}", tq, tv));
     Tensor mask(DType::f32, Shape{tq, tv});
     for (int64_t i = 0; i < tq; ++i)
       for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);

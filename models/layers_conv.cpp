@@ -388,7 +388,7 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
 LayerValue build_layer_norm(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const int rank = static_cast<int>(in[0].shape.size());
   std::vector<int64_t> axes = b.args.ints("axis");
-  // Keras counts the batch as axis 0. ONNX normalizes a trailing block of axes, so the axes must be one.
+  // Keras counts the batch as axis 0; these are per-sample axes from 0.
   std::vector<int64_t> per_sample;
   for (int64_t a : axes) {
     int64_t k = a < 0 ? a + rank : a - 1;
@@ -400,22 +400,33 @@ LayerValue build_layer_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   }
   std::sort(per_sample.begin(), per_sample.end());
   per_sample.erase(std::unique(per_sample.begin(), per_sample.end()), per_sample.end());
-  const int64_t first = per_sample.front();
-  for (size_t i = 0; i < per_sample.size(); ++i)
-    if (per_sample[i] != first + static_cast<int64_t>(i) || per_sample.back() != rank - 1)
-      b.fail(
-          "axis",
-          fmt::format("axis = [{}] is not supported: the axes must be the last ones", fmt::join(axes, ", ")),
-          "use axis = -1, or a list that ends with the last axis");
   check_epsilon_momentum(b, false);
   LayerValue x = b.to_channels_last(in[0]);
-  std::vector<int64_t> pshape(x.shape.begin() + first, x.shape.end());
+  // ONNX normalizes a trailing block of axes: other axes are moved to the front (each keeping its order) and
+  // back after, so that gamma and beta have Keras's shape, the normalized axes' sizes in order.
+  const int64_t kept = rank - static_cast<int64_t>(per_sample.size());
+  std::vector<int64_t> perm = {0}, pshape;
+  for (int64_t k = 0; k < rank; ++k)
+    if (!std::binary_search(per_sample.begin(), per_sample.end(), k)) perm.push_back(k + 1);
+  for (int64_t k : per_sample) {
+    perm.push_back(k + 1);
+    pshape.push_back(x.shape[static_cast<size_t>(k)]);
+  }
+  bool moved = false;
+  for (size_t i = 0; i < perm.size(); ++i) moved = moved || perm[i] != static_cast<int64_t>(i);
   ValueId gamma = norm_param(b, b.args.boolean("scale"), "gamma", "gamma_initializer", Shape(pshape), 1.0);
   ValueId beta = b.args.boolean("center")
                      ? norm_param(b, true, "beta", "beta_initializer", Shape(pshape), 0.0)
                      : kNoValue;
-  x.value = b.op("LayerNormalization", {x.value, gamma, beta},
-                 {{"axis", first + 1}, {"epsilon", static_cast<float>(b.args.number("epsilon"))}});
+  ValueId v = moved ? b.op("Transpose", {x.value}, {{"perm", perm}}) : x.value;
+  v = b.op("LayerNormalization", {v, gamma, beta},
+           {{"axis", kept + 1}, {"epsilon", static_cast<float>(b.args.number("epsilon"))}});
+  if (moved) {
+    std::vector<int64_t> back(perm.size());
+    for (size_t i = 0; i < perm.size(); ++i) back[static_cast<size_t>(perm[i])] = static_cast<int64_t>(i);
+    v = b.op("Transpose", {v}, {{"perm", back}});
+  }
+  x.value = v;
   x.activation.clear();
   x.pre_activation = kNoValue;
   return x;

@@ -265,8 +265,8 @@ LayerValue build_global_max_pool1d(LayerBuilder& b, const std::vector<LayerValue
 }
 
 std::vector<ArgDecl> pool1d_args() {
-  return {{"pool_size", ArgKind::integer, int64_t{2}},
-          {"strides", ArgKind::integer, std::nullopt, true},
+  return {{"pool_size", ArgKind::int_or_single, int64_t{2}},
+          {"strides", ArgKind::int_or_single, std::nullopt, true},
           {"padding", ArgKind::string, std::string("valid")}};
 }
 
@@ -276,17 +276,17 @@ void add_sequence_layers(std::vector<LayerDef>& defs) {
   using S = std::string;
   defs.push_back({"Conv1D", "conv1d",
                   conv_args({{"filters", ArgKind::integer, std::nullopt},
-                             {"kernel_size", ArgKind::integer, std::nullopt},
-                             {"strides", ArgKind::integer, int64_t{1}},
+                             {"kernel_size", ArgKind::int_or_single, std::nullopt},
+                             {"strides", ArgKind::int_or_single, int64_t{1}},
                              {"padding", ArgKind::string, S("valid")},
-                             {"dilation_rate", ArgKind::integer, int64_t{1}},
+                             {"dilation_rate", ArgKind::int_or_single, int64_t{1}},
                              {"groups", ArgKind::integer, int64_t{1}}}),
                   1, 1, false, build_conv1d});
-  std::vector<ArgDecl> depthwise = conv_args({{"kernel_size", ArgKind::integer, std::nullopt},
-                                              {"strides", ArgKind::integer, int64_t{1}},
+  std::vector<ArgDecl> depthwise = conv_args({{"kernel_size", ArgKind::int_or_single, std::nullopt},
+                                              {"strides", ArgKind::int_or_single, int64_t{1}},
                                               {"padding", ArgKind::string, S("valid")},
                                               {"depth_multiplier", ArgKind::integer, int64_t{1}},
-                                              {"dilation_rate", ArgKind::integer, int64_t{1}}},
+                                              {"dilation_rate", ArgKind::int_or_single, int64_t{1}}},
                                              "depthwise_initializer");
   defs.push_back({"DepthwiseConv1D", "depthwise_conv1d", depthwise, 1, 1, false, build_depthwise_conv1d});
   std::vector<ArgDecl> separable = depthwise;
@@ -295,11 +295,11 @@ void add_sequence_layers(std::vector<LayerDef>& defs) {
   defs.push_back({"SeparableConv1D", "separable_conv1d", separable, 1, 1, false, build_separable_conv1d});
   defs.push_back({"Conv1DTranspose", "conv1d_transpose",
                   conv_args({{"filters", ArgKind::integer, std::nullopt},
-                             {"kernel_size", ArgKind::integer, std::nullopt},
-                             {"strides", ArgKind::integer, int64_t{1}},
+                             {"kernel_size", ArgKind::int_or_single, std::nullopt},
+                             {"strides", ArgKind::int_or_single, int64_t{1}},
                              {"padding", ArgKind::string, S("valid")},
-                             {"output_padding", ArgKind::integer, std::nullopt, true},
-                             {"dilation_rate", ArgKind::integer, int64_t{1}}}),
+                             {"output_padding", ArgKind::int_or_single, std::nullopt, true},
+                             {"dilation_rate", ArgKind::int_or_single, int64_t{1}}}),
                   1, 1, false, build_conv1d_transpose});
   defs.push_back({"MaxPooling1D", "max_pooling1d", pool1d_args(), 1, 1, false, build_max_pool1d});
   defs.push_back({"AveragePooling1D", "average_pooling1d", pool1d_args(), 1, 1, false, build_average_pool1d});

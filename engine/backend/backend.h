@@ -109,7 +109,8 @@ class Backend {
   // Memory the backend holds now: its buffers (arenas) plus its own (a GPU's library workspace, staging).
   virtual size_t memory_bytes() const = 0;
   // Optional: the bytes the kernel of node n would hold outside the arena once prepared (a recurrence's
-  // records of the forward pass and its workspaces), so that the memory a plan is said to take counts them.
+  // records of the forward pass and its workspaces, a convolution's reordered operands), so that the memory a
+  // plan is said to take counts them.
   virtual size_t held_bytes(const Graph& g, const Node& n) const { return 0; }
   // The stream a GPU backend runs steps on (a cudaStream_t), for communicators that order themselves after
   // it; null on the CPU.

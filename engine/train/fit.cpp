@@ -2130,7 +2130,7 @@ size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, i
   po.gradients = tg.gradients;  // as fit plans it: the schedule depends on them
   po.bucket_bytes = cfg.bucket_bytes;
   // With what kernels hold beyond the arena (a recurrence's records of the forward pass and its workspaces:
-  // at a long sequence, many times the arena).
+  // at a long sequence, many times the arena; a convolution's operands in oneDNN's blocked layouts).
   const Program program = plan_program(tg.graph, po);
   return program.arena_bytes() + held_bytes(backend, program);
 }

@@ -206,7 +206,9 @@ struct EpochReport {
 struct FitPlanInfo {
   int64_t train_samples = 0, val_samples = 0, steps_per_epoch = 0;
   size_t arena_bytes = 0;
-  size_t held_bytes = 0;  // held by the plans' kernels outside the arena (a recurrence's records)
+  // Held by the plans' kernels outside the arena: a recurrence's records, a convolution's operands in
+  // oneDNN's layouts.
+  size_t held_bytes = 0;
   int plans = 0;
   std::string device;
   uint64_t signature = 0;  // of the full-batch training plan
@@ -330,9 +332,9 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
                                           int replicas);
 
 // Peak arena bytes of the training plan for one global batch size (trainer summary), plus what its kernels
-// hold outside the arena on `backend` (Backend::held_bytes: a recurrence's records). With `replicas` > 1,
-// those of one replica as fit plans it: the largest slice of the batch and, with
-// [parallel] shard_optimizer, the first replica's shard of the optimizer state.
+// hold outside the arena on `backend` (Backend::held_bytes: a recurrence's records, a convolution's reordered
+// operands). With `replicas` > 1, those of one replica as fit plans it: the largest slice of the batch and,
+// with [parallel] shard_optimizer, the first replica's shard of the optimizer state.
 size_t planned_training_bytes(const ModelFactory& factory, const FitConfig& config, int64_t batch,
                               Backend& backend, int replicas = 1);
 

@@ -698,6 +698,20 @@ loss = "sparse_categorical_crossentropy"
                            preexec_fn=limit)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("training step planned in 30518.72 MiB", r.stderr)
+        # Training it there fails at run time (exit 1), with what could not be had and what to change.
+        def npy(shape):
+            header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
+            header += " " * (118 - len(header)) + "\n"
+            return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + bytes(4000 * 100)
+        self.write("x.npy", npy("(1000, 100)"))
+        self.write("y.npy", npy("(1000, 100)"))
+        with open(path, "a") as f:
+            f.write('epochs = 1\n[data.train]\nx = "x.npy"\ny = "y.npy"\n')
+        r = subprocess.run([cli_util.TRAINER, "fit", path], cwd=self.dir, capture_output=True, text=True, timeout=120,
+                           preexec_fn=limit)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("trainer: error: cannot allocate", r.stderr)
+        self.assertIn("MiB of host memory for the plan\n  hint: lower train.batch_size", r.stderr)
 
     def test_an_empty_activation_is_unknown(self):
         text = SPEC.replace('activation = "softmax"', 'activation = ""')
@@ -783,7 +797,88 @@ loss = "sparse_categorical_crossentropy"
         r = self.trainer("fit", self.spec(spec.replace('x = "x.idx"', 'x = "deep.npy"')))
         assert_input_error(self, r, "deep.npy", "more bytes)")
         self.assertLess(len(r.stderr), 4500)
+        # A line end in a quoted value is shown as \n: an error is one line and its hint the next.
+        r = self.trainer("fit", self.spec(SPEC.replace('type = "Flatten"', 'type = "Flat\\nten\\r"')))
+        assert_input_error(self, r, "unknown layer type 'Flat\\nten\\r'")
+        line = next(l for l in r.stderr.splitlines() if "unknown layer type" in l)
+        self.assertIn("'Flat\\nten\\r'", line)
+        # A zip member whose start is past the end of the archive named "byte 4294967295" as its place.
+        member = npy("{'descr': '|u1', 'fortran_order': False, 'shape': (8, 28, 28), }")
+        name = b"x.npy"
+        central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(member), len(member),
+                              len(member), len(name), 0, 0, 0, 0, 0, 0xFFFFFFFF) + name
+        body = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(member), len(member), len(member),
+                           len(name), 0) + name + member
+        end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(body), 0)
+        self.write("x.npz", body + central + end)
+        text = SPEC.replace('x = "x.idx"', 'x = "x.npz"').replace('y = "y.idx"\n', 'y_key = "x"\n')
+        r = self.trainer("fit", self.spec(text))
+        err = assert_input_error(self, r, "x.npz: a damaged zip archive: member 'x.npy' starts at byte 4294967295, "
+                                 "past the end of the file", "hint: the archive is damaged")
+        self.assertNotIn("x.npz: byte", err)
 
+
+    def test_a_key_of_thousands_of_parts_is_refused_not_a_crash(self):
+        # The TOML parser recurses once per part of a dotted key: 40,000 parts overflowed the stack (SIGSEGV),
+        # from the spec, from --set, and from a table header.
+        deep = ".a" * 40000
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC + f"[x{deep}]\n")), f"spec.toml:{SPEC.count(chr(10)) + 1}:1",
+                           "a dotted key has more than 64 parts", "hint: ")
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC + f"x{deep} = 1\n")), f"spec.toml:{SPEC.count(chr(10)) + 1}:1")
+        err = assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", f"train{deep}=1"),
+                                 "--set has a dotted key of more than 64 parts")
+        self.assertLess(len(err), 1000)
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", f"train.x={{a{deep} = 1}}"),
+                           "--set has a dotted key")
+        # Dots in strings, comments and numbers are not key parts: a long array of floats still parses.
+        floats = ", ".join("0.5" for _ in range(200))
+        text = SPEC.replace("[train]", f'# {"." * 100}\n[train]\nclass_weight_note = "{"." * 100}"\n')
+        err = assert_input_error(self, self.trainer("fit", self.spec(text)), "class_weight_note")
+        self.assertNotIn("dotted key", err)
+        text = SPEC.replace('units = 10', f'units = 10\nbias_initializer = "zeros"\nfoo = [{floats}]')
+        err = assert_input_error(self, self.trainer("fit", self.spec(text)), "foo")
+        self.assertNotIn("dotted key", err)
+
+    def test_trace_never_replaces_what_the_run_reads(self):
+        # --trace naming the spec, a data file or the --train TOML was written over at the end of the run.
+        spec = self.spec(SPEC)
+        for victim in ("spec.toml", "x.idx", "y.idx"):
+            with open(os.path.join(self.dir, victim), "rb") as f:
+                before = f.read()
+            r = self.trainer("fit", spec, "--trace", victim, "-q")
+            assert_input_error(self, r, "--trace", f"'{victim}' is the input", "writing would destroy it")
+            with open(os.path.join(self.dir, victim), "rb") as f:
+                self.assertEqual(f.read(), before)
+        r = self.trainer("fit", spec, "--trace", "t.json", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.getsize(os.path.join(self.dir, "t.json")) > 0)
+
+    def test_bytes_after_the_data_are_a_damaged_file(self):
+        # An NPY file longer than its header says, and a gzip stream followed by other bytes, were read as if
+        # the extra bytes were not there.
+        header = "{'descr': '|u1', 'fortran_order': False, 'shape': (8, 28, 28), }"
+        header += " " * (118 - len(header)) + "\n"
+        images = idx_images(N)[16:]
+        npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + images
+        self.write("x.npy", npy + b"junk")
+        header = "{'descr': '|u1', 'fortran_order': False, 'shape': (8,), }"
+        header += " " * (118 - len(header)) + "\n"
+        self.write("y.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + bytes(range(8)))
+        text = SPEC.replace('x = "x.idx"', 'x = "x.npy"').replace('y = "y.idx"', 'y = "y.npy"')
+        assert_input_error(self, self.trainer("fit", self.spec(text)), f"x.npy: byte {len(npy)}",
+                           "4 bytes follow the data: the header says shape [8, 28, 28] (|u1)", "hint: ")
+        self.write("x.npy", npy)
+        r = self.trainer("fit", self.spec(text), "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        gz = zlib.compressobj(wbits=31)
+        packed = gz.compress(idx_images(N)) + gz.flush()
+        self.write("x.idx.gz", packed + b"\x00" * 7)  # zero padding is allowed
+        text = SPEC.replace('x = "x.idx"', 'x = "x.idx.gz"')
+        r = self.trainer("fit", self.spec(text), "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.write("x.idx.gz", packed + b"PK\x03\x04 more")
+        assert_input_error(self, self.trainer("fit", self.spec(text)), f"x.idx.gz: byte {len(packed)}",
+                           "9 bytes that are not gzip data follow the gzip stream", "hint: ")
 
 class BadUsage(unittest.TestCase):
     """Command-line mistakes also exit with 2."""

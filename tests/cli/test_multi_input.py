@@ -182,6 +182,13 @@ class MultiInput(unittest.TestCase):
                                     "holds 20 samples for input 'meta'")
         cli_util.assert_input_error(self, run(["predict", ckpt, self.path("p_meta.npy"), self.path("p_tokens.npy")]),
                                     "input 'tokens'")
+        # NPY output needs every input's length before the first row: a CSV input (here a short one, which left
+        # the array short of its header's 50 rows) is refused, whichever input it is.
+        np.savetxt(self.path("short.csv"), meta[:20], delimiter=",")
+        r = run(["predict", ckpt, self.path("p_tokens.npy"), self.path("short.csv"), "--output-format", "npy"])
+        cli_util.assert_input_error(self, r, "short.csv", "NPY output needs the number of samples",
+                                    "hint: use --output-format csv")
+        self.assertEqual(r.stdout, "")
 
     def test_an_image_and_features(self):
         # The image input comes second: it is converted from channels-last per input, and exported as NHWC;

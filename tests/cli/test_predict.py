@@ -667,6 +667,26 @@ class PredictAPassThroughModel(unittest.TestCase):
             np.testing.assert_allclose(got, x, rtol=1e-6)
 
 
+class PredictInputsItCannotFeed(unittest.TestCase):
+    def test_a_uint8_input_is_named_with_its_model(self):
+        # The message named neither the model nor its input.
+        import onnx
+        from onnx import TensorProto as T
+        from onnx import helper as h
+        nodes = [h.make_node("Cast", ["pixels"], ["f"], to=T.FLOAT), h.make_node("Relu", ["f"], ["y"])]
+        g = h.make_graph(nodes, "u8", [h.make_tensor_value_info("pixels", T.UINT8, ["N", 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])])
+        with tempfile.TemporaryDirectory() as t:
+            path = os.path.join(t, "u8.onnx")
+            onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+            r = predict([path, "-"], stdin=npy_bytes(np.zeros((2, 4), np.uint8)))
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(f"{path}: the ONNX model's input 'pixels' is u8, which predict cannot feed".encode(),
+                          r.stderr)
+            self.assertIn(b"hint: predict feeds float32, float64, int32 or int64 inputs", r.stderr)
+            self.assertEqual(r.stdout, b"")
+
+
 class PredictIntegerOutputs(unittest.TestCase):
     def test_a_model_that_ends_in_argmax_gives_its_class_ids(self):
         import onnx

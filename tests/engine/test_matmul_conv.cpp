@@ -2,6 +2,7 @@
 // loops) against naive reference loops written here, including strided, padded, dilated and grouped
 // convolutions, the gradient ops, bf16 against f32 on the same inputs, and zero-allocation checks.
 #include <doctest/doctest.h>
+#include <malloc.h>
 
 #include <cmath>
 #include <limits>
@@ -792,6 +793,69 @@ TEST_SUITE("matmul_conv") {
                          doctest::Contains("Indices output"), InputError);
     CHECK_THROWS_WITH_AS(g.add_node("MaxPool", {x}, {{"kernel_shape", V{7, 7}}}),
                          doctest::Contains("larger than"), InputError);
+  }
+
+  TEST_CASE("held_bytes is what the prepared convolution and pooling kernels hold beside the arena") {
+    // Planned memory counts it (oneDNN's blocked copies of a convolution's operands, its scratchpads, a max
+    // pooling's workspace: several times the arena of a CNN): measured here as the heap's growth while one
+    // node's session is prepared, against the arena plus Backend::held_bytes.
+    auto heap = [] {
+      const struct mallinfo2 m = mallinfo2();
+      return static_cast<double>(m.uordblks + m.hblkhd);
+    };
+    const DType t = DType::f32;
+    run_op("Conv", {rnd({1, 16, 8, 8}, 1, t), rnd({8, 16, 3, 3}, 2, t)});  // oneDNN's one-time state
+    const Attributes pad = {{"pads", V{1, 1, 1, 1}}};
+    struct Case {
+      std::string op;
+      std::vector<Shape> inputs;
+      Attributes attrs;
+      int outputs;
+    };
+    const std::vector<Case> cases = {
+        {"Conv", {{32, 16, 32, 32}, {32, 16, 3, 3}, {32}}, pad, 1},
+        {"ConvGradInput",
+         {{32, 32, 32, 32}, {32, 16, 3, 3}},
+         {{"pads", V{1, 1, 1, 1}}, {"input_shape", V{32, 16, 32, 32}}, {"kernel_shape", V{3, 3}}},
+         1},
+        {"ConvGradWeight",
+         {{32, 32, 32, 32}, {32, 16, 32, 32}},
+         {{"pads", V{1, 1, 1, 1}}, {"kernel_shape", V{3, 3}}},
+         2},
+        {"MaxPoolGrad",
+         {{32, 16, 10, 10}, {32, 16, 32, 32}},
+         {{"kernel_shape", V{3, 3}}, {"strides", V{3, 3}}},
+         1},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.op);
+      const double before = heap();
+      auto g = std::make_shared<Graph>();
+      std::vector<ValueId> in;
+      for (size_t i = 0; i < c.inputs.size(); ++i)
+        in.push_back(g->add_input("in" + std::to_string(i), t, c.inputs[i]));
+      NodeId n = g->add_node(c.op, in, c.attrs, c.outputs, "op");
+      for (ValueId o : g->node(n).outputs) g->mark_output(o);
+      auto backend = make_cpu_backend();
+      {
+        Session sess(g, *backend);
+        const double grown = heap() - before;
+        const size_t held = backend->held_bytes(*g, g->node(n));
+        const double want = static_cast<double>(backend->memory_bytes() + held);
+        CAPTURE(grown);
+        CAPTURE(want);
+        CAPTURE(held);
+        if (c.op == "Conv") CHECK(held > Shape{32, 16, 32, 32}.numel() * 4);  // at least the input's copy
+        CHECK(grown > 0.9 * want);
+        CHECK(grown < 1.1 * want + 1024 * 1024);
+      }
+    }
+    // A kernel of plain loops (f64) holds nothing beside the arena.
+    Graph g;
+    ValueId x = g.add_input("x", DType::f64, Shape{2, 16, 8, 8});
+    ValueId w = g.add_input("w", DType::f64, Shape{8, 16, 3, 3});
+    g.op("Conv", {x, w});
+    CHECK(make_cpu_backend()->held_bytes(g, g.node(0)) == 0);
   }
 
   TEST_CASE("a steady-state step of these kernels allocates nothing") {

@@ -470,7 +470,23 @@ TEST_SUITE("build") {
           {"padding", std::string("causal")},
           {"dilation_rate", int64_t{2}}},
          {10, 2}},
+        // Keras's 1-D sizes may be tuples of one: kernel_size=(3,), strides=[3], dilation_rate=(2,).
+        {"Conv1D",
+         {{"filters", int64_t{2}},
+          {"kernel_size", std::vector<int64_t>{3}},
+          {"padding", std::string("same")},
+          {"strides", std::vector<int64_t>{3}}},
+         {4, 2}},
+        {"Conv1D",
+         {{"filters", int64_t{2}},
+          {"kernel_size", std::vector<int64_t>{3}},
+          {"dilation_rate", std::vector<int64_t>{2}}},
+         {6, 2}},
         {"MaxPooling1D", {}, {5, 3}},
+        {"MaxPooling1D",
+         {{"pool_size", std::vector<int64_t>{3}}, {"strides", std::vector<int64_t>{1}}},
+         {8, 3}},
+        {"Conv1DTranspose", {{"filters", int64_t{2}}, {"kernel_size", std::vector<int64_t>{3}}}, {12, 2}},
         {"AveragePooling1D", {{"pool_size", int64_t{3}}, {"padding", std::string("same")}}, {4, 3}},
         {"GlobalMaxPooling1D", {}, {3}},
         {"GlobalAveragePooling1D", {{"keepdims", true}}, {1, 3}},
@@ -493,6 +509,9 @@ TEST_SUITE("build") {
     CHECK_THROWS_WITH(models::testing::build(
                           Spec({2, 3}).add("Conv1D", {{"filters", int64_t{4}}, {"kernel_size", int64_t{3}}})),
                       doctest::Contains("is longer than its input (None, 2, 3)"));
+    CHECK_THROWS_WITH(models::testing::build(Spec({10, 3}).add(
+                          "Conv1D", {{"filters", int64_t{4}}, {"kernel_size", std::vector<int64_t>{3, 3}}})),
+                      doctest::Contains("must be an integer or a list of one integer"));
   }
 }
 

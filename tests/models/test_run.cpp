@@ -1396,20 +1396,26 @@ TEST_SUITE("run") {
   }
 
   TEST_CASE("run: MultiHeadAttention computes Keras's attention, causal or not") {
-    for (bool causal : {false, true}) {
+    // The value (and key) of the last case is the query's first 3 steps: Keras's causal mask is then the
+    // lower triangle of [4, 3].
+    for (auto [causal, tv] : {std::pair<bool, int64_t>{false, 4}, {true, 4}, {true, 3}}) {
       CAPTURE(causal);
+      CAPTURE(tv);
       const int64_t steps = 4, width = 3, heads = 2, kd = 3, vd = 2, out = 5;
       Spec s({steps, width});
-      s.add("MultiHeadAttention", {{"num_heads", heads},
-                                   {"key_dim", kd},
-                                   {"value_dim", vd},
-                                   {"output_shape", out},
-                                   {"use_causal_mask", causal},
-                                   {"bias_initializer", std::string("glorot_uniform")}});
+      if (tv < steps) s.add("Cropping1D", {{"cropping", std::vector<int64_t>{0, steps - tv}}}, "crop");
+      s.add("MultiHeadAttention",
+            {{"num_heads", heads},
+             {"key_dim", kd},
+             {"value_dim", vd},
+             {"output_shape", out},
+             {"use_causal_mask", causal},
+             {"bias_initializer", std::string("glorot_uniform")}},
+            "", tv < steps ? std::vector<std::string>{"input", "crop"} : std::vector<std::string>{});
       BuiltModel m = models::testing::build(s, false, 2);
-      CHECK(m.layers[0].output_shape == v({steps, out}));
+      CHECK(m.layers.back().output_shape == v({steps, out}));
       // Keras's parameter count: 3 input projections and the output one, with their biases.
-      CHECK(m.layers[0].params ==
+      CHECK(m.layers.back().params ==
             2 * (width * heads * kd + heads * kd) + width * heads * vd + heads * vd + heads * vd * out + out);
       auto w = [&](const std::string& name) { return weight(m, "multi_head_attention/" + name); };
       const Tensor wq = w("query/kernel"), bq = w("query/bias"), wk = w("key/kernel"), bk = w("key/bias");
@@ -1431,9 +1437,9 @@ TEST_SUITE("run") {
         std::vector<double> ctx(steps * heads * vd, 0.0);
         for (int64_t h = 0; h < heads; ++h)
           for (int64_t i = 0; i < steps; ++i) {
-            std::vector<double> score(steps);
+            std::vector<double> score(tv);
             double top = -1e300;
-            for (int64_t j = 0; j < steps; ++j) {
+            for (int64_t j = 0; j < tv; ++j) {
               double dot = 0;
               for (int64_t d = 0; d < kd; ++d) dot += proj(wq, bq, i, h, d, kd) * proj(wk, bk, j, h, d, kd);
               score[j] = causal && j > i ? -1e300 : dot / std::sqrt(double(kd));
@@ -1441,7 +1447,7 @@ TEST_SUITE("run") {
             }
             double total = 0;
             for (double& e : score) total += (e = std::exp(e - top));
-            for (int64_t j = 0; j < steps; ++j)
+            for (int64_t j = 0; j < tv; ++j)
               for (int64_t d = 0; d < vd; ++d)
                 ctx[(i * heads + h) * vd + d] += score[j] / total * proj(wv, bv, j, h, d, vd);
           }
@@ -1797,6 +1803,50 @@ TEST_SUITE("run") {
     Spec bad({5, 6});
     bad.add("GroupNormalization", {{"groups", int64_t{4}}});
     CHECK(build_error(bad).where() == bad.arg_at(0, "groups"));
+  }
+
+  TEST_CASE("run: LayerNormalization over axes that are not the last ones, as Keras computes it") {
+    // Keras axis = [1, 3] of an image (None, 2, 3, 4): each sample's rows and channels normalized at each
+    // column, gamma and beta of shape (2, 4); axis = 1 of a sequence (None, 5, 3): each feature over the
+    // steps.
+    for (bool image : {true, false}) {
+      CAPTURE(image);
+      const int64_t H = image ? 2 : 5, W = image ? 3 : 1, C = image ? 4 : 3;
+      Spec s(image ? v({H, W, C}) : v({H, C}));
+      s.add("LayerNormalization", {{"axis", image ? v({1, 3}) : v({1})},
+                                   {"epsilon", 0.01},
+                                   {"gamma_initializer", std::string("uniform")},
+                                   {"beta_initializer", std::string("uniform")}});
+      BuiltModel m = models::testing::build(s, false, 2);
+      const Tensor gamma = weight(m, "layer_normalization/gamma"),
+                   beta = weight(m, "layer_normalization/beta");
+      CHECK(gamma.shape() == (image ? Shape{H, C} : Shape{H}));
+      CHECK(m.layers[0].params == 2 * H * (image ? C : 1));
+      Tensor x = random_input(m, 14);  // the IR layout: NCHW for an image
+      Tensor y = forward(std::move(m), x);
+      auto at = [&](int64_t b, int64_t i, int64_t j, int64_t c) {  // x at Keras index (b, i, j, c)
+        return image ? x.get_f64(((b * C + c) * H + i) * W + j) : x.get_f64((b * H + i) * C + c);
+      };
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c0 = 0; c0 < (image ? 1 : C); ++c0) {
+            // The normalized group: every (i, c) of column j for the image, every step i of feature c0 else.
+            const int64_t cs = image ? 0 : c0, ce = image ? C : c0 + 1;
+            const double count = static_cast<double>(H * (ce - cs));
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < H; ++i)
+              for (int64_t c = cs; c < ce; ++c) mean += at(b, i, j, c) / count;
+            for (int64_t i = 0; i < H; ++i)
+              for (int64_t c = cs; c < ce; ++c) var += std::pow(at(b, i, j, c) - mean, 2) / count;
+            for (int64_t i = 0; i < H; ++i)
+              for (int64_t c = cs; c < ce; ++c) {
+                const int64_t p = image ? i * C + c : i;
+                const double want =
+                    (at(b, i, j, c) - mean) / std::sqrt(var + 0.01) * gamma.get_f64(p) + beta.get_f64(p);
+                CHECK(y.get_f64(((b * H + i) * W + j) * C + c) == doctest::Approx(want).epsilon(1e-4));
+              }
+          }
+    }
   }
 
   TEST_CASE("run: UnitNormalization and Dot (plain and normalized) as Keras computes them") {

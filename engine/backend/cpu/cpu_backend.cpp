@@ -26,7 +26,10 @@ class HostBuffer final : public DeviceBuffer {
       : bytes_(bytes), held_(std::move(held)) {
     size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
     ptr_ = std::aligned_alloc(64, rounded);
-    if (!ptr_) throw RuntimeError(fmt::format("cannot allocate a {} byte arena", bytes));
+    if (!ptr_)
+      throw RuntimeError(
+          fmt::format("cannot allocate {:.1f} MiB of host memory for the plan", bytes / 1048576.0),
+          "lower train.batch_size, or free memory (trainer check prints what a training step plans)");
     std::memset(ptr_, 0, rounded);
     *held_ += bytes_;
   }
@@ -225,7 +228,9 @@ class CpuBackend final : public Backend {
     return std::make_unique<HostBuffer>(bytes, held_);
   }
   size_t memory_bytes() const override { return held_->load(); }
-  size_t held_bytes(const Graph& g, const Node& n) const override { return cpu::rnn_held_bytes(g, n); }
+  size_t held_bytes(const Graph& g, const Node& n) const override {
+    return cpu::rnn_held_bytes(g, n) + cpu::conv_held_bytes(g, n);
+  }
 
   std::unique_ptr<Executable> prepare(const Program& p, DeviceBuffer& arena) override {
     TRAINER_ASSERT(arena.bytes() >= p.arena_bytes(), "arena of {} bytes for a plan of {}", arena.bytes(),

@@ -89,11 +89,16 @@ dnnl::memory dnnl_mem(const dnnl::memory::desc& md, const void* ptr) {
   return dnnl::memory(md, dnnl_cpu_engine(), const_cast<void*>(ptr));
 }
 
+thread_local size_t* dnnl_counted_bytes = nullptr;
+
 DnnlCall::DnnlCall(const dnnl::primitive& prim, const dnnl::primitive_desc_base& pd,
                    std::vector<std::pair<int, dnnl::memory>> args, bool serial)
     : prim_(prim), mems_(std::move(args)), serial_(serial) {
   dnnl::memory::desc sd = pd.scratchpad_desc();
-  if (sd.get_size() > 0) {
+  if (sd.get_size() > 0 && dnnl_counted_bytes) {
+    *dnnl_counted_bytes += sd.get_size() + 64;
+    mems_.emplace_back(DNNL_ARG_SCRATCHPAD, dnnl::memory(sd, dnnl_cpu_engine(), DNNL_MEMORY_NONE));
+  } else if (sd.get_size() > 0) {
     scratch_ = std::make_shared<std::vector<std::byte>>(sd.get_size() + 64);
     auto p = reinterpret_cast<uintptr_t>(scratch_->data());
     void* aligned = reinterpret_cast<void*>((p + 63) / 64 * 64);

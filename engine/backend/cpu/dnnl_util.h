@@ -63,6 +63,11 @@ class SerialScope {
 // Below this many multiply-adds a matrix product runs on one thread (about 2 microseconds of work).
 inline constexpr int64_t kSerialGemmMacs = int64_t{1} << 19;
 
+// While set (Backend::held_bytes makes a kernel only to learn what it would hold), the buffers DnnlCall and
+// the kernels would make beside the arena (scratchpads, reorder targets, workspaces) are added up here
+// instead of made.
+extern thread_local size_t* dnnl_counted_bytes;
+
 // A prepared primitive execution. Memory objects wrap arena pointers and are bound once.
 class DnnlCall {
  public:

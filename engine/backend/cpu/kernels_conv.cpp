@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <map>
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
@@ -121,6 +122,10 @@ dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvMds& d, bool bia
 // time.
 dnnl::memory owned_memory(const dnnl::memory::desc& md,
                           std::vector<std::shared_ptr<std::vector<std::byte>>>* keep) {
+  if (dnnl_counted_bytes) {
+    *dnnl_counted_bytes += md.get_size() + 64;
+    return dnnl::memory(md, dnnl_cpu_engine(), DNNL_MEMORY_NONE);
+  }
   auto buf = std::make_shared<std::vector<std::byte>>(md.get_size() + 64);
   auto p = reinterpret_cast<uintptr_t>(buf->data());
   keep->push_back(buf);
@@ -956,6 +961,32 @@ KernelPtr grid_sample_grad(const KernelArgs& a) {
 }
 
 }  // namespace
+
+size_t conv_held_bytes(const Graph& g, const Node& n) {
+  using Builder = KernelPtr (*)(const KernelArgs&);
+  static const std::map<std::string, Builder, std::less<>> builders = {{"Conv", conv},
+                                                                       {"ConvGradInput", conv_grad_input},
+                                                                       {"ConvTranspose", conv_transpose},
+                                                                       {"ConvGradWeight", conv_grad_weight},
+                                                                       {"MaxPoolGrad", max_pool_grad}};
+  auto it = builders.find(n.op);
+  if (it == builders.end()) return 0;
+  // Operands at a stand-in address: the kernel is made, never run, and its buffers are only counted.
+  static std::byte stand_in[64];
+  KernelArgs a{g, n, {}, {}};
+  for (ValueId v : n.inputs) a.inputs.push_back(v == kNoValue ? nullptr : stand_in);
+  for (ValueId v : n.outputs) a.outputs.push_back(v == kNoValue ? nullptr : stand_in);
+  size_t bytes = 0;
+  dnnl_counted_bytes = &bytes;
+  try {
+    it->second(a);
+  } catch (...) {
+    dnnl_counted_bytes = nullptr;
+    return 0;  // the kernel's own error is reported when the plan makes it
+  }
+  dnnl_counted_bytes = nullptr;
+  return bytes;
+}
 
 void register_conv_cpu_kernels(KernelRegistry& r) {
   r.add("Conv", conv);
