@@ -1795,7 +1795,19 @@ class Importer {
         // An index along an axis of n: negative counts from the end, and one outside [-n, n) is an error
         // naming the node (not a write into a neighbouring row of the flat table): a Gather from 0 .. n-1
         // checks and wraps it.
-        auto wrapped = [&](ValueId v, int64_t n, const std::string& what) {
+        auto wrapped = [&](ValueId v, int64_t n, const std::string& what, int64_t axis) {
+          // Constant indices (folded at import) are checked here, against the ONNX node.
+          if (const Tensor* t = g().initializer(v))
+            for (int64_t i = 0; i < t->numel(); ++i)
+              if (const int64_t at = t->get_i64(i); at < -n || at >= n)
+                fail(fmt::format("{}: index {} is out of range for axis {} of size {} of the data {}",
+                                 p.label, at, axis, n, xs.str()),
+                     axis == 0 && options_.batch_size > 0 && xs[0] == options_.batch_size
+                         ? std::string("axis 0 is the batch, whose size varies (the model is also built at "
+                                       "batch 1, and a last batch may be smaller): constant indices into it "
+                                       "hold at some sizes only; export the model so that it does not index "
+                                       "the batch")
+                         : "the model's constant indices must lie within the data's shape");
           std::vector<int64_t> positions(static_cast<size_t>(n));
           for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = i;
           return node("Gather",
@@ -1831,7 +1843,7 @@ class Importer {
           const ValueId offsets =
               g().add_constant(g().unique_name(p.base() + "/offsets"), Tensor::from<int64_t>(is, base));
           const ValueId along = node("Mul",
-                                     {wrapped(ids, xs[static_cast<int>(axis)], "index"),
+                                     {wrapped(ids, xs[static_cast<int>(axis)], "index", axis),
                                       i64("stride", static_cast<double>(stride[static_cast<size_t>(axis)]))},
                                      {}, "along");
           rows = node("Reshape",
@@ -1858,7 +1870,7 @@ class Importer {
                              {ids, ints_constant(p, col + "/start", {j}),
                               ints_constant(p, col + "/end", {j + 1}), ints_constant(p, col + "/axis", {-1})},
                              {}, col),
-                        n, col);
+                        n, col, batch + j);
             rows = j == 0 ? c
                           : node("Add",
                                  {node("Mul", {rows, i64(col + "/scale", static_cast<double>(n))}, {},

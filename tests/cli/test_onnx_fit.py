@@ -863,6 +863,20 @@ class Net(torch.nn.Module):
                         # Found when the constant indices are folded at import.
                         cli_util.assert_input_error(self, r, "scatter", f"index {index}", "out of range",
                                                     "of size 4")
+        # Constant indices into the batch (axis 0): trainer builds the model at batch 1 too, where index 1 does not
+        # exist. The error names the ONNX node and says why, not an internal node of its lowering.
+        np.save(self.path("scatter_y.npy"), x)
+        train = self.path("scatter_batch.toml")
+        with open(train, "w") as f:
+            f.write('format_version = 1\n[data.train]\nx = "scatter_x.npy"\ny = "scatter_y.npy"\n[train]\n'
+                    'loss = "mse"\nepochs = 1\nbatch_size = 3\n')
+        m = model([h.make_node("ScatterND", ["x", "i", "u"], ["y"], name="rows", reduction="add")],
+                  [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])], [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+                  [ints("i", np.array([[0], [1]])), nh.from_array(np.ones((2, 4), np.float32), "u")], 16)
+        err = cli_util.assert_input_error(self, run(["fit", self.save(m, "scatter_batch.onnx"), "--train", train]),
+                                          "node 'rows' (ScatterND): index 1 is out of range for axis 0 of size 1",
+                                          "hint: axis 0 is the batch")
+        self.assertNotIn("wrapped", err)
 
     @cli_util.skip_without_fashion
     def test_pytorch_exported_scatters_fine_tune(self):
