@@ -259,9 +259,6 @@ uint64_t run_fingerprint(const formats::ModelSpec& s, const std::optional<Loaded
   return h.digest();
 }
 
-// Every rank must train the same run: a rank started with other flags (another --seed, an MPMD launch)
-// would average another model's gradients into this one's and report numbers of neither. Each rank learns
-// which ranks differ from rank 0, and every rank stops.
 // Every file the run reads: --trace must not name one of them. A data pattern that matches nothing is
 // left to the loader, which reports it at its place in the spec.
 std::vector<std::string> run_inputs(const formats::ModelSpec& s, const SpecOptions& spec,
@@ -286,6 +283,9 @@ std::vector<std::string> run_inputs(const formats::ModelSpec& s, const SpecOptio
   return in;
 }
 
+// Every rank must train the same run: a rank started with other flags (another --seed, an MPMD launch)
+// would average another model's gradients into this one's and report numbers of neither. Each rank learns
+// which ranks differ from rank 0, and every rank stops.
 void check_ranks_agree(engine::dist::Communicator& world, uint64_t fingerprint, const std::string& launcher) {
   uint64_t first = fingerprint;
   world.broadcast(&first, sizeof first, 0);

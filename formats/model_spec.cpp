@@ -291,6 +291,7 @@ int overlong_key_line(std::string_view text) {
     while (i < n) {
       const char c = text[i];
       if (c == '\\' && q == '"') {
+        if (i + 1 < n && text[i + 1] == '\n') ++line;  // a line continuation
         i += 2;
         continue;
       }
@@ -577,10 +578,7 @@ void apply_override(Reader& r, toml::table& doc, const std::string& text) {
   const size_t eq = text.find('=');
   if (eq == std::string::npos)
     r.fail(where, "--set expects KEY=VALUE", "for example --set train.optimizer.learning_rate=3e-4");
-  if (overlong_key_line(text))
-    r.fail(SourcePos{clipped(origin, 80), 0, 0},
-           fmt::format("--set has a dotted key of more than {} parts", kMaxKeyParts),
-           "for example --set train.optimizer.learning_rate=3e-4");
+
   const std::string key = trim(std::string_view(text).substr(0, eq));
   const std::string value = trim(std::string_view(text).substr(eq + 1));
   std::vector<std::string> segs;
@@ -593,6 +591,12 @@ void apply_override(Reader& r, toml::table& doc, const std::string& text) {
     if (e == std::string::npos) break;
     b = e + 1;
   }
+  // The key is split on its dots here, and a value may be an inline table with dotted keys of its own.
+  if (segs.size() > static_cast<size_t>(kMaxKeyParts) ||
+      (value.find('{') != std::string::npos && overlong_key_line("v = " + value)))
+    r.fail(SourcePos{clipped(origin, 80), 0, 0},
+           fmt::format("--set has a dotted key of more than {} parts", kMaxKeyParts),
+           "for example --set train.optimizer.learning_rate=3e-4");
 
   // VALUE as TOML when it is one TOML value; otherwise the text itself, as a bare string ("mse",
   // "data/x.npy").

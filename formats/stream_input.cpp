@@ -212,8 +212,8 @@ struct SampleReader::Impl {
         continue;
       }
       if (member_done) {
-        // Another gzip member follows (concatenated files), or bytes that are not gzip, ignored as gzip -d
-        // and zlib do.
+        // Another gzip member follows (concatenated files), or the end: zero bytes may pad it (tape blocks),
+        // and any other byte is not the input's data (a damaged file, or another appended to it).
         if (zs.avail_in == 1 && !raw_eof) {
           raw[0] = *zs.next_in;
           const size_t n = read_some(raw.data() + 1, raw.size() - 1);
@@ -222,8 +222,19 @@ struct SampleReader::Impl {
           zs.avail_in = static_cast<uInt>(n + 1);
         }
         if (zs.avail_in < 2 || zs.next_in[0] != 0x1f || zs.next_in[1] != 0x8b) {
+          for (;;) {
+            for (uInt k = 0; k < zs.avail_in; ++k)
+              if (zs.next_in[k] != 0)
+                throw InputError(
+                    name, "bytes that are not gzip data follow the gzip stream",
+                    "the file is damaged, or another file was appended to it: compress it again");
+            if (raw_eof) break;
+            const size_t n = read_some(raw.data(), raw.size());
+            raw_eof = n == 0;
+            zs.next_in = raw.data();
+            zs.avail_in = static_cast<uInt>(n);
+          }
           zs.avail_in = 0;
-          raw_eof = true;
           eof = true;
           return false;
         }

@@ -828,6 +828,12 @@ loss = "sparse_categorical_crossentropy"
         err = assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", f"train{deep}=1"),
                                  "--set has a dotted key of more than 64 parts")
         self.assertLess(len(err), 1000)
+        # A quote in the key hid its dots from the scan, and the split key crashed the parser all the same.
+        for key in (f"'{deep}", f"train'{deep}", f'"{deep}'):
+            assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", f"{key}=1"), "--set has a dotted key")
+        # The line counts a line continuation of a multi-line string.
+        text = SPEC.replace("[train]", 'note = """a \\\nb \\\nc"""\n[train]') + f"x{deep} = 1\n"
+        assert_input_error(self, self.trainer("fit", self.spec(text)), f"spec.toml:{text.count(chr(10))}:1")
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", f"train.x={{a{deep} = 1}}"),
                            "--set has a dotted key")
         # Dots in strings, comments and numbers are not key parts: a long array of floats still parses.

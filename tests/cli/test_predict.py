@@ -456,6 +456,14 @@ class Predict(unittest.TestCase):
         r = predict([self.ckpt, "-"], stdin=data[:-9])  # the second member cut short
         r.stderr = r.stderr.decode()
         cli_util.assert_input_error(self, r, "stdin", "gzip")
+        # Zero bytes may pad the end; other bytes after the last member are not the input's (they were ignored).
+        got = rows(self.ok(predict([self.ckpt, "-", "--probabilities"], stdin=data + bytes(700))))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        for junk in (b"PK\x03\x04", bytes(5000) + b"x", b"\x1f"):
+            r = predict([self.ckpt, "-"], stdin=data + junk)
+            r.stderr = r.stderr.decode()
+            cli_util.assert_input_error(self, r, "stdin", "bytes that are not gzip data follow the gzip stream",
+                                        "hint: the file is damaged")
 
     def test_memory_stays_constant_however_long_the_input(self):
         # 200,000 samples (157 MB) streamed from this process: predict's peak memory (VmHWM of its own address

@@ -114,9 +114,9 @@ void register_all_cpu_kernels(KernelRegistry& r);
 size_t rnn_held_bytes(const Graph& g, const Node& n);
 
 // kernels_conv.cpp: the bytes a convolution's kernel (Conv, ConvTranspose, ConvGradInput, ConvGradWeight) or
-// a MaxPoolGrad holds outside the arena once prepared: the oneDNN layouts its operands are reordered into,
-// and a pooling's workspace. Found by building the kernel in a mode that counts its buffers instead of making
-// them; 0 for other nodes.
+// a pooling's holds outside the arena once prepared: the oneDNN layouts its operands are reordered into,
+// their scratchpads, and a max pooling's workspace. Found by building the kernel in a mode that counts its
+// buffers instead of making them; 0 for other nodes.
 size_t conv_held_bytes(const Graph& g, const Node& n);
 
 }  // namespace trainer::engine::cpu

@@ -968,7 +968,10 @@ size_t conv_held_bytes(const Graph& g, const Node& n) {
                                                                        {"ConvGradInput", conv_grad_input},
                                                                        {"ConvTranspose", conv_transpose},
                                                                        {"ConvGradWeight", conv_grad_weight},
-                                                                       {"MaxPoolGrad", max_pool_grad}};
+                                                                       {"MaxPool", max_pool},
+                                                                       {"MaxPoolGrad", max_pool_grad},
+                                                                       {"AveragePool", avg_pool},
+                                                                       {"AveragePoolGrad", avg_pool_grad}};
   auto it = builders.find(n.op);
   if (it == builders.end()) return 0;
   // Operands at a stand-in address: the kernel is made, never run, and its buffers are only counted.
