@@ -126,7 +126,9 @@ static std::string printable(std::string_view s) {
 // file missing on one machine) is still said, by the rank that meets it.
 static void say_once_per_run(const std::function<void()>& say) {
   const trainer::engine::dist::LaunchInfo launch = trainer::engine::dist::LaunchInfo::from_environment();
-  if (launch.size > 1 && launch.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+  // Long enough for rank 0 to meet the mistake too on a loaded machine (2 s was not: rank 0, slower to read a
+  // checkpoint and build the model, had not aborted the world when rank 1 spoke).
+  if (launch.size > 1 && launch.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(10));
   say();
   std::fflush(stderr);
   if (launch.size > 1) trainer::engine::dist::abort_world(2);  // returns when MPI has not started
