@@ -15,7 +15,7 @@ Command add_check_command(CLI::App& app) {
     formats::ModelSpec s = spec->load();
     models::BuiltModel m = build(s, s.train.batch_size, true);  // the model's own errors first
     require_training(s);
-    check_onnx_loss(s, m);
+    check_output_and_loss(s, m);
     auto backend = engine::make_cpu_backend();
     engine::FitConfig cfg = fit_config(s);
     size_t bytes = at_spec_places(s, [&] {

@@ -159,10 +159,11 @@ bool onnx_input_channels_last(const engine::Graph& g, engine::ValueId input);
 // The ONNX model of a spec's [model] onnx (its embedded bytes, or the file), parsed.
 std::shared_ptr<const formats::OnnxModelFile> open_onnx(formats::ModelSpec spec);
 
-// An ONNX model's output and its cross-entropy must agree on what the output is: logits or log-probabilities
-// (a Gemm, MatMul, Conv or LogSoftmax at the end) need from_logits, probabilities (Softmax or Sigmoid) refuse
-// it. Checked by fit and check, before training; evaluate takes a checkpoint as it was trained.
-void check_onnx_loss(const formats::ModelSpec& spec, const models::BuiltModel& m);
+// An output and its cross-entropy must agree on what the output is: an ONNX model's logits or
+// log-probabilities (a Gemm, MatMul, Conv or LogSoftmax at the end) need from_logits, and probabilities (a
+// Softmax or Sigmoid node, or a spec's output layer with activation softmax or sigmoid) refuse it. Checked by
+// fit and check, before training; evaluate takes a checkpoint as it was trained.
+void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltModel& m);
 
 // Keras's Normalization.adapt: each Normalization layer of `spec` without mean and variance that takes the
 // model's input gets them from the training data as fed to the model (after [data] scale, mean and std), per

@@ -104,9 +104,9 @@ Command add_export_command(CLI::App& app) {
                                             o.channels_last_inputs[static_cast<size_t>(i)]
                                         ? " (NHWC)"
                                         : ""));
-      eprint("{}: {} nodes, {} initializers ({} trained tensors), opset {}, input{} {}{}\n", *out,
-             model.graph().node_size(), model.graph().initializer_size(), loaded, model_opset,
-             names.size() == 1 ? "" : "s", fmt::join(names, ", "),
+      eprint("{}: {} nodes, {} initializers ({} tensor{} from the checkpoint), opset {}, input{} {}{}\n",
+             *out, model.graph().node_size(), model.graph().initializer_size(), loaded,
+             loaded == 1 ? "" : "s", model_opset, names.size() == 1 ? "" : "s", fmt::join(names, ", "),
              own_graph ? "; the imported graph with its trained values (its shapes depend on the batch as "
                          "the engine folds them)"
                        : "");

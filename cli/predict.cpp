@@ -52,6 +52,10 @@ struct PredictModel {
   // outputs; and for each, where a single output's class id turns 1 (0 for a model trained on logits).
   std::vector<std::string> outputs;
   std::vector<double> thresholds;
+  // Each output's training loss when the model says it (a checkpoint's spec, or the spec an exported model
+  // holds); "" when unknown. A regression's values are written as they are; a binary cross-entropy of several
+  // columns gives a 0 or 1 per column (multi-label).
+  std::vector<std::string> losses;
   std::vector<size_t> written = {0};  // the ones predict writes (--output): one, or all in order
   std::string kind;                   // "checkpoint" or "ONNX model"
   std::string path;
@@ -115,10 +119,12 @@ PredictModel checkpoint_model(const std::string& path) {
   // A model trained on logits has its decision boundary at 0.
   m.outputs = {probe.output_name.empty() ? std::string("output") : probe.output_name};
   m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
+  m.losses = {spec.train.outputs.empty() ? spec.train.loss : spec.train.outputs[0].loss};
   for (size_t k = 0; k < probe.more_outputs.size(); ++k) {
     m.outputs.push_back(probe.more_outputs[k].name);
     const bool logits = k + 1 < spec.train.outputs.size() && spec.train.outputs[k + 1].from_logits;
     m.thresholds.push_back(logits ? 0.0 : 0.5);
+    m.losses.push_back(k + 1 < spec.train.outputs.size() ? spec.train.outputs[k + 1].loss : std::string());
   }
   engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
   m.build = [factory](int64_t batch, const std::vector<size_t>& outputs) {
@@ -208,10 +214,15 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
   if (auto it = r.info.metadata.find("trainer.spec"); it != r.info.metadata.end()) {
     try {
       const formats::ModelSpec spec = formats::parse_model_spec(it->second, path + " (the spec it holds)");
+      m.losses.assign(m.thresholds.size(), std::string());
       for (size_t k = 0; k < m.thresholds.size(); ++k) {
         const bool logits = k == 0 ? spec.train.from_logits
                                    : k < spec.train.outputs.size() && spec.train.outputs[k].from_logits;
         if (logits) m.thresholds[k] = 0.0;
+        if (spec.train.outputs.empty())
+          m.losses[k] = k == 0 ? spec.train.loss : std::string();
+        else if (k < spec.train.outputs.size())
+          m.losses[k] = spec.train.outputs[k].loss;
       }
     } catch (const InputError&) {
     }
@@ -614,19 +625,53 @@ Command add_predict_command(CLI::App& app) {
     struct Ids {
       int64_t last = 1, positions = 1, offset = 0;
       bool single = false, integer = false;
+      bool raw = false;  // a regression's values, copied (columns of them)
+      int64_t columns = 0;
       double threshold = 0.5;
     };
+    // A regression has no class ids: its values are written, as --probabilities writes them. Beside outputs
+    // that do have them (--output all), a row holds each classification's ids and each regression's values,
+    // as float32.
+    auto regression = [&](size_t k) {
+      const std::string loss =
+          model.written[k] < model.losses.size() ? model.losses[model.written[k]] : std::string();
+      return !loss.empty() && loss.find("crossentropy") == std::string::npos &&
+                     loss.find("hinge") == std::string::npos
+                 ? loss
+                 : std::string();
+    };
     std::vector<Ids> id_of;
-    int64_t positions = 0;  // ids per sample
+    int64_t positions = 0;  // ids (and regression values) per sample
+    bool any_raw = false, all_raw = true;
     for (size_t k = 0; k < runner.outputs().size(); ++k) {
       const Runner::Output& o = runner.outputs()[k];
       Ids d;
       d.single = o.columns == 1;
       d.integer = o.integer();
       d.last = o.shape.empty() ? 1 : o.shape.back();
-      d.positions = d.single ? 1 : o.columns / d.last;
       d.offset = o.offset;
       d.threshold = model.thresholds.at(model.written[k]);
+      const std::string loss =
+          model.written[k] < model.losses.size() ? model.losses[model.written[k]] : std::string();
+      d.raw = !*probabilities && !regression(k).empty();
+      if (d.raw) {
+        if (!*quiet)
+          eprint(
+              "trainer: {} was trained with {} (a regression): writing its output values, as "
+              "--probabilities does\n",
+              runner.outputs().size() > 1 ? fmt::format("output '{}'", model.outputs[model.written[k]])
+                                          : fmt::format("the {}", model.kind),
+              regression(k));
+        d.columns = o.columns;
+        positions += d.columns;
+        any_raw = true;
+        id_of.push_back(d);
+        continue;
+      }
+      all_raw = false;
+      // Binary cross-entropy over several columns (multi-label): each column a 0 or 1 of its own.
+      if (loss.starts_with("binary_") && !d.integer) d.last = 1;
+      d.positions = d.single ? 1 : o.columns / d.last;
       if (d.integer && !*probabilities && !d.single)
         throw InputError(model.path,
                          fmt::format("the model gives integer rows [batch, {}], not one class id per sample",
@@ -635,6 +680,8 @@ Command add_predict_command(CLI::App& app) {
       positions += d.positions;
       id_of.push_back(d);
     }
+    // Rows as they are (--probabilities, or regressions alone), ids, or both side by side as float32.
+    const bool values = *probabilities || all_raw, mixed = any_raw && !all_raw;
     const bool several = id_of.size() > 1;
     std::vector<formats::SampleConverter> converters;
     std::vector<std::vector<uint8_t>> raw, x;
@@ -646,10 +693,11 @@ Command add_predict_command(CLI::App& app) {
       x.emplace_back(static_cast<size_t>(b) * converters.back().out_sample_bytes());
       xs.push_back(x.back().data());
     }
-    std::vector<int64_t> ids(static_cast<size_t>(b * positions));
+    std::vector<int64_t> ids(static_cast<size_t>(mixed ? 0 : b * positions));
+    std::vector<float> side_by_side(static_cast<size_t>(mixed ? b * positions : 0));
     formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
-                           *probabilities ? DType::f32 : DType::i64,
-                           *probabilities             ? columns
+                           values || mixed ? DType::f32 : DType::i64,
+                           values                     ? columns
                            : positions > 1 || several ? positions
                                                       : 0,
                            count);
@@ -679,19 +727,34 @@ Command add_predict_command(CLI::App& app) {
     };
     for (int64_t n; open && (n = read()) > 0; done += n) {
       const float* rows = runner.run(xs, n, in.waiting());
-      if (*probabilities) {
+      if (values) {
         open = out.write(rows, n);
+        continue;
+      }
+      auto id_at = [&](const Ids& d, const float* r) -> int64_t {
+        return d.integer                 ? std::llround(r[0])
+               : d.single || d.last == 1 ? (r[0] > d.threshold ? 1 : 0)
+                                         : std::max_element(r, r + d.last) - r;
+      };
+      if (mixed) {
+        float* v = side_by_side.data();
+        for (int64_t i = 0; i < n; ++i)
+          for (const Ids& d : id_of) {
+            const float* r = rows + i * columns + d.offset;
+            if (d.raw) {
+              v = std::copy(r, r + d.columns, v);
+              continue;
+            }
+            for (int64_t q = 0; q < d.positions; ++q) *v++ = static_cast<float>(id_at(d, r + q * d.last));
+          }
+        open = out.write(side_by_side.data(), n);
         continue;
       }
       int64_t* id = ids.data();
       for (int64_t i = 0; i < n; ++i)
         for (const Ids& d : id_of)
-          for (int64_t q = 0; q < d.positions; ++q) {
-            const float* r = rows + i * columns + d.offset + q * d.last;
-            *id++ = d.integer                 ? std::llround(r[0])
-                    : d.single || d.last == 1 ? (r[0] > d.threshold ? 1 : 0)
-                                              : std::max_element(r, r + d.last) - r;
-          }
+          for (int64_t q = 0; q < d.positions; ++q)
+            *id++ = id_at(d, rows + i * columns + d.offset + q * d.last);
       open = out.write(ids.data(), n);
     }
     if (open && npy && done != count)

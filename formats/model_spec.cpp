@@ -226,7 +226,13 @@ std::string keras_class_name(const std::string& name, const Keys& valid) {
     }
     snake += static_cast<char>(std::tolower(c));
   }
-  return contains(valid, snake) ? snake : name;
+  if (contains(valid, snake)) return snake;
+  // Keras's schedule classes: ExponentialDecay, CosineDecayRestarts, PiecewiseConstantDecay, ...
+  if (const size_t d = snake.find("_decay"); d != std::string::npos) {
+    snake.erase(d, 6);
+    if (contains(valid, snake)) return snake;
+  }
+  return name;
 }
 
 std::string type_name(const toml::node& n) {
@@ -462,7 +468,10 @@ class Table {
       auto* s = e.as_string();
       if (!s)
         r_.fail(r_.pos(e), fmt::format("{} must hold strings, not {}", name(key), describe(e)),
-                "quote each entry: [\"a\", \"b\"]");
+                e.is_array()
+                    ? "give one list of names; lists by output (Keras's list of lists) are for a model "
+                      "of several outputs, listed in [model] outputs"
+                    : "quote each entry: [\"a\", \"b\"]");
       out.push_back(s->get());
     }
     return true;
@@ -526,7 +535,11 @@ class Table {
     const std::string key =
         k.str().size() > 64 ? std::string(k.str().substr(0, 61)) + "..." : std::string(k.str());
     std::string hint;
-    if (auto n = nearest(key, keys)) {
+    if (key == "monitor" && label() == "[train.checkpoint]") {
+      hint =
+          "the checkpoint of the best epoch is save_best = \"val_loss\" (Keras's ModelCheckpoint monitor "
+          "with save_best_only)";
+    } else if (auto n = nearest(key, keys)) {
       hint = fmt::format("did you mean '{}'?", Reader::from_set(where) ? name(*n) : *n);
     } else {
       for (const auto& [label, other] : kAllTables)
@@ -565,9 +578,37 @@ void expand_shorthand(Reader& r, toml::table& doc, std::string_view section, std
   r.set_pos(*sec->get(key), p);
 }
 
+// Keras's lists by output for a model of several outputs: loss = ["binary_crossentropy", "mse"] (and
+// from_logits, label_smoothing, loss_weights... as lists), and metrics = [["accuracy"], ["mae"]] (a list of
+// lists; a list of names is every output's), become the tables by output name that the format reads.
+void expand_output_lists(Reader& r, toml::table& doc) {
+  const toml::array* names = doc.at_path("model.outputs").as_array();
+  toml::table* train = doc.get_as<toml::table>("train");
+  if (!names || names->size() < 2 || !train) return;
+  for (const toml::node& n : *names)
+    if (!n.is_string()) return;  // reported where [model] is read
+  for (const char* key : {"loss", "from_logits", "label_smoothing", "metrics", "weighted_metrics"}) {
+    toml::array* a = train->get_as<toml::array>(key);
+    if (!a || a->size() != names->size()) continue;
+    const bool nested = std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_array(); });
+    const bool metrics = std::string_view(key).ends_with("metrics");
+    if (metrics != nested) continue;  // a list of metric names is every output's
+    const SourcePos p = r.pos(*a);
+    toml::table t;
+    for (size_t i = 0; i < a->size(); ++i)
+      a->get(i)->visit([&](auto& v) {
+        if constexpr (!std::is_same_v<std::remove_cvref_t<decltype(v)>, toml::table>)
+          t.insert_or_assign(toml::key(names->get(i)->as_string()->get(), a->get(i)->source()), std::move(v));
+      });
+    train->insert_or_assign(std::string(key), std::move(t));
+    r.set_pos(*train->get(key), p);
+  }
+}
+
 void expand_shorthands(Reader& r, toml::table& doc) {
   expand_shorthand(r, doc, "model", "input", "shape");
   expand_shorthand(r, doc, "train", "optimizer", "name");
+  expand_output_lists(r, doc);
 }
 
 // Merges one --set KEY=VALUE into the document. The value is parsed as TOML with the override text as its
@@ -669,7 +710,10 @@ std::vector<int64_t> read_shape(const Reader& r, const toml::node& n, const std:
     if (!i) r.fail(r.pos(e), fmt::format("{} must hold integers, not {}", what, describe(e)));
     if (i->get() <= 0)
       r.fail(r.pos(e), fmt::format("{} must hold positive dimensions, not {}", what, i->get()),
-             "the batch dimension is not part of the shape; batch_size sets it");
+             i->get() < 0 || a->size() > 1
+                 ? "every dimension is fixed (Keras's None, a length that varies, is not supported): pad the "
+                   "sequences to one length, and leave the batch out of the shape (batch_size sets it)"
+                 : "the batch dimension is not part of the shape; batch_size sets it");
     shape.push_back(i->get());
   }
   return shape;
@@ -816,7 +860,7 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
     if (!type->is_string())
       r.fail(r.pos(*type), fmt::format("{}.type must be a string, not {}", where, describe(*type)),
              "give the Keras class in quotes, e.g. type = \"Dense\"");
-    L.type = type->as_string()->get();
+    L.type = canonical_layer_type(type->as_string()->get());
     L.type_pos = r.pos(*type);
     if (L.type.empty()) r.fail(L.type_pos, fmt::format("{}.type is empty", where), "e.g. type = \"Dense\"");
 
@@ -1217,7 +1261,7 @@ ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
   Table t(r, n, "train.optimizer.schedule", kScheduleKeys);
   ScheduleSpec s;
   s.pos = t.pos();
-  t.get_choice("kind", s.kind, kSchedules, "schedule kind");
+  t.get_choice("kind", s.kind, kSchedules, "schedule kind", true);
   const Keys& args = kScheduleArgs.at(s.kind);
   for (auto&& [k, v] : t.table()) {
     if (k.str() == "kind" || contains(args, k.str())) continue;
@@ -1478,6 +1522,15 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
              fmt::format("the loss is always reported; leave it out of {}", what));
+    if (!contains(kMetrics, m) && m == loss)
+      r.fail(mp, fmt::format("'{}' is the loss, which is not a metric here", m),
+             fmt::format(
+                 "the loss is always reported (loss, and val_loss with validation data); leave it out of "
+                 "{}",
+                 what));
+    if (!contains(kMetrics, m) && contains(kLosses, m))
+      r.fail(mp, fmt::format("the loss '{}' is not a metric here", m),
+             fmt::format("metrics take: {}", join(kMetrics)));
     if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
     if (m == "mean_absolute_error") metrics[i] = "mae";
     if (m == "mean_squared_error") metrics[i] = "mse";
@@ -1851,6 +1904,26 @@ ModelSpec load_onnx_training_spec(const std::string& onnx_path, const std::strin
 
 ModelSpec load_onnx_model_spec(const std::string& onnx_path, const std::vector<std::string>& overrides) {
   return parse_spec("format_version = 1\n", onnx_path, overrides, &onnx_path);
+}
+
+std::string canonical_layer_type(const std::string& type) {
+  static const std::map<std::string, std::string, std::less<>> aliases = [] {
+    std::map<std::string, std::string, std::less<>> m;
+    for (const char* d : {"1D", "2D", "3D"}) {
+      const std::string D = d;
+      m["MaxPool" + D] = "MaxPooling" + D;
+      m["AvgPool" + D] = "AveragePooling" + D;
+      m["GlobalMaxPool" + D] = "GlobalMaxPooling" + D;
+      m["GlobalAvgPool" + D] = "GlobalAveragePooling" + D;
+      m["Convolution" + D] = "Conv" + D;
+      m["Convolution" + D + "Transpose"] = "Conv" + D + "Transpose";
+    }
+    m["SeparableConvolution1D"] = "SeparableConv1D";
+    m["SeparableConvolution2D"] = "SeparableConv2D";
+    return m;
+  }();
+  auto it = aliases.find(type);
+  return it == aliases.end() ? type : it->second;
 }
 
 }  // namespace trainer::formats

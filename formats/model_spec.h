@@ -334,6 +334,10 @@ std::string to_toml(const ModelSpec& spec);
 // Equal settings: everything but source positions, path and base_dir.
 bool same_settings(const ModelSpec& a, const ModelSpec& b);
 
+// Keras's other names of a layer class (MaxPool2D, AvgPool1D, GlobalAvgPool2D, Convolution2D, ...) as the
+// class's own name (MaxPooling2D, ...); any other name unchanged. The spec reader stores layers so.
+std::string canonical_layer_type(const std::string& type);
+
 // A data path as the readers open it: absolute paths unchanged, relative ones against spec.base_dir.
 std::string resolve_data_path(const ModelSpec& spec, const std::string& path);
 

@@ -150,12 +150,13 @@ bool known_unsupported(const std::string& name) {
 }
 
 // Keras arguments whose value changes nothing here, so that a layer copied from Keras code reads as it is:
-// unroll (a speed choice of the backend), input_length (Embedding's old, unused argument),
+// unroll and implementation (speed choices of the backend), input_length (Embedding's old, unused argument),
 // data_format = "channels_last" (the layout every spec writes) and dtype = "float32" (what layers compute
 // in).
 bool without_effect(const std::string& name, const formats::ArgValue& v) {
   const std::string* s = std::get_if<std::string>(&v);
   if (name == "unroll") return std::holds_alternative<bool>(v);
+  if (name == "implementation") return std::holds_alternative<int64_t>(v);  // Keras 2 RNNs' kernel choice
   if (name == "input_length") return std::holds_alternative<int64_t>(v);
   if (name == "data_format") return s && *s == "channels_last";
   if (name == "dtype") return s && *s == "float32";

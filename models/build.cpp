@@ -21,8 +21,9 @@ namespace {
 
 const LayerDef* find_def(const formats::LayerSpec& spec) {
   const std::vector<LayerDef>& defs = layer_defs();
+  const std::string type = formats::canonical_layer_type(spec.type);  // TimeDistributed's layer, too
   for (const LayerDef& d : defs)
-    if (d.type == spec.type) return &d;
+    if (d.type == type) return &d;
   std::vector<std::string> types;
   for (const LayerDef& d : defs) types.push_back(d.type);
   const formats::SourcePos& at = spec.type_pos.file.empty() ? spec.pos : spec.type_pos;

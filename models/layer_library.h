@@ -208,8 +208,12 @@ engine::ops::VolumeEmitter volume_emitter(LayerBuilder& b);
 // backward layer merged, with "" one (layers_conv_lstm.cpp).
 LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, int rank,
                            const std::string& merge);
-void add_sequence_layers(std::vector<LayerDef>& defs);      // layers_conv1d.cpp
-void add_reshaping_layers(std::vector<LayerDef>& defs);     // layers_reshaping.cpp
+void add_sequence_layers(std::vector<LayerDef>& defs);   // layers_conv1d.cpp
+void add_reshaping_layers(std::vector<LayerDef>& defs);  // layers_reshaping.cpp
+// Images in the IR's [N, C, H, W] (x.shape Keras's (h, w, c)) resized to (out_h, out_w), bilinear with
+// half-pixel centres as Keras resizes, or nearest: Resizing's and UpSampling2D's products with constant
+// matrices.
+LayerValue resize_channels_first(LayerBuilder& b, LayerValue x, int64_t out_h, int64_t out_w, bool nearest);
 void add_attention_layers(std::vector<LayerDef>& defs);     // layers_attention.cpp
 void add_augmentation_layers(std::vector<LayerDef>& defs);  // layers_augment.cpp
 void add_volume_layers(std::vector<LayerDef>& defs);        // layers_conv3d.cpp

@@ -277,12 +277,14 @@ LayerValue build_zero_padding2d(LayerBuilder& b, const std::vector<LayerValue>& 
 
 // UpSampling2D with nearest-neighbour interpolation: each pixel repeated as a size[0] x size[1] block, as
 // Reshape [N, C, H, 1, W, 1] -> Expand -> Reshape [N, C, H s0, W s1] (what ONNX import makes of Resize).
+// With interpolation = "bilinear", the bilinear resize to (H s0, W s1) that Keras's does, as Resizing's.
 LayerValue build_upsampling2d(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const std::vector<int64_t> size = b.positive_pair("size");
-  b.choice("interpolation", {"nearest"});
+  const bool bilinear = b.choice("interpolation", {"nearest", "bilinear"}) == "bilinear";
   require_image(b, in[0]);
   LayerValue x = b.to_channels_first(in[0]);
   const int64_t h = x.shape[0], w = x.shape[1], c = x.shape[2];
+  if (bilinear) return resize_channels_first(b, x, h * size[0], w * size[1], false);
   ValueId split = b.op("Reshape", {x.value, b.shape_constant("split", {0, 0, h, 1, w, 1})});
   ValueId repeated = b.op("Expand", {split, b.shape_constant("repeat", {1, 1, 1, size[0], 1, size[1]})});
   x.value = b.op("Reshape", {repeated, b.shape_constant("merged", {0, 0, h * size[0], w * size[1]})});

@@ -131,7 +131,7 @@ LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, i
     }
     // Keras's input dropout: one mask per sequence, the same at every step.
     ValueId seq = channels_first_steps;
-    if (ValueId m = b.dropout_mask(prefix + "input_mask", dims({batch, 1, channels}, space), rate);
+    if (ValueId m = b.dropout_mask(prefix + "input_mask", dims({batch, 1, channels}, space), rate, "seed");
         m != kNoValue)
       seq = b.op("Mul", {seq, m});
     // A convolution of `v` [M, in, s...] by w: ONNX's Conv, or for volumes the engine's 2-D convolutions
@@ -165,7 +165,7 @@ LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, i
                  kernel_w, bias, strides, dilation, pads);
     xs = b.op("Reshape", {xs, b.shape_constant("steps", dims({-1, steps, gates}, out))});
     const ValueId recurrent_mask =
-        b.dropout_mask(prefix + "recurrent_mask", dims({batch, filters}, out), recurrent_rate);
+        b.dropout_mask(prefix + "recurrent_mask", dims({batch, filters}, out), recurrent_rate, "seed");
     // The recurrent convolution keeps the state's size: "same" padding at stride 1.
     std::vector<int64_t> recurrent_pads(2 * r);
     for (size_t i = 0; i < r; ++i) {
@@ -286,7 +286,8 @@ void add_conv_recurrent_layers(std::vector<LayerDef>& defs) {
                      {"return_sequences", ArgKind::boolean, false},
                      {"go_backwards", ArgKind::boolean, false},
                      {"dropout", ArgKind::number, 0.0},
-                     {"recurrent_dropout", ArgKind::number, 0.0}},
+                     {"recurrent_dropout", ArgKind::number, 0.0},
+                     {"seed", ArgKind::integer, std::nullopt, true}},
                     1,
                     1,
                     false,

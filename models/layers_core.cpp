@@ -64,7 +64,11 @@ LayerValue build_relu_layer(LayerBuilder& b, const std::vector<LayerValue>& in) 
 
 LayerValue build_leaky_relu_layer(LayerBuilder& b, const std::vector<LayerValue>& in) {
   LayerValue x = in[0];
-  x.value = b.op("LeakyRelu", {x.value}, {{"alpha", static_cast<float>(b.args.number("negative_slope"))}});
+  // alpha: Keras 2's name of negative_slope, which Keras 3 still takes.
+  if (b.args.has("alpha") && b.args.has("negative_slope"))
+    b.fail("alpha", "alpha and negative_slope are one argument, given twice", "keep negative_slope");
+  const double slope = b.args.number(b.args.has("alpha") ? "alpha" : "negative_slope");
+  x.value = b.op("LeakyRelu", {x.value}, {{"alpha", static_cast<float>(slope)}});
   x.activation.clear();
   x.pre_activation = kNoValue;
   return x;
@@ -246,14 +250,25 @@ ValueId merged_mask(LayerBuilder& b, const std::vector<LayerValue>& in) {
   return m;
 }
 
-// An elementwise merge of inputs of one shape: `op` folds them left to right (Average adds, then scales).
+// An elementwise merge: `op` folds the inputs left to right (Average adds, then scales). As Keras's, inputs
+// of one rank broadcast where a dimension is 1 (a squeeze-and-excitation block multiplies (None, H, W, C) by
+// (None, 1, 1, C)).
 LayerValue merge(LayerBuilder& b, const std::vector<LayerValue>& in, const std::string& op) {
-  for (const LayerValue& x : in)
-    if (x.shape != in[0].shape)
-      b.fail_layer(fmt::format("inputs must have one shape; '{}' gives {} and '{}' gives {}", in[0].from,
-                               keras_shape(in[0].shape), x.from, keras_shape(x.shape)));
+  std::vector<int64_t> shape = in[0].shape;
+  for (const LayerValue& x : in) {
+    bool fits = x.shape.size() == shape.size();
+    for (size_t d = 0; fits && d < shape.size(); ++d)
+      fits = x.shape[d] == shape[d] || x.shape[d] == 1 || shape[d] == 1;
+    if (!fits)
+      b.fail_layer(
+          fmt::format("inputs must have one shape, or shapes that broadcast (dimensions of 1); '{}' "
+                      "gives {} and '{}' gives {}",
+                      in[0].from, keras_shape(in[0].shape), x.from, keras_shape(x.shape)));
+    for (size_t d = 0; d < shape.size(); ++d) shape[d] = std::max(shape[d], x.shape[d]);
+  }
   std::vector<LayerValue> xs = same_layout(b, in);
   LayerValue y = xs[0];
+  y.shape = shape;
   for (size_t i = 1; i < xs.size(); ++i) y.value = b.op(op == "Average" ? "Add" : op, {y.value, xs[i].value});
   if (op == "Average")
     y.value = b.op("Mul", {y.value, b.constant("reciprocal",
@@ -621,7 +636,7 @@ void add_core_layers(std::vector<LayerDef>& defs) {
                   build_relu_layer});
   defs.push_back({"LeakyReLU",
                   "leaky_re_lu",
-                  {{"negative_slope", ArgKind::number, 0.3}},
+                  {{"negative_slope", ArgKind::number, 0.3}, {"alpha", ArgKind::number, std::nullopt, true}},
                   1,
                   1,
                   false,

@@ -154,7 +154,7 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
   // Keras's dropout on the inputs: one mask per sample and feature, the same at every step.
   const double rate = b.args.number("dropout");
   if (!(rate >= 0 && rate < 1)) b.fail("dropout", fmt::format("dropout must be in [0, 1), got {}", rate));
-  if (ValueId mask = b.dropout_mask("input_dropout", {b.options.batch_size, 1, features}, rate);
+  if (ValueId mask = b.dropout_mask("input_dropout", {b.options.batch_size, 1, features}, rate, "seed");
       mask != kNoValue)
     x.value = b.op("Mul", {x.value, mask});
   MaskedSteps masked;
@@ -207,7 +207,8 @@ LayerValue build_recurrent(LayerBuilder& b, const std::vector<LayerValue>& in, o
   if (!(rec_rate >= 0 && rec_rate < 1))
     b.fail("recurrent_dropout", fmt::format("recurrent_dropout must be in [0, 1), got {}", rec_rate));
   const int64_t dirs = bidirectional ? 2 : 1;
-  if (ValueId mask = b.dropout_mask("recurrent_dropout", {b.options.batch_size, dirs, units}, rec_rate);
+  if (ValueId mask =
+          b.dropout_mask("recurrent_dropout", {b.options.batch_size, dirs, units}, rec_rate, "seed");
       mask != kNoValue) {
     inputs.resize(ops::rnn_mask_input(cell), kNoValue);
     inputs.push_back(mask);
@@ -310,7 +311,8 @@ std::vector<ArgDecl> common_args() {
           {"recurrent_initializer", ArgKind::string, S("orthogonal")},
           {"bias_initializer", ArgKind::string, S("zeros")},
           {"dropout", ArgKind::number, 0.0},
-          {"recurrent_dropout", ArgKind::number, 0.0}};
+          {"recurrent_dropout", ArgKind::number, 0.0},
+          {"seed", ArgKind::integer, std::nullopt, true}};  // of the dropout masks, as Dropout's
 }
 
 // go_backwards, which the single-direction layers take (Bidirectional runs both directions itself).

@@ -189,18 +189,8 @@ LayerValue build_resizing(LayerBuilder& b, const std::vector<LayerValue>& in) {
                              b.shape_constant("crop/axes", {2, 3})});
     h = ch, w = cw;
   }
-  // Two per multiply-add: [out_h, h] by each channel's [h, w], then [out_h, w] by [w, out_w].
-  const int64_t channels = x.shape[2];
-  b.info.flops_per_sample =
-      2 * channels * ((h != out_h ? out_h * h * w : 0) + (w != out_w ? out_h * w * out_w : 0));
-  if (h != out_h) x.value = b.op("MatMul", {b.constant("rows", resize_matrix(out_h, h, nearest)), x.value});
-  if (w != out_w) {
-    Tensor cols = resize_matrix(out_w, w, nearest);
-    x.value = b.op("MatMul", {x.value, b.op("Transpose", {b.constant("columns", std::move(cols))},
-                                            {{"perm", std::vector<int64_t>{1, 0}}})});
-  }
-  x.shape = {out_h, out_w, x.shape[2]};
-  return x;
+  x.shape = {h, w, x.shape[2]};
+  return resize_channels_first(b, x, out_h, out_w, nearest);
 }
 
 // CenterCrop: the centred (height, width) window of each image (the extra pixel of an odd margin on the
@@ -218,6 +208,23 @@ LayerValue build_center_crop(LayerBuilder& b, const std::vector<LayerValue>& in)
 }
 
 }  // namespace
+
+LayerValue resize_channels_first(LayerBuilder& b, LayerValue x, int64_t out_h, int64_t out_w, bool nearest) {
+  const int64_t h = x.shape[0], w = x.shape[1], channels = x.shape[2];
+  // Two per multiply-add: [out_h, h] by each channel's [h, w], then [out_h, w] by [w, out_w].
+  b.info.flops_per_sample +=
+      2 * channels * ((h != out_h ? out_h * h * w : 0) + (w != out_w ? out_h * w * out_w : 0));
+  if (h != out_h) x.value = b.op("MatMul", {b.constant("rows", resize_matrix(out_h, h, nearest)), x.value});
+  if (w != out_w) {
+    Tensor cols = resize_matrix(out_w, w, nearest);
+    x.value = b.op("MatMul", {x.value, b.op("Transpose", {b.constant("columns", std::move(cols))},
+                                            {{"perm", std::vector<int64_t>{1, 0}}})});
+  }
+  x.shape = {out_h, out_w, channels};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
 
 void add_reshaping_layers(std::vector<LayerDef>& defs) {
   defs.push_back({"Resizing",

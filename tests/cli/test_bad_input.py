@@ -886,6 +886,39 @@ loss = "sparse_categorical_crossentropy"
         assert_input_error(self, self.trainer("fit", self.spec(text)), f"x.idx.gz: byte {len(packed)}",
                            "9 bytes that are not gzip data follow the gzip stream", "hint: ")
 
+    def test_from_logits_on_an_output_of_probabilities_is_refused(self):
+        # A softmax or sigmoid output with from_logits = true went through a second softmax or sigmoid: the loss
+        # never got small, and predict's class ids, decided at 0 on probabilities, were all 1.
+        text = SPEC.replace('[train]\n', '[train]\nfrom_logits = true\n')
+        line, col = line_col(text, '"sparse_categorical_crossentropy"')
+        assert_input_error(self, self.trainer("fit", self.spec(text)), f"spec.toml:{line}:{col}",
+                           "from_logits is set, but the output layer 'dense' ends in a softmax",
+                           "hint: leave from_logits out, or end 'dense' with activation = \"linear\"")
+        assert_input_error(self, self.trainer("check", self.spec(text)), "ends in a softmax")
+        r = self.trainer("fit", self.spec(text.replace('activation = "softmax"', 'activation = "linear"')), "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_keras_habits_get_the_way_this_format_says_it(self):
+        # ModelCheckpoint's monitor was sent to [train.reduce_lr_on_plateau]; Keras's None dimension was told that
+        # the batch is not part of the shape.
+        text = SPEC + '[train.checkpoint]\nmonitor = "val_loss"\n'
+        assert_input_error(self, self.trainer("fit", self.spec(text), "--output-dir", "o"),
+                           "unknown key 'monitor' in [train.checkpoint]", 'hint: the checkpoint of the best epoch is '
+                           'save_best = "val_loss"')
+        text = SPEC.replace("input = [28, 28]", "input = [-1, 28]")
+        assert_input_error(self, self.trainer("fit", self.spec(text)), "must hold positive dimensions, not -1",
+                           "Keras's None, a length that varies, is not supported")
+        # A loss listed as a metric was offered 'sparse_categorical_accuracy'; Keras's list of lists by output, on a
+        # model of one output, was told to quote its entries.
+        for metrics, needles in (('["sparse_categorical_crossentropy"]', ("is the loss, which is not a metric here",
+                                                                           "hint: the loss is always reported")),
+                                 ('["binary_crossentropy"]', ("the loss 'binary_crossentropy' is not a metric here",
+                                                              "hint: metrics take: ")),
+                                 ('[["accuracy"]]', ("must hold strings, not an array",
+                                                     "hint: give one list of names"))):
+            text = SPEC.replace('metrics = ["accuracy"]', f"metrics = {metrics}")
+            assert_input_error(self, self.trainer("fit", self.spec(text)), *needles)
+
 class BadUsage(unittest.TestCase):
     """Command-line mistakes also exit with 2."""
 

@@ -142,6 +142,16 @@ class MultiOutput(unittest.TestCase):
         same = self.fit([self.spec("npy.toml", data=NPY)])[-1]
         for key in ("loss", "digit_loss", "parity_auc", "val_level_mae"):
             self.assertEqual(same[key], last[key], key)
+        # Keras's lists in the outputs' order (model.compile(loss=[...], metrics=[[...], ...])) are the same run.
+        text = self.text()
+        text = text.replace('loss = { digit = "sparse_categorical_crossentropy", parity = "binary_crossentropy", '
+                            'level = "mse" }', 'loss = ["sparse_categorical_crossentropy", "binary_crossentropy", "mse"]')
+        text = text.replace('metrics = { digit = ["accuracy"], parity = ["accuracy", "auc"], level = ["mae", "r2_score"] }',
+                            'metrics = [["accuracy"], ["accuracy", "auc"], ["mae", "r2_score"]]')
+        self.assertNotIn("digit =", text.split("[train]")[1].split("loss_weights")[0])
+        listed = self.fit([self.spec("lists.toml", text=text)])[-1]
+        for key in ("loss", "digit_loss", "parity_auc", "val_level_mae"):
+            self.assertEqual(listed[key], last[key], key)
 
     def test_evaluate_is_numpy_on_predicts_outputs(self):
         self.fit([self.spec("eval.toml", epochs=3), "--output-dir", self.path("eval")])
@@ -275,12 +285,17 @@ class MultiOutput(unittest.TestCase):
         with open(self.path("all.npy"), "wb") as f:
             f.write(r.stdout)
         np.testing.assert_allclose(np.load(self.path("all.npy")), both, rtol=1e-5, atol=1e-6)
+        # Class ids of the classifications beside the values of the regression (level, trained with mse: its
+        # argmax was written as a class id).
         ids = run(["predict", ckpt, self.path("p_x.npy"), "--output", "all"])
         self.assertIn("its outputs digit, parity, level, side by side", ids.stderr)
-        got = np.loadtxt(ids.stdout.splitlines(), delimiter=",", dtype=np.int64)
+        self.assertIn("output 'level' was trained with mse (a regression): writing its output values", ids.stderr)
+        got = np.loadtxt(ids.stdout.splitlines(), delimiter=",", dtype=np.float64)
+        self.assertEqual(got.shape, (50, 4))
         np.testing.assert_array_equal(got[:, 0], want["digit"].argmax(1))
         np.testing.assert_array_equal(got[:, 1], (want["parity"].ravel() > 0).astype(np.int64))
-        np.testing.assert_array_equal(got[:, 2], want["level"].argmax(1))
+        np.testing.assert_allclose(got[:, 2:], want["level"].reshape(50, 2), rtol=1e-5, atol=1e-6)
+        self.assertNotIn(".", ids.stdout.split(",")[0])  # an id reads as an integer
         # A model trained on parity's logits decides at 0.
         ids = run(["predict", ckpt, self.path("p_x.npy"), "--output", "parity"])
         self.assertEqual([int(v) for v in ids.stdout.split()], [int(v > 0) for v in want["parity"].ravel()])

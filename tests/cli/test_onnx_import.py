@@ -159,7 +159,7 @@ class OnnxImport(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         r = run(["export", self.path("run/last.ckpt"), "-o", self.path("out.onnx")])
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("(1 trained tensor", r.stderr)  # w alone
+        self.assertIn("(1 tensor from the checkpoint)", r.stderr)  # w alone
         weights = {t.name: nh.to_array(t) for t in onnx.load(self.path("out.onnx")).graph.initializer}
         self.assertEqual(float(weights.get("two", 2.0)), 2.0)
         self.assertFalse(np.array_equal(weights["w"], nh.to_array(m.graph.initializer[-1])), "w trains")
@@ -196,7 +196,7 @@ class OnnxImport(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         r = run(["export", self.path("run/last.ckpt"), "-o", self.path("out.onnx")])
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("(1 trained tensor", r.stderr)
+        self.assertIn("(1 tensor from the checkpoint)", r.stderr)
         weights = {t.name: nh.to_array(t) for t in onnx.load(self.path("out.onnx")).graph.initializer}
         self.assertEqual((float(weights["lo"]), float(weights["hi"])), (-1.0, 1.0))
 

@@ -675,6 +675,43 @@ class PredictAPassThroughModel(unittest.TestCase):
             np.testing.assert_allclose(got, x, rtol=1e-6)
 
 
+class PredictByTheLoss(unittest.TestCase):
+    def test_a_regression_writes_values_and_multi_label_a_bit_per_label(self):
+        # An mse model's predictions were 0/1 "class ids" thresholded at 0.5, and a multi-label sigmoid output
+        # (binary cross-entropy over 3 columns) one argmax per sample.
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(40, 4)).astype(np.float32)
+        with tempfile.TemporaryDirectory() as t:
+            np.save(os.path.join(t, "x.npy"), x)
+            np.save(os.path.join(t, "y_reg.npy"), (x @ np.array([1.0, -2.0, 0.5, 3.0], np.float32))[:, None] * 4)
+            np.save(os.path.join(t, "y_multi.npy"), (x[:, :3] > 0).astype(np.float32))
+            base = ('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "Dense"\nunits = {units}\n'
+                    'activation = "{act}"\n[data.train]\nx = "x.npy"\ny = "{y}"\n[train]\nloss = "{loss}"\n'
+                    'epochs = 1\nbatch_size = 8\n')
+            for name, units, act, y, loss in (("reg", 1, "linear", "y_reg.npy", "mse"),
+                                              ("multi", 3, "sigmoid", "y_multi.npy", "binary_crossentropy")):
+                spec = os.path.join(t, name + ".toml")
+                with open(spec, "w") as f:
+                    f.write(base.format(units=units, act=act, y=y, loss=loss))
+                r = run(["fit", spec, "-q", "--device", "cpu", "--output-dir", os.path.join(t, name)])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ckpt = os.path.join(t, name, "last.ckpt")
+                onnx_path = os.path.join(t, name + ".onnx")
+                self.assertEqual(run(["export", ckpt, "-o", onnx_path, "-q"]).returncode, 0)
+                want = ort.InferenceSession(onnx_path).run(None, {"input": x})[0]
+                for model in (ckpt, onnx_path):
+                    r = predict([model, os.path.join(t, "x.npy"), "--device", "cpu"])
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    got = rows(r.stdout)
+                    if name == "reg":
+                        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+                        self.assertGreater(len(np.unique(got)), 10)  # values, not 0/1
+                        self.assertIn(b"trained with mse (a regression): writing its output values", r.stderr)
+                    else:
+                        self.assertEqual(got.shape, (40, 3))
+                        np.testing.assert_array_equal(got, (want > 0.5).astype(np.float64))
+
+
 class PredictInputsItCannotFeed(unittest.TestCase):
     def test_a_uint8_input_is_named_with_its_model(self):
         # The message named neither the model nor its input.

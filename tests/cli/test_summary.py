@@ -203,6 +203,74 @@ batch_size = 4
                     by_layer[layer] = by_layer.get(layer, 0) + o["flops"]
             self.assertEqual({k: v // 4 for k, v in by_layer.items()}, expected)
 
+    def test_keras_spellings_read_as_keras_reads_them(self):
+        # Keras's other names of a class (MaxPool2D, GlobalAvgPool2D, Convolution2D, AvgPool1D, ...) are that class;
+        # LeakyReLU takes Keras 2's alpha; RNNs take seed and implementation; a squeeze-and-excitation Multiply
+        # broadcasts (None, 1, 1, C) against (None, H, W, C). Each was an error.
+        spec = """format_version = 1
+[model]
+input = [8, 8, 3]
+[[model.layers]]
+type = "Convolution2D"
+filters = 4
+kernel_size = 3
+padding = "same"
+name = "c"
+[[model.layers]]
+type = "LeakyReLU"
+alpha = 0.2
+[[model.layers]]
+type = "GlobalAvgPool2D"
+keepdims = true
+[[model.layers]]
+type = "Dense"
+units = 4
+activation = "sigmoid"
+name = "se"
+[[model.layers]]
+type = "Multiply"
+inputs = ["c", "se"]
+[[model.layers]]
+type = "MaxPool2D"
+[[model.layers]]
+type = "Reshape"
+target_shape = [16, 4]
+[[model.layers]]
+type = "AvgPool1D"
+[[model.layers]]
+type = "GRU"
+units = 3
+seed = 7
+implementation = 2
+dropout = 0.1
+[[model.layers]]
+type = "Dense"
+units = 1
+"""
+        with tempfile.TemporaryDirectory() as t:
+            path = os.path.join(t, "keras.toml")
+            with open(path, "w") as f:
+                f.write(spec)
+            r = run(["summary", path, "--json"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            s = json.loads(r.stdout)
+            got = [(l["type"], l["output_shape"], l["params"]) for l in s["layers"]]
+            self.assertEqual(got, [("Conv2D", [8, 8, 4], conv2d(3, 3, 3, 4)),
+                                   ("LeakyReLU", [8, 8, 4], 0),
+                                   ("GlobalAveragePooling2D", [1, 1, 4], 0),
+                                   ("Dense", [1, 1, 4], dense(4, 4)),
+                                   ("Multiply", [8, 8, 4], 0),
+                                   ("MaxPooling2D", [4, 4, 4], 0),
+                                   ("Reshape", [16, 4], 0),
+                                   ("AveragePooling1D", [8, 4], 0),
+                                   ("GRU", [3], 3 * (4 * 3 + 3 * 3 + 2 * 3)),  # reset_after: two biases
+                                   ("Dense", [1], dense(3, 1))])
+            # Shapes that do not broadcast are still refused, saying why.
+            with open(path, "w") as f:
+                f.write(spec.replace("keepdims = true", "keepdims = false"))
+            r = run(["summary", path])
+            cli_util.assert_input_error(self, r, "shapes that broadcast", "(None, 8, 8, 4)", "(None, 4)")
+
     def test_batch_size_changes_the_plan(self):
         small = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "8"]).stdout)
         large = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "256"]).stdout)

@@ -143,8 +143,10 @@ TEST_SUITE("fit") {
     CHECK(s.at(100) == doctest::Approx(0.01));
     CHECK(s.at(500) == doctest::Approx(0.01));
     s.warmup_steps = 10;
-    CHECK(s.at(0) == doctest::Approx(0.01));
-    CHECK(s.at(9) == doctest::Approx(0.1));
+    // Keras's CosineDecay(initial_learning_rate=0, warmup_target=0.1, warmup_steps=10): 0, 0.01, ..., 0.09.
+    CHECK(s.at(0) == doctest::Approx(0.0));
+    CHECK(s.at(1) == doctest::Approx(0.01));
+    CHECK(s.at(9) == doctest::Approx(0.09));
     CHECK(s.at(10) == doctest::Approx(0.1));  // the cosine starts after the warmup
     // Keras's PolynomialDecay, InverseTimeDecay, CosineDecayRestarts and PiecewiseConstantDecay (values of
     // their Python formulas).

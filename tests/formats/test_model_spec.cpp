@@ -255,6 +255,33 @@ TEST_SUITE("model_spec") {
     CHECK(t.train.early_stopping.monitor == "val_loss");
   }
 
+  TEST_CASE("Keras's class names of schedules and other names of layers read as this format's") {
+    const std::vector<std::pair<std::string, std::string>> kinds = {
+        {"ExponentialDecay", "exponential"},
+        {"CosineDecay", "cosine"},
+        {"CosineDecayRestarts", "cosine_restarts"},
+        {"PiecewiseConstantDecay", "piecewise_constant"},
+        {"InverseTimeDecay", "inverse_time"}};
+    for (const auto& [keras, kind] : kinds) {
+      CAPTURE(keras);
+      const ModelSpec t = parse_model_spec(
+          kHead + "[train]\nloss = \"mse\"\n[train.optimizer.schedule]\nkind = \"" + keras + "\"\n" +
+              (kind == "piecewise_constant" ? "boundaries = [10]\nvalues = [0.1, 0.01]\n"
+               : kind == "cosine_restarts"  ? "first_decay_steps = 10\n"
+               : kind == "cosine"           ? ""
+               : kind == "inverse_time"     ? "decay_steps = 10\ndecay_rate = 0.5\n"
+                                            : "decay_steps = 10\n"),
+          "m.toml");
+      CHECK(t.train.optimizer.schedule.kind == kind);
+    }
+    CHECK(canonical_layer_type("MaxPool2D") == "MaxPooling2D");
+    CHECK(canonical_layer_type("GlobalAvgPool1D") == "GlobalAveragePooling1D");
+    CHECK(canonical_layer_type("Convolution3DTranspose") == "Conv3DTranspose");
+    CHECK(canonical_layer_type("SeparableConvolution2D") == "SeparableConv2D");
+    CHECK(canonical_layer_type("Dense") == "Dense");
+    CHECK(canonical_layer_type("MaxPool4D") == "MaxPool4D");
+  }
+
   TEST_CASE("generated layer names skip the names given") {
     const ModelSpec s = parse_model_spec(
         "format_version = 1\n[model]\ninput = { shape = [8], dtype = \"int64\" }\n"

@@ -1805,6 +1805,49 @@ TEST_SUITE("run") {
     CHECK(build_error(bad).where() == bad.arg_at(0, "groups"));
   }
 
+  TEST_CASE("run: UpSampling2D bilinear is the bilinear Resizing to the upsampled size, as in Keras") {
+    Spec up({3, 4, 2}), resized({3, 4, 2});
+    up.add("UpSampling2D", {{"size", v({2, 3})}, {"interpolation", std::string("bilinear")}});
+    resized.add("Resizing", {{"height", int64_t{6}}, {"width", int64_t{12}}});
+    BuiltModel a = models::testing::build(up, false, 2), b = models::testing::build(resized, false, 2);
+    CHECK(a.layers[0].output_shape == v({6, 12, 2}));
+    CHECK(a.layers[0].flops_per_sample == b.layers[0].flops_per_sample);
+    Tensor x = random_input(a, 23);
+    Tensor ya = forward(std::move(a), x), yb = forward(std::move(b), x);
+    REQUIRE(ya.shape() == yb.shape());
+    int differ = 0;
+    for (int64_t i = 0; i < ya.numel(); ++i) differ += ya.get_f64(i) != yb.get_f64(i);
+    CHECK(differ == 0);
+    // Not the nearest-neighbour blocks.
+    Spec near({3, 4, 2});
+    near.add("UpSampling2D", {{"size", v({2, 3})}});
+    BuiltModel c = models::testing::build(near, false, 2);
+    Tensor yc = forward(std::move(c), x);
+    for (int64_t i = 0; i < yc.numel(); ++i) differ += yc.get_f64(i) != yb.get_f64(i);
+    CHECK(differ > 0);
+  }
+
+  TEST_CASE("run: merges broadcast dimensions of 1, as Keras's do") {
+    // A squeeze-and-excitation product: each channel of (None, 2, 3, 4) times its mean, (None, 1, 1, 4).
+    const int64_t H = 2, W = 3, C = 4;
+    Spec s({H, W, C});
+    s.add("GlobalAveragePooling2D", {{"keepdims", true}}, "mean")
+        .add("Multiply", {}, "scaled", {"input", "mean"})
+        .add("Subtract", {}, "centered", {"scaled", "mean"});
+    BuiltModel m = models::testing::build(s, false, 2);
+    CHECK(m.layers[1].output_shape == v({H, W, C}));
+    Tensor x = random_input(m, 21);  // NCHW
+    Tensor y = forward(std::move(m), x);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        double mean = 0;
+        for (int64_t p = 0; p < H * W; ++p) mean += x.get_f64((b * C + c) * H * W + p) / (H * W);
+        for (int64_t p = 0; p < H * W; ++p)
+          CHECK(y.get_f64((b * H * W + p) * C + c) ==
+                doctest::Approx(x.get_f64((b * C + c) * H * W + p) * mean - mean).epsilon(1e-5));
+      }
+  }
+
   TEST_CASE("run: LayerNormalization over axes that are not the last ones, as Keras computes it") {
     // Keras axis = [1, 3] of an image (None, 2, 3, 4): each sample's rows and channels normalized at each
     // column, gamma and beta of shape (2, 4); axis = 1 of a sequence (None, 5, 3): each feature over the
