@@ -1064,26 +1064,36 @@ bool onnx_input_channels_last(const engine::Graph& g, engine::ValueId input) {
 void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
   const formats::TrainSection& t = spec.train;
   if (spec.model.onnx.empty() || !spec.model.layers.empty()) {
-    // A spec's output layer that ends in softmax or sigmoid gives probabilities: from_logits would put them
-    // through a second one (the loss never small, and class ids decided at 0 on probabilities all 1).
+    // A spec's output that comes from a softmax or sigmoid (through layers that move values and change none:
+    // Dropout, Reshape, Flatten, ...) gives probabilities: from_logits would put them through a second one
+    // (the loss never small, and class ids decided at 0 on probabilities all 1).
     for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
       const bool several = !t.outputs.empty();
       if (several && k >= t.outputs.size()) break;
       const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
       const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
-      const std::string& act = k == 0 ? m.final_activation : m.more_outputs[k - 1].final_activation;
-      if (!from_logits || !loss.ends_with("crossentropy") || (act != "softmax" && act != "sigmoid")) continue;
+      if (!from_logits || !loss.ends_with("crossentropy")) continue;
+      static const std::set<std::string> moves = {"Reshape", "Flatten",   "Identity", "Dropout",
+                                                  "Squeeze", "Unsqueeze", "Transpose"};
+      engine::ValueId v = k == 0 ? m.output : m.more_outputs[k - 1].value;
+      const engine::Node* last = nullptr;
+      while (v != engine::kNoValue && m.graph.value(v).producer >= 0) {
+        last = &m.graph.node(m.graph.value(v).producer);
+        if (!last->domain.empty() || !moves.count(last->op) || last->inputs.empty()) break;
+        v = last->inputs[0];
+      }
+      if (!last || !last->domain.empty() || (last->op != "Softmax" && last->op != "Sigmoid")) continue;
+      const std::string act = last->op == "Softmax" ? "softmax" : "sigmoid";
       const std::string layer = k == 0 ? (m.output_name.empty() ? m.layers.back().name : m.output_name)
                                        : m.more_outputs[k - 1].name;
       const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
-      throw InputError(
-          (at.file.empty() ? t.pos : at).str(),
-          fmt::format("from_logits is set, but the output layer '{}' ends in a {}: it gives "
-                      "probabilities, which the loss would put through a second {}",
-                      layer, act, act),
-          fmt::format("leave from_logits out, or end '{}' with activation = \"linear\" (the loss "
-                      "then applies the {} itself)",
-                      layer, act));
+      throw InputError((at.file.empty() ? t.pos : at).str(),
+                       fmt::format("from_logits is set, but the output '{}' comes from a {}: it gives "
+                                   "probabilities, which the loss would put through a second {}",
+                                   layer, act, act),
+                       fmt::format("leave from_logits out, or end the model without the {} (activation = "
+                                   "\"linear\"; the loss then applies the {} itself)",
+                                   act, act));
     }
     return;
   }

@@ -659,8 +659,8 @@ Command add_predict_command(CLI::App& app) {
           eprint(
               "trainer: {} was trained with {} (a regression): writing its output values, as "
               "--probabilities does\n",
-              runner.outputs().size() > 1 ? fmt::format("output '{}'", model.outputs[model.written[k]])
-                                          : fmt::format("the {}", model.kind),
+              model.outputs.size() > 1 ? fmt::format("output '{}'", model.outputs[model.written[k]])
+                                       : fmt::format("the {}", model.kind),
               regression(k));
         d.columns = o.columns;
         positions += d.columns;

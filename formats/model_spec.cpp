@@ -587,19 +587,29 @@ void expand_output_lists(Reader& r, toml::table& doc) {
   if (!names || names->size() < 2 || !train) return;
   for (const toml::node& n : *names)
     if (!n.is_string()) return;  // reported where [model] is read
+  std::vector<std::string> listed;
+  for (const toml::node& n : *names) listed.push_back(n.as_string()->get());
   for (const char* key : {"loss", "from_logits", "label_smoothing", "metrics", "weighted_metrics"}) {
     toml::array* a = train->get_as<toml::array>(key);
-    if (!a || a->size() != names->size()) continue;
-    const bool nested = std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_array(); });
-    const bool metrics = std::string_view(key).ends_with("metrics");
-    if (metrics != nested) continue;  // a list of metric names is every output's
+    if (!a) continue;
     const SourcePos p = r.pos(*a);
+    const bool metrics = std::string_view(key).ends_with("metrics");
+    const size_t lists = static_cast<size_t>(
+        std::count_if(a->begin(), a->end(), [](const toml::node& e) { return e.is_array(); }));
+    if (metrics && lists == 0) continue;  // a list of metric names is every output's
+    if (metrics && lists != a->size())
+      r.fail(p, fmt::format("train.{} mixes lists by output with names", key),
+             fmt::format("give a list for each output, in order ({}): {} = [[\"accuracy\"], [\"mae\"]]",
+                         fmt::join(listed, ", "), key));
+    if (a->size() != names->size())
+      r.fail(p,
+             fmt::format("train.{} lists {} value{} for the {} outputs ({})", key, a->size(),
+                         a->size() == 1 ? "" : "s", names->size(), fmt::join(listed, ", ")),
+             "give one per output, in [model] outputs' order, or a table by output name");
     toml::table t;
     for (size_t i = 0; i < a->size(); ++i)
-      a->get(i)->visit([&](auto& v) {
-        if constexpr (!std::is_same_v<std::remove_cvref_t<decltype(v)>, toml::table>)
-          t.insert_or_assign(toml::key(names->get(i)->as_string()->get(), a->get(i)->source()), std::move(v));
-      });
+      a->get(i)->visit(
+          [&](auto& v) { t.insert_or_assign(toml::key(listed[i], a->get(i)->source()), std::move(v)); });
     train->insert_or_assign(std::string(key), std::move(t));
     r.set_pos(*train->get(key), p);
   }
@@ -1599,7 +1609,9 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (const auto [st, sk] = at("label_smoothing"); st->get(sk, o.label_smoothing)) {
     if (!(o.label_smoothing >= 0 && o.label_smoothing <= 1))
       st->fail(sk, fmt::format("{} must be in [0, 1], not {}", st->name(sk), toml_float(o.label_smoothing)));
-    if (label_family(o.loss) != "categorical_crossentropy" && label_family(o.loss) != "binary_crossentropy")
+    // 0 smooths nothing: a list by output gives it to the outputs whose loss takes no smoothing.
+    if (o.label_smoothing != 0 && label_family(o.loss) != "categorical_crossentropy" &&
+        label_family(o.loss) != "binary_crossentropy")
       st->fail(sk,
                fmt::format("{} applies to the categorical and binary cross-entropies (focal or not), and the "
                            "loss is {}",

@@ -248,7 +248,7 @@ void add_attention_layers(std::vector<LayerDef>& defs) {
                    {"value_dim", ArgKind::integer, std::nullopt, true},
                    {"dropout", ArgKind::number, 0.0},
                    {"use_bias", ArgKind::boolean, true},
-                   {"output_shape", ArgKind::integer, std::nullopt, true},
+                   {"output_shape", ArgKind::int_or_single, std::nullopt, true},
                    {"use_causal_mask", ArgKind::boolean, false},
                    {"kernel_initializer", ArgKind::string, S("glorot_uniform")},
                    {"bias_initializer", ArgKind::string, S("zeros")}},

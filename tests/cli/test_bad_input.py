@@ -892,9 +892,15 @@ loss = "sparse_categorical_crossentropy"
         text = SPEC.replace('[train]\n', '[train]\nfrom_logits = true\n')
         line, col = line_col(text, '"sparse_categorical_crossentropy"')
         assert_input_error(self, self.trainer("fit", self.spec(text)), f"spec.toml:{line}:{col}",
-                           "from_logits is set, but the output layer 'dense' ends in a softmax",
-                           "hint: leave from_logits out, or end 'dense' with activation = \"linear\"")
-        assert_input_error(self, self.trainer("check", self.spec(text)), "ends in a softmax")
+                           "from_logits is set, but the output 'dense' comes from a softmax",
+                           "hint: leave from_logits out, or end the model without the softmax")
+        assert_input_error(self, self.trainer("check", self.spec(text)), "comes from a softmax")
+        # Through layers that change no value (a Dropout after the softmax), and from a Softmax layer.
+        dropped = text.replace('activation = "softmax"\n', 'activation = "softmax"\n\n[[model.layers]]\n'
+                               'type = "Dropout"\nrate = 0.1\n')
+        assert_input_error(self, self.trainer("check", self.spec(dropped)), "output 'dropout' comes from a softmax")
+        layer = text.replace('activation = "softmax"\n', '\n[[model.layers]]\ntype = "Softmax"\n')
+        assert_input_error(self, self.trainer("check", self.spec(layer)), "output 'softmax' comes from a softmax")
         r = self.trainer("fit", self.spec(text.replace('activation = "softmax"', 'activation = "linear"')), "-q")
         self.assertEqual(r.returncode, 0, r.stderr)
 

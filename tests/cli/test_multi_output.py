@@ -149,6 +149,8 @@ class MultiOutput(unittest.TestCase):
         text = text.replace('metrics = { digit = ["accuracy"], parity = ["accuracy", "auc"], level = ["mae", "r2_score"] }',
                             'metrics = [["accuracy"], ["accuracy", "auc"], ["mae", "r2_score"]]')
         self.assertNotIn("digit =", text.split("[train]")[1].split("loss_weights")[0])
+        # label_smoothing of 0 is every loss's, so a list gives it to the outputs whose loss takes none.
+        text = text.replace("[train]\n", "[train]\nlabel_smoothing = [0.0, 0.0, 0.0]\n")
         listed = self.fit([self.spec("lists.toml", text=text)])[-1]
         for key in ("loss", "digit_loss", "parity_auc", "val_level_mae"):
             self.assertEqual(listed[key], last[key], key)
@@ -453,6 +455,16 @@ learning_rate = 0.01
             (base.replace('"parity", "level"]', '"parity", "val_level"]'), ["model.outputs names 'val_level'"]),
             (base.replace(NPZ, 'x = "train.npz"\ny_key = { parity = "level" }'),
              ["binary_crossentropy (the output 'parity') needs one label per sample"]),
+            # Keras's lists by output: one value per output, every element checked as the table's would be.
+            (base.replace('loss = { digit = "sparse_categorical_crossentropy", parity = "binary_crossentropy", '
+                          'level = "mse" }', 'loss = ["sparse_categorical_crossentropy", "mse"]'),
+             ["train.loss lists 2 values for the 3 outputs (digit, parity, level)", "hint: give one per output"]),
+            (base.replace('loss = { digit = "sparse_categorical_crossentropy", parity = "binary_crossentropy", '
+                          'level = "mse" }', 'loss = ["sparse_categorical_crossentropy", { x = 1 }, "mse"]'),
+             ["train.loss.parity must be a string, not a table"]),
+            (base.replace('metrics = { digit = ["accuracy"], parity = ["accuracy", "auc"], level = ["mae", "r2_score"] }',
+                          'metrics = [["accuracy"], "accuracy", ["mae"]]'),
+             ["train.metrics mixes lists by output with names"]),
         ]
         for i, (text, needles) in enumerate(cases):
             with self.subTest(case=i):
