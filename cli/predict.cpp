@@ -669,8 +669,11 @@ Command add_predict_command(CLI::App& app) {
         continue;
       }
       all_raw = false;
-      // Binary cross-entropy over several columns (multi-label): each column a 0 or 1 of its own.
-      if (loss.starts_with("binary_") && !d.integer) d.last = 1;
+      // Binary cross-entropy over several columns (multi-label): each column a 0 or 1 of its own. A hinge
+      // loss scores each column against -1 and 1 (Keras turns 0/1 labels into them): its boundary is 0.
+      const bool hinge = loss == "hinge" || loss == "squared_hinge";
+      if ((loss.starts_with("binary_") || hinge) && !d.integer) d.last = 1;
+      if (hinge) d.threshold = 0;
       d.positions = d.single ? 1 : o.columns / d.last;
       if (d.integer && !*probabilities && !d.single)
         throw InputError(model.path,

@@ -689,7 +689,8 @@ class PredictByTheLoss(unittest.TestCase):
                     'activation = "{act}"\n[data.train]\nx = "x.npy"\ny = "{y}"\n[train]\nloss = "{loss}"\n'
                     'epochs = 1\nbatch_size = 8\n')
             for name, units, act, y, loss in (("reg", 1, "linear", "y_reg.npy", "mse"),
-                                              ("multi", 3, "sigmoid", "y_multi.npy", "binary_crossentropy")):
+                                              ("multi", 3, "sigmoid", "y_multi.npy", "binary_crossentropy"),
+                                              ("hinge", 3, "linear", "y_multi.npy", "hinge")):
                 spec = os.path.join(t, name + ".toml")
                 with open(spec, "w") as f:
                     f.write(base.format(units=units, act=act, y=y, loss=loss))
@@ -707,9 +708,11 @@ class PredictByTheLoss(unittest.TestCase):
                         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
                         self.assertGreater(len(np.unique(got)), 10)  # values, not 0/1
                         self.assertIn(b"trained with mse (a regression): writing its output values", r.stderr)
-                    else:
+                    else:  # a 0 or 1 per label; a hinge's scores decided at 0
                         self.assertEqual(got.shape, (40, 3))
-                        np.testing.assert_array_equal(got, (want > 0.5).astype(np.float64))
+                        boundary = 0.0 if name == "hinge" else 0.5
+                        np.testing.assert_array_equal(got, (want > boundary).astype(np.float64))
+                        self.assertTrue(0 < got.mean() < 1)
 
 
 class PredictInputsItCannotFeed(unittest.TestCase):
