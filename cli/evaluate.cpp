@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <optional>
 #include <set>
 
 #include "cli/checkpoint_io.h"
@@ -102,12 +103,26 @@ Command add_evaluate_command(CLI::App& app) {
     formats::ModelSpec spec = ck.spec(*sets);
     if (*batch > 0) spec.train.batch_size = *batch;
     models::BuiltModel probe = build(spec, probe_batch(spec), false);
-    SpecData data = open_data(spec, probe);
     std::string name = *split;
-    if (name.empty()) name = data.validation ? "validation" : data.test ? "test" : "train";
-    std::shared_ptr<const engine::data::Dataset> ds = name == "validation" ? data.validation
-                                                      : name == "test"     ? data.test
-                                                                           : data.train;
+    const bool held_out = spec.data.validation_split > 0 && !spec.data.validation;
+    if (name.empty())
+      name = spec.data.validation || held_out ? "validation" : spec.data.test ? "test" : "train";
+    // A split with files of its own is read alone, as the data opened for training: evaluating on the test
+    // files needs neither the training nor the validation files. (A validation split held out of the
+    // training data needs the training data.)
+    std::optional<formats::DataSource>& own = name == "test" ? spec.data.test : spec.data.validation;
+    const bool alone = name != "train" && own.has_value();
+    if (alone) {
+      spec.data.train = own;
+      spec.data.validation.reset();
+      spec.data.test.reset();
+      spec.data.validation_split = 0;
+    }
+    SpecData data = open_data(spec, probe);
+    std::shared_ptr<const engine::data::Dataset> ds = alone                  ? data.train
+                                                      : name == "validation" ? data.validation
+                                                      : name == "test"       ? data.test
+                                                                             : data.train;
     if (!ds)
       throw InputError(*ckpt, fmt::format("the checkpoint's spec has no {} data", name),
                        fmt::format("choose another with --data ({}), or name files with --set data.{}.x=... "

@@ -37,6 +37,18 @@ void on_signal(int sig) {
   std::signal(sig, SIG_DFL);
 }
 
+// A word as a shell reads it back: as it is when it holds nothing a shell treats specially, else in single
+// quotes (a quote inside as '\'').
+std::string shell_word(const std::string& w) {
+  const bool plain = !w.empty() && std::all_of(w.begin(), w.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_./:=+-,@%", c) != nullptr;
+  });
+  if (plain) return w;
+  std::string q = "'";
+  for (char c : w) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 std::string logs_text(const engine::Logs& logs) {
   std::string s;
   for (const auto& [k, v] : logs) s += fmt::format(" · {} {:.4f}", k, v);
@@ -175,7 +187,9 @@ class CheckpointWriter {
     save_training_checkpoint(path.string(), spec_, signature, st, lr_scale_);
     point_last_at(path);
     if (why == engine::SaveReason::epoch || why == engine::SaveReason::steps) {
-      if (periodic_.empty() || periodic_.back() != path) periodic_.push_back(path);
+      // Newest last: a name written again (a run resumed from an earlier checkpoint of this folder) moves.
+      std::erase(periodic_, path);
+      periodic_.push_back(path);
       while (keep_last_ > 0 && static_cast<int64_t>(periodic_.size()) > keep_last_) {
         std::error_code ec;
         std::filesystem::remove(periodic_.front(), ec);
@@ -411,7 +425,29 @@ Command add_fit_command(CLI::App& app) {
       // the file changes during the run.
       read_onnx_bytes(s);
     }
-    if (trace_option->count() > 0) check_output_file(*trace_path, "--trace", run_inputs(s, *spec, *resume));
+    if (trace_option->count() > 0) {
+      check_output_file(*trace_path, "--trace", run_inputs(s, *spec, *resume));
+      // Nor a file the run itself writes in --output-dir (the trace, written last, would replace it).
+      namespace fs = std::filesystem;
+      std::error_code ec;
+      const fs::path t(*trace_path);
+      const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
+      const std::string name = t.filename().string();
+      auto numbered = [&](std::string_view prefix) {
+        if (!name.starts_with(prefix) || !name.ends_with(".ckpt")) return false;
+        const std::string_view mid =
+            std::string_view(name).substr(prefix.size(), name.size() - prefix.size() - 5);
+        return !mid.empty() &&
+               std::all_of(mid.begin(), mid.end(), [](char c) { return c >= '0' && c <= '9'; });
+      };
+      if (!output_dir->empty() && fs::equivalent(dir, *output_dir, ec) &&
+          (name == "last.ckpt" || name == "best.ckpt" || name == "final.ckpt" || name == "history.jsonl" ||
+           numbered("epoch-") || numbered("step-")))
+        throw InputError(
+            "--trace",
+            fmt::format("'{}' is a file the run writes in --output-dir {}", *trace_path, *output_dir),
+            "name a trace file outside the output directory, or another name");
+    }
     if (s.train.checkpoint.enabled && output_dir->empty())
       throw InputError(s.train.checkpoint.pos.str(), "[train.checkpoint] needs --output-dir",
                        "add --output-dir DIR, where the checkpoints go");
@@ -685,13 +721,19 @@ Command add_fit_command(CLI::App& app) {
       writer->save(r.final_state, engine::SaveReason::restored, observer.signature);
     else if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
       writer->save(r.final_state, engine::SaveReason::epoch, observer.signature);
+    // A signal after the last step (during the last validation, the test pass or the final checkpoint) stops
+    // nothing more: the run is complete and its checkpoint written, and it still ends as interrupted runs
+    // end.
+    const int late_signal = r.interrupted_by ? 0 : engine::g_stop_signal.load();
     std::vector<std::pair<std::string, std::string>> f = {
         {"event", json_string("fit_end")},
         {"epochs_run", std::to_string(r.history.size())},
         {"seconds", json_number(r.seconds)},
         {"stopped_early", r.stopped_early ? "true" : "false"}};
     if (r.stopped_early) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
-    if (r.interrupted_by) f.emplace_back("interrupted_by", json_string(signal_name(r.interrupted_by)));
+    if (r.interrupted_by || late_signal)
+      f.emplace_back("interrupted_by",
+                     json_string(signal_name(r.interrupted_by ? r.interrupted_by : late_signal)));
     if (writer) f.emplace_back("checkpoint", json_string(writer->last().string()));
     if (!r.history.empty())
       for (auto& kv : logs_json(r.history.back().logs)) f.push_back(kv);
@@ -709,11 +751,18 @@ Command add_fit_command(CLI::App& app) {
       if (parallel->devices > 1) devices += fmt::format(" --devices {}", parallel->devices);
       if (parallel->allow_uneven) devices += " --allow-uneven";
       if (writer)
-        out.say("Resume with: trainer fit --resume {} --output-dir {}{}\n", writer->last().string(),
-                writer->last().parent_path().empty() ? "." : writer->last().parent_path().string(), devices);
+        out.say(
+            "Resume with: trainer fit --resume {} --output-dir {}{}\n", shell_word(writer->last().string()),
+            shell_word(writer->last().parent_path().empty() ? "." : writer->last().parent_path().string()),
+            devices);
       else
         out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
       return 128 + r.interrupted_by;
+    }
+    if (late_signal) {
+      out.say("Interrupted by {} after the last step: the run is complete{}.\n", signal_name(late_signal),
+              writer ? fmt::format(", and {} holds it", writer->last().string()) : std::string());
+      return 128 + late_signal;
     }
     if (r.stopped_early)
       out.say("Stopped early after epoch {}; the best epoch was {}.\n", r.history.size(), r.best_epoch);

@@ -855,6 +855,11 @@ loss = "sparse_categorical_crossentropy"
             assert_input_error(self, r, "--trace", f"'{victim}' is the input", "writing would destroy it")
             with open(os.path.join(self.dir, victim), "rb") as f:
                 self.assertEqual(f.read(), before)
+        # Nor a file the run writes in its --output-dir, where the trace, written last, replaced the checkpoint.
+        os.makedirs(os.path.join(self.dir, "out"))
+        for name in ("last.ckpt", "epoch-1.ckpt", "history.jsonl"):
+            r = self.trainer("fit", spec, "--output-dir", "out", "--trace", os.path.join("out", name), "-q")
+            assert_input_error(self, r, "--trace", "is a file the run writes in --output-dir out")
         r = self.trainer("fit", spec, "--trace", "t.json", "-q")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(os.path.getsize(os.path.join(self.dir, "t.json")) > 0)
@@ -924,6 +929,25 @@ loss = "sparse_categorical_crossentropy"
                                                      "hint: give one list of names"))):
             text = SPEC.replace('metrics = ["accuracy"]', f"metrics = {metrics}")
             assert_input_error(self, self.trainer("fit", self.spec(text)), *needles)
+
+    def test_evaluate_reads_only_the_split_it_evaluates(self):
+        # evaluate --data test opened the training and validation files too, and failed when they were gone
+        # (a checkpoint and its test files were not enough).
+        shutil.copy(os.path.join(self.dir, "x.idx"), os.path.join(self.dir, "tx.idx"))
+        shutil.copy(os.path.join(self.dir, "y.idx"), os.path.join(self.dir, "ty.idx"))
+        text = SPEC.replace("[train]", '[data.test]\nx = "tx.idx"\ny = "ty.idx"\n\n[train]')
+        r = self.trainer("fit", self.spec(text), "--output-dir", "o", "-q")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        before = self.trainer("evaluate", "o/last.ckpt", "--data", "test", "-q")
+        self.assertEqual(before.returncode, 0, before.stderr)
+        os.remove(os.path.join(self.dir, "x.idx"))
+        os.remove(os.path.join(self.dir, "y.idx"))
+        after = self.trainer("evaluate", "o/last.ckpt", "--data", "test", "-q")
+        self.assertEqual(after.returncode, 0, after.stderr)
+        strip = lambda out: {k: v for k, v in json.loads(out).items() if k != "seconds"}
+        self.assertEqual(strip(after.stdout), strip(before.stdout))
+        self.assertEqual(strip(after.stdout)["samples"], N)
+        assert_input_error(self, self.trainer("evaluate", "o/last.ckpt", "--data", "train"), "x.idx")
 
 class BadUsage(unittest.TestCase):
     """Command-line mistakes also exit with 2."""

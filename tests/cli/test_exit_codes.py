@@ -3,6 +3,7 @@ the signal and a fit_end line that says so; a loss that becomes NaN is a run-tim
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -39,6 +40,7 @@ class ExitCodes(unittest.TestCase):
         self.assertLess(end["epochs_run"], 200)
         self.assertIn(f"Interrupted by {signal.Signals(sig).name}", err)
         self.assertNotIn("internal error", err)
+        self.last_stderr = err
         return first + rest
 
     def test_sigint(self):
@@ -77,11 +79,53 @@ class ExitCodes(unittest.TestCase):
         for sig in (signal.SIGTTOU, signal.SIGTTIN, signal.SIGPIPE, signal.SIGSEGV):
             self.assertEqual(masks[p.pid] & (1 << (sig - 1)), 0, sig.name)
 
+    def test_a_signal_after_the_last_step_still_ends_as_interrupted(self):
+        # Ctrl-C during the test pass after the last epoch was ignored: the run exited 0, and fit_end did not say
+        # it was interrupted. The run is complete then: its checkpoint is written, and it ends with 130.
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(0)
+            np.save(os.path.join(d, "x.npy"), rng.normal(size=(4, 64)).astype(np.float32))
+            np.save(os.path.join(d, "y.npy"), np.zeros(4, np.int64))
+            np.save(os.path.join(d, "tx.npy"), rng.normal(size=(6000, 64)).astype(np.float32))
+            np.save(os.path.join(d, "ty.npy"), np.zeros(6000, np.int64))
+            spec = os.path.join(d, "late.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [64]\n[[model.layers]]\ntype = "Dense"\nunits = 1500\n'
+                        '[[model.layers]]\ntype = "Dense"\nunits = 1500\n[[model.layers]]\ntype = "Dense"\n'
+                        'units = 2\nactivation = "softmax"\n[data.train]\nx = "x.npy"\ny = "y.npy"\n'
+                        '[data.test]\nx = "tx.npy"\ny = "ty.npy"\n[train]\n'
+                        'loss = "sparse_categorical_crossentropy"\nepochs = 1\nbatch_size = 4\n')
+            out = os.path.join(d, "run")
+            p = subprocess.Popen([cli_util.TRAINER, "fit", spec, "--device", "cpu", "--output-dir", out,
+                                  "--log-format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                first = p.stdout.readline()  # the last epoch's line: the test pass follows
+                self.assertEqual(json.loads(first)["event"], "epoch", first)
+                p.send_signal(signal.SIGINT)
+                rest, err = p.communicate(timeout=120)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            self.assertEqual(p.returncode, 130, err)
+            end = json.loads(rest.splitlines()[-1])
+            self.assertEqual(end["event"], "fit_end")
+            self.assertEqual(end["interrupted_by"], "SIGINT")
+            self.assertIn("Interrupted by SIGINT after the last step: the run is complete", err)
+            self.assertTrue(os.path.exists(os.path.join(out, "last.ckpt")))
+
     def test_sigterm_keeps_the_history(self):
         with tempfile.TemporaryDirectory() as d:
             out = self.interrupt(signal.SIGTERM, ["--output-dir", d])
             with open(os.path.join(d, "history.jsonl")) as f:
                 self.assertEqual(f.read(), out)
+            # The command that resumes reads back in a shell: a folder with a space and a quote is quoted.
+            odd = os.path.join(d, "it's a run")
+            self.interrupt(signal.SIGINT, ["--output-dir", odd])
+            line = next(l for l in self.last_stderr.splitlines() if l.startswith("Resume with: "))
+            self.assertEqual(shlex.split(line[len("Resume with: "):])[2:6],
+                             ["--resume", os.path.join(odd, "last.ckpt"), "--output-dir", odd])
 
     def test_nan_loss(self):
         r = run(["fit", sample("fashion_mnist/mlp.toml"), "--set", "data.train.limit=640", "--set",
