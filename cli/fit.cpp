@@ -430,7 +430,7 @@ Command add_fit_command(CLI::App& app) {
       // Nor a file the run itself writes in --output-dir (the trace, written last, would replace it).
       namespace fs = std::filesystem;
       std::error_code ec;
-      const fs::path t(*trace_path);
+      const fs::path t(formats::written_path(*trace_path));  // where the trace lands: through a link
       const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
       const std::string name = t.filename().string();
       auto numbered = [&](std::string_view prefix) {
@@ -712,8 +712,6 @@ Command add_fit_command(CLI::App& app) {
       return engine::fit(model_factory(s), data.train, data.validation, data.test, data.format, cfg, replicas,
                          observer, policy, save, ck ? &ck->state : nullptr);
     });
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
     if (!trace_path->empty() && speaks) formats::write_file_atomically(*trace_path, trace.json());
     // The end of a run always leaves a checkpoint of where it ended: final.ckpt when restore_best_weights
     // put back other weights than its last epoch's checkpoint holds.
@@ -721,10 +719,14 @@ Command add_fit_command(CLI::App& app) {
       writer->save(r.final_state, engine::SaveReason::restored, observer.signature);
     else if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
       writer->save(r.final_state, engine::SaveReason::epoch, observer.signature);
-    // A signal after the last step (during the last validation, the test pass or the final checkpoint) stops
-    // nothing more: the run is complete and its checkpoint written, and it still ends as interrupted runs
-    // end.
-    const int late_signal = r.interrupted_by ? 0 : engine::g_stop_signal.load();
+    // The handlers stay until the final checkpoint is written: a signal then is remembered, not fatal.
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    // A SIGINT or SIGTERM after the last step (during the last validation, the test pass or the final
+    // checkpoint) stops nothing more: the run is complete and its checkpoint written, and it still ends as
+    // interrupted runs end. (A reader of stdout gone by then fails nothing: the run is complete.)
+    int late_signal = r.interrupted_by ? 0 : engine::g_stop_signal.load();
+    if (late_signal != SIGINT && late_signal != SIGTERM) late_signal = 0;
     std::vector<std::pair<std::string, std::string>> f = {
         {"event", json_string("fit_end")},
         {"epochs_run", std::to_string(r.history.size())},
@@ -759,14 +761,14 @@ Command add_fit_command(CLI::App& app) {
         out.say("No checkpoint was written: run with --output-dir to be able to resume.\n");
       return 128 + r.interrupted_by;
     }
+    if (r.stopped_early)
+      out.say("Stopped early after epoch {}; the best epoch was {}.\n", r.history.size(), r.best_epoch);
+    if (!r.test.empty()) out.say("Test{}\n", logs_text(r.test));
     if (late_signal) {
       out.say("Interrupted by {} after the last step: the run is complete{}.\n", signal_name(late_signal),
               writer ? fmt::format(", and {} holds it", writer->last().string()) : std::string());
       return 128 + late_signal;
     }
-    if (r.stopped_early)
-      out.say("Stopped early after epoch {}; the best epoch was {}.\n", r.history.size(), r.best_epoch);
-    if (!r.test.empty()) out.say("Test{}\n", logs_text(r.test));
     out.say("Done in {:.1f}s.\n", r.seconds);
     return 0;
   };

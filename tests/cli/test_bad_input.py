@@ -860,6 +860,9 @@ loss = "sparse_categorical_crossentropy"
         for name in ("last.ckpt", "epoch-1.ckpt", "history.jsonl"):
             r = self.trainer("fit", spec, "--output-dir", "out", "--trace", os.path.join("out", name), "-q")
             assert_input_error(self, r, "--trace", "is a file the run writes in --output-dir out")
+        os.symlink(os.path.join("out", "history.jsonl"), os.path.join(self.dir, "h.json"))  # through a link
+        assert_input_error(self, self.trainer("fit", spec, "--output-dir", "out", "--trace", "h.json", "-q"),
+                           "--trace", "is a file the run writes in --output-dir out")
         r = self.trainer("fit", spec, "--trace", "t.json", "-q")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(os.path.getsize(os.path.join(self.dir, "t.json")) > 0)

@@ -113,6 +113,7 @@ class ExitCodes(unittest.TestCase):
             self.assertEqual(end["event"], "fit_end")
             self.assertEqual(end["interrupted_by"], "SIGINT")
             self.assertIn("Interrupted by SIGINT after the last step: the run is complete", err)
+            self.assertIn("Test · test_loss", err)  # the test pass ran, and its results are said
             self.assertTrue(os.path.exists(os.path.join(out, "last.ckpt")))
 
     def test_sigterm_keeps_the_history(self):
