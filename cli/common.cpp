@@ -1063,31 +1063,41 @@ bool onnx_input_channels_last(const engine::Graph& g, engine::ValueId input) {
 // logits: an output that ends in softmax or sigmoid (an ONNX node, or a spec's layer) gives probabilities.
 void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltModel& m) {
   const formats::TrainSection& t = spec.train;
-  if (spec.model.onnx.empty() || !spec.model.layers.empty()) {
-    // A spec's output that comes from a softmax or sigmoid (through layers that move values and change none:
-    // Dropout, Reshape, Flatten, ...) gives probabilities: from_logits would put them through a second one
-    // (the loss never small, and class ids decided at 0 on probabilities all 1).
-    for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
-      const bool several = !t.outputs.empty();
-      if (several && k >= t.outputs.size()) break;
-      const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
-      const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
-      if (!from_logits || !loss.ends_with("crossentropy")) continue;
-      static const std::set<std::string> moves = {"Reshape", "Flatten",   "Identity", "Dropout",
-                                                  "Squeeze", "Unsqueeze", "Transpose"};
-      engine::ValueId v = k == 0 ? m.output : m.more_outputs[k - 1].value;
-      const engine::Node* last = nullptr;
-      while (v != engine::kNoValue && m.graph.value(v).producer >= 0) {
-        last = &m.graph.node(m.graph.value(v).producer);
-        if (!last->domain.empty() || !moves.count(last->op) || last->inputs.empty()) break;
-        v = last->inputs[0];
-      }
-      if (!last || !last->domain.empty() || (last->op != "Softmax" && last->op != "Sigmoid")) continue;
+  // An ONNX model alone is judged by the node that gives its output; a spec's output (or that of layers on
+  // top of an ONNX model) by what it comes from through layers that move values and change none.
+  const bool onnx_alone = !spec.model.onnx.empty() && spec.model.layers.empty();
+  static const std::set<std::string> moves = {"Reshape", "Flatten",   "Identity", "Dropout",
+                                              "Squeeze", "Unsqueeze", "Transpose"};
+  const bool several = !t.outputs.empty();
+  for (size_t k = 0; k <= m.more_outputs.size() && (!several || k < t.outputs.size()); ++k) {
+    const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
+    const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
+    if (!loss.ends_with("crossentropy") || (!onnx_alone && !from_logits)) continue;
+    const engine::Value& out = m.graph.value(k == 0 ? m.output : m.more_outputs[k - 1].value);
+    const engine::Node* last = nullptr;
+    for (engine::ValueId v = k == 0 ? m.output : m.more_outputs[k - 1].value;
+         v != engine::kNoValue && m.graph.value(v).producer >= 0;) {
+      last = &m.graph.node(m.graph.value(v).producer);
+      if (onnx_alone || !last->domain.empty() || !moves.count(last->op) || last->inputs.empty()) break;
+      v = last->inputs[0];
+    }
+    if (!last || !last->domain.empty()) continue;
+    const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
+    const std::string where = (at.file.empty() ? t.pos : at).str();
+    const bool probabilities = last->op == "Softmax" || last->op == "Sigmoid";
+    // Probabilities taken as logits go through a second softmax or sigmoid: the loss is never small (and
+    // class ids decided at 0 on probabilities are all 1).
+    if (from_logits && probabilities && onnx_alone)
+      throw InputError(where,
+                       fmt::format("from_logits is set, but the ONNX model's output '{}' comes from a {} "
+                                   "node ('{}'): it gives probabilities",
+                                   out.name, last->op, last->name),
+                       "leave from_logits out (the loss then takes the probabilities)");
+    if (from_logits && probabilities) {
       const std::string act = last->op == "Softmax" ? "softmax" : "sigmoid";
       const std::string layer = k == 0 ? (m.output_name.empty() ? m.layers.back().name : m.output_name)
                                        : m.more_outputs[k - 1].name;
-      const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
-      throw InputError((at.file.empty() ? t.pos : at).str(),
+      throw InputError(where,
                        fmt::format("from_logits is set, but the output '{}' comes from a {}: it gives "
                                    "probabilities, which the loss would put through a second {}",
                                    layer, act, act),
@@ -1095,37 +1105,17 @@ void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltMo
                                    "\"linear\"; the loss then applies the {} itself)",
                                    act, act));
     }
-    return;
-  }
-  for (size_t k = 0; k <= m.more_outputs.size(); ++k) {
-    const bool several = !t.outputs.empty();
-    const std::string& loss = several ? t.outputs.at(k).loss : t.loss;
-    const bool from_logits = several ? t.outputs.at(k).from_logits : t.from_logits;
-    if (!loss.ends_with("crossentropy")) continue;
-    const engine::Value& out = m.graph.value(k == 0 ? m.output : m.more_outputs[k - 1].value);
-    if (out.producer < 0) continue;
-    const engine::Node& last = m.graph.node(out.producer);
-    const formats::SourcePos& at = several ? t.outputs.at(k).loss_pos : t.loss_pos;
-    if (from_logits) {
-      // Probabilities taken as logits go through a second softmax or sigmoid: the loss is never small.
-      if (last.domain.empty() && (last.op == "Softmax" || last.op == "Sigmoid"))
-        throw InputError((at.file.empty() ? t.pos : at).str(),
-                         fmt::format("from_logits is set, but the ONNX model's output '{}' comes from a {} "
-                                     "node ('{}'): it gives probabilities",
-                                     out.name, last.op, last.name),
-                         "leave from_logits out (the loss then takes the probabilities)");
-      continue;
-    }
+    if (from_logits) continue;
     // LogSoftmax gives log-probabilities (PyTorch's pairing with NLLLoss): as logits, softmax recovers the
     // probabilities; as probabilities, every value is clipped and nothing trains.
     static const std::set<std::string> linear = {"Gemm", "MatMul", "Conv", "Add", "Sub", "LogSoftmax"};
-    if (!last.domain.empty() || !linear.count(last.op)) continue;
+    if (!linear.count(last->op)) continue;
     throw InputError(
-        (at.file.empty() ? t.pos : at).str(),
+        where,
         fmt::format("{} takes probabilities, but the ONNX model's output '{}' comes from a {} node "
                     "('{}'): it gives {}",
-                    loss, out.name, last.op, last.name,
-                    last.op == "LogSoftmax" ? "log-probabilities" : "logits"),
+                    loss, out.name, last->op, last->name,
+                    last->op == "LogSoftmax" ? "log-probabilities" : "logits"),
         several
             ? fmt::format("add from_logits = {{ {} = true }} to [train] (the loss then applies the softmax "
                           "or sigmoid itself)",

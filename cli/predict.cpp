@@ -62,6 +62,12 @@ struct PredictModel {
   std::vector<std::string> notes;  // for stderr: how predict reads the model where that may surprise
 };
 
+// The loss output k was trained with: [train] loss for a model of one output, else its own; "" for none.
+std::string loss_of_output(const formats::ModelSpec& spec, size_t k) {
+  if (spec.train.outputs.empty()) return k == 0 ? spec.train.loss : std::string();
+  return k < spec.train.outputs.size() ? spec.train.outputs[k].loss : std::string();
+}
+
 // A regular file, or a missing one (whose reader then says so); not a pipe or a device.
 bool is_regular_file(const std::string& path) {
   struct stat st {};
@@ -119,12 +125,12 @@ PredictModel checkpoint_model(const std::string& path) {
   // A model trained on logits has its decision boundary at 0.
   m.outputs = {probe.output_name.empty() ? std::string("output") : probe.output_name};
   m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
-  m.losses = {spec.train.outputs.empty() ? spec.train.loss : spec.train.outputs[0].loss};
+  m.losses = {loss_of_output(spec, 0)};
   for (size_t k = 0; k < probe.more_outputs.size(); ++k) {
     m.outputs.push_back(probe.more_outputs[k].name);
     const bool logits = k + 1 < spec.train.outputs.size() && spec.train.outputs[k + 1].from_logits;
     m.thresholds.push_back(logits ? 0.0 : 0.5);
-    m.losses.push_back(k + 1 < spec.train.outputs.size() ? spec.train.outputs[k + 1].loss : std::string());
+    m.losses.push_back(loss_of_output(spec, k + 1));
   }
   engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
   m.build = [factory](int64_t batch, const std::vector<size_t>& outputs) {
@@ -219,10 +225,7 @@ PredictModel onnx_model(const std::string& path, int64_t batch) {
         const bool logits = k == 0 ? spec.train.from_logits
                                    : k < spec.train.outputs.size() && spec.train.outputs[k].from_logits;
         if (logits) m.thresholds[k] = 0.0;
-        if (spec.train.outputs.empty())
-          m.losses[k] = k == 0 ? spec.train.loss : std::string();
-        else if (k < spec.train.outputs.size())
-          m.losses[k] = spec.train.outputs[k].loss;
+        m.losses[k] = loss_of_output(spec, k);
       }
     } catch (const InputError&) {
     }
@@ -632,14 +635,6 @@ Command add_predict_command(CLI::App& app) {
     // A regression has no class ids: its values are written, as --probabilities writes them. Beside outputs
     // that do have them (--output all), a row holds each classification's ids and each regression's values,
     // as float32.
-    auto regression = [&](size_t k) {
-      const std::string loss =
-          model.written[k] < model.losses.size() ? model.losses[model.written[k]] : std::string();
-      return !loss.empty() && loss.find("crossentropy") == std::string::npos &&
-                     loss.find("hinge") == std::string::npos
-                 ? loss
-                 : std::string();
-    };
     std::vector<Ids> id_of;
     int64_t positions = 0;  // ids (and regression values) per sample
     bool any_raw = false, all_raw = true;
@@ -653,7 +648,9 @@ Command add_predict_command(CLI::App& app) {
       d.threshold = model.thresholds.at(model.written[k]);
       const std::string loss =
           model.written[k] < model.losses.size() ? model.losses[model.written[k]] : std::string();
-      d.raw = !*probabilities && !regression(k).empty();
+      const bool regression = !loss.empty() && loss.find("crossentropy") == std::string::npos &&
+                              loss.find("hinge") == std::string::npos;
+      d.raw = !*probabilities && regression;
       if (d.raw) {
         if (!*quiet)
           eprint(
@@ -661,7 +658,7 @@ Command add_predict_command(CLI::App& app) {
               "--probabilities does\n",
               model.outputs.size() > 1 ? fmt::format("output '{}'", model.outputs[model.written[k]])
                                        : fmt::format("the {}", model.kind),
-              regression(k));
+              loss);
         d.columns = o.columns;
         positions += d.columns;
         any_raw = true;
