@@ -211,7 +211,23 @@ class CheckpointWriter {
           (name.starts_with("epoch-") || name.starts_with("step-")) && name.ends_with(".ckpt");
       if (periodic && e.is_regular_file(ec)) found.emplace_back(e.last_write_time(ec), e.path());
     }
-    std::sort(found.begin(), found.end());
+    // Oldest first; names of one time (a coarse clock) in the order of their numbers: epoch-2 before
+    // epoch-10.
+    auto number = [](const std::filesystem::path& p) {
+      const std::string stem = p.stem().string();
+      const std::string digits = stem.substr(stem.find('-') + 1);
+      return std::pair{
+          stem.substr(0, stem.find('-')),
+          std::all_of(digits.begin(), digits.end(), [](unsigned char c) { return std::isdigit(c) != 0; }) &&
+                  !digits.empty() && digits.size() < 19
+              ? std::stoll(digits)
+              : int64_t{-1}};
+    };
+    std::sort(found.begin(), found.end(), [&](const auto& a, const auto& b) {
+      if (a.first != b.first) return a.first < b.first;
+      const auto na = number(a.second), nb = number(b.second);
+      return na != nb ? na < nb : a.second < b.second;
+    });
     for (const auto& [when, path] : found) periodic_.push_back(path);
   }
   std::filesystem::path last() const { return dir_ / "last.ckpt"; }
@@ -410,14 +426,15 @@ Command add_fit_command(CLI::App& app) {
       // epoch's (a mid-epoch-3 state as epoch-2.ckpt).
       const engine::TrainingState& at = ck->state;
       if (at.epoch > s.train.epochs || (at.epoch == s.train.epochs && at.batch > 0))
-        throw InputError(*resume,
-                         fmt::format("the checkpoint's run {}, past the {} epoch{} asked for",
-                                     at.batch > 0 ? fmt::format("is in epoch {} at batch {} (step {})",
-                                                                at.epoch + 1, at.batch, at.global_step)
-                                                  : fmt::format("has done {} epochs", at.epoch),
-                                     s.train.epochs, s.train.epochs == 1 ? "" : "s"),
-                         fmt::format("resume with --epochs {} or more{}", at.epoch + 1,
-                                     at.batch > 0 ? "" : " to train further"));
+        throw InputError(
+            *resume,
+            fmt::format("the checkpoint's run {}, past the {} epoch{} asked for",
+                        at.batch > 0 ? fmt::format("is in epoch {} at batch {} (step {})", at.epoch + 1,
+                                                   at.batch, at.global_step)
+                                     : fmt::format("has done {} epoch{}", at.epoch, at.epoch == 1 ? "" : "s"),
+                        s.train.epochs, s.train.epochs == 1 ? "" : "s"),
+            fmt::format("resume with --epochs {} or more{}", at.epoch + 1,
+                        at.batch > 0 ? "" : " to train further"));
     } else {
       s = load_given();
       require_training(s);
@@ -744,7 +761,8 @@ Command add_fit_command(CLI::App& app) {
     out.json_line(end_line);
     printer.write_history(end_line);
     if (r.interrupted_by) {
-      out.say("Interrupted by {} after {} epochs.\n", signal_name(r.interrupted_by), r.history.size());
+      out.say("Interrupted by {} after {} epoch{}.\n", signal_name(r.interrupted_by), r.history.size(),
+              r.history.size() == 1 ? "" : "s");
       // The devices this run took go with it (a checkpoint resumes on any count; the same is the least
       // surprise).
       std::string devices;

@@ -519,7 +519,7 @@ Command add_predict_command(CLI::App& app) {
   cmd->add_flag(
       "--probabilities", *probabilities,
       "Write the model's output rows (the probabilities of a softmax or sigmoid model) instead of class "
-      "ids");
+      "ids; a regression's values are written either way");
   cmd->add_option("--output", *output,
                   "The output to write, by name, for a model of several outputs (default: the first); all: "
                   "every output, side by side in each row");

@@ -163,6 +163,18 @@ bool without_effect(const std::string& name, const formats::ArgValue& v) {
   return false;
 }
 
+// The values without_effect takes for an argument it knows, as a hint; empty for any other argument.
+std::string without_effect_values(const std::string& name) {
+  if (name == "unroll") return "unroll = true or false (it changes nothing here)";
+  if (name == "implementation")
+    return "implementation = 1 or 2 (Keras's kernel choice; it changes nothing here)";
+  if (name == "input_length") return "input_length = an integer (it changes nothing here)";
+  if (name == "data_format")
+    return "data_format = \"channels_last\", the layout specs are written in (the only one trainer takes)";
+  if (name == "dtype") return "dtype = \"float32\", what layers compute in (the only one trainer takes)";
+  return "";
+}
+
 }  // namespace
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
@@ -231,6 +243,11 @@ LayerArgs::LayerArgs(const formats::LayerSpec& spec, const std::vector<ArgDecl>&
     if (it == decls.end() && without_effect(name, arg.value)) continue;
     if (it == decls.end()) {
       std::string takes = fmt::format("{} takes: {}", spec.type, fmt::join(names, ", "));
+      if (const std::string values = without_effect_values(name); !values.empty())
+        throw InputError(arg.pos.str(),
+                         fmt::format("{}: Keras's argument {} = {} is not supported by trainer", subject(),
+                                     name, describe_value(arg.value)),
+                         values);
       if (known_unsupported(name))
         throw InputError(
             arg.where_key().str(),

@@ -444,6 +444,22 @@ class OutputDirectory(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(out)),
                          ["epoch-1.ckpt", "epoch-2.ckpt", "epoch-3.ckpt", "history.jsonl", "last.ckpt"])
 
+    def test_keep_last_orders_checkpoints_of_one_time_by_their_numbers(self):
+        # A clock too coarse to tell epoch-9, epoch-10 and epoch-11 apart: epoch-9 is still the oldest.
+        spec = self.spec("epochs = 11\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 3\n")
+        out = os.path.join(self.d, "run")
+        r = run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        kept = ["epoch-10.ckpt", "epoch-11.ckpt", "epoch-9.ckpt"]
+        self.assertEqual(sorted(os.listdir(out)), kept + ["history.jsonl", "last.ckpt"])
+        for name in kept:
+            os.utime(os.path.join(out, name), (1_700_000_000, 1_700_000_000))
+        r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--epochs", "12", "--device", "cpu",
+                 "--output-dir", out, "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(out)),
+                         ["epoch-10.ckpt", "epoch-11.ckpt", "epoch-12.ckpt", "history.jsonl", "last.ckpt"])
+
 
 @cli_util.skip_without_fashion
 class BadCheckpoints(unittest.TestCase):

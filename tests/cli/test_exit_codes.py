@@ -38,7 +38,8 @@ class ExitCodes(unittest.TestCase):
         self.assertEqual(end["epochs_run"], len(events) - 1)
         self.assertGreaterEqual(end["epochs_run"], 1)
         self.assertLess(end["epochs_run"], 200)
-        self.assertIn(f"Interrupted by {signal.Signals(sig).name}", err)
+        n = end["epochs_run"]
+        self.assertIn(f"Interrupted by {signal.Signals(sig).name} after {n} epoch{'' if n == 1 else 's'}.", err)
         self.assertNotIn("internal error", err)
         self.last_stderr = err
         return first + rest

@@ -39,7 +39,7 @@ class Spec {
     if (!inputs.empty()) ++line_;
     l.inputs = std::move(inputs);
     for (auto& [key, value] : args) {
-      l.args[key] = formats::Arg{std::move(value), pos(line_++, static_cast<int>(key.size()) + 4)};
+      l.args[key] = formats::Arg{std::move(value), pos(line_++, static_cast<int>(key.size()) + 4), {}};
     }
     ++line_;
     section.layers.push_back(std::move(l));

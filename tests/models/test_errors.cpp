@@ -73,6 +73,13 @@ TEST_SUITE("errors") {
     InputError df = build_error(first);
     CHECK(df.where() == first.arg_at(1, "data_format"));
     CHECK(contains(df.what(), "not supported"));
+    CHECK(contains(df.hint(), "data_format = \"channels_last\""));
+    // A value of the wrong type names the values such an argument takes, not "unknown argument".
+    Spec impl = dense_model({{"units", int64_t{2}}, {"implementation", true}});
+    InputError im = build_error(impl);
+    CHECK(im.where() == impl.arg_at(1, "implementation"));
+    CHECK(contains(im.what(), "implementation = true is not supported"));
+    CHECK(contains(im.hint(), "implementation = 1 or 2"));
     Spec act = dense_model({{"units", int64_t{2}}, {"activity_regularizer", std::string("l2(x)")}});
     InputError a = build_error(act);
     CHECK(a.where() == act.arg_at(1, "activity_regularizer"));
