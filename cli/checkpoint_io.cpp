@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <algorithm>
 
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -368,8 +369,33 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
 formats::ModelSpec LoadedCheckpoint::spec(const std::vector<std::string>& overrides) const {
   // Places in it are lines of the spec the checkpoint holds (resolved, every setting spelled out), not of the
   // file it was once read from; its data paths still resolve against that file's folder.
-  formats::ModelSpec s =
-      formats::parse_model_spec(spec_text, fmt::format("{} (the spec it holds)", path), overrides);
+  const std::string where = fmt::format("{} (the spec it holds)", path);
+  // Another optimizer: the state the checkpoint holds (Adam's moments, ...) is not its state, and the keys
+  // the spec spells out for the first do not apply to it. Said as such, before a key of the first is named.
+  for (const std::string& o : overrides) {
+    const size_t eq = o.find('=');
+    if (eq == std::string::npos) continue;
+    std::string key = o.substr(0, eq), value = o.substr(eq + 1);
+    auto trim = [](std::string& t) {
+      const size_t b = t.find_first_not_of(" \t"), e = t.find_last_not_of(" \t");
+      t = b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+    };
+    trim(key), trim(value);
+    if (key != "train.optimizer" && key != "train.optimizer.name") continue;
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front())
+      value = value.substr(1, value.size() - 2);
+    const std::string was = formats::parse_model_spec(spec_text, where).train.optimizer.name;
+    std::string lower = value;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower != was)
+      throw InputError(
+          fmt::format("--set {}", o),
+          fmt::format("the checkpoint's run trains with {}; a resumed run goes on with it", was),
+          fmt::format("its state ({}'s own, saved with the weights) is no other optimizer's: change {}'s "
+                      "keys (train.optimizer.learning_rate=...), or train anew",
+                      was, was));
+  }
+  formats::ModelSpec s = formats::parse_model_spec(spec_text, where, overrides);
   s.path = spec_path;
   // Class weights as the run took them: keyed, so that a checkpoint written when an array could leave the
   // last classes out (at 1) resumes as it trained.

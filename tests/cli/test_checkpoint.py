@@ -444,6 +444,22 @@ class OutputDirectory(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(out)),
                          ["epoch-1.ckpt", "epoch-2.ckpt", "epoch-3.ckpt", "history.jsonl", "last.ckpt"])
 
+    def test_a_resumed_run_keeps_its_optimizer(self):
+        spec = self.spec('[train.optimizer]\nname = "adam"\n')
+        out = os.path.join(self.d, "run")
+        self.assertEqual(run(["fit", spec, "--device", "cpu", "--output-dir", out, "-q"], timeout=120).returncode, 0)
+        ckpt = os.path.join(out, "last.ckpt")
+        for override in ["train.optimizer.name=sgd", "train.optimizer=SGD"]:
+            r = run(["fit", "--resume", ckpt, "--epochs", "2", "--set", override, "--device", "cpu", "-q"],
+                    timeout=120)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(f"--set {override}: the checkpoint's run trains with adam", r.stderr)
+            self.assertIn("hint: its state", r.stderr)
+        # Its own name, in Keras's spelling, and its own keys go on.
+        r = run(["fit", "--resume", ckpt, "--epochs", "2", "--set", "train.optimizer.name=Adam", "--set",
+                 "train.optimizer.learning_rate=0.01", "--device", "cpu", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_keep_last_orders_checkpoints_of_one_time_by_their_numbers(self):
         # A clock too coarse to tell epoch-9, epoch-10 and epoch-11 apart: epoch-9 is still the oldest.
         spec = self.spec("epochs = 11\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 3\n")
