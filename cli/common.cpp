@@ -730,6 +730,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.loss = t.loss;
   c.from_logits = t.from_logits;
   c.label_smoothing = t.label_smoothing;
+  c.loss_options = t.loss_options;
   c.metrics = t.metrics;
   c.weighted_metrics = t.weighted_metrics;
   c.top_k = t.top_k;
@@ -743,7 +744,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     for (size_t k = 1; k < t.outputs.size(); ++k) {
       const formats::OutputTrainSpec& o = t.outputs[k];
       c.more_outputs.push_back({o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k,
-                                o.loss_weight, 1, o.weighted_metrics});
+                                o.loss_weight, 1, o.weighted_metrics, o.loss_options});
     }
   }
   c.epochs = t.epochs;

@@ -14,9 +14,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <variant>
 
 #include "engine/train/fit.h"
 #include "engine/util/error.h"
@@ -1521,13 +1523,163 @@ CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::
   return c;
 }
 
+// --- Keras's call forms: loss = "Huber(delta=2.0)", metrics = ["TopKCategoricalAccuracy(k=3)"]
+
+struct CallArg {
+  std::string name;
+  std::variant<double, bool, std::string> value;
+  std::string text;  // as written
+  bool integer = false;
+};
+
+struct Call {
+  std::string name;
+  std::vector<CallArg> args;
+};
+
+// NAME or NAME(key=value, ...), values being numbers, True/False (or true/false) and quoted strings; Keras's
+// module paths (keras.losses.Huber) read as the class. Returns what is wrong with the text, or "".
+std::string parse_call(const std::string& text, Call& out) {
+  size_t i = 0;
+  const size_t n = text.size();
+  auto space = [&] {
+    while (i < n && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+  };
+  auto ident = [&] {
+    const size_t b = i;
+    while (i < n && (std::isalnum(static_cast<unsigned char>(text[i])) || text[i] == '_' || text[i] == '.'))
+      ++i;
+    return text.substr(b, i - b);
+  };
+  space();
+  out.name = ident();
+  for (const char* prefix :
+       {"tf.keras.losses.", "tf.keras.metrics.", "keras.losses.", "keras.metrics.", "losses.", "metrics."})
+    if (out.name.starts_with(prefix)) out.name = out.name.substr(std::strlen(prefix));
+  space();
+  if (i == n) return out.name.empty() ? "it is empty" : "";
+  if (out.name.empty() || text[i] != '(' || out.name.find('.') != std::string::npos)
+    return "it is not a name, nor a call NAME(key=value, ...)";
+  ++i;
+  for (;;) {
+    space();
+    if (i < n && text[i] == ')') break;
+    CallArg a;
+    a.name = ident();
+    space();
+    if (!a.name.empty() && (i >= n || text[i] == ',' || text[i] == ')'))
+      return fmt::format("its argument {} has no name: write it as key={}, as Keras's keyword arguments",
+                         a.name, a.name);
+    if (a.name.empty() || i >= n || text[i] != '=')
+      return "its arguments must read key=value, separated by commas";
+    ++i;
+    space();
+    const size_t b = i;
+    if (i < n && (text[i] == '"' || text[i] == '\'')) {
+      const char q = text[i++];
+      while (i < n && text[i] != q) ++i;
+      if (i >= n) return fmt::format("the quote of its argument '{}' is not closed", a.name);
+      a.value = text.substr(b + 1, i - b - 1);
+      ++i;
+    } else {
+      while (i < n && text[i] != ',' && text[i] != ')' && !std::isspace(static_cast<unsigned char>(text[i])))
+        ++i;
+      const std::string v = text.substr(b, i - b);
+      if (v == "True" || v == "true" || v == "False" || v == "false") {
+        a.value = v == "True" || v == "true";
+      } else {
+        char* end = nullptr;
+        const double d = std::strtod(v.c_str(), &end);
+        if (v.empty() || *end != '\0' || !std::isfinite(d))
+          return fmt::format("its argument {} = {} is not a number, True, False or a quoted string", a.name,
+                             v.empty() ? "(nothing)" : v);
+        a.value = d;
+        a.integer = v.find_first_of(".eE") == std::string::npos;
+      }
+    }
+    a.text = text.substr(b, i - b);
+    for (const CallArg& before : out.args)
+      if (before.name == a.name) return fmt::format("its argument '{}' is given twice", a.name);
+    out.args.push_back(std::move(a));
+    space();
+    if (i < n && text[i] == ',') {
+      ++i;
+      continue;
+    }
+    if (i < n && text[i] == ')') break;
+    return "its arguments must read key=value, separated by commas, and end with ')'";
+  }
+  ++i;
+  space();
+  return i == n ? "" : "text follows its closing ')'";
+}
+
+// The arguments a loss's Keras class takes that trainer reads, for messages.
+Keys loss_arguments(const std::string& loss) {
+  Keys a;
+  if (loss == "huber") a = {"delta"};
+  if (loss == "binary_focal_crossentropy") a = {"apply_class_balancing", "alpha", "gamma"};
+  if (loss == "categorical_focal_crossentropy") a = {"alpha", "gamma"};
+  if (loss.ends_with("crossentropy")) a.push_back("from_logits");
+  if (loss.ends_with("crossentropy") && loss != "sparse_categorical_crossentropy")
+    a.push_back("label_smoothing");
+  if (loss.ends_with("crossentropy") || loss == "cosine_similarity") a.push_back("axis=-1");
+  a.push_back("reduction=\"sum_over_batch_size\"");
+  a.push_back("name");
+  return a;
+}
+
 // Checks one output's metrics (`mn`: the string or array that lists them, `what` its name in messages)
 // against its loss, and writes Keras's short names.
+// A metric's call (TopKCategoricalAccuracy(k=3), AUC(curve="ROC")): the arguments trainer reads, each at
+// the value it computes with, but for the top-k metrics' k, which is returned in `ks` with its place.
+void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
+                       std::vector<std::pair<int64_t, SourcePos>>& ks) {
+  Call call;
+  if (const std::string wrong = parse_call(text, call); !wrong.empty())
+    r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
+           "name the metric, or write Keras's call of its class: \"TopKCategoricalAccuracy(k=3)\"");
+  metric = keras_class_name(call.name, kMetrics);
+  if (call.args.empty()) return;
+  const bool top_k = metric.find("top_k") != std::string::npos;
+  Keys takes;
+  if (top_k) takes = {"k"};
+  if (metric == "auc") takes = {"curve=\"ROC\"", "num_thresholds=200", "summation_method=\"interpolation\""};
+  if (metric == "precision" || metric == "recall") takes = {"thresholds=0.5"};
+  if (metric == "f1_score" || metric == "binary_accuracy") takes = {"threshold=0.5"};
+  const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
+                                         : fmt::format("{} takes: {}", metric, join(takes));
+  for (const CallArg& a : call.args) {
+    const bool known = std::any_of(takes.begin(), takes.end(), [&](std::string_view k) {
+      return k == a.name || k.starts_with(a.name + "=");
+    });
+    if (a.name == "name")
+      r.fail(mp, fmt::format("metric '{}': another name for it is not supported by trainer", text),
+             fmt::format("it is reported as {}; {}", metric, hint));
+    if (!known)
+      r.fail(mp, fmt::format("metric '{}': {} has no argument '{}' here", text, metric, a.name), hint);
+    const double* num = std::get_if<double>(&a.value);
+    const std::string* str = std::get_if<std::string>(&a.value);
+    bool ok = true;
+    if (a.name == "k") {
+      ok = num && a.integer && *num >= 1 && *num < 1e9;
+      if (ok) ks.emplace_back(static_cast<int64_t>(*num), mp);
+    }
+    if (a.name == "curve") ok = str && *str == "ROC";
+    if (a.name == "summation_method") ok = str && *str == "interpolation";
+    if (a.name == "num_thresholds") ok = num && *num == 200;
+    if (a.name == "threshold" || a.name == "thresholds") ok = num && *num == 0.5;
+    if (!ok)
+      r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
+             a.name == "k" ? "k is a whole number, 1 or more" : hint);
+  }
+}
+
 void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
-                   std::vector<std::string>& metrics) {
+                   std::vector<std::string>& metrics, std::vector<std::pair<int64_t, SourcePos>>& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
-    metrics[i] = keras_class_name(metrics[i], kMetrics);
+    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], ks);
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
@@ -1576,7 +1728,8 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
 // label_smoothing, metrics): each key a value for every output or, in a model of several outputs, a table by
 // output name (`outputs`). `output` "" reads the keys' values as they are (a model of one output).
 OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys& outputs,
-                                     const std::string& output) {
+                                     const std::string& output,
+                                     std::vector<std::pair<int64_t, SourcePos>>& ks) {
   OutputTrainSpec o;
   o.name = output;
   std::vector<std::unique_ptr<Table>> tables;
@@ -1590,23 +1743,93 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
     return {&t, std::string(key)};
   };
   const auto [lt, lk] = at("loss");
-  if (!lt->get_choice(lk, o.loss, kLosses, "loss", true)) {
+  std::string text;
+  if (!lt->get(lk, text)) {
     if (lt != &t)
       r.fail(lt->pos(), fmt::format("train.loss gives no loss for the output '{}'", output),
              fmt::format("add {} = \"...\" to it, or give one loss for every output", output));
     r.fail(t.pos(), "[train] has no loss", "e.g. loss = \"sparse_categorical_crossentropy\"");
   }
+  Call call;
+  if (const std::string wrong = parse_call(text, call); !wrong.empty())
+    lt->fail(lk, fmt::format("{} '{}': {}", lt->name(lk), text, wrong),
+             "name the loss, or write Keras's call of its class: loss = \"Huber(delta=2.0)\"");
+  o.loss = keras_class_name(call.name, kLosses);
+  if (!contains(kLosses, o.loss))
+    lt->fail(lk, fmt::format("unknown loss '{}'", o.loss), choice_hint(o.loss, kLosses));
   o.loss_pos = lt->pos(lk);
   if (o.loss == "mean_squared_error") o.loss = "mse";
   if (o.loss == "kld") o.loss = "kl_divergence";
   if (o.loss == "mean_absolute_error") o.loss = "mae";
   if (o.loss == "mean_squared_logarithmic_error") o.loss = "msle";
   if (o.loss == "mean_absolute_percentage_error") o.loss = "mape";
+  // The call's arguments: the loss's own options, and from_logits and label_smoothing as the keys beside it.
+  std::optional<bool> call_logits;
+  std::optional<double> call_smoothing;
+  const Keys takes = loss_arguments(o.loss);
+  for (const CallArg& a : call.args) {
+    const std::string subject =
+        fmt::format("{}: {}'s argument {} = {}", lt->name(lk), o.loss, a.name, a.text);
+    const std::string hint = fmt::format("{} takes: {}", o.loss, join(takes));
+    auto known = [&] {
+      return std::any_of(takes.begin(), takes.end(),
+                         [&](std::string_view k) { return k == a.name || k.starts_with(a.name + "="); });
+    };
+    if (!known())
+      lt->fail(
+          lk, fmt::format("{}: {} has no argument '{}' here", lt->name(lk), o.loss, a.name),
+          choice_hint(a.name, takes).starts_with("did") ? choice_hint(a.name, takes) + " " + hint : hint);
+    const double* num = std::get_if<double>(&a.value);
+    const bool* flag = std::get_if<bool>(&a.value);
+    const std::string* str = std::get_if<std::string>(&a.value);
+    auto need = [&](bool ok, std::string_view what) {
+      if (!ok) lt->fail(lk, fmt::format("{} must be {}", subject, what), hint);
+    };
+    if (a.name == "from_logits" || a.name == "apply_class_balancing") {
+      need(flag != nullptr, "True or False");
+      if (a.name == "from_logits")
+        call_logits = *flag;
+      else
+        o.loss_options.apply_class_balancing = *flag;
+    } else if (a.name == "label_smoothing" || a.name == "alpha") {
+      need(num && *num >= 0 && *num <= 1, "a number in [0, 1]");
+      if (a.name == "alpha")
+        o.loss_options.alpha = *num;
+      else
+        call_smoothing = *num;
+    } else if (a.name == "delta") {
+      need(num && *num > 0, "a positive number");
+      o.loss_options.delta = *num;
+    } else if (a.name == "gamma") {
+      need(num && *num >= 0, "a number 0 or more");
+      o.loss_options.gamma = *num;
+    } else if (a.name == "axis") {
+      need(num && *num == -1, "-1 (the last axis, as trainer's losses reduce it)");
+    } else if (a.name == "reduction") {
+      need(str && (*str == "sum_over_batch_size" || *str == "auto"),
+           "\"sum_over_batch_size\" (the mean over the batch, which trainer's losses are)");
+    } else if (a.name == "name") {
+      need(str != nullptr, "a quoted string (the loss is reported as loss, as in Keras)");
+    }
+  }
   {
     const auto [ft, fk] = at("from_logits");
-    ft->get(fk, o.from_logits);
+    if (ft->get(fk, o.from_logits) && call_logits && *call_logits != o.from_logits)
+      ft->fail(fk,
+               fmt::format("{} is {}, and the loss's call says from_logits={}", ft->name(fk), o.from_logits,
+                           *call_logits ? "True" : "False"),
+               "give it once");
+    if (call_logits) o.from_logits = *call_logits;
   }
-  if (const auto [st, sk] = at("label_smoothing"); st->get(sk, o.label_smoothing)) {
+  const auto [st, sk] = at("label_smoothing");
+  const bool smoothing_key = st->get(sk, o.label_smoothing);
+  if (smoothing_key && call_smoothing && *call_smoothing != o.label_smoothing)
+    st->fail(sk,
+             fmt::format("{} is {}, and the loss's call says label_smoothing={}", st->name(sk),
+                         toml_float(o.label_smoothing), toml_float(*call_smoothing)),
+             "give it once");
+  if (call_smoothing) o.label_smoothing = *call_smoothing;
+  if (smoothing_key) {
     if (!(o.label_smoothing >= 0 && o.label_smoothing <= 1))
       st->fail(sk, fmt::format("{} must be in [0, 1], not {}", st->name(sk), toml_float(o.label_smoothing)));
     // 0 smooths nothing: a list by output gives it to the outputs whose loss takes no smoothing.
@@ -1621,9 +1844,9 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                    : "leave label_smoothing out");
   }
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
-    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.metrics);
+    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
-    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.weighted_metrics);
+    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.weighted_metrics, ks);
   return o;
 }
 
@@ -1649,19 +1872,23 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
                              join(outputs)),
                  choice_hint(k.str(), outputs));
   }
+  std::vector<std::pair<int64_t, SourcePos>> ks;  // the top-k metrics' calls' k
   if (outputs.size() > 1) {
-    for (const auto& name : model.outputs) s.outputs.push_back(read_output_settings(r, t, outputs, name));
+    for (const auto& name : model.outputs) s.outputs.push_back(read_output_settings(r, t, outputs, name, ks));
     const OutputTrainSpec& first = s.outputs[0];
     s.loss = first.loss;
     s.loss_pos = first.loss_pos;
+    s.loss_options = first.loss_options;
     s.from_logits = first.from_logits;
     s.label_smoothing = first.label_smoothing;
     s.metrics = first.metrics;
     s.weighted_metrics = first.weighted_metrics;
   } else {
-    const OutputTrainSpec o = read_output_settings(r, t, outputs, outputs.empty() ? "" : model.outputs[0]);
+    const OutputTrainSpec o =
+        read_output_settings(r, t, outputs, outputs.empty() ? "" : model.outputs[0], ks);
     s.loss = o.loss;
     s.loss_pos = o.loss_pos;
+    s.loss_options = o.loss_options;
     s.from_logits = o.from_logits;
     s.label_smoothing = o.label_smoothing;
     s.metrics = o.metrics;
@@ -1696,8 +1923,15 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
       }
     }
   }
+  for (const auto& [k, pos] : ks)
+    if (k != ks[0].first)
+      r.fail(pos, fmt::format("the top-k metrics' calls say k={} and k={}", ks[0].first, k),
+             "trainer ranks one k for every top-k metric of a run; give them one");
   if (t.get("top_k", s.top_k)) {
     if (s.top_k < 1) t.fail("top_k", fmt::format("train.top_k must be 1 or more, not {}", s.top_k));
+    if (!ks.empty() && ks[0].first != s.top_k)
+      t.fail("top_k", fmt::format("train.top_k is {}, and a metric's call says k={}", s.top_k, ks[0].first),
+             "give k once");
     bool ranked = false;
     for (const auto* list : {&s.metrics, &s.weighted_metrics})
       for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
@@ -1707,6 +1941,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     if (!ranked)
       t.fail("top_k", "train.top_k is set but train.metrics (or weighted_metrics) has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
+  } else if (!ks.empty()) {
+    s.top_k = ks[0].first;
   }
   if (const toml::node* cw = t.find("class_weight")) {
     s.class_weight_pos = r.pos(*cw);
@@ -1893,6 +2129,17 @@ std::string read_spec_text(const std::string& path) {
 }
 
 }  // namespace
+
+std::string loss_call_text(const std::string& loss, const LossOptions& options) {
+  const LossOptions keras;
+  std::vector<std::string> args;
+  if (options.apply_class_balancing != keras.apply_class_balancing)
+    args.push_back(fmt::format("apply_class_balancing={}", options.apply_class_balancing ? "True" : "False"));
+  if (options.alpha != keras.alpha) args.push_back("alpha=" + toml_float(options.alpha));
+  if (options.gamma != keras.gamma) args.push_back("gamma=" + toml_float(options.gamma));
+  if (options.delta != keras.delta) args.push_back("delta=" + toml_float(options.delta));
+  return args.empty() ? loss : fmt::format("{}({})", loss, fmt::join(args, ", "));
+}
 
 std::string label_family(const std::string& loss) {
   if (loss == "binary_focal_crossentropy") return "binary_crossentropy";

@@ -11,6 +11,8 @@
 #include <variant>
 #include <vector>
 
+#include "engine/train/loss_options.h"
+
 namespace trainer::formats {
 
 inline constexpr int kModelSpecFormatVersion = 1;
@@ -163,6 +165,15 @@ struct ScheduleSpec {
   bool operator==(const ScheduleSpec&) const = default;
 };
 
+// A loss's own arguments, as Keras's loss classes take them: Huber(delta=2.0),
+// BinaryFocalCrossentropy(gamma=3.0, alpha=0.5, apply_class_balancing=True). Written in the spec as that call
+// (`loss = "Huber(delta=2.0)"`); the defaults are Keras's.
+using LossOptions = engine::LossOptions;
+
+// The loss as the spec writes it: its name, or the call of its non-default options
+// ("huber(delta=2.0)").
+std::string loss_call_text(const std::string& loss, const LossOptions& options);
+
 // The loss whose labels and outputs `loss` takes: binary_crossentropy for binary_focal_crossentropy,
 // categorical_crossentropy for categorical_focal_crossentropy, else the loss itself.
 std::string label_family(const std::string& loss);
@@ -230,6 +241,7 @@ struct CheckpointSpec {
 struct OutputTrainSpec {
   std::string name;  // the output layer's: the prefix of its reported quantities (digit_loss, ...)
   std::string loss;
+  LossOptions loss_options;
   bool from_logits = false;
   double label_smoothing = 0;
   std::vector<std::string> metrics;
@@ -244,6 +256,7 @@ struct TrainSection {
   // maps Keras's mean_squared_error and mean_absolute_error). "" only when the spec has no [train] (enough
   // for summary and check; fit needs a loss).
   std::string loss;
+  LossOptions loss_options;
   bool from_logits = false;
   double label_smoothing = 0;  // categorical and binary cross-entropy, as Keras's
   // accuracy, top_k_accuracy (with top_k), precision, recall, auc, mae, mse; the loss is always reported

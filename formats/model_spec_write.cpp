@@ -184,7 +184,7 @@ std::string to_toml(const ModelSpec& spec) {
     for (const auto* list : {&t.metrics, &t.weighted_metrics})
       for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
     if (t.outputs.empty()) {
-      w.kv("loss", t.loss);
+      w.kv("loss", loss_call_text(t.loss, t.loss_options));
       w.kv("from_logits", t.from_logits);
       if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
       w.kv("metrics", t.metrics);
@@ -196,7 +196,7 @@ std::string to_toml(const ModelSpec& spec) {
       std::map<std::string, double> smoothing, weights;
       std::map<std::string, std::vector<std::string>> metrics, weighted;
       for (const OutputTrainSpec& o : t.outputs) {
-        loss[o.name] = o.loss;
+        loss[o.name] = loss_call_text(o.loss, o.loss_options);
         from_logits[o.name] = o.from_logits;
         if (o.label_smoothing != 0) smoothing[o.name] = o.label_smoothing;
         weights[o.name] = o.loss_weight;

@@ -36,8 +36,8 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
-                                            cfg.metrics, cfg.top_k, cfg.loss_weight, 1,
-                                            cfg.weighted_metrics}};
+                                            cfg.metrics, cfg.top_k, cfg.loss_weight, 1, cfg.weighted_metrics,
+                                            cfg.loss_options}};
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -169,7 +169,7 @@ ValueId scalar_constant(Graph& g, double v, DType t) {
 // per-sample value (a mean or sum over the sample's outputs), averaged over the batch. p is the model's
 // output and y the labels, of one shape. `mean` reduces values that lead with the batch to the loss: their
 // mean, weighted by their samples' weights, over the positions a mask keeps.
-ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
+ValueId keras_loss(Graph& g, const std::string& loss, const LossOptions& options, ValueId p, ValueId y,
                    const std::function<ValueId(ValueId)>& mean) {
   const DType t = g.value(p).dtype;
   auto c = [&](double v) { return scalar_constant(g, v, t); };
@@ -178,10 +178,11 @@ ValueId keras_loss(Graph& g, const std::string& loss, ValueId p, ValueId y,
     return g.op("ReduceSum", {v}, {{"axes", std::vector<int64_t>{-1}}, {"keepdims", int64_t{0}}});
   };
   const ValueId e = op("Sub", {p, y});
-  if (loss == "huber") {  // delta 1: 0.5 e^2 where |e| <= 1, |e| - 0.5 beyond
+  if (loss == "huber") {  // 0.5 e^2 where |e| <= delta, delta (|e| - 0.5 delta) beyond
+    const double d = options.delta;
     const ValueId a = op("Abs", {e});
-    return mean(op("Where", {op("LessOrEqual", {a, c(1.0)}), op("Mul", {c(0.5), op("Mul", {e, e})}),
-                             op("Sub", {a, c(0.5)})}));
+    return mean(op("Where", {op("LessOrEqual", {a, c(d)}), op("Mul", {c(0.5), op("Mul", {e, e})}),
+                             op("Mul", {c(d), op("Sub", {a, c(0.5 * d)})})}));
   }
   if (loss == "log_cosh")  // log(cosh(e)) = e + softplus(-2e) - log 2, without overflow
     return mean(op("Sub", {op("Add", {e, op("Softplus", {op("Mul", {e, c(-2.0)})})}), c(std::log(2.0))}));
@@ -424,13 +425,13 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
     ValueId per;
     if (h.loss == "categorical_focal_crossentropy") {
       // Keras's: probabilities renormalized and clipped to [1e-7, 1 - 1e-7], then per class
-      // alpha (1 - p)^gamma (-y log p), summed (alpha 0.25, gamma 2).
+      // alpha (1 - p)^gamma (-y log p), summed (alpha 0.25, gamma 2 unless the loss's call says).
       ValueId p = h.from_logits ? g.op("Softmax", {output}, {{"axis", last}}) : output;
       p = g.op("Div",
                {p, g.op("ReduceSum", {p}, {{"axes", std::vector<int64_t>{last}}, {"keepdims", int64_t{1}}})});
       p = g.op("Clip", {p, scalar(1e-7, odt), scalar(1 - 1e-7, odt)});
-      ValueId modulating = g.op("Pow", {g.op("Sub", {scalar(1, odt), p}), scalar(2, odt)});
-      ValueId focal = g.op("Mul", {g.op("Mul", {modulating, scalar(0.25, odt)}),
+      ValueId modulating = g.op("Pow", {g.op("Sub", {scalar(1, odt), p}), scalar(h.loss_options.gamma, odt)});
+      ValueId focal = g.op("Mul", {g.op("Mul", {modulating, scalar(h.loss_options.alpha, odt)}),
                                    g.op("Mul", {smoothed(r.y, classes), g.op("Log", {p})})});
       per = g.op("ReduceSum", {focal}, classes_axis);  // minus the loss, as the cross-entropy below
     } else {
@@ -479,15 +480,19 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
       return g.op("Where", {g.op("Greater", {r.y, scalar(0.5, odt)}), scalar(w1, odt), scalar(w0, odt)});
     };
     if (h.loss == "binary_focal_crossentropy") {
-      // Keras's: each sample's cross-entropy times (1 - p_t)^gamma, p_t = y p + (1 - y)(1 - p), gamma 2 (no
-      // class balancing, Keras's default).
+      // Keras's: each sample's cross-entropy times (1 - p_t)^gamma, p_t = y p + (1 - y)(1 - p), gamma 2;
+      // with apply_class_balancing, times alpha y + (1 - alpha)(1 - y) too.
       const ValueId y = smoothed(r.y, 2);
       const ValueId p = h.from_logits ? g.op("Sigmoid", {output}) : output;
       const ValueId one = scalar(1, odt);
       const ValueId p_t =
           g.op("Add", {g.op("Mul", {y, p}), g.op("Mul", {g.op("Sub", {one, y}), g.op("Sub", {one, p})})});
-      ValueId per = g.op("Mul", {g.op("Pow", {g.op("Sub", {one, p_t}), scalar(2, odt)}),
+      ValueId per = g.op("Mul", {g.op("Pow", {g.op("Sub", {one, p_t}), scalar(h.loss_options.gamma, odt)}),
                                  g.op(bce, {scored, y}, {{"reduction", std::string("none")}})});
+      if (h.loss_options.apply_class_balancing) {
+        const double a = h.loss_options.alpha;
+        per = g.op("Mul", {per, g.op("Add", {g.op("Mul", {y, scalar(2 * a - 1, odt)}), scalar(1 - a, odt)})});
+      }
       if (weighted) per = g.op("Mul", {per, class_w()});
       per = weigh(per);
       r.loss = masked ? masked_mean(per) : mean_of(per);
@@ -510,7 +515,7 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
       const ValueId e = g.op("Sub", {output, r.y});
       r.loss = mean(h.loss == "mse" ? g.op("Mul", {e, e}) : g.op("Abs", {e}));
     } else {
-      r.loss = keras_loss(g, h.loss, output, r.y, mean);
+      r.loss = keras_loss(g, h.loss, h.loss_options, output, r.y, mean);
     }
   }
   return r;

@@ -23,6 +23,7 @@
 #include "engine/ir/tensor.h"
 #include "engine/optim/optimizer.h"
 #include "engine/plan/precision.h"
+#include "engine/train/loss_options.h"
 #include "engine/train/trace.h"
 #include "engine/train/training.h"
 
@@ -103,6 +104,7 @@ struct OutputLoss {
   // Keras's weighted_metrics: metrics whose judged positions count their sample weights (and, in training,
   // their class weights), reported after `metrics` under weighted_metric_name.
   std::vector<std::string> weighted_metrics;
+  LossOptions loss_options;  // huber's delta, the focal losses' gamma and alpha
 };
 
 // The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the
@@ -118,6 +120,7 @@ struct FitConfig {
       loss;  // sparse_categorical_crossentropy | categorical_crossentropy | binary_crossentropy | mse | mae
   bool from_logits = false;
   double label_smoothing = 0;  // categorical and binary cross-entropy: labels y (1 - s) + s / classes
+  LossOptions loss_options;    // huber's delta, the focal losses' gamma and alpha
   // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
   std::vector<std::string> metrics;
   int64_t top_k = 5;

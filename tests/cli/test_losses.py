@@ -43,12 +43,12 @@ learning_rate = 0.01
 """
 
 
-def keras(loss, p, y):
-    """Keras's loss per sample, averaged over the samples."""
+def keras(loss, p, y, delta=1.0, gamma=2.0, alpha=0.25, balance=False):
+    """Keras's loss per sample, averaged over the samples; the keyword arguments are its loss classes'."""
     e = p - y
     if loss == "huber":
         a = np.abs(e)
-        per = np.where(a <= 1, 0.5 * e * e, a - 0.5).mean(-1)
+        per = np.where(a <= delta, 0.5 * e * e, delta * a - 0.5 * delta * delta).mean(-1)
     elif loss == "log_cosh":
         per = np.log(np.cosh(e)).mean(-1)
     elif loss in ("msle", "mean_squared_logarithmic_error"):
@@ -69,14 +69,17 @@ def keras(loss, p, y):
     elif loss == "binary_crossentropy":
         pc = np.clip(p, 1e-7, 1 - 1e-7)
         per = -(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean(-1)
-    elif loss == "binary_focal_crossentropy":  # gamma 2, no class balancing
+    elif loss == "binary_focal_crossentropy":
         pc = np.clip(p, 1e-7, 1 - 1e-7)
         bce = -(y * np.log(pc) + (1 - y) * np.log(1 - pc))
         p_t = y * p + (1 - y) * (1 - p)
-        per = ((1 - p_t) ** 2 * bce).mean(-1)
-    elif loss == "categorical_focal_crossentropy":  # alpha 0.25, gamma 2
+        per = (1 - p_t) ** gamma * bce
+        if balance:
+            per = per * (alpha * y + (1 - alpha) * (1 - y))
+        per = per.mean(-1)
+    elif loss == "categorical_focal_crossentropy":
         pc = np.clip(p / p.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
-        per = (0.25 * (1 - pc) ** 2 * -(y * np.log(pc))).sum(-1)
+        per = (alpha * (1 - pc) ** gamma * -(y * np.log(pc))).sum(-1)
     else:  # cosine_similarity
         def unit(v):
             return v / np.sqrt(np.maximum((v * v).sum(-1, keepdims=True), 1e-12))
@@ -105,12 +108,14 @@ class Losses(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def check(self, loss, units, activation, labels, smoothing=0.0):
+    def check(self, loss, units, activation, labels, smoothing=0.0, call=None, **options):
+        """`call`: the loss as the spec gives it (Keras's call of its class), `options` its arguments for the
+        reference; a call's label_smoothing is given as `smoothing` too, and not written beside it."""
         d = self.tmp.name
         spec = os.path.join(d, f"{loss}_{labels}.toml")
         with open(spec, "w") as f:
-            text = SPEC.format(units=units, activation=activation, loss=loss, y=labels)
-            if smoothing:
+            text = SPEC.format(units=units, activation=activation, loss=call or loss, y=labels)
+            if smoothing and not call:
                 text = text.replace(f'loss = "{loss}"\n', f'loss = "{loss}"\nlabel_smoothing = {smoothing}\n')
             f.write(text)
         out = os.path.join(d, f"run_{loss}_{labels}")
@@ -132,7 +137,7 @@ class Losses(unittest.TestCase):
         y = np.load(os.path.join(d, labels)).astype(np.float64).reshape(96, units)
         if smoothing:  # Keras's smoothing of the labels, in evaluation too
             y = y * (1 - smoothing) + smoothing / (2 if units == 1 else units)
-        self.assertAlmostEqual(reported, keras(loss, p, y), places=5)
+        self.assertAlmostEqual(reported, keras(loss, p, y, **options), places=5)
 
     def test_msle_and_mape(self):
         self.check("msle", 3, "softplus", "counts.npy")
@@ -175,6 +180,37 @@ class Losses(unittest.TestCase):
         self.check("binary_focal_crossentropy", 1, "sigmoid", "binary.npy", smoothing=0.1)
         self.check("categorical_focal_crossentropy", 3, "softmax", "onehot3.npy")
         self.check("categorical_focal_crossentropy", 3, "softmax", "onehot3.npy", smoothing=0.2)
+
+    def test_loss_calls_take_their_classes_arguments(self):
+        np.save(os.path.join(self.tmp.name, "onehot3.npy"),
+                np.eye(3, dtype=np.float32)[np.argmax(np.load(os.path.join(self.tmp.name, "dist.npy")), 1)])
+        self.check("huber", 3, "linear", "real.npy", call="keras.losses.Huber(delta=0.5)", delta=0.5)
+        self.check("binary_focal_crossentropy", 1, "sigmoid", "binary.npy",
+                   call="BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.4, gamma=3.0)",
+                   gamma=3.0, alpha=0.4, balance=True)
+        self.check("binary_focal_crossentropy", 1, "sigmoid", "binary.npy", smoothing=0.1,
+                   call="binary_focal_crossentropy(gamma=1.5, label_smoothing=0.1)", gamma=1.5)
+        self.check("categorical_focal_crossentropy", 3, "softmax", "onehot3.npy",
+                   call="CategoricalFocalCrossentropy(alpha=0.5, gamma=1.0, reduction='sum_over_batch_size')",
+                   alpha=0.5, gamma=1.0)
+        self.check("categorical_crossentropy", 3, "softmax", "onehot3.npy", smoothing=0.2,
+                   call="CategoricalCrossentropy(label_smoothing=0.2)")
+        # What the checkpoint holds is the call, so a resumed run trains on the same loss.
+        spec = os.path.join(self.tmp.name, "huber_real.npy.toml")
+        self.check("huber", 3, "linear", "real.npy", call="Huber(delta=0.5)", delta=0.5)
+        out = os.path.join(self.tmp.name, "run_huber_real.npy")
+        r = run(["check", os.path.join(out, "last.ckpt")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The argument given twice, one the loss does not take, and a value out of range: each refused.
+        for override, message in [
+                ('train.loss="Huber(delta=-1)"', "huber's argument delta = -1 must be a positive number"),
+                ('train.loss="Huber(gamma=2)"', "huber has no argument 'gamma' here"),
+                ('train.loss="Huber(2.0)"', "its argument 2.0 has no name"),
+                ('train.loss="BinaryCrossentropy(from_logits=True)"', None)]:
+            r = run(["check", spec, "--set", override] + (["--set", "train.from_logits=false"] if not message else []))
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message or "train.from_logits is false, and the loss's call says from_logits=True",
+                          r.stderr)
 
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")

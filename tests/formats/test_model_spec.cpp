@@ -753,6 +753,68 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "unknown metric 'Accuracy'");
   }
 
+  TEST_CASE("Keras's calls of loss and metric classes read their arguments, and round-trip") {
+    const ModelSpec a = parse_model_spec(kHead +
+                                             "[train]\nloss = \"keras.losses.BinaryFocalCrossentropy("
+                                             "apply_class_balancing=True, alpha=0.4, gamma=3, "
+                                             "from_logits=True, label_smoothing=0.1)\"\n",
+                                         "a.toml");
+    CHECK(a.train.loss == "binary_focal_crossentropy");
+    CHECK(a.train.loss_options.apply_class_balancing);
+    CHECK(a.train.loss_options.alpha == 0.4);
+    CHECK(a.train.loss_options.gamma == 3);
+    CHECK(a.train.from_logits);
+    CHECK(a.train.label_smoothing == 0.1);
+    const std::string written = to_toml(a);
+    CHECK(written.find(
+              "loss = \"binary_focal_crossentropy(apply_class_balancing=True, alpha=0.4, gamma=3.0)\"") !=
+          std::string::npos);
+    CHECK(same_settings(a, parse_model_spec(written, "a.toml")));
+    const ModelSpec h = parse_model_spec(kHead + "[train]\nloss = \" Huber( delta = 2.5 , ) \"\n", "h.toml");
+    CHECK(h.train.loss == "huber");
+    CHECK(h.train.loss_options.delta == 2.5);
+    CHECK(same_settings(h, parse_model_spec(to_toml(h), "h.toml")));
+    // Keras's defaults are written as the name alone.
+    const ModelSpec d = parse_model_spec(kHead + "[train]\nloss = \"Huber(delta=1.0)\"\n", "d.toml");
+    CHECK(to_toml(d).find("loss = \"huber\"\n") != std::string::npos);
+
+    // A top-k metric's k is the run's top_k.
+    const std::string sparse = "[train]\nloss = \"sparse_categorical_crossentropy\"\n";
+    const ModelSpec k = parse_model_spec(
+        kHead + sparse + "metrics = [\"SparseTopKCategoricalAccuracy(k=3)\", \"accuracy\"]\n", "k.toml");
+    CHECK(k.train.metrics == std::vector<std::string>{"sparse_top_k_categorical_accuracy", "accuracy"});
+    CHECK(k.train.top_k == 3);
+    CHECK(same_settings(k, parse_model_spec(to_toml(k), "k.toml")));
+    CHECK(parse_model_spec(kHead + sparse + "metrics = \"top_k_accuracy(k=3)\"\ntop_k = 3\n", "k.toml")
+              .train.top_k == 3);
+
+    Failure f = failure(kHead + sparse + "metrics = \"top_k_accuracy(k=3)\"\ntop_k = 4\n");
+    CHECK(f.what == "train.top_k is 4, and a metric's call says k=3");
+    f = failure(kHead + sparse +
+                "weighted_metrics = [\"top_k_accuracy(k=2)\"]\nmetrics = [\"top_k_accuracy(k=3)\"]\n");
+    CHECK(f.what == "the top-k metrics' calls say k=3 and k=2");
+    f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"AUC(curve='PR')\"]\n");
+    CHECK(f.what == "metric 'AUC(curve='PR')': curve = 'PR' is not supported by trainer");
+    CHECK(f.where == "spec.toml:9:12");
+    f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"Precision(name='p')\"]\n");
+    CHECK(f.what == "metric 'Precision(name='p')': another name for it is not supported by trainer");
+    CHECK(f.hint == "it is reported as precision; precision takes: thresholds=0.5");
+    f = failure(kHead + "[train]\nloss = \"Huber(delta=1, delta=2)\"\n");
+    CHECK(f.what == "train.loss 'Huber(delta=1, delta=2)': its argument 'delta' is given twice");
+    f = failure(kHead + "[train]\nloss = \"CategoricalFocalCrossentropy(alpha=2)\"\n");
+    CHECK(f.what ==
+          "train.loss: categorical_focal_crossentropy's argument alpha = 2 must be a number in [0, 1]");
+    f = failure(kHead + "[train]\nloss = \"Huber(delta=2)\"\nlabel_smoothing = 0.1\n");
+    CHECK(f.what ==
+          "train.label_smoothing applies to the categorical and binary cross-entropies (focal or not), "
+          "and the loss is huber");
+    f = failure(kHead +
+                "[train]\nloss = \"CategoricalCrossentropy(label_smoothing=0.2)\"\nlabel_smoothing = 0.1\n");
+    CHECK(f.what == "train.label_smoothing is 0.1, and the loss's call says label_smoothing=0.2");
+    f = failure(kHead + "[train]\nloss = \"SparseCategoricalCrossentropy(ignore_class=0)\"\n");
+    CHECK(f.what == "train.loss: sparse_categorical_crossentropy has no argument 'ignore_class' here");
+  }
+
   TEST_CASE("early stopping's baseline and start_from_epoch are read, checked and written back") {
     const std::string es = "[train]\nloss = \"mse\"\n[train.early_stopping]\nmonitor = \"loss\"\n";
     const ModelSpec a = parse_model_spec(kHead + es + "baseline = 0.5\nstart_from_epoch = 3\n", "a.toml");
