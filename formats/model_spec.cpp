@@ -129,6 +129,7 @@ const Keys kLosses = {"sparse_categorical_crossentropy",
                       "kld",
                       "hinge",
                       "squared_hinge",
+                      "categorical_hinge",
                       "cosine_similarity",
                       "msle",
                       "mean_squared_logarithmic_error",
@@ -140,6 +141,7 @@ const Keys kMetrics = {"accuracy",
                        "recall",
                        "f1_score",
                        "auc",
+                       "pr_auc",
                        "mae",
                        "mse",
                        "mean_absolute_error",
@@ -1644,7 +1646,8 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   const bool top_k = metric.find("top_k") != std::string::npos;
   Keys takes;
   if (top_k) takes = {"k"};
-  if (metric == "auc") takes = {"curve=\"ROC\"", "num_thresholds=200", "summation_method=\"interpolation\""};
+  if (metric == "auc")
+    takes = {"curve=\"ROC\" or \"PR\"", "num_thresholds=200", "summation_method=\"interpolation\""};
   if (metric == "precision" || metric == "recall") takes = {"thresholds=0.5"};
   if (metric == "f1_score" || metric == "binary_accuracy") takes = {"threshold=0.5"};
   const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
@@ -1665,7 +1668,8 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
       ok = num && a.integer && *num >= 1 && *num < 1e9;
       if (ok) ks.emplace_back(static_cast<int64_t>(*num), mp);
     }
-    if (a.name == "curve") ok = str && *str == "ROC";
+    if (a.name == "curve") ok = str && (*str == "ROC" || *str == "PR");
+    if (ok && a.name == "curve" && *str == "PR") metric = "pr_auc";
     if (a.name == "summation_method") ok = str && *str == "interpolation";
     if (a.name == "num_thresholds") ok = num && *num == 200;
     if (a.name == "threshold" || a.name == "thresholds") ok = num && *num == 0.5;
@@ -1705,8 +1709,8 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
              "use 'accuracy', which follows the loss, as Keras does");
     if (m.find("top_k") != std::string::npos && binary)
       r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
-             "report accuracy, precision, recall or auc");
-    if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc") && !binary)
+             "report accuracy, precision, recall, auc or pr_auc");
+    if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc" || m == "pr_auc") && !binary)
       r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
              "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
              "sample)");

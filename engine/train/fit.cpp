@@ -117,14 +117,15 @@ LossKind loss_kind(const std::string& loss) {
     k.binary = true;
   else if (loss == "mse" || loss == "mae" || loss == "huber" || loss == "log_cosh" || loss == "poisson" ||
            loss == "kl_divergence" || loss == "hinge" || loss == "squared_hinge" ||
-           loss == "cosine_similarity" || loss == "msle" || loss == "mape")
+           loss == "categorical_hinge" || loss == "cosine_similarity" || loss == "msle" || loss == "mape")
     k.regression = true;  // labels of the output's shape
   else
-    throw InputError(
-        "train.loss", fmt::format("unknown loss '{}'", loss),
-        "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
-        "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, huber, "
-        "log_cosh, poisson, kl_divergence, hinge, squared_hinge, cosine_similarity, msle or mape");
+    throw InputError("train.loss", fmt::format("unknown loss '{}'", loss),
+                     "use sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
+                     "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, huber, "
+                     "log_cosh, poisson, kl_divergence, hinge, squared_hinge, categorical_hinge, "
+                     "cosine_similarity, msle or "
+                     "mape");
   return k;
 }
 
@@ -206,6 +207,13 @@ ValueId keras_loss(Graph& g, const std::string& loss, const LossOptions& options
     ValueId margin = op("Relu", {op("Sub", {c(1.0), op("Mul", {sign, p})})});
     if (loss == "squared_hinge") margin = op("Mul", {margin, margin});
     return mean(margin);
+  }
+  if (loss == "categorical_hinge") {
+    // Keras's: max(0, 1 + the largest output of a wrong class - the label's class's output), one-hot labels.
+    const ValueId right = last_axis_sum(op("Mul", {y, p}));
+    const ValueId wrong = g.op("ReduceMax", {op("Mul", {op("Sub", {c(1.0), y}), p})},
+                               {{"axes", std::vector<int64_t>{-1}}, {"keepdims", int64_t{0}}});
+    return mean(op("Relu", {op("Add", {op("Sub", {wrong, right}), c(1.0)})}));
   }
   // cosine_similarity: minus the cosine of the sample's outputs and labels, each l2-normalized with Keras's
   // 1e-12 floor on the squared norm.
@@ -651,7 +659,7 @@ struct MetricAccumulator {
 
   MetricAccumulator(LossKind k, const OutputLoss* c, bool w = false)
       : kind(k), cfg(c), weighted(w), names(w ? &c->weighted_metrics : &c->metrics) {
-    log_slot = kAucHistogram + (has("auc") ? 2 * kAucBuckets : 0);
+    log_slot = kAucHistogram + (has("auc") || has("pr_auc") ? 2 * kAucBuckets : 0);
     r2_slot = log_slot + (has("msle") ? 1 : 0);
     extra.assign(r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0) + 1, 0.0);
   }
@@ -694,7 +702,7 @@ struct MetricAccumulator {
     TRAINER_ASSERT(!mask || positions % mask_per_row == 0, "{} mask values per sample for {} positions",
                    mask_per_row, positions);
     const int64_t per_mask = positions / mask_per_row;
-    const bool auc = has("auc");
+    const bool auc = has("auc") || has("pr_auc");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
     const bool msle = has("msle"), r2 = has("r2_score");
@@ -808,6 +816,35 @@ struct MetricAccumulator {
     }
     return area;
   }
+  // The area under the precision-recall curve, interpolated between the thresholds as Keras's
+  // AUC(curve="PR") does (Davis & Goadrich): true positives and predicted positives vary linearly between two
+  // thresholds, and precision over recall integrates in closed form.
+  double pr_auc() const {
+    const double* pos = extra.data() + kAucHistogram;
+    const double* neg = pos + kAucBuckets;
+    // At threshold j: the positives and negatives predicted above it, those in buckets j + 1 and up.
+    std::array<double, kAucThresholds> tp{}, fp{};
+    double t = 0, f = 0;
+    for (int j = kAucThresholds - 1; j >= 0; --j) {
+      t += pos[j + 1], f += neg[j + 1];
+      tp[static_cast<size_t>(j)] = t, fp[static_cast<size_t>(j)] = f;
+    }
+    double positives = 0;
+    for (size_t b = 0; b < kAucBuckets; ++b) positives += pos[b];
+    if (!(positives > 0)) return 0;
+    double area = 0;
+    for (size_t j = 0; j + 1 < kAucThresholds; ++j) {
+      const double dtp = tp[j] - tp[j + 1];
+      const double p_a = tp[j] + fp[j], p_b = tp[j + 1] + fp[j + 1];
+      const double dp = std::max(p_a - p_b, 0.0);
+      const double slope = dp > 0 ? dtp / dp : 0;
+      const double intercept = tp[j + 1] - slope * p_b;
+      const double ratio = p_a > 0 && p_b > 0 ? p_a / p_b : 1;
+      // (the recall's denominator, tp + fn at every threshold, is the positives)
+      area += slope * (dtp + intercept * std::log(ratio)) / positives;
+    }
+    return area;
+  }
   // Every sum in one array, for reductions across processes and for checkpoints.
   // Into *out, whose storage is reused: the training loop calls this every step.
   void flat(double* out) const {
@@ -837,6 +874,7 @@ struct MetricAccumulator {
         l.emplace_back(name,
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(name, auc());
+      if (m == "pr_auc") l.emplace_back(name, pr_auc());
       if (m == "mae") l.emplace_back(name, ratio(extra[kAbsError], judged(n)));
       if (m == "mse") l.emplace_back(name, ratio(extra[kSquaredError], judged(n)));
       if (m == "root_mean_squared_error")
@@ -1412,7 +1450,7 @@ bool improves(bool have, double best, double value, bool maximize, double min_de
   return !have || (maximize ? value > best + min_delta : value < best - min_delta);
 }
 
-// auto: larger is better for accuracies, precision, recall, F1 and AUC; smaller for the loss and errors.
+// auto: larger is better for accuracies, precision, recall, F1 and the AUCs; smaller for the loss and errors.
 // A model of several outputs prefixes each output's quantities with its name (`outputs`), which the rule
 // looks past: parity_auc is maximized, accent_loss minimized.
 bool maximized(const std::string& mode, const std::string& monitor, const std::vector<OutputLoss>& outputs) {
@@ -1426,7 +1464,7 @@ bool maximized(const std::string& mode, const std::string& monitor, const std::v
       }
   if (m.starts_with("weighted_")) m = m.substr(9);
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
-         m == "f1_score" || m == "r2_score";
+         m == "pr_auc" || m == "f1_score" || m == "r2_score";
 }
 
 }  // namespace

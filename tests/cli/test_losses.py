@@ -1,5 +1,5 @@
 """Keras's regression, distribution, margin and focal losses (huber, log_cosh, poisson, kl_divergence, hinge,
-squared_hinge, cosine_similarity, binary_focal_crossentropy, categorical_focal_crossentropy): each model trains, and
+squared_hinge, categorical_hinge, cosine_similarity, binary_focal_crossentropy, categorical_focal_crossentropy): each model trains, and
 `trainer evaluate` reports the loss that Keras's formula gives on the outputs `trainer predict` writes for the same
 checkpoint. The cross-entropies' forms: a final softmax or sigmoid gives the exact logits form in training,
 validation and evaluate alike; other probabilities are clipped and renormalized; class weights follow the label's
@@ -63,6 +63,8 @@ def keras(loss, p, y, delta=1.0, gamma=2.0, alpha=0.25, balance=False):
     elif loss in ("hinge", "squared_hinge"):
         m = np.maximum(1 - np.where(y > 0, 1.0, -1.0) * p, 0)
         per = (m * m if loss == "squared_hinge" else m).mean(-1)
+    elif loss == "categorical_hinge":
+        per = np.maximum(0, 1 + ((1 - y) * p).max(-1) - (y * p).sum(-1))
     elif loss == "categorical_crossentropy":
         pc = np.clip(p, 1e-7, 1 - 1e-7)
         per = -(y * np.log(pc)).sum(-1)
@@ -162,6 +164,12 @@ class Losses(unittest.TestCase):
 
     def test_squared_hinge(self):
         self.check("squared_hinge", 1, "tanh", "binary.npy")
+
+    def test_categorical_hinge(self):
+        np.save(os.path.join(self.tmp.name, "onehot3.npy"),
+                np.eye(3, dtype=np.float32)[np.argmax(np.load(os.path.join(self.tmp.name, "dist.npy")), 1)])
+        self.check("categorical_hinge", 3, "linear", "onehot3.npy")
+        self.check("categorical_hinge", 3, "softmax", "onehot3.npy")
 
     def test_label_smoothing(self):
         np.save(os.path.join(self.tmp.name, "onehot.npy"),

@@ -58,6 +58,35 @@ def keras_auc(p, y):
     return float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
 
 
+def keras_pr_auc(p, y):
+    """The area under the precision-recall curve as Keras's AUC(curve="PR") computes it: over the same 200
+    thresholds, true and predicted positives interpolated linearly between two (Davis & Goadrich)."""
+    eps = 1e-7
+    t = np.array([-eps] + [i / 199 for i in range(1, 199)] + [1 + eps], dtype=np.float32)
+    pos = y > 0.5
+    above = p[None, :] > t[:, None]
+    tp = (above & pos).sum(1).astype(np.float64)
+    fp = (above & ~pos).sum(1).astype(np.float64)
+    fn = pos.sum() - tp
+    dtp = tp[:-1] - tp[1:]
+    pp = tp + fp
+    dp = np.maximum(pp[:-1] - pp[1:], 0)
+    slope = np.divide(dtp, dp, out=np.zeros_like(dtp), where=dp > 0)
+    intercept = tp[1:] - slope * pp[1:]
+    both = (pp[:-1] > 0) & (pp[1:] > 0)
+    ratio = np.where(both, pp[:-1] / np.where(both, pp[1:], 1), 1.0)
+    total = tp[1:] + fn[1:]
+    return float(np.sum(np.where(total > 0, slope * (dtp + intercept * np.log(ratio)) / np.maximum(total, 1), 0)))
+
+
+def average_precision(p, y):
+    """The exact area: precision at each positive's rank, averaged over the positives."""
+    order = np.argsort(-p, kind="stable")
+    hits = (y[order] > 0.5).astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(p) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
 def rank_auc(p, y):
     """The exact AUC: the chance that a positive sample scores above a negative one (ties count half)."""
     pos, neg = p[y > 0.5], p[y <= 0.5]
@@ -119,6 +148,17 @@ class Metrics(unittest.TestCase):
         # 200 thresholds put Keras's AUC within a few thousandths of the exact one.
         self.assertAlmostEqual(last["val_auc"], rank_auc(p, y), delta=0.01)
         self.assertNotAlmostEqual(last["val_precision"], last["val_recall"], places=3)
+
+    def test_pr_auc_is_kerass_auc_of_the_pr_curve(self):
+        metrics = ["AUC(curve='PR')", "auc"]
+        last = self.fit(self.spec("pr.toml", metrics=metrics), "pr")[-1]
+        self.assertIn("val_pr_auc", last)
+        p = self.predictions("pr")
+        y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1)
+        self.assertAlmostEqual(last["val_pr_auc"], keras_pr_auc(p.astype(np.float32), y), places=5)
+        self.assertAlmostEqual(last["val_pr_auc"], average_precision(p, y), delta=0.03)
+        self.assertNotAlmostEqual(last["val_pr_auc"], last["val_auc"], places=2)
+        self.assertAlmostEqual(last["val_auc"], keras_auc(p.astype(np.float32), y), places=5)
 
     def test_binary_metrics_are_those_of_the_predictions(self):
         epochs = self.fit(self.spec("binary.toml"), "binary")

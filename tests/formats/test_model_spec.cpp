@@ -402,7 +402,8 @@ TEST_SUITE("model_spec") {
          "expected one of: sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, "
          "binary_focal_crossentropy, categorical_focal_crossentropy, mse, mae, mean_squared_error, "
          "mean_absolute_error, huber, log_cosh, poisson, kl_divergence, kld, "
-         "hinge, squared_hinge, cosine_similarity, msle, mean_squared_logarithmic_error, mape, "
+         "hinge, squared_hinge, categorical_hinge, cosine_similarity, msle, mean_squared_logarithmic_error, "
+         "mape, "
          "mean_absolute_percentage_error"},
         {T + "loss = \"mse\"\nmetrics = [\"accuracy\", \"acuracy\"]\n", "spec.toml:9:24",
          "unknown metric 'acuracy'", "did you mean 'accuracy'?"},
@@ -415,7 +416,7 @@ TEST_SUITE("model_spec") {
          "unknown metric 'AUCC'", "did you mean 'auc'?"},
         {T + "loss = \"binary_crossentropy\"\nmetrics = [\"top_k_accuracy\"]\n", "spec.toml:9:12",
          "metric 'top_k_accuracy' ranks classes, and binary_crossentropy's model has one output",
-         "report accuracy, precision, recall or auc"},
+         "report accuracy, precision, recall, auc or pr_auc"},
         {T + "loss = \"sparse_categorical_crossentropy\"\nmetrics = [\"mean_absolute_error\"]\n",
          "spec.toml:9:12",
          "metric 'mae' compares outputs with labels of the same shape, and sparse_categorical_crossentropy's "
@@ -793,8 +794,13 @@ TEST_SUITE("model_spec") {
     f = failure(kHead + sparse +
                 "weighted_metrics = [\"top_k_accuracy(k=2)\"]\nmetrics = [\"top_k_accuracy(k=3)\"]\n");
     CHECK(f.what == "the top-k metrics' calls say k=3 and k=2");
-    f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"AUC(curve='PR')\"]\n");
-    CHECK(f.what == "metric 'AUC(curve='PR')': curve = 'PR' is not supported by trainer");
+    // AUC's PR curve is the metric pr_auc.
+    CHECK(parse_model_spec(
+              kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"AUC(curve='PR')\", \"auc\"]\n",
+              "p.toml")
+              .train.metrics == std::vector<std::string>{"pr_auc", "auc"});
+    f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"AUC(num_thresholds=100)\"]\n");
+    CHECK(f.what == "metric 'AUC(num_thresholds=100)': num_thresholds = 100 is not supported by trainer");
     CHECK(f.where == "spec.toml:9:12");
     f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"Precision(name='p')\"]\n");
     CHECK(f.what == "metric 'Precision(name='p')': another name for it is not supported by trainer");
