@@ -856,6 +856,7 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
   if (arr->empty()) r.fail(list_pos, "model.layers is empty", "add one [[model.layers]] table per layer");
 
   std::vector<LayerSpec> layers;
+  std::vector<SourcePos> share_pos;  // each layer's `shares` value (empty: none)
   std::vector<std::vector<SourcePos>> input_pos;
   std::vector<SourcePos> name_pos;
   std::vector<bool> named;
@@ -869,14 +870,30 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
     LayerSpec L;
     L.pos = r.pos(e);
     const toml::node* type = t->get("type");
-    if (!type)
-      r.fail(L.pos, fmt::format("{} has no type", where), "give its Keras class, e.g. type = \"Dense\"");
-    if (!type->is_string())
+    const toml::node* shares = t->get("shares");
+    if (shares && !shares->is_string())
+      r.fail(r.pos(*shares), fmt::format("{}.shares must be a layer name, not {}", where, describe(*shares)),
+             "e.g. shares = \"encoder\"");
+    if (shares) {
+      L.shares = shares->as_string()->get();
+      share_pos.push_back(r.pos(*shares));
+    } else {
+      share_pos.emplace_back();
+    }
+    if (!type && !shares)
+      r.fail(L.pos, fmt::format("{} has no type", where),
+             "give its Keras class, e.g. type = \"Dense\" (or shares = \"<layer>\" to call an earlier layer "
+             "again)");
+    if (type && !type->is_string())
       r.fail(r.pos(*type), fmt::format("{}.type must be a string, not {}", where, describe(*type)),
              "give the Keras class in quotes, e.g. type = \"Dense\"");
-    L.type = canonical_layer_type(type->as_string()->get());
-    L.type_pos = r.pos(*type);
-    if (L.type.empty()) r.fail(L.type_pos, fmt::format("{}.type is empty", where), "e.g. type = \"Dense\"");
+    if (type) {
+      L.type = canonical_layer_type(type->as_string()->get());
+      L.type_pos = r.pos(*type);
+      if (L.type.empty()) r.fail(L.type_pos, fmt::format("{}.type is empty", where), "e.g. type = \"Dense\"");
+    } else {
+      L.type_pos = share_pos.back();
+    }
 
     SourcePos npos = L.pos;
     if (const toml::node* name = t->get("name")) {
@@ -924,7 +941,13 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
     }
     for (auto&& [k, v] : *t) {
       const std::string_view key = k.str();
-      if (key == "type" || key == "name" || key == "inputs") continue;
+      if (key == "type" || key == "name" || key == "inputs" || key == "shares") continue;
+      if (shares)
+        r.fail(r.pos(k, v),
+               fmt::format("{} shares the layer '{}', whose arguments it takes: '{}' cannot be set here",
+                           where, L.shares, key),
+               "a shared layer's table holds name, shares and inputs; set the arguments where the layer is "
+               "defined");
       L.args.emplace(std::string(key),
                      Arg{read_arg(r, v, fmt::format("{}.{}", where, key)), r.pos(v), r.pos(k, v)});
     }
@@ -945,8 +968,35 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
              fmt::format("model.layers[{}] at {} has it too; names must be unique", it->second,
                          name_pos[it->second].str()));
   }
+  // A shared layer: the layer it names, listed before it, called again. Its type and arguments are that
+  // layer's (the one that holds the weights, when that one shares another's too).
+  auto resolve_share = [&](size_t i) {
+    LayerSpec& L = layers[i];
+    const std::string who = named[i] ? fmt::format("layer '{}'", L.name) : fmt::format("model.layers[{}]", i);
+    auto it = index.find(L.shares);
+    if (it == index.end() || it->second >= i) {
+      Keys earlier;
+      for (size_t k = 0; k < i; ++k) earlier.push_back(layers[k].name);
+      r.fail(share_pos[i],
+             it == index.end() ? fmt::format("{} shares '{}', which is not a layer before it", who, L.shares)
+             : it->second == i
+                 ? fmt::format("{} shares itself", who)
+                 : fmt::format("{} shares '{}', which comes later in model.layers", who, L.shares),
+             it == index.end() ? choice_hint(L.shares, earlier) : "a layer shares a layer listed before it");
+    }
+    const LayerSpec& owner = layers[it->second];
+    if (!L.type.empty() && L.type != owner.type)
+      r.fail(L.type_pos,
+             fmt::format("{} is a {}, and the layer '{}' it shares is a {}", who, L.type, owner.name,
+                         owner.type),
+             "leave out type: a shared layer is its layer's");
+    L.type = owner.type;
+    L.args = owner.args;
+    if (!owner.shares.empty()) L.shares = owner.shares;
+  };
   std::map<std::string, int> counters;
   for (size_t i = 0; i < layers.size(); ++i) {
+    if (!layers[i].shares.empty()) resolve_share(i);
     if (named[i]) continue;
     const std::string base = snake_case(layers[i].type);
     std::string name;

@@ -48,8 +48,11 @@ struct LayerSpec {
   // first input for the first layer).
   std::vector<std::string> inputs;
   std::map<std::string, Arg> args;  // every other key of the layer's table
-  SourcePos pos;                    // the layer's table
-  SourcePos type_pos;               // its `type` value: where an unknown layer type is reported
+  // Keras's shared layer: the layer of this name (listed before it) called again, on this layer's inputs,
+  // with the same weights. Its type and arguments are that layer's (copied here); "" for a layer of its own.
+  std::string shares;
+  SourcePos pos;       // the layer's table
+  SourcePos type_pos;  // its `type` value: where an unknown layer type is reported
   bool operator==(const LayerSpec&) const = default;
 };
 

@@ -159,7 +159,10 @@ std::string to_toml(const ModelSpec& spec) {
     // of an ONNX model, to the next name that no value of the model holds).
     if (l.named) w.kv("name", l.name);
     if (!l.inputs.empty()) w.kv("inputs", l.inputs);
-    for (const auto& [k, a] : l.args) std::visit([&, &key = k](const auto& v) { w.kv(key, v); }, a.value);
+    // A shared layer's arguments are its layer's, written there.
+    if (!l.shares.empty()) w.kv("shares", l.shares);
+    if (l.shares.empty())
+      for (const auto& [k, a] : l.args) std::visit([&, &key = k](const auto& v) { w.kv(key, v); }, a.value);
   }
 
   // The reader requires [data.train] in a [data] table and a loss in a [train] table, so the sections are

@@ -124,12 +124,30 @@ ValueId LayerBuilder::counted(ValueId v, bool is_trainable) {
   return v;
 }
 
+ValueId LayerBuilder::shared_weight(const std::string& suffix, const Shape& shape) const {
+  if (spec.shares.empty()) return kNoValue;
+  const ValueId v = graph.find(spec.shares + "/" + suffix);
+  if (v == kNoValue || !graph.value(v).persistent())
+    fail_layer(fmt::format("it shares the layer '{}', which made no weight '{}' for it", spec.shares, suffix),
+               "a shared layer is called on inputs like its layer's");
+  if (graph.value(v).shape != shape)
+    fail_layer(
+        fmt::format("it shares the weights of '{}', and its input needs a '{}' of shape {} where '{}' has "
+                    "{}",
+                    spec.shares, suffix, shape.str(), spec.shares, graph.value(v).shape.str()),
+        "a shared layer takes inputs of the shapes its layer took (the same features or channels)");
+  return v;
+}
+
 ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
+  if (const ValueId shared = shared_weight(suffix, init.shape()); shared != kNoValue) return shared;
   return counted(graph.add_parameter(name() + "/" + suffix, std::move(init), trainable()), trainable());
 }
 
 ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
                              const WeightFans& fans) {
+  // A shared layer's weights are its layer's, with their regularizers and constraints counted once there.
+  if (const ValueId shared = shared_weight(suffix, shape); shared != kNoValue) return shared;
   // A weight larger than the machine's memory is a spec mistake (units = 100000000), said before allocating;
   // so are weights that together outgrow it (two Dense layers of 5000000 units), which would otherwise fill
   // the memory before the model is whole.
@@ -232,6 +250,12 @@ void LayerBuilder::penalize_activity(ValueId v, double l1, double l2) {
 }
 
 ValueId LayerBuilder::state(const std::string& suffix, Tensor init) {
+  if (!spec.shares.empty())
+    fail_layer(
+        fmt::format("it shares the layer '{}', whose {} is state that each call would update: a shared "
+                    "layer with state is not supported",
+                    spec.shares, suffix),
+        "give this call a layer of its own");
   const ValueId v = graph.add_state(name() + "/" + suffix, std::move(init));
   graph.value(v).frozen = !trainable();
   return counted(v, false);

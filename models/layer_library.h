@@ -74,6 +74,9 @@ class LayerBuilder {
   const std::string& name() const { return spec.name; }
   // Weights are named "<layer>/<suffix>" (Keras's names: kernel, bias, gamma, ...) and counted in info.
   engine::ValueId weight(const std::string& suffix, engine::Tensor init);
+  // In a shared layer (spec.shares), the weight of that name its layer made (checked to have `shape`);
+  // kNoValue in a layer of its own.
+  engine::ValueId shared_weight(const std::string& suffix, const engine::Shape& shape) const;
   // A weight initialized by the initializer named in argument `init_arg`, seeded by its own name.
   // Its regularizer is argument `init_arg` with _regularizer for _initializer (kernel_regularizer), when the
   // layer declares one (see regularize).

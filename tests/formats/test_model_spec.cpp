@@ -754,6 +754,49 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "unknown metric 'Accuracy'");
   }
 
+  TEST_CASE("a shared layer takes its layer's type and arguments, and round-trips") {
+    const std::string two =
+        "format_version = 1\n[[model.inputs]]\nname = \"a\"\nshape = [4]\n[[model.inputs]]\nname = \"b\"\n"
+        "shape = [4]\n";
+    const std::string dense = "[[model.layers]]\ntype = \"Dense\"\ninputs = [\"a\"]\nunits = 3\n";
+    const std::string add = "[[model.layers]]\ntype = \"Add\"\ninputs = [\"dense\", \"dense_1\"]\n";
+    const ModelSpec s = parse_model_spec(
+        two + dense + "[[model.layers]]\nshares = \"dense\"\ninputs = [\"b\"]\n" + add, "s.toml");
+    REQUIRE(s.model.layers.size() == 3);
+    const LayerSpec& shared = s.model.layers[1];
+    CHECK(shared.type == "Dense");
+    CHECK(shared.name == "dense_1");  // named as its type's next layer
+    CHECK(shared.shares == "dense");
+    CHECK(std::get<int64_t>(shared.args.at("units").value) == 3);
+    const std::string written = to_toml(s);
+    CHECK(written.find("shares = \"dense\"") != std::string::npos);
+    CHECK(same_settings(s, parse_model_spec(written, "s.toml")));
+    // A layer sharing a shared layer shares the layer that holds the weights.
+    const ModelSpec chain = parse_model_spec(
+        two + dense + "[[model.layers]]\nname = \"x\"\nshares = \"dense\"\ninputs = [\"b\"]\n" +
+            "[[model.layers]]\nname = \"y\"\nshares = \"x\"\ninputs = [\"a\"]\n" +
+            "[[model.layers]]\ntype = \"Add\"\ninputs = [\"dense\", \"x\", \"y\"]\n",
+        "c.toml");
+    CHECK(chain.model.layers[2].shares == "dense");
+
+    Failure f =
+        failure(two + dense + "[[model.layers]]\nshares = \"dense\"\nunits = 4\ninputs = [\"b\"]\n" + add);
+    CHECK(f.what ==
+          "model.layers[1] shares the layer 'dense', whose arguments it takes: 'units' cannot be set here");
+    CHECK(f.where == "spec.toml:14:1");
+    f = failure(two + dense + "[[model.layers]]\nshares = \"dens\"\ninputs = [\"b\"]\n" + add);
+    CHECK(f.what == "model.layers[1] shares 'dens', which is not a layer before it");
+    CHECK(f.hint == "did you mean 'dense'?");
+    f = failure(two + "[[model.layers]]\nname = \"e\"\nshares = \"dense\"\ninputs = [\"b\"]\n" + dense +
+                "[[model.layers]]\ntype = \"Add\"\ninputs = [\"dense\", \"e\"]\n");
+    CHECK(f.what == "layer 'e' shares 'dense', which is not a layer before it");
+    f = failure(two + dense + "[[model.layers]]\ntype = \"Conv1D\"\nshares = \"dense\"\ninputs = [\"b\"]\n" +
+                add);
+    CHECK(f.what == "model.layers[1] is a Conv1D, and the layer 'dense' it shares is a Dense");
+    f = failure(two + dense + "[[model.layers]]\nshares = 3\n" + add);
+    CHECK(f.what == "model.layers[1].shares must be a layer name, not an integer (3)");
+  }
+
   TEST_CASE("Keras's calls of loss and metric classes read their arguments, and round-trip") {
     const ModelSpec a = parse_model_spec(kHead +
                                              "[train]\nloss = \"keras.losses.BinaryFocalCrossentropy("
