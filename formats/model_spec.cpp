@@ -82,6 +82,7 @@ const Keys kOptimizerKeys = {"name",
                              "clipnorm",
                              "global_clipnorm",
                              "clipvalue",
+                             "gradient_accumulation_steps",
                              "schedule"};
 const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
                             "decay_steps", "decay_rate",   "staircase",
@@ -190,7 +191,9 @@ Keys optimizer_args(std::string_view name) {
   Keys keys = {"learning_rate"};
   const Keys& own = kOptimizerOwnArgs.at(name);
   keys.insert(keys.end(), own.begin(), own.end());
-  for (const char* k : {"weight_decay", "clipnorm", "global_clipnorm", "clipvalue"}) keys.push_back(k);
+  for (const char* k :
+       {"weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "gradient_accumulation_steps"})
+    keys.push_back(k);
   return keys;
 }
 const std::map<std::string_view, Keys> kScheduleArgs = {
@@ -1446,6 +1449,12 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
                     t.name(clipping[1])),
         "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue (each "
         "element)");
+  if (t.get("gradient_accumulation_steps", o.gradient_accumulation_steps) &&
+      (o.gradient_accumulation_steps < 1 || o.gradient_accumulation_steps > 1000000))
+    t.fail("gradient_accumulation_steps",
+           fmt::format("train.optimizer.gradient_accumulation_steps must be from 1 (an update every step) to "
+                       "1000000, not {}",
+                       o.gradient_accumulation_steps));
   t.get("nesterov", o.nesterov);
   t.get("amsgrad", o.amsgrad);
   t.get("centered", o.centered);

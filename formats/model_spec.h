@@ -195,6 +195,9 @@ struct OptimizerSpec {
   // Keras's gradient clipping, at most one of them > 0: each gradient to this L2 norm, all of them together
   // to this global norm, each element to [-clipvalue, clipvalue].
   double clipnorm = 0.0, global_clipnorm = 0.0, clipvalue = 0.0;
+  // Keras 3's gradient_accumulation_steps: the gradients of this many steps are averaged into one update,
+  // made every this-many-th step (1: every step).
+  int64_t gradient_accumulation_steps = 1;
   ScheduleSpec schedule;
   SourcePos pos;
   bool operator==(const OptimizerSpec&) const = default;

@@ -252,6 +252,8 @@ std::string to_toml(const ModelSpec& spec) {
     w.kv("clipnorm", o.clipnorm);
     w.kv("global_clipnorm", o.global_clipnorm);
     w.kv("clipvalue", o.clipvalue);
+    if (o.gradient_accumulation_steps != 1)
+      w.kv("gradient_accumulation_steps", o.gradient_accumulation_steps);
 
     const ScheduleSpec& s = o.schedule;
     w.header("[train.optimizer.schedule]");

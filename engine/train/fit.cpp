@@ -156,6 +156,7 @@ TrainingOptions training_options(const FitConfig& cfg, const LossGraph& lg) {
   o.clipvalue = cfg.clipvalue;
   o.precision = cfg.precision;
   o.loss_scaling = cfg.precision == Precision::fp16;
+  o.accumulation_steps = cfg.gradient_accumulation_steps;
   return o;
 }
 
@@ -978,7 +979,8 @@ struct Plan {
   size_t weights_at = 0;
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
-  std::map<ValueId, std::string> grad_param;               // training plans: gradient -> its parameter's name
+  ValueId apply_update = kNoValue;            // training plans accumulating gradients: true on an update step
+  std::map<ValueId, std::string> grad_param;  // training plans: gradient -> its parameter's name
 };
 
 // A fingerprint of the training data: its sizes, every label and the samples at up to 64 evenly spaced
@@ -1080,6 +1082,7 @@ class Device {
       train_[batch] = make_plan(plans_.add(tg.graph, po), lg, tg.learning_rate, tg.iteration, batch);
       train_[batch].loss_scale = tg.loss_scale;
       train_[batch].grads_finite = tg.grads_finite;
+      train_[batch].apply_update = tg.apply_update;
       const std::vector<ValueId> params = trainable_parameters(*tg.graph);
       for (size_t i = 0; i < params.size() && i < tg.gradients.size(); ++i)
         train_[batch].grad_param[tg.gradients[i]] = tg.graph->value(params[i]).name;
@@ -1873,8 +1876,12 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     while (have) {
       if (!fed) feed(batch);
       const float lr = static_cast<float>(schedule.at(st.global_step) * st.lr_factor);
-      // The optimizer counts the updates it made: a step skipped for overflow does not advance it.
-      const int64_t iteration = scaler.applied_steps() + 1;
+      // The optimizer counts the updates it made: a step skipped for overflow does not advance it. Under
+      // gradient accumulation it counts every step, as Keras's iterations do (an update at step k N is
+      // Adam's k N-th), and every N-th step updates.
+      const int64_t accumulation = cfg.gradient_accumulation_steps;
+      const int64_t iteration = accumulation > 1 ? st.global_step + 1 : scaler.applied_steps() + 1;
+      const bool apply_update = (st.global_step + 1) % accumulation == 0;
       const float scale = scaler.scale();
       // Replica k takes its rank's rows of the batch; StepContext::sample_offset keys its dropout masks by
       // the rows' places in the global batch, so every replica count draws the same masks.
@@ -1888,6 +1895,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         if (mask_counter) mask_counter->write(s, p, lo, hi);
         s.write(p.lr, &lr, sizeof lr);
         s.write(p.iteration, &iteration, sizeof iteration);
+        if (p.apply_update != kNoValue) s.write(p.apply_update, &apply_update, sizeof apply_update);
         if (p.loss_scale != kNoValue) s.write(p.loss_scale, &scale, sizeof scale);
         if (!reducers.empty())
           reducers[k]->begin_step(s.program().buckets.size(), st.global_step,
@@ -2258,6 +2266,7 @@ TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, in
                            const std::map<std::string, TrainingOptions::ShardRange>* shard) {
   LossGraph lg = add_loss(factory(batch, true), batch, cfg);
   TrainingOptions topt = training_options(cfg, lg);
+  topt.accumulation_steps = 1;  // one step as it computes: forward, backward and the update
   if (shard) topt.shard = *shard;
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
   tg.graph->mark_output(lg.output);  // as the Device's training plans do: metrics read it

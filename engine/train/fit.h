@@ -159,6 +159,9 @@ struct FitConfig {
   OptimizerConfig optimizer;
   LearningRateSchedule schedule;
   float clipnorm = 0, global_clipnorm = 0, clipvalue = 0;  // see TrainingOptions
+  // Keras 3's: the update averages the gradients of this many steps and is made on every this-many-th
+  // global step (the others only add theirs); Adam's bias correction and the schedule count every step.
+  int64_t gradient_accumulation_steps = 1;
   EarlyStopping early_stopping;
   ReduceLrOnPlateau reduce_lr;
   Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h

@@ -131,6 +131,28 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     tg.grads_finite = outs.back();
     g.mark_output(tg.grads_finite);
   }
+  if (options.accumulation_steps > 1 && !params.empty()) {
+    if (options.loss_scaling)
+      throw InputError("train.optimizer.gradient_accumulation_steps",
+                       "gradient accumulation with fp16's loss scaling is not supported",
+                       "train in bf16 or fp32 (train.precision), or leave gradient_accumulation_steps out");
+    tg.apply_update = g.add_input("__apply_update", DType::boolean, Shape{});
+    for (size_t i = 0; i < applied.size(); ++i) {
+      const std::string name = g.value(params[i]).name;
+      const Value& gv = g.value(applied[i]);
+      const DType dtype = gv.dtype;
+      const ValueId acc = g.add_state(name + "/accumulated_gradient", Tensor(dtype, gv.shape));
+      const ValueId sum = g.op("Add", {acc, applied[i]});
+      Tensor zero(dtype, Shape{}), inverse(dtype, Shape{});
+      inverse.set_f64(0, 1.0 / static_cast<double>(options.accumulation_steps));
+      g.bind_update(
+          g.op("Where", {tg.apply_update,
+                         g.add_constant(g.unique_name(name + "/accumulated_gradient/zero"), zero), sum}),
+          acc);
+      applied[i] =
+          g.op("Mul", {sum, g.add_constant(g.unique_name(name + "/accumulated_gradient/mean"), inverse)});
+    }
+  }
   if (options.global_clipnorm > 0 && !params.empty()) {
     NodeId clip = g.add_node("ClipByGlobalNorm", applied, {{"clipnorm", options.global_clipnorm}},
                              static_cast<int>(applied.size()) + 1, "clip_by_global_norm");
@@ -186,9 +208,11 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
   }
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
   if (!options.constraints.empty()) apply_constraints(g, tg.parameters, options);
-  if (tg.grads_finite != kNoValue) {
-    // An overflowed step keeps every parameter and optimizer state: each update is selected against the old
-    // value, and the selection, not the update, is what the state becomes.
+  // An overflowed step (loss scaling), and a step that only accumulates its gradients, keep every parameter
+  // and optimizer state: each update is selected against the old value, and the selection, not the update,
+  // is what the state becomes.
+  for (const ValueId keep_unless : {tg.grads_finite, tg.apply_update}) {
+    if (keep_unless == kNoValue) continue;
     std::map<ValueId, ValueId> next_of;
     for (const auto& [next, state] : g.updates()) next_of[state] = next;
     for (const OptimizerState& p : tg.parameters) {
@@ -197,7 +221,7 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
       for (ValueId s : states) {
         auto it = next_of.find(s);
         if (it == next_of.end()) continue;
-        g.rebind_update(s, g.op("Where", {tg.grads_finite, it->second, s}));
+        g.rebind_update(s, g.op("Where", {keep_unless, it->second, s}));
       }
     }
   }
@@ -207,7 +231,10 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
 }
 
 Trainer::Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const TrainingOptions& options)
-    : tg_(std::move(tg)), seed_(seed), scaler_(options.loss_scale) {
+    : tg_(std::move(tg)),
+      seed_(seed),
+      scaler_(options.loss_scale),
+      accumulation_steps_(std::max<int64_t>(options.accumulation_steps, 1)) {
   PlanOptions po;
   po.gradients = tg_.gradients;
   po.bucket_bytes = options.bucket_bytes;
@@ -215,8 +242,13 @@ Trainer::Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const Traini
 }
 
 float Trainer::step(float lr) {
-  // The optimizer counts applied updates only: a skipped step does not advance Adam's bias correction.
-  int64_t it = scaler_.applied_steps() + 1;
+  // The optimizer counts applied updates only: a skipped step does not advance Adam's bias correction; under
+  // gradient accumulation, every step, as Keras counts its iterations.
+  int64_t it = accumulation_steps_ > 1 ? static_cast<int64_t>(step_) + 1 : scaler_.applied_steps() + 1;
+  if (tg_.apply_update != kNoValue) {
+    const bool apply = (static_cast<int64_t>(step_) + 1) % accumulation_steps_ == 0;
+    session_->write(tg_.apply_update, &apply, sizeof apply);
+  }
   session_->write(tg_.learning_rate, &lr, sizeof lr);
   session_->write(tg_.iteration, &it, sizeof it);
   if (tg_.loss_scale != kNoValue) {

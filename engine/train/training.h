@@ -29,6 +29,11 @@ struct TrainingOptions {
   // most that L2 norm, global_clipnorm all of them together to at most that joint norm, clipvalue clips each
   // element to [-clipvalue, clipvalue].
   float clipnorm = 0, global_clipnorm = 0, clipvalue = 0;
+  // Gradient accumulation (> 1): each trainable parameter P gets a state "P/accumulated_gradient"; a step
+  // adds its gradient to it, and where the fed input `apply_update` is true the update takes their sum
+  // divided by this (clipped after that, as Keras clips the average) and the sum starts again from 0. Where
+  // it is false, parameters and optimizer state keep their values.
+  int64_t accumulation_steps = 1;
   Precision precision = Precision::fp32;  // bf16/fp16: GEMMs and convolutions rewritten (plan/precision.h)
   // Dynamic loss scaling (fp16): backward runs on loss * scale (a fed input); the gradients are unscaled and
   // checked, and a step whose gradients are not all finite leaves parameters and optimizer state as they
@@ -60,6 +65,7 @@ struct TrainingGraph {
   ValueId gradient_norm = kNoValue;  // with global_clipnorm: the norm before clipping (a graph output)
   ValueId loss_scale = kNoValue;     // with loss_scaling: the f32 scalar input the loss is multiplied by
   ValueId grads_finite = kNoValue;   // with loss_scaling: bool scalar output, false when the step was skipped
+  ValueId apply_update = kNoValue;   // with accumulation_steps > 1: bool scalar input, true on an update step
   // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from
   // update_begin gradient clipping and the optimizer update (trainer bench reports time per phase).
   NodeId backward_begin = 0, update_begin = 0;
@@ -99,6 +105,7 @@ class Trainer {
   uint64_t seed_;
   uint64_t step_ = 0;
   DynamicLossScaler scaler_;
+  int64_t accumulation_steps_ = 1;
 };
 
 }  // namespace trainer::engine

@@ -1,0 +1,137 @@
+"""Gradient accumulation ([train.optimizer] gradient_accumulation_steps, Keras 3's): N steps of batch B update as
+one step of batch N B does (SGD with momentum, equal parameters); Adam counts every step in its bias correction as
+Keras's iterations do (checked against Keras's update rule in numpy); a checkpoint written between two updates
+resumes with the gradients it had gathered; replicas give the same parameters; bad values are exit-2 errors."""
+
+import os
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+SPEC = """format_version = 1
+[model]
+input = [5]
+[[model.layers]]
+type = "Dense"
+units = {hidden}
+activation = "tanh"
+kernel_initializer = "{init}"
+[[model.layers]]
+type = "Dense"
+units = 2
+kernel_initializer = "{init}"
+[data]
+shuffle = false
+[data.train]
+x = "x.npy"
+y = "y.npy"
+[train]
+loss = "mse"
+epochs = {epochs}
+batch_size = {batch}
+[train.optimizer]
+{optimizer}
+"""
+
+SGD = 'name = "sgd"\nmomentum = 0.9\nlearning_rate = 0.05\n'
+
+
+class GradientAccumulation(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(0)
+        cls.x = rng.normal(size=(64, 5)).astype(np.float32)
+        cls.y = (cls.x @ rng.normal(size=(5, 2))).astype(np.float32)
+        np.save(cls.path("x.npy"), cls.x)
+        np.save(cls.path("y.npy"), cls.y)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.tmp.name, name)
+
+    def fit(self, name, batch, optimizer, steps=None, epochs=3, hidden=8, init="glorot_uniform", args=(), tail=""):
+        spec = self.path(name + ".toml")
+        with open(spec, "w") as f:
+            extra = f"gradient_accumulation_steps = {steps}\n" if steps else ""
+            f.write(SPEC.format(hidden=hidden, init=init, epochs=epochs, batch=batch, optimizer=optimizer + extra) + tail)
+        out = self.path(name)
+        r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", out, *args], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
+
+    def assert_same_weights(self, a, b, rtol=1e-5):
+        names = [n for n in b if n.endswith(("kernel", "bias"))]
+        self.assertEqual(len(names), 4)
+        for n in names:
+            np.testing.assert_allclose(a[n], b[n], rtol=rtol, atol=1e-6, err_msg=n)
+
+    def test_four_steps_of_eight_update_as_one_step_of_thirty_two(self):
+        accumulated = self.fit("acc", 8, SGD, steps=4)
+        whole = self.fit("whole", 32, SGD)
+        self.assert_same_weights(accumulated, whole)
+        # The gathered gradients are state of the run, 0 after an update (64 samples: 8 steps, 2 updates).
+        self.assertIn("dense/kernel/accumulated_gradient", accumulated)
+        self.assertFalse(np.any(accumulated["dense/kernel/accumulated_gradient"]))
+        # Not every step updates: without accumulation, batch 8 trains other weights.
+        every = self.fit("every", 8, SGD)
+        self.assertGreater(np.abs(every["dense/kernel"] - whole["dense/kernel"]).max(), 1e-3)
+
+    def test_adam_counts_every_step_as_kerass_iterations(self):
+        lr, b1, b2, eps, n, batch = 0.01, 0.9, 0.999, 1e-7, 2, 8
+        got = self.fit("adam", batch, f'name = "adam"\nlearning_rate = {lr}\n', steps=n, epochs=2, hidden=2,
+                       init="zeros")
+        # Keras's rule on this model: the tanh layer of zeros passes no gradient, so only the output bias moves
+        # (zeros in, mse's gradient 2 (b - y) / (batch 2)).
+        bias = np.zeros(2)
+        m = np.zeros(2)
+        v = np.zeros(2)
+        acc = np.zeros(2)
+        y = self.y.astype(np.float64)
+        for step in range(1, 2 * 64 // batch + 1):
+            rows = y[(step - 1) % 8 * batch:(step - 1) % 8 * batch + batch]
+            acc += (2 * (bias - rows)).sum(0) / (batch * 2)
+            if step % n:
+                continue
+            g, acc = acc / n, np.zeros(2)
+            m += (g - m) * (1 - b1)
+            v += (g * g - v) * (1 - b2)
+            alpha = lr * np.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+            bias -= alpha * m / (np.sqrt(v) + eps)
+        np.testing.assert_allclose(got["dense_1/bias"], bias, rtol=1e-5, atol=1e-7)
+        # Counting updates instead (k for the k-th) would move it elsewhere.
+        self.assertGreater(np.abs(bias).max(), 1e-3)
+
+    def test_a_checkpoint_between_updates_resumes_with_its_gathered_gradients(self):
+        ckpt = '\n[train.checkpoint]\nevery_steps = 3\nkeep_last = 0\n'
+        straight = self.fit("straight", 8, SGD, steps=4)
+        self.fit("stopped", 8, SGD, steps=4, tail=ckpt)
+        mid = self.path("stopped/step-3.ckpt")
+        self.assertTrue(np.any(cli_util.read_checkpoint(mid)["dense/kernel/accumulated_gradient"]))
+        r = run(["fit", "--resume", mid, "--device", "cpu", "-q", "--output-dir", self.path("resumed")],
+                timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_same_weights(cli_util.read_checkpoint(self.path("resumed/last.ckpt")), straight, rtol=1e-6)
+        two = self.fit("two", 8, SGD, steps=4, args=("--devices", "2"))
+        self.assert_same_weights(two, straight)
+
+    def test_bad_values_are_input_errors(self):
+        for value, needle in (("0", "must be from 1 (an update every step) to 1000000, not 0"),
+                              ("2.5", "must be an integer")):
+            spec = self.path("bad.toml")
+            with open(spec, "w") as f:
+                f.write(SPEC.format(hidden=2, init="zeros", epochs=1, batch=8, optimizer=SGD) +
+                        f"gradient_accumulation_steps = {value}\n")
+            cli_util.assert_input_error(self, run(["check", spec]), "gradient_accumulation_steps", needle)
+
+
+if __name__ == "__main__":
+    cli_util.main()
