@@ -372,30 +372,42 @@ formats::ModelSpec LoadedCheckpoint::spec(const std::vector<std::string>& overri
   const std::string where = fmt::format("{} (the spec it holds)", path);
   // Another optimizer: the state the checkpoint holds (Adam's moments, ...) is not its state, and the keys
   // the spec spells out for the first do not apply to it. Said as such, before a key of the first is named.
+  std::string was, override_text;
+  auto another = [&](const std::string& name) {
+    return InputError(
+        fmt::format("--set {}", override_text),
+        fmt::format("the checkpoint's run trains with {}; a resumed run goes on with it, not with {}", was,
+                    name),
+        fmt::format("its state ({}'s own, saved with the weights) is no other optimizer's: change {}'s keys "
+                    "(train.optimizer.learning_rate=...), or train anew",
+                    was, was));
+  };
   for (const std::string& o : overrides) {
     const size_t eq = o.find('=');
     if (eq == std::string::npos) continue;
-    std::string key = o.substr(0, eq), value = o.substr(eq + 1);
-    auto trim = [](std::string& t) {
-      const size_t b = t.find_first_not_of(" \t"), e = t.find_last_not_of(" \t");
-      t = b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
-    };
-    trim(key), trim(value);
-    if (key != "train.optimizer" && key != "train.optimizer.name") continue;
-    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front())
-      value = value.substr(1, value.size() - 2);
-    const std::string was = formats::parse_model_spec(spec_text, where).train.optimizer.name;
-    std::string lower = value;
-    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (lower != was)
-      throw InputError(
-          fmt::format("--set {}", o),
-          fmt::format("the checkpoint's run trains with {}; a resumed run goes on with it", was),
-          fmt::format("its state ({}'s own, saved with the weights) is no other optimizer's: change {}'s "
-                      "keys (train.optimizer.learning_rate=...), or train anew",
-                      was, was));
+    std::string key = o.substr(0, eq);
+    key.erase(0, key.find_first_not_of(" \t"));
+    key.erase(key.find_last_not_of(" \t") + 1);
+    if (key == "train.optimizer" || key.starts_with("train.optimizer.name")) override_text = o;
   }
-  formats::ModelSpec s = formats::parse_model_spec(spec_text, where, overrides);
+  formats::ModelSpec s;
+  if (!override_text.empty()) {
+    was = formats::parse_model_spec(spec_text, where).train.optimizer.name;
+    try {
+      s = formats::parse_model_spec(spec_text, where, overrides);
+    } catch (const InputError& e) {
+      // The checkpoint's keys that the other optimizer does not take: the name it was given, if a known one.
+      std::string value = override_text.substr(override_text.find('=') + 1);
+      value.erase(0, value.find_first_not_of(" \t\"'"));
+      value.erase(value.find_last_not_of(" \t\"'") + 1);
+      const std::string name = formats::optimizer_name(value);
+      if (!name.empty() && name != was) throw another(name);
+      throw;
+    }
+    if (s.train.optimizer.name != was) throw another(s.train.optimizer.name);
+  } else {
+    s = formats::parse_model_spec(spec_text, where, overrides);
+  }
   s.path = spec_path;
   // Class weights as the run took them: keyed, so that a checkpoint written when an array could leave the
   // last classes out (at 1) resumes as it trained.

@@ -879,6 +879,9 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
              "e.g. shares = \"encoder\"");
     if (shares) {
       L.shares = shares->as_string()->get();
+      if (L.shares.empty())
+        r.fail(r.pos(*shares), fmt::format("{}.shares is empty", where),
+               "name the layer listed before it that this table calls again");
       share_pos.push_back(r.pos(*shares));
     } else {
       share_pos.emplace_back();
@@ -985,7 +988,8 @@ std::vector<LayerSpec> read_layers(const Reader& r, const toml::node& n, const K
              : it->second == i
                  ? fmt::format("{} shares itself", who)
                  : fmt::format("{} shares '{}', which comes later in model.layers", who, L.shares),
-             it == index.end() ? choice_hint(L.shares, earlier) : "a layer shares a layer listed before it");
+             it == index.end() && !earlier.empty() ? choice_hint(L.shares, earlier)
+                                                   : "a layer shares a layer listed before it");
     }
     const LayerSpec& owner = layers[it->second];
     if (!L.type.empty() && L.type != owner.type)
@@ -1603,6 +1607,14 @@ struct Call {
 std::string parse_call(const std::string& text, Call& out) {
   size_t i = 0;
   const size_t n = text.size();
+  if (text.find_first_of("()") == std::string::npos) {
+    // A name, as the lookup of names reads it (a misspelling gets its did-you-mean there).
+    out.name = text;
+    for (const char* prefix :
+         {"tf.keras.losses.", "tf.keras.metrics.", "keras.losses.", "keras.metrics.", "losses.", "metrics."})
+      if (out.name.starts_with(prefix)) out.name = out.name.substr(std::strlen(prefix));
+    return out.name.empty() ? "it is empty" : "";
+  }
   auto space = [&] {
     while (i < n && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
   };
@@ -1642,16 +1654,21 @@ std::string parse_call(const std::string& text, Call& out) {
       if (i >= n) return fmt::format("the quote of its argument '{}' is not closed", a.name);
       a.value = text.substr(b + 1, i - b - 1);
       ++i;
+    } else if (i < n && text[i] == '[') {
+      return fmt::format(
+          "its argument {} is a list, which trainer does not take (one number for every class)", a.name);
     } else {
       while (i < n && text[i] != ',' && text[i] != ')' && !std::isspace(static_cast<unsigned char>(text[i])))
         ++i;
       const std::string v = text.substr(b, i - b);
+      const bool decimal = !v.empty() && v.find_first_not_of("0123456789+-.eE") == std::string::npos &&
+                           v.find_first_of("0123456789") != std::string::npos;
       if (v == "True" || v == "true" || v == "False" || v == "false") {
         a.value = v == "True" || v == "true";
       } else {
         char* end = nullptr;
         const double d = std::strtod(v.c_str(), &end);
-        if (v.empty() || *end != '\0' || !std::isfinite(d))
+        if (!decimal || *end != '\0' || !std::isfinite(d))
           return fmt::format("its argument {} = {} is not a number, True, False or a quoted string", a.name,
                              v.empty() ? "(nothing)" : v);
         a.value = d;
@@ -1701,7 +1718,8 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
            "name the metric, or write Keras's call of its class: \"TopKCategoricalAccuracy(k=3)\"");
   metric = keras_class_name(call.name, kMetrics);
-  if (call.args.empty()) return;
+  // An unknown name (or a loss's) gets its own message in check_metrics, whatever its arguments.
+  if (call.args.empty() || !contains(kMetrics, metric)) return;
   const bool top_k = metric.find("top_k") != std::string::npos;
   Keys takes;
   if (top_k) takes = {"k"};
@@ -1753,8 +1771,8 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
                  "the loss is always reported (loss, and val_loss with validation data); leave it out of "
                  "{}",
                  what));
-    if (!contains(kMetrics, m) && contains(kLosses, m))
-      r.fail(mp, fmt::format("the loss '{}' is not a metric here", m),
+    if (!contains(kMetrics, m) && contains(kLosses, keras_class_name(m, kLosses)))
+      r.fail(mp, fmt::format("the loss '{}' is not a metric here", keras_class_name(m, kLosses)),
              fmt::format("metrics take: {}", join(kMetrics)));
     if (!contains(kMetrics, m)) r.fail(mp, fmt::format("unknown metric '{}'", m), choice_hint(m, kMetrics));
     if (m == "mean_absolute_error") metrics[i] = "mae";
@@ -1854,6 +1872,9 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
         call_logits = *flag;
       else
         o.loss_options.apply_class_balancing = *flag;
+    } else if (a.name == "alpha" && o.loss == "categorical_focal_crossentropy") {
+      need(num && *num >= 0, "a number 0 or more (every class's weight)");
+      o.loss_options.alpha = *num;
     } else if (a.name == "label_smoothing" || a.name == "alpha") {
       need(num && *num >= 0 && *num <= 1, "a number in [0, 1]");
       if (a.name == "alpha")
@@ -1870,7 +1891,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
       need(num && *num == -1, "-1 (the last axis, as trainer's losses reduce it)");
     } else if (a.name == "reduction") {
       need(str && (*str == "sum_over_batch_size" || *str == "auto"),
-           "\"sum_over_batch_size\" (the mean over the batch, which trainer's losses are)");
+           "\"sum_over_batch_size\" or Keras 2's \"auto\" (the mean over the batch, which trainer's losses "
+           "are)");
     } else if (a.name == "name") {
       need(str != nullptr, "a quoted string (the loss is reported as loss, as in Keras)");
     }
@@ -2192,6 +2214,11 @@ std::string read_spec_text(const std::string& path) {
 }
 
 }  // namespace
+
+std::string optimizer_name(const std::string& text) {
+  const std::string name = keras_class_name(text, kOptimizers);
+  return contains(kOptimizers, name) ? name : std::string();
+}
 
 std::string loss_call_text(const std::string& loss, const LossOptions& options) {
   const LossOptions keras;

@@ -173,6 +173,9 @@ struct ScheduleSpec {
 // (`loss = "Huber(delta=2.0)"`); the defaults are Keras's.
 using LossOptions = engine::LossOptions;
 
+// The optimizer `text` names (Keras's class names too: "SGD" is sgd), or "" for none.
+std::string optimizer_name(const std::string& text);
+
 // The loss as the spec writes it: its name, or the call of its non-default options
 // ("huber(delta=2.0)").
 std::string loss_call_text(const std::string& loss, const LossOptions& options);

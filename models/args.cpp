@@ -156,7 +156,10 @@ bool known_unsupported(const std::string& name) {
 bool without_effect(const std::string& name, const formats::ArgValue& v) {
   const std::string* s = std::get_if<std::string>(&v);
   if (name == "unroll") return std::holds_alternative<bool>(v);
-  if (name == "implementation") return std::holds_alternative<int64_t>(v);  // Keras 2 RNNs' kernel choice
+  if (name == "implementation") {  // Keras 2 RNNs' kernel choice
+    const int64_t* i = std::get_if<int64_t>(&v);
+    return i && (*i == 1 || *i == 2);
+  }
   if (name == "input_length") return std::holds_alternative<int64_t>(v);
   if (name == "data_format") return s && *s == "channels_last";
   if (name == "dtype") return s && *s == "float32";

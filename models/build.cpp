@@ -275,9 +275,12 @@ void build_head(BuiltModel& m, const formats::ModelSection& model, const BuildOp
     renamed[l.name] = n;
     l.name = n;
   }
-  for (formats::LayerSpec& l : layers)
+  for (formats::LayerSpec& l : layers) {
     for (std::string& in : l.inputs)
       if (auto it = renamed.find(in); it != renamed.end()) in = it->second;
+    // A shared layer's weights are found by its layer's name: the renamed one, never the ONNX model's.
+    if (auto it = renamed.find(l.shares); it != renamed.end()) l.shares = it->second;
+  }
   formats::ModelSection named = model;  // outputs follow the renamed layers
   for (std::string& o : named.outputs)
     if (auto it = renamed.find(o); it != renamed.end()) o = it->second;

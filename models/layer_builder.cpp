@@ -252,8 +252,8 @@ void LayerBuilder::penalize_activity(ValueId v, double l1, double l2) {
 ValueId LayerBuilder::state(const std::string& suffix, Tensor init) {
   if (!spec.shares.empty())
     fail_layer(
-        fmt::format("it shares the layer '{}', whose {} is state that each call would update: a shared "
-                    "layer with state is not supported",
+        fmt::format("it shares the layer '{}', which holds state ('{}'): a shared layer with state is not "
+                    "supported",
                     spec.shares, suffix),
         "give this call a layer of its own");
   const ValueId v = graph.add_state(name() + "/" + suffix, std::move(init));

@@ -496,7 +496,9 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
       const ValueId one = scalar(1, odt);
       const ValueId p_t =
           g.op("Add", {g.op("Mul", {y, p}), g.op("Mul", {g.op("Sub", {one, y}), g.op("Sub", {one, p})})});
-      ValueId per = g.op("Mul", {g.op("Pow", {g.op("Sub", {one, p_t}), scalar(h.loss_options.gamma, odt)}),
+      // (1 - p_t) at 1e-7 at least: a confident sigmoid's 0 to a power below 1 has no finite gradient.
+      const ValueId miss = g.op("Max", {g.op("Sub", {one, p_t}), scalar(1e-7, odt)});
+      ValueId per = g.op("Mul", {g.op("Pow", {miss, scalar(h.loss_options.gamma, odt)}),
                                  g.op(bce, {scored, y}, {{"reduction", std::string("none")}})});
       if (h.loss_options.apply_class_balancing) {
         const double a = h.loss_options.alpha;

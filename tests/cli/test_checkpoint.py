@@ -455,10 +455,17 @@ class OutputDirectory(unittest.TestCase):
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn(f"--set {override}: the checkpoint's run trains with adam", r.stderr)
             self.assertIn("hint: its state", r.stderr)
-        # Its own name, in Keras's spelling, and its own keys go on.
+        # Its own name, in Keras's spelling, and its own keys go on; a name of no optimizer is said as such.
         r = run(["fit", "--resume", ckpt, "--epochs", "2", "--set", "train.optimizer.name=Adam", "--set",
                  "train.optimizer.learning_rate=0.01", "--device", "cpu", "-q"], timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["fit", "--resume", ckpt, "--epochs", "2", "--set", 'train.optimizer={name="adam"}', "--device",
+                 "cpu", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["fit", "--resume", ckpt, "--epochs", "2", "--set", "train.optimizer.name=nosuch", "--device",
+                 "cpu", "-q"], timeout=120)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("unknown optimizer 'nosuch'", r.stderr)
 
     def test_keep_last_orders_checkpoints_of_one_time_by_their_numbers(self):
         # A clock too coarse to tell epoch-9, epoch-10 and epoch-11 apart: epoch-9 is still the oldest.

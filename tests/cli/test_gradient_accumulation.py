@@ -122,6 +122,8 @@ class GradientAccumulation(unittest.TestCase):
         self.assert_same_weights(cli_util.read_checkpoint(self.path("resumed/last.ckpt")), straight, rtol=1e-6)
         two = self.fit("two", 8, SGD, steps=4, args=("--devices", "2"))
         self.assert_same_weights(two, straight)
+        sharded = self.fit("sharded", 8, SGD, steps=4, args=("--devices", "2", "--set", "parallel.shard_optimizer=true"))
+        self.assert_same_weights(sharded, straight)
 
     def test_bad_values_are_input_errors(self):
         for value, needle in (("0", "must be from 1 (an update every step) to 1000000, not 0"),

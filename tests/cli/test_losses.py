@@ -220,6 +220,20 @@ class Losses(unittest.TestCase):
             self.assertIn(message or "train.from_logits is false, and the loss's call says from_logits=True",
                           r.stderr)
 
+    def test_focal_gamma_below_one_trains_where_the_sigmoid_saturates(self):
+        # (1 - p_t)^gamma of a confident sigmoid: 0 to a power below 1, whose slope there is infinite.
+        d = self.tmp.name
+        np.save(os.path.join(d, "x100.npy"), (100 * np.load(os.path.join(d, "x.npy"))).astype(np.float32))
+        spec = os.path.join(d, "saturated.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(units=1, activation="sigmoid", loss="BinaryFocalCrossentropy(gamma=0.5)",
+                                y="binary.npy").replace('"x.npy"', '"x100.npy"')
+                    .replace('activation = "tanh"', 'activation = "linear"\nkernel_initializer = "ones"'))
+        r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        losses = [e["loss"] for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
+        self.assertTrue(all(np.isfinite(losses)), losses)
+
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")
 

@@ -139,6 +139,33 @@ class SharedLayers(unittest.TestCase):
         z = np.tanh(left @ kernel + bias) + np.tanh(right @ kernel + bias)
         np.testing.assert_allclose(want, (1 / (1 + np.exp(-(z @ head_k + head_b)))).ravel(), rtol=1e-5, atol=1e-6)
 
+    def test_on_an_onnx_model_the_renamed_layer_is_the_one_shared(self):
+        # The base's weights are dense/kernel and dense/bias: the layer on top generated as 'dense' becomes
+        # dense_1, and the layer that shares it shares dense_1, never the base's weights of the old name.
+        base = self.write("base.toml", 'format_version = 1\n[model]\ninput = [6]\n[[model.layers]]\ntype = "Dense"\n'
+                          'units = 6\nactivation = "tanh"\n[data.train]\nx = "x6.npy"\ny = "x6.npy"\n'
+                          '[train]\nloss = "mse"\n')
+        np.save(self.path("x6.npy"), self.left)
+        np.save(self.path("y6.npy"), (self.left.sum(1) > 0).astype(np.float32))
+        self.fit([base, "--output-dir", self.path("base")])
+        r = run(["export", self.path("base/last.ckpt"), "-o", self.path("base.onnx")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        top = self.write("top.toml", 'format_version = 1\n[model]\nonnx = "base.onnx"\n'
+                         '[[model.layers]]\ntype = "Dense"\nunits = 6\nactivation = "tanh"\ninputs = ["onnx"]\n'
+                         '[[model.layers]]\nname = "again"\nshares = "dense"\ninputs = ["dense"]\n'
+                         '[[model.layers]]\ntype = "Dense"\nname = "head"\nunits = 1\nactivation = "sigmoid"\n'
+                         '[data.train]\nx = "x6.npy"\ny = "y6.npy"\n[train]\nloss = "binary_crossentropy"\n')
+        self.fit([top, "--output-dir", self.path("top")])
+        w = cli_util.read_checkpoint(self.path("top/last.ckpt"))
+        self.assertFalse(any(n.startswith("again/") for n in w))
+        np.save(self.path("p6.npy"), self.left[:10])
+        got = cli_util.predict_rows(self, [self.path("top/last.ckpt"), self.path("p6.npy")]).ravel()
+        h = np.tanh(self.left[:10] @ w["dense/kernel"] + w["dense/bias"])
+        for _ in range(2):  # dense_1, then again: the same weights
+            h = np.tanh(h @ w["dense_1/kernel"] + w["dense_1/bias"])
+        want = 1 / (1 + np.exp(-(h @ w["head/kernel"] + w["head/bias"]).ravel()))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
     def test_what_cannot_be_shared_is_an_input_error(self):
         narrow = self.siamese("narrow.toml", "pairs.npz", width=5)
         cli_util.assert_input_error(self, run(["check", narrow]), "it shares the weights of 'enc'",

@@ -431,7 +431,7 @@ TEST_SUITE("model_spec") {
         {T + "loss = \"mse\"\n[train.optimizer]\nname = \"adam\"\nmomentum = 0.9\n", "spec.toml:11:1",
          "train.optimizer.momentum does not apply to adam",
          "adam takes: learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, "
-         "global_clipnorm, clipvalue"},
+         "global_clipnorm, clipvalue, gradient_accumulation_steps"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"cosin\"\n", "spec.toml:10:8",
          "unknown schedule kind 'cosin'", "did you mean 'cosine'?"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"exponential\"\n", "spec.toml:9:1",
@@ -459,7 +459,7 @@ TEST_SUITE("model_spec") {
         {T + "loss = \"mse\"\n[train.optimizer]\ninitial_accumulator_value = 0.5\n", "spec.toml:10:1",
          "train.optimizer.initial_accumulator_value does not apply to adam",
          "adam takes: learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, "
-         "global_clipnorm, clipvalue"},
+         "global_clipnorm, clipvalue, gradient_accumulation_steps"},
         {T + "loss = \"mse\"\n[train.optimizer]\nclipnorm = 1.0\nclipvalue = 0.5\n", "spec.toml:11:13",
          "train.optimizer.clipnorm and train.optimizer.clipvalue are both set; gradients are clipped one way",
          "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue "
@@ -793,6 +793,11 @@ TEST_SUITE("model_spec") {
     f = failure(two + dense + "[[model.layers]]\ntype = \"Conv1D\"\nshares = \"dense\"\ninputs = [\"b\"]\n" +
                 add);
     CHECK(f.what == "model.layers[1] is a Conv1D, and the layer 'dense' it shares is a Dense");
+    f = failure(two + dense + "[[model.layers]]\nshares = \"\"\ninputs = [\"b\"]\n" + add);
+    CHECK(f.what == "model.layers[1].shares is empty");
+    f = failure(two + "[[model.layers]]\nshares = \"dense\"\ninputs = [\"b\"]\n" + dense + add);
+    CHECK(f.what == "model.layers[0] shares 'dense', which is not a layer before it");
+    CHECK(f.hint == "a layer shares a layer listed before it");
     f = failure(two + dense + "[[model.layers]]\nshares = 3\n" + add);
     CHECK(f.what == "model.layers[1].shares must be a layer name, not an integer (3)");
   }
@@ -850,9 +855,29 @@ TEST_SUITE("model_spec") {
     CHECK(f.hint == "it is reported as precision; precision takes: thresholds=0.5");
     f = failure(kHead + "[train]\nloss = \"Huber(delta=1, delta=2)\"\n");
     CHECK(f.what == "train.loss 'Huber(delta=1, delta=2)': its argument 'delta' is given twice");
-    f = failure(kHead + "[train]\nloss = \"CategoricalFocalCrossentropy(alpha=2)\"\n");
+    // Categorical focal's alpha weighs every class (any weight); binary focal's balances the two classes.
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"CategoricalFocalCrossentropy(alpha=2)\"\n", "a.toml")
+              .train.loss_options.alpha == 2);
+    f = failure(kHead + "[train]\nloss = \"BinaryFocalCrossentropy(alpha=2)\"\n");
+    CHECK(f.what == "train.loss: binary_focal_crossentropy's argument alpha = 2 must be a number in [0, 1]");
+    f = failure(kHead + "[train]\nloss = \"CategoricalFocalCrossentropy(alpha=[0.25, 0.5])\"\n");
     CHECK(f.what ==
-          "train.loss: categorical_focal_crossentropy's argument alpha = 2 must be a number in [0, 1]");
+          "train.loss 'CategoricalFocalCrossentropy(alpha=[0.25, 0.5])': its argument alpha is a list, "
+          "which trainer does not take (one number for every class)");
+    // Numbers as Python writes them: no C hexadecimal.
+    f = failure(kHead + "[train]\nloss = \"Huber(delta=0x2)\"\n");
+    CHECK(f.what ==
+          "train.loss 'Huber(delta=0x2)': its argument delta = 0x2 is not a number, True, False or a "
+          "quoted string");
+    // A misspelled name is an unknown name with its did-you-mean, with or without arguments.
+    f = failure(kHead + "[train]\nloss = \"binary-crossentropy\"\n");
+    CHECK(f.what == "unknown loss 'binary-crossentropy'");
+    CHECK(f.hint == "did you mean 'binary_crossentropy'?");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = [\"root_mean_squard_error(k=3)\"]\n");
+    CHECK(f.what == "unknown metric 'root_mean_squard_error'");
+    CHECK(f.hint == "did you mean 'root_mean_squared_error'?");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = [\"Huber(delta=2.0)\"]\n");
+    CHECK(f.what == "the loss 'huber' is not a metric here");
     f = failure(kHead + "[train]\nloss = \"Huber(delta=2)\"\nlabel_smoothing = 0.1\n");
     CHECK(f.what ==
           "train.label_smoothing applies to the categorical and binary cross-entropies (focal or not), "

@@ -80,6 +80,10 @@ TEST_SUITE("errors") {
     CHECK(im.where() == impl.arg_at(1, "implementation"));
     CHECK(contains(im.what(), "implementation = true is not supported"));
     CHECK(contains(im.hint(), "implementation = 1 or 2"));
+    CHECK(contains(build_error(dense_model({{"units", int64_t{2}}, {"implementation", int64_t{3}}})).what(),
+                   "implementation = 3 is not supported"));
+    CHECK_NOTHROW(
+        models::testing::build(dense_model({{"units", int64_t{2}}, {"implementation", int64_t{2}}})));
     Spec act = dense_model({{"units", int64_t{2}}, {"activity_regularizer", std::string("l2(x)")}});
     InputError a = build_error(act);
     CHECK(a.where() == act.arg_at(1, "activity_regularizer"));
