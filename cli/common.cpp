@@ -768,6 +768,9 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.global_clipnorm = static_cast<float>(o.global_clipnorm);
   c.clipvalue = static_cast<float>(o.clipvalue);
   c.gradient_accumulation_steps = o.gradient_accumulation_steps;
+  c.use_ema = o.use_ema;
+  c.ema_momentum = o.ema_momentum;
+  c.ema_overwrite_frequency = o.ema_overwrite_frequency;
   c.bucket_bytes = static_cast<size_t>(spec.parallel.bucket_mb * 1e6);
   c.shard_optimizer = spec.parallel.shard_optimizer;
   const formats::ScheduleSpec& s = o.schedule;

@@ -83,6 +83,9 @@ const Keys kOptimizerKeys = {"name",
                              "global_clipnorm",
                              "clipvalue",
                              "gradient_accumulation_steps",
+                             "use_ema",
+                             "ema_momentum",
+                             "ema_overwrite_frequency",
                              "schedule"};
 const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
                             "decay_steps", "decay_rate",   "staircase",
@@ -191,8 +194,8 @@ Keys optimizer_args(std::string_view name) {
   Keys keys = {"learning_rate"};
   const Keys& own = kOptimizerOwnArgs.at(name);
   keys.insert(keys.end(), own.begin(), own.end());
-  for (const char* k :
-       {"weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "gradient_accumulation_steps"})
+  for (const char* k : {"weight_decay", "clipnorm", "global_clipnorm", "clipvalue",
+                        "gradient_accumulation_steps", "use_ema", "ema_momentum", "ema_overwrite_frequency"})
     keys.push_back(k);
   return keys;
 }
@@ -1459,6 +1462,18 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
            fmt::format("train.optimizer.gradient_accumulation_steps must be from 1 (an update every step) to "
                        "1000000, not {}",
                        o.gradient_accumulation_steps));
+  t.get("use_ema", o.use_ema);
+  for (const char* key : {"ema_momentum", "ema_overwrite_frequency"})
+    if (t.find(key) && !o.use_ema)
+      t.fail(key, fmt::format("train.optimizer.{} applies with use_ema = true", key),
+             "add use_ema = true, or leave it out");
+  if (t.get("ema_momentum", o.ema_momentum) && !(o.ema_momentum >= 0 && o.ema_momentum < 1))
+    t.fail("ema_momentum",
+           fmt::format("train.optimizer.ema_momentum must be in [0, 1), not {}", toml_float(o.ema_momentum)));
+  if (t.get("ema_overwrite_frequency", o.ema_overwrite_frequency) && o.ema_overwrite_frequency < 0)
+    t.fail("ema_overwrite_frequency",
+           fmt::format("train.optimizer.ema_overwrite_frequency must be 0 (never) or more, not {}",
+                       o.ema_overwrite_frequency));
   t.get("nesterov", o.nesterov);
   t.get("amsgrad", o.amsgrad);
   t.get("centered", o.centered);

@@ -201,6 +201,12 @@ struct OptimizerSpec {
   // Keras 3's gradient_accumulation_steps: the gradients of this many steps are averaged into one update,
   // made every this-many-th step (1: every step).
   int64_t gradient_accumulation_steps = 1;
+  // Keras 3's use_ema: an exponential moving average of the weights, taken after every step
+  // (ema_momentum, 0.99), which the weights become every ema_overwrite_frequency steps (0: never) and at the
+  // end of training.
+  bool use_ema = false;
+  double ema_momentum = 0.99;
+  int64_t ema_overwrite_frequency = 0;
   ScheduleSpec schedule;
   SourcePos pos;
   bool operator==(const OptimizerSpec&) const = default;

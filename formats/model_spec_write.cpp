@@ -254,6 +254,11 @@ std::string to_toml(const ModelSpec& spec) {
     w.kv("clipvalue", o.clipvalue);
     if (o.gradient_accumulation_steps != 1)
       w.kv("gradient_accumulation_steps", o.gradient_accumulation_steps);
+    if (o.use_ema) {
+      w.kv("use_ema", true);
+      w.kv("ema_momentum", o.ema_momentum);
+      w.kv("ema_overwrite_frequency", o.ema_overwrite_frequency);
+    }
 
     const ScheduleSpec& s = o.schedule;
     w.header("[train.optimizer.schedule]");

@@ -157,6 +157,9 @@ TrainingOptions training_options(const FitConfig& cfg, const LossGraph& lg) {
   o.precision = cfg.precision;
   o.loss_scaling = cfg.precision == Precision::fp16;
   o.accumulation_steps = cfg.gradient_accumulation_steps;
+  o.use_ema = cfg.use_ema;
+  o.ema_momentum = cfg.ema_momentum;
+  o.ema_overwrite_frequency = cfg.ema_overwrite_frequency;
   return o;
 }
 
@@ -2148,6 +2151,19 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     result.stopped_early = true;
     result.best_epoch = st.best_epoch;
   }
+  // Keras's finalize_variable_values: a run that ends (not one interrupted, which resumes as it was) takes
+  // the moving averages as its weights, before early stopping restores its best ones.
+  if (cfg.use_ema && !result.interrupted_by)
+    for (int k = 0; k < local; ++k) {
+      Session& w = *weight_sessions[k];
+      const Graph& g = w.graph();
+      for (ValueId v = 0; v < g.num_values(); ++v) {
+        const std::string& name = g.value(v).name;
+        if (g.value(v).kind != ValueKind::state || !name.ends_with("/ema")) continue;
+        const ValueId param = g.find(name.substr(0, name.size() - 4));
+        if (param != kNoValue && g.value(param).persistent()) w.write(param, w.read(v));
+      }
+    }
   if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
     load_values(st.best_values);
     result.restored_best = true;
@@ -2261,6 +2277,11 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
   for (const ShardSplit::Piece& sp : pieces) per[sp.owner] += sp.count * per_element[sp.param];
   out.per_replica =
       cfg.shard_optimizer && replicas > 1 ? *std::max_element(per.begin(), per.end()) : out.total;
+  // Accumulated gradients and moving averages: whole on every replica.
+  for (ValueId s : tg.other_state) {
+    out.total += tg.graph->value(s).nbytes();
+    out.per_replica += tg.graph->value(s).nbytes();
+  }
   return out;
 }
 

@@ -162,6 +162,11 @@ struct FitConfig {
   // Keras 3's: the update averages the gradients of this many steps and is made on every this-many-th
   // global step (the others only add theirs); Adam's bias correction and the schedule count every step.
   int64_t gradient_accumulation_steps = 1;
+  // Keras 3's use_ema (TrainingOptions): at the end of a run that was not interrupted, the weights become
+  // their moving averages, before early stopping restores its best ones and before the test data.
+  bool use_ema = false;
+  double ema_momentum = 0.99;
+  int64_t ema_overwrite_frequency = 0;
   EarlyStopping early_stopping;
   ReduceLrOnPlateau reduce_lr;
   Precision precision = Precision::fp32;  // resolved (never "auto"); see engine/plan/precision.h

@@ -142,6 +142,7 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
       const Value& gv = g.value(applied[i]);
       const DType dtype = gv.dtype;
       const ValueId acc = g.add_state(name + "/accumulated_gradient", Tensor(dtype, gv.shape));
+      tg.other_state.push_back(acc);
       const ValueId sum = g.op("Add", {acc, applied[i]});
       Tensor zero(dtype, Shape{}), inverse(dtype, Shape{});
       inverse.set_f64(0, 1.0 / static_cast<double>(options.accumulation_steps));
@@ -223,6 +224,44 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
         if (it == next_of.end()) continue;
         g.rebind_update(s, g.op("Where", {keep_unless, it->second, s}));
       }
+    }
+  }
+  if (options.use_ema && !tg.parameters.empty()) {
+    if (options.shard)
+      throw InputError("train.optimizer.use_ema", "use_ema with a sharded optimizer is not supported",
+                       "leave out parallel.shard_optimizer, or use_ema");
+    std::map<ValueId, ValueId> next_of;
+    for (const auto& [next, state] : g.updates()) next_of[state] = next;
+    const ValueId first =
+        g.op("Equal", {tg.iteration, g.add_constant(g.unique_name("ema/one"), Tensor::scalar<int64_t>(1))});
+    ValueId overwrite = kNoValue;
+    if (options.ema_overwrite_frequency > 0)
+      overwrite = g.op(
+          "Equal", {g.op("Mod", {tg.iteration,
+                                 g.add_constant(g.unique_name("ema/frequency"),
+                                                Tensor::scalar<int64_t>(options.ema_overwrite_frequency))}),
+                    g.add_constant(g.unique_name("ema/zero"), Tensor::scalar<int64_t>(0))});
+    for (const OptimizerState& p : tg.parameters) {
+      auto it = next_of.find(p.param);
+      if (it == next_of.end()) continue;
+      const Value& pv = g.value(p.param);
+      const std::string name = pv.name;
+      const DType dtype = pv.dtype;
+      const Shape shape = pv.shape;
+      auto scalar = [&](double v, const char* what) {
+        Tensor t(dtype, Shape{});
+        t.set_f64(0, v);
+        return g.add_constant(g.unique_name(name + "/ema/" + what), std::move(t));
+      };
+      const ValueId ema = g.add_state(name + "/ema", Tensor(dtype, shape));
+      tg.other_state.push_back(ema);
+      // Keras's: the momentum is 0 at the first iteration, so the average starts at the first new value.
+      const ValueId m = g.op("Where", {first, scalar(0, "zero"), scalar(options.ema_momentum, "momentum")});
+      const ValueId next = it->second;
+      const ValueId average =
+          g.op("Add", {g.op("Mul", {m, ema}), g.op("Mul", {g.op("Sub", {scalar(1, "one"), m}), next})});
+      g.bind_update(average, ema);
+      if (overwrite != kNoValue) g.rebind_update(p.param, g.op("Where", {overwrite, average, next}));
     }
   }
   g.mark_output(tg.loss);

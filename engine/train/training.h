@@ -34,6 +34,12 @@ struct TrainingOptions {
   // divided by this (clipped after that, as Keras clips the average) and the sum starts again from 0. Where
   // it is false, parameters and optimizer state keep their values.
   int64_t accumulation_steps = 1;
+  // Keras 3's use_ema: each trainable parameter P gets a state "P/ema", after every step ema_momentum times
+  // itself plus (1 - ema_momentum) times P's new value (P's new value itself at iteration 1); with
+  // ema_overwrite_frequency > 0, P takes that average at every iteration it divides. Not with `shard`.
+  bool use_ema = false;
+  double ema_momentum = 0.99;
+  int64_t ema_overwrite_frequency = 0;
   Precision precision = Precision::fp32;  // bf16/fp16: GEMMs and convolutions rewritten (plan/precision.h)
   // Dynamic loss scaling (fp16): backward runs on loss * scale (a fed input); the gradients are unscaled and
   // checked, and a step whose gradients are not all finite leaves parameters and optimizer state as they
@@ -66,6 +72,8 @@ struct TrainingGraph {
   ValueId loss_scale = kNoValue;     // with loss_scaling: the f32 scalar input the loss is multiplied by
   ValueId grads_finite = kNoValue;   // with loss_scaling: bool scalar output, false when the step was skipped
   ValueId apply_update = kNoValue;   // with accumulation_steps > 1: bool scalar input, true on an update step
+  // State beside the optimizer's slots, whole on every replica: the accumulated gradients and the averages.
+  std::vector<ValueId> other_state;
   // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from
   // update_begin gradient clipping and the optimizer update (trainer bench reports time per phase).
   NodeId backward_begin = 0, update_begin = 0;

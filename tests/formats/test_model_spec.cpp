@@ -431,7 +431,8 @@ TEST_SUITE("model_spec") {
         {T + "loss = \"mse\"\n[train.optimizer]\nname = \"adam\"\nmomentum = 0.9\n", "spec.toml:11:1",
          "train.optimizer.momentum does not apply to adam",
          "adam takes: learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, "
-         "global_clipnorm, clipvalue, gradient_accumulation_steps"},
+         "global_clipnorm, clipvalue, gradient_accumulation_steps, use_ema, ema_momentum, "
+         "ema_overwrite_frequency"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"cosin\"\n", "spec.toml:10:8",
          "unknown schedule kind 'cosin'", "did you mean 'cosine'?"},
         {T + "loss = \"mse\"\n[train.optimizer.schedule]\nkind = \"exponential\"\n", "spec.toml:9:1",
@@ -459,7 +460,8 @@ TEST_SUITE("model_spec") {
         {T + "loss = \"mse\"\n[train.optimizer]\ninitial_accumulator_value = 0.5\n", "spec.toml:10:1",
          "train.optimizer.initial_accumulator_value does not apply to adam",
          "adam takes: learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, "
-         "global_clipnorm, clipvalue, gradient_accumulation_steps"},
+         "global_clipnorm, clipvalue, gradient_accumulation_steps, use_ema, ema_momentum, "
+         "ema_overwrite_frequency"},
         {T + "loss = \"mse\"\n[train.optimizer]\nclipnorm = 1.0\nclipvalue = 0.5\n", "spec.toml:11:13",
          "train.optimizer.clipnorm and train.optimizer.clipvalue are both set; gradients are clipped one way",
          "keep one: clipnorm (each gradient's norm), global_clipnorm (their norm together) or clipvalue "
@@ -752,6 +754,28 @@ TEST_SUITE("model_spec") {
     // Keras's Accuracy class is an exact match of values, not the loss's accuracy: not taken for it.
     f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = [\"Accuracy\"]\n");
     CHECK(f.what == "unknown metric 'Accuracy'");
+  }
+
+  TEST_CASE("gradient accumulation and moving averages are read, checked and written back") {
+    const std::string opt = "[train]\nloss = \"mse\"\n[train.optimizer]\nname = \"adamw\"\n";
+    const ModelSpec a = parse_model_spec(kHead + opt +
+                                             "gradient_accumulation_steps = 4\nuse_ema = true\nema_momentum "
+                                             "= 0.9\nema_overwrite_frequency = 5\n",
+                                         "a.toml");
+    CHECK(a.train.optimizer.gradient_accumulation_steps == 4);
+    CHECK(a.train.optimizer.use_ema);
+    CHECK(a.train.optimizer.ema_momentum == 0.9);
+    CHECK(a.train.optimizer.ema_overwrite_frequency == 5);
+    CHECK(same_settings(a, parse_model_spec(to_toml(a), "a.toml")));
+    const ModelSpec plain = parse_model_spec(kHead + opt, "p.toml");
+    CHECK(to_toml(plain).find("ema") == std::string::npos);  // written only when set
+    CHECK(to_toml(plain).find("gradient_accumulation") == std::string::npos);
+    Failure f = failure(kHead + opt + "ema_overwrite_frequency = 2\n");
+    CHECK(f.what == "train.optimizer.ema_overwrite_frequency applies with use_ema = true");
+    f = failure(kHead + opt + "gradient_accumulation_steps = 0\n");
+    CHECK(f.what ==
+          "train.optimizer.gradient_accumulation_steps must be from 1 (an update every step) to 1000000, not "
+          "0");
   }
 
   TEST_CASE("a shared layer takes its layer's type and arguments, and round-trips") {
