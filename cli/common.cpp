@@ -734,6 +734,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.metrics = t.metrics;
   c.weighted_metrics = t.weighted_metrics;
   c.top_k = t.top_k;
+  c.iou_classes = t.iou_classes;
   c.class_weight = t.class_weight;
   c.class_weight_by_id = t.class_weight_by_id;
   c.sample_weights = any_sample_weights(spec);

@@ -146,6 +146,7 @@ const Keys kMetrics = {"accuracy",
                        "f1_score",
                        "auc",
                        "pr_auc",
+                       "mean_iou",
                        "mae",
                        "mse",
                        "mean_absolute_error",
@@ -223,6 +224,7 @@ std::string keras_class_name(const std::string& name, const Keys& valid) {
     return name;
   // Keras's Accuracy class counts exact matches of values, which the loss-dependent "accuracy" does not.
   if (name == "Accuracy") return name;
+  if (name == "MeanIoU" && contains(valid, "mean_iou")) return "mean_iou";
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (contains(valid, lower)) return lower;  // Adam, SGD, RMSprop
@@ -1726,8 +1728,14 @@ Keys loss_arguments(const std::string& loss) {
 // against its loss, and writes Keras's short names.
 // A metric's call (TopKCategoricalAccuracy(k=3), AUC(curve="ROC")): the arguments trainer reads, each at
 // the value it computes with, but for the top-k metrics' k, which is returned in `ks` with its place.
+// The settings that metrics' calls give for the whole run, each with its place: the top-k metrics' k and
+// MeanIoU's num_classes.
+struct CallSettings {
+  std::vector<std::pair<int64_t, SourcePos>> k, num_classes;
+};
+
 void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
-                       std::vector<std::pair<int64_t, SourcePos>>& ks) {
+                       const std::string& loss, CallSettings& ks) {
   Call call;
   if (const std::string wrong = parse_call(text, call); !wrong.empty())
     r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
@@ -1742,6 +1750,10 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     takes = {"curve=\"ROC\" or \"PR\"", "num_thresholds=200", "summation_method=\"interpolation\""};
   if (metric == "precision" || metric == "recall") takes = {"thresholds=0.5"};
   if (metric == "f1_score" || metric == "binary_accuracy") takes = {"threshold=0.5"};
+  // MeanIoU's predictions are the outputs' largest classes (sparse_y_pred=False), its labels the loss's.
+  const bool sparse = loss == "sparse_categorical_crossentropy";
+  if (metric == "mean_iou")
+    takes = {"num_classes", sparse ? "sparse_y_true=True" : "sparse_y_true=False", "sparse_y_pred=False"};
   const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
                                          : fmt::format("{} takes: {}", metric, join(takes));
   for (const CallArg& a : call.args) {
@@ -1758,24 +1770,33 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     bool ok = true;
     if (a.name == "k") {
       ok = num && a.integer && *num >= 1 && *num < 1e9;
-      if (ok) ks.emplace_back(static_cast<int64_t>(*num), mp);
+      if (ok) ks.k.emplace_back(static_cast<int64_t>(*num), mp);
     }
     if (a.name == "curve") ok = str && (*str == "ROC" || *str == "PR");
     if (ok && a.name == "curve" && *str == "PR") metric = "pr_auc";
     if (a.name == "summation_method") ok = str && *str == "interpolation";
     if (a.name == "num_thresholds") ok = num && *num == 200;
     if (a.name == "threshold" || a.name == "thresholds") ok = num && *num == 0.5;
+    if (a.name == "num_classes") {
+      ok = num && a.integer && *num >= 2 && *num < 1e9;
+      if (ok) ks.num_classes.emplace_back(static_cast<int64_t>(*num), mp);
+    }
+    const bool* flag = std::get_if<bool>(&a.value);
+    if (a.name == "sparse_y_true") ok = flag && *flag == sparse;
+    if (a.name == "sparse_y_pred") ok = flag && !*flag;
     if (!ok)
       r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
-             a.name == "k" ? "k is a whole number, 1 or more" : hint);
+             a.name == "k"             ? "k is a whole number, 1 or more"
+             : a.name == "num_classes" ? "num_classes is a whole number, 2 or more: the classes of the output"
+                                       : hint);
   }
 }
 
 void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
-                   std::vector<std::string>& metrics, std::vector<std::pair<int64_t, SourcePos>>& ks) {
+                   std::vector<std::string>& metrics, CallSettings& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
-    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], ks);
+    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, ks);
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
@@ -1799,6 +1820,12 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
         it != kAccuracyLoss.end() && label_family(loss) != it->second && loss.ends_with("crossentropy"))
       r.fail(mp, fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, loss),
              "use 'accuracy', which follows the loss, as Keras does");
+    if (m == "mean_iou" && (binary || !loss.ends_with("crossentropy")))
+      r.fail(
+          mp,
+          fmt::format("metric 'mean_iou' counts the classes of a categorical output, and the loss is {}",
+                      loss),
+          "it needs loss = \"sparse_categorical_crossentropy\" or categorical_crossentropy (focal or not)");
     if (m.find("top_k") != std::string::npos && binary)
       r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
              "report accuracy, precision, recall, auc or pr_auc");
@@ -1824,8 +1851,7 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
 // label_smoothing, metrics): each key a value for every output or, in a model of several outputs, a table by
 // output name (`outputs`). `output` "" reads the keys' values as they are (a model of one output).
 OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys& outputs,
-                                     const std::string& output,
-                                     std::vector<std::pair<int64_t, SourcePos>>& ks) {
+                                     const std::string& output, CallSettings& ks) {
   OutputTrainSpec o;
   o.name = output;
   std::vector<std::unique_ptr<Table>> tables;
@@ -1972,7 +1998,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
                              join(outputs)),
                  choice_hint(k.str(), outputs));
   }
-  std::vector<std::pair<int64_t, SourcePos>> ks;  // the top-k metrics' calls' k
+  CallSettings ks;  // what the metrics' calls say
   if (outputs.size() > 1) {
     for (const auto& name : model.outputs) s.outputs.push_back(read_output_settings(r, t, outputs, name, ks));
     const OutputTrainSpec& first = s.outputs[0];
@@ -2023,14 +2049,21 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
       }
     }
   }
-  for (const auto& [k, pos] : ks)
-    if (k != ks[0].first)
-      r.fail(pos, fmt::format("the top-k metrics' calls say k={} and k={}", ks[0].first, k),
+  for (const auto& [c, pos] : ks.num_classes)
+    if (c != ks.num_classes[0].first)
+      r.fail(
+          pos,
+          fmt::format("the MeanIoU calls say num_classes={} and num_classes={}", ks.num_classes[0].first, c),
+          "give them the classes of their outputs");
+  if (!ks.num_classes.empty()) s.iou_classes = ks.num_classes[0].first;
+  for (const auto& [k, pos] : ks.k)
+    if (k != ks.k[0].first)
+      r.fail(pos, fmt::format("the top-k metrics' calls say k={} and k={}", ks.k[0].first, k),
              "trainer ranks one k for every top-k metric of a run; give them one");
   if (t.get("top_k", s.top_k)) {
     if (s.top_k < 1) t.fail("top_k", fmt::format("train.top_k must be 1 or more, not {}", s.top_k));
-    if (!ks.empty() && ks[0].first != s.top_k)
-      t.fail("top_k", fmt::format("train.top_k is {}, and a metric's call says k={}", s.top_k, ks[0].first),
+    if (!ks.k.empty() && ks.k[0].first != s.top_k)
+      t.fail("top_k", fmt::format("train.top_k is {}, and a metric's call says k={}", s.top_k, ks.k[0].first),
              "give k once");
     bool ranked = false;
     for (const auto* list : {&s.metrics, &s.weighted_metrics})
@@ -2041,8 +2074,8 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     if (!ranked)
       t.fail("top_k", "train.top_k is set but train.metrics (or weighted_metrics) has no top_k_accuracy",
              "add \"top_k_accuracy\" to train.metrics, or leave out top_k");
-  } else if (!ks.empty()) {
-    s.top_k = ks[0].first;
+  } else if (!ks.k.empty()) {
+    s.top_k = ks.k[0].first;
   }
   if (const toml::node* cw = t.find("class_weight")) {
     s.class_weight_pos = r.pos(*cw);

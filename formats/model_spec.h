@@ -283,6 +283,8 @@ struct TrainSection {
   // from_logits, label_smoothing and metrics above are then the first output's). Empty for one output.
   std::vector<OutputTrainSpec> outputs;
   int64_t top_k = 5;
+  // MeanIoU(num_classes=N)'s N, checked against the model's classes; 0: not given.
+  int64_t iou_classes = 0;
   // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
   // 1).
   std::vector<double> class_weight;

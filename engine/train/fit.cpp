@@ -662,12 +662,14 @@ struct MetricAccumulator {
   // labels, their squares and the squared errors, per column; the counted positions.
   std::vector<double> extra;
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
+  size_t iou_slot = 0;  // mean_iou's true positives, false positives and false negatives per class
 
   MetricAccumulator(LossKind k, const OutputLoss* c, bool w = false)
       : kind(k), cfg(c), weighted(w), names(w ? &c->weighted_metrics : &c->metrics) {
     log_slot = kAucHistogram + (has("auc") || has("pr_auc") ? 2 * kAucBuckets : 0);
     r2_slot = log_slot + (has("msle") ? 1 : 0);
-    extra.assign(r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0) + 1, 0.0);
+    iou_slot = r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    extra.assign(iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0) + 1, 0.0);
   }
 
   // The last slot of `extra`: the positions a masked output counted (its mask's ones).
@@ -711,7 +713,7 @@ struct MetricAccumulator {
     const bool auc = has("auc") || has("pr_auc");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
-    const bool msle = has("msle"), r2 = has("r2_score");
+    const bool msle = has("msle"), r2 = has("r2_score"), iou = has("mean_iou");
     TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
                    cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
@@ -740,7 +742,18 @@ struct MetricAccumulator {
       // Keras's rule for a regression loss: binary accuracy with one output, else categorical.
       if (kind.sparse || kind.categorical || (kind.regression && classes > 1)) {
         const int64_t label = label_class(i);
-        if (acc) correct += w * ((std::max_element(row, row + classes) - row) == label);
+        const int64_t predicted = std::max_element(row, row + classes) - row;
+        if (acc) correct += w * (predicted == label);
+        if (iou && label >= 0 && label < classes) {
+          // Keras's MeanIoU: per class, true positives, false positives and false negatives.
+          double* c = extra.data() + iou_slot;
+          if (predicted == label) {
+            c[3 * label] += w;
+          } else {
+            c[3 * predicted + 1] += w;
+            c[3 * label + 2] += w;
+          }
+        }
         if (tk) {
           int64_t better = 0;
           for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];
@@ -802,6 +815,18 @@ struct MetricAccumulator {
       total += sst > 4.4e-16 * std::max(rows, 1.0) * col[1] ? 1 - col[2] / sst : 0;
     }
     return total / static_cast<double>(std::max<int64_t>(cfg->columns, 1));
+  }
+  // Keras's MeanIoU: each class's TP / (TP + FP + FN), averaged over the classes that occur (in the labels or
+  // the predictions).
+  double mean_iou() const {
+    double total = 0;
+    int64_t counted = 0;
+    for (int64_t c = 0; c < cfg->columns; ++c) {
+      const double* k = extra.data() + iou_slot + 3 * static_cast<size_t>(c);
+      const double denominator = k[0] + k[1] + k[2];
+      if (denominator > 0) total += k[0] / denominator, ++counted;
+    }
+    return counted > 0 ? total / static_cast<double>(counted) : 0.0;
   }
   // The area under the ROC curve by the trapezoidal rule over the thresholds (Keras's AUC()).
   double auc() const {
@@ -881,6 +906,7 @@ struct MetricAccumulator {
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(name, auc());
       if (m == "pr_auc") l.emplace_back(name, pr_auc());
+      if (m == "mean_iou") l.emplace_back(name, mean_iou());
       if (m == "mae") l.emplace_back(name, ratio(extra[kAbsError], judged(n)));
       if (m == "mse") l.emplace_back(name, ratio(extra[kSquaredError], judged(n)));
       if (m == "root_mean_squared_error")
@@ -1182,7 +1208,7 @@ std::pair<int64_t, int64_t> output_dims(const Graph& g, ValueId output) {
 }
 
 // Each output's OutputLoss::columns, as MetricAccumulator::add will see its rows.
-void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
+void set_columns(std::vector<OutputLoss>& outputs, Device& dev, int64_t iou_classes) {
   const Plan& p = dev.any_plan();
   const Graph& g = dev.plans().session(p.index).graph();
   for (size_t i = 0; i < outputs.size(); ++i) {
@@ -1190,6 +1216,17 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
     const LossKind k = loss_kind(outputs[i].loss);
     const bool masked = (i == 0 ? p.mask : p.more_mask.at(i - 1)) != kNoValue;
     outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical || masked ? last : per_sample;
+    const auto lists_iou = [](const std::vector<std::string>& ms) {
+      return std::find(ms.begin(), ms.end(), "mean_iou") != ms.end();
+    };
+    if (iou_classes > 0 && (lists_iou(outputs[i].metrics) || lists_iou(outputs[i].weighted_metrics)) &&
+        outputs[i].columns != iou_classes)
+      throw InputError(
+          outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name,
+          fmt::format("MeanIoU(num_classes={}) counts {} classes, and the output{} has {}", iou_classes,
+                      iou_classes, outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'",
+                      outputs[i].columns),
+          fmt::format("num_classes={}, the size of the output's last axis", outputs[i].columns));
     // Weighted metrics judge a regression output's samples whole: one weight each.
     if (k.regression && !outputs[i].weighted_metrics.empty() && !p.sample_ws.empty()) {
       const Shape& ws = g.value(p.sample_ws[std::min(i, p.sample_ws.size() - 1)]).shape;
@@ -1401,7 +1438,7 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
                  std::vector<float>& out_buf) {
   std::vector<OutputLoss> outputs = output_losses(cfg);
-  set_columns(outputs, dev);
+  set_columns(outputs, dev, cfg.iou_classes);
   Metrics acc(outputs);
   loader.start_epoch(0);
   data::Batch batch;
@@ -1472,7 +1509,7 @@ bool maximized(const std::string& mode, const std::string& monitor, const std::v
       }
   if (m.starts_with("weighted_")) m = m.substr(9);
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
-         m == "pr_auc" || m == "f1_score" || m == "r2_score";
+         m == "pr_auc" || m == "f1_score" || m == "r2_score" || m == "mean_iou";
 }
 
 }  // namespace
@@ -1570,7 +1607,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     mask_counter = MaskCounter::make(factory, cfg, batch_sizes(n_train, cfg.batch_size),
                                      Device::eval_batches({n_val, test ? test->size() : 0}, cfg));
   Device& dev = *devs[0];
-  set_columns(outputs, dev);
+  set_columns(outputs, dev, cfg.iou_classes);
   std::vector<Session*> weight_sessions;
   for (auto& d : devs) weight_sessions.push_back(&d->weights_session());
   // ZeRO-1: after the update, each shard goes from its owner to that range of the parameter on every replica

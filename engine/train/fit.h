@@ -124,6 +124,7 @@ struct FitConfig {
   // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
   std::vector<std::string> metrics;
   int64_t top_k = 5;
+  int64_t iou_classes = 0;  // MeanIoU(num_classes=N): the classes its outputs must have; 0: any
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;

@@ -266,5 +266,70 @@ class Metrics(unittest.TestCase):
             self.assertAlmostEqual(one[key], two[key], delta=1e-4, msg=key)
 
 
+SEGMENTATION = """format_version = 1
+[model]
+input = [6, 6, 2]
+[[model.layers]]
+type = "Conv2D"
+filters = 3
+kernel_size = 3
+padding = "same"
+activation = "softmax"
+[data.train]
+x = "seg_x.npy"
+y = "seg_y.npy"
+[data.validation]
+x = "seg_x.npy"
+y = "seg_y.npy"
+[train]
+loss = "sparse_categorical_crossentropy"
+metrics = ["MeanIoU(num_classes=3, sparse_y_pred=False)", "accuracy"]
+epochs = 3
+batch_size = 16
+"""
+
+
+def keras_mean_iou(pred, label, classes):
+    """Keras's MeanIoU from class ids: per class TP / (TP + FP + FN), over the classes with a denominator."""
+    cm = np.zeros((classes, classes))
+    np.add.at(cm, (label.ravel(), pred.ravel()), 1)
+    tp = np.diag(cm)
+    denominator = cm.sum(0) + cm.sum(1) - tp
+    return float((tp[denominator > 0] / denominator[denominator > 0]).mean())
+
+
+class MeanIoU(unittest.TestCase):
+    def test_mean_iou_is_kerass_from_the_predicted_classes(self):
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(3)
+            x = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
+            label = np.where(x[..., 0] > 0.5, 2, np.where(x[..., 1] > 0, 1, 0)).astype(np.int64)
+            np.save(os.path.join(d, "seg_x.npy"), x)
+            np.save(os.path.join(d, "seg_y.npy"), label)
+            spec = os.path.join(d, "seg.toml")
+            with open(spec, "w") as f:
+                f.write(SEGMENTATION)
+            r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir",
+                     os.path.join(d, "out")], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            last = cli_util.json_lines(self, r.stdout)[-2]
+            r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(d, "out", "last.ckpt"),
+                                os.path.join(d, "seg_x.npy"), "--probabilities", "--output-format", "npy",
+                                "--device", "cpu", "-q"], capture_output=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(d, "p.npy"), "wb") as f:
+                f.write(r.stdout)
+            pred = np.load(os.path.join(d, "p.npy")).reshape(40, 6, 6, 3).argmax(-1)
+            want = keras_mean_iou(pred, label, 3)
+            self.assertAlmostEqual(last["val_mean_iou"], want, places=6)
+            self.assertNotAlmostEqual(last["val_mean_iou"], last["val_accuracy"], places=3)
+            # num_classes must be the output's classes; a binary model has no classes to count.
+            r = run(["fit", spec, "--device", "cpu", "-q", "--set",
+                     'train.metrics=["MeanIoU(num_classes=4)"]'], timeout=300)
+            cli_util.assert_input_error(self, r, "MeanIoU(num_classes=4) counts 4 classes, and the output has 3")
+            r = run(["check", spec, "--set", "train.loss=binary_crossentropy", "--set", 'train.metrics=["mean_iou"]'])
+            cli_util.assert_input_error(self, r, "metric 'mean_iou' counts the classes of a categorical output")
+
+
 if __name__ == "__main__":
     cli_util.main()

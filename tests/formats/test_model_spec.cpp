@@ -866,6 +866,17 @@ TEST_SUITE("model_spec") {
     f = failure(kHead + sparse +
                 "weighted_metrics = [\"top_k_accuracy(k=2)\"]\nmetrics = [\"top_k_accuracy(k=3)\"]\n");
     CHECK(f.what == "the top-k metrics' calls say k=3 and k=2");
+    // MeanIoU's num_classes is kept for the run, and written back in its call.
+    const ModelSpec iou = parse_model_spec(
+        kHead + sparse + "metrics = [\"MeanIoU(num_classes=2, sparse_y_true=True)\"]\n", "i.toml");
+    CHECK(iou.train.metrics == std::vector<std::string>{"mean_iou"});
+    CHECK(iou.train.iou_classes == 2);
+    CHECK(to_toml(iou).find("\"mean_iou(num_classes=2)\"") != std::string::npos);
+    CHECK(same_settings(iou, parse_model_spec(to_toml(iou), "i.toml")));
+    f = failure(kHead + sparse + "metrics = [\"MeanIoU(num_classes=2, sparse_y_true=False)\"]\n");
+    CHECK(f.what ==
+          "metric 'MeanIoU(num_classes=2, sparse_y_true=False)': sparse_y_true = False is not supported "
+          "by trainer");
     // AUC's PR curve is the metric pr_auc.
     CHECK(parse_model_spec(
               kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"AUC(curve='PR')\", \"auc\"]\n",
