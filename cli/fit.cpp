@@ -731,8 +731,8 @@ Command add_fit_command(CLI::App& app) {
     });
     if (!trace_path->empty() && speaks) formats::write_file_atomically(*trace_path, trace.json());
     // The end of a run always leaves a checkpoint of where it ended: final.ckpt when restore_best_weights
-    // put back other weights than its last epoch's checkpoint holds.
-    if (writer && !r.interrupted_by && r.restored_best)
+    // put back, or use_ema put in, other weights than its last epoch's checkpoint holds.
+    if (writer && !r.interrupted_by && (r.restored_best || r.averaged))
       writer->save(r.final_state, engine::SaveReason::restored, observer.signature);
     else if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)
       writer->save(r.final_state, engine::SaveReason::epoch, observer.signature);

@@ -1466,12 +1466,12 @@ OptimizerSpec read_optimizer(const Reader& r, const toml::node& n) {
                        o.gradient_accumulation_steps));
   t.get("use_ema", o.use_ema);
   for (const char* key : {"ema_momentum", "ema_overwrite_frequency"})
-    if (t.find(key) && !o.use_ema)
+    if (t.find(key) && !t.find("use_ema"))
       t.fail(key, fmt::format("train.optimizer.{} applies with use_ema = true", key),
              "add use_ema = true, or leave it out");
-  if (t.get("ema_momentum", o.ema_momentum) && !(o.ema_momentum >= 0 && o.ema_momentum < 1))
+  if (t.get("ema_momentum", o.ema_momentum) && !(o.ema_momentum >= 0 && o.ema_momentum <= 1))
     t.fail("ema_momentum",
-           fmt::format("train.optimizer.ema_momentum must be in [0, 1), not {}", toml_float(o.ema_momentum)));
+           fmt::format("train.optimizer.ema_momentum must be in [0, 1], not {}", toml_float(o.ema_momentum)));
   if (t.get("ema_overwrite_frequency", o.ema_overwrite_frequency) && o.ema_overwrite_frequency < 0)
     t.fail("ema_overwrite_frequency",
            fmt::format("train.optimizer.ema_overwrite_frequency must be 0 (never) or more, not {}",
@@ -2146,6 +2146,9 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
   }
   if (t.get_choice("precision", s.precision, kPrecisions, "precision")) s.precision_pos = t.pos("precision");
   if (const toml::node* o = t.find("optimizer")) s.optimizer = read_optimizer(r, *o);
+  if (s.precision == "fp16" && s.optimizer.gradient_accumulation_steps > 1)
+    t.fail("precision", "train.precision fp16 (its loss scaling) with gradient accumulation is not supported",
+           "train in bf16 or fp32, or leave out train.optimizer.gradient_accumulation_steps");
   const std::vector<std::string> reported = reported_quantities(s);
   if (const toml::node* e = t.find("early_stopping"))
     s.early_stopping = read_early_stopping(r, *e, reported, data);

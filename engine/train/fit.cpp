@@ -1740,6 +1740,21 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     st = *resume;
     st.values.clear();
     load_values(resume->values);
+    // Averages the checkpoint does not hold (use_ema turned on at the resume) start at the weights.
+    if (cfg.use_ema) {
+      std::set<std::string> held;
+      for (const auto& [name, t] : resume->values) held.insert(name);
+      for (int k = 0; k < local; ++k) {
+        Session& w = *weight_sessions[k];
+        const Graph& g = w.graph();
+        for (ValueId v = 0; v < g.num_values(); ++v) {
+          const std::string& name = g.value(v).name;
+          if (g.value(v).kind != ValueKind::state || !name.ends_with("/ema") || held.count(name)) continue;
+          const ValueId param = g.find(name.substr(0, name.size() - 4));
+          if (param != kNoValue && g.value(param).persistent()) w.write(v, w.read(param));
+        }
+      }
+    }
     if (st.batch > info.steps_per_epoch)
       throw InputError("checkpoint",
                        fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
@@ -1919,10 +1934,12 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       if (!fed) feed(batch);
       const float lr = static_cast<float>(schedule.at(st.global_step) * st.lr_factor);
       // The optimizer counts the updates it made: a step skipped for overflow does not advance it. Under
-      // gradient accumulation it counts every step, as Keras's iterations do (an update at step k N is
-      // Adam's k N-th), and every N-th step updates.
+      // gradient accumulation, every N-th step updates, and the optimizer's iteration is the update's
+      // number, as Keras's iterations (the steps over N) count it: N steps of batch B update as one step of
+      // batch N B. The schedule reads the global step.
       const int64_t accumulation = cfg.gradient_accumulation_steps;
-      const int64_t iteration = accumulation > 1 ? st.global_step + 1 : scaler.applied_steps() + 1;
+      const int64_t iteration =
+          accumulation > 1 ? st.global_step / accumulation + 1 : scaler.applied_steps() + 1;
       const bool apply_update = (st.global_step + 1) % accumulation == 0;
       const float scale = scaler.scale();
       // Replica k takes its rank's rows of the batch; StepContext::sample_offset keys its dropout masks by
@@ -2190,7 +2207,8 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   }
   // Keras's finalize_variable_values: a run that ends (not one interrupted, which resumes as it was) takes
   // the moving averages as its weights, before early stopping restores its best ones.
-  if (cfg.use_ema && !result.interrupted_by)
+  if (cfg.use_ema && !result.interrupted_by) result.averaged = true;
+  if (result.averaged)
     for (int k = 0; k < local; ++k) {
       Session& w = *weight_sessions[k];
       const Graph& g = w.graph();

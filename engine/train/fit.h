@@ -281,6 +281,8 @@ struct FitResult {
   // restore_best_weights put the best epoch's weights back after the last epoch: final_state holds them, and
   // no checkpoint written during the run does.
   bool restored_best = false;
+  // The weights became their moving averages at the end (use_ema): other than the last step's checkpoint.
+  bool averaged = false;
   int interrupted_by = 0;  // a signal number when a stop was requested, else 0
   double seconds = 0;
   Logs test;                  // loss and metrics on the test data, when given (prefixed "test_")

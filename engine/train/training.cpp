@@ -260,8 +260,15 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
       const ValueId next = it->second;
       const ValueId average =
           g.op("Add", {g.op("Mul", {m, ema}), g.op("Mul", {g.op("Sub", {scalar(1, "one"), m}), next})});
-      g.bind_update(average, ema);
-      if (overwrite != kNoValue) g.rebind_update(p.param, g.op("Where", {overwrite, average, next}));
+      // A step skipped for overflow (fp16) leaves the average, and the weights, as they were.
+      const ValueId kept =
+          tg.grads_finite != kNoValue ? g.op("Where", {tg.grads_finite, average, ema}) : average;
+      g.bind_update(kept, ema);
+      if (overwrite != kNoValue) {
+        ValueId taken = g.op("Where", {overwrite, kept, next});
+        if (tg.grads_finite != kNoValue) taken = g.op("Where", {tg.grads_finite, taken, next});
+        g.rebind_update(p.param, taken);
+      }
     }
   }
   g.mark_output(tg.loss);
@@ -282,8 +289,9 @@ Trainer::Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const Traini
 
 float Trainer::step(float lr) {
   // The optimizer counts applied updates only: a skipped step does not advance Adam's bias correction; under
-  // gradient accumulation, every step, as Keras counts its iterations.
-  int64_t it = accumulation_steps_ > 1 ? static_cast<int64_t>(step_) + 1 : scaler_.applied_steps() + 1;
+  // gradient accumulation, the updates (steps over N), as Keras counts its iterations.
+  int64_t it = accumulation_steps_ > 1 ? static_cast<int64_t>(step_) / accumulation_steps_ + 1
+                                       : scaler_.applied_steps() + 1;
   if (tg_.apply_update != kNoValue) {
     const bool apply = (static_cast<int64_t>(step_) + 1) % accumulation_steps_ == 0;
     session_->write(tg_.apply_update, &apply, sizeof apply);

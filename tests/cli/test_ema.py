@@ -105,6 +105,11 @@ class MovingAverage(unittest.TestCase):
     def test_a_checkpoint_in_the_middle_resumes_exactly(self):
         ema = "use_ema = true\nema_momentum = 0.9\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 0\n"
         straight = self.fit("straight", ema)
+        # The last epoch's checkpoint holds the weights as trained; the run's end, final.ckpt, the averages.
+        self.assertTrue(os.path.samefile(self.path("straight/last.ckpt"), self.path("straight/final.ckpt")))
+        np.testing.assert_allclose(straight["dense_1/bias"], self.reference(0.9)[1], rtol=1e-5)
+        last_epoch = cli_util.read_checkpoint(self.path("straight/epoch-2.ckpt"))
+        np.testing.assert_allclose(last_epoch["dense_1/bias"], self.reference(0.9)[0], rtol=1e-5)
         mid = cli_util.read_checkpoint(self.path("straight/epoch-1.ckpt"))
         # After epoch 1 the weights are SGD's, the average beside them.
         self.assertGreater(np.abs(mid["dense_1/bias"] - mid["dense_1/bias/ema"]).max(), 1e-3)
@@ -114,6 +119,16 @@ class MovingAverage(unittest.TestCase):
         resumed = cli_util.read_checkpoint(self.path("resumed/last.ckpt"))
         for n in ("dense_1/bias", "dense_1/bias/ema", "dense_1/kernel"):
             np.testing.assert_allclose(resumed[n], straight[n], rtol=1e-6, err_msg=n)
+
+    def test_averages_turned_on_at_a_resume_start_at_the_weights(self):
+        plain = self.fit("before", "")
+        r = run(["fit", "--resume", self.path("before/last.ckpt"), "--epochs", "3", "--set",
+                 "train.optimizer.use_ema=true", "--device", "cpu", "-q", "--output-dir", self.path("after")],
+                timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        after = cli_util.read_checkpoint(self.path("after/last.ckpt"))
+        # One more epoch of SGD moves the weights little; averages started at zero would halve them.
+        np.testing.assert_allclose(after["dense_1/bias"], plain["dense_1/bias"], rtol=0.2)
 
     def test_summary_counts_the_averages_as_optimizer_state(self):
         def state(ema):
@@ -126,8 +141,13 @@ class MovingAverage(unittest.TestCase):
     def test_bad_settings_are_input_errors(self):
         cli_util.assert_input_error(self, run(["check", self.spec("bad", "ema_momentum = 0.9\n")]),
                                     "train.optimizer.ema_momentum applies with use_ema = true")
-        cli_util.assert_input_error(self, run(["check", self.spec("bad", "use_ema = true\nema_momentum = 1.0\n")]),
-                                    "ema_momentum must be in [0, 1), not 1.0")
+        cli_util.assert_input_error(self, run(["check", self.spec("bad", "use_ema = true\nema_momentum = 1.5\n")]),
+                                    "ema_momentum must be in [0, 1], not 1.5")
+        # A spec that names the keys and turns the average off (a checkpoint's spec, --set use_ema=false) is
+        # taken as Keras takes it.
+        r = run(["check", self.spec("off", "use_ema = true\nema_momentum = 0.9\n"), "--set",
+                 "train.optimizer.use_ema=false"])
+        self.assertEqual(r.returncode, 0, r.stderr)
         r = run(["fit", self.spec("bad", "use_ema = true\n"), "--device", "cpu", "--devices", "2", "--set",
                  "parallel.shard_optimizer=true", "-q"])
         cli_util.assert_input_error(self, r, "use_ema with a sharded optimizer is not supported")

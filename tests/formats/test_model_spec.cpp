@@ -772,6 +772,10 @@ TEST_SUITE("model_spec") {
     CHECK(to_toml(plain).find("gradient_accumulation") == std::string::npos);
     Failure f = failure(kHead + opt + "ema_overwrite_frequency = 2\n");
     CHECK(f.what == "train.optimizer.ema_overwrite_frequency applies with use_ema = true");
+    f = failure(kHead +
+                "[train]\nloss = \"mse\"\nprecision = "
+                "\"fp16\"\n[train.optimizer]\ngradient_accumulation_steps = 2\n");
+    CHECK(f.what == "train.precision fp16 (its loss scaling) with gradient accumulation is not supported");
     f = failure(kHead + opt + "gradient_accumulation_steps = 0\n");
     CHECK(f.what ==
           "train.optimizer.gradient_accumulation_steps must be from 1 (an update every step) to 1000000, not "
