@@ -147,6 +147,16 @@ const Keys kMetrics = {"accuracy",
                        "auc",
                        "pr_auc",
                        "mean_iou",
+                       "binary_crossentropy",
+                       "categorical_crossentropy",
+                       "sparse_categorical_crossentropy",
+                       "kl_divergence",
+                       "poisson",
+                       "cosine_similarity",
+                       "logcosh",
+                       "hinge",
+                       "squared_hinge",
+                       "categorical_hinge",
                        "mae",
                        "mse",
                        "mean_absolute_error",
@@ -225,6 +235,7 @@ std::string keras_class_name(const std::string& name, const Keys& valid) {
   // Keras's Accuracy class counts exact matches of values, which the loss-dependent "accuracy" does not.
   if (name == "Accuracy") return name;
   if (name == "MeanIoU" && contains(valid, "mean_iou")) return "mean_iou";
+  if (name == "LogCoshError" && contains(valid, "logcosh")) return "logcosh";
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (contains(valid, lower)) return lower;  // Adam, SGD, RMSprop
@@ -1820,6 +1831,26 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
         it != kAccuracyLoss.end() && label_family(loss) != it->second && loss.ends_with("crossentropy"))
       r.fail(mp, fmt::format("metric '{}' reads the labels of {}, and the loss is {}", m, it->second, loss),
              "use 'accuracy', which follows the loss, as Keras does");
+    const bool sparse_labels = loss == "sparse_categorical_crossentropy";
+    if (m == "sparse_categorical_crossentropy" && !sparse_labels)
+      r.fail(
+          mp,
+          fmt::format("metric 'sparse_categorical_crossentropy' reads class ids, and the loss is {}", loss),
+          "its labels are the loss's: report categorical_crossentropy for one-hot labels");
+    if (sparse_labels && m != "sparse_categorical_crossentropy" &&
+        m.find("crossentropy") != std::string::npos)
+      r.fail(mp,
+             fmt::format("metric '{}' reads labels of the output's shape, and the labels are class ids", m),
+             "report sparse_categorical_crossentropy");
+    if (sparse_labels && (m == "kl_divergence" || m == "poisson" || m == "cosine_similarity" ||
+                          m == "logcosh" || m == "hinge" || m == "squared_hinge" || m == "categorical_hinge"))
+      r.fail(
+          mp,
+          fmt::format("metric '{}' compares outputs with labels of the same shape, and "
+                      "sparse_categorical_crossentropy's labels are class ids",
+                      m),
+          "report accuracy or sparse_categorical_crossentropy, or use categorical_crossentropy with one-hot "
+          "labels");
     if (m == "mean_iou" && (binary || !loss.ends_with("crossentropy")))
       r.fail(
           mp,

@@ -633,6 +633,13 @@ bool is_accuracy(const std::string& m) {
   return m == "accuracy" || m == "acc" || m == "binary_accuracy" || m == "categorical_accuracy" ||
          m == "sparse_categorical_accuracy";
 }
+// Keras's metrics that compute a loss on the outputs and labels (reported as a mean over the judged samples).
+bool is_loss_metric(const std::string& m) {
+  return m == "binary_crossentropy" || m == "categorical_crossentropy" ||
+         m == "sparse_categorical_crossentropy" || m == "kl_divergence" || m == "poisson" ||
+         m == "cosine_similarity" || m == "logcosh" || m == "hinge" || m == "squared_hinge" ||
+         m == "categorical_hinge";
+}
 bool is_top_k(const std::string& m) {
   return m == "top_k_accuracy" || m == "top_k_categorical_accuracy" ||
          m == "sparse_top_k_categorical_accuracy";
@@ -663,13 +670,18 @@ struct MetricAccumulator {
   std::vector<double> extra;
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
   size_t iou_slot = 0;  // mean_iou's true positives, false positives and false negatives per class
+  // Keras's metrics that compute a loss (binary_crossentropy, kl_divergence, hinge, ...), each with its sum.
+  std::vector<std::pair<std::string, size_t>> loss_metrics;
 
   MetricAccumulator(LossKind k, const OutputLoss* c, bool w = false)
       : kind(k), cfg(c), weighted(w), names(w ? &c->weighted_metrics : &c->metrics) {
     log_slot = kAucHistogram + (has("auc") || has("pr_auc") ? 2 * kAucBuckets : 0);
     r2_slot = log_slot + (has("msle") ? 1 : 0);
     iou_slot = r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0);
-    extra.assign(iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0) + 1, 0.0);
+    size_t end = iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    for (const std::string& m : *names)
+      if (is_loss_metric(m)) loss_metrics.emplace_back(m, end++);
+    extra.assign(end + 1, 0.0);
   }
 
   // The last slot of `extra`: the positions a masked output counted (its mask's ones).
@@ -775,6 +787,8 @@ struct MetricAccumulator {
           extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += w;
         }
       }
+      for (const auto& [m, slot] : loss_metrics)
+        extra[slot] += w * loss_metric(m, row, classes, labels, i, label_class);
       if (errors && !kind.sparse) {
         const float* t = static_cast<const float*>(labels) + i * classes;
         double abs_sum = 0, sq_sum = 0, pct_sum = 0, log_sum = 0;
@@ -815,6 +829,87 @@ struct MetricAccumulator {
       total += sst > 4.4e-16 * std::max(rows, 1.0) * col[1] ? 1 - col[2] / sst : 0;
     }
     return total / static_cast<double>(std::max<int64_t>(cfg->columns, 1));
+  }
+  // One position's value of a loss metric, as Keras's metric of that name computes it on the outputs `row`
+  // (`classes` of them; with from_logits, their softmax or sigmoid, as the loss reads them) and the labels:
+  // the mean over the row's values, or for the categorical ones their sum.
+  template <typename LabelClass>
+  double loss_metric(const std::string& m, const float* row, int64_t classes, const void* labels, int64_t i,
+                     const LabelClass& label_class) const {
+    constexpr double eps = 1e-7;
+    std::vector<double> p(static_cast<size_t>(classes)), t(static_cast<size_t>(classes), 0.0);
+    for (int64_t c = 0; c < classes; ++c) p[static_cast<size_t>(c)] = row[c];
+    if (kind.sparse) {
+      const int64_t label = label_class(i);
+      if (label >= 0 && label < classes) t[static_cast<size_t>(label)] = 1;
+    } else {
+      const float* y = static_cast<const float*>(labels) + i * classes;
+      for (int64_t c = 0; c < classes; ++c) t[static_cast<size_t>(c)] = y[c];
+    }
+    const bool probabilities = m.ends_with("crossentropy");
+    if (cfg->from_logits && probabilities) {
+      if (classes == 1 || m == "binary_crossentropy") {
+        for (double& v : p) v = 1 / (1 + std::exp(-v));
+      } else {
+        const double top = *std::max_element(p.begin(), p.end());
+        double sum = 0;
+        for (double& v : p) sum += (v = std::exp(v - top));
+        for (double& v : p) v /= sum;
+      }
+    }
+    const double n = static_cast<double>(classes);
+    double total = 0;
+    if (m == "binary_crossentropy") {
+      for (int64_t c = 0; c < classes; ++c) {
+        const double q = std::clamp(p[static_cast<size_t>(c)], eps, 1 - eps), y = t[static_cast<size_t>(c)];
+        total -= y * std::log(q) + (1 - y) * std::log(1 - q);
+      }
+      return total / n;
+    }
+    if (m == "categorical_crossentropy" || m == "sparse_categorical_crossentropy") {
+      double sum = 0;
+      for (double v : p) sum += v;
+      for (int64_t c = 0; c < classes; ++c)
+        total -=
+            t[static_cast<size_t>(c)] * std::log(std::clamp(p[static_cast<size_t>(c)] / sum, eps, 1 - eps));
+      return total;
+    }
+    if (m == "kl_divergence") {
+      for (int64_t c = 0; c < classes; ++c) {
+        const double y = std::clamp(t[static_cast<size_t>(c)], eps, 1.0);
+        total += y * std::log(y / std::clamp(p[static_cast<size_t>(c)], eps, 1.0));
+      }
+      return total;
+    }
+    if (m == "cosine_similarity") {
+      double yy = 0, pp = 0, yp = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        const double y = t[static_cast<size_t>(c)], q = p[static_cast<size_t>(c)];
+        yy += y * y, pp += q * q, yp += y * q;
+      }
+      return yp / (std::sqrt(std::max(yy, 1e-12)) * std::sqrt(std::max(pp, 1e-12)));
+    }
+    if (m == "categorical_hinge") {
+      double right = 0, wrong = 0;
+      for (int64_t c = 0; c < classes; ++c) {
+        right += t[static_cast<size_t>(c)] * p[static_cast<size_t>(c)];
+        wrong = std::max(wrong, (1 - t[static_cast<size_t>(c)]) * p[static_cast<size_t>(c)]);
+      }
+      return std::max(0.0, 1 + wrong - right);
+    }
+    for (int64_t c = 0; c < classes; ++c) {
+      const double y = t[static_cast<size_t>(c)], q = p[static_cast<size_t>(c)];
+      if (m == "poisson") total += q - y * std::log(q + eps);
+      if (m == "logcosh") {  // log(cosh(d)) = |d| + log1p(exp(-2|d|)) - log 2, without overflow
+        const double a = std::abs(q - y);
+        total += a + std::log1p(std::exp(-2 * a)) - std::log(2.0);
+      }
+      if (m == "hinge" || m == "squared_hinge") {
+        const double margin = std::max(0.0, 1 - (y > 0 ? 1.0 : -1.0) * q);
+        total += m == "hinge" ? margin : margin * margin;
+      }
+    }
+    return total / n;
   }
   // Keras's MeanIoU: each class's TP / (TP + FP + FN), averaged over the classes that occur (in the labels or
   // the predictions).
@@ -907,6 +1002,8 @@ struct MetricAccumulator {
       if (m == "auc") l.emplace_back(name, auc());
       if (m == "pr_auc") l.emplace_back(name, pr_auc());
       if (m == "mean_iou") l.emplace_back(name, mean_iou());
+      for (const auto& [lm, slot] : loss_metrics)
+        if (m == lm) l.emplace_back(name, ratio(extra[slot], judged(n)));
       if (m == "mae") l.emplace_back(name, ratio(extra[kAbsError], judged(n)));
       if (m == "mse") l.emplace_back(name, ratio(extra[kSquaredError], judged(n)));
       if (m == "root_mean_squared_error")
@@ -1509,7 +1606,7 @@ bool maximized(const std::string& mode, const std::string& monitor, const std::v
       }
   if (m.starts_with("weighted_")) m = m.substr(9);
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
-         m == "pr_auc" || m == "f1_score" || m == "r2_score" || m == "mean_iou";
+         m == "pr_auc" || m == "f1_score" || m == "r2_score" || m == "mean_iou" || m == "cosine_similarity";
 }
 
 }  // namespace

@@ -924,10 +924,12 @@ loss = "sparse_categorical_crossentropy"
                            "Keras's None, a length that varies, is not supported")
         # A loss listed as a metric was offered 'sparse_categorical_accuracy'; Keras's list of lists by output, on a
         # model of one output, was told to quote its entries.
-        for metrics, needles in (('["sparse_categorical_crossentropy"]', ("is the loss, which is not a metric here",
-                                                                           "hint: the loss is always reported")),
-                                 ('["binary_crossentropy"]', ("the loss 'binary_crossentropy' is not a metric here",
-                                                              "hint: metrics take: ")),
+        # Keras's loss metrics are metrics (the loss's own too), each with the labels it reads.
+        for metrics, needles in (('["sparse_categorical_crossentropy", "huber"]',
+                                  ("the loss 'huber' is not a metric here", "hint: metrics take: ")),
+                                 ('["binary_crossentropy"]',
+                                  ("metric 'binary_crossentropy' reads labels of the output's shape, and the labels "
+                                   "are class ids", "hint: report sparse_categorical_crossentropy")),
                                  ('[["accuracy"]]', ("must hold strings, not an array",
                                                      "hint: give one list of names"))):
             text = SPEC.replace('metrics = ["accuracy"]', f"metrics = {metrics}")

@@ -234,6 +234,48 @@ class Losses(unittest.TestCase):
         losses = [e["loss"] for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"]
         self.assertTrue(all(np.isfinite(losses)), losses)
 
+    def test_losses_as_metrics_are_kerass(self):
+        d = self.tmp.name
+        dist = np.load(os.path.join(d, "dist.npy"))
+        np.save(os.path.join(d, "onehot_m.npy"), np.eye(3, dtype=np.float32)[np.argmax(dist, 1)])
+        np.save(os.path.join(d, "ids.npy"), np.argmax(dist, 1).astype(np.int64))
+        cases = [("mse", 3, "linear", "real.npy", ["LogCoshError", "CosineSimilarity", "kl_divergence"]),
+                 ("categorical_crossentropy", 3, "softmax", "onehot_m.npy",
+                  ["categorical_crossentropy", "kl_divergence", "poisson", "categorical_hinge"]),
+                 ("binary_crossentropy", 1, "sigmoid", "binary.npy", ["binary_crossentropy", "hinge", "squared_hinge"]),
+                 ("sparse_categorical_crossentropy", 3, "softmax", "ids.npy", ["SparseCategoricalCrossentropy"])]
+        for loss, units, activation, labels, metrics in cases:
+            spec = os.path.join(d, f"metrics_{loss}.toml")
+            with open(spec, "w") as f:  # the metrics in [train], at the default learning rate
+                f.write(SPEC.format(units=units, activation=activation, loss=loss, y=labels).replace(
+                    "[train.optimizer]\nlearning_rate = 0.01\n", f"metrics = {json.dumps(metrics)}\n"))
+            out = os.path.join(d, f"metrics_run_{loss}")
+            r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            last = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "epoch"][-1]
+            r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(out, "last.ckpt"), os.path.join(d, "x.npy"),
+                                "--probabilities", "--output-format", "npy", "--device", "cpu", "-q"],
+                               capture_output=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            path = os.path.join(d, f"pm_{loss}.npy")
+            with open(path, "wb") as f:
+                f.write(r.stdout)
+            p = np.load(path).astype(np.float64).reshape(96, units)
+            y = np.load(os.path.join(d, labels))
+            for m in metrics:
+                name = {"LogCoshError": "logcosh", "CosineSimilarity": "cosine_similarity",
+                        "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy"}.get(m, m)
+                if name == "sparse_categorical_crossentropy":
+                    want = float(-np.log(np.clip(p[np.arange(96), y], 1e-7, 1 - 1e-7)).mean())
+                elif name == "cosine_similarity":  # the metric is the cosine itself, the loss its negative
+                    want = -keras(name, p, y.astype(np.float64).reshape(96, units))
+                else:
+                    want = keras({"logcosh": "log_cosh"}.get(name, name), p, y.astype(np.float64).reshape(96, units))
+                self.assertAlmostEqual(last["val_" + name], want, places=5, msg=f"{loss}: {name}")
+        r = run(["check", os.path.join(d, "metrics_sparse_categorical_crossentropy.toml"), "--set",
+                 'train.metrics=["categorical_crossentropy"]'])
+        cli_util.assert_input_error(self, r, "metric 'categorical_crossentropy' reads labels of the output's shape")
+
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")
 
