@@ -1785,6 +1785,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   info.train_samples = n_train;
   info.val_samples = n_val;
   info.steps_per_epoch = train_loader.batches_per_epoch();
+  info.accumulation_steps = cfg.gradient_accumulation_steps;
   info.arena_bytes = dev.plans().arena_bytes();
   info.held_bytes = dev.plans().held_bytes();
   info.plans = dev.plans().size();

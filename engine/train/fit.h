@@ -217,6 +217,7 @@ struct EpochReport {
 
 struct FitPlanInfo {
   int64_t train_samples = 0, val_samples = 0, steps_per_epoch = 0;
+  int64_t accumulation_steps = 1;  // steps per update (gradient accumulation)
   size_t arena_bytes = 0;
   // Held by the plans' kernels outside the arena: a recurrence's records, a convolution's operands in
   // oneDNN's layouts.

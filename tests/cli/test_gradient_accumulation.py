@@ -81,6 +81,10 @@ class GradientAccumulation(unittest.TestCase):
         # The gathered gradients are state of the run, 0 after an update (64 samples: 8 steps, 2 updates).
         self.assertIn("dense/kernel/accumulated_gradient", accumulated)
         self.assertFalse(np.any(accumulated["dense/kernel/accumulated_gradient"]))
+        # The run says so where it begins.
+        r = run(["fit", self.path("acc.toml"), "--device", "cpu", "--epochs", "1"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("8 steps per epoch, an update every 4 ·", r.stderr)
         # Not every step updates: without accumulation, batch 8 trains other weights.
         every = self.fit("every", 8, SGD)
         self.assertGreater(np.abs(every["dense/kernel"] - whole["dense/kernel"]).max(), 1e-3)
