@@ -745,7 +745,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     for (size_t k = 1; k < t.outputs.size(); ++k) {
       const formats::OutputTrainSpec& o = t.outputs[k];
       c.more_outputs.push_back({o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k,
-                                o.loss_weight, 1, o.weighted_metrics, o.loss_options});
+                                o.loss_weight, 1, o.weighted_metrics, o.loss_options, o.iou_classes});
     }
   }
   c.epochs = t.epochs;

@@ -1804,7 +1804,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
 }
 
 void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
-                   std::vector<std::string>& metrics, CallSettings& ks) {
+                   bool from_logits, std::vector<std::string>& metrics, CallSettings& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
     check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, ks);
@@ -1851,6 +1851,11 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
                       m),
           "report accuracy or sparse_categorical_crossentropy, or use categorical_crossentropy with one-hot "
           "labels");
+    if (from_logits && (m == "poisson" || m == "kl_divergence"))
+      r.fail(mp,
+             fmt::format(
+                 "metric '{}' reads probabilities, and from_logits = true says the outputs are logits", m),
+             "report the cross-entropy of the loss (which reads logits as the loss does), or leave it out");
     if (m == "mean_iou" && (binary || !loss.ends_with("crossentropy")))
       r.fail(
           mp,
@@ -2000,10 +2005,21 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                    ? "use one-hot labels with categorical_crossentropy"
                    : "leave label_smoothing out");
   }
+  const size_t iou_before = ks.num_classes.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
-    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.metrics, ks);
+    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
-    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.weighted_metrics, ks);
+    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.weighted_metrics, ks);
+  // MeanIoU's num_classes, this output's: one, whichever of its lists names it.
+  for (size_t i = iou_before; i < ks.num_classes.size(); ++i) {
+    const auto& [c, pos] = ks.num_classes[i];
+    if (c != ks.num_classes[iou_before].first)
+      r.fail(pos,
+             fmt::format("the MeanIoU calls of one output say num_classes={} and num_classes={}",
+                         ks.num_classes[iou_before].first, c),
+             "give them the classes of the output");
+    o.iou_classes = c;
+  }
   return o;
 }
 
@@ -2036,6 +2052,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss = first.loss;
     s.loss_pos = first.loss_pos;
     s.loss_options = first.loss_options;
+    s.iou_classes = first.iou_classes;
     s.from_logits = first.from_logits;
     s.label_smoothing = first.label_smoothing;
     s.metrics = first.metrics;
@@ -2046,6 +2063,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss = o.loss;
     s.loss_pos = o.loss_pos;
     s.loss_options = o.loss_options;
+    s.iou_classes = o.iou_classes;
     s.from_logits = o.from_logits;
     s.label_smoothing = o.label_smoothing;
     s.metrics = o.metrics;
@@ -2080,13 +2098,6 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
       }
     }
   }
-  for (const auto& [c, pos] : ks.num_classes)
-    if (c != ks.num_classes[0].first)
-      r.fail(
-          pos,
-          fmt::format("the MeanIoU calls say num_classes={} and num_classes={}", ks.num_classes[0].first, c),
-          "give them the classes of their outputs");
-  if (!ks.num_classes.empty()) s.iou_classes = ks.num_classes[0].first;
   for (const auto& [k, pos] : ks.k)
     if (k != ks.k[0].first)
       r.fail(pos, fmt::format("the top-k metrics' calls say k={} and k={}", ks.k[0].first, k),

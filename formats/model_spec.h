@@ -261,7 +261,8 @@ struct OutputTrainSpec {
   double label_smoothing = 0;
   std::vector<std::string> metrics;
   std::vector<std::string> weighted_metrics;  // Keras's: counting the sample (and class) weights
-  double loss_weight = 1;  // its loss counts this much in the loss that trains (loss_weights)
+  double loss_weight = 1;   // its loss counts this much in the loss that trains (loss_weights)
+  int64_t iou_classes = 0;  // MeanIoU(num_classes=N)'s N for this output; 0: not given
   SourcePos loss_pos;
   bool operator==(const OutputTrainSpec&) const = default;
 };
@@ -283,7 +284,8 @@ struct TrainSection {
   // from_logits, label_smoothing and metrics above are then the first output's). Empty for one output.
   std::vector<OutputTrainSpec> outputs;
   int64_t top_k = 5;
-  // MeanIoU(num_classes=N)'s N, checked against the model's classes; 0: not given.
+  // MeanIoU(num_classes=N)'s N, checked against the output's classes; 0: not given. In a model of several
+  // outputs, the first's (each output's is in `outputs`).
   int64_t iou_classes = 0;
   // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
   // 1).

@@ -184,9 +184,9 @@ std::string to_toml(const ModelSpec& spec) {
   if (!t.loss.empty()) {
     w.header("[train]");
     // The settings a metric's call gave: MeanIoU's num_classes (top_k is a key of its own).
-    auto with_calls = [&](std::vector<std::string> ms) {
+    auto with_calls = [&](std::vector<std::string> ms, int64_t iou_classes) {
       for (std::string& m : ms)
-        if (m == "mean_iou" && t.iou_classes > 0) m = fmt::format("mean_iou(num_classes={})", t.iou_classes);
+        if (m == "mean_iou" && iou_classes > 0) m = fmt::format("mean_iou(num_classes={})", iou_classes);
       return ms;
     };
     bool ranked = false;
@@ -196,8 +196,9 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("loss", loss_call_text(t.loss, t.loss_options));
       w.kv("from_logits", t.from_logits);
       if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
-      w.kv("metrics", with_calls(t.metrics));
-      if (!t.weighted_metrics.empty()) w.kv("weighted_metrics", with_calls(t.weighted_metrics));
+      w.kv("metrics", with_calls(t.metrics, t.iou_classes));
+      if (!t.weighted_metrics.empty())
+        w.kv("weighted_metrics", with_calls(t.weighted_metrics, t.iou_classes));
     } else {
       // Each setting as a table by output name, as Keras's compile takes dicts.
       std::map<std::string, std::string> loss;
@@ -209,8 +210,8 @@ std::string to_toml(const ModelSpec& spec) {
         from_logits[o.name] = o.from_logits;
         if (o.label_smoothing != 0) smoothing[o.name] = o.label_smoothing;
         weights[o.name] = o.loss_weight;
-        metrics[o.name] = with_calls(o.metrics);
-        if (!o.weighted_metrics.empty()) weighted[o.name] = with_calls(o.weighted_metrics);
+        metrics[o.name] = with_calls(o.metrics, o.iou_classes);
+        if (!o.weighted_metrics.empty()) weighted[o.name] = with_calls(o.weighted_metrics, o.iou_classes);
         for (const auto* list : {&o.metrics, &o.weighted_metrics})
           for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
       }

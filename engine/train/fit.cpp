@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <numbers>
 #include <optional>
@@ -37,7 +38,7 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
                                             cfg.metrics, cfg.top_k, cfg.loss_weight, 1, cfg.weighted_metrics,
-                                            cfg.loss_options}};
+                                            cfg.loss_options, cfg.iou_classes}};
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -837,7 +838,10 @@ struct MetricAccumulator {
   double loss_metric(const std::string& m, const float* row, int64_t classes, const void* labels, int64_t i,
                      const LabelClass& label_class) const {
     constexpr double eps = 1e-7;
-    std::vector<double> p(static_cast<size_t>(classes)), t(static_cast<size_t>(classes), 0.0);
+    // Buffers kept from call to call: this runs for every judged position.
+    thread_local std::vector<double> p, t;
+    p.assign(static_cast<size_t>(classes), 0.0);
+    t.assign(static_cast<size_t>(classes), 0.0);
     for (int64_t c = 0; c < classes; ++c) p[static_cast<size_t>(c)] = row[c];
     if (kind.sparse) {
       const int64_t label = label_class(i);
@@ -848,7 +852,7 @@ struct MetricAccumulator {
     }
     const bool probabilities = m.ends_with("crossentropy");
     if (cfg->from_logits && probabilities) {
-      if (classes == 1 || m == "binary_crossentropy") {
+      if (classes == 1 || kind.binary) {
         for (double& v : p) v = 1 / (1 + std::exp(-v));
       } else {
         const double top = *std::max_element(p.begin(), p.end());
@@ -890,7 +894,7 @@ struct MetricAccumulator {
       return yp / (std::sqrt(std::max(yy, 1e-12)) * std::sqrt(std::max(pp, 1e-12)));
     }
     if (m == "categorical_hinge") {
-      double right = 0, wrong = 0;
+      double right = 0, wrong = -std::numeric_limits<double>::infinity();
       for (int64_t c = 0; c < classes; ++c) {
         right += t[static_cast<size_t>(c)] * p[static_cast<size_t>(c)];
         wrong = std::max(wrong, (1 - t[static_cast<size_t>(c)]) * p[static_cast<size_t>(c)]);
@@ -1305,7 +1309,7 @@ std::pair<int64_t, int64_t> output_dims(const Graph& g, ValueId output) {
 }
 
 // Each output's OutputLoss::columns, as MetricAccumulator::add will see its rows.
-void set_columns(std::vector<OutputLoss>& outputs, Device& dev, int64_t iou_classes) {
+void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
   const Plan& p = dev.any_plan();
   const Graph& g = dev.plans().session(p.index).graph();
   for (size_t i = 0; i < outputs.size(); ++i) {
@@ -1313,9 +1317,25 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev, int64_t iou_clas
     const LossKind k = loss_kind(outputs[i].loss);
     const bool masked = (i == 0 ? p.mask : p.more_mask.at(i - 1)) != kNoValue;
     outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical || masked ? last : per_sample;
+    // Keras's metrics that reduce the last axis (a distribution, a direction, a largest wrong class) judge
+    // its rows; they are computed where a judged position is one.
+    const bool rows = k.sparse || k.categorical || masked || (k.regression && per_sample == last) ||
+                      (k.binary && per_sample == 1);
+    for (const auto* list : {&outputs[i].metrics, &outputs[i].weighted_metrics})
+      for (const std::string& m : *list)
+        if (!rows && (m == "kl_divergence" || m == "categorical_crossentropy" || m == "cosine_similarity" ||
+                      m == "categorical_hinge"))
+          throw InputError(
+              outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name,
+              fmt::format("metric '{}' reduces the last axis of each output, and the output{} ({} values per "
+                          "sample, {} on its last axis) is judged {} here",
+                          m, outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'", per_sample, last,
+                          k.binary ? "label by label" : "sample by sample"),
+              "report it on an output of one row per sample (or per step, under a mask), or leave it out");
     const auto lists_iou = [](const std::vector<std::string>& ms) {
       return std::find(ms.begin(), ms.end(), "mean_iou") != ms.end();
     };
+    const int64_t iou_classes = outputs[i].iou_classes;
     if (iou_classes > 0 && (lists_iou(outputs[i].metrics) || lists_iou(outputs[i].weighted_metrics)) &&
         outputs[i].columns != iou_classes)
       throw InputError(
@@ -1535,7 +1555,7 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
                  std::vector<float>& out_buf) {
   std::vector<OutputLoss> outputs = output_losses(cfg);
-  set_columns(outputs, dev, cfg.iou_classes);
+  set_columns(outputs, dev);
   Metrics acc(outputs);
   loader.start_epoch(0);
   data::Batch batch;
@@ -1704,7 +1724,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     mask_counter = MaskCounter::make(factory, cfg, batch_sizes(n_train, cfg.batch_size),
                                      Device::eval_batches({n_val, test ? test->size() : 0}, cfg));
   Device& dev = *devs[0];
-  set_columns(outputs, dev, cfg.iou_classes);
+  set_columns(outputs, dev);
   std::vector<Session*> weight_sessions;
   for (auto& d : devs) weight_sessions.push_back(&d->weights_session());
   // ZeRO-1: after the update, each shard goes from its owner to that range of the parameter on every replica

@@ -105,6 +105,7 @@ struct OutputLoss {
   // their class weights), reported after `metrics` under weighted_metric_name.
   std::vector<std::string> weighted_metrics;
   LossOptions loss_options;  // huber's delta, the focal losses' gamma and alpha
+  int64_t iou_classes = 0;   // MeanIoU(num_classes=N): the classes the output must have; 0: any
 };
 
 // The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the
@@ -124,7 +125,7 @@ struct FitConfig {
   // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
   std::vector<std::string> metrics;
   int64_t top_k = 5;
-  int64_t iou_classes = 0;  // MeanIoU(num_classes=N): the classes its outputs must have; 0: any
+  int64_t iou_classes = 0;  // MeanIoU(num_classes=N) of the first output (OutputLoss::iou_classes); 0: any
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;

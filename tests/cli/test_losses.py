@@ -275,6 +275,15 @@ class Losses(unittest.TestCase):
         r = run(["check", os.path.join(d, "metrics_sparse_categorical_crossentropy.toml"), "--set",
                  'train.metrics=["categorical_crossentropy"]'])
         cli_util.assert_input_error(self, r, "metric 'categorical_crossentropy' reads labels of the output's shape")
+        # A multi-label output's labels are judged one by one: a metric of the whole last axis is refused.
+        np.save(os.path.join(d, "multi.npy"), (np.load(os.path.join(d, "real.npy")) > 0).astype(np.float32))
+        spec = os.path.join(d, "multi.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(units=3, activation="sigmoid", loss="binary_crossentropy", y="multi.npy").replace(
+                "[train.optimizer]\nlearning_rate = 0.01\n", 'metrics = ["binary_crossentropy", "cosine_similarity"]\n'))
+        r = run(["fit", spec, "--device", "cpu", "-q"])
+        cli_util.assert_input_error(self, r, "metric 'cosine_similarity' reduces the last axis of each output",
+                                    "judged label by label")
 
     def test_cosine_similarity(self):
         self.check("cosine_similarity", 3, "linear", "real.npy")

@@ -881,6 +881,22 @@ TEST_SUITE("model_spec") {
     CHECK(f.what ==
           "metric 'MeanIoU(num_classes=2, sparse_y_true=False)': sparse_y_true = False is not supported "
           "by trainer");
+    // Each output's own num_classes.
+    const ModelSpec two = parse_model_spec(
+        "format_version = 1\n[model]\ninput = [4]\noutputs = [\"a\", \"b\"]\n[[model.layers]]\ntype = "
+        "\"Dense\"\nname = \"a\"\nunits = 3\n[[model.layers]]\ntype = \"Dense\"\nname = \"b\"\ninputs = "
+        "[\"input\"]\nunits = 4\n[train]\nloss = \"sparse_categorical_crossentropy\"\nmetrics = { a = "
+        "[\"MeanIoU(num_classes=3)\"], b = [\"MeanIoU(num_classes=4)\"] }\n",
+        "two.toml");
+    REQUIRE(two.train.outputs.size() == 2);
+    CHECK(two.train.outputs[0].iou_classes == 3);
+    CHECK(two.train.outputs[1].iou_classes == 4);
+    CHECK(same_settings(two, parse_model_spec(to_toml(two), "two.toml")));
+    // Metrics that read probabilities do not take logits.
+    f = failure(kHead +
+                "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\nmetrics = [\"poisson\"]\n");
+    CHECK(f.what ==
+          "metric 'poisson' reads probabilities, and from_logits = true says the outputs are logits");
     // AUC's PR curve is the metric pr_auc.
     CHECK(parse_model_spec(
               kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"AUC(curve='PR')\", \"auc\"]\n",
