@@ -1305,8 +1305,8 @@ std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const Spe
       mean[f] = count > 0 ? sum[f] / count : 0.0;
       variance[f] = count > 0 ? std::max(sq[f] / count - mean[f] * mean[f], 0.0) : 1.0;
     }
-    l.args["mean"] = formats::Arg{mean, l.pos};
-    l.args["variance"] = formats::Arg{variance, l.pos};
+    l.args["mean"] = formats::Arg{mean, l.pos, {}};
+    l.args["variance"] = formats::Arg{variance, l.pos, {}};
     adapted.push_back(name);
   }
   return adapted;

@@ -1746,7 +1746,7 @@ struct CallSettings {
 };
 
 void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
-                       const std::string& loss, CallSettings& ks) {
+                       const std::string& loss, bool from_logits, CallSettings& ks) {
   Call call;
   if (const std::string wrong = parse_call(text, call); !wrong.empty())
     r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
@@ -1765,6 +1765,8 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   const bool sparse = loss == "sparse_categorical_crossentropy";
   if (metric == "mean_iou")
     takes = {"num_classes", sparse ? "sparse_y_true=True" : "sparse_y_true=False", "sparse_y_pred=False"};
+  // The cross-entropy metrics read the outputs as the loss does.
+  if (metric.ends_with("crossentropy")) takes = {from_logits ? "from_logits=True" : "from_logits=False"};
   const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
                                          : fmt::format("{} takes: {}", metric, join(takes));
   for (const CallArg& a : call.args) {
@@ -1795,6 +1797,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     const bool* flag = std::get_if<bool>(&a.value);
     if (a.name == "sparse_y_true") ok = flag && *flag == sparse;
     if (a.name == "sparse_y_pred") ok = flag && !*flag;
+    if (a.name == "from_logits") ok = flag && *flag == from_logits;
     if (!ok)
       r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
              a.name == "k"             ? "k is a whole number, 1 or more"
@@ -1807,7 +1810,7 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
                    bool from_logits, std::vector<std::string>& metrics, CallSettings& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
-    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, ks);
+    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, from_logits, ks);
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",

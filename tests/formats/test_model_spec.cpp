@@ -892,6 +892,17 @@ TEST_SUITE("model_spec") {
     CHECK(two.train.outputs[0].iou_classes == 3);
     CHECK(two.train.outputs[1].iou_classes == 4);
     CHECK(same_settings(two, parse_model_spec(to_toml(two), "two.toml")));
+    // A cross-entropy metric's call says from_logits as the loss does.
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\nmetrics = "
+                                   "[\"BinaryCrossentropy(from_logits=True)\"]\n",
+                           "l.toml")
+              .train.metrics == std::vector<std::string>{"binary_crossentropy"});
+    f = failure(
+        kHead +
+        "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"BinaryCrossentropy(from_logits=True)\"]\n");
+    CHECK(f.what ==
+          "metric 'BinaryCrossentropy(from_logits=True)': from_logits = True is not supported by trainer");
+    CHECK(f.hint == "binary_crossentropy takes: from_logits=False");
     // Metrics that read probabilities do not take logits.
     f = failure(kHead +
                 "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\nmetrics = [\"poisson\"]\n");

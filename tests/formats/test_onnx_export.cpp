@@ -41,7 +41,7 @@ LayerSpec layer(std::string type, std::vector<std::pair<std::string, ArgValue>> 
   l.inputs = std::move(inputs);
   l.pos = SourcePos{"model.toml", 1, 1};
   l.type_pos = l.pos;
-  for (auto& [k, v] : args) l.args[k] = Arg{std::move(v), l.pos};
+  for (auto& [k, v] : args) l.args[k] = Arg{std::move(v), l.pos, {}};
   return l;
 }
 
