@@ -1630,6 +1630,14 @@ struct Call {
   std::vector<CallArg> args;
 };
 
+// A class name without Keras's module path: keras.losses.Huber is Huber.
+std::string without_module(const std::string& name) {
+  for (const char* prefix :
+       {"tf.keras.losses.", "tf.keras.metrics.", "keras.losses.", "keras.metrics.", "losses.", "metrics."})
+    if (name.starts_with(prefix)) return name.substr(std::strlen(prefix));
+  return name;
+}
+
 // NAME or NAME(key=value, ...), values being numbers, True/False (or true/false) and quoted strings; Keras's
 // module paths (keras.losses.Huber) read as the class. Returns what is wrong with the text, or "".
 std::string parse_call(const std::string& text, Call& out) {
@@ -1637,10 +1645,7 @@ std::string parse_call(const std::string& text, Call& out) {
   const size_t n = text.size();
   if (text.find_first_of("()") == std::string::npos) {
     // A name, as the lookup of names reads it (a misspelling gets its did-you-mean there).
-    out.name = text;
-    for (const char* prefix :
-         {"tf.keras.losses.", "tf.keras.metrics.", "keras.losses.", "keras.metrics.", "losses.", "metrics."})
-      if (out.name.starts_with(prefix)) out.name = out.name.substr(std::strlen(prefix));
+    out.name = without_module(text);
     return out.name.empty() ? "it is empty" : "";
   }
   auto space = [&] {
@@ -1654,9 +1659,7 @@ std::string parse_call(const std::string& text, Call& out) {
   };
   space();
   out.name = ident();
-  for (const char* prefix :
-       {"tf.keras.losses.", "tf.keras.metrics.", "keras.losses.", "keras.metrics.", "losses.", "metrics."})
-    if (out.name.starts_with(prefix)) out.name = out.name.substr(std::strlen(prefix));
+  out.name = without_module(out.name);
   space();
   if (i == n) return out.name.empty() ? "it is empty" : "";
   if (out.name.empty() || text[i] != '(' || out.name.find('.') != std::string::npos)

@@ -634,12 +634,32 @@ bool is_accuracy(const std::string& m) {
   return m == "accuracy" || m == "acc" || m == "binary_accuracy" || m == "categorical_accuracy" ||
          m == "sparse_categorical_accuracy";
 }
-// Keras's metrics that compute a loss on the outputs and labels (reported as a mean over the judged samples).
-bool is_loss_metric(const std::string& m) {
-  return m == "binary_crossentropy" || m == "categorical_crossentropy" ||
-         m == "sparse_categorical_crossentropy" || m == "kl_divergence" || m == "poisson" ||
-         m == "cosine_similarity" || m == "logcosh" || m == "hinge" || m == "squared_hinge" ||
-         m == "categorical_hinge";
+// Keras's metrics that compute a loss on the outputs and labels (reported as a mean over the judged samples),
+// told apart once, not at every judged position.
+enum class LossMetric {
+  none,
+  binary_crossentropy,
+  categorical_crossentropy,  // and sparse_categorical_crossentropy: the labels are one-hot by then
+  kl_divergence,
+  poisson,
+  cosine_similarity,
+  logcosh,
+  hinge,
+  squared_hinge,
+  categorical_hinge
+};
+LossMetric loss_metric_of(const std::string& m) {
+  if (m == "binary_crossentropy") return LossMetric::binary_crossentropy;
+  if (m == "categorical_crossentropy" || m == "sparse_categorical_crossentropy")
+    return LossMetric::categorical_crossentropy;
+  if (m == "kl_divergence") return LossMetric::kl_divergence;
+  if (m == "poisson") return LossMetric::poisson;
+  if (m == "cosine_similarity") return LossMetric::cosine_similarity;
+  if (m == "logcosh") return LossMetric::logcosh;
+  if (m == "hinge") return LossMetric::hinge;
+  if (m == "squared_hinge") return LossMetric::squared_hinge;
+  if (m == "categorical_hinge") return LossMetric::categorical_hinge;
+  return LossMetric::none;
 }
 bool is_top_k(const std::string& m) {
   return m == "top_k_accuracy" || m == "top_k_categorical_accuracy" ||
@@ -672,7 +692,14 @@ struct MetricAccumulator {
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
   size_t iou_slot = 0;  // mean_iou's true positives, false positives and false negatives per class
   // Keras's metrics that compute a loss (binary_crossentropy, kl_divergence, hinge, ...), each with its sum.
-  std::vector<std::pair<std::string, size_t>> loss_metrics;
+  struct LossMetricSlot {
+    std::string name;
+    LossMetric metric;
+    size_t slot;
+  };
+  std::vector<LossMetricSlot> loss_metrics;
+  // loss_metric's outputs and labels of one position (kept: it runs for every judged position).
+  mutable std::vector<double> metric_p, metric_t;
 
   MetricAccumulator(LossKind k, const OutputLoss* c, bool w = false)
       : kind(k), cfg(c), weighted(w), names(w ? &c->weighted_metrics : &c->metrics) {
@@ -681,7 +708,8 @@ struct MetricAccumulator {
     iou_slot = r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0);
     size_t end = iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0);
     for (const std::string& m : *names)
-      if (is_loss_metric(m)) loss_metrics.emplace_back(m, end++);
+      if (const LossMetric lm = loss_metric_of(m); lm != LossMetric::none)
+        loss_metrics.push_back({m, lm, end++});
     extra.assign(end + 1, 0.0);
   }
 
@@ -788,8 +816,8 @@ struct MetricAccumulator {
           extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += w;
         }
       }
-      for (const auto& [m, slot] : loss_metrics)
-        extra[slot] += w * loss_metric(m, row, classes, labels, i, label_class);
+      for (const LossMetricSlot& lm : loss_metrics)
+        extra[lm.slot] += w * loss_metric(lm.metric, row, classes, labels, i, label_class);
       if (errors && !kind.sparse) {
         const float* t = static_cast<const float*>(labels) + i * classes;
         double abs_sum = 0, sq_sum = 0, pct_sum = 0, log_sum = 0;
@@ -835,11 +863,11 @@ struct MetricAccumulator {
   // (`classes` of them; with from_logits, their softmax or sigmoid, as the loss reads them) and the labels:
   // the mean over the row's values, or for the categorical ones their sum.
   template <typename LabelClass>
-  double loss_metric(const std::string& m, const float* row, int64_t classes, const void* labels, int64_t i,
+  double loss_metric(LossMetric m, const float* row, int64_t classes, const void* labels, int64_t i,
                      const LabelClass& label_class) const {
     constexpr double eps = 1e-7;
-    // Buffers kept from call to call: this runs for every judged position.
-    thread_local std::vector<double> p, t;
+    std::vector<double>& p = metric_p;
+    std::vector<double>& t = metric_t;
     p.assign(static_cast<size_t>(classes), 0.0);
     t.assign(static_cast<size_t>(classes), 0.0);
     for (int64_t c = 0; c < classes; ++c) p[static_cast<size_t>(c)] = row[c];
@@ -850,7 +878,8 @@ struct MetricAccumulator {
       const float* y = static_cast<const float*>(labels) + i * classes;
       for (int64_t c = 0; c < classes; ++c) t[static_cast<size_t>(c)] = y[c];
     }
-    const bool probabilities = m.ends_with("crossentropy");
+    const bool probabilities =
+        m == LossMetric::binary_crossentropy || m == LossMetric::categorical_crossentropy;
     if (cfg->from_logits && probabilities) {
       if (classes == 1 || kind.binary) {
         for (double& v : p) v = 1 / (1 + std::exp(-v));
@@ -863,14 +892,14 @@ struct MetricAccumulator {
     }
     const double n = static_cast<double>(classes);
     double total = 0;
-    if (m == "binary_crossentropy") {
+    if (m == LossMetric::binary_crossentropy) {
       for (int64_t c = 0; c < classes; ++c) {
         const double q = std::clamp(p[static_cast<size_t>(c)], eps, 1 - eps), y = t[static_cast<size_t>(c)];
         total -= y * std::log(q) + (1 - y) * std::log(1 - q);
       }
       return total / n;
     }
-    if (m == "categorical_crossentropy" || m == "sparse_categorical_crossentropy") {
+    if (m == LossMetric::categorical_crossentropy) {
       double sum = 0;
       for (double v : p) sum += v;
       for (int64_t c = 0; c < classes; ++c)
@@ -878,14 +907,14 @@ struct MetricAccumulator {
             t[static_cast<size_t>(c)] * std::log(std::clamp(p[static_cast<size_t>(c)] / sum, eps, 1 - eps));
       return total;
     }
-    if (m == "kl_divergence") {
+    if (m == LossMetric::kl_divergence) {
       for (int64_t c = 0; c < classes; ++c) {
         const double y = std::clamp(t[static_cast<size_t>(c)], eps, 1.0);
         total += y * std::log(y / std::clamp(p[static_cast<size_t>(c)], eps, 1.0));
       }
       return total;
     }
-    if (m == "cosine_similarity") {
+    if (m == LossMetric::cosine_similarity) {
       double yy = 0, pp = 0, yp = 0;
       for (int64_t c = 0; c < classes; ++c) {
         const double y = t[static_cast<size_t>(c)], q = p[static_cast<size_t>(c)];
@@ -893,7 +922,7 @@ struct MetricAccumulator {
       }
       return yp / (std::sqrt(std::max(yy, 1e-12)) * std::sqrt(std::max(pp, 1e-12)));
     }
-    if (m == "categorical_hinge") {
+    if (m == LossMetric::categorical_hinge) {
       double right = 0, wrong = -std::numeric_limits<double>::infinity();
       for (int64_t c = 0; c < classes; ++c) {
         right += t[static_cast<size_t>(c)] * p[static_cast<size_t>(c)];
@@ -903,14 +932,14 @@ struct MetricAccumulator {
     }
     for (int64_t c = 0; c < classes; ++c) {
       const double y = t[static_cast<size_t>(c)], q = p[static_cast<size_t>(c)];
-      if (m == "poisson") total += q - y * std::log(q + eps);
-      if (m == "logcosh") {  // log(cosh(d)) = |d| + log1p(exp(-2|d|)) - log 2, without overflow
+      if (m == LossMetric::poisson) total += q - y * std::log(q + eps);
+      if (m == LossMetric::logcosh) {  // log(cosh(d)) = |d| + log1p(exp(-2|d|)) - log 2, without overflow
         const double a = std::abs(q - y);
         total += a + std::log1p(std::exp(-2 * a)) - std::log(2.0);
       }
-      if (m == "hinge" || m == "squared_hinge") {
+      if (m == LossMetric::hinge || m == LossMetric::squared_hinge) {
         const double margin = std::max(0.0, 1 - (y > 0 ? 1.0 : -1.0) * q);
-        total += m == "hinge" ? margin : margin * margin;
+        total += m == LossMetric::hinge ? margin : margin * margin;
       }
     }
     return total / n;
@@ -1006,8 +1035,8 @@ struct MetricAccumulator {
       if (m == "auc") l.emplace_back(name, auc());
       if (m == "pr_auc") l.emplace_back(name, pr_auc());
       if (m == "mean_iou") l.emplace_back(name, mean_iou());
-      for (const auto& [lm, slot] : loss_metrics)
-        if (m == lm) l.emplace_back(name, ratio(extra[slot], judged(n)));
+      for (const LossMetricSlot& lm : loss_metrics)
+        if (m == lm.name) l.emplace_back(name, ratio(extra[lm.slot], judged(n)));
       if (m == "mae") l.emplace_back(name, ratio(extra[kAbsError], judged(n)));
       if (m == "mse") l.emplace_back(name, ratio(extra[kSquaredError], judged(n)));
       if (m == "root_mean_squared_error")
@@ -1851,6 +1880,19 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
                          "resume with the spec the checkpoint was written with");
     }
   };
+  // Each replica's moving averages of the weights (use_ema's "P/ema" states), with their weights.
+  auto for_each_average = [&](const std::function<void(Session&, ValueId, ValueId)>& each) {
+    for (int k = 0; k < local; ++k) {
+      Session& w = *weight_sessions[k];
+      const Graph& g = w.graph();
+      for (ValueId v = 0; v < g.num_values(); ++v) {
+        const std::string& name = g.value(v).name;
+        if (g.value(v).kind != ValueKind::state || !name.ends_with("/ema")) continue;
+        const ValueId param = g.find(name.substr(0, name.size() - 4));
+        if (param != kNoValue && g.value(param).persistent()) each(w, v, param);
+      }
+    }
+  };
   TrainingState st;
   DynamicLossScaler scaler;
   const bool scaling = cfg.precision == Precision::fp16;
@@ -1862,16 +1904,9 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     if (cfg.use_ema) {
       std::set<std::string> held;
       for (const auto& [name, t] : resume->values) held.insert(name);
-      for (int k = 0; k < local; ++k) {
-        Session& w = *weight_sessions[k];
-        const Graph& g = w.graph();
-        for (ValueId v = 0; v < g.num_values(); ++v) {
-          const std::string& name = g.value(v).name;
-          if (g.value(v).kind != ValueKind::state || !name.ends_with("/ema") || held.count(name)) continue;
-          const ValueId param = g.find(name.substr(0, name.size() - 4));
-          if (param != kNoValue && g.value(param).persistent()) w.write(v, w.read(param));
-        }
-      }
+      for_each_average([&](Session& w, ValueId average, ValueId param) {
+        if (!held.count(w.graph().value(average).name)) w.write(average, w.read(param));
+      });
     }
     if (st.batch > info.steps_per_epoch)
       throw InputError("checkpoint",
@@ -2327,16 +2362,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // the moving averages as its weights, before early stopping restores its best ones.
   if (cfg.use_ema && !result.interrupted_by) result.averaged = true;
   if (result.averaged)
-    for (int k = 0; k < local; ++k) {
-      Session& w = *weight_sessions[k];
-      const Graph& g = w.graph();
-      for (ValueId v = 0; v < g.num_values(); ++v) {
-        const std::string& name = g.value(v).name;
-        if (g.value(v).kind != ValueKind::state || !name.ends_with("/ema")) continue;
-        const ValueId param = g.find(name.substr(0, name.size() - 4));
-        if (param != kNoValue && g.value(param).persistent()) w.write(param, w.read(v));
-      }
-    }
+    for_each_average([](Session& w, ValueId average, ValueId param) { w.write(param, w.read(average)); });
   if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
     load_values(st.best_values);
     result.restored_best = true;
