@@ -284,7 +284,7 @@ ReplicaMeasurement measure_replicas(const std::vector<engine::Backend*>& backend
       const int64_t iteration = i + 1;
       s.write(step.learning_rate, &lr, sizeof lr);
       s.write(step.iteration, &iteration, sizeof iteration);
-      reducers[k]->begin_step(s.program().buckets.size(), i, 1.0 / n);
+      reducers[k]->begin_step(buckets[k], i, 1.0 / n);
       reducers[k]->reset_exposed();
     }
     auto t0 = std::chrono::steady_clock::now();

@@ -28,7 +28,12 @@ class BucketReducer {
     int owner =
         -1;  // ZeRO-1: the rank that updates these elements, the only one that needs their sum; -1: all
   };
-  using Bucket = std::vector<Grad>;
+  struct Bucket {
+    std::vector<Grad> grads;
+    // Gradient accumulation's sums (TrainingGraph::gradients): reduced on update steps only, as a plain sum,
+    // since each replica's graph has weighted its own share already.
+    bool accumulated = false;
+  };
 
   BucketReducer(Communicator* comm, Trace* trace, int replica)
       : comm_(comm), trace_(trace), replica_(replica), thread_([this] { loop(); }) {
@@ -59,15 +64,21 @@ class BucketReducer {
     return exited;
   }
 
-  void begin_step(size_t buckets, int64_t step, double weight) {
+  // `update`: false on a step that only accumulates gradients, whose accumulated buckets are not reduced
+  // (their hooks then do nothing).
+  void begin_step(const std::vector<Bucket>& buckets, int64_t step, double weight, bool update = true) {
     std::lock_guard<std::mutex> lock(mu_);
     progress_ = std::chrono::steady_clock::now();
-    done_.assign(buckets, false);
+    skipped_.assign(buckets.size(), false);
+    for (size_t b = 0; b < buckets.size(); ++b) skipped_[b] = !update && buckets[b].accumulated;
+    done_ = skipped_;
     step_ = step;
     weight_ = weight;
+    update_ = update;
   }
 
   void ready(const Bucket* bucket, int b) {
+    if (skipped(b)) return;
     const auto now = Trace::Clock::now();
     if (trace_)
       trace_->instant("bucket ready", 2 * replica_, now,
@@ -102,8 +113,9 @@ class BucketReducer {
     }
     waited_ += Trace::Clock::now() - start;
     if (error_) std::rethrow_exception(error_);
+    const bool skip = skipped_[b];
     lock.unlock();
-    comm_->order_compute_after(b);
+    if (!skip) comm_->order_compute_after(b);
   }
 
   // While a GPU step is captured into a CUDA graph (Executable::set_bucket_capture_hooks): the bucket's
@@ -114,16 +126,20 @@ class BucketReducer {
     double weight;
     {
       std::lock_guard<std::mutex> lock(mu_);  // also orders this after the communication thread's last use
+      if (skipped_[b]) return;
       step = step_;
       weight = weight_;
     }
     reduce(bucket, b, step, weight);
   }
-  void order_after(int b) { comm_->order_compute_after(b); }
-  // What a captured reduction depends on: this step's weight (a graph captured with another replays wrong).
+  void order_after(int b) {
+    if (!skipped(b)) comm_->order_compute_after(b);
+  }
+  // What a captured reduction depends on: this step's weight (a graph captured with another replays wrong),
+  // and whether it reduces the accumulated buckets (negative where it does not).
   double captured_weight() {
     std::lock_guard<std::mutex> lock(mu_);
-    return weight_;
+    return update_ ? weight_ : -1 - weight_;
   }
 
   // Sets a training plan's hooks: buckets are reduced on this reducer's thread as backward produces them, or
@@ -174,6 +190,7 @@ class BucketReducer {
   // f32).
   void reduce(const Bucket* bucket, int b, int64_t step, double weight) {
     const auto start = Trace::Clock::now();
+    if (bucket->accumulated) weight = 1;
     for (const Part& part : parts_of(bucket)) {
       if (part.owned)
         comm_->reduce_weighted_sum_group(part.pieces, part.dtype, weight, {b, step});
@@ -197,8 +214,8 @@ class BucketReducer {
   const std::vector<Part>& parts_of(const Bucket* bucket) {
     auto [it, fresh] = parts_.try_emplace(bucket);
     if (fresh)
-      for (const Grad& g : *bucket) {
-        TRAINER_ASSERT((g.owner >= 0) == (bucket->front().owner >= 0),
+      for (const Grad& g : bucket->grads) {
+        TRAINER_ASSERT((g.owner >= 0) == (bucket->grads.front().owner >= 0),
                        "a bucket with gradients both owned and not");
         auto part = std::find_if(it->second.begin(), it->second.end(),
                                  [&](const Part& p) { return p.dtype == g.dtype; });
@@ -217,7 +234,14 @@ class BucketReducer {
   std::vector<std::pair<const Bucket*, int>> queue_;  // [head_, size) waiting
   size_t head_ = 0;
   std::unordered_map<const Bucket*, std::vector<Part>> parts_;  // see parts_of
+  bool skipped(int b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return skipped_[b];
+  }
+
   std::vector<bool> done_;
+  std::vector<bool> skipped_;  // this step's buckets left alone (begin_step's `update`)
+  bool update_ = true;
   std::chrono::steady_clock::time_point progress_ =
       std::chrono::steady_clock::now();  // the last bucket reduced
   int64_t step_ = 0;

@@ -1141,6 +1141,7 @@ struct Plan {
   int64_t batch = 0;
   ValueId loss_scale = kNoValue, grads_finite = kNoValue;  // training plans with loss scaling
   ValueId apply_update = kNoValue;            // training plans accumulating gradients: true on an update step
+  ValueId replica_weight = kNoValue;          // and the replica's share of the global batch
   std::map<ValueId, std::string> grad_param;  // training plans: gradient -> its parameter's name
 };
 
@@ -1235,6 +1236,7 @@ class Device {
       LossGraph lg = add_loss(factory(batch, true), batch, cfg, true, fed_counts);
       TrainingOptions topt = training_options(cfg, lg);
       topt.shard = shard;
+      constrained_ = constrained_ || !topt.constraints.empty();
       TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
       tg.graph->mark_output(lg.output);
       PlanOptions po;
@@ -1244,6 +1246,7 @@ class Device {
       train_[batch].loss_scale = tg.loss_scale;
       train_[batch].grads_finite = tg.grads_finite;
       train_[batch].apply_update = tg.apply_update;
+      train_[batch].replica_weight = tg.replica_weight;
       const std::vector<ValueId> params = trainable_parameters(*tg.graph);
       for (size_t i = 0; i < params.size() && i < tg.gradients.size(); ++i)
         train_[batch].grad_param[tg.gradients[i]] = tg.graph->value(params[i]).name;
@@ -1296,10 +1299,13 @@ class Device {
   const Plan& any_plan() const { return eval_.empty() ? train_.begin()->second : eval_.begin()->second; }
   // A plan holding every parameter and state value: a training plan.
   Session& weights_session() { return plans_.session(train_.begin()->second.index); }
+  // Whether training projects weights with constraints (on every step, one that only accumulates too).
+  bool constrained() const { return constrained_; }
 
  private:
   DevicePlans plans_;
   std::map<int64_t, Plan> train_, eval_;
+  bool constrained_ = false;
 };
 
 // Copies of every parameter and state value (early stopping's best weights).
@@ -1729,6 +1735,12 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   const bool reduce_to_owner = sharded && shard_reduces_to_owner(cfg);
   // Collectives on host memory across processes gather a checkpoint's shards: every rank then captures.
   const bool gather_across_processes = sharded && world > local;
+  // Under gradient accumulation, each replica gathers its own weighted share of the gradients between
+  // updates, and one reduction per update adds them. A checkpoint holds the replicas' sum (across processes
+  // a collective: every rank captures), and a resume, on any replica count, gives it to the first replica
+  // and 0 to the others: the sum is what the next update reduces.
+  const bool split_accumulation = cfg.gradient_accumulation_steps > 1 && world > 1;
+  auto is_accumulated = [](const std::string& name) { return name.ends_with("/accumulated_gradient"); };
   std::vector<std::unique_ptr<Device>> devs;
   for (int k = 0; k < local; ++k) {
     std::vector<int64_t> slices;
@@ -1813,7 +1825,8 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       for (const auto& [n, p] : devs[k]->train_plans()) {
         Session& s = devs[k]->plans().session(p.index);
         std::vector<dist::BucketReducer::Bucket>& buckets = plan_buckets[{k, n}];
-        buckets = reduction_buckets(s, p.grad_param, reduce_to_owner ? &split : nullptr);
+        buckets = reduction_buckets(s, p.grad_param, reduce_to_owner ? &split : nullptr,
+                                    p.apply_update != kNoValue);
         reducers.back()->attach(s.executable(), &buckets);
       }
     }
@@ -1861,7 +1874,10 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
                             dtype_name(t.dtype()), t.shape().str(), dtype_name(val.dtype), val.shape.str()),
                 "resume with the spec the checkpoint was written with (a --set that changes a "
                 "layer's size cannot resume it)");
-          w.write(v, t);
+          if (split_accumulation && is_accumulated(name) && replicas.first_rank + k != 0)
+            w.write(v, Tensor(t.dtype(), t.shape()));
+          else
+            w.write(v, t);
           landed = true;
         }
         for (const ShardValue& sv : shard_values[k]) {
@@ -1991,6 +2007,17 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     TrainingState c = st;
     c.history = result.history;
     c.values = named_values(dev.weights_session());
+    if (split_accumulation)
+      for (auto& [name, t] : c.values) {
+        if (!is_accumulated(name)) continue;
+        for (int k = 1; k < local; ++k) {
+          Session& w = devs[k]->weights_session();
+          const Tensor part = w.read(w.graph().find(name));
+          for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) + part.get_f64(i));
+        }
+        if (replicas.host_comm && world > local)
+          replicas.host_comm->all_reduce_sum(t.raw(), t.numel(), t.dtype(), {-1, st.global_step});
+      }
     if (sharded) {
       // Every parameter is whole on every replica; its optimizer state is in shards, gathered here in the
       // names and shapes of an unsharded run (from other processes over host memory, rank by rank).
@@ -2017,9 +2044,9 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     }
     return c;
   };
-  // A checkpoint is captured where it is saved; with shards in other processes every rank captures (the
-  // gathering is collective), and the ranks without `save` (all but rank 0) drop it.
-  const bool saving = save || gather_across_processes;
+  // A checkpoint is captured where it is saved; with shards or accumulated gradients in other processes
+  // every rank captures (the gathering is collective), and the ranks without `save` (all but rank 0) drop it.
+  const bool saving = save || gather_across_processes || (split_accumulation && world > local);
   auto keep = [&](SaveReason why) {
     TrainingState c = capture();
     if (save) save(c, why);
@@ -2107,16 +2134,21 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         if (mask_counter) mask_counter->write(s, p, lo, hi);
         s.write(p.lr, &lr, sizeof lr);
         s.write(p.iteration, &iteration, sizeof iteration);
-        if (p.apply_update != kNoValue) s.write(p.apply_update, &apply_update, sizeof apply_update);
+        if (p.apply_update != kNoValue) {
+          s.write(p.apply_update, &apply_update, sizeof apply_update);
+          const float share = static_cast<float>(static_cast<double>(hi - lo) / batch.size);
+          s.write(p.replica_weight, &share, sizeof share);
+        }
         if (p.loss_scale != kNoValue) s.write(p.loss_scale, &scale, sizeof scale);
         if (!reducers.empty())
-          reducers[k]->begin_step(s.program().buckets.size(), st.global_step,
-                                  static_cast<double>(hi - lo) / batch.size);
+          reducers[k]->begin_step(plan_buckets.at({k, hi - lo}), st.global_step,
+                                  static_cast<double>(hi - lo) / batch.size, apply_update);
         const auto t0 = Trace::Clock::now();
         // With replicas, only full batches are captured into CUDA graphs: every replica knows which they are.
         s.run(StepContext{static_cast<uint64_t>(st.global_step), cfg.seed, static_cast<uint64_t>(lo),
                           world == 1 || batch.size == std::min(cfg.batch_size, n_train)});
-        if (sharded) {
+        // A step that only accumulates changes no parameter, unless constraints project them.
+        if (sharded && (apply_update || d.constrained())) {
           const auto g0 = Trace::Clock::now();
           replicas.comms[k]->broadcast_group(gathers[k], {-1, st.global_step});
           if (replicas.trace)
@@ -2422,22 +2454,26 @@ ShardSplit shard_split(const ModelFactory& factory, const FitConfig& cfg, int wo
 
 std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& s,
                                                            const std::map<ValueId, std::string>& param_of,
-                                                           const ShardSplit* to_owner) {
+                                                           const ShardSplit* to_owner, bool accumulating) {
   std::vector<dist::BucketReducer::Bucket> out;
   for (const GradBucket& b : s.program().buckets) {
     out.emplace_back();
+    // A bucket holds gradients, or a ReplicaMean's values (reduced every step), not both.
+    out.back().accumulated = accumulating && !b.grads.empty() && param_of.count(b.grads.front());
     for (ValueId v : b.grads) {
       const Value& gv = s.graph().value(v);
+      TRAINER_ASSERT(!accumulating || out.back().accumulated == (param_of.count(v) > 0),
+                     "bucket {} mixes gradients with other values", out.size() - 1);
       // Values that are no parameter's gradient (ReplicaMean's) are needed whole by every replica.
       if (!to_owner || !param_of.count(v)) {
-        out.back().push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
+        out.back().grads.push_back({s.device_pointer(v), gv.shape.numel(), gv.dtype, -1});
         continue;
       }
       // ZeRO-1: each range of the gradient is summed into its owner.
       const std::string& param = param_of.at(v);
       for (const ShardSplit::Piece& sp : to_owner->pieces)
         if (sp.param == param)
-          out.back().push_back(
+          out.back().grads.push_back(
               {static_cast<std::byte*>(s.device_pointer(v)) + sp.offset * dtype_bytes(gv.dtype), sp.count,
                gv.dtype, sp.owner});
     }

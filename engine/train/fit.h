@@ -394,9 +394,11 @@ bool shard_reduces_to_owner(const FitConfig& config);
 class Session;
 // A replica's gradient buckets as its BucketReducer sums them: each gradient whole, or with `to_owner`
 // (ZeRO-1 reducing into the owners) each of its ranges to its owner. `param_of`: gradient -> parameter name.
+// `accumulating`: the plan accumulates gradients, and its gradient buckets are reduced on update steps only.
 std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& session,
                                                            const std::map<ValueId, std::string>& param_of,
-                                                           const ShardSplit* to_owner);
+                                                           const ShardSplit* to_owner,
+                                                           bool accumulating = false);
 // ZeRO-1's all-gather after a step, for replica `rank`: each range from its owner's "P@shard" into P.
 std::vector<dist::Communicator::Copy> shard_gathers(Session& session, const ShardSplit& split, int rank);
 

@@ -137,13 +137,20 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
                        "gradient accumulation with fp16's loss scaling is not supported",
                        "train in bf16 or fp32 (train.precision), or leave gradient_accumulation_steps out");
     tg.apply_update = g.add_input("__apply_update", DType::boolean, Shape{});
+    tg.replica_weight = g.add_input("__replica_weight", DType::f32, Shape{});
+    std::map<DType, ValueId> weight_as;  // the weight in each gradient dtype
+    weight_as[DType::f32] = tg.replica_weight;
     for (size_t i = 0; i < applied.size(); ++i) {
       const std::string name = g.value(params[i]).name;
       const Value& gv = g.value(applied[i]);
       const DType dtype = gv.dtype;
       const ValueId acc = g.add_state(name + "/accumulated_gradient", Tensor(dtype, gv.shape));
       tg.other_state.push_back(acc);
-      const ValueId sum = g.op("Add", {acc, applied[i]});
+      auto [w, fresh] = weight_as.try_emplace(dtype, kNoValue);
+      if (fresh) w->second = g.op("Cast", {tg.replica_weight}, {{"to", int64_t{dtype_to_onnx(dtype)}}});
+      // The sum is what replicas reduce, on update steps only: each adds its own weighted gradients.
+      const ValueId sum = g.op("Add", {acc, g.op("Mul", {applied[i], w->second})});
+      tg.gradients[i] = sum;
       Tensor zero(dtype, Shape{}), inverse(dtype, Shape{});
       inverse.set_f64(0, 1.0 / static_cast<double>(options.accumulation_steps));
       g.bind_update(
@@ -208,12 +215,11 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
     pg.emplace_back(shard, g.op("Slice", {flat, constant(offset), constant(offset + count)}));
   }
   tg.parameters = add_optimizer(g, pg, tg.learning_rate, tg.iteration, options.optimizer);
-  if (!options.constraints.empty()) apply_constraints(g, tg.parameters, options);
-  // An overflowed step (loss scaling), and a step that only accumulates its gradients, keep every parameter
-  // and optimizer state: each update is selected against the old value, and the selection, not the update,
-  // is what the state becomes.
-  for (const ValueId keep_unless : {tg.grads_finite, tg.apply_update}) {
-    if (keep_unless == kNoValue) continue;
+  // A step that only accumulates its gradients, and a step whose gradients overflowed (loss scaling), keep
+  // every parameter and optimizer state: each update is selected against the old value, and the selection,
+  // not the update, is what the state becomes.
+  auto keep_unless = [&](ValueId condition) {
+    if (condition == kNoValue) return;
     std::map<ValueId, ValueId> next_of;
     for (const auto& [next, state] : g.updates()) next_of[state] = next;
     for (const OptimizerState& p : tg.parameters) {
@@ -222,10 +228,11 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
       for (ValueId s : states) {
         auto it = next_of.find(s);
         if (it == next_of.end()) continue;
-        g.rebind_update(s, g.op("Where", {keep_unless, it->second, s}));
+        g.rebind_update(s, g.op("Where", {condition, it->second, s}));
       }
     }
-  }
+  };
+  keep_unless(tg.apply_update);
   if (options.use_ema && !tg.parameters.empty()) {
     if (options.shard)
       throw InputError("train.optimizer.use_ema", "use_ema with a sharded optimizer is not supported",
@@ -260,17 +267,17 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
       const ValueId next = it->second;
       const ValueId average =
           g.op("Add", {g.op("Mul", {m, ema}), g.op("Mul", {g.op("Sub", {scalar(1, "one"), m}), next})});
-      // A step skipped for overflow (fp16) leaves the average, and the weights, as they were.
+      // A step skipped for overflow (fp16) leaves the average, and the weights (below), as they were.
       const ValueId kept =
           tg.grads_finite != kNoValue ? g.op("Where", {tg.grads_finite, average, ema}) : average;
       g.bind_update(kept, ema);
-      if (overwrite != kNoValue) {
-        ValueId taken = g.op("Where", {overwrite, kept, next});
-        if (tg.grads_finite != kNoValue) taken = g.op("Where", {tg.grads_finite, taken, next});
-        g.rebind_update(p.param, taken);
-      }
+      if (overwrite != kNoValue) g.rebind_update(p.param, g.op("Where", {overwrite, kept, next}));
     }
   }
+  // Keras's order: the constraints project the weights last, on every step (one that only accumulates
+  // too), after the average has read the updated weights and any overwrite has taken it.
+  if (!options.constraints.empty()) apply_constraints(g, tg.parameters, options);
+  keep_unless(tg.grads_finite);
   g.mark_output(tg.loss);
   tg.phase.resize(g.num_nodes(), 2);
   return tg;
@@ -295,6 +302,8 @@ float Trainer::step(float lr) {
   if (tg_.apply_update != kNoValue) {
     const bool apply = (static_cast<int64_t>(step_) + 1) % accumulation_steps_ == 0;
     session_->write(tg_.apply_update, &apply, sizeof apply);
+    const float whole = 1.0f;  // one replica's share of its batch
+    session_->write(tg_.replica_weight, &whole, sizeof whole);
   }
   session_->write(tg_.learning_rate, &lr, sizeof lr);
   session_->write(tg_.iteration, &it, sizeof it);

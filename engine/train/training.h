@@ -30,9 +30,12 @@ struct TrainingOptions {
   // element to [-clipvalue, clipvalue].
   float clipnorm = 0, global_clipnorm = 0, clipvalue = 0;
   // Gradient accumulation (> 1): each trainable parameter P gets a state "P/accumulated_gradient"; a step
-  // adds its gradient to it, and where the fed input `apply_update` is true the update takes their sum
-  // divided by this (clipped after that, as Keras clips the average) and the sum starts again from 0. Where
-  // it is false, parameters and optimizer state keep their values.
+  // adds its gradient, times the fed input `replica_weight`, to it, and where the fed input `apply_update`
+  // is true the update takes their sum divided by this (clipped after that, as Keras clips the average) and
+  // the sum starts again from 0. Where it is false, parameters and optimizer state keep their values. The
+  // sums are the values a data-parallel run reduces (TrainingGraph::gradients), on update steps only: each
+  // replica gathers its own share of the global batch's gradient, weighted by that share, and one reduction
+  // per update adds the replicas' sums.
   int64_t accumulation_steps = 1;
   // Keras 3's use_ema: each trainable parameter P gets a state "P/ema", after every step ema_momentum times
   // itself plus (1 - ema_momentum) times P's new value (P's new value itself at iteration 1); with
@@ -67,11 +70,15 @@ struct TrainingGraph {
   ValueId learning_rate = kNoValue;  // f32 scalar input, fed every step (schedules live on the host)
   ValueId iteration = kNoValue;      // i64 scalar input: the 1-based step number (Adam's bias correction)
   std::vector<OptimizerState> parameters;
-  std::vector<ValueId> gradients;    // per parameter, in parameter order (before clipping)
+  // Per parameter, in parameter order (before clipping): what a data-parallel run reduces. Under
+  // gradient accumulation, the accumulated sums (TrainingOptions::accumulation_steps).
+  std::vector<ValueId> gradients;
   ValueId gradient_norm = kNoValue;  // with global_clipnorm: the norm before clipping (a graph output)
   ValueId loss_scale = kNoValue;     // with loss_scaling: the f32 scalar input the loss is multiplied by
   ValueId grads_finite = kNoValue;   // with loss_scaling: bool scalar output, false when the step was skipped
   ValueId apply_update = kNoValue;   // with accumulation_steps > 1: bool scalar input, true on an update step
+  // With accumulation_steps > 1: f32 scalar input, this replica's share of the global batch (1 alone).
+  ValueId replica_weight = kNoValue;
   // State beside the optimizer's slots, whole on every replica: the accumulated gradients and the averages.
   std::vector<ValueId> other_state;
   // Nodes are appended phase by phase: [0, backward_begin) forward and loss, then backward, and from

@@ -71,7 +71,7 @@ class MovingAverage(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
 
-    def reference(self, momentum, frequency=0):
+    def reference(self, momentum, frequency=0, max_norm=None):
         """Keras's rule on this model: the tanh layer of zeros passes no gradient, so only the output bias moves
         (mse's gradient 2 (b - y) / 2 per sample, averaged over the batch). Returns the bias that SGD's steps
         leave (with the overwrites) and the average."""
@@ -84,7 +84,31 @@ class MovingAverage(unittest.TestCase):
             ema = m * ema + (1 - m) * bias
             if frequency and step % frequency == 0:
                 bias = ema.copy()
+            if max_norm is not None:  # Keras's MaxNorm, after the average and the overwrite
+                norm = np.sqrt((bias * bias).sum())
+                bias = bias * (min(norm, max_norm) / (1e-7 + norm))
         return bias, ema
+
+    def test_the_average_reads_the_weights_before_their_constraint(self):
+        # Keras's order: update, average, overwrite, then the constraint (here one that binds: the bias grows
+        # past a norm of 0.3).
+        spec = SPEC.replace('units = 2\nkernel_initializer = "zeros"\n[data]',
+                            'units = 2\nkernel_initializer = "zeros"\nbias_constraint = "max_norm(0.3)"\n[data]')
+        self.assertNotEqual(spec, SPEC)
+        for frequency in (0, 3):
+            with self.subTest(frequency=frequency):
+                name = f"constrained{frequency}"
+                path = self.path(name + ".toml")
+                with open(path, "w") as f:
+                    f.write(spec.format(ema=f"use_ema = true\nema_momentum = 0.8\nema_overwrite_frequency = {frequency}\n"
+                                        "[train.checkpoint]\nevery_epochs = 1\nkeep_last = 0\n"))
+                r = run(["fit", path, "--device", "cpu", "-q", "--output-dir", self.path(name)], timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                got = cli_util.read_checkpoint(self.path(name + "/epoch-2.ckpt"))
+                bias, ema = self.reference(0.8, frequency=frequency, max_norm=0.3)
+                self.assertGreater(np.sqrt((ema * ema).sum()), 0.35)  # the average is not projected
+                np.testing.assert_allclose(got["dense_1/bias/ema"], ema, rtol=1e-5)
+                np.testing.assert_allclose(got["dense_1/bias"], bias, rtol=1e-5)
 
     def test_the_run_ends_with_kerass_average_as_its_weights(self):
         got = self.fit("ema", "use_ema = true\nema_momentum = 0.9\n")

@@ -3,7 +3,10 @@ one step of batch N B does (SGD with momentum, equal parameters); Adam counts ev
 Keras's iterations do (checked against Keras's update rule in numpy); a checkpoint written between two updates
 resumes with the gradients it had gathered; replicas give the same parameters; bad values are exit-2 errors."""
 
+import json
 import os
+import shutil
+import subprocess
 import tempfile
 import unittest
 
@@ -129,6 +132,84 @@ class GradientAccumulation(unittest.TestCase):
         self.assert_same_weights(two, straight)
         sharded = self.fit("sharded", 8, SGD, steps=4, args=("--devices", "2", "--set", "parallel.shard_optimizer=true"))
         self.assert_same_weights(sharded, straight)
+
+    def test_replicas_reduce_once_per_update(self):
+        # Each replica gathers its own share between updates: one reduction of the sums per update (steps 3 and
+        # 7 of 8), not one per step, as the trace shows; ZeRO-1 gathers the parameters only after an update.
+        for sharded in (False, True):
+            with self.subTest(sharded=sharded):
+                trace = self.path(f"trace{int(sharded)}.json")
+                shard = ("--set", "parallel.shard_optimizer=true") if sharded else ()
+                self.fit(f"traced{int(sharded)}", 8, SGD, steps=4, epochs=1,
+                         args=("--devices", "2", "--trace", trace, *shard))
+                with open(trace) as f:
+                    events = json.load(f)["traceEvents"]
+                reduced = {e["args"]["step"] for e in events if e["name"] == "reduce bucket"}
+                self.assertEqual(reduced, {3, 7})
+                steps = {e["args"]["step"] for e in events if e["name"] == "step"}
+                self.assertEqual(steps, set(range(8)))
+                gathered = [e["args"]["step"] for e in events if e["name"] == "gather shards"]
+                self.assertEqual(sorted(gathered), [3, 3, 7, 7] if sharded else [])
+
+    def test_uneven_shares_weigh_each_step(self):
+        # Batch 10 on 3 replicas: rows 4, 3, 3 of a full batch, 2, 1, 1 of the last (4 rows): each replica's
+        # gathered gradient weighs every step by that step's share, and an update's cycle spans the epochs.
+        one = self.fit("uneven1", 10, SGD, steps=4)
+        three = self.fit("uneven3", 10, SGD, steps=4, args=("--devices", "3", "--allow-uneven"))
+        self.assert_same_weights(three, one)
+        np.testing.assert_allclose(three["dense/kernel/accumulated_gradient"],
+                                   one["dense/kernel/accumulated_gradient"], rtol=1e-5, atol=1e-6)
+        self.assertTrue(np.any(one["dense/kernel/accumulated_gradient"]))  # 21 steps: one gathered since
+
+    def test_a_checkpoint_between_updates_moves_to_other_replica_counts(self):
+        # Written by 2 replicas three steps into a cycle, the checkpoint holds the replicas' sum of the gathered
+        # gradients, as one replica's would; it resumes on 1 and on 4 replicas, and under mpirun.
+        ckpt = '\n[train.checkpoint]\nevery_steps = 3\nkeep_last = 0\n'
+        straight = self.fit("moved_straight", 8, SGD, steps=4)
+        self.fit("moved_one", 8, SGD, steps=4, tail=ckpt)
+        self.fit("moved_two", 8, SGD, steps=4, tail=ckpt, args=("--devices", "2"))
+        name = "dense/kernel/accumulated_gradient"
+        one_mid = cli_util.read_checkpoint(self.path("moved_one/step-3.ckpt"))
+        mid = self.path("moved_two/step-3.ckpt")
+        np.testing.assert_allclose(cli_util.read_checkpoint(mid)[name], one_mid[name], rtol=1e-5, atol=1e-7)
+        for devices in ("1", "4"):
+            out = self.path("moved_resumed" + devices)
+            r = run(["fit", "--resume", mid, "--device", "cpu", "--devices", devices, "-q", "--output-dir", out],
+                    timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assert_same_weights(cli_util.read_checkpoint(os.path.join(out, "last.ckpt")), straight)
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            self.skipTest("mpirun (openmpi-bin) is not installed")
+        out = self.path("moved_mpi")
+        r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER, "fit",
+                            self.path("moved_two.toml"), "--device", "cpu", "-q", "--output-dir", out],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(cli_util.read_checkpoint(os.path.join(out, "step-3.ckpt"))[name], one_mid[name],
+                                   rtol=1e-5, atol=1e-7)
+        r = subprocess.run([mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER, "fit",
+                            "--resume", mid, "--device", "cpu", "-q", "--output-dir", out + "_resumed"],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_same_weights(cli_util.read_checkpoint(os.path.join(out + "_resumed", "last.ckpt")), straight)
+
+    def test_constraints_project_the_weights_on_every_step(self):
+        # Keras applies constraints after every apply(), one that only accumulates too: one step of two leaves
+        # the weights as they were initialized, projected.
+        one_step = dict(batch=64, optimizer=SGD, steps=2, epochs=1)
+        initial = self.fit("unconstrained", **one_step)
+        projected = self.fit("non_neg", init='glorot_uniform"\nkernel_constraint = "non_neg', **one_step)
+        for n in ("dense/kernel", "dense_1/kernel"):
+            self.assertTrue(np.any(initial[n] < 0), n)
+            np.testing.assert_array_equal(projected[n], np.maximum(initial[n], 0), err_msg=n)
+        # So do the replicas' shards (ZeRO-1), gathered after every step the weights change.
+        sharded = self.fit("non_neg_sharded", init='glorot_uniform"\nkernel_constraint = "non_neg',
+                           args=("--devices", "2", "--set", "parallel.shard_optimizer=true"), batch=8, optimizer=SGD,
+                           steps=4)
+        whole = self.fit("non_neg_whole", init='glorot_uniform"\nkernel_constraint = "non_neg', batch=8,
+                         optimizer=SGD, steps=4)
+        self.assert_same_weights(sharded, whole)
 
     def test_bad_values_are_input_errors(self):
         for value, needle in (("0", "must be from 1 (an update every step) to 1000000, not 0"),

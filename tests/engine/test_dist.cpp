@@ -130,8 +130,8 @@ TEST_SUITE("dist") {
       on_ranks(n, [&](int r) {
         for (int i = 0; i < 6; ++i) g[r][i] = value(r, i);
         dist::BucketReducer reducer(comms[r].get(), nullptr, r);
-        const dist::BucketReducer::Bucket bucket = {{g[r].data(), 6, DType::f32}};
-        reducer.begin_step(1, 0, w[r]);
+        const dist::BucketReducer::Bucket bucket = {{{g[r].data(), 6, DType::f32}}};
+        reducer.begin_step({bucket}, 0, w[r]);
         if (inline_reduction) {
           reducer.reduce_now(&bucket, 0);
           reducer.order_after(0);
@@ -143,6 +143,37 @@ TEST_SUITE("dist") {
       });
       for (int r = 0; r < n; ++r)
         for (int i = 0; i < 6; ++i) CHECK(g[r][i] == weighted_sum(n, i, w));
+    }
+  }
+
+  TEST_CASE("dist: accumulated buckets are summed on update steps only, unweighted") {
+    const int n = 2;
+    dist::ThreadGroup group(n);
+    std::vector<std::unique_ptr<dist::Communicator>> comms;
+    for (int r = 0; r < n; ++r) comms.push_back(group.communicator(r));
+    // Bucket 0 holds accumulated gradients (weighted by each replica's graph), bucket 1 a ReplicaMean's
+    // values, reduced every step with the step's weights.
+    std::vector<std::vector<float>> acc(n, std::vector<float>(4)), mean(n, std::vector<float>(3));
+    const std::vector<double> w = {0.25, 0.75};
+    for (bool update : {false, true}) {
+      CAPTURE(update);
+      on_ranks(n, [&](int r) {
+        for (int i = 0; i < 4; ++i) acc[r][i] = value(r, i);
+        for (int i = 0; i < 3; ++i) mean[r][i] = value(r, i);
+        dist::BucketReducer reducer(comms[r].get(), nullptr, r);
+        std::vector<dist::BucketReducer::Bucket> buckets(2);
+        buckets[0] = {{{acc[r].data(), 4, DType::f32}}, true};
+        buckets[1] = {{{mean[r].data(), 3, DType::f32}}, false};
+        reducer.begin_step(buckets, 0, w[r], update);
+        for (int b : {0, 1}) reducer.ready(&buckets[b], b);
+        for (int b : {0, 1}) reducer.wait(b);
+        // A captured step of each kind reduces differently: their keys differ.
+        CHECK((reducer.captured_weight() == w[r]) == update);
+      });
+      for (int r = 0; r < n; ++r) {
+        for (int i = 0; i < 4; ++i) CHECK(acc[r][i] == (update ? value(0, i) + value(1, i) : value(r, i)));
+        for (int i = 0; i < 3; ++i) CHECK(mean[r][i] == weighted_sum(n, i, w));
+      }
     }
   }
 
