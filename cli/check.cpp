@@ -13,7 +13,8 @@ Command add_check_command(CLI::App& app) {
   cmd->add_flag("-q,--quiet", *quiet, "Print nothing when the spec is valid");
   auto run = [=]() -> int {
     formats::ModelSpec s = spec->load();
-    models::BuiltModel m = build(s, s.train.batch_size, true);  // the model's own errors first
+    // The model's own errors first. Its weights stay uninitialized: planning needs their shapes alone.
+    models::BuiltModel m = build(s, s.train.batch_size, true, false);
     require_training(s);
     check_output_and_loss(s, m);
     auto backend = engine::make_cpu_backend();

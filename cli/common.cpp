@@ -490,7 +490,7 @@ std::vector<models::LayerInfo> onnx_layers(const engine::Graph& g,
 // The model of an ONNX spec: its initializers trainable unless frozen, its inputs fed the data, its
 // single output the model's output.
 models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::OnnxModelFile& file,
-                              int64_t batch, bool training) {
+                              int64_t batch, bool training, bool initialize = true) {
   const formats::ModelSection& ms = spec.model;
   formats::OnnxImportOptions o;
   o.batch_size = batch;
@@ -606,6 +606,7 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
     o.training = training;
     o.seed = spec.train.seed;
     o.sync_batch_norm = spec.parallel.sync_batch_norm;
+    o.initialize = initialize;
     std::set<std::string> names;
     const onnx::GraphProto& graph = file.model().graph();
     for (const auto& i : graph.initializer()) names.insert(i.name());
@@ -619,13 +620,14 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
 
 }  // namespace
 
-models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training) {
-  if (!spec.model.onnx.empty()) return build_onnx(spec, *open_onnx(spec), batch, training);
+models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training, bool initialize) {
+  if (!spec.model.onnx.empty()) return build_onnx(spec, *open_onnx(spec), batch, training, initialize);
   models::BuildOptions o;
   o.batch_size = batch;
   o.training = training;
   o.seed = spec.train.seed;
   o.sync_batch_norm = spec.parallel.sync_batch_norm;
+  o.initialize = initialize;
   return models::build_model(spec.model, o);
 }
 
@@ -634,7 +636,7 @@ void mark_onnx_batch_axes(models::BuiltModel& m, const formats::ModelSpec& spec,
   if (spec.model.onnx.empty() || batch <= 0) return;
   std::optional<models::BuiltModel> next;
   try {
-    next = build(spec, batch + 1, training);
+    next = build(spec, batch + 1, training, false);
   } catch (const InputError&) {
     return;  // its shape constants hold the batch
   }
@@ -681,9 +683,9 @@ engine::ModelFactory model_factory(const formats::ModelSpec& spec) {
   auto shared = std::make_shared<formats::ModelSpec>(spec);
   // An ONNX model file is read and parsed once, then imported for each batch size and mode.
   std::shared_ptr<const formats::OnnxModelFile> onnx = spec.model.onnx.empty() ? nullptr : open_onnx(spec);
-  return [shared, onnx](int64_t batch, bool training) {
-    models::BuiltModel m =
-        onnx ? build_onnx(*shared, *onnx, batch, training) : build(*shared, batch, training);
+  return [shared, onnx](int64_t batch, bool training, bool initialize) {
+    models::BuiltModel m = onnx ? build_onnx(*shared, *onnx, batch, training, initialize)
+                                : build(*shared, batch, training, initialize);
     engine::ForwardModel fm;
     fm.graph = std::move(m.graph);
     // Batch normalizations a data-parallel run synchronizes: the layers that ask, or every one in training

@@ -106,8 +106,11 @@ struct ParallelOptions {
   void add(CLI::App* app);
 };
 
-// Builds the model of a spec for a batch size and mode (a fresh graph each call).
-models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training);
+// Builds the model of a spec for a batch size and mode (a fresh graph each call). `initialize` false leaves
+// the weights of the spec's layers at zero (BuildOptions::initialize): for check and summary, which need
+// shapes alone. An ONNX model's weights are its file's either way.
+models::BuiltModel build(const formats::ModelSpec& spec, int64_t batch, bool training,
+                         bool initialize = true);
 // For `trainer summary` of an ONNX spec: builds the model once more at batch + 1 to tell which dimensions of
 // each node's output follow the batch, and writes them into the rows of `m` (built at `batch`) as
 // LayerInfo::output_shape describes; a leading batch axis is dropped, as for a spec's layers. A model that

@@ -58,8 +58,9 @@ engine::ModelFactory trained_model_factory(const formats::ModelSpec& spec,
   auto base = model_factory(spec);
   auto weights =
       std::make_shared<const std::vector<std::pair<std::string, engine::Tensor>>>(std::move(values));
-  return [base, weights, ckpt](int64_t batch, bool training) {
-    engine::ForwardModel fm = base(batch, training);
+  // Every weight and state comes from the checkpoint (load_trained_values requires them all): none is drawn.
+  return [base, weights, ckpt](int64_t batch, bool training, bool) {
+    engine::ForwardModel fm = base(batch, training, false);
     load_trained_values(fm.graph, *weights, ckpt);
     return fm;
   };

@@ -134,7 +134,7 @@ PredictModel checkpoint_model(const std::string& path) {
   }
   engine::ModelFactory factory = trained_model_factory(spec, std::move(ck.state.values), path);
   m.build = [factory](int64_t batch, const std::vector<size_t>& outputs) {
-    engine::ForwardModel fm = factory(batch, false);
+    engine::ForwardModel fm = factory(batch, false, false);
     std::vector<engine::ValueId> inputs = {fm.input};
     inputs.insert(inputs.end(), fm.more_inputs.begin(), fm.more_inputs.end());
     InferenceGraph g{std::make_shared<engine::Graph>(std::move(fm.graph)), inputs, {}};

@@ -67,7 +67,9 @@ Command add_summary_command(CLI::App& app) {
     // The training model when there is training to plan; an ONNX model alone as it runs for predictions (its
     // BatchNormalization's running statistics need not be trainable to be shown).
     const bool alone = !s.model.onnx.empty() && s.train.loss.empty();
-    models::BuiltModel m = build(s, batch, !alone);
+    // Shapes are all the table and the memory need: the weights are left uninitialized (zeros that cost
+    // nothing), so a model of billions of parameters is summarized in a moment.
+    models::BuiltModel m = build(s, batch, !alone, false);
     mark_onnx_batch_axes(m, s, batch, !alone);
     // The memory of a training step needs the training settings; a model alone has its layers only.
     const bool training = !s.train.loss.empty();

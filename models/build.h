@@ -54,6 +54,9 @@ struct BuildOptions {
   uint64_t seed = 0;  // initializers: each weight seeded by (seed, "<layer>/<weight>")
   // [parallel] sync_batch_norm: every BatchNormalization is synchronized, as with synchronized = true.
   bool sync_batch_norm = false;
+  // false: weights and states are left at zero, no initializer drawn (trainer check and summary need their
+  // shapes alone; zeros cost no memory until written, engine::Tensor).
+  bool initialize = true;
 };
 
 struct BuiltModel {

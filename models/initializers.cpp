@@ -71,6 +71,7 @@ std::string squash(const std::string& s) {
 
 Tensor filled(const Shape& shape, double v, DType dtype) {
   Tensor t(dtype, shape);
+  if (v == 0 && !std::signbit(v)) return t;  // a new tensor is zeros already, untouched until written
   for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, v);
   return t;
 }

@@ -144,6 +144,12 @@ ValueId LayerBuilder::weight(const std::string& suffix, Tensor init) {
   return counted(graph.add_parameter(name() + "/" + suffix, std::move(init), trainable()), trainable());
 }
 
+engine::Tensor LayerBuilder::initial(const std::string& init, const Shape& shape, const WeightFans& fans,
+                                     uint64_t seed) const {
+  if (!options.initialize) return engine::Tensor(engine::DType::f32, shape);
+  return initialize(init, shape, fans, seed);
+}
+
 ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_arg, const Shape& shape,
                              const WeightFans& fans) {
   // A shared layer's weights are its layer's, with their regularizers and constraints counted once there.
@@ -168,7 +174,7 @@ ValueId LayerBuilder::weight(const std::string& suffix, const std::string& init_
                     "weights before it the model outgrows the {:.1f} GiB of memory this process may use",
                     suffix, shape.str(), bytes / (1 << 30), before / (1 << 30), memory / (1 << 30)),
         "check the sizes of this layer and those before it (units, filters, kernel_size, input_dim)");
-  ValueId w = weight(suffix, initialize(initializer(init_arg), shape, fans, seed(suffix)));
+  ValueId w = weight(suffix, initial(initializer(init_arg), shape, fans, seed(suffix)));
   regularize(w, regularizer_arg(init_arg));
   constrain(w, constraint_arg(init_arg), fans);
   return w;

@@ -77,6 +77,10 @@ class LayerBuilder {
   // In a shared layer (spec.shares), the weight of that name its layer made (checked to have `shape`);
   // kNoValue in a layer of its own.
   engine::ValueId shared_weight(const std::string& suffix, const engine::Shape& shape) const;
+  // The initial value of a weight or state: initializer `init` (canonical) drawn from `seed`, or zeros when
+  // the build wants shapes alone (BuildOptions::initialize).
+  engine::Tensor initial(const std::string& init, const engine::Shape& shape, const WeightFans& fans,
+                         uint64_t seed) const;
   // A weight initialized by the initializer named in argument `init_arg`, seeded by its own name.
   // Its regularizer is argument `init_arg` with _regularizer for _initializer (kernel_regularizer), when the
   // layer declares one (see regularize).

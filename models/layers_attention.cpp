@@ -165,8 +165,8 @@ LayerValue build_score_attention(LayerBuilder& b, const std::vector<LayerValue>&
     if (additive) {
       ValueId t = b.op("Tanh", {sum});
       if (use_scale)  // Keras's scale vector starts glorot_uniform
-        t = b.op("Mul", {t, b.weight("scale", initialize("glorot_uniform", Shape{dim}, {dim, dim, 1, dim},
-                                                         b.seed("scale")))});
+        t = b.op("Mul", {t, b.weight("scale", b.initial("glorot_uniform", Shape{dim}, {dim, dim, 1, dim},
+                                                        b.seed("scale")))});
       scores = b.op("ReduceSum", {t, last}, drop);
     } else {
       if (use_scale) sum = b.op("Mul", {sum, scalar_weight("scale")});

@@ -328,10 +328,10 @@ LayerValue build_batch_norm(LayerBuilder& b, const std::vector<LayerValue>& in) 
   ValueId gamma = norm_param(b, b.args.boolean("scale"), "gamma", "gamma_initializer", cshape, 1.0);
   ValueId beta = norm_param(b, b.args.boolean("center"), "beta", "beta_initializer", cshape, 0.0);
   const WeightFans fans{channels, channels, 1, channels};
-  ValueId mean = b.state("moving_mean", initialize(b.initializer("moving_mean_initializer"), cshape, fans,
-                                                   b.seed("moving_mean")));
-  ValueId var = b.state("moving_variance", initialize(b.initializer("moving_variance_initializer"), cshape,
-                                                      fans, b.seed("moving_variance")));
+  ValueId mean = b.state("moving_mean", b.initial(b.initializer("moving_mean_initializer"), cshape, fans,
+                                                  b.seed("moving_mean")));
+  ValueId var = b.state("moving_variance", b.initial(b.initializer("moving_variance_initializer"), cshape,
+                                                     fans, b.seed("moving_variance")));
   // A frozen BatchNormalization (trainable = false) runs in inference mode, as in Keras.
   const bool training = b.options.training && b.trainable();
   const bool synchronized = b.args.boolean("synchronized") || b.options.sync_batch_norm;

@@ -120,8 +120,8 @@ LayerValue build_conv_lstm(LayerBuilder& b, const std::vector<LayerValue>& in, i
                  {area * filters, area * gates, gates, filters * area, kernel_keras_axes(rank + 2)});
     ValueId bias = kNoValue;
     if (b.args.boolean("use_bias")) {
-      Tensor init = initialize(b.initializer("bias_initializer"), Shape{gates}, {gates, gates, 1, gates},
-                               b.seed(prefix + "bias"));
+      Tensor init = b.initial(b.initializer("bias_initializer"), Shape{gates}, {gates, gates, 1, gates},
+                              b.seed(prefix + "bias"));
       // unit_forget_bias: the forget gate (the second) starts at 1, as Keras's.
       if (b.args.boolean("unit_forget_bias"))
         for (int64_t i = filters; i < 2 * filters; ++i) init.set_f64(i, 1.0);

@@ -47,7 +47,7 @@ DirectionWeights direction_weights(LayerBuilder& b, const std::string& prefix, o
   if (b.args.boolean("use_bias")) {
     const int64_t n = reset_after ? 2 * rows : rows;
     Tensor init =
-        initialize(b.initializer("bias_initializer"), Shape{1, n}, {n, n, 1, n}, b.seed(prefix + "bias"));
+        b.initial(b.initializer("bias_initializer"), Shape{1, n}, {n, n, 1, n}, b.seed(prefix + "bias"));
     // unit_forget_bias: the forget gate (ONNX's third) starts at 1, so the cell remembers early in training.
     if (lstm && b.args.boolean("unit_forget_bias"))
       for (int64_t i = 2 * units; i < 3 * units; ++i) init.set_f64(i, 1.0);

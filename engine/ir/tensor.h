@@ -1,8 +1,11 @@
 // A host tensor: dtype, shape and owned bytes. Initializers, parameters on the host, and test data.
 #pragma once
 
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "engine/ir/dtype.h"
@@ -19,6 +22,35 @@ size_t tensor_bytes(const Shape& shape, DType dtype);
 // (engine/util/memory.h) is an InputError too. Shapes of device buffers and plans are judged by tensor_bytes
 // alone.
 size_t host_tensor_bytes(const Shape& shape, DType dtype);
+
+// A Tensor's storage: calloc'd and left as calloc leaves it instead of zeroed element by element, so a large
+// tensor of zeros (optimizer state, the weights `trainer summary` builds) costs no memory until it is written
+// (the kernel's zero pages). Only for storage sized once: growing a vector within its capacity would leave
+// what the shrink left, not zeros.
+template <class T>
+struct ZeroedAllocator {
+  using value_type = T;
+  ZeroedAllocator() = default;
+  template <class U>
+  ZeroedAllocator(const ZeroedAllocator<U>&) noexcept {}
+  T* allocate(size_t n) {
+    if (n == 0) return nullptr;
+    void* p = std::calloc(n, sizeof(T));
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) noexcept { std::free(p); }
+  template <class U>
+  void construct(U*) noexcept {}  // value-initialization: calloc's zeros stand
+  template <class U, class... A>
+  void construct(U* p, A&&... a) {
+    ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  }
+  template <class U>
+  bool operator==(const ZeroedAllocator<U>&) const noexcept {
+    return true;
+  }
+};
 
 class Tensor {
  public:
@@ -77,7 +109,7 @@ class Tensor {
  private:
   DType dtype_ = DType::f32;
   Shape shape_;
-  std::vector<std::byte> bytes_;
+  std::vector<std::byte, ZeroedAllocator<std::byte>> bytes_;
 };
 
 // bf16/f16 <-> f32 conversions (round to nearest even), shared with the kernels.

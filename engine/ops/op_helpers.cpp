@@ -30,9 +30,15 @@ static uint64_t splitmix64(uint64_t& s) {
 Tensor random_tensor(const Shape& s, double lo, double hi, uint64_t seed, DType dtype) {
   Tensor t(dtype, s);
   uint64_t st = seed * 0x2545F4914F6CDD1Dull + 1;
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    double u = static_cast<double>(splitmix64(st) >> 11) * (1.0 / 9007199254740992.0);
-    t.set_f64(i, lo + (hi - lo) * u);
+  auto next = [&] {
+    const double u = static_cast<double>(splitmix64(st) >> 11) * (1.0 / 9007199254740992.0);
+    return lo + (hi - lo) * u;
+  };
+  if (dtype == DType::f32) {  // a model's weights: written directly (set_f64 rounds the same way)
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(next());
+  } else {
+    for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, next());
   }
   return t;
 }

@@ -29,7 +29,8 @@ size_t align_up(size_t n, size_t a) {
 //   2. nodes that read no gradient (forward, loss, backward), by id;
 //   3. nodes that read gradients (clipping, the optimizer updates), in the order their gradients were
 //      produced, so the updates of the first buckets run while the last bucket is still being reduced.
-std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradients = {}) {
+std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradients = {},
+                             const std::vector<ValueId>& early = {}) {
   int nn = g.num_nodes();
   std::vector<std::vector<NodeId>> succ(nn);
   std::vector<int> pending(nn, 0);
@@ -91,6 +92,7 @@ std::vector<NodeId> schedule(const Graph& g, const std::vector<ValueId>& gradien
   for (ValueId v : g.outputs()) kept[v] = 1;
   for (auto [next, state] : g.updates()) kept[next] = 1;
   for (ValueId v : gradients) is_gradient[v] = 1;
+  for (ValueId v : early) is_gradient[v] = 1;
   for (NodeId id : nodes)
     for (ValueId v : g.node(id).outputs)
       if (v != kNoValue && is_gradient[v]) level[id] = 0;
@@ -192,7 +194,7 @@ Program plan_program(std::shared_ptr<const Graph> graph, const PlanOptions& opt)
   Program prog;
   prog.graph = graph;
   prog.alignment = opt.alignment;
-  prog.steps = schedule(g, opt.gradients);
+  prog.steps = schedule(g, opt.gradients, opt.early);
   const int nv = g.num_values();
   const int end = static_cast<int>(prog.steps.size());
   prog.first_step.assign(nv, -1);

@@ -70,6 +70,9 @@ struct PlanOptions {
   // Values to pack into reduction buckets, usually the parameter gradients; the schedule then computes them
   // as early as it can (weight gradients first) and runs their readers in the order they were produced.
   std::vector<ValueId> gradients;
+  // Values the schedule computes as early as those gradients, without bucketing them: each step's own
+  // gradients where `gradients` are sums accumulated from them (gradient accumulation).
+  std::vector<ValueId> early;
   // Shared persistent placement (see PersistentLayout); values it lacks are appended to it. The transient
   // region then starts at max(transient_base, layout->bytes).
   PersistentLayout* layout = nullptr;

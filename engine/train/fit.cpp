@@ -1232,8 +1232,11 @@ class Device {
          std::optional<std::map<std::string, TrainingOptions::ShardRange>> shard = std::nullopt,
          bool fed_counts = false)
       : plans_(backend) {
+    // The plans share one copy of the weights, which the first graph uploads: only it draws their values.
+    bool drawn = false;
     for (int64_t batch : train) {
-      LossGraph lg = add_loss(factory(batch, true), batch, cfg, true, fed_counts);
+      LossGraph lg = add_loss(factory(batch, true, !drawn), batch, cfg, true, fed_counts);
+      drawn = true;
       TrainingOptions topt = training_options(cfg, lg);
       topt.shard = shard;
       constrained_ = constrained_ || !topt.constraints.empty();
@@ -1241,6 +1244,7 @@ class Device {
       tg.graph->mark_output(lg.output);
       PlanOptions po;
       po.gradients = tg.gradients;
+      po.early = tg.step_gradients;
       po.bucket_bytes = cfg.bucket_bytes;
       train_[batch] = make_plan(plans_.add(tg.graph, po), lg, tg.learning_rate, tg.iteration, batch);
       train_[batch].loss_scale = tg.loss_scale;
@@ -1253,7 +1257,8 @@ class Device {
     }
     for (int64_t batch : eval) {
       if (eval_.count(batch)) continue;
-      LossGraph lg = add_loss(factory(batch, false), batch, cfg, false, fed_counts);
+      LossGraph lg = add_loss(factory(batch, false, !drawn), batch, cfg, false, fed_counts);
+      drawn = true;
       apply_precision(*lg.graph, cfg.precision);
       eval_[batch] = make_plan(plans_.add(lg.graph), lg, kNoValue, kNoValue, batch);
     }
@@ -1426,7 +1431,7 @@ class MaskCounter {
     for (const bool training : {true, false})
       for (int64_t n : training ? train_sizes : eval_sizes) {
         if (c->plans_.count({training, n})) continue;
-        LossGraph lg = add_loss(factory(n, training), n, cfg, training, true);
+        LossGraph lg = add_loss(factory(n, training, false), n, cfg, training, true);
         if (std::all_of(lg.mask_counts.begin(), lg.mask_counts.end(),
                         [](ValueId v) { return v == kNoValue; }))
           return nullptr;
@@ -1740,7 +1745,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // a collective: every rank captures), and a resume, on any replica count, gives it to the first replica
   // and 0 to the others: the sum is what the next update reduces.
   const bool split_accumulation = cfg.gradient_accumulation_steps > 1 && world > 1;
-  auto is_accumulated = [](const std::string& name) { return name.ends_with("/accumulated_gradient"); };
+  std::set<std::string> accumulated;  // the accumulators' names: P/accumulated_gradient of each trainable P
   std::vector<std::unique_ptr<Device>> devs;
   for (int k = 0; k < local; ++k) {
     std::vector<int64_t> slices;
@@ -1766,6 +1771,13 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
                                      Device::eval_batches({n_val, test ? test->size() : 0}, cfg));
   Device& dev = *devs[0];
   set_columns(outputs, dev);
+  if (split_accumulation) {
+    const Graph& g = dev.weights_session().graph();
+    for (ValueId p : trainable_parameters(g)) {
+      const ValueId a = g.find(g.value(p).name + "/accumulated_gradient");
+      if (a != kNoValue && g.value(a).kind == ValueKind::state) accumulated.insert(g.value(a).name);
+    }
+  }
   std::vector<Session*> weight_sessions;
   for (auto& d : devs) weight_sessions.push_back(&d->weights_session());
   // ZeRO-1: after the update, each shard goes from its owner to that range of the parameter on every replica
@@ -1874,7 +1886,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
                             dtype_name(t.dtype()), t.shape().str(), dtype_name(val.dtype), val.shape.str()),
                 "resume with the spec the checkpoint was written with (a --set that changes a "
                 "layer's size cannot resume it)");
-          if (split_accumulation && is_accumulated(name) && replicas.first_rank + k != 0)
+          if (accumulated.count(name) && replicas.first_rank + k != 0)
             w.write(v, Tensor(t.dtype(), t.shape()));
           else
             w.write(v, t);
@@ -1951,7 +1963,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // checkpoint holds (as DistributedDataParallel broadcasts its buffers from rank 0).
   std::vector<std::string> model_state;
   if (world > 1) {
-    const ForwardModel forward = factory(devs[0]->largest_train_plan().batch, false);
+    const ForwardModel forward = factory(devs[0]->largest_train_plan().batch, false, false);
     for (ValueId v = 0; v < forward.graph.num_values(); ++v)
       if (forward.graph.value(v).kind == ValueKind::state) model_state.push_back(forward.graph.value(v).name);
   }
@@ -2009,14 +2021,16 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     c.values = named_values(dev.weights_session());
     if (split_accumulation)
       for (auto& [name, t] : c.values) {
-        if (!is_accumulated(name)) continue;
+        if (!accumulated.count(name)) continue;
         for (int k = 1; k < local; ++k) {
           Session& w = devs[k]->weights_session();
           const Tensor part = w.read(w.graph().find(name));
           for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) + part.get_f64(i));
         }
-        if (replicas.host_comm && world > local)
+        if (world > local) {
+          TRAINER_ASSERT(replicas.host_comm, "replicas in other processes, and no host communicator");
           replicas.host_comm->all_reduce_sum(t.raw(), t.numel(), t.dtype(), {-1, st.global_step});
+        }
       }
     if (sharded) {
       // Every parameter is whole on every replica; its optimizer state is in shards, gathered here in the
@@ -2409,8 +2423,8 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
 }
 
 ModelFactory synchronized_factory(ModelFactory factory) {
-  return [factory = std::move(factory)](int64_t batch, bool training) {
-    ForwardModel m = factory(batch, training);
+  return [factory = std::move(factory)](int64_t batch, bool training, bool initialize) {
+    ForwardModel m = factory(batch, training, initialize);
     if (training)
       for (NodeId n : m.synchronized_batch_norms) ops::synchronize_batch_norm(m.graph, n);
     return m;
@@ -2422,7 +2436,7 @@ size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, i
   replicas = std::max(1, replicas);
   const ModelFactory factory = replicas > 1 ? synchronized_factory(given) : given;
   const int64_t rows = (batch + replicas - 1) / replicas;  // the largest slice (fit's slice rule)
-  LossGraph lg = add_loss(factory(rows, true), rows, cfg);
+  LossGraph lg = add_loss(factory(rows, true, false), rows, cfg);
   TrainingOptions topt = training_options(cfg, lg);
   if (cfg.shard_optimizer && replicas > 1) topt.shard = split_of(*lg.graph, replicas).ranges_of(0);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
@@ -2430,6 +2444,7 @@ size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, i
   PlanOptions po;
   po.alignment = backend.alignment();
   po.gradients = tg.gradients;  // as fit plans it: the schedule depends on them
+  po.early = tg.step_gradients;
   po.bucket_bytes = cfg.bucket_bytes;
   // With what kernels hold beyond the arena (a recurrence's records of the forward pass and its workspaces:
   // at a long sequence, many times the arena; a convolution's operands in oneDNN's blocked layouts).
@@ -2449,7 +2464,7 @@ bool shard_reduces_to_owner(const FitConfig& cfg) {
 }
 
 ShardSplit shard_split(const ModelFactory& factory, const FitConfig& cfg, int world) {
-  return split_of(factory(cfg.batch_size, true).graph, world);
+  return split_of(factory(cfg.batch_size, true, false).graph, world);
 }
 
 std::vector<dist::BucketReducer::Bucket> reduction_buckets(Session& s,
@@ -2496,7 +2511,7 @@ std::vector<dist::Communicator::Copy> shard_gathers(Session& s, const ShardSplit
 
 OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                                           int replicas) {
-  LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+  LossGraph lg = add_loss(factory(batch, true, false), batch, cfg);
   const std::vector<ShardSplit::Piece> pieces = split_of(*lg.graph, std::max(1, replicas)).pieces;
   const TrainingOptions topt = training_options(cfg, lg);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);
@@ -2522,7 +2537,7 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
 
 TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                            const std::map<std::string, TrainingOptions::ShardRange>* shard) {
-  LossGraph lg = add_loss(factory(batch, true), batch, cfg);
+  LossGraph lg = add_loss(factory(batch, true, true), batch, cfg);
   TrainingOptions topt = training_options(cfg, lg);
   topt.accumulation_steps = 1;  // one step as it computes: forward, backward and the update
   if (shard) topt.shard = *shard;

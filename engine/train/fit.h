@@ -196,7 +196,10 @@ struct ForwardModel {
   // (synchronized_factory); a single device keeps the fused op, which computes the same.
   std::vector<NodeId> synchronized_batch_norms;
 };
-using ModelFactory = std::function<ForwardModel(int64_t batch, bool training)>;
+// Builds the forward model for a batch size and mode. With `initialize` false the weights' initial values
+// may be left at zero: the caller needs the graph's shapes alone, or takes the values from another graph of
+// the run (a device's plans share one copy of the weights, which its first training plan uploads).
+using ModelFactory = std::function<ForwardModel(int64_t batch, bool training, bool initialize)>;
 
 // What a data-parallel run plans with: `factory`'s training models with their synchronized_batch_norms
 // rewritten into per-replica statistics averaged across the replicas (ops::synchronize_batch_norm).

@@ -150,6 +150,7 @@ TrainingGraph build_training_graph(Graph forward, ValueId loss, const TrainingOp
       if (fresh) w->second = g.op("Cast", {tg.replica_weight}, {{"to", int64_t{dtype_to_onnx(dtype)}}});
       // The sum is what replicas reduce, on update steps only: each adds its own weighted gradients.
       const ValueId sum = g.op("Add", {acc, g.op("Mul", {applied[i], w->second})});
+      tg.step_gradients.push_back(applied[i]);
       tg.gradients[i] = sum;
       Tensor zero(dtype, Shape{}), inverse(dtype, Shape{});
       inverse.set_f64(0, 1.0 / static_cast<double>(options.accumulation_steps));
@@ -290,6 +291,7 @@ Trainer::Trainer(TrainingGraph tg, Backend& backend, uint64_t seed, const Traini
       accumulation_steps_(std::max<int64_t>(options.accumulation_steps, 1)) {
   PlanOptions po;
   po.gradients = tg_.gradients;
+  po.early = tg_.step_gradients;
   po.bucket_bytes = options.bucket_bytes;
   session_ = std::make_unique<Session>(tg_.graph, backend, po);
 }

@@ -73,6 +73,9 @@ struct TrainingGraph {
   // Per parameter, in parameter order (before clipping): what a data-parallel run reduces. Under
   // gradient accumulation, the accumulated sums (TrainingOptions::accumulation_steps).
   std::vector<ValueId> gradients;
+  // Under gradient accumulation, each step's own gradients, which the sums in `gradients` add up: the
+  // schedule computes them first too (PlanOptions::early).
+  std::vector<ValueId> step_gradients;
   ValueId gradient_norm = kNoValue;  // with global_clipnorm: the norm before clipping (a graph output)
   ValueId loss_scale = kNoValue;     // with loss_scaling: the f32 scalar input the loss is multiplied by
   ValueId grads_finite = kNoValue;   // with loss_scaling: bool scalar output, false when the step was skipped

@@ -3,6 +3,7 @@ formulas, in both the table and the --json output."""
 
 import json
 import os
+import subprocess
 import tempfile
 import unittest
 
@@ -270,6 +271,34 @@ units = 1
                 f.write(spec.replace("keepdims = true", "keepdims = false"))
             r = run(["summary", path])
             cli_util.assert_input_error(self, r, "shapes that broadcast", "(None, 8, 8, 4)", "(None, 4)")
+
+    def test_a_large_model_is_summarized_from_its_shapes(self):
+        # 262 million parameters (1 GiB of weights, 3 GiB with Adam's moments): summary and check need their shapes
+        # alone, so neither draws nor holds them. The peak memory of each run is read off its own rusage.
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = os.path.join(tmp, "large.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = { shape = [64], dtype = "int32" }\n'
+                        '[[model.layers]]\ntype = "Embedding"\ninput_dim = 250000\noutput_dim = 512\n'
+                        '[[model.layers]]\ntype = "Flatten"\n[[model.layers]]\ntype = "Dense"\nunits = 4096\n'
+                        '[[model.layers]]\ntype = "Dense"\nunits = 10\nactivation = "softmax"\n'
+                        '[train]\nloss = "sparse_categorical_crossentropy"\nbatch_size = 32\n')
+            params = embedding(250000, 512) + dense(64 * 512, 4096) + dense(4096, 10)
+            for command in (["summary", spec, "--json"], ["check", spec]):
+                with self.subTest(command=command[0]):
+                    with open(os.path.join(tmp, "out"), "w+") as out, open(os.path.join(tmp, "err"), "w+") as err:
+                        p = subprocess.Popen([cli_util.TRAINER] + command, stdout=out, stderr=err)
+                        _, status, usage = os.wait4(p.pid, 0)  # this run's own peak memory
+                        out.seek(0)
+                        err.seek(0)
+                        out, err = out.read(), err.read()
+                    self.assertEqual(os.waitstatus_to_exitcode(status), 0, err)
+                    peak_mib = usage.ru_maxrss / 1024
+                    self.assertLess(peak_mib, 400, f"{command[0]} held {peak_mib:.0f} MiB")
+                    if command[0] == "summary":
+                        self.assertEqual(json.loads(out)["total_params"], params)
+                    else:
+                        self.assertIn(f"{params} parameters", err)
 
     def test_batch_size_changes_the_plan(self):
         small = json.loads(run(["summary", sample("fashion_mnist/cnn.toml"), "--json", "--batch-size", "8"]).stdout)

@@ -43,7 +43,7 @@ class TensorDataset final : public data::Dataset {
 };
 
 ModelFactory mlp(int classes, uint64_t seed) {
-  return [=](int64_t batch, bool) {
+  return [=](int64_t batch, bool, bool) {
     ForwardModel fm;
     fm.input = fm.graph.add_input("x", DType::f32, Shape{batch, 2});
     models::LayerContext ctx{fm.graph, seed};
@@ -355,7 +355,7 @@ namespace {
 // A model with Dropout and BatchNorm, so resuming must also restore running statistics and the dropout
 // stream.
 ModelFactory regularized(uint64_t seed) {
-  return [=](int64_t batch, bool training) {
+  return [=](int64_t batch, bool training, bool) {
     ForwardModel fm;
     Graph& g = fm.graph;
     fm.input = g.add_input("x", DType::f32, Shape{batch, 2});
