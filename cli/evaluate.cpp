@@ -103,7 +103,7 @@ Command add_evaluate_command(CLI::App& app) {
     LoadedCheckpoint ck = load_training_checkpoint(*ckpt);
     formats::ModelSpec spec = ck.spec(*sets);
     if (*batch > 0) spec.train.batch_size = *batch;
-    models::BuiltModel probe = build(spec, probe_batch(spec), false);
+    models::BuiltModel probe = build(spec, probe_batch(spec), false, false);  // shapes alone
     std::string name = *split;
     const bool held_out = spec.data.validation_split > 0 && !spec.data.validation;
     if (name.empty())

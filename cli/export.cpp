@@ -30,7 +30,7 @@ Command add_export_command(CLI::App& app) {
     formats::ModelSpec spec = ck.spec();
     // At a batch the model builds at (a fixed-batch ONNX model's may be its training batch only); the
     // export then checks that its batch dimension is symbolic.
-    models::BuiltModel m = build(spec, probe_batch(spec), false);
+    models::BuiltModel m = build(spec, probe_batch(spec), false, false);  // every weight from the checkpoint
     // The trained weights replace the initial ones, by name; optimizer state has no place in inference.
     int64_t loaded = load_trained_values(m.graph, ck.state.values, *ckpt);
     formats::OnnxExportOptions o;

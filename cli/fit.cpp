@@ -497,7 +497,7 @@ Command add_fit_command(CLI::App& app) {
     }
     DeviceOptions::Opened opened = chosen.open(s, output->quiet || !speaks);
     auto& backend = opened.backend;
-    models::BuiltModel probe = build(s, probe_batch(s), false);
+    models::BuiltModel probe = build(s, probe_batch(s), false, false);  // shapes alone
     check_output_and_loss(s, probe);
     SpecData data = open_data(s, probe);
     for (const std::string& layer : adapt_normalization(s, data, probe))

@@ -95,7 +95,7 @@ PredictModel checkpoint_model(const std::string& path) {
   bool fixed = false;
   const int64_t probe_at = probe_batch(spec, &fixed);
   if (fixed) m.fixed_batch = probe_at;
-  models::BuiltModel probe = build(spec, probe_at, false);
+  models::BuiltModel probe = build(spec, probe_at, false, false);  // shapes alone
   m.kind = "checkpoint";
   m.path = path;
   // The loader's preparation of the training data, so the model sees inputs as it did in training.
