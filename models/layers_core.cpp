@@ -251,22 +251,35 @@ ValueId merged_mask(LayerBuilder& b, const std::vector<LayerValue>& in) {
 }
 
 // An elementwise merge: `op` folds the inputs left to right (Average adds, then scales). As Keras's, inputs
-// of one rank broadcast where a dimension is 1 (a squeeze-and-excitation block multiplies (None, H, W, C) by
-// (None, 1, 1, C)).
+// broadcast where a dimension is 1 (a squeeze-and-excitation block multiplies (None, H, W, C) by
+// (None, 1, 1, C)), and an input of a lower rank takes 1s after the batch axis first, its dimensions aligned
+// with the others' last ones ((None, F) is added to every step of (None, T, F)).
 LayerValue merge(LayerBuilder& b, const std::vector<LayerValue>& in, const std::string& op) {
-  std::vector<int64_t> shape = in[0].shape;
+  size_t rank = 0;
+  for (const LayerValue& x : in) rank = std::max(rank, x.shape.size());
+  std::vector<int64_t> shape(rank, 1);
   for (const LayerValue& x : in) {
-    bool fits = x.shape.size() == shape.size();
-    for (size_t d = 0; fits && d < shape.size(); ++d)
-      fits = x.shape[d] == shape[d] || x.shape[d] == 1 || shape[d] == 1;
+    const size_t lead = rank - x.shape.size();
+    bool fits = true;
+    for (size_t d = 0; fits && d < x.shape.size(); ++d)
+      fits = x.shape[d] == shape[lead + d] || x.shape[d] == 1 || shape[lead + d] == 1;
     if (!fits)
       b.fail_layer(
-          fmt::format("inputs must have one shape, or shapes that broadcast (dimensions of 1); '{}' "
-                      "gives {} and '{}' gives {}",
+          fmt::format("inputs must have one shape, or shapes that broadcast (dimensions of 1, aligned at the "
+                      "last axis); '{}' gives {} and '{}' gives {}",
                       in[0].from, keras_shape(in[0].shape), x.from, keras_shape(x.shape)));
-    for (size_t d = 0; d < shape.size(); ++d) shape[d] = std::max(shape[d], x.shape[d]);
+    for (size_t d = 0; d < x.shape.size(); ++d) shape[lead + d] = std::max(shape[lead + d], x.shape[d]);
   }
-  std::vector<LayerValue> xs = same_layout(b, in);
+  std::vector<LayerValue> ranked = in;
+  for (LayerValue& x : ranked) {
+    if (x.shape.size() == rank) continue;
+    std::vector<int64_t> expanded(rank - x.shape.size(), 1);
+    expanded.insert(expanded.end(), x.shape.begin(), x.shape.end());
+    LayerValue y = b.reshape(b.to_channels_last(x), expanded);
+    y.mask = kNoValue;  // its steps, if it had any, are not the merge's
+    x = y;
+  }
+  std::vector<LayerValue> xs = same_layout(b, ranked);
   LayerValue y = xs[0];
   y.shape = shape;
   for (size_t i = 1; i < xs.size(); ++i) y.value = b.op(op == "Average" ? "Add" : op, {y.value, xs[i].value});
@@ -275,7 +288,7 @@ LayerValue merge(LayerBuilder& b, const std::vector<LayerValue>& in, const std::
                                                Tensor::scalar<float>(1.0f / static_cast<float>(xs.size())))});
   y.activation.clear();
   y.pre_activation = kNoValue;
-  y.mask = merged_mask(b, in);
+  y.mask = merged_mask(b, ranked);
   return y;
 }
 

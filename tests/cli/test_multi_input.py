@@ -329,6 +329,46 @@ learning_rate = 0.05
         r = run(["fit", onnx_path, "--train", train, "--set", "data.train.x=no_mask.npz"])
         cli_util.assert_input_error(self, r, "attention_mask")
 
+    def test_a_vector_merges_with_every_step_of_a_sequence(self):
+        # As Keras's merges: (None, 3) takes 1s after the batch axis, (None, 1, 3), and scales each step's features
+        # of (None, 5, 3); a Dense of ones then sums them, which numpy checks (the labels are those sums: the loss
+        # is 0 from the start, and training leaves the weights as they are).
+        rng = np.random.default_rng(3)
+        seq, vec = rng.normal(size=(16, 5, 3)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
+        want = (seq * vec[:, None, :]).sum(axis=(1, 2))
+        np.savez(self.path("merge.npz"), seq=seq, vec=vec, y=want[:, None])
+        spec = self.spec("merge.toml", text=f"""format_version = 1
+[[model.inputs]]
+name = "seq"
+shape = [5, 3]
+[[model.inputs]]
+name = "vec"
+shape = [3]
+[[model.layers]]
+type = "Multiply"
+inputs = ["seq", "vec"]
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "Dense"
+units = 1
+kernel_initializer = "ones"
+[data.train]
+x = "{self.path("merge.npz")}"
+[train]
+loss = "mse"
+epochs = 1
+batch_size = 8
+[train.optimizer]
+name = "sgd"
+learning_rate = 0.01
+""")
+        self.fit([spec, "--device", "cpu", "-q", "--output-dir", self.path("merge")])
+        np.save(self.path("m_seq.npy"), seq)
+        np.save(self.path("m_vec.npy"), vec)
+        got = cli_util.predict_rows(self, [self.path("merge/last.ckpt"), self.path("m_seq.npy"), self.path("m_vec.npy")])
+        np.testing.assert_allclose(got.ravel(), want, rtol=1e-5, atol=1e-5)
+
     def test_inputs_may_take_the_names_the_loss_uses(self):
         # "labels" and "sample_weight" are names of the loss graph's own inputs too.
         text = SPEC.format(steps=STEPS, vocab=VOCAB, data=NPZ, epochs=1).replace('"meta"', '"labels"')

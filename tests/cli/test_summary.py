@@ -266,11 +266,20 @@ units = 1
                                    ("AveragePooling1D", [8, 4], 0),
                                    ("GRU", [3], 3 * (4 * 3 + 3 * 3 + 2 * 3)),  # reset_after: two biases
                                    ("Dense", [1], dense(3, 1))])
-            # Shapes that do not broadcast are still refused, saying why.
+            # As Keras's merges, an input of a lower rank aligns with the others' last axes: (None, 4) scales every
+            # pixel's channels as (None, 1, 1, 4) does.
             with open(path, "w") as f:
                 f.write(spec.replace("keepdims = true", "keepdims = false"))
+            r = run(["summary", path, "--json"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = [(l["type"], l["output_shape"]) for l in json.loads(r.stdout)["layers"][2:5]]
+            self.assertEqual(got, [("GlobalAveragePooling2D", [4]), ("Dense", [4]), ("Multiply", [8, 8, 4])])
+            # Shapes that do not broadcast are still refused, saying why.
+            with open(path, "w") as f:
+                f.write(spec.replace("keepdims = true", "keepdims = false").replace("units = 4\nactivation",
+                                                                                     "units = 3\nactivation"))
             r = run(["summary", path])
-            cli_util.assert_input_error(self, r, "shapes that broadcast", "(None, 8, 8, 4)", "(None, 4)")
+            cli_util.assert_input_error(self, r, "shapes that broadcast", "(None, 8, 8, 4)", "(None, 3)")
 
     def test_a_large_model_is_summarized_from_its_shapes(self):
         # 262 million parameters (1 GiB of weights, 3 GiB with Adam's moments): summary and check need their shapes
