@@ -77,7 +77,7 @@ std::string state_json(const engine::TrainingState& st) {
       "\"seconds\": {}, "
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"stopped\": {}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
-      "\"history\": [",
+      "\"velocity\": \"rate_scaled\", \"history\": [",
       st.epoch, st.batch, st.global_step, sums, layout, best_of, num(st.saved_best), num(st.lr_factor),
       st.plateau_have_best ? "true" : "false", num(st.plateau_best), st.plateau_wait, st.plateau_cooldown,
       num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
@@ -197,6 +197,14 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
     st.loss_scale = static_cast<float>(r.in_range(root, "loss_scale", 0.0, false));
     st.loss_scale_good_steps = r.i(root, "loss_scale_good_steps");
     st.skipped_steps = r.i(root, "skipped_steps");
+  }
+  // sgd's velocity became Keras's (rate-scaled) later: a checkpoint without the key held gradients.
+  st.rate_scaled_velocity = false;
+  if (const formats::JsonValue* v = root.find("velocity")) {
+    if (v->kind != formats::JsonValue::Kind::string || v->text != "rate_scaled")
+      throw InputError(path, fmt::format("the checkpoint's velocity is '{}'", v->text),
+                       "the file was written by a later version of trainer fit");
+    st.rate_scaled_velocity = true;
   }
   for (const formats::JsonValue& e : r.get(root, "history").items) {
     engine::EpochReport rep;

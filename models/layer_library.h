@@ -90,7 +90,7 @@ class LayerBuilder {
   // trainable weight w to `penalties`; nothing when the argument is absent or "None", or the layer is frozen.
   void regularize(engine::ValueId w, const std::string& arg);
   // An activity regularizer on v (the layer's output, [batch, ...]): l1 sum |v| + l2 sum v^2 over the batch,
-  // divided by the batch size as tf.keras divides it, so the strength does not depend on the batch size or
+  // divided by the batch size as Keras divides it, so the strength does not depend on the batch size or
   // on how many replicas share it. Nothing when both are 0.
   void penalize_activity(engine::ValueId v, double l1, double l2);
   // The scalar penalties of this layer's regularizers, which build_model adds to the model's.

@@ -71,6 +71,16 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
     }
     return it->second;
   };
+  // The learning rate in each parameter dtype, and the rate 1 (sgd's momentum runs on rate-scaled gradients).
+  std::map<DType, ValueId> rate_as;
+  auto lr_in = [&](DType dtype) {
+    auto [it, added] = rate_as.try_emplace(dtype, kNoValue);
+    if (added)
+      it->second =
+          g.value(lr).dtype == dtype ? lr : g.op("Cast", {lr}, {{"to", int64_t{dtype_to_onnx(dtype)}}});
+    return it->second;
+  };
+  ValueId unit_rate = kNoValue;
   for (auto [param, grad] : params_and_grads) {
     const Value& p = g.value(param);
     TRAINER_ASSERT(p.kind == ValueKind::parameter, "'{}' is not a parameter", p.name);
@@ -92,9 +102,14 @@ std::vector<OptimizerState> add_optimizer(Graph& g,
       op = "SGDUpdate";
       attrs = {{"norm_coefficient", 0.0f}};
     } else if (kind == "sgd") {
-      // Keras's velocity v = m*v - lr*g is -lr times Momentum's V (see the Momentum kernel): equal updates
-      // under a constant learning rate.
+      // Keras's velocity v = m*v - lr*g holds steps already scaled by their rates: Momentum runs on the
+      // gradient times the rate, at a rate of 1, so that its V = m*V + lr*g is -v and X -= V is Keras's
+      // update (Nesterov: X -= lr*g + m*V) whatever the schedule does to the rate.
       op = "Momentum";
+      if (unit_rate == kNoValue)
+        unit_rate = g.add_constant(g.unique_name("momentum/unit_rate"), Tensor::scalar<float>(1.0f));
+      inputs[0] = unit_rate;
+      inputs[3] = g.op("Mul", {grad, lr_in(g.value(grad).dtype)});
       inputs.push_back(slot("momentum"));
       attrs = {{"alpha", config.momentum},
                {"beta", 1.0f},

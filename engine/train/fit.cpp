@@ -1927,7 +1927,20 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   if (resume) {
     st = *resume;
     st.values.clear();
-    load_values(resume->values);
+    if (!resume->rate_scaled_velocity && cfg.optimizer.kind == "sgd" && cfg.optimizer.momentum > 0 &&
+        st.global_step > 0) {
+      // An earlier version's velocity of gradients becomes Keras's rate-scaled one, at its last step's rate
+      // (exact where the rate was constant).
+      const double rate = schedule.at(st.global_step - 1) * st.lr_factor;
+      std::vector<std::pair<std::string, Tensor>> values = resume->values;
+      for (auto& [name, t] : values)
+        if (name.ends_with("/momentum") && !name.ends_with("/rms_momentum"))
+          for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) * rate);
+      load_values(values);
+    } else {
+      load_values(resume->values);
+    }
+    st.rate_scaled_velocity = true;  // what this run's checkpoints hold
     // Averages the checkpoint does not hold (use_ema turned on at the resume) start at the weights.
     if (cfg.use_ema) {
       std::set<std::string> held;
@@ -2392,11 +2405,32 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         best_now = true;
       }
     }
-    if (saving && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0) keep(SaveReason::epoch);
+    const bool kept_epoch = saving && policy.every_epochs > 0 && st.epoch % policy.every_epochs == 0;
+    if (kept_epoch) keep(SaveReason::epoch);
     if (best_now) keep(SaveReason::best);
     if (stop) {
       result.stopped_early = true;
       break;
+    }
+    // A signal that came while the epoch ended (its validation, its checkpoints) stops the run here, before
+    // the next epoch's first step, with the checkpoint of this boundary; under MPI the ranks agree on it, as
+    // after a step. (After the last epoch the run is complete, and the command says so.)
+    if (st.epoch < cfg.epochs) {
+      int sig = g_stop_signal.load();
+      if (replicas.host_comm && world > local) {
+        constexpr int kSignals = 32;
+        std::vector<double> seen(kSignals, 0.0);
+        if (sig > 0) seen[static_cast<size_t>(std::min(sig, kSignals - 1))] = 1.0;
+        replicas.host_comm->all_reduce_sum(seen.data(), kSignals, DType::f64, {-1, st.global_step});
+        sig = 0;
+        for (int k = 1; k < kSignals && !sig; ++k)
+          if (seen[static_cast<size_t>(k)] > 0) sig = k;
+      }
+      if (sig) {
+        result.interrupted_by = sig;
+        if (saving && policy.on_interrupt && !kept_epoch) keep(SaveReason::interrupt);
+        break;
+      }
     }
   }
   // A resumed run that early stopping had ended trains nothing and ends as that run did.

@@ -273,6 +273,9 @@ struct TrainingState {
   float loss_scale = 0;  // 0: not scaling
   int64_t loss_scale_good_steps = 0;
   int64_t skipped_steps = 0;
+  // sgd's momentum state ("P/momentum") holds Keras's rate-scaled velocity; false in a checkpoint of an
+  // earlier version, whose velocity held gradients: a resume multiplies it by its last step's rate.
+  bool rate_scaled_velocity = true;
   std::vector<EpochReport> history;
   std::vector<std::pair<std::string, Tensor>> values;
   std::vector<std::pair<std::string, Tensor>>

@@ -140,14 +140,16 @@ class Bench(unittest.TestCase):
 
     def test_losses_and_optimizers(self):
         # Labels suit the loss (one-hot rows for categorical cross-entropy): the loss stays finite, so no
-        # warning. SGD with momentum and clipnorm: both are update ops.
+        # warning. SGD with momentum and clipnorm: both are update ops, with the gradients times the step's rate
+        # (Keras's velocity) that Momentum takes.
         d, err = bench(self, MLP, "--set", "train.loss=categorical_crossentropy", "--set",
                        "train.optimizer.name=sgd", "--set", "train.optimizer.momentum=0.9", "--set",
                        "train.optimizer.clipnorm=1.0", "--top", "3")
         self.assertNotIn("warning", err)
         update = [op["op"] for op in d["ops"] if op["phase"] == "update"]
-        self.assertEqual(sorted(set(update)), ["ClipByGlobalNorm", "Momentum"])
+        self.assertEqual(sorted(set(update)), ["ClipByGlobalNorm", "Momentum", "Mul"])
         self.assertEqual(update.count("Momentum"), 6)
+        self.assertEqual(update.count("Mul"), 6)
         d, err = bench(self, MLP, "--set", "train.loss=mse", "-q")
         self.assertEqual(err, "")
         self.assertTrue(math.isfinite(d["step_ms"]["median"]))

@@ -176,11 +176,12 @@ KernelPtr adam(const KernelArgs& a) {
   });
 }
 
-// Keras's SGD with momentum m maps onto Momentum with alpha = m, beta = 1, norm_coefficient = 0:
+// ONNX's Momentum (alpha, beta, norm_coefficient; standard or Nesterov). Keras's SGD with momentum m runs on
+// it with alpha = m, beta = 1, norm_coefficient = 0, the rate R = 1 and the gradient times the rate G = lr*g
+// (engine/optim/optimizer.cpp):
 //   Keras:    v = m*v - lr*g;  w += v            (Nesterov: w += m*v - lr*g)
-//   Momentum: V = m*V + g;     X -= lr*V         (Nesterov: X -= lr*(g + m*V))
-// with V = -v/lr. The two agree exactly while lr is constant; under a schedule Keras's velocity keeps the old
-// rates in it while Momentum applies the current rate to the whole velocity.
+//   Momentum: V = m*V + G;     X -= R*V          (Nesterov: X -= R*(G + m*V))
+// with V = -v: equal under any schedule.
 KernelPtr momentum(const KernelArgs& a) {
   const Attributes& at = a.attrs();
   double alpha = at.f("alpha"), beta = at.f("beta"), nc = at.f("norm_coefficient");

@@ -1,0 +1,156 @@
+"""SGD with momentum keeps Keras's velocity (v = momentum v - rate g; w += v, Nesterov: w += momentum v - rate g),
+checked against that rule in numpy under a decaying rate, where PyTorch's velocity of gradients would move the
+weights elsewhere; a checkpoint of an earlier version, whose velocity held gradients, resumes converted."""
+
+import json
+import os
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+import cli_util
+from cli_util import run
+
+N, BATCH, EPOCHS, RATE, MOMENTUM = 32, 16, 3, 0.1, 0.9
+
+SPEC = """format_version = 1
+[model]
+input = [5]
+[[model.layers]]
+type = "Dense"
+units = 2
+kernel_initializer = "zeros"
+[data]
+shuffle = false
+[data.train]
+x = "x.npy"
+y = "y.npy"
+[train]
+loss = "mse"
+epochs = {epochs}
+batch_size = {batch}
+[train.optimizer]
+name = "sgd"
+learning_rate = {rate}
+momentum = {momentum}
+nesterov = {nesterov}
+[train.optimizer.schedule]
+kind = "exponential"
+decay_steps = 2
+decay_rate = 0.5
+[train.checkpoint]
+every_epochs = 1
+keep_last = 0
+"""
+
+
+def rate_at(step):
+    return RATE * 0.5 ** (step / 2)
+
+
+class SgdMomentum(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(5)
+        cls.x = rng.normal(size=(N, 5)).astype(np.float32)
+        cls.y = rng.normal(size=(N, 2)).astype(np.float32)
+        np.save(cls.path("x.npy"), cls.x)
+        np.save(cls.path("y.npy"), cls.y)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.tmp.name, name)
+
+    def fit(self, name, nesterov, *args):
+        spec = self.path(name + ".toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(epochs=EPOCHS, batch=BATCH, rate=RATE, momentum=MOMENTUM,
+                                nesterov="true" if nesterov else "false"))
+        r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", self.path(name), *args], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return cli_util.read_checkpoint(self.path(name + "/last.ckpt"))
+
+    def keras(self, nesterov):
+        """Keras's SGD on the linear model, step by step in float64."""
+        x, y = self.x.astype(np.float64), self.y.astype(np.float64)
+        w, b = np.zeros((5, 2)), np.zeros(2)
+        vw, vb = np.zeros((5, 2)), np.zeros(2)
+        steps = N // BATCH
+        for t in range(EPOCHS * steps):
+            rows = slice(t % steps * BATCH, t % steps * BATCH + BATCH)
+            d = 2 * (x[rows] @ w + b - y[rows]) / (BATCH * 2)
+            gw, gb = x[rows].T @ d, d.sum(0)
+            lr = rate_at(t)
+            vw, vb = MOMENTUM * vw - lr * gw, MOMENTUM * vb - lr * gb
+            if nesterov:
+                w, b = w + MOMENTUM * vw - lr * gw, b + MOMENTUM * vb - lr * gb
+            else:
+                w, b = w + vw, b + vb
+        return w, b, vw, vb
+
+    def test_the_velocity_is_kerass_under_a_decaying_rate(self):
+        for nesterov in (False, True):
+            with self.subTest(nesterov=nesterov):
+                got = self.fit(f"keras{int(nesterov)}", nesterov)
+                w, b, vw, _ = self.keras(nesterov)
+                np.testing.assert_allclose(got["dense/kernel"], w, rtol=1e-5, atol=1e-7)
+                np.testing.assert_allclose(got["dense/bias"], b, rtol=1e-5, atol=1e-7)
+                # The state is Keras's velocity, negated: the steps already scaled by their rates.
+                np.testing.assert_allclose(got["dense/kernel/momentum"], -vw, rtol=1e-5, atol=1e-7)
+
+    def test_an_earlier_checkpoint_of_gradients_resumes_converted(self):
+        straight = self.fit("straight", False)
+        # epoch-1.ckpt as an earlier version wrote it: the velocity in gradients (this one's over the rate of
+        # its last step, 1), and no "velocity" in the state.
+        sys.path.insert(0, os.path.join(cli_util.ROOT, "tests", "formats"))
+        from checkpoint_numpy_check import xxh64
+        with open(self.path("straight/epoch-1.ckpt"), "rb") as f:
+            data = f.read()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        payload = bytearray(data[8 + n:])
+        for name, info in header.items():
+            if name.endswith("/momentum"):
+                begin, end = info["data_offsets"]
+                v = np.frombuffer(bytes(payload[begin:end]), dtype=np.float32) / np.float32(rate_at(1))
+                payload[begin:end] = v.astype(np.float32).tobytes()
+        state = json.loads(header["__metadata__"]["state"])
+        self.assertEqual(state.pop("velocity"), "rate_scaled")
+        header["__metadata__"]["state"] = json.dumps(state)
+
+        def signed(header, payload):
+            header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + f"{xxh64(bytes(payload)):016x}"
+            text = json.dumps(header, separators=(",", ":")).encode()
+            text += b" " * (-(8 + len(text)) % 8)
+            out = len(text).to_bytes(8, "little") + text
+            at = out.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
+            return out[:at] + f"{xxh64(out):016x}".encode() + out[at + 16:] + bytes(payload)
+
+        with open(self.path("earlier.ckpt"), "wb") as f:
+            f.write(signed(header, payload))
+        r = run(["fit", "--resume", self.path("earlier.ckpt"), "--device", "cpu", "-q", "--output-dir",
+                 self.path("resumed")], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        resumed = cli_util.read_checkpoint(self.path("resumed/last.ckpt"))
+        for name in ("dense/kernel", "dense/bias", "dense/kernel/momentum"):
+            np.testing.assert_allclose(resumed[name], straight[name], rtol=1e-5, atol=1e-7, err_msg=name)
+        # A velocity of a kind this version does not know is refused.
+        state["velocity"] = "per_parameter"
+        header["__metadata__"]["state"] = json.dumps(state)
+        with open(self.path("later.ckpt"), "wb") as f:
+            f.write(signed(header, payload))
+        r = run(["fit", "--resume", self.path("later.ckpt"), "--device", "cpu", "-q", "--output-dir",
+                 self.path("later")])
+        cli_util.assert_input_error(self, r, "later.ckpt", "the checkpoint's velocity is 'per_parameter'",
+                                    "written by a later version")
+
+
+if __name__ == "__main__":
+    cli_util.main()
