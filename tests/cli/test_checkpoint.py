@@ -414,6 +414,11 @@ class OutputDirectory(unittest.TestCase):
             end = json.loads(f.read().splitlines()[-1])
         self.assertEqual(end["event"], "fit_end")
         self.assertLess(end["epochs_run"], 200)
+        # The writer found the reader gone at an epoch's end: the run stopped there, before another step.
+        with open(os.path.join(out, "last.ckpt"), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            state = json.loads(json.loads(f.read(n))["__metadata__"]["state"])
+        self.assertEqual((state["batch"], state["epoch"]), (0, end["epochs_run"]), state)
         r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--device", "cpu", "--output-dir",
                  os.path.join(self.d, "again"), "--log-format", "jsonl", "-q"], timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
