@@ -11,7 +11,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -257,8 +259,39 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
 
 namespace {
 
+std::map<std::string, std::string>& spool() {
+  static std::map<std::string, std::string> kept;
+  return kept;
+}
+
+}  // namespace
+
+const std::string* spooled(const std::string& path) {
+  if (auto it = spool().find(path); it != spool().end()) return &it->second;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st) || fs::is_regular_file(st) || fs::is_directory(st)) return nullptr;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return nullptr;
+  // A spec is text of a few KiB: a device that never ends (/dev/zero) is a mistake, found before it fills
+  // memory.
+  constexpr size_t kMostBytes = size_t{16} << 20;
+  std::string bytes(kMostBytes + 1, '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  bytes.resize(static_cast<size_t>(in.gcount()));
+  if (bytes.size() > kMostBytes)
+    throw InputError(path, "is larger than 16 MiB, which no spec is",
+                     "give the .toml spec file (trainer-model(5) describes it)");
+  return &spool().emplace(path, std::move(bytes)).first->second;
+}
+
+namespace {
+
 // The first `n` bytes of a file (fewer when it is shorter; none when it cannot be read).
 std::string file_head(const std::string& path, size_t n) {
+  // A path read already through a pipe (spooled) is read from what was kept.
+  if (auto it = spool().find(path); it != spool().end()) return it->second.substr(0, n);
   std::ifstream f(path, std::ios::binary);
   std::string head(n, '\0');
   f.read(head.data(), static_cast<std::streamsize>(n));

@@ -51,6 +51,10 @@ bool looks_like_onnx(const std::string& path);
 std::optional<std::string> other_file_kind(const std::string& path);
 // Whether a file starts as a checkpoint does: its header's length (below 2^40), then '{'.
 bool starts_as_checkpoint(const std::string& path);
+// The bytes of a path that is no regular file (a pipe, `<(...)`, /dev/stdin), which can be read only once:
+// read whole the first time, kept for every later look (the sniffing of its first bytes too); null for a
+// regular file, a directory or a path that does not exist. More than 16 MiB is an InputError.
+const std::string* spooled(const std::string& path);
 // Whether a file given as a trained model is a model spec (TOML) instead: named .toml, or text that sets
 // format_version. `command` ("predict", "fit --resume", ...) refuses it with a hint on how a spec becomes a
 // trained model.

@@ -142,8 +142,19 @@ std::vector<std::string> SpecOptions::overrides() const {
 
 formats::ModelSpec SpecOptions::load() const {
   check_combination();
+  // A spec piped in (`trainer check /dev/stdin`, `<(...)`) is read once; its relative paths are the
+  // working directory's. Checkpoints and ONNX models are read from files.
+  if (const std::string* text = spooled(path)) {
+    if (onnx() || !train_toml.empty() || starts_as_checkpoint(path) || looks_like_onnx(path))
+      throw InputError(path,
+                       "is not a regular file (a pipe or a device): a checkpoint or an ONNX model is read "
+                       "from a file",
+                       "save it to a file first");
+    return formats::parse_model_spec(*text, path, overrides());
+  }
   // A checkpoint's model: the spec it holds (summary, check and bench show the model that was trained).
-  if (!onnx() && !path.ends_with(".toml") && starts_as_checkpoint(path)) {
+  // (Named .ckpt, a damaged one is one too, for its reader to say where it is damaged.)
+  if (!onnx() && !path.ends_with(".toml") && (starts_as_checkpoint(path) || path.ends_with(".ckpt"))) {
     if (command == "fit")
       throw InputError(
           path, "is a checkpoint, not a model spec",

@@ -34,8 +34,10 @@ int64_t load_trained_values(engine::Graph& g,
     }
     engine::Tensor* init = g.mutable_initializer(v);
     if (!init || init->shape() != t.shape() || init->dtype() != t.dtype())
-      throw InputError(ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
-                       "the checkpoint and its spec disagree: the file is damaged or was edited");
+      throw InputError(
+          ckpt, fmt::format("'{}' in the checkpoint does not fit the model", name),
+          "the checkpoint and the model disagree: a --set that changes the model cannot read it, "
+          "or else the file is damaged or was edited");
     *init = t;
     ++loaded;
   }
@@ -43,8 +45,10 @@ int64_t load_trained_values(engine::Graph& g,
     const engine::Value& val = g.value(v);
     if ((val.kind == engine::ValueKind::parameter || val.kind == engine::ValueKind::state) &&
         !held.count(val.name))
-      throw InputError(ckpt, fmt::format("the checkpoint has no '{}', which its model has", val.name),
-                       "the checkpoint and its spec disagree: the file is damaged or was edited");
+      throw InputError(
+          ckpt, fmt::format("the checkpoint has no '{}', which its model has", val.name),
+          "the checkpoint and the model disagree: a --set that changes the model cannot read it, "
+          "or else the file is damaged or was edited");
   }
   if (!foreign.empty())
     throw InputError(ckpt, fmt::format("the checkpoint holds '{}', which the model does not have", foreign),

@@ -88,11 +88,42 @@ static size_t utf8_sequence_length(std::string_view s) {
   return len;
 }
 
+// A message with every run of more than 300 bytes without a space (a quoted value, key or name of a spec or
+// an option, thousands of characters long) cut to its first 200 and last 40 bytes, at UTF-8 boundaries: data
+// errors clip their quotes where they are made (formats::clipped), and this clips the rest.
+static std::string clip_long_runs(std::string_view s) {
+  constexpr size_t kLongest = 300, kHead = 200, kTail = 40;
+  auto continuation = [&](size_t i) {
+    return i < s.size() && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80;
+  };
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t end = s.find(' ', i);
+    if (end == std::string_view::npos) end = s.size();
+    if (end - i <= kLongest) {
+      out.append(s.substr(i, end - i));
+    } else {
+      size_t head = i + kHead, tail = end - kTail;
+      while (continuation(head)) --head;
+      while (continuation(tail)) ++tail;
+      out.append(s.substr(i, head - i));
+      out += fmt::format("...({} bytes)...", tail - head);
+      out.append(s.substr(tail, end - tail));
+    }
+    if (end < s.size()) out += ' ';
+    i = end + 1;
+  }
+  return out;
+}
+
 // A message as the terminal shows it, on one line: bytes of a damaged input that it quotes (a NUL, control
 // characters, bytes that are not UTF-8) escaped as \xNN, line ends as \n and \r, so that stderr stays UTF-8
-// text. Quotes of input are clipped where they are made (formats::clipped); a message is cut at 64 KiB only
-// as a last resort.
-static std::string printable(std::string_view s) {
+// text. Quotes of input are clipped where they are made (formats::clipped) or here (clip_long_runs); a
+// message is cut at 64 KiB only as a last resort.
+static std::string printable(std::string_view given) {
+  const std::string clipped = clip_long_runs(given);
+  const std::string_view s = clipped;
   constexpr size_t kMost = size_t{64} << 10;
   std::string out;
   size_t n = std::min(s.size(), kMost);
@@ -293,7 +324,7 @@ int main(int argc, char** argv) {
       const std::string meant = closest(help_topic, names);
       trainer::eprint(
           "trainer: error: '{}' is no subcommand\n  hint: {}trainer --help lists the subcommands\n",
-          help_topic, meant.empty() ? "" : fmt::format("did you mean {}? ", meant));
+          printable(help_topic), meant.empty() ? "" : fmt::format("did you mean {}? ", meant));
       return 2;
     }
     for (const cli::Command& c : commands)

@@ -2209,6 +2209,12 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
 std::string base_dir_of(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  // A spec that comes through a pipe (/dev/stdin, /dev/fd/63): its paths are the working directory's.
+  const fs::file_status st = fs::status(path, ec);
+  if (!ec && fs::exists(st) && !fs::is_regular_file(st) && !fs::is_directory(st)) {
+    const fs::path here = fs::current_path(ec);
+    if (!ec) return here.string();
+  }
   fs::path abs = fs::absolute(path.empty() ? fs::path(".") / "spec.toml" : fs::path(path), ec);
   if (ec) return fs::path(path).parent_path().string();
   return abs.lexically_normal().parent_path().string();

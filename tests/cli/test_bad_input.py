@@ -542,6 +542,10 @@ loss = "sparse_categorical_crossentropy"
         self.assertEqual(r.returncode, 0, r.stderr)
         assert_input_error(self, self.trainer("evaluate", "run/last.ckpt", "--set", "model.layers.1.use_bias=false"),
                            "run/last.ckpt", "the checkpoint holds 'dense/bias', which the model does not have")
+        # A --set that resizes a layer: the hint names it before a damaged file.
+        assert_input_error(self, self.trainer("evaluate", "run/last.ckpt", "--set", "model.layers.1.units=16"),
+                           "run/last.ckpt", "'dense/kernel' in the checkpoint does not fit the model",
+                           "a --set that changes the model cannot read it")
         r = self.trainer("evaluate", "run/last.ckpt", "-q")  # the optimizer state is no such value
         self.assertEqual(r.returncode, 0, r.stderr)
 

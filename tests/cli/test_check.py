@@ -42,5 +42,50 @@ class Check(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr + "\n" + text)
 
 
+class PipedSpec(unittest.TestCase):
+    """A spec piped in (`trainer check /dev/stdin`, `<(...)`) is read once, its relative paths taken from the
+    working directory; an ONNX model or a checkpoint through a pipe is refused, saying to save it first."""
+
+    def test_a_spec_on_stdin_checks_and_trains(self):
+        import numpy as np
+        import subprocess
+        with open(sample("fashion_mnist/mlp.toml")) as f:
+            text = f.read()
+        r = subprocess.run([cli_util.TRAINER, "check", "/dev/stdin"], input=text, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"/dev/stdin: ok · \d+ layers")
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(0)
+            np.save(os.path.join(d, "x.npy"), rng.normal(size=(32, 4)).astype(np.float32))
+            np.save(os.path.join(d, "y.npy"), rng.integers(0, 3, size=32).astype(np.int64))
+            spec = ('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "Dense"\nunits = 3\n'
+                    'activation = "softmax"\n[data.train]\nx = "x.npy"\ny = "y.npy"\n[train]\n'
+                    'loss = "sparse_categorical_crossentropy"\nepochs = 1\nbatch_size = 8\n')
+            r = subprocess.run([cli_util.TRAINER, "fit", "/dev/stdin", "--device", "cpu", "--log-format", "jsonl",
+                                "-q"], input=spec, capture_output=True, text=True, cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(cli_util.json_lines(self, r.stdout)[-1]["event"], "fit_end")
+            # A checkpoint through a pipe is refused, not read as TOML.
+            r = subprocess.run([cli_util.TRAINER, "fit", "/dev/stdin", "--device", "cpu", "-q", "--output-dir", "run"],
+                               input=spec, capture_output=True, text=True, cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(d, "run", "last.ckpt"), "rb") as f:
+                ckpt = f.read()
+            r = subprocess.run([cli_util.TRAINER, "summary", "/dev/stdin"], input=ckpt, capture_output=True)
+            r.stdout, r.stderr = r.stdout.decode(), r.stderr.decode()
+            cli_util.assert_input_error(self, r, "/dev/stdin: is not a regular file (a pipe or a device)",
+                                        "save it to a file first")
+
+    def test_long_quotes_of_a_spec_are_clipped(self):
+        # A 5000-character layer type is quoted in part, on a line of reasonable length.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "long.toml")
+            with open(path, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [4]\n[[model.layers]]\ntype = "' + "A" * 5000 + '"\n')
+            r = run(["check", path])
+            cli_util.assert_input_error(self, r, "AAAA", "bytes)")
+            self.assertLess(len(r.stderr.splitlines()[0]), 600, r.stderr[:300])  # the hint lists the types
+
+
 if __name__ == "__main__":
     cli_util.main()

@@ -375,6 +375,13 @@ units = 1
                 f.write(head)
             r = run(["summary", cut])
             cli_util.assert_input_error(self, r, "cut.ckpt", "runs past the end of the file")
+            # So is a .ckpt whose header's length is damaged (not TOML with a parse error at 1:1).
+            damaged = os.path.join(d, "damaged.ckpt")
+            with open(damaged, "wb") as f:
+                f.write(head[:7] + b"\x10" + head[8:])
+            for command in ("summary", "check"):
+                r = run([command, damaged])
+                cli_util.assert_input_error(self, r, "damaged.ckpt", "byte 0: the header length")
 
     def test_an_onnx_lstm_read_by_its_last_state(self):
         # An LSTM whose Y output is absent (only Y_h is read, as trainer's and Keras's exports do) still counts its
