@@ -310,8 +310,12 @@ int main(int argc, char** argv) {
       return stdout_written();
     }
     if (help->parsed()) {
-      if (help_topic.empty()) {
-        fmt::print("{}", app.help());
+      if (help_topic.empty()) {  // the whole program's (app.help() would give the parsed help's own)
+        fmt::print("{}", app.get_formatter()->make_help(&app, app.get_name(), CLI::AppFormatMode::Normal));
+        return stdout_written();
+      }
+      if (help_topic == "help") {
+        fmt::print("{}", help->help(app.get_name()));
         return stdout_written();
       }
       for (const cli::Command& c : commands)

@@ -715,7 +715,7 @@ loss = "sparse_categorical_crossentropy"
                            preexec_fn=limit)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("trainer: error: cannot allocate", r.stderr)
-        self.assertIn("MiB of host memory for the plan\n  hint: lower train.batch_size", r.stderr)
+        self.assertIn("MiB of host memory for the plan\n  hint: lower the batch size (train.batch_size", r.stderr)
 
     def test_an_empty_activation_is_unknown(self):
         text = SPEC.replace('activation = "softmax"', 'activation = ""')

@@ -118,6 +118,12 @@ class ManPages(unittest.TestCase):
                 r = run(["help", cmd])
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertEqual(r.stdout, help_text(cmd))
+        # `trainer help` alone is `trainer --help`; `trainer help help` says what help does.
+        r = run(["help"])
+        self.assertEqual((r.returncode, r.stdout), (0, help_text()))
+        r = run(["help", "help"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Show the help of a subcommand", r.stdout)
         r = run(["--version"])
         self.assertEqual(r.returncode, 0)
         self.assertRegex(r.stdout, r"^trainer \d+\.\d+\.\d+\n$")

@@ -2,6 +2,7 @@
 // the calling thread (OpenMP and oneDNN parallelize inside kernels).
 #include <fmt/ranges.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -25,16 +26,31 @@ class HostBuffer final : public DeviceBuffer {
   HostBuffer(size_t bytes, std::shared_ptr<std::atomic<size_t>> held)
       : bytes_(bytes), held_(std::move(held)) {
     size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-    ptr_ = std::aligned_alloc(64, rounded);
+    // A large arena is mapped: the kernel's zero pages cost nothing until a step writes them (a plan's
+    // regions that a run never reaches stay free). A small one is allocated and cleared.
+    constexpr size_t kMapped = size_t{1} << 20;
+    if (rounded >= kMapped) {
+      void* p = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p != MAP_FAILED) {
+        ptr_ = p;
+        mapped_ = rounded;
+      }
+    } else {
+      ptr_ = std::aligned_alloc(64, rounded);
+      if (ptr_) std::memset(ptr_, 0, rounded);
+    }
     if (!ptr_)
       throw RuntimeError(
           fmt::format("cannot allocate {:.1f} MiB of host memory for the plan", bytes / 1048576.0),
-          "lower train.batch_size, or free memory (trainer check prints what a training step plans)");
-    std::memset(ptr_, 0, rounded);
+          "lower the batch size (train.batch_size, or predict's --batch-size), or free memory (trainer check "
+          "prints what a training step plans)");
     *held_ += bytes_;
   }
   ~HostBuffer() override {
-    std::free(ptr_);
+    if (mapped_)
+      ::munmap(ptr_, mapped_);
+    else
+      std::free(ptr_);
     *held_ -= bytes_;
   }
   HostBuffer(const HostBuffer&) = delete;
@@ -44,6 +60,7 @@ class HostBuffer final : public DeviceBuffer {
 
  private:
   void* ptr_ = nullptr;
+  size_t mapped_ = 0;  // the mapping's length, or 0 when allocated
   size_t bytes_;
   std::shared_ptr<std::atomic<size_t>> held_;  // the backend's total, which may end before the buffer
 };
