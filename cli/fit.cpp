@@ -134,15 +134,20 @@ class FitPrinter final : public engine::FitObserver {
   std::string history_, history_path_;
 };
 
-// Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
-// atomically), and prunes periodic ones beyond keep_last. It holds a lock on DIR (flock on the directory
-// itself, so nothing is left in it) from the start: two runs writing one directory would replace each
-// other's last.ckpt. A directory that cannot be written is found then too, before any training.
 // SIGPIPE stands for a closed standard output (see FitPrinter).
 const char* signal_name(int sig) {
   return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGPIPE (standard output closed)";
 }
 
+// The signal as fit_end's interrupted_by names it, for scripts: "SIGINT", "SIGTERM", "SIGPIPE".
+const char* signal_id(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGPIPE";
+}
+
+// Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
+// atomically), and prunes periodic ones beyond keep_last. It holds a lock on DIR (flock on the directory
+// itself, so nothing is left in it) from the start: two runs writing one directory would replace each
+// other's last.ckpt. A directory that cannot be written is found then too, before any training.
 class CheckpointWriter {
  public:
   CheckpointWriter(std::filesystem::path dir, const formats::ModelSpec& spec, int64_t keep_last,
@@ -753,7 +758,7 @@ Command add_fit_command(CLI::App& app) {
     if (r.stopped_early) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
     if (r.interrupted_by || late_signal)
       f.emplace_back("interrupted_by",
-                     json_string(signal_name(r.interrupted_by ? r.interrupted_by : late_signal)));
+                     json_string(signal_id(r.interrupted_by ? r.interrupted_by : late_signal)));
     if (writer) f.emplace_back("checkpoint", json_string(writer->last().string()));
     if (!r.history.empty())
       for (auto& kv : logs_json(r.history.back().logs)) f.push_back(kv);

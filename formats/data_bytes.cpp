@@ -92,9 +92,11 @@ std::shared_ptr<const Bytes> Bytes::map_fd(int fd, size_t size, const std::strin
 std::shared_ptr<const Bytes> map_file(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    throw InputError(
-        path, fmt::format("cannot open the data file: {}", errno_text()),
-        errno == ENOENT ? "check the path; relative paths are resolved from the spec's folder" : "");
+    const int err = errno;
+    throw InputError(path, fmt::format("cannot open the data file: {}", errno_text()),
+                     err == ENOENT   ? "check the path; relative paths are resolved from the spec's folder"
+                     : err == EACCES ? "check the file's permissions: this user must be able to read it"
+                                     : "check the path and the file");
   }
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -65,7 +65,12 @@ bool RowWriter::flush() {
     } else if (errno == EPIPE) {
       closed_ = true;
     } else if (errno != EINTR) {
-      throw RuntimeError(fmt::format("writing to {} failed: {}", name_, std::strerror(errno)));
+      const int err = errno;
+      throw RuntimeError(fmt::format("writing to {} failed: {}", name_, std::strerror(err)),
+                         err == ENOSPC || err == EDQUOT
+                             ? "free space where the output goes, or send it elsewhere"
+                         : err == EBADF ? "the output is closed: give the command somewhere to write"
+                                        : "check where the output goes");
     }
   }
   buf_.clear();

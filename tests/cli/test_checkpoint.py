@@ -414,6 +414,7 @@ class OutputDirectory(unittest.TestCase):
             end = json.loads(f.read().splitlines()[-1])
         self.assertEqual(end["event"], "fit_end")
         self.assertLess(end["epochs_run"], 200)
+        self.assertEqual(end["interrupted_by"], "SIGPIPE")
         # The writer found the reader gone at an epoch's end: the run stopped there, before another step.
         with open(os.path.join(out, "last.ckpt"), "rb") as f:
             n = int.from_bytes(f.read(8), "little")
