@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -51,7 +52,11 @@ std::string shell_word(const std::string& w) {
 
 std::string logs_text(const engine::Logs& logs) {
   std::string s;
-  for (const auto& [k, v] : logs) s += fmt::format(" · {} {:.4f}", k, v);
+  // As Keras's progress bar prints them: four decimals, or scientific notation at 0.001 and below (and, here,
+  // at ten million and above, where decimals would be digits by the dozen).
+  for (const auto& [k, v] : logs)
+    s += std::isfinite(v) && (std::abs(v) <= 1e-3 || std::abs(v) >= 1e7) ? fmt::format(" · {} {:.4e}", k, v)
+                                                                          : fmt::format(" · {} {:.4f}", k, v);
   return s;
 }
 

@@ -106,5 +106,26 @@ class ListOps(unittest.TestCase):
         self.assertEqual(kinds["LRN"], ("ai.onnx", "import"))
         self.assertEqual(kinds["AdamWUpdate"], ("com.trainer", "engine"))
 
+class NumbersOnStderr(unittest.TestCase):
+    def test_small_and_huge_values_in_scientific_notation(self):
+        # As Keras's progress bar: four decimals, or scientific notation at 0.001 and below (a loss of 0 is
+        # 0.0000e+00); and at ten million and above, where four decimals were dozens of digits.
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            x = np.ones((8, 1), np.float32)
+            np.save(os.path.join(d, "x.npy"), x)
+            np.save(os.path.join(d, "y.npy"), x)
+            np.save(os.path.join(d, "far.npy"), x * 1e5)
+            spec = os.path.join(d, "s.toml")
+            with open(spec, "w") as f:
+                f.write('format_version = 1\n[model]\ninput = [1]\n[[model.layers]]\ntype = "Dense"\nunits = 1\n'
+                        'kernel_initializer = "ones"\n[data.train]\nx = "x.npy"\ny = "y.npy"\n'
+                        '[data.validation]\nx = "x.npy"\ny = "far.npy"\n[train]\nloss = "mse"\nepochs = 1\n'
+                        'batch_size = 8\n[train.optimizer]\nname = "sgd"\nlearning_rate = 1e-9\n')
+            r = run(["fit", spec, "--device", "cpu", "--log-format", "text"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stderr, r"· loss 0\.0000e\+00 · val_loss 9\.99\d\de\+09\n")
+
+
 if __name__ == "__main__":
     cli_util.main()
