@@ -56,7 +56,7 @@ std::string logs_text(const engine::Logs& logs) {
   // at ten million and above, where decimals would be digits by the dozen).
   for (const auto& [k, v] : logs)
     s += std::isfinite(v) && (std::abs(v) <= 1e-3 || std::abs(v) >= 1e7) ? fmt::format(" · {} {:.4e}", k, v)
-                                                                          : fmt::format(" · {} {:.4f}", k, v);
+                                                                         : fmt::format(" · {} {:.4f}", k, v);
   return s;
 }
 

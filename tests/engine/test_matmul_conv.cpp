@@ -841,7 +841,9 @@ TEST_SUITE("matmul_conv") {
         Session sess(g, *backend);
         const double grown = heap() - before;
         const size_t held = backend->held_bytes(*g, g->node(n));
-        const double want = static_cast<double>(backend->memory_bytes() + held);
+        // An arena of 1 MiB or more is mapped, outside the heap (cpu_backend.cpp's HostBuffer).
+        const size_t arena = backend->memory_bytes();
+        const double want = static_cast<double>((arena >= (size_t{1} << 20) ? 0 : arena) + held);
         CAPTURE(grown);
         CAPTURE(want);
         CAPTURE(held);
