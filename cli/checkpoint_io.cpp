@@ -233,7 +233,12 @@ void save_training_checkpoint(const std::string& path, const formats::ModelSpec&
   namespace key = formats::checkpoint_key;
   std::map<std::string, std::string> meta;
   meta[key::kSpec] = formats::to_toml(spec);
-  meta[kSpecPathKey] = std::filesystem::absolute(spec.path).string();
+  // The spec's path in the folder its relative paths start from: its own, or the working directory of a spec
+  // piped in (/dev/stdin), so that a resume or an evaluation finds the data as the run did.
+  meta[kSpecPathKey] =
+      spec.base_dir.empty()
+          ? std::filesystem::absolute(spec.path).string()
+          : (std::filesystem::path(spec.base_dir) / std::filesystem::path(spec.path).filename()).string();
   meta[key::kPlanSignature] = fmt::format("{:016x}", plan_signature);
   meta[key::kEpoch] = std::to_string(st.epoch);
   meta[key::kStep] = std::to_string(st.global_step);
@@ -283,6 +288,7 @@ const std::string* spooled(const std::string& path) {
   if (bytes.size() > kMostBytes)
     throw InputError(path, "is larger than 16 MiB, which no spec is",
                      "give the .toml spec file (trainer-model(5) describes it)");
+  bytes.shrink_to_fit();
   return &spool().emplace(path, std::move(bytes)).first->second;
 }
 

@@ -105,7 +105,7 @@ static std::string clip_long_runs(std::string_view s) {
       out.append(s.substr(i, end - i));
     } else {
       size_t head = i + kHead, tail = end - kTail;
-      while (continuation(head)) --head;
+      while (head > i && continuation(head)) --head;
       while (continuation(tail)) ++tail;
       out.append(s.substr(i, head - i));
       out += fmt::format("...({} bytes)...", tail - head);

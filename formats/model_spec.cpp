@@ -2209,9 +2209,11 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
 std::string base_dir_of(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  // A spec that comes through a pipe (/dev/stdin, /dev/fd/63): its paths are the working directory's.
+  // A spec that comes through a pipe or a descriptor (/dev/stdin, /dev/fd/63, even one that names a file):
+  // its paths are the working directory's.
   const fs::file_status st = fs::status(path, ec);
-  if (!ec && fs::exists(st) && !fs::is_regular_file(st) && !fs::is_directory(st)) {
+  const bool descriptor = path.starts_with("/dev/") || path.starts_with("/proc/");
+  if (!ec && fs::exists(st) && !fs::is_directory(st) && (descriptor || !fs::is_regular_file(st))) {
     const fs::path here = fs::current_path(ec);
     if (!ec) return here.string();
   }

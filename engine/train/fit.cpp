@@ -1930,13 +1930,24 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     if (!resume->rate_scaled_velocity && cfg.optimizer.kind == "sgd" && cfg.optimizer.momentum > 0 &&
         st.global_step > 0) {
       // An earlier version's velocity of gradients becomes Keras's rate-scaled one, at its last step's rate
-      // (exact where the rate was constant).
-      const double rate = schedule.at(st.global_step - 1) * st.lr_factor;
-      std::vector<std::pair<std::string, Tensor>> values = resume->values;
-      for (auto& [name, t] : values)
-        if (name.ends_with("/momentum") && !name.ends_with("/rms_momentum"))
-          for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) * rate);
-      load_values(values);
+      // (exact where the rate was constant). At an epoch's end ReduceLROnPlateau may have lowered the factor
+      // for the next step already: the epoch's logged rate is the one its last step took.
+      double rate = schedule.at(st.global_step - 1) * st.lr_factor;
+      if (st.batch == 0 && !st.history.empty()) {
+        bool logged = false;
+        const double last = find_log(st.history.back().logs, "learning_rate", &logged);
+        if (logged) rate = last;
+      }
+      auto convert = [&](std::vector<std::pair<std::string, Tensor>> values) {
+        for (auto& [name, t] : values)
+          if (name.ends_with("/momentum") && !name.ends_with("/rms_momentum"))
+            for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) * rate);
+        return values;
+      };
+      load_values(convert(resume->values));
+      // Early stopping's best weights, restored at the end, hold the velocity too (their own epoch's rate is
+      // not kept: the last step's stands in for it).
+      st.best_values = convert(resume->best_values);
     } else {
       load_values(resume->values);
     }

@@ -69,6 +69,16 @@ class PipedSpec(unittest.TestCase):
             r = subprocess.run([cli_util.TRAINER, "fit", "/dev/stdin", "--device", "cpu", "-q", "--output-dir", "run"],
                                input=spec, capture_output=True, text=True, cwd=d)
             self.assertEqual(r.returncode, 0, r.stderr)
+            # Its checkpoint finds the data where the run found them, from any working directory.
+            r = run(["evaluate", os.path.join(d, "run", "last.ckpt"), "--device", "cpu"], cwd="/")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            # /dev/stdin that names a file (a redirection, not a pipe) is the working directory's too.
+            with open(os.path.join(d, "spec.txt"), "w") as f:
+                f.write(spec)
+            with open(os.path.join(d, "spec.txt")) as f:
+                r = subprocess.run([cli_util.TRAINER, "fit", "/dev/stdin", "--device", "cpu", "-q"], stdin=f,
+                                   capture_output=True, text=True, cwd=d)
+            self.assertEqual(r.returncode, 0, r.stderr)
             with open(os.path.join(d, "run", "last.ckpt"), "rb") as f:
                 ckpt = f.read()
             r = subprocess.run([cli_util.TRAINER, "summary", "/dev/stdin"], input=ckpt, capture_output=True)
@@ -85,6 +95,14 @@ class PipedSpec(unittest.TestCase):
             r = run(["check", path])
             cli_util.assert_input_error(self, r, "AAAA", "bytes)")
             self.assertLess(len(r.stderr.splitlines()[0]), 600, r.stderr[:300])  # the hint lists the types
+        # A run of bytes that are no UTF-8 (each escaped when shown) is clipped once, its count told.
+        import subprocess
+        r = subprocess.run([os.fsencode(cli_util.TRAINER), b"fit", b"--log-format", b"\x80" * 1000],
+                           capture_output=True)
+        err = r.stderr.decode()
+        self.assertEqual(r.returncode, 2, err)
+        self.assertEqual(err.count("bytes)..."), 1, err[:400])
+        self.assertLess(len(err.splitlines()[0]), 1500, err[:400])
 
 
 if __name__ == "__main__":

@@ -105,13 +105,12 @@ class SgdMomentum(unittest.TestCase):
                 # The state is Keras's velocity, negated: the steps already scaled by their rates.
                 np.testing.assert_allclose(got["dense/kernel/momentum"], -vw, rtol=1e-5, atol=1e-7)
 
-    def test_an_earlier_checkpoint_of_gradients_resumes_converted(self):
-        straight = self.fit("straight", False)
-        # epoch-1.ckpt as an earlier version wrote it: the velocity in gradients (this one's over the rate of
-        # its last step, 1), and no "velocity" in the state.
+    def earlier(self, ckpt, out, rate, velocity=None):
+        """Writes `ckpt` as an earlier version wrote it: the velocity in gradients (this one's over `rate`, its
+        last step's), and no "velocity" in the state (or the given one); the checksums made right again."""
         sys.path.insert(0, os.path.join(cli_util.ROOT, "tests", "formats"))
         from checkpoint_numpy_check import xxh64
-        with open(self.path("straight/epoch-1.ckpt"), "rb") as f:
+        with open(ckpt, "rb") as f:
             data = f.read()
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + n])
@@ -119,38 +118,56 @@ class SgdMomentum(unittest.TestCase):
         for name, info in header.items():
             if name.endswith("/momentum"):
                 begin, end = info["data_offsets"]
-                v = np.frombuffer(bytes(payload[begin:end]), dtype=np.float32) / np.float32(rate_at(1))
+                v = np.frombuffer(bytes(payload[begin:end]), dtype=np.float32) / np.float32(rate)
                 payload[begin:end] = v.astype(np.float32).tobytes()
         state = json.loads(header["__metadata__"]["state"])
         self.assertEqual(state.pop("velocity"), "rate_scaled")
+        if velocity:
+            state["velocity"] = velocity
         header["__metadata__"]["state"] = json.dumps(state)
+        header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + f"{xxh64(bytes(payload)):016x}"
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-(8 + len(text)) % 8)
+        signed = len(text).to_bytes(8, "little") + text
+        at = signed.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
+        with open(out, "wb") as f:
+            f.write(signed[:at] + f"{xxh64(signed):016x}".encode() + signed[at + 16:] + bytes(payload))
 
-        def signed(header, payload):
-            header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + f"{xxh64(bytes(payload)):016x}"
-            text = json.dumps(header, separators=(",", ":")).encode()
-            text += b" " * (-(8 + len(text)) % 8)
-            out = len(text).to_bytes(8, "little") + text
-            at = out.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
-            return out[:at] + f"{xxh64(out):016x}".encode() + out[at + 16:] + bytes(payload)
-
-        with open(self.path("earlier.ckpt"), "wb") as f:
-            f.write(signed(header, payload))
-        r = run(["fit", "--resume", self.path("earlier.ckpt"), "--device", "cpu", "-q", "--output-dir",
-                 self.path("resumed")], timeout=300)
+    def resume(self, ckpt, name):
+        r = run(["fit", "--resume", ckpt, "--device", "cpu", "-q", "--output-dir", self.path(name)], timeout=300)
         self.assertEqual(r.returncode, 0, r.stderr)
-        resumed = cli_util.read_checkpoint(self.path("resumed/last.ckpt"))
+        return cli_util.read_checkpoint(self.path(name + "/last.ckpt"))
+
+    def assert_same(self, got, want):
         for name in ("dense/kernel", "dense/bias", "dense/kernel/momentum"):
-            np.testing.assert_allclose(resumed[name], straight[name], rtol=1e-5, atol=1e-7, err_msg=name)
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+    def test_an_earlier_checkpoint_of_gradients_resumes_converted(self):
+        straight = self.fit("straight", False)
+        self.earlier(self.path("straight/epoch-1.ckpt"), self.path("earlier.ckpt"), rate_at(1))
+        self.assert_same(self.resume(self.path("earlier.ckpt"), "resumed"), straight)
         # A velocity of a kind this version does not know is refused.
-        state["velocity"] = "per_parameter"
-        header["__metadata__"]["state"] = json.dumps(state)
-        with open(self.path("later.ckpt"), "wb") as f:
-            f.write(signed(header, payload))
+        self.earlier(self.path("straight/epoch-1.ckpt"), self.path("later.ckpt"), 1.0, velocity="per_parameter")
         r = run(["fit", "--resume", self.path("later.ckpt"), "--device", "cpu", "-q", "--output-dir",
                  self.path("later")])
         cli_util.assert_input_error(self, r, "later.ckpt", "the checkpoint's velocity is 'per_parameter'",
                                     "written by a later version")
 
+    def test_an_earlier_checkpoint_converts_at_the_rate_its_last_step_took(self):
+        # ReduceLROnPlateau lowers the factor at the end of epoch 2 (no loss improves by 100), before that
+        # epoch's checkpoint: the velocity was gathered at 0.1, which the epoch's logged rate says.
+        spec = self.path("plateau.toml")
+        text = SPEC.format(epochs=4, batch=BATCH, rate=RATE, momentum=MOMENTUM, nesterov="false")
+        text = text.replace('[train.optimizer.schedule]\nkind = "exponential"\ndecay_steps = 2\ndecay_rate = 0.5\n',
+                            "")
+        text += '[train.reduce_lr_on_plateau]\nmonitor = "loss"\npatience = 1\nfactor = 0.1\nmin_delta = 100.0\n'
+        with open(spec, "w") as f:
+            f.write(text)
+        r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", self.path("plateau")], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        straight = cli_util.read_checkpoint(self.path("plateau/last.ckpt"))
+        self.earlier(self.path("plateau/epoch-2.ckpt"), self.path("plateau_earlier.ckpt"), RATE)
+        self.assert_same(self.resume(self.path("plateau_earlier.ckpt"), "plateau_resumed"), straight)
 
 if __name__ == "__main__":
     cli_util.main()
