@@ -162,7 +162,7 @@ Command add_evaluate_command(CLI::App& app) {
     std::string text;
     for (const auto& [k, v] : logs) {
       f.emplace_back(k, json_number(v));
-      text += fmt::format(" · {} {:.4f}", k, v);
+      text += fmt::format(" · {} {}", k, log_number(v));
     }
     f.emplace_back("seconds", json_number(seconds));
     // A reader that closed the pipe early (`| true`) is no failure, as for predict.

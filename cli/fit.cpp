@@ -52,11 +52,7 @@ std::string shell_word(const std::string& w) {
 
 std::string logs_text(const engine::Logs& logs) {
   std::string s;
-  // As Keras's progress bar prints them: four decimals, or scientific notation at 0.001 and below (and, here,
-  // at ten million and above, where decimals would be digits by the dozen).
-  for (const auto& [k, v] : logs)
-    s += std::isfinite(v) && (std::abs(v) <= 1e-3 || std::abs(v) >= 1e7) ? fmt::format(" · {} {:.4e}", k, v)
-                                                                         : fmt::format(" · {} {:.4f}", k, v);
+  for (const auto& [k, v] : logs) s += fmt::format(" · {} {}", k, log_number(v));
   return s;
 }
 

@@ -76,6 +76,11 @@ std::string json_number(double v) {
   return fmt::format("{:.9g}", v);
 }
 
+std::string log_number(double v) {
+  return std::isfinite(v) && (std::abs(v) <= 1e-3 || std::abs(v) >= 1e7) ? fmt::format("{:.4e}", v)
+                                                                         : fmt::format("{:.4f}", v);
+}
+
 std::string json_object(const std::vector<std::pair<std::string, std::string>>& fields) {
   std::string out = "{";
   for (size_t i = 0; i < fields.size(); ++i) {

@@ -53,6 +53,10 @@ bool stdout_line(const std::string& line);
 // null).
 std::string json_string(const std::string& s);
 std::string json_number(double v);
+// A loss or metric as the text logs show it, as Keras's progress bar does: four decimals, or scientific
+// notation at 0.001 and below (and, here, at ten million and above, where decimals would be dozens of
+// digits).
+std::string log_number(double v);
 // {"k": v, ...} from ordered pairs whose values are already JSON.
 std::string json_object(const std::vector<std::pair<std::string, std::string>>& fields);
 
