@@ -145,6 +145,9 @@ formats::ModelSpec SpecOptions::load() const {
   // A spec piped in (`trainer check /dev/stdin`, `<(...)`) is read once; its relative paths are the
   // working directory's. Checkpoints and ONNX models are read from files.
   if (const std::string* text = spooled(path)) {
+    if (text->empty())
+      throw InputError(path, "gave nothing: the pipe or device it names was empty",
+                       "give the spec as a file (under mpirun or srun, only rank 0 reads standard input)");
     if (onnx() || !train_toml.empty() || starts_as_checkpoint(path) || looks_like_onnx(path))
       throw InputError(path,
                        "is not a regular file (a pipe or a device): a checkpoint or an ONNX model is read "

@@ -54,6 +54,9 @@ class PipedSpec(unittest.TestCase):
         r = subprocess.run([cli_util.TRAINER, "check", "/dev/stdin"], input=text, capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stderr, r"/dev/stdin: ok · \d+ layers")
+        # An empty pipe (a rank of mpirun other than 0 reads an empty stdin) is said to be one.
+        r = subprocess.run([cli_util.TRAINER, "check", "/dev/stdin"], input="", capture_output=True, text=True)
+        cli_util.assert_input_error(self, r, "/dev/stdin: gave nothing", "only rank 0 reads standard input")
         with tempfile.TemporaryDirectory() as d:
             rng = np.random.default_rng(0)
             np.save(os.path.join(d, "x.npy"), rng.normal(size=(32, 4)).astype(np.float32))
