@@ -277,19 +277,7 @@ const std::string* spooled(const std::string& path) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (ec || !fs::exists(st) || fs::is_regular_file(st) || fs::is_directory(st)) return nullptr;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return nullptr;
-  // A spec is text of a few KiB: a device that never ends (/dev/zero) is a mistake, found before it fills
-  // memory.
-  constexpr size_t kMostBytes = size_t{16} << 20;
-  std::string bytes(kMostBytes + 1, '\0');
-  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  bytes.resize(static_cast<size_t>(in.gcount()));
-  if (bytes.size() > kMostBytes)
-    throw InputError(path, "is larger than 16 MiB, which no spec is",
-                     "give the .toml spec file (trainer-model(5) describes it)");
-  bytes.shrink_to_fit();
-  return &spool().emplace(path, std::move(bytes)).first->second;
+  return &spool().emplace(path, formats::read_spec_text(path)).first->second;
 }
 
 namespace {

@@ -2300,6 +2300,8 @@ ModelSpec parse_spec(const std::string& text, const std::string& path,
   return spec;
 }
 
+}  // namespace
+
 std::string read_spec_text(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
@@ -2317,10 +2319,9 @@ std::string read_spec_text(const std::string& path) {
   if (text.size() > kMostBytes)
     throw InputError(path, "is larger than 16 MiB, which no spec is",
                      "give the .toml spec file (trainer-model(5) describes it)");
+  text.shrink_to_fit();  // the room read into, beyond the text, goes back
   return text;
 }
-
-}  // namespace
 
 std::string optimizer_name(const std::string& text) {
   const std::string name = keras_class_name(text, kOptimizers);

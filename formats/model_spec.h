@@ -347,6 +347,9 @@ struct ModelSpec {
 // KEY is a dotted path ("train.optimizer.learning_rate", "model.layers.0.units": layers by 0-based index);
 // VALUE is a TOML value, or else a bare string. Overridden values report "--set KEY=VALUE" as their place.
 ModelSpec load_model_spec(const std::string& path, const std::vector<std::string>& overrides = {});
+// A spec file's text, read once (a pipe's too); a directory, an unreadable path and more than 16 MiB (a
+// device such as /dev/zero) are InputErrors.
+std::string read_spec_text(const std::string& path);
 // The same from text (tests); `path` names it in errors and sets base_dir.
 ModelSpec parse_model_spec(const std::string& text, const std::string& path,
                            const std::vector<std::string>& overrides = {});

@@ -1627,6 +1627,19 @@ ShardSplit split_of(const Graph& g, int world) {
   return out;
 }
 
+// A stop signal as it travels between processes: counts per signal number in kSignalSlots slots of a sum
+// (put_signal marks this rank's), of which every rank takes the lowest number (summed_signal), so that all
+// report and exit alike.
+constexpr int kSignalSlots = 32;
+void put_signal(double* slots, int sig) {
+  if (sig > 0) slots[std::min(sig, kSignalSlots - 1)] = 1.0;
+}
+int summed_signal(const double* slots) {
+  for (int k = 1; k < kSignalSlots; ++k)
+    if (slots[k] > 0) return k;
+  return 0;
+}
+
 double find_log(const Logs& logs, const std::string& name, bool* found) {
   for (const auto& [k, v] : logs)
     if (k == name) {
@@ -2268,18 +2281,14 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       int sig = g_stop_signal.load();
       if (across_processes) {
         // The other processes' slices: every rank adds the same global sums. A signal any rank received
-        // stops them all after this step (a launcher delivers it to each at its own moment); the signals
-        // travel as counts per number, and every rank takes the lowest, so all report and exit alike.
-        constexpr int kSignals = 32;
+        // stops them all after this step (a launcher delivers it to each at its own moment).
         acc.flat(&delta);
         for (size_t i = 0; i < before.size(); ++i) delta[i] -= before[i];
         const size_t sums = delta.size();
-        delta.resize(sums + kSignals, 0.0);
-        if (sig > 0) delta[sums + static_cast<size_t>(std::min(sig, kSignals - 1))] = 1.0;
+        delta.resize(sums + kSignalSlots, 0.0);
+        put_signal(delta.data() + sums, sig);
         replicas.host_comm->all_reduce_sum(delta.data(), delta.size(), DType::f64, {-1, st.global_step});
-        sig = 0;
-        for (int k = 1; k < kSignals && !sig; ++k)
-          if (delta[sums + static_cast<size_t>(k)] > 0) sig = k;
+        sig = summed_signal(delta.data() + sums);
         delta.resize(sums);
         for (size_t i = 0; i < before.size(); ++i) delta[i] += before[i];
         acc.set_flat(delta);
@@ -2429,13 +2438,10 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     if (st.epoch < cfg.epochs) {
       int sig = g_stop_signal.load();
       if (replicas.host_comm && world > local) {
-        constexpr int kSignals = 32;
-        std::vector<double> seen(kSignals, 0.0);
-        if (sig > 0) seen[static_cast<size_t>(std::min(sig, kSignals - 1))] = 1.0;
-        replicas.host_comm->all_reduce_sum(seen.data(), kSignals, DType::f64, {-1, st.global_step});
-        sig = 0;
-        for (int k = 1; k < kSignals && !sig; ++k)
-          if (seen[static_cast<size_t>(k)] > 0) sig = k;
+        std::vector<double> seen(kSignalSlots, 0.0);
+        put_signal(seen.data(), sig);
+        replicas.host_comm->all_reduce_sum(seen.data(), kSignalSlots, DType::f64, {-1, st.global_step});
+        sig = summed_signal(seen.data());
       }
       if (sig) {
         result.interrupted_by = sig;

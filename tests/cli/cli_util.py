@@ -84,6 +84,20 @@ def read_checkpoint(path, blobs=False):
     return out
 
 
+def signed_checkpoint(header, payload):
+    """A checkpoint's bytes from its header (a dict, as read_checkpoint's file holds it) and payload, with both
+    checksums of formats/checkpoint.h made right: for tests that edit a checkpoint as an earlier version, or a
+    damaged file, would have it."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "formats"))
+    from checkpoint_numpy_check import xxh64
+    header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + f"{xxh64(bytes(payload)):016x}"
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    signed = len(text).to_bytes(8, "little") + text
+    at = signed.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
+    return signed[:at] + f"{xxh64(signed):016x}".encode() + signed[at + 16:] + bytes(payload)
+
+
 def have_fashion():
     return all(os.path.exists(os.path.join(FASHION_DIR, f)) for f in
                ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

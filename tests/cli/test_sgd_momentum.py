@@ -4,7 +4,6 @@ weights elsewhere; a checkpoint of an earlier version, whose velocity held gradi
 
 import json
 import os
-import sys
 import tempfile
 import unittest
 
@@ -108,8 +107,6 @@ class SgdMomentum(unittest.TestCase):
     def earlier(self, ckpt, out, rate, velocity=None):
         """Writes `ckpt` as an earlier version wrote it: the velocity in gradients (this one's over `rate`, its
         last step's), and no "velocity" in the state (or the given one); the checksums made right again."""
-        sys.path.insert(0, os.path.join(cli_util.ROOT, "tests", "formats"))
-        from checkpoint_numpy_check import xxh64
         with open(ckpt, "rb") as f:
             data = f.read()
         n = int.from_bytes(data[:8], "little")
@@ -125,13 +122,8 @@ class SgdMomentum(unittest.TestCase):
         if velocity:
             state["velocity"] = velocity
         header["__metadata__"]["state"] = json.dumps(state)
-        header["__metadata__"]["checksum"] = "xxh64:" + "0" * 16 + ":" + f"{xxh64(bytes(payload)):016x}"
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-(8 + len(text)) % 8)
-        signed = len(text).to_bytes(8, "little") + text
-        at = signed.index(b'"checksum":"xxh64:') + len('"checksum":"xxh64:')
         with open(out, "wb") as f:
-            f.write(signed[:at] + f"{xxh64(signed):016x}".encode() + signed[at + 16:] + bytes(payload))
+            f.write(cli_util.signed_checkpoint(header, payload))
 
     def resume(self, ckpt, name):
         r = run(["fit", "--resume", ckpt, "--device", "cpu", "-q", "--output-dir", self.path(name)], timeout=300)
