@@ -619,9 +619,57 @@ Command add_predict_command(CLI::App& app) {
                          "NPY output needs the number of samples before the first row, and CSV input does "
                          "not say it",
                          "use --output-format csv, or give the samples as NPY or IDX");
+    // Each input's samples as stored and as the model takes them, for up to a batch.
+    std::vector<formats::SampleConverter> converters;
+    std::vector<std::vector<uint8_t>> raw(readers.size()), x(readers.size());
+    std::vector<const void*> xs(readers.size());
+    for (size_t k = 0; k < readers.size(); ++k) {
+      const PredictModel::Input& mi = model.inputs[k];
+      converters.emplace_back(mi.format, mi.sample_shape, readers[k]->dtype(), readers[k]->name());
+    }
+    auto hold = [&](int64_t samples) {
+      for (size_t k = 0; k < readers.size(); ++k) {
+        raw[k].resize(static_cast<size_t>(samples) * readers[k]->sample_bytes());
+        x[k].resize(static_cast<size_t>(samples) * converters[k].out_sample_bytes());
+        xs[k] = x[k].data();
+      }
+    };
+    int64_t done = 0;
+    // Reads the next samples, up to `max`, of every input: the same number from each, or the inputs disagree
+    // in length. The first input's samples are taken as they arrive (a batch of fewer when a pipe is slow);
+    // the others give as many.
+    auto read = [&](int64_t max) -> int64_t {
+      int64_t n = -1;
+      for (size_t k = 0; k < readers.size(); ++k) {
+        const int64_t got = readers[k]->read(k == 0 ? max : std::max<int64_t>(n, 1), raw[k].data(), k == 0);
+        if (n >= 0 && got != n)
+          throw InputError(
+              got < n ? readers[k]->name() : readers[0]->name(),
+              fmt::format("{} ends after {} samples, and {} has more",
+                          got < n ? readers[k]->name() : readers[0]->name(), done + std::min(got, n),
+                          got < n ? readers[0]->name() : readers[k]->name()),
+              "every input needs one sample per prediction: give files of equal length");
+        n = got;
+        if (got > 0) converters[k].convert(raw[k].data(), got, done, x[k].data());
+      }
+      return n;
+    };
+    // An input that does not say how many samples it holds (CSV) is read ahead by up to 4096 samples before
+    // anything is planned: a shorter one is then known whole and planned at its own size, not at a
+    // --batch-size that may be far larger (a plan's memory grows with its batch).
+    int64_t ahead = -1;       // samples read ahead, not yet run
+    bool ahead_more = false;  // the input goes on after them
+    if (count < 0 && !model.fixed_batch) {
+      const int64_t most = std::min<int64_t>(*batch, 4096);
+      hold(most);
+      ahead = read(most);
+      ahead_more = ahead == most || readers[0]->waiting();
+      if (!ahead_more) count = ahead;
+    }
     auto backend = device->make_backend(*quiet);
     Runner runner(model, *backend, *batch, count);
     const int64_t b = runner.batch(), columns = runner.columns();
+    hold(std::max(b, ahead));
     // Class ids of each written output: one per sample, or, for an output of [batch, steps..., classes] (a
     // classification of every step), one per position, the outputs' ids side by side in a sample's row. A
     // last axis of 1 is a binary probability.
@@ -683,16 +731,6 @@ Command add_predict_command(CLI::App& app) {
     // Rows as they are (--probabilities, or regressions alone), ids, or both side by side as float32.
     const bool values = *probabilities || all_raw, mixed = any_raw && !all_raw;
     const bool several = id_of.size() > 1;
-    std::vector<formats::SampleConverter> converters;
-    std::vector<std::vector<uint8_t>> raw, x;
-    std::vector<const void*> xs;
-    for (size_t k = 0; k < readers.size(); ++k) {
-      const PredictModel::Input& mi = model.inputs[k];
-      converters.emplace_back(mi.format, mi.sample_shape, readers[k]->dtype(), readers[k]->name());
-      raw.emplace_back(static_cast<size_t>(b) * readers[k]->sample_bytes());
-      x.emplace_back(static_cast<size_t>(b) * converters.back().out_sample_bytes());
-      xs.push_back(x.back().data());
-    }
     std::vector<int64_t> ids(static_cast<size_t>(mixed ? 0 : b * positions));
     std::vector<float> side_by_side(static_cast<size_t>(mixed ? b * positions : 0));
     formats::RowWriter out(STDOUT_FILENO, "stdout", npy ? formats::RowFormat::npy : formats::RowFormat::csv,
@@ -704,29 +742,10 @@ Command add_predict_command(CLI::App& app) {
     // A reader that stops early (`| head`) closes the pipe: writes then fail with EPIPE and predict stops
     // reading and exits 0, instead of being killed by SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
-    int64_t done = 0;
     bool open = true;
-    // Reads the next samples of every input: the same number from each, or the inputs disagree in length.
-    // The first input's samples are taken as they arrive (a batch of fewer when a pipe is slow); the others
-    // give as many.
-    auto read = [&]() -> int64_t {
-      int64_t n = -1;
-      for (size_t k = 0; k < readers.size(); ++k) {
-        const int64_t got = readers[k]->read(k == 0 ? b : std::max<int64_t>(n, 1), raw[k].data(), k == 0);
-        if (n >= 0 && got != n)
-          throw InputError(
-              got < n ? readers[k]->name() : readers[0]->name(),
-              fmt::format("{} ends after {} samples, and {} has more",
-                          got < n ? readers[k]->name() : readers[0]->name(), done + std::min(got, n),
-                          got < n ? readers[0]->name() : readers[k]->name()),
-              "every input needs one sample per prediction: give files of equal length");
-        n = got;
-        if (got > 0) converters[k].convert(raw[k].data(), got, done, x[k].data());
-      }
-      return n;
-    };
-    for (int64_t n; open && (n = read()) > 0; done += n) {
-      const float* rows = runner.run(xs, n, in.waiting());
+    for (int64_t n; open && (n = ahead >= 0 ? ahead : read(b)) > 0; done += n) {
+      const float* rows = runner.run(xs, n, ahead >= 0 ? ahead_more : in.waiting());
+      ahead = -1;
       if (values) {
         open = out.write(rows, n);
         continue;
