@@ -145,6 +145,19 @@ const char* signal_id(int sig) {
   return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGPIPE";
 }
 
+// Whether `name` is one the run writes in --output-dir: its checkpoints (step-N.ckpt, an interrupt's,
+// whatever its number, and epoch-N.ckpt when `epochs`: when checkpoints are written by epochs), the link's
+// temporary, and the history.
+bool written_by_run(std::string_view name, bool epochs = true) {
+  auto numbered = [&](std::string_view prefix) {
+    if (!name.starts_with(prefix) || !name.ends_with(".ckpt")) return false;
+    const std::string_view mid = name.substr(prefix.size(), name.size() - prefix.size() - 5);
+    return !mid.empty() && std::all_of(mid.begin(), mid.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return name == "last.ckpt" || name == "best.ckpt" || name == "final.ckpt" || name == "last.ckpt.tmp" ||
+         name == "history.jsonl" || (epochs && numbered("epoch-")) || numbered("step-");
+}
+
 // Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
 // atomically), and prunes periodic ones beyond keep_last. It holds a lock on DIR (flock on the directory
 // itself, so nothing is left in it) from the start: two runs writing one directory would replace each
@@ -457,16 +470,7 @@ Command add_fit_command(CLI::App& app) {
       const fs::path t(formats::written_path(*trace_path));  // where the trace lands: through a link
       const fs::path dir = t.has_parent_path() ? t.parent_path() : fs::path(".");
       const std::string name = t.filename().string();
-      auto numbered = [&](std::string_view prefix) {
-        if (!name.starts_with(prefix) || !name.ends_with(".ckpt")) return false;
-        const std::string_view mid =
-            std::string_view(name).substr(prefix.size(), name.size() - prefix.size() - 5);
-        return !mid.empty() &&
-               std::all_of(mid.begin(), mid.end(), [](char c) { return c >= '0' && c <= '9'; });
-      };
-      if (!output_dir->empty() && fs::equivalent(dir, *output_dir, ec) &&
-          (name == "last.ckpt" || name == "best.ckpt" || name == "final.ckpt" || name == "history.jsonl" ||
-           numbered("epoch-") || numbered("step-")))
+      if (!output_dir->empty() && fs::equivalent(dir, *output_dir, ec) && written_by_run(name))
         throw InputError(
             "--trace",
             fmt::format("'{}' is a file the run writes in --output-dir {}", *trace_path, *output_dir),
@@ -685,12 +689,18 @@ Command add_fit_command(CLI::App& app) {
                                           (ec ? at : std::filesystem::path(*output_dir)).string())
                             : fmt::format("{}: {}", at.string(), ec.message())),
             "give a directory, or a path where one can be made");
-      for (const char* name : {"last.ckpt", "best.ckpt"}) {
-        const std::filesystem::path p = std::filesystem::path(*output_dir) / name;
-        if (std::filesystem::exists(std::filesystem::symlink_status(p)) &&
-            !std::filesystem::is_regular_file(p) &&
-            !std::filesystem::is_symlink(std::filesystem::symlink_status(p)))
-          throw InputError(p.string(), "is in the way of the run's checkpoint: it is not a file",
+      // Any name the run may write to (the periodic checkpoints by their pattern, whatever their number)
+      // taken by something other than a file or a link: found now, not when the run gets there.
+      for (const auto& e : std::filesystem::directory_iterator(*output_dir, ec)) {
+        const std::string name = e.path().filename().string();
+        std::error_code kind_ec;
+        const std::filesystem::file_status st = e.symlink_status(kind_ec);
+        const bool by_epochs = s.train.checkpoint.enabled && s.train.checkpoint.every_epochs > 0;
+        if (written_by_run(name, by_epochs) && !kind_ec && !std::filesystem::is_regular_file(st) &&
+            !std::filesystem::is_symlink(st))
+          throw InputError(e.path().string(),
+                           fmt::format("is in the way of the run's {}: it is not a file",
+                                       name == "history.jsonl" ? "history" : "checkpoint"),
                            "remove it, or give another --output-dir");
       }
       writer = std::make_unique<CheckpointWriter>(*output_dir, s, s.train.checkpoint.keep_last, lr_scale);
