@@ -156,8 +156,10 @@ formats::ModelSpec SpecOptions::load() const {
     return formats::parse_model_spec(*text, path, overrides());
   }
   // A checkpoint's model: the spec it holds (summary, check and bench show the model that was trained).
-  // (Named .ckpt, a damaged one is one too, for its reader to say where it is damaged.)
-  if (!onnx() && !path.ends_with(".toml") && (starts_as_checkpoint(path) || path.ends_with(".ckpt"))) {
+  // (Named .ckpt, a damaged one is one too, for its reader to say where it is damaged; but a spec, text that
+  // sets format_version, is read as the spec it is whatever its name.)
+  if (!onnx() && !path.ends_with(".toml") &&
+      (starts_as_checkpoint(path) || (path.ends_with(".ckpt") && !looks_like_spec(path)))) {
     if (command == "fit")
       throw InputError(
           path, "is a checkpoint, not a model spec",

@@ -382,6 +382,15 @@ units = 1
             for command in ("summary", "check"):
                 r = run([command, damaged])
                 cli_util.assert_input_error(self, r, "damaged.ckpt", "byte 0: the header length")
+            # A spec named .ckpt (text that sets format_version) is read as the spec it is.
+            named = os.path.join(d, "spec.ckpt")
+            with open(named, "w") as f:
+                f.write(text)
+            r = run(["summary", named, "--json", "--set", "model.layers.1.units=32"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout), json.loads(want.stdout))
+            r = run(["check", named])
+            self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_an_onnx_lstm_read_by_its_last_state(self):
         # An LSTM whose Y output is absent (only Y_h is read, as trainer's and Keras's exports do) still counts its
