@@ -1024,6 +1024,7 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
   f.y_dtype = loss == "sparse_categorical_crossentropy" ? DType::i64 : DType::f32;
   if (loss == "sparse_categorical_crossentropy" && !model.output_shape.empty())
     f.num_classes = model.output_shape.back();
+  f.ignore_class = spec.train.loss_options.ignore_class;
   // Binary labels lie in [0, 1] (0/1, or a soft label between): 5, or class ids 0..9, are a mistake that
   // trains without a sign of it.
   // An output under a mask leaves its masked steps' labels alone (padding such as -1, which its loss skips).
@@ -1063,6 +1064,7 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
     lf.x_dtype = sparse ? DType::i64 : DType::f32;
     if (sparse && !model.more_outputs[k - 1].shape.empty())
       lf.label_classes = model.more_outputs[k - 1].shape.back();
+    lf.label_ignore = spec.train.outputs[k].loss_options.ignore_class;
     if (formats::label_family(spec.train.outputs[k].loss) == "binary_crossentropy" &&
         model.more_outputs[k - 1].mask == engine::kNoValue)
       lf.label_classes = 2;

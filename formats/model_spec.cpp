@@ -1729,6 +1729,7 @@ Keys loss_arguments(const std::string& loss) {
   if (loss == "huber") a = {"delta"};
   if (loss == "binary_focal_crossentropy") a = {"apply_class_balancing", "alpha", "gamma"};
   if (loss == "categorical_focal_crossentropy") a = {"alpha", "gamma"};
+  if (loss == "sparse_categorical_crossentropy") a = {"ignore_class"};
   if (loss.ends_with("crossentropy")) a.push_back("from_logits");
   if (loss.ends_with("crossentropy") && loss != "sparse_categorical_crossentropy")
     a.push_back("label_smoothing");
@@ -1749,7 +1750,8 @@ struct CallSettings {
 };
 
 void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
-                       const std::string& loss, bool from_logits, CallSettings& ks) {
+                       const std::string& loss, bool from_logits, std::optional<int64_t> ignore,
+                       CallSettings& ks) {
   Call call;
   if (const std::string wrong = parse_call(text, call); !wrong.empty())
     r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
@@ -1768,6 +1770,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   const bool sparse = loss == "sparse_categorical_crossentropy";
   if (metric == "mean_iou")
     takes = {"num_classes", sparse ? "sparse_y_true=True" : "sparse_y_true=False", "sparse_y_pred=False"};
+  // Every metric leaves out the positions of the loss's ignore_class: MeanIoU's own may say the same.
+  const std::string same_ignore = ignore ? fmt::format("ignore_class={}", *ignore) : std::string();
+  if (metric == "mean_iou" && ignore) takes.push_back(same_ignore);
   // The cross-entropy metrics read the outputs as the loss does.
   if (metric.ends_with("crossentropy")) takes = {from_logits ? "from_logits=True" : "from_logits=False"};
   const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
@@ -1801,6 +1806,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "sparse_y_true") ok = flag && *flag == sparse;
     if (a.name == "sparse_y_pred") ok = flag && !*flag;
     if (a.name == "from_logits") ok = flag && *flag == from_logits;
+    if (a.name == "ignore_class") ok = num && ignore && *num == static_cast<double>(*ignore);
     if (!ok)
       r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
              a.name == "k"             ? "k is a whole number, 1 or more"
@@ -1810,10 +1816,11 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
 }
 
 void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
-                   bool from_logits, std::vector<std::string>& metrics, CallSettings& ks) {
+                   bool from_logits, std::optional<int64_t> ignore, std::vector<std::string>& metrics,
+                   CallSettings& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
-    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, from_logits, ks);
+    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, from_logits, ignore, ks);
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
@@ -1964,6 +1971,10 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
         o.loss_options.alpha = *num;
       else
         call_smoothing = *num;
+    } else if (a.name == "ignore_class") {
+      need(num && a.integer && std::abs(*num) < 9e15,
+           "a whole number (the label to skip, such as -1 or 255)");
+      o.loss_options.ignore_class = static_cast<int64_t>(*num);
     } else if (a.name == "delta") {
       need(num && *num > 0, "a positive number");
       o.loss_options.delta = *num;
@@ -2013,9 +2024,11 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   }
   const size_t iou_before = ks.num_classes.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
-    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
+    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.loss_options.ignore_class,
+                  o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
-    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.weighted_metrics, ks);
+    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.loss_options.ignore_class,
+                  o.weighted_metrics, ks);
   // MeanIoU's num_classes, this output's: one, whichever of its lists names it.
   for (size_t i = iou_before; i < ks.num_classes.size(); ++i) {
     const auto& [c, pos] = ks.num_classes[i];
@@ -2336,6 +2349,7 @@ std::string loss_call_text(const std::string& loss, const LossOptions& options) 
   if (options.alpha != keras.alpha) args.push_back("alpha=" + toml_float(options.alpha));
   if (options.gamma != keras.gamma) args.push_back("gamma=" + toml_float(options.gamma));
   if (options.delta != keras.delta) args.push_back("delta=" + toml_float(options.delta));
+  if (options.ignore_class) args.push_back(fmt::format("ignore_class={}", *options.ignore_class));
   return args.empty() ? loss : fmt::format("{}({})", loss, fmt::join(args, ", "));
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -69,6 +70,7 @@ struct InputFormat {
   // BatchFormat::num_classes checks the first output's).
   bool labels = false;
   int64_t label_classes = 0;
+  std::optional<int64_t> label_ignore;  // a class id the loss skips, allowed whatever label_classes says
 };
 
 // What a batch must look like for the model: its first input (the InputFormat it extends), its labels, and
@@ -78,6 +80,8 @@ struct BatchFormat : InputFormat {
   // Labels must be class ids in [0, num_classes) when > 0; a bad label is an InputError naming the sample
   // index. With f32 targets the values must lie in [0, num_classes - 1] (binary labels in [0, 1]).
   int64_t num_classes = 0;
+  // A class id that the loss skips (its ignore_class, such as -1 or 255), allowed outside [0, num_classes).
+  std::optional<int64_t> ignore_class;
   // The formats of a model's second, third, ... input, each read from its own dataset (see BatchLoader).
   std::vector<InputFormat> more_inputs;
   // The validation and test data's own formats where their files store samples otherwise than the training

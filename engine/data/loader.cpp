@@ -257,9 +257,10 @@ double read_as_double(DType t, const void* p, int64_t i) {
 }
 
 // Sample `sample`'s n labels from src (of dtype src_t) into dst (of dtype dst_t): class ids (integer dst_t)
-// must be whole numbers in [0, k), other targets lie in [0, k - 1] (binary labels in [0, 1]), when k > 0.
+// must be whole numbers in [0, k) or `ignore` (the loss's ignore_class), other targets lie in [0, k - 1]
+// (binary labels in [0, 1]), when k > 0.
 void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int64_t n, int64_t k,
-                  const Dataset& ds, int64_t sample) {
+                  const std::optional<int64_t>& ignore, const Dataset& ds, int64_t sample) {
   for (int64_t e = 0; e < n; ++e) {
     double v = read_as_double(src_t, src, e);
     if (!std::isfinite(v))
@@ -271,7 +272,8 @@ void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int
           ds.locate(sample), fmt::format("label {} is not a class id", v),
           "class ids are whole numbers; use categorical_crossentropy or mse for fractional targets");
     }
-    if (k > 0 &&
+    const bool ignored = class_ids && ignore && v == static_cast<double>(*ignore);
+    if (k > 0 && !ignored &&
         (class_ids ? (v < 0 || v >= static_cast<double>(k)) : !(v >= 0 && v <= static_cast<double>(k - 1)))) {
       if (class_ids && k == 1)
         throw InputError(
@@ -284,7 +286,12 @@ void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int
                          "for class ids use sparse_categorical_crossentropy with one output unit per class");
       throw InputError(
           ds.locate(sample), fmt::format("label {} is out of range for {} classes", v, k),
-          fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));
+          class_ids && !ignore
+              ? fmt::format(
+                    "the model's output has {} classes: labels must lie in [0, {}]; a void label for "
+                    "the loss to skip takes loss = \"SparseCategoricalCrossentropy(ignore_class={})\"",
+                    k, k - 1, v)
+              : fmt::format("the model's output has {} classes: labels must lie in [0, {}]", k, k - 1));
     }
     switch (dst_t) {
       case DType::i64:
@@ -306,7 +313,7 @@ void store_labels(DType src_t, const void* src, DType dst_t, std::byte* dst, int
 // The labels of a further output, fed as an input (InputFormat::labels).
 void convert_labels(const Conversion& im, const void* src, void* dst, int64_t sample) {
   store_labels(im.ds->sample_dtype(), src, im.format.x_dtype, static_cast<std::byte*>(dst), im.sample_elems,
-               im.format.label_classes, *im.ds, sample);
+               im.format.label_classes, im.format.label_ignore, *im.ds, sample);
 }
 
 }  // namespace
@@ -437,7 +444,8 @@ void BatchLoader::Impl::plan_input(Input& in) const {
 }
 
 void BatchLoader::Impl::convert_label(const void* src, std::byte* dst, int64_t sample) const {
-  store_labels(label_src_dtype, src, format.y_dtype, dst, label_elems, format.num_classes, *ds, sample);
+  store_labels(label_src_dtype, src, format.y_dtype, dst, label_elems, format.num_classes,
+               format.ignore_class, *ds, sample);
 }
 
 namespace {
@@ -692,7 +700,8 @@ void check_labels(const Dataset& ds, const BatchFormat& format) {
   std::vector<std::byte> dst(static_cast<size_t>(elems) * dtype_bytes(format.y_dtype));
   for (int64_t i = 0; i < ds.size(); ++i) {
     ds.read_label(i, src.data());
-    store_labels(ds.label_dtype(), src.data(), format.y_dtype, dst.data(), elems, format.num_classes, ds, i);
+    store_labels(ds.label_dtype(), src.data(), format.y_dtype, dst.data(), elems, format.num_classes,
+                 format.ignore_class, ds, i);
   }
 }
 

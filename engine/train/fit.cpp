@@ -138,7 +138,9 @@ struct LossGraph {
   // the sample weights.
   std::vector<ValueId> more_x;
   size_t labels_at = 1;
-  ValueId mask = kNoValue;  // [batch, steps]: the positions the loss and metrics count, when masked
+  // [batch, steps] (or the labels' shape under ignore_class): the positions the loss and metrics count, when
+  // masked
+  ValueId mask = kNoValue;
   // With fed_counts, per output: the scalar input its masked loss's sum is divided by, or kNoValue.
   std::vector<ValueId> mask_counts;
   std::vector<ValueId> sample_ws;  // the sample weight inputs: the last of more_x (one, or one per output)
@@ -304,7 +306,7 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
   // A Keras mask over the steps of a per-step output (a classification, or a regression of [batch, steps,
   // values]): the loss is the mean over the steps that count (Keras divides by their number; a batch with
   // none gives 0), and the metrics skip the others.
-  const bool masked =
+  bool masked =
       output_mask != kNoValue && positions > 1 && g.value(output_mask).shape.numel() == batch * positions;
   if (masked) r.mask = output_mask;
   if (sample_w != kNoValue && odt != DType::f32)
@@ -401,6 +403,26 @@ HeadLoss head_loss(Graph& g, ValueId output, ValueId output_mask, int64_t batch,
                    ? output
                    : g.op("Log", {g.op("Clip", {output, scalar(kEpsilon, odt), scalar(1 - kEpsilon, odt)})});
     ValueId labels = r.y;
+    // Keras's ignore_class: the positions of that label count as masked ones (the loss is the mean over the
+    // others; a mask of the output's own leaves out its steps too), and class 0 stands in for it, so the
+    // cross-entropy reads a class the output has.
+    if (const std::optional<int64_t> ignore = h.loss_options.ignore_class) {
+      const ValueId skip = g.op("Equal", {r.y, scalar(static_cast<double>(*ignore), DType::i64)});
+      labels = g.op("Where", {skip, scalar(0, DType::i64), r.y});
+      ValueId keep = g.op("Where", {skip, scalar(0, DType::f32), scalar(1, DType::f32)});
+      if (masked) {
+        ValueId m = output_mask;
+        if (g.value(m).dtype != DType::f32)
+          m = g.op("Cast", {m}, {{"to", int64_t{dtype_to_onnx(DType::f32)}}});
+        const Shape ys = g.value(r.y).shape;
+        keep = g.op(
+            "Mul",
+            {keep, g.op("Reshape", {m, g.add_constant(g.unique_name("ids_shape"),
+                                                      Tensor::from<int64_t>(Shape{ys.rank()}, ys.dims()))})});
+      }
+      r.mask = keep;
+      masked = true;
+    }
     if (os.rank() > 2) {
       scores = g.op("Reshape", {scores, g.add_constant(g.unique_name("rows_shape"),
                                                        Tensor::from<int64_t>(Shape{2}, {-1, classes}))});
@@ -1419,8 +1441,9 @@ const std::byte* write_rows(Session& s, const Plan& p, const data::Batch& b, int
 // times its share of the rows: Plan::mask_counts), so the replicas' weighted sum is the global batch's masked
 // mean however the padding falls among them, as one device computes it. The counts come from the forward
 // model's mask values alone (computed from the inputs, through Dropout and the like when training: their
-// draws are keyed by the rows' places in the global batch, so the whole batch draws what the replicas draw),
-// planned on the CPU for each global batch size, in training and in evaluation.
+// draws are keyed by the rows' places in the global batch, so the whole batch draws what the replicas draw)
+// and from the labels where a loss's ignore_class masks by them, planned on the CPU for each global batch
+// size, in training and in evaluation.
 class MaskCounter {
  public:
   // nullptr when no output of the model is masked.
@@ -1464,10 +1487,11 @@ class MaskCounter {
                        masks.size());
         for (ValueId v : g.inputs()) {
           const std::string& name = g.value(v).name;
-          int slot = name == lg.graph->value(lg.x).name ? 0 : -1;
-          for (size_t j = 0; j < lg.more_x.size() && slot < 0; ++j)
+          // The first output's labels (a loss's ignore_class masks by them) come from Batch::y: slot -1.
+          int slot = name == lg.graph->value(lg.x).name ? 0 : name == lg.graph->value(lg.y).name ? -1 : -2;
+          for (size_t j = 0; j < lg.more_x.size() && slot < -1; ++j)
             if (lg.graph->value(lg.more_x[j]).name == name) slot = static_cast<int>(j) + 1;
-          TRAINER_ASSERT(slot >= 0, "the mask reads '{}', which is not fed", name);
+          TRAINER_ASSERT(slot >= -1, "the mask reads '{}', which is not fed", name);
           k.inputs.emplace_back(v, slot);
         }
         for (int m : mask_of) k.masks.push_back(m < 0 ? kNoValue : g.outputs()[static_cast<size_t>(m)]);
@@ -1481,7 +1505,11 @@ class MaskCounter {
     Counting& k = plans_.at({training, b.size});
     const Graph& g = k.session->graph();
     for (const auto& [v, slot] : k.inputs)
-      k.session->write(v, slot == 0 ? b.x : b.xs[static_cast<size_t>(slot)], g.value(v).nbytes());
+      k.session->write(v,
+                       slot == -1  ? b.y
+                       : slot == 0 ? b.x
+                                   : b.xs[static_cast<size_t>(slot)],
+                       g.value(v).nbytes());
     k.session->run(ctx);
     // Every step: the buffers keep their storage, so steady steps allocate nothing.
     prefix_.resize(k.masks.size());
@@ -1521,7 +1549,7 @@ class MaskCounter {
   MaskCounter() = default;
   struct Counting {
     std::unique_ptr<Session> session;
-    std::vector<std::pair<ValueId, int>> inputs;  // each with its place in a Batch: 0 x, k xs[k]
+    std::vector<std::pair<ValueId, int>> inputs;  // each with its place in a Batch: -1 y, 0 x, k xs[k]
     std::vector<ValueId> masks;                   // per output, its mask's value or kNoValue
   };
   std::unique_ptr<Backend> cpu_;                        // declared before the sessions that run on it
