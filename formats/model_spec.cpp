@@ -146,6 +146,10 @@ const Keys kMetrics = {"accuracy",
                        "f1_score",
                        "auc",
                        "pr_auc",
+                       "true_positives",
+                       "false_positives",
+                       "true_negatives",
+                       "false_negatives",
                        "mean_iou",
                        "binary_crossentropy",
                        "categorical_crossentropy",
@@ -1764,7 +1768,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   if (top_k) takes = {"k"};
   if (metric == "auc")
     takes = {"curve=\"ROC\" or \"PR\"", "num_thresholds=200", "summation_method=\"interpolation\""};
-  if (metric == "precision" || metric == "recall") takes = {"thresholds=0.5"};
+  if (metric == "precision" || metric == "recall" || metric.ends_with("_positives") ||
+      metric.ends_with("_negatives"))
+    takes = {"thresholds=0.5"};
   if (metric == "f1_score" || metric == "binary_accuracy") takes = {"threshold=0.5"};
   // MeanIoU's predictions are the outputs' largest classes (sparse_y_pred=False), its labels the loss's.
   const bool sparse = loss == "sparse_categorical_crossentropy";
@@ -1878,7 +1884,9 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
     if (m.find("top_k") != std::string::npos && binary)
       r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
              "report accuracy, precision, recall, auc or pr_auc");
-    if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc" || m == "pr_auc") && !binary)
+    if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc" || m == "pr_auc" ||
+         m.ends_with("_positives") || m.ends_with("_negatives")) &&
+        !binary)
       r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
              "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
              "sample)");

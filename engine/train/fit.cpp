@@ -1054,6 +1054,14 @@ struct MetricAccumulator {
       if (m == "f1_score")  // of the positive class at 0.5: 2 TP / (2 TP + FP + FN)
         l.emplace_back(name,
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
+      // Keras's confusion counts at the threshold 0.5 (weighted: the weights' sums); every judged position is
+      // one of the four.
+      if (m == "true_positives") l.emplace_back(name, extra[kTruePos]);
+      if (m == "false_positives") l.emplace_back(name, extra[kFalsePos]);
+      if (m == "false_negatives") l.emplace_back(name, extra[kFalseNeg]);
+      if (m == "true_negatives")
+        l.emplace_back(name,
+                       std::max(0.0, judged(n) - extra[kTruePos] - extra[kFalsePos] - extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(name, auc());
       if (m == "pr_auc") l.emplace_back(name, pr_auc());
       if (m == "mean_iou") l.emplace_back(name, mean_iou());
@@ -1693,9 +1701,10 @@ bool improves(bool have, double best, double value, bool maximize, double min_de
   return !have || (maximize ? value > best + min_delta : value < best - min_delta);
 }
 
-// auto: larger is better for accuracies, precision, recall, F1 and the AUCs; smaller for the loss and errors.
-// A model of several outputs prefixes each output's quantities with its name (`outputs`), which the rule
-// looks past: parity_auc is maximized, accent_loss minimized.
+// auto: larger is better for accuracies, precision, recall, F1, the AUCs and the true positives and
+// negatives; smaller for the loss, errors and false positives and negatives. A model of several outputs
+// prefixes each output's quantities with its name (`outputs`), which the rule looks past: parity_auc is
+// maximized, accent_loss minimized.
 bool maximized(const std::string& mode, const std::string& monitor, const std::vector<OutputLoss>& outputs) {
   if (mode != "auto") return mode == "max";
   std::string m = monitor.starts_with("val_") ? monitor.substr(4) : monitor;
@@ -1707,7 +1716,8 @@ bool maximized(const std::string& mode, const std::string& monitor, const std::v
       }
   if (m.starts_with("weighted_")) m = m.substr(9);
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
-         m == "pr_auc" || m == "f1_score" || m == "r2_score" || m == "mean_iou" || m == "cosine_similarity";
+         m == "pr_auc" || m == "f1_score" || m == "r2_score" || m == "mean_iou" || m == "cosine_similarity" ||
+         m == "true_positives" || m == "true_negatives";
 }
 
 }  // namespace

@@ -171,6 +171,27 @@ class Metrics(unittest.TestCase):
         self.assertAlmostEqual(last["val_mse"], float(((p - y) ** 2).mean()), places=5)
         self.assertGreater(last["val_auc"], 0.75)  # the rule is learnable
 
+    def test_confusion_counts_are_those_of_the_predictions(self):
+        # Keras's TruePositives, FalsePositives, TrueNegatives and FalseNegatives at 0.5, by class name or
+        # Keras's snake name, on one device and two; weighted, the sums of the sample weights.
+        metrics = ["TruePositives", "false_positives", "TrueNegatives(thresholds=0.5)", "false_negatives"]
+        names = ["true_positives", "false_positives", "true_negatives", "false_negatives"]
+        p_y = None
+        for devices in ("1", "2"):
+            with self.subTest(devices=devices):
+                last = self.fit(self.spec(f"counts{devices}.toml", metrics=metrics), f"counts{devices}",
+                                "--devices", devices)[-1]
+                self.assertEqual([k for k in last if k in names], names)  # in the spec's order
+                if p_y is None:
+                    p = self.predictions(f"counts{devices}") > 0.5
+                    y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1) > 0.5
+                    p_y = [(p & y).sum(), (p & ~y).sum(), (~p & ~y).sum(), (~p & y).sum()]
+                    self.assertTrue(all(c > 0 for c in p_y), p_y)
+                self.assertEqual([last["val_" + n] for n in names], p_y)
+                self.assertEqual(sum(last[n] for n in names), 320)  # every training sample, once
+        r = run(["check", self.spec("counts_sparse.toml", loss="mse", metrics=["true_positives"])])
+        cli_util.assert_input_error(self, r, "'true_positives' is a binary classification metric")
+
     def test_with_logits_the_metrics_judge_probabilities(self):
         self.fit(self.spec("logits.toml", activation="linear", from_logits=True,
                            metrics=["accuracy", "precision", "recall", "auc"]), "logits")
