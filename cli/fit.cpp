@@ -145,17 +145,17 @@ const char* signal_id(int sig) {
   return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGPIPE";
 }
 
-// Whether `name` is one the run writes in --output-dir: its checkpoints (step-N.ckpt, an interrupt's,
-// whatever its number, and epoch-N.ckpt when `epochs`: when checkpoints are written by epochs), the link's
-// temporary, and the history.
-bool written_by_run(std::string_view name, bool epochs = true) {
+// Whether `name` is one the run writes in --output-dir: its checkpoints (epoch-N.ckpt, as the periodic ones
+// and the one at the end are named, and step-N.ckpt, as an interrupt's is, whatever their numbers), the
+// link's temporary, and the history.
+bool written_by_run(std::string_view name) {
   auto numbered = [&](std::string_view prefix) {
     if (!name.starts_with(prefix) || !name.ends_with(".ckpt")) return false;
     const std::string_view mid = name.substr(prefix.size(), name.size() - prefix.size() - 5);
     return !mid.empty() && std::all_of(mid.begin(), mid.end(), [](char c) { return c >= '0' && c <= '9'; });
   };
   return name == "last.ckpt" || name == "best.ckpt" || name == "final.ckpt" || name == "last.ckpt.tmp" ||
-         name == "history.jsonl" || (epochs && numbered("epoch-")) || numbered("step-");
+         name == "history.jsonl" || numbered("epoch-") || numbered("step-");
 }
 
 // Writes the checkpoints a run asks for under DIR, keeps `last.ckpt` naming the newest (a hard link replaced
@@ -689,15 +689,18 @@ Command add_fit_command(CLI::App& app) {
                                           (ec ? at : std::filesystem::path(*output_dir)).string())
                             : fmt::format("{}: {}", at.string(), ec.message())),
             "give a directory, or a path where one can be made");
-      // Any name the run may write to (the periodic checkpoints by their pattern, whatever their number)
-      // taken by something other than a file or a link: found now, not when the run gets there.
+      // Any name the run may write to (the checkpoints by their pattern, whatever their number) taken by
+      // something other than a file (or a link to one, or to nothing): found now, not when the run gets
+      // there.
       for (const auto& e : std::filesystem::directory_iterator(*output_dir, ec)) {
         const std::string name = e.path().filename().string();
-        std::error_code kind_ec;
+        std::error_code kind_ec, target_ec;
         const std::filesystem::file_status st = e.symlink_status(kind_ec);
-        const bool by_epochs = s.train.checkpoint.enabled && s.train.checkpoint.every_epochs > 0;
-        if (written_by_run(name, by_epochs) && !kind_ec && !std::filesystem::is_regular_file(st) &&
-            !std::filesystem::is_symlink(st))
+        const std::filesystem::file_status target = e.status(target_ec);
+        const bool file = std::filesystem::is_regular_file(st) ||
+                          (std::filesystem::is_symlink(st) &&
+                           (std::filesystem::is_regular_file(target) || !std::filesystem::exists(target)));
+        if (written_by_run(name) && !kind_ec && !file)
           throw InputError(e.path().string(),
                            fmt::format("is in the way of the run's {}: it is not a file",
                                        name == "history.jsonl" ? "history" : "checkpoint"),

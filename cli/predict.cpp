@@ -638,7 +638,8 @@ Command add_predict_command(CLI::App& app) {
     // Reads the next samples, up to `max`, of every input: the same number from each, or the inputs disagree
     // in length. The first input's samples are taken as they arrive (a batch of fewer when a pipe is slow);
     // the others give as many.
-    auto read = [&](int64_t max) -> int64_t {
+    // `at`: the batch holds that many samples already, and these go after them.
+    auto read = [&](int64_t max, int64_t at = 0) -> int64_t {
       int64_t n = -1;
       for (size_t k = 0; k < readers.size(); ++k) {
         const int64_t got = readers[k]->read(k == 0 ? max : std::max<int64_t>(n, 1), raw[k].data(), k == 0);
@@ -646,27 +647,37 @@ Command add_predict_command(CLI::App& app) {
           throw InputError(
               got < n ? readers[k]->name() : readers[0]->name(),
               fmt::format("{} ends after {} samples, and {} has more",
-                          got < n ? readers[k]->name() : readers[0]->name(), done + std::min(got, n),
+                          got < n ? readers[k]->name() : readers[0]->name(), done + at + std::min(got, n),
                           got < n ? readers[0]->name() : readers[k]->name()),
               "every input needs one sample per prediction: give files of equal length");
         n = got;
-        if (got > 0) converters[k].convert(raw[k].data(), got, done, x[k].data());
+        if (got > 0)
+          converters[k].convert(raw[k].data(), got, done + at,
+                                x[k].data() + static_cast<size_t>(at) * converters[k].out_sample_bytes());
       }
       return n;
     };
-    // An input that does not say how many samples it holds (CSV) is read ahead by up to 4096 samples before
-    // anything is planned: a shorter one is then known whole and planned at its own size, not at a
-    // --batch-size that may be far larger (a plan's memory grows with its batch).
+    auto backend = device->make_backend(*quiet);
+    // An input that does not say how many samples it holds (CSV) is read ahead before anything is planned, up
+    // to a batch: 4097 samples, then twice as many each time while the input keeps up (a file, or a pipe that
+    // is not waiting). One that ends first is known whole and planned at its own size, not at a --batch-size
+    // that may be far larger (a plan's memory, and these buffers', grow with its batch).
     int64_t ahead = -1;       // samples read ahead, not yet run
     bool ahead_more = false;  // the input goes on after them
     if (count < 0 && !model.fixed_batch) {
-      const int64_t most = std::min<int64_t>(*batch, 4096);
+      const int64_t most = std::min<int64_t>(*batch, 4097);
       hold(most);
       ahead = read(most);
       ahead_more = ahead == most || readers[0]->waiting();
+      while (ahead_more && ahead < *batch && !readers[0]->waiting()) {
+        const int64_t next = std::min<int64_t>(*batch, 2 * ahead);
+        hold(next);
+        const int64_t want = next - ahead, got = read(want, ahead);
+        ahead += got;
+        ahead_more = got == want || readers[0]->waiting();
+      }
       if (!ahead_more) count = ahead;
     }
-    auto backend = device->make_backend(*quiet);
     Runner runner(model, *backend, *batch, count);
     const int64_t b = runner.batch(), columns = runner.columns();
     hold(std::max(b, ahead));

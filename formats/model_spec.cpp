@@ -1812,7 +1812,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "sparse_y_true") ok = flag && *flag == sparse;
     if (a.name == "sparse_y_pred") ok = flag && !*flag;
     if (a.name == "from_logits") ok = flag && *flag == from_logits;
-    if (a.name == "ignore_class") ok = num && ignore && *num == static_cast<double>(*ignore);
+    if (a.name == "ignore_class") ok = num && a.integer && ignore && *num == static_cast<double>(*ignore);
     if (!ok)
       r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
              a.name == "k"             ? "k is a whole number, 1 or more"

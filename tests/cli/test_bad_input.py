@@ -568,21 +568,23 @@ loss = "sparse_categorical_crossentropy"
         os.makedirs(os.path.join(self.dir, "taken", "last.ckpt"))
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "taken"),
                            "last.ckpt: is in the way of the run's checkpoint")
-        # A periodic checkpoint's name (whichever epoch, when the run writes them by epochs; whichever step, as an
-        # interrupt writes one) or the history's, taken by a folder: found at the start too, not when the run gets
-        # to write it.
-        by_epochs = SPEC + "[train.checkpoint]\nevery_epochs = 1\n"
-        for name, what, text in (("epoch-2.ckpt", "checkpoint", by_epochs), ("step-40.ckpt", "checkpoint", SPEC),
-                                 ("history.jsonl", "history", SPEC)):
-            with self.subTest(taken=name):
-                os.makedirs(os.path.join(self.dir, "taken2", name))
-                assert_input_error(self, self.trainer("fit", self.spec(text), "--output-dir", "taken2"),
+        # A checkpoint's name (epoch-N.ckpt whichever N, as the end of a run without [train.checkpoint] writes
+        # one too; step-N.ckpt, as an interrupt writes one), the history's, or a link to a folder at one of them:
+        # found at the start too, not when the run gets to write it.
+        os.makedirs(os.path.join(self.dir, "a_folder"))
+        for name, what, folder in (("epoch-1.ckpt", "checkpoint", True), ("epoch-7.ckpt", "checkpoint", True),
+                                   ("step-40.ckpt", "checkpoint", True), ("history.jsonl", "history", True),
+                                   ("best.ckpt", "checkpoint", False)):
+            with self.subTest(taken=name, folder=folder):
+                path = os.path.join(self.dir, "taken2", name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if folder:
+                    os.makedirs(path)
+                else:
+                    os.symlink(os.path.join(self.dir, "a_folder"), path)
+                assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--output-dir", "taken2"),
                                    f"{name}: is in the way of the run's {what}")
-                os.rmdir(os.path.join(self.dir, "taken2", name))
-        # A run that writes no checkpoints by epochs is not stopped by a folder of such a name.
-        os.makedirs(os.path.join(self.dir, "taken2", "epoch-2.ckpt"))
-        r = self.trainer("fit", self.spec(SPEC), "--output-dir", "taken2", "-q")
-        self.assertEqual(r.returncode, 0, r.stderr)
+                os.rmdir(path) if folder else os.unlink(path)
         r = self.trainer("fit", self.spec(SPEC), "--output-dir", "run", "-q")
         self.assertEqual(r.returncode, 0, r.stderr)
         ckpt = os.path.join(self.dir, "run", "last.ckpt")

@@ -232,27 +232,31 @@ class Predict(unittest.TestCase):
                 np.testing.assert_allclose(p, self.reference[:n], rtol=0, atol=1e-5)
 
     def test_a_short_csv_is_planned_at_its_own_length_not_at_a_large_batch_size(self):
-        # CSV does not say how many samples it holds: predict reads ahead before planning, so 5 rows at
-        # --batch-size 200000 run as one batch of 5 (a plan and buffers for 200000 samples of 784 values
-        # would take gigabytes), from a file and from a pipe.
-        csv = "\n".join(",".join(str(int(v)) for v in s) for s in self.x[:5].reshape(5, -1)).encode() + b"\n"
-        path = os.path.join(self.tmp.name, "five.csv")
-        with open(path, "wb") as f:
-            f.write(csv)
-        for source, stdin in ((path, None), ("-", csv)):
-            with self.subTest(source=source):
+        # CSV does not say how many samples it holds: predict reads ahead before planning (4097 samples, then
+        # doubling while the input keeps up), so 5 rows, and 5000 rows, at --batch-size 200000 run as one batch
+        # of their own length (a plan and buffers for 200000 samples of 784 values would take gigabytes), from a
+        # file and from a pipe. 5000 rows at --batch-size 4096 run as two batches, every row as the reference.
+        def csv_of(n):
+            return "\n".join(",".join(str(int(v)) for v in s)
+                             for s in self.x[np.arange(n) % VAL].reshape(n, -1)).encode() + b"\n"
+        for n, batch, source in ((5, 200000, "file"), (5, 200000, "-"), (5000, 200000, "file"), (5000, 4096, "-")):
+            with self.subTest(rows=n, batch=batch, source=source):
+                path = os.path.join(self.tmp.name, f"rows{n}.csv")
+                with open(path, "wb") as f:
+                    f.write(csv_of(n))
                 with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-                    p = subprocess.Popen([cli_util.TRAINER, "predict", self.ckpt, source, "--probabilities",
-                                          "--batch-size", "200000"], stdin=subprocess.PIPE, stdout=out, stderr=err)
-                    p.stdin.write(stdin or b"")
+                    p = subprocess.Popen([cli_util.TRAINER, "predict", self.ckpt, path if source == "file" else "-",
+                                          "--probabilities", "--batch-size", str(batch)], stdin=subprocess.PIPE,
+                                         stdout=out, stderr=err)
+                    p.stdin.write(csv_of(n) if source == "-" else b"")
                     p.stdin.close()
                     _, status, usage = os.wait4(p.pid, 0)  # this run's own peak memory
                     out.seek(0)
                     err.seek(0)
                     out, err = out.read(), err.read().decode()
                 self.assertEqual(os.waitstatus_to_exitcode(status), 0, err)
-                np.testing.assert_allclose(rows(out), self.reference[:5], rtol=0, atol=1e-5)
-                self.assertIn("at batch 5 ", err)
+                np.testing.assert_allclose(rows(out), self.reference[np.arange(n) % VAL], rtol=0, atol=1e-5)
+                self.assertIn(f"at batch {min(n, batch)} ", err)
                 self.assertLess(usage.ru_maxrss / 1024, 400, f"predict held {usage.ru_maxrss / 1024:.0f} MiB")
 
     def test_wrong_feature_shape_names_both_shapes_and_writes_nothing(self):
