@@ -185,11 +185,11 @@ static void say_once_per_run(const std::function<void()>& say) {
   std::_Exit(1);
 }
 
-// The one of `names` that `word` most likely meant: within two edits (one for words of up to four characters,
-// none for shorter ones), or the only name it begins; else "".
+// The one of `names` that `word` most likely meant: within two edits (three for words of ten characters or
+// more, one for words of up to four, none for shorter ones), or the only name it begins; else "".
 static std::string closest(const std::string& word, const std::vector<std::string>& names) {
   std::string best;
-  size_t best_distance = word.size() < 3 ? 1 : word.size() <= 4 ? 2 : 3;
+  size_t best_distance = word.size() < 3 ? 1 : word.size() <= 4 ? 2 : word.size() < 10 ? 3 : 4;
   std::vector<std::string> extending;
   for (const std::string& n : names) {
     const size_t d = trainer::formats::spec_text::edit_distance(word, n);

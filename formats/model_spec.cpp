@@ -374,10 +374,13 @@ class Reader {
     auto it = synthetic_.find(&n);
     return it != synthetic_.end() ? it->second : region(n.source());
   }
-  // A key's own position, or its value's where toml++ has none for the key.
+  // A key's own position, or its value's where toml++ has none for the key, or where --set gave the value (an
+  // overridden key keeps the file's place, and its value is the override's).
   SourcePos pos(const toml::key& k, const toml::node& v) const {
+    const SourcePos vp = pos(v);
+    if (from_set(vp)) return vp;
     SourcePos p = region(k.source());
-    return p.line > 0 || from_set(p) ? p : pos(v);
+    return p.line > 0 || from_set(p) ? p : vp;
   }
   static bool from_set(const SourcePos& p) { return p.line == 0 && p.file.starts_with(kSetPrefix); }
   SourcePos file() const { return SourcePos{file_, 0, 0}; }
@@ -1153,6 +1156,9 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   Table t(r, n, path, kSourceKeys);
   DataSource s;
   s.pos = t.pos();
+  // A file that --set gave is named by the override, where a mistake in it is (not by the file's table).
+  for (const char* key : {"x", "y", "sample_weight"})
+    if (const toml::node* v = t.find(key); v && Reader::from_set(r.pos(*v))) s.pos = r.pos(*v);
   t.get_choice("format", s.format, kFormats, "data format");
   // A table of files by input name, for a model of several inputs; each entry is what x is otherwise.
   if (const toml::node* x = t.find("x"); x && x->is_table()) {
@@ -2244,19 +2250,21 @@ std::string base_dir_of(const std::string& path) {
 }
 
 // `trainer fit MODEL.onnx --train FILE`: model.onnx comes from the command line, relative to the spec's
-// folder, with the path as given for its place; the file's [model] may hold only freeze and layers.
+// folder, with the path as given for its place; the file's [model] may hold freeze, output, outputs and
+// layers.
 void insert_onnx_model(Reader& r, toml::table& doc, const std::string& onnx_path,
                        const std::string& base_dir) {
   if (const toml::node* m = doc.get("model"); m && !m->is_table())
     r.fail(r.pos(*m), fmt::format("model must be a table, not {}", describe(*m)),
-           "with an ONNX model, [model] may hold only freeze and [[model.layers]]");
+           "with an ONNX model, [model] may hold only freeze, output, outputs and [[model.layers]]");
   if (!doc.get("model")) doc.insert("model", toml::table{});
   toml::table& model = *doc.get_as<toml::table>("model");
   for (const char* key : {"onnx", "input", "inputs"})
     if (const toml::node* v = model.get(key))
-      r.fail(r.pos(*v), fmt::format("model.{} is set, but the model comes from {}", key, onnx_path),
-             "with trainer fit MODEL.onnx --train FILE, the file's [model] table may hold only freeze and "
-             "[[model.layers]] on top of the ONNX model");
+      r.fail(
+          r.pos(*v), fmt::format("model.{} is set, but the model comes from {}", key, onnx_path),
+          "with trainer fit MODEL.onnx --train FILE, the file's [model] table may hold only freeze, output, "
+          "outputs and [[model.layers]] on top of the ONNX model");
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path abs = fs::absolute(onnx_path, ec).lexically_normal();

@@ -310,8 +310,9 @@ class Importer {
       }
     }
     if (!changed.empty())
-      fail(fmt::format("the model uses ONNX opset {} (supported: {}..{}), and these ops changed since: {}",
-                       opset, kMinOnnxOpset, kMaxOnnxOpset, fmt::join(changed, "; ")),
+      fail(fmt::format("the model uses ONNX opset {} (supported: {} to {}, and older opsets whose ops are "
+                       "defined as in opset {}), and these ops changed since: {}",
+                       opset, kMinOnnxOpset, kMaxOnnxOpset, kMinOnnxOpset, fmt::join(changed, "; ")),
            "convert the model to a newer opset, e.g. with onnx.version_converter.convert_version(model, 13)");
   }
 

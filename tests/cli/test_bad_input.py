@@ -327,6 +327,15 @@ loss = "sparse_categorical_crossentropy"
         assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", "model.layers.1.unitz=3"),
                            "--set model.layers.1.unitz=3:", "unknown argument 'unitz'")
 
+    def test_a_bad_value_that_set_gave_is_named_by_the_override(self):
+        # The key is the file's, the value the override's: the error names the override, not the file's line.
+        assert_input_error(self, self.trainer("fit", self.spec(SPEC), "--set", "data.train.x=missing.idx"),
+                           "--set data.train.x=missing.idx: data file 'missing.idx' does not exist")
+        text = SPEC.replace('loss = "sparse_categorical_crossentropy"',
+                            'loss = "SparseCategoricalCrossentropy(from_logits=False)"\nfrom_logits = false')
+        assert_input_error(self, self.trainer("check", self.spec(text), "--set", "train.from_logits=true"),
+                           "--set train.from_logits=true: train.from_logits is true, and the loss's call says")
+
 
     def test_absurd_sizes_and_ranks(self):
         # Sizes no machine holds are errors naming the tensor, before anything is allocated; a sample of more
@@ -1012,7 +1021,8 @@ class BadUsage(unittest.TestCase):
         for args, meant in ((["fit", spec, "--epoch", "3"], "--epochs"), (["fit", spec, "--devcies", "2"], "--devices"),
                             (["fit", spec, "--gpu", "2"], "--gpus"), (["fit", spec, "--epoch=3"], "--epochs"),
                             (["bench", spec, "--step", "3"], "--steps"), (["fitt", spec], "fit"),
-                            (["sumary", spec], "summary"), (["help", "evalute"], "evaluate")):
+                            (["sumary", spec], "summary"), (["help", "evalute"], "evaluate"),
+                            (["predict", spec, "-", "--probability"], "--probabilities")):
             with self.subTest(args=args):
                 assert_input_error(self, run(args), f"hint: did you mean {meant}? ")
         # Nothing close: no guess.
