@@ -753,6 +753,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.weighted_metrics = t.weighted_metrics;
   c.top_k = t.top_k;
   c.iou_classes = t.iou_classes;
+  c.iou_ignore = t.iou_ignore;
   c.class_weight = t.class_weight;
   c.class_weight_by_id = t.class_weight_by_id;
   c.sample_weights = any_sample_weights(spec);
@@ -763,7 +764,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     for (size_t k = 1; k < t.outputs.size(); ++k) {
       const formats::OutputTrainSpec& o = t.outputs[k];
       c.more_outputs.push_back({o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k,
-                                o.loss_weight, 1, o.weighted_metrics, o.loss_options, o.iou_classes});
+                                o.loss_weight, 1, o.weighted_metrics, o.loss_options, o.iou_classes,
+                                o.iou_ignore});
     }
   }
   c.epochs = t.epochs;

@@ -1756,12 +1756,11 @@ Keys loss_arguments(const std::string& loss) {
 // The settings that metrics' calls give for the whole run, each with its place: the top-k metrics' k and
 // MeanIoU's num_classes.
 struct CallSettings {
-  std::vector<std::pair<int64_t, SourcePos>> k, num_classes;
+  std::vector<std::pair<int64_t, SourcePos>> k, num_classes, iou_ignore;
 };
 
 void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
-                       const std::string& loss, bool from_logits, std::optional<int64_t> ignore,
-                       CallSettings& ks) {
+                       const std::string& loss, bool from_logits, CallSettings& ks) {
   Call call;
   if (const std::string wrong = parse_call(text, call); !wrong.empty())
     r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
@@ -1782,9 +1781,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   const bool sparse = loss == "sparse_categorical_crossentropy";
   if (metric == "mean_iou")
     takes = {"num_classes", sparse ? "sparse_y_true=True" : "sparse_y_true=False", "sparse_y_pred=False"};
-  // Every metric leaves out the positions of the loss's ignore_class: MeanIoU's own may say the same.
-  const std::string same_ignore = ignore ? fmt::format("ignore_class={}", *ignore) : std::string();
-  if (metric == "mean_iou" && ignore) takes.push_back(same_ignore);
+  // Every metric leaves out the positions of the loss's ignore_class; MeanIoU's own leaves out another
+  // class's (or says the same).
+  if (metric == "mean_iou") takes.push_back("ignore_class");
   // The cross-entropy metrics read the outputs as the loss does.
   if (metric.ends_with("crossentropy")) takes = {from_logits ? "from_logits=True" : "from_logits=False"};
   const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
@@ -1818,7 +1817,10 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "sparse_y_true") ok = flag && *flag == sparse;
     if (a.name == "sparse_y_pred") ok = flag && !*flag;
     if (a.name == "from_logits") ok = flag && *flag == from_logits;
-    if (a.name == "ignore_class") ok = num && a.integer && ignore && *num == static_cast<double>(*ignore);
+    if (a.name == "ignore_class") {
+      ok = num && a.integer && std::abs(*num) < 9e15;
+      if (ok) ks.iou_ignore.emplace_back(static_cast<int64_t>(*num), mp);
+    }
     if (!ok)
       r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
              a.name == "k"             ? "k is a whole number, 1 or more"
@@ -1828,11 +1830,10 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
 }
 
 void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
-                   bool from_logits, std::optional<int64_t> ignore, std::vector<std::string>& metrics,
-                   CallSettings& ks) {
+                   bool from_logits, std::vector<std::string>& metrics, CallSettings& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
-    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, from_logits, ignore, ks);
+    check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, from_logits, ks);
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
@@ -2036,13 +2037,11 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                    ? "use one-hot labels with categorical_crossentropy"
                    : "leave label_smoothing out");
   }
-  const size_t iou_before = ks.num_classes.size();
+  const size_t iou_before = ks.num_classes.size(), ignore_before = ks.iou_ignore.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
-    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.loss_options.ignore_class,
-                  o.metrics, ks);
+    check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
-    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.loss_options.ignore_class,
-                  o.weighted_metrics, ks);
+    check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.weighted_metrics, ks);
   // MeanIoU's num_classes, this output's: one, whichever of its lists names it.
   for (size_t i = iou_before; i < ks.num_classes.size(); ++i) {
     const auto& [c, pos] = ks.num_classes[i];
@@ -2052,6 +2051,15 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                          ks.num_classes[iou_before].first, c),
              "give them the classes of the output");
     o.iou_classes = c;
+  }
+  for (size_t i = ignore_before; i < ks.iou_ignore.size(); ++i) {
+    const auto& [c, pos] = ks.iou_ignore[i];
+    if (c != ks.iou_ignore[ignore_before].first)
+      r.fail(pos,
+             fmt::format("the MeanIoU calls of one output say ignore_class={} and ignore_class={}",
+                         ks.iou_ignore[ignore_before].first, c),
+             "give them one class to leave out");
+    o.iou_ignore = c;
   }
   return o;
 }
@@ -2086,6 +2094,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss_pos = first.loss_pos;
     s.loss_options = first.loss_options;
     s.iou_classes = first.iou_classes;
+    s.iou_ignore = first.iou_ignore;
     s.from_logits = first.from_logits;
     s.label_smoothing = first.label_smoothing;
     s.metrics = first.metrics;
@@ -2097,6 +2106,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss_pos = o.loss_pos;
     s.loss_options = o.loss_options;
     s.iou_classes = o.iou_classes;
+    s.iou_ignore = o.iou_ignore;
     s.from_logits = o.from_logits;
     s.label_smoothing = o.label_smoothing;
     s.metrics = o.metrics;

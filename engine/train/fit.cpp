@@ -38,7 +38,7 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
                                             cfg.metrics, cfg.top_k, cfg.loss_weight, 1, cfg.weighted_metrics,
-                                            cfg.loss_options, cfg.iou_classes}};
+                                            cfg.loss_options, cfg.iou_classes, cfg.iou_ignore}};
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -807,7 +807,7 @@ struct MetricAccumulator {
         const int64_t label = label_class(i);
         const int64_t predicted = std::max_element(row, row + classes) - row;
         if (acc) correct += w * (predicted == label);
-        if (iou && label >= 0 && label < classes) {
+        if (iou && label >= 0 && label < classes && label != cfg->iou_ignore) {
           // Keras's MeanIoU: per class, true positives, false positives and false negatives.
           double* c = extra.data() + iou_slot;
           if (predicted == label) {

@@ -104,8 +104,9 @@ struct OutputLoss {
   // Keras's weighted_metrics: metrics whose judged positions count their sample weights (and, in training,
   // their class weights), reported after `metrics` under weighted_metric_name.
   std::vector<std::string> weighted_metrics;
-  LossOptions loss_options;  // huber's delta, the focal losses' gamma and alpha
-  int64_t iou_classes = 0;   // MeanIoU(num_classes=N): the classes the output must have; 0: any
+  LossOptions loss_options;           // huber's delta, the focal losses' gamma and alpha
+  int64_t iou_classes = 0;            // MeanIoU(num_classes=N): the classes the output must have; 0: any
+  std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K): positions labelled K are not counted
 };
 
 // The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the
@@ -126,6 +127,7 @@ struct FitConfig {
   std::vector<std::string> metrics;
   int64_t top_k = 5;
   int64_t iou_classes = 0;  // MeanIoU(num_classes=N) of the first output (OutputLoss::iou_classes); 0: any
+  std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K) of the first output
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;

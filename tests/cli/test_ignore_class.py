@@ -125,6 +125,7 @@ class IgnoreClass(unittest.TestCase):
         np.save(os.path.join(d, "x.npy"), x)
         np.save(os.path.join(d, "y.npy"), y)
         np.save(os.path.join(d, "bin.npy"), (x[:, 3] > 0).astype(np.float32))
+        np.save(os.path.join(d, "y_plain.npy"), np.argmax(x[:, :3], 1).astype(np.int64))
         cls.x, cls.y = x, y
         # Token sequences padded with 0 at the end (masked by mask_zero), and tags of -1 here and there among the
         # real steps (ignored by the loss).
@@ -208,6 +209,24 @@ class IgnoreClass(unittest.TestCase):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 self.assertAlmostEqual(a[key], b[key], delta=1e-5 * max(1.0, abs(a[key])), msg=key)
 
+    def test_mean_iou_leaves_out_its_own_ignore_class(self):
+        # MeanIoU(ignore_class=0) under a loss without one: the positions labelled 0 (a class of the output) are
+        # left out of the IoU alone, as Keras's; the loss and accuracy count them. The checkpoint keeps it.
+        plain = DENSE.replace('"y.npy"', '"y_plain.npy"')
+        _, ckpt = self.fit(plain, "sparse_categorical_crossentropy", "iou_ignore",
+                           metrics='["accuracy", "MeanIoU(num_classes=3, ignore_class=0)"]')
+        reported, p = self.evaluate_and_predict(ckpt, "x.npy", 96)
+        y = np.load(os.path.join(self.tmp.name, "y_plain.npy"))
+        predicted = p.argmax(1)
+        self.assertAlmostEqual(reported["accuracy"], float((predicted == y).mean()), places=6)
+        keep = y != 0
+        pk, yk = predicted[keep], y[keep]
+        ious = [((pk == c) & (yk == c)).sum() / ((pk == c) | (yk == c)).sum()
+                for c in range(3) if ((pk == c) | (yk == c)).any()]
+        self.assertAlmostEqual(reported["mean_iou"], float(np.mean(ious)), places=6)
+        every = [((predicted == c) & (y == c)).sum() / ((predicted == c) | (y == c)).sum() for c in range(3)]
+        self.assertNotAlmostEqual(reported["mean_iou"], float(np.mean(every)), places=3)
+
     def test_the_second_output_of_a_model_of_two(self):
         # The further output's labels come in as an input: their void class is allowed and masks that output's
         # loss, alone, on one device and on two.
@@ -235,12 +254,15 @@ class IgnoreClass(unittest.TestCase):
             f.write(DENSE.format(loss="sparse_categorical_crossentropy", metrics="[]"))
         r = run(["fit", spec, "--device", "cpu", "-q"])
         cli_util.assert_input_error(self, r, "label 255 is out of range for 3 classes", "ignore_class=255")
-        iou = '["MeanIoU(num_classes=3, ignore_class=0)"]'
         for loss, metrics, said in (
                 ("SparseCategoricalCrossentropy(ignore_class=1.5)", "[]", "must be a whole number"),
                 ("CategoricalCrossentropy(ignore_class=255)", "[]", "has no argument 'ignore_class'"),
-                ("SparseCategoricalCrossentropy(ignore_class=255)", iou, "ignore_class = 0 is not supported"),
-                ("sparse_categorical_crossentropy", iou, "mean_iou has no argument 'ignore_class'")):
+                ("sparse_categorical_crossentropy", '["MeanIoU(num_classes=3, ignore_class=0.5)"]',
+                 "ignore_class = 0.5 is not supported"),
+                ("sparse_categorical_crossentropy",  # (the metrics line, then weighted_metrics)
+                 '["MeanIoU(num_classes=3, ignore_class=0)"]\n'
+                 'weighted_metrics = ["MeanIoU(num_classes=3, ignore_class=1)"]',
+                 "say ignore_class=0 and ignore_class=1")):
             with self.subTest(loss=loss, metrics=metrics):
                 with open(spec, "w") as f:
                     f.write(DENSE.format(loss=loss, metrics=metrics))

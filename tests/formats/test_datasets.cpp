@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -403,8 +404,15 @@ TEST_SUITE("datasets") {
     engine::data::Batch batch;
     CHECK(input_error([&] { loader.next(&batch); }) ==
           "data_batch_1.bin: sample 2: label 12 is out of range for 10 classes | hint: the model's output "
-          "has 10 "
-          "classes: labels must lie in [0, 9]");
+          "has 10 classes: labels must lie in [0, 9]; a void label for the loss to skip takes loss = "
+          "\"SparseCategoricalCrossentropy(ignore_class=12)\"");
+    // A loss's ignore_class is a label the loader lets through.
+    f.ignore_class = 12;
+    engine::data::BatchLoader skipping(d, 4, f, true, 1);
+    skipping.start_epoch(0);
+    REQUIRE(skipping.next(&batch));
+    const auto* labels = static_cast<const int64_t*>(batch.y);
+    CHECK(std::count(labels, labels + batch.size, 12) == 1);
   }
 
   TEST_CASE("NPY: every supported dtype, header versions 1-3, HWC images") {

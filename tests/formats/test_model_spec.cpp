@@ -951,8 +951,21 @@ TEST_SUITE("model_spec") {
     f = failure(kHead +
                 "[train]\nloss = \"CategoricalCrossentropy(label_smoothing=0.2)\"\nlabel_smoothing = 0.1\n");
     CHECK(f.what == "train.label_smoothing is 0.1, and the loss's call says label_smoothing=0.2");
-    f = failure(kHead + "[train]\nloss = \"SparseCategoricalCrossentropy(ignore_class=0)\"\n");
-    CHECK(f.what == "train.loss: sparse_categorical_crossentropy has no argument 'ignore_class' here");
+    f = failure(kHead + "[train]\nloss = \"CategoricalCrossentropy(ignore_class=0)\"\n");
+    CHECK(f.what == "train.loss: categorical_crossentropy has no argument 'ignore_class' here");
+    // The sparse cross-entropy's ignore_class, and MeanIoU's, round-trip through the written spec.
+    const ModelSpec ig =
+        parse_model_spec(kHead +
+                             "[train]\nloss = \"SparseCategoricalCrossentropy(ignore_class=255)\"\n"
+                             "metrics = [\"MeanIoU(num_classes=2, ignore_class=0)\"]\n",
+                         "ig.toml");
+    CHECK(ig.train.loss_options.ignore_class == 255);
+    CHECK(ig.train.iou_classes == 2);
+    CHECK(ig.train.iou_ignore == 0);
+    const std::string ig_text = to_toml(ig);
+    CHECK(ig_text.find("ignore_class=255") != std::string::npos);
+    CHECK(ig_text.find("mean_iou(num_classes=2, ignore_class=0)") != std::string::npos);
+    CHECK(same_settings(parse_model_spec(ig_text, "ig.toml"), ig));
   }
 
   TEST_CASE("early stopping's baseline and start_from_epoch are read, checked and written back") {
