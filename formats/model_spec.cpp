@@ -1757,6 +1757,7 @@ Keys loss_arguments(const std::string& loss) {
 // MeanIoU's num_classes.
 struct CallSettings {
   std::vector<std::pair<int64_t, SourcePos>> k, num_classes, iou_ignore;
+  std::vector<std::pair<std::string, SourcePos>> f1_average;  // F1Score(average=...) of a categorical output
 };
 
 void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
@@ -1776,7 +1777,13 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   if (metric == "precision" || metric == "recall" || metric.ends_with("_positives") ||
       metric.ends_with("_negatives"))
     takes = {"thresholds=0.5"};
-  if (metric == "f1_score" || metric == "binary_accuracy") takes = {"threshold=0.5"};
+  if (metric == "binary_accuracy") takes = {"threshold=0.5"};
+  // F1Score of one probability (binary) at 0.5, or of the classes of a categorical output (their largest,
+  // Keras's threshold=None) averaged as asked.
+  const bool binary_loss = label_family(loss) == "binary_crossentropy";
+  if (metric == "f1_score")
+    takes = binary_loss ? Keys{"threshold=0.5"}
+                        : Keys{"average=\"macro\", \"micro\" or \"weighted\"", "threshold=None"};
   // MeanIoU's predictions are the outputs' largest classes (sparse_y_pred=False), its labels the loss's.
   const bool sparse = loss == "sparse_categorical_crossentropy";
   if (metric == "mean_iou")
@@ -1808,7 +1815,13 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (ok && a.name == "curve" && *str == "PR") metric = "pr_auc";
     if (a.name == "summation_method") ok = str && *str == "interpolation";
     if (a.name == "num_thresholds") ok = num && *num == 200;
-    if (a.name == "threshold" || a.name == "thresholds") ok = num && *num == 0.5;
+    if (a.name == "threshold" || a.name == "thresholds")
+      ok = (num && *num == 0.5 && (metric != "f1_score" || binary_loss)) ||
+           (metric == "f1_score" && !binary_loss && a.text == "None");
+    if (a.name == "average") {
+      ok = str && (*str == "macro" || *str == "micro" || *str == "weighted");
+      if (ok) ks.f1_average.emplace_back(*str, mp);
+    }
     if (a.name == "num_classes") {
       ok = num && a.integer && *num >= 2 && *num < 1e9;
       if (ok) ks.num_classes.emplace_back(static_cast<int64_t>(*num), mp);
@@ -1833,7 +1846,9 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
                    bool from_logits, std::vector<std::string>& metrics, CallSettings& ks) {
   for (size_t i = 0; i < metrics.size(); ++i) {
     const SourcePos mp = mn.is_array() ? r.pos(*mn.as_array()->get(i)) : r.pos(mn);
+    const size_t averages = ks.f1_average.size();
     check_metric_call(r, mp, std::string(metrics[i]), metrics[i], loss, from_logits, ks);
+    const bool averaged = ks.f1_average.size() > averages;  // F1Score(average=...)
     const std::string& m = metrics[i];
     if (m == "loss")
       r.fail(mp, "'loss' is not a metric here",
@@ -1882,16 +1897,22 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
              fmt::format(
                  "metric '{}' reads probabilities, and from_logits = true says the outputs are logits", m),
              "report the cross-entropy of the loss (which reads logits as the loss does), or leave it out");
-    if (m == "mean_iou" && (binary || !loss.ends_with("crossentropy")))
+    if (((m == "f1_score" && averaged) || m == "mean_iou") && (binary || !loss.ends_with("crossentropy")))
       r.fail(
           mp,
-          fmt::format("metric 'mean_iou' counts the classes of a categorical output, and the loss is {}",
-                      loss),
+          fmt::format("metric '{}' counts the classes of a categorical output, and the loss is {}", m, loss),
           "it needs loss = \"sparse_categorical_crossentropy\" or categorical_crossentropy (focal or not)");
     if (m.find("top_k") != std::string::npos && binary)
       r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
              "report accuracy, precision, recall, auc or pr_auc");
-    if ((m == "precision" || m == "recall" || m == "f1_score" || m == "auc" || m == "pr_auc" ||
+    if (m == "f1_score" && !binary && loss.ends_with("crossentropy") && !averaged)
+      r.fail(mp,
+             fmt::format("metric '{}': the F1 score of a categorical output is one per class, and trainer "
+                         "reports one number",
+                         metrics[i]),
+             "write \"F1Score(average='macro')\" (the classes' mean), 'micro' (of the counts summed over "
+             "the classes) or 'weighted' (weighted by each class's labels)");
+    if ((m == "precision" || m == "recall" || (m == "f1_score" && !averaged) || m == "auc" || m == "pr_auc" ||
          m.ends_with("_positives") || m.ends_with("_negatives")) &&
         !binary)
       r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
@@ -2037,7 +2058,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                    ? "use one-hot labels with categorical_crossentropy"
                    : "leave label_smoothing out");
   }
-  const size_t iou_before = ks.num_classes.size(), ignore_before = ks.iou_ignore.size();
+  const size_t iou_before = ks.num_classes.size(), ignore_before = ks.iou_ignore.size(),
+               average_before = ks.f1_average.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
     check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
@@ -2051,6 +2073,15 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                          ks.num_classes[iou_before].first, c),
              "give them the classes of the output");
     o.iou_classes = c;
+  }
+  for (size_t i = average_before; i < ks.f1_average.size(); ++i) {
+    const auto& [a, pos] = ks.f1_average[i];
+    if (a != ks.f1_average[average_before].first)
+      r.fail(pos,
+             fmt::format("the F1Score calls of one output say average='{}' and average='{}'",
+                         ks.f1_average[average_before].first, a),
+             "give them one average");
+    o.f1_average = a;
   }
   for (size_t i = ignore_before; i < ks.iou_ignore.size(); ++i) {
     const auto& [c, pos] = ks.iou_ignore[i];
@@ -2095,6 +2126,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss_options = first.loss_options;
     s.iou_classes = first.iou_classes;
     s.iou_ignore = first.iou_ignore;
+    s.f1_average = first.f1_average;
     s.from_logits = first.from_logits;
     s.label_smoothing = first.label_smoothing;
     s.metrics = first.metrics;
@@ -2107,6 +2139,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss_options = o.loss_options;
     s.iou_classes = o.iou_classes;
     s.iou_ignore = o.iou_ignore;
+    s.f1_average = o.f1_average;
     s.from_logits = o.from_logits;
     s.label_smoothing = o.label_smoothing;
     s.metrics = o.metrics;

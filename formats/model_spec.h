@@ -264,6 +264,8 @@ struct OutputTrainSpec {
   double loss_weight = 1;             // its loss counts this much in the loss that trains (loss_weights)
   int64_t iou_classes = 0;            // MeanIoU(num_classes=N)'s N for this output; 0: not given
   std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K)'s K: positions of that label not counted
+  std::string
+      f1_average;  // F1Score(average=...) of a categorical output: macro, micro or weighted; "" binary
   SourcePos loss_pos;
   bool operator==(const OutputTrainSpec&) const = default;
 };
@@ -289,6 +291,7 @@ struct TrainSection {
   // outputs, the first's (each output's is in `outputs`).
   int64_t iou_classes = 0;
   std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K), the first output's
+  std::string f1_average;             // F1Score(average=...), the first output's
   // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
   // 1).
   std::vector<double> class_weight;

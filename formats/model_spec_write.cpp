@@ -184,12 +184,15 @@ std::string to_toml(const ModelSpec& spec) {
   if (!t.loss.empty()) {
     w.header("[train]");
     // The settings a metric's call gave: MeanIoU's num_classes and ignore_class (top_k is a key of its own).
-    auto with_calls = [&](std::vector<std::string> ms, int64_t iou_classes, std::optional<int64_t> ignore) {
+    auto with_calls = [&](std::vector<std::string> ms, int64_t iou_classes, std::optional<int64_t> ignore,
+                          const std::string& average) {
       std::vector<std::string> args;
       if (iou_classes > 0) args.push_back(fmt::format("num_classes={}", iou_classes));
       if (ignore) args.push_back(fmt::format("ignore_class={}", *ignore));
-      for (std::string& m : ms)
+      for (std::string& m : ms) {
         if (m == "mean_iou" && !args.empty()) m = fmt::format("mean_iou({})", fmt::join(args, ", "));
+        if (m == "f1_score" && !average.empty()) m = fmt::format("f1_score(average='{}')", average);
+      }
       return ms;
     };
     bool ranked = false;
@@ -199,9 +202,9 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("loss", loss_call_text(t.loss, t.loss_options));
       w.kv("from_logits", t.from_logits);
       if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
-      w.kv("metrics", with_calls(t.metrics, t.iou_classes, t.iou_ignore));
+      w.kv("metrics", with_calls(t.metrics, t.iou_classes, t.iou_ignore, t.f1_average));
       if (!t.weighted_metrics.empty())
-        w.kv("weighted_metrics", with_calls(t.weighted_metrics, t.iou_classes, t.iou_ignore));
+        w.kv("weighted_metrics", with_calls(t.weighted_metrics, t.iou_classes, t.iou_ignore, t.f1_average));
     } else {
       // Each setting as a table by output name, as Keras's compile takes dicts.
       std::map<std::string, std::string> loss;
@@ -213,9 +216,9 @@ std::string to_toml(const ModelSpec& spec) {
         from_logits[o.name] = o.from_logits;
         if (o.label_smoothing != 0) smoothing[o.name] = o.label_smoothing;
         weights[o.name] = o.loss_weight;
-        metrics[o.name] = with_calls(o.metrics, o.iou_classes, o.iou_ignore);
+        metrics[o.name] = with_calls(o.metrics, o.iou_classes, o.iou_ignore, o.f1_average);
         if (!o.weighted_metrics.empty())
-          weighted[o.name] = with_calls(o.weighted_metrics, o.iou_classes, o.iou_ignore);
+          weighted[o.name] = with_calls(o.weighted_metrics, o.iou_classes, o.iou_ignore, o.f1_average);
         for (const auto* list : {&o.metrics, &o.weighted_metrics})
           for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
       }

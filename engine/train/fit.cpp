@@ -38,7 +38,8 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
                                             cfg.metrics, cfg.top_k, cfg.loss_weight, 1, cfg.weighted_metrics,
-                                            cfg.loss_options, cfg.iou_classes, cfg.iou_ignore}};
+                                            cfg.loss_options, cfg.iou_classes, cfg.iou_ignore,
+                                            cfg.f1_average}};
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -713,6 +714,8 @@ struct MetricAccumulator {
   std::vector<double> extra;
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
   size_t iou_slot = 0;  // mean_iou's true positives, false positives and false negatives per class
+  size_t f1_slot =
+      0;  // the same counts for F1Score(average=...), which keep the positions MeanIoU leaves out
   // Keras's metrics that compute a loss (binary_crossentropy, kl_divergence, hinge, ...), each with its sum.
   struct LossMetricSlot {
     std::string name;
@@ -728,7 +731,8 @@ struct MetricAccumulator {
     log_slot = kAucHistogram + (has("auc") || has("pr_auc") ? 2 * kAucBuckets : 0);
     r2_slot = log_slot + (has("msle") ? 1 : 0);
     iou_slot = r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0);
-    size_t end = iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    f1_slot = iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    size_t end = f1_slot + (f1_of_classes() ? 3 * static_cast<size_t>(cfg->columns) : 0);
     for (const std::string& m : *names)
       if (const LossMetric lm = loss_metric_of(m); lm != LossMetric::none)
         loss_metrics.push_back({m, lm, end++});
@@ -776,7 +780,7 @@ struct MetricAccumulator {
     const bool auc = has("auc") || has("pr_auc");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
-    const bool msle = has("msle"), r2 = has("r2_score"), iou = has("mean_iou");
+    const bool msle = has("msle"), r2 = has("r2_score"), iou = has("mean_iou"), f1 = f1_of_classes();
     TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
                    cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
@@ -810,6 +814,15 @@ struct MetricAccumulator {
         if (iou && label >= 0 && label < classes && label != cfg->iou_ignore) {
           // Keras's MeanIoU: per class, true positives, false positives and false negatives.
           double* c = extra.data() + iou_slot;
+          if (predicted == label) {
+            c[3 * label] += w;
+          } else {
+            c[3 * predicted + 1] += w;
+            c[3 * label + 2] += w;
+          }
+        }
+        if (f1 && label >= 0 && label < classes) {  // per class: true and false positives, false negatives
+          double* c = extra.data() + f1_slot;
           if (predicted == label) {
             c[3 * label] += w;
           } else {
@@ -868,6 +881,31 @@ struct MetricAccumulator {
     }
   }
   bool has(const char* m) const { return std::find(names->begin(), names->end(), m) != names->end(); }
+  // F1Score(average=...) of a categorical output's classes (each position's largest output, as Keras's
+  // threshold=None), from per-class counts.
+  bool f1_of_classes() const { return has("f1_score") && !cfg->f1_average.empty(); }
+  // Keras's FBetaScore at beta 1: per class P = TP / (TP + FP + e), R = TP / (TP + FN + e) and
+  // 2 P R / (P + R + e) (e = 1e-7); macro: their mean over every class (one never seen scores 0), weighted:
+  // by each class's labels, micro: of the counts summed over the classes.
+  double f1_of_classes_score() const {
+    constexpr double e = 1e-7;
+    auto f1 = [](double tp, double fp, double fn) {
+      const double p = tp / (tp + fp + e), r = tp / (tp + fn + e);
+      return 2 * p * r / (p + r + e);
+    };
+    double total = 0, labels = 0, tp = 0, fp = 0, fn = 0;
+    const int64_t n = std::max<int64_t>(cfg->columns, 1);
+    for (int64_t c = 0; c < cfg->columns; ++c) {
+      const double* k = extra.data() + f1_slot + 3 * static_cast<size_t>(c);
+      tp += k[0], fp += k[1], fn += k[2];
+      const double support = k[0] + k[2];
+      total += (cfg->f1_average == "weighted" ? support : 1.0) * f1(k[0], k[1], k[2]);
+      labels += support;
+    }
+    if (cfg->f1_average == "micro") return f1(tp, fp, fn);
+    if (cfg->f1_average == "weighted") return labels > 0 ? total / labels : 0.0;
+    return total / static_cast<double>(n);
+  }
   // Keras's R2Score (uniform_average): 1 - squared errors / the labels' total sum of squares per column,
   // averaged over the columns; a column of constant labels scores 0.
   double r2_score(double rows) const {
@@ -1051,7 +1089,8 @@ struct MetricAccumulator {
       if (is_top_k(m)) l.emplace_back(name, ratio(topk, judged(n)));
       if (m == "precision") l.emplace_back(name, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalsePos]));
       if (m == "recall") l.emplace_back(name, ratio(extra[kTruePos], extra[kTruePos] + extra[kFalseNeg]));
-      if (m == "f1_score")  // of the positive class at 0.5: 2 TP / (2 TP + FP + FN)
+      if (m == "f1_score" && f1_of_classes()) l.emplace_back(name, f1_of_classes_score());
+      if (m == "f1_score" && !f1_of_classes())  // of the positive class at 0.5: 2 TP / (2 TP + FP + FN)
         l.emplace_back(name,
                        ratio(2 * extra[kTruePos], 2 * extra[kTruePos] + extra[kFalsePos] + extra[kFalseNeg]));
       // Keras's confusion counts at the threshold 0.5 (weighted: the weights' sums); every judged position is

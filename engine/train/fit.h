@@ -107,6 +107,7 @@ struct OutputLoss {
   LossOptions loss_options;           // huber's delta, the focal losses' gamma and alpha
   int64_t iou_classes = 0;            // MeanIoU(num_classes=N): the classes the output must have; 0: any
   std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K): positions labelled K are not counted
+  std::string f1_average;  // F1Score(average=...) of the classes: macro, micro or weighted; "": binary F1
 };
 
 // The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the
@@ -128,6 +129,7 @@ struct FitConfig {
   int64_t top_k = 5;
   int64_t iou_classes = 0;  // MeanIoU(num_classes=N) of the first output (OutputLoss::iou_classes); 0: any
   std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K) of the first output
+  std::string f1_average;             // F1Score(average=...) of the first output
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;

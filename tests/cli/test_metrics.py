@@ -351,6 +351,56 @@ class MeanIoU(unittest.TestCase):
             r = run(["check", spec, "--set", "train.loss=binary_crossentropy", "--set", 'train.metrics=["mean_iou"]'])
             cli_util.assert_input_error(self, r, "metric 'mean_iou' counts the classes of a categorical output")
 
+    def test_f1_score_of_the_classes_is_kerass_average(self):
+        # F1Score(average=...) of a categorical (per-pixel) output: Keras's FBetaScore at beta 1 on the predicted
+        # classes (threshold=None), per class with its epsilon, averaged as asked.
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(4)
+            x = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
+            label = np.where(x[..., 0] > 0.8, 2, np.where(x[..., 1] > 0, 1, 0)).astype(np.int64)
+            np.save(os.path.join(d, "seg_x.npy"), x)
+            np.save(os.path.join(d, "seg_y.npy"), label)
+            spec = os.path.join(d, "seg.toml")
+            with open(spec, "w") as f:
+                f.write(SEGMENTATION)
+            e = 1e-7
+
+            def f1(tp, fp, fn):
+                p, r = tp / (tp + fp + e), tp / (tp + fn + e)
+                return 2 * p * r / (p + r + e)
+            scores = {}
+            for average in ("macro", "micro", "weighted"):
+                with self.subTest(average=average):
+                    out = os.path.join(d, average)
+                    r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out,
+                             "--set", f"train.metrics=[\"accuracy\", \"F1Score(average='{average}')\"]"],
+                            timeout=300)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    last = cli_util.json_lines(self, r.stdout)[-2]
+                    r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(out, "last.ckpt"),
+                                        os.path.join(d, "seg_x.npy"), "--device", "cpu", "-q"], capture_output=True,
+                                       timeout=120)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    pred = np.loadtxt(r.stdout.decode().splitlines(), delimiter=",", dtype=np.int64).reshape(-1)
+                    y = label.reshape(-1)
+                    tp, fp, fn = (np.array([((pred == c) & (y == c)).sum() for c in range(3)], float),
+                                  np.array([((pred == c) & (y != c)).sum() for c in range(3)], float),
+                                  np.array([((pred != c) & (y == c)).sum() for c in range(3)], float))
+                    want = (f1(tp, fp, fn).mean() if average == "macro" else
+                            f1(tp.sum(), fp.sum(), fn.sum()) if average == "micro" else
+                            (f1(tp, fp, fn) * (tp + fn)).sum() / (tp + fn).sum())
+                    self.assertAlmostEqual(last["val_f1_score"], float(want), places=6)
+                    scores[average] = last["val_f1_score"]
+                    # evaluate reads the average from the checkpoint's spec.
+                    r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q"])
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertAlmostEqual(json.loads(r.stdout)["f1_score"], last["val_f1_score"], places=6)
+            self.assertEqual(len(set(round(v, 6) for v in scores.values())), 3, scores)
+            # Without an average (Keras's None: one score per class) it is refused, with the averages named.
+            r = run(["check", spec, "--set", 'train.metrics=["F1Score"]'])
+            cli_util.assert_input_error(self, r, "the F1 score of a categorical output is one per class",
+                                        "average='macro'")
+
 
 if __name__ == "__main__":
     cli_util.main()

@@ -966,6 +966,17 @@ TEST_SUITE("model_spec") {
     CHECK(ig_text.find("ignore_class=255") != std::string::npos);
     CHECK(ig_text.find("mean_iou(num_classes=2, ignore_class=0)") != std::string::npos);
     CHECK(same_settings(parse_model_spec(ig_text, "ig.toml"), ig));
+    // F1Score's average, likewise; a categorical output's F1Score needs one.
+    const ModelSpec f1 = parse_model_spec(
+        kHead +
+            "[train]\nloss = \"sparse_categorical_crossentropy\"\nmetrics = [\"F1Score(average='micro')\"]\n",
+        "f1.toml");
+    CHECK(f1.train.f1_average == "micro");
+    CHECK(to_toml(f1).find("f1_score(average='micro')") != std::string::npos);
+    CHECK(same_settings(parse_model_spec(to_toml(f1), "f1.toml"), f1));
+    f = failure(kHead +
+                "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"F1Score(average='macro')\"]\n");
+    CHECK(f.what == "metric 'F1Score(average='macro')': f1_score has no argument 'average' here");
   }
 
   TEST_CASE("early stopping's baseline and start_from_epoch are read, checked and written back") {
