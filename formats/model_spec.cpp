@@ -1633,6 +1633,7 @@ struct CallArg {
   std::variant<double, bool, std::string> value;
   std::string text;  // as written
   bool integer = false;
+  bool none = false;  // Python's None, Keras's "not set" (value holds "None")
 };
 
 struct Call {
@@ -1704,7 +1705,10 @@ std::string parse_call(const std::string& text, Call& out) {
       const std::string v = text.substr(b, i - b);
       const bool decimal = !v.empty() && v.find_first_not_of("0123456789+-.eE") == std::string::npos &&
                            v.find_first_of("0123456789") != std::string::npos;
-      if (v == "True" || v == "true" || v == "False" || v == "false") {
+      if (v == "None") {
+        a.value = v;
+        a.none = true;
+      } else if (v == "True" || v == "true" || v == "False" || v == "false") {
         a.value = v == "True" || v == "true";
       } else {
         char* end = nullptr;
@@ -1799,6 +1803,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     const bool known = std::any_of(takes.begin(), takes.end(), [&](std::string_view k) {
       return k == a.name || k.starts_with(a.name + "=");
     });
+    if (a.name == "name" && a.none) continue;  // Keras's default name
     if (a.name == "name")
       r.fail(mp, fmt::format("metric '{}': another name for it is not supported by trainer", text),
              fmt::format("it is reported as {}; {}", metric, hint));
@@ -1815,9 +1820,10 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (ok && a.name == "curve" && *str == "PR") metric = "pr_auc";
     if (a.name == "summation_method") ok = str && *str == "interpolation";
     if (a.name == "num_thresholds") ok = num && *num == 200;
+    // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.)
     if (a.name == "threshold" || a.name == "thresholds")
       ok = (num && *num == 0.5 && (metric != "f1_score" || binary_loss)) ||
-           (metric == "f1_score" && !binary_loss && a.text == "None");
+           (metric == "f1_score" && !binary_loss && a.none) || (a.name == "thresholds" && a.none);
     if (a.name == "average") {
       ok = str && (*str == "macro" || *str == "micro" || *str == "weighted");
       if (ok) ks.f1_average.emplace_back(*str, mp);
@@ -1831,8 +1837,8 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "sparse_y_pred") ok = flag && !*flag;
     if (a.name == "from_logits") ok = flag && *flag == from_logits;
     if (a.name == "ignore_class") {
-      ok = num && a.integer && std::abs(*num) < 9e15;
-      if (ok) ks.iou_ignore.emplace_back(static_cast<int64_t>(*num), mp);
+      ok = a.none || (num && a.integer && std::abs(*num) < 9e15);
+      if (ok && !a.none) ks.iou_ignore.emplace_back(static_cast<int64_t>(*num), mp);
     }
     if (!ok)
       r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
@@ -2007,9 +2013,10 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
         o.loss_options.alpha = *num;
       else
         call_smoothing = *num;
+    } else if (a.name == "ignore_class" && a.none) {  // Keras's default: no class skipped
     } else if (a.name == "ignore_class") {
       need(num && a.integer && std::abs(*num) < 9e15,
-           "a whole number (the label to skip, such as -1 or 255)");
+           "a whole number written without a decimal point (the label to skip, such as -1 or 255), or None");
       o.loss_options.ignore_class = static_cast<int64_t>(*num);
     } else if (a.name == "delta") {
       need(num && *num > 0, "a positive number");
@@ -2083,6 +2090,15 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
              "give them one average");
     o.f1_average = a;
   }
+  // One ignore_class per output serves both lists: a MeanIoU without it beside one with it would take it too.
+  const auto ious = std::count(o.metrics.begin(), o.metrics.end(), "mean_iou") +
+                    std::count(o.weighted_metrics.begin(), o.weighted_metrics.end(), "mean_iou");
+  if (ks.iou_ignore.size() > ignore_before &&
+      static_cast<size_t>(ious) > ks.iou_ignore.size() - ignore_before)
+    r.fail(ks.iou_ignore[ignore_before].second,
+           fmt::format("one MeanIoU call of this output says ignore_class={}, and another says none",
+                       ks.iou_ignore[ignore_before].first),
+           "give the output's MeanIoU calls one ignore_class");
   for (size_t i = ignore_before; i < ks.iou_ignore.size(); ++i) {
     const auto& [c, pos] = ks.iou_ignore[i];
     if (c != ks.iou_ignore[ignore_before].first)

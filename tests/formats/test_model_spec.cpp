@@ -974,6 +974,26 @@ TEST_SUITE("model_spec") {
     CHECK(f1.train.f1_average == "micro");
     CHECK(to_toml(f1).find("f1_score(average='micro')") != std::string::npos);
     CHECK(same_settings(parse_model_spec(to_toml(f1), "f1.toml"), f1));
+    // Python's None where Keras's default is "not set": accepted, and nothing is set.
+    const ModelSpec none = parse_model_spec(
+        kHead +
+            "[train]\nloss = \"SparseCategoricalCrossentropy(ignore_class=None)\"\nmetrics = "
+            "[\"F1Score(average='macro', threshold=None, name=None)\", \"MeanIoU(num_classes=2, "
+            "ignore_class=None)\"]\n",
+        "none.toml");
+    CHECK(!none.train.loss_options.ignore_class);
+    CHECK(!none.train.iou_ignore);
+    CHECK(none.train.f1_average == "macro");
+    CHECK(parse_model_spec(
+              kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"Precision(thresholds=None)\"]\n",
+              "p.toml")
+              .train.metrics == std::vector<std::string>{"precision"});
+    // One ignore_class per output: a MeanIoU without it beside one with it is refused.
+    f = failure(
+        kHead +
+        "[train]\nloss = \"sparse_categorical_crossentropy\"\nmetrics = [\"MeanIoU(num_classes=2)\"]\n"
+        "weighted_metrics = [\"MeanIoU(num_classes=2, ignore_class=1)\"]\n");
+    CHECK(f.what == "one MeanIoU call of this output says ignore_class=1, and another says none");
     f = failure(kHead +
                 "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"F1Score(average='macro')\"]\n");
     CHECK(f.what == "metric 'F1Score(average='macro')': f1_score has no argument 'average' here");
