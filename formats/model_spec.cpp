@@ -1938,6 +1938,27 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
   }
 }
 
+// The one value an output's metric calls give a setting (`given` from `from` on are this output's), or none;
+// two that differ are an error naming both.
+template <class T>
+std::optional<T> one_setting(const Reader& r, const std::vector<std::pair<T, SourcePos>>& given, size_t from,
+                             std::string_view metric, std::string_view key, std::string_view hint) {
+  auto shown = [](const T& v) {
+    if constexpr (std::is_same_v<T, std::string>)
+      return fmt::format("'{}'", v);
+    else
+      return fmt::format("{}", v);
+  };
+  for (size_t i = from; i < given.size(); ++i)
+    if (given[i].first != given[from].first)
+      r.fail(given[i].second,
+             fmt::format("the {} calls of one output say {}={} and {}={}", metric, key,
+                         shown(given[from].first), key, shown(given[i].first)),
+             std::string(hint));
+  if (from == given.size()) return std::nullopt;
+  return given[from].first;
+}
+
 // The loss and metrics of one output from the [train] keys that hold them (loss, from_logits,
 // label_smoothing, metrics): each key a value for every output or, in a model of several outputs, a table by
 // output name (`outputs`). `output` "" reads the keys' values as they are (a model of one output).
@@ -2071,25 +2092,13 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
     check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
     check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.weighted_metrics, ks);
-  // MeanIoU's num_classes, this output's: one, whichever of its lists names it.
-  for (size_t i = iou_before; i < ks.num_classes.size(); ++i) {
-    const auto& [c, pos] = ks.num_classes[i];
-    if (c != ks.num_classes[iou_before].first)
-      r.fail(pos,
-             fmt::format("the MeanIoU calls of one output say num_classes={} and num_classes={}",
-                         ks.num_classes[iou_before].first, c),
-             "give them the classes of the output");
-    o.iou_classes = c;
-  }
-  for (size_t i = average_before; i < ks.f1_average.size(); ++i) {
-    const auto& [a, pos] = ks.f1_average[i];
-    if (a != ks.f1_average[average_before].first)
-      r.fail(pos,
-             fmt::format("the F1Score calls of one output say average='{}' and average='{}'",
-                         ks.f1_average[average_before].first, a),
-             "give them one average");
-    o.f1_average = a;
-  }
+  // MeanIoU's num_classes and ignore_class, F1Score's average, this output's: one each, whichever of its
+  // lists names it.
+  if (auto c = one_setting(r, ks.num_classes, iou_before, "MeanIoU", "num_classes",
+                           "give them the classes of the output"))
+    o.iou_classes = *c;
+  if (auto a = one_setting(r, ks.f1_average, average_before, "F1Score", "average", "give them one average"))
+    o.f1_average = *a;
   // One ignore_class per output serves both lists: a MeanIoU without it beside one with it would take it too.
   const auto ious = std::count(o.metrics.begin(), o.metrics.end(), "mean_iou") +
                     std::count(o.weighted_metrics.begin(), o.weighted_metrics.end(), "mean_iou");
@@ -2099,15 +2108,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
            fmt::format("one MeanIoU call of this output says ignore_class={}, and another says none",
                        ks.iou_ignore[ignore_before].first),
            "give the output's MeanIoU calls one ignore_class");
-  for (size_t i = ignore_before; i < ks.iou_ignore.size(); ++i) {
-    const auto& [c, pos] = ks.iou_ignore[i];
-    if (c != ks.iou_ignore[ignore_before].first)
-      r.fail(pos,
-             fmt::format("the MeanIoU calls of one output say ignore_class={} and ignore_class={}",
-                         ks.iou_ignore[ignore_before].first, c),
-             "give them one class to leave out");
-    o.iou_ignore = c;
-  }
+  o.iou_ignore = one_setting(r, ks.iou_ignore, ignore_before, "MeanIoU", "ignore_class",
+                             "give them one class to leave out");
   return o;
 }
 

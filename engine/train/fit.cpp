@@ -714,8 +714,7 @@ struct MetricAccumulator {
   std::vector<double> extra;
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
   size_t iou_slot = 0;  // mean_iou's true positives, false positives and false negatives per class
-  size_t f1_slot =
-      0;  // the same counts for F1Score(average=...), which keep the positions MeanIoU leaves out
+  size_t f1_slot = 0;   // the same for F1Score(average=...), which counts what MeanIoU's ignore_class skips
   // Keras's metrics that compute a loss (binary_crossentropy, kl_divergence, hinge, ...), each with its sum.
   struct LossMetricSlot {
     std::string name;
@@ -811,25 +810,19 @@ struct MetricAccumulator {
         const int64_t label = label_class(i);
         const int64_t predicted = std::max_element(row, row + classes) - row;
         if (acc) correct += w * (predicted == label);
-        if (iou && label >= 0 && label < classes && label != cfg->iou_ignore) {
-          // Keras's MeanIoU: per class, true positives, false positives and false negatives.
-          double* c = extra.data() + iou_slot;
+        // Per class from `slot` on: true positives, false positives and false negatives (Keras's MeanIoU, and
+        // F1Score of the classes).
+        auto count_classes = [&](size_t slot) {
+          double* c = extra.data() + slot;
           if (predicted == label) {
             c[3 * label] += w;
           } else {
             c[3 * predicted + 1] += w;
             c[3 * label + 2] += w;
           }
-        }
-        if (f1 && label >= 0 && label < classes) {  // per class: true and false positives, false negatives
-          double* c = extra.data() + f1_slot;
-          if (predicted == label) {
-            c[3 * label] += w;
-          } else {
-            c[3 * predicted + 1] += w;
-            c[3 * label + 2] += w;
-          }
-        }
+        };
+        if (iou && label >= 0 && label < classes && label != cfg->iou_ignore) count_classes(iou_slot);
+        if (f1 && label >= 0 && label < classes) count_classes(f1_slot);
         if (tk) {
           int64_t better = 0;
           for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];

@@ -320,16 +320,22 @@ def keras_mean_iou(pred, label, classes):
 
 
 class MeanIoU(unittest.TestCase):
+    @staticmethod
+    def segmentation(d, seed, high):
+        """The per-pixel model's spec and data in d: 3 classes, 2 where channel 0 is above `high`."""
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
+        label = np.where(x[..., 0] > high, 2, np.where(x[..., 1] > 0, 1, 0)).astype(np.int64)
+        np.save(os.path.join(d, "seg_x.npy"), x)
+        np.save(os.path.join(d, "seg_y.npy"), label)
+        spec = os.path.join(d, "seg.toml")
+        with open(spec, "w") as f:
+            f.write(SEGMENTATION)
+        return spec, label
+
     def test_mean_iou_is_kerass_from_the_predicted_classes(self):
         with tempfile.TemporaryDirectory() as d:
-            rng = np.random.default_rng(3)
-            x = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
-            label = np.where(x[..., 0] > 0.5, 2, np.where(x[..., 1] > 0, 1, 0)).astype(np.int64)
-            np.save(os.path.join(d, "seg_x.npy"), x)
-            np.save(os.path.join(d, "seg_y.npy"), label)
-            spec = os.path.join(d, "seg.toml")
-            with open(spec, "w") as f:
-                f.write(SEGMENTATION)
+            spec, label = self.segmentation(d, 3, 0.5)
             r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir",
                      os.path.join(d, "out")], timeout=300)
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -355,14 +361,7 @@ class MeanIoU(unittest.TestCase):
         # F1Score(average=...) of a categorical (per-pixel) output: Keras's FBetaScore at beta 1 on the predicted
         # classes (threshold=None), per class with its epsilon, averaged as asked.
         with tempfile.TemporaryDirectory() as d:
-            rng = np.random.default_rng(4)
-            x = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
-            label = np.where(x[..., 0] > 0.8, 2, np.where(x[..., 1] > 0, 1, 0)).astype(np.int64)
-            np.save(os.path.join(d, "seg_x.npy"), x)
-            np.save(os.path.join(d, "seg_y.npy"), label)
-            spec = os.path.join(d, "seg.toml")
-            with open(spec, "w") as f:
-                f.write(SEGMENTATION)
+            spec, label = self.segmentation(d, 4, 0.8)
             e = 1e-7
 
             def f1(tp, fp, fn):
