@@ -752,9 +752,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.metrics = t.metrics;
   c.weighted_metrics = t.weighted_metrics;
   c.top_k = t.top_k;
-  c.iou_classes = t.iou_classes;
-  c.iou_ignore = t.iou_ignore;
-  c.f1_average = t.f1_average;
+  c.metric_options = t.metric_options;
   c.class_weight = t.class_weight;
   c.class_weight_by_id = t.class_weight_by_id;
   c.sample_weights = any_sample_weights(spec);
@@ -765,8 +763,7 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
     for (size_t k = 1; k < t.outputs.size(); ++k) {
       const formats::OutputTrainSpec& o = t.outputs[k];
       c.more_outputs.push_back({o.name, o.loss, o.from_logits, o.label_smoothing, o.metrics, t.top_k,
-                                o.loss_weight, 1, o.weighted_metrics, o.loss_options, o.iou_classes,
-                                o.iou_ignore, o.f1_average});
+                                o.loss_weight, 1, o.weighted_metrics, o.loss_options, o.metric_options});
     }
   }
   c.epochs = t.epochs;

@@ -150,7 +150,16 @@ const Keys kMetrics = {"accuracy",
                        "false_positives",
                        "true_negatives",
                        "false_negatives",
+                       "fbeta_score",
+                       "precision_at_recall",
+                       "recall_at_precision",
+                       "sensitivity_at_specificity",
+                       "specificity_at_sensitivity",
                        "mean_iou",
+                       "iou",
+                       "one_hot_iou",
+                       "one_hot_mean_iou",
+                       "binary_iou",
                        "binary_crossentropy",
                        "categorical_crossentropy",
                        "sparse_categorical_crossentropy",
@@ -238,7 +247,10 @@ std::string keras_class_name(const std::string& name, const Keys& valid) {
     return name;
   // Keras's Accuracy class counts exact matches of values, which the loss-dependent "accuracy" does not.
   if (name == "Accuracy") return name;
-  if (name == "MeanIoU" && contains(valid, "mean_iou")) return "mean_iou";
+  if (name == "FBetaScore" && contains(valid, "fbeta_score")) return "fbeta_score";
+  // MeanIoU, IoU, OneHotMeanIoU, BinaryIoU: IoU is one word
+  if (const size_t at = name.find("IoU"); at != std::string::npos && name.ends_with("IoU"))
+    return keras_class_name(name.substr(0, at) + "Iou", valid);
   if (name == "LogCoshError" && contains(valid, "logcosh")) return "logcosh";
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -1629,11 +1641,14 @@ CheckpointSpec read_checkpoint(const Reader& r, const toml::node& n, const std::
 // --- Keras's call forms: loss = "Huber(delta=2.0)", metrics = ["TopKCategoricalAccuracy(k=3)"]
 
 struct CallArg {
-  std::string name;
+  std::string name;  // "" for a positional argument, until the class's order of arguments names it
   std::variant<double, bool, std::string> value;
   std::string text;  // as written
   bool integer = false;
   bool none = false;  // Python's None, Keras's "not set" (value holds "None")
+  // A list or tuple of numbers ([0, 1] or (0, 1)), for target_class_ids: its values; value holds the text.
+  std::optional<std::vector<double>> list;
+  bool integers = false;  // every value of the list is written as a whole number
 };
 
 struct Call {
@@ -1649,8 +1664,10 @@ std::string without_module(const std::string& name) {
   return name;
 }
 
-// NAME or NAME(key=value, ...), values being numbers, True/False (or true/false) and quoted strings; Keras's
-// module paths (keras.losses.Huber) read as the class. Returns what is wrong with the text, or "".
+// NAME or NAME(value, ..., key=value, ...), values being numbers, True/False (or true/false), None, quoted
+// strings and lists or tuples of numbers; Keras's module paths (keras.losses.Huber) read as the class.
+// Positional arguments come first, as in Python, and keep an empty name (name_positional gives them the
+// class's). Returns what is wrong with the text, or "".
 std::string parse_call(const std::string& text, Call& out) {
   size_t i = 0;
   const size_t n = text.size();
@@ -1668,6 +1685,31 @@ std::string parse_call(const std::string& text, Call& out) {
       ++i;
     return text.substr(b, i - b);
   };
+  // A number, True/False or None, up to the next ',' or ')' (or `end`, in a list): into `a`.
+  auto scalar = [&](CallArg& a, std::string_view what, char end) -> std::string {
+    const size_t b = i;
+    while (i < n && text[i] != ',' && text[i] != ')' && text[i] != end &&
+           !std::isspace(static_cast<unsigned char>(text[i])))
+      ++i;
+    const std::string v = text.substr(b, i - b);
+    const bool decimal = !v.empty() && v.find_first_not_of("0123456789+-.eE") == std::string::npos &&
+                         v.find_first_of("0123456789") != std::string::npos;
+    if (v == "None") {
+      a.value = v;
+      a.none = true;
+    } else if (v == "True" || v == "true" || v == "False" || v == "false") {
+      a.value = v == "True" || v == "true";
+    } else {
+      char* stop = nullptr;
+      const double d = std::strtod(v.c_str(), &stop);
+      if (!decimal || *stop != '\0' || !std::isfinite(d))
+        return fmt::format("its argument {} = {} is not a number, True, False, a quoted string or a list",
+                           what, v.empty() ? "(nothing)" : v);
+      a.value = d;
+      a.integer = v.find_first_of(".eE") == std::string::npos;
+    }
+    return "";
+  };
   space();
   out.name = ident();
   out.name = without_module(out.name);
@@ -1676,53 +1718,65 @@ std::string parse_call(const std::string& text, Call& out) {
   if (out.name.empty() || text[i] != '(' || out.name.find('.') != std::string::npos)
     return "it is not a name, nor a call NAME(key=value, ...)";
   ++i;
+  bool keywords = false;  // a keyword argument came: no positional one may follow
   for (;;) {
     space();
     if (i < n && text[i] == ')') break;
     CallArg a;
+    const size_t start = i;
     a.name = ident();
     space();
-    if (!a.name.empty() && (i >= n || text[i] == ',' || text[i] == ')'))
-      return fmt::format("its argument {} has no name: write it as key={}, as Keras's keyword arguments",
-                         a.name, a.name);
-    if (a.name.empty() || i >= n || text[i] != '=')
-      return "its arguments must read key=value, separated by commas";
-    ++i;
-    space();
+    if (a.name.empty() || i >= n || text[i] != '=') {
+      // A positional argument: its value starts where the name was read.
+      a.name.clear();
+      i = start;
+      if (keywords)
+        return fmt::format("its argument {} has no name and follows one with a name, as Python refuses",
+                           text.substr(start, text.find_first_of(",)", start) - start));
+    } else {
+      keywords = true;
+      ++i;
+      space();
+    }
+    const std::string what = a.name.empty() ? fmt::format("{}", out.args.size() + 1) : a.name;
     const size_t b = i;
     if (i < n && (text[i] == '"' || text[i] == '\'')) {
       const char q = text[i++];
       while (i < n && text[i] != q) ++i;
-      if (i >= n) return fmt::format("the quote of its argument '{}' is not closed", a.name);
+      if (i >= n) return fmt::format("the quote of its argument '{}' is not closed", what);
       a.value = text.substr(b + 1, i - b - 1);
       ++i;
-    } else if (i < n && text[i] == '[') {
-      return fmt::format(
-          "its argument {} is a list, which trainer does not take (one number for every class)", a.name);
-    } else {
-      while (i < n && text[i] != ',' && text[i] != ')' && !std::isspace(static_cast<unsigned char>(text[i])))
-        ++i;
-      const std::string v = text.substr(b, i - b);
-      const bool decimal = !v.empty() && v.find_first_not_of("0123456789+-.eE") == std::string::npos &&
-                           v.find_first_of("0123456789") != std::string::npos;
-      if (v == "None") {
-        a.value = v;
-        a.none = true;
-      } else if (v == "True" || v == "true" || v == "False" || v == "false") {
-        a.value = v == "True" || v == "true";
-      } else {
-        char* end = nullptr;
-        const double d = std::strtod(v.c_str(), &end);
-        if (!decimal || *end != '\0' || !std::isfinite(d))
-          return fmt::format("its argument {} = {} is not a number, True, False or a quoted string", a.name,
-                             v.empty() ? "(nothing)" : v);
-        a.value = d;
-        a.integer = v.find_first_of(".eE") == std::string::npos;
+    } else if (i < n && (text[i] == '[' || text[i] == '(')) {
+      const char close = text[i] == '[' ? ']' : ')';
+      ++i;
+      a.list.emplace();
+      a.integers = true;
+      for (;;) {
+        space();
+        if (i < n && text[i] == close) break;
+        CallArg item;
+        if (const std::string wrong = scalar(item, what, close); !wrong.empty()) return wrong;
+        const double* d = std::get_if<double>(&item.value);
+        if (!d)
+          return fmt::format("its argument {} is a list of what is not a number ({})", what,
+                             std::get<std::string>(item.value) == "None" ? "None" : "True or False");
+        a.list->push_back(*d);
+        a.integers = a.integers && item.integer;
+        space();
+        if (i < n && text[i] == ',')
+          ++i;
+        else if (i >= n || text[i] != close)
+          return fmt::format("the list of its argument {} is not closed with '{}'", what, close);
       }
+      ++i;
+      a.value = text.substr(b, i - b);
+    } else if (const std::string wrong = scalar(a, what, ')'); !wrong.empty()) {
+      return wrong;
     }
     a.text = text.substr(b, i - b);
     for (const CallArg& before : out.args)
-      if (before.name == a.name) return fmt::format("its argument '{}' is given twice", a.name);
+      if (!a.name.empty() && before.name == a.name)
+        return fmt::format("its argument '{}' is given twice", a.name);
     out.args.push_back(std::move(a));
     space();
     if (i < n && text[i] == ',') {
@@ -1735,6 +1789,41 @@ std::string parse_call(const std::string& text, Call& out) {
   ++i;
   space();
   return i == n ? "" : "text follows its closing ')'";
+}
+
+// Names the positional arguments of a call by its class's order of arguments (`order`, Keras's). Returns
+// what is wrong (more of them than the class takes, or one given by name too), or "".
+std::string name_positional(Call& call, const Keys& order) {
+  const auto positional =
+      std::count_if(call.args.begin(), call.args.end(), [](const CallArg& c) { return c.name.empty(); });
+  size_t k = 0;
+  for (CallArg& a : call.args) {
+    if (!a.name.empty()) continue;
+    if (k >= order.size())
+      return fmt::format("it gives {} arguments without names, and {} takes at most {} so ({})", positional,
+                         call.name, order.size(), join(order));
+    a.name = std::string(order[k++]);
+  }
+  for (size_t x = 0; x < call.args.size(); ++x)
+    for (size_t y = x + 1; y < call.args.size(); ++y)
+      if (call.args[x].name == call.args[y].name)
+        return fmt::format("its argument '{}' is given twice (by position and by name)", call.args[x].name);
+  return "";
+}
+
+// A loss class's arguments in Keras's order, for those given by position: Huber(2.0) is Huber(delta=2.0).
+Keys loss_argument_order(const std::string& loss) {
+  if (loss == "binary_crossentropy" || loss == "categorical_crossentropy")
+    return {"from_logits", "label_smoothing", "axis", "reduction", "name"};
+  if (loss == "binary_focal_crossentropy")
+    return {"apply_class_balancing", "alpha", "gamma",     "from_logits",
+            "label_smoothing",       "axis",  "reduction", "name"};
+  if (loss == "categorical_focal_crossentropy")
+    return {"alpha", "gamma", "from_logits", "label_smoothing", "axis", "reduction", "name"};
+  if (loss == "sparse_categorical_crossentropy") return {"from_logits", "ignore_class", "reduction", "name"};
+  if (loss == "huber") return {"delta", "reduction", "name"};
+  if (loss == "cosine_similarity") return {"axis", "reduction", "name"};
+  return {"reduction", "name"};
 }
 
 // The arguments a loss's Keras class takes that trainer reads, for messages.
@@ -1753,17 +1842,55 @@ Keys loss_arguments(const std::string& loss) {
   return a;
 }
 
-// Checks one output's metrics (`mn`: the string or array that lists them, `what` its name in messages)
-// against its loss, and writes Keras's short names.
-// A metric's call (TopKCategoricalAccuracy(k=3), AUC(curve="ROC")): the arguments trainer reads, each at
-// the value it computes with, but for the top-k metrics' k, which is returned in `ks` with its place.
-// The settings that metrics' calls give for the whole run, each with its place: the top-k metrics' k and
-// MeanIoU's num_classes.
+// The settings that metrics' calls give, each with its place: the top-k metrics' k for the whole run, and
+// per output (read_output_settings takes its own from where they stood before its lists) the rest.
 struct CallSettings {
   std::vector<std::pair<int64_t, SourcePos>> k, num_classes, iou_ignore;
+  std::vector<std::pair<std::vector<int64_t>, SourcePos>> targets;  // IoU's target_class_ids
+  std::vector<std::pair<double, SourcePos>> iou_threshold, beta;  // BinaryIoU's threshold, FBetaScore's beta
   std::vector<std::pair<std::string, SourcePos>> f1_average;  // F1Score(average=...) of a categorical output
+  // PrecisionAtRecall's recall, ..., by metric
+  std::map<std::string, std::vector<std::pair<double, SourcePos>>> at;
 };
 
+// The IoU metrics of a categorical output's classes (Keras's MeanIoU, IoU, OneHotIoU and OneHotMeanIoU),
+// which share one count per class and one ignore_class.
+bool is_class_iou(std::string_view m) {
+  return m == "mean_iou" || m == "iou" || m == "one_hot_iou" || m == "one_hot_mean_iou";
+}
+// Keras's metrics that find the best of one quantity where another meets a constraint, over the thresholds,
+// with the argument that sets the constraint.
+const std::map<std::string_view, std::string_view> kAtMetrics = {
+    {"precision_at_recall", "recall"},
+    {"recall_at_precision", "precision"},
+    {"sensitivity_at_specificity", "specificity"},
+    {"specificity_at_sensitivity", "sensitivity"}};
+
+// A metric class's arguments in Keras's order, for those given by position.
+Keys metric_argument_order(const std::string& metric) {
+  if (metric.find("top_k") != std::string::npos) return {"k", "name"};
+  if (metric == "auc") return {"num_thresholds", "curve", "summation_method", "name"};
+  if (metric == "precision" || metric == "recall") return {"thresholds", "top_k", "class_id", "name"};
+  if (metric.ends_with("_positives") || metric.ends_with("_negatives")) return {"thresholds", "name"};
+  if (metric == "f1_score") return {"average", "threshold", "name"};
+  if (metric == "fbeta_score") return {"average", "beta", "threshold", "name"};
+  if (metric == "mean_iou")
+    return {"num_classes", "name", "dtype", "ignore_class", "sparse_y_true", "sparse_y_pred"};
+  if (metric == "iou")
+    return {"num_classes",  "target_class_ids", "name",         "dtype",
+            "ignore_class", "sparse_y_true",    "sparse_y_pred"};
+  if (metric == "one_hot_iou")
+    return {"num_classes", "target_class_ids", "name", "dtype", "ignore_class", "sparse_y_pred"};
+  if (metric == "one_hot_mean_iou") return {"num_classes", "name", "dtype", "ignore_class", "sparse_y_pred"};
+  if (metric == "binary_iou") return {"target_class_ids", "threshold", "name"};
+  if (auto it = kAtMetrics.find(metric); it != kAtMetrics.end())
+    return {it->second, "num_thresholds", "class_id", "name"};
+  return {"name"};  // the loss metrics (BinaryCrossentropy(name, dtype, from_logits, ...)), mae, ...
+}
+
+// A metric's call (TopKCategoricalAccuracy(k=3), AUC(curve="ROC"), PrecisionAtRecall(0.8)): the arguments
+// trainer reads, each at the value it computes with, or (k, num_classes, target_class_ids, average, beta,
+// the constraints, ...) returned in `ks` with its place. `metric` is set to its name.
 void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& text, std::string& metric,
                        const std::string& loss, bool from_logits, CallSettings& ks) {
   Call call;
@@ -1772,7 +1899,27 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
            "name the metric, or write Keras's call of its class: \"TopKCategoricalAccuracy(k=3)\"");
   metric = keras_class_name(call.name, kMetrics);
   // An unknown name (or a loss's) gets its own message in check_metrics, whatever its arguments.
-  if (call.args.empty() || !contains(kMetrics, metric)) return;
+  if (!contains(kMetrics, metric)) return;
+  const auto at_metric = kAtMetrics.find(metric);
+  const bool needs_targets = metric == "iou" || metric == "one_hot_iou";
+  auto given = [&](std::string_view key) {
+    return std::any_of(call.args.begin(), call.args.end(), [&](const CallArg& a) { return a.name == key; });
+  };
+  if (const std::string wrong = name_positional(call, metric_argument_order(metric)); !wrong.empty())
+    r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
+           fmt::format("name the arguments: \"{}\"", at_metric != kAtMetrics.end()
+                                                         ? fmt::format("{}(0.8)", call.name)
+                                                         : fmt::format("{}(key=value)", call.name)));
+  if (at_metric != kAtMetrics.end() && !given(at_metric->second))
+    r.fail(mp, fmt::format("metric '{}' needs the {} it is computed at", text, at_metric->second),
+           fmt::format("write its call: \"{}({}=0.8)\"",
+                       call.name == metric ? std::string(metric) : call.name, at_metric->second));
+  if (needs_targets && !given("target_class_ids"))
+    r.fail(mp, fmt::format("metric '{}' needs the classes it averages (target_class_ids)", text),
+           fmt::format("write its call: \"{}(num_classes=3, target_class_ids=[0, 2])\", or report mean_iou "
+                       "for every class",
+                       call.name == metric ? std::string(metric) : call.name));
+  if (call.args.empty()) return;
   const bool top_k = metric.find("top_k") != std::string::npos;
   Keys takes;
   if (top_k) takes = {"k"};
@@ -1782,19 +1929,29 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
       metric.ends_with("_negatives"))
     takes = {"thresholds=0.5"};
   if (metric == "binary_accuracy") takes = {"threshold=0.5"};
-  // F1Score of one probability (binary) at 0.5, or of the classes of a categorical output (their largest,
-  // Keras's threshold=None) averaged as asked.
+  // F1Score and FBetaScore of one probability (binary) at 0.5, or of the classes of a categorical output
+  // (their largest, Keras's threshold=None) averaged as asked.
   const bool binary_loss = label_family(loss) == "binary_crossentropy";
-  if (metric == "f1_score")
+  const bool f_score = metric == "f1_score" || metric == "fbeta_score";
+  if (f_score)
     takes = binary_loss ? Keys{"threshold=0.5"}
                         : Keys{"average=\"macro\", \"micro\" or \"weighted\"", "threshold=None"};
-  // MeanIoU's predictions are the outputs' largest classes (sparse_y_pred=False), its labels the loss's.
+  if (metric == "fbeta_score") takes.push_back("beta");
+  // The IoU metrics' predictions are the outputs' largest classes (sparse_y_pred=False), their labels the
+  // loss's; OneHotIoU's and OneHotMeanIoU's are one-hot.
   const bool sparse = loss == "sparse_categorical_crossentropy";
-  if (metric == "mean_iou")
-    takes = {"num_classes", sparse ? "sparse_y_true=True" : "sparse_y_true=False", "sparse_y_pred=False"};
-  // Every metric leaves out the positions of the loss's ignore_class; MeanIoU's own leaves out another
-  // class's (or says the same).
-  if (metric == "mean_iou") takes.push_back("ignore_class");
+  if (is_class_iou(metric)) {
+    takes = {"num_classes"};
+    if (metric == "iou" || metric == "one_hot_iou") takes.push_back("target_class_ids");
+    if (metric == "iou" || metric == "mean_iou")
+      takes.push_back(sparse ? "sparse_y_true=True" : "sparse_y_true=False");
+    takes.push_back("sparse_y_pred=False");
+    // Every metric leaves out the positions of the loss's ignore_class; these leave out another class's
+    // (or say the same).
+    takes.push_back("ignore_class");
+  }
+  if (metric == "binary_iou") takes = {"target_class_ids=[0, 1]", "threshold=0.5"};
+  if (at_metric != kAtMetrics.end()) takes = {at_metric->second, "num_thresholds=200", "class_id=None"};
   // The cross-entropy metrics read the outputs as the loss does.
   if (metric.ends_with("crossentropy")) takes = {from_logits ? "from_logits=True" : "from_logits=False"};
   const std::string hint = takes.empty() ? fmt::format("write it as \"{}\", without arguments", metric)
@@ -1811,26 +1968,57 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
       r.fail(mp, fmt::format("metric '{}': {} has no argument '{}' here", text, metric, a.name), hint);
     const double* num = std::get_if<double>(&a.value);
     const std::string* str = std::get_if<std::string>(&a.value);
+    if (a.list) num = nullptr, str = nullptr;
     bool ok = true;
+    std::string why = hint;  // the hint of a value refused
     if (a.name == "k") {
       ok = num && a.integer && *num >= 1 && *num < 1e9;
       if (ok) ks.k.emplace_back(static_cast<int64_t>(*num), mp);
+      why = "k is a whole number, 1 or more";
     }
     if (a.name == "curve") ok = str && (*str == "ROC" || *str == "PR");
     if (ok && a.name == "curve" && *str == "PR") metric = "pr_auc";
     if (a.name == "summation_method") ok = str && *str == "interpolation";
     if (a.name == "num_thresholds") ok = num && *num == 200;
+    if (a.name == "class_id") ok = a.none;
     // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.)
     if (a.name == "threshold" || a.name == "thresholds")
-      ok = (num && *num == 0.5 && (metric != "f1_score" || binary_loss)) ||
-           (metric == "f1_score" && !binary_loss && a.none) || (a.name == "thresholds" && a.none);
+      ok = (num && *num == 0.5 && (!f_score || binary_loss)) || (f_score && !binary_loss && a.none) ||
+           (a.name == "thresholds" && a.none);
+    if (a.name == "threshold" && metric == "binary_iou") {
+      ok = num != nullptr;
+      if (ok) ks.iou_threshold.emplace_back(*num, mp);
+      why = "threshold is a number: a probability at or above it is class 1";
+    }
     if (a.name == "average") {
       ok = str && (*str == "macro" || *str == "micro" || *str == "weighted");
       if (ok) ks.f1_average.emplace_back(*str, mp);
     }
+    if (a.name == "beta") {
+      ok = num && *num > 0 && *num < 1e6;
+      if (ok) ks.beta.emplace_back(*num, mp);
+      why = "beta is a positive number: recall counts beta times as much as precision";
+    }
     if (a.name == "num_classes") {
       ok = num && a.integer && *num >= 2 && *num < 1e9;
       if (ok) ks.num_classes.emplace_back(static_cast<int64_t>(*num), mp);
+      why = "num_classes is a whole number, 2 or more: the classes of the output";
+    }
+    if (a.name == "target_class_ids") {
+      std::vector<int64_t> ids;
+      ok = a.list && a.integers && !a.list->empty();
+      for (double v : a.list ? *a.list : std::vector<double>{}) {
+        ok = ok && v >= 0 && v < (metric == "binary_iou" ? 2 : 1e9);
+        ids.push_back(static_cast<int64_t>(v));
+      }
+      if (ok) ks.targets.emplace_back(ids, mp);
+      why = metric == "binary_iou" ? "target_class_ids is a list of the classes 0 and 1: [0, 1], [0] or [1]"
+                                   : "target_class_ids is a list of class ids, 0 or more: [0, 2]";
+    }
+    if (at_metric != kAtMetrics.end() && a.name == at_metric->second) {
+      ok = num && *num >= 0 && *num <= 1;
+      if (ok) ks.at[metric].emplace_back(*num, mp);
+      why = fmt::format("{} is a number in [0, 1]", a.name);
     }
     const bool* flag = std::get_if<bool>(&a.value);
     if (a.name == "sparse_y_true") ok = flag && *flag == sparse;
@@ -1841,10 +2029,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
       if (ok && !a.none) ks.iou_ignore.emplace_back(static_cast<int64_t>(*num), mp);
     }
     if (!ok)
-      r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text),
-             a.name == "k"             ? "k is a whole number, 1 or more"
-             : a.name == "num_classes" ? "num_classes is a whole number, 2 or more: the classes of the output"
-                                       : hint);
+      r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text), why);
   }
 }
 
@@ -1903,7 +2088,8 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
              fmt::format(
                  "metric '{}' reads probabilities, and from_logits = true says the outputs are logits", m),
              "report the cross-entropy of the loss (which reads logits as the loss does), or leave it out");
-    if (((m == "f1_score" && averaged) || m == "mean_iou") && (binary || !loss.ends_with("crossentropy")))
+    const bool f_score = m == "f1_score" || m == "fbeta_score";
+    if (((f_score && averaged) || is_class_iou(m)) && (binary || !loss.ends_with("crossentropy")))
       r.fail(
           mp,
           fmt::format("metric '{}' counts the classes of a categorical output, and the loss is {}", m, loss),
@@ -1911,15 +2097,24 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
     if (m.find("top_k") != std::string::npos && binary)
       r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
              "report accuracy, precision, recall, auc or pr_auc");
-    if (m == "f1_score" && !binary && loss.ends_with("crossentropy") && !averaged)
+    if ((m == "one_hot_iou" || m == "one_hot_mean_iou") && sparse_labels)
       r.fail(mp,
-             fmt::format("metric '{}': the F1 score of a categorical output is one per class, and trainer "
+             fmt::format(
+                 "metric '{}' reads one-hot labels, and sparse_categorical_crossentropy's are class ids", m),
+             m == "one_hot_iou"
+                 ? "report IoU(num_classes=N, target_class_ids=[...]), which reads the loss's labels"
+                 : "report mean_iou, which reads the loss's labels");
+    if (f_score && !binary && loss.ends_with("crossentropy") && !averaged)
+      r.fail(mp,
+             fmt::format("metric '{}': the {} score of a categorical output is one per class, and trainer "
                          "reports one number",
-                         metrics[i]),
-             "write \"F1Score(average='macro')\" (the classes' mean), 'micro' (of the counts summed over "
-             "the classes) or 'weighted' (weighted by each class's labels)");
-    if ((m == "precision" || m == "recall" || (m == "f1_score" && !averaged) || m == "auc" || m == "pr_auc" ||
-         m.ends_with("_positives") || m.ends_with("_negatives")) &&
+                         metrics[i], m == "f1_score" ? "F1" : "F-beta"),
+             fmt::format("write \"{}(average='macro')\" (the classes' mean), 'micro' (of the counts summed "
+                         "over the classes) or 'weighted' (weighted by each class's labels)",
+                         m == "f1_score" ? "F1Score" : "FBetaScore"));
+    if ((m == "precision" || m == "recall" || (f_score && !averaged) || m == "auc" || m == "pr_auc" ||
+         m.ends_with("_positives") || m.ends_with("_negatives") || m == "binary_iou" ||
+         kAtMetrics.contains(m)) &&
         !binary)
       r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
              "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
@@ -1946,6 +2141,8 @@ std::optional<T> one_setting(const Reader& r, const std::vector<std::pair<T, Sou
   auto shown = [](const T& v) {
     if constexpr (std::is_same_v<T, std::string>)
       return fmt::format("'{}'", v);
+    else if constexpr (std::is_same_v<T, std::vector<int64_t>>)
+      return fmt::format("[{}]", fmt::join(v, ", "));
     else
       return fmt::format("{}", v);
   };
@@ -1992,6 +2189,9 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (!contains(kLosses, o.loss))
     lt->fail(lk, fmt::format("unknown loss '{}'", o.loss), choice_hint(o.loss, kLosses));
   o.loss_pos = lt->pos(lk);
+  if (const std::string wrong = name_positional(call, loss_argument_order(o.loss)); !wrong.empty())
+    lt->fail(lk, fmt::format("{} '{}': {}", lt->name(lk), text, wrong),
+             fmt::format("name the arguments: {} takes {}", o.loss, join(loss_arguments(o.loss))));
   if (o.loss == "mean_squared_error") o.loss = "mse";
   if (o.loss == "kld") o.loss = "kl_divergence";
   if (o.loss == "mean_absolute_error") o.loss = "mae";
@@ -2013,6 +2213,12 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
       lt->fail(
           lk, fmt::format("{}: {} has no argument '{}' here", lt->name(lk), o.loss, a.name),
           choice_hint(a.name, takes).starts_with("did") ? choice_hint(a.name, takes) + " " + hint : hint);
+    if (a.list)
+      lt->fail(lk,
+               fmt::format("{} '{}': its argument {} is a list, which trainer does not take (one number for "
+                           "every class)",
+                           lt->name(lk), text, a.name),
+               hint);
     const double* num = std::get_if<double>(&a.value);
     const bool* flag = std::get_if<bool>(&a.value);
     const std::string* str = std::get_if<std::string>(&a.value);
@@ -2086,30 +2292,46 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                    ? "use one-hot labels with categorical_crossentropy"
                    : "leave label_smoothing out");
   }
+  // Where this output's settings start among those of the run's calls.
   const size_t iou_before = ks.num_classes.size(), ignore_before = ks.iou_ignore.size(),
-               average_before = ks.f1_average.size();
+               average_before = ks.f1_average.size(), targets_before = ks.targets.size(),
+               threshold_before = ks.iou_threshold.size(), beta_before = ks.beta.size();
+  std::map<std::string, size_t> at_before;
+  for (const auto& [metric, values] : ks.at) at_before[metric] = values.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
     check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
   if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
     check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.weighted_metrics, ks);
-  // MeanIoU's num_classes and ignore_class, F1Score's average, this output's: one each, whichever of its
-  // lists names it.
-  if (auto c = one_setting(r, ks.num_classes, iou_before, "MeanIoU", "num_classes",
+  // What the calls set, this output's: one value each, whichever of its lists names it.
+  engine::MetricOptions& mo = o.metric_options;
+  if (auto c = one_setting(r, ks.num_classes, iou_before, "IoU metrics'", "num_classes",
                            "give them the classes of the output"))
-    o.iou_classes = *c;
-  if (auto a = one_setting(r, ks.f1_average, average_before, "F1Score", "average", "give them one average"))
-    o.f1_average = *a;
-  // One ignore_class per output serves both lists: a MeanIoU without it beside one with it would take it too.
-  const auto ious = std::count(o.metrics.begin(), o.metrics.end(), "mean_iou") +
-                    std::count(o.weighted_metrics.begin(), o.weighted_metrics.end(), "mean_iou");
+    mo.iou_classes = *c;
+  if (auto a = one_setting(r, ks.f1_average, average_before, "F-score", "average", "give them one average"))
+    mo.f1_average = *a;
+  if (auto b = one_setting(r, ks.beta, beta_before, "FBetaScore", "beta", "give them one beta")) mo.beta = *b;
+  if (auto t = one_setting(r, ks.targets, targets_before, "IoU metrics'", "target_class_ids",
+                           "give them one list of classes"))
+    mo.iou_targets = *t;
+  if (auto t = one_setting(r, ks.iou_threshold, threshold_before, "BinaryIoU", "threshold",
+                           "give them one threshold"))
+    mo.iou_threshold = *t;
+  for (const auto& [metric, values] : ks.at)
+    if (auto v = one_setting(r, values, at_before[metric], metric, kAtMetrics.at(metric),
+                             "report it at one value per output"))
+      mo.at[metric] = *v;
+  // One ignore_class per output serves the IoU metrics of both lists: one without it beside one with it
+  // would take it too.
+  const auto ious = std::count_if(o.metrics.begin(), o.metrics.end(), is_class_iou) +
+                    std::count_if(o.weighted_metrics.begin(), o.weighted_metrics.end(), is_class_iou);
   if (ks.iou_ignore.size() > ignore_before &&
       static_cast<size_t>(ious) > ks.iou_ignore.size() - ignore_before)
     r.fail(ks.iou_ignore[ignore_before].second,
-           fmt::format("one MeanIoU call of this output says ignore_class={}, and another says none",
+           fmt::format("one IoU metric of this output says ignore_class={}, and another says none",
                        ks.iou_ignore[ignore_before].first),
-           "give the output's MeanIoU calls one ignore_class");
-  o.iou_ignore = one_setting(r, ks.iou_ignore, ignore_before, "MeanIoU", "ignore_class",
-                             "give them one class to leave out");
+           "give the output's IoU metrics one ignore_class");
+  mo.iou_ignore = one_setting(r, ks.iou_ignore, ignore_before, "IoU metrics'", "ignore_class",
+                              "give them one class to leave out");
   return o;
 }
 
@@ -2142,9 +2364,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss = first.loss;
     s.loss_pos = first.loss_pos;
     s.loss_options = first.loss_options;
-    s.iou_classes = first.iou_classes;
-    s.iou_ignore = first.iou_ignore;
-    s.f1_average = first.f1_average;
+    s.metric_options = first.metric_options;
     s.from_logits = first.from_logits;
     s.label_smoothing = first.label_smoothing;
     s.metrics = first.metrics;
@@ -2155,9 +2375,7 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     s.loss = o.loss;
     s.loss_pos = o.loss_pos;
     s.loss_options = o.loss_options;
-    s.iou_classes = o.iou_classes;
-    s.iou_ignore = o.iou_ignore;
-    s.f1_average = o.f1_average;
+    s.metric_options = o.metric_options;
     s.from_logits = o.from_logits;
     s.label_smoothing = o.label_smoothing;
     s.metrics = o.metrics;

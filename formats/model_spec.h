@@ -261,11 +261,8 @@ struct OutputTrainSpec {
   double label_smoothing = 0;
   std::vector<std::string> metrics;
   std::vector<std::string> weighted_metrics;  // Keras's: counting the sample (and class) weights
-  double loss_weight = 1;             // its loss counts this much in the loss that trains (loss_weights)
-  int64_t iou_classes = 0;            // MeanIoU(num_classes=N)'s N for this output; 0: not given
-  std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K)'s K: positions of that label not counted
-  std::string
-      f1_average;  // F1Score(average=...) of a categorical output: macro, micro or weighted; "" binary
+  double loss_weight = 1;                // its loss counts this much in the loss that trains (loss_weights)
+  engine::MetricOptions metric_options;  // what its metrics' calls set: MeanIoU's num_classes, ...
   SourcePos loss_pos;
   bool operator==(const OutputTrainSpec&) const = default;
 };
@@ -287,11 +284,9 @@ struct TrainSection {
   // from_logits, label_smoothing and metrics above are then the first output's). Empty for one output.
   std::vector<OutputTrainSpec> outputs;
   int64_t top_k = 5;
-  // MeanIoU(num_classes=N)'s N, checked against the output's classes; 0: not given. In a model of several
-  // outputs, the first's (each output's is in `outputs`).
-  int64_t iou_classes = 0;
-  std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K), the first output's
-  std::string f1_average;             // F1Score(average=...), the first output's
+  // What the metrics' calls set (MeanIoU's num_classes, checked against the output's classes, FBetaScore's
+  // beta, ...). In a model of several outputs, the first's (each output's is in `outputs`).
+  engine::MetricOptions metric_options;
   // Keras's class_weight: the weight of each class's samples in the training loss, by class id (empty: all
   // 1).
   std::vector<double> class_weight;

@@ -183,15 +183,26 @@ std::string to_toml(const ModelSpec& spec) {
   const TrainSection& t = spec.train;
   if (!t.loss.empty()) {
     w.header("[train]");
-    // The settings a metric's call gave: MeanIoU's num_classes and ignore_class (top_k is a key of its own).
-    auto with_calls = [&](std::vector<std::string> ms, int64_t iou_classes, std::optional<int64_t> ignore,
-                          const std::string& average) {
-      std::vector<std::string> args;
-      if (iou_classes > 0) args.push_back(fmt::format("num_classes={}", iou_classes));
-      if (ignore) args.push_back(fmt::format("ignore_class={}", *ignore));
+    // The settings the metrics' calls gave (top_k is a key of its own), in each call that takes them.
+    auto with_calls = [&](std::vector<std::string> ms, const engine::MetricOptions& mo) {
+      std::vector<std::string> iou;
+      if (mo.iou_classes > 0) iou.push_back(fmt::format("num_classes={}", mo.iou_classes));
+      const std::string targets = fmt::format("target_class_ids=[{}]", fmt::join(mo.iou_targets, ", "));
       for (std::string& m : ms) {
-        if (m == "mean_iou" && !args.empty()) m = fmt::format("mean_iou({})", fmt::join(args, ", "));
-        if (m == "f1_score" && !average.empty()) m = fmt::format("f1_score(average='{}')", average);
+        std::vector<std::string> args;
+        if (m == "mean_iou" || m == "iou" || m == "one_hot_iou" || m == "one_hot_mean_iou") args = iou;
+        if ((m == "iou" || m == "one_hot_iou" || m == "binary_iou") && !mo.iou_targets.empty())
+          args.push_back(targets);
+        if (m == "binary_iou" && mo.iou_threshold != 0.5)
+          args.push_back(fmt::format("threshold={}", toml_float(mo.iou_threshold)));
+        if ((m == "mean_iou" || m == "iou" || m == "one_hot_iou" || m == "one_hot_mean_iou") && mo.iou_ignore)
+          args.push_back(fmt::format("ignore_class={}", *mo.iou_ignore));
+        if ((m == "f1_score" || m == "fbeta_score") && !mo.f1_average.empty())
+          args.push_back(fmt::format("average='{}'", mo.f1_average));
+        if (m == "fbeta_score" && mo.beta != 1) args.push_back(fmt::format("beta={}", toml_float(mo.beta)));
+        if (auto it = mo.at.find(m); it != mo.at.end())
+          args.push_back(fmt::format("{}", toml_float(it->second)));
+        if (!args.empty()) m = fmt::format("{}({})", m, fmt::join(args, ", "));
       }
       return ms;
     };
@@ -202,9 +213,9 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("loss", loss_call_text(t.loss, t.loss_options));
       w.kv("from_logits", t.from_logits);
       if (t.label_smoothing != 0) w.kv("label_smoothing", t.label_smoothing);
-      w.kv("metrics", with_calls(t.metrics, t.iou_classes, t.iou_ignore, t.f1_average));
+      w.kv("metrics", with_calls(t.metrics, t.metric_options));
       if (!t.weighted_metrics.empty())
-        w.kv("weighted_metrics", with_calls(t.weighted_metrics, t.iou_classes, t.iou_ignore, t.f1_average));
+        w.kv("weighted_metrics", with_calls(t.weighted_metrics, t.metric_options));
     } else {
       // Each setting as a table by output name, as Keras's compile takes dicts.
       std::map<std::string, std::string> loss;
@@ -216,9 +227,8 @@ std::string to_toml(const ModelSpec& spec) {
         from_logits[o.name] = o.from_logits;
         if (o.label_smoothing != 0) smoothing[o.name] = o.label_smoothing;
         weights[o.name] = o.loss_weight;
-        metrics[o.name] = with_calls(o.metrics, o.iou_classes, o.iou_ignore, o.f1_average);
-        if (!o.weighted_metrics.empty())
-          weighted[o.name] = with_calls(o.weighted_metrics, o.iou_classes, o.iou_ignore, o.f1_average);
+        metrics[o.name] = with_calls(o.metrics, o.metric_options);
+        if (!o.weighted_metrics.empty()) weighted[o.name] = with_calls(o.weighted_metrics, o.metric_options);
         for (const auto* list : {&o.metrics, &o.weighted_metrics})
           for (const std::string& m : *list) ranked = ranked || m.find("top_k") != std::string::npos;
       }

@@ -38,8 +38,7 @@ LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch)
 std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
   std::vector<OutputLoss> out = {OutputLoss{cfg.output_name, cfg.loss, cfg.from_logits, cfg.label_smoothing,
                                             cfg.metrics, cfg.top_k, cfg.loss_weight, 1, cfg.weighted_metrics,
-                                            cfg.loss_options, cfg.iou_classes, cfg.iou_ignore,
-                                            cfg.f1_average}};
+                                            cfg.loss_options, cfg.metric_options}};
   for (OutputLoss o : cfg.more_outputs) {
     o.top_k = cfg.top_k;
     out.push_back(std::move(o));
@@ -715,6 +714,11 @@ struct MetricAccumulator {
   size_t log_slot = 0, r2_slot = 0;  // where msle's and r2_score's sums start
   size_t iou_slot = 0;  // mean_iou's true positives, false positives and false negatives per class
   size_t f1_slot = 0;   // the same for F1Score(average=...), which counts what MeanIoU's ignore_class skips
+  size_t binary_iou_slot =
+      0;  // BinaryIoU's counts at its threshold, by label and prediction (0 0, 0 1, 1 0, 1 1)
+  // The positives and negatives predicted exactly 0, which the constrained metrics' lowest threshold (0, not
+  // AUC's -1e-7) leaves out
+  size_t zero_slot = 0;
   // Keras's metrics that compute a loss (binary_crossentropy, kl_divergence, hinge, ...), each with its sum.
   struct LossMetricSlot {
     std::string name;
@@ -727,11 +731,13 @@ struct MetricAccumulator {
 
   MetricAccumulator(LossKind k, const OutputLoss* c, bool w = false)
       : kind(k), cfg(c), weighted(w), names(w ? &c->weighted_metrics : &c->metrics) {
-    log_slot = kAucHistogram + (has("auc") || has("pr_auc") ? 2 * kAucBuckets : 0);
+    log_slot = kAucHistogram + (histogram() ? 2 * kAucBuckets : 0);
     r2_slot = log_slot + (has("msle") ? 1 : 0);
     iou_slot = r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0);
-    f1_slot = iou_slot + (has("mean_iou") ? 3 * static_cast<size_t>(cfg->columns) : 0);
-    size_t end = f1_slot + (f1_of_classes() ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    f1_slot = iou_slot + (class_iou() ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    binary_iou_slot = f1_slot + (f1_of_classes() ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    zero_slot = binary_iou_slot + (has("binary_iou") ? 4 : 0);
+    size_t end = zero_slot + (constrained() ? 2 : 0);
     for (const std::string& m : *names)
       if (const LossMetric lm = loss_metric_of(m); lm != LossMetric::none)
         loss_metrics.push_back({m, lm, end++});
@@ -776,10 +782,10 @@ struct MetricAccumulator {
     TRAINER_ASSERT(!mask || positions % mask_per_row == 0, "{} mask values per sample for {} positions",
                    mask_per_row, positions);
     const int64_t per_mask = positions / mask_per_row;
-    const bool auc = has("auc") || has("pr_auc");
+    const bool auc = histogram(), zeros = constrained(), binary_iou = has("binary_iou");
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
-    const bool msle = has("msle"), r2 = has("r2_score"), iou = has("mean_iou"), f1 = f1_of_classes();
+    const bool msle = has("msle"), r2 = has("r2_score"), iou = class_iou(), f1 = f1_of_classes();
     TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
                    cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
@@ -821,7 +827,8 @@ struct MetricAccumulator {
             c[3 * label + 2] += w;
           }
         };
-        if (iou && label >= 0 && label < classes && label != cfg->iou_ignore) count_classes(iou_slot);
+        if (iou && label >= 0 && label < classes && label != cfg->metric_options.iou_ignore)
+          count_classes(iou_slot);
         if (f1 && label >= 0 && label < classes) count_classes(f1_slot);
         if (tk) {
           int64_t better = 0;
@@ -839,9 +846,11 @@ struct MetricAccumulator {
           extra[kFalsePos] += w * (predicted && !positive);
           extra[kFalseNeg] += w * (!predicted && positive);
         }
+        if (binary_iou) extra[binary_iou_slot + 2 * positive + (p >= cfg->metric_options.iou_threshold)] += w;
         if (auc) {
           const size_t above = std::lower_bound(thresholds.begin(), thresholds.end(), p) - thresholds.begin();
           extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += w;
+          if (zeros && p <= 0) extra[zero_slot + !positive] += w;
         }
       }
       for (const LossMetricSlot& lm : loss_metrics)
@@ -873,30 +882,48 @@ struct MetricAccumulator {
       }
     }
   }
-  bool has(const char* m) const { return std::find(names->begin(), names->end(), m) != names->end(); }
+  bool has(std::string_view m) const { return std::find(names->begin(), names->end(), m) != names->end(); }
+  // MeanIoU, IoU, OneHotIoU or OneHotMeanIoU: per-class counts.
+  bool class_iou() const {
+    return has("mean_iou") || has("iou") || has("one_hot_iou") || has("one_hot_mean_iou");
+  }
+  // PrecisionAtRecall, RecallAtPrecision, SensitivityAtSpecificity or SpecificityAtSensitivity.
+  bool constrained() const { return !constraint_of("").empty(); }
+  // The constrained metric `m` (or, for "", any listed): its constraint's value's key in metric_options.at.
+  std::string constraint_of(std::string_view m) const {
+    for (const char* c : {"precision_at_recall", "recall_at_precision", "sensitivity_at_specificity",
+                          "specificity_at_sensitivity"})
+      if ((m.empty() && has(c)) || m == c) return c;
+    return "";
+  }
+  // The predictions' histogram over the thresholds: AUC's and the constrained metrics'.
+  bool histogram() const { return has("auc") || has("pr_auc") || constrained(); }
   // F1Score(average=...) of a categorical output's classes (each position's largest output, as Keras's
   // threshold=None), from per-class counts.
-  bool f1_of_classes() const { return has("f1_score") && !cfg->f1_average.empty(); }
-  // Keras's FBetaScore at beta 1: per class P = TP / (TP + FP + e), R = TP / (TP + FN + e) and
-  // 2 P R / (P + R + e) (e = 1e-7); macro: their mean over every class (one never seen scores 0), weighted:
-  // by each class's labels, micro: of the counts summed over the classes.
-  double f1_of_classes_score() const {
+  bool f1_of_classes() const {
+    return (has("f1_score") || has("fbeta_score")) && !cfg->metric_options.f1_average.empty();
+  }
+  // Keras's FBetaScore: per class P = TP / (TP + FP + e), R = TP / (TP + FN + e) and
+  // (1 + b^2) P R / (b^2 P + R + e) (e = 1e-7); macro: their mean over every class (one never seen scores 0),
+  // weighted: by each class's labels, micro: of the counts summed over the classes.
+  static double f_beta(double tp, double fp, double fn, double beta) {
     constexpr double e = 1e-7;
-    auto f1 = [](double tp, double fp, double fn) {
-      const double p = tp / (tp + fp + e), r = tp / (tp + fn + e);
-      return 2 * p * r / (p + r + e);
-    };
+    const double p = tp / (tp + fp + e), r = tp / (tp + fn + e), b2 = beta * beta;
+    return (1 + b2) * p * r / (b2 * p + r + e);
+  }
+  double f1_of_classes_score(double beta = 1) const {
+    auto f1 = [beta](double tp, double fp, double fn) { return f_beta(tp, fp, fn, beta); };
     double total = 0, labels = 0, tp = 0, fp = 0, fn = 0;
     const int64_t n = std::max<int64_t>(cfg->columns, 1);
     for (int64_t c = 0; c < cfg->columns; ++c) {
       const double* k = extra.data() + f1_slot + 3 * static_cast<size_t>(c);
       tp += k[0], fp += k[1], fn += k[2];
       const double support = k[0] + k[2];
-      total += (cfg->f1_average == "weighted" ? support : 1.0) * f1(k[0], k[1], k[2]);
+      total += (cfg->metric_options.f1_average == "weighted" ? support : 1.0) * f1(k[0], k[1], k[2]);
       labels += support;
     }
-    if (cfg->f1_average == "micro") return f1(tp, fp, fn);
-    if (cfg->f1_average == "weighted") return labels > 0 ? total / labels : 0.0;
+    if (cfg->metric_options.f1_average == "micro") return f1(tp, fp, fn);
+    if (cfg->metric_options.f1_average == "weighted") return labels > 0 ? total / labels : 0.0;
     return total / static_cast<double>(n);
   }
   // Keras's R2Score (uniform_average): 1 - squared errors / the labels' total sum of squares per column,
@@ -999,15 +1026,59 @@ struct MetricAccumulator {
   }
   // Keras's MeanIoU: each class's TP / (TP + FP + FN), averaged over the classes that occur (in the labels or
   // the predictions).
-  double mean_iou() const {
+  // IoU and OneHotIoU average `targets` (their target_class_ids) alone, each counted once it occurs.
+  double mean_iou(const std::vector<int64_t>* targets = nullptr) const {
     double total = 0;
     int64_t counted = 0;
-    for (int64_t c = 0; c < cfg->columns; ++c) {
+    const int64_t n = targets ? static_cast<int64_t>(targets->size()) : cfg->columns;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = targets ? (*targets)[static_cast<size_t>(i)] : i;
+      if (c < 0 || c >= cfg->columns) continue;
       const double* k = extra.data() + iou_slot + 3 * static_cast<size_t>(c);
       const double denominator = k[0] + k[1] + k[2];
       if (denominator > 0) total += k[0] / denominator, ++counted;
     }
     return counted > 0 ? total / static_cast<double>(counted) : 0.0;
+  }
+  // Keras's BinaryIoU: class 1 (a prediction at or above the threshold) and class 0 each scores
+  // TP / (TP + FP + FN) of its own, averaged over its target_class_ids that occur.
+  double binary_iou() const {
+    const double* k = extra.data() + binary_iou_slot;  // by label, then prediction
+    const std::vector<int64_t>& targets = cfg->metric_options.iou_targets;
+    double total = 0;
+    int counted = 0;
+    for (int64_t c : targets.empty() ? std::vector<int64_t>{0, 1} : targets) {
+      const double tp = k[3 * c], denominator = k[2 * c] + k[2 * c + 1] + k[c] + k[2 + c] - tp;
+      if (denominator > 0) total += tp / denominator, ++counted;
+    }
+    return counted > 0 ? total / counted : 0.0;
+  }
+  // Keras's PrecisionAtRecall, RecallAtPrecision, SensitivityAtSpecificity and SpecificityAtSensitivity:
+  // over the thresholds 0, 1/199, ..., 1 (a prediction above one counts as positive), the largest of one
+  // rate among those whose other rate is at least the metric's value; 0 when none is.
+  double constrained_metric(const std::string& m) const {
+    const double* pos = extra.data() + kAucHistogram;
+    const double* neg = pos + kAucBuckets;
+    double positives = 0, negatives = 0;
+    for (size_t b = 0; b < kAucBuckets; ++b) positives += pos[b], negatives += neg[b];
+    const auto it = cfg->metric_options.at.find(m);
+    const double value = it == cfg->metric_options.at.end() ? 0.0 : it->second;
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    double tp = 0, fp = 0, best = 0;
+    for (int j = kAucThresholds - 1; j >= 0; --j) {
+      tp += pos[j + 1], fp += neg[j + 1];
+      // At the lowest threshold, 0, a prediction of exactly 0 is not above it (it is above AUC's -1e-7).
+      const double t = j == 0 ? tp - extra[zero_slot] : tp, f = j == 0 ? fp - extra[zero_slot + 1] : fp;
+      const double precision = ratio(t, t + f), recall = ratio(t, positives),
+                   specificity = ratio(negatives - f, negatives);
+      double constrained = 0, dependent = 0;
+      if (m == "precision_at_recall") constrained = recall, dependent = precision;
+      if (m == "recall_at_precision") constrained = precision, dependent = recall;
+      if (m == "sensitivity_at_specificity") constrained = specificity, dependent = recall;
+      if (m == "specificity_at_sensitivity") constrained = recall, dependent = specificity;
+      if (constrained >= value) best = std::max(best, dependent);
+    }
+    return best;
   }
   // The area under the ROC curve by the trapezoidal rule over the thresholds (Keras's AUC()).
   double auc() const {
@@ -1096,7 +1167,15 @@ struct MetricAccumulator {
                        std::max(0.0, judged(n) - extra[kTruePos] - extra[kFalsePos] - extra[kFalseNeg]));
       if (m == "auc") l.emplace_back(name, auc());
       if (m == "pr_auc") l.emplace_back(name, pr_auc());
-      if (m == "mean_iou") l.emplace_back(name, mean_iou());
+      if (m == "mean_iou" || m == "one_hot_mean_iou") l.emplace_back(name, mean_iou());
+      if (m == "iou" || m == "one_hot_iou") l.emplace_back(name, mean_iou(&cfg->metric_options.iou_targets));
+      if (m == "binary_iou") l.emplace_back(name, binary_iou());
+      if (!constraint_of(m).empty()) l.emplace_back(name, constrained_metric(m));
+      if (m == "fbeta_score" && f1_of_classes())
+        l.emplace_back(name, f1_of_classes_score(cfg->metric_options.beta));
+      if (m == "fbeta_score" && !f1_of_classes())
+        l.emplace_back(name,
+                       f_beta(extra[kTruePos], extra[kFalsePos], extra[kFalseNeg], cfg->metric_options.beta));
       for (const LossMetricSlot& lm : loss_metrics)
         if (m == lm.name) l.emplace_back(name, ratio(extra[lm.slot], judged(n)));
       if (m == "mae") l.emplace_back(name, ratio(extra[kAbsError], judged(n)));
@@ -1434,18 +1513,33 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
                           m, outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'", per_sample, last,
                           k.binary ? "label by label" : "sample by sample"),
               "report it on an output of one row per sample (or per step, under a mask), or leave it out");
-    const auto lists_iou = [](const std::vector<std::string>& ms) {
-      return std::find(ms.begin(), ms.end(), "mean_iou") != ms.end();
+    // The IoU metrics of the classes: their num_classes is the output's, and their target_class_ids among
+    // them.
+    const auto lists = [&](std::initializer_list<std::string_view> names) {
+      for (const auto* ms : {&outputs[i].metrics, &outputs[i].weighted_metrics})
+        for (const std::string& m : *ms)
+          if (std::find(names.begin(), names.end(), m) != names.end()) return true;
+      return false;
     };
-    const int64_t iou_classes = outputs[i].iou_classes;
-    if (iou_classes > 0 && (lists_iou(outputs[i].metrics) || lists_iou(outputs[i].weighted_metrics)) &&
-        outputs[i].columns != iou_classes)
+    const MetricOptions& mo = outputs[i].metric_options;
+    const std::string where = outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name;
+    const std::string output = outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'";
+    if (mo.iou_classes > 0 && lists({"mean_iou", "iou", "one_hot_iou", "one_hot_mean_iou"}) &&
+        outputs[i].columns != mo.iou_classes)
       throw InputError(
-          outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name,
-          fmt::format("MeanIoU(num_classes={}) counts {} classes, and the output{} has {}", iou_classes,
-                      iou_classes, outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'",
-                      outputs[i].columns),
+          where,
+          fmt::format("the IoU metric's num_classes={} counts {} classes, and the output{} has {}",
+                      mo.iou_classes, mo.iou_classes, output, outputs[i].columns),
           fmt::format("num_classes={}, the size of the output's last axis", outputs[i].columns));
+    if (lists({"iou", "one_hot_iou"}))
+      for (int64_t c : mo.iou_targets)
+        if (c >= outputs[i].columns)
+          throw InputError(
+              where,
+              fmt::format("the IoU metric's target_class_ids name class {}, and the output{} has "
+                          "{} classes (0 to {})",
+                          c, output, outputs[i].columns, outputs[i].columns - 1),
+              "list classes of the output");
     // Weighted metrics judge a regression output's samples whole: one weight each.
     if (k.regression && !outputs[i].weighted_metrics.empty() && !p.sample_ws.empty()) {
       const Shape& ws = g.value(p.sample_ws[std::min(i, p.sample_ws.size() - 1)]).shape;
@@ -1748,8 +1842,9 @@ bool maximized(const std::string& mode, const std::string& monitor, const std::v
       }
   if (m.starts_with("weighted_")) m = m.substr(9);
   return m.find("acc") != std::string::npos || m == "precision" || m == "recall" || m == "auc" ||
-         m == "pr_auc" || m == "f1_score" || m == "r2_score" || m == "mean_iou" || m == "cosine_similarity" ||
-         m == "true_positives" || m == "true_negatives";
+         m == "pr_auc" || m == "f1_score" || m == "fbeta_score" || m == "r2_score" || m.ends_with("iou") ||
+         m.find("_at_") != std::string::npos || m == "cosine_similarity" || m == "true_positives" ||
+         m == "true_negatives";
 }
 
 }  // namespace

@@ -104,10 +104,9 @@ struct OutputLoss {
   // Keras's weighted_metrics: metrics whose judged positions count their sample weights (and, in training,
   // their class weights), reported after `metrics` under weighted_metric_name.
   std::vector<std::string> weighted_metrics;
-  LossOptions loss_options;           // huber's delta, the focal losses' gamma and alpha
-  int64_t iou_classes = 0;            // MeanIoU(num_classes=N): the classes the output must have; 0: any
-  std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K): positions labelled K are not counted
-  std::string f1_average;  // F1Score(average=...) of the classes: macro, micro or weighted; "": binary F1
+  LossOptions loss_options;  // huber's delta, the focal losses' gamma and alpha
+  MetricOptions
+      metric_options;  // what its metrics' calls set (MeanIoU's num_classes, FBetaScore's beta, ...)
 };
 
 // The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the
@@ -127,9 +126,7 @@ struct FitConfig {
   // accuracy, top_k_accuracy; precision, recall, auc (binary); mae, mse
   std::vector<std::string> metrics;
   int64_t top_k = 5;
-  int64_t iou_classes = 0;  // MeanIoU(num_classes=N) of the first output (OutputLoss::iou_classes); 0: any
-  std::optional<int64_t> iou_ignore;  // MeanIoU(ignore_class=K) of the first output
-  std::string f1_average;             // F1Score(average=...) of the first output
+  MetricOptions metric_options;  // what the first output's metrics' calls set (OutputLoss::metric_options)
   // Keras's class_weight, by class id (empty: none): the training loss weighs each sample by its class's
   // weight, averaged over the batch's samples; evaluation is unweighted, as in Keras.
   std::vector<double> class_weight;

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace trainer::engine {
 
@@ -16,6 +19,26 @@ struct LossOptions {
   // such as -1 or 255), as a mask does; none by default
   std::optional<int64_t> ignore_class;
   bool operator==(const LossOptions&) const = default;
+};
+
+// What the calls of one output's metrics set, as Keras's metric classes take it (MeanIoU(num_classes=3),
+// FBetaScore(beta=2.0), PrecisionAtRecall(recall=0.8)): one value per output, which every call that names
+// the argument must agree on. The defaults are Keras's, or "not given".
+struct MetricOptions {
+  // MeanIoU's, IoU's, OneHotIoU's and OneHotMeanIoU's num_classes: the classes the output must have; 0: any.
+  int64_t iou_classes = 0;
+  std::optional<int64_t> iou_ignore;  // their ignore_class: positions labelled K are not counted
+  // IoU's, OneHotIoU's and BinaryIoU's target_class_ids: the classes averaged; empty: BinaryIoU's (0, 1)
+  std::vector<int64_t> iou_targets;
+  double iou_threshold = 0.5;  // BinaryIoU's: a prediction at or above it is class 1
+  // F1Score's and FBetaScore's average of a categorical output's classes: macro, micro or weighted; "" for
+  // a binary output's score at 0.5
+  std::string f1_average;
+  double beta = 1;  // FBetaScore's: recall weighs beta times as much as precision
+  // The constraint of PrecisionAtRecall (its recall), RecallAtPrecision (precision), SensitivityAtSpecificity
+  // (specificity) and SpecificityAtSensitivity (sensitivity), by the metric's name
+  std::map<std::string, double> at;
+  bool operator==(const MetricOptions&) const = default;
 };
 
 }  // namespace trainer::engine

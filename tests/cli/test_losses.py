@@ -213,7 +213,8 @@ class Losses(unittest.TestCase):
         for override, message in [
                 ('train.loss="Huber(delta=-1)"', "huber's argument delta = -1 must be a positive number"),
                 ('train.loss="Huber(gamma=2)"', "huber has no argument 'gamma' here"),
-                ('train.loss="Huber(2.0)"', "its argument 2.0 has no name"),
+                ('train.loss="Huber(2.0, delta=2.0)"', "its argument 'delta' is given twice (by position and by name)"),
+                ('train.loss="Huber(1, 2, 3, 4)"', "it gives 4 arguments without names, and Huber takes at most 3"),
                 ('train.loss="BinaryCrossentropy(from_logits=True)"', None)]:
             r = run(["check", spec, "--set", override] + (["--set", "train.from_logits=false"] if not message else []))
             self.assertEqual(r.returncode, 2, r.stderr)

@@ -192,6 +192,49 @@ class Metrics(unittest.TestCase):
         r = run(["check", self.spec("counts_sparse.toml", loss="mse", metrics=["true_positives"])])
         cli_util.assert_input_error(self, r, "'true_positives' is a binary classification metric")
 
+    def test_constrained_metrics_binary_iou_and_f_beta_are_kerass(self):
+        # PrecisionAtRecall and its kin over Keras's 200 thresholds 0, 1/199, ..., 1; BinaryIoU at its own
+        # threshold; FBetaScore at 0.5 with Keras's epsilon. On one device and on two, which add their counts.
+        metrics = ["PrecisionAtRecall(0.6)", "RecallAtPrecision(precision=0.7)", "SensitivityAtSpecificity(0.8)",
+                   "SpecificityAtSensitivity(sensitivity=0.5)", "BinaryIoU(target_class_ids=[0, 1], threshold=0.4)",
+                   "FBetaScore(beta=2.0)"]
+        names = ["precision_at_recall", "recall_at_precision", "sensitivity_at_specificity",
+                 "specificity_at_sensitivity", "binary_iou", "fbeta_score"]
+        y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1)
+        for devices in ("1", "2"):
+            with self.subTest(devices=devices):
+                out = f"constrained{devices}"
+                last = self.fit(self.spec(out + ".toml", metrics=metrics), out, "--devices", devices)[-1]
+                self.assertEqual([k for k in last if k in names], names)  # in the spec's order
+                p = self.predictions(out).astype(np.float32)
+                t = np.array([0.0] + [(i + 1) / 199 for i in range(198)] + [1.0], dtype=np.float32)
+                pos = y > 0.5
+                above = p[None, :] > t[:, None]
+                tp, fp = (above & pos).sum(1).astype(float), (above & ~pos).sum(1).astype(float)
+                fn, tn = pos.sum() - tp, (~pos).sum() - fp
+                precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+                recall, specificity = tp / (tp + fn), tn / (tn + fp)
+                for name, constrained, dependent, value in (
+                        ("precision_at_recall", recall, precision, 0.6),
+                        ("recall_at_precision", precision, recall, 0.7),
+                        ("sensitivity_at_specificity", specificity, recall, 0.8),
+                        ("specificity_at_sensitivity", recall, specificity, 0.5)):
+                    want = float(np.max(np.where(constrained >= value, dependent, 0.0), initial=0.0))
+                    self.assertAlmostEqual(last["val_" + name], want, places=6, msg=name)
+                    self.assertGreater(want, 0.2, name)  # the constraint is met somewhere
+                predicted = p >= 0.4
+                ious = [((predicted == c) & (pos == c)).sum() / ((predicted == c) | (pos == c)).sum() for c in (0, 1)]
+                self.assertAlmostEqual(last["val_binary_iou"], float(np.mean(ious)), places=6)
+                e, b2 = 1e-7, 4.0
+                k = [float(((p > 0.5) & pos).sum()), float(((p > 0.5) & ~pos).sum()), float(((p <= 0.5) & pos).sum())]
+                pr, rc = k[0] / (k[0] + k[1] + e), k[0] / (k[0] + k[2] + e)
+                self.assertAlmostEqual(last["val_fbeta_score"], (1 + b2) * pr * rc / (b2 * pr + rc + e), places=6)
+                self.assertNotAlmostEqual(last["val_precision_at_recall"], last["val_recall_at_precision"], places=3)
+        # The constraint is the call's: a bare name is refused with the call to write.
+        r = run(["check", self.spec("bare.toml", metrics=["sensitivity_at_specificity"])])
+        cli_util.assert_input_error(self, r, "needs the specificity it is computed at",
+                                    "sensitivity_at_specificity(specificity=0.8)")
+
     def test_with_logits_the_metrics_judge_probabilities(self):
         self.fit(self.spec("logits.toml", activation="linear", from_logits=True,
                            metrics=["accuracy", "precision", "recall", "auc"]), "logits")
@@ -333,6 +376,22 @@ class MeanIoU(unittest.TestCase):
             f.write(SEGMENTATION)
         return spec, label
 
+    def fit_and_count(self, spec, d, out, label, args):
+        """Fits the per-pixel model into `out` with `args`; returns its last epoch and, from the checkpoint's
+        predicted classes, the true positives, false positives and false negatives of each class."""
+        r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out] + args,
+                timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        last = cli_util.json_lines(self, r.stdout)[-2]
+        r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(out, "last.ckpt"), os.path.join(d, "seg_x.npy"),
+                            "--device", "cpu", "-q"], capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pred = np.loadtxt(r.stdout.decode().splitlines(), delimiter=",", dtype=np.int64).reshape(-1)
+        y = label.reshape(-1)
+        return last, [np.array([f(c).sum() for c in range(3)], float)
+                      for f in (lambda c: (pred == c) & (y == c), lambda c: (pred == c) & (y != c),
+                                lambda c: (pred != c) & (y == c))]
+
     def test_mean_iou_is_kerass_from_the_predicted_classes(self):
         with tempfile.TemporaryDirectory() as d:
             spec, label = self.segmentation(d, 3, 0.5)
@@ -353,9 +412,42 @@ class MeanIoU(unittest.TestCase):
             # num_classes must be the output's classes; a binary model has no classes to count.
             r = run(["fit", spec, "--device", "cpu", "-q", "--set",
                      'train.metrics=["MeanIoU(num_classes=4)"]'], timeout=300)
-            cli_util.assert_input_error(self, r, "MeanIoU(num_classes=4) counts 4 classes, and the output has 3")
+            cli_util.assert_input_error(self, r,
+                                        "the IoU metric's num_classes=4 counts 4 classes, and the output has 3")
             r = run(["check", spec, "--set", "train.loss=binary_crossentropy", "--set", 'train.metrics=["mean_iou"]'])
             cli_util.assert_input_error(self, r, "metric 'mean_iou' counts the classes of a categorical output")
+
+    def test_iou_of_target_classes_and_one_hot_labels(self):
+        # IoU averages its target_class_ids alone; OneHotIoU and OneHotMeanIoU read one-hot labels, and
+        # FBetaScore(average=...) weighs recall beta times as much.
+        with tempfile.TemporaryDirectory() as d:
+            spec, label = self.segmentation(d, 5, 0.6)
+            np.save(os.path.join(d, "seg_onehot.npy"), np.eye(3, dtype=np.float32)[label])
+            runs = {"sparse": ["--set", "train.metrics=[\"IoU(3, [0, 2])\", \"MeanIoU(3)\", "
+                               "\"FBetaScore('macro', beta=2.0)\"]"],
+                    "onehot": ["--set", "train.loss=categorical_crossentropy", "--set",
+                               "data.train.y=seg_onehot.npy", "--set", "data.validation.y=seg_onehot.npy", "--set",
+                               "train.metrics=[\"OneHotIoU(num_classes=3, target_class_ids=[1])\", "
+                               "\"OneHotMeanIoU(3)\"]"]}
+            for labels, args in runs.items():
+                with self.subTest(labels=labels):
+                    out = os.path.join(d, labels)
+                    last, (tp, fp, fn) = self.fit_and_count(spec, d, out, label, args)
+                    iou = tp / (tp + fp + fn)
+                    if labels == "sparse":
+                        self.assertAlmostEqual(last["val_iou"], float(iou[[0, 2]].mean()), places=6)
+                        self.assertAlmostEqual(last["val_mean_iou"], float(iou.mean()), places=6)
+                        self.assertNotAlmostEqual(last["val_iou"], last["val_mean_iou"], places=3)
+                        e = 1e-7
+                        p, rc = tp / (tp + fp + e), tp / (tp + fn + e)
+                        self.assertAlmostEqual(last["val_fbeta_score"], float((5 * p * rc / (4 * p + rc + e)).mean()),
+                                               places=6)
+                    else:
+                        self.assertAlmostEqual(last["val_one_hot_iou"], float(iou[1]), places=6)
+                        self.assertAlmostEqual(last["val_one_hot_mean_iou"], float(iou.mean()), places=6)
+            # A target class the output lacks is an input error naming it.
+            r = run(["fit", spec, "--device", "cpu", "-q", "--set", 'train.metrics=["IoU(3, [3])"]'], timeout=300)
+            cli_util.assert_input_error(self, r, "target_class_ids name class 3, and the output has 3 classes")
 
     def test_f1_score_of_the_classes_is_kerass_average(self):
         # F1Score(average=...) of a categorical (per-pixel) output: Keras's FBetaScore at beta 1 on the predicted
@@ -371,20 +463,8 @@ class MeanIoU(unittest.TestCase):
             for average in ("macro", "micro", "weighted"):
                 with self.subTest(average=average):
                     out = os.path.join(d, average)
-                    r = run(["fit", spec, "--device", "cpu", "--log-format", "jsonl", "-q", "--output-dir", out,
-                             "--set", f"train.metrics=[\"accuracy\", \"F1Score(average='{average}')\"]"],
-                            timeout=300)
-                    self.assertEqual(r.returncode, 0, r.stderr)
-                    last = cli_util.json_lines(self, r.stdout)[-2]
-                    r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(out, "last.ckpt"),
-                                        os.path.join(d, "seg_x.npy"), "--device", "cpu", "-q"], capture_output=True,
-                                       timeout=120)
-                    self.assertEqual(r.returncode, 0, r.stderr)
-                    pred = np.loadtxt(r.stdout.decode().splitlines(), delimiter=",", dtype=np.int64).reshape(-1)
-                    y = label.reshape(-1)
-                    tp, fp, fn = (np.array([((pred == c) & (y == c)).sum() for c in range(3)], float),
-                                  np.array([((pred == c) & (y != c)).sum() for c in range(3)], float),
-                                  np.array([((pred != c) & (y == c)).sum() for c in range(3)], float))
+                    last, (tp, fp, fn) = self.fit_and_count(
+                        spec, d, out, label, ["--set", f"train.metrics=[\"accuracy\", \"F1Score(average='{average}')\"]"])
                     want = (f1(tp, fp, fn).mean() if average == "macro" else
                             f1(tp.sum(), fp.sum(), fn.sum()) if average == "micro" else
                             (f1(tp, fp, fn) * (tp + fn)).sum() / (tp + fn).sum())

@@ -874,7 +874,7 @@ TEST_SUITE("model_spec") {
     const ModelSpec iou = parse_model_spec(
         kHead + sparse + "metrics = [\"MeanIoU(num_classes=2, sparse_y_true=True)\"]\n", "i.toml");
     CHECK(iou.train.metrics == std::vector<std::string>{"mean_iou"});
-    CHECK(iou.train.iou_classes == 2);
+    CHECK(iou.train.metric_options.iou_classes == 2);
     CHECK(to_toml(iou).find("\"mean_iou(num_classes=2)\"") != std::string::npos);
     CHECK(same_settings(iou, parse_model_spec(to_toml(iou), "i.toml")));
     f = failure(kHead + sparse + "metrics = [\"MeanIoU(num_classes=2, sparse_y_true=False)\"]\n");
@@ -889,8 +889,8 @@ TEST_SUITE("model_spec") {
         "[\"MeanIoU(num_classes=3)\"], b = [\"MeanIoU(num_classes=4)\"] }\n",
         "two.toml");
     REQUIRE(two.train.outputs.size() == 2);
-    CHECK(two.train.outputs[0].iou_classes == 3);
-    CHECK(two.train.outputs[1].iou_classes == 4);
+    CHECK(two.train.outputs[0].metric_options.iou_classes == 3);
+    CHECK(two.train.outputs[1].metric_options.iou_classes == 4);
     CHECK(same_settings(two, parse_model_spec(to_toml(two), "two.toml")));
     // A cross-entropy metric's call says from_logits as the loss does.
     CHECK(parse_model_spec(kHead + "[train]\nloss = \"binary_crossentropy\"\nfrom_logits = true\nmetrics = "
@@ -933,8 +933,8 @@ TEST_SUITE("model_spec") {
     // Numbers as Python writes them: no C hexadecimal.
     f = failure(kHead + "[train]\nloss = \"Huber(delta=0x2)\"\n");
     CHECK(f.what ==
-          "train.loss 'Huber(delta=0x2)': its argument delta = 0x2 is not a number, True, False or a "
-          "quoted string");
+          "train.loss 'Huber(delta=0x2)': its argument delta = 0x2 is not a number, True, False, a quoted "
+          "string or a list");
     // A misspelled name is an unknown name with its did-you-mean, with or without arguments.
     f = failure(kHead + "[train]\nloss = \"binary-crossentropy\"\n");
     CHECK(f.what == "unknown loss 'binary-crossentropy'");
@@ -960,8 +960,8 @@ TEST_SUITE("model_spec") {
                              "metrics = [\"MeanIoU(num_classes=2, ignore_class=0)\"]\n",
                          "ig.toml");
     CHECK(ig.train.loss_options.ignore_class == 255);
-    CHECK(ig.train.iou_classes == 2);
-    CHECK(ig.train.iou_ignore == 0);
+    CHECK(ig.train.metric_options.iou_classes == 2);
+    CHECK(ig.train.metric_options.iou_ignore == 0);
     const std::string ig_text = to_toml(ig);
     CHECK(ig_text.find("ignore_class=255") != std::string::npos);
     CHECK(ig_text.find("mean_iou(num_classes=2, ignore_class=0)") != std::string::npos);
@@ -971,7 +971,7 @@ TEST_SUITE("model_spec") {
         kHead +
             "[train]\nloss = \"sparse_categorical_crossentropy\"\nmetrics = [\"F1Score(average='micro')\"]\n",
         "f1.toml");
-    CHECK(f1.train.f1_average == "micro");
+    CHECK(f1.train.metric_options.f1_average == "micro");
     CHECK(to_toml(f1).find("f1_score(average='micro')") != std::string::npos);
     CHECK(same_settings(parse_model_spec(to_toml(f1), "f1.toml"), f1));
     // Python's None where Keras's default is "not set": accepted, and nothing is set.
@@ -982,8 +982,8 @@ TEST_SUITE("model_spec") {
             "ignore_class=None)\"]\n",
         "none.toml");
     CHECK(!none.train.loss_options.ignore_class);
-    CHECK(!none.train.iou_ignore);
-    CHECK(none.train.f1_average == "macro");
+    CHECK(!none.train.metric_options.iou_ignore);
+    CHECK(none.train.metric_options.f1_average == "macro");
     CHECK(parse_model_spec(
               kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"Precision(thresholds=None)\"]\n",
               "p.toml")
@@ -993,10 +993,121 @@ TEST_SUITE("model_spec") {
         kHead +
         "[train]\nloss = \"sparse_categorical_crossentropy\"\nmetrics = [\"MeanIoU(num_classes=2)\"]\n"
         "weighted_metrics = [\"MeanIoU(num_classes=2, ignore_class=1)\"]\n");
-    CHECK(f.what == "one MeanIoU call of this output says ignore_class=1, and another says none");
+    CHECK(f.what == "one IoU metric of this output says ignore_class=1, and another says none");
     f = failure(kHead +
                 "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"F1Score(average='macro')\"]\n");
     CHECK(f.what == "metric 'F1Score(average='macro')': f1_score has no argument 'average' here");
+  }
+
+  TEST_CASE("Keras's IoU, F-beta and constrained metrics, positional arguments and lists in calls") {
+    const std::string sparse = "[train]\nloss = \"sparse_categorical_crossentropy\"\n";
+    const std::string onehot = "[train]\nloss = \"categorical_crossentropy\"\n";
+    const std::string binary = "[train]\nloss = \"binary_crossentropy\"\n";
+    // Positional arguments take the class's order; lists and tuples of class ids read.
+    const ModelSpec iou = parse_model_spec(
+        kHead + sparse +
+            "metrics = [\"IoU(3, (0, 2), ignore_class=1)\", \"keras.metrics.MeanIoU(3, ignore_class=1)\"]\n",
+        "iou.toml");
+    CHECK(iou.train.metrics == std::vector<std::string>{"iou", "mean_iou"});
+    CHECK(iou.train.metric_options.iou_classes == 3);
+    CHECK(iou.train.metric_options.iou_targets == std::vector<int64_t>{0, 2});
+    CHECK(iou.train.metric_options.iou_ignore == 1);
+    const std::string iou_text = to_toml(iou);
+    CHECK(iou_text.find("\"iou(num_classes=3, target_class_ids=[0, 2], ignore_class=1)\"") !=
+          std::string::npos);
+    CHECK(same_settings(parse_model_spec(iou_text, "iou.toml"), iou));
+    const ModelSpec oh = parse_model_spec(
+        kHead + onehot +
+            "metrics = [\"OneHotIoU(num_classes=2, target_class_ids=[1])\", \"OneHotMeanIoU(2)\"]\n",
+        "oh.toml");
+    CHECK(oh.train.metrics == std::vector<std::string>{"one_hot_iou", "one_hot_mean_iou"});
+    CHECK(same_settings(parse_model_spec(to_toml(oh), "oh.toml"), oh));
+    const ModelSpec bi = parse_model_spec(
+        kHead + binary +
+            "metrics = [\"BinaryIoU(target_class_ids=[1], threshold=0.3)\", \"FBetaScore(beta=2.0)\", "
+            "\"PrecisionAtRecall(0.8)\", \"RecallAtPrecision(precision=0.9, num_thresholds=200)\", "
+            "\"SensitivityAtSpecificity(0.5)\", \"SpecificityAtSensitivity(sensitivity=0.25)\"]\n",
+        "bi.toml");
+    CHECK(bi.train.metrics == std::vector<std::string>{"binary_iou", "fbeta_score", "precision_at_recall",
+                                                       "recall_at_precision", "sensitivity_at_specificity",
+                                                       "specificity_at_sensitivity"});
+    const engine::MetricOptions& mo = bi.train.metric_options;
+    CHECK(mo.iou_targets == std::vector<int64_t>{1});
+    CHECK(mo.iou_threshold == 0.3);
+    CHECK(mo.beta == 2.0);
+    CHECK(mo.at.at("precision_at_recall") == 0.8);
+    CHECK(mo.at.at("recall_at_precision") == 0.9);
+    CHECK(mo.at.at("sensitivity_at_specificity") == 0.5);
+    CHECK(mo.at.at("specificity_at_sensitivity") == 0.25);
+    CHECK(same_settings(parse_model_spec(to_toml(bi), "bi.toml"), bi));
+    const ModelSpec fb = parse_model_spec(
+        kHead + sparse + "metrics = [\"FBetaScore('weighted', 0.5)\", \"F1Score(average='weighted')\"]\n",
+        "fb.toml");
+    CHECK(fb.train.metric_options.f1_average == "weighted");
+    CHECK(fb.train.metric_options.beta == 0.5);
+    CHECK(same_settings(parse_model_spec(to_toml(fb), "fb.toml"), fb));
+    // A loss's positional arguments too.
+    CHECK(parse_model_spec(kHead + "[train]\nloss = \"Huber(2.0)\"\n", "h.toml").train.loss_options.delta ==
+          2.0);
+    const ModelSpec sc =
+        parse_model_spec(kHead + "[train]\nloss = \"SparseCategoricalCrossentropy(True, 255)\"\n", "s.toml");
+    CHECK(sc.train.from_logits);
+    CHECK(sc.train.loss_options.ignore_class == 255);
+
+    Failure f = failure(kHead + binary + "metrics = [\"precision_at_recall\"]\n");
+    CHECK(f.what == "metric 'precision_at_recall' needs the recall it is computed at");
+    CHECK(f.hint == "write its call: \"precision_at_recall(recall=0.8)\"");
+    f = failure(kHead + sparse + "metrics = [\"IoU(num_classes=3)\"]\n");
+    CHECK(f.what == "metric 'IoU(num_classes=3)' needs the classes it averages (target_class_ids)");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(1.5)\"]\n");
+    CHECK(f.what == "metric 'PrecisionAtRecall(1.5)': recall = 1.5 is not supported by trainer");
+    CHECK(f.hint == "recall is a number in [0, 1]");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, 100)\"]\n");
+    CHECK(f.what == "metric 'PrecisionAtRecall(0.5, 100)': num_thresholds = 100 is not supported by trainer");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(recall=0.5, 0.2)\"]\n");
+    CHECK(f.what ==
+          "metric 'PrecisionAtRecall(recall=0.5, 0.2)': its argument 0.2 has no name and follows one with a "
+          "name, as "
+          "Python refuses");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, recall=0.6)\"]\n");
+    CHECK(f.what ==
+          "metric 'PrecisionAtRecall(0.5, recall=0.6)': its argument 'recall' is given twice (by position "
+          "and by "
+          "name)");
+    f = failure(kHead + binary + "metrics = [\"AUC(200, 'ROC', 'interpolation', None, 5)\"]\n");
+    CHECK(f.what ==
+          "metric 'AUC(200, 'ROC', 'interpolation', None, 5)': it gives 5 arguments without names, and AUC "
+          "takes at most 4 "
+          "so (num_thresholds, curve, summation_method, name)");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5)\", \"PrecisionAtRecall(0.6)\"]\n");
+    CHECK(f.what == "metric 'precision_at_recall' is listed twice");
+    f = failure(kHead + binary +
+                "metrics = [\"PrecisionAtRecall(0.5)\"]\nweighted_metrics = [\"PrecisionAtRecall(0.6)\"]\n");
+    CHECK(f.what == "the precision_at_recall calls of one output say recall=0.5 and recall=0.6");
+    f = failure(kHead + sparse + "metrics = [\"OneHotMeanIoU(3)\"]\n");
+    CHECK(f.what ==
+          "metric 'one_hot_mean_iou' reads one-hot labels, and sparse_categorical_crossentropy's are "
+          "class ids");
+    f = failure(kHead + sparse + "metrics = [\"BinaryIoU()\"]\n");
+    CHECK(f.what ==
+          "metric 'binary_iou' is a binary classification metric, and the loss is "
+          "sparse_categorical_crossentropy");
+    f = failure(kHead + binary + "metrics = [\"BinaryIoU(target_class_ids=[0, 2])\"]\n");
+    CHECK(f.hint == "target_class_ids is a list of the classes 0 and 1: [0, 1], [0] or [1]");
+    f = failure(kHead + sparse + "metrics = [\"IoU(3, [0.5])\"]\n");
+    CHECK(f.what == "metric 'IoU(3, [0.5])': target_class_ids = [0.5] is not supported by trainer");
+    f = failure(kHead + sparse + "metrics = [\"FBetaScore(beta=2.0)\"]\n");
+    CHECK(f.what ==
+          "metric 'fbeta_score': the F-beta score of a categorical output is one per class, and trainer "
+          "reports one "
+          "number");
+    f = failure(kHead + binary + "metrics = [\"FBetaScore(beta=0)\"]\n");
+    CHECK(f.what == "metric 'FBetaScore(beta=0)': beta = 0 is not supported by trainer");
+    f = failure(kHead + "[train]\nloss = \"Huber(2.0, 'sum_over_batch_size', None, 4)\"\n");
+    CHECK(f.what ==
+          "train.loss 'Huber(2.0, 'sum_over_batch_size', None, 4)': it gives 4 arguments without names, and "
+          "Huber "
+          "takes at most 3 so (delta, reduction, name)");
   }
 
   TEST_CASE("early stopping's baseline and start_from_epoch are read, checked and written back") {
