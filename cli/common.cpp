@@ -1113,8 +1113,11 @@ void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltMo
     const bool probabilities = last->op == "Softmax" || last->op == "Sigmoid";
     // Probabilities taken as logits go through a second softmax or sigmoid: the loss is never small (and
     // class ids decided at 0 on probabilities are all 1).
+    // The from_logits errors name where it was set (a --set override, say), the others the loss.
+    const formats::SourcePos& set_at = several ? t.outputs.at(k).from_logits_pos : t.from_logits_pos;
+    const std::string logits_where = set_at.file.empty() ? where : set_at.str();
     if (from_logits && probabilities && onnx_alone)
-      throw InputError(where,
+      throw InputError(logits_where,
                        fmt::format("from_logits is set, but the ONNX model's output '{}' comes from a {} "
                                    "node ('{}'): it gives probabilities",
                                    out.name, last->op, last->name),
@@ -1123,7 +1126,7 @@ void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltMo
       const std::string act = last->op == "Softmax" ? "softmax" : "sigmoid";
       const std::string layer = k == 0 ? (m.output_name.empty() ? m.layers.back().name : m.output_name)
                                        : m.more_outputs[k - 1].name;
-      throw InputError(where,
+      throw InputError(logits_where,
                        fmt::format("from_logits is set, but the output '{}' comes from a {}: it gives "
                                    "probabilities, which the loss would put through a second {}",
                                    layer, act, act),
@@ -1343,11 +1346,19 @@ void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e) 
     pos = &spec.train.reduce_lr.pos;
   else if (e.where() == "train.class_weight")
     pos = &spec.train.class_weight_pos;
-  for (const formats::OutputTrainSpec& o : spec.train.outputs)
+  else if (e.where() == "train.metrics")
+    pos = &spec.train.metrics_pos;
+  else if (e.where() == "train.weighted_metrics")
+    pos = &spec.train.weighted_metrics_pos;
+  for (const formats::OutputTrainSpec& o : spec.train.outputs) {
     if (e.where() == "train.loss." + o.name) {
       pos = &o.loss_pos;
       whose = fmt::format(" (the output '{}')", o.name);
     }
+    // (the metrics' messages name their output)
+    if (e.where() == "train.metrics." + o.name) pos = &o.metrics_pos;
+    if (e.where() == "train.weighted_metrics." + o.name) pos = &o.weighted_metrics_pos;
+  }
   if (!pos || pos->file.empty()) throw e;
   std::string what = e.what();
   throw InputError(pos->str(), what.substr(std::min(what.size(), e.where().size() + 2)) + whose, e.hint());

@@ -1751,6 +1751,7 @@ std::string parse_call(const std::string& text, Call& out) {
       ++i;
       a.list.emplace();
       a.integers = true;
+      bool comma = false;
       for (;;) {
         space();
         if (i < n && text[i] == close) break;
@@ -1764,12 +1765,18 @@ std::string parse_call(const std::string& text, Call& out) {
         a.integers = a.integers && item.integer;
         space();
         if (i < n && text[i] == ',')
-          ++i;
+          ++i, comma = true;
         else if (i >= n || text[i] != close)
           return fmt::format("the list of its argument {} is not closed with '{}'", what, close);
       }
       ++i;
       a.value = text.substr(b, i - b);
+      // Python's (2) is the number 2, not a tuple: (2,) is.
+      if (close == ')' && !comma && a.list->size() == 1) {
+        a.value = a.list->front();
+        a.integer = a.integers;
+        a.list.reset();
+      }
     } else if (const std::string wrong = scalar(a, what, ')'); !wrong.empty()) {
       return wrong;
     }
@@ -1910,16 +1917,6 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
            fmt::format("name the arguments: \"{}\"", at_metric != kAtMetrics.end()
                                                          ? fmt::format("{}(0.8)", call.name)
                                                          : fmt::format("{}(key=value)", call.name)));
-  if (at_metric != kAtMetrics.end() && !given(at_metric->second))
-    r.fail(mp, fmt::format("metric '{}' needs the {} it is computed at", text, at_metric->second),
-           fmt::format("write its call: \"{}({}=0.8)\"",
-                       call.name == metric ? std::string(metric) : call.name, at_metric->second));
-  if (needs_targets && !given("target_class_ids"))
-    r.fail(mp, fmt::format("metric '{}' needs the classes it averages (target_class_ids)", text),
-           fmt::format("write its call: \"{}(num_classes=3, target_class_ids=[0, 2])\", or report mean_iou "
-                       "for every class",
-                       call.name == metric ? std::string(metric) : call.name));
-  if (call.args.empty()) return;
   const bool top_k = metric.find("top_k") != std::string::npos;
   Keys takes;
   if (top_k) takes = {"k"};
@@ -1934,7 +1931,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   const bool binary_loss = label_family(loss) == "binary_crossentropy";
   const bool f_score = metric == "f1_score" || metric == "fbeta_score";
   if (f_score)
-    takes = binary_loss ? Keys{"threshold=0.5"}
+    takes = binary_loss ? Keys{"average=None", "threshold=0.5"}
                         : Keys{"average=\"macro\", \"micro\" or \"weighted\"", "threshold=None"};
   if (metric == "fbeta_score") takes.push_back("beta");
   // The IoU metrics' predictions are the outputs' largest classes (sparse_y_pred=False), their labels the
@@ -1964,13 +1961,20 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "name")
       r.fail(mp, fmt::format("metric '{}': another name for it is not supported by trainer", text),
              fmt::format("it is reported as {}; {}", metric, hint));
-    if (!known)
-      r.fail(mp, fmt::format("metric '{}': {} has no argument '{}' here", text, metric, a.name), hint);
+    if (!known) {
+      const std::string guess = choice_hint(a.name, takes);
+      r.fail(mp, fmt::format("metric '{}': {} has no argument '{}' here", text, metric, a.name),
+             guess.starts_with("did") ? guess + " " + hint : hint);
+    }
     const double* num = std::get_if<double>(&a.value);
     const std::string* str = std::get_if<std::string>(&a.value);
     if (a.list) num = nullptr, str = nullptr;
     bool ok = true;
     std::string why = hint;  // the hint of a value refused
+    // A value Keras refuses too (out of its range), rather than one trainer does not compute with.
+    const bool invalid = a.name == "k" || a.name == "beta" || a.name == "num_classes" ||
+                         a.name == "target_class_ids" || a.name == "average" ||
+                         (at_metric != kAtMetrics.end() && a.name == at_metric->second);
     if (a.name == "k") {
       ok = num && a.integer && *num >= 1 && *num < 1e9;
       if (ok) ks.k.emplace_back(static_cast<int64_t>(*num), mp);
@@ -1990,9 +1994,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
       if (ok) ks.iou_threshold.emplace_back(*num, mp);
       why = "threshold is a number: a probability at or above it is class 1";
     }
-    if (a.name == "average") {
-      ok = str && (*str == "macro" || *str == "micro" || *str == "weighted");
-      if (ok) ks.f1_average.emplace_back(*str, mp);
+    if (a.name == "average") {  // None: Keras's default, a binary output's score (or one per class)
+      ok = a.none || (str && (*str == "macro" || *str == "micro" || *str == "weighted"));
+      if (ok && !a.none) ks.f1_average.emplace_back(*str, mp);
     }
     if (a.name == "beta") {
       ok = num && *num > 0 && *num < 1e6;
@@ -2029,8 +2033,21 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
       if (ok && !a.none) ks.iou_ignore.emplace_back(static_cast<int64_t>(*num), mp);
     }
     if (!ok)
-      r.fail(mp, fmt::format("metric '{}': {} = {} is not supported by trainer", text, a.name, a.text), why);
+      r.fail(mp,
+             fmt::format("metric '{}': {} = {} is {}", text, a.name, a.text,
+                         invalid ? "not a valid value" : "not supported by trainer"),
+             why);
   }
+  // The arguments Keras requires (after the arguments given, so that a misspelt one is named).
+  if (at_metric != kAtMetrics.end() && !given(at_metric->second))
+    r.fail(mp, fmt::format("metric '{}' needs the {} it is computed at", text, at_metric->second),
+           fmt::format("write its call: \"{}({}=0.8)\"",
+                       call.name == metric ? std::string(metric) : call.name, at_metric->second));
+  if (needs_targets && !given("target_class_ids"))
+    r.fail(mp, fmt::format("metric '{}' needs the classes it averages (target_class_ids)", text),
+           fmt::format("write its call: \"{}(num_classes=3, target_class_ids=[0, 2])\", or report mean_iou "
+                       "for every class",
+                       call.name == metric ? std::string(metric) : call.name));
 }
 
 void check_metrics(const Reader& r, const toml::node& mn, const std::string& what, const std::string& loss,
@@ -2268,7 +2285,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                fmt::format("{} is {}, and the loss's call says from_logits={}", ft->name(fk), o.from_logits,
                            *call_logits ? "True" : "False"),
                "give it once");
-    if (call_logits) o.from_logits = *call_logits;
+    if (ft->find(fk)) o.from_logits_pos = ft->pos(fk);
+    if (call_logits) o.from_logits = *call_logits, o.from_logits_pos = o.loss_pos;
   }
   const auto [st, sk] = at("label_smoothing");
   const bool smoothing_key = st->get(sk, o.label_smoothing);
@@ -2298,10 +2316,14 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                threshold_before = ks.iou_threshold.size(), beta_before = ks.beta.size();
   std::map<std::string, size_t> at_before;
   for (const auto& [metric, values] : ks.at) at_before[metric] = values.size();
-  if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics))
+  if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics)) {
     check_metrics(r, *mt->find(mk), mt->name(mk), o.loss, o.from_logits, o.metrics, ks);
-  if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics))
+    o.metrics_pos = mt->pos(mk);
+  }
+  if (const auto [wt, wk] = at("weighted_metrics"); wt->get_strings(wk, o.weighted_metrics)) {
     check_metrics(r, *wt->find(wk), wt->name(wk), o.loss, o.from_logits, o.weighted_metrics, ks);
+    o.weighted_metrics_pos = wt->pos(wk);
+  }
   // What the calls set, this output's: one value each, whichever of its lists names it.
   engine::MetricOptions& mo = o.metric_options;
   if (auto c = one_setting(r, ks.num_classes, iou_before, "IoU metrics'", "num_classes",
@@ -2363,6 +2385,9 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     const OutputTrainSpec& first = s.outputs[0];
     s.loss = first.loss;
     s.loss_pos = first.loss_pos;
+    s.from_logits_pos = first.from_logits_pos;
+    s.metrics_pos = first.metrics_pos;
+    s.weighted_metrics_pos = first.weighted_metrics_pos;
     s.loss_options = first.loss_options;
     s.metric_options = first.metric_options;
     s.from_logits = first.from_logits;
@@ -2374,6 +2399,9 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
         read_output_settings(r, t, outputs, outputs.empty() ? "" : model.outputs[0], ks);
     s.loss = o.loss;
     s.loss_pos = o.loss_pos;
+    s.from_logits_pos = o.from_logits_pos;
+    s.metrics_pos = o.metrics_pos;
+    s.weighted_metrics_pos = o.weighted_metrics_pos;
     s.loss_options = o.loss_options;
     s.metric_options = o.metric_options;
     s.from_logits = o.from_logits;

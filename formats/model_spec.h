@@ -264,6 +264,8 @@ struct OutputTrainSpec {
   double loss_weight = 1;                // its loss counts this much in the loss that trains (loss_weights)
   engine::MetricOptions metric_options;  // what its metrics' calls set: MeanIoU's num_classes, ...
   SourcePos loss_pos;
+  SourcePos from_logits_pos;  // where from_logits was set (its key, or the loss's call); none if not
+  SourcePos metrics_pos, weighted_metrics_pos;  // where the lists are given; none if not
   bool operator==(const OutputTrainSpec&) const = default;
 };
 
@@ -310,6 +312,8 @@ struct TrainSection {
   CheckpointSpec checkpoint;
   SourcePos pos;
   SourcePos loss_pos;
+  SourcePos from_logits_pos;  // where from_logits was set (its key, or the loss's call); none if not
+  SourcePos metrics_pos, weighted_metrics_pos;  // where the lists are given; none if not
   bool operator==(const TrainSection&) const = default;
 };
 

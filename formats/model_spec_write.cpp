@@ -105,7 +105,8 @@ void clear_positions(ModelSpec& s) {
   for (InputSpec& in : s.model.more_inputs) in.pos = {};
   s.model.freeze_pos.clear();
   s.model.outputs_pos.clear();
-  for (OutputTrainSpec& o : s.train.outputs) o.loss_pos = {};
+  for (OutputTrainSpec& o : s.train.outputs)
+    o.loss_pos = o.from_logits_pos = o.metrics_pos = o.weighted_metrics_pos = {};
   s.model.onnx_bytes.reset();
   s.parallel.pos = {};
   for (LayerSpec& l : s.model.layers) {
@@ -117,7 +118,8 @@ void clear_positions(ModelSpec& s) {
   s.data.pos = {};
   for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})
     if (*src) (*src)->pos = {};
-  s.train.pos = s.train.loss_pos = s.train.precision_pos = {};
+  s.train.pos = s.train.loss_pos = s.train.from_logits_pos = s.train.precision_pos = {};
+  s.train.metrics_pos = s.train.weighted_metrics_pos = {};
   s.train.optimizer.pos = s.train.optimizer.schedule.pos = s.train.early_stopping.pos =
       s.train.reduce_lr.pos = s.train.class_weight_pos = {};
   s.train.checkpoint.pos = {};

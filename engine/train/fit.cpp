@@ -1489,14 +1489,16 @@ std::pair<int64_t, int64_t> output_dims(const Graph& g, ValueId output) {
   return {s.numel() / s[0], s[s.rank() - 1]};
 }
 
-// Each output's OutputLoss::columns, as MetricAccumulator::add will see its rows.
-void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
-  const Plan& p = dev.any_plan();
-  const Graph& g = dev.plans().session(p.index).graph();
+// Each output's OutputLoss::columns, as MetricAccumulator::add will see its rows, from a loss graph `g`
+// with the outputs (`output`, then `more_output`), their masks and the sample weights; checks the metrics
+// that depend on the outputs' shapes.
+void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId output,
+                 const std::vector<ValueId>& more_output, ValueId mask, const std::vector<ValueId>& more_mask,
+                 const std::vector<ValueId>& sample_ws) {
   for (size_t i = 0; i < outputs.size(); ++i) {
-    const auto [per_sample, last] = output_dims(g, i == 0 ? p.output : p.more_output.at(i - 1));
+    const auto [per_sample, last] = output_dims(g, i == 0 ? output : more_output.at(i - 1));
     const LossKind k = loss_kind(outputs[i].loss);
-    const bool masked = (i == 0 ? p.mask : p.more_mask.at(i - 1)) != kNoValue;
+    const bool masked = (i == 0 ? mask : more_mask.at(i - 1)) != kNoValue;
     outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical || masked ? last : per_sample;
     // Keras's metrics that reduce the last axis (a distribution, a direction, a largest wrong class) judge
     // its rows; they are computed where a judged position is one.
@@ -1541,8 +1543,8 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
                           c, output, outputs[i].columns, outputs[i].columns - 1),
               "list classes of the output");
     // Weighted metrics judge a regression output's samples whole: one weight each.
-    if (k.regression && !outputs[i].weighted_metrics.empty() && !p.sample_ws.empty()) {
-      const Shape& ws = g.value(p.sample_ws[std::min(i, p.sample_ws.size() - 1)]).shape;
+    if (k.regression && !outputs[i].weighted_metrics.empty() && !sample_ws.empty()) {
+      const Shape& ws = g.value(sample_ws[std::min(i, sample_ws.size() - 1)]).shape;
       if (ws.rank() > 1 && ws.numel() != ws[0])
         throw InputError(
             outputs[i].name.empty() ? "train.weighted_metrics" : "train.weighted_metrics." + outputs[i].name,
@@ -1552,6 +1554,12 @@ void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
             "give one weight per sample, or report these metrics unweighted (train.metrics)");
     }
   }
+}
+
+void set_columns(std::vector<OutputLoss>& outputs, Device& dev) {
+  const Plan& p = dev.any_plan();
+  set_columns(outputs, dev.plans().session(p.index).graph(), p.output, p.more_output, p.mask, p.more_mask,
+              p.sample_ws);
 }
 
 // Rows [lo, hi) of a batch into a plan's inputs (a replica's share); returns where those rows' labels start.
@@ -2653,6 +2661,9 @@ size_t planned_training_bytes(const ModelFactory& given, const FitConfig& cfg, i
   const ModelFactory factory = replicas > 1 ? synchronized_factory(given) : given;
   const int64_t rows = (batch + replicas - 1) / replicas;  // the largest slice (fit's slice rule)
   LossGraph lg = add_loss(factory(rows, true, false), rows, cfg);
+  // The metrics that depend on the outputs' shapes are checked as fit checks them.
+  std::vector<OutputLoss> outputs = output_losses(cfg);
+  set_columns(outputs, *lg.graph, lg.output, lg.more_output, lg.mask, lg.more_mask, lg.sample_ws);
   TrainingOptions topt = training_options(cfg, lg);
   if (cfg.shard_optimizer && replicas > 1) topt.shard = split_of(*lg.graph, replicas).ranges_of(0);
   TrainingGraph tg = build_training_graph(std::move(*lg.graph), lg.loss, topt);

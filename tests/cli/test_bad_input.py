@@ -919,11 +919,18 @@ loss = "sparse_categorical_crossentropy"
         # A softmax or sigmoid output with from_logits = true went through a second softmax or sigmoid: the loss
         # never got small, and predict's class ids, decided at 0 on probabilities, were all 1.
         text = SPEC.replace('[train]\n', '[train]\nfrom_logits = true\n')
-        line, col = line_col(text, '"sparse_categorical_crossentropy"')
-        assert_input_error(self, self.trainer("fit", self.spec(text)), f"spec.toml:{line}:{col}",
+        line, col = line_col(text, 'from_logits = true')
+        # The error names where from_logits is set: its key, the loss's call, or the --set override.
+        assert_input_error(self, self.trainer("fit", self.spec(text)), f"spec.toml:{line}:{col + 14}",
                            "from_logits is set, but the output 'dense' comes from a softmax",
                            "hint: leave from_logits out, or end the model without the softmax")
         assert_input_error(self, self.trainer("check", self.spec(text)), "comes from a softmax")
+        assert_input_error(self, self.trainer("check", self.spec(SPEC), "--set", "train.from_logits=true"),
+                           "--set train.from_logits=true: from_logits is set")
+        called = SPEC.replace('"sparse_categorical_crossentropy"', '"SparseCategoricalCrossentropy(True)"')
+        line, col = line_col(called, '"SparseCategoricalCrossentropy(True)"')
+        assert_input_error(self, self.trainer("check", self.spec(called)), f"spec.toml:{line}:{col}",
+                           "from_logits is set")
         # Through layers that change no value (a Dropout after the softmax), and from a Softmax layer.
         dropped = text.replace('activation = "softmax"\n', 'activation = "softmax"\n\n[[model.layers]]\n'
                                'type = "Dropout"\nrate = 0.1\n')

@@ -414,6 +414,13 @@ class MeanIoU(unittest.TestCase):
                      'train.metrics=["MeanIoU(num_classes=4)"]'], timeout=300)
             cli_util.assert_input_error(self, r,
                                         "the IoU metric's num_classes=4 counts 4 classes, and the output has 3")
+            # check finds it too, at its place in the spec.
+            with open(spec) as f:
+                text = f.read()
+            with open(os.path.join(d, "seg4.toml"), "w") as f:
+                f.write(text.replace("num_classes=3", "num_classes=4"))
+            r = run(["check", os.path.join(d, "seg4.toml")])
+            cli_util.assert_input_error(self, r, "seg4.toml:18:11: the IoU metric's num_classes=4 counts 4 classes")
             r = run(["check", spec, "--set", "train.loss=binary_crossentropy", "--set", 'train.metrics=["mean_iou"]'])
             cli_util.assert_input_error(self, r, "metric 'mean_iou' counts the classes of a categorical output")
 
@@ -446,7 +453,7 @@ class MeanIoU(unittest.TestCase):
                         self.assertAlmostEqual(last["val_one_hot_iou"], float(iou[1]), places=6)
                         self.assertAlmostEqual(last["val_one_hot_mean_iou"], float(iou.mean()), places=6)
             # A target class the output lacks is an input error naming it.
-            r = run(["fit", spec, "--device", "cpu", "-q", "--set", 'train.metrics=["IoU(3, [3])"]'], timeout=300)
+            r = run(["check", spec, "--set", 'train.metrics=["IoU(3, [3])"]'])
             cli_util.assert_input_error(self, r, "target_class_ids name class 3, and the output has 3 classes")
 
     def test_f1_score_of_the_classes_is_kerass_average(self):

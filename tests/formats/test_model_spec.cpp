@@ -996,7 +996,9 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "one IoU metric of this output says ignore_class=1, and another says none");
     f = failure(kHead +
                 "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"F1Score(average='macro')\"]\n");
-    CHECK(f.what == "metric 'F1Score(average='macro')': f1_score has no argument 'average' here");
+    CHECK(
+        f.what ==
+        "metric 'f1_score' counts the classes of a categorical output, and the loss is binary_crossentropy");
   }
 
   TEST_CASE("Keras's IoU, F-beta and constrained metrics, positional arguments and lists in calls") {
@@ -1060,7 +1062,7 @@ TEST_SUITE("model_spec") {
     f = failure(kHead + sparse + "metrics = [\"IoU(num_classes=3)\"]\n");
     CHECK(f.what == "metric 'IoU(num_classes=3)' needs the classes it averages (target_class_ids)");
     f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(1.5)\"]\n");
-    CHECK(f.what == "metric 'PrecisionAtRecall(1.5)': recall = 1.5 is not supported by trainer");
+    CHECK(f.what == "metric 'PrecisionAtRecall(1.5)': recall = 1.5 is not a valid value");
     CHECK(f.hint == "recall is a number in [0, 1]");
     f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, 100)\"]\n");
     CHECK(f.what == "metric 'PrecisionAtRecall(0.5, 100)': num_thresholds = 100 is not supported by trainer");
@@ -1095,14 +1097,28 @@ TEST_SUITE("model_spec") {
     f = failure(kHead + binary + "metrics = [\"BinaryIoU(target_class_ids=[0, 2])\"]\n");
     CHECK(f.hint == "target_class_ids is a list of the classes 0 and 1: [0, 1], [0] or [1]");
     f = failure(kHead + sparse + "metrics = [\"IoU(3, [0.5])\"]\n");
-    CHECK(f.what == "metric 'IoU(3, [0.5])': target_class_ids = [0.5] is not supported by trainer");
+    CHECK(f.what == "metric 'IoU(3, [0.5])': target_class_ids = [0.5] is not a valid value");
     f = failure(kHead + sparse + "metrics = [\"FBetaScore(beta=2.0)\"]\n");
     CHECK(f.what ==
           "metric 'fbeta_score': the F-beta score of a categorical output is one per class, and trainer "
           "reports one "
           "number");
     f = failure(kHead + binary + "metrics = [\"FBetaScore(beta=0)\"]\n");
-    CHECK(f.what == "metric 'FBetaScore(beta=0)': beta = 0 is not supported by trainer");
+    CHECK(f.what == "metric 'FBetaScore(beta=0)': beta = 0 is not a valid value");
+    // A misspelt argument is named (before the required one is missed); Python's (2) is a number, not a
+    // tuple; average=None is Keras's default.
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(recal=0.8)\"]\n");
+    CHECK(f.what ==
+          "metric 'PrecisionAtRecall(recal=0.8)': precision_at_recall has no argument 'recal' here");
+    CHECK(f.hint.starts_with("did you mean 'recall'?"));
+    f = failure(kHead + sparse + "metrics = [\"IoU(3, (2))\"]\n");
+    CHECK(f.what == "metric 'IoU(3, (2))': target_class_ids = (2) is not a valid value");
+    CHECK(parse_model_spec(kHead + sparse + "metrics = [\"IoU(3, (2,))\"]\n", "t.toml")
+              .train.metric_options.iou_targets == std::vector<int64_t>{2});
+    CHECK(parse_model_spec(kHead + binary + "metrics = [\"FBetaScore(None, 2.0, 0.5)\"]\n", "t.toml")
+              .train.metric_options.beta == 2.0);
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, class_id=1)\"]\n");
+    CHECK(f.what == "metric 'PrecisionAtRecall(0.5, class_id=1)': class_id = 1 is not supported by trainer");
     f = failure(kHead + "[train]\nloss = \"Huber(2.0, 'sum_over_batch_size', None, 4)\"\n");
     CHECK(f.what ==
           "train.loss 'Huber(2.0, 'sum_over_batch_size', None, 4)': it gives 4 arguments without names, and "
