@@ -1931,8 +1931,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   const bool binary_loss = label_family(loss) == "binary_crossentropy";
   const bool f_score = metric == "f1_score" || metric == "fbeta_score";
   if (f_score)
-    takes = binary_loss ? Keys{"average=None", "threshold=0.5"}
-                        : Keys{"average=\"macro\", \"micro\" or \"weighted\"", "threshold=None"};
+    takes = binary_loss
+                ? Keys{"average=None, \"macro\", \"micro\" or \"weighted\" (of the labels)", "threshold=0.5"}
+                : Keys{"average=\"macro\", \"micro\" or \"weighted\"", "threshold=None"};
   if (metric == "fbeta_score") takes.push_back("beta");
   // The IoU metrics' predictions are the outputs' largest classes (sparse_y_pred=False), their labels the
   // loss's; OneHotIoU's and OneHotMeanIoU's are one-hot.
@@ -2106,11 +2107,18 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
                  "metric '{}' reads probabilities, and from_logits = true says the outputs are logits", m),
              "report the cross-entropy of the loss (which reads logits as the loss does), or leave it out");
     const bool f_score = m == "f1_score" || m == "fbeta_score";
-    if (((f_score && averaged) || is_class_iou(m)) && (binary || !loss.ends_with("crossentropy")))
+    if (is_class_iou(m) && (binary || !loss.ends_with("crossentropy")))
       r.fail(
           mp,
           fmt::format("metric '{}' counts the classes of a categorical output, and the loss is {}", m, loss),
           "it needs loss = \"sparse_categorical_crossentropy\" or categorical_crossentropy (focal or not)");
+    if (f_score && averaged && !loss.ends_with("crossentropy"))
+      r.fail(
+          mp,
+          fmt::format("metric '{}' averaged counts the classes or labels of a classification, and the loss "
+                      "is {}",
+                      m, loss),
+          "it needs a cross-entropy loss (binary for labels, categorical for classes)");
     if (m.find("top_k") != std::string::npos && binary)
       r.fail(mp, fmt::format("metric '{}' ranks classes, and binary_crossentropy's model has one output", m),
              "report accuracy, precision, recall, auc or pr_auc");

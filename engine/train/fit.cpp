@@ -735,7 +735,7 @@ struct MetricAccumulator {
     r2_slot = log_slot + (has("msle") ? 1 : 0);
     iou_slot = r2_slot + (has("r2_score") ? 3 * static_cast<size_t>(cfg->columns) : 0);
     f1_slot = iou_slot + (class_iou() ? 3 * static_cast<size_t>(cfg->columns) : 0);
-    binary_iou_slot = f1_slot + (f1_of_classes() ? 3 * static_cast<size_t>(cfg->columns) : 0);
+    binary_iou_slot = f1_slot + (f1_of_classes() ? 3 * static_cast<size_t>(f1_columns()) : 0);
     zero_slot = binary_iou_slot + (has("binary_iou") ? 4 : 0);
     size_t end = zero_slot + (constrained() ? 2 : 0);
     for (const std::string& m : *names)
@@ -846,6 +846,12 @@ struct MetricAccumulator {
           extra[kFalsePos] += w * (predicted && !positive);
           extra[kFalseNeg] += w * (!predicted && positive);
         }
+        if (f1 && kind.binary) {  // per label of a row of labels (i % positions)
+          double* c = extra.data() + f1_slot + 3 * static_cast<size_t>(i % positions);
+          c[0] += w * (predicted && positive);
+          c[1] += w * (predicted && !positive);
+          c[2] += w * (!predicted && positive);
+        }
         if (binary_iou) extra[binary_iou_slot + 2 * positive + (p >= cfg->metric_options.iou_threshold)] += w;
         if (auc) {
           const size_t above = std::lower_bound(thresholds.begin(), thresholds.end(), p) - thresholds.begin();
@@ -903,6 +909,8 @@ struct MetricAccumulator {
   bool f1_of_classes() const {
     return (has("f1_score") || has("fbeta_score")) && !cfg->metric_options.f1_average.empty();
   }
+  // What F1Score(average=...) counts apart: a categorical output's classes, a binary output's labels.
+  int64_t f1_columns() const { return kind.binary ? cfg->labels : cfg->columns; }
   // Keras's FBetaScore: per class P = TP / (TP + FP + e), R = TP / (TP + FN + e) and
   // (1 + b^2) P R / (b^2 P + R + e) (e = 1e-7); macro: their mean over every class (one never seen scores 0),
   // weighted: by each class's labels, micro: of the counts summed over the classes.
@@ -914,8 +922,8 @@ struct MetricAccumulator {
   double f1_of_classes_score(double beta = 1) const {
     auto f1 = [beta](double tp, double fp, double fn) { return f_beta(tp, fp, fn, beta); };
     double total = 0, labels = 0, tp = 0, fp = 0, fn = 0;
-    const int64_t n = std::max<int64_t>(cfg->columns, 1);
-    for (int64_t c = 0; c < cfg->columns; ++c) {
+    const int64_t n = std::max<int64_t>(f1_columns(), 1);
+    for (int64_t c = 0; c < f1_columns(); ++c) {
       const double* k = extra.data() + f1_slot + 3 * static_cast<size_t>(c);
       tp += k[0], fp += k[1], fn += k[2];
       const double support = k[0] + k[2];
@@ -1500,6 +1508,7 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     const LossKind k = loss_kind(outputs[i].loss);
     const bool masked = (i == 0 ? mask : more_mask.at(i - 1)) != kNoValue;
     outputs[i].columns = k.binary ? 1 : k.sparse || k.categorical || masked ? last : per_sample;
+    outputs[i].labels = k.binary && per_sample == last ? last : 0;
     // Keras's metrics that reduce the last axis (a distribution, a direction, a largest wrong class) judge
     // its rows; they are computed where a judged position is one.
     const bool rows = k.sparse || k.categorical || masked || (k.regression && per_sample == last) ||
@@ -1526,6 +1535,14 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     const MetricOptions& mo = outputs[i].metric_options;
     const std::string where = outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name;
     const std::string output = outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'";
+    // Keras's F-scores of a binary output average the labels of its rows ([batch, labels]).
+    if (k.binary && !mo.f1_average.empty() && outputs[i].labels == 0 && lists({"f1_score", "fbeta_score"}))
+      throw InputError(
+          where,
+          fmt::format("an F-score averaged over labels needs rows of labels ([batch, labels]), and "
+                      "the output{} gives {} per sample, {} on its last axis",
+                      output, per_sample, last),
+          "leave the average out (the score of every label at 0.5 counted together)");
     if (mo.iou_classes > 0 && lists({"mean_iou", "iou", "one_hot_iou", "one_hot_mean_iou"}) &&
         outputs[i].columns != mo.iou_classes)
       throw InputError(

@@ -105,8 +105,12 @@ struct OutputLoss {
   // their class weights), reported after `metrics` under weighted_metric_name.
   std::vector<std::string> weighted_metrics;
   LossOptions loss_options;  // huber's delta, the focal losses' gamma and alpha
-  MetricOptions
-      metric_options;  // what its metrics' calls set (MeanIoU's num_classes, FBetaScore's beta, ...)
+  // What its metrics' calls set (MeanIoU's num_classes, FBetaScore's beta, ...).
+  MetricOptions metric_options;
+  // A binary output whose samples are rows of labels ([batch, labels]): their number, which
+  // F1Score(average=...) counts apart (Keras's per-label scores); 0 for one judged otherwise (per step, per
+  // pixel). Set with columns.
+  int64_t labels = 0;
 };
 
 // The name a weighted metric is reported under, as Keras names it: `metric`, or weighted_METRIC when the

@@ -235,6 +235,43 @@ class Metrics(unittest.TestCase):
         cli_util.assert_input_error(self, r, "needs the specificity it is computed at",
                                     "sensitivity_at_specificity(specificity=0.8)")
 
+    def test_f_scores_of_a_multi_label_output_average_its_labels(self):
+        # Three sigmoid labels per sample: F1Score and FBetaScore with an average score each label at 0.5 and
+        # average them as Keras's do (macro, weighted by each label's positives, or micro of the summed counts).
+        rng = np.random.default_rng(11)
+        for name, n in (("train", 320), ("val", 200)):
+            x = np.load(os.path.join(self.tmp.name, f"x_{name}.npy"))
+            y = np.stack([x[:, 0] > 0.3, x[:, 1] + x[:, 2] > 1.0, rng.random(n) < 0.5], 1).astype(np.float32)
+            np.save(os.path.join(self.tmp.name, f"y3_{name}.npy"), y)
+        y = np.load(os.path.join(self.tmp.name, "y3_val.npy")) > 0.5
+        e = 1e-7
+
+        def f_beta(tp, fp, fn, b):
+            p, r = tp / (tp + fp + e), tp / (tp + fn + e)
+            return (1 + b * b) * p * r / (b * b * p + r + e)
+        scores = set()
+        for average in ("macro", "micro", "weighted"):
+            with self.subTest(average=average):
+                out = f"labels_{average}"
+                path = self.spec(out + ".toml", metrics=[f"F1Score(average='{average}')",
+                                                         f"FBetaScore(average='{average}', beta=2.0)"])
+                with open(path) as f:
+                    text = f.read()
+                with open(path, "w") as f:
+                    f.write(text.replace("units = 1\n", "units = 3\n").replace('"y_train.npy"', '"y3_train.npy"')
+                            .replace('"y_val.npy"', '"y3_val.npy"'))
+                last = self.fit(path, out)[-1]
+                p = self.predictions(out).reshape(-1, 3) > 0.5
+                tp, fp, fn = ((p & y).sum(0).astype(float), (p & ~y).sum(0).astype(float),
+                              (~p & y).sum(0).astype(float))
+                for metric, b in (("f1_score", 1.0), ("fbeta_score", 2.0)):
+                    want = (f_beta(tp, fp, fn, b).mean() if average == "macro" else
+                            f_beta(tp.sum(), fp.sum(), fn.sum(), b) if average == "micro" else
+                            (f_beta(tp, fp, fn, b) * (tp + fn)).sum() / (tp + fn).sum())
+                    self.assertAlmostEqual(last["val_" + metric], float(want), places=6, msg=metric)
+                scores.add(round(last["val_f1_score"], 6))
+        self.assertEqual(len(scores), 3, scores)
+
     def test_with_logits_the_metrics_judge_probabilities(self):
         self.fit(self.spec("logits.toml", activation="linear", from_logits=True,
                            metrics=["accuracy", "precision", "recall", "auc"]), "logits")
@@ -455,6 +492,17 @@ class MeanIoU(unittest.TestCase):
             # A target class the output lacks is an input error naming it.
             r = run(["check", spec, "--set", 'train.metrics=["IoU(3, [3])"]'])
             cli_util.assert_input_error(self, r, "target_class_ids name class 3, and the output has 3 classes")
+            # A per-pixel binary output has no rows of labels for an F-score to average.
+            with open(spec) as f:
+                text = f.read()
+            with open(os.path.join(d, "segb.toml"), "w") as f:
+                f.write(text.replace("filters = 3", "filters = 1").replace('"softmax"', '"sigmoid"')
+                        .replace('"seg_y.npy"', '"seg_b.npy"').replace('"sparse_categorical_crossentropy"',
+                                                                       '"binary_crossentropy"')
+                        .replace('"MeanIoU(num_classes=3, sparse_y_pred=False)"', '"F1Score(average=\'macro\')"'))
+            np.save(os.path.join(d, "seg_b.npy"), (label == 2).astype(np.float32)[..., None])
+            r = run(["check", os.path.join(d, "segb.toml")])
+            cli_util.assert_input_error(self, r, "an F-score averaged over labels needs rows of labels")
 
     def test_f1_score_of_the_classes_is_kerass_average(self):
         # F1Score(average=...) of a categorical (per-pixel) output: Keras's FBetaScore at beta 1 on the predicted

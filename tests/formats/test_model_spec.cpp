@@ -994,11 +994,14 @@ TEST_SUITE("model_spec") {
         "[train]\nloss = \"sparse_categorical_crossentropy\"\nmetrics = [\"MeanIoU(num_classes=2)\"]\n"
         "weighted_metrics = [\"MeanIoU(num_classes=2, ignore_class=1)\"]\n");
     CHECK(f.what == "one IoU metric of this output says ignore_class=1, and another says none");
-    f = failure(kHead +
-                "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"F1Score(average='macro')\"]\n");
-    CHECK(
-        f.what ==
-        "metric 'f1_score' counts the classes of a categorical output, and the loss is binary_crossentropy");
+    // A binary output's F1 averages its labels; a regression has none to average.
+    CHECK(parse_model_spec(
+              kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"F1Score(average='macro')\"]\n",
+              "b.toml")
+              .train.metric_options.f1_average == "macro");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = [\"F1Score(average='macro')\"]\n");
+    CHECK(f.what ==
+          "metric 'f1_score' averaged counts the classes or labels of a classification, and the loss is mse");
   }
 
   TEST_CASE("Keras's IoU, F-beta and constrained metrics, positional arguments and lists in calls") {
