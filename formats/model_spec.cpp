@@ -1852,7 +1852,8 @@ Keys loss_arguments(const std::string& loss) {
 // The settings that metrics' calls give, each with its place: the top-k metrics' k for the whole run, and
 // per output (read_output_settings takes its own from where they stood before its lists) the rest.
 struct CallSettings {
-  std::vector<std::pair<int64_t, SourcePos>> k, num_classes, iou_ignore;
+  std::vector<std::pair<int64_t, SourcePos>> k, num_classes, iou_ignore, num_labels;  // num_labels: AUC's
+  std::vector<std::pair<bool, SourcePos>> multi_label;                                // AUC's
   std::vector<std::pair<std::vector<int64_t>, SourcePos>> targets;  // IoU's target_class_ids
   std::vector<std::pair<double, SourcePos>> iou_threshold, beta;  // BinaryIoU's threshold, FBetaScore's beta
   std::vector<std::pair<std::string, SourcePos>> f1_average;  // F1Score(average=...) of a categorical output
@@ -1876,7 +1877,9 @@ const std::map<std::string_view, std::string_view> kAtMetrics = {
 // A metric class's arguments in Keras's order, for those given by position.
 Keys metric_argument_order(const std::string& metric) {
   if (metric.find("top_k") != std::string::npos) return {"k", "name"};
-  if (metric == "auc") return {"num_thresholds", "curve", "summation_method", "name"};
+  if (metric == "auc")
+    return {"num_thresholds", "curve",       "summation_method", "name",          "dtype",
+            "thresholds",     "multi_label", "num_labels",       "label_weights", "from_logits"};
   if (metric == "precision" || metric == "recall") return {"thresholds", "top_k", "class_id", "name"};
   if (metric.ends_with("_positives") || metric.ends_with("_negatives")) return {"thresholds", "name"};
   if (metric == "f1_score") return {"average", "threshold", "name"};
@@ -1921,7 +1924,13 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   Keys takes;
   if (top_k) takes = {"k"};
   if (metric == "auc")
-    takes = {"curve=\"ROC\" or \"PR\"", "num_thresholds=200", "summation_method=\"interpolation\""};
+    takes = {"curve=\"ROC\" or \"PR\"",
+             "num_thresholds=200",
+             "summation_method=\"interpolation\"",
+             "multi_label",
+             "num_labels",
+             "label_weights=None",
+             from_logits ? "from_logits=True" : "from_logits=False"};
   if (metric == "precision" || metric == "recall" || metric.ends_with("_positives") ||
       metric.ends_with("_negatives"))
     takes = {"thresholds=0.5"};
@@ -1958,7 +1967,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     const bool known = std::any_of(takes.begin(), takes.end(), [&](std::string_view k) {
       return k == a.name || k.starts_with(a.name + "=");
     });
-    if (a.name == "name" && a.none) continue;  // Keras's default name
+    if ((a.name == "name" || a.name == "dtype") && a.none) continue;  // Keras's defaults
     if (a.name == "name")
       r.fail(mp, fmt::format("metric '{}': another name for it is not supported by trainer", text),
              fmt::format("it is reported as {}; {}", metric, hint));
@@ -1984,6 +1993,17 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "curve") ok = str && (*str == "ROC" || *str == "PR");
     if (ok && a.name == "curve" && *str == "PR") metric = "pr_auc";
     if (a.name == "summation_method") ok = str && *str == "interpolation";
+    if (a.name == "multi_label") {
+      const bool* on = std::get_if<bool>(&a.value);
+      ok = on != nullptr;
+      if (ok) ks.multi_label.emplace_back(*on, mp);
+    }
+    if (a.name == "num_labels") {
+      ok = a.none || (num && a.integer && *num >= 1 && *num < 1e9);
+      if (ok && !a.none) ks.num_labels.emplace_back(static_cast<int64_t>(*num), mp);
+      why = "num_labels is a whole number, 1 or more: the labels of each sample";
+    }
+    if (a.name == "label_weights") ok = a.none;
     if (a.name == "num_thresholds") ok = num && *num == 200;
     if (a.name == "class_id") ok = a.none;
     // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.)
@@ -2321,7 +2341,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   // Where this output's settings start among those of the run's calls.
   const size_t iou_before = ks.num_classes.size(), ignore_before = ks.iou_ignore.size(),
                average_before = ks.f1_average.size(), targets_before = ks.targets.size(),
-               threshold_before = ks.iou_threshold.size(), beta_before = ks.beta.size();
+               threshold_before = ks.iou_threshold.size(), beta_before = ks.beta.size(),
+               multi_before = ks.multi_label.size(), labels_before = ks.num_labels.size();
   std::map<std::string, size_t> at_before;
   for (const auto& [metric, values] : ks.at) at_before[metric] = values.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics)) {
@@ -2346,6 +2367,21 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (auto t = one_setting(r, ks.iou_threshold, threshold_before, "BinaryIoU", "threshold",
                            "give them one threshold"))
     mo.iou_threshold = *t;
+  if (auto m =
+          one_setting(r, ks.multi_label, multi_before, "AUC", "multi_label", "give them one multi_label"))
+    mo.auc_multi_label = *m;
+  // Likewise one multi_label for the output's AUCs: one without it beside one with it would take it too.
+  const auto aucs = std::count_if(o.metrics.begin(), o.metrics.end(),
+                                  [](const std::string& m) { return m == "auc" || m == "pr_auc"; }) +
+                    std::count_if(o.weighted_metrics.begin(), o.weighted_metrics.end(),
+                                  [](const std::string& m) { return m == "auc" || m == "pr_auc"; });
+  if (mo.auc_multi_label && static_cast<size_t>(aucs) > ks.multi_label.size() - multi_before)
+    r.fail(ks.multi_label[multi_before].second,
+           "one AUC of this output says multi_label=True, and another says nothing",
+           "give the output's AUC calls one multi_label");
+  if (auto n =
+          one_setting(r, ks.num_labels, labels_before, "AUC", "num_labels", "give them the output's labels"))
+    mo.auc_num_labels = *n;
   for (const auto& [metric, values] : ks.at)
     if (auto v = one_setting(r, values, at_before[metric], metric, kAtMetrics.at(metric),
                              "report it at one value per output"))

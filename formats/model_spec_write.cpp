@@ -202,6 +202,11 @@ std::string to_toml(const ModelSpec& spec) {
         if ((m == "f1_score" || m == "fbeta_score") && !mo.f1_average.empty())
           args.push_back(fmt::format("average='{}'", mo.f1_average));
         if (m == "fbeta_score" && mo.beta != 1) args.push_back(fmt::format("beta={}", toml_float(mo.beta)));
+        if ((m == "auc" || m == "pr_auc") && mo.auc_multi_label) {
+          if (m == "pr_auc") m = "auc", args.push_back("curve='PR'");
+          args.push_back("multi_label=True");
+          if (mo.auc_num_labels > 0) args.push_back(fmt::format("num_labels={}", mo.auc_num_labels));
+        }
         if (auto it = mo.at.find(m); it != mo.at.end())
           args.push_back(fmt::format("{}", toml_float(it->second)));
         if (!args.empty()) m = fmt::format("{}({})", m, fmt::join(args, ", "));

@@ -719,6 +719,8 @@ struct MetricAccumulator {
   // The positives and negatives predicted exactly 0, which the constrained metrics' lowest threshold (0, not
   // AUC's -1e-7) leaves out
   size_t zero_slot = 0;
+  // AUC(multi_label=True): each label's histogram (as kAucHistogram's), for a row of labels
+  size_t label_hist_slot = 0;
   // Keras's metrics that compute a loss (binary_crossentropy, kl_divergence, hinge, ...), each with its sum.
   struct LossMetricSlot {
     std::string name;
@@ -737,7 +739,9 @@ struct MetricAccumulator {
     f1_slot = iou_slot + (class_iou() ? 3 * static_cast<size_t>(cfg->columns) : 0);
     binary_iou_slot = f1_slot + (f1_of_classes() ? 3 * static_cast<size_t>(f1_columns()) : 0);
     zero_slot = binary_iou_slot + (has("binary_iou") ? 4 : 0);
-    size_t end = zero_slot + (constrained() ? 2 : 0);
+    label_hist_slot = zero_slot + (constrained() ? 2 : 0);
+    size_t end =
+        label_hist_slot + (multi_label_auc() ? 2 * kAucBuckets * static_cast<size_t>(cfg->labels) : 0);
     for (const std::string& m : *names)
       if (const LossMetric lm = loss_metric_of(m); lm != LossMetric::none)
         loss_metrics.push_back({m, lm, end++});
@@ -856,6 +860,9 @@ struct MetricAccumulator {
         if (auc) {
           const size_t above = std::lower_bound(thresholds.begin(), thresholds.end(), p) - thresholds.begin();
           extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += w;
+          if (multi_label_auc())
+            extra[label_hist_slot + 2 * kAucBuckets * static_cast<size_t>(i % positions) +
+                  (positive ? 0 : kAucBuckets) + above] += w;
           if (zeros && p <= 0) extra[zero_slot + !positive] += w;
         }
       }
@@ -901,6 +908,20 @@ struct MetricAccumulator {
                           "specificity_at_sensitivity"})
       if ((m.empty() && has(c)) || m == c) return c;
     return "";
+  }
+  // AUC(multi_label=True) of a row of labels: a histogram per label.
+  bool multi_label_auc() const {
+    return (has("auc") || has("pr_auc")) && cfg->metric_options.auc_multi_label && cfg->labels > 0;
+  }
+  // AUC or PR AUC (`f`, of a histogram's positives' and negatives' counts), of every label together or, with
+  // multi_label, per label and averaged as Keras's does (a label without positives scores 0).
+  template <class F>
+  double auc_of(F f) const {
+    if (!multi_label_auc()) return f(extra.data() + kAucHistogram);
+    double total = 0;
+    for (int64_t c = 0; c < cfg->labels; ++c)
+      total += f(extra.data() + label_hist_slot + 2 * kAucBuckets * static_cast<size_t>(c));
+    return total / static_cast<double>(cfg->labels);
   }
   // The predictions' histogram over the thresholds: AUC's and the constrained metrics'.
   bool histogram() const { return has("auc") || has("pr_auc") || constrained(); }
@@ -1089,8 +1110,7 @@ struct MetricAccumulator {
     return best;
   }
   // The area under the ROC curve by the trapezoidal rule over the thresholds (Keras's AUC()).
-  double auc() const {
-    const double* pos = extra.data() + kAucHistogram;
+  static double auc(const double* pos) {
     const double* neg = pos + kAucBuckets;
     double positives = 0, negatives = 0;
     for (size_t b = 0; b < kAucBuckets; ++b) positives += pos[b], negatives += neg[b];
@@ -1110,8 +1130,7 @@ struct MetricAccumulator {
   // The area under the precision-recall curve, interpolated between the thresholds as Keras's
   // AUC(curve="PR") does (Davis & Goadrich): true positives and predicted positives vary linearly between two
   // thresholds, and precision over recall integrates in closed form.
-  double pr_auc() const {
-    const double* pos = extra.data() + kAucHistogram;
+  static double pr_auc(const double* pos) {
     const double* neg = pos + kAucBuckets;
     // At threshold j: the positives and negatives predicted above it, those in buckets j + 1 and up.
     std::array<double, kAucThresholds> tp{}, fp{};
@@ -1173,8 +1192,8 @@ struct MetricAccumulator {
       if (m == "true_negatives")
         l.emplace_back(name,
                        std::max(0.0, judged(n) - extra[kTruePos] - extra[kFalsePos] - extra[kFalseNeg]));
-      if (m == "auc") l.emplace_back(name, auc());
-      if (m == "pr_auc") l.emplace_back(name, pr_auc());
+      if (m == "auc") l.emplace_back(name, auc_of([](const double* h) { return auc(h); }));
+      if (m == "pr_auc") l.emplace_back(name, auc_of([](const double* h) { return pr_auc(h); }));
       if (m == "mean_iou" || m == "one_hot_mean_iou") l.emplace_back(name, mean_iou());
       if (m == "iou" || m == "one_hot_iou") l.emplace_back(name, mean_iou(&cfg->metric_options.iou_targets));
       if (m == "binary_iou") l.emplace_back(name, binary_iou());
@@ -1535,6 +1554,20 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     const MetricOptions& mo = outputs[i].metric_options;
     const std::string where = outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name;
     const std::string output = outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'";
+    // Keras's AUC(multi_label=True) likewise.
+    if (k.binary && mo.auc_multi_label && lists({"auc", "pr_auc"})) {
+      if (outputs[i].labels == 0)
+        throw InputError(where,
+                         fmt::format("AUC(multi_label=True) needs rows of labels ([batch, labels]), and the "
+                                     "output{} gives {} per sample, {} on its last axis",
+                                     output, per_sample, last),
+                         "leave multi_label out (the area of every label together)");
+      if (mo.auc_num_labels > 0 && mo.auc_num_labels != outputs[i].labels)
+        throw InputError(where,
+                         fmt::format("AUC's num_labels={} counts {} labels, and the output{} has {}",
+                                     mo.auc_num_labels, mo.auc_num_labels, output, outputs[i].labels),
+                         fmt::format("num_labels={}, the size of the output's last axis", outputs[i].labels));
+    }
     // Keras's F-scores of a binary output average the labels of its rows ([batch, labels]).
     if (k.binary && !mo.f1_average.empty() && outputs[i].labels == 0 && lists({"f1_score", "fbeta_score"}))
       throw InputError(

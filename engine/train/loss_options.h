@@ -38,6 +38,9 @@ struct MetricOptions {
   // The constraint of PrecisionAtRecall (its recall), RecallAtPrecision (precision), SensitivityAtSpecificity
   // (specificity) and SpecificityAtSensitivity (sensitivity), by the metric's name
   std::map<std::string, double> at;
+  // AUC's multi_label: the area of each label of a row of labels, averaged (else of every label together)
+  bool auc_multi_label = false;
+  int64_t auc_num_labels = 0;  // AUC's num_labels, checked against the output's labels; 0: not given
   bool operator==(const MetricOptions&) const = default;
 };
 

@@ -235,9 +235,10 @@ class Metrics(unittest.TestCase):
         cli_util.assert_input_error(self, r, "needs the specificity it is computed at",
                                     "sensitivity_at_specificity(specificity=0.8)")
 
-    def test_f_scores_of_a_multi_label_output_average_its_labels(self):
+    def test_f_scores_and_auc_of_a_multi_label_output_average_its_labels(self):
         # Three sigmoid labels per sample: F1Score and FBetaScore with an average score each label at 0.5 and
-        # average them as Keras's do (macro, weighted by each label's positives, or micro of the summed counts).
+        # average them as Keras's do (macro, weighted by each label's positives, or micro of the summed counts);
+        # AUC(multi_label=True) averages each label's area.
         rng = np.random.default_rng(11)
         for name, n in (("train", 320), ("val", 200)):
             x = np.load(os.path.join(self.tmp.name, f"x_{name}.npy"))
@@ -254,7 +255,9 @@ class Metrics(unittest.TestCase):
             with self.subTest(average=average):
                 out = f"labels_{average}"
                 path = self.spec(out + ".toml", metrics=[f"F1Score(average='{average}')",
-                                                         f"FBetaScore(average='{average}', beta=2.0)"])
+                                                         f"FBetaScore(average='{average}', beta=2.0)",
+                                                         "AUC(multi_label=True, num_labels=3)",
+                                                         "AUC(curve='PR', multi_label=True)"])
                 with open(path) as f:
                     text = f.read()
                 with open(path, "w") as f:
@@ -270,6 +273,14 @@ class Metrics(unittest.TestCase):
                             (f_beta(tp, fp, fn, b) * (tp + fn)).sum() / (tp + fn).sum())
                     self.assertAlmostEqual(last["val_" + metric], float(want), places=6, msg=metric)
                 scores.add(round(last["val_f1_score"], 6))
+                # AUC(multi_label=True): each label's area, averaged.
+                probs = self.predictions(out).reshape(-1, 3).astype(np.float32)
+                labels = y.astype(np.float32)
+                self.assertAlmostEqual(last["val_auc"], np.mean([keras_auc(probs[:, c], labels[:, c])
+                                                                 for c in range(3)]), places=6)
+                self.assertAlmostEqual(last["val_pr_auc"], np.mean([keras_pr_auc(probs[:, c], labels[:, c])
+                                                                    for c in range(3)]), places=6)
+                self.assertNotAlmostEqual(last["val_auc"], keras_auc(probs.ravel(), labels.ravel()), places=3)
         self.assertEqual(len(scores), 3, scores)
 
     def test_with_logits_the_metrics_judge_probabilities(self):

@@ -1079,11 +1079,13 @@ TEST_SUITE("model_spec") {
           "metric 'PrecisionAtRecall(0.5, recall=0.6)': its argument 'recall' is given twice (by position "
           "and by "
           "name)");
-    f = failure(kHead + binary + "metrics = [\"AUC(200, 'ROC', 'interpolation', None, 5)\"]\n");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, 200, None, None, None)\"]\n");
     CHECK(f.what ==
-          "metric 'AUC(200, 'ROC', 'interpolation', None, 5)': it gives 5 arguments without names, and AUC "
-          "takes at most 4 "
-          "so (num_thresholds, curve, summation_method, name)");
+          "metric 'PrecisionAtRecall(0.5, 200, None, None, None)': it gives 5 arguments without names, and "
+          "PrecisionAtRecall takes at most 4 so (recall, num_thresholds, class_id, name)");
+    CHECK(parse_model_spec(kHead + binary + "metrics = [\"AUC(200, 'ROC', 'interpolation', None, None)\"]\n",
+                           "a.toml")
+              .train.metrics == std::vector<std::string>{"auc"});
     f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5)\", \"PrecisionAtRecall(0.6)\"]\n");
     CHECK(f.what == "metric 'precision_at_recall' is listed twice");
     f = failure(kHead + binary +
@@ -1108,6 +1110,17 @@ TEST_SUITE("model_spec") {
           "number");
     f = failure(kHead + binary + "metrics = [\"FBetaScore(beta=0)\"]\n");
     CHECK(f.what == "metric 'FBetaScore(beta=0)': beta = 0 is not a valid value");
+    // AUC's multi_label holds for the output's AUCs, and is written back in each.
+    const ModelSpec ml = parse_model_spec(
+        kHead + binary +
+            "metrics = [\"AUC(multi_label=True, num_labels=3)\", \"AUC(curve='PR', multi_label=True)\"]\n",
+        "ml.toml");
+    CHECK(ml.train.metrics == std::vector<std::string>{"auc", "pr_auc"});
+    CHECK(ml.train.metric_options.auc_multi_label);
+    CHECK(ml.train.metric_options.auc_num_labels == 3);
+    CHECK(same_settings(parse_model_spec(to_toml(ml), "ml.toml"), ml));
+    f = failure(kHead + binary + "metrics = [\"AUC(multi_label=True)\", \"pr_auc\"]\n");
+    CHECK(f.what == "one AUC of this output says multi_label=True, and another says nothing");
     // A misspelt argument is named (before the required one is missed); Python's (2) is a number, not a
     // tuple; average=None is Keras's default.
     f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(recal=0.8)\"]\n");
