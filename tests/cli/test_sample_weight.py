@@ -324,7 +324,7 @@ class SampleWeight(unittest.TestCase):
         with open(spec, "w") as f:
             f.write(text('weighted_metrics = ["mae"]'))
         cli_util.assert_input_error(self, run(["fit", spec, "--output-dir", self.path("steps_reg")]),
-                                    "train.weighted_metrics: the weighted metrics of a mse output weigh whole samples",
+                                    "steps_reg.toml:21:20: the weighted metrics of a mse output weigh whole samples",
                                     "6 per sample", "train.metrics")
         self.assertFalse(os.path.exists(self.path("steps_reg/last.ckpt")))
         with open(spec, "w") as f:
