@@ -1730,9 +1730,6 @@ std::string parse_call(const std::string& text, Call& out) {
       // A positional argument: its value starts where the name was read.
       a.name.clear();
       i = start;
-      if (keywords)
-        return fmt::format("its argument {} has no name and follows one with a name, as Python refuses",
-                           text.substr(start, text.find_first_of(",)", start) - start));
     } else {
       keywords = true;
       ++i;
@@ -1755,6 +1752,8 @@ std::string parse_call(const std::string& text, Call& out) {
       for (;;) {
         space();
         if (i < n && text[i] == close) break;
+        if (i < n && (text[i] == '"' || text[i] == '\''))
+          return fmt::format("its argument {} is a list that holds a quoted string, where numbers go", what);
         CallArg item;
         if (const std::string wrong = scalar(item, what, close); !wrong.empty()) return wrong;
         const double* d = std::get_if<double>(&item.value);
@@ -1781,6 +1780,9 @@ std::string parse_call(const std::string& text, Call& out) {
       return wrong;
     }
     a.text = text.substr(b, i - b);
+    if (a.name.empty() && keywords)
+      return fmt::format("its argument {} has no name and follows one with a name, as Python refuses",
+                         a.text);
     for (const CallArg& before : out.args)
       if (!a.name.empty() && before.name == a.name)
         return fmt::format("its argument '{}' is given twice", a.name);
@@ -1791,7 +1793,7 @@ std::string parse_call(const std::string& text, Call& out) {
       continue;
     }
     if (i < n && text[i] == ')') break;
-    return "its arguments must read key=value, separated by commas, and end with ')'";
+    return "its arguments must be values, then key=value pairs, separated by commas, and end with ')'";
   }
   ++i;
   space();
@@ -1876,14 +1878,16 @@ const std::map<std::string_view, std::string_view> kAtMetrics = {
 
 // A metric class's arguments in Keras's order, for those given by position.
 Keys metric_argument_order(const std::string& metric) {
-  if (metric.find("top_k") != std::string::npos) return {"k", "name"};
+  if (metric.find("top_k") != std::string::npos) return {"k", "name", "dtype"};
   if (metric == "auc")
     return {"num_thresholds", "curve",       "summation_method", "name",          "dtype",
             "thresholds",     "multi_label", "num_labels",       "label_weights", "from_logits"};
-  if (metric == "precision" || metric == "recall") return {"thresholds", "top_k", "class_id", "name"};
-  if (metric.ends_with("_positives") || metric.ends_with("_negatives")) return {"thresholds", "name"};
-  if (metric == "f1_score") return {"average", "threshold", "name"};
-  if (metric == "fbeta_score") return {"average", "beta", "threshold", "name"};
+  if (metric == "precision" || metric == "recall")
+    return {"thresholds", "top_k", "class_id", "name", "dtype"};
+  if (metric.ends_with("_positives") || metric.ends_with("_negatives"))
+    return {"thresholds", "name", "dtype"};
+  if (metric == "f1_score") return {"average", "threshold", "name", "dtype"};
+  if (metric == "fbeta_score") return {"average", "beta", "threshold", "name", "dtype"};
   if (metric == "mean_iou")
     return {"num_classes", "name", "dtype", "ignore_class", "sparse_y_true", "sparse_y_pred"};
   if (metric == "iou")
@@ -1892,10 +1896,10 @@ Keys metric_argument_order(const std::string& metric) {
   if (metric == "one_hot_iou")
     return {"num_classes", "target_class_ids", "name", "dtype", "ignore_class", "sparse_y_pred"};
   if (metric == "one_hot_mean_iou") return {"num_classes", "name", "dtype", "ignore_class", "sparse_y_pred"};
-  if (metric == "binary_iou") return {"target_class_ids", "threshold", "name"};
+  if (metric == "binary_iou") return {"target_class_ids", "threshold", "name", "dtype"};
   if (auto it = kAtMetrics.find(metric); it != kAtMetrics.end())
-    return {it->second, "num_thresholds", "class_id", "name"};
-  return {"name"};  // the loss metrics (BinaryCrossentropy(name, dtype, from_logits, ...)), mae, ...
+    return {it->second, "num_thresholds", "class_id", "name", "dtype"};
+  return {"name", "dtype"};  // the loss metrics (BinaryCrossentropy(name, dtype, from_logits, ...)), mae, ...
 }
 
 // A metric's call (TopKCategoricalAccuracy(k=3), AUC(curve="ROC"), PrecisionAtRecall(0.8)): the arguments
@@ -1917,9 +1921,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   };
   if (const std::string wrong = name_positional(call, metric_argument_order(metric)); !wrong.empty())
     r.fail(mp, fmt::format("metric '{}': {}", text, wrong),
-           fmt::format("name the arguments: \"{}\"", at_metric != kAtMetrics.end()
-                                                         ? fmt::format("{}(0.8)", call.name)
-                                                         : fmt::format("{}(key=value)", call.name)));
+           fmt::format("name the arguments: \"{}\"",
+                       at_metric != kAtMetrics.end() ? fmt::format("{}({}=0.8)", call.name, at_metric->second)
+                                                     : fmt::format("{}(key=value)", call.name)));
   const bool top_k = metric.find("top_k") != std::string::npos;
   Keys takes;
   if (top_k) takes = {"k"};
@@ -1967,7 +1971,14 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     const bool known = std::any_of(takes.begin(), takes.end(), [&](std::string_view k) {
       return k == a.name || k.starts_with(a.name + "=");
     });
-    if ((a.name == "name" || a.name == "dtype") && a.none) continue;  // Keras's defaults
+    // Keras's defaults; a float dtype is what trainer counts in (weights as they are, not rounded down).
+    const std::string* text_value = std::get_if<std::string>(&a.value);
+    if ((a.name == "name" || a.name == "dtype") && a.none) continue;
+    if (a.name == "dtype" && !a.list && text_value && (*text_value == "float32" || *text_value == "float64"))
+      continue;
+    if (a.name == "dtype")
+      r.fail(mp, fmt::format("metric '{}': dtype = {} is not supported by trainer", text, a.text),
+             "trainer counts in floating point, weights as they are: dtype=None, \"float32\" or \"float64\"");
     if (a.name == "name")
       r.fail(mp, fmt::format("metric '{}': another name for it is not supported by trainer", text),
              fmt::format("it is reported as {}; {}", metric, hint));
@@ -2370,6 +2381,32 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (auto m =
           one_setting(r, ks.multi_label, multi_before, "AUC", "multi_label", "give them one multi_label"))
     mo.auc_multi_label = *m;
+  // A setting one call gives holds for every metric of the output that takes it, so those must all give it:
+  // one without it beside one with it would take the other's value.
+  auto all_give = [&](std::initializer_list<std::string_view> names, size_t given, const SourcePos& first,
+                      std::string_view metric, std::string_view key, const std::string& value) {
+    size_t n = 0;
+    for (const auto* list : {&o.metrics, &o.weighted_metrics})
+      for (const std::string& m : *list) n += std::find(names.begin(), names.end(), m) != names.end();
+    if (given > 0 && n > given)
+      r.fail(first,
+             fmt::format("one {} of this output says {}={}, and another says nothing", metric, key, value),
+             fmt::format("give the output's {} calls one {}, or report them on outputs of their own", metric,
+                         key));
+  };
+  if (ks.f1_average.size() > average_before)
+    all_give({"f1_score", "fbeta_score"}, ks.f1_average.size() - average_before,
+             ks.f1_average[average_before].second, "F-score", "average", fmt::format("'{}'", mo.f1_average));
+  if (ks.beta.size() > beta_before)
+    all_give({"fbeta_score"}, ks.beta.size() - beta_before, ks.beta[beta_before].second, "FBetaScore", "beta",
+             toml_float(mo.beta));
+  if (ks.iou_threshold.size() > threshold_before)
+    all_give({"binary_iou"}, ks.iou_threshold.size() - threshold_before,
+             ks.iou_threshold[threshold_before].second, "BinaryIoU", "threshold",
+             toml_float(mo.iou_threshold));
+  if (ks.targets.size() > targets_before)
+    all_give({"binary_iou"}, ks.targets.size() - targets_before, ks.targets[targets_before].second,
+             "BinaryIoU", "target_class_ids", fmt::format("[{}]", fmt::join(mo.iou_targets, ", ")));
   // Likewise one multi_label for the output's AUCs: one without it beside one with it would take it too.
   const auto aucs = std::count_if(o.metrics.begin(), o.metrics.end(),
                                   [](const std::string& m) { return m == "auc" || m == "pr_auc"; }) +

@@ -202,10 +202,10 @@ std::string to_toml(const ModelSpec& spec) {
         if ((m == "f1_score" || m == "fbeta_score") && !mo.f1_average.empty())
           args.push_back(fmt::format("average='{}'", mo.f1_average));
         if (m == "fbeta_score" && mo.beta != 1) args.push_back(fmt::format("beta={}", toml_float(mo.beta)));
-        if ((m == "auc" || m == "pr_auc") && mo.auc_multi_label) {
-          if (m == "pr_auc") m = "auc", args.push_back("curve='PR'");
-          args.push_back("multi_label=True");
+        if (m == "auc" || m == "pr_auc") {
+          if (mo.auc_multi_label) args.push_back("multi_label=True");
           if (mo.auc_num_labels > 0) args.push_back(fmt::format("num_labels={}", mo.auc_num_labels));
+          if (m == "pr_auc" && !args.empty()) m = "auc", args.insert(args.begin(), "curve='PR'");
         }
         if (auto it = mo.at.find(m); it != mo.at.end())
           args.push_back(fmt::format("{}", toml_float(it->second)));

@@ -790,6 +790,9 @@ struct MetricAccumulator {
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
     const bool msle = has("msle"), r2 = has("r2_score"), iou = class_iou(), f1 = f1_of_classes();
+    // The per-label counts of a binary output's rows of labels index them by i % positions.
+    TRAINER_ASSERT((!(f1 && kind.binary) && !multi_label_auc()) || positions == cfg->labels,
+                   "{} labels per row, {} planned", positions, cfg->labels);
     TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
                    cfg->columns, classes);
     const auto& thresholds = auc_thresholds();
@@ -863,7 +866,8 @@ struct MetricAccumulator {
           if (multi_label_auc())
             extra[label_hist_slot + 2 * kAucBuckets * static_cast<size_t>(i % positions) +
                   (positive ? 0 : kAucBuckets) + above] += w;
-          if (zeros && p <= 0) extra[zero_slot + !positive] += w;
+          // (a prediction at or below -1e-7 is above no threshold of either)
+          if (zeros && p <= 0 && above == 1) extra[zero_slot + !positive] += w;
         }
       }
       for (const LossMetricSlot& lm : loss_metrics)
@@ -1532,12 +1536,21 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     // its rows; they are computed where a judged position is one.
     const bool rows = k.sparse || k.categorical || masked || (k.regression && per_sample == last) ||
                       (k.binary && per_sample == 1);
+    // The list that names one of `names` (metrics first), for errors; "" if neither does.
+    const auto where_of = [&](std::initializer_list<std::string_view> names) -> std::string {
+      for (const char* key : {"train.metrics", "train.weighted_metrics"})
+        for (const std::string& m :
+             std::string_view(key) == "train.metrics" ? outputs[i].metrics : outputs[i].weighted_metrics)
+          if (std::find(names.begin(), names.end(), m) != names.end())
+            return outputs[i].name.empty() ? key : std::string(key) + "." + outputs[i].name;
+      return "";
+    };
     for (const auto* list : {&outputs[i].metrics, &outputs[i].weighted_metrics})
       for (const std::string& m : *list)
         if (!rows && (m == "kl_divergence" || m == "categorical_crossentropy" || m == "cosine_similarity" ||
                       m == "categorical_hinge"))
           throw InputError(
-              outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name,
+              where_of({m}),
               fmt::format("metric '{}' reduces the last axis of each output, and the output{} ({} values per "
                           "sample, {} on its last axis) is judged {} here",
                           m, outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'", per_sample, last,
@@ -1546,24 +1559,20 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     // The IoU metrics of the classes: their num_classes is the output's, and their target_class_ids among
     // them.
     const auto lists = [&](std::initializer_list<std::string_view> names) {
-      for (const auto* ms : {&outputs[i].metrics, &outputs[i].weighted_metrics})
-        for (const std::string& m : *ms)
-          if (std::find(names.begin(), names.end(), m) != names.end()) return true;
-      return false;
+      return !where_of(names).empty();
     };
     const MetricOptions& mo = outputs[i].metric_options;
-    const std::string where = outputs[i].name.empty() ? "train.metrics" : "train.metrics." + outputs[i].name;
     const std::string output = outputs[i].name.empty() ? "" : " '" + outputs[i].name + "'";
     // Keras's AUC(multi_label=True) likewise.
     if (k.binary && mo.auc_multi_label && lists({"auc", "pr_auc"})) {
       if (outputs[i].labels == 0)
-        throw InputError(where,
+        throw InputError(where_of({"auc", "pr_auc"}),
                          fmt::format("AUC(multi_label=True) needs rows of labels ([batch, labels]), and the "
                                      "output{} gives {} per sample, {} on its last axis",
                                      output, per_sample, last),
                          "leave multi_label out (the area of every label together)");
       if (mo.auc_num_labels > 0 && mo.auc_num_labels != outputs[i].labels)
-        throw InputError(where,
+        throw InputError(where_of({"auc", "pr_auc"}),
                          fmt::format("AUC's num_labels={} counts {} labels, and the output{} has {}",
                                      mo.auc_num_labels, mo.auc_num_labels, output, outputs[i].labels),
                          fmt::format("num_labels={}, the size of the output's last axis", outputs[i].labels));
@@ -1571,7 +1580,7 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     // Keras's F-scores of a binary output average the labels of its rows ([batch, labels]).
     if (k.binary && !mo.f1_average.empty() && outputs[i].labels == 0 && lists({"f1_score", "fbeta_score"}))
       throw InputError(
-          where,
+          where_of({"f1_score", "fbeta_score"}),
           fmt::format("an F-score averaged over labels needs rows of labels ([batch, labels]), and "
                       "the output{} gives {} per sample, {} on its last axis",
                       output, per_sample, last),
@@ -1579,7 +1588,7 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
     if (mo.iou_classes > 0 && lists({"mean_iou", "iou", "one_hot_iou", "one_hot_mean_iou"}) &&
         outputs[i].columns != mo.iou_classes)
       throw InputError(
-          where,
+          where_of({"mean_iou", "iou", "one_hot_iou", "one_hot_mean_iou"}),
           fmt::format("the IoU metric's num_classes={} counts {} classes, and the output{} has {}",
                       mo.iou_classes, mo.iou_classes, output, outputs[i].columns),
           fmt::format("num_classes={}, the size of the output's last axis", outputs[i].columns));
@@ -1587,7 +1596,7 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
       for (int64_t c : mo.iou_targets)
         if (c >= outputs[i].columns)
           throw InputError(
-              where,
+              where_of({"iou", "one_hot_iou"}),
               fmt::format("the IoU metric's target_class_ids name class {}, and the output{} has "
                           "{} classes (0 to {})",
                           c, output, outputs[i].columns, outputs[i].columns - 1),
@@ -2815,6 +2824,8 @@ OptimizerStateBytes optimizer_state_bytes(const ModelFactory& factory, const Fit
 TrainingStep training_step(const ModelFactory& factory, const FitConfig& cfg, int64_t batch,
                            const std::map<std::string, TrainingOptions::ShardRange>* shard) {
   LossGraph lg = add_loss(factory(batch, true, true), batch, cfg);
+  std::vector<OutputLoss> outputs = output_losses(cfg);  // the metrics' checks, as fit's
+  set_columns(outputs, *lg.graph, lg.output, lg.more_output, lg.mask, lg.more_mask, lg.sample_ws);
   TrainingOptions topt = training_options(cfg, lg);
   topt.accumulation_steps = 1;  // one step as it computes: forward, backward and the update
   if (shard) topt.shard = *shard;

@@ -230,6 +230,28 @@ class Metrics(unittest.TestCase):
                 pr, rc = k[0] / (k[0] + k[1] + e), k[0] / (k[0] + k[2] + e)
                 self.assertAlmostEqual(last["val_fbeta_score"], (1 + b2) * pr * rc / (b2 * pr + rc + e), places=6)
                 self.assertNotAlmostEqual(last["val_precision_at_recall"], last["val_recall_at_precision"], places=3)
+        # Outputs that are not probabilities (a linear output, from_logits off): values at or below 0 are above
+        # none of the thresholds 0, 1/199, ..., and one of exactly 0 is above none either (it is above AUC's
+        # lowest, -1e-7). The model outputs its input: +0.5 for positives, -0.5 for negatives, 0 for both.
+        d = os.path.join(self.tmp.name, "identity")
+        os.makedirs(d, exist_ok=True)
+        x = np.array([0.5] * 6 + [-0.5] * 8 + [0.0] * 4, np.float32).reshape(-1, 1)
+        np.save(os.path.join(d, "x.npy"), x)
+        y = (x > 0).astype(np.float32)
+        y[-2:] = 1  # two positives at exactly 0: above no threshold, so no threshold has a recall of 1
+        np.save(os.path.join(d, "y.npy"), y)
+        spec = os.path.join(d, "identity.toml")
+        with open(spec, "w") as f:
+            f.write('format_version = 1\n[model]\ninput = [1]\n[[model.layers]]\ntype = "Dense"\nunits = 1\n'
+                    'kernel_initializer = "ones"\nuse_bias = false\n[data.train]\nx = "x.npy"\ny = "y.npy"\n'
+                    '[data.validation]\nx = "x.npy"\ny = "y.npy"\n[train]\nloss = "binary_crossentropy"\n'
+                    'metrics = ["SpecificityAtSensitivity(0.0)", "PrecisionAtRecall(1.0)", "AUC"]\n'
+                    'epochs = 1\nbatch_size = 18\n[train.optimizer]\nname = "sgd"\nlearning_rate = 1e-30\n')
+        last = self.fit(spec, "identity_out")[-1]
+        # Keras's: from the threshold 0 on, no negative is predicted positive, nor are the positives at 0; AUC's
+        # lowest threshold counts the zeros.
+        self.assertEqual((last["val_specificity_at_sensitivity"], last["val_precision_at_recall"]), (1.0, 0.0))
+        self.assertAlmostEqual(last["val_auc"], keras_auc(x.ravel(), y.ravel()), places=6)
         # The constraint is the call's: a bare name is refused with the call to write.
         r = run(["check", self.spec("bare.toml", metrics=["sensitivity_at_specificity"])])
         cli_util.assert_input_error(self, r, "needs the specificity it is computed at",

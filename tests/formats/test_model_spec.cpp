@@ -1079,10 +1079,41 @@ TEST_SUITE("model_spec") {
           "metric 'PrecisionAtRecall(0.5, recall=0.6)': its argument 'recall' is given twice (by position "
           "and by "
           "name)");
-    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, 200, None, None, None)\"]\n");
+    f = failure(kHead + binary + "metrics = [\"PrecisionAtRecall(0.5, 200, None, None, None, None)\"]\n");
     CHECK(f.what ==
-          "metric 'PrecisionAtRecall(0.5, 200, None, None, None)': it gives 5 arguments without names, and "
-          "PrecisionAtRecall takes at most 4 so (recall, num_thresholds, class_id, name)");
+          "metric 'PrecisionAtRecall(0.5, 200, None, None, None, None)': it gives 6 arguments without names, "
+          "and "
+          "PrecisionAtRecall takes at most 5 so (recall, num_thresholds, class_id, name, dtype)");
+    // dtype None or float is what trainer counts in; a list's element and a late positional are named.
+    CHECK(parse_model_spec(
+              kHead + sparse +
+                  "metrics = [\"MeanIoU(3, dtype='float32')\", \"F1Score('macro', None, None, None)\"]\n",
+              "d.toml")
+              .train.metric_options.iou_classes == 3);
+    f = failure(kHead + sparse + "metrics = [\"MeanIoU(3, dtype='int32')\"]\n");
+    CHECK(f.what == "metric 'MeanIoU(3, dtype='int32')': dtype = 'int32' is not supported by trainer");
+    f = failure(kHead + sparse + "metrics = [\"IoU(num_classes=3, [0, 2])\"]\n");
+    CHECK(f.what ==
+          "metric 'IoU(num_classes=3, [0, 2])': its argument [0, 2] has no name and follows one with a name, "
+          "as "
+          "Python refuses");
+    f = failure(kHead + sparse + "metrics = [\"IoU(3, ['0'])\"]\n");
+    CHECK(f.what ==
+          "metric 'IoU(3, ['0'])': its argument 2 is a list that holds a quoted string, where numbers go");
+    // A setting one call gives, another of the output's calls that takes it must give too.
+    f = failure(kHead + binary + "metrics = [\"f1_score\", \"FBetaScore(average='macro')\"]\n");
+    CHECK(f.what == "one F-score of this output says average='macro', and another says nothing");
+    f = failure(kHead + binary +
+                "metrics = [\"FBetaScore(beta=2.0)\", \"BinaryIoU(threshold=0.9)\"]\n"
+                "weighted_metrics = [\"fbeta_score\", \"binary_iou\"]\n");
+    CHECK(f.what == "one FBetaScore of this output says beta=2.0, and another says nothing");
+    f = failure(kHead + binary +
+                "metrics = [\"BinaryIoU(threshold=0.9)\"]\nweighted_metrics = [\"binary_iou\"]\n");
+    CHECK(f.what == "one BinaryIoU of this output says threshold=0.9, and another says nothing");
+    // AUC's num_labels round-trips alone too.
+    const ModelSpec nl =
+        parse_model_spec(kHead + binary + "metrics = [\"AUC(curve='PR', num_labels=3)\"]\n", "nl.toml");
+    CHECK(same_settings(parse_model_spec(to_toml(nl), "nl.toml"), nl));
     CHECK(parse_model_spec(kHead + binary + "metrics = [\"AUC(200, 'ROC', 'interpolation', None, None)\"]\n",
                            "a.toml")
               .train.metrics == std::vector<std::string>{"auc"});
