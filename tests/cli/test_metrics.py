@@ -525,6 +525,8 @@ class MeanIoU(unittest.TestCase):
             # A target class the output lacks is an input error naming it.
             r = run(["check", spec, "--set", 'train.metrics=["IoU(3, [3])"]'])
             cli_util.assert_input_error(self, r, "target_class_ids name class 3, and the output has 3 classes")
+            r = run(["check", spec, "--set", 'train.weighted_metrics=["IoU(3, [3])"]'])
+            cli_util.assert_input_error(self, r, '--set train.weighted_metrics=["IoU(3, [3])"]: the IoU metric')
             # A per-pixel binary output has no rows of labels for an F-score to average.
             with open(spec) as f:
                 text = f.read()
