@@ -836,7 +836,14 @@ struct MetricAccumulator {
         };
         if (iou && label >= 0 && label < classes && label != cfg->metric_options.iou_ignore)
           count_classes(iou_slot);
-        if (f1 && label >= 0 && label < classes) count_classes(f1_slot);
+        // A one-hot label row of zeros names no class: Keras's F-scores count only the predicted class's
+        // false positive.
+        const bool no_class = f1 && kind.categorical && [&] {
+          const float* t = static_cast<const float*>(labels) + i * classes;
+          return std::all_of(t, t + classes, [](float v) { return v == 0.0f; });
+        }();
+        if (no_class) extra[f1_slot + 3 * static_cast<size_t>(predicted) + 1] += w;
+        if (f1 && !no_class && label >= 0 && label < classes) count_classes(f1_slot);
         if (tk) {
           int64_t better = 0;
           for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];

@@ -522,6 +522,19 @@ class MeanIoU(unittest.TestCase):
                     else:
                         self.assertAlmostEqual(last["val_one_hot_iou"], float(iou[1]), places=6)
                         self.assertAlmostEqual(last["val_one_hot_mean_iou"], float(iou.mean()), places=6)
+            # A one-hot row of zeros names no class: the F-scores count only the prediction's false positive.
+            void = np.eye(3, dtype=np.float32)[label]
+            void[:4] = 0
+            np.save(os.path.join(d, "seg_void.npy"), void)
+            none = label.copy()
+            none[:4] = -1  # counted as no class's label below
+            last, (tp, fp, fn) = self.fit_and_count(
+                spec, d, os.path.join(d, "void"), none,
+                ["--set", "train.loss=categorical_crossentropy", "--set", "data.train.y=seg_void.npy", "--set",
+                 "data.validation.y=seg_void.npy", "--set", "train.metrics=[\"F1Score(average='macro')\"]"])
+            e = 1e-7
+            p, rc = tp / (tp + fp + e), tp / (tp + fn + e)
+            self.assertAlmostEqual(last["val_f1_score"], float((2 * p * rc / (p + rc + e)).mean()), places=6)
             # A target class the output lacks is an input error naming it.
             r = run(["check", spec, "--set", 'train.metrics=["IoU(3, [3])"]'])
             cli_util.assert_input_error(self, r, "target_class_ids name class 3, and the output has 3 classes")
