@@ -2407,15 +2407,9 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (ks.targets.size() > targets_before)
     all_give({"binary_iou"}, ks.targets.size() - targets_before, ks.targets[targets_before].second,
              "BinaryIoU", "target_class_ids", fmt::format("[{}]", fmt::join(mo.iou_targets, ", ")));
-  // Likewise one multi_label for the output's AUCs: one without it beside one with it would take it too.
-  const auto aucs = std::count_if(o.metrics.begin(), o.metrics.end(),
-                                  [](const std::string& m) { return m == "auc" || m == "pr_auc"; }) +
-                    std::count_if(o.weighted_metrics.begin(), o.weighted_metrics.end(),
-                                  [](const std::string& m) { return m == "auc" || m == "pr_auc"; });
-  if (mo.auc_multi_label && static_cast<size_t>(aucs) > ks.multi_label.size() - multi_before)
-    r.fail(ks.multi_label[multi_before].second,
-           "one AUC of this output says multi_label=True, and another says nothing",
-           "give the output's AUC calls one multi_label");
+  if (mo.auc_multi_label)
+    all_give({"auc", "pr_auc"}, ks.multi_label.size() - multi_before, ks.multi_label[multi_before].second,
+             "AUC", "multi_label", "True");
   if (auto n =
           one_setting(r, ks.num_labels, labels_before, "AUC", "num_labels", "give them the output's labels"))
     mo.auc_num_labels = *n;

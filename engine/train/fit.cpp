@@ -791,7 +791,8 @@ struct MetricAccumulator {
                         has("msle") || has("r2_score");
     const bool msle = has("msle"), r2 = has("r2_score"), iou = class_iou(), f1 = f1_of_classes();
     // The per-label counts of a binary output's rows of labels index them by i % positions.
-    TRAINER_ASSERT((!(f1 && kind.binary) && !multi_label_auc()) || positions == cfg->labels,
+    const bool label_auc = multi_label_auc();
+    TRAINER_ASSERT((!(f1 && kind.binary) && !label_auc) || positions == cfg->labels,
                    "{} labels per row, {} planned", positions, cfg->labels);
     TRAINER_ASSERT(!r2 || kind.sparse || classes == cfg->columns, "r2_score of {} columns, rows of {}",
                    cfg->columns, classes);
@@ -870,7 +871,7 @@ struct MetricAccumulator {
         if (auc) {
           const size_t above = std::lower_bound(thresholds.begin(), thresholds.end(), p) - thresholds.begin();
           extra[kAucHistogram + (positive ? 0 : kAucBuckets) + above] += w;
-          if (multi_label_auc())
+          if (label_auc)
             extra[label_hist_slot + 2 * kAucBuckets * static_cast<size_t>(i % positions) +
                   (positive ? 0 : kAucBuckets) + above] += w;
           // (a prediction at or below -1e-7 is above no threshold of either)
@@ -912,14 +913,18 @@ struct MetricAccumulator {
     return has("mean_iou") || has("iou") || has("one_hot_iou") || has("one_hot_mean_iou");
   }
   // PrecisionAtRecall, RecallAtPrecision, SensitivityAtSpecificity or SpecificityAtSensitivity.
-  bool constrained() const { return !constraint_of("").empty(); }
-  // The constrained metric `m` (or, for "", any listed): its constraint's value's key in metric_options.at.
-  std::string constraint_of(std::string_view m) const {
-    for (const char* c : {"precision_at_recall", "recall_at_precision", "sensitivity_at_specificity",
-                          "specificity_at_sensitivity"})
+  bool constrained() const { return constraint_of("") != nullptr; }
+  // The constrained metric `m` (or, for "", any listed), its key in metric_options.at; null if none.
+  const char* constraint_of(std::string_view m) const {
+    for (const char* c : kConstrained)
       if ((m.empty() && has(c)) || m == c) return c;
-    return "";
+    return nullptr;
   }
+  // Keras's PrecisionAtRecall, RecallAtPrecision, SensitivityAtSpecificity and SpecificityAtSensitivity, each
+  // with the rate it reports and the rate it constrains (0 precision, 1 recall, 2 specificity).
+  static constexpr const char* kConstrained[] = {"precision_at_recall", "recall_at_precision",
+                                                 "sensitivity_at_specificity", "specificity_at_sensitivity"};
+  static constexpr int kReported[] = {0, 1, 1, 2}, kConstraint[] = {1, 0, 2, 1};
   // AUC(multi_label=True) of a row of labels: a histogram per label.
   bool multi_label_auc() const {
     return (has("auc") || has("pr_auc")) && cfg->metric_options.auc_multi_label && cfg->labels > 0;
@@ -1104,19 +1109,15 @@ struct MetricAccumulator {
     const auto it = cfg->metric_options.at.find(m);
     const double value = it == cfg->metric_options.at.end() ? 0.0 : it->second;
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    const size_t k =
+        std::find(std::begin(kConstrained), std::end(kConstrained), m) - std::begin(kConstrained);
     double tp = 0, fp = 0, best = 0;
     for (int j = kAucThresholds - 1; j >= 0; --j) {
       tp += pos[j + 1], fp += neg[j + 1];
       // At the lowest threshold, 0, a prediction of exactly 0 is not above it (it is above AUC's -1e-7).
       const double t = j == 0 ? tp - extra[zero_slot] : tp, f = j == 0 ? fp - extra[zero_slot + 1] : fp;
-      const double precision = ratio(t, t + f), recall = ratio(t, positives),
-                   specificity = ratio(negatives - f, negatives);
-      double constrained = 0, dependent = 0;
-      if (m == "precision_at_recall") constrained = recall, dependent = precision;
-      if (m == "recall_at_precision") constrained = precision, dependent = recall;
-      if (m == "sensitivity_at_specificity") constrained = specificity, dependent = recall;
-      if (m == "specificity_at_sensitivity") constrained = recall, dependent = specificity;
-      if (constrained >= value) best = std::max(best, dependent);
+      const double rates[] = {ratio(t, t + f), ratio(t, positives), ratio(negatives - f, negatives)};
+      if (rates[kConstraint[k]] >= value) best = std::max(best, rates[kReported[k]]);
     }
     return best;
   }
@@ -1208,7 +1209,7 @@ struct MetricAccumulator {
       if (m == "mean_iou" || m == "one_hot_mean_iou") l.emplace_back(name, mean_iou());
       if (m == "iou" || m == "one_hot_iou") l.emplace_back(name, mean_iou(&cfg->metric_options.iou_targets));
       if (m == "binary_iou") l.emplace_back(name, binary_iou());
-      if (!constraint_of(m).empty()) l.emplace_back(name, constrained_metric(m));
+      if (constraint_of(m)) l.emplace_back(name, constrained_metric(m));
       if (m == "fbeta_score" && f1_of_classes())
         l.emplace_back(name, f1_of_classes_score(cfg->metric_options.beta));
       if (m == "fbeta_score" && !f1_of_classes())
