@@ -769,7 +769,8 @@ Command add_fit_command(CLI::App& app) {
         {"epochs_run", std::to_string(r.history.size())},
         {"seconds", json_number(r.seconds)},
         {"stopped_early", r.stopped_early ? "true" : "false"}};
-    if (r.stopped_early) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
+    if (r.stopped_early || r.restored_best) f.emplace_back("best_epoch", std::to_string(r.best_epoch));
+    if (r.restored_best) f.emplace_back("restored_best_weights", "true");
     if (r.interrupted_by || late_signal)
       f.emplace_back("interrupted_by",
                      json_string(signal_id(r.interrupted_by ? r.interrupted_by : late_signal)));
@@ -801,6 +802,7 @@ Command add_fit_command(CLI::App& app) {
     }
     if (r.stopped_early)
       out.say("Stopped early after epoch {}; the best epoch was {}.\n", r.history.size(), r.best_epoch);
+    if (r.restored_best) out.say("Restored the weights of the best epoch, {}.\n", r.best_epoch);
     if (!r.test.empty()) out.say("Test{}\n", logs_text(r.test));
     if (late_signal) {
       out.say("Interrupted by {} after the last step: the run is complete{}.\n", signal_name(late_signal),

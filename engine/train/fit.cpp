@@ -2700,7 +2700,10 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   if (cfg.use_ema && !result.interrupted_by) result.averaged = true;
   if (result.averaged)
     for_each_average([](Session& w, ValueId average, ValueId param) { w.write(param, w.read(average)); });
-  if (result.stopped_early && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
+  // Keras's EarlyStopping.on_train_end: the best epoch's weights come back whether the run stopped early or
+  // ran all its epochs (a run that stops before its first monitored epoch has none to restore).
+  if (cfg.early_stopping.enabled && st.have_best) result.best_epoch = st.best_epoch;
+  if (!result.interrupted_by && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
     load_values(st.best_values);
     result.restored_best = true;
   }

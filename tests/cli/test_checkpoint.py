@@ -319,6 +319,22 @@ class EarlyStopping(unittest.TestCase):
                 self.assertEqual([e["event"] for e in ev], ["fit_end"], ckpt)
                 self.assertTrue(ev[-1]["stopped_early"])
                 self.assertEqual(tensors(os.path.join(again, "last.ckpt"))[1], want, ckpt)
+            # Keras's on_train_end: a run that never stops early (patience beyond its epochs) still ends with
+            # the best epoch's weights.
+            with open(spec) as f:
+                text = f.read()
+            whole = os.path.join(d, "whole.toml")
+            with open(whole, "w") as f:
+                f.write(text.replace("epochs = 10", "epochs = 4").replace("patience = 2", "patience = 9"))
+            out = os.path.join(d, "whole")
+            ev = fit(whole, "--output-dir", out)
+            end = ev[-1]
+            self.assertEqual((end["epochs_run"], end["stopped_early"], end["best_epoch"],
+                              end["restored_best_weights"]), (4, False, 1, True))
+            self.assertIn("final.ckpt", os.listdir(out))
+            self.assertEqual(tensors(os.path.join(out, "last.ckpt")), tensors(os.path.join(out, "final.ckpt")))
+            self.assertAlmostEqual(evaluate(os.path.join(out, "last.ckpt")), ev[0]["val_loss"], places=6)
+            self.assertAlmostEqual(evaluate(os.path.join(out, "epoch-4.ckpt")), ev[3]["val_loss"], places=6)
 
 
 class OutputDirectory(unittest.TestCase):
