@@ -802,6 +802,10 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   c.schedule.staircase = s.staircase;
   c.schedule.alpha = s.alpha;
   c.schedule.warmup_steps = s.warmup_steps;
+  if (s.warmup_target) {  // the cosine decays from the target; learning_rate is where the warmup starts
+    c.schedule.warmup_from = c.schedule.base;
+    c.schedule.base = *s.warmup_target;
+  }
   c.schedule.end_learning_rate = s.end_learning_rate;
   c.schedule.power = s.power;
   c.schedule.cycle = s.cycle;

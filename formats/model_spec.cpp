@@ -92,7 +92,7 @@ const Keys kScheduleKeys = {"kind",        "step_size",    "gamma",
                             "alpha",       "warmup_steps", "end_learning_rate",
                             "power",       "cycle",        "first_decay_steps",
                             "t_mul",       "m_mul",        "boundaries",
-                            "values"};
+                            "values",      "warmup_target"};
 const Keys kEarlyStoppingKeys = {
     "monitor", "mode", "min_delta", "patience", "restore_best_weights", "baseline", "start_from_epoch"};
 const Keys kCheckpointKeys = {"every_epochs", "every_steps", "keep_last", "save_best", "mode"};
@@ -227,7 +227,7 @@ const std::map<std::string_view, Keys> kScheduleArgs = {
     {"constant", {"warmup_steps"}},
     {"step", {"step_size", "gamma", "warmup_steps"}},
     {"exponential", {"decay_steps", "decay_rate", "staircase", "warmup_steps"}},
-    {"cosine", {"decay_steps", "alpha", "warmup_steps"}},
+    {"cosine", {"decay_steps", "alpha", "warmup_steps", "warmup_target"}},
     {"polynomial", {"decay_steps", "end_learning_rate", "power", "cycle", "warmup_steps"}},
     {"inverse_time", {"decay_steps", "decay_rate", "staircase", "warmup_steps"}},
     {"cosine_restarts", {"first_decay_steps", "t_mul", "m_mul", "alpha", "warmup_steps"}},
@@ -1436,6 +1436,12 @@ ScheduleSpec read_schedule(const Reader& r, const toml::node& n) {
   if (t.get("warmup_steps", s.warmup_steps) && s.warmup_steps < 0)
     t.fail("warmup_steps",
            fmt::format("{} must be 0 or more, not {}", t.name("warmup_steps"), s.warmup_steps));
+  if (double target = 0; t.get("warmup_target", target)) {
+    if (!(target > 0) || !std::isfinite(target))
+      t.fail("warmup_target",
+             fmt::format("{} must be a positive rate, not {}", t.name("warmup_target"), toml_float(target)));
+    s.warmup_target = target;
+  }
   return s;
 }
 

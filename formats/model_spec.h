@@ -164,6 +164,9 @@ struct ScheduleSpec {
   std::vector<int64_t> boundaries;    // piecewise_constant: steps where the rate changes
   std::vector<double> values;         // piecewise_constant: the rates (one more than boundaries)
   int64_t warmup_steps = 0;           // linear warmup from 0 (any kind)
+  // cosine: Keras's warmup_target, the rate the warmup rises to and the cosine decays from; the warmup then
+  // starts at the optimizer's learning_rate (Keras's initial_learning_rate) instead of 0.
+  std::optional<double> warmup_target;
   SourcePos pos;
   bool operator==(const ScheduleSpec&) const = default;
 };

@@ -327,6 +327,7 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("values", s.values);
     }
     w.kv("warmup_steps", s.warmup_steps);
+    if (s.warmup_target) w.kv("warmup_target", *s.warmup_target);
 
     const EarlyStoppingSpec& e = t.early_stopping;
     if (e.enabled) {

@@ -16,6 +16,8 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "engine/ir/op_schema.h"
 #include "engine/ops/conv_geometry.h"
@@ -3090,8 +3092,9 @@ class Importer {
              g().value(p.inputs[i]).kind == engine::ValueKind::state;
     };
     // Running statistics that are frozen (constants) keep the inference form in training. Ones that are
-    // another node's result, a tensor other nodes train (PyTorch merges equal initializers, so an untrained
-    // model's zero running mean may be some layer's zero bias), or an initializer that other inputs read too
+    // another node's result, a tensor other nodes train (a graph optimizer that merges equal initializers
+    // makes an untrained model's zero running mean some layer's zero bias), or an initializer that other
+    // inputs read too
     // (a deduplicating optimizer's work: the scale that is also the running variance) cannot be updated
     // without changing what those read.
     if (options_.mode == OnnxGraphMode::training)
@@ -3111,9 +3114,9 @@ class Importer {
                             ? "an initializer that other inputs read too"
                             : "a trainable tensor that other nodes read too"),
             "export the model with each BatchNormalization's running statistics as initializers of their own "
-            "(PyTorch shares equal initializers of an untrained model: export with "
-            "training=torch.onnx.TrainingMode.TRAINING; a graph optimizer may merge them too), or freeze the "
-            "tensors they come from with [model] freeze (the layer then normalizes with them as they are)");
+            "(a graph optimizer merges equal initializers: export without it; PyTorch's own merge, through "
+            "Identity nodes, is undone on reading), or freeze the tensors they come from with [model] freeze "
+            "(the layer then normalizes with them as they are)");
       }
     // One statistic frozen and the other not: the training form would update the frozen one, the inference
     // form would leave the other as it is; neither is what was asked.
@@ -3462,6 +3465,50 @@ std::string parent_dir(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// PyTorch's eval-mode export merges initializers of equal values into one (an untrained model's LayerNorm
+// scales of 1 and zero biases, every layer of an nn.TransformerEncoder, which deep-copies one layer) and
+// names each merged parameter by an Identity of the one kept. Read as written, training would update the
+// group as one tensor. A weight the model really shares is exported as one initializer that several nodes
+// read, never through an Identity, so each Identity of a float initializer becomes an initializer of its own
+// under the Identity's output name, the parameter's own: it computes the same, and trains and exports as the
+// model's parameter. (An initializer that is also a graph input may be fed: its Identity stays, as does
+// one that gives a graph output.)
+void untie_merged_initializers(onnx::GraphProto* graph) {
+  std::unordered_map<std::string, int> initializer_at;
+  for (int i = 0; i < graph->initializer_size(); ++i) initializer_at.emplace(graph->initializer(i).name(), i);
+  std::unordered_set<std::string> inputs;
+  for (const auto& in : graph->input()) inputs.insert(in.name());
+  for (const auto& out : graph->output()) inputs.insert(out.name());  // a graph output stays a node's
+  auto is_float = [](int32_t type) {
+    return type == onnx::TensorProto::FLOAT || type == onnx::TensorProto::DOUBLE ||
+           type == onnx::TensorProto::FLOAT16 || type == onnx::TensorProto::BFLOAT16;
+  };
+  auto* nodes = graph->mutable_node();
+  int kept = 0;
+  for (int i = 0; i < nodes->size(); ++i) {
+    const onnx::NodeProto& n = nodes->Get(i);
+    const bool untie = n.op_type() == "Identity" && (n.domain().empty() || n.domain() == "ai.onnx") &&
+                       n.input_size() == 1 && n.output_size() == 1 && !n.output(0).empty() &&
+                       initializer_at.count(n.input(0)) && !inputs.count(n.input(0)) &&
+                       !inputs.count(n.output(0)) && !initializer_at.count(n.output(0)) &&
+                       is_float(graph->initializer(initializer_at.at(n.input(0))).data_type());
+    if (untie) {
+      onnx::TensorProto copy = graph->initializer(initializer_at.at(n.input(0)));
+      copy.set_name(n.output(0));
+      initializer_at.emplace(n.output(0), graph->initializer_size());
+      *graph->add_initializer() = std::move(copy);
+      continue;
+    }
+    if (kept != i) nodes->SwapElements(kept, i);
+    ++kept;
+  }
+  nodes->DeleteSubrange(kept, nodes->size() - kept);
+}
+
+}  // namespace
+
 void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model) {
   if (bytes.size() > static_cast<size_t>(INT_MAX))
     throw InputError(source, fmt::format("the model is {} bytes, over protobuf's 2 GiB limit", bytes.size()),
@@ -3476,6 +3523,7 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
                             bytes.size()),
         "the file is truncated or corrupt, or it is not an ONNX model");
   }
+  if (model->has_graph()) untie_merged_initializers(model->mutable_graph());
 }
 
 namespace {

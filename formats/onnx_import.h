@@ -93,7 +93,9 @@ struct UnsupportedNode {
 
 // Parses serialized ModelProto bytes; `source` names them in errors. A truncated or corrupt file is an
 // InputError at the byte offset where its protobuf encoding stops making sense, naming the graph element
-// (graph.node[3] 'conv1', graph.initializer[0] 'fc.weight') that holds it.
+// (graph.node[3] 'conv1', graph.initializer[0] 'fc.weight') that holds it. An Identity of a float initializer
+// (PyTorch's merge of equal initializers) becomes an initializer of its own, named by its output, so that
+// every reader (import, export with trained values) sees the model's parameters apart.
 void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model);
 
 OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptions& options = {});

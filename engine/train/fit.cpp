@@ -47,9 +47,10 @@ std::vector<OutputLoss> output_losses(const FitConfig& cfg) {
 }
 
 double LearningRateSchedule::unscaled_at(int64_t step) const {
-  // Keras's CosineDecay warmup (from initial_learning_rate 0 to warmup_target): step k of the warmup at
-  // k / warmup_steps of the rate, the first at 0.
-  if (warmup_steps > 0 && step < warmup_steps) return base * static_cast<double>(step) / warmup_steps;
+  // Keras's CosineDecay warmup (from initial_learning_rate, 0 unless given, to warmup_target): step k of the
+  // warmup at k / warmup_steps of the way, the first at the start.
+  if (warmup_steps > 0 && step < warmup_steps)
+    return warmup_from + (base - warmup_from) * static_cast<double>(step) / warmup_steps;
   int64_t s = step - warmup_steps;
   if (kind == "step")
     return step_size > 0 ? base * std::pow(gamma, static_cast<double>(s / step_size)) : base;

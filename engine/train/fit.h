@@ -46,7 +46,8 @@ struct LearningRateSchedule {
   double t_mul = 2.0, m_mul = 1.0;                 // cosine_restarts
   std::vector<int64_t> boundaries;                 // piecewise_constant
   std::vector<double> values;                      // piecewise_constant
-  int64_t warmup_steps = 0;  // linear warmup from 0 (step k at k/warmup_steps of base), then the schedule
+  int64_t warmup_steps = 0;  // linear warmup from warmup_from (step k at k/warmup_steps of the way to base)
+  double warmup_from = 0.0;  // Keras's CosineDecay(initial_learning_rate, warmup_target=base)
   // --scale-lr's factor: every rate the schedule gives (piecewise values and end_learning_rate included) is
   // multiplied by it.
   double scale = 1.0;

@@ -186,6 +186,30 @@ def with_weights(m, values):
     return m2
 
 
+def untied(m):
+    """A copy of model m as trainer reads it: an Identity of a float initializer (PyTorch's merge of equal
+    initializers) is an initializer of its own, named by the Identity's output."""
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    g = m2.graph
+    inits = {i.name: i for i in g.initializer}
+    io = {v.name for v in list(g.input) + list(g.output)}
+    floats = (T.FLOAT, T.DOUBLE, T.FLOAT16, T.BFLOAT16)
+    kept = []
+    for n in g.node:
+        if (n.op_type == "Identity" and n.input[0] in inits and inits[n.input[0]].data_type in floats
+                and n.input[0] not in io and n.output[0] not in io):
+            copy = g.initializer.add()
+            copy.CopyFrom(inits[n.input[0]])
+            copy.name = n.output[0]
+            inits[copy.name] = copy
+        else:
+            kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    return m2
+
+
 def cross_entropy(out, labels, logits):
     if logits:
         out = out - out.max(axis=1, keepdims=True)
@@ -270,6 +294,7 @@ learning_rate = 0.002
     def check_round_trip(self, original, exported, ckpt, feeds_exported, feeds_original):
         """Node and initializer names survive; the export computes what the original graph computes with the
         checkpoint's weights and running statistics."""
+        original = untied(original)
         # Import folds shape arithmetic: Constant and Shape nodes, and nodes that read only values folded so far
         # or integer initializers.
         constant = {i.name for i in original.graph.initializer if i.data_type in (T.INT64, T.INT32)}
@@ -998,7 +1023,12 @@ class Net(torch.nn.Module):
         self.assertIn("the imported graph with its trained values", r.stderr)
         exported = onnx.load(out)
         onnx.checker.check_model(exported, full_check=True)
-        self.assertEqual([n.name for n in exported.graph.node], [n.name for n in original.graph.node])
+        # PyTorch's Identity nodes of merged initializers come back as the initializers they name.
+        inits = {i.name for i in original.graph.initializer}
+        merged = [n for n in original.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+        self.assertEqual([n.name for n in exported.graph.node],
+                         [n.name for n in original.graph.node if n not in merged])
+        self.assertLessEqual({n.output[0] for n in merged}, {i.name for i in exported.graph.initializer})
         self.assertEqual(exported.producer_name, "trainer")
         x = self.val_x[:20, None]
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
@@ -1182,6 +1212,53 @@ class Net(torch.nn.Module):
         self.assertEqual(r.returncode, 0, r.stderr)
         got = np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2)
         np.testing.assert_allclose(got, run_onnx(exported, {"x": x}), rtol=1e-5, atol=1e-6)
+
+    def test_initializers_merged_by_an_identity_train_apart(self):
+        # PyTorch's eval export of an untrained model keeps one of several equal initializers and names the others
+        # by an Identity of it (here: the second layer deep-copied from the first, as nn.TransformerEncoder
+        # does). They are the model's own parameters: one SGD step must update each with its own gradient.
+        rng = np.random.default_rng(7)
+        w = rng.standard_normal((4, 4)).astype(np.float32)
+        b = np.zeros(4, np.float32)
+        nodes = [h.make_node("Identity", ["l1.weight"], ["l2.weight"]),
+                 h.make_node("Identity", ["l1.bias"], ["l2.bias"]),
+                 h.make_node("Gemm", ["x", "l1.weight", "l1.bias"], ["z"], transB=1),
+                 h.make_node("Relu", ["z"], ["a"]),
+                 h.make_node("Gemm", ["a", "l2.weight", "l2.bias"], ["y"], transB=1)]
+        m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+                  [nh.from_array(w, "l1.weight"), nh.from_array(b, "l1.bias")], 17)
+        path = self.save(m, "merged.onnx")
+        x = rng.standard_normal((8, 4)).astype(np.float32)
+        t = rng.standard_normal((8, 4)).astype(np.float32)
+        np.save(self.path("merged_x.npy"), x)
+        np.save(self.path("merged_y.npy"), t)
+        toml = self.path("merged.toml")
+        with open(toml, "w") as f:
+            f.write('format_version = 1\n[data]\nshuffle = false\n[data.train]\nx = "merged_x.npy"\n'
+                    'y = "merged_y.npy"\n[train]\nloss = "mse"\nepochs = 1\nbatch_size = 8\n'
+                    '[train.optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+        r = run(["summary", path, "--train", toml])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Total params: 40 ", r.stdout + r.stderr)
+        _, ckpt = self.fit([path, "--train", toml], self.path("run_merged"))
+        exported = self.export(ckpt, "merged_out.onnx")
+        got = weights_of(exported)
+        # The step by hand: mse over all 8 x 4 values.
+        z = x @ w.T + b
+        a = np.maximum(z, 0)
+        dy = 2 * (a @ w.T + b - t) / t.size
+        dz = (dy @ w) * (z > 0)
+        want = {"l1.weight": w - 0.1 * dz.T @ x, "l1.bias": b - 0.1 * dz.sum(0),
+                "l2.weight": w - 0.1 * dy.T @ a, "l2.bias": b - 0.1 * dy.sum(0)}
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        self.assertNotIn("Identity", {n.op_type for n in exported.graph.node})
+        # Inference is what the file computes.
+        r = run(["predict", path, self.path("merged_x.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
+                                   run_onnx(m, {"x": x}), rtol=1e-5, atol=1e-6)
 
 
 @unittest.skipIf(ort is None, "numpy, onnx and onnxruntime are needed (tools/install-deps.sh installs them)")
@@ -1440,12 +1517,16 @@ class ModelFileForms(unittest.TestCase):
         with open(self.path("bn.toml"), "w") as f:
             f.write('format_version = 1\n[data.train]\nx = "bn_x.npy"\ny = "bn_y.npy"\n[train]\n'
                     'loss = "sparse_categorical_crossentropy"\nfrom_logits = true\nepochs = 1\nbatch_size = 2\n')
-        r = run(["fit", path, "--train", self.path("bn.toml"), "--device", "cpu"])
-        cli_util.assert_input_error(self, r, "BatchNormalization", "running mean 'gb_copy'",
-                                    "not an initializer of its own", "TrainingMode.TRAINING")
-        # Shown alone, the model is what it computes in inference: no error.
-        r = run(["summary", path])
+        # PyTorch's merge (the running mean an Identity of a zero bias): the copy is an initializer of its own, the
+        # running mean, which training updates.
+        r = run(["fit", path, "--train", self.path("bn.toml"), "--device", "cpu", "-q", "--output-dir",
+                 self.path("bn_copy_run")])
         self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["export", self.path("bn_copy_run/last.ckpt"), "-o", self.path("bn_copy_out.onnx"), "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        trained = weights_of(onnx.load(self.path("bn_copy_out.onnx")))
+        # The batches' channel means are 1 and 2, 5 and 6: the running mean moved off 0.
+        self.assertGreater(float(np.abs(trained["gb_copy"]).min()), 0.01)
         # The same initializer as the running mean and another node's input (a graph optimizer's merge).
         path = self.save(self.batch_norm_model(0, "direct"), "bn_direct.onnx")
         r = run(["fit", path, "--train", self.path("bn.toml"), "--device", "cpu"])

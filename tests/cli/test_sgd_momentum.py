@@ -1,6 +1,7 @@
 """SGD with momentum keeps Keras's velocity (v = momentum v - rate g; w += v, Nesterov: w += momentum v - rate g),
 checked against that rule in numpy under a decaying rate, where PyTorch's velocity of gradients would move the
-weights elsewhere; a checkpoint of an earlier version, whose velocity held gradients, resumes converted."""
+weights elsewhere (and under a cosine that warms up from the learning rate to its warmup_target); a checkpoint
+of an earlier version, whose velocity held gradients, resumes converted."""
 
 import json
 import os
@@ -76,8 +77,8 @@ class SgdMomentum(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return cli_util.read_checkpoint(self.path(name + "/last.ckpt"))
 
-    def keras(self, nesterov):
-        """Keras's SGD on the linear model, step by step in float64."""
+    def keras(self, nesterov, rate=rate_at):
+        """Keras's SGD on the linear model, step by step in float64, at rate(step)."""
         x, y = self.x.astype(np.float64), self.y.astype(np.float64)
         w, b = np.zeros((5, 2)), np.zeros(2)
         vw, vb = np.zeros((5, 2)), np.zeros(2)
@@ -86,7 +87,7 @@ class SgdMomentum(unittest.TestCase):
             rows = slice(t % steps * BATCH, t % steps * BATCH + BATCH)
             d = 2 * (x[rows] @ w + b - y[rows]) / (BATCH * 2)
             gw, gb = x[rows].T @ d, d.sum(0)
-            lr = rate_at(t)
+            lr = rate(t)
             vw, vb = MOMENTUM * vw - lr * gw, MOMENTUM * vb - lr * gb
             if nesterov:
                 w, b = w + MOMENTUM * vw - lr * gw, b + MOMENTUM * vb - lr * gb
@@ -103,6 +104,26 @@ class SgdMomentum(unittest.TestCase):
                 np.testing.assert_allclose(got["dense/bias"], b, rtol=1e-5, atol=1e-7)
                 # The state is Keras's velocity, negated: the steps already scaled by their rates.
                 np.testing.assert_allclose(got["dense/kernel/momentum"], -vw, rtol=1e-5, atol=1e-7)
+
+    def test_a_cosine_warms_up_from_the_learning_rate_to_warmup_target(self):
+        # Keras's CosineDecay(0.02, decay_steps=4, warmup_target=0.1, warmup_steps=3): 0.02, 0.0467, 0.0733,
+        # then the cosine from 0.1.
+        def cosine(t):
+            if t < 3:
+                return 0.02 + (0.1 - 0.02) * t / 3
+            return 0.1 * 0.5 * (1 + np.cos(np.pi * min(t - 3, 4) / 4))
+        spec = self.path("warmup.toml")
+        text = SPEC.format(epochs=EPOCHS, batch=BATCH, rate=0.02, momentum=MOMENTUM, nesterov="false")
+        text = text.replace('kind = "exponential"\ndecay_steps = 2\ndecay_rate = 0.5\n',
+                            'kind = "cosine"\ndecay_steps = 4\nwarmup_steps = 3\nwarmup_target = 0.1\n')
+        with open(spec, "w") as f:
+            f.write(text)
+        r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", self.path("warmup")], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = cli_util.read_checkpoint(self.path("warmup/last.ckpt"))
+        w, b, vw, _ = self.keras(False, cosine)
+        np.testing.assert_allclose(got["dense/kernel"], w, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["dense/kernel/momentum"], -vw, rtol=1e-5, atol=1e-7)
 
     def earlier(self, ckpt, out, rate, velocity=None):
         """Writes `ckpt` as an earlier version wrote it: the velocity in gradients (this one's over `rate`, its

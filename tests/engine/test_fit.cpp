@@ -148,6 +148,14 @@ TEST_SUITE("fit") {
     CHECK(s.at(1) == doctest::Approx(0.01));
     CHECK(s.at(9) == doctest::Approx(0.09));
     CHECK(s.at(10) == doctest::Approx(0.1));  // the cosine starts after the warmup
+    // With initial_learning_rate 0.02: the warmup starts there, 0.02, 0.028, ..., then the cosine from 0.1.
+    s.warmup_from = 0.02;
+    CHECK(s.at(0) == doctest::Approx(0.02));
+    CHECK(s.at(1) == doctest::Approx(0.028));
+    CHECK(s.at(5) == doctest::Approx(0.06));
+    CHECK(s.at(10) == doctest::Approx(0.1));
+    CHECK(s.at(60) == doctest::Approx(0.1 * (0.9 * 0.5 + 0.1)));
+    s.warmup_from = 0;
     // Keras's PolynomialDecay, InverseTimeDecay, CosineDecayRestarts and PiecewiseConstantDecay (values of
     // their Python formulas).
     LearningRateSchedule k;

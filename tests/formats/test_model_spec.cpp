@@ -695,6 +695,25 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "train.optimizer.epsilon does not apply to lion");
   }
 
+  TEST_CASE("a cosine's warmup_target is Keras's: read, round-tripped, and refused elsewhere") {
+    const std::string train =
+        "[train]\nloss = \"mse\"\n[train.optimizer]\nlearning_rate = 1e-4\n[train.optimizer.schedule]\n";
+    const ModelSpec a = parse_model_spec(
+        kHead + train + "kind = \"cosine\"\nwarmup_steps = 10\nwarmup_target = 1e-3\n", "a.toml");
+    REQUIRE(a.train.optimizer.schedule.warmup_target);
+    CHECK(*a.train.optimizer.schedule.warmup_target == 1e-3);
+    const ModelSpec back = parse_model_spec(to_toml(a), "a.toml");
+    CHECK(same_settings(a, back));
+    CHECK(back.train.optimizer.schedule.warmup_target == a.train.optimizer.schedule.warmup_target);
+    CHECK_FALSE(parse_model_spec(kHead + train + "kind = \"cosine\"\n", "a.toml")
+                    .train.optimizer.schedule.warmup_target);
+    Failure f = failure(kHead + train + "kind = \"cosine\"\nwarmup_target = 0\n");
+    CHECK(f.where == "spec.toml:13:17");
+    CHECK(f.what == "train.optimizer.schedule.warmup_target must be a positive rate, not 0.0");
+    f = failure(kHead + train + "kind = \"exponential\"\ndecay_steps = 5\nwarmup_target = 1e-3\n");
+    CHECK(f.what.find("warmup_target") != std::string::npos);
+  }
+
   TEST_CASE("amsgrad, centered and SGD's learning rate are Keras's, and round-trip") {
     const std::string train = "[train]\nloss = \"mse\"\n[train.optimizer]\n";
     const ModelSpec sgd = parse_model_spec(kHead + train + "name = \"sgd\"\n", "a.toml");
