@@ -519,7 +519,38 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
   o.initializer_is_trainable = [&ms](const std::string& name, const engine::Tensor&) {
     return !frozen(ms, name);
   };
-  formats::OnnxImportResult r = file.import(o);
+  formats::OnnxImportResult r;
+  try {
+    r = file.import(o);
+  } catch (const InputError& e) {
+    // A batch the file fixes in its shape constants (a PyTorch export without dynamic_axes) builds at that
+    // batch only: say which batch the run asked for, and why, rather than which node broke at it.
+    const onnx::GraphProto& graph = file.model().graph();
+    const int64_t fixed = facts_of(graph).fixed_batch;
+    if (fixed <= 0 || fixed == batch) throw;
+    std::set<std::string> initializers;
+    for (const onnx::TensorProto& t : graph.initializer()) initializers.insert(t.name());
+    std::string input = "input";
+    for (const onnx::ValueInfoProto& in : graph.input())
+      if (!initializers.count(in.name())) {
+        input = in.name();
+        break;
+      }
+    // The importer's own note of the replaced batch says less than this message.
+    std::string why = e.message();
+    if (const size_t note = why.find(" (the model fixes the batch dimension"); note != std::string::npos)
+      why.resize(note);
+    throw InputError(
+        file.path(),
+        fmt::format("the model fixes its batch at {}, and its shapes hold it, so it builds at a batch of {} "
+                    "only; this run also needs a batch of {} (the last, partial batch of data whose count {} "
+                    "does not divide, or a replica's share of the batch): {}",
+                    fixed, fixed, batch, fixed, why),
+        fmt::format("export the model with a symbolic batch dimension (torch.onnx.export(..., "
+                    "dynamic_axes={{'{}': {{0: 'batch'}}}})), or train at batch_size = {} on one device, on "
+                    "a multiple of {} samples in each data set (data.train.limit, data.validation.limit)",
+                    input, fixed, fixed));
+  }
   const std::string where = ms.onnx_pos.str();
   for (size_t i = 0; i < ms.freeze.size(); ++i) {
     const std::string& p = ms.freeze[i];

@@ -461,10 +461,12 @@ class Importer {
       const auto& d = tt.shape().dim(i);
       if (i == 0 && d.has_dim_value() && d.dim_value() >= 0 && options_.replace_fixed_batch &&
           options_.batch_size > 0) {
-        if (d.dim_value() != options_.batch_size)
+        if (d.dim_value() != options_.batch_size) {
+          fixed_batch_input_ = in.name();
           fixed_batch_note_ = fmt::format(
               "the model fixes the batch dimension of input '{}' at {}; it was set to the batch size {}",
               in.name(), d.dim_value(), options_.batch_size);
+        }
         dims.push_back(options_.batch_size);
         continue;
       }
@@ -3266,8 +3268,9 @@ class Importer {
       if (msg.rfind("node '", 0) != 0 && msg.rfind(label, 0) != 0) msg = fmt::format("{}: {}", label, msg);
       if (!fixed_batch_note_.empty())
         fail(fmt::format("{} ({})", msg, fixed_batch_note_),
-             "export the model with a symbolic batch dimension, e.g. torch.onnx.export(..., "
-             "dynamic_axes={'input': {0: 'batch'}})");
+             fmt::format("export the model with a symbolic batch dimension, e.g. torch.onnx.export(..., "
+                         "dynamic_axes={{'{}': {{0: 'batch'}}}})",
+                         fixed_batch_input_));
       fail(std::move(msg),
            e.hint().empty() ? "check the model against the ONNX operator definitions" : e.hint());
     }
@@ -3295,7 +3298,8 @@ class Importer {
   std::set<ValueId> shape_constants_;  // outputs of Shape and Size
   std::set<ValueId> folded_;           // outputs of folded nodes
   std::map<ValueId, RelativeShape> relative_;
-  mutable std::string fixed_batch_note_;  // set when a fixed batch dimension was replaced
+  mutable std::string fixed_batch_note_;   // set when a fixed batch dimension was replaced
+  mutable std::string fixed_batch_input_;  // the input whose fixed batch dimension was replaced
 };
 
 // --- where a damaged file stops being protobuf -----------------------------------------------------------

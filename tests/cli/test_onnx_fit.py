@@ -1342,6 +1342,11 @@ class ModelFileForms(unittest.TestCase):
         w = cli_util.read_checkpoint(ckpt)
         np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
                                    self.x @ w["W"] + w["b"], rtol=1e-5, atol=1e-6)
+        # At another batch its Reshape cannot build: the error names the batches, not only the node.
+        r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--batch-size", "2"],
+                timeout=120)
+        cli_util.assert_input_error(self, r, "fixes its batch at 1", "also needs a batch of 2", "node 'Reshape'",
+                                    "dynamic_axes={'x': {0: 'batch'}}", "batch_size = 1")
 
     def test_image_arrays_channels_first_or_last_train_alike(self):
         # x [N, 3, 4, 5] -> Flatten -> Gemm: every value has its own weight, so a scrambled sample trains
