@@ -3,6 +3,7 @@
 #include "cli/checkpoint_io.h"
 
 #include <fmt/format.h>
+#include <onnx/onnx_pb.h>
 #include <algorithm>
 
 #include <cctype>
@@ -21,6 +22,7 @@
 #include "formats/checkpoint.h"
 #include "formats/checkpoint_json.h"
 #include "formats/data_bytes.h"
+#include "formats/onnx_import.h"
 #include "formats/onnx_tensor.h"
 
 namespace trainer::cli {
@@ -358,6 +360,38 @@ std::optional<std::string> other_file_kind(const std::string& path) {
   return is_text(head) ? "a text file" : "";
 }
 
+namespace {
+
+// A checkpoint written before ONNX import read PyTorch's merged initializers apart (an Identity of an
+// initializer, now one of its own) holds the merged group as the one initializer the Identities read: each
+// copy, its optimizer slots ("name/adam_m") and its best weights start from that tensor's.
+void take_untied_copies(const std::string& onnx_bytes, const std::string& path, engine::TrainingState* st) {
+  onnx::ModelProto model;
+  std::vector<std::pair<std::string, std::string>> untied;
+  formats::parse_onnx_model(onnx_bytes, path, &model, &untied);
+  for (auto* values : {&st->values, &st->best_values}) {
+    if (values->empty()) continue;
+    std::map<std::string, size_t> at;
+    for (size_t i = 0; i < values->size(); ++i) at.emplace((*values)[i].first, i);
+    for (const auto& [copy, source] : untied) {
+      if (at.count(copy) || !at.count(source)) continue;
+      std::vector<std::pair<std::string, engine::Tensor>> added;
+      for (const auto& [name, t] : *values)
+        if (name == source)
+          added.emplace_back(copy, t);
+        else if (name.size() > source.size() + 1 && name.rfind(source + "/", 0) == 0 &&
+                 !at.count(copy + name.substr(source.size())))
+          added.emplace_back(copy + name.substr(source.size()), t);
+      for (auto& [name, t] : added) {
+        at.emplace(name, values->size());
+        values->emplace_back(std::move(name), std::move(t));
+      }
+    }
+  }
+}
+
+}  // namespace
+
 LoadedCheckpoint load_training_checkpoint(const std::string& path) {
   namespace key = formats::checkpoint_key;
   // An ONNX model would otherwise read as a damaged checkpoint.
@@ -398,6 +432,7 @@ LoadedCheckpoint load_training_checkpoint(const std::string& path) {
     else
       out.state.values.emplace_back(t.name, std::move(t.value));
   }
+  if (out.onnx_bytes) take_untied_copies(*out.onnx_bytes, path, &out.state);
   return out;
 }
 

@@ -1864,6 +1864,8 @@ struct CallSettings {
   std::vector<std::pair<bool, SourcePos>> multi_label;                                // AUC's
   std::vector<std::pair<std::vector<int64_t>, SourcePos>> targets;  // IoU's target_class_ids
   std::vector<std::pair<double, SourcePos>> iou_threshold, beta;  // BinaryIoU's threshold, FBetaScore's beta
+  std::vector<std::pair<double, SourcePos>>
+      threshold;  // a binary output's: BinaryAccuracy's, Precision's, ...
   std::vector<std::pair<std::string, SourcePos>> f1_average;  // F1Score(average=...) of a categorical output
   // PrecisionAtRecall's recall, ..., by metric
   std::map<std::string, std::vector<std::pair<double, SourcePos>>> at;
@@ -2001,7 +2003,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     // A value Keras refuses too (out of its range), rather than one trainer does not compute with.
     const bool invalid = a.name == "k" || a.name == "beta" || a.name == "num_classes" ||
                          a.name == "target_class_ids" || a.name == "average" ||
-                         (at_metric != kAtMetrics.end() && a.name == at_metric->second);
+                         (at_metric != kAtMetrics.end() && a.name == at_metric->second) ||
+                         ((a.name == "threshold" || a.name == "thresholds") && metric != "binary_iou" &&
+                          num && (*num < 0 || *num > 1));
     if (a.name == "k") {
       ok = num && a.integer && *num >= 1 && *num < 1e9;
       if (ok) ks.k.emplace_back(static_cast<int64_t>(*num), mp);
@@ -2023,10 +2027,15 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     if (a.name == "label_weights") ok = a.none;
     if (a.name == "num_thresholds") ok = num && *num == 200;
     if (a.name == "class_id") ok = a.none;
-    // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.)
-    if (a.name == "threshold" || a.name == "thresholds")
-      ok = (num && *num == 0.5 && (!f_score || binary_loss)) || (f_score && !binary_loss && a.none) ||
-           (a.name == "thresholds" && a.none);
+    // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.) A binary output's
+    // threshold is one for its accuracy, precision, recall, counts and F-scores.
+    if ((a.name == "threshold" || a.name == "thresholds") && metric != "binary_iou") {
+      ok = (num && *num >= 0 && *num <= 1 && (!f_score || binary_loss)) ||
+           (f_score && !binary_loss && a.none) || (a.name == "thresholds" && a.none);
+      if (ok && num) ks.threshold.emplace_back(*num, mp);
+      if (num && (*num < 0 || *num > 1))
+        why = fmt::format("{} is a probability, from 0 to 1: a prediction above it is class 1", a.name);
+    }
     if (a.name == "threshold" && metric == "binary_iou") {
       ok = num != nullptr;
       if (ok) ks.iou_threshold.emplace_back(*num, mp);
@@ -2359,7 +2368,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   const size_t iou_before = ks.num_classes.size(), ignore_before = ks.iou_ignore.size(),
                average_before = ks.f1_average.size(), targets_before = ks.targets.size(),
                threshold_before = ks.iou_threshold.size(), beta_before = ks.beta.size(),
-               multi_before = ks.multi_label.size(), labels_before = ks.num_labels.size();
+               multi_before = ks.multi_label.size(), labels_before = ks.num_labels.size(),
+               decision_before = ks.threshold.size();
   std::map<std::string, size_t> at_before;
   for (const auto& [metric, values] : ks.at) at_before[metric] = values.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics)) {
@@ -2384,6 +2394,9 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (auto t = one_setting(r, ks.iou_threshold, threshold_before, "BinaryIoU", "threshold",
                            "give them one threshold"))
     mo.iou_threshold = *t;
+  if (auto t = one_setting(r, ks.threshold, decision_before, "binary metrics'", "threshold",
+                           "give them one threshold"))
+    mo.threshold = *t;
   if (auto m =
           one_setting(r, ks.multi_label, multi_before, "AUC", "multi_label", "give them one multi_label"))
     mo.auc_multi_label = *m;
@@ -2410,6 +2423,13 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
     all_give({"binary_iou"}, ks.iou_threshold.size() - threshold_before,
              ks.iou_threshold[threshold_before].second, "BinaryIoU", "threshold",
              toml_float(mo.iou_threshold));
+  // (accuracy on a binary output is binary_accuracy, judged at the same threshold; Keras's 0.5 needs no
+  // saying)
+  if (ks.threshold.size() > decision_before && mo.threshold != 0.5)
+    all_give({"accuracy", "acc", "binary_accuracy", "precision", "recall", "true_positives",
+              "false_positives", "true_negatives", "false_negatives", "f1_score", "fbeta_score"},
+             ks.threshold.size() - decision_before, ks.threshold[decision_before].second, "binary metric",
+             "threshold", toml_float(mo.threshold));
   if (ks.targets.size() > targets_before)
     all_give({"binary_iou"}, ks.targets.size() - targets_before, ks.targets[targets_before].second,
              "BinaryIoU", "target_class_ids", fmt::format("[{}]", fmt::join(mo.iou_targets, ", ")));

@@ -3479,7 +3479,8 @@ namespace {
 // under the Identity's output name, the parameter's own: it computes the same, and trains and exports as the
 // model's parameter. (An initializer that is also a graph input may be fed: its Identity stays, as does
 // one that gives a graph output.)
-void untie_merged_initializers(onnx::GraphProto* graph) {
+void untie_merged_initializers(onnx::GraphProto* graph,
+                               std::vector<std::pair<std::string, std::string>>* untied) {
   std::unordered_map<std::string, int> initializer_at;
   for (int i = 0; i < graph->initializer_size(); ++i) initializer_at.emplace(graph->initializer(i).name(), i);
   std::unordered_set<std::string> inputs;
@@ -3501,6 +3502,7 @@ void untie_merged_initializers(onnx::GraphProto* graph) {
     if (untie) {
       onnx::TensorProto copy = graph->initializer(initializer_at.at(n.input(0)));
       copy.set_name(n.output(0));
+      if (untied) untied->emplace_back(n.output(0), n.input(0));
       initializer_at.emplace(n.output(0), graph->initializer_size());
       *graph->add_initializer() = std::move(copy);
       continue;
@@ -3513,7 +3515,8 @@ void untie_merged_initializers(onnx::GraphProto* graph) {
 
 }  // namespace
 
-void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model) {
+void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model,
+                      std::vector<std::pair<std::string, std::string>>* untied) {
   if (bytes.size() > static_cast<size_t>(INT_MAX))
     throw InputError(source, fmt::format("the model is {} bytes, over protobuf's 2 GiB limit", bytes.size()),
                      "save the weights as ONNX external data");
@@ -3527,7 +3530,7 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
                             bytes.size()),
         "the file is truncated or corrupt, or it is not an ONNX model");
   }
-  if (model->has_graph()) untie_merged_initializers(model->mutable_graph());
+  if (model->has_graph()) untie_merged_initializers(model->mutable_graph(), untied);
 }
 
 namespace {

@@ -95,8 +95,10 @@ struct UnsupportedNode {
 // InputError at the byte offset where its protobuf encoding stops making sense, naming the graph element
 // (graph.node[3] 'conv1', graph.initializer[0] 'fc.weight') that holds it. An Identity of a float initializer
 // (PyTorch's merge of equal initializers) becomes an initializer of its own, named by its output, so that
-// every reader (import, export with trained values) sees the model's parameters apart.
-void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model);
+// every reader (import, export with trained values) sees the model's parameters apart; `untied`, when given,
+// receives each such initializer's name and the one it copies.
+void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model,
+                      std::vector<std::pair<std::string, std::string>>* untied = nullptr);
 
 OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptions& options = {});
 OnnxImportResult import_onnx_bytes(std::string_view bytes, const std::string& source,

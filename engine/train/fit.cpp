@@ -854,7 +854,9 @@ struct MetricAccumulator {
       } else if (kind.binary || kind.regression) {
         // With logits the metrics judge the probability, as the loss does.
         const float p = cfg->from_logits ? 1.0f / (1.0f + std::exp(-row[0])) : row[0];
-        const bool positive = static_cast<const float*>(labels)[i] > 0.5f, predicted = p > 0.5f;
+        // (Keras compares float32 predictions with the threshold in float32)
+        const bool positive = static_cast<const float*>(labels)[i] > 0.5f,
+                   predicted = p > static_cast<float>(cfg->metric_options.threshold);
         if (acc) correct += w * (predicted == positive);
         topk += w * tk;  // one output: always among the top k
         if (kind.binary) {
@@ -2206,6 +2208,20 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       load_values(resume->values);
     }
     st.rate_scaled_velocity = true;  // what this run's checkpoints hold
+    // Every weight comes from the checkpoint: one it lacks would train on from its initial value, silently
+    // another run.
+    {
+      std::set<std::string> held;
+      for (const auto& [name, t] : resume->values) held.insert(name);
+      const Graph& g = weight_sessions[0]->graph();
+      for (const ShardValue& sv : shard_values[0]) held.insert(g.value(sv.value).name);  // ZeRO-1's own part
+      for (ValueId v = 0; v < g.num_values(); ++v)
+        if (g.value(v).kind == ValueKind::parameter && g.value(v).persistent() &&
+            !held.count(g.value(v).name))
+          throw InputError(g.value(v).name,
+                           fmt::format("the checkpoint has no '{}', which this model has", g.value(v).name),
+                           "resume with the spec the checkpoint was written with");
+    }
     // Averages the checkpoint does not hold (use_ema turned on at the resume) start at the weights.
     if (cfg.use_ema) {
       std::set<std::string> held;

@@ -192,6 +192,38 @@ class Metrics(unittest.TestCase):
         r = run(["check", self.spec("counts_sparse.toml", loss="mse", metrics=["true_positives"])])
         cli_util.assert_input_error(self, r, "'true_positives' is a binary classification metric")
 
+    def test_a_binary_outputs_threshold_is_its_metrics_calls(self):
+        # Keras's BinaryAccuracy(threshold), Precision(thresholds), Recall, the counts and F1Score(threshold):
+        # a probability above 0.3 is positive; evaluate reads it back from the checkpoint's spec.
+        metrics = ["BinaryAccuracy(threshold=0.3)", "Precision(thresholds=0.3)", "Recall(0.3)",
+                   "F1Score(threshold=0.3)", "TruePositives(thresholds=0.3)", "auc"]
+        last = self.fit(self.spec("threshold.toml", metrics=metrics), "threshold")[-1]
+        p = self.predictions("threshold")
+        y = np.load(os.path.join(self.tmp.name, "y_val.npy")).reshape(-1) > 0.5
+        predicted = p.astype(np.float32) > np.float32(0.3)
+        tp = float((predicted & y).sum())
+        self.assertNotEqual(tp, float(((p > 0.5) & y).sum()))  # the threshold changes the counts
+        want = {"binary_accuracy": float((predicted == y).mean()), "precision": tp / predicted.sum(),
+                "recall": tp / y.sum(), "f1_score": 2 * tp / (predicted.sum() + y.sum()), "true_positives": tp}
+        for name, value in want.items():
+            self.assertAlmostEqual(last["val_" + name], value, places=6, msg=name)
+        r = run(["evaluate", os.path.join(self.tmp.name, "threshold", "last.ckpt"), "--device", "cpu", "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        again = json.loads(r.stdout)
+        for name, value in want.items():
+            self.assertAlmostEqual(again[name], value, places=6, msg=name)
+        # One threshold per output, a probability.
+        for wrong, needles in (
+                (["accuracy", "Precision(thresholds=0.3)"],
+                 ["one binary metric of this output says threshold=0.3, and another says nothing"]),
+                (["BinaryAccuracy(threshold=0.3)", "Recall(thresholds=0.4)"],
+                 ["say threshold=0.3 and threshold=0.4"]),
+                (["Precision(thresholds=1.5)"], ["thresholds = 1.5 is not a valid value", "from 0 to 1"]),
+                (["Precision(thresholds=[0.3, 0.5])"], ["not supported by trainer"])):
+            with self.subTest(metrics=wrong):
+                r = run(["check", self.spec("threshold_wrong.toml", metrics=wrong)])
+                cli_util.assert_input_error(self, r, *needles)
+
     def test_constrained_metrics_binary_iou_and_f_beta_are_kerass(self):
         # PrecisionAtRecall and its kin over Keras's 200 thresholds 0, 1/199, ..., 1; BinaryIoU at its own
         # threshold; FBetaScore at 0.5 with Keras's epsilon. On one device and on two, which add their counts.

@@ -1254,6 +1254,38 @@ class Net(torch.nn.Module):
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
         self.assertNotIn("Identity", {n.op_type for n in exported.graph.node})
+        # A checkpoint of the merged group as one tensor (as earlier versions trained it: no 'l2.*' values) reads
+        # each copy from the tensor the Identity reads: it predicts what the file computes with those weights.
+        def without(prefix, name):
+            with open(ckpt, "rb") as f:
+                data = f.read()
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + n])
+            payload = bytearray()
+            for key in [k for k in header if k != "__metadata__"]:
+                if key.startswith(prefix):
+                    del header[key]
+                    continue
+                b, e = header[key]["data_offsets"]
+                header[key]["data_offsets"] = [len(payload), len(payload) + e - b]
+                payload += data[8 + n + b:8 + n + e]
+            with open(self.path(name), "wb") as f:
+                f.write(cli_util.signed_checkpoint(header, payload))
+            return self.path(name)
+        earlier = without("l2.", "merged_earlier.ckpt")
+        self.assertNotIn("l2.weight", cli_util.read_checkpoint(earlier))
+        r = run(["predict", earlier, self.path("merged_x.npy"), "--probabilities"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        tied = with_weights(m, {k: v for k, v in got.items() if k.startswith("l1.")})
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
+                                   run_onnx(tied, {"x": x}), rtol=1e-5, atol=1e-6)
+        r = run(["fit", "--resume", earlier, "--epochs", "2", "--output-dir", self.path("merged_resumed"), "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # A checkpoint that lacks a weight (and the tensor it could copy) resumes nothing: that weight would
+        # start over from its initial value.
+        r = run(["fit", "--resume", without("l1.bias", "merged_lacking.ckpt"), "--epochs", "2", "--output-dir",
+                 self.path("merged_lacking")])
+        cli_util.assert_input_error(self, r, "the checkpoint has no 'l1.bias'", "the spec the checkpoint")
         # Inference is what the file computes.
         r = run(["predict", path, self.path("merged_x.npy"), "--probabilities"])
         self.assertEqual(r.returncode, 0, r.stderr)
