@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "engine/util/error.h"
@@ -369,6 +370,8 @@ void take_untied_copies(const std::string& onnx_bytes, const std::string& path, 
   onnx::ModelProto model;
   std::vector<std::pair<std::string, std::string>> untied;
   formats::parse_onnx_model(onnx_bytes, path, &model, &untied);
+  std::set<std::string> initializers;  // (a value named source/... that is one is no slot of source's)
+  for (const auto& t : model.graph().initializer()) initializers.insert(t.name());
   for (auto* values : {&st->values, &st->best_values}) {
     if (values->empty()) continue;
     std::map<std::string, size_t> at;
@@ -380,7 +383,7 @@ void take_untied_copies(const std::string& onnx_bytes, const std::string& path, 
         if (name == source)
           added.emplace_back(copy, t);
         else if (name.size() > source.size() + 1 && name.rfind(source + "/", 0) == 0 &&
-                 !at.count(copy + name.substr(source.size())))
+                 !initializers.count(name) && !at.count(copy + name.substr(source.size())))
           added.emplace_back(copy + name.substr(source.size()), t);
       for (auto& [name, t] : added) {
         at.emplace(name, values->size());

@@ -527,7 +527,9 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
     // batch only: say which batch the run asked for, and why, rather than which node broke at it.
     const onnx::GraphProto& graph = file.model().graph();
     const int64_t fixed = facts_of(graph).fixed_batch;
-    if (fixed <= 0 || fixed == batch) throw;
+    // (only a failure the replaced batch may cause: the importer notes it)
+    const size_t note = e.message().find(" (the model fixes the batch dimension");
+    if (fixed <= 0 || fixed == batch || note == std::string::npos) throw;
     std::set<std::string> initializers;
     for (const onnx::TensorProto& t : graph.initializer()) initializers.insert(t.name());
     std::string input = "input";
@@ -537,9 +539,7 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
         break;
       }
     // The importer's own note of the replaced batch says less than this message.
-    std::string why = e.message();
-    if (const size_t note = why.find(" (the model fixes the batch dimension"); note != std::string::npos)
-      why.resize(note);
+    const std::string why = e.message().substr(0, note);
     throw InputError(
         file.path(),
         fmt::format("the model fixes its batch at {}, and its shapes hold it, so it builds at a batch of {} "

@@ -27,6 +27,7 @@
 #include "formats/atomic_file.h"
 #include "formats/checkpoint_hash.h"
 #include "formats/datasets.h"
+#include "formats/onnx_import.h"
 
 namespace trainer::cli {
 
@@ -510,6 +511,17 @@ Command add_fit_command(CLI::App& app) {
     models::BuiltModel probe = build(s, probe_batch(s), false, false);  // shapes alone
     check_output_and_loss(s, probe);
     SpecData data = open_data(s, probe);
+    if (!s.model.onnx.empty()) {
+      // PyTorch's merged initializers, read apart (formats/onnx_import.h): say so, as the file reads tied.
+      const std::shared_ptr<const formats::OnnxModelFile> file = open_onnx(s);
+      const auto& untied = file->untied();
+      if (!untied.empty())
+        out.say(
+            "{} parameter{} of the ONNX model ({}{}) {} an Identity of another (PyTorch's merge of equal "
+            "initializers); each trains as its own tensor.\n",
+            untied.size(), untied.size() == 1 ? "" : "s", untied[0].first, untied.size() > 1 ? ", ..." : "",
+            untied.size() == 1 ? "is" : "are");
+    }
     for (const std::string& layer : adapt_normalization(s, data, probe))
       out.say("Normalization layer '{}': mean and variance from the {} training samples (adapt).\n", layer,
               data.train->size());
@@ -752,6 +764,9 @@ Command add_fit_command(CLI::App& app) {
     if (!trace_path->empty() && speaks) formats::write_file_atomically(*trace_path, trace.json());
     // The end of a run always leaves a checkpoint of where it ended: final.ckpt when restore_best_weights
     // put back, or use_ema put in, other weights than its last epoch's checkpoint holds.
+    // A run that ran all its epochs keeps its last epoch's weights too (epoch-N.ckpt), to train further from.
+    if (writer && r.before_restore && writer->last_saved_step() != r.before_restore->global_step)
+      writer->save(*r.before_restore, engine::SaveReason::epoch, observer.signature);
     if (writer && !r.interrupted_by && (r.restored_best || r.averaged))
       writer->save(r.final_state, engine::SaveReason::restored, observer.signature);
     else if (writer && !r.interrupted_by && writer->last_saved_step() != r.final_state.global_step)

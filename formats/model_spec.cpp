@@ -1933,6 +1933,12 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
                        at_metric != kAtMetrics.end() ? fmt::format("{}({}=0.8)", call.name, at_metric->second)
                                                      : fmt::format("{}(key=value)", call.name)));
   const bool top_k = metric.find("top_k") != std::string::npos;
+  // A binary metric's threshold: compared with the output as it is, as in Keras (under from_logits, a logit:
+  // any number); Keras's F-scores take it in (0, 1].
+  auto threshold_valid = [&](double v) {
+    const bool f_scores = metric == "f1_score" || metric == "fbeta_score";
+    return std::isfinite(v) && (f_scores ? v > 0 && v <= 1 : from_logits || (v >= 0 && v <= 1));
+  };
   Keys takes;
   if (top_k) takes = {"k"};
   if (metric == "auc")
@@ -2005,7 +2011,7 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
                          a.name == "target_class_ids" || a.name == "average" ||
                          (at_metric != kAtMetrics.end() && a.name == at_metric->second) ||
                          ((a.name == "threshold" || a.name == "thresholds") && metric != "binary_iou" &&
-                          num && (*num < 0 || *num > 1));
+                          num && !threshold_valid(*num));
     if (a.name == "k") {
       ok = num && a.integer && *num >= 1 && *num < 1e9;
       if (ok) ks.k.emplace_back(static_cast<int64_t>(*num), mp);
@@ -2030,11 +2036,14 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.) A binary output's
     // threshold is one for its accuracy, precision, recall, counts and F-scores.
     if ((a.name == "threshold" || a.name == "thresholds") && metric != "binary_iou") {
-      ok = (num && *num >= 0 && *num <= 1 && (!f_score || binary_loss)) ||
+      ok = (num && threshold_valid(*num) && (!f_score || binary_loss)) ||
            (f_score && !binary_loss && a.none) || (a.name == "thresholds" && a.none);
       if (ok && num) ks.threshold.emplace_back(*num, mp);
-      if (num && (*num < 0 || *num > 1))
-        why = fmt::format("{} is a probability, from 0 to 1: a prediction above it is class 1", a.name);
+      if (num && !threshold_valid(*num))
+        why = f_score ? fmt::format("{} is in (0, 1], as Keras asks: an output above it is class 1", a.name)
+              : from_logits
+                  ? fmt::format("{} is a number: a logit above it is class 1", a.name)
+                  : fmt::format("{} is a probability, from 0 to 1: a prediction above it is class 1", a.name);
     }
     if (a.name == "threshold" && metric == "binary_iou") {
       ok = num != nullptr;
@@ -2394,9 +2403,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (auto t = one_setting(r, ks.iou_threshold, threshold_before, "BinaryIoU", "threshold",
                            "give them one threshold"))
     mo.iou_threshold = *t;
-  if (auto t = one_setting(r, ks.threshold, decision_before, "binary metrics'", "threshold",
-                           "give them one threshold"))
-    mo.threshold = *t;
+  mo.threshold = one_setting(r, ks.threshold, decision_before, "binary metrics'", "threshold",
+                             "give them one threshold");
   if (auto m =
           one_setting(r, ks.multi_label, multi_before, "AUC", "multi_label", "give them one multi_label"))
     mo.auc_multi_label = *m;
@@ -2423,13 +2431,13 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
     all_give({"binary_iou"}, ks.iou_threshold.size() - threshold_before,
              ks.iou_threshold[threshold_before].second, "BinaryIoU", "threshold",
              toml_float(mo.iou_threshold));
-  // (accuracy on a binary output is binary_accuracy, judged at the same threshold; Keras's 0.5 needs no
-  // saying)
-  if (ks.threshold.size() > decision_before && mo.threshold != 0.5)
+  // (accuracy on a binary output is binary_accuracy, judged at the same threshold; a probability's 0.5, the
+  // default, needs no saying)
+  if (mo.threshold && (*mo.threshold != 0.5 || o.from_logits))
     all_give({"accuracy", "acc", "binary_accuracy", "precision", "recall", "true_positives",
               "false_positives", "true_negatives", "false_negatives", "f1_score", "fbeta_score"},
              ks.threshold.size() - decision_before, ks.threshold[decision_before].second, "binary metric",
-             "threshold", toml_float(mo.threshold));
+             "threshold", toml_float(*mo.threshold));
   if (ks.targets.size() > targets_before)
     all_give({"binary_iou"}, ks.targets.size() - targets_before, ks.targets[targets_before].second,
              "BinaryIoU", "target_class_ids", fmt::format("[{}]", fmt::join(mo.iou_targets, ", ")));

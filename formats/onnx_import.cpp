@@ -13,6 +13,7 @@
 #include <cctype>
 #include <climits>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -3471,34 +3472,108 @@ std::string parent_dir(const std::string& path) {
 
 namespace {
 
-// PyTorch's eval-mode export merges initializers of equal values into one (an untrained model's LayerNorm
-// scales of 1 and zero biases, every layer of an nn.TransformerEncoder, which deep-copies one layer) and
-// names each merged parameter by an Identity of the one kept. Read as written, training would update the
-// group as one tensor. A weight the model really shares is exported as one initializer that several nodes
-// read, never through an Identity, so each Identity of a float initializer becomes an initializer of its own
-// under the Identity's output name, the parameter's own: it computes the same, and trains and exports as the
-// model's parameter. (An initializer that is also a graph input may be fed: its Identity stays, as does
-// one that gives a graph output.)
+// PyTorch's eval-mode export merges initializers of equal values into one and names each merged one by an
+// Identity of the one kept. Some were never the same parameter: an untrained model's LayerNorm scales of 1
+// and zero biases, the layers of an nn.TransformerEncoder (deep copies of one layer). Others are: a module
+// called twice, whose calls each fold their own transposed copy of its weight, or an output layer tied to the
+// embedding. The file does not say which, so the readers decide. An Identity of a float initializer becomes
+// an initializer of its own, under its output's name, when its tensor holds one value repeated (an
+// initialization, never a trained weight), or when its readers are the same ops as the kept tensor's in other
+// modules (a deep copy: /enc/layers.1/linear1 beside /enc/layers.0/linear1). Readers in the same module (its
+// calls are named /l and /l_1) or of other kinds (an embedding's Gather, a head's MatMul) keep the one
+// tensor. An Identity that gives a graph output stays.
+bool repeats_one_value(const onnx::TensorProto& t) {
+  if (t.data_location() == onnx::TensorProto::EXTERNAL) return false;
+  if (t.has_raw_data()) {
+    const std::string& raw = t.raw_data();
+    const size_t size = t.data_type() == onnx::TensorProto::DOUBLE  ? 8
+                        : t.data_type() == onnx::TensorProto::FLOAT ? 4
+                                                                    : 2;
+    if (raw.size() < size || raw.size() % size) return false;
+    for (size_t i = size; i < raw.size(); i += size)
+      if (raw.compare(i, size, raw, 0, size) != 0) return false;
+    return true;
+  }
+  auto same = [](const auto& v) {
+    return std::adjacent_find(v.begin(), v.end(), std::not_equal_to<>()) == v.end();
+  };
+  if (t.float_data_size() > 0) return same(t.float_data());
+  if (t.double_data_size() > 0) return same(t.double_data());
+  if (t.int32_data_size() > 0) return same(t.int32_data());  // float16 and bfloat16 bits
+  return false;
+}
+
+// A node's module: its name's folders, each without the _N that PyTorch gives a module's further calls.
+std::string module_of(const std::string& node_name) {
+  const size_t slash = node_name.rfind('/');
+  if (slash == std::string::npos || slash == 0) return "";
+  std::string out;
+  size_t from = 0;
+  const std::string scope = node_name.substr(0, slash);
+  while (from <= scope.size()) {
+    size_t to = scope.find('/', from);
+    if (to == std::string::npos) to = scope.size();
+    std::string part = scope.substr(from, to - from);
+    const size_t under = part.rfind('_');
+    if (under != std::string::npos && under + 1 < part.size() &&
+        std::all_of(part.begin() + static_cast<std::ptrdiff_t>(under) + 1, part.end(),
+                    [](unsigned char c) { return std::isdigit(c); }))
+      part.resize(under);
+    out += part + "/";
+    from = to + 1;
+  }
+  return out;
+}
+
 void untie_merged_initializers(onnx::GraphProto* graph,
                                std::vector<std::pair<std::string, std::string>>* untied) {
   std::unordered_map<std::string, int> initializer_at;
   for (int i = 0; i < graph->initializer_size(); ++i) initializer_at.emplace(graph->initializer(i).name(), i);
-  std::unordered_set<std::string> inputs;
-  for (const auto& in : graph->input()) inputs.insert(in.name());
-  for (const auto& out : graph->output()) inputs.insert(out.name());  // a graph output stays a node's
+  std::unordered_set<std::string> outputs;
+  for (const auto& out : graph->output()) outputs.insert(out.name());
   auto is_float = [](int32_t type) {
     return type == onnx::TensorProto::FLOAT || type == onnx::TensorProto::DOUBLE ||
            type == onnx::TensorProto::FLOAT16 || type == onnx::TensorProto::BFLOAT16;
+  };
+  auto identity_of_initializer = [&](const onnx::NodeProto& n) {
+    return n.op_type() == "Identity" && (n.domain().empty() || n.domain() == "ai.onnx") &&
+           n.input_size() == 1 && n.output_size() == 1 && !n.output(0).empty() &&
+           initializer_at.count(n.input(0));
+  };
+  // The nodes (other than those Identities) that read each name: their ops and their modules.
+  struct Readers {
+    std::set<std::string> ops, modules;
+    bool unnamed = false;
+  };
+  std::unordered_map<std::string, Readers> readers;
+  for (const onnx::NodeProto& n : graph->node()) {
+    if (identity_of_initializer(n)) continue;
+    for (const std::string& in : n.input()) {
+      if (in.empty()) continue;
+      Readers& r = readers[in];
+      r.ops.insert(n.op_type());
+      r.modules.insert(module_of(n.name()));
+      r.unnamed = r.unnamed || n.name().empty();
+    }
+  }
+  auto deep_copy = [&](const std::string& kept, const std::string& copy) {
+    const Readers& a = readers[kept];
+    const Readers& b = readers[copy];
+    if (a.ops.empty() || a.ops != b.ops || a.unnamed || b.unnamed) return false;
+    for (const std::string& m : a.modules)
+      if (b.modules.count(m)) return false;
+    return true;
   };
   auto* nodes = graph->mutable_node();
   int kept = 0;
   for (int i = 0; i < nodes->size(); ++i) {
     const onnx::NodeProto& n = nodes->Get(i);
-    const bool untie = n.op_type() == "Identity" && (n.domain().empty() || n.domain() == "ai.onnx") &&
-                       n.input_size() == 1 && n.output_size() == 1 && !n.output(0).empty() &&
-                       initializer_at.count(n.input(0)) && !inputs.count(n.input(0)) &&
-                       !inputs.count(n.output(0)) && !initializer_at.count(n.output(0)) &&
-                       is_float(graph->initializer(initializer_at.at(n.input(0))).data_type());
+    bool untie =
+        identity_of_initializer(n) && !outputs.count(n.output(0)) && !initializer_at.count(n.output(0));
+    if (untie) {
+      const onnx::TensorProto& from = graph->initializer(initializer_at.at(n.input(0)));
+      untie = is_float(from.data_type()) && (repeats_one_value(from) || deep_copy(n.input(0), n.output(0)));
+    }
     if (untie) {
       onnx::TensorProto copy = graph->initializer(initializer_at.at(n.input(0)));
       copy.set_name(n.output(0));
@@ -3648,13 +3723,13 @@ OnnxImportResult import_onnx_file(const std::string& path, const OnnxImportOptio
 
 OnnxModelFile::OnnxModelFile(const std::string& path) : path_(path) {
   auto model = std::make_shared<onnx::ModelProto>();
-  parse_onnx_model(read_file_bytes(path), path, model.get());
+  parse_onnx_model(read_file_bytes(path), path, model.get(), &untied_);
   model_ = std::move(model);
 }
 
 OnnxModelFile::OnnxModelFile(std::string_view bytes, const std::string& path) : path_(path) {
   auto model = std::make_shared<onnx::ModelProto>();
-  parse_onnx_model(bytes, path, model.get());
+  parse_onnx_model(bytes, path, model.get(), &untied_);
   model_ = std::move(model);
 }
 

@@ -94,9 +94,10 @@ struct UnsupportedNode {
 // Parses serialized ModelProto bytes; `source` names them in errors. A truncated or corrupt file is an
 // InputError at the byte offset where its protobuf encoding stops making sense, naming the graph element
 // (graph.node[3] 'conv1', graph.initializer[0] 'fc.weight') that holds it. An Identity of a float initializer
-// (PyTorch's merge of equal initializers) becomes an initializer of its own, named by its output, so that
-// every reader (import, export with trained values) sees the model's parameters apart; `untied`, when given,
-// receives each such initializer's name and the one it copies.
+// (PyTorch's merge of equal initializers) that merged parameters which only started equal becomes an
+// initializer of its own, named by its output (see untie_merged_initializers), so that every reader (import,
+// export with trained values) sees them apart; `untied`, when given, receives each such initializer's name
+// and the one it copies.
 void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model,
                       std::vector<std::pair<std::string, std::string>>* untied = nullptr);
 
@@ -117,10 +118,13 @@ class OnnxModelFile {
   OnnxImportResult import(const OnnxImportOptions& options) const;
   const onnx::ModelProto& model() const { return *model_; }
   const std::string& path() const { return path_; }
+  // The initializers read apart from the one their Identity copied (parse_onnx_model): (name, source).
+  const std::vector<std::pair<std::string, std::string>>& untied() const { return untied_; }
 
  private:
   std::string path_;
   std::shared_ptr<const onnx::ModelProto> model_;
+  std::vector<std::pair<std::string, std::string>> untied_;
 };
 
 // Every node whose op (in its domain) is not in engine::OpRegistry, in model order. Constant, Shape and Size

@@ -854,9 +854,11 @@ struct MetricAccumulator {
       } else if (kind.binary || kind.regression) {
         // With logits the metrics judge the probability, as the loss does.
         const float p = cfg->from_logits ? 1.0f / (1.0f + std::exp(-row[0])) : row[0];
-        // (Keras compares float32 predictions with the threshold in float32)
+        // A threshold a call gave is compared with the output as it is (Keras's, in float32); none: the
+        // probability with 0.5.
+        const std::optional<double>& threshold = cfg->metric_options.threshold;
         const bool positive = static_cast<const float*>(labels)[i] > 0.5f,
-                   predicted = p > static_cast<float>(cfg->metric_options.threshold);
+                   predicted = threshold ? row[0] > static_cast<float>(*threshold) : p > 0.5f;
         if (acc) correct += w * (predicted == positive);
         topk += w * tk;  // one output: always among the top k
         if (kind.binary) {
@@ -1372,6 +1374,11 @@ std::string metric_layout(const Metrics& m, const FitConfig& cfg, int64_t train_
   if (!masked.empty()) out += fmt::format("; masked output {}", fmt::join(masked, ", "));
   if (cfg.sample_weights) out += "; sample weights";
   if (!cfg.class_weight.empty()) out += fmt::format("; class_weight [{}]", fmt::join(cfg.class_weight, ", "));
+  // (the counts a threshold decides; only when one is given, so that earlier layouts read as they were)
+  const std::vector<OutputLoss> outputs = output_losses(cfg);
+  for (size_t i = 0; i < outputs.size(); ++i)
+    if (outputs[i].metric_options.threshold)
+      out += fmt::format("; threshold {} of output {}", *outputs[i].metric_options.threshold, i + 1);
   if (order) {
     out += cfg.shuffle ? fmt::format("; shuffled by seed {}", cfg.seed) : std::string("; in order");
     out += fmt::format("; data {:016x}", *order);
@@ -2721,6 +2728,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // ran all its epochs (a run that stops before its first monitored epoch has none to restore).
   if (cfg.early_stopping.enabled && st.have_best) result.best_epoch = st.best_epoch;
   if (!result.interrupted_by && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
+    if (!result.stopped_early) result.before_restore = capture();
     load_values(st.best_values);
     result.restored_best = true;
   }

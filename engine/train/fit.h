@@ -301,6 +301,9 @@ struct FitResult {
   double seconds = 0;
   Logs test;                  // loss and metrics on the test data, when given (prefixed "test_")
   TrainingState final_state;  // where the run ended, with every value: what a final checkpoint holds
+  // A run that ran all its epochs and then went back to its best weights: its last epoch's state, which a
+  // resume that trains further continues from (final_state holds the best weights).
+  std::optional<TrainingState> before_restore;
 };
 
 // When to hand the state to the caller for saving. The caller writes files; the loop only decides when.

@@ -31,9 +31,10 @@ struct MetricOptions {
   // IoU's, OneHotIoU's and BinaryIoU's target_class_ids: the classes averaged; empty: BinaryIoU's (0, 1)
   std::vector<int64_t> iou_targets;
   double iou_threshold = 0.5;  // BinaryIoU's: a prediction at or above it is class 1
-  // A binary output's decision threshold: a probability above it is class 1 for its accuracy, precision,
-  // recall, confusion counts and F-scores (BinaryAccuracy's threshold, Precision's thresholds, ...)
-  double threshold = 0.5;
+  // A binary output's decision threshold for its accuracy, precision, recall, confusion counts and F-scores
+  // (BinaryAccuracy's threshold, Precision's thresholds, ...), which an output above it passes: the output as
+  // it is, as in Keras (logits under from_logits). None: a probability above 0.5 (a logit above 0).
+  std::optional<double> threshold;
   // F1Score's and FBetaScore's average of a categorical output's classes: macro, micro or weighted; "" for
   // a binary output's score at 0.5
   std::string f1_average;

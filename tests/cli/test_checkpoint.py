@@ -325,16 +325,27 @@ class EarlyStopping(unittest.TestCase):
                 text = f.read()
             whole = os.path.join(d, "whole.toml")
             with open(whole, "w") as f:
-                f.write(text.replace("epochs = 10", "epochs = 4").replace("patience = 2", "patience = 9"))
+                f.write(text.replace("epochs = 10", "epochs = 4").replace("patience = 2", "patience = 9")
+                        .replace("[train.checkpoint]\nevery_epochs = 1\n", ""))
             out = os.path.join(d, "whole")
             ev = fit(whole, "--output-dir", out)
             end = ev[-1]
             self.assertEqual((end["epochs_run"], end["stopped_early"], end["best_epoch"],
                               end["restored_best_weights"]), (4, False, 1, True))
-            self.assertIn("final.ckpt", os.listdir(out))
+            # The last epoch's weights are kept beside them (epoch-4.ckpt, with no checkpoint policy), and
+            # training on from them is the run that never ended: 6 epochs straight end with its weights.
+            self.assertEqual(sorted(os.listdir(out)), ["epoch-4.ckpt", "final.ckpt", "history.jsonl", "last.ckpt"])
             self.assertEqual(tensors(os.path.join(out, "last.ckpt")), tensors(os.path.join(out, "final.ckpt")))
             self.assertAlmostEqual(evaluate(os.path.join(out, "last.ckpt")), ev[0]["val_loss"], places=6)
             self.assertAlmostEqual(evaluate(os.path.join(out, "epoch-4.ckpt")), ev[3]["val_loss"], places=6)
+            straight = fit(whole, "--epochs", "6", "--output-dir", os.path.join(d, "straight"))
+            longer = fit("--resume", os.path.join(out, "epoch-4.ckpt"), "--epochs", "6", "--output-dir",
+                         os.path.join(d, "longer"))
+            self.assertEqual([e["val_loss"] for e in longer[:-1]], [e["val_loss"] for e in straight[4:-1]])
+            self.assertEqual(tensors(os.path.join(d, "longer", "epoch-6.ckpt"))[1],
+                             tensors(os.path.join(d, "straight", "epoch-6.ckpt"))[1])
+            self.assertEqual(tensors(os.path.join(d, "longer", "final.ckpt"))[1],
+                             tensors(os.path.join(d, "straight", "final.ckpt"))[1])
 
 
 class OutputDirectory(unittest.TestCase):

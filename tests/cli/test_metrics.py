@@ -219,10 +219,26 @@ class Metrics(unittest.TestCase):
                 (["BinaryAccuracy(threshold=0.3)", "Recall(thresholds=0.4)"],
                  ["say threshold=0.3 and threshold=0.4"]),
                 (["Precision(thresholds=1.5)"], ["thresholds = 1.5 is not a valid value", "from 0 to 1"]),
+                (["F1Score(threshold=0)"], ["threshold = 0 is not a valid value", "in (0, 1]"]),
                 (["Precision(thresholds=[0.3, 0.5])"], ["not supported by trainer"])):
             with self.subTest(metrics=wrong):
                 r = run(["check", self.spec("threshold_wrong.toml", metrics=wrong)])
                 cli_util.assert_input_error(self, r, *needles)
+        # Under from_logits a threshold a call gives is a logit's, as in Keras (BinaryAccuracy(threshold=0.0) is
+        # the probability's 0.5); the counts change with it, and a mid-epoch resume with another is refused.
+        spec = self.spec("logit_threshold.toml", activation="linear", from_logits=True,
+                         metrics=["BinaryAccuracy(threshold=-0.5)", "Precision(thresholds=-0.5)"],
+                         extra="[train.checkpoint]\nevery_steps = 3\n")
+        last = self.fit(spec, "logit_threshold")[-1]
+        z = self.predictions("logit_threshold").astype(np.float32)
+        predicted = z > np.float32(-0.5)
+        self.assertNotEqual(int(predicted.sum()), int((z > 0).sum()))
+        self.assertAlmostEqual(last["val_binary_accuracy"], float((predicted == y).mean()), places=6)
+        self.assertAlmostEqual(last["val_precision"], float((predicted & y).sum() / predicted.sum()), places=6)
+        r = run(["fit", "--resume", os.path.join(self.tmp.name, "logit_threshold", "step-27.ckpt"), "--device", "cpu",
+                 "-q", "--output-dir", os.path.join(self.tmp.name, "logit_resumed"), "--set",
+                 'train.metrics=["BinaryAccuracy(threshold=0.5)", "Precision(thresholds=0.5)"]'])
+        cli_util.assert_input_error(self, r, "threshold -0.5 of output 1")
 
     def test_constrained_metrics_binary_iou_and_f_beta_are_kerass(self):
         # PrecisionAtRecall and its kin over Keras's 200 thresholds 0, 1/199, ..., 1; BinaryIoU at its own

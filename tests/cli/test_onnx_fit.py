@@ -186,19 +186,17 @@ def with_weights(m, values):
     return m2
 
 
-def untied(m):
-    """A copy of model m as trainer reads it: an Identity of a float initializer (PyTorch's merge of equal
-    initializers) is an initializer of its own, named by the Identity's output."""
+def untied(m, exported):
+    """A copy of model m as trainer read it: the Identities of initializers (PyTorch's merge of equal
+    initializers) whose outputs the export of its training holds as initializers of their own."""
     m2 = onnx.ModelProto()
     m2.CopyFrom(m)
     g = m2.graph
     inits = {i.name: i for i in g.initializer}
-    io = {v.name for v in list(g.input) + list(g.output)}
-    floats = (T.FLOAT, T.DOUBLE, T.FLOAT16, T.BFLOAT16)
+    apart = {i.name for i in exported.graph.initializer}
     kept = []
     for n in g.node:
-        if (n.op_type == "Identity" and n.input[0] in inits and inits[n.input[0]].data_type in floats
-                and n.input[0] not in io and n.output[0] not in io):
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] in apart:
             copy = g.initializer.add()
             copy.CopyFrom(inits[n.input[0]])
             copy.name = n.output[0]
@@ -294,7 +292,7 @@ learning_rate = 0.002
     def check_round_trip(self, original, exported, ckpt, feeds_exported, feeds_original):
         """Node and initializer names survive; the export computes what the original graph computes with the
         checkpoint's weights and running statistics."""
-        original = untied(original)
+        original = untied(original, exported)
         # Import folds shape arithmetic: Constant and Shape nodes, and nodes that read only values folded so far
         # or integer initializers.
         constant = {i.name for i in original.graph.initializer if i.data_type in (T.INT64, T.INT32)}
@@ -1023,12 +1021,15 @@ class Net(torch.nn.Module):
         self.assertIn("the imported graph with its trained values", r.stderr)
         exported = onnx.load(out)
         onnx.checker.check_model(exported, full_check=True)
-        # PyTorch's Identity nodes of merged initializers come back as the initializers they name.
+        # PyTorch's Identity nodes of merged initializers read apart come back as the initializers they name (an
+        # untrained layer's zero biases and LayerNorm scales, here).
         inits = {i.name for i in original.graph.initializer}
-        merged = [n for n in original.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+        apart = {i.name for i in exported.graph.initializer}
+        merged = [n for n in original.graph.node
+                  if n.op_type == "Identity" and n.input[0] in inits and n.output[0] in apart]
+        self.assertTrue(merged)
         self.assertEqual([n.name for n in exported.graph.node],
                          [n.name for n in original.graph.node if n not in merged])
-        self.assertLessEqual({n.output[0] for n in merged}, {i.name for i in exported.graph.initializer})
         self.assertEqual(exported.producer_name, "trainer")
         x = self.val_x[:20, None]
         self.check_round_trip(original, exported, ckpt, {"x": x}, {"x": x})
@@ -1222,9 +1223,9 @@ class Net(torch.nn.Module):
         b = np.zeros(4, np.float32)
         nodes = [h.make_node("Identity", ["l1.weight"], ["l2.weight"]),
                  h.make_node("Identity", ["l1.bias"], ["l2.bias"]),
-                 h.make_node("Gemm", ["x", "l1.weight", "l1.bias"], ["z"], transB=1),
-                 h.make_node("Relu", ["z"], ["a"]),
-                 h.make_node("Gemm", ["a", "l2.weight", "l2.bias"], ["y"], transB=1)]
+                 h.make_node("Gemm", ["x", "l1.weight", "l1.bias"], ["z"], transB=1, name="/l1/Gemm"),
+                 h.make_node("Relu", ["z"], ["a"], name="/Relu"),
+                 h.make_node("Gemm", ["a", "l2.weight", "l2.bias"], ["y"], transB=1, name="/l2/Gemm")]
         m = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
                   [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
                   [nh.from_array(w, "l1.weight"), nh.from_array(b, "l1.bias")], 17)
@@ -1291,6 +1292,25 @@ class Net(torch.nn.Module):
         self.assertEqual(r.returncode, 0, r.stderr)
         np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
                                    run_onnx(m, {"x": x}), rtol=1e-5, atol=1e-6)
+        # A weight the model shares stays one: a module called twice (PyTorch names its second call /l_1), or
+        # readers of other kinds (an embedding's MatMul and a head's Gemm); a bias of zeros read apart is an
+        # initialization, and trains apart.
+        for first, second, params in (("/l/Gemm", "/l_1/Gemm", 16 + 4 + 4), ("/emb/Gemm", "/head/MatMul", 16 + 4)):
+            with self.subTest(readers=(first, second)):
+                op = second.rsplit("/", 1)[1]
+                nodes = [h.make_node("Identity", ["w"], ["w_copy"]), h.make_node("Identity", ["b"], ["b_copy"]),
+                         h.make_node("Gemm", ["x", "w", "b"], ["z"], transB=1, name=first),
+                         h.make_node("Relu", ["z"], ["a"], name="/Relu"),
+                         h.make_node("Gemm", ["a", "w_copy", "b_copy"], ["y"], transB=1, name=second)
+                         if op == "Gemm" else h.make_node("MatMul", ["a", "w_copy"], ["y"], name=second)]
+                inits = [nh.from_array(w, "w"), nh.from_array(b, "b")]
+                shared = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                               [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])], inits, 17)
+                if op == "MatMul":
+                    del shared.graph.node[1]  # (no second bias)
+                r = run(["summary", self.save(shared, "shared.onnx"), "--train", toml])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn(f"Total params: {params} ", r.stdout)
 
 
 @unittest.skipIf(ort is None, "numpy, onnx and onnxruntime are needed (tools/install-deps.sh installs them)")
