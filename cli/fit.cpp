@@ -515,12 +515,16 @@ Command add_fit_command(CLI::App& app) {
       // PyTorch's merged initializers, read apart (formats/onnx_import.h): say so, as the file reads tied.
       const std::shared_ptr<const formats::OnnxModelFile> file = open_onnx(s);
       const auto& untied = file->untied();
+      std::vector<std::string> pairs;
+      for (size_t i = 0; i < untied.size() && i < 8; ++i)
+        pairs.push_back(fmt::format("{} of {}", untied[i].first, untied[i].second));
+      if (untied.size() > 8) pairs.push_back(fmt::format("and {} more", untied.size() - 8));
       if (!untied.empty())
         out.say(
-            "{} parameter{} of the ONNX model ({}{}) {} an Identity of another (PyTorch's merge of equal "
-            "initializers); each trains as its own tensor.\n",
-            untied.size(), untied.size() == 1 ? "" : "s", untied[0].first, untied.size() > 1 ? ", ..." : "",
-            untied.size() == 1 ? "is" : "are");
+            "{} parameter{} of the ONNX model {} an Identity of another (PyTorch's merge of equal "
+            "initializers), read apart to train as {} own: {}.\n",
+            untied.size(), untied.size() == 1 ? "" : "s", untied.size() == 1 ? "is" : "are",
+            untied.size() == 1 ? "its" : "their", fmt::join(pairs, ", "));
     }
     for (const std::string& layer : adapt_normalization(s, data, probe))
       out.say("Normalization layer '{}': mean and variance from the {} training samples (adapt).\n", layer,

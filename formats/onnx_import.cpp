@@ -3473,53 +3473,36 @@ std::string parent_dir(const std::string& path) {
 namespace {
 
 // PyTorch's eval-mode export merges initializers of equal values into one and names each merged one by an
-// Identity of the one kept. Some were never the same parameter: an untrained model's LayerNorm scales of 1
-// and zero biases, the layers of an nn.TransformerEncoder (deep copies of one layer). Others are: a module
-// called twice, whose calls each fold their own transposed copy of its weight, or an output layer tied to the
-// embedding. The file does not say which, so the readers decide. An Identity of a float initializer becomes
-// an initializer of its own, under its output's name, when its tensor holds one value repeated (an
-// initialization, never a trained weight), or when its readers are the same ops as the kept tensor's in other
-// modules (a deep copy: /enc/layers.1/linear1 beside /enc/layers.0/linear1). Readers in the same module (its
-// calls are named /l and /l_1) or of other kinds (an embedding's Gather, a head's MatMul) keep the one
-// tensor. An Identity that gives a graph output stays.
-bool repeats_one_value(const onnx::TensorProto& t) {
-  if (t.data_location() == onnx::TensorProto::EXTERNAL) return false;
-  if (t.has_raw_data()) {
-    const std::string& raw = t.raw_data();
-    const size_t size = t.data_type() == onnx::TensorProto::DOUBLE  ? 8
-                        : t.data_type() == onnx::TensorProto::FLOAT ? 4
-                                                                    : 2;
-    if (raw.size() < size || raw.size() % size) return false;
-    for (size_t i = size; i < raw.size(); i += size)
-      if (raw.compare(i, size, raw, 0, size) != 0) return false;
-    return true;
-  }
-  auto same = [](const auto& v) {
-    return std::adjacent_find(v.begin(), v.end(), std::not_equal_to<>()) == v.end();
-  };
-  if (t.float_data_size() > 0) return same(t.float_data());
-  if (t.double_data_size() > 0) return same(t.double_data());
-  if (t.int32_data_size() > 0) return same(t.int32_data());  // float16 and bfloat16 bits
-  return false;
-}
+// Identity of the one kept (a chain of them, for three or more). Some were never one parameter: an untrained
+// model's LayerNorm scales and zero biases, the layers of an nn.TransformerEncoder (deep copies of one
+// layer). Others are: a module called twice folds its own transposed copy of its weight for each call. A
+// parameter shared by two names is exported as one initializer, never through an Identity, so an Identity
+// whose output bears a name of its own (not an exporter's "onnx::...") is a parameter of its own. An
+// anonymous one (a folded constant) is when its readers are the same ops as its source's in other modules (a
+// copied layer: /enc/layers.1/linear1 beside /enc/layers.0/linear1); readers in the same module (PyTorch
+// names a module's further calls /l_1 beside /l) or of other kinds keep the source's tensor. Either way an
+// Identity read apart becomes an initializer under its output's name; one that gives a graph output stays.
 
-// A node's module: its name's folders, each without the _N that PyTorch gives a module's further calls.
-std::string module_of(const std::string& node_name) {
+// A node's module: its name's folders, each without the _N that PyTorch gives a module's further calls (only
+// where the module without it exists: blk_1 and blk_2 are modules of their own).
+std::string module_of(const std::string& node_name, const std::unordered_set<std::string>& scopes) {
   const size_t slash = node_name.rfind('/');
   if (slash == std::string::npos || slash == 0) return "";
-  std::string out;
-  size_t from = 0;
   const std::string scope = node_name.substr(0, slash);
+  std::string raw, out;  // the path as written, and as normalized
+  size_t from = 1;
   while (from <= scope.size()) {
     size_t to = scope.find('/', from);
     if (to == std::string::npos) to = scope.size();
     std::string part = scope.substr(from, to - from);
+    raw += "/" + part;
     const size_t under = part.rfind('_');
     if (under != std::string::npos && under + 1 < part.size() &&
         std::all_of(part.begin() + static_cast<std::ptrdiff_t>(under) + 1, part.end(),
-                    [](unsigned char c) { return std::isdigit(c); }))
+                    [](unsigned char c) { return std::isdigit(c); }) &&
+        scopes.count(raw.substr(0, raw.size() - (part.size() - under))))
       part.resize(under);
-    out += part + "/";
+    out += "/" + part;
     from = to + 1;
   }
   return out;
@@ -3535,57 +3518,63 @@ void untie_merged_initializers(onnx::GraphProto* graph,
     return type == onnx::TensorProto::FLOAT || type == onnx::TensorProto::DOUBLE ||
            type == onnx::TensorProto::FLOAT16 || type == onnx::TensorProto::BFLOAT16;
   };
-  auto identity_of_initializer = [&](const onnx::NodeProto& n) {
+  auto is_identity = [](const onnx::NodeProto& n) {
     return n.op_type() == "Identity" && (n.domain().empty() || n.domain() == "ai.onnx") &&
-           n.input_size() == 1 && n.output_size() == 1 && !n.output(0).empty() &&
-           initializer_at.count(n.input(0));
+           n.input_size() == 1 && n.output_size() == 1 && !n.output(0).empty();
   };
-  // The nodes (other than those Identities) that read each name: their ops and their modules.
+  // Every scope of the nodes' names and its ancestors ("/enc", "/enc/layers.0", ...).
+  std::unordered_set<std::string> scopes;
+  for (const onnx::NodeProto& n : graph->node())
+    for (size_t at = n.name().find('/', 1); at != std::string::npos; at = n.name().find('/', at + 1))
+      scopes.insert(n.name().substr(0, at));
+  // The nodes other than Identities that read each name: their ops and their modules.
   struct Readers {
     std::set<std::string> ops, modules;
-    bool unnamed = false;
   };
   std::unordered_map<std::string, Readers> readers;
   for (const onnx::NodeProto& n : graph->node()) {
-    if (identity_of_initializer(n)) continue;
+    if (is_identity(n)) continue;
     for (const std::string& in : n.input()) {
       if (in.empty()) continue;
-      Readers& r = readers[in];
-      r.ops.insert(n.op_type());
-      r.modules.insert(module_of(n.name()));
-      r.unnamed = r.unnamed || n.name().empty();
+      readers[in].ops.insert(n.op_type());
+      readers[in].modules.insert(module_of(n.name(), scopes));
     }
   }
-  auto deep_copy = [&](const std::string& kept, const std::string& copy) {
-    const Readers& a = readers[kept];
+  auto apart = [&](const std::string& source, const std::string& copy) {
+    if (!copy.starts_with("onnx::")) return true;  // a parameter's own name
+    const Readers& a = readers[source];
     const Readers& b = readers[copy];
-    if (a.ops.empty() || a.ops != b.ops || a.unnamed || b.unnamed) return false;
+    if (a.ops.empty() || a.ops != b.ops) return false;
     for (const std::string& m : a.modules)
       if (b.modules.count(m)) return false;
     return true;
   };
+  // Each link of a chain is judged against its source once that is an initializer: passes until none is read
+  // apart (the Identities may come in any order).
   auto* nodes = graph->mutable_node();
-  int kept = 0;
-  for (int i = 0; i < nodes->size(); ++i) {
-    const onnx::NodeProto& n = nodes->Get(i);
-    bool untie =
-        identity_of_initializer(n) && !outputs.count(n.output(0)) && !initializer_at.count(n.output(0));
-    if (untie) {
-      const onnx::TensorProto& from = graph->initializer(initializer_at.at(n.input(0)));
-      untie = is_float(from.data_type()) && (repeats_one_value(from) || deep_copy(n.input(0), n.output(0)));
+  for (bool more = true; more;) {
+    more = false;
+    int kept = 0;
+    for (int i = 0; i < nodes->size(); ++i) {
+      const onnx::NodeProto& n = nodes->Get(i);
+      const bool untie = is_identity(n) && initializer_at.count(n.input(0)) && !outputs.count(n.output(0)) &&
+                         !initializer_at.count(n.output(0)) &&
+                         is_float(graph->initializer(initializer_at.at(n.input(0))).data_type()) &&
+                         apart(n.input(0), n.output(0));
+      if (untie) {
+        onnx::TensorProto copy = graph->initializer(initializer_at.at(n.input(0)));
+        copy.set_name(n.output(0));
+        if (untied) untied->emplace_back(n.output(0), n.input(0));
+        initializer_at.emplace(n.output(0), graph->initializer_size());
+        *graph->add_initializer() = std::move(copy);
+        more = true;
+        continue;
+      }
+      if (kept != i) nodes->SwapElements(kept, i);
+      ++kept;
     }
-    if (untie) {
-      onnx::TensorProto copy = graph->initializer(initializer_at.at(n.input(0)));
-      copy.set_name(n.output(0));
-      if (untied) untied->emplace_back(n.output(0), n.input(0));
-      initializer_at.emplace(n.output(0), graph->initializer_size());
-      *graph->add_initializer() = std::move(copy);
-      continue;
-    }
-    if (kept != i) nodes->SwapElements(kept, i);
-    ++kept;
+    nodes->DeleteSubrange(kept, nodes->size() - kept);
   }
-  nodes->DeleteSubrange(kept, nodes->size() - kept);
 }
 
 }  // namespace

@@ -2721,14 +2721,19 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   }
   // Keras's finalize_variable_values: a run that ends (not one interrupted, which resumes as it was) takes
   // the moving averages as its weights, before early stopping restores its best ones.
+  const bool restoring =
+      !result.interrupted_by && cfg.early_stopping.restore_best_weights && !st.best_values.empty();
+  // A run that ran all its epochs keeps its last state, before the averages and the best weights (one that
+  // resumed a complete run and trained nothing has none of its own to keep).
+  if (restoring && !result.stopped_early && (!resume || st.global_step > resume->global_step))
+    result.before_restore = capture();
   if (cfg.use_ema && !result.interrupted_by) result.averaged = true;
   if (result.averaged)
     for_each_average([](Session& w, ValueId average, ValueId param) { w.write(param, w.read(average)); });
   // Keras's EarlyStopping.on_train_end: the best epoch's weights come back whether the run stopped early or
   // ran all its epochs (a run that stops before its first monitored epoch has none to restore).
   if (cfg.early_stopping.enabled && st.have_best) result.best_epoch = st.best_epoch;
-  if (!result.interrupted_by && cfg.early_stopping.restore_best_weights && !st.best_values.empty()) {
-    if (!result.stopped_early) result.before_restore = capture();
+  if (restoring) {
     load_values(st.best_values);
     result.restored_best = true;
   }

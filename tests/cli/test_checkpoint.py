@@ -338,6 +338,10 @@ class EarlyStopping(unittest.TestCase):
             self.assertEqual(tensors(os.path.join(out, "last.ckpt")), tensors(os.path.join(out, "final.ckpt")))
             self.assertAlmostEqual(evaluate(os.path.join(out, "last.ckpt")), ev[0]["val_loss"], places=6)
             self.assertAlmostEqual(evaluate(os.path.join(out, "epoch-4.ckpt")), ev[3]["val_loss"], places=6)
+            # Resuming the complete run with nothing left to train keeps that checkpoint as it was.
+            kept = tensors(os.path.join(out, "epoch-4.ckpt"))
+            fit("--resume", os.path.join(out, "last.ckpt"), "--output-dir", out)
+            self.assertEqual(tensors(os.path.join(out, "epoch-4.ckpt")), kept)
             straight = fit(whole, "--epochs", "6", "--output-dir", os.path.join(d, "straight"))
             longer = fit("--resume", os.path.join(out, "epoch-4.ckpt"), "--epochs", "6", "--output-dir",
                          os.path.join(d, "longer"))

@@ -1292,18 +1292,23 @@ class Net(torch.nn.Module):
         self.assertEqual(r.returncode, 0, r.stderr)
         np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
                                    run_onnx(m, {"x": x}), rtol=1e-5, atol=1e-6)
-        # A weight the model shares stays one: a module called twice (PyTorch names its second call /l_1), or
-        # readers of other kinds (an embedding's MatMul and a head's Gemm); a bias of zeros read apart is an
-        # initialization, and trains apart.
-        for first, second, params in (("/l/Gemm", "/l_1/Gemm", 16 + 4 + 4), ("/emb/Gemm", "/head/MatMul", 16 + 4)):
+        # An anonymous copy (an exporter's folded constant, "onnx::...") of a weight the model shares stays one
+        # tensor: a module called twice (PyTorch names its second call /l_1), or readers of other kinds (an
+        # embedding's Gemm and a head's MatMul); a copy with a parameter's own name (b_copy) is its own.
+        # The same ops in other modules are a copied layer's, read apart (blk_1 and blk_2 are two modules: no
+        # /blk calls them).
+        for first, second, params in (("/l/Gemm", "/l_1/Gemm", 16 + 4 + 4), ("/emb/Gemm", "/head/MatMul", 16 + 4),
+                                      ("/enc/layers.0/Gemm", "/enc/layers.1/Gemm", 2 * (16 + 4)),
+                                      ("/blk_1/Gemm", "/blk_2/Gemm", 2 * (16 + 4))):
             with self.subTest(readers=(first, second)):
                 op = second.rsplit("/", 1)[1]
-                nodes = [h.make_node("Identity", ["w"], ["w_copy"]), h.make_node("Identity", ["b"], ["b_copy"]),
-                         h.make_node("Gemm", ["x", "w", "b"], ["z"], transB=1, name=first),
+                nodes = [h.make_node("Identity", ["onnx::w"], ["onnx::w_copy"]),
+                         h.make_node("Identity", ["b"], ["b_copy"]),
+                         h.make_node("Gemm", ["x", "onnx::w", "b"], ["z"], transB=1, name=first),
                          h.make_node("Relu", ["z"], ["a"], name="/Relu"),
-                         h.make_node("Gemm", ["a", "w_copy", "b_copy"], ["y"], transB=1, name=second)
-                         if op == "Gemm" else h.make_node("MatMul", ["a", "w_copy"], ["y"], name=second)]
-                inits = [nh.from_array(w, "w"), nh.from_array(b, "b")]
+                         h.make_node("Gemm", ["a", "onnx::w_copy", "b_copy"], ["y"], transB=1, name=second)
+                         if op == "Gemm" else h.make_node("MatMul", ["a", "onnx::w_copy"], ["y"], name=second)]
+                inits = [nh.from_array(w, "onnx::w"), nh.from_array(b, "b")]
                 shared = model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
                                [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])], inits, 17)
                 if op == "MatMul":
