@@ -1933,12 +1933,6 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
                        at_metric != kAtMetrics.end() ? fmt::format("{}({}=0.8)", call.name, at_metric->second)
                                                      : fmt::format("{}(key=value)", call.name)));
   const bool top_k = metric.find("top_k") != std::string::npos;
-  // A binary metric's threshold: compared with the output as it is, as in Keras (under from_logits, a logit:
-  // any number); Keras's F-scores take it in (0, 1].
-  auto threshold_valid = [&](double v) {
-    const bool f_scores = metric == "f1_score" || metric == "fbeta_score";
-    return std::isfinite(v) && (f_scores ? v > 0 && v <= 1 : from_logits || (v >= 0 && v <= 1));
-  };
   Keys takes;
   if (top_k) takes = {"k"};
   if (metric == "auc")
@@ -1957,6 +1951,11 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   // (their largest, Keras's threshold=None) averaged as asked.
   const bool binary_loss = label_family(loss) == "binary_crossentropy";
   const bool f_score = metric == "f1_score" || metric == "fbeta_score";
+  // A binary metric's threshold: compared with the output as it is, as in Keras (under from_logits, a logit:
+  // any number); Keras's F-scores take it in (0, 1].
+  auto threshold_valid = [&](double v) {
+    return std::isfinite(v) && (f_score ? v > 0 && v <= 1 : from_logits || (v >= 0 && v <= 1));
+  };
   if (f_score)
     takes = binary_loss
                 ? Keys{"average=None, \"macro\", \"micro\" or \"weighted\" (of the labels)", "threshold=0.5"}

@@ -202,11 +202,11 @@ std::string to_toml(const ModelSpec& spec) {
         if ((m == "f1_score" || m == "fbeta_score") && !mo.f1_average.empty())
           args.push_back(fmt::format("average='{}'", mo.f1_average));
         if (m == "fbeta_score" && mo.beta != 1) args.push_back(fmt::format("beta={}", toml_float(mo.beta)));
-        if (mo.threshold && (m == "binary_accuracy" || m == "f1_score" || m == "fbeta_score"))
-          args.push_back(fmt::format("threshold={}", toml_float(*mo.threshold)));
-        if (mo.threshold &&
-            (m == "precision" || m == "recall" || m.ends_with("_positives") || m.ends_with("_negatives")))
-          args.push_back(fmt::format("thresholds={}", toml_float(*mo.threshold)));
+        // (Keras's confusion metrics call it thresholds, the others threshold)
+        const bool counts =
+            m == "precision" || m == "recall" || m.ends_with("_positives") || m.ends_with("_negatives");
+        if (mo.threshold && (counts || m == "binary_accuracy" || m == "f1_score" || m == "fbeta_score"))
+          args.push_back(fmt::format("threshold{}={}", counts ? "s" : "", toml_float(*mo.threshold)));
         if (m == "auc" || m == "pr_auc") {
           if (mo.auc_multi_label) args.push_back("multi_label=True");
           if (mo.auc_num_labels > 0) args.push_back(fmt::format("num_labels={}", mo.auc_num_labels));
