@@ -221,6 +221,9 @@ void add_reshaping_layers(std::vector<LayerDef>& defs);  // layers_reshaping.cpp
 // half-pixel centres as Keras resizes, or nearest: Resizing's and UpSampling2D's products with constant
 // matrices.
 LayerValue resize_channels_first(LayerBuilder& b, LayerValue x, int64_t out_h, int64_t out_w, bool nearest);
+// The largest centred window of x ([N, C, H, W]; x.shape (h, w, c)) with the aspect ratio out_h : out_w, as
+// Keras's crop_to_aspect_ratio (x itself when it has that ratio already).
+LayerValue crop_to_aspect_ratio(LayerBuilder& b, LayerValue x, int64_t out_h, int64_t out_w);
 void add_attention_layers(std::vector<LayerDef>& defs);     // layers_attention.cpp
 void add_augmentation_layers(std::vector<LayerDef>& defs);  // layers_augment.cpp
 void add_volume_layers(std::vector<LayerDef>& defs);        // layers_conv3d.cpp

@@ -1,5 +1,6 @@
 // Keras's image augmentation layers, active in training only (the identity in evaluation, prediction and
-// export): RandomFlip, RandomBrightness, RandomContrast, RandomTranslation, RandomZoom and RandomRotation.
+// export): RandomFlip, RandomBrightness, RandomContrast, RandomTranslation, RandomZoom, RandomRotation and
+// RandomCrop (which, as Keras's, resizes to its window outside training).
 // Each image draws its own numbers from the Philox streams of Dropout (a Dropout mask or a RandomUniformLike
 // per image), so the draws are the same for any replica count and after a resume.
 #include <fmt/format.h>
@@ -223,6 +224,52 @@ LayerValue build_random_rotation(LayerBuilder& b, const std::vector<LayerValue>&
   return x;
 }
 
+// One axis of RandomCrop's window: the [N, 1, out, n] matrices whose row i of image k is one at column
+// start_k + i, start_k drawn for each image from {0, ..., n - out}, every offset equally likely (Floor of a
+// uniform draw in [0, n - out + 1), kept below n - out + 1 against the draw's rounding).
+ValueId crop_window(LayerBuilder& b, const std::string& axis, int64_t n, int64_t out) {
+  Tensor i(DType::f32, Shape{1, out, 1}), j(DType::f32, Shape{1, 1, n});
+  for (int64_t k = 0; k < out; ++k) i.set_f64(k, static_cast<double>(k));
+  for (int64_t k = 0; k < n; ++k) j.set_f64(k, static_cast<double>(k));
+  const auto last = static_cast<float>(n - out);
+  ValueId start = b.op("Floor", {b.op("Min", {per_image_uniform(b, 0, last + 1, 3),
+                                              b.constant(axis + "/last", Tensor::scalar<float>(last))})});
+  ValueId src = b.op("Add", {b.constant(axis + "/rows", std::move(i)), start});  // [N, out, 1]
+  ValueId distance = b.op("Abs", {b.op("Sub", {src, b.constant(axis + "/pixels", std::move(j))})});
+  ValueId one_hot =
+      b.op("Relu", {b.op("Sub", {b.constant(axis + "/one", Tensor::scalar<float>(1.0f)), distance})});
+  return b.op("Reshape", {one_hot, b.shape_constant(axis + "/per_channel", {0, 1, out, n})});
+}
+
+// RandomCrop: in training, each image's own (height, width) window at a random place; otherwise
+// (evaluation, prediction, export, and in training an image smaller than the window) the largest centred
+// window of the target's aspect ratio resized to (height, width), bilinear, as Keras documents its
+// inference (Resizing with crop_to_aspect_ratio). Keras crops a whole batch at one place; here each image
+// draws its own, so augmentation varies within a batch and the draws are the same on any replica count.
+LayerValue build_random_crop(LayerBuilder& b, const std::vector<LayerValue>& in) {
+  const int64_t out_h = b.positive("height"), out_w = b.positive("width");
+  b.require_image(in[0]);
+  LayerValue x = b.to_channels_first(in[0]);
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  const int64_t h = x.shape[0], w = x.shape[1], channels = x.shape[2];
+  if (!b.options.training || h < out_h || w < out_w)
+    return resize_channels_first(b, crop_to_aspect_ratio(b, x, out_h, out_w), out_h, out_w, false);
+  // Two per multiply-add: building each axis's one-hot rows is negligible; applying them is a product.
+  if (h != out_h) {
+    x.value = b.op("MatMul", {crop_window(b, "height", h, out_h), x.value});  // [N, C, out_h, w]
+    b.info.flops_per_sample += 2 * channels * out_h * h * w;
+  }
+  if (w != out_w) {
+    ValueId columns =
+        b.op("Transpose", {crop_window(b, "width", w, out_w)}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}});
+    x.value = b.op("MatMul", {x.value, columns});
+    b.info.flops_per_sample += 2 * channels * out_h * w * out_w;
+  }
+  x.shape = {out_h, out_w, channels};
+  return x;
+}
+
 }  // namespace
 
 void add_augmentation_layers(std::vector<LayerDef>& defs) {
@@ -262,6 +309,15 @@ void add_augmentation_layers(std::vector<LayerDef>& defs) {
                              {"seed", ArgKind::integer, std::nullopt, true}});
     defs.push_back({type, base, args, 1, 1, false, build});
   }
+  defs.push_back({"RandomCrop",
+                  "random_crop",
+                  {{"height", ArgKind::integer, std::nullopt},
+                   {"width", ArgKind::integer, std::nullopt},
+                   {"seed", ArgKind::integer, std::nullopt, true}},
+                  1,
+                  1,
+                  false,
+                  build_random_crop});
   defs.push_back({"RandomRotation",
                   "random_rotation",
                   {{"factor", ArgKind::number_pair, std::nullopt},

@@ -177,19 +177,7 @@ LayerValue build_resizing(LayerBuilder& b, const std::vector<LayerValue>& in) {
   const bool nearest = b.choice("interpolation", {"bilinear", "nearest"}) == "nearest";
   b.require_image(in[0]);
   LayerValue x = plain(b.to_channels_first(in[0]));
-  int64_t h = x.shape[0], w = x.shape[1];
-  if (b.args.boolean("crop_to_aspect_ratio")) {
-    const int64_t ch = std::max<int64_t>(
-        std::min<int64_t>(h, static_cast<int64_t>(static_cast<float>(w * out_h) / out_w)), 1);
-    const int64_t cw = std::max<int64_t>(
-        std::min<int64_t>(w, static_cast<int64_t>(static_cast<float>(h * out_w) / out_h)), 1);
-    const int64_t top = (h - ch) / 2, left = (w - cw) / 2;
-    x.value = b.op("Slice", {x.value, b.shape_constant("crop/starts", {top, left}),
-                             b.shape_constant("crop/ends", {top + ch, left + cw}),
-                             b.shape_constant("crop/axes", {2, 3})});
-    h = ch, w = cw;
-  }
-  x.shape = {h, w, x.shape[2]};
+  if (b.args.boolean("crop_to_aspect_ratio")) x = crop_to_aspect_ratio(b, x, out_h, out_w);
   return resize_channels_first(b, x, out_h, out_w, nearest);
 }
 
@@ -208,6 +196,23 @@ LayerValue build_center_crop(LayerBuilder& b, const std::vector<LayerValue>& in)
 }
 
 }  // namespace
+
+LayerValue crop_to_aspect_ratio(LayerBuilder& b, LayerValue x, int64_t out_h, int64_t out_w) {
+  const int64_t h = x.shape[0], w = x.shape[1];
+  const int64_t ch =
+      std::max<int64_t>(std::min<int64_t>(h, static_cast<int64_t>(static_cast<float>(w * out_h) / out_w)), 1);
+  const int64_t cw =
+      std::max<int64_t>(std::min<int64_t>(w, static_cast<int64_t>(static_cast<float>(h * out_w) / out_h)), 1);
+  if (ch == h && cw == w) return x;
+  const int64_t top = (h - ch) / 2, left = (w - cw) / 2;
+  x.value = b.op(
+      "Slice", {x.value, b.shape_constant("crop/starts", {top, left}),
+                b.shape_constant("crop/ends", {top + ch, left + cw}), b.shape_constant("crop/axes", {2, 3})});
+  x.shape = {ch, cw, x.shape[2]};
+  x.activation.clear();
+  x.pre_activation = kNoValue;
+  return x;
+}
 
 LayerValue resize_channels_first(LayerBuilder& b, LayerValue x, int64_t out_h, int64_t out_w, bool nearest) {
   const int64_t h = x.shape[0], w = x.shape[1], channels = x.shape[2];

@@ -387,9 +387,10 @@ activation = "softmax"
         self.assertIn("RNN", {n.op_type for n in m.graph.node})
 
     def test_reshaping_merge_and_dropout_layers_export_and_run_as_predict_does(self):
-        # Rescaling, the augmentations, Cropping2D, SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D,
-        # LSTM with dropout, RepeatVector and the merges, in the graph form; the dropouts and the augmentations
-        # train and leave nothing in the export.
+        # Rescaling, the augmentations (RandomCrop resizing its padded input outside training), Cropping2D,
+        # SpatialDropout2D, Permute, Cropping1D, SpatialDropout1D, LSTM with dropout, RepeatVector and the
+        # merges, in the graph form; the dropouts and the other augmentations train and leave nothing in the
+        # export.
         m = self.fit_export_and_predict("reshaping", """[model]
 input = [28, 28, 1]
 [[model.layers]]
@@ -399,6 +400,13 @@ offset = -1.0
 [[model.layers]]
 type = "RandomFlip"
 mode = "horizontal"
+[[model.layers]]
+type = "ZeroPadding2D"
+padding = 2
+[[model.layers]]
+type = "RandomCrop"
+height = 28
+width = 28
 [[model.layers]]
 type = "RandomTranslation"
 height_factor = 0.1

@@ -1699,6 +1699,76 @@ TEST_SUITE("run") {
     CHECK(build_error(bad).where() == bad.arg_at(0, "height_factor"));
   }
 
+  // Keras's bilinear resize with half-pixel centres along one axis: the source (i + 0.5) n / out - 0.5,
+  // clamped to the image, between its two neighbours.
+  double resize_axis(const std::function<double(int64_t)>& at, int64_t n, int64_t out, int64_t i) {
+    const double src = std::clamp((i + 0.5) * static_cast<double>(n) / static_cast<double>(out) - 0.5, 0.0,
+                                  static_cast<double>(n - 1));
+    const auto lo = static_cast<int64_t>(std::floor(src));
+    const int64_t hi = std::min<int64_t>(lo + 1, n - 1);
+    return (1 - (src - static_cast<double>(lo))) * at(lo) + (src - static_cast<double>(lo)) * at(hi);
+  }
+
+  TEST_CASE("run: RandomCrop takes each image's own window in training and resizes to it otherwise") {
+    const int64_t h = 7, w = 6, c = 2, n = 32, oh = 4, ow = 3;
+    Spec s({h, w, c});
+    s.add("RandomCrop", {{"height", oh}, {"width", ow}});
+    BuiltModel m = models::testing::build(s, true, n);
+    CHECK(m.layers.back().output_shape == v({oh, ow, c}));
+    Tensor x = ops::random_tensor(m.graph.value(m.input).shape, -1, 1, 107, DType::f32);  // NCHW
+    Tensor y = forward(std::move(m), x);                                                  // NHWC
+    auto in = [&](int64_t b, int64_t ch, int64_t i, int64_t j) {
+      return x.get_f64(((b * c + ch) * h + i) * w + j);
+    };
+    std::set<int64_t> tops, lefts;
+    std::set<std::pair<int64_t, int64_t>> windows;
+    for (int64_t b = 0; b < n; ++b) {
+      int found = 0;
+      for (int64_t top = 0; top + oh <= h; ++top)
+        for (int64_t left = 0; left + ow <= w; ++left) {
+          bool same = true;
+          for (int64_t i = 0; i < oh && same; ++i)
+            for (int64_t j = 0; j < ow && same; ++j)
+              for (int64_t ch = 0; ch < c && same; ++ch)
+                same = y.get_f64(((b * oh + i) * ow + j) * c + ch) == in(b, ch, top + i, left + j);
+          if (!same) continue;
+          ++found;
+          tops.insert(top), lefts.insert(left), windows.insert({top, left});
+        }
+      CHECK(found == 1);  // exactly one window of the image, copied exactly
+    }
+    CHECK(tops.size() == static_cast<size_t>(h - oh + 1));  // every offset is drawn, the last included
+    CHECK(lefts.size() == static_cast<size_t>(w - ow + 1));
+    CHECK(windows.size() > 8);  // the images draw their own windows
+
+    // Outside training: the largest centred 4:3 window (7 by 5, the spare column on the right), resized.
+    BuiltModel e = models::testing::build(s, false, n);
+    CHECK(count_ops(e.graph, "RandomUniformLike") == 0);
+    CHECK(e.layers.back().output_shape == v({oh, ow, c}));
+    Tensor ye = forward(std::move(e), x);
+    const int64_t cw = 5, left = 0;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) {
+            auto row = [&](int64_t r) {
+              return resize_axis([&](int64_t q) { return in(b, ch, r, left + q); }, cw, ow, j);
+            };
+            CHECK(ye.get_f64(((b * oh + i) * ow + j) * c + ch) ==
+                  doctest::Approx(resize_axis(row, h, oh, i)).epsilon(1e-5));
+          }
+
+    // An image smaller than the window is resized in training too; a window must have a size.
+    Spec small({3, 5, 1});
+    small.add("RandomCrop", {{"height", int64_t{4}}, {"width", int64_t{4}}});
+    BuiltModel sm = models::testing::build(small, true, 2);
+    CHECK(count_ops(sm.graph, "RandomUniformLike") == 0);
+    CHECK(sm.layers.back().output_shape == v({4, 4, 1}));
+    Spec bad({h, w, c});
+    bad.add("RandomCrop", {{"height", int64_t{0}}, {"width", int64_t{3}}});
+    CHECK(build_error(bad).where() == bad.arg_at(0, "height"));
+  }
+
   TEST_CASE("run: RandomRotation turns each image about its centre as Keras, with its fill mode") {
     const int64_t h = 6, w = 5, c = 2, n = 2;
     for (const std::string fill : {"reflect", "constant", "nearest"}) {
