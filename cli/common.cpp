@@ -20,6 +20,7 @@
 #include "engine/ops/sync_batch_norm.h"
 #include "engine/util/error.h"
 #include "formats/atomic_file.h"
+#include "formats/data_text.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
 #include "formats/onnx_tensor.h"
@@ -1203,9 +1204,11 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   // gives them; the other sources must give the same, and feed ones of that shape where they give none.
   std::vector<std::vector<int64_t>>& weight_shapes = out.sample_weight_shapes;
   const size_t weight_sets = weighted ? (per_output ? outputs.size() : 1) : 0;
+  formats::DatasetOptions options;
+  if (ds.text) options.text = &*ds.text;
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
-        formats::open_dataset(src, spec.base_dir, names, outputs);
+        formats::open_dataset(src, spec.base_dir, names, outputs, options);
     if (per_output)
       d = formats::with_output_sample_weights(std::move(d), src, spec.base_dir, outputs, {}, weight_shapes);
     else if (weighted)
@@ -1252,6 +1255,14 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   out.train = open(*ds.train);
   engine::data::BatchFormat& f = out.format;
   f = batch_format(spec, model);
+  // The vocabulary's ids must be ids the model takes (an Embedding's input_dim).
+  if (ds.text && f.num_tokens > 0 && static_cast<int64_t>(ds.text->vocabulary.size()) + 2 > f.num_tokens)
+    throw InputError(
+        ds.text->pos.str(),
+        fmt::format("the text vocabulary gives ids up to {} ({} words after 0, padding, and 1, unknown "
+                    "words), and the model's Embedding takes ids below {}",
+                    ds.text->vocabulary.size() + 1, ds.text->vocabulary.size(), f.num_tokens),
+        fmt::format("set data.text.max_tokens = {} (the Embedding's input_dim)", f.num_tokens));
   // f32 weights, as stored: one set, or one per output.
   if (weighted) f.more_inputs.resize(f.more_inputs.size() + weight_sets);
   check_all_samples(*out.train, *ds.train, model, inputs, &f);
@@ -1297,6 +1308,22 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   if (ds.validation) check_source(*out.validation, *ds.validation);
   if (ds.test) check_source(*out.test, *ds.test);
   return out;
+}
+
+size_t adapt_text(formats::ModelSpec& spec) {
+  formats::DataSection& ds = spec.data;
+  if (!ds.text || !ds.text->vocabulary.empty() || !ds.train || ds.train->format != "text") return 0;
+  formats::TextCorpus corpus = formats::read_text_source(*ds.train, spec.base_dir);
+  // Keras adapts on the data that trains: a validation_split's held-out texts (the last ones) are left out.
+  size_t n = corpus.texts.size();
+  if (ds.validation_split > 0)
+    n = static_cast<size_t>(std::floor(static_cast<double>(n) * (1.0 - ds.validation_split)));
+  corpus.texts.resize(n);
+  ds.text->vocabulary = formats::adapt_vocabulary(corpus.texts, *ds.text);
+  if (ds.text->vocabulary.empty())
+    throw InputError(ds.train->pos.str(), "the training texts hold no words to make a vocabulary of",
+                     "point [data.train] x at folders of class folders of .txt files with text in them");
+  return n;
 }
 
 std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const SpecData& data,

@@ -175,6 +175,11 @@ void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltMo
 std::vector<std::string> adapt_normalization(formats::ModelSpec& spec, const SpecData& data,
                                              const models::BuiltModel& model);
 
+// Keras's TextVectorization.adapt: a spec whose [data.text] gives no vocabulary gets the training texts'
+// most frequent words (up to max_tokens), written into the spec so that checkpoints, evaluate and predict
+// carry them. Returns how many texts were read, or 0 when nothing was adapted.
+size_t adapt_text(formats::ModelSpec& spec);
+
 // The engine names the spec keys it rejects by their dotted path ("train.loss"): rethrows such an error with
 // the key's place in the spec (file:line:col, or the --set override), any other error as it is.
 [[noreturn]] void rethrow_at_spec_place(const formats::ModelSpec& spec, const InputError& e);

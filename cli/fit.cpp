@@ -426,6 +426,9 @@ Command add_fit_command(CLI::App& app) {
             l.args["variance"] = adapted.args.at("variance");
           }
         }
+        // So is the vocabulary it adapted for text data.
+        if (given.data.text && s.data.text && given.data.text->vocabulary.empty())
+          given.data.text->vocabulary = s.data.text->vocabulary;
         if (!formats::same_settings(given, s))
           throw InputError(spec->path,
                            fmt::format("the spec does not match the checkpoint {}: {}", *resume,
@@ -510,6 +513,9 @@ Command add_fit_command(CLI::App& app) {
     auto& backend = opened.backend;
     models::BuiltModel probe = build(s, probe_batch(s), false, false);  // shapes alone
     check_output_and_loss(s, probe);
+    if (const size_t texts = adapt_text(s))
+      out.say("Text: a vocabulary of {} words from the {} training texts (adapt).\n",
+              s.data.text->vocabulary.size(), texts);
     SpecData data = open_data(s, probe);
     if (!s.model.onnx.empty()) {
       // PyTorch's merged initializers, read apart (formats/onnx_import.h): say so, as the file reads tied.

@@ -60,6 +60,8 @@ struct PredictModel {
   std::string kind;                   // "checkpoint" or "ONNX model"
   std::string path;
   std::vector<std::string> notes;  // for stderr: how predict reads the model where that may surprise
+  // A checkpoint trained on text data ([data.text]): INPUT is text, a sample per line, vectorized so.
+  std::shared_ptr<const formats::TextVectorizer> text;
 };
 
 // The loss output k was trained with: [train] loss for a model of one output, else its own; "" for none.
@@ -122,6 +124,8 @@ PredictModel checkpoint_model(const std::string& path) {
     in.format.chw_channels = !spec.model.onnx.empty() && ss.size() == 3 && !in.onnx_channels_last ? ss[0] : 0;
     m.inputs.push_back(std::move(in));
   }
+  if (spec.data.text && !spec.data.text->vocabulary.empty() && m.inputs.size() == 1)
+    m.text = std::make_shared<const formats::TextVectorizer>(*spec.data.text);
   // A model trained on logits has its decision boundary at 0.
   m.outputs = {probe.output_name.empty() ? std::string("output") : probe.output_name};
   m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
@@ -512,7 +516,7 @@ Command add_predict_command(CLI::App& app) {
                   "Samples: an NPY, IDX or CSV file, or a CIFAR-10 batch (.bin), gzip allowed; - or none: "
                   "standard input. A model of "
                   "several inputs takes one file per input, in the model's order, or an NPZ of arrays named "
-                  "after the inputs");
+                  "after the inputs. A checkpoint trained on text data reads a text per line");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));
@@ -569,7 +573,7 @@ Command add_predict_command(CLI::App& app) {
                          }());
       model.written = {static_cast<size_t>(it - model.outputs.begin())};
     }
-    const bool npz = paths.size() == 1 && is_npz(paths[0]);
+    const bool npz = paths.size() == 1 && !model.text && is_npz(paths[0]);
     for (const std::string& p : paths)
       if (paths.size() > 1 && is_npz(p))
         throw InputError(p, "an .npz INPUT holds the array of every input, and other INPUTs are given",
@@ -600,7 +604,9 @@ Command add_predict_command(CLI::App& app) {
     if (npz) readers = npz_readers(paths[0], model);
     int64_t count = -1;
     for (size_t k = 0; k < model.inputs.size(); ++k) {
-      if (!npz) readers.push_back(std::make_unique<formats::SampleReader>(paths[k]));
+      if (!npz)
+        readers.push_back(model.text ? std::make_unique<formats::SampleReader>(paths[k], model.text)
+                                     : std::make_unique<formats::SampleReader>(paths[k]));
       const formats::SampleReader& r = *readers[k];
       check_sample_shape(r, model, k);
       if (r.count() >= 0 && count >= 0 && r.count() != count)
@@ -616,9 +622,12 @@ Command add_predict_command(CLI::App& app) {
     for (const auto& r : readers)
       if (npy && r->count() < 0)
         throw InputError(r->name(),
-                         "NPY output needs the number of samples before the first row, and CSV input does "
-                         "not say it",
-                         "use --output-format csv, or give the samples as NPY or IDX");
+                         fmt::format("NPY output needs the number of samples before the first row, and {} "
+                                     "input does not say it",
+                                     formats::stream_format_name(r->format())),
+                         r->format() == formats::StreamFormat::text
+                             ? "use --output-format csv"
+                             : "use --output-format csv, or give the samples as NPY or IDX");
     // Each input's samples as stored and as the model takes them, for up to a batch.
     std::vector<formats::SampleConverter> converters;
     std::vector<std::vector<uint8_t>> raw(readers.size()), x(readers.size());

@@ -18,21 +18,10 @@
 #include "formats/data_csv.h"
 #include "formats/data_idx.h"
 #include "formats/data_npy.h"
+#include "formats/data_text.h"
 
 namespace trainer::formats {
 
-namespace {
-
-// A hint that goes before another sentence: followed by a space when there is one.
-std::string with_space(std::string hint) {
-  return hint.empty() ? hint : hint + " ";
-}
-
-bool has_glob(const std::string& s) {
-  return s.find_first_of("*?[") != std::string::npos;
-}
-
-// Orders names as people count: runs of digits compare by value.
 bool natural_less(const std::string& a, const std::string& b) {
   size_t i = 0, j = 0;
   while (i < a.size() && j < b.size()) {
@@ -54,6 +43,17 @@ bool natural_less(const std::string& a, const std::string& b) {
     }
   }
   return a.size() - i < b.size() - j;
+}
+
+namespace {
+
+// A hint that goes before another sentence: followed by a space when there is one.
+std::string with_space(std::string hint) {
+  return hint.empty() ? hint : hint + " ";
+}
+
+bool has_glob(const std::string& s) {
+  return s.find_first_of("*?[") != std::string::npos;
 }
 
 std::string where_in_spec(const SourcePos& pos) {
@@ -156,7 +156,21 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     std::vector<std::string> known(std::begin(kDataFormats), std::end(kDataFormats));
     std::string hint = did_you_mean(format, known);
     throw InputError(
-        where, fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv", format), hint);
+        where, fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv, text", format),
+        hint);
+  }
+  if (format == "text") {
+    if (!src.y.empty())
+      throw InputError(where, "text data is labelled by its class folders; y names other files", "remove y");
+    if (!options.text || options.text->vocabulary.empty())
+      throw InputError(where, "text data needs [data.text] and its vocabulary",
+                       "add [data.text]; trainer fit adapts the vocabulary on the training texts");
+    const TextCorpus corpus = read_text_source(src, base_dir);
+    if (corpus.texts.empty())
+      throw InputError(where, "the text source holds no samples", "point x at folders of class folders");
+    return text_dataset(corpus, TextVectorizer(*options.text),
+                        fmt::format("{} ({} texts in {} classes)", fmt::join(src.x, ", "),
+                                    corpus.texts.size(), corpus.class_names.size()));
   }
   const std::vector<std::string> xs = resolve_data_files(src.x, base_dir, src.pos);
   const std::vector<std::string> ys = resolve_data_files(src.y, base_dir, src.pos);

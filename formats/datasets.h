@@ -1,5 +1,6 @@
 // Opens the dataset a spec's [data] source names: resolves its files (globs, relative to the spec's folder),
-// picks the reader (idx, cifar10, npy, npz, csv) from `format` or the file names, and applies `limit`.
+// picks the reader (idx, cifar10, npy, npz, csv; text for folders of class folders) from `format` or the file
+// names, and applies `limit`.
 #pragma once
 
 #include <memory>
@@ -12,11 +13,13 @@
 
 namespace trainer::formats {
 
-inline constexpr const char* kDataFormats[] = {"idx", "cifar10", "npy", "npz", "csv"};
+inline constexpr const char* kDataFormats[] = {"idx", "cifar10", "npy", "npz", "csv", "text"};
 
 struct DatasetOptions {
   // Decompressed or parsed data past this size goes to an unlinked temporary file that is memory-mapped.
   int64_t spill_bytes = kDefaultSpillBytes;
+  // The TextVectorization of "text" sources, its vocabulary given or adapted (data_text.h).
+  const TextSpec* text = nullptr;
 };
 
 // Missing files, unreadable or malformed data, and x/y files that disagree are InputErrors: at the source's
@@ -67,6 +70,9 @@ std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
 // "data_batch_10"). A file that does not exist or a glob that matches nothing is an InputError at `pos`.
 std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns,
                                             const std::string& base_dir, const SourcePos& pos);
+
+// Orders names as people count: runs of digits compare by value ("data_batch_2" before "data_batch_10").
+bool natural_less(const std::string& a, const std::string& b);
 
 // The format a file name implies ("train-images-idx3-ubyte.gz" -> "idx"), or "" when it implies none.
 std::string data_format_from_name(const std::string& path);

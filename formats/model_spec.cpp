@@ -45,10 +45,21 @@ const Keys kParallelKeys = {"bucket_mb", "shard_optimizer", "sync_batch_norm"};
 const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze", "output", "outputs"};
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kNamedInputKeys = {"name", "shape", "dtype"};
-const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean", "std", "shuffle"};
-const Keys kSourceKeys = {
-    "format",           "x", "y", "x_key", "y_key", "header", "label_column", "limit", "sample_weight",
-    "sample_weight_key"};
+const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean",
+                        "std",   "shuffle",    "text"};
+const Keys kSourceKeys = {"format",
+                          "x",
+                          "y",
+                          "x_key",
+                          "y_key",
+                          "header",
+                          "label_column",
+                          "limit",
+                          "sample_weight",
+                          "sample_weight_key",
+                          "class_names"};
+const Keys kTextKeys = {"max_tokens", "output_sequence_length", "standardize", "padding", "truncating",
+                        "vocabulary"};
 const Keys kTrainKeys = {"loss",
                          "from_logits",
                          "label_smoothing",
@@ -106,6 +117,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
     {"[[model.inputs]]", &kNamedInputKeys},
     {"[data]", &kDataKeys},
     {"[data.train], [data.validation] and [data.test]", &kSourceKeys},
+    {"[data.text]", &kTextKeys},
     {"[train]", &kTrainKeys},
     {"[train.optimizer]", &kOptimizerKeys},
     {"[train.optimizer.schedule]", &kScheduleKeys},
@@ -116,7 +128,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
 };
 
 const Keys kDtypes = {"float32", "int32", "int64"};
-const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv"};
+const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv", "text"};
 const Keys kLosses = {"sparse_categorical_crossentropy",
                       "categorical_crossentropy",
                       "binary_crossentropy",
@@ -1308,10 +1320,85 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
   }
   if (t.get("limit", s.limit) && s.limit < 0)
     t.fail("limit", fmt::format("{} must be 0 (all samples) or more, not {}", t.name("limit"), s.limit));
+  if (t.get_strings("class_names", s.class_names)) {
+    if (s.class_names.empty())
+      t.fail("class_names", fmt::format("{} is empty", t.name("class_names")),
+             "name the class folders in label order, or leave it out for every folder");
+    std::set<std::string> seen;
+    for (const std::string& c : s.class_names)
+      if (c.empty() || c.find('/') != std::string::npos || !seen.insert(c).second)
+        t.fail("class_names",
+               fmt::format("{} must name distinct folders, not '{}'", t.name("class_names"), c),
+               "e.g. class_names = [\"neg\", \"pos\"]");
+  }
   return s;
 }
 
-DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& model) {
+// [data.text]: Keras's TextVectorization settings, and its vocabulary when given (a list of words, or a file
+// of one word per line, relative to the spec's folder).
+TextSpec read_text(const Reader& r, const toml::node& n, const std::string& base_dir) {
+  Table t(r, n, "data.text", kTextKeys);
+  TextSpec x;
+  x.pos = t.pos();
+  if (!t.get("output_sequence_length", x.output_sequence_length))
+    r.fail(x.pos, "[data.text] has no output_sequence_length",
+           "give the ids per text, the model's input length: output_sequence_length = 200");
+  if (x.output_sequence_length < 1)
+    t.fail("output_sequence_length", fmt::format("data.text.output_sequence_length must be 1 or more, not {}",
+                                                 x.output_sequence_length));
+  if (t.get("max_tokens", x.max_tokens) && x.max_tokens != 0 && x.max_tokens < 3)
+    t.fail(
+        "max_tokens",
+        fmt::format("data.text.max_tokens counts the padding id 0 and the unknown-word id 1, so it must be "
+                    "3 or more (or 0: every word), not {}",
+                    x.max_tokens),
+        "e.g. max_tokens = 10000, an Embedding's input_dim");
+  t.get_choice("standardize", x.standardize,
+               {"lower_and_strip_punctuation", "lower", "strip_punctuation", "none"}, "standardization");
+  t.get_choice("padding", x.padding, {"post", "pre"}, "padding side");
+  t.get_choice("truncating", x.truncating, {"post", "pre"}, "truncating side");
+  if (const toml::node* v = t.find("vocabulary")) {
+    if (auto* file = v->as_string()) {
+      const std::string path =
+          file->get().starts_with("/") || base_dir.empty() ? file->get() : base_dir + "/" + file->get();
+      std::ifstream in(path, std::ios::binary);
+      if (!in)
+        t.fail("vocabulary", fmt::format("cannot read the vocabulary file '{}'", file->get()),
+               "give a file of one word per line, or a list of words");
+      std::string line;
+      while (std::getline(in, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        x.vocabulary.push_back(line);
+      }
+      while (!x.vocabulary.empty() && x.vocabulary.back().empty()) x.vocabulary.pop_back();
+    } else {
+      t.get_strings("vocabulary", x.vocabulary);
+    }
+    // Keras's get_vocabulary() begins with the padding and unknown-word entries: a list copied from it is
+    // taken as it is meant.
+    if (!x.vocabulary.empty() && x.vocabulary[0].empty()) x.vocabulary.erase(x.vocabulary.begin());
+    if (!x.vocabulary.empty() && x.vocabulary[0] == "[UNK]") x.vocabulary.erase(x.vocabulary.begin());
+    if (x.vocabulary.empty())
+      t.fail("vocabulary", "data.text.vocabulary holds no words",
+             "list the words, or leave vocabulary out for trainer fit to adapt it on the training texts");
+    std::set<std::string_view> seen;
+    for (const std::string& w : x.vocabulary)
+      if (w.empty() || w.find_first_of(" \t\n") != std::string::npos || !seen.insert(w).second)
+        t.fail("vocabulary",
+               fmt::format("data.text.vocabulary must hold distinct words without white space, not '{}'", w),
+               "one word per entry (per line in a file), each once");
+    if (x.max_tokens > 0 && static_cast<int64_t>(x.vocabulary.size()) + 2 > x.max_tokens)
+      t.fail("vocabulary",
+             fmt::format("data.text.vocabulary holds {} words, more than max_tokens = {} leaves room for (2 "
+                         "ids are padding and unknown words)",
+                         x.vocabulary.size(), x.max_tokens),
+             fmt::format("raise max_tokens to {}, or give fewer words", x.vocabulary.size() + 2));
+  }
+  return x;
+}
+
+DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& model,
+                      const std::string& base_dir) {
   Table t(r, n, "data", kDataKeys);
   DataSection d;
   d.pos = t.pos();
@@ -1347,6 +1434,23 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
   if (t.get("scale", d.scale) && d.scale == 0)
     t.fail("scale", "data.scale must not be 0", "e.g. scale = 0.00392156862745098 (1/255) for 8-bit images");
   t.get("shuffle", d.shuffle);
+  if (const toml::node* text = t.find("text")) d.text = read_text(r, *text, base_dir);
+  // Text sources need [data.text]; [data.text] is for text sources.
+  bool any_text = false;
+  for (const auto* src : {&d.train, &d.validation, &d.test}) {
+    if (!*src) continue;
+    const bool text = (*src)->format == "text";
+    any_text = any_text || text;
+    if (text && !d.text)
+      r.fail((*src)->pos, "text data needs a [data.text] table",
+             "add [data.text] with output_sequence_length (and max_tokens, e.g. an Embedding's input_dim)");
+    if (!text && !(*src)->class_names.empty())
+      r.fail((*src)->pos, "class_names is for text data (format = \"text\")",
+             "set format = \"text\", or remove class_names");
+  }
+  if (d.text && !any_text)
+    r.fail(d.text->pos, "[data.text] is for text sources, and no source has format = \"text\"",
+           "set format = \"text\" in [data.train] (x then names folders of class folders of .txt files)");
   // One value for every feature, or one per channel (the last dimension of the input shape). An ONNX model's
   // channels are known once it is read: the data loader checks them then.
   const int64_t channels = model.input.shape.empty() ? 0 : model.input.shape.back();
@@ -2729,7 +2833,7 @@ ModelSpec parse_spec(const std::string& text, const std::string& path,
            "add [model] with input and [[model.layers]], or with onnx = \"model.onnx\"");
   spec.model = read_model(r, *model);
   const toml::node* data = root.find("data");
-  if (data) spec.data = read_data(r, *data, spec.model);
+  if (data) spec.data = read_data(r, *data, spec.model, spec.base_dir);
   if (const toml::node* train = root.find("train"))
     spec.train = read_train(r, *train, spec.model, data ? &spec.data : nullptr);
   if (const toml::node* parallel = root.find("parallel")) {

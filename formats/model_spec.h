@@ -101,7 +101,7 @@ struct ModelSection {
 
 // One data source: a reader format and its files. Readers (formats/data_*.cpp) interpret the options.
 struct DataSource {
-  std::string format;          // idx | cifar10 | npy | npz | csv; "" = from the file extension
+  std::string format;          // idx | cifar10 | npy | npz | csv | text; "" = from the file extension
   std::vector<std::string> x;  // feature files (globs allowed; resolved relative to the spec's folder)
   std::vector<std::string> y;  // label files, for formats that keep labels apart (idx, npy); empty otherwise
   std::string x_key = "x";     // npz array names
@@ -126,8 +126,27 @@ struct DataSource {
   bool header = true;        // csv
   std::string label_column;  // csv: a column name, or a 0-based index written as digits; "" = last column
   int64_t limit = 0;         // use only the first N samples (0: all); handy for quick runs
+  // text: the class folders to read, in label order (Keras's class_names); empty: every folder, sorted.
+  std::vector<std::string> class_names;
   SourcePos pos;
   bool operator==(const DataSource&) const = default;
+};
+
+// Keras's TextVectorization, which the loader applies to the texts of "text" sources: each text
+// standardized, split at white space, and its words turned into ids (0 pads, 1 stands for a word outside the
+// vocabulary, the vocabulary's words count from 2), cut or padded to output_sequence_length.
+struct TextSpec {
+  int64_t max_tokens = 0;              // ids in all, 0 and 1 included; 0: every word of the vocabulary
+  int64_t output_sequence_length = 0;  // ids per text (required)
+  std::string standardize = "lower_and_strip_punctuation";  // | lower | strip_punctuation | none
+  std::string padding = "post";     // where zeros go: post (Keras's TextVectorization) | pre (pad_sequences)
+  std::string truncating = "post";  // which end a long text loses: post | pre
+  // The words of ids 2, 3, ...: given (a list, or a file of one word per line, read when the spec is), or
+  // left out for trainer fit to adapt on the training texts (the most frequent first), after which the
+  // checkpoint's spec holds them.
+  std::vector<std::string> vocabulary;
+  SourcePos pos;
+  bool operator==(const TextSpec&) const = default;
 };
 
 // Without a [data] table (enough for summary and check) every source is empty; with one, train is required.
@@ -142,6 +161,7 @@ struct DataSection {
   std::vector<double> mean;  // one value, or one per channel
   std::vector<double> std;
   bool shuffle = true;
+  std::optional<TextSpec> text;  // [data.text]: how "text" sources become token ids
   SourcePos pos;
   bool operator==(const DataSection&) const = default;
 };

@@ -96,6 +96,7 @@ void write_source(Writer& w, std::string_view name, const DataSource& s) {
   w.kv("header", s.header);
   if (!s.label_column.empty()) w.kv("label_column", s.label_column);
   w.kv("limit", s.limit);
+  if (!s.class_names.empty()) w.kv("class_names", s.class_names);
 }
 
 void clear_positions(ModelSpec& s) {
@@ -116,6 +117,7 @@ void clear_positions(ModelSpec& s) {
     for (auto& [k, a] : l.args) a.pos = a.key_pos = {};
   }
   s.data.pos = {};
+  if (s.data.text) s.data.text->pos = {};
   for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})
     if (*src) (*src)->pos = {};
   s.train.pos = s.train.loss_pos = s.train.from_logits_pos = s.train.precision_pos = {};
@@ -177,6 +179,15 @@ std::string to_toml(const ModelSpec& spec) {
     if (!d.mean.empty()) w.kv("mean", d.mean);
     if (!d.std.empty()) w.kv("std", d.std);
     w.kv("shuffle", d.shuffle);
+    if (d.text) {
+      w.header("[data.text]");
+      w.kv("max_tokens", d.text->max_tokens);
+      w.kv("output_sequence_length", d.text->output_sequence_length);
+      w.kv("standardize", d.text->standardize);
+      w.kv("padding", d.text->padding);
+      w.kv("truncating", d.text->truncating);
+      if (!d.text->vocabulary.empty()) w.kv("vocabulary", d.text->vocabulary);
+    }
     write_source(w, "train", *d.train);
     if (d.validation) write_source(w, "validation", *d.validation);
     if (d.test) write_source(w, "test", *d.test);

@@ -39,6 +39,8 @@ const char* stream_format_name(StreamFormat f) {
       return "CSV";
     case StreamFormat::cifar10:
       return "CIFAR-10";
+    case StreamFormat::text:
+      return "text";
   }
   return "?";
 }
@@ -111,6 +113,8 @@ struct SampleReader::Impl {
   std::vector<size_t> cell_cols;
   std::vector<double> first_row;
   bool have_first_row = false;
+  // Text: each line's words as token ids.
+  std::shared_ptr<const TextVectorizer> vectorizer;
 
   ~Impl() {
     if (zs_open) inflateEnd(&zs);
@@ -271,7 +275,7 @@ struct SampleReader::Impl {
     size_t scanned = 0;
     bool text = false;
     for (;;) {
-      if (format == StreamFormat::csv) {
+      if (format == StreamFormat::csv || format == StreamFormat::text) {
         for (; pos + scanned < end; ++scanned) {
           const uint8_t c = buf[pos + scanned];
           if (c == '\n') {
@@ -490,6 +494,21 @@ struct SampleReader::Impl {
     return n;
   }
 
+  int64_t read_text(int64_t max, int32_t* out, bool partial) {
+    const int64_t length = vectorizer->length();
+    int64_t n = 0;
+    while (n < max) {
+      if (partial && n > 0 && !sample_ready()) {
+        waiting = true;
+        break;
+      }
+      if (!next_line()) break;
+      vectorizer->encode(line, out + n * length);
+      ++n;
+    }
+    return n;
+  }
+
   int64_t read_fixed(int64_t max, void* out, bool partial) {
     const int64_t left = count >= 0 ? count - read_samples : max;  // unknown: a CIFAR-10 stream
     const int64_t n = std::min(max, left);
@@ -590,6 +609,11 @@ struct SampleReader::Impl {
 };
 
 SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  open_path(path);
+  open();
+}
+
+void SampleReader::open_path(const std::string& path) {
   Impl& m = *impl_;
   const bool is_stdin = path == "-";
   m.name = is_stdin ? "stdin" : path;
@@ -606,7 +630,6 @@ SampleReader::SampleReader(const std::string& path) : impl_(std::make_unique<Imp
   m.cifar = !is_stdin && (path.ends_with(".bin") || path.ends_with(".bin.gz"));
   if (S_ISREG(st.st_mode)) m.file_bytes = static_cast<int64_t>(st.st_size);
   m.open_fd();
-  open();
 }
 
 SampleReader::SampleReader(const std::string& npz_path, const std::string& key)
@@ -628,6 +651,27 @@ SampleReader::SampleReader(const std::string& npz_path, const std::string& key)
   m.mem = zip.open(*z, &m.mem_pos, kDefaultSpillBytes);
   m.mem_end = m.mem_pos + z->size;
   open();
+}
+
+SampleReader::SampleReader(const std::string& path, std::shared_ptr<const TextVectorizer> vectorizer)
+    : impl_(std::make_unique<Impl>()) {
+  open_path(path);
+  Impl& m = *impl_;
+  // NPY and IDX hold token ids already.
+  const size_t have = m.ensure(8);
+  const uint8_t* p = m.buf.data();
+  if ((have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) ||
+      (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1)) {
+    open();
+    return;
+  }
+  m.cifar = false;
+  m.vectorizer = std::move(vectorizer);
+  m.format = StreamFormat::text;
+  m.dtype = DType::i32;
+  m.shape = {m.vectorizer->length()};
+  m.sample_bytes = static_cast<size_t>(m.vectorizer->length()) * sizeof(int32_t);
+  m.count = -1;
 }
 
 void SampleReader::open() {
@@ -705,8 +749,9 @@ int64_t SampleReader::samples_read() const {
 int64_t SampleReader::read(int64_t max_samples, void* out, bool partial) {
   Impl& m = *impl_;
   m.waiting = false;
-  int64_t n = m.format == StreamFormat::csv ? m.read_csv(max_samples, static_cast<double*>(out), partial)
-                                            : m.read_fixed(max_samples, out, partial);
+  int64_t n = m.format == StreamFormat::csv    ? m.read_csv(max_samples, static_cast<double*>(out), partial)
+              : m.format == StreamFormat::text ? m.read_text(max_samples, static_cast<int32_t*>(out), partial)
+                                               : m.read_fixed(max_samples, out, partial);
   m.read_samples += n;
   return n;
 }

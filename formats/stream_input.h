@@ -10,10 +10,11 @@
 
 #include "engine/data/dataset.h"
 #include "engine/ir/dtype.h"
+#include "formats/data_text.h"
 
 namespace trainer::formats {
 
-enum class StreamFormat { npy, idx, csv, cifar10 };
+enum class StreamFormat { npy, idx, csv, cifar10, text };
 const char* stream_format_name(StreamFormat f);
 
 // Reads samples in order. Construction reads the header (NPY, IDX) or the first row (CSV), so the sample
@@ -30,6 +31,7 @@ const char* stream_format_name(StreamFormat f);
 // - CIFAR-10 (a file whose name ends in .bin or .bin.gz and that is not NPY): records of a label byte, which
 //   is skipped, and a u8 [3, 32, 32] image. count() is the plain file's size / 3073 (a size that is not a
 //   multiple is an error), or -1 when compressed; a record cut short is an error.
+// - Text (only when the reader is made for it): each line that is not blank is one sample's text.
 // - An empty input (or blank lines only) holds no samples: CSV, count() 0, sample_shape() empty.
 // gzip data (magic 1f 8b, one member or several concatenated) is decompressed on the fly. Errors (unreadable
 // file, bad header, truncated data, a ragged row or a cell that is not a number) are InputErrors naming the
@@ -41,6 +43,10 @@ class SampleReader {
   // The array `key` of an .npz archive (a member `key`.npy, stored or deflated, inflated in memory or, when
   // large, in a temporary file). A missing array is an InputError listing the archive's arrays.
   SampleReader(const std::string& npz_path, const std::string& key);
+  // Text, one sample per line that is not blank (gzip-compressed or not), turned into token ids by
+  // `vectorizer` (a checkpoint trained on text data): i32 samples of [vectorizer.length()]. NPY and IDX
+  // input holds ids already, and is read as the constructor above reads it.
+  SampleReader(const std::string& path, std::shared_ptr<const TextVectorizer> vectorizer);
   ~SampleReader();
   SampleReader(const SampleReader&) = delete;
   SampleReader& operator=(const SampleReader&) = delete;
@@ -64,6 +70,7 @@ class SampleReader {
   int64_t samples_read() const;
 
  private:
+  void open_path(const std::string& path);  // opens a file, or standard input for "-"
   void open();  // reads the header or first row of the source the constructor set up
   struct Impl;
   std::unique_ptr<Impl> impl_;

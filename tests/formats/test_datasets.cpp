@@ -15,6 +15,7 @@
 
 #include "engine/data/dataset.h"
 #include "engine/util/error.h"
+#include "formats/data_text.h"
 #include "formats/datasets.h"
 
 using namespace trainer;
@@ -674,5 +675,114 @@ TEST_SUITE("datasets") {
       CHECK(batches == 938);
       CHECK(s < 5.0);
     }
+  }
+}
+
+TEST_SUITE("datasets") {
+  TEST_CASE("text: Keras's standardization and split, ids by frequency, padding and truncating sides") {
+    using V = std::vector<std::string>;
+    CHECK(text_words("Don't STOP, me-now!  Naïve\tÉCOLE\n", "lower_and_strip_punctuation") ==
+          V{"dont", "stop", "menow", "naïve", "école"});
+    CHECK(text_words("Don't STOP", "lower") == V{"don't", "stop"});
+    CHECK(text_words("Don't STOP", "strip_punctuation") == V{"Dont", "STOP"});
+    CHECK(text_words("a\xff b", "none") == V{"a\xEF\xBF\xBD", "b"});  // not UTF-8: U+FFFD
+    CHECK(text_words(" \t\n", "none").empty());
+
+    TextSpec spec;
+    spec.output_sequence_length = 4;
+    spec.max_tokens = 5;  // 0, 1 and three words
+    // "b" 3 times, "a" and "c" twice (a before c by bytes), "d" once: cut by max_tokens.
+    const V vocab = adapt_vocabulary({"b a c", "c b d", "b a"}, spec);
+    CHECK(vocab == V{"b", "a", "c"});
+    spec.max_tokens = 0;
+    CHECK(adapt_vocabulary({"b a c", "c b d", "b a"}, spec) == V{"b", "a", "c", "d"});
+    spec.vocabulary = vocab;
+    auto ids = [&](const std::string& text, const std::string& padding, const std::string& truncating) {
+      TextSpec s = spec;
+      s.padding = padding;
+      s.truncating = truncating;
+      std::vector<int32_t> out(4, -1);
+      TextVectorizer(s).encode(text, out.data());
+      return out;
+    };
+    using I = std::vector<int32_t>;
+    CHECK(ids("A b", "post", "post") == I{3, 2, 0, 0});
+    CHECK(ids("A b", "pre", "post") == I{0, 0, 3, 2});
+    CHECK(ids("a b c zzz e", "post", "post") == I{3, 2, 4, 1});  // the first four; zzz unknown
+    CHECK(ids("a b c zzz e", "post", "pre") == I{2, 4, 1, 1});   // the last four
+    CHECK(ids("", "pre", "pre") == I{0, 0, 0, 0});
+  }
+
+  TEST_CASE("text: folders of class folders, labelled by class, mixed by a hash of their names") {
+    TempDir dir;
+    std::filesystem::create_directories(dir.path + "/train/neg");
+    std::filesystem::create_directories(dir.path + "/train/pos");
+    std::filesystem::create_directories(dir.path + "/train/unsup");
+    for (int i = 0; i < 6; ++i) {
+      dir.write_text("train/neg/" + std::to_string(i) + ".txt", "bad awful " + std::to_string(i));
+      dir.write_text("train/pos/" + std::to_string(i) + ".txt", "good great " + std::to_string(i));
+    }
+    dir.write_text("train/pos/readme.md", "not a sample");
+    dir.write_text("train/unsup/0.txt", "no label");
+    DataSource src = source({"train"}, {}, "text");
+    src.class_names = {"neg", "pos"};
+    TextCorpus c = read_text_source(src, dir.path);
+    REQUIRE(c.texts.size() == 12);
+    CHECK(c.class_names == std::vector<std::string>{"neg", "pos"});
+    int switches = 0;
+    for (size_t i = 0; i < c.texts.size(); ++i) {
+      CHECK(c.texts[i].starts_with(c.labels[i] == 0 ? "bad awful" : "good great"));
+      CHECK(c.files[i].find(c.labels[i] == 0 ? "/neg/" : "/pos/") != std::string::npos);
+      if (i > 0 && c.labels[i] != c.labels[i - 1]) ++switches;
+    }
+    CHECK(switches >= 3);                                     // not class by class
+    CHECK(read_text_source(src, dir.path).files == c.files);  // the same order every time
+    src.limit = 5;
+    TextCorpus first = read_text_source(src, dir.path);
+    CHECK(first.files == std::vector<std::string>(c.files.begin(), c.files.begin() + 5));
+
+    // Without class_names, every class folder in sorted order.
+    DataSource all = source({"train"}, {}, "text");
+    CHECK(read_text_source(all, dir.path).class_names == std::vector<std::string>{"neg", "pos", "unsup"});
+
+    // As a dataset: int32 ids per text, int64 labels, samples located by file.
+    TextSpec spec;
+    spec.output_sequence_length = 3;
+    spec.vocabulary = adapt_vocabulary(c.texts, spec);
+    DatasetOptions options;
+    options.text = &spec;
+    src.limit = 0;
+    auto d = open_dataset(src, dir.path, options);
+    REQUIRE(d->size() == 12);
+    CHECK(d->sample_dtype() == DType::i32);
+    CHECK(d->sample_shape() == Shape{3});
+    CHECK(d->label_dtype() == DType::i64);
+    TextVectorizer v(spec);
+    for (int64_t i = 0; i < 12; ++i) {
+      std::vector<int32_t> want(3);
+      v.encode(c.texts[static_cast<size_t>(i)], want.data());
+      CHECK(sample<int32_t>(*d, i) == want);
+      int64_t label = -1;
+      d->read_label(i, &label);
+      CHECK(label == c.labels[static_cast<size_t>(i)]);
+      CHECK(d->locate(i).find(c.files[static_cast<size_t>(i)]) != std::string::npos);
+    }
+
+    // Errors name the source's place, what is missing, and a hint.
+    src.class_names = {"neg", "positive"};
+    CHECK(input_error([&] {
+            read_text_source(src, dir.path);
+          }).find("spec.toml:7:3: text data: " + dir.path + "/train has no class folder 'positive'") == 0);
+    std::filesystem::create_directories(dir.path + "/train/empty");
+    src.class_names = {"neg", "empty"};
+    CHECK(input_error([&] { read_text_source(src, dir.path); }).find("holds no .txt files") !=
+          std::string::npos);
+    CHECK(input_error([&] {
+            read_text_source(source({"nowhere"}, {}, "text"), dir.path);
+          }).find("text data: 'nowhere' is not a folder") != std::string::npos);
+    src.class_names = {"neg", "pos"};
+    CHECK(input_error([&] {
+            open_dataset(src, dir.path);
+          }).find("text data needs [data.text] and its vocabulary") != std::string::npos);
   }
 }

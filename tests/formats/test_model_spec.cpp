@@ -1457,3 +1457,58 @@ TEST_SUITE("model_spec") {
     CHECK(f.hint == "did you mean 'sample_weight'?");
   }
 }
+
+TEST_SUITE("model_spec") {
+  TEST_CASE(
+      "[data.text]: TextVectorization settings, a vocabulary given or left to adapt, and their errors") {
+    const std::string data =
+        "[data.train]\nformat = \"text\"\nx = \"aclImdb/train\"\nclass_names = [\"neg\", \"pos\"]\n"
+        "[train]\nloss = \"mse\"\n";  // lines 7-12
+    const std::string text = "[data.text]\nmax_tokens = 6\noutput_sequence_length = 8\npadding = \"pre\"\n";
+    const ModelSpec s = parse_model_spec(kHead + data + text, "spec.toml");
+    REQUIRE(s.data.text);
+    CHECK(s.data.text->max_tokens == 6);
+    CHECK(s.data.text->output_sequence_length == 8);
+    CHECK(s.data.text->padding == "pre");
+    CHECK(s.data.text->truncating == "post");
+    CHECK(s.data.text->standardize == "lower_and_strip_punctuation");
+    CHECK(s.data.text->vocabulary.empty());
+    CHECK(s.data.train->class_names == std::vector<std::string>{"neg", "pos"});
+
+    // An adapted vocabulary (with a word TOML must escape) reads back from to_toml.
+    ModelSpec adapted = s;
+    adapted.data.text->vocabulary = {"the", "a\"b", "naïve"};
+    const ModelSpec back = parse_model_spec(to_toml(adapted), "spec.toml");
+    CHECK(same_settings(adapted, back));
+    CHECK(back.data.text->vocabulary == adapted.data.text->vocabulary);
+    CHECK_FALSE(same_settings(s, back));
+
+    // Keras's get_vocabulary() list (padding and [UNK] first) is taken as meant.
+    CHECK(
+        parse_model_spec(kHead + data + text + "vocabulary = [\"\", \"[UNK]\", \"x\", \"y\"]\n", "spec.toml")
+            .data.text->vocabulary == std::vector<std::string>{"x", "y"});
+
+    Failure f = failure(kHead + data + "[data.text]\nmax_tokens = 6\n");
+    CHECK(f.where == "spec.toml:13:1");
+    CHECK(f.what == "[data.text] has no output_sequence_length");
+    f = failure(kHead + data + "[data.text]\nmax_tokens = 2\noutput_sequence_length = 8\n");
+    CHECK(f.where == "spec.toml:14:14");
+    CHECK(f.what.find("so it must be 3 or more") != std::string::npos);
+    f = failure(kHead + data + text + "vocabulary = [\"x\", \"x\"]\n");
+    CHECK(f.what == "data.text.vocabulary must hold distinct words without white space, not 'x'");
+    f = failure(kHead + data + text + "vocabulary = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n");
+    CHECK(f.what.find("data.text.vocabulary holds 5 words, more than max_tokens = 6 leaves room for") == 0);
+    CHECK(f.hint == "raise max_tokens to 7, or give fewer words");
+    f = failure(kHead + data + text + "padding = \"both\"\n");
+    CHECK(f.where == "spec.toml:17:11");
+    f = failure(kHead + data);
+    CHECK(f.where == "spec.toml:7:1");
+    CHECK(f.what == "text data needs a [data.text] table");
+    f = failure(
+        kHead +
+        "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\nclass_names = [\"a\"]\n[train]\nloss = \"mse\"\n");
+    CHECK(f.what == "class_names is for text data (format = \"text\")");
+    f = failure(kHead + "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\n[train]\nloss = \"mse\"\n" + text);
+    CHECK(f.what == "[data.text] is for text sources, and no source has format = \"text\"");
+  }
+}

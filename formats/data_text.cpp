@@ -1,0 +1,268 @@
+// Text data: folders of class folders of .txt files, standardized, split and turned into token ids.
+#include "formats/data_text.h"
+
+#include <dirent.h>
+#include <fmt/format.h>
+#include <glob.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "engine/util/error.h"
+#include "formats/checkpoint_hash.h"
+#include "formats/data_array.h"
+#include "formats/data_bytes.h"
+#include "formats/datasets.h"
+
+namespace trainer::formats {
+
+namespace {
+
+bool is_dir(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The entries of a folder (without . and ..), in natural order.
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name != "." && name != "..") out.push_back(name);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end(), natural_less);
+  return out;
+}
+
+std::string where(const SourcePos& pos) {
+  return pos.file.empty() ? std::string("data") : pos.str();
+}
+
+// Keras's punctuation: Python's string.punctuation.
+bool punctuation(unsigned char c) {
+  return c < 0x80 && std::ispunct(c);
+}
+
+// The length of the UTF-8 sequence at s[i], or 0 when the bytes there are not one.
+size_t utf8_length(std::string_view s, size_t i) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; ++k)
+    if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return 0;
+  if (n == 2 && c < 0xC2) return 0;  // overlong
+  return n;
+}
+
+}  // namespace
+
+std::vector<std::string> text_words(std::string_view text, const std::string& standardize) {
+  const bool lower = standardize == "lower_and_strip_punctuation" || standardize == "lower";
+  const bool strip = standardize == "lower_and_strip_punctuation" || standardize == "strip_punctuation";
+  std::vector<std::string> words;
+  std::string word;
+  auto end_word = [&] {
+    if (!word.empty()) words.push_back(std::move(word));
+    word.clear();
+  };
+  for (size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      ++i;
+      if (std::isspace(c)) {
+        end_word();
+      } else if (!(strip && punctuation(c))) {
+        word.push_back(lower ? static_cast<char>(std::tolower(c)) : static_cast<char>(c));
+      }
+      continue;
+    }
+    const size_t n = utf8_length(text, i);
+    if (n == 0) {
+      word += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8
+      ++i;
+      continue;
+    }
+    std::string_view ch = text.substr(i, n);
+    i += n;
+    if (ch == "\xC2\xA0") {  // no-break space
+      end_word();
+      continue;
+    }
+    // Latin-1's capitals (U+00C0 to U+00DE but for the multiplication sign) lowercase by adding 0x20.
+    if (lower && n == 2 && c == 0xC3) {
+      const auto d = static_cast<unsigned char>(ch[1]);
+      if (d >= 0x80 && d <= 0x9E && d != 0x97) {
+        word.push_back(static_cast<char>(c));
+        word.push_back(static_cast<char>(d + 0x20));
+        continue;
+      }
+    }
+    word.append(ch);
+  }
+  end_word();
+  return words;
+}
+
+TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) {
+  const std::string at = where(src.pos);
+  if (src.x.empty())
+    throw InputError(at, "the text source names no folders",
+                     "set x = \"aclImdb/train\": a folder of class folders");
+  std::vector<std::string> folders;
+  for (const std::string& pattern : src.x) {
+    const std::string full =
+        pattern.starts_with('/') || base_dir.empty() ? pattern : base_dir + "/" + pattern;
+    std::vector<std::string> found;
+    if (pattern.find_first_of("*?[") != std::string::npos) {
+      glob_t g{};
+      if (glob(full.c_str(), 0, nullptr, &g) == 0)
+        for (size_t k = 0; k < g.gl_pathc; ++k)
+          if (is_dir(g.gl_pathv[k])) found.emplace_back(g.gl_pathv[k]);
+      globfree(&g);
+      std::sort(found.begin(), found.end(), natural_less);
+    } else if (is_dir(full)) {
+      found.push_back(full);
+    }
+    if (found.empty())
+      throw InputError(at,
+                       fmt::format("text data: '{}' is not a folder{}", pattern,
+                                   full == pattern ? "" : fmt::format(" (looked for {})", full)),
+                       is_file(full) ? "x names a folder that holds one folder of .txt files per class"
+                                     : "relative paths start at the spec's folder");
+    folders.insert(folders.end(), found.begin(), found.end());
+  }
+  TextCorpus c;
+  c.class_names = src.class_names;
+  if (c.class_names.empty()) {
+    // Every class folder found, in sorted order; each folder x names must hold the same classes.
+    std::set<std::string> all;
+    for (const std::string& f : folders)
+      for (const std::string& e : entries(f))
+        if (is_dir(f + "/" + e)) all.insert(e);
+    c.class_names.assign(all.begin(), all.end());
+    if (c.class_names.empty())
+      throw InputError(at, fmt::format("text data: {} holds no class folders", folders[0]),
+                       "put each class's .txt files in a folder named after the class (neg/, pos/, ...)");
+  }
+  // Every file first; the samples then come in the order of a hash of their class and file names, which
+  // mixes the classes (as Keras shuffles the files) the same way every time, so that limit and
+  // validation_split take samples of every class.
+  struct Found {
+    uint64_t key;
+    std::string path;
+    int64_t label;
+  };
+  std::vector<Found> found;
+  for (const std::string& f : folders) {
+    for (size_t k = 0; k < c.class_names.size(); ++k) {
+      const std::string dir = f + "/" + c.class_names[k];
+      if (!is_dir(dir))
+        throw InputError(at, fmt::format("text data: {} has no class folder '{}'", f, c.class_names[k]),
+                         src.class_names.empty()
+                             ? "every folder x names must hold the same class folders"
+                             : "class_names names folders inside each folder that x names");
+      size_t texts = 0;
+      for (const std::string& e : entries(dir)) {
+        const std::string path = dir + "/" + e;
+        if (!e.ends_with(".txt") || !is_file(path)) continue;
+        ++texts;
+        const std::string name = c.class_names[k] + "/" + e;
+        Xxh64 h;
+        h.update(name.data(), name.size());
+        found.push_back({h.digest(), path, static_cast<int64_t>(k)});
+      }
+      if (texts == 0)
+        throw InputError(at, fmt::format("text data: the class folder {} holds no .txt files", dir),
+                         "each class folder holds its samples as .txt files, one text per file");
+    }
+  }
+  std::stable_sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.key < b.key; });
+  if (src.limit > 0 && static_cast<size_t>(src.limit) < found.size())
+    found.resize(static_cast<size_t>(src.limit));
+  for (Found& f : found) {
+    std::ifstream in(f.path, std::ios::binary);
+    if (!in) throw InputError(f.path, "cannot be read", "check the file's permissions");
+    std::ostringstream text;
+    text << in.rdbuf();
+    c.texts.push_back(std::move(text).str());
+    c.labels.push_back(f.label);
+    c.files.push_back(std::move(f.path));
+  }
+  return c;
+}
+
+std::vector<std::string> adapt_vocabulary(const std::vector<std::string>& texts, const TextSpec& spec) {
+  std::unordered_map<std::string, int64_t> counts;
+  for (const std::string& t : texts)
+    for (std::string& w : text_words(t, spec.standardize)) ++counts[std::move(w)];
+  std::vector<std::pair<std::string, int64_t>> order(counts.begin(), counts.end());
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  });
+  size_t keep = order.size();
+  if (spec.max_tokens > 0) keep = std::min(keep, static_cast<size_t>(spec.max_tokens - 2));
+  std::vector<std::string> out;
+  out.reserve(keep);
+  for (size_t k = 0; k < keep; ++k) out.push_back(std::move(order[k].first));
+  return out;
+}
+
+TextVectorizer::TextVectorizer(const TextSpec& spec) : spec_(spec) {
+  ids_.reserve(spec_.vocabulary.size());
+  for (size_t k = 0; k < spec_.vocabulary.size(); ++k)
+    ids_.emplace(spec_.vocabulary[k], static_cast<int32_t>(k + 2));
+}
+
+void TextVectorizer::encode(std::string_view text, int32_t* out) const {
+  std::vector<std::string> words = text_words(text, spec_.standardize);
+  const auto length = static_cast<size_t>(spec_.output_sequence_length);
+  size_t first = 0, n = words.size();
+  if (n > length) {
+    if (spec_.truncating == "pre") first = n - length;  // keep the last words
+    n = length;
+  }
+  const size_t pad = length - n;
+  int32_t* ids = out + (spec_.padding == "pre" ? pad : 0);
+  std::fill_n(out, length, 0);
+  for (size_t k = 0; k < n; ++k) {
+    auto it = ids_.find(words[first + k]);
+    ids[k] = it == ids_.end() ? 1 : it->second;
+  }
+}
+
+std::shared_ptr<const engine::data::Dataset> text_dataset(const TextCorpus& corpus, const TextVectorizer& v,
+                                                          const std::string& name) {
+  const int64_t n = static_cast<int64_t>(corpus.texts.size());
+  const auto length = static_cast<size_t>(v.length());
+  std::vector<uint8_t> ids(static_cast<size_t>(n) * length * sizeof(int32_t));
+  std::vector<uint8_t> labels(static_cast<size_t>(n) * sizeof(int64_t));
+  for (int64_t i = 0; i < n; ++i) {
+    v.encode(corpus.texts[static_cast<size_t>(i)], reinterpret_cast<int32_t*>(ids.data()) + i * v.length());
+    std::memcpy(labels.data() + i * sizeof(int64_t), &corpus.labels[static_cast<size_t>(i)], sizeof(int64_t));
+  }
+  std::shared_ptr<const Bytes> xb = Bytes::from_vector(std::move(ids));
+  std::shared_ptr<const Bytes> yb = Bytes::from_vector(std::move(labels));
+  Column x(engine::DType::i32, engine::Shape{v.length()}), y(engine::DType::i64, engine::Shape{});
+  // One segment per file, so that a sample's messages name its file.
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string& file = corpus.files[static_cast<size_t>(i)];
+    x.add({xb, static_cast<uint64_t>(i) * length * sizeof(int32_t), length * sizeof(int32_t), 1, file, {}});
+    y.add({yb, static_cast<uint64_t>(i) * sizeof(int64_t), sizeof(int64_t), 1, file, {}});
+  }
+  return std::make_shared<ArrayDataset>(std::move(x), std::move(y), engine::data::Layout::plain, name);
+}
+
+}  // namespace trainer::formats
