@@ -386,8 +386,11 @@ void read_onnx_bytes(formats::ModelSpec& spec) {
   const std::string path = formats::resolve_data_path(spec, spec.model.onnx);
   std::error_code ec;
   if (!std::filesystem::exists(path, ec))
-    throw InputError(spec.model.onnx_pos.str(), fmt::format("the ONNX model {} does not exist", path),
-                     "model.onnx is relative to the spec's folder");
+    throw InputError(
+        spec.model.onnx_pos.str(), fmt::format("the ONNX model {} does not exist", path),
+        spec.model.onnx_pos.line > 0
+            ? "[model] onnx is relative to the spec's folder"
+            : "check the path: a model on the command line is relative to the working directory");
   spec.model.onnx_bytes = std::make_shared<const std::string>(formats::read_file_bytes(path));
 }
 
@@ -543,10 +546,17 @@ models::BuiltModel build_onnx(const formats::ModelSpec& spec, const formats::Onn
     const std::string why = e.message().substr(0, note);
     throw InputError(
         file.path(),
-        fmt::format("the model fixes its batch at {}, and its shapes hold it, so it builds at a batch of {} "
-                    "only; this run also needs a batch of {} (the last, partial batch of data whose count {} "
-                    "does not divide, or a replica's share of the batch): {}",
-                    fixed, fixed, batch, fixed, why),
+        fmt::format(
+            "the model fixes its batch at {}, and its shapes hold it, so it builds at a batch of {} "
+            "only; {}: {}",
+            fixed, fixed,
+            batch == spec.train.batch_size
+                ? fmt::format("this run's batch_size is {}", batch)
+                : fmt::format("this run also needs a batch of {} (the last, partial batch of a data set "
+                              "whose sample count is not a multiple of {}, or a replica's share of the "
+                              "batch)",
+                              batch, fixed),
+            why),
         fmt::format("export the model with a symbolic batch dimension (torch.onnx.export(..., "
                     "dynamic_axes={{'{}': {{0: 'batch'}}}})), or train at batch_size = {} on one device, on "
                     "a multiple of {} samples in each data set (data.train.limit, data.validation.limit)",

@@ -2581,8 +2581,11 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     const toml::node* v = t.find(key);
     const bool by_name = v && v->is_table() && (std::string_view(key) != "loss" || !outputs.empty());
     if (by_name && outputs.empty())
-      t.fail(key, fmt::format("train.{} is a table by output name, and the model names no outputs", key),
-             "list the output layers in [model] outputs = [\"a\", \"b\"], or give one value");
+      t.fail(key, fmt::format("train.{} is a table by output name, and [model] outputs lists none", key),
+             model.onnx.empty()
+                 ? "list the output layers in [model] outputs = [\"a\", \"b\"], or give one value"
+                 : "list the ONNX model's outputs that train in [model] outputs = [\"a\", \"b\"] (a graph of "
+                   "several outputs trains the ones listed), or give one value");
     if (by_name)
       for (auto&& [k, val] : *v->as_table())
         if (!contains(outputs, k.str()))

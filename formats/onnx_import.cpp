@@ -116,6 +116,7 @@ const std::set<std::string>& formula_ops() {
                                             "Trilu",
                                             "CastLike",
                                             "Celu",
+                                            "Mish",
                                             "ThresholdedRelu",
                                             "Cosh",
                                             "Sinh",
@@ -424,6 +425,16 @@ class Importer {
 
   bool training_flags() const { return options_.mode != OnnxGraphMode::as_written; }
 
+  static bool all_finite(const Tensor& t) {
+    if (t.dtype() == DType::f32) {
+      const float* p = t.data<float>();
+      return std::all_of(p, p + t.numel(), [](float v) { return std::isfinite(v); });
+    }
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(t.get_f64(i))) return false;
+    return true;
+  }
+
   void add_initializers() {
     for (const auto& init : model_.graph().initializer()) {
       if (init.name().empty()) fail("an initializer has no name", "the exporter is broken");
@@ -436,8 +447,8 @@ class Importer {
       enum { constant, parameter, state } kind = constant;
       if (is_float && training_flags() && running_stats_.count(init.name()))
         kind = wanted() ? state : constant;
-      else if (is_float && differentiable_.count(init.name()) && wanted())
-        kind = parameter;
+      else if (is_float && differentiable_.count(init.name()) && wanted() && all_finite(t))
+        kind = parameter;  // (a float holding inf or NaN is a mask or a sentinel: a constant, never trained)
       wrap(fmt::format("initializer '{}'", init.name()), [&] {
         if (kind == parameter) {
           g().add_parameter(init.name(), std::move(t), true);
@@ -1623,6 +1634,8 @@ class Importer {
                   node("Mul", {node("Sub", {e, c("one", 1)}, {}, "expm1"), c("alpha", a)}, {}, "elu")},
                  {}, "negative");
         node("Add", {node("Relu", {x}, {}, "positive"), neg}, {}, "celu", true);
+      } else if (p.op == "Mish") {  // x tanh(softplus(x))
+        node("Mul", {x, node("Tanh", {node("Softplus", {x}, {}, "softplus")}, {}, "tanh")}, {}, "mish", true);
       } else if (p.op == "ThresholdedRelu") {  // x where x > alpha, else 0
         ValueId above = node("Greater", {x, c("alpha", float_attr("alpha", 1.0))}, {}, "above");
         node("Where", {above, x, c("zero", 0)}, {}, "where", true);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <iterator>
 
@@ -91,8 +92,10 @@ bool RowWriter::write(const void* values, int64_t n) {
         if (c) buf_ += ',';
         if (dtype_ == engine::DType::i64)
           fmt::format_to(out, "{}", static_cast<const int64_t*>(values)[r * per_row + c]);
+        else if (const float v = static_cast<const float*>(values)[r * per_row + c]; std::isnan(v))
+          buf_ += "nan";  // whatever its sign bit (numpy and pandas read "nan", not "-nan")
         else
-          fmt::format_to(out, "{}", static_cast<const float*>(values)[r * per_row + c]);
+          fmt::format_to(out, "{}", v);
       }
       buf_ += '\n';
       if (buf_.size() >= kFlushBytes && !flush()) return false;

@@ -2530,7 +2530,11 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         double loss = read_scalar(s, p.loss);
         if (!std::isfinite(loss))
           throw RuntimeError(
-              fmt::format("the loss became {} at epoch {}, step {}", loss, st.epoch + 1, st.batch + 1),
+              fmt::format("the loss became {} at epoch {}, step {}",
+                          std::isnan(loss) ? "nan"
+                          : loss > 0       ? "inf"
+                                           : "-inf",
+                          st.epoch + 1, st.batch + 1),
               "lower the learning rate, clip gradients (train.optimizer.clipnorm), or scale the data "
               "(data.scale, "
               "a Normalization layer)");

@@ -442,7 +442,7 @@ learning_rate = 0.01
              ["train.loss_weights has 2 weights, and the model has 3 outputs"]),
             (base.replace("[train]\n", "[train]\nclass_weight = [1.0, 2.0]\n"), ["class_weight weighs the classes of a model of one output"]),
             # Tables by output name in a model of one output.
-            (base.replace('outputs = ["digit", "parity", "level"]\n', ""), ["the model names no outputs"]),
+            (base.replace('outputs = ["digit", "parity", "level"]\n', ""), ["[model] outputs lists none"]),
             # Labels: y naming one set of .npy files, an output without labels, labels out of range.
             (base.replace(NPZ, 'x = "x.npy"\ny = "digit.npy"'), ["3 outputs (digit, parity, level)", "y = { digit ="]),
             (base.replace(NPZ, 'x = "x.npy"\ny = { digit = "digit.npy", level = "level.npy" }'),

@@ -412,6 +412,32 @@ learning_rate = 0.002
         cli_util.assert_input_error(self, r, "running mean 'bn1.running_mean' is frozen and its running variance "
                                     "'bn1.running_var' is not", "freeze both running statistics")
 
+    def test_an_initializer_holding_minus_infinity_is_a_constant_mask(self):
+        # A mask kept in a float buffer (PyTorch's causal attn_mask: 0 and -inf) reaches the gradient; trained,
+        # its -inf entries would turn NaN. It stays as it is, and the finite weights train.
+        rng = np.random.default_rng(7)
+        mask = np.array([-np.inf, 0.1, 0.2, -np.inf], np.float32)
+        m = model([h.make_node("Add", ["input", "mask"], ["a"]), h.make_node("Relu", ["a"], ["r"]),
+                   h.make_node("MatMul", ["r", "W"], ["output"])],
+                  [h.make_tensor_value_info("input", T.FLOAT, ["N", 4])],
+                  [h.make_tensor_value_info("output", T.FLOAT, ["N", 2])],
+                  [nh.from_array(mask, "mask"), weight(rng, "W", (4, 2))], 17)
+        self.save(m, "masked.onnx")
+        np.save(self.path("masked_x.npy"), rng.normal(size=(8, 4)).astype(np.float32))
+        np.save(self.path("masked_y.npy"), rng.normal(size=(8, 2)).astype(np.float32))
+        spec = self.path("masked.toml")
+        with open(spec, "w") as f:
+            f.write('format_version = 1\n[model]\nonnx = "masked.onnx"\n[data.train]\nx = "masked_x.npy"\n'
+                    'y = "masked_y.npy"\n[train]\nloss = "mse"\nepochs = 3\nbatch_size = 8\n'
+                    '[train.optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+        _, ckpt = self.fit([spec], self.path("run_masked"))
+        trained = cli_util.read_checkpoint(ckpt)
+        self.assertNotIn("mask", trained)
+        self.assertFalse(np.array_equal(trained["W"], weights_of(m)["W"]))
+        np.testing.assert_array_equal(weights_of(self.export(ckpt, "masked_out.onnx"))["mask"], mask)
+        s = json.loads(run(["summary", spec, "--json"]).stdout)
+        self.assertEqual((s["trainable_params"], s["total_params"]), (8, 12))
+
     @cli_util.skip_without_fashion
     def test_shape_chain_folds_and_the_export_takes_any_batch(self):
         for batch_dim in ("N", 1):  # symbolic, and fixed at 1 as exports without dynamic axes have it
@@ -1365,6 +1391,16 @@ class ModelFileForms(unittest.TestCase):
                      [nh.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
                       vector("b", [[0.1, -0.2, 0.3]]), ints("shape", [batch, 3])], 17)
 
+    def test_a_missing_model_file_is_named_with_where_its_path_starts(self):
+        r = run(["fit", self.path("nothere.onnx"), "--train", self.path("train.toml")])
+        cli_util.assert_input_error(self, r, "nothere.onnx does not exist",
+                                    "a model on the command line is relative to the working directory")
+        spec = self.path("missing_model.toml")
+        with open(self.path("train.toml")) as f, open(spec, "w") as g:
+            g.write(f.read().replace("format_version = 1\n", 'format_version = 1\n[model]\nonnx = "gone.onnx"\n'))
+        cli_util.assert_input_error(self, run(["fit", spec]), "missing_model.toml:3:", "gone.onnx does not exist",
+                                    "[model] onnx is relative to the spec's folder")
+
     def test_a_fixed_batch_model_is_summarized_trained_and_predicted_at_its_batch(self):
         def onnx_weights(m):
             return {t.name: nh.to_array(t) for t in m.graph.initializer}
@@ -1402,7 +1438,7 @@ class ModelFileForms(unittest.TestCase):
         # At another batch its Reshape cannot build: the error names the batches, not only the node.
         r = run(["fit", path, "--train", self.path("train.toml"), "--device", "cpu", "-q", "--batch-size", "2"],
                 timeout=120)
-        cli_util.assert_input_error(self, r, "fixes its batch at 1", "also needs a batch of 2", "node 'Reshape'",
+        cli_util.assert_input_error(self, r, "fixes its batch at 1", "this run's batch_size is 2", "node 'Reshape'",
                                     "dynamic_axes={'x': {0: 'batch'}}", "batch_size = 1")
 
     def test_image_arrays_channels_first_or_last_train_alike(self):

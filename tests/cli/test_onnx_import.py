@@ -86,6 +86,14 @@ class OnnxImport(unittest.TestCase):
                 want = self.assert_predicts_as_onnxruntime(m, "hardmax.onnx", x)
                 self.assertTrue((want.reshape(5, -1).sum(axis=1) == ones).all())
 
+    def test_mish_of_opset_18_predicts_as_onnxruntime(self):
+        # PyTorch 2's export of nn.Mish: x tanh(softplus(x)), over large values of either sign too.
+        x = np.concatenate([np.random.default_rng(2).standard_normal((4, 6)) * 3,
+                            [[-100, -20, 0, 20, 100, 1e-3]]]).astype(np.float32)
+        m = model([h.make_node("Mish", ["x"], ["y"])], ["N", 6], ["N", 6], [], 18)
+        want = self.assert_predicts_as_onnxruntime(m, "mish.onnx", x)
+        np.testing.assert_allclose(want, x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))), rtol=1e-5, atol=1e-6)
+
     def test_an_opset_11_softmax_over_several_axes_fine_tunes_and_exports_at_a_newer_opset(self):
         rng = np.random.default_rng(1)
         x = rng.standard_normal((16, 3, 4)).astype(np.float32)

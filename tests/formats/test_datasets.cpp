@@ -4,12 +4,16 @@
 #include <doctest/doctest.h>
 #include <zlib.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -17,6 +21,7 @@
 #include "engine/util/error.h"
 #include "formats/data_text.h"
 #include "formats/datasets.h"
+#include "formats/stream_output.h"
 
 using namespace trainer;
 using namespace trainer::formats;
@@ -784,5 +789,26 @@ TEST_SUITE("datasets") {
     CHECK(input_error([&] {
             open_dataset(src, dir.path);
           }).find("text data needs [data.text] and its vocabulary") != std::string::npos);
+  }
+}
+
+TEST_SUITE("datasets") {
+  TEST_CASE("predict's CSV rows: shortest exact floats, and nan whatever its sign bit") {
+    TempDir dir;
+    const std::string path = dir.path + "/rows.csv";
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    REQUIRE(fd >= 0);
+    {
+      RowWriter w(fd, path, RowFormat::csv, DType::f32, 2, -1);
+      const float values[] = {1.5f, std::numeric_limits<float>::quiet_NaN(),
+                              -std::numeric_limits<float>::quiet_NaN(),
+                              -std::numeric_limits<float>::infinity()};
+      CHECK(w.write(values, 2));
+      CHECK(w.finish());
+    }
+    ::close(fd);
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(text == "1.5,nan\nnan,-inf\n");
   }
 }

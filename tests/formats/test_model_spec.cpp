@@ -1385,7 +1385,12 @@ TEST_SUITE("model_spec") {
     f = failure(model + train + "[train.early_stopping]\nmonitor = \"val_accuracy\"\n");
     CHECK(f.what == "train.early_stopping.monitor 'val_accuracy' is not a reported quantity");
     f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = { dense = [\"mae\"] }\n");
-    CHECK(f.what == "train.metrics is a table by output name, and the model names no outputs");
+    CHECK(f.what == "train.metrics is a table by output name, and [model] outputs lists none");
+    f = failure(
+        "format_version = 1\n[model]\nonnx = \"m.onnx\"\n[train]\nloss = \"mse\"\nfrom_logits = { cls = true "
+        "}\n");
+    CHECK(f.what == "train.from_logits is a table by output name, and [model] outputs lists none");
+    CHECK(f.hint.find("list the ONNX model's outputs that train in [model] outputs") == 0);
     f = failure(kHead + "[train]\nloss = \"mse\"\nloss_weights = [1]\n");
     CHECK(f.what == "train.loss_weights weighs the losses of a model's several outputs");
     f = failure("format_version = 1\n[model]\ninput = [4]\noutputs = [\"a\", \"a\"]\n");
