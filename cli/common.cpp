@@ -1199,6 +1199,15 @@ void check_output_and_loss(const formats::ModelSpec& spec, const models::BuiltMo
   }
 }
 
+std::vector<int64_t> image_input_shape(const formats::ModelSpec& spec, const models::BuiltModel& model) {
+  if (spec.model.onnx.empty()) return spec.model.input.shape;
+  std::vector<int64_t> d = model.graph.value(model.input).shape.dims();
+  d.erase(d.begin());
+  const auto colours = [](int64_t c) { return c == 1 || c == 3 || c == 4; };
+  if (d.size() == 3 && !colours(d[2]) && colours(d[0])) d = {d[1], d[2], d[0]};
+  return d;
+}
+
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model) {
   SpecData out;
   const formats::DataSection& ds = spec.data;
@@ -1216,6 +1225,7 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const size_t weight_sets = weighted ? (per_output ? outputs.size() : 1) : 0;
   formats::DatasetOptions options;
   if (ds.text) options.text = &*ds.text;
+  options.image_shape = image_input_shape(spec, model);
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
         formats::open_dataset(src, spec.base_dir, names, outputs, options);

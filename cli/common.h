@@ -151,6 +151,10 @@ struct SpecData {
   // The sample weight inputs' values per sample (FitConfig::sample_weight_shapes): [] or [steps] each.
   std::vector<std::vector<int64_t>> sample_weight_shapes;
 };
+// The [height, width, channels] that image folders (format = "images") are decoded to: the model's first
+// input, a spec's channels-last shape, or an ONNX input's, channels first ([C, H, W]) unless it ends in 1, 3
+// or 4 channels.
+std::vector<int64_t> image_input_shape(const formats::ModelSpec& spec, const models::BuiltModel& model);
 // Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation
 // split holds out the last samples of train, as Keras does.
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -17,6 +18,7 @@
 #include "cli/common.h"
 #include "engine/train/session.h"
 #include "engine/util/error.h"
+#include "formats/data_image.h"
 #include "formats/data_npy.h"
 #include "formats/onnx_import.h"
 #include "formats/stream_input.h"
@@ -62,6 +64,9 @@ struct PredictModel {
   std::vector<std::string> notes;  // for stderr: how predict reads the model where that may surprise
   // A checkpoint trained on text data ([data.text]): INPUT is text, a sample per line, vectorized so.
   std::shared_ptr<const formats::TextVectorizer> text;
+  // A checkpoint trained on image folders (format = "images"): image files and folders of them are INPUT
+  // too, decoded and resized to this [height, width, channels] as fit read the training images.
+  std::vector<int64_t> image_shape;
 };
 
 // The loss output k was trained with: [train] loss for a model of one output, else its own; "" for none.
@@ -126,6 +131,8 @@ PredictModel checkpoint_model(const std::string& path) {
   }
   if (spec.data.text && !spec.data.text->vocabulary.empty() && m.inputs.size() == 1)
     m.text = std::make_shared<const formats::TextVectorizer>(*spec.data.text);
+  if (spec.data.train && spec.data.train->format == "images" && m.inputs.size() == 1)
+    m.image_shape = image_input_shape(spec, probe);
   // A model trained on logits has its decision boundary at 0.
   m.outputs = {probe.output_name.empty() ? std::string("output") : probe.output_name};
   m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
@@ -516,7 +523,8 @@ Command add_predict_command(CLI::App& app) {
                   "Samples: an NPY, IDX or CSV file, or a CIFAR-10 batch (.bin), gzip allowed; - or none: "
                   "standard input. A model of "
                   "several inputs takes one file per input, in the model's order, or an NPZ of arrays named "
-                  "after the inputs. A checkpoint trained on text data reads a text per line");
+                  "after the inputs. A checkpoint trained on text data reads a text per line; one trained on "
+                  "image folders also takes image files and folders of them");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));
@@ -573,7 +581,28 @@ Command add_predict_command(CLI::App& app) {
                          }());
       model.written = {static_cast<size_t>(it - model.outputs.begin())};
     }
-    const bool npz = paths.size() == 1 && !model.text && is_npz(paths[0]);
+    // Image files and folders of them, for a model trained on image folders: one NPY array made of them all.
+    std::unique_ptr<formats::SampleReader> images;
+    if (model.image_shape.size() == 3 && !paths.empty() &&
+        std::all_of(paths.begin(), paths.end(), [](const std::string& p) {
+          std::error_code ec;
+          return std::filesystem::is_directory(p, ec) || formats::is_image_name(p);
+        })) {
+      const std::vector<int64_t>& s = model.image_shape;
+      std::vector<std::string> files;
+      auto npy = formats::images_as_npy(paths, s[0], s[1], s[2], &files);
+      images = std::make_unique<formats::SampleReader>(
+          std::move(npy),
+          paths.size() == 1 ? paths[0] : fmt::format("{} and {} more", paths[0], paths.size() - 1));
+      if (!*quiet)
+        eprint(
+            "{} image{}, in this order: {}{}\n", files.size(), files.size() == 1 ? "" : "s",
+            fmt::join(files.begin(),
+                      files.begin() + static_cast<std::ptrdiff_t>(std::min<size_t>(files.size(), 5)), ", "),
+            files.size() > 5 ? ", ..." : "");
+      paths = {paths[0]};
+    }
+    const bool npz = paths.size() == 1 && !model.text && !images && is_npz(paths[0]);
     for (const std::string& p : paths)
       if (paths.size() > 1 && is_npz(p))
         throw InputError(p, "an .npz INPUT holds the array of every input, and other INPUTs are given",
@@ -604,7 +633,9 @@ Command add_predict_command(CLI::App& app) {
     if (npz) readers = npz_readers(paths[0], model);
     int64_t count = -1;
     for (size_t k = 0; k < model.inputs.size(); ++k) {
-      if (!npz)
+      if (images)
+        readers.push_back(std::move(images));
+      else if (!npz)
         readers.push_back(model.text ? std::make_unique<formats::SampleReader>(paths[k], model.text)
                                      : std::make_unique<formats::SampleReader>(paths[k]));
       const formats::SampleReader& r = *readers[k];

@@ -116,11 +116,13 @@ std::vector<std::string> text_words(std::string_view text, const std::string& st
   return words;
 }
 
-TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) {
+ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
+                            const std::function<bool(const std::string&)>& is_sample,
+                            const std::string& samples) {
   const std::string at = where(src.pos);
   if (src.x.empty())
-    throw InputError(at, "the text source names no folders",
-                     "set x = \"aclImdb/train\": a folder of class folders");
+    throw InputError(at, fmt::format("the {} source names no folders", kind),
+                     "set x to a folder of class folders, such as \"train\"");
   std::vector<std::string> folders;
   for (const std::string& pattern : src.x) {
     const std::string full =
@@ -138,13 +140,14 @@ TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) 
     }
     if (found.empty())
       throw InputError(at,
-                       fmt::format("text data: '{}' is not a folder{}", pattern,
+                       fmt::format("{} data: '{}' is not a folder{}", kind, pattern,
                                    full == pattern ? "" : fmt::format(" (looked for {})", full)),
-                       is_file(full) ? "x names a folder that holds one folder of .txt files per class"
-                                     : "relative paths start at the spec's folder");
+                       is_file(full)
+                           ? fmt::format("x names a folder that holds one folder of {} per class", samples)
+                           : "relative paths start at the spec's folder");
     folders.insert(folders.end(), found.begin(), found.end());
   }
-  TextCorpus c;
+  ClassFiles c;
   c.class_names = src.class_names;
   if (c.class_names.empty()) {
     // Every class folder found, in sorted order; each folder x names must hold the same classes.
@@ -154,8 +157,8 @@ TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) 
         if (is_dir(f + "/" + e)) all.insert(e);
     c.class_names.assign(all.begin(), all.end());
     if (c.class_names.empty())
-      throw InputError(at, fmt::format("text data: {} holds no class folders", folders[0]),
-                       "put each class's .txt files in a folder named after the class (neg/, pos/, ...)");
+      throw InputError(at, fmt::format("{} data: {} holds no class folders", kind, folders[0]),
+                       fmt::format("put each class's {} in a folder named after the class", samples));
   }
   // Every file first; the samples then come in the order of a hash of their class and file names, which
   // mixes the classes (as Keras shuffles the files) the same way every time, so that limit and
@@ -170,37 +173,49 @@ TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) 
     for (size_t k = 0; k < c.class_names.size(); ++k) {
       const std::string dir = f + "/" + c.class_names[k];
       if (!is_dir(dir))
-        throw InputError(at, fmt::format("text data: {} has no class folder '{}'", f, c.class_names[k]),
+        throw InputError(at, fmt::format("{} data: {} has no class folder '{}'", kind, f, c.class_names[k]),
                          src.class_names.empty()
                              ? "every folder x names must hold the same class folders"
                              : "class_names names folders inside each folder that x names");
-      size_t texts = 0;
+      size_t n = 0;
       for (const std::string& e : entries(dir)) {
         const std::string path = dir + "/" + e;
-        if (!e.ends_with(".txt") || !is_file(path)) continue;
-        ++texts;
+        if (e.starts_with(".") || !is_sample(e) || !is_file(path)) continue;
+        ++n;
         const std::string name = c.class_names[k] + "/" + e;
         Xxh64 h;
         h.update(name.data(), name.size());
         found.push_back({h.digest(), path, static_cast<int64_t>(k)});
       }
-      if (texts == 0)
-        throw InputError(at, fmt::format("text data: the class folder {} holds no .txt files", dir),
-                         "each class folder holds its samples as .txt files, one text per file");
+      if (n == 0)
+        throw InputError(at, fmt::format("{} data: the class folder {} holds no {}", kind, dir, samples),
+                         fmt::format("each class folder holds its samples as {}", samples));
     }
   }
   std::stable_sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.key < b.key; });
   if (src.limit > 0 && static_cast<size_t>(src.limit) < found.size())
     found.resize(static_cast<size_t>(src.limit));
   for (Found& f : found) {
-    std::ifstream in(f.path, std::ios::binary);
-    if (!in) throw InputError(f.path, "cannot be read", "check the file's permissions");
+    c.files.push_back(std::move(f.path));
+    c.labels.push_back(f.label);
+  }
+  return c;
+}
+
+TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) {
+  ClassFiles files = list_class_files(
+      src, base_dir, "text", [](const std::string& name) { return name.ends_with(".txt"); }, ".txt files");
+  TextCorpus c;
+  c.class_names = std::move(files.class_names);
+  c.labels = std::move(files.labels);
+  for (const std::string& path : files.files) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw InputError(path, "cannot be read", "check the file's permissions");
     std::ostringstream text;
     text << in.rdbuf();
     c.texts.push_back(std::move(text).str());
-    c.labels.push_back(f.label);
-    c.files.push_back(std::move(f.path));
   }
+  c.files = std::move(files.files);
   return c;
 }
 

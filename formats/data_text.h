@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -20,6 +21,22 @@ namespace trainer::formats {
 // [!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~]), split at runs of white space. Bytes that are not UTF-8 become
 // U+FFFD, so every word is valid UTF-8.
 std::vector<std::string> text_words(std::string_view text, const std::string& standardize);
+
+// The files of a source of folders of class folders (text, images): each folder that x names (globs allowed)
+// holds one folder per class, whose files that `is_sample` accepts (by name; hidden files are left out) are
+// the samples, labelled by the class's index: in class_names' order when the source gives it, else in the
+// sorted order of the folders found. The samples come in the order of a hash of their class and file names
+// (classes mixed, the same way every time); `limit` keeps the first ones. `kind` ("text", "image") and
+// `samples` (".txt files") word the errors: a missing folder, a class folder missing or without samples, or
+// no class at all, at the source's position.
+struct ClassFiles {
+  std::vector<std::string> files;
+  std::vector<int64_t> labels;
+  std::vector<std::string> class_names;
+};
+ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
+                            const std::function<bool(const std::string&)>& is_sample,
+                            const std::string& samples);
 
 // The texts of a source: each folder that x names (globs allowed) holds one folder per class, whose .txt
 // files are the samples, labelled by the class's index: in class_names' order when the source gives it,

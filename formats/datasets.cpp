@@ -17,6 +17,7 @@
 #include "formats/data_cifar.h"
 #include "formats/data_csv.h"
 #include "formats/data_idx.h"
+#include "formats/data_image.h"
 #include "formats/data_npy.h"
 #include "formats/data_text.h"
 
@@ -156,8 +157,22 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     std::vector<std::string> known(std::begin(kDataFormats), std::end(kDataFormats));
     std::string hint = did_you_mean(format, known);
     throw InputError(
-        where, fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv, text", format),
+        where,
+        fmt::format("unknown data format '{}'; known: idx, cifar10, npy, npz, csv, text, images", format),
         hint);
+  }
+  if (format == "images") {
+    if (!src.y.empty())
+      throw InputError(where, "image data is labelled by its class folders; y names other files", "remove y");
+    const std::vector<int64_t>& s = options.image_shape;
+    if (s.size() != 3 || (s[2] != 1 && s[2] != 3 && s[2] != 4))
+      throw InputError(
+          where,
+          fmt::format("image data needs a model input of [height, width, channels] with 1, 3 or 4 "
+                      "channels, and the input is [{}]",
+                      fmt::join(s, ", ")),
+          "e.g. input = [180, 180, 3] for RGB images resized to 180 by 180");
+    return open_image_source(src, base_dir, s[0], s[1], s[2], options.spill_bytes);
   }
   if (format == "text") {
     if (!src.y.empty())

@@ -1,6 +1,6 @@
 // Opens the dataset a spec's [data] source names: resolves its files (globs, relative to the spec's folder),
-// picks the reader (idx, cifar10, npy, npz, csv; text for folders of class folders) from `format` or the file
-// names, and applies `limit`.
+// picks the reader (idx, cifar10, npy, npz, csv; text and images for folders of class folders) from `format`
+// or the file names, and applies `limit`.
 #pragma once
 
 #include <memory>
@@ -13,13 +13,15 @@
 
 namespace trainer::formats {
 
-inline constexpr const char* kDataFormats[] = {"idx", "cifar10", "npy", "npz", "csv", "text"};
+inline constexpr const char* kDataFormats[] = {"idx", "cifar10", "npy", "npz", "csv", "text", "images"};
 
 struct DatasetOptions {
   // Decompressed or parsed data past this size goes to an unlinked temporary file that is memory-mapped.
   int64_t spill_bytes = kDefaultSpillBytes;
   // The TextVectorization of "text" sources, its vocabulary given or adapted (data_text.h).
   const TextSpec* text = nullptr;
+  // The model input's [height, width, channels], which "images" sources are decoded and resized to.
+  std::vector<int64_t> image_shape;
 };
 
 // Missing files, unreadable or malformed data, and x/y files that disagree are InputErrors: at the source's

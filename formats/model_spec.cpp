@@ -128,7 +128,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
 };
 
 const Keys kDtypes = {"float32", "int32", "int64"};
-const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv", "text"};
+const Keys kFormats = {"idx", "cifar10", "npy", "npz", "csv", "text", "images"};
 const Keys kLosses = {"sparse_categorical_crossentropy",
                       "categorical_crossentropy",
                       "binary_crossentropy",
@@ -1444,9 +1444,9 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
     if (text && !d.text)
       r.fail((*src)->pos, "text data needs a [data.text] table",
              "add [data.text] with output_sequence_length (and max_tokens, e.g. an Embedding's input_dim)");
-    if (!text && !(*src)->class_names.empty())
-      r.fail((*src)->pos, "class_names is for text data (format = \"text\")",
-             "set format = \"text\", or remove class_names");
+    if (!text && (*src)->format != "images" && !(*src)->class_names.empty())
+      r.fail((*src)->pos, "class_names is for folders of class folders (format = \"text\" or \"images\")",
+             "set format = \"text\" or \"images\", or remove class_names");
   }
   if (d.text && !any_text)
     r.fail(d.text->pos, "[data.text] is for text sources, and no source has format = \"text\"",

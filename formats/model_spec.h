@@ -101,7 +101,7 @@ struct ModelSection {
 
 // One data source: a reader format and its files. Readers (formats/data_*.cpp) interpret the options.
 struct DataSource {
-  std::string format;          // idx | cifar10 | npy | npz | csv | text; "" = from the file extension
+  std::string format;  // idx | cifar10 | npy | npz | csv | text | images; "" = from the file extension
   std::vector<std::string> x;  // feature files (globs allowed; resolved relative to the spec's folder)
   std::vector<std::string> y;  // label files, for formats that keep labels apart (idx, npy); empty otherwise
   std::string x_key = "x";     // npz array names
@@ -126,7 +126,8 @@ struct DataSource {
   bool header = true;        // csv
   std::string label_column;  // csv: a column name, or a 0-based index written as digits; "" = last column
   int64_t limit = 0;         // use only the first N samples (0: all); handy for quick runs
-  // text: the class folders to read, in label order (Keras's class_names); empty: every folder, sorted.
+  // text, images: the class folders to read, in label order (Keras's class_names); empty: every folder,
+  // sorted.
   std::vector<std::string> class_names;
   SourcePos pos;
   bool operator==(const DataSource&) const = default;

@@ -653,6 +653,15 @@ SampleReader::SampleReader(const std::string& npz_path, const std::string& key)
   open();
 }
 
+SampleReader::SampleReader(std::shared_ptr<const Bytes> npy, std::string name)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.name = std::move(name);
+  m.mem_end = npy->size();
+  m.mem = std::move(npy);
+  open();
+}
+
 SampleReader::SampleReader(const std::string& path, std::shared_ptr<const TextVectorizer> vectorizer)
     : impl_(std::make_unique<Impl>()) {
   open_path(path);

@@ -10,6 +10,7 @@
 
 #include "engine/data/dataset.h"
 #include "engine/ir/dtype.h"
+#include "formats/data_bytes.h"
 #include "formats/data_text.h"
 
 namespace trainer::formats {
@@ -43,6 +44,8 @@ class SampleReader {
   // The array `key` of an .npz archive (a member `key`.npy, stored or deflated, inflated in memory or, when
   // large, in a temporary file). A missing array is an InputError listing the archive's arrays.
   SampleReader(const std::string& npz_path, const std::string& key);
+  // The bytes of an NPY array made in memory (images decoded for trainer predict), named `name`.
+  SampleReader(std::shared_ptr<const Bytes> npy, std::string name);
   // Text, one sample per line that is not blank (gzip-compressed or not), turned into token ids by
   // `vectorizer` (a checkpoint trained on text data): i32 samples of [vectorizer.length()]. NPY and IDX
   // input holds ids already, and is read as the constructor above reads it.

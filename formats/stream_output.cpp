@@ -20,7 +20,10 @@ constexpr size_t kFlushBytes = size_t{1} << 16;
 }
 
 std::string npy_header(engine::DType dtype, const std::string& shape_tuple) {
-  const char* descr = dtype == engine::DType::i64 ? "<i8" : dtype == engine::DType::f32 ? "<f4" : nullptr;
+  const char* descr = dtype == engine::DType::i64   ? "<i8"
+                      : dtype == engine::DType::f32 ? "<f4"
+                      : dtype == engine::DType::u8  ? "|u1"
+                                                    : nullptr;
   TRAINER_ASSERT(descr != nullptr, "NPY output of {}", engine::dtype_name(dtype));
   std::string dict =
       fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shape_tuple);

@@ -6,7 +6,7 @@ set -euo pipefail
 debs=(
   build-essential cmake ninja-build ccache pkg-config python3 python3-pip groff-base
   libonnx-dev libprotobuf-dev protobuf-compiler libcli11-dev libfmt-dev doctest-dev
-  libtomlplusplus-dev libdnnl-dev libopenblas-dev zlib1g-dev libopenmpi-dev openmpi-bin
+  libtomlplusplus-dev libdnnl-dev libopenblas-dev zlib1g-dev libpng-dev libjpeg-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist libonnx-testdata python3-torch
 )
 
@@ -24,12 +24,14 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Cross-check tools for the tests (onnx checker, onnxruntime, numpy). Prefer the interpreter CMake will find.
+# Cross-check tools for the tests (onnx checker, onnxruntime, numpy, Pillow). Prefer the interpreter CMake will
+# find.
 py=${PYTHON:-python3}
-if ! "$py" -c "import numpy, onnx, onnxruntime" >/dev/null 2>&1; then
-  echo "install-deps: installing numpy onnx onnxruntime from PyPI" >&2
-  "$py" -m pip install -q --disable-pip-version-check numpy onnx onnxruntime 2>/dev/null ||
-    "$py" -m pip install -q --disable-pip-version-check --break-system-packages numpy onnx onnxruntime
+# Pillow writes and reads the PNG and JPEG files of the image-folder tests.
+if ! "$py" -c "import numpy, onnx, onnxruntime, PIL" >/dev/null 2>&1; then
+  echo "install-deps: installing numpy onnx onnxruntime pillow from PyPI" >&2
+  "$py" -m pip install -q --disable-pip-version-check numpy onnx onnxruntime pillow 2>/dev/null ||
+    "$py" -m pip install -q --disable-pip-version-check --break-system-packages numpy onnx onnxruntime pillow
 fi
 # cuobjdump, for the test of the architectures compiled into a CUDA build; the CUDA image ships nvcc without it.
 if [ -x /usr/local/cuda/bin/nvcc ] && [ ! -x /usr/local/cuda/bin/cuobjdump ] &&

@@ -2,23 +2,36 @@
 // stored and deflated, CSV), their error messages, the real Fashion-MNIST files, and the loader over a real
 // reader.
 #include <doctest/doctest.h>
+#include <png.h>
 #include <zlib.h>
+#include <cstddef>
+#include <cstdio>
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
+// jpeglib.h needs size_t and FILE declared before it.
+// clang-format off
+#include <cstddef>
+#include <cstdio>
+#include <jpeglib.h>
+// clang-format on
 
 #include "engine/data/dataset.h"
 #include "engine/util/error.h"
+#include "formats/data_image.h"
 #include "formats/data_text.h"
 #include "formats/datasets.h"
 #include "formats/stream_output.h"
@@ -810,5 +823,160 @@ TEST_SUITE("datasets") {
     std::ifstream in(path);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     CHECK(text == "1.5,nan\nnan,-inf\n");
+  }
+}
+
+namespace {
+
+// A PNG of `channels` (1, 2, 3 or 4) written by libpng's simplified API.
+void write_png(const std::string& path, int64_t h, int64_t w, int channels,
+               const std::vector<uint8_t>& pixels) {
+  png_image png{};
+  png.version = PNG_IMAGE_VERSION;
+  png.width = static_cast<png_uint_32>(w);
+  png.height = static_cast<png_uint_32>(h);
+  png.format = channels == 1   ? PNG_FORMAT_GRAY
+               : channels == 2 ? PNG_FORMAT_GA
+               : channels == 3 ? PNG_FORMAT_RGB
+                               : PNG_FORMAT_RGBA;
+  REQUIRE(png_image_write_to_file(&png, path.c_str(), 0, pixels.data(), 0, nullptr));
+}
+
+// A JPEG of quality 100 (RGB or grey) written by libjpeg.
+void write_jpeg(const std::string& path, int64_t h, int64_t w, int channels,
+                const std::vector<uint8_t>& pixels) {
+  jpeg_compress_struct c{};
+  jpeg_error_mgr err{};
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  REQUIRE(f);
+  jpeg_stdio_dest(&c, f);
+  c.image_width = static_cast<JDIMENSION>(w);
+  c.image_height = static_cast<JDIMENSION>(h);
+  c.input_components = channels;
+  c.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, 100, TRUE);
+  jpeg_start_compress(&c, TRUE);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW row = const_cast<uint8_t*>(pixels.data() + c.next_scanline * w * channels);
+    jpeg_write_scanlines(&c, &row, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  std::fclose(f);
+}
+
+std::vector<uint8_t> gradient(int64_t h, int64_t w, int channels) {
+  std::vector<uint8_t> p(static_cast<size_t>(h * w * channels));
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x)
+      for (int c = 0; c < channels; ++c)
+        p[static_cast<size_t>((y * w + x) * channels + c)] =
+            static_cast<uint8_t>((y * 37 + x * 11 + c * 60) % 256);
+  return p;
+}
+
+}  // namespace
+
+TEST_SUITE("datasets") {
+  TEST_CASE(
+      "images: PNG and JPEG decoded to the input's channels, resized as Keras resizes, labelled by folder") {
+    TempDir dir;
+    for (const char* cls : {"cat", "dog"}) std::filesystem::create_directories(dir.path + "/train/" + cls);
+    // A PNG of each kind at the input's size is read exactly: RGB as it is, RGBA without its alpha, grey
+    // spread to three channels, grey and alpha likewise.
+    const std::vector<uint8_t> rgb = gradient(4, 5, 3), rgba = gradient(4, 5, 4), grey = gradient(4, 5, 1),
+                               ga = gradient(4, 5, 2);
+    write_png(dir.path + "/train/cat/a.png", 4, 5, 3, rgb);
+    write_png(dir.path + "/train/cat/b.PNG", 4, 5, 4, rgba);
+    write_png(dir.path + "/train/dog/c.png", 4, 5, 1, grey);
+    write_png(dir.path + "/train/dog/d.png", 4, 5, 2, ga);
+    dir.write_text("train/dog/notes.txt", "not an image");  // left out
+    DataSource src = source({"train"}, {}, "images");
+    DatasetOptions options;
+    options.image_shape = {4, 5, 3};
+    auto d = open_dataset(src, dir.path, options);
+    REQUIRE(d->size() == 4);
+    CHECK(d->sample_dtype() == DType::u8);
+    CHECK(d->sample_shape() == Shape{4, 5, 3});
+    CHECK(d->layout() == Layout::hwc);
+    std::map<std::string, std::vector<uint8_t>> want;
+    want["a.png"] = rgb;
+    for (const auto& [name, from, n] :
+         {std::tuple{"b.PNG", &rgba, 4}, {"c.png", &grey, 1}, {"d.png", &ga, 2}}) {
+      std::vector<uint8_t> w;
+      for (int64_t p = 0; p < 20; ++p)
+        for (int c = 0; c < 3; ++c) w.push_back((*from)[static_cast<size_t>(p * n + (n >= 3 ? c : 0))]);
+      want[name] = w;
+    }
+    for (int64_t i = 0; i < 4; ++i) {
+      const std::string where = d->locate(i);
+      CAPTURE(where);
+      const std::string file = where.substr(where.find_last_of('/') + 1,
+                                            where.find(".png") != std::string::npos
+                                                ? where.find(".png") + 4 - where.find_last_of('/') - 1
+                                                : where.find(".PNG") + 4 - where.find_last_of('/') - 1);
+      REQUIRE(want.count(file));
+      CHECK(sample<uint8_t>(*d, i) == want[file]);
+      CHECK(label(*d, i) == (file == "a.png" || file == "b.PNG" ? 0 : 1));
+    }
+
+    // Resized to 3 x 7 with half-pixel centres: each value between its two neighbours on each axis.
+    Image img = decode_image(dir.path + "/train/cat/a.png", 3);
+    std::vector<uint8_t> out(3 * 7 * 3);
+    resize_image(img, 3, 7, out.data());
+    auto at = [&](double y, double x, int c) {
+      y = std::clamp(y, 0.0, 3.0), x = std::clamp(x, 0.0, 4.0);
+      const auto y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x);
+      const int64_t y1 = std::min<int64_t>(y0 + 1, 3), x1 = std::min<int64_t>(x0 + 1, 4);
+      auto p = [&](int64_t r, int64_t q) {
+        return static_cast<double>(rgb[static_cast<size_t>((r * 5 + q) * 3 + c)]);
+      };
+      const double ty = y - static_cast<double>(y0), tx = x - static_cast<double>(x0);
+      return (p(y0, x0) * (1 - tx) + p(y0, x1) * tx) * (1 - ty) +
+             (p(y1, x0) * (1 - tx) + p(y1, x1) * tx) * ty;
+    };
+    for (int64_t y = 0; y < 3; ++y)
+      for (int64_t x = 0; x < 7; ++x)
+        for (int c = 0; c < 3; ++c)
+          CHECK(std::abs(out[static_cast<size_t>((y * 7 + x) * 3 + c)] -
+                         at((y + 0.5) * 4 / 3 - 0.5, (x + 0.5) * 5 / 7 - 0.5, c)) <= 0.5 + 1e-9);  // rounded
+
+    // Grey from colour by TensorFlow's weights; a JPEG (lossy) decodes close to what was written.
+    Image g = decode_image(dir.path + "/train/cat/a.png", 1);
+    for (int64_t p = 0; p < 20; ++p)
+      CHECK(g.pixels[static_cast<size_t>(p)] == std::lround(0.2989 * rgb[static_cast<size_t>(3 * p)] +
+                                                            0.587 * rgb[static_cast<size_t>(3 * p + 1)] +
+                                                            0.114 * rgb[static_cast<size_t>(3 * p + 2)]));
+    const std::vector<uint8_t> smooth = [] {
+      std::vector<uint8_t> p(16 * 16 * 3);
+      for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<uint8_t>(60 + (i / 3 % 16) * 4 + (i / 48) * 3);
+      return p;
+    }();
+    write_jpeg(dir.path + "/train/dog/e.jpg", 16, 16, 3, smooth);
+    Image j = decode_image(dir.path + "/train/dog/e.jpg", 3);
+    REQUIRE(j.pixels.size() == smooth.size());
+    int worst = 0;
+    for (size_t i = 0; i < smooth.size(); ++i)
+      worst = std::max(worst, std::abs(int{j.pixels[i]} - int{smooth[i]}));
+    CHECK(worst <= 3);
+
+    // Damaged or foreign files are errors naming the file.
+    dir.write_text("train/dog/f.jpg", std::string("\xFF\xD8\xFF\xE0", 4) + "cut short");
+    CHECK(input_error([&] {
+            open_dataset(src, dir.path, options);
+          }).find("f.jpg: JPEG image cannot be decoded") != std::string::npos);
+    dir.write_text("train/dog/f.jpg", "GIF89a...");
+    CHECK(input_error([&] {
+            open_dataset(src, dir.path, options);
+          }).find("f.jpg: is neither a PNG nor a JPEG") != std::string::npos);
+    std::filesystem::remove(dir.path + "/train/dog/f.jpg");
+    options.image_shape = {4, 5, 2};
+    CHECK(input_error([&] { open_dataset(src, dir.path, options); })
+              .find("image data needs a model input of [height, width, channels] with 1, 3 or 4 channels, "
+                    "and the "
+                    "input is [4, 5, 2]") != std::string::npos);
   }
 }

@@ -1512,7 +1512,7 @@ TEST_SUITE("model_spec") {
     f = failure(
         kHead +
         "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\nclass_names = [\"a\"]\n[train]\nloss = \"mse\"\n");
-    CHECK(f.what == "class_names is for text data (format = \"text\")");
+    CHECK(f.what == "class_names is for folders of class folders (format = \"text\" or \"images\")");
     f = failure(kHead + "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\n[train]\nloss = \"mse\"\n" + text);
     CHECK(f.what == "[data.text] is for text sources, and no source has format = \"text\"");
   }
