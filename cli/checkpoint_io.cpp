@@ -481,6 +481,18 @@ formats::ModelSpec LoadedCheckpoint::spec(const std::vector<std::string>& overri
   } else {
     s = formats::parse_model_spec(spec_text, where, overrides);
   }
+  // The weights learned the ids of the checkpoint's vocabulary and settings: an override that changes them
+  // would feed them other ids.
+  if (s.data.text && !overrides.empty()) {
+    const formats::ModelSpec held = formats::parse_model_spec(spec_text, where);
+    formats::TextSpec a = *s.data.text, b = held.data.text ? *held.data.text : formats::TextSpec{};
+    a.pos = b.pos = {};
+    if (!(a == b))
+      throw InputError("--set",
+                       "[data.text] of a checkpoint cannot change: its weights learned the ids its "
+                       "vocabulary and settings give",
+                       "leave data.text out of --set, or train anew");
+  }
   s.path = spec_path;
   // Class weights as the run took them: keyed, so that a checkpoint written when an array could leave the
   // last classes out (at 1) resumes as it trained.

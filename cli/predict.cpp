@@ -602,7 +602,7 @@ Command add_predict_command(CLI::App& app) {
             files.size() > 5 ? ", ..." : "");
       paths = {paths[0]};
     }
-    const bool npz = paths.size() == 1 && !model.text && !images && is_npz(paths[0]);
+    const bool npz = paths.size() == 1 && !images && is_npz(paths[0]);
     for (const std::string& p : paths)
       if (paths.size() > 1 && is_npz(p))
         throw InputError(p, "an .npz INPUT holds the array of every input, and other INPUTs are given",

@@ -235,13 +235,12 @@ std::shared_ptr<const Bytes> images_as_npy(const std::vector<std::string>& paths
   return Bytes::from_vector(std::move(out));
 }
 
-std::shared_ptr<const engine::data::Dataset> open_image_source(const DataSource& src,
-                                                               const std::string& base_dir, int64_t height,
-                                                               int64_t width, int64_t channels,
-                                                               int64_t spill_bytes) {
+std::shared_ptr<const engine::data::Dataset> open_image_source(
+    const DataSource& src, const std::string& base_dir, int64_t height, int64_t width, int64_t channels,
+    int64_t spill_bytes, const std::vector<std::string>& training_classes) {
   const ClassFiles files = list_class_files(
       src, base_dir, "image", [](const std::string& name) { return is_image_name(name); },
-      ".png or .jpg images");
+      ".png or .jpg images", training_classes);
   const auto n = static_cast<int64_t>(files.files.size());
   const auto record = static_cast<size_t>(height * width * channels);
   SpillWriter pixels(spill_bytes, "decoded images");

@@ -3,10 +3,12 @@
 
 #include <dirent.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <glob.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -116,9 +118,11 @@ std::vector<std::string> text_words(std::string_view text, const std::string& st
   return words;
 }
 
-ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
-                            const std::function<bool(const std::string&)>& is_sample,
-                            const std::string& samples) {
+namespace {
+
+// The folders that x names (globs allowed), each an InputError at the source when it is not one.
+std::vector<std::string> resolve_folders(const DataSource& src, const std::string& base_dir,
+                                         const std::string& kind, const std::string& samples) {
   const std::string at = where(src.pos);
   if (src.x.empty())
     throw InputError(at, fmt::format("the {} source names no folders", kind),
@@ -147,15 +151,46 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
                            : "relative paths start at the spec's folder");
     folders.insert(folders.end(), found.begin(), found.end());
   }
+  return folders;
+}
+
+// The class folders (not hidden) of `folders`, sorted.
+std::vector<std::string> class_folders_of(const std::vector<std::string>& folders) {
+  std::set<std::string> all;
+  for (const std::string& f : folders)
+    for (const std::string& e : entries(f))
+      if (!e.starts_with(".") && is_dir(f + "/" + e)) all.insert(e);
+  return {all.begin(), all.end()};
+}
+
+}  // namespace
+
+std::vector<std::string> class_folders(const DataSource& src, const std::string& base_dir) {
+  return class_folders_of(resolve_folders(src, base_dir, src.format, "samples"));
+}
+
+ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
+                            const std::function<bool(const std::string&)>& is_sample,
+                            const std::string& samples, const std::vector<std::string>& training_classes) {
+  const std::string at = where(src.pos);
+  const std::vector<std::string> folders = resolve_folders(src, base_dir, kind, samples);
   ClassFiles c;
   c.class_names = src.class_names;
+  // A source without class_names beside training data of folders takes the training classes (its labels
+  // are theirs); it may lack one, but not hold another.
+  const bool training = c.class_names.empty() && !training_classes.empty();
+  if (training) {
+    c.class_names = training_classes;
+    for (const std::string& name : class_folders_of(folders))
+      if (std::find(c.class_names.begin(), c.class_names.end(), name) == c.class_names.end())
+        throw InputError(at,
+                         fmt::format("{} data: class folder '{}' is not one of the training data's ({})",
+                                     kind, name, fmt::join(c.class_names, ", ")),
+                         "give every source the training data's class folders, or list them in class_names");
+  }
   if (c.class_names.empty()) {
     // Every class folder found, in sorted order; each folder x names must hold the same classes.
-    std::set<std::string> all;
-    for (const std::string& f : folders)
-      for (const std::string& e : entries(f))
-        if (is_dir(f + "/" + e)) all.insert(e);
-    c.class_names.assign(all.begin(), all.end());
+    c.class_names = class_folders_of(folders);
     if (c.class_names.empty())
       throw InputError(at, fmt::format("{} data: {} holds no class folders", kind, folders[0]),
                        fmt::format("put each class's {} in a folder named after the class", samples));
@@ -172,22 +207,39 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
   for (const std::string& f : folders) {
     for (size_t k = 0; k < c.class_names.size(); ++k) {
       const std::string dir = f + "/" + c.class_names[k];
-      if (!is_dir(dir))
+      if (training && !is_dir(dir)) continue;  // no samples of that class here
+      if (!is_dir(dir)) {
+        std::vector<std::string> there;
+        for (const std::string& e : entries(f))
+          if (!e.starts_with(".") && is_dir(f + "/" + e)) there.push_back(e);
+        std::string hint = did_you_mean(c.class_names[k], there);
+        hint += (hint.empty() ? "" : "; ") +
+                fmt::format("its class folders: {}",
+                            there.empty() ? "none" : fmt::format("{}", fmt::join(there, ", ")));
         throw InputError(at, fmt::format("{} data: {} has no class folder '{}'", kind, f, c.class_names[k]),
-                         src.class_names.empty()
-                             ? "every folder x names must hold the same class folders"
-                             : "class_names names folders inside each folder that x names");
-      size_t n = 0;
-      for (const std::string& e : entries(dir)) {
-        const std::string path = dir + "/" + e;
-        if (e.starts_with(".") || !is_sample(e) || !is_file(path)) continue;
-        ++n;
-        const std::string name = c.class_names[k] + "/" + e;
-        Xxh64 h;
-        h.update(name.data(), name.size());
-        found.push_back({h.digest(), path, static_cast<int64_t>(k)});
+                         hint);
       }
-      if (n == 0)
+      size_t n = 0;
+      // The class folder's files and those of its subfolders (as Keras walks them), hidden ones left out.
+      std::function<void(const std::string&, const std::string&)> walk = [&](const std::string& d,
+                                                                             const std::string& rel) {
+        for (const std::string& e : entries(d)) {
+          if (e.starts_with(".")) continue;
+          const std::string path = d + "/" + e;
+          if (is_dir(path)) {
+            walk(path, rel + e + "/");
+            continue;
+          }
+          if (!is_sample(e) || !is_file(path)) continue;
+          ++n;
+          const std::string name = c.class_names[k] + "/" + rel + e;
+          Xxh64 h;
+          h.update(name.data(), name.size());
+          found.push_back({h.digest(), path, static_cast<int64_t>(k)});
+        }
+      };
+      walk(dir, "");
+      if (n == 0 && !training)
         throw InputError(at, fmt::format("{} data: the class folder {} holds no {}", kind, dir, samples),
                          fmt::format("each class folder holds its samples as {}", samples));
     }
@@ -202,9 +254,16 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
   return c;
 }
 
-TextCorpus read_text_source(const DataSource& src, const std::string& base_dir) {
+TextCorpus read_text_source(const DataSource& src, const std::string& base_dir,
+                            const std::vector<std::string>& training_classes) {
   ClassFiles files = list_class_files(
-      src, base_dir, "text", [](const std::string& name) { return name.ends_with(".txt"); }, ".txt files");
+      src, base_dir, "text",
+      [](const std::string& name) {
+        std::string n = name.substr(name.size() >= 4 ? name.size() - 4 : 0);
+        for (char& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        return n == ".txt";
+      },
+      ".txt files", training_classes);
   TextCorpus c;
   c.class_names = std::move(files.class_names);
   c.labels = std::move(files.labels);

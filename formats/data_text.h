@@ -24,19 +24,25 @@ std::vector<std::string> text_words(std::string_view text, const std::string& st
 
 // The files of a source of folders of class folders (text, images): each folder that x names (globs allowed)
 // holds one folder per class, whose files that `is_sample` accepts (by name; hidden files are left out) are
-// the samples, labelled by the class's index: in class_names' order when the source gives it, else in the
-// sorted order of the folders found. The samples come in the order of a hash of their class and file names
-// (classes mixed, the same way every time); `limit` keeps the first ones. `kind` ("text", "image") and
-// `samples` (".txt files") word the errors: a missing folder, a class folder missing or without samples, or
-// no class at all, at the source's position.
+// the samples (the files of its subfolders too), labelled by the class's index: in class_names' order when
+// the source gives it, else in the sorted order of the folders found. The samples come in the order of a hash
+// of their class and file names (classes mixed, the same way every time); `limit` keeps the first ones.
+// `kind` ("text", "image") and `samples` (".txt files") word the errors: a missing folder, a class folder
+// missing or without samples, or no class at all, at the source's position.
 struct ClassFiles {
   std::vector<std::string> files;
   std::vector<int64_t> labels;
   std::vector<std::string> class_names;
 };
+// A source without class_names takes `training_classes` when given (the training source's, for validation
+// and test data): a class folder it lacks gives no samples, one it holds beyond them is an error.
 ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
                             const std::function<bool(const std::string&)>& is_sample,
-                            const std::string& samples);
+                            const std::string& samples,
+                            const std::vector<std::string>& training_classes = {});
+// The class folders of a source's folders (not hidden ones), sorted: its classes when it gives no
+// class_names.
+std::vector<std::string> class_folders(const DataSource& src, const std::string& base_dir);
 
 // The texts of a source: each folder that x names (globs allowed) holds one folder per class, whose .txt
 // files are the samples, labelled by the class's index: in class_names' order when the source gives it,
@@ -50,7 +56,8 @@ struct TextCorpus {
   std::vector<std::string> files;
   std::vector<std::string> class_names;
 };
-TextCorpus read_text_source(const DataSource& src, const std::string& base_dir);
+TextCorpus read_text_source(const DataSource& src, const std::string& base_dir,
+                            const std::vector<std::string>& training_classes = {});
 
 // The vocabulary adapt() finds: the words of `texts`, most frequent first (ties in byte order), as many as
 // max_tokens leaves room for beside the ids 0 and 1 (all of them for max_tokens 0).

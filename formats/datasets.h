@@ -22,6 +22,8 @@ struct DatasetOptions {
   const TextSpec* text = nullptr;
   // The model input's [height, width, channels], which "images" sources are decoded and resized to.
   std::vector<int64_t> image_shape;
+  // Text and image sources without class_names take these classes (the training source's) when given.
+  std::vector<std::string> training_classes;
 };
 
 // Missing files, unreadable or malformed data, and x/y files that disagree are InputErrors: at the source's

@@ -1336,13 +1336,15 @@ DataSource read_source(const Reader& r, const toml::node& n, const std::string& 
 
 // [data.text]: Keras's TextVectorization settings, and its vocabulary when given (a list of words, or a file
 // of one word per line, relative to the spec's folder).
-TextSpec read_text(const Reader& r, const toml::node& n, const std::string& base_dir) {
+TextSpec read_text(const Reader& r, const toml::node& n, const std::string& base_dir,
+                   const ModelSection& model) {
   Table t(r, n, "data.text", kTextKeys);
   TextSpec x;
   x.pos = t.pos();
   if (!t.get("output_sequence_length", x.output_sequence_length))
     r.fail(x.pos, "[data.text] has no output_sequence_length",
-           "give the ids per text, the model's input length: output_sequence_length = 200");
+           fmt::format("give the ids per text, the model's input length: output_sequence_length = {}",
+                       model.onnx.empty() && model.input.shape.size() == 1 ? model.input.shape[0] : 200));
   if (x.output_sequence_length < 1)
     t.fail("output_sequence_length", fmt::format("data.text.output_sequence_length must be 1 or more, not {}",
                                                  x.output_sequence_length));
@@ -1368,6 +1370,7 @@ TextSpec read_text(const Reader& r, const toml::node& n, const std::string& base
       std::string line;
       while (std::getline(in, line)) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (x.vocabulary.empty() && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a byte-order mark
         x.vocabulary.push_back(line);
       }
       while (!x.vocabulary.empty() && x.vocabulary.back().empty()) x.vocabulary.pop_back();
@@ -1434,7 +1437,22 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
   if (t.get("scale", d.scale) && d.scale == 0)
     t.fail("scale", "data.scale must not be 0", "e.g. scale = 0.00392156862745098 (1/255) for 8-bit images");
   t.get("shuffle", d.shuffle);
-  if (const toml::node* text = t.find("text")) d.text = read_text(r, *text, base_dir);
+  if (const toml::node* text = t.find("text")) {
+    d.text = read_text(r, *text, base_dir, model);
+    // A spec's one input takes the ids: integers, as many as output_sequence_length.
+    const InputSpec& in = model.input;
+    if (model.onnx.empty() && model.more_inputs.empty()) {
+      if (in.dtype == "float32")
+        r.fail(d.text->pos, "text data gives token ids, and the model's input is float32",
+               fmt::format("declare input = {{ shape = [{}], dtype = \"int32\" }}, read by an Embedding",
+                           d.text->output_sequence_length));
+      if (in.shape != std::vector<int64_t>{d.text->output_sequence_length})
+        r.fail(d.text->pos,
+               fmt::format("data.text.output_sequence_length is {}, and the model's input is [{}]",
+                           d.text->output_sequence_length, fmt::join(in.shape, ", ")),
+               "give the text as many ids as the input takes: make the two equal");
+    }
+  }
   // Text sources need [data.text]; [data.text] is for text sources.
   bool any_text = false;
   for (const auto* src : {&d.train, &d.validation, &d.test}) {

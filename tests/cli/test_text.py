@@ -167,10 +167,56 @@ class Text(unittest.TestCase):
         rows = cli_util.predict_rows(self, [os.path.join(out, "last.ckpt")], input="a great film\nawful\n")
         self.assertEqual(rows.shape, (2,))
 
+    def test_validation_folders_take_the_training_classes_and_hidden_ones_are_left_out(self):
+        # Training has a, b and c; validation lacks b: its c is still label 2. A hidden folder is no class,
+        # and texts in a class's subfolders (any case of .txt) count.
+        words = {"a": "alpha", "b": "beta", "c": "gamma"}
+        for split, n in (("train", 20), ("val", 8)):
+            for cls, word in words.items():
+                if split == "val" and cls == "b":
+                    continue
+                os.makedirs(self.path("abc", split, cls, "more"))
+                for i in range(n):
+                    name = os.path.join("more", f"{i}.TXT") if i % 4 == 0 else f"{i}.txt"
+                    with open(self.path("abc", split, cls, name), "w") as f:
+                        f.write(f"the {word} one {i}")
+            os.makedirs(self.path("abc", split, ".ipynb_checkpoints"))
+        spec = self.path("abc.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(input_dim=40, max_tokens=40, epochs=15)
+                    .replace('x = "reviews/train"\nclass_names = ["neg", "pos"]', 'x = "abc/train"')
+                    .replace('x = "reviews/test"\nclass_names = ["neg", "pos"]', 'x = "abc/val"')
+                    .replace('units = 1\nactivation = "sigmoid"', 'units = 3\nactivation = "softmax"')
+                    .replace('"binary_crossentropy"', '"sparse_categorical_crossentropy"'))
+        out = self.path("abc_run")
+        r = run(["fit", spec, "--output-dir", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Training on 60 samples, validating on 16", r.stderr)
+        last = [e for e in cli_util.json_lines(self, r.stdout) if e["event"] == "epoch"][-1]
+        self.assertEqual(last["val_accuracy"], 1.0)
+        # A class the training data lacks is an error; so is a change of the text settings on resume.
+        os.makedirs(self.path("abc", "val", "d"))
+        with open(self.path("abc", "val", "d", "0.txt"), "w") as f:
+            f.write("delta")
+        cli_util.assert_input_error(self, run(["fit", spec]), "class folder 'd' is not one of the training data's "
+                                    "(a, b, c)")
+        r = run(["fit", "--resume", os.path.join(out, "last.ckpt"), "--set", "data.text.standardize=none"])
+        cli_util.assert_input_error(self, r, "--set", "[data.text] of a checkpoint cannot change")
+        # An .npz of ids predicts as the same .npy does.
+        ids = np.array([[0] * 11 + [2], [0] * 11 + [5]], np.int32)
+        np.save(self.path("ids.npy"), ids)
+        np.savez(self.path("ids.npz"), x=ids)
+        np.testing.assert_array_equal(
+            cli_util.predict_rows(self, [os.path.join(out, "last.ckpt"), self.path("ids.npz")], ndmin=2),
+            cli_util.predict_rows(self, [os.path.join(out, "last.ckpt"), self.path("ids.npy")], ndmin=2))
+
     def test_an_embedding_smaller_than_the_vocabulary_and_a_missing_class_folder_are_input_errors(self):
         r = run(["fit", self.spec(input_dim=10, max_tokens=30), "--output-dir", self.path("run")])
+        cli_util.assert_input_error(self, r, "spec.toml:14:1", "data.text.max_tokens is 30, and the model's "
+                                    "Embedding takes ids below 10", "max_tokens = 10")
+        r = run(["fit", self.spec(input_dim=10, max_tokens=0), "--output-dir", self.path("run")])
         cli_util.assert_input_error(self, r, "spec.toml:14:1", "the text vocabulary gives ids up to 20",
-                                    "the model's Embedding takes ids below 10", "max_tokens = 10")
+                                    "the model's Embedding takes ids below 10", "or give at most 8 words")
         self.assertFalse(os.path.exists(self.path("run", "last.ckpt")))
         spec = self.spec()
         with open(spec) as f:

@@ -1466,11 +1466,15 @@ TEST_SUITE("model_spec") {
 TEST_SUITE("model_spec") {
   TEST_CASE(
       "[data.text]: TextVectorization settings, a vocabulary given or left to adapt, and their errors") {
+    // Six lines, as kHead: an input of 8 token ids.
+    const std::string kTextHead =
+        "format_version = 1\n[model]\ninput = { shape = [8], dtype = \"int32\" }\n[[model.layers]]\n"
+        "type = \"Flatten\"\nname = \"f\"\n";
     const std::string data =
         "[data.train]\nformat = \"text\"\nx = \"aclImdb/train\"\nclass_names = [\"neg\", \"pos\"]\n"
         "[train]\nloss = \"mse\"\n";  // lines 7-12
     const std::string text = "[data.text]\nmax_tokens = 6\noutput_sequence_length = 8\npadding = \"pre\"\n";
-    const ModelSpec s = parse_model_spec(kHead + data + text, "spec.toml");
+    const ModelSpec s = parse_model_spec(kTextHead + data + text, "spec.toml");
     REQUIRE(s.data.text);
     CHECK(s.data.text->max_tokens == 6);
     CHECK(s.data.text->output_sequence_length == 8);
@@ -1489,31 +1493,40 @@ TEST_SUITE("model_spec") {
     CHECK_FALSE(same_settings(s, back));
 
     // Keras's get_vocabulary() list (padding and [UNK] first) is taken as meant.
-    CHECK(
-        parse_model_spec(kHead + data + text + "vocabulary = [\"\", \"[UNK]\", \"x\", \"y\"]\n", "spec.toml")
-            .data.text->vocabulary == std::vector<std::string>{"x", "y"});
+    CHECK(parse_model_spec(kTextHead + data + text + "vocabulary = [\"\", \"[UNK]\", \"x\", \"y\"]\n",
+                           "spec.toml")
+              .data.text->vocabulary == std::vector<std::string>{"x", "y"});
 
-    Failure f = failure(kHead + data + "[data.text]\nmax_tokens = 6\n");
+    Failure f = failure(kTextHead + data + "[data.text]\nmax_tokens = 6\n");
     CHECK(f.where == "spec.toml:13:1");
     CHECK(f.what == "[data.text] has no output_sequence_length");
-    f = failure(kHead + data + "[data.text]\nmax_tokens = 2\noutput_sequence_length = 8\n");
+    f = failure(kTextHead + data + "[data.text]\nmax_tokens = 2\noutput_sequence_length = 8\n");
     CHECK(f.where == "spec.toml:14:14");
     CHECK(f.what.find("so it must be 3 or more") != std::string::npos);
-    f = failure(kHead + data + text + "vocabulary = [\"x\", \"x\"]\n");
+    f = failure(kTextHead + data + text + "vocabulary = [\"x\", \"x\"]\n");
     CHECK(f.what == "data.text.vocabulary must hold distinct words without white space, not 'x'");
-    f = failure(kHead + data + text + "vocabulary = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n");
+    f = failure(kTextHead + data + text + "vocabulary = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n");
     CHECK(f.what.find("data.text.vocabulary holds 5 words, more than max_tokens = 6 leaves room for") == 0);
     CHECK(f.hint == "raise max_tokens to 7, or give fewer words");
-    f = failure(kHead + data + text + "padding = \"both\"\n");
+    f = failure(kTextHead + data + text + "padding = \"both\"\n");
     CHECK(f.where == "spec.toml:17:11");
-    f = failure(kHead + data);
+    f = failure(kTextHead + data);
     CHECK(f.where == "spec.toml:7:1");
     CHECK(f.what == "text data needs a [data.text] table");
     f = failure(
-        kHead +
+        kTextHead +
         "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\nclass_names = [\"a\"]\n[train]\nloss = \"mse\"\n");
     CHECK(f.what == "class_names is for folders of class folders (format = \"text\" or \"images\")");
-    f = failure(kHead + "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\n[train]\nloss = \"mse\"\n" + text);
+    f = failure(kTextHead + "[data.train]\nx = \"a.npy\"\ny = \"b.npy\"\n[train]\nloss = \"mse\"\n" + text);
     CHECK(f.what == "[data.text] is for text sources, and no source has format = \"text\"");
+    // The ids go to a spec's input: integers, as many as output_sequence_length.
+    f = failure(kTextHead + data + "[data.text]\noutput_sequence_length = 9\n");
+    CHECK(f.where == "spec.toml:13:1");
+    CHECK(f.what == "data.text.output_sequence_length is 9, and the model's input is [8]");
+    f = failure(
+        "format_version = 1\n[model]\ninput = [8]\n[[model.layers]]\ntype = \"Flatten\"\nname = \"f\"\n" +
+        data + text);
+    CHECK(f.what == "text data gives token ids, and the model's input is float32");
+    CHECK(f.hint == "declare input = { shape = [8], dtype = \"int32\" }, read by an Embedding");
   }
 }
