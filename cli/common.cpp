@@ -1208,7 +1208,8 @@ std::vector<int64_t> image_input_shape(const formats::ModelSpec& spec, const mod
   return d;
 }
 
-SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model) {
+SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model,
+                   const std::vector<std::string>& training_classes, bool classes_named) {
   SpecData out;
   const formats::DataSection& ds = spec.data;
   if (!ds.train)
@@ -1226,6 +1227,8 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   formats::DatasetOptions options;
   if (ds.text) options.text = &*ds.text;
   options.image_shape = image_input_shape(spec, model);
+  options.training_classes = training_classes;
+  options.training_classes_named = classes_named;
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
         formats::open_dataset(src, spec.base_dir, names, outputs, options);
@@ -1275,8 +1278,12 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   out.train = open(*ds.train);
   // Validation and test folders of classes label as the training folders do (a class they lack moves no
   // label), unless they name their classes.
-  if ((ds.train->format == "text" || ds.train->format == "images") && ds.train->class_names.empty())
-    options.training_classes = formats::class_folders(*ds.train, spec.base_dir);
+  if (training_classes.empty() && (ds.train->format == "text" || ds.train->format == "images")) {
+    options.training_classes = ds.train->class_names.empty()
+                                   ? formats::class_folders(*ds.train, spec.base_dir)
+                                   : ds.train->class_names;
+    options.training_classes_named = !ds.train->class_names.empty();
+  }
   engine::data::BatchFormat& f = out.format;
   f = batch_format(spec, model);
   // The vocabulary's ids must be ids the model takes (an Embedding's input_dim).

@@ -157,7 +157,10 @@ struct SpecData {
 std::vector<int64_t> image_input_shape(const formats::ModelSpec& spec, const models::BuiltModel& model);
 // Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation
 // split holds out the last samples of train, as Keras does.
-SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model);
+// `training_classes`: the classes of the training folders, for a spec whose data.train is a validation or
+// test folder source read alone (evaluate), so that it labels as the training folders did.
+SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model,
+                   const std::vector<std::string>& training_classes = {}, bool classes_named = false);
 
 // Whether an ONNX model's image input is channels last ([N, H, W, C]): the model transposes it to NCHW first
 // (perm [0, 3, 1, 2]), as trainer's own exports of a spec and TensorFlow's exports do. Otherwise an image

@@ -10,6 +10,7 @@
 #include "cli/checkpoint_io.h"
 #include "cli/common.h"
 #include "engine/util/error.h"
+#include "formats/data_text.h"
 
 namespace trainer::cli {
 
@@ -117,13 +118,21 @@ Command add_evaluate_command(CLI::App& app) {
     // training data needs the training data.)
     std::optional<formats::DataSource>& own = name == "test" ? spec.data.test : spec.data.validation;
     const bool alone = name != "train" && own.has_value();
+    std::vector<std::string> classes;  // of the training folders, which a folder source read alone takes
+    bool named = false;
     if (alone) {
+      const formats::DataSource& trained = *spec.data.train;
+      if (own->format == trained.format && (own->format == "text" || own->format == "images")) {
+        classes = trained.class_names.empty() ? formats::class_folders(trained, spec.base_dir)
+                                              : trained.class_names;
+        named = !trained.class_names.empty();
+      }
       spec.data.train = own;
       spec.data.validation.reset();
       spec.data.test.reset();
       spec.data.validation_split = 0;
     }
-    SpecData data = open_data(spec, probe);
+    SpecData data = open_data(spec, probe, classes, named);
     std::shared_ptr<const engine::data::Dataset> ds = alone                  ? data.train
                                                       : name == "validation" ? data.validation
                                                       : name == "test"       ? data.test

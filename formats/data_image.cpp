@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <jpeglib.h>
+#include <jerror.h>
 // clang-format on
 
 #include "engine/util/error.h"
@@ -30,6 +31,10 @@
 namespace trainer::formats {
 
 namespace {
+
+// The most pixels an image may declare (Pillow's limit is about 89 million): a damaged or hostile header
+// must not make the reader allocate gigabytes.
+constexpr uint64_t kMaxImagePixels = 178956970;
 
 std::string lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -58,16 +63,37 @@ Image decode_png(const std::string& path, const std::vector<uint8_t>& bytes, int
   if (!png_image_begin_read_from_memory(&png, bytes.data(), bytes.size()))
     throw InputError(path, fmt::format("is not a PNG image libpng can read: {}", png.message),
                      "the file is damaged or not a PNG: convert it, or remove it from the class folder");
-  // Colour sources are read with alpha, grey ones with theirs: converted here, never composited.
+  // Colour sources are read with alpha, grey ones with theirs: converted here, never composited. 16-bit
+  // samples, which libpng's simplified reader takes for linear light, are read as they are (16 bits, no
+  // alpha: a transparent pixel composited on black) and scaled here, as other decoders read them.
   const bool colour = (png.format & PNG_FORMAT_FLAG_COLOR) != 0;
-  png.format = colour ? PNG_FORMAT_RGBA : PNG_FORMAT_GA;
-  const int from = colour ? 4 : 2;
+  const bool deep = (png.format & PNG_FORMAT_FLAG_LINEAR) != 0;
+  png.format = deep     ? (colour ? PNG_FORMAT_LINEAR_RGB : PNG_FORMAT_LINEAR_Y)
+               : colour ? PNG_FORMAT_RGBA
+                        : PNG_FORMAT_GA;
+  const int from = deep ? (colour ? 3 : 1) : colour ? 4 : 2;
+  if (static_cast<uint64_t>(png.width) * png.height > kMaxImagePixels) {
+    png_image_free(&png);
+    throw InputError(path,
+                     fmt::format("is an image of {} by {} pixels, more than {} million", png.width,
+                                 png.height, kMaxImagePixels / 1000000),
+                     "resize it first: images are decoded whole");
+  }
   std::vector<uint8_t> raw(PNG_IMAGE_SIZE(png));
   if (!png_image_finish_read(&png, nullptr, raw.data(), 0, nullptr)) {
     const std::string message = png.message;
     png_image_free(&png);
     throw InputError(path, fmt::format("PNG image cannot be decoded: {}", message),
                      "the file is damaged or cut short: write it again, or remove it from the class folder");
+  }
+  if (deep) {  // 16 bits (host order) to 8, rounded
+    const size_t n = raw.size() / 2;
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t v;
+      std::memcpy(&v, raw.data() + 2 * i, 2);
+      raw[i] = static_cast<uint8_t>((uint32_t{v} * 255 + 32767) / 65535);
+    }
+    raw.resize(n);
   }
   Image img;
   img.height = png.height;
@@ -91,14 +117,18 @@ void jpeg_fail(j_common_ptr c) {
   std::longjmp(e->jump, 1);
 }
 
-void jpeg_quiet(j_common_ptr, int) {}  // warnings (extraneous bytes, ...) are not errors
+// Warnings (extraneous bytes, ...) are not errors, but data that ends early is: libjpeg would fill the
+// missing rows with grey.
+void jpeg_warning(j_common_ptr c, int level) {
+  if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(c);
+}
 
 Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, int channels) {
   jpeg_decompress_struct info{};
   JpegError err{};
   info.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_fail;
-  err.mgr.emit_message = jpeg_quiet;
+  err.mgr.emit_message = jpeg_warning;
   // What the jump leaves behind is freed by the throw that follows it: the objects live on the heap, their
   // owners made before setjmp and never changed after it (a local changed in between is indeterminate).
   const auto img = std::make_unique<Image>();
@@ -119,6 +149,13 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
     throw InputError(path, "is a CMYK or YCCK JPEG, which is not read", "save it as an RGB JPEG or a PNG");
   }
   info.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+  if (static_cast<uint64_t>(info.image_width) * info.image_height > kMaxImagePixels) {
+    jpeg_destroy_decompress(&info);
+    throw InputError(path,
+                     fmt::format("is an image of {} by {} pixels, more than {} million", info.image_width,
+                                 info.image_height, kMaxImagePixels / 1000000),
+                     "resize it first: images are decoded whole");
+  }
   jpeg_start_decompress(&info);
   const int from = grey ? 1 : 3;
   img->height = info.output_height;
@@ -237,10 +274,10 @@ std::shared_ptr<const Bytes> images_as_npy(const std::vector<std::string>& paths
 
 std::shared_ptr<const engine::data::Dataset> open_image_source(
     const DataSource& src, const std::string& base_dir, int64_t height, int64_t width, int64_t channels,
-    int64_t spill_bytes, const std::vector<std::string>& training_classes) {
+    int64_t spill_bytes, const std::vector<std::string>& training_classes, bool classes_named) {
   const ClassFiles files = list_class_files(
       src, base_dir, "image", [](const std::string& name) { return is_image_name(name); },
-      ".png or .jpg images", training_classes);
+      ".png or .jpg images", training_classes, classes_named);
   const auto n = static_cast<int64_t>(files.files.size());
   const auto record = static_cast<size_t>(height * width * channels);
   SpillWriter pixels(spill_bytes, "decoded images");

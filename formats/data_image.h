@@ -34,7 +34,8 @@ void resize_image(const Image& in, int64_t height, int64_t width, uint8_t* out);
 // `spill_bytes`.
 std::shared_ptr<const engine::data::Dataset> open_image_source(
     const DataSource& src, const std::string& base_dir, int64_t height, int64_t width, int64_t channels,
-    int64_t spill_bytes = kDefaultSpillBytes, const std::vector<std::string>& training_classes = {});
+    int64_t spill_bytes = kDefaultSpillBytes, const std::vector<std::string>& training_classes = {},
+    bool classes_named = false);
 
 // Whether a path names an image file by its name (.png, .jpg, .jpeg, any case).
 bool is_image_name(const std::string& path);

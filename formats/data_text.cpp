@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -28,6 +29,13 @@ namespace {
 bool is_dir(const std::string& path) {
   struct stat st {};
   return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// A folder that is not a symbolic link: the walk into class folders does not follow links to folders (as
+// Keras's walk does not), so a link to a parent cannot loop.
+bool is_real_dir(const std::string& path) {
+  struct stat st {};
+  return lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 bool is_file(const std::string& path) {
@@ -149,7 +157,16 @@ std::vector<std::string> resolve_folders(const DataSource& src, const std::strin
                        is_file(full)
                            ? fmt::format("x names a folder that holds one folder of {} per class", samples)
                            : "relative paths start at the spec's folder");
-    folders.insert(folders.end(), found.begin(), found.end());
+    // A folder named twice (two globs, two paths to it) is read once.
+    for (const std::string& f : found) {
+      std::error_code ec;
+      const std::string canonical = std::filesystem::weakly_canonical(f, ec).string();
+      if (std::none_of(folders.begin(), folders.end(), [&](const std::string& g) {
+            std::error_code e2;
+            return std::filesystem::weakly_canonical(g, e2).string() == canonical;
+          }))
+        folders.push_back(f);
+    }
   }
   return folders;
 }
@@ -171,7 +188,8 @@ std::vector<std::string> class_folders(const DataSource& src, const std::string&
 
 ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
                             const std::function<bool(const std::string&)>& is_sample,
-                            const std::string& samples, const std::vector<std::string>& training_classes) {
+                            const std::string& samples, const std::vector<std::string>& training_classes,
+                            bool classes_named) {
   const std::string at = where(src.pos);
   const std::vector<std::string> folders = resolve_folders(src, base_dir, kind, samples);
   ClassFiles c;
@@ -181,7 +199,7 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
   const bool training = c.class_names.empty() && !training_classes.empty();
   if (training) {
     c.class_names = training_classes;
-    for (const std::string& name : class_folders_of(folders))
+    for (const std::string& name : classes_named ? std::vector<std::string>{} : class_folders_of(folders))
       if (std::find(c.class_names.begin(), c.class_names.end(), name) == c.class_names.end())
         throw InputError(at,
                          fmt::format("{} data: class folder '{}' is not one of the training data's ({})",
@@ -226,10 +244,11 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
         for (const std::string& e : entries(d)) {
           if (e.starts_with(".")) continue;
           const std::string path = d + "/" + e;
-          if (is_dir(path)) {
+          if (is_real_dir(path)) {
             walk(path, rel + e + "/");
             continue;
           }
+          if (is_dir(path)) continue;  // a link to a folder
           if (!is_sample(e) || !is_file(path)) continue;
           ++n;
           const std::string name = c.class_names[k] + "/" + rel + e;
@@ -255,7 +274,7 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
 }
 
 TextCorpus read_text_source(const DataSource& src, const std::string& base_dir,
-                            const std::vector<std::string>& training_classes) {
+                            const std::vector<std::string>& training_classes, bool classes_named) {
   ClassFiles files = list_class_files(
       src, base_dir, "text",
       [](const std::string& name) {
@@ -263,7 +282,7 @@ TextCorpus read_text_source(const DataSource& src, const std::string& base_dir,
         for (char& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
         return n == ".txt";
       },
-      ".txt files", training_classes);
+      ".txt files", training_classes, classes_named);
   TextCorpus c;
   c.class_names = std::move(files.class_names);
   c.labels = std::move(files.labels);
@@ -282,9 +301,11 @@ std::vector<std::string> adapt_vocabulary(const std::vector<std::string>& texts,
   std::unordered_map<std::string, int64_t> counts;
   for (const std::string& t : texts)
     for (std::string& w : text_words(t, spec.standardize)) ++counts[std::move(w)];
+  counts.erase("[UNK]");  // the unknown-word token is never a word of the vocabulary (as Keras removes it)
   std::vector<std::pair<std::string, int64_t>> order(counts.begin(), counts.end());
   std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-    return a.second != b.second ? a.second > b.second : a.first < b.first;
+    return a.second != b.second ? a.second > b.second
+                                : a.first > b.first;  // ties: Keras's reverse byte order
   });
   size_t keep = order.size();
   if (spec.max_tokens > 0) keep = std::min(keep, static_cast<size_t>(spec.max_tokens - 2));

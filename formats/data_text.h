@@ -35,11 +35,12 @@ struct ClassFiles {
   std::vector<std::string> class_names;
 };
 // A source without class_names takes `training_classes` when given (the training source's, for validation
-// and test data): a class folder it lacks gives no samples, one it holds beyond them is an error.
+// and test data): a class folder it lacks gives no samples, and one it holds beyond them is left out when the
+// training source named its classes (`classes_named`), an error otherwise.
 ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, const std::string& kind,
                             const std::function<bool(const std::string&)>& is_sample,
-                            const std::string& samples,
-                            const std::vector<std::string>& training_classes = {});
+                            const std::string& samples, const std::vector<std::string>& training_classes = {},
+                            bool classes_named = false);
 // The class folders of a source's folders (not hidden ones), sorted: its classes when it gives no
 // class_names.
 std::vector<std::string> class_folders(const DataSource& src, const std::string& base_dir);
@@ -57,10 +58,12 @@ struct TextCorpus {
   std::vector<std::string> class_names;
 };
 TextCorpus read_text_source(const DataSource& src, const std::string& base_dir,
-                            const std::vector<std::string>& training_classes = {});
+                            const std::vector<std::string>& training_classes = {},
+                            bool classes_named = false);
 
-// The vocabulary adapt() finds: the words of `texts`, most frequent first (ties in byte order), as many as
-// max_tokens leaves room for beside the ids 0 and 1 (all of them for max_tokens 0).
+// The vocabulary adapt() finds: the words of `texts`, most frequent first (ties in reverse byte order, as
+// Keras's adapt; "[UNK]" left out), as many as max_tokens leaves room for beside the ids 0 and 1 (all of them
+// for max_tokens 0).
 std::vector<std::string> adapt_vocabulary(const std::vector<std::string>& texts, const TextSpec& spec);
 
 // A spec's TextVectorization with its vocabulary: texts to output_sequence_length int32 ids each.

@@ -172,7 +172,11 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                       "channels, and the input is [{}]",
                       fmt::join(s, ", ")),
           "e.g. input = [180, 180, 3] for RGB images resized to 180 by 180");
-    return open_image_source(src, base_dir, s[0], s[1], s[2], options.spill_bytes, options.training_classes);
+    auto images = open_image_source(src, base_dir, s[0], s[1], s[2], options.spill_bytes,
+                                    options.training_classes, options.training_classes_named);
+    if (images->size() == 0)
+      throw InputError(where, "the image source holds no samples", "point x at folders of class folders");
+    return images;
   }
   if (format == "text") {
     if (!src.y.empty())
@@ -180,7 +184,8 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     if (!options.text || options.text->vocabulary.empty())
       throw InputError(where, "text data needs [data.text] and its vocabulary",
                        "add [data.text]; trainer fit adapts the vocabulary on the training texts");
-    const TextCorpus corpus = read_text_source(src, base_dir, options.training_classes);
+    const TextCorpus corpus =
+        read_text_source(src, base_dir, options.training_classes, options.training_classes_named);
     if (corpus.texts.empty())
       throw InputError(where, "the text source holds no samples", "point x at folders of class folders");
     return text_dataset(corpus, TextVectorizer(*options.text),

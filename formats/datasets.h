@@ -24,6 +24,7 @@ struct DatasetOptions {
   std::vector<int64_t> image_shape;
   // Text and image sources without class_names take these classes (the training source's) when given.
   std::vector<std::string> training_classes;
+  bool training_classes_named = false;  // the training source listed them (class_names): others are left out
 };
 
 // Missing files, unreadable or malformed data, and x/y files that disagree are InputErrors: at the source's

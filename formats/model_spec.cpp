@@ -23,6 +23,7 @@
 #include "engine/train/fit.h"
 #include "engine/util/error.h"
 #include "formats/data_bytes.h"
+#include "formats/data_text.h"
 #include "formats/model_spec_text.h"
 
 namespace trainer::formats {
@@ -1386,9 +1387,11 @@ TextSpec read_text(const Reader& r, const toml::node& n, const std::string& base
              "list the words, or leave vocabulary out for trainer fit to adapt it on the training texts");
     std::set<std::string_view> seen;
     for (const std::string& w : x.vocabulary)
-      if (w.empty() || w.find_first_of(" \t\n") != std::string::npos || !seen.insert(w).second)
+      // A word as the tokenizer gives one: valid UTF-8, no white space.
+      if (w.empty() || text_words(w, "none") != std::vector<std::string>{w} || !seen.insert(w).second)
         t.fail("vocabulary",
-               fmt::format("data.text.vocabulary must hold distinct words without white space, not '{}'", w),
+               fmt::format(
+                   "data.text.vocabulary must hold distinct words of UTF-8 without white space, not '{}'", w),
                "one word per entry (per line in a file), each once");
     if (x.max_tokens > 0 && static_cast<int64_t>(x.vocabulary.size()) + 2 > x.max_tokens)
       t.fail("vocabulary",

@@ -666,8 +666,9 @@ SampleReader::SampleReader(const std::string& path, std::shared_ptr<const TextVe
     : impl_(std::make_unique<Impl>()) {
   open_path(path);
   Impl& m = *impl_;
-  // NPY and IDX hold token ids already.
-  const size_t have = m.ensure(8);
+  // NPY and IDX files hold token ids already. A pipe is text: waiting for its first 8 bytes would hold back
+  // a short first line.
+  const size_t have = m.file_bytes >= 0 ? m.ensure(8) : 0;
   const uint8_t* p = m.buf.data();
   if ((have >= 6 && std::memcmp(p, "\x93NUMPY", 6) == 0) ||
       (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1)) {

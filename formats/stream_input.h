@@ -47,8 +47,8 @@ class SampleReader {
   // The bytes of an NPY array made in memory (images decoded for trainer predict), named `name`.
   SampleReader(std::shared_ptr<const Bytes> npy, std::string name);
   // Text, one sample per line that is not blank (gzip-compressed or not), turned into token ids by
-  // `vectorizer` (a checkpoint trained on text data): i32 samples of [vectorizer.length()]. NPY and IDX
-  // input holds ids already, and is read as the constructor above reads it.
+  // `vectorizer` (a checkpoint trained on text data): i32 samples of [vectorizer.length()]. An NPY or IDX
+  // file holds ids already, and is read as the constructor above reads it (a pipe is always text).
   SampleReader(const std::string& path, std::shared_ptr<const TextVectorizer> vectorizer);
   ~SampleReader();
   SampleReader(const SampleReader&) = delete;

@@ -115,12 +115,13 @@ class Text(unittest.TestCase):
         last = [e for e in events if e["event"] == "epoch"][-1]
         self.assertGreater(last["val_accuracy"], 0.9)  # the words that tell the classes apart were learned
 
-        # The vocabulary: the training texts' words, most frequent first (ties in byte order), max_tokens - 2.
+        # The vocabulary: the training texts' words, most frequent first (ties in reverse byte order, as Keras's
+        # np.lexsort((tokens, counts))[::-1]), max_tokens - 2.
         text = checkpoint_spec(os.path.join(out, "last.ckpt"))["data"]["text"]
         counts = Counter(w for t in self.train_texts
                          for w in re.sub(r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]", "", t.lower()).split())
         self.assertEqual(len(counts), 19)  # max_tokens = 20 keeps 18
-        want = sorted(counts, key=lambda w: (-counts[w], w.encode()))[:18]
+        want = sorted(counts, key=lambda w: (counts[w], w.encode()), reverse=True)[:18]  # ties: Keras's order
         self.assertEqual(text["vocabulary"], want)
 
         # predict on text lines gives what predict gives on the ids written by Keras's rules, and evaluate's
@@ -194,6 +195,18 @@ class Text(unittest.TestCase):
         self.assertIn("Training on 60 samples, validating on 16", r.stderr)
         last = [e for e in cli_util.json_lines(self, r.stdout) if e["event"] == "epoch"][-1]
         self.assertEqual(last["val_accuracy"], 1.0)
+        # evaluate reads the validation folder alone, with the training classes too.
+        e = run(["evaluate", os.path.join(out, "last.ckpt")])
+        self.assertEqual(e.returncode, 0, e.stderr)
+        self.assertEqual(json.loads(e.stdout)["accuracy"], 1.0)
+        # A link to a parent folder is not followed (no loop), and a folder named twice is read once.
+        os.symlink("..", self.path("abc", "train", "a", "more", "up"))
+        twice = self.path("twice.toml")
+        with open(spec) as f, open(twice, "w") as g:
+            g.write(f.read().replace('x = "abc/train"', 'x = ["abc/train", "abc/tr*"]'))
+        r = run(["fit", twice, "--set", "train.epochs=1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Training on 60 samples, validating on 16", r.stderr)
         # A class the training data lacks is an error; so is a change of the text settings on resume.
         os.makedirs(self.path("abc", "val", "d"))
         with open(self.path("abc", "val", "d", "0.txt"), "w") as f:

@@ -709,11 +709,14 @@ TEST_SUITE("datasets") {
     TextSpec spec;
     spec.output_sequence_length = 4;
     spec.max_tokens = 5;  // 0, 1 and three words
-    // "b" 3 times, "a" and "c" twice (a before c by bytes), "d" once: cut by max_tokens.
+    // "b" 3 times, "a" and "c" twice (c before a: Keras breaks ties in reverse byte order), "d" once: cut by
+    // max_tokens; "[UNK]" is never a word of the vocabulary.
     const V vocab = adapt_vocabulary({"b a c", "c b d", "b a"}, spec);
-    CHECK(vocab == V{"b", "a", "c"});
+    CHECK(vocab == V{"b", "c", "a"});
     spec.max_tokens = 0;
-    CHECK(adapt_vocabulary({"b a c", "c b d", "b a"}, spec) == V{"b", "a", "c", "d"});
+    spec.standardize = "none";
+    CHECK(adapt_vocabulary({"b a c", "c b d", "b a [UNK] [UNK] [UNK] [UNK]"}, spec) == V{"b", "c", "a", "d"});
+    spec.standardize = "lower_and_strip_punctuation";
     spec.vocabulary = vocab;
     auto ids = [&](const std::string& text, const std::string& padding, const std::string& truncating) {
       TextSpec s = spec;
@@ -724,10 +727,10 @@ TEST_SUITE("datasets") {
       return out;
     };
     using I = std::vector<int32_t>;
-    CHECK(ids("A b", "post", "post") == I{3, 2, 0, 0});
-    CHECK(ids("A b", "pre", "post") == I{0, 0, 3, 2});
-    CHECK(ids("a b c zzz e", "post", "post") == I{3, 2, 4, 1});  // the first four; zzz unknown
-    CHECK(ids("a b c zzz e", "post", "pre") == I{2, 4, 1, 1});   // the last four
+    CHECK(ids("A b", "post", "post") == I{4, 2, 0, 0});
+    CHECK(ids("A b", "pre", "post") == I{0, 0, 4, 2});
+    CHECK(ids("a b c zzz e", "post", "post") == I{4, 2, 3, 1});  // the first four; zzz unknown
+    CHECK(ids("a b c zzz e", "post", "pre") == I{2, 3, 1, 1});   // the last four
     CHECK(ids("", "pre", "pre") == I{0, 0, 0, 0});
   }
 
@@ -962,6 +965,26 @@ TEST_SUITE("datasets") {
     for (size_t i = 0; i < smooth.size(); ++i)
       worst = std::max(worst, std::abs(int{j.pixels[i]} - int{smooth[i]}));
     CHECK(worst <= 3);
+
+    // A JPEG cut short in its data is an error (libjpeg would fill the rest grey); a 16-bit PNG is scaled.
+    {
+      std::ifstream in(dir.path + "/train/dog/e.jpg", std::ios::binary);
+      std::string whole((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      dir.write_text("cut.jpg", whole.substr(0, whole.size() * 2 / 3));
+    }
+    CHECK(input_error([&] { decode_image(dir.path + "/cut.jpg", 3); }).find("JPEG image cannot be decoded") !=
+          std::string::npos);
+    {
+      png_image png{};
+      png.version = PNG_IMAGE_VERSION;
+      png.width = 2;
+      png.height = 1;
+      png.format = PNG_FORMAT_GRAY | PNG_FORMAT_FLAG_LINEAR;  // 16 bits per sample
+      png.flags = PNG_IMAGE_FLAG_16BIT_sRGB;                  // written as they are, not as linear light
+      const uint16_t values[] = {32768, 65535};
+      REQUIRE(png_image_write_to_file(&png, (dir.path + "/deep.png").c_str(), 0, values, 0, nullptr));
+    }
+    CHECK(decode_image(dir.path + "/deep.png", 1).pixels == std::vector<uint8_t>{128, 255});
 
     // Damaged or foreign files are errors naming the file.
     dir.write_text("train/dog/f.jpg", std::string("\xFF\xD8\xFF\xE0", 4) + "cut short");

@@ -1504,7 +1504,9 @@ TEST_SUITE("model_spec") {
     CHECK(f.where == "spec.toml:14:14");
     CHECK(f.what.find("so it must be 3 or more") != std::string::npos);
     f = failure(kTextHead + data + text + "vocabulary = [\"x\", \"x\"]\n");
-    CHECK(f.what == "data.text.vocabulary must hold distinct words without white space, not 'x'");
+    CHECK(f.what == "data.text.vocabulary must hold distinct words of UTF-8 without white space, not 'x'");
+    f = failure(kTextHead + data + text + "vocabulary = [\"a\\u00a0b\"]\n");  // a no-break space splits
+    CHECK(f.what.find("data.text.vocabulary must hold distinct words of UTF-8") == 0);
     f = failure(kTextHead + data + text + "vocabulary = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n");
     CHECK(f.what.find("data.text.vocabulary holds 5 words, more than max_tokens = 6 leaves room for") == 0);
     CHECK(f.hint == "raise max_tokens to 7, or give fewer words");
