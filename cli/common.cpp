@@ -1288,20 +1288,22 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   f = batch_format(spec, model);
   // The vocabulary's ids must be ids the model takes (an Embedding's input_dim).
   if (ds.text && f.num_tokens > 0 && ds.text->max_tokens > f.num_tokens)
-    throw InputError(ds.text->pos.str(),
-                     fmt::format("data.text.max_tokens is {}, and the model's Embedding takes ids below {}",
-                                 ds.text->max_tokens, f.num_tokens),
-                     fmt::format("set data.text.max_tokens = {} (the Embedding's input_dim)", f.num_tokens));
+    throw InputError(
+        ds.text->pos.str(),
+        fmt::format("data.text.max_tokens is {}, and the model's embedding takes ids below {}",
+                    ds.text->max_tokens, f.num_tokens),
+        fmt::format("set data.text.max_tokens = {} (the embedding's input_dim or vocabulary_size)",
+                    f.num_tokens));
   if (ds.text && f.num_tokens > 0 && static_cast<int64_t>(ds.text->vocabulary.size()) + 2 > f.num_tokens)
     throw InputError(
         ds.text->pos.str(),
         fmt::format("the text vocabulary gives ids up to {} ({} words after 0, padding, and 1, unknown "
-                    "words), and the model's Embedding takes ids below {}",
+                    "words), and the model's embedding takes ids below {}",
                     ds.text->vocabulary.size() + 1, ds.text->vocabulary.size(), f.num_tokens),
-        fmt::format(
-            "set data.text.max_tokens = {} (the Embedding's input_dim) and let fit adapt the vocabulary, "
-            "or give at most {} words",
-            f.num_tokens, f.num_tokens - 2));
+        fmt::format("set data.text.max_tokens = {} (the embedding's input_dim or vocabulary_size) and let "
+                    "fit adapt the vocabulary, "
+                    "or give at most {} words",
+                    f.num_tokens, f.num_tokens - 2));
   // f32 weights, as stored: one set, or one per output.
   if (weighted) f.more_inputs.resize(f.more_inputs.size() + weight_sets);
   check_all_samples(*out.train, *ds.train, model, inputs, &f);

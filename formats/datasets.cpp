@@ -104,11 +104,14 @@ std::vector<std::string> resolve_data_files(const std::vector<std::string>& patt
       if (!is_regular_file(full)) {
         struct stat st {};
         const bool exists = stat(full.c_str(), &st) == 0;
-        throw InputError(
-            where_in_spec(pos),
-            exists ? fmt::format("data file '{}' is not a regular file", pat)
-                   : fmt::format("data file '{}' does not exist{}", pat, looked),
-            exists ? "name a file, or a glob such as \"data_batch_*.bin\"" : missing_file_hint(full));
+        throw InputError(where_in_spec(pos),
+                         exists ? fmt::format("data file '{}' is not a regular file", pat)
+                                : fmt::format("data file '{}' does not exist{}", pat, looked),
+                         !exists               ? missing_file_hint(full)
+                         : S_ISDIR(st.st_mode) ? "a folder of class folders (Keras's "
+                                                 "text_dataset_from_directory, image_dataset_from_directory) "
+                                                 "is read with format = \"text\" or \"images\""
+                                               : "name a file, or a glob such as \"data_batch_*.bin\"");
       }
       out.push_back(full);
       continue;

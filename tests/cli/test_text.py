@@ -226,10 +226,10 @@ class Text(unittest.TestCase):
     def test_an_embedding_smaller_than_the_vocabulary_and_a_missing_class_folder_are_input_errors(self):
         r = run(["fit", self.spec(input_dim=10, max_tokens=30), "--output-dir", self.path("run")])
         cli_util.assert_input_error(self, r, "spec.toml:14:1", "data.text.max_tokens is 30, and the model's "
-                                    "Embedding takes ids below 10", "max_tokens = 10")
+                                    "embedding takes ids below 10", "max_tokens = 10")
         r = run(["fit", self.spec(input_dim=10, max_tokens=0), "--output-dir", self.path("run")])
         cli_util.assert_input_error(self, r, "spec.toml:14:1", "the text vocabulary gives ids up to 20",
-                                    "the model's Embedding takes ids below 10", "or give at most 8 words")
+                                    "the model's embedding takes ids below 10", "or give at most 8 words")
         self.assertFalse(os.path.exists(self.path("run", "last.ckpt")))
         spec = self.spec()
         with open(spec) as f:
@@ -238,7 +238,13 @@ class Text(unittest.TestCase):
             f.write(text.replace('class_names = ["neg", "pos"]\n[data.validation]',
                                  'class_names = ["neg", "positive"]\n[data.validation]'))
         cli_util.assert_input_error(self, run(["fit", spec]), "spec.toml:18:1",
-                                    "has no class folder 'positive'")
+                                    "has no class folder 'positive'", "its class folders: neg, pos, unsup")
+        # A folder read as a data file: the hint names the formats that read folders.
+        with open(spec, "w") as f:
+            f.write(text.replace('format = "text"\nx = "reviews/train"\nclass_names = ["neg", "pos"]\n',
+                                 'x = "reviews/train"\n'))
+        cli_util.assert_input_error(self, run(["fit", spec]), "data file 'reviews/train' is not a regular file",
+                                    'format = "text" or "images"')
 
 
 if __name__ == "__main__":
