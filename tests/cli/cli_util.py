@@ -33,7 +33,7 @@ CPU_BF16 = _cpu_runs_bf16()
 
 # Every sample spec of the repository, relative to samples/.
 SAMPLE_SPECS = ["fashion_mnist/mlp.toml", "fashion_mnist/cnn.toml", "fashion_mnist/lstm.toml", "cifar10/cnn.toml",
-                "imdb/lstm.toml", "imdb/lstm_text.toml", "imdb/cnn.toml", "imdb/transformer.toml"]
+                "imdb/lstm.toml", "imdb/lstm_text.toml", "imdb/cnn.toml", "imdb/transformer.toml", "flowers/cnn.toml"]
 
 
 def main():

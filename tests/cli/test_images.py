@@ -128,6 +128,27 @@ class Images(unittest.TestCase):
         self.assertTrue((got[:-1, 1] > 0.5).all())  # the dark ones
         self.assertGreater(got[-1, 0], 0.5)
 
+    def test_the_flowers_sample_on_folders_of_photos(self):
+        # samples/flowers/cnn.toml as a user runs it, on five class folders of JPEGs of several sizes beside a
+        # LICENSE.txt, as flower_photos unpacks.
+        rng = np.random.default_rng(9)
+        root = self.path("flower_photos")
+        for k, cls in enumerate(("daisy", "dandelion", "roses", "sunflowers", "tulips")):
+            os.makedirs(os.path.join(root, cls))
+            for i in range(6):
+                h, w = (int(v) for v in rng.integers(120, 260, 2))
+                a = (rng.integers(0, 50, (h, w, 3)) + 40 * k).astype(np.uint8)
+                Image.fromarray(a).save(os.path.join(root, cls, f"{i}_{k}.jpg"), quality=90)
+        with open(os.path.join(root, "LICENSE.txt"), "w") as f:
+            f.write("licences")
+        out = self.path("flowers_run")
+        r = run(["fit", cli_util.sample("flowers/cnn.toml"), "--output-dir", out, "--set", f"data.train.x={root}",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=8"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Training on 24 samples, validating on 6", r.stderr)
+        rows = cli_util.predict_rows(self, [os.path.join(out, "last.ckpt"), os.path.join(root, "roses")], ndmin=2)
+        self.assertEqual(rows.shape, (6, 5))
+
     def test_bad_images_and_inputs_are_input_errors(self):
         spec = self.path("spec.toml")
         with open(spec, "w") as f:

@@ -94,6 +94,18 @@ EXPECTED = {
     ],
 }
 EXPECTED["imdb/lstm_text.toml"] = EXPECTED["imdb/lstm.toml"]  # the same model, on the review files
+EXPECTED["flowers/cnn.toml"] = [  # TensorFlow's image classification tutorial
+    ("rescaling", "Rescaling", [180, 180, 3], 0),
+    ("conv2d", "Conv2D", [180, 180, 16], conv2d(3, 3, 3, 16)),
+    ("max_pooling2d", "MaxPooling2D", [90, 90, 16], 0),
+    ("conv2d_1", "Conv2D", [90, 90, 32], conv2d(3, 3, 16, 32)),
+    ("max_pooling2d_1", "MaxPooling2D", [45, 45, 32], 0),
+    ("conv2d_2", "Conv2D", [45, 45, 64], conv2d(3, 3, 32, 64)),
+    ("max_pooling2d_2", "MaxPooling2D", [22, 22, 64], 0),
+    ("flatten", "Flatten", [22 * 22 * 64], 0),
+    ("dense", "Dense", [128], dense(22 * 22 * 64, 128)),
+    ("dense_1", "Dense", [5], dense(128, 5)),
+]
 
 # The totals written out, as Keras's model.summary() prints them.
 TOTALS = {
@@ -103,6 +115,7 @@ TOTALS = {
     "cifar10/cnn.toml": 3_692_938,
     "imdb/lstm.toml": 236_321,  # 160,000 + 74,240 + 2,064 + 17
     "imdb/lstm_text.toml": 236_321,
+    "flowers/cnn.toml": 3_989_285,  # as the tutorial's model.summary() counts
     "imdb/cnn.toml": 332_417,  # 320,000 + 10,304 + 2,080 + 33
     "imdb/transformer.toml": 337_737,  # 326,400 + 8,416 + 2 x 64 + 2 x 1,056 + 660 + 21, as Keras's example counts
 }
@@ -127,7 +140,7 @@ class Summary(unittest.TestCase):
                 self.assertEqual(got, layers)
                 self.assertEqual(s["total_params"], TOTALS[spec])
                 self.assertEqual(s["trainable_params"], TOTALS[spec])
-                self.assertEqual(s["batch_size"], 32 if spec == "imdb/transformer.toml" else 64)  # the specs
+                self.assertEqual(s["batch_size"], 32 if spec in ("imdb/transformer.toml", "flowers/cnn.toml") else 64)  # the specs
                 self.assertGreater(s["planned_bytes"], 0)
                 self.assertEqual(s["flops_per_sample"], sum(l["flops_per_sample"] for l in s["layers"]))
 
