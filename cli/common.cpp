@@ -1229,6 +1229,12 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   options.image_shape = image_input_shape(spec, model);
   options.training_classes = training_classes;
   options.training_classes_named = classes_named;
+  // Folders of classes give one-hot rows to a loss that compares the output with a distribution.
+  {
+    const std::string& loss = spec.train.outputs.empty() ? spec.train.loss : spec.train.outputs[0].loss;
+    options.one_hot_labels = loss == "categorical_crossentropy" || loss == "categorical_focal_crossentropy" ||
+                             loss == "categorical_hinge";
+  }
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
         formats::open_dataset(src, spec.base_dir, names, outputs, options);

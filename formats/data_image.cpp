@@ -274,7 +274,7 @@ std::shared_ptr<const Bytes> images_as_npy(const std::vector<std::string>& paths
 
 std::shared_ptr<const engine::data::Dataset> open_image_source(
     const DataSource& src, const std::string& base_dir, int64_t height, int64_t width, int64_t channels,
-    int64_t spill_bytes, const std::vector<std::string>& training_classes, bool classes_named) {
+    int64_t spill_bytes, const std::vector<std::string>& training_classes, bool classes_named, bool one_hot) {
   const ClassFiles files = list_class_files(
       src, base_dir, "image", [](const std::string& name) { return is_image_name(name); },
       ".png or .jpg images", training_classes, classes_named);
@@ -288,15 +288,12 @@ std::shared_ptr<const engine::data::Dataset> open_image_source(
     resize_image(img, height, width, resized.data());
     pixels.append(resized.data(), record);
   }
-  std::vector<uint8_t> labels(static_cast<size_t>(n) * sizeof(int64_t));
-  std::memcpy(labels.data(), files.labels.data(), labels.size());
-  std::shared_ptr<const Bytes> xb = pixels.finish(), yb = Bytes::from_vector(std::move(labels));
-  Column x(engine::DType::u8, engine::Shape{height, width, channels}), y(engine::DType::i64, engine::Shape{});
-  for (int64_t i = 0; i < n; ++i) {
-    const std::string& file = files.files[static_cast<size_t>(i)];
-    x.add({xb, static_cast<uint64_t>(i) * record, record, 1, file, {}});
-    y.add({yb, static_cast<uint64_t>(i) * sizeof(int64_t), sizeof(int64_t), 1, file, {}});
-  }
+  std::shared_ptr<const Bytes> xb = pixels.finish();
+  Column x(engine::DType::u8, engine::Shape{height, width, channels});
+  for (int64_t i = 0; i < n; ++i)
+    x.add({xb, static_cast<uint64_t>(i) * record, record, 1, files.files[static_cast<size_t>(i)], {}});
+  Column y =
+      class_labels(files.labels, files.files, one_hot ? static_cast<int64_t>(files.class_names.size()) : 0);
   return std::make_shared<ArrayDataset>(
       std::move(x), std::move(y), engine::data::Layout::hwc,
       fmt::format("{} ({} images in {} classes)", fmt::join(src.x, ", "), n, files.class_names.size()));

@@ -30,12 +30,12 @@ void resize_image(const Image& in, int64_t height, int64_t width, uint8_t* out);
 
 // The images of a source of folders of class folders (list_class_files, data_text.h): .png, .jpg and .jpeg
 // files (any case), each decoded to `channels` and resized to height x width: u8 [height, width, channels]
-// samples (channels last), int64 labels, located by file. Large sets go to a temporary file past
-// `spill_bytes`.
+// samples (channels last), int64 labels (one-hot f32 rows with `one_hot`), located by file. Large sets go to
+// a temporary file past `spill_bytes`.
 std::shared_ptr<const engine::data::Dataset> open_image_source(
     const DataSource& src, const std::string& base_dir, int64_t height, int64_t width, int64_t channels,
     int64_t spill_bytes = kDefaultSpillBytes, const std::vector<std::string>& training_classes = {},
-    bool classes_named = false);
+    bool classes_named = false, bool one_hot = false);
 
 // Whether a path names an image file by its name (.png, .jpg, .jpeg, any case).
 bool is_image_name(const std::string& path);

@@ -338,25 +338,44 @@ void TextVectorizer::encode(std::string_view text, int32_t* out) const {
   }
 }
 
+Column class_labels(const std::vector<int64_t>& labels, const std::vector<std::string>& files,
+                    int64_t classes) {
+  const auto n = static_cast<int64_t>(labels.size());
+  const size_t record = classes > 0 ? static_cast<size_t>(classes) * sizeof(float) : sizeof(int64_t);
+  std::vector<uint8_t> bytes(static_cast<size_t>(n) * record);
+  for (int64_t i = 0; i < n; ++i) {
+    uint8_t* at = bytes.data() + static_cast<size_t>(i) * record;
+    if (classes > 0) {
+      const float one = 1.0f;
+      std::memcpy(at + static_cast<size_t>(labels[static_cast<size_t>(i)]) * sizeof(float), &one, sizeof one);
+    } else {
+      std::memcpy(at, &labels[static_cast<size_t>(i)], sizeof(int64_t));
+    }
+  }
+  std::shared_ptr<const Bytes> b = Bytes::from_vector(std::move(bytes));
+  Column y = classes > 0 ? Column(engine::DType::f32, engine::Shape{classes})
+                         : Column(engine::DType::i64, engine::Shape{});
+  for (int64_t i = 0; i < n; ++i)
+    y.add({b, static_cast<uint64_t>(i) * record, record, 1, files[static_cast<size_t>(i)], {}});
+  return y;
+}
+
 std::shared_ptr<const engine::data::Dataset> text_dataset(const TextCorpus& corpus, const TextVectorizer& v,
-                                                          const std::string& name) {
+                                                          const std::string& name, bool one_hot) {
   const int64_t n = static_cast<int64_t>(corpus.texts.size());
   const auto length = static_cast<size_t>(v.length());
   std::vector<uint8_t> ids(static_cast<size_t>(n) * length * sizeof(int32_t));
-  std::vector<uint8_t> labels(static_cast<size_t>(n) * sizeof(int64_t));
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i)
     v.encode(corpus.texts[static_cast<size_t>(i)], reinterpret_cast<int32_t*>(ids.data()) + i * v.length());
-    std::memcpy(labels.data() + i * sizeof(int64_t), &corpus.labels[static_cast<size_t>(i)], sizeof(int64_t));
-  }
   std::shared_ptr<const Bytes> xb = Bytes::from_vector(std::move(ids));
-  std::shared_ptr<const Bytes> yb = Bytes::from_vector(std::move(labels));
-  Column x(engine::DType::i32, engine::Shape{v.length()}), y(engine::DType::i64, engine::Shape{});
+  Column x(engine::DType::i32, engine::Shape{v.length()});
   // One segment per file, so that a sample's messages name its file.
   for (int64_t i = 0; i < n; ++i) {
     const std::string& file = corpus.files[static_cast<size_t>(i)];
     x.add({xb, static_cast<uint64_t>(i) * length * sizeof(int32_t), length * sizeof(int32_t), 1, file, {}});
-    y.add({yb, static_cast<uint64_t>(i) * sizeof(int64_t), sizeof(int64_t), 1, file, {}});
   }
+  Column y = class_labels(corpus.labels, corpus.files,
+                          one_hot ? static_cast<int64_t>(corpus.class_names.size()) : 0);
   return std::make_shared<ArrayDataset>(std::move(x), std::move(y), engine::data::Layout::plain, name);
 }
 

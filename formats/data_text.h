@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/data/dataset.h"
+#include "formats/data_array.h"
 #include "formats/model_spec.h"
 
 namespace trainer::formats {
@@ -80,8 +81,14 @@ class TextVectorizer {
   std::unordered_map<std::string, int32_t> ids_;
 };
 
-// The corpus as a dataset: int32 [length] ids per sample, int64 labels; samples are located by their file.
+// The corpus as a dataset: int32 [length] ids per sample, int64 labels (one-hot f32 rows with `one_hot`);
+// samples are located by their file.
+// Labels of class indices as a column located by file: int64 ids, or with `classes` > 0 one-hot f32 rows of
+// that many classes (Keras's label_mode "categorical").
+Column class_labels(const std::vector<int64_t>& labels, const std::vector<std::string>& files,
+                    int64_t classes);
+
 std::shared_ptr<const engine::data::Dataset> text_dataset(const TextCorpus& corpus, const TextVectorizer& v,
-                                                          const std::string& name);
+                                                          const std::string& name, bool one_hot = false);
 
 }  // namespace trainer::formats

@@ -175,8 +175,9 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
                       "channels, and the input is [{}]",
                       fmt::join(s, ", ")),
           "e.g. input = [180, 180, 3] for RGB images resized to 180 by 180");
-    auto images = open_image_source(src, base_dir, s[0], s[1], s[2], options.spill_bytes,
-                                    options.training_classes, options.training_classes_named);
+    auto images =
+        open_image_source(src, base_dir, s[0], s[1], s[2], options.spill_bytes, options.training_classes,
+                          options.training_classes_named, options.one_hot_labels);
     if (images->size() == 0)
       throw InputError(where, "the image source holds no samples", "point x at folders of class folders");
     return images;
@@ -193,7 +194,8 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
       throw InputError(where, "the text source holds no samples", "point x at folders of class folders");
     return text_dataset(corpus, TextVectorizer(*options.text),
                         fmt::format("{} ({} texts in {} classes)", fmt::join(src.x, ", "),
-                                    corpus.texts.size(), corpus.class_names.size()));
+                                    corpus.texts.size(), corpus.class_names.size()),
+                        options.one_hot_labels);
   }
   const std::vector<std::string> xs = resolve_data_files(src.x, base_dir, src.pos);
   const std::vector<std::string> ys = resolve_data_files(src.y, base_dir, src.pos);

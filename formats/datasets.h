@@ -25,6 +25,9 @@ struct DatasetOptions {
   // Text and image sources without class_names take these classes (the training source's) when given.
   std::vector<std::string> training_classes;
   bool training_classes_named = false;  // the training source listed them (class_names): others are left out
+  // Text and image sources label with one-hot rows, one per class (Keras's label_mode "categorical", for
+  // categorical losses), instead of class ids.
+  bool one_hot_labels = false;
 };
 
 // Missing files, unreadable or malformed data, and x/y files that disagree are InputErrors: at the source's

@@ -149,6 +149,20 @@ class Images(unittest.TestCase):
         rows = cli_util.predict_rows(self, [os.path.join(out, "last.ckpt"), os.path.join(root, "roses")], ndmin=2)
         self.assertEqual(rows.shape, (6, 5))
 
+    def test_a_categorical_loss_gets_one_hot_labels_and_trains_as_the_sparse_one(self):
+        # Keras's label_mode "categorical": the same classes as one-hot rows, so the same losses.
+        spec = self.path("spec.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.replace("epochs = 12", "epochs = 2"))
+        losses = {}
+        for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+            r = run(["fit", spec, "--set", f"train.loss={loss}"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            losses[loss] = [(e["loss"], e["val_loss"]) for e in cli_util.json_lines(self, r.stdout)
+                            if e["event"] == "epoch"]
+        np.testing.assert_allclose(losses["categorical_crossentropy"], losses["sparse_categorical_crossentropy"],
+                                   rtol=1e-5)
+
     def test_bad_images_and_inputs_are_input_errors(self):
         spec = self.path("spec.toml")
         with open(spec, "w") as f:
