@@ -1232,8 +1232,8 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   // Folders of classes give one-hot rows to a loss that compares the output with a distribution.
   {
     const std::string& loss = spec.train.outputs.empty() ? spec.train.loss : spec.train.outputs[0].loss;
-    options.one_hot_labels = loss == "categorical_crossentropy" || loss == "categorical_focal_crossentropy" ||
-                             loss == "categorical_hinge";
+    options.one_hot_labels =
+        formats::label_family(loss) == "categorical_crossentropy" || loss == "categorical_hinge";
   }
   auto open = [&](const formats::DataSource& src) {
     std::shared_ptr<const engine::data::Dataset> d =
@@ -1285,9 +1285,7 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   // Validation and test folders of classes label as the training folders do (a class they lack moves no
   // label), unless they name their classes.
   if (training_classes.empty() && (ds.train->format == "text" || ds.train->format == "images")) {
-    options.training_classes = ds.train->class_names.empty()
-                                   ? formats::class_folders(*ds.train, spec.base_dir)
-                                   : ds.train->class_names;
+    options.training_classes = formats::source_classes(*ds.train, spec.base_dir);
     options.training_classes_named = !ds.train->class_names.empty();
   }
   engine::data::BatchFormat& f = out.format;

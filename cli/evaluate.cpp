@@ -123,8 +123,7 @@ Command add_evaluate_command(CLI::App& app) {
     if (alone) {
       const formats::DataSource& trained = *spec.data.train;
       if (own->format == trained.format && (own->format == "text" || own->format == "images")) {
-        classes = trained.class_names.empty() ? formats::class_folders(trained, spec.base_dir)
-                                              : trained.class_names;
+        classes = formats::source_classes(trained, spec.base_dir);
         named = !trained.class_names.empty();
       }
       spec.data.train = own;

@@ -36,11 +36,6 @@ namespace {
 // must not make the reader allocate gigabytes.
 constexpr uint64_t kMaxImagePixels = 178956970;
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // Pixels of `from` channels (1 grey, 2 grey and alpha, 3 RGB, 4 RGBA) as `to` channels: grey from colour by
 // ITU-R BT.601's weights (TensorFlow's rgb_to_grayscale), alpha dropped or added opaque.
 void convert_channels(const uint8_t* in, int from, uint8_t* out, int to, int64_t pixels) {
@@ -236,8 +231,8 @@ void resize_image(const Image& in, int64_t height, int64_t width, uint8_t* out) 
 }
 
 bool is_image_name(const std::string& path) {
-  const std::string n = lower(path);
-  return n.ends_with(".png") || n.ends_with(".jpg") || n.ends_with(".jpeg");
+  return ends_with_any_case(path, ".png") || ends_with_any_case(path, ".jpg") ||
+         ends_with_any_case(path, ".jpeg");
 }
 
 std::shared_ptr<const Bytes> images_as_npy(const std::vector<std::string>& paths, int64_t height,

@@ -38,11 +38,6 @@ bool is_real_dir(const std::string& path) {
   return lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-bool is_file(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 // The entries of a folder (without . and ..), in natural order.
 std::vector<std::string> entries(const std::string& dir) {
   std::vector<std::string> out;
@@ -55,10 +50,6 @@ std::vector<std::string> entries(const std::string& dir) {
   closedir(d);
   std::sort(out.begin(), out.end(), natural_less);
   return out;
-}
-
-std::string where(const SourcePos& pos) {
-  return pos.file.empty() ? std::string("data") : pos.str();
 }
 
 // Keras's punctuation: Python's string.punctuation.
@@ -131,7 +122,7 @@ namespace {
 // The folders that x names (globs allowed), each an InputError at the source when it is not one.
 std::vector<std::string> resolve_folders(const DataSource& src, const std::string& base_dir,
                                          const std::string& kind, const std::string& samples) {
-  const std::string at = where(src.pos);
+  const std::string at = where_in_spec(src.pos);
   if (src.x.empty())
     throw InputError(at, fmt::format("the {} source names no folders", kind),
                      "set x to a folder of class folders, such as \"train\"");
@@ -140,7 +131,7 @@ std::vector<std::string> resolve_folders(const DataSource& src, const std::strin
     const std::string full =
         pattern.starts_with('/') || base_dir.empty() ? pattern : base_dir + "/" + pattern;
     std::vector<std::string> found;
-    if (pattern.find_first_of("*?[") != std::string::npos) {
+    if (has_glob(pattern)) {
       glob_t g{};
       if (glob(full.c_str(), 0, nullptr, &g) == 0)
         for (size_t k = 0; k < g.gl_pathc; ++k)
@@ -154,7 +145,7 @@ std::vector<std::string> resolve_folders(const DataSource& src, const std::strin
       throw InputError(at,
                        fmt::format("{} data: '{}' is not a folder{}", kind, pattern,
                                    full == pattern ? "" : fmt::format(" (looked for {})", full)),
-                       is_file(full)
+                       is_regular_file(full)
                            ? fmt::format("x names a folder that holds one folder of {} per class", samples)
                            : "relative paths start at the spec's folder");
     // A folder named twice (two globs, two paths to it) is read once.
@@ -182,7 +173,8 @@ std::vector<std::string> class_folders_of(const std::vector<std::string>& folder
 
 }  // namespace
 
-std::vector<std::string> class_folders(const DataSource& src, const std::string& base_dir) {
+std::vector<std::string> source_classes(const DataSource& src, const std::string& base_dir) {
+  if (!src.class_names.empty()) return src.class_names;
   return class_folders_of(resolve_folders(src, base_dir, src.format, "samples"));
 }
 
@@ -190,7 +182,7 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
                             const std::function<bool(const std::string&)>& is_sample,
                             const std::string& samples, const std::vector<std::string>& training_classes,
                             bool classes_named) {
-  const std::string at = where(src.pos);
+  const std::string at = where_in_spec(src.pos);
   const std::vector<std::string> folders = resolve_folders(src, base_dir, kind, samples);
   ClassFiles c;
   c.class_names = src.class_names;
@@ -249,7 +241,7 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
             continue;
           }
           if (is_dir(path)) continue;  // a link to a folder
-          if (!is_sample(e) || !is_file(path)) continue;
+          if (!is_sample(e) || !is_regular_file(path)) continue;
           ++n;
           const std::string name = c.class_names[k] + "/" + rel + e;
           Xxh64 h;
@@ -276,12 +268,7 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
 TextCorpus read_text_source(const DataSource& src, const std::string& base_dir,
                             const std::vector<std::string>& training_classes, bool classes_named) {
   ClassFiles files = list_class_files(
-      src, base_dir, "text",
-      [](const std::string& name) {
-        std::string n = name.substr(name.size() >= 4 ? name.size() - 4 : 0);
-        for (char& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        return n == ".txt";
-      },
+      src, base_dir, "text", [](const std::string& name) { return ends_with_any_case(name, ".txt"); },
       ".txt files", training_classes, classes_named);
   TextCorpus c;
   c.class_names = std::move(files.class_names);

@@ -42,9 +42,8 @@ ClassFiles list_class_files(const DataSource& src, const std::string& base_dir, 
                             const std::function<bool(const std::string&)>& is_sample,
                             const std::string& samples, const std::vector<std::string>& training_classes = {},
                             bool classes_named = false);
-// The class folders of a source's folders (not hidden ones), sorted: its classes when it gives no
-// class_names.
-std::vector<std::string> class_folders(const DataSource& src, const std::string& base_dir);
+// The classes of a source of folders: its class_names, or else its class folders (not hidden ones), sorted.
+std::vector<std::string> source_classes(const DataSource& src, const std::string& base_dir);
 
 // The texts of a source: each folder that x names (globs allowed) holds one folder per class, whose .txt
 // files are the samples, labelled by the class's index: in class_names' order when the source gives it,

@@ -46,19 +46,33 @@ bool natural_less(const std::string& a, const std::string& b) {
   return a.size() - i < b.size() - j;
 }
 
-namespace {
-
-// A hint that goes before another sentence: followed by a space when there is one.
-std::string with_space(std::string hint) {
-  return hint.empty() ? hint : hint + " ";
-}
-
 bool has_glob(const std::string& s) {
   return s.find_first_of("*?[") != std::string::npos;
 }
 
 std::string where_in_spec(const SourcePos& pos) {
   return pos.file.empty() ? std::string("data") : pos.str();
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool ends_with_any_case(const std::string& name, std::string_view suffix) {
+  if (name.size() < suffix.size()) return false;
+  return std::equal(suffix.begin(), suffix.end(), name.end() - static_cast<std::ptrdiff_t>(suffix.size()),
+                    [](char a, char b) {
+                      return std::tolower(static_cast<unsigned char>(a)) ==
+                             std::tolower(static_cast<unsigned char>(b));
+                    });
+}
+
+namespace {
+
+// A hint that goes before another sentence: followed by a space when there is one.
+std::string with_space(std::string hint) {
+  return hint.empty() ? hint : hint + " ";
 }
 
 std::string directory_of(const std::string& path) {
@@ -85,11 +99,6 @@ std::string missing_file_hint(const std::string& path) {
 std::string describe_files(const std::vector<std::string>& files) {
   if (files.size() == 1) return file_name(files[0]);
   return fmt::format("{} .. {} ({} files)", file_name(files.front()), file_name(files.back()), files.size());
-}
-
-bool is_regular_file(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 }  // namespace

@@ -82,6 +82,15 @@ std::vector<std::string> resolve_data_files(const std::vector<std::string>& patt
 // Orders names as people count: runs of digits compare by value ("data_batch_2" before "data_batch_10").
 bool natural_less(const std::string& a, const std::string& b);
 
+// Whether a data path is a glob (holds *, ? or [).
+bool has_glob(const std::string& s);
+// Where an error about a source is: its place in the spec, or "data" for a source made on the command line.
+std::string where_in_spec(const SourcePos& pos);
+// A regular file (following links).
+bool is_regular_file(const std::string& path);
+// Whether `name` ends in `suffix`, letters compared without case (".JPG" ends in ".jpg").
+bool ends_with_any_case(const std::string& name, std::string_view suffix);
+
 // The format a file name implies ("train-images-idx3-ubyte.gz" -> "idx"), or "" when it implies none.
 std::string data_format_from_name(const std::string& path);
 
