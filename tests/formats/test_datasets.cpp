@@ -968,9 +968,13 @@ TEST_SUITE("datasets") {
 
     // A JPEG cut short in its data is an error (libjpeg would fill the rest grey); a 16-bit PNG is scaled.
     {
-      std::ifstream in(dir.path + "/train/dog/e.jpg", std::ios::binary);
+      // A 64 x 64 picture whose compressed data is most of the file, cut in that data (past its header).
+      write_jpeg(dir.path + "/whole.jpg", 64, 64, 3, gradient(64, 64, 3));
+      std::ifstream in(dir.path + "/whole.jpg", std::ios::binary);
       std::string whole((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      REQUIRE(whole.size() > 2000);
       dir.write_text("cut.jpg", whole.substr(0, whole.size() * 2 / 3));
+      CHECK(decode_image(dir.path + "/whole.jpg", 3).pixels.size() == 64 * 64 * 3);
     }
     CHECK(input_error([&] { decode_image(dir.path + "/cut.jpg", 3); }).find("JPEG image cannot be decoded") !=
           std::string::npos);
