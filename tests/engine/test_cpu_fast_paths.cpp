@@ -11,6 +11,8 @@
 #include "engine/backend/backend.h"
 #include "engine/backend/cpu/vec_math.h"
 #include "engine/ir/op_schema.h"
+#include "engine/kernels/philox.h"
+#include "engine/ops/norm_dropout.h"
 #include "engine/ops/op_helpers.h"
 #include "engine/train/session.h"
 
@@ -22,7 +24,8 @@ namespace {
 
 // Runs one node on a CPU backend with `threads` threads; absent inputs are kNoValue, absent outputs "".
 std::vector<Tensor> run_node(const std::string& op, const std::vector<std::optional<Tensor>>& inputs,
-                             Attributes attrs, const std::vector<std::string>& outputs, int threads) {
+                             Attributes attrs, const std::vector<std::string>& outputs, int threads,
+                             StepContext ctx = {}) {
   auto g = std::make_shared<Graph>();
   std::vector<ValueId> in;
   for (size_t i = 0; i < inputs.size(); ++i)
@@ -36,7 +39,7 @@ std::vector<Tensor> run_node(const std::string& op, const std::vector<std::optio
   Session sess(g, *backend);
   for (size_t i = 0; i < in.size(); ++i)
     if (inputs[i]) sess.write(in[i], *inputs[i]);
-  sess.run({});
+  sess.run(ctx);
   std::vector<Tensor> r;
   for (ValueId o : outs)
     if (o != kNoValue) r.push_back(sess.read(o));
@@ -606,5 +609,107 @@ TEST_SUITE("cpu_fast_paths") {
           }
         }
       }
+  }
+
+  TEST_CASE("Dropout and DropoutGrad without a mask output keep what philox_uniform keeps, at any offset") {
+    // Without a mask output, f32 takes eight Philox blocks per AVX2 pass where the CPU has it. 2053 samples
+    // of 49: the last block is partly used; odd offsets start the replica's share inside a block (the
+    // scalar path) and even ones at a block boundary.
+    const float ratio = 0.3f;
+    Tensor x = ops::random_tensor({2053, 49}, 0.5, 1.5, 5, DType::f32);
+    const uint64_t stream = ops::dropout_stream("op");
+    const float scale = static_cast<float>(1.0 / (1.0 - ratio));
+    for (uint64_t offset : {uint64_t{0}, uint64_t{3}, uint64_t{4}, uint64_t{1000}})
+      for (int threads : {1, 2}) {
+        CAPTURE(offset);
+        CAPTURE(threads);
+        StepContext ctx{7, 42, offset};
+        const Tensor ratio_t = Tensor::scalar<float>(ratio), on = Tensor::scalar<bool>(true);
+        Tensor y = run_node("Dropout", {x, ratio_t, on}, {}, {"y", ""}, threads, ctx)[0];
+        Attributes ga;
+        ga.set("stream", static_cast<int64_t>(stream));
+        Tensor dx = run_node("DropoutGrad", {x, ratio_t, on}, ga, {"dx"}, threads, ctx)[0];
+        int64_t wrong = 0, wrong_grad = 0, kept = 0;
+        for (int64_t i = 0; i < x.numel(); ++i) {
+          const uint64_t global = offset * 49 + static_cast<uint64_t>(i);
+          const bool keep = kernels::philox_uniform(42, stream, 7, global) >= ratio;
+          const float want = keep ? x.data<float>()[i] * scale : 0.0f;
+          kept += keep;
+          wrong += std::memcmp(&y.data<float>()[i], &want, sizeof want) != 0;
+          wrong_grad += std::memcmp(&dx.data<float>()[i], &want, sizeof want) != 0;
+        }
+        CHECK(wrong == 0);
+        CHECK(wrong_grad == 0);
+        CHECK(std::fabs(static_cast<double>(kept) / static_cast<double>(x.numel()) - (1.0 - ratio)) < 0.01);
+      }
+  }
+
+  TEST_CASE("SoftmaxGrad and LogSoftmaxGrad along long rows: the vectorized row loop against f64 formulas") {
+    // Rows of 45 take two 16-lane passes and a tail of 13; rows of 7 the tail alone.
+    for (int64_t n : {int64_t{45}, int64_t{7}})
+      for (bool log : {false, true}) {
+        CAPTURE(n);
+        CAPTURE(log);
+        Tensor dy = ops::random_tensor({6, n}, -1, 1, 3, DType::f32);
+        Tensor logits = ops::random_tensor({6, n}, -4, 4, 4, DType::f64);
+        // y: the forward's output, a softmax or log-softmax of each row.
+        Tensor y(DType::f32, Shape{6, n});
+        for (int64_t r = 0; r < 6; ++r) {
+          double m = -1e300, sum = 0;
+          for (int64_t j = 0; j < n; ++j) m = std::max(m, logits.get_f64(r * n + j));
+          for (int64_t j = 0; j < n; ++j) sum += std::exp(logits.get_f64(r * n + j) - m);
+          for (int64_t j = 0; j < n; ++j) {
+            const double v = logits.get_f64(r * n + j) - m - std::log(sum);
+            y.set_f64(r * n + j, log ? v : std::exp(v));
+          }
+        }
+        Attributes a;
+        a.set("axis", int64_t{-1});
+        Tensor dx = run_node(log ? "LogSoftmaxGrad" : "SoftmaxGrad", {dy, y}, a, {"dx"}, 2)[0];
+        double worst = 0;
+        for (int64_t r = 0; r < 6; ++r) {
+          double acc = 0;
+          for (int64_t j = 0; j < n; ++j)
+            acc += log ? dy.get_f64(r * n + j) : dy.get_f64(r * n + j) * y.get_f64(r * n + j);
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t k = r * n + j;
+            const double want =
+                log ? dy.get_f64(k) - std::exp(y.get_f64(k)) * acc : y.get_f64(k) * (dy.get_f64(k) - acc);
+            worst = std::max(worst, std::fabs(dx.get_f64(k) - want));
+          }
+        }
+        CHECK(worst < 1e-6);
+      }
+  }
+
+  TEST_CASE(
+      "ReduceMaxGrad along the last axis: dy at each row's first maximum or first NaN, zeros elsewhere") {
+    // Rows of 37 (the eight-lane maximum and a tail); ties in row 1, a NaN after the maximum in row 2 and
+    // two NaNs in row 3.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (DType t : {DType::f32, DType::f64}) {
+      CAPTURE(t == DType::f32);
+      Tensor x = ops::random_tensor({4, 37}, -1, 1, 6, t);
+      x.set_f64(37 + 5, 3.0);
+      x.set_f64(37 + 30, 3.0);
+      x.set_f64(2 * 37 + 2, 5.0);
+      x.set_f64(2 * 37 + 33, nan);
+      x.set_f64(3 * 37 + 20, nan);
+      x.set_f64(3 * 37 + 9, nan);
+      Tensor dy = ops::random_tensor({4}, 1, 2, 7, t);
+      Attributes a;
+      a.set("axes", std::vector<int64_t>{1});
+      Tensor dx = run_node("ReduceMaxGrad", {x, dy}, a, {"dx"}, 2)[0];
+      for (int64_t r = 0; r < 4; ++r) {
+        int64_t want = 0;
+        for (int64_t j = 1; j < 37; ++j) {
+          const double v = x.get_f64(r * 37 + j), m = x.get_f64(r * 37 + want);
+          if (m == m && (v > m || v != v)) want = j;
+        }
+        CAPTURE(r);
+        CHECK(want == (r == 1 ? 5 : r == 2 ? 33 : r == 3 ? 9 : want));
+        for (int64_t j = 0; j < 37; ++j) CHECK(dx.get_f64(r * 37 + j) == (j == want ? dy.get_f64(r) : 0.0));
+      }
+    }
   }
 }

@@ -7,10 +7,12 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "engine/backend/cpu/cpu_kernel.h"
 #include "engine/backend/cpu/dnnl_util.h"
 #include "engine/backend/cpu/parallel.h"
+#include "engine/backend/cpu/vec_math.h"
 #include "engine/ops/reduce_axes.h"
 
 namespace trainer::engine::cpu {
@@ -144,10 +146,34 @@ bool replaces_max(T x, T m) {
   return x > m || (x != x && m == m);
 }
 
+// The maximum of x[0, n) and acc, a NaN winning, eight lanes at a time. GCC's vector extensions spell the
+// lanes out: it does not vectorize the scalar form's NaN test (an AVX2 clone runs it as compare and blend).
+inline float max_run_f32(const float* x, int64_t n, float acc) {
+  typedef float V8 __attribute__((vector_size(32)));
+  typedef int32_t I8 __attribute__((vector_size(32)));
+  int64_t i = 0;
+  if (n >= 16) {
+    V8 m;
+    std::memcpy(&m, x, sizeof m);
+    for (i = 8; i + 8 <= n; i += 8) {
+      V8 v;
+      std::memcpy(&v, x + i, sizeof v);
+      const I8 take = (v > m) | (v != v);
+      m = take ? v : m;
+    }
+    float lanes[8];
+    std::memcpy(lanes, &m, sizeof lanes);
+    for (float l : lanes) acc = MaxOp<float>::combine(acc, l);
+  }
+  for (; i < n; ++i) acc = MaxOp<float>::combine(acc, x[i]);
+  return acc;
+}
+
 // Eight independent partials (combined in a fixed tree) let the compiler vectorize and bound the rounding
 // error.
 template <class T, class Op>
 T reduce_run(const T* x, int64_t n, T acc) {
+  if constexpr (std::is_same_v<Op, MaxOp<float>>) return max_run_f32(x, n, acc);
   constexpr int L = 8;
   if (n >= 2 * L) {
     T p[L];
@@ -162,6 +188,30 @@ T reduce_run(const T* x, int64_t n, T acc) {
   }
   for (int64_t i = 0; i < n; ++i) acc = Op::combine(acc, x[i]);
   return acc;
+}
+
+// Output r of rows x [rows, n] reduced along n, the rows' loops compiled for the CPU's widest vectors (the
+// partials keep their order, so every clone rounds alike).
+template <class T, class Op>
+TRAINER_CPU_CLONES void reduce_rows(const T* x, T* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) y[r] = Op::finish(reduce_run<T, Op>(x + r * n, n, Op::init()), n);
+}
+
+// ReduceMaxGrad of rows [rows, n] along n: dy goes to the first maximum (or the first NaN) of each row and
+// zeros elsewhere. The maximum is found with vectorized partials, then its first position by a scan.
+template <class T>
+TRAINER_CPU_CLONES void max_grad_rows(const T* x, const T* dy, T* dx, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r, x += n, dx += n) {
+    const T m = reduce_run<T, MaxOp<T>>(x, n, MaxOp<T>::init());
+    int64_t at = 0;
+    if (m != m) {
+      while (at < n && x[at] == x[at]) ++at;
+    } else {
+      while (at < n && x[at] != m) ++at;
+    }
+    for (int64_t i = 0; i < n; ++i) dx[i] = T(0);
+    if (at < n) dx[at] = dy[r];
+  }
 }
 
 int64_t grain_for(int64_t work_per_item) {
@@ -196,9 +246,9 @@ KernelPtr reduce_kernel(const KernelArgs& a, bool floats_only) {
       case ReduceGeom::kContiguous:
         kp = make_kernel([=](const StepContext&) {
           int64_t r = g->red_count;
-          parallel_for(
+          parallel_chunks(
               g->out_count,
-              [&](int64_t o) { y[o] = Op::finish(reduce_run<T, Op>(x + o * r, r, Op::init()), r); },
+              [&](int64_t o0, int64_t o1) { reduce_rows<T, Op>(x + o0 * r, y + o0, o1 - o0, r); },
               grain_for(r));
         });
         break;
@@ -312,6 +362,18 @@ KernelPtr reduce_max_grad(const KernelArgs& a) {
     const T* x = a.in_ptr<T>(0);
     const T* dy = a.in_ptr<T>(1);
     T* dx = a.out_ptr<T>(0);
+    if (geo.inner == 1) {  // along the last axis (global max pooling of NCW): whole rows
+      kp = make_kernel([=](const StepContext&) {
+        if (total == 0) return;
+        parallel_chunks(
+            geo.outer,
+            [&](int64_t r0, int64_t r1) {
+              max_grad_rows<T>(x + r0 * geo.n, dy + r0, dx + r0 * geo.n, r1 - r0, geo.n);
+            },
+            grain_for(2 * geo.n));
+      });
+      return;
+    }
     kp = make_kernel([=](const StepContext&) {
       if (total == 0) return;
       parallel_for(total, [&](int64_t i) { dx[i] = T(0); });
@@ -397,8 +459,33 @@ void softmax_grad_block(const T* dy, const T* y, T* dx, int64_t n, int64_t strid
     }
 }
 
-// f32 along the last axis goes to oneDNN (vectorized exp). oneDNN 2.6 falls back to a slow reference kernel
-// for any other axis, so those, and f64 (gradient checks), take the blocked loops.
+// The gradient along the last axis, one row at a time. Sixteen partial sums, added in a fixed tree, let the
+// loops vectorize at any width with the same rounding on every CPU. oneDNN 2.6's softmax backward has no
+// vectorized kernel without AVX-512: its reference loop took 8x the forward's time on an AVX2 machine.
+template <class T, bool kLog>
+TRAINER_CPU_CLONES void softmax_grad_rows(const T* dy, const T* y, T* dx, int64_t rows, int64_t n) {
+  constexpr int L = 16;
+  for (int64_t r = 0; r < rows; ++r, dy += n, y += n, dx += n) {
+    T p[L] = {};
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+      for (int k = 0; k < L; ++k) p[k] += kLog ? dy[i + k] : dy[i + k] * y[i + k];
+    for (; i < n; ++i) p[0] += kLog ? dy[i] : dy[i] * y[i];
+    for (int w = L / 2; w > 0; w /= 2)
+      for (int k = 0; k < w; ++k) p[k] += p[k + w];
+    const T acc = p[0];
+    if constexpr (!kLog) {
+      for (int64_t j = 0; j < n; ++j) dx[j] = y[j] * (dy[j] - acc);
+    } else if constexpr (std::is_same_v<T, float>) {
+      for (int64_t j = 0; j < n; ++j) dx[j] = dy[j] - exp_clamped(y[j]) * acc;
+    } else {
+      for (int64_t j = 0; j < n; ++j) dx[j] = dy[j] - std::exp(y[j]) * acc;
+    }
+  }
+}
+
+// The forward f32 along the last axis goes to oneDNN (vectorized exp). oneDNN 2.6 falls back to a slow
+// reference kernel for any other axis, so those, and f64 (gradient checks), take the blocked loops.
 bool use_dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
   return a.in(0).dtype == DType::f32 && g.inner == 1 && a.in(0).shape.numel() > 0;
 }
@@ -422,25 +509,6 @@ KernelPtr dnnl_softmax(const KernelArgs& a, const AxisGeom& g) {
       Fwd(pd), pd,
       std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_SRC, dnnl_mem(md, a.inputs[0])},
                                                 {DNNL_ARG_DST, dnnl_mem(md, a.outputs[0])}},
-      serial);
-  return make_kernel([call](const StepContext&) { (*call)(); });
-}
-
-// oneDNN's softmax backward supports diff_src == diff_dst, which the in-place SoftmaxGrad may bind.
-template <class Fwd, class Bwd>
-KernelPtr dnnl_softmax_grad(const KernelArgs& a, const AxisGeom& g) {
-  dnnl::memory::desc md = softmax_md(g);
-  const bool serial = a.in(0).shape.numel() <= kSerialSoftmax;
-  std::optional<SerialScope> one;
-  if (serial) one.emplace();
-  typename Fwd::primitive_desc fpd(typename Fwd::desc(dnnl::prop_kind::forward_training, md, 1), dnnl_attr(),
-                                   dnnl_cpu_engine());
-  typename Bwd::primitive_desc pd(typename Bwd::desc(md, md, 1), dnnl_attr(), dnnl_cpu_engine(), fpd);
-  auto call = std::make_shared<DnnlCall>(
-      Bwd(pd), pd,
-      std::vector<std::pair<int, dnnl::memory>>{{DNNL_ARG_DIFF_DST, dnnl_mem(md, a.inputs[0])},
-                                                {DNNL_ARG_DST, dnnl_mem(md, a.inputs[1])},
-                                                {DNNL_ARG_DIFF_SRC, dnnl_mem(md, a.outputs[0])}},
       serial);
   return make_kernel([call](const StepContext&) { (*call)(); });
 }
@@ -475,17 +543,23 @@ KernelPtr softmax(const KernelArgs& a) {
 template <bool kLog>
 KernelPtr softmax_grad(const KernelArgs& a) {
   AxisGeom g(a.in(0).shape, a.attrs().i("axis"));
-  if (use_dnnl_softmax(a, g)) {
-    if constexpr (kLog)
-      return dnnl_softmax_grad<dnnl::logsoftmax_forward, dnnl::logsoftmax_backward>(a, g);
-    else
-      return dnnl_softmax_grad<dnnl::softmax_forward, dnnl::softmax_backward>(a, g);
-  }
   KernelPtr kp;
   dispatch_float(a.in(0).dtype, a.node.op.c_str(), [&]<class T>() {
     const T* dy = a.in_ptr<T>(0);
     const T* y = a.in_ptr<T>(1);
     T* dx = a.out_ptr<T>(0);
+    if (g.inner == 1) {
+      // Rows in chunks, one chunk per thread; dx may alias dy (a row's dy is read before it is written).
+      kp = make_kernel([=](const StepContext&) {
+        parallel_chunks(
+            g.outer,
+            [&](int64_t r0, int64_t r1) {
+              softmax_grad_rows<T, kLog>(dy + r0 * g.n, y + r0 * g.n, dx + r0 * g.n, r1 - r0, g.n);
+            },
+            grain_for(2 * g.n));
+      });
+      return;
+    }
     kp = make_kernel([=](const StepContext&) {
       parallel_for(
           g.blocks(),
