@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Training throughput of `trainer fit` against PyTorch on the CPU, for the Fashion-MNIST samples and the IMDB
-1-D CNN and transformer (imdb-cnn, imdb-transformer: samples/imdb/*.toml on random token ids, as the reviews are
-not shipped).
+"""Training throughput of `trainer fit` against PyTorch on the CPU, for the Fashion-MNIST samples, the IMDB
+LSTM, 1-D CNN and transformer (imdb-lstm, imdb-cnn, imdb-transformer: samples/imdb/*.toml on random token ids,
+as the reviews are not shipped) and the CIFAR-10 CNN (cifar-cnn: samples/cifar10/cnn.toml on random records of
+the binary format).
 
 For each sample spec, in one run and with the same thread count: trainer's training samples/s (from its JSON
 lines), PyTorch's samples/s for the same model, optimizer, loss and batch size on the same data (in-memory
@@ -33,7 +34,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-SAMPLES = ["mlp", "cnn", "lstm", "imdb-cnn", "imdb-transformer"]
+SAMPLES = ["mlp", "cnn", "lstm", "imdb-cnn", "imdb-transformer", "cifar-cnn", "imdb-lstm"]
 
 # Stand-ins with the product's models for sample specs that are not in the tree yet; the data, loss and
 # optimizer sections are taken from mlp.toml.
@@ -160,12 +161,32 @@ def imdb_spec(name, tmp, limit):
     return path
 
 
+def cifar_spec(tmp, limit):
+    """samples/cifar10/cnn.toml reading random CIFAR-10 binary records written to tmp (the product card's CNN;
+    the dataset is not shipped)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = max(limit, 1)
+    records = np.concatenate([rng.integers(0, 10, (n, 1), dtype=np.uint8),
+                              rng.integers(0, 256, (n, 3072), dtype=np.uint8)], axis=1)
+    records.tofile(pathlib.Path(tmp) / "cifar_batch.bin")
+    text = (ROOT / "samples" / "cifar10" / "cnn.toml").read_text()
+    for old in ('"data/data_batch_*.bin"', '"data/test_batch.bin"'):
+        text = text.replace(old, f'"{tmp}/cifar_batch.bin"')
+    path = pathlib.Path(tmp) / "cifar_cnn.toml"
+    path.write_text(text)
+    return path
+
+
 def sample_specs(names, tmp, limit):
     """Path of each sample's spec: samples/fashion_mnist/NAME.toml, imdb-NAME for samples/imdb/NAME.toml on
     random reviews, or a stand-in written to tmp."""
     base = ROOT / "samples" / "fashion_mnist"
     specs = {}
     for name in names:
+        if name == "cifar-cnn":
+            specs[name] = cifar_spec(tmp, limit)
+            continue
         if name.startswith("imdb-"):
             specs[name] = imdb_spec(name[len("imdb-"):], tmp, limit)
             continue
@@ -399,13 +420,21 @@ def read_idx(path, np):
 def load_train_data(cfg, folder, limit, np):
     data = cfg["data"]
     src = data["train"]
-    fmt = src.get("format", "npy" if str(src["x"]).endswith(".npy") else "idx")
-    if fmt not in ("idx", "npy"):
-        sys.exit(f"bench_fit: the PyTorch side reads idx and npy data, not {fmt}")
+    x_path = str(src["x"][0] if isinstance(src["x"], list) else src["x"])
+    fmt = src.get("format", "npy" if x_path.endswith(".npy") else "cifar10" if x_path.endswith(".bin") else "idx")
+    if fmt not in ("idx", "npy", "cifar10"):
+        sys.exit(f"bench_fit: the PyTorch side reads idx, npy and CIFAR-10 binary data, not {fmt}")
 
     def one(v):
         v = v[0] if isinstance(v, list) else v
         return v if os.path.isabs(v) else str(folder / v)
+
+    if fmt == "cifar10":  # records of a label byte and 3x32x32 channels-first pixels
+        records = np.fromfile(one(src["x"]), dtype=np.uint8).reshape(-1, 3073)
+        if limit:
+            records = records[:limit]
+        x = records[:, 1:].astype(np.float32) * np.float32(data.get("scale", 1.0))
+        return np.ascontiguousarray(x), records[:, 0].astype(np.int64)
 
     if str(one(src["x"])).endswith(".npy"):  # token ids: as they are
         x, y = np.load(one(src["x"])), np.load(one(src["y"]))
@@ -658,7 +687,7 @@ def fmt_num(v, spec=".0f"):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: mlp,cnn,lstm,imdb-cnn,imdb-transformer")
+    p.add_argument("--samples", default=",".join(SAMPLES), help="comma-separated: " + ",".join(SAMPLES))
     p.add_argument("--build-dir", help="build folder holding cli/trainer and tools/bench/bench_cpu (default: build)")
     p.add_argument("--trainer", help="path of the trainer binary")
     p.add_argument("--bench-cpu", help="path of bench_cpu (the GEMM ceiling)")
