@@ -1,8 +1,9 @@
-// Image data: folders of class folders of PNG and JPEG files, decoded with libpng and libjpeg, resized to the
-// model's input.
+// Image data: folders of class folders of PNG, JPEG, BMP and GIF files, decoded with libpng, libjpeg, our BMP
+// reader and giflib, resized to the model's input.
 #include "formats/data_image.h"
 
 #include <fmt/format.h>
+#include <gif_lib.h>
 #include <png.h>
 
 #include <algorithm>
@@ -169,6 +170,238 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
   return std::move(*img);
 }
 
+// ---- BMP ----
+
+uint32_t le32(const std::vector<uint8_t>& b, size_t at) {
+  return uint32_t{b[at]} | uint32_t{b[at + 1]} << 8 | uint32_t{b[at + 2]} << 16 | uint32_t{b[at + 3]} << 24;
+}
+uint16_t le16(const std::vector<uint8_t>& b, size_t at) {
+  return static_cast<uint16_t>(b[at] | b[at + 1] << 8);
+}
+
+// A colour channel under a bit mask, scaled to 8 bits as Pillow scales it, rounding down (a 5-bit field of 31
+// is 255, of 3 is 24).
+struct MaskField {
+  uint32_t mask = 0;
+  int shift = 0;
+  uint32_t max = 0;
+  explicit MaskField(uint32_t m) : mask(m) {
+    if (!m) return;
+    while (!((m >> shift) & 1u)) ++shift;
+    max = m >> shift;
+  }
+  uint8_t operator()(uint32_t v) const {
+    if (!mask) return 0;
+    return static_cast<uint8_t>(uint64_t{(v & mask) >> shift} * 255 / max);
+  }
+};
+
+// Windows bitmaps as Pillow reads them: the core (OS/2) and info headers (40 to 124 bytes), 1, 4 and 8 bits
+// through the colour table, 16 bits (5-5-5, or bit fields), 24 bits, and 32 bits (BGR and an unused byte,
+// or bit fields with alpha when the header gives an alpha mask); rows bottom-up, or top-down when the height
+// is negative. Run-length compressed files are refused.
+Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int channels) {
+  auto damaged = [&](const std::string& what) {
+    return InputError(path, fmt::format("BMP image cannot be decoded: {}", what),
+                      "the file is damaged or cut short: write it again, or remove it from the class folder");
+  };
+  if (b.size() < 26) throw damaged("it is too short for its headers");
+  const uint32_t pixels_at = le32(b, 10), header = le32(b, 14);
+  const bool core = header == 12;
+  if (!core && (header < 40 || header > 124)) throw damaged(fmt::format("header of {} bytes", header));
+  if (b.size() < 14 + size_t{header}) throw damaged("it is too short for its headers");
+  const int64_t width = core ? le16(b, 18) : static_cast<int32_t>(le32(b, 18));
+  const int64_t signed_height = core ? le16(b, 20) : static_cast<int32_t>(le32(b, 22));
+  const int bits = core ? le16(b, 24) : le16(b, 28);
+  const uint32_t compression = core ? 0 : le32(b, 30);
+  const int64_t height = signed_height < 0 ? -signed_height : signed_height;
+  if (width <= 0 || height == 0) throw damaged(fmt::format("a size of {} by {} pixels", width, height));
+  if (static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels)
+    throw InputError(path,
+                     fmt::format("is an image of {} by {} pixels, more than {} million", width, height,
+                                 kMaxImagePixels / 1000000),
+                     "resize it first: images are decoded whole");
+  if (compression == 1 || compression == 2)
+    throw InputError(path, "is a run-length compressed BMP, which is not read",
+                     "save it as an uncompressed BMP, or as a PNG");
+  const bool fields = compression == 3 || compression == 6;
+  if (compression != 0 && !fields)
+    throw InputError(path, fmt::format("is a BMP of compression type {}, which is not read", compression),
+                     "save it as an uncompressed BMP, or as a PNG");
+  if (bits != 1 && bits != 4 && bits != 8 && bits != 16 && bits != 24 && bits != 32)
+    throw damaged(fmt::format("{} bits per pixel", bits));
+  if (fields && bits != 16 && bits != 32) throw damaged(fmt::format("bit fields at {} bits per pixel", bits));
+
+  // Bit masks: in the header from 52 bytes on, else just after a 40-byte header.
+  uint32_t masks[4] = {0x7C00, 0x03E0, 0x001F, 0};  // 16 bits without fields: 5-5-5
+  if (bits == 32) masks[0] = 0xFF0000, masks[1] = 0xFF00, masks[2] = 0xFF;
+  size_t table_at = 14 + header;
+  if (fields) {
+    const int count = header >= 56 || compression == 6 ? 4 : 3;
+    const size_t at = 54;
+    if (header == 40) table_at += 4 * static_cast<size_t>(compression == 6 ? 4 : 3);
+    if (b.size() < at + 4 * static_cast<size_t>(count)) throw damaged("it is too short for its bit masks");
+    for (int k = 0; k < count; ++k) masks[k] = le32(b, at + 4 * static_cast<size_t>(k));
+  }
+  const bool alpha = fields && masks[3] != 0;
+
+  // The colour table of a paletted image: 3-byte entries after a core header, 4-byte ones otherwise.
+  std::vector<uint8_t> palette;  // RGB triples
+  if (bits <= 8) {
+    const size_t entry = core ? 3 : 4;
+    size_t count = core ? 0 : le32(b, 46);
+    if (count == 0 || count > (size_t{1} << bits)) count = size_t{1} << bits;
+    // A table cut short by the pixel data (some writers list fewer colours) keeps the entries before it.
+    if (pixels_at > table_at) count = std::min(count, (pixels_at - table_at) / entry);
+    if (b.size() < table_at + count * entry) throw damaged("it is too short for its colour table");
+    for (size_t k = 0; k < count; ++k) {
+      const size_t at = table_at + k * entry;
+      palette.insert(palette.end(), {b[at + 2], b[at + 1], b[at]});
+    }
+  }
+
+  const uint64_t stride = (static_cast<uint64_t>(bits) * static_cast<uint64_t>(width) + 31) / 32 * 4;
+  if (pixels_at > b.size() || (b.size() - pixels_at) / stride < static_cast<uint64_t>(height))
+    throw damaged(fmt::format("it holds {} bytes of pixels where {} rows of {} bytes need {}",
+                              b.size() - std::min<size_t>(pixels_at, b.size()), height, stride,
+                              stride * static_cast<uint64_t>(height)));
+  const MaskField red(masks[0]), green(masks[1]), blue(masks[2]), opacity(masks[3]);
+  const int from = alpha ? 4 : 3;
+  std::vector<uint8_t> row(static_cast<size_t>(width * from));
+  Image img;
+  img.height = height;
+  img.width = width;
+  img.channels = channels;
+  img.pixels.resize(static_cast<size_t>(height * width * channels));
+  for (int64_t y = 0; y < height; ++y) {
+    const int64_t stored = signed_height < 0 ? y : height - 1 - y;
+    const uint8_t* src = b.data() + pixels_at + static_cast<uint64_t>(stored) * stride;
+    for (int64_t x = 0; x < width; ++x) {
+      uint8_t* px = row.data() + x * from;
+      if (bits <= 8) {
+        const int64_t bit = x * bits;
+        const unsigned index = (src[bit / 8] >> (8 - bits - bit % 8)) & ((1u << bits) - 1);
+        if (3 * size_t{index} + 2 >= palette.size())
+          throw damaged(fmt::format("colour {} of a table of {}", index, palette.size() / 3));
+        std::copy_n(palette.data() + 3 * size_t{index}, 3, px);
+      } else if (bits == 24) {
+        px[0] = src[3 * x + 2], px[1] = src[3 * x + 1], px[2] = src[3 * x];
+      } else {
+        const uint32_t v = bits == 16 ? uint32_t{src[2 * x]} | uint32_t{src[2 * x + 1]} << 8
+                                      : uint32_t{src[4 * x]} | uint32_t{src[4 * x + 1]} << 8 |
+                                            uint32_t{src[4 * x + 2]} << 16 | uint32_t{src[4 * x + 3]} << 24;
+        px[0] = red(v), px[1] = green(v), px[2] = blue(v);
+        if (alpha) px[3] = opacity(v);
+      }
+    }
+    convert_channels(row.data(), from, img.pixels.data() + y * width * channels, channels, width);
+  }
+  return img;
+}
+
+// ---- GIF ----
+
+struct GifSource {
+  const std::vector<uint8_t>* bytes;
+  size_t at = 0;
+};
+
+int gif_read(GifFileType* gif, GifByteType* out, int n) {
+  auto* src = static_cast<GifSource*>(gif->UserData);
+  const size_t k = std::min(static_cast<size_t>(n), src->bytes->size() - src->at);
+  std::memcpy(out, src->bytes->data() + src->at, k);
+  src->at += k;
+  return static_cast<int>(k);
+}
+
+// The first frame of a GIF (Keras reads no animation), on its logical screen: pixels the frame leaves out
+// and its transparent colour are black and transparent, as TensorFlow's first frame has them.
+Image decode_gif(const std::string& path, const std::vector<uint8_t>& bytes, int channels) {
+  GifSource src{&bytes};
+  int error = 0;
+  GifFileType* gif = DGifOpen(&src, gif_read, &error);
+  auto damaged = [&](int code) {
+    const char* what = GifErrorString(code);
+    return InputError(path, fmt::format("GIF image cannot be decoded: {}", what ? what : "unknown error"),
+                      "the file is damaged or cut short: write it again, or remove it from the class folder");
+  };
+  if (!gif) throw damaged(error);
+  const std::unique_ptr<GifFileType, void (*)(GifFileType*)> owner(gif, [](GifFileType* g) {
+    int e = 0;
+    DGifCloseFile(g, &e);
+  });
+  int transparent = -1;
+  for (;;) {
+    GifRecordType type = UNDEFINED_RECORD_TYPE;
+    if (DGifGetRecordType(gif, &type) == GIF_ERROR) throw damaged(gif->Error);
+    if (type == TERMINATE_RECORD_TYPE)
+      throw InputError(path, "is a GIF without an image", "remove it from the class folder");
+    if (type == EXTENSION_RECORD_TYPE) {
+      int code = 0;
+      GifByteType* ext = nullptr;
+      if (DGifGetExtension(gif, &code, &ext) == GIF_ERROR) throw damaged(gif->Error);
+      if (code == GRAPHICS_EXT_FUNC_CODE && ext && ext[0] >= 4) {
+        GraphicsControlBlock gcb{};
+        if (DGifExtensionToGCB(ext[0], ext + 1, &gcb) == GIF_OK) transparent = gcb.TransparentColor;
+      }
+      while (ext)
+        if (DGifGetExtensionNext(gif, &ext) == GIF_ERROR) throw damaged(gif->Error);
+      continue;
+    }
+    if (type != IMAGE_DESC_RECORD_TYPE) continue;
+    if (DGifGetImageDesc(gif) == GIF_ERROR) throw damaged(gif->Error);
+    const GifImageDesc& d = gif->Image;
+    // The screen, widened to hold a frame that overhangs it (as decoders commonly do).
+    const int64_t screen_w = std::max<int64_t>(gif->SWidth, int64_t{d.Left} + d.Width);
+    const int64_t screen_h = std::max<int64_t>(gif->SHeight, int64_t{d.Top} + d.Height);
+    if (d.Width <= 0 || d.Height <= 0 || d.Left < 0 || d.Top < 0)
+      throw InputError(
+          path, fmt::format("GIF image cannot be decoded: a frame of {} by {} pixels", d.Width, d.Height),
+          "the file is damaged: write it again, or remove it from the class folder");
+    if (static_cast<uint64_t>(screen_w) * static_cast<uint64_t>(screen_h) > kMaxImagePixels)
+      throw InputError(path,
+                       fmt::format("is an image of {} by {} pixels, more than {} million", screen_w, screen_h,
+                                   kMaxImagePixels / 1000000),
+                       "resize it first: images are decoded whole");
+    const ColorMapObject* map = d.ColorMap ? d.ColorMap : gif->SColorMap;
+    if (!map)
+      throw InputError(path, "GIF image cannot be decoded: it has no colour table",
+                       "the file is damaged: write it again, or remove it from the class folder");
+    // Rows in the order they are stored: interlaced images in four passes.
+    std::vector<GifPixelType> index(static_cast<size_t>(d.Width) * static_cast<size_t>(d.Height));
+    std::vector<int> order;
+    if (d.Interlace) {
+      for (const auto& [first, step] : {std::pair{0, 8}, {4, 8}, {2, 4}, {1, 2}})
+        for (int y = first; y < d.Height; y += step) order.push_back(y);
+    } else {
+      for (int y = 0; y < d.Height; ++y) order.push_back(y);
+    }
+    for (int y : order)
+      if (DGifGetLine(gif, index.data() + static_cast<size_t>(y) * d.Width, d.Width) == GIF_ERROR)
+        throw damaged(gif->Error);
+    std::vector<uint8_t> rgba(static_cast<size_t>(screen_w * screen_h * 4), 0);
+    for (int y = 0; y < d.Height; ++y)
+      for (int x = 0; x < d.Width; ++x) {
+        const int k = index[static_cast<size_t>(y) * d.Width + x];
+        if (k == transparent) continue;
+        if (k >= map->ColorCount)
+          throw InputError(
+              path,
+              fmt::format("GIF image cannot be decoded: colour {} of a table of {}", k, map->ColorCount),
+              "the file is damaged: write it again, or remove it from the class folder");
+        uint8_t* px = rgba.data() + ((d.Top + y) * screen_w + d.Left + x) * 4;
+        px[0] = map->Colors[k].Red, px[1] = map->Colors[k].Green, px[2] = map->Colors[k].Blue, px[3] = 255;
+      }
+    Image img;
+    img.height = screen_h;
+    img.width = screen_w;
+    img.channels = channels;
+    img.pixels.resize(static_cast<size_t>(screen_h * screen_w * channels));
+    convert_channels(rgba.data(), 4, img.pixels.data(), channels, screen_h * screen_w);
+    return img;
+  }
+}
+
 }  // namespace
 
 Image decode_image(const std::string& path, int channels) {
@@ -185,7 +418,11 @@ Image decode_image(const std::string& path, int channels) {
     return decode_png(path, bytes, channels);
   if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
     return decode_jpeg(path, bytes, channels);
-  throw InputError(path, "is neither a PNG nor a JPEG image (by its first bytes)",
+  if (bytes.size() >= 6 &&
+      (std::memcmp(bytes.data(), "GIF87a", 6) == 0 || std::memcmp(bytes.data(), "GIF89a", 6) == 0))
+    return decode_gif(path, bytes, channels);
+  if (bytes.size() >= 2 && bytes[0] == 'B' && bytes[1] == 'M') return decode_bmp(path, bytes, channels);
+  throw InputError(path, "is not a PNG, JPEG, BMP or GIF image (by its first bytes)",
                    "convert it to PNG or JPEG, or remove it from the class folder");
 }
 
@@ -232,7 +469,8 @@ void resize_image(const Image& in, int64_t height, int64_t width, uint8_t* out) 
 
 bool is_image_name(const std::string& path) {
   return ends_with_any_case(path, ".png") || ends_with_any_case(path, ".jpg") ||
-         ends_with_any_case(path, ".jpeg");
+         ends_with_any_case(path, ".jpeg") || ends_with_any_case(path, ".bmp") ||
+         ends_with_any_case(path, ".gif");
 }
 
 std::shared_ptr<const Bytes> images_as_npy(const std::vector<std::string>& paths, int64_t height,
@@ -251,7 +489,8 @@ std::shared_ptr<const Bytes> images_as_npy(const std::vector<std::string>& paths
         inside.push_back(e.path().string());
     }
     if (inside.empty())
-      throw InputError(p, "is a folder without .png or .jpg images", "give image files, or a folder of them");
+      throw InputError(p, "is a folder without .png, .jpg, .bmp or .gif images",
+                       "give image files, or a folder of them");
     std::sort(inside.begin(), inside.end(), natural_less);
     found.insert(found.end(), inside.begin(), inside.end());
   }
@@ -272,7 +511,7 @@ std::shared_ptr<const engine::data::Dataset> open_image_source(
     int64_t spill_bytes, const std::vector<std::string>& training_classes, bool classes_named, bool one_hot) {
   const ClassFiles files = list_class_files(
       src, base_dir, "image", [](const std::string& name) { return is_image_name(name); },
-      ".png or .jpg images", training_classes, classes_named);
+      ".png, .jpg, .bmp or .gif images", training_classes, classes_named);
   const auto n = static_cast<int64_t>(files.files.size());
   const auto record = static_cast<size_t>(height * width * channels);
   SpillWriter pixels(spill_bytes, "decoded images");

@@ -1,5 +1,5 @@
-// Image data, as Keras's image_dataset_from_directory gives it: folders of class folders of PNG and JPEG
-// files, each decoded, resized to the model's input and labelled by its folder.
+// Image data, as Keras's image_dataset_from_directory gives it: folders of class folders of PNG, JPEG, BMP
+// and GIF files, each decoded, resized to the model's input and labelled by its folder.
 #pragma once
 
 #include <cstdint>
@@ -19,25 +19,26 @@ struct Image {
   std::vector<uint8_t> pixels;
 };
 
-// Decodes a PNG or JPEG file (told by its first bytes) into `channels` channels: 1 grey, 3 RGB, 4 RGBA
-// (colour turned grey, grey spread to RGB, alpha added opaque or dropped, as Keras's color_mode does; a PNG
-// of 16 bits per channel is scaled to 8). A file of another format, or damaged, is an InputError naming it.
+// Decodes a PNG, JPEG, BMP or GIF file (told by its first bytes; a GIF's first frame) into `channels`
+// channels: 1 grey, 3 RGB, 4 RGBA (colour turned grey, grey spread to RGB, alpha added opaque or dropped, as
+// Keras's color_mode does; a PNG of 16 bits per channel is scaled to 8). A file of another format, or
+// damaged, is an InputError naming it.
 Image decode_image(const std::string& path, int channels);
 
 // Bilinear resizing with half-pixel centres, as Keras resizes (TensorFlow's resize without antialiasing),
 // rounded to 8 bits; an image of the size already is copied.
 void resize_image(const Image& in, int64_t height, int64_t width, uint8_t* out);
 
-// The images of a source of folders of class folders (list_class_files, data_text.h): .png, .jpg and .jpeg
-// files (any case), each decoded to `channels` and resized to height x width: u8 [height, width, channels]
-// samples (channels last), int64 labels (one-hot f32 rows with `one_hot`), located by file. Large sets go to
-// a temporary file past `spill_bytes`.
+// The images of a source of folders of class folders (list_class_files, data_text.h): .png, .jpg, .jpeg, .bmp
+// and .gif files (any case), each decoded to `channels` and resized to height x width: u8 [height, width,
+// channels] samples (channels last), int64 labels (one-hot f32 rows with `one_hot`), located by file. Large
+// sets go to a temporary file past `spill_bytes`.
 std::shared_ptr<const engine::data::Dataset> open_image_source(
     const DataSource& src, const std::string& base_dir, int64_t height, int64_t width, int64_t channels,
     int64_t spill_bytes = kDefaultSpillBytes, const std::vector<std::string>& training_classes = {},
     bool classes_named = false, bool one_hot = false);
 
-// Whether a path names an image file by its name (.png, .jpg, .jpeg, any case).
+// Whether a path names an image file by its name (.png, .jpg, .jpeg, .bmp, .gif, any case).
 bool is_image_name(const std::string& path);
 
 // The images that `paths` name (image files, and folders, whose image files are taken in natural order of

@@ -6,7 +6,7 @@ set -euo pipefail
 debs=(
   build-essential cmake ninja-build ccache pkg-config python3 python3-pip groff-base
   libonnx-dev libprotobuf-dev protobuf-compiler libcli11-dev libfmt-dev doctest-dev
-  libtomlplusplus-dev libdnnl-dev libopenblas-dev zlib1g-dev libpng-dev libjpeg-dev libopenmpi-dev openmpi-bin
+  libtomlplusplus-dev libdnnl-dev libopenblas-dev zlib1g-dev libpng-dev libjpeg-dev libgif-dev libopenmpi-dev openmpi-bin
   dataset-fashion-mnist libonnx-testdata python3-torch
 )
 

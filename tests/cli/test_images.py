@@ -1,6 +1,7 @@
 """Image folders as Keras's image_dataset_from_directory gives them: trainer fit reads folders of class folders
-of PNG and JPEG files, each decoded to the input's channels and resized to its height and width, labelled by
-its folder; trainer predict of such a checkpoint takes image files and folders of them, read the same way."""
+of PNG, JPEG, BMP and GIF files, each decoded to the input's channels and resized to its height and width,
+labelled by its folder; trainer predict of such a checkpoint takes image files and folders of them, read the
+same way."""
 
 import os
 import tempfile
@@ -127,6 +128,57 @@ class Images(unittest.TestCase):
         np.testing.assert_allclose(got, want, atol=2e-3)     # JPEG: decoders may differ by one level
         self.assertTrue((got[:-1, 1] > 0.5).all())  # the dark ones
         self.assertGreater(got[-1, 0], 0.5)
+
+    def test_bmp_and_gif_files_decode_as_pillow_decodes_them(self):
+        # Pillow writes BMPs of 1, 8 (grey and palette), 24 and 32 bits, and GIFs (a palette with a
+        # transparent colour, interlaced, and an animation whose first frame counts); fit reads them among the
+        # PNGs, and predict on them gives what it gives on Pillow's pixels of them.
+        rng = np.random.default_rng(5)
+        made = []
+        for k, cls in enumerate(("bright", "dark")):
+            folder = self.path("shapes", "train", cls)
+            for i in range(6):
+                h, w = (int(v) for v in rng.integers(9, 20, 2))
+                a = ((170 if cls == "bright" else 40) + rng.integers(0, 60, (h, w, 3))).astype(np.uint8)
+                img = Image.fromarray(a)
+                name = os.path.join(folder, f"extra{i}")
+                if i == 0:
+                    img.save(name + ".bmp")                                    # 24 bits
+                elif i == 1:
+                    Image.fromarray(np.dstack([a, a[:, :, :1]])).save(name + ".BMP")  # 32 bits, alpha unused
+                elif i == 2:
+                    img.convert("L").save(name + ".bmp")                       # 8 bits, grey table
+                elif i == 3:
+                    img.quantize(16).save(name + ".bmp")                       # 8 bits, a palette of 16
+                    img.convert("1").save(name + "_1bit.bmp")                  # 1 bit
+                    made.append(name + "_1bit.bmp")
+                elif i == 4:
+                    p = Image.fromarray(a.repeat(2, 0).repeat(2, 1)).quantize(32)  # 18 or more: interlaced
+                    pal = p.getpalette()[:96]
+                    pal[0:3] = [0, 0, 0]                   # the transparent colour is black, as trainer reads it
+                    p.putpalette(pal)
+                    p.save(name + ".gif", transparency=0, interlace=True)
+                else:
+                    frames = [img.quantize(64), Image.fromarray(255 - a).quantize(64)]
+                    frames[0].save(name + ".gif", save_all=True, append_images=frames[1:], duration=100)
+                made.append(name + (".bmp" if i in (0, 2, 3) else ".BMP" if i == 1 else ".gif"))
+        spec = self.path("spec.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.replace("epochs = 12", "epochs = 1"))
+        r = run(["fit", spec, "--output-dir", self.path("run")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Training on 94 samples", r.stderr)
+        ckpt = self.path("run", "last.ckpt")
+        got = cli_util.predict_rows(self, [ckpt] + made)
+
+        def pillow(path):
+            with Image.open(path) as img:
+                img.seek(0)
+                return resized(np.asarray(img.convert("RGB")), 12, 12)
+
+        np.save(self.path("x.npy"), np.stack([pillow(p) for p in made]))
+        want = cli_util.predict_rows(self, [ckpt, self.path("x.npy")])
+        np.testing.assert_array_equal(got, want)
 
     def test_the_flowers_sample_on_folders_of_photos(self):
         # samples/flowers/cnn.toml as a user runs it, on five class folders of JPEGs of several sizes beside a

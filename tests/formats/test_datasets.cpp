@@ -2,6 +2,7 @@
 // stored and deflated, CSV), their error messages, the real Fashion-MNIST files, and the loader over a real
 // reader.
 #include <doctest/doctest.h>
+#include <gif_lib.h>
 #include <png.h>
 #include <zlib.h>
 #include <cstddef>
@@ -883,7 +884,145 @@ std::vector<uint8_t> gradient(int64_t h, int64_t w, int channels) {
 
 }  // namespace
 
+namespace {
+
+void put16(Blob& b, size_t at, uint32_t v) {
+  for (int k = 0; k < 2; ++k) b[at + k] = static_cast<uint8_t>(v >> (8 * k));
+}
+void put32(Blob& b, size_t at, uint32_t v) {
+  for (int k = 0; k < 4; ++k) b[at + k] = static_cast<uint8_t>(v >> (8 * k));
+}
+
+// A BMP with a header of `header` bytes (12: OS/2 core; 40: info, its bit masks after it; 108: version 4, the
+// masks inside), `table` the colour table's raw bytes, and `rows` the rows as stored (each padded here).
+Blob bmp(int header, int32_t w, int32_t h, int bits, uint32_t compression, const std::vector<uint32_t>& masks,
+         const Blob& table, const std::vector<Blob>& rows, uint32_t colours_used = 0) {
+  const size_t after_header = header == 40 ? 4 * masks.size() : 0;
+  const size_t pixels_at = 14 + static_cast<size_t>(header) + after_header + table.size();
+  const size_t stride = (static_cast<size_t>(bits) * static_cast<size_t>(w) + 31) / 32 * 4;
+  Blob b(pixels_at + stride * rows.size(), 0);
+  b[0] = 'B', b[1] = 'M';
+  put32(b, 2, static_cast<uint32_t>(b.size()));
+  put32(b, 10, static_cast<uint32_t>(pixels_at));
+  put32(b, 14, static_cast<uint32_t>(header));
+  if (header == 12) {
+    put16(b, 18, static_cast<uint32_t>(w)), put16(b, 20, static_cast<uint32_t>(h)), put16(b, 22, 1);
+    put16(b, 24, static_cast<uint32_t>(bits));
+  } else {
+    put32(b, 18, static_cast<uint32_t>(w)), put32(b, 22, static_cast<uint32_t>(h)), put16(b, 26, 1);
+    put16(b, 28, static_cast<uint32_t>(bits)), put32(b, 30, compression), put32(b, 46, colours_used);
+    for (size_t k = 0; k < masks.size(); ++k) put32(b, 54 + 4 * k, masks[k]);
+  }
+  std::copy(table.begin(), table.end(), b.begin() + static_cast<std::ptrdiff_t>(pixels_at - table.size()));
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::copy(rows[r].begin(), rows[r].end(),
+              b.begin() + static_cast<std::ptrdiff_t>(pixels_at + r * stride));
+  return b;
+}
+
+}  // namespace
+
 TEST_SUITE("datasets") {
+  TEST_CASE("images: BMP of every bit depth and header, read as Pillow reads them") {
+    TempDir dir;
+    auto pixels = [&](const Blob& file, int channels) {
+      return decode_image(dir.write("x.bmp", file), channels).pixels;
+    };
+    // 24 bits, 3 x 2, bottom-up: BGR triples, the bottom row first.
+    const std::vector<Blob> rows24 = {{1, 2, 3, 4, 5, 6, 7, 8, 9}, {11, 12, 13, 14, 15, 16, 17, 18, 19}};
+    const Blob top_first = {13, 12, 11, 16, 15, 14, 19, 18, 17, 3, 2, 1, 6, 5, 4, 9, 8, 7};
+    CHECK(pixels(bmp(40, 3, 2, 24, 0, {}, {}, rows24), 3) == top_first);
+    // Top-down (negative height): the first row stored is the top one.
+    CHECK(pixels(bmp(40, 3, -2, 24, 0, {}, {}, {rows24[1], rows24[0]}), 3) == top_first);
+    Image sized = decode_image(dir.write("y.bmp", bmp(40, 3, -2, 24, 0, {}, {}, {rows24[1], rows24[0]})), 1);
+    CHECK((sized.height == 2 && sized.width == 3));
+
+    // 32 bits without bit fields: BGR and an unused byte (alpha comes out opaque); with version-4 bit fields
+    // and an alpha mask, the alpha is read.
+    CHECK(pixels(bmp(40, 1, 1, 32, 0, {}, {}, {{10, 20, 30, 0}}), 4) == Blob{30, 20, 10, 255});
+    CHECK(pixels(bmp(108, 1, 1, 32, 3, {0xFF0000, 0xFF00, 0xFF, 0xFF000000}, {}, {{10, 20, 30, 40}}), 4) ==
+          Blob{30, 20, 10, 40});
+    CHECK(pixels(bmp(108, 1, 1, 32, 3, {0xFF, 0xFF00, 0xFF0000, 0}, {}, {{10, 20, 30, 40}}), 4) ==
+          Blob{10, 20, 30, 255});
+
+    // 16 bits: 5-5-5 without bit fields, 5-6-5 with them (masks after a 40-byte header); fields scale down
+    // to 8 bits rounding down (3 of 31 is 24).
+    CHECK(pixels(bmp(40, 3, 1, 16, 0, {}, {}, {{0xFF, 0x7F, 0x00, 0x7C, 0x63, 0x0C}}), 3) ==
+          Blob{255, 255, 255, 255, 0, 0, 24, 24, 24});
+    CHECK(pixels(bmp(40, 2, 1, 16, 3, {0xF800, 0x07E0, 0x001F}, {}, {{0xE0, 0x07, 0x1F, 0x00}}), 3) ==
+          Blob{0, 255, 0, 0, 0, 255});
+
+    // Colour tables: 4 bits under a core header (3-byte entries), 1 bit and 8 bits under an info header.
+    const Blob table3 = {0, 0, 255, 0, 255, 0, 255, 0, 0};           // BGR: red, green, blue
+    const Blob table4 = {0, 0, 255, 0, 0, 255, 0, 0, 255, 0, 0, 0};  // BGRX: red, green, blue
+    CHECK(pixels(bmp(12, 3, 1, 4, 0, {}, table3, {{0x21, 0x00}}), 3) ==
+          Blob{0, 0, 255, 0, 255, 0, 255, 0, 0});
+    CHECK(pixels(bmp(40, 10, 1, 1, 0, {}, {0, 0, 0, 0, 255, 255, 255, 0}, {{0xA0, 0x40}}), 1) ==
+          Blob{255, 0, 255, 0, 0, 0, 0, 0, 0, 255});
+    CHECK(pixels(bmp(40, 2, 1, 8, 0, {}, table4, {{2, 1}}, 3), 3) == Blob{0, 0, 255, 0, 255, 0});
+
+    // Refused, naming the file: an index past the table, run-length compression, rows cut short.
+    auto error = [&](const Blob& file) {
+      return input_error([&] { decode_image(dir.write("x.bmp", file), 3); });
+    };
+    CHECK(error(bmp(40, 2, 1, 8, 0, {}, table4, {{2, 5}}, 3))
+              .find("x.bmp: BMP image cannot be decoded: colour 5 "
+                    "of a table of 3") != std::string::npos);
+    CHECK(error(bmp(40, 2, 1, 8, 1, {}, table4, {{2, 1}}, 3)).find("is a run-length compressed BMP") !=
+          std::string::npos);
+    Blob cut = bmp(40, 3, 2, 24, 0, {}, {}, rows24);
+    cut.resize(cut.size() - 3);
+    CHECK(error(cut).find("it holds 21 bytes of pixels where 2 rows of 12 bytes need 24") !=
+          std::string::npos);
+    CHECK(error(Blob{'B', 'M', 0, 0}).find("too short for its headers") != std::string::npos);
+  }
+
+  TEST_CASE("images: a GIF's first frame on its screen, transparent and uncovered pixels black and clear") {
+    TempDir dir;
+    const std::string path = dir.path + "/a.gif";
+    int error = 0;
+    GifFileType* gif = EGifOpenFileName(path.c_str(), false, &error);
+    REQUIRE(gif);
+    GifColorType colours[4] = {{0, 0, 0}, {255, 0, 0}, {0, 255, 0}, {0, 0, 255}};
+    ColorMapObject* map = GifMakeMapObject(4, colours);
+    REQUIRE(EGifPutScreenDesc(gif, 4, 3, 2, 0, map) == GIF_OK);
+    GraphicsControlBlock gcb{};
+    gcb.TransparentColor = 3;
+    GifByteType ext[4];
+    const size_t n = EGifGCBToExtension(&gcb, ext);
+    REQUIRE(EGifPutExtension(gif, GRAPHICS_EXT_FUNC_CODE, static_cast<int>(n), ext) == GIF_OK);
+    // The first frame covers columns 1-2 of rows 1-2 of a 4 x 3 screen; colour 3 is transparent.
+    REQUIRE(EGifPutImageDesc(gif, 1, 1, 2, 2, false, nullptr) == GIF_OK);
+    GifPixelType first[2][2] = {{1, 2}, {3, 1}};
+    for (auto& row : first) REQUIRE(EGifPutLine(gif, row, 2) == GIF_OK);
+    // A second frame (an animation's next) is not read.
+    REQUIRE(EGifPutImageDesc(gif, 0, 0, 4, 3, false, nullptr) == GIF_OK);
+    GifPixelType second[4] = {2, 2, 2, 2};
+    for (int r = 0; r < 3; ++r) REQUIRE(EGifPutLine(gif, second, 4) == GIF_OK);
+    REQUIRE(EGifCloseFile(gif, &error) == GIF_OK);
+    GifFreeMapObject(map);
+
+    Image img = decode_image(path, 4);
+    REQUIRE((img.height == 3 && img.width == 4));
+    Blob want(4 * 3 * 4, 0);
+    auto set = [&](int y, int x, Blob rgba) {
+      std::copy(rgba.begin(), rgba.end(), want.begin() + (y * 4 + x) * 4);
+    };
+    set(1, 1, {255, 0, 0, 255});
+    set(1, 2, {0, 255, 0, 255});
+    set(2, 2, {255, 0, 0, 255});
+    CHECK(img.pixels == want);
+    CHECK(decode_image(path, 3).pixels.size() == 36);
+
+    // A GIF cut short is an error naming the file.
+    std::ifstream in(path, std::ios::binary);
+    std::string whole((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    dir.write_text("cut.gif", whole.substr(0, 30));
+    CHECK(input_error([&] {
+            decode_image(dir.path + "/cut.gif", 3);
+          }).find("cut.gif: GIF image cannot be decoded") != std::string::npos);
+  }
+
   TEST_CASE(
       "images: PNG and JPEG decoded to the input's channels, resized as Keras resizes, labelled by folder") {
     TempDir dir;
@@ -995,10 +1134,10 @@ TEST_SUITE("datasets") {
     CHECK(input_error([&] {
             open_dataset(src, dir.path, options);
           }).find("f.jpg: JPEG image cannot be decoded") != std::string::npos);
-    dir.write_text("train/dog/f.jpg", "GIF89a...");
+    dir.write_text("train/dog/f.jpg", "RIFF\x10\0\0\0WEBPVP8 ");
     CHECK(input_error([&] {
             open_dataset(src, dir.path, options);
-          }).find("f.jpg: is neither a PNG nor a JPEG") != std::string::npos);
+          }).find("f.jpg: is not a PNG, JPEG, BMP or GIF image") != std::string::npos);
     std::filesystem::remove(dir.path + "/train/dog/f.jpg");
     options.image_shape = {4, 5, 2};
     CHECK(input_error([&] { open_dataset(src, dir.path, options); })
