@@ -28,6 +28,7 @@
 #include "formats/checkpoint_hash.h"
 #include "formats/datasets.h"
 #include "formats/onnx_import.h"
+#include "formats/tensorboard.h"
 
 namespace trainer::cli {
 
@@ -103,6 +104,7 @@ class FitPrinter final : public engine::FitObserver {
   }
 
   void on_epoch_end(const engine::EpochReport& r) override {
+    write_tensorboard(r);
     out_.clear_bar();
     out_.say("Epoch {}/{} · {}/{} · {:.1f}s{}\n", r.epoch, r.epochs, r.steps, r.steps, r.seconds,
              logs_text(r.logs));
@@ -130,8 +132,39 @@ class FitPrinter final : public engine::FitObserver {
   // run.
   void replay(const engine::EpochReport& r) { history_ += epoch_json(r) + "\n"; }
 
+  void keep_tensorboard(formats::TensorBoardWriter* w) { tensorboard_ = w; }
+
  private:
+  // Keras's TensorBoard callback at update_freq "epoch": the epoch's training logs as epoch_<name> in the
+  // train run (with epoch_learning_rate), its val_ logs without the prefix in the validation run, at step
+  // epoch - 1. A failed write stops the events with a warning, not the training.
+  void write_tensorboard(const engine::EpochReport& r) {
+    if (!tensorboard_) return;
+    std::vector<std::pair<std::string, double>> train, validation;
+    bool has_rate = false;
+    for (const auto& [name, v] : r.logs) {
+      if (name.starts_with("val_")) {
+        validation.emplace_back("epoch_" + name.substr(4), v);
+      } else {
+        train.emplace_back("epoch_" + name, v);
+        has_rate |= name == "learning_rate";
+      }
+    }
+    if (!has_rate && std::isfinite(r.learning_rate))
+      train.emplace_back("epoch_learning_rate", r.learning_rate);
+    for (const auto& [run, values] : {std::pair{"train", &train}, {"validation", &validation}}) {
+      if (values->empty()) continue;
+      const std::string error = tensorboard_->write(run, r.epoch - 1, *values);
+      if (!error.empty()) {
+        out_.say("trainer: warning: {}; the run goes on without TensorBoard events\n", error);
+        tensorboard_ = nullptr;
+        return;
+      }
+    }
+  }
+
   Output& out_;
+  formats::TensorBoardWriter* tensorboard_ = nullptr;
   std::chrono::steady_clock::time_point epoch_start_{}, last_draw_{};
   std::string history_, history_path_;
 };
@@ -367,12 +400,21 @@ Command add_fit_command(CLI::App& app) {
   auto output_dir = std::make_shared<std::string>();
   auto resume = std::make_shared<std::string>();
   auto trace_path = std::make_shared<std::string>();
+  auto tensorboard_dir = std::make_shared<std::string>();
   spec->add_spec(cmd, "optional with --resume");
   spec->add_overrides(cmd, true);
   cmd->add_option("--resume", *resume,
                   "Continue the run a checkpoint holds, exactly; with SPEC, the two must agree")
       ->type_name("CKPT");
   cmd->add_option("--output-dir", *output_dir, "Folder for the run's files: checkpoints and history.jsonl")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            return v.empty() ? std::string("names no folder: give a folder's path") : "";
+          },
+          "DIR"));
+  cmd->add_option("--tensorboard", *tensorboard_dir,
+                  "Write TensorBoard event files of each epoch's losses, metrics and learning rate under DIR "
+                  "(DIR/train, DIR/validation)")
       ->check(CLI::Validator(
           [](std::string& v) {
             return v.empty() ? std::string("names no folder: give a folder's path") : "";
@@ -744,14 +786,18 @@ Command add_fit_command(CLI::App& app) {
     // could, so that a refused directory (a file, a lock of another run) ends every rank at once: they waited
     // in the first collective until the watchdog's timeout, which then blamed a stalled rank.
     std::exception_ptr refused;
-    if (!output_dir->empty() && speaks) {
+    std::unique_ptr<formats::TensorBoardWriter> tensorboard;
+    if ((!output_dir->empty() || !tensorboard_dir->empty()) && speaks) {
       try {
-        prepare_output_dir();
+        if (!output_dir->empty()) prepare_output_dir();
+        if (!tensorboard_dir->empty())
+          tensorboard = std::make_unique<formats::TensorBoardWriter>(*tensorboard_dir);
       } catch (...) {
         refused = std::current_exception();
       }
     }
-    if (launch.size > 1 && !output_dir->empty()) {
+    printer.keep_tensorboard(tensorboard.get());
+    if (launch.size > 1 && (!output_dir->empty() || !tensorboard_dir->empty())) {
       double failed = refused ? 1.0 : 0.0;
       replicas.host_comm->broadcast(&failed, sizeof failed, 0);
       if (failed != 0 && !speaks) return 2;  // rank 0 says why

@@ -27,11 +27,13 @@ fi
 # Cross-check tools for the tests (onnx checker, onnxruntime, numpy, Pillow). Prefer the interpreter CMake will
 # find.
 py=${PYTHON:-python3}
-# Pillow writes and reads the PNG and JPEG files of the image-folder tests.
-if ! "$py" -c "import numpy, onnx, onnxruntime, PIL" >/dev/null 2>&1; then
-  echo "install-deps: installing numpy onnx onnxruntime pillow from PyPI" >&2
-  "$py" -m pip install -q --disable-pip-version-check numpy onnx onnxruntime pillow 2>/dev/null ||
-    "$py" -m pip install -q --disable-pip-version-check --break-system-packages numpy onnx onnxruntime pillow
+# Pillow writes and reads the image files of the image-folder tests; tensorboard's reader reads the event
+# files of fit --tensorboard.
+if ! "$py" -c "import numpy, onnx, onnxruntime, PIL, tensorboard" >/dev/null 2>&1; then
+  echo "install-deps: installing numpy onnx onnxruntime pillow tensorboard from PyPI" >&2
+  "$py" -m pip install -q --disable-pip-version-check numpy onnx onnxruntime pillow tensorboard 2>/dev/null ||
+    "$py" -m pip install -q --disable-pip-version-check --break-system-packages numpy onnx onnxruntime pillow \
+      tensorboard
 fi
 # cuobjdump, for the test of the architectures compiled into a CUDA build; the CUDA image ships nvcc without it.
 if [ -x /usr/local/cuda/bin/nvcc ] && [ ! -x /usr/local/cuda/bin/cuobjdump ] &&

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -223,6 +224,8 @@ struct EpochReport {
   Logs logs;
   double seconds = 0;
   double samples_per_s = 0;
+  // The learning rate the epoch ended with (the schedule's, times a plateau's factor); NaN when no step ran.
+  double learning_rate = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct FitPlanInfo {

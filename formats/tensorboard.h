@@ -1,0 +1,51 @@
+// TensorBoard event files, as Keras's TensorBoard callback writes them: one file per run of `fit` in
+// LOG_DIR/train and LOG_DIR/validation, with the epoch's scalars (epoch_loss, epoch_accuracy, ...,
+// epoch_learning_rate) at step epoch - 1.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace trainer::formats {
+
+// CRC-32C (Castagnoli), the checksum of TFRecord framing.
+uint32_t crc32c(const void* data, size_t n);
+
+// One TFRecord: the length, its masked CRC-32C, the data and its masked CRC-32C.
+std::string tfrecord(const std::string& data);
+
+// An Event protobuf holding scalar summaries (tag, value) at a step, or the file's version record when
+// `values` is empty and `file_version` is not.
+std::string tensorboard_event(double wall_time, int64_t step,
+                              const std::vector<std::pair<std::string, double>>& values,
+                              const std::string& file_version = "");
+
+class TensorBoardWriter {
+ public:
+  // Creates log_dir/train and log_dir/validation (an InputError naming the folder when it cannot); the
+  // event files are created at the first scalars of their run.
+  explicit TensorBoardWriter(std::string log_dir);
+  ~TensorBoardWriter();
+  TensorBoardWriter(const TensorBoardWriter&) = delete;
+  TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
+
+  // Appends the scalars of one step to run ("train" or "validation") and flushes them to disk, so that a
+  // TensorBoard watching the folder sees each epoch as it ends. Returns an error message ("" when written).
+  std::string write(const std::string& run, int64_t step,
+                    const std::vector<std::pair<std::string, double>>& values);
+
+  const std::string& log_dir() const { return log_dir_; }
+
+ private:
+  struct File {
+    std::string run;
+    std::FILE* f = nullptr;
+  };
+  std::string log_dir_;
+  std::vector<File> files_;
+};
+
+}  // namespace trainer::formats
