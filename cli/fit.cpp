@@ -132,7 +132,24 @@ class FitPrinter final : public engine::FitObserver {
   // run.
   void replay(const engine::EpochReport& r) { history_ += epoch_json(r) + "\n"; }
 
-  void keep_tensorboard(formats::TensorBoardWriter* w) { tensorboard_ = w; }
+  void keep_tensorboard(formats::TensorBoardWriter* w, int64_t histogram_freq) {
+    tensorboard_ = w;
+    histogram_freq_ = histogram_freq;
+  }
+
+  // Keras's histogram_freq counts epochs from 0: the weights after the 1st, (N+1)-th, (2N+1)-th epoch.
+  bool wants_weights(int64_t epoch) const override {
+    return tensorboard_ && histogram_freq_ > 0 && (epoch - 1) % histogram_freq_ == 0;
+  }
+  void on_weights(int64_t epoch,
+                  const std::vector<std::pair<std::string, engine::Tensor>>& weights) override {
+    if (!tensorboard_) return;
+    const std::string error = tensorboard_->write_histograms("train", epoch - 1, weights);
+    if (!error.empty()) {
+      out_.say("trainer: warning: {}; the run goes on without TensorBoard events\n", error);
+      tensorboard_ = nullptr;
+    }
+  }
 
  private:
   // Keras's TensorBoard callback at update_freq "epoch": the epoch's training logs as epoch_<name> in the
@@ -165,6 +182,7 @@ class FitPrinter final : public engine::FitObserver {
 
   Output& out_;
   formats::TensorBoardWriter* tensorboard_ = nullptr;
+  int64_t histogram_freq_ = 0;
   std::chrono::steady_clock::time_point epoch_start_{}, last_draw_{};
   std::string history_, history_path_;
 };
@@ -317,6 +335,10 @@ class SignatureGrabber final : public engine::FitObserver {
     next_.on_batch_end(e, s, n, l);
   }
   void on_epoch_end(const engine::EpochReport& r) override { next_.on_epoch_end(r); }
+  bool wants_weights(int64_t epoch) const override { return next_.wants_weights(epoch); }
+  void on_weights(int64_t epoch, const std::vector<std::pair<std::string, engine::Tensor>>& w) override {
+    next_.on_weights(epoch, w);
+  }
   uint64_t signature = 0;
 
  private:
@@ -401,6 +423,7 @@ Command add_fit_command(CLI::App& app) {
   auto resume = std::make_shared<std::string>();
   auto trace_path = std::make_shared<std::string>();
   auto tensorboard_dir = std::make_shared<std::string>();
+  auto histogram_freq = std::make_shared<int64_t>(0);
   spec->add_spec(cmd, "optional with --resume");
   spec->add_overrides(cmd, true);
   cmd->add_option("--resume", *resume,
@@ -420,6 +443,12 @@ Command add_fit_command(CLI::App& app) {
             return v.empty() ? std::string("names no folder: give a folder's path") : "";
           },
           "DIR"));
+  CLI::Option* histogram_option =
+      cmd->add_option("--tensorboard-histogram-freq", *histogram_freq,
+                      "With --tensorboard: histograms of the weights every N epochs (Keras's histogram_freq; "
+                      "0: none)")
+          ->type_name("N")
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   CLI::Option* trace_option =
       cmd->add_option(
              "--trace", *trace_path,
@@ -444,6 +473,9 @@ Command add_fit_command(CLI::App& app) {
                        fmt::format("--devices {} makes CPU replicas, and --device {} asks for a GPU",
                                    parallel->devices, device->device),
                        "add --device cpu; GPUs are chosen with --gpus");
+    if (histogram_option->count() > 0 && tensorboard_dir->empty())
+      throw InputError("--tensorboard-histogram-freq",
+                       "writes into the --tensorboard folder, and none is given", "add --tensorboard DIR");
     // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
     spec->check_combination();
     // --trace is written at the end: a path that cannot take it is found now, not after training.
@@ -796,7 +828,7 @@ Command add_fit_command(CLI::App& app) {
         refused = std::current_exception();
       }
     }
-    printer.keep_tensorboard(tensorboard.get());
+    printer.keep_tensorboard(tensorboard.get(), *histogram_freq);
     if (launch.size > 1 && (!output_dir->empty() || !tensorboard_dir->empty())) {
       double failed = refused ? 1.0 : 0.0;
       replicas.host_comm->broadcast(&failed, sizeof failed, 0);

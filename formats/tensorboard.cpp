@@ -5,9 +5,11 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -45,6 +47,13 @@ void put_varint(std::string& s, uint64_t v) {
     v >>= 7;
   }
   s.push_back(static_cast<char>(v));
+}
+
+void put_double(std::string& s, int field, double v) {
+  put_varint(s, static_cast<uint64_t>(field) << 3 | 1);  // wire type 1: 64 bits
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  put_le(s, bits, 8);
 }
 
 // A length-delimited field (wire type 2): a string or an embedded message.
@@ -119,6 +128,66 @@ std::string tensorboard_event(double wall_time, int64_t step,
   return e;
 }
 
+Histogram histogram_of(const engine::Tensor& t, int buckets) {
+  Histogram h;
+  bool any = false;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = t.get_f64(i);
+    if (!std::isfinite(v)) continue;
+    h.min = any ? std::min(h.min, v) : v;
+    h.max = any ? std::max(h.max, v) : v;
+    any = true;
+    h.num += 1;
+    h.sum += v;
+    h.sum_squares += v * v;
+  }
+  if (!any) return h;
+  const int n = h.max > h.min ? std::max(buckets, 1) : 1;
+  const double width = (h.max - h.min) / n;
+  h.bucket.assign(static_cast<size_t>(n), 0.0);
+  for (int k = 0; k < n; ++k) h.bucket_limit.push_back(k + 1 == n ? h.max : h.min + width * (k + 1));
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = t.get_f64(i);
+    if (!std::isfinite(v)) continue;
+    // The first bucket whose right edge is at or above v (the maximum falls in the last).
+    auto k = static_cast<int64_t>(width > 0 ? (v - h.min) / width : 0);
+    k = std::clamp<int64_t>(k, 0, n - 1);
+    while (k > 0 && v <= h.bucket_limit[static_cast<size_t>(k - 1)]) --k;
+    while (k + 1 < n && v > h.bucket_limit[static_cast<size_t>(k)]) ++k;
+    h.bucket[static_cast<size_t>(k)] += 1;
+  }
+  return h;
+}
+
+// HistogramProto { double min = 1; double max = 2; double num = 3; double sum = 4; double sum_squares = 5;
+// repeated double bucket_limit = 6 [packed]; repeated double bucket = 7 [packed]; }, as Summary.Value's histo
+// (field 5).
+std::string tensorboard_histogram_event(double wall_time, int64_t step,
+                                        const std::vector<std::pair<std::string, Histogram>>& histograms) {
+  std::string e = tensorboard_event(wall_time, step, {});
+  std::string summary;
+  for (const auto& [tag, h] : histograms) {
+    std::string proto;
+    int field = 1;
+    for (double v : {h.min, h.max, h.num, h.sum, h.sum_squares}) put_double(proto, field++, v);
+    for (const std::vector<double>* list : {&h.bucket_limit, &h.bucket}) {
+      std::string packed;
+      for (double v : *list) {
+        uint64_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        put_le(packed, bits, 8);
+      }
+      put_bytes(proto, field++, packed);
+    }
+    std::string value;
+    put_bytes(value, 1, tag);
+    put_bytes(value, 5, proto);
+    put_bytes(summary, 1, value);
+  }
+  put_bytes(e, 5, summary);
+  return e;
+}
+
 TensorBoardWriter::TensorBoardWriter(std::string log_dir) : log_dir_(std::move(log_dir)) {
   for (const char* run : {"train", "validation"}) {
     const std::filesystem::path p = std::filesystem::path(log_dir_) / run;
@@ -139,6 +208,18 @@ TensorBoardWriter::~TensorBoardWriter() {
 
 std::string TensorBoardWriter::write(const std::string& run, int64_t step,
                                      const std::vector<std::pair<std::string, double>>& values) {
+  return append(run, tensorboard_event(wall_seconds(), step, values));
+}
+
+std::string TensorBoardWriter::write_histograms(
+    const std::string& run, int64_t step,
+    const std::vector<std::pair<std::string, engine::Tensor>>& tensors) {
+  std::vector<std::pair<std::string, Histogram>> histograms;
+  for (const auto& [name, t] : tensors) histograms.emplace_back(name, histogram_of(t));
+  return append(run, tensorboard_histogram_event(wall_seconds(), step, histograms));
+}
+
+std::string TensorBoardWriter::append(const std::string& run, const std::string& event) {
   File* file = nullptr;
   for (File& f : files_)
     if (f.run == run) file = &f;
@@ -151,7 +232,7 @@ std::string TensorBoardWriter::write(const std::string& run, int64_t step,
     file = &files_.back();
     records += tfrecord(tensorboard_event(wall_seconds(), 0, {}, "brain.Event:2"));
   }
-  records += tfrecord(tensorboard_event(wall_seconds(), step, values));
+  records += tfrecord(event);
   // Appended and synced as each epoch ends, not written to a temporary file and renamed: TensorBoard follows
   // an event file by its open handle and would never see a replaced one grow. A record cut short by a crash
   // fails its checksum and is skipped by readers; nothing before it is touched.

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/ir/tensor.h"
+
 namespace trainer::formats {
 
 // CRC-32C (Castagnoli), the checksum of TFRecord framing.
@@ -23,6 +25,19 @@ std::string tensorboard_event(double wall_time, int64_t step,
                               const std::vector<std::pair<std::string, double>>& values,
                               const std::string& file_version = "");
 
+// The histogram TensorBoard's histograms and distributions dashboards show of a tensor's finite values: equal
+// buckets from its minimum to its maximum (one bucket when they are equal), with the count, sum and sum of
+// squares.
+struct Histogram {
+  double min = 0, max = 0, num = 0, sum = 0, sum_squares = 0;
+  std::vector<double> bucket_limit, bucket;  // right edges, counts
+};
+Histogram histogram_of(const engine::Tensor& t, int buckets = 30);
+
+// An Event holding histogram summaries (tag, histogram) at a step.
+std::string tensorboard_histogram_event(double wall_time, int64_t step,
+                                        const std::vector<std::pair<std::string, Histogram>>& histograms);
+
 class TensorBoardWriter {
  public:
   // Creates log_dir/train and log_dir/validation (an InputError naming the folder when it cannot); the
@@ -36,6 +51,9 @@ class TensorBoardWriter {
   // TensorBoard watching the folder sees each epoch as it ends. Returns an error message ("" when written).
   std::string write(const std::string& run, int64_t step,
                     const std::vector<std::pair<std::string, double>>& values);
+  // Appends histograms of the tensors (Keras's histogram_freq: the weights, in the train run).
+  std::string write_histograms(const std::string& run, int64_t step,
+                               const std::vector<std::pair<std::string, engine::Tensor>>& tensors);
 
   const std::string& log_dir() const { return log_dir_; }
 
@@ -44,6 +62,7 @@ class TensorBoardWriter {
     std::string run;
     std::FILE* f = nullptr;
   };
+  std::string append(const std::string& run, const std::string& event);
   std::string log_dir_;
   std::vector<File> files_;
 };

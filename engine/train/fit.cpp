@@ -2611,6 +2611,14 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     if (cfg.reduce_lr.enabled) rep.logs.emplace_back("learning_rate", rep.learning_rate);
     result.history.push_back(rep);
     observer.on_epoch_end(rep);
+    if (observer.wants_weights(rep.epoch)) {
+      std::vector<std::pair<std::string, Tensor>> weights;
+      Session& w = dev.weights_session();
+      for (auto& [v, t] : snapshot(w))
+        if (w.graph().value(v).kind == ValueKind::parameter)
+          weights.emplace_back(w.graph().value(v).name, std::move(t));
+      observer.on_weights(rep.epoch, weights);
+    }
     // The next epoch starts from zero.
     st.batch = 0;
     st.metric_sums.clear();

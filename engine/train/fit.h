@@ -246,6 +246,11 @@ class FitObserver {
   virtual void on_train_begin(const FitPlanInfo&) {}
   virtual void on_batch_end(int64_t epoch, int64_t step, int64_t steps, const Logs& running) {}
   virtual void on_epoch_end(const EpochReport&) {}
+  // Whether on_weights should see the model's parameters after this (1-based) epoch; reading them copies
+  // every parameter from the device, so an observer asks only for the epochs it uses.
+  virtual bool wants_weights(int64_t epoch) const { return false; }
+  // The parameters by name after the epoch's update, right after its on_epoch_end.
+  virtual void on_weights(int64_t epoch, const std::vector<std::pair<std::string, Tensor>>& weights) {}
 };
 
 // Everything a run needs to continue exactly where it stopped, besides the spec: the position in the data,

@@ -1,6 +1,7 @@
 """trainer fit --tensorboard DIR writes TensorBoard event files as Keras's TensorBoard callback does: each epoch's
 training losses, metrics and learning rate in DIR/train, its validation ones in DIR/validation, at step
-epoch - 1; TensorBoard's own reader reads them, and a resumed run adds a file that continues the steps."""
+epoch - 1, and with --tensorboard-histogram-freq the weights' histograms; TensorBoard's own reader reads them,
+and a resumed run adds a file that continues the steps."""
 
 import glob
 import json
@@ -138,6 +139,36 @@ class TensorBoard(unittest.TestCase):
         self.assertEqual([s for s, _ in train["epoch_loss"]], list(range(6)))
         self.assertEqual(train["epoch_loss"][5][0], 5)
         self.assertAlmostEqual(train["epoch_loss"][5][1], more[-1]["loss"], places=6)
+
+    def test_weight_histograms_every_n_epochs_as_keras_histogram_freq(self):
+        tb = self.path("logs")
+        r = run(["fit", self.spec, "--output-dir", self.path("run"), "--tensorboard", tb,
+                 "--tensorboard-histogram-freq", "3"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        acc = EventAccumulator(os.path.join(tb, "train"), size_guidance={"histograms": 0})
+        acc.Reload()
+        self.assertEqual(sorted(acc.Tags()["histograms"]),
+                         ["dense/bias", "dense/kernel", "dense_1/bias", "dense_1/kernel"])
+        # Keras counts the epochs from 0: after the 1st and the 4th (steps 0 and 3).
+        weights = cli_util.read_checkpoint(self.path("run", "last.ckpt"))
+        for tag in acc.Tags()["histograms"]:
+            events = acc.Histograms(tag)
+            self.assertEqual([e.step for e in events], [0, 3])
+            h = events[-1].histogram_value  # the last epoch's: the weights last.ckpt holds
+            w = weights[tag].astype(np.float64).ravel()
+            self.assertEqual(h.num, w.size)
+            self.assertEqual((h.min, h.max), (w.min(), w.max()))
+            self.assertAlmostEqual(h.sum, w.sum(), places=9)
+            self.assertAlmostEqual(h.sum_squares, (w * w).sum(), places=9)
+            # 30 buckets of equal width, each holding the values above the last one's edge and up to its own.
+            self.assertEqual(len(h.bucket), 30)
+            np.testing.assert_allclose(h.bucket_limit, w.min() + (w.max() - w.min()) * np.arange(1, 31) / 30)
+            edges = [-np.inf] + list(h.bucket_limit[:-1]) + [np.inf]
+            want = [np.sum((w > lo) & (w <= hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+            self.assertEqual(list(h.bucket), want)
+
+        r = run(["fit", self.spec, "--tensorboard-histogram-freq", "1"])
+        cli_util.assert_input_error(self, r, "--tensorboard-histogram-freq", "--tensorboard DIR")
 
     def test_replicas_write_one_set_of_files(self):
         tb = self.path("logs")
