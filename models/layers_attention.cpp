@@ -42,12 +42,22 @@ ValueId projection(LayerBuilder& b, ValueId x, const std::string& name, const st
   return b.op("Add", {y, bv});
 }
 
-// Keras's masked softmax: a large negative number added to the scores [N, (heads,) Tq, Tv] of the query and
-// key steps the masks turn off (a query row that is all off then weighs every key alike, as Keras's does);
-// scores unchanged without masks.
-ValueId mask_scores(LayerBuilder& b, ValueId scores, const LayerValue& q, const LayerValue& k, bool heads) {
-  if (q.mask == kNoValue && k.mask == kNoValue) return scores;
+// Keras's masked softmax: a large negative number added, once, to the scores [N, (heads,) Tq, Tv] of the
+// query and key steps the masks turn off, the causal mask (use_causal_mask: query step i sees key steps 0..i,
+// the lower triangle also when the lengths differ) and the padding masks combined as Keras combines them (a
+// logical and). A query row that is all off then weighs every key alike, as Keras's does; two biases added
+// apart would instead let the keys only one mask turns off (-1e9) win over those both do (-2e9).
+ValueId mask_scores(LayerBuilder& b, ValueId scores, const LayerValue& q, const LayerValue& k, bool heads,
+                    bool causal) {
   const int64_t tq = q.shape[0], tv = k.shape[0];
+  auto triangle = [&](double on, double off) {
+    Tensor t(DType::f32, Shape{tq, tv});
+    for (int64_t i = 0; i < tq; ++i)
+      for (int64_t j = 0; j < tv; ++j) t.set_f64(i * tv + j, j > i ? off : on);
+    return b.constant("causal_mask", std::move(t));
+  };
+  if (q.mask == kNoValue && k.mask == kNoValue)
+    return causal ? b.op("Add", {scores, triangle(0.0, -1e9)}) : scores;
   ValueId on;
   if (q.mask != kNoValue && k.mask != kNoValue)
     on = b.op("Mul", {b.op("Reshape", {q.mask, b.shape_constant("mask/query", {0, tq, 1})}),
@@ -56,6 +66,7 @@ ValueId mask_scores(LayerBuilder& b, ValueId scores, const LayerValue& q, const 
     on = b.op("Reshape", {q.mask, b.shape_constant("mask/query", {0, tq, 1})});
   else
     on = b.op("Reshape", {k.mask, b.shape_constant("mask/key", {0, 1, tv})});
+  if (causal) on = b.op("Mul", {on, triangle(1.0, 0.0)});
   if (heads) on = b.op("Unsqueeze", {on, b.shape_constant("mask/head_axis", {1})});
   ValueId off = b.op("Sub", {b.constant("mask/one", Tensor::scalar<float>(1.0f)), on});
   return b.op("Add", {scores, b.op("Mul", {off, b.constant("mask/large", Tensor::scalar<float>(-1e9f))})});
@@ -96,19 +107,11 @@ LayerValue build_multi_head_attention(LayerBuilder& b, const std::vector<LayerVa
   query = b.op("Mul", {query, b.constant("scale", Tensor::scalar<float>(static_cast<float>(
                                                       1.0 / std::sqrt(double(key_dim)))))});
   ValueId scores = b.op("MatMul", {query, key});  // [N, H, Tq, Tv]
-  if (causal) {
-    // Keras's masked softmax adds a large negative number where the mask is off. As Keras's, the mask is
-    // the lower triangle of [Tq, Tv] also when the lengths differ: query step i sees value steps 0..i.
-    Tensor mask(DType::f32, Shape{tq, tv});
-    for (int64_t i = 0; i < tq; ++i)
-      for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
-    scores = b.op("Add", {scores, b.constant("causal_mask", std::move(mask))});
-  }
   // Keras combines the value's and the key's masks (with a key of its own, both count).
   LayerValue attended = k;
   if (in.size() > 2 && v.mask != kNoValue)
     attended.mask = k.mask == kNoValue ? v.mask : b.op("Mul", {k.mask, v.mask});
-  scores = mask_scores(b, scores, q, attended, true);
+  scores = mask_scores(b, scores, q, attended, true, causal);
   ValueId weights = b.op("Softmax", {scores}, {{"axis", int64_t{-1}}});
   if (b.options.training && rate > 0)  // Keras drops attention weights, each on its own
     weights = b.op("Dropout", {weights, b.constant("ratio", Tensor::scalar<float>(static_cast<float>(rate))),
@@ -174,17 +177,11 @@ LayerValue build_score_attention(LayerBuilder& b, const std::vector<LayerValue>&
                             scalar_weight("concat_score_weight")});
     }
   }
-  if (b.args.boolean("use_causal_mask")) {
-    Tensor mask(DType::f32, Shape{tq, tv});
-    for (int64_t i = 0; i < tq; ++i)
-      for (int64_t j = 0; j < tv; ++j) mask.set_f64(i * tv + j, j > i ? -1e9 : 0.0);
-    scores = b.op("Add", {scores, b.constant("causal_mask", std::move(mask))});
-  }
   LayerValue key_mask = k;
   key_mask.mask = v.mask;  // Keras masks the keys by the value's mask
   LayerValue no_query = q;
   no_query.mask = kNoValue;  // masked query rows are zeroed below instead
-  scores = mask_scores(b, scores, no_query, key_mask, false);
+  scores = mask_scores(b, scores, no_query, key_mask, false, b.args.boolean("use_causal_mask"));
   ValueId weights = b.op("Softmax", {scores}, {{"axis", int64_t{-1}}});
   if (ValueId drop = b.dropout_mask("dropout", {b.options.batch_size, tq, tv}, rate, "seed");
       drop != kNoValue)

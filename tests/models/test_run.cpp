@@ -2061,6 +2061,56 @@ TEST_SUITE("run") {
     }
   }
 
+  TEST_CASE(
+      "run: a causal mask and a padding mask combine as Keras's: a query that sees only padding weighs all") {
+    // Pre-padded ids: query step 0 of the first sample sees key 0 alone, which is padding. Keras combines the
+    // causal mask and the value's padding mask (a logical and) and adds -1e9 once, so that row weighs every
+    // key alike; other rows take the softmax over their visible unpadded keys. The query has no mask of its
+    // own (an embedding without mask_zero), so no row is zeroed.
+    const int64_t steps = 4, dim = 3, n = 2;
+    const std::vector<int32_t> ids = {0, 0, 3, 1, 2, 0, 5, 4};
+    for (bool additive : {false, true}) {
+      CAPTURE(additive);
+      Spec s({steps}, "int32");
+      s.add("Embedding", {{"input_dim", int64_t{6}}, {"output_dim", dim}}, "q")
+          .add("Embedding", {{"input_dim", int64_t{6}}, {"output_dim", dim}, {"mask_zero", true}}, "e",
+               {"input"});
+      if (additive)
+        s.add("AdditiveAttention", {{"use_causal_mask", true}, {"use_scale", false}}, "att", {"q", "e"});
+      else
+        s.add("Attention", {{"use_causal_mask", true}}, "att", {"q", "e"});
+      BuiltModel m = models::testing::build(s, false, n);
+      const Tensor qt = weight(m, "q/embeddings"), vt = weight(m, "e/embeddings");
+      Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
+      auto q = [&](int64_t b, int64_t t, int64_t f) { return qt.get_f64(ids[b * steps + t] * dim + f); };
+      auto v = [&](int64_t b, int64_t t, int64_t f) { return vt.get_f64(ids[b * steps + t] * dim + f); };
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t i = 0; i < steps; ++i) {
+          std::vector<double> w(steps, 0.0);
+          std::vector<bool> on(steps);
+          bool any = false;
+          for (int64_t j = 0; j < steps; ++j) any |= on[j] = j <= i && ids[b * steps + j] != 0;
+          double top = -1e300;
+          for (int64_t j = 0; j < steps; ++j) {
+            double sc = 0;
+            for (int64_t f = 0; f < dim; ++f)
+              sc += additive ? std::tanh(q(b, i, f) + v(b, j, f)) : q(b, i, f) * v(b, j, f);
+            w[j] = sc;
+            if (on[j]) top = std::max(top, sc);
+          }
+          double total = 0;
+          for (int64_t j = 0; j < steps; ++j) total += w[j] = !any ? 1.0 : on[j] ? std::exp(w[j] - top) : 0.0;
+          for (int64_t f = 0; f < dim; ++f) {
+            double want = 0;
+            for (int64_t j = 0; j < steps; ++j) want += w[j] / total * v(b, j, f);
+            CAPTURE(b);
+            CAPTURE(i);
+            CHECK(y.get_f64((b * steps + i) * dim + f) == doctest::Approx(want).epsilon(1e-5));
+          }
+        }
+    }
+  }
+
   TEST_CASE("run: MultiHeadAttention with mask_zero ignores the padded keys") {
     // Changing what a padded step holds (row 0 of the token table) changes nothing at the unmasked queries.
     Spec s({5}, "int32");
