@@ -146,35 +146,37 @@ class FitPrinter final : public engine::FitObserver {
     if (!tensorboard_) return;
     const std::string error = tensorboard_->write_histograms("train", epoch - 1, weights);
     if (!error.empty()) {
-      out_.say("trainer: warning: {}; the run goes on without TensorBoard events\n", error);
-      tensorboard_ = nullptr;
+      tensorboard_failed(error);
     }
   }
 
  private:
+  // Shown even with --quiet: the run was asked for events it no longer writes.
+  void tensorboard_failed(const std::string& error) {
+    out_.clear_bar();
+    eprint("trainer: warning: {}; the run goes on without TensorBoard events\n", error);
+    tensorboard_ = nullptr;
+  }
+
   // Keras's TensorBoard callback at update_freq "epoch": the epoch's training logs as epoch_<name> in the
-  // train run (with epoch_learning_rate), its val_ logs without the prefix in the validation run, at step
-  // epoch - 1. A failed write stops the events with a warning, not the training.
+  // train run, with epoch_learning_rate (the optimizer's rate after the epoch, as Keras reads it), its val_
+  // logs without the prefix in the validation run, at step epoch - 1. A failed write stops the events with a
+  // warning, not the training.
   void write_tensorboard(const engine::EpochReport& r) {
     if (!tensorboard_) return;
     std::vector<std::pair<std::string, double>> train, validation;
-    bool has_rate = false;
     for (const auto& [name, v] : r.logs) {
-      if (name.starts_with("val_")) {
+      if (name.starts_with("val_"))
         validation.emplace_back("epoch_" + name.substr(4), v);
-      } else {
+      else if (name != "learning_rate")  // ReduceLROnPlateau's; the rate comes next
         train.emplace_back("epoch_" + name, v);
-        has_rate |= name == "learning_rate";
-      }
     }
-    if (!has_rate && std::isfinite(r.learning_rate))
-      train.emplace_back("epoch_learning_rate", r.learning_rate);
+    if (std::isfinite(r.next_learning_rate)) train.emplace_back("epoch_learning_rate", r.next_learning_rate);
     for (const auto& [run, values] : {std::pair{"train", &train}, {"validation", &validation}}) {
       if (values->empty()) continue;
       const std::string error = tensorboard_->write(run, r.epoch - 1, *values);
       if (!error.empty()) {
-        out_.say("trainer: warning: {}; the run goes on without TensorBoard events\n", error);
-        tensorboard_ = nullptr;
+        tensorboard_failed(error);
         return;
       }
     }

@@ -206,7 +206,8 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
                       "the file is damaged or cut short: write it again, or remove it from the class folder");
   };
   if (b.size() < 26) throw damaged("it is too short for its headers");
-  const uint32_t pixels_at = le32(b, 10), header = le32(b, 14);
+  const uint32_t header = le32(b, 14);
+  size_t pixels_at = le32(b, 10);
   const bool core = header == 12;
   if (!core && (header < 40 || header > 124)) throw damaged(fmt::format("header of {} bytes", header));
   if (b.size() < 14 + size_t{header}) throw damaged("it is too short for its headers");
@@ -230,11 +231,11 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
                      "save it as an uncompressed BMP, or as a PNG");
   if (bits != 1 && bits != 4 && bits != 8 && bits != 16 && bits != 24 && bits != 32)
     throw damaged(fmt::format("{} bits per pixel", bits));
-  if (fields && bits != 16 && bits != 32) throw damaged(fmt::format("bit fields at {} bits per pixel", bits));
+  if (fields && bits <= 8) throw damaged(fmt::format("bit fields at {} bits per pixel", bits));
 
   // Bit masks: in the header from 52 bytes on, else just after a 40-byte header.
   uint32_t masks[4] = {0x7C00, 0x03E0, 0x001F, 0};  // 16 bits without fields: 5-5-5
-  if (bits == 32) masks[0] = 0xFF0000, masks[1] = 0xFF00, masks[2] = 0xFF;
+  if (bits >= 24) masks[0] = 0xFF0000, masks[1] = 0xFF00, masks[2] = 0xFF;
   size_t table_at = 14 + header;
   if (fields) {
     const int count = header >= 56 || compression == 6 ? 4 : 3;
@@ -242,6 +243,9 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
     if (header == 40) table_at += 4 * static_cast<size_t>(compression == 6 ? 4 : 3);
     if (b.size() < at + 4 * static_cast<size_t>(count)) throw damaged("it is too short for its bit masks");
     for (int k = 0; k < count; ++k) masks[k] = le32(b, at + 4 * static_cast<size_t>(k));
+    // No masks at all at 32 bits: Pillow reads BGRA.
+    if (bits == 32 && !masks[0] && !masks[1] && !masks[2] && !masks[3])
+      masks[0] = 0xFF0000, masks[1] = 0xFF00, masks[2] = 0xFF, masks[3] = 0xFF000000;
   }
   const bool alpha = fields && masks[3] != 0;
 
@@ -251,15 +255,19 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
     const size_t entry = core ? 3 : 4;
     size_t count = core ? 0 : le32(b, 46);
     if (count == 0 || count > (size_t{1} << bits)) count = size_t{1} << bits;
-    // A table cut short by the pixel data (some writers list fewer colours) keeps the entries before it.
+    // A table cut short by the pixel data (some writers list fewer colours) keeps the entries before it; a
+    // pixel offset at or before the table's start (0, or the header's end, from writers that leave the table
+    // out of it) means the pixels follow the whole table.
     if (pixels_at > table_at) count = std::min(count, (pixels_at - table_at) / entry);
     if (b.size() < table_at + count * entry) throw damaged("it is too short for its colour table");
+    if (pixels_at <= table_at) pixels_at = table_at + count * entry;
     for (size_t k = 0; k < count; ++k) {
       const size_t at = table_at + k * entry;
       palette.insert(palette.end(), {b[at + 2], b[at + 1], b[at]});
     }
   }
 
+  if (pixels_at < table_at) pixels_at = table_at;  // an offset into the headers: the pixels follow them
   const uint64_t stride = (static_cast<uint64_t>(bits) * static_cast<uint64_t>(width) + 31) / 32 * 4;
   if (pixels_at > b.size() || (b.size() - pixels_at) / stride < static_cast<uint64_t>(height))
     throw damaged(fmt::format("it holds {} bytes of pixels where {} rows of {} bytes need {}",
@@ -281,15 +289,17 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
       if (bits <= 8) {
         const int64_t bit = x * bits;
         const unsigned index = (src[bit / 8] >> (8 - bits - bit % 8)) & ((1u << bits) - 1);
-        if (3 * size_t{index} + 2 >= palette.size())
-          throw damaged(fmt::format("colour {} of a table of {}", index, palette.size() / 3));
-        std::copy_n(palette.data() + 3 * size_t{index}, 3, px);
-      } else if (bits == 24) {
+        // An index past a short table is black, as in Pillow's palette (padded with zeros).
+        if (3 * size_t{index} + 2 < palette.size())
+          std::copy_n(palette.data() + 3 * size_t{index}, 3, px);
+        else
+          px[0] = px[1] = px[2] = 0;
+      } else if (bits == 24 && !fields) {
         px[0] = src[3 * x + 2], px[1] = src[3 * x + 1], px[2] = src[3 * x];
       } else {
-        const uint32_t v = bits == 16 ? uint32_t{src[2 * x]} | uint32_t{src[2 * x + 1]} << 8
-                                      : uint32_t{src[4 * x]} | uint32_t{src[4 * x + 1]} << 8 |
-                                            uint32_t{src[4 * x + 2]} << 16 | uint32_t{src[4 * x + 3]} << 24;
+        const int bytes = bits / 8;
+        uint32_t v = 0;
+        for (int k = 0; k < bytes; ++k) v |= uint32_t{src[bytes * x + k]} << (8 * k);
         px[0] = red(v), px[1] = green(v), px[2] = blue(v);
         if (alpha) px[3] = opacity(v);
       }

@@ -2607,8 +2607,9 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     rep.seconds =
         train_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_eval).count();
     // As Keras's ReduceLROnPlateau logs it: the rate the epoch ended with.
-    if (st.global_step > 0) rep.learning_rate = schedule.at(st.global_step - 1) * st.lr_factor;
-    if (cfg.reduce_lr.enabled) rep.logs.emplace_back("learning_rate", rep.learning_rate);
+    if (cfg.reduce_lr.enabled)
+      rep.logs.emplace_back("learning_rate", schedule.at(st.global_step - 1) * st.lr_factor);
+    rep.next_learning_rate = schedule.at(st.global_step) * st.lr_factor;
     result.history.push_back(rep);
     observer.on_epoch_end(rep);
     if (observer.wants_weights(rep.epoch)) {

@@ -224,8 +224,9 @@ struct EpochReport {
   Logs logs;
   double seconds = 0;
   double samples_per_s = 0;
-  // The learning rate the epoch ended with (the schedule's, times a plateau's factor); NaN when no step ran.
-  double learning_rate = std::numeric_limits<double>::quiet_NaN();
+  // The optimizer's learning rate after the epoch, as Keras's optimizer.learning_rate reads then: the
+  // schedule's rate of the next step, times a plateau's factor.
+  double next_learning_rate = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct FitPlanInfo {
