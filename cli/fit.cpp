@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -90,6 +91,7 @@ class FitPrinter final : public engine::FitObserver {
   }
 
   void on_batch_end(int64_t epoch, int64_t step, int64_t steps, const engine::Logs& running) override {
+    write_tensorboard_batch(epoch, step, steps, running);
     if (!out_.progress_bar()) return;
     auto now = std::chrono::steady_clock::now();
     if (step != steps && now - last_draw_ < std::chrono::milliseconds(100)) return;
@@ -132,9 +134,10 @@ class FitPrinter final : public engine::FitObserver {
   // run.
   void replay(const engine::EpochReport& r) { history_ += epoch_json(r) + "\n"; }
 
-  void keep_tensorboard(formats::TensorBoardWriter* w, int64_t histogram_freq) {
+  void keep_tensorboard(formats::TensorBoardWriter* w, int64_t histogram_freq, int64_t batch_freq) {
     tensorboard_ = w;
     histogram_freq_ = histogram_freq;
+    batch_freq_ = batch_freq;
   }
 
   // Keras's histogram_freq counts epochs from 0: the weights after the 1st, (N+1)-th, (2N+1)-th epoch.
@@ -156,6 +159,18 @@ class FitPrinter final : public engine::FitObserver {
     out_.clear_bar();
     eprint("trainer: warning: {}; the run goes on without TensorBoard events\n", error);
     tensorboard_ = nullptr;
+  }
+
+  // Keras's update_freq "batch" or N: the running loss and metrics of the epoch so far as batch_<name> after
+  // every N-th batch, at the batch's 1-based number in the run; synced to disk with the epoch's scalars.
+  void write_tensorboard_batch(int64_t epoch, int64_t step, int64_t steps, const engine::Logs& running) {
+    if (!tensorboard_ || batch_freq_ <= 0) return;
+    const int64_t batch = (epoch - 1) * steps + step;
+    if (batch % batch_freq_ != 0) return;
+    std::vector<std::pair<std::string, double>> values;
+    for (const auto& [name, v] : running) values.emplace_back("batch_" + name, v);
+    const std::string error = tensorboard_->write("train", batch, values, false);
+    if (!error.empty()) tensorboard_failed(error);
   }
 
   // Keras's TensorBoard callback at update_freq "epoch": the epoch's training logs as epoch_<name> in the
@@ -184,7 +199,7 @@ class FitPrinter final : public engine::FitObserver {
 
   Output& out_;
   formats::TensorBoardWriter* tensorboard_ = nullptr;
-  int64_t histogram_freq_ = 0;
+  int64_t histogram_freq_ = 0, batch_freq_ = 0;
   std::chrono::steady_clock::time_point epoch_start_{}, last_draw_{};
   std::string history_, history_path_;
 };
@@ -426,6 +441,7 @@ Command add_fit_command(CLI::App& app) {
   auto trace_path = std::make_shared<std::string>();
   auto tensorboard_dir = std::make_shared<std::string>();
   auto histogram_freq = std::make_shared<int64_t>(0);
+  auto update_freq = std::make_shared<std::string>("epoch");
   spec->add_spec(cmd, "optional with --resume");
   spec->add_overrides(cmd, true);
   cmd->add_option("--resume", *resume,
@@ -451,6 +467,21 @@ Command add_fit_command(CLI::App& app) {
                       "0: none)")
           ->type_name("N")
           ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  CLI::Option* update_option =
+      cmd->add_option("--tensorboard-update-freq", *update_freq,
+                      "With --tensorboard: also the running loss and metrics after every batch (batch) or "
+                      "every N batches, as Keras's update_freq (default: epoch)")
+          ->type_name("epoch|batch|N")
+          ->check(CLI::Validator(
+              [](std::string& v) -> std::string {
+                if (v == "epoch" || v == "batch") return "";
+                int64_t n = 0;
+                const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+                return ec == std::errc{} && end == v.data() + v.size() && n > 0
+                           ? ""
+                           : "must be epoch, batch or a number of batches above 0";
+              },
+              "epoch|batch|N"));
   CLI::Option* trace_option =
       cmd->add_option(
              "--trace", *trace_path,
@@ -475,9 +506,10 @@ Command add_fit_command(CLI::App& app) {
                        fmt::format("--devices {} makes CPU replicas, and --device {} asks for a GPU",
                                    parallel->devices, device->device),
                        "add --device cpu; GPUs are chosen with --gpus");
-    if (histogram_option->count() > 0 && tensorboard_dir->empty())
-      throw InputError("--tensorboard-histogram-freq",
-                       "writes into the --tensorboard folder, and none is given", "add --tensorboard DIR");
+    for (const CLI::Option* o : {histogram_option, update_option})
+      if (o->count() > 0 && tensorboard_dir->empty())
+        throw InputError(o->get_name(), "writes into the --tensorboard folder, and none is given",
+                         "add --tensorboard DIR");
     // SPEC names an ONNX model when it ends in .onnx; then --train names the TOML of everything else.
     spec->check_combination();
     // --trace is written at the end: a path that cannot take it is found now, not after training.
@@ -830,7 +862,10 @@ Command add_fit_command(CLI::App& app) {
         refused = std::current_exception();
       }
     }
-    printer.keep_tensorboard(tensorboard.get(), *histogram_freq);
+    printer.keep_tensorboard(tensorboard.get(), *histogram_freq,
+                             *update_freq == "epoch"   ? 0
+                             : *update_freq == "batch" ? 1
+                                                       : std::stoll(*update_freq));
     if (launch.size > 1 && (!output_dir->empty() || !tensorboard_dir->empty())) {
       double failed = refused ? 1.0 : 0.0;
       replicas.host_comm->broadcast(&failed, sizeof failed, 0);

@@ -207,8 +207,8 @@ TensorBoardWriter::~TensorBoardWriter() {
 }
 
 std::string TensorBoardWriter::write(const std::string& run, int64_t step,
-                                     const std::vector<std::pair<std::string, double>>& values) {
-  return append(run, tensorboard_event(wall_seconds(), step, values));
+                                     const std::vector<std::pair<std::string, double>>& values, bool sync) {
+  return append(run, tensorboard_event(wall_seconds(), step, values), sync);
 }
 
 std::string TensorBoardWriter::write_histograms(
@@ -219,7 +219,7 @@ std::string TensorBoardWriter::write_histograms(
   return append(run, tensorboard_histogram_event(wall_seconds(), step, histograms));
 }
 
-std::string TensorBoardWriter::append(const std::string& run, const std::string& event) {
+std::string TensorBoardWriter::append(const std::string& run, const std::string& event, bool sync) {
   File* file = nullptr;
   for (File& f : files_)
     if (f.run == run) file = &f;
@@ -237,7 +237,7 @@ std::string TensorBoardWriter::append(const std::string& run, const std::string&
   // an event file by its open handle and would never see a replaced one grow. A record cut short by a crash
   // fails its checksum and is skipped by readers; nothing before it is touched.
   if (std::fwrite(records.data(), 1, records.size(), file->f) != records.size() ||
-      std::fflush(file->f) != 0 || fsync(fileno(file->f)) != 0)
+      std::fflush(file->f) != 0 || (sync && fsync(fileno(file->f)) != 0))
     return fmt::format("cannot write the TensorBoard events in {}/{}: {}", log_dir_, run,
                        std::strerror(errno));
   return "";

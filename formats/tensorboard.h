@@ -47,10 +47,11 @@ class TensorBoardWriter {
   TensorBoardWriter(const TensorBoardWriter&) = delete;
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
 
-  // Appends the scalars of one step to run ("train" or "validation") and flushes them to disk, so that a
-  // TensorBoard watching the folder sees each epoch as it ends. Returns an error message ("" when written).
+  // Appends the scalars of one step to run ("train" or "validation") and flushes them, so that a
+  // TensorBoard watching the folder sees them at once; with `sync`, to the disk too (at each epoch's end:
+  // per-batch scalars are synced with it). Returns an error message ("" when written).
   std::string write(const std::string& run, int64_t step,
-                    const std::vector<std::pair<std::string, double>>& values);
+                    const std::vector<std::pair<std::string, double>>& values, bool sync = true);
   // Appends histograms of the tensors (Keras's histogram_freq: the weights, in the train run).
   std::string write_histograms(const std::string& run, int64_t step,
                                const std::vector<std::pair<std::string, engine::Tensor>>& tensors);
@@ -62,7 +63,7 @@ class TensorBoardWriter {
     std::string run;
     std::FILE* f = nullptr;
   };
-  std::string append(const std::string& run, const std::string& event);
+  std::string append(const std::string& run, const std::string& event, bool sync = true);
   std::string log_dir_;
   std::vector<File> files_;
 };

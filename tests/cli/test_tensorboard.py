@@ -182,6 +182,24 @@ class TensorBoard(unittest.TestCase):
         self.assertEqual(train["epoch_loss"][-1][0], 3)
         self.assertAlmostEqual(train["epoch_loss"][-1][1], epochs[-1]["loss"], places=6)
 
+    def test_update_freq_adds_running_batch_scalars_as_keras(self):
+        tb = self.path("logs")
+        r = run(["fit", self.spec, "--tensorboard", tb, "--tensorboard-update-freq", "4"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        epochs = [e for e in cli_util.json_lines(self, r.stdout) if e["event"] == "epoch"]
+        train = self.scalars(os.path.join(tb, "train"))
+        # 8 batches an epoch: every 4th batch of the run (1-based), the epoch's running means so far; at an
+        # epoch's last batch they are the epoch's numbers.
+        self.assertEqual([s for s, _ in train["batch_loss"]], list(range(4, 33, 4)))
+        self.assertEqual([s for s, _ in train["batch_accuracy"]], list(range(4, 33, 4)))
+        for k, e in enumerate(epochs):
+            step, value = train["batch_loss"][2 * k + 1]
+            self.assertEqual(step, 8 * (k + 1))
+            self.assertLess(abs(value - e["loss"]), 2e-7 * max(1.0, abs(e["loss"])))
+        self.assertEqual([s for s, _ in train["epoch_loss"]], [0, 1, 2, 3])
+        r = run(["fit", self.spec, "--tensorboard", tb, "--tensorboard-update-freq", "0"])
+        cli_util.assert_input_error(self, r, "--tensorboard-update-freq", "epoch, batch or a number")
+
     def test_mpirun_rank_0_alone_writes(self):
         mpirun = shutil.which("mpirun")
         if not mpirun:
