@@ -178,7 +178,8 @@ void OutputOptions::add(CLI::App* app) {
                   "Metrics on stdout as JSON lines (jsonl) or not (text); auto: JSON lines when stdout is "
                   "not a terminal")
       ->check(CLI::IsMember({"auto", "text", "jsonl"}));
-  app->add_flag("-q,--quiet", quiet, "Print nothing on stderr but errors");
+  app->add_flag("-q,--quiet", quiet,
+                "Print nothing on stderr but errors (and the warning that TensorBoard events stopped)");
 }
 
 Output OutputOptions::make(bool under_mpirun) const {

@@ -90,8 +90,9 @@ class FitPrinter final : public engine::FitObserver {
     epoch_start_ = std::chrono::steady_clock::now();
   }
 
-  void on_batch_end(int64_t epoch, int64_t step, int64_t steps, const engine::Logs& running) override {
-    write_tensorboard_batch(epoch, step, steps, running);
+  void on_batch_end(int64_t epoch, int64_t step, int64_t steps, int64_t global_step,
+                    const engine::Logs& running) override {
+    write_tensorboard_batch(global_step, running);
     if (!out_.progress_bar()) return;
     auto now = std::chrono::steady_clock::now();
     if (step != steps && now - last_draw_ < std::chrono::milliseconds(100)) return;
@@ -162,11 +163,10 @@ class FitPrinter final : public engine::FitObserver {
   }
 
   // Keras's update_freq "batch" or N: the running loss and metrics of the epoch so far as batch_<name> after
-  // every N-th batch, at the batch's 1-based number in the run; synced to disk with the epoch's scalars.
-  void write_tensorboard_batch(int64_t epoch, int64_t step, int64_t steps, const engine::Logs& running) {
-    if (!tensorboard_ || batch_freq_ <= 0) return;
-    const int64_t batch = (epoch - 1) * steps + step;
-    if (batch % batch_freq_ != 0) return;
+  // every N-th batch, at the batch's 1-based number in the run (the steps trained, a resumed run's
+  // included); synced to disk with the epoch's scalars.
+  void write_tensorboard_batch(int64_t batch, const engine::Logs& running) {
+    if (!tensorboard_ || batch_freq_ <= 0 || batch % batch_freq_ != 0) return;
     std::vector<std::pair<std::string, double>> values;
     for (const auto& [name, v] : running) values.emplace_back("batch_" + name, v);
     const std::string error = tensorboard_->write("train", batch, values, false);
@@ -194,6 +194,14 @@ class FitPrinter final : public engine::FitObserver {
         tensorboard_failed(error);
         return;
       }
+    }
+    // Keras's on_test_end: the validation numbers again, at the optimizer's iterations.
+    std::vector<std::pair<std::string, double>> by_iteration;
+    for (const auto& [name, v] : validation)
+      by_iteration.emplace_back("evaluation_" + name.substr(6) + "_vs_iterations", v);  // epoch_<name>
+    if (!by_iteration.empty()) {
+      const std::string error = tensorboard_->write("validation", r.optimizer_iterations, by_iteration);
+      if (!error.empty()) tensorboard_failed(error);
     }
   }
 
@@ -348,8 +356,8 @@ class SignatureGrabber final : public engine::FitObserver {
     signature = i.signature;
     next_.on_train_begin(i);
   }
-  void on_batch_end(int64_t e, int64_t s, int64_t n, const engine::Logs& l) override {
-    next_.on_batch_end(e, s, n, l);
+  void on_batch_end(int64_t e, int64_t s, int64_t n, int64_t g, const engine::Logs& l) override {
+    next_.on_batch_end(e, s, n, g, l);
   }
   void on_epoch_end(const engine::EpochReport& r) override { next_.on_epoch_end(r); }
   bool wants_weights(int64_t epoch) const override { return next_.wants_weights(epoch); }

@@ -192,6 +192,14 @@ TensorBoardWriter::TensorBoardWriter(std::string log_dir) : log_dir_(std::move(l
   for (const char* run : {"train", "validation"}) {
     const std::filesystem::path p = std::filesystem::path(log_dir_) / run;
     std::error_code ec;
+    std::vector<std::string> missing;
+    for (std::filesystem::path at = p; !at.empty() && !std::filesystem::exists(at, ec);
+         at = at.parent_path()) {
+      missing.insert(missing.begin(), at.string());
+      if (at == at.parent_path()) break;
+    }
+    for (std::string& m : missing)
+      if (std::find(made_.begin(), made_.end(), m) == made_.end()) made_.push_back(std::move(m));
     std::filesystem::create_directories(p, ec);
     if (ec || !std::filesystem::is_directory(p))
       throw InputError(log_dir_,
@@ -204,6 +212,11 @@ TensorBoardWriter::TensorBoardWriter(std::string log_dir) : log_dir_(std::move(l
 TensorBoardWriter::~TensorBoardWriter() {
   for (File& f : files_)
     if (f.f) std::fclose(f.f);
+  if (!files_.empty()) return;
+  for (auto it = made_.rbegin(); it != made_.rend(); ++it) {
+    std::error_code ec;
+    std::filesystem::remove(*it, ec);  // an empty folder only; one holding anything stays
+  }
 }
 
 std::string TensorBoardWriter::write(const std::string& run, int64_t step,

@@ -41,7 +41,8 @@ std::string tensorboard_histogram_event(double wall_time, int64_t step,
 class TensorBoardWriter {
  public:
   // Creates log_dir/train and log_dir/validation (an InputError naming the folder when it cannot); the
-  // event files are created at the first scalars of their run.
+  // event files are created at the first scalars of their run. The folders made here are removed again, if
+  // still empty, when the writer ends without having written (a run that failed before its first epoch).
   explicit TensorBoardWriter(std::string log_dir);
   ~TensorBoardWriter();
   TensorBoardWriter(const TensorBoardWriter&) = delete;
@@ -66,6 +67,7 @@ class TensorBoardWriter {
   std::string append(const std::string& run, const std::string& event, bool sync = true);
   std::string log_dir_;
   std::vector<File> files_;
+  std::vector<std::string> made_;  // outermost first
 };
 
 }  // namespace trainer::formats

@@ -2564,7 +2564,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       ++st.global_step;
       ++st.batch;
       acc.flat(&st.metric_sums);
-      observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, acc.logs(""));
+      observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, st.global_step, acc.logs(""));
       bool last_of_epoch = st.batch == info.steps_per_epoch;
       if (saving && policy.every_steps > 0 && st.global_step % policy.every_steps == 0 && !last_of_epoch &&
           !sig) {
@@ -2610,14 +2610,28 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     if (cfg.reduce_lr.enabled)
       rep.logs.emplace_back("learning_rate", schedule.at(st.global_step - 1) * st.lr_factor);
     rep.next_learning_rate = schedule.at(st.global_step) * st.lr_factor;
+    rep.optimizer_iterations = cfg.gradient_accumulation_steps > 1
+                                   ? st.global_step / cfg.gradient_accumulation_steps
+                                   : st.global_step - st.skipped_steps;
     result.history.push_back(rep);
     observer.on_epoch_end(rep);
     if (observer.wants_weights(rep.epoch)) {
-      std::vector<std::pair<std::string, Tensor>> weights;
+      // The model's weights as Keras's layer.weights lists them: the parameters and the layers' own state
+      // (BatchNormalization's moving statistics), not the optimizer's or the run's slots ("P/adam_m",
+      // "P/ema", named after their parameter) nor a replica's shards ("P@shard").
+      std::vector<std::pair<std::string, Tensor>> all, weights;
       Session& w = dev.weights_session();
-      for (auto& [v, t] : snapshot(w))
-        if (w.graph().value(v).kind == ValueKind::parameter)
-          weights.emplace_back(w.graph().value(v).name, std::move(t));
+      std::set<std::string> parameters;
+      for (auto& [v, t] : snapshot(w)) {
+        const Value& val = w.graph().value(v);
+        if (val.kind == ValueKind::parameter) parameters.insert(val.name);
+        all.emplace_back(val.name, std::move(t));
+      }
+      for (auto& [name, t] : all) {
+        const size_t slash = name.rfind('/');
+        const bool slot = slash != std::string::npos && parameters.count(name.substr(0, slash));
+        if (name.find('@') == std::string::npos && !slot) weights.emplace_back(name, std::move(t));
+      }
       observer.on_weights(rep.epoch, weights);
     }
     // The next epoch starts from zero.

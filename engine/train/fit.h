@@ -227,6 +227,9 @@ struct EpochReport {
   // The optimizer's learning rate after the epoch, as Keras's optimizer.learning_rate reads then: the
   // schedule's rate of the next step, times a plateau's factor.
   double next_learning_rate = std::numeric_limits<double>::quiet_NaN();
+  // The optimizer's updates so far (Keras's optimizer.iterations): the steps, over N under gradient
+  // accumulation, less those skipped for an fp16 overflow.
+  int64_t optimizer_iterations = 0;
 };
 
 struct FitPlanInfo {
@@ -245,7 +248,10 @@ class FitObserver {
  public:
   virtual ~FitObserver() = default;
   virtual void on_train_begin(const FitPlanInfo&) {}
-  virtual void on_batch_end(int64_t epoch, int64_t step, int64_t steps, const Logs& running) {}
+  // After each batch: the 1-based epoch, the batch's number in it of `steps`, the steps trained in the whole
+  // run so far (the resumed run's included; the schedule's count), and the epoch's running logs.
+  virtual void on_batch_end(int64_t epoch, int64_t step, int64_t steps, int64_t global_step,
+                            const Logs& running) {}
   virtual void on_epoch_end(const EpochReport&) {}
   // Whether on_weights should see the model's parameters after this (1-based) epoch; reading them copies
   // every parameter from the device, so an observer asks only for the epochs it uses.

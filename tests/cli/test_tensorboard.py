@@ -120,7 +120,11 @@ class TensorBoard(unittest.TestCase):
             self.assertGreater(len(records(files[0])), 4)  # a version record and one per epoch
         train, val = self.scalars(os.path.join(tb, "train")), self.scalars(os.path.join(tb, "validation"))
         self.assertEqual(sorted(train), ["epoch_accuracy", "epoch_learning_rate", "epoch_loss"])
-        self.assertEqual(sorted(val), ["epoch_accuracy", "epoch_loss"])
+        self.assertEqual(sorted(val), ["epoch_accuracy", "epoch_loss", "evaluation_accuracy_vs_iterations",
+                                       "evaluation_loss_vs_iterations"])
+        # Keras's on_test_end: the validation numbers at the optimizer's iterations (8 updates an epoch).
+        self.assertEqual([s for s, _ in val["evaluation_loss_vs_iterations"]], [8, 16, 24, 32])
+        self.assertEqual([v for _, v in val["evaluation_loss_vs_iterations"]], [v for _, v in val["epoch_loss"]])
         for k, e in enumerate(epochs):
             for got, key in ((train["epoch_loss"], "loss"), (train["epoch_accuracy"], "accuracy"),
                              (val["epoch_loss"], "val_loss"), (val["epoch_accuracy"], "val_accuracy")):
@@ -172,6 +176,21 @@ class TensorBoard(unittest.TestCase):
         r = run(["fit", self.spec, "--tensorboard-histogram-freq", "1"])
         cli_util.assert_input_error(self, r, "--tensorboard-histogram-freq", "--tensorboard DIR")
 
+    def test_histograms_hold_the_layers_weights_not_the_optimizers_or_shards(self):
+        with open(self.spec, "w") as f:
+            f.write(SPEC.replace('activation = "relu"\n', 'activation = "relu"\n[[model.layers]]\n'
+                                 'type = "BatchNormalization"\n', 1))
+        tb = self.path("logs")
+        r = run(["fit", self.spec, "--device", "cpu", "--devices", "2", "--set", "parallel.shard_optimizer=true",
+                 "--tensorboard", tb, "--tensorboard-histogram-freq", "2"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        acc = EventAccumulator(os.path.join(tb, "train"), size_guidance={"histograms": 0})
+        acc.Reload()
+        self.assertEqual(sorted(acc.Tags()["histograms"]),
+                         ["batch_normalization/beta", "batch_normalization/gamma",
+                          "batch_normalization/moving_mean", "batch_normalization/moving_variance",
+                          "dense/bias", "dense/kernel", "dense_1/bias", "dense_1/kernel"])
+
     def test_replicas_write_one_set_of_files(self):
         tb = self.path("logs")
         r = run(["fit", self.spec, "--device", "cpu", "--devices", "2", "--tensorboard", tb])
@@ -200,6 +219,17 @@ class TensorBoard(unittest.TestCase):
         r = run(["fit", self.spec, "--tensorboard", tb, "--tensorboard-update-freq", "0"])
         cli_util.assert_input_error(self, r, "--tensorboard-update-freq", "epoch, batch or a number")
 
+        # A run resumed at a larger batch numbers its batches by the steps trained, as its schedule does: the
+        # first run's epoch 2 ended at step 16, and 4 batches of 16 make each epoch after it.
+        r = run(["fit", self.spec, "--output-dir", self.path("run"), "--epochs", "2"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        tb2 = self.path("logs2")
+        r = run(["fit", "--resume", self.path("run", "epoch-2.ckpt"), "--batch-size", "16", "--epochs", "4",
+                 "--tensorboard", tb2, "--tensorboard-update-freq", "batch"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual([s for s, _ in self.scalars(os.path.join(tb2, "train"))["batch_loss"]],
+                         list(range(17, 25)))
+
     def test_mpirun_rank_0_alone_writes(self):
         mpirun = shutil.which("mpirun")
         if not mpirun:
@@ -220,6 +250,11 @@ class TensorBoard(unittest.TestCase):
         cli_util.assert_input_error(self, r, "taken", "cannot make the TensorBoard folder")
         r = run(["fit", self.spec, "--tensorboard", ""])
         self.assertEqual(r.returncode, 2, r.stderr)
+        # A run that fails before its first epoch leaves no TensorBoard folders it made (8 samples a batch
+        # do not split over 3 replicas).
+        r = run(["fit", self.spec, "--device", "cpu", "--devices", "3", "--tensorboard", self.path("a", "logs")])
+        cli_util.assert_input_error(self, r, "does not divide among 3 replicas")
+        self.assertFalse(os.path.exists(self.path("a")))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class Recorder final : public FitObserver {
  public:
   std::vector<EpochReport> epochs;
   int64_t batches = 0;
-  void on_batch_end(int64_t, int64_t, int64_t, const Logs&) override { ++batches; }
+  void on_batch_end(int64_t, int64_t, int64_t, int64_t, const Logs&) override { ++batches; }
   void on_epoch_end(const EpochReport& r) override { epochs.push_back(r); }
 };
 
@@ -347,7 +347,7 @@ TEST_SUITE("fit") {
     FitConfig cfg = base_config();
     auto backend = make_cpu_backend();
     struct Stopper : FitObserver {
-      void on_batch_end(int64_t, int64_t step, int64_t, const Logs&) override {
+      void on_batch_end(int64_t, int64_t step, int64_t, int64_t, const Logs&) override {
         if (step == 2) g_stop_signal.store(15);
       }
     } stopper;
