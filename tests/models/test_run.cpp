@@ -2111,6 +2111,69 @@ TEST_SUITE("run") {
     }
   }
 
+  TEST_CASE("run: MultiHeadAttention combines its causal mask with the value's padding mask as Keras's") {
+    // Query from an embedding without a mask, value from one with mask_zero, pre-padded ids: query step 0
+    // of the first sample sees only padding, so it weighs all four keys alike; the others take the softmax
+    // over their visible unpadded keys.
+    const int64_t steps = 4, dim = 4, heads = 2, kd = 2, n = 2;
+    const std::vector<int32_t> ids = {0, 0, 3, 1, 2, 0, 5, 4};
+    Spec s({steps}, "int32");
+    s.add("Embedding", {{"input_dim", int64_t{6}}, {"output_dim", dim}}, "q")
+        .add("Embedding", {{"input_dim", int64_t{6}}, {"output_dim", dim}, {"mask_zero", true}}, "e",
+             {"input"})
+        .add("MultiHeadAttention",
+             {{"num_heads", heads},
+              {"key_dim", kd},
+              {"use_causal_mask", true},
+              {"bias_initializer", std::string("glorot_uniform")}},
+             "mha", {"q", "e"});
+    BuiltModel m = models::testing::build(s, false, n);
+    auto w = [&](const std::string& name) { return weight(m, "mha/" + name); };
+    const Tensor wq = w("query/kernel"), bq = w("query/bias"), wk = w("key/kernel"), bk = w("key/bias");
+    const Tensor wv = w("value/kernel"), bv = w("value/bias"), wo = w("attention_output/kernel");
+    const Tensor bo = w("attention_output/bias"), qt = weight(m, "q/embeddings"),
+                 vt = weight(m, "e/embeddings");
+    Tensor y = forward(std::move(m), Tensor::from<int32_t>(Shape{n, steps}, ids));
+    for (int64_t b = 0; b < n; ++b) {
+      // x's projection of step t, head h, feature d.
+      auto proj = [&](const Tensor& table, const Tensor& k, const Tensor& bias, int64_t t, int64_t h,
+                      int64_t d) {
+        double acc = bias.get_f64(h * kd + d);
+        for (int64_t c = 0; c < dim; ++c)
+          acc += table.get_f64(ids[b * steps + t] * dim + c) * k.get_f64((c * heads + h) * kd + d);
+        return acc;
+      };
+      for (int64_t i = 0; i < steps; ++i) {
+        std::vector<double> ctx(heads * kd, 0.0);
+        for (int64_t h = 0; h < heads; ++h) {
+          std::vector<double> score(steps, 0.0);
+          std::vector<bool> on(steps);
+          bool any = false;
+          double top = -1e300;
+          for (int64_t j = 0; j < steps; ++j) {
+            any |= on[j] = j <= i && ids[b * steps + j] != 0;
+            for (int64_t d = 0; d < kd; ++d)
+              score[j] += proj(qt, wq, bq, i, h, d) * proj(vt, wk, bk, j, h, d);
+            score[j] /= std::sqrt(double(kd));
+            if (on[j]) top = std::max(top, score[j]);
+          }
+          double total = 0;
+          for (int64_t j = 0; j < steps; ++j)
+            total += score[j] = !any ? 1.0 : on[j] ? std::exp(score[j] - top) : 0.0;
+          for (int64_t j = 0; j < steps; ++j)
+            for (int64_t d = 0; d < kd; ++d) ctx[h * kd + d] += score[j] / total * proj(vt, wv, bv, j, h, d);
+        }
+        for (int64_t o = 0; o < dim; ++o) {
+          double want = bo.get_f64(o);
+          for (int64_t k = 0; k < heads * kd; ++k) want += ctx[k] * wo.get_f64(k * dim + o);
+          CAPTURE(b);
+          CAPTURE(i);
+          CHECK(y.get_f64((b * steps + i) * dim + o) == doctest::Approx(want).epsilon(1e-4));
+        }
+      }
+    }
+  }
+
   TEST_CASE("run: MultiHeadAttention with mask_zero ignores the padded keys") {
     // Changing what a padded step holds (row 0 of the token table) changes nothing at the unmasked queries.
     Spec s({5}, "int32");
