@@ -2619,18 +2619,21 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       // The model's weights as Keras's layer.weights lists them: the parameters and the layers' own state
       // (BatchNormalization's moving statistics), not the optimizer's or the run's slots ("P/adam_m",
       // "P/ema", named after their parameter) nor a replica's shards ("P@shard").
-      std::vector<std::pair<std::string, Tensor>> all, weights;
+      // Only those are read from the device.
+      std::vector<std::pair<std::string, Tensor>> weights;
       Session& w = dev.weights_session();
+      const Graph& g = w.graph();
       std::set<std::string> parameters;
-      for (auto& [v, t] : snapshot(w)) {
-        const Value& val = w.graph().value(v);
-        if (val.kind == ValueKind::parameter) parameters.insert(val.name);
-        all.emplace_back(val.name, std::move(t));
-      }
-      for (auto& [name, t] : all) {
-        const size_t slash = name.rfind('/');
-        const bool slot = slash != std::string::npos && parameters.count(name.substr(0, slash));
-        if (name.find('@') == std::string::npos && !slot) weights.emplace_back(name, std::move(t));
+      for (ValueId v = 0; v < g.num_values(); ++v)
+        if (g.value(v).kind == ValueKind::parameter) parameters.insert(g.value(v).name);
+      for (ValueId v = 0; v < g.num_values(); ++v) {
+        const Value& val = g.value(v);
+        if ((val.kind != ValueKind::parameter && val.kind != ValueKind::state) ||
+            !w.program().slots[v].assigned || val.name.find('@') != std::string::npos)
+          continue;
+        const size_t slash = val.name.rfind('/');
+        if (slash != std::string::npos && parameters.count(val.name.substr(0, slash))) continue;  // a slot
+        weights.emplace_back(val.name, w.read(v));
       }
       observer.on_weights(rep.epoch, weights);
     }
