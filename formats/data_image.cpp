@@ -253,14 +253,18 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
   std::vector<uint8_t> palette;  // RGB triples
   if (bits <= 8) {
     const size_t entry = core ? 3 : 4;
-    size_t count = core ? 0 : le32(b, 46);
-    if (count == 0 || count > (size_t{1} << bits)) count = size_t{1} << bits;
+    const size_t declared = core ? 0 : std::min<size_t>(le32(b, 46), 256);
+    size_t count = declared == 0 || declared > (size_t{1} << bits) ? size_t{1} << bits : declared;
     // A table cut short by the pixel data (some writers list fewer colours) keeps the entries before it; a
     // pixel offset at or before the table's start (0, or the header's end, from writers that leave the table
-    // out of it) means the pixels follow the whole table.
+    // out of it) means the pixels follow the whole table, as long as the header declares it (a 1-bit image
+    // may list 256 colours, as Pillow skips them).
     if (pixels_at > table_at) count = std::min(count, (pixels_at - table_at) / entry);
     if (b.size() < table_at + count * entry) throw damaged("it is too short for its colour table");
-    if (pixels_at <= table_at) pixels_at = table_at + count * entry;
+    if (pixels_at <= table_at) {
+      const size_t listed = std::max(count, declared);
+      pixels_at = table_at + (b.size() >= table_at + listed * entry ? listed : count) * entry;
+    }
     for (size_t k = 0; k < count; ++k) {
       const size_t at = table_at + k * entry;
       palette.insert(palette.end(), {b[at + 2], b[at + 1], b[at]});

@@ -971,6 +971,12 @@ TEST_SUITE("datasets") {
       Blob early = bmp(40, 2, 1, 8, 0, {}, table4, {{2, 1}}, 3);
       put32(early, 10, offset);
       CHECK(pixels(early, 3) == Blob{0, 0, 255, 0, 255, 0});
+      // A 1-bit image that lists 256 colours: its pixels follow all of them.
+      Blob table256(1024, 0);
+      std::fill(table256.begin() + 4, table256.begin() + 7, uint8_t{255});  // colour 1 white
+      Blob wide = bmp(40, 3, 1, 1, 0, {}, table256, {{0xA0}}, 256);
+      put32(wide, 10, offset);
+      CHECK(pixels(wide, 1) == Blob{255, 0, 255});
     }
 
     // Refused, naming the file: run-length compression, rows cut short.
