@@ -172,13 +172,6 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& bytes, in
 
 // ---- BMP ----
 
-uint32_t le32(const std::vector<uint8_t>& b, size_t at) {
-  return uint32_t{b[at]} | uint32_t{b[at + 1]} << 8 | uint32_t{b[at + 2]} << 16 | uint32_t{b[at + 3]} << 24;
-}
-uint16_t le16(const std::vector<uint8_t>& b, size_t at) {
-  return static_cast<uint16_t>(b[at] | b[at + 1] << 8);
-}
-
 // A colour channel under a bit mask, scaled to 8 bits as Pillow scales it, rounding down (a 5-bit field of 31
 // is 255, of 3 is 24).
 struct MaskField {
@@ -206,15 +199,15 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
                       "the file is damaged or cut short: write it again, or remove it from the class folder");
   };
   if (b.size() < 26) throw damaged("it is too short for its headers");
-  const uint32_t header = le32(b, 14);
-  size_t pixels_at = le32(b, 10);
+  const uint32_t header = le32(b.data() + 14);
+  size_t pixels_at = le32(b.data() + 10);
   const bool core = header == 12;
   if (!core && (header < 40 || header > 124)) throw damaged(fmt::format("header of {} bytes", header));
   if (b.size() < 14 + size_t{header}) throw damaged("it is too short for its headers");
-  const int64_t width = core ? le16(b, 18) : static_cast<int32_t>(le32(b, 18));
-  const int64_t signed_height = core ? le16(b, 20) : static_cast<int32_t>(le32(b, 22));
-  const int bits = core ? le16(b, 24) : le16(b, 28);
-  const uint32_t compression = core ? 0 : le32(b, 30);
+  const int64_t width = core ? le16(b.data() + 18) : static_cast<int32_t>(le32(b.data() + 18));
+  const int64_t signed_height = core ? le16(b.data() + 20) : static_cast<int32_t>(le32(b.data() + 22));
+  const int bits = core ? le16(b.data() + 24) : le16(b.data() + 28);
+  const uint32_t compression = core ? 0 : le32(b.data() + 30);
   const int64_t height = signed_height < 0 ? -signed_height : signed_height;
   if (width <= 0 || height == 0) throw damaged(fmt::format("a size of {} by {} pixels", width, height));
   if (static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels)
@@ -242,7 +235,7 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
     const size_t at = 54;
     if (header == 40) table_at += 4 * static_cast<size_t>(compression == 6 ? 4 : 3);
     if (b.size() < at + 4 * static_cast<size_t>(count)) throw damaged("it is too short for its bit masks");
-    for (int k = 0; k < count; ++k) masks[k] = le32(b, at + 4 * static_cast<size_t>(k));
+    for (int k = 0; k < count; ++k) masks[k] = le32(b.data() + at + 4 * static_cast<size_t>(k));
     // No masks at all at 32 bits: Pillow reads BGRA.
     if (bits == 32 && !masks[0] && !masks[1] && !masks[2] && !masks[3])
       masks[0] = 0xFF0000, masks[1] = 0xFF00, masks[2] = 0xFF, masks[3] = 0xFF000000;
@@ -253,7 +246,7 @@ Image decode_bmp(const std::string& path, const std::vector<uint8_t>& b, int cha
   std::vector<uint8_t> palette;  // RGB triples
   if (bits <= 8) {
     const size_t entry = core ? 3 : 4;
-    const size_t declared = core ? 0 : std::min<size_t>(le32(b, 46), 256);
+    const size_t declared = core ? 0 : std::min<size_t>(le32(b.data() + 46), 256);
     size_t count = declared == 0 || declared > (size_t{1} << bits) ? size_t{1} << bits : declared;
     // A table cut short by the pixel data (some writers list fewer colours) keeps the entries before it; a
     // pixel offset at or before the table's start (0, or the header's end, from writers that leave the table

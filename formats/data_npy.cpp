@@ -11,6 +11,7 @@
 
 #include "engine/util/error.h"
 #include "formats/data_bytes.h"
+#include "formats/datasets.h"
 
 namespace trainer::formats {
 
@@ -20,16 +21,6 @@ namespace {
 // fields are 64 bits, so a damaged one can be near 2^64.
 bool fits(uint64_t offset, uint64_t length, uint64_t size) {
   return offset <= size && length <= size - offset;
-}
-
-uint16_t le16(const uint8_t* p) {
-  return static_cast<uint16_t>(p[0] | (p[1] << 8));
-}
-uint32_t le32(const uint8_t* p) {
-  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
-}
-uint64_t le64(const uint8_t* p) {
-  return uint64_t{le32(p)} | (uint64_t{le32(p + 4)} << 32);
 }
 
 constexpr const char* kNpyDtypes =

@@ -3,6 +3,7 @@
 // or the file names, and applies `limit`.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +79,17 @@ std::shared_ptr<const engine::data::Dataset> with_output_sample_weights(
 // "data_batch_10"). A file that does not exist or a glob that matches nothing is an InputError at `pos`.
 std::vector<std::string> resolve_data_files(const std::vector<std::string>& patterns,
                                             const std::string& base_dir, const SourcePos& pos);
+
+// Little-endian integers of file formats (NPY and zip headers, BMP), read byte by byte.
+inline uint16_t le16(const uint8_t* p) {
+  return static_cast<uint16_t>(p[0] | (p[1] << 8));
+}
+inline uint32_t le32(const uint8_t* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+inline uint64_t le64(const uint8_t* p) {
+  return uint64_t{le32(p)} | (uint64_t{le32(p + 4)} << 32);
+}
 
 // Orders names as people count: runs of digits compare by value ("data_batch_2" before "data_batch_10").
 bool natural_less(const std::string& a, const std::string& b);

@@ -49,11 +49,15 @@ void put_varint(std::string& s, uint64_t v) {
   s.push_back(static_cast<char>(v));
 }
 
-void put_double(std::string& s, int field, double v) {
-  put_varint(s, static_cast<uint64_t>(field) << 3 | 1);  // wire type 1: 64 bits
+void put_f64(std::string& s, double v) {
   uint64_t bits;
   std::memcpy(&bits, &v, sizeof bits);
   put_le(s, bits, 8);
+}
+
+void put_double(std::string& s, int field, double v) {
+  put_varint(s, static_cast<uint64_t>(field) << 3 | 1);  // wire type 1: 64 bits
+  put_f64(s, v);
 }
 
 // A length-delimited field (wire type 2): a string or an embedded message.
@@ -102,10 +106,7 @@ std::string tensorboard_event(double wall_time, int64_t step,
                               const std::vector<std::pair<std::string, double>>& values,
                               const std::string& file_version) {
   std::string e;
-  e.push_back(static_cast<char>(1 << 3 | 1));  // field 1, 64-bit
-  uint64_t bits;
-  std::memcpy(&bits, &wall_time, sizeof bits);
-  put_le(e, bits, 8);
+  put_double(e, 1, wall_time);
   if (step != 0) {
     e.push_back(static_cast<char>(2 << 3 | 0));  // field 2, varint (two's complement, as protobuf's int64)
     put_varint(e, static_cast<uint64_t>(step));
@@ -172,11 +173,7 @@ std::string tensorboard_histogram_event(double wall_time, int64_t step,
     for (double v : {h.min, h.max, h.num, h.sum, h.sum_squares}) put_double(proto, field++, v);
     for (const std::vector<double>* list : {&h.bucket_limit, &h.bucket}) {
       std::string packed;
-      for (double v : *list) {
-        uint64_t bits;
-        std::memcpy(&bits, &v, sizeof bits);
-        put_le(packed, bits, 8);
-      }
+      for (double v : *list) put_f64(packed, v);
       put_bytes(proto, field++, packed);
     }
     std::string value;
