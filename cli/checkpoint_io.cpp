@@ -75,7 +75,8 @@ std::string state_json(const engine::TrainingState& st) {
   std::string best_of;
   formats::append_json_string(best_of, st.saved_best_of);
   std::string s = fmt::format(
-      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"metric_sums\": [{}], \"metric_layout\": {}, "
+      "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"steps_per_epoch\": {}, \"data_pass\": {}, "
+      "\"data_samples\": {}, \"metric_sums\": [{}], \"metric_layout\": {}, "
       "\"saved_best_of\": {}, \"saved_best\": {}, "
       "\"lr_factor\": {}, "
       "\"plateau_have_best\": {}, \"plateau_best\": {}, \"plateau_wait\": {}, \"plateau_cooldown\": {}, "
@@ -83,10 +84,11 @@ std::string state_json(const engine::TrainingState& st) {
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"stopped\": {}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"velocity\": \"rate_scaled\", \"history\": [",
-      st.epoch, st.batch, st.global_step, sums, layout, best_of, num(st.saved_best), num(st.lr_factor),
-      st.plateau_have_best ? "true" : "false", num(st.plateau_best), st.plateau_wait, st.plateau_cooldown,
-      num(st.seconds), st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch,
-      st.stopped ? "true" : "false", num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
+      st.epoch, st.batch, st.global_step, st.steps_per_epoch, st.data_pass, st.data_samples, sums, layout,
+      best_of, num(st.saved_best), num(st.lr_factor), st.plateau_have_best ? "true" : "false",
+      num(st.plateau_best), st.plateau_wait, st.plateau_cooldown, num(st.seconds),
+      st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch, st.stopped ? "true" : "false",
+      num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
   for (size_t i = 0; i < st.history.size(); ++i) {
     const engine::EpochReport& r = st.history[i];
     if (i) s += ", ";
@@ -156,6 +158,13 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
                      fmt::format("the checkpoint's state is at batch {} of its epoch but step {} of the run",
                                  st.batch, st.global_step),
                      "the file is damaged or was edited");
+  // The position in the passes over the data came with steps_per_epoch: a checkpoint without it ran epochs of
+  // a pass, and its position follows from the epoch and batch (fit works it out).
+  if (root.find("steps_per_epoch")) {
+    st.steps_per_epoch = r.i(root, "steps_per_epoch");
+    st.data_pass = r.i(root, "data_pass");
+    st.data_samples = r.i(root, "data_samples");
+  }
   if (root.find("metric_sums")) {
     for (const formats::JsonValue& v : root.find("metric_sums")->items) {
       double sum = 0;

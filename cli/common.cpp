@@ -811,6 +811,8 @@ engine::FitConfig fit_config(const formats::ModelSpec& spec) {
   }
   c.epochs = t.epochs;
   c.validation_freq = t.validation_freq;
+  c.steps_per_epoch = t.steps_per_epoch;
+  c.validation_steps = t.validation_steps;
   c.batch_size = t.batch_size;
   c.seed = t.seed;
   c.shuffle = spec.data.shuffle;

@@ -81,9 +81,12 @@ class FitPrinter final : public engine::FitObserver {
 
   void on_train_begin(const engine::FitPlanInfo& info) override {
     out_.say(
-        "Training on {} samples, validating on {} · {} steps per epoch{} · {} · {} plans in a {:.1f} MiB "
+        "Training on {} samples, validating on {} · {} steps per epoch{}{} · {} · {} plans in a {:.1f} MiB "
         "arena{}\n",
         info.train_samples, info.val_samples, info.steps_per_epoch,
+        info.steps_per_pass != info.steps_per_epoch
+            ? fmt::format(" (a pass over the data is {})", info.steps_per_pass)
+            : "",
         info.accumulation_steps > 1 ? fmt::format(", an update every {}", info.accumulation_steps) : "",
         info.device, info.plans, info.arena_bytes / 1048576.0,
         info.held_bytes ? fmt::format(" + {:.1f} MiB held by kernels", info.held_bytes / 1048576.0) : "");

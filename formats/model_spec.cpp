@@ -77,7 +77,9 @@ const Keys kTrainKeys = {"loss",
                          "checkpoint",
                          "early_stopping",
                          "reduce_lr_on_plateau",
-                         "validation_freq"};
+                         "validation_freq",
+                         "steps_per_epoch",
+                         "validation_steps"};
 const Keys kPrecisions = {"auto", "fp32", "tf32", "bf16", "fp16"};
 const Keys kOptimizerKeys = {"name",
                              "learning_rate",
@@ -2752,6 +2754,14 @@ TrainSection read_train(const Reader& r, const toml::node& n, const ModelSection
     t.fail("validation_freq",
            fmt::format("train.validation_freq must be 1 or more, not {}", s.validation_freq),
            "the validation data is evaluated after every validation_freq-th epoch");
+  if (t.get("steps_per_epoch", s.steps_per_epoch) && s.steps_per_epoch < 1)
+    t.fail("steps_per_epoch",
+           fmt::format("train.steps_per_epoch must be 1 or more, not {}", s.steps_per_epoch),
+           "leave it out for epochs of one pass over the training data");
+  if (t.get("validation_steps", s.validation_steps) && s.validation_steps < 1)
+    t.fail("validation_steps",
+           fmt::format("train.validation_steps must be 1 or more, not {}", s.validation_steps),
+           "leave it out to evaluate every batch of the validation data");
   if (t.get("batch_size", s.batch_size) && (s.batch_size < 1 || s.batch_size > 2147483647))
     t.fail("batch_size",
            fmt::format("train.batch_size must be from 1 to 2147483647 (as --batch-size takes it), not {}",

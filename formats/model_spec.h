@@ -324,6 +324,11 @@ struct TrainSection {
   // Keras's validation_freq: the validation data is evaluated after every N-th epoch (N, 2N, ...); monitors
   // of val_ quantities skip the epochs between.
   int64_t validation_freq = 1;
+  // Keras's steps_per_epoch: an epoch is this many steps, the data read on from where the last epoch stopped
+  // (into the next shuffled pass at a pass's end); 0 (not given): an epoch is one pass over the data.
+  int64_t steps_per_epoch = 0;
+  // Keras's validation_steps: validation evaluates the first this many batches; 0 (not given): all.
+  int64_t validation_steps = 0;
   int64_t batch_size = 32;  // global
   uint64_t seed = 0;
   // auto | fp32 | tf32 | bf16 | fp16. auto: bf16 on a GPU of compute capability 8.0 or newer, else fp32. The

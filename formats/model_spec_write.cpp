@@ -272,6 +272,8 @@ std::string to_toml(const ModelSpec& spec) {
     }
     w.kv("epochs", t.epochs);
     if (t.validation_freq != 1) w.kv("validation_freq", t.validation_freq);
+    if (t.steps_per_epoch > 0) w.kv("steps_per_epoch", t.steps_per_epoch);
+    if (t.validation_steps > 0) w.kv("validation_steps", t.validation_steps);
     w.kv("batch_size", t.batch_size);
     w.kv("seed", t.seed);
     w.kv("precision", t.precision);

@@ -117,12 +117,15 @@ class BatchLoader {
   Shape x_shape(int64_t batch, size_t input = 0) const;
   size_t inputs() const;
   Shape y_shape(int64_t batch) const;
-  // Starts epoch `epoch` (0-based); its order is a pure function of (seed, epoch): a permutation from the
-  // counter-based generator, identical on every machine and after a resume.
+  // Starts epoch `epoch` (0-based): one pass over the data, whose order is a pure function of (seed, epoch):
+  // a permutation from the counter-based generator, identical on every machine and after a resume.
   void start_epoch(int64_t epoch);
-  // The next batch of the epoch, valid until the next call of next() or start_epoch(); false at the end of
-  // the epoch. Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates
-  // nothing.
+  // Starts a run of `count` batches at batch `batch` of pass `pass` (numbered as epochs are above), going on
+  // into the passes after it when it reaches a pass's end: the batches of an epoch of steps_per_epoch steps,
+  // read from the endless stream of passes. Batches before `batch` are not read.
+  void start(int64_t pass, int64_t batch, int64_t count);
+  // The next batch of the epoch (or run), valid until the next call of next() or start(); false at its end.
+  // Rethrows reader errors and bad labels (InputError) at the batch that holds them. Allocates nothing.
   bool next(Batch* out);
 
  private:

@@ -668,28 +668,35 @@ Shape BatchLoader::y_shape(int64_t batch) const {
 }
 
 void BatchLoader::start_epoch(int64_t epoch) {
+  start(epoch, 0, impl_->bpe);
+}
+
+void BatchLoader::start(int64_t pass, int64_t batch, int64_t count) {
   Impl& im = *impl_;
+  TRAINER_ASSERT(pass >= 0 && batch >= 0 && count >= 0 && (batch < im.bpe || (batch == 0 && im.bpe == 0)),
+                 "start at batch {} of pass {} ({} batches per pass)", batch, pass, im.bpe);
   {
     std::lock_guard<std::mutex> lk(im.mu);
     im.holding = false;
-    // The producer runs ahead into the following epochs; what it made stays valid when the trainer asks for
-    // the epoch that comes next in that sequence, or for any epoch at an epoch boundary when every epoch has
-    // the same order (no shuffle: evaluation restarts epoch 0 each time). Anything else starts over.
-    const bool at_boundary = im.bpe == 0 || im.consumed % im.bpe == 0;
+    // The producer runs ahead through the passes that follow; what it made stays valid when the trainer asks
+    // for the batch that comes next in that sequence, or (without shuffle, when every pass has the same
+    // order: evaluation restarts pass 0 each time) for any pass at the same batch. Anything else starts over.
     const bool in_sequence =
-        im.started && at_boundary &&
-        (!im.shuffle || (epoch >= im.base_epoch && im.consumed == (epoch - im.base_epoch) * im.bpe));
+        im.started &&
+        (im.shuffle ? pass >= im.base_epoch && im.consumed == (pass - im.base_epoch) * im.bpe + batch
+                    : im.bpe == 0 || im.consumed % im.bpe == batch);
     if (!in_sequence) {
       ++im.gen;
       im.gen_now.store(im.gen);
-      im.base_epoch = epoch;
-      im.produced = im.consumed = 0;
+      im.base_epoch = pass;
+      // The sequence numbers batches from the pass's first: those before `batch` are never made.
+      im.produced = im.consumed = batch;
       im.failed = false;
       im.error = nullptr;
       im.error_seq = -1;
     }
     im.started = true;
-    im.epoch_end = im.consumed + im.bpe;
+    im.epoch_end = im.consumed + count;
   }
   im.producer_cv.notify_all();
 }

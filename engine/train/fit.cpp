@@ -1840,11 +1840,11 @@ void evaluate_rows(Device& dev, const data::Batch& b, int64_t lo, int64_t hi, co
 }
 
 Logs evaluate_on(Device& dev, data::BatchLoader& loader, const FitConfig& cfg, const std::string& prefix,
-                 std::vector<float>& out_buf) {
+                 std::vector<float>& out_buf, int64_t steps = 0) {
   std::vector<OutputLoss> outputs = output_losses(cfg);
   set_columns(outputs, dev);
   Metrics acc(outputs);
-  loader.start_epoch(0);
+  loader.start(0, 0, steps > 0 ? steps : loader.batches_per_epoch());
   data::Batch batch;
   while (loader.next(&batch)) evaluate_rows(dev, batch, 0, batch.size, cfg, acc, out_buf);
   return acc.logs(prefix);
@@ -2116,12 +2116,21 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     val_loader = std::make_unique<data::BatchLoader>(validation, cfg.batch_size, format.of_validation(),
                                                      false, cfg.seed);
 
-  const LearningRateSchedule schedule = run_schedule(cfg, train_loader.batches_per_epoch());
+  // An epoch is steps_per_epoch steps of the stream of passes over the training data, a pass by default.
+  const int64_t steps_per_pass = train_loader.batches_per_epoch();
+  const int64_t epoch_steps = cfg.steps_per_epoch > 0 ? cfg.steps_per_epoch : steps_per_pass;
+  const LearningRateSchedule schedule = run_schedule(cfg, epoch_steps);
+  // validation_steps: the first batches of the validation data.
+  const int64_t val_steps =
+      val_loader ? (cfg.validation_steps > 0 ? std::min(cfg.validation_steps, val_loader->batches_per_epoch())
+                                             : val_loader->batches_per_epoch())
+                 : 0;
 
   FitPlanInfo info;
   info.train_samples = n_train;
-  info.val_samples = n_val;
-  info.steps_per_epoch = train_loader.batches_per_epoch();
+  info.val_samples = std::min(n_val, val_steps * cfg.batch_size);
+  info.steps_per_epoch = epoch_steps;
+  info.steps_per_pass = steps_per_pass;
   info.accumulation_steps = cfg.gradient_accumulation_steps;
   info.arena_bytes = dev.plans().arena_bytes();
   info.held_bytes = dev.plans().held_bytes();
@@ -2237,13 +2246,43 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         if (!held.count(w.graph().value(average).name)) w.write(average, w.read(param));
       });
     }
+    if (st.batch > 0 && st.steps_per_epoch != cfg.steps_per_epoch)
+      throw InputError(
+          "--resume",
+          fmt::format("the checkpoint stopped in the middle of an epoch of {}, and this run's epochs are {}",
+                      st.steps_per_epoch > 0 ? fmt::format("{} steps", st.steps_per_epoch)
+                                             : std::string("a pass over the data"),
+                      cfg.steps_per_epoch > 0 ? fmt::format("{} steps", cfg.steps_per_epoch)
+                                              : std::string("passes over the data")),
+          st.steps_per_epoch > 0 ? fmt::format("resume with train.steps_per_epoch = {}, or from a checkpoint "
+                                               "written at the end of an epoch",
+                                               st.steps_per_epoch)
+                                 : std::string("resume without train.steps_per_epoch, or from a checkpoint "
+                                               "written at the end of an epoch"));
     if (st.batch > info.steps_per_epoch)
       throw InputError("checkpoint",
                        fmt::format("the checkpoint stopped at batch {} of an epoch, but an epoch now has "
                                    "{} batches",
                                    st.batch, info.steps_per_epoch),
                        "resume with the data and batch size the checkpoint was written with");
+    // A checkpoint whose epochs were passes (or from before the position was kept) is at its epoch's pass.
+    if (st.steps_per_epoch == 0) {
+      st.data_pass = st.epoch;
+      st.data_samples = std::min(st.batch * cfg.batch_size, n_train);
+    }
+    if (n_train > 0 && st.data_samples >= n_train) {
+      ++st.data_pass;
+      st.data_samples = 0;
+    }
+    if (st.data_samples % cfg.batch_size != 0)
+      throw InputError("--resume",
+                       fmt::format("the checkpoint stopped {} samples into a pass over the training data, "
+                                   "which batches of {} do not reach",
+                                   st.data_samples, cfg.batch_size),
+                       "resume with the batch_size the checkpoint was written with, or from a checkpoint "
+                       "written at the end of a pass");
   }
+  st.steps_per_epoch = cfg.steps_per_epoch;
   if (scaling && st.loss_scale > 0)
     scaler.restore(st.loss_scale, st.loss_scale_good_steps, st.global_step - st.skipped_steps,
                    st.skipped_steps);
@@ -2282,11 +2321,12 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       }
     }
   };
-  auto evaluate_all = [&](data::BatchLoader& loader, const std::string& prefix) -> Logs {
-    if (world == 1) return evaluate_on(dev, loader, cfg, prefix, out_buf);
+  // The first `steps` batches of the loader's data, all of them when 0.
+  auto evaluate_all = [&](data::BatchLoader& loader, const std::string& prefix, int64_t steps) -> Logs {
+    if (world == 1) return evaluate_on(dev, loader, cfg, prefix, out_buf, steps);
     sync_model_state();
     std::vector<Metrics> accs(local, Metrics(outputs));
-    loader.start_epoch(0);
+    loader.start(0, 0, steps > 0 ? steps : loader.batches_per_epoch());
     data::Batch b;
     auto eval_replica = [&](int k) {
       auto [lo, hi] = slice(b.size, replicas.first_rank + k);
@@ -2393,10 +2433,11 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       acc.set_flat(sums);
     }
     st.metric_layout = layout;  // what the sums of this epoch's checkpoints count
-    train_loader.start_epoch(st.epoch);
+    // The epoch reads on from where the run is in the stream of passes (a resumed epoch from the batch after
+    // those it trained on: each pass's order is the same permutation), into the next pass at a pass's end.
+    train_loader.start(st.data_pass, st.data_samples / cfg.batch_size,
+                       std::max<int64_t>(epoch_steps - st.batch, 0));
     data::Batch batch;
-    // A resumed epoch skips the batches it already trained on: the order is the same permutation.
-    for (int64_t skipped = 0; skipped < st.batch; ++skipped) train_loader.next(&batch);
     // Writes a batch's rows into every replica's inputs. The next batch is written right after a step is
     // launched, before its results are read, when it takes the same plans: on a GPU its copy then overlaps
     // the step (the copy stream), and the plan's inputs are not what the step's outputs occupy.
@@ -2563,6 +2604,11 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
       }
       ++st.global_step;
       ++st.batch;
+      st.data_samples += batch.size;
+      if (st.data_samples >= n_train) {
+        ++st.data_pass;
+        st.data_samples = 0;
+      }
       acc.flat(&st.metric_sums);
       observer.on_batch_end(st.epoch + 1, st.batch, info.steps_per_epoch, st.global_step, acc.logs(""));
       bool last_of_epoch = st.batch == info.steps_per_epoch;
@@ -2597,7 +2643,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     // Keras's validation_freq: the validation data after every N-th epoch only.
     const bool validated = val_loader && (st.epoch + 1) % std::max<int64_t>(cfg.validation_freq, 1) == 0;
     if (validated) {
-      Logs v = evaluate_all(*val_loader, "val_");
+      Logs v = evaluate_all(*val_loader, "val_", val_steps);
       rep.logs.insert(rep.logs.end(), v.begin(), v.end());
     }
     // A val_ monitor waits for the epochs that have validation, as Keras's callbacks skip a missing quantity.
@@ -2769,7 +2815,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   }
   if (test && !result.interrupted_by) {
     data::BatchLoader test_loader(test, cfg.batch_size, format.of_test(), false, cfg.seed);
-    result.test = evaluate_all(test_loader, "test_");
+    result.test = evaluate_all(test_loader, "test_", 0);
   }
   result.final_state = capture();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

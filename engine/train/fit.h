@@ -162,6 +162,11 @@ struct FitConfig {
   // Keras's validation_freq: validation runs after epochs N, 2N, ...; early stopping, ReduceLROnPlateau and
   // save_best skip a val_ monitor on the epochs between, as Keras's callbacks skip a missing quantity.
   int64_t validation_freq = 1;
+  // Keras's steps_per_epoch: an epoch is this many steps, read on from where the last one stopped through
+  // passes over the training data (each shuffled by its own number); 0: an epoch is one pass.
+  int64_t steps_per_epoch = 0;
+  // Keras's validation_steps: validation reads the first this many batches of the validation data; 0: all.
+  int64_t validation_steps = 0;
   int64_t batch_size = 32;
   uint64_t seed = 0;
   bool shuffle = true;
@@ -233,7 +238,9 @@ struct EpochReport {
 };
 
 struct FitPlanInfo {
+  // val_samples: those validation evaluates (the first validation_steps batches' with it).
   int64_t train_samples = 0, val_samples = 0, steps_per_epoch = 0;
+  int64_t steps_per_pass = 0;      // batches in a pass over the training data (steps_per_epoch's default)
   int64_t accumulation_steps = 1;  // steps per update (gradient accumulation)
   size_t arena_bytes = 0;
   // Held by the plans' kernels outside the arena: a recurrence's records, a convolution's operands in
@@ -268,6 +275,13 @@ struct TrainingState {
   int64_t epoch = 0;        // 0-based epoch in progress (== epochs when training is complete)
   int64_t batch = 0;        // batches of that epoch already trained
   int64_t global_step = 0;  // steps trained in all
+  // Where the next batch comes from in the stream of passes over the training data (pass p in the order
+  // keyed by (seed, p)): the pass and the samples of it already trained. Without steps_per_epoch an epoch is
+  // a pass, and data_pass is the epoch; with it, epochs run on through the passes.
+  int64_t data_pass = 0, data_samples = 0;
+  // The steps_per_epoch of the run that wrote the state (0: an epoch was a pass over the data); a run resumed
+  // in the middle of an epoch must keep it.
+  int64_t steps_per_epoch = 0;
   // The running sums of the epoch in progress: loss, correct predictions, top-k hits and samples, then the
   // other metrics' counts (their layout follows train.metrics); empty at the start of an epoch.
   std::vector<double> metric_sums;

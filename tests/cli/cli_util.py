@@ -84,6 +84,18 @@ def read_checkpoint(path, blobs=False):
     return out
 
 
+def checkpoint_bytes(path):
+    """A checkpoint's metadata and its tensors (the safetensors layout) as name -> bytes, read with the standard
+    library: for comparing two runs' results bit for bit."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__")
+    base = 8 + n
+    return meta, {k: data[base + v["data_offsets"][0]:base + v["data_offsets"][1]] for k, v in header.items()}
+
+
 def signed_checkpoint(header, payload):
     """A checkpoint's bytes from its header (a dict, as read_checkpoint's file holds it) and payload, with both
     checksums of formats/checkpoint.h made right: for tests that edit a checkpoint as an earlier version, or a

@@ -4,7 +4,6 @@ output directory gets, and damaged or mismatched checkpoints (exit 2, the file n
 import json
 import os
 import signal
-import struct
 import subprocess
 import tempfile
 import time
@@ -18,15 +17,7 @@ SMALL = ["--set", "data.train.limit=1500", "--set", "data.validation.limit=300",
          "--log-format", "jsonl", "--quiet"]
 
 
-def tensors(path):
-    """The tensors of a checkpoint (the safetensors layout), read with the standard library: name -> bytes."""
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    meta = header.pop("__metadata__")
-    base = 8 + n
-    return meta, {k: data[base + v["data_offsets"][0]:base + v["data_offsets"][1]] for k, v in header.items()}
+tensors = cli_util.checkpoint_bytes
 
 
 def events(stdout):

@@ -95,9 +95,14 @@ std::shared_ptr<MemoryDataset> indexed(int64_t n, int64_t width = 2, int64_t cla
 }
 
 // The sample indices of one epoch, batch by batch, read back from x (element 0 is i * 1000).
-std::vector<std::vector<int64_t>> epoch_batches(BatchLoader& loader, int64_t epoch, int64_t width = 2) {
+// The batches of one epoch, or with count >= 0 of loader.start(epoch, batch, count), as sample ids.
+std::vector<std::vector<int64_t>> epoch_batches(BatchLoader& loader, int64_t epoch, int64_t width = 2,
+                                                int64_t batch = 0, int64_t count = -1) {
   std::vector<std::vector<int64_t>> out;
-  loader.start_epoch(epoch);
+  if (count < 0)
+    loader.start_epoch(epoch);
+  else
+    loader.start(epoch, batch, count);
   Batch b;
   while (loader.next(&b)) {
     std::vector<int64_t> ids;
@@ -181,6 +186,42 @@ TEST_SUITE("loader") {
     CHECK(b.first == 10);
     CHECK(flatten(epoch_batches(loader, 4)) == epoch_permutation(103, 7, 4));
     CHECK(flatten(epoch_batches(loader, 5)) == epoch_permutation(103, 7, 5));
+  }
+
+  TEST_CASE("a run of batches starts in a pass and reads on into the passes after it") {
+    auto ds = indexed(103);
+    BatchLoader loader(ds, 10, BatchFormat{}, true, 7, 2);
+    // The stream: pass 0, 1, 2, ... each in its own order, 11 batches a pass (the last of 3 samples).
+    std::vector<std::vector<int64_t>> stream;
+    for (int64_t pass : {0, 1, 2, 3}) {
+      auto p = epoch_permutation(103, 7, pass);
+      for (size_t at = 0; at < p.size(); at += 10)
+        stream.emplace_back(p.begin() + static_cast<int64_t>(at),
+                            p.begin() + static_cast<int64_t>(std::min(at + 10, p.size())));
+    }
+    auto part = [&](size_t from, size_t n) {
+      return std::vector<std::vector<int64_t>>(stream.begin() + static_cast<int64_t>(from),
+                                               stream.begin() + static_cast<int64_t>(from + n));
+    };
+    // Runs of 7 batches one after another, as epochs of 7 steps: the stream in order, across pass ends.
+    for (int64_t e = 0; e < 6; ++e) {
+      const int64_t at = e * 7;
+      CHECK(epoch_batches(loader, at / 11, 2, at % 11, 7) == part(static_cast<size_t>(at), 7));
+    }
+    // Out of sequence (a resume): batch 5 of pass 2, 15 batches through pass 3.
+    CHECK(epoch_batches(loader, 2, 2, 5, 15) == part(27, 15));
+    // A run of none, then a whole pass from its start.
+    CHECK(epoch_batches(loader, 1, 2, 4, 0).empty());
+    CHECK(epoch_batches(loader, 1) == part(11, 11));
+    // Without shuffle, a run from a batch gives the batches from there in order, also across a pass end.
+    BatchLoader plain(ds, 10, BatchFormat{}, false, 0, 2);
+    auto ids = flatten(epoch_batches(plain, 0, 2, 9, 3));
+    std::vector<int64_t> expect;
+    for (int64_t i = 90; i < 103; ++i) expect.push_back(i);
+    for (int64_t i = 0; i < 10; ++i) expect.push_back(i);
+    CHECK(ids == expect);
+    CHECK(flatten(epoch_batches(plain, 0, 2, 1, 1)) ==
+          std::vector<int64_t>{10, 11, 12, 13, 14, 15, 16, 17, 18, 19});
   }
 
   TEST_CASE("without shuffle every epoch is in order; a loader with one slot works") {

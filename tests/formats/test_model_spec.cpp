@@ -1445,6 +1445,25 @@ TEST_SUITE("model_spec") {
     CHECK(f.what == "train.validation_freq must be 1 or more, not 0");
   }
 
+  TEST_CASE("steps_per_epoch and validation_steps are read, checked and written back") {
+    const ModelSpec s = parse_model_spec(
+        kHead + "[train]\nloss = \"mse\"\nsteps_per_epoch = 100\nvalidation_steps = 7\n", "spec.toml");
+    CHECK(s.train.steps_per_epoch == 100);
+    CHECK(s.train.validation_steps == 7);
+    const ModelSpec back = parse_model_spec(to_toml(s), "spec.toml");
+    CHECK(back.train.steps_per_epoch == 100);
+    CHECK(back.train.validation_steps == 7);
+    const ModelSpec plain = parse_model_spec(kHead + "[train]\nloss = \"mse\"\n", "spec.toml");
+    CHECK(plain.train.steps_per_epoch == 0);
+    CHECK(plain.train.validation_steps == 0);
+    CHECK(to_toml(plain).find("steps_per_epoch") == std::string::npos);
+    CHECK(to_toml(plain).find("validation_steps") == std::string::npos);
+    CHECK(failure(kHead + "[train]\nloss = \"mse\"\nsteps_per_epoch = -3\n").what ==
+          "train.steps_per_epoch must be 1 or more, not -3");
+    CHECK(failure(kHead + "[train]\nloss = \"mse\"\nvalidation_steps = 0\n").what ==
+          "train.validation_steps must be 1 or more, not 0");
+  }
+
   TEST_CASE("sample weights: files or an .npz array, one of the two, written back") {
     const ModelSpec s =
         parse_model_spec(kHead +
