@@ -519,12 +519,14 @@ Command add_predict_command(CLI::App& app) {
   auto output = std::make_shared<std::string>();
   auto device = std::make_shared<DeviceOptions>();
   cmd->add_option("MODEL", *model_path, "A checkpoint written by trainer fit, or an ONNX model")->required();
-  cmd->add_option("INPUT", *inputs,
-                  "Samples: an NPY, IDX or CSV file, or a CIFAR-10 batch (.bin), gzip allowed; - or none: "
-                  "standard input. A model of "
-                  "several inputs takes one file per input, in the model's order, or an NPZ of arrays named "
-                  "after the inputs. A checkpoint trained on text data reads a text per line; one trained on "
-                  "image folders also takes image files and folders of them");
+  cmd->add_option(
+      "INPUT", *inputs,
+      "Samples: an NPY, IDX or CSV file, or a CIFAR-10 batch (.bin, or the Python version's pickle), gzip "
+      "allowed; - or none: "
+      "standard input. A model of "
+      "several inputs takes one file per input, in the model's order, or an NPZ of arrays named "
+      "after the inputs. A checkpoint trained on text data reads a text per line; one trained on "
+      "image folders also takes image files and folders of them");
   cmd->add_option("--batch-size", *batch, "Samples per step (default 256)")->check(whole_number(1));
   cmd->add_option("--output-format", *format, "csv (text, the default) or npy")
       ->check(CLI::IsMember({"csv", "npy"}));

@@ -51,6 +51,8 @@ const char* data_file_kind(std::string_view head) {
   if (head.starts_with("\x1f\x8b")) return "a gzip file";
   if (head.size() >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E)
     return "an IDX file";
+  if (head.size() >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5)
+    return "a Python pickle";
   return nullptr;
 }
 

@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 
 #include "engine/util/error.h"
 #include "formats/data_array.h"
@@ -144,6 +145,17 @@ std::vector<std::string> resolve_data_files(const std::vector<std::string>& patt
   return out;
 }
 
+namespace {
+
+// Whether the file starts as a pickle of protocol 2 to 5 does (a file that cannot be read: false).
+bool starts_as_pickle(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char head[2] = {};
+  return f.read(head, 2) && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5;
+}
+
+}  // namespace
+
 std::string data_format_from_name(const std::string& path) {
   std::string n = file_name(path);
   for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -210,6 +222,8 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
   const std::vector<std::string> ys = resolve_data_files(src.y, base_dir, src.pos);
   if (format.empty()) {
     format = data_format_from_name(xs[0]);
+    // A name that tells nothing, such as the CIFAR Python version's data_batch_1: a pickle is one of those.
+    if (format.empty() && starts_as_pickle(xs[0])) format = "cifar10";
     if (format.empty()) {
       throw InputError(where, fmt::format("cannot tell the format of '{}' from its name", file_name(xs[0])),
                        "set format = \"idx\", \"cifar10\", \"npy\", \"npz\" or \"csv\"");
@@ -233,7 +247,8 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     for (const auto& f : xs) x.append(read_idx(f, spill));
     for (const auto& f : ys) y.append(read_idx(f, spill));
   } else if (format == "cifar10") {
-    for (const auto& f : xs) read_cifar10(f, &x, &y, spill);
+    // y_key names the labels of a CIFAR Python batch ('coarse_labels' of CIFAR-100).
+    for (const auto& f : xs) read_cifar10(f, &x, &y, spill, src.y_key != "y" ? src.y_key : std::string());
     layout = engine::data::Layout::chw;
   } else if (format == "npy") {
     for (const auto& f : xs) x.append(read_npy(f, spill));

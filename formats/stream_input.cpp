@@ -384,6 +384,27 @@ struct SampleReader::Impl {
     count = file_bytes / kCifar10RecordBytes;
   }
 
+  // A batch of the Python version of CIFAR-10 or CIFAR-100 (a pickle, read as data): its images, [3, 32, 32]
+  // each, read in place from the mapped file. A pickle is read whole, so it must be a plain file.
+  void open_cifar_python() {
+    if (compressed || file_bytes < 0 || fd < 0 || mem)
+      throw InputError(name, "is a Python pickle, which cannot be read as a stream",
+                       "give the pickle's path (a CIFAR Python batch, such as data_batch_1) uncompressed");
+    auto bytes = Bytes::map_fd(fd, static_cast<size_t>(file_bytes), name);
+    const pickle::Array a = cifar_python_images(bytes, name);
+    format = StreamFormat::cifar10;
+    cifar = false;  // the images alone, with no label bytes between them
+    shape = {3, 32, 32};
+    dtype = DType::u8;
+    count = a.shape[0];
+    mem = a.holder;
+    mem_pos = a.offset;
+    mem_end = a.offset + a.size;
+    pos = end = 0;
+    eof = false;
+    offset = a.offset;
+  }
+
   // The next line that is not blank, without its line end; false at the end of the input.
   bool next_line() {
     for (;;) {
@@ -707,6 +728,8 @@ void SampleReader::open() {
   } else if (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1) {
     m.format = StreamFormat::idx;
     m.open_idx();
+  } else if (have >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5) {
+    m.open_cifar_python();
   } else {
     for (size_t i = 0; i < have; ++i)
       if (p[i] < 0x20 && p[i] != '\t' && p[i] != '\n' && p[i] != '\r')

@@ -33,6 +33,7 @@
 #include "engine/data/dataset.h"
 #include "engine/util/error.h"
 #include "formats/data_image.h"
+#include "formats/data_pickle.h"
 #include "formats/data_text.h"
 #include "formats/datasets.h"
 #include "formats/stream_output.h"
@@ -1159,5 +1160,108 @@ TEST_SUITE("datasets") {
               .find("image data needs a model input of [height, width, channels] with 1, 3 or 4 channels, "
                     "and the "
                     "input is [4, 5, 2]") != std::string::npos);
+  }
+}
+
+namespace {
+
+using trainer::formats::pickle::Ref;
+using trainer::formats::pickle::Value;
+
+Ref unpickle(const std::string& s) {
+  return trainer::formats::pickle::load(
+      trainer::formats::Bytes::from_vector(std::vector<uint8_t>(s.begin(), s.end())), "p.pkl");
+}
+
+std::string unpickle_error(const std::string& s) {
+  return input_error([&] { unpickle(s); });
+}
+
+}  // namespace
+
+TEST_SUITE("pickle") {
+  TEST_CASE("values of the data-building opcodes") {
+    using namespace std::string_literals;
+    // (None, True, False, 5, -2, 4464, LONG1 -385, 1.5, b'ab', 'xy', [1, 2], {'k': ()}) at protocol 2.
+    const Ref t = unpickle(
+        "\x80\x02(N\x88\x89K\x05J\xfe\xff\xff\xffM\x70\x11\x8a\x02\x7f\xfeG\x3f\xf8\x00\x00\x00\x00\x00\x00"
+        "C\x02"
+        "ab\x8c\x02xy]q\x00(K\x01K\x02"
+        "e}(\x8c\x01k)ut."s);
+    REQUIRE(t->kind == Value::Kind::tuple);
+    REQUIRE(t->items.size() == 12);
+    CHECK(t->items[0]->kind == Value::Kind::none);
+    CHECK(t->items[1]->boolean);
+    CHECK(!t->items[2]->boolean);
+    CHECK(t->items[3]->integer == 5);
+    CHECK(t->items[4]->integer == -2);
+    CHECK(t->items[5]->integer == 0x1170);
+    CHECK(t->items[6]->integer == -385);
+    CHECK(t->items[7]->real == 1.5);
+    CHECK(t->items[8]->view() == "ab");
+    CHECK(t->items[9]->kind == Value::Kind::text);
+    CHECK(t->items[10]->items.size() == 2);
+    CHECK(t->items[10]->items[1]->integer == 2);
+    REQUIRE(t->items[11]->find("k") != nullptr);
+    CHECK(t->items[11]->find("k")->kind == Value::Kind::tuple);
+    CHECK(t->items[11]->find("x") == nullptr);
+    // Python 3's bytes at protocol 2: _codecs.encode('\xe9a', 'latin1') through GLOBAL, and its memo reused.
+    const Ref b = unpickle(
+        "\x80\x02"
+        "c_codecs\nencode\nq\x00X\x03\x00\x00\x00\xc3\xa9"
+        "aX\x06\x00\x00\x00latin1"
+        "\x86Rq\x01h\x01\x86."s);
+    REQUIRE(b->items.size() == 2);
+    CHECK(b->items[0]->view() ==
+          "\xe9"
+          "a");
+    CHECK(b->items[1].get() == b->items[0].get());
+  }
+
+  TEST_CASE("what a data file has no business doing is refused at its byte") {
+    using namespace std::string_literals;
+    CHECK(unpickle_error("\x80\x02"
+                         "cos\nsystem\nX\x02\x00\x00\x00ls\x85R."s) ==
+          "p.pkl: byte 2: the pickle calls os.system, which no data file needs | hint: trainer reads pickles "
+          "of arrays, "
+          "lists, "
+          "dicts, numbers and strings, and runs nothing in them");
+    CHECK(unpickle_error("\x80\x04\x8c\x08"
+                         "builtins\x8c\x04"
+                         "eval\x93."s)
+              .find("calls builtins.eval") != std::string::npos);
+    // A list placed in itself, or changed once placed in another: no such data exists.
+    CHECK(unpickle_error("\x80\x02]q\x00h\x00"
+                         "a."s)
+              .find("puts a value inside itself") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02]q\x00]h\x00"
+                         "a0h\x00K\x01"
+                         "a."s)
+              .find("APPEND changes a list already placed") != std::string::npos);
+    // Nesting past 64 levels (a tuple of a tuple of ...), which a value's destruction would recurse through.
+    std::string deep = "\x80\x02)"s;
+    for (int i = 0; i < 70; ++i) deep += "\x85";
+    CHECK(unpickle_error(deep + ".").find("nests values more than 64 deep") != std::string::npos);
+    // Damage: a truncated opcode, an unknown one, an empty stack, a memo never stored, a mark never set.
+    CHECK(unpickle_error("\x80\x02X\x09\x00\x00\x00"
+                         "ab"s)
+              .find("the pickle ends inside its opcode at byte 2") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02\xff."s).find("opcode 0xff") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02"
+                         "a."s)
+              .find("empty stack") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02h\x07."s).find("recalls memo 7") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02K\x01t."s).find("closes a mark it never set") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02K\x01K\x02."s).find("stops with other than one value") !=
+          std::string::npos);
+    CHECK(unpickle_error("\x80\x02K\x01"s).find("ends inside its opcode") != std::string::npos);
+    CHECK(unpickle_error("\x80\x06N."s).find("protocol is 6") != std::string::npos);
+    // The byte of the opcode is named.
+    CHECK(input_error([&] { unpickle("\x80\x02N\xfe."s); }).find("opcode 0xfe") != std::string::npos);
+    try {
+      unpickle("\x80\x02N\xfe."s);
+    } catch (const InputError& e) {
+      CHECK(e.where() == "p.pkl: byte 3");
+    }
   }
 }
