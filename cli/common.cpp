@@ -1229,6 +1229,22 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   const size_t weight_sets = weighted ? (per_output ? outputs.size() : 1) : 0;
   formats::DatasetOptions options;
   if (ds.text) options.text = &*ds.text;
+  // [data.sequences] pads to the model input's length unless it says maxlen.
+  formats::SequenceSpec sequences;
+  if (ds.sequences) {
+    sequences = *ds.sequences;
+    if (sequences.maxlen == 0) {
+      const std::vector<int64_t> in = image_input_shape(spec, model);
+      if (in.size() != 1)
+        throw InputError(
+            ds.sequences->pos.str(),
+            fmt::format("[data.sequences] pads to the model input's length, and the input is [{}]",
+                        fmt::join(in, ", ")),
+            "give the length: maxlen = 200");
+      sequences.maxlen = in[0];
+    }
+    options.sequences = &sequences;
+  }
   options.image_shape = image_input_shape(spec, model);
   options.training_classes = training_classes;
   options.training_classes_named = classes_named;

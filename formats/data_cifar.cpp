@@ -51,15 +51,19 @@ void read_cifar_python(const std::shared_ptr<const Bytes>& bytes, const std::str
                      hint);
   std::vector<uint8_t> ids(static_cast<size_t>(n));
   if (labels->kind == pickle::Value::Kind::list) {
-    if (static_cast<int64_t>(labels->items.size()) != n)
+    // A list of integers alone comes packed; any other list is a label that is not one.
+    const size_t count = labels->items.empty() ? labels->ints.size() : labels->items.size();
+    if (static_cast<int64_t>(count) != n)
       throw InputError(at_byte(name, labels->at),
-                       fmt::format("'{}' holds {} labels for {} images", key, labels->items.size(), n), hint);
+                       fmt::format("'{}' holds {} labels for {} images", key, count, n), hint);
     for (int64_t i = 0; i < n; ++i) {
-      const pickle::Value& l = *labels->items[static_cast<size_t>(i)];
-      if (l.kind != pickle::Value::Kind::integer || l.integer < 0 || l.integer > 255)
-        throw InputError(at_byte(name, l.at),
+      const auto k = static_cast<size_t>(i);
+      const pickle::Value* l = labels->items.empty() ? nullptr : labels->items[k].get();
+      const int64_t v = l ? (l->kind == pickle::Value::Kind::integer ? l->integer : -1) : labels->ints[k];
+      if (v < 0 || v > 255)
+        throw InputError(at_byte(name, l ? l->at : labels->at),
                          fmt::format("label {} of '{}' is not a class id from 0 to 255", i, key), hint);
-      ids[static_cast<size_t>(i)] = static_cast<uint8_t>(l.integer);
+      ids[k] = static_cast<uint8_t>(v);
     }
   } else {
     const pickle::Array la = pickle::as_array(*labels, name, fmt::format("its '{}'", key));

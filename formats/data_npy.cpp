@@ -11,7 +11,9 @@
 
 #include "engine/util/error.h"
 #include "formats/data_bytes.h"
+#include "formats/data_pickle.h"
 #include "formats/datasets.h"
+#include "formats/model_spec.h"
 
 namespace trainer::formats {
 
@@ -129,8 +131,8 @@ engine::DType dtype_of_descr(const std::string& descr, const std::string& where)
       (order == '<' || order == '>' || order == '|' || order == '=') ? descr.substr(1) : descr;
   if (code == "O") {
     throw InputError(where, "an object array (Python objects, such as ragged lists of token ids)",
-                     "pad the sequences to one length and store integers: "
-                     "keras.utils.pad_sequences(x, maxlen=200).astype('int32')");
+                     "add [data.sequences] to pad them as keras.utils.pad_sequences does (with load_data = "
+                     "true for keras.datasets' imdb.npz), or store integers padded to one length");
   }
   engine::DType t;
   if (code == "u1" || code == "b1") {
@@ -174,7 +176,8 @@ InputError npy_version_error(const std::string& name, int major, int minor) {
       "write it with numpy.save, or check that the file is whole (the version is bytes 6 and 7)");
 }
 
-NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name) {
+NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name,
+                           bool* objects) {
   const uint8_t* p = bytes.data() + base;
   if (size < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0) {
     throw InputError(at_byte(name, 0), "not an NPY file: it does not start with \"\\x93NUMPY\"",
@@ -202,6 +205,11 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
   NpyHeader h;
   const NpyDict d = parse_npy_dict(text, at_byte(name, start));
   h.shape = d.shape;
+  if (objects && (d.descr == "|O" || d.descr == "O")) {
+    *objects = true;
+    h.data_offset = start + header_len;
+    return h;
+  }
   h.dtype = npy_dtype(d.descr, name);
   if (d.fortran) {
     throw InputError(name, "the array is in Fortran (column-major) order",
@@ -239,8 +247,63 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
 
 namespace {
 
-Column npy_column(std::shared_ptr<const Bytes> bytes, uint64_t base, uint64_t size, const std::string& name) {
-  NpyHeader h = parse_npy_header(*bytes, base, size, name);
+// The rows of maxlen ids that the Python lists of token ids of an object array become (see read_npy).
+Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, uint64_t end,
+                     uint64_t data_offset, const std::string& name, const SequenceSpec& q) {
+  const pickle::Ref root = pickle::load(bytes, name, begin, end, data_offset);
+  const std::vector<pickle::Ref> items = pickle::object_items(*root, name, "the array");
+  const int64_t len = q.maxlen;
+  const auto n = static_cast<int64_t>(items.size());
+  std::vector<int32_t> rows(static_cast<size_t>(n * len), static_cast<int32_t>(q.value));
+  std::vector<int64_t> seq;
+  for (int64_t i = 0; i < n; ++i) {
+    const pickle::Value& it = *items[static_cast<size_t>(i)];
+    if (it.kind != pickle::Value::Kind::list || !it.items.empty())
+      throw InputError(at_byte(name, it.at),
+                       fmt::format("sequence {} of the array is not a list of integers", i + 1),
+                       "each object must be a list of token ids, as keras.datasets' arrays hold them");
+    seq.clear();
+    if (q.load_data) {
+      // keras.datasets.imdb.load_data: a start id, the ids shifted, then those outside [skip_top, num_words)
+      // replaced by the out-of-vocabulary id (the start id included, as there).
+      seq.push_back(q.start_char);
+      for (int64_t w : it.ints) seq.push_back(w + q.index_from);
+      for (int64_t& w : seq)
+        if (w < q.skip_top || (q.num_words > 0 && w >= q.num_words)) w = q.oov_char;
+    } else {
+      seq = it.ints;
+    }
+    for (int64_t w : seq)
+      if (w < INT32_MIN || w > INT32_MAX)
+        throw InputError(at_byte(name, it.at),
+                         fmt::format("sequence {} holds the id {}, past 32 bits", i + 1, w),
+                         "token ids are 32-bit integers");
+    // keras.utils.pad_sequences: a long sequence loses its start (pre) or its end (post), a short one is
+    // padded before (pre) or after (post).
+    const auto size = static_cast<int64_t>(seq.size());
+    const int64_t keep = std::min(size, len);
+    const int64_t from = q.truncating == "pre" ? size - keep : 0;
+    const int64_t to = q.padding == "pre" ? len - keep : 0;
+    int32_t* row = rows.data() + i * len;
+    for (int64_t k = 0; k < keep; ++k) row[to + k] = static_cast<int32_t>(seq[static_cast<size_t>(from + k)]);
+  }
+  std::vector<uint8_t> raw(rows.size() * sizeof(int32_t));
+  std::memcpy(raw.data(), rows.data(), raw.size());
+  Column col(engine::DType::i32, engine::Shape{len});
+  col.add(Segment{Bytes::from_vector(std::move(raw)), 0, static_cast<uint64_t>(len) * 4, n, name, {}});
+  return col;
+}
+
+Column npy_column(std::shared_ptr<const Bytes> bytes, uint64_t base, uint64_t size, const std::string& name,
+                  const SequenceSpec* sequences) {
+  bool objects = false;
+  NpyHeader h = parse_npy_header(*bytes, base, size, name, sequences ? &objects : nullptr);
+  if (objects) {
+    if (h.shape.size() != 1)
+      throw InputError(name, fmt::format("an object array of shape {}", engine::Shape(h.shape).str()),
+                       "lists of token ids come as an array of one dimension, one list per sample");
+    return sequence_rows(bytes, base + h.data_offset, base + size, h.data_offset, name, *sequences);
+  }
   Column col(h.dtype, engine::Shape(std::vector<int64_t>(h.shape.begin() + 1, h.shape.end())));
   Segment seg;
   seg.bytes = std::move(bytes);
@@ -254,10 +317,10 @@ Column npy_column(std::shared_ptr<const Bytes> bytes, uint64_t base, uint64_t si
 
 }  // namespace
 
-Column read_npy(const std::string& path, int64_t spill_bytes) {
+Column read_npy(const std::string& path, int64_t spill_bytes, const SequenceSpec* sequences) {
   auto bytes = load_file(path, spill_bytes);
   const uint64_t size = bytes->size();
-  return npy_column(std::move(bytes), 0, size, file_name(path));
+  return npy_column(std::move(bytes), 0, size, file_name(path), sequences);
 }
 
 ZipArchive::ZipArchive(const std::string& path) : name_(file_name(path)), bytes_(map_file(path)) {
@@ -404,7 +467,8 @@ std::shared_ptr<const Bytes> ZipArchive::open(const Member& m, uint64_t* offset,
                    "write the archive with numpy.savez or numpy.savez_compressed");
 }
 
-Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spill_bytes) {
+Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spill_bytes,
+                      const SequenceSpec* sequences) {
   const std::string wanted = key.size() > 4 && key.ends_with(".npy") ? key : key + ".npy";
   const ZipArchive::Member* m = zip.find(wanted);
   if (!m) {
@@ -421,7 +485,7 @@ Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spi
   }
   uint64_t offset = 0;
   auto bytes = zip.open(*m, &offset, spill_bytes);
-  return npy_column(std::move(bytes), offset, m->size, fmt::format("{}/{}", zip.name(), m->name));
+  return npy_column(std::move(bytes), offset, m->size, fmt::format("{}/{}", zip.name(), m->name), sequences);
 }
 
 }  // namespace trainer::formats

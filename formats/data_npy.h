@@ -11,6 +11,8 @@
 
 namespace trainer::formats {
 
+struct SequenceSpec;  // model_spec.h
+
 // A parsed .npy header.
 struct NpyHeader {
   engine::DType dtype = engine::DType::u8;
@@ -36,11 +38,17 @@ InputError npy_version_error(const std::string& name, int major, int minor);
 
 // Parses the header of the .npy bytes [base, base + size) of `bytes` (v1, v2 or v3; little-endian u1, b1, i4,
 // i8, f4, f8; C order). Anything else is an InputError naming `name` and the byte offset.
-NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name);
+// With `objects`, an array of Python objects (descr 'O', whose pickle follows the header) sets *objects and
+// returns its header without a dtype or size check; without it, such an array is an InputError.
+NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, const std::string& name,
+                           bool* objects = nullptr);
 
 // The array of a .npy file (mapped in place, or decompressed once when gzipped) as a column of its first
-// dimension.
-Column read_npy(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes);
+// dimension. With `sequences` (its maxlen set), an array of Python lists of token ids (numpy's object arrays,
+// as keras.datasets' imdb.npz holds them) becomes int32 rows of maxlen ids, mapped and padded as it says; the
+// pickle is read as data (data_pickle.h). Without it, such an array is an InputError with a hint.
+Column read_npy(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes,
+                const SequenceSpec* sequences = nullptr);
 
 // A zip archive's members, found through its central directory (zip64 included).
 class ZipArchive {
@@ -67,7 +75,7 @@ class ZipArchive {
 };
 
 // Array `key` of an .npz archive ("x" reads member "x.npy"); a missing key is an InputError listing the keys.
-Column read_npz_array(const ZipArchive& zip, const std::string& key,
-                      int64_t spill_bytes = kDefaultSpillBytes);
+Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spill_bytes = kDefaultSpillBytes,
+                      const SequenceSpec* sequences = nullptr);
 
 }  // namespace trainer::formats

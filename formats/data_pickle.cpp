@@ -61,19 +61,27 @@ const char* kind_name(Value::Kind k) {
 }
 
 struct Reader {
-  Reader(std::shared_ptr<const Bytes> f, const std::string& file_name)
-      : file(std::move(f)), name(file_name), p(file->data()), n(file->size()) {}
+  Reader(std::shared_ptr<const Bytes> f, const std::string& file_name, uint64_t begin, uint64_t end,
+         uint64_t report)
+      : file(std::move(f)),
+        name(file_name),
+        p(file->data() + begin),
+        n(end - begin),
+        base(begin),
+        report_base(report) {}
   std::shared_ptr<const Bytes> file;
   const std::string& name;
   const uint8_t* p = nullptr;
   uint64_t n = 0, pos = 0, op_at = 0;
+  uint64_t base = 0;         // where p is in the file's bytes
+  uint64_t report_base = 0;  // where p is in what `name` names
   std::vector<MRef> stack;
   std::vector<size_t> marks;
   std::unordered_map<uint64_t, MRef> memo;
   int64_t made = 0;
 
   [[noreturn]] void fail(const std::string& what, const std::string& hint = "") const {
-    throw InputError(at_byte(name, op_at), what,
+    throw InputError(at_byte(name, report_base + op_at), what,
                      hint.empty() ? "the file is not a pickle of data, or it is damaged" : hint);
   }
   const uint8_t* take(uint64_t k) {
@@ -98,13 +106,13 @@ struct Reader {
            "a data batch holds arrays and short lists; this file is not one");
     auto v = std::make_shared<Value>();
     v->kind = k;
-    v->at = op_at;
+    v->at = report_base + op_at;
     return v;
   }
   MRef string_value(Value::Kind k, uint64_t size) {
     MRef v = make(k);
     v->holder = file;
-    v->offset = pos;
+    v->offset = base + pos;
     take(size);
     v->size = size;
     return v;
@@ -133,6 +141,22 @@ struct Reader {
   }
   // Places `child` in `parent`: the child is closed from then on, and the parent's depth follows it.
   void adopt(Value& parent, const MRef& child) {
+    // A list of integers packs them (token ids come by the million); anything else among them unpacks it.
+    if (parent.kind == Value::Kind::list && child->kind == Value::Kind::integer && parent.items.empty()) {
+      parent.ints.push_back(child->integer);
+      parent.depth = std::max(parent.depth, 2);
+      --made;
+      return;
+    }
+    if (!parent.ints.empty()) {
+      for (int64_t i : parent.ints) {
+        MRef v = make(Value::Kind::integer);
+        v->integer = i;
+        v->closed = true;
+        parent.items.push_back(v);
+      }
+      parent.ints.clear();
+    }
     if (child.get() == &parent)
       fail("the pickle puts a value inside itself", "data files hold no such structure");
     child->closed = true;
@@ -435,8 +459,11 @@ bool looks_like_pickle(const Bytes& b) {
   return b.size() >= 3 && b.data()[0] == 0x80 && b.data()[1] >= 2 && b.data()[1] <= 5;
 }
 
-Ref load(std::shared_ptr<const Bytes> file, const std::string& name) {
-  Reader r(std::move(file), name);
+Ref load(std::shared_ptr<const Bytes> file, const std::string& name, uint64_t begin, uint64_t end,
+         uint64_t report_from) {
+  end = std::min<uint64_t>(end, file->size());
+  if (begin > end) begin = end;
+  Reader r(std::move(file), name, begin, end, report_from);
   return r.run();
 }
 
@@ -528,6 +555,36 @@ Array as_array(const Value& v, const std::string& file, const std::string& what)
   a.offset = data->offset;
   a.size = data->size;
   return a;
+}
+
+}  // namespace trainer::formats::pickle
+
+namespace trainer::formats::pickle {
+
+std::vector<Ref> object_items(const Value& v, const std::string& file, const std::string& what) {
+  auto fail = [&](const std::string& why) { not_an_array(v, file, what, why); };
+  if (v.kind != Value::Kind::call || !v.name.ends_with("._reconstruct"))
+    fail(v.kind == Value::Kind::call ? fmt::format("an object of {}, not a numpy array", v.name)
+                                     : fmt::format("{}, not a numpy array", kind_name(v.kind)));
+  const Value* st = v.state.get();
+  if (!st || st->kind != Value::Kind::tuple || (st->items.size() != 5 && st->items.size() != 4))
+    fail("a numpy array without the state numpy pickles");
+  const size_t o = st->items.size() == 5 ? 1 : 0;
+  const Value& shape = *st->items[o];
+  const Value& dtype = *st->items[o + 1];
+  const Value& data = *st->items[o + 3];
+  if (dtype.kind != Value::Kind::call || dtype.name != "numpy.dtype" || dtype.items.empty() ||
+      !dtype.items[0]->is_string() || !dtype.items[0]->view().starts_with("O"))
+    fail("a numpy array of numbers, not of Python objects");
+  if (shape.kind != Value::Kind::tuple || shape.items.size() != 1 ||
+      shape.items[0]->kind != Value::Kind::integer)
+    fail("a numpy array of Python objects of other than one dimension");
+  if (data.kind != Value::Kind::list) fail("a numpy array of Python objects without its list of objects");
+  if (!data.ints.empty()) fail("a numpy array of Python numbers, not of lists of token ids");
+  if (static_cast<int64_t>(data.items.size()) != shape.items[0]->integer)
+    fail(fmt::format("a numpy array of {} Python objects whose list holds {}", shape.items[0]->integer,
+                     data.items.size()));
+  return data.items;
 }
 
 }  // namespace trainer::formats::pickle

@@ -32,6 +32,8 @@ struct Value {
   // tuple and list: the items; dict: keys and values alternating; call: the arguments tuple and, once a BUILD
   // gave it, the state.
   std::vector<Ref> items;
+  // A list of integers alone holds them here, packed, and no items (a list of token ids).
+  std::vector<int64_t> ints;
   std::string name;  // global and call: "module.name" of the callable
   Ref state;
   int depth = 1;  // of nesting, bounded so that no value is too deep to destroy or walk
@@ -50,8 +52,14 @@ struct Value {
 // Whether the bytes start as a pickle of protocol 2 or later does.
 bool looks_like_pickle(const Bytes& b);
 
-// The value the pickle in `file` builds. `name` names the file in messages.
-Ref load(std::shared_ptr<const Bytes> file, const std::string& name);
+// The value the pickle in bytes [begin, end) of `file` builds (all of it by default). `name` names the file
+// in messages, at bytes counted from `report_from` (the start of what the name names).
+Ref load(std::shared_ptr<const Bytes> file, const std::string& name, uint64_t begin = 0,
+         uint64_t end = UINT64_MAX, uint64_t report_from = 0);
+
+// The items of a numpy array of Python objects (dtype object, one dimension), as numpy pickles it (after an
+// .npy header, or in a pickle): an InputError naming `what` otherwise.
+std::vector<Ref> object_items(const Value& v, const std::string& file, const std::string& what);
 
 // A numpy array a pickle holds (a call of _reconstruct with its state, or of _frombuffer): its element type,
 // shape and C-ordered little-endian bytes, in place in the holder. Other element types, byte orders, Fortran

@@ -251,12 +251,12 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     for (const auto& f : xs) read_cifar10(f, &x, &y, spill, src.y_key != "y" ? src.y_key : std::string());
     layout = engine::data::Layout::chw;
   } else if (format == "npy") {
-    for (const auto& f : xs) x.append(read_npy(f, spill));
+    for (const auto& f : xs) x.append(read_npy(f, spill, options.sequences));
     for (const auto& f : ys) y.append(read_npy(f, spill));
   } else if (format == "npz") {
     for (const auto& f : xs) {
       ZipArchive zip(f);
-      x.append(read_npz_array(zip, src.x_key, spill));
+      x.append(read_npz_array(zip, src.x_key, spill, options.sequences));
       y.append(read_npz_array(zip, src.y_key, spill));
     }
   } else {

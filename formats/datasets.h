@@ -21,6 +21,9 @@ struct DatasetOptions {
   int64_t spill_bytes = kDefaultSpillBytes;
   // The TextVectorization of "text" sources, its vocabulary given or adapted (data_text.h).
   const TextSpec* text = nullptr;
+  // [data.sequences], its maxlen resolved (the model input's length when the spec leaves it out): how the
+  // first input's arrays of Python lists of token ids become rows (read_npy).
+  const SequenceSpec* sequences = nullptr;
   // The model input's [height, width, channels], which "images" sources are decoded and resized to.
   std::vector<int64_t> image_shape;
   // Text and image sources without class_names take these classes (the training source's) when given.

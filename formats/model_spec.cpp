@@ -47,7 +47,7 @@ const Keys kModelKeys = {"input", "inputs", "layers", "onnx", "freeze", "output"
 const Keys kInputKeys = {"shape", "dtype"};
 const Keys kNamedInputKeys = {"name", "shape", "dtype"};
 const Keys kDataKeys = {"train", "validation", "test", "validation_split", "scale", "mean",
-                        "std",   "shuffle",    "text"};
+                        "std",   "shuffle",    "text", "sequences"};
 const Keys kSourceKeys = {"format",
                           "x",
                           "y",
@@ -61,6 +61,8 @@ const Keys kSourceKeys = {"format",
                           "class_names"};
 const Keys kTextKeys = {"max_tokens", "output_sequence_length", "standardize", "padding", "truncating",
                         "vocabulary"};
+const Keys kSequenceKeys = {"maxlen",    "padding",  "truncating", "value",    "load_data",
+                            "num_words", "skip_top", "start_char", "oov_char", "index_from"};
 const Keys kTrainKeys = {"loss",
                          "from_logits",
                          "label_smoothing",
@@ -121,6 +123,7 @@ const std::vector<std::pair<std::string_view, const Keys*>> kAllTables = {
     {"[data]", &kDataKeys},
     {"[data.train], [data.validation] and [data.test]", &kSourceKeys},
     {"[data.text]", &kTextKeys},
+    {"[data.sequences]", &kSequenceKeys},
     {"[train]", &kTrainKeys},
     {"[train.optimizer]", &kOptimizerKeys},
     {"[train.optimizer.schedule]", &kScheduleKeys},
@@ -1405,6 +1408,34 @@ TextSpec read_text(const Reader& r, const toml::node& n, const std::string& base
   return x;
 }
 
+// [data.sequences]: Keras's load_data id mapping and pad_sequences settings.
+SequenceSpec read_sequences(const Reader& r, const toml::node& n) {
+  Table t(r, n, "data.sequences", kSequenceKeys);
+  SequenceSpec s;
+  s.pos = t.pos();
+  if (t.get("maxlen", s.maxlen) && s.maxlen < 1)
+    t.fail("maxlen", fmt::format("data.sequences.maxlen must be 1 or more, not {}", s.maxlen),
+           "leave it out for the model input's length");
+  t.get_choice("padding", s.padding, {"pre", "post"}, "padding side");
+  t.get_choice("truncating", s.truncating, {"pre", "post"}, "truncating side");
+  t.get("value", s.value);
+  if (s.value < INT32_MIN || s.value > INT32_MAX)
+    t.fail("value", fmt::format("data.sequences.value must be a 32-bit id, not {}", s.value));
+  t.get("load_data", s.load_data);
+  for (auto [key, v, least] :
+       {std::tuple{"num_words", &s.num_words, int64_t{1}}, std::tuple{"skip_top", &s.skip_top, int64_t{0}},
+        std::tuple{"start_char", &s.start_char, int64_t{0}}, std::tuple{"oov_char", &s.oov_char, int64_t{0}},
+        std::tuple{"index_from", &s.index_from, int64_t{0}}}) {
+    if (!t.get(key, *v)) continue;
+    if (!s.load_data)
+      t.fail(key, fmt::format("data.sequences.{} is a setting of Keras's load_data id mapping", key),
+             "add load_data = true to map the ids as keras.datasets.imdb.load_data does");
+    if (*v < least || *v > INT32_MAX)
+      t.fail(key, fmt::format("data.sequences.{} must be from {} to 2147483647, not {}", key, least, *v));
+  }
+  return s;
+}
+
 DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& model,
                       const std::string& base_dir) {
   Table t(r, n, "data", kDataKeys);
@@ -1442,6 +1473,7 @@ DataSection read_data(const Reader& r, const toml::node& n, const ModelSection& 
   if (t.get("scale", d.scale) && d.scale == 0)
     t.fail("scale", "data.scale must not be 0", "e.g. scale = 0.00392156862745098 (1/255) for 8-bit images");
   t.get("shuffle", d.shuffle);
+  if (const toml::node* seq = t.find("sequences")) d.sequences = read_sequences(r, *seq);
   if (const toml::node* text = t.find("text")) {
     d.text = read_text(r, *text, base_dir, model);
     // A spec's one input takes the ids: integers, as many as output_sequence_length.

@@ -150,6 +150,22 @@ struct TextSpec {
   bool operator==(const TextSpec&) const = default;
 };
 
+// How arrays of Python lists of token ids (numpy object arrays in .npy and .npz files, as keras.datasets'
+// imdb.npz and reuters.npz hold them) become rows of ids: with load_data, Keras's load_data id mapping
+// ([start_char] + each id + index_from, then ids outside [skip_top, num_words) become oov_char), then Keras's
+// pad_sequences (cut and padded to maxlen).
+struct SequenceSpec {
+  int64_t maxlen = 0;              // 0: the model input's length
+  std::string padding = "pre";     // where `value` goes: pre (pad_sequences) | post
+  std::string truncating = "pre";  // which end a long sequence loses: pre | post
+  int64_t value = 0;
+  bool load_data = false;
+  int64_t num_words = 0;  // 0: every id
+  int64_t skip_top = 0, start_char = 1, oov_char = 2, index_from = 3;
+  SourcePos pos;
+  bool operator==(const SequenceSpec&) const = default;
+};
+
 // Without a [data] table (enough for summary and check) every source is empty; with one, train is required.
 struct DataSection {
   std::optional<DataSource> train;
@@ -162,7 +178,8 @@ struct DataSection {
   std::vector<double> mean;  // one value, or one per channel
   std::vector<double> std;
   bool shuffle = true;
-  std::optional<TextSpec> text;  // [data.text]: how "text" sources become token ids
+  std::optional<TextSpec> text;           // [data.text]: how "text" sources become token ids
+  std::optional<SequenceSpec> sequences;  // [data.sequences]: how lists of token ids become rows
   SourcePos pos;
   bool operator==(const DataSection&) const = default;
 };

@@ -118,6 +118,7 @@ void clear_positions(ModelSpec& s) {
   }
   s.data.pos = {};
   if (s.data.text) s.data.text->pos = {};
+  if (s.data.sequences) s.data.sequences->pos = {};
   for (auto* src : {&s.data.train, &s.data.validation, &s.data.test})
     if (*src) (*src)->pos = {};
   s.train.pos = s.train.loss_pos = s.train.from_logits_pos = s.train.precision_pos = {};
@@ -187,6 +188,22 @@ std::string to_toml(const ModelSpec& spec) {
       w.kv("padding", d.text->padding);
       w.kv("truncating", d.text->truncating);
       if (!d.text->vocabulary.empty()) w.kv("vocabulary", d.text->vocabulary);
+    }
+    if (d.sequences) {
+      const SequenceSpec& q = *d.sequences;
+      w.header("[data.sequences]");
+      if (q.maxlen > 0) w.kv("maxlen", q.maxlen);
+      w.kv("padding", q.padding);
+      w.kv("truncating", q.truncating);
+      w.kv("value", q.value);
+      w.kv("load_data", q.load_data);
+      if (q.load_data) {
+        if (q.num_words > 0) w.kv("num_words", q.num_words);
+        w.kv("skip_top", q.skip_top);
+        w.kv("start_char", q.start_char);
+        w.kv("oov_char", q.oov_char);
+        w.kv("index_from", q.index_from);
+      }
     }
     write_source(w, "train", *d.train);
     if (d.validation) write_source(w, "validation", *d.validation);

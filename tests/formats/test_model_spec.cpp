@@ -1464,6 +1464,46 @@ TEST_SUITE("model_spec") {
           "train.validation_steps must be 1 or more, not 0");
   }
 
+  TEST_CASE("[data.sequences] is read, checked and written back") {
+    const std::string data = "[data.train]\nx = \"imdb.npz\"\nx_key = \"x_train\"\ny_key = \"y_train\"\n";
+    const ModelSpec s =
+        parse_model_spec(kHead + data +
+                             "[data.sequences]\nload_data = true\nnum_words = 10000\nmaxlen = "
+                             "80\npadding = \"post\"\nskip_top = 4\n[train]\nloss = \"mse\"\n",
+                         "spec.toml");
+    REQUIRE(s.data.sequences);
+    const SequenceSpec& q = *s.data.sequences;
+    CHECK(q.load_data);
+    CHECK(q.num_words == 10000);
+    CHECK(q.maxlen == 80);
+    CHECK(q.padding == "post");
+    CHECK(q.truncating == "pre");
+    CHECK(q.skip_top == 4);
+    CHECK(q.start_char == 1);
+    CHECK(q.oov_char == 2);
+    CHECK(q.index_from == 3);
+    // Written back and read again: the same settings (the positions aside).
+    auto settings = [](const ModelSpec& m) {
+      SequenceSpec c = *m.data.sequences;
+      c.pos = {};
+      return c;
+    };
+    CHECK(settings(parse_model_spec(to_toml(s), "spec.toml")) == settings(s));
+    const ModelSpec plain =
+        parse_model_spec(kHead + data + "[data.sequences]\n[train]\nloss = \"mse\"\n", "spec.toml");
+    REQUIRE(plain.data.sequences);
+    CHECK(!plain.data.sequences->load_data);
+    CHECK(plain.data.sequences->maxlen == 0);
+    CHECK(settings(parse_model_spec(to_toml(plain), "spec.toml")) == settings(plain));
+    CHECK(!parse_model_spec(kHead + data + "[train]\nloss = \"mse\"\n", "spec.toml").data.sequences);
+    CHECK(failure(kHead + data + "[data.sequences]\noov_char = 5\n").what ==
+          "data.sequences.oov_char is a setting of Keras's load_data id mapping");
+    CHECK(failure(kHead + data + "[data.sequences]\nload_data = true\nindex_from = -1\n").what ==
+          "data.sequences.index_from must be from 0 to 2147483647, not -1");
+    CHECK(failure(kHead + data + "[data.sequences]\nmaxlen = 0\n").what ==
+          "data.sequences.maxlen must be 1 or more, not 0");
+  }
+
   TEST_CASE("sample weights: files or an .npz array, one of the two, written back") {
     const ModelSpec s =
         parse_model_spec(kHead +
