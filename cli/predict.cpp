@@ -67,6 +67,9 @@ struct PredictModel {
   // A checkpoint trained on image folders (format = "images"): image files and folders of them are INPUT
   // too, decoded and resized to this [height, width, channels] as fit read the training images.
   std::vector<int64_t> image_shape;
+  // A checkpoint trained with [data.sequences] (its maxlen resolved): NPY and NPZ arrays of Python lists of
+  // token ids are mapped and padded as fit read them.
+  std::optional<formats::SequenceSpec> sequences;
 };
 
 // The loss output k was trained with: [train] loss for a model of one output, else its own; "" for none.
@@ -133,6 +136,12 @@ PredictModel checkpoint_model(const std::string& path) {
     m.text = std::make_shared<const formats::TextVectorizer>(*spec.data.text);
   if (spec.data.train && spec.data.train->format == "images" && m.inputs.size() == 1)
     m.image_shape = image_input_shape(spec, probe);
+  if (spec.data.sequences && m.inputs.size() == 1) {
+    m.sequences = *spec.data.sequences;
+    const std::vector<int64_t> in = image_input_shape(spec, probe);
+    if (m.sequences->maxlen == 0 && in.size() == 1) m.sequences->maxlen = in[0];
+    if (m.sequences->maxlen == 0) m.sequences.reset();
+  }
   // A model trained on logits has its decision boundary at 0.
   m.outputs = {probe.output_name.empty() ? std::string("output") : probe.output_name};
   m.thresholds = {spec.train.from_logits ? 0.0 : 0.5};
@@ -339,6 +348,12 @@ std::vector<std::unique_ptr<formats::SampleReader>> npz_readers(const std::strin
         m.inputs.size() == 1 ? fmt::format("name the array x or {}", m.inputs[0].name)
                              : fmt::format("name the arrays after the inputs: {}", fmt::join(names, ", ")));
   }
+  if (m.sequences)
+    if (auto padded = formats::padded_sequences_npy(path, key, *m.sequences)) {
+      out.push_back(
+          std::make_unique<formats::SampleReader>(std::move(padded), fmt::format("{}/{}.npy", path, key)));
+      return out;
+    }
   for (size_t k = 0; k < m.inputs.size(); ++k)
     out.push_back(std::make_unique<formats::SampleReader>(path, k == 0 ? key : m.inputs[k].name));
   return out;
@@ -637,9 +652,15 @@ Command add_predict_command(CLI::App& app) {
     for (size_t k = 0; k < model.inputs.size(); ++k) {
       if (images)
         readers.push_back(std::move(images));
-      else if (!npz)
-        readers.push_back(model.text ? std::make_unique<formats::SampleReader>(paths[k], model.text)
-                                     : std::make_unique<formats::SampleReader>(paths[k]));
+      else if (!npz) {
+        // Lists of token ids (an object array) are padded as fit padded them; anything else streams.
+        std::shared_ptr<const formats::Bytes> padded;
+        if (model.sequences && paths[k] != "-" && is_regular_file(paths[k]))
+          padded = formats::padded_sequences_npy(paths[k], "", *model.sequences);
+        readers.push_back(padded       ? std::make_unique<formats::SampleReader>(std::move(padded), paths[k])
+                          : model.text ? std::make_unique<formats::SampleReader>(paths[k], model.text)
+                                       : std::make_unique<formats::SampleReader>(paths[k]));
+      }
       const formats::SampleReader& r = *readers[k];
       check_sample_shape(r, model, k);
       if (r.count() >= 0 && count >= 0 && r.count() != count)

@@ -249,12 +249,17 @@ namespace {
 
 // The rows of maxlen ids that the Python lists of token ids of an object array become (see read_npy).
 Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, uint64_t end,
-                     uint64_t data_offset, const std::string& name, const SequenceSpec& q) {
+                     uint64_t data_offset, const std::string& name, const SequenceSpec& q,
+                     int64_t spill_bytes) {
   const pickle::Ref root = pickle::load(bytes, name, begin, end, data_offset);
   const std::vector<pickle::Ref> items = pickle::object_items(*root, name, "the array");
   const int64_t len = q.maxlen;
   const auto n = static_cast<int64_t>(items.size());
-  std::vector<int32_t> rows(static_cast<size_t>(n * len), static_cast<int32_t>(q.value));
+  // The rows go out one by one (to a temporary file past spill_bytes: a large set, or many samples that are
+  // one list).
+  SpillWriter out(spill_bytes, name);
+  out.reserve(static_cast<uint64_t>(n) * static_cast<uint64_t>(len) * 4);
+  std::vector<int32_t> row(static_cast<size_t>(len));
   std::vector<int64_t> seq;
   for (int64_t i = 0; i < n; ++i) {
     const pickle::Value& it = *items[static_cast<size_t>(i)];
@@ -262,6 +267,11 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
       throw InputError(at_byte(name, it.at),
                        fmt::format("sequence {} of the array is not a list of integers", i + 1),
                        "each object must be a list of token ids, as keras.datasets' arrays hold them");
+    for (int64_t w : it.ints)
+      if (w < INT32_MIN || w > INT32_MAX)
+        throw InputError(at_byte(name, it.at),
+                         fmt::format("sequence {} holds the id {}, past 32 bits", i + 1, w),
+                         "token ids are 32-bit integers");
     seq.clear();
     if (q.load_data) {
       // keras.datasets.imdb.load_data: a start id, the ids shifted, then those outside [skip_top, num_words)
@@ -270,39 +280,41 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
       for (int64_t w : it.ints) seq.push_back(w + q.index_from);
       for (int64_t& w : seq)
         if (w < q.skip_top || (q.num_words > 0 && w >= q.num_words)) w = q.oov_char;
+      for (int64_t w : seq)
+        if (w > INT32_MAX)
+          throw InputError(
+              at_byte(name, it.at),
+              fmt::format("sequence {} holds the id {} once shifted by index_from, past 32 bits", i + 1, w),
+              "set num_words (an Embedding's input_dim), which maps larger ids to oov_char");
     } else {
       seq = it.ints;
     }
-    for (int64_t w : seq)
-      if (w < INT32_MIN || w > INT32_MAX)
-        throw InputError(at_byte(name, it.at),
-                         fmt::format("sequence {} holds the id {}, past 32 bits", i + 1, w),
-                         "token ids are 32-bit integers");
     // keras.utils.pad_sequences: a long sequence loses its start (pre) or its end (post), a short one is
     // padded before (pre) or after (post).
     const auto size = static_cast<int64_t>(seq.size());
     const int64_t keep = std::min(size, len);
     const int64_t from = q.truncating == "pre" ? size - keep : 0;
     const int64_t to = q.padding == "pre" ? len - keep : 0;
-    int32_t* row = rows.data() + i * len;
-    for (int64_t k = 0; k < keep; ++k) row[to + k] = static_cast<int32_t>(seq[static_cast<size_t>(from + k)]);
+    std::fill(row.begin(), row.end(), static_cast<int32_t>(q.value));
+    for (int64_t k = 0; k < keep; ++k)
+      row[static_cast<size_t>(to + k)] = static_cast<int32_t>(seq[static_cast<size_t>(from + k)]);
+    out.append(row.data(), row.size() * sizeof(int32_t));
   }
-  std::vector<uint8_t> raw(rows.size() * sizeof(int32_t));
-  std::memcpy(raw.data(), rows.data(), raw.size());
   Column col(engine::DType::i32, engine::Shape{len});
-  col.add(Segment{Bytes::from_vector(std::move(raw)), 0, static_cast<uint64_t>(len) * 4, n, name, {}});
+  col.add(Segment{out.finish(), 0, static_cast<uint64_t>(len) * 4, n, name, {}});
   return col;
 }
 
 Column npy_column(std::shared_ptr<const Bytes> bytes, uint64_t base, uint64_t size, const std::string& name,
-                  const SequenceSpec* sequences) {
+                  const SequenceSpec* sequences, int64_t spill_bytes = kDefaultSpillBytes) {
   bool objects = false;
   NpyHeader h = parse_npy_header(*bytes, base, size, name, sequences ? &objects : nullptr);
   if (objects) {
     if (h.shape.size() != 1)
       throw InputError(name, fmt::format("an object array of shape {}", engine::Shape(h.shape).str()),
                        "lists of token ids come as an array of one dimension, one list per sample");
-    return sequence_rows(bytes, base + h.data_offset, base + size, h.data_offset, name, *sequences);
+    return sequence_rows(bytes, base + h.data_offset, base + size, h.data_offset, name, *sequences,
+                         spill_bytes);
   }
   Column col(h.dtype, engine::Shape(std::vector<int64_t>(h.shape.begin() + 1, h.shape.end())));
   Segment seg;
@@ -320,7 +332,7 @@ Column npy_column(std::shared_ptr<const Bytes> bytes, uint64_t base, uint64_t si
 Column read_npy(const std::string& path, int64_t spill_bytes, const SequenceSpec* sequences) {
   auto bytes = load_file(path, spill_bytes);
   const uint64_t size = bytes->size();
-  return npy_column(std::move(bytes), 0, size, file_name(path), sequences);
+  return npy_column(std::move(bytes), 0, size, file_name(path), sequences, spill_bytes);
 }
 
 ZipArchive::ZipArchive(const std::string& path) : name_(file_name(path)), bytes_(map_file(path)) {
@@ -485,7 +497,50 @@ Column read_npz_array(const ZipArchive& zip, const std::string& key, int64_t spi
   }
   uint64_t offset = 0;
   auto bytes = zip.open(*m, &offset, spill_bytes);
-  return npy_column(std::move(bytes), offset, m->size, fmt::format("{}/{}", zip.name(), m->name), sequences);
+  return npy_column(std::move(bytes), offset, m->size, fmt::format("{}/{}", zip.name(), m->name), sequences,
+                    spill_bytes);
+}
+
+std::shared_ptr<const Bytes> padded_sequences_npy(const std::string& path, const std::string& npz_key,
+                                                  const SequenceSpec& sequences) {
+  std::shared_ptr<const Bytes> bytes;
+  uint64_t base = 0, size = 0;
+  std::string name = file_name(path);
+  if (npz_key.empty()) {
+    bytes = load_file(path);
+    size = bytes->size();
+  } else {
+    const ZipArchive zip(path);
+    const ZipArchive::Member* m = zip.find(npz_key + ".npy");
+    if (!m) return nullptr;
+    bytes = zip.open(*m, &base, kDefaultSpillBytes);
+    size = m->size;
+    name = fmt::format("{}/{}", zip.name(), m->name);
+  }
+  if (size < 8 || std::memcmp(bytes->data() + base, "\x93NUMPY", 6) != 0) return nullptr;
+  bool objects = false;
+  parse_npy_header(*bytes, base, size, name, &objects);
+  if (!objects) return nullptr;
+  const Column col = npy_column(bytes, base, size, name, &sequences);
+  const Segment& seg = col.segments().at(0);
+  std::string header = fmt::format("{{'descr': '<i4', 'fortran_order': False, 'shape': ({}, {}), }}",
+                                   seg.count, sequences.maxlen);
+  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+  header += '\n';
+  std::vector<uint8_t> out = {0x93,
+                              'N',
+                              'U',
+                              'M',
+                              'P',
+                              'Y',
+                              1,
+                              0,
+                              static_cast<uint8_t>(header.size() & 0xFF),
+                              static_cast<uint8_t>(header.size() >> 8)};
+  out.insert(out.end(), header.begin(), header.end());
+  const uint8_t* rows = seg.bytes->data() + seg.offset;
+  out.insert(out.end(), rows, rows + static_cast<size_t>(seg.count) * seg.stride);
+  return Bytes::from_vector(std::move(out));
 }
 
 }  // namespace trainer::formats

@@ -50,6 +50,12 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
 Column read_npy(const std::string& path, int64_t spill_bytes = kDefaultSpillBytes,
                 const SequenceSpec* sequences = nullptr);
 
+// For trainer predict: the .npy file at `path` (or, with `npz_key`, that array of the .npz there) when it is
+// an array of Python lists of token ids, as an NPY of int32 [N, maxlen] in memory, mapped and padded as
+// `sequences` says (read_npy); null when it is an array of another kind, which is read as it is.
+std::shared_ptr<const Bytes> padded_sequences_npy(const std::string& path, const std::string& npz_key,
+                                                  const SequenceSpec& sequences);
+
 // A zip archive's members, found through its central directory (zip64 included).
 class ZipArchive {
  public:

@@ -21,6 +21,10 @@ namespace {
 
 constexpr int kMaxDepth = 64;
 constexpr int64_t kMaxValues = 2'000'000;
+// Integers (packed into lists of token ids) are cheaper, and come by the million in a dataset of texts.
+constexpr int64_t kMaxIntegers = 64'000'000;
+// Entries of the stack, the memo and the marks: real pickles hold a batch of 1000 items at a time.
+constexpr size_t kMaxEntries = 4'000'000;
 
 using MRef = std::shared_ptr<Value>;
 
@@ -30,7 +34,9 @@ const char* const kKnownGlobals[] = {"numpy.core.multiarray._reconstruct",
                                      "numpy.dtype",
                                      "numpy.core.numeric._frombuffer",
                                      "numpy._core.numeric._frombuffer",
-                                     "_codecs.encode"};
+                                     "_codecs.encode",
+                                     "__builtin__.bytes",
+                                     "builtins.bytes"};
 
 const char* kind_name(Value::Kind k) {
   switch (k) {
@@ -78,7 +84,8 @@ struct Reader {
   std::vector<MRef> stack;
   std::vector<size_t> marks;
   std::unordered_map<uint64_t, MRef> memo;
-  int64_t made = 0;
+  int64_t made = 0, integers_made = 0;
+  uint64_t decoded = 0;  // bytes _codecs.encode made
 
   [[noreturn]] void fail(const std::string& what, const std::string& hint = "") const {
     throw InputError(at_byte(name, report_base + op_at), what,
@@ -89,7 +96,7 @@ struct Reader {
       fail(
           fmt::format("the pickle ends inside its opcode at byte {} (it needs {} bytes more, "
                       "and {} are left)",
-                      op_at, k, n - pos));
+                      report_base + op_at, k, n - pos));
     const uint8_t* at = p + pos;
     pos += k;
     return at;
@@ -100,10 +107,20 @@ struct Reader {
     for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | b[i];
     return v;
   }
+  // Counts values made (or copied) against the caps, so that no small file takes much memory or time.
+  void charge(int64_t values, bool integers = false) {
+    if (integers ? (integers_made += values) > kMaxIntegers : (made += values) > kMaxValues)
+      fail(fmt::format("the pickle builds more than {} {}", integers ? kMaxIntegers : kMaxValues,
+                       integers ? "integers" : "values"),
+           "a data file holds arrays, lists of numbers and short lists of others; this file is not one");
+  }
+  void entries() {
+    if (stack.size() + memo.size() + marks.size() >= kMaxEntries)
+      fail(fmt::format("the pickle keeps more than {} values at once on its stack and memo", kMaxEntries),
+           "a data file builds its lists a batch at a time; this file is not one");
+  }
   MRef make(Value::Kind k) {
-    if (++made > kMaxValues)
-      fail(fmt::format("the pickle builds more than {} values", kMaxValues),
-           "a data batch holds arrays and short lists; this file is not one");
+    charge(1, k == Value::Kind::integer);
     auto v = std::make_shared<Value>();
     v->kind = k;
     v->at = report_base + op_at;
@@ -117,7 +134,10 @@ struct Reader {
     v->size = size;
     return v;
   }
-  void push(MRef v) { stack.push_back(std::move(v)); }
+  void push(MRef v) {
+    entries();
+    stack.push_back(std::move(v));
+  }
   MRef pop() {
     if (stack.size() <= (marks.empty() ? 0 : marks.back()))
       fail("the pickle takes a value from an empty stack");
@@ -145,7 +165,6 @@ struct Reader {
     if (parent.kind == Value::Kind::list && child->kind == Value::Kind::integer && parent.items.empty()) {
       parent.ints.push_back(child->integer);
       parent.depth = std::max(parent.depth, 2);
-      --made;
       return;
     }
     if (!parent.ints.empty()) {
@@ -205,6 +224,11 @@ struct Reader {
         (args.items[1]->view() != "latin1" && args.items[1]->view() != "latin-1"))
       fail("the pickle calls _codecs.encode other than with a string and 'latin1'");
     const std::string_view s = args.items[0]->view();
+    // Each string of the file is decoded once in a real pickle: more decoding than the file has bytes is a
+    // memoized string decoded over and over.
+    decoded += s.size();
+    if (decoded > n)
+      fail("the pickle decodes more bytes than it holds", "a data file decodes each of its strings once");
     std::vector<uint8_t> out;
     out.reserve(s.size());
     for (size_t i = 0; i < s.size(); ++i) {
@@ -244,6 +268,7 @@ struct Reader {
           return stack.back();
         }
         case '(':
+          entries();
           marks.push_back(stack.size());
           break;  // MARK
         case '0':
@@ -376,12 +401,15 @@ struct Reader {
           break;
         }
         case 'q':
+          entries();
           memo[le(1)] = top();
           break;  // BINPUT
         case 'r':
+          entries();
           memo[le(4)] = top();
           break;  // LONG_BINPUT
         case 0x94:
+          entries();
           memo[memo.size()] = top();
           break;     // MEMOIZE
         case 'h':    // BINGET
@@ -413,8 +441,17 @@ struct Reader {
             push(latin1(*args));
             break;
           }
+          // bytes(): how Python 3 pickles empty bytes at protocol 2.
+          if (fn->name == "__builtin__.bytes" || fn->name == "builtins.bytes") {
+            if (!args->items.empty()) fail("the pickle calls bytes with arguments");
+            MRef b = make(Value::Kind::bytes);
+            b->holder = file;
+            push(b);
+            break;
+          }
           MRef c = make(Value::Kind::call);
           c->name = fn->name;
+          charge(static_cast<int64_t>(args->items.size()));  // a memoized tuple may be used over and over
           c->items = args->items;
           c->depth = args->depth;
           push(c);
@@ -423,7 +460,7 @@ struct Reader {
         case 'b': {  // BUILD
           MRef st = pop();
           MRef& obj = top();
-          if (obj->kind != Value::Kind::call || obj->state || obj->closed)
+          if (obj->kind != Value::Kind::call || obj->state || obj->closed || st.get() == obj.get())
             fail("the pickle sets the state of other than an object it just made");
           st->closed = true;
           obj->depth = std::max(obj->depth, st->depth + 1);

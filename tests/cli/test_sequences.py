@@ -150,6 +150,26 @@ class Sequences(unittest.TestCase):
                              'x = "small_test.npy"\ny = "y_test.npy"', "[data.sequences]\n", 50)
             self.assertEqual(again["loss"], got["loss"], f"protocol {proto}")
 
+    def test_predict_pads_lists_as_fit_did(self):
+        spec = self.path("spec.toml")
+        with open(spec, "w") as f:
+            f.write(SPEC.format(length=40, train='x = "imdb.npz"\nx_key = "x_train"\ny_key = "y_train"',
+                                validation='x = "imdb.npz"\nx_key = "x_test"\ny_key = "y_test"',
+                                sequences='[data.sequences]\nload_data = true\nnum_words = 1000\npadding = "post"\n'))
+        out = self.path("run")
+        r = run(["fit", spec, "--output-dir", out, "--quiet", "--device", "cpu"], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ckpt = os.path.join(out, "last.ckpt")
+        np.save(self.path("lists.npy"), self.x_test, allow_pickle=True)
+        np.save(self.path("padded.npy"), pad_sequences(load_data(self.x_test, num_words=1000), 40, padding="post"))
+        on_lists = run(["predict", ckpt, self.path("lists.npy")])
+        on_padded = run(["predict", ckpt, self.path("padded.npy")])
+        self.assertEqual(on_lists.returncode, 0, on_lists.stderr)
+        self.assertEqual(len(on_lists.stdout.splitlines()), len(self.x_test))
+        self.assertEqual(on_lists.stdout, on_padded.stdout)
+        np.savez(self.path("lists.npz"), x=self.x_test)
+        self.assertEqual(run(["predict", ckpt, self.path("lists.npz")]).stdout, on_padded.stdout)
+
     def test_mistakes_are_named(self):
         train = 'x = "imdb.npz"\nx_key = "x_train"\ny_key = "y_train"'
         val = 'x = "imdb.npz"\nx_key = "x_test"\ny_key = "y_test"'

@@ -1257,6 +1257,39 @@ TEST_SUITE("pickle") {
           std::string::npos);
     CHECK(unpickle_error("\x80\x02K\x01"s).find("ends inside its opcode") != std::string::npos);
     CHECK(unpickle_error("\x80\x06N."s).find("protocol is 6") != std::string::npos);
+    // BUILD of an object with itself as its state.
+    CHECK(unpickle_error("\x80\x02"
+                         "cnumpy\ndtype\n)R\x94h\x00"
+                         "b."s)
+              .find("sets the state of other than") != std::string::npos);
+    // Small files that would take much time or memory: a memoized tuple of 1000 given to 3000 calls (3
+    // million copies), a memoized string decoded over and over, and 4 million memo entries.
+    std::string calls =
+        "\x80\x02"
+        "cnumpy\ndtype\nq\x00"
+        "0("s +
+        std::string(1000, 'N') +
+        "tq\x01"
+        "0";
+    for (int i = 0; i < 3000; ++i) calls += "h\x00h\x01R0"s;
+    CHECK(unpickle_error(calls + "N.").find("builds more than 2000000 values") != std::string::npos);
+    std::string decodes =
+        "\x80\x02"
+        "c_codecs\nencode\nq\x00"
+        "0X\xe8\x03\x00\x00"s +
+        std::string(1000, 'a') +
+        "X\x06\x00\x00\x00latin1\x86q\x01"
+        "0"s;
+    for (int i = 0; i < 10; ++i) decodes += "h\x00h\x01R0"s;
+    CHECK(unpickle_error(decodes + "N.").find("decodes more bytes than it holds") != std::string::npos);
+    CHECK(unpickle_error("\x80\x02N"s + std::string(4'000'001, '\x94') + ".")
+              .find("keeps more than 4000000 values at once") != std::string::npos);
+    // Python 3's empty bytes at protocol 2: bytes().
+    const Ref empty = unpickle(
+        "\x80\x02"
+        "c__builtin__\nbytes\n)R."s);
+    CHECK(empty->kind == Value::Kind::bytes);
+    CHECK(empty->size == 0);
     // The byte of the opcode is named.
     CHECK(input_error([&] { unpickle("\x80\x02N\xfe."s); }).find("opcode 0xfe") != std::string::npos);
     try {
