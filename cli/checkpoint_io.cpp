@@ -74,9 +74,11 @@ std::string state_json(const engine::TrainingState& st) {
   for (size_t i = 0; i < st.metric_sums.size(); ++i) sums += (i ? ", " : "") + num(st.metric_sums[i]);
   std::string best_of;
   formats::append_json_string(best_of, st.saved_best_of);
+  std::string order;
+  formats::append_json_string(order, st.data_order);
   std::string s = fmt::format(
       "{{\"epoch\": {}, \"batch\": {}, \"global_step\": {}, \"steps_per_epoch\": {}, \"data_pass\": {}, "
-      "\"data_samples\": {}, \"metric_sums\": [{}], \"metric_layout\": {}, "
+      "\"data_samples\": {}, \"data_order\": {}, \"metric_sums\": [{}], \"metric_layout\": {}, "
       "\"saved_best_of\": {}, \"saved_best\": {}, "
       "\"lr_factor\": {}, "
       "\"plateau_have_best\": {}, \"plateau_best\": {}, \"plateau_wait\": {}, \"plateau_cooldown\": {}, "
@@ -84,8 +86,8 @@ std::string state_json(const engine::TrainingState& st) {
       "\"have_best\": {}, \"best\": {}, \"waited\": {}, \"best_epoch\": "
       "{}, \"stopped\": {}, \"loss_scale\": {}, \"loss_scale_good_steps\": {}, \"skipped_steps\": {}, "
       "\"velocity\": \"rate_scaled\", \"history\": [",
-      st.epoch, st.batch, st.global_step, st.steps_per_epoch, st.data_pass, st.data_samples, sums, layout,
-      best_of, num(st.saved_best), num(st.lr_factor), st.plateau_have_best ? "true" : "false",
+      st.epoch, st.batch, st.global_step, st.steps_per_epoch, st.data_pass, st.data_samples, order, sums,
+      layout, best_of, num(st.saved_best), num(st.lr_factor), st.plateau_have_best ? "true" : "false",
       num(st.plateau_best), st.plateau_wait, st.plateau_cooldown, num(st.seconds),
       st.have_best ? "true" : "false", num(st.best), st.waited, st.best_epoch, st.stopped ? "true" : "false",
       num(st.loss_scale), st.loss_scale_good_steps, st.skipped_steps);
@@ -164,6 +166,11 @@ engine::TrainingState parse_state(const std::string& text, const std::string& pa
     st.steps_per_epoch = r.i(root, "steps_per_epoch");
     st.data_pass = r.i(root, "data_pass");
     st.data_samples = r.i(root, "data_samples");
+    if (const formats::JsonValue* o = root.find("data_order")) {
+      if (o->kind != formats::JsonValue::Kind::string)
+        throw InputError(path, "the checkpoint's state has a bad 'data_order'", "");
+      st.data_order = o->text;
+    }
   }
   if (root.find("metric_sums")) {
     for (const formats::JsonValue& v : root.find("metric_sums")->items) {

@@ -265,12 +265,11 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
     const pickle::Value& it = *items[static_cast<size_t>(i)];
     if (it.kind != pickle::Value::Kind::list || !it.items.empty())
       throw InputError(at_byte(name, it.at),
-                       fmt::format("sequence {} of the array is not a list of integers", i + 1),
+                       fmt::format("sample {} of the array is not a list of integers", i),
                        "each object must be a list of token ids, as keras.datasets' arrays hold them");
     for (int64_t w : it.ints)
       if (w < INT32_MIN || w > INT32_MAX)
-        throw InputError(at_byte(name, it.at),
-                         fmt::format("sequence {} holds the id {}, past 32 bits", i + 1, w),
+        throw InputError(at_byte(name, it.at), fmt::format("sample {} holds the id {}, past 32 bits", i, w),
                          "token ids are 32-bit integers");
     seq.clear();
     if (q.load_data) {
@@ -284,7 +283,7 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
         if (w > INT32_MAX)
           throw InputError(
               at_byte(name, it.at),
-              fmt::format("sequence {} holds the id {} once shifted by index_from, past 32 bits", i + 1, w),
+              fmt::format("sample {} holds the id {} once shifted by index_from, past 32 bits", i, w),
               "set num_words (an Embedding's input_dim), which maps larger ids to oov_char");
     } else {
       seq = it.ints;

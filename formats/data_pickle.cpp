@@ -584,7 +584,10 @@ Array as_array(const Value& v, const std::string& file, const std::string& what)
       fail("a numpy array too large to be held");
     count *= static_cast<uint64_t>(d->integer);
   }
-  if (fortran && a.shape.size() > 1 && count > 1) fail("a numpy array in Fortran order");
+  if (fortran && a.shape.size() > 1 && count > 1)
+    throw InputError(at_byte(file, v.at),
+                     fmt::format("{} is a numpy array in Fortran (column-major) order", what),
+                     "save a C-ordered copy: numpy.ascontiguousarray(x)");
   if (count * engine::dtype_bytes(a.dtype) != data->size)
     fail(fmt::format("a numpy array of shape ({}) whose data is {} bytes, not {}", fmt::join(a.shape, ", "),
                      data->size, count * engine::dtype_bytes(a.dtype)));

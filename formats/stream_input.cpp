@@ -717,6 +717,9 @@ void SampleReader::open() {
     m.cifar = false;  // an NPY file, whatever its name
     m.format = StreamFormat::npy;
     m.open_npy();
+  } else if (have >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5) {
+    // A pickle, whatever its name (a CIFAR-10 binary record starts with a label below 128).
+    m.open_cifar_python();
   } else if (m.cifar) {
     m.open_cifar();
   } else if (have >= 4 && (std::memcmp(p, "PK\x03\x04", 4) == 0 || std::memcmp(p, "PK\x05\x06", 4) == 0)) {
@@ -728,8 +731,6 @@ void SampleReader::open() {
   } else if (have >= 4 && p[0] == 0 && p[1] == 0 && idx_type(p[2]) && p[3] >= 1) {
     m.format = StreamFormat::idx;
     m.open_idx();
-  } else if (have >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5) {
-    m.open_cifar_python();
   } else {
     for (size_t i = 0; i < have; ++i)
       if (p[i] < 0x20 && p[i] != '\t' && p[i] != '\n' && p[i] != '\r')

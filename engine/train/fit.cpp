@@ -28,10 +28,16 @@ namespace trainer::engine {
 
 std::atomic<int> g_stop_signal{0};
 
-LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch) {
+LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch,
+                                  const TrainingState* resume) {
   LearningRateSchedule s = cfg.schedule;
+  // The run's steps: those before the epoch it resumes in (at their own epochs' length), then the epochs left
+  // at this one's, so that a resume that changes the epochs' length (steps_per_epoch, the batch size) goes on
+  // along a schedule that ends with the run.
+  const int64_t before = resume ? resume->global_step - resume->batch : 0;
+  const int64_t left = cfg.epochs - (resume ? resume->epoch : 0);
   if (s.kind == "cosine" && s.decay_steps == 0)
-    s.decay_steps = std::max<int64_t>(1, cfg.epochs * steps_per_epoch - s.warmup_steps);
+    s.decay_steps = std::max<int64_t>(1, before + left * steps_per_epoch - s.warmup_steps);
   return s;
 }
 
@@ -2119,7 +2125,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // An epoch is steps_per_epoch steps of the stream of passes over the training data, a pass by default.
   const int64_t steps_per_pass = train_loader.batches_per_epoch();
   const int64_t epoch_steps = cfg.steps_per_epoch > 0 ? cfg.steps_per_epoch : steps_per_pass;
-  const LearningRateSchedule schedule = run_schedule(cfg, epoch_steps);
+  const LearningRateSchedule schedule = run_schedule(cfg, epoch_steps, resume);
   // validation_steps: the first batches of the validation data.
   const int64_t val_steps =
       val_loader ? (cfg.validation_steps > 0 ? std::min(cfg.validation_steps, val_loader->batches_per_epoch())
@@ -2408,6 +2414,21 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   };
   if (st.saved_best_of != policy.save_best) st.saved_best_of.clear();
   const uint64_t fingerprint = train ? data_fingerprint(*train) : 0;
+  {
+    // An epoch of steps_per_epoch can end in the middle of a pass: the pass goes on only in its own order.
+    // (In the middle of an epoch, the epoch's layout below says more.)
+    const std::string order = fmt::format("{} samples, seed {}, {}, data {:016x}", n_train, cfg.seed,
+                                          cfg.shuffle ? "shuffled" : "in order", fingerprint);
+    if (st.batch == 0 && st.data_samples > 0 && !st.data_order.empty() && st.data_order != order)
+      throw InputError(
+          "--resume",
+          fmt::format("the checkpoint stopped {} samples into a pass over the training data of {}, "
+                      "and this run has {}",
+                      st.data_samples, st.data_order, order),
+          "resume with the seed, shuffle setting and training data of the checkpoint's run, or from "
+          "a checkpoint written at the end of a pass");
+    st.data_order = order;
+  }
   while (st.epoch < cfg.epochs && !st.stopped) {
     auto t0 = std::chrono::steady_clock::now();
     Metrics acc(outputs);

@@ -61,8 +61,10 @@ struct LearningRateSchedule {
 
 struct FitConfig;
 // The schedule a run uses: a cosine without decay_steps spans the whole run (epochs x steps after the
-// warmup).
-LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch);
+// warmup; resumed, the steps before its epoch and then the epochs left at this run's length).
+struct TrainingState;
+LearningRateSchedule run_schedule(const FitConfig& cfg, int64_t steps_per_epoch,
+                                  const TrainingState* resume = nullptr);
 
 struct EarlyStopping {
   bool enabled = false;
@@ -279,6 +281,9 @@ struct TrainingState {
   // keyed by (seed, p)): the pass and the samples of it already trained. Without steps_per_epoch an epoch is
   // a pass, and data_pass is the epoch; with it, epochs run on through the passes.
   int64_t data_pass = 0, data_samples = 0;
+  // What orders the passes (sample count, seed, shuffle, a fingerprint of the data): a run resumed in the
+  // middle of a pass must order it alike. Empty in checkpoints from before it was kept.
+  std::string data_order;
   // The steps_per_epoch of the run that wrote the state (0: an epoch was a pass over the data); a run resumed
   // in the middle of an epoch must keep it.
   int64_t steps_per_epoch = 0;

@@ -137,6 +137,9 @@ class CifarPython(unittest.TestCase):
         self.assertEqual(on_pickle.returncode, 0, on_pickle.stderr)
         self.assertEqual(len(on_pickle.stdout.splitlines()), self.n)
         self.assertEqual(on_pickle.stdout, on_bin.stdout)
+        # Told by its first bytes, also under a CIFAR-10 binary batch's name.
+        self.write("named.bin", pickle.dumps({"data": self.images, "labels": self.labels}, protocol=2))
+        self.assertEqual(run(["predict", ckpt, self.path("named.bin")]).stdout, on_bin.stdout)
         # Standard input that is the file itself reads as the file; a pipe cannot be.
         with open(self.path("test_batch"), "rb") as f:
             self.assertEqual(run(["predict", ckpt, "-"], stdin=f).stdout, on_bin.stdout)

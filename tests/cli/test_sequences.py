@@ -205,7 +205,7 @@ class Sequences(unittest.TestCase):
         a[1] = [1, "two"]
         np.save(self.path("strings.npy"), a, allow_pickle=True)
         r = self.fit('x = "strings.npy"\ny = "y_train.npy"', val, "[data.sequences]\n", code=2)
-        cli_util.assert_input_error(self, r, "strings.npy", "sequence 2 of the array is not a list of integers")
+        cli_util.assert_input_error(self, r, "strings.npy", "sample 1 of the array is not a list of integers")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 read on through the shuffled passes over the training data, their resume, and validation on the first batches."""
 
 import json
+import math
 import os
 import tempfile
 import unittest
@@ -93,6 +94,20 @@ class StepsPerEpoch(unittest.TestCase):
         self.fit(["--resume", os.path.join(self.dir, "straight", "epoch-2.ckpt"), "--epochs", "4",
                   "--set", "train.steps_per_epoch=15"], "longer")
         self.assert_same_weights("straight", "longer")
+        # A cosine over the whole run keeps decaying along the run's new length: 20 steps, then 2 epochs of 5.
+        # (A plateau that never acts makes the epochs report their rate.)
+        cosine = os.path.join(self.dir, "cosine.toml")
+        with open(cosine, "w") as f:
+            f.write(text + "\n[train.checkpoint]\nevery_epochs = 1\nkeep_last = 0\n"
+                    "[train.reduce_lr_on_plateau]\npatience = 1000\n")
+        self.fit([cosine, "--epochs", "4"] + steps10, "cosine")
+        r = self.fit(["--resume", os.path.join(self.dir, "cosine", "epoch-2.ckpt"), "--set",
+                      "train.steps_per_epoch=5"], "cosine5")
+        rates = [e["learning_rate"] for e in epochs_of(r.stdout)]
+        self.assertEqual(len(rates), 2)
+        # Each epoch's last step's rate (steps 25 and 30 of 30); a cosine over 40 steps would give others.
+        for rate, step in zip(rates, (24, 29)):
+            self.assertAlmostEqual(rate, 0.001 * 0.5 * (1 + math.cos(math.pi * step / 30)), delta=1e-9)
         # In the middle of an epoch they may not.
         r = self.fit(["--resume", os.path.join(self.dir, "straight", "step-21.ckpt"),
                       "--set", "train.steps_per_epoch=12"], "bad", code=2)
@@ -104,6 +119,13 @@ class StepsPerEpoch(unittest.TestCase):
                       "--set", "train.batch_size=48"], "bad", code=2)
         self.assertIn("the checkpoint stopped 1280 samples into a pass over the training data, which batches "
                       "of 48 do not reach", r.stderr)
+        # Another seed or other data at that place would skip and repeat samples of the pass.
+        for change in (["--set", "train.seed=9"], ["--set", "data.train.limit=1400"]):
+            r = self.fit(["--resume", os.path.join(self.dir, "straight", "epoch-2.ckpt"), "--epochs", "4"] + change,
+                         "bad", code=2)
+            self.assertIn("the checkpoint stopped 1280 samples into a pass over the training data of 1500 samples, "
+                          "seed ", r.stderr)
+            self.assertIn("resume with the seed, shuffle setting and training data", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "bad")))
         # A run without steps_per_epoch resumed from the end of its first epoch with it reads pass 1 on.
         self.fit([spec, "--epochs", "2"] + const, "passes")

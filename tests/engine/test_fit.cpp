@@ -201,6 +201,14 @@ TEST_SUITE("fit") {
     CHECK(r.decay_steps == 110);
     CHECK(r.at(119) < 1e-4);
     CHECK(r.at(65) == doctest::Approx(0.05));
+    // Resumed after 2 epochs of 40 steps with epochs of 25: 80 + 25 steps in all.
+    TrainingState at;
+    at.epoch = 2;
+    at.global_step = 80;
+    CHECK(run_schedule(run, 25, &at).decay_steps == 95);
+    at.batch = 5;  // in the middle of the third epoch: its steps count at the new length
+    at.global_step = 85;
+    CHECK(run_schedule(run, 25, &at).decay_steps == 95);
   }
 
   TEST_CASE("fit: early stopping stops and restores the best weights") {
