@@ -3,6 +3,7 @@
 #include "formats/data_npy.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -248,6 +249,39 @@ NpyHeader parse_npy_header(const Bytes& bytes, uint64_t base, uint64_t size, con
 namespace {
 
 // The rows of maxlen ids that the Python lists of token ids of an object array become (see read_npy).
+// The token ids of one object of an object array, as pad_sequences takes them: a list or a tuple of
+// integers, or a numpy array of integers of one dimension.
+void sample_ids(const pickle::Value& it, const std::string& name, int64_t i, std::vector<int64_t>* ids) {
+  ids->clear();
+  const char* hint = "each object must be a list of token ids, as keras.datasets' arrays hold them";
+  if (it.kind == pickle::Value::Kind::call) {
+    const pickle::Array a = pickle::as_array(it, name, fmt::format("sample {} of the array", i));
+    const size_t w = engine::dtype_bytes(a.dtype);
+    if (a.shape.size() != 1 ||
+        (a.dtype != engine::DType::u8 && a.dtype != engine::DType::i32 && a.dtype != engine::DType::i64))
+      throw InputError(
+          at_byte(name, it.at),
+          fmt::format("sample {} of the array is a numpy array of {} of shape ({}), not of token ids", i,
+                      engine::dtype_name(a.dtype), fmt::join(a.shape, ", ")),
+          hint);
+    for (int64_t k = 0; k < a.shape[0]; ++k) {
+      const uint8_t* b = a.holder->data() + a.offset + static_cast<size_t>(k) * w;
+      ids->push_back(w == 1 ? b[0] : w == 4 ? static_cast<int32_t>(le32(b)) : static_cast<int64_t>(le64(b)));
+    }
+    return;
+  }
+  const bool sequence = it.kind == pickle::Value::Kind::list || it.kind == pickle::Value::Kind::tuple;
+  if (sequence && it.items.empty()) {
+    *ids = it.ints;
+    return;
+  }
+  for (const pickle::Ref& v : it.items)
+    if (v->kind == pickle::Value::Kind::integer) ids->push_back(v->integer);
+  if (!sequence || ids->size() != it.items.size())
+    throw InputError(at_byte(name, it.at), fmt::format("sample {} of the array is not a list of integers", i),
+                     hint);
+}
+
 Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, uint64_t end,
                      uint64_t data_offset, const std::string& name, const SequenceSpec& q,
                      int64_t spill_bytes) {
@@ -260,14 +294,11 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
   SpillWriter out(spill_bytes, name);
   out.reserve(static_cast<uint64_t>(n) * static_cast<uint64_t>(len) * 4);
   std::vector<int32_t> row(static_cast<size_t>(len));
-  std::vector<int64_t> seq;
+  std::vector<int64_t> seq, ids;
   for (int64_t i = 0; i < n; ++i) {
     const pickle::Value& it = *items[static_cast<size_t>(i)];
-    if (it.kind != pickle::Value::Kind::list || !it.items.empty())
-      throw InputError(at_byte(name, it.at),
-                       fmt::format("sample {} of the array is not a list of integers", i),
-                       "each object must be a list of token ids, as keras.datasets' arrays hold them");
-    for (int64_t w : it.ints)
+    sample_ids(it, name, i, &ids);
+    for (int64_t w : ids)
       if (w < INT32_MIN || w > INT32_MAX)
         throw InputError(at_byte(name, it.at), fmt::format("sample {} holds the id {}, past 32 bits", i, w),
                          "token ids are 32-bit integers");
@@ -276,7 +307,7 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
       // keras.datasets.imdb.load_data: a start id, the ids shifted, then those outside [skip_top, num_words)
       // replaced by the out-of-vocabulary id (the start id included, as there).
       seq.push_back(q.start_char);
-      for (int64_t w : it.ints) seq.push_back(w + q.index_from);
+      for (int64_t w : ids) seq.push_back(w + q.index_from);
       for (int64_t& w : seq)
         if (w < q.skip_top || (q.num_words > 0 && w >= q.num_words)) w = q.oov_char;
       for (int64_t w : seq)
@@ -286,7 +317,7 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
               fmt::format("sample {} holds the id {} once shifted by index_from, past 32 bits", i, w),
               "set num_words (an Embedding's input_dim), which maps larger ids to oov_char");
     } else {
-      seq = it.ints;
+      seq = ids;
     }
     // keras.utils.pad_sequences: a long sequence loses its start (pre) or its end (post), a short one is
     // padded before (pre) or after (post).

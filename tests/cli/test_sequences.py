@@ -141,6 +141,15 @@ class Sequences(unittest.TestCase):
         want = self.fit(self.padded("s_train", small, self.y_train, maxlen=50),
                         self.padded("s_test", small_test, self.y_test, maxlen=50), "", 50)
         self.assertEqual(got["val_loss"], want["val_loss"])
+        # Tuples and numpy arrays of integers, as pad_sequences takes them, read as lists do.
+        for name, make in (("tuples", tuple), ("int64", lambda x: np.array(x, dtype=np.int64)),
+                           ("int32", lambda x: np.array(x, dtype=np.int32))):
+            a = np.empty(len(small), dtype=object)
+            a[:] = [make(x) for x in small]
+            np.save(self.path(f"{name}.npy"), a, allow_pickle=True)
+            again = self.fit(f'x = "{name}.npy"\ny = "y_train.npy"', 'x = "small_test.npy"\ny = "y_test.npy"',
+                             "[data.sequences]\n", 50)
+            self.assertEqual(again["loss"], got["loss"], name)
         # Pickles of protocols 2 and 4 inside the .npy read alike.
         for proto in (2, 4):
             a = np.empty(len(small), dtype=object)
@@ -201,11 +210,15 @@ class Sequences(unittest.TestCase):
         r = self.fit('x = "evil.npy"\ny = "y_train.npy"', val, "[data.sequences]\n", code=2)
         cli_util.assert_input_error(self, r, "evil.npy", "the pickle calls posix.system")
         self.assertFalse(os.path.exists(marker))
-        # A list holding other than integers.
+        # A list holding other than integers, a numpy array of floats.
         a[1] = [1, "two"]
         np.save(self.path("strings.npy"), a, allow_pickle=True)
         r = self.fit('x = "strings.npy"\ny = "y_train.npy"', val, "[data.sequences]\n", code=2)
         cli_util.assert_input_error(self, r, "strings.npy", "sample 1 of the array is not a list of integers")
+        a[1] = np.array([0.5, 1.5])
+        np.save(self.path("floats.npy"), a, allow_pickle=True)
+        r = self.fit('x = "floats.npy"\ny = "y_train.npy"', val, "[data.sequences]\n", code=2)
+        cli_util.assert_input_error(self, r, "floats.npy", "sample 1 of the array is a numpy array of f64 of shape (2)")
 
 
 if __name__ == "__main__":
