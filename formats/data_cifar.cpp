@@ -2,12 +2,10 @@
 #include "formats/data_cifar.h"
 
 #include <fmt/format.h>
-
 #include <fmt/ranges.h>
 
 #include "engine/util/error.h"
 #include "formats/data_pickle.h"
-#include "formats/datasets.h"
 
 namespace trainer::formats {
 
@@ -72,18 +70,12 @@ void read_cifar_python(const std::shared_ptr<const Bytes>& bytes, const std::str
           at_byte(name, labels->at),
           fmt::format("'{}' is an array of shape ({}) for {} images", key, fmt::join(la.shape, ", "), n),
           hint);
-    const size_t w = engine::dtype_bytes(la.dtype);
-    const bool integral =
-        la.dtype == engine::DType::u8 || la.dtype == engine::DType::i32 || la.dtype == engine::DType::i64;
-    if (!integral)
+    std::vector<int64_t> values;
+    if (!pickle::array_integers(la, &values))
       throw InputError(at_byte(name, labels->at),
                        fmt::format("'{}' holds {}, not class ids", key, engine::dtype_name(la.dtype)), hint);
     for (int64_t i = 0; i < n; ++i) {
-      const uint8_t* b = la.holder->data() + la.offset + static_cast<size_t>(i) * w;
-      int64_t v = 0;
-      if (w == 1) v = b[0];
-      if (w == 4) v = static_cast<int32_t>(le32(b));
-      if (w == 8) v = static_cast<int64_t>(le64(b));
+      const int64_t v = values[static_cast<size_t>(i)];
       if (v < 0 || v > 255)
         throw InputError(at_byte(name, labels->at),
                          fmt::format("label {} of '{}' is {}, not a class id from 0 to 255", i, key, v),

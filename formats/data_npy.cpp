@@ -256,18 +256,12 @@ void sample_ids(const pickle::Value& it, const std::string& name, int64_t i, std
   const char* hint = "each object must be a list of token ids, as keras.datasets' arrays hold them";
   if (it.kind == pickle::Value::Kind::call) {
     const pickle::Array a = pickle::as_array(it, name, fmt::format("sample {} of the array", i));
-    const size_t w = engine::dtype_bytes(a.dtype);
-    if (a.shape.size() != 1 ||
-        (a.dtype != engine::DType::u8 && a.dtype != engine::DType::i32 && a.dtype != engine::DType::i64))
+    if (a.shape.size() != 1 || !pickle::array_integers(a, ids))
       throw InputError(
           at_byte(name, it.at),
           fmt::format("sample {} of the array is a numpy array of {} of shape ({}), not of token ids", i,
                       engine::dtype_name(a.dtype), fmt::join(a.shape, ", ")),
           hint);
-    for (int64_t k = 0; k < a.shape[0]; ++k) {
-      const uint8_t* b = a.holder->data() + a.offset + static_cast<size_t>(k) * w;
-      ids->push_back(w == 1 ? b[0] : w == 4 ? static_cast<int32_t>(le32(b)) : static_cast<int64_t>(le64(b)));
-    }
     return;
   }
   const bool sequence = it.kind == pickle::Value::Kind::list || it.kind == pickle::Value::Kind::tuple;

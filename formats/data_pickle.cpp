@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "engine/util/error.h"
+#include "formats/datasets.h"
 
 namespace trainer::formats::pickle {
 
@@ -625,6 +626,19 @@ std::vector<Ref> object_items(const Value& v, const std::string& file, const std
     fail(fmt::format("a numpy array of {} Python objects whose list holds {}", shape.items[0]->integer,
                      data.items.size()));
   return data.items;
+}
+
+bool array_integers(const Array& a, std::vector<int64_t>* out) {
+  out->clear();
+  const size_t w = engine::dtype_bytes(a.dtype);
+  if (a.dtype != engine::DType::u8 && a.dtype != engine::DType::i32 && a.dtype != engine::DType::i64)
+    return false;
+  out->reserve(a.size / w);
+  for (uint64_t at = 0; at + w <= a.size; at += w) {
+    const uint8_t* b = a.holder->data() + a.offset + at;
+    out->push_back(w == 1 ? b[0] : w == 4 ? static_cast<int32_t>(le32(b)) : static_cast<int64_t>(le64(b)));
+  }
+  return true;
 }
 
 }  // namespace trainer::formats::pickle

@@ -72,4 +72,8 @@ struct Array {
 };
 Array as_array(const Value& v, const std::string& file, const std::string& what);
 
+// The elements of an array of u8, i32 or i64 as integers into *out; false (and *out empty) for another
+// element type.
+bool array_integers(const Array& a, std::vector<int64_t>* out);
+
 }  // namespace trainer::formats::pickle
