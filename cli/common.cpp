@@ -1103,6 +1103,19 @@ engine::data::BatchFormat batch_format(const formats::ModelSpec& spec, const mod
         inf.num_tokens = std::get<int64_t>(it->second.value);
       break;
     }
+    // Lists of word ranks (keras.datasets' imdb.npz) go past an Embedding's size unless num_words bounds
+    // them.
+    if (k == 0 && spec.data.sequences && inf.num_tokens > 0)
+      inf.token_hint =
+          spec.data.sequences->load_data
+              ? fmt::format(
+                    "set [data.sequences] num_words = {}: ids from it on become oov_char, as in Keras's "
+                    "load_data(num_words={})",
+                    inf.num_tokens, inf.num_tokens)
+              : fmt::format(
+                    "lists of word ranks such as keras.datasets' imdb.npz take [data.sequences] load_data "
+                    "= true and num_words = {}",
+                    inf.num_tokens);
   }
   // The further outputs' labels follow the inputs: class ids for sparse_categorical_crossentropy (checked
   // against the output's classes), else float targets.

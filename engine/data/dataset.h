@@ -65,6 +65,8 @@ struct InputFormat {
   std::vector<double> mean, std;
   // Token ids (integer x_dtype) must lie in [0, num_tokens) when > 0 (an Embedding's input_dim).
   int64_t num_tokens = 0;
+  // Said after the range in the hint of an id outside it: where the ids came from, and how to bound them.
+  std::string token_hint;
   // The labels of a model's further output, fed as an input: no scaling; class ids (integer x_dtype) must
   // lie in [0, label_classes), other targets in [0, label_classes - 1], when label_classes > 0 (as
   // BatchFormat::num_classes checks the first output's).

@@ -188,7 +188,8 @@ void convert_ids(const Conversion& im, const void* src_v, void* dst_v, int64_t s
         throw InputError(
             im.ds->locate(sample),
             fmt::format("token id {} (element {}) is out of range for {} tokens", v, e, limit),
-            fmt::format("the model takes {} distinct token ids: ids must lie in [0, {}]", limit, limit - 1));
+            fmt::format("the model takes {} distinct token ids: ids must lie in [0, {}]{}", limit, limit - 1,
+                        im.format.token_hint.empty() ? "" : "; " + im.format.token_hint));
       }
       dst[c * g.dst_c + p * g.dst_p] = static_cast<D>(v);
     }
