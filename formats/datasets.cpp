@@ -247,6 +247,13 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
     for (const auto& f : xs) x.append(read_idx(f, spill));
     for (const auto& f : ys) y.append(read_idx(f, spill));
   } else if (format == "cifar10") {
+    if (src.x_key != "x" && src.x_key != "data")
+      throw InputError(
+          where,
+          fmt::format("x_key = \"{}\" names an array of .npz files, and a CIFAR batch's images are "
+                      "its 'data'",
+                      src.x_key),
+          "remove x_key (y_key names a CIFAR Python batch's labels)");
     // y_key names the labels of a CIFAR Python batch ('coarse_labels' of CIFAR-100).
     for (const auto& f : xs) read_cifar10(f, &x, &y, spill, src.y_key != "y" ? src.y_key : std::string());
     layout = engine::data::Layout::chw;

@@ -159,6 +159,9 @@ class CifarPython(unittest.TestCase):
         self.assertEqual(coarse["loss"], self.fit(self.binary("coarse.bin", self.coarse), classes=20)["loss"])
         r = self.fit("train", classes=20, extra='y_key = "labels_of_nothing"', code=2)
         cli_util.assert_input_error(self, r, "train", "has no 'labels_of_nothing' (y_key)")
+        r = self.fit("train", classes=20, extra='x_key = "images"', code=2)
+        cli_util.assert_input_error(self, r, "spec.toml:17:1", "x_key = \"images\" names an array of .npz files")
+        self.assertEqual(self.fit("train", classes=100, extra='x_key = "data"')["loss"], fine["loss"])
 
     def test_a_pickle_that_calls_anything_else_is_refused_and_nothing_runs(self):
         marker = self.path("ran")
