@@ -1224,6 +1224,13 @@ std::vector<int64_t> image_input_shape(const formats::ModelSpec& spec, const mod
   return d;
 }
 
+formats::SequenceSpec resolved_sequences(const formats::ModelSpec& spec, const models::BuiltModel& model) {
+  formats::SequenceSpec s = *spec.data.sequences;
+  const std::vector<int64_t> in = image_input_shape(spec, model);
+  if (s.maxlen == 0 && in.size() == 1) s.maxlen = in[0];
+  return s;
+}
+
 SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& model,
                    const std::vector<std::string>& training_classes, bool classes_named) {
   SpecData out;
@@ -1245,17 +1252,12 @@ SpecData open_data(const formats::ModelSpec& spec, const models::BuiltModel& mod
   // [data.sequences] pads to the model input's length unless it says maxlen.
   formats::SequenceSpec sequences;
   if (ds.sequences) {
-    sequences = *ds.sequences;
-    if (sequences.maxlen == 0) {
-      const std::vector<int64_t> in = image_input_shape(spec, model);
-      if (in.size() != 1)
-        throw InputError(
-            ds.sequences->pos.str(),
-            fmt::format("[data.sequences] pads to the model input's length, and the input is [{}]",
-                        fmt::join(in, ", ")),
-            "give the length: maxlen = 200");
-      sequences.maxlen = in[0];
-    }
+    sequences = resolved_sequences(spec, model);
+    if (sequences.maxlen == 0)
+      throw InputError(ds.sequences->pos.str(),
+                       fmt::format("[data.sequences] pads to the model input's length, and the input is [{}]",
+                                   fmt::join(image_input_shape(spec, model), ", ")),
+                       "give the length: maxlen = 200");
     options.sequences = &sequences;
   }
   options.image_shape = image_input_shape(spec, model);

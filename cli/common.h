@@ -155,6 +155,10 @@ struct SpecData {
 // input, a spec's channels-last shape, or an ONNX input's, channels first ([C, H, W]) unless it ends in 1, 3
 // or 4 channels.
 std::vector<int64_t> image_input_shape(const formats::ModelSpec& spec, const models::BuiltModel& model);
+
+// The spec's [data.sequences] with maxlen resolved: the model input's length when it leaves maxlen out and
+// the input is one dimension (0 when it is not). The spec must have the table.
+formats::SequenceSpec resolved_sequences(const formats::ModelSpec& spec, const models::BuiltModel& model);
 // Opens the spec's datasets and checks them against the model (sample shape, label kind); the validation
 // split holds out the last samples of train, as Keras does.
 // `training_classes`: the classes of the training folders, for a spec whose data.train is a validation or

@@ -137,9 +137,7 @@ PredictModel checkpoint_model(const std::string& path) {
   if (spec.data.train && spec.data.train->format == "images" && m.inputs.size() == 1)
     m.image_shape = image_input_shape(spec, probe);
   if (spec.data.sequences && m.inputs.size() == 1) {
-    m.sequences = *spec.data.sequences;
-    const std::vector<int64_t> in = image_input_shape(spec, probe);
-    if (m.sequences->maxlen == 0 && in.size() == 1) m.sequences->maxlen = in[0];
+    m.sequences = resolved_sequences(spec, probe);
     if (m.sequences->maxlen == 0) m.sequences.reset();
   }
   // A model trained on logits has its decision boundary at 0.

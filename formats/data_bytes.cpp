@@ -45,14 +45,17 @@ std::string clipped(std::string_view text, size_t most) {
   return fmt::format("{}... ({} more bytes)", text.substr(0, n), text.size() - n);
 }
 
+bool starts_as_pickle(std::string_view head) {
+  return head.size() >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5;
+}
+
 const char* data_file_kind(std::string_view head) {
   if (head.starts_with("\x93NUMPY")) return "an NPY array";
   if (head.starts_with("PK\x03\x04") || head.starts_with("PK\x05\x06")) return "a zip archive (NPZ)";
   if (head.starts_with("\x1f\x8b")) return "a gzip file";
   if (head.size() >= 4 && head[0] == 0 && head[1] == 0 && head[2] >= 0x08 && head[2] <= 0x0E)
     return "an IDX file";
-  if (head.size() >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5)
-    return "a Python pickle";
+  if (starts_as_pickle(head)) return "a Python pickle";
   return nullptr;
 }
 

@@ -91,6 +91,8 @@ std::string clipped(std::string_view text, size_t most = 200);
 // What a data file is by its first bytes: "an NPY array", "a zip archive (NPZ)", "a gzip file" or "an IDX
 // file"; nullptr when they tell none of these (for messages about a file given in the wrong place).
 const char* data_file_kind(std::string_view head);
+// Whether bytes start as a Python pickle of protocol 2 to 5 does (the CIFAR Python version's batches).
+bool starts_as_pickle(std::string_view head);
 
 // A CSV cell as a number: all of it in decimal or exponent form, with an optional leading '+'. What a cell
 // that is not one holds, for the message: "" when it is none at all, or a note such as "past the range of

@@ -118,7 +118,7 @@ void read_cifar10(const std::string& path, Column* x, Column* y, int64_t spill_b
                   const std::string& label_key) {
   const std::string name = file_name(path);
   auto bytes = load_file(path, spill_bytes);
-  if (pickle::looks_like_pickle(*bytes)) {
+  if (starts_as_pickle({reinterpret_cast<const char*>(bytes->data()), bytes->size()})) {
     read_cifar_python(bytes, name, label_key, x, y);
     return;
   }

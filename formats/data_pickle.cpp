@@ -493,10 +493,6 @@ const Value* Value::find(std::string_view key) const {
   return nullptr;
 }
 
-bool looks_like_pickle(const Bytes& b) {
-  return b.size() >= 3 && b.data()[0] == 0x80 && b.data()[1] >= 2 && b.data()[1] <= 5;
-}
-
 Ref load(std::shared_ptr<const Bytes> file, const std::string& name, uint64_t begin, uint64_t end,
          uint64_t report_from) {
   end = std::min<uint64_t>(end, file->size());

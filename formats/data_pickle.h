@@ -49,9 +49,6 @@ struct Value {
   const Value* find(std::string_view key) const;
 };
 
-// Whether the bytes start as a pickle of protocol 2 or later does.
-bool looks_like_pickle(const Bytes& b);
-
 // The value the pickle in bytes [begin, end) of `file` builds (all of it by default). `name` names the file
 // in messages, at bytes counted from `report_from` (the start of what the name names).
 Ref load(std::shared_ptr<const Bytes> file, const std::string& name, uint64_t begin = 0,

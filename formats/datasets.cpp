@@ -147,11 +147,11 @@ std::vector<std::string> resolve_data_files(const std::vector<std::string>& patt
 
 namespace {
 
-// Whether the file starts as a pickle of protocol 2 to 5 does (a file that cannot be read: false).
-bool starts_as_pickle(const std::string& path) {
+// Whether the file starts as a pickle does (a file that cannot be read: false).
+bool file_starts_as_pickle(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   char head[2] = {};
-  return f.read(head, 2) && static_cast<uint8_t>(head[0]) == 0x80 && head[1] >= 2 && head[1] <= 5;
+  return f.read(head, 2) && starts_as_pickle({head, 2});
 }
 
 }  // namespace
@@ -223,7 +223,7 @@ std::shared_ptr<const engine::data::Dataset> open_dataset(const DataSource& src,
   if (format.empty()) {
     format = data_format_from_name(xs[0]);
     // A name that tells nothing, such as the CIFAR Python version's data_batch_1: a pickle is one of those.
-    if (format.empty() && starts_as_pickle(xs[0])) format = "cifar10";
+    if (format.empty() && file_starts_as_pickle(xs[0])) format = "cifar10";
     if (format.empty()) {
       throw InputError(where, fmt::format("cannot tell the format of '{}' from its name", file_name(xs[0])),
                        "set format = \"idx\", \"cifar10\", \"npy\", \"npz\" or \"csv\"");

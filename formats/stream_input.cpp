@@ -717,7 +717,7 @@ void SampleReader::open() {
     m.cifar = false;  // an NPY file, whatever its name
     m.format = StreamFormat::npy;
     m.open_npy();
-  } else if (have >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5) {
+  } else if (starts_as_pickle({reinterpret_cast<const char*>(p), have})) {
     // A pickle, whatever its name (a CIFAR-10 binary record starts with a label below 128).
     m.open_cifar_python();
   } else if (m.cifar) {
