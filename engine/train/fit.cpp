@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -2010,9 +2011,11 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // Collectives on host memory across processes gather a checkpoint's shards: every rank then captures.
   const bool gather_across_processes = sharded && world > local;
   // Under gradient accumulation, each replica gathers its own weighted share of the gradients between
-  // updates, and one reduction per update adds them. A checkpoint holds the replicas' sum (across processes
-  // a collective: every rank captures), and a resume, on any replica count, gives it to the first replica
-  // and 0 to the others: the sum is what the next update reduces.
+  // updates, and one reduction per update adds them. A checkpoint written between two updates holds the
+  // replicas' sum and each replica's share (across processes a collective: every rank captures). A resume on
+  // as many replicas gives each its own share back, so the next update adds the same numbers in the same
+  // order, bit for bit; on another count it gives the sum to the first replica and 0 to the others: the sum
+  // is what the next update reduces.
   const bool split_accumulation = cfg.gradient_accumulation_steps > 1 && world > 1;
   std::set<std::string> accumulated;  // the accumulators' names: P/accumulated_gradient of each trainable P
   std::vector<std::unique_ptr<Device>> devs;
@@ -2149,22 +2152,57 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
   // Parameters and optimizer state by their checkpoint names, into every replica that holds them; a shard
   // (ZeRO-1) takes its range. Every value must land somewhere: in this process, or in another MPI rank's
   // shard.
+  auto check_fits = [](const std::string& name, const Tensor& t, const Value& val) {
+    if (t.dtype() != val.dtype || t.shape() != val.shape)
+      throw InputError(
+          name,
+          fmt::format("the checkpoint holds '{}' as {} {}, and this model has it as {} {}", name,
+                      dtype_name(t.dtype()), t.shape().str(), dtype_name(val.dtype), val.shape.str()),
+          "resume with the spec the checkpoint was written with (a --set that changes a "
+          "layer's size cannot resume it)");
+  };
   auto load_values = [&](const std::vector<std::pair<std::string, Tensor>>& values) {
+    // The replicas' shares of accumulated gradients, where the checkpoint holds them: each replica takes its
+    // own back when the checkpoint's replicas are this run's, and the sum stands for them otherwise.
+    std::set<std::string> shares;
+    for (const auto& [name, t] : values)
+      if (name.find(kReplicaShareSuffix) != std::string::npos) shares.insert(name);
+    const auto own_shares = [&](const std::string& sum) {
+      if (!accumulated.count(sum)) return false;
+      for (int q = 0; q <= world; ++q)
+        if (shares.count(fmt::format("{}{}{}", sum, kReplicaShareSuffix, q)) != (q < world)) return false;
+      return true;
+    };
     for (const auto& [name, t] : values) {
+      if (shares.count(name)) {
+        const size_t at = name.rfind(kReplicaShareSuffix);
+        const std::string sum = name.substr(0, at);
+        const ValueId v = weight_sessions[0]->graph().find(sum);
+        const std::string_view rank = std::string_view(name).substr(at + std::strlen(kReplicaShareSuffix));
+        int q = -1;
+        const auto parsed = std::from_chars(rank.data(), rank.data() + rank.size(), q);
+        if (v == kNoValue || !weight_sessions[0]->graph().value(v).persistent() || parsed.ec != std::errc() ||
+            parsed.ptr != rank.data() + rank.size() || q < 0)
+          throw InputError(name,
+                           fmt::format("the checkpoint holds '{}', which this model does not have", name),
+                           "resume with the spec the checkpoint was written with");
+        if (!own_shares(sum)) continue;  // another replica count, or no accumulation across replicas
+        const int k = q - replicas.first_rank;
+        if (k < 0 || k >= local) continue;  // another process's
+        Session& w = *weight_sessions[k];
+        check_fits(name, t, w.graph().value(v));
+        w.write(v, t);
+        continue;
+      }
       bool landed = false;
       for (int k = 0; k < local; ++k) {
         Session& w = *weight_sessions[k];
         const ValueId v = w.graph().find(name);
         if (v != kNoValue && w.graph().value(v).persistent()) {
-          const Value& val = w.graph().value(v);
-          if (t.dtype() != val.dtype || t.shape() != val.shape)
-            throw InputError(
-                name,
-                fmt::format("the checkpoint holds '{}' as {} {}, and this model has it as {} {}", name,
-                            dtype_name(t.dtype()), t.shape().str(), dtype_name(val.dtype), val.shape.str()),
-                "resume with the spec the checkpoint was written with (a --set that changes a "
-                "layer's size cannot resume it)");
-          if (accumulated.count(name) && replicas.first_rank + k != 0)
+          check_fits(name, t, w.graph().value(v));
+          if (accumulated.count(name) && own_shares(name))
+            ;  // each replica's share lands instead
+          else if (accumulated.count(name) && replicas.first_rank + k != 0)
             w.write(v, Tensor(t.dtype(), t.shape()));
           else
             w.write(v, t);
@@ -2366,19 +2404,39 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     TrainingState c = st;
     c.history = result.history;
     c.values = named_values(dev.weights_session());
-    if (split_accumulation)
+    if (split_accumulation) {
+      // Every replica's share, in rank order (another process's by a broadcast from it: with ranks in other
+      // processes each runs one replica, and its rank is the host communicator's), their sum, and the shares
+      // themselves while any is not 0 (between two updates).
+      std::vector<std::pair<std::string, Tensor>> own;
       for (auto& [name, t] : c.values) {
         if (!accumulated.count(name)) continue;
-        for (int k = 1; k < local; ++k) {
-          Session& w = devs[k]->weights_session();
-          const Tensor part = w.read(w.graph().find(name));
-          for (int64_t i = 0; i < t.numel(); ++i) t.set_f64(i, t.get_f64(i) + part.get_f64(i));
+        std::vector<Tensor> parts;
+        bool gathered = false;
+        for (int q = 0; q < world; ++q) {
+          const int k = q - replicas.first_rank;
+          if (k >= 0 && k < local) {
+            Session& w = devs[k]->weights_session();
+            parts.push_back(k == 0 ? t : w.read(w.graph().find(name)));
+          } else {
+            parts.emplace_back(t.dtype(), t.shape());
+          }
+          if (world > local) {
+            TRAINER_ASSERT(replicas.host_comm, "replicas in other processes, and no host communicator");
+            replicas.host_comm->broadcast(parts.back().raw(), parts.back().nbytes(), q, {-1, st.global_step});
+          }
+          for (int64_t i = 0; i < t.numel() && !gathered; ++i) gathered = parts.back().get_f64(i) != 0.0;
         }
-        if (world > local) {
-          TRAINER_ASSERT(replicas.host_comm, "replicas in other processes, and no host communicator");
-          replicas.host_comm->all_reduce_sum(t.raw(), t.numel(), t.dtype(), {-1, st.global_step});
+        for (int64_t i = 0; i < t.numel(); ++i) {  // rounded to the accumulator's type at every addition
+          t.set_f64(i, parts[0].get_f64(i));
+          for (int q = 1; q < world; ++q) t.set_f64(i, t.get_f64(i) + parts[q].get_f64(i));
         }
+        if (gathered)
+          for (int q = 0; q < world; ++q)
+            own.emplace_back(fmt::format("{}{}{}", name, kReplicaShareSuffix, q), std::move(parts[q]));
       }
+      for (auto& nv : own) c.values.push_back(std::move(nv));
+    }
     if (sharded) {
       // Every parameter is whole on every replica; its optimizer state is in shards, gathered here in the
       // names and shapes of an unsharded run (from other processes over host memory, rank by rank).

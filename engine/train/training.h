@@ -63,6 +63,9 @@ struct TrainingOptions {
 
 // The suffix of a ZeRO-1 shard's name: "dense/kernel@shard", "dense/kernel@shard/adam_m".
 inline constexpr const char* kShardSuffix = "@shard";
+// The suffix of one replica's share of an accumulated gradient in a checkpoint written between two updates by
+// several replicas: "dense/kernel/accumulated_gradient@replica1" (rank 1's).
+inline constexpr const char* kReplicaShareSuffix = "@replica";
 
 struct TrainingGraph {
   std::shared_ptr<Graph> graph;

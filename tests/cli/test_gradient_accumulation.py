@@ -194,6 +194,54 @@ class GradientAccumulation(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assert_same_weights(cli_util.read_checkpoint(os.path.join(out + "_resumed", "last.ckpt")), straight)
 
+    def test_a_checkpoint_between_updates_resumes_bit_for_bit_on_as_many_replicas(self):
+        # Each replica's share is in the checkpoint beside their sum: resumed on as many replicas, each takes
+        # its own back, and the next update adds the same numbers in the same order as the uninterrupted run.
+        # Uneven shares (batch 10 on 3 replicas) and a cycle that spans the epochs.
+        ckpt = '\n[train.checkpoint]\nevery_steps = 3\nkeep_last = 0\n'
+        three = ("--devices", "3", "--allow-uneven")
+        straight = self.fit("shares_straight", 10, SGD, steps=4, args=three)
+        self.fit("shares_saved", 10, SGD, steps=4, tail=ckpt, args=three)
+        name = "dense/kernel/accumulated_gradient"
+        for step in (3, 9):  # 3 and 1 steps gathered since an update
+            mid = self.path(f"shares_saved/step-{step}.ckpt")
+            saved = cli_util.read_checkpoint(mid)
+            shares = [saved[f"{name}@replica{q}"] for q in range(3)]
+            self.assertNotIn(f"{name}@replica3", saved)
+            self.assertTrue(all(np.any(s) for s in shares))
+            np.testing.assert_allclose(shares[0] + shares[1] + shares[2], saved[name], rtol=1e-6, atol=1e-7)
+            out = self.path(f"shares_resumed{step}")
+            r = run(["fit", "--resume", mid, "--device", "cpu", "-q", "--output-dir", out, *three], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            resumed = cli_util.read_checkpoint(os.path.join(out, "last.ckpt"))
+            self.assertEqual(sorted(resumed), sorted(straight))
+            for n in straight:
+                np.testing.assert_array_equal(resumed[n], straight[n], err_msg=f"step {step}: {n}")
+        # After an update every share is 0, and the checkpoint holds none (step 12: three updates).
+        self.assertFalse(any("@replica" in n for n in cli_util.read_checkpoint(self.path("shares_saved/step-12.ckpt"))))
+        # Predict and export read a checkpoint with shares.
+        r = run(["export", self.path("shares_saved/step-9.ckpt"), "-o", self.path("shares.onnx")], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            self.skipTest("mpirun (openmpi-bin) is not installed")
+        # Ranks in two processes: each share comes from its own rank, and goes back to it.
+        mpi = [mpirun, "-np", "2", "--oversubscribe", "--allow-run-as-root", cli_util.TRAINER, "fit"]
+        self.fit("shares_mpi", 8, SGD, steps=4, tail=ckpt, args=("--devices", "2"))  # writes the spec
+        straight_out, saved_out = self.path("shares_mpi_straight"), self.path("shares_mpi_saved")
+        for out in (straight_out, saved_out):
+            r = subprocess.run(mpi + [self.path("shares_mpi.toml"), "--device", "cpu", "-q", "--output-dir", out],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        straight = cli_util.read_checkpoint(os.path.join(straight_out, "last.ckpt"))
+        self.assertIn(f"{name}@replica1", cli_util.read_checkpoint(os.path.join(saved_out, "step-3.ckpt")))
+        r = subprocess.run(mpi + ["--resume", os.path.join(saved_out, "step-3.ckpt"), "--device", "cpu", "-q",
+                                  "--output-dir", saved_out + "_resumed"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        resumed = cli_util.read_checkpoint(os.path.join(saved_out + "_resumed", "last.ckpt"))
+        for n in straight:
+            np.testing.assert_array_equal(resumed[n], straight[n], err_msg=n)
+
     def test_constraints_project_the_weights_on_every_step(self):
         # Keras applies constraints after every apply(), one that only accumulates too: one step of two leaves
         # the weights as they were initialized, projected.
