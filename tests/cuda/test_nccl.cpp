@@ -4,9 +4,11 @@
 #include <dlfcn.h>
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -28,6 +30,9 @@ struct DeviceBytes {
   explicit DeviceBytes(const void* host, size_t n) : bytes(n) {
     check_cuda(cudaMalloc(&ptr, n));
     check_cuda(cudaMemcpy(ptr, host, n, cudaMemcpyHostToDevice));
+    // From pageable memory the copy may still be in flight when cudaMemcpy returns, on the legacy stream that
+    // the non-blocking compute and NCCL streams do not wait for.
+    check_cuda(cudaDeviceSynchronize());
   }
   ~DeviceBytes() { cudaFree(ptr); }
   std::vector<unsigned char> read(cudaStream_t stream) const {
@@ -45,6 +50,13 @@ std::vector<unsigned char> as_bytes(const std::vector<T>& v) {
   std::vector<unsigned char> out(v.size() * sizeof(T));
   std::memcpy(out.data(), v.data(), out.size());
   return out;
+}
+
+// When the watchdog gave up: fail_collective calls the handler first, before the abort (ncclCommAbort frees
+// pinned memory, which waits for the device: for the test's host function still holding the stream).
+std::atomic<int64_t> g_gave_up_ns{0};
+void note_gave_up(const trainer::RuntimeError&, const std::function<void()>&) {
+  g_gave_up_ns = std::chrono::steady_clock::now().time_since_epoch().count();
 }
 
 void sleep_on_host(void* ms) {
@@ -125,6 +137,9 @@ TEST_SUITE("cuda") {
       check_cuda(cudaLaunchHostFunc(compute, sleep_on_host, reinterpret_cast<void*>(intptr_t{1500})));
       comm.all_reduce_sum(d.ptr, 64, DType::f32, CollectiveTag{3, 7});
       std::string message;
+      const FatalCollectiveHandler before = fatal_collective_handler();
+      set_fatal_collective_handler(note_gave_up);  // returns: the abort and the throw follow
+      g_gave_up_ns = 0;
       const auto start = std::chrono::steady_clock::now();
       try {
         comm.wait(CollectiveTag{-1, 7});
@@ -132,7 +147,12 @@ TEST_SUITE("cuda") {
         message = e.what();
         CHECK(e.rank() == 0);
       }
-      const double waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      set_fatal_collective_handler(before);
+      REQUIRE(g_gave_up_ns.load() != 0);
+      const auto gave_up =
+          std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(g_gave_up_ns.load()));
+      const double waited_s = std::chrono::duration<double>(gave_up - start).count();
+      CHECK(waited_s >= 0.2);
       CHECK(message.find("rank 0") != std::string::npos);
       CHECK(message.find("all_reduce") != std::string::npos);
       CHECK(message.find("bucket 3 of step 7") != std::string::npos);
