@@ -156,6 +156,11 @@ __device__ double load_as_double(ElemType t, const void* p, int64_t i) {
   return 0;
 }
 
+// A double to int32 as x86's conversion gives it: truncated, and the lowest int32 for NaN or out of range.
+__device__ int32_t x86_int32(double v) {
+  return v > -2147483649.0 && v < 2147483648.0 ? static_cast<int32_t>(v) : INT32_MIN;
+}
+
 __device__ void store_from_double(ElemType t, void* p, int64_t i, double v) {
   switch (t) {
     case ElemType::f32:
@@ -183,15 +188,18 @@ __device__ void store_from_double(ElemType t, void* p, int64_t i, double v) {
         static_cast<__half*>(p)[i] = __float2half_rn(f);
       break;
     }
+    // The device's conversions saturate (NaN to 0); x86's give the lowest integer to NaN and to anything out
+    // of range, and the CPU kernels convert so: the same here.
     case ElemType::i32:
-      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      static_cast<int32_t*>(p)[i] = x86_int32(v);
       break;
     case ElemType::i64:
-      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      static_cast<int64_t*>(p)[i] =
+          v >= -9223372036854775808.0 && v < 9223372036854775808.0 ? static_cast<int64_t>(v) : INT64_MIN;
       break;
     case ElemType::u8:
       // Through int32, as x86 converts a double to an 8-bit integer: out-of-range values wrap alike.
-      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(static_cast<int32_t>(v));
+      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(x86_int32(v));
       break;
     case ElemType::boolean:
       static_cast<uint8_t*>(p)[i] = v != 0;

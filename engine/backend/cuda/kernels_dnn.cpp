@@ -204,15 +204,16 @@ AlgoCache& algo_cache() {
 
 // Picks the first (fastest by cuDNN's heuristic) algorithm that is deterministic (training must reproduce run
 // to run), fits the shared workspace, runs without tensor-op math unless TF32 is allowed (fp32 results then
-// match the CPU's), and is not FFT-based (whose rounding differs visibly from a direct sum).
+// match the CPU's), and computes the direct sum: not through FFTs or Winograd's transforms, whose rounding
+// differs visibly from it (the large tiles of the non-fused Winograd variants most of all).
 template <class Perf>
-bool choose(const Perf* perf, int count, size_t ws_limit, bool allow_tensor_ops, bool (*is_fft)(int),
+bool choose(const Perf* perf, int count, size_t ws_limit, bool allow_tensor_ops, bool (*transformed)(int),
             int* algo, cudnnMathType_t* math) {
   for (int i = 0; i < count; ++i) {
     const Perf& p = perf[i];
     if (p.status != CUDNN_STATUS_SUCCESS || p.determinism != CUDNN_DETERMINISTIC || p.memory > ws_limit)
       continue;
-    if (is_fft(static_cast<int>(p.algo))) continue;
+    if (transformed(static_cast<int>(p.algo))) continue;
     if (!allow_tensor_ops && p.mathType != CUDNN_DEFAULT_MATH && p.mathType != CUDNN_FMA_MATH) continue;
     *algo = static_cast<int>(p.algo);
     *math = allow_tensor_ops ? p.mathType : CUDNN_FMA_MATH;
@@ -275,7 +276,9 @@ bool conv_setup(const Win2d& v, int64_t group, ConvPass pass, const CudaLibs& li
         found = choose(
             perf, returned, libs.workspace_bytes, tensor_ops,
             [](int a) {
-              return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING;
+              return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+                     a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
+                     a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
             },
             &algo, &math);
         break;
@@ -290,7 +293,9 @@ bool conv_setup(const Win2d& v, int64_t group, ConvPass pass, const CudaLibs& li
             perf, returned, libs.workspace_bytes, tensor_ops,
             [](int a) {
               return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT ||
-                     a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING;
+                     a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+                     a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD ||
+                     a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
             },
             &algo, &math);
         break;
@@ -305,7 +310,8 @@ bool conv_setup(const Win2d& v, int64_t group, ConvPass pass, const CudaLibs& li
             perf, returned, libs.workspace_bytes, tensor_ops,
             [](int a) {
               return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT ||
-                     a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING;
+                     a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+                     a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
             },
             &algo, &math);
         break;
