@@ -349,6 +349,28 @@ TEST_SUITE("cuda") {
     }
   }
 
+  TEST_CASE("cuda: GlobalAveragePool and its gradient over large planes equal the CPU") {
+    // Planes of up to 150,000 elements (an image pooled whole after few convolutions): one window of cuDNN's
+    // pooling would be that large; the reductions split them.
+    auto cpu = make_cpu_backend();
+    auto gpu = cuda_backend(false);
+    for (Shape xs : {Shape{2, 3, 64, 64}, Shape{1, 2, 1, 3000}, Shape{4, 8, 7, 7}, Shape{1, 1, 384, 384}}) {
+      CAPTURE(xs.str());
+      OpCase c;
+      c.g = std::make_shared<Graph>();
+      Graph& g = *c.g;
+      const ValueId in = g.add_input("x", DType::f32, xs);
+      c.feeds.emplace_back(in, ops::random_tensor(xs, -1, 1, 31, DType::f32));
+      const ValueId mean = g.op("GlobalAveragePool", {in});
+      const ValueId dy = g.add_constant("dy", ops::random_tensor(g.value(mean).shape, -1, 1, 32, DType::f32));
+      c.checked = {mean, g.op("GlobalAveragePoolGrad", {dy}, {{"input_shape", xs.dims()}})};
+      for (ValueId v : c.checked) g.mark_output(v);
+      const std::vector<Tensor> want = run_case(c, *cpu), got = run_case(c, *gpu);
+      CHECK(relative_difference(want[0], got[0]) <= kTolerance);
+      CHECK(relative_difference(want[1], got[1]) == 0.0);  // dy / plane, as the CPU divides
+    }
+  }
+
   TEST_CASE(
       "cuda: ReduceMax and its gradient over NaN equal the CPU exactly (NaN propagates, dy to the first)") {
     // Groups of 5, 100 and 6000 elements take one thread, a warp and a block (with split partials) per

@@ -1,5 +1,5 @@
 // CUDA kernels of op families 'conv' and 'norm' through cuDNN's descriptor API: Conv and its two gradients,
-// max/average/global-average pooling and their gradients, BatchNormalization and its gradient, for f32 NCHW
+// max and average pooling and their gradients, BatchNormalization and its gradient, for f32 NCHW
 // (1-D data as height 1). Cases cuDNN defines differently from ONNX (asymmetric pads, dilated pooling,
 // ceil_mode windows past the padding) return nullptr and run on the host.
 #include <cudnn.h>
@@ -543,37 +543,6 @@ KernelPtr avg_pool_grad(const KernelArgs& a) {
   return avg_pool_backward(s, a.inputs[0], a.outputs[0]);
 }
 
-// The mean over every spatial dim as one pooling window: [N, C, H, W] with an H x W window, other ranks as
-// [N, C, 1, S] with a 1 x S window.
-std::shared_ptr<PoolState> global_pool_state(const Shape& x, const CudaLibs& libs) {
-  if (x.rank() < 3) return nullptr;
-  const int64_t h = x.rank() == 4 ? x[2] : 1;
-  const int64_t w = x.numel() / std::max<int64_t>(1, x[0] * x[1] * h);
-  if (x.numel() == 0 || !fits_int({x[0], x[1], h, w, x.numel()})) return nullptr;
-  auto s = std::make_shared<PoolState>();
-  if (!s->x.set(x[0], x[1], h, w) || !s->y.set(x[0], x[1], 1, 1)) return nullptr;
-  s->handle = libs.cudnn;
-  if (!ok(lib::cudnn().cudnnSetPooling2dDescriptor(
-          s->pool.get(), CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING, CUDNN_NOT_PROPAGATE_NAN,
-          static_cast<int>(h), static_cast<int>(w), 0, 0, static_cast<int>(h), static_cast<int>(w))))
-    return nullptr;
-  return s;
-}
-
-KernelPtr global_avg_pool(const KernelArgs& a) {
-  if (a.in(0).dtype != DType::f32) return nullptr;
-  auto s = global_pool_state(a.in(0).shape, *a.libs);
-  if (!s) return nullptr;
-  return pool_forward(s, a.inputs[0], a.outputs[0]);
-}
-
-KernelPtr global_avg_pool_grad(const KernelArgs& a) {
-  if (a.in(0).dtype != DType::f32) return nullptr;
-  auto s = global_pool_state(Shape(a.attrs().ints("input_shape")), *a.libs);
-  if (!s) return nullptr;
-  return avg_pool_backward(s, a.inputs[0], a.outputs[0]);
-}
-
 // ---- batch normalization ----
 
 // X [N, C, ...] as [N, C, S, 1]: cuDNN's spatial mode then takes per-channel statistics over N x S, as the
@@ -747,8 +716,6 @@ void register_dnn_kernels(KernelRegistry& r) {
   r.add("MaxPoolGrad", max_pool_grad);
   r.add("AveragePool", avg_pool);
   r.add("AveragePoolGrad", avg_pool_grad);
-  r.add("GlobalAveragePool", global_avg_pool);
-  r.add("GlobalAveragePoolGrad", global_avg_pool_grad);
   r.add("BatchNormalization", batch_norm);
   r.add("BatchNormalizationGrad", batch_norm_grad);
 }

@@ -1,6 +1,7 @@
-// CUDA kernels of the reduce, loss, LayerNormalization and optimizer families: the factories read a node once
-// and capture plain geometry for the launchers of reduce.cu. A case they do not handle (a dtype other than
-// f32/f64, a rank past the geometry's limit, a workspace too small) returns nullptr and runs on the host.
+// CUDA kernels of the reduce, loss, LayerNormalization and optimizer families, and GlobalAveragePool: the
+// factories read a node once and capture plain geometry for the launchers of reduce.cu. A case they do not
+// handle (a dtype other than f32/f64, a rank past the geometry's limit, a workspace too small) returns
+// nullptr and runs on the host.
 #include <algorithm>
 #include <optional>
 #include <string>
@@ -130,6 +131,45 @@ KernelPtr reduce_max_grad(const KernelArgs& a) {
   void* dx = a.outputs[0];
   return make_kernel([=, g = *g, rt = *rt](cudaStream_t s) {
     TRAINER_CUDA_CHECK(launch_reduce_max_grad(rt, x, dy, dx, n, g, s));
+  });
+}
+
+// GlobalAveragePool: the mean over every axis past the channels, by the reductions' fixed trees (cuDNN's
+// pooling would take the whole plane as one window, and rejects large ones at launch).
+KernelPtr global_avg_pool(const KernelArgs& a) {
+  std::optional<Real> rt = real_of(a.in(0).dtype);
+  const Shape& xs = a.in(0).shape;
+  if (!rt || !a.libs || xs.rank() < 3) return nullptr;
+  std::vector<int> axes;
+  for (int d = 2; d < xs.rank(); ++d) axes.push_back(d);
+  std::optional<ReduceGeometry> g = reduce_geometry(xs, axes, a.out(0).shape.numel());
+  if (!g) return nullptr;
+  const void* x = a.inputs[0];
+  void* y = a.outputs[0];
+  if (g->red_count != 0 && g->nr == 0) {  // a plane of one element: a copy
+    const size_t bytes = a.out(0).nbytes();
+    return make_kernel([=](cudaStream_t s) {
+      if (bytes && x != y) TRAINER_CUDA_CHECK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
+    });
+  }
+  choose_splits(*g, *rt, a.libs->workspace_bytes);
+  void* ws = a.libs->workspace;
+  if (!fits_workspace(a, reduce_workspace_bytes(*g, *rt))) return nullptr;
+  return make_kernel([=, g = *g, rt = *rt](cudaStream_t s) {
+    TRAINER_CUDA_CHECK(launch_reduce(ReduceOp::mean, rt, x, y, g, ws, s));
+  });
+}
+
+// GlobalAveragePoolGrad(dY) -> dX of shape input_shape: dY / plane spread over each plane.
+KernelPtr global_avg_pool_grad(const KernelArgs& a) {
+  std::optional<Real> rt = real_of(a.in(0).dtype);
+  const Shape xs(a.attrs().ints("input_shape"));
+  if (!rt || xs.rank() < 3) return nullptr;
+  const int64_t groups = xs[0] * xs[1], plane = xs.numel() / std::max<int64_t>(1, groups);
+  const void* dy = a.inputs[0];
+  void* dx = a.outputs[0];
+  return make_kernel([=, rt = *rt](cudaStream_t s) {
+    TRAINER_CUDA_CHECK(launch_spread_mean(rt, dy, dx, groups, plane, s));
   });
 }
 
@@ -509,6 +549,8 @@ void register_reduce_kernels(KernelRegistry& r) {
   r.add("UnscaleGradients", unscale_gradients);
   r.add("ReduceSum", [](const KernelArgs& a) { return reduce_factory(a, ReduceOp::sum); });
   r.add("ReduceMean", [](const KernelArgs& a) { return reduce_factory(a, ReduceOp::mean); });
+  r.add("GlobalAveragePool", global_avg_pool);
+  r.add("GlobalAveragePoolGrad", global_avg_pool_grad);
   r.add("ReduceMax", [](const KernelArgs& a) { return reduce_factory(a, ReduceOp::max); });
   r.add("ReduceMaxGrad", reduce_max_grad);
   r.add("Softmax", softmax<false>);

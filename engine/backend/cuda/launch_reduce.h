@@ -47,6 +47,10 @@ cudaError_t launch_reduce(ReduceOp op, Real t, const void* x, void* y, const Red
 cudaError_t launch_reduce_max_grad(Real t, const void* x, const void* dy, void* dx, int64_t n,
                                    const ReduceGeometry& g, cudaStream_t stream);
 
+// GlobalAveragePoolGrad: dx (groups x plane) = each group's dy divided by plane, as the CPU computes it.
+cudaError_t launch_spread_mean(Real t, const void* dy, void* dx, int64_t groups, int64_t plane,
+                               cudaStream_t stream);
+
 // ---- Softmax / LogSoftmax and their gradients ----
 
 // A tensor viewed as [outer, n, inner], normalized along n. tpo is 1 when inner > 1.

@@ -1071,6 +1071,25 @@ cudaError_t launch_reduce_max_grad(Real t, const void* x, const void* dy, void* 
   return cudaGetLastError();
 }
 
+template <class T>
+__global__ void spread_mean_kernel(const T* dy, T* dx, int64_t n, int64_t plane) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+    dx[i] = dy[i / plane] / static_cast<T>(plane);
+}
+
+cudaError_t launch_spread_mean(Real t, const void* dy, void* dx, int64_t groups, int64_t plane,
+                               cudaStream_t stream) {
+  const int64_t n = groups * plane;
+  if (n <= 0) return cudaSuccess;
+  with_real(t, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    spread_mean_kernel<T><<<blocks_for(n, kBlock), kBlock, 0, stream>>>(static_cast<const T*>(dy),
+                                                                        static_cast<T*>(dx), n, plane);
+  });
+  return cudaGetLastError();
+}
+
 cudaError_t launch_softmax(bool log, Real t, const void* x, void* y, const AxisRows& g, cudaStream_t stream) {
   if (!valid_tpo(g.tpo) || (g.inner > 1 && g.tpo != 1)) return cudaErrorInvalidValue;
   int64_t rows = g.outer * g.inner;
