@@ -432,9 +432,13 @@ TEST_SUITE("cuda") {
     auto gpu = cuda_backend();
     const int batch = 64;
     Mlp m = make_mlp(*gpu, batch);
+    // One batch: the first 64 of the spirals' 3 x 64 points (what it learns does not matter here).
     data::Synthetic ds = data::spirals(batch, 3, 0.1f, 5);
-    m.trainer->feed(m.x, ds.x);
-    m.trainer->feed(m.y, ds.y);
+    Tensor bx(DType::f32, Shape{batch, 2}), by(DType::i64, Shape{batch});
+    std::memcpy(bx.raw(), ds.x.data<float>(), bx.nbytes());
+    std::memcpy(by.raw(), ds.y.data<int64_t>(), by.nbytes());
+    m.trainer->feed(m.x, bx);
+    m.trainer->feed(m.y, by);
     m.trainer->step(0.01f);
     m.trainer->step(0.01f);  // the first replay: captured here
     gpu->synchronize();
@@ -442,8 +446,8 @@ TEST_SUITE("cuda") {
     REQUIRE(cudaMemGetInfo(&free_before, &total) == cudaSuccess);
     const uint64_t calls = cuda_allocation_calls();
     for (int i = 0; i < 20; ++i) {
-      m.trainer->feed(m.x, ds.x);
-      m.trainer->feed(m.y, ds.y);
+      m.trainer->feed(m.x, bx);
+      m.trainer->feed(m.y, by);
       m.trainer->step(0.01f);
     }
     gpu->synchronize();

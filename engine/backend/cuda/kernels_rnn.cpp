@@ -194,7 +194,9 @@ bool supported(const KernelArgs& a, RnnCell cell, const RnnConfig& cfg) {
   if (t != DType::f32 && t != DType::f64) return false;
   if (cfg.seq <= 0 || cfg.batch <= 0 || cfg.input <= 0 || cfg.hidden <= 0) return false;
   if (a.has_input(4) || cfg.clip || cfg.input_forget) return false;
-  if (cell == RnnCell::lstm && a.has_input(7)) return false;
+  // Peepholes, and LSTMGrad's peephole gradient (output 6), which the host computes also without them (a
+  // training graph asks for it only where the node has peepholes).
+  if (cell == RnnCell::lstm && (a.has_input(7) || a.has_output(6))) return false;
   for (int d = 0; d < cfg.dirs; ++d) {
     if (cell == RnnCell::rnn) {
       if (cfg.act(d, 0).kind != RnnActKind::tanh) return false;
