@@ -2020,7 +2020,8 @@ Keys loss_arguments(const std::string& loss) {
 // per output (read_output_settings takes its own from where they stood before its lists) the rest.
 struct CallSettings {
   std::vector<std::pair<int64_t, SourcePos>> k, num_classes, iou_ignore, num_labels;  // num_labels: AUC's
-  std::vector<std::pair<bool, SourcePos>> multi_label;                                // AUC's
+  std::vector<std::pair<int64_t, SourcePos>> class_id, top_k;       // Precision's and Recall's
+  std::vector<std::pair<bool, SourcePos>> multi_label;              // AUC's
   std::vector<std::pair<std::vector<int64_t>, SourcePos>> targets;  // IoU's target_class_ids
   std::vector<std::pair<double, SourcePos>> iou_threshold, beta;  // BinaryIoU's threshold, FBetaScore's beta
   std::vector<std::pair<double, SourcePos>>
@@ -2105,6 +2106,10 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
   if (metric == "precision" || metric == "recall" || metric.ends_with("_positives") ||
       metric.ends_with("_negatives"))
     takes = {"thresholds=0.5"};
+  if (metric == "precision" || metric == "recall") {
+    takes.push_back("top_k=None");
+    takes.push_back("class_id=None");
+  }
   if (metric == "binary_accuracy") takes = {"threshold=0.5"};
   // F1Score and FBetaScore of one probability (binary) at 0.5, or of the classes of a categorical output
   // (their largest, Keras's threshold=None) averaged as asked.
@@ -2165,7 +2170,9 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     bool ok = true;
     std::string why = hint;  // the hint of a value refused
     // A value Keras refuses too (out of its range), rather than one trainer does not compute with.
+    const bool precision_recall = metric == "precision" || metric == "recall";
     const bool invalid = a.name == "k" || a.name == "beta" || a.name == "num_classes" ||
+                         (precision_recall && (a.name == "top_k" || a.name == "class_id")) ||
                          a.name == "target_class_ids" || a.name == "average" ||
                          (at_metric != kAtMetrics.end() && a.name == at_metric->second) ||
                          ((a.name == "threshold" || a.name == "thresholds") && metric != "binary_iou" &&
@@ -2190,7 +2197,16 @@ void check_metric_call(const Reader& r, const SourcePos& mp, const std::string& 
     }
     if (a.name == "label_weights") ok = a.none;
     if (a.name == "num_thresholds") ok = num && *num == 200;
-    if (a.name == "class_id") ok = a.none;
+    if (a.name == "class_id") {
+      ok = a.none || (precision_recall && num && a.integer && *num >= 0 && *num < 1e9);
+      if (ok && !a.none) ks.class_id.emplace_back(static_cast<int64_t>(*num), mp);
+      if (precision_recall) why = "class_id is a class of the output: 0 or more";
+    }
+    if (a.name == "top_k") {
+      ok = a.none || (num && a.integer && *num >= 1 && *num < 1e9);
+      if (ok && !a.none) ks.top_k.emplace_back(static_cast<int64_t>(*num), mp);
+      why = "top_k is a whole number, 1 or more: the classes predicted at each position";
+    }
     // (Precision's, Recall's and the counts' thresholds=None is Keras's default, 0.5.) A binary output's
     // threshold is one for its accuracy, precision, recall, counts and F-scores.
     if ((a.name == "threshold" || a.name == "thresholds") && metric != "binary_iou") {
@@ -2350,13 +2366,21 @@ void check_metrics(const Reader& r, const toml::node& mn, const std::string& wha
              fmt::format("write \"{}(average='macro')\" (the classes' mean), 'micro' (of the counts summed "
                          "over the classes) or 'weighted' (weighted by each class's labels)",
                          m == "f1_score" ? "F1Score" : "FBetaScore"));
-    if ((m == "precision" || m == "recall" || (f_score && !averaged) || m == "auc" || m == "pr_auc" ||
-         m.ends_with("_positives") || m.ends_with("_negatives") || m == "binary_iou" ||
+    // Precision and Recall also count a categorical output's classes (sparse labels as their one-hot rows).
+    const bool categorical = label_family(loss) == "categorical_crossentropy" || sparse_labels;
+    if ((((m == "precision" || m == "recall") && !categorical) || (f_score && !averaged) || m == "auc" ||
+         m == "pr_auc" || m.ends_with("_positives") || m.ends_with("_negatives") || m == "binary_iou" ||
          kAtMetrics.contains(m)) &&
         !binary)
-      r.fail(mp, fmt::format("metric '{}' is a binary classification metric, and the loss is {}", m, loss),
-             "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
-             "sample)");
+      r.fail(
+          mp,
+          fmt::format("metric '{}' is a{} classification metric, and the loss is {}", m,
+                      m == "precision" || m == "recall" ? "" : " binary", loss),
+          m == "precision" || m == "recall"
+              ? "it needs a classification loss: binary_crossentropy, categorical_crossentropy or "
+                "sparse_categorical_crossentropy (focal or not)"
+              : "it needs loss = \"binary_crossentropy\" or binary_focal_crossentropy (one probability per "
+                "sample)");
     if ((metrics[i] == "mae" || metrics[i] == "mse" || metrics[i] == "mape" || metrics[i] == "msle" ||
          metrics[i] == "r2_score" || metrics[i] == "root_mean_squared_error") &&
         loss == "sparse_categorical_crossentropy")
@@ -2536,7 +2560,8 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
                average_before = ks.f1_average.size(), targets_before = ks.targets.size(),
                threshold_before = ks.iou_threshold.size(), beta_before = ks.beta.size(),
                multi_before = ks.multi_label.size(), labels_before = ks.num_labels.size(),
-               decision_before = ks.threshold.size();
+               decision_before = ks.threshold.size(), class_before = ks.class_id.size(),
+               top_k_before = ks.top_k.size();
   std::map<std::string, size_t> at_before;
   for (const auto& [metric, values] : ks.at) at_before[metric] = values.size();
   if (const auto [mt, mk] = at("metrics"); mt->get_strings(mk, o.metrics)) {
@@ -2566,6 +2591,19 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   if (auto m =
           one_setting(r, ks.multi_label, multi_before, "AUC", "multi_label", "give them one multi_label"))
     mo.auc_multi_label = *m;
+  mo.class_id = one_setting(r, ks.class_id, class_before, "Precision and Recall", "class_id",
+                            "give them one class, or report them on outputs of their own");
+  mo.top_k = one_setting(r, ks.top_k, top_k_before, "Precision and Recall", "top_k", "give them one top_k");
+  // Keras's class_id and top_k of a binary output pick among its labels; trainer counts those together.
+  const bool binary_output = label_family(o.loss) == "binary_crossentropy";
+  for (const auto* given : {&ks.class_id, &ks.top_k})
+    if (binary_output && given->size() > (given == &ks.class_id ? class_before : top_k_before))
+      r.fail(
+          (*given)[given == &ks.class_id ? class_before : top_k_before].second,
+          fmt::format("Precision's and Recall's {} pick among the classes of a categorical output, and the "
+                      "loss is {}",
+                      given == &ks.class_id ? "class_id" : "top_k", o.loss),
+          "leave it out: a binary output's precision and recall count all its labels at the threshold");
   // A setting one call gives holds for every metric of the output that takes it, so those must all give it:
   // one without it beside one with it would take the other's value.
   auto all_give = [&](std::initializer_list<std::string_view> names, size_t given, const SourcePos& first,
@@ -2591,11 +2629,23 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
              toml_float(mo.iou_threshold));
   // (accuracy on a binary output is binary_accuracy, judged at the same threshold; a probability's 0.5, the
   // default, needs no saying)
-  if (mo.threshold && (*mo.threshold != 0.5 || o.from_logits))
+  // (A categorical output's accuracy and F-scores take its largest class: only Precision and Recall read the
+  // threshold.)
+  if (mo.threshold && (*mo.threshold != 0.5 || o.from_logits) && binary_output)
     all_give({"accuracy", "acc", "binary_accuracy", "precision", "recall", "true_positives",
               "false_positives", "true_negatives", "false_negatives", "f1_score", "fbeta_score"},
              ks.threshold.size() - decision_before, ks.threshold[decision_before].second, "binary metric",
              "threshold", toml_float(*mo.threshold));
+  if (mo.threshold && (*mo.threshold != 0.5 || o.from_logits) && !binary_output)
+    all_give({"precision", "recall"}, ks.threshold.size() - decision_before,
+             ks.threshold[decision_before].second, "Precision or Recall", "thresholds",
+             toml_float(*mo.threshold));
+  if (mo.class_id)
+    all_give({"precision", "recall"}, ks.class_id.size() - class_before, ks.class_id[class_before].second,
+             "Precision or Recall", "class_id", std::to_string(*mo.class_id));
+  if (mo.top_k)
+    all_give({"precision", "recall"}, ks.top_k.size() - top_k_before, ks.top_k[top_k_before].second,
+             "Precision or Recall", "top_k", std::to_string(*mo.top_k));
   if (ks.targets.size() > targets_before)
     all_give({"binary_iou"}, ks.targets.size() - targets_before, ks.targets[targets_before].second,
              "BinaryIoU", "target_class_ids", fmt::format("[{}]", fmt::join(mo.iou_targets, ", ")));

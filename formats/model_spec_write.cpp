@@ -235,6 +235,10 @@ std::string to_toml(const ModelSpec& spec) {
             m == "precision" || m == "recall" || m.ends_with("_positives") || m.ends_with("_negatives");
         if (mo.threshold && (counts || m == "binary_accuracy" || m == "f1_score" || m == "fbeta_score"))
           args.push_back(fmt::format("threshold{}={}", counts ? "s" : "", toml_float(*mo.threshold)));
+        if ((m == "precision" || m == "recall") && mo.top_k)
+          args.push_back(fmt::format("top_k={}", *mo.top_k));
+        if ((m == "precision" || m == "recall") && mo.class_id)
+          args.push_back(fmt::format("class_id={}", *mo.class_id));
         if (m == "auc" || m == "pr_auc") {
           if (mo.auc_multi_label) args.push_back("multi_label=True");
           if (mo.auc_num_labels > 0) args.push_back(fmt::format("num_labels={}", mo.auc_num_labels));

@@ -798,6 +798,7 @@ struct MetricAccumulator {
     const bool errors = has("mae") || has("mse") || has("root_mean_squared_error") || has("mape") ||
                         has("msle") || has("r2_score");
     const bool msle = has("msle"), r2 = has("r2_score"), iou = class_iou(), f1 = f1_of_classes();
+    const bool precision_recall = has("precision") || has("recall");
     // The per-label counts of a binary output's rows of labels index them by i % positions.
     const bool label_auc = multi_label_auc();
     TRAINER_ASSERT((!(f1 && kind.binary) && !label_auc) || positions == cfg->labels,
@@ -858,6 +859,7 @@ struct MetricAccumulator {
           for (int64_t c = 0; c < classes; ++c) better += row[c] > row[label];
           topk += w * (better < cfg->top_k);
         }
+        if (precision_recall) count_class_entries(row, classes, labels, i, label, w);
       } else if (kind.binary || kind.regression) {
         // With logits the metrics judge the probability, as the loss does.
         const float p = cfg->from_logits ? 1.0f / (1.0f + std::exp(-row[0])) : row[0];
@@ -920,6 +922,43 @@ struct MetricAccumulator {
     }
   }
   bool has(std::string_view m) const { return std::find(names->begin(), names->end(), m) != names->end(); }
+  // Precision's and Recall's counts of a categorical position (scores `row`, label class `label`): each class
+  // entry, or class_id's alone, judged as a binary prediction, as Keras counts rows of one-hot labels (a
+  // sparse label is its one-hot row). An entry is predicted where it is among the row's top_k (ties to the
+  // lower class, as top_k orders them) and above the threshold: a given one compared with the output as it
+  // is; without one, 0.5 for the probability (the softmax of logits), or none under top_k.
+  void count_class_entries(const float* row, int64_t classes, const void* labels, int64_t i, int64_t label,
+                           double w) {
+    const MetricOptions& mo = cfg->metric_options;
+    const int64_t first = mo.class_id ? *mo.class_id : 0, end = mo.class_id ? *mo.class_id + 1 : classes;
+    if (first >= classes) return;  // (refused before the run)
+    float top = row[0];
+    double sum = 0;
+    const bool softmax = cfg->from_logits && !mo.threshold && !mo.top_k;
+    if (softmax) {
+      for (int64_t c = 1; c < classes; ++c) top = std::max(top, row[c]);
+      for (int64_t c = 0; c < classes; ++c) sum += std::exp(static_cast<double>(row[c]) - top);
+    }
+    for (int64_t c = first; c < end; ++c) {
+      const bool positive =
+          kind.sparse ? label == c : static_cast<const float*>(labels)[i * classes + c] > 0.5f;
+      bool predicted = true;
+      if (mo.top_k) {
+        int64_t rank = 0;
+        for (int64_t o = 0; o < classes; ++o) rank += row[o] > row[c] || (row[o] == row[c] && o < c);
+        predicted = rank < *mo.top_k;
+      }
+      if (mo.threshold)
+        predicted = predicted && row[c] > static_cast<float>(*mo.threshold);
+      else if (softmax)
+        predicted = std::exp(static_cast<double>(row[c]) - top) / sum > 0.5;
+      else if (!mo.top_k)
+        predicted = row[c] > 0.5f;
+      extra[kTruePos] += w * (predicted && positive);
+      extra[kFalsePos] += w * (predicted && !positive);
+      extra[kFalseNeg] += w * (!predicted && positive);
+    }
+  }
   // MeanIoU, IoU, OneHotIoU or OneHotMeanIoU: per-class counts.
   bool class_iou() const {
     return has("mean_iou") || has("iou") || has("one_hot_iou") || has("one_hot_mean_iou");
@@ -1617,6 +1656,21 @@ void set_columns(std::vector<OutputLoss>& outputs, const Graph& g, ValueId outpu
           fmt::format("the IoU metric's num_classes={} counts {} classes, and the output{} has {}",
                       mo.iou_classes, mo.iou_classes, output, outputs[i].columns),
           fmt::format("num_classes={}, the size of the output's last axis", outputs[i].columns));
+    if (!k.binary && lists({"precision", "recall"})) {
+      if (mo.class_id && *mo.class_id >= outputs[i].columns)
+        throw InputError(
+            where_of({"precision", "recall"}),
+            fmt::format("Precision's and Recall's class_id={} names class {}, and the output{} has "
+                        "{} classes (0 to {})",
+                        *mo.class_id, *mo.class_id, output, outputs[i].columns, outputs[i].columns - 1),
+            "name a class of the output");
+      if (mo.top_k && *mo.top_k > outputs[i].columns)
+        throw InputError(where_of({"precision", "recall"}),
+                         fmt::format("Precision's and Recall's top_k={} ranks more classes than the output{} "
+                                     "has ({})",
+                                     *mo.top_k, output, outputs[i].columns),
+                         fmt::format("top_k from 1 to {}", outputs[i].columns));
+    }
     if (lists({"iou", "one_hot_iou"}))
       for (int64_t c : mo.iou_targets)
         if (c >= outputs[i].columns)

@@ -39,6 +39,10 @@ struct MetricOptions {
   // a binary output's score at 0.5
   std::string f1_average;
   double beta = 1;  // FBetaScore's: recall weighs beta times as much as precision
+  // Precision's and Recall's of a categorical output: class_id, the one class they count (none: every class's
+  // entries together, Keras's rule for rows of one-hot labels), and top_k, the k largest outputs of a
+  // position are its predicted classes (none: those above the threshold).
+  std::optional<int64_t> class_id, top_k;
   // The constraint of PrecisionAtRecall (its recall), RecallAtPrecision (precision), SensitivityAtSpecificity
   // (specificity) and SpecificityAtSensitivity (sensitivity), by the metric's name
   std::map<std::string, double> at;

@@ -631,6 +631,84 @@ class MeanIoU(unittest.TestCase):
             cli_util.assert_input_error(self, r, "the F1 score of a categorical output is one per class",
                                         "average='macro'")
 
+    def test_precision_and_recall_of_a_categorical_output_are_kerass(self):
+        # Keras's Precision and Recall of a softmax output count each class entry of the one-hot labels as a
+        # binary prediction (above 0.5, or a threshold; among the top_k largest; of class_id alone); sparse
+        # labels count as their one-hot rows. Per pixel here: 40 x 36 positions of 3 classes.
+        def keras_pr(p, onehot, class_id=None, top_k=None, threshold=None):
+            p, positive = p.reshape(-1, 3), onehot.reshape(-1, 3) > 0.5
+            predicted = p > (0.5 if threshold is None else threshold)
+            if top_k is not None:
+                rank = np.argsort(np.argsort(-p, axis=1, kind="stable"), axis=1)
+                predicted = (rank < top_k) & (p > threshold if threshold is not None else True)
+            if class_id is not None:
+                predicted, positive = predicted[:, class_id], positive[:, class_id]
+            tp = float((predicted & positive).sum())
+            return tp / float(predicted.sum()), tp / float(positive.sum())
+        with tempfile.TemporaryDirectory() as d:
+            spec, label = self.segmentation(d, 6, 0.7)
+            onehot = np.eye(3, dtype=np.float32)[label]
+            np.save(os.path.join(d, "seg_onehot.npy"), onehot)
+            out = os.path.join(d, "out")
+            r = run(["fit", spec, "--device", "cpu", "-q", "--output-dir", out, "--set", "train.epochs=6"], timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(out, "last.ckpt"), os.path.join(d, "seg_x.npy"),
+                                "--probabilities", "--output-format", "npy", "--device", "cpu", "-q"],
+                               capture_output=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(d, "p.npy"), "wb") as f:
+                f.write(r.stdout)
+            p = np.load(os.path.join(d, "p.npy")).astype(np.float32)
+            one_hot_labels = ["--set", "train.loss=categorical_crossentropy", "--set", "data.validation.y=seg_onehot.npy"]
+            seen = set()
+            for args, kw in (("", {}), ("class_id=2", dict(class_id=2)), ("top_k=2", dict(top_k=2)),
+                             ("top_k=1, class_id=0", dict(top_k=1, class_id=0)), ("thresholds=0.4", dict(threshold=0.4)),
+                             ("thresholds=0.3, top_k=1", dict(threshold=0.3, top_k=1))):
+                want = keras_pr(p, onehot, **kw)
+                seen.add(tuple(round(v, 6) for v in want))
+                for labels, extra in (("sparse", []), ("one-hot", one_hot_labels)):
+                    with self.subTest(args=args, labels=labels):
+                        metrics = json.dumps([f"Precision({args})", f"Recall({args})"])
+                        r = run(["evaluate", os.path.join(out, "last.ckpt"), "--device", "cpu", "-q", "--set",
+                                 f"train.metrics={metrics}"] + extra)
+                        self.assertEqual(r.returncode, 0, r.stderr)
+                        got = json.loads(r.stdout)
+                        self.assertAlmostEqual(got["precision"], want[0], places=6)
+                        self.assertAlmostEqual(got["recall"], want[1], places=6)
+            self.assertEqual(len(seen), 6)  # every setting counts something else
+            # Logits: without a threshold, the softmax's probabilities above 0.5.
+            with open(spec) as f:
+                text = f.read()
+            logits_spec = os.path.join(d, "logits.toml")
+            with open(logits_spec, "w") as f:
+                f.write(text.replace('activation = "softmax"', 'activation = "linear"')
+                        .replace('loss = "sparse_categorical_crossentropy"',
+                                 'loss = "sparse_categorical_crossentropy"\nfrom_logits = true')
+                        .replace('metrics = ["MeanIoU(num_classes=3, sparse_y_pred=False)", "accuracy"]',
+                                 'metrics = ["precision", "recall"]'))
+            r = run(["fit", logits_spec, "--device", "cpu", "-q", "--output-dir", os.path.join(d, "logits")],
+                    timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = subprocess.run([cli_util.TRAINER, "predict", os.path.join(d, "logits", "last.ckpt"),
+                                os.path.join(d, "seg_x.npy"), "--probabilities", "--output-format", "npy", "--device",
+                                "cpu", "-q"], capture_output=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(d, "q.npy"), "wb") as f:
+                f.write(r.stdout)
+            logits = np.load(os.path.join(d, "q.npy")).reshape(-1, 3).astype(np.float64)  # the output rows
+            q = np.exp(logits - logits.max(1, keepdims=True))
+            q /= q.sum(1, keepdims=True)
+            r = run(["evaluate", os.path.join(d, "logits", "last.ckpt"), "--device", "cpu", "-q"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got, want = json.loads(r.stdout), keras_pr(q, onehot)
+            self.assertAlmostEqual(got["precision"], want[0], places=5)
+            self.assertAlmostEqual(got["recall"], want[1], places=5)
+            # A class the output lacks, or more classes than it has, is an input error.
+            r = run(["fit", spec, "--device", "cpu", "-q", "--set", 'train.metrics=["Precision(class_id=3)"]'])
+            cli_util.assert_input_error(self, r, "class_id=3 names class 3, and the output has 3 classes (0 to 2)")
+            r = run(["fit", spec, "--device", "cpu", "-q", "--set", 'train.metrics=["Recall(top_k=4)"]'])
+            cli_util.assert_input_error(self, r, "top_k=4 ranks more classes than the output has (3)")
+
 
 if __name__ == "__main__":
     cli_util.main()

@@ -937,7 +937,33 @@ TEST_SUITE("model_spec") {
     CHECK(f.where == "spec.toml:9:12");
     f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"Precision(name='p')\"]\n");
     CHECK(f.what == "metric 'Precision(name='p')': another name for it is not supported by trainer");
-    CHECK(f.hint == "it is reported as precision; precision takes: thresholds=0.5");
+    CHECK(f.hint ==
+          "it is reported as precision; precision takes: thresholds=0.5, top_k=None, class_id=None");
+    // Precision and Recall of a categorical output: class_id and top_k, one of each per output, written back.
+    const std::string categorical = kHead + "[train]\nloss = \"sparse_categorical_crossentropy\"\n";
+    ModelSpec pr = parse_model_spec(
+        categorical + "metrics = [\"Precision(top_k=2, class_id=1)\", \"Recall(None, 2, 1)\"]\n", "p.toml");
+    CHECK(pr.train.metrics == std::vector<std::string>{"precision", "recall"});
+    CHECK(pr.train.metric_options.class_id == std::optional<int64_t>(1));
+    CHECK(pr.train.metric_options.top_k == std::optional<int64_t>(2));
+    const std::string pr_text = to_toml(pr);
+    CHECK(pr_text.find("\"precision(top_k=2, class_id=1)\", \"recall(top_k=2, class_id=1)\"") !=
+          std::string::npos);
+    CHECK(parse_model_spec(pr_text, "again.toml").train.metric_options == pr.train.metric_options);
+    f = failure(categorical + "metrics = [\"Precision(class_id=1)\", \"Recall(class_id=2)\"]\n");
+    CHECK(f.what == "the Precision and Recall calls of one output say class_id=1 and class_id=2");
+    f = failure(categorical + "metrics = [\"Precision(top_k=2)\", \"recall\"]\n");
+    CHECK(f.what == "one Precision or Recall of this output says top_k=2, and another says nothing");
+    f = failure(categorical + "metrics = [\"Precision(class_id=-1)\"]\n");
+    CHECK(f.what == "metric 'Precision(class_id=-1)': class_id = -1 is not a valid value");
+    f = failure(categorical + "metrics = [\"Recall(top_k=0)\"]\n");
+    CHECK(f.hint == "top_k is a whole number, 1 or more: the classes predicted at each position");
+    f = failure(kHead + "[train]\nloss = \"binary_crossentropy\"\nmetrics = [\"Precision(class_id=0)\"]\n");
+    CHECK(f.what ==
+          "Precision's and Recall's class_id pick among the classes of a categorical output, and the "
+          "loss is binary_crossentropy");
+    f = failure(kHead + "[train]\nloss = \"mse\"\nmetrics = [\"recall\"]\n");
+    CHECK(f.what == "metric 'recall' is a classification metric, and the loss is mse");
     f = failure(kHead + "[train]\nloss = \"Huber(delta=1, delta=2)\"\n");
     CHECK(f.what == "train.loss 'Huber(delta=1, delta=2)': its argument 'delta' is given twice");
     // Categorical focal's alpha weighs every class (any weight); binary focal's balances the two classes.
