@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -392,7 +393,23 @@ void read_onnx_bytes(formats::ModelSpec& spec) {
         spec.model.onnx_pos.line > 0
             ? "[model] onnx is relative to the spec's folder"
             : "check the path: a model on the command line is relative to the working directory");
-  spec.model.onnx_bytes = std::make_shared<const std::string>(formats::read_file_bytes(path));
+  std::string bytes = formats::read_file_bytes(path);
+  // Weights in external data files (PyTorch's dynamo exports: model.onnx.data) join the model's bytes, so
+  // that a checkpoint, which embeds them, needs no other file (a model past protobuf's 2 GiB stays as it is).
+  onnx::ModelProto model;
+  if (bytes.size() <= static_cast<size_t>(INT_MAX) && model.ParseFromString(bytes)) {
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    bool inlined = false;
+    size_t total = bytes.size();
+    for (onnx::TensorProto& t : *model.mutable_graph()->mutable_initializer()) {
+      if (t.data_location() != onnx::TensorProto::EXTERNAL) continue;
+      inlined = formats::inline_external_data(&t, fmt::format("{}: initializer '{}'", path, t.name()), dir) ||
+                inlined;
+      total += t.raw_data().size();
+    }
+    if (inlined && total <= static_cast<size_t>(INT_MAX)) bytes = model.SerializeAsString();
+  }
+  spec.model.onnx_bytes = std::make_shared<const std::string>(std::move(bytes));
 }
 
 // --- ONNX models ([model] onnx = "model.onnx")

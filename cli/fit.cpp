@@ -646,8 +646,8 @@ Command add_fit_command(CLI::App& app) {
       if (untied.size() > 8) pairs.push_back(fmt::format("and {} more", untied.size() - 8));
       if (!untied.empty())
         out.say(
-            "{} parameter{} of the ONNX model {} an Identity of another (PyTorch's merge of equal "
-            "initializers), read apart to train as {} own: {}.\n",
+            "{} parameter{} of the ONNX model {} merged into another by PyTorch's export (equal initial "
+            "values), read apart to train as {} own: {}.\n",
             untied.size(), untied.size() == 1 ? "" : "s", untied.size() == 1 ? "is" : "are",
             untied.size() == 1 ? "its" : "their", fmt::join(pairs, ", "));
     }

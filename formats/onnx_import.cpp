@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 
@@ -37,6 +38,40 @@ using engine::Tensor;
 using engine::ValueId;
 
 namespace {
+
+// PyTorch's torch.export (its dynamo=True ONNX exporter) names a parameter NAME in its nodes' metadata as the
+// placeholder %p_NAME (a buffer %b_NAME), NAME with '_' for every '.' (torch_placeholder).
+std::string torch_placeholder(const std::string& name) {
+  std::string s = name;
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') c = '_';
+  return s;
+}
+
+// A node's metadata_props entry `key` (field 9 of NodeProto since ONNX 1.16, which this protobuf schema
+// predates: read from the fields it keeps unparsed), or "".
+std::string metadata_of(const onnx::NodeProto& n, std::string_view key) {
+  const google::protobuf::UnknownFieldSet& fields = n.unknown_fields();
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = fields.field(i);
+    if (f.number() != 9 || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    onnx::StringStringEntryProto entry;
+    if (entry.ParseFromString(f.length_delimited()) && entry.key() == key) return entry.value();
+  }
+  return "";
+}
+
+// The parameters and buffers node `n` was made from, by torch.export's metadata: NAME of each %p_NAME and
+// %b_NAME (none without the metadata).
+void placeholders_of(const onnx::NodeProto& n, std::set<std::string>* out) {
+  const std::string fx = metadata_of(n, "pkg.torch.onnx.fx_node");
+  for (size_t at = fx.find('%'); at != std::string::npos; at = fx.find('%', at + 1)) {
+    if (at + 2 >= fx.size() || (fx[at + 1] != 'p' && fx[at + 1] != 'b') || fx[at + 2] != '_') continue;
+    size_t end = at + 3;
+    while (end < fx.size() && (std::isalnum(static_cast<unsigned char>(fx[end])) || fx[end] == '_')) ++end;
+    if (end > at + 3) out->insert(fx.substr(at + 3, end - at - 3));
+  }
+}
 
 // "" and "ai.onnx" both name the default domain.
 std::string normalize_domain(const std::string& d) {
@@ -436,6 +471,10 @@ class Importer {
   }
 
   void add_initializers() {
+    // The placeholders torch.export's nodes were made from, if it exported the model.
+    for (const auto& n : model_.graph().node()) {
+      placeholders_of(n, &exported_placeholders_);
+    }
     for (const auto& init : model_.graph().initializer()) {
       if (init.name().empty()) fail("an initializer has no name", "the exporter is broken");
       Tensor t = read_tensor(init, fmt::format("{}: initializer '{}'", source_, init.name()));
@@ -445,7 +484,13 @@ class Importer {
         return !options_.initializer_is_trainable || options_.initializer_is_trainable(init.name(), t);
       };
       enum { constant, parameter, state } kind = constant;
-      if (is_float && training_flags() && running_stats_.count(init.name()))
+      // torch.export's own scalars (an attention's scale, val_70) are no parameter of the model: none of its
+      // nodes was made from them. (Its larger tensors of its own are weights it folded: val_89, a Linear's
+      // transposed weight, trains.)
+      const bool exporter_scalar = t.numel() <= 1 && !exported_placeholders_.empty() &&
+                                   !exported_placeholders_.count(torch_placeholder(init.name()));
+      if (exporter_scalar) {
+      } else if (is_float && training_flags() && running_stats_.count(init.name()))
         kind = wanted() ? state : constant;
       else if (is_float && differentiable_.count(init.name()) && wanted() && all_finite(t))
         kind = parameter;  // (a float holding inf or NaN is a mask or a sentinel: a constant, never trained)
@@ -3303,8 +3348,9 @@ class Importer {
   const OnnxImportOptions& options_;
   std::string base_dir_;
   OnnxImportResult result_;
-  std::set<std::string> differentiable_;   // values some node input with a gradient reads
-  std::set<std::string> running_stats_;    // inputs 3 and 4 of BatchNormalization nodes
+  std::set<std::string> exported_placeholders_;  // torch.export's %p_ and %b_ names (without them): none else
+  std::set<std::string> differentiable_;         // values some node input with a gradient reads
+  std::set<std::string> running_stats_;          // inputs 3 and 4 of BatchNormalization nodes
   std::map<std::string, int> input_uses_;  // how many node inputs name each value (an input read twice: 2)
   std::set<std::string> read_names_;       // values some node or the graph's outputs read
   std::set<std::string> graph_outputs_;
@@ -3590,6 +3636,101 @@ void untie_merged_initializers(onnx::GraphProto* graph,
   }
 }
 
+// torch.export (PyTorch's dynamo=True exporter, its default from 2.9) merges initializers of equal values
+// too, with no Identity: the readers of the one it keeps read it directly. Each node keeps what it was made
+// from in its metadata, "pkg.torch.onnx.fx_node" ("... args = (%gelu, [64], %p_ln2_weight, %p_ln2_bias)
+// ..."), where a parameter is %p_NAME and a buffer %b_NAME, NAME its path with '_' for '.'. A reader of an
+// initializer whose node names the initializer's own placeholder read it (a parameter tied by the model reads
+// as one placeholder); one whose node names instead a single placeholder of another of the same kind
+// (ln2_weight for ln1.weight) read a parameter merged into it, and gets a copy of its own under that
+// parameter's name (its module path from "pkg.torch.onnx.name_scopes", where that spells the placeholder).
+void untie_exported_duplicates(onnx::GraphProto* graph,
+                               std::vector<std::pair<std::string, std::string>>* untied) {
+  std::unordered_map<std::string, int> initializer_at;
+  std::unordered_set<std::string> names;  // every name in use: a copy takes a new one
+  for (int i = 0; i < graph->initializer_size(); ++i) {
+    const auto& t = graph->initializer(i);
+    names.insert(t.name());
+    if (t.data_type() == onnx::TensorProto::FLOAT || t.data_type() == onnx::TensorProto::DOUBLE ||
+        t.data_type() == onnx::TensorProto::FLOAT16 || t.data_type() == onnx::TensorProto::BFLOAT16)
+      initializer_at.emplace(t.name(), i);
+  }
+  for (const auto& n : graph->node())
+    for (const std::string& o : n.output()) names.insert(o);
+  for (const auto& i : graph->input()) names.insert(i.name());
+  std::map<std::pair<std::string, std::string>, std::string> copies;  // (initializer, placeholder) -> copy
+  for (onnx::NodeProto& n : *graph->mutable_node()) {
+    std::set<std::string> held;  // the placeholders the node was made from
+    placeholders_of(n, &held);
+    if (held.empty()) continue;
+    std::set<std::string> own;  // the placeholders of the initializers the node reads
+    for (const std::string& in : n.input())
+      if (initializer_at.count(in)) own.insert(torch_placeholder(in));
+    for (int j = 0; j < n.input_size(); ++j) {
+      const std::string source = n.input(j);
+      if (!initializer_at.count(source) || held.count(torch_placeholder(source))) continue;
+      // The parameter it was: one placeholder the node names that none of its initializers has, of the same
+      // kind (its name ends as the initializer's: _weight for ln1.weight).
+      const size_t dot = source.rfind('.');
+      if (dot == std::string::npos) continue;  // an exporter's constant (val_3), never a parameter
+      const std::string kind = "_" + torch_placeholder(source.substr(dot + 1));
+      std::vector<std::string> candidates;
+      for (const std::string& h : held)
+        if (!own.count(h) && h.size() > kind.size() && h.ends_with(kind)) candidates.push_back(h);
+      if (candidates.size() != 1) continue;
+      const std::string& placeholder = candidates.front();
+      auto [it, fresh] = copies.emplace(std::make_pair(source, placeholder), "");
+      if (fresh) {
+        // Its name: the deepest module path of the node's scopes that spells the placeholder, else the
+        // placeholder itself.
+        std::vector<std::string> scopes;
+        const std::string listed = metadata_of(n, "pkg.torch.onnx.name_scopes");
+        for (size_t q = listed.find('\''); q != std::string::npos; q = listed.find('\'', q + 1)) {
+          const size_t close = listed.find('\'', q + 1);
+          if (close == std::string::npos) break;
+          scopes.push_back(listed.substr(q + 1, close - q - 1));
+          q = close;
+        }
+        std::string name = placeholder;
+        // (Scopes are module names, ['', 'ln2', 'layer_norm_1'], or whole paths, ['', 'enc', 'enc.layers.0',
+        // 'enc.layers.0.norm2', 'layer_norm_1'], as PyTorch's versions write them.)
+        for (size_t depth = scopes.size(); depth-- > 0 && name == placeholder;) {
+          std::string joined;
+          for (size_t k = 0; k <= depth; ++k)
+            if (!scopes[k].empty()) joined += (joined.empty() ? "" : ".") + scopes[k];
+          for (const std::string& path : {scopes[depth], joined}) {
+            const std::string candidate = path.empty() ? source.substr(dot + 1) : path + source.substr(dot);
+            if (torch_placeholder(candidate) == placeholder) {
+              name = candidate;
+              break;
+            }
+          }
+        }
+        // A parameter of a module no scope names (an attention's out_proj) whose path differs only in
+        // letters and digits (layers.1 for layers.0): the source's name with those.
+        if (name == placeholder && torch_placeholder(source).size() == placeholder.size()) {
+          std::string spelled = placeholder;
+          bool fits = true;
+          for (size_t k = 0; k < source.size(); ++k)
+            if (torch_placeholder(source.substr(k, 1)) != source.substr(k, 1)) {
+              fits = fits && placeholder[k] == '_';
+              spelled[k] = source[k];
+            }
+          if (fits) name = spelled;
+        }
+        for (int k = 2; names.count(name); ++k) name = fmt::format("{}#{}", name, k);
+        names.insert(name);
+        onnx::TensorProto copy = graph->initializer(initializer_at.at(source));
+        copy.set_name(name);
+        *graph->add_initializer() = std::move(copy);
+        if (untied) untied->emplace_back(name, source);
+        it->second = name;
+      }
+      n.set_input(j, it->second);
+    }
+  }
+}
+
 }  // namespace
 
 void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::ModelProto* model,
@@ -3607,7 +3748,10 @@ void parse_onnx_model(std::string_view bytes, const std::string& source, onnx::M
                             bytes.size()),
         "the file is truncated or corrupt, or it is not an ONNX model");
   }
-  if (model->has_graph()) untie_merged_initializers(model->mutable_graph(), untied);
+  if (model->has_graph()) {
+    untie_merged_initializers(model->mutable_graph(), untied);
+    untie_exported_duplicates(model->mutable_graph(), untied);
+  }
 }
 
 namespace {

@@ -106,6 +106,15 @@ std::string read_external(const onnx::TensorProto& t, const std::string& where, 
 
 }  // namespace
 
+bool inline_external_data(onnx::TensorProto* t, const std::string& where, const std::string& base_dir) {
+  if (t->data_location() != onnx::TensorProto::EXTERNAL) return false;
+  std::string bytes = read_external(*t, where, base_dir);
+  t->clear_external_data();
+  t->set_data_location(onnx::TensorProto::DEFAULT);
+  t->set_raw_data(std::move(bytes));
+  return true;
+}
+
 Tensor tensor_from_onnx(const onnx::TensorProto& t, const std::string& where, const std::string& base_dir) {
   DType dtype;
   try {

@@ -19,6 +19,10 @@ namespace trainer::formats {
 engine::Tensor tensor_from_onnx(const onnx::TensorProto& proto, const std::string& where,
                                 const std::string& base_dir = {});
 
+// A tensor stored as external data (PyTorch's dynamo exports keep weights in NAME.onnx.data) moved into its
+// raw_data, read relative to `base_dir`; false for one that holds its data already.
+bool inline_external_data(onnx::TensorProto* proto, const std::string& where, const std::string& base_dir);
+
 // Fills `proto` with the tensor's name, dims, type and little-endian raw_data.
 void tensor_to_onnx(const engine::Tensor& tensor, const std::string& name, onnx::TensorProto* proto);
 

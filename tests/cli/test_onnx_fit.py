@@ -1343,6 +1343,112 @@ class Net(torch.nn.Module):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertIn(f"Total params: {params} ", r.stdout)
 
+    def test_initializers_merged_by_torch_export_train_apart(self):
+        # PyTorch's torch.export (dynamo=True) merges equal initializers with no Identity: the second layer's
+        # Gemm reads l1.weight and l1.bias directly, and only its metadata says it was made from l2's. One SGD
+        # step must update each with its own gradient; the exporter's scalar (val_3, a scale) is no parameter.
+        rng = np.random.default_rng(8)
+        w = rng.standard_normal((4, 4)).astype(np.float32)
+        b = np.zeros(4, np.float32)
+
+        def made_of(node, fx, scopes):
+            for key, value in (("pkg.torch.onnx.fx_node", fx), ("pkg.torch.onnx.name_scopes", scopes)):
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
+            return node
+
+        def exported(second_params, scale):
+            nodes = [made_of(h.make_node("Gemm", ["x", "l1.weight", "l1.bias"], ["z"], transB=1, name="node_linear"),
+                             "%linear : [num_users=1] = call_function[target=torch.ops.aten.linear.default](args = "
+                             "(%x, %p_l1_weight, %p_l1_bias), kwargs = {})", "['', 'l1', 'linear']"),
+                     h.make_node("Relu", ["z"], ["a"], name="node_relu"),
+                     made_of(h.make_node("Gemm", ["a", "l1.weight", "l1.bias"], ["g"], transB=1, name="node_linear_1"),
+                             "%linear_1 : [num_users=1] = call_function[target=torch.ops.aten.linear.default](args = "
+                             f"(%relu, %p_{second_params}_weight, %p_{second_params}_bias), kwargs = {{}})",
+                             f"['', '{second_params}', 'linear_1']"),
+                     made_of(h.make_node("Mul", ["g", "val_3"], ["y"], name="node_mul"),
+                             "%mul : [num_users=1] = call_function[target=torch.ops.aten.mul.Tensor](args = "
+                             "(%linear_1, 0.5), kwargs = {})", "['', 'mul']")]
+            return model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 4])],
+                         [nh.from_array(w, "l1.weight"), nh.from_array(b, "l1.bias"),
+                          nh.from_array(np.array(scale, np.float32), "val_3")], 21)
+        x = rng.standard_normal((8, 4)).astype(np.float32)
+        t = rng.standard_normal((8, 4)).astype(np.float32)
+        np.save(self.path("exported_x.npy"), x)
+        np.save(self.path("exported_y.npy"), t)
+        toml = self.path("exported.toml")
+        with open(toml, "w") as f:
+            f.write('format_version = 1\n[data]\nshuffle = false\n[data.train]\nx = "exported_x.npy"\n'
+                    'y = "exported_y.npy"\n[train]\nloss = "mse"\nepochs = 1\nbatch_size = 8\n'
+                    '[train.optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+        path = self.save(exported("l2", 0.5), "exported.onnx")
+        r = run(["summary", path, "--train", toml])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Total params: 41 (40 trainable, 1 non-trainable)", r.stdout + r.stderr)
+        r = run(["fit", path, "--train", toml, "--output-dir", self.path("run_exported"), "-q"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["fit", path, "--train", toml, "--output-dir", self.path("run_exported_says")])
+        self.assertIn("2 parameters of the ONNX model are merged into another by PyTorch's export (equal initial "
+                      "values), read apart to train as their own: l2.weight of l1.weight, l2.bias of l1.bias.",
+                      r.stderr)
+        got = weights_of(self.export(os.path.join(self.path("run_exported"), "last.ckpt"), "exported_out.onnx"))
+        # The step by hand: y = 0.5 (relu(x W' + b) W' + b), mse over all 8 x 4 values.
+        z = x @ w.T + b
+        a = np.maximum(z, 0)
+        dg = 0.5 * 2 * (0.5 * (a @ w.T + b) - t) / t.size
+        dz = (dg @ w) * (z > 0)
+        want = {"l1.weight": w - 0.1 * dz.T @ x, "l1.bias": b - 0.1 * dz.sum(0),
+                "l2.weight": w - 0.1 * dg.T @ a, "l2.bias": b - 0.1 * dg.sum(0), "val_3": np.float32(0.5)}
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        # A weight the model ties (both nodes made from l1's) is one tensor; without the metadata nothing is read
+        # apart either.
+        for name, m in (("tied", exported("l1", 0.5)), ("plain", exported("l2", 0.5))):
+            if name == "plain":
+                for node in m.graph.node:
+                    del node.metadata_props[:]
+            r = run(["summary", self.save(m, f"exported_{name}.onnx"), "--train", toml])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("Total params: 21 ", r.stdout)
+
+    def test_external_data_joins_the_checkpoint(self):
+        # Weights in a file beside the model (PyTorch's dynamo exports write NAME.onnx.data) are read with it,
+        # and the checkpoint holds them: it exports and predicts with that file gone.
+        rng = np.random.default_rng(9)
+        w, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+        m = model([h.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], transB=1)],
+                  [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])], [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])],
+                  [nh.from_array(w, "fc.weight"), nh.from_array(b, "fc.bias")], 17)
+        folder = self.path("external")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "fc.onnx")
+        onnx.save(m, path, save_as_external_data=True, all_tensors_to_one_file=True, location="fc.onnx.data",
+                  size_threshold=0)
+        self.assertEqual(onnx.load(path, load_external_data=False).graph.initializer[0].data_location,
+                         onnx.TensorProto.EXTERNAL)
+        x = rng.standard_normal((8, 4)).astype(np.float32)
+        np.save(self.path("external_x.npy"), x)
+        np.save(self.path("external_y.npy"), (np.arange(8) % 3).astype(np.int64))
+        toml = self.path("external.toml")
+        with open(toml, "w") as f:
+            f.write('format_version = 1\n[data.train]\nx = "external_x.npy"\ny = "external_y.npy"\n[train]\n'
+                    'loss = "sparse_categorical_crossentropy"\nfrom_logits = true\nepochs = 2\nbatch_size = 4\n')
+        _, ckpt = self.fit([path, "--train", toml], self.path("run_external"))
+        os.remove(os.path.join(folder, "fc.onnx.data"))
+        elsewhere = tempfile.mkdtemp(dir=self.path("."))
+        r = subprocess.run([cli_util.TRAINER, "export", ckpt, "-o", self.path("external_out.onnx"), "-q"],
+                           capture_output=True, text=True, cwd=elsewhere, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        exported = onnx.load(self.path("external_out.onnx"))
+        trained = weights_of(exported)
+        self.assertGreater(np.abs(trained["fc.weight"] - w).max(), 1e-4)  # it trained
+        r = subprocess.run([cli_util.TRAINER, "predict", ckpt, self.path("external_x.npy"), "--probabilities"],
+                           capture_output=True, text=True, cwd=elsewhere, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(np.loadtxt(r.stdout.splitlines(), delimiter=",", ndmin=2),
+                                   run_onnx(exported, {"x": x}), rtol=1e-5, atol=1e-6)
+
 
 @unittest.skipIf(ort is None, "numpy, onnx and onnxruntime are needed (tools/install-deps.sh installs them)")
 class ModelFileForms(unittest.TestCase):
