@@ -298,12 +298,20 @@ Column sequence_rows(const std::shared_ptr<const Bytes>& bytes, uint64_t begin, 
                          "token ids are 32-bit integers");
     seq.clear();
     if (q.load_data) {
-      // keras.datasets.imdb.load_data: a start id, the ids shifted, then those outside [skip_top, num_words)
-      // replaced by the out-of-vocabulary id (the start id included, as there).
-      seq.push_back(q.start_char);
+      // keras.datasets.imdb.load_data: a start id (unless None), the ids shifted, then those outside
+      // [skip_top, num_words) replaced by the out-of-vocabulary id (the start id included, as there), or
+      // dropped when that is None.
+      if (q.start_char >= 0) seq.push_back(q.start_char);
       for (int64_t w : ids) seq.push_back(w + q.index_from);
-      for (int64_t& w : seq)
-        if (w < q.skip_top || (q.num_words > 0 && w >= q.num_words)) w = q.oov_char;
+      size_t kept = 0;
+      for (int64_t w : seq) {
+        if (w < q.skip_top || (q.num_words > 0 && w >= q.num_words)) {
+          if (q.oov_char < 0) continue;
+          w = q.oov_char;
+        }
+        seq[kept++] = w;
+      }
+      seq.resize(kept);
       for (int64_t w : seq)
         if (w > INT32_MAX)
           throw InputError(

@@ -1426,12 +1426,23 @@ SequenceSpec read_sequences(const Reader& r, const toml::node& n) {
        {std::tuple{"num_words", &s.num_words, int64_t{1}}, std::tuple{"skip_top", &s.skip_top, int64_t{0}},
         std::tuple{"start_char", &s.start_char, int64_t{0}}, std::tuple{"oov_char", &s.oov_char, int64_t{0}},
         std::tuple{"index_from", &s.index_from, int64_t{0}}}) {
-    if (!t.get(key, *v)) continue;
+    // start_char and oov_char take false for Keras's None.
+    const toml::node* node = t.find(key);
+    const bool none = node && node->is_boolean() && (v == &s.start_char || v == &s.oov_char);
+    if (none && node->as_boolean()->get())
+      t.fail(key, fmt::format("data.sequences.{} = true has no meaning", key),
+             fmt::format("give an id, or false for Keras's {}=None", key));
+    if (none)
+      *v = -1;
+    else if (!t.get(key, *v))
+      continue;
     if (!s.load_data)
       t.fail(key, fmt::format("data.sequences.{} is a setting of Keras's load_data id mapping", key),
              "add load_data = true to map the ids as keras.datasets.imdb.load_data does");
-    if (*v < least || *v > INT32_MAX)
-      t.fail(key, fmt::format("data.sequences.{} must be from {} to 2147483647, not {}", key, least, *v));
+    if (!none && (*v < least || *v > INT32_MAX))
+      t.fail(key, fmt::format("data.sequences.{} must be from {} to 2147483647, not {}", key, least, *v),
+             v == &s.start_char || v == &s.oov_char ? fmt::format("or false for Keras's {}=None", key)
+                                                    : std::string());
   }
   return s;
 }

@@ -161,6 +161,7 @@ struct SequenceSpec {
   int64_t value = 0;
   bool load_data = false;
   int64_t num_words = 0;  // 0: every id
+  // start_char and oov_char -1: Keras's None (no start id; ids outside [skip_top, num_words) dropped)
   int64_t skip_top = 0, start_char = 1, oov_char = 2, index_from = 3;
   SourcePos pos;
   bool operator==(const SequenceSpec&) const = default;

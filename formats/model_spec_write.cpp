@@ -200,8 +200,11 @@ std::string to_toml(const ModelSpec& spec) {
       if (q.load_data) {
         if (q.num_words > 0) w.kv("num_words", q.num_words);
         w.kv("skip_top", q.skip_top);
-        w.kv("start_char", q.start_char);
-        w.kv("oov_char", q.oov_char);
+        for (auto [key, v] : {std::pair{"start_char", q.start_char}, std::pair{"oov_char", q.oov_char}})
+          if (v < 0)
+            w.kv(key, false);  // Keras's None
+          else
+            w.kv(key, v);
         w.kv("index_from", q.index_from);
       }
     }

@@ -41,8 +41,14 @@ seed = 4
 
 
 def load_data(xs, num_words=None, skip_top=0, start_char=1, oov_char=2, index_from=3):
-    """keras.datasets.imdb.load_data's id mapping, as its source describes it."""
-    xs = [[start_char] + [w + index_from for w in x] for x in xs]
+    """keras.datasets.imdb.load_data's id mapping, as its source describes it (None: no start id; ids out of
+    range dropped)."""
+    if start_char is not None:
+        xs = [[start_char] + [w + index_from for w in x] for x in xs]
+    else:
+        xs = [[w + index_from for w in x] for x in xs]
+    if oov_char is None:
+        return [[w for w in x if skip_top <= w and (num_words is None or w < num_words)] for x in xs]
     return [[w if skip_top <= w and (num_words is None or w < num_words) else oov_char for w in x] for x in xs]
 
 
@@ -129,6 +135,11 @@ class Sequences(unittest.TestCase):
                    "index_from = 2\nvalue = 7\n", 40,
                    lambda x: load_data(x, num_words=900, skip_top=5, start_char=3, oov_char=1, index_from=2),
                    value=7)
+        # Keras's None, as false: no start id, and the ids out of range dropped (the rows shorten).
+        self.check("load_data = true\nnum_words = 300\nskip_top = 4\nstart_char = false\noov_char = false\n", 40,
+                   lambda x: load_data(x, num_words=300, skip_top=4, start_char=None, oov_char=None))
+        self.check("load_data = true\nnum_words = 300\noov_char = false\n", 40,
+                   lambda x: load_data(x, num_words=300, oov_char=None))
         # Without load_data the ids are as stored (here kept under the Embedding's 1000).
         small = [[w % 1000 for w in x] for x in self.x_train]
         small_test = [[w % 1000 for w in x] for x in self.x_test]
@@ -194,7 +205,10 @@ class Sequences(unittest.TestCase):
         for table, needle in (("num_words = 10\n", "data.sequences.num_words is a setting of Keras's load_data"),
                               ("maxlen = 0\n", "data.sequences.maxlen must be 1 or more, not 0"),
                               ('padding = "middle"\n', "padding"),
-                              ("load_data = true\nnum_words = 0\n", "data.sequences.num_words must be from 1")):
+                              ("load_data = true\nnum_words = 0\n", "data.sequences.num_words must be from 1"),
+                              ("load_data = true\nstart_char = true\n", "data.sequences.start_char = true has no"),
+                              ("load_data = true\noov_char = -1\n", "or false for Keras's oov_char=None"),
+                              ("load_data = true\nskip_top = false\n", "skip_top")):
             spec = self.path("bad.toml")
             with open(spec, "w") as f:
                 f.write(SPEC.format(length=50, train=train, validation=val, sequences="[data.sequences]\n" + table))

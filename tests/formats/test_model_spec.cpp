@@ -1522,6 +1522,15 @@ TEST_SUITE("model_spec") {
     CHECK(plain.data.sequences->maxlen == 0);
     CHECK(settings(parse_model_spec(to_toml(plain), "spec.toml")) == settings(plain));
     CHECK(!parse_model_spec(kHead + data + "[train]\nloss = \"mse\"\n", "spec.toml").data.sequences);
+    // Keras's start_char=None and oov_char=None, as false, written back as false.
+    const ModelSpec none = parse_model_spec(kHead + data +
+                                                "[data.sequences]\nload_data = true\nstart_char = "
+                                                "false\noov_char = false\n[train]\nloss = \"mse\"\n",
+                                            "spec.toml");
+    CHECK(none.data.sequences->start_char == -1);
+    CHECK(none.data.sequences->oov_char == -1);
+    CHECK(to_toml(none).find("start_char = false\noov_char = false") != std::string::npos);
+    CHECK(settings(parse_model_spec(to_toml(none), "spec.toml")) == settings(none));
     CHECK(failure(kHead + data + "[data.sequences]\noov_char = 5\n").what ==
           "data.sequences.oov_char is a setting of Keras's load_data id mapping");
     CHECK(failure(kHead + data + "[data.sequences]\nload_data = true\nindex_from = -1\n").what ==
