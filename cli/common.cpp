@@ -396,8 +396,11 @@ void read_onnx_bytes(formats::ModelSpec& spec) {
   std::string bytes = formats::read_file_bytes(path);
   // Weights in external data files (PyTorch's dynamo exports: model.onnx.data) join the model's bytes, so
   // that a checkpoint, which embeds them, needs no other file (a model past protobuf's 2 GiB stays as it is).
+  // Only a file that holds an external_data entry's "location" key is parsed here (the import parses it
+  // again).
   onnx::ModelProto model;
-  if (bytes.size() <= static_cast<size_t>(INT_MAX) && model.ParseFromString(bytes)) {
+  if (bytes.size() <= static_cast<size_t>(INT_MAX) && bytes.find("location") != std::string::npos &&
+      model.ParseFromString(bytes)) {
     const std::string dir = std::filesystem::path(path).parent_path().string();
     bool inlined = false;
     size_t total = bytes.size();

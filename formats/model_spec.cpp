@@ -1427,8 +1427,9 @@ SequenceSpec read_sequences(const Reader& r, const toml::node& n) {
         std::tuple{"start_char", &s.start_char, int64_t{0}}, std::tuple{"oov_char", &s.oov_char, int64_t{0}},
         std::tuple{"index_from", &s.index_from, int64_t{0}}}) {
     // start_char and oov_char take false for Keras's None.
+    const bool may_be_none = v == &s.start_char || v == &s.oov_char;
     const toml::node* node = t.find(key);
-    const bool none = node && node->is_boolean() && (v == &s.start_char || v == &s.oov_char);
+    const bool none = may_be_none && node && node->is_boolean();
     if (none && node->as_boolean()->get())
       t.fail(key, fmt::format("data.sequences.{} = true has no meaning", key),
              fmt::format("give an id, or false for Keras's {}=None", key));
@@ -1441,8 +1442,7 @@ SequenceSpec read_sequences(const Reader& r, const toml::node& n) {
              "add load_data = true to map the ids as keras.datasets.imdb.load_data does");
     if (!none && (*v < least || *v > INT32_MAX))
       t.fail(key, fmt::format("data.sequences.{} must be from {} to 2147483647, not {}", key, least, *v),
-             v == &s.start_char || v == &s.oov_char ? fmt::format("or false for Keras's {}=None", key)
-                                                    : std::string());
+             may_be_none ? fmt::format("or false for Keras's {}=None", key) : std::string());
   }
   return s;
 }
@@ -2607,14 +2607,18 @@ OutputTrainSpec read_output_settings(const Reader& r, const Table& t, const Keys
   mo.top_k = one_setting(r, ks.top_k, top_k_before, "Precision and Recall", "top_k", "give them one top_k");
   // Keras's class_id and top_k of a binary output pick among its labels; trainer counts those together.
   const bool binary_output = label_family(o.loss) == "binary_crossentropy";
-  for (const auto* given : {&ks.class_id, &ks.top_k})
-    if (binary_output && given->size() > (given == &ks.class_id ? class_before : top_k_before))
+  auto categorical_only = [&](const std::vector<std::pair<int64_t, SourcePos>>& given, size_t before,
+                              std::string_view key) {
+    if (binary_output && given.size() > before)
       r.fail(
-          (*given)[given == &ks.class_id ? class_before : top_k_before].second,
+          given[before].second,
           fmt::format("Precision's and Recall's {} pick among the classes of a categorical output, and the "
                       "loss is {}",
-                      given == &ks.class_id ? "class_id" : "top_k", o.loss),
+                      key, o.loss),
           "leave it out: a binary output's precision and recall count all its labels at the threshold");
+  };
+  categorical_only(ks.class_id, class_before, "class_id");
+  categorical_only(ks.top_k, top_k_before, "top_k");
   // A setting one call gives holds for every metric of the output that takes it, so those must all give it:
   // one without it beside one with it would take the other's value.
   auto all_give = [&](std::initializer_list<std::string_view> names, size_t given, const SourcePos& first,

@@ -41,11 +41,20 @@ namespace {
 
 // PyTorch's torch.export (its dynamo=True ONNX exporter) names a parameter NAME in its nodes' metadata as the
 // placeholder %p_NAME (a buffer %b_NAME), NAME with '_' for every '.' (torch_placeholder).
+bool placeholder_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+}
 std::string torch_placeholder(const std::string& name) {
   std::string s = name;
   for (char& c : s)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') c = '_';
+    if (!placeholder_char(c)) c = '_';
   return s;
+}
+
+// A float type an initializer may train in.
+bool is_float_data(int32_t type) {
+  return type == onnx::TensorProto::FLOAT || type == onnx::TensorProto::DOUBLE ||
+         type == onnx::TensorProto::FLOAT16 || type == onnx::TensorProto::BFLOAT16;
 }
 
 // A node's metadata_props entry `key` (field 9 of NodeProto since ONNX 1.16, which this protobuf schema
@@ -68,7 +77,7 @@ void placeholders_of(const onnx::NodeProto& n, std::set<std::string>* out) {
   for (size_t at = fx.find('%'); at != std::string::npos; at = fx.find('%', at + 1)) {
     if (at + 2 >= fx.size() || (fx[at + 1] != 'p' && fx[at + 1] != 'b') || fx[at + 2] != '_') continue;
     size_t end = at + 3;
-    while (end < fx.size() && (std::isalnum(static_cast<unsigned char>(fx[end])) || fx[end] == '_')) ++end;
+    while (end < fx.size() && placeholder_char(fx[end])) ++end;
     if (end > at + 3) out->insert(fx.substr(at + 3, end - at - 3));
   }
 }
@@ -472,9 +481,7 @@ class Importer {
 
   void add_initializers() {
     // The placeholders torch.export's nodes were made from, if it exported the model.
-    for (const auto& n : model_.graph().node()) {
-      placeholders_of(n, &exported_placeholders_);
-    }
+    for (const auto& n : model_.graph().node()) placeholders_of(n, &exported_placeholders_);
     for (const auto& init : model_.graph().initializer()) {
       if (init.name().empty()) fail("an initializer has no name", "the exporter is broken");
       Tensor t = read_tensor(init, fmt::format("{}: initializer '{}'", source_, init.name()));
@@ -489,10 +496,10 @@ class Importer {
       // transposed weight, trains.)
       const bool exporter_scalar = t.numel() <= 1 && !exported_placeholders_.empty() &&
                                    !exported_placeholders_.count(torch_placeholder(init.name()));
-      if (exporter_scalar) {
-      } else if (is_float && training_flags() && running_stats_.count(init.name()))
+      if (!exporter_scalar && is_float && training_flags() && running_stats_.count(init.name()))
         kind = wanted() ? state : constant;
-      else if (is_float && differentiable_.count(init.name()) && wanted() && all_finite(t))
+      else if (!exporter_scalar && is_float && differentiable_.count(init.name()) && wanted() &&
+               all_finite(t))
         kind = parameter;  // (a float holding inf or NaN is a mask or a sentinel: a constant, never trained)
       wrap(fmt::format("initializer '{}'", init.name()), [&] {
         if (kind == parameter) {
@@ -3573,10 +3580,6 @@ void untie_merged_initializers(onnx::GraphProto* graph,
   for (int i = 0; i < graph->initializer_size(); ++i) initializer_at.emplace(graph->initializer(i).name(), i);
   std::unordered_set<std::string> outputs;
   for (const auto& out : graph->output()) outputs.insert(out.name());
-  auto is_float = [](int32_t type) {
-    return type == onnx::TensorProto::FLOAT || type == onnx::TensorProto::DOUBLE ||
-           type == onnx::TensorProto::FLOAT16 || type == onnx::TensorProto::BFLOAT16;
-  };
   auto is_identity = [](const onnx::NodeProto& n) {
     return n.op_type() == "Identity" && (n.domain().empty() || n.domain() == "ai.onnx") &&
            n.input_size() == 1 && n.output_size() == 1 && !n.output(0).empty();
@@ -3618,7 +3621,7 @@ void untie_merged_initializers(onnx::GraphProto* graph,
       const onnx::NodeProto& n = nodes->Get(i);
       const bool untie = is_identity(n) && initializer_at.count(n.input(0)) && !outputs.count(n.output(0)) &&
                          !initializer_at.count(n.output(0)) &&
-                         is_float(graph->initializer(initializer_at.at(n.input(0))).data_type()) &&
+                         is_float_data(graph->initializer(initializer_at.at(n.input(0))).data_type()) &&
                          apart(n.input(0), n.output(0));
       if (untie) {
         onnx::TensorProto copy = graph->initializer(initializer_at.at(n.input(0)));
@@ -3651,9 +3654,7 @@ void untie_exported_duplicates(onnx::GraphProto* graph,
   for (int i = 0; i < graph->initializer_size(); ++i) {
     const auto& t = graph->initializer(i);
     names.insert(t.name());
-    if (t.data_type() == onnx::TensorProto::FLOAT || t.data_type() == onnx::TensorProto::DOUBLE ||
-        t.data_type() == onnx::TensorProto::FLOAT16 || t.data_type() == onnx::TensorProto::BFLOAT16)
-      initializer_at.emplace(t.name(), i);
+    if (is_float_data(t.data_type())) initializer_at.emplace(t.name(), i);
   }
   for (const auto& n : graph->node())
     for (const std::string& o : n.output()) names.insert(o);
@@ -3712,7 +3713,7 @@ void untie_exported_duplicates(onnx::GraphProto* graph,
           std::string spelled = placeholder;
           bool fits = true;
           for (size_t k = 0; k < source.size(); ++k)
-            if (torch_placeholder(source.substr(k, 1)) != source.substr(k, 1)) {
+            if (!placeholder_char(source[k])) {
               fits = fits && placeholder[k] == '_';
               spelled[k] = source[k];
             }

@@ -2224,7 +2224,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
     const auto own_shares = [&](const std::string& sum) {
       if (!accumulated.count(sum)) return false;
       for (int q = 0; q <= world; ++q)
-        if (shares.count(fmt::format("{}{}{}", sum, kReplicaShareSuffix, q)) != (q < world)) return false;
+        if (shares.count(replica_share_name(sum, q)) != (q < world)) return false;
       return true;
     };
     for (const auto& [name, t] : values) {
@@ -2254,12 +2254,11 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
         const ValueId v = w.graph().find(name);
         if (v != kNoValue && w.graph().value(v).persistent()) {
           check_fits(name, t, w.graph().value(v));
-          if (accumulated.count(name) && own_shares(name))
-            ;  // each replica's share lands instead
-          else if (accumulated.count(name) && replicas.first_rank + k != 0)
-            w.write(v, Tensor(t.dtype(), t.shape()));
-          else
+          // (An accumulator whose replicas' shares are held takes them instead.)
+          if (!accumulated.count(name))
             w.write(v, t);
+          else if (!own_shares(name))
+            w.write(v, replicas.first_rank + k == 0 ? t : Tensor(t.dtype(), t.shape()));
           landed = true;
         }
         for (const ShardValue& sv : shard_values[k]) {
@@ -2486,8 +2485,7 @@ FitResult fit(const ModelFactory& given, std::shared_ptr<const data::Dataset> tr
           for (int q = 1; q < world; ++q) t.set_f64(i, t.get_f64(i) + parts[q].get_f64(i));
         }
         if (gathered)
-          for (int q = 0; q < world; ++q)
-            own.emplace_back(fmt::format("{}{}{}", name, kReplicaShareSuffix, q), std::move(parts[q]));
+          for (int q = 0; q < world; ++q) own.emplace_back(replica_share_name(name, q), std::move(parts[q]));
       }
       for (auto& nv : own) c.values.push_back(std::move(nv));
     }

@@ -66,6 +66,9 @@ inline constexpr const char* kShardSuffix = "@shard";
 // The suffix of one replica's share of an accumulated gradient in a checkpoint written between two updates by
 // several replicas: "dense/kernel/accumulated_gradient@replica1" (rank 1's).
 inline constexpr const char* kReplicaShareSuffix = "@replica";
+inline std::string replica_share_name(const std::string& accumulator, int rank) {
+  return accumulator + kReplicaShareSuffix + std::to_string(rank);
+}
 
 struct TrainingGraph {
   std::shared_ptr<Graph> graph;

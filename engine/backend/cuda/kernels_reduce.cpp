@@ -93,14 +93,11 @@ void choose_splits(ReduceGeometry& g, Real t, size_t workspace_bytes) {
   g.splits = s >= 2 ? s : 1;
 }
 
-KernelPtr reduce_factory(const KernelArgs& a, ReduceOp op) {
+// The reduction `op` of the node's input 0 over `axes` into its output 0.
+KernelPtr reduce_kernel(const KernelArgs& a, ReduceOp op, const std::vector<int>& axes) {
   std::optional<Real> rt = real_of(a.in(0).dtype);
   if (!rt || !a.libs) return nullptr;
-  const Tensor* axes_t = a.has_input(1) ? a.graph.initializer(a.node.inputs[1]) : nullptr;
-  ops::ReduceAxes ax = ops::resolve_reduce_axes(a.in(0).shape, a.attrs(), axes_t, a.has_input(1));
-  if (!ax.error.empty()) return nullptr;
-  if (ax.identity) ax.axes.clear();  // no reduced axis: a copy
-  std::optional<ReduceGeometry> g = reduce_geometry(a.in(0).shape, ax.axes, a.out(0).shape.numel());
+  std::optional<ReduceGeometry> g = reduce_geometry(a.in(0).shape, axes, a.out(0).shape.numel());
   if (!g) return nullptr;
   void* x = a.inputs[0];
   void* y = a.outputs[0];
@@ -115,6 +112,14 @@ KernelPtr reduce_factory(const KernelArgs& a, ReduceOp op) {
   if (!fits_workspace(a, reduce_workspace_bytes(*g, *rt))) return nullptr;
   return make_kernel(
       [=, g = *g, rt = *rt](cudaStream_t s) { TRAINER_CUDA_CHECK(launch_reduce(op, rt, x, y, g, ws, s)); });
+}
+
+KernelPtr reduce_factory(const KernelArgs& a, ReduceOp op) {
+  const Tensor* axes_t = a.has_input(1) ? a.graph.initializer(a.node.inputs[1]) : nullptr;
+  ops::ReduceAxes ax = ops::resolve_reduce_axes(a.in(0).shape, a.attrs(), axes_t, a.has_input(1));
+  if (!ax.error.empty()) return nullptr;
+  if (ax.identity) ax.axes.clear();  // no reduced axis: a copy
+  return reduce_kernel(a, op, ax.axes);
 }
 
 KernelPtr reduce_max_grad(const KernelArgs& a) {
@@ -137,27 +142,11 @@ KernelPtr reduce_max_grad(const KernelArgs& a) {
 // GlobalAveragePool: the mean over every axis past the channels, by the reductions' fixed trees (cuDNN's
 // pooling would take the whole plane as one window, and rejects large ones at launch).
 KernelPtr global_avg_pool(const KernelArgs& a) {
-  std::optional<Real> rt = real_of(a.in(0).dtype);
-  const Shape& xs = a.in(0).shape;
-  if (!rt || !a.libs || xs.rank() < 3) return nullptr;
+  const int rank = a.in(0).shape.rank();
+  if (rank < 3) return nullptr;
   std::vector<int> axes;
-  for (int d = 2; d < xs.rank(); ++d) axes.push_back(d);
-  std::optional<ReduceGeometry> g = reduce_geometry(xs, axes, a.out(0).shape.numel());
-  if (!g) return nullptr;
-  const void* x = a.inputs[0];
-  void* y = a.outputs[0];
-  if (g->red_count != 0 && g->nr == 0) {  // a plane of one element: a copy
-    const size_t bytes = a.out(0).nbytes();
-    return make_kernel([=](cudaStream_t s) {
-      if (bytes && x != y) TRAINER_CUDA_CHECK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
-    });
-  }
-  choose_splits(*g, *rt, a.libs->workspace_bytes);
-  void* ws = a.libs->workspace;
-  if (!fits_workspace(a, reduce_workspace_bytes(*g, *rt))) return nullptr;
-  return make_kernel([=, g = *g, rt = *rt](cudaStream_t s) {
-    TRAINER_CUDA_CHECK(launch_reduce(ReduceOp::mean, rt, x, y, g, ws, s));
-  });
+  for (int d = 2; d < rank; ++d) axes.push_back(d);
+  return reduce_kernel(a, ReduceOp::mean, axes);
 }
 
 // GlobalAveragePoolGrad(dY) -> dX of shape input_shape: dY / plane spread over each plane.
